@@ -1,0 +1,138 @@
+"""Every fact about a job, as an event on JetStream.
+
+Rules (the versioning contract, see README "Event contracts"):
+- events are past tense, tagged by ``type`` and carry ``version``;
+- a new field always gets a default; a field's type never changes;
+- a consumer ignores event types and fields it does not know.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def terminal_event_id(job_id: str) -> str:
+    """The one event id every terminal StatusChanged of a job uses.
+
+    JetStream de-duplicates on it, so when two parties race to end a job (a runner finishing it and
+    another declaring its runner lost, or a cancel and a completion) only the first is stored.
+    """
+    return f"{job_id}-end"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class ErrorCode(StrEnum):
+    """Codes a client can act on; each comes with a human sentence in ``ErrorInfo.message``."""
+
+    EXIT_NONZERO = "EXIT_NONZERO"
+    SPAWN_FAILED = "SPAWN_FAILED"
+    PROCESSING_TIMEOUT = "PROCESSING_TIMEOUT"
+    RUNNER_LOST = "RUNNER_LOST"
+    CANCELLED = "CANCELLED"
+    LEASE_LOST = "LEASE_LOST"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    message: str
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every event carries. ``event_id`` is sent as ``Nats-Msg-Id``."""
+
+    job_id: str
+    event_id: str = msgspec.field(default_factory=new_event_id)
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+    version: int = 1
+
+
+class JobRequested(Event, tag="JobRequested"):
+    """Someone asked for a job; the runner will pick it up."""
+
+    job_type: str
+    parameters: dict[str, Any] = {}
+    lock: str | None = None
+    requested_by: str | None = None
+    batch_id: str | None = None
+
+
+class CancelRequested(Event, tag="CancelRequested"):
+    """Someone asked to stop a job (pending or running)."""
+
+    requested_by: str | None = None
+    reason: str | None = None
+
+
+class StatusChanged(Event, tag="StatusChanged"):
+    """The job moved to a new status. Terminal statuses end the job's stream."""
+
+    status: JobStatus
+    exit_code: int | None = None
+    error: ErrorInfo | None = None
+    runner_id: str | None = None
+    cancelled_by: str | None = None
+    result: dict[str, Any] | None = None
+
+
+class LogLine(msgspec.Struct, frozen=True, array_like=True):
+    """One line of output. ``seq`` counts from 1 per job, across stdout and stderr."""
+
+    seq: int
+    stream: str  # "stdout" | "stderr"
+    level: str  # DEBUG | INFO | SUCCESS | WARNING | ERROR
+    timestamp: datetime
+    text: str
+
+
+class LineLogged(Event, tag="LineLogged"):
+    """One or more consecutive output lines of a job (batched on the wire for throughput)."""
+
+    lines: list[LogLine]
+
+
+class ProgressReported(Event, tag="ProgressReported"):
+    """The tool reported how far it is (from ``[i/N]`` lines or the progress protocol)."""
+
+    current: int | None = None
+    total: int | None = None
+    percent: float | None = None
+    phase: str | None = None
+    message: str | None = None
+
+
+AnyEvent = JobRequested | CancelRequested | StatusChanged | LineLogged | ProgressReported
+EVENT_TYPES: tuple[type[Event], ...] = (
+    JobRequested,
+    CancelRequested,
+    StatusChanged,
+    LineLogged,
+    ProgressReported,
+)

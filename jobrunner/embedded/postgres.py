@@ -1,0 +1,153 @@
+"""An embedded Postgres: the machine's initdb/postgres binaries in a data directory.
+
+Postgres refuses to run as root. When we are root, the cluster runs as the ``postgres`` system
+user (Debian creates it with the server packages); the data directory is handed to that user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import asyncpg
+
+from jobrunner.embedded.serverprocess import ServerProcess, ServerStartError, free_port
+
+SUPERUSER = "jobrunner"
+
+
+def postgres_bindir() -> Path:
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(os.path.realpath(initdb)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if candidates:
+        return Path(candidates[-1]).parent
+    raise ServerStartError(
+        "Postgres binaries (initdb, postgres) not found: install them "
+        "(Debian: apt-get install postgresql) or set JOBRUNNER_DATABASE_URL to a server you run"
+    )
+
+
+def _run_as() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServerStartError(
+            "running as root, and Postgres refuses to: create a 'postgres' user "
+            "(useradd --system postgres) or run jobrunner as an ordinary user"
+        ) from None
+    return "postgres"
+
+
+class EmbeddedPostgres(ServerProcess):
+    def __init__(self, data_dir: Path, port: int = 0, database: str = "jobrunner") -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.database = database
+        self.user = _run_as()
+        self.password_file = data_dir.parent / "pg-password"
+        bindir = postgres_bindir()
+        self.bindir = bindir
+        super().__init__(
+            "postgres",
+            [
+                str(bindir / "postgres"),
+                "-D", str(data_dir),
+                "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", f"unix_socket_directories={data_dir}",
+                "-c", "fsync=on",
+                "-c", "max_connections=200",
+            ],
+            log_file=data_dir.parent / "postgres.log",
+            ready_text="database system is ready to accept connections",
+            # SIGINT is Postgres' "fast shutdown": roll back, checkpoint, exit.
+            stop_signal=signal.SIGINT,
+            user=self.user,
+        )
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        super().start(timeout)
+        asyncio.run(self._create_database())
+
+    def _initdb(self) -> None:
+        if not self.password_file.exists():
+            self.password_file.write_text(secrets.token_urlsafe(24))
+            self.password_file.chmod(0o600)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pwfile = self.data_dir.parent / ".initdb-pw"
+        shutil.copy(self.password_file, pwfile)
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            self.data_dir.chmod(0o700)
+        result = subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "-D", str(self.data_dir),
+                "-U", SUPERUSER,
+                "--pwfile", str(pwfile),
+                "--auth", "scram-sha-256",
+                "-E", "UTF8",
+                "--locale", "C",
+            ],
+            user=self.user,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise ServerStartError(
+                f"initdb failed in {self.data_dir}"
+                + (" (is the state directory reachable by the 'postgres' user?)" if self.user else "")
+                + f":\n{result.stderr.strip()}"
+            )
+
+    async def _create_database(self) -> None:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password,
+            database="postgres",
+        )
+        try:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", self.database
+            )
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+
+    async def create_database(self, name: str) -> str:
+        """A fresh database in this cluster (tests isolate by database); returns its URL."""
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password,
+            database="postgres",
+        )
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{name}"

@@ -1,0 +1,111 @@
+"""Start a server binary, wait for the line that says it is ready, stop it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class ServerStartError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A child server whose combined output goes to a log file, read until ``ready_text``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_file: Path,
+        ready_text: str,
+        stop_signal: int = signal.SIGTERM,
+        user: str | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_file = log_file
+        self.ready_text = ready_text
+        self.stop_signal = stop_signal
+        self.user = user
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        ready = threading.Event()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            user=self.user,
+            # Own process group: Ctrl-C in a terminal reaches the supervisor, which stops us
+            # in order, instead of killing every server at once.
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        out = self.proc.stdout
+        tail: list[str] = []
+
+        def pump() -> None:
+            with self.log_file.open("ab") as f:
+                for line in out:
+                    f.write(line)
+                    f.flush()
+                    if not ready.is_set():
+                        tail.append(line.decode(errors="replace").rstrip())
+                        del tail[:-20]
+                        if self.ready_text.encode() in line:
+                            ready.set()
+
+        threading.Thread(target=pump, name=f"{self.name}-output", daemon=True).start()
+        deadline_hit = not ready.wait(timeout) if self._alive_while_waiting(ready, timeout) else True
+        if deadline_hit or not ready.is_set():
+            self.stop()
+            raise ServerStartError(
+                f"{self.name} did not start (see {self.log_file}):\n" + "\n".join(tail[-10:])
+            )
+
+    def _alive_while_waiting(self, ready: threading.Event, timeout: float) -> bool:
+        # Wake early when the process dies instead of waiting out the whole timeout.
+        assert self.proc is not None
+        step = 0.05
+        waited = 0.0
+        while waited < timeout:
+            if ready.wait(step):
+                return True
+            if self.proc.poll() is not None:
+                return False
+            waited += step
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.proc.send_signal(self.stop_signal)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """Hard stop, as a crash would (tests use it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

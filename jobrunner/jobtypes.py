@@ -1,0 +1,267 @@
+"""Job types are configuration: a TOML file names each type, its argv and its typed parameters.
+
+Format (one table per type)::
+
+    [job_types.enrich_search]
+    title = "Phase 2: Websuche"
+    description = "Website-Enrichment via Suchmaschine"
+    argv = ["{python}", "-m", "jobrunner.demo_tools.enrich_search"]
+    timeout_seconds = 3600
+    lock = "datev_sheet"        # job types naming the same lock never run at the same time
+    on_busy = "reject"          # or "queue"
+
+    [job_types.enrich_search.parameters.plz_filter]
+    type = "string"             # string | bool | enum | multi_enum | integer
+    flag = "--plz-filter"
+    pattern = "^[0-9]{0,5}$"
+
+The argv is built without a shell: the template's elements, with ``{python}`` replaced by the
+runner's interpreter and an element that is exactly ``{name}`` replaced by that parameter, then each
+parameter that has a ``flag``, in the order they are declared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+ParamKind = Literal["string", "bool", "enum", "multi_enum", "integer"]
+MAX_STRING_LENGTH = 4096
+
+
+class JobTypeConfigError(Exception):
+    pass
+
+
+class Choice(msgspec.Struct, frozen=True, kw_only=True):
+    value: str
+    label: str = ""
+
+
+class Parameter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: ParamKind
+    label: str = ""
+    help: str = ""
+    flag: str | None = None
+    required: bool = False
+    default: Any = None
+    # string
+    pattern: str | None = None
+    max_length: int = 256
+    allow_leading_dash: bool = False
+    # enum, multi_enum
+    choices: list[Choice] = []
+    # integer
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+class JobType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str = ""
+    title: str = ""
+    description: str = ""
+    argv: list[str] = []
+    callable: str | None = None
+    parameters: dict[str, Parameter] = {}
+    timeout_seconds: float = 3600.0
+    cancel_grace_seconds: float = 10.0
+    lock: str | None = None
+    on_busy: Literal["reject", "queue"] = "reject"
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    mask: list[str] = []
+    progress_pattern: str | None = None
+    level_pattern: str | None = None
+
+
+class FieldError(msgspec.Struct, frozen=True, kw_only=True):
+    field: str
+    code: str
+    message: str
+
+
+class ParameterError(Exception):
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+def load_job_types(path: str | Path) -> dict[str, JobType]:
+    """Load and check a job-types file; raises JobTypeConfigError with a readable sentence."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise JobTypeConfigError(f"job types file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobTypeConfigError(f"job types file {path} is not valid TOML: {exc}") from None
+    types: dict[str, JobType] = {}
+    for name, body in raw.get("job_types", {}).items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+            raise JobTypeConfigError(f"job type name {name!r} must be snake_case")
+        for pname, pbody in body.get("parameters", {}).items():
+            for i, choice in enumerate(pbody.get("choices", [])):
+                if isinstance(choice, str):
+                    pbody["choices"][i] = {"value": choice}
+        try:
+            job_type = msgspec.convert({**body, "name": name}, JobType)
+        except msgspec.ValidationError as exc:
+            raise JobTypeConfigError(f"job type {name!r} in {path}: {exc}") from None
+        if not job_type.argv and not job_type.callable:
+            raise JobTypeConfigError(f"job type {name!r} needs an argv or a callable")
+        for pname, param in job_type.parameters.items():
+            if param.pattern is not None:
+                try:
+                    re.compile(param.pattern)
+                except re.error as exc:
+                    raise JobTypeConfigError(
+                        f"job type {name!r}, parameter {pname!r}: bad pattern: {exc}"
+                    ) from None
+            if param.type in ("enum", "multi_enum") and not param.choices:
+                raise JobTypeConfigError(f"job type {name!r}, parameter {pname!r} needs choices")
+        types[name] = job_type
+    if not types:
+        raise JobTypeConfigError(f"job types file {path} defines no [job_types.*] table")
+    return types
+
+
+def validate_parameters(job_type: JobType, given: Any) -> dict[str, Any]:
+    """Check parameters against the type's schema; return them complete with defaults.
+
+    Raises ParameterError naming every bad field.
+    """
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ParameterError(
+            [FieldError(field="parameters", code="INVALID_TYPE", message="must be an object")]
+        )
+    errors: list[FieldError] = []
+    clean: dict[str, Any] = {}
+    for name in given:
+        if name not in job_type.parameters:
+            errors.append(
+                FieldError(
+                    field=f"parameters.{name}",
+                    code="UNKNOWN_PARAMETER",
+                    message=f"{job_type.name} has no parameter {name!r}",
+                )
+            )
+    for name, param in job_type.parameters.items():
+        field = f"parameters.{name}"
+        if name not in given or given[name] is None:
+            if param.required:
+                errors.append(FieldError(field=field, code="REQUIRED", message="is required"))
+            elif param.default is not None:
+                clean[name] = param.default
+            continue
+        value = given[name]
+        error = _check_value(param, value)
+        if error:
+            errors.append(FieldError(field=field, code=error[0], message=error[1]))
+        else:
+            clean[name] = value
+    if errors:
+        raise ParameterError(errors)
+    return clean
+
+
+def _check_value(param: Parameter, value: Any) -> tuple[str, str] | None:
+    values = {c.value for c in param.choices}
+    match param.type:
+        case "string":
+            if not isinstance(value, str):
+                return "INVALID_TYPE", "must be a string"
+            if len(value) > min(param.max_length, MAX_STRING_LENGTH):
+                return "TOO_LONG", f"must be at most {param.max_length} characters"
+            if "\x00" in value or "\n" in value or "\r" in value:
+                return "INVALID_CHARACTER", "must not contain NUL bytes or line breaks"
+            if value.startswith("-") and not param.allow_leading_dash:
+                return "LEADING_DASH", "must not start with '-'"
+            if param.pattern and not re.fullmatch(param.pattern, value):
+                return "PATTERN_MISMATCH", f"must match {param.pattern}"
+        case "bool":
+            if not isinstance(value, bool):
+                return "INVALID_TYPE", "must be true or false"
+        case "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return "INVALID_TYPE", "must be a whole number"
+            if param.minimum is not None and value < param.minimum:
+                return "OUT_OF_RANGE", f"must be at least {param.minimum}"
+            if param.maximum is not None and value > param.maximum:
+                return "OUT_OF_RANGE", f"must be at most {param.maximum}"
+        case "enum":
+            if not isinstance(value, str) or value not in values:
+                return "INVALID_CHOICE", f"must be one of {', '.join(sorted(values))}"
+        case "multi_enum":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return "INVALID_TYPE", "must be a list of strings"
+            bad = [v for v in value if v not in values]
+            if bad:
+                return "INVALID_CHOICE", f"{bad[0]!r} is not one of {', '.join(sorted(values))}"
+            if len(set(value)) != len(value):
+                return "DUPLICATE_CHOICE", "must not repeat a choice"
+    return None
+
+
+def build_argv(job_type: JobType, parameters: dict[str, Any]) -> list[str]:
+    """The argv to exec, one element per argument: no shell ever sees a parameter."""
+    argv: list[str] = []
+    for element in job_type.argv:
+        if element == "{python}":
+            argv.append(sys.executable)
+        elif element.startswith("{") and element.endswith("}") and element[1:-1] in parameters:
+            argv.append(_as_arg(parameters[element[1:-1]]))
+        else:
+            argv.append(element)
+    for name, param in job_type.parameters.items():
+        if param.flag is None or name not in parameters:
+            continue
+        value = parameters[name]
+        if param.type == "bool":
+            if value:
+                argv.append(param.flag)
+        elif param.type == "multi_enum":
+            for item in value:
+                argv += [param.flag, item]
+        elif param.type == "string" and value == "":
+            continue
+        else:
+            argv += [param.flag, _as_arg(value)]
+    return argv
+
+
+def _as_arg(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def expand_env(value: str, environ: dict[str, str] | None = None) -> str:
+    """``${VAR}`` references the runner's environment, so secrets stay out of the file."""
+    env = os.environ if environ is None else environ
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: env.get(m.group(1), ""), value)
+
+
+def public_schema(job_type: JobType) -> dict[str, Any]:
+    """What ``GET /api/job-types`` shows of a type (no argv, env or masks)."""
+    return {
+        "name": job_type.name,
+        "title": job_type.title or job_type.name,
+        "description": job_type.description,
+        "lock": job_type.lock,
+        "on_busy": job_type.on_busy,
+        "timeout_seconds": job_type.timeout_seconds,
+        "parameters": {
+            name: {
+                k: v
+                for k, v in msgspec.to_builtins(p).items()
+                if k not in ("flag", "allow_leading_dash")
+            }
+            for name, p in job_type.parameters.items()
+        },
+    }

@@ -1,0 +1,157 @@
+"""``jobrunner up``: embedded NATS and Postgres in a state directory, then the three services as
+child processes, restarted if they crash, all stopped in order on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+import structlog
+
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.settings import Settings
+
+log = structlog.get_logger()
+
+# Stopped in this order: the runner first, so its last events reach NATS before NATS stops.
+SERVICES = ("projector", "runner", "api")
+STOP_ORDER = ("runner", "api", "projector")
+
+
+class Service:
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "jobrunner.cli", self.name,
+            env=self.env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+        )
+        log.info("service started", service=self.name, pid=self.proc.pid)
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            log.warning("service did not stop in time, killing it", service=self.name)
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
+    path = state_dir / "runtime.json"
+    path.write_text(json.dumps(data, indent=2))
+    path.chmod(0o600)
+
+
+async def wait_healthy(url: str, proc: Service, timeout: float = 60.0) -> None:
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await asyncio.to_thread(probe):
+            return
+        if proc.proc is not None and proc.proc.returncode is not None:
+            raise RuntimeError("the api exited during start-up; see the log above")
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"the api did not answer on {url}/health within {timeout:.0f} s")
+
+
+async def up(settings: Settings, config_file: str | None) -> int:
+    state = Path(settings.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    log.info("starting embedded servers", state_dir=str(state))
+    nats_server = EmbeddedNats(state / "nats")
+    postgres = EmbeddedPostgres(state / "postgres" / "data")
+    await asyncio.to_thread(nats_server.start)
+    try:
+        await asyncio.to_thread(postgres.start)
+    except Exception:
+        nats_server.stop()
+        raise
+    api_url = f"http://{settings.host}:{settings.port}"
+    write_runtime(state, {"nats_url": nats_server.url, "database_url": postgres.url,
+                          "api_url": api_url, "prefix": settings.prefix})
+    env = dict(os.environ)
+    env.update({
+        "JOBRUNNER_NATS_URL": nats_server.url,
+        "JOBRUNNER_DATABASE_URL": postgres.url,
+        "JOBRUNNER_HOST": settings.host,
+        "JOBRUNNER_PORT": str(settings.port),
+        "JOBRUNNER_STATE_DIR": str(state),
+        "JOBRUNNER_JOB_TYPES_FILE": settings.job_types_file,
+        "JOBRUNNER_PREFIX": settings.prefix,
+    })
+    if config_file:
+        env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
+    services = {name: Service(name, env) for name in SERVICES}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    exit_code = 0
+    try:
+        for service in services.values():
+            await service.start()
+        await wait_healthy(f"http://{_reachable(settings.host)}:{settings.port}", services["api"])
+        print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
+        await _supervise(services, stop)
+    except RuntimeError as exc:
+        log.error(str(exc))
+        exit_code = 1
+    finally:
+        log.info("stopping")
+        for name in STOP_ORDER:
+            await services[name].stop()
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.to_thread(postgres.stop)
+        log.info("stopped")
+    return exit_code
+
+
+def _reachable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
+    """Restart a service that dies (a crashed runner's restart cleans up after it)."""
+    stopper = asyncio.create_task(stop.wait())
+    while not stop.is_set():
+        waits = {
+            asyncio.create_task(s.proc.wait()): s for s in services.values() if s.proc is not None
+        }
+        done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            if task not in done:
+                task.cancel()
+        if stop.is_set():
+            break
+        for task in done:
+            service = waits.get(task)
+            if service is None:
+                continue
+            service.restarts += 1
+            delay = min(0.5 * 2 ** min(service.restarts - 1, 5), 10.0)
+            log.warning("service exited, restarting", service=service.name,
+                        code=task.result(), restart_in=delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                await service.start()

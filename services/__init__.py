@@ -1,0 +1,1 @@
+"""The three services of jobrunner: api, runner and projector."""

@@ -1,0 +1,26 @@
+"""The Litestar application."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+
+from jobrunner.settings import Settings
+from services.api.context import lifespan
+from services.api.errors import EXCEPTION_HANDLERS
+from services.api.routes.jobs import JobController
+from services.api.routes.meta import health, list_job_types
+from services.api.routes.streams import job_event_stream
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings) -> Litestar:
+    return Litestar(
+        route_handlers=[JobController, job_event_stream, list_job_types, health],
+        lifespan=[lifespan(settings)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(title="jobrunner", version="0.1.0", path="/api/schema"),
+        debug=False,
+    )

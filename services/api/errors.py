@@ -1,0 +1,76 @@
+"""Every error the API returns: an HTTP status, a machine-readable code and a human sentence.
+
+Body: ``{"error": {"code": "UNKNOWN_JOB_TYPE", "message": "...", "fields": [...]}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+log = structlog.get_logger()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def job_not_found(job_id: str) -> ApiError:
+    return ApiError(404, "JOB_NOT_FOUND", f"There is no job with id {job_id!r}.")
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def api_error_handler(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
+    return Response(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+
+
+_CODES_BY_STATUS = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "BODY_TOO_LARGE",
+    429: "TOO_MANY_REQUESTS",
+}
+
+
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    code = _CODES_BY_STATUS.get(exc.status_code, "HTTP_ERROR")
+    message = str(exc.detail)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException):
+        code = "INVALID_REQUEST"
+        if exc.extra:
+            extra["fields"] = exc.extra
+    elif isinstance(exc, NotFoundException):
+        message = "There is nothing at this address."
+    return Response(error_body(code, message, **extra), status_code=exc.status_code,
+                    headers=getattr(exc, "headers", None))
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", path=request.url.path, error=repr(exc))
+    return Response(
+        error_body("INTERNAL_ERROR", "Something went wrong on our side; it has been logged."),
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApiError: api_error_handler,
+    HTTPException: http_error_handler,
+    Exception: internal_error_handler,
+}

@@ -1,0 +1,170 @@
+"""Starting, reading and cancelling jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+
+from contracts import events
+from contracts.events import JobStatus
+from jobrunner import eventstore
+from jobrunner.jobtypes import ParameterError, validate_parameters
+from jobrunner.slots import SlotValue, slot_key
+from services.api import readmodels, schemas
+from services.api.context import ApiContext
+from services.api.errors import ApiError, job_not_found
+
+MAX_LIST_LIMIT = 500
+# How long a POST waits for the projector so that an immediate GET finds the job.
+READ_YOUR_WRITES_TIMEOUT = 2.0
+
+
+def ctx_of(request: Request[Any, Any, Any]) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def decode_create(body: bytes) -> schemas.CreateJob:
+    try:
+        return msgspec.json.decode(body, type=schemas.CreateJob)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "INVALID_REQUEST", f"The request body is not a job request: {exc}.")
+    except msgspec.DecodeError:
+        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
+
+
+async def find_job(ctx: ApiContext, job_id: str) -> Any:
+    row = await readmodels.get_job_row(ctx.pool, job_id)
+    if row is None:
+        raise job_not_found(job_id)
+    return row
+
+
+class JobController(Controller):
+    path = "/api/jobs"
+    tags = ["jobs"]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Start a job")
+    async def create_job(self, request: Request[Any, Any, Any]) -> schemas.JobCreated:
+        """Validate the parameters against the job type and publish JobRequested.
+
+        Answers once the request is stored in JetStream. A job type whose lock is busy and whose
+        busy policy is ``reject`` answers 409 with the job holding the lock.
+        """
+        ctx = ctx_of(request)
+        body = decode_create(await request.body())
+        job_type = ctx.job_types.get(body.job_type)
+        if job_type is None:
+            raise ApiError(
+                422, "UNKNOWN_JOB_TYPE",
+                f"There is no job type {body.job_type!r}; GET /api/job-types lists them.",
+                known=sorted(ctx.job_types),
+            )
+        try:
+            parameters = validate_parameters(job_type, body.parameters)
+        except ParameterError as exc:
+            raise ApiError(
+                422, "INVALID_PARAMETERS", "Some parameters are not valid for this job type.",
+                fields=[msgspec.to_builtins(e) for e in exc.errors],
+            ) from None
+        request_event = events.JobRequested(
+            job_id=events.new_event_id(), job_type=job_type.name, parameters=parameters,
+            lock=job_type.lock,
+        )
+        reservation = None
+        if job_type.lock and job_type.on_busy == "reject":
+            key = slot_key(job_type.lock, request_event.job_id)
+            reservation = await ctx.slots.try_acquire(
+                key,
+                SlotValue(job_id=request_event.job_id, phase="reserved", job_type=job_type.name),
+            )
+            if reservation is None:
+                await self._raise_busy(ctx, key, job_type.lock)
+        try:
+            seq = await eventstore.publish(ctx.js, ctx.names, request_event)
+        except Exception:
+            if reservation is not None:
+                await ctx.slots.release(reservation)
+            raise
+        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+        return schemas.JobCreated(
+            id=request_event.job_id, job_type=job_type.name, status=JobStatus.PENDING.value,
+            created_at=request_event.occurred_at,
+        )
+
+    async def _raise_busy(self, ctx: ApiContext, key: str, lock: str) -> None:
+        holder = await ctx.slots.current(key)
+        running: dict[str, Any] | None = None
+        if holder is not None:
+            row = await readmodels.get_job_row(ctx.pool, holder.value.job_id)
+            running = {
+                "id": holder.value.job_id,
+                "job_type": row["job_type"] if row else holder.value.job_type,
+                "status": row["status"] if row else "pending",
+                "started_at": row["started_at"].isoformat() if row and row["started_at"] else None,
+            }
+        raise ApiError(
+            409, "SLOT_BUSY",
+            f"A job is already running on lock {lock!r}; wait for it to finish or cancel it.",
+            running_job=running,
+        )
+
+    @get("/", summary="List jobs, newest first")
+    async def list_jobs(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Annotated[int, Parameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
+        status: Annotated[list[JobStatus] | None, Parameter()] = None,
+        job_type: Annotated[list[str] | None, Parameter()] = None,
+    ) -> schemas.JobPage:
+        ctx = ctx_of(request)
+        rows = await readmodels.list_jobs(
+            ctx.pool, limit, [s.value for s in status] if status else None, job_type
+        )
+        return schemas.JobPage(items=[readmodels.job_from_row(r) for r in rows], next_cursor=None)
+
+    @get("/{job_id:str}", summary="One job")
+    async def get_job(self, request: Request[Any, Any, Any], job_id: str) -> schemas.Job:
+        ctx = ctx_of(request)
+        return readmodels.job_from_row(await find_job(ctx, job_id))
+
+    @delete("/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
+    async def cancel_job(self, request: Request[Any, Any, Any], job_id: str) -> schemas.CancelAccepted:
+        return await cancel(ctx_of(request), job_id)
+
+    @post("/{job_id:str}/cancel", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
+    async def cancel_job_post(
+        self, request: Request[Any, Any, Any], job_id: str
+    ) -> schemas.CancelAccepted:
+        return await cancel(ctx_of(request), job_id)
+
+
+async def cancel(ctx: ApiContext, job_id: str, requested_by: str | None = None) -> schemas.CancelAccepted:
+    """Publish CancelRequested. A pending job is cancelled at once; a running one by its runner."""
+    row = await find_job(ctx, job_id)
+    if JobStatus(row["status"]).is_terminal:
+        raise ApiError(
+            409, "JOB_FINISHED", f"The job already ended with status {row['status']!r}.",
+            status=row["status"],
+        )
+    await eventstore.publish(
+        ctx.js, ctx.names, events.CancelRequested(job_id=job_id, requested_by=requested_by)
+    )
+    if row["status"] == JobStatus.PENDING:
+        # The job never started: say so now. Should a runner start it at this very moment, it
+        # sees the cancel and stops it; the shared terminal event id keeps one ending.
+        seq = await eventstore.publish(ctx.js, ctx.names, events.StatusChanged(
+            job_id=job_id, event_id=events.terminal_event_id(job_id),
+            status=JobStatus.CANCELLED, cancelled_by=requested_by,
+        ))
+        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+        if row["lock"]:
+            holder = await ctx.slots.current(slot_key(row["lock"], job_id))
+            if holder is not None and holder.value.job_id == job_id and holder.value.phase == "reserved":
+                await ctx.slots.release(holder)
+        return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
+    return schemas.CancelAccepted(id=job_id, status=row["status"])

@@ -1,0 +1,65 @@
+"""What the HTTP API accepts and returns (not event contracts: those live in ``contracts``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
+    job_type: str
+    parameters: dict[str, Any] = {}
+
+
+class JobCreated(msgspec.Struct):
+    id: str
+    job_type: str
+    status: str
+    created_at: datetime
+
+
+class JobError(msgspec.Struct):
+    code: str
+    message: str
+
+
+class Progress(msgspec.Struct):
+    current: int | None
+    total: int | None
+    percent: float | None
+    phase: str | None
+    message: str | None
+
+
+class Job(msgspec.Struct):
+    id: str
+    job_type: str
+    status: str
+    parameters: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    exit_code: int | None
+    error: JobError | None
+    result: dict[str, Any] | None
+    log_count: int
+    progress: Progress | None
+    lock: str | None
+    requested_by: str | None
+    cancelled_by: str | None
+    cancel_requested_at: datetime | None
+    updated_at: datetime
+
+
+class JobPage(msgspec.Struct):
+    items: list[Job]
+    next_cursor: str | None
+
+
+class CancelAccepted(msgspec.Struct):
+    id: str
+    status: str
+    cancel_requested: bool = True

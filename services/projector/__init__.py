@@ -1,0 +1,1 @@
+"""The projector: the only writer of the Postgres read models."""

@@ -1,0 +1,112 @@
+"""Writes row changes and the checkpoint to Postgres, in one transaction per batch."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from jobrunner.database import READ_SCHEMA
+from services.projector.projections import Change, JobCreated, JobUpdated, LinesAppended
+
+_TERMINAL = ("completed", "failed", "cancelled")
+
+
+async def create_schema(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> None:
+    sql = resources.files("services.projector").joinpath("schema.sql").read_text()
+    # Two projectors starting at once must not race on CREATE TABLE.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobrunner-schema'))")
+        await conn.execute(sql.format(schema=schema))
+
+
+async def checkpoint(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> int:
+    return int(await conn.fetchval(f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1"))
+
+
+async def apply_batch(
+    conn: asyncpg.Connection,
+    batch: list[tuple[int, list[Change]]],
+    schema: str = READ_SCHEMA,
+) -> int:
+    """Apply ``(stream_seq, changes)`` pairs past the checkpoint; returns the new checkpoint.
+
+    The checkpoint row is locked first, so a second projector waits and then skips what this one
+    applied: redelivery never duplicates a row.
+    """
+    async with conn.transaction():
+        last = await conn.fetchval(
+            f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
+        )
+        fresh = [(seq, changes) for seq, changes in batch if seq > last]
+        if not fresh:
+            return int(last)
+        lines: list[tuple[Any, ...]] = []
+        line_counts: dict[str, tuple[int, int]] = {}
+        for seq, changes in fresh:
+            for change in changes:
+                if isinstance(change, LinesAppended):
+                    lines.extend(change.rows)
+                    count, _ = line_counts.get(change.job_id, (0, 0))
+                    line_counts[change.job_id] = (count + len(change.rows), seq)
+                    continue
+                if lines:
+                    # Keep order: lines before a status change land before it.
+                    await _flush_lines(conn, schema, lines, line_counts)
+                    lines, line_counts = [], {}
+                await _apply(conn, schema, change)
+        if lines:
+            await _flush_lines(conn, schema, lines, line_counts)
+        new_last = fresh[-1][0]
+        await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
+        return new_last
+
+
+async def _flush_lines(
+    conn: asyncpg.Connection,
+    schema: str,
+    rows: list[tuple[Any, ...]],
+    counts: dict[str, tuple[int, int]],
+) -> None:
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(
+        f"""
+        INSERT INTO {schema}.log_lines (job_id, seq, stream, level, ts, text, stream_seq)
+        SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[],
+                             $5::timestamptz[], $6::text[], $7::bigint[])
+        ON CONFLICT DO NOTHING
+        """,
+        *columns,
+    )
+    await conn.executemany(
+        f"UPDATE {schema}.jobs SET log_count = log_count + $2, last_seq = GREATEST(last_seq, $3) "
+        "WHERE id = $1",
+        [(job_id, n, seq) for job_id, (n, seq) in counts.items()],
+    )
+
+
+async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
+    if isinstance(change, JobCreated):
+        row = change.row
+        cols = list(row)
+        await conn.execute(
+            f"INSERT INTO {schema}.jobs ({', '.join(cols)}) "
+            f"VALUES ({', '.join(f'${i}' for i in range(1, len(cols) + 1))}) "
+            "ON CONFLICT (id) DO NOTHING",
+            *row.values(),
+        )
+    elif isinstance(change, JobUpdated):
+        cols = list(change.fields)
+        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=3))
+        where = "id = $1"
+        if change.only_if_status is not None:
+            where += f" AND status = ANY(ARRAY{sorted(change.only_if_status)!r}::text[])"
+        elif change.only_if_active:
+            where += f" AND status NOT IN {_TERMINAL!r}"
+        await conn.execute(
+            f"UPDATE {schema}.jobs SET {sets}, last_seq = GREATEST(last_seq, $2) WHERE {where}",
+            change.job_id,
+            change.stream_seq,
+            *change.fields.values(),
+        )

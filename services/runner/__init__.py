@@ -1,0 +1,1 @@
+"""The runner: claims slot leases and runs job types' tools, publishing what they print."""
