@@ -30,9 +30,18 @@ def postgres_bindir() -> Path:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if candidates:
         return Path(candidates[-1]).parent
+    try:
+        # The pgserver wheel ships a Postgres build: the fallback when the machine has none.
+        import pgserver  # type: ignore[import-untyped]
+
+        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        if (bundled / "initdb").exists():
+            return bundled
+    except ImportError:
+        pass
     raise ServerStartError(
         "Postgres binaries (initdb, postgres) not found: install them "
-        "(Debian: apt-get install postgresql) or set JOBRUNNER_DATABASE_URL to a server you run"
+        "(Debian: apt-get install postgresql) or pip install pgserver"
     )
 
 
