@@ -1,7 +1,7 @@
 """Encoding of events on the wire: JSON, tagged by ``type``.
 
-Unknown event types and unknown fields are ignored (``decode`` returns ``None`` for an unknown type),
-so old consumers keep working when new events appear.
+Unknown event types and unknown fields are ignored (``decode`` returns ``None`` for an unknown
+type), so old consumers keep working when new events appear.
 """
 
 from __future__ import annotations

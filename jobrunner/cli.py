@@ -21,8 +21,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _run_service(main: Callable[[Settings, asyncio.Event], Awaitable[None]],
-                 settings: Settings) -> int:
+def _run_service(
+    main: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
+) -> int:
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -47,8 +48,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
     )
     return 0
 
@@ -73,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="config file (TOML); also JOBRUNNER_CONFIG")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("up", help="start everything: embedded NATS and Postgres, api, runner, "
-                                  "projector")
+    p = sub.add_parser(
+        "up", help="start everything: embedded NATS and Postgres, api, runner, projector"
+    )
     p.add_argument("--host", help="address the web UI and API listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the web UI and API (default 8000)")
-    p.add_argument("--state-dir", help="where NATS and Postgres keep their data "
-                                       "(default ./.jobrunner)")
+    p.add_argument(
+        "--state-dir", help="where NATS and Postgres keep their data (default ./.jobrunner)"
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("api", help="run the HTTP API and web UI")

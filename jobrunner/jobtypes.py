@@ -105,7 +105,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
     for name, body in raw.get("job_types", {}).items():
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
             raise JobTypeConfigError(f"job type name {name!r} must be snake_case")
-        for pname, pbody in body.get("parameters", {}).items():
+        for pbody in body.get("parameters", {}).values():
             for i, choice in enumerate(pbody.get("choices", [])):
                 if isinstance(choice, str):
                     pbody["choices"][i] = {"value": choice}

@@ -11,6 +11,7 @@ busy policy is ``reject``; the runner that picks the job up turns the reservatio
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from typing import Literal
@@ -90,8 +91,11 @@ class SlotTable:
             return None
         if entry.value is None or entry.operation is not None:
             return None
-        return Lease(key=key, revision=entry.revision or 0,
-                     value=msgspec.json.decode(entry.value, type=SlotValue))
+        return Lease(
+            key=key,
+            revision=entry.revision or 0,
+            value=msgspec.json.decode(entry.value, type=SlotValue),
+        )
 
     async def last_revision(self, key: str) -> int:
         """The revision a create must name: 0, or the tombstone's if the key was deleted."""
@@ -131,10 +135,9 @@ class SlotTable:
 
     async def release(self, lease: Lease) -> None:
         kv = await self.kv()
-        try:
+        # Already expired or taken: nothing of ours to release.
+        with contextlib.suppress(KeyWrongLastSequenceError):
             await kv.delete(lease.key, last=lease.revision)
-        except KeyWrongLastSequenceError:
-            pass  # already expired or taken: nothing of ours to release
 
 
 def hostname() -> str:

@@ -33,8 +33,13 @@ class Service:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "jobrunner.cli", self.name,
-            env=self.env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+            sys.executable,
+            "-m",
+            "jobrunner.cli",
+            self.name,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.info("service started", service=self.name, pid=self.proc.pid)
 
@@ -87,18 +92,27 @@ async def up(settings: Settings, config_file: str | None) -> int:
         nats_server.stop()
         raise
     api_url = f"http://{settings.host}:{settings.port}"
-    write_runtime(state, {"nats_url": nats_server.url, "database_url": postgres.url,
-                          "api_url": api_url, "prefix": settings.prefix})
+    write_runtime(
+        state,
+        {
+            "nats_url": nats_server.url,
+            "database_url": postgres.url,
+            "api_url": api_url,
+            "prefix": settings.prefix,
+        },
+    )
     env = dict(os.environ)
-    env.update({
-        "JOBRUNNER_NATS_URL": nats_server.url,
-        "JOBRUNNER_DATABASE_URL": postgres.url,
-        "JOBRUNNER_HOST": settings.host,
-        "JOBRUNNER_PORT": str(settings.port),
-        "JOBRUNNER_STATE_DIR": str(state),
-        "JOBRUNNER_JOB_TYPES_FILE": settings.job_types_file,
-        "JOBRUNNER_PREFIX": settings.prefix,
-    })
+    env.update(
+        {
+            "JOBRUNNER_NATS_URL": nats_server.url,
+            "JOBRUNNER_DATABASE_URL": postgres.url,
+            "JOBRUNNER_HOST": settings.host,
+            "JOBRUNNER_PORT": str(settings.port),
+            "JOBRUNNER_STATE_DIR": str(state),
+            "JOBRUNNER_JOB_TYPES_FILE": settings.job_types_file,
+            "JOBRUNNER_PREFIX": settings.prefix,
+        }
+    )
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
     services = {name: Service(name, env) for name in SERVICES}
@@ -149,8 +163,12 @@ async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
                 continue
             service.restarts += 1
             delay = min(0.5 * 2 ** min(service.restarts - 1, 5), 10.0)
-            log.warning("service exited, restarting", service=service.name,
-                        code=task.result(), restart_in=delay)
+            log.warning(
+                "service exited, restarting",
+                service=service.name,
+                code=task.result(),
+                restart_in=delay,
+            )
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

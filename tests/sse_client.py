@@ -28,7 +28,9 @@ class SseStream:
     comments: list[str] = field(default_factory=list)
 
 
-async def iter_events(response: httpx.Response, into: SseStream | None = None) -> AsyncIterator[SseEvent]:
+async def iter_events(
+    response: httpx.Response, into: SseStream | None = None
+) -> AsyncIterator[SseEvent]:
     current = SseEvent()
     has_data = False
     async for line in response.aiter_lines():
@@ -55,7 +57,9 @@ async def iter_events(response: httpx.Response, into: SseStream | None = None) -
 
 
 async def read_stream(
-    client: httpx.AsyncClient, path: str, last_event_id: str | None = None,
+    client: httpx.AsyncClient,
+    path: str,
+    last_event_id: str | None = None,
     stop_after: int | None = None,
 ) -> SseStream:
     """Read a stream until the server closes it (or ``stop_after`` events arrived)."""

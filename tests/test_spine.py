@@ -22,7 +22,9 @@ def settings(settings: Settings) -> Settings:
 async def test_job_runs_from_post_to_done_over_sse(system: System) -> None:
     """A started job's lines, status changes and final done arrive over a real SSE connection."""
     async with system.client() as client:
-        created = await client.post("/api/jobs", json={"job_type": "emit", "parameters": {"lines": 20}})
+        created = await client.post(
+            "/api/jobs", json={"job_type": "emit", "parameters": {"lines": 20}}
+        )
         assert created.status_code == 201, created.text
         job = created.json()
         assert job["status"] == "pending"

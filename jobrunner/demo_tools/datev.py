@@ -7,8 +7,23 @@ import random
 import sys
 import time
 
-_SURNAMES = ["Mustermann", "Beispiel", "Schmidt", "Müller", "Schneider", "Fischer", "Weber",
-             "Meyer", "Wagner", "Becker", "Schulz", "Hoffmann", "Koch", "Richter", "Klein"]
+_SURNAMES = [
+    "Mustermann",
+    "Beispiel",
+    "Schmidt",
+    "Müller",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Meyer",
+    "Wagner",
+    "Becker",
+    "Schulz",
+    "Hoffmann",
+    "Koch",
+    "Richter",
+    "Klein",
+]
 _FIRST = ["Stefan", "Anna", "Thomas", "Julia", "Michael", "Laura", "Andreas", "Sabine"]
 _FIRMS = ["GmbH", "Partner mbB", "& Kollegen", "Steuerberatung"]
 

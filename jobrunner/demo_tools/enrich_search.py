@@ -12,17 +12,22 @@ from jobrunner.demo_tools import datev
 def main() -> None:
     parser = argparse.ArgumentParser(prog="enrich_search")
     parser.add_argument("--plz-filter", default="")
-    parser.add_argument("--confidence-filter", action="append", default=[],
-                        choices=["none", "low", "medium"])
-    parser.add_argument("--search-provider", default="serper",
-                        choices=["duckduckgo", "serper", "serpapi"])
+    parser.add_argument(
+        "--confidence-filter", action="append", default=[], choices=["none", "low", "medium"]
+    )
+    parser.add_argument(
+        "--search-provider", default="serper", choices=["duckduckgo", "serper", "serpapi"]
+    )
     parser.add_argument("--headless", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     rng = random.Random(f"search-{args.plz_filter}-{args.search_provider}")
     datev.log("INFO", "Starte Phase 2 Enrichment...")
-    datev.log("INFO", f"Such-Provider: {args.search_provider}, Confidence: "
-                      f"{','.join(args.confidence_filter) or 'alle'}")
+    datev.log(
+        "INFO",
+        f"Such-Provider: {args.search_provider}, Confidence: "
+        f"{','.join(args.confidence_filter) or 'alle'}",
+    )
     if args.dry_run:
         datev.log("WARNING", "Dry Run: es werden keine Änderungen gespeichert")
     datev.fail_if_unreachable(args.plz_filter)

@@ -1,1 +1,1 @@
-"""Embedded NATS and Postgres for ``jobrunner up`` and the test suite: real servers, local binaries."""
+"""Embedded NATS and Postgres for ``jobrunner up`` and the tests: real servers, local binaries."""

@@ -71,12 +71,18 @@ class EmbeddedPostgres(ServerProcess):
             "postgres",
             [
                 str(bindir / "postgres"),
-                "-D", str(data_dir),
-                "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1",
-                "-c", f"unix_socket_directories={data_dir}",
-                "-c", "fsync=on",
-                "-c", "max_connections=200",
+                "-D",
+                str(data_dir),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={data_dir}",
+                "-c",
+                "fsync=on",
+                "-c",
+                "max_connections=200",
             ],
             log_file=data_dir.parent / "postgres.log",
             ready_text="database system is ready to accept connections",
@@ -115,12 +121,18 @@ class EmbeddedPostgres(ServerProcess):
         result = subprocess.run(
             [
                 str(self.bindir / "initdb"),
-                "-D", str(self.data_dir),
-                "-U", SUPERUSER,
-                "--pwfile", str(pwfile),
-                "--auth", "scram-sha-256",
-                "-E", "UTF8",
-                "--locale", "C",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "--pwfile",
+                str(pwfile),
+                "--auth",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
             ],
             user=self.user,
             capture_output=True,
@@ -131,13 +143,20 @@ class EmbeddedPostgres(ServerProcess):
         if result.returncode != 0:
             raise ServerStartError(
                 f"initdb failed in {self.data_dir}"
-                + (" (is the state directory reachable by the 'postgres' user?)" if self.user else "")
+                + (
+                    " (is the state directory reachable by the 'postgres' user?)"
+                    if self.user
+                    else ""
+                )
                 + f":\n{result.stderr.strip()}"
             )
 
     async def _create_database(self) -> None:
         conn = await asyncpg.connect(
-            host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password,
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password,
             database="postgres",
         )
         try:
@@ -152,7 +171,10 @@ class EmbeddedPostgres(ServerProcess):
     async def create_database(self, name: str) -> str:
         """A fresh database in this cluster (tests isolate by database); returns its URL."""
         conn = await asyncpg.connect(
-            host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password,
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password,
             database="postgres",
         )
         try:

@@ -70,7 +70,9 @@ class ServerProcess:
                             ready.set()
 
         threading.Thread(target=pump, name=f"{self.name}-output", daemon=True).start()
-        deadline_hit = not ready.wait(timeout) if self._alive_while_waiting(ready, timeout) else True
+        deadline_hit = (
+            not ready.wait(timeout) if self._alive_while_waiting(ready, timeout) else True
+        )
         if deadline_hit or not ready.is_set():
             self.stop()
             raise ServerStartError(

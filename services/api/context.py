@@ -81,8 +81,14 @@ def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         tracker = ProjectionTracker()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
         app.state.ctx = ApiContext(
-            settings=settings, names=names, nc=nc, js=js, pool=pool, job_types=job_types,
-            slots=SlotTable(js, names, settings.lease_ttl_seconds), projection=tracker,
+            settings=settings,
+            names=names,
+            nc=nc,
+            js=js,
+            pool=pool,
+            job_types=job_types,
+            slots=SlotTable(js, names, settings.lease_ttl_seconds),
+            projection=tracker,
         )
         try:
             yield

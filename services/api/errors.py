@@ -57,8 +57,11 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
             extra["fields"] = exc.extra
     elif isinstance(exc, NotFoundException):
         message = "There is nothing at this address."
-    return Response(error_body(code, message, **extra), status_code=exc.status_code,
-                    headers=getattr(exc, "headers", None))
+    return Response(
+        error_body(code, message, **extra),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

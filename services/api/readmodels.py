@@ -25,22 +25,40 @@ def job_from_row(row: asyncpg.Record, now: datetime | None = None) -> schemas.Jo
         end = finished or now or datetime.now(UTC)
         duration = round((end - started).total_seconds(), 3)
     progress = None
-    if any(row[c] is not None for c in ("progress_current", "progress_percent", "phase", "message")):
+    if any(
+        row[c] is not None for c in ("progress_current", "progress_percent", "phase", "message")
+    ):
         progress = schemas.Progress(
-            current=row["progress_current"], total=row["progress_total"],
-            percent=row["progress_percent"], phase=row["phase"], message=row["message"],
+            current=row["progress_current"],
+            total=row["progress_total"],
+            percent=row["progress_percent"],
+            phase=row["phase"],
+            message=row["message"],
         )
     error = (
         schemas.JobError(code=row["error_code"], message=row["error_message"] or "")
-        if row["error_code"] else None
+        if row["error_code"]
+        else None
     )
     return schemas.Job(
-        id=row["id"], job_type=row["job_type"], status=row["status"],
-        parameters=row["parameters"], created_at=row["created_at"], started_at=started,
-        finished_at=finished, duration_seconds=duration, exit_code=row["exit_code"],
-        error=error, result=row["result"], log_count=row["log_count"], progress=progress,
-        lock=row["lock"], requested_by=row["requested_by"], cancelled_by=row["cancelled_by"],
-        cancel_requested_at=row["cancel_requested_at"], updated_at=row["updated_at"],
+        id=row["id"],
+        job_type=row["job_type"],
+        status=row["status"],
+        parameters=row["parameters"],
+        created_at=row["created_at"],
+        started_at=started,
+        finished_at=finished,
+        duration_seconds=duration,
+        exit_code=row["exit_code"],
+        error=error,
+        result=row["result"],
+        log_count=row["log_count"],
+        progress=progress,
+        lock=row["lock"],
+        requested_by=row["requested_by"],
+        cancelled_by=row["cancelled_by"],
+        cancel_requested_at=row["cancel_requested_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -50,8 +68,12 @@ async def get_job_row(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record | None:
     )
 
 
-async def list_jobs(pool: asyncpg.Pool, limit: int, statuses: list[str] | None = None,
-                    job_types: list[str] | None = None) -> list[asyncpg.Record]:
+async def list_jobs(
+    pool: asyncpg.Pool,
+    limit: int,
+    statuses: list[str] | None = None,
+    job_types: list[str] | None = None,
+) -> list[asyncpg.Record]:
     where: list[str] = []
     args: list[Any] = []
     if statuses:

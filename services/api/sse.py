@@ -100,13 +100,27 @@ def frames_for(event: events.AnyEvent, seq: int, skip_lines_upto: int | None) ->
                 out.append(frame(status_payload(event), event="done"))
             return out
         case events.ProgressReported():
-            return [frame({
-                "current": event.current, "total": event.total, "percent": event.percent,
-                "phase": event.phase, "message": event.message,
-            }, event="progress", id=str(seq))]
+            return [
+                frame(
+                    {
+                        "current": event.current,
+                        "total": event.total,
+                        "percent": event.percent,
+                        "phase": event.phase,
+                        "message": event.message,
+                    },
+                    event="progress",
+                    id=str(seq),
+                )
+            ]
         case events.CancelRequested():
-            return [frame({"requested_by": event.requested_by, "timestamp": event.occurred_at},
-                          event="cancel_requested", id=str(seq))]
+            return [
+                frame(
+                    {"requested_by": event.requested_by, "timestamp": event.occurred_at},
+                    event="cancel_requested",
+                    id=str(seq),
+                )
+            ]
     return []
 
 

@@ -74,7 +74,15 @@ def project(event: events.Event, stream_seq: int) -> list[Change]:
                 LinesAppended(
                     event.job_id,
                     [
-                        (event.job_id, ln.seq, ln.stream, ln.level, ln.timestamp, ln.text, stream_seq)
+                        (
+                            event.job_id,
+                            ln.seq,
+                            ln.stream,
+                            ln.level,
+                            ln.timestamp,
+                            ln.text,
+                            stream_seq,
+                        )
                         for ln in event.lines
                     ],
                 )

@@ -61,9 +61,7 @@ class Runner:
     # --- lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
-        cancel_sub = await self.nc.subscribe(
-            self.names.kind_subjects("cancel"), cb=self._on_cancel
-        )
+        cancel_sub = await self.nc.subscribe(self.names.kind_subjects("cancel"), cb=self._on_cancel)
         watcher = asyncio.create_task(self._watch_leases(stop))
         sub = await self.js.pull_subscribe(
             self.names.kind_subjects("requested"),
@@ -158,18 +156,26 @@ class Runner:
         if isinstance(status, events.StatusChanged):
             if status.status == JobStatus.RUNNING:
                 # Delivered again after it started: its runner died before finishing.
-                await self._end(job_id, JobStatus.FAILED, error=ErrorInfo(
-                    code=ErrorCode.RUNNER_LOST,
-                    message="The runner running this job stopped; the job did not finish.",
-                ))
+                await self._end(
+                    job_id,
+                    JobStatus.FAILED,
+                    error=ErrorInfo(
+                        code=ErrorCode.RUNNER_LOST,
+                        message="The runner running this job stopped; the job did not finish.",
+                    ),
+                )
             await msg.ack()
             return
         job_type = self.job_types.get(request.job_type)
         if job_type is None:
-            await self._end(job_id, JobStatus.FAILED, error=ErrorInfo(
-                code="UNKNOWN_JOB_TYPE",
-                message=f"This runner has no job type {request.job_type!r}; check job_types_file.",
-            ))
+            await self._end(
+                job_id,
+                JobStatus.FAILED,
+                error=ErrorInfo(
+                    code="UNKNOWN_JOB_TYPE",
+                    message=f"This runner has no job type {request.job_type!r}; check job_types_file.",
+                ),
+            )
             await msg.ack()
             return
 
@@ -188,8 +194,11 @@ class Runner:
     ) -> Lease | None:
         key = slot_key(request.lock, request.job_id)
         value = SlotValue(
-            job_id=request.job_id, phase="held", job_type=request.job_type,
-            runner_id=self.runner_id, host=hostname(),
+            job_id=request.job_id,
+            phase="held",
+            job_type=request.job_type,
+            runner_id=self.runner_id,
+            host=hostname(),
         )
         while True:
             if job.cancel_event.is_set() or await self._last_event(request.job_id, "cancel"):
@@ -270,7 +279,8 @@ class Runner:
         env.update({k: expand_env(v) for k, v in job_type.env.items()})
         masks = [m for m in (expand_env(v) for v in job_type.mask) if m]
         progress_re = (
-            re.compile(job_type.progress_pattern) if job_type.progress_pattern
+            re.compile(job_type.progress_pattern)
+            if job_type.progress_pattern
             else output.DEFAULT_PROGRESS_RE
         )
         level_re = re.compile(job_type.level_pattern) if job_type.level_pattern else None
@@ -287,10 +297,17 @@ class Runner:
         try:
             await tool.start()
         except SpawnError as exc:
-            return {"status": JobStatus.FAILED, "lease": lease,
-                    "error": ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc))}
-        lease = await self.slots.renew(lease, msgspec.structs.replace(
-            lease.value, pid=tool.pid, pgid=tool.pid)) or lease
+            return {
+                "status": JobStatus.FAILED,
+                "lease": lease,
+                "error": ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc)),
+            }
+        lease = (
+            await self.slots.renew(
+                lease, msgspec.structs.replace(lease.value, pid=tool.pid, pgid=tool.pid)
+            )
+            or lease
+        )
         holder = {"lease": lease}
         renewer = asyncio.create_task(self._keep_lease(holder, job, tool))
         pump = asyncio.create_task(tool.pump(sink, self.settings.max_line_bytes))
@@ -298,7 +315,8 @@ class Runner:
         cancel = asyncio.create_task(job.cancel_event.wait())
         lost = asyncio.create_task(job.lease_lost.wait())
         done, _ = await asyncio.wait(
-            {waiter, cancel, lost}, timeout=job_type.timeout_seconds,
+            {waiter, cancel, lost},
+            timeout=job_type.timeout_seconds,
             return_when=asyncio.FIRST_COMPLETED,
         )
         outcome: dict[str, Any]
@@ -308,24 +326,35 @@ class Runner:
             if exit_code == 0:
                 outcome = {"status": JobStatus.COMPLETED, "exit_code": 0}
             else:
-                outcome = {"status": JobStatus.FAILED, "exit_code": exit_code, "error": ErrorInfo(
-                    code=ErrorCode.EXIT_NONZERO,
-                    message=f"The tool exited with code {exit_code}; see the last lines of its log.",
-                )}
+                outcome = {
+                    "status": JobStatus.FAILED,
+                    "exit_code": exit_code,
+                    "error": ErrorInfo(
+                        code=ErrorCode.EXIT_NONZERO,
+                        message=f"The tool exited with code {exit_code}; see the last lines of its log.",
+                    ),
+                }
         else:
             await tool.stop(job_type.cancel_grace_seconds)
             exit_code = waiter.result() if waiter.done() else await waiter
             if cancel in done:
-                outcome = {"status": JobStatus.CANCELLED, "exit_code": exit_code,
-                           "cancelled_by": job.cancelled_by}
+                outcome = {
+                    "status": JobStatus.CANCELLED,
+                    "exit_code": exit_code,
+                    "cancelled_by": job.cancelled_by,
+                }
             elif lost in done:
                 outcome = {"status": JobStatus.FAILED, "exit_code": exit_code}
             else:
-                outcome = {"status": JobStatus.FAILED, "exit_code": exit_code, "error": ErrorInfo(
-                    code=ErrorCode.PROCESSING_TIMEOUT,
-                    message=f"The job ran longer than its timeout of "
-                            f"{job_type.timeout_seconds:g} s and was stopped.",
-                )}
+                outcome = {
+                    "status": JobStatus.FAILED,
+                    "exit_code": exit_code,
+                    "error": ErrorInfo(
+                        code=ErrorCode.PROCESSING_TIMEOUT,
+                        message=f"The job ran longer than its timeout of "
+                        f"{job_type.timeout_seconds:g} s and was stopped.",
+                    ),
+                }
         for task in (cancel, lost):
             task.cancel()
         try:
@@ -338,7 +367,9 @@ class Runner:
         outcome["lease"] = holder["lease"]
         return outcome
 
-    async def _keep_lease(self, holder: dict[str, Lease], job: RunningJob, tool: ToolProcess) -> None:
+    async def _keep_lease(
+        self, holder: dict[str, Lease], job: RunningJob, tool: ToolProcess
+    ) -> None:
         interval = max(0.3, self.settings.lease_ttl_seconds / 3)
         while True:
             await asyncio.sleep(interval)
@@ -398,10 +429,14 @@ class Runner:
         if value.host == hostname() and value.pgid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(value.pgid, 9)
-        await self._end(value.job_id, JobStatus.FAILED, error=ErrorInfo(
-            code=ErrorCode.RUNNER_LOST,
-            message=f"Runner {value.runner_id} stopped renewing its lease; the job did not finish.",
-        ))
+        await self._end(
+            value.job_id,
+            JobStatus.FAILED,
+            error=ErrorInfo(
+                code=ErrorCode.RUNNER_LOST,
+                message=f"Runner {value.runner_id} stopped renewing its lease; the job did not finish.",
+            ),
+        )
 
 
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:

@@ -32,7 +32,9 @@ def decode_create(body: bytes) -> schemas.CreateJob:
     try:
         return msgspec.json.decode(body, type=schemas.CreateJob)
     except msgspec.ValidationError as exc:
-        raise ApiError(422, "INVALID_REQUEST", f"The request body is not a job request: {exc}.")
+        raise ApiError(
+            422, "INVALID_REQUEST", f"The request body is not a job request: {exc}."
+        ) from None
     except msgspec.DecodeError:
         raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
 
@@ -60,7 +62,8 @@ class JobController(Controller):
         job_type = ctx.job_types.get(body.job_type)
         if job_type is None:
             raise ApiError(
-                422, "UNKNOWN_JOB_TYPE",
+                422,
+                "UNKNOWN_JOB_TYPE",
                 f"There is no job type {body.job_type!r}; GET /api/job-types lists them.",
                 known=sorted(ctx.job_types),
             )
@@ -68,11 +71,15 @@ class JobController(Controller):
             parameters = validate_parameters(job_type, body.parameters)
         except ParameterError as exc:
             raise ApiError(
-                422, "INVALID_PARAMETERS", "Some parameters are not valid for this job type.",
+                422,
+                "INVALID_PARAMETERS",
+                "Some parameters are not valid for this job type.",
                 fields=[msgspec.to_builtins(e) for e in exc.errors],
             ) from None
         request_event = events.JobRequested(
-            job_id=events.new_event_id(), job_type=job_type.name, parameters=parameters,
+            job_id=events.new_event_id(),
+            job_type=job_type.name,
+            parameters=parameters,
             lock=job_type.lock,
         )
         reservation = None
@@ -92,7 +99,9 @@ class JobController(Controller):
             raise
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
         return schemas.JobCreated(
-            id=request_event.job_id, job_type=job_type.name, status=JobStatus.PENDING.value,
+            id=request_event.job_id,
+            job_type=job_type.name,
+            status=JobStatus.PENDING.value,
             created_at=request_event.occurred_at,
         )
 
@@ -108,7 +117,8 @@ class JobController(Controller):
                 "started_at": row["started_at"].isoformat() if row and row["started_at"] else None,
             }
         raise ApiError(
-            409, "SLOT_BUSY",
+            409,
+            "SLOT_BUSY",
             f"A job is already running on lock {lock!r}; wait for it to finish or cancel it.",
             running_job=running,
         )
@@ -133,7 +143,9 @@ class JobController(Controller):
         return readmodels.job_from_row(await find_job(ctx, job_id))
 
     @delete("/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
-    async def cancel_job(self, request: Request[Any, Any, Any], job_id: str) -> schemas.CancelAccepted:
+    async def cancel_job(
+        self, request: Request[Any, Any, Any], job_id: str
+    ) -> schemas.CancelAccepted:
         return await cancel(ctx_of(request), job_id)
 
     @post("/{job_id:str}/cancel", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
@@ -143,12 +155,16 @@ class JobController(Controller):
         return await cancel(ctx_of(request), job_id)
 
 
-async def cancel(ctx: ApiContext, job_id: str, requested_by: str | None = None) -> schemas.CancelAccepted:
+async def cancel(
+    ctx: ApiContext, job_id: str, requested_by: str | None = None
+) -> schemas.CancelAccepted:
     """Publish CancelRequested. A pending job is cancelled at once; a running one by its runner."""
     row = await find_job(ctx, job_id)
     if JobStatus(row["status"]).is_terminal:
         raise ApiError(
-            409, "JOB_FINISHED", f"The job already ended with status {row['status']!r}.",
+            409,
+            "JOB_FINISHED",
+            f"The job already ended with status {row['status']!r}.",
             status=row["status"],
         )
     await eventstore.publish(
@@ -157,14 +173,24 @@ async def cancel(ctx: ApiContext, job_id: str, requested_by: str | None = None) 
     if row["status"] == JobStatus.PENDING:
         # The job never started: say so now. Should a runner start it at this very moment, it
         # sees the cancel and stops it; the shared terminal event id keeps one ending.
-        seq = await eventstore.publish(ctx.js, ctx.names, events.StatusChanged(
-            job_id=job_id, event_id=events.terminal_event_id(job_id),
-            status=JobStatus.CANCELLED, cancelled_by=requested_by,
-        ))
+        seq = await eventstore.publish(
+            ctx.js,
+            ctx.names,
+            events.StatusChanged(
+                job_id=job_id,
+                event_id=events.terminal_event_id(job_id),
+                status=JobStatus.CANCELLED,
+                cancelled_by=requested_by,
+            ),
+        )
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
         if row["lock"]:
             holder = await ctx.slots.current(slot_key(row["lock"], job_id))
-            if holder is not None and holder.value.job_id == job_id and holder.value.phase == "reserved":
+            if (
+                holder is not None
+                and holder.value.job_id == job_id
+                and holder.value.phase == "reserved"
+            ):
                 await ctx.slots.release(holder)
         return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
     return schemas.CancelAccepted(id=job_id, status=row["status"])

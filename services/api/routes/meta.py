@@ -34,7 +34,12 @@ async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     lag = last - applied if last is not None and applied is not None else None
     ok = checks["nats"] and checks["postgres"]
     return Response(
-        {"status": "ok" if ok else "degraded", **checks, "stream_last_seq": last,
-         "projected_seq": applied, "projector_lag": lag},
+        {
+            "status": "ok" if ok else "degraded",
+            **checks,
+            "stream_last_seq": last,
+            "projected_seq": applied,
+            "projector_lag": lag,
+        },
         status_code=200 if ok else 503,
     )

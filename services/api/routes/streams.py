@@ -17,8 +17,11 @@ SSE_HEADERS = {
 }
 
 
-@get(["/jobs/stream/{job_id:str}", "/api/jobs/{job_id:str}/stream"], tags=["streams"],
-     summary="A job's lines, status changes and progress, live")
+@get(
+    ["/jobs/stream/{job_id:str}", "/api/jobs/{job_id:str}/stream"],
+    tags=["streams"],
+    summary="A job's lines, status changes and progress, live",
+)
 async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stream:
     ctx = ctx_of(request)
     row = await find_job(ctx, job_id)
