@@ -76,6 +76,11 @@ class Names:
         """Slot leases: one key per lock slot (or per lock-free job), with a per-key TTL."""
         return f"{self.prefix}_locks"
 
+    @property
+    def tokens_bucket(self) -> str:
+        """API tokens (hashes only) and the session signing key, shared by every API instance."""
+        return f"{self.prefix}_tokens"
+
     # --- plain NATS notifications (not persisted)
     @property
     def projected_subject(self) -> str:
