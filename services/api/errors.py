@@ -16,11 +16,19 @@ log = structlog.get_logger()
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
         self.extra = extra
 
 
@@ -33,7 +41,11 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def api_error_handler(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    return Response(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+    return Response(
+        error_body(exc.code, exc.message, **exc.extra),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
 
 
 _CODES_BY_STATUS = {
