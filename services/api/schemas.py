@@ -52,14 +52,32 @@ class Job(msgspec.Struct):
     cancelled_by: str | None
     cancel_requested_at: datetime | None
     updated_at: datetime
+    batch_id: str | None = None
 
 
 class JobPage(msgspec.Struct):
     items: list[Job]
     next_cursor: str | None
+    projected_seq: int | None = None  # the stream sequence this page reflects
 
 
 class CancelAccepted(msgspec.Struct):
     id: str
     status: str
     cancel_requested: bool = True
+
+
+class LogLine(msgspec.Struct):
+    seq: int
+    stream: str
+    level: str
+    timestamp: datetime
+    text: str
+
+
+class LogPage(msgspec.Struct):
+    job_id: str
+    status: str
+    log_count: int
+    items: list[LogLine]
+    next_after: int | None  # pass as ?after= for the next page; null on the last page

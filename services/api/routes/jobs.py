@@ -17,8 +17,19 @@ from jobrunner.slots import SlotValue, slot_key
 from services.api import readmodels, schemas
 from services.api.context import ApiContext
 from services.api.errors import ApiError, job_not_found
+from services.api.queryparams import Query, encode_cursor
 
 MAX_LIST_LIMIT = 500
+LIST_PARAMETERS = (
+    "limit",
+    "cursor",
+    "status",
+    "job_type",
+    "search",
+    "batch_id",
+    "created_from",
+    "created_to",
+)
 # How long a POST waits for the projector so that an immediate GET finds the job.
 READ_YOUR_WRITES_TIMEOUT = 2.0
 
@@ -123,19 +134,59 @@ class JobController(Controller):
             running_job=running,
         )
 
-    @get("/", summary="List jobs, newest first")
+    @get("/", summary="List jobs, newest first, filtered, in pages")
     async def list_jobs(
         self,
         request: Request[Any, Any, Any],
-        limit: Annotated[int, Parameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
-        status: Annotated[list[JobStatus] | None, Parameter()] = None,
-        job_type: Annotated[list[str] | None, Parameter()] = None,
+        limit: Annotated[
+            str | None, Parameter(description=f"jobs per page, 1-{MAX_LIST_LIMIT} (default 50)")
+        ] = None,
+        cursor: Annotated[
+            str | None, Parameter(description="next_cursor of the previous page")
+        ] = None,
+        status: Annotated[
+            list[str] | None, Parameter(description="repeatable or comma-separated")
+        ] = None,
+        job_type: Annotated[
+            list[str] | None, Parameter(description="repeatable or comma-separated")
+        ] = None,
+        search: Annotated[
+            str | None, Parameter(description="text in the type, parameters or result")
+        ] = None,
+        batch_id: str | None = None,
+        created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
+        created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
     ) -> schemas.JobPage:
+        """Newest first. ``next_cursor`` pages on; pages stay stable while new jobs arrive.
+
+        ``projected_seq`` is the stream sequence the page reflects: open ``/api/jobs/stream``
+        with ``?after=<projected_seq>`` to miss no update after it.
+        """
         ctx = ctx_of(request)
-        rows = await readmodels.list_jobs(
-            ctx.pool, limit, [s.value for s in status] if status else None, job_type
+        query = Query(request.query_params, LIST_PARAMETERS)
+        filters = readmodels.JobFilter(
+            statuses=query.choices("status", [s.value for s in JobStatus]),
+            job_types=query.names("job_type"),
+            search=query.text("search"),
+            batch_id=query.name("batch_id"),
+            created_from=query.timestamp("created_from"),
+            created_to=query.timestamp("created_to"),
         )
-        return schemas.JobPage(items=[readmodels.job_from_row(r) for r in rows], next_cursor=None)
+        page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
+        after = query.cursor("cursor", readmodels.JobCursor)
+        rows, applied = await readmodels.list_jobs(ctx.pool, page_size + 1, filters, after)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        next_cursor = (
+            encode_cursor(readmodels.JobCursor(rows[-1]["created_at"], rows[-1]["id"]))
+            if more
+            else None
+        )
+        return schemas.JobPage(
+            items=[readmodels.job_from_row(r) for r in rows],
+            next_cursor=next_cursor,
+            projected_seq=applied,
+        )
 
     @get("/{job_id:str}", summary="One job")
     async def get_job(self, request: Request[Any, Any, Any], job_id: str) -> schemas.Job:
