@@ -1,0 +1,137 @@
+// The New job dialog (PRD-005 2.2): radio card per type, the generated form, the API's answers.
+import { t, announce, formatTime, writeHeaders } from "./text.js";
+
+const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
+
+function collect(form) {
+  const jobType = form.querySelector('input[name="job_type"]:checked')?.value ?? null;
+  const parameters = {};
+  for (const field of form.querySelectorAll("#job-params [data-param]")) {
+    const name = field.dataset.param;
+    switch (field.dataset.type) {
+      case "bool":
+        parameters[name] = field.querySelector("input").checked;
+        break;
+      case "multi_enum":
+        parameters[name] = [...field.querySelectorAll("input:checked")].map((i) => i.value);
+        break;
+      case "enum": {
+        const chosen = field.querySelector("input:checked");
+        if (chosen) parameters[name] = chosen.value;
+        break;
+      }
+      case "integer": {
+        const raw = field.querySelector("input").value.trim();
+        // Not a whole number: send it as typed and let the API say what is wrong.
+        if (raw !== "") parameters[name] = /^-?\d+$/.test(raw) ? Number(raw) : raw;
+        break;
+      }
+      default: {
+        const raw = field.querySelector("input").value;
+        if (raw !== "") parameters[name] = raw;
+      }
+    }
+  }
+  return { jobType, parameters };
+}
+
+export function setUpNewJob({ onStarted }) {
+  const dialog = document.getElementById("new-job-dialog");
+  const form = document.getElementById("new-job-form");
+  const alert = document.getElementById("new-job-alert");
+  const submit = document.getElementById("new-job-submit");
+  if (!dialog || !form) return;
+
+  function clearErrors() {
+    alert.hidden = true;
+    for (const error of form.querySelectorAll("[data-error-for]")) { error.hidden = true; error.textContent = ""; }
+    for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+    for (const input of form.querySelectorAll(".input-error")) input.classList.remove("input-error");
+  }
+
+  function showAlert(title, text, link) {
+    alert.querySelector("[data-alert-title]").textContent = title;
+    alert.querySelector("[data-alert-text]").textContent = text;
+    const anchor = alert.querySelector("[data-alert-link]");
+    anchor.hidden = !link;
+    if (link) anchor.href = link;
+    alert.hidden = false;
+  }
+
+  function showFieldErrors(fields) {
+    let first = null;
+    const unplaced = [];
+    for (const error of fields) {
+      const name = String(error.field || "").replace(/^parameters\./, "");
+      const slot = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
+      if (!slot) { unplaced.push(`${name}: ${error.message}`); continue; }
+      slot.textContent = error.message;
+      slot.hidden = false;
+      const wrapper = slot.closest("[data-param]");
+      for (const input of wrapper.querySelectorAll("input")) {
+        input.setAttribute("aria-invalid", "true");
+        if (input.classList.contains("input")) input.classList.add("input-error");
+      }
+      first ??= wrapper.querySelector("input");
+    }
+    showAlert(t("new.invalid"), unplaced.join("; "));
+    first?.focus();
+  }
+
+  document.getElementById("new-job-open")?.addEventListener("click", () => {
+    clearErrors();
+    dialog.showModal();
+    form.querySelector('input[name="job_type"]:checked')?.focus();
+  });
+  // A different type brings a different form: its errors no longer apply.
+  form.addEventListener("change", (event) => {
+    if (event.target.name === "job_type") clearErrors();
+  });
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors();
+    const { jobType, parameters } = collect(form);
+    if (!jobType) { showAlert(t("new.none_selected"), ""); return; }
+    submit.disabled = true;
+    submit.querySelector("[data-busy]").hidden = false;
+    let response = null;
+    try {
+      response = await fetch("/api/jobs", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: writeHeaders({ "Content-Type": "application/json" }),
+        body: JSON.stringify({ job_type: jobType, parameters }),
+      });
+    } catch {
+      response = null;
+    } finally {
+      submit.disabled = false;
+      submit.querySelector("[data-busy]").hidden = true;
+    }
+    if (!response) { showAlert(t("new.failed"), t("conn.lost")); return; }
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 201) {
+      dialog.close();
+      announce(`${t("new.started")}: ${titles[jobType] ?? jobType}`);
+      onStarted?.(body);
+      return;
+    }
+    const error = body.error ?? {};
+    if (error.code === "SLOT_BUSY") {
+      const holder = error.running_job;
+      let text = error.message ?? "";
+      if (holder) {
+        const when = holder.started_at ? `, ${t("job.started")} ${formatTime(new Date(holder.started_at))}` : "";
+        text = `${t("new.busy_holder")}: ${titles[holder.job_type] ?? holder.job_type} (${holder.job_type}, ${t(`status.${holder.status}`)}${when})`;
+      }
+      showAlert(t("new.busy"), text, holder ? `/jobs/${encodeURIComponent(holder.id)}` : null);
+      return;
+    }
+    if (error.code === "INVALID_PARAMETERS" && Array.isArray(error.fields)) {
+      showFieldErrors(error.fields);
+      return;
+    }
+    showAlert(t("new.failed"), error.message ?? `HTTP ${response.status}`);
+  });
+}
