@@ -1,0 +1,1 @@
+"""jobrunner's benchmark suite: ``python -m bench`` (see README "Performance")."""

@@ -1,0 +1,257 @@
+"""``python -m bench``: start jobrunner, measure, print the table, write bench/results/latest.json.
+
+``--quick`` runs every measurement at a tenth of its size (a smoke test of the suite itself);
+``--only latency,dispatch`` runs a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from bench import limits, report, scenarios
+from bench.system import ROOT, RunningSystem
+
+ALL = ("limits", "latency", "dispatch", "throughput", "fanout", "replay", "reads")
+
+FULL = {
+    "latency_seconds": 30,
+    "dispatch_jobs": 50,
+    "throughput_lines": 1_000_000,
+    "fanout_clients": 500,
+    "fanout_seconds": 20,
+    "replay_jobs": 100_000,
+    "reads_seconds": 5.0,
+}
+QUICK = {
+    "latency_seconds": 5,
+    "dispatch_jobs": 10,
+    "throughput_lines": 100_000,
+    "fanout_clients": 50,
+    "fanout_seconds": 5,
+    "replay_jobs": 10_000,
+    "reads_seconds": 2.0,
+}
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with httpx.AsyncClient(
+        base_url=system.base_url, headers=system.headers, timeout=60
+    ) as http:
+        if "limits" in only:
+            log("limits: pipe, spawn, JetStream, COPY")
+            results["limits"] = {
+                "pipe_read": await limits.pipe_read(size["throughput_lines"]),
+                "pipe_latency": await limits.pipe_latency(),
+                "spawn_first_line": await limits.spawn_first_line(),
+                "jetstream": await limits.jetstream(system, size["throughput_lines"]),
+                "copy": await limits.copy_rows(system, size["throughput_lines"]),
+            }
+        if "latency" in only:
+            log(f"line latency: 100 lines/s for {size['latency_seconds']} s")
+            results["latency"] = await scenarios.line_latency(system, http, size["latency_seconds"])
+        if "dispatch" in only:
+            log(f"dispatch: {size['dispatch_jobs']} jobs")
+            results["dispatch"] = await scenarios.dispatch(system, http, size["dispatch_jobs"])
+        if "throughput" in only:
+            log(f"throughput: {size['throughput_lines']:,} lines")
+            results["throughput"] = await scenarios.throughput(
+                system, http, size["throughput_lines"]
+            )
+        if "fanout" in only:
+            log(f"fan-out: {size['fanout_clients']} clients, 200 lines/s")
+            results["fanout"] = await scenarios.fan_out(
+                system, http, size["fanout_clients"], size["fanout_seconds"]
+            )
+    if "replay" in only or "reads" in only:
+        log(f"replay: {size['replay_jobs'] * 10:,} events")
+        results["replay"] = await scenarios.replay(system, size["replay_jobs"])
+        if "reads" in only:
+            log("reads")
+            results["reads"] = await scenarios.reads(
+                system, results["replay"]["database_url"], size["reads_seconds"]
+            )
+            results["limits"] = results.get("limits", {})
+            results["limits"]["direct_list_query"] = await limits.direct_query(
+                results["replay"]["database_url"], size["reads_seconds"]
+            )
+    return results
+
+
+def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per figure, with its target and the limit it is compared to."""
+    lim = results.get("limits", {})
+    ratio = report.ratio
+    out: list[dict[str, Any]] = []
+    floor = None
+    if "pipe_latency" in lim and "jetstream" in lim:
+        floor = lim["pipe_latency"]["median_ms"] + lim["jetstream"]["delivery_latency"]["median_ms"]
+    if lat := results.get("latency"):
+        out += [
+            {
+                "name": "1. line latency, median",
+                "result": f"{lat['median_ms']} ms",
+                "target": "≤ 10 ms",
+                "met": lat["median_ms"] <= 10,
+                "limit": f"{floor:.2f} ms (pipe + JetStream hop)" if floor else "—",
+                "ratio": ratio(lat["median_ms"], floor, higher_is_better=False),
+            },
+            {
+                "name": "1. line latency, p99",
+                "result": f"{lat['p99_ms']} ms",
+                "target": "≤ 50 ms",
+                "met": lat["p99_ms"] <= 50,
+            },
+            {"name": "1. line latency, max", "result": f"{lat['max_ms']} ms"},
+        ]
+    if d := results.get("dispatch"):
+        spawn = lim.get("spawn_first_line", {}).get("median_ms")
+        out += [
+            {
+                "name": "2. dispatch, median",
+                "result": f"{d['median_ms']} ms",
+                "target": "≤ 25 ms",
+                "met": d["median_ms"] <= 25,
+                "limit": f"{spawn} ms (spawn echo, read its line)" if spawn else "—",
+                "ratio": ratio(d["median_ms"], spawn, higher_is_better=False),
+            },
+            {"name": "2. dispatch, p99", "result": f"{d['p99_ms']} ms"},
+        ]
+    if t := results.get("throughput"):
+        rate = t["lines_per_s"]
+        pipe = lim.get("pipe_read", {}).get("lines_per_s")
+        jsl = lim.get("jetstream", {}).get("publish", {}).get("lines_per_s")
+        copy = lim.get("copy", {}).get("rows_per_s")
+        for key, name, limit, what in (
+            ("jetstream", "3a. throughput, stored in JetStream", jsl, "JetStream batch publish"),
+            ("postgres", "3b. throughput, projected into Postgres", copy, "COPY"),
+            ("sse", "3c. throughput, received over SSE", pipe, "pipe read"),
+        ):
+            value = rate.get(key)
+            row = {
+                "name": name,
+                "result": f"{value:,} lines/s" if value else "—",
+                "limit": f"{limit:,} lines/s ({what})" if limit else "—",
+                "ratio": ratio(value, limit),
+            }
+            if key == "sse":
+                row |= {"target": "≥ 100,000 lines/s", "met": bool(value and value >= 100_000)}
+            out.append(row)
+        mem = t["peak_rss_mib"]
+        start, end = t["runner_rss_mib_start_end"]
+        out.append(
+            {
+                "name": "3. peak memory (runner / projector / api)",
+                "result": " / ".join(f"{mem.get(n, 0)} MiB" for n in ("runner", "projector", "api"))
+                + f"; runner {start} → {end} MiB",
+                "target": "runner flat",
+            }
+        )
+    if f := results.get("fanout"):
+        out += [
+            {
+                "name": f"4. fan-out, {f['clients']} clients x 200 lines/s, p99",
+                "result": f"{f['p99_ms']} ms (median {f['median_ms']} ms)",
+                "target": "≤ 250 ms",
+                "met": f["p99_ms"] is not None and f["p99_ms"] <= 250,
+            },
+            {
+                "name": "4. fan-out, lines lost / clients complete",
+                "result": f"{f['lines_lost']} lost, {f['duplicates']} duplicated; "
+                f"{f['clients_complete']}/{f['clients']} complete",
+                "target": "none lost",
+                "met": f["lines_lost"] == 0 and f["duplicates"] == 0,
+            },
+            {"name": "4. fan-out, API peak memory", "result": f"{f['api_peak_rss_mib']} MiB"},
+        ]
+    if r := results.get("replay"):
+        copy = lim.get("copy", {}).get("rows_per_s")
+        out.append(
+            {
+                "name": f"5. replay (proxy), {r['events']:,} events",
+                "result": f"{r['events_per_s']:,} events/s "
+                f"({r['events_per_s_after_start_up']:,} after start-up)",
+                "target": "≥ 100,000 events/s",
+                "met": r["events_per_s"] >= 100_000,
+                "limit": f"{copy:,} rows/s (COPY)" if copy else "—",
+                "ratio": ratio(r["events_per_s"], copy),
+            }
+        )
+    if rd := results.get("reads"):
+        direct = lim.get("direct_list_query", {})
+        j = rd["list_jobs"]
+        out.append(
+            {
+                "name": "6. GET /api/jobs with filters (100,000 jobs)",
+                "result": f"{j['requests_per_s']:,} req/s, p99 {j['p99_ms']} ms",
+                "limit": f"{direct.get('requests_per_s', 0):,} req/s (same SQL, asyncpg)",
+                "ratio": ratio(j["requests_per_s"], direct.get("requests_per_s")),
+            }
+        )
+        logs = rd["logs"]
+        out.append(
+            {
+                "name": "6. GET /api/jobs/{id}/logs paging",
+                "result": f"{logs['requests_per_s']:,} req/s, p99 {logs['p99_ms']} ms"
+                if logs.get("available")
+                else f"not measured: endpoint answered {logs.get('status')}",
+            }
+        )
+    return out
+
+
+def git_head() -> str:
+    result = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return result.stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a tenth of every size")
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated of {ALL}")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    size = QUICK if args.quick else FULL
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": git_head(),
+        "machine": report.machine(),
+        "sizes": size,
+    }
+    system = RunningSystem()
+    log(f"starting jobrunner up in {system.tmp}")
+    try:
+        system.start()
+        results["authenticated"] = system.token is not None
+        results.update(asyncio.run(measure(system, only, size)))
+    finally:
+        log("stopping jobrunner")
+        system.stop()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["table"] = rows(results)
+    path = report.write_json(results)
+    print(report.table(results["table"]))
+    print(
+        f"\n{results['machine']['nproc']} cores, {results['machine']['cpu']}, "
+        f"{results['machine']['ram_gib']} GiB RAM; {results['seconds']} s; JSON: {path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Starts jobrunner the way users do (``jobrunner up`` in a temporary state directory on a free
+port) with the benchmark's job types, and finds its service processes for memory sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from jobrunner.embedded.serverprocess import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+JOB_TYPES = """
+[job_types.bench_paced]
+title = "Bench: paced lines with timestamps"
+argv = ["{{python}}", "-m", "bench.tools.paced"]
+cwd = "{root}"
+timeout_seconds = 600
+
+[job_types.bench_paced.parameters.rate]
+type = "integer"
+flag = "--rate"
+minimum = 1
+maximum = 100000
+default = 100
+
+[job_types.bench_paced.parameters.seconds]
+type = "integer"
+flag = "--seconds"
+minimum = 0
+maximum = 3600
+default = 30
+
+[job_types.bench_paced.parameters.delay]
+type = "string"
+flag = "--delay"
+pattern = "^[0-9.]+$"
+default = "0"
+
+[job_types.bench_flood]
+title = "Bench: 80-byte lines as fast as possible"
+argv = ["{{python}}", "-m", "bench.tools.flood"]
+cwd = "{root}"
+timeout_seconds = 600
+
+[job_types.bench_flood.parameters.lines]
+type = "integer"
+flag = "--lines"
+minimum = 1
+maximum = 10000000
+default = 1000000
+
+[job_types.bench_echo]
+title = "Bench: one line, at once (no interpreter start-up in the way)"
+argv = ["echo", "INFO dispatched"]
+timeout_seconds = 60
+"""
+
+
+def write_job_types(directory: Path) -> Path:
+    path = directory / "bench_jobtypes.toml"
+    path.write_text(JOB_TYPES.format(root=ROOT))
+    return path
+
+
+class RunningSystem:
+    """``jobrunner up`` as a child process; stopped with SIGTERM like Ctrl-C would."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="jobrunner-bench-"))
+        # The embedded Postgres may run as the `postgres` user: it must reach the state dir.
+        self.tmp.chmod(0o755)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.state_dir = self.tmp / "state"
+        self.job_types = write_job_types(self.tmp)
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runtime: dict[str, str] = {}
+        self.token: str | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "JOBRUNNER_JOB_TYPES_FILE": str(self.job_types),
+                "JOBRUNNER_LOG_LEVEL": "warning",
+                "JOBRUNNER_LOG_FORMAT": "json",
+                "PYTHONPATH": str(ROOT),
+                # 500 SSE clients share the bench's one token.
+                "JOBRUNNER_MAX_STREAMS_PER_TOKEN": "2000",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 120.0) -> None:
+        if not self.has_token_command():
+            # A product without tokens yet: nothing to authenticate with.
+            self.extra_env["JOBRUNNER_AUTH"] = "false"
+        log = (self.tmp / "up.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "jobrunner.cli",
+                "up",
+                "--port",
+                str(self.port),
+                "--state-dir",
+                str(self.state_dir),
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jobrunner up exited; see {self.tmp / 'up.log'}")
+            if self._healthy():
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"jobrunner up did not answer within {timeout} s")
+        self.runtime = json.loads((self.state_dir / "runtime.json").read_text())
+        self.token = self.create_token(self.env | self.runtime_env())
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def token_headers(self, env: dict[str, str]) -> dict[str, str]:
+        token = self.create_token(env)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def has_token_command(self) -> bool:
+        result = subprocess.run(
+            [PYTHON, "-m", "jobrunner.cli", "token", "create", "--help"],
+            env=self.env,
+            capture_output=True,
+            cwd=ROOT,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def create_token(self, env: dict[str, str]) -> str | None:
+        """When the product has bearer tokens (``jobrunner token create``), the bench uses one."""
+        if self.extra_env.get("JOBRUNNER_AUTH") == "false":
+            return None
+        for args in (["--role", "admin", "--name", "bench"], ["--name", "bench"], []):
+            result = subprocess.run(
+                [PYTHON, "-m", "jobrunner.cli", "token", "create", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=False,
+            )
+            if result.returncode == 0 and result.stdout.strip():
+                return result.stdout.strip().splitlines()[-1].split()[-1]
+        return None
+
+    def runtime_env(self) -> dict[str, str]:
+        return {
+            "JOBRUNNER_NATS_URL": self.runtime.get("nats_url", ""),
+            "JOBRUNNER_DATABASE_URL": self.runtime.get("database_url", ""),
+            "JOBRUNNER_PREFIX": self.runtime.get("prefix", "jobrunner"),
+            "JOBRUNNER_STATE_DIR": str(self.state_dir),
+        }
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def services(self) -> dict[str, psutil.Process]:
+        """The api, runner and projector processes (children of ``jobrunner up``)."""
+        assert self.proc is not None
+        found: dict[str, psutil.Process] = {}
+        for child in psutil.Process(self.proc.pid).children(recursive=False):
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            for name in ("api", "runner", "projector"):
+                if cmd[-1:] == [name] and "jobrunner.cli" in cmd:
+                    found[name] = child
+        return found
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class MemorySampler:
+    """Samples the resident memory of processes in a thread; keeps the peak and a series."""
+
+    def __init__(self, processes: dict[str, psutil.Process], interval: float = 0.1) -> None:
+        self.processes = processes
+        self.interval = interval
+        self.peak: dict[str, int] = dict.fromkeys(processes, 0)
+        self.series: dict[str, list[tuple[float, int]]] = {name: [] for name in processes}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            for name, proc in self.processes.items():
+                try:
+                    rss = proc.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peak[name] = max(self.peak[name], rss)
+                self.series[name].append((time.monotonic() - start, rss))
+            self._stop.wait(self.interval)
+
+    def mib(self, name: str) -> float:
+        return round(self.peak[name] / 2**20, 1)
+
+    def start_end(self, name: str) -> tuple[float, float]:
+        s = self.series[name]
+        if not s:
+            return (0.0, 0.0)
+        return (round(s[0][1] / 2**20, 1), round(s[-1][1] / 2**20, 1))

@@ -1,0 +1,1 @@
+"""Tools the benchmark runs as jobs: they print what the measurements need."""
