@@ -80,6 +80,32 @@ def job_events(
     return out
 
 
+def logged_job(
+    job_id: str, lines: int, stderr_every: int = 0, batch: int = 500
+) -> list[events.Event]:
+    """A completed job that printed ``INFO line i [i/N]`` for i in 1..N, in batches."""
+    out = job_events(job_id, "emit", status=JobStatus.RUNNING)
+    at = BASE_TIME
+    rows = [
+        events.LogLine(
+            i,
+            "stderr" if stderr_every and i % stderr_every == 0 else "stdout",
+            "INFO",
+            at + timedelta(milliseconds=i),
+            f"INFO line {i} [{i}/{lines}]",
+        )
+        for i in range(1, lines + 1)
+    ]
+    for start in range(0, lines, batch):
+        out.append(events.LineLogged(job_id=job_id, lines=rows[start : start + batch]))
+    out.append(
+        events.StatusChanged(
+            job_id=job_id, event_id=events.terminal_event_id(job_id), status=JobStatus.COMPLETED
+        )
+    )
+    return out
+
+
 async def publish(settings: Settings, batch: Sequence[events.Event]) -> int:
     async with publisher(settings) as js:
         return await eventstore.publish_many(js, Names(settings.prefix), batch)

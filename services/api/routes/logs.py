@@ -85,7 +85,7 @@ async def job_logs(
 
 def download_filename(job_type: str, job_id: str) -> str:
     """``<job type>-<job id>.log`` with anything but letters, digits, ``_.-`` replaced."""
-    name = _UNSAFE_FILENAME.sub("_", f"{job_type}-{job_id}")[:150].strip("._") or "job"
+    name = _UNSAFE_FILENAME.sub("_", f"{job_type}-{job_id}")[:150].strip("._-") or "job"
     return f"{name}.log"
 
 

@@ -1,0 +1,147 @@
+"""Reading any log: JSON pages, the tail, filters, and the whole log as a text download."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.settings import Settings
+from tests.history_support import logged_job, publish, reading_system, wait_projected, without_auth
+from tests.system import System
+
+TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+LINES = 1200
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return without_auth(msgspec.structs.replace(settings, job_types_file=TEST_TYPES))
+
+
+async def finished_job(system: System, **parameters: object) -> dict:
+    """Run the emit tool to the end; the job as the API shows it afterwards."""
+    async with system.client() as client:
+        created = await client.post(
+            "/api/jobs", json={"job_type": "emit", "parameters": parameters}
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        async with asyncio.timeout(60):
+            while True:
+                job = (await client.get(f"/api/jobs/{job_id}")).json()
+                if job["status"] == "completed" and job["log_count"] == parameters["lines"]:
+                    return job
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def logs(settings: Settings) -> AsyncIterator[System]:
+    """A finished job ``big`` with LINES lines and ``mixed`` with 40 lines, every 10th on stderr."""
+    last = await publish(settings, logged_job("big", LINES) + logged_job("mixed", 40, 10))
+    async with reading_system(settings) as system:
+        await wait_projected(settings, last)
+        yield system
+
+
+def printed(n: int) -> list[str]:
+    return [f"INFO line {i} [{i}/{n}]" for i in range(1, n + 1)]
+
+
+async def test_log_pages_follow_next_after_to_the_end(logs: System) -> None:
+    """Paging with next_after returns every line once, in order."""
+    texts: list[str] = []
+    params: dict[str, object] = {"limit": 500}
+    async with logs.client() as client:
+        while True:
+            page = (await client.get("/api/jobs/big/logs", params=params)).json()
+            texts += [line["text"] for line in page["items"]]
+            if page["next_after"] is None:
+                break
+            params["after"] = page["next_after"]
+    assert texts == printed(LINES)
+
+
+async def test_tail_gives_the_last_lines_oldest_first(logs: System) -> None:
+    """?tail=50 shows the last fifty lines, as the side panel needs them."""
+    async with logs.client() as client:
+        page = (await client.get("/api/jobs/big/logs", params={"tail": 50})).json()
+    assert [line["text"] for line in page["items"]] == printed(LINES)[-50:]
+    assert [line["seq"] for line in page["items"]] == list(range(LINES - 49, LINES + 1))
+
+
+async def test_lines_filter_by_stream_level_and_text(logs: System) -> None:
+    """stream=stderr, level and search each narrow the lines."""
+    url = "/api/jobs/mixed/logs"
+    async with logs.client() as client:
+        stderr = (await client.get(url, params={"stream": "stderr"})).json()["items"]
+        info = (await client.get(url, params={"level": "INFO", "stream": "stdout"})).json()
+        found = (await client.get(url, params={"search": "LINE 1"})).json()["items"]
+        none = (await client.get(url, params={"level": "ERROR"})).json()["items"]
+    assert [line["seq"] for line in stderr] == [10, 20, 30, 40]
+    assert len(info["items"]) == 36
+    assert {line["seq"] for line in found} == {1, *range(10, 20)}
+    assert none == []
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"level": "LOUD"}, "level"),
+        ({"stream": "stdin"}, "stream"),
+        ({"tail": "0"}, "tail"),
+        ({"after": "-1"}, "after"),
+        ({"limit": "5001"}, "limit"),
+        ({"tail": "5", "after": "2"}, "tail"),
+    ],
+)
+async def test_bad_log_query_answers_400_naming_the_field(
+    logs: System, params: dict[str, object], field: str
+) -> None:
+    """A bad log filter is a 400 that names the field."""
+    async with logs.client() as client:
+        response = await client.get("/api/jobs/mixed/logs", params=params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field
+
+
+async def test_download_is_the_printed_log_line_by_line(system: System) -> None:
+    """A tool's downloaded log has one line per printed line: time, level, the text printed."""
+    job = await finished_job(system, lines=LINES, stderr_every=7)
+    async with (
+        system.client() as client,
+        client.stream("GET", f"/api/jobs/{job['id']}/logs/download") as response,
+    ):
+        assert response.status_code == 200
+        disposition = response.headers["content-disposition"]
+        body = (await response.aread()).decode()
+    assert response.headers["content-type"].startswith("text/plain")
+    assert disposition == f'attachment; filename="emit-{job["id"]}.log"'
+    lines = body.splitlines()
+    assert len(lines) == LINES
+    pattern = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (\w+) +(.*)$")
+    for got, want in zip(lines, printed(LINES), strict=True):
+        match = pattern.match(got)
+        assert match, got
+        assert match.group(1) == "INFO"
+        assert match.group(2) == want
+
+
+async def test_download_of_an_unknown_job_is_404(logs: System) -> None:
+    """Downloading a job that does not exist answers 404 JOB_NOT_FOUND."""
+    async with logs.client() as client:
+        response = await client.get("/api/jobs/nope/logs/download")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "JOB_NOT_FOUND"
+
+
+def test_download_filename_is_safe() -> None:
+    """A job type or id with odd characters never escapes the quoted file name."""
+    from services.api.routes.logs import download_filename
+
+    assert download_filename('a"b/../c', "x\r\ny") == "a_b_.._c-x_y.log"
+    assert download_filename("...", "") == "job.log"
