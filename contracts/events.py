@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     RUNNER_LOST = "RUNNER_LOST"
     CANCELLED = "CANCELLED"
     LEASE_LOST = "LEASE_LOST"
+    CALLABLE_FAILED = "CALLABLE_FAILED"  # an internal job's callable raised
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

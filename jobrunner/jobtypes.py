@@ -78,6 +78,7 @@ class JobType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     mask: list[str] = []
     progress_pattern: str | None = None
     level_pattern: str | None = None
+    result_pattern: str | None = None
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,8 +114,31 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
             job_type = msgspec.convert({**body, "name": name}, JobType)
         except msgspec.ValidationError as exc:
             raise JobTypeConfigError(f"job type {name!r} in {path}: {exc}") from None
-        if not job_type.argv and not job_type.callable:
-            raise JobTypeConfigError(f"job type {name!r} needs an argv or a callable")
+        if bool(job_type.argv) == bool(job_type.callable):
+            raise JobTypeConfigError(f"job type {name!r} needs either an argv or a callable")
+        if job_type.callable and not re.fullmatch(
+            r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", job_type.callable
+        ):
+            raise JobTypeConfigError(
+                f"job type {name!r}: callable must look like 'package.module:function'"
+            )
+        for field, groups in (
+            ("progress_pattern", {"current", "percent"}),
+            ("level_pattern", {"level"}),
+            ("result_pattern", set()),
+        ):
+            pattern = getattr(job_type, field)
+            if pattern is None:
+                continue
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise JobTypeConfigError(f"job type {name!r}: bad {field}: {exc}") from None
+            if groups and not groups & set(compiled.groupindex):
+                raise JobTypeConfigError(
+                    f"job type {name!r}: {field} needs a group named "
+                    + " or ".join(f"(?P<{g}>...)" for g in sorted(groups))
+                )
         for pname, param in job_type.parameters.items():
             if param.pattern is not None:
                 try:

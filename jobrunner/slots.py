@@ -7,13 +7,21 @@ whose lease expired (and was taken over) can no longer act for that job: that is
 
 The API *reserves* a slot (phase ``reserved``) before publishing a JobRequested for a type whose
 busy policy is ``reject``; the runner that picks the job up turns the reservation into a held lease.
+
+For a type whose busy policy is ``queue``, the API puts a queue entry (``queue.<lock>.<job_id>``,
+no TTL) before publishing the request; the entry's revision is the job's place in the queue, and
+only the queue's head may take the slot when it frees.
+
+A held lease records what another runner needs to end the job's tool should this runner die:
+host, boot id, the tool's process group and its start time, and the runner's own pid and start
+time (so a runner on the same host can tell at once that the holder is gone).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
+import time
 from typing import Literal
 
 import msgspec
@@ -32,8 +40,22 @@ class SlotValue(msgspec.Struct, kw_only=True):
     job_type: str = ""
     runner_id: str | None = None
     host: str | None = None
+    boot_id: str | None = None
+    runner_pid: int | None = None
+    runner_started: int | None = None  # clock ticks since boot (/proc/<pid>/stat field 22)
     pid: int | None = None
     pgid: int | None = None
+    started: int | None = None  # the tool's start, clock ticks since boot
+
+
+class QueueEntry(msgspec.Struct, kw_only=True):
+    job_id: str
+    job_type: str = ""
+    queued_at: float = 0.0  # unix time
+
+
+# Markers (a released lease, a left queue) remove themselves after this long.
+MARKER_TTL = "60s"
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -42,10 +64,18 @@ class Lease(msgspec.Struct, kw_only=True):
     value: SlotValue
 
 
+def key_safe(name: str) -> str:
+    return _KEY_SAFE.sub("_", name)
+
+
 def slot_key(lock: str | None, job_id: str) -> str:
     if lock:
-        return "slot." + _KEY_SAFE.sub("_", lock)
-    return "job." + _KEY_SAFE.sub("_", job_id)
+        return "slot." + key_safe(lock)
+    return "job." + key_safe(job_id)
+
+
+def queue_key(lock: str, job_id: str) -> str:
+    return f"queue.{key_safe(lock)}.{key_safe(job_id)}"
 
 
 class SlotTable:
@@ -65,17 +95,17 @@ class SlotTable:
     def _subject(self, key: str) -> str:
         return f"$KV.{self._names.locks_bucket}.{key}"
 
-    async def _write(self, key: str, value: SlotValue, last: int) -> int:
+    async def _write(
+        self, key: str, value: SlotValue | QueueEntry, last: int, ttl: bool = True
+    ) -> int:
         # kv.update() cannot set a TTL, so write the KV message ourselves: conditional on the
         # last revision (0 = must not exist) and with the lease TTL.
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        if ttl:
+            headers["Nats-TTL"] = f"{self.ttl}s"
         try:
             ack = await self._js.publish(
-                self._subject(key),
-                msgspec.json.encode(value),
-                headers={
-                    "Nats-Expected-Last-Subject-Sequence": str(last),
-                    "Nats-TTL": f"{self.ttl}s",
-                },
+                self._subject(key), msgspec.json.encode(value), headers=headers
             )
         except Exception as exc:
             if getattr(exc, "err_code", None) in (10071, 10164):
@@ -89,8 +119,8 @@ class SlotTable:
             entry = await kv.get(key)
         except (KeyNotFoundError, NotFoundError):
             return None
-        if entry.value is None or entry.operation is not None:
-            return None
+        if not entry.value or entry.operation is not None:
+            return None  # deleted, or a marker the server left when the lease expired
         return Lease(
             key=key,
             revision=entry.revision or 0,
@@ -133,11 +163,38 @@ class SlotTable:
             return None
         return Lease(key=lease.key, revision=revision, value=new_value)
 
-    async def release(self, lease: Lease) -> None:
-        kv = await self.kv()
-        # Already expired or taken: nothing of ours to release.
-        with contextlib.suppress(KeyWrongLastSequenceError):
-            await kv.delete(lease.key, last=lease.revision)
+    async def release(self, lease: Lease) -> bool:
+        """Free the slot if it is still ours; False when it had already expired or been taken."""
+        try:
+            await self._delete(lease.key, lease.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def _delete(self, key: str, last: int | None) -> None:
+        # A delete marker with its own TTL, so markers of finished jobs do not pile up.
+        headers = {"KV-Operation": "DEL", "Nats-TTL": MARKER_TTL}
+        if last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
+        try:
+            await self._js.publish(self._subject(key), b"", headers=headers)
+        except Exception as exc:
+            if getattr(exc, "err_code", None) in (10071, 10164):
+                raise KeyWrongLastSequenceError(description=str(exc)) from None
+            raise
+
+    # --- the queue of a lock (busy policy "queue")
+    async def enqueue(self, lock: str, job_id: str, job_type: str) -> int:
+        """Put a job at the end of its lock's queue; its revision is its place."""
+        key = queue_key(lock, job_id)
+        entry = QueueEntry(job_id=job_id, job_type=job_type, queued_at=time.time())
+        try:
+            return await self._write(key, entry, await self.last_revision(key), ttl=False)
+        except KeyWrongLastSequenceError:
+            return 0  # already queued
+
+    async def dequeue(self, lock: str, job_id: str) -> None:
+        await self._delete(queue_key(lock, job_id), None)
 
 
 def hostname() -> str:

@@ -1,11 +1,12 @@
-"""From raw pipe bytes to log lines: splitting, decoding, level and progress parsing."""
+"""From raw pipe bytes to log lines: splitting, decoding, level, progress and result parsing."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+ANSI_RE = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 LEVEL_RE = re.compile(
     r"^\s*"
     # an optional timestamp: 2025-12-27 12:15:00[,123], 2025-12-27T12:15:00Z, [12:15:00], 12:15:00
@@ -15,51 +16,106 @@ LEVEL_RE = re.compile(
     re.IGNORECASE,
 )
 LEVEL_ALIASES = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}
+LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*\]")
 SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
 
 
 def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | None = None) -> str:
-    """The level where the tool puts it (line start, or after a timestamp), not anywhere."""
-    match = (pattern or LEVEL_RE).match(ANSI_RE.sub("", text[:200]))
+    """The level where the tool puts it (line start, or after a timestamp), not anywhere.
+
+    A job type's ``level_pattern`` replaces the default; it must have a group named ``level``.
+    """
+    match = (pattern or LEVEL_RE).match(text[:200])
     if not match:
         return default
-    level = match.group("level").upper()
-    return LEVEL_ALIASES.get(level, level)
+    level = (match.group("level") or "").upper()
+    level = LEVEL_ALIASES.get(level, level)
+    return level if level in LEVELS else default
 
 
 @dataclass(frozen=True)
 class Progress:
-    current: int
-    total: int
+    current: int | None = None
+    total: int | None = None
+    percent: float | None = None
+    phase: str | None = None
+    message: str | None = None
 
 
 def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) -> Progress | None:
+    """``[42/127]`` (or the job type's ``progress_pattern``: groups ``current`` and ``total``)."""
     match = pattern.search(text)
     if not match:
         return None
-    current, total = int(match.group("current")), int(match.group("total"))
-    if total <= 0 or current < 0:
+    groups = match.groupdict()
+    try:
+        current = int(groups["current"]) if groups.get("current") is not None else None
+        total = int(groups["total"]) if groups.get("total") is not None else None
+        percent = float(groups["percent"]) if groups.get("percent") is not None else None
+    except ValueError:
         return None
-    return Progress(current, total)
+    if current is not None and total:
+        if total <= 0 or current < 0:
+            return None
+        percent = round(100.0 * current / total, 1)
+    if current is None and percent is None:
+        return None
+    return Progress(current=current, total=total, percent=percent)
+
+
+def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
+    """A result summary line (the job type's ``result_pattern``): named groups become fields.
+
+    Numbers become numbers; without a ``summary`` group the whole line is the summary.
+    """
+    match = pattern.search(text)
+    if not match:
+        return None
+    result: dict[str, Any] = {}
+    for name, value in match.groupdict().items():
+        if value is None:
+            continue
+        result[name] = int(value) if value.isdigit() else value
+    result.setdefault("summary", text.strip())
+    return result
 
 
 def clean_text(raw: bytes) -> str:
-    """Bytes that are not UTF-8 become U+FFFD and NUL becomes ␀: replaced, never dropped."""
+    """Bytes that are not UTF-8 become U+FFFD and NUL becomes ␀: replaced, never dropped.
+
+    ANSI colour and cursor codes are removed; of a carriage-return progress bar the last state
+    is kept, as a terminal would show it.
+    """
     text = raw.decode("utf-8", errors="replace").replace("\x00", "␀")
+    if "\x1b" in text:
+        text = ANSI_RE.sub("", text)
     if "\r" in text:
-        # A carriage-return progress bar: keep what a terminal would show last.
         parts = [p for p in text.split("\r") if p]
         text = parts[-1] if parts else ""
     return text
 
 
+def _char_boundary(buf: bytes | bytearray, cut: int) -> int:
+    """Move a cut back so it does not split a UTF-8 sequence."""
+    i = cut
+    while i > cut - 3 and i > 0 and i < len(buf) and (buf[i] & 0xC0) == 0x80:
+        i -= 1
+    return i if i > 0 and (i == len(buf) or (buf[i] & 0xC0) != 0x80) else cut
+
+
 class LineSplitter:
-    """Feeds chunks, yields complete lines; a line longer than ``max_bytes`` is split."""
+    """Feeds chunks, yields complete lines; a line longer than ``max_bytes`` is split and each
+    piece but the last ends with SPLIT_MARKER. Memory stays bounded by ``max_bytes``.
+
+    ``transient`` is set to the latest state of a carriage-return progress bar that has not yet
+    ended its line: good for progress, not a log line of its own.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max(64, max_bytes)
         self._buffer = bytearray()
+        self.transient: str | None = None
 
     def feed(self, chunk: bytes) -> list[str]:
         self._buffer += chunk
@@ -77,9 +133,19 @@ class LineSplitter:
             else:
                 lines.append(clean_text(raw))
         del buf[:start]
+        last_cr = buf.rfind(b"\r")
+        if last_cr >= 0:
+            # A progress bar redrawing itself: only its latest state matters.
+            prev_cr = buf.rfind(b"\r", 0, last_cr)
+            state = bytes(buf[prev_cr + 1 : last_cr])
+            if state.strip():
+                self.transient = clean_text(state)
+            if prev_cr >= 0:
+                del buf[: prev_cr + 1]
         while len(buf) > self.max_bytes:
-            lines.append(self._cut(bytes(buf[: self.max_bytes])))
-            del buf[: self.max_bytes]
+            cut = _char_boundary(buf, self.max_bytes)
+            lines.append(clean_text(bytes(buf[:cut])) + SPLIT_MARKER)
+            del buf[:cut]
         return lines
 
     def close(self) -> list[str]:
@@ -88,13 +154,13 @@ class LineSplitter:
             return []
         rest = clean_text(bytes(self._buffer))
         self._buffer.clear()
-        return [rest]
+        return [rest] if rest else []
 
     def _split(self, raw: bytes) -> list[str]:
-        pieces = [raw[i : i + self.max_bytes] for i in range(0, len(raw), self.max_bytes)]
-        return [self._cut(p) for p in pieces[:-1]] + [clean_text(pieces[-1])]
-
-    def _cut(self, piece: bytes) -> str:
-        # Do not cut a UTF-8 sequence in half: back off to a character boundary is not worth the
-        # complexity here; the replacement character makes any cut visible.
-        return clean_text(piece) + SPLIT_MARKER
+        pieces: list[str] = []
+        while len(raw) > self.max_bytes:
+            cut = _char_boundary(raw, self.max_bytes)
+            pieces.append(clean_text(raw[:cut]) + SPLIT_MARKER)
+            raw = raw[cut:]
+        pieces.append(clean_text(raw))
+        return pieces

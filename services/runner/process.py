@@ -10,10 +10,12 @@ import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from services.runner import orphans
 from services.runner.output import LineSplitter
 
 READ_CHUNK = 256 * 1024
 _PR_SET_PDEATHSIG = 1
+GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
 
 
 def _die_with_runner() -> None:
@@ -27,21 +29,29 @@ class SpawnError(Exception):
     pass
 
 
-LineSink = Callable[[str, str, datetime], Awaitable[None]]
+# (stream, raw line, transient, when): transient lines are \r progress-bar states, not log lines.
+LineSink = Callable[[str, str, bool, datetime], Awaitable[None]]
 
 
 class ToolProcess:
+    """One tool run. Its pid is its process group id (``start_new_session``)."""
+
     def __init__(self, argv: list[str], cwd: str | None, env: dict[str, str] | None) -> None:
         self.argv = argv
         self.cwd = cwd
         self.env = env
         self.proc: asyncio.subprocess.Process | None = None
+        self.started_ticks: int | None = None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     async def start(self) -> None:
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            raise SpawnError(
+                f"cannot start {self.argv[0]!r}: working directory {self.cwd!r} does not exist"
+            )
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -55,11 +65,17 @@ class ToolProcess:
                 limit=READ_CHUNK,
             )
         except (OSError, ValueError) as exc:
-            raise SpawnError(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}") from None
+            reason = getattr(exc, "strerror", None) or str(exc)
+            name = getattr(exc, "filename", None)
+            detail = f"{reason}: {name!r}" if name else reason
+            raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
+        self.started_ticks = orphans.start_ticks(self.proc.pid)
 
     async def pump(self, sink: LineSink, max_line_bytes: int) -> None:
         """Read stdout and stderr until both close, handing each line to ``sink``."""
-        assert self.proc and self.proc.stdout and self.proc.stderr
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
         await asyncio.gather(
             self._read(self.proc.stdout, "stdout", sink, max_line_bytes),
             self._read(self.proc.stderr, "stderr", sink, max_line_bytes),
@@ -73,9 +89,12 @@ class ToolProcess:
         while chunk := await reader.read(READ_CHUNK):
             now = datetime.now(UTC)
             for line in splitter.feed(chunk):
-                await sink(name, line, now)
+                await sink(name, line, False, now)
+            if splitter.transient is not None:
+                await sink(name, splitter.transient, True, now)
+                splitter.transient = None
         for line in splitter.close():
-            await sink(name, line, datetime.now(UTC))
+            await sink(name, line, False, datetime.now(UTC))
 
     async def wait(self) -> int:
         assert self.proc
@@ -87,15 +106,24 @@ class ToolProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
+    def group_alive(self) -> bool:
+        if self.proc is None:
+            return False
+        return orphans.group_has_live_members(self.proc.pid)
+
     async def stop(self, grace_seconds: float) -> None:
-        """SIGTERM to the whole group, then SIGKILL after the grace period."""
+        """SIGTERM to the whole group, then SIGKILL to whatever is left after the grace period.
+
+        The grace period is for the whole group, not just the tool: a grandchild gets the same
+        time to clean up as its parent.
+        """
         if self.proc is None:
             return
         self.signal_group(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), grace_seconds)
-        except TimeoutError:
-            pass
-        # Descendants that ignored SIGTERM (or outlived the leader) go too.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while loop.time() < deadline and (self.proc.returncode is None or self.group_alive()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), GROUP_POLL)
         self.signal_group(signal.SIGKILL)
         await self.proc.wait()

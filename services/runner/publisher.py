@@ -92,7 +92,9 @@ class LinePublisher:
                             job_id=self._job_id,
                             current=progress.current,
                             total=progress.total,
-                            percent=round(100.0 * progress.current / progress.total, 1),
+                            percent=progress.percent,
+                            phase=progress.phase,
+                            message=progress.message,
                         )
                     )
                 else:

@@ -1,14 +1,25 @@
 """The runner service: takes JobRequested from a shared durable consumer, claims the job's slot,
-runs it and publishes what happens. Any number of runners can share one NATS."""
+runs it and publishes what happens. Any number of runners can share one NATS.
+
+A job's life in a runner:
+
+1. fetched from the durable consumer (a runner fetches only while it has capacity);
+2. its slot claimed: a lease in the lock bucket. A busy slot is waited for without holding
+   capacity; for a ``queue`` type only the head of the lock's queue may take it;
+3. ``running`` published, then the request acknowledged: a request delivered again after that
+   means its runner died, and the job ends RUNNER_LOST instead of running twice;
+4. the tool (or internal callable) runs while the lease is renewed; cancel, timeout and a lost
+   lease stop it; its end is published with the terminal event id and the slot released.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import re
+import time
 import uuid
-from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,7 +29,6 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
-from nats.js.kv import KV_PURGE
 
 from contracts import codec, events
 from contracts.events import ErrorCode, ErrorInfo, JobStatus
@@ -26,14 +36,20 @@ from contracts.names import Names
 from jobrunner import eventstore
 from jobrunner.jobtypes import JobType, build_argv, expand_env, load_job_types
 from jobrunner.settings import Settings
-from jobrunner.slots import Lease, SlotTable, SlotValue, hostname, slot_key
-from services.runner import output
+from jobrunner.slots import Lease, QueueEntry, SlotTable, SlotValue, hostname, slot_key
+from services.runner import orphans
+from services.runner.board import LockBoard
+from services.runner.internal import CallableFailed, InternalCall
 from services.runner.process import SpawnError, ToolProcess
 from services.runner.publisher import LinePublisher, publish_with_retry
+from services.runner.reporting import JobReporter
 
 log = structlog.get_logger()
 
-ACK_WAIT = 30.0
+# A queue entry whose JobRequested never reached the stream (its API died in between) is
+# dropped after this long.
+ORPHANED_QUEUE_ENTRY_SECONDS = 30.0
+PUMP_DRAIN_SECONDS = 5.0
 
 
 class RunningJob:
@@ -42,6 +58,7 @@ class RunningJob:
         self.cancelled_by: str | None = None
         self.cancel_event = asyncio.Event()
         self.lease_lost = asyncio.Event()
+        self.holds_capacity = True
 
 
 class Runner:
@@ -53,29 +70,42 @@ class Runner:
         self.runner_id = settings.runner_id or f"{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.job_types = load_job_types(settings.job_types_file)
         self.slots = SlotTable(self.js, self.names, settings.lease_ttl_seconds)
+        self.board = LockBoard()
+        self.ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
+        self.host = hostname()
+        self.boot_id = orphans.boot_id()
+        self.pid = os.getpid()
+        self.started_ticks = orphans.start_ticks(self.pid)
+        # Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
+        # after their runner stopped saying "in progress".
+        self.ack_wait = max(2.0, 2 * settings.lease_ttl_seconds)
         self.running: dict[str, RunningJob] = {}
         self.capacity = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._slot_values: dict[str, SlotValue] = {}
 
     # --- lifecycle
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
-        cancel_sub = await self.nc.subscribe(self.names.kind_subjects("cancel"), cb=self._on_cancel)
-        watcher = asyncio.create_task(self._watch_leases(stop))
-        sub = await self.js.pull_subscribe(
-            self.names.kind_subjects("requested"),
-            durable=self.names.runner_consumer,
-            stream=self.names.stream,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT,
-                max_ack_pending=10_000,
-                max_deliver=-1,
-            ),
+        watcher = asyncio.create_task(
+            self.board.watch(await self.slots.kv(), stop, self._on_lease_expired)
         )
-        log.info("runner started", runner_id=self.runner_id, job_types=list(self.job_types))
+        cancel_sub = await self.nc.subscribe(self.names.kind_subjects("cancel"), cb=self._on_cancel)
         try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.board.ready.wait(), 10.0)
+            await self._clean_up_after_crash()
+            sub = await self.js.pull_subscribe(
+                self.names.kind_subjects("requested"),
+                durable=self.names.runner_consumer,
+                stream=self.names.stream,
+                config=api.ConsumerConfig(
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    ack_wait=self.ack_wait,
+                    max_ack_pending=10_000,
+                    max_deliver=-1,
+                ),
+            )
+            log.info("runner started", runner_id=self.runner_id, job_types=list(self.job_types))
             while not stop.is_set():
                 await self.capacity.acquire()
                 try:
@@ -92,28 +122,65 @@ class Runner:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:
-            watcher.cancel()
             await cancel_sub.unsubscribe()
             for job in self.running.values():
                 job.cancelled_by = job.cancelled_by or "runner shutdown"
                 job.cancel_event.set()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _clean_up_after_crash(self) -> None:
+        """Before taking work: end what a dead runner on this host left behind."""
+        for job_id in self.ledger.end_orphans():
+            log.warning("orphaned tool ended at start", orphan_job_id=job_id)
+        for key, value in list(self.board.slots.items()):
+            if value.phase != "held" or not self._is_dead_local_runner(value):
+                continue
+            if value.pgid:
+                orphans.kill_group(value.pgid, value.started, value.boot_id)
+            lease = await self.slots.current(key)
+            if lease is None or lease.value.job_id != value.job_id:
+                continue
+            await self._end(
+                value.job_id,
+                JobStatus.FAILED,
+                error=ErrorInfo(
+                    code=ErrorCode.RUNNER_LOST,
+                    message=f"Runner {value.runner_id} on {value.host} stopped while running "
+                    "this job; a runner starting on that host ended its processes.",
+                ),
+            )
+            await self.slots.release(lease)
+
+    def _is_dead_local_runner(self, value: SlotValue) -> bool:
+        return (
+            value.host == self.host
+            and value.boot_id == self.boot_id
+            and value.runner_pid is not None
+            and value.runner_id != self.runner_id
+            and not orphans.process_alive(value.runner_pid, value.runner_started)
+        )
 
     # --- one job
     async def _handle(self, msg: Msg) -> None:
+        job: RunningJob | None = None
         try:
             event = codec.decode(msg.data)
             if not isinstance(event, events.JobRequested):
                 await msg.term()
                 return
             structlog.contextvars.bind_contextvars(job_id=event.job_id)
-            await self._handle_request(msg, event)
+            job = RunningJob(event.job_id)
+            await self._handle_request(msg, event, job)
         except Exception:
             log.exception("job handling crashed")
         finally:
             structlog.contextvars.unbind_contextvars("job_id")
-            self.capacity.release()
+            if job is None or job.holds_capacity:
+                self.capacity.release()
 
     async def _last_event(self, job_id: str, kind: str) -> events.AnyEvent | None:
         try:
@@ -150,7 +217,9 @@ class Runner:
             )
         )
 
-    async def _handle_request(self, msg: Msg, request: events.JobRequested) -> None:
+    async def _handle_request(
+        self, msg: Msg, request: events.JobRequested, job: RunningJob
+    ) -> None:
         job_id = request.job_id
         status = await self._last_event(job_id, "status")
         if isinstance(status, events.StatusChanged):
@@ -164,6 +233,8 @@ class Runner:
                         message="The runner running this job stopped; the job did not finish.",
                     ),
                 )
+            elif request.lock:
+                await self.slots.dequeue(request.lock, job_id)
             await msg.ack()
             return
         job_type = self.job_types.get(request.job_type)
@@ -173,62 +244,100 @@ class Runner:
                 JobStatus.FAILED,
                 error=ErrorInfo(
                     code="UNKNOWN_JOB_TYPE",
-                    message=f"This runner has no job type {request.job_type!r}; check job_types_file.",
+                    message=f"This runner has no job type {request.job_type!r}; "
+                    "check job_types_file.",
                 ),
             )
             await msg.ack()
             return
 
-        job = RunningJob(job_id)
         self.running[job_id] = job
         try:
-            lease = await self._claim_slot(msg, request, job)
+            lease = await self._claim_slot(msg, request, job_type, job)
             if lease is None:
                 return
             await self._run_claimed(msg, request, job_type, job, lease)
         finally:
             self.running.pop(job_id, None)
 
+    # --- the slot
     async def _claim_slot(
-        self, msg: Msg, request: events.JobRequested, job: RunningJob
+        self, msg: Msg, request: events.JobRequested, job_type: JobType, job: RunningJob
     ) -> Lease | None:
-        key = slot_key(request.lock, request.job_id)
+        job_id = request.job_id
+        key = slot_key(request.lock, job_id)
+        queued = bool(request.lock) and job_type.on_busy == "queue"
         value = SlotValue(
-            job_id=request.job_id,
+            job_id=job_id,
             phase="held",
             job_type=request.job_type,
             runner_id=self.runner_id,
-            host=hostname(),
+            host=self.host,
+            boot_id=self.boot_id,
+            runner_pid=self.pid,
+            runner_started=self.started_ticks,
         )
         while True:
-            if job.cancel_event.is_set() or await self._last_event(request.job_id, "cancel"):
-                await self._end(request.job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+            if job.cancel_event.is_set() or await self._last_event(job_id, "cancel"):
+                await self._end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+                if request.lock:
+                    await self.slots.dequeue(request.lock, job_id)
                 await msg.ack()
                 return None
-            lease = await self.slots.try_acquire(key, value)
-            if lease is not None:
-                return lease
-            # Busy: keep the request ours while we wait for the slot to free.
+            may_take = not queued or await self._is_queue_head(request, key)
+            if may_take and (job.holds_capacity or await self._take_capacity(job)):
+                lease = await self.slots.try_acquire(key, value)
+                if lease is not None:
+                    if queued and request.lock:
+                        await self.slots.dequeue(request.lock, job_id)
+                    return lease
+            if job.holds_capacity:
+                # Waiting for a slot takes no capacity: other jobs may run meanwhile.
+                self.capacity.release()
+                job.holds_capacity = False
             await msg.in_progress()
-            await self._wait_for_slot_change(key, job, timeout=ACK_WAIT / 3)
+            waits = [
+                asyncio.ensure_future(self.board.wait_change(key, self.ack_wait / 3)),
+                asyncio.ensure_future(job.cancel_event.wait()),
+            ]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
 
-    async def _wait_for_slot_change(self, key: str, job: RunningJob, timeout: float) -> None:
-        kv = await self.slots.kv()
-        watcher = await kv.watch(key)
+    async def _take_capacity(self, job: RunningJob) -> bool:
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-                if job.cancel_event.is_set():
-                    return
-                try:
-                    entry = await watcher.updates(timeout=min(remaining, 0.5))
-                except (NatsTimeoutError, TimeoutError):
-                    continue
-                if entry is not None and entry.operation is not None:
-                    return  # deleted or expired: try again
-        finally:
-            await watcher.stop()
+            await asyncio.wait_for(self.capacity.acquire(), self.ack_wait / 3)
+        except TimeoutError:
+            return False
+        job.holds_capacity = True
+        return True
 
+    async def _is_queue_head(self, request: events.JobRequested, key: str) -> bool:
+        """Is this job first in its lock's queue? Drops a head that will never come."""
+        assert request.lock
+        if not self.board.ready.is_set():
+            return False
+        if not self.board.queued(key, request.job_id):
+            # Not (yet) seen by our watcher; put it there if nobody did (idempotent).
+            await self.slots.enqueue(request.lock, request.job_id, request.job_type)
+            return False
+        head = self.board.head(key)
+        if head is None or head.job_id == request.job_id:
+            return True
+        if await self._queue_entry_is_dead(head):
+            log.info("dropping a dead queue entry", dead_job_id=head.job_id)
+            await self.slots.dequeue(request.lock, head.job_id)
+        return False
+
+    async def _queue_entry_is_dead(self, entry: QueueEntry) -> bool:
+        status = await self._last_event(entry.job_id, "status")
+        if isinstance(status, events.StatusChanged) and status.status != JobStatus.PENDING:
+            return True  # started or ended: it should have left the queue
+        if time.time() - entry.queued_at < ORPHANED_QUEUE_ENTRY_SECONDS:
+            return False
+        return await self._last_event(entry.job_id, "requested") is None
+
+    # --- running
     async def _run_claimed(
         self,
         msg: Msg,
@@ -238,6 +347,12 @@ class Runner:
         lease: Lease,
     ) -> None:
         job_id = request.job_id
+        if job.cancel_event.is_set() or await self._last_event(job_id, "cancel"):
+            # Cancelled while we were taking the slot: it never starts.
+            await self._end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+            await self.slots.release(lease)
+            await msg.ack()
+            return
         await self._publish(
             events.StatusChanged(job_id=job_id, status=JobStatus.RUNNING, runner_id=self.runner_id)
         )
@@ -247,71 +362,72 @@ class Runner:
         started = asyncio.get_running_loop().time()
         publisher = LinePublisher(self.js, self.names, job_id, self.settings.line_batch_max)
         publisher.start()
-        outcome = await self._execute(request, job_type, job, publisher, lease)
+        masks = [expand_env(v) for v in job_type.mask]
+        reporter = JobReporter(publisher, job_type, masks)
+        outcome = await self._execute(request, job_type, job, reporter, lease)
         await publisher.close()
+        self.ledger.remove(job_id)
+        lease = outcome.pop("lease")
         if job.lease_lost.is_set():
             log.warning("lease lost: not reporting the end of a job we no longer own")
             return
-        lease = outcome.pop("lease")
-        await self._end(job_id, **outcome)
+        await self._end(job_id, **outcome, result=reporter.result or None)
         await self.slots.release(lease)
+        error = outcome.get("error")
         log.info(
             "job finished",
             job_type=request.job_type,
             status=str(outcome["status"]),
             exit_code=outcome.get("exit_code"),
+            error_code=error.code if error else None,
             lines=publisher.published_lines,
             seconds=round(asyncio.get_running_loop().time() - started, 3),
         )
+
+    def _execution(
+        self, request: events.JobRequested, job_type: JobType
+    ) -> ToolProcess | InternalCall:
+        own_env = {"JOBRUNNER_DEMO_PACE": str(self.settings.demo_pace)}
+        own_env.update({k: expand_env(v) for k, v in job_type.env.items()})
+        if job_type.callable:
+            return InternalCall(job_type.callable, request.job_id, request.parameters, own_env)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **own_env}
+        cwd = expand_env(job_type.cwd) if job_type.cwd else None
+        return ToolProcess(build_argv(job_type, request.parameters), cwd, env)
 
     async def _execute(
         self,
         request: events.JobRequested,
         job_type: JobType,
         job: RunningJob,
-        publisher: LinePublisher,
+        reporter: JobReporter,
         lease: Lease,
     ) -> dict[str, Any]:
-        argv = build_argv(job_type, request.parameters)
-        env = dict(os.environ)
-        env["JOBRUNNER_DEMO_PACE"] = str(self.settings.demo_pace)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update({k: expand_env(v) for k, v in job_type.env.items()})
-        masks = [m for m in (expand_env(v) for v in job_type.mask) if m]
-        progress_re = (
-            re.compile(job_type.progress_pattern)
-            if job_type.progress_pattern
-            else output.DEFAULT_PROGRESS_RE
-        )
-        level_re = re.compile(job_type.level_pattern) if job_type.level_pattern else None
-
-        async def sink(stream: str, text: str, at: datetime) -> None:
-            for secret in masks:
-                text = text.replace(secret, "***")
-            await publisher.add(stream, output.parse_level(text, pattern=level_re), text, at)
-            progress = output.parse_progress(text, progress_re)
-            if progress is not None:
-                publisher.report_progress(progress)
-
-        tool = ToolProcess(argv, expand_env(job_type.cwd) if job_type.cwd else None, env)
+        execution = self._execution(request, job_type)
+        if job.cancel_event.is_set():
+            # Cancelled between the claim and now: never start it.
+            return {"status": JobStatus.CANCELLED, "cancelled_by": job.cancelled_by, "lease": lease}
         try:
-            await tool.start()
-        except SpawnError as exc:
+            await execution.start()
+        except (SpawnError, CallableFailed) as exc:
             return {
                 "status": JobStatus.FAILED,
                 "lease": lease,
                 "error": ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc)),
             }
-        lease = (
-            await self.slots.renew(
-                lease, msgspec.structs.replace(lease.value, pid=tool.pid, pgid=tool.pid)
-            )
-            or lease
-        )
+        pump: asyncio.Task[None]
+        if isinstance(execution, ToolProcess):
+            lease = await self._record_tool(request.job_id, execution, lease)
+
+            async def sink(stream: str, text: str, transient: bool, at: Any) -> None:
+                await reporter.line(stream, text, at, transient=transient)
+
+            pump = asyncio.create_task(execution.pump(sink, self.settings.max_line_bytes))
+        else:
+            pump = asyncio.create_task(execution.pump(reporter))
         holder = {"lease": lease}
-        renewer = asyncio.create_task(self._keep_lease(holder, job, tool))
-        pump = asyncio.create_task(tool.pump(sink, self.settings.max_line_bytes))
-        waiter = asyncio.create_task(tool.wait())
+        renewer = asyncio.create_task(self._keep_lease(holder, job))
+        waiter = asyncio.create_task(execution.wait())
         cancel = asyncio.create_task(job.cancel_event.wait())
         lost = asyncio.create_task(job.lease_lost.wait())
         done, _ = await asyncio.wait(
@@ -322,59 +438,96 @@ class Runner:
         outcome: dict[str, Any]
         if waiter in done:
             exit_code = waiter.result()
-            tool.signal_group(9)  # nothing of the tool outlives it
-            if exit_code == 0:
-                outcome = {"status": JobStatus.COMPLETED, "exit_code": 0}
-            else:
-                outcome = {
-                    "status": JobStatus.FAILED,
-                    "exit_code": exit_code,
-                    "error": ErrorInfo(
-                        code=ErrorCode.EXIT_NONZERO,
-                        message=f"The tool exited with code {exit_code}; see the last lines of its log.",
-                    ),
-                }
+            if isinstance(execution, ToolProcess):
+                execution.signal_group(9)  # nothing of the tool outlives it
+            outcome = self._exit_outcome(execution, exit_code)
         else:
-            await tool.stop(job_type.cancel_grace_seconds)
-            exit_code = waiter.result() if waiter.done() else await waiter
+            await execution.stop(job_type.cancel_grace_seconds)
+            exit_code = await waiter
             if cancel in done:
-                outcome = {
-                    "status": JobStatus.CANCELLED,
-                    "exit_code": exit_code,
-                    "cancelled_by": job.cancelled_by,
-                }
+                outcome = {"status": JobStatus.CANCELLED, "cancelled_by": job.cancelled_by}
             elif lost in done:
-                outcome = {"status": JobStatus.FAILED, "exit_code": exit_code}
+                outcome = {"status": JobStatus.FAILED}
             else:
                 outcome = {
                     "status": JobStatus.FAILED,
-                    "exit_code": exit_code,
                     "error": ErrorInfo(
                         code=ErrorCode.PROCESSING_TIMEOUT,
                         message=f"The job ran longer than its timeout of "
                         f"{job_type.timeout_seconds:g} s and was stopped.",
                     ),
                 }
+            if isinstance(execution, ToolProcess):
+                outcome["exit_code"] = exit_code
         for task in (cancel, lost):
             task.cancel()
         try:
-            await asyncio.wait_for(pump, timeout=5.0)
+            await asyncio.wait_for(asyncio.shield(pump), timeout=PUMP_DRAIN_SECONDS)
         except TimeoutError:
+            # Someone outside the process group still holds the tool's output open.
             log.warning("output did not close after the tool ended")
+            pump.cancel()
+        if isinstance(execution, InternalCall) and execution.returned:
+            reporter.add_result(execution.returned)
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
         outcome["lease"] = holder["lease"]
         return outcome
 
-    async def _keep_lease(
-        self, holder: dict[str, Lease], job: RunningJob, tool: ToolProcess
-    ) -> None:
+    @staticmethod
+    def _exit_outcome(execution: ToolProcess | InternalCall, exit_code: int) -> dict[str, Any]:
+        if isinstance(execution, InternalCall):
+            if exit_code == 0:
+                return {"status": JobStatus.COMPLETED}
+            return {
+                "status": JobStatus.FAILED,
+                "error": ErrorInfo(
+                    code=ErrorCode.CALLABLE_FAILED,
+                    message=f"The job raised {execution.error}.",
+                ),
+            }
+        if exit_code == 0:
+            return {"status": JobStatus.COMPLETED, "exit_code": 0}
+        return {
+            "status": JobStatus.FAILED,
+            "exit_code": exit_code,
+            "error": ErrorInfo(
+                code=ErrorCode.EXIT_NONZERO,
+                message=f"The tool exited with code {exit_code}; see the last lines of its log.",
+            ),
+        }
+
+    async def _record_tool(self, job_id: str, tool: ToolProcess, lease: Lease) -> Lease:
+        """Write down what finds the tool's process group should this runner die."""
+        assert tool.pid is not None
+        self.ledger.record(
+            orphans.ToolRecord(
+                job_id=job_id,
+                pgid=tool.pid,
+                started=tool.started_ticks,
+                boot_id=self.boot_id,
+                runner_pid=self.pid,
+                runner_started=self.started_ticks,
+            )
+        )
+        value = msgspec.structs.replace(
+            lease.value, pid=tool.pid, pgid=tool.pid, started=tool.started_ticks
+        )
+        return await self.slots.renew(lease, value) or lease
+
+    async def _keep_lease(self, holder: dict[str, Lease], job: RunningJob) -> None:
         interval = max(0.3, self.settings.lease_ttl_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             try:
                 renewed = await self.slots.renew(holder["lease"])
+                if not job.cancel_event.is_set():
+                    # A cancel sent while we were cut off from NATS is still in the stream.
+                    cancel = await self._last_event(job.job_id, "cancel")
+                    if isinstance(cancel, events.CancelRequested):
+                        job.cancelled_by = cancel.requested_by
+                        job.cancel_event.set()
             except Exception as exc:
                 log.warning("lease renewal failed, retrying", error=repr(exc))
                 continue
@@ -395,46 +548,20 @@ class Runner:
             job.cancelled_by = event.requested_by
             job.cancel_event.set()
 
-    async def _watch_leases(self, stop: asyncio.Event) -> None:
+    async def _on_lease_expired(self, value: SlotValue) -> None:
         """Every runner watches every lease: one that expires means its runner is gone."""
-        while not stop.is_set():
-            try:
-                kv = await self.slots.kv()
-                watcher = await kv.watchall()
-                while not stop.is_set():
-                    try:
-                        entry = await watcher.updates(timeout=1.0)
-                    except (NatsTimeoutError, TimeoutError):
-                        continue
-                    if entry is None:
-                        continue
-                    if entry.operation is None and entry.value:
-                        self._slot_values[entry.key] = msgspec.json.decode(
-                            entry.value, type=SlotValue
-                        )
-                        continue
-                    value = self._slot_values.pop(entry.key, None)
-                    if entry.operation == KV_PURGE and value and value.phase == "held":
-                        await self._declare_lost(value)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("lease watch failed, restarting", error=repr(exc))
-                await asyncio.sleep(1.0)
-
-    async def _declare_lost(self, value: SlotValue) -> None:
-        if value.job_id in self.running:
-            return  # ours and alive: the renewer will notice the lost lease itself
-        log.warning("runner lost", job_id=value.job_id, lost_runner=value.runner_id)
-        if value.host == hostname() and value.pgid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(value.pgid, 9)
+        if value.phase != "held" or value.job_id in self.running:
+            return  # a reservation, or ours and alive: the renewer notices a lost lease itself
+        log.warning("runner lost", lost_job_id=value.job_id, lost_runner=value.runner_id)
+        if value.host == self.host and value.pgid:
+            orphans.kill_group(value.pgid, value.started, value.boot_id)
         await self._end(
             value.job_id,
             JobStatus.FAILED,
             error=ErrorInfo(
                 code=ErrorCode.RUNNER_LOST,
-                message=f"Runner {value.runner_id} stopped renewing its lease; the job did not finish.",
+                message=f"Runner {value.runner_id} stopped renewing its lease; "
+                "the job did not finish.",
             ),
         )
 

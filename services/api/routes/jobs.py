@@ -102,11 +102,18 @@ class JobController(Controller):
             )
             if reservation is None:
                 await self._raise_busy(ctx, key, job_type.lock)
+        queued = bool(job_type.lock) and job_type.on_busy == "queue"
+        if queued and job_type.lock:
+            # Queue first, publish second: the queue entry's revision is the job's place, so jobs
+            # start in the order their POSTs were answered.
+            await ctx.slots.enqueue(job_type.lock, request_event.job_id, job_type.name)
         try:
             seq = await eventstore.publish(ctx.js, ctx.names, request_event)
         except Exception:
             if reservation is not None:
                 await ctx.slots.release(reservation)
+            if queued and job_type.lock:
+                await ctx.slots.dequeue(job_type.lock, request_event.job_id)
             raise
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
         return schemas.JobCreated(
@@ -236,6 +243,7 @@ async def cancel(
         )
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
         if row["lock"]:
+            await ctx.slots.dequeue(row["lock"], job_id)
             holder = await ctx.slots.current(slot_key(row["lock"], job_id))
             if (
                 holder is not None

@@ -1,0 +1,162 @@
+"""Finding and ending a dead runner's tools without ever hitting an unrelated process.
+
+A tool runs in its own process group (its pid is the group id). When its runner dies, the kernel
+kills the tool itself (PR_SET_PDEATHSIG) but not its children, which keep the group alive. To end
+them later, a runner records the group id together with the host, the boot id and the leader's
+start time (``/proc/<pid>/stat`` field 22, clock ticks since boot): a pid that was reused since is
+recognised by its different start time and left alone.
+
+Each runner also keeps a ledger of the tools it started, one small file per job in
+``<state_dir>/runner-tools/``, so a runner restarted on the same host finds its predecessor's tools
+even after their leases were declared lost by a runner on another machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import msgspec
+import structlog
+
+log = structlog.get_logger()
+
+_PROC = Path("/proc")
+
+
+def boot_id() -> str:
+    try:
+        return (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None if it does not exist."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    """Is ``pid`` the very process that started at ``started`` (and not a zombie)?"""
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def group_members(pgid: int) -> list[tuple[int, int]]:
+    """Live processes of a process group, as (pid, start ticks)."""
+    members: list[tuple[int, int]] = []
+    try:
+        entries = os.listdir(_PROC)
+    except OSError:
+        return members
+    for name in entries:
+        if not name.isdigit():
+            continue
+        fields = _stat(int(name))
+        if fields is None or fields[0] in ("Z", "X"):
+            continue
+        if int(fields[2]) == pgid:
+            members.append((int(name), int(fields[19])))
+    return members
+
+
+def group_has_live_members(pgid: int) -> bool:
+    if not _PROC.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    return bool(group_members(pgid))
+
+
+def kill_group(pgid: int, leader_started: int | None, recorded_boot_id: str | None) -> int:
+    """SIGKILL what is left of a recorded process group; returns how many processes were hit.
+
+    Only processes that belong to the recorded group are touched: same boot, and either the leader
+    itself (same start time) or members started after it while the leader's pid was still that
+    group's id.
+    """
+    if not _PROC.is_dir() or leader_started is None:
+        return 0
+    if recorded_boot_id and recorded_boot_id != boot_id():
+        return 0  # the machine rebooted: the group died with it
+    leader = start_ticks(pgid)
+    if leader is not None and leader != leader_started:
+        return 0  # the pid now belongs to another process, and so does a group of that id
+    killed = 0
+    for pid, started in group_members(pgid):
+        if started >= leader_started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+class ToolRecord(msgspec.Struct, kw_only=True):
+    job_id: str
+    pgid: int
+    started: int | None
+    boot_id: str
+    runner_pid: int
+    runner_started: int | None
+
+
+class ToolLedger:
+    """One file per running tool of the runners on this host."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, job_id: str) -> Path:
+        return self.directory / f"{job_id}.json"
+
+    def record(self, record: ToolRecord) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = self._path(record.job_id).with_suffix(".tmp")
+            tmp.write_bytes(msgspec.json.encode(record))
+            tmp.replace(self._path(record.job_id))
+        except OSError as exc:
+            log.warning("cannot write the tool ledger", error=str(exc))
+
+    def remove(self, job_id: str) -> None:
+        with contextlib.suppress(OSError):
+            self._path(job_id).unlink()
+
+    def records(self) -> list[ToolRecord]:
+        out: list[ToolRecord] = []
+        if not self.directory.is_dir():
+            return out
+        for path in self.directory.glob("*.json"):
+            try:
+                out.append(msgspec.json.decode(path.read_bytes(), type=ToolRecord))
+            except (OSError, msgspec.MsgspecError):
+                continue
+        return out
+
+    def end_orphans(self) -> list[str]:
+        """End the tools of runners that are gone; returns their job ids."""
+        ended: list[str] = []
+        for rec in self.records():
+            if process_alive(rec.runner_pid, rec.runner_started):
+                continue  # a live runner on this host still owns it
+            hit = kill_group(rec.pgid, rec.started, rec.boot_id)
+            log.warning("ended an orphaned tool", orphan_job_id=rec.job_id, processes=hit)
+            self.remove(rec.job_id)
+            ended.append(rec.job_id)
+        return ended

@@ -1,0 +1,120 @@
+"""The slot lock and the busy policies: one job per slot, across runners; reject or queue."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.settings import Settings
+from tests.system import System
+from tests.tools.runners import (
+    RUNNER_TYPES,
+    RunnerProcess,
+    start_job,
+    wait_status,
+)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
+
+
+async def test_twenty_simultaneous_posts_to_an_idle_lock_start_exactly_one(system: System) -> None:
+    """Twenty users press Start at once on a reject-type lock: one job starts, 19 get 409."""
+    async with system.client() as client:
+        responses = await asyncio.gather(
+            *(client.post("/api/jobs", json={"job_type": "rejecting"}) for _ in range(20))
+        )
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [201] + [409] * 19, [r.text for r in responses]
+        winner = next(r.json() for r in responses if r.status_code == 201)
+        busy = next(r.json() for r in responses if r.status_code == 409)
+        assert busy["error"]["code"] == "SLOT_BUSY"
+        assert busy["error"]["running_job"]["id"] == winner["id"]
+        assert busy["error"]["running_job"]["job_type"] == "rejecting"
+        assert await wait_status(client, winner["id"], "completed")
+
+
+async def test_busy_reject_lock_answers_409_with_the_running_job(system: System) -> None:
+    """While a reject-lock job runs, starting another names the holder and its start."""
+    async with system.client() as client:
+        first = await start_job(client, "rejecting")
+        running = await wait_status(client, first, "running")
+        second = await client.post("/api/jobs", json={"job_type": "rejecting"})
+        assert second.status_code == 409
+        holder = second.json()["error"]["running_job"]
+        assert holder["id"] == first
+        assert holder["started_at"] is not None
+        assert holder["started_at"][:19] == running["started_at"][:19]
+        await wait_status(client, first, "completed")
+        third = await client.post("/api/jobs", json={"job_type": "rejecting"})
+        assert third.status_code == 201, third.text
+
+
+async def test_queued_jobs_start_in_submission_order_as_the_slot_frees(
+    system: System, tmp_path: Path
+) -> None:
+    """Five jobs queued on one lock run one after another, in the order they were submitted."""
+    order = tmp_path / "order"
+    params = {"lockfile": str(tmp_path / "lock"), "order_file": str(order), "seconds": "0.2"}
+    async with system.client() as client:
+        ids = [await start_job(client, "queued", label=f"job{i}", **params) for i in range(5)]
+        jobs = [await wait_status(client, job_id, "completed", "failed") for job_id in ids]
+    assert [j["status"] for j in jobs] == ["completed"] * 5
+    assert order.read_text().split() == [f"job{i}" for i in range(5)]
+    for before, after in itertools.pairwise(jobs):
+        assert before["finished_at"] <= after["started_at"]
+
+
+async def test_job_types_with_different_locks_run_side_by_side(
+    system: System, tmp_path: Path
+) -> None:
+    """A job on another lock starts while the first lock is busy."""
+    async with system.client() as client:
+        blocker = await start_job(
+            client,
+            "queued",
+            label="long",
+            lockfile=str(tmp_path / "lock"),
+            order_file=str(tmp_path / "order"),
+            seconds="30",
+        )
+        await wait_status(client, blocker, "running")
+        other = await start_job(client, "rejecting")
+        await wait_status(client, other, "completed")
+        assert (await client.get(f"/api/jobs/{blocker}")).json()["status"] == "running"
+        await client.delete(f"/api/jobs/{blocker}")
+        await wait_status(client, blocker, "cancelled")
+
+
+async def test_two_runner_processes_share_one_slot_without_overlap(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two runner processes take queued jobs of one lock one at a time, in submission order."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    runners = [
+        RunnerProcess(settings, tmp_path / f"runner{i}.log", runner_id=f"proc{i}") for i in range(2)
+    ]
+    try:
+        await asyncio.gather(*(r.start() for r in runners))
+        order = tmp_path / "order"
+        params = {"lockfile": str(tmp_path / "lock"), "order_file": str(order), "seconds": "0.3"}
+        async with system.client() as client:
+            ids = [await start_job(client, "queued", label=f"job{i}", **params) for i in range(6)]
+            jobs = [await wait_status(client, job_id, "completed", "failed") for job_id in ids]
+    finally:
+        for runner in runners:
+            runner.stop()
+        await system.stop()
+    assert [j["status"] for j in jobs] == ["completed"] * 6, jobs
+    assert order.read_text().split() == [f"job{i}" for i in range(6)]
+    spans = sorted((j["started_at"], j["finished_at"]) for j in jobs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start

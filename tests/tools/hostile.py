@@ -1,0 +1,45 @@
+"""A test tool that prints what breaks naive runners; --mode picks the kind of output."""
+
+import argparse
+import os
+import sys
+import time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--mode", required=True)
+parser.add_argument("--seconds", type=float, default=0)
+args = parser.parse_args()
+out = sys.stdout.buffer
+match args.mode:
+    case "long_line":
+        out.write(b"L" * 100_000 + b"\n")
+    case "huge_no_newline":
+        chunk = b"0123456789" * 10_000
+        for _ in range(100):  # 10 MB
+            out.write(chunk)
+    case "invalid_utf8":
+        out.write(b"bad \xff\xfe bytes \xc3\n")
+    case "nul":
+        out.write(b"before\x00after\n")
+    case "ansi":
+        out.write(b"\x1b[31mERROR\x1b[0m \x1b[1mred\x1b[0m alert\n")
+    case "cr_progress":
+        for i in range(1, 5):
+            out.write(f"\rdownloading [{i}/4]".encode())
+            out.flush()
+            time.sleep(0.05)
+        out.write(b"\ndone\n")
+    case "interleaved":
+        for i in range(1, 201):
+            stream = sys.stdout if i % 2 else sys.stderr
+            print(f"line {i}", file=stream, flush=True)
+    case "close_stdout":
+        print("before close", flush=True)
+        os.close(1)
+        time.sleep(0.5)
+        print("still running on stderr", file=sys.stderr, flush=True)
+    case "silent":
+        time.sleep(args.seconds)
+    case "utf8_split":
+        out.write("ä".encode() * 100 + b"\n")
+out.flush() if args.mode != "close_stdout" else None
