@@ -9,14 +9,25 @@ from typing import Any
 import httpx
 import uvicorn
 
+from contracts.names import Names
+from jobrunner import eventstore
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.settings import Settings
 from services.api.app import create_app
+from services.api.security.sessions import COOKIE_NAME, SessionSigner
+from services.api.security.tokens import TokenStore
 from services.projector.service import run_projector
 from services.runner.service import run_runner
 
+# ``system.client()`` sends the admin token unless told otherwise.
+ADMIN: Any = object()
+
 
 class System:
+    """``admin_token`` is created when the API starts; ``client()`` sends it by default,
+    ``client(token=None)`` nothing, ``client(token=t)`` another token (``create_token``).
+    Browser tests call ``sign_in(context)`` to get a session cookie in a Playwright context."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.port = free_port()
@@ -24,6 +35,9 @@ class System:
         self._stops: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._server: uvicorn.Server | None = None
+        self.admin_token = ""
+        self._nc: Any = None
+        self._tokens: TokenStore | None = None
 
     async def start_projector(self) -> None:
         await self._start("projector", run_projector)
@@ -45,7 +59,41 @@ class System:
         self._stops[name].set()
         await asyncio.wait_for(self._tasks.pop(name), 30)
 
+    async def tokens(self) -> TokenStore:
+        if self._tokens is None:
+            self._nc = await eventstore.connect(self.settings, "tests")
+            self._tokens = await TokenStore.open(self._nc.jetstream(), Names(self.settings.prefix))
+        return self._tokens
+
+    async def create_token(self, name: str, role: str = "admin", **options: Any) -> str:
+        """A new token (``own_jobs_only=True``, ``expires_at=...`` as for ``jobrunner token``)."""
+        _, token = await (await self.tokens()).create(name, role, **options)
+        return token
+
+    async def session_cookie(self, token: str | None = None) -> str:
+        """The value of a session cookie for ``token`` (the admin token by default)."""
+        store = await self.tokens()
+        record = await store.authenticate(token or self.admin_token)
+        assert record is not None, "unknown token"
+        return SessionSigner(await store.session_key()).issue(record.id)
+
+    async def sign_in(self, context: Any, token: str | None = None) -> None:
+        """Sign a Playwright browser context in, as the login page would."""
+        await context.add_cookies(
+            [
+                {
+                    "name": COOKIE_NAME,
+                    "value": await self.session_cookie(token),
+                    "url": self.base_url,
+                    "httpOnly": True,
+                    "sameSite": "Strict",
+                }
+            ]
+        )
+
     async def start_api(self) -> None:
+        if self.settings.auth and not self.admin_token:
+            self.admin_token = await self.create_token("test-admin", "admin")
         config = uvicorn.Config(
             create_app(self.settings),
             host="127.0.0.1",
@@ -62,13 +110,25 @@ class System:
                     self._tasks["api"].result()
                 await asyncio.sleep(0.02)
 
+    async def stop_api(self) -> None:
+        """Stop the HTTP server only: open connections drop; ``start_api()`` brings it back on
+        the same port."""
+        assert self._server is not None
+        self._server.should_exit = True
+        await asyncio.wait_for(self._tasks.pop("api"), 30)
+        self._server = None
+
     async def start(self) -> None:
         await self.start_projector()
         await self.start_runner()
         await self.start_api()
 
-    def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
+    def client(self, token: Any = ADMIN, **kwargs: Any) -> httpx.AsyncClient:
+        headers = dict(kwargs.pop("headers", None) or {})
+        token = self.admin_token if token is ADMIN else token
+        if token:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        return httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -78,3 +138,5 @@ class System:
         for task in self._tasks.values():
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 30)
+        if self._nc is not None:
+            await eventstore.close(self._nc)

@@ -6,6 +6,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
 from jobrunner.settings import Settings
+from services.api import security
 from services.api.context import lifespan
 from services.api.errors import EXCEPTION_HANDLERS
 from services.api.routes.jobs import JobController
@@ -16,11 +17,27 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings) -> Litestar:
-    return Litestar(
-        route_handlers=[JobController, job_event_stream, list_job_types, health],
-        lifespan=[lifespan(settings)],
+    app = Litestar(
+        route_handlers=[
+            *security.ROUTES,
+            JobController,
+            job_event_stream,
+            list_job_types,
+            health,
+        ],
+        lifespan=[lifespan(settings), security.access_lifespan(settings)],
+        middleware=security.MIDDLEWARE,
+        before_send=[security.add_security_headers],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=OpenAPIConfig(title="jobrunner", version="0.1.0", path="/api/schema"),
+        openapi_config=OpenAPIConfig(
+            title="jobrunner",
+            version="0.1.0",
+            path="/api/schema",
+            components=security.OPENAPI_COMPONENTS,
+            security=security.OPENAPI_SECURITY,
+        ),
         debug=False,
     )
+    security.document_errors(app)
+    return app
