@@ -41,6 +41,8 @@ static_router = create_static_files_router(
 )
 
 
+# Every page takes ``?lang=de|en`` (declared on the handlers, which the access middleware
+# checks query parameters against); the choice is remembered in a cookie.
 def language_of(request: Request[Any, Any, Any]) -> str:
     return i18n.negotiate(
         request.query_params.get("lang"),
@@ -130,7 +132,7 @@ async def index() -> Redirect:
 
 
 @get("/jobs", include_in_schema=False, name="jobs_page")
-async def jobs_page(request: Request[Any, Any, Any]) -> Template:
+async def jobs_page(request: Request[Any, Any, Any], lang: str | None = None) -> Template:
     """PRD-005 2.1: the running job on top, the recent jobs below."""
     return page(request, "jobs.html", **await active_and_recent(request))
 
@@ -155,7 +157,9 @@ async def job_form_fragment(request: Request[Any, Any, Any], job_type: str) -> T
 
 
 @get("/jobs/{job_id:str}", include_in_schema=False, name="job_page")
-async def job_page(request: Request[Any, Any, Any], job_id: str) -> Template:
+async def job_page(
+    request: Request[Any, Any, Any], job_id: str, lang: str | None = None
+) -> Template:
     """PRD-005 2.3: one job with its whole log, live while it runs."""
     ctx = ctx_of(request)
     row = await readmodels.get_job_row(ctx.pool, job_id)

@@ -97,10 +97,35 @@ export function markCancelRequested(jobId) {
   }
 }
 
-/** Every [data-close-dialog] closes its <dialog>. */
+const FOCUSABLE = 'a[href], button:not([disabled]), input:not([disabled]):not([type="hidden"]), select:not([disabled]), textarea:not([disabled]), [tabindex]:not([tabindex="-1"])';
+
+function tabbable(dialog) {
+  const all = [...dialog.querySelectorAll(FOCUSABLE)].filter((el) => el.getClientRects().length > 0 && !el.closest("[hidden]"));
+  // Only the checked radio of a group takes part in the Tab order.
+  return all.filter((el) => !(el.type === "radio" && !el.checked && all.some((o) => o !== el && o.type === "radio" && o.name === el.name && o.checked)));
+}
+
+/** Every [data-close-dialog] closes its <dialog>; Tab and Shift+Tab stay inside an open modal. */
 export function setUpDialogs() {
   document.addEventListener("click", (event) => {
     const closer = event.target.closest("[data-close-dialog]");
     if (closer) closer.closest("dialog")?.close();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Tab") return;
+    const dialog = [...document.querySelectorAll("dialog[open]")].pop();
+    if (!dialog) return;
+    const items = tabbable(dialog);
+    if (!items.length) return;
+    const first = items[0];
+    const last = items[items.length - 1];
+    const inside = dialog.contains(document.activeElement);
+    if (event.shiftKey && (document.activeElement === first || !inside)) {
+      event.preventDefault();
+      last.focus();
+    } else if (!event.shiftKey && (document.activeElement === last || !inside)) {
+      event.preventDefault();
+      first.focus();
+    }
   });
 }
