@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -116,8 +116,14 @@ class JobStates:
         return state
 
 
-async def update_stream(ctx: ApiContext, start_seq: int) -> AsyncIterator[bytes]:
-    """Yield ``job_update`` frames for every job from ``start_seq`` on, forever."""
+async def update_stream(
+    ctx: ApiContext,
+    start_seq: int,
+    visible: Callable[[events.Event], Awaitable[bool]] | None = None,
+) -> AsyncIterator[bytes]:
+    """Yield ``job_update`` frames for every job from ``start_seq`` on, forever.
+
+    ``visible`` leaves out the jobs the caller may not see (a token limited to its own jobs)."""
     yield sse.retry(ctx.settings.sse_retry_ms)
     sub = await ctx.js.subscribe(
         ctx.names.kind_subjects(UPDATE_KINDS[0]),
@@ -143,7 +149,7 @@ async def update_stream(ctx: ApiContext, start_seq: int) -> AsyncIterator[bytes]
                 event = codec.decode(msg.data)
             except msgspec.MsgspecError:
                 continue
-            if event is None:
+            if event is None or (visible is not None and not await visible(event)):
                 continue
             state = states.update(event)
             if state is not None:

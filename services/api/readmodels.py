@@ -86,6 +86,8 @@ class JobFilter:
     batch_id: str | None = None
     created_from: datetime | None = None  # inclusive
     created_to: datetime | None = None  # exclusive
+    # Set for a token limited to its own jobs (``Principal.owner``).
+    requested_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ async def list_jobs(
         where.append(f"created_at >= {arg(filters.created_from)}")
     if filters.created_to is not None:
         where.append(f"created_at < {arg(filters.created_to)}")
+    if filters.requested_by is not None:
+        where.append(f"requested_by = {arg(filters.requested_by)}")
     if filters.search:
         where.append(f"{SEARCH_EXPRESSION} ILIKE {arg(like_pattern(filters.search))}")
     if after is not None:

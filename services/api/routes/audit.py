@@ -13,6 +13,7 @@ from services.api import readmodels
 from services.api.errors import job_not_found
 from services.api.queryparams import Query
 from services.api.routes.jobs import ctx_of
+from services.api.security import principal_of
 
 MAX_EVENTS_PAGE = 1000
 
@@ -42,6 +43,9 @@ async def job_events(
     if not audit.JOB_ID_RE.match(job_id):
         raise job_not_found(job_id)
     row = await readmodels.get_job_row(ctx.pool, job_id)
+    principal = principal_of(request)
+    if principal.own_jobs_only and (row is None or not principal.can_see(row)):
+        raise job_not_found(job_id)
     start = max(after_seq + 1, row["first_seq"] if row is not None else 1)
     items = await audit.read_events(
         ctx.js, ctx.names, job_id=job_id, start_seq=start, limit=page_size + 1

@@ -18,6 +18,7 @@ from services.api import readmodels, schemas
 from services.api.context import ApiContext
 from services.api.errors import ApiError, job_not_found
 from services.api.queryparams import Query, encode_cursor
+from services.api.security import Principal, principal_of
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
@@ -50,9 +51,10 @@ def decode_create(body: bytes) -> schemas.CreateJob:
         raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
 
 
-async def find_job(ctx: ApiContext, job_id: str) -> Any:
+async def find_job(ctx: ApiContext, job_id: str, principal: Principal | None = None) -> Any:
+    """The job's row; 404 when it does not exist or ``principal`` may not see it."""
     row = await readmodels.get_job_row(ctx.pool, job_id)
-    if row is None:
+    if row is None or (principal is not None and not principal.can_see(row)):
         raise job_not_found(job_id)
     return row
 
@@ -92,6 +94,7 @@ class JobController(Controller):
             job_type=job_type.name,
             parameters=parameters,
             lock=job_type.lock,
+            requested_by=principal_of(request).name,
         )
         reservation = None
         if job_type.lock and job_type.on_busy == "reject":
@@ -178,6 +181,7 @@ class JobController(Controller):
             batch_id=query.name("batch_id"),
             created_from=query.timestamp("created_from"),
             created_to=query.timestamp("created_to"),
+            requested_by=principal_of(request).owner,
         )
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
         after = query.cursor("cursor", readmodels.JobCursor)
@@ -198,26 +202,27 @@ class JobController(Controller):
     @get("/{job_id:str}", summary="One job")
     async def get_job(self, request: Request[Any, Any, Any], job_id: str) -> schemas.Job:
         ctx = ctx_of(request)
-        return readmodels.job_from_row(await find_job(ctx, job_id))
+        return readmodels.job_from_row(await find_job(ctx, job_id, principal_of(request)))
 
     @delete("/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
     async def cancel_job(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
-        return await cancel(ctx_of(request), job_id)
+        return await cancel(ctx_of(request), job_id, principal_of(request))
 
     @post("/{job_id:str}/cancel", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
     async def cancel_job_post(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
-        return await cancel(ctx_of(request), job_id)
+        return await cancel(ctx_of(request), job_id, principal_of(request))
 
 
 async def cancel(
-    ctx: ApiContext, job_id: str, requested_by: str | None = None
+    ctx: ApiContext, job_id: str, principal: Principal | None = None
 ) -> schemas.CancelAccepted:
     """Publish CancelRequested. A pending job is cancelled at once; a running one by its runner."""
-    row = await find_job(ctx, job_id)
+    row = await find_job(ctx, job_id, principal)
+    requested_by = principal.name if principal is not None else None
     if JobStatus(row["status"]).is_terminal:
         raise ApiError(
             409,

@@ -13,6 +13,7 @@ from services.api import readmodels, schemas
 from services.api.errors import ApiError
 from services.api.queryparams import Query
 from services.api.routes.jobs import ctx_of, find_job
+from services.api.security import principal_of
 
 MAX_LOG_PAGE = 5000
 LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
@@ -63,7 +64,7 @@ async def job_logs(
         raise ApiError(
             400, "INVALID_QUERY", "Use either 'after' or 'tail', not both.", field="tail"
         )
-    row = await find_job(ctx, job_id)
+    row = await find_job(ctx, job_id, principal_of(request))
     next_after: int | None = None
     if tail_count is not None:
         lines = await readmodels.log_lines_tail(ctx.pool, job_id, tail_count, filters)
@@ -99,7 +100,7 @@ async def download_job_log(request: Request[Any, Any, Any], job_id: str) -> Stre
     """Streamed in chunks straight from Postgres: any size, constant memory."""
     ctx = ctx_of(request)
     Query(request.query_params, ())
-    row = await find_job(ctx, job_id)
+    row = await find_job(ctx, job_id, principal_of(request))
     filename = download_filename(row["job_type"], job_id)
     return Stream(
         readmodels.log_text_chunks(ctx.pool, job_id),

@@ -10,6 +10,7 @@ from litestar.response import Stream
 from contracts.events import JobStatus
 from services.api import sse
 from services.api.routes.jobs import ctx_of, find_job
+from services.api.security import principal_of
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -24,7 +25,7 @@ SSE_HEADERS = {
 )
 async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stream:
     ctx = ctx_of(request)
-    row = await find_job(ctx, job_id)
+    row = await find_job(ctx, job_id, principal_of(request))
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
     start = max(resume.next_seq, row["first_seq"]) if resume else row["first_seq"]
     already_done: dict[str, Any] | None = None

@@ -14,6 +14,8 @@ from services.api.job_updates import update_stream
 from services.api.queryparams import Query
 from services.api.routes.jobs import ctx_of
 from services.api.routes.streams import SSE_HEADERS
+from services.api.security import principal_of
+from services.api.security.scope import OwnerFilter
 
 
 @get("/api/jobs/stream", tags=["streams"], summary="Every job's changes, live (job_update)")
@@ -36,4 +38,9 @@ async def job_updates(
     else:
         applied = await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
         start = int(applied or 0) + 1
-    return Stream(update_stream(ctx, start), media_type="text/event-stream", headers=SSE_HEADERS)
+    scope = OwnerFilter(ctx.pool, principal_of(request).owner)
+    return Stream(
+        update_stream(ctx, start, scope.visible),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
