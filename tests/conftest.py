@@ -11,6 +11,8 @@ from tests.servers import PostgresCluster, nats_url, postgres_cluster
 from tests.system import System
 
 TOOLS = Path(__file__).parent / "tools"
+# The headless Chromium fixtures (``browser``, ``page``) of the web UI tests.
+pytest_plugins = ["tests.browser"]
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import pytest
 from playwright.async_api import Page, expect
 
 from jobrunner.settings import Settings
-from tests.browser import browser, page  # noqa: F401  (fixtures)
 from tests.system import System
 from tests.ui_support import TEST_TYPES, cancel_job, start_job, wait_for_status
 
@@ -54,8 +53,9 @@ async def test_parameter_error_is_shown_at_its_field(page: Page, system: System)
     error = page.locator("#param-interval-error")
     await expect(error).to_be_visible()
     await expect(error).to_contain_text("must match")
-    await expect(page.get_by_label("interval", exact=True)).to_have_attribute("aria-invalid", "true")
-    await expect(page.get_by_label("interval", exact=True)).to_be_focused()
+    field = page.get_by_label("interval", exact=True)
+    await expect(field).to_have_attribute("aria-invalid", "true")
+    await expect(field).to_be_focused()
     await expect(page.get_by_role("dialog", name="Neuen Job starten")).to_be_visible()
 
 

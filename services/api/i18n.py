@@ -44,7 +44,9 @@ TEXT: dict[str, dict[str, str]] = {
         "job.lines": "Zeilen",
         "job.cancel": "Abbrechen",
         "job.cancel_confirm": "Job wirklich abbrechen?",
-        "job.cancel_confirm_text": "Der Prozess wird beendet; bereits geschriebene Ergebnisse bleiben.",
+        "job.cancel_confirm_text": (
+            "Der Prozess wird beendet; bereits geschriebene Ergebnisse bleiben."
+        ),
         "job.cancel_yes": "Ja, abbrechen",
         "job.cancel_no": "Weiterlaufen lassen",
         "job.cancel_requested": "Abbruch angefordert …",
@@ -93,7 +95,7 @@ TEXT: dict[str, dict[str, str]] = {
         "panel.older": "Ältere laden",
         "panel.empty": "Keine Jobs.",
         "panel.end": "Keine älteren Jobs.",
-        "conn.lost": "Verbindung unterbrochen – verbinde neu …",
+        "conn.lost": "Verbindung unterbrochen \u2013 verbinde neu …",
         "conn.back": "Wieder verbunden.",
         "live.finished": "Job {title} beendet: {status}",
         "live.started": "Job {title} gestartet",
@@ -182,7 +184,7 @@ TEXT: dict[str, dict[str, str]] = {
         "panel.older": "Load older",
         "panel.empty": "No jobs.",
         "panel.end": "No older jobs.",
-        "conn.lost": "Connection lost – reconnecting …",
+        "conn.lost": "Connection lost \u2013 reconnecting …",
         "conn.back": "Connected again.",
         "live.finished": "Job {title} finished: {status}",
         "live.started": "Job {title} started",
