@@ -21,6 +21,7 @@ class ApiError(Exception):
         status: int,
         code: str,
         message: str,
+        /,  # positional only: extra fields may be called "status" or "code"
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:

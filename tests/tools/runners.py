@@ -139,3 +139,32 @@ class RunnerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+async def status_events(settings: Settings, job_id: str) -> list[str]:
+    """The statuses of every StatusChanged stored for a job, in stream order."""
+    from contracts import codec, events
+    from contracts.names import Names
+    from jobrunner import eventstore
+
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "test-reader")
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(names.job_kind_subject(job_id, "status"), stream=names.stream)
+        out: list[str] = []
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=0.5)
+            except Exception:
+                break
+            for msg in msgs:
+                event = codec.decode(msg.data)
+                assert isinstance(event, events.StatusChanged)
+                out.append(event.status.value)
+            if msgs[-1].metadata.num_pending == 0:
+                break
+        await sub.unsubscribe()
+        return out
+    finally:
+        await eventstore.close(nc)

@@ -1,0 +1,137 @@
+"""Cancel and timeout: the whole process group ends, grandchildren included."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.settings import Settings
+from tests.system import System
+from tests.tools.runners import (
+    RUNNER_TYPES,
+    pid_alive,
+    start_job,
+    status_events,
+    wait_dead,
+    wait_file,
+    wait_status,
+)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
+
+
+async def _family_pids(pidfile: Path) -> tuple[int, int]:
+    tool, grandchild = (await wait_file(pidfile)).split()
+    return int(tool), int(grandchild)
+
+
+async def test_cancel_kills_grandchild_that_ignores_sigterm(system: System, tmp_path: Path) -> None:
+    """Cancelling a running job ends the tool and its SIGTERM-deaf grandchild; status cancelled."""
+    pidfile = tmp_path / "pids"
+    async with system.client() as client:
+        job_id = await start_job(client, "family", pidfile=str(pidfile))
+        tool, grandchild = await _family_pids(pidfile)
+        assert pid_alive(grandchild)
+        response = await client.delete(f"/api/jobs/{job_id}")
+        assert response.status_code == 202, response.text
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert job["status"] == "cancelled"
+    assert job["error"] is None
+    await wait_dead(tool)
+    await wait_dead(grandchild)
+
+
+async def test_cancel_reaches_a_tool_that_ignores_sigterm_after_the_grace_period(
+    system: System, tmp_path: Path
+) -> None:
+    """A tool deaf to SIGTERM is killed once cancel_grace_seconds have passed."""
+    pidfile = tmp_path / "pids"
+    async with system.client() as client:
+        job_id = await start_job(client, "family", pidfile=str(pidfile), ignore_term=True)
+        tool, grandchild = await _family_pids(pidfile)
+        await client.post(f"/api/jobs/{job_id}/cancel")
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert job["status"] == "cancelled"
+    assert job["exit_code"] == -9
+    await wait_dead(tool)
+    await wait_dead(grandchild)
+
+
+async def test_cancelled_pending_job_never_starts(
+    settings: Settings, system: System, tmp_path: Path
+) -> None:
+    """A queued job cancelled while it waits becomes cancelled and its tool never runs."""
+    count = tmp_path / "starts"
+    params = {"pidfile": str(tmp_path / "pids"), "count_file": str(count)}
+    async with system.client() as client:
+        first = await start_job(client, "locked_family", **params)
+        await wait_status(client, first, "running")
+        waiting = await start_job(
+            client, "locked_family", pidfile=str(tmp_path / "pids2"), count_file=str(count)
+        )
+        response = await client.delete(f"/api/jobs/{waiting}")
+        assert response.status_code == 202
+        assert response.json()["status"] == "cancelled"
+        job = await wait_status(client, waiting, "cancelled")
+        assert job["started_at"] is None
+        await client.delete(f"/api/jobs/{first}")
+        await wait_status(client, first, "cancelled")
+        # The slot is free again: the next job starts (the cancelled one is not in the way).
+        third = await start_job(
+            client, "locked_family", pidfile=str(tmp_path / "pids3"), seconds="0"
+        )
+        await wait_status(client, third, "completed")
+    assert len(count.read_text().split()) == 1
+    assert not (tmp_path / "pids2").exists()
+
+
+async def test_cancelling_a_finished_job_answers_409_with_its_status(system: System) -> None:
+    """Cancel on a completed job is refused and says how the job ended."""
+    async with system.client() as client:
+        job_id = await start_job(client, "emit", lines=1)
+        await wait_status(client, job_id, "completed")
+        response = await client.delete(f"/api/jobs/{job_id}")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "JOB_FINISHED"
+    assert response.json()["error"]["status"] == "completed"
+
+
+async def test_cancelling_twice_is_harmless(
+    settings: Settings, system: System, tmp_path: Path
+) -> None:
+    """Two cancels of one running job: both accepted or told it ended; it ends cancelled once."""
+    pidfile = tmp_path / "pids"
+    async with system.client() as client:
+        job_id = await start_job(client, "family", pidfile=str(pidfile))
+        await _family_pids(pidfile)
+        responses = await asyncio.gather(
+            client.delete(f"/api/jobs/{job_id}"), client.delete(f"/api/jobs/{job_id}")
+        )
+        assert {r.status_code for r in responses} <= {202, 409}
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+        again = await client.delete(f"/api/jobs/{job_id}")
+    assert job["status"] == "cancelled"
+    assert again.status_code == 409
+    assert await status_events(settings, job_id) == ["running", "cancelled"]
+
+
+async def test_timeout_fails_the_job_and_ends_its_process_group(
+    system: System, tmp_path: Path
+) -> None:
+    """A job past its timeout is stopped, group and all, and fails with PROCESSING_TIMEOUT."""
+    pidfile = tmp_path / "pids"
+    async with system.client() as client:
+        job_id = await start_job(client, "short_timeout", pidfile=str(pidfile))
+        tool, grandchild = await _family_pids(pidfile)
+        job = await wait_status(client, job_id, "failed", "completed", "cancelled")
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "PROCESSING_TIMEOUT"
+    assert "timeout of 1 s" in job["error"]["message"]
+    await wait_dead(tool)
+    await wait_dead(grandchild)
