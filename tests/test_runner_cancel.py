@@ -23,7 +23,8 @@ from tests.tools.runners import (
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
+    # A lease TTL long enough that a loaded test machine never lets a live lease lapse.
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES, lease_ttl_seconds=6.0)
 
 
 async def _family_pids(pidfile: Path) -> tuple[int, int]:

@@ -21,7 +21,8 @@ from tests.tools.runners import (
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
+    # A lease TTL long enough that a loaded test machine never lets a live lease lapse.
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES, lease_ttl_seconds=6.0)
 
 
 async def test_twenty_simultaneous_posts_to_an_idle_lock_start_exactly_one(system: System) -> None:

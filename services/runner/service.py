@@ -369,7 +369,20 @@ class Runner:
         self.ledger.remove(job_id)
         lease = outcome.pop("lease")
         if job.lease_lost.is_set():
-            log.warning("lease lost: not reporting the end of a job we no longer own")
+            # The slot is no longer ours, so the tool was stopped. Say so; should another runner
+            # have declared the job lost first, the shared terminal event id keeps that ending.
+            await self._end(
+                job_id,
+                JobStatus.FAILED,
+                exit_code=outcome.get("exit_code"),
+                error=ErrorInfo(
+                    code=ErrorCode.LEASE_LOST,
+                    message="The runner could not renew the job's slot lease in time (NATS "
+                    "unreachable or the runner stalled); the job was stopped so that it never "
+                    "runs beside another.",
+                ),
+            )
+            log.warning("job stopped: lease lost", job_type=request.job_type)
             return
         await self._end(job_id, **outcome, result=reporter.result or None)
         await self.slots.release(lease)
