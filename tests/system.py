@@ -122,6 +122,15 @@ class System:
         await self.start_projector()
         await self.start_runner()
         await self.start_api()
+        await self.wait_healthy()
+
+    async def wait_healthy(self) -> None:
+        """Until /health says ok (the projector has created the read models)."""
+        async with self.client(token=None) as client, asyncio.timeout(30):
+            while True:
+                if (await client.get("/health")).status_code == 200:
+                    return
+                await asyncio.sleep(0.05)
 
     def client(self, token: Any = ADMIN, **kwargs: Any) -> httpx.AsyncClient:
         headers = dict(kwargs.pop("headers", None) or {})

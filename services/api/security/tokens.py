@@ -171,7 +171,7 @@ class TokenStore:
     async def all(self) -> list[TokenRecord]:
         """Every record, revoked ones included, oldest first (read from the bucket)."""
         try:
-            keys = await self.kv.keys(filters=["token.>"])
+            keys = [k for k in await self.kv.keys() if k.startswith("token.")]
         except Exception as exc:  # nats-py raises NoKeysError on an empty bucket
             if type(exc).__name__ == "NoKeysError":
                 return []
