@@ -18,6 +18,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         state_dir=getattr(args, "state_dir", None),
+        auth=False if getattr(args, "no_auth", False) else None,
     )
 
 
@@ -70,6 +71,91 @@ def cmd_projector(args: argparse.Namespace) -> int:
     return _run_service(run_projector, _settings(args))
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    import os
+
+    from jobrunner.eventlog import parse_since, print_events
+    from jobrunner.runtime import with_runtime
+
+    try:
+        parse_since(args.since)
+    except ValueError as exc:
+        print(f"jobrunner: {exc}", file=sys.stderr)
+        return 2
+    settings = with_runtime(_settings(args), dict(os.environ))
+    as_json = True if args.json else None
+    try:
+        return asyncio.run(
+            print_events(settings, args.job, args.since, args.follow, as_json=as_json)
+        )
+    except BrokenPipeError:  # `jobrunner events | head`
+        return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import os
+
+    from jobrunner.runtime import with_runtime
+    from services.projector.replay import Progress, ReplayMismatch, replay
+
+    settings = with_runtime(_settings(args), dict(os.environ))
+
+    def show(progress: Progress) -> None:
+        left = progress.seconds_left
+        eta = f"{left:.0f} s left" if left is not None else "..."
+        print(
+            f"replay: {progress.done} events ({progress.done + progress.first_seq - 1}"
+            f"/{progress.target}), {progress.rate:,.0f} events/s, {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        report = asyncio.run(
+            replay(
+                settings,
+                on_progress=show,
+                keep_previous=args.keep_previous,
+                accept_differences=args.accept_differences,
+            )
+        )
+    except ReplayMismatch as exc:
+        print(f"jobrunner replay: {exc}", file=sys.stderr)
+        for table, keys in exc.differences.items():
+            for key in keys:
+                print(f"  {table}: {key}", file=sys.stderr)
+        return 3
+    rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
+    verdict = (
+        "identical to the live read models"
+        if not report.differences
+        else f"DIFFERENT from the live ones (accepted): {report.differences}"
+    )
+    print(
+        f"replay: rebuilt {rows} from {report.events} events (sequence {report.first_seq} to "
+        f"{report.checkpoint}) in {report.seconds:.1f} s, {report.rate:,.0f} events/s; "
+        f"the rebuilt tables are {verdict}; swapped in.",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from contracts.jsonschema import event_schema
+
+    print(json.dumps(event_schema(), indent=2))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from jobrunner.runtime import with_runtime
+    from jobrunner.token_command import main
+
+    return main(with_runtime(_settings(args), {}), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobrunner",
@@ -86,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", help="where NATS and Postgres keep their data (default ./.jobrunner)"
     )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no tokens at all (allowed only when --host is a loopback address)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("api", help="run the HTTP API and web UI")
@@ -94,6 +185,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_api)
     sub.add_parser("runner", help="run a runner").set_defaults(func=cmd_runner)
     sub.add_parser("projector", help="run the projector").set_defaults(func=cmd_projector)
+
+    from jobrunner.token_command import add_parser as add_token_parser
+
+    add_token_parser(sub)
+    sub.choices["token"].set_defaults(func=cmd_token)
+
+    p = sub.add_parser(
+        "events",
+        help="print the raw event history from JetStream (JSON lines; readable on a terminal)",
+        description="Finds NATS from the settings, else from <state_dir>/runtime.json of a "
+        "running `jobrunner up`.",
+    )
+    p.add_argument("--job", help="only this job's events")
+    p.add_argument(
+        "--since", help="a stream sequence (1234), an ISO 8601 time, or an age (15m, 2h, 1d)"
+    )
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    p.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser(
+        "replay",
+        help="rebuild every read model from the event stream and swap it in while running",
+    )
+    p.add_argument(
+        "--keep-previous",
+        action="store_true",
+        help="keep the replaced tables in schema readmodel_previous",
+    )
+    p.add_argument(
+        "--accept-differences",
+        action="store_true",
+        help="swap in even if the rebuilt tables differ from the live ones",
+    )
+    p.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("schema", help="print a public contract as JSON Schema")
+    p.add_argument("what", choices=["events"], help="events: every event on the stream")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -9,9 +9,12 @@ from jobrunner.settings import Settings
 from services.api import security
 from services.api.context import lifespan
 from services.api.errors import EXCEPTION_HANDLERS
+from services.api.routes.audit import job_events
 from services.api.routes.jobs import JobController
+from services.api.routes.logs import download_job_log, job_logs
 from services.api.routes.meta import health, list_job_types
 from services.api.routes.streams import job_event_stream
+from services.api.routes.updates import job_updates
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -24,6 +27,11 @@ def create_app(settings: Settings) -> Litestar:
             job_event_stream,
             list_job_types,
             health,
+            # history and audit
+            job_updates,
+            job_logs,
+            download_job_log,
+            job_events,
         ],
         lifespan=[lifespan(settings), security.access_lifespan(settings)],
         middleware=security.MIDDLEWARE,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import structlog
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
 
 from contracts import codec
 from contracts.names import Names
@@ -19,6 +22,7 @@ from services.projector.projections import Change, project
 log = structlog.get_logger()
 
 FETCH_BATCH = 2000
+PRUNE_INTERVAL = 600.0  # seconds between read-model retention runs
 
 
 class ProjectedNotice(msgspec.Struct):
@@ -39,6 +43,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             last = await store.checkpoint(conn)
         # The durable consumer is created at the checkpoint; afterwards the checkpoint in
         # Postgres stays the authority and anything at or below it is skipped.
+        await _reset_consumer_if_behind(js, names, last)
         sub = await js.pull_subscribe(
             names.all_subjects,
             durable=names.projector_consumer,
@@ -53,7 +58,15 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         )
         log.info("projector started", checkpoint=last)
         encoder = msgspec.json.Encoder()
+        next_prune = 0.0
         while not stop.is_set():
+            if settings.readmodel_retention_days > 0 and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL
+                cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
+                async with pool.acquire() as conn:
+                    pruned = await store.prune(conn, cutoff)
+                if pruned:
+                    log.info("read-model retention pruned jobs", jobs=pruned, before=cutoff)
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
             except NatsTimeoutError:
@@ -77,3 +90,31 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         await pool.close()
         await eventstore.close(nc)
+
+
+async def _reset_consumer_if_behind(js: JetStreamContext, names: Names, checkpoint: int) -> None:
+    """Start the durable consumer right after the checkpoint when it is anywhere else.
+
+    A projector killed mid-batch leaves deliveries unacknowledged that JetStream would only
+    redeliver after ``ack_wait``; one killed between commit and ack leaves the ack floor behind;
+    a rebuilt or emptied database puts the checkpoint behind the ack floor. In each case the
+    consumer is recreated at ``checkpoint + 1``: no gap, no wait, and no duplicate (anything at
+    or below the checkpoint is skipped anyway). Run one active projector per installation.
+    """
+    try:
+        info = await js.consumer_info(names.stream, names.projector_consumer)
+    except NotFoundError:
+        return
+    if (
+        info.ack_floor is not None
+        and info.ack_floor.stream_seq == checkpoint
+        and not info.num_ack_pending
+    ):
+        return
+    log.info(
+        "projector consumer restarts at the checkpoint",
+        checkpoint=checkpoint,
+        ack_floor=info.ack_floor.stream_seq if info.ack_floor else None,
+        ack_pending=info.num_ack_pending,
+    )
+    await js.delete_consumer(names.stream, names.projector_consumer)

@@ -11,6 +11,9 @@ from jobrunner.database import READ_SCHEMA
 from services.projector.projections import Change, JobCreated, JobUpdated, LinesAppended
 
 _TERMINAL = ("completed", "failed", "cancelled")
+# Every write to the live read models holds this advisory lock shared; a replay takes it
+# exclusively to swap its rebuilt schema in, so no batch straddles the swap.
+SWAP_LOCK = 0x6A6F6272756E  # "jobrun"
 
 
 async def create_schema(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> None:
@@ -36,6 +39,9 @@ async def apply_batch(
     applied: redelivery never duplicates a row.
     """
     async with conn.transaction():
+        if schema == READ_SCHEMA:
+            # Before touching any table: a replay may be renaming the schema under us.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
         last = await conn.fetchval(
             f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
         )
@@ -110,3 +116,23 @@ async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
             change.stream_seq,
             *change.fields.values(),
         )
+
+
+async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:
+    """Read-model retention: delete jobs that finished before ``cutoff``, with their lines.
+
+    Only the read models shrink; the events stay in the stream for as long as its own limits
+    keep them, and a replay applies the same cutoff before comparing.
+    """
+    async with conn.transaction():
+        if schema == READ_SCHEMA:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+        ids = await conn.fetch(
+            f"DELETE FROM {schema}.jobs WHERE finished_at < $1 RETURNING id", cutoff
+        )
+        if ids:
+            await conn.execute(
+                f"DELETE FROM {schema}.log_lines WHERE job_id = ANY($1::text[])",
+                [r["id"] for r in ids],
+            )
+        return len(ids)

@@ -1,0 +1,106 @@
+"""Watching everything: GET /api/jobs/stream sends job_update events for every job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from contracts import events
+from contracts.events import JobStatus
+from jobrunner.settings import Settings
+from tests.history_support import job_events, publish, reading_system, wait_projected
+from tests.sse_client import iter_events, read_stream
+from tests.system import System
+
+
+def progressing_job(job_id: str, minute: int) -> list[events.Event]:
+    """Requested, running, three lines, two progress reports, completed."""
+    requested, running, lines, done = job_events(
+        job_id, "scraper", minute, JobStatus.COMPLETED, lines=["a", "b", "c"]
+    )
+    return [
+        requested,
+        running,
+        lines,
+        events.ProgressReported(job_id=job_id, current=1, total=4, phase="scan", message="1/4"),
+        lines,  # a repeated batch (de-duplicated by its event id) must not matter
+        events.ProgressReported(job_id=job_id, percent=50.0, message="halfway"),
+        done,
+    ]
+
+
+@pytest.fixture
+async def watched(settings: Settings) -> AsyncIterator[System]:
+    last = await publish(settings, progressing_job("a", 0) + progressing_job("b", 1))
+    async with reading_system(settings) as system:
+        await wait_projected(settings, last)
+        yield system
+
+
+async def test_updates_carry_the_side_panel_fields(watched: System) -> None:
+    """Each change of a job is one job_update with jobId, status, phase, progress, message."""
+    async with watched.client() as client:
+        stream = await read_stream(client, "/api/jobs/stream?after=0", stop_after=10)
+    updates = [e.json for e in stream.events]
+    assert {e.event for e in stream.events} == {"job_update"}
+    a = [u for u in updates if u["jobId"] == "a"]
+    assert [(u["status"], u["phase"], u["progress"], u["message"]) for u in a] == [
+        ("pending", None, None, None),
+        ("running", None, None, None),
+        ("running", "scan", 25.0, "1/4"),
+        ("running", "scan", 50.0, "halfway"),
+        ("completed", "scan", 100.0, "halfway"),
+    ]
+    assert a[0]["type"] == "job_update"
+    assert a[0]["jobType"] == "scraper"
+    assert a[0]["updatedAt"].startswith("2026-01-01T00:00:00")
+
+
+async def test_updates_skip_log_lines(watched: System) -> None:
+    """Log line batches never become job_update events; ids are the events' stream sequences."""
+    async with watched.client() as client:
+        stream = await read_stream(client, "/api/jobs/stream?after=0", stop_after=10)
+    ids = [int(e.id) for e in stream.events]
+    assert ids == sorted(ids)
+    # Each job published 7 events: 2 are lines (one a duplicate JetStream dropped).
+    assert ids == [1, 2, 4, 5, 6, 7, 8, 10, 11, 12]
+
+
+async def test_resume_with_last_event_id_continues_exactly(watched: System) -> None:
+    """Reconnecting with Last-Event-ID yields every later update once and none before."""
+    async with watched.client() as client:
+        full = await read_stream(client, "/api/jobs/stream?after=0", stop_after=10)
+        first = await read_stream(client, "/api/jobs/stream?after=0", stop_after=4)
+        rest = await read_stream(
+            client, "/api/jobs/stream", last_event_id=first.events[-1].id, stop_after=6
+        )
+    assert [e.id for e in first.events + rest.events] == [e.id for e in full.events]
+    assert [e.json for e in rest.events] != []
+
+
+async def test_a_new_stream_starts_after_what_the_list_shows(
+    watched: System, settings: Settings
+) -> None:
+    """Without Last-Event-ID or after, the stream starts with changes the list did not show yet."""
+    async with (
+        watched.client() as client,
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        # The start is fixed once the response has begun; publish only then.
+        assert response.status_code == 200
+        seq = await publish(settings, job_events("c", minute=5))
+        await wait_projected(settings, seq)
+        async with asyncio.timeout(30):
+            first = await anext(iter_events(response))
+    assert first.json["jobId"] == "c"
+    assert first.json["status"] == "pending"
+
+
+async def test_stream_path_is_not_taken_for_a_job_id(watched: System) -> None:
+    """/api/jobs/stream is the update stream, and bad ?after values are a 400."""
+    async with watched.client() as client:
+        response = await client.get("/api/jobs/stream", params={"after": "x"})
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "after"
