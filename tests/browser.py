@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.system import System
 
 CHROMIUM = os.environ.get("JOBRUNNER_TEST_CHROMIUM", "/usr/bin/chromium")
+# Two shared cores and other suites running beside: conditions get time, never a fixed sleep.
+expect.set_options(timeout=15_000)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-background-networking",

@@ -7,6 +7,9 @@ import { setUpNewJob } from "./newjob.js";
 
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
 const followed = new Map(); // job id -> {stream, terminal}
+// Jobs whose stream said "done": never followed again, even while the read model still says
+// "running" for a moment (the projector writes a little after the stream has the event).
+const ended = new Set();
 let refreshTimer = 0;
 
 // Ask both sections to re-render (htmx listens for "jobs-changed" on the body).
@@ -21,7 +24,7 @@ function card(jobId) {
 
 function follow(cardEl) {
   const jobId = cardEl.dataset.jobId;
-  if (followed.has(jobId)) return;
+  if (followed.has(jobId) || ended.has(jobId)) return;
   const view = document.querySelector(`#term-${CSS.escape(jobId)} [data-terminal]`);
   const toggle = document.querySelector(`#term-${CSS.escape(jobId)} [data-autoscroll]`);
   const terminal = new Terminal(view, toggle);
@@ -44,6 +47,7 @@ function follow(cardEl) {
       terminal.flush();
       announce(t("live.finished", { title, status: t(`status.${done.status}`) }));
       followed.delete(jobId);
+      ended.add(jobId);
       refreshSoon(0);
     },
   });
@@ -55,6 +59,7 @@ function syncCards() {
   for (const c of document.querySelectorAll("[data-job-card]")) {
     present.add(c.dataset.jobId);
     follow(c);
+    if (ended.has(c.dataset.jobId)) refreshSoon(500); // the read model has not caught up yet
   }
   for (const [jobId, { stream }] of followed) {
     if (!present.has(jobId)) { stream.close(); followed.delete(jobId); }

@@ -1,0 +1,88 @@
+"""Live updates in a real browser: the side panel, and reconnecting after a server restart."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from playwright.async_api import Page, expect
+
+from jobrunner.settings import Settings
+from tests.system import System
+from tests.ui_support import TEST_TYPES, start_job, wait_for_status
+
+pytestmark = pytest.mark.browser
+
+# Records every log row the terminal of a job shows, in order, from the moment it is called
+# (rows already there included): what the reader saw, even after the card has gone.
+RECORD_ROWS = """(jobId) => {
+  const terminal = document.querySelector(`[data-terminal][data-job-id="${jobId}"]`);
+  const rows = [...terminal.querySelectorAll(".log-row")];
+  const seen = window.seenSeqs = rows.map(r => +r.dataset.seq);
+  new MutationObserver((changes) => {
+    for (const change of changes)
+      for (const node of change.addedNodes)
+        if (node.classList?.contains("log-row")) seen.push(+node.dataset.seq);
+  }).observe(terminal, { childList: true });
+}"""
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+
+async def test_side_panel_shows_jobs_and_patches_them_live(page: Page, system: System) -> None:
+    """The panel lists a job started elsewhere and follows it to its end without a reload."""
+    await page.goto("/jobs")
+    await page.get_by_role("button", name="Verarbeitung").click()
+    panel = page.get_by_role("dialog", name="Verarbeitung")
+    await expect(panel).to_be_visible()
+
+    job_id = await start_job(system, "emit", lines=40, interval="0.05")
+    row = panel.locator(f'li[data-job-id="{job_id}"]')
+    await expect(row).to_contain_text("Emit lines")
+    await expect(row).to_have_attribute("data-status", "completed", timeout=30_000)
+    await expect(row.get_by_role("link")).to_have_accessible_name(
+        "Emit lines \u2013 Status: Erfolgreich, 100 % \u2013 Erfolgreich"
+    )
+    await page.keyboard.press("Escape")
+    await expect(panel).to_be_hidden()
+
+
+async def test_side_panel_loads_older_jobs(page: Page, system: System) -> None:
+    """Beyond the first page, "Ältere laden" appends the older jobs, newest first."""
+    ids = [await start_job(system, "emit", lines=0) for _ in range(22)]
+    await wait_for_status(system, ids[-1], {"completed"})
+    await page.goto("/jobs")
+    await page.get_by_role("button", name="Verarbeitung").click()
+    rows = page.locator("#panel-list > li")
+    await expect(rows).to_have_count(20)
+    await page.get_by_role("button", name="Ältere laden").click()
+    await expect(rows).to_have_count(22)
+    shown = [await r.get_attribute("data-job-id") for r in await rows.all()]
+    assert shown == ids[::-1]
+    await expect(page.get_by_text("Keine älteren Jobs.")).to_be_visible()
+
+
+async def test_reconnect_after_restart_loses_and_repeats_no_line(
+    page: Page, system: System
+) -> None:
+    """The API restarts mid-job: the page says so, reconnects, and shows every line once."""
+    total = 80
+    job_id = await start_job(system, "emit", lines=total, interval="0.1")
+    await page.goto("/jobs")
+    terminal = page.locator(f'[data-terminal][data-job-id="{job_id}"]')
+    await expect(terminal).to_contain_text(f"line 3 [3/{total}]")
+    await page.evaluate(RECORD_ROWS, job_id)
+
+    await system.stop_api()
+    banner = page.locator("#conn-banner")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_contain_text("Verbindung unterbrochen")
+    await system.start_api()
+    await expect(banner).to_be_hidden(timeout=30_000)
+
+    await wait_for_status(system, job_id, {"completed"})
+    await page.wait_for_function(f"window.seenSeqs.includes({total})")
+    seen = await page.evaluate("window.seenSeqs")
+    assert seen == list(range(1, total + 1))
