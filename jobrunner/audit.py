@@ -82,8 +82,11 @@ async def read_events(
     )
     out: list[StoredEvent] = []
     try:
+        # A push consumer delivers at once, so pending alone shrinks while we look; pending plus
+        # delivered (one snapshot) is everything from the start on.
         info = await sub.consumer_info()
-        wanted = min(limit, info.num_pending or 0)
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        wanted = min(limit, (info.num_pending or 0) + (delivered or 0))
         while len(out) < wanted:
             msg = await sub.next_msg(timeout=_READ_TIMEOUT)
             out.append(stored_event(msg))

@@ -1,0 +1,180 @@
+"""Auditing: a job's raw event history over HTTP and in the terminal (``jobrunner events``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from contracts.events import JobStatus
+from jobrunner.settings import Settings
+from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
+from tests.system import System
+
+
+@pytest.fixture
+async def audited(settings: Settings) -> AsyncIterator[System]:
+    """Job ``a`` (requested, running, 10 line batches, completed) between other jobs' events."""
+    batch = job_events("x", minute=0, status=JobStatus.FAILED)
+    batch += logged_job("a", lines=100, batch=10)
+    batch += job_events("y", minute=2, status=JobStatus.COMPLETED)
+    last = await publish(settings, batch)
+    async with reading_system(settings) as system:
+        await wait_projected(settings, last)
+        yield system
+
+
+async def test_job_events_are_the_stored_history_in_order(audited: System) -> None:
+    """GET /api/jobs/{id}/events lists the job's events with sequence, subject, time and body."""
+    async with audited.client() as client:
+        page = (await client.get("/api/jobs/a/events")).json()
+    items = page["items"]
+    kinds = [item["event"]["type"] for item in items]
+    assert kinds == ["JobRequested", "StatusChanged"] + ["LineLogged"] * 10 + ["StatusChanged"]
+    assert [item["stream_seq"] for item in items] == list(range(4, 17))
+    assert {item["subject"].rsplit(".", 1)[1] for item in items} == {
+        "requested",
+        "status",
+        "lines",
+    }
+    assert all(item["event"]["job_id"] == "a" for item in items)
+    assert items[2]["event"]["lines"][0][4] == "INFO line 1 [1/100]"
+    assert items[0]["time"].endswith("Z")
+    assert page["next_after"] is None
+
+
+async def test_job_events_page_with_next_after(audited: System) -> None:
+    """Small pages, followed with next_after, give the same events once each."""
+    seqs: list[int] = []
+    params: dict[str, object] = {"limit": 4}
+    async with audited.client() as client:
+        while True:
+            page = (await client.get("/api/jobs/a/events", params=params)).json()
+            seqs += [item["stream_seq"] for item in page["items"]]
+            if page["next_after"] is None:
+                break
+            params["after"] = page["next_after"]
+    assert seqs == list(range(4, 17))
+
+
+async def test_events_of_an_unknown_job_are_404(audited: System) -> None:
+    """A job id that never existed (or a wildcard) is a 404, never someone else's events."""
+    async with audited.client() as client:
+        missing = await client.get("/api/jobs/nope/events")
+        wildcard = await client.get("/api/jobs/*/events")
+    assert missing.status_code == 404
+    assert wildcard.status_code == 404
+
+
+async def run_cli(settings: Settings, *args: str, timeout: float = 60) -> list[str]:
+    env = {
+        **os.environ,
+        "JOBRUNNER_NATS_URL": settings.nats_url,
+        "JOBRUNNER_PREFIX": settings.prefix,
+        "JOBRUNNER_STATE_DIR": settings.state_dir,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobrunner.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0
+    return out.decode().splitlines()
+
+
+async def test_cli_prints_a_jobs_history_as_json_lines(audited: System, settings: Settings) -> None:
+    """`jobrunner events --job a` prints one JSON object per stored event, in order."""
+    lines = await run_cli(settings, "events", "--job", "a")
+    events = [json.loads(line) for line in lines]
+    assert [e["stream_seq"] for e in events] == list(range(4, 17))
+    assert events[-1]["event"]["status"] == "completed"
+
+
+async def test_cli_since_a_sequence_starts_there(audited: System, settings: Settings) -> None:
+    """--since 15 starts at stream sequence 15, across all jobs, to the end."""
+    lines = await run_cli(settings, "events", "--since", "15")
+    assert [json.loads(line)["stream_seq"] for line in lines] == [15, 16, 17, 18, 19]
+
+
+async def test_cli_finds_nats_from_the_runtime_file(audited: System, settings: Settings) -> None:
+    """With no NATS URL configured, `jobrunner events` reads runtime.json of `jobrunner up`."""
+    state = Path(settings.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "runtime.json").write_text(
+        json.dumps({"nats_url": settings.nats_url, "prefix": settings.prefix})
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        "events",
+        "--job",
+        "y",
+        "--state-dir",
+        str(state),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    kinds = [json.loads(line)["event"]["type"] for line in out.decode().splitlines()]
+    assert kinds == ["JobRequested", "StatusChanged", "StatusChanged"]
+
+
+async def test_cli_follow_prints_new_events_as_they_arrive(
+    audited: System, settings: Settings
+) -> None:
+    """--follow keeps printing: an event published later shows up."""
+    env = {
+        **os.environ,
+        "JOBRUNNER_NATS_URL": settings.nats_url,
+        "JOBRUNNER_PREFIX": settings.prefix,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        "events",
+        "--follow",
+        "--since",
+        "19",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        await publish(settings, job_events("late", minute=9))
+        second = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert first["stream_seq"] == 19
+    assert second["event"]["job_id"] == "late"
+
+
+def test_readable_form_shows_lines_under_their_event() -> None:
+    """On a terminal each event is one readable line, its log lines indented below."""
+    from datetime import UTC, datetime
+
+    from jobrunner.audit import StoredEvent
+    from jobrunner.eventlog import readable
+
+    text = readable(
+        StoredEvent(
+            stream_seq=7,
+            subject="p.job.a.lines",
+            time=datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC),
+            event={
+                "type": "LineLogged",
+                "job_id": "a",
+                "lines": [[1, "stdout", "INFO", "2026-01-01T12:00:00Z", "hello"]],
+            },
+        )
+    )
+    assert text.splitlines()[0] == "#7       2026-01-01 12:00:00.123  a  LineLogged"
+    assert text.splitlines()[1].split() == ["1", "stdout", "INFO", "hello"]
