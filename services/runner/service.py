@@ -160,7 +160,7 @@ class Runner:
             value.host == self.host
             and value.boot_id == self.boot_id
             and value.runner_pid is not None
-            and value.runner_id != self.runner_id
+            and value.runner_pid != self.pid
             and not orphans.process_alive(value.runner_pid, value.runner_started)
         )
 

@@ -1,0 +1,147 @@
+"""Crash safety: a runner killed mid-job, a runner restarted, a NATS server restarted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.serverprocess import free_port
+from jobrunner.settings import Settings
+from tests.system import System
+from tests.tools.runners import (
+    RUNNER_TYPES,
+    RunnerProcess,
+    lines_of,
+    start_job,
+    status_events,
+    wait_dead,
+    wait_file,
+    wait_job,
+    wait_status,
+)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
+
+
+async def _pids(pidfile: Path) -> tuple[int, int]:
+    tool, grandchild = (await wait_file(pidfile)).split()
+    return int(tool), int(grandchild)
+
+
+async def test_killed_runner_job_ends_runner_lost_and_the_next_queued_job_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """SIGKILL a runner mid-job: the job fails RUNNER_LOST, its orphans die, the queue moves on."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    doomed = RunnerProcess(settings, tmp_path / "doomed.log", runner_id="doomed")
+    survivor = RunnerProcess(settings, tmp_path / "survivor.log", runner_id="survivor")
+    await doomed.start()
+    try:
+        async with system.client() as client:
+            first = await start_job(
+                client,
+                "locked_family",
+                pidfile=str(tmp_path / "pids1"),
+                count_file=str(tmp_path / "starts1"),
+            )
+            await wait_status(client, first, "running")
+            tool, grandchild = await _pids(tmp_path / "pids1")
+            second = await start_job(
+                client,
+                "locked_family",
+                pidfile=str(tmp_path / "pids2"),
+                count_file=str(tmp_path / "starts2"),
+                seconds="0",
+            )
+            # The survivor is up (and done with its start-up clean-up) before the crash, so it
+            # learns of the crash only from the expiring lease.
+            await survivor.start()
+            doomed.kill()
+            lost = await wait_status(client, first, "failed", "completed", "cancelled")
+            await wait_dead(tool)
+            await wait_dead(grandchild)
+            after = await wait_status(client, second, "completed", "failed", timeout=60)
+    finally:
+        doomed.stop()
+        survivor.stop()
+        await system.stop()
+    assert lost["status"] == "failed"
+    assert lost["error"]["code"] == "RUNNER_LOST"
+    assert "stopped renewing its lease" in lost["error"]["message"]
+    assert after["status"] == "completed"
+    assert lost["finished_at"] <= after["started_at"]
+    # The lost job ran once and ended once.
+    assert len((tmp_path / "starts1").read_text().split()) == 1
+    assert await status_events(settings, first) == ["running", "failed"]
+
+
+async def test_restarted_runner_cleans_up_before_taking_work(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A runner restarted after a crash ends its predecessor's tools and job before new work."""
+    # A lease far longer than the restart: only the restarted runner can end the job this soon.
+    settings = msgspec.structs.replace(settings, lease_ttl_seconds=30.0)
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    first_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
+    await first_life.start()
+    second_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
+    try:
+        async with system.client() as client:
+            first = await start_job(client, "family", pidfile=str(tmp_path / "pids"))
+            await wait_status(client, first, "running")
+            tool, grandchild = await _pids(tmp_path / "pids")
+            first_life.kill()
+            await second_life.start()
+            lost = await wait_status(client, first, "failed", "completed", "cancelled")
+            await wait_dead(grandchild)
+            await wait_dead(tool)
+            after = await start_job(client, "emit", lines=3)
+            done = await wait_status(client, after, "completed", "failed")
+    finally:
+        first_life.stop()
+        second_life.stop()
+        await system.stop()
+    assert lost["error"]["code"] == "RUNNER_LOST"
+    assert "a runner starting on that host ended its processes" in lost["error"]["message"]
+    assert done["status"] == "completed"
+    assert not list((Path(settings.state_dir) / "runner-tools").glob("*.json"))
+
+
+async def test_nats_restart_mid_job_loses_no_line(settings: Settings, tmp_path: Path) -> None:
+    """NATS goes down and comes back while a tool prints: every line arrives exactly once."""
+    store = tmp_path / "nats"
+    port = free_port()
+    nats = EmbeddedNats(store, port=port)
+    nats.start()
+    settings = msgspec.structs.replace(settings, nats_url=nats.url, lease_ttl_seconds=15.0)
+    system = System(settings)
+    try:
+        await system.start()
+        async with system.client() as client:
+            job_id = await start_job(client, "emit", lines=400, interval="0.01")
+            await wait_job(client, job_id, lambda j: j["log_count"] >= 50)
+            nats.kill()
+            # Keep NATS away while the tool goes on printing (an outage, not a synchronisation).
+            await asyncio.sleep(1.0)
+            nats = EmbeddedNats(store, port=port)
+            nats.start()
+            job = await wait_status(client, job_id, "completed", "failed", timeout=90)
+            lines = await lines_of(client, job_id)
+    finally:
+        await system.stop()
+        nats.stop()
+    assert job["status"] == "completed"
+    assert job["log_count"] == 400
+    assert [ln["seq"] for ln in lines] == list(range(1, 401))
+    assert [ln["text"] for ln in lines] == [f"INFO line {i} [{i}/400]" for i in range(1, 401)]
