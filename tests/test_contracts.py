@@ -1,0 +1,130 @@
+"""The public contracts: a JSON Schema of every event, tolerance of newer events, and a runnable
+example consumer following a live system."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from contracts import codec, events
+from contracts.names import Names
+from jobrunner.settings import Settings
+from tests.history_support import job_events, publish, publisher, wait_projected, without_auth
+from tests.system import System
+
+ROOT = Path(__file__).parent.parent
+TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return without_auth(msgspec.structs.replace(settings, job_types_file=TEST_TYPES))
+
+
+def newer_status_changed(job_id: str) -> bytes:
+    """A StatusChanged as a newer version might send it: version 2, with a field we lack."""
+    event = events.StatusChanged(
+        job_id=job_id, event_id=events.terminal_event_id(job_id), status=events.JobStatus.FAILED
+    )
+    body = msgspec.to_builtins(event)
+    body.update(version=2, retry_of="j-previous", type="StatusChanged")
+    return msgspec.json.encode(body)
+
+
+def unknown_event(job_id: str) -> bytes:
+    return msgspec.json.encode(
+        {"type": "JobArchived", "version": 1, "job_id": job_id, "event_id": "e1", "by": "ops"}
+    )
+
+
+async def test_schema_command_describes_every_event() -> None:
+    """`jobrunner schema events` prints a JSON Schema with each event type and its fields."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobrunner.cli", "schema", "events", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    schema = json.loads(out)
+    defs = schema["$defs"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in schema["anyOf"]} == {
+        t.__name__ for t in events.EVENT_TYPES
+    }
+    assert defs["StatusChanged"]["properties"]["type"] == {"enum": ["StatusChanged"]}
+    assert "job_id" in defs["LineLogged"]["required"]
+    assert defs["LineLogged"]["x-subject"] == "<prefix>.job.<job_id>.lines"
+    assert set(defs["JobStatus"]["enum"]) == {s.value for s in events.JobStatus}
+
+
+def test_schema_accepts_what_the_codec_writes() -> None:
+    """Every event the codec encodes has exactly the properties its schema names."""
+    from contracts.jsonschema import event_schema
+
+    defs = event_schema()["$defs"]
+    for event in job_events("j", status=events.JobStatus.COMPLETED, lines=["x"]):
+        body = json.loads(codec.encode(event))
+        assert set(body) <= set(defs[type(event).__name__]["properties"])
+
+
+def test_decoding_skips_unknown_types_and_fields() -> None:
+    """An older consumer decodes a newer event's known fields and skips unknown event types."""
+    decoded = codec.decode(newer_status_changed("j"))
+    assert isinstance(decoded, events.StatusChanged)
+    assert decoded.status == events.JobStatus.FAILED
+    assert codec.decode(unknown_event("j")) is None
+
+
+async def test_projector_keeps_going_past_newer_events(system: System, settings: Settings) -> None:
+    """A newer event type and a newer field on the stream do not stop the read models."""
+    names = Names(settings.prefix)
+    await publish(settings, job_events("n1", status=events.JobStatus.RUNNING))
+    async with publisher(settings) as js:
+        await js.publish(f"{settings.prefix}.job.n1.archived", unknown_event("n1"))
+        ack = await js.publish(names.job_kind_subject("n1", "status"), newer_status_changed("n1"))
+    await wait_projected(settings, ack.seq)
+    async with system.client() as client:
+        job = (await client.get("/api/jobs/n1")).json()
+    assert job["status"] == "failed"
+
+
+async def test_example_consumer_prints_failed_jobs_with_their_last_lines(
+    system: System, settings: Settings
+) -> None:
+    """examples/failed_jobs.py, run against a live system, prints a failed job's last ten lines."""
+    async with system.client() as client:
+        ok = await client.post("/api/jobs", json={"job_type": "emit", "parameters": {"lines": 3}})
+        bad = await client.post(
+            "/api/jobs", json={"job_type": "emit", "parameters": {"lines": 15, "exit_code": 3}}
+        )
+    assert ok.status_code == bad.status_code == 201
+    bad_id = bad.json()["id"]
+    # An event type this example has never heard of, before the failure is reported.
+    async with publisher(settings) as js:
+        await js.publish(f"{settings.prefix}.job.{bad_id}.archived", unknown_event(bad_id))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "examples" / "failed_jobs.py"),
+        "--nats-url",
+        settings.nats_url,
+        "--prefix",
+        settings.prefix,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            header = (await proc.stdout.readline()).decode()
+            tail = [(await proc.stdout.readline()).decode().split(None, 2) for _ in range(10)]
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert header.startswith(f"FAILED {bad_id} ")
+    assert "EXIT_NONZERO" in header
+    assert [int(seq) for seq, _, _ in tail] == list(range(6, 16))
+    assert tail[-1][2].strip() == "INFO line 15 [15/15]"
