@@ -111,7 +111,7 @@ async def test_bad_log_query_answers_400_naming_the_field(
 
 async def test_download_is_the_printed_log_line_by_line(system: System) -> None:
     """A tool's downloaded log has one line per printed line: time, level, the text printed."""
-    job = await finished_job(system, lines=LINES, stderr_every=7)
+    job = await finished_job(system, lines=LINES)
     async with (
         system.client() as client,
         client.stream("GET", f"/api/jobs/{job['id']}/logs/download") as response,
