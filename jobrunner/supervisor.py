@@ -13,9 +13,9 @@ from pathlib import Path
 
 import structlog
 
-from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.settings import Settings
+from jobrunner.settings import Settings, SettingsError
 
 log = structlog.get_logger()
 
@@ -79,11 +79,46 @@ async def wait_healthy(url: str, proc: Service, timeout: float = 60.0) -> None:
     raise RuntimeError(f"the api did not answer on {url}/health within {timeout:.0f} s")
 
 
+async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
+    """On the first start (no token exists yet) create the ``admin`` token; else ``None``."""
+    import nats
+
+    from contracts.names import Names
+    from services.api.security.tokens import Role, TokenStore
+
+    nc = await nats.connect(nats_url, name="jobrunner-up", max_reconnect_attempts=1)
+    try:
+        store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))
+        if await store.all():
+            return None
+        _, token = await store.create("admin", Role.ADMIN, created_by="jobrunner up")
+        return token
+    finally:
+        await nc.close()
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse ``--no-auth`` anywhere but on a loopback address."""
+    from services.api.security import is_loopback
+
+    if not settings.auth and not is_loopback(settings.host):
+        raise SettingsError(
+            f"--no-auth is allowed only on a loopback address (127.0.0.1, ::1, localhost), "
+            f"not {settings.host!r}: anyone who reaches the port could run tools"
+        )
+
+
 async def up(settings: Settings, config_file: str | None) -> int:
+    check_exposure(settings)
     state = Path(settings.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded servers", state_dir=str(state))
-    nats_server = EmbeddedNats(state / "nats")
+    # NATS listens on loopback only and wants a password, generated once into the state dir.
+    nats_server = EmbeddedNats(
+        state / "nats",
+        user="jobrunner",
+        password=load_or_create_secret(state / "nats-password"),
+    )
     postgres = EmbeddedPostgres(state / "postgres" / "data")
     await asyncio.to_thread(nats_server.start)
     try:
@@ -111,6 +146,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
             "JOBRUNNER_STATE_DIR": str(state),
             "JOBRUNNER_JOB_TYPES_FILE": settings.job_types_file,
             "JOBRUNNER_PREFIX": settings.prefix,
+            "JOBRUNNER_AUTH": "true" if settings.auth else "false",
         }
     )
     if config_file:
@@ -121,11 +157,23 @@ async def up(settings: Settings, config_file: str | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     exit_code = 0
+    admin_token = None
     try:
+        if settings.auth:
+            admin_token = await first_admin_token(settings, nats_server.url)
         for service in services.values():
             await service.start()
         await wait_healthy(f"http://{_reachable(settings.host)}:{settings.port}", services["api"])
         print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
+        if admin_token:
+            print(
+                "  First start: an admin token was created. It is shown only this once;\n"
+                "  sign in with it and keep it safe (`jobrunner token create` makes more):\n\n"
+                f"    {admin_token}\n",
+                flush=True,
+            )
+        elif not settings.auth:
+            print("  Authentication is OFF (--no-auth): anyone on this machine can use it.\n")
         await _supervise(services, stop)
     except RuntimeError as exc:
         log.error(str(exc))

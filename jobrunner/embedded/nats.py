@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from jobrunner.embedded.serverprocess import ServerProcess, ServerStartError, free_port
 
@@ -21,12 +25,45 @@ def nats_server_binary() -> str:
     return found
 
 
+def load_or_create_secret(path: Path) -> str:
+    """A random secret kept in ``path`` (owner-only), created on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 class EmbeddedNats(ServerProcess):
-    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+    """``user``/``password`` switch on authentication: clients must send them (in the URL)."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port()
         self.store_dir = store_dir
+        self.nats_user = user
+        self.nats_password = password
         store_dir.mkdir(parents=True, exist_ok=True)
+        auth_args: list[str] = []
+        if user and password:
+            # In a config file (owner-only), not on the command line where `ps` shows it.
+            config = store_dir / "auth.conf"
+            config.touch(mode=0o600)
+            config.chmod(0o600)
+            config.write_text(
+                "authorization {\n"
+                f"  user: {json.dumps(user)}\n  password: {json.dumps(password)}\n"
+                "}\n"
+            )
+            auth_args = ["--config", str(config)]
         super().__init__(
             "nats-server",
             [
@@ -40,6 +77,7 @@ class EmbeddedNats(ServerProcess):
                 str(store_dir),
                 "--server_name",
                 "jobrunner",
+                *auth_args,
             ],
             log_file=store_dir / "nats-server.log",
             ready_text="Server is ready",
@@ -47,4 +85,8 @@ class EmbeddedNats(ServerProcess):
 
     @property
     def url(self) -> str:
+        """The URL clients connect with (credentials included when authentication is on)."""
+        if self.nats_user and self.nats_password:
+            credentials = f"{quote(self.nats_user)}:{quote(self.nats_password)}"
+            return f"nats://{credentials}@{self.host}:{self.port}"
         return f"nats://{self.host}:{self.port}"
