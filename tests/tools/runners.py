@@ -95,6 +95,7 @@ def runner_env(settings: Settings, **overrides: Any) -> dict[str, str]:
         text = str(value).lower() if isinstance(value, bool) else str(value)
         env[ENV_PREFIX + name.upper()] = text
     env["JOBRUNNER_LOG_FORMAT"] = "json"
+    env["JOBRUNNER_LOG_LEVEL"] = "info"  # RunnerProcess waits for "runner started"
     return env
 
 
