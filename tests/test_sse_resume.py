@@ -1,0 +1,82 @@
+"""Reconnecting with Last-Event-ID resumes exactly: no event twice, none missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.settings import Settings
+from tests.sse_client import read_stream
+from tests.system import System
+
+TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+
+async def start(system: System, **parameters: object) -> str:
+    async with system.client() as client:
+        response = await client.post(
+            "/api/jobs", json={"job_type": "emit", "parameters": parameters}
+        )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def line_texts(events: list) -> list[str]:
+    return [e.json["text"] for e in events if e.event == "message"]
+
+
+async def test_resume_mid_job_continues_after_the_last_seen_line(system: System) -> None:
+    """A client that drops mid-job and reconnects with Last-Event-ID gets every later line once."""
+    job_id = await start(system, lines=60, interval="0.01")
+    async with system.client() as client:
+        first = await read_stream(client, f"/jobs/stream/{job_id}", stop_after=25)
+        last_id = [e.id for e in first.events if e.id][-1]
+        rest = await read_stream(client, f"/jobs/stream/{job_id}", last_event_id=last_id)
+    texts = line_texts(first.events) + line_texts(rest.events)
+    assert texts == [f"INFO line {i} [{i}/60]" for i in range(1, 61)]
+    assert rest.events[-1].event == "done"
+
+
+async def test_resume_inside_a_batch_skips_exactly_the_lines_seen(system: System) -> None:
+    """Resuming from the id of a line in the middle of a batch repeats none of that batch."""
+    job_id = await start(system, lines=500)
+    async with system.client() as client:
+        full = await read_stream(client, f"/jobs/stream/{job_id}")
+        lines = [e for e in full.events if e.event == "message"]
+        batched = [e for e in lines if not e.id.endswith(":0")]
+        assert batched, "a fast tool's lines should travel in batches"
+        cut = lines.index(batched[len(batched) // 2])
+        rest = await read_stream(client, f"/jobs/stream/{job_id}", last_event_id=lines[cut].id)
+    assert line_texts(rest.events) == line_texts(lines[cut + 1 :])
+
+
+async def test_resume_after_the_end_replays_from_a_finished_job(system: System) -> None:
+    """Long after a job finished, resuming from any id gives the rest of its events, then done."""
+    job_id = await start(system, lines=30)
+    async with system.client() as client:
+        full = await read_stream(client, f"/jobs/stream/{job_id}")
+        ids = [e.id for e in full.events if e.id]
+        middle = ids[len(ids) // 2]
+        rest = await read_stream(client, f"/jobs/stream/{job_id}", last_event_id=middle)
+        after_done = await read_stream(client, f"/jobs/stream/{job_id}", last_event_id=ids[-1])
+    position = [e.id for e in full.events].index(middle)
+    assert [(e.event, e.data) for e in rest.events] == [
+        (e.event, e.data) for e in full.events[position + 1 :]
+    ]
+    assert [e.event for e in after_done.events] == ["done"]
+    assert after_done.events[0].json["status"] == "completed"
+
+
+async def test_a_malformed_last_event_id_starts_from_the_beginning(system: System) -> None:
+    """A Last-Event-ID that is not ours is ignored rather than failing the stream."""
+    job_id = await start(system, lines=3)
+    async with system.client() as client:
+        stream = await read_stream(client, f"/jobs/stream/{job_id}", last_event_id="banana")
+    assert line_texts(stream.events) == [f"INFO line {i} [{i}/3]" for i in range(1, 4)]
