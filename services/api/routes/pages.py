@@ -19,12 +19,16 @@ from litestar.template.config import TemplateConfig
 from contracts.events import JobStatus
 from jobrunner.jobtypes import JobType
 from services.api import i18n, readmodels, schemas, security
-from services.api.routes.jobs import ctx_of
+from services.api.routes.jobs import ctx_of, find_job
+from services.api.security.principal import optional_principal
 
 HERE = Path(__file__).resolve().parent.parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 RECENT_LIMIT = 20
+# The detail page carries the log's first lines, so its first screen needs no second request.
+FIRST_LINES = 200
+FIRST_LINES_MAX_CHARS = 200_000
 ACTIVE = (JobStatus.RUNNING.value, JobStatus.PENDING.value)
 FINISHED = tuple(s.value for s in JobStatus if s.is_terminal)
 LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
@@ -51,10 +55,18 @@ def language_of(request: Request[Any, Any, Any]) -> str:
     )
 
 
+def in_schema_order(job: schemas.Job, job_type: JobType | None) -> list[tuple[str, Any]]:
+    """The job's parameters in the order its type declares them (Postgres jsonb has its own)."""
+    declared = list(job_type.parameters) if job_type else []
+    names = [n for n in declared if n in job.parameters]
+    names += sorted(n for n in job.parameters if n not in declared)
+    return [(n, job.parameters[n]) for n in names]
+
+
 def parameter_summary(job: schemas.Job, job_type: JobType | None, t: Any) -> str:
     """Parameters in one short line: ``PLZ-Filter: 4, Confidence-Level: none,low``."""
     parts = []
-    for name, value in job.parameters.items():
+    for name, value in in_schema_order(job, job_type):
         if value in ("", None, []):
             continue
         param = job_type.parameters.get(name) if job_type else None
@@ -69,7 +81,7 @@ def parameter_summary(job: schemas.Job, job_type: JobType | None, t: Any) -> str
 
 def parameter_rows(job: schemas.Job, job_type: JobType | None, t: Any) -> list[tuple[str, str]]:
     rows = []
-    for name, value in job.parameters.items():
+    for name, value in in_schema_order(job, job_type):
         param = job_type.parameters.get(name) if job_type else None
         label = (param.label if param else "") or name
         if isinstance(value, bool):
@@ -162,17 +174,34 @@ async def job_page(
 ) -> Template:
     """PRD-005 2.3: one job with its whole log, live while it runs."""
     ctx = ctx_of(request)
-    row = await readmodels.get_job_row(ctx.pool, job_id)
-    if row is None:
-        raise NotFoundException()
-    job = readmodels.job_from_row(row)
+    job = readmodels.job_from_row(await find_job(ctx, job_id, optional_principal(request)))
     t = i18n.translator(language_of(request))
     return page(
         request,
         "job_detail.html",
         job=job,
         parameters=parameter_rows(job, ctx.job_types.get(job.job_type), t),
+        first_lines=await first_lines(ctx.pool, job_id),
     )
+
+
+async def first_lines(pool: Any, job_id: str) -> list[dict[str, Any]]:
+    rows = await readmodels.log_lines_after(pool, job_id, 0, FIRST_LINES, readmodels.LineFilter())
+    lines, size = [], 0
+    for r in rows:
+        size += len(r["text"])
+        if size > FIRST_LINES_MAX_CHARS:
+            break
+        lines.append(
+            {
+                "seq": r["seq"],
+                "stream": r["stream"],
+                "level": r["level"],
+                "timestamp": r["ts"].isoformat(),
+                "text": r["text"],
+            }
+        )
+    return lines
 
 
 UI_ROUTES = [

@@ -70,6 +70,8 @@ export function initDetailPage() {
   const clock = setInterval(() => tickClocks(), 1000);
   const viewport = document.getElementById("log-viewport");
   const view = new LogView(viewport, jobId, Number(root.dataset.logCount) || 0);
+  view.store(JSON.parse(document.getElementById("log-first-lines")?.textContent || "[]"));
+  view.schedule();
   const count = root.querySelector("[data-line-count]");
   view.onChange(() => { count.textContent = formatNumber(view.total); });
   setUpSearch(view);
