@@ -13,6 +13,7 @@ from services.api.routes.audit import job_events
 from services.api.routes.jobs import JobController
 from services.api.routes.logs import download_job_log, job_logs
 from services.api.routes.meta import health, list_job_types
+from services.api.routes.pages import UI_ROUTES, template_config
 from services.api.routes.streams import job_event_stream
 from services.api.routes.updates import job_updates
 
@@ -32,12 +33,15 @@ def create_app(settings: Settings) -> Litestar:
             job_logs,
             download_job_log,
             job_events,
+            # web UI
+            *UI_ROUTES,
         ],
         lifespan=[lifespan(settings), security.access_lifespan(settings)],
         middleware=security.MIDDLEWARE,
         before_send=[security.add_security_headers],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
+        template_config=template_config(),
         openapi_config=OpenAPIConfig(
             title="jobrunner",
             version="0.1.0",
