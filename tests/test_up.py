@@ -1,0 +1,139 @@
+"""`jobrunner up` starts everything, stops everything, and keeps history across restarts."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobrunner.embedded.serverprocess import free_port
+
+URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
+TOKEN_RE = re.compile(r"^\s{4}(\S{20,})\s*$", re.MULTILINE)
+
+
+class Up:
+    """A `jobrunner up` child process whose output is collected as it runs."""
+
+    def __init__(self, state_dir: Path, port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
+        env["JOBRUNNER_DEMO_PACE"] = "0"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jobrunner.cli",
+                "up",
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+        )
+        self.output = ""
+        self._changed = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.output += line
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 120) -> re.Match[str]:
+        with self._changed:
+            self._changed.wait_for(
+                lambda: pattern.search(self.output) or self.proc.poll() is not None, timeout
+            )
+            match = pattern.search(self.output)
+        assert match, f"`jobrunner up` did not get there:\n{self.output}"
+        return match
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention ``path`` (our servers name their dirs)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline and int(pid) != os.getpid():
+            found.append(cmdline)
+    return found
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
+    # must be able to reach its data directory.
+    path = Path(tempfile.mkdtemp(prefix="jobrunner-up-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_a_job(base_url: str, token: str | None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        created = client.post("/api/jobs", json={"job_type": "blacklist_sync"})
+        assert created.status_code == 201, created.text
+        job_id = str(created.json()["id"])
+        with client.stream("GET", f"/jobs/stream/{job_id}") as stream:
+            body = "".join(stream.iter_text())
+    assert "event: done" in body
+    assert '"status":"completed"' in body
+    return job_id
+
+
+@pytest.mark.timeout(600)
+def test_up_starts_serves_stops_and_keeps_history(state_dir: Path) -> None:
+    """`jobrunner up` runs a job end to end, stops cleanly on Ctrl-C, and remembers it next time."""
+    port = free_port()
+    first = Up(state_dir, port)
+    try:
+        base_url = first.wait_for(URL_RE).group(1)
+        token_match = TOKEN_RE.search(first.output)
+        token = token_match.group(1) if token_match else None
+        job_id = run_a_job(base_url, token)
+        assert processes_using(state_dir), "the embedded servers should be running"
+    finally:
+        code = first.stop(signal.SIGINT)
+    assert code == 0, first.output
+    assert processes_using(state_dir) == [], "Ctrl-C must stop every child, servers included"
+
+    second = Up(state_dir, port)
+    try:
+        base_url = second.wait_for(URL_RE).group(1)
+        assert not TOKEN_RE.search(second.output), "the admin token is printed on first start only"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+            job = client.get(f"/api/jobs/{job_id}")
+        assert job.status_code == 200, job.text
+        assert job.json()["status"] == "completed"
+        assert job.json()["log_count"] > 0
+    finally:
+        code = second.stop(signal.SIGTERM)
+    assert code == 0, second.output
+    assert processes_using(state_dir) == []
