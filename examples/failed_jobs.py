@@ -19,7 +19,6 @@ import signal
 from collections import deque
 
 import nats
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
 from contracts import codec, events
@@ -71,7 +70,7 @@ async def follow(nats_url: str, prefix: str, durable: str, stop: asyncio.Event) 
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(500, timeout=1.0)
-            except NatsTimeoutError:
+            except TimeoutError:  # nats' own and asyncio's
                 continue
             for msg in msgs:
                 event = codec.decode(msg.data)  # None: an event type newer than this code

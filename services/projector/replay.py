@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 
 from contracts import codec
@@ -218,7 +217,7 @@ async def _fetch(
 ) -> list[tuple[int, list[Change]]]:
     try:
         msgs = await sub.fetch(FETCH_BATCH, timeout=timeout)
-    except NatsTimeoutError:
+    except TimeoutError:  # nats' own and asyncio's
         return []
     batch: list[tuple[int, list[Change]]] = []
     for msg in msgs:

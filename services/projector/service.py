@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
@@ -69,7 +68,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
                     log.info("read-model retention pruned jobs", jobs=pruned, before=cutoff)
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
-            except NatsTimeoutError:
+            except TimeoutError:  # nats' own and asyncio's
                 continue
             if not msgs:
                 continue
