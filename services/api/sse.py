@@ -21,6 +21,22 @@ from services.api.context import ApiContext
 from services.api.fanout import Fanout
 
 _encoder = msgspec.json.Encoder()
+# Valid in JSON, but line breaks to clients that split lines the Unicode way (Python's
+# str.splitlines, some SSE libraries): escaped, so a log line can never forge an SSE field.
+_UNICODE_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def encode_data(data: Any) -> bytes:
+    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
+    out = _encoder.encode(data)
+    for raw, escaped in _UNICODE_BREAKS:
+        if raw in out:
+            out = out.replace(raw, escaped)
+    return out
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,7 @@ def frame(data: Any, event: str | None = None, id: str | None = None) -> bytes:
     if event is not None:
         parts.append(f"event: {event}\n")
     # JSON never contains a raw newline, so one data line is always enough.
-    parts.append(f"data: {_encoder.encode(data).decode()}\n\n")
+    parts.append(f"data: {encode_data(data).decode()}\n\n")
     return "".join(parts).encode()
 
 
@@ -92,7 +108,7 @@ class LinePayload(msgspec.Struct):
 
 
 def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
-    encode = _encoder.encode
+    encode = encode_data
     return [
         b"id: %d:%d\ndata: %b\n\n"
         % (seq, i, encode(LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text)))
