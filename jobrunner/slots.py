@@ -144,7 +144,11 @@ class SlotTable:
         for _ in range(3):
             current = await self.current(key)
             if current is not None:
-                if current.value.job_id == value.job_id:
+                mine = current.value.phase == "reserved" or (
+                    current.value.runner_id == value.runner_id
+                )
+                if current.value.job_id == value.job_id and mine:
+                    # Our job's reservation (made by the API) becomes our lease.
                     return await self.renew(current, value)
                 return None
             try:

@@ -47,10 +47,11 @@ async def test_bad_working_directory_fails_with_spawn_failed(system: System) -> 
     assert "/nonexistent/jobrunner-dir" in job["error"]["message"]
 
 
-async def test_failed_slot_job_frees_its_slot(system: System) -> None:
-    """After a job on a reject lock fails to start, the next one on that lock is accepted."""
+async def test_job_that_fails_to_start_frees_its_slot(system: System) -> None:
+    """After a job on a reject lock fails to start, the next job on that lock is accepted."""
     async with system.client() as client:
-        job_id = await start_job(client, "rejecting")
-        await wait_status(client, job_id, "completed")
+        job_id = await start_job(client, "locked_missing")
+        job = await wait_status(client, job_id, "failed", "completed")
         again = await client.post("/api/jobs", json={"job_type": "rejecting"})
-        assert again.status_code == 201
+    assert job["error"]["code"] == "SPAWN_FAILED"
+    assert again.status_code == 201, again.text

@@ -28,9 +28,9 @@ def settings(settings: Settings) -> Settings:
 async def test_twenty_simultaneous_posts_to_an_idle_lock_start_exactly_one(system: System) -> None:
     """Twenty users press Start at once on a reject-type lock: one job starts, 19 get 409."""
     async with system.client() as client:
-        responses = await asyncio.gather(
-            *(client.post("/api/jobs", json={"job_type": "rejecting"}) for _ in range(20))
-        )
+        # The winner runs long, so no POST of the burst can come after it ended.
+        body = {"job_type": "rejecting", "parameters": {"lines": 600}}
+        responses = await asyncio.gather(*(client.post("/api/jobs", json=body) for _ in range(20)))
         codes = sorted(r.status_code for r in responses)
         assert codes == [201] + [409] * 19, [r.text for r in responses]
         winner = next(r.json() for r in responses if r.status_code == 201)
@@ -38,13 +38,15 @@ async def test_twenty_simultaneous_posts_to_an_idle_lock_start_exactly_one(syste
         assert busy["error"]["code"] == "SLOT_BUSY"
         assert busy["error"]["running_job"]["id"] == winner["id"]
         assert busy["error"]["running_job"]["job_type"] == "rejecting"
-        assert await wait_status(client, winner["id"], "completed")
+        await wait_status(client, winner["id"], "running")
+        await client.delete(f"/api/jobs/{winner['id']}")
+        await wait_status(client, winner["id"], "cancelled")
 
 
 async def test_busy_reject_lock_answers_409_with_the_running_job(system: System) -> None:
     """While a reject-lock job runs, starting another names the holder and its start."""
     async with system.client() as client:
-        first = await start_job(client, "rejecting")
+        first = await start_job(client, "rejecting", lines=600)
         running = await wait_status(client, first, "running")
         second = await client.post("/api/jobs", json={"job_type": "rejecting"})
         assert second.status_code == 409
@@ -52,7 +54,8 @@ async def test_busy_reject_lock_answers_409_with_the_running_job(system: System)
         assert holder["id"] == first
         assert holder["started_at"] is not None
         assert holder["started_at"][:19] == running["started_at"][:19]
-        await wait_status(client, first, "completed")
+        await client.delete(f"/api/jobs/{first}")
+        await wait_status(client, first, "cancelled")
         third = await client.post("/api/jobs", json={"job_type": "rejecting"})
         assert third.status_code == 201, third.text
 

@@ -21,6 +21,7 @@ from services.runner.output import Progress
 log = structlog.get_logger()
 
 MAX_BUFFERED_LINES = 50_000
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # whichever comes first: memory stays bounded
 MAX_BATCH_BYTES = 512 * 1024
 PROGRESS_INTERVAL = 0.1  # seconds between ProgressReported events while output floods
 
@@ -47,6 +48,7 @@ class LinePublisher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.seq = 0
+        self._buffered_bytes = 0
         self.published_lines = 0
 
     def start(self) -> None:
@@ -55,10 +57,14 @@ class LinePublisher:
     async def add(self, stream: str, level: str, text: str, at: datetime) -> None:
         self.seq += 1
         self._lines.append(events.LogLine(self.seq, stream, level, at, text))
+        self._buffered_bytes += len(text)
         self._wakeup.set()
-        if len(self._lines) >= MAX_BUFFERED_LINES:
+        if self._full():
             self._room.clear()
             await self._room.wait()
+
+    def _full(self) -> bool:
+        return len(self._lines) >= MAX_BUFFERED_LINES or self._buffered_bytes >= MAX_BUFFERED_BYTES
 
     def report_progress(self, progress: Progress) -> None:
         self._progress = progress
@@ -80,7 +86,8 @@ class LinePublisher:
                 batch = self._take_batch()
                 await self._publish(events.LineLogged(job_id=self._job_id, lines=batch))
                 self.published_lines += len(batch)
-                if len(self._lines) < MAX_BUFFERED_LINES:
+                self._buffered_bytes -= sum(len(line.text) for line in batch)
+                if not self._full():
                     self._room.set()
             progress = self._progress
             if progress is not None and progress != self._progress_sent:

@@ -224,7 +224,13 @@ class Runner:
         status = await self._last_event(job_id, "status")
         if isinstance(status, events.StatusChanged):
             if status.status == JobStatus.RUNNING:
-                # Delivered again after it started: its runner died before finishing.
+                lease = await self.slots.current(slot_key(request.lock, job_id))
+                if lease is not None and lease.value.job_id == job_id:
+                    # Its runner is alive and holds the lease (our delivery is a duplicate, say
+                    # after a lost ack); should that runner die, the expiring lease tells.
+                    await msg.ack()
+                    return
+                # Delivered again after it started, and nobody holds it: its runner died.
                 await self._end(
                     job_id,
                     JobStatus.FAILED,
@@ -347,6 +353,12 @@ class Runner:
         lease: Lease,
     ) -> None:
         job_id = request.job_id
+        if await self._last_event(job_id, "status") is not None:
+            # Another runner got this request too (a redelivery) and started or ended it first;
+            # checked while we hold the slot, so the job never runs twice.
+            await self.slots.release(lease)
+            await msg.ack()
+            return
         if job.cancel_event.is_set() or await self._last_event(job_id, "cancel"):
             # Cancelled while we were taking the slot: it never starts.
             await self._end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
