@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import asyncpg
+import msgspec
 import pytest
 
 from contracts import events
@@ -167,3 +168,58 @@ async def test_projector_killed_mid_batch_resumes_without_duplicate_or_gap(
     assert 0 < done <= killed_at < last, "the kill must land before the end"
     assert (count, distinct, top) == (lines, lines, lines)
     assert log_count == lines
+
+
+async def test_replay_command_shows_progress_and_the_verdict(
+    live: System, settings: Settings
+) -> None:
+    """`jobrunner replay` prints events per second while it runs and ends saying tables match."""
+    env = {
+        **os.environ,
+        "JOBRUNNER_NATS_URL": settings.nats_url,
+        "JOBRUNNER_DATABASE_URL": settings.database_url,
+        "JOBRUNNER_PREFIX": settings.prefix,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        "replay",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    assert "events/s" in err.decode()
+    assert "identical to the live read models; swapped in" in out.decode()
+
+
+async def test_read_model_retention_prunes_old_jobs_and_replay_agrees(
+    settings: Settings,
+) -> None:
+    """Finished jobs older than readmodel_retention_days leave Postgres; a replay still matches."""
+    settings = msgspec.structs.replace(settings, readmodel_retention_days=30)
+    old = job_events("old", minute=0, status=JobStatus.COMPLETED, lines=["x", "y"])
+    recent = [
+        events.JobRequested(job_id="recent", job_type="scraper"),
+        events.StatusChanged(
+            job_id="recent", event_id=events.terminal_event_id("recent"), status=JobStatus.FAILED
+        ),
+    ]
+    last = await publish(settings, old + recent)
+    async with reading_system(settings) as system:
+        await wait_projected(settings, last)
+        # Retention runs when the projector starts and every ten minutes after.
+        await system.stop_service("projector")
+        await system.start_projector()
+        async with system.client() as client:
+            async with asyncio.timeout(30):
+                while (await client.get("/api/jobs/old")).status_code != 404:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            kept = await client.get("/api/jobs/recent")
+        report = await replay(settings)
+    assert kept.status_code == 200
+    assert report.differences == {}
+    assert report.tables["jobs"] == 1
+    assert report.tables["log_lines"] == 0
