@@ -113,7 +113,7 @@ async def test_restarted_runner_cleans_up_before_taking_work(
         second_life.stop()
         await system.stop()
     assert lost["error"]["code"] == "RUNNER_LOST"
-    assert "a runner starting on that host ended its processes" in lost["error"]["message"]
+    assert "a runner starting on its host ended the job's processes" in lost["error"]["message"]
     assert done["status"] == "completed"
     assert not list((Path(settings.state_dir) / "runner-tools").glob("*.json"))
 
@@ -145,3 +145,46 @@ async def test_nats_restart_mid_job_loses_no_line(settings: Settings, tmp_path: 
     assert job["log_count"] == 400
     assert [ln["seq"] for ln in lines] == list(range(1, 401))
     assert [ln["text"] for ln in lines] == [f"INFO line {i} [{i}/400]" for i in range(1, 401)]
+
+
+async def test_runner_restarted_after_its_lease_expired_still_ends_the_job(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """With no runner alive when the lease expired, the restarted runner ends job and orphans."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    first_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="alone")
+    second_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="alone")
+    await first_life.start()
+    try:
+        async with system.client() as client:
+            job_id = await start_job(client, "family", pidfile=str(tmp_path / "pids"))
+            await wait_status(client, job_id, "running")
+            _, grandchild = await _pids(tmp_path / "pids")
+            first_life.kill()
+            await _wait_lease_gone(settings, job_id)
+            assert (await client.get(f"/api/jobs/{job_id}")).json()["status"] == "running"
+            await second_life.start()
+            lost = await wait_status(client, job_id, "failed", "completed", "cancelled")
+            await wait_dead(grandchild)
+    finally:
+        first_life.stop()
+        second_life.stop()
+        await system.stop()
+    assert lost["error"]["code"] == "RUNNER_LOST"
+
+
+async def _wait_lease_gone(settings: Settings, job_id: str, timeout: float = 30.0) -> None:
+    from contracts.names import Names
+    from jobrunner import eventstore
+    from jobrunner.slots import SlotTable, slot_key
+
+    nc = await eventstore.connect(settings, "test-lease")
+    try:
+        slots = SlotTable(nc.jetstream(), Names(settings.prefix), settings.lease_ttl_seconds)
+        async with asyncio.timeout(timeout):
+            while await slots.current(slot_key(None, job_id)) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    finally:
+        await eventstore.close(nc)

@@ -134,8 +134,17 @@ class Runner:
 
     async def _clean_up_after_crash(self) -> None:
         """Before taking work: end what a dead runner on this host left behind."""
+        lost = ErrorInfo(
+            code=ErrorCode.RUNNER_LOST,
+            message="The runner running this job stopped; a runner starting on its host "
+            "ended the job's processes.",
+        )
         for job_id in self.ledger.end_orphans():
             log.warning("orphaned tool ended at start", orphan_job_id=job_id)
+            # Its lease may have expired while no runner was watching: end the job here.
+            status = await self._last_event(job_id, "status")
+            if isinstance(status, events.StatusChanged) and status.status == JobStatus.RUNNING:
+                await self._end(job_id, JobStatus.FAILED, error=lost)
         for key, value in list(self.board.slots.items()):
             if value.phase != "held" or not self._is_dead_local_runner(value):
                 continue
@@ -144,15 +153,7 @@ class Runner:
             lease = await self.slots.current(key)
             if lease is None or lease.value.job_id != value.job_id:
                 continue
-            await self._end(
-                value.job_id,
-                JobStatus.FAILED,
-                error=ErrorInfo(
-                    code=ErrorCode.RUNNER_LOST,
-                    message=f"Runner {value.runner_id} on {value.host} stopped while running "
-                    "this job; a runner starting on that host ended its processes.",
-                ),
-            )
+            await self._end(value.job_id, JobStatus.FAILED, error=lost)
             await self.slots.release(lease)
 
     def _is_dead_local_runner(self, value: SlotValue) -> bool:
