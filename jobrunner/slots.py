@@ -133,8 +133,8 @@ class SlotTable:
         try:
             entry = await kv.get(key)
         except KeyNotFoundError as exc:
-            entry = getattr(exc, "entry", None)
-            return entry.revision if entry is not None and entry.revision else 0
+            tombstone = getattr(exc, "entry", None)
+            return tombstone.revision if tombstone is not None and tombstone.revision else 0
         except NotFoundError:
             return 0
         return entry.revision or 0

@@ -85,7 +85,7 @@ class LockBoard:
                 try:
                     while not stop.is_set():
                         try:
-                            entry = await watcher.updates(timeout=1.0)
+                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
                         except (NatsTimeoutError, TimeoutError):
                             continue
                         if entry is None:
@@ -96,7 +96,7 @@ class LockBoard:
                         if self.ready.is_set() and entry.operation == KV_PURGE and previous:
                             await on_expired(previous)
                 finally:
-                    await watcher.stop()
+                    await watcher.stop()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
