@@ -1,0 +1,70 @@
+"""Many clients on one job share one JetStream subscription; each still gets every event once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.settings import Settings
+from tests.sse_client import SseStream, read_stream
+from tests.system import System
+
+TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+
+async def start(system: System, **parameters: object) -> str:
+    async with system.client() as client:
+        response = await client.post(
+            "/api/jobs", json={"job_type": "emit", "parameters": parameters}
+        )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def line_texts(stream: SseStream) -> list[str]:
+    return [e.json["text"] for e in stream.events if e.event == "message"]
+
+
+async def test_clients_joining_at_different_moments_each_get_every_line_once(
+    system: System,
+) -> None:
+    """Twelve viewers, some opening the page while the job runs, all see the same full log."""
+    job_id = await start(system, lines=150, interval="0.01")
+    path = f"/jobs/stream/{job_id}"
+    async with system.client() as client:
+
+        async def viewer(delay: float) -> SseStream:
+            await asyncio.sleep(delay)
+            return await read_stream(client, path)
+
+        streams = await asyncio.gather(*(viewer(0.1 * (i % 6)) for i in range(12)))
+    expected = [f"INFO line {i} [{i}/150]" for i in range(1, 151)]
+    for stream in streams:
+        assert line_texts(stream) == expected
+        ids = [e.id for e in stream.events if e.id]
+        assert len(ids) == len(set(ids))
+        assert stream.events[-1].event == "done"
+
+
+async def test_a_resuming_client_next_to_live_ones_gets_exactly_the_rest(system: System) -> None:
+    """A reconnect with Last-Event-ID while other viewers follow live repeats and skips nothing."""
+    job_id = await start(system, lines=120, interval="0.01")
+    path = f"/jobs/stream/{job_id}"
+    async with system.client() as client:
+        live = [asyncio.create_task(read_stream(client, path)) for _ in range(6)]
+        first = await read_stream(client, path, stop_after=40)
+        last_id = [e.id for e in first.events if e.id][-1]
+        rest = await read_stream(client, path, last_event_id=last_id)
+        live_streams = await asyncio.gather(*live)
+    expected = [f"INFO line {i} [{i}/120]" for i in range(1, 121)]
+    assert line_texts(first) + line_texts(rest) == expected
+    for stream in live_streams:
+        assert line_texts(stream) == expected
