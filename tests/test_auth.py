@@ -251,8 +251,8 @@ async def test_admin_manages_tokens_over_http(system: System) -> None:
             assert revoked.json()["active"] is False
             assert (await ci.get("/api/me")).status_code == 401
         again = await admin.post("/api/tokens", json={"name": "ci", "role": "viewer"})
-        assert again.status_code == 422
-        assert again.json()["error"]["code"] == "INVALID_TOKEN_REQUEST"
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "TOKEN_NAME_TAKEN"
 
 
 async def test_job_records_who_requested_and_who_cancelled_it(system: System) -> None:

@@ -63,7 +63,12 @@ class JobController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Start a job")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Start a job",
+        opt={"request_body": schemas.CreateJob},  # read by hand below; documented by this
+    )
     async def create_job(self, request: Request[Any, Any, Any]) -> schemas.JobCreated:
         """Validate the parameters against the job type and publish JobRequested.
 

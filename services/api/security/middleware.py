@@ -142,14 +142,17 @@ def is_event_stream(handler: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, Stream | ServerSentEvent)
 
 
-_known_query_cache: dict[int, frozenset[str] | None] = {}
+# Keyed by id() but holding the handler too: an id is reused once a handler (of an app built
+# for one test, say) is gone, and a bare id would hand its answer to a stranger.
+_known_query_cache: dict[int, tuple[Any, frozenset[str] | None]] = {}
 
 
 def known_query_parameters(handler: Any) -> frozenset[str] | None:
     """The query parameters a handler declares (``None``: it takes any, e.g. ``query: dict``)."""
     key = id(handler)
-    if key in _known_query_cache:
-        return _known_query_cache[key]
+    cached = _known_query_cache.get(key)
+    if cached is not None and cached[0] is handler:
+        return cached[1]
     known: set[str] | None = set()
     if isinstance(handler, HTTPRouteHandler):
         path_params = {m.group(1) for p in handler.paths for m in _PATH_PARAM_RE.finditer(p)}
@@ -174,7 +177,7 @@ def known_query_parameters(handler: Any) -> frozenset[str] | None:
             if known is None:
                 break
     result = frozenset(known) if known is not None else None
-    _known_query_cache[key] = result
+    _known_query_cache[key] = (handler, result)
     return result
 
 
@@ -232,6 +235,31 @@ async def redirect(send: Send, location: str) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+_allow_cache: dict[str, bytes] = {}
+
+
+async def answer_options(scope: Scope, send: Send) -> None:
+    """204 with the route's real methods. (Litestar's own OPTIONS answer can list only some of
+    them when several handlers share a path; found by schemathesis' Allow check.)"""
+    template = scope.get("path_template", scope["path"])
+    allow = _allow_cache.get(template)
+    if allow is None:
+        methods: set[str] = {"OPTIONS"}
+        for route in scope["litestar_app"].routes:
+            if getattr(route, "path_format", None) == template:
+                methods |= set(getattr(route, "methods", ()))
+        allow = ", ".join(sorted(methods)).encode()
+        _allow_cache[template] = allow
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [(b"allow", allow), (b"content-length", b"0")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
 class AccessMiddleware:
     """See the module docstring."""
 
@@ -246,7 +274,10 @@ class AccessMiddleware:
         method = scope["method"]
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
         access: Access = scope["litestar_app"].state.access
-        if is_public(handler, scope["path"]) or method == "OPTIONS":
+        if method == "OPTIONS":
+            await answer_options(scope, send)
+            return
+        if is_public(handler, scope["path"]):
             # Public pages may still show who is signed in, so a valid caller is attached.
             try:
                 scope["user"] = await access.principal_from(connection)

@@ -15,9 +15,10 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_303_SEE_OT
 
 from services.api.errors import ApiError
 from services.api.security.middleware import Access, same_origin
+from services.api.security.openapi import error_spec
 from services.api.security.principal import optional_principal, principal_of
 from services.api.security.sessions import COOKIE_NAME
-from services.api.security.tokens import Role, TokenError, TokenRecord
+from services.api.security.tokens import Role, TokenError, TokenNameTaken, TokenRecord
 
 _TEMPLATES = Path(__file__).with_name("templates")
 _jinja = jinja2.Environment(
@@ -195,7 +196,12 @@ class TokenController(Controller):
         records = await self._store(request).all()
         return [TokenInfo(**token_info(r)) for r in records]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Create a token; the answer shows it once")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a token; the answer shows it once",
+        responses={409: error_spec("A token with this name exists or existed.")},
+    )
     async def create_token(
         self, request: Request[Any, Any, Any], data: CreateToken
     ) -> TokenCreated:
@@ -207,6 +213,8 @@ class TokenController(Controller):
                 own_jobs_only=data.own_jobs_only,
                 created_by=principal_of(request).name,
             )
+        except TokenNameTaken as exc:
+            raise ApiError(409, "TOKEN_NAME_TAKEN", f"{str(exc).capitalize()}.") from None
         except TokenError as exc:
             raise ApiError(422, "INVALID_TOKEN_REQUEST", f"{str(exc).capitalize()}.") from None
         return TokenCreated(**token_info(record), token=token)
@@ -215,17 +223,23 @@ class TokenController(Controller):
         "/{token_id:str}",
         status_code=HTTP_200_OK,
         summary="Revoke a token (by id or name); its sessions end at once",
+        responses={409: error_spec("The token tried to revoke itself.")},
     )
     async def revoke_token(
         self,
         request: Request[Any, Any, Any],
         token_id: Annotated[str, Parameter(max_length=64)],
     ) -> TokenInfo:
-        try:
-            record = await self._store(request).revoke(token_id)
-        except TokenError:
-            raise ApiError(404, "TOKEN_NOT_FOUND", f"There is no token {token_id!r}.") from None
-        return TokenInfo(**token_info(record))
+        store = self._store(request)
+        record = await store.find(token_id)
+        if record is None:
+            raise ApiError(404, "TOKEN_NOT_FOUND", f"There is no token {token_id!r}.")
+        if record.id == principal_of(request).token_id:
+            # Revoking the token in use would lock its admin out mid-request.
+            raise ApiError(
+                409, "TOKEN_IN_USE", "A token cannot revoke itself; use another admin token."
+            )
+        return TokenInfo(**token_info(await store.revoke(record.id)))
 
 
 ROUTES = [show_login, login_css, sign_in, sign_out, whoami, TokenController]

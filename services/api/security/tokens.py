@@ -76,6 +76,10 @@ class TokenError(Exception):
     """A token operation a person asked for cannot be done; the message says why."""
 
 
+class TokenNameTaken(TokenError):
+    """Names are never reused (they identify who did what in the events)."""
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -232,7 +236,7 @@ class TokenStore:
         # Names are the identity recorded in every job's events, so a name is never reused,
         # not even after its token was revoked: the audit trail stays unambiguous.
         if any(r.name == name for r in await self.all()):
-            raise TokenError(f"a token named {name!r} exists or existed; choose another name")
+            raise TokenNameTaken(f"a token named {name!r} exists or existed; choose another name")
         token_id, token = new_token()
         record = TokenRecord(
             id=token_id,
