@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -18,7 +20,6 @@ from bench.system import PYTHON, ROOT, MemorySampler, RunningSystem
 from contracts import codec, events
 from contracts.names import Names
 from jobrunner import eventstore
-from jobrunner.embedded.serverprocess import free_port
 from jobrunner.settings import Settings
 
 
@@ -162,121 +163,98 @@ async def fan_out(
     }
 
 
-def admin_url(database_url: str, database: str) -> str:
-    parts = urlsplit(database_url)
-    return parts._replace(path=f"/{database}").geturl()
-
-
-REPLAY_PREFIX = "benchreplay"
-
-
-async def replay(system: RunningSystem, jobs: int) -> dict:
-    """5. Rebuild read models from ``jobs * 10`` events.
-
-    Until ``jobrunner replay`` exists this measures its proxy: a fresh projector catching up from
-    stream sequence 1 into an empty database.
-    """
-    settings = Settings(nats_url=system.runtime["nats_url"], prefix=REPLAY_PREFIX)
-    names = Names(REPLAY_PREFIX)
+async def history_and_replay(system: RunningSystem, jobs: int) -> dict:
+    """5. ``jobs * 10`` events published into the running system's stream; the live projector
+    catches up with them; then ``jobrunner replay`` rebuilds every read model from sequence 1."""
+    settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
+    names = Names(system.prefix)
     nc = await eventstore.connect(settings, "bench")
     js = nc.jetstream()
+    db = await asyncpg.connect(system.runtime["database_url"])
     try:
-        await eventstore.ensure_topology(js, names, settings)
+        t0 = time.monotonic()
         published = await workload.publish_history(js, names, jobs)
+        checkpoint = "SELECT last_seq FROM readmodel.checkpoint"
+        while True:  # polling the read model is the point: when does it hold everything
+            if await db.fetchval(checkpoint) >= published["last_seq"]:
+                break
+            await asyncio.sleep(0.05)
+        caught_up = time.monotonic() - t0
+        stream_events = (await js.stream_info(names.stream)).state.messages
     finally:
+        await db.close()
         await eventstore.close(nc)
-    database = "bench_replay"
-    admin = await asyncpg.connect(system.runtime["database_url"])
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    url = admin_url(system.runtime["database_url"], database)
-    env = (
-        system.env
-        | system.runtime_env()
-        | {
-            "JOBRUNNER_PREFIX": REPLAY_PREFIX,
-            "JOBRUNNER_DATABASE_URL": url,
-        }
-    )
-    t0 = time.monotonic()
+    live = {
+        "events": published["events"],
+        "publish_events_per_s": round(published["events"] / published["seconds"]),
+        "projected_within_s": round(caught_up, 2),
+        "projected_events_per_s": round(published["events"] / caught_up),
+    }
+    services = system.services()
+    t1 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         PYTHON,
         "-m",
         "jobrunner.cli",
-        "projector",
-        env=env,
+        "replay",
+        "--state-dir",
+        str(system.state_dir),
+        env=system.env | system.runtime_env(),
         cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    first_applied: float | None = None
     peak = 0
     try:
         ps = psutil.Process(proc.pid)
-        db: asyncpg.Connection | None = None
-        deadline = t0 + 600
-        while time.monotonic() < deadline:
-            peak = max(peak, ps.memory_info().rss)
-            if db is None:
-                try:
-                    db = await asyncpg.connect(url)
-                except Exception:
-                    await asyncio.sleep(0.1)
-                    continue
-            try:
-                last = await db.fetchval("SELECT last_seq FROM readmodel.checkpoint WHERE id = 1")
-            except asyncpg.UndefinedTableError:
-                last = None
-            if last and first_applied is None:
-                first_applied = time.monotonic()
-            if last is not None and last >= published["last_seq"]:
-                break
+        wait = asyncio.ensure_future(proc.communicate())
+        while not wait.done():
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, ps.memory_info().rss)
             await asyncio.sleep(0.1)
-        done = time.monotonic()
-        if db is not None:
-            counts = await db.fetchrow(
-                "SELECT (SELECT count(*) FROM readmodel.jobs) AS jobs, "
-                "(SELECT count(*) FROM readmodel.log_lines) AS lines"
-            )
-            await db.close()
+        out, err = wait.result()
     finally:
-        proc.terminate()
-        await proc.wait()
-    seconds = done - t0
+        if proc.returncode is None:
+            proc.terminate()
+    seconds = time.monotonic() - t1
+    if proc.returncode != 0:
+        raise RuntimeError(f"jobrunner replay failed: {err.decode()[-2000:]}")
+    # Its own last progress line: "replay: N events (...), R events/s, ..."
+    rates = re.findall(r"replay: (\d+) events \(.*?\), ([\d,]+) events/s", err.decode())
+    events_done, rate = (int(rates[-1][0]), int(rates[-1][1].replace(",", ""))) if rates else (0, 0)
     return {
-        "method": "proxy: a fresh `jobrunner projector` catching up from sequence 1 into an "
-        "empty database (`jobrunner replay` not available yet)",
-        "events": published["events"],
-        "publish_seconds": published["seconds"],
-        "seconds_total": round(seconds, 2),
-        "events_per_s": round(published["events"] / seconds),
-        "events_per_s_after_start_up": round(
-            published["events"] / (done - first_applied) if first_applied else 0
-        ),
-        "jobs_rows": counts["jobs"],
-        "log_line_rows": counts["lines"],
-        "projector_peak_rss_mib": round(peak / 2**20, 1),
-        "database_url": url,
+        "live_projection": live,
+        "replay": {
+            "method": "`jobrunner replay` (rebuild into a fresh schema, compare, swap)",
+            "stream_events": stream_events,
+            "events": events_done,
+            "events_per_s_reported": rate,
+            "seconds_total": round(seconds, 2),
+            "events_per_s_total": round(stream_events / seconds),
+            "replay_peak_rss_mib": round(peak / 2**20, 1),
+            "projector_rss_mib": round(services["projector"].memory_info().rss / 2**20, 1)
+            if "projector" in services
+            else None,
+            "summary": out.decode().strip()[-500:],
+        },
     }
 
 
-async def _timed_requests(
-    http: httpx.AsyncClient, paths: list[str], seconds: float
+async def _timed(
+    http: httpx.AsyncClient, walk: Callable[[], AsyncIterator[httpx.Response]], seconds: float
 ) -> dict[str, Any]:
+    """Requests from one client, one after another, for ``seconds``."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     t_end = time.monotonic() + seconds
-    i = 0
     while time.monotonic() < t_end:
-        path = paths[i % len(paths)]
-        i += 1
         t = time.monotonic()
-        response = await http.get(path)
-        latencies.append(time.monotonic() - t)
-        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        async for response in walk():
+            latencies.append(time.monotonic() - t)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            t = time.monotonic()
+            if t > t_end:
+                break
     return {
         "requests": len(latencies),
         "requests_per_s": round(len(latencies) / seconds),
@@ -285,65 +263,40 @@ async def _timed_requests(
     }
 
 
-async def reads(system: RunningSystem, database_url: str, seconds: float) -> dict:
-    """6. GET /api/jobs with filters over the replayed 100,000 jobs, and log paging, from one
-    client, against an API process serving that database."""
-    port = free_port()
-    env = (
-        system.env
-        | system.runtime_env()
-        | {
-            "JOBRUNNER_PREFIX": REPLAY_PREFIX,
-            "JOBRUNNER_DATABASE_URL": database_url,
-        }
-    )
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "jobrunner.cli",
-        "api",
-        "--port",
-        str(port),
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    headers = system.token_headers(env)
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30
-        ) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            list_paths = [
-                "/api/jobs?limit=50",
-                "/api/jobs?status=failed&limit=50",
-                "/api/jobs?job_type=enrich_email&limit=50",
-                "/api/jobs?status=completed&job_type=scraper&limit=50",
-                "/api/jobs?status=cancelled&status=failed&limit=50",
-            ]
-            jobs = await _timed_requests(http, list_paths, seconds)
-            logs_path = "/api/jobs/bench00000000/logs"
-            probe = await http.get(logs_path)
-            if probe.status_code == 404 or probe.status_code == 405:
-                logs: dict[str, Any] = {"available": False, "status": probe.status_code}
-            else:
-                # Page through the long log the way a client follows cursors, when it can.
-                pages = [logs_path + "?limit=500"]
-                body = probe.json()
-                cursor = body.get("next_cursor") if isinstance(body, dict) else None
-                if cursor:
-                    pages.append(f"{logs_path}?limit=500&cursor={cursor}")
-                for offset in range(500, workload.BIG_JOB_LINES, 2000):
-                    pages.append(f"{logs_path}?limit=500&after_seq={offset}")
-                logs = {"available": True, **await _timed_requests(http, pages, seconds)}
-    finally:
-        proc.terminate()
-        await proc.wait()
-    return {"jobs_total": None, "list_jobs": jobs, "logs": logs}
+LIST_FILTERS = [
+    {},
+    {"status": "failed"},
+    {"job_type": "enrich_email"},
+    {"status": "completed", "job_type": "scraper"},
+    {"status": "cancelled,failed"},
+    {"search": "bench00000"},
+]
+
+
+async def reads(http: httpx.AsyncClient, seconds: float) -> dict:
+    """6. One client: GET /api/jobs with filters, two pages each (following ``next_cursor``),
+    over the 100,000 jobs; and GET /api/jobs/{id}/logs paging through a 20,000-line log."""
+
+    async def list_walk() -> AsyncIterator[httpx.Response]:
+        for params in LIST_FILTERS:
+            response = await http.get("/api/jobs", params={**params, "limit": 50})
+            yield response
+            cursor = response.json().get("next_cursor") if response.status_code == 200 else None
+            if cursor:
+                yield await http.get("/api/jobs", params={**params, "limit": 50, "cursor": cursor})
+
+    async def log_walk() -> AsyncIterator[httpx.Response]:
+        after: int | None = 0
+        while after is not None:
+            response = await http.get(
+                f"/api/jobs/{workload.BIG_JOB_ID}/logs", params={"limit": 500, "after": after}
+            )
+            yield response
+            after = response.json().get("next_after") if response.status_code == 200 else None
+
+    total = await http.get("/api/jobs", params={"limit": 1})
+    return {
+        "list_jobs": await _timed(http, list_walk, seconds),
+        "logs": await _timed(http, log_walk, seconds),
+        "status_of_probe": total.status_code,
+    }

@@ -130,12 +130,20 @@ class SseClient(asyncio.Protocol):
 async def open_stream(
     host: str, port: int, path: str, headers: dict[str, str] | None = None
 ) -> SseClient:
-    """Connect and wait for the response head; raises if the status is not 200."""
+    """Connect and wait for the response head; raises if the status is not 200.
+
+    A 404 is retried for a while: the job's row may not be projected yet.
+    """
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(
-        lambda: SseClient(path, f"{host}:{port}", headers), host, port
-    )
-    status = await asyncio.wait_for(client.connected, 30)
-    if status != 200:
-        raise RuntimeError(f"SSE {path} answered {status}")
-    return client
+    deadline = loop.time() + 30
+    while True:
+        _, client = await loop.create_connection(
+            lambda: SseClient(path, f"{host}:{port}", headers), host, port
+        )
+        status = await asyncio.wait_for(client.connected, 30)
+        if status == 200:
+            return client
+        client.close()
+        if status != 404 or loop.time() > deadline:
+            raise RuntimeError(f"SSE {path} answered {status}")
+        await asyncio.sleep(0.02)

@@ -167,18 +167,17 @@ class RunningSystem:
         """When the product has bearer tokens (``jobrunner token create``), the bench uses one."""
         if self.extra_env.get("JOBRUNNER_AUTH") == "false":
             return None
-        for args in (["--role", "admin", "--name", "bench"], ["--name", "bench"], []):
-            result = subprocess.run(
-                [PYTHON, "-m", "jobrunner.cli", "token", "create", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                check=False,
-            )
-            if result.returncode == 0 and result.stdout.strip():
-                return result.stdout.strip().splitlines()[-1].split()[-1]
-        return None
+        result = subprocess.run(
+            [PYTHON, "-m", "jobrunner.cli", "token", "create", "--role", "admin", "bench"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        if result.returncode != 0 or not result.stdout.strip():
+            raise RuntimeError(f"jobrunner token create failed: {result.stderr}")
+        return result.stdout.strip().splitlines()[-1]
 
     def runtime_env(self) -> dict[str, str]:
         return {
@@ -187,6 +186,10 @@ class RunningSystem:
             "JOBRUNNER_PREFIX": self.runtime.get("prefix", "jobrunner"),
             "JOBRUNNER_STATE_DIR": str(self.state_dir),
         }
+
+    @property
+    def prefix(self) -> str:
+        return self.runtime.get("prefix", "jobrunner")
 
     @property
     def headers(self) -> dict[str, str]:

@@ -18,6 +18,7 @@ from contracts.names import Names
 JOB_TYPES = ("scraper", "enrich_email", "enrich_search", "blacklist_sync")
 EVENTS_PER_JOB = 10
 BIG_JOB_LINES = 20_000  # one job with a long log, for paging
+BIG_JOB_ID = "bench00000000"
 
 
 def history(jobs: int, seed: int = 6) -> Iterator[events.Event]:
