@@ -55,9 +55,9 @@ def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) ->
         percent = float(groups["percent"]) if groups.get("percent") is not None else None
     except ValueError:
         return None
+    if total is not None and (total <= 0 or current is None or current < 0):
+        return None  # "[0/0]" is no progress
     if current is not None and total:
-        if total <= 0 or current < 0:
-            return None
         percent = round(100.0 * current / total, 1)
     if current is None and percent is None:
         return None
