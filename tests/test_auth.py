@@ -301,6 +301,11 @@ async def test_own_jobs_token_sees_only_its_jobs(system: System) -> None:
             assert hidden.json()["error"]["code"] == "JOB_NOT_FOUND"
             assert (await me.get(path.format(my_job))).status_code == 200, path
         assert (await me.delete(f"/api/jobs/{their_job}")).status_code == 404
+        page = await me.get("/jobs", headers={"Accept": "text/html"})
+        assert my_job in page.text
+        assert their_job not in page.text
+        hidden_page = await me.get(f"/jobs/{their_job}", headers={"Accept": "text/html"})
+        assert hidden_page.status_code == 404
     async with system.client() as admin:
         everything = {j["id"] for j in (await admin.get("/api/jobs")).json()["items"]}
     assert everything == {my_job, their_job}

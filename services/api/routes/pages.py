@@ -128,12 +128,16 @@ def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template
 
 async def active_and_recent(request: Request[Any, Any, Any]) -> dict[str, Any]:
     pool = ctx_of(request).pool
-    active_rows, _ = await readmodels.list_jobs(pool, 10, readmodels.JobFilter(statuses=ACTIVE))
+    principal = optional_principal(request)
+    owner = principal.owner if principal is not None else None  # own-jobs tokens see theirs
+    active_rows, _ = await readmodels.list_jobs(
+        pool, 10, readmodels.JobFilter(statuses=ACTIVE, requested_by=owner)
+    )
     active = [readmodels.job_from_row(r) for r in active_rows]
     # Running before pending, then oldest first: the slot holder is the one that started first.
     active.sort(key=lambda j: (j.status != "running", j.created_at))
     rows, _ = await readmodels.list_jobs(
-        pool, RECENT_LIMIT, readmodels.JobFilter(statuses=FINISHED)
+        pool, RECENT_LIMIT, readmodels.JobFilter(statuses=FINISHED, requested_by=owner)
     )
     return {"active": active, "recent": [readmodels.job_from_row(r) for r in rows]}
 
