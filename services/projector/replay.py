@@ -36,7 +36,8 @@ log = structlog.get_logger()
 
 REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
 PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
-FETCH_BATCH = 5000
+FETCH_BATCH = 5000  # events per transaction at most
+FETCH_BYTES = 16 * 1024 * 1024  # and at most this much event data
 LIVE_PROJECTOR_TIMEOUT = 30.0
 # At most this many events are left for the swap transaction (the live projector waits on it).
 SWAP_SLACK = 2000
@@ -111,16 +112,17 @@ async def replay(
             await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
             await store.create_schema(conn, REPLAY_SCHEMA)
         progress = Progress(0, info.state.last_seq, first_seq)
-        sub = await js.pull_subscribe(
+        # An ordered consumer: it notices a message lost on a reconnect and restarts itself
+        # right after the last one it delivered, so the replay never skips an event.
+        sub = await js.subscribe(
             names.all_subjects,
             stream=names.stream,
+            ordered_consumer=True,
             config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.NONE,
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=first_seq,
-                inactive_threshold=120,
-                max_waiting=1,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq
             ),
+            pending_msgs_limit=FETCH_BATCH * 4,
+            pending_bytes_limit=FETCH_BYTES * 8,
         )
         applied = 0
         held: list[tuple[int, list[Change]]] = []  # fetched, but past the live checkpoint
@@ -213,12 +215,20 @@ async def replay(
 
 
 async def _fetch(
-    sub: JetStreamContext.PullSubscription, timeout: float = 0.5
+    sub: JetStreamContext.PushSubscription, timeout: float = 0.5
 ) -> list[tuple[int, list[Change]]]:
+    """What has arrived (waiting up to ``timeout`` for the first), at most a batch's worth."""
     try:
-        msgs = await sub.fetch(FETCH_BATCH, timeout=timeout)
+        msgs = [await sub.next_msg(timeout=timeout)]
     except TimeoutError:  # nats' own and asyncio's
         return []
+    size = len(msgs[0].data)
+    while len(msgs) < FETCH_BATCH and size < FETCH_BYTES and sub.pending_msgs > 0:
+        try:  # what is queued may be only a flow-control message, handled out of sight
+            msgs.append(await sub.next_msg(timeout=0.05))
+        except TimeoutError:
+            break
+        size += len(msgs[-1].data)
     batch: list[tuple[int, list[Change]]] = []
     for msg in msgs:
         seq = msg.metadata.sequence.stream
