@@ -121,7 +121,7 @@ export class LogView {
           delete row.dataset.stale;
         }
       } else {
-        row.className = "log-row opacity-50";
+        row.className = "log-row opacity-75";
         row.dataset.seq = "";
         row.dataset.stale = "1";
         row.textContent = `${formatNumber(index + 1)}  ${t("log.loading")}`;
