@@ -71,3 +71,18 @@ async def test_log_download_has_every_line(page: Page, system: System, tmp_path:
     assert len(lines) == 120
     assert lines[0].endswith("INFO line 1 [1/120]")
     assert lines[-1].endswith("INFO line 120 [120/120]")
+
+
+async def test_running_job_detail_follows_it_live(page: Page, system: System) -> None:
+    """A running job's detail shows new lines as they come and switches to its final status."""
+    job_id = await start_job(system, "emit", lines=60, interval="0.1")
+    await wait_for_status(system, job_id, {"running"})
+    await page.goto(f"/jobs/{job_id}")
+    detail = page.locator("#job-detail")
+    await expect(detail.get_by_role("img", name="Status: Läuft")).to_be_visible()
+    viewport = page.locator("#log-viewport")
+    # Following the end: the last line arrives on screen as the job prints it.
+    await expect(viewport).to_contain_text("line 60 [60/60]", timeout=30_000)
+    await expect(detail.get_by_role("img", name="Status: Erfolgreich")).to_be_visible()
+    await expect(detail.locator('[data-field="exit_code"]')).to_have_text("0")
+    await expect(detail.locator("[data-line-count]")).to_have_text("60")
