@@ -26,10 +26,19 @@ from urllib.parse import quote, urlsplit
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import ParameterKwarg
 from litestar.response import ServerSentEvent, Stream
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from services.api.errors import ApiError
 from services.api.security.principal import ANONYMOUS_ADMIN, Principal
@@ -153,7 +162,8 @@ def known_query_parameters(handler: Any) -> frozenset[str] | None:
     cached = _known_query_cache.get(key)
     if cached is not None and cached[0] is handler:
         return cached[1]
-    known: set[str] | None = set()
+    known: set[str] = set()
+    takes_any = False
     if isinstance(handler, HTTPRouteHandler):
         path_params = {m.group(1) for p in handler.paths for m in _PATH_PARAM_RE.finditer(p)}
         signatures = [handler.parsed_fn_signature]
@@ -163,7 +173,7 @@ def known_query_parameters(handler: Any) -> frozenset[str] | None:
         for signature in signatures:
             for name, definition in signature.parameters.items():
                 if name == "query":
-                    known = None
+                    takes_any = True
                     break
                 if name in _RESERVED_KWARGS or name in path_params:
                     continue
@@ -174,9 +184,9 @@ def known_query_parameters(handler: Any) -> frozenset[str] | None:
                     known.add(kwarg.query or name)
                 elif kwarg is None:
                     known.add(name)
-            if known is None:
+            if takes_any:
                 break
-    result = frozenset(known) if known is not None else None
+    result = None if takes_any else frozenset(known)
     _known_query_cache[key] = (handler, result)
     return result
 
@@ -225,39 +235,33 @@ def wants_login_page(connection: ASGIConnection[Any, Any, Any, Any], method: str
 
 
 async def redirect(send: Send, location: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 303,
-            "headers": [(b"location", location.encode()), (b"content-length", b"0")],
-        }
-    )
-    await send({"type": "http.response.body", "body": b""})
-
-
-_allow_cache: dict[str, bytes] = {}
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 303,
+        "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+    }
+    await send(start)
+    body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+    await send(body)
 
 
 async def answer_options(scope: Scope, send: Send) -> None:
     """204 with the route's real methods. (Litestar's own OPTIONS answer can list only some of
     them when several handlers share a path; found by schemathesis' Allow check.)"""
     template = scope.get("path_template", scope["path"])
-    allow = _allow_cache.get(template)
-    if allow is None:
-        methods: set[str] = {"OPTIONS"}
-        for route in scope["litestar_app"].routes:
-            if getattr(route, "path_format", None) == template:
-                methods |= set(getattr(route, "methods", ()))
-        allow = ", ".join(sorted(methods)).encode()
-        _allow_cache[template] = allow
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 204,
-            "headers": [(b"allow", allow), (b"content-length", b"0")],
-        }
-    )
-    await send({"type": "http.response.body", "body": b""})
+    methods: set[str] = {"OPTIONS"}
+    for route in scope["litestar_app"].routes:
+        if getattr(route, "path_format", None) == template:
+            methods |= set(getattr(route, "methods", ()))
+    allow = ", ".join(sorted(methods)).encode()
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 204,
+        "headers": [(b"allow", allow), (b"content-length", b"0")],
+    }
+    await send(start)
+    body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+    await send(body)
 
 
 class AccessMiddleware:
@@ -267,11 +271,11 @@ class AccessMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         handler = scope.get("route_handler")
-        method = scope["method"]
+        method: str = scope["method"]
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
         access: Access = scope["litestar_app"].state.access
         if method == "OPTIONS":

@@ -155,7 +155,7 @@ class TokenStore:
     async def stop_watch(self) -> None:
         if self._watch_task is not None:
             with contextlib.suppress(Exception):
-                await self._watcher.stop()
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watch_task
