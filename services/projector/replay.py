@@ -36,8 +36,11 @@ log = structlog.get_logger()
 
 REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
 PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
-FETCH_BATCH = 5000  # events per transaction at most
-FETCH_BYTES = 16 * 1024 * 1024  # and at most this much event data
+# Events per fetch (and transaction) adapt to the events' size: a fetch stays near FETCH_BYTES,
+# well under the NATS server's slow-consumer limit (64 MB pending per client), whether the events
+# are 300-byte status changes or 100 kB batches of a thousand lines.
+FETCH_BATCH_MIN, FETCH_BATCH_MAX = 100, 5000
+FETCH_BYTES = 24 * 1024 * 1024
 LIVE_PROJECTOR_TIMEOUT = 30.0
 # At most this many events are left for the swap transaction (the live projector waits on it).
 SWAP_SLACK = 2000
@@ -112,18 +115,8 @@ async def replay(
             await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
             await store.create_schema(conn, REPLAY_SCHEMA)
         progress = Progress(0, info.state.last_seq, first_seq)
-        # An ordered consumer: it notices a message lost on a reconnect and restarts itself
-        # right after the last one it delivered, so the replay never skips an event.
-        sub = await js.subscribe(
-            names.all_subjects,
-            stream=names.stream,
-            ordered_consumer=True,
-            config=api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq
-            ),
-            pending_msgs_limit=FETCH_BATCH * 4,
-            pending_bytes_limit=FETCH_BYTES * 8,
-        )
+        feed = EventFeed(js, names)
+        await feed.start(first_seq)
         applied = 0
         held: list[tuple[int, list[Change]]] = []  # fetched, but past the live checkpoint
         last_report = 0.0
@@ -133,7 +126,7 @@ async def replay(
         while True:
             fetched = False
             if not held:
-                held = await _fetch(sub)
+                held = await feed.fetch()
                 fetched = bool(held)
             async with pool.acquire() as conn:
                 live = await store.checkpoint(conn)
@@ -172,7 +165,7 @@ async def replay(
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             live = await store.checkpoint(conn)
             while applied < live:
-                batch = held or await _fetch(sub, timeout=5.0)
+                batch = held or await feed.fetch(timeout=5.0)
                 held = []
                 if not batch:
                     raise RuntimeError(f"the stream ended at {applied}, before the live {live}")
@@ -180,7 +173,7 @@ async def replay(
                 if upto:
                     applied = await store.apply_batch(conn, upto, REPLAY_SCHEMA)
                     progress.done += len(upto)
-            await sub.unsubscribe()
+            await feed.close()
             if settings.readmodel_retention_days > 0:
                 cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
                 await store.prune(conn, cutoff, REPLAY_SCHEMA)
@@ -214,30 +207,63 @@ async def replay(
         await eventstore.close(nc)
 
 
-async def _fetch(
-    sub: JetStreamContext.PushSubscription, timeout: float = 0.5
-) -> list[tuple[int, list[Change]]]:
-    """What has arrived (waiting up to ``timeout`` for the first), at most a batch's worth."""
-    try:
-        msgs = [await sub.next_msg(timeout=timeout)]
-    except TimeoutError:  # nats' own and asyncio's
-        return []
-    size = len(msgs[0].data)
-    while len(msgs) < FETCH_BATCH and size < FETCH_BYTES and sub.pending_msgs > 0:
-        try:  # what is queued may be only a flow-control message, handled out of sight
-            msgs.append(await sub.next_msg(timeout=0.05))
-        except TimeoutError:
-            break
-        size += len(msgs[-1].data)
-    batch: list[tuple[int, list[Change]]] = []
-    for msg in msgs:
-        seq = msg.metadata.sequence.stream
+class EventFeed:
+    """The stream from a sequence on, in batches, on a short-lived pull consumer.
+
+    Without acknowledgements a message lost on a reconnect would never come again, so when a
+    fetch finds nothing while the stream holds more, the consumer restarts after the last event
+    received.
+    """
+
+    def __init__(self, js: JetStreamContext, names: Names) -> None:
+        self._js = js
+        self._names = names
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._batch = FETCH_BATCH_MIN * 5
+        self.received = 0  # the last stream sequence handed out
+
+    async def start(self, seq: int) -> None:
+        await self.close()
+        self._sub = await self._js.pull_subscribe(
+            self._names.all_subjects,
+            stream=self._names.stream,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=seq,
+                inactive_threshold=120,
+            ),
+        )
+
+    async def fetch(self, timeout: float = 0.5) -> list[tuple[int, list[Change]]]:
+        assert self._sub is not None
         try:
-            event = codec.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            event = None  # skipped, exactly as the live projector skips it
-        batch.append((seq, project(event, seq) if event is not None else []))
-    return batch
+            msgs = await self._sub.fetch(self._batch, timeout=timeout)
+        except TimeoutError:  # nats' own and asyncio's
+            msgs = []
+        if not msgs:
+            last = (await self._js.stream_info(self._names.stream)).state.last_seq
+            if last > self.received:
+                log.warning("replay feed restarts", after=self.received, stream_last=last)
+                await self.start(self.received + 1)
+            return []
+        average = sum(len(m.data) for m in msgs) / len(msgs)
+        self._batch = int(min(max(FETCH_BYTES / average, FETCH_BATCH_MIN), FETCH_BATCH_MAX))
+        batch: list[tuple[int, list[Change]]] = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            try:
+                event = codec.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                event = None  # skipped, exactly as the live projector skips it
+            batch.append((seq, project(event, seq) if event is not None else []))
+        self.received = batch[-1][0]
+        return batch
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
 
 
 async def compare(conn: asyncpg.Connection, live: str, rebuilt: str) -> dict[str, list[str]]:
