@@ -54,10 +54,12 @@ def subject_filter(names: Names, job_id: str | None) -> str:
 
 
 def _start_config(start_seq: int | None, start_time: datetime | None) -> api.ConsumerConfig:
+    # A start time past the last message makes the server start at that message, so the readers
+    # below also drop anything stored before ``start_time``.
     if start_time is not None:
         return api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=start_time.isoformat().replace("+00:00", "Z"),
+            opt_start_time=start_time,
         )
     return api.ConsumerConfig(
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start_seq or 1, 1)
@@ -89,7 +91,9 @@ async def read_events(
         wanted = min(limit, (info.num_pending or 0) + (delivered or 0))
         while len(out) < wanted:
             msg = await sub.next_msg(timeout=_READ_TIMEOUT)
-            out.append(stored_event(msg))
+            stored = stored_event(msg)
+            if start_time is None or stored.time >= start_time:
+                out.append(stored)
             if msg.metadata.num_pending == 0:
                 break
     finally:
@@ -119,6 +123,8 @@ async def follow_events(
                 msg = await sub.next_msg(timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
                 continue
-            yield stored_event(msg)
+            stored = stored_event(msg)
+            if start_time is None or stored.time >= start_time:
+                yield stored
     finally:
         await asyncio.shield(sub.unsubscribe())

@@ -100,6 +100,14 @@ async def test_cli_since_a_sequence_starts_there(audited: System, settings: Sett
     assert [json.loads(line)["stream_seq"] for line in lines] == [15, 16, 17, 18, 19]
 
 
+async def test_cli_since_a_time_or_an_age_starts_there(audited: System, settings: Settings) -> None:
+    """--since takes an ISO time or an age: an hour ago is everything, next year nothing."""
+    everything = await run_cli(settings, "events", "--since", "1h")
+    future = await run_cli(settings, "events", "--since", "2999-01-01T00:00:00Z")
+    assert [json.loads(line)["stream_seq"] for line in everything] == list(range(1, 20))
+    assert future == []
+
+
 async def test_cli_finds_nats_from_the_runtime_file(audited: System, settings: Settings) -> None:
     """With no NATS URL configured, `jobrunner events` reads runtime.json of `jobrunner up`."""
     state = Path(settings.state_dir)

@@ -42,6 +42,7 @@ PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
 FETCH_BATCH_MIN, FETCH_BATCH_MAX = 100, 5000
 FETCH_BYTES = 24 * 1024 * 1024
 LIVE_PROJECTOR_TIMEOUT = 30.0
+REPLAY_LOCK = store.SWAP_LOCK + 1  # one replay at a time (a session lock, gone with the pool)
 # At most this many events are left for the swap transaction (the live projector waits on it).
 SWAP_SLACK = 2000
 # Tables compared after a replay, each with the columns that identify a row in a report.
@@ -85,7 +86,6 @@ class ReplayReport:
     checkpoint: int
     first_seq: int
     tables: dict[str, int]  # rows per rebuilt table
-    compared: bool
     differences: dict[str, list[str]]
 
     @property
@@ -112,6 +112,8 @@ async def replay(
         first_seq = max(info.state.first_seq, 1)
         async with pool.acquire() as conn:
             await store.create_schema(conn)  # the live one, should this be a fresh install
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
+                raise RuntimeError("another replay is running")
             await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
             await store.create_schema(conn, REPLAY_SCHEMA)
         progress = Progress(0, info.state.last_seq, first_seq)
@@ -199,7 +201,6 @@ async def replay(
             checkpoint=applied,
             first_seq=first_seq,
             tables=tables,
-            compared=True,
             differences=differences,
         )
     finally:
