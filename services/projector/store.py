@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -48,25 +49,88 @@ async def apply_batch(
         fresh = [(seq, changes) for seq, changes in batch if seq > last]
         if not fresh:
             return int(last)
-        lines: list[tuple[Any, ...]] = []
-        line_counts: dict[str, tuple[int, int]] = {}
-        for seq, changes in fresh:
-            for change in changes:
-                if isinstance(change, LinesAppended):
-                    lines.extend(change.rows)
-                    count, _ = line_counts.get(change.job_id, (0, 0))
-                    line_counts[change.job_id] = (count + len(change.rows), seq)
-                    continue
-                if lines:
-                    # Keep order: lines before a status change land before it.
-                    await _flush_lines(conn, schema, lines, line_counts)
-                    lines, line_counts = [], {}
-                await _apply(conn, schema, change)
-        if lines:
-            await _flush_lines(conn, schema, lines, line_counts)
+        new_ids = [
+            c.row["id"] for _, changes in fresh for c in changes if isinstance(c, JobCreated)
+        ]
+        existing = set()
+        if new_ids:
+            existing = {
+                r["id"]
+                for r in await conn.fetch(
+                    f"SELECT id FROM {schema}.jobs WHERE id = ANY($1::text[])", new_ids
+                )
+            }
+        plan = fold(fresh, existing)
+        for columns, rows in plan.inserts.items():
+            await conn.executemany(
+                f"INSERT INTO {schema}.jobs ({', '.join(columns)}) "
+                f"VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) "
+                "ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+        if plan.lines:
+            await _flush_lines(conn, schema, plan.lines, plan.line_counts)
+        # Updates of jobs created in earlier batches keep their order (each one's condition
+        # reads the status the previous one left). Line counts commute with them.
+        for change in plan.updates:
+            await _apply(conn, schema, change)
         new_last = fresh[-1][0]
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
         return new_last
+
+
+@dataclass
+class Plan:
+    """A batch's writes, few statements: jobs created in the batch are inserted with every later
+    change of the batch already applied to their row."""
+
+    inserts: dict[tuple[str, ...], list[tuple[Any, ...]]] = field(default_factory=dict)
+    updates: list[Change] = field(default_factory=list)
+    lines: list[tuple[Any, ...]] = field(default_factory=list)
+    line_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def fold(batch: list[tuple[int, list[Change]]], existing: set[str]) -> Plan:
+    """Plan a batch; ``existing`` are created jobs whose row is already stored (a redelivered
+    JobRequested): those keep the statement-by-statement path, like every older job."""
+    plan = Plan()
+    created: dict[str, dict[str, Any]] = {}
+    for seq, changes in batch:
+        for change in changes:
+            if isinstance(change, JobCreated):
+                job_id = change.row["id"]
+                if job_id in existing:
+                    plan.updates.append(change)
+                elif job_id not in created:  # a second JobRequested changes nothing
+                    created[job_id] = {"log_count": 0, **change.row}
+            elif isinstance(change, LinesAppended):
+                plan.lines.extend(change.rows)
+                row = created.get(change.job_id)
+                if row is not None:
+                    row["log_count"] += len(change.rows)
+                    row["last_seq"] = max(row["last_seq"], seq)
+                else:
+                    count, _ = plan.line_counts.get(change.job_id, (0, 0))
+                    plan.line_counts[change.job_id] = (count + len(change.rows), seq)
+            elif isinstance(change, JobUpdated):
+                row = created.get(change.job_id)
+                if row is None:
+                    plan.updates.append(change)
+                elif _applies(change, row["status"]):
+                    row.update(change.fields)
+                    row["last_seq"] = max(row["last_seq"], change.stream_seq)
+    for row in created.values():
+        plan.inserts.setdefault(tuple(row), []).append(tuple(row.values()))
+    return plan
+
+
+def _applies(change: JobUpdated, status: str) -> bool:
+    """The condition ``_apply`` puts in its WHERE clause, on a row still in memory."""
+    if change.only_if_status is not None:
+        return status in change.only_if_status
+    if change.only_if_active:
+        return status not in _TERMINAL
+    return True
 
 
 async def _flush_lines(
