@@ -1,0 +1,80 @@
+"""A batch of events gives exactly the rows that the same events give one by one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from contracts import events
+from contracts.events import ErrorInfo, JobStatus
+from jobrunner import database
+from services.projector import store
+from services.projector.projections import project
+from tests.servers import PostgresCluster
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def history() -> list[events.Event]:
+    """Two jobs' lives, with the late and repeated events a projector must ignore."""
+    out: list[events.Event] = []
+    for n, job_id in enumerate(("a", "b")):
+        at = T0 + timedelta(minutes=n)
+        out += [
+            events.JobRequested(job_id=job_id, occurred_at=at, job_type="scraper", lock="sheet"),
+            events.StatusChanged(job_id=job_id, occurred_at=at, status=JobStatus.RUNNING),
+            events.LineLogged(
+                job_id=job_id,
+                lines=[events.LogLine(i, "stdout", "INFO", at, f"line {i}") for i in (1, 2, 3)],
+            ),
+            events.ProgressReported(job_id=job_id, occurred_at=at, current=3, total=9),
+            events.CancelRequested(job_id=job_id, occurred_at=at, requested_by="ops"),
+            events.StatusChanged(
+                job_id=job_id,
+                occurred_at=at + timedelta(seconds=5),
+                status=JobStatus.FAILED,
+                exit_code=2,
+                error=ErrorInfo(code="EXIT_NONZERO", message="exit 2"),
+                result={"found": n},
+            ),
+            # Too late: the job already ended; neither may change the row.
+            events.StatusChanged(job_id=job_id, occurred_at=at, status=JobStatus.RUNNING),
+            events.StatusChanged(job_id=job_id, occurred_at=at, status=JobStatus.COMPLETED),
+            events.LineLogged(
+                job_id=job_id, lines=[events.LogLine(4, "stderr", "ERROR", at, "last")]
+            ),
+        ]
+    out.append(events.JobRequested(job_id="a", occurred_at=T0, job_type="again"))  # repeated
+    return out
+
+
+async def rows(conn: asyncpg.Connection, schema: str) -> tuple[list[dict], list[dict]]:
+    jobs = await conn.fetch(f"SELECT * FROM {schema}.jobs ORDER BY id")
+    lines = await conn.fetch(f"SELECT * FROM {schema}.log_lines ORDER BY job_id, seq")
+    return [dict(r) for r in jobs], [dict(r) for r in lines]
+
+
+async def test_one_batch_and_event_by_event_give_the_same_rows(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """Folding a whole job into one insert changes nothing a reader of the tables can see."""
+    conn = await asyncpg.connect(await pg_cluster.fresh_database())
+    await database.init_connection(conn)
+    try:
+        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]
+        await store.create_schema(conn, "one_batch")
+        await store.create_schema(conn, "one_by_one")
+        assert await store.apply_batch(conn, batch, "one_batch") == len(batch)
+        for item in batch:
+            await store.apply_batch(conn, [item], "one_by_one")
+        folded, single = await rows(conn, "one_batch"), await rows(conn, "one_by_one")
+    finally:
+        await conn.close()
+    assert folded == single
+    jobs, lines = folded
+    assert [(j["id"], j["status"], j["log_count"], j["job_type"]) for j in jobs] == [
+        ("a", "failed", 4, "scraper"),
+        ("b", "failed", 4, "scraper"),
+    ]
+    assert len(lines) == 8
