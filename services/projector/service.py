@@ -21,6 +21,9 @@ from services.projector.projections import Change, project
 log = structlog.get_logger()
 
 FETCH_BATCH = 2000
+# Batches are also bounded by bytes: 2000 LineLogged messages of 1000 lines each would hold
+# ~260 MB of payload (and several times that decoded) in one transaction.
+FETCH_MAX_BYTES = 8 * 1024 * 1024
 PRUNE_INTERVAL = 600.0  # seconds between read-model retention runs
 
 
@@ -43,21 +46,13 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         # The durable consumer is created at the checkpoint; afterwards the checkpoint in
         # Postgres stays the authority and anything at or below it is skipped.
         await _reset_consumer_if_behind(js, names, last)
-        sub = await js.pull_subscribe(
-            names.all_subjects,
-            durable=names.projector_consumer,
-            stream=names.stream,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.ALL,
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=last + 1,
-                max_ack_pending=FETCH_BATCH * 4,
-                ack_wait=60,
-            ),
-        )
+        sub = await _subscribe(js, names, last)
+        # A new consumer's first message is the next one the stream holds, whatever its number.
+        trust_next = True
         log.info("projector started", checkpoint=last)
         encoder = msgspec.json.Encoder()
         next_prune = 0.0
+        fetch_size = 100  # until the size of the stream's messages is known
         while not stop.is_set():
             if settings.readmodel_retention_days > 0 and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_INTERVAL
@@ -67,11 +62,25 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
                 if pruned:
                     log.info("read-model retention pruned jobs", jobs=pruned, before=cutoff)
             try:
-                msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
+                msgs = await sub.fetch(fetch_size, timeout=1.0)
             except TimeoutError:  # nats' own and asyncio's
                 continue
             if not msgs:
                 continue
+            first = msgs[0].metadata.sequence.stream
+            if first > last + 1 and not trust_next:
+                # Messages went missing (a reconnect drops deliveries in flight, and acking a
+                # later one would acknowledge them too): start again after the checkpoint.
+                log.warning("projector missed events, restarting", checkpoint=last, got=first)
+                await sub.unsubscribe()
+                await js.delete_consumer(names.stream, names.projector_consumer)
+                sub = await _subscribe(js, names, last)
+                trust_next = True
+                continue
+            trust_next = False
+            # The next fetch takes as many messages as FETCH_MAX_BYTES holds at this size.
+            size = sum(len(msg.data) for msg in msgs)
+            fetch_size = max(1, min(FETCH_BATCH, FETCH_MAX_BYTES * len(msgs) // max(size, 1)))
             batch: list[tuple[int, list[Change]]] = []
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
@@ -89,6 +98,24 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         await pool.close()
         await eventstore.close(nc)
+
+
+async def _subscribe(
+    js: JetStreamContext, names: Names, checkpoint: int
+) -> JetStreamContext.PullSubscription:
+    """Bind to the durable consumer, creating it right after ``checkpoint`` if it is missing."""
+    return await js.pull_subscribe(
+        names.all_subjects,
+        durable=names.projector_consumer,
+        stream=names.stream,
+        config=api.ConsumerConfig(
+            ack_policy=api.AckPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=checkpoint + 1,
+            max_ack_pending=FETCH_BATCH * 4,
+            ack_wait=60,
+        ),
+    )
 
 
 async def _reset_consumer_if_behind(js: JetStreamContext, names: Names, checkpoint: int) -> None:
