@@ -249,6 +249,7 @@ def main() -> int:
     results["seconds"] = round(time.monotonic() - started, 1)
     results["table"] = rows(results)
     path = report.write_json(results)
+    report.write_markdown(results)
     print(report.table(results["table"]))
     print(
         f"\n{results['machine']['nproc']} cores, {results['machine']['cpu']}, "

@@ -92,3 +92,22 @@ def ratio(result: float | None, limit: float | None, higher_is_better: bool = Tr
         return "—"
     value = result / limit if higher_is_better else limit / result
     return f"{value:.0%}" if value < 10 else f"{value:.1f}x"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The table with the machine and the command, for bench/RESULTS.md and the README."""
+    m = results["machine"]
+    return (
+        f"{table(results['table'])}\n\n"
+        f"Run {results['started_at']} at commit `{results['commit']}` on {m['nproc']} cores "
+        f"({m['cpu']}), {m['ram_gib']} GiB RAM, Python {m['python']}, load average "
+        f"{m['load_avg_at_start'][0]} at the start; the suite took {results['seconds']:.0f} s. "
+        "Reproduce with `./scripts/bench` (or `.venv/bin/python -m bench`).\n"
+    )
+
+
+def write_markdown(results: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "latest.md"
+    path.write_text(markdown(results))
+    return path

@@ -12,9 +12,15 @@ import asyncio
 import re
 import time
 
+SEQ_MARK = b'{"seq":'
 SEQ_RE = re.compile(rb'\{"seq":(\d+)')
 STAMP_RE = re.compile(rb"t=(\d+\.\d+)")
 DONE = b"event: done"
+
+
+def _seq_at(frames: bytes, at: int) -> int:
+    start = at + len(SEQ_MARK)
+    return int(frames[start : frames.index(b",", start)])
 
 
 class SseClient(asyncio.Protocol):
@@ -37,7 +43,6 @@ class SseClient(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_future()
         self.connected = asyncio.get_running_loop().create_future()
         self.record_delays = True
-        self.line_events: list[tuple[int, asyncio.Future[float]]] = []
 
     # --- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,24 +103,32 @@ class SseClient(asyncio.Protocol):
         del raw[:pos]
 
     def _scan(self, frames: bytes, now: float) -> None:
-        seqs = SEQ_RE.findall(frames)
-        if seqs:
+        count = frames.count(SEQ_MARK)
+        if count:
             if self.first_line_at is None:
                 self.first_line_at = now
-            for raw_seq in seqs:
-                seq = int(raw_seq)
-                if seq == self.next_seq:
-                    self.next_seq += 1
-                elif seq > self.next_seq:
-                    self.gaps += seq - self.next_seq
-                    self.next_seq = seq + 1
-                else:
-                    self.duplicates += 1
-            self.lines += len(seqs)
+            first = _seq_at(frames, frames.find(SEQ_MARK))
+            last = _seq_at(frames, frames.rfind(SEQ_MARK))
+            if first == self.next_seq and last == first + count - 1:
+                self.next_seq = last + 1  # the usual case, checked without a loop
+            else:
+                self._check_each(frames)
+            self.lines += count
             if self.record_delays:
                 self.delays.extend(now - float(t) for t in STAMP_RE.findall(frames))
         if DONE in frames:
             self._finish()
+
+    def _check_each(self, frames: bytes) -> None:
+        for raw_seq in SEQ_RE.findall(frames):
+            seq = int(raw_seq)
+            if seq == self.next_seq:
+                self.next_seq += 1
+            elif seq > self.next_seq:
+                self.gaps += seq - self.next_seq
+                self.next_seq = seq + 1
+            else:
+                self.duplicates += 1
 
     def _finish(self) -> None:
         if not self.done.done():
