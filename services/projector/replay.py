@@ -221,6 +221,7 @@ class EventFeed:
         self._names = names
         self._sub: JetStreamContext.PullSubscription | None = None
         self._batch = FETCH_BATCH_MIN * 5
+        self._trust_next = True
         self.received = 0  # the last stream sequence handed out
 
     async def start(self, seq: int) -> None:
@@ -235,6 +236,8 @@ class EventFeed:
                 inactive_threshold=120,
             ),
         )
+        # A new consumer's first message is the next one the stream holds, whatever its number.
+        self._trust_next = True
 
     async def fetch(self, timeout: float = 0.5) -> list[tuple[int, list[Change]]]:
         assert self._sub is not None
@@ -245,21 +248,31 @@ class EventFeed:
         if not msgs:
             last = (await self._js.stream_info(self._names.stream)).state.last_seq
             if last > self.received:
-                log.warning("replay feed restarts", after=self.received, stream_last=last)
-                await self.start(self.received + 1)
+                await self._restart("nothing came while the stream holds more")
             return []
         average = sum(len(m.data) for m in msgs) / len(msgs)
         self._batch = int(min(max(FETCH_BYTES / average, FETCH_BATCH_MIN), FETCH_BATCH_MAX))
         batch: list[tuple[int, list[Change]]] = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
+            if seq <= self.received:
+                continue  # delivered again after a restart
+            if seq != self.received + 1 and not self._trust_next:
+                # Messages went missing (a reconnect drops what was in flight).
+                await self._restart(f"expected {self.received + 1}, got {seq}")
+                break
+            self._trust_next = False
             try:
                 event = codec.decode(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 event = None  # skipped, exactly as the live projector skips it
             batch.append((seq, project(event, seq) if event is not None else []))
-        self.received = batch[-1][0]
+            self.received = seq
         return batch
+
+    async def _restart(self, why: str) -> None:
+        log.warning("replay feed restarts", after=self.received, reason=why)
+        await self.start(self.received + 1)
 
     async def close(self) -> None:
         if self._sub is not None:
