@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -49,19 +51,50 @@ async def line_latency(system: RunningSystem, http: httpx.AsyncClient, seconds: 
     }
 
 
+def _frames_json(raw: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for block in b"".join(raw).split(b"\n\n"):
+        event, data = "message", None
+        for field in block.split(b"\n"):
+            if field.startswith(b"event: "):
+                event = field[7:].decode()
+            elif field.startswith(b"data: "):
+                data = json.loads(field[6:])
+        if data is not None:
+            out.append((event, data))
+    return out
+
+
+def _wall(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
 async def dispatch(system: RunningSystem, http: httpx.AsyncClient, jobs: int) -> dict:
-    """2. POST /api/jobs until the job's first line reaches an SSE client."""
+    """2. POST /api/jobs until the job's first line reaches an SSE client; with where the time
+    went, from the events' own timestamps (wall clock, one machine)."""
     totals: list[float] = []
-    posts: list[float] = []
+    parts: dict[str, list[float]] = {"post": [], "running": [], "line_read": [], "client": []}
     for _ in range(jobs):
-        t0 = time.monotonic()
+        wall0, t0 = time.time(), time.monotonic()
         job = await start_job(http, "bench_echo", {})
-        posts.append(time.monotonic() - t0)
-        client = await open_stream("127.0.0.1", system.port, stream_path(job), system.headers)
+        parts["post"].append(time.monotonic() - t0)
+        client = await open_stream(
+            "127.0.0.1", system.port, stream_path(job), system.headers, keep_frames=True
+        )
         await asyncio.wait_for(client.done, 60)
         assert client.first_line_at is not None, "the job's line never arrived"
         totals.append(client.first_line_at - t0)
-    return {"jobs": jobs, **summarize(totals), "post": summarize(posts)}
+        frames = _frames_json(client.frames)
+        running = next(d for e, d in frames if e == "status" and d["status"] == "running")
+        line = next(d for e, d in frames if e == "message")
+        parts["running"].append(_wall(running["timestamp"]) - wall0)
+        parts["line_read"].append(_wall(line["timestamp"]) - wall0)
+        parts["client"].append(client.first_line_at - t0)
+    return {
+        "jobs": jobs,
+        **summarize(totals),
+        "since_post_started": {k: summarize(v) for k, v in parts.items()},
+    }
 
 
 async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int) -> dict:

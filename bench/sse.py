@@ -43,6 +43,8 @@ class SseClient(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_future()
         self.connected = asyncio.get_running_loop().create_future()
         self.record_delays = True
+        self.keep_frames = False
+        self.frames: list[bytes] = []
 
     # --- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,6 +105,8 @@ class SseClient(asyncio.Protocol):
         del raw[:pos]
 
     def _scan(self, frames: bytes, now: float) -> None:
+        if self.keep_frames:
+            self.frames.append(frames)
         count = frames.count(SEQ_MARK)
         if count:
             if self.first_line_at is None:
@@ -141,7 +145,11 @@ class SseClient(asyncio.Protocol):
 
 
 async def open_stream(
-    host: str, port: int, path: str, headers: dict[str, str] | None = None
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    keep_frames: bool = False,
 ) -> SseClient:
     """Connect and wait for the response head; raises if the status is not 200.
 
@@ -153,6 +161,7 @@ async def open_stream(
         _, client = await loop.create_connection(
             lambda: SseClient(path, f"{host}:{port}", headers), host, port
         )
+        client.keep_frames = keep_frames
         status = await asyncio.wait_for(client.connected, 30)
         if status == 200:
             return client
