@@ -113,36 +113,43 @@ class SlotTable:
             raise
         return ack.seq
 
-    async def current(self, key: str) -> Lease | None:
+    async def _read_raw(self, key: str) -> tuple[bytes | None, int]:
+        """The live value (if any), and the revision a conditional write must name.
+
+        One read for both: reading them apart would let a write that lands in between be
+        overwritten (the second read would return the new holder's revision).
+        """
         kv = await self.kv()
         try:
             entry = await kv.get(key)
-        except (KeyNotFoundError, NotFoundError):
-            return None
+        except KeyNotFoundError as exc:  # also a deleted key: its tombstone is the last revision
+            tombstone = getattr(exc, "entry", None)
+            return None, (tombstone.revision if tombstone is not None and tombstone.revision else 0)
+        except NotFoundError:
+            return None, 0
+        revision = entry.revision or 0
         if not entry.value or entry.operation is not None:
-            return None  # deleted, or a marker the server left when the lease expired
-        return Lease(
-            key=key,
-            revision=entry.revision or 0,
-            value=msgspec.json.decode(entry.value, type=SlotValue),
-        )
+            return None, revision  # a marker the server left when a lease expired
+        return entry.value, revision
+
+    async def _read(self, key: str) -> tuple[Lease | None, int]:
+        raw, revision = await self._read_raw(key)
+        if raw is None:
+            return None, revision
+        value = msgspec.json.decode(raw, type=SlotValue)
+        return Lease(key=key, revision=revision, value=value), revision
+
+    async def current(self, key: str) -> Lease | None:
+        return (await self._read(key))[0]
 
     async def last_revision(self, key: str) -> int:
         """The revision a create must name: 0, or the tombstone's if the key was deleted."""
-        kv = await self.kv()
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError as exc:
-            tombstone = getattr(exc, "entry", None)
-            return tombstone.revision if tombstone is not None and tombstone.revision else 0
-        except NotFoundError:
-            return 0
-        return entry.revision or 0
+        return (await self._read_raw(key))[1]
 
     async def try_acquire(self, key: str, value: SlotValue) -> Lease | None:
         """Take a free slot; ``None`` when someone holds or reserved it."""
         for _ in range(3):
-            current = await self.current(key)
+            current, last = await self._read(key)
             if current is not None:
                 mine = current.value.phase == "reserved" or (
                     current.value.runner_id == value.runner_id
@@ -152,7 +159,7 @@ class SlotTable:
                     return await self.renew(current, value)
                 return None
             try:
-                revision = await self._write(key, value, await self.last_revision(key))
+                revision = await self._write(key, value, last)
             except KeyWrongLastSequenceError:
                 continue  # someone wrote between our read and write: look again
             return Lease(key=key, revision=revision, value=value)
