@@ -164,16 +164,17 @@ async def up(settings: Settings, config_file: str | None) -> int:
         for service in services.values():
             await service.start()
         await wait_healthy(f"http://{_reachable(settings.host)}:{settings.port}", services["api"])
-        print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
+        # The token comes first: whoever waits for the "running at" line has it by then.
         if admin_token:
             print(
-                "  First start: an admin token was created. It is shown only this once;\n"
+                "\n  First start: an admin token was created. It is shown only this once;\n"
                 "  sign in with it and keep it safe (`jobrunner token create` makes more):\n\n"
                 f"    {admin_token}\n",
                 flush=True,
             )
         elif not settings.auth:
-            print("  Authentication is OFF (--no-auth): anyone on this machine can use it.\n")
+            print("\n  Authentication is OFF (--no-auth): anyone on this machine can use it.")
+        print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
         await _supervise(services, stop)
     except RuntimeError as exc:
         log.error(str(exc))
