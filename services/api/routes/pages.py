@@ -88,7 +88,7 @@ def parameter_rows(job: schemas.Job, job_type: JobType | None, t: Any) -> list[t
             shown = t(f"bool.{str(value).lower()}")
         elif isinstance(value, list):
             labels = {c.value: c.label or c.value for c in param.choices} if param else {}
-            shown = ", ".join(labels.get(v, v) for v in value) or "\u2013"
+            shown = ", ".join(labels.get(v) or str(v) for v in value) or "\u2013"
         elif param is not None and param.type == "enum":
             shown = next((c.label or c.value for c in param.choices if c.value == value), value)
         else:
