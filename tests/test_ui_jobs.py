@@ -52,7 +52,7 @@ async def test_parameter_error_is_shown_at_its_field(page: Page, system: System)
 
     error = page.locator("#param-interval-error")
     await expect(error).to_be_visible()
-    await expect(error).to_contain_text("must match")
+    await expect(error).to_contain_text("Passt nicht zum erwarteten Format: must match")
     field = page.get_by_label("interval", exact=True)
     await expect(field).to_have_attribute("aria-invalid", "true")
     await expect(field).to_be_focused()

@@ -65,7 +65,8 @@ export function setUpNewJob({ onStarted }) {
       const name = String(error.field || "").replace(/^parameters\./, "");
       const slot = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
       if (!slot) { unplaced.push(`${name}: ${error.message}`); continue; }
-      slot.textContent = error.message;
+      const known = t(`field.${error.code}`);
+      slot.textContent = known === `field.${error.code}` ? error.message : `${known}: ${error.message}`;
       slot.hidden = false;
       const wrapper = slot.closest("[data-param]");
       for (const input of wrapper.querySelectorAll("input")) {
