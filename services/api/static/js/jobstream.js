@@ -4,7 +4,7 @@ import { EventStream } from "./sse.js";
 /**
  * @param {string} jobId
  * @param {{line?: Function, progress?: Function, status?: Function, done?: Function,
- *          cancelRequested?: Function, gone?: Function}} on
+ *          cancelRequested?: Function}} on
  */
 export function followJob(jobId, on) {
   let lastSeq = 0;
@@ -28,7 +28,6 @@ export function followJob(jobId, on) {
           break;
       }
     },
-    onGone: (status) => on.gone?.(status),
   });
   return stream.start();
 }

@@ -23,6 +23,5 @@ export function buildRow(line, row = document.createElement("div")) {
   text.className = "txt";
   renderAnsi(text, line.text ?? "");
   row.append(ts, text);
-  row.title = "";
   return row;
 }
