@@ -54,6 +54,8 @@ class QueueEntry(msgspec.Struct, kw_only=True):
     queued_at: float = 0.0  # unix time
 
 
+RESERVATION_MIN_TTL = 60  # seconds
+
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
 
@@ -102,7 +104,12 @@ class SlotTable:
         # last revision (0 = must not exist) and with the lease TTL.
         headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
         if ttl:
-            headers["Nats-TTL"] = f"{self.ttl}s"
+            seconds = self.ttl
+            if isinstance(value, SlotValue) and value.phase == "reserved":
+                # A reservation waits for a runner to pick the job up, which may take longer
+                # than a lease lasts on a busy system; it must not lapse while the job waits.
+                seconds = max(RESERVATION_MIN_TTL, 4 * self.ttl)
+            headers["Nats-TTL"] = f"{seconds}s"
         try:
             ack = await self._js.publish(
                 self._subject(key), msgspec.json.encode(value), headers=headers
