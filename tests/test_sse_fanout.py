@@ -17,7 +17,7 @@ TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES, sse_keepalive_seconds=0.5)
 
 
 async def start(system: System, **parameters: object) -> str:
@@ -68,3 +68,12 @@ async def test_a_resuming_client_next_to_live_ones_gets_exactly_the_rest(system:
     assert line_texts(first) + line_texts(rest) == expected
     for stream in live_streams:
         assert line_texts(stream) == expected
+
+
+async def test_a_quiet_job_sends_keep_alive_comments(system: System) -> None:
+    """While a running job prints nothing for a while, its stream still shows signs of life."""
+    job_id = await start(system, lines=2, interval="1.5")
+    async with system.client() as client:
+        stream = await read_stream(client, f"/jobs/stream/{job_id}")
+    assert "keep-alive" in stream.comments
+    assert line_texts(stream) == ["INFO line 1 [1/2]", "INFO line 2 [2/2]"]

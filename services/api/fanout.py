@@ -71,11 +71,12 @@ def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
 class Subscriber:
     """One client's inbox: items appended by the feed, taken all at once by the client."""
 
-    __slots__ = ("items", "overflow", "wakeup")
+    __slots__ = ("idle", "items", "overflow", "wakeup")
 
     def __init__(self) -> None:
         self.items: list[Item] = []
         self.overflow = False
+        self.idle = False  # the job had no event for a keep-alive interval
         self.wakeup = asyncio.Event()
 
     def push(self, items: list[Item]) -> None:
@@ -87,8 +88,13 @@ class Subscriber:
 
     def take(self) -> list[Item]:
         self.wakeup.clear()
+        self.idle = False
         items, self.items = self.items, []
         return items
+
+    def keep_alive(self) -> None:
+        self.idle = True
+        self.wakeup.set()
 
 
 class JobFeed:
@@ -125,8 +131,11 @@ class JobFeed:
         try:
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=60)
+                    msg = await sub.next_msg(timeout=self.fanout.keepalive)
                 except (NatsTimeoutError, TimeoutError):
+                    # One timer for the job, not one per client.
+                    for subscriber in self.subscribers:
+                        subscriber.keep_alive()
                     continue
                 seq = msg.metadata.sequence.stream
                 item = decode_item(seq, msg.data, self.fanout.build)
@@ -174,10 +183,13 @@ class JobFeed:
 class Fanout:
     """The feeds of one API process, by job id."""
 
-    def __init__(self, js: JetStreamContext, names: Names, build: FrameBuilder) -> None:
+    def __init__(
+        self, js: JetStreamContext, names: Names, build: FrameBuilder, keepalive: float
+    ) -> None:
         self.js = js
         self.names = names
         self.build = build
+        self.keepalive = keepalive
         self.feeds: dict[str, JobFeed] = {}
 
     def join(self, job_id: str, start_seq: int) -> tuple[JobFeed, Subscriber, int]:

@@ -7,7 +7,6 @@ in either form resumes right after that event: nothing twice, nothing missing.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -186,7 +185,6 @@ async def job_stream(
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if skip is not None else None
-    keepalive = ctx.settings.sse_keepalive_seconds
     feed, inbox, joined_at = fanout.join(job_id, start_seq)
     sent = start_seq - 1
     try:
@@ -200,13 +198,12 @@ async def job_stream(
                 if item.terminal:
                     return
         while True:
-            if not inbox.items and not inbox.overflow:
-                try:
-                    async with asyncio.timeout(keepalive):
-                        await inbox.wakeup.wait()
-                except TimeoutError:
-                    yield comment("keep-alive")
-                    continue
+            if not inbox.items and not inbox.overflow and not inbox.idle:
+                await inbox.wakeup.wait()
+            if inbox.idle and not inbox.items and not inbox.overflow:
+                inbox.take()
+                yield comment("keep-alive")
+                continue
             parts = []
             ended = False
             for item in inbox.take():

@@ -24,7 +24,7 @@ def fanout_of(request: Request[Any, Any, Any], ctx: ApiContext) -> Fanout:
     state = request.app.state
     fanout: Fanout | None = state.get("sse_fanout")
     if fanout is None or fanout.js is not ctx.js:
-        fanout = Fanout(ctx.js, ctx.names, sse.frames_for)
+        fanout = Fanout(ctx.js, ctx.names, sse.frames_for, ctx.settings.sse_keepalive_seconds)
         state["sse_fanout"] = fanout
     return fanout
 
