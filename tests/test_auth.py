@@ -343,3 +343,23 @@ async def test_viewer_cannot_start_or_cancel(system: System) -> None:
     error = response.json()["error"]
     assert error["code"] == "FORBIDDEN"
     assert error["required_role"] == "operator"
+
+
+async def test_busy_lock_does_not_name_another_tokens_job(system: System) -> None:
+    """An own-jobs token hears 409 SLOT_BUSY but not which job holds the lock; an admin does."""
+    store = await system.tokens()
+    _, mine = await store.create("mine", "operator", own_jobs_only=True)
+    _, other = await store.create("other", "operator", own_jobs_only=True)
+    busy_request = {"job_type": "exclusive", "parameters": {"lines": 100000, "interval": "0.01"}}
+    async with system.client(token=mine) as me, system.client(token=other) as them:
+        holder = await me.post("/api/jobs", json=busy_request)
+        assert holder.status_code == 201, holder.text
+        refused = await them.post("/api/jobs", json=busy_request)
+        async with system.client() as admin:
+            told = await admin.post("/api/jobs", json=busy_request)
+            await admin.delete(f"/api/jobs/{holder.json()['id']}")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "SLOT_BUSY"
+    assert refused.json()["error"]["running_job"] is None
+    assert told.status_code == 409
+    assert told.json()["error"]["running_job"]["id"] == holder.json()["id"]

@@ -109,7 +109,7 @@ class JobController(Controller):
                 SlotValue(job_id=request_event.job_id, phase="reserved", job_type=job_type.name),
             )
             if reservation is None:
-                await self._raise_busy(ctx, key, job_type.lock)
+                await self._raise_busy(ctx, key, job_type.lock, principal_of(request))
         queued = bool(job_type.lock) and job_type.on_busy == "queue"
         if queued and job_type.lock:
             # Queue first, publish second: the queue entry's revision is the job's place, so jobs
@@ -131,11 +131,13 @@ class JobController(Controller):
             created_at=request_event.occurred_at,
         )
 
-    async def _raise_busy(self, ctx: ApiContext, key: str, lock: str) -> None:
+    async def _raise_busy(self, ctx: ApiContext, key: str, lock: str, principal: Principal) -> None:
         holder = await ctx.slots.current(key)
         running: dict[str, Any] | None = None
-        if holder is not None:
-            row = await readmodels.get_job_row(ctx.pool, holder.value.job_id)
+        row = await readmodels.get_job_row(ctx.pool, holder.value.job_id) if holder else None
+        # A token limited to its own jobs learns that the lock is busy, not whose job holds it.
+        visible = principal.owner is None or (row is not None and principal.can_see(row))
+        if holder is not None and visible:
             running = {
                 "id": holder.value.job_id,
                 "job_type": row["job_type"] if row else holder.value.job_type,
