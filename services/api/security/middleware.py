@@ -94,7 +94,6 @@ class Access:
     store: TokenStore | None
     signer: SessionSigner | None
     streams: StreamLimiter
-    secure_cookies: bool = False
 
     async def principal_from(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         """The caller, or ApiError 401."""

@@ -98,7 +98,7 @@ async def sign_in(
         path="/",
         httponly=True,
         samesite="strict",
-        secure=access.secure_cookies or request.url.scheme == "https",
+        secure=request.url.scheme == "https",  # behind a proxy: uvicorn --proxy-headers
     )
     return response
 
