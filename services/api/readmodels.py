@@ -143,6 +143,9 @@ async def list_jobs(
         f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
     )
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # A plan for these very values: a generic plan (what a prepared statement drifts to)
+        # cannot use the trigram index for an unknown pattern, nor judge a filter's selectivity.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         # One snapshot for both: the page and the sequence it reflects.
         rows = await conn.fetch(query, *args)
         applied = await conn.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
