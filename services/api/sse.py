@@ -115,16 +115,6 @@ def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
     ]
 
 
-def line_payload(line: events.LogLine) -> dict[str, Any]:
-    return {
-        "seq": line.seq,
-        "stream": line.stream,
-        "level": line.level,
-        "timestamp": line.timestamp,
-        "text": line.text,
-    }
-
-
 def status_payload(event: events.StatusChanged) -> dict[str, Any]:
     return {
         "status": event.status.value,
