@@ -155,6 +155,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
         "lines_per_s": {k: round(lines / (v - t0)) for k, v in marks.items()},
         "peak_rss_mib": {name: memory.mib(name) for name in services},
         "runner_rss_mib_start_end": [runner_start, runner_end],
+        "rss_mib_over_time": {name: memory.profile(name) for name in services},
     }
 
 

@@ -254,6 +254,14 @@ class MemorySampler:
     def mib(self, name: str) -> float:
         return round(self.peak[name] / 2**20, 1)
 
+    def profile(self, name: str, points: int = 10) -> list[float]:
+        """Resident MiB at ``points`` evenly spaced moments of the run: flat or growing."""
+        s = self.series[name]
+        if not s:
+            return []
+        step = max(1, len(s) // points)
+        return [round(rss / 2**20, 1) for _, rss in s[::step]]
+
     def start_end(self, name: str) -> tuple[float, float]:
         s = self.series[name]
         if not s:
