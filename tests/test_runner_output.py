@@ -182,3 +182,16 @@ async def test_cwd_env_and_mask_of_a_job_type(
     _, lines = await _run(system, "environment")
     texts = [ln["text"] for ln in lines]
     assert texts == [f"cwd {tmp_path}", "greeting hello from the runner", "token ***"]
+
+
+async def test_tools_do_not_inherit_the_runners_own_settings(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's JOBRUNNER_* settings (database password included) never reach a tool."""
+    monkeypatch.setenv("JOBRUNNER_DATABASE_URL", "postgresql://jobrunner:secret@db/jobrunner")
+    monkeypatch.setenv("RUNNER_TEST_VISIBLE", "yes")
+    _, lines = await _run(system, "env_names")
+    names = {ln["text"] for ln in lines}
+    assert "RUNNER_TEST_VISIBLE" in names
+    assert "JOBRUNNER_DATABASE_URL" not in names
+    assert "JOBRUNNER_DEMO_PACE" in names

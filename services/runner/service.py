@@ -417,7 +417,10 @@ class Runner:
         own_env.update({k: expand_env(v) for k, v in job_type.env.items()})
         if job_type.callable:
             return InternalCall(job_type.callable, request.job_id, request.parameters, own_env)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **own_env}
+        # The runner's own settings (NATS and database URLs with their passwords) are not the
+        # tool's business: everything else of the runner's environment is passed on.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
+        env = {**inherited, "PYTHONUNBUFFERED": "1", **own_env}
         cwd = expand_env(job_type.cwd) if job_type.cwd else None
         return ToolProcess(build_argv(job_type, request.parameters), cwd, env)
 
