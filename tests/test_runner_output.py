@@ -74,11 +74,27 @@ async def test_nul_bytes_are_shown_not_dropped(system: System) -> None:
     assert lines[0]["text"] == "before␀after"
 
 
-async def test_ansi_colour_codes_are_removed_and_level_still_parsed(system: System) -> None:
-    """A coloured ERROR line is stored without escape codes and with level ERROR."""
+async def test_ansi_colours_are_kept_and_level_still_parsed(system: System) -> None:
+    """A coloured ERROR line keeps its colours for the web UI and is parsed as level ERROR."""
     _, lines = await _run(system, "hostile", mode="ansi")
-    assert lines[0]["text"] == "ERROR red alert"
+    assert lines[0]["text"] == "\x1b[31mERROR\x1b[0m \x1b[1mred\x1b[0m alert"
     assert lines[0]["level"] == "ERROR"
+
+
+async def test_the_download_is_plain_text_without_colour_codes(system: System) -> None:
+    """The downloaded log shows a coloured line as plain text."""
+    async with system.client() as client:
+        job_id = await start_job(client, "hostile", mode="ansi")
+        await wait_status(client, job_id, "completed")
+        download = await client.get(f"/api/jobs/{job_id}/logs/download")
+    assert download.text.endswith(" ERROR   ERROR red alert\n")
+    assert "\x1b" not in download.text
+
+
+async def test_cursor_escape_codes_are_removed(system: System) -> None:
+    """Escape sequences other than colours (cursor moves, clear line) do not reach the log."""
+    _, lines = await _run(system, "hostile", mode="cursor_codes")
+    assert lines[0]["text"] == "\x1b[32mok\x1b[0m cleared"
 
 
 async def test_carriage_return_progress_bar_keeps_last_state_and_reports_progress(

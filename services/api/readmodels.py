@@ -208,11 +208,16 @@ async def log_lines_tail(
     return rows[::-1]
 
 
+# The download is plain text: colour codes (kept in the log for the web UI) are left out.
+_PLAIN_TEXT = (
+    "CASE WHEN strpos(text, E'\\x1b') > 0 "
+    "THEN regexp_replace(text, E'\\x1b\\[[0-9;]*m', '', 'g') ELSE text END"
+)
 # One line of a downloaded log: ISO 8601 UTC time, level, text. Formatted by Postgres, a chunk at
 # a time, so a million-line log never sits in the API's memory.
 _DOWNLOAD_LINE = (
     "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
-    "|| ' ' || rpad(level, 7) || ' ' || text || E'\\n'"
+    f"|| ' ' || rpad(level, 7) || ' ' || {_PLAIN_TEXT} || E'\\n'"
 )
 
 

@@ -18,6 +18,9 @@ LEVEL_RE = re.compile(
 LEVEL_ALIASES = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}
 LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*\]")
+# Colour and style codes (SGR: ESC [ ... m) are kept, for the web UI renders them safely;
+# every other escape sequence (cursor movement, titles, ...) is removed.
+SGR_RE = re.compile(r"\x1b\[[0-9;]*m")
 SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
 
 
@@ -84,16 +87,26 @@ def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
 def clean_text(raw: bytes) -> str:
     """Bytes that are not UTF-8 become U+FFFD and NUL becomes ␀: replaced, never dropped.
 
-    ANSI colour and cursor codes are removed; of a carriage-return progress bar the last state
-    is kept, as a terminal would show it.
+    ANSI colour codes are kept, other escape sequences removed; of a carriage-return progress bar
+    the last state is kept, as a terminal would show it.
     """
     text = raw.decode("utf-8", errors="replace").replace("\x00", "␀")
     if "\x1b" in text:
-        text = ANSI_RE.sub("", text)
+        text = ANSI_RE.sub(_keep_colour, text)
     if "\r" in text:
         parts = [p for p in text.split("\r") if p]
         text = parts[-1] if parts else ""
     return text
+
+
+def _keep_colour(match: re.Match[str]) -> str:
+    code = match.group(0)
+    return code if SGR_RE.fullmatch(code) else ""
+
+
+def without_colours(text: str) -> str:
+    """The text as a reader sees it: what levels, progress and results are parsed from."""
+    return SGR_RE.sub("", text) if "\x1b" in text else text
 
 
 def _char_boundary(buf: bytes | bytearray, cut: int) -> int:

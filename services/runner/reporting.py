@@ -49,14 +49,15 @@ class JobReporter:
         transient: bool = False,
     ) -> None:
         text = self.mask(text)
+        plain = output.without_colours(text)
         if transient:
             # A progress bar redrawing itself with \r: progress only, not a log line.
-            progress = output.parse_progress(text, self.progress_re)
+            progress = output.parse_progress(plain, self.progress_re)
             if progress is not None:
                 self.publisher.report_progress(progress)
             return
-        if text.startswith(protocol.PREFIX):
-            message = protocol.parse(text)
+        if plain.startswith(protocol.PREFIX):
+            message = protocol.parse(plain)
             if isinstance(message, Progress):
                 self.progress(message)
                 return
@@ -64,13 +65,13 @@ class JobReporter:
                 self.add_result(message)
                 return
         if level is None or level not in output.LEVELS:
-            level = output.parse_level(text, pattern=self.level_re)
+            level = output.parse_level(plain, pattern=self.level_re)
         await self.publisher.add(stream, level, text, at)
-        progress = output.parse_progress(text, self.progress_re)
+        progress = output.parse_progress(plain, self.progress_re)
         if progress is not None:
             self.publisher.report_progress(progress)
         if self.result_re is not None:
-            found = output.parse_result(text, self.result_re)
+            found = output.parse_result(plain, self.result_re)
             if found:
                 self.result.update(found)
 

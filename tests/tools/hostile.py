@@ -23,6 +23,8 @@ match args.mode:
         out.write(b"before\x00after\n")
     case "ansi":
         out.write(b"\x1b[31mERROR\x1b[0m \x1b[1mred\x1b[0m alert\n")
+    case "cursor_codes":
+        out.write(b"\x1b[2K\x1b[1G\x1b[32mok\x1b[0m \x1b]0;title\x07cleared\n")
     case "cr_progress":
         for i in range(1, 5):
             out.write(f"\rdownloading [{i}/4]".encode())
