@@ -39,6 +39,13 @@ async def schemathesis(system: System, tmp_path: Path, *args: str) -> tuple[int,
     schema = tmp_path / "openapi.json"
     async with system.client() as client:
         schema.write_text((await client.get("/api/schema/openapi.json")).text)
+        # A real job, so that half of the generated job ids reach past the 404.
+        created = await client.post("/api/jobs", json={"job_type": "record"})
+        job_id = created.json()["id"]
+    (tmp_path / "schemathesis.toml").write_text(
+        f'[dictionaries.jobs]\nvalues = ["{job_id}"]\n\n'
+        '[parameters]\n"path.job_id" = { dictionary = "jobs", probability = 0.5 }\n'
+    )
     report = tmp_path / "report.json"
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -19,6 +19,7 @@ from services.api.context import ApiContext
 from services.api.errors import ApiError, job_not_found
 from services.api.queryparams import Query, encode_cursor
 from services.api.security import Principal, principal_of
+from services.api.security.openapi import error_spec
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
@@ -68,6 +69,7 @@ class JobController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Start a job",
         opt={"request_body": schemas.CreateJob},  # read by hand below; documented by this
+        responses={409: error_spec("The type's lock is busy (SLOT_BUSY).")},
     )
     async def create_job(self, request: Request[Any, Any, Any]) -> schemas.JobCreated:
         """Validate the parameters against the job type and publish JobRequested.
@@ -211,13 +213,23 @@ class JobController(Controller):
         ctx = ctx_of(request)
         return readmodels.job_from_row(await find_job(ctx, job_id, principal_of(request)))
 
-    @delete("/{job_id:str}", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
+    @delete(
+        "/{job_id:str}",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Cancel a job",
+        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
+    )
     async def cancel_job(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
         return await cancel(ctx_of(request), job_id, principal_of(request))
 
-    @post("/{job_id:str}/cancel", status_code=HTTP_202_ACCEPTED, summary="Cancel a job")
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Cancel a job",
+        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
+    )
     async def cancel_job_post(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:

@@ -94,6 +94,7 @@ def download_filename(job_type: str, job_id: str) -> str:
     "/api/jobs/{job_id:str}/logs/download",
     tags=["logs"],
     summary="The whole log as text",
+    media_type="text/plain",
     response_description="one line per log line: time (UTC), level, text",
 )
 async def download_job_log(request: Request[Any, Any, Any], job_id: str) -> Stream:

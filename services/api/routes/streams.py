@@ -33,6 +33,7 @@ def fanout_of(request: Request[Any, Any, Any], ctx: ApiContext) -> Fanout:
     ["/jobs/stream/{job_id:str}", "/api/jobs/{job_id:str}/stream"],
     tags=["streams"],
     summary="A job's lines, status changes and progress, live",
+    media_type="text/event-stream",
 )
 async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stream:
     ctx = ctx_of(request)

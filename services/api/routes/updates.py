@@ -18,7 +18,12 @@ from services.api.security import principal_of
 from services.api.security.scope import OwnerFilter
 
 
-@get("/api/jobs/stream", tags=["streams"], summary="Every job's changes, live (job_update)")
+@get(
+    "/api/jobs/stream",
+    tags=["streams"],
+    summary="Every job's changes, live (job_update)",
+    media_type="text/event-stream",
+)
 async def job_updates(
     request: Request[Any, Any, Any],
     after: Annotated[
