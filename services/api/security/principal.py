@@ -5,10 +5,10 @@ Routes that read jobs use it in one of two ways:
 
 * one row: ``principal_of(request).can_see(row)`` (else answer 404, as for a missing job);
 * many rows: ``principal_of(request).owner`` is ``None`` for a token that sees every job and the
-  token's name for one limited to its own jobs: add ``requested_by = <owner>`` to the query
-  (``owner_clause`` builds it for asyncpg placeholders).
+  token's name for one limited to its own jobs: pass it as ``JobFilter(requested_by=...)``
+  (``readmodels.list_jobs`` adds ``requested_by = <owner>`` to the query).
 
-Live streams filter events the same way (``can_see_owner`` with the job's ``requested_by``).
+Live streams filter events with ``scope.OwnerFilter(pool, principal.owner)``.
 """
 
 from __future__ import annotations
@@ -44,14 +44,6 @@ class Principal:
     def can_see(self, row: Mapping[str, Any] | Any) -> bool:
         """Whether this caller may see the job in ``row`` (a read-model row or dict)."""
         return self.can_see_owner(row["requested_by"])
-
-    def owner_clause(self, args: list[Any], column: str = "requested_by") -> str | None:
-        """An SQL condition limiting rows to this caller's jobs (appends its argument to ``args``),
-        or ``None`` when the caller sees every job."""
-        if self.owner is None:
-            return None
-        args.append(self.owner)
-        return f"{column} = ${len(args)}"
 
 
 # When authentication is switched off (``--no-auth``, loopback only).

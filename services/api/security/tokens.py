@@ -201,9 +201,6 @@ class TokenStore:
             return None
         return record if record.usable(now) else None
 
-    def cached(self, token_id: str) -> TokenRecord | None:
-        return self._cache.get(token_id)
-
     async def usable_record(self, token_id: str) -> TokenRecord | None:
         """A still usable record by id (a session cookie names its token by id)."""
         record = self._cache.get(token_id) or await self.get(token_id)
