@@ -56,7 +56,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sse_retry_ms: int = 3000
 
     # Access (README "Security and access")
-    auth: bool = False  # TEMPORARY until the suite passes with auth; then True
+    auth: bool = True  # off only with --no-auth on a loopback address
     max_streams_per_token: int = 32  # open SSE connections per token; more answer 429
     session_max_age_seconds: int = 43200  # browser sessions (signed cookie) last this long
 
