@@ -73,6 +73,7 @@ async def test_cancelled_pending_job_never_starts(
     async with system.client() as client:
         first = await start_job(client, "locked_family", **params)
         await wait_status(client, first, "running")
+        await wait_file(count)  # the first tool really started
         waiting = await start_job(
             client, "locked_family", pidfile=str(tmp_path / "pids2"), count_file=str(count)
         )
