@@ -33,8 +33,10 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", service=name, error=str(exc))
 
+    # A cluster is named by a comma-separated list of its servers' URLs.
+    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
     return await nats.connect(
-        settings.nats_url,
+        servers,
         name=f"jobrunner-{name}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
