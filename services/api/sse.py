@@ -174,7 +174,7 @@ async def job_stream(
         yield frame(already_done, event="done")
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
-    skip_seq = resume.stream_seq if skip is not None else None
+    skip_seq = resume.stream_seq if resume is not None and skip is not None else None
     feed, inbox, joined_at = fanout.join(job_id, start_seq)
     sent = start_seq - 1
     try:
