@@ -13,7 +13,7 @@ from contracts import events
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(events.AnyEvent)
+_decoder: msgspec.json.Decoder[events.AnyEvent] = msgspec.json.Decoder(events.AnyEvent)
 _type_probe = msgspec.json.Decoder(dict[str, object])
 
 

@@ -75,7 +75,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     version: int = 1
 
 
-class JobRequested(Event, tag="JobRequested"):
+class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     """Someone asked for a job; the runner will pick it up."""
 
     job_type: str
@@ -85,14 +85,14 @@ class JobRequested(Event, tag="JobRequested"):
     batch_id: str | None = None
 
 
-class CancelRequested(Event, tag="CancelRequested"):
+class CancelRequested(Event, frozen=True, kw_only=True, tag="CancelRequested"):
     """Someone asked to stop a job (pending or running)."""
 
     requested_by: str | None = None
     reason: str | None = None
 
 
-class StatusChanged(Event, tag="StatusChanged"):
+class StatusChanged(Event, frozen=True, kw_only=True, tag="StatusChanged"):
     """The job moved to a new status. Terminal statuses end the job's stream."""
 
     status: JobStatus
@@ -113,13 +113,13 @@ class LogLine(msgspec.Struct, frozen=True, array_like=True):
     text: str
 
 
-class LineLogged(Event, tag="LineLogged"):
+class LineLogged(Event, frozen=True, kw_only=True, tag="LineLogged"):
     """One or more consecutive output lines of a job (batched on the wire for throughput)."""
 
     lines: list[LogLine]
 
 
-class ProgressReported(Event, tag="ProgressReported"):
+class ProgressReported(Event, frozen=True, kw_only=True, tag="ProgressReported"):
     """The tool reported how far it is (from ``[i/N]`` lines or the progress protocol)."""
 
     current: int | None = None

@@ -32,7 +32,7 @@ def postgres_bindir() -> Path:
         return Path(candidates[-1]).parent
     try:
         # The pgserver wheel ships a Postgres build: the fallback when the machine has none.
-        import pgserver  # type: ignore[import-untyped]
+        import pgserver
 
         bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
         if (bundled / "initdb").exists():

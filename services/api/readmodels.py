@@ -186,12 +186,13 @@ async def log_lines_after(
     """Lines with ``seq > after``, oldest first."""
     where, args = _line_conditions(job_id, filters)
     args += [after, limit]
-    return await pool.fetch(
+    rows: list[asyncpg.Record] = await pool.fetch(
         f"SELECT {LINE_COLUMNS} FROM {READ_SCHEMA}.log_lines "
         f"WHERE {' AND '.join(where)} AND seq > ${len(args) - 1} "
         f"ORDER BY seq LIMIT ${len(args)}",
         *args,
     )
+    return rows
 
 
 async def log_lines_tail(
@@ -200,7 +201,7 @@ async def log_lines_tail(
     """The last ``count`` lines, oldest first."""
     where, args = _line_conditions(job_id, filters)
     args.append(count)
-    rows = await pool.fetch(
+    rows: list[asyncpg.Record] = await pool.fetch(
         f"SELECT {LINE_COLUMNS} FROM {READ_SCHEMA}.log_lines "
         f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ${len(args)}",
         *args,

@@ -15,6 +15,7 @@ from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import ControllerRouterHandler
 
 from contracts.events import JobStatus
 from jobrunner.jobtypes import JobType
@@ -208,7 +209,7 @@ async def first_lines(pool: Any, job_id: str) -> list[dict[str, Any]]:
     return lines
 
 
-UI_ROUTES = [
+UI_ROUTES: list[ControllerRouterHandler] = [
     index,
     jobs_page,
     active_fragment,

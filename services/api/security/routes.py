@@ -12,6 +12,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_303_SEE_OTHER
+from litestar.types import ControllerRouterHandler
 
 from services.api.errors import ApiError
 from services.api.security.middleware import Access, same_origin
@@ -242,4 +243,11 @@ class TokenController(Controller):
         return TokenInfo(**token_info(await store.revoke(record.id)))
 
 
-ROUTES = [show_login, login_css, sign_in, sign_out, whoami, TokenController]
+ROUTES: list[ControllerRouterHandler] = [
+    show_login,
+    login_css,
+    sign_in,
+    sign_out,
+    whoami,
+    TokenController,
+]
