@@ -131,7 +131,8 @@ class InternalCall:
         while (item := await self._sink.queue.get()) is not None:
             match item:
                 case ("line", level, text):
-                    await reporter.line("stdout", text, datetime.now(UTC), level=level)
+                    reporter.line("stdout", text, datetime.now(UTC), level=level)
+                    await reporter.room()
                 case ("progress", progress):
                     reporter.progress(progress)
                 case ("result", fields):

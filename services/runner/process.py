@@ -30,7 +30,9 @@ class SpawnError(Exception):
 
 
 # (stream, raw line, transient, when): transient lines are \r progress-bar states, not log lines.
-LineSink = Callable[[str, str, bool, datetime], Awaitable[None]]
+# Called for each line (stream, text, transient, time); the awaitable waits for buffer room.
+LineSink = Callable[[str, str, bool, datetime], None]
+Room = Callable[[], Awaitable[None]]
 
 
 class ToolProcess:
@@ -71,30 +73,33 @@ class ToolProcess:
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
         self.started_ticks = orphans.start_ticks(self.proc.pid)
 
-    async def pump(self, sink: LineSink, max_line_bytes: int) -> None:
+    async def pump(self, sink: LineSink, room: Room, max_line_bytes: int) -> None:
         """Read stdout and stderr until both close, handing each line to ``sink``."""
         assert self.proc is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         await asyncio.gather(
-            self._read(self.proc.stdout, "stdout", sink, max_line_bytes),
-            self._read(self.proc.stderr, "stderr", sink, max_line_bytes),
+            self._read(self.proc.stdout, "stdout", sink, room, max_line_bytes),
+            self._read(self.proc.stderr, "stderr", sink, room, max_line_bytes),
         )
 
     @staticmethod
     async def _read(
-        reader: asyncio.StreamReader, name: str, sink: LineSink, max_line_bytes: int
+        reader: asyncio.StreamReader, name: str, sink: LineSink, room: Room, max_line_bytes: int
     ) -> None:
         splitter = LineSplitter(max_line_bytes)
         while chunk := await reader.read(READ_CHUNK):
             now = datetime.now(UTC)
+            # A chunk's lines go to the sink without an await each: that is most of the cost
+            # per line when a tool floods its output.
             for line in splitter.feed(chunk):
-                await sink(name, line, False, now)
+                sink(name, line, False, now)
             if splitter.transient is not None:
-                await sink(name, splitter.transient, True, now)
+                sink(name, splitter.transient, True, now)
                 splitter.transient = None
+            await room()
         for line in splitter.close():
-            await sink(name, line, False, datetime.now(UTC))
+            sink(name, line, False, datetime.now(UTC))
 
     async def wait(self) -> int:
         assert self.proc

@@ -54,11 +54,15 @@ class LinePublisher:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"publisher-{self._job_id}")
 
-    async def add(self, stream: str, level: str, text: str, at: datetime) -> None:
+    def add(self, stream: str, level: str, text: str, at: datetime) -> None:
+        """Buffer a line (plain call: the per-line path stays free of awaits)."""
         self.seq += 1
         self._lines.append(events.LogLine(self.seq, stream, level, at, text))
         self._buffered_bytes += len(text)
         self._wakeup.set()
+
+    async def room(self) -> None:
+        """Wait while the buffer is full: the tool then blocks on its own output."""
         if self._full():
             self._room.clear()
             await self._room.wait()

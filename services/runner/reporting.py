@@ -39,7 +39,10 @@ class JobReporter:
                 text = text.replace(secret, MASK)
         return text
 
-    async def line(
+    async def room(self) -> None:
+        await self.publisher.room()
+
+    def line(
         self,
         stream: str,
         text: str,
@@ -66,7 +69,7 @@ class JobReporter:
                 return
         if level is None or level not in output.LEVELS:
             level = output.parse_level(plain, pattern=self.level_re)
-        await self.publisher.add(stream, level, text, at)
+        self.publisher.add(stream, level, text, at)
         progress = output.parse_progress(plain, self.progress_re)
         if progress is not None:
             self.publisher.report_progress(progress)

@@ -448,10 +448,12 @@ class Runner:
         if isinstance(execution, ToolProcess):
             lease = await self._record_tool(request.job_id, execution, lease)
 
-            async def sink(stream: str, text: str, transient: bool, at: Any) -> None:
-                await reporter.line(stream, text, at, transient=transient)
+            def sink(stream: str, text: str, transient: bool, at: Any) -> None:
+                reporter.line(stream, text, at, transient=transient)
 
-            pump = asyncio.create_task(execution.pump(sink, self.settings.max_line_bytes))
+            pump = asyncio.create_task(
+                execution.pump(sink, reporter.room, self.settings.max_line_bytes)
+            )
         else:
             pump = asyncio.create_task(execution.pump(reporter))
         holder = {"lease": lease}
