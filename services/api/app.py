@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from jobrunner.settings import Settings
 from services.api import security
@@ -48,6 +49,9 @@ def create_app(settings: Settings) -> Litestar:
             path="/api/schema",
             components=security.OPENAPI_COMPONENTS,
             security=security.OPENAPI_SECURITY,
+            # Only the documents themselves: the interactive viewers load scripts from CDNs,
+            # which jobrunner never depends on at run time (and its CSP would block).
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
         ),
         debug=False,
     )
