@@ -118,17 +118,20 @@ class JobFeed:
         self.task = asyncio.create_task(self._run(), name=f"sse-feed-{self.job_id}")
 
     async def _run(self) -> None:
-        sub = await self.js.subscribe(
-            self.names.job_subjects(self.job_id),
-            stream=self.names.stream,
-            ordered_consumer=True,
-            config=api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.start_seq,
-            ),
-            pending_msgs_limit=100_000,
-        )
+        sub = None
         try:
+            # Inside the try: a feed that cannot even subscribe (NATS away, an API timeout under
+            # load) must still release its clients, or they would wait forever.
+            sub = await self.js.subscribe(
+                self.names.job_subjects(self.job_id),
+                stream=self.names.stream,
+                ordered_consumer=True,
+                config=api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=self.start_seq,
+                ),
+                pending_msgs_limit=100_000,
+            )
             while True:
                 try:
                     msg = await sub.next_msg(timeout=self.fanout.keepalive)
@@ -159,8 +162,9 @@ class JobFeed:
             self._flush()
             self.ended = True
             self.fanout.forget(self)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(sub.unsubscribe())
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(sub.unsubscribe())
 
     def _flush(self) -> None:
         if self._flush_timer is not None:
