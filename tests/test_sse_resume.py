@@ -11,6 +11,9 @@ from jobrunner.settings import Settings
 from tests.sse_client import read_stream
 from tests.system import System
 
+# A resume that hangs should fail in minutes, not at the suite-wide limit.
+pytestmark = pytest.mark.timeout(120)
+
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
