@@ -50,6 +50,8 @@ log = structlog.get_logger()
 # dropped after this long.
 ORPHANED_QUEUE_ENTRY_SECONDS = 30.0
 PUMP_DRAIN_SECONDS = 5.0
+# How long the lease renewer may take to notice it should stop (it may be inside a NATS call).
+RENEWER_STOP_SECONDS = 10.0
 
 
 class RunningJob:
@@ -129,8 +131,7 @@ class Runner:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await asyncio.wait({watcher}, timeout=RENEWER_STOP_SECONDS)
 
     async def _clean_up_after_crash(self) -> None:
         """Before taking work: end what a dead runner on this host left behind."""
@@ -457,7 +458,8 @@ class Runner:
         else:
             pump = asyncio.create_task(execution.pump(reporter))
         holder = {"lease": lease}
-        renewer = asyncio.create_task(self._keep_lease(holder, job))
+        stop_renewing = asyncio.Event()
+        renewer = asyncio.create_task(self._keep_lease(holder, job, stop_renewing))
         waiter = asyncio.create_task(execution.wait())
         cancel = asyncio.create_task(job.cancel_event.wait())
         lost = asyncio.create_task(job.lease_lost.wait())
@@ -500,9 +502,12 @@ class Runner:
             pump.cancel()
         if isinstance(execution, InternalCall) and execution.returned:
             reporter.add_result(execution.returned)
-        renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        # Stopped by an event, not by cancel(): a cancel that lands inside a NATS request can be
+        # swallowed there, and then the renewer would run (and this job wait) forever.
+        stop_renewing.set()
+        _, still_running = await asyncio.wait({renewer}, timeout=RENEWER_STOP_SECONDS)
+        if still_running:
+            renewer.cancel()
         outcome["lease"] = holder["lease"]
         return outcome
 
@@ -547,10 +552,15 @@ class Runner:
         )
         return await self.slots.renew(lease, value) or lease
 
-    async def _keep_lease(self, holder: dict[str, Lease], job: RunningJob) -> None:
+    async def _keep_lease(
+        self, holder: dict[str, Lease], job: RunningJob, stop: asyncio.Event
+    ) -> None:
         interval = max(0.3, self.settings.lease_ttl_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
             try:
                 renewed = await self.slots.renew(holder["lease"])
                 if not job.cancel_event.is_set():
