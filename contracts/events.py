@@ -137,3 +137,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     LineLogged,
     ProgressReported,
 )
+
+
+class ProjectedNotice(msgspec.Struct, frozen=True):
+    """Not an event (never stored): the projector announces on ``Names.projected_subject`` the
+    stream sequence it has committed up to, so the API can answer read-your-writes."""
+
+    last_seq: int

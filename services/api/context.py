@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from contracts import events
 from contracts.names import Names
 from jobrunner import database, eventstore
 from jobrunner.jobtypes import JobType, load_job_types
@@ -22,10 +23,6 @@ from jobrunner.settings import Settings
 from jobrunner.slots import SlotTable
 
 log = structlog.get_logger()
-
-
-class ProjectedNotice(msgspec.Struct):
-    last_seq: int
 
 
 @dataclass
@@ -37,7 +34,7 @@ class ProjectionTracker:
 
     async def on_notice(self, msg: Msg) -> None:
         try:
-            seq = msgspec.json.decode(msg.data, type=ProjectedNotice).last_seq
+            seq = msgspec.json.decode(msg.data, type=events.ProjectedNotice).last_seq
         except msgspec.MsgspecError:
             return
         if seq > self.applied:

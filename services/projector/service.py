@@ -11,7 +11,7 @@ import structlog
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
-from contracts import codec
+from contracts import codec, events
 from contracts.names import Names
 from jobrunner import database, eventstore
 from jobrunner.settings import Settings
@@ -25,12 +25,6 @@ FETCH_BATCH = 2000
 # ~260 MB of payload (and several times that decoded) in one transaction.
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 PRUNE_INTERVAL = 600.0  # seconds between read-model retention runs
-
-
-class ProjectedNotice(msgspec.Struct):
-    """Sent on ``Names.projected_subject`` after each commit (not persisted)."""
-
-    last_seq: int
 
 
 async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
@@ -94,7 +88,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             async with pool.acquire() as conn:
                 last = await store.apply_batch(conn, batch)
             await msgs[-1].ack()
-            await nc.publish(names.projected_subject, encoder.encode(ProjectedNotice(last)))
+            await nc.publish(names.projected_subject, encoder.encode(events.ProjectedNotice(last)))
     finally:
         await pool.close()
         await eventstore.close(nc)
