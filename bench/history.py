@@ -16,10 +16,10 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ from contracts.names import Names
 from jobrunner import eventstore
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.embedded.scratch import new_scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.settings import Settings
 from services.projector.replay import replay
@@ -216,8 +217,7 @@ async def explain(url: str) -> str:
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
-    root = Path(tempfile.mkdtemp(prefix="jobrunner-bench-history-"))
-    root.chmod(0o755)
+    root = new_scratch_dir("jobrunner-bench-history-")
     nats_server = EmbeddedNats(root / "nats")
     postgres = EmbeddedPostgres(root / "pg", database="jobrunner")
     await asyncio.to_thread(nats_server.start)
@@ -286,6 +286,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             api.wait(10)
         await asyncio.to_thread(nats_server.stop)
         await asyncio.to_thread(postgres.stop)
+        shutil.rmtree(root, ignore_errors=True)
     return report
 
 

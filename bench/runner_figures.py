@@ -21,13 +21,13 @@ import argparse
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.settings import Settings
 from tests.servers import PostgresCluster, nats_url, postgres_cluster
 from tests.system import System
@@ -160,7 +160,13 @@ async def memory(settings: Settings, system: System, tmp: Path, lines: int) -> d
 
 
 async def main(args: argparse.Namespace, nats: str, pg: PostgresCluster) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="runner-figures-"))
+    with scratch_dir("jobrunner-bench-runner-") as tmp:
+        return await _measure(args, nats, pg, tmp)
+
+
+async def _measure(
+    args: argparse.Namespace, nats: str, pg: PostgresCluster, tmp: Path
+) -> dict[str, Any]:
     pidfile = tmp / "family.pids"
     types = tmp / "jobtypes.toml"
     types.write_text(JOB_TYPES.format(pidfile=pidfile, grace=args.grace))

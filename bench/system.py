@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+from jobrunner.embedded.scratch import new_scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,9 +79,7 @@ class RunningSystem:
     """``jobrunner up`` as a child process; stopped with SIGTERM like Ctrl-C would."""
 
     def __init__(self, extra_env: dict[str, str] | None = None) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="jobrunner-bench-"))
-        # The embedded Postgres may run as the `postgres` user: it must reach the state dir.
-        self.tmp.chmod(0o755)
+        self.tmp = new_scratch_dir("jobrunner-bench-")
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.state_dir = self.tmp / "state"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobrunner.settings import Settings
-from tests.servers import PostgresCluster, nats_url, postgres_cluster
+from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
 
 TOOLS = Path(__file__).parent / "tools"
@@ -28,9 +28,11 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture
-async def settings(nats_server_url: str, pg_cluster: PostgresCluster, tmp_path: Path) -> Settings:
-    """Settings isolated for one test: its own subject prefix and its own database."""
-    return Settings(
+async def settings(
+    nats_server_url: str, pg_cluster: PostgresCluster, tmp_path: Path
+) -> AsyncIterator[Settings]:
+    """Settings isolated for one test: its own subject prefix and database, removed after."""
+    isolated = Settings(
         nats_url=nats_server_url,
         database_url=await pg_cluster.fresh_database(),
         prefix=f"t{uuid.uuid4().hex[:10]}",
@@ -39,6 +41,9 @@ async def settings(nats_server_url: str, pg_cluster: PostgresCluster, tmp_path: 
         lease_ttl_seconds=3.0,
         log_format="console",
     )
+    yield isolated
+    await pg_cluster.drop_database(isolated.database_url)
+    await delete_streams(nats_server_url, isolated.prefix)
 
 
 @pytest.fixture

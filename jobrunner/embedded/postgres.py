@@ -59,7 +59,13 @@ def _run_as() -> str | None:
 
 
 class EmbeddedPostgres(ServerProcess):
-    def __init__(self, data_dir: Path, port: int = 0, database: str = "jobrunner") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        database: str = "jobrunner",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.database = database
@@ -67,6 +73,7 @@ class EmbeddedPostgres(ServerProcess):
         self.password_file = data_dir.parent / "pg-password"
         bindir = postgres_bindir()
         self.bindir = bindir
+        options = {"fsync": "on", "max_connections": "200", **(settings or {})}
         super().__init__(
             "postgres",
             [
@@ -79,10 +86,7 @@ class EmbeddedPostgres(ServerProcess):
                 "listen_addresses=127.0.0.1",
                 "-c",
                 f"unix_socket_directories={data_dir}",
-                "-c",
-                "fsync=on",
-                "-c",
-                "max_connections=200",
+                *(arg for name, value in options.items() for arg in ("-c", f"{name}={value}")),
             ],
             log_file=data_dir.parent / "postgres.log",
             ready_text="database system is ready to accept connections",

@@ -1,0 +1,35 @@
+"""Test and benchmark runs leave no state behind, even when a run was killed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from jobrunner.embedded.scratch import OWNER_FILE, new_scratch_dir, scratch_dir, sweep_stale
+
+
+def test_a_scratch_directory_is_removed_with_its_contents() -> None:
+    with scratch_dir("jobrunner-scratch-test-") as directory:
+        (directory / "data").mkdir()
+        (directory / "data" / "big").write_bytes(b"x" * 1024)
+    assert not directory.exists()
+
+
+def test_the_directory_of_a_killed_run_is_swept_by_the_next_one() -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    orphan = new_scratch_dir("jobrunner-scratch-test-")
+    (orphan / OWNER_FILE).write_text(dead.stdout.strip())
+    alive = new_scratch_dir("jobrunner-scratch-test-")
+    try:
+        sweep_stale("jobrunner-scratch-test-")
+        assert not orphan.exists()
+        assert alive.exists(), "a directory whose owner still runs is left alone"
+    finally:
+        sweep_stale("jobrunner-scratch-test-")
+        shutil.rmtree(alive, ignore_errors=True)
