@@ -98,6 +98,59 @@ async def test_a_new_stream_starts_after_what_the_list_shows(
     assert first.json["status"] == "pending"
 
 
+async def test_a_cancel_seen_first_shows_the_jobs_real_status(
+    watched: System, settings: Settings
+) -> None:
+    """A stream that starts after a job was requested (a dashboard opened later, an API
+    restart) and first sees its cancel request shows the status the job has: pending."""
+    requested = await publish(settings, job_events("p", "enrich_email", minute=7))
+    cancel = await publish(settings, [events.CancelRequested(job_id="p", requested_by="ops")])
+    await wait_projected(settings, cancel)
+    async with watched.client() as client:
+        stream = await read_stream(client, f"/api/jobs/stream?after={requested}", stop_after=1)
+    update = stream.events[0].json
+    assert (update["jobId"], update["status"], update["cancelRequested"]) == ("p", "pending", True)
+    assert update["jobType"] == "enrich_email"
+
+
+async def test_progress_seen_first_keeps_what_the_list_shows(
+    watched: System, settings: Settings
+) -> None:
+    """A progress report seen first carries the job's status, type and earlier progress."""
+    scan = events.ProgressReported(job_id="r", current=1, total=4, phase="scan")
+    await publish(settings, [*job_events("r", minute=8, status=JobStatus.RUNNING), scan])
+    halfway = events.ProgressReported(job_id="r", percent=50.0, message="halfway")
+    seq = await publish(settings, [halfway])
+    await wait_projected(settings, seq)
+    async with watched.client() as client:
+        stream = await read_stream(client, f"/api/jobs/stream?after={seq - 1}", stop_after=1)
+    update = stream.events[0].json
+    assert (update["jobId"], update["status"], update["jobType"]) == ("r", "running", "scraper")
+    assert (update["phase"], update["progress"], update["message"]) == ("scan", 50.0, "halfway")
+    assert (update["current"], update["total"]) == (1, 4)
+
+
+async def test_a_job_not_projected_yet_is_never_shown_running(settings: Settings) -> None:
+    """Without the job's earlier events or its read model row, a cancel request or a progress
+    report does not make up a "running" status: the job is still pending as far as anyone saw."""
+    async with reading_system(settings) as system:
+        await system.stop_service("projector")
+        requested = await publish(settings, job_events("q") + job_events("s"))
+        await publish(
+            settings,
+            [
+                events.CancelRequested(job_id="q"),
+                events.ProgressReported(job_id="s", current=3, total=10),
+            ],
+        )
+        async with system.client() as client:
+            stream = await read_stream(client, f"/api/jobs/stream?after={requested}", stop_after=2)
+    updates = [e.json for e in stream.events]
+    assert [(u["jobId"], u["status"]) for u in updates] == [("q", "pending"), ("s", "pending")]
+    assert updates[0]["cancelRequested"] is True
+    assert updates[1]["progress"] == 30.0
+
+
 async def test_stream_path_is_not_taken_for_a_job_id(watched: System) -> None:
     """/api/jobs/stream is the update stream, and bad ?after values are a 400."""
     async with watched.client() as client:

@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
 from contracts import codec, events
-from services.api import sse
+from contracts.events import JobStatus
+from services.api import readmodels, schemas, sse
 from services.api.context import ApiContext
 
 EVENT_NAME = "job_update"
@@ -60,8 +62,42 @@ class JobState:
         }
 
 
+def percent_of(percent: float | None, current: int | None, total: int | None) -> float | None:
+    """The reported percent, else ``current / total`` ("42 / 127" is 33.1 %)."""
+    if percent is None and current is not None and total:
+        return round(100.0 * current / total, 1)
+    return percent
+
+
+def state_from_row(row: asyncpg.Record) -> JobState:
+    """A job's state as the read model shows it."""
+    job = readmodels.job_from_row(row)
+    progress = job.progress or schemas.Progress(None, None, None, None, None)
+    percent = percent_of(progress.percent, progress.current, progress.total)
+    # As apply() shows them: a completed job is at 100 %, a failed one says its error.
+    if job.status == JobStatus.COMPLETED:
+        percent = 100.0
+    return JobState(
+        job.id,
+        job.status,
+        job_type=job.job_type,
+        phase=progress.phase,
+        progress=percent,
+        current=progress.current,
+        total=progress.total,
+        message=job.error.message if job.error is not None else progress.message,
+        cancel_requested=job.cancel_requested_at is not None,
+        updated_at=job.updated_at,
+    )
+
+
 def apply(state: JobState | None, event: events.Event) -> JobState | None:
-    """The job's state after ``event`` (pure). ``None`` for events that change nothing shown."""
+    """The job's state after ``event`` (pure). ``None`` for events that change nothing shown.
+
+    ``state`` is ``None`` only for a job neither this stream nor the read model knows yet: its
+    JobRequested came before the stream's start and the projector has not applied it. Such a
+    job's status is never guessed from a progress report or a cancel request: until a
+    StatusChanged says otherwise, it is "pending", the status every job starts in."""
     at = event.occurred_at
     match event:
         case events.JobRequested():
@@ -72,17 +108,14 @@ def apply(state: JobState | None, event: events.Event) -> JobState | None:
             if event.error is not None:
                 message = event.error.message
             progress = base.progress
-            if event.status == events.JobStatus.COMPLETED:
+            if event.status == JobStatus.COMPLETED:
                 progress = 100.0
             return replace(
                 base, status=event.status.value, message=message, progress=progress, updated_at=at
             )
         case events.ProgressReported():
-            # Progress is only reported while a job runs.
-            base = state or JobState(event.job_id, "running")
-            percent = event.percent
-            if percent is None and event.current is not None and event.total:
-                percent = round(100.0 * event.current / event.total, 1)
+            base = state or JobState(event.job_id, JobStatus.PENDING.value)
+            percent = percent_of(event.percent, event.current, event.total)
             return replace(
                 base,
                 phase=event.phase if event.phase is not None else base.phase,
@@ -93,20 +126,31 @@ def apply(state: JobState | None, event: events.Event) -> JobState | None:
                 updated_at=at,
             )
         case events.CancelRequested():
-            base = state or JobState(event.job_id, "running")
+            base = state or JobState(event.job_id, JobStatus.PENDING.value)
             return replace(base, cancel_requested=True, updated_at=at)
     return None
 
 
 class JobStates:
-    """The last state of the most recently changed jobs (bounded)."""
+    """The last state of the most recently changed jobs (bounded).
 
-    def __init__(self, size: int = REMEMBERED_JOBS) -> None:
+    A job first seen through a later event (the stream started after its JobRequested, or the job
+    was forgotten to stay within bounds) starts from what ``lookup`` (the read model) knows."""
+
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[JobState | None]],
+        size: int = REMEMBERED_JOBS,
+    ) -> None:
+        self._lookup = lookup
         self._size = size
         self._states: OrderedDict[str, JobState] = OrderedDict()
 
-    def update(self, event: events.Event) -> JobState | None:
-        state = apply(self._states.get(event.job_id), event)
+    async def update(self, event: events.Event) -> JobState | None:
+        state = self._states.get(event.job_id)
+        if state is None and not isinstance(event, events.JobRequested):
+            state = await self._lookup(event.job_id)
+        state = apply(state, event)
         if state is None:
             return None
         self._states[event.job_id] = state
@@ -136,7 +180,12 @@ async def update_stream(
         ),
         pending_msgs_limit=50_000,
     )
-    states = JobStates()
+
+    async def read_model_state(job_id: str) -> JobState | None:
+        row = await readmodels.get_job_row(ctx.pool, job_id)
+        return state_from_row(row) if row is not None else None
+
+    states = JobStates(read_model_state)
     keepalive = ctx.settings.sse_keepalive_seconds
     try:
         while True:
@@ -151,7 +200,7 @@ async def update_stream(
                 continue
             if event is None or (visible is not None and not await visible(event)):
                 continue
-            state = states.update(event)
+            state = await states.update(event)
             if state is not None:
                 yield sse.frame(
                     state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
