@@ -21,6 +21,11 @@ log = structlog.get_logger()
 DUPLICATE_WINDOW = 120.0
 
 
+def server_urls(nats_url: str) -> list[str]:
+    """The servers of ``nats_url``: a cluster is named by a comma-separated list of their URLs."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
 async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     """Connect with reconnects forever: NATS restarts must not kill a service."""
 
@@ -33,10 +38,8 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", service=name, error=str(exc))
 
-    # A cluster is named by a comma-separated list of its servers' URLs.
-    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
     return await nats.connect(
-        servers,
+        server_urls(settings.nats_url),
         name=f"jobrunner-{name}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,

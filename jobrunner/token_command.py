@@ -51,8 +51,12 @@ def describe(record: TokenRecord) -> str:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    # Not eventstore.connect(): a one-shot command fails fast instead of reconnecting forever.
     nc = await nats.connect(
-        settings.nats_url, name="jobrunner-token-cli", max_reconnect_attempts=1, connect_timeout=5
+        eventstore.server_urls(settings.nats_url),
+        name="jobrunner-token-cli",
+        max_reconnect_attempts=1,
+        connect_timeout=5,
     )
     try:
         store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))

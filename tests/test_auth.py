@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -255,6 +257,34 @@ async def test_admin_manages_tokens_over_http(system: System) -> None:
         again = await admin.post("/api/tokens", json={"name": "ci", "role": "viewer"})
         assert again.status_code == 409
         assert again.json()["error"]["code"] == "TOKEN_NAME_TAKEN"
+
+
+async def token_cli(settings: Settings, nats_url: str, *args: str) -> str:
+    """Run `jobrunner token ...` against ``nats_url``; its standard output."""
+    env = {**os.environ, "JOBRUNNER_NATS_URL": nats_url, "JOBRUNNER_PREFIX": settings.prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        "token",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_token_cli_takes_a_cluster_as_a_list_of_urls(settings: Settings) -> None:
+    """`jobrunner token` reaches NATS through a comma-separated list of servers, as the services
+    do, even when one of them is down."""
+    cluster = f"nats://127.0.0.1:1, {settings.nats_url}"
+    token = await token_cli(settings, cluster, "create", "ci-bot", "--role", "viewer")
+    listed = await token_cli(settings, cluster, "list")
+    assert token.strip().startswith("jrt_")
+    assert re.search(r"ci-bot\s+viewer\s.*active", listed)
 
 
 async def test_job_records_who_requested_and_who_cancelled_it(system: System) -> None:
