@@ -1,18 +1,24 @@
-"""Safe defaults: the first admin token, --no-auth only on loopback, NATS with a password."""
+"""Safe defaults: the first admin token, --no-auth only on loopback, NATS with a password
+(embedded and in compose.yaml)."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 import nats
 import pytest
+import yaml
 from nats.errors import NoServersError
 
-from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
+from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret, nats_server_binary
+from jobrunner.embedded.serverprocess import ServerProcess, free_port
 from jobrunner.settings import Settings, SettingsError
 from jobrunner.supervisor import check_exposure, first_admin_token
 from services.api.security import is_loopback
@@ -103,3 +109,71 @@ def test_nats_secret_is_owner_only(tmp_path: Path) -> None:
     assert (tmp_path / "pw").stat().st_mode & 0o077 == 0
     assert load_or_create_secret(tmp_path / "pw") == first
     assert len(first) >= 32
+
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def compose_nats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """nats-server started as compose.yaml starts it: its command, its config file, the password
+    in its environment. Only the data directory and the ports differ (no container here)."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    service = compose["services"]["nats"]
+    files = {c["target"]: compose["configs"][c["source"]]["file"] for c in service["configs"]}
+    config = (ROOT / files["/etc/nats/jobrunner.conf"]).read_text()
+    assert "store_dir: /data" in config
+    local_config = tmp_path / "jobrunner.conf"
+    local_config.write_text(config.replace("store_dir: /data", f"store_dir: {tmp_path / 'data'}"))
+    command = [str(local_config) if arg in files else arg for arg in service["command"]]
+    password = secrets.token_hex(24)
+    monkeypatch.setenv("NATS_PASSWORD", password)
+    port, http_port = free_port(), free_port()
+    ports = ["--addr", "127.0.0.1", "--port", str(port), "--http_port", str(http_port)]
+    server = ServerProcess(
+        "nats-server",
+        [nats_server_binary(), *command, *ports],
+        log_file=tmp_path / "nats.log",
+        ready_text="Server is ready",
+    )
+    server.start()
+    try:
+        healthcheck = next(arg for arg in service["healthcheck"]["test"] if "://" in arg)
+        yield {
+            "server": server,
+            "port": port,
+            "password": password,
+            "healthcheck": healthcheck.replace(":8222/", f":{http_port}/"),
+        }
+    finally:
+        server.stop()
+
+
+async def test_compose_nats_wants_the_password_but_never_shows_it(
+    compose_nats: dict[str, Any],
+) -> None:
+    """The compose NATS answers its healthcheck with JetStream on and admits only the user with
+    NATS_PASSWORD, which is nowhere on its command line (what `ps` shows)."""
+    async with httpx.AsyncClient() as client:
+        health = await client.get(compose_nats["healthcheck"])
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok"
+
+    port, password = compose_nats["port"], compose_nats["password"]
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", user="jobrunner", password=password)
+    try:
+        assert (await nc.jetstream().account_info()).limits is not None
+    finally:
+        await nc.close()
+    with pytest.raises((NoServersError, nats.errors.Error)):
+        await nats.connect(
+            f"nats://127.0.0.1:{port}",
+            user="jobrunner",
+            password="wrong",
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=2,
+        )
+
+    pid = compose_nats["server"].proc.pid
+    assert password not in Path(f"/proc/{pid}/cmdline").read_text()
