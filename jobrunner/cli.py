@@ -101,6 +101,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = with_runtime(_settings(args), dict(os.environ))
 
     def show(progress: Progress) -> None:
+        if progress.phase == "indexing":
+            print("replay: all events loaded; building indexes ...", file=sys.stderr, flush=True)
+            return
+        if progress.phase == "comparing":
+            print(
+                "replay: comparing with the live read models (the live projector waits) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         left = progress.seconds_left
         eta = f"{left:.0f} s left" if left is not None else "..."
         print(
@@ -126,6 +136,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 print(f"  {table}: {key}", file=sys.stderr)
         return 3
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (
         "identical to the live read models"
         if not report.differences
@@ -133,8 +144,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     print(
         f"replay: rebuilt {rows} from {report.events} events (sequence {report.first_seq} to "
-        f"{report.checkpoint}) in {report.seconds:.1f} s, {report.rate:,.0f} events/s; "
-        f"the rebuilt tables are {verdict}; swapped in.",
+        f"{report.checkpoint}) in {report.seconds:.1f} s, {report.rate:,.0f} events/s "
+        f"({phases}); the rebuilt tables are {verdict}; swapped in.",
         flush=True,
     )
     return 0

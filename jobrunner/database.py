@@ -11,18 +11,40 @@ import msgspec
 READ_SCHEMA = "readmodel"
 
 
-def _encode_json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
+# jsonb's binary form is a version byte and the JSON text. The binary format (not text) lets the
+# projector COPY rows with jsonb columns in.
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return _JSONB_VERSION + msgspec.json.encode(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return msgspec.json.decode(data[1:])
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    for typ in ("jsonb", "json"):
-        await conn.set_type_codec(
-            typ, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog"
-        )
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "json",
+        encoder=msgspec.json.encode,
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+        format="binary",
+    )
 
 
-async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str, min_size: int = 1, max_size: int = 10, **settings: str
+) -> asyncpg.Pool:
+    """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``)."""
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init_connection
+        url, min_size=min_size, max_size=max_size, init=init_connection, server_settings=settings
     )

@@ -30,7 +30,8 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     """Connect with reconnects forever: NATS restarts must not kill a service."""
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", service=name)
+        if not nc.is_closed:  # our own close() is no news
+            log.warning("nats disconnected", service=name)
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", service=name)
@@ -38,16 +39,18 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", service=name, error=str(exc))
 
-    return await nats.connect(
+    nc = NATS()
+    await nc.connect(
         server_urls(settings.nats_url),
         name=f"jobrunner-{name}",
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
+        reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds, a float is fine
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
         **options,
     )
+    return nc
 
 
 def stream_config(names: Names, settings: Settings) -> api.StreamConfig:

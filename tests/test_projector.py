@@ -83,3 +83,46 @@ async def test_a_late_running_status_never_revives_an_ended_job(settings: Settin
     finally:
         await conn.close()
     assert (row["status"], row["exit_code"]) == ("completed", 0)
+
+
+async def test_a_line_stored_twice_in_the_stream_is_shown_and_counted_once(
+    settings: Settings,
+) -> None:
+    """A runner that re-publishes lines after the de-duplication window puts the same line in the
+    stream twice, under a new event id: the log shows it once and the job counts it once, whether
+    the copies arrive in one batch or in two."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def lines(job_id: str, seqs: range) -> events.LineLogged:
+        return events.LineLogged(
+            job_id=job_id,
+            lines=[events.LogLine(i, "stdout", "INFO", at, f"line {i}") for i in seqs],
+        )
+
+    stream: list[events.Event] = []
+    for job_id in ("same-batch", "next-batch"):
+        stream += [
+            events.JobRequested(job_id=job_id, job_type="scraper"),
+            lines(job_id, range(1, 4)),
+            lines(job_id, range(3, 6)),  # line 3 again
+        ]
+    batch = [(seq, project(e, seq)) for seq, e in enumerate(stream, start=1)]
+    conn = await asyncpg.connect(settings.database_url)
+    await database.init_connection(conn)
+    try:
+        await store.create_schema(conn)
+        await store.apply_batch(conn, batch[:3])  # "same-batch": both copies in one batch
+        await store.apply_batch(conn, batch[3:5])  # "next-batch": the copy comes later
+        await store.apply_batch(conn, batch[5:])
+        counts = dict(await conn.fetch("SELECT id, log_count FROM readmodel.jobs"))
+        stored = await conn.fetch(
+            "SELECT job_id, array_agg(seq ORDER BY seq) AS seqs FROM readmodel.log_lines "
+            "GROUP BY job_id"
+        )
+    finally:
+        await conn.close()
+    assert counts == {"same-batch": 5, "next-batch": 5}
+    assert {r["job_id"]: r["seqs"] for r in stored} == {
+        "same-batch": [1, 2, 3, 4, 5],
+        "next-batch": [1, 2, 3, 4, 5],
+    }

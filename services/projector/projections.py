@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from contracts import events
 from contracts.events import JobStatus
 
+# Changes are msgspec Structs, not dataclasses: a replay makes one per event, and these are
+# several times cheaper to create (and, with gc=False, invisible to the cycle collector).
 
-@dataclass(frozen=True)
-class JobCreated:
+
+class JobCreated(msgspec.Struct, frozen=True, gc=False):
     row: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class JobUpdated:
+class JobUpdated(msgspec.Struct, frozen=True, gc=False):
     """Set ``fields`` on a job; ``only_if_active`` skips jobs that already ended."""
 
     job_id: str
@@ -26,10 +28,9 @@ class JobUpdated:
     only_if_status: frozenset[str] | None = None
 
 
-@dataclass(frozen=True)
-class LinesAppended:
+class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     job_id: str
-    rows: list[tuple[str, int, str, str, datetime, str, int]] = field(default_factory=list)
+    rows: list[tuple[str, int, str, str, datetime, str, int]] = []
 
 
 Change = JobCreated | JobUpdated | LinesAppended

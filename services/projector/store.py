@@ -17,8 +17,22 @@ _TERMINAL = ("completed", "failed", "cancelled")
 SWAP_LOCK = 0x6A6F6272756E  # "jobrun"
 
 
-async def create_schema(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> None:
-    sql = resources.files("services.projector").joinpath("schema.sql").read_text()
+async def create_schema(
+    conn: asyncpg.Connection, schema: str = READ_SCHEMA, indexes: bool = True
+) -> None:
+    """The read-model tables; their secondary indexes too unless ``indexes`` is false (a bulk
+    load builds them afterwards with ``create_indexes``)."""
+    await _run_sql(conn, "schema.sql", schema)
+    if indexes:
+        await create_indexes(conn, schema)
+
+
+async def create_indexes(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> None:
+    await _run_sql(conn, "indexes.sql", schema)
+
+
+async def _run_sql(conn: asyncpg.Connection, name: str, schema: str) -> None:
+    sql = resources.files("services.projector").joinpath(name).read_text()
     # Two projectors starting at once must not race on CREATE TABLE.
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobrunner-schema'))")
@@ -46,7 +60,7 @@ async def apply_batch(
         last = await conn.fetchval(
             f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
         )
-        fresh = [(seq, changes) for seq, changes in batch if seq > last]
+        fresh = batch if batch[0][0] > last else [(s, c) for s, c in batch if s > last]
         if not fresh:
             return int(last)
         new_ids = [
@@ -62,12 +76,7 @@ async def apply_batch(
             }
         plan = fold(fresh, existing)
         for columns, rows in plan.inserts.items():
-            await conn.executemany(
-                f"INSERT INTO {schema}.jobs ({', '.join(columns)}) "
-                f"VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) "
-                "ON CONFLICT (id) DO NOTHING",
-                rows,
-            )
+            await _insert_jobs(conn, schema, columns, rows)
         if plan.lines:
             await _flush_lines(conn, schema, plan.lines, plan.line_counts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
@@ -133,12 +142,68 @@ def _applies(change: JobUpdated, status: str) -> bool:
     return True
 
 
+async def _copy(
+    conn: asyncpg.Connection,
+    schema: str,
+    table: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+) -> bool:
+    """COPY the rows in, the fastest way into Postgres; False (and nothing written) when one of
+    them is there already: the caller then inserts them one statement at a time, skipping those.
+    Only a stream holding the same fact twice gets there (say, a line re-published after the
+    de-duplication window)."""
+    try:
+        async with conn.transaction():  # a savepoint: a failed COPY leaves the batch intact
+            await conn.copy_records_to_table(
+                table, schema_name=schema, columns=columns, records=rows
+            )
+    except asyncpg.UniqueViolationError:
+        return False
+    return True
+
+
+async def _insert_jobs(
+    conn: asyncpg.Connection, schema: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    if await _copy(conn, schema, "jobs", columns, rows):
+        return
+    await conn.executemany(
+        f"INSERT INTO {schema}.jobs ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) "
+        "ON CONFLICT (id) DO NOTHING",
+        rows,
+    )
+
+
+LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
+
+
 async def _flush_lines(
     conn: asyncpg.Connection,
     schema: str,
     rows: list[tuple[Any, ...]],
     counts: dict[str, tuple[int, int]],
 ) -> None:
+    copied = await _copy(conn, schema, "log_lines", LINE_COLUMNS, rows)
+    if not copied:
+        await _insert_lines(conn, schema, rows)
+    await conn.executemany(
+        f"UPDATE {schema}.jobs SET log_count = log_count + $2, last_seq = GREATEST(last_seq, $3) "
+        "WHERE id = $1",
+        [(job_id, n, seq) for job_id, (n, seq) in counts.items()],
+    )
+    if not copied:
+        # Some lines were there already: the counts above took them twice. Count again.
+        await conn.execute(
+            f"UPDATE {schema}.jobs AS j SET log_count = "
+            f"(SELECT count(*) FROM {schema}.log_lines AS l WHERE l.job_id = j.id) "
+            "WHERE j.id = ANY($1::text[])",
+            list({row[0] for row in rows}),
+        )
+
+
+async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]) -> None:
     columns = list(zip(*rows, strict=True))
     await conn.execute(
         f"""
@@ -148,11 +213,6 @@ async def _flush_lines(
         ON CONFLICT DO NOTHING
         """,
         *columns,
-    )
-    await conn.executemany(
-        f"UPDATE {schema}.jobs SET log_count = log_count + $2, last_seq = GREATEST(last_seq, $3) "
-        "WHERE id = $1",
-        [(job_id, n, seq) for job_id, (n, seq) in counts.items()],
     )
 
 

@@ -1,0 +1,33 @@
+-- Secondary indexes of the read models (schema.sql holds the tables and their primary keys).
+-- A replay creates them after loading its fresh tables: building an index once is far cheaper
+-- than keeping it up to date through a million inserts.
+CREATE INDEX IF NOT EXISTS jobs_created_idx ON {schema}.jobs (created_at DESC, id DESC);
+-- Superseded by the *_page_idx indexes below (they also carry the id tie-breaker).
+DROP INDEX IF EXISTS {schema}.jobs_status_idx;
+DROP INDEX IF EXISTS {schema}.jobs_type_idx;
+CREATE INDEX IF NOT EXISTS jobs_lock_active_idx ON {schema}.jobs (lock)
+    WHERE status IN ('pending', 'running');
+-- History filters (GET /api/jobs): keyset pagination on (created_at, id), newest first.
+CREATE INDEX IF NOT EXISTS jobs_status_page_idx ON {schema}.jobs (status, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_type_page_idx ON {schema}.jobs (job_type, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_batch_idx ON {schema}.jobs (batch_id, created_at DESC, id DESC)
+    WHERE batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_finished_idx ON {schema}.jobs (finished_at)
+    WHERE finished_at IS NOT NULL;
+-- Free-text search over type, parameters and result (ILIKE '%...%'): a trigram index when the
+-- pg_trgm extension is available (it ships with Postgres' contrib; trusted since Postgres 13).
+-- The expression must stay identical to SEARCH_EXPRESSION in services/api/readmodels.py.
+DO $$
+BEGIN
+    CREATE EXTENSION IF NOT EXISTS pg_trgm;
+EXCEPTION WHEN others THEN
+    RAISE NOTICE 'pg_trgm is not available; job search works without an index';
+END $$;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+        EXECUTE 'CREATE INDEX IF NOT EXISTS jobs_search_idx ON {schema}.jobs USING gin '
+            '((job_type || '' '' || parameters::text || '' '' || coalesce(result::text, '''')) '
+            'gin_trgm_ops)';
+    END IF;
+END $$;
