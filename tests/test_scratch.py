@@ -33,3 +33,18 @@ def test_the_directory_of_a_killed_run_is_swept_by_the_next_one() -> None:
     finally:
         sweep_stale("jobrunner-scratch-test-")
         shutil.rmtree(alive, ignore_errors=True)
+
+
+def test_a_server_left_running_by_a_killed_run_is_stopped_by_the_next_one() -> None:
+    orphan = new_scratch_dir("jobrunner-scratch-test-")
+    (orphan / OWNER_FILE).write_text("999999999")  # no such process
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", f"{orphan}/store"],
+        start_new_session=True,
+    )
+    try:
+        sweep_stale("jobrunner-scratch-test-")
+        assert server.wait(timeout=10) != 0
+        assert not orphan.exists()
+    finally:
+        server.kill()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,10 +33,23 @@ def _owner_alive(directory: Path) -> bool:
     return True
 
 
+def _kill_servers_in(directory: Path) -> None:
+    """A killed run's nats-server or Postgres outlives it (they run in their own sessions):
+    stop every process whose command line names the directory."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if f"{directory}/" in cmdline:
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+
+
 def sweep_stale(prefix: str) -> None:
     """Remove the scratch directories with this prefix whose owning process has exited."""
     for directory in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         if directory.is_dir() and not _owner_alive(directory):
+            _kill_servers_in(directory)
             shutil.rmtree(directory, ignore_errors=True)
 
 
