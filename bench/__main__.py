@@ -192,12 +192,13 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": f"5. replay, {r['stream_events']:,} events (`jobrunner replay`)",
-                "result": f"{r['events_per_s_reported']:,} events/s "
-                f"({r['events_per_s_total']:,} incl. start-up, compare and swap)",
+                "result": f"{r['events_per_s_total']:,} events/s start to end "
+                f"({r['seconds_total']} s; {r.get('phases') or 'phases unknown'}; "
+                f"{r['events_per_s_reported']:,} events/s while loading)",
                 "target": "≥ 100,000 events/s",
-                "met": r["events_per_s_reported"] >= 100_000,
+                "met": r["events_per_s_total"] >= 100_000,
                 "limit": f"{copy:,} rows/s (COPY)" if copy else "—",
-                "ratio": ratio(r["events_per_s_reported"], copy),
+                "ratio": ratio(r["events_per_s_total"], copy),
             }
         )
     if rd := results.get("reads"):
