@@ -1,11 +1,12 @@
 """Read a JetStream stream from a sequence on, as fast as the socket delivers it.
 
 nats-py hands every message through a ``Msg`` object, a queue and a task: about 8 µs a message,
-and a pull ``fetch`` about 35 µs. That caps a replay of millions of events long before Postgres
-does. A replay reads each message once, in order, without acknowledgements, so this reader speaks
-the NATS client protocol itself for one thing only: the messages of one ephemeral push consumer
-with flow control, parsed straight from the socket buffer (about 2 µs a message). The consumer is
-created through nats-py like any other.
+and a pull ``fetch`` about 35 µs. That caps the projector and a replay of millions of events long
+before Postgres does. Both read each message once, in order, and keep their own checkpoint (in
+Postgres), so they need no acknowledgements: this reader speaks the NATS client protocol itself
+for one thing only, the messages of one ephemeral push consumer with flow control, parsed
+straight from the socket buffer (about 2 µs a message). The consumer is created through nats-py
+like any other.
 
 Protocol frames handled (https://docs.nats.io/reference/reference-protocols/nats-protocol):
 ``INFO``, ``PING`` (answered), ``MSG``/``HMSG`` (data, and the consumer's flow-control requests
@@ -45,7 +46,15 @@ class StreamReader:
     server counted when it sent it: 0 means the reader has caught up with the stream.
     """
 
-    def __init__(self, js: JetStreamContext, servers: list[str], stream: str, subjects: str):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        servers: list[str],
+        stream: str,
+        subjects: str,
+        name: str = "jobrunner-streamreader",
+    ) -> None:
+        self._name = name
         self._js = js
         self._servers = servers
         self._stream = stream
@@ -61,7 +70,7 @@ class StreamReader:
     async def open(self, start_seq: int) -> None:
         """Connect and start delivery at ``start_seq``; an open reader is closed first."""
         await self.close()
-        inbox = f"_INBOX.replay.{uuid.uuid4().hex}"
+        inbox = f"_INBOX.{uuid.uuid4().hex}"
         await self._connect()
         self._send(f"SUB {inbox} 1\r\n".encode())
         await self._ping()
@@ -157,7 +166,7 @@ class StreamReader:
             "protocol": 1,
             "lang": "python",
             "version": "jobrunner-streamreader",
-            "name": "jobrunner-replay",
+            "name": self._name,
         }
         # Taken as written, not percent-decoded: exactly what nats-py sends for the same URL.
         if url.username and url.password is not None:

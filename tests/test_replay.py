@@ -125,8 +125,8 @@ async def test_projector_killed_mid_batch_resumes_without_duplicate_or_gap(
     settings: Settings,
 ) -> None:
     """SIGKILL during projection, then a restart: every line exactly once, counts exact."""
-    lines = 12_000
-    last = await publish(settings, logged_job("big", lines=lines, batch=2))
+    lines = 40_000  # one line an event: several batches of the projector's, so a kill lands mid-way
+    last = await publish(settings, logged_job("big", lines=lines, batch=1))
     env = {
         **os.environ,
         "JOBRUNNER_NATS_URL": settings.nats_url,

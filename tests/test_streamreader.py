@@ -15,7 +15,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.settings import Settings
 from jobrunner.streamreader import StreamReader, StreamReaderError
-from services.projector.replay import EventFeed
+from services.projector.feed import EventFeed
 from tests.history_support import logged_job, publish
 
 
@@ -102,7 +102,7 @@ async def test_the_replay_feed_carries_on_after_a_nats_restart(settings: Setting
         last = await publish(private, history)
         names = Names(settings.prefix)
         nc = await eventstore.connect(private, "test")
-        feed = EventFeed(nc.jetstream(), names, private)
+        feed = EventFeed(nc.jetstream(), names, private, name="test")
         seen: list[int] = []
         try:
             await feed.start(1)

@@ -22,25 +22,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import msgspec
 import structlog
 from nats.js import JetStreamContext
 
-from contracts import codec
 from contracts.names import Names
 from jobrunner import database, eventstore
 from jobrunner.database import READ_SCHEMA
 from jobrunner.settings import Settings
-from jobrunner.streamreader import StreamReader, StreamReaderError
 from services.projector import store
-from services.projector.projections import Change, project
+from services.projector.feed import EventFeed
+from services.projector.projections import Change
 
 log = structlog.get_logger()
 
 REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
 PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
-FETCH_EVENTS = 10_000  # events per transaction, at most (a socket read's worth at least)
-QUEUED_BATCHES = 8  # socket reads decoded ahead of Postgres (each at most 1 MiB of events)
 RESTART_ATTEMPTS = 10  # consecutive failed restarts of the feed before the replay gives up
 LIVE_PROJECTOR_TIMEOUT = 30.0
 REPLAY_LOCK = store.SWAP_LOCK + 1  # one replay at a time (a session lock, gone with the pool)
@@ -127,7 +123,7 @@ async def replay(
             await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
             await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
         progress = Progress(0, info.state.last_seq, first_seq)
-        feed = EventFeed(js, names, settings)
+        feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
         await feed.start(first_seq)
         with _collector_paused():
             applied, held = await _load(
@@ -271,80 +267,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-class EventFeed:
-    """The stream from a sequence on, decoded and projected, in batches.
-
-    A task reads the stream (``StreamReader``: the raw protocol, several times faster than
-    nats-py's fetch) and projects each event while the replay waits on Postgres, up to
-    ``QUEUED_BATCHES`` ahead. When a delivery goes missing or the connection drops, it starts
-    again after the last event received: nothing skipped, nothing twice.
-    """
-
-    def __init__(self, js: JetStreamContext, names: Names, settings: Settings) -> None:
-        servers = eventstore.server_urls(settings.nats_url)
-        self._reader = StreamReader(js, servers, names.stream, names.all_subjects)
-        self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
-        self._task: asyncio.Task[None] | None = None
-        self.received = 0  # the last stream sequence handed out
-
-    async def start(self, seq: int) -> None:
-        await self._reader.open(seq)
-        self._task = asyncio.create_task(self._read())
-
-    async def fetch(self, timeout: float = 0.5) -> list[tuple[int, list[Change]]]:
-        """What has arrived, up to ``FETCH_EVENTS``; waits up to ``timeout`` when nothing has."""
-        assert self._task is not None
-        if self._queue.empty():
-            if self._task.done():
-                self._task.result()  # raises what ended the reader
-            getter = asyncio.ensure_future(self._queue.get())
-            done, _ = await asyncio.wait({getter, self._task}, timeout=timeout)
-            if getter not in done:
-                getter.cancel()
-                if self._task in done:
-                    self._task.result()
-                return []
-            batch = getter.result()
-        else:
-            batch = self._queue.get_nowait()
-        while len(batch) < FETCH_EVENTS and not self._queue.empty():
-            batch += self._queue.get_nowait()
-        self.received = batch[-1][0]
-        return batch
-
-    async def _read(self) -> None:
-        failures = 0
-        while True:
-            try:
-                if self._reader.closed:
-                    await self._reader.open(self._reader.last_seq + 1)
-                async for messages in self._reader.batches():
-                    failures = 0
-                    batch = []
-                    for seq, data in messages:
-                        try:
-                            event = codec.decode(data)
-                        except (msgspec.DecodeError, msgspec.ValidationError):
-                            event = None  # skipped, exactly as the live projector skips it
-                        batch.append((seq, project(event, seq) if event else []))
-                    await self._queue.put(batch)
-            except StreamReaderError as exc:
-                failures += 1
-                if failures > RESTART_ATTEMPTS:
-                    raise
-                log.warning("replay feed restarts", after=self._reader.last_seq, reason=str(exc))
-                await self._reader.close()
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StreamReaderError):
-                await self._task
-            self._task = None
-        await self._reader.close()
 
 
 async def compare(
