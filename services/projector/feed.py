@@ -64,7 +64,9 @@ class EventFeed:
             if self._task.done():
                 self._task.result()  # raises what ended the reader
             getter = asyncio.ensure_future(self._queue.get())
-            done, _ = await asyncio.wait({getter, self._task}, timeout=timeout)
+            done, _ = await asyncio.wait(
+                {getter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if getter not in done:
                 getter.cancel()
                 if self._task in done:
