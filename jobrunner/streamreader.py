@@ -64,7 +64,8 @@ class StreamReader:
         self._consumer: str | None = None
         self._buffer = b""
         self._consumer_seq = 0
-        self.last_seq = 0
+        self._error: StreamReaderError | None = None  # met while parsing, raised next
+        self.last_seq = 0  # the last message handed out (or about to be, in a batch)
         self.pending: int | None = None
 
     async def open(self, start_seq: int) -> None:
@@ -72,8 +73,12 @@ class StreamReader:
         await self.close()
         inbox = f"_INBOX.{uuid.uuid4().hex}"
         await self._connect()
-        self._send(f"SUB {inbox} 1\r\n".encode())
-        await self._ping()
+        try:
+            self._send(f"SUB {inbox} 1\r\n".encode())
+            await self._ping()
+        except (TimeoutError, OSError) as exc:
+            await self.close()
+            raise StreamReaderError(f"NATS did not answer: {exc!r}") from exc
         try:
             info = await self._js.add_consumer(
                 self._stream, self._consumer_config(inbox, start_seq)
@@ -104,18 +109,22 @@ class StreamReader:
         """Every message from the start sequence on, a socket read's worth at a time."""
         assert self._reader is not None
         while True:
+            if self._error is not None:
+                # Raised only now: the messages read before it went out with the last batch.
+                error, self._error = self._error, None
+                raise error
             try:
                 # The consumer sends a heartbeat when idle: silence this long is a dead link.
                 chunk = await asyncio.wait_for(self._reader.read(READ_SIZE), HEARTBEAT_SECONDS * 3)
+                if not chunk:
+                    raise StreamReaderError("NATS closed the connection")
+                batch = self._parse(chunk)
+                if self._writer is not None and self._writer.transport.get_write_buffer_size():
+                    await self._writer.drain()
             except TimeoutError:
                 raise StreamReaderError("no message nor heartbeat from NATS for 15 s") from None
             except OSError as exc:
                 raise StreamReaderError(f"connection to NATS lost: {exc}") from exc
-            if not chunk:
-                raise StreamReaderError("NATS closed the connection")
-            batch = self._parse(chunk)
-            if self._writer is not None and self._writer.transport.get_write_buffer_size():
-                await self._writer.drain()
             if batch:
                 yield batch
 
@@ -135,6 +144,7 @@ class StreamReader:
                 await self._writer.wait_closed()
             self._reader = self._writer = None
         self._buffer = b""
+        self._error = None
 
     # --- the protocol
 
@@ -144,8 +154,11 @@ class StreamReader:
             try:
                 await self._connect_to(server)
                 return
-            except (TimeoutError, OSError, StreamReaderError) as exc:
+            except (TimeoutError, OSError, ValueError, StreamReaderError) as exc:
                 errors.append(f"{urlsplit(server).hostname}: {exc}")
+                if self._writer is not None:
+                    self._writer.close()
+                    self._reader = self._writer = None
         raise StreamReaderError("cannot connect to NATS: " + "; ".join(errors))
 
     async def _connect_to(self, server: str) -> None:
@@ -202,9 +215,21 @@ class StreamReader:
         self._writer.write(data)
 
     def _parse(self, chunk: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buffer + chunk if self._buffer else chunk
-        pos = 0
+        """The data messages in what has been read so far. An error met after some of them is
+        kept for ``batches`` to raise after handing those out, so none is lost on a restart."""
         out: list[tuple[int, bytes]] = []
+        try:
+            self._parse_into(out, chunk)
+        except StreamReaderError as exc:
+            if not out:
+                raise
+            self._error = exc
+        return out
+
+    def _parse_into(self, out: list[tuple[int, bytes]], chunk: bytes) -> None:
+        buf = self._buffer + chunk if self._buffer else chunk
+        self._buffer = b""
+        pos = 0
         append = out.append
         while True:
             end = buf.find(b"\r\n", pos)
@@ -221,10 +246,10 @@ class StreamReader:
                 # MSG <subject> <sid> [reply] <size>; HMSG ... [reply] <header size> <size>
                 with_reply = len(parts) == (6 if parts[0] == b"HMSG" else 5)
                 reply = parts[3] if with_reply else b""
-                if total == header_size:  # no payload: a flow-control request or a heartbeat
-                    self._control(reply, buf[body : body + header_size])
-                else:
+                if reply.startswith(b"$JS.ACK."):  # a stored message, even with an empty body
                     append((self._sequence(reply), buf[body + header_size : body + total]))
+                else:  # a flow-control request or a heartbeat
+                    self._control(reply, buf[body : body + header_size])
                 pos = body + total + 2
             elif head == b"PING":
                 self._send(b"PONG\r\n")
@@ -234,7 +259,6 @@ class StreamReader:
             else:  # INFO, PONG, +OK
                 pos = end + 2
         self._buffer = buf[pos:]
-        return out
 
     def _sequence(self, reply: bytes) -> int:
         """The stream sequence, from the ``$JS.ACK...`` reply subject; checks for gaps."""

@@ -227,3 +227,27 @@ async def test_read_model_retention_prunes_old_jobs_and_replay_agrees(
     assert report.differences == {}
     assert report.tables["jobs"] == 1
     assert report.tables["log_lines"] == 0
+
+
+async def test_replay_applies_a_retention_the_live_projector_has_not_applied_yet(
+    settings: Settings,
+) -> None:
+    """Jobs aged past readmodel_retention_days since the projector last pruned (or retention was
+    just switched on): the replay cuts both sides alike, agrees, and swaps."""
+    old = job_events("old", minute=0, status=JobStatus.COMPLETED, lines=["x", "y"])
+    recent = [
+        events.JobRequested(job_id="recent", job_type="scraper"),
+        events.StatusChanged(
+            job_id="recent", event_id=events.terminal_event_id("recent"), status=JobStatus.FAILED
+        ),
+    ]
+    last = await publish(settings, old + recent)
+    async with reading_system(settings) as system:  # the live projector keeps every job
+        await wait_projected(settings, last)
+        with_retention = msgspec.structs.replace(settings, readmodel_retention_days=30)
+        report = await replay(with_retention)
+        async with system.client() as client:
+            gone = await client.get("/api/jobs/old")
+    assert report.differences == {}
+    assert report.tables["jobs"] == 1
+    assert gone.status_code == 404

@@ -14,7 +14,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.settings import Settings
-from jobrunner.streamreader import StreamReader, StreamReaderError
+from jobrunner.streamreader import GapError, StreamReader, StreamReaderError
 from services.projector.feed import EventFeed
 from tests.history_support import logged_job, publish
 
@@ -88,29 +88,31 @@ async def test_a_server_with_a_password_is_read_and_a_wrong_password_is_refused_
             server.stop()
 
 
-async def test_the_replay_feed_carries_on_after_a_nats_restart(settings: Settings) -> None:
-    """NATS restarts while a replay reads: the feed reconnects and goes on after the last event
-    it received, so the replay still sees every event exactly once."""
+async def test_the_event_feed_carries_on_after_a_nats_restart(settings: Settings) -> None:
+    """NATS restarts while the feed is part-way through a stream too big to have been read ahead,
+    and more events arrive after it: the feed reconnects, goes on after the last event it handed
+    out, and sees every event exactly once."""
     with scratch_dir("jobrunner-test-restart-nats-") as root:
         port = free_port()
         server = EmbeddedNats(root / "nats", port=port)
         server.start()
         private = Settings(nats_url=server.url, prefix=settings.prefix)
-        history: list[events.Event] = []
-        for n in range(40):
-            history += logged_job(f"job{n}", lines=100, batch=10)
-        last = await publish(private, history)
+        before: list[events.Event] = []
+        for n in range(40):  # ~20 MB: far more than the feed reads ahead (8 socket reads)
+            before += logged_job(f"job{n}", lines=5000, batch=10)
+        await publish(private, before)
         names = Names(settings.prefix)
         nc = await eventstore.connect(private, "test")
         feed = EventFeed(nc.jetstream(), names, private, name="test")
         seen: list[int] = []
         try:
             await feed.start(1)
-            while len(seen) < last // 3:
+            while len(seen) < 1000:
                 seen += [seq for seq, _ in await feed.fetch(timeout=5)]
             await asyncio.to_thread(server.stop)
             server = EmbeddedNats(root / "nats", port=port)
             await asyncio.to_thread(server.start)
+            last = await publish(private, logged_job("after-restart", lines=50, batch=10))
             while not seen or seen[-1] < last:
                 batch = await feed.fetch(timeout=30)
                 assert batch, "the feed did not come back after the restart"
@@ -120,3 +122,63 @@ async def test_the_replay_feed_carries_on_after_a_nats_restart(settings: Setting
             await eventstore.close(nc)
             server.stop()
     assert seen == list(range(1, last + 1))
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+def delivery(stream_seq: int, consumer_seq: int, payload: bytes) -> bytes:
+    reply = f"$JS.ACK.S_EVENTS.c1.1.{stream_seq}.{consumer_seq}.1700000000000000000.0"
+    headers = b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n"
+    size = len(headers) + len(payload)
+    return (
+        f"HMSG s.job.j.lines 1 {reply} {len(headers)} {size}\r\n".encode()
+        + headers
+        + (payload + b"\r\n")
+    )
+
+
+def parser() -> StreamReader:
+    reader = StreamReader(None, [], "S_EVENTS", "s.job.>")  # type: ignore[arg-type]
+    reader._writer = FakeWriter()  # type: ignore[assignment]
+    return reader
+
+
+def test_messages_read_before_a_gap_are_handed_out_and_the_gap_raised_after() -> None:
+    reader = parser()
+    data = b"".join(delivery(n, n, b"{}") for n in (1, 2, 3)) + delivery(5, 5, b"{}")
+    assert [seq for seq, _ in reader._parse(data)] == [1, 2, 3]
+    assert reader.last_seq == 3, "a restart goes on at 4"
+    assert isinstance(reader._error, GapError)
+
+
+def test_messages_read_before_a_server_error_are_not_lost() -> None:
+    reader = parser()
+    data = delivery(1, 1, b"a") + delivery(2, 2, b"b") + b"-ERR 'Stale Connection'\r\n"
+    assert reader._parse(data) == [(1, b"a"), (2, b"b")]
+    assert reader._error is not None
+    assert "Stale Connection" in str(reader._error)
+
+
+def test_a_stored_message_with_an_empty_body_is_a_message_not_a_heartbeat() -> None:
+    reader = parser()
+    assert reader._parse(delivery(7, 1, b"") + delivery(8, 2, b"{}")) == [(7, b""), (8, b"{}")]
+    assert reader._error is None
+
+
+def test_flow_control_and_ping_are_answered_and_a_message_split_across_reads_is_whole() -> None:
+    reader = parser()
+    flow_control = (
+        b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 28 28\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
+    )
+    data = delivery(1, 1, b"first") + flow_control + b"PING\r\n" + delivery(2, 2, b"second")
+    cut = len(data) - 5
+    assert reader._parse(data[:cut]) == [(1, b"first")]
+    assert reader._parse(data[cut:]) == [(2, b"second")]
+    assert reader._writer is not None
+    assert reader._writer.sent == b"PUB $JS.FC.S_EVENTS.c1.abc 0\r\n\r\nPONG\r\n"  # type: ignore[attr-defined]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import msgspec
 import structlog
@@ -109,9 +108,15 @@ class EventFeed:
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StreamReaderError):
-                await self._task
-            self._task = None
-        await self._reader.close()
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # already reported by fetch(); must not stop the close
+                    log.warning("event feed ended with an error", error=repr(exc))
+                self._task = None
+        finally:
+            await self._reader.close()
