@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from jobrunner.embedded.scratch import OWNER_FILE, new_scratch_dir, scratch_dir, sweep_stale
 
@@ -43,6 +45,11 @@ def test_a_server_left_running_by_a_killed_run_is_stopped_by_the_next_one() -> N
         start_new_session=True,
     )
     try:
+        cmdline = Path(f"/proc/{server.pid}/cmdline")
+        for _ in range(500):  # until the child has exec'd and shows its command line
+            if str(orphan).encode() in cmdline.read_bytes():
+                break
+            time.sleep(0.01)
         sweep_stale("jobrunner-scratch-test-")
         assert server.wait(timeout=10) != 0
         assert not orphan.exists()
