@@ -49,7 +49,6 @@ class EventFeed:
         )
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None
-        self.received = 0  # the last stream sequence handed out
 
     async def start(self, seq: int) -> None:
         await self._reader.open(seq)
@@ -78,7 +77,6 @@ class EventFeed:
         while len(batch) < FETCH_EVENTS and reads < FETCH_READS and not self._queue.empty():
             batch += self._queue.get_nowait()
             reads += 1
-        self.received = batch[-1][0]
         return batch
 
     async def _read(self) -> None:

@@ -75,8 +75,11 @@ async def apply_batch(
                 )
             }
         plan = fold(fresh, existing)
+        # Jobs stored already were taken out above (under the checkpoint lock): none conflicts.
         for columns, rows in plan.inserts.items():
-            await _insert_jobs(conn, schema, columns, rows)
+            await conn.copy_records_to_table(
+                "jobs", schema_name=schema, columns=columns, records=rows
+            )
         if plan.lines:
             await _flush_lines(conn, schema, plan.lines, plan.line_counts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
@@ -142,41 +145,22 @@ def _applies(change: JobUpdated, status: str) -> bool:
     return True
 
 
-async def _copy(
-    conn: asyncpg.Connection,
-    schema: str,
-    table: str,
-    columns: tuple[str, ...],
-    rows: list[tuple[Any, ...]],
-) -> bool:
-    """COPY the rows in, the fastest way into Postgres; False (and nothing written) when one of
-    them is there already: the caller then inserts them one statement at a time, skipping those.
-    Only a stream holding the same fact twice gets there (say, a line re-published after the
-    de-duplication window)."""
+LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
+
+
+async def _copy_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]) -> bool:
+    """COPY the lines in, the fastest way into Postgres; False (and nothing written) when one of
+    them is there already: the caller then inserts them with a statement that skips those. Only a
+    stream holding the same line twice gets there (say, re-published after the de-duplication
+    window)."""
     try:
         async with conn.transaction():  # a savepoint: a failed COPY leaves the batch intact
             await conn.copy_records_to_table(
-                table, schema_name=schema, columns=columns, records=rows
+                "log_lines", schema_name=schema, columns=LINE_COLUMNS, records=rows
             )
     except asyncpg.UniqueViolationError:
         return False
     return True
-
-
-async def _insert_jobs(
-    conn: asyncpg.Connection, schema: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
-) -> None:
-    if await _copy(conn, schema, "jobs", columns, rows):
-        return
-    await conn.executemany(
-        f"INSERT INTO {schema}.jobs ({', '.join(columns)}) "
-        f"VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) "
-        "ON CONFLICT (id) DO NOTHING",
-        rows,
-    )
-
-
-LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
 
 
 async def _flush_lines(
@@ -185,7 +169,7 @@ async def _flush_lines(
     rows: list[tuple[Any, ...]],
     counts: dict[str, tuple[int, int]],
 ) -> None:
-    copied = await _copy(conn, schema, "log_lines", LINE_COLUMNS, rows)
+    copied = await _copy_lines(conn, schema, rows)
     if not copied:
         await _insert_lines(conn, schema, rows)
     await conn.executemany(
