@@ -199,11 +199,8 @@ async def test_replay_command_shows_progress_and_the_verdict(
     assert "identical to the live read models; swapped in" in out.decode()
 
 
-async def test_read_model_retention_prunes_old_jobs_and_replay_agrees(
-    settings: Settings,
-) -> None:
-    """Finished jobs older than readmodel_retention_days leave Postgres; a replay still matches."""
-    settings = msgspec.structs.replace(settings, readmodel_retention_days=30)
+def old_and_recent_job() -> list[events.Event]:
+    """A job that finished in 2026-01 with two lines (past a 30-day retention) and a recent one."""
     old = job_events("old", minute=0, status=JobStatus.COMPLETED, lines=["x", "y"])
     recent = [
         events.JobRequested(job_id="recent", job_type="scraper"),
@@ -211,7 +208,15 @@ async def test_read_model_retention_prunes_old_jobs_and_replay_agrees(
             job_id="recent", event_id=events.terminal_event_id("recent"), status=JobStatus.FAILED
         ),
     ]
-    last = await publish(settings, old + recent)
+    return old + recent
+
+
+async def test_read_model_retention_prunes_old_jobs_and_replay_agrees(
+    settings: Settings,
+) -> None:
+    """Finished jobs older than readmodel_retention_days leave Postgres; a replay still matches."""
+    settings = msgspec.structs.replace(settings, readmodel_retention_days=30)
+    last = await publish(settings, old_and_recent_job())
     async with reading_system(settings) as system:
         await wait_projected(settings, last)
         # Retention runs when the projector starts and every ten minutes after.
@@ -234,14 +239,7 @@ async def test_replay_applies_a_retention_the_live_projector_has_not_applied_yet
 ) -> None:
     """Jobs aged past readmodel_retention_days since the projector last pruned (or retention was
     just switched on): the replay cuts both sides alike, agrees, and swaps."""
-    old = job_events("old", minute=0, status=JobStatus.COMPLETED, lines=["x", "y"])
-    recent = [
-        events.JobRequested(job_id="recent", job_type="scraper"),
-        events.StatusChanged(
-            job_id="recent", event_id=events.terminal_event_id("recent"), status=JobStatus.FAILED
-        ),
-    ]
-    last = await publish(settings, old + recent)
+    last = await publish(settings, old_and_recent_job())
     async with reading_system(settings) as system:  # the live projector keeps every job
         await wait_projected(settings, last)
         with_retention = msgspec.structs.replace(settings, readmodel_retention_days=30)
