@@ -121,6 +121,22 @@ async def test_replay_refuses_to_swap_when_tables_differ(live: System, settings:
     assert job["status"] == "failed"
 
 
+async def test_only_one_replay_runs_at_a_time(live: System, settings: Settings) -> None:
+    """A second replay started while one is building its tables is refused, not interleaved."""
+    second: list[asyncio.Future[object]] = []
+
+    def start_another(progress: Progress) -> None:
+        if progress.phase == "indexing" and not second:
+            second.append(asyncio.ensure_future(replay(settings)))
+
+    report = await replay(settings, on_progress=start_another)
+    assert second
+    with pytest.raises(RuntimeError, match="another replay is running"):
+        await second[0]
+    assert report.differences == {}
+    assert (await replay(settings)).differences == {}  # and the lock went with the first
+
+
 async def test_projector_killed_mid_batch_resumes_without_duplicate_or_gap(
     settings: Settings,
 ) -> None:

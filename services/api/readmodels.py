@@ -72,7 +72,7 @@ async def get_job_row(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record | None:
 
 
 # Free-text search runs over this expression; the trigram index jobs_search_idx in
-# services/projector/indexes.sql is built on exactly the same text.
+# services/projector/search_index.sql is built on exactly the same text.
 SEARCH_EXPRESSION = "(job_type || ' ' || parameters::text || ' ' || coalesce(result::text, ''))"
 
 

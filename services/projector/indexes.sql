@@ -14,20 +14,3 @@ CREATE INDEX IF NOT EXISTS jobs_batch_idx ON {schema}.jobs (batch_id, created_at
     WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished_idx ON {schema}.jobs (finished_at)
     WHERE finished_at IS NOT NULL;
--- Free-text search over type, parameters and result (ILIKE '%...%'): a trigram index when the
--- pg_trgm extension is available (it ships with Postgres' contrib; trusted since Postgres 13).
--- The expression must stay identical to SEARCH_EXPRESSION in services/api/readmodels.py.
-DO $$
-BEGIN
-    CREATE EXTENSION IF NOT EXISTS pg_trgm;
-EXCEPTION WHEN others THEN
-    RAISE NOTICE 'pg_trgm is not available; job search works without an index';
-END $$;
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
-        EXECUTE 'CREATE INDEX IF NOT EXISTS jobs_search_idx ON {schema}.jobs USING gin '
-            '((job_type || '' '' || parameters::text || '' '' || coalesce(result::text, '''')) '
-            'gin_trgm_ops)';
-    END IF;
-END $$;

@@ -27,15 +27,26 @@ async def create_schema(
         await create_indexes(conn, schema)
 
 
-async def create_indexes(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> None:
+async def create_indexes(
+    conn: asyncpg.Connection, schema: str = READ_SCHEMA, search: bool = True
+) -> None:
+    """The secondary indexes; the search index too unless ``search`` is false."""
     await _run_sql(conn, "indexes.sql", schema)
+    if search:
+        await create_search_index(conn, schema)
+
+
+async def create_search_index(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> None:
+    await _run_sql(conn, "search_index.sql", schema)
 
 
 async def _run_sql(conn: asyncpg.Connection, name: str, schema: str) -> None:
     sql = resources.files("services.projector").joinpath(name).read_text()
-    # Two projectors starting at once must not race on CREATE TABLE.
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobrunner-schema'))")
+        if schema == READ_SCHEMA:
+            # Two projectors starting at once must not race on CREATE TABLE. (A replay's own
+            # schema has one writer, which builds its indexes on two connections at once.)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobrunner-schema'))")
         await conn.execute(sql.format(schema=schema))
 
 
