@@ -280,8 +280,21 @@ class StreamReader:
         if reply:  # a flow-control request: answering it lets the server send more
             self._send(b"PUB " + reply + b" 0\r\n\r\n")
             return
-        # A heartbeat; one that says the consumer stalled names the subject to answer on.
+        # A heartbeat; one that says the consumer stalled names the subject to answer on. Each
+        # also names the last delivery the consumer sent: if that one never arrived (say, the
+        # last message before the stream went quiet), the gap is noticed now, not when the next
+        # event happens to arrive.
         for line in headers.split(b"\r\n"):
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"nats-consumer-stalled" and value.strip():
-                self._send(b"PUB " + value.strip() + b" 0\r\n\r\n")
+            name, value = name.strip().lower(), value.strip()
+            if name == b"nats-consumer-stalled" and value:
+                self._send(b"PUB " + value + b" 0\r\n\r\n")
+            elif (
+                name == b"nats-last-consumer"
+                and value.isdigit()
+                and int(value) > self._consumer_seq
+            ):
+                raise GapError(
+                    f"the consumer sent delivery {int(value)}, the last received is "
+                    f"{self._consumer_seq}"
+                )

@@ -182,3 +182,25 @@ def test_flow_control_and_ping_are_answered_and_a_message_split_across_reads_is_
     assert reader._parse(data[cut:]) == [(2, b"second")]
     assert reader._writer is not None
     assert reader._writer.sent == b"PUB $JS.FC.S_EVENTS.c1.abc 0\r\n\r\nPONG\r\n"  # type: ignore[attr-defined]
+
+
+def heartbeat(last_consumer_seq: int) -> bytes:
+    headers = (
+        f"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: {last_consumer_seq}\r\n"
+        "Nats-Last-Stream: 99\r\n\r\n"
+    ).encode()
+    return f"HMSG inbox 1 {len(headers)} {len(headers)}\r\n".encode() + headers + b"\r\n"
+
+
+def test_a_lost_last_delivery_is_noticed_at_the_next_heartbeat() -> None:
+    """The stream went quiet right after a delivery that never arrived: the idle heartbeat names
+    it, so the reader restarts from the last one received instead of waiting for new events."""
+    reader = parser()
+    assert reader._parse(delivery(1, 1, b"a") + delivery(2, 2, b"b") + heartbeat(2)) == [
+        (1, b"a"),
+        (2, b"b"),
+    ]
+    assert reader._error is None, "a heartbeat naming the last delivery received is quiet"
+    with pytest.raises(GapError, match="delivery 3"):
+        reader._parse(heartbeat(3))
+    assert reader.last_seq == 2, "a restart goes on after the last message received"
