@@ -125,6 +125,9 @@ async def replay(
             await store.create_schema(conn)  # the live one, should this be a fresh install
             await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
             await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
+            # Autovacuum would chase the bulk load (a million new rows set it off) for the
+            # second core; the tables get their statistics once loaded (_build_indexes).
+            await _set_autovacuum(conn, "SET (autovacuum_enabled = off)")
         progress = Progress(0, info.state.last_seq, first_seq)
         feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
         await feed.start(first_seq)
@@ -201,6 +204,9 @@ async def _build_indexes(pool: asyncpg.Pool) -> None:
     tables serve queries as well as the live ones from the first request. On two connections
     (Postgres builds each on one core): the search index, the slowest, beside the others."""
 
+    async with pool.acquire() as conn:
+        await _set_autovacuum(conn, "RESET (autovacuum_enabled)")
+
     async def search_index() -> None:
         async with pool.acquire() as conn:
             await store.create_search_index(conn, REPLAY_SCHEMA)
@@ -213,6 +219,11 @@ async def _build_indexes(pool: asyncpg.Pool) -> None:
             await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.log_lines")
 
     await asyncio.gather(search_index(), other_indexes())
+
+
+async def _set_autovacuum(conn: asyncpg.Connection, change: str) -> None:
+    for table in ("jobs", "log_lines"):
+        await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.{table} {change}")
 
 
 Batch = list[tuple[int, list[Change]]]
