@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from contracts.names import Names
 from jobrunner.settings import Settings
 from services.api.app import create_app
 from services.api.security.middleware import PUBLIC_PATHS
+from tests.cli_support import run_cli
 from tests.sse_client import iter_events
 from tests.system import System
 
@@ -261,20 +260,9 @@ async def test_admin_manages_tokens_over_http(system: System) -> None:
 
 async def token_cli(settings: Settings, nats_url: str, *args: str) -> str:
     """Run `jobrunner token ...` against ``nats_url``; its standard output."""
-    env = {**os.environ, "JOBRUNNER_NATS_URL": nats_url, "JOBRUNNER_PREFIX": settings.prefix}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobrunner.cli",
-        "token",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    env = {"JOBRUNNER_NATS_URL": nats_url, "JOBRUNNER_PREFIX": settings.prefix}
+    out, _ = await run_cli("token", *args, env=env)
+    return out
 
 
 async def test_token_cli_takes_a_cluster_as_a_list_of_urls(settings: Settings) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from contracts.events import JobStatus
 from jobrunner.settings import Settings
+from tests.cli_support import cli_env, run_cli
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
 
@@ -71,24 +72,15 @@ async def test_events_of_an_unknown_job_are_404(audited: System) -> None:
     assert wildcard.status_code == 404
 
 
-async def run_cli(settings: Settings, *args: str, timeout: float = 60) -> list[str]:
-    env = {
-        **os.environ,
-        "JOBRUNNER_NATS_URL": settings.nats_url,
-        "JOBRUNNER_PREFIX": settings.prefix,
-        "JOBRUNNER_STATE_DIR": settings.state_dir,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "jobrunner.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode == 0
-    return out.decode().splitlines()
+async def run_events_cli(settings: Settings, *args: str) -> list[str]:
+    env = cli_env(settings) | {"JOBRUNNER_STATE_DIR": settings.state_dir}
+    out, _ = await run_cli(*args, env=env)
+    return out.splitlines()
 
 
 async def test_cli_prints_a_jobs_history_as_json_lines(audited: System, settings: Settings) -> None:
     """`jobrunner events --job a` prints one JSON object per stored event, in order."""
-    lines = await run_cli(settings, "events", "--job", "a")
+    lines = await run_events_cli(settings, "events", "--job", "a")
     events = [json.loads(line) for line in lines]
     assert [e["stream_seq"] for e in events] == list(range(4, 17))
     assert events[-1]["event"]["status"] == "completed"
@@ -96,14 +88,14 @@ async def test_cli_prints_a_jobs_history_as_json_lines(audited: System, settings
 
 async def test_cli_since_a_sequence_starts_there(audited: System, settings: Settings) -> None:
     """--since 15 starts at stream sequence 15, across all jobs, to the end."""
-    lines = await run_cli(settings, "events", "--since", "15")
+    lines = await run_events_cli(settings, "events", "--since", "15")
     assert [json.loads(line)["stream_seq"] for line in lines] == [15, 16, 17, 18, 19]
 
 
 async def test_cli_since_a_time_or_an_age_starts_there(audited: System, settings: Settings) -> None:
     """--since takes an ISO time or an age: an hour ago is everything, next year nothing."""
-    everything = await run_cli(settings, "events", "--since", "1h")
-    future = await run_cli(settings, "events", "--since", "2999-01-01T00:00:00Z")
+    everything = await run_events_cli(settings, "events", "--since", "1h")
+    future = await run_events_cli(settings, "events", "--since", "2999-01-01T00:00:00Z")
     assert [json.loads(line)["stream_seq"] for line in everything] == list(range(1, 20))
     assert future == []
 
@@ -137,11 +129,7 @@ async def test_cli_follow_prints_new_events_as_they_arrive(
     audited: System, settings: Settings
 ) -> None:
     """--follow keeps printing: an event published later shows up."""
-    env = {
-        **os.environ,
-        "JOBRUNNER_NATS_URL": settings.nats_url,
-        "JOBRUNNER_PREFIX": settings.prefix,
-    }
+    env = {**os.environ, **cli_env(settings)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -16,6 +16,7 @@ from contracts import events
 from contracts.events import JobStatus
 from jobrunner.settings import Settings
 from services.projector.replay import Progress, ReplayMismatch, replay
+from tests.cli_support import cli_env, run_cli
 from tests.history_support import (
     job_events,
     logged_job,
@@ -137,19 +138,41 @@ async def test_only_one_replay_runs_at_a_time(live: System, settings: Settings) 
     assert (await replay(settings)).differences == {}  # and the lock went with the first
 
 
+async def test_the_swapped_in_tables_are_indexed_analyzed_and_autovacuumed(
+    live: System, settings: Settings
+) -> None:
+    """A replay loads bare tables; what it swaps in has every index the live schema had, planner
+    statistics, and autovacuum on, like tables the projector created."""
+    indexes = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'readmodel' ORDER BY 1"
+    tables = "('jobs', 'log_lines')"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        before = [tuple(row) for row in await conn.fetch(indexes)]
+        await replay(settings)
+        after = [tuple(row) for row in await conn.fetch(indexes)]
+        analyzed = await conn.fetchval(
+            "SELECT count(DISTINCT tablename) FROM pg_stats "
+            f"WHERE schemaname = 'readmodel' AND tablename IN {tables}"
+        )
+        options = await conn.fetch(
+            "SELECT reloptions FROM pg_class JOIN pg_namespace AS n ON n.oid = relnamespace "
+            f"WHERE nspname = 'readmodel' AND relname IN {tables}"
+        )
+    finally:
+        await conn.close()
+    assert "jobs_search_idx" in {name for name, _ in before}
+    assert after == before
+    assert analyzed == 2
+    assert [row["reloptions"] for row in options] == [None, None]
+
+
 async def test_projector_killed_mid_batch_resumes_without_duplicate_or_gap(
     settings: Settings,
 ) -> None:
     """SIGKILL during projection, then a restart: every line exactly once, counts exact."""
     lines = 40_000  # one line an event: several batches of the projector's, so a kill lands mid-way
     last = await publish(settings, logged_job("big", lines=lines, batch=1))
-    env = {
-        **os.environ,
-        "JOBRUNNER_NATS_URL": settings.nats_url,
-        "JOBRUNNER_DATABASE_URL": settings.database_url,
-        "JOBRUNNER_PREFIX": settings.prefix,
-        "JOBRUNNER_LOG_FORMAT": "json",
-    }
+    env = {**os.environ, **cli_env(settings), "JOBRUNNER_LOG_FORMAT": "json"}
 
     async def start() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
@@ -194,25 +217,9 @@ async def test_replay_command_shows_progress_and_the_verdict(
     live: System, settings: Settings
 ) -> None:
     """`jobrunner replay` prints events per second while it runs and ends saying tables match."""
-    env = {
-        **os.environ,
-        "JOBRUNNER_NATS_URL": settings.nats_url,
-        "JOBRUNNER_DATABASE_URL": settings.database_url,
-        "JOBRUNNER_PREFIX": settings.prefix,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobrunner.cli",
-        "replay",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    assert "events/s" in err.decode()
-    assert "identical to the live read models; swapped in" in out.decode()
+    out, err = await run_cli("replay", env=cli_env(settings), timeout=120)
+    assert "events/s" in err
+    assert "identical to the live read models; swapped in" in out
 
 
 def old_and_recent_job() -> list[events.Event]:
