@@ -104,18 +104,20 @@ async def replay(
 ) -> ReplayReport:
     """Rebuild the read models from the stream and swap them in; see the module docstring."""
     names = Names(settings.prefix)
-    nc = await eventstore.connect(settings, "replay")
-    js = nc.jetstream()
-    # The rebuilt tables are checked against the live ones before they count: waiting for each
-    # bulk transaction to reach the disk buys nothing. The swap itself commits synchronously.
-    pool = await database.create_pool(
-        settings.database_url, min_size=2, max_size=2, synchronous_commit="off"
-    )
-    lock_holder = await asyncpg.connect(settings.database_url)
     started = time.monotonic()
     phases: dict[str, float] = {}
-    feed: EventFeed | None = None
-    try:
+    async with contextlib.AsyncExitStack() as resources:
+        nc = await eventstore.connect(settings, "replay")
+        resources.push_async_callback(eventstore.close, nc)
+        js = nc.jetstream()
+        # The rebuilt tables are checked against the live ones before they count: waiting for
+        # each bulk transaction to reach the disk buys nothing. The swap commits synchronously.
+        pool = await database.create_pool(
+            settings.database_url, min_size=2, max_size=2, synchronous_commit="off"
+        )
+        resources.push_async_callback(pool.close)
+        lock_holder = await asyncpg.connect(settings.database_url)
+        resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
         await eventstore.ensure_topology(js, names, settings)
@@ -130,6 +132,7 @@ async def replay(
             await _set_autovacuum(conn, "SET (autovacuum_enabled = off)")
         progress = Progress(0, info.state.last_seq, first_seq)
         feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
+        resources.push_async_callback(feed.close)
         await feed.start(first_seq)
         with _collector_paused():
             applied, held = await _load(
@@ -191,12 +194,6 @@ async def replay(
             differences=differences,
             phases={name: round(seconds, 3) for name, seconds in phases.items()},
         )
-    finally:
-        if feed is not None:
-            await feed.close()
-        await pool.close()
-        await lock_holder.close()
-        await eventstore.close(nc)
 
 
 async def _build_indexes(pool: asyncpg.Pool) -> None:
