@@ -27,17 +27,17 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from contracts import events
-from contracts.events import JobStatus
-from contracts.names import Names
-from jobrunner import eventstore
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import new_scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from jobrunner.settings import Settings
-from services.projector.replay import replay
-from services.projector.service import run_projector
+from jobrunner.services.projector.replay import replay
+from jobrunner.services.projector.service import run_projector
 
 TYPES = ["scraper", "enrich_email", "enrich_search", "blacklist_sync"]
 ENDINGS = [JobStatus.COMPLETED] * 6 + [JobStatus.FAILED] * 2 + [JobStatus.CANCELLED]
@@ -203,7 +203,7 @@ async def measure_download(base: str, job_id: str) -> dict[str, float]:
 
 
 async def explain(url: str) -> str:
-    from services.api.readmodels import SEARCH_EXPRESSION
+    from jobrunner.services.api.readmodels import SEARCH_EXPRESSION
 
     conn = await asyncpg.connect(url)
     try:

@@ -13,10 +13,10 @@ from nats.js import api
 
 from bench.report import summarize
 from bench.system import PYTHON, ROOT, RunningSystem
-from contracts import codec, events
-from contracts.names import Names
-from jobrunner import eventstore
-from jobrunner.settings import Settings
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
 
 LIMIT_PREFIX = "benchlimit"
 

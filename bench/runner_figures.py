@@ -27,8 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jobrunner.common.settings import Settings
 from jobrunner.embedded.scratch import scratch_dir
-from jobrunner.settings import Settings
 from tests.servers import PostgresCluster, nats_url, postgres_cluster
 from tests.system import System
 from tests.tools.runners import RunnerProcess, start_job, wait_status

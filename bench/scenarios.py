@@ -19,10 +19,10 @@ from bench import workload
 from bench.report import summarize
 from bench.sse import open_stream
 from bench.system import PYTHON, ROOT, MemorySampler, RunningSystem
-from contracts import codec, events
-from contracts.names import Names
-from jobrunner import eventstore
-from jobrunner.settings import Settings
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
 
 
 async def start_job(http: httpx.AsyncClient, job_type: str, parameters: dict[str, Any]) -> str:

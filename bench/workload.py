@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 from nats.js import JetStreamContext
 
-from contracts import codec, events
-from contracts.events import ErrorCode, ErrorInfo, JobStatus
-from contracts.names import Names
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
+from jobrunner.contracts.names import Names
 
 JOB_TYPES = ("scraper", "enrich_email", "enrich_search", "blacklist_sync")
 EVENTS_PER_JOB = 10

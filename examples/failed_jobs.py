@@ -21,8 +21,8 @@ from collections import deque
 import nats
 from nats.js import api
 
-from contracts import codec, events
-from contracts.names import Names
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
 
 LAST_LINES = 10
 

@@ -8,8 +8,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from jobrunner.logging import configure_logging
-from jobrunner.settings import Settings, SettingsError, load_settings
+from jobrunner.common.logging import configure_logging
+from jobrunner.common.settings import Settings, SettingsError, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -45,7 +45,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from services.api.app import create_app
+    from jobrunner.services.api.app import create_app
 
     settings = _settings(args)
     uvicorn.run(
@@ -60,13 +60,13 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
-    from services.runner.service import run_runner
+    from jobrunner.services.runner.service import run_runner
 
     return _run_service(run_runner, _settings(args))
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
-    from services.projector.service import run_projector
+    from jobrunner.services.projector.service import run_projector
 
     return _run_service(run_projector, _settings(args))
 
@@ -74,8 +74,8 @@ def cmd_projector(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     import os
 
-    from jobrunner.eventlog import parse_since, print_events
-    from jobrunner.runtime import with_runtime
+    from jobrunner.common.eventlog import parse_since, print_events
+    from jobrunner.common.runtime import with_runtime
 
     try:
         parse_since(args.since)
@@ -95,8 +95,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
-    from jobrunner.runtime import with_runtime
-    from services.projector.replay import Progress, ReplayMismatch, replay
+    from jobrunner.common.runtime import with_runtime
+    from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
 
     settings = with_runtime(_settings(args), dict(os.environ))
 
@@ -154,14 +154,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
-    from contracts.jsonschema import event_schema
+    from jobrunner.contracts.jsonschema import event_schema
 
     print(json.dumps(event_schema(), indent=2))
     return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from jobrunner.runtime import with_runtime
+    from jobrunner.common.runtime import with_runtime
     from jobrunner.token_command import main
 
     return main(with_runtime(_settings(args), {}), args)
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a start-up failure: one readable line, not a traceback
+        from jobrunner.common.jobtypes import JobTypeConfigError
         from jobrunner.embedded.serverprocess import ServerStartError
-        from jobrunner.jobtypes import JobTypeConfigError
 
         if isinstance(exc, ServerStartError | JobTypeConfigError | SettingsError):
             print(f"jobrunner: {exc}", file=sys.stderr)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import structlog
 
+from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.settings import Settings, SettingsError
 
 log = structlog.get_logger()
 
@@ -83,8 +83,8 @@ async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
     """On the first start (no token exists yet) create the ``admin`` token; else ``None``."""
     import nats
 
-    from contracts.names import Names
-    from services.api.security.tokens import Role, TokenStore
+    from jobrunner.contracts.names import Names
+    from jobrunner.services.api.security.tokens import Role, TokenStore
 
     nc = await nats.connect(nats_url, name="jobrunner-up", max_reconnect_attempts=1)
     try:
@@ -99,7 +99,7 @@ async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
 
 def check_exposure(settings: Settings) -> None:
     """Refuse ``--no-auth`` anywhere but on a loopback address."""
-    from services.api.security import is_loopback
+    from jobrunner.services.api.security import is_loopback
 
     if not settings.auth and not is_loopback(settings.host):
         raise SettingsError(

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import nats
 
-from contracts.names import Names
-from jobrunner import eventstore
-from jobrunner.settings import Settings
-from services.api.security.tokens import Role, TokenError, TokenRecord, TokenStore
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.security.tokens import Role, TokenError, TokenRecord, TokenStore
 
 _DURATION_RE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

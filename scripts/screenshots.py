@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.async_api import Page, async_playwright, expect  # noqa: E402
 
-from jobrunner.settings import Settings  # noqa: E402
+from jobrunner.common.settings import Settings  # noqa: E402
 from tests.browser import launch, open_page  # noqa: E402
 from tests.servers import PostgresCluster, nats_url, postgres_cluster  # noqa: E402
 from tests.system import System  # noqa: E402

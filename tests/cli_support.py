@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 
 
 def cli_env(settings: Settings) -> dict[str, str]:

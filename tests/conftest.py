@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
 

@@ -12,11 +12,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from contracts import events
-from contracts.events import JobStatus
-from contracts.names import Names
-from jobrunner import eventstore
-from jobrunner.settings import Settings
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.names import Names
 from tests.system import System
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)

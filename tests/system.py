@@ -9,15 +9,15 @@ from typing import Any
 import httpx
 import uvicorn
 
-from contracts.names import Names
-from jobrunner import eventstore
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.serverprocess import free_port
-from jobrunner.settings import Settings
-from services.api.app import create_app
-from services.api.security.sessions import COOKIE_NAME, SessionSigner
-from services.api.security.tokens import TokenStore
-from services.projector.service import run_projector
-from services.runner.service import run_runner
+from jobrunner.services.api.app import create_app
+from jobrunner.services.api.security.sessions import COOKIE_NAME, SessionSigner
+from jobrunner.services.api.security.tokens import TokenStore
+from jobrunner.services.projector.service import run_projector
+from jobrunner.services.runner.service import run_runner
 
 # ``system.client()`` sends the admin token unless told otherwise.
 ADMIN: Any = object()

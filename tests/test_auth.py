@@ -15,10 +15,10 @@ import msgspec
 import pytest
 from litestar.handlers import HTTPRouteHandler
 
-from contracts.names import Names
-from jobrunner.settings import Settings
-from services.api.app import create_app
-from services.api.security.middleware import PUBLIC_PATHS
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.app import create_app
+from jobrunner.services.api.security.middleware import PUBLIC_PATHS
 from tests.cli_support import run_cli
 from tests.sse_client import iter_events
 from tests.system import System

@@ -25,3 +25,60 @@ def test_mypy_strict_finds_nothing() -> None:
     """`mypy` (strict, on contracts, services and jobrunner) reports no error."""
     result = run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Dependencies point one way: each layer imports only from the layers before it.
+LAYERS = (
+    ("jobrunner.contracts",),
+    ("jobrunner.common", "jobrunner.embedded"),
+    ("jobrunner.services",),
+)
+
+
+def _layer(module: str) -> int:
+    for depth, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return depth
+    return len(LAYERS)  # the composition root: the jobrunner command, the supervisor
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("jobrunner")}
+
+
+def test_dependencies_point_one_way() -> None:
+    """contracts <- common <- services <- the composition root; nothing imports a layer above it,
+    and no service imports another service."""
+    wrong = []
+    for path in sorted((ROOT / "jobrunner").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for imported in _imports(path):
+            if _layer(imported) > _layer(module):
+                wrong.append(f"{module} imports {imported}")
+            parts, imported_parts = module.split("."), imported.split(".")
+            if (
+                parts[1:2] == imported_parts[1:2] == ["services"]
+                and len(parts) > 2
+                and len(imported_parts) > 2
+                and parts[2] != imported_parts[2]
+            ):
+                wrong.append(f"{module} imports another service: {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_generic_is_installed_at_the_top_level() -> None:
+    """Every package the wheel installs lives under `jobrunner`."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["packages"]["find"]["include"] == ["jobrunner*"]
+    top_level = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert top_level <= {"jobrunner", "tests", "bench"}, top_level

@@ -12,9 +12,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from contracts import codec, events
-from contracts.names import Names
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
 from tests.history_support import job_events, publish, publisher, wait_projected, without_auth
 from tests.system import System
 
@@ -62,7 +62,7 @@ async def test_schema_command_describes_every_event() -> None:
 
 def test_schema_accepts_what_the_codec_writes() -> None:
     """Every event the codec encodes has exactly the properties its schema names."""
-    from contracts.jsonschema import event_schema
+    from jobrunner.contracts.jsonschema import event_schema
 
     defs = event_schema()["$defs"]
     for event in job_events("j", status=events.JobStatus.COMPLETED, lines=["x"]):

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.system import System
 
 INJECTION_TYPES = str(Path(__file__).parent / "tools" / "injection_jobtypes.toml")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events import JobStatus
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.events import JobStatus
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
@@ -157,8 +157,8 @@ def test_readable_form_shows_lines_under_their_event() -> None:
     """On a terminal each event is one readable line, its log lines indented below."""
     from datetime import UTC, datetime
 
-    from jobrunner.audit import StoredEvent
-    from jobrunner.eventlog import readable
+    from jobrunner.common.audit import StoredEvent
+    from jobrunner.common.eventlog import readable
 
     text = readable(
         StoredEvent(

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from contracts.events import JobStatus
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.events import JobStatus
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.history_support import logged_job, publish, reading_system, wait_projected, without_auth
 from tests.system import System
 
@@ -141,7 +141,7 @@ async def test_download_of_an_unknown_job_is_404(logs: System) -> None:
 
 def test_download_filename_is_safe() -> None:
     """A job type or id with odd characters never escapes the quoted file name."""
-    from services.api.routes.logs import download_filename
+    from jobrunner.services.api.routes.logs import download_filename
 
     assert download_filename('a"b/../c', "x\r\ny") == "a_b_.._c-x_y.log"
     assert download_filename("...", "") == "job.log"

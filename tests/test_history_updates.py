@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from contracts import events
-from contracts.events import JobStatus
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.sse_client import iter_events, read_stream
 from tests.system import System

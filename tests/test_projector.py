@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from contracts import events
-from contracts.events import JobStatus
-from jobrunner import database
-from jobrunner.settings import Settings
-from services.projector import store
-from services.projector.projections import project
+from jobrunner.common import database
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.services.projector import store
+from jobrunner.services.projector.projections import project
 
 
 def job_events(job_id: str) -> list[events.Event]:

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from contracts import events
-from contracts.events import ErrorInfo, JobStatus
-from jobrunner import database
-from services.projector import store
-from services.projector.projections import project
+from jobrunner.common import database
+from jobrunner.contracts import events
+from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.services.projector import store
+from jobrunner.services.projector.projections import project
 from tests.servers import PostgresCluster
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

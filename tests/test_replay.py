@@ -12,10 +12,10 @@ import asyncpg
 import msgspec
 import pytest
 
-from contracts import events
-from contracts.events import JobStatus
-from jobrunner.settings import Settings
-from services.projector.replay import Progress, ReplayMismatch, replay
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import (
     job_events,

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.serverprocess import free_port
-from jobrunner.settings import Settings
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -176,9 +176,9 @@ async def test_runner_restarted_after_its_lease_expired_still_ends_the_job(
 
 
 async def _wait_lease_gone(settings: Settings, job_id: str, timeout: float = 30.0) -> None:
-    from contracts.names import Names
-    from jobrunner import eventstore
-    from jobrunner.slots import SlotTable, slot_key
+    from jobrunner.common import eventstore
+    from jobrunner.common.slots import SlotTable, slot_key
+    from jobrunner.contracts.names import Names
 
     nc = await eventstore.connect(settings, "test-lease")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from jobrunner.settings import DEFAULT_JOB_TYPES, Settings
+from jobrunner.common.settings import DEFAULT_JOB_TYPES, Settings
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_status

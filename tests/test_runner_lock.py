@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,

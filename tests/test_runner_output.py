@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from jobrunner.settings import Settings
-from services.runner.output import SPLIT_MARKER
+from jobrunner.common.settings import Settings
+from jobrunner.services.runner.output import SPLIT_MARKER
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_status

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from services.runner import protocol
-from services.runner.output import (
+from jobrunner.services.runner import protocol
+from jobrunner.services.runner.output import (
     SPLIT_MARKER,
     LineSplitter,
     Progress,

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page
 
-from jobrunner.settings import Settings
-from services.api.security.sessions import COOKIE_NAME
+from jobrunner.common.settings import Settings
+from jobrunner.services.api.security.sessions import COOKIE_NAME
 from tests.browser import browser  # noqa: F401  (the fixture)
 from tests.system import System
 

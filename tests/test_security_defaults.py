@@ -17,11 +17,11 @@ import pytest
 import yaml
 from nats.errors import NoServersError
 
+from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret, nats_server_binary
 from jobrunner.embedded.serverprocess import ServerProcess, free_port
-from jobrunner.settings import Settings, SettingsError
+from jobrunner.services.api.security import is_loopback
 from jobrunner.supervisor import check_exposure, first_admin_token
-from services.api.security import is_loopback
 
 
 async def test_first_start_creates_one_admin_token(settings: Settings) -> None:

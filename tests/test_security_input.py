@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.sse_client import iter_events, read_stream
 from tests.system import System
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.sse_client import read_stream
 from tests.system import System
 

@@ -7,15 +7,15 @@ import asyncio
 import nats
 import pytest
 
-from contracts import events
-from contracts.names import Names
-from jobrunner import eventstore
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.common.streamreader import GapError, StreamReader, StreamReaderError
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from jobrunner.settings import Settings
-from jobrunner.streamreader import GapError, StreamReader, StreamReaderError
-from services.projector.feed import EventFeed
+from jobrunner.services.projector.feed import EventFeed
 from tests.history_support import logged_job, publish
 
 

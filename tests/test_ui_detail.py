@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from playwright.async_api import Page, expect
 
-from jobrunner.settings import Settings
+from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.ui_support import TEST_TYPES, start_job, wait_for_status
 

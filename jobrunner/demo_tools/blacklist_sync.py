@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from jobrunner.demo_tools import datev
 
 if TYPE_CHECKING:
-    from services.runner.internal import JobContext
+    from jobrunner.services.runner.internal import JobContext
 
 
 async def sync(ctx: JobContext) -> dict[str, Any]:

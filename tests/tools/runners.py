@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from jobrunner.settings import ENV_PREFIX, Settings
+from jobrunner.common.settings import ENV_PREFIX, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER_TYPES = str(Path(__file__).with_name("runner_jobtypes.toml"))
@@ -144,9 +144,9 @@ class RunnerProcess:
 
 async def status_events(settings: Settings, job_id: str) -> list[str]:
     """The statuses of every StatusChanged stored for a job, in stream order."""
-    from contracts import codec, events
-    from contracts.names import Names
-    from jobrunner import eventstore
+    from jobrunner.common import eventstore
+    from jobrunner.contracts import codec, events
+    from jobrunner.contracts.names import Names
 
     names = Names(settings.prefix)
     nc = await eventstore.connect(settings, "test-reader")

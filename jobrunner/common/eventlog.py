@@ -1,0 +1,101 @@
+"""``jobrunner events``: the raw event history in the terminal, as JSON lines or readable."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import msgspec
+
+from jobrunner.common import audit, eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+
+PAGE = 1000
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(raw: str | None, now: datetime | None = None) -> tuple[int | None, datetime | None]:
+    """``--since``: a stream sequence (``1234``), an ISO 8601 time, or an age (``15m``, ``2h``)."""
+    if raw is None:
+        return None, None
+    raw = raw.strip()
+    if raw.isdigit():
+        return int(raw), None
+    if match := _RELATIVE.match(raw):
+        delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        return None, (now or datetime.now(UTC)) - delta
+    try:
+        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {raw!r}: give a stream sequence, an ISO 8601 time or an age like 15m"
+        ) from None
+    return None, at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_line(stored: audit.StoredEvent) -> str:
+    return _encoder.encode(stored).decode()
+
+
+def readable(stored: audit.StoredEvent) -> str:
+    """One event for people: sequence, time, job, type, the interesting fields; lines below."""
+    event: dict[str, Any] = stored.event if isinstance(stored.event, dict) else {}
+    kind = str(event.get("type", "?"))
+    job = str(event.get("job_id", ""))
+    head = f"#{stored.stream_seq:<7} {stored.time:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"  {job}  {kind}"
+    skip = {"type", "job_id", "event_id", "occurred_at", "version", "lines"}
+    fields = " ".join(
+        f"{k}={_encoder.encode(v).decode() if not isinstance(v, str) else v}"
+        for k, v in event.items()
+        if k not in skip and v not in (None, {}, [])
+    )
+    out = f"{head}  {fields}".rstrip()
+    for line in event.get("lines") or []:
+        if isinstance(line, list) and len(line) >= 5:
+            out += f"\n          {line[0]:>6} {line[1]:<6} {line[2]:<7} {line[4]}"
+    return out
+
+
+async def print_events(
+    settings: Settings,
+    job_id: str | None,
+    since: str | None,
+    follow: bool,
+    out: TextIO = sys.stdout,
+    as_json: bool | None = None,
+) -> int:
+    start_seq, start_time = parse_since(since)
+    as_json = not out.isatty() if as_json is None else as_json
+    show = json_line if as_json else readable
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "events-cli")
+    js = nc.jetstream()
+    try:
+        if follow:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async for stored in audit.follow_events(js, names, job_id, start_seq, start_time, stop):
+                print(show(stored), file=out, flush=True)
+            return 0
+        while True:
+            page = await audit.read_events(js, names, job_id, start_seq, start_time, PAGE)
+            for stored in page:
+                print(show(stored), file=out)
+            if len(page) < PAGE:
+                break
+            start_seq, start_time = page[-1].stream_seq + 1, None
+        out.flush()
+        return 0
+    finally:
+        await eventstore.close(nc)

@@ -1,0 +1,116 @@
+"""The JetStream side shared by every service: connect, declare the stream, publish events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
+
+# JetStream de-duplicates a re-published event id within this window (seconds).
+DUPLICATE_WINDOW = 120.0
+
+
+def server_urls(nats_url: str) -> list[str]:
+    """The servers of ``nats_url``: a cluster is named by a comma-separated list of their URLs."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
+async def connect(settings: Settings, name: str, **options: Any) -> NATS:
+    """Connect with reconnects forever: NATS restarts must not kill a service."""
+
+    async def on_disconnect() -> None:
+        if not nc.is_closed:  # our own close() is no news
+            log.warning("nats disconnected", service=name)
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", service=name)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", service=name, error=str(exc))
+
+    nc = NATS()
+    await nc.connect(
+        server_urls(settings.nats_url),
+        name=f"jobrunner-{name}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds, a float is fine
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+        **options,
+    )
+    return nc
+
+
+def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=names.stream,
+        subjects=[names.all_subjects],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        max_age=settings.stream_max_age_days * 86400 or None,
+        max_bytes=settings.stream_max_bytes or None,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=DUPLICATE_WINDOW,
+        allow_direct=True,
+    )
+
+
+async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """Create (or update to the configured limits) the event stream and the lock bucket."""
+    config = stream_config(names, settings)
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+    try:
+        await js.stream_info(f"KV_{names.locks_bucket}")
+    except nats.js.errors.NotFoundError:
+        await js.create_key_value(
+            bucket=names.locks_bucket,
+            history=1,
+            storage=api.StorageType.FILE,
+            replicas=settings.stream_replicas,
+            # Leases carry their own TTL; an expired one leaves a marker that runners watch
+            # to declare the job's runner lost.
+            limit_marker_ttl=max(60.0, settings.lease_ttl_seconds * 4),
+        )
+
+
+async def publish(js: JetStreamContext, names: Names, event: events.Event) -> int:
+    """Publish one event and wait for JetStream to store it; returns its stream sequence."""
+    ack = await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
+    return ack.seq
+
+
+async def publish_many(js: JetStreamContext, names: Names, batch: Sequence[events.Event]) -> int:
+    """Publish in a pipeline and wait for every ack; returns the last stream sequence."""
+    futures = [
+        await js.publish_async(names.subject(e), codec.encode(e), headers=codec.headers(e))
+        for e in batch
+    ]
+    last = 0
+    for future in futures:
+        last = (await future).seq
+    return last
+
+
+async def close(nc: NATS) -> None:
+    """Flush what we sent, then close. (``drain`` would wait on watchers nobody reads any more.)"""
+    try:
+        if nc.is_connected:
+            await nc.flush(timeout=2)
+    except Exception as exc:
+        log.warning("nats flush on close failed", error=repr(exc))
+    await nc.close()

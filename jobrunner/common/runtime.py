@@ -1,0 +1,43 @@
+"""Finding a running installation: ``jobrunner up`` writes ``<state_dir>/runtime.json`` with the
+URLs of its embedded servers, so tools run on the same machine (``jobrunner events``,
+``jobrunner replay``) reach them without configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from jobrunner.common.settings import ENV_PREFIX, Settings
+
+RUNTIME_FILE = "runtime.json"
+
+
+def runtime_path(settings: Settings) -> Path:
+    return Path(settings.state_dir) / RUNTIME_FILE
+
+
+def with_runtime(settings: Settings, environ: dict[str, str]) -> Settings:
+    """``settings`` with the NATS/Postgres URLs and prefix of a running ``jobrunner up``.
+
+    Used when the URLs were not configured explicitly (the defaults are still in place and no
+    ``JOBRUNNER_NATS_URL`` is set) and the state directory has a ``runtime.json``.
+    """
+    defaults = Settings()
+    explicit = f"{ENV_PREFIX}NATS_URL" in environ or settings.nats_url != defaults.nats_url
+    path = runtime_path(settings)
+    if explicit or not path.is_file():
+        return settings
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return settings
+    changes = {
+        key: data[key]
+        for key in ("nats_url", "database_url", "prefix")
+        if isinstance(data.get(key), str)
+    }
+    if settings.database_url != defaults.database_url or f"{ENV_PREFIX}DATABASE_URL" in environ:
+        changes.pop("database_url", None)
+    return msgspec.structs.replace(settings, **changes)

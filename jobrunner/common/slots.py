@@ -1,0 +1,219 @@
+"""Slot locks as leases in a NATS KV bucket.
+
+One key per lock slot (``slot.<lock>``), or per job for job types without a lock
+(``job.<job_id>``), so every running job has a lease. A lease is written with a per-message TTL and
+renewed while the job runs; each write is conditional on the revision we last wrote, so a runner
+whose lease expired (and was taken over) can no longer act for that job: that is the fence.
+
+The API *reserves* a slot (phase ``reserved``) before publishing a JobRequested for a type whose
+busy policy is ``reject``; the runner that picks the job up turns the reservation into a held lease.
+
+For a type whose busy policy is ``queue``, the API puts a queue entry (``queue.<lock>.<job_id>``,
+no TTL) before publishing the request; the entry's revision is the job's place in the queue, and
+only the queue's head may take the slot when it frees.
+
+A held lease records what another runner needs to end the job's tool should this runner die:
+host, boot id, the tool's process group and its start time, and the runner's own pid and start
+time (so a runner on the same host can tell at once that the holder is gone).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Literal
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from jobrunner.contracts.names import Names
+
+_KEY_SAFE = re.compile(r"[^-_A-Za-z0-9]")
+
+
+class SlotValue(msgspec.Struct, kw_only=True):
+    job_id: str
+    phase: Literal["reserved", "held"]
+    job_type: str = ""
+    runner_id: str | None = None
+    host: str | None = None
+    boot_id: str | None = None
+    runner_pid: int | None = None
+    runner_started: int | None = None  # clock ticks since boot (/proc/<pid>/stat field 22)
+    pid: int | None = None
+    pgid: int | None = None
+    started: int | None = None  # the tool's start, clock ticks since boot
+
+
+class QueueEntry(msgspec.Struct, kw_only=True):
+    job_id: str
+    job_type: str = ""
+    queued_at: float = 0.0  # unix time
+
+
+RESERVATION_MIN_TTL = 60  # seconds
+
+# Markers (a released lease, a left queue) remove themselves after this long.
+MARKER_TTL = "60s"
+
+
+class Lease(msgspec.Struct, kw_only=True):
+    key: str
+    revision: int
+    value: SlotValue
+
+
+def key_safe(name: str) -> str:
+    return _KEY_SAFE.sub("_", name)
+
+
+def slot_key(lock: str | None, job_id: str) -> str:
+    if lock:
+        return "slot." + key_safe(lock)
+    return "job." + key_safe(job_id)
+
+
+def queue_key(lock: str, job_id: str) -> str:
+    return f"queue.{key_safe(lock)}.{key_safe(job_id)}"
+
+
+class SlotTable:
+    """The lock bucket, as the API and the runners use it."""
+
+    def __init__(self, js: JetStreamContext, names: Names, ttl_seconds: float) -> None:
+        self._js = js
+        self._names = names
+        self.ttl = max(1, round(ttl_seconds))
+        self._kv: KeyValue | None = None
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._js.key_value(self._names.locks_bucket)
+        return self._kv
+
+    def _subject(self, key: str) -> str:
+        return f"$KV.{self._names.locks_bucket}.{key}"
+
+    async def _write(
+        self, key: str, value: SlotValue | QueueEntry, last: int, ttl: bool = True
+    ) -> int:
+        # kv.update() cannot set a TTL, so write the KV message ourselves: conditional on the
+        # last revision (0 = must not exist) and with the lease TTL.
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        if ttl:
+            seconds = self.ttl
+            if isinstance(value, SlotValue) and value.phase == "reserved":
+                # A reservation waits for a runner to pick the job up, which may take longer
+                # than a lease lasts on a busy system; it must not lapse while the job waits.
+                seconds = max(RESERVATION_MIN_TTL, 4 * self.ttl)
+            headers["Nats-TTL"] = f"{seconds}s"
+        try:
+            ack = await self._js.publish(
+                self._subject(key), msgspec.json.encode(value), headers=headers
+            )
+        except Exception as exc:
+            if getattr(exc, "err_code", None) in (10071, 10164):
+                raise KeyWrongLastSequenceError(description=str(exc)) from None
+            raise
+        return ack.seq
+
+    async def _read_raw(self, key: str) -> tuple[bytes | None, int]:
+        """The live value (if any), and the revision a conditional write must name.
+
+        One read for both: reading them apart would let a write that lands in between be
+        overwritten (the second read would return the new holder's revision).
+        """
+        kv = await self.kv()
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError as exc:  # also a deleted key: its tombstone is the last revision
+            tombstone = getattr(exc, "entry", None)
+            return None, (tombstone.revision if tombstone is not None and tombstone.revision else 0)
+        except NotFoundError:
+            return None, 0
+        revision = entry.revision or 0
+        if not entry.value or entry.operation is not None:
+            return None, revision  # a marker the server left when a lease expired
+        return entry.value, revision
+
+    async def _read(self, key: str) -> tuple[Lease | None, int]:
+        raw, revision = await self._read_raw(key)
+        if raw is None:
+            return None, revision
+        value = msgspec.json.decode(raw, type=SlotValue)
+        return Lease(key=key, revision=revision, value=value), revision
+
+    async def current(self, key: str) -> Lease | None:
+        return (await self._read(key))[0]
+
+    async def last_revision(self, key: str) -> int:
+        """The revision a create must name: 0, or the tombstone's if the key was deleted."""
+        return (await self._read_raw(key))[1]
+
+    async def try_acquire(self, key: str, value: SlotValue) -> Lease | None:
+        """Take a free slot; ``None`` when someone holds or reserved it."""
+        for _ in range(3):
+            current, last = await self._read(key)
+            if current is not None:
+                mine = current.value.phase == "reserved" or (
+                    current.value.runner_id == value.runner_id
+                )
+                if current.value.job_id == value.job_id and mine:
+                    # Our job's reservation (made by the API) becomes our lease.
+                    return await self.renew(current, value)
+                return None
+            try:
+                revision = await self._write(key, value, last)
+            except KeyWrongLastSequenceError:
+                continue  # someone wrote between our read and write: look again
+            return Lease(key=key, revision=revision, value=value)
+        return None
+
+    async def renew(self, lease: Lease, value: SlotValue | None = None) -> Lease | None:
+        """Extend a lease; ``None`` means it was lost (expired and taken, or released)."""
+        new_value = value or lease.value
+        try:
+            revision = await self._write(lease.key, new_value, lease.revision)
+        except KeyWrongLastSequenceError:
+            return None
+        return Lease(key=lease.key, revision=revision, value=new_value)
+
+    async def release(self, lease: Lease) -> bool:
+        """Free the slot if it is still ours; False when it had already expired or been taken."""
+        try:
+            await self._delete(lease.key, lease.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def _delete(self, key: str, last: int | None) -> None:
+        # A delete marker with its own TTL, so markers of finished jobs do not pile up.
+        headers = {"KV-Operation": "DEL", "Nats-TTL": MARKER_TTL}
+        if last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
+        try:
+            await self._js.publish(self._subject(key), b"", headers=headers)
+        except Exception as exc:
+            if getattr(exc, "err_code", None) in (10071, 10164):
+                raise KeyWrongLastSequenceError(description=str(exc)) from None
+            raise
+
+    # --- the queue of a lock (busy policy "queue")
+    async def enqueue(self, lock: str, job_id: str, job_type: str) -> int:
+        """Put a job at the end of its lock's queue; its revision is its place."""
+        key = queue_key(lock, job_id)
+        entry = QueueEntry(job_id=job_id, job_type=job_type, queued_at=time.time())
+        try:
+            return await self._write(key, entry, await self.last_revision(key), ttl=False)
+        except KeyWrongLastSequenceError:
+            return 0  # already queued
+
+    async def dequeue(self, lock: str, job_id: str) -> None:
+        await self._delete(queue_key(lock, job_id), None)
+
+
+def hostname() -> str:
+    return socket.gethostname()

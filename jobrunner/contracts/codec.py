@@ -1,0 +1,37 @@
+"""Encoding of events on the wire: JSON, tagged by ``type``.
+
+Unknown event types and unknown fields are ignored (``decode`` returns ``None`` for an unknown
+type), so old consumers keep working when new events appear.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from jobrunner.contracts import events
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[events.AnyEvent] = msgspec.json.Decoder(events.AnyEvent)
+_type_probe = msgspec.json.Decoder(dict[str, object])
+
+
+def encode(event: events.Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def headers(event: events.Event) -> dict[str, str]:
+    """Headers to publish with: the event id de-duplicates publish retries in JetStream."""
+    return {MSG_ID_HEADER: event.event_id}
+
+
+def decode(data: bytes) -> events.AnyEvent | None:
+    """Decode an event; ``None`` if its type is one this version does not know."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError:
+        kind = _type_probe.decode(data).get("type")
+        if kind not in {t.__struct_config__.tag for t in events.EVENT_TYPES}:
+            return None
+        raise

@@ -1,0 +1,88 @@
+"""Subject, stream, consumer and bucket names: defined here and nowhere else.
+
+Every name takes a prefix so that several installations (and every test) can share one NATS
+server without seeing each other.
+
+Subject hierarchy, for one job ``<id>``::
+
+    <prefix>.job.<id>.requested   JobRequested
+    <prefix>.job.<id>.cancel      CancelRequested
+    <prefix>.job.<id>.status      StatusChanged
+    <prefix>.job.<id>.lines       LineLogged
+    <prefix>.job.<id>.progress    ProgressReported
+
+Filters: ``<prefix>.job.<id>.>`` is one job; ``<prefix>.job.*.status`` every status change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from jobrunner.contracts import events
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+KIND_BY_EVENT: dict[type[events.Event], str] = {
+    events.JobRequested: "requested",
+    events.CancelRequested: "cancel",
+    events.StatusChanged: "status",
+    events.LineLogged: "lines",
+    events.ProgressReported: "progress",
+}
+
+
+@dataclass(frozen=True)
+class Names:
+    prefix: str = "jobrunner"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ValueError(f"prefix {self.prefix!r} must be 1-32 of A-Z a-z 0-9 _ -")
+
+    # --- the event stream (the source of truth)
+    @property
+    def stream(self) -> str:
+        return f"{self.prefix.upper()}_EVENTS"
+
+    @property
+    def all_subjects(self) -> str:
+        return f"{self.prefix}.job.>"
+
+    def subject(self, event: events.Event) -> str:
+        return f"{self.prefix}.job.{event.job_id}.{KIND_BY_EVENT[type(event)]}"
+
+    def job_subjects(self, job_id: str) -> str:
+        return f"{self.prefix}.job.{job_id}.>"
+
+    def kind_subjects(self, kind: str) -> str:
+        return f"{self.prefix}.job.*.{kind}"
+
+    def job_kind_subject(self, job_id: str, kind: str) -> str:
+        return f"{self.prefix}.job.{job_id}.{kind}"
+
+    # --- durable consumers
+    @property
+    def runner_consumer(self) -> str:
+        return f"{self.prefix}_runner"
+
+    @property
+    def projector_consumer(self) -> str:
+        return f"{self.prefix}_projector"
+
+    # --- key/value buckets
+    @property
+    def locks_bucket(self) -> str:
+        """Slot leases: one key per lock slot (or per lock-free job), with a per-key TTL."""
+        return f"{self.prefix}_locks"
+
+    @property
+    def tokens_bucket(self) -> str:
+        """API tokens (hashes only) and the session signing key, shared by every API instance."""
+        return f"{self.prefix}_tokens"
+
+    # --- plain NATS notifications (not persisted)
+    @property
+    def projected_subject(self) -> str:
+        """The projector announces the stream sequence it has committed up to."""
+        return f"{self.prefix}.projector.applied"

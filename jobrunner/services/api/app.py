@@ -1,0 +1,59 @@
+"""The Litestar application."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.api import security
+from jobrunner.services.api.context import lifespan
+from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.routes.audit import job_events
+from jobrunner.services.api.routes.jobs import JobController
+from jobrunner.services.api.routes.logs import download_job_log, job_logs
+from jobrunner.services.api.routes.meta import health, list_job_types
+from jobrunner.services.api.routes.pages import UI_ROUTES, template_config
+from jobrunner.services.api.routes.streams import job_event_stream
+from jobrunner.services.api.routes.updates import job_updates
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings) -> Litestar:
+    app = Litestar(
+        route_handlers=[
+            *security.ROUTES,
+            JobController,
+            job_event_stream,
+            list_job_types,
+            health,
+            # history and audit
+            job_updates,
+            job_logs,
+            download_job_log,
+            job_events,
+            # web UI
+            *UI_ROUTES,
+        ],
+        lifespan=[lifespan(settings), security.access_lifespan(settings)],
+        middleware=security.MIDDLEWARE,
+        before_send=[security.add_security_headers],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        template_config=template_config(),
+        openapi_config=OpenAPIConfig(
+            title="jobrunner",
+            version="0.1.0",
+            path="/api/schema",
+            components=security.OPENAPI_COMPONENTS,
+            security=security.OPENAPI_SECURITY,
+            # Only the documents themselves: the interactive viewers load scripts from CDNs,
+            # which jobrunner never depends on at run time (and its CSP would block).
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+        ),
+        debug=False,
+    )
+    security.document_errors(app)
+    return app

@@ -1,0 +1,97 @@
+"""What the API holds while it runs: clients built in the lifespan, never at import time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+import structlog
+from litestar import Litestar
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from jobrunner.common import database, eventstore
+from jobrunner.common.jobtypes import JobType, load_job_types
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
+
+
+@dataclass
+class ProjectionTracker:
+    """Knows how far the projector has applied the stream, from its notices."""
+
+    applied: int = 0
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def on_notice(self, msg: Msg) -> None:
+        try:
+            seq = msgspec.json.decode(msg.data, type=events.ProjectedNotice).last_seq
+        except msgspec.MsgspecError:
+            return
+        if seq > self.applied:
+            async with self._changed:
+                self.applied = seq
+                self._changed.notify_all()
+
+    async def wait_for(self, seq: int, timeout: float) -> bool:
+        """Wait until the read models include stream sequence ``seq`` (read-your-writes)."""
+        if self.applied >= seq:
+            return True
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self.applied >= seq)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    names: Names
+    nc: NATS
+    js: JetStreamContext
+    pool: asyncpg.Pool
+    job_types: dict[str, JobType]
+    slots: SlotTable
+    projection: ProjectionTracker
+
+
+def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+        names = Names(settings.prefix)
+        job_types = load_job_types(settings.job_types_file)
+        nc = await eventstore.connect(settings, "api")
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        pool = await database.create_pool(settings.database_url, min_size=1, max_size=10)
+        tracker = ProjectionTracker()
+        sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
+        app.state.ctx = ApiContext(
+            settings=settings,
+            names=names,
+            nc=nc,
+            js=js,
+            pool=pool,
+            job_types=job_types,
+            slots=SlotTable(js, names, settings.lease_ttl_seconds),
+            projection=tracker,
+        )
+        try:
+            yield
+        finally:
+            await sub.unsubscribe()
+            await pool.close()
+            await eventstore.close(nc)
+
+    return _lifespan

@@ -1,0 +1,209 @@
+"""``job_update``: one compact event per change of any job, for dashboards and the side panel.
+
+Built from the JetStream events themselves (never from polling Postgres), on a consumer that
+filters out log-line subjects, so a flood of output costs this stream nothing. Each frame's ``id``
+is the stream sequence of the event it came from; ``Last-Event-ID`` resumes right after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.services.api import readmodels, schemas, sse
+from jobrunner.services.api.context import ApiContext
+
+EVENT_NAME = "job_update"
+# The kinds that change what a job_update shows; "lines" is left out on purpose.
+UPDATE_KINDS = ("requested", "status", "progress", "cancel")
+# Jobs whose latest state one connection remembers (to fill fields an event does not carry).
+REMEMBERED_JOBS = 10_000
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    status: str
+    job_type: str | None = None
+    phase: str | None = None
+    progress: float | None = None
+    current: int | None = None
+    total: int | None = None
+    message: str | None = None
+    cancel_requested: bool = False
+    updated_at: datetime | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """Seed 001's fields (``jobId, status, phase, progress, message, updatedAt``) and a few
+        more a panel needs (``jobType``, ``current``/``total`` for "42 / 127")."""
+        return {
+            "type": EVENT_NAME,
+            "jobId": self.job_id,
+            "jobType": self.job_type,
+            "status": self.status,
+            "phase": self.phase,
+            "progress": self.progress,
+            "current": self.current,
+            "total": self.total,
+            "message": self.message,
+            "cancelRequested": self.cancel_requested,
+            "updatedAt": self.updated_at,
+        }
+
+
+def percent_of(percent: float | None, current: int | None, total: int | None) -> float | None:
+    """The reported percent, else ``current / total`` ("42 / 127" is 33.1 %)."""
+    if percent is None and current is not None and total:
+        return round(100.0 * current / total, 1)
+    return percent
+
+
+def state_from_row(row: asyncpg.Record) -> JobState:
+    """A job's state as the read model shows it."""
+    job = readmodels.job_from_row(row)
+    progress = job.progress or schemas.Progress(None, None, None, None, None)
+    percent = percent_of(progress.percent, progress.current, progress.total)
+    # As apply() shows them: a completed job is at 100 %, a failed one says its error.
+    if job.status == JobStatus.COMPLETED:
+        percent = 100.0
+    return JobState(
+        job.id,
+        job.status,
+        job_type=job.job_type,
+        phase=progress.phase,
+        progress=percent,
+        current=progress.current,
+        total=progress.total,
+        message=job.error.message if job.error is not None else progress.message,
+        cancel_requested=job.cancel_requested_at is not None,
+        updated_at=job.updated_at,
+    )
+
+
+def apply(state: JobState | None, event: events.Event) -> JobState | None:
+    """The job's state after ``event`` (pure). ``None`` for events that change nothing shown.
+
+    ``state`` is ``None`` only for a job neither this stream nor the read model knows yet: its
+    JobRequested came before the stream's start and the projector has not applied it. Such a
+    job's status is never guessed from a progress report or a cancel request: until a
+    StatusChanged says otherwise, it is "pending", the status every job starts in."""
+    at = event.occurred_at
+    match event:
+        case events.JobRequested():
+            return JobState(event.job_id, "pending", job_type=event.job_type, updated_at=at)
+        case events.StatusChanged():
+            base = state or JobState(event.job_id, event.status.value)
+            message = base.message
+            if event.error is not None:
+                message = event.error.message
+            progress = base.progress
+            if event.status == JobStatus.COMPLETED:
+                progress = 100.0
+            return replace(
+                base, status=event.status.value, message=message, progress=progress, updated_at=at
+            )
+        case events.ProgressReported():
+            base = state or JobState(event.job_id, JobStatus.PENDING.value)
+            percent = percent_of(event.percent, event.current, event.total)
+            return replace(
+                base,
+                phase=event.phase if event.phase is not None else base.phase,
+                progress=percent if percent is not None else base.progress,
+                current=event.current if event.current is not None else base.current,
+                total=event.total if event.total is not None else base.total,
+                message=event.message if event.message is not None else base.message,
+                updated_at=at,
+            )
+        case events.CancelRequested():
+            base = state or JobState(event.job_id, JobStatus.PENDING.value)
+            return replace(base, cancel_requested=True, updated_at=at)
+    return None
+
+
+class JobStates:
+    """The last state of the most recently changed jobs (bounded).
+
+    A job first seen through a later event (the stream started after its JobRequested, or the job
+    was forgotten to stay within bounds) starts from what ``lookup`` (the read model) knows."""
+
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[JobState | None]],
+        size: int = REMEMBERED_JOBS,
+    ) -> None:
+        self._lookup = lookup
+        self._size = size
+        self._states: OrderedDict[str, JobState] = OrderedDict()
+
+    async def update(self, event: events.Event) -> JobState | None:
+        state = self._states.get(event.job_id)
+        if state is None and not isinstance(event, events.JobRequested):
+            state = await self._lookup(event.job_id)
+        state = apply(state, event)
+        if state is None:
+            return None
+        self._states[event.job_id] = state
+        self._states.move_to_end(event.job_id)
+        if len(self._states) > self._size:
+            self._states.popitem(last=False)
+        return state
+
+
+async def update_stream(
+    ctx: ApiContext,
+    start_seq: int,
+    visible: Callable[[events.Event], Awaitable[bool]] | None = None,
+) -> AsyncIterator[bytes]:
+    """Yield ``job_update`` frames for every job from ``start_seq`` on, forever.
+
+    ``visible`` leaves out the jobs the caller may not see (a token limited to its own jobs)."""
+    yield sse.retry(ctx.settings.sse_retry_ms)
+    sub = await ctx.js.subscribe(
+        ctx.names.kind_subjects(UPDATE_KINDS[0]),
+        stream=ctx.names.stream,
+        ordered_consumer=True,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(start_seq, 1),
+            filter_subjects=[ctx.names.kind_subjects(kind) for kind in UPDATE_KINDS],
+        ),
+        pending_msgs_limit=50_000,
+    )
+
+    async def read_model_state(job_id: str) -> JobState | None:
+        row = await readmodels.get_job_row(ctx.pool, job_id)
+        return state_from_row(row) if row is not None else None
+
+    states = JobStates(read_model_state)
+    keepalive = ctx.settings.sse_keepalive_seconds
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=keepalive)
+            except (NatsTimeoutError, TimeoutError):
+                yield sse.comment("keep-alive")
+                continue
+            try:
+                event = codec.decode(msg.data)
+            except msgspec.MsgspecError:
+                continue
+            if event is None or (visible is not None and not await visible(event)):
+                continue
+            state = await states.update(event)
+            if state is not None:
+                yield sse.frame(
+                    state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
+                )
+    finally:
+        await asyncio.shield(sub.unsubscribe())

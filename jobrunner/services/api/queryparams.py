@@ -1,0 +1,142 @@
+"""Strict query strings: every parameter known, every value checked, a 400 naming the field.
+
+Used by the history endpoints, where a typo in a filter must not silently widen the result.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar.datastructures import MultiDict
+
+from jobrunner.services.api.errors import ApiError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$")
+MAX_SEARCH_LENGTH = 200
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(400, "INVALID_QUERY", message, field=field)
+
+
+class Query:
+    """The query string of one request, read field by field."""
+
+    def __init__(self, params: MultiDict[str], known: Iterable[str]) -> None:
+        self._params = params
+        unknown = sorted(set(params.keys()) - set(known))
+        if unknown:
+            raise ApiError(
+                400,
+                "UNKNOWN_QUERY_PARAMETER",
+                f"Unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(known))}.",
+                field=unknown[0],
+                known=sorted(known),
+            )
+
+    def _one(self, field: str) -> str | None:
+        values = self._params.getall(field, [])
+        if not values:
+            return None
+        if len(values) > 1:
+            raise invalid(field, f"{field!r} may be given only once.")
+        return values[0]
+
+    def many(self, field: str) -> list[str]:
+        """A repeatable parameter; each value may also be a comma-separated list."""
+        out: list[str] = []
+        for raw in self._params.getall(field, []):
+            out.extend(part.strip() for part in raw.split(",") if part.strip())
+        return out
+
+    def choices(self, field: str, allowed: Iterable[str]) -> tuple[str, ...]:
+        allowed = list(allowed)
+        values = self.many(field)
+        for value in values:
+            if value not in allowed:
+                raise invalid(
+                    field, f"{value!r} is not a valid {field}; choose from {', '.join(allowed)}."
+                )
+        return tuple(dict.fromkeys(values))
+
+    def names(self, field: str) -> tuple[str, ...]:
+        values = self.many(field)
+        for value in values:
+            if not _NAME_RE.match(value):
+                raise invalid(field, f"{value!r} is not a valid {field}.")
+        return tuple(dict.fromkeys(values))
+
+    def name(self, field: str) -> str | None:
+        value = self._one(field)
+        if value is not None and not _NAME_RE.match(value):
+            raise invalid(field, f"{value!r} is not a valid {field}.")
+        return value
+
+    def text(self, field: str) -> str | None:
+        value = self._one(field)
+        if value is None or value == "":
+            return None
+        if len(value) > MAX_SEARCH_LENGTH:
+            raise invalid(field, f"{field!r} is longer than {MAX_SEARCH_LENGTH} characters.")
+        if "\x00" in value:
+            raise invalid(field, f"{field!r} contains a NUL character.")
+        return value
+
+    def integer(
+        self, field: str, default: int | None, minimum: int, maximum: int | None = None
+    ) -> int | None:
+        raw = self._one(field)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise invalid(field, f"{field!r} must be an integer, not {raw!r}.") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and {maximum}" if maximum is not None else ""
+            word = "between" if maximum is not None else "at least"
+            raise invalid(field, f"{field!r} must be {word} {minimum}{upper}.")
+        return value
+
+    def timestamp(self, field: str) -> datetime | None:
+        """ISO 8601; a time without a zone is UTC."""
+        raw = self._one(field)
+        if raw is None:
+            return None
+        try:
+            # A "+01:00" offset arrives as " 01:00" when the client did not encode the "+".
+            value = datetime.fromisoformat(_SPACED_OFFSET.sub(r"\1+\2", raw.replace("Z", "+00:00")))
+        except ValueError:
+            raise invalid(
+                field, f"{field!r} must be an ISO 8601 time such as 2026-01-31T12:00:00Z."
+            ) from None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    def cursor(self, field: str, kind: type[Any]) -> Any:
+        raw = self._one(field)
+        if raw is None or raw == "":
+            return None
+        try:
+            return decode_cursor(raw, kind)
+        except ValueError:
+            raise invalid(field, f"{field!r} is not a cursor this API handed out.") from None
+
+
+def encode_cursor(value: Any) -> str:
+    """An opaque, URL-safe cursor (base64 of JSON: clients must not build their own)."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(value)).rstrip(b"=").decode()
+
+
+def decode_cursor(raw: str, kind: type[Any]) -> Any:
+    try:
+        data = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        return msgspec.json.decode(data, type=kind)
+    except (binascii.Error, ValueError, msgspec.MsgspecError):
+        raise ValueError("bad cursor") from None

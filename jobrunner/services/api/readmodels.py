@@ -1,0 +1,249 @@
+"""Queries on the read models. The API only reads Postgres; it never writes job state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.api import schemas
+
+JOB_COLUMNS = """
+    id, job_type, status, parameters, created_at, started_at, finished_at, exit_code,
+    error_code, error_message, result, log_count, progress_current, progress_total,
+    progress_percent, phase, message, lock, requested_by, cancelled_by, cancel_requested_at,
+    updated_at, first_seq, last_seq, batch_id
+"""
+
+
+def job_from_row(row: asyncpg.Record, now: datetime | None = None) -> schemas.Job:
+    started, finished = row["started_at"], row["finished_at"]
+    duration = None
+    if started is not None:
+        end = finished or now or datetime.now(UTC)
+        duration = round((end - started).total_seconds(), 3)
+    progress = None
+    if any(
+        row[c] is not None for c in ("progress_current", "progress_percent", "phase", "message")
+    ):
+        progress = schemas.Progress(
+            current=row["progress_current"],
+            total=row["progress_total"],
+            percent=row["progress_percent"],
+            phase=row["phase"],
+            message=row["message"],
+        )
+    error = (
+        schemas.JobError(code=row["error_code"], message=row["error_message"] or "")
+        if row["error_code"]
+        else None
+    )
+    return schemas.Job(
+        id=row["id"],
+        job_type=row["job_type"],
+        status=row["status"],
+        parameters=row["parameters"],
+        created_at=row["created_at"],
+        started_at=started,
+        finished_at=finished,
+        duration_seconds=duration,
+        exit_code=row["exit_code"],
+        error=error,
+        result=row["result"],
+        log_count=row["log_count"],
+        progress=progress,
+        lock=row["lock"],
+        requested_by=row["requested_by"],
+        cancelled_by=row["cancelled_by"],
+        cancel_requested_at=row["cancel_requested_at"],
+        updated_at=row["updated_at"],
+        batch_id=row["batch_id"],
+    )
+
+
+async def get_job_row(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        f"SELECT {JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
+    )
+
+
+# Free-text search runs over this expression; the trigram index jobs_search_idx in
+# services/projector/search_index.sql is built on exactly the same text.
+SEARCH_EXPRESSION = "(job_type || ' ' || parameters::text || ' ' || coalesce(result::text, ''))"
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What GET /api/jobs filters on; every field already validated."""
+
+    statuses: tuple[str, ...] = ()
+    job_types: tuple[str, ...] = ()
+    search: str | None = None
+    batch_id: str | None = None
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+    # Set for a token limited to its own jobs (``Principal.owner``).
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True)
+class JobCursor:
+    """The position after the last job of a page: its (created_at, id)."""
+
+    created_at: datetime
+    id: str
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` with LIKE's wildcards in ``text`` taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def list_jobs(
+    pool: asyncpg.Pool,
+    limit: int,
+    filters: JobFilter = JobFilter(),
+    after: JobCursor | None = None,
+) -> tuple[list[asyncpg.Record], int]:
+    """One page of jobs, newest first, and the stream sequence the read models were at.
+
+    Keyset pagination on ``(created_at, id)``: a page never shifts when new jobs arrive.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if filters.statuses:
+        where.append(f"status = ANY({arg(list(filters.statuses))}::text[])")
+    if filters.job_types:
+        where.append(f"job_type = ANY({arg(list(filters.job_types))}::text[])")
+    if filters.batch_id is not None:
+        where.append(f"batch_id = {arg(filters.batch_id)}")
+    if filters.created_from is not None:
+        where.append(f"created_at >= {arg(filters.created_from)}")
+    if filters.created_to is not None:
+        where.append(f"created_at < {arg(filters.created_to)}")
+    if filters.requested_by is not None:
+        where.append(f"requested_by = {arg(filters.requested_by)}")
+    if filters.search:
+        where.append(f"{SEARCH_EXPRESSION} ILIKE {arg(like_pattern(filters.search))}")
+    if after is not None:
+        where.append(f"(created_at, id) < ({arg(after.created_at)}, {arg(after.id)})")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    query = (
+        f"SELECT {JOB_COLUMNS} FROM {READ_SCHEMA}.jobs {clause} "
+        f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
+    )
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # A plan for these very values: a generic plan (what a prepared statement drifts to)
+        # cannot use the trigram index for an unknown pattern, nor judge a filter's selectivity.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # One snapshot for both: the page and the sequence it reflects.
+        rows = await conn.fetch(query, *args)
+        applied = await conn.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+    return rows, int(applied or 0)
+
+
+# --- log lines
+
+
+@dataclass(frozen=True)
+class LineFilter:
+    levels: tuple[str, ...] = ()
+    streams: tuple[str, ...] = ()
+    search: str | None = None
+
+
+def _line_conditions(job_id: str, filters: LineFilter) -> tuple[list[str], list[Any]]:
+    where = ["job_id = $1"]
+    args: list[Any] = [job_id]
+    if filters.levels:
+        args.append(list(filters.levels))
+        where.append(f"level = ANY(${len(args)}::text[])")
+    if filters.streams:
+        args.append(list(filters.streams))
+        where.append(f"stream = ANY(${len(args)}::text[])")
+    if filters.search:
+        args.append(like_pattern(filters.search))
+        where.append(f"text ILIKE ${len(args)}")
+    return where, args
+
+
+LINE_COLUMNS = "seq, stream, level, ts, text"
+
+
+async def log_lines_after(
+    pool: asyncpg.Pool, job_id: str, after: int, limit: int, filters: LineFilter
+) -> list[asyncpg.Record]:
+    """Lines with ``seq > after``, oldest first."""
+    where, args = _line_conditions(job_id, filters)
+    args += [after, limit]
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"SELECT {LINE_COLUMNS} FROM {READ_SCHEMA}.log_lines "
+        f"WHERE {' AND '.join(where)} AND seq > ${len(args) - 1} "
+        f"ORDER BY seq LIMIT ${len(args)}",
+        *args,
+    )
+    return rows
+
+
+async def log_lines_tail(
+    pool: asyncpg.Pool, job_id: str, count: int, filters: LineFilter
+) -> list[asyncpg.Record]:
+    """The last ``count`` lines, oldest first."""
+    where, args = _line_conditions(job_id, filters)
+    args.append(count)
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"SELECT {LINE_COLUMNS} FROM {READ_SCHEMA}.log_lines "
+        f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return rows[::-1]
+
+
+# The download is plain text: colour codes (kept in the log for the web UI) are left out.
+_PLAIN_TEXT = (
+    "CASE WHEN strpos(text, E'\\x1b') > 0 "
+    "THEN regexp_replace(text, E'\\x1b\\[[0-9;]*m', '', 'g') ELSE text END"
+)
+# One line of a downloaded log: ISO 8601 UTC time, level, text. Formatted by Postgres, a chunk at
+# a time, so a million-line log never sits in the API's memory.
+_DOWNLOAD_LINE = (
+    "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+    f"|| ' ' || rpad(level, 7) || ' ' || {_PLAIN_TEXT} || E'\\n'"
+)
+
+
+async def log_text_chunks(
+    pool: asyncpg.Pool, job_id: str, chunk_lines: int = 20_000
+) -> AsyncIterator[bytes]:
+    """The whole log as text, in chunks of ``chunk_lines`` lines (keyset pages on ``seq``).
+
+    The connection goes back to the pool between chunks, so a slow client holds none.
+    """
+    after = 0
+    while True:
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"""
+                SELECT max(seq) AS last, string_agg(line, '' ORDER BY seq) AS body FROM (
+                    SELECT seq, {_DOWNLOAD_LINE} AS line FROM {READ_SCHEMA}.log_lines
+                    WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+                ) AS chunk
+                """,
+                job_id,
+                after,
+                chunk_lines,
+            )
+        if row is None or row["last"] is None:
+            return
+        yield row["body"].encode()
+        after = row["last"]

@@ -1,0 +1,279 @@
+"""Starting, reading and cancelling jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+
+from jobrunner.common import eventstore
+from jobrunner.common.jobtypes import ParameterError, validate_parameters
+from jobrunner.common.slots import SlotValue, slot_key
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.queryparams import Query, encode_cursor
+from jobrunner.services.api.security import Principal, principal_of
+from jobrunner.services.api.security.openapi import error_spec
+
+MAX_LIST_LIMIT = 500
+LIST_PARAMETERS = (
+    "limit",
+    "cursor",
+    "status",
+    "job_type",
+    "search",
+    "batch_id",
+    "created_from",
+    "created_to",
+)
+# How long a POST waits for the projector so that an immediate GET finds the job.
+READ_YOUR_WRITES_TIMEOUT = 2.0
+
+
+def ctx_of(request: Request[Any, Any, Any]) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def decode_create(body: bytes) -> schemas.CreateJob:
+    try:
+        return msgspec.json.decode(body, type=schemas.CreateJob)
+    except msgspec.ValidationError as exc:
+        raise ApiError(
+            422, "INVALID_REQUEST", f"The request body is not a job request: {exc}."
+        ) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
+
+
+async def find_job(ctx: ApiContext, job_id: str, principal: Principal | None = None) -> Any:
+    """The job's row; 404 when it does not exist or ``principal`` may not see it."""
+    row = await readmodels.get_job_row(ctx.pool, job_id)
+    if row is None or (principal is not None and not principal.can_see(row)):
+        raise job_not_found(job_id)
+    return row
+
+
+class JobController(Controller):
+    path = "/api/jobs"
+    tags = ["jobs"]
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Start a job",
+        opt={"request_body": schemas.CreateJob},  # read by hand below; documented by this
+        responses={409: error_spec("The type's lock is busy (SLOT_BUSY).")},
+    )
+    async def create_job(self, request: Request[Any, Any, Any]) -> schemas.JobCreated:
+        """Validate the parameters against the job type and publish JobRequested.
+
+        Answers once the request is stored in JetStream. A job type whose lock is busy and whose
+        busy policy is ``reject`` answers 409 with the job holding the lock.
+        """
+        ctx = ctx_of(request)
+        body = decode_create(await request.body())
+        job_type = ctx.job_types.get(body.job_type)
+        if job_type is None:
+            raise ApiError(
+                422,
+                "UNKNOWN_JOB_TYPE",
+                f"There is no job type {body.job_type!r}; GET /api/job-types lists them.",
+                known=sorted(ctx.job_types),
+            )
+        try:
+            parameters = validate_parameters(job_type, body.parameters)
+        except ParameterError as exc:
+            raise ApiError(
+                422,
+                "INVALID_PARAMETERS",
+                "Some parameters are not valid for this job type.",
+                fields=[msgspec.to_builtins(e) for e in exc.errors],
+            ) from None
+        request_event = events.JobRequested(
+            job_id=events.new_event_id(),
+            job_type=job_type.name,
+            parameters=parameters,
+            lock=job_type.lock,
+            requested_by=principal_of(request).name,
+        )
+        reservation = None
+        if job_type.lock and job_type.on_busy == "reject":
+            key = slot_key(job_type.lock, request_event.job_id)
+            reservation = await ctx.slots.try_acquire(
+                key,
+                SlotValue(job_id=request_event.job_id, phase="reserved", job_type=job_type.name),
+            )
+            if reservation is None:
+                await self._raise_busy(ctx, key, job_type.lock, principal_of(request))
+        queued = bool(job_type.lock) and job_type.on_busy == "queue"
+        if queued and job_type.lock:
+            # Queue first, publish second: the queue entry's revision is the job's place, so jobs
+            # start in the order their POSTs were answered.
+            await ctx.slots.enqueue(job_type.lock, request_event.job_id, job_type.name)
+        try:
+            seq = await eventstore.publish(ctx.js, ctx.names, request_event)
+        except Exception:
+            if reservation is not None:
+                await ctx.slots.release(reservation)
+            if queued and job_type.lock:
+                await ctx.slots.dequeue(job_type.lock, request_event.job_id)
+            raise
+        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+        return schemas.JobCreated(
+            id=request_event.job_id,
+            job_type=job_type.name,
+            status=JobStatus.PENDING.value,
+            created_at=request_event.occurred_at,
+        )
+
+    async def _raise_busy(self, ctx: ApiContext, key: str, lock: str, principal: Principal) -> None:
+        holder = await ctx.slots.current(key)
+        running: dict[str, Any] | None = None
+        row = await readmodels.get_job_row(ctx.pool, holder.value.job_id) if holder else None
+        # A token limited to its own jobs learns that the lock is busy, not whose job holds it.
+        visible = principal.owner is None or (row is not None and principal.can_see(row))
+        if holder is not None and visible:
+            running = {
+                "id": holder.value.job_id,
+                "job_type": row["job_type"] if row else holder.value.job_type,
+                "status": row["status"] if row else "pending",
+                "started_at": row["started_at"].isoformat() if row and row["started_at"] else None,
+            }
+        raise ApiError(
+            409,
+            "SLOT_BUSY",
+            f"A job is already running on lock {lock!r}; wait for it to finish or cancel it.",
+            running_job=running,
+        )
+
+    @get("/", summary="List jobs, newest first, filtered, in pages")
+    async def list_jobs(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Annotated[
+            str | None, Parameter(description=f"jobs per page, 1-{MAX_LIST_LIMIT} (default 50)")
+        ] = None,
+        cursor: Annotated[
+            str | None, Parameter(description="next_cursor of the previous page")
+        ] = None,
+        status: Annotated[
+            list[str] | None, Parameter(description="repeatable or comma-separated")
+        ] = None,
+        job_type: Annotated[
+            list[str] | None, Parameter(description="repeatable or comma-separated")
+        ] = None,
+        search: Annotated[
+            str | None, Parameter(description="text in the type, parameters or result")
+        ] = None,
+        batch_id: str | None = None,
+        created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
+        created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
+    ) -> schemas.JobPage:
+        """Newest first. ``next_cursor`` pages on; pages stay stable while new jobs arrive.
+
+        ``projected_seq`` is the stream sequence the page reflects: open ``/api/jobs/stream``
+        with ``?after=<projected_seq>`` to miss no update after it.
+        """
+        ctx = ctx_of(request)
+        query = Query(request.query_params, LIST_PARAMETERS)
+        filters = readmodels.JobFilter(
+            statuses=query.choices("status", [s.value for s in JobStatus]),
+            job_types=query.names("job_type"),
+            search=query.text("search"),
+            batch_id=query.name("batch_id"),
+            created_from=query.timestamp("created_from"),
+            created_to=query.timestamp("created_to"),
+            requested_by=principal_of(request).owner,
+        )
+        page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
+        after = query.cursor("cursor", readmodels.JobCursor)
+        rows, applied = await readmodels.list_jobs(ctx.pool, page_size + 1, filters, after)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        next_cursor = (
+            encode_cursor(readmodels.JobCursor(rows[-1]["created_at"], rows[-1]["id"]))
+            if more
+            else None
+        )
+        return schemas.JobPage(
+            items=[readmodels.job_from_row(r) for r in rows],
+            next_cursor=next_cursor,
+            projected_seq=applied,
+        )
+
+    @get("/{job_id:str}", summary="One job")
+    async def get_job(self, request: Request[Any, Any, Any], job_id: str) -> schemas.Job:
+        ctx = ctx_of(request)
+        return readmodels.job_from_row(await find_job(ctx, job_id, principal_of(request)))
+
+    @delete(
+        "/{job_id:str}",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Cancel a job",
+        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
+    )
+    async def cancel_job(
+        self, request: Request[Any, Any, Any], job_id: str
+    ) -> schemas.CancelAccepted:
+        return await cancel(ctx_of(request), job_id, principal_of(request))
+
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Cancel a job",
+        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
+    )
+    async def cancel_job_post(
+        self, request: Request[Any, Any, Any], job_id: str
+    ) -> schemas.CancelAccepted:
+        return await cancel(ctx_of(request), job_id, principal_of(request))
+
+
+async def cancel(
+    ctx: ApiContext, job_id: str, principal: Principal | None = None
+) -> schemas.CancelAccepted:
+    """Publish CancelRequested. A pending job is cancelled at once; a running one by its runner."""
+    row = await find_job(ctx, job_id, principal)
+    requested_by = principal.name if principal is not None else None
+    if JobStatus(row["status"]).is_terminal:
+        raise ApiError(
+            409,
+            "JOB_FINISHED",
+            f"The job already ended with status {row['status']!r}.",
+            status=row["status"],
+        )
+    await eventstore.publish(
+        ctx.js, ctx.names, events.CancelRequested(job_id=job_id, requested_by=requested_by)
+    )
+    if row["status"] == JobStatus.PENDING:
+        # The job never started: say so now. Should a runner start it at this very moment, it
+        # sees the cancel and stops it; the shared terminal event id keeps one ending.
+        seq = await eventstore.publish(
+            ctx.js,
+            ctx.names,
+            events.StatusChanged(
+                job_id=job_id,
+                event_id=events.terminal_event_id(job_id),
+                status=JobStatus.CANCELLED,
+                cancelled_by=requested_by,
+            ),
+        )
+        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+        if row["lock"]:
+            await ctx.slots.dequeue(row["lock"], job_id)
+            holder = await ctx.slots.current(slot_key(row["lock"], job_id))
+            if (
+                holder is not None
+                and holder.value.job_id == job_id
+                and holder.value.phase == "reserved"
+            ):
+                await ctx.slots.release(holder)
+        return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
+    return schemas.CancelAccepted(id=job_id, status=row["status"])

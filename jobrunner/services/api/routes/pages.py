@@ -1,0 +1,220 @@
+"""The web UI: server-rendered pages and the HTMX fragments they refresh themselves with.
+
+Live data reaches the browser through the same JSON API and SSE streams every client uses; these
+handlers only render HTML from the read models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, get
+from litestar.datastructures import Cookie
+from litestar.exceptions import NotFoundException
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ControllerRouterHandler
+
+from jobrunner.common.jobtypes import JobType
+from jobrunner.contracts.events import JobStatus
+from jobrunner.services.api import i18n, readmodels, schemas, security
+from jobrunner.services.api.routes.jobs import ctx_of, find_job
+from jobrunner.services.api.security.principal import optional_principal
+
+HERE = Path(__file__).resolve().parent.parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+RECENT_LIMIT = 20
+# The detail page carries the log's first lines, so its first screen needs no second request.
+FIRST_LINES = 200
+FIRST_LINES_MAX_CHARS = 200_000
+ACTIVE = (JobStatus.RUNNING.value, JobStatus.PENDING.value)
+FINISHED = tuple(s.value for s in JobStatus if s.is_terminal)
+LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
+
+
+def template_config() -> TemplateConfig:  # type: ignore[type-arg]
+    from litestar.contrib.jinja import JinjaTemplateEngine
+
+    return TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine)
+
+
+static_router = create_static_files_router(
+    path="/static", directories=[STATIC], include_in_schema=False, name="static"
+)
+
+
+# Every page takes ``?lang=de|en`` (declared on the handlers, which the access middleware
+# checks query parameters against); the choice is remembered in a cookie.
+def language_of(request: Request[Any, Any, Any]) -> str:
+    return i18n.negotiate(
+        request.query_params.get("lang"),
+        request.cookies.get(i18n.COOKIE),
+        request.headers.get("accept-language"),
+    )
+
+
+def in_schema_order(job: schemas.Job, job_type: JobType | None) -> list[tuple[str, Any]]:
+    """The job's parameters in the order its type declares them (Postgres jsonb has its own)."""
+    declared = list(job_type.parameters) if job_type else []
+    names = [n for n in declared if n in job.parameters]
+    names += sorted(n for n in job.parameters if n not in declared)
+    return [(n, job.parameters[n]) for n in names]
+
+
+def parameter_summary(job: schemas.Job, job_type: JobType | None, t: Any) -> str:
+    """Parameters in one short line: ``PLZ-Filter: 4, Confidence-Level: none,low``."""
+    parts = []
+    for name, value in in_schema_order(job, job_type):
+        if value in ("", None, []):
+            continue
+        param = job_type.parameters.get(name) if job_type else None
+        label = (param.label if param else "") or name
+        if isinstance(value, bool):
+            value = t(f"bool.{str(value).lower()}")
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        parts.append(f"{label}: {value}")
+    return ", ".join(parts)
+
+
+def parameter_rows(job: schemas.Job, job_type: JobType | None, t: Any) -> list[tuple[str, str]]:
+    rows = []
+    for name, value in in_schema_order(job, job_type):
+        param = job_type.parameters.get(name) if job_type else None
+        label = (param.label if param else "") or name
+        if isinstance(value, bool):
+            shown = t(f"bool.{str(value).lower()}")
+        elif isinstance(value, list):
+            labels = {c.value: c.label or c.value for c in param.choices} if param else {}
+            shown = ", ".join(labels.get(v) or str(v) for v in value) or "\u2013"
+        elif param is not None and param.type == "enum":
+            shown = next((c.label or c.value for c in param.choices if c.value == value), value)
+        else:
+            shown = str(value) if value != "" else "\u2013"
+        rows.append((label, shown))
+    return rows
+
+
+def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template:
+    """Render a template with the language, the translator and the job types at hand."""
+    ctx = ctx_of(request)
+    lang = language_of(request)
+    t = i18n.translator(lang)
+    cookies = []
+    if request.query_params.get("lang") in i18n.LANGUAGES:
+        cookies.append(
+            Cookie(key=i18n.COOKIE, value=lang, max_age=LANG_COOKIE_MAX_AGE, samesite="lax")
+        )
+    titles = {n: jt.title or n for n, jt in ctx.job_types.items()}
+    return Template(
+        template_name=name,
+        context={
+            "lang": lang,
+            "languages": i18n.LANGUAGES,
+            "t": t,
+            "texts": i18n.TEXT[lang],
+            "job_types": ctx.job_types,
+            "titles": titles,
+            "summary": lambda job: parameter_summary(job, ctx.job_types.get(job.job_type), t),
+            "path": request.url.path,
+            "csrf_token": security.csrf_token_for(request),
+            **context,
+        },
+        cookies=cookies,
+    )
+
+
+async def active_and_recent(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    pool = ctx_of(request).pool
+    principal = optional_principal(request)
+    owner = principal.owner if principal is not None else None  # own-jobs tokens see theirs
+    active_rows, _ = await readmodels.list_jobs(
+        pool, 10, readmodels.JobFilter(statuses=ACTIVE, requested_by=owner)
+    )
+    active = [readmodels.job_from_row(r) for r in active_rows]
+    # Running before pending, then oldest first: the slot holder is the one that started first.
+    active.sort(key=lambda j: (j.status != "running", j.created_at))
+    rows, _ = await readmodels.list_jobs(
+        pool, RECENT_LIMIT, readmodels.JobFilter(statuses=FINISHED, requested_by=owner)
+    )
+    return {"active": active, "recent": [readmodels.job_from_row(r) for r in rows]}
+
+
+@get("/", include_in_schema=False)
+async def index() -> Redirect:
+    return Redirect("/jobs")
+
+
+@get("/jobs", include_in_schema=False, name="jobs_page")
+async def jobs_page(request: Request[Any, Any, Any], lang: str | None = None) -> Template:
+    """PRD-005 2.1: the running job on top, the recent jobs below."""
+    return page(request, "jobs.html", **await active_and_recent(request))
+
+
+@get("/ui/active", include_in_schema=False)
+async def active_fragment(request: Request[Any, Any, Any]) -> Template:
+    return page(request, "_active.html", **await active_and_recent(request))
+
+
+@get("/ui/recent", include_in_schema=False)
+async def recent_fragment(request: Request[Any, Any, Any]) -> Template:
+    return page(request, "_recent.html", **await active_and_recent(request))
+
+
+@get("/ui/job-form/{job_type:str}", include_in_schema=False)
+async def job_form_fragment(request: Request[Any, Any, Any], job_type: str) -> Template:
+    """The parameter fields of one job type, generated from its schema."""
+    found = ctx_of(request).job_types.get(job_type)
+    if found is None:
+        raise NotFoundException()
+    return page(request, "_job_form.html", job_type=found)
+
+
+@get("/jobs/{job_id:str}", include_in_schema=False, name="job_page")
+async def job_page(
+    request: Request[Any, Any, Any], job_id: str, lang: str | None = None
+) -> Template:
+    """PRD-005 2.3: one job with its whole log, live while it runs."""
+    ctx = ctx_of(request)
+    job = readmodels.job_from_row(await find_job(ctx, job_id, optional_principal(request)))
+    t = i18n.translator(language_of(request))
+    return page(
+        request,
+        "job_detail.html",
+        job=job,
+        parameters=parameter_rows(job, ctx.job_types.get(job.job_type), t),
+        first_lines=await first_lines(ctx.pool, job_id),
+    )
+
+
+async def first_lines(pool: Any, job_id: str) -> list[dict[str, Any]]:
+    rows = await readmodels.log_lines_after(pool, job_id, 0, FIRST_LINES, readmodels.LineFilter())
+    lines, size = [], 0
+    for r in rows:
+        size += len(r["text"])
+        if size > FIRST_LINES_MAX_CHARS:
+            break
+        lines.append(
+            {
+                "seq": r["seq"],
+                "stream": r["stream"],
+                "level": r["level"],
+                "timestamp": r["ts"].isoformat(),
+                "text": r["text"],
+            }
+        )
+    return lines
+
+
+UI_ROUTES: list[ControllerRouterHandler] = [
+    index,
+    jobs_page,
+    active_fragment,
+    recent_fragment,
+    job_form_fragment,
+    job_page,
+    static_router,
+]

@@ -1,0 +1,51 @@
+"""``GET /api/jobs/stream``: every job's changes as ``job_update`` SSE events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.api import sse
+from jobrunner.services.api.job_updates import update_stream
+from jobrunner.services.api.queryparams import Query
+from jobrunner.services.api.routes.jobs import ctx_of
+from jobrunner.services.api.routes.streams import SSE_HEADERS
+from jobrunner.services.api.security import principal_of
+from jobrunner.services.api.security.scope import OwnerFilter
+
+
+@get(
+    "/api/jobs/stream",
+    tags=["streams"],
+    summary="Every job's changes, live (job_update)",
+    media_type="text/event-stream",
+)
+async def job_updates(
+    request: Request[Any, Any, Any],
+    after: Annotated[
+        str | None,
+        Parameter(description="stream sequence to start after (projected_seq of GET /api/jobs)"),
+    ] = None,
+) -> Stream:
+    """Starts after ``Last-Event-ID``, else after ``?after=``, else after what the read models
+    already show (so a list read just before connecting plus this stream miss nothing)."""
+    ctx = ctx_of(request)
+    after_seq = Query(request.query_params, ("after",)).integer("after", None, 0)
+    resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
+    if resume is not None:
+        start = resume.next_seq
+    elif after_seq is not None:
+        start = after_seq + 1
+    else:
+        applied = await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        start = int(applied or 0) + 1
+    scope = OwnerFilter(ctx.pool, principal_of(request).owner)
+    return Stream(
+        update_stream(ctx, start, scope.visible),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )

@@ -1,0 +1,354 @@
+"""The access middleware: every route is closed unless it is on the public allow-list.
+
+For each request it (in this order):
+
+1. lets public routes through (``PUBLIC_PATHS`` or a handler with ``opt={"public": True}``);
+2. finds the caller from ``Authorization: Bearer <token>`` or the session cookie: none → 401
+   (a browser navigating to a page is sent to ``/login`` instead);
+3. for a cookie-authenticated request that changes state, checks the Origin and the CSRF token;
+4. checks the role: ``opt={"role": "admin"}`` on a handler, else ``viewer`` for GET/HEAD and
+   ``operator`` for every other method → 403 when the caller's role is too small;
+5. rejects query parameters the handler does not declare (400);
+6. caps the open event streams per token (handlers returning ``Stream``/``ServerSentEvent``,
+   or ``opt={"sse": True}``) → 429.
+
+Routes added later are covered without doing anything: they are closed by default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import ParameterKwarg
+from litestar.response import ServerSentEvent, Stream
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
+
+from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.security.principal import ANONYMOUS_ADMIN, Principal
+from jobrunner.services.api.security.sessions import (
+    COOKIE_NAME,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    SessionSigner,
+)
+from jobrunner.services.api.security.tokens import Role, TokenStore
+
+# Reachable without a token: the health check, the sign-in page, static assets.
+PUBLIC_PATHS = re.compile(r"^/(?:health|login|login\.css|favicon\.ico)$|^/static/")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_RESERVED_KWARGS = frozenset(
+    {"request", "socket", "state", "scope", "headers", "cookies", "body", "data", "self"}
+)
+_PATH_PARAM_RE = re.compile(r"{(\w+)(?::[^}]*)?}")
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cross-origin-opener-policy": "same-origin",
+}
+
+
+@dataclass
+class StreamLimiter:
+    """Counts the open event streams of each token."""
+
+    per_token: int
+    open: Counter[str] = field(default_factory=Counter)
+
+    def acquire(self, key: str) -> bool:
+        if self.open[key] >= self.per_token:
+            return False
+        self.open[key] += 1
+        return True
+
+    def release(self, key: str) -> None:
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
+
+
+@dataclass
+class Access:
+    """What the middleware needs, built in the lifespan (``app.state.access``)."""
+
+    enabled: bool
+    store: TokenStore | None
+    signer: SessionSigner | None
+    streams: StreamLimiter
+
+    async def principal_from(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+        """The caller, or ApiError 401."""
+        if not self.enabled:
+            return ANONYMOUS_ADMIN
+        assert self.store is not None
+        assert self.signer is not None
+        header = connection.headers.get("authorization")
+        if header is not None:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise unauthorized("Send 'Authorization: Bearer <token>'.")
+            record = await self.store.authenticate(value.strip())
+            if record is None:
+                raise unauthorized("The token is unknown, revoked or expired.")
+            return Principal(record.id, record.name, record.role, record.own_jobs_only)
+        cookie = connection.cookies.get(COOKIE_NAME)
+        if cookie:
+            session = self.signer.verify(cookie)
+            record = await self.store.usable_record(session.token_id) if session else None
+            if record is not None:
+                return Principal(
+                    record.id, record.name, record.role, record.own_jobs_only, via_session=True
+                )
+            raise unauthorized("The session has ended; sign in again.")
+        raise unauthorized("This needs a token: send 'Authorization: Bearer <token>'.")
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(
+        401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": 'Bearer realm="jobrunner"'}
+    )
+
+
+def required_role(handler: Any, method: str) -> Role:
+    declared = handler.opt.get("role") if handler is not None else None
+    if declared:
+        return Role(declared)
+    return Role.VIEWER if method in SAFE_METHODS else Role.OPERATOR
+
+
+def is_public(handler: Any, path: str) -> bool:
+    return bool(PUBLIC_PATHS.match(path)) or bool(handler is not None and handler.opt.get("public"))
+
+
+def is_event_stream(handler: Any) -> bool:
+    if handler is None:
+        return False
+    if handler.opt.get("sse"):
+        return True
+    if not isinstance(handler, HTTPRouteHandler):
+        return False
+    annotation = handler.parsed_fn_signature.return_type.annotation
+    return isinstance(annotation, type) and issubclass(annotation, Stream | ServerSentEvent)
+
+
+# Keyed by id() but holding the handler too: an id is reused once a handler (of an app built
+# for one test, say) is gone, and a bare id would hand its answer to a stranger.
+_known_query_cache: dict[int, tuple[Any, frozenset[str] | None]] = {}
+
+
+def known_query_parameters(handler: Any) -> frozenset[str] | None:
+    """The query parameters a handler declares (``None``: it takes any, e.g. ``query: dict``)."""
+    key = id(handler)
+    cached = _known_query_cache.get(key)
+    if cached is not None and cached[0] is handler:
+        return cached[1]
+    known: set[str] = set()
+    takes_any = False
+    if isinstance(handler, HTTPRouteHandler):
+        path_params = {m.group(1) for p in handler.paths for m in _PATH_PARAM_RE.finditer(p)}
+        signatures = [handler.parsed_fn_signature]
+        for provider in handler.resolve_dependencies().values():
+            if getattr(provider, "parsed_fn_signature", None) is not None:
+                signatures.append(provider.parsed_fn_signature)
+        for signature in signatures:
+            for name, definition in signature.parameters.items():
+                if name == "query":
+                    takes_any = True
+                    break
+                if name in _RESERVED_KWARGS or name in path_params:
+                    continue
+                kwarg = definition.kwarg_definition
+                if isinstance(kwarg, ParameterKwarg):
+                    if kwarg.header or kwarg.cookie:
+                        continue
+                    known.add(kwarg.query or name)
+                elif kwarg is None:
+                    known.add(name)
+            if takes_any:
+                break
+    result = None if takes_any else frozenset(known)
+    _known_query_cache[key] = (handler, result)
+    return result
+
+
+def same_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """False when the browser says the request comes from another site."""
+    site = connection.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return True  # not a browser cross-site request (those always send Origin on POST)
+    return urlsplit(origin).netloc == connection.headers.get("host", "")
+
+
+async def check_csrf(
+    scope: Scope, receive: Receive, connection: ASGIConnection[Any, Any, Any, Any], access: Access
+) -> None:
+    if not same_origin(connection):
+        raise ApiError(403, "CSRF_FAILED", "Cross-site requests are not accepted.")
+    cookie = connection.cookies.get(COOKIE_NAME, "")
+    presented = connection.headers.get(CSRF_HEADER)
+    if presented is None:
+        content_type = connection.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            # The form is parsed once and cached on the request for the handler.
+            form = await Request(scope, receive).form()
+            value = form.get(CSRF_FIELD)
+            presented = value if isinstance(value, str) else None
+    assert access.signer is not None
+    if not access.signer.check_csrf(cookie, presented):
+        raise ApiError(
+            403,
+            "CSRF_FAILED",
+            f"A form or HTMX request must carry the CSRF token ('{CSRF_FIELD}' field or "
+            "'X-CSRF-Token' header).",
+        )
+
+
+def wants_login_page(connection: ASGIConnection[Any, Any, Any, Any], method: str) -> bool:
+    """A browser navigating to a page (not an API call, not an EventSource)."""
+    if method != "GET" or connection.url.path.startswith("/api/"):
+        return False
+    accept = connection.headers.get("accept", "")
+    return "text/html" in accept
+
+
+async def redirect(send: Send, location: str) -> None:
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 303,
+        "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+    }
+    await send(start)
+    body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+    await send(body)
+
+
+async def answer_options(scope: Scope, send: Send) -> None:
+    """204 with the route's real methods. (Litestar's own OPTIONS answer can list only some of
+    them when several handlers share a path; found by schemathesis' Allow check.)"""
+    template = scope.get("path_template", scope["path"])
+    methods: set[str] = {"OPTIONS"}
+    for route in scope["litestar_app"].routes:
+        if getattr(route, "path_format", None) == template:
+            methods |= set(getattr(route, "methods", ()))
+    allow = ", ".join(sorted(methods)).encode()
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": 204,
+        "headers": [(b"allow", allow), (b"content-length", b"0")],
+    }
+    await send(start)
+    body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+    await send(body)
+
+
+class AccessMiddleware:
+    """See the module docstring."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        handler = scope.get("route_handler")
+        method: str = scope["method"]
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
+        access: Access = scope["litestar_app"].state.access
+        if method == "OPTIONS":
+            await answer_options(scope, send)
+            return
+        if is_public(handler, scope["path"]):
+            # Public pages may still show who is signed in, so a valid caller is attached.
+            try:
+                scope["user"] = await access.principal_from(connection)
+            except ApiError:
+                scope["user"] = None
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await access.principal_from(connection)
+        except ApiError:
+            if wants_login_page(connection, method):
+                target = scope["path"] + (
+                    "?" + scope["query_string"].decode() if scope["query_string"] else ""
+                )
+                await redirect(send, "/login?next=" + quote(target, safe=""))
+                return
+            raise
+        scope["user"] = principal
+        scope["auth"] = principal.token_id
+        if principal.via_session and method not in SAFE_METHODS:
+            await check_csrf(scope, receive, connection, access)
+        needed = required_role(handler, method)
+        if not principal.has_role(needed):
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                f"This needs the {needed.value} role; the token {principal.name!r} is "
+                f"{principal.role.value}.",
+                required_role=needed.value,
+            )
+        known = known_query_parameters(handler)
+        if known is not None:
+            unknown = sorted(set(connection.query_params.keys()) - known)
+            if unknown:
+                raise ApiError(
+                    400,
+                    "UNKNOWN_QUERY_PARAMETER",
+                    f"Unknown query parameter {unknown[0]!r}"
+                    + (f"; this address takes {', '.join(sorted(known))}." if known else "."),
+                    unknown=unknown,
+                )
+        if not is_event_stream(handler):
+            await self.app(scope, receive, send)
+            return
+        key = principal.token_id or principal.name
+        if not access.streams.acquire(key):
+            raise ApiError(
+                429,
+                "TOO_MANY_STREAMS",
+                f"This token already has {access.streams.per_token} open event streams; "
+                "close one first.",
+                limit=access.streams.per_token,
+            )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            access.streams.release(key)
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """A before-send hook: every response carries the browser protections."""
+    if message["type"] == "http.response.start":
+        headers = MutableScopeHeaders.from_message(message)
+        for name, value in SECURITY_HEADERS.items():
+            if name not in headers:
+                headers[name] = value

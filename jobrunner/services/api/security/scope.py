@@ -1,0 +1,43 @@
+"""Scope for live streams: which events a token limited to its own jobs may receive."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import asyncpg
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.contracts import events
+
+REMEMBERED_OWNERS = 10_000
+
+
+class OwnerFilter:
+    """Passes only events of jobs requested by ``owner`` (``None``: every event passes).
+
+    A job's owner comes from its JobRequested event when the stream shows it, else from the read
+    model, asked once per job; a job the read model does not know yet is not shown.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, owner: str | None) -> None:
+        self.pool = pool
+        self.owner = owner
+        self._owners: OrderedDict[str, str | None] = OrderedDict()
+
+    def _remember(self, job_id: str, owner: str | None) -> None:
+        self._owners[job_id] = owner
+        self._owners.move_to_end(job_id)
+        if len(self._owners) > REMEMBERED_OWNERS:
+            self._owners.popitem(last=False)
+
+    async def visible(self, event: events.Event) -> bool:
+        if self.owner is None:
+            return True
+        if isinstance(event, events.JobRequested):
+            self._remember(event.job_id, event.requested_by)
+        if event.job_id not in self._owners:
+            owner = await self.pool.fetchval(
+                f"SELECT requested_by FROM {READ_SCHEMA}.jobs WHERE id = $1", event.job_id
+            )
+            self._remember(event.job_id, owner)
+        return self._owners[event.job_id] == self.owner

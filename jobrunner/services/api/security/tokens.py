@@ -1,0 +1,277 @@
+"""API tokens: a name, a role, an optional expiry and scope; only a hash is ever stored.
+
+A token looks like ``jrt_<id>_<secret>``. The id finds the record; the SHA-256 of the whole token is
+compared with the stored hash in constant time. The secret has 256 bits of entropy, so a fast hash
+is enough (a slow password hash protects low-entropy secrets, which these are not).
+
+Records live in the NATS KV bucket ``Names.tokens_bucket``, not in Postgres (the projector is the
+only writer there), so every API instance sees every token: each keeps an in-memory copy fed by a
+KV watch, and asks the bucket directly for an id it has not seen yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
+
+TOKEN_PREFIX = "jrt_"
+_TOKEN_RE = re.compile(r"^jrt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_SESSION_KEY = "session-key"
+
+
+class Role(StrEnum):
+    """What a token may do. Each role includes everything the roles before it may do."""
+
+    VIEWER = "viewer"  # read jobs, job types, logs, streams
+    OPERATOR = "operator"  # also start and cancel jobs
+    ADMIN = "admin"  # also create, list and revoke tokens
+
+    @property
+    def rank(self) -> int:
+        return _RANKS[self]
+
+    def includes(self, other: Role) -> bool:
+        return self.rank >= other.rank
+
+
+_RANKS = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+
+
+class TokenRecord(msgspec.Struct, kw_only=True, frozen=True):
+    id: str
+    name: str
+    role: Role
+    hash: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    own_jobs_only: bool = False
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+
+    def usable(self, now: datetime | None = None) -> bool:
+        now = now or datetime.now(UTC)
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+class TokenError(Exception):
+    """A token operation a person asked for cannot be done; the message says why."""
+
+
+class TokenNameTaken(TokenError):
+    """Names are never reused (they identify who did what in the events)."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh ``(id, token)``."""
+    token_id = secrets.token_hex(8)
+    return token_id, f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+
+
+def token_id_of(token: str) -> str | None:
+    match = _TOKEN_RE.match(token)
+    return match.group(1) if match else None
+
+
+def _key(token_id: str) -> str:
+    return f"token.{token_id}"
+
+
+async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> KeyValue:
+    try:
+        return await js.key_value(names.tokens_bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(
+            bucket=names.tokens_bucket,
+            history=5,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+        )
+    except Exception:
+        # Another instance created it at the same moment.
+        return await js.key_value(names.tokens_bucket)
+
+
+class TokenStore:
+    """Tokens in the KV bucket, with an in-memory copy kept current by a watch."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self._cache: dict[str, TokenRecord] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, names: Names, replicas: int = 1) -> TokenStore:
+        return cls(await open_bucket(js, names, replicas))
+
+    # --- the watch (API instances)
+    async def start_watch(self) -> None:
+        """Load every record and keep them current; returns once the initial load is done."""
+        watcher = await self.kv.watch("token.>")
+        loaded = asyncio.get_running_loop().create_future()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    if not loaded.done():
+                        loaded.set_result(None)
+                    continue
+                token_id = entry.key.removeprefix("token.")
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    self._cache.pop(token_id, None)
+                    continue
+                with contextlib.suppress(msgspec.MsgspecError):
+                    self._cache[token_id] = msgspec.json.decode(entry.value, type=TokenRecord)
+
+        self._watch_task = asyncio.create_task(follow(), name="token-watch")
+        self._watcher = watcher
+        async with asyncio.timeout(10):
+            await loaded
+
+    async def stop_watch(self) -> None:
+        if self._watch_task is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch_task
+
+    # --- reading
+    async def get(self, token_id: str) -> TokenRecord | None:
+        try:
+            entry = await self.kv.get(_key(token_id))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        record = msgspec.json.decode(entry.value, type=TokenRecord)
+        self._cache[token_id] = record
+        return record
+
+    async def all(self) -> list[TokenRecord]:
+        """Every record, revoked ones included, oldest first (read from the bucket)."""
+        try:
+            keys = [k for k in await self.kv.keys() if k.startswith("token.")]
+        except Exception as exc:  # nats-py raises NoKeysError on an empty bucket
+            if type(exc).__name__ == "NoKeysError":
+                return []
+            raise
+        records = [r for k in keys if (r := await self.get(k.removeprefix("token."))) is not None]
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def find(self, id_or_name: str) -> TokenRecord | None:
+        for record in await self.all():
+            if id_or_name in (record.id, record.name):
+                return record
+        return None
+
+    async def authenticate(self, token: str, now: datetime | None = None) -> TokenRecord | None:
+        """The usable record this token belongs to, else ``None``."""
+        token_id = token_id_of(token)
+        if token_id is None:
+            return None
+        record = self._cache.get(token_id) or await self.get(token_id)
+        if record is None:
+            return None
+        if not hmac.compare_digest(hash_token(token), record.hash):
+            return None
+        return record if record.usable(now) else None
+
+    async def usable_record(self, token_id: str) -> TokenRecord | None:
+        """A still usable record by id (a session cookie names its token by id)."""
+        record = self._cache.get(token_id) or await self.get(token_id)
+        return record if record is not None and record.usable() else None
+
+    # --- writing
+    async def create(
+        self,
+        name: str,
+        role: Role | str,
+        *,
+        expires_at: datetime | None = None,
+        own_jobs_only: bool = False,
+        created_by: str | None = None,
+    ) -> tuple[TokenRecord, str]:
+        """Create a token; returns its record and the token itself (shown once, never stored)."""
+        if not NAME_RE.match(name):
+            raise TokenError(
+                "a token name is 1-64 characters: letters, digits and _ . @ -, "
+                "starting with a letter or digit"
+            )
+        try:
+            role = Role(role)
+        except ValueError:
+            raise TokenError(f"role must be one of {', '.join(r.value for r in Role)}") from None
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise TokenError("the expiry lies in the past")
+        # Names are the identity recorded in every job's events, so a name is never reused,
+        # not even after its token was revoked: the audit trail stays unambiguous.
+        if any(r.name == name for r in await self.all()):
+            raise TokenNameTaken(f"a token named {name!r} exists or existed; choose another name")
+        token_id, token = new_token()
+        record = TokenRecord(
+            id=token_id,
+            name=name,
+            role=role,
+            hash=hash_token(token),
+            created_at=datetime.now(UTC),
+            expires_at=expires_at,
+            own_jobs_only=own_jobs_only,
+            created_by=created_by,
+        )
+        await self.kv.create(_key(token_id), msgspec.json.encode(record))
+        self._cache[token_id] = record
+        log.info("token created", token_id=token_id, name=name, role=role.value)
+        return record, token
+
+    async def revoke(self, id_or_name: str) -> TokenRecord:
+        record = await self.find(id_or_name)
+        if record is None:
+            raise TokenError(f"there is no token {id_or_name!r}")
+        if record.revoked_at is not None:
+            return record
+        revoked = msgspec.structs.replace(record, revoked_at=datetime.now(UTC))
+        await self.kv.put(_key(record.id), msgspec.json.encode(revoked))
+        self._cache[record.id] = revoked
+        log.info("token revoked", token_id=record.id, name=record.name)
+        return revoked
+
+    async def session_key(self) -> bytes:
+        """The key that signs session cookies, created once and shared by every API instance."""
+        try:
+            await self.kv.create(_SESSION_KEY, secrets.token_bytes(32))
+        except KeyWrongLastSequenceError:
+            pass
+        except Exception as exc:
+            # Older servers answer an existing key with a plain API error.
+            if "wrong last sequence" not in str(exc).lower():
+                raise
+        entry = await self.kv.get(_SESSION_KEY)
+        assert entry.value is not None
+        return bytes(entry.value)

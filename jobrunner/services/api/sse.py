@@ -1,0 +1,212 @@
+"""Server-Sent Events from JetStream.
+
+The SSE ``id`` is the JetStream stream sequence of the event; a batched LineLogged message carries
+several lines, so each line's id is ``<stream sequence>:<index in the batch>``. ``Last-Event-ID``
+in either form resumes right after that event: nothing twice, nothing missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from nats.js.errors import NotFoundError
+
+from jobrunner.contracts import codec, events
+from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.fanout import Fanout
+
+_encoder = msgspec.json.Encoder()
+# Valid in JSON, but line breaks to clients that split lines the Unicode way (Python's
+# str.splitlines, some SSE libraries): escaped, so a log line can never forge an SSE field.
+_UNICODE_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def encode_data(data: Any) -> bytes:
+    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
+    out = _encoder.encode(data)
+    for raw, escaped in _UNICODE_BREAKS:
+        if raw in out:
+            out = out.replace(raw, escaped)
+    return out
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    stream_seq: int
+    line_index: int | None = None
+
+    @classmethod
+    def parse(cls, raw: str | None) -> ResumePoint | None:
+        """``None`` for a missing or malformed header: the stream then starts from the beginning."""
+        if not raw:
+            return None
+        seq, _, index = raw.strip().partition(":")
+        try:
+            point = cls(int(seq), int(index) if index else None)
+        except ValueError:
+            return None
+        if point.stream_seq < 0 or (point.line_index is not None and point.line_index < 0):
+            return None
+        return point
+
+    @property
+    def next_seq(self) -> int:
+        # Mid-batch: that message again (its earlier lines are skipped); else the one after.
+        return self.stream_seq if self.line_index is not None else self.stream_seq + 1
+
+
+async def last_status(ctx: ApiContext, job_id: str) -> tuple[int, events.StatusChanged] | None:
+    """The job's latest StatusChanged and its stream sequence, straight from JetStream."""
+    try:
+        raw = await ctx.js.get_last_msg(
+            ctx.names.stream, ctx.names.job_kind_subject(job_id, "status")
+        )
+    except NotFoundError:
+        return None
+    event = codec.decode(raw.data) if raw.data else None
+    if not isinstance(event, events.StatusChanged) or raw.seq is None:
+        return None
+    return raw.seq, event
+
+
+def frame(data: Any, event: str | None = None, id: str | None = None) -> bytes:
+    parts = []
+    if id is not None:
+        parts.append(f"id: {id}\n")
+    if event is not None:
+        parts.append(f"event: {event}\n")
+    # JSON never contains a raw newline, so one data line is always enough.
+    parts.append(f"data: {encode_data(data).decode()}\n\n")
+    return "".join(parts).encode()
+
+
+def comment(text: str) -> bytes:
+    return f": {text}\n\n".encode()
+
+
+def retry(ms: int) -> bytes:
+    return f"retry: {ms}\n\n".encode()
+
+
+class LinePayload(msgspec.Struct):
+    """A line as SSE ``data`` (a Struct: encoded faster than a dict, same JSON)."""
+
+    seq: int
+    stream: str
+    level: str
+    timestamp: datetime
+    text: str
+
+
+def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
+    encode = encode_data
+    return [
+        b"id: %d:%d\ndata: %b\n\n"
+        % (seq, i, encode(LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text)))
+        for i, ln in enumerate(event.lines)
+    ]
+
+
+def status_payload(event: events.StatusChanged) -> dict[str, Any]:
+    return {
+        "status": event.status.value,
+        "exit_code": event.exit_code,
+        "error": msgspec.to_builtins(event.error) if event.error else None,
+        "result": event.result,
+        "timestamp": event.occurred_at,
+    }
+
+
+def frames_for(event: events.AnyEvent, seq: int, skip_lines_upto: int | None) -> list[bytes]:
+    match event:
+        case events.LineLogged():
+            frames = line_frames(event, seq)
+            return frames if skip_lines_upto is None else frames[skip_lines_upto + 1 :]
+        case events.StatusChanged():
+            out = [frame(status_payload(event), event="status", id=str(seq))]
+            if event.status.is_terminal:
+                out.append(frame(status_payload(event), event="done"))
+            return out
+        case events.ProgressReported():
+            return [
+                frame(
+                    {
+                        "current": event.current,
+                        "total": event.total,
+                        "percent": event.percent,
+                        "phase": event.phase,
+                        "message": event.message,
+                    },
+                    event="progress",
+                    id=str(seq),
+                )
+            ]
+        case events.CancelRequested():
+            return [
+                frame(
+                    {"requested_by": event.requested_by, "timestamp": event.occurred_at},
+                    event="cancel_requested",
+                    id=str(seq),
+                )
+            ]
+    return []
+
+
+async def job_stream(
+    ctx: ApiContext,
+    fanout: Fanout,
+    job_id: str,
+    start_seq: int,
+    resume: ResumePoint | None,
+    already_done: dict[str, Any] | None,
+) -> AsyncIterator[bytes]:
+    """Yield SSE frames for one job from ``start_seq`` until its terminal status."""
+    yield retry(ctx.settings.sse_retry_ms)
+    if already_done is not None:
+        yield frame(already_done, event="done")
+        return
+    skip = resume.line_index if resume and resume.line_index is not None else None
+    skip_seq = resume.stream_seq if resume is not None and skip is not None else None
+    feed, inbox, joined_at = fanout.join(job_id, start_seq)
+    sent = start_seq - 1
+    try:
+        if start_seq <= joined_at:
+            # The feed is past our start: catch up from JetStream, then follow the feed.
+            async for item in fanout.history(job_id, start_seq, joined_at):
+                chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
+                sent = item.seq
+                if chunk:
+                    yield chunk
+                if item.terminal:
+                    return
+        while True:
+            if not inbox.items and not inbox.overflow and not inbox.idle:
+                await inbox.wakeup.wait()
+            if inbox.idle and not inbox.items and not inbox.overflow:
+                inbox.take()
+                yield comment("keep-alive")
+                continue
+            parts = []
+            ended = False
+            for item in inbox.take():
+                if item.seq <= sent:
+                    continue
+                parts.append(item.chunk_after_line(skip if item.seq == skip_seq else None))
+                sent = item.seq
+                if item.terminal:
+                    ended = True
+                    break
+            if parts:
+                yield b"".join(parts)
+            if ended or inbox.overflow:
+                return
+    finally:
+        feed.leave(inbox)

@@ -1,0 +1,120 @@
+"""The event stream from a sequence on, decoded and projected, for the projector and replay."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.common.streamreader import StreamReader, StreamReaderError
+from jobrunner.contracts import codec
+from jobrunner.contracts.names import Names
+from jobrunner.services.projector.projections import Change, project
+
+log = structlog.get_logger()
+
+FETCH_EVENTS = 10_000  # events per batch (one transaction), at most
+# Socket reads per batch, at most: each holds up to 1 MiB of events, so a batch of big line
+# events stays near 8 MiB (several times that decoded) instead of 10,000 of them.
+FETCH_READS = 8
+QUEUED_BATCHES = 8  # socket reads decoded ahead of Postgres
+
+
+class EventFeed:
+    """The stream from a sequence on, decoded and projected, in batches.
+
+    A task reads the stream (``StreamReader``: the raw protocol, several times faster than
+    nats-py's fetch, and flow-controlled, so a slow database never gets the connection cut as a
+    slow consumer) and projects each event while the caller waits on Postgres, up to
+    ``QUEUED_BATCHES`` socket reads ahead. When a delivery goes missing or the connection drops,
+    it starts again after the last event received: nothing skipped, nothing twice.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        names: Names,
+        settings: Settings,
+        name: str,
+        restart_attempts: int | None = None,
+    ) -> None:
+        self._restart_attempts = restart_attempts  # None: for as long as it takes
+        servers = eventstore.server_urls(settings.nats_url)
+        self._reader = StreamReader(
+            js, servers, names.stream, names.all_subjects, name=f"jobrunner-{name}"
+        )
+        self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, seq: int) -> None:
+        await self._reader.open(seq)
+        self._task = asyncio.create_task(self._read())
+
+    async def fetch(self, timeout: float = 0.5) -> list[tuple[int, list[Change]]]:
+        """What has arrived, up to ``FETCH_EVENTS`` events or ``FETCH_READS`` socket reads (one
+        transaction's worth); waits up to ``timeout`` when nothing has."""
+        assert self._task is not None
+        if self._queue.empty():
+            if self._task.done():
+                self._task.result()  # raises what ended the reader
+            getter = asyncio.ensure_future(self._queue.get())
+            done, _ = await asyncio.wait(
+                {getter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()
+                if self._task in done:
+                    self._task.result()
+                return []
+            batch = getter.result()
+        else:
+            batch = self._queue.get_nowait()
+        reads = 1
+        while len(batch) < FETCH_EVENTS and reads < FETCH_READS and not self._queue.empty():
+            batch += self._queue.get_nowait()
+            reads += 1
+        return batch
+
+    async def _read(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self._reader.closed:
+                    await self._reader.open(self._reader.last_seq + 1)
+                async for messages in self._reader.batches():
+                    failures = 0
+                    batch = []
+                    for seq, data in messages:
+                        try:
+                            event = codec.decode(data)
+                        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                            # A malformed message must not stop the read models: skip it, loudly.
+                            log.error("undecodable event skipped", stream_seq=seq, error=str(exc))
+                            event = None
+                        batch.append((seq, project(event, seq) if event else []))
+                    await self._queue.put(batch)
+            except StreamReaderError as exc:
+                failures += 1
+                if self._restart_attempts is not None and failures > self._restart_attempts:
+                    raise
+                log.warning("event feed restarts", after=self._reader.last_seq, reason=str(exc))
+                await self._reader.close()
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def close(self) -> None:
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # already reported by fetch(); must not stop the close
+                    log.warning("event feed ended with an error", error=repr(exc))
+                self._task = None
+        finally:
+            await self._reader.close()

@@ -1,0 +1,352 @@
+"""``jobrunner replay``: rebuild every read model from stream sequence 1 and swap it in.
+
+1. Project the whole stream into a fresh schema (``readmodel_replay``) while the live projector
+   and the API carry on with ``readmodel``.
+2. Catch up with the live projector's checkpoint.
+3. In one transaction: take the swap lock exclusively (the live projector holds it shared for each
+   batch, so it pauses between two batches), project the last events up to exactly the live
+   checkpoint, compare the rebuilt tables with the live ones row by row, then rename
+   ``readmodel`` to ``readmodel_previous`` and ``readmodel_replay`` to ``readmodel``.
+4. After the commit the live projector goes on in the rebuilt schema from the same checkpoint
+   (Postgres re-plans its statements after the rename), and the API reads the rebuilt tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+from nats.js import JetStreamContext
+
+from jobrunner.common import database, eventstore
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from jobrunner.services.projector import store
+from jobrunner.services.projector.feed import EventFeed
+from jobrunner.services.projector.projections import Change
+
+log = structlog.get_logger()
+
+REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
+PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
+RESTART_ATTEMPTS = 10  # consecutive failed restarts of the feed before the replay gives up
+LIVE_PROJECTOR_TIMEOUT = 30.0
+# One replay at a time: a session lock, held on a connection of its own for the whole replay (a
+# pooled connection drops its session locks when it goes back to the pool).
+REPLAY_LOCK = store.SWAP_LOCK + 1
+# At most this many events are left for the swap transaction (the live projector waits on it).
+SWAP_SLACK = 2000
+# Tables compared after a replay, each with the columns that identify a row in a report.
+COMPARED_TABLES = {"jobs": "id", "log_lines": "job_id, seq", "checkpoint": "id"}
+
+
+class ReplayMismatch(Exception):
+    """The rebuilt tables differ from the live ones; nothing was swapped."""
+
+    def __init__(self, differences: dict[str, list[str]]) -> None:
+        self.differences = differences
+        lines = [f"{table}: {', '.join(keys)}" for table, keys in differences.items()]
+        super().__init__(
+            f"the rebuilt read models differ from the live ones ({'; '.join(lines)}); "
+            f"nothing was swapped, the rebuilt tables are in schema {REPLAY_SCHEMA}"
+        )
+
+
+@dataclass
+class Progress:
+    done: int  # events applied
+    target: int  # the stream's last sequence when measured
+    first_seq: int
+    started: float = field(default_factory=time.monotonic)
+    # "loading" the events; then "indexing", "comparing" (the live projector pauses) and done.
+    phase: str = "loading"
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def seconds_left(self) -> float | None:
+        left = max(self.target - self.first_seq + 1 - self.done, 0)
+        return left / self.rate if self.rate > 0 else None
+
+
+@dataclass
+class ReplayReport:
+    events: int
+    seconds: float
+    checkpoint: int
+    first_seq: int
+    tables: dict[str, int]  # rows per rebuilt table
+    differences: dict[str, list[str]]
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def replay(
+    settings: Settings,
+    on_progress: Callable[[Progress], None] | None = None,
+    keep_previous: bool = False,
+    accept_differences: bool = False,
+    progress_interval: float = 1.0,
+) -> ReplayReport:
+    """Rebuild the read models from the stream and swap them in; see the module docstring."""
+    names = Names(settings.prefix)
+    started = time.monotonic()
+    phases: dict[str, float] = {}
+    async with contextlib.AsyncExitStack() as resources:
+        nc = await eventstore.connect(settings, "replay")
+        resources.push_async_callback(eventstore.close, nc)
+        js = nc.jetstream()
+        # The rebuilt tables are checked against the live ones before they count: waiting for
+        # each bulk transaction to reach the disk buys nothing. The swap commits synchronously.
+        pool = await database.create_pool(
+            settings.database_url, min_size=2, max_size=2, synchronous_commit="off"
+        )
+        resources.push_async_callback(pool.close)
+        lock_holder = await asyncpg.connect(settings.database_url)
+        resources.push_async_callback(lock_holder.close)
+        if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
+            raise RuntimeError("another replay is running; wait for it to finish")
+        await eventstore.ensure_topology(js, names, settings)
+        info = await js.stream_info(names.stream)
+        first_seq = max(info.state.first_seq, 1)
+        async with pool.acquire() as conn:
+            await store.create_schema(conn)  # the live one, should this be a fresh install
+            await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
+            await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
+            # Autovacuum would chase the bulk load (a million new rows set it off) for the
+            # second core; the tables get their statistics once loaded (_build_indexes).
+            await _set_autovacuum(conn, "SET (autovacuum_enabled = off)")
+        progress = Progress(0, info.state.last_seq, first_seq)
+        feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
+        resources.push_async_callback(feed.close)
+        await feed.start(first_seq)
+        with _collector_paused():
+            applied, held = await _load(
+                pool, js, names, feed, progress, on_progress, progress_interval
+            )
+        phases["loading"] = time.monotonic() - progress.started
+
+        def begin(phase: str) -> float:
+            progress.phase = phase
+            if on_progress:
+                on_progress(progress)
+            return time.monotonic()
+
+        mark = begin("indexing")
+        await _build_indexes(pool)
+        phases["indexing"] = time.monotonic() - mark
+        mark = begin("comparing")
+        # Swap phase: the live projector pauses between two batches while we finish.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
+            live = await store.checkpoint(conn)
+            while applied < live:
+                batch = held or await feed.fetch(timeout=5.0)
+                held = []
+                if not batch:
+                    raise RuntimeError(f"the stream ended at {applied}, before the live {live}")
+                upto = [(seq, changes) for seq, changes in batch if seq <= live]
+                if upto:
+                    applied = await store.apply_batch(conn, upto, REPLAY_SCHEMA)
+                    progress.done += len(upto)
+            await feed.close()
+            if settings.readmodel_retention_days > 0:
+                cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
+                await store.prune(conn, cutoff, REPLAY_SCHEMA)
+                await store.prune(conn, cutoff, READ_SCHEMA)
+            async with pool.acquire() as other:
+                # The live tables are read on a second connection, in parallel, unless this
+                # transaction changed them (the retention cut above): then only it sees them.
+                live_reader = conn if settings.readmodel_retention_days > 0 else other
+                differences, tables = await compare(conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA)
+            if differences and not accept_differences:
+                raise ReplayMismatch(differences)
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+            await conn.execute(f"ALTER SCHEMA {READ_SCHEMA} RENAME TO {PREVIOUS_SCHEMA}")
+            await conn.execute(f"ALTER SCHEMA {REPLAY_SCHEMA} RENAME TO {READ_SCHEMA}")
+        phases["comparing"] = time.monotonic() - mark
+        log.info("replay swapped in", checkpoint=applied, events=progress.done)
+        if not keep_previous:
+            # After the commit: queries still reading the old tables finish first.
+            async with pool.acquire() as conn:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+        return ReplayReport(
+            events=progress.done,
+            seconds=time.monotonic() - started,
+            checkpoint=applied,
+            first_seq=first_seq,
+            tables=tables,
+            differences=differences,
+            phases={name: round(seconds, 3) for name, seconds in phases.items()},
+        )
+
+
+async def _build_indexes(pool: asyncpg.Pool) -> None:
+    """Indexes built once over the loaded tables, and statistics for the planner: the rebuilt
+    tables serve queries as well as the live ones from the first request. On two connections
+    (Postgres builds each on one core): the search index, the slowest, beside the others."""
+
+    async with pool.acquire() as conn:
+        await _set_autovacuum(conn, "RESET (autovacuum_enabled)")
+
+    async def search_index() -> None:
+        async with pool.acquire() as conn:
+            await store.create_search_index(conn, REPLAY_SCHEMA)
+            # After the index: the statistics of its expression are gathered with the table's.
+            await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.jobs")
+
+    async def other_indexes() -> None:
+        async with pool.acquire() as conn:
+            await store.create_indexes(conn, REPLAY_SCHEMA, search=False)
+            await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.log_lines")
+
+    await asyncio.gather(search_index(), other_indexes())
+
+
+async def _set_autovacuum(conn: asyncpg.Connection, change: str) -> None:
+    for table in ("jobs", "log_lines"):
+        await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.{table} {change}")
+
+
+Batch = list[tuple[int, list[Change]]]
+
+
+async def _load(
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    names: Names,
+    feed: EventFeed,
+    progress: Progress,
+    on_progress: Callable[[Progress], None] | None,
+    progress_interval: float,
+) -> tuple[int, Batch]:
+    """The bulk phase: follow the stream into the fresh schema, never getting ahead of the live
+    projector (the two are compared at one checkpoint), while it and the API carry on.
+
+    Returns the last sequence applied and what was fetched beyond the live checkpoint.
+    """
+    applied = live = 0
+    held: Batch = []  # fetched, but past the live checkpoint
+    last_report = 0.0
+    stalled_since: float | None = None
+    while True:
+        fetched = False
+        if not held:
+            held = await feed.fetch()
+            fetched = bool(held)
+        if not held or held[-1][0] > live:  # the live checkpoint only moves forward
+            async with pool.acquire() as conn:
+                live = await store.checkpoint(conn)
+        if held and held[-1][0] <= live:
+            upto, held = held, []
+        else:
+            upto = [(seq, changes) for seq, changes in held if seq <= live]
+            held = held[len(upto) :]
+        if upto:
+            stalled_since = None
+            async with pool.acquire() as conn:
+                applied = await store.apply_batch(conn, upto, REPLAY_SCHEMA)
+            progress.done += len(upto)
+            if on_progress and time.monotonic() - last_report >= progress_interval:
+                last_report = time.monotonic()
+                progress.target = (await js.stream_info(names.stream)).state.last_seq
+                on_progress(progress)
+            continue
+        if not held and not fetched and applied >= live:
+            return applied, held  # caught up with the stream and with the live projector
+        if applied >= progress.target:
+            # Jobs keep arriving: swap once the rest is small enough to finish in the swap.
+            progress.target = (await js.stream_info(names.stream)).state.last_seq
+            if progress.target - applied <= SWAP_SLACK:
+                return applied, held
+        if held:
+            # Ahead of the live projector: wait for it (it must be running).
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > LIVE_PROJECTOR_TIMEOUT:
+                raise RuntimeError(
+                    f"the live projector has not passed stream sequence {live} for "
+                    f"{LIVE_PROJECTOR_TIMEOUT:.0f} s; is it running?"
+                )
+            await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while loading: each pass would walk every object of the
+    batches in flight (hundreds of thousands, none of them in a cycle), which took a third of
+    the replay's time. What cycles the loading leaves are collected at the end."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+async def compare(
+    rebuilt_conn: asyncpg.Connection, live_conn: asyncpg.Connection, live: str, rebuilt: str
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Compare every read-model table of the two schemas; returns up to five differing keys per
+    table, and the rows of each rebuilt table.
+
+    A fingerprint first (the row count and the sum of a 64-bit hash of every row; for both
+    schemas at once when ``live_conn`` is another connection); only tables whose fingerprints
+    differ are compared row by row to name the differences. ``rebuilt_conn`` must be the
+    connection that wrote the rebuilt schema (its last rows are not committed yet).
+    """
+    differences: dict[str, list[str]] = {}
+    tables: dict[str, int] = {}
+    for table, key in COMPARED_TABLES.items():
+        columns = await rebuilt_conn.fetchval(
+            "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) "
+            "FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+            rebuilt,
+            table,
+        )
+        fingerprint = (
+            # The hash of each column's own type, not of the row as text: twice as fast.
+            f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({columns}), 0)), 0) "
+            "FROM {schema}." + table
+        )
+        if live_conn is rebuilt_conn:  # one connection runs one query at a time
+            rows, rebuilt_sum = await rebuilt_conn.fetchrow(fingerprint.format(schema=rebuilt))
+            live_rows, live_sum = await live_conn.fetchrow(fingerprint.format(schema=live))
+        else:
+            (rows, rebuilt_sum), (live_rows, live_sum) = await asyncio.gather(
+                rebuilt_conn.fetchrow(fingerprint.format(schema=rebuilt)),
+                live_conn.fetchrow(fingerprint.format(schema=live)),
+            )
+        tables[table] = int(rows)
+        if (rows, rebuilt_sum) == (live_rows, live_sum):
+            continue
+        found = await rebuilt_conn.fetch(
+            f"""
+            (SELECT 'only live' AS side, {key} FROM (
+                SELECT {columns} FROM {live}.{table} EXCEPT ALL
+                SELECT {columns} FROM {rebuilt}.{table}) AS a LIMIT 5)
+            UNION ALL
+            (SELECT 'only rebuilt', {key} FROM (
+                SELECT {columns} FROM {rebuilt}.{table} EXCEPT ALL
+                SELECT {columns} FROM {live}.{table}) AS b LIMIT 5)
+            """
+        )
+        differences[table] = [
+            f"{r['side']} {'/'.join(str(v) for v in list(r.values())[1:])}" for r in found
+        ] or [f"{live_rows} live rows, {rows} rebuilt rows"]
+    return differences, tables

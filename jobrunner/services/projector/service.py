@@ -1,0 +1,76 @@
+"""The projector: follows the whole event stream and writes the read models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobrunner.common import database, eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.services.projector import store
+from jobrunner.services.projector.feed import EventFeed
+
+log = structlog.get_logger()
+
+PRUNE_INTERVAL = 600.0  # seconds between read-model retention runs
+
+
+async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
+    """Follow the whole stream from the checkpoint on and apply it to the read models.
+
+    The checkpoint in Postgres, written with the rows, is the only record of progress: the
+    projector reads the stream from right after it on an ephemeral flow-controlled consumer,
+    so after any crash it starts exactly where its last transaction ended. Nothing to
+    acknowledge, and nothing applied twice (anything at or below the checkpoint is skipped).
+    Run one active projector per installation; a second one only waits on the checkpoint lock.
+    """
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "projector")
+    js = nc.jetstream()
+    pool = await database.create_pool(settings.database_url, min_size=1, max_size=2)
+    feed: EventFeed | None = None
+    try:
+        await eventstore.ensure_topology(js, names, settings)
+        await _remove_durable_consumer(js, names)
+        async with pool.acquire() as conn:
+            await store.create_schema(conn)
+            last = await store.checkpoint(conn)
+        feed = EventFeed(js, names, settings, name="projector")
+        await feed.start(last + 1)
+        log.info("projector started", checkpoint=last)
+        encoder = msgspec.json.Encoder()
+        next_prune = 0.0
+        while not stop.is_set():
+            if settings.readmodel_retention_days > 0 and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL
+                cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
+                async with pool.acquire() as conn:
+                    pruned = await store.prune(conn, cutoff)
+                if pruned:
+                    log.info("read-model retention pruned jobs", jobs=pruned, before=cutoff)
+            batch = await feed.fetch(timeout=1.0)
+            if not batch:
+                continue
+            async with pool.acquire() as conn:
+                last = await store.apply_batch(conn, batch)
+            await nc.publish(names.projected_subject, encoder.encode(events.ProjectedNotice(last)))
+    finally:
+        if feed is not None:
+            await feed.close()
+        await pool.close()
+        await eventstore.close(nc)
+
+
+async def _remove_durable_consumer(js: JetStreamContext, names: Names) -> None:
+    """Earlier versions followed the stream on a durable consumer: remove it, it is not used."""
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(names.stream, names.projector_consumer)

@@ -1,0 +1,257 @@
+"""Writes row changes and the checkpoint to Postgres, in one transaction per batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.projector.projections import Change, JobCreated, JobUpdated, LinesAppended
+
+_TERMINAL = ("completed", "failed", "cancelled")
+# Every write to the live read models holds this advisory lock shared; a replay takes it
+# exclusively to swap its rebuilt schema in, so no batch straddles the swap.
+SWAP_LOCK = 0x6A6F6272756E  # "jobrun"
+
+
+async def create_schema(
+    conn: asyncpg.Connection, schema: str = READ_SCHEMA, indexes: bool = True
+) -> None:
+    """The read-model tables; their secondary indexes too unless ``indexes`` is false (a bulk
+    load builds them afterwards with ``create_indexes``)."""
+    await _run_sql(conn, "schema.sql", schema)
+    if indexes:
+        await create_indexes(conn, schema)
+
+
+async def create_indexes(
+    conn: asyncpg.Connection, schema: str = READ_SCHEMA, search: bool = True
+) -> None:
+    """The secondary indexes; the search index too unless ``search`` is false."""
+    await _run_sql(conn, "indexes.sql", schema)
+    if search:
+        await create_search_index(conn, schema)
+
+
+async def create_search_index(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> None:
+    await _run_sql(conn, "search_index.sql", schema)
+
+
+async def _run_sql(conn: asyncpg.Connection, name: str, schema: str) -> None:
+    sql = resources.files("jobrunner.services.projector").joinpath(name).read_text()
+    async with conn.transaction():
+        if schema == READ_SCHEMA:
+            # Two projectors starting at once must not race on CREATE TABLE. (A replay's own
+            # schema has one writer, which builds its indexes on two connections at once.)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobrunner-schema'))")
+        await conn.execute(sql.format(schema=schema))
+
+
+async def checkpoint(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> int:
+    return int(await conn.fetchval(f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1"))
+
+
+async def apply_batch(
+    conn: asyncpg.Connection,
+    batch: list[tuple[int, list[Change]]],
+    schema: str = READ_SCHEMA,
+) -> int:
+    """Apply ``(stream_seq, changes)`` pairs past the checkpoint; returns the new checkpoint.
+
+    The checkpoint row is locked first, so a second projector waits and then skips what this one
+    applied: redelivery never duplicates a row.
+    """
+    async with conn.transaction():
+        if schema == READ_SCHEMA:
+            # Before touching any table: a replay may be renaming the schema under us.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+        last = await conn.fetchval(
+            f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
+        )
+        fresh = batch if batch[0][0] > last else [(s, c) for s, c in batch if s > last]
+        if not fresh:
+            return int(last)
+        new_ids = [
+            c.row["id"] for _, changes in fresh for c in changes if isinstance(c, JobCreated)
+        ]
+        existing = set()
+        if new_ids:
+            existing = {
+                r["id"]
+                for r in await conn.fetch(
+                    f"SELECT id FROM {schema}.jobs WHERE id = ANY($1::text[])", new_ids
+                )
+            }
+        plan = fold(fresh, existing)
+        # Jobs stored already were taken out above (under the checkpoint lock): none conflicts.
+        for columns, rows in plan.inserts.items():
+            await conn.copy_records_to_table(
+                "jobs", schema_name=schema, columns=columns, records=rows
+            )
+        if plan.lines:
+            await _flush_lines(conn, schema, plan.lines, plan.line_counts)
+        # Updates of jobs created in earlier batches keep their order (each one's condition
+        # reads the status the previous one left). Line counts commute with them.
+        for change in plan.updates:
+            await _apply(conn, schema, change)
+        new_last = fresh[-1][0]
+        await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
+        return new_last
+
+
+@dataclass
+class Plan:
+    """A batch's writes, few statements: jobs created in the batch are inserted with every later
+    change of the batch already applied to their row."""
+
+    inserts: dict[tuple[str, ...], list[tuple[Any, ...]]] = field(default_factory=dict)
+    updates: list[Change] = field(default_factory=list)
+    lines: list[tuple[Any, ...]] = field(default_factory=list)
+    line_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def fold(batch: list[tuple[int, list[Change]]], existing: set[str]) -> Plan:
+    """Plan a batch; ``existing`` are created jobs whose row is already stored (a redelivered
+    JobRequested): those keep the statement-by-statement path, like every older job."""
+    plan = Plan()
+    created: dict[str, dict[str, Any]] = {}
+    for seq, changes in batch:
+        for change in changes:
+            if isinstance(change, JobCreated):
+                job_id = change.row["id"]
+                if job_id in existing:
+                    plan.updates.append(change)
+                elif job_id not in created:  # a second JobRequested changes nothing
+                    created[job_id] = {"log_count": 0, **change.row}
+            elif isinstance(change, LinesAppended):
+                plan.lines.extend(change.rows)
+                row = created.get(change.job_id)
+                if row is not None:
+                    row["log_count"] += len(change.rows)
+                    row["last_seq"] = max(row["last_seq"], seq)
+                else:
+                    count, _ = plan.line_counts.get(change.job_id, (0, 0))
+                    plan.line_counts[change.job_id] = (count + len(change.rows), seq)
+            elif isinstance(change, JobUpdated):
+                row = created.get(change.job_id)
+                if row is None:
+                    plan.updates.append(change)
+                elif _applies(change, row["status"]):
+                    row.update(change.fields)
+                    row["last_seq"] = max(row["last_seq"], change.stream_seq)
+    for row in created.values():
+        plan.inserts.setdefault(tuple(row), []).append(tuple(row.values()))
+    return plan
+
+
+def _applies(change: JobUpdated, status: str) -> bool:
+    """The condition ``_apply`` puts in its WHERE clause, on a row still in memory."""
+    if change.only_if_status is not None:
+        return status in change.only_if_status
+    if change.only_if_active:
+        return status not in _TERMINAL
+    return True
+
+
+LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
+
+
+async def _copy_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]) -> bool:
+    """COPY the lines in, the fastest way into Postgres; False (and nothing written) when one of
+    them is there already: the caller then inserts them with a statement that skips those. Only a
+    stream holding the same line twice gets there (say, re-published after the de-duplication
+    window)."""
+    try:
+        async with conn.transaction():  # a savepoint: a failed COPY leaves the batch intact
+            await conn.copy_records_to_table(
+                "log_lines", schema_name=schema, columns=LINE_COLUMNS, records=rows
+            )
+    except asyncpg.UniqueViolationError:
+        return False
+    return True
+
+
+async def _flush_lines(
+    conn: asyncpg.Connection,
+    schema: str,
+    rows: list[tuple[Any, ...]],
+    counts: dict[str, tuple[int, int]],
+) -> None:
+    copied = await _copy_lines(conn, schema, rows)
+    if not copied:
+        await _insert_lines(conn, schema, rows)
+    await conn.executemany(
+        f"UPDATE {schema}.jobs SET log_count = log_count + $2, last_seq = GREATEST(last_seq, $3) "
+        "WHERE id = $1",
+        [(job_id, n, seq) for job_id, (n, seq) in counts.items()],
+    )
+    if not copied:
+        # Some lines were there already: the counts above took them twice. Count again.
+        await conn.execute(
+            f"UPDATE {schema}.jobs AS j SET log_count = "
+            f"(SELECT count(*) FROM {schema}.log_lines AS l WHERE l.job_id = j.id) "
+            "WHERE j.id = ANY($1::text[])",
+            list({row[0] for row in rows}),
+        )
+
+
+async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]) -> None:
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(
+        f"""
+        INSERT INTO {schema}.log_lines (job_id, seq, stream, level, ts, text, stream_seq)
+        SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[],
+                             $5::timestamptz[], $6::text[], $7::bigint[])
+        ON CONFLICT DO NOTHING
+        """,
+        *columns,
+    )
+
+
+async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
+    if isinstance(change, JobCreated):
+        row = change.row
+        cols = list(row)
+        await conn.execute(
+            f"INSERT INTO {schema}.jobs ({', '.join(cols)}) "
+            f"VALUES ({', '.join(f'${i}' for i in range(1, len(cols) + 1))}) "
+            "ON CONFLICT (id) DO NOTHING",
+            *row.values(),
+        )
+    elif isinstance(change, JobUpdated):
+        cols = list(change.fields)
+        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=3))
+        where = "id = $1"
+        if change.only_if_status is not None:
+            where += f" AND status = ANY(ARRAY{sorted(change.only_if_status)!r}::text[])"
+        elif change.only_if_active:
+            where += f" AND status NOT IN {_TERMINAL!r}"
+        await conn.execute(
+            f"UPDATE {schema}.jobs SET {sets}, last_seq = GREATEST(last_seq, $2) WHERE {where}",
+            change.job_id,
+            change.stream_seq,
+            *change.fields.values(),
+        )
+
+
+async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:
+    """Read-model retention: delete jobs that finished before ``cutoff``, with their lines.
+
+    Only the read models shrink; the events stay in the stream for as long as its own limits
+    keep them, and a replay applies the same cutoff before comparing.
+    """
+    async with conn.transaction():
+        if schema == READ_SCHEMA:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+        ids = await conn.fetch(
+            f"DELETE FROM {schema}.jobs WHERE finished_at < $1 RETURNING id", cutoff
+        )
+        if ids:
+            await conn.execute(
+                f"DELETE FROM {schema}.log_lines WHERE job_id = ANY($1::text[])",
+                [r["id"] for r in ids],
+            )
+        return len(ids)

@@ -1,0 +1,134 @@
+"""Running a tool: no shell, its own process group, and a stop that reaches every descendant."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from jobrunner.services.runner import orphans
+from jobrunner.services.runner.output import LineSplitter
+
+READ_CHUNK = 256 * 1024
+_PR_SET_PDEATHSIG = 1
+GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
+
+
+def _die_with_runner() -> None:
+    # If the runner itself is killed, the kernel kills the tool too (Linux). Its descendants are
+    # found by process group when the runner restarts or another runner declares it lost.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class SpawnError(Exception):
+    pass
+
+
+# (stream, raw line, transient, when): transient lines are \r progress-bar states, not log lines.
+# Called for each line (stream, text, transient, time); the awaitable waits for buffer room.
+LineSink = Callable[[str, str, bool, datetime], None]
+Room = Callable[[], Awaitable[None]]
+
+
+class ToolProcess:
+    """One tool run. Its pid is its process group id (``start_new_session``)."""
+
+    def __init__(self, argv: list[str], cwd: str | None, env: dict[str, str] | None) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_ticks: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self) -> None:
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            raise SpawnError(
+                f"cannot start {self.argv[0]!r}: working directory {self.cwd!r} does not exist"
+            )
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_runner,
+                limit=READ_CHUNK,
+            )
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            name = getattr(exc, "filename", None)
+            detail = f"{reason}: {name!r}" if name else reason
+            raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
+        self.started_ticks = orphans.start_ticks(self.proc.pid)
+
+    async def pump(self, sink: LineSink, room: Room, max_line_bytes: int) -> None:
+        """Read stdout and stderr until both close, handing each line to ``sink``."""
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        await asyncio.gather(
+            self._read(self.proc.stdout, "stdout", sink, room, max_line_bytes),
+            self._read(self.proc.stderr, "stderr", sink, room, max_line_bytes),
+        )
+
+    @staticmethod
+    async def _read(
+        reader: asyncio.StreamReader, name: str, sink: LineSink, room: Room, max_line_bytes: int
+    ) -> None:
+        splitter = LineSplitter(max_line_bytes)
+        while chunk := await reader.read(READ_CHUNK):
+            now = datetime.now(UTC)
+            # A chunk's lines go to the sink without an await each: that is most of the cost
+            # per line when a tool floods its output.
+            for line in splitter.feed(chunk):
+                sink(name, line, False, now)
+            if splitter.transient is not None:
+                sink(name, splitter.transient, True, now)
+                splitter.transient = None
+            await room()
+        for line in splitter.close():
+            sink(name, line, False, datetime.now(UTC))
+
+    async def wait(self) -> int:
+        assert self.proc
+        return await self.proc.wait()
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def group_alive(self) -> bool:
+        if self.proc is None:
+            return False
+        return orphans.group_has_live_members(self.proc.pid)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """SIGTERM to the whole group, then SIGKILL to whatever is left after the grace period.
+
+        The grace period is for the whole group, not just the tool: a grandchild gets the same
+        time to clean up as its parent.
+        """
+        if self.proc is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while loop.time() < deadline and (self.proc.returncode is None or self.group_alive()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), GROUP_POLL)
+        self.signal_group(signal.SIGKILL)
+        await self.proc.wait()

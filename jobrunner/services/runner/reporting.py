@@ -1,0 +1,93 @@
+"""What a job's output means: masks, protocol messages, levels, progress and the result summary.
+
+Every line passes through here before it leaves the runner, so a masked value never reaches
+NATS, the read models or a browser.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from jobrunner.common.jobtypes import JobType
+from jobrunner.services.runner import output, protocol
+from jobrunner.services.runner.output import Progress
+from jobrunner.services.runner.publisher import LinePublisher
+
+MASK = "***"
+
+
+class JobReporter:
+    def __init__(self, publisher: LinePublisher, job_type: JobType, masks: list[str]) -> None:
+        self.publisher = publisher
+        # Longest first, so a secret that contains another is masked whole.
+        self.masks = sorted({m for m in masks if m}, key=len, reverse=True)
+        self.progress_re = (
+            re.compile(job_type.progress_pattern)
+            if job_type.progress_pattern
+            else output.DEFAULT_PROGRESS_RE
+        )
+        self.level_re = re.compile(job_type.level_pattern) if job_type.level_pattern else None
+        self.result_re = re.compile(job_type.result_pattern) if job_type.result_pattern else None
+        self.result: dict[str, Any] = {}
+
+    def mask(self, text: str) -> str:
+        for secret in self.masks:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    async def room(self) -> None:
+        await self.publisher.room()
+
+    def line(
+        self,
+        stream: str,
+        text: str,
+        at: datetime,
+        *,
+        level: str | None = None,
+        transient: bool = False,
+    ) -> None:
+        text = self.mask(text)
+        plain = output.without_colours(text)
+        if transient:
+            # A progress bar redrawing itself with \r: progress only, not a log line.
+            progress = output.parse_progress(plain, self.progress_re)
+            if progress is not None:
+                self.publisher.report_progress(progress)
+            return
+        if plain.startswith(protocol.PREFIX):
+            message = protocol.parse(plain)
+            if isinstance(message, Progress):
+                self.progress(message)
+                return
+            if isinstance(message, dict):
+                self.add_result(message)
+                return
+        if level is None or level not in output.LEVELS:
+            level = output.parse_level(plain, pattern=self.level_re)
+        self.publisher.add(stream, level, text, at)
+        progress = output.parse_progress(plain, self.progress_re)
+        if progress is not None:
+            self.publisher.report_progress(progress)
+        if self.result_re is not None:
+            found = output.parse_result(plain, self.result_re)
+            if found:
+                self.result.update(found)
+
+    def progress(self, progress: Progress) -> None:
+        self.publisher.report_progress(
+            replace(
+                progress,
+                phase=self.mask(progress.phase) if progress.phase else progress.phase,
+                message=self.mask(progress.message) if progress.message else progress.message,
+            )
+        )
+
+    def add_result(self, fields: dict[str, Any]) -> None:
+        self.result.update(
+            {k: self.mask(v) if isinstance(v, str) else v for k, v in fields.items()}
+        )
