@@ -5,8 +5,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY contracts ./contracts
-COPY services ./services
 COPY jobrunner ./jobrunner
 RUN pip install . && useradd --system --create-home jobrunner
 
