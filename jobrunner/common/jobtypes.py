@@ -202,8 +202,9 @@ def _check_value(param: Parameter, value: Any) -> tuple[str, str] | None:
         case "string":
             if not isinstance(value, str):
                 return "INVALID_TYPE", "must be a string"
-            if len(value) > min(param.max_length, MAX_STRING_LENGTH):
-                return "TOO_LONG", f"must be at most {param.max_length} characters"
+            limit = min(param.max_length, MAX_STRING_LENGTH)
+            if len(value) > limit:
+                return "TOO_LONG", f"must be at most {limit} characters"
             if "\x00" in value or "\n" in value or "\r" in value:
                 return "INVALID_CHARACTER", "must not contain NUL bytes or line breaks"
             if value.startswith("-") and not param.allow_leading_dash:

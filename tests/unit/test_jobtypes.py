@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.common.jobtypes import (
+    MAX_STRING_LENGTH,
     JobType,
     JobTypeConfigError,
     ParameterError,
@@ -251,6 +252,18 @@ def test_multi_enum_parameter_errors(search: JobType, value: Any, code: str) -> 
     with pytest.raises(ParameterError) as exc:
         validate_parameters(search, {"query": "x", "fields": value})
     assert codes(exc.value) == {"parameters.fields": code}
+
+
+def test_too_long_message_names_the_limit_that_applies(tmp_path: Path) -> None:
+    """A string over the hard limit is told the hard limit, not a larger configured one."""
+    text = (
+        '[job_types.x]\nargv = ["x"]\n[job_types.x.parameters.p]\ntype = "string"\n'
+        f"max_length = {MAX_STRING_LENGTH * 2}\n"
+    )
+    job_type = load_text(tmp_path, text)["x"]
+    with pytest.raises(ParameterError) as exc:
+        validate_parameters(job_type, {"p": "a" * (MAX_STRING_LENGTH + 1)})
+    assert str(MAX_STRING_LENGTH) in exc.value.errors[0].message
 
 
 JSON_VALUES = st.recursive(
