@@ -102,14 +102,18 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
         raise JobTypeConfigError(f"job types file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobTypeConfigError(f"job types file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobTypeConfigError(f"job types file {path} cannot be read: {exc}") from None
+    declared = raw.get("job_types", {})
+    if not isinstance(declared, dict):
+        raise JobTypeConfigError(f"job types file {path}: job_types must be a table of job types")
     types: dict[str, JobType] = {}
-    for name, body in raw.get("job_types", {}).items():
+    for name, body in declared.items():
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
             raise JobTypeConfigError(f"job type name {name!r} must be snake_case")
-        for pbody in body.get("parameters", {}).values():
-            for i, choice in enumerate(pbody.get("choices", [])):
-                if isinstance(choice, str):
-                    pbody["choices"][i] = {"value": choice}
+        if not isinstance(body, dict):
+            raise JobTypeConfigError(f"job type {name!r} in {path} must be a table")
+        _expand_plain_choices(body)
         try:
             job_type = msgspec.convert({**body, "name": name}, JobType)
         except msgspec.ValidationError as exc:
@@ -153,6 +157,18 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
     if not types:
         raise JobTypeConfigError(f"job types file {path} defines no [job_types.*] table")
     return types
+
+
+def _expand_plain_choices(body: dict[str, Any]) -> None:
+    """A choice written as a bare string is a choice with that value. Other shapes are left for
+    msgspec to refuse with a message that names the field."""
+    parameters = body.get("parameters")
+    if not isinstance(parameters, dict):
+        return
+    for pbody in parameters.values():
+        choices = pbody.get("choices") if isinstance(pbody, dict) else None
+        if isinstance(choices, list):
+            pbody["choices"] = [{"value": c} if isinstance(c, str) else c for c in choices]
 
 
 def validate_parameters(job_type: JobType, given: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,75 @@ def test_public_schema_hides_how_the_tool_is_run(tmp_path: Path) -> None:
     assert not {"argv", "env", "mask"} & set(schema)
     assert schema["parameters"]["p"]["label"] == "P"
     assert "flag" not in schema["parameters"]["p"]
+
+
+# --- any file at all
+
+
+def toml_value(value: Any) -> str:
+    """A value as inline TOML (enough for generated files: no null, no floats)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+KEYS = st.sampled_from(
+    ["argv", "callable", "parameters", "type", "choices", "flag", "pattern", "title", "p", "x"]
+)
+TOML_VALUES = st.recursive(
+    st.booleans() | st.integers(-5, 5) | TEXT | st.sampled_from(["string", "enum", "a:b"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS | TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(deadline=None)
+@given(TOML_VALUES)
+def test_any_job_types_file_loads_or_says_why(
+    tmp_path_factory: pytest.TempPathFactory, value: Any
+) -> None:
+    """Whatever shape a job-types file has, it loads or a JobTypeConfigError says what is wrong."""
+    path = tmp_path_factory.mktemp("types") / "jobtypes.toml"
+    path.write_text(f"job_types = {toml_value(value)}\n")
+    try:
+        load_job_types(path)
+    except JobTypeConfigError as exc:
+        message = str(exc)
+    else:
+        return
+    assert message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "job_types = 5\n",
+        "[job_types]\nx = 5\n",
+        '[job_types.x]\nargv = ["x"]\nparameters = 5\n',
+        '[job_types.x]\nargv = ["x"]\n[job_types.x.parameters]\np = 5\n',
+        '[job_types.x]\nargv = ["x"]\n[job_types.x.parameters.p]\ntype = "enum"\nchoices = "ab"\n',
+        '[job_types.x]\nargv = ["x"]\n[job_types.x.parameters.p]\ntype = "enum"\nchoices = [1]\n',
+    ],
+    ids=["types", "type", "parameters", "parameter", "choices", "choice"],
+)
+def test_wrong_shapes_in_a_job_types_file_are_reported(tmp_path: Path, text: str) -> None:
+    """A table where a value belongs (or the reverse) is a JobTypeConfigError, not a traceback."""
+    with pytest.raises(JobTypeConfigError):
+        load_text(tmp_path, text)
+
+
+def test_unreadable_job_types_file_is_reported(tmp_path: Path) -> None:
+    """A job-types path that is a folder, or a file that is not text, is reported plainly."""
+    with pytest.raises(JobTypeConfigError, match="cannot be read"):
+        load_job_types(tmp_path)
+    binary = tmp_path / "types.toml"
+    binary.write_bytes(b"\xff\xfe[job_types]")
+    with pytest.raises(JobTypeConfigError, match="cannot be read"):
+        load_job_types(binary)
