@@ -15,6 +15,7 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[events.AnyEvent] = msgspec.json.Decoder(events.AnyEvent)
 _type_probe = msgspec.json.Decoder(dict[str, object])
+_KNOWN_TYPES = frozenset(t.__struct_config__.tag for t in events.EVENT_TYPES)
 
 
 def encode(event: events.Event) -> bytes:
@@ -32,6 +33,7 @@ def decode(data: bytes) -> events.AnyEvent | None:
         return _decoder.decode(data)
     except msgspec.ValidationError:
         kind = _type_probe.decode(data).get("type")
-        if kind not in {t.__struct_config__.tag for t in events.EVENT_TYPES}:
+        # A "type" that is a list or an object names no event either (and is not hashable).
+        if not isinstance(kind, str) or kind not in _KNOWN_TYPES:
             return None
         raise

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobrunner.contracts import codec, events
 
@@ -75,3 +78,32 @@ def test_terminal_events_of_one_job_share_an_id() -> None:
 def test_event_ids_are_unique() -> None:
     """Each new event gets its own id."""
     assert len({events.JobRequested(job_id="j", job_type="t").event_id for _ in range(50)}) == 50
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["type", "job_id", "status", "lines", "x"]), inner)
+    ),
+    max_leaves=10,
+)
+TYPES = st.sampled_from([*(t.__struct_config__.tag for t in events.EVENT_TYPES), "Other"])
+
+
+@settings(deadline=None)
+@given(st.one_of(JSON, st.dictionaries(st.just("type"), JSON | TYPES, min_size=1)))
+def test_any_json_on_the_stream_decodes_skips_or_raises_a_msgspec_error(body: Any) -> None:
+    """Whatever JSON a stream holds, decoding gives an event, None, or an error consumers catch."""
+    data = msgspec.json.encode(body)
+    try:
+        decoded = codec.decode(data)
+    except msgspec.MsgspecError:
+        return
+    assert decoded is None or isinstance(decoded, events.Event)
+
+
+@pytest.mark.parametrize("kind", [b"[1]", b'{"a":1}', b"null", b"7"])
+def test_event_whose_type_is_not_a_name_is_skipped(kind: bytes) -> None:
+    """A message whose "type" is a list, object or number is no event this version knows."""
+    assert codec.decode(b'{"type":%b,"job_id":"j1"}' % kind) is None
