@@ -55,7 +55,9 @@ def test_since_keeps_an_explicit_offset() -> None:
     assert at == datetime(2026, 1, 31, 11, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("raw", ["yesterday", "15 minutes", "-5", "5w", ""])
+@pytest.mark.parametrize(
+    "raw", ["yesterday", "15 minutes", "-5", "5w", "", "²", "9999999d", "1000000000d", "9" * 5000]
+)
 def test_since_anything_else_is_a_clear_error(raw: str) -> None:
     """A --since that is neither a sequence, a time nor an age says what it accepts."""
     with pytest.raises(ValueError, match="stream sequence, an ISO 8601 time or an age"):
@@ -113,8 +115,15 @@ def test_json_line_is_the_stored_event_as_one_json_object() -> None:
     assert msgspec.json.decode(line)["event"] == {"type": "Future", "x": 1}
 
 
+SINCE = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(r"\A[0-9]{1,25}(\.[0-9]{1,3})?[smhd]\Z"),
+    st.from_regex(r"\A[0-9]{1,5000}\Z"),
+)
+
+
 @settings(deadline=None)
-@given(st.text(max_size=30))
+@given(SINCE)
 def test_any_since_is_read_or_refused_with_a_sentence(raw: str) -> None:
     """Whatever is typed after --since, it is read or refused with the usual sentence."""
     try:
