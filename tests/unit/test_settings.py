@@ -102,3 +102,52 @@ def test_setting_of_the_wrong_type_is_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("JOBRUNNER_PORT", "eighty")
     with pytest.raises(SettingsError, match="port"):
         load_settings()
+
+
+def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
+    """A config path that is a folder, or a file that is not UTF-8, is reported plainly."""
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings(tmp_path)
+    binary = tmp_path / "jobrunner.toml"
+    binary.write_bytes(b"port = 1\n\xff\n")
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings(binary)
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("port", "-1"),
+        ("port", "70000"),
+        ("max_concurrent_jobs", "0"),
+        ("lease_ttl_seconds", "0"),
+        ("lease_ttl_seconds", "-15"),
+        ("lease_ttl_seconds", "nan"),
+        ("line_batch_max", "0"),
+        ("max_line_bytes", "0"),
+        ("line_flush_interval_ms", "-1"),
+        ("stream_replicas", "0"),
+        ("sse_keepalive_seconds", "0"),
+        ("sse_retry_ms", "-1"),
+        ("max_streams_per_token", "0"),
+        ("session_max_age_seconds", "0"),
+        ("demo_pace", "-1"),
+        ("stream_max_bytes", "-1"),
+        ("log_format", "jsno"),
+    ],
+)
+def test_value_no_service_can_honour_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, field: str, raw: str
+) -> None:
+    """A setting out of its range (no job slots, a lease of 0 s, port -1) is refused, naming it."""
+    monkeypatch.setenv(f"JOBRUNNER_{field.upper()}", raw)
+    with pytest.raises(SettingsError, match=field):
+        load_settings()
+
+
+def test_zero_means_unlimited_where_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stream limits and retention of 0 (unlimited) and a demo pace of 0 are accepted."""
+    for field in ("stream_max_age_days", "stream_max_bytes", "readmodel_retention_days"):
+        monkeypatch.setenv(f"JOBRUNNER_{field.upper()}", "0")
+    monkeypatch.setenv("JOBRUNNER_DEMO_PACE", "0")
+    assert load_settings().stream_max_bytes == 0
