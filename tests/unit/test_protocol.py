@@ -1,0 +1,76 @@
+"""The tool-to-runner protocol: ``##jobrunner:progress {...}`` and ``##jobrunner:result {...}``."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobrunner.services.runner.output import Progress
+from jobrunner.services.runner.protocol import PREFIX, parse
+
+
+def test_progress_with_counts_computes_the_percentage() -> None:
+    """current/total without a percent shows the percentage of items done."""
+    assert parse('##jobrunner:progress {"current": 42, "total": 127, "phase": "enrich"}') == (
+        Progress(current=42, total=127, percent=33.1, phase="enrich")
+    )
+
+
+def test_progress_with_percent_and_message() -> None:
+    """A tool may report a percentage, a phase and a message of its own."""
+    line = '##jobrunner:progress {"percent": 12.5, "phase": "download", "message": "Müller"}'
+    assert parse(line) == Progress(percent=12.5, phase="download", message="Müller")
+
+
+@pytest.mark.parametrize(
+    ("body", "percent"),
+    [('{"percent": 150}', 100.0), ('{"percent": -5}', 0.0), ('{"current": 10, "total": 3}', 100.0)],
+)
+def test_progress_percentage_is_clamped(body: str, percent: float) -> None:
+    """A percentage outside 0-100, given or computed, shows as 0 or 100."""
+    progress = parse(f"{PREFIX}progress {body}")
+    assert isinstance(progress, Progress)
+    assert progress.percent == percent
+
+
+def test_unknown_progress_fields_are_ignored() -> None:
+    """A field the runner does not know (from a newer tool) does not spoil the message."""
+    assert parse('##jobrunner:progress {"current": 1, "eta": 5}') == Progress(current=1)
+
+
+def test_result_is_a_json_object() -> None:
+    """##jobrunner:result carries one JSON object, taken as it is."""
+    assert parse('##jobrunner:result {"summary": "89 gefunden", "found": 89}') == {
+        "summary": "89 gefunden",
+        "found": 89,
+    }
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "##jobrunner:progress",
+        "##jobrunner:progress null",
+        '##jobrunner:progress {"current": "many"}',
+        '##jobrunner:progress {"current": 1} trailing',
+        "##jobrunner:result [1, 2]",
+        '##jobrunner:result {"a": 1',
+        "##jobrunner:unknown {}",
+        ' ##jobrunner:progress {"current": 1}',
+        "plain output",
+    ],
+)
+def test_anything_else_is_not_a_message(line: str) -> None:
+    """A line that is not exactly a valid message is logged as it is, not acted on."""
+    assert parse(line) is None
+
+
+@settings(deadline=None)
+@given(st.sampled_from(["progress ", "result ", "progress", ""]), st.text(max_size=80))
+def test_any_protocol_line_parses_or_is_logged(kind: str, body: str) -> None:
+    """Whatever follows the prefix, the line is a message, or None (logged as it is); no error."""
+    message = parse(PREFIX + kind + body)
+    assert message is None or isinstance(message, Progress | dict)
+    if isinstance(message, Progress) and message.percent is not None:
+        assert 0.0 <= message.percent <= 100.0
