@@ -134,13 +134,28 @@ def test_line_not_matching_is_no_result() -> None:
     assert parse_result("working", re.compile(r"DONE")) is None
 
 
+@pytest.mark.parametrize("value", ["²", "٣", "1" * 5000, "12345678901234567890123", "01067"])
+def test_result_number_that_is_not_a_plain_integer_stays_text(value: str) -> None:
+    """Digits that are no plain integer (², ٣, 5000 digits, a postcode 01067) stay as printed."""
+    result = parse_result(f"n={value}", re.compile(r"n=(?P<n>\S+)"))
+    assert result is not None
+    assert result["n"] == value
+
+
+RESULT_VALUES = st.one_of(
+    st.text(max_size=50),
+    st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=30),
+    st.from_regex(r"\A[0-9]{15,5000}\Z"),
+)
+
+
 @settings(deadline=None)
-@given(st.text(max_size=50))
+@given(RESULT_VALUES)
 def test_any_result_value_is_kept(value: str) -> None:
     """Whatever a result group captures, it is kept as a number or as the text itself."""
     result = parse_result(f"n={value}", re.compile(r"n=(?P<n>.*)", re.DOTALL))
     assert result is not None
-    assert str(result["n"]) == value or (value.isdigit() and int(value) == result["n"])
+    assert result["n"] == value or (isinstance(result["n"], int) and str(result["n"]) == value)
 
 
 # --- cleaning one line

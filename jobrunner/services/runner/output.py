@@ -22,6 +22,10 @@ DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*
 # every other escape sequence (cursor movement, titles, ...) is removed.
 SGR_RE = re.compile(r"\x1b\[[0-9;]*m")
 SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
+# A result value that becomes a JSON number: ASCII digits only (str.isdigit() also takes "²",
+# which int() refuses), no leading zero (a postcode such as 01067 keeps its zero), and few
+# enough digits for a 64-bit integer that every JSON reader takes exactly.
+_PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
 def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | None = None) -> str:
@@ -70,7 +74,7 @@ def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) ->
 def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
     """A result summary line (the job type's ``result_pattern``): named groups become fields.
 
-    Numbers become numbers; without a ``summary`` group the whole line is the summary.
+    Plain integers become numbers; without a ``summary`` group the whole line is the summary.
     """
     match = pattern.search(text)
     if not match:
@@ -79,7 +83,7 @@ def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
     for name, value in match.groupdict().items():
         if value is None:
             continue
-        result[name] = int(value) if value.isdigit() else value
+        result[name] = int(value) if _PLAIN_INTEGER.fullmatch(value) else value
     result.setdefault("summary", text.strip())
     return result
 
