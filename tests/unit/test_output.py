@@ -101,8 +101,42 @@ def test_custom_pattern_with_percent() -> None:
     assert (progress.current, progress.percent) == (None, 12.5)
 
 
+def test_progress_percentage_stays_within_0_and_100() -> None:
+    """A tool that counts past its total shows 100 %, never more."""
+    progress = parse_progress("[200/100]")
+    assert progress is not None
+    assert progress.percent == 100.0
+
+
+@pytest.mark.parametrize(
+    "text", ["[2147483648/1]", "[1/99999999999999999999]", "[" + "9" * 400 + "/1]"]
+)
+def test_count_too_large_to_store_is_no_progress(text: str) -> None:
+    """A count larger than the job's progress can hold is logged as text, not reported."""
+    assert parse_progress(text) is None
+
+
+def test_custom_percent_over_100_is_clamped() -> None:
+    """A percentage over 100 from a job type's pattern shows as 100 %."""
+    progress = parse_progress("at 250%", re.compile(r"(?P<percent>\d+)%"))
+    assert progress is not None
+    assert progress.percent == 100.0
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf"])
+def test_custom_percent_that_is_no_number_is_no_progress(raw: str) -> None:
+    """A pattern that captures 'nan' or 'inf' as the percentage reports no progress."""
+    assert parse_progress(f"at {raw}%", re.compile(r"(?P<percent>[a-z]+)%")) is None
+
+
+PROGRESS_LINES = st.one_of(
+    st.text(max_size=100),
+    st.from_regex(r"\A\[ ?[0-9]{1,500} ?/ ?[0-9]{1,500}\]\Z"),
+)
+
+
 @settings(deadline=None)
-@given(st.text(max_size=100))
+@given(PROGRESS_LINES)
 def test_any_line_gives_no_progress_or_a_percentage_in_range(text: str) -> None:
     """Whatever a tool prints, a progress it reports is between 0 and 100 %."""
     progress = parse_progress(text)

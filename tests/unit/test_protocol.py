@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobrunner.services.runner.output import Progress
+from jobrunner.services.runner.output import MAX_PROGRESS_COUNT, Progress
 from jobrunner.services.runner.protocol import PREFIX, parse
 
 
@@ -32,6 +32,20 @@ def test_progress_percentage_is_clamped(body: str, percent: float) -> None:
     progress = parse(f"{PREFIX}progress {body}")
     assert isinstance(progress, Progress)
     assert progress.percent == percent
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"current": -1}',
+        '{"total": -5}',
+        '{"current": 2147483648}',
+        '{"total": 99999999999999999999}',
+    ],
+)
+def test_progress_count_that_cannot_be_stored_is_logged_as_it_is(body: str) -> None:
+    """A negative count, or one too large for the job's progress, makes the line a plain line."""
+    assert parse(f"{PREFIX}progress {body}") is None
 
 
 def test_unknown_progress_fields_are_ignored() -> None:
@@ -67,10 +81,20 @@ def test_anything_else_is_not_a_message(line: str) -> None:
 
 
 @settings(deadline=None)
-@given(st.sampled_from(["progress ", "result ", "progress", ""]), st.text(max_size=80))
+@given(
+    st.sampled_from(["progress ", "result ", "progress", ""]),
+    st.text(max_size=80)
+    | st.builds(
+        '{{"current": {}, "total": {}}}'.format,
+        st.integers(-(2**70), 2**70),
+        st.integers(-(2**70), 2**70),
+    ),
+)
 def test_any_protocol_line_parses_or_is_logged(kind: str, body: str) -> None:
     """Whatever follows the prefix, the line is a message, or None (logged as it is); no error."""
     message = parse(PREFIX + kind + body)
     assert message is None or isinstance(message, Progress | dict)
-    if isinstance(message, Progress) and message.percent is not None:
-        assert 0.0 <= message.percent <= 100.0
+    if isinstance(message, Progress):
+        assert message.percent is None or 0.0 <= message.percent <= 100.0
+        for count in (message.current, message.total):
+            assert count is None or 0 <= count <= MAX_PROGRESS_COUNT
