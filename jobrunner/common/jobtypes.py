@@ -153,6 +153,12 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
                     ) from None
             if param.type in ("enum", "multi_enum") and not param.choices:
                 raise JobTypeConfigError(f"job type {name!r}, parameter {pname!r} needs choices")
+            error = None if param.default is None else _check_value(param, param.default)
+            if error:
+                # Caught here, not as a bad argv (or a 400 the client cannot fix) at run time.
+                raise JobTypeConfigError(
+                    f"job type {name!r}, parameter {pname!r}: default {param.default!r} {error[1]}"
+                )
         types[name] = job_type
     if not types:
         raise JobTypeConfigError(f"job types file {path} defines no [job_types.*] table")

@@ -429,3 +429,23 @@ def test_unreadable_job_types_file_is_reported(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe[job_types]")
     with pytest.raises(JobTypeConfigError, match="cannot be read"):
         load_job_types(binary)
+
+
+@pytest.mark.parametrize(
+    ("param", "words"),
+    [
+        ('type = "integer"\nminimum = 1\ndefault = 0', "default"),
+        ('type = "integer"\ndefault = "ten"', "default"),
+        ('type = "enum"\nchoices = ["a"]\ndefault = "b"', "default"),
+        ('type = "string"\npattern = "^[0-9]+$"\ndefault = "abc"', "default"),
+    ],
+    ids=["below-minimum", "not-a-number", "not-a-choice", "pattern"],
+)
+def test_default_that_its_own_parameter_refuses_is_refused_at_load(
+    tmp_path: Path, param: str, words: str
+) -> None:
+    """A default the parameter's own rules refuse is a config error, not a bad argv at run time."""
+    text = f'[job_types.x]\nargv = ["x"]\n[job_types.x.parameters.p]\n{param}\n'
+    with pytest.raises(JobTypeConfigError, match=f"parameter 'p': {words}"):
+        load_text(tmp_path, text)
+
