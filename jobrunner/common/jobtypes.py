@@ -143,6 +143,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
                     f"job type {name!r}: {field} needs a group named "
                     + " or ".join(f"(?P<{g}>...)" for g in sorted(groups))
                 )
+        _check_placeholders(job_type)
         for pname, param in job_type.parameters.items():
             if param.pattern is not None:
                 try:
@@ -163,6 +164,27 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
     if not types:
         raise JobTypeConfigError(f"job types file {path} defines no [job_types.*] table")
     return types
+
+
+def _check_placeholders(job_type: JobType) -> None:
+    """An argv element ``{name}`` of a parameter must always have one value to put there."""
+    for element in job_type.argv:
+        if not (element.startswith("{") and element.endswith("}")):
+            continue
+        param = job_type.parameters.get(element[1:-1])
+        if param is None:
+            continue  # not a parameter: passed as written
+        if param.type == "multi_enum":
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: argv element {element} names a multi-choice "
+                "parameter, which is no single argument; give the parameter a flag instead"
+            )
+        if not param.required and param.default is None:
+            # Left out, the tool would receive the text "{name}" itself.
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: argv element {element} names an optional parameter "
+                "without a default; make it required, give it a default, or give it a flag instead"
+            )
 
 
 def _expand_plain_choices(body: dict[str, Any]) -> None:

@@ -449,3 +449,20 @@ def test_default_that_its_own_parameter_refuses_is_refused_at_load(
     with pytest.raises(JobTypeConfigError, match=f"parameter 'p': {words}"):
         load_text(tmp_path, text)
 
+
+
+def test_placeholder_for_an_optional_parameter_without_default_is_refused(tmp_path: Path) -> None:
+    """argv naming {p} for a parameter that may be left out is refused: no tool gets '{p}'."""
+    text = '[job_types.x]\nargv = ["tool", "{p}"]\n[job_types.x.parameters.p]\ntype = "string"\n'
+    with pytest.raises(JobTypeConfigError, match=r"\{p\}"):
+        load_text(tmp_path, text)
+
+
+def test_placeholder_for_a_multi_choice_is_refused(tmp_path: Path) -> None:
+    """A list cannot be one argument: argv naming a multi-choice parameter is refused."""
+    text = (
+        '[job_types.x]\nargv = ["tool", "{p}"]\n[job_types.x.parameters.p]\n'
+        'type = "multi_enum"\nrequired = true\nchoices = ["a", "b"]\n'
+    )
+    with pytest.raises(JobTypeConfigError, match=r"\{p\}"):
+        load_text(tmp_path, text)
