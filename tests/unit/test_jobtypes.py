@@ -450,7 +450,6 @@ def test_default_that_its_own_parameter_refuses_is_refused_at_load(
         load_text(tmp_path, text)
 
 
-
 def test_placeholder_for_an_optional_parameter_without_default_is_refused(tmp_path: Path) -> None:
     """argv naming {p} for a parameter that may be left out is refused: no tool gets '{p}'."""
     text = '[job_types.x]\nargv = ["tool", "{p}"]\n[job_types.x.parameters.p]\ntype = "string"\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,6 +79,52 @@ def test_result_is_a_json_object() -> None:
 def test_anything_else_is_not_a_message(line: str) -> None:
     """A line that is not exactly a valid message is logged as it is, not acted on."""
     assert parse(line) is None
+
+
+def test_nul_in_progress_text_shows_as_a_symbol() -> None:
+    """A NUL escaped into a phase or message shows as ␀, like NUL anywhere else in output."""
+    progress = parse('##jobrunner:progress {"phase": "a\\u0000b", "message": "\\u0000"}')
+    assert progress == Progress(phase="a␀b", message="␀")
+
+
+def test_nul_anywhere_in_a_result_shows_as_a_symbol() -> None:
+    """A NUL escaped into a result's keys or values, however deep, shows as ␀."""
+    result = parse('##jobrunner:result {"a\\u0000": ["x\\u0000", {"k": "\\u0000", "n": 1}]}')
+    assert result == {"a␀": ["x␀", {"k": "␀", "n": 1}]}
+
+
+@pytest.mark.parametrize("kind", ["progress", "result"])
+def test_deeply_nested_message_is_logged_as_it_is(kind: str) -> None:
+    """A message nested thousands of levels deep (it fits in one line) is a plain line, no error."""
+    assert parse(f'{PREFIX}{kind} {{"a": {"[" * 5000}{"]" * 5000}}}') is None
+
+
+def strings_in(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Progress):
+        return [s for s in (value.phase, value.message) if s is not None]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *strings_in(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return []
+
+
+JSON_WITH_NUL = st.recursive(
+    st.none() | st.integers(0, 10) | st.text(alphabet="a\x00"),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="k\x00"), inner),
+    max_leaves=8,
+)
+
+
+@settings(deadline=None)
+@given(st.sampled_from(["progress", "result"]), JSON_WITH_NUL)
+def test_no_protocol_message_carries_a_nul(kind: str, body: object) -> None:
+    """Whatever JSON a tool sends, no text of a message it becomes holds a NUL character."""
+    payload = {"phase": body, "message": body} if kind == "progress" else {"r": body}
+    message = parse(f"{PREFIX}{kind} " + msgspec.json.encode(payload).decode())
+    assert not any("\x00" in s for s in strings_in(message))
 
 
 @settings(deadline=None)

@@ -51,12 +51,24 @@ def parse(text: str) -> Progress | dict[str, Any] | None:
                 current=p.current,
                 total=p.total,
                 percent=clamp_percent(percent),
-                phase=p.phase,
-                message=p.message,
+                phase=_visible_nul(p.phase),
+                message=_visible_nul(p.message),
             )
         if kind == "result":
             result = msgspec.json.decode(body.strip(), type=dict[str, Any])
-            return result
-    except msgspec.MsgspecError:
+            return _visible_nul(result) if "\\u0000" in body else result
+    except (msgspec.MsgspecError, RecursionError):  # msgspec raises the latter on deep nesting
         return None
     return None
+
+
+def _visible_nul(value: Any) -> Any:
+    """NUL becomes ␀, as in every output line (it can only arrive here escaped as \\u0000): the
+    read model's text columns cannot hold it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "␀")
+    if isinstance(value, list):
+        return [_visible_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_visible_nul(k): _visible_nul(v) for k, v in value.items()}
+    return value
