@@ -28,7 +28,19 @@ def headers(event: events.Event) -> dict[str, str]:
 
 
 def decode(data: bytes) -> events.AnyEvent | None:
-    """Decode an event; ``None`` if its type is one this version does not know."""
+    """Decode an event; ``None`` if its type is one this version does not know.
+
+    Raises a ``msgspec.MsgspecError`` for data that is no event, which every consumer catches.
+    """
+    try:
+        return _decode(data)
+    except RecursionError:
+        # msgspec's own error for JSON nested too deeply; as a DecodeError, consumers set the
+        # message aside instead of stopping on it.
+        raise msgspec.DecodeError("JSON is nested too deeply to be an event") from None
+
+
+def _decode(data: bytes) -> events.AnyEvent | None:
     try:
         return _decoder.decode(data)
     except msgspec.ValidationError:

@@ -107,3 +107,15 @@ def test_any_json_on_the_stream_decodes_skips_or_raises_a_msgspec_error(body: An
 def test_event_whose_type_is_not_a_name_is_skipped(kind: bytes) -> None:
     """A message whose "type" is a list, object or number is no event this version knows."""
     assert codec.decode(b'{"type":%b,"job_id":"j1"}' % kind) is None
+
+
+@pytest.mark.parametrize("kind", ["JobRequested", "SomethingNewer"])
+def test_deeply_nested_message_is_a_decode_error(kind: str) -> None:
+    """A message nested thousands of levels deep is an error consumers already set aside."""
+    data = b'{"type":"%b","job_id":"j","job_type":"t","parameters":{"a":%b%b}}' % (
+        kind.encode(),
+        b"[" * 5000,
+        b"]" * 5000,
+    )
+    with pytest.raises(msgspec.DecodeError, match="nested"):
+        codec.decode(data)
