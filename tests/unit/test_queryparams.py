@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -141,6 +142,15 @@ def test_cursor_handed_out_is_read_back() -> None:
 @pytest.mark.parametrize("raw", ["!!!", "e30", encode_cursor({"a": 1})])
 def test_cursor_not_handed_out_is_refused(raw: str) -> None:
     """A cursor a client built or damaged is a 400, not a 500."""
+    assert (
+        "cursor"
+        in refused(lambda: query(("cursor", raw)).cursor("cursor", tuple[int, str])).message
+    )
+
+
+def test_deeply_nested_cursor_is_refused() -> None:
+    """A cursor holding JSON nested thousands of levels deep is a 400, not a 500."""
+    raw = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode()
     assert (
         "cursor"
         in refused(lambda: query(("cursor", raw)).cursor("cursor", tuple[int, str])).message
