@@ -35,7 +35,7 @@ class StoredEvent(msgspec.Struct):
 def stored_event(msg: Msg) -> StoredEvent:
     try:
         body: Any = msgspec.json.decode(msg.data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec raises the latter on deep nesting
         body = {"undecodable": msg.data.decode("utf-8", "replace")}
     return StoredEvent(
         stream_seq=msg.metadata.sequence.stream,

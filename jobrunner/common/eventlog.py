@@ -18,6 +18,7 @@ from jobrunner.contracts.names import Names
 PAGE = 1000
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_SEQUENCE = 2**64 - 1  # JetStream stream sequences are unsigned 64-bit
 
 
 def parse_since(raw: str | None, now: datetime | None = None) -> tuple[int | None, datetime | None]:
@@ -25,17 +26,25 @@ def parse_since(raw: str | None, now: datetime | None = None) -> tuple[int | Non
     if raw is None:
         return None, None
     raw = raw.strip()
-    if raw.isdigit():
-        return int(raw), None
-    if match := _RELATIVE.match(raw):
-        delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-        return None, (now or datetime.now(UTC)) - delta
     try:
-        at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        return _parse_since(raw, now)
+    except (ValueError, OverflowError):
+        # Also what is almost right: "²", a sequence past 2^64, an age older than year 1.
         raise ValueError(
             f"--since {raw!r}: give a stream sequence, an ISO 8601 time or an age like 15m"
         ) from None
+
+
+def _parse_since(raw: str, now: datetime | None) -> tuple[int | None, datetime | None]:
+    if raw.isdigit():
+        seq = int(raw)
+        if seq > MAX_SEQUENCE:
+            raise ValueError("beyond any stream sequence")
+        return seq, None
+    if match := _RELATIVE.match(raw):
+        delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        return None, (now or datetime.now(UTC)) - delta
+    at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     return None, at if at.tzinfo else at.replace(tzinfo=UTC)
 
 

@@ -102,14 +102,18 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
         raise JobTypeConfigError(f"job types file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobTypeConfigError(f"job types file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobTypeConfigError(f"job types file {path} cannot be read: {exc}") from None
+    declared = raw.get("job_types", {})
+    if not isinstance(declared, dict):
+        raise JobTypeConfigError(f"job types file {path}: job_types must be a table of job types")
     types: dict[str, JobType] = {}
-    for name, body in raw.get("job_types", {}).items():
+    for name, body in declared.items():
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
             raise JobTypeConfigError(f"job type name {name!r} must be snake_case")
-        for pbody in body.get("parameters", {}).values():
-            for i, choice in enumerate(pbody.get("choices", [])):
-                if isinstance(choice, str):
-                    pbody["choices"][i] = {"value": choice}
+        if not isinstance(body, dict):
+            raise JobTypeConfigError(f"job type {name!r} in {path} must be a table")
+        _expand_plain_choices(body)
         try:
             job_type = msgspec.convert({**body, "name": name}, JobType)
         except msgspec.ValidationError as exc:
@@ -139,6 +143,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
                     f"job type {name!r}: {field} needs a group named "
                     + " or ".join(f"(?P<{g}>...)" for g in sorted(groups))
                 )
+        _check_placeholders(job_type)
         for pname, param in job_type.parameters.items():
             if param.pattern is not None:
                 try:
@@ -149,10 +154,49 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
                     ) from None
             if param.type in ("enum", "multi_enum") and not param.choices:
                 raise JobTypeConfigError(f"job type {name!r}, parameter {pname!r} needs choices")
+            error = None if param.default is None else _check_value(param, param.default)
+            if error:
+                # Caught here, not as a bad argv (or a 400 the client cannot fix) at run time.
+                raise JobTypeConfigError(
+                    f"job type {name!r}, parameter {pname!r}: default {param.default!r} {error[1]}"
+                )
         types[name] = job_type
     if not types:
         raise JobTypeConfigError(f"job types file {path} defines no [job_types.*] table")
     return types
+
+
+def _check_placeholders(job_type: JobType) -> None:
+    """An argv element ``{name}`` of a parameter must always have one value to put there."""
+    for element in job_type.argv:
+        if not (element.startswith("{") and element.endswith("}")):
+            continue
+        param = job_type.parameters.get(element[1:-1])
+        if param is None:
+            continue  # not a parameter: passed as written
+        if param.type == "multi_enum":
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: argv element {element} names a multi-choice "
+                "parameter, which is no single argument; give the parameter a flag instead"
+            )
+        if not param.required and param.default is None:
+            # Left out, the tool would receive the text "{name}" itself.
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: argv element {element} names an optional parameter "
+                "without a default; make it required, give it a default, or give it a flag instead"
+            )
+
+
+def _expand_plain_choices(body: dict[str, Any]) -> None:
+    """A choice written as a bare string is a choice with that value. Other shapes are left for
+    msgspec to refuse with a message that names the field."""
+    parameters = body.get("parameters")
+    if not isinstance(parameters, dict):
+        return
+    for pbody in parameters.values():
+        choices = pbody.get("choices") if isinstance(pbody, dict) else None
+        if isinstance(choices, list):
+            pbody["choices"] = [{"value": c} if isinstance(c, str) else c for c in choices]
 
 
 def validate_parameters(job_type: JobType, given: Any) -> dict[str, Any]:
@@ -202,8 +246,9 @@ def _check_value(param: Parameter, value: Any) -> tuple[str, str] | None:
         case "string":
             if not isinstance(value, str):
                 return "INVALID_TYPE", "must be a string"
-            if len(value) > min(param.max_length, MAX_STRING_LENGTH):
-                return "TOO_LONG", f"must be at most {param.max_length} characters"
+            limit = min(param.max_length, MAX_STRING_LENGTH)
+            if len(value) > limit:
+                return "TOO_LONG", f"must be at most {limit} characters"
             if "\x00" in value or "\n" in value or "\r" in value:
                 return "INVALID_CHARACTER", "must not contain NUL bytes or line breaks"
             if value.startswith("-") and not param.allow_leading_dash:

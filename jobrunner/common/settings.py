@@ -63,6 +63,42 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 
+    def __post_init__(self) -> None:
+        # A value no service can honour stops every service at start, naming the setting,
+        # instead of a runner that never takes a job (0 slots) or a lease that lapses at once.
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:  # also refuses NaN
+                above = f"at most {high}" if high != _NO_LIMIT else "no upper limit"
+                raise ValueError(f"{name} = {value} is outside its range: at least {low}, {above}")
+        for name in _ABOVE_ZERO:
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} = {value} must be above 0")
+        if self.log_format not in LOG_FORMATS:
+            choices = ", ".join(LOG_FORMATS)
+            raise ValueError(f"log_format = {self.log_format!r} must be one of {choices}")
+
+
+_NO_LIMIT = float("inf")
+_RANGES: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),
+    "max_concurrent_jobs": (1, _NO_LIMIT),
+    "line_flush_interval_ms": (0, _NO_LIMIT),
+    "line_batch_max": (1, _NO_LIMIT),
+    "max_line_bytes": (1, _NO_LIMIT),
+    "demo_pace": (0, _NO_LIMIT),
+    "stream_max_age_days": (0, _NO_LIMIT),
+    "stream_max_bytes": (0, _NO_LIMIT),
+    "readmodel_retention_days": (0, _NO_LIMIT),
+    "stream_replicas": (1, 5),  # JetStream's own limit
+    "sse_retry_ms": (0, _NO_LIMIT),
+    "max_streams_per_token": (1, _NO_LIMIT),
+    "session_max_age_seconds": (1, _NO_LIMIT),
+}
+_ABOVE_ZERO = ("lease_ttl_seconds", "sse_keepalive_seconds")
+LOG_FORMATS = ("auto", "json", "console")
+
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read the config file (if any), then ``JOBRUNNER_*`` variables, then explicit overrides."""
@@ -76,6 +112,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise SettingsError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"config file {path} cannot be read: {exc}") from None
         # A job-types file named relative to the config file is relative to that file.
         if "job_types_file" in values:
             values["job_types_file"] = str(path.parent / values["job_types_file"])

@@ -15,6 +15,7 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[events.AnyEvent] = msgspec.json.Decoder(events.AnyEvent)
 _type_probe = msgspec.json.Decoder(dict[str, object])
+_KNOWN_TYPES = frozenset(t.__struct_config__.tag for t in events.EVENT_TYPES)
 
 
 def encode(event: events.Event) -> bytes:
@@ -27,11 +28,24 @@ def headers(event: events.Event) -> dict[str, str]:
 
 
 def decode(data: bytes) -> events.AnyEvent | None:
-    """Decode an event; ``None`` if its type is one this version does not know."""
+    """Decode an event; ``None`` if its type is one this version does not know.
+
+    Raises a ``msgspec.MsgspecError`` for data that is no event, which every consumer catches.
+    """
+    try:
+        return _decode(data)
+    except RecursionError:
+        # msgspec's own error for JSON nested too deeply; as a DecodeError, consumers set the
+        # message aside instead of stopping on it.
+        raise msgspec.DecodeError("JSON is nested too deeply to be an event") from None
+
+
+def _decode(data: bytes) -> events.AnyEvent | None:
     try:
         return _decoder.decode(data)
     except msgspec.ValidationError:
         kind = _type_probe.decode(data).get("type")
-        if kind not in {t.__struct_config__.tag for t in events.EVENT_TYPES}:
+        # A "type" that is a list or an object names no event either (and is not hashable).
+        if not isinstance(kind, str) or kind not in _KNOWN_TYPES:
             return None
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,13 @@ DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*
 # every other escape sequence (cursor movement, titles, ...) is removed.
 SGR_RE = re.compile(r"\x1b\[[0-9;]*m")
 SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
+# Progress counts land in the read model's integer columns; a larger one would fail the
+# projector's batch, so the runner does not report it (issue 11: clean at the source).
+MAX_PROGRESS_COUNT = 2**31 - 1
+# A result value that becomes a JSON number: ASCII digits only (str.isdigit() also takes "²",
+# which int() refuses), no leading zero (a postcode such as 01067 keeps its zero), and few
+# enough digits for a 64-bit integer that every JSON reader takes exactly.
+_PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,17}")
 
 
 def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | None = None) -> str:
@@ -60,17 +68,26 @@ def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) ->
         return None
     if total is not None and (total <= 0 or current is None or current < 0):
         return None  # "[0/0]" is no progress
+    if not all(n is None or n <= MAX_PROGRESS_COUNT for n in (current, total)):
+        return None  # a number in the text that only looks like a count
     if current is not None and total:
         percent = round(100.0 * current / total, 1)
+    if percent is not None and not math.isfinite(percent):
+        return None
     if current is None and percent is None:
         return None
-    return Progress(current=current, total=total, percent=percent)
+    return Progress(current=current, total=total, percent=clamp_percent(percent))
+
+
+def clamp_percent(percent: float | None) -> float | None:
+    """A tool counting past its total (or under zero) shows 100 % (or 0 %), never more."""
+    return None if percent is None else min(100.0, max(0.0, percent))
 
 
 def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
     """A result summary line (the job type's ``result_pattern``): named groups become fields.
 
-    Numbers become numbers; without a ``summary`` group the whole line is the summary.
+    Plain integers become numbers; without a ``summary`` group the whole line is the summary.
     """
     match = pattern.search(text)
     if not match:
@@ -79,7 +96,7 @@ def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
     for name, value in match.groupdict().items():
         if value is None:
             continue
-        result[name] = int(value) if value.isdigit() else value
+        result[name] = int(value) if _PLAIN_INTEGER.fullmatch(value) else value
     result.setdefault("summary", text.strip())
     return result
 

@@ -6,26 +6,31 @@ A line that starts with ``##jobrunner:`` is a message for the runner, not a log 
     ##jobrunner:progress {"percent": 12.5, "phase": "download"}
     ##jobrunner:result {"summary": "89 Websites gefunden, 38 ohne Ergebnis", "found": 89}
 
-The payload is one JSON object. ``progress`` takes ``percent`` (0-100), ``current``/``total``,
-``phase`` and ``message``, all optional; the percentage is computed from current/total when not
-given. ``result`` objects are merged into the job's ``result`` (later keys win). Either stream
-(stdout or stderr) works. A line that starts with the prefix but does not parse is logged as it is.
+The payload is one JSON object. ``progress`` takes ``percent`` (0-100), ``current``/``total``
+(0 to 2^31-1), ``phase`` and ``message``, all optional; the percentage is computed from
+current/total when not given. ``result`` objects are merged into the job's ``result`` (later keys
+win). Either stream (stdout or stderr) works. A line that starts with the prefix but does not
+parse is logged as it is.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from jobrunner.services.runner.output import Progress
+from jobrunner.services.runner.output import MAX_PROGRESS_COUNT, Progress, clamp_percent
 
 PREFIX = "##jobrunner:"
 
 
+# A count outside what the read model stores makes the whole line a plain log line.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_PROGRESS_COUNT)]
+
+
 class _ProgressBody(msgspec.Struct, forbid_unknown_fields=False):
-    current: int | None = None
-    total: int | None = None
+    current: _Count | None = None
+    total: _Count | None = None
     percent: float | None = None
     phase: str | None = None
     message: str | None = None
@@ -42,18 +47,28 @@ def parse(text: str) -> Progress | dict[str, Any] | None:
             percent = p.percent
             if percent is None and p.current is not None and p.total:
                 percent = round(100.0 * p.current / p.total, 1)
-            if percent is not None:
-                percent = min(100.0, max(0.0, percent))
             return Progress(
                 current=p.current,
                 total=p.total,
-                percent=percent,
-                phase=p.phase,
-                message=p.message,
+                percent=clamp_percent(percent),
+                phase=_visible_nul(p.phase),
+                message=_visible_nul(p.message),
             )
         if kind == "result":
             result = msgspec.json.decode(body.strip(), type=dict[str, Any])
-            return result
-    except msgspec.MsgspecError:
+            return _visible_nul(result) if "\\u0000" in body else result
+    except (msgspec.MsgspecError, RecursionError):  # msgspec raises the latter on deep nesting
         return None
     return None
+
+
+def _visible_nul(value: Any) -> Any:
+    """NUL becomes ␀, as in every output line (it can only arrive here escaped as \\u0000): the
+    read model's text columns cannot hold it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "␀")
+    if isinstance(value, list):
+        return [_visible_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_visible_nul(k): _visible_nul(v) for k, v in value.items()}
+    return value

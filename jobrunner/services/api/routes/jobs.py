@@ -50,6 +50,10 @@ def decode_create(body: bytes) -> schemas.CreateJob:
         ) from None
     except msgspec.DecodeError:
         raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
+    except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
+        raise ApiError(
+            400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
+        ) from None
 
 
 async def find_job(ctx: ApiContext, job_id: str, principal: Principal | None = None) -> Any:

@@ -1,0 +1,135 @@
+"""``jobrunner events``: reading ``--since`` and showing one stored event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobrunner.common.audit import StoredEvent
+from jobrunner.common.eventlog import json_line, parse_since, readable
+
+NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+
+
+def test_since_absent_means_from_the_start() -> None:
+    """Without --since the history starts at its beginning."""
+    assert parse_since(None) == (None, None)
+
+
+def test_since_a_number_is_a_stream_sequence() -> None:
+    """--since 1234 starts at stream sequence 1234."""
+    assert parse_since(" 1234 ") == (1234, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "delta"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("15m", timedelta(minutes=15)),
+        ("1.5h", timedelta(hours=1.5)),
+        ("2d", timedelta(days=2)),
+    ],
+)
+def test_since_an_age_counts_back_from_now(raw: str, delta: timedelta) -> None:
+    """--since 15m starts fifteen minutes ago."""
+    assert parse_since(raw, now=NOW) == (None, NOW - delta)
+
+
+def test_since_an_iso_time_with_z_is_utc() -> None:
+    """--since 2026-01-31T11:00:00Z is that moment in UTC."""
+    assert parse_since("2026-01-31T11:00:00Z") == (None, datetime(2026, 1, 31, 11, tzinfo=UTC))
+
+
+def test_since_an_iso_time_without_zone_is_utc() -> None:
+    """A time without a zone is read as UTC, not the machine's local time."""
+    assert parse_since("2026-01-31T11:00") == (None, datetime(2026, 1, 31, 11, tzinfo=UTC))
+
+
+def test_since_keeps_an_explicit_offset() -> None:
+    """A time with an offset keeps it."""
+    _, at = parse_since("2026-01-31T12:00:00+01:00")
+    assert at == datetime(2026, 1, 31, 11, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "raw", ["yesterday", "15 minutes", "-5", "5w", "", "²", "9999999d", "1000000000d", "9" * 5000]
+)
+def test_since_anything_else_is_a_clear_error(raw: str) -> None:
+    """A --since that is neither a sequence, a time nor an age says what it accepts."""
+    with pytest.raises(ValueError, match="stream sequence, an ISO 8601 time or an age"):
+        parse_since(raw)
+
+
+def stored(event: object) -> StoredEvent:
+    return StoredEvent(
+        stream_seq=42,
+        subject="jobrunner.job.j1.status",
+        time=datetime(2026, 1, 31, 12, 0, 1, 234567, tzinfo=UTC),
+        event=event,
+    )
+
+
+def test_readable_shows_sequence_time_job_type_and_fields() -> None:
+    """The readable form shows sequence, time to the millisecond, job, type and set fields."""
+    event = {
+        "type": "StatusChanged",
+        "job_id": "j1",
+        "event_id": "e",
+        "version": 1,
+        "status": "failed",
+        "exit_code": 3,
+        "error": {"code": "EXIT_NONZERO"},
+        "result": None,
+    }
+    assert readable(stored(event)) == (
+        "#42      2026-01-31 12:00:01.234  j1  StatusChanged  status=failed exit_code=3 "
+        'error={"code":"EXIT_NONZERO"}'
+    )
+
+
+def test_readable_shows_lines_below_the_event() -> None:
+    """Each line of a LineLogged event is shown on its own row under the event."""
+    event = {
+        "type": "LineLogged",
+        "job_id": "j1",
+        "lines": [[1, "stdout", "INFO", "2026-01-31T12:00:00Z", "hello"]],
+    }
+    shown = readable(stored(event)).splitlines()
+    assert shown[0].endswith("j1  LineLogged")
+    assert shown[1].split() == ["1", "stdout", "INFO", "hello"]
+
+
+def test_readable_survives_an_event_that_is_not_an_object() -> None:
+    """A stored message that is not a JSON object is still shown, with type '?'."""
+    assert readable(stored([1, 2])).endswith("?")
+
+
+def test_json_line_is_the_stored_event_as_one_json_object() -> None:
+    """--json prints one JSON object per line, with the event exactly as stored."""
+    line = json_line(stored({"type": "Future", "x": 1}))
+    assert "\n" not in line
+    assert msgspec.json.decode(line)["event"] == {"type": "Future", "x": 1}
+
+
+SINCE = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(r"\A[0-9]{1,25}(\.[0-9]{1,3})?[smhd]\Z"),
+    st.from_regex(r"\A[0-9]{1,5000}\Z"),
+)
+
+
+@settings(deadline=None)
+@given(SINCE)
+def test_any_since_is_read_or_refused_with_a_sentence(raw: str) -> None:
+    """Whatever is typed after --since, it is read or refused with the usual sentence."""
+    try:
+        parse_since(raw, now=NOW)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        return
+    assert "--since" in message

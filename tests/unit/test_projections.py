@@ -1,0 +1,179 @@
+"""Projections: pure functions from one event to the row changes it makes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobrunner.contracts import events
+from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.services.projector.projections import (
+    JobCreated,
+    JobUpdated,
+    LinesAppended,
+    project,
+)
+
+AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+
+
+def test_requested_job_is_created_pending() -> None:
+    """A requested job appears as pending, with its parameters, lock and requester."""
+    event = events.JobRequested(
+        job_id="j1",
+        job_type="scraper",
+        parameters={"plz": "10"},
+        lock="datev",
+        requested_by="alice",
+        occurred_at=AT,
+    )
+    [change] = project(event, 7)
+    assert isinstance(change, JobCreated)
+    assert change.row == {
+        "id": "j1",
+        "job_type": "scraper",
+        "status": "pending",
+        "parameters": {"plz": "10"},
+        "lock": "datev",
+        "requested_by": "alice",
+        "batch_id": None,
+        "created_at": AT,
+        "updated_at": AT,
+        "first_seq": 7,
+        "last_seq": 7,
+    }
+
+
+def test_running_only_starts_a_pending_job() -> None:
+    """A late 'running' never revives a job that already ended."""
+    event = events.StatusChanged(
+        job_id="j1", status=JobStatus.RUNNING, runner_id="r1", occurred_at=AT
+    )
+    assert project(event, 8) == [
+        JobUpdated(
+            "j1",
+            {"status": "running", "updated_at": AT, "started_at": AT, "runner_id": "r1"},
+            8,
+            only_if_status=frozenset({"pending"}),
+        )
+    ]
+
+
+def test_failed_job_records_its_error_result_and_exit_code() -> None:
+    """A failed job shows when it ended, its exit code, error code and message, and its result."""
+    event = events.StatusChanged(
+        job_id="j1",
+        status=JobStatus.FAILED,
+        exit_code=2,
+        error=ErrorInfo(code="EXIT_NONZERO", message="The tool exited with 2."),
+        result={"found": 3},
+        occurred_at=AT,
+    )
+    [change] = project(event, 9)
+    assert isinstance(change, JobUpdated)
+    assert change.fields == {
+        "status": "failed",
+        "updated_at": AT,
+        "finished_at": AT,
+        "exit_code": 2,
+        "error_code": "EXIT_NONZERO",
+        "error_message": "The tool exited with 2.",
+        "result": {"found": 3},
+    }
+    assert change.only_if_active
+
+
+def test_cancelled_job_records_who_cancelled() -> None:
+    """A cancelled job shows who cancelled it."""
+    event = events.StatusChanged(
+        job_id="j1", status=JobStatus.CANCELLED, cancelled_by="bob", occurred_at=AT
+    )
+    [change] = project(event, 9)
+    assert isinstance(change, JobUpdated)
+    assert change.fields["cancelled_by"] == "bob"
+    assert change.fields["exit_code"] is None
+
+
+def test_cancel_request_is_recorded_on_the_job() -> None:
+    """A cancel request shows on the job (who and when) before the job ends."""
+    event = events.CancelRequested(job_id="j1", requested_by="bob", occurred_at=AT)
+    assert project(event, 10) == [
+        JobUpdated("j1", {"cancel_requested_at": AT, "cancelled_by": "bob", "updated_at": AT}, 10)
+    ]
+
+
+def test_each_logged_line_becomes_a_row_with_the_stream_sequence() -> None:
+    """Every line of a batch is one row with the job, its seq and the event's stream sequence."""
+    lines = [
+        events.LogLine(1, "stdout", "INFO", AT, "one"),
+        events.LogLine(2, "stderr", "ERROR", AT, "two"),
+    ]
+    assert project(events.LineLogged(job_id="j1", lines=lines), 11) == [
+        LinesAppended(
+            "j1",
+            [
+                ("j1", 1, "stdout", "INFO", AT, "one", 11),
+                ("j1", 2, "stderr", "ERROR", AT, "two", 11),
+            ],
+        )
+    ]
+
+
+def test_progress_sets_only_what_was_reported() -> None:
+    """A progress report changes the fields it carries and leaves the others as they were."""
+    event = events.ProgressReported(job_id="j1", percent=50.0, phase="enrich", occurred_at=AT)
+    [change] = project(event, 12)
+    assert isinstance(change, JobUpdated)
+    assert change.fields == {"updated_at": AT, "progress_percent": 50.0, "phase": "enrich"}
+
+
+def test_projection_is_deterministic() -> None:
+    """The same event at the same sequence always makes the same changes (replay is identical)."""
+    event = events.ProgressReported(job_id="j1", current=1, total=2, occurred_at=AT)
+    assert project(event, 5) == project(event, 5)
+
+
+TEXT = st.text(max_size=20)
+EVENTS = st.one_of(
+    st.builds(events.JobRequested, job_id=TEXT, job_type=TEXT, lock=st.none() | TEXT),
+    st.builds(events.CancelRequested, job_id=TEXT, requested_by=st.none() | TEXT),
+    st.builds(
+        events.StatusChanged,
+        job_id=TEXT,
+        status=st.sampled_from(JobStatus),
+        exit_code=st.none() | st.integers(),
+        error=st.none() | st.builds(ErrorInfo, code=TEXT, message=TEXT),
+    ),
+    st.builds(
+        events.LineLogged,
+        job_id=TEXT,
+        lines=st.lists(
+            st.builds(events.LogLine, st.integers(1), TEXT, TEXT, st.just(AT), TEXT), max_size=5
+        ),
+    ),
+    st.builds(
+        events.ProgressReported,
+        job_id=TEXT,
+        current=st.none() | st.integers(),
+        percent=st.none() | st.floats(),
+        phase=st.none() | TEXT,
+    ),
+)
+
+
+@settings(deadline=None)
+@given(EVENTS, st.integers(1, 2**63))
+def test_every_change_belongs_to_the_event_s_job(event: events.Event, seq: int) -> None:
+    """Whatever an event holds, it changes only its own job; a batch of n lines makes n rows."""
+    changes = project(event, seq)
+    assert len(changes) == 1
+    [change] = changes
+    if isinstance(change, JobCreated):
+        assert change.row["id"] == event.job_id
+    else:
+        assert change.job_id == event.job_id
+    if isinstance(event, events.LineLogged):
+        assert isinstance(change, LinesAppended)
+        assert [row[1] for row in change.rows] == [line.seq for line in event.lines]

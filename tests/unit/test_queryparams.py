@@ -1,0 +1,193 @@
+"""Strict query strings: unknown parameters and bad values are a 400 naming the field."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from litestar.datastructures import MultiDict
+
+from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.queryparams import (
+    MAX_SEARCH_LENGTH,
+    Query,
+    decode_cursor,
+    encode_cursor,
+)
+
+KNOWN = ("status", "job_type", "q", "limit", "since", "cursor")
+
+
+def query(*pairs: tuple[str, str]) -> Query:
+    return Query(MultiDict(list(pairs)), KNOWN)
+
+
+def refused(call: Any) -> ApiError:
+    with pytest.raises(ApiError) as exc:
+        call()
+    assert exc.value.status == 400
+    assert exc.value.message
+    return exc.value
+
+
+def test_unknown_parameter_is_named_with_the_known_ones() -> None:
+    """A typo such as ?stauts= is a 400 naming it and listing what is accepted."""
+    error = refused(lambda: query(("stauts", "failed")))
+    assert error.code == "UNKNOWN_QUERY_PARAMETER"
+    assert error.extra == {"field": "stauts", "known": sorted(KNOWN)}
+
+
+def test_repeated_and_comma_separated_values_combine() -> None:
+    """?status=a,b&status=c means all three, each once, in the order given."""
+    q = query(("status", "failed, running"), ("status", "failed"))
+    assert q.choices("status", ["running", "failed", "completed"]) == ("failed", "running")
+
+
+def test_value_outside_the_choices_is_refused() -> None:
+    """A status that does not exist is a 400 that lists the valid ones."""
+    error = refused(lambda: query(("status", "done")).choices("status", ["failed", "completed"]))
+    assert (error.code, error.extra["field"]) == ("INVALID_QUERY", "status")
+    assert "failed, completed" in error.message
+
+
+@pytest.mark.parametrize("value", ["a b", "a/b", "x" * 201, "*"])
+def test_names_must_look_like_names(value: str) -> None:
+    """A job type filter with spaces, slashes or wildcards is refused, not matched loosely."""
+    refused(lambda: query(("job_type", value)).names("job_type"))
+
+
+def test_single_valued_parameter_given_twice_is_refused() -> None:
+    """?limit=1&limit=2 is ambiguous and refused."""
+    error = refused(lambda: query(("limit", "1"), ("limit", "2")).integer("limit", 50, 1))
+    assert "only once" in error.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, 50), ("1", 1), ("500", 500)], ids=["absent", "low", "high"]
+)
+def test_integer_in_range_or_default(raw: str | None, expected: int) -> None:
+    """An integer parameter in range is taken; an absent one takes its default."""
+    q = query(("limit", raw)) if raw is not None else query()
+    assert q.integer("limit", 50, 1, 500) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"), [("0", "between 1 and 500"), ("501", "between 1 and 500"), ("ten", "integer")]
+)
+def test_integer_out_of_range_or_not_a_number_is_refused(raw: str, words: str) -> None:
+    """A limit outside its range or not a number says what it must be."""
+    error = refused(lambda: query(("limit", raw)).integer("limit", 50, 1, 500))
+    assert words in error.message
+
+
+def test_integer_without_maximum_says_at_least() -> None:
+    """A parameter with only a lower bound says 'at least'."""
+    assert "at least 1" in refused(lambda: query(("limit", "0")).integer("limit", 5, 1)).message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-01-31T12:00:00Z", datetime(2026, 1, 31, 12, tzinfo=UTC)),
+        ("2026-01-31T12:00:00", datetime(2026, 1, 31, 12, tzinfo=UTC)),
+        ("2026-01-31T13:00:00+01:00", datetime(2026, 1, 31, 12, tzinfo=UTC)),
+        ("2026-01-31T13:00:00 01:00", datetime(2026, 1, 31, 12, tzinfo=UTC)),
+        ("2026-01-31T13:00 0100", datetime(2026, 1, 31, 12, tzinfo=UTC)),
+    ],
+    ids=["z", "naive", "offset", "unencoded-plus", "unencoded-plus-short"],
+)
+def test_timestamps_in_iso_8601(raw: str, expected: datetime) -> None:
+    """Times are ISO 8601; no zone means UTC; a '+' the client forgot to encode still works."""
+    assert query(("since", raw)).timestamp("since") == expected
+
+
+def test_timestamp_that_is_not_iso_is_refused_with_an_example() -> None:
+    """A time that is not ISO 8601 is refused with an example of one that is."""
+    assert (
+        "2026-01-31T12:00:00Z"
+        in refused(lambda: query(("since", "yesterday")).timestamp("since")).message
+    )
+
+
+def test_timestamp_keeps_a_negative_offset() -> None:
+    """A '-05:00' offset is kept as it is."""
+    at = query(("since", "2026-01-31T07:00:00-05:00")).timestamp("since")
+    assert at is not None
+    assert at.utcoffset() == timezone(timedelta(hours=-5)).utcoffset(None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"), [("x" * (MAX_SEARCH_LENGTH + 1), "longer"), ("a\x00", "NUL")]
+)
+def test_search_text_is_bounded_and_without_nul(raw: str, words: str) -> None:
+    """Search text over the limit or with a NUL character is refused."""
+    assert words in refused(lambda: query(("q", raw)).text("q")).message
+
+
+def test_empty_search_text_means_no_search() -> None:
+    """?q= is the same as no search."""
+    assert query(("q", "")).text("q") is None
+
+
+def test_cursor_handed_out_is_read_back() -> None:
+    """A cursor the API handed out leads to the same place."""
+    token = encode_cursor([41, "j1"])
+    assert query(("cursor", token)).cursor("cursor", tuple[int, str]) == (41, "j1")
+
+
+@pytest.mark.parametrize("raw", ["!!!", "e30", encode_cursor({"a": 1})])
+def test_cursor_not_handed_out_is_refused(raw: str) -> None:
+    """A cursor a client built or damaged is a 400, not a 500."""
+    assert (
+        "cursor"
+        in refused(lambda: query(("cursor", raw)).cursor("cursor", tuple[int, str])).message
+    )
+
+
+def test_deeply_nested_cursor_is_refused() -> None:
+    """A cursor holding JSON nested thousands of levels deep is a 400, not a 500."""
+    raw = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode()
+    assert (
+        "cursor"
+        in refused(lambda: query(("cursor", raw)).cursor("cursor", tuple[int, str])).message
+    )
+
+
+@settings(deadline=None)
+@given(st.text(max_size=60))
+def test_any_cursor_text_is_read_or_refused(raw: str) -> None:
+    """Whatever a client puts in ?cursor=, it decodes or raises the cursor error."""
+    try:
+        decode_cursor(raw, tuple[int, str])
+    except ValueError as exc:
+        assert str(exc) == "bad cursor"  # noqa: PT017
+
+
+@settings(deadline=None)
+@given(st.text(max_size=40))
+def test_any_timestamp_text_is_read_or_refused(raw: str) -> None:
+    """Whatever a client puts in ?since=, it is a time in UTC or a 400."""
+    try:
+        at = query(("since", raw)).timestamp("since")
+    except ApiError as exc:
+        assert exc.status == 400  # noqa: PT017
+        return
+    assert at is not None
+    assert at.tzinfo is not None
+
+
+@settings(deadline=None)
+@given(st.text(max_size=40))
+def test_any_integer_text_is_read_or_refused(raw: str) -> None:
+    """Whatever a client puts in ?limit=, it is an integer in range or a 400."""
+    try:
+        value = query(("limit", raw)).integer("limit", 50, 1, 500)
+    except ApiError as exc:
+        assert exc.status == 400  # noqa: PT017
+        return
+    assert value is not None
+    assert 1 <= value <= 500

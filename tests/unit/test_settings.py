@@ -1,0 +1,153 @@
+"""Settings: the config file, then JOBRUNNER_* variables, then explicit overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jobrunner.common.settings import DEFAULT_JOB_TYPES, Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def no_jobrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only the JOBRUNNER_* variables it sets itself."""
+
+    for name in list(os.environ):
+        if name.startswith("JOBRUNNER_"):
+            monkeypatch.delenv(name)
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "jobrunner.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_environment() -> None:
+    """With nothing configured, jobrunner uses its defaults and the bundled job types."""
+    loaded = load_settings()
+    assert loaded == Settings()
+    assert loaded.job_types_file == str(DEFAULT_JOB_TYPES)
+
+
+def test_environment_wins_over_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JOBRUNNER_* variable overrides the same key in the config file."""
+    config = write_config(tmp_path, 'prefix = "fromfile"\nport = 9000\n')
+    monkeypatch.setenv("JOBRUNNER_PORT", "9001")
+    loaded = load_settings(config)
+    assert (loaded.prefix, loaded.port) == ("fromfile", 9001)
+
+
+def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit override (a command-line option) beats the environment; None means not given."""
+    monkeypatch.setenv("JOBRUNNER_PORT", "9001")
+    monkeypatch.setenv("JOBRUNNER_HOST", "0.0.0.0")
+    loaded = load_settings(port=9002, host=None)
+    assert (loaded.port, loaded.host) == (9002, "0.0.0.0")
+
+
+def test_config_file_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JOBRUNNER_CONFIG names the config file when none is passed."""
+    monkeypatch.setenv("JOBRUNNER_CONFIG", str(write_config(tmp_path, 'prefix = "viaenv"\n')))
+    assert load_settings().prefix == "viaenv"
+
+
+@pytest.mark.parametrize(("raw", "value"), [("true", True), ("false", False), ("0", False)])
+def test_environment_values_are_converted(
+    monkeypatch: pytest.MonkeyPatch, raw: str, value: bool
+) -> None:
+    """Variables are text; they are converted to the field's type (here a bool)."""
+    monkeypatch.setenv("JOBRUNNER_AUTH", raw)
+    assert load_settings().auth is value
+
+
+def test_job_types_file_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    """A relative job_types_file in the config file is found next to that file, not the cwd."""
+    config = write_config(tmp_path, 'job_types_file = "types.toml"\n')
+    assert load_settings(config).job_types_file == str(tmp_path / "types.toml")
+
+
+def test_absolute_job_types_file_stays_as_it_is(tmp_path: Path) -> None:
+    """An absolute job_types_file in the config file is used as written."""
+    config = write_config(tmp_path, 'job_types_file = "/etc/jobrunner/types.toml"\n')
+    assert load_settings(config).job_types_file == "/etc/jobrunner/types.toml"
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    """A config file that does not exist is reported with its path."""
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_invalid_toml_config_is_reported(tmp_path: Path) -> None:
+    """A config file that is not TOML is reported as such."""
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(write_config(tmp_path, "port = \n"))
+
+
+def test_unknown_setting_is_refused(tmp_path: Path) -> None:
+    """A misspelt key in the config file is an error, not silently ignored."""
+    with pytest.raises(SettingsError, match="prot"):
+        load_settings(write_config(tmp_path, "prot = 8000\n"))
+
+
+def test_setting_of_the_wrong_type_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value that is not of the field's type names the field."""
+    monkeypatch.setenv("JOBRUNNER_PORT", "eighty")
+    with pytest.raises(SettingsError, match="port"):
+        load_settings()
+
+
+def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
+    """A config path that is a folder, or a file that is not UTF-8, is reported plainly."""
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings(tmp_path)
+    binary = tmp_path / "jobrunner.toml"
+    binary.write_bytes(b"port = 1\n\xff\n")
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings(binary)
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("port", "-1"),
+        ("port", "70000"),
+        ("max_concurrent_jobs", "0"),
+        ("lease_ttl_seconds", "0"),
+        ("lease_ttl_seconds", "-15"),
+        ("lease_ttl_seconds", "nan"),
+        ("line_batch_max", "0"),
+        ("max_line_bytes", "0"),
+        ("line_flush_interval_ms", "-1"),
+        ("stream_replicas", "0"),
+        ("sse_keepalive_seconds", "0"),
+        ("sse_retry_ms", "-1"),
+        ("max_streams_per_token", "0"),
+        ("session_max_age_seconds", "0"),
+        ("demo_pace", "-1"),
+        ("stream_max_bytes", "-1"),
+        ("log_format", "jsno"),
+    ],
+)
+def test_value_no_service_can_honour_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, field: str, raw: str
+) -> None:
+    """A setting out of its range (no job slots, a lease of 0 s, port -1) is refused, naming it."""
+    monkeypatch.setenv(f"JOBRUNNER_{field.upper()}", raw)
+    with pytest.raises(SettingsError, match=field):
+        load_settings()
+
+
+def test_zero_means_unlimited_where_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stream limits and retention of 0 (unlimited) and a demo pace of 0 are accepted."""
+    for field in ("stream_max_age_days", "stream_max_bytes", "readmodel_retention_days"):
+        monkeypatch.setenv(f"JOBRUNNER_{field.upper()}", "0")
+    monkeypatch.setenv("JOBRUNNER_DEMO_PACE", "0")
+    assert load_settings().stream_max_bytes == 0

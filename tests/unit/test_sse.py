@@ -1,0 +1,133 @@
+"""Server-Sent Events: resume points from Last-Event-ID and frames that no text can break."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobrunner.contracts import events
+from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.services.api.sse import ResumePoint, encode_data, frame, frames_for
+
+AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+
+
+def test_resume_after_a_whole_event_starts_at_the_next() -> None:
+    """Last-Event-ID 41 resumes with stream sequence 42."""
+    point = ResumePoint.parse("41")
+    assert point == ResumePoint(41)
+    assert point.next_seq == 42
+
+
+def test_resume_mid_batch_reads_that_batch_again() -> None:
+    """Last-Event-ID 41:3 reads message 41 again, skipping its lines up to index 3."""
+    point = ResumePoint.parse(" 41:3 ")
+    assert point == ResumePoint(41, 3)
+    assert point.next_seq == 41
+
+
+@pytest.mark.parametrize("raw", [None, "", "abc", "41:x", "-1", "41:-2", "4 1", "1:2:3"])
+def test_malformed_last_event_id_starts_from_the_beginning(raw: str | None) -> None:
+    """A missing or malformed Last-Event-ID is ignored: the stream starts from its beginning."""
+    assert ResumePoint.parse(raw) is None
+
+
+@settings(deadline=None)
+@given(st.text(max_size=30))
+def test_any_last_event_id_is_a_resume_point_or_none(raw: str) -> None:
+    """Whatever a client sends as Last-Event-ID, it is a valid resume point or ignored."""
+    point = ResumePoint.parse(raw)
+    if point is not None:
+        assert point.stream_seq >= 0
+        assert point.line_index is None or point.line_index >= 0
+
+
+@settings(deadline=None)
+@given(st.integers(0, 2**64), st.none() | st.integers(0, 10_000))
+def test_ids_sent_are_read_back_as_sent(seq: int, index: int | None) -> None:
+    """The id the server sent resumes exactly there."""
+    raw = f"{seq}:{index}" if index is not None else str(seq)
+    assert ResumePoint.parse(raw) == ResumePoint(seq, index)
+
+
+def parse_frame(raw: bytes) -> dict[str, str]:
+    """A frame as a browser reads it: field lines split on any line break."""
+    text = raw.decode()
+    assert text.endswith("\n\n")
+    fields: dict[str, str] = {}
+    for line in text[:-2].splitlines():
+        name, _, value = line.partition(": ")
+        assert name not in fields, f"field {name} twice in {raw!r}"
+        fields[name] = value
+    return fields
+
+
+@settings(deadline=None)
+@given(st.text())
+def test_no_log_text_can_forge_an_sse_field(text: str) -> None:
+    """Whatever a tool prints (line breaks of any kind included), a frame has one data line."""
+    fields = parse_frame(frame({"text": text}, event="line", id="7"))
+    assert set(fields) == {"id", "event", "data"}
+    assert msgspec.json.decode(fields["data"]) == {"text": text}
+
+
+def test_encode_data_escapes_unicode_line_breaks() -> None:
+    """U+0085, U+2028 and U+2029 are sent escaped, since some clients break lines on them."""
+    assert encode_data("a\u0085b\u2028c\u2029d") == b'"a\\u0085b\\u2028c\\u2029d"'
+
+
+def test_each_line_of_a_batch_has_its_own_id() -> None:
+    """Lines of one batched message are ids <seq>:0, <seq>:1, ... so a resume can land between."""
+    lines = [events.LogLine(i, "stdout", "INFO", AT, f"l{i}") for i in (1, 2, 3)]
+    frames = frames_for(events.LineLogged(job_id="j", lines=lines), 41, None)
+    assert [parse_frame(f)["id"] for f in frames] == ["41:0", "41:1", "41:2"]
+
+
+def test_resume_mid_batch_skips_the_lines_already_seen() -> None:
+    """After Last-Event-ID 41:1 only the batch's line 41:2 is sent again."""
+    lines = [events.LogLine(i, "stdout", "INFO", AT, f"l{i}") for i in (1, 2, 3)]
+    frames = frames_for(events.LineLogged(job_id="j", lines=lines), 41, 1)
+    assert [parse_frame(f)["id"] for f in frames] == ["41:2"]
+
+
+def test_terminal_status_is_followed_by_done() -> None:
+    """A job's end is sent as a status event with an id, then a done event that closes the view."""
+    event = events.StatusChanged(
+        job_id="j",
+        status=JobStatus.FAILED,
+        exit_code=1,
+        error=ErrorInfo(code="EXIT_NONZERO", message="exit 1"),
+        occurred_at=AT,
+    )
+    status, done = (parse_frame(f) for f in frames_for(event, 50, None))
+    assert (status["event"], status["id"], done["event"]) == ("status", "50", "done")
+    assert "id" not in done
+    assert msgspec.json.decode(done["data"])["error"] == {
+        "code": "EXIT_NONZERO",
+        "message": "exit 1",
+    }
+
+
+def test_running_status_is_not_done() -> None:
+    """A job that starts running sends one status event and no done."""
+    event = events.StatusChanged(job_id="j", status=JobStatus.RUNNING, occurred_at=AT)
+    assert [parse_frame(f)["event"] for f in frames_for(event, 5, None)] == ["status"]
+
+
+def test_progress_and_cancel_request_are_sent_with_their_ids() -> None:
+    """Progress and a cancel request reach the viewer as named events with their sequence."""
+    progress = frames_for(events.ProgressReported(job_id="j", percent=5.0), 6, None)
+    cancel = frames_for(events.CancelRequested(job_id="j", requested_by="bob"), 7, None)
+    assert [(parse_frame(f)["event"], parse_frame(f)["id"]) for f in progress + cancel] == [
+        ("progress", "6"),
+        ("cancel_requested", "7"),
+    ]
+
+
+def test_job_request_sends_nothing() -> None:
+    """The request itself is not shown in the live stream."""
+    assert frames_for(events.JobRequested(job_id="j", job_type="t"), 1, None) == []
