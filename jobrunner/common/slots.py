@@ -158,11 +158,11 @@ class SlotTable:
         for _ in range(3):
             current, last = await self._read(key)
             if current is not None:
-                mine = current.value.phase == "reserved" or (
-                    current.value.runner_id == value.runner_id
-                )
-                if current.value.job_id == value.job_id and mine:
-                    # Our job's reservation (made by the API) becomes our lease.
+                if current.value.job_id == value.job_id and (
+                    current.value.phase == "reserved" or same_holder(current.value, value)
+                ):
+                    # Our job's reservation (made by the API) becomes our lease; our own lease
+                    # is one whose write timed out but was stored.
                     return await self.renew(current, value)
                 return None
             try:
@@ -213,6 +213,18 @@ class SlotTable:
 
     async def dequeue(self, lock: str, job_id: str) -> None:
         await self._delete(queue_key(lock, job_id), None)
+
+
+def same_holder(a: SlotValue, b: SlotValue) -> bool:
+    """Held for the same job by the same runner process (a runner handles a job only once)."""
+    return (
+        a.phase == b.phase == "held"
+        and a.job_id == b.job_id
+        and a.runner_id == b.runner_id
+        and a.host == b.host
+        and a.runner_pid == b.runner_pid
+        and a.runner_started == b.runner_started
+    )
 
 
 def hostname() -> str:

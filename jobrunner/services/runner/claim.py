@@ -10,7 +10,6 @@ import asyncio
 import time
 
 import structlog
-from nats.aio.msg import Msg
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import Lease, QueueEntry, SlotTable, slot_key
@@ -46,7 +45,7 @@ class SlotClaimer:
         self.recheck_seconds = recheck_seconds
 
     async def claim(
-        self, msg: Msg, request: events.JobRequested, job_type: JobType, job: RunningJob
+        self, request: events.JobRequested, job_type: JobType, job: RunningJob
     ) -> Lease | None:
         """The job's lease once it may run; None when it ended (cancelled) while waiting."""
         job_id = request.job_id
@@ -58,7 +57,7 @@ class SlotClaimer:
                 await self.journal.end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
                 if request.lock:
                     await self.slots.dequeue(request.lock, job_id)
-                await msg.ack()
+                await job.ack()
                 return None
             may_take = not queued or await self._is_queue_head(request, key)
             if may_take and (job.holds_capacity or await self._take_capacity(job)):
@@ -71,7 +70,7 @@ class SlotClaimer:
                 # Waiting for a slot takes no capacity: other jobs may run meanwhile.
                 self.capacity.release()
                 job.holds_capacity = False
-            await msg.in_progress()
+            await job.msg.in_progress()
             waits = [
                 asyncio.ensure_future(self.board.wait_change(key, self.recheck_seconds)),
                 asyncio.ensure_future(job.cancel_event.wait()),

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
-from nats.aio.msg import Msg
 
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
@@ -61,7 +60,6 @@ class JobExecutor:
 
     async def run(
         self,
-        msg: Msg,
         request: events.JobRequested,
         job_type: JobType,
         job: RunningJob,
@@ -72,13 +70,13 @@ class JobExecutor:
             # Another runner got this request too (a redelivery) and started or ended it first;
             # checked while we hold the slot, so the job never runs twice.
             await self.slots.release(lease)
-            await msg.ack()
+            await job.ack()
             return
         if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
             # Cancelled while we were taking the slot: it never starts.
             await self.journal.end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
             await self.slots.release(lease)
-            await msg.ack()
+            await job.ack()
             return
         await self.journal.publish(
             events.StatusChanged(
@@ -87,7 +85,7 @@ class JobExecutor:
         )
         # Acknowledged once running: a redelivery after this point can only mean we died, and
         # then the job ends as RUNNER_LOST instead of running twice.
-        await msg.ack()
+        await job.ack()
         started = asyncio.get_running_loop().time()
         publisher = LinePublisher(
             self.journal.js, self.journal.names, job_id, self.settings.line_batch_max

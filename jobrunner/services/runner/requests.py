@@ -93,8 +93,18 @@ class RequestLoop:
                 await msg.term()
                 return
             structlog.contextvars.bind_contextvars(job_id=event.job_id)
-            job = RunningJob(event.job_id)
-            await self._handle_request(msg, event, job)
+            handled = self.running.get(event.job_id)
+            if handled is not None:
+                # Delivered again while we handle it: never a second handler for one job.
+                log.info("request delivered again while handled")
+                await handled.redelivered(msg)
+                return
+            job = RunningJob(event.job_id, msg)
+            self.running[event.job_id] = job
+            try:
+                await self._handle_request(event, job)
+            finally:
+                del self.running[event.job_id]
         except Exception:
             log.exception("job handling crashed")
         finally:
@@ -102,9 +112,7 @@ class RequestLoop:
             if job is None or job.holds_capacity:
                 self.capacity.release()
 
-    async def _handle_request(
-        self, msg: Msg, request: events.JobRequested, job: RunningJob
-    ) -> None:
+    async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
         job_id = request.job_id
         status = await self.journal.last_status(job_id)
         if status is not None:
@@ -113,7 +121,7 @@ class RequestLoop:
                 if lease is not None and lease.value.job_id == job_id:
                     # Its runner is alive and holds the lease (our delivery is a duplicate, say
                     # after a lost ack); should that runner die, the expiring lease tells.
-                    await msg.ack()
+                    await job.ack()
                     return
                 # Delivered again after it started, and nobody holds it: its runner died.
                 await self.journal.end(
@@ -126,7 +134,7 @@ class RequestLoop:
                 )
             elif request.lock:
                 await self.slots.dequeue(request.lock, job_id)
-            await msg.ack()
+            await job.ack()
             return
         job_type = self.job_types.get(request.job_type)
         if job_type is None:
@@ -139,14 +147,9 @@ class RequestLoop:
                     "check job_types_file.",
                 ),
             )
-            await msg.ack()
+            await job.ack()
             return
 
-        self.running[job_id] = job
-        try:
-            lease = await self.claimer.claim(msg, request, job_type, job)
-            if lease is None:
-                return
-            await self.executor.run(msg, request, job_type, job, lease)
-        finally:
-            self.running.pop(job_id, None)
+        lease = await self.claimer.claim(request, job_type, job)
+        if lease is not None:
+            await self.executor.run(request, job_type, job, lease)

@@ -7,6 +7,8 @@ import os
 import uuid
 from dataclasses import dataclass
 
+from nats.aio.msg import Msg
+
 from jobrunner.common.slots import SlotValue, hostname
 from jobrunner.services.runner import orphans
 
@@ -58,15 +60,33 @@ class RunnerIdentity:
 
 
 class RunningJob:
-    """A job this runner is handling, from its request's delivery to its end."""
+    """A job this runner is handling, from its request's delivery to its end.
 
-    def __init__(self, job_id: str) -> None:
+    A runner handles a job once: a delivery of its request while it is handled (a redelivery,
+    say after the runner stalled past the ack wait) only replaces the message it acknowledges.
+    """
+
+    def __init__(self, job_id: str, msg: Msg) -> None:
         self.job_id = job_id
+        self.msg = msg
+        self.acked = False
         self.cancelled_by: str | None = None
         self.cancel_event = asyncio.Event()
         # Whether this job holds one of the runner's max_concurrent_jobs (a job waiting for a
         # slot does not).
         self.holds_capacity = True
+
+    async def ack(self) -> None:
+        """Acknowledge the request (its latest delivery): it will not be delivered again."""
+        # Marked first: a delivery arriving during the ack is then acknowledged by redelivered().
+        self.acked = True
+        await self.msg.ack()
+
+    async def redelivered(self, msg: Msg) -> None:
+        """The request came again while this job is handled: acknowledge that delivery instead."""
+        self.msg = msg
+        if self.acked:
+            await msg.ack()
 
     def cancel(self, by: str | None) -> None:
         self.cancelled_by = self.cancelled_by or by
