@@ -64,6 +64,9 @@ class Lease(msgspec.Struct, kw_only=True):
     key: str
     revision: int
     value: SlotValue
+    # When the write that made this revision was sent (time.monotonic()). The server started the
+    # TTL when it stored the write, which is later: the lease lasts at least until sent_at + TTL.
+    sent_at: float = 0.0
 
 
 def key_safe(name: str) -> str:
@@ -98,7 +101,12 @@ class SlotTable:
         return f"$KV.{self._names.locks_bucket}.{key}"
 
     async def _write(
-        self, key: str, value: SlotValue | QueueEntry, last: int, ttl: bool = True
+        self,
+        key: str,
+        value: SlotValue | QueueEntry,
+        last: int,
+        ttl: bool = True,
+        timeout: float | None = None,
     ) -> int:
         # kv.update() cannot set a TTL, so write the KV message ourselves: conditional on the
         # last revision (0 = must not exist) and with the lease TTL.
@@ -112,7 +120,7 @@ class SlotTable:
             headers["Nats-TTL"] = f"{seconds}s"
         try:
             ack = await self._js.publish(
-                self._subject(key), msgspec.json.encode(value), headers=headers
+                self._subject(key), msgspec.json.encode(value), headers=headers, timeout=timeout
             )
         except Exception as exc:
             if getattr(exc, "err_code", None) in (10071, 10164):
@@ -165,21 +173,42 @@ class SlotTable:
                     # is one whose write timed out but was stored.
                     return await self.renew(current, value)
                 return None
+            sent_at = time.monotonic()
             try:
                 revision = await self._write(key, value, last)
             except KeyWrongLastSequenceError:
                 continue  # someone wrote between our read and write: look again
-            return Lease(key=key, revision=revision, value=value)
+            return Lease(key=key, revision=revision, value=value, sent_at=sent_at)
         return None
 
-    async def renew(self, lease: Lease, value: SlotValue | None = None) -> Lease | None:
-        """Extend a lease; ``None`` means it was lost (expired and taken, or released)."""
+    async def renew(
+        self, lease: Lease, value: SlotValue | None = None, timeout: float | None = None
+    ) -> Lease | None:
+        """Extend a lease; ``None`` means it was lost (expired and taken, or released).
+
+        A renewal that timed out may still have been stored (late, say after an outage), and the
+        next one, naming the older revision, is then rejected. So a rejected renewal reads the
+        key: if it holds our own lease (same job, same runner process) at a newer revision, that
+        revision is adopted and written again, instead of the job being stopped for nothing.
+        """
         new_value = value or lease.value
-        try:
-            revision = await self._write(lease.key, new_value, lease.revision)
-        except KeyWrongLastSequenceError:
-            return None
-        return Lease(key=lease.key, revision=revision, value=new_value)
+        revision = lease.revision
+        for _ in range(3):
+            sent_at = time.monotonic()
+            try:
+                stored = await self._write(lease.key, new_value, revision, timeout=timeout)
+            except KeyWrongLastSequenceError:
+                current, _ = await self._read(lease.key)
+                if (
+                    current is None
+                    or current.revision <= revision
+                    or not same_holder(current.value, lease.value)
+                ):
+                    return None
+                revision = current.revision
+                continue
+            return Lease(key=lease.key, revision=stored, value=new_value, sent_at=sent_at)
+        return None
 
     async def release(self, lease: Lease) -> bool:
         """Free the slot if it is still ours; False when it had already expired or been taken."""

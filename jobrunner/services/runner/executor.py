@@ -78,44 +78,46 @@ class JobExecutor:
             await self.slots.release(lease)
             await job.ack()
             return
-        await self.journal.publish(
-            events.StatusChanged(
-                job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
-            )
-        )
-        # Acknowledged once running: a redelivery after this point can only mean we died, and
-        # then the job ends as RUNNER_LOST instead of running twice.
-        await job.ack()
-        started = asyncio.get_running_loop().time()
-        publisher = LinePublisher(
-            self.journal.js, self.journal.names, job_id, self.settings.line_batch_max
-        )
-        publisher.start()
-        masks = [expand_env(v) for v in job_type.mask]
-        reporter = JobReporter(publisher, job_type, masks)
+        # Kept from here until the job's end is stored, however long NATS takes to answer.
         keeper = LeaseKeeper(
             self.slots, lease, self.settings.lease_ttl_seconds, self._cancel_check(job)
         )
-        outcome = await self._execute(request, job_type, job, reporter, keeper)
-        await publisher.close()
-        self.ledger.remove(job_id)
-        if keeper.lost.is_set():
-            # The slot is no longer ours, so the tool was stopped. Say so; should another runner
-            # have declared the job lost first, the shared terminal event id keeps that ending.
-            await self.journal.end(
-                job_id, JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST
+        keeper.start()
+        try:
+            await self.journal.publish(
+                events.StatusChanged(
+                    job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
+                )
             )
-            log.warning("job stopped: lease lost", job_type=request.job_type)
-            return
-        await self.journal.end(
-            job_id,
-            outcome.status,
-            exit_code=outcome.exit_code,
-            error=outcome.error,
-            cancelled_by=outcome.cancelled_by,
-            result=reporter.result or None,
-        )
-        await self.slots.release(keeper.lease)
+            # Acknowledged once running: a redelivery after this point can only mean we died,
+            # and then the job ends as RUNNER_LOST instead of running twice.
+            await job.ack()
+            started = asyncio.get_running_loop().time()
+            publisher = LinePublisher(
+                self.journal.js, self.journal.names, job_id, self.settings.line_batch_max
+            )
+            publisher.start()
+            masks = [expand_env(v) for v in job_type.mask]
+            reporter = JobReporter(publisher, job_type, masks)
+            outcome = await self._execute(request, job_type, job, reporter, keeper)
+            # What the tool printed while NATS was away is published now, before its end.
+            await publisher.close()
+            self.ledger.remove(job_id)
+            # Should another runner have declared the job lost first (its lease expired), the
+            # shared terminal event id keeps that ending.
+            await self.journal.end(
+                job_id,
+                outcome.status,
+                exit_code=outcome.exit_code,
+                error=outcome.error,
+                cancelled_by=outcome.cancelled_by,
+                result=reporter.result or None,
+            )
+        finally:
+            lease = await keeper.stop()
+        # Conditional on our last revision: frees the slot only if nobody wrote it since (also
+        # after a lost lease that the server had not yet let expire).
+        await self.slots.release(lease)
         log.info(
             "job finished",
             job_type=request.job_type,
@@ -148,15 +150,17 @@ class JobExecutor:
         if job.cancel_event.is_set():
             # Cancelled between the claim and now: never start it.
             return Outcome(JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+        if not await keeper.confirm():
+            # The lease could not be confirmed in time: the slot may be someone else's.
+            return Outcome(JobStatus.FAILED, error=LEASE_LOST)
         try:
             await execution.start()
         except StartFailed as exc:
             return Outcome(
                 JobStatus.FAILED, error=ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc))
             )
-        await self._record_group(request.job_id, execution, keeper)
+        self._record_group(request.job_id, execution, keeper)
         pump = asyncio.create_task(execution.pump(reporter))
-        keeper.start()
         waiter = asyncio.create_task(execution.wait())
         cancel = asyncio.create_task(job.cancel_event.wait())
         lost = asyncio.create_task(keeper.lost.wait())
@@ -167,6 +171,13 @@ class JobExecutor:
         )
         if waiter in done:
             outcome = execution.outcome(waiter.result())
+        elif lost in done:
+            # The tool must be gone before the server could give the slot to another runner:
+            # the keeper gave the lease up a safety margin early, the grace takes half of it.
+            await execution.stop(keeper.stop_grace(job_type.cancel_grace_seconds))
+            exit_code = execution.reported_exit_code(await waiter)
+            outcome = Outcome(JobStatus.FAILED, exit_code=exit_code, error=LEASE_LOST)
+            log.warning("job stopped: lease lost", job_type=request.job_type)
         else:
             await execution.stop(job_type.cancel_grace_seconds)
             exit_code = execution.reported_exit_code(await waiter)
@@ -179,7 +190,6 @@ class JobExecutor:
             # Someone outside the process group still holds the tool's output open.
             log.warning("output did not close after the tool ended")
             pump.cancel()
-        await keeper.stop()
         return outcome
 
     @staticmethod
@@ -188,7 +198,6 @@ class JobExecutor:
     ) -> Outcome:
         if cancelled:
             return Outcome(JobStatus.CANCELLED, exit_code=exit_code, cancelled_by=job.cancelled_by)
-        # Stopped on a lost lease (the caller reports LEASE_LOST) or on the job's timeout.
         return Outcome(
             JobStatus.FAILED,
             exit_code=exit_code,
@@ -199,7 +208,7 @@ class JobExecutor:
             ),
         )
 
-    async def _record_group(self, job_id: str, execution: Execution, keeper: LeaseKeeper) -> None:
+    def _record_group(self, job_id: str, execution: Execution, keeper: LeaseKeeper) -> None:
         """Write down what finds the tool's process group should this runner die."""
         group = execution.process_group
         if group is None:
@@ -214,7 +223,7 @@ class JobExecutor:
                 runner_started=self.identity.started_ticks,
             )
         )
-        await keeper.rewrite(
+        keeper.rewrite(
             msgspec.structs.replace(
                 keeper.lease.value, pid=group.pgid, pgid=group.pgid, started=group.started
             )
