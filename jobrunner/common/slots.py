@@ -12,6 +12,11 @@ For a type whose busy policy is ``queue``, the API puts a queue entry (``queue.<
 no TTL) before publishing the request; the entry's revision is the job's place in the queue, and
 only the queue's head may take the slot when it frees.
 
+Each running job also has a record (``run.<job_id>``, no TTL) naming its slot key, written before
+it starts and removed when it ends. A record whose slot holds no lease for its job marks a job
+whose runner is gone, however long ago and whether or not anyone watched its lease expire: every
+runner sweeps for such records.
+
 A held lease records what another runner needs to end the job's tool should this runner die:
 host, boot id, the tool's process group and its start time, and the runner's own pid and start
 time (so a runner on the same host can tell at once that the holder is gone).
@@ -54,6 +59,15 @@ class QueueEntry(msgspec.Struct, kw_only=True):
     queued_at: float = 0.0  # unix time
 
 
+class RunRecord(msgspec.Struct, kw_only=True):
+    """A job that started, and the slot key whose lease says its runner is alive."""
+
+    job_id: str
+    slot_key: str
+    runner_id: str | None = None
+    started_at: float = 0.0  # unix time
+
+
 RESERVATION_MIN_TTL = 60  # seconds
 
 # Markers (a released lease, a left queue) remove themselves after this long.
@@ -77,6 +91,10 @@ def slot_key(lock: str | None, job_id: str) -> str:
     if lock:
         return "slot." + key_safe(lock)
     return "job." + key_safe(job_id)
+
+
+def run_key(job_id: str) -> str:
+    return "run." + key_safe(job_id)
 
 
 def queue_key(lock: str, job_id: str) -> str:
@@ -229,6 +247,27 @@ class SlotTable:
             if getattr(exc, "err_code", None) in (10071, 10164):
                 raise KeyWrongLastSequenceError(description=str(exc)) from None
             raise
+
+    # --- records of running jobs
+    async def record_run(self, record: RunRecord, timeout: float | None = None) -> None:
+        subject = self._subject(run_key(record.job_id))
+        await self._js.publish(subject, msgspec.json.encode(record), timeout=timeout)
+
+    async def forget_run(self, job_id: str) -> None:
+        await self._delete(run_key(job_id), None)
+
+    async def run_records(self) -> list[RunRecord]:
+        """Every running job's record, read from the server (not from a watcher's memory)."""
+        kv = await self.kv()
+        watcher = await kv.watch("run.>", ignore_deletes=True)
+        records: list[RunRecord] = []
+        try:
+            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
+                if entry.value and entry.operation is None:
+                    records.append(msgspec.json.decode(entry.value, type=RunRecord))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return records
 
     # --- the queue of a lock (busy policy "queue")
     async def enqueue(self, lock: str, job_id: str, job_type: str) -> int:

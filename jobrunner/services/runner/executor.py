@@ -9,6 +9,7 @@ event id and the slot released.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -16,7 +17,7 @@ import structlog
 
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import Lease, SlotTable
+from jobrunner.common.slots import Lease, RunRecord, SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
@@ -27,7 +28,7 @@ from jobrunner.services.runner.execution import (
     execution_for,
 )
 from jobrunner.services.runner.journal import JobJournal
-from jobrunner.services.runner.lease import LeaseKeeper
+from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, LeaseKeeper
 from jobrunner.services.runner.publisher import LinePublisher
 from jobrunner.services.runner.reporting import JobReporter
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
@@ -84,6 +85,21 @@ class JobExecutor:
         )
         keeper.start()
         try:
+            # Written before it starts: should this runner die, the sweep of every runner finds
+            # the job by this record, whether or not anyone saw its lease expire.
+            await self._retry(
+                "record the running job",
+                keeper,
+                lambda: self.slots.record_run(
+                    RunRecord(
+                        job_id=job_id,
+                        slot_key=lease.key,
+                        runner_id=self.identity.runner_id,
+                        started_at=time.time(),
+                    ),
+                    timeout=keeper.request_timeout,
+                ),
+            )
             await self.journal.publish(
                 events.StatusChanged(
                     job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
@@ -113,6 +129,8 @@ class JobExecutor:
                 cancelled_by=outcome.cancelled_by,
                 result=reporter.result or None,
             )
+            # Should this not get through, the sweep removes the record of the ended job.
+            await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))
         finally:
             lease = await keeper.stop()
         # Conditional on our last revision: frees the slot only if nobody wrote it since (also
@@ -127,6 +145,20 @@ class JobExecutor:
             lines=publisher.published_lines,
             seconds=round(asyncio.get_running_loop().time() - started, 3),
         )
+
+    @staticmethod
+    async def _retry(what: str, keeper: LeaseKeeper, write: Callable[[], Awaitable[None]]) -> None:
+        """A write to the lock bucket, retried while the lease lasts (NATS may be away)."""
+        while True:
+            try:
+                await write()
+                return
+            except Exception as exc:
+                if keeper.lost.is_set():
+                    log.warning("lock bucket write failed", write=what, error=repr(exc))
+                    return
+                log.warning("lock bucket write failed, retrying", write=what, error=repr(exc))
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
     def _cancel_check(self, job: RunningJob) -> Callable[[], Awaitable[None]]:
         async def check() -> None:

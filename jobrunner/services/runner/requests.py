@@ -132,6 +132,7 @@ class RequestLoop:
                         message="The runner running this job stopped; the job did not finish.",
                     ),
                 )
+                await self.slots.forget_run(job_id)
             elif request.lock:
                 await self.slots.dequeue(request.lock, job_id)
             await job.ack()

@@ -59,6 +59,8 @@ class Runner:
         # Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
         # after their runner stopped saying "in progress".
         self.ack_wait = max(2.0, 2 * settings.lease_ttl_seconds)
+        # A job whose runner died ends within the lease TTL plus this, once any runner is alive.
+        self.sweep_interval = max(0.5, settings.lease_ttl_seconds / 3)
         capacity = asyncio.Semaphore(settings.max_concurrent_jobs)
         claimer = SlotClaimer(
             self.slots, self.board, self.journal, self.identity, capacity, self.ack_wait / 3
@@ -83,10 +85,13 @@ class Runner:
             self.board.watch(await self.slots.kv(), stop, self.sweeper.on_lease_expired)
         )
         cancel_sub = await self.requests.subscribe_cancels(self.nc)
+        sweeping = asyncio.Event()  # set when the runner stops
+        sweeper: asyncio.Task[None] | None = None
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.board.ready.wait(), 10.0)
             await self.sweeper.clean_up_after_crash()
+            sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await self.js.pull_subscribe(
                 self.names.kind_subjects("requested"),
                 durable=self.names.runner_consumer,
@@ -106,8 +111,10 @@ class Runner:
             await self.requests.run(sub, stop)
         finally:
             await cancel_sub.unsubscribe()
+            sweeping.set()
             watcher.cancel()
-            await asyncio.wait({watcher}, timeout=WATCHER_STOP_SECONDS)
+            background = {watcher} if sweeper is None else {watcher, sweeper}
+            await asyncio.wait(background, timeout=WATCHER_STOP_SECONDS)
 
 
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
