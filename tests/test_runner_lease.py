@@ -17,7 +17,7 @@ import pytest
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable, SlotValue
+from jobrunner.common.slots import SlotTable, SlotValue, same_holder
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
@@ -67,6 +67,17 @@ async def slot_table(settings: Settings) -> AsyncIterator[SlotTable]:
 
 def held(job_id: str, runner_id: str = "me") -> SlotValue:
     return RunnerIdentity.of_this_process(runner_id).held_value(job_id, "emit")
+
+
+def test_only_the_same_runner_process_counts_as_the_same_holder() -> None:
+    """A lease is adopted as one's own only when the same runner process wrote it for the job."""
+    mine = held("job")
+    assert same_holder(mine, mine)
+    assert not same_holder(mine, held("other job"))
+    assert not same_holder(mine, held("job", runner_id="other runner"))
+    restarted = msgspec.structs.replace(mine, runner_pid=(mine.runner_pid or 0) + 1)
+    assert not same_holder(mine, restarted)
+    assert not same_holder(mine, msgspec.structs.replace(mine, phase="reserved"))
 
 
 async def test_renewal_stored_late_is_adopted_instead_of_losing_the_lease(

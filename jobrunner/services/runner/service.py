@@ -12,7 +12,8 @@ A job's life in a runner, one module per step:
    timeout and a lost lease stop it; its end is published with the terminal event id and the
    slot released.
 
-``sweep`` ends what dead runners left behind. This module wires the parts together.
+``sweep`` ends what dead runners left behind: at start, when a lease expires, and every third
+of the TTL from the running jobs' records. This module wires the parts together.
 """
 
 from __future__ import annotations
