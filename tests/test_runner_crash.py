@@ -11,6 +11,7 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.serverprocess import free_port
+from jobrunner.services.runner.board import LockBoard
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -188,3 +189,88 @@ async def _wait_lease_gone(settings: Settings, job_id: str, timeout: float = 30.
                 await asyncio.sleep(0.1)
     finally:
         await eventstore.close(nc)
+
+
+async def test_job_left_running_while_no_runner_was_up_is_swept_by_any_runner(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Every runner down while the lease expired, then a runner elsewhere starts: the job ends."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    doomed = RunnerProcess(settings, tmp_path / "doomed.log", runner_id="doomed")
+    # Another machine, as far as the tool ledger goes: only the sweep can find the job.
+    elsewhere = RunnerProcess(
+        settings,
+        tmp_path / "elsewhere.log",
+        runner_id="elsewhere",
+        state_dir=str(tmp_path / "elsewhere"),
+    )
+    await doomed.start()
+    try:
+        async with system.client() as client:
+            job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
+            await wait_status(client, job_id, "running")
+            doomed.kill()
+            await _wait_lease_gone(settings, job_id)
+            await elsewhere.start()
+            lost = await wait_status(client, job_id, "failed", "completed", "cancelled")
+    finally:
+        doomed.stop()
+        elsewhere.stop()
+        await system.stop()
+    assert lost["error"]["code"] == "RUNNER_LOST"
+    assert await status_events(settings, job_id) == ["running", "failed"]
+
+
+async def test_internal_job_of_a_killed_runner_ends_runner_lost(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An internal job whose runner was SIGKILLed ends RUNNER_LOST once a runner is up again."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    first_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="inner")
+    second_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="inner")
+    await first_life.start()
+    try:
+        async with system.client() as client:
+            job_id = await start_job(client, "internal_forever")
+            await wait_status(client, job_id, "running")
+            first_life.kill()
+            await _wait_lease_gone(settings, job_id)
+            await second_life.start()
+            lost = await wait_status(client, job_id, "failed", "completed", "cancelled")
+    finally:
+        first_life.stop()
+        second_life.stop()
+        await system.stop()
+    assert lost["error"]["code"] == "RUNNER_LOST"
+
+
+async def test_job_of_a_lost_runner_ends_even_when_the_lock_watcher_died(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner whose lease watcher is dead still ends the job of a runner that was killed."""
+
+    async def dead_watch(self: LockBoard, *args: object) -> None:
+        self.ready.set()  # then ends, as a crashed watcher would: no expiry is ever seen
+
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    doomed = RunnerProcess(settings, tmp_path / "doomed.log", runner_id="doomed")
+    await doomed.start()
+    try:
+        async with system.client() as client:
+            job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
+            await wait_status(client, job_id, "running")
+            monkeypatch.setattr(LockBoard, "watch", dead_watch)
+            # Its own tool ledger: its start-up clean-up must not be what ends the job.
+            await system.start_runner(state_dir=str(tmp_path / "other"))
+            doomed.kill()
+            lost = await wait_status(client, job_id, "failed", "completed", "cancelled")
+    finally:
+        doomed.stop()
+        await system.stop()
+    assert lost["error"]["code"] == "RUNNER_LOST"

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
     RunnerProcess,
     start_job,
+    status_events,
     wait_status,
 )
 
@@ -122,3 +127,45 @@ async def test_two_runner_processes_share_one_slot_without_overlap(
     spans = sorted((j["started_at"], j["finished_at"]) for j in jobs)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start
+
+
+async def test_request_delivered_twice_while_queued_runs_the_job_once(
+    system: System, settings: Settings, tmp_path: Path
+) -> None:
+    """A queued job whose request reaches its runner again while it waits runs once, and ends."""
+    order = tmp_path / "order"
+    params = {"lockfile": str(tmp_path / "lock"), "order_file": str(order)}
+    async with system.client() as client:
+        blocker = await start_job(client, "queued", label="blocker", seconds="60", **params)
+        await wait_status(client, blocker, "running")
+        # Longer than a lease renewal: a second holder of the lease would show.
+        waiting = await start_job(client, "queued", label="waiting", seconds="3", **params)
+        await _deliver_request_again(settings, waiting)
+        await client.delete(f"/api/jobs/{blocker}")
+        await wait_status(client, blocker, "cancelled")
+        done = await wait_status(client, waiting, "completed", "failed")
+    assert done["status"] == "completed", done
+    assert order.read_text().split() == ["blocker", "waiting"]
+    assert await status_events(settings, waiting) == ["running", "completed"]
+
+
+async def _deliver_request_again(settings: Settings, job_id: str) -> None:
+    """Publish the job's JobRequested once more (as a redelivery would hand it over) and wait
+    until the runner holds both deliveries unacknowledged."""
+    nc = await eventstore.connect(settings, "test-redeliver")
+    try:
+        js = nc.jetstream()
+        names = Names(settings.prefix)
+        raw = await js.get_last_msg(names.stream, names.job_kind_subject(job_id, "requested"))
+        request = codec.decode(raw.data)
+        assert isinstance(request, events.JobRequested)
+        await eventstore.publish(
+            js, names, msgspec.structs.replace(request, event_id=uuid.uuid4().hex)
+        )
+        async with asyncio.timeout(30):
+            while (  # noqa: ASYNC110 - the consumer's state is only polled
+                await js.consumer_info(names.stream, names.runner_consumer)
+            ).num_ack_pending < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        await eventstore.close(nc)

@@ -12,6 +12,11 @@ For a type whose busy policy is ``queue``, the API puts a queue entry (``queue.<
 no TTL) before publishing the request; the entry's revision is the job's place in the queue, and
 only the queue's head may take the slot when it frees.
 
+Each running job also has a record (``run.<job_id>``, no TTL) naming its slot key, written before
+it starts and removed when it ends. A record whose slot holds no lease for its job marks a job
+whose runner is gone, however long ago and whether or not anyone watched its lease expire: every
+runner sweeps for such records.
+
 A held lease records what another runner needs to end the job's tool should this runner die:
 host, boot id, the tool's process group and its start time, and the runner's own pid and start
 time (so a runner on the same host can tell at once that the holder is gone).
@@ -54,6 +59,15 @@ class QueueEntry(msgspec.Struct, kw_only=True):
     queued_at: float = 0.0  # unix time
 
 
+class RunRecord(msgspec.Struct, kw_only=True):
+    """A job that started, and the slot key whose lease says its runner is alive."""
+
+    job_id: str
+    slot_key: str
+    runner_id: str | None = None
+    started_at: float = 0.0  # unix time
+
+
 RESERVATION_MIN_TTL = 60  # seconds
 
 # Markers (a released lease, a left queue) remove themselves after this long.
@@ -64,6 +78,9 @@ class Lease(msgspec.Struct, kw_only=True):
     key: str
     revision: int
     value: SlotValue
+    # When the write that made this revision was sent (time.monotonic()). The server started the
+    # TTL when it stored the write, which is later: the lease lasts at least until sent_at + TTL.
+    sent_at: float = 0.0
 
 
 def key_safe(name: str) -> str:
@@ -74,6 +91,10 @@ def slot_key(lock: str | None, job_id: str) -> str:
     if lock:
         return "slot." + key_safe(lock)
     return "job." + key_safe(job_id)
+
+
+def run_key(job_id: str) -> str:
+    return "run." + key_safe(job_id)
 
 
 def queue_key(lock: str, job_id: str) -> str:
@@ -98,7 +119,12 @@ class SlotTable:
         return f"$KV.{self._names.locks_bucket}.{key}"
 
     async def _write(
-        self, key: str, value: SlotValue | QueueEntry, last: int, ttl: bool = True
+        self,
+        key: str,
+        value: SlotValue | QueueEntry,
+        last: int,
+        ttl: bool = True,
+        timeout: float | None = None,
     ) -> int:
         # kv.update() cannot set a TTL, so write the KV message ourselves: conditional on the
         # last revision (0 = must not exist) and with the lease TTL.
@@ -112,7 +138,7 @@ class SlotTable:
             headers["Nats-TTL"] = f"{seconds}s"
         try:
             ack = await self._js.publish(
-                self._subject(key), msgspec.json.encode(value), headers=headers
+                self._subject(key), msgspec.json.encode(value), headers=headers, timeout=timeout
             )
         except Exception as exc:
             if getattr(exc, "err_code", None) in (10071, 10164):
@@ -158,28 +184,49 @@ class SlotTable:
         for _ in range(3):
             current, last = await self._read(key)
             if current is not None:
-                mine = current.value.phase == "reserved" or (
-                    current.value.runner_id == value.runner_id
-                )
-                if current.value.job_id == value.job_id and mine:
-                    # Our job's reservation (made by the API) becomes our lease.
+                if current.value.job_id == value.job_id and (
+                    current.value.phase == "reserved" or same_holder(current.value, value)
+                ):
+                    # Our job's reservation (made by the API) becomes our lease; our own lease
+                    # is one whose write timed out but was stored.
                     return await self.renew(current, value)
                 return None
+            sent_at = time.monotonic()
             try:
                 revision = await self._write(key, value, last)
             except KeyWrongLastSequenceError:
                 continue  # someone wrote between our read and write: look again
-            return Lease(key=key, revision=revision, value=value)
+            return Lease(key=key, revision=revision, value=value, sent_at=sent_at)
         return None
 
-    async def renew(self, lease: Lease, value: SlotValue | None = None) -> Lease | None:
-        """Extend a lease; ``None`` means it was lost (expired and taken, or released)."""
+    async def renew(
+        self, lease: Lease, value: SlotValue | None = None, timeout: float | None = None
+    ) -> Lease | None:
+        """Extend a lease; ``None`` means it was lost (expired and taken, or released).
+
+        A renewal that timed out may still have been stored (late, say after an outage), and the
+        next one, naming the older revision, is then rejected. So a rejected renewal reads the
+        key: if it holds our own lease (same job, same runner process) at a newer revision, that
+        revision is adopted and written again, instead of the job being stopped for nothing.
+        """
         new_value = value or lease.value
-        try:
-            revision = await self._write(lease.key, new_value, lease.revision)
-        except KeyWrongLastSequenceError:
-            return None
-        return Lease(key=lease.key, revision=revision, value=new_value)
+        revision = lease.revision
+        for _ in range(3):
+            sent_at = time.monotonic()
+            try:
+                stored = await self._write(lease.key, new_value, revision, timeout=timeout)
+            except KeyWrongLastSequenceError:
+                current, _ = await self._read(lease.key)
+                if (
+                    current is None
+                    or current.revision <= revision
+                    or not same_holder(current.value, lease.value)
+                ):
+                    return None
+                revision = current.revision
+                continue
+            return Lease(key=lease.key, revision=stored, value=new_value, sent_at=sent_at)
+        return None
 
     async def release(self, lease: Lease) -> bool:
         """Free the slot if it is still ours; False when it had already expired or been taken."""
@@ -201,6 +248,27 @@ class SlotTable:
                 raise KeyWrongLastSequenceError(description=str(exc)) from None
             raise
 
+    # --- records of running jobs
+    async def record_run(self, record: RunRecord, timeout: float | None = None) -> None:
+        subject = self._subject(run_key(record.job_id))
+        await self._js.publish(subject, msgspec.json.encode(record), timeout=timeout)
+
+    async def forget_run(self, job_id: str) -> None:
+        await self._delete(run_key(job_id), None)
+
+    async def run_records(self) -> list[RunRecord]:
+        """Every running job's record, read from the server (not from a watcher's memory)."""
+        kv = await self.kv()
+        watcher = await kv.watch("run.>", ignore_deletes=True)
+        records: list[RunRecord] = []
+        try:
+            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
+                if entry.value and entry.operation is None:
+                    records.append(msgspec.json.decode(entry.value, type=RunRecord))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return records
+
     # --- the queue of a lock (busy policy "queue")
     async def enqueue(self, lock: str, job_id: str, job_type: str) -> int:
         """Put a job at the end of its lock's queue; its revision is its place."""
@@ -213,6 +281,18 @@ class SlotTable:
 
     async def dequeue(self, lock: str, job_id: str) -> None:
         await self._delete(queue_key(lock, job_id), None)
+
+
+def same_holder(a: SlotValue, b: SlotValue) -> bool:
+    """Held for the same job by the same runner process (a runner handles a job only once)."""
+    return (
+        a.phase == b.phase == "held"
+        and a.job_id == b.job_id
+        and a.runner_id == b.runner_id
+        and a.host == b.host
+        and a.runner_pid == b.runner_pid
+        and a.runner_started == b.runner_started
+    )
 
 
 def hostname() -> str:

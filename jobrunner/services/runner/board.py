@@ -54,6 +54,8 @@ class LockBoard:
 
     # --- feeding
     def _apply(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
+        if key.startswith("run."):
+            return  # a running job's record: read by the sweep from the server, not from here
         if key.startswith("queue."):
             lock_key = "slot." + key.split(".")[1]
             queue = self.queues.setdefault(lock_key, {})

@@ -138,6 +138,7 @@ async def publish_with_retry(js: JetStreamContext, names: Names, event: events.E
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("publish failed, retrying", error=repr(exc), event=type(event).__name__)
+            # Not event=: structlog's first argument is the event, a second one is a TypeError.
+            log.warning("publish failed, retrying", error=repr(exc), kind=type(event).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -1,0 +1,113 @@
+"""Claiming a job's slot: a lease in the lock bucket, or a wait for one.
+
+A busy slot is waited for without holding capacity (other jobs may run meanwhile); for a
+``queue`` type only the head of the lock's queue may take the slot when it frees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from jobrunner.common.jobtypes import JobType
+from jobrunner.common.slots import Lease, QueueEntry, SlotTable, slot_key
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.running import RunnerIdentity, RunningJob
+
+log = structlog.get_logger()
+
+# A queue entry whose JobRequested never reached the stream (its API died in between) is
+# dropped after this long.
+ORPHANED_QUEUE_ENTRY_SECONDS = 30.0
+
+
+class SlotClaimer:
+    def __init__(
+        self,
+        slots: SlotTable,
+        board: LockBoard,
+        journal: JobJournal,
+        identity: RunnerIdentity,
+        capacity: asyncio.Semaphore,
+        recheck_seconds: float,
+    ) -> None:
+        self.slots = slots
+        self.board = board
+        self.journal = journal
+        self.identity = identity
+        self.capacity = capacity
+        # How often a waiting job looks again (and tells NATS it is still in progress).
+        self.recheck_seconds = recheck_seconds
+
+    async def claim(
+        self, request: events.JobRequested, job_type: JobType, job: RunningJob
+    ) -> Lease | None:
+        """The job's lease once it may run; None when it ended (cancelled) while waiting."""
+        job_id = request.job_id
+        key = slot_key(request.lock, job_id)
+        queued = bool(request.lock) and job_type.on_busy == "queue"
+        value = self.identity.held_value(job_id, request.job_type)
+        while True:
+            if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
+                await self.journal.end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+                if request.lock:
+                    await self.slots.dequeue(request.lock, job_id)
+                await job.ack()
+                return None
+            may_take = not queued or await self._is_queue_head(request, key)
+            if may_take and (job.holds_capacity or await self._take_capacity(job)):
+                lease = await self.slots.try_acquire(key, value)
+                if lease is not None:
+                    if queued and request.lock:
+                        await self.slots.dequeue(request.lock, job_id)
+                    return lease
+            if job.holds_capacity:
+                # Waiting for a slot takes no capacity: other jobs may run meanwhile.
+                self.capacity.release()
+                job.holds_capacity = False
+            await job.msg.in_progress()
+            waits = [
+                asyncio.ensure_future(self.board.wait_change(key, self.recheck_seconds)),
+                asyncio.ensure_future(job.cancel_event.wait()),
+            ]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+
+    async def _take_capacity(self, job: RunningJob) -> bool:
+        try:
+            await asyncio.wait_for(self.capacity.acquire(), self.recheck_seconds)
+        except TimeoutError:
+            return False
+        job.holds_capacity = True
+        return True
+
+    async def _is_queue_head(self, request: events.JobRequested, key: str) -> bool:
+        """Is this job first in its lock's queue? Drops a head that will never come."""
+        assert request.lock
+        if not self.board.ready.is_set():
+            return False
+        if not self.board.queued(key, request.job_id):
+            # Not (yet) seen by our watcher; put it there if nobody did (idempotent).
+            await self.slots.enqueue(request.lock, request.job_id, request.job_type)
+            return False
+        head = self.board.head(key)
+        if head is None or head.job_id == request.job_id:
+            return True
+        if await self._queue_entry_is_dead(head):
+            log.info("dropping a dead queue entry", dead_job_id=head.job_id)
+            await self.slots.dequeue(request.lock, head.job_id)
+        return False
+
+    async def _queue_entry_is_dead(self, entry: QueueEntry) -> bool:
+        status = await self.journal.last_status(entry.job_id)
+        if status is not None and status.status != JobStatus.PENDING:
+            return True  # started or ended: it should have left the queue
+        if time.time() - entry.queued_at < ORPHANED_QUEUE_ENTRY_SECONDS:
+            return False
+        return await self.journal.last_event(entry.job_id, "requested") is None

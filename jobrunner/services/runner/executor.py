@@ -1,0 +1,262 @@
+"""Running a claimed job: ``running`` published, the execution under its lease, its end.
+
+The request is acknowledged once ``running`` is stored: a redelivery after that can only mean
+this runner died, and the job then ends RUNNER_LOST instead of running twice. Cancel, the job
+type's timeout and a lost lease stop the execution; its end is published with the job's terminal
+event id and the slot released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import structlog
+
+from jobrunner.common.jobtypes import JobType, expand_env
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import Lease, RunRecord, SlotTable
+from jobrunner.contracts import events
+from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
+from jobrunner.services.runner import orphans
+from jobrunner.services.runner.execution import (
+    Execution,
+    Outcome,
+    StartFailed,
+    execution_for,
+)
+from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, LeaseKeeper
+from jobrunner.services.runner.publisher import LinePublisher
+from jobrunner.services.runner.reporting import JobReporter
+from jobrunner.services.runner.running import RunnerIdentity, RunningJob
+
+log = structlog.get_logger()
+
+PUMP_DRAIN_SECONDS = 5.0
+
+LEASE_LOST = ErrorInfo(
+    code=ErrorCode.LEASE_LOST,
+    message="The runner could not renew the job's slot lease in time (NATS unreachable or the "
+    "runner stalled); the job was stopped so that it never runs beside another.",
+)
+
+
+class JobExecutor:
+    def __init__(
+        self,
+        settings: Settings,
+        slots: SlotTable,
+        journal: JobJournal,
+        identity: RunnerIdentity,
+        ledger: orphans.ToolLedger,
+    ) -> None:
+        self.settings = settings
+        self.slots = slots
+        self.journal = journal
+        self.identity = identity
+        self.ledger = ledger
+
+    async def run(
+        self,
+        request: events.JobRequested,
+        job_type: JobType,
+        job: RunningJob,
+        lease: Lease,
+    ) -> None:
+        job_id = request.job_id
+        if await self.journal.last_event(job_id, "status") is not None:
+            # Another runner got this request too (a redelivery) and started or ended it first;
+            # checked while we hold the slot, so the job never runs twice.
+            await self.slots.release(lease)
+            await job.ack()
+            return
+        if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
+            # Cancelled while we were taking the slot: it never starts.
+            await self.journal.end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+            await self.slots.release(lease)
+            await job.ack()
+            return
+        # Kept from here until the job's end is stored, however long NATS takes to answer.
+        keeper = LeaseKeeper(
+            self.slots, lease, self.settings.lease_ttl_seconds, self._cancel_check(job)
+        )
+        keeper.start()
+        try:
+            # Written before it starts: should this runner die, the sweep of every runner finds
+            # the job by this record, whether or not anyone saw its lease expire.
+            await self._retry(
+                "record the running job",
+                keeper,
+                lambda: self.slots.record_run(
+                    RunRecord(
+                        job_id=job_id,
+                        slot_key=lease.key,
+                        runner_id=self.identity.runner_id,
+                        started_at=time.time(),
+                    ),
+                    timeout=keeper.request_timeout,
+                ),
+            )
+            await self.journal.publish(
+                events.StatusChanged(
+                    job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
+                )
+            )
+            # Acknowledged once running: a redelivery after this point can only mean we died,
+            # and then the job ends as RUNNER_LOST instead of running twice.
+            await job.ack()
+            started = asyncio.get_running_loop().time()
+            publisher = LinePublisher(
+                self.journal.js, self.journal.names, job_id, self.settings.line_batch_max
+            )
+            publisher.start()
+            masks = [expand_env(v) for v in job_type.mask]
+            reporter = JobReporter(publisher, job_type, masks)
+            outcome = await self._execute(request, job_type, job, reporter, keeper)
+            # What the tool printed while NATS was away is published now, before its end.
+            await publisher.close()
+            self.ledger.remove(job_id)
+            # Should another runner have declared the job lost first (its lease expired), the
+            # shared terminal event id keeps that ending.
+            await self.journal.end(
+                job_id,
+                outcome.status,
+                exit_code=outcome.exit_code,
+                error=outcome.error,
+                cancelled_by=outcome.cancelled_by,
+                result=reporter.result or None,
+            )
+            # Should this not get through, the sweep removes the record of the ended job.
+            await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))
+        finally:
+            lease = await keeper.stop()
+        # Conditional on our last revision: frees the slot only if nobody wrote it since (also
+        # after a lost lease that the server had not yet let expire).
+        await self.slots.release(lease)
+        log.info(
+            "job finished",
+            job_type=request.job_type,
+            status=str(outcome.status),
+            exit_code=outcome.exit_code,
+            error_code=outcome.error.code if outcome.error else None,
+            lines=publisher.published_lines,
+            seconds=round(asyncio.get_running_loop().time() - started, 3),
+        )
+
+    @staticmethod
+    async def _retry(what: str, keeper: LeaseKeeper, write: Callable[[], Awaitable[None]]) -> None:
+        """A write to the lock bucket, retried while the lease lasts (NATS may be away)."""
+        while True:
+            try:
+                await write()
+                return
+            except Exception as exc:
+                if keeper.lost.is_set():
+                    log.warning("lock bucket write failed", write=what, error=repr(exc))
+                    return
+                log.warning("lock bucket write failed, retrying", write=what, error=repr(exc))
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+    def _cancel_check(self, job: RunningJob) -> Callable[[], Awaitable[None]]:
+        async def check() -> None:
+            if not job.cancel_event.is_set():
+                # A cancel sent while we were cut off from NATS is still in the stream.
+                cancel = await self.journal.last_event(job.job_id, "cancel")
+                if isinstance(cancel, events.CancelRequested):
+                    job.cancel(cancel.requested_by)
+
+        return check
+
+    async def _execute(
+        self,
+        request: events.JobRequested,
+        job_type: JobType,
+        job: RunningJob,
+        reporter: JobReporter,
+        keeper: LeaseKeeper,
+    ) -> Outcome:
+        execution = execution_for(request, job_type, self.settings)
+        if job.cancel_event.is_set():
+            # Cancelled between the claim and now: never start it.
+            return Outcome(JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+        if not await keeper.confirm():
+            # The lease could not be confirmed in time: the slot may be someone else's.
+            return Outcome(JobStatus.FAILED, error=LEASE_LOST)
+        try:
+            await execution.start()
+        except StartFailed as exc:
+            return Outcome(
+                JobStatus.FAILED, error=ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc))
+            )
+        self._record_group(request.job_id, execution, keeper)
+        pump = asyncio.create_task(execution.pump(reporter))
+        waiter = asyncio.create_task(execution.wait())
+        cancel = asyncio.create_task(job.cancel_event.wait())
+        lost = asyncio.create_task(keeper.lost.wait())
+        done, _ = await asyncio.wait(
+            {waiter, cancel, lost},
+            timeout=job_type.timeout_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if waiter in done:
+            outcome = execution.outcome(waiter.result())
+        elif lost in done:
+            # The tool must be gone before the server could give the slot to another runner:
+            # the keeper gave the lease up a safety margin early, the grace takes half of it.
+            await execution.stop(keeper.stop_grace(job_type.cancel_grace_seconds))
+            exit_code = execution.reported_exit_code(await waiter)
+            outcome = Outcome(JobStatus.FAILED, exit_code=exit_code, error=LEASE_LOST)
+            log.warning("job stopped: lease lost", job_type=request.job_type)
+        else:
+            await execution.stop(job_type.cancel_grace_seconds)
+            exit_code = execution.reported_exit_code(await waiter)
+            outcome = self._stopped(job, job_type, exit_code, cancelled=cancel in done)
+        for task in (cancel, lost):
+            task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(pump), timeout=PUMP_DRAIN_SECONDS)
+        except TimeoutError:
+            # Someone outside the process group still holds the tool's output open.
+            log.warning("output did not close after the tool ended")
+            pump.cancel()
+        return outcome
+
+    @staticmethod
+    def _stopped(
+        job: RunningJob, job_type: JobType, exit_code: int | None, *, cancelled: bool
+    ) -> Outcome:
+        if cancelled:
+            return Outcome(JobStatus.CANCELLED, exit_code=exit_code, cancelled_by=job.cancelled_by)
+        return Outcome(
+            JobStatus.FAILED,
+            exit_code=exit_code,
+            error=ErrorInfo(
+                code=ErrorCode.PROCESSING_TIMEOUT,
+                message=f"The job ran longer than its timeout of "
+                f"{job_type.timeout_seconds:g} s and was stopped.",
+            ),
+        )
+
+    def _record_group(self, job_id: str, execution: Execution, keeper: LeaseKeeper) -> None:
+        """Write down what finds the tool's process group should this runner die."""
+        group = execution.process_group
+        if group is None:
+            return
+        self.ledger.record(
+            orphans.ToolRecord(
+                job_id=job_id,
+                pgid=group.pgid,
+                started=group.started,
+                boot_id=self.identity.boot_id,
+                runner_pid=self.identity.pid,
+                runner_started=self.identity.started_ticks,
+            )
+        )
+        keeper.rewrite(
+            msgspec.structs.replace(
+                keeper.lease.value, pid=group.pgid, pgid=group.pgid, started=group.started
+            )
+        )

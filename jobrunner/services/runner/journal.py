@@ -1,0 +1,61 @@
+"""A runner's reads and writes of job events: the last event of a kind, and publishing an end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.contracts.names import Names
+from jobrunner.services.runner.publisher import publish_with_retry
+
+
+class JobJournal:
+    def __init__(self, js: JetStreamContext, names: Names, runner_id: str) -> None:
+        self.js = js
+        self.names = names
+        self.runner_id = runner_id
+
+    async def last_event(self, job_id: str, kind: str) -> events.AnyEvent | None:
+        try:
+            raw = await self.js.get_last_msg(
+                self.names.stream, self.names.job_kind_subject(job_id, kind)
+            )
+        except NotFoundError:
+            return None
+        return codec.decode(raw.data) if raw.data else None
+
+    async def last_status(self, job_id: str) -> events.StatusChanged | None:
+        status = await self.last_event(job_id, "status")
+        return status if isinstance(status, events.StatusChanged) else None
+
+    async def publish(self, event: events.Event) -> None:
+        await publish_with_retry(self.js, self.names, event)
+
+    async def end(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        exit_code: int | None = None,
+        error: ErrorInfo | None = None,
+        cancelled_by: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish the job's end. Its event id is the job's one terminal id, so whoever ends a
+        job first (its runner, a runner declaring it lost) decides, and later ends are dropped."""
+        await self.publish(
+            events.StatusChanged(
+                job_id=job_id,
+                event_id=events.terminal_event_id(job_id),
+                status=status,
+                exit_code=exit_code,
+                error=error,
+                runner_id=self.runner_id,
+                cancelled_by=cancelled_by,
+                result=result,
+            )
+        )

@@ -1,0 +1,181 @@
+"""Keeping a running job's slot lease, and knowing locally when it could have passed to another.
+
+The lease is renewed every third of the TTL. Each renewal is conditional on the revision last
+written, so once the lease expired and another runner took the slot, renewing is refused and the
+job is stopped (the fence).
+
+A runner cut off from NATS cannot learn that, so it keeps a local deadline: the server stored the
+last confirmed renewal no earlier than it was sent, so the lease lasts at least until that send
+time plus the TTL. At the deadline, ``margin`` before that, the keeper gives the lease up and the
+job is stopped, with a grace period short enough (``stop_grace``) that the tool is gone before the
+server could let another runner take the slot. Renewals use short request timeouts and are
+retried at once, so an outage well shorter than the TTL costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import structlog
+
+from jobrunner.common.slots import Lease, SlotTable, SlotValue
+
+log = structlog.get_logger()
+
+# How long the keeper may take to notice it should stop (at most one renewal request).
+KEEPER_STOP_SECONDS = 10.0
+# Pause between failed renewal attempts (NATS away): short, the deadline is what bounds them.
+RETRY_PAUSE_SECONDS = 0.1
+
+LossReason = Literal["refused", "deadline"]
+
+
+def safety_margin(ttl_seconds: float) -> float:
+    """How long before the lease could expire on the server the runner gives it up.
+
+    Half of it is the stop's grace period (SIGTERM to SIGKILL), the other half slack for a
+    loaded machine between noticing the deadline and the tool's end.
+    """
+    return ttl_seconds / 4
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        slots: SlotTable,
+        lease: Lease,
+        ttl_seconds: float,
+        after_renewal: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.slots = slots
+        self.lease = lease
+        self.ttl = ttl_seconds
+        self.interval = max(0.3, ttl_seconds / 3)
+        self.margin = safety_margin(ttl_seconds)
+        # One renewal request may take this long: several fit between two renewals, so one lost
+        # request or reply is retried well before the deadline.
+        self.request_timeout = min(2.0, max(0.1, ttl_seconds / 10))
+        self.lost = asyncio.Event()
+        self.reason: LossReason | None = None
+        self._value = lease.value
+        self._after_renewal = after_renewal
+        self._renewed = asyncio.Event()  # set (and replaced) at each confirmed renewal
+        self._wake = asyncio.Event()
+        self._renew_now = False
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def deadline(self) -> float:
+        """When (time.monotonic()) the lease is given up unless a renewal is confirmed first."""
+        return self.lease.sent_at + self.ttl - self.margin
+
+    def stop_grace(self, grace_seconds: float) -> float:
+        """The grace period of a stop on a lost lease: within half the safety margin."""
+        return min(grace_seconds, self.margin / 2)
+
+    async def confirm(self) -> bool:
+        """Is the lease ours right now (confirmed within a third of the TTL)? Waits for the
+        keeper's next renewal otherwise; False (and ``lost`` set) if none comes in time."""
+        while not self.lost.is_set():
+            now = time.monotonic()
+            if now < self.lease.sent_at + self.interval:
+                return True
+            if now >= self.deadline:
+                self._lose("deadline")
+                break
+            self._renew_now = True
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renewed.wait(), self.deadline - now)
+        return False
+
+    def rewrite(self, value: SlotValue) -> None:
+        """Write a new value (the tool's process group, once it started) at once; every renewal
+        after this one carries it too."""
+        self._value = value
+        self._renew_now = True
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep(), name=f"lease-{self.lease.key}")
+
+    async def stop(self) -> Lease:
+        """Stop renewing; returns the lease as last renewed."""
+        # Stopped by a flag and an event, not by cancel(): a cancel that lands inside a NATS
+        # request can be swallowed there, and then the keeper would run (and the job wait)
+        # forever.
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            _, still_running = await asyncio.wait({self._task}, timeout=KEEPER_STOP_SECONDS)
+            if still_running:
+                self._task.cancel()
+        return self.lease
+
+    async def _keep(self) -> None:
+        while not self._stopping and not self.lost.is_set():
+            due = self.lease.sent_at + self.interval
+            if not self._renew_now and time.monotonic() < due:
+                await self._pause(due - time.monotonic())
+                continue
+            self._renew_now = False
+            if await self._renew_once():
+                self._renewed.set()
+                self._renewed = asyncio.Event()
+                await self._check_after_renewal()
+            else:
+                await self._pause(RETRY_PAUSE_SECONDS)
+
+    async def _renew_once(self) -> bool:
+        """One renewal attempt, never past the deadline. True when confirmed."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self._lose("deadline")
+            return False
+        try:
+            async with asyncio.timeout(min(self.request_timeout, remaining)):
+                renewed = await self.slots.renew(self.lease, self._value, self.request_timeout)
+        except Exception as exc:  # NATS unreachable or slow: retried until the deadline
+            log.warning("lease renewal failed, retrying", error=repr(exc))
+            return False
+        if renewed is None:
+            self._lose("refused")
+            return False
+        self.lease = renewed
+        return True
+
+    async def _check_after_renewal(self) -> None:
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await self._after_renewal()
+        except Exception as exc:
+            log.warning("check after lease renewal failed", error=repr(exc))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, but not past the deadline; woken early by stop() and rewrite()."""
+        seconds = min(seconds, self.deadline - time.monotonic())
+        if seconds <= 0:
+            if time.monotonic() >= self.deadline:
+                self._lose("deadline")
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _lose(self, reason: LossReason) -> None:
+        if self.lost.is_set():
+            return
+        self.reason = reason
+        if reason == "refused":
+            log.error("lease lost (renewal refused): stopping the tool")
+        else:
+            log.error(
+                "lease not confirmed in time (NATS unreachable?): stopping the tool",
+                seconds_since_confirmed=round(time.monotonic() - self.lease.sent_at, 3),
+            )
+        self.lost.set()

@@ -1,0 +1,156 @@
+"""The request loop: JobRequested taken from the shared durable consumer while there is capacity,
+each handled by its own task; and cancel requests passed to the job they name.
+
+A request that arrives for a job that already started means a redelivery: the job is left alone
+if its runner still holds the lease, and ended RUNNER_LOST if nobody does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from jobrunner.common.jobtypes import JobType
+from jobrunner.common.slots import SlotTable, slot_key
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
+from jobrunner.services.runner.claim import SlotClaimer
+from jobrunner.services.runner.executor import JobExecutor
+from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.running import RunningJob
+
+log = structlog.get_logger()
+
+
+class RequestLoop:
+    def __init__(
+        self,
+        job_types: dict[str, JobType],
+        slots: SlotTable,
+        journal: JobJournal,
+        claimer: SlotClaimer,
+        executor: JobExecutor,
+        capacity: asyncio.Semaphore,
+    ) -> None:
+        self.job_types = job_types
+        self.slots = slots
+        self.journal = journal
+        self.claimer = claimer
+        self.executor = executor
+        self.capacity = capacity
+        self.running: dict[str, RunningJob] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        """Take requests until ``stop``; then stop every job and wait for their ends."""
+        try:
+            while not stop.is_set():
+                await self.capacity.acquire()
+                try:
+                    msgs = await sub.fetch(1, timeout=1.0)
+                except (NatsTimeoutError, TimeoutError):
+                    self.capacity.release()
+                    continue
+                except Exception as exc:
+                    self.capacity.release()
+                    log.warning("fetch failed", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                task = asyncio.create_task(self._handle(msgs[0]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            for job in self.running.values():
+                job.cancel("runner shutdown")
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def subscribe_cancels(self, nc: NATS) -> Any:
+        return await nc.subscribe(self.journal.names.kind_subjects("cancel"), cb=self._on_cancel)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            event = codec.decode(msg.data)
+        except msgspec.MsgspecError:
+            return
+        if isinstance(event, events.CancelRequested) and event.job_id in self.running:
+            job = self.running[event.job_id]
+            job.cancelled_by = event.requested_by
+            job.cancel_event.set()
+
+    async def _handle(self, msg: Msg) -> None:
+        job: RunningJob | None = None
+        try:
+            event = codec.decode(msg.data)
+            if not isinstance(event, events.JobRequested):
+                await msg.term()
+                return
+            structlog.contextvars.bind_contextvars(job_id=event.job_id)
+            handled = self.running.get(event.job_id)
+            if handled is not None:
+                # Delivered again while we handle it: never a second handler for one job.
+                log.info("request delivered again while handled")
+                await handled.redelivered(msg)
+                return
+            job = RunningJob(event.job_id, msg)
+            self.running[event.job_id] = job
+            try:
+                await self._handle_request(event, job)
+            finally:
+                del self.running[event.job_id]
+        except Exception:
+            log.exception("job handling crashed")
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id")
+            if job is None or job.holds_capacity:
+                self.capacity.release()
+
+    async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
+        job_id = request.job_id
+        status = await self.journal.last_status(job_id)
+        if status is not None:
+            if status.status == JobStatus.RUNNING:
+                lease = await self.slots.current(slot_key(request.lock, job_id))
+                if lease is not None and lease.value.job_id == job_id:
+                    # Its runner is alive and holds the lease (our delivery is a duplicate, say
+                    # after a lost ack); should that runner die, the expiring lease tells.
+                    await job.ack()
+                    return
+                # Delivered again after it started, and nobody holds it: its runner died.
+                await self.journal.end(
+                    job_id,
+                    JobStatus.FAILED,
+                    error=ErrorInfo(
+                        code=ErrorCode.RUNNER_LOST,
+                        message="The runner running this job stopped; the job did not finish.",
+                    ),
+                )
+                await self.slots.forget_run(job_id)
+            elif request.lock:
+                await self.slots.dequeue(request.lock, job_id)
+            await job.ack()
+            return
+        job_type = self.job_types.get(request.job_type)
+        if job_type is None:
+            await self.journal.end(
+                job_id,
+                JobStatus.FAILED,
+                error=ErrorInfo(
+                    code="UNKNOWN_JOB_TYPE",
+                    message=f"This runner has no job type {request.job_type!r}; "
+                    "check job_types_file.",
+                ),
+            )
+            await job.ack()
+            return
+
+        lease = await self.claimer.claim(request, job_type, job)
+        if lease is not None:
+            await self.executor.run(request, job_type, job, lease)

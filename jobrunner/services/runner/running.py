@@ -1,0 +1,93 @@
+"""Who this runner is, and what it knows of each job it is handling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+
+from jobrunner.common.slots import SlotValue, hostname
+from jobrunner.services.runner import orphans
+
+
+@dataclass(frozen=True)
+class RunnerIdentity:
+    """What a lease records of its runner, so another runner on the host can tell it is gone."""
+
+    runner_id: str
+    host: str
+    boot_id: str
+    pid: int
+    started_ticks: int | None
+
+    @classmethod
+    def of_this_process(cls, runner_id: str = "") -> RunnerIdentity:
+        pid = os.getpid()
+        host = hostname()
+        return cls(
+            runner_id=runner_id or f"{host}-{pid}-{uuid.uuid4().hex[:6]}",
+            host=host,
+            boot_id=orphans.boot_id(),
+            pid=pid,
+            started_ticks=orphans.start_ticks(pid),
+        )
+
+    def held_value(self, job_id: str, job_type: str) -> SlotValue:
+        """The lease value of a job this runner holds."""
+        return SlotValue(
+            job_id=job_id,
+            phase="held",
+            job_type=job_type,
+            runner_id=self.runner_id,
+            host=self.host,
+            boot_id=self.boot_id,
+            runner_pid=self.pid,
+            runner_started=self.started_ticks,
+        )
+
+    def is_dead_local_runner(self, value: SlotValue) -> bool:
+        """Was ``value`` written by another runner on this host that is no longer alive?"""
+        return (
+            value.host == self.host
+            and value.boot_id == self.boot_id
+            and value.runner_pid is not None
+            and value.runner_pid != self.pid
+            and not orphans.process_alive(value.runner_pid, value.runner_started)
+        )
+
+
+class RunningJob:
+    """A job this runner is handling, from its request's delivery to its end.
+
+    A runner handles a job once: a delivery of its request while it is handled (a redelivery,
+    say after the runner stalled past the ack wait) only replaces the message it acknowledges.
+    """
+
+    def __init__(self, job_id: str, msg: Msg) -> None:
+        self.job_id = job_id
+        self.msg = msg
+        self.acked = False
+        self.cancelled_by: str | None = None
+        self.cancel_event = asyncio.Event()
+        # Whether this job holds one of the runner's max_concurrent_jobs (a job waiting for a
+        # slot does not).
+        self.holds_capacity = True
+
+    async def ack(self) -> None:
+        """Acknowledge the request (its latest delivery): it will not be delivered again."""
+        # Marked first: a delivery arriving during the ack is then acknowledged by redelivered().
+        self.acked = True
+        await self.msg.ack()
+
+    async def redelivered(self, msg: Msg) -> None:
+        """The request came again while this job is handled: acknowledge that delivery instead."""
+        self.msg = msg
+        if self.acked:
+            await msg.ack()
+
+    def cancel(self, by: str | None) -> None:
+        self.cancelled_by = self.cancelled_by or by
+        self.cancel_event.set()

@@ -1,0 +1,119 @@
+"""Ending what dead runners left behind: their tools' process groups and their jobs.
+
+Three ways a runner learns of a dead one: at start, from this host's tool ledger and the leases of
+runners on this host that are no longer alive; while it runs, from every lease that expires (its
+runner stopped renewing it); and by a periodic sweep of the running jobs' records, which finds a
+job without a live lease whatever died and whenever (every runner down while the lease expired, a
+crashed watcher, an internal job that no ledger knows). Ending a job is idempotent: every end of
+one job carries its one terminal event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Container
+
+import structlog
+
+from jobrunner.common.slots import RunRecord, SlotTable, SlotValue
+from jobrunner.contracts.events import TERMINAL_STATUSES, ErrorCode, ErrorInfo, JobStatus
+from jobrunner.services.runner import orphans
+from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.running import RunnerIdentity
+
+log = structlog.get_logger()
+
+
+class LostJobSweeper:
+    def __init__(
+        self,
+        slots: SlotTable,
+        board: LockBoard,
+        journal: JobJournal,
+        identity: RunnerIdentity,
+        ledger: orphans.ToolLedger,
+        handling: Container[str],
+    ) -> None:
+        self.slots = slots
+        self.board = board
+        self.journal = journal
+        self.identity = identity
+        self.ledger = ledger
+        # The ids of the jobs this runner is handling (alive, whatever their lease says).
+        self.handling = handling
+
+    async def clean_up_after_crash(self) -> None:
+        """Before taking work: end what a dead runner on this host left behind."""
+        lost = ErrorInfo(
+            code=ErrorCode.RUNNER_LOST,
+            message="The runner running this job stopped; a runner starting on its host "
+            "ended the job's processes.",
+        )
+        for job_id in self.ledger.end_orphans():
+            log.warning("orphaned tool ended at start", orphan_job_id=job_id)
+            # Its lease may have expired while no runner was watching: end the job here.
+            status = await self.journal.last_status(job_id)
+            if status is not None and status.status == JobStatus.RUNNING:
+                await self.journal.end(job_id, JobStatus.FAILED, error=lost)
+                await self.slots.forget_run(job_id)
+        for key, value in list(self.board.slots.items()):
+            if value.phase != "held" or not self.identity.is_dead_local_runner(value):
+                continue
+            if value.pgid:
+                orphans.kill_group(value.pgid, value.started, value.boot_id)
+            lease = await self.slots.current(key)
+            if lease is None or lease.value.job_id != value.job_id:
+                continue
+            await self.journal.end(value.job_id, JobStatus.FAILED, error=lost)
+            await self.slots.forget_run(value.job_id)
+            await self.slots.release(lease)
+
+    async def on_lease_expired(self, value: SlotValue) -> None:
+        """Every runner watches every lease: one that expires means its runner is gone."""
+        if value.phase != "held" or value.job_id in self.handling:
+            return  # a reservation, or ours and alive: the keeper notices a lost lease itself
+        log.warning("runner lost", lost_job_id=value.job_id, lost_runner=value.runner_id)
+        if value.host == self.identity.host and value.pgid:
+            orphans.kill_group(value.pgid, value.started, value.boot_id)
+        await self._end_lost(value.job_id, value.runner_id)
+
+    async def sweep_every(self, interval: float, stop: asyncio.Event) -> None:
+        """Sweep now, then every ``interval`` until ``stop``; a failed sweep is tried again."""
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("sweep for lost jobs failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def sweep(self) -> None:
+        """End every job that has started but whose slot holds no lease for it."""
+        for record in await self.slots.run_records():
+            if record.job_id in self.handling:
+                continue  # ours and alive: its keeper notices a lost lease itself
+            if await self._has_live_lease(record):
+                continue
+            status = await self.journal.last_status(record.job_id)
+            if status is None or status.status not in TERMINAL_STATUSES:
+                log.warning("swept a lost job", lost_job_id=record.job_id)
+                await self._end_lost(record.job_id, record.runner_id)
+            else:
+                await self.slots.forget_run(record.job_id)  # ended; its runner died before this
+
+    async def _has_live_lease(self, record: RunRecord) -> bool:
+        lease = await self.slots.current(record.slot_key)
+        return lease is not None and lease.value.job_id == record.job_id
+
+    async def _end_lost(self, job_id: str, runner_id: str | None) -> None:
+        await self.journal.end(
+            job_id,
+            JobStatus.FAILED,
+            error=ErrorInfo(
+                code=ErrorCode.RUNNER_LOST,
+                message=f"Runner {runner_id} stopped renewing its lease; the job did not finish.",
+            ),
+        )
+        await self.slots.forget_run(job_id)

@@ -1,0 +1,256 @@
+"""The lease under NATS faults: kept through an outage shorter than it, given up (and the tool
+stopped) before an outage longer than it could let another runner take the slot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable, SlotValue, same_holder
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner.running import RunnerIdentity
+from tests.system import System
+from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_file, wait_status
+
+# Long enough that a loaded machine keeps a live lease; the pauses below are chosen around it.
+TTL = 6.0
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES, lease_ttl_seconds=TTL)
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own: it gets paused, so the shared one is never touched."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    yield server
+    resume(server)
+    server.stop()
+
+
+def pause(server: EmbeddedNats) -> None:
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+
+
+def resume(server: EmbeddedNats) -> None:
+    assert server.proc is not None
+    if server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def slot_table(settings: Settings) -> AsyncIterator[SlotTable]:
+    nc = await eventstore.connect(settings, "test-lease")
+    try:
+        names = Names(settings.prefix)
+        await eventstore.ensure_topology(nc.jetstream(), names, settings)
+        yield SlotTable(nc.jetstream(), names, settings.lease_ttl_seconds)
+    finally:
+        await eventstore.close(nc)
+
+
+def held(job_id: str, runner_id: str = "me") -> SlotValue:
+    return RunnerIdentity.of_this_process(runner_id).held_value(job_id, "emit")
+
+
+def test_only_the_same_runner_process_counts_as_the_same_holder() -> None:
+    """A lease is adopted as one's own only when the same runner process wrote it for the job."""
+    mine = held("job")
+    assert same_holder(mine, mine)
+    assert not same_holder(mine, held("other job"))
+    assert not same_holder(mine, held("job", runner_id="other runner"))
+    restarted = msgspec.structs.replace(mine, runner_pid=(mine.runner_pid or 0) + 1)
+    assert not same_holder(mine, restarted)
+    assert not same_holder(mine, msgspec.structs.replace(mine, phase="reserved"))
+
+
+async def test_renewal_stored_late_is_adopted_instead_of_losing_the_lease(
+    settings: Settings,
+) -> None:
+    """A renewal the server stored after the runner gave up on it does not stop a healthy job."""
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.late", held("late"))
+        assert lease is not None
+        # Stands for the renewal that timed out in the runner but reached the server anyway.
+        late = await slots.renew(lease)
+        assert late is not None
+        renewed = await slots.renew(lease)  # the runner still names the older revision
+        assert renewed is not None
+        assert renewed.revision > late.revision
+
+
+async def test_renewal_of_a_slot_another_runner_took_is_refused(settings: Settings) -> None:
+    """Once another runner holds the slot, the old holder's renewal is refused (the fence)."""
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("slot.shared", held("first"))
+        assert lease is not None
+        assert await slots.release(lease)
+        other = await slots.try_acquire("slot.shared", held("second", runner_id="other"))
+        assert other is not None
+        assert await slots.renew(lease) is None
+
+
+async def _kept_lease(settings: Settings, slots: SlotTable, job_id: str) -> Any:
+    from jobrunner.services.runner.lease import LeaseKeeper
+
+    lease = await slots.try_acquire(f"job.{job_id}", held(job_id))
+    assert lease is not None
+
+    async def nothing() -> None:
+        return None
+
+    keeper = LeaseKeeper(slots, lease, settings.lease_ttl_seconds, nothing)
+    keeper.start()
+    return keeper
+
+
+async def test_tool_is_not_spawned_on_a_lease_unconfirmed_past_its_deadline(
+    settings: Settings,
+) -> None:
+    """A lease last confirmed longer ago than its deadline is not taken as ours before a spawn."""
+    from jobrunner.services.runner.lease import LeaseKeeper
+
+    async def nothing() -> None:
+        return None
+
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.stale", held("stale"))
+        assert lease is not None
+        # As if the runner had stalled (or NATS had been away) since the claim.
+        stale = msgspec.structs.replace(lease, sent_at=lease.sent_at - TTL)
+        keeper = LeaseKeeper(slots, stale, TTL, nothing)
+        keeper.start()
+        assert not await keeper.confirm()
+        await keeper.stop()
+        assert keeper.reason == "deadline"
+
+
+async def test_lease_kept_through_a_pause_shorter_than_its_deadline(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused for less than the lease can survive: the lease is still ours afterwards."""
+    from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, safety_margin
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        keeper = await _kept_lease(settings, slots, "short")
+        # Just below the outage a lease always survives: its deadline (TTL - margin after the
+        # last confirmed renewal) less one request's timeout and one retry pause (3.8 s at a 6 s
+        # TTL), with slack for a loaded machine.
+        survivable = TTL - safety_margin(TTL) - keeper.request_timeout - RETRY_PAUSE_SECONDS
+        pause(own_nats)
+        await asyncio.sleep(survivable - 0.8)  # the outage itself, not a synchronisation
+        resume(own_nats)
+        assert await keeper.confirm()
+        lease = await keeper.stop()
+        assert not keeper.lost.is_set()
+        assert await slots.release(lease)
+
+
+async def test_lease_given_up_before_a_pause_longer_than_its_ttl_ends(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused for longer than the TTL: the runner gives the lease up before it could pass."""
+    from jobrunner.services.runner.lease import safety_margin
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        keeper = await _kept_lease(settings, slots, "long")
+        paused_at = time.monotonic()
+        pause(own_nats)
+        try:
+            async with asyncio.timeout(TTL + 1):
+                await keeper.lost.wait()
+            given_up_at = time.monotonic()
+        finally:
+            resume(own_nats)
+        await keeper.stop()
+        assert keeper.reason == "deadline"
+        # Measured from the last confirmed renewal, which was sent before the pause.
+        assert given_up_at < paused_at + TTL - safety_margin(TTL) / 2
+
+
+async def test_job_goes_on_through_a_short_nats_pause_and_stores_every_line_once(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """NATS paused briefly while a tool prints: the job completes, every line stored once."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    system = System(settings)
+    times = tmp_path / "times"
+    try:
+        await system.start()
+        async with system.client() as client:
+            job_id = await start_job(
+                client, "timed", times_dir=str(times), label="a", lines=150, interval="0.03"
+            )
+            await wait_file(times / "a.start")
+            pause(own_nats)
+            await asyncio.sleep(1.5)  # the outage itself: well below the 3.8 s always survived
+            resume(own_nats)
+            job = await wait_status(client, job_id, "completed", "failed", timeout=60)
+            lines = await lines_of(client, job_id)
+    finally:
+        resume(own_nats)
+        await system.stop()
+    assert job["status"] == "completed", job
+    assert [ln["text"] for ln in lines] == [f"INFO line {i}" for i in range(1, 151)]
+    assert [ln["seq"] for ln in lines] == list(range(1, 151))
+
+
+async def test_nats_paused_longer_than_the_ttl_stops_the_tool_before_anyone_else_runs(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """NATS paused past the lease TTL: the tool stops in time, its lines are kept, and the
+    next job on the lock starts only after it ended."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    system = System(settings)
+    times = tmp_path / "times"
+    try:
+        await system.start()
+        await system.start_runner("second")
+        async with system.client() as client:
+            first = await start_job(
+                client, "timed", times_dir=str(times), label="a", lines=100_000, interval="0.02"
+            )
+            await wait_file(times / "a.start")
+            second = await start_job(
+                client, "timed", times_dir=str(times), label="b", lines=20, interval="0.02"
+            )
+            paused_at = time.time()
+            pause(own_nats)
+            await asyncio.sleep(TTL + 2)  # the outage itself, longer than the TTL
+            resume(own_nats)
+            lost = await wait_status(client, first, "failed", "completed", timeout=60)
+            after = await wait_status(client, second, "completed", "failed", timeout=60)
+            lines = await lines_of(client, first)
+    finally:
+        resume(own_nats)
+        await system.stop()
+    assert lost["status"] == "failed"
+    assert lost["error"]["code"] in ("LEASE_LOST", "RUNNER_LOST"), lost
+    first_end, printed = (times / "a.end").read_text().split()
+    # Stopped before the server could let the lease expire (at the earliest the TTL after the
+    # last renewal, sent before the pause).
+    assert float(first_end) < paused_at + TTL
+    assert after["status"] == "completed", after
+    assert float((times / "b.start").read_text()) > float(first_end)
+    # Every line it printed is stored, once and in order (it may have printed one more line
+    # than it wrote down before it was stopped).
+    assert len(lines) in (int(printed), int(printed) + 1)
+    assert [ln["text"] for ln in lines] == [f"INFO line {i}" for i in range(1, len(lines) + 1)]
