@@ -23,7 +23,17 @@ class SettingsError(Exception):
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Where things are
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"  # a cluster: its servers' URLs, comma-separated
+    # How every part connects to NATS (nats-py and the projector's stream reader alike; see
+    # common/natsconnection.py): each step of a connect (TCP, the server's INFO, TLS, the
+    # handshake) gives up on a server after this long and tries the next one.
+    nats_connect_timeout_seconds: float = 2.0
+    # TLS: the authority that signed the servers' certificates (empty: the system's), and a
+    # client certificate with its key when the servers verify clients.
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
+    nats_tls_hostname: str = ""  # the name to verify the server's certificate for, if not the URL's
     database_url: str = "postgresql://jobrunner@127.0.0.1:5432/jobrunner"
     prefix: str = "jobrunner"
     job_types_file: str = str(DEFAULT_JOB_TYPES)

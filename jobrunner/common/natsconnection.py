@@ -1,0 +1,91 @@
+"""How every part reaches NATS: one set of connection options, built from the settings once, for
+nats-py and for the hand-written stream reader alike, so neither connects in a way the other
+cannot."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobrunner.common.settings import Settings, SettingsError
+
+
+def server_urls(nats_url: str) -> list[str]:
+    """The servers of ``nats_url``: a cluster is named by a comma-separated list of their URLs."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
+
+
+@dataclass(frozen=True)
+class NatsConnection:
+    """The servers to try in order, the deadline of each connect step, and TLS.
+
+    ``tls`` is ``None`` when no TLS setting is given: a ``tls://`` URL or a server that requires
+    TLS is then verified against the system's certificate authorities (as nats-py does).
+    """
+
+    servers: list[str]
+    connect_timeout: float
+    tls: ssl.SSLContext | None = None
+    tls_hostname: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NatsConnection:
+        """The options, or ``SettingsError`` naming the setting that cannot be honoured."""
+        servers = server_urls(settings.nats_url)
+        if not servers:
+            raise SettingsError("nats_url names no server")
+        if not settings.nats_connect_timeout_seconds > 0:
+            raise SettingsError(
+                "nats_connect_timeout_seconds must be above 0, not "
+                f"{settings.nats_connect_timeout_seconds}"
+            )
+        return cls(
+            servers=servers,
+            connect_timeout=settings.nats_connect_timeout_seconds,
+            tls=tls_context(settings),
+            tls_hostname=settings.nats_tls_hostname or None,
+        )
+
+    def nats_py_options(self) -> dict[str, Any]:
+        """The same options as keyword arguments of nats-py's ``connect()``."""
+        options: dict[str, Any] = {
+            "servers": self.servers,
+            "connect_timeout": self.connect_timeout,
+        }
+        if self.tls is not None:
+            options["tls"] = self.tls
+        if self.tls_hostname:
+            options["tls_hostname"] = self.tls_hostname
+        return options
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context the TLS settings describe (``None`` when none is set)."""
+    ca, cert = settings.nats_tls_ca_file, settings.nats_tls_cert_file
+    key = settings.nats_tls_key_file
+    if not (ca or cert or key):
+        return None
+    if key and not cert:
+        raise SettingsError("nats_tls_key_file is set without nats_tls_cert_file")
+    for name, path in (
+        ("nats_tls_ca_file", ca),
+        ("nats_tls_cert_file", cert),
+        ("nats_tls_key_file", key),
+    ):
+        if path and not Path(path).is_file():
+            raise SettingsError(f"{name}: {path} is not a readable file")
+    try:
+        context = ssl.create_default_context(cafile=ca or None)
+    except ssl.SSLError as exc:
+        raise SettingsError(f"nats_tls_ca_file: {ca} holds no usable certificate: {exc}") from None
+    if cert:
+        try:
+            context.load_cert_chain(cert, key or None)
+        except ssl.SSLError as exc:
+            raise SettingsError(
+                f"nats_tls_cert_file / nats_tls_key_file: {cert} and {key or cert} are not a "
+                f"certificate and its private key: {exc}"
+            ) from None
+    return context

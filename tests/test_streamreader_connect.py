@@ -1,0 +1,195 @@
+"""The stream reader's connection: a deadline on every step, the next server of the list when one
+misses it, a clear error after all, and the same TLS settings as nats-py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from jobrunner.common import eventstore
+from jobrunner.common.natsconnection import NatsConnection
+from jobrunner.common.settings import Settings, SettingsError
+from jobrunner.common.streamreader import StreamReader, StreamReaderError
+from jobrunner.contracts.names import Names
+from tests.servers import delete_streams
+from tests.stalling_proxy import StallingProxy, silent_server
+from tests.tls_nats import TlsFiles, tls_nats
+
+TIMEOUT = 1.0  # each connect step's deadline in these tests
+SHORTER = TIMEOUT * 0.3  # a stall just shorter: the server is kept
+LONGER = TIMEOUT * 3  # a stall just longer: the server is left for the next one
+INFO, SECOND_REPLY = 0, 1  # chunks the server sends: INFO, then the TLS reply or the PONG
+
+
+@pytest.fixture
+async def plain(nats_server_url: str) -> AsyncIterator[Settings]:
+    """Settings on the shared server with a stream of 10 events."""
+    private = Settings(nats_url=nats_server_url, prefix=f"t{uuid.uuid4().hex[:10]}")
+    await publish(private, 10)
+    yield private
+    await delete_streams(nats_server_url, private.prefix)
+
+
+async def publish(settings: Settings, count: int) -> None:
+    nc = await eventstore.connect(settings, "test")
+    js = nc.jetstream()
+    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
+    for n in range(count):
+        await js.publish(f"{settings.prefix}.job.j{n}.lines", b"x")
+    await eventstore.close(nc)
+
+
+async def read_all(
+    settings: Settings, servers: list[str], count: int = 10, reader_settings: Settings | None = None
+) -> list[int]:
+    """Open a reader on ``servers`` (with the deadlines and TLS of ``reader_settings``, else
+    ``settings``) and read ``count`` events."""
+    names = Names(settings.prefix)
+    connection = NatsConnection.from_settings(reader_settings or settings)
+    nc = await eventstore.connect(settings, "test")
+    reader = StreamReader(
+        nc.jetstream(), servers, names.stream, names.all_subjects, connection=connection
+    )
+    seqs: list[int] = []
+    try:
+        await asyncio.wait_for(reader.open(1), timeout=30)
+        async for batch in reader.batches():
+            seqs += [seq for seq, _ in batch]
+            if len(seqs) >= count:
+                break
+    finally:
+        await reader.close()
+        await eventstore.close(nc)
+    return seqs
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.rsplit("/", 1)[-1].rpartition("@")[2].partition(":")
+    return host, int(port)
+
+
+@pytest.mark.parametrize(
+    ("hold", "step"), [(INFO, "no INFO"), (SECOND_REPLY, "no answer to CONNECT")]
+)
+async def test_a_server_that_stalls_a_connect_step_longer_than_the_timeout_is_left_for_the_next(
+    plain: Settings, hold: int, step: str
+) -> None:
+    """A server that accepts but stalls longer than the connect timeout is logged and skipped;
+    the events are read from the next server of the list."""
+    settings = Settings(
+        nats_url=plain.nats_url, prefix=plain.prefix, nats_connect_timeout_seconds=TIMEOUT
+    )
+    async with StallingProxy(*host_port(plain.nats_url), hold=hold, seconds=LONGER) as stalled:
+        with structlog.testing.capture_logs() as logs:
+            seqs = await read_all(settings, [stalled.url(), plain.nats_url])
+    assert seqs == list(range(1, 11))
+    failed = [e for e in logs if e["event"] == "stream reader cannot connect"]
+    assert [e["server"] for e in failed] == [f"127.0.0.1:{stalled.port}"]
+    assert step in failed[0]["reason"]
+
+
+@pytest.mark.parametrize("hold", [INFO, SECOND_REPLY])
+async def test_a_server_that_stalls_a_connect_step_shorter_than_the_timeout_is_kept(
+    plain: Settings, hold: int
+) -> None:
+    """A server slower than usual but within the connect timeout is read from."""
+    settings = Settings(
+        nats_url=plain.nats_url, prefix=plain.prefix, nats_connect_timeout_seconds=TIMEOUT
+    )
+    async with StallingProxy(*host_port(plain.nats_url), hold=hold, seconds=SHORTER) as slow:
+        with structlog.testing.capture_logs() as logs:
+            seqs = await read_all(settings, [slow.url(), "nats://127.0.0.1:1"])
+    assert seqs == list(range(1, 11))
+    assert not [e for e in logs if e["event"] == "stream reader cannot connect"]
+
+
+async def test_when_every_server_is_silent_the_reader_fails_naming_each_of_them(
+    plain: Settings,
+) -> None:
+    """Every server accepts and says nothing: after each one's deadline, one clear error names
+    every server and why, instead of a projector that hangs without a word."""
+    settings = Settings(
+        nats_url=plain.nats_url, prefix=plain.prefix, nats_connect_timeout_seconds=TIMEOUT
+    )
+    async with silent_server() as first, silent_server() as second:
+        with pytest.raises(StreamReaderError) as raised:
+            await read_all(settings, [first, second])
+    message = str(raised.value)
+    for url in (first, second):
+        assert f"{host_port(url)[0]}:{host_port(url)[1]}: no INFO from the server within 1 s" in (
+            message
+        )
+
+
+def tls_settings(server_port: int, files: TlsFiles, prefix: str, **extra: object) -> Settings:
+    values: dict[str, object] = {
+        "nats_url": f"tls://127.0.0.1:{server_port}",
+        "prefix": prefix,
+        "nats_tls_ca_file": str(files.ca),
+        "nats_tls_cert_file": str(files.client_cert),
+        "nats_tls_key_file": str(files.client_key),
+        "nats_connect_timeout_seconds": TIMEOUT,
+    }
+    values.update(extra)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def test_a_tls_server_that_verifies_clients_is_read_with_the_settings_certificates() -> None:
+    """With the CA and client certificate in the settings, nats-py and the stream reader both
+    connect to a server that requires TLS and verifies client certificates."""
+    with tls_nats(verify_clients=True) as (server, files):
+        settings = tls_settings(server.port, files, "ttls")
+        await publish(settings, 10)
+        assert await read_all(settings, [settings.nats_url]) == list(range(1, 11))
+
+
+async def test_a_tls_server_signed_by_another_authority_is_refused_clearly() -> None:
+    """A server whose certificate the configured CA did not sign is refused with the reason."""
+    with tls_nats(verify_clients=False) as (server, files):
+        good = tls_settings(server.port, files, "ttls")
+        await publish(good, 1)
+        wrong_ca = tls_settings(server.port, files, "ttls", nats_tls_ca_file=str(files.other_ca))
+        with pytest.raises(StreamReaderError, match=r"certificate verify failed"):
+            await read_all(good, [wrong_ca.nats_url], count=1, reader_settings=wrong_ca)
+
+
+@pytest.mark.parametrize(("seconds", "connects"), [(SHORTER, True), (LONGER, False)])
+async def test_a_tls_handshake_is_given_up_after_the_connect_timeout(
+    seconds: float, connects: bool
+) -> None:
+    """A TLS handshake that stalls just shorter than the connect timeout completes; one that
+    stalls longer is given up with the reason, and never hangs."""
+    with tls_nats(verify_clients=True) as (server, files):
+        settings = tls_settings(server.port, files, "ttls")
+        await publish(settings, 10)
+        async with StallingProxy("127.0.0.1", server.port, SECOND_REPLY, seconds) as proxy:
+            # Verified for 127.0.0.1, the name in the server's certificate.
+            servers = [proxy.url("tls")]
+            if connects:
+                assert await read_all(settings, servers) == list(range(1, 11))
+            else:
+                started = time.monotonic()
+                with pytest.raises(StreamReaderError, match="no TLS handshake within 1 s"):
+                    await read_all(settings, servers)
+                assert time.monotonic() - started < 30  # a bound, not a timing: it did not hang
+
+
+def test_a_tls_setting_that_cannot_be_honoured_is_refused_at_start(tmp_path: Path) -> None:
+    """A missing CA file, or a key without its certificate, stops the start with the setting's
+    name instead of failing on the first connect."""
+    with pytest.raises(SettingsError, match=r"nats_tls_ca_file: .* is not a readable file"):
+        NatsConnection.from_settings(Settings(nats_tls_ca_file=str(tmp_path / "missing.pem")))
+    key = tmp_path / "client.key"
+    key.write_text("not a key")
+    with pytest.raises(SettingsError, match="nats_tls_key_file is set without nats_tls_cert_file"):
+        NatsConnection.from_settings(Settings(nats_tls_key_file=str(key)))
+    with pytest.raises(SettingsError, match="nats_connect_timeout_seconds must be above 0"):
+        NatsConnection.from_settings(Settings(nats_connect_timeout_seconds=0))
+
+

@@ -1,0 +1,99 @@
+"""A real nats-server with TLS (and client-certificate verification), its certificates made by
+openssl when the test starts."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobrunner.embedded.nats import nats_server_binary
+from jobrunner.embedded.scratch import scratch_dir
+from jobrunner.embedded.serverprocess import ServerProcess, free_port
+
+
+@dataclass
+class TlsFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing of this server's
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_certificates(root: Path) -> TlsFiles:
+    def ca(name: str) -> tuple[Path, Path]:
+        key, cert = root / f"{name}.key", root / f"{name}.pem"
+        _openssl(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN={name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )  # fmt: skip
+        return cert, key
+
+    def leaf(name: str, signer: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
+        key, csr, cert = root / f"{name}.key", root / f"{name}.csr", root / f"{name}.pem"
+        _openssl(
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+        )  # fmt: skip
+        ext = root / f"{name}.ext"
+        ext.write_text(extensions)
+        _openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(signer[0]), "-CAkey", str(signer[1]),
+            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext),
+        )  # fmt: skip
+        return cert, key
+
+    authority = ca("test-ca")
+    other, _ = ca("other-ca")
+    server = leaf(
+        "server",
+        authority,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    client = leaf("client", authority, "extendedKeyUsage=clientAuth\n")
+    return TlsFiles(authority[0], server[0], server[1], client[0], client[1], other)
+
+
+class TlsNats(ServerProcess):
+    def __init__(self, root: Path, files: TlsFiles, verify_clients: bool) -> None:
+        self.port = free_port()
+        config = root / "tls.conf"
+        config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            'server_name: "jobrunner-tls"\n'
+            f'jetstream {{ store_dir: "{root / "store"}" }}\n'
+            "tls {\n"
+            f'  cert_file: "{files.server_cert}"\n  key_file: "{files.server_key}"\n'
+            f'  ca_file: "{files.ca}"\n  verify: {"true" if verify_clients else "false"}\n'
+            "  timeout: 5\n"
+            "}\n"
+        )
+        super().__init__(
+            "nats-server-tls",
+            [nats_server_binary(), "--config", str(config)],
+            log_file=root / "nats-server.log",
+            ready_text="Server is ready",
+        )
+
+
+@contextmanager
+def tls_nats(verify_clients: bool = True) -> Iterator[tuple[TlsNats, TlsFiles]]:
+    with scratch_dir("jobrunner-test-tls-nats-") as root:
+        files = make_certificates(root)
+        server = TlsNats(root, files, verify_clients)
+        server.start()
+        try:
+            yield server, files
+        finally:
+            server.stop()
