@@ -191,5 +191,3 @@ def test_a_tls_setting_that_cannot_be_honoured_is_refused_at_start(tmp_path: Pat
         NatsConnection.from_settings(Settings(nats_tls_key_file=str(key)))
     with pytest.raises(SettingsError, match="nats_connect_timeout_seconds must be above 0"):
         NatsConnection.from_settings(Settings(nats_connect_timeout_seconds=0))
-
-

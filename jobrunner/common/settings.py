@@ -69,6 +69,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: bool = True  # off only with --no-auth on a loopback address
     max_streams_per_token: int = 32  # open SSE connections per token; more answer 429
     session_max_age_seconds: int = 43200  # browser sessions (signed cookie) last this long
+    # Host names requests may name (comma-separated; ".example.com" takes its subdomains too,
+    # "*" any). Empty: the configured host, and the localhost names when that is loopback.
+    allowed_hosts: str = ""
 
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
