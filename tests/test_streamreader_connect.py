@@ -191,3 +191,14 @@ def test_a_tls_setting_that_cannot_be_honoured_is_refused_at_start(tmp_path: Pat
         NatsConnection.from_settings(Settings(nats_tls_key_file=str(key)))
     with pytest.raises(SettingsError, match="nats_connect_timeout_seconds must be above 0"):
         NatsConnection.from_settings(Settings(nats_connect_timeout_seconds=0))
+
+
+def test_a_server_url_the_stream_reader_cannot_speak_is_refused_at_start() -> None:
+    """A websocket URL (which nats-py would take but the projector's reader cannot) stops the
+    start with a clear message, not a projector that never connects."""
+    with pytest.raises(SettingsError, match=r"nats_url: ws:// is not supported \(use nats:// or"):
+        NatsConnection.from_settings(Settings(nats_url="nats://a:4222,ws://b:8080"))
+    assert NatsConnection.from_settings(Settings(nats_url="a:4222, tls://b")).servers == [
+        "a:4222",
+        "tls://b",
+    ]

@@ -8,8 +8,11 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jobrunner.common.settings import Settings, SettingsError
+
+SCHEMES = frozenset({"nats", "tls"})
 
 
 def server_urls(nats_url: str) -> list[str]:
@@ -36,6 +39,15 @@ class NatsConnection:
         servers = server_urls(settings.nats_url)
         if not servers:
             raise SettingsError("nats_url names no server")
+        for server in servers:
+            scheme = urlsplit(server).scheme if "://" in server else "nats"
+            if scheme not in SCHEMES:
+                # nats-py would take ws:// and wss://; the projector's stream reader speaks the
+                # protocol over TCP only, so refusing here beats a projector that cannot start.
+                raise SettingsError(
+                    f"nats_url: {scheme}:// is not supported (use nats:// or tls://): "
+                    f"{urlsplit(server).hostname or server}"
+                )
         if not settings.nats_connect_timeout_seconds > 0:
             raise SettingsError(
                 "nats_connect_timeout_seconds must be above 0, not "
