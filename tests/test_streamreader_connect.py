@@ -19,7 +19,7 @@ from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts.names import Names
 from tests.servers import delete_streams
 from tests.stalling_proxy import StallingProxy, silent_server
-from tests.tls_nats import TlsFiles, tls_nats
+from tests.tls_nats import TlsFiles, nkey_nats, tls_nats
 
 TIMEOUT = 1.0  # each connect step's deadline in these tests
 SHORTER = TIMEOUT * 0.3  # a stall just shorter: the server is kept
@@ -202,3 +202,26 @@ def test_a_server_url_the_stream_reader_cannot_speak_is_refused_at_start() -> No
         "a:4222",
         "tls://b",
     ]
+
+
+async def test_a_server_with_nkey_users_is_read_with_the_seed_and_a_stranger_is_refused() -> None:
+    """With ``nats_nkey_seed_file``, nats-py and the stream reader both sign the server's nonce
+    and read; a seed the server does not know is refused with the server's reason."""
+    with nkey_nats() as (server, seed, stranger):
+        url = f"nats://127.0.0.1:{server.port}"
+        settings = Settings(nats_url=url, prefix="tnkey", nats_nkey_seed_file=str(seed))
+        await publish(settings, 10)
+        assert await read_all(settings, [url]) == list(range(1, 11))
+        unknown = Settings(nats_url=url, prefix="tnkey", nats_nkey_seed_file=str(stranger))
+        with pytest.raises(StreamReaderError, match=r"(?i)authorization violation"):
+            await read_all(settings, [url], reader_settings=unknown)
+
+
+def test_an_nkey_seed_file_that_holds_no_seed_is_refused_at_start(tmp_path: Path) -> None:
+    """A seed file that is missing or holds something else stops the start, naming the setting."""
+    with pytest.raises(SettingsError, match=r"nats_nkey_seed_file: .* cannot be read"):
+        NatsConnection.from_settings(Settings(nats_nkey_seed_file=str(tmp_path / "none.nk")))
+    garbage = tmp_path / "garbage.nk"
+    garbage.write_text("SUAAAA-not-a-seed")
+    with pytest.raises(SettingsError, match=r"nats_nkey_seed_file: .* holds no NKey seed"):
+        NatsConnection.from_settings(Settings(nats_nkey_seed_file=str(garbage)))

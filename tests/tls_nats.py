@@ -1,5 +1,5 @@
-"""A real nats-server with TLS (and client-certificate verification), its certificates made by
-openssl when the test starts."""
+"""Real nats-servers configured as a deployment would be: TLS (and client-certificate
+verification), its certificates made by openssl when the test starts; NKey users."""
 
 from __future__ import annotations
 
@@ -95,5 +95,50 @@ def tls_nats(verify_clients: bool = True) -> Iterator[tuple[TlsNats, TlsFiles]]:
         server.start()
         try:
             yield server, files
+        finally:
+            server.stop()
+
+
+class ConfiguredNats(ServerProcess):
+    """A nats-server with JetStream and ``config`` added to its configuration file."""
+
+    def __init__(self, root: Path, config: str) -> None:
+        self.port = free_port()
+        path = root / "nats.conf"
+        path.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            'server_name: "jobrunner-configured"\n'
+            f'jetstream {{ store_dir: "{root / "store"}" }}\n' + config
+        )
+        super().__init__(
+            "nats-server-configured",
+            [nats_server_binary(), "--config", str(path)],
+            log_file=root / "nats-server.log",
+            ready_text="Server is ready",
+        )
+
+
+@contextmanager
+def nkey_nats() -> Iterator[tuple[ConfiguredNats, Path, Path]]:
+    """A server whose one user is an NKey; yields it, that user's seed file and another seed."""
+    import os
+
+    import nkeys  # type: ignore[import-untyped]
+
+    with scratch_dir("jobrunner-test-nkey-nats-") as root:
+        seeds = []
+        for name in ("user", "stranger"):
+            seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+            path = root / f"{name}.nk"
+            path.write_bytes(seed)
+            path.chmod(0o600)
+            seeds.append((path, nkeys.from_seed(bytearray(seed)).public_key.decode()))
+        (user_seed, user_public), (stranger_seed, _) = seeds
+        server = ConfiguredNats(
+            root, f'authorization {{ users = [ {{ nkey: "{user_public}" }} ] }}\n'
+        )
+        server.start()
+        try:
+            yield server, user_seed, stranger_seed
         finally:
             server.stop()

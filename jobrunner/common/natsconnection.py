@@ -4,6 +4,7 @@ cannot."""
 
 from __future__ import annotations
 
+import base64
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class NatsConnection:
     connect_timeout: float
     tls: ssl.SSLContext | None = None
     tls_hostname: str | None = None
+    nkey_seed_file: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NatsConnection:
@@ -58,6 +60,7 @@ class NatsConnection:
             connect_timeout=settings.nats_connect_timeout_seconds,
             tls=tls_context(settings),
             tls_hostname=settings.nats_tls_hostname or None,
+            nkey_seed_file=checked_nkey_seed_file(settings.nats_nkey_seed_file),
         )
 
     def nats_py_options(self) -> dict[str, Any]:
@@ -70,7 +73,45 @@ class NatsConnection:
             options["tls"] = self.tls
         if self.tls_hostname:
             options["tls_hostname"] = self.tls_hostname
+        if self.nkey_seed_file:
+            options["nkeys_seed"] = self.nkey_seed_file
         return options
+
+    def sign_nonce(self, nonce: str) -> tuple[str, str]:
+        """The public NKey and the signature of the server's ``nonce`` (base64, as nats-py
+        sends it), the seed read from its file for this one use."""
+        import nkeys  # type: ignore[import-untyped]  # optional: checked at start
+
+        assert self.nkey_seed_file is not None
+        key_pair = nkeys.from_seed(bytearray(Path(self.nkey_seed_file).read_bytes().strip()))
+        try:
+            public = key_pair.public_key.decode()
+            signature = base64.b64encode(key_pair.sign(nonce.encode())).decode()
+        finally:
+            key_pair.wipe()
+        return public, signature
+
+
+def checked_nkey_seed_file(path: str) -> str | None:
+    """``path`` if it holds a usable NKey seed and the nkeys package is there, else
+    ``SettingsError``."""
+    if not path:
+        return None
+    try:
+        import nkeys
+    except ImportError:
+        raise SettingsError(
+            "nats_nkey_seed_file needs the nkeys package: pip install 'jobrunner[nkeys]'"
+        ) from None
+    try:
+        seed = bytearray(Path(path).read_bytes().strip())
+    except OSError as exc:
+        raise SettingsError(f"nats_nkey_seed_file: {path} cannot be read: {exc}") from None
+    try:
+        nkeys.from_seed(seed).wipe()
+    except Exception:  # nkeys raises its own errors and binascii's for a malformed seed
+        raise SettingsError(f"nats_nkey_seed_file: {path} holds no NKey seed") from None
+    return path
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -11,8 +11,9 @@ like any other.
 Protocol frames handled (https://docs.nats.io/reference/reference-protocols/nats-protocol):
 ``INFO``, ``PING`` (answered), ``MSG``/``HMSG`` (data, and the consumer's flow-control requests
 and heartbeats, answered), ``-ERR`` (raised). Authentication: user and password or a token from
-the URL; TLS when the URL says ``tls://`` or the server requires it, with the CA and client
-certificate of the settings (``NatsConnection``, shared with nats-py). Each connect step (TCP,
+the URL, or an NKey (``nats_nkey_seed_file``); TLS when the URL says ``tls://`` or the server
+requires it, with the CA and client certificate of the settings (``NatsConnection``, shared with
+nats-py). Each connect step (TCP,
 INFO, TLS handshake, CONNECT) has a deadline; a server that misses one is logged and the next
 server of the list is tried.
 """
@@ -70,6 +71,7 @@ class StreamReader:
         self._timeout = connection.connect_timeout if connection else DEFAULT_CONNECT_TIMEOUT
         self._tls = connection.tls if connection else None
         self._tls_hostname = connection.tls_hostname if connection else None
+        self._connection = connection
         self._js = js
         self._servers = servers
         self._stream = stream
@@ -224,6 +226,11 @@ class StreamReader:
             connect |= {"user": url.username, "pass": url.password}
         elif url.username:
             connect["auth_token"] = url.username
+        if self._connection is not None and self._connection.nkey_seed_file:
+            nonce = info.get("nonce")
+            if not isinstance(nonce, str):
+                raise StreamReaderError("the server sent no nonce to sign with the NKey")
+            connect["nkey"], connect["sig"] = self._connection.sign_nonce(nonce)
         self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n")
         try:
             await self._ping()
