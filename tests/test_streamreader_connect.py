@@ -17,9 +17,10 @@ from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.scratch import scratch_dir
 from tests.servers import delete_streams
 from tests.stalling_proxy import StallingProxy, silent_server
-from tests.tls_nats import TlsFiles, nkey_nats, tls_nats
+from tests.tls_nats import ConfiguredNats, TlsFiles, nkey_nats, operator_nats, tls_nats
 
 TIMEOUT = 1.0  # each connect step's deadline in these tests
 SHORTER = TIMEOUT * 0.3  # a stall just shorter: the server is kept
@@ -225,3 +226,46 @@ def test_an_nkey_seed_file_that_holds_no_seed_is_refused_at_start(tmp_path: Path
     garbage.write_text("SUAAAA-not-a-seed")
     with pytest.raises(SettingsError, match=r"nats_nkey_seed_file: .* holds no NKey seed"):
         NatsConnection.from_settings(Settings(nats_nkey_seed_file=str(garbage)))
+
+
+async def test_a_server_with_a_token_is_read_with_the_token_of_the_url() -> None:
+    """A token in the URL (``nats://<token>@host``) authenticates nats-py and the stream reader
+    alike; a wrong one is refused with the server's reason."""
+    with scratch_dir("jobrunner-test-token-nats-") as root:
+        server = ConfiguredNats(root, 'authorization { token: "t0ken-s3cret" }\n')
+        server.start()
+        try:
+            url = f"nats://t0ken-s3cret@127.0.0.1:{server.port}"
+            settings = Settings(nats_url=url, prefix="ttoken")
+            await publish(settings, 10)
+            assert await read_all(settings, [url]) == list(range(1, 11))
+            wrong = url.replace("s3cret", "wrong")
+            with pytest.raises(StreamReaderError, match=r"(?i)authorization violation") as raised:
+                await read_all(settings, [wrong])
+            assert "s3cret" not in str(raised.value)
+            assert "wrong" not in str(raised.value)
+        finally:
+            server.stop()
+
+
+async def test_a_server_with_jwt_accounts_is_read_with_a_creds_file() -> None:
+    """With ``nats_creds_file`` (user JWT and seed), nats-py and the stream reader both sign in
+    to a server in operator mode and read; a user of an unknown account is refused."""
+    with operator_nats() as (server, creds, stranger):
+        url = f"nats://127.0.0.1:{server.port}"
+        settings = Settings(nats_url=url, prefix="tcreds", nats_creds_file=str(creds))
+        await publish(settings, 10)
+        assert await read_all(settings, [url]) == list(range(1, 11))
+        unknown = Settings(nats_url=url, prefix="tcreds", nats_creds_file=str(stranger))
+        with pytest.raises(StreamReaderError, match=r"(?i)authorization violation"):
+            await read_all(settings, [url], reader_settings=unknown)
+
+
+def test_a_creds_file_without_a_jwt_and_seed_is_refused_at_start(tmp_path: Path) -> None:
+    """A creds file that is missing or is not one stops the start, naming the setting."""
+    with pytest.raises(SettingsError, match=r"nats_creds_file: .* cannot be read"):
+        NatsConnection.from_settings(Settings(nats_creds_file=str(tmp_path / "none.creds")))
+    garbage = tmp_path / "garbage.creds"
+    garbage.write_text("-----BEGIN NATS USER JWT-----\nabc\n------END NATS USER JWT------\n")
+    with pytest.raises(SettingsError, match=r"nats_creds_file: .* is not a creds file"):
+        NatsConnection.from_settings(Settings(nats_creds_file=str(garbage)))

@@ -3,6 +3,7 @@ verification), its certificates made by openssl when the test starts; NKey users
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,5 +141,89 @@ def nkey_nats() -> Iterator[tuple[ConfiguredNats, Path, Path]]:
         server.start()
         try:
             yield server, user_seed, stranger_seed
+        finally:
+            server.stop()
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt(issuer: object, subject: str, nats: dict[str, object]) -> str:
+    """A NATS JWT (v2) signed by ``issuer`` (an nkeys key pair), as nsc would write it."""
+    import json
+    import time
+
+    header = _b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    claims = {
+        "jti": _b64url(os.urandom(16)),
+        "iat": int(time.time()),
+        "iss": issuer.public_key.decode(),  # type: ignore[attr-defined]
+        "name": subject[:8],
+        "sub": subject,
+        "nats": nats,
+    }
+    payload = _b64url(json.dumps(claims).encode())
+    signature = issuer.sign(f"{header}.{payload}".encode())  # type: ignore[attr-defined]
+    return f"{header}.{payload}.{_b64url(signature)}"
+
+
+@contextmanager
+def operator_nats() -> Iterator[tuple[ConfiguredNats, Path, Path]]:
+    """A server in operator mode (JWT accounts, as NGS or an nsc-managed deployment): yields it,
+    a creds file of a user of its account, and a creds file of a user of an unknown account."""
+    import nkeys  # type: ignore[import-untyped]
+
+    def key(prefix: int) -> object:
+        return nkeys.from_seed(bytearray(nkeys.encode_seed(os.urandom(32), prefix)))
+
+    def creds(root: Path, name: str, account: object) -> Path:
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        user = nkeys.from_seed(bytearray(seed))
+        jwt = _jwt(
+            account,
+            user.public_key.decode(),
+            {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user",
+             "version": 2},
+        )  # fmt: skip
+        path = root / f"{name}.creds"
+        path.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n"
+            "************************* IMPORTANT *************************\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+        )
+        path.chmod(0o600)
+        return path
+
+    operator = key(nkeys.PREFIX_BYTE_OPERATOR)
+    account, stranger = key(nkeys.PREFIX_BYTE_ACCOUNT), key(nkeys.PREFIX_BYTE_ACCOUNT)
+    unlimited = {
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True,
+        "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1,
+        "consumer": -1,
+    }  # fmt: skip
+    operator_jwt = _jwt(
+        operator, operator.public_key.decode(), {"type": "operator", "version": 2}  # type: ignore[attr-defined]
+    )
+    account_public = account.public_key.decode()  # type: ignore[attr-defined]
+    account_jwt = _jwt(
+        operator, account_public, {"limits": unlimited, "type": "account", "version": 2}
+    )
+    system = key(nkeys.PREFIX_BYTE_ACCOUNT)  # JetStream needs the server's system account
+    system_public = system.public_key.decode()  # type: ignore[attr-defined]
+    system_jwt = _jwt(operator, system_public, {"type": "account", "version": 2})
+    with scratch_dir("jobrunner-test-operator-nats-") as root:
+        server = ConfiguredNats(
+            root,
+            f'operator: "{operator_jwt}"\nsystem_account: "{system_public}"\n'
+            "resolver: MEMORY\n"
+            f'resolver_preload: {{ {account_public}: "{account_jwt}", '
+            f'{system_public}: "{system_jwt}" }}\n',
+        )
+        server.start()
+        try:
+            yield server, creds(root, "user", account), creds(root, "stranger", stranger)
         finally:
             server.stop()

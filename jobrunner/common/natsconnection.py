@@ -5,6 +5,7 @@ cannot."""
 from __future__ import annotations
 
 import base64
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class NatsConnection:
     tls: ssl.SSLContext | None = None
     tls_hostname: str | None = None
     nkey_seed_file: str | None = None
+    creds_file: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NatsConnection:
@@ -61,6 +63,7 @@ class NatsConnection:
             tls=tls_context(settings),
             tls_hostname=settings.nats_tls_hostname or None,
             nkey_seed_file=checked_nkey_seed_file(settings.nats_nkey_seed_file),
+            creds_file=checked_creds_file(settings.nats_creds_file),
         )
 
     def nats_py_options(self) -> dict[str, Any]:
@@ -75,21 +78,58 @@ class NatsConnection:
             options["tls_hostname"] = self.tls_hostname
         if self.nkey_seed_file:
             options["nkeys_seed"] = self.nkey_seed_file
+        if self.creds_file:
+            options["user_credentials"] = self.creds_file
         return options
 
-    def sign_nonce(self, nonce: str) -> tuple[str, str]:
-        """The public NKey and the signature of the server's ``nonce`` (base64, as nats-py
-        sends it), the seed read from its file for this one use."""
-        import nkeys  # type: ignore[import-untyped]  # optional: checked at start
+    @property
+    def signs(self) -> bool:
+        """Whether CONNECT must carry a signature of the server's nonce (NKey or creds)."""
+        return bool(self.nkey_seed_file or self.creds_file)
 
-        assert self.nkey_seed_file is not None
-        key_pair = nkeys.from_seed(bytearray(Path(self.nkey_seed_file).read_bytes().strip()))
+    def signed_identity(self, nonce: str) -> dict[str, str]:
+        """The CONNECT fields nats-py sends for the same settings: the public NKey (or the
+        user JWT of the creds file) and the signature of ``nonce`` in base64, the seed read
+        from its file for this one use."""
+        import nkeys  # optional: checked at start
+
+        fields: dict[str, str] = {}
+        if self.creds_file:
+            jwt, seed = read_creds(Path(self.creds_file))
+            fields["jwt"] = jwt
+        else:
+            assert self.nkey_seed_file is not None
+            seed = bytearray(Path(self.nkey_seed_file).read_bytes().strip())
+        key_pair = nkeys.from_seed(seed)
         try:
-            public = key_pair.public_key.decode()
-            signature = base64.b64encode(key_pair.sign(nonce.encode())).decode()
+            if not self.creds_file:
+                fields["nkey"] = key_pair.public_key.decode()
+            fields["sig"] = base64.b64encode(key_pair.sign(nonce.encode())).decode()
         finally:
             key_pair.wipe()
-        return public, signature
+        return fields
+
+
+# A creds file: the user JWT, then the seed, each between dashed lines (as nats.go reads it).
+_CREDS_BLOCK = re.compile(rb"\s*(?:-{3,}[^\n]*-{3,}\r?\n)([\w\-.=]+)(?:\r?\n-{3,}[^\n]*-{3,}\r?\n)")
+
+
+def read_creds(path: Path) -> tuple[str, bytearray]:
+    """The user JWT and the seed in a creds file, or ValueError."""
+    blocks = _CREDS_BLOCK.findall(path.read_bytes())
+    if len(blocks) < 2:
+        raise ValueError("it holds no user JWT and seed")
+    return blocks[0].decode(), bytearray(blocks[1])
+
+
+def _nkeys_module(setting: str) -> Any:
+    try:
+        import nkeys
+    except ImportError:
+        raise SettingsError(
+            f"{setting} needs the nkeys package: pip install 'jobrunner[nkeys]'"
+        ) from None
+    return nkeys
 
 
 def checked_nkey_seed_file(path: str) -> str | None:
@@ -97,12 +137,7 @@ def checked_nkey_seed_file(path: str) -> str | None:
     ``SettingsError``."""
     if not path:
         return None
-    try:
-        import nkeys
-    except ImportError:
-        raise SettingsError(
-            "nats_nkey_seed_file needs the nkeys package: pip install 'jobrunner[nkeys]'"
-        ) from None
+    nkeys = _nkeys_module("nats_nkey_seed_file")
     try:
         seed = bytearray(Path(path).read_bytes().strip())
     except OSError as exc:
@@ -111,6 +146,23 @@ def checked_nkey_seed_file(path: str) -> str | None:
         nkeys.from_seed(seed).wipe()
     except Exception:  # nkeys raises its own errors and binascii's for a malformed seed
         raise SettingsError(f"nats_nkey_seed_file: {path} holds no NKey seed") from None
+    return path
+
+
+def checked_creds_file(path: str) -> str | None:
+    """``path`` if it is a creds file with a user JWT and a usable seed, else ``SettingsError``."""
+    if not path:
+        return None
+    nkeys = _nkeys_module("nats_creds_file")
+    try:
+        _, seed = read_creds(Path(path))
+        nkeys.from_seed(seed).wipe()
+    except OSError as exc:
+        raise SettingsError(f"nats_creds_file: {path} cannot be read: {exc}") from None
+    except Exception:  # as above
+        raise SettingsError(
+            f"nats_creds_file: {path} is not a creds file (a user JWT and its NKey seed)"
+        ) from None
     return path
 
 

@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats_tls_hostname: str = ""  # the name to verify the server's certificate for, if not the URL's
     # NKey authentication: a file holding the user's seed (SU...); needs jobrunner[nkeys].
     nats_nkey_seed_file: str = ""
+    # A creds file (user JWT and seed, from nsc or a NATS service); needs jobrunner[nkeys] too.
+    nats_creds_file: str = ""
     database_url: str = "postgresql://jobrunner@127.0.0.1:5432/jobrunner"
     prefix: str = "jobrunner"
     job_types_file: str = str(DEFAULT_JOB_TYPES)

@@ -11,10 +11,10 @@ like any other.
 Protocol frames handled (https://docs.nats.io/reference/reference-protocols/nats-protocol):
 ``INFO``, ``PING`` (answered), ``MSG``/``HMSG`` (data, and the consumer's flow-control requests
 and heartbeats, answered), ``-ERR`` (raised). Authentication: user and password or a token from
-the URL, or an NKey (``nats_nkey_seed_file``); TLS when the URL says ``tls://`` or the server
-requires it, with the CA and client certificate of the settings (``NatsConnection``, shared with
-nats-py). Each connect step (TCP,
-INFO, TLS handshake, CONNECT) has a deadline; a server that misses one is logged and the next
+the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when the URL says
+``tls://`` or the server requires it, with the CA and client certificate of the settings
+(``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
+has a deadline; a server that misses one is logged and the next
 server of the list is tried.
 """
 
@@ -226,11 +226,11 @@ class StreamReader:
             connect |= {"user": url.username, "pass": url.password}
         elif url.username:
             connect["auth_token"] = url.username
-        if self._connection is not None and self._connection.nkey_seed_file:
+        if self._connection is not None and self._connection.signs:
             nonce = info.get("nonce")
             if not isinstance(nonce, str):
                 raise StreamReaderError("the server sent no nonce to sign with the NKey")
-            connect["nkey"], connect["sig"] = self._connection.sign_nonce(nonce)
+            connect |= self._connection.signed_identity(nonce)
         self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n")
         try:
             await self._ping()
