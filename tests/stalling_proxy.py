@@ -23,28 +23,64 @@ async def silent_server() -> AsyncIterator[str]:
 
 class StallingProxy:
     """Forwards to ``target``; the ``hold``-th chunk the server sends on each connection (0: the
-    first, the INFO line) is delayed by ``seconds`` (``math.inf``: never sent)."""
+    first, the INFO line) is delayed by ``seconds`` (``math.inf``: never sent).
 
-    def __init__(self, target_host: str, target_port: int, hold: int, seconds: float) -> None:
+    With ``accept_after``, the listener's accept queue is full for that long (``math.inf``:
+    for good), so a TCP connect gets no answer at all (the kernel drops its SYN) until then.
+    """
+
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        hold: int | None = None,
+        seconds: float = 0.0,
+        accept_after: float = 0.0,
+    ) -> None:
         self.target = (target_host, target_port)
         self.hold = hold
         self.seconds = seconds
+        self.accept_after = accept_after
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fillers: list[socket.socket] = []
 
     def url(self, scheme: str = "nats", credentials: str = "") -> str:
         return f"{scheme}://{credentials}127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> StallingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        self.port = int(listener.getsockname()[1])
+        if not self.accept_after:
+            self._server = await asyncio.start_server(self._serve, sock=listener)
+            return self
+        for _ in range(3):  # more than a backlog of 0 holds: the queue is full
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", self.port))
+            self._fillers.append(filler)
+        if not math.isinf(self.accept_after):
+            task = asyncio.create_task(self._accept_later(listener))
+            self._tasks.add(task)
+        else:
+            self._fillers.append(listener)  # closed on exit
         return self
 
+    async def _accept_later(self, listener: socket.socket) -> None:
+        await asyncio.sleep(self.accept_after)
+        # Serving listens again with a long queue: the next SYN the client sends is answered.
+        self._server = await asyncio.start_server(self._serve, sock=listener)
+
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
+        for sock in self._fillers:
+            sock.close()
+        if self._server is not None:
+            self._server.close()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,6 +4,7 @@ misses it, a clear error after all, and the same TLS settings as nats-py."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -108,6 +109,36 @@ async def test_a_server_that_stalls_a_connect_step_shorter_than_the_timeout_is_k
             seqs = await read_all(settings, [slow.url(), "nats://127.0.0.1:1"])
     assert seqs == list(range(1, 11))
     assert not [e for e in logs if e["event"] == "stream reader cannot connect"]
+
+
+# A SYN the kernel dropped is sent again after about 1 s: the TCP step is tested with a longer
+# timeout, so "just shorter" (the queue freed after SHORTER) can succeed on the resent SYN.
+TCP_TIMEOUT = 2.5
+
+
+@pytest.mark.parametrize(
+    ("accept_after", "connects"), [(SHORTER, True), (math.inf, False)], ids=["shorter", "longer"]
+)
+async def test_a_tcp_connect_without_answer_is_given_up_after_the_connect_timeout(
+    plain: Settings, accept_after: float, connects: bool
+) -> None:
+    """A server whose accept queue is full answers no SYN: within the connect timeout the
+    connection is still made when it frees up; past it the server is logged and the next one
+    is used."""
+    settings = Settings(
+        nats_url=plain.nats_url, prefix=plain.prefix, nats_connect_timeout_seconds=TCP_TIMEOUT
+    )
+    host, port = host_port(plain.nats_url)
+    async with StallingProxy(host, port, accept_after=accept_after) as busy:
+        with structlog.testing.capture_logs() as logs:
+            seqs = await read_all(settings, [busy.url(), plain.nats_url])
+    assert seqs == list(range(1, 11))
+    failed = [e for e in logs if e["event"] == "stream reader cannot connect"]
+    if connects:
+        assert failed == []  # the first server, once its queue freed up, was the one read
+    else:
+        assert [e["server"] for e in failed] == [f"127.0.0.1:{busy.port}"]
+        assert "no TCP connection within 2.5 s" in failed[0]["reason"]
 
 
 async def test_when_every_server_is_silent_the_reader_fails_naming_each_of_them(
