@@ -300,3 +300,24 @@ def test_a_creds_file_without_a_jwt_and_seed_is_refused_at_start(tmp_path: Path)
     garbage.write_text("-----BEGIN NATS USER JWT-----\nabc\n------END NATS USER JWT------\n")
     with pytest.raises(SettingsError, match=r"nats_creds_file: .* is not a creds file"):
         NatsConnection.from_settings(Settings(nats_creds_file=str(garbage)))
+
+
+async def test_the_services_connection_leaves_a_silent_server_for_the_next_and_says_why(
+    plain: Settings,
+) -> None:
+    """The services' own (nats-py) connection takes the same deadline: a silent first server is
+    logged with a reason and the next one is used."""
+    async with silent_server() as silent:
+        settings = Settings(
+            nats_url=f"{silent},{plain.nats_url}", nats_connect_timeout_seconds=TIMEOUT
+        )
+        with structlog.testing.capture_logs() as logs:
+            # In the listed order: nats-py otherwise shuffles the servers to spread clients.
+            connecting = eventstore.connect(settings, "test", dont_randomize=True)
+            nc = await asyncio.wait_for(connecting, timeout=30)
+        try:
+            assert nc.connected_url is not None
+            assert nc.connected_url.port == host_port(plain.nats_url)[1]
+        finally:
+            await eventstore.close(nc)
+    assert [e["error"] for e in logs if e["event"] == "nats error"] == ["TimeoutError"]

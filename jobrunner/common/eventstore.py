@@ -35,7 +35,8 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
         log.info("nats reconnected", service=name)
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", service=name, error=str(exc))
+        # A timeout's message is empty: name its type instead of logging a blank reason.
+        log.warning("nats error", service=name, error=str(exc) or type(exc).__name__)
 
     nc = NATS()
     await nc.connect(
