@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -321,3 +323,25 @@ async def test_the_services_connection_leaves_a_silent_server_for_the_next_and_s
         finally:
             await eventstore.close(nc)
     assert [e["error"] for e in logs if e["event"] == "nats error"] == ["TimeoutError"]
+
+
+@pytest.mark.parametrize("command", ["projector", "runner", "api"])
+async def test_every_service_refuses_a_nats_setting_it_cannot_honour_with_one_line(
+    command: str, tmp_path: Path
+) -> None:
+    """``jobrunner <service>`` with a TLS file that does not exist exits at once with the
+    setting's name, not with a traceback or a service that keeps retrying."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        command,
+        env={**os.environ, "JOBRUNNER_NATS_TLS_CA_FILE": str(tmp_path / "missing-ca.pem")},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 2
+    assert err.decode().strip() == (
+        f"jobrunner: nats_tls_ca_file: {tmp_path / 'missing-ca.pem'} is not a readable file"
+    )
