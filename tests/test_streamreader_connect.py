@@ -232,6 +232,8 @@ def test_a_server_url_the_stream_reader_cannot_speak_is_refused_at_start() -> No
     start with a clear message, not a projector that never connects."""
     with pytest.raises(SettingsError, match=r"nats_url: ws:// is not supported \(use nats:// or"):
         NatsConnection.from_settings(Settings(nats_url="nats://a:4222,ws://b:8080"))
+    with pytest.raises(SettingsError, match=r"nats_url: b: the port is not a number"):
+        NatsConnection.from_settings(Settings(nats_url="nats://a:4222,nats://u:p@b:42x2"))
     assert NatsConnection.from_settings(Settings(nats_url="a:4222, tls://b")).servers == [
         "a:4222",
         "tls://b",

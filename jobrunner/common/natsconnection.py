@@ -44,7 +44,12 @@ class NatsConnection:
         if not servers:
             raise SettingsError("nats_url names no server")
         for server in servers:
-            scheme = urlsplit(server).scheme if "://" in server else "nats"
+            url = urlsplit(server if "://" in server else f"nats://{server}")
+            try:
+                url.port  # noqa: B018  (raises on a port that is not a number)
+            except ValueError:
+                raise SettingsError(f"nats_url: {url.hostname}: the port is not a number") from None
+            scheme = url.scheme
             if scheme not in SCHEMES:
                 # nats-py would take ws:// and wss://; the projector's stream reader speaks the
                 # protocol over TCP only, so refusing here beats a projector that cannot start.

@@ -14,8 +14,7 @@ and heartbeats, answered), ``-ERR`` (raised). Authentication: user and password 
 the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when the URL says
 ``tls://`` or the server requires it, with the CA and client certificate of the settings
 (``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
-has a deadline; a server that misses one is logged and the next
-server of the list is tried.
+has a deadline; a server that misses one is logged and the next server of the list is tried.
 """
 
 from __future__ import annotations
@@ -230,7 +229,10 @@ class StreamReader:
             nonce = info.get("nonce")
             if not isinstance(nonce, str):
                 raise StreamReaderError("the server sent no nonce to sign with the NKey")
-            connect |= self._connection.signed_identity(nonce)
+            try:
+                connect |= self._connection.signed_identity(nonce)
+            except Exception as exc:  # the seed or creds file changed since the start
+                raise StreamReaderError(f"cannot sign in with the NKey: {exc!r}") from None
         self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n")
         try:
             await self._ping()
@@ -353,7 +355,11 @@ class StreamReader:
 def _without_credentials(server: str) -> str:
     """``host:port`` of a server URL, for logs and errors: never its user, password or token."""
     url = urlsplit(server if "://" in server else f"nats://{server}")
-    return f"{url.hostname or '127.0.0.1'}:{url.port or 4222}"
+    try:
+        port = url.port or 4222
+    except ValueError:  # refused at start (NatsConnection); kept readable all the same
+        return url.hostname or "?"
+    return f"{url.hostname or '127.0.0.1'}:{port}"
 
 
 def _reason(exc: BaseException) -> str:
