@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from jobrunner.common.logging import configure_logging
+from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError, load_settings
 
 
@@ -245,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
+        # A NATS setting no part can honour (a TLS file, a seed, a URL scheme) stops every
+        # command here with one line, before any service starts.
+        NatsConnection.from_settings(settings)
     except SettingsError as exc:
         print(f"jobrunner: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import nats
 
 from jobrunner.common import eventstore
+from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.security.tokens import Role, TokenError, TokenRecord, TokenStore
@@ -53,10 +54,9 @@ def describe(record: TokenRecord) -> str:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     # Not eventstore.connect(): a one-shot command fails fast instead of reconnecting forever.
     nc = await nats.connect(
-        eventstore.server_urls(settings.nats_url),
+        **NatsConnection.from_settings(settings).nats_py_options(),
         name="jobrunner-token-cli",
         max_reconnect_attempts=1,
-        connect_timeout=5,
     )
     try:
         store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))

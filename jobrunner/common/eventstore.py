@@ -11,19 +11,17 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
+from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
 
+__all__ = ["server_urls"]  # kept here too: callers name it eventstore.server_urls
+
 # JetStream de-duplicates a re-published event id within this window (seconds).
 DUPLICATE_WINDOW = 120.0
-
-
-def server_urls(nats_url: str) -> list[str]:
-    """The servers of ``nats_url``: a cluster is named by a comma-separated list of their URLs."""
-    return [url.strip() for url in nats_url.split(",") if url.strip()]
 
 
 async def connect(settings: Settings, name: str, **options: Any) -> NATS:
@@ -37,11 +35,12 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
         log.info("nats reconnected", service=name)
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", service=name, error=str(exc))
+        # A timeout's message is empty: name its type instead of logging a blank reason.
+        log.warning("nats error", service=name, error=str(exc) or type(exc).__name__)
 
     nc = NATS()
     await nc.connect(
-        server_urls(settings.nats_url),
+        **NatsConnection.from_settings(settings).nats_py_options(),
         name=f"jobrunner-{name}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds, a float is fine

@@ -23,7 +23,21 @@ class SettingsError(Exception):
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Where things are
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = "nats://127.0.0.1:4222"  # a cluster: its servers' URLs, comma-separated
+    # How every part connects to NATS (nats-py and the projector's stream reader alike; see
+    # common/natsconnection.py): each step of a connect (TCP, the server's INFO, TLS, the
+    # handshake) gives up on a server after this long and tries the next one.
+    nats_connect_timeout_seconds: float = 2.0
+    # TLS: the authority that signed the servers' certificates (empty: the system's), and a
+    # client certificate with its key when the servers verify clients.
+    nats_tls_ca_file: str = ""
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
+    nats_tls_hostname: str = ""  # the name to verify the server's certificate for, if not the URL's
+    # NKey authentication: a file holding the user's seed (SU...); needs jobrunner[nkeys].
+    nats_nkey_seed_file: str = ""
+    # A creds file (user JWT and seed, from nsc or a NATS service); needs jobrunner[nkeys] too.
+    nats_creds_file: str = ""
     database_url: str = "postgresql://jobrunner@127.0.0.1:5432/jobrunner"
     prefix: str = "jobrunner"
     job_types_file: str = str(DEFAULT_JOB_TYPES)
@@ -59,6 +73,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: bool = True  # off only with --no-auth on a loopback address
     max_streams_per_token: int = 32  # open SSE connections per token; more answer 429
     session_max_age_seconds: int = 43200  # browser sessions (signed cookie) last this long
+    # Host names requests may name (comma-separated; ".example.com" takes its subdomains too,
+    # "*" any). Empty: the configured host, and the localhost names when that is loopback.
+    allowed_hosts: str = ""
 
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console

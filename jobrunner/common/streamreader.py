@@ -11,7 +11,10 @@ like any other.
 Protocol frames handled (https://docs.nats.io/reference/reference-protocols/nats-protocol):
 ``INFO``, ``PING`` (answered), ``MSG``/``HMSG`` (data, and the consumer's flow-control requests
 and heartbeats, answered), ``-ERR`` (raised). Authentication: user and password or a token from
-the URL; TLS when the URL says ``tls://`` or the server requires it.
+the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when the URL says
+``tls://`` or the server requires it, with the CA and client certificate of the settings
+(``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
+has a deadline; a server that misses one is logged and the next server of the list is tried.
 """
 
 from __future__ import annotations
@@ -25,10 +28,16 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import nats.errors
+import structlog
 from nats.js import JetStreamContext, api
+
+from jobrunner.common.natsconnection import NatsConnection
+
+log = structlog.get_logger()
 
 READ_SIZE = 1 << 20
 HEARTBEAT_SECONDS = 5.0
+DEFAULT_CONNECT_TIMEOUT = 2.0  # as nats-py's
 
 
 class StreamReaderError(Exception):
@@ -53,8 +62,15 @@ class StreamReader:
         stream: str,
         subjects: str,
         name: str = "jobrunner-streamreader",
+        connection: NatsConnection | None = None,
     ) -> None:
+        """``connection`` gives the deadline of each connect step and TLS, the same options the
+        services' nats-py clients use (``NatsConnection.from_settings``)."""
         self._name = name
+        self._timeout = connection.connect_timeout if connection else DEFAULT_CONNECT_TIMEOUT
+        self._tls = connection.tls if connection else None
+        self._tls_hostname = connection.tls_hostname if connection else None
+        self._connection = connection
         self._js = js
         self._servers = servers
         self._stream = stream
@@ -149,13 +165,19 @@ class StreamReader:
     # --- the protocol
 
     async def _connect(self) -> None:
+        """Try each server in turn; each step of each attempt has a deadline, so a server that
+        accepts and then says nothing costs at most a few ``connect_timeout`` before the next
+        one is tried."""
         errors = []
         for server in self._servers:
+            where = _without_credentials(server)
             try:
                 await self._connect_to(server)
                 return
-            except (TimeoutError, OSError, ValueError, StreamReaderError) as exc:
-                errors.append(f"{urlsplit(server).hostname}: {exc}")
+            except (TimeoutError, OSError, ValueError, ssl.SSLError, StreamReaderError) as exc:
+                reason = _reason(exc)
+                log.warning("stream reader cannot connect", server=where, reason=reason)
+                errors.append(f"{where}: {reason}")
                 if self._writer is not None:
                     self._writer.close()
                     self._reader = self._writer = None
@@ -164,13 +186,30 @@ class StreamReader:
     async def _connect_to(self, server: str) -> None:
         url = urlsplit(server if "://" in server else f"nats://{server}")
         host, port = url.hostname or "127.0.0.1", url.port or 4222
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=READ_SIZE * 4), timeout=10
-        )
+        timeout = self._timeout
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=READ_SIZE * 4), timeout
+            )
+        except TimeoutError:
+            raise StreamReaderError(f"no TCP connection within {timeout:g} s") from None
         self._reader, self._writer = reader, writer
-        info = json.loads((await self._line()).removeprefix(b"INFO "))
+        try:
+            first = await asyncio.wait_for(self._line(), timeout)
+        except TimeoutError:
+            raise StreamReaderError(f"no INFO from the server within {timeout:g} s") from None
+        if not first.startswith(b"INFO "):
+            raise StreamReaderError(f"not a NATS server: it began with {first[:40]!r}")
+        info = json.loads(first.removeprefix(b"INFO "))
         if url.scheme == "tls" or info.get("tls_required"):
-            await writer.start_tls(ssl.create_default_context(), server_hostname=host)
+            context = self._tls or ssl.create_default_context()
+            try:
+                await asyncio.wait_for(
+                    writer.start_tls(context, server_hostname=self._tls_hostname or host),
+                    timeout,
+                )
+            except TimeoutError:
+                raise StreamReaderError(f"no TLS handshake within {timeout:g} s") from None
         connect: dict[str, object] = {
             "verbose": False,
             "pedantic": False,
@@ -186,8 +225,21 @@ class StreamReader:
             connect |= {"user": url.username, "pass": url.password}
         elif url.username:
             connect["auth_token"] = url.username
+        if self._connection is not None and self._connection.signs:
+            nonce = info.get("nonce")
+            if not isinstance(nonce, str):
+                raise StreamReaderError("the server sent no nonce to sign with the NKey")
+            try:
+                connect |= self._connection.signed_identity(nonce)
+            except Exception as exc:  # the seed or creds file changed since the start
+                raise StreamReaderError(f"cannot sign in with the NKey: {exc!r}") from None
         self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n")
-        await self._ping()
+        try:
+            await self._ping()
+        except TimeoutError:
+            raise StreamReaderError(
+                f"no answer to CONNECT from the server within {timeout:g} s"
+            ) from None
 
     async def _ping(self) -> None:
         """Round trip to the server: everything sent before is accepted (or an error raised)."""
@@ -195,7 +247,7 @@ class StreamReader:
         assert self._writer is not None
         await self._writer.drain()
         while True:
-            line = await asyncio.wait_for(self._line(), timeout=10)
+            line = await asyncio.wait_for(self._line(), timeout=self._timeout)
             if line == b"PONG":
                 return
             if line.startswith(b"-ERR"):
@@ -298,3 +350,19 @@ class StreamReader:
                     f"the consumer sent delivery {int(value)}, the last received is "
                     f"{self._consumer_seq}"
                 )
+
+
+def _without_credentials(server: str) -> str:
+    """``host:port`` of a server URL, for logs and errors: never its user, password or token."""
+    url = urlsplit(server if "://" in server else f"nats://{server}")
+    try:
+        port = url.port or 4222
+    except ValueError:  # refused at start (NatsConnection); kept readable all the same
+        return url.hostname or "?"
+    return f"{url.hostname or '127.0.0.1'}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

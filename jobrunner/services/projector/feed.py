@@ -8,7 +8,7 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 
-from jobrunner.common import eventstore
+from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts import codec
@@ -43,9 +43,14 @@ class EventFeed:
         restart_attempts: int | None = None,
     ) -> None:
         self._restart_attempts = restart_attempts  # None: for as long as it takes
-        servers = eventstore.server_urls(settings.nats_url)
+        connection = NatsConnection.from_settings(settings)  # the same options as nats-py's
         self._reader = StreamReader(
-            js, servers, names.stream, names.all_subjects, name=f"jobrunner-{name}"
+            js,
+            connection.servers,
+            names.stream,
+            names.all_subjects,
+            name=f"jobrunner-{name}",
+            connection=connection,
         )
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None

@@ -28,6 +28,7 @@ from jobrunner.services.api.security.openapi import (
     complete_openapi,
     document_errors,
 )
+from jobrunner.services.api.security.origin import HostPolicy
 from jobrunner.services.api.security.principal import Principal, optional_principal, principal_of
 from jobrunner.services.api.security.routes import ROUTES, csrf_token_for
 from jobrunner.services.api.security.sessions import SessionSigner
@@ -74,20 +75,27 @@ def access_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         complete_openapi(app)
         limiter = StreamLimiter(per_token=settings.max_streams_per_token)
+        hosts = HostPolicy.from_settings(
+            settings.allowed_hosts, settings.host, loopback=is_loopback(settings.host)
+        )
         if not settings.auth:
             if not is_loopback(settings.host):
                 raise RuntimeError(
                     f"authentication may be switched off only on a loopback address, "
                     f"not {settings.host!r}"
                 )
-            app.state.access = Access(enabled=False, store=None, signer=None, streams=limiter)
+            app.state.access = Access(
+                enabled=False, store=None, signer=None, streams=limiter, hosts=hosts
+            )
             yield
             return
         ctx = app.state.ctx
         store = await TokenStore.open(ctx.js, Names(settings.prefix), settings.stream_replicas)
         await store.start_watch()
         signer = SessionSigner(await store.session_key(), settings.session_max_age_seconds)
-        app.state.access = Access(enabled=True, store=store, signer=signer, streams=limiter)
+        app.state.access = Access(
+            enabled=True, store=store, signer=signer, streams=limiter, hosts=hosts
+        )
         try:
             yield
         finally:

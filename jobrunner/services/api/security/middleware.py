@@ -2,6 +2,9 @@
 
 For each request it (in this order):
 
+0. refuses a ``Host`` that is not allowed (400, DNS rebinding) and, for a request that changes
+   state, one from another site (403) or a body that is not JSON on a route that takes JSON
+   (415) — in every mode, ``--no-auth`` included (see ``origin.py``);
 1. lets public routes through (``PUBLIC_PATHS`` or a handler with ``opt={"public": True}``);
 2. finds the caller from ``Authorization: Bearer <token>`` or the session cookie: none → 401
    (a browser navigating to a page is sent to ``/login`` instead);
@@ -21,7 +24,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -41,6 +44,13 @@ from litestar.types import (
 )
 
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.security.origin import (
+    HostPolicy,
+    check_host,
+    check_json_body,
+    check_same_origin,
+    cross_site,
+)
 from jobrunner.services.api.security.principal import ANONYMOUS_ADMIN, Principal
 from jobrunner.services.api.security.sessions import (
     COOKIE_NAME,
@@ -99,6 +109,7 @@ class Access:
     store: TokenStore | None
     signer: SessionSigner | None
     streams: StreamLimiter
+    hosts: HostPolicy
 
     async def principal_from(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         """The caller, or ApiError 401."""
@@ -197,13 +208,20 @@ def known_query_parameters(handler: Any) -> frozenset[str] | None:
 
 def same_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
     """False when the browser says the request comes from another site."""
-    site = connection.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
-    origin = connection.headers.get("origin")
-    if origin is None:
-        return True  # not a browser cross-site request (those always send Origin on POST)
-    return urlsplit(origin).netloc == connection.headers.get("host", "")
+    return not cross_site(connection)
+
+
+def takes_form(handler: Any) -> bool:
+    """A route the web UI posts an HTML form to (``opt={"form": True}``): it takes a form body,
+    not JSON. It is still refused from another site."""
+    return bool(handler is not None and handler.opt.get("form"))
+
+
+def check_write(connection: ASGIConnection[Any, Any, Any, Any], handler: Any) -> None:
+    """A request that changes state: from this origin, and JSON unless the route takes a form."""
+    check_same_origin(connection)
+    if not takes_form(handler):
+        check_json_body(connection)
 
 
 async def check_csrf(
@@ -282,10 +300,15 @@ class AccessMiddleware:
         method: str = scope["method"]
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
         access: Access = scope["litestar_app"].state.access
+        if scope["path"] != "/health":  # probes ask by the machine's address; it changes nothing
+            check_host(connection, access.hosts)
+        writes = method not in SAFE_METHODS
         if method == "OPTIONS":
             await answer_options(scope, send)
             return
         if is_public(handler, scope["path"]):
+            if writes:
+                check_write(connection, handler)
             # Public pages may still show who is signed in, so a valid caller is attached.
             try:
                 scope["user"] = await access.principal_from(connection)
@@ -305,7 +328,10 @@ class AccessMiddleware:
             raise
         scope["user"] = principal
         scope["auth"] = principal.token_id
-        if principal.via_session and method not in SAFE_METHODS:
+        if writes:
+            # After authentication: a caller without a token learns only that it needs one.
+            check_write(connection, handler)
+        if principal.via_session and writes:
             await check_csrf(scope, receive, connection, access)
         needed = required_role(handler, method)
         if not principal.has_role(needed):

@@ -71,7 +71,12 @@ async def login_css() -> str:
     return (_TEMPLATES / "login.css").read_text()
 
 
-@post("/login", opt={"public": True}, include_in_schema=False, status_code=HTTP_303_SEE_OTHER)
+@post(
+    "/login",
+    opt={"public": True, "form": True},
+    include_in_schema=False,
+    status_code=HTTP_303_SEE_OTHER,
+)
 async def sign_in(
     request: Request[Any, Any, Any],
     data: Annotated[LoginForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
@@ -104,7 +109,7 @@ async def sign_in(
     return response
 
 
-@post("/logout", opt={"role": Role.VIEWER.value}, include_in_schema=False)
+@post("/logout", opt={"role": Role.VIEWER.value, "form": True}, include_in_schema=False)
 async def sign_out() -> Response[Any]:
     response: Response[Any] = Response(
         None, status_code=HTTP_303_SEE_OTHER, headers={"Location": "/login"}

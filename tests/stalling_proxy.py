@@ -1,0 +1,117 @@
+"""Fault injection on the wire: a TCP proxy in front of a real server that holds back one chunk
+of what the server sends (its INFO, its TLS reply, its PONG) for a while, or a listener that
+accepts and never says anything. Not a mock: the bytes that do flow are the real server's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[str]:
+    """A URL whose listener accepts connections (the kernel completes them) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"nats://127.0.0.1:{sock.getsockname()[1]}"
+
+
+class StallingProxy:
+    """Forwards to ``target``; the ``hold``-th chunk the server sends on each connection (0: the
+    first, the INFO line) is delayed by ``seconds`` (``math.inf``: never sent).
+
+    With ``accept_after``, the listener's accept queue is full for that long (``math.inf``:
+    for good), so a TCP connect gets no answer at all (the kernel drops its SYN) until then.
+    """
+
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        hold: int | None = None,
+        seconds: float = 0.0,
+        accept_after: float = 0.0,
+    ) -> None:
+        self.target = (target_host, target_port)
+        self.hold = hold
+        self.seconds = seconds
+        self.accept_after = accept_after
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fillers: list[socket.socket] = []
+
+    def url(self, scheme: str = "nats", credentials: str = "") -> str:
+        return f"{scheme}://{credentials}127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> StallingProxy:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        self.port = int(listener.getsockname()[1])
+        if not self.accept_after:
+            self._server = await asyncio.start_server(self._serve, sock=listener)
+            return self
+        for _ in range(3):  # more than a backlog of 0 holds: the queue is full
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", self.port))
+            self._fillers.append(filler)
+        if not math.isinf(self.accept_after):
+            task = asyncio.create_task(self._accept_later(listener))
+            self._tasks.add(task)
+        else:
+            self._fillers.append(listener)  # closed on exit
+        return self
+
+    async def _accept_later(self, listener: socket.socket) -> None:
+        await asyncio.sleep(self.accept_after)
+        # Serving listens again with a long queue: the next SYN the client sends is answered.
+        self._server = await asyncio.start_server(self._serve, sock=listener)
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sock in self._fillers:
+            sock.close()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_r, up_w = await asyncio.open_connection(*self.target)
+        tasks = [
+            asyncio.create_task(self._pump(client_r, up_w, hold=None)),
+            asyncio.create_task(self._pump(up_r, client_w, hold=self.hold)),
+        ]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+                self._tasks.discard(task)
+            for writer in (client_w, up_w):
+                writer.close()
+
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, hold: int | None
+    ) -> None:
+        chunk_no = 0
+        while chunk := await src.read(1 << 16):
+            if chunk_no == hold:
+                if math.isinf(self.seconds):
+                    await asyncio.Event().wait()
+                await asyncio.sleep(self.seconds)
+            chunk_no += 1
+            dst.write(chunk)
+            await dst.drain()
