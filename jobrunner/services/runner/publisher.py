@@ -13,7 +13,7 @@ from datetime import datetime
 import structlog
 from nats.js import JetStreamContext
 
-from jobrunner.common import eventstore
+from jobrunner.common import eventstore, retry
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.output import Progress
@@ -130,14 +130,10 @@ class LinePublisher:
 
 
 async def publish_with_retry(js: JetStreamContext, names: Names, event: events.Event) -> int:
-    """Publish until stored; retries keep the event id so JetStream keeps one copy."""
-    delay = 0.05
-    while True:
-        try:
-            return await eventstore.publish(js, names, event)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("publish failed, retrying", error=repr(exc), event=type(event).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    """Publish until stored; retries keep the event id so JetStream keeps one copy.
+
+    NATS being away (any length of time) is waited out; a refusal that can never pass raises
+    :class:`~jobrunner.common.retry.PublishRefused` at once.
+    """
+    what = f"event {type(event).__name__} {event.event_id} of job {event.job_id}"
+    return await retry.until_done(lambda: eventstore.publish(js, names, event), what)
