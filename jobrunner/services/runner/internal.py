@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from jobrunner.services.runner.output import Progress
+from jobrunner.services.runner.output import Progress, split_line
 
 
 class CallableFailed(Exception):
@@ -131,8 +131,12 @@ class InternalCall:
         while (item := await self._sink.queue.get()) is not None:
             match item:
                 case ("line", level, text):
-                    reporter.line("stdout", text, datetime.now(UTC), level=level)
-                    await reporter.room()
+                    # Cleaned and split as a tool's output is: NUL shown, long lines in pieces.
+                    raw = text.encode("utf-8", "replace")
+                    at = datetime.now(UTC)
+                    for piece in split_line(raw, reporter.max_line_bytes):
+                        reporter.line("stdout", piece, at, level=level)
+                        await reporter.room()
                 case ("progress", progress):
                     reporter.progress(progress)
                 case ("result", fields):

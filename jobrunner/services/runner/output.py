@@ -22,6 +22,7 @@ DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*
 # every other escape sequence (cursor movement, titles, ...) is removed.
 SGR_RE = re.compile(r"\x1b\[[0-9;]*m")
 SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
+MIN_LINE_BYTES = 64  # a smaller max_line_bytes is raised to this
 
 
 def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | None = None) -> str:
@@ -117,16 +118,58 @@ def _char_boundary(buf: bytes | bytearray, cut: int) -> int:
     return i if i > 0 and (i == len(buf) or (buf[i] & 0xC0) != 0x80) else cut
 
 
+def split_text(text: str, max_bytes: int) -> list[str]:
+    """``text`` in pieces of at most ``max_bytes`` UTF-8 bytes, never cut inside a character;
+    every piece but the last ends with SPLIT_MARKER (not counted in ``max_bytes``)."""
+    if len(text) * 4 <= max_bytes:  # no character is longer than 4 bytes: it fits
+        return [text]
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return [text]
+    pieces: list[str] = []
+    while len(data) > max_bytes:
+        cut = _char_boundary(data, max_bytes)
+        pieces.append(data[:cut].decode("utf-8", "replace") + SPLIT_MARKER)
+        data = data[cut:]
+    pieces.append(data.decode("utf-8", "replace"))
+    return pieces
+
+
+def _cleaned_pieces(raw: bytes, max_bytes: int, continued: bool) -> list[str]:
+    """A raw piece cleaned; cut again when cleaning made it longer (a byte that is not UTF-8
+    becomes the 3-byte U+FFFD, NUL the 3-byte ␀)."""
+    pieces = split_text(clean_text(raw), max_bytes)
+    if continued:
+        pieces[-1] += SPLIT_MARKER
+    return pieces
+
+
+def split_line(raw: bytes, max_bytes: int) -> list[str]:
+    """One line of raw output as cleaned pieces of at most ``max_bytes`` UTF-8 bytes each (plus
+    SPLIT_MARKER on every piece but the last); joined without their markers they are the line."""
+    pieces: list[str] = []
+    while len(raw) > max_bytes:
+        cut = _char_boundary(raw, max_bytes)
+        pieces.extend(_cleaned_pieces(raw[:cut], max_bytes, continued=True))
+        raw = raw[cut:]
+    pieces.extend(_cleaned_pieces(raw, max_bytes, continued=False))
+    return pieces
+
+
 class LineSplitter:
     """Feeds chunks, yields complete lines; a line longer than ``max_bytes`` is split and each
-    piece but the last ends with SPLIT_MARKER. Memory stays bounded by ``max_bytes``.
+    piece but the last ends with SPLIT_MARKER. Memory stays bounded by ``max_bytes``, and every
+    piece's text is at most ``max_bytes`` bytes of UTF-8 (SPLIT_MARKER aside).
 
     ``transient`` is set to the latest state of a carriage-return progress bar that has not yet
     ended its line: good for progress, not a log line of its own.
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max(64, max_bytes)
+        self.max_bytes = max(MIN_LINE_BYTES, max_bytes)
+        # Cleaning turns one raw byte into at most 3 bytes of UTF-8: a raw line up to this long
+        # needs no second look.
+        self._surely_fits = self.max_bytes // 3
         self._buffer = bytearray()
         self.transient: str | None = None
 
@@ -141,10 +184,10 @@ class LineSplitter:
                 break
             raw = bytes(buf[start:end])
             start = end + 1
-            if len(raw) > self.max_bytes:
-                lines.extend(self._split(raw))
-            else:
+            if len(raw) <= self._surely_fits:
                 lines.append(clean_text(raw))
+            else:
+                lines.extend(split_line(raw, self.max_bytes))
         del buf[:start]
         last_cr = buf.rfind(b"\r")
         if last_cr >= 0:
@@ -157,7 +200,7 @@ class LineSplitter:
                 del buf[: prev_cr + 1]
         while len(buf) > self.max_bytes:
             cut = _char_boundary(buf, self.max_bytes)
-            lines.append(clean_text(bytes(buf[:cut])) + SPLIT_MARKER)
+            lines.extend(_cleaned_pieces(bytes(buf[:cut]), self.max_bytes, continued=True))
             del buf[:cut]
         return lines
 
@@ -167,13 +210,4 @@ class LineSplitter:
             return []
         rest = clean_text(bytes(self._buffer))
         self._buffer.clear()
-        return [rest] if rest else []
-
-    def _split(self, raw: bytes) -> list[str]:
-        pieces: list[str] = []
-        while len(raw) > self.max_bytes:
-            cut = _char_boundary(raw, self.max_bytes)
-            pieces.append(clean_text(raw[:cut]) + SPLIT_MARKER)
-            raw = raw[cut:]
-        pieces.append(clean_text(raw))
-        return pieces
+        return split_text(rest, self.max_bytes) if rest else []

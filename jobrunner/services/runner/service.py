@@ -41,7 +41,7 @@ from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.internal import CallableFailed, InternalCall
 from jobrunner.services.runner.process import SpawnError, ToolProcess
-from jobrunner.services.runner.publisher import LinePublisher, publish_with_retry
+from jobrunner.services.runner.publisher import LinePublisher, check_line_fits, publish_with_retry
 from jobrunner.services.runner.reporting import JobReporter
 
 log = structlog.get_logger()
@@ -374,7 +374,7 @@ class Runner:
         # then the job ends as RUNNER_LOST instead of running twice.
         await msg.ack()
         started = asyncio.get_running_loop().time()
-        publisher = LinePublisher(self.js, self.names, job_id, self.settings.line_batch_max)
+        publisher = LinePublisher.for_job(self.nc, self.names, job_id, self.settings)
         publisher.start()
         masks = [expand_env(v) for v in job_type.mask]
         reporter = JobReporter(publisher, job_type, masks)
@@ -610,6 +610,7 @@ class Runner:
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     nc = await eventstore.connect(settings, "runner")
     try:
+        check_line_fits(settings.max_line_bytes, nc.max_payload)
         await Runner(settings, nc).run(stop)
     finally:
         await eventstore.close(nc)
