@@ -87,3 +87,9 @@ async def test_event_over_max_payload_is_refused_not_retried(settings: Settings)
     finally:
         await eventstore.close(nc)
     assert refused.value.code == "MESSAGE_TOO_LARGE"
+
+
+def test_restart_delays_double_up_to_a_cap() -> None:
+    """A service that keeps dying is restarted after 0.5, 1, 2, 4, 8, then every 10 seconds."""
+    delays = [retry.delay_after(n, first=0.5, longest=10.0) for n in range(1, 9)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]

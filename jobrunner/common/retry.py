@@ -7,7 +7,8 @@ calls bad, a permission it denies, an event that cannot be encoded never will, s
 once instead of blocking a job forever.
 
 Backoff comes from ``stamina`` (exponential with jitter, capped); structlog logs each retry as
-``stamina.retry_scheduled`` with its cause.
+``stamina.retry_scheduled`` with its cause. Loops that restart something rather than retry one
+call (the supervisor restarting a service) take their wait from :func:`delay_after`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class PublishRefused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def delay_after(failures: int, first: float = FIRST_WAIT, longest: float = LONGEST_WAIT) -> float:
+    """The wait after ``failures`` failures in a row: ``first``, doubling, at most ``longest``."""
+    return min(longest, first * 2.0 ** min(max(failures, 1) - 1, 30))
 
 
 def is_transient(exc: BaseException) -> bool:
