@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.contracts import codec, events
+from jobrunner.services.runner import protocol
 from jobrunner.services.runner.bounds import (
     BoundedResult,
     bounded_progress,
@@ -192,3 +193,18 @@ async def test_runner_refuses_to_start_with_a_line_cap_no_message_can_hold(
     too_large = msgspec.structs.replace(settings, max_line_bytes=1024 * 1024)
     with pytest.raises(SettingsError, match="max_payload is 1048576 bytes"):
         await asyncio.wait_for(run_runner(too_large, asyncio.Event()), 30)
+
+
+@given(current=st.integers(min_value=0), total=st.integers(min_value=0), digits=st.integers(0, 900))
+def test_progress_with_any_number_of_digits_is_parsed_without_error(
+    current: int, total: int, digits: int
+) -> None:
+    """``[<any digits>/<any digits>]`` in a line or the protocol never breaks the runner."""
+    huge = int("9" * digits) if digits else 0
+    for c, t in ((current, total), (huge, total), (current, huge), (huge, huge)):
+        found = parse_progress(f"INFO [{c}/{t}] working")
+        sent = protocol.parse(f'##jobrunner:progress {{"current": {c}, "total": {t}}}')
+        for progress in (found, sent):
+            if isinstance(progress, Progress):
+                bounded = bounded_progress(progress)
+                assert bounded.percent is None or 0.0 <= bounded.percent <= 100.0

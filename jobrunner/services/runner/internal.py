@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from jobrunner.services.runner.output import Progress, split_line
+from jobrunner.services.runner.output import Progress, percent_of, split_line
 
 
 class CallableFailed(Exception):
@@ -59,7 +59,7 @@ class JobContext:
         message: str | None = None,
     ) -> None:
         if percent is None and current is not None and total:
-            percent = round(100.0 * current / total, 1)
+            percent = percent_of(current, total)
         self._sink.put(("progress", Progress(current, total, percent, phase, message)))
 
     def set_result(self, **fields: Any) -> None:

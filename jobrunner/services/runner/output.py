@@ -47,6 +47,15 @@ class Progress:
     message: str | None = None
 
 
+def percent_of(current: int, total: int) -> float:
+    """``current`` of ``total`` in percent, one decimal; never raises for huge numbers (a tool
+    may print any number of digits), the bounds are applied later (bounds.bounded_progress)."""
+    try:
+        return round(100 * current / total, 1)
+    except OverflowError:  # the quotient is beyond a float: as good as infinitely many
+        return 100.0 if (current > 0) == (total > 0) else 0.0
+
+
 def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) -> Progress | None:
     """``[42/127]`` (or the job type's ``progress_pattern``: groups ``current`` and ``total``)."""
     match = pattern.search(text)
@@ -62,7 +71,7 @@ def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) ->
     if total is not None and (total <= 0 or current is None or current < 0):
         return None  # "[0/0]" is no progress
     if current is not None and total:
-        percent = round(100.0 * current / total, 1)
+        percent = percent_of(current, total)
     if current is None and percent is None:
         return None
     return Progress(current=current, total=total, percent=percent)

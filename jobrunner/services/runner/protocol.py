@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from jobrunner.services.runner.output import Progress
+from jobrunner.services.runner.output import Progress, percent_of
 
 PREFIX = "##jobrunner:"
 
@@ -41,9 +41,8 @@ def parse(text: str) -> Progress | dict[str, Any] | None:
             p = msgspec.json.decode(body.strip(), type=_ProgressBody)
             percent = p.percent
             if percent is None and p.current is not None and p.total:
-                percent = round(100.0 * p.current / p.total, 1)
-            if percent is not None:
-                percent = min(100.0, max(0.0, percent))
+                percent = percent_of(p.current, p.total)
+            # Clamped and cleaned with every other progress report (bounds.bounded_progress).
             return Progress(
                 current=p.current,
                 total=p.total,

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
-import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -26,8 +25,6 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.bounds import bounded_progress
 from jobrunner.services.runner.output import MIN_LINE_BYTES, SPLIT_MARKER, Progress, split_text
-
-log = structlog.get_logger()
 
 MAX_BUFFERED_LINES = 50_000
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # whichever comes first: memory stays bounded
