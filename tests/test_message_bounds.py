@@ -208,3 +208,30 @@ def test_progress_with_any_number_of_digits_is_parsed_without_error(
             if isinstance(progress, Progress):
                 bounded = bounded_progress(progress)
                 assert bounded.percent is None or 0.0 <= bounded.percent <= 100.0
+
+
+anything = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.lists(st.integers(), max_size=3)
+)
+
+
+@given(current=anything, total=anything, percent=anything, phase=anything, message=anything)
+def test_progress_of_any_python_values_is_bounded_without_error(
+    current: object, total: object, percent: object, phase: object, message: object
+) -> None:
+    """ctx.progress called with values of any type never breaks the job; the event decodes."""
+    progress = bounded_progress(Progress(current, total, percent, phase, message))  # type: ignore[arg-type]
+    event = events.ProgressReported(
+        job_id="j",
+        current=progress.current,
+        total=progress.total,
+        percent=progress.percent,
+        phase=progress.phase,
+        message=progress.message,
+    )
+    assert codec.decode(codec.encode(event)) == event

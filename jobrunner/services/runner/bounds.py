@@ -52,25 +52,39 @@ def clean_field(text: str, max_chars: int) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _count(value: int | None) -> int | None:
-    if value is None or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
-        return None  # absurd (negative, or larger than any column holds): no count at all
+def _count(value: object) -> int | None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+        return None  # absurd (negative, larger than any column holds, not a count at all)
     return value
+
+
+def _percent(value: object) -> float | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        percent = float(value)
+    except OverflowError:  # an int beyond any float
+        percent = math.copysign(math.inf, value)
+    return min(100.0, max(0.0, percent)) if not math.isnan(percent) else None
+
+
+def _text(value: object, max_chars: int) -> str | None:
+    # Python callers (ctx.progress) may pass anything: a phase of 3 is shown as "3".
+    if not value:
+        return None
+    return clean_field(value if isinstance(value, str) else str(value), max_chars)
 
 
 def bounded_progress(progress: Progress) -> Progress:
     """Counts within 0..MAX_COUNT (else dropped), percent clamped to 0-100 (NaN dropped), phase
-    and message cleaned and bounded."""
-    percent = progress.percent
-    if percent is not None:
-        percent = min(100.0, max(0.0, float(percent))) if math.isfinite(percent) else None
+    and message cleaned and bounded, whatever types a Python caller passed."""
     return replace(
         progress,
         current=_count(progress.current),
         total=_count(progress.total),
-        percent=percent,
-        phase=clean_field(progress.phase, MAX_PHASE_CHARS) if progress.phase else None,
-        message=clean_field(progress.message, MAX_MESSAGE_CHARS) if progress.message else None,
+        percent=_percent(progress.percent),
+        phase=_text(progress.phase, MAX_PHASE_CHARS),
+        message=_text(progress.message, MAX_MESSAGE_CHARS),
     )
 
 
