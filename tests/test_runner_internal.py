@@ -129,3 +129,13 @@ async def test_internal_job_lines_are_cleaned_and_split_like_a_tools(
     assert "".join(t.removesuffix(SPLIT_MARKER) for t in texts) == "a␀b\x01" + "ä" * 3000
     assert job["result"]["summary"] == "nulhere"
     assert job["result"]["blob"].endswith("…")
+
+
+async def test_internal_job_raising_a_huge_message_with_nul_fails_visibly(system: System) -> None:
+    """An exception of 1 MB with a NUL fails the job CALLABLE_FAILED, its message cut and clean."""
+    async with system.client() as client:
+        job_id = await start_job(client, "internal_raises_hostile")
+        job = await wait_status(client, job_id, "completed", "failed")
+    assert job["error"]["code"] == "CALLABLE_FAILED"
+    assert job["error"]["message"].startswith("The job raised ValueError: nulin a long long")
+    assert len(job["error"]["message"]) < 4100

@@ -20,6 +20,7 @@ import msgspec
 MAX_COUNT = 2**31 - 1
 MAX_PHASE_CHARS = 200
 MAX_MESSAGE_CHARS = 2000
+MAX_ERROR_CHARS = 4000  # what an internal job's exception may add to ErrorInfo.message
 # A job's ``result``, encoded as JSON: larger results are cut, and say so in RESULT_CUT_FIELD.
 MAX_RESULT_BYTES = 64 * 1024
 RESULT_CUT_FIELD = "_cut"

@@ -47,3 +47,7 @@ async def logs_hostile_text(ctx: Any) -> dict[str, Any]:
     # with a NUL and a value far over the result bound.
     ctx.log("a\x00b\x01" + "ä" * 3000)
     return {"summary": "nul\x00here", "blob": "z" * 1_000_000}
+
+
+async def raises_hostile(ctx: Any) -> None:
+    raise ValueError("nul\x00in a " + "long " * 200_000 + "message")

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from jobrunner.contracts.events import MAX_ERROR_CHARS
+from jobrunner.services.runner.bounds import clean_field
 from jobrunner.services.runner.output import Progress, percent_of, split_line
 
 
@@ -152,7 +154,8 @@ class InternalCall:
                 return -15
             raise
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
+            # Into the job's error message: bounded and without NUL, as any text a job reports.
+            self.error = clean_field(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
             return 1
         if isinstance(value, dict):
             self.returned = value
