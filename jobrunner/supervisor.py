@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from jobrunner.common import retry
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
@@ -211,7 +212,7 @@ async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
             if service is None:
                 continue
             service.restarts += 1
-            delay = min(0.5 * 2 ** min(service.restarts - 1, 5), 10.0)
+            delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
             log.warning(
                 "service exited, restarting",
                 service=service.name,

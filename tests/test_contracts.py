@@ -15,7 +15,14 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
-from tests.history_support import job_events, publish, publisher, wait_projected, without_auth
+from tests.history_support import (
+    job_events,
+    publish,
+    publisher,
+    reading_system,
+    wait_projected,
+    without_auth,
+)
 from tests.system import System
 
 ROOT = Path(__file__).parent.parent
@@ -128,3 +135,40 @@ async def test_example_consumer_prints_failed_jobs_with_their_last_lines(
     assert "EXIT_NONZERO" in header
     assert [int(seq) for seq, _, _ in tail] == list(range(6, 16))
     assert tail[-1][2].strip() == "INFO line 15 [15/15]"
+
+
+def test_schema_states_the_bounds_of_progress_and_results() -> None:
+    """The schema tells a consumer the ranges and lengths it can rely on."""
+    from jobrunner.contracts.jsonschema import event_schema
+
+    defs = event_schema()["$defs"]
+    progress = defs["ProgressReported"]["properties"]
+    current = next(s for s in progress["current"]["anyOf"] if s.get("type") == "integer")
+    percent = next(s for s in progress["percent"]["anyOf"] if s.get("type") == "number")
+    phase = next(s for s in progress["phase"]["anyOf"] if s.get("type") == "string")
+    assert (current["minimum"], current["maximum"]) == (0, events.MAX_COUNT)
+    assert (percent["minimum"], percent["maximum"]) == (0, 100)
+    assert phase["maxLength"] == events.MAX_PHASE_CHARS
+    result = next(s for s in defs["StatusChanged"]["properties"]["result"]["anyOf"] if "type" in s)
+    assert str(events.MAX_RESULT_BYTES) in result["description"]
+
+
+async def test_stored_progress_outside_the_bounds_is_skipped_not_fatal(settings: Settings) -> None:
+    """An old progress event with [99999999999999999999/5] and a NUL is skipped; the job shows."""
+    names = Names(settings.prefix)
+    await publish(settings, job_events("p1", status=events.JobStatus.RUNNING))
+    absurd = events.ProgressReported(
+        job_id="p1", current=99999999999999999999, total=5, percent=2e21, phase="a\x00b"
+    )
+    done = events.StatusChanged(
+        job_id="p1", event_id=events.terminal_event_id("p1"), status=events.JobStatus.COMPLETED
+    )
+    async with publisher(settings) as js:
+        await js.publish(names.subject(absurd), codec.encode(absurd))
+        ack = await js.publish(names.subject(done), codec.encode(done))
+    async with reading_system(settings) as system:
+        await wait_projected(settings, ack.seq)
+        async with system.client() as client:
+            job = (await client.get("/api/jobs/p1")).json()
+    assert job["status"] == "completed"
+    assert job["progress"] is None

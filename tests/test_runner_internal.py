@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import DEFAULT_JOB_TYPES, Settings
+from jobrunner.services.runner.output import SPLIT_MARKER
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_status
@@ -109,3 +110,32 @@ async def test_blacklist_sync_runs_as_an_internal_job(default_types: Settings) -
     assert job["progress"]["current"] == 5
     assert job["result"]["summary"] == "5 Einträge abgeglichen, 0 entfernt"
     assert lines[0]["text"] == "Starte Blacklist Sync..."
+
+
+async def test_internal_job_lines_are_cleaned_and_split_like_a_tools(
+    settings: Settings, system: System
+) -> None:
+    """ctx.log of a long line with NUL: pieces within max_line_bytes, NUL shown as ␀."""
+    await system.stop_service("runner")
+    await system.start_runner("small", max_line_bytes=1000)
+    async with system.client() as client:
+        job_id = await start_job(client, "internal_hostile")
+        job = await wait_status(client, job_id, "completed", "failed")
+        lines = await lines_of(client, job_id)
+    texts = [ln["text"] for ln in lines]
+    assert job["status"] == "completed"
+    assert all(len(t.removesuffix(SPLIT_MARKER).encode()) <= 1000 for t in texts)
+    assert all(t.endswith(SPLIT_MARKER) for t in texts[:-1])
+    assert "".join(t.removesuffix(SPLIT_MARKER) for t in texts) == "a␀b\x01" + "ä" * 3000
+    assert job["result"]["summary"] == "nulhere"
+    assert job["result"]["blob"].endswith("…")
+
+
+async def test_internal_job_raising_a_huge_message_with_nul_fails_visibly(system: System) -> None:
+    """An exception of 1 MB with a NUL fails the job CALLABLE_FAILED, its message cut and clean."""
+    async with system.client() as client:
+        job_id = await start_job(client, "internal_raises_hostile")
+        job = await wait_status(client, job_id, "completed", "failed")
+    assert job["error"]["code"] == "CALLABLE_FAILED"
+    assert job["error"]["message"].startswith("The job raised ValueError: nulin a long long")
+    assert len(job["error"]["message"]) < 4100

@@ -211,3 +211,22 @@ async def test_tools_do_not_inherit_the_runners_own_settings(
     assert "RUNNER_TEST_VISIBLE" in names
     assert "JOBRUNNER_DATABASE_URL" not in names
     assert "JOBRUNNER_DEMO_PACE" in names
+
+
+async def test_lines_of_control_characters_fit_in_messages(system: System) -> None:
+    """20 lines of 64 KiB control characters (7.5 MB as JSON) are all stored, none split."""
+    job, lines = await _run(system, "hostile", mode="control_flood")
+    assert job["status"] == "completed"
+    assert [ln["text"] for ln in lines] == [chr(1 + i % 8) * 65536 for i in range(20)]
+
+
+async def test_absurd_progress_and_nul_leave_the_job_visible_and_clamped(system: System) -> None:
+    """[99999999999999999999/5], percent 250 and NULs: the job completes, progress within 0-100."""
+    job, lines = await _run(system, "hostile", mode="absurd_progress")
+    assert job["status"] == "completed"
+    # The two [i/N] lines, and the protocol line whose count is out of range, logged as it is.
+    assert len(lines) == 3
+    assert lines[2]["text"].startswith('##jobrunner:progress {"current": -3')
+    assert job["progress"]["percent"] == 100.0
+    assert "\x00" not in (job["progress"]["message"] or "")
+    assert job["result"] == {"summary": "nul␀here", "n": 99999999999999999999}

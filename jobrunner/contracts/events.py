@@ -11,9 +11,46 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+# Bounds a consumer can rely on (ARCHITECTURE invariant 9); the runner cleans what a tool prints
+# to stay inside them. Counts fit Postgres' ``integer``.
+MAX_COUNT = 2**31 - 1
+MAX_PHASE_CHARS = 200
+MAX_MESSAGE_CHARS = 2000
+MAX_ERROR_CHARS = 4000  # what an internal job's exception may add to ErrorInfo.message
+# A job's ``result``, encoded as JSON: larger results are cut, and say so in RESULT_CUT_FIELD.
+MAX_RESULT_BYTES = 64 * 1024
+RESULT_CUT_FIELD = "_cut"
+# No control characters (NUL above all: Postgres text and jsonb cannot hold it).
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+# Enforced on decode. Only ProgressReported carries enforced bounds: an event stored before they
+# existed and outside them fails to decode, and every consumer skips an undecodable event (the
+# projector logs it, the SSE feeds drop it); losing an absurd progress report costs nothing.
+# Lines and results are not constrained on decode: an old batch with one overlong or NUL line, or
+# a result over the bound, would otherwise lose its whole batch or the job's ending. Their bounds
+# are documented in the schema and kept by the producer.
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Phase = Annotated[str, msgspec.Meta(max_length=MAX_PHASE_CHARS, pattern=_NO_CONTROL)]
+Message = Annotated[str, msgspec.Meta(max_length=MAX_MESSAGE_CHARS, pattern=_NO_CONTROL)]
+Result = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description=f"At most {MAX_RESULT_BYTES} bytes as JSON, strings without control "
+        f"characters; a result cut to fit says so in {RESULT_CUT_FIELD!r}."
+    ),
+]
+LineText = Annotated[
+    str,
+    msgspec.Meta(
+        description="At most the runner's max_line_bytes of UTF-8 (64 KiB by default) plus a "
+        "split marker; NUL shown as U+2400."
+    ),
+]
 
 
 def new_event_id() -> str:
@@ -100,7 +137,7 @@ class StatusChanged(Event, frozen=True, kw_only=True, tag="StatusChanged"):
     error: ErrorInfo | None = None
     runner_id: str | None = None
     cancelled_by: str | None = None
-    result: dict[str, Any] | None = None
+    result: Result | None = None
 
 
 class LogLine(msgspec.Struct, frozen=True, array_like=True):
@@ -110,7 +147,7 @@ class LogLine(msgspec.Struct, frozen=True, array_like=True):
     stream: str  # "stdout" | "stderr"
     level: str  # DEBUG | INFO | SUCCESS | WARNING | ERROR
     timestamp: datetime
-    text: str
+    text: LineText
 
 
 class LineLogged(Event, frozen=True, kw_only=True, tag="LineLogged"):
@@ -122,11 +159,11 @@ class LineLogged(Event, frozen=True, kw_only=True, tag="LineLogged"):
 class ProgressReported(Event, frozen=True, kw_only=True, tag="ProgressReported"):
     """The tool reported how far it is (from ``[i/N]`` lines or the progress protocol)."""
 
-    current: int | None = None
-    total: int | None = None
-    percent: float | None = None
-    phase: str | None = None
-    message: str | None = None
+    current: Count | None = None
+    total: Count | None = None
+    percent: Percent | None = None
+    phase: Phase | None = None
+    message: Message | None = None
 
 
 AnyEvent = JobRequested | CancelRequested | StatusChanged | LineLogged | ProgressReported

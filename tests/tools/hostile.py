@@ -44,4 +44,14 @@ match args.mode:
         time.sleep(args.seconds)
     case "utf8_split":
         out.write("ä".encode() * 100 + b"\n")
+    case "control_flood":
+        # Control characters encode as \u00XX (6 bytes each): 20 lines of 64 KiB are 7.5 MB.
+        for i in range(20):
+            out.write(bytes([1 + i % 8]) * 65536 + b"\n")
+    case "absurd_progress":
+        out.write(b"INFO [99999999999999999999/5] done\n")
+        out.write(b"INFO [7/5] more than all\n")
+        out.write(b'##jobrunner:progress {"current": -3, "total": 4, "phase": "a\\u0000b"}\n')
+        out.write(b'##jobrunner:progress {"percent": 250, "message": "x\\u0000\\ty"}\n')
+        out.write(b'##jobrunner:result {"summary": "nul\\u0000here", "n": 99999999999999999999}\n')
 out.flush() if args.mode != "close_stdout" else None

@@ -40,3 +40,14 @@ def blocking(ctx: Any) -> dict[str, Any]:
 async def raises(ctx: Any) -> None:
     ctx.log("about to fail")
     raise ValueError("spreadsheet is locked")
+
+
+async def logs_hostile_text(ctx: Any) -> dict[str, Any]:
+    # 3000 characters with a NUL, a control character and umlauts, on one line; then a result
+    # with a NUL and a value far over the result bound.
+    ctx.log("a\x00b\x01" + "ä" * 3000)
+    return {"summary": "nul\x00here", "blob": "z" * 1_000_000}
+
+
+async def raises_hostile(ctx: Any) -> None:
+    raise ValueError("nul\x00in a " + "long " * 200_000 + "message")

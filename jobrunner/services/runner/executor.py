@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
+from nats.aio.client import Client as NATS
 
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
@@ -48,12 +49,14 @@ class JobExecutor:
     def __init__(
         self,
         settings: Settings,
+        nc: NATS,
         slots: SlotTable,
         journal: JobJournal,
         identity: RunnerIdentity,
         ledger: orphans.ToolLedger,
     ) -> None:
         self.settings = settings
+        self.nc = nc  # the publisher sizes batches by the server's max_payload
         self.slots = slots
         self.journal = journal
         self.identity = identity
@@ -109,9 +112,7 @@ class JobExecutor:
             # and then the job ends as RUNNER_LOST instead of running twice.
             await job.ack()
             started = asyncio.get_running_loop().time()
-            publisher = LinePublisher(
-                self.journal.js, self.journal.names, job_id, self.settings.line_batch_max
-            )
+            publisher = LinePublisher.for_job(self.nc, self.journal.names, job_id, self.settings)
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]
             reporter = JobReporter(publisher, job_type, masks)

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from jobrunner.services.runner.output import Progress
+from jobrunner.contracts.events import MAX_ERROR_CHARS
+from jobrunner.services.runner.bounds import clean_field
+from jobrunner.services.runner.output import Progress, percent_of, split_line
 
 
 class CallableFailed(Exception):
@@ -59,7 +61,7 @@ class JobContext:
         message: str | None = None,
     ) -> None:
         if percent is None and current is not None and total:
-            percent = round(100.0 * current / total, 1)
+            percent = percent_of(current, total)
         self._sink.put(("progress", Progress(current, total, percent, phase, message)))
 
     def set_result(self, **fields: Any) -> None:
@@ -131,8 +133,12 @@ class InternalCall:
         while (item := await self._sink.queue.get()) is not None:
             match item:
                 case ("line", level, text):
-                    reporter.line("stdout", text, datetime.now(UTC), level=level)
-                    await reporter.room()
+                    # Cleaned and split as a tool's output is: NUL shown, long lines in pieces.
+                    raw = text.encode("utf-8", "replace")
+                    at = datetime.now(UTC)
+                    for piece in split_line(raw, reporter.max_line_bytes):
+                        reporter.line("stdout", piece, at, level=level)
+                        await reporter.room()
                 case ("progress", progress):
                     reporter.progress(progress)
                 case ("result", fields):
@@ -148,7 +154,8 @@ class InternalCall:
                 return -15
             raise
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
+            # Into the job's error message: bounded and without NUL, as any text a job reports.
+            self.error = clean_field(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
             return 1
         if isinstance(value, dict):
             self.returned = value

@@ -30,6 +30,7 @@ MAX_PROGRESS_COUNT = 2**31 - 1
 # which int() refuses), no leading zero (a postcode such as 01067 keeps its zero), and few
 # enough digits for a 64-bit integer that every JSON reader takes exactly.
 _PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,17}")
+MIN_LINE_BYTES = 64  # a smaller max_line_bytes is raised to this
 
 
 def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | None = None) -> str:
@@ -54,6 +55,15 @@ class Progress:
     message: str | None = None
 
 
+def percent_of(current: int, total: int) -> float:
+    """``current`` of ``total`` in percent, one decimal; never raises for huge numbers (a tool
+    may print any number of digits), the bounds are applied later (bounds.bounded_progress)."""
+    try:
+        return round(100 * current / total, 1)
+    except OverflowError:  # the quotient is beyond a float: as good as infinitely many
+        return 100.0 if (current > 0) == (total > 0) else 0.0
+
+
 def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) -> Progress | None:
     """``[42/127]`` (or the job type's ``progress_pattern``: groups ``current`` and ``total``)."""
     match = pattern.search(text)
@@ -71,7 +81,7 @@ def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) ->
     if not all(n is None or n <= MAX_PROGRESS_COUNT for n in (current, total)):
         return None  # a number in the text that only looks like a count
     if current is not None and total:
-        percent = round(100.0 * current / total, 1)
+        percent = percent_of(current, total)
     if percent is not None and not math.isfinite(percent):
         return None
     if current is None and percent is None:
@@ -134,16 +144,58 @@ def _char_boundary(buf: bytes | bytearray, cut: int) -> int:
     return i if i > 0 and (i == len(buf) or (buf[i] & 0xC0) != 0x80) else cut
 
 
+def split_text(text: str, max_bytes: int) -> list[str]:
+    """``text`` in pieces of at most ``max_bytes`` UTF-8 bytes, never cut inside a character;
+    every piece but the last ends with SPLIT_MARKER (not counted in ``max_bytes``)."""
+    if len(text) * 4 <= max_bytes:  # no character is longer than 4 bytes: it fits
+        return [text]
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return [text]
+    pieces: list[str] = []
+    while len(data) > max_bytes:
+        cut = _char_boundary(data, max_bytes)
+        pieces.append(data[:cut].decode("utf-8", "replace") + SPLIT_MARKER)
+        data = data[cut:]
+    pieces.append(data.decode("utf-8", "replace"))
+    return pieces
+
+
+def _cleaned_pieces(raw: bytes, max_bytes: int, continued: bool) -> list[str]:
+    """A raw piece cleaned; cut again when cleaning made it longer (a byte that is not UTF-8
+    becomes the 3-byte U+FFFD, NUL the 3-byte ␀)."""
+    pieces = split_text(clean_text(raw), max_bytes)
+    if continued:
+        pieces[-1] += SPLIT_MARKER
+    return pieces
+
+
+def split_line(raw: bytes, max_bytes: int) -> list[str]:
+    """One line of raw output as cleaned pieces of at most ``max_bytes`` UTF-8 bytes each (plus
+    SPLIT_MARKER on every piece but the last); joined without their markers they are the line."""
+    pieces: list[str] = []
+    while len(raw) > max_bytes:
+        cut = _char_boundary(raw, max_bytes)
+        pieces.extend(_cleaned_pieces(raw[:cut], max_bytes, continued=True))
+        raw = raw[cut:]
+    pieces.extend(_cleaned_pieces(raw, max_bytes, continued=False))
+    return pieces
+
+
 class LineSplitter:
     """Feeds chunks, yields complete lines; a line longer than ``max_bytes`` is split and each
-    piece but the last ends with SPLIT_MARKER. Memory stays bounded by ``max_bytes``.
+    piece but the last ends with SPLIT_MARKER. Memory stays bounded by ``max_bytes``, and every
+    piece's text is at most ``max_bytes`` bytes of UTF-8 (SPLIT_MARKER aside).
 
     ``transient`` is set to the latest state of a carriage-return progress bar that has not yet
     ended its line: good for progress, not a log line of its own.
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max(64, max_bytes)
+        self.max_bytes = max(MIN_LINE_BYTES, max_bytes)
+        # Cleaning turns one raw byte into at most 3 bytes of UTF-8: a raw line up to this long
+        # needs no second look.
+        self._surely_fits = self.max_bytes // 3
         self._buffer = bytearray()
         self.transient: str | None = None
 
@@ -158,10 +210,10 @@ class LineSplitter:
                 break
             raw = bytes(buf[start:end])
             start = end + 1
-            if len(raw) > self.max_bytes:
-                lines.extend(self._split(raw))
-            else:
+            if len(raw) <= self._surely_fits:
                 lines.append(clean_text(raw))
+            else:
+                lines.extend(split_line(raw, self.max_bytes))
         del buf[:start]
         last_cr = buf.rfind(b"\r")
         if last_cr >= 0:
@@ -174,7 +226,7 @@ class LineSplitter:
                 del buf[: prev_cr + 1]
         while len(buf) > self.max_bytes:
             cut = _char_boundary(buf, self.max_bytes)
-            lines.append(clean_text(bytes(buf[:cut])) + SPLIT_MARKER)
+            lines.extend(_cleaned_pieces(bytes(buf[:cut]), self.max_bytes, continued=True))
             del buf[:cut]
         return lines
 
@@ -184,13 +236,4 @@ class LineSplitter:
             return []
         rest = clean_text(bytes(self._buffer))
         self._buffer.clear()
-        return [rest] if rest else []
-
-    def _split(self, raw: bytes) -> list[str]:
-        pieces: list[str] = []
-        while len(raw) > self.max_bytes:
-            cut = _char_boundary(raw, self.max_bytes)
-            pieces.append(clean_text(raw[:cut]) + SPLIT_MARKER)
-            raw = raw[cut:]
-        pieces.append(clean_text(raw))
-        return pieces
+        return split_text(rest, self.max_bytes) if rest else []

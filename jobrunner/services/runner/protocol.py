@@ -19,7 +19,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-from jobrunner.services.runner.output import MAX_PROGRESS_COUNT, Progress, clamp_percent
+from jobrunner.services.runner.output import (
+    MAX_PROGRESS_COUNT,
+    Progress,
+    clamp_percent,
+    percent_of,
+)
 
 PREFIX = "##jobrunner:"
 
@@ -46,7 +51,7 @@ def parse(text: str) -> Progress | dict[str, Any] | None:
             p = msgspec.json.decode(body.strip(), type=_ProgressBody)
             percent = p.percent
             if percent is None and p.current is not None and p.total:
-                percent = round(100.0 * p.current / p.total, 1)
+                percent = percent_of(p.current, p.total)
             return Progress(
                 current=p.current,
                 total=p.total,

@@ -3,42 +3,108 @@ publish is acknowledged, so a lone line goes out at once and a flood goes out in
 
 Publishing retries forever with the same event id (JetStream drops the duplicate), and the buffer is
 bounded: when NATS is away the tool blocks on its own output instead of lines being lost.
+
+Every message fits: batches are sized in encoded bytes under the server's announced
+``max_payload`` (read at each batch: a reconnect may reach a server with another limit), and
+``check_line_fits`` refuses at start a ``max_line_bytes`` whose worst-case line could not fit.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 
-import structlog
+import msgspec
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from jobrunner.common import eventstore
+from jobrunner.common import eventstore, retry
+from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner.output import Progress
-
-log = structlog.get_logger()
+from jobrunner.services.runner.bounds import bounded_progress
+from jobrunner.services.runner.output import MIN_LINE_BYTES, SPLIT_MARKER, Progress, split_text
 
 MAX_BUFFERED_LINES = 50_000
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # whichever comes first: memory stays bounded
-MAX_BATCH_BYTES = 512 * 1024
+MAX_BATCH_BYTES = 512 * 1024  # a batch's size when max_payload allows it (throughput, not limits)
 PROGRESS_INTERVAL = 0.1  # seconds between ProgressReported events while output floods
+
+# What a message carries besides its lines: the NATS header block with Nats-Msg-Id (about 60
+# bytes) and LineLogged's own fields (type, job_id, event_id, occurred_at, version: under 250
+# bytes for job ids of up to 64 characters); reserved generously, never measured per message.
+MESSAGE_OVERHEAD = 1024
+# A line besides its text: [seq,"stdout","WARNING","2026-01-01T00:00:00.000000Z",""] and a comma.
+LINE_OVERHEAD = 80
+# msgspec writes a control character as \u00XX: 6 bytes of JSON for 1 byte of text, the most
+# any byte of UTF-8 can grow.
+JSON_GROWTH = 6
+SPLIT_MARKER_BYTES = len(SPLIT_MARKER.encode())
+
+_encoder = msgspec.json.Encoder()
+
+
+def batch_budget(max_payload: int) -> int:
+    """Encoded bytes of lines one LineLogged may carry under the server's ``max_payload``."""
+    return max_payload - MESSAGE_OVERHEAD
+
+
+def worst_line_bytes(max_line_bytes: int) -> int:
+    """The most a line piece of ``max_line_bytes`` can take inside a LineLogged."""
+    return JSON_GROWTH * max(MIN_LINE_BYTES, max_line_bytes) + SPLIT_MARKER_BYTES + LINE_OVERHEAD
+
+
+def check_line_fits(max_line_bytes: int, max_payload: int) -> None:
+    """Refuse (at start) a ``max_line_bytes`` whose line piece could exceed ``max_payload``."""
+    if worst_line_bytes(max_line_bytes) <= batch_budget(max_payload):
+        return
+    largest = (batch_budget(max_payload) - SPLIT_MARKER_BYTES - LINE_OVERHEAD) // JSON_GROWTH
+    raise SettingsError(
+        f"max_line_bytes = {max_line_bytes} cannot fit in one message: the NATS server's "
+        f"max_payload is {max_payload} bytes and a line piece can take {JSON_GROWTH} bytes per "
+        f"byte once encoded (control characters); set max_line_bytes to at most {largest} or "
+        "raise the server's max_payload"
+    )
+
+
+def line_size(line: events.LogLine) -> int:
+    """A line's encoded size inside a LineLogged, its comma included."""
+    return len(_encoder.encode(line)) + 1
+
+
+def next_batch(sizes: Sequence[int], limit: int, batch_max: int) -> tuple[int, int]:
+    """How many of the lines (by their ``line_size``) go in the next message, and their size:
+    at most ``batch_max`` lines and ``limit`` bytes, and always at least one line."""
+    size = 0
+    count = 0
+    for each in sizes:
+        if count and (count >= batch_max or size + each > limit):
+            break
+        size += each
+        count += 1
+    return count, size
 
 
 class LinePublisher:
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         names: Names,
         job_id: str,
         batch_max: int = 1000,
+        max_line_bytes: int = 65536,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._names = names
         self._job_id = job_id
         self._batch_max = batch_max
+        # Lines from other sources than a tool's pipes (an internal job's ctx.log) are split to
+        # this too.
+        self.max_line_bytes = max(MIN_LINE_BYTES, max_line_bytes)
         self._lines: list[events.LogLine] = []
+        self._sizes: list[int] = []  # each buffered line's encoded size, comma included
         self._progress: Progress | None = None
         self._progress_sent: Progress | None = None
         self._progress_at = 0.0
@@ -51,14 +117,35 @@ class LinePublisher:
         self._buffered_bytes = 0
         self.published_lines = 0
 
+    @classmethod
+    def for_job(cls, nc: NATS, names: Names, job_id: str, settings: Settings) -> LinePublisher:
+        return cls(nc, names, job_id, settings.line_batch_max, settings.max_line_bytes)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"publisher-{self._job_id}")
 
     def add(self, stream: str, level: str, text: str, at: datetime) -> None:
         """Buffer a line (plain call: the per-line path stays free of awaits)."""
         self.seq += 1
-        self._lines.append(events.LogLine(self.seq, stream, level, at, text))
-        self._buffered_bytes += len(text)
+        line = events.LogLine(self.seq, stream, level, at, text)
+        size = line_size(line)
+        budget = batch_budget(self._nc.max_payload)
+        if size <= budget:
+            self._append(line, size)
+            return
+        # Longer than a message can hold (a mask longer than what it hides, or a server with a
+        # smaller max_payload than the one checked at start): cut, not lost.
+        self.seq -= 1
+        room = max(MIN_LINE_BYTES, (budget - LINE_OVERHEAD) // JSON_GROWTH - SPLIT_MARKER_BYTES)
+        for piece in split_text(text, room):
+            self.seq += 1
+            line = events.LogLine(self.seq, stream, level, at, piece)
+            self._append(line, line_size(line))
+
+    def _append(self, line: events.LogLine, size: int) -> None:
+        self._lines.append(line)
+        self._sizes.append(size)
+        self._buffered_bytes += size
         self._wakeup.set()
 
     async def room(self) -> None:
@@ -71,7 +158,7 @@ class LinePublisher:
         return len(self._lines) >= MAX_BUFFERED_LINES or self._buffered_bytes >= MAX_BUFFERED_BYTES
 
     def report_progress(self, progress: Progress) -> None:
-        self._progress = progress
+        self._progress = bounded_progress(progress)
         self._wakeup.set()
 
     async def close(self) -> None:
@@ -87,10 +174,13 @@ class LinePublisher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._lines:
-                batch = self._take_batch()
+                count, size = self._next_batch()
+                batch = self._lines[:count]
                 await self._publish(events.LineLogged(job_id=self._job_id, lines=batch))
-                self.published_lines += len(batch)
-                self._buffered_bytes -= sum(len(line.text) for line in batch)
+                del self._lines[:count]
+                del self._sizes[:count]
+                self.published_lines += count
+                self._buffered_bytes -= size
                 if not self._full():
                     self._room.set()
             progress = self._progress
@@ -113,32 +203,19 @@ class LinePublisher:
             if self._closing and not self._lines:
                 return
 
-    def _take_batch(self) -> list[events.LogLine]:
-        size = 0
-        count = 0
-        for line in self._lines:
-            size += len(line.text) + 64
-            count += 1
-            if count >= self._batch_max or size >= MAX_BATCH_BYTES:
-                break
-        batch = self._lines[:count]
-        del self._lines[:count]
-        return batch
+    def _next_batch(self) -> tuple[int, int]:
+        limit = min(MAX_BATCH_BYTES, batch_budget(self._nc.max_payload))
+        return next_batch(self._sizes, limit, self._batch_max)
 
     async def _publish(self, event: events.Event) -> None:
         await publish_with_retry(self._js, self._names, event)
 
 
 async def publish_with_retry(js: JetStreamContext, names: Names, event: events.Event) -> int:
-    """Publish until stored; retries keep the event id so JetStream keeps one copy."""
-    delay = 0.05
-    while True:
-        try:
-            return await eventstore.publish(js, names, event)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Not event=: structlog's first argument is the event, a second one is a TypeError.
-            log.warning("publish failed, retrying", error=repr(exc), kind=type(event).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    """Publish until stored; retries keep the event id so JetStream keeps one copy.
+
+    NATS being away (any length of time) is waited out; a refusal that can never pass raises
+    :class:`~jobrunner.common.retry.PublishRefused` at once.
+    """
+    what = f"event {type(event).__name__} {event.event_id} of job {event.job_id}"
+    return await retry.until_done(lambda: eventstore.publish(js, names, event), what)

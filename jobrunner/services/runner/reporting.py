@@ -13,6 +13,7 @@ from typing import Any
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.services.runner import output, protocol
+from jobrunner.services.runner.bounds import BoundedResult
 from jobrunner.services.runner.output import Progress
 from jobrunner.services.runner.publisher import LinePublisher
 
@@ -31,13 +32,17 @@ class JobReporter:
         )
         self.level_re = re.compile(job_type.level_pattern) if job_type.level_pattern else None
         self.result_re = re.compile(job_type.result_pattern) if job_type.result_pattern else None
-        self.result: dict[str, Any] = {}
+        self._result = BoundedResult()
 
     def mask(self, text: str) -> str:
         for secret in self.masks:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self.publisher.max_line_bytes
 
     async def room(self) -> None:
         await self.publisher.room()
@@ -76,7 +81,7 @@ class JobReporter:
         if self.result_re is not None:
             found = output.parse_result(plain, self.result_re)
             if found:
-                self.result.update(found)
+                self._result.merge(found)
 
     def progress(self, progress: Progress) -> None:
         self.publisher.report_progress(
@@ -88,6 +93,11 @@ class JobReporter:
         )
 
     def add_result(self, fields: dict[str, Any]) -> None:
-        self.result.update(
+        self._result.merge(
             {k: self.mask(v) if isinstance(v, str) else v for k, v in fields.items()}
         )
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The job's result so far, cleaned and within the contract's size (cut with a note)."""
+        return self._result.value()

@@ -36,6 +36,7 @@ from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.publisher import check_line_fits
 from jobrunner.services.runner.requests import RequestLoop
 from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
@@ -67,7 +68,7 @@ class Runner:
             self.slots, self.board, self.journal, self.identity, capacity, self.ack_wait / 3
         )
         ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
-        executor = JobExecutor(settings, self.slots, self.journal, self.identity, ledger)
+        executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger)
         self.requests = RequestLoop(
             self.job_types, self.slots, self.journal, claimer, executor, capacity
         )
@@ -121,6 +122,7 @@ class Runner:
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     nc = await eventstore.connect(settings, "runner")
     try:
+        check_line_fits(settings.max_line_bytes, nc.max_payload)
         await Runner(settings, nc).run(stop)
     finally:
         await eventstore.close(nc)

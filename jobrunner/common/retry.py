@@ -1,0 +1,105 @@
+"""The retry policy: which NATS errors can succeed later, and how long to wait between tries.
+
+Retries retry only what can succeed later (ARCHITECTURE invariant 10). A timeout, a server that
+has no responder yet, a connection that is reconnecting, JetStream answering 503 (no quorum, the
+stream leader moving) all pass; a message over the server's ``max_payload``, a request the server
+calls bad, a permission it denies, an event that cannot be encoded never will, so they raise at
+once instead of blocking a job forever.
+
+Backoff comes from ``stamina`` (exponential with jitter, capped); structlog logs each retry as
+``stamina.retry_scheduled`` with its cause. Loops that restart something rather than retry one
+call (the supervisor restarting a service) take their wait from :func:`delay_after`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import stamina
+
+T = TypeVar("T")
+
+# Short first waits (a reconnect usually takes a fraction of a second), never more than this
+# between tries so that a returning server is used promptly.
+FIRST_WAIT = 0.05
+LONGEST_WAIT = 2.0
+JITTER = 0.1
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    TimeoutError,  # nats.errors.TimeoutError is one too
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionDrainingError,
+    ConnectionError,
+)
+# JetStream API error codes that say "not now" rather than "never": 503 is "JetStream not
+# available / no quorum / insufficient resources for the moment".
+_TRANSIENT_API_CODES = frozenset({503})
+
+
+class PublishRefused(Exception):
+    """NATS refused a message for good; ``code`` is machine-readable, ``str()`` a sentence."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def delay_after(failures: int, first: float = FIRST_WAIT, longest: float = LONGEST_WAIT) -> float:
+    """The wait after ``failures`` failures in a row: ``first``, doubling, at most ``longest``."""
+    return min(longest, first * 2.0 ** min(max(failures, 1) - 1, 30))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same request may succeed if simply sent again later."""
+    if isinstance(exc, nats.js.errors.APIError):
+        return exc.code in _TRANSIENT_API_CODES
+    return isinstance(exc, _TRANSIENT)
+
+
+def refusal(exc: BaseException, what: str) -> PublishRefused:
+    """The permanent error as a clear one: what was refused and why it will never pass."""
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return PublishRefused(
+            "MESSAGE_TOO_LARGE", f"{what} is larger than the NATS server's max_payload."
+        )
+    if isinstance(exc, nats.errors.AuthorizationError) or (
+        isinstance(exc, nats.js.errors.APIError) and exc.code == 403
+    ):
+        return PublishRefused("PERMISSION_DENIED", f"NATS does not permit publishing {what}.")
+    if isinstance(exc, nats.js.errors.BadRequestError):
+        return PublishRefused(
+            "BAD_REQUEST", f"JetStream rejected {what} as a bad request: {exc.description}"
+        )
+    if isinstance(exc, (msgspec.EncodeError, TypeError, ValueError)):
+        return PublishRefused("UNENCODABLE", f"{what} cannot be encoded: {exc}")
+    return PublishRefused("PUBLISH_REFUSED", f"NATS refused {what}: {exc!r}")
+
+
+async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``operation`` until it succeeds: transient errors are retried forever with backoff,
+    a permanent one raises :class:`PublishRefused` at once (the cause chained)."""
+    try:
+        async for attempt in stamina.retry_context(
+            on=is_transient,
+            attempts=None,
+            timeout=None,
+            wait_initial=FIRST_WAIT,
+            wait_max=LONGEST_WAIT,
+            wait_jitter=JITTER,
+        ):
+            with attempt:
+                return await operation()
+    except Exception as exc:
+        if is_transient(exc):  # pragma: no cover - stamina never gives up with no limits
+            raise
+        raise refusal(exc, what) from exc
+    raise AssertionError("unreachable: stamina retries forever")  # pragma: no cover
