@@ -266,3 +266,39 @@ def test_line_length_is_bounded_whatever_the_tool_prints(pieces: list[bytes]) ->
     splitter = LineSplitter(64)
     for line in feed_all(splitter, [b"".join(pieces)]):
         assert len(line.removesuffix(SPLIT_MARKER).encode()) <= 64 * 3
+
+
+def test_empty_redraw_before_the_line_ends_keeps_the_text() -> None:
+    """'a\\r\\r' then '\\n' in two reads logs 'a', as when the same bytes arrive in one read."""
+    splitter = LineSplitter(1024)
+    assert splitter.feed(b"a\r\r") == []
+    assert splitter.feed(b"\n") == ["a"]
+
+
+OUTPUT_PIECES = st.lists(
+    st.sampled_from(
+        [b"a", b"\xc3\xa4", b"\n", b"\r", b"\r\n", b"\x1b[1m", b"\x00", b"\xff", b"[1/3]"]
+    ),
+    max_size=60,
+)
+
+
+@settings(deadline=None)
+@given(OUTPUT_PIECES, st.data())
+def test_lines_do_not_depend_on_how_the_pipe_splits_the_output(
+    pieces: list[bytes], data: st.DataObject
+) -> None:
+    """The same output gives the same lines however the pipe happens to cut it into reads."""
+    whole = b"".join(pieces)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(whole)), max_size=8)))
+    chunks = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+    assert feed_all(LineSplitter(1024), chunks) == feed_all(LineSplitter(1024), [whole])
+
+
+def test_endless_redraws_without_text_hold_no_memory() -> None:
+    """A tool printing only \\r for ever keeps the buffer small and logs no empty lines."""
+    splitter = LineSplitter(64)
+    for _ in range(1000):
+        assert splitter.feed(b"\r" * 7) == []
+    assert splitter.feed(b"a\r" + b"\r" * 500) == []
+    assert splitter.feed(b"\n") == ["a"]

@@ -165,11 +165,18 @@ class LineSplitter:
         del buf[:start]
         last_cr = buf.rfind(b"\r")
         if last_cr >= 0:
-            # A progress bar redrawing itself: only its latest state matters.
-            prev_cr = buf.rfind(b"\r", 0, last_cr)
-            state = bytes(buf[prev_cr + 1 : last_cr])
+            # A progress bar redrawing itself: only its latest state matters. An empty state
+            # ("\r\r") shows nothing, so the state before it is still the one on screen (and
+            # the one clean_text keeps when the line ends, however the reads were cut).
+            end = last_cr
+            prev_cr = buf.rfind(b"\r", 0, end)
+            while prev_cr >= 0 and prev_cr + 1 == end:
+                end, prev_cr = prev_cr, buf.rfind(b"\r", 0, prev_cr)
+            state = bytes(buf[prev_cr + 1 : end])
             if state.strip():
                 self.transient = clean_text(state)
+            if last_cr > end + 1:
+                del buf[end + 1 : last_cr]  # a run of empty redraws: one is as good as many
             if prev_cr >= 0:
                 del buf[: prev_cr + 1]
         while len(buf) > self.max_bytes:
