@@ -27,9 +27,9 @@ SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
 # projector's batch, so the runner does not report it (issue 11: clean at the source).
 MAX_PROGRESS_COUNT = 2**31 - 1
 # A result value that becomes a JSON number: ASCII digits only (str.isdigit() also takes "²",
-# which int() refuses), no leading zero (a postcode such as 01067 keeps its zero), and few
-# enough digits for a 64-bit integer that every JSON reader takes exactly.
-_PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,17}")
+# which int() refuses), no leading zero (a postcode such as 01067 keeps its zero), and at most
+# 15 digits, below 2^53, so that the web UI's JavaScript shows the number exactly too.
+_PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,14}")
 
 
 def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | None = None) -> str:
