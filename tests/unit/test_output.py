@@ -123,6 +123,11 @@ def test_custom_percent_over_100_is_clamped() -> None:
     assert progress.percent == 100.0
 
 
+def test_negative_count_from_a_custom_pattern_is_no_progress() -> None:
+    """A job type's pattern that captures "-5" as the count reports no progress."""
+    assert parse_progress("item -5", re.compile(r"item (?P<current>-?\d+)")) is None
+
+
 @pytest.mark.parametrize("raw", ["nan", "inf"])
 def test_custom_percent_that_is_no_number_is_no_progress(raw: str) -> None:
     """A pattern that captures 'nan' or 'inf' as the percentage reports no progress."""

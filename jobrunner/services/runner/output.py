@@ -68,7 +68,7 @@ def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) ->
         return None
     if total is not None and (total <= 0 or current is None or current < 0):
         return None  # "[0/0]" is no progress
-    if not all(n is None or n <= MAX_PROGRESS_COUNT for n in (current, total)):
+    if not all(n is None or 0 <= n <= MAX_PROGRESS_COUNT for n in (current, total)):
         return None  # a number in the text that only looks like a count
     if current is not None and total:
         percent = round(100.0 * current / total, 1)
