@@ -20,7 +20,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.security.tokens import Role, TokenError, TokenRecord, TokenStore
 
-_DURATION_RE = re.compile(r"^(\d+)([mhdw])$")
+_DURATION_RE = re.compile(r"^(\d+)([mhdw])\Z")  # \Z: "$" lets a final "\n" through
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -31,7 +31,10 @@ def parse_expiry(expires_in: str | None, expires_at: str | None) -> datetime | N
         match = _DURATION_RE.match(expires_in)
         if not match:
             raise TokenError("--expires-in takes a number and a unit: 30m, 12h, 90d, 2w")
-        return datetime.now(UTC) + timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return datetime.now(UTC) + timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise TokenError(f"--expires-in {expires_in} lies beyond any date") from None
     if expires_at:
         try:
             moment = datetime.fromisoformat(expires_at)

@@ -21,7 +21,8 @@ from nats.js import JetStreamContext, api
 from jobrunner.contracts.names import Names
 
 # A job id as it may appear in a subject token: no '.', no wildcards, no whitespace.
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# \Z, not $: "$" also matches before a final line break.
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 _READ_TIMEOUT = 10.0
 
 

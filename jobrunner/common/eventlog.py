@@ -68,9 +68,11 @@ def readable(stored: audit.StoredEvent) -> str:
         if k not in skip and v not in (None, {}, [])
     )
     out = f"{head}  {fields}".rstrip()
-    for line in event.get("lines") or []:
+    lines = event.get("lines")
+    for line in lines if isinstance(lines, list) else []:
         if isinstance(line, list) and len(line) >= 5:
-            out += f"\n          {line[0]:>6} {line[1]:<6} {line[2]:<7} {line[4]}"
+            # !s: a stored line may hold any JSON (None cannot be padded), shown as it is.
+            out += f"\n          {line[0]!s:>6} {line[1]!s:<6} {line[2]!s:<7} {line[4]}"
     return out
 
 

@@ -33,6 +33,8 @@ def with_runtime(settings: Settings, environ: dict[str, str]) -> Settings:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return settings
+    if not isinstance(data, dict):
+        return settings  # damaged (or written by something else): as if there were none
     changes = {
         key: data[key]
         for key in ("nats_url", "database_url", "prefix")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from jobrunner.contracts import events
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# \Z, not $: "$" also matches before a final line break, which no subject may hold.
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 
 KIND_BY_EVENT: dict[type[events.Event], str] = {
     events.JobRequested: "requested",

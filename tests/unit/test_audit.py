@@ -51,7 +51,7 @@ def test_history_of_one_job_or_all() -> None:
     assert subject_filter(names, "j-1_a") == "acme.job.j-1_a.>"
 
 
-@pytest.mark.parametrize("job_id", ["a.b", "*", ">", "a b", "", "x" * 129])
+@pytest.mark.parametrize("job_id", ["a.b", "*", ">", "a b", "", "x" * 129, "j1\n"])
 def test_job_id_that_would_widen_the_filter_is_refused(job_id: str) -> None:
     """A job id with dots, wildcards or spaces is refused, so it cannot read other jobs' events."""
     with pytest.raises(ValueError, match="is not a job id"):

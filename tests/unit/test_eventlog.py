@@ -133,3 +133,23 @@ def test_any_since_is_read_or_refused_with_a_sentence(raw: str) -> None:
     else:
         return
     assert "--since" in message
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=12,
+)
+
+
+@settings(deadline=None)
+@given(st.dictionaries(st.sampled_from(["type", "job_id", "lines", "status", "x"]), JSON) | JSON)
+def test_any_stored_event_can_be_shown(event: object) -> None:
+    """Whatever a stored message holds (odd lines included), jobrunner events shows it."""
+    assert readable(stored(event)).startswith("#42")
+
+
+def test_odd_line_fields_are_shown_as_they_are() -> None:
+    """A line whose fields are not the usual types is shown, not a crash of the whole listing."""
+    event = {"type": "LineLogged", "lines": [[None, {"a": 1}, 3, "t", ["x"]]]}
+    assert readable(stored(event)).splitlines()[1].split() == ["None", "{'a':", "1}", "3", "['x']"]

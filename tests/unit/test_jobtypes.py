@@ -267,6 +267,7 @@ def test_too_long_message_names_the_limit_that_applies(tmp_path: Path) -> None:
     assert str(MAX_STRING_LENGTH) in exc.value.errors[0].message
 
 
+ENRICH_SEARCH = load_job_types(DEFAULT_JOB_TYPES)["enrich_search"]
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
@@ -278,7 +279,7 @@ JSON_VALUES = st.recursive(
 @given(st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=6))
 def test_any_json_parameters_are_accepted_or_named(given_params: dict[str, Any]) -> None:
     """Whatever JSON a client sends as parameters, it is either accepted or every error is named."""
-    job_type = load_job_types(DEFAULT_JOB_TYPES)["enrich_search"]
+    job_type = ENRICH_SEARCH
     try:
         clean = validate_parameters(job_type, given_params)
     except ParameterError as exc:

@@ -29,7 +29,7 @@ def test_every_event_type_has_a_subject() -> None:
     assert len(set(KIND_BY_EVENT.values())) == len(events.EVENT_TYPES)
 
 
-@pytest.mark.parametrize("prefix", ["", "a.b", "a*", "a>", "a b", "x" * 33, "ä"])
+@pytest.mark.parametrize("prefix", ["", "a.b", "a*", "a>", "a b", "x" * 33, "ä", "abc\n"])
 def test_prefix_that_would_break_subjects_is_refused(prefix: str) -> None:
     """A prefix with dots, wildcards, spaces or over 32 characters is refused with a sentence."""
     with pytest.raises(ValueError, match="must be 1-32 of"):

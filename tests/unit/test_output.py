@@ -123,6 +123,11 @@ def test_custom_percent_over_100_is_clamped() -> None:
     assert progress.percent == 100.0
 
 
+def test_negative_count_from_a_custom_pattern_is_no_progress() -> None:
+    """A job type's pattern that captures "-5" as the count reports no progress."""
+    assert parse_progress("item -5", re.compile(r"item (?P<current>-?\d+)")) is None
+
+
 @pytest.mark.parametrize("raw", ["nan", "inf"])
 def test_custom_percent_that_is_no_number_is_no_progress(raw: str) -> None:
     """A pattern that captures 'nan' or 'inf' as the percentage reports no progress."""
@@ -163,14 +168,21 @@ def test_result_summary_group_wins_over_the_whole_line() -> None:
     assert parse_result("DONE all fine", pattern) == {"summary": "all fine"}
 
 
+def test_result_integer_up_to_15_digits_is_a_number() -> None:
+    """A count of up to 15 digits (exact in every JSON reader, JavaScript included) is a number."""
+    result = parse_result("n=999999999999999", re.compile(r"n=(?P<n>\d+)"))
+    assert result is not None
+    assert result["n"] == 999_999_999_999_999
+
+
 def test_line_not_matching_is_no_result() -> None:
     """A line the result_pattern does not match is no result."""
     assert parse_result("working", re.compile(r"DONE")) is None
 
 
-@pytest.mark.parametrize("value", ["²", "٣", "1" * 5000, "12345678901234567890123", "01067"])
+@pytest.mark.parametrize("value", ["²", "٣", "1" * 5000, "9007199254740993", "01067"])
 def test_result_number_that_is_not_a_plain_integer_stays_text(value: str) -> None:
-    """Digits that are no plain integer (², ٣, 5000 digits, a postcode 01067) stay as printed."""
+    """Digits that are no plain integer (², ٣, past 2^53, a postcode 01067) stay as printed."""
     result = parse_result(f"n={value}", re.compile(r"n=(?P<n>\S+)"))
     assert result is not None
     assert result["n"] == value
@@ -266,3 +278,39 @@ def test_line_length_is_bounded_whatever_the_tool_prints(pieces: list[bytes]) ->
     splitter = LineSplitter(64)
     for line in feed_all(splitter, [b"".join(pieces)]):
         assert len(line.removesuffix(SPLIT_MARKER).encode()) <= 64 * 3
+
+
+def test_empty_redraw_before_the_line_ends_keeps_the_text() -> None:
+    """'a\\r\\r' then '\\n' in two reads logs 'a', as when the same bytes arrive in one read."""
+    splitter = LineSplitter(1024)
+    assert splitter.feed(b"a\r\r") == []
+    assert splitter.feed(b"\n") == ["a"]
+
+
+OUTPUT_PIECES = st.lists(
+    st.sampled_from(
+        [b"a", b"\xc3\xa4", b"\n", b"\r", b"\r\n", b"\x1b[1m", b"\x00", b"\xff", b"[1/3]"]
+    ),
+    max_size=60,
+)
+
+
+@settings(deadline=None)
+@given(OUTPUT_PIECES, st.data())
+def test_lines_do_not_depend_on_how_the_pipe_splits_the_output(
+    pieces: list[bytes], data: st.DataObject
+) -> None:
+    """The same output gives the same lines however the pipe happens to cut it into reads."""
+    whole = b"".join(pieces)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(whole)), max_size=8)))
+    chunks = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+    assert feed_all(LineSplitter(1024), chunks) == feed_all(LineSplitter(1024), [whole])
+
+
+def test_endless_redraws_without_text_hold_no_memory() -> None:
+    """A tool printing only \\r for ever keeps the buffer small and logs no empty lines."""
+    splitter = LineSplitter(64)
+    for _ in range(1000):
+        assert splitter.feed(b"\r" * 7) == []
+    assert splitter.feed(b"a\r" + b"\r" * 500) == []
+    assert splitter.feed(b"\n") == ["a"]

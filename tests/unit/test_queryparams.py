@@ -60,6 +60,11 @@ def test_names_must_look_like_names(value: str) -> None:
     refused(lambda: query(("job_type", value)).names("job_type"))
 
 
+def test_name_with_a_trailing_line_break_is_refused() -> None:
+    """?job_type=scraper%0A is refused, not taken for scraper or passed on with its line break."""
+    refused(lambda: query(("job_type", "scraper\n")).name("job_type"))
+
+
 def test_single_valued_parameter_given_twice_is_refused() -> None:
     """?limit=1&limit=2 is ambiguous and refused."""
     error = refused(lambda: query(("limit", "1"), ("limit", "2")).integer("limit", 50, 1))

@@ -17,7 +17,7 @@ from litestar.datastructures import MultiDict
 
 from jobrunner.services.api.errors import ApiError
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")  # \Z: "$" lets a final "\n" through
 _SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$")
 MAX_SEARCH_LENGTH = 200
 

@@ -27,9 +27,9 @@ SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
 # projector's batch, so the runner does not report it (issue 11: clean at the source).
 MAX_PROGRESS_COUNT = 2**31 - 1
 # A result value that becomes a JSON number: ASCII digits only (str.isdigit() also takes "²",
-# which int() refuses), no leading zero (a postcode such as 01067 keeps its zero), and few
-# enough digits for a 64-bit integer that every JSON reader takes exactly.
-_PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,17}")
+# which int() refuses), no leading zero (a postcode such as 01067 keeps its zero), and at most
+# 15 digits, below 2^53, so that the web UI's JavaScript shows the number exactly too.
+_PLAIN_INTEGER = re.compile(r"0|[1-9][0-9]{0,14}")
 MIN_LINE_BYTES = 64  # a smaller max_line_bytes is raised to this
 
 
@@ -78,7 +78,7 @@ def parse_progress(text: str, pattern: re.Pattern[str] = DEFAULT_PROGRESS_RE) ->
         return None
     if total is not None and (total <= 0 or current is None or current < 0):
         return None  # "[0/0]" is no progress
-    if not all(n is None or n <= MAX_PROGRESS_COUNT for n in (current, total)):
+    if not all(n is None or 0 <= n <= MAX_PROGRESS_COUNT for n in (current, total)):
         return None  # a number in the text that only looks like a count
     if current is not None and total:
         percent = percent_of(current, total)
@@ -217,11 +217,18 @@ class LineSplitter:
         del buf[:start]
         last_cr = buf.rfind(b"\r")
         if last_cr >= 0:
-            # A progress bar redrawing itself: only its latest state matters.
-            prev_cr = buf.rfind(b"\r", 0, last_cr)
-            state = bytes(buf[prev_cr + 1 : last_cr])
+            # A progress bar redrawing itself: only its latest state matters. An empty state
+            # ("\r\r") shows nothing, so the state before it is still the one on screen (and
+            # the one clean_text keeps when the line ends, however the reads were cut).
+            end = last_cr
+            prev_cr = buf.rfind(b"\r", 0, end)
+            while prev_cr >= 0 and prev_cr + 1 == end:
+                end, prev_cr = prev_cr, buf.rfind(b"\r", 0, prev_cr)
+            state = bytes(buf[prev_cr + 1 : end])
             if state.strip():
                 self.transient = clean_text(state)
+            if last_cr > end + 1:
+                del buf[end + 1 : last_cr]  # a run of empty redraws: one is as good as many
             if prev_cr >= 0:
                 del buf[: prev_cr + 1]
         while len(buf) > self.max_bytes:

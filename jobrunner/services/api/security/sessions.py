@@ -53,7 +53,7 @@ class SessionSigner:
         if not token_id or not issued.isdigit() or not signature:
             return None
         expected = self._sign("session", f"{token_id}.{issued}")
-        if not hmac.compare_digest(expected, signature):
+        if not _same(expected, signature):
             return None
         age = (now if now is not None else time.time()) - int(issued)
         if age < 0 or age > self.max_age:
@@ -64,6 +64,10 @@ class SessionSigner:
         return self._sign("csrf", session_cookie)
 
     def check_csrf(self, session_cookie: str, presented: str | None) -> bool:
-        return bool(presented) and hmac.compare_digest(
-            self.csrf_token(session_cookie), presented or ""
-        )
+        return bool(presented) and _same(self.csrf_token(session_cookie), presented or "")
+
+
+def _same(expected: str, presented: str) -> bool:
+    """Constant-time comparison that also takes what a client sent in non-ASCII characters
+    (``compare_digest`` raises TypeError on such a ``str``: an error page instead of a 401/403)."""
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogatepass"))

@@ -31,8 +31,9 @@ from jobrunner.contracts.names import Names
 log = structlog.get_logger()
 
 TOKEN_PREFIX = "jrt_"
-_TOKEN_RE = re.compile(r"^jrt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+# \Z, not $: "$" also matches before a final line break.
+_TOKEN_RE = re.compile(r"^jrt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 _SESSION_KEY = "session-key"
 
 
