@@ -608,8 +608,13 @@ class Runner:
 
 
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
+    # Imported here: this file is being split; the heartbeat is started from here alone.
+    from jobrunner.services.runner.heartbeat import heartbeat
+
     nc = await eventstore.connect(settings, "runner")
     try:
-        await Runner(settings, nc).run(stop)
+        runner = Runner(settings, nc)
+        async with heartbeat(nc.jetstream(), Names(settings.prefix), settings, runner.runner_id):
+            await runner.run(stop)
     finally:
         await eventstore.close(nc)
