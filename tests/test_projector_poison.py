@@ -189,3 +189,22 @@ async def test_replay_sets_aside_the_same_events_and_agrees(
     report = await replay(settings)
     assert report.differences == {}
     assert report.tables["projector_failures"] == 1
+
+
+async def test_admins_list_the_events_set_aside_and_viewers_may_not(
+    system: System, settings: Settings
+) -> None:
+    """GET /api/projector/failures lists what was set aside, for admins; a viewer gets 403."""
+    last = await publish(
+        settings, [*job_events("bad", status=JobStatus.RUNNING), unstorable_line("bad")]
+    )
+    await wait_projected(settings, last)
+    viewer = await system.create_token("viewer", "viewer")
+    async with system.client() as admin, system.client(token=viewer) as other:
+        listed = await admin.get("/api/projector/failures")
+        refused = await other.get("/api/projector/failures")
+    assert listed.status_code == 200
+    body = listed.json()
+    assert body["count"] == 1
+    assert [(e["stream_seq"], e["job_id"]) for e in body["events"]] == [(last, "bad")]
+    assert refused.status_code == 403

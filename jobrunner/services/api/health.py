@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 
@@ -135,3 +136,22 @@ async def _runners(ctx: ApiContext, problems: list[Problem]) -> dict[str, Any]:
             Problem("NO_RUNNER", "No runner is alive: requested jobs wait until one starts.")
         )
     return {"alive": len(alive), "ids": [beat.runner_id for beat in alive]}
+
+
+FAILURES_SHOWN = 100
+
+
+async def set_aside_events(ctx: ApiContext) -> dict[str, Any]:
+    """The events the projector set aside, newest first (at most ``FAILURES_SHOWN``), with the
+    stored message as far as it was kept."""
+    try:
+        count = await ctx.pool.fetchval(f"SELECT count(*) FROM {READ_SCHEMA}.projector_failures")
+        rows = await ctx.pool.fetch(
+            "SELECT stream_seq, subject, event_type, job_id, error, raw, recorded_at "
+            f"FROM {READ_SCHEMA}.projector_failures ORDER BY stream_seq DESC LIMIT $1",
+            FAILURES_SHOWN,
+        )
+    except asyncpg.UndefinedTableError:  # a projector older than the table: nothing set aside
+        return {"count": 0, "events": []}
+    found = [dict(r) | {"recorded_at": r["recorded_at"].isoformat()} for r in rows]
+    return {"count": int(count), "events": found}

@@ -8,7 +8,7 @@ from litestar import Request, get
 from litestar.response import Response
 
 from jobrunner.common.jobtypes import public_schema
-from jobrunner.services.api.health import report
+from jobrunner.services.api.health import report, set_aside_events
 from jobrunner.services.api.routes.jobs import ctx_of
 
 
@@ -25,3 +25,13 @@ async def list_job_types(request: Request[Any, Any, Any]) -> list[dict[str, Any]
 async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     body, status_code = await report(ctx_of(request))
     return Response(body, status_code=status_code)
+
+
+@get(
+    "/api/projector/failures",
+    tags=["health"],
+    summary="Events the projector could not apply and set aside (admins only)",
+    opt={"role": "admin"},
+)
+async def list_projector_failures(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return await set_aside_events(ctx_of(request))
