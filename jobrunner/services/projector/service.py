@@ -66,7 +66,17 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             if not batch:
                 await watch.idle()
                 continue
-            applied = await _apply_until_done(pool, batch, feed, stop)
+            try:
+                applied = await _apply_until_done(pool, batch, feed, stop)
+            except CheckpointBehind as behind:
+                # Postgres came back without commits it had acknowledged: read again from
+                # its checkpoint, or the events in between would never be applied.
+                log.warning("projector reads again from the stored checkpoint", **behind.fields)
+                await feed.close()
+                feed = EventFeed(js, names, settings, name="projector")
+                await feed.start(behind.stored + 1)
+                last = behind.stored
+                continue
             if applied is None:
                 break
             last = applied
@@ -79,17 +89,34 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         await eventstore.close(nc)
 
 
+class CheckpointBehind(Exception):
+    """After an outage the stored checkpoint is behind what the feed had read: Postgres lost
+    acknowledged commits (a crash with ``synchronous_commit = off``, a restored backup)."""
+
+    def __init__(self, stored: int, next_seq: int) -> None:
+        super().__init__(f"stored checkpoint {stored}, the feed was at {next_seq}")
+        self.stored = stored
+        self.fields = {"stored_checkpoint": stored, "feed_at": next_seq}
+
+
 async def _apply_until_done(
     pool: asyncpg.Pool, batch: setaside.Batch, feed: EventFeed, stop: asyncio.Event
 ) -> int | None:
     """Apply ``batch``, setting aside the events that cannot be; on an outage (Postgres or NATS
     away) try the same batch again, with a growing pause, until it is applied: an outage never
-    sets an event aside. Returns the new checkpoint, or None when stopped meanwhile."""
+    sets an event aside. Returns the new checkpoint, or None when stopped meanwhile; raises
+    ``CheckpointBehind`` when Postgres came back with less than it had stored."""
     failures = 0
     while True:
         try:
             async with pool.acquire() as conn:
+                if failures:
+                    stored = await store.checkpoint(conn)
+                    if stored < batch[0][0] - 1:
+                        raise CheckpointBehind(stored, batch[0][0])
                 return await setaside.apply(conn, batch, feed.lookup)
+        except CheckpointBehind:
+            raise
         except Exception as exc:
             failures += 1
             pause = min(0.1 * 2**failures, RETRY_PAUSE_MAX)
