@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
+from jobrunner.common import runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
@@ -67,7 +68,8 @@ def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
 
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """Create (or update to the configured limits) the event stream and the lock bucket."""
+    """Create (or update to the configured limits) the event stream, the lock bucket and the
+    runner heartbeat bucket."""
     config = stream_config(names, settings)
     try:
         await js.add_stream(config)
@@ -84,6 +86,16 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             # Leases carry their own TTL; an expired one leaves a marker that runners watch
             # to declare the job's runner lost.
             limit_marker_ttl=max(60.0, settings.lease_ttl_seconds * 4),
+        )
+    try:
+        await js.stream_info(f"KV_{names.runners_bucket}")
+    except nats.js.errors.NotFoundError:
+        await js.create_key_value(
+            bucket=names.runners_bucket,
+            history=1,
+            storage=api.StorageType.MEMORY,  # heartbeats are worth nothing after a restart
+            replicas=settings.stream_replicas,
+            ttl=runnerpool.heartbeat_ttl(settings),
         )
 
 

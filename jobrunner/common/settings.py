@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     line_flush_interval_ms: float = 10.0
     line_batch_max: int = 1000
     max_line_bytes: int = 65536
+    # Each runner says it is alive this often; it counts as gone after three missed beats.
+    runner_heartbeat_seconds: float = 5.0
     # Demo tools: seconds between items; 0 runs them as fast as possible.
     demo_pace: float = 0.4
 
@@ -64,6 +66,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # events stay in the stream as long as the stream limits keep them (0 keeps them forever).
     readmodel_retention_days: float = 0
     stream_replicas: int = 1
+    # GET /health: the projector counts as stuck when the oldest event waiting for it was stored
+    # longer ago than this.
+    projector_stuck_seconds: float = 10.0
 
     # SSE
     sse_keepalive_seconds: float = 15.0

@@ -82,6 +82,11 @@ class Names:
         """API tokens (hashes only) and the session signing key, shared by every API instance."""
         return f"{self.prefix}_tokens"
 
+    @property
+    def runners_bucket(self) -> str:
+        """Runner heartbeats: one key per live runner, gone once it stops writing (bucket TTL)."""
+        return f"{self.prefix}_runners"
+
     # --- plain NATS notifications (not persisted)
     @property
     def projected_subject(self) -> str:

@@ -13,7 +13,7 @@ from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.routes.audit import job_events
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
-from jobrunner.services.api.routes.meta import health, list_job_types
+from jobrunner.services.api.routes.meta import health, list_job_types, list_projector_failures
 from jobrunner.services.api.routes.pages import UI_ROUTES, template_config
 from jobrunner.services.api.routes.streams import job_event_stream
 from jobrunner.services.api.routes.updates import job_updates
@@ -29,6 +29,7 @@ def create_app(settings: Settings) -> Litestar:
             job_event_stream,
             list_job_types,
             health,
+            list_projector_failures,
             # history and audit
             job_updates,
             job_logs,

@@ -7,13 +7,15 @@ import asyncio
 import msgspec
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts import codec
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector.projections import Change, project
+from jobrunner.services.projector.projections import Change, Unreadable, project
+from jobrunner.services.projector.setaside import StoredMessage
 
 log = structlog.get_logger()
 
@@ -44,6 +46,8 @@ class EventFeed:
     ) -> None:
         self._restart_attempts = restart_attempts  # None: for as long as it takes
         connection = NatsConnection.from_settings(settings)  # the same options as nats-py's
+        self._js = js
+        self._stream = names.stream
         self._reader = StreamReader(
             js,
             connection.servers,
@@ -84,6 +88,15 @@ class EventFeed:
             reads += 1
         return batch
 
+    async def lookup(self, seq: int) -> StoredMessage | None:
+        """The message stored at ``seq`` (for the record of an event set aside); None when the
+        stream no longer holds it."""
+        try:
+            msg = await self._js.get_msg(self._stream, seq, direct=True)
+        except NotFoundError:
+            return None
+        return StoredMessage(msg.subject, msg.data or b"")
+
     async def _read(self) -> None:
         failures = 0
         while True:
@@ -92,14 +105,16 @@ class EventFeed:
                     await self._reader.open(self._reader.last_seq + 1)
                 async for messages in self._reader.batches():
                     failures = 0
-                    batch = []
+                    batch: list[tuple[int, list[Change]]] = []
                     for seq, data in messages:
                         try:
                             event = codec.decode(data)
                         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                            # A malformed message must not stop the read models: skip it, loudly.
-                            log.error("undecodable event skipped", stream_seq=seq, error=str(exc))
-                            event = None
+                            # A malformed message must not stop the read models: it is set
+                            # aside (recorded) where the batch is applied.
+                            unreadable: list[Change] = [Unreadable(f"{type(exc).__name__}: {exc}")]
+                            batch.append((seq, unreadable))
+                            continue
                         batch.append((seq, project(event, seq) if event else []))
                     await self._queue.put(batch)
             except StreamReaderError as exc:

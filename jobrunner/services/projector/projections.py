@@ -9,6 +9,8 @@ import msgspec
 
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.services.projector import storable
+from jobrunner.services.projector.storable import optional_text, text
 
 # Changes are msgspec Structs, not dataclasses: a replay makes one per event, and these are
 # several times cheaper to create (and, with gc=False, invisible to the cycle collector).
@@ -33,22 +35,32 @@ class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     rows: list[tuple[str, int, str, str, datetime, str, int]] = []
 
 
-Change = JobCreated | JobUpdated | LinesAppended
+class Unreadable(msgspec.Struct, frozen=True, gc=False):
+    """A stored message that is no event this version can read: it is set aside (recorded in
+    the table of events the projector could not apply), never applied."""
+
+    error: str
+
+
+Change = JobCreated | JobUpdated | LinesAppended | Unreadable
 
 
 def project(event: events.Event, stream_seq: int) -> list[Change]:
+    """The row changes of one event. Every value is made storable here (storable.py): what a
+    column cannot hold is changed the same way in the live projector and in a replay."""
+    job_id = text(event.job_id)
     match event:
         case events.JobRequested():
             return [
                 JobCreated(
                     {
-                        "id": event.job_id,
-                        "job_type": event.job_type,
+                        "id": job_id,
+                        "job_type": text(event.job_type),
                         "status": JobStatus.PENDING.value,
-                        "parameters": event.parameters,
-                        "lock": event.lock,
-                        "requested_by": event.requested_by,
-                        "batch_id": event.batch_id,
+                        "parameters": storable.json_value(event.parameters),
+                        "lock": optional_text(event.lock),
+                        "requested_by": optional_text(event.requested_by),
+                        "batch_id": optional_text(event.batch_id),
                         "created_at": event.occurred_at,
                         "updated_at": event.occurred_at,
                         "first_seq": stream_seq,
@@ -57,14 +69,14 @@ def project(event: events.Event, stream_seq: int) -> list[Change]:
                 )
             ]
         case events.StatusChanged():
-            return [_status_change(event, stream_seq)]
+            return [_status_change(event, job_id, stream_seq)]
         case events.CancelRequested():
             return [
                 JobUpdated(
-                    event.job_id,
+                    job_id,
                     {
                         "cancel_requested_at": event.occurred_at,
-                        "cancelled_by": event.requested_by,
+                        "cancelled_by": optional_text(event.requested_by),
                         "updated_at": event.occurred_at,
                     },
                     stream_seq,
@@ -73,15 +85,17 @@ def project(event: events.Event, stream_seq: int) -> list[Change]:
         case events.LineLogged():
             return [
                 LinesAppended(
-                    event.job_id,
+                    job_id,
                     [
                         (
-                            event.job_id,
+                            job_id,
+                            # Out of range, a line's number cannot be stored: it is the key, so
+                            # neither clamping nor NULL would do (the event is set aside).
                             ln.seq,
-                            ln.stream,
-                            ln.level,
+                            text(ln.stream),
+                            text(ln.level),
                             ln.timestamp,
-                            ln.text,
+                            text(ln.text),
                             stream_seq,
                         )
                         for ln in event.lines
@@ -90,34 +104,40 @@ def project(event: events.Event, stream_seq: int) -> list[Change]:
             ]
         case events.ProgressReported():
             fields: dict[str, Any] = {"updated_at": event.occurred_at}
-            for name in ("current", "total", "percent"):
-                value = getattr(event, name)
-                if value is not None:
-                    fields[f"progress_{name}"] = value
+            # A count beyond the integer column is clamped, not dropped: the bar still shows
+            # the job far along (and "current of total" keeps its order at the column's end).
+            if event.current is not None:
+                fields["progress_current"] = storable.clamp_int4(event.current)
+            if event.total is not None:
+                fields["progress_total"] = storable.clamp_int4(event.total)
+            if event.percent is not None:
+                fields["progress_percent"] = storable.percent(event.percent)
             if event.phase is not None:
-                fields["phase"] = event.phase
+                fields["phase"] = text(event.phase)
             if event.message is not None:
-                fields["message"] = event.message
-            return [JobUpdated(event.job_id, fields, stream_seq)]
+                fields["message"] = text(event.message)
+            return [JobUpdated(job_id, fields, stream_seq)]
     return []
 
 
-def _status_change(event: events.StatusChanged, stream_seq: int) -> JobUpdated:
+def _status_change(event: events.StatusChanged, job_id: str, stream_seq: int) -> JobUpdated:
     fields: dict[str, Any] = {"status": event.status.value, "updated_at": event.occurred_at}
     if event.status == JobStatus.RUNNING:
         fields["started_at"] = event.occurred_at
-        fields["runner_id"] = event.runner_id
+        fields["runner_id"] = optional_text(event.runner_id)
         # A job only starts from pending; a late "running" never revives an ended job.
-        return JobUpdated(event.job_id, fields, stream_seq, only_if_status=frozenset({"pending"}))
+        return JobUpdated(job_id, fields, stream_seq, only_if_status=frozenset({"pending"}))
     if event.status.is_terminal:
         fields["finished_at"] = event.occurred_at
-        fields["exit_code"] = event.exit_code
+        # An exit code beyond the integer column is no real one: none is shown (the error code
+        # and message still say how the job ended), rather than a made-up number.
+        fields["exit_code"] = storable.int4_or_none(event.exit_code)
         if event.error is not None:
-            fields["error_code"] = event.error.code
-            fields["error_message"] = event.error.message
+            fields["error_code"] = text(event.error.code)
+            fields["error_message"] = text(event.error.message)
         if event.result is not None:
-            fields["result"] = event.result
+            fields["result"] = storable.json_value(event.result)
         if event.cancelled_by is not None:
-            fields["cancelled_by"] = event.cancelled_by
+            fields["cancelled_by"] = text(event.cancelled_by)
     # The first terminal status wins: a fenced-off runner cannot overwrite it.
-    return JobUpdated(event.job_id, fields, stream_seq)
+    return JobUpdated(job_id, fields, stream_seq)

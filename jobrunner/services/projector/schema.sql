@@ -47,3 +47,16 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
     last_seq bigint NOT NULL
 );
 INSERT INTO {schema}.checkpoint (id, last_seq) VALUES (1, 0) ON CONFLICT DO NOTHING;
+
+-- Events the projector could not apply (invariant 9): each is recorded here, the checkpoint moves
+-- past it and the projector goes on; GET /health says "degraded" while this table is not empty.
+-- A replay sets the same events aside. raw is the stored message, cut to a few KiB.
+CREATE TABLE IF NOT EXISTS {schema}.projector_failures (
+    stream_seq  bigint PRIMARY KEY,
+    subject     text,
+    event_type  text,
+    job_id      text,
+    error       text NOT NULL,
+    raw         text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);

@@ -7,6 +7,7 @@ import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import msgspec
 import structlog
 from nats.js import JetStreamContext
@@ -16,12 +17,14 @@ from jobrunner.common import database, eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import store
+from jobrunner.services.projector import setaside, store
 from jobrunner.services.projector.feed import EventFeed
+from jobrunner.services.projector.watchdog import StallWatch
 
 log = structlog.get_logger()
 
 PRUNE_INTERVAL = 600.0  # seconds between read-model retention runs
+RETRY_PAUSE_MAX = 5.0  # seconds, at most, before a batch that met an outage is tried again
 
 
 async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
@@ -48,6 +51,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         await feed.start(last + 1)
         log.info("projector started", checkpoint=last)
         encoder = msgspec.json.Encoder()
+        watch = StallWatch(js, names.stream, settings.projector_stuck_seconds)
+        watch.progressed(last)
         next_prune = 0.0
         while not stop.is_set():
             if settings.readmodel_retention_days > 0 and time.monotonic() >= next_prune:
@@ -59,15 +64,74 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
                     log.info("read-model retention pruned jobs", jobs=pruned, before=cutoff)
             batch = await feed.fetch(timeout=1.0)
             if not batch:
+                await watch.idle()
                 continue
-            async with pool.acquire() as conn:
-                last = await store.apply_batch(conn, batch)
+            try:
+                applied = await _apply_until_done(pool, batch, feed, stop)
+            except CheckpointBehind as behind:
+                # Postgres came back without commits it had acknowledged: read again from
+                # its checkpoint, or the events in between would never be applied.
+                log.warning("projector reads again from the stored checkpoint", **behind.fields)
+                await feed.close()
+                feed = EventFeed(js, names, settings, name="projector")
+                await feed.start(behind.stored + 1)
+                last = behind.stored
+                continue
+            if applied is None:
+                break
+            last = applied
+            watch.progressed(last)
             await nc.publish(names.projected_subject, encoder.encode(events.ProjectedNotice(last)))
     finally:
         if feed is not None:
             await feed.close()
         await pool.close()
         await eventstore.close(nc)
+
+
+class CheckpointBehind(Exception):
+    """After an outage the stored checkpoint is behind what the feed had read: Postgres lost
+    acknowledged commits (a crash with ``synchronous_commit = off``, a restored backup)."""
+
+    def __init__(self, stored: int, next_seq: int) -> None:
+        super().__init__(f"stored checkpoint {stored}, the feed was at {next_seq}")
+        self.stored = stored
+        self.fields = {"stored_checkpoint": stored, "feed_at": next_seq}
+
+
+async def _apply_until_done(
+    pool: asyncpg.Pool, batch: setaside.Batch, feed: EventFeed, stop: asyncio.Event
+) -> int | None:
+    """Apply ``batch``, setting aside the events that cannot be; on an outage (Postgres or NATS
+    away) try the same batch again, with a growing pause, until it is applied: an outage never
+    sets an event aside. Returns the new checkpoint, or None when stopped meanwhile; raises
+    ``CheckpointBehind`` when Postgres came back with less than it had stored."""
+    failures = 0
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                if failures:
+                    stored = await store.checkpoint(conn)
+                    if stored < batch[0][0] - 1:
+                        raise CheckpointBehind(stored, batch[0][0])
+                return await setaside.apply(conn, batch, feed.lookup)
+        except CheckpointBehind:
+            raise
+        except Exception as exc:
+            failures += 1
+            pause = min(0.1 * 2**failures, RETRY_PAUSE_MAX)
+            log.error(
+                "projector cannot apply a batch; retrying it",
+                first_seq=batch[0][0],
+                last_seq=batch[-1][0],
+                attempt=failures,
+                retry_in=pause,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
+        if stop.is_set():
+            return None
 
 
 async def _remove_durable_consumer(js: JetStreamContext, names: Names) -> None:

@@ -35,6 +35,7 @@ from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
+from jobrunner.services.runner.heartbeat import heartbeat
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.publisher import check_line_fits
 from jobrunner.services.runner.requests import RequestLoop
@@ -123,6 +124,9 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     nc = await eventstore.connect(settings, "runner")
     try:
         check_line_fits(settings.max_line_bytes, nc.max_payload)
-        await Runner(settings, nc).run(stop)
+        runner = Runner(settings, nc)
+        runner_id = runner.identity.runner_id
+        async with heartbeat(nc.jetstream(), Names(settings.prefix), settings, runner_id):
+            await runner.run(stop)
     finally:
         await eventstore.close(nc)

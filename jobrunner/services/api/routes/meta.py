@@ -8,6 +8,7 @@ from litestar import Request, get
 from litestar.response import Response
 
 from jobrunner.common.jobtypes import public_schema
+from jobrunner.services.api.health import report, set_aside_events
 from jobrunner.services.api.routes.jobs import ctx_of
 
 
@@ -16,30 +17,21 @@ async def list_job_types(request: Request[Any, Any, Any]) -> list[dict[str, Any]
     return [public_schema(t) for t in ctx_of(request).job_types.values()]
 
 
-@get("/health", tags=["health"], summary="Liveness and the projector's lag")
+@get(
+    "/health",
+    tags=["health"],
+    summary="ok, degraded (200) or unavailable (503), with the problems found",
+)
 async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    ctx = ctx_of(request)
-    checks: dict[str, Any] = {"nats": ctx.nc.is_connected}
-    try:
-        applied = await ctx.pool.fetchval("SELECT last_seq FROM readmodel.checkpoint")
-        checks["postgres"] = True
-    except Exception:
-        applied = None
-        checks["postgres"] = False
-    try:
-        info = await ctx.js.stream_info(ctx.names.stream)
-        last = info.state.last_seq
-    except Exception:
-        last = None
-    lag = last - applied if last is not None and applied is not None else None
-    ok = checks["nats"] and checks["postgres"]
-    return Response(
-        {
-            "status": "ok" if ok else "degraded",
-            **checks,
-            "stream_last_seq": last,
-            "projected_seq": applied,
-            "projector_lag": lag,
-        },
-        status_code=200 if ok else 503,
-    )
+    body, status_code = await report(ctx_of(request))
+    return Response(body, status_code=status_code)
+
+
+@get(
+    "/api/projector/failures",
+    tags=["health"],
+    summary="Events the projector could not apply and set aside (admins only)",
+    opt={"role": "admin"},
+)
+async def list_projector_failures(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return await set_aside_events(ctx_of(request))

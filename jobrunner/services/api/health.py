@@ -1,0 +1,157 @@
+"""What ``GET /health`` reports: whether this API instance can serve, and whether the parts it
+cannot see from here are working (invariant "Health tells the truth").
+
+- ``unavailable`` (HTTP 503): this instance cannot reach NATS or Postgres; a load balancer should
+  send requests elsewhere.
+- ``degraded`` (HTTP 200: the instance serves, and taking every API instance out of a load
+  balancer would not help): events set aside by the projector, a projector that does not keep up
+  (the oldest event waiting for it was stored more than ``projector_stuck_seconds`` ago: a stopped
+  or stuck projector and a stalled stream reader look alike from here), or no runner alive.
+- ``ok`` (HTTP 200) otherwise.
+
+Each problem comes with a machine-readable code and a sentence in ``problems``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from jobrunner.common import runnerpool
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.api.context import ApiContext
+
+log = structlog.get_logger()
+
+
+class Problem(msgspec.Struct, frozen=True):
+    code: str  # EVENTS_SET_ASIDE | PROJECTOR_STUCK | NO_RUNNER | NATS_UNREACHABLE | ...
+    message: str
+
+
+async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
+    """The body of ``GET /health`` and its HTTP status."""
+    problems: list[Problem] = []
+    body: dict[str, Any] = {"nats": ctx.nc.is_connected}
+    applied = await _projected_seq(ctx)
+    body["postgres"] = applied is not None
+    last = await _stream_last_seq(ctx)
+    body.update(
+        stream_last_seq=last,
+        projected_seq=applied,
+        projector_lag=last - applied if last is not None and applied is not None else None,
+    )
+    if not body["nats"]:
+        problems.append(Problem("NATS_UNREACHABLE", "This API instance cannot reach NATS."))
+    if not body["postgres"]:
+        problems.append(Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres."))
+    unavailable = bool(problems)
+    if last is not None and applied is not None:
+        body["projector"] = await _projector(ctx, applied, last, problems)
+    if applied is not None:
+        body["set_aside"] = await _set_aside(ctx, problems)
+    if body["nats"]:
+        body["runners"] = await _runners(ctx, problems)
+    status = "unavailable" if unavailable else "degraded" if problems else "ok"
+    body = {"status": status, **body, "problems": [msgspec.to_builtins(p) for p in problems]}
+    if problems:
+        log.warning("health is not ok", status=status, problems=[p.code for p in problems])
+    return body, 503 if unavailable else 200
+
+
+async def _projected_seq(ctx: ApiContext) -> int | None:
+    try:
+        return int(await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"))
+    except Exception:
+        return None
+
+
+async def _stream_last_seq(ctx: ApiContext) -> int | None:
+    try:
+        return int((await ctx.js.stream_info(ctx.names.stream)).state.last_seq)
+    except Exception:
+        return None
+
+
+async def _projector(
+    ctx: ApiContext, applied: int, last: int, problems: list[Problem]
+) -> dict[str, Any]:
+    """How long the oldest event not yet applied has waited: the stream stores each message's
+    time, so one look tells a projector that stopped from one that is merely busy."""
+    if applied >= last:
+        return {"state": "caught_up", "oldest_waiting_seconds": 0.0}
+    try:
+        waiting = await ctx.js.get_msg(ctx.names.stream, applied + 1, next=True)
+    except Exception:
+        return {"state": "unknown", "oldest_waiting_seconds": None}
+    seconds = (datetime.now(UTC) - waiting.time).total_seconds() if waiting.time else 0.0
+    limit = ctx.settings.projector_stuck_seconds
+    if seconds <= limit:
+        return {"state": "catching_up", "oldest_waiting_seconds": round(seconds, 3)}
+    problems.append(
+        Problem(
+            "PROJECTOR_STUCK",
+            f"The projector has not applied stream sequence {waiting.seq}, stored "
+            f"{seconds:.0f} s ago (limit {limit:g} s); {last - applied} events wait. "
+            "Is the projector running, and can it reach NATS and Postgres?",
+        )
+    )
+    return {"state": "stuck", "oldest_waiting_seconds": round(seconds, 3)}
+
+
+async def _set_aside(ctx: ApiContext, problems: list[Problem]) -> dict[str, Any]:
+    try:
+        count = await ctx.pool.fetchval(f"SELECT count(*) FROM {READ_SCHEMA}.projector_failures")
+        row = await ctx.pool.fetchrow(
+            "SELECT stream_seq, subject, event_type, job_id, error, recorded_at "
+            f"FROM {READ_SCHEMA}.projector_failures ORDER BY stream_seq DESC LIMIT 1"
+        )
+    except Exception:  # a projector older than the table: nothing set aside
+        return {"count": 0, "last": None}
+    if not count or row is None:
+        return {"count": 0, "last": None}
+    last = dict(row)
+    last["recorded_at"] = last["recorded_at"].isoformat()
+    problems.append(
+        Problem(
+            "EVENTS_SET_ASIDE",
+            f"The projector could not apply {count} event(s) and set them aside; the last, "
+            f"stream sequence {last['stream_seq']}, failed with: {last['error']}",
+        )
+    )
+    return {"count": int(count), "last": last}
+
+
+async def _runners(ctx: ApiContext, problems: list[Problem]) -> dict[str, Any]:
+    try:
+        alive = await runnerpool.alive_runners(ctx.js, ctx.names)
+    except Exception:
+        return {"alive": None, "ids": []}
+    if not alive:
+        problems.append(
+            Problem("NO_RUNNER", "No runner is alive: requested jobs wait until one starts.")
+        )
+    return {"alive": len(alive), "ids": [beat.runner_id for beat in alive]}
+
+
+FAILURES_SHOWN = 100
+
+
+async def set_aside_events(ctx: ApiContext) -> dict[str, Any]:
+    """The events the projector set aside, newest first (at most ``FAILURES_SHOWN``), with the
+    stored message as far as it was kept."""
+    try:
+        count = await ctx.pool.fetchval(f"SELECT count(*) FROM {READ_SCHEMA}.projector_failures")
+        rows = await ctx.pool.fetch(
+            "SELECT stream_seq, subject, event_type, job_id, error, raw, recorded_at "
+            f"FROM {READ_SCHEMA}.projector_failures ORDER BY stream_seq DESC LIMIT $1",
+            FAILURES_SHOWN,
+        )
+    except asyncpg.UndefinedTableError:  # a projector older than the table: nothing set aside
+        return {"count": 0, "events": []}
+    found = [dict(r) | {"recorded_at": r["recorded_at"].isoformat()} for r in rows]
+    return {"count": int(count), "events": found}

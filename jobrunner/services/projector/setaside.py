@@ -1,0 +1,154 @@
+"""Events the projector cannot apply are set aside, never retried forever (invariant 9).
+
+A batch that fails on its data is split in halves until the failing event is alone; that event
+is recorded in ``projector_failures`` (with the error and the stored message, cut to
+``RAW_LIMIT``), the checkpoint moves past it in the same transaction, and the rest is applied.
+An outage (the connection to Postgres lost, a server shutting down) is no data error: it is
+raised, and the caller retries the same batch later; nothing is set aside for it.
+
+The live projector and a replay go through here alike, so they set aside the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.projector import storable, store
+from jobrunner.services.projector.projections import Change, Unreadable
+
+log = structlog.get_logger()
+
+RAW_LIMIT = 4096  # characters of the stored message kept with a failure
+ERROR_LIMIT = 1000  # characters of the error text
+
+# Errors that come from the data of an event: applying the same event again fails again.
+# (asyncpg reports an argument it cannot encode as a ValueError; Postgres reports values it
+# cannot store as class 22 "data exception", constraint failures as class 23, and sizes and
+# depths beyond its limits as class 54.) Anything else, a lost connection above all, is an
+# outage and is retried.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+    msgspec.MsgspecError,
+    ValueError,
+    OverflowError,
+)
+
+Batch = list[tuple[int, list[Change]]]
+
+
+class StoredMessage(msgspec.Struct, frozen=True):
+    """What the stream holds at a sequence, as far as a failure record needs it."""
+
+    subject: str | None
+    data: bytes
+
+
+# Looks a message up by stream sequence (JetStream's direct get): only when one is set aside.
+MessageLookup = Callable[[int], Awaitable[StoredMessage | None]]
+
+
+def is_data_error(exc: BaseException) -> bool:
+    return isinstance(exc, DATA_ERRORS)
+
+
+async def apply(
+    conn: asyncpg.Connection,
+    batch: Batch,
+    lookup: MessageLookup,
+    schema: str = READ_SCHEMA,
+) -> int:
+    """Apply ``batch`` (see ``store.apply_batch``), setting aside each event that cannot be;
+    returns the new checkpoint. Raises only what is not a data error."""
+    start = 0
+    # Messages that are no readable event are set aside without trying them.
+    for i, (seq, changes) in enumerate(batch):
+        unreadable = next((c for c in changes if isinstance(c, Unreadable)), None)
+        if unreadable is not None:
+            await _bisect(conn, batch[start:i], lookup, schema)
+            await _set_aside(conn, seq, unreadable.error, lookup, schema)
+            start = i + 1
+    await _bisect(conn, batch[start:], lookup, schema)
+    return await store.checkpoint(conn, schema)
+
+
+async def _bisect(
+    conn: asyncpg.Connection, batch: Batch, lookup: MessageLookup, schema: str
+) -> None:
+    if not batch:
+        return
+    try:
+        await store.apply_batch(conn, batch, schema)
+        return
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        if len(batch) == 1:
+            await _set_aside(conn, batch[0][0], _describe(exc), lookup, schema)
+            return
+    middle = len(batch) // 2
+    await _bisect(conn, batch[:middle], lookup, schema)
+    await _bisect(conn, batch[middle:], lookup, schema)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
+
+
+async def _set_aside(
+    conn: asyncpg.Connection, seq: int, error: str, lookup: MessageLookup, schema: str
+) -> None:
+    """Record the event at ``seq`` as not applied and move the checkpoint past it."""
+    message = await lookup(seq)
+    raw = message.data if message is not None else b""
+    event_type, job_id = _probe(raw)
+    async with conn.transaction():
+        if schema == READ_SCHEMA:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", store.SWAP_LOCK)
+        last = await conn.fetchval(
+            f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
+        )
+        if seq <= last:
+            return  # applied or set aside already (a second projector, a retried batch)
+        await conn.execute(
+            f"INSERT INTO {schema}.projector_failures "
+            "(stream_seq, subject, event_type, job_id, error, raw) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream_seq) DO NOTHING",
+            seq,
+            storable.optional_text(message.subject if message is not None else None),
+            event_type,
+            job_id,
+            storable.text(error),
+            storable.text(raw[: RAW_LIMIT * 4].decode("utf-8", errors="replace")[:RAW_LIMIT]),
+        )
+        await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", seq)
+    log.error(
+        "event set aside: the projector could not apply it",
+        stream_seq=seq,
+        event_type=event_type,
+        job_id=job_id,
+        error=error,
+    )
+
+
+_probe_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _probe(raw: bytes) -> tuple[str | None, str | None]:
+    """The event's type and job id, if the message is a JSON object that has them."""
+    try:
+        fields = _probe_decoder.decode(raw)
+    except msgspec.MsgspecError:
+        return None, None
+    kind, job_id = fields.get("type"), fields.get("job_id")
+    return (
+        storable.text(kind)[:200] if isinstance(kind, str) else None,
+        storable.text(job_id)[:200] if isinstance(job_id, str) else None,
+    )

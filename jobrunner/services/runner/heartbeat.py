@@ -1,0 +1,57 @@
+"""The runner says it is alive: every ``runner_heartbeat_seconds`` it writes its id, host, pid
+and the time to its key in the runners bucket (the bucket's TTL drops the key of a runner that
+stopped writing), so ``GET /health`` can tell when no runner is left to run jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from jobrunner.common import runnerpool
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import hostname
+from jobrunner.contracts.events import utcnow
+from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(
+    js: JetStreamContext, names: Names, settings: Settings, runner_id: str
+) -> AsyncIterator[None]:
+    """Beat while the block runs; on the way out the key is deleted (a runner that stops cleanly
+    is gone from ``/health`` at once, not only after the TTL)."""
+    key = runnerpool.key_of(runner_id)
+    host, pid = hostname(), os.getpid()
+    kv: KeyValue | None = None
+
+    async def beat() -> None:
+        nonlocal kv
+        while True:
+            value = runnerpool.RunnerHeartbeat(runner_id, host, pid, utcnow())
+            try:
+                # Looked up here, not before: the runner creates the bucket as it starts.
+                kv = kv or await js.key_value(names.runners_bucket)
+                await kv.put(key, msgspec.json.encode(value))
+            except Exception as exc:  # NATS away: the next beat tries again
+                log.warning("runner heartbeat not written", error=repr(exc))
+            await asyncio.sleep(settings.runner_heartbeat_seconds)
+
+    task = asyncio.create_task(beat(), name="runner-heartbeat")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if kv is not None:
+            with contextlib.suppress(Exception):
+                await kv.delete(key)

@@ -1,0 +1,111 @@
+"""GET /health tells the truth: a stuck projector and a runner pool with no runner show up within
+seconds, each with a code and a sentence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from jobrunner.common import runnerpool
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.events import utcnow
+from jobrunner.contracts.names import Names
+from tests.history_support import job_events, publish, publisher, wait_projected
+from tests.system import System
+
+BEAT = 0.5  # seconds between runner heartbeats in these tests; gone after 3 missed (1.5 s)
+
+
+@pytest.fixture
+async def system(settings: Settings) -> AsyncIterator[System]:
+    """Projector, one runner and the API, with fast heartbeats and a short stuck limit."""
+    fast = msgspec.structs.replace(
+        settings, runner_heartbeat_seconds=BEAT, projector_stuck_seconds=2.0, auth=False
+    )
+    running = System(fast)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def health(system: System) -> dict[str, Any]:
+    async with system.client(token=None) as client:
+        response = await client.get("/health")
+    body: dict[str, Any] = response.json()
+    body["http_status"] = response.status_code
+    return body
+
+
+async def health_until(system: System, condition: Any, timeout: float = 20.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            body = await health(system)
+            if condition(body):
+                return body
+            await asyncio.sleep(0.1)
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [p["code"] for p in body["problems"]]
+
+
+async def test_health_is_ok_with_a_runner_and_a_caught_up_projector(system: System) -> None:
+    """With every part running, /health says ok and lists the runner alive."""
+    body = await health_until(system, lambda b: b["runners"]["alive"] == 1)
+    assert (body["http_status"], body["status"], body["problems"]) == (200, "ok", [])
+    assert body["projector"]["state"] == "caught_up"
+
+
+async def test_health_says_no_runner_once_the_last_runner_stopped(system: System) -> None:
+    """Stopping the only runner makes /health say degraded, NO_RUNNER."""
+    await health_until(system, lambda b: b["runners"]["alive"] == 1)
+    await system.stop_service("runner")
+    body = await health_until(system, lambda b: "NO_RUNNER" in codes(b))
+    assert (body["http_status"], body["status"], body["runners"]["alive"]) == (200, "degraded", 0)
+
+
+async def test_a_heartbeat_counts_until_its_ttl_and_not_after(settings: Settings) -> None:
+    """A runner that stopped beating (died) is alive for less than the TTL, gone after it."""
+    fast = msgspec.structs.replace(settings, runner_heartbeat_seconds=BEAT)
+    names = Names(fast.prefix)
+    async with publisher(fast) as js:
+        kv = await js.key_value(names.runners_bucket)
+        beat = runnerpool.RunnerHeartbeat("dead-runner", "host", os.getpid(), utcnow())
+        await kv.put(runnerpool.key_of(beat.runner_id), msgspec.json.encode(beat))
+        # Just under the TTL (1.5 s): still there; we look right after the last beat.
+        alive = await runnerpool.alive_runners(js, names)
+        assert [b.runner_id for b in alive] == ["dead-runner"]
+        async with asyncio.timeout(20):  # just past the TTL: gone
+            while True:
+                if not await runnerpool.alive_runners(js, names):
+                    break
+                await asyncio.sleep(0.1)
+
+
+async def test_health_says_projector_stuck_when_events_wait_past_the_limit(
+    system: System,
+) -> None:
+    """With the projector stopped, waiting events make /health say PROJECTOR_STUCK in seconds."""
+    await system.stop_service("projector")
+    await publish(system.settings, job_events("waiting"))
+    body = await health(system)
+    # Just under the limit (2 s): the event is waiting, the projector is not called stuck yet.
+    assert body["projector"]["state"] in {"catching_up", "stuck"}
+    if body["projector"]["oldest_waiting_seconds"] < 1.5:
+        assert "PROJECTOR_STUCK" not in codes(body)
+    body = await health_until(system, lambda b: "PROJECTOR_STUCK" in codes(b))
+    assert (body["http_status"], body["status"], body["projector"]["state"]) == (
+        200,
+        "degraded",
+        "stuck",
+    )
+    await system.start_projector()  # back: the verdict goes with the lag
+    last = body["stream_last_seq"]
+    await wait_projected(system.settings, last)
+    body = await health_until(system, lambda b: "PROJECTOR_STUCK" not in codes(b))
+    assert body["projector"]["state"] == "caught_up"
