@@ -168,9 +168,15 @@ async def replay(
                 if not batch:
                     raise RuntimeError(f"the stream ended at {applied}, before the live {live}")
                 upto = [(seq, changes) for seq, changes in batch if seq <= live]
-                if upto:
-                    applied = await setaside.apply(conn, upto, feed.lookup, REPLAY_SCHEMA)
-                    progress.done += len(upto)
+                if not upto:
+                    # Sequences only grow: what lies between will never come. Waiting would hold
+                    # the swap lock (and so the live projector) for as long as jobs arrive.
+                    raise RuntimeError(
+                        f"the stream went on at {batch[0][0]} without the events from "
+                        f"{applied + 1} to the live checkpoint {live}; were they deleted?"
+                    )
+                applied = await setaside.apply(conn, upto, feed.lookup, REPLAY_SCHEMA)
+                progress.done += len(upto)
             await feed.close()
             if settings.readmodel_retention_days > 0:
                 cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
