@@ -7,7 +7,6 @@ is the stream sequence of the event it came from; ``Last-Event-ID`` resumes righ
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -16,9 +15,8 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api
 
+from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas, sse
@@ -169,17 +167,6 @@ async def update_stream(
 
     ``visible`` leaves out the jobs the caller may not see (a token limited to its own jobs)."""
     yield sse.retry(ctx.settings.sse_retry_ms)
-    sub = await ctx.js.subscribe(
-        ctx.names.kind_subjects(UPDATE_KINDS[0]),
-        stream=ctx.names.stream,
-        ordered_consumer=True,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(start_seq, 1),
-            filter_subjects=[ctx.names.kind_subjects(kind) for kind in UPDATE_KINDS],
-        ),
-        pending_msgs_limit=50_000,
-    )
 
     async def read_model_state(job_id: str) -> JobState | None:
         row = await readmodels.get_job_row(ctx.pool, job_id)
@@ -187,23 +174,31 @@ async def update_stream(
 
     states = JobStates(read_model_state)
     keepalive = ctx.settings.sse_keepalive_seconds
-    try:
+    async with ordered_reader(
+        ctx.js,
+        ctx.names.stream,
+        [ctx.names.kind_subjects(kind) for kind in UPDATE_KINDS],
+        start_seq=start_seq,
+    ) as reader:
         while True:
-            try:
-                msg = await sub.next_msg(timeout=keepalive)
-            except (NatsTimeoutError, TimeoutError):
+            msgs = await reader.next_batch(keepalive)
+            if not msgs:
                 yield sse.comment("keep-alive")
                 continue
-            try:
-                event = codec.decode(msg.data)
-            except msgspec.MsgspecError:
-                continue
-            if event is None or (visible is not None and not await visible(event)):
-                continue
-            state = await states.update(event)
-            if state is not None:
-                yield sse.frame(
-                    state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
-                )
-    finally:
-        await asyncio.shield(sub.unsubscribe())
+            frames = []
+            for msg in msgs:
+                try:
+                    event = codec.decode(msg.data)
+                except msgspec.MsgspecError:
+                    continue
+                if event is None or (visible is not None and not await visible(event)):
+                    continue
+                state = await states.update(event)
+                if state is not None:
+                    frames.append(
+                        sse.frame(
+                            state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
+                        )
+                    )
+            if frames:
+                yield b"".join(frames)

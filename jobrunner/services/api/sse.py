@@ -13,11 +13,17 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from nats.js.errors import NotFoundError
+from nats.js import JetStreamContext
 
+from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
-from jobrunner.services.api.context import ApiContext
+from jobrunner.contracts.names import Names
 from jobrunner.services.api.fanout import Fanout
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # proxies must not buffer a live stream
+}
 
 _encoder = msgspec.json.Encoder()
 # Valid in JSON, but line breaks to clients that split lines the Unicode way (Python's
@@ -63,13 +69,12 @@ class ResumePoint:
         return self.stream_seq if self.line_index is not None else self.stream_seq + 1
 
 
-async def last_status(ctx: ApiContext, job_id: str) -> tuple[int, events.StatusChanged] | None:
+async def last_status(
+    js: JetStreamContext, names: Names, job_id: str
+) -> tuple[int, events.StatusChanged] | None:
     """The job's latest StatusChanged and its stream sequence, straight from JetStream."""
-    try:
-        raw = await ctx.js.get_last_msg(
-            ctx.names.stream, ctx.names.job_kind_subject(job_id, "status")
-        )
-    except NotFoundError:
+    raw = await last_message(js, names.stream, names.job_kind_subject(job_id, "status"))
+    if raw is None:
         return None
     event = codec.decode(raw.data) if raw.data else None
     if not isinstance(event, events.StatusChanged) or raw.seq is None:
@@ -161,7 +166,7 @@ def frames_for(event: events.AnyEvent, seq: int, skip_lines_upto: int | None) ->
 
 
 async def job_stream(
-    ctx: ApiContext,
+    retry_ms: int,
     fanout: Fanout,
     job_id: str,
     start_seq: int,
@@ -169,7 +174,7 @@ async def job_stream(
     already_done: dict[str, Any] | None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for one job from ``start_seq`` until its terminal status."""
-    yield retry(ctx.settings.sse_retry_ms)
+    yield retry(retry_ms)
     if already_done is not None:
         yield frame(already_done, event="done")
         return

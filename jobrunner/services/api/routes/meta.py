@@ -8,7 +8,7 @@ from litestar import Request, get
 from litestar.response import Response
 
 from jobrunner.common.jobtypes import public_schema
-from jobrunner.services.api.routes.jobs import ctx_of
+from jobrunner.services.api.dependencies import ctx_of
 
 
 @get("/api/job-types", tags=["job types"], summary="Job types and their parameter schemas")
