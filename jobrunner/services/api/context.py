@@ -22,7 +22,7 @@ from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
-from jobrunner.services.api.fanout import Fanout
+from jobrunner.services.api.fanout import Fanout, Limits
 
 log = structlog.get_logger()
 
@@ -69,6 +69,15 @@ class ApiContext:
     fanout: Fanout
 
 
+def sse_limits(settings: Settings) -> Limits:
+    return Limits(
+        keepalive=settings.sse_keepalive_seconds,
+        client_bytes=settings.sse_client_buffer_bytes,
+        total_bytes=settings.sse_total_buffer_bytes,
+        history_idle=settings.sse_history_idle_seconds,
+    )
+
+
 def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -90,7 +99,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             slots=SlotTable(js, names, settings.lease_ttl_seconds),
             projection=tracker,
             # One JetStream subscription per watched job, shared by its SSE clients.
-            fanout=Fanout(js, names, sse.frames_for, settings.sse_keepalive_seconds),
+            fanout=Fanout(js, names, sse.frames_for, sse_limits(settings)),
         )
         try:
             yield

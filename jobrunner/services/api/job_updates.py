@@ -179,6 +179,7 @@ async def update_stream(
         ctx.names.stream,
         [ctx.names.kind_subjects(kind) for kind in UPDATE_KINDS],
         start_seq=start_seq,
+        max_buffered_bytes=ctx.settings.sse_client_buffer_bytes,
     ) as reader:
         while True:
             msgs = await reader.next_batch(keepalive)
