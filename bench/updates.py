@@ -11,7 +11,9 @@ the start with each reader and prints the rate. The readers:
   status, progress and cancel (what ``job_updates`` did before ``common/subscription.py``);
 - ``batched, 4 filters``: ``ordered_reader`` with the same four filters;
 - ``batched, 1 wildcard``: ``ordered_reader`` on ``<prefix>.job.>``, line messages skipped by
-  subject before decoding.
+  subject before decoding;
+- ``job_updates``: what the stream uses now (``job_updates.update_messages``): the wildcard while
+  catching up, then the four filters.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import new_scratch_dir
+from jobrunner.services.api.job_updates import update_messages
 
 KINDS = ("requested", "status", "progress", "cancel")
 
@@ -115,10 +118,21 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         report["update_events"] = wanted
         nc = await eventstore.connect(settings, "bench")
         js = nc.jetstream()
+        async def hybrid() -> int:
+            got = 0
+            async for msgs in update_messages(js, names, 1, 10, 8 * 1024 * 1024):
+                if not msgs:
+                    break
+                got += len(msgs)
+                if got >= wanted:
+                    break
+            return got
+
         readers = {
             "next_msg, 4 filters": lambda: next_msg_filters(js, names, wanted),
             "batched, 4 filters": lambda: batched(js, names, wanted, wildcard=False),
             "batched, 1 wildcard": lambda: batched(js, names, wanted, wildcard=True),
+            "job_updates": hybrid,
         }
         for name, read in readers.items():
             t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """``job_update``: one compact event per change of any job, for dashboards and the side panel.
 
-Built from the JetStream events themselves (never from polling Postgres), on a consumer that
-filters out log-line subjects, so a flood of output costs this stream nothing. Each frame's ``id``
+Built from the JetStream events themselves (never from polling Postgres). A backlog is read through
+one wildcard (fast), then a consumer that filters out log-line subjects follows the live stream,
+so a flood of output costs this stream nothing. Each frame's ``id``
 is the stream sequence of the event it came from; ``Last-Event-ID`` resumes right after it.
 """
 
@@ -15,10 +16,13 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.context import ApiContext
 
@@ -27,6 +31,9 @@ EVENT_NAME = "job_update"
 UPDATE_KINDS = ("requested", "status", "progress", "cancel")
 # Jobs whose latest state one connection remembers (to fill fields an event does not carry).
 REMEMBERED_JOBS = 10_000
+# A catch-up read that gets nothing for this long is at the stream's end: it hands over to the
+# live consumer.
+CATCH_UP_IDLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -174,32 +181,61 @@ async def update_stream(
 
     states = JobStates(read_model_state)
     keepalive = ctx.settings.sse_keepalive_seconds
+    buffered = ctx.settings.sse_client_buffer_bytes
+    async for msgs in update_messages(ctx.js, ctx.names, start_seq, keepalive, buffered):
+        if not msgs:
+            yield sse.comment("keep-alive")
+            continue
+        frames = []
+        for msg in msgs:
+            try:
+                event = codec.decode(msg.data)
+            except msgspec.MsgspecError:
+                continue
+            if event is None or (visible is not None and not await visible(event)):
+                continue
+            state = await states.update(event)
+            if state is not None:
+                frames.append(
+                    sse.frame(
+                        state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
+                    )
+                )
+        if frames:
+            yield b"".join(frames)
+
+
+async def update_messages(
+    js: JetStreamContext, names: Names, start_seq: int, keepalive: float, max_bytes: int
+) -> AsyncIterator[list[Msg]]:
+    """The messages of the update kinds from ``start_seq`` on, in batches; ``[]`` after
+    ``keepalive`` seconds without one.
+
+    A backlog is read through one wildcard, skipping line messages by subject: nats-server
+    delivers a long history through several filter subjects far slower than through one (README
+    "Event contracts"; ``python -m bench.updates``). Once caught up, a consumer filtering the four
+    kinds follows the live stream, so a flood of output never reaches this stream."""
+    next_seq = max(start_seq, 1)
+    lines_suffix = "." + names.job_kind_subject("x", "lines").rpartition(".")[2]
     async with ordered_reader(
-        ctx.js,
-        ctx.names.stream,
-        [ctx.names.kind_subjects(kind) for kind in UPDATE_KINDS],
-        start_seq=start_seq,
-        max_buffered_bytes=ctx.settings.sse_client_buffer_bytes,
+        js, names.stream, names.all_subjects, start_seq=next_seq, max_buffered_bytes=max_bytes
     ) as reader:
         while True:
-            msgs = await reader.next_batch(keepalive)
+            msgs = await reader.next_batch(CATCH_UP_IDLE_SECONDS)
             if not msgs:
-                yield sse.comment("keep-alive")
-                continue
-            frames = []
-            for msg in msgs:
-                try:
-                    event = codec.decode(msg.data)
-                except msgspec.MsgspecError:
-                    continue
-                if event is None or (visible is not None and not await visible(event)):
-                    continue
-                state = await states.update(event)
-                if state is not None:
-                    frames.append(
-                        sse.frame(
-                            state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
-                        )
-                    )
-            if frames:
-                yield b"".join(frames)
+                break
+            next_seq = msgs[-1].metadata.sequence.stream + 1
+            wanted = [m for m in msgs if not m.subject.endswith(lines_suffix)]
+            if wanted:
+                yield wanted
+            if msgs[-1].metadata.num_pending == 0:
+                break
+    async with ordered_reader(
+        js,
+        names.stream,
+        [names.kind_subjects(kind) for kind in UPDATE_KINDS],
+        start_seq=next_seq,
+        max_buffered_bytes=max_bytes,
+    ) as reader:
+        while True:
+            yield await reader.next_batch(keepalive)
