@@ -55,6 +55,8 @@ class OrderedReader:
         """The messages that arrived since the last call, oldest first; waits up to ``timeout``
         seconds for at least one, and answers ``[]`` when none came (the reader is idle)."""
         if not self._batch:
+            # The callback never runs again on a closed connection: say so rather than idle
+            # forever (``next_msg`` does the same). nats-py exposes the client only as ``_nc``.
             if self._js._nc.is_closed:
                 raise ConnectionClosedError
             with contextlib.suppress(TimeoutError):
