@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
+from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts.names import Names
 
 # A job id as it may appear in a subject token: no '.', no wildcards, no whitespace.
@@ -54,19 +54,6 @@ def subject_filter(names: Names, job_id: str | None) -> str:
     return names.job_subjects(job_id)
 
 
-def _start_config(start_seq: int | None, start_time: datetime | None) -> api.ConsumerConfig:
-    # A start time past the last message makes the server start at that message, so the readers
-    # below also drop anything stored before ``start_time``.
-    if start_time is not None:
-        return api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=start_time,
-        )
-    return api.ConsumerConfig(
-        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start_seq or 1, 1)
-    )
-
-
 async def read_events(
     js: JetStreamContext,
     names: Names,
@@ -76,29 +63,25 @@ async def read_events(
     limit: int = 100,
 ) -> list[StoredEvent]:
     """Up to ``limit`` stored events from ``start_seq`` (or ``start_time``), oldest first."""
-    sub = await js.subscribe(
-        subject_filter(names, job_id),
-        stream=names.stream,
-        ordered_consumer=True,
-        config=_start_config(start_seq, start_time),
-        pending_msgs_limit=max(limit * 2, 1000),
-    )
     out: list[StoredEvent] = []
-    try:
-        # A push consumer delivers at once, so pending alone shrinks while we look; pending plus
-        # delivered (one snapshot) is everything from the start on.
-        info = await sub.consumer_info()
-        delivered = info.delivered.consumer_seq if info.delivered else 0
-        wanted = min(limit, (info.num_pending or 0) + (delivered or 0))
-        while len(out) < wanted:
-            msg = await sub.next_msg(timeout=_READ_TIMEOUT)
-            stored = stored_event(msg)
-            if start_time is None or stored.time >= start_time:
-                out.append(stored)
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await asyncio.shield(sub.unsubscribe())
+    async with ordered_reader(
+        js, names.stream, subject_filter(names, job_id), start_seq, start_time
+    ) as reader:
+        # Everything from the start on, as the server counts it now: the read stops there
+        # rather than wait for events that may never come.
+        wanted = min(limit, await reader.count())
+        seen = 0
+        while seen < wanted:
+            msgs = await reader.next_batch(_READ_TIMEOUT)
+            if not msgs:
+                raise TimeoutError(f"no event from JetStream for {_READ_TIMEOUT} s")
+            for msg in msgs:
+                seen += 1
+                stored = stored_event(msg)
+                if start_time is None or stored.time >= start_time:
+                    out.append(stored)
+                if seen >= wanted or msg.metadata.num_pending == 0:
+                    return out
     return out
 
 
@@ -111,21 +94,12 @@ async def follow_events(
     stop: asyncio.Event | None = None,
 ) -> AsyncIterator[StoredEvent]:
     """Every stored event from the start on, then new ones as they arrive, until ``stop``."""
-    sub = await js.subscribe(
-        subject_filter(names, job_id),
-        stream=names.stream,
-        ordered_consumer=True,
-        config=_start_config(start_seq, start_time),
-        pending_msgs_limit=50_000,
-    )
-    try:
+    async with ordered_reader(
+        js, names.stream, subject_filter(names, job_id), start_seq, start_time
+    ) as reader:
         while stop is None or not stop.is_set():
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except (NatsTimeoutError, TimeoutError):
-                continue
-            stored = stored_event(msg)
-            if start_time is None or stored.time >= start_time:
-                yield stored
-    finally:
-        await asyncio.shield(sub.unsubscribe())
+            # A short wait, so that ``stop`` is noticed soon on a quiet stream.
+            for msg in await reader.next_batch(1.0):
+                stored = stored_event(msg)
+                if start_time is None or stored.time >= start_time:
+                    yield stored

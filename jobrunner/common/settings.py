@@ -73,6 +73,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # SSE
     sse_keepalive_seconds: float = 15.0
     sse_retry_ms: int = 3000
+    # Bytes of events one SSE client may have waiting, and all clients of one API process
+    # together; a client over either is disconnected and resumes by Last-Event-ID.
+    sse_client_buffer_bytes: int = 8 * 1024 * 1024
+    sse_total_buffer_bytes: int = 256 * 1024 * 1024
+    # A client's catch-up read from JetStream that gets nothing for this long is disconnected
+    # (it resumes) rather than left with a gap.
+    sse_history_idle_seconds: float = 10.0
 
     # Access (README "Security and access")
     auth: bool = True  # off only with --no-auth on a loopback address

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,6 +21,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
+from jobrunner.services.api import sse
+from jobrunner.services.api.fanout import Fanout, Limits
 
 log = structlog.get_logger()
 
@@ -64,9 +66,19 @@ class ApiContext:
     job_types: dict[str, JobType]
     slots: SlotTable
     projection: ProjectionTracker
+    fanout: Fanout
 
 
-def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+def sse_limits(settings: Settings) -> Limits:
+    return Limits(
+        keepalive=settings.sse_keepalive_seconds,
+        client_bytes=settings.sse_client_buffer_bytes,
+        total_bytes=settings.sse_total_buffer_bytes,
+        history_idle=settings.sse_history_idle_seconds,
+    )
+
+
+def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         names = Names(settings.prefix)
@@ -86,6 +98,8 @@ def lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             job_types=job_types,
             slots=SlotTable(js, names, settings.lease_ttl_seconds),
             projection=tracker,
+            # One JetStream subscription per watched job, shared by its SSE clients.
+            fanout=Fanout(js, names, sse.frames_for, sse_limits(settings)),
         )
         try:
             yield

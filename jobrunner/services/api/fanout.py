@@ -1,42 +1,57 @@
 """One JetStream subscription per job per API process, broadcast to every SSE client of that job.
 
-The first client of a job opens the job's feed: an ordered consumer from that client's start
-sequence. Each event is decoded and turned into SSE frames once, then handed to every client of the
-feed. A client that joins later and needs older events (a late joiner, or a ``Last-Event-ID`` from
-before the feed's position) first reads those from JetStream with its own short-lived ordered
-consumer, then continues with the feed, skipping what it already sent: gap-free and duplicate-free.
+A job's feed is an ordered consumer that starts at the stream's end at the moment the first
+client of the job arrives: no client decides where a shared feed starts, so nothing one client
+sends (a ``Last-Event-ID`` far ahead, say) can change what another receives. Each event is decoded
+and turned into SSE frames once, then handed to every client of the feed. A client that needs
+events from before the feed's start (any resume point, any late joiner) first reads those from
+JetStream with its own short-lived ordered consumer, then continues with the feed, skipping what it
+already sent: gap-free and duplicate-free.
 
-A client that falls far behind is disconnected rather than buffered without bound; its browser
-reconnects with ``Last-Event-ID`` and resumes exactly where it stopped.
+Memory is bounded in bytes, per client and for the whole process. A client whose backlog grows
+past its share, or the client with the largest backlog when the process's total is over its cap,
+is cut: its backlog is dropped at once and its stream closes without ``done``, so its browser
+reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A history read that stalls
+does the same rather than leave a silent gap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import msgspec
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext, api
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
+from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
 
-# Events a client may lag behind its feed before it is disconnected (it then resumes).
-MAX_PENDING_EVENTS = 20_000
-# How long a late joiner waits for a history message before deciding there is none.
-HISTORY_IDLE_SECONDS = 2.0
 # With many clients on one job, events are handed over in batches, at most this often per
 # client: one write per client per batch instead of one per event keeps the cost per event flat
 # (the CPU of a write, not of an event, is what a broadcast to hundreds of sockets spends).
 COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per connected client ...
 COALESCE_MAX = 0.1  # ... up to this (a lone client gets every event at once)
+# A burst from JetStream is handed over in pieces of about this size, letting clients write
+# between them: a backlog then counts what a client cannot keep up with, not the burst's size.
+HAND_OVER_BYTES = 256 * 1024
 
 FrameBuilder = Callable[[events.AnyEvent, int, int | None], list[bytes]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much an API process buffers for its SSE clients (README "SSE protocol")."""
+
+    keepalive: float
+    client_bytes: int  # one client's backlog
+    total_bytes: int  # every client's backlog together
+    history_idle: float  # a history read that gets nothing for this long is given up
 
 
 class Item:
@@ -68,29 +83,56 @@ def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
     return Item(seq, event, build(event, seq, None))
 
 
+class Batch:
+    """Items handed over together; counted once in the process's total however many clients
+    hold it (they share the bytes)."""
+
+    __slots__ = ("holders", "items", "size")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self.size = sum(len(item.chunk) for item in items)
+        self.holders = 0
+
+
 class Subscriber:
-    """One client's inbox: items appended by the feed, taken all at once by the client."""
+    """One client's inbox: batches appended by the feed, taken all at once by the client."""
 
-    __slots__ = ("idle", "items", "overflow", "wakeup")
+    __slots__ = ("batches", "bytes", "fanout", "idle", "overflow", "wakeup")
 
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.overflow = False
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+        self.batches: list[Batch] = []
+        self.bytes = 0
+        self.overflow = False  # cut: the client must reconnect and resume
         self.idle = False  # the job had no event for a keep-alive interval
         self.wakeup = asyncio.Event()
 
-    def push(self, items: list[Item]) -> None:
-        if len(self.items) >= MAX_PENDING_EVENTS:
-            self.overflow = True
-        else:
-            self.items.extend(items)
-        self.wakeup.set()
+    @property
+    def has_items(self) -> bool:
+        return bool(self.batches)
 
     def take(self) -> list[Item]:
         self.wakeup.clear()
         self.idle = False
-        items, self.items = self.items, []
-        return items
+        batches = self._release()
+        if len(batches) == 1:
+            return batches[0].items
+        return [item for batch in batches for item in batch.items]
+
+    def cut(self) -> None:
+        """Drop the backlog and end the client's stream (it resumes by ``Last-Event-ID``)."""
+        self._release()
+        self.overflow = True
+        self.wakeup.set()
+
+    def _release(self) -> list[Batch]:
+        batches, self.batches, self.bytes = self.batches, [], 0
+        for batch in batches:
+            batch.holders -= 1
+            if batch.holders == 0:
+                self.fanout.buffered_bytes -= batch.size
+        return batches
 
     def keep_alive(self) -> None:
         self.idle = True
@@ -98,18 +140,14 @@ class Subscriber:
 
 
 class JobFeed:
-    def __init__(
-        self, fanout: Fanout, js: JetStreamContext, names: Names, job_id: str, start_seq: int
-    ) -> None:
+    def __init__(self, fanout: Fanout, job_id: str) -> None:
         self.fanout = fanout
-        self.js = js
-        self.names = names
         self.job_id = job_id
-        self.start_seq = start_seq
         # Every event of the job up to here has been handed to the subscribers of the moment.
-        self.last_seq = start_seq - 1
+        self.last_seq = 0
         self.subscribers: set[Subscriber] = set()
         self.ended = False
+        self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._pending: list[Item] = []
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -118,53 +156,60 @@ class JobFeed:
         self.task = asyncio.create_task(self._run(), name=f"sse-feed-{self.job_id}")
 
     async def _run(self) -> None:
-        sub = None
+        fanout = self.fanout
         try:
             # Inside the try: a feed that cannot even subscribe (NATS away, an API timeout under
             # load) must still release its clients, or they would wait forever.
-            sub = await self.js.subscribe(
-                self.names.job_subjects(self.job_id),
-                stream=self.names.stream,
-                ordered_consumer=True,
-                config=api.ConsumerConfig(
-                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=self.start_seq,
-                ),
-                pending_msgs_limit=100_000,
-            )
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=self.fanout.keepalive)
-                except (NatsTimeoutError, TimeoutError):
-                    # One timer for the job, not one per client.
-                    for subscriber in self.subscribers:
-                        subscriber.keep_alive()
-                    continue
-                seq = msg.metadata.sequence.stream
-                item = decode_item(seq, msg.data, self.fanout.build)
-                self.last_seq = seq
-                if item is None:
-                    continue
-                self._pending.append(item)
-                window = min(COALESCE_MAX, COALESCE_PER_CLIENT * len(self.subscribers))
-                if item.terminal or window < 0.001:
-                    self._flush()
-                elif self._flush_timer is None:
-                    self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
-                if item.terminal:
-                    break
+            info = await fanout.js.stream_info(fanout.names.stream)
+            self.last_seq = info.state.last_seq
+            async with ordered_reader(
+                fanout.js,
+                fanout.names.stream,
+                fanout.names.job_subjects(self.job_id),
+                start_seq=self.last_seq + 1,
+            ) as reader:
+                self.ready.set()
+                while not await self._deliver(await reader.next_batch(fanout.limits.keepalive)):
+                    pass
         except Exception as exc:
             log.warning("sse feed failed", job_id=self.job_id, error=repr(exc))
-            for subscriber in self.subscribers:
-                subscriber.overflow = True  # its client reconnects and resumes
-                subscriber.wakeup.set()
+            for subscriber in list(self.subscribers):
+                subscriber.cut()
         finally:
             self._flush()
             self.ended = True
-            self.fanout.forget(self)
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(sub.unsubscribe())
+            self.ready.set()
+            fanout.forget(self)
+
+    async def _deliver(self, msgs: list[Msg]) -> bool:
+        """Hand ``msgs`` on; True once the job's terminal status went out."""
+        if not msgs:
+            # One timer for the job, not one per client.
+            for subscriber in self.subscribers:
+                subscriber.keep_alive()
+            return False
+        size = 0
+        for msg in msgs:
+            if size >= HAND_OVER_BYTES:
+                self._flush()
+                size = 0
+                await asyncio.sleep(0)
+            seq = msg.metadata.sequence.stream
+            item = decode_item(seq, msg.data, self.fanout.build)
+            self.last_seq = seq
+            if item is None:
+                continue
+            self._pending.append(item)
+            size += len(item.chunk)
+            if item.terminal:
+                self._flush()
+                return True
+        window = min(COALESCE_MAX, COALESCE_PER_CLIENT * len(self.subscribers))
+        if window < 0.001:
+            self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
+        return False
 
     def _flush(self) -> None:
         if self._flush_timer is not None:
@@ -172,11 +217,12 @@ class JobFeed:
             self._flush_timer = None
         if not self._pending:
             return
-        items, self._pending = self._pending, []
-        for subscriber in self.subscribers:
-            subscriber.push(items)
+        batch = Batch(self._pending)
+        self._pending = []
+        self.fanout.hand_over(self.subscribers, batch)
 
     def leave(self, subscriber: Subscriber) -> None:
+        subscriber.cut()
         self.subscribers.discard(subscriber)
         if not self.subscribers and not self.ended and self.task is not None:
             self.ended = True
@@ -184,60 +230,104 @@ class JobFeed:
             self.task.cancel()
 
 
+class HistoryStalled(Exception):
+    """A history read got nothing for ``history_idle`` seconds with events still to come."""
+
+
 class Fanout:
-    """The feeds of one API process, by job id."""
+    """The feeds of one API process, by job id, and what their clients hold in memory."""
 
     def __init__(
-        self, js: JetStreamContext, names: Names, build: FrameBuilder, keepalive: float
+        self, js: JetStreamContext, names: Names, build: FrameBuilder, limits: Limits
     ) -> None:
         self.js = js
         self.names = names
         self.build = build
-        self.keepalive = keepalive
+        self.limits = limits
         self.feeds: dict[str, JobFeed] = {}
+        # Bytes of every batch some client still holds (each batch once), and the most so far.
+        self.buffered_bytes = 0
+        self.peak_buffered_bytes = 0
+        self.clients_cut = 0
 
-    def join(self, job_id: str, start_seq: int) -> tuple[JobFeed, Subscriber, int]:
+    async def join(self, job_id: str) -> tuple[JobFeed, Subscriber, int]:
         """Subscribe to the job's feed; returns it, the inbox, and the feed's position at the
         moment of joining: events up to it must come from history, later ones arrive in the inbox.
         """
         feed = self.feeds.get(job_id)
         if feed is None or feed.ended:
-            feed = JobFeed(self, self.js, self.names, job_id, start_seq)
+            feed = JobFeed(self, job_id)
             self.feeds[job_id] = feed
             feed.start()
-        subscriber = Subscriber()
-        feed.subscribers.add(subscriber)
+        await feed.ready.wait()
+        subscriber = Subscriber(self)
+        if feed.ended:
+            subscriber.cut()  # the feed could not start: the client retries
+        else:
+            feed.subscribers.add(subscriber)
         return feed, subscriber, feed.last_seq
 
     def forget(self, feed: JobFeed) -> None:
         if self.feeds.get(feed.job_id) is feed:
             del self.feeds[feed.job_id]
 
+    def hand_over(self, subscribers: set[Subscriber], batch: Batch) -> None:
+        limit = self.limits.client_bytes
+        for subscriber in list(subscribers):
+            if subscriber.overflow:
+                continue
+            if subscriber.bytes + batch.size > limit:
+                self._cut(subscriber, "client")
+                continue
+            if batch.holders == 0:
+                self.buffered_bytes += batch.size
+            batch.holders += 1
+            subscriber.batches.append(batch)
+            subscriber.bytes += batch.size
+            subscriber.wakeup.set()
+        while self.buffered_bytes > self.limits.total_bytes:
+            largest = self._largest_backlog()
+            if largest is None:
+                break
+            self._cut(largest, "total")
+        self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
+
+    def _largest_backlog(self) -> Subscriber | None:
+        return max(
+            (s for feed in self.feeds.values() for s in feed.subscribers if s.batches),
+            key=lambda s: s.bytes,
+            default=None,
+        )
+
+    def _cut(self, subscriber: Subscriber, over: str) -> None:
+        self.clients_cut += 1
+        log.info("sse client cut", over=over, backlog_bytes=subscriber.bytes)
+        subscriber.cut()
+
     async def history(self, job_id: str, start_seq: int, until_seq: int) -> AsyncIterator[Item]:
         """The job's events from ``start_seq`` until at least ``until_seq`` (or the stream's end),
-        from JetStream, for a client that joined a feed already past its start."""
-        sub = await self.js.subscribe(
+        from JetStream, for a client whose start lies before its feed's.
+
+        Raises ``HistoryStalled`` rather than stop early: a missing event must never pass for
+        the end of the history."""
+        async with ordered_reader(
+            self.js,
+            self.names.stream,
             self.names.job_subjects(job_id),
-            stream=self.names.stream,
-            ordered_consumer=True,
-            config=api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=start_seq,
-            ),
-            pending_msgs_limit=100_000,
-        )
-        try:
+            start_seq=start_seq,
+            max_buffered_bytes=self.limits.client_bytes,
+        ) as reader:
+            if start_seq > until_seq or await reader.count() == 0:
+                return
             while True:
-                try:
-                    msg = await sub.next_msg(timeout=HISTORY_IDLE_SECONDS)
-                except (NatsTimeoutError, TimeoutError):
-                    return
-                meta = msg.metadata
-                item = decode_item(meta.sequence.stream, msg.data, self.build)
-                if item is not None:
-                    yield item
-                if meta.sequence.stream >= until_seq or meta.num_pending == 0:
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(sub.unsubscribe())
+                msgs = await reader.next_batch(self.limits.history_idle)
+                if not msgs:
+                    raise HistoryStalled(job_id)
+                for msg in msgs:
+                    meta = msg.metadata
+                    seq = meta.sequence.stream
+                    item = decode_item(seq, msg.data, self.build)
+                    if item is not None:
+                        yield item
+                    if seq >= until_seq or meta.num_pending == 0:
+                        return

@@ -1,13 +1,13 @@
 """``job_update``: one compact event per change of any job, for dashboards and the side panel.
 
-Built from the JetStream events themselves (never from polling Postgres), on a consumer that
-filters out log-line subjects, so a flood of output costs this stream nothing. Each frame's ``id``
+Built from the JetStream events themselves (never from polling Postgres). A backlog is read through
+one wildcard (fast), then a consumer that filters out log-line subjects follows the live stream,
+so a flood of output costs this stream nothing. Each frame's ``id``
 is the stream sequence of the event it came from; ``Last-Event-ID`` resumes right after it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -16,11 +16,13 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
+from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.context import ApiContext
 
@@ -29,6 +31,9 @@ EVENT_NAME = "job_update"
 UPDATE_KINDS = ("requested", "status", "progress", "cancel")
 # Jobs whose latest state one connection remembers (to fill fields an event does not carry).
 REMEMBERED_JOBS = 10_000
+# A catch-up read that gets nothing for this long is at the stream's end: it hands over to the
+# live consumer.
+CATCH_UP_IDLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -169,17 +174,6 @@ async def update_stream(
 
     ``visible`` leaves out the jobs the caller may not see (a token limited to its own jobs)."""
     yield sse.retry(ctx.settings.sse_retry_ms)
-    sub = await ctx.js.subscribe(
-        ctx.names.kind_subjects(UPDATE_KINDS[0]),
-        stream=ctx.names.stream,
-        ordered_consumer=True,
-        config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(start_seq, 1),
-            filter_subjects=[ctx.names.kind_subjects(kind) for kind in UPDATE_KINDS],
-        ),
-        pending_msgs_limit=50_000,
-    )
 
     async def read_model_state(job_id: str) -> JobState | None:
         row = await readmodels.get_job_row(ctx.pool, job_id)
@@ -187,13 +181,13 @@ async def update_stream(
 
     states = JobStates(read_model_state)
     keepalive = ctx.settings.sse_keepalive_seconds
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=keepalive)
-            except (NatsTimeoutError, TimeoutError):
-                yield sse.comment("keep-alive")
-                continue
+    buffered = ctx.settings.sse_client_buffer_bytes
+    async for msgs in update_messages(ctx.js, ctx.names, start_seq, keepalive, buffered):
+        if not msgs:
+            yield sse.comment("keep-alive")
+            continue
+        frames = []
+        for msg in msgs:
             try:
                 event = codec.decode(msg.data)
             except msgspec.MsgspecError:
@@ -202,8 +196,46 @@ async def update_stream(
                 continue
             state = await states.update(event)
             if state is not None:
-                yield sse.frame(
-                    state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
+                frames.append(
+                    sse.frame(
+                        state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
+                    )
                 )
-    finally:
-        await asyncio.shield(sub.unsubscribe())
+        if frames:
+            yield b"".join(frames)
+
+
+async def update_messages(
+    js: JetStreamContext, names: Names, start_seq: int, keepalive: float, max_bytes: int
+) -> AsyncIterator[list[Msg]]:
+    """The messages of the update kinds from ``start_seq`` on, in batches; ``[]`` after
+    ``keepalive`` seconds without one.
+
+    A backlog is read through one wildcard, skipping line messages by subject: nats-server
+    delivers a long history through several filter subjects far slower than through one (README
+    "Event contracts"; ``python -m bench.updates``). Once caught up, a consumer filtering the four
+    kinds follows the live stream, so a flood of output never reaches this stream."""
+    next_seq = max(start_seq, 1)
+    lines_suffix = "." + names.job_kind_subject("x", "lines").rpartition(".")[2]
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, start_seq=next_seq, max_buffered_bytes=max_bytes
+    ) as reader:
+        while True:
+            msgs = await reader.next_batch(CATCH_UP_IDLE_SECONDS)
+            if not msgs:
+                break
+            next_seq = msgs[-1].metadata.sequence.stream + 1
+            wanted = [m for m in msgs if not m.subject.endswith(lines_suffix)]
+            if wanted:
+                yield wanted
+            if msgs[-1].metadata.num_pending == 0:
+                break
+    async with ordered_reader(
+        js,
+        names.stream,
+        [names.kind_subjects(kind) for kind in UPDATE_KINDS],
+        start_seq=next_seq,
+        max_buffered_bytes=max_bytes,
+    ) as reader:
+        while True:
+            yield await reader.next_batch(keepalive)

@@ -26,20 +26,30 @@ def invalid(field: str, message: str) -> ApiError:
     return ApiError(400, "INVALID_QUERY", message, field=field)
 
 
+def reject_unknown(present: Iterable[str], known: Iterable[str]) -> None:
+    """400 UNKNOWN_QUERY_PARAMETER for a parameter not in ``known``: a typo in a filter must
+    not silently widen a result. The one check for every route (the access middleware runs it
+    with the parameters a handler declares)."""
+    allowed = sorted(set(known))
+    unknown = sorted(set(present) - set(allowed))
+    if unknown:
+        takes = ", ".join(allowed) if allowed else "none"
+        raise ApiError(
+            400,
+            "UNKNOWN_QUERY_PARAMETER",
+            f"Unknown query parameter {unknown[0]!r}; this address takes {takes}.",
+            field=unknown[0],
+            unknown=unknown,
+            known=allowed,
+        )
+
+
 class Query:
     """The query string of one request, read field by field."""
 
     def __init__(self, params: MultiDict[str], known: Iterable[str]) -> None:
         self._params = params
-        unknown = sorted(set(params.keys()) - set(known))
-        if unknown:
-            raise ApiError(
-                400,
-                "UNKNOWN_QUERY_PARAMETER",
-                f"Unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(known))}.",
-                field=unknown[0],
-                known=sorted(known),
-            )
+        reject_unknown(params.keys(), known)
 
     def _one(self, field: str) -> str | None:
         values = self._params.getall(field, [])

@@ -13,11 +13,20 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from nats.js.errors import NotFoundError
+import structlog
+from nats.js import JetStreamContext
 
+from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
-from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.fanout import Fanout
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.fanout import Fanout, HistoryStalled
+
+log = structlog.get_logger()
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # proxies must not buffer a live stream
+}
 
 _encoder = msgspec.json.Encoder()
 # Valid in JSON, but line breaks to clients that split lines the Unicode way (Python's
@@ -63,13 +72,12 @@ class ResumePoint:
         return self.stream_seq if self.line_index is not None else self.stream_seq + 1
 
 
-async def last_status(ctx: ApiContext, job_id: str) -> tuple[int, events.StatusChanged] | None:
+async def last_status(
+    js: JetStreamContext, names: Names, job_id: str
+) -> tuple[int, events.StatusChanged] | None:
     """The job's latest StatusChanged and its stream sequence, straight from JetStream."""
-    try:
-        raw = await ctx.js.get_last_msg(
-            ctx.names.stream, ctx.names.job_kind_subject(job_id, "status")
-        )
-    except NotFoundError:
+    raw = await last_message(js, names.stream, names.job_kind_subject(job_id, "status"))
+    if raw is None:
         return None
     event = codec.decode(raw.data) if raw.data else None
     if not isinstance(event, events.StatusChanged) or raw.seq is None:
@@ -161,36 +169,43 @@ def frames_for(event: events.AnyEvent, seq: int, skip_lines_upto: int | None) ->
 
 
 async def job_stream(
-    ctx: ApiContext,
+    retry_ms: int,
     fanout: Fanout,
     job_id: str,
     start_seq: int,
     resume: ResumePoint | None,
     already_done: dict[str, Any] | None,
 ) -> AsyncIterator[bytes]:
-    """Yield SSE frames for one job from ``start_seq`` until its terminal status."""
-    yield retry(ctx.settings.sse_retry_ms)
+    """Yield SSE frames for one job from ``start_seq`` until its terminal status.
+
+    Ends early, without ``done``, when the client is cut (its backlog is over a limit, or its
+    history read stalled): its EventSource reconnects and resumes after the last id it got."""
+    yield retry(retry_ms)
     if already_done is not None:
         yield frame(already_done, event="done")
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
-    feed, inbox, joined_at = fanout.join(job_id, start_seq)
+    feed, inbox, joined_at = await fanout.join(job_id)
     sent = start_seq - 1
     try:
-        if start_seq <= joined_at:
+        if start_seq <= joined_at and not inbox.overflow:
             # The feed is past our start: catch up from JetStream, then follow the feed.
-            async for item in fanout.history(job_id, start_seq, joined_at):
-                chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
-                sent = item.seq
-                if chunk:
-                    yield chunk
-                if item.terminal:
-                    return
+            try:
+                async for item in fanout.history(job_id, start_seq, joined_at):
+                    chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
+                    sent = item.seq
+                    if chunk:
+                        yield chunk
+                    if item.terminal or inbox.overflow:
+                        return
+            except HistoryStalled:
+                log.info("sse history read stalled; the client resumes", job_id=job_id)
+                return
         while True:
-            if not inbox.items and not inbox.overflow and not inbox.idle:
+            if not inbox.has_items and not inbox.overflow and not inbox.idle:
                 await inbox.wakeup.wait()
-            if inbox.idle and not inbox.items and not inbox.overflow:
+            if inbox.idle and not inbox.has_items and not inbox.overflow:
                 inbox.take()
                 yield comment("keep-alive")
                 continue

@@ -10,9 +10,9 @@ from litestar.params import Parameter
 
 from jobrunner.common import audit
 from jobrunner.services.api import readmodels
+from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.errors import job_not_found
 from jobrunner.services.api.queryparams import Query
-from jobrunner.services.api.routes.jobs import ctx_of
 from jobrunner.services.api.security import principal_of
 
 MAX_EVENTS_PAGE = 1000

@@ -16,7 +16,8 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.dependencies import ctx_of, find_job
+from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import Principal, principal_of
 from jobrunner.services.api.security.openapi import error_spec
@@ -36,11 +37,6 @@ LIST_PARAMETERS = (
 READ_YOUR_WRITES_TIMEOUT = 2.0
 
 
-def ctx_of(request: Request[Any, Any, Any]) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx
-
-
 def decode_create(body: bytes) -> schemas.CreateJob:
     try:
         return msgspec.json.decode(body, type=schemas.CreateJob)
@@ -54,14 +50,6 @@ def decode_create(body: bytes) -> schemas.CreateJob:
         raise ApiError(
             400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
         ) from None
-
-
-async def find_job(ctx: ApiContext, job_id: str, principal: Principal | None = None) -> Any:
-    """The job's row; 404 when it does not exist or ``principal`` may not see it."""
-    row = await readmodels.get_job_row(ctx.pool, job_id)
-    if row is None or (principal is not None and not principal.can_see(row)):
-        raise job_not_found(job_id)
-    return row
 
 
 class JobController(Controller):

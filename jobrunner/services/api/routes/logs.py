@@ -10,9 +10,9 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import Query
-from jobrunner.services.api.routes.jobs import ctx_of, find_job
 from jobrunner.services.api.security import principal_of
 
 MAX_LOG_PAGE = 5000

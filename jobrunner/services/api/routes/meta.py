@@ -8,8 +8,8 @@ from litestar import Request, get
 from litestar.response import Response
 
 from jobrunner.common.jobtypes import public_schema
+from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.health import report, set_aside_events
-from jobrunner.services.api.routes.jobs import ctx_of
 
 
 @get("/api/job-types", tags=["job types"], summary="Job types and their parameter schemas")

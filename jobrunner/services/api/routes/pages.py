@@ -20,7 +20,7 @@ from litestar.types import ControllerRouterHandler
 from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import i18n, readmodels, schemas, security
-from jobrunner.services.api.routes.jobs import ctx_of, find_job
+from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.security.principal import optional_principal
 
 HERE = Path(__file__).resolve().parent.parent

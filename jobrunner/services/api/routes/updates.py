@@ -10,10 +10,9 @@ from litestar.response import Stream
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api import sse
+from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.job_updates import update_stream
 from jobrunner.services.api.queryparams import Query
-from jobrunner.services.api.routes.jobs import ctx_of
-from jobrunner.services.api.routes.streams import SSE_HEADERS
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.scope import OwnerFilter
 
@@ -47,5 +46,5 @@ async def job_updates(
     return Stream(
         update_stream(ctx, start, scope.visible),
         media_type="text/event-stream",
-        headers=SSE_HEADERS,
+        headers=sse.SSE_HEADERS,
     )

@@ -44,6 +44,7 @@ from litestar.types import (
 )
 
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.queryparams import reject_unknown
 from jobrunner.services.api.security.origin import (
     HostPolicy,
     check_host,
@@ -344,15 +345,7 @@ class AccessMiddleware:
             )
         known = known_query_parameters(handler)
         if known is not None:
-            unknown = sorted(set(connection.query_params.keys()) - known)
-            if unknown:
-                raise ApiError(
-                    400,
-                    "UNKNOWN_QUERY_PARAMETER",
-                    f"Unknown query parameter {unknown[0]!r}"
-                    + (f"; this address takes {', '.join(sorted(known))}." if known else "."),
-                    unknown=unknown,
-                )
+            reject_unknown(connection.query_params.keys(), known)
         if not is_event_stream(handler):
             await self.app(scope, receive, send)
             return

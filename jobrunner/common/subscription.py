@@ -1,0 +1,140 @@
+"""Reading the event stream from a sequence: one ordered consumer, handed out in batches.
+
+Every reader of the stream in the API and the audit commands is the same loop: an ordered
+consumer from a stream sequence (or a time), messages as they come, and something to do when
+nothing came for a while (a keep-alive, or the end of a history read). It is written here once.
+
+Why batches: nats-py's ``next_msg`` starts a task and a timer per message, which caps a reader at
+a few ten thousand messages a second. Here the subscription's callback only appends each message
+to a list and the reader takes the whole list at once: one wake-up per batch, not per message.
+
+Why a byte bound: the callback stops taking messages while the list holds ``max_buffered_bytes``.
+The messages then wait in nats-py's queue, which holds back the consumer's flow-control reply, so
+the server stops sending: a reader that does not keep up never buffers without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
+
+
+class OrderedReader:
+    """The messages of one ordered consumer, taken a batch at a time."""
+
+    def __init__(self, js: JetStreamContext, max_buffered_bytes: int) -> None:
+        self._js = js
+        self._max_bytes = max_buffered_bytes
+        self._batch: list[Msg] = []
+        self._bytes = 0
+        self._arrived = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.sub: JetStreamContext.PushSubscription | None = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        # Runs in nats-py's delivery task: waiting here is what holds the server back.
+        await self._drained.wait()
+        self._batch.append(msg)
+        self._bytes += len(msg.data)
+        if self._bytes >= self._max_bytes:
+            self._drained.clear()
+        self._arrived.set()
+
+    async def next_batch(self, timeout: float | None) -> list[Msg]:
+        """The messages that arrived since the last call, oldest first; waits up to ``timeout``
+        seconds for at least one, and answers ``[]`` when none came (the reader is idle)."""
+        if not self._batch:
+            # The callback never runs again on a closed connection: say so rather than idle
+            # forever (``next_msg`` does the same). nats-py exposes the client only as ``_nc``.
+            if self._js._nc.is_closed:
+                raise ConnectionClosedError
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+        batch, self._batch, self._bytes = self._batch, [], 0
+        self._arrived.clear()
+        self._drained.set()
+        return batch
+
+    async def count(self) -> int:
+        """How many messages match the filter from the start on, as the server counts them now
+        (one request): delivered so far plus still pending, from one snapshot, since a push
+        consumer keeps delivering while we ask."""
+        assert self.sub is not None
+        info = await self.sub.consumer_info()
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        return (info.num_pending or 0) + (delivered or 0)
+
+
+def start_config(
+    start_seq: int | None = None,
+    start_time: datetime | None = None,
+    filter_subjects: Sequence[str] | None = None,
+) -> api.ConsumerConfig:
+    """Deliver from ``start_time`` if given, else from ``start_seq`` (at least 1)."""
+    # One subject goes in the subscription itself; several need the consumer's filter list.
+    several = list(filter_subjects) if filter_subjects and len(filter_subjects) > 1 else None
+    if start_time is not None:
+        # A start time past the last message makes the server start at that message: callers
+        # that care drop what was stored before ``start_time``.
+        return api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=start_time,
+            filter_subjects=several,
+        )
+    return api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(start_seq or 1, 1),
+        filter_subjects=several,
+    )
+
+
+@asynccontextmanager
+async def ordered_reader(
+    js: JetStreamContext,
+    stream: str,
+    subjects: str | Sequence[str],
+    start_seq: int | None = None,
+    start_time: datetime | None = None,
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+) -> AsyncIterator[OrderedReader]:
+    """An ordered consumer on ``subjects`` from ``start_seq`` (or ``start_time``), removed on
+    exit. Nothing stays on the server after it: the consumer is ephemeral."""
+    subject_list = [subjects] if isinstance(subjects, str) else list(subjects)
+    reader = OrderedReader(js, max_buffered_bytes)
+    reader.sub = await js.subscribe(
+        subject_list[0],
+        stream=stream,
+        cb=reader._on_message,
+        ordered_consumer=True,
+        config=start_config(start_seq, start_time, subject_list),
+        # Enough room for the server's flow-control window; the callback bounds the rest.
+        pending_bytes_limit=max(4 * max_buffered_bytes, 64 * 1024 * 1024),
+    )
+    try:
+        yield reader
+    finally:
+        # Let a callback blocked on a full batch finish, then drop the subscription even when
+        # the reader's task is being cancelled.
+        reader._drained.set()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(reader.sub.unsubscribe())
+
+
+async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.RawStreamMsg | None:
+    """The newest stored message on ``subject``, or ``None`` when it has none."""
+    try:
+        return await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return None

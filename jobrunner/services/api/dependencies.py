@@ -1,0 +1,29 @@
+"""What route handlers need from the running API: its context, and a job the caller may see.
+
+Route modules import these from here, never from each other; the parts themselves are built
+once in the lifespan (``context.lifespan``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from jobrunner.services.api import readmodels
+from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.errors import job_not_found
+from jobrunner.services.api.security import Principal
+
+
+def ctx_of(request: Request[Any, Any, Any]) -> ApiContext:
+    """The clients and settings the lifespan built."""
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+async def find_job(ctx: ApiContext, job_id: str, principal: Principal | None = None) -> Any:
+    """The job's row; 404 when it does not exist or ``principal`` may not see it."""
+    row = await readmodels.get_job_row(ctx.pool, job_id)
+    if row is None or (principal is not None and not principal.can_see(row)):
+        raise job_not_found(job_id)
+    return row

@@ -1,0 +1,141 @@
+"""SSE memory is bounded in bytes: a viewer that stops reading is cut off and resumes losslessly."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.api.fanout import Fanout
+from tests.sse_client import SseEvent, SseStream, iter_events, read_stream
+from tests.system import System
+
+pytestmark = pytest.mark.timeout(180)
+
+LINES = 30_000
+WIDTH = 100
+CLIENT_BYTES = 1024 * 1024
+EXPECTED = [f"INFO line {i} " + "x" * WIDTH for i in range(1, LINES + 1)]
+JOB_TYPES = f"""
+[job_types.wide]
+title = "Wide lines"
+argv = ["{{python}}", "tests/tools/wide.py", "--lines", "{LINES}", "--width", "{WIDTH}",
+        "--wait", "1"]
+"""
+
+
+@pytest.fixture
+def job_types(tmp_path: Path) -> str:
+    path = tmp_path / "jobtypes.toml"
+    path.write_text(JOB_TYPES)
+    return str(path)
+
+
+def fanout_of(system: System) -> Fanout:
+    fanout: Fanout = system._server.config.app.state.ctx.fanout  # type: ignore[union-attr]
+    return fanout
+
+
+async def start_wide(system: System) -> str:
+    async with system.client() as client:
+        response = await client.post("/api/jobs", json={"job_type": "wide"})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def stalling_client(system: System) -> httpx.AsyncClient:
+    """A client whose socket takes in little: the server, not the kernel, has to hold its data."""
+    small = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)])
+    return system.client(transport=small)
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 90) -> None:
+    async with asyncio.timeout(seconds):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def stall_until_cut(client: httpx.AsyncClient, path: str, fanout: Fanout) -> list[SseEvent]:
+    """Open the stream, read nothing until the API cut it, then read what it had sent."""
+    cut_before = fanout.clients_cut
+    async with client.stream("GET", path) as response:
+        assert response.status_code == 200
+        await wait_until(lambda: fanout.clients_cut > cut_before)
+        return [event async for event in iter_events(response, SseStream())]
+
+
+def texts(events: list[SseEvent]) -> list[str]:
+    return [e.json["text"] for e in events if e.event == "message"]
+
+
+async def resume(client: httpx.AsyncClient, path: str, first: list[SseEvent]) -> list[SseEvent]:
+    ids = [e.id for e in first if e.id]
+    return (await read_stream(client, path, last_event_id=ids[-1] if ids else None)).events
+
+
+class TestPerClientBacklog:
+    @pytest.fixture
+    def settings(self, settings: Settings, job_types: str) -> Settings:
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=job_types,
+            sse_client_buffer_bytes=CLIENT_BYTES,
+            sse_total_buffer_bytes=64 * CLIENT_BYTES,
+        )
+
+    async def test_a_stalled_viewer_is_cut_and_resumes_with_every_line_once(
+        self, system: System
+    ) -> None:
+        """A viewer that stops reading in a flood is disconnected; its reconnect loses nothing."""
+        job_id = await start_wide(system)
+        path = f"/jobs/stream/{job_id}"
+        async with stalling_client(system) as slow, system.client() as client:
+            first = await stall_until_cut(slow, path, fanout_of(system))
+            rest = await resume(client, path, first)
+        assert not first or first[-1].event != "done"
+        assert texts(first) + texts(rest) == EXPECTED
+        assert rest[-1].event == "done"
+
+    async def test_a_stalled_viewer_does_not_disturb_a_live_one(self, system: System) -> None:
+        """While one viewer stalls and is cut, another one reads the whole flood in one go."""
+        job_id = await start_wide(system)
+        path = f"/jobs/stream/{job_id}"
+        async with stalling_client(system) as slow, system.client() as client:
+            live = asyncio.create_task(read_stream(client, path))
+            await stall_until_cut(slow, path, fanout_of(system))
+            stream = await live
+        assert texts(stream.events) == EXPECTED
+        assert stream.events[-1].event == "done"
+
+
+class TestProcessTotal:
+    @pytest.fixture
+    def settings(self, settings: Settings, job_types: str) -> Settings:
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=job_types,
+            sse_client_buffer_bytes=64 * CLIENT_BYTES,
+            sse_total_buffer_bytes=CLIENT_BYTES,
+        )
+
+    async def test_the_process_total_is_capped_by_cutting_the_largest_backlog(
+        self, system: System
+    ) -> None:
+        """Stalled viewers under their own limit are still cut once the API's total is reached."""
+        job_id = await start_wide(system)
+        path = f"/jobs/stream/{job_id}"
+        fanout = fanout_of(system)
+        async with stalling_client(system) as slow, system.client() as client:
+            first = await stall_until_cut(slow, path, fanout)
+            rest = await resume(client, path, first)
+        assert fanout.peak_buffered_bytes <= CLIENT_BYTES
+        assert texts(first) + texts(rest) == EXPECTED
+

@@ -1,0 +1,113 @@
+"""The one reader of the stream from a sequence: every message once, in order, in batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.common.subscription import OrderedReader, last_message, ordered_reader
+from jobrunner.contracts.names import Names
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+    nc: NATS = await eventstore.connect(settings, "test")
+    js = nc.jetstream()
+    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
+    yield js
+    await eventstore.close(nc)
+
+
+async def publish(js: JetStreamContext, subjects: list[str], size: int = 10) -> None:
+    for start in range(0, len(subjects), 1000):
+        acks = [
+            await js.publish_async(subject, b"%d" % n + b"x" * size)
+            for n, subject in enumerate(subjects[start : start + 1000], start)
+        ]
+        await asyncio.gather(*acks)
+
+
+async def read_all(reader: OrderedReader, count: int) -> list[list[int]]:
+    """The stream sequences of ``count`` messages, as the batches they came in."""
+    batches: list[list[int]] = []
+    while sum(map(len, batches)) < count:
+        batch = await reader.next_batch(10)
+        assert batch, "the reader went idle before every message arrived"
+        batches.append([m.metadata.sequence.stream for m in batch])
+    return batches
+
+
+async def test_reads_every_message_from_a_sequence_in_order_and_in_batches(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """20,000 messages from sequence 5,001 on arrive once each, in order, many per wake-up."""
+    names = Names(settings.prefix)
+    await publish(js, [names.job_kind_subject("a", "lines")] * 20_000)
+    async with ordered_reader(js, names.stream, names.all_subjects, start_seq=5001) as reader:
+        batches = await read_all(reader, 15_000)
+    assert [seq for batch in batches for seq in batch] == list(range(5001, 20_001))
+    assert len(batches) < 15_000 / 10
+
+
+async def test_an_idle_reader_gets_an_empty_batch(settings: Settings, js: JetStreamContext) -> None:
+    """With nothing to read, a batch is empty once the idle timeout passed."""
+    names = Names(settings.prefix)
+    async with ordered_reader(js, names.stream, names.all_subjects, start_seq=1) as reader:
+        assert await reader.next_batch(0.2) == []
+        await publish(js, [names.job_kind_subject("a", "status")])
+        assert len(await reader.next_batch(10)) == 1
+
+
+async def test_several_filter_subjects_read_only_those(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Reading status and progress of every job skips their lines."""
+    names = Names(settings.prefix)
+    kinds = ["lines", "status", "lines", "progress", "lines"] * 200
+    await publish(js, [names.job_kind_subject(f"j{i % 3}", k) for i, k in enumerate(kinds)])
+    subjects = [names.kind_subjects("status"), names.kind_subjects("progress")]
+    async with ordered_reader(js, names.stream, subjects) as reader:
+        assert await reader.count() == 400
+        batches = await read_all(reader, 400)
+    wanted = [seq for seq, kind in enumerate(kinds, 1) if kind != "lines"]
+    assert [seq for batch in batches for seq in batch] == wanted
+
+
+async def test_a_reader_that_does_not_take_holds_a_bounded_batch(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """A reader left alone buffers about its byte limit, and then still gets every message."""
+    names = Names(settings.prefix)
+    await publish(js, [names.job_kind_subject("a", "lines")] * 3000, size=1000)
+    limit = 64 * 1024
+    async with ordered_reader(
+        js, names.stream, names.all_subjects, max_buffered_bytes=limit
+    ) as reader:
+        async with asyncio.timeout(30):
+            while True:
+                if reader._bytes >= limit:
+                    break
+                await asyncio.sleep(0.01)
+        held = reader._bytes
+        batches = await read_all(reader, 3000)
+    assert held < limit + 1100
+    assert [seq for batch in batches for seq in batch] == list(range(1, 3001))
+
+
+async def test_the_last_message_of_a_subject(settings: Settings, js: JetStreamContext) -> None:
+    """The newest message of a subject, and none for a subject without any."""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("a", "status")
+    assert await last_message(js, names.stream, subject) is None
+    await publish(js, [subject, subject, names.job_kind_subject("b", "status")])
+    last = await last_message(js, names.stream, subject)
+    assert last is not None
+    assert last.seq == 2
