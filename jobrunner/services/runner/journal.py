@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
+from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.publisher import publish_with_retry
+
+log = structlog.get_logger()
 
 
 class JobJournal:
@@ -20,13 +24,16 @@ class JobJournal:
         self.runner_id = runner_id
 
     async def last_event(self, job_id: str, kind: str) -> events.AnyEvent | None:
-        try:
-            raw = await self.js.get_last_msg(
-                self.names.stream, self.names.job_kind_subject(job_id, kind)
-            )
-        except NotFoundError:
+        subject = self.names.job_kind_subject(job_id, kind)
+        raw = await last_message(self.js, self.names.stream, subject)
+        if raw is None or not raw.data:
             return None
-        return codec.decode(raw.data) if raw.data else None
+        try:
+            return codec.decode(raw.data)
+        except msgspec.MsgspecError as exc:
+            # Not written by jobrunner: as if there were none, rather than a crash per delivery.
+            log.warning("undecodable event ignored", subject=subject, error=str(exc))
+            return None
 
     async def last_status(self, job_id: str) -> events.StatusChanged | None:
         status = await self.last_event(job_id, "status")
