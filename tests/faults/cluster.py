@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import httpx
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.servers import TEST_POSTGRES_SETTINGS
 from tests.tools.runners import REPO, runner_env
@@ -198,9 +200,7 @@ class FaultCluster:
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:
         service = self.services[name]
-        ready = {"projector": "projector started", "runner": "runner started"}.get(
-            service.command
-        )
+        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
         seen = service.log_count(ready) if ready else 0
         service.spawn()
         async with asyncio.timeout(timeout):
@@ -258,9 +258,11 @@ class FaultCluster:
         if self.nats.proc is not None and self.nats.proc.poll() is None:
             os.kill(self.nats.proc.pid, signal.SIGCONT)
 
-    async def restart_nats(self) -> None:
-        """SIGKILL nats-server, then start it again on the same port and store directory."""
+    async def restart_nats(self, down_seconds: float = 0.0) -> None:
+        """SIGKILL nats-server, leave it down for ``down_seconds``, then start it again on the
+        same port and store directory."""
         self.nats.kill()
+        await asyncio.sleep(down_seconds)  # the outage itself lasts this long
         self.nats = EmbeddedNats(self.nats.store_dir, port=self.nats.port)
         await asyncio.to_thread(self.nats.start)
 
@@ -337,8 +339,7 @@ class FaultCluster:
 
     async def job(self, job_id: str) -> JobRow | None:
         rows = await self.query(
-            "SELECT id, status, error_code, runner_id, log_count FROM readmodel.jobs "
-            "WHERE id = $1",
+            "SELECT id, status, error_code, runner_id, log_count FROM readmodel.jobs WHERE id = $1",
             job_id,
         )
         return JobRow(**dict(rows[0])) if rows else None
@@ -374,8 +375,8 @@ class FaultCluster:
         stored = 0
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while (stored := await self.stored_count(job_id)) < count:
-                    await asyncio.sleep(0.05)
+                while (stored := await self.stored_count(job_id)) < count:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # another process writes it: poll
         return stored
 
 
@@ -434,3 +435,20 @@ class ToolJob:
 
 def now() -> float:
     return time.monotonic()
+
+
+# The lease TTL of the shared cluster: short, so the suite is fast (ack wait 6 s, renewal 1 s).
+SHORT_TTL = 3.0
+
+
+@asynccontextmanager
+async def running_cluster(lease_ttl: float, runners: int = 2) -> AsyncIterator[FaultCluster]:
+    # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
+    # must be able to reach its data directory.
+    with scratch_dir("jobrunner-test-faults-") as root:
+        cluster = FaultCluster(root, lease_ttl, runners)
+        try:
+            await cluster.start()
+            yield cluster
+        finally:
+            await cluster.stop()

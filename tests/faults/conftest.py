@@ -4,14 +4,12 @@ hurt while jobs run. The figures of a run are printed as a table at its end."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from jobrunner.embedded.scratch import scratch_dir
 from tests.faults import figures
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import SHORT_TTL, FaultCluster, running_cluster
 
 HERE = Path(__file__).parent
 
@@ -32,14 +30,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(row)
 
 
-@asynccontextmanager
-async def running_cluster(lease_ttl: float, runners: int = 2) -> AsyncIterator[FaultCluster]:
-    # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
-    # must be able to reach its data directory.
-    with scratch_dir("jobrunner-test-faults-") as root:
-        cluster = FaultCluster(root, lease_ttl, runners)
-        try:
-            await cluster.start()
-            yield cluster
-        finally:
-            await cluster.stop()
+@pytest.fixture(scope="package")
+async def short_ttl_cluster() -> AsyncIterator[FaultCluster]:
+    """One cluster with a 3 s lease TTL for every module whose faults leave it usable (each test
+    takes a lock of its own, so one test's stuck job cannot hold up the next)."""
+    async with running_cluster(lease_ttl=SHORT_TTL) as running:
+        yield running

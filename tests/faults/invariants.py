@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 
 from tests.faults.cluster import FaultCluster, ToolJob, ToolRun
 from tests.tools.runners import pid_alive
@@ -51,11 +52,11 @@ def overlap_problems(jobs: list[ToolJob]) -> list[str]:
         key=lambda pair: pair[1].started or 0.0,
     )
     problems = []
-    for (first, a), (second, b) in zip(runs, runs[1:], strict=False):
-        assert a.active_until is not None and b.started is not None
-        if b.started < a.active_until:
+    for (first, a), (second, b) in itertools.pairwise(runs):
+        end, start = a.active_until, b.started
+        if end is not None and start is not None and start < end:
             problems.append(
-                f"lock held twice: {second.label} started {a.active_until - b.started:.2f} s "
+                f"lock held twice: {second.label} started {end - start:.2f} s "
                 f"before {first.label} ended"
             )
     return problems
@@ -66,12 +67,18 @@ async def alive_problems(jobs: list[ToolJob], timeout: float = 15.0) -> list[str
     pids = {job.label: run.pid for job in jobs if (run := job.run()).pid is not None}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
-            while any(pid_alive(pid) for pid in pids.values() if pid):
-                await asyncio.sleep(0.05)
-    return [f"{label}: tool (pid {pid}) still running" for label, pid in pids.items() if pid and pid_alive(pid)]
+            while any(pid_alive(pid) for pid in pids.values() if pid):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # nothing to wait on but /proc
+    return [
+        f"{label}: tool (pid {pid}) still running"
+        for label, pid in pids.items()
+        if pid and pid_alive(pid)
+    ]
 
 
-async def settle_lines(cluster: FaultCluster, job: ToolJob, timeout: float) -> list[tuple[int, str]]:
+async def settle_lines(
+    cluster: FaultCluster, job: ToolJob, timeout: float
+) -> list[tuple[int, str]]:
     """The job's stored lines once they have caught up with what the tool printed (or the
     deadline passed: the caller then reports what is missing)."""
     await cluster.wait_stored(job.id, len(job.run().lines), timeout)

@@ -10,21 +10,18 @@ LEASE_LOST (or RUNNER_LOST when another runner declared it lost first)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.faults.cluster import FaultCluster
-from tests.faults.conftest import running_cluster
+from tests.faults.cluster import SHORT_TTL, FaultCluster
 from tests.faults.scenarios import Expect, lock_scenario
 
-LEASE_TTL = 3.0
+LEASE_TTL = SHORT_TTL
 
 
-@pytest.fixture(scope="module")
-async def cluster() -> AsyncIterator[FaultCluster]:
-    async with running_cluster(lease_ttl=LEASE_TTL) as running:
-        yield running
+@pytest.fixture
+def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
+    return short_ttl_cluster
 
 
 async def pause_nats(cluster: FaultCluster, seconds: float) -> None:
