@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,23 +65,52 @@ def job_types_toml() -> str:
     )
 
 
+def can_name_hosts() -> bool:
+    """Whether a child can get a host name of its own (a UTS namespace: needs root)."""
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(
+        ["unshare", "--uts", "hostname", "jobrunner-probe"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+# Runners on "machines" of their own: a runner that sees a lease of its own host may end the
+# tool of a dead runner there itself, which would hide what a runner on another machine must
+# do (stop its own tool in time). Without root they share this host, and the summary says so.
+SEPARATE_HOSTS = can_name_hosts()
+
+
 class Service:
     """One service process; ``wanted`` says whether the watchdog should keep it running."""
 
-    def __init__(self, name: str, command: str, env: dict[str, str], log_file: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: str,
+        env: dict[str, str],
+        log_file: Path,
+        hostname: str | None = None,
+    ) -> None:
         self.name = name
         self.command = command
         self.env = env
         self.log_file = log_file
+        self.hostname = hostname
         self.proc: subprocess.Popen[bytes] | None = None
         self.wanted = False
         self.crashes = 0
         self.starts = 0
 
     def spawn(self) -> None:
+        argv = [sys.executable, "-m", "jobrunner.cli", self.command]
+        if self.hostname:
+            # sh execs the service: its pid stays the one we signal.
+            argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname]
+            argv += [sys.executable, "-m", "jobrunner.cli", self.command]
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobrunner.cli", self.command],
+                argv,
                 cwd=REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -170,9 +200,15 @@ class FaultCluster:
             log_level="info",
         )
 
-    def add_service(self, name: str, command: str, **overrides: Any) -> Service:
+    def add_service(
+        self, name: str, command: str, hostname: str | None = None, **overrides: Any
+    ) -> Service:
         service = Service(
-            name, command, runner_env(self.settings, **overrides), self.root / f"{name}.log"
+            name,
+            command,
+            runner_env(self.settings, **overrides),
+            self.root / f"{name}.log",
+            hostname,
         )
         self.services[name] = service
         return service
@@ -193,9 +229,14 @@ class FaultCluster:
         self._watchdog = asyncio.create_task(self._keep_running())
 
     def add_runner(self, name: str) -> Service:
-        """A runner with a state directory of its own, as on a machine of its own."""
+        """A runner with a state directory (and host name, when we may) of its own, as on a
+        machine of its own."""
         return self.add_service(
-            name, "runner", runner_id=name, state_dir=str(self.root / "state" / name)
+            name,
+            "runner",
+            hostname=f"faults-{name}" if SEPARATE_HOSTS else None,
+            runner_id=name,
+            state_dir=str(self.root / "state" / name),
         )
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:

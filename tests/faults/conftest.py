@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults import figures
-from tests.faults.cluster import SHORT_TTL, FaultCluster, running_cluster
+from tests.faults.cluster import SEPARATE_HOSTS, SHORT_TTL, FaultCluster, running_cluster
 
 HERE = Path(__file__).parent
 
@@ -28,6 +28,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("faults: what each fault did to its job")
     for row in figures.table():
         terminalreporter.write_line(row)
+    if not SEPARATE_HOSTS:
+        terminalreporter.write_line(
+            "NOTE: runners shared this host (no UTS namespace without root): a runner may have "
+            "ended another's tool itself, which a runner on another machine cannot do."
+        )
 
 
 @pytest.fixture(scope="package")
