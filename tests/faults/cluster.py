@@ -100,7 +100,6 @@ class Service:
         self.proc: subprocess.Popen[bytes] | None = None
         self.wanted = False
         self.crashes = 0
-        self.starts = 0
 
     def spawn(self) -> None:
         argv = [sys.executable, "-m", "jobrunner.cli", self.command]
@@ -118,7 +117,6 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.starts += 1
         self.wanted = True
 
     @property
@@ -466,12 +464,6 @@ class ToolJob:
             elif parts[0] == "end" and len(parts) == 3:
                 ended, how = float(parts[1]), parts[2]
         return ToolRun(pid, started, ended, how, lines, last)
-
-    async def wait_started(self, timeout: float = 30.0) -> ToolRun:
-        async with asyncio.timeout(timeout):
-            while (run := self.run()).started is None:  # noqa: ASYNC110 - another process writes it
-                await asyncio.sleep(0.05)
-        return run
 
 
 def now() -> float:
