@@ -35,6 +35,7 @@ from tests.servers import TEST_POSTGRES_SETTINGS
 from tests.tools.runners import REPO, runner_env
 
 TOOL = "tests/faults/tools/numbered.py"
+POISON_TOOL = "tests/faults/tools/poison.py"
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
 LOCK_TYPES = 24
 # A service that exited on its own is started again after this long (the supervisor's first delay).
@@ -42,7 +43,8 @@ RESTART_DELAY = 0.5
 
 
 def job_types_toml() -> str:
-    """``free`` (no lock) and ``slot_<n>`` (each its own queued lock), all running the tool."""
+    """``free`` (no lock) and ``slot_<n>`` (each its own queued lock), all running the numbered
+    tool, and ``poison`` (the tool of hostile output)."""
 
     def job_type(name: str, lock: str | None) -> str:
         locked = f'lock = "{lock}"\non_busy = "queue"\n' if lock else ""
@@ -60,8 +62,11 @@ def job_types_toml() -> str:
             f'pattern = "^[a-z0-9_-]+$"\n\n'
         )
 
-    return job_type("free", None) + "".join(
-        job_type(f"slot_{n}", f"slot_{n}") for n in range(LOCK_TYPES)
+    poison = f'[job_types.poison]\nargv = ["{{python}}", "{POISON_TOOL}"]\ntimeout_seconds = 120\n'
+    return (
+        job_type("free", None)
+        + "".join(job_type(f"slot_{n}", f"slot_{n}") for n in range(LOCK_TYPES))
+        + poison
     )
 
 
@@ -328,6 +333,13 @@ class FaultCluster:
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
+
+    async def submit_plain(self, job_type: str) -> str:
+        """Start a job type without parameters; returns its id."""
+        async with self.client() as client:
+            response = await client.post("/api/jobs", json={"job_type": job_type})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
 
     async def submit(self, job_type: str, lines: int, interval: float) -> ToolJob:
         """Start the tool as a job; returns the job with the path of the tool's own record."""
