@@ -5,7 +5,6 @@ reconnects with ``Last-Event-ID`` and, in the end, has every line exactly once, 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from tests.faults import figures
 from tests.faults.cluster import FaultCluster, ToolJob, is_terminal, now
 from tests.faults.invariants import lines_problems, outcome, settle_lines
 from tests.faults.scenarios import SETTLE_SECONDS
-from tests.sse_client import iter_events
+from tests.faults.viewers import Viewer
 
 CLIENTS = 20
 LINES = 300
@@ -25,53 +24,6 @@ FOLLOW_TIMEOUT = 90.0
 @pytest.fixture
 def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
     return short_ttl_cluster
-
-
-@dataclass
-class Viewer:
-    """One SSE client that follows a job to its end, resuming from the last id it saw."""
-
-    job_id: str
-    lines: list[int] = field(default_factory=list)
-    dones: int = 0
-    connects: int = 0
-    last_id: str | None = None
-    got_line: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def follow(self, client: httpx.AsyncClient) -> None:
-        while True:
-            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
-            try:
-                async with client.stream(
-                    "GET", f"/jobs/stream/{self.job_id}", headers=headers
-                ) as response:
-                    self.connects += 1
-                    if response.status_code != 200:
-                        await asyncio.sleep(0.1)  # the API is still starting: try again
-                        continue
-                    async for event in iter_events(response):
-                        if event.id is not None:
-                            self.last_id = event.id
-                        if event.event == "message":
-                            self.lines.append(int(event.json["seq"]))
-                            self.got_line.set()
-                        elif event.event == "done":
-                            self.dones += 1
-                            return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)  # the API is down: try again, as a browser would
-
-    def problems(self, n: int, expected: int) -> list[str]:
-        out = []
-        if self.lines != list(range(1, expected + 1)):
-            dupes = len(self.lines) - len(set(self.lines))
-            out.append(
-                f"client {n}: {len(self.lines)} lines for {expected} printed "
-                f"({dupes} twice, in order: {self.lines == sorted(self.lines)})"
-            )
-        if self.dones != 1:
-            out.append(f"client {n}: {self.dones} done events")
-        return out
 
 
 async def test_api_restart_every_sse_client_resumes_without_gap_or_duplicate(
