@@ -28,6 +28,8 @@ async def test_poison_output_is_stored_and_does_not_stop_the_projector(
 ) -> None:
     """A tool prints huge numbers, NUL and control characters: its lines are stored, and the job
     after it is stored in full too."""
+    runner = cluster.services["runner-1"]
+    crashes = runner.crashes
     poison_id = await cluster.submit_plain("poison")
     started = now()
     problems: list[str] = []
@@ -56,7 +58,9 @@ async def test_poison_output_is_stored_and_does_not_stop_the_projector(
                 recovery_s=None,
                 terminal_s=terminal_s,
                 holds=not problems,
-                note="; ".join(problems),
+                note="; ".join(
+                    [f"runner exited and was restarted {runner.crashes - crashes}x", *problems]
+                ),
             )
         )
         for job_id in (poison_id, after.id):
