@@ -41,8 +41,7 @@ async def hold_stream(client: httpx.AsyncClient, job_id: str, answered: asyncio.
 async def test_a_viewer_resuming_beyond_the_end_changes_nothing_for_the_others(
     cluster: FaultCluster,
 ) -> None:
-    """A client claims an id past the stream's end first: every other client still gets every
-    line once, in order, and one done."""
+    """A viewer resuming past the stream's end leaves the others' streams complete."""
     job = await cluster.submit("free", lines=LINES, interval=INTERVAL)
     assert await cluster.wait_stored(job.id, 1, 60) >= 1
     problems: list[str] = []

@@ -44,8 +44,7 @@ async def pause_nats(cluster: FaultCluster, seconds: float) -> None:
 async def test_nats_pause_keeps_lines_and_one_lock_holder(
     cluster: FaultCluster, seconds: float, completes: bool
 ) -> None:
-    """NATS frozen mid-job: every printed line is stored once, and the lock never has two
-    holders; a short freeze lets the job complete, a long one ends it LEASE_LOST."""
+    """NATS frozen mid-job: every line stored once, the lock never held twice."""
     await lock_scenario(
         cluster,
         f"NATS paused {seconds:g} s (TTL {LEASE_TTL:g} s)",

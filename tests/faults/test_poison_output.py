@@ -26,8 +26,7 @@ async def cluster() -> AsyncIterator[FaultCluster]:
 async def test_poison_output_is_stored_and_does_not_stop_the_projector(
     cluster: FaultCluster,
 ) -> None:
-    """A tool prints huge numbers, NUL and control characters: its lines are stored, and the job
-    after it is stored in full too."""
+    """Huge numbers, NUL, control characters: every line stored, projector goes on."""
     runner = cluster.services["runner-1"]
     crashes = runner.crashes
     poison_id = await cluster.submit_plain("poison")

@@ -70,8 +70,7 @@ async def finish(
 async def test_postgres_restart_mid_job_keeps_every_line_once(
     cluster: FaultCluster, kill: bool
 ) -> None:
-    """Postgres restarted while a job prints: the job completes and every line is stored once,
-    in order, once Postgres is back."""
+    """Postgres restarted mid-job: the job completes, every line stored once."""
     job = await cluster.submit("free", lines=120, interval=INTERVAL)
     assert await cluster.wait_stored(job.id, 20, 60) >= 20
     projector = cluster.services["projector"]
@@ -92,8 +91,7 @@ async def test_postgres_restart_mid_job_keeps_every_line_once(
 async def test_projector_killed_repeatedly_during_a_flood_stores_each_line_once(
     cluster: FaultCluster,
 ) -> None:
-    """The projector SIGKILLed again and again while a flood of lines comes in: every line is
-    stored exactly once, in order, after the last restart."""
+    """Projector killed again and again in a flood: every line stored once."""
     job = await cluster.submit("free", lines=FLOOD_LINES, interval=0)
     projector = cluster.services["projector"]
     kills = 0
@@ -131,8 +129,7 @@ async def running_on(cluster: FaultCluster, job: ToolJob) -> str:
 async def test_runner_killed_mid_job_ends_it_runner_lost_with_another_runner_alive(
     cluster: FaultCluster,
 ) -> None:
-    """A runner SIGKILLed mid-job while another runner is alive: the job ends failed RUNNER_LOST
-    within the lease TTL and a bounded sweep, its tool dies, what was stored stays in order."""
+    """A runner killed mid-job: the job ends RUNNER_LOST, its tool dies."""
     job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
     assert await cluster.wait_stored(job.id, 20, 60) >= 20
     victim = await running_on(cluster, job)
@@ -156,8 +153,7 @@ async def test_runner_killed_mid_job_ends_it_runner_lost_with_another_runner_ali
 async def test_runner_killed_with_none_alive_ends_the_job_once_a_runner_starts(
     cluster: FaultCluster,
 ) -> None:
-    """Every runner down when the lease expires, then a runner on another machine starts: the job
-    ends failed RUNNER_LOST within the lease TTL and a bounded sweep of that start."""
+    """All runners dead past the lease, then one starts: the job ends RUNNER_LOST."""
     runners = sorted(name for name in cluster.services if name.startswith("runner-"))
     job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
     assert await cluster.wait_stored(job.id, 20, 60) >= 20
