@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,15 +28,15 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
+from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
+from tests.faults.toolrecord import ToolJob
 from tests.servers import TEST_POSTGRES_SETTINGS
-from tests.tools.runners import REPO, runner_env
+from tests.tools.runners import runner_env
 
 TOOL = "tests/faults/tools/numbered.py"
 POISON_TOOL = "tests/faults/tools/poison.py"
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
 LOCK_TYPES = 24
-# A service that exited on its own is started again after this long (the supervisor's first delay).
-RESTART_DELAY = 0.5
 
 
 def job_types_toml() -> str:
@@ -68,90 +65,6 @@ def job_types_toml() -> str:
         + "".join(job_type(f"slot_{n}", f"slot_{n}") for n in range(LOCK_TYPES))
         + poison
     )
-
-
-def can_name_hosts() -> bool:
-    """Whether a child can get a host name of its own (a UTS namespace: needs root)."""
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(
-        ["unshare", "--uts", "hostname", "jobrunner-probe"], capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
-# Runners on "machines" of their own: a runner that sees a lease of its own host may end the
-# tool of a dead runner there itself, which would hide what a runner on another machine must
-# do (stop its own tool in time). Without root they share this host, and the summary says so.
-SEPARATE_HOSTS = can_name_hosts()
-
-
-class Service:
-    """One service process; ``wanted`` says whether the watchdog should keep it running."""
-
-    def __init__(
-        self,
-        name: str,
-        command: str,
-        env: dict[str, str],
-        log_file: Path,
-        hostname: str | None = None,
-    ) -> None:
-        self.name = name
-        self.command = command
-        self.env = env
-        self.log_file = log_file
-        self.hostname = hostname
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.wanted = False
-        self.crashes = 0
-
-    def spawn(self) -> None:
-        argv = [sys.executable, "-m", "jobrunner.cli", self.command]
-        if self.hostname:
-            # sh execs the service: its pid stays the one we signal.
-            argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname]
-            argv += [sys.executable, "-m", "jobrunner.cli", self.command]
-        with self.log_file.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.wanted = True
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_count(self, text: str) -> int:
-        try:
-            return self.log_file.read_bytes().count(text.encode())
-        except FileNotFoundError:
-            return 0
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: no clean-up of any kind. The watchdog leaves it down."""
-        self.wanted = False
-        if self.alive:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.wanted = False
-        if self.alive:
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @dataclass
@@ -436,46 +349,6 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 def is_terminal(row: JobRow) -> bool:
     return row.status in TERMINAL
-
-
-@dataclass
-class ToolRun:
-    """What the tool itself recorded: when it ran and which lines it wrote to stdout."""
-
-    pid: int | None
-    started: float | None
-    ended: float | None
-    how: str | None
-    lines: list[str]
-    last_line_at: float | None
-
-    @property
-    def active_until(self) -> float | None:
-        """When it last did anything: its end, or (killed without a word) its last line."""
-        return self.ended or self.last_line_at or self.started
-
-
-@dataclass
-class ToolJob:
-    id: str
-    label: str
-    record: Path
-
-    def run(self) -> ToolRun:
-        pid = started = ended = last = None
-        how = None
-        lines: list[str] = []
-        text = self.record.read_text() if self.record.exists() else ""
-        for fact in text.splitlines():
-            parts = fact.split()
-            if parts[0] == "start" and len(parts) == 3:
-                started, pid = float(parts[1]), int(parts[2])
-            elif parts[0] == "line" and len(parts) == 3:
-                lines.append(f"{self.label} line {parts[1]}")
-                last = float(parts[2])
-            elif parts[0] == "end" and len(parts) == 3:
-                ended, how = float(parts[1]), parts[2]
-        return ToolRun(pid, started, ended, how, lines, last)
 
 
 def now() -> float:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.faults import figures
-from tests.faults.cluster import SEPARATE_HOSTS, SHORT_TTL, FaultCluster, running_cluster
+from tests.faults.cluster import SHORT_TTL, FaultCluster, running_cluster
+from tests.faults.services import SEPARATE_HOSTS
 
 HERE = Path(__file__).parent
 

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import itertools
 
-from tests.faults.cluster import FaultCluster, ToolJob, ToolRun
+from tests.faults.cluster import FaultCluster
+from tests.faults.toolrecord import ToolJob, ToolRun
 from tests.tools.runners import pid_alive
 
 

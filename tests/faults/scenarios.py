@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tests.faults import figures
-from tests.faults.cluster import FaultCluster, JobRow, ToolJob, is_terminal, now
+from tests.faults.cluster import FaultCluster, JobRow, is_terminal, now
 from tests.faults.invariants import (
     alive_problems,
     lines_problems,
@@ -17,6 +17,7 @@ from tests.faults.invariants import (
     overlap_problems,
     settle_lines,
 )
+from tests.faults.toolrecord import ToolJob
 
 INTERVAL = 0.05  # seconds between the tool's lines
 LINES_BEFORE_FAULT = 20

@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from tests.faults import figures
-from tests.faults.cluster import FaultCluster, ToolJob, is_terminal, now
+from tests.faults.cluster import FaultCluster, is_terminal, now
 from tests.faults.invariants import lines_problems, outcome, settle_lines
 from tests.faults.scenarios import SETTLE_SECONDS
+from tests.faults.toolrecord import ToolJob
 from tests.faults.viewers import Viewer
 
 CLIENTS = 20

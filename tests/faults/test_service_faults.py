@@ -9,9 +9,10 @@ import asyncio
 import pytest
 
 from tests.faults import figures
-from tests.faults.cluster import SHORT_TTL, FaultCluster, ToolJob, is_terminal, now
+from tests.faults.cluster import SHORT_TTL, FaultCluster, is_terminal, now
 from tests.faults.invariants import alive_problems, lines_problems, outcome, settle_lines
 from tests.faults.scenarios import END_GRACE, INTERVAL, LOST, SETTLE_SECONDS, follow_job
+from tests.faults.toolrecord import ToolJob
 
 LEASE_TTL = SHORT_TTL
 FLOOD_LINES = 60_000
