@@ -1,0 +1,372 @@
+"""A whole jobrunner as ``jobrunner up`` runs it, on servers a fault test may pause or kill.
+
+Its own nats-server and Postgres (never the session-shared ones), then the projector, the runners
+and the API as separate ``python -m jobrunner.cli`` processes configured by ``JOBRUNNER_*``
+variables. As ``jobrunner up``'s supervisor does, a service that exits on its own is started again
+(and counted: a crash is a figure worth reporting); one the test kills stays down until the test
+starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.embedded.scratch import scratch_dir
+from jobrunner.embedded.serverprocess import free_port
+from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
+from tests.faults.toolrecord import ToolJob
+from tests.servers import TEST_POSTGRES_SETTINGS
+from tests.tools.runners import runner_env
+
+TOOL = "tests/faults/tools/numbered.py"
+POISON_TOOL = "tests/faults/tools/poison.py"
+# Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
+LOCK_TYPES = 24
+
+
+def job_types_toml() -> str:
+    """``free`` (no lock) and ``slot_<n>`` (each its own queued lock), all running the numbered
+    tool, and ``poison`` (the tool of hostile output)."""
+
+    def job_type(name: str, lock: str | None) -> str:
+        locked = f'lock = "{lock}"\non_busy = "queue"\n' if lock else ""
+        return (
+            f"[job_types.{name}]\n"
+            f'argv = ["{{python}}", "{TOOL}"]\ntimeout_seconds = 600\ncancel_grace_seconds = 1\n'
+            f"{locked}"
+            f'[job_types.{name}.parameters.lines]\ntype = "integer"\nflag = "--lines"\n'
+            f"minimum = 1\nmaximum = 1000000\n"
+            f'[job_types.{name}.parameters.interval]\ntype = "string"\nflag = "--interval"\n'
+            f'pattern = "^[0-9.]+$"\ndefault = "0"\n'
+            f'[job_types.{name}.parameters.record]\ntype = "string"\nflag = "--record"\n'
+            f"max_length = 1000\n"
+            f'[job_types.{name}.parameters.label]\ntype = "string"\nflag = "--label"\n'
+            f'pattern = "^[a-z0-9_-]+$"\n\n'
+        )
+
+    poison = f'[job_types.poison]\nargv = ["{{python}}", "{POISON_TOOL}"]\ntimeout_seconds = 120\n'
+    return (
+        job_type("free", None)
+        + "".join(job_type(f"slot_{n}", f"slot_{n}") for n in range(LOCK_TYPES))
+        + poison
+    )
+
+
+@dataclass
+class JobRow:
+    id: str
+    status: str
+    error_code: str | None
+    runner_id: str | None
+    log_count: int
+
+
+class FaultCluster:
+    """Servers and services of one test module, and the handles the tests need to hurt them."""
+
+    def __init__(self, root: Path, lease_ttl: float, runners: int = 2) -> None:
+        self.root = root
+        self.lease_ttl = lease_ttl
+        self.records = root / "records"
+        self.records.mkdir(parents=True, exist_ok=True)
+        self.job_types_file = root / "jobtypes.toml"
+        self.job_types_file.write_text(job_types_toml())
+        self.nats = EmbeddedNats(root / "nats")
+        self.postgres = EmbeddedPostgres(
+            root / "pg" / "data", settings=TEST_POSTGRES_SETTINGS, database="jobrunner"
+        )
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.services: dict[str, Service] = {}
+        self._runner_count = runners
+        self._watchdog: asyncio.Task[None] | None = None
+        self._next_lock = 0
+        self._next_label = 0
+
+    # --- start and stop
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            nats_url=self.nats.url,
+            database_url=self.postgres.url,
+            prefix="faults",
+            job_types_file=str(self.job_types_file),
+            state_dir=str(self.root / "state"),
+            host="127.0.0.1",
+            port=self.port,
+            demo_pace=0.0,
+            lease_ttl_seconds=self.lease_ttl,
+            auth=False,
+            log_format="json",
+            log_level="info",
+        )
+
+    def add_service(
+        self, name: str, command: str, hostname: str | None = None, **overrides: Any
+    ) -> Service:
+        service = Service(
+            name,
+            command,
+            runner_env(self.settings, **overrides),
+            self.root / f"{name}.log",
+            hostname,
+        )
+        self.services[name] = service
+        return service
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.nats.start)
+        await asyncio.to_thread(self.postgres.start)
+        self.add_service("projector", "projector")
+        for n in range(1, self._runner_count + 1):
+            self.add_runner(f"runner-{n}")
+        self.add_service("api", "api")
+        # The projector creates the read models; the API reads them.
+        await self.start_service("projector")
+        await asyncio.gather(
+            *(self.start_service(name) for name in self.services if name.startswith("runner-"))
+        )
+        await self.start_service("api")
+        self._watchdog = asyncio.create_task(self._keep_running())
+
+    def add_runner(self, name: str) -> Service:
+        """A runner with a state directory (and host name, when we may) of its own, as on a
+        machine of its own."""
+        return self.add_service(
+            name,
+            "runner",
+            hostname=f"faults-{name}" if SEPARATE_HOSTS else None,
+            runner_id=name,
+            state_dir=str(self.root / "state" / name),
+        )
+
+    async def start_service(self, name: str, timeout: float = 60.0) -> None:
+        service = self.services[name]
+        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
+        seen = service.log_count(ready) if ready else 0
+        service.spawn()
+        async with asyncio.timeout(timeout):
+            while True:
+                if ready and service.log_count(ready) > seen:
+                    return
+                if not ready and await self._api_answers():
+                    return
+                if not service.alive:
+                    raise AssertionError(
+                        f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
+                    )
+                await asyncio.sleep(0.05)
+
+    async def _api_answers(self) -> bool:
+        """Any HTTP answer will do: /health may rightly say 503 while a server is away."""
+        try:
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=2) as client:
+                await client.get("/health")
+        except httpx.HTTPError:
+            return False
+        return True
+
+    async def _keep_running(self) -> None:
+        while True:
+            for service in self.services.values():
+                if service.wanted and not service.alive:
+                    service.crashes += 1
+                    await asyncio.sleep(RESTART_DELAY)
+                    if service.wanted and not service.alive:
+                        service.spawn()
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        for service in self.services.values():
+            if service.proc is not None and service.proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(service.proc.pid, signal.SIGCONT)
+        for name in sorted(self.services, key=lambda n: not n.startswith("runner")):
+            await asyncio.to_thread(self.services[name].stop)
+        self.resume_nats()
+        await asyncio.to_thread(self.nats.stop)
+        await asyncio.to_thread(self.postgres.stop)
+
+    # --- faults
+    def pause_nats(self) -> None:
+        assert self.nats.proc is not None
+        os.kill(self.nats.proc.pid, signal.SIGSTOP)
+
+    def resume_nats(self) -> None:
+        if self.nats.proc is not None and self.nats.proc.poll() is None:
+            os.kill(self.nats.proc.pid, signal.SIGCONT)
+
+    async def restart_nats(self, down_seconds: float = 0.0) -> None:
+        """SIGKILL nats-server, leave it down for ``down_seconds``, then start it again on the
+        same port and store directory."""
+        self.nats.kill()
+        await asyncio.sleep(down_seconds)  # the outage itself lasts this long
+        self.nats = EmbeddedNats(self.nats.store_dir, port=self.nats.port)
+        await asyncio.to_thread(self.nats.start)
+
+    async def restart_postgres(self, kill: bool) -> None:
+        """Fast shutdown (or SIGKILL of the whole server), then start on the same data."""
+        if kill:
+            self.postgres.kill()
+        else:
+            await asyncio.to_thread(self.postgres.stop)
+        self.postgres = EmbeddedPostgres(
+            self.postgres.data_dir,
+            port=self.postgres.port,
+            settings=TEST_POSTGRES_SETTINGS,
+            database="jobrunner",
+        )
+        await asyncio.to_thread(self.postgres.start)
+
+    # --- jobs
+    def fresh_lock_type(self) -> str:
+        """A job type whose lock no other test uses."""
+        assert self._next_lock < LOCK_TYPES, "raise LOCK_TYPES"
+        self._next_lock += 1
+        return f"slot_{self._next_lock - 1}"
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
+
+    async def submit_plain(self, job_type: str) -> str:
+        """Start a job type without parameters; returns its id."""
+        async with self.client() as client:
+            response = await client.post("/api/jobs", json={"job_type": job_type})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def submit(self, job_type: str, lines: int, interval: float) -> ToolJob:
+        """Start the tool as a job; returns the job with the path of the tool's own record."""
+        self._next_label += 1
+        label = f"job-{self._next_label}"
+        record = self.records / f"{label}.txt"
+        async with self.client() as client:
+            response = await client.post(
+                "/api/jobs",
+                json={
+                    "job_type": job_type,
+                    "parameters": {
+                        "lines": lines,
+                        "interval": f"{interval:g}",
+                        "record": str(record),
+                        "label": label,
+                    },
+                },
+            )
+        assert response.status_code == 201, response.text
+        return ToolJob(str(response.json()["id"]), label, record)
+
+    async def cancel(self, job_id: str) -> None:
+        """Clean-up after a failed test: stop a job that would otherwise run on."""
+        with contextlib.suppress(httpx.HTTPError):
+            async with self.client() as client:
+                await client.post(f"/api/jobs/{job_id}/cancel")
+
+    # --- the read models, read directly (the API may be the part under fault)
+    async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Run a query; connection errors (Postgres restarting) are retried for a while."""
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    conn = await asyncpg.connect(self.postgres.url, timeout=5)
+                except (OSError, asyncpg.PostgresError, TimeoutError):
+                    await asyncio.sleep(0.1)
+                    continue
+                try:
+                    return list(await conn.fetch(sql, *args))
+                except asyncpg.UndefinedTableError:
+                    return []
+                except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError):
+                    await asyncio.sleep(0.1)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def job(self, job_id: str) -> JobRow | None:
+        rows = await self.query(
+            "SELECT id, status, error_code, runner_id, log_count FROM readmodel.jobs WHERE id = $1",
+            job_id,
+        )
+        return JobRow(**dict(rows[0])) if rows else None
+
+    async def stored_lines(self, job_id: str) -> list[tuple[int, str]]:
+        rows = await self.query(
+            "SELECT seq, text FROM readmodel.log_lines WHERE job_id = $1 ORDER BY seq", job_id
+        )
+        return [(r["seq"], r["text"]) for r in rows]
+
+    async def stored_count(self, job_id: str) -> int:
+        rows = await self.query(
+            "SELECT count(*) AS n FROM readmodel.log_lines WHERE job_id = $1", job_id
+        )
+        return int(rows[0]["n"]) if rows else 0
+
+    async def wait_job(
+        self, job_id: str, condition: Callable[[JobRow], bool], timeout: float
+    ) -> JobRow | None:
+        """Poll the read model until ``condition`` holds; the last row seen if it never did."""
+        row = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    row = await self.job(job_id)
+                    if row is not None and condition(row):
+                        return row
+                    await asyncio.sleep(0.05)
+        return row
+
+    async def wait_stored(self, job_id: str, count: int, timeout: float) -> int:
+        """Poll until at least ``count`` lines of the job are stored; the count reached."""
+        stored = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while (stored := await self.stored_count(job_id)) < count:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # another process writes it: poll
+        return stored
+
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def is_terminal(row: JobRow) -> bool:
+    return row.status in TERMINAL
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+# The lease TTL of the shared cluster: short, so the suite is fast (ack wait 6 s, renewal 1 s).
+SHORT_TTL = 3.0
+
+
+@asynccontextmanager
+async def running_cluster(lease_ttl: float, runners: int = 2) -> AsyncIterator[FaultCluster]:
+    # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
+    # must be able to reach its data directory.
+    with scratch_dir("jobrunner-test-faults-") as root:
+        cluster = FaultCluster(root, lease_ttl, runners)
+        try:
+            await cluster.start()
+            yield cluster
+        finally:
+            await cluster.stop()

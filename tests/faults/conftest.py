@@ -1,0 +1,44 @@
+"""The fault-injection suite: real services as ``jobrunner up`` runs them, on servers of their own,
+hurt while jobs run. The figures of a run are printed as a table at its end."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults import figures
+from tests.faults.cluster import SHORT_TTL, FaultCluster, running_cluster
+from tests.faults.services import SEPARATE_HOSTS
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            # A fault test measures one run of a fault: a rerun would hide a broken invariant
+            # that shows only sometimes, and double the suite's time when one is broken.
+            item.add_marker(pytest.mark.flaky(reruns=0))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not figures.FIGURES:
+        return
+    terminalreporter.section("faults: what each fault did to its job")
+    for row in figures.table():
+        terminalreporter.write_line(row)
+    if not SEPARATE_HOSTS:
+        terminalreporter.write_line(
+            "NOTE: runners shared this host (no UTS namespace without root): a runner may have "
+            "ended another's tool itself, which a runner on another machine cannot do."
+        )
+
+
+@pytest.fixture(scope="package")
+async def short_ttl_cluster() -> AsyncIterator[FaultCluster]:
+    """One cluster with a 3 s lease TTL for every module whose faults leave it usable (each test
+    takes a lock of its own, so one test's stuck job cannot hold up the next)."""
+    async with running_cluster(lease_ttl=SHORT_TTL) as running:
+        yield running
