@@ -15,7 +15,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store
-from jobrunner.services.projector.projections import project
+from jobrunner.services.projector.projections import JobUpdated, project
 from jobrunner.services.projector.replay import replay
 from jobrunner.services.projector.storable import INT4_MAX
 from tests.history_support import job_events, publish, publisher, reading_system, wait_projected
@@ -49,34 +49,39 @@ async def publish_then_a_healthy_job(settings: Settings, poison: list[events.Eve
     )
 
 
-async def test_a_progress_count_beyond_the_column_is_clamped(
+async def test_a_progress_event_out_of_contract_is_set_aside(
     live: System, settings: Settings
 ) -> None:
-    """A tool printing [99999999999999999999/5] shows a full count, and later jobs still appear."""
+    """A progress event beyond its contract (a count past any column, a NUL in its phase) is set
+    aside and named; its job and every later job still show."""
     poison = [
         *job_events("big", status=JobStatus.RUNNING),
         events.ProgressReported(job_id="big", current=BIG, total=5, percent=1e300),
+        events.ProgressReported(job_id="big", phase="load\x00ing", message="a\x00b"),
     ]
     await publish_then_a_healthy_job(settings, poison)
     found = await row(
-        settings,
-        "SELECT progress_current, progress_total, progress_percent FROM readmodel.jobs "
-        "WHERE id = 'big'",
+        settings, "SELECT status, progress_current FROM readmodel.jobs WHERE id = 'big'"
     )
-    assert tuple(found) == (INT4_MAX, 5, 100.0)
+    assert tuple(found) == ("running", None)
+    failures = await row(
+        settings,
+        "SELECT count(*), min(event_type), min(job_id) FROM readmodel.projector_failures",
+    )
+    assert tuple(failures) == (2, "ProgressReported", "big")
 
 
-async def test_nul_in_a_progress_phase_or_message_is_stored_as_a_sign(
-    live: System, settings: Settings
-) -> None:
-    """A NUL in a progress phase or message shows as ␀, and later jobs still appear."""
-    poison = [
-        *job_events("nul", status=JobStatus.RUNNING),
-        events.ProgressReported(job_id="nul", phase="load\x00ing", message="a\x00b"),
-    ]
-    await publish_then_a_healthy_job(settings, poison)
-    found = await row(settings, "SELECT phase, message FROM readmodel.jobs WHERE id = 'nul'")
-    assert tuple(found) == ("load\u2400ing", "a\u2400b")
+def test_progress_values_a_column_cannot_hold_are_made_storable() -> None:
+    """Should a progress event beyond the columns decode (an older contract), its counts are
+    clamped, its percentage kept within 0-100 and NUL shown as ␀ rather than failing a batch."""
+    event = events.ProgressReported(
+        job_id="big", current=BIG, total=BIG, percent=1e300, phase="load\x00ing", message="a\x00b"
+    )
+    (change,) = project(event, 7)
+    assert isinstance(change, JobUpdated)
+    assert change.fields["progress_current"] == change.fields["progress_total"] == INT4_MAX
+    assert change.fields["progress_percent"] == 100.0
+    assert (change.fields["phase"], change.fields["message"]) == ("load\u2400ing", "a\u2400b")
 
 
 async def test_nul_in_a_result_value_or_key_is_stored_as_a_sign(
