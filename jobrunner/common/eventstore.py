@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,15 +106,27 @@ async def publish(js: JetStreamContext, names: Names, event: events.Event) -> in
     return ack.seq
 
 
+# How long publish_many waits for one pipelined ack before publishing that event again.
+ACK_WAIT_SECONDS = 5.0
+
+
 async def publish_many(js: JetStreamContext, names: Names, batch: Sequence[events.Event]) -> int:
-    """Publish in a pipeline and wait for every ack; returns the last stream sequence."""
+    """Publish in a pipeline and wait for every ack; returns the last stream sequence.
+
+    An ack lost on the way (NATS restarted meanwhile) is not waited for forever: that event is
+    published again with the same id, which JetStream stores once and answers with its sequence.
+    """
     futures = [
         await js.publish_async(names.subject(e), codec.encode(e), headers=codec.headers(e))
         for e in batch
     ]
     last = 0
-    for future in futures:
-        last = (await future).seq
+    for event, future in zip(batch, futures, strict=True):
+        try:
+            last = (await asyncio.wait_for(future, ACK_WAIT_SECONDS)).seq
+        except Exception as exc:
+            log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
+            last = await publish(js, names, event)
     return last
 
 
