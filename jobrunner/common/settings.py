@@ -124,8 +124,18 @@ _RANGES: dict[str, tuple[float, float]] = {
     "sse_retry_ms": (0, _NO_LIMIT),
     "max_streams_per_token": (1, _NO_LIMIT),
     "session_max_age_seconds": (1, _NO_LIMIT),
+    # A client buffer must hold at least one full message batch, or every live client is cut.
+    "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
+    "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
 }
-_ABOVE_ZERO = ("lease_ttl_seconds", "sse_keepalive_seconds")
+_ABOVE_ZERO = (
+    "lease_ttl_seconds",
+    "sse_keepalive_seconds",
+    "sse_history_idle_seconds",
+    "runner_heartbeat_seconds",
+    "projector_stuck_seconds",
+    "nats_connect_timeout_seconds",
+)
 LOG_FORMATS = ("auto", "json", "console")
 
 
