@@ -38,7 +38,7 @@ def test_unknown_parameter_is_named_with_the_known_ones() -> None:
     """A typo such as ?stauts= is a 400 naming it and listing what is accepted."""
     error = refused(lambda: query(("stauts", "failed")))
     assert error.code == "UNKNOWN_QUERY_PARAMETER"
-    assert error.extra == {"field": "stauts", "known": sorted(KNOWN)}
+    assert error.extra == {"field": "stauts", "unknown": ["stauts"], "known": sorted(KNOWN)}
 
 
 def test_repeated_and_comma_separated_values_combine() -> None:
