@@ -134,8 +134,7 @@ _ABOVE_ZERO = (
     "sse_history_idle_seconds",
     "runner_heartbeat_seconds",
     "projector_stuck_seconds",
-    "nats_connect_timeout_seconds",
-)
+)  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 
 

@@ -139,7 +139,6 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("sse_history_idle_seconds", "0"),
         ("runner_heartbeat_seconds", "-5"),
         ("projector_stuck_seconds", "0"),
-        ("nats_connect_timeout_seconds", "0"),
     ],
 )
 def test_value_no_service_can_honour_is_refused_at_start(
