@@ -138,6 +138,9 @@ async def test_request_delivered_twice_while_queued_runs_the_job_once(
     async with system.client() as client:
         blocker = await start_job(client, "queued", label="blocker", seconds="60", **params)
         await wait_status(client, blocker, "running")
+        async with asyncio.timeout(30):  # its tool started (it writes its label first)
+            while not order.exists() or "blocker" not in order.read_text():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         # Longer than a lease renewal: a second holder of the lease would show.
         waiting = await start_job(client, "queued", label="waiting", seconds="3", **params)
         await _deliver_request_again(settings, waiting)
