@@ -46,7 +46,7 @@ def newer_status_changed(job_id: str) -> bytes:
 
 def unknown_event(job_id: str) -> bytes:
     return msgspec.json.encode(
-        {"type": "JobArchived", "version": 1, "job_id": job_id, "event_id": "e1", "by": "ops"}
+        {"type": "JobTeleported", "version": 1, "job_id": job_id, "event_id": "e1", "by": "ops"}
     )
 
 

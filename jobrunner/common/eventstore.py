@@ -100,7 +100,7 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
         )
 
 
-async def publish(js: JetStreamContext, names: Names, event: events.Event) -> int:
+async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:
     """Publish one event and wait for JetStream to store it; returns its stream sequence."""
     ack = await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
     return ack.seq
@@ -110,7 +110,9 @@ async def publish(js: JetStreamContext, names: Names, event: events.Event) -> in
 ACK_WAIT_SECONDS = 5.0
 
 
-async def publish_many(js: JetStreamContext, names: Names, batch: Sequence[events.Event]) -> int:
+async def publish_many(
+    js: JetStreamContext, names: Names, batch: Sequence[events.Publishable]
+) -> int:
     """Publish in a pipeline and wait for every ack; returns the last stream sequence.
 
     An ack lost on the way (NATS restarted meanwhile) is not waited for forever: that event is

@@ -18,11 +18,11 @@ _type_probe = msgspec.json.Decoder(dict[str, object])
 _KNOWN_TYPES = frozenset(t.__struct_config__.tag for t in events.EVENT_TYPES)
 
 
-def encode(event: events.Event) -> bytes:
+def encode(event: events.Publishable) -> bytes:
     return _encoder.encode(event)
 
 
-def headers(event: events.Event) -> dict[str, str]:
+def headers(event: events.Publishable) -> dict[str, str]:
     """Headers to publish with: the event id de-duplicates publish retries in JetStream."""
     return {MSG_ID_HEADER: event.event_id}
 

@@ -120,6 +120,20 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     lock: str | None = None
     requested_by: str | None = None
     batch_id: str | None = None
+    # The job's place in its batch, from 0 (None outside a batch).
+    batch_index: Count | None = None
+    # Runs of the same work: a restart is a new job (its own id, events and log) with the next
+    # attempt number, linked to the first attempt by ``attempt_of``. A batch counts each job's
+    # latest attempt.
+    attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
+    attempt_of: str | None = None
+
+
+class JobArchived(Event, frozen=True, kw_only=True, tag="JobArchived"):
+    """The job was hidden from default lists (``archived``) or shown again (not ``archived``)."""
+
+    archived: bool = True
+    requested_by: str | None = None
 
 
 class CancelRequested(Event, frozen=True, kw_only=True, tag="CancelRequested"):
@@ -166,13 +180,75 @@ class ProgressReported(Event, frozen=True, kw_only=True, tag="ProgressReported")
     message: Message | None = None
 
 
-AnyEvent = JobRequested | CancelRequested | StatusChanged | LineLogged | ProgressReported
-EVENT_TYPES: tuple[type[Event], ...] = (
+class BatchEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every batch event carries (on the batch's own subjects, see ``names``)."""
+
+    batch_id: str
+    event_id: str = msgspec.field(default_factory=new_event_id)
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+    version: int = 1
+
+
+class BatchRequested(BatchEvent, frozen=True, kw_only=True, tag="BatchRequested"):
+    """A batch was submitted. Its jobs follow as JobRequested with this ``batch_id`` (and their
+    ``batch_index``), then BatchSealed; no job of the batch starts before the seal."""
+
+    batch_name: str
+    total_jobs: Count
+    job_types: list[str] = []  # the distinct job types, sorted
+    requested_by: str | None = None
+
+
+class BatchSealed(BatchEvent, frozen=True, kw_only=True, tag="BatchSealed"):
+    """Every JobRequested of the batch is stored: its jobs may start."""
+
+    total_jobs: Count
+
+
+class BatchRestarted(BatchEvent, frozen=True, kw_only=True, tag="BatchRestarted"):
+    """Jobs of the batch run again, each as a new attempt (JobRequested with ``attempt_of``)
+    published after this event. ``mode`` is ``all`` (POST .../restart) or ``unfinished``
+    (POST .../pending: the jobs whose latest attempt failed or was cancelled)."""
+
+    mode: str
+    job_ids: list[str] = []  # the attempts being replaced, in batch order
+    requested_by: str | None = None
+
+
+class BatchFailed(BatchEvent, frozen=True, kw_only=True, tag="BatchFailed"):
+    """The batch was stopped: its pending jobs never start, its running ones are cancelled, and
+    it ends failed with ``reason``."""
+
+    reason: Message
+    requested_by: str | None = None
+
+
+class BatchArchived(BatchEvent, frozen=True, kw_only=True, tag="BatchArchived"):
+    """The batch was hidden from default lists (``archived``) or shown again."""
+
+    archived: bool = True
+    requested_by: str | None = None
+
+
+JobEvent = (
+    JobRequested | JobArchived | CancelRequested | StatusChanged | LineLogged | ProgressReported
+)
+AnyBatchEvent = BatchRequested | BatchSealed | BatchRestarted | BatchFailed | BatchArchived
+AnyEvent = JobEvent | AnyBatchEvent
+# What can be published: any job or batch event.
+Publishable = Event | BatchEvent
+EVENT_TYPES: tuple[type[Event] | type[BatchEvent], ...] = (
     JobRequested,
+    JobArchived,
     CancelRequested,
     StatusChanged,
     LineLogged,
     ProgressReported,
+    BatchRequested,
+    BatchSealed,
+    BatchRestarted,
+    BatchFailed,
+    BatchArchived,
 )
 
 

@@ -10,8 +10,18 @@ Subject hierarchy, for one job ``<id>``::
     <prefix>.job.<id>.status      StatusChanged
     <prefix>.job.<id>.lines       LineLogged
     <prefix>.job.<id>.progress    ProgressReported
+    <prefix>.job.<id>.archived    JobArchived
 
-Filters: ``<prefix>.job.<id>.>`` is one job; ``<prefix>.job.*.status`` every status change.
+and for one batch ``<id>``::
+
+    <prefix>.batch.<id>.requested BatchRequested
+    <prefix>.batch.<id>.sealed    BatchSealed
+    <prefix>.batch.<id>.restarted BatchRestarted
+    <prefix>.batch.<id>.failed    BatchFailed
+    <prefix>.batch.<id>.archived  BatchArchived
+
+Filters: ``<prefix>.>`` is every event; ``<prefix>.job.<id>.>`` one job;
+``<prefix>.job.*.status`` every status change; ``<prefix>.batch.>`` every batch event.
 """
 
 from __future__ import annotations
@@ -24,12 +34,18 @@ from jobrunner.contracts import events
 # \Z, not $: "$" also matches before a final line break, which no subject may hold.
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 
-KIND_BY_EVENT: dict[type[events.Event], str] = {
+KIND_BY_EVENT: dict[type[events.Event] | type[events.BatchEvent], str] = {
     events.JobRequested: "requested",
+    events.JobArchived: "archived",
     events.CancelRequested: "cancel",
     events.StatusChanged: "status",
     events.LineLogged: "lines",
     events.ProgressReported: "progress",
+    events.BatchRequested: "requested",
+    events.BatchSealed: "sealed",
+    events.BatchRestarted: "restarted",
+    events.BatchFailed: "failed",
+    events.BatchArchived: "archived",
 }
 
 
@@ -48,10 +64,30 @@ class Names:
 
     @property
     def all_subjects(self) -> str:
+        """Every event (jobs and batches); the stream holds exactly these subjects."""
+        return f"{self.prefix}.>"
+
+    def subject(self, event: events.Event | events.BatchEvent) -> str:
+        kind = KIND_BY_EVENT[type(event)]
+        if isinstance(event, events.BatchEvent):
+            return f"{self.prefix}.batch.{event.batch_id}.{kind}"
+        return f"{self.prefix}.job.{event.job_id}.{kind}"
+
+    @property
+    def job_events(self) -> str:
+        """Every job event (no batch events)."""
         return f"{self.prefix}.job.>"
 
-    def subject(self, event: events.Event) -> str:
-        return f"{self.prefix}.job.{event.job_id}.{KIND_BY_EVENT[type(event)]}"
+    @property
+    def batch_events(self) -> str:
+        """Every batch event."""
+        return f"{self.prefix}.batch.>"
+
+    def batch_subjects(self, batch_id: str) -> str:
+        return f"{self.prefix}.batch.{batch_id}.>"
+
+    def batch_kind_subject(self, batch_id: str, kind: str) -> str:
+        return f"{self.prefix}.batch.{batch_id}.{kind}"
 
     def job_subjects(self, job_id: str) -> str:
         return f"{self.prefix}.job.{job_id}.>"
@@ -87,8 +123,8 @@ class Names:
         """Runner heartbeats: one key per live runner, gone once it stops writing (bucket TTL)."""
         return f"{self.prefix}_runners"
 
-    # --- plain NATS notifications (not persisted)
+    # --- plain NATS notifications (not persisted; outside ``<prefix>.>``, the stream's subjects)
     @property
     def projected_subject(self) -> str:
         """The projector announces the stream sequence it has committed up to."""
-        return f"{self.prefix}.projector.applied"
+        return f"_jobrunner.{self.prefix}.projector.applied"

@@ -45,9 +45,9 @@ def test_message_that_is_not_json_is_shown_as_text(data: bytes, shown: str) -> N
 
 
 def test_history_of_one_job_or_all() -> None:
-    """The history filter is one job's subjects, or every job's."""
+    """The history filter is one job's subjects, or every event (jobs and batches)."""
     names = Names("acme")
-    assert subject_filter(names, None) == "acme.job.>"
+    assert subject_filter(names, None) == "acme.>"
     assert subject_filter(names, "j-1_a") == "acme.job.j-1_a.>"
 
 

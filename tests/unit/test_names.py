@@ -26,7 +26,16 @@ def test_subjects_of_one_job() -> None:
 def test_every_event_type_has_a_subject() -> None:
     """No event type is left without a subject of its own."""
     assert set(KIND_BY_EVENT) == set(events.EVENT_TYPES)
-    assert len(set(KIND_BY_EVENT.values())) == len(events.EVENT_TYPES)
+    names = Names("acme")
+    samples = [
+        names.subject(t(job_id="x") if issubclass(t, events.Event) else t(batch_id="x"))  # type: ignore[call-arg]
+        for t in (events.JobArchived, events.CancelRequested, events.BatchArchived)
+    ]
+    assert samples == ["acme.job.x.archived", "acme.job.x.cancel", "acme.batch.x.archived"]
+    job_kinds = [k for t, k in KIND_BY_EVENT.items() if issubclass(t, events.Event)]
+    batch_kinds = [k for t, k in KIND_BY_EVENT.items() if issubclass(t, events.BatchEvent)]
+    assert len(set(job_kinds)) == len(job_kinds)
+    assert len(set(batch_kinds)) == len(batch_kinds)
 
 
 @pytest.mark.parametrize("prefix", ["", "a.b", "a*", "a>", "a b", "x" * 33, "ä", "abc\n"])

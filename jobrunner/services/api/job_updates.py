@@ -192,7 +192,9 @@ async def update_stream(
                 event = codec.decode(msg.data)
             except msgspec.MsgspecError:
                 continue
-            if event is None or (visible is not None and not await visible(event)):
+            if event is None or isinstance(event, events.BatchEvent):
+                continue
+            if visible is not None and not await visible(event):
                 continue
             state = await states.update(event)
             if state is not None:

@@ -45,9 +45,11 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
 Change = JobCreated | JobUpdated | LinesAppended | Unreadable
 
 
-def project(event: events.Event, stream_seq: int) -> list[Change]:
+def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
     """The row changes of one event. Every value is made storable here (storable.py): what a
     column cannot hold is changed the same way in the live projector and in a replay."""
+    if isinstance(event, events.BatchEvent):
+        return []
     job_id = text(event.job_id)
     match event:
         case events.JobRequested():

@@ -167,9 +167,7 @@ class InternalExecution:
         return None
 
 
-def execution_for(
-    request: events.JobRequested, job_type: JobType, settings: Settings
-) -> Execution:
+def execution_for(request: events.JobRequested, job_type: JobType, settings: Settings) -> Execution:
     own_env = {"JOBRUNNER_DEMO_PACE": str(settings.demo_pace)}
     own_env.update({k: expand_env(v) for k, v in job_type.env.items()})
     if job_type.callable:

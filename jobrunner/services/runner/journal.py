@@ -39,7 +39,7 @@ class JobJournal:
         status = await self.last_event(job_id, "status")
         return status if isinstance(status, events.StatusChanged) else None
 
-    async def publish(self, event: events.Event) -> None:
+    async def publish(self, event: events.Publishable) -> None:
         await publish_with_retry(self.js, self.names, event)
 
     async def end(

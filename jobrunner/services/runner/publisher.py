@@ -211,11 +211,11 @@ class LinePublisher:
         await publish_with_retry(self._js, self._names, event)
 
 
-async def publish_with_retry(js: JetStreamContext, names: Names, event: events.Event) -> int:
+async def publish_with_retry(js: JetStreamContext, names: Names, event: events.Publishable) -> int:
     """Publish until stored; retries keep the event id so JetStream keeps one copy.
 
     NATS being away (any length of time) is waited out; a refusal that can never pass raises
     :class:`~jobrunner.common.retry.PublishRefused` at once.
     """
-    what = f"event {type(event).__name__} {event.event_id} of job {event.job_id}"
+    what = f"event {type(event).__name__} {event.event_id} on {names.subject(event)}"
     return await retry.until_done(lambda: eventstore.publish(js, names, event), what)
