@@ -21,7 +21,10 @@ def event_schema() -> dict[str, Any]:
     for event_type in events.EVENT_TYPES:
         definition = components[event_type.__name__]
         # Say on which subject each event travels (documentation only; not a constraint).
-        definition["x-subject"] = f"<prefix>.job.<job_id>.{KIND_BY_EVENT[event_type]}"
+        aggregate = (
+            "batch.<batch_id>" if issubclass(event_type, events.BatchEvent) else "job.<job_id>"
+        )
+        definition["x-subject"] = f"<prefix>.{aggregate}.{KIND_BY_EVENT[event_type]}"
         # Unknown fields are allowed on purpose: newer producers may add fields (with defaults).
         definition.setdefault("additionalProperties", True)
     return {
