@@ -33,7 +33,7 @@ function drawFacts(batch) {
   card.querySelector('[data-batch-action="archive"]').hidden = Boolean(batch.archived);
   card.querySelector('[data-batch-action="unarchive"]').hidden = !batch.archived;
   // Only a batch still going can be failed (the API answers 409 BATCH_FINISHED otherwise).
-  card.querySelector('[data-batch-action="fail"]').disabled = !["pending", "running"].includes(batch.status);
+  card.querySelector('[data-batch-action="fail"]').hidden = !["pending", "running"].includes(batch.status);
   drawBatch(card, batch);
   document.title = `${batch.name || batch.id} · ${t("app.title")}`;
 }
@@ -126,7 +126,7 @@ const ACTIONS = {
 function setUpActions() {
   document.getElementById("batch-card").addEventListener("click", (event) => {
     const button = event.target.closest("[data-batch-action]");
-    if (!button || button.disabled) return;
+    if (!button) return;
     const action = button.dataset.batchAction;
     confirmAction({
       title: t(`batch.confirm.${action}`),

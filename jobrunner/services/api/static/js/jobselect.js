@@ -27,7 +27,8 @@ function sync() {
     all.indeterminate = selected.size > 0 && selected.size < onPage.size;
   }
   document.getElementById("selection-count").textContent = t("select.count", { count: formatNumber(selected.size) });
-  for (const button of document.querySelectorAll("[data-selection-action]")) button.disabled = selected.size === 0;
+  // Hidden rather than disabled while nothing is ticked: nothing greyed out to read.
+  for (const button of document.querySelectorAll("[data-selection-action]")) button.hidden = selected.size === 0;
 }
 
 async function runAll(action, ids) {
@@ -65,7 +66,7 @@ export function setUpJobSelection({ onChanged }) {
   });
   bar.addEventListener("click", (event) => {
     const button = event.target.closest("[data-selection-action]");
-    if (!button || button.disabled || !selected.size) return;
+    if (!button || !selected.size) return;
     const action = button.dataset.selectionAction;
     const ids = [...selected];
     const count = formatNumber(ids.length);

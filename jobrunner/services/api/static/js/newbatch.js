@@ -45,6 +45,11 @@ export function setUpNewBatch({ onStarted }) {
   let entries = []; // {jobType, parameters, errors, source}
   let idempotencyKey = newKey();
 
+  function loadFields() {
+    const jobType = chosenType();
+    if (jobType) window.htmx?.ajax("GET", `/ui/batch-job-form/${encodeURIComponent(jobType)}`, { target: params, swap: "innerHTML" });
+  }
+
   const chosenType = () => form.querySelector('input[name="batch_job_type"]:checked')?.value ?? null;
 
   function showAlert(title, text) {
@@ -148,10 +153,12 @@ export function setUpNewBatch({ onStarted }) {
       alert.hidden = true;
       nameError.hidden = true;
       idempotencyKey = newKey();
+      loadFields();
       dialog.showModal();
       nameInput.focus();
     });
   });
+  dialog.addEventListener("close", () => params.replaceChildren());
   form.addEventListener("change", (event) => {
     if (event.target.name === "batch_job_type") { clearFieldErrors(); alert.hidden = true; }
   });
