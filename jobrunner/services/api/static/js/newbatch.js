@@ -14,7 +14,9 @@ function newKey() {
 }
 
 function labelOf(jobType, field) {
-  const name = String(field || "").replace(/^parameters\./, "");
+  // A problem of the whole row (not an object, a cell too many) is the row's.
+  if (["", "parameters", "row", "job"].includes(String(field ?? ""))) return t("newbatch.row");
+  const name = String(field).replace(/^parameters\./, "");
   const param = schemas[jobType]?.[name];
   return (param?.label || name) || t("newbatch.row");
 }
@@ -231,13 +233,20 @@ export function setUpNewBatch({ onStarted }) {
     const error = answer.error ?? {};
     const perJob = error.errors ?? answer.errors;
     if (error.code === "INVALID_BATCH" && Array.isArray(perJob)) {
+      // A job's problem goes to its row; the batch's own (its name, too many jobs) to the alert.
+      const general = [];
       for (const item of perJob) {
-        const entry = entries[item.index];
+        const entry = Number.isInteger(item.index) ? entries[item.index] : undefined;
         if (entry) entry.errors.push({ field: item.field, code: item.code, message: item.message });
+        else if (item.field === "batch_name") {
+          nameError.textContent = item.message;
+          nameError.hidden = false;
+          nameInput.setAttribute("aria-invalid", "true");
+        } else general.push(item.message);
       }
       render();
-      showAlert(t("newbatch.invalid"), error.message);
-      focusFirstBad();
+      showAlert(t("newbatch.invalid"), [error.message, ...general].filter(Boolean).join(" "));
+      if (!nameError.hidden) nameInput.focus(); else focusFirstBad();
       return;
     }
     showAlert(t("newbatch.failed"), error.message ?? `HTTP ${response.status}`);
