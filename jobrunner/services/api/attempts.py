@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api.security.principal import Principal
 
 
@@ -25,7 +26,7 @@ async def attempts_of(
 ) -> list[Attempt]:
     """The attempts of the job whose first attempt is ``first_id``, oldest first."""
     rows: list[Any] = await pool.fetch(
-        "SELECT id, attempt, status, requested_by FROM jobs"
+        f"SELECT id, attempt, status, requested_by FROM {READ_SCHEMA}.jobs"
         " WHERE id = $1 OR attempt_of = $1 ORDER BY attempt, id",
         first_id,
     )
