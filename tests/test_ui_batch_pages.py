@@ -108,3 +108,37 @@ async def test_job_center_pages_have_no_inline_code_or_styles(system: System) ->
         assert not re.search(r"\son[a-z]+\s*=", html)
         assert not re.search(r"\sstyle\s*=", html)
         assert not re.search(r"""(?:src|href)=["']https?://""", html)
+
+
+async def test_job_detail_names_its_batch_and_place(system: System) -> None:
+    """A job of a batch links to its batch and says which place in it it has."""
+    body = {"batch_name": "Zwei", "jobs": [{"job_type": "emit", "parameters": {}}] * 2}
+    async with system.client() as client:
+        created = await client.post("/api/batches", json=body)
+        if created.status_code in (404, 405):
+            pytest.skip("the batch API is not in this build yet")
+        assert created.status_code == 201, created.text
+        answer = created.json()
+        await wait_for_status(system, answer["job_ids"][1], {"pending", "running", "completed"})
+        page = (await client.get(f"/jobs/{answer['job_ids'][1]}")).text
+    assert f'href="/batches/{answer["batch_id"]}" data-batch-link' in page
+    assert "Platz im Batch 2" in page
+
+
+async def test_job_detail_links_every_attempt(system: System) -> None:
+    """A restarted job's page says it is attempt 2 and links back to attempt 1 (and its status)."""
+    first = await start_job(system, "emit", lines=1)
+    await wait_for_status(system, first, {"completed"})
+    async with system.client() as client:
+        restarted = await client.post(f"/api/jobs/{first}/restart")
+        if restarted.status_code in (404, 405):
+            pytest.skip("the job actions are not in this build yet")
+        assert restarted.status_code == 201, restarted.text
+        second = restarted.json()["id"]
+        await wait_for_status(system, second, {"pending", "running", "completed"})
+        later = (await client.get(f"/jobs/{second}")).text
+        earlier = (await client.get(f"/jobs/{first}")).text
+    assert f'href="/jobs/{first}" aria-label="Versuch 1: Erfolgreich"' in later
+    assert re.search(r'aria-current="page">2<', later)
+    assert f'href="/jobs/{second}"' in earlier
+    assert "Es gibt einen neueren Versuch." in earlier

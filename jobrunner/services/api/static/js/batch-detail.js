@@ -132,7 +132,9 @@ function setUpActions() {
       title: t(`batch.confirm.${action}`),
       text: t(`batch.confirm.${action}_text`),
       reason: ACTIONS[action].reason,
-      run: async (reason) => {
+      run: async (typed) => {
+        // The API takes a reason of one line without control characters.
+        const reason = typed.replace(/[\x00-\x1f\x7f-\x9f]+/g, " ").trim();
         const response = await fetch(`/api/batches/${encodeURIComponent(batchId)}/${action}`, {
           method: "POST",
           credentials: "same-origin",
