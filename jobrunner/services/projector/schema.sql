@@ -43,8 +43,10 @@ ALTER TABLE {schema}.jobs ADD COLUMN IF NOT EXISTS archived boolean NOT NULL DEF
 -- load too, unlike those of indexes.sql): a batch's jobs, counted for its counters and listed in
 -- batch order, and the attempts of a job. Partial: a job outside a batch, or a first attempt,
 -- costs nothing to insert.
-CREATE INDEX IF NOT EXISTS jobs_batch_index_idx
-    ON {schema}.jobs (batch_id, batch_index, attempt, id) WHERE batch_id IS NOT NULL;
+-- (A job of a batch without a place, published by hand, sorts first: keyset pages need no NULL.)
+CREATE INDEX IF NOT EXISTS jobs_batch_place_idx
+    ON {schema}.jobs (batch_id, (coalesce(batch_index, -1)), attempt, id)
+    WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_attempt_of_idx ON {schema}.jobs (attempt_of)
     WHERE attempt_of IS NOT NULL;
 
