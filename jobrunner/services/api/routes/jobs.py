@@ -32,6 +32,7 @@ LIST_PARAMETERS = (
     "batch_id",
     "created_from",
     "created_to",
+    "archived",
 )
 # How long a POST waits for the projector so that an immediate GET finds the job.
 READ_YOUR_WRITES_TIMEOUT = 2.0
@@ -167,6 +168,10 @@ class JobController(Controller):
         batch_id: str | None = None,
         created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
         created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
+        archived: Annotated[
+            str | None,
+            Parameter(description="false (default: archived jobs left out), true or all"),
+        ] = None,
     ) -> schemas.JobPage:
         """Newest first. ``next_cursor`` pages on; pages stay stable while new jobs arrive.
 
@@ -183,6 +188,7 @@ class JobController(Controller):
             created_from=query.timestamp("created_from"),
             created_to=query.timestamp("created_to"),
             requested_by=principal_of(request).owner,
+            archived=query.archived(),
         )
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
         after = query.cursor("cursor", readmodels.JobCursor)
