@@ -81,3 +81,22 @@ class LogPage(msgspec.Struct):
     log_count: int
     items: list[LogLine]
     next_after: int | None  # pass as ?after= for the next page; null on the last page
+
+
+class CreateBatchJob(msgspec.Struct, forbid_unknown_fields=True):
+    job_type: str
+    parameters: dict[str, Any] = {}
+
+
+class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """``{"batch": {...}}`` (seed 004's wrapper) is accepted too."""
+
+    batch_name: str
+    jobs: list[CreateBatchJob]
+
+
+class BatchCreated(msgspec.Struct):
+    batch_id: str
+    batch_name: str
+    total_jobs: int
+    job_ids: list[str]  # in batch order: job_ids[i] is the job at batch_index i
