@@ -126,3 +126,20 @@ class BatchDetail(Batch):
     """A batch with one page of its jobs, in batch order."""
 
     jobs: BatchJobs
+class CreateBatchJob(msgspec.Struct, forbid_unknown_fields=True):
+    job_type: str
+    parameters: dict[str, Any] = {}
+
+
+class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """``{"batch": {...}}`` (seed 004's wrapper) is accepted too."""
+
+    batch_name: str
+    jobs: list[CreateBatchJob]
+
+
+class BatchCreated(msgspec.Struct):
+    batch_id: str
+    batch_name: str
+    total_jobs: int
+    job_ids: list[str]  # in batch order: job_ids[i] is the job at batch_index i
