@@ -87,10 +87,13 @@ def key_safe(name: str) -> str:
     return _KEY_SAFE.sub("_", name)
 
 
-def slot_key(lock: str | None, job_id: str) -> str:
+def slot_key(lock: str | None, job_id: str, attempt_of: str | None = None) -> str:
+    """The slot a job takes. Without a lock, every attempt of one job (``attempt_of``, the first
+    attempt's id) shares one slot: a new attempt never runs beside the one it replaces, which may
+    still be stopping its tool after a restart cancelled it."""
     if lock:
         return "slot." + key_safe(lock)
-    return "job." + key_safe(job_id)
+    return "job." + key_safe(attempt_of or job_id)
 
 
 def run_key(job_id: str) -> str:

@@ -49,7 +49,7 @@ class SlotClaimer:
     ) -> Lease | None:
         """The job's lease once it may run; None when it ended (cancelled) while waiting."""
         job_id = request.job_id
-        key = slot_key(request.lock, job_id)
+        key = slot_key(request.lock, job_id, request.attempt_of)
         queued = bool(request.lock) and job_type.on_busy == "queue"
         value = self.identity.held_value(job_id, request.job_type)
         while True:
