@@ -117,6 +117,21 @@ class ReadModel:
         )
         return [dict(r) for r in rows]
 
+    async def snapshot(self, batch_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The batch row and its latest attempts as of one moment (one snapshot), so counters
+        and jobs are compared as the projector committed them together."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            batch = await conn.fetchrow(
+                f"SELECT * FROM {database.READ_SCHEMA}.batches WHERE id = $1", batch_id
+            )
+            jobs = await conn.fetch(
+                f"SELECT * FROM {database.READ_SCHEMA}.jobs WHERE batch_id = $1 AND latest "
+                "ORDER BY batch_index, attempt",
+                batch_id,
+            )
+        return (dict(batch) if batch is not None else {}), [dict(r) for r in jobs]
+
     async def job(self, job_id: str) -> dict[str, Any]:
         assert self.pool is not None
         row = await self.pool.fetchrow(
@@ -136,7 +151,7 @@ class ReadModel:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    batch, jobs = await self.batch(batch_id), await self.jobs(batch_id)
+                    batch, jobs = await self.snapshot(batch_id)
                     if batch and condition(batch, jobs):
                         return batch, jobs
                     await asyncio.sleep(0.05)
