@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
+from jobrunner.services.api import attempt_rows
 from tests.batch_support import ReadModel, counters, real_counts, submit_batch
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, status_events, wait_dead, wait_file
@@ -273,3 +274,45 @@ async def _wait_job(
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"job {job_id} never became {statuses}: {job}") from None
+
+
+async def _projector_behind(settings: Settings, system: System) -> str:
+    """A finished batch, then the projector stopped and one more event stored behind its back."""
+    batch_id, _ = await submit_batch(settings, [emit()])
+    async with ReadModel(settings) as rm:
+        await rm.wait_ended(batch_id, 1)
+    await system.stop_service("projector")
+    await submit_batch(settings, [emit()])
+    return batch_id
+
+
+async def test_action_waits_for_a_projector_back_within_the_catch_up_timeout(
+    settings: Settings, system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector back before the catch-up timeout: the action waits and then acts."""
+    monkeypatch.setattr(attempt_rows, "CATCH_UP_TIMEOUT", 4.0)
+    batch_id = await _projector_behind(settings, system)
+    async with system.client() as client:
+        action = asyncio.ensure_future(client.post(f"/api/batches/{batch_id}/restart"))
+        await asyncio.sleep(0.5)  # the action is waiting: the projector comes back meanwhile
+        assert not action.done()
+        await system.start_projector()
+        response = await action
+    assert response.status_code == 202, response.text
+    assert len(response.json()["attempts"]) == 1
+
+
+async def test_action_on_a_read_model_behind_past_the_timeout_is_503(
+    settings: Settings, system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector away longer than the catch-up timeout: 503 READ_MODEL_BEHIND, nothing sent."""
+    monkeypatch.setattr(attempt_rows, "CATCH_UP_TIMEOUT", 1.0)
+    batch_id = await _projector_behind(settings, system)
+    async with system.client() as client, ReadModel(settings) as rm:
+        response = await client.post(f"/api/batches/{batch_id}/restart")
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "READ_MODEL_BEHIND"
+        assert response.headers["retry-after"] == "2"
+        await system.start_projector()
+        await rm.wait_ended(batch_id, 1)
+        assert len(await rm.jobs(batch_id, latest_only=False)) == 1
