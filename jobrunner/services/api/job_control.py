@@ -61,15 +61,18 @@ async def cancel_jobs(
 
 async def give_back_places(ctx: ApiContext, cancelled_pending: Sequence[Attempt]) -> None:
     """Drop the queue entries and slot reservations of jobs cancelled before they started."""
+    by_lock: dict[str, list[str]] = {}
     for job in cancelled_pending:
-        if not job.lock:
-            continue
-        await ctx.slots.dequeue(job.lock, job.id)
-        holder = await ctx.slots.current(slot_key(job.lock, job.id))
+        if job.lock:
+            by_lock.setdefault(job.lock, []).append(job.id)
+    for lock, job_ids in by_lock.items():
+        await ctx.slots.dequeue_many(lock, job_ids)
+        # A lock has one slot, so at most one of them can hold its reservation.
+        holder = await ctx.slots.current(slot_key(lock, job_ids[0]))
         if (
             holder is not None
-            and holder.value.job_id == job.id
             and holder.value.phase == "reserved"
+            and holder.value.job_id in job_ids
         ):
             await ctx.slots.release(holder)
 
