@@ -215,6 +215,7 @@ class BatchRestarted(BatchEvent, frozen=True, kw_only=True, tag="BatchRestarted"
     mode: str
     job_ids: list[str] = []  # the attempts being replaced, in batch order
     requested_by: str | None = None
+    reason: Message | None = None
 
 
 class BatchFailed(BatchEvent, frozen=True, kw_only=True, tag="BatchFailed"):
