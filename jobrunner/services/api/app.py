@@ -11,9 +11,9 @@ from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.routes.audit import job_events
+from jobrunner.services.api.routes.batch_actions import BatchActionController
 from jobrunner.services.api.routes.batches import BatchController
 from jobrunner.services.api.routes.batches_submit import batch_submit_routes
-from jobrunner.services.api.routes.batch_actions import BatchActionController
 from jobrunner.services.api.routes.job_actions import JobActionController
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs

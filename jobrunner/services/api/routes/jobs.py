@@ -15,17 +15,14 @@ from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
-from jobrunner.services.api.job_control import READ_YOUR_WRITES_TIMEOUT, cancel, raise_busy
+from jobrunner.services.api.job_control import cancel, raise_busy
 from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
-from jobrunner.services.api.submission import (
-    READ_YOUR_WRITES_TIMEOUT,
-    UnknownJobType,
-    check_job,
-)
+from jobrunner.services.api.submission import UnknownJobType, check_job
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
