@@ -96,6 +96,8 @@ class ErrorCode(StrEnum):
     LEASE_LOST = "LEASE_LOST"
     CALLABLE_FAILED = "CALLABLE_FAILED"  # an internal job's callable raised
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    # A job of a batch whose submission never completed (no BatchSealed in time); it never ran.
+    BATCH_INCOMPLETE = "BATCH_INCOMPLETE"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,6 +215,7 @@ class BatchRestarted(BatchEvent, frozen=True, kw_only=True, tag="BatchRestarted"
     mode: str
     job_ids: list[str] = []  # the attempts being replaced, in batch order
     requested_by: str | None = None
+    reason: Message | None = None
 
 
 class BatchFailed(BatchEvent, frozen=True, kw_only=True, tag="BatchFailed"):
