@@ -4,6 +4,7 @@ the actions with their confirmation, multi-select on /jobs, keyboard only, both 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -75,15 +76,20 @@ async def test_csv_import_with_a_bad_row_marks_it_and_sends_nothing(
 async def test_json_import_of_rows_that_are_not_objects_is_marked_per_row(
     page: Page, system: System, tmp_path: Path
 ) -> None:
-    """In English, a JSON list with a number instead of an object marks that row and no other."""
+    """In English, a JSON list with a number instead of an object marks that row and no other;
+    of a long file, every bad row and the first 200 good ones are listed, the rest counted."""
     await page.goto("/jobs?lang=en")
     await page.get_by_role("button", name="New batch").click()
     await expect(page.locator('#batch-job-params [data-job-type="emit"]')).to_be_attached()
     rows_file = tmp_path / "rows.json"
-    rows_file.write_text('[{"lines": 2}, 7, {"lines": 3, "nope": 1}]')
+    rows_file.write_text(json.dumps([{"lines": 2}, 7, {"lines": 3, "nope": 1}] + [{}] * 202))
     await page.get_by_label("Import a file (CSV or JSON)").set_input_files(str(rows_file))
     rows = page.locator("#batch-list-body [data-batch-list-row]")
-    await expect(rows).to_have_count(3)
+    await expect(rows).to_have_count(202)
+    await expect(page.locator("#batch-list-count")).to_have_text("205")
+    await expect(page.locator("#batch-list-body")).to_contain_text(
+        "… and 3 more rows without errors (not shown)"
+    )
     await expect(rows.nth(0).locator("[data-row-errors] li")).to_have_count(0)
     await expect(rows.nth(1)).to_contain_text("Row: Not a valid value: must be an object")
     await expect(rows.nth(2)).to_contain_text("nope: Unknown parameter")
