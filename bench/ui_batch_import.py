@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from playwright.async_api import Page, async_playwright, expect  # noqa: E402
+from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 from jobrunner.common.settings import Settings  # noqa: E402
 from tests.browser import launch, open_page  # noqa: E402
@@ -49,7 +50,11 @@ async def measure(page: Page, csv_file: Path, rows: int) -> dict[str, float]:
     imported = time.perf_counter() - started
     started = time.perf_counter()
     await page.get_by_role("button", name="Batch starten").click()
-    await page.wait_for_url("**/batches/*", timeout=300_000)
+    try:
+        await page.wait_for_url("**/batches/*", timeout=300_000)
+    except PlaywrightTimeout:
+        alert = await page.locator("#new-batch-alert").text_content()
+        raise SystemExit(f"no batch page within 300 s; the dialog says: {alert!r}") from None
     await page.wait_for_function(
         "(n) => (document.querySelector('[data-field=ended]')?.textContent ?? '').includes(n)",
         arg=f"{rows:,}".replace(",", "."),
@@ -80,7 +85,6 @@ async def main(nats: str, pg: PostgresCluster, rows: int, runs: int) -> None:
             browser = await launch(playwright)
             page = await open_page(browser, system)
             page.set_default_timeout(300_000)
-            page.on("console", lambda m: print(m.text) if "PERF" in m.text else None)
             results = [await measure(page, csv_file, rows) for _ in range(runs)]
             await browser.close()
     finally:
