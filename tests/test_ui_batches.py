@@ -232,3 +232,21 @@ async def test_selected_jobs_restart_from_the_keyboard(page: Page, system: Syste
             if retries == {first, second}:
                 break
             await asyncio.sleep(0.1)
+
+
+async def test_side_panel_keeps_its_list_short_when_a_big_batch_arrives(
+    page: Page, system: System
+) -> None:
+    """250 jobs arriving live: the panel lists the newest 200 and still counts all 250 active."""
+    await page.goto("/jobs")
+    await page.wait_for_selector("html[data-ready]")
+    # One lock: the first job runs long, the others wait, so all 250 stay active.
+    batch_id = await create_batch(
+        system, "Viele", [("exclusive", {"lines": 2000, "interval": "0.1"})] * 250
+    )
+    try:
+        await expect(page.locator("#panel-active-count")).to_have_text("250", timeout=60_000)
+        assert await page.locator("#panel-list > li").count() == 200
+    finally:
+        async with system.client() as client:
+            await client.post(f"/api/batches/{batch_id}/fail", json={"reason": "test over"})
