@@ -75,7 +75,13 @@ async def running_receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     server = uvicorn.Server(
         uvicorn.Config(
-            receiver, host="127.0.0.1", port=receiver.port, log_level="warning", lifespan="off"
+            receiver,
+            host="127.0.0.1",
+            port=receiver.port,
+            log_level="warning",
+            lifespan="off",
+            # A request a test holds (a slow receiver) does not hold up the receiver's end.
+            timeout_graceful_shutdown=1,
         )
     )
     task = asyncio.create_task(server.serve())
