@@ -3,11 +3,9 @@ retried, refused where it may not go, logged as events and shown by the API."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -20,26 +18,19 @@ from jobrunner.services.notifier import signature
 from jobrunner.services.projector.replay import replay
 from tests.system import System
 from tests.webhook_receiver import Receiver, running_receiver
-
-TEST_TYPES = Path(__file__).parent / "tools" / "jobtypes.toml"
-SECRET = "installation-secret"
+from tests.webhook_support import (
+    SECRET,
+    TEST_TYPES,
+    settled,
+    start_job,
+    webhook_log,
+    webhook_settings,
+)
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(
-        settings,
-        job_types_file=str(TEST_TYPES),
-        webhook_secret=SECRET,
-        # The receiver listens on loopback, which webhooks may not reach by default.
-        webhook_allow_hosts="127.0.0.1",
-        webhook_retry_seconds=30.0,
-        webhook_first_retry_seconds=0.05,
-        webhook_longest_retry_seconds=0.2,
-        webhook_connect_timeout_seconds=2.0,
-        webhook_timeout_seconds=2.0,
-        notifier_ack_wait_seconds=3.0,
-    )
+    return webhook_settings(settings)
 
 
 @pytest.fixture
@@ -52,35 +43,6 @@ async def receiver() -> AsyncIterator[Receiver]:
 async def notifying(system: System) -> System:
     await system.start_notifier()
     return system
-
-
-async def start_job(system: System, webhook: dict[str, Any] | None, **parameters: Any) -> str:
-    body: dict[str, Any] = {"job_type": "emit", "parameters": {"lines": 3, **parameters}}
-    if webhook is not None:
-        body["webhook"] = webhook
-    async with system.client() as client:
-        created = await client.post("/api/jobs", json=body)
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
-
-
-async def webhook_log(
-    system: System, job_id: str, until: Any, timeout: float = 30.0
-) -> dict[str, Any]:
-    """GET /api/jobs/{id}/webhooks until ``until(log)`` holds."""
-    async with system.client() as client, asyncio.timeout(timeout):
-        while True:
-            response = await client.get(f"/api/jobs/{job_id}/webhooks")
-            assert response.status_code == 200, response.text
-            log: dict[str, Any] = response.json()
-            if until(log):
-                return log
-            await asyncio.sleep(0.05)
-
-
-def settled(log: dict[str, Any], count: int = 1) -> bool:
-    states = [d["state"] for d in log["deliveries"]]
-    return len(states) == count and all(s != "retrying" for s in states)
 
 
 async def test_ended_job_posts_signed_payload_to_its_webhook(
