@@ -24,6 +24,7 @@ class Received:
     headers: dict[str, str]  # names in lower case; a repeated header keeps every value, joined
     body: bytes
     at: float = field(default_factory=time.monotonic)
+    wall: float = field(default_factory=time.time)  # to compare with events' times
     header_list: list[tuple[str, str]] = field(default_factory=list)
 
 
