@@ -159,6 +159,33 @@ async def test_slow_receiver_is_retried_only_past_the_read_timeout(
         assert log["items"][0]["error"]["code"] == "WEBHOOK_TIMEOUT"
 
 
+async def test_stopped_notifier_hands_a_retrying_webhook_to_another_at_once(
+    system: System, receiver: Receiver
+) -> None:
+    """A notifier stopped while it waits to retry: another notifier goes on at once (not after
+    the 60 s ack wait), with the same delivery id and the next attempt number."""
+    # The first would wait a minute before its second attempt: only a hand-over delivers in time.
+    await system.start_notifier(
+        "first",
+        notifier_ack_wait_seconds=60.0,
+        webhook_first_retry_seconds=60.0,
+        webhook_longest_retry_seconds=60.0,
+    )
+    receiver.answer = lambda n: 503 if n == 1 else 200
+    job_id = await start_job(system, {"url": receiver.url})
+    await webhook_log(system, job_id, lambda log: len(log["items"]) == 1)
+    await system.start_notifier("second", notifier_ack_wait_seconds=60.0)
+    await system.stop_service("first")
+    log = await webhook_log(system, job_id, settled, timeout=30)
+    assert [(a["attempt"], a["outcome"]) for a in log["items"]] == [
+        (1, "retrying"),
+        (2, "delivered"),
+    ]
+    assert {r.headers["x-jobrunner-delivery"] for r in receiver.received} == {
+        signature.delivery_id(job_id, 0)
+    }
+
+
 async def test_loopback_webhook_is_refused_by_default(system: System, receiver: Receiver) -> None:
     """Without an allow-list entry, a webhook to loopback is refused and never connected to."""
     await system.start_notifier(webhook_allow_hosts="")

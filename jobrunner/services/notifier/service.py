@@ -83,8 +83,13 @@ class Notifier:
                     stream=self.names.stream,
                     config=config,
                 )
-            except nats.js.errors.BadRequestError:
-                # Another notifier created it at the same moment: bind to theirs.
+            except nats.js.errors.BadRequestError as refused:
+                # Another notifier created it at the same moment: bind to theirs. Any other
+                # refusal is for good.
+                try:
+                    await self.js.consumer_info(self.names.stream, self.names.notifier_consumer)
+                except nats.js.errors.NotFoundError:
+                    raise refused from None
                 await asyncio.sleep(0.1)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -130,6 +135,10 @@ class Notifier:
             keeper = asyncio.create_task(self._keep_alive(msg))
             if await self._deliver(end, stop):
                 await _ack(msg)
+            else:
+                # Stopping mid-retry: another notifier goes on now, not after the ack wait.
+                with contextlib.suppress(Exception):
+                    await msg.nak()
         except msgspec.MsgspecError:
             log.warning("undecodable status event skipped")
             await _ack(msg)
