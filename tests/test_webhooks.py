@@ -198,6 +198,42 @@ async def test_loopback_webhook_is_refused_by_default(system: System, receiver: 
     assert receiver.received == []
 
 
+async def test_redirecting_receiver_is_not_followed(notifying: System, receiver: Receiver) -> None:
+    """A receiver answering 302: recorded failed WEBHOOK_REDIRECT_REFUSED, nothing followed."""
+    receiver.answer = lambda n: 302
+    job_id = await start_job(notifying, {"url": receiver.url})
+    log = await webhook_log(notifying, job_id, settled)
+    assert [(a["outcome"], a["status_code"], a["error"]["code"]) for a in log["items"]] == [
+        ("failed", 302, "WEBHOOK_REDIRECT_REFUSED")
+    ]
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("webhook", "code"),
+    [
+        ({"url": "ftp://example.com/x"}, "UNSUPPORTED_SCHEME"),
+        ({"url": "http://user:pw@example.com/"}, "USERINFO_NOT_ALLOWED"),
+        (
+            {"url": "https://example.com/", "headers": {"X-A": "b\r\nX-B: c"}},
+            "INVALID_HEADER_VALUE",
+        ),
+    ],
+)
+async def test_api_refuses_a_bad_webhook_and_publishes_nothing(
+    notifying: System, webhook: dict[str, object], code: str
+) -> None:
+    """A bad webhook answers 422 INVALID_WEBHOOK naming the problem; no job is started."""
+    async with notifying.client() as client:
+        response = await client.post("/api/jobs", json={"job_type": "emit", "webhook": webhook})
+        jobs = (await client.get("/api/jobs")).json()["items"]
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_WEBHOOK"
+    assert [f["code"] for f in error["fields"]] == [code]
+    assert jobs == []
+
+
 async def test_api_refuses_a_header_that_would_override_the_signature(
     notifying: System, receiver: Receiver
 ) -> None:

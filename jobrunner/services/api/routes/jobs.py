@@ -9,7 +9,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from jobrunner.common import eventstore, webhookurl
+from jobrunner.common import eventstore
 from jobrunner.common.jobtypes import ParameterError, validate_parameters
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
@@ -21,6 +21,7 @@ from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import Principal, principal_of
 from jobrunner.services.api.security.openapi import error_spec
+from jobrunner.services.api.webhook_requests import checked_webhook
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
@@ -50,25 +51,6 @@ def decode_create(body: bytes) -> schemas.CreateJob:
         raise ApiError(
             400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
         ) from None
-
-
-def checked_webhook(given: schemas.WebhookRequest | None) -> events.WebhookTarget | None:
-    """The request's webhook as the event carries it; 422 INVALID_WEBHOOK naming each problem.
-    (Its address is checked when it is delivered: a name may point elsewhere by then.)"""
-    if given is None:
-        return None
-    target = events.WebhookTarget(url=given.url, headers=dict(given.headers))
-    problems = webhookurl.check(target)
-    if problems:
-        raise ApiError(
-            422,
-            "INVALID_WEBHOOK",
-            "The webhook cannot be used: "
-            + "; ".join(f"{p.field} {p.message}" for p in problems)
-            + ".",
-            fields=[msgspec.to_builtins(p) for p in problems],
-        )
-    return target
 
 
 class JobController(Controller):
