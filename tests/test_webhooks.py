@@ -17,6 +17,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.notifier import signature
 from jobrunner.services.projector.replay import replay
 from tests.system import System
+from tests.tls_nats import make_certificates
 from tests.webhook_receiver import Receiver, running_receiver
 from tests.webhook_support import (
     SECRET,
@@ -328,3 +329,29 @@ async def test_replay_rebuilds_the_webhook_log_identically(
     report = await replay(settings)
     assert report.differences == {}
     assert report.tables["webhook_deliveries"] == 2
+
+
+@pytest.mark.parametrize(
+    ("trusted", "delivered"),
+    [pytest.param(True, True, id="ca-trusted"), pytest.param(False, False, id="ca-unknown")],
+)
+async def test_https_receiver_is_verified_for_its_host_name(
+    system: System, tmp_path: Path, trusted: bool, delivered: bool
+) -> None:
+    """https://localhost: the notifier connects to the checked address and verifies the
+    certificate for the URL's name; a certificate from an authority it does not trust fails."""
+    files = make_certificates(tmp_path)
+    ca = files.ca if trusted else files.other_ca
+    await system.start_notifier(webhook_allow_hosts="localhost", webhook_tls_ca_file=str(ca))
+    async with running_receiver((files.server_cert, files.server_key), "localhost") as receiver:
+        job_id = await start_job(system, {"url": receiver.url})
+        until = settled if delivered else (lambda log: len(log["items"]) >= 1)
+        log = await webhook_log(system, job_id, until)
+    first = log["items"][0]
+    if delivered:
+        assert first["outcome"] == "delivered"
+        assert receiver.received[0].headers["host"] == f"localhost:{receiver.port}"
+    else:
+        assert first["error"]["code"] == "WEBHOOK_UNREACHABLE"
+        assert "CERTIFICATE_VERIFY_FAILED" in first["error"]["message"]
+        assert receiver.received == []

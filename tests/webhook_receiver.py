@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -32,9 +33,9 @@ class Receiver:
     """``answer(n)`` gives the status for the n-th request (from 1), 200 by default; ``delay(n)``
     how long it is held before that answer (0 by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, url_host: str = "127.0.0.1", scheme: str = "http") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.url = f"{scheme}://{url_host}:{self.port}/hook"
         self.received: list[Received] = []
         self.answer: Callable[[int], int] = lambda n: 200
         self.delay: Callable[[int], float] = lambda n: 0.0
@@ -72,11 +73,17 @@ class Receiver:
 
 
 @asynccontextmanager
-async def running_receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
+async def running_receiver(
+    tls: tuple[Path, Path] | None = None, url_host: str = "127.0.0.1"
+) -> AsyncIterator[Receiver]:
+    """A receiver on 127.0.0.1; with ``tls`` (certificate, key) it speaks https, its URL naming
+    ``url_host``."""
+    receiver = Receiver(url_host, "https" if tls else "http")
     server = uvicorn.Server(
         uvicorn.Config(
             receiver,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
             host="127.0.0.1",
             port=receiver.port,
             log_level="warning",

@@ -106,6 +106,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # internal (comma-separated): host names as written in the URL, IP addresses, networks
     # ("10.20.0.0/16"). Empty: only public addresses.
     webhook_allow_hosts: str = ""
+    # The authority that signed https receivers' certificates, when not one the system trusts.
+    webhook_tls_ca_file: str = ""
     # A notifier that stops saying "still working on it" for this long (it died) has its job
     # handed to another notifier, which goes on with the same delivery ids.
     notifier_ack_wait_seconds: float = 30.0

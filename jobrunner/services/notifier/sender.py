@@ -10,7 +10,9 @@ webhook's host on the same address must get its own TLS name. Environment proxie
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,9 +56,20 @@ def _classify(status: int) -> tuple[str | None, str | None, bool]:
 
 
 class Sender:
-    def __init__(self, policy: AddressPolicy, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        connect_timeout: float,
+        read_timeout: float,
+        ca_file: str = "",
+    ) -> None:
         self.policy = policy
+        # The system's authorities, or the installation's own for receivers on an internal CA.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
         self.client = httpx.AsyncClient(
+            verify=verify,
             timeout=httpx.Timeout(
                 connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout
             ),
@@ -84,28 +97,25 @@ class Sender:
             addresses = await checked_addresses(host, port, self.policy)
         except AddressRefused as exc:
             return result(None, exc.code, str(exc), exc.code == "WEBHOOK_DNS_FAILED")
-        address = addresses[0]
-        shown = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
-        target = urlunsplit((parts.scheme, f"{shown}:{port}", parts.path or "/", parts.query, ""))
         default_port = port == (443 if parts.scheme == "https" else 80)
         host_header = host if default_port else f"{host}:{port}"
         if ":" in host:
             host_header = f"[{host}]" if default_port else f"[{host}]:{port}"
         try:
-            async with self.client.stream(
-                "POST",
-                target,
-                content=body,
-                headers={**headers, "Host": host_header, "User-Agent": USER_AGENT},
-                extensions={"sni_hostname": host},
-            ) as response:
-                read = 0
-                async for chunk in response.aiter_raw():
-                    read += len(chunk)
-                    if read >= MAX_ANSWER_BYTES:
-                        break
-                code, message, retryable = _classify(response.status_code)
-                return result(response.status_code, code, message, retryable)
+            # Each checked address in the resolver's order until one takes the connection.
+            for n, address in enumerate(addresses):
+                shown = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else address
+                target = urlunsplit(
+                    (parts.scheme, f"{shown}:{port}", parts.path or "/", parts.query, "")
+                )
+                try:
+                    return await self._post_to(
+                        target, {**headers, "Host": host_header}, host, body, result
+                    )
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    if n == len(addresses) - 1:
+                        raise
+            raise AssertionError("unreachable: checked_addresses never answers none")
         except httpx.TimeoutException as exc:
             what = (
                 "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for an answer"
@@ -120,3 +130,26 @@ class Sender:
                 f"The receiver could not be reached: {type(exc).__name__}: {exc}"[:500],
                 True,
             )
+
+    async def _post_to(
+        self,
+        target: str,
+        headers: dict[str, str],
+        host: str,
+        body: bytes,
+        result: Callable[[int | None, str | None, str | None, bool], AttemptResult],
+    ) -> AttemptResult:
+        async with self.client.stream(
+            "POST",
+            target,
+            content=body,
+            headers={**headers, "User-Agent": USER_AGENT},
+            extensions={"sni_hostname": host},
+        ) as response:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= MAX_ANSWER_BYTES:
+                    break
+            code, message, retryable = _classify(response.status_code)
+            return result(response.status_code, code, message, retryable)

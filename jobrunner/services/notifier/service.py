@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from datetime import timedelta
 from typing import TypeVar
 
@@ -52,9 +53,17 @@ class Notifier:
             policy = AddressPolicy.parse(settings.webhook_allow_hosts)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
-        self.sender = Sender(
-            policy, settings.webhook_connect_timeout_seconds, settings.webhook_timeout_seconds
-        )
+        try:
+            self.sender = Sender(
+                policy,
+                settings.webhook_connect_timeout_seconds,
+                settings.webhook_timeout_seconds,
+                settings.webhook_tls_ca_file,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"webhook_tls_ca_file {settings.webhook_tls_ca_file!r} cannot be used: {exc}"
+            ) from None
         self.retry = RetryPolicy(
             settings.webhook_retry_seconds,
             settings.webhook_first_retry_seconds,
