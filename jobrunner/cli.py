@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
     p.set_defaults(func=cmd_replay)
 
+    from jobrunner.terminal.commands import add_commands
+
+    add_commands(sub)
+
     p = sub.add_parser("schema", help="print a public contract as JSON Schema")
     p.add_argument("what", choices=["events"], help="events: every event on the stream")
     p.set_defaults(func=cmd_schema)
