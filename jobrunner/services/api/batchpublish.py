@@ -55,6 +55,7 @@ class BatchEvents:
                 requested_by=requested_by,
                 batch_id=batch_id,
                 batch_index=index,
+                webhook=job.webhook,
             )
             for index, job in enumerate(plan.jobs)
         ]
