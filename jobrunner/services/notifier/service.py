@@ -134,11 +134,11 @@ class Notifier:
         try:
             end = codec.decode(msg.data)
             if not isinstance(end, events.StatusChanged) or not end.status.is_terminal:
-                await msg.ack()
+                await _ack(msg)
                 return
-            job_id = end.job_id
-            if job_id in self._handling:
+            if end.job_id in self._handling:
                 return  # delivered again while this notifier works on it: its ack will come
+            job_id = end.job_id  # from here on this task owns the job's mark in _handling
             self._handling.add(job_id)
             structlog.contextvars.bind_contextvars(job_id=job_id)
             keeper = asyncio.create_task(self._keep_alive(msg))
