@@ -256,6 +256,20 @@ class SlotTable:
     async def forget_run(self, job_id: str) -> None:
         await self._delete(run_key(job_id), None)
 
+    async def run_record(self, job_id: str) -> RunRecord | None:
+        """One running job's record, if it has one."""
+        raw, _ = await self._read_raw(run_key(job_id))
+        return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
+
+    async def holds(self, job_id: str) -> bool:
+        """Whether a runner holds ``job_id``'s slot now: its run record names a slot whose
+        live lease is the job's."""
+        record = await self.run_record(job_id)
+        if record is None:
+            return False
+        lease = await self.current(record.slot_key)
+        return lease is not None and lease.value.job_id == job_id and lease.value.phase == "held"
+
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()

@@ -11,6 +11,7 @@ from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.routes.audit import job_events
+from jobrunner.services.api.routes.external import report_external_job
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
 from jobrunner.services.api.routes.meta import health, list_job_types, list_projector_failures
@@ -26,6 +27,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             *security.ROUTES,
             JobController,
+            report_external_job,
             job_event_stream,
             list_job_types,
             health,
