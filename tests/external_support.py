@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from hypothesis import strategies as st
 
 EXTERNAL_TYPES = str(Path(__file__).parent / "tools" / "external_jobtypes.toml")
 
@@ -53,3 +54,29 @@ async def start_external(
 def worker_client(base_url: str) -> httpx.AsyncClient:
     """A client with no API token or cookie: what an external worker has."""
     return httpx.AsyncClient(base_url=base_url, timeout=30)
+
+
+# What a worker might send: anything JSON, and shapes close to a report with any values in them.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+report_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "report_id": st.text(max_size=10),
+        "progress": json_values,
+        "phase": json_values,
+        "message": json_values,
+        "lines": st.lists(
+            st.fixed_dictionaries(
+                {"text": st.text()}, optional={"level": st.text(), "stream": st.text()}
+            ),
+            max_size=3,
+        )
+        | json_values,
+        "result": json_values,
+        "error": st.fixed_dictionaries({"code": st.text(), "message": json_values}) | json_values,
+    },
+)

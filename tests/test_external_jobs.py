@@ -4,16 +4,30 @@ held under the job's lock by a runner, and shown like any job."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
+import httpx
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings
 from jobrunner.services.projector.replay import replay
-from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
+from tests.external_support import (
+    EXTERNAL_TYPES,
+    json_values,
+    report_like,
+    start_external,
+    worker_client,
+)
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.tools.runners import lines_of, start_job, wait_status
+from tests.tools.runners import REPO, lines_of, start_job, wait_status
+
+WORKER = str(REPO / "examples" / "external_worker.py")
 
 
 @pytest.fixture
@@ -308,3 +322,82 @@ async def test_replay_rebuilds_external_jobs_identically(
         await wait_status(client, failed.id, "failed")
     report = await replay(settings)
     assert report.differences == {}
+
+
+hostile_bodies = (
+    report_like.map(lambda body: msgspec.json.encode(body))
+    | json_values.map(lambda body: msgspec.json.encode(body))
+    | st.binary(max_size=2000)
+)
+
+
+async def test_hostile_report_bodies_never_get_a_500(system: System) -> None:
+    """Generated bodies, with the right token: every answer is 200 or a 4xx with a code."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client)
+        await job.report_when_held(worker)
+    answers: list[int] = []
+
+    def fuzz() -> None:
+        headers = {"Authorization": f"Bearer {job.token}", "Content-Type": "application/json"}
+        with httpx.Client(base_url=system.base_url, headers=headers, timeout=30) as http:
+
+            @hypothesis_settings(
+                max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+            )
+            @given(body=hostile_bodies)
+            def check(body: bytes) -> None:
+                response = http.post(job.path, content=body)
+                answers.append(response.status_code)
+                assert response.status_code in (200, 400, 409, 413, 422), response.text
+                if response.status_code != 200:
+                    assert response.json()["error"]["code"]
+
+            check()
+
+    # The server runs in this event loop: the blocking client runs in a thread beside it.
+    await asyncio.to_thread(fuzz)
+    assert 200 in answers
+    assert 422 in answers
+
+
+async def run_worker(job_url: str, token: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        WORKER,
+        job_url,
+        *args,
+        env={**os.environ, "JOBRUNNER_CALLBACK_TOKEN": token},
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_example_worker_reports_a_job_to_its_end(system: System) -> None:
+    """examples/external_worker.py reports progress, lines and a result: the job completes."""
+    async with system.client() as client:
+        job = await start_external(client)
+        worker = await run_worker(job.url, job.token, "--steps", "3", "--pause", "0")
+        _, stderr = await asyncio.wait_for(worker.communicate(), 60)
+        done = await wait_status(client, job.id, "completed", "failed")
+        lines = await lines_of(client, job.id)
+    assert worker.returncode == 0, stderr.decode()
+    assert done["result"] == {"steps": 3}
+    assert done["progress"]["current"] == 3
+    assert [ln["text"] for ln in lines] == [
+        "step 1 of 3 done",
+        "step 2 of 3 done",
+        "step 3 of 3 done",
+        "all done",
+    ]
+
+
+async def test_example_worker_stops_when_its_job_is_cancelled(system: System) -> None:
+    """Cancelled while the example worker works, it stops with exit code 3 and says why."""
+    async with system.client() as client:
+        job = await start_external(client)
+        worker = await run_worker(job.url, job.token, "--steps", "100", "--pause", "0.1")
+        await wait_status(client, job.id, "running")
+        await client.delete(f"/api/jobs/{job.id}")
+        _, stderr = await asyncio.wait_for(worker.communicate(), 60)
+    assert worker.returncode == 3
+    assert b"stopped" in stderr

@@ -20,6 +20,7 @@ from jobrunner.services.api.reports import (
     percent_of,
     split_lines,
 )
+from tests.external_support import json_values, report_like
 
 
 def decode(body: Any) -> Any:
@@ -128,31 +129,6 @@ def test_percent_comes_from_counts_when_not_given() -> None:
     assert percent_of(ReportedProgress(current=1, total=4)) == 25.0
     assert percent_of(ReportedProgress(current=9, total=4)) == 100.0
     assert percent_of(ReportedProgress(current=1, total=0)) is None
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-)
-report_like = st.fixed_dictionaries(
-    {},
-    optional={
-        "report_id": st.text(max_size=10),
-        "progress": json_values,
-        "phase": json_values,
-        "message": json_values,
-        "lines": st.lists(
-            st.fixed_dictionaries(
-                {"text": st.text()}, optional={"level": st.text(), "stream": st.text()}
-            ),
-            max_size=3,
-        )
-        | json_values,
-        "result": json_values,
-        "error": st.fixed_dictionaries({"code": st.text(), "message": json_values}) | json_values,
-    },
-)
 
 
 def attempt(run: Any, *args: Any) -> Any:
