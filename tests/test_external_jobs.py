@@ -401,3 +401,21 @@ async def test_example_worker_stops_when_its_job_is_cancelled(system: System) ->
         _, stderr = await asyncio.wait_for(worker.communicate(), 60)
     assert worker.returncode == 3
     assert b"stopped" in stderr
+
+
+async def test_job_pages_say_an_external_job_is_done_elsewhere(system: System) -> None:
+    """The running card and the detail page of an external job say it is done elsewhere."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client)
+        await job.report_when_held(worker, lines=[{"text": "from the worker"}])
+        await wait_status(client, job.id, "running")
+        english = {"Accept-Language": "en"}
+        card = (await client.get("/ui/active", headers=english)).text
+        detail = (await client.get(f"/jobs/{job.id}", headers=english)).text
+        tool = await start_job(client, "locked_tool")
+        await wait_status(client, tool, "pending", "running", "completed", "failed")
+        tool_detail = (await client.get(f"/jobs/{tool}", headers=english)).text
+    assert "This job is done elsewhere" in card
+    assert "Waiting for the external worker" in card
+    assert "data-external" in detail
+    assert "data-external" not in tool_detail
