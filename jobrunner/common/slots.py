@@ -261,14 +261,16 @@ class SlotTable:
         raw, _ = await self._read_raw(run_key(job_id))
         return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
 
-    async def holds(self, job_id: str) -> bool:
-        """Whether a runner holds ``job_id``'s slot now: its run record names a slot whose
-        live lease is the job's."""
+    async def holder(self, job_id: str) -> RunRecord | None:
+        """The record of the runner holding ``job_id``'s slot now (its run record names a slot
+        whose live lease is the job's), or None."""
         record = await self.run_record(job_id)
         if record is None:
-            return False
+            return None
         lease = await self.current(record.slot_key)
-        return lease is not None and lease.value.job_id == job_id and lease.value.phase == "held"
+        if lease is None or lease.value.job_id != job_id or lease.value.phase != "held":
+            return None
+        return record
 
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""

@@ -134,8 +134,8 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
             status=JobStatus.CANCELLED.value,
         )
     if status is None:
-        record = await ctx.slots.run_record(job_id)
-        if record is None or not await ctx.slots.holds(job_id):
+        record = await ctx.slots.holder(job_id)
+        if record is None:
             raise ApiError(
                 409,
                 "JOB_WAITING",

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from litestar import Request, post
 from litestar.status_codes import HTTP_200_OK
+from nats.errors import Error as NatsError
 
 from jobrunner.services.api import external, reports
 from jobrunner.services.api.dependencies import ctx_of
+from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.security.openapi import error_spec
+
+log = structlog.get_logger()
 
 
 @post(
@@ -34,6 +39,10 @@ from jobrunner.services.api.security.openapi import error_spec
         ),
         413: error_spec("The report is over 256 KiB (REPORT_TOO_LARGE)."),
         422: error_spec("The report is not valid (INVALID_REPORT, RESULT_TOO_LARGE)."),
+        503: error_spec(
+            "NATS does not answer (EVENTS_UNAVAILABLE), or too many reports at "
+            "once (REPORT_CONFLICT): send the report again, with Retry-After."
+        ),
     },
 )
 async def report_external_job(
@@ -42,4 +51,16 @@ async def report_external_job(
     """The first report makes the job running; a ``result`` or an ``error`` ends it."""
     token = external.bearer_token(request.headers.get("authorization"))
     body = await request.body()
-    return await external.accept(ctx_of(request), job_id, token, reports.decode_report(body))
+    report = reports.decode_report(body)
+    try:
+        return await external.accept(ctx_of(request), job_id, token, report)
+    except (NatsError, TimeoutError, ConnectionError) as exc:
+        # NATS away (or slow past a request's timeout): nothing is lost by asking the worker to
+        # send the report again, and its report_id keeps it from being stored twice.
+        log.warning("external report not stored", job_id=job_id, error=repr(exc))
+        raise ApiError(
+            503,
+            "EVENTS_UNAVAILABLE",
+            "The event store does not answer right now; send the report again shortly.",
+            headers={"Retry-After": "1"},
+        ) from exc
