@@ -4,11 +4,16 @@ A token is 32 random bytes (256 bits), so a plain SHA-256 is enough to keep it: 
 one from its hash, and no slow hash is needed against a dictionary. It opens one job's reporting
 endpoint and nothing else: it is no API token (the token store never sees it).
 
-The job endpoint and the batch endpoint mint tokens the same way, through ``mint``.
+The job endpoint mints a random token (``mint``). A batch whose submission may be retried
+(``Idempotency-Key``) re-publishes the same job ids, and JetStream keeps the first JobRequested of
+each: a token minted again would not match the stored hash. Such a caller derives each job's token
+from an installation secret and the job id instead (``derive``), so every retry answers the same
+tokens and still nothing but their hashes is stored.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -32,6 +37,16 @@ def hash_token(token: str) -> str:
 
 def mint() -> CallbackToken:
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    return CallbackToken(token=token, token_hash=hash_token(token))
+
+
+def derive(secret: bytes, job_id: str) -> CallbackToken:
+    """The token of ``job_id`` under ``secret`` (at least 32 bytes, kept by the installation):
+    the same every time, and as unguessable as a random one to whoever lacks the secret."""
+    if len(secret) < TOKEN_BYTES:
+        raise ValueError(f"a callback secret needs at least {TOKEN_BYTES} bytes")
+    digest = hmac.new(secret, b"jobrunner-callback-token:" + job_id.encode(), "sha256").digest()
+    token = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     return CallbackToken(token=token, token_hash=hash_token(token))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jobrunner.common import callbacktoken
 
 
@@ -26,3 +28,20 @@ def test_no_stored_hash_matches_nothing() -> None:
     """A job without a hash (not external) is opened by no token, not even an empty one."""
     assert not callbacktoken.matches("", None)
     assert not callbacktoken.matches("0" * 64, None)
+
+
+def test_derived_tokens_repeat_per_job_and_differ_between_jobs_and_secrets() -> None:
+    """A retried batch answers the same token per job; other jobs or secrets get others."""
+    secret, other = b"s" * 32, b"t" * 32
+    first = callbacktoken.derive(secret, "job-1")
+    assert callbacktoken.derive(secret, "job-1") == first
+    assert callbacktoken.derive(secret, "job-2").token != first.token
+    assert callbacktoken.derive(other, "job-1").token != first.token
+    assert len(first.token) == 43
+    assert callbacktoken.matches(first.token, first.token_hash)
+
+
+def test_a_short_secret_is_refused() -> None:
+    """A secret under 32 bytes would make tokens weaker than random ones: refused."""
+    with pytest.raises(ValueError, match="32 bytes"):
+        callbacktoken.derive(b"short", "job-1")
