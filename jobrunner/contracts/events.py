@@ -129,6 +129,9 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     # latest attempt.
     attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
     attempt_of: str | None = None
+    # An external job (done by a worker elsewhere, reported over HTTP): the SHA-256 (hex) of its
+    # callback token. The token itself is shown once, in the API's answer, and stored nowhere.
+    callback_token_hash: str | None = None
 
 
 class JobArchived(Event, frozen=True, kw_only=True, tag="JobArchived"):
@@ -154,6 +157,9 @@ class StatusChanged(Event, frozen=True, kw_only=True, tag="StatusChanged"):
     runner_id: str | None = None
     cancelled_by: str | None = None
     result: Result | None = None
+    # The external worker's report that ended the job (its ``report_id``), so a retried final
+    # report is told it was stored rather than that the job had already ended.
+    report_id: str | None = None
 
 
 class LogLine(msgspec.Struct, frozen=True, array_like=True):

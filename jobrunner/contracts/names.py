@@ -133,3 +133,8 @@ class Names:
     def projected_subject(self) -> str:
         """The projector announces the stream sequence it has committed up to."""
         return f"_jobrunner.{self.prefix}.projector.applied"
+
+    def external_reported_subject(self, job_id: str) -> str:
+        """The API says an external job's worker reported (a sign of life, even when the report
+        carried nothing to store); the runner holding the job counts its silence from it."""
+        return f"_jobrunner.{self.prefix}.external.{job_id}.reported"

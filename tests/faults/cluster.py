@@ -41,7 +41,7 @@ LOCK_TYPES = 24
 
 def job_types_toml() -> str:
     """``free`` (no lock) and ``slot_<n>`` (each its own queued lock), all running the numbered
-    tool, and ``poison`` (the tool of hostile output)."""
+    tool, ``poison`` (the tool of hostile output) and ``external`` (reported over HTTP)."""
 
     def job_type(name: str, lock: str | None) -> str:
         locked = f'lock = "{lock}"\non_busy = "queue"\n' if lock else ""
@@ -60,10 +60,16 @@ def job_types_toml() -> str:
         )
 
     poison = f'[job_types.poison]\nargv = ["{{python}}", "{POISON_TOOL}"]\ntimeout_seconds = 120\n'
+    # Done by a worker elsewhere, reported over HTTP; a runner holds its lock meanwhile.
+    external = (
+        '[job_types.external]\nexternal = true\ntimeout_seconds = 600\nlock = "external"\n'
+        'on_busy = "queue"\n'
+    )
     return (
         job_type("free", None)
         + "".join(job_type(f"slot_{n}", f"slot_{n}") for n in range(LOCK_TYPES))
         + poison
+        + external
     )
 
 

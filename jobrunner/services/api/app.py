@@ -14,6 +14,7 @@ from jobrunner.services.api.routes.audit import job_events
 from jobrunner.services.api.routes.batch_actions import BatchActionController
 from jobrunner.services.api.routes.batches import BatchController
 from jobrunner.services.api.routes.batches_submit import batch_submit_routes
+from jobrunner.services.api.routes.external import report_external_job
 from jobrunner.services.api.routes.job_actions import JobActionController
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> Litestar:
             *batch_submit_routes(settings),
             JobActionController,
             BatchActionController,
+            report_external_job,
             job_event_stream,
             list_job_types,
             health,

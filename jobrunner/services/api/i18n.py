@@ -57,6 +57,11 @@ TEXT: dict[str, dict[str, str]] = {
         "job.progress": "Fortschritt",
         "job.entries": "Einträge",
         "job.id": "Job-ID",
+        "job.external": (
+            "Dieser Job wird extern bearbeitet: sein Worker meldet Fortschritt, Log-Zeilen und "
+            "Ergebnis über die Callback-Adresse des Jobs."
+        ),
+        "job.external_waiting": "Warte auf die erste Meldung des externen Workers …",
         "log.search": "Im Log suchen",
         "log.search_button": "Suchen",
         "log.matches": "Treffer",
@@ -284,6 +289,11 @@ TEXT: dict[str, dict[str, str]] = {
         "job.progress": "Progress",
         "job.entries": "entries",
         "job.id": "Job ID",
+        "job.external": (
+            "This job is done elsewhere: its worker reports progress, log lines and the result "
+            "to the job's callback address."
+        ),
+        "job.external_waiting": "Waiting for the external worker's first report …",
         "log.search": "Search the log",
         "log.search_button": "Search",
         "log.matches": "matches",

@@ -13,11 +13,15 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
     parameters: dict[str, Any] = {}
 
 
-class JobCreated(msgspec.Struct):
+class JobCreated(msgspec.Struct, omit_defaults=True):
     id: str
     job_type: str
     status: str
     created_at: datetime
+    # An external job's: shown here once (only its hash is stored); the worker reports to
+    # callback_url with "Authorization: Bearer <callback_token>".
+    callback_token: str | None = None
+    callback_url: str | None = None
 
 
 class JobError(msgspec.Struct):

@@ -9,7 +9,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from jobrunner.common import eventstore
+from jobrunner.common import callbacktoken, eventstore
 from jobrunner.common.jobtypes import ParameterError
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
@@ -36,6 +36,12 @@ LIST_PARAMETERS = (
     "created_to",
     "archived",
 )
+
+
+def callback_url(request: Request[Any, Any, Any], job_id: str) -> str:
+    """Where an external job's worker reports: absolute, from the address the request came to
+    (the Host the access layer allowed)."""
+    return str(request.base_url).rstrip("/") + callbacktoken.callback_path(job_id)
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
@@ -83,12 +89,14 @@ class JobController(Controller):
                 "Some parameters are not valid for this job type.",
                 fields=[msgspec.to_builtins(e) for e in exc.errors],
             ) from None
+        callback = callbacktoken.mint() if job_type.external else None
         request_event = events.JobRequested(
             job_id=events.new_event_id(),
             job_type=job_type.name,
             parameters=parameters,
             lock=job_type.lock,
             requested_by=principal_of(request).name,
+            callback_token_hash=callback.token_hash if callback else None,
         )
         reservation = None
         if job_type.lock and job_type.on_busy == "reject":
@@ -118,6 +126,8 @@ class JobController(Controller):
             job_type=job_type.name,
             status=JobStatus.PENDING.value,
             created_at=request_event.occurred_at,
+            callback_token=callback.token if callback else None,
+            callback_url=callback_url(request, request_event.job_id) if callback else None,
         )
 
     @get("/", summary="List jobs, newest first, filtered, in pages")
