@@ -11,6 +11,7 @@ Subject hierarchy, for one job ``<id>``::
     <prefix>.job.<id>.lines       LineLogged
     <prefix>.job.<id>.progress    ProgressReported
     <prefix>.job.<id>.archived    JobArchived
+    <prefix>.job.<id>.webhook     WebhookAttempted
 
 and for one batch ``<id>``::
 
@@ -41,6 +42,7 @@ KIND_BY_EVENT: dict[type[events.Event] | type[events.BatchEvent], str] = {
     events.StatusChanged: "status",
     events.LineLogged: "lines",
     events.ProgressReported: "progress",
+    events.WebhookAttempted: "webhook",
     events.BatchRequested: "requested",
     events.BatchSealed: "sealed",
     events.BatchRestarted: "restarted",
@@ -106,6 +108,11 @@ class Names:
     @property
     def projector_consumer(self) -> str:
         return f"{self.prefix}_projector"
+
+    @property
+    def notifier_consumer(self) -> str:
+        """Shared by every notifier: each job's end is handled by one of them."""
+        return f"{self.prefix}_notifier"
 
     # --- key/value buckets
     @property

@@ -163,7 +163,11 @@ class FaultCluster:
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:
         service = self.services[name]
-        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
+        ready = {
+            "projector": "projector started",
+            "runner": "runner started",
+            "notifier": "notifier started",
+        }.get(service.command)
         seen = service.log_count(ready) if ready else 0
         service.spawn()
         async with asyncio.timeout(timeout):

@@ -22,6 +22,7 @@ from jobrunner.services.api.routes.meta import health, list_job_types, list_proj
 from jobrunner.services.api.routes.pages import UI_ROUTES, template_config
 from jobrunner.services.api.routes.streams import job_event_stream
 from jobrunner.services.api.routes.updates import job_updates
+from jobrunner.services.api.routes.webhooks import job_webhooks
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> Litestar:
             job_logs,
             download_job_log,
             job_events,
+            job_webhooks,
             # web UI
             *UI_ROUTES,
         ],

@@ -47,6 +47,28 @@ class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     rows: list[tuple[str, int, str, str, datetime, str, int]] = []
 
 
+class WebhookAttemptRecorded(msgspec.Struct, frozen=True, gc=False):
+    """One row of a job's webhook delivery log (columns as ``WEBHOOK_COLUMNS``)."""
+
+    row: tuple[Any, ...]
+
+
+WEBHOOK_COLUMNS = (
+    "job_id",
+    "delivery_id",
+    "attempt",
+    "webhook_index",
+    "url",
+    "outcome",
+    "status_code",
+    "error_code",
+    "error_message",
+    "duration_ms",
+    "attempted_at",
+    "stream_seq",
+)
+
+
 class Unreadable(msgspec.Struct, frozen=True, gc=False):
     """A stored message that is no event this version can read: it is set aside (recorded in
     the table of events the projector could not apply), never applied."""
@@ -54,7 +76,9 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
     error: str
 
 
-Change = JobCreated | JobUpdated | BatchChanged | LinesAppended | Unreadable
+Change = (
+    JobCreated | JobUpdated | BatchChanged | LinesAppended | WebhookAttemptRecorded | Unreadable
+)
 
 
 def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
@@ -144,7 +168,31 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
             if event.message is not None:
                 fields["message"] = text(event.message)
             return [JobUpdated(job_id, fields, stream_seq)]
+        case events.WebhookAttempted():
+            return [_webhook_attempt(event, job_id, stream_seq)]
     return []
+
+
+def _webhook_attempt(
+    event: events.WebhookAttempted, job_id: str, stream_seq: int
+) -> WebhookAttemptRecorded:
+    error = event.error
+    return WebhookAttemptRecorded(
+        (
+            job_id,
+            text(event.delivery_id),
+            storable.clamp_int4(event.attempt),
+            storable.clamp_int4(event.webhook_index),
+            text(event.url),
+            text(event.outcome.value),
+            storable.int4_or_none(event.status_code),
+            text(error.code) if error is not None else None,
+            text(error.message) if error is not None else None,
+            event.duration_ms,  # double precision holds any float
+            event.occurred_at,
+            stream_seq,
+        )
+    )
 
 
 def _batch_change(event: events.AnyBatchEvent | events.BatchEvent, stream_seq: int) -> BatchChanged:

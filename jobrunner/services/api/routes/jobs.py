@@ -23,6 +23,7 @@ from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.submission import UnknownJobType, check_job
+from jobrunner.services.api.webhook_requests import checked_webhook
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
@@ -97,6 +98,7 @@ class JobController(Controller):
             lock=job_type.lock,
             requested_by=principal_of(request).name,
             callback_token_hash=callback.token_hash if callback else None,
+            webhook=checked_webhook(body.webhook),
         )
         reservation = None
         if job_type.lock and job_type.on_busy == "reject":

@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent.parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 RECENT_LIMIT = 20
+# The detail page shows a job's newest webhook attempts (GET /api/jobs/{id}/webhooks has more).
+WEBHOOK_ATTEMPTS_SHOWN = 20
 # The detail page carries the log's first lines, so its first screen needs no second request.
 FIRST_LINES = 200
 FIRST_LINES_MAX_CHARS = 200_000
@@ -253,6 +255,9 @@ async def job_page(
         attempts=attempts,
         parameters=parameter_rows(job, ctx.job_types.get(job.job_type), t),
         first_lines=await first_lines(ctx.pool, job_id),
+        webhooks=readmodels.webhook_log(
+            job_id, await readmodels.webhook_attempts(ctx.pool, job_id, WEBHOOK_ATTEMPTS_SHOWN)
+        ),
     )
 
 
