@@ -11,6 +11,7 @@ Subject hierarchy, for one job ``<id>``::
     <prefix>.job.<id>.lines       LineLogged
     <prefix>.job.<id>.progress    ProgressReported
     <prefix>.job.<id>.archived    JobArchived
+    <prefix>.job.<id>.artifact    ArtifactStored
 
 and for one batch ``<id>``::
 
@@ -41,6 +42,7 @@ KIND_BY_EVENT: dict[type[events.Event] | type[events.BatchEvent], str] = {
     events.StatusChanged: "status",
     events.LineLogged: "lines",
     events.ProgressReported: "progress",
+    events.ArtifactStored: "artifact",
     events.BatchRequested: "requested",
     events.BatchSealed: "sealed",
     events.BatchRestarted: "restarted",
@@ -122,6 +124,16 @@ class Names:
     def runners_bucket(self) -> str:
         """Runner heartbeats: one key per live runner, gone once it stops writing (bucket TTL)."""
         return f"{self.prefix}_runners"
+
+    # --- object stores
+    @property
+    def artifacts_bucket(self) -> str:
+        """Job artifacts: one object per file, named ``<job_id>/<name>``."""
+        return f"{self.prefix}_artifacts"
+
+    @staticmethod
+    def artifact_object(job_id: str, name: str) -> str:
+        return f"{job_id}/{name}"
 
     # --- plain NATS notifications (not persisted; outside ``<prefix>.>``, the stream's subjects)
     @property

@@ -10,6 +10,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> Litestar:
             job_logs,
             download_job_log,
             job_events,
+            *artifacts.ROUTES,
             # web UI
             *UI_ROUTES,
         ],

@@ -247,3 +247,25 @@ async def log_text_chunks(
             return
         yield row["body"].encode()
         after = row["last"]
+
+
+ARTIFACT_COLUMNS = "name, size, content_type, sha256, object_name, stored_at"
+
+
+async def list_artifacts(pool: asyncpg.Pool, job_id: str) -> list[asyncpg.Record]:
+    """A job's artifacts, by name."""
+    return list(
+        await pool.fetch(
+            f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 "
+            "ORDER BY name",
+            job_id,
+        )
+    )
+
+
+async def get_artifact(pool: asyncpg.Pool, job_id: str, name: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 AND name = $2",
+        job_id,
+        name,
+    )

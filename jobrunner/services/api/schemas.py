@@ -81,3 +81,19 @@ class LogPage(msgspec.Struct):
     log_count: int
     items: list[LogLine]
     next_after: int | None  # pass as ?after= for the next page; null on the last page
+
+
+class Artifact(msgspec.Struct):
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+    stored_at: datetime
+    url: str  # streams the file
+
+
+class ArtifactList(msgspec.Struct):
+    job_id: str
+    items: list[Artifact]
+    total_bytes: int
+    archive_url: str | None  # a ZIP of them all; None when there are none

@@ -35,6 +35,12 @@ class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     rows: list[tuple[str, int, str, str, datetime, str, int]] = []
 
 
+class ArtifactRecorded(msgspec.Struct, frozen=True, gc=False):
+    """A row of the artifacts table (a later one of the same job and name replaces it)."""
+
+    row: dict[str, Any]
+
+
 class Unreadable(msgspec.Struct, frozen=True, gc=False):
     """A stored message that is no event this version can read: it is set aside (recorded in
     the table of events the projector could not apply), never applied."""
@@ -42,7 +48,7 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
     error: str
 
 
-Change = JobCreated | JobUpdated | LinesAppended | Unreadable
+Change = JobCreated | JobUpdated | LinesAppended | ArtifactRecorded | Unreadable
 
 
 def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
@@ -119,6 +125,22 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
             if event.message is not None:
                 fields["message"] = text(event.message)
             return [JobUpdated(job_id, fields, stream_seq)]
+        case events.ArtifactStored():
+            return [
+                ArtifactRecorded(
+                    {
+                        "job_id": job_id,
+                        "name": text(event.name),
+                        "size": event.size,
+                        "content_type": text(event.content_type),
+                        "sha256": text(event.sha256),
+                        "object_name": text(event.object_name),
+                        "stored_at": event.occurred_at,
+                        "stream_seq": stream_seq,
+                    }
+                ),
+                JobUpdated(job_id, {"updated_at": event.occurred_at}, stream_seq),
+            ]
     return []
 
 

@@ -48,6 +48,7 @@ SWAP_SLACK = 2000
 COMPARED_TABLES = {
     "jobs": "id",
     "log_lines": "job_id, seq",
+    "artifacts": "job_id, name",
     "checkpoint": "id",
     # The same events set aside, for the same reason (when they were is not compared).
     "projector_failures": "stream_seq",

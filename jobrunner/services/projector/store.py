@@ -9,7 +9,13 @@ from typing import Any
 import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
-from jobrunner.services.projector.projections import Change, JobCreated, JobUpdated, LinesAppended
+from jobrunner.services.projector.projections import (
+    ArtifactRecorded,
+    Change,
+    JobCreated,
+    JobUpdated,
+    LinesAppended,
+)
 
 _TERMINAL = ("completed", "failed", "cancelled")
 # Every write to the live read models holds this advisory lock shared; a replay takes it
@@ -97,6 +103,11 @@ async def apply_batch(
         # reads the status the previous one left). Line counts commute with them.
         for change in plan.updates:
             await _apply(conn, schema, change)
+        artifacts = [
+            c.row for _, changes in fresh for c in changes if isinstance(c, ArtifactRecorded)
+        ]
+        if artifacts:
+            await _record_artifacts(conn, schema, artifacts)
         new_last = fresh[-1][0]
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
         return new_last
@@ -211,6 +222,32 @@ async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[
     )
 
 
+ARTIFACT_COLUMNS = (
+    "job_id",
+    "name",
+    "size",
+    "content_type",
+    "sha256",
+    "object_name",
+    "stored_at",
+    "stream_seq",
+)
+
+
+async def _record_artifacts(
+    conn: asyncpg.Connection, schema: str, rows: list[dict[str, Any]]
+) -> None:
+    """In stream order: a later announcement of the same job and name wins, as in a replay."""
+    columns = ", ".join(ARTIFACT_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ARTIFACT_COLUMNS[2:])
+    await conn.executemany(
+        f"INSERT INTO {schema}.artifacts ({columns}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(ARTIFACT_COLUMNS) + 1))}) "
+        f"ON CONFLICT (job_id, name) DO UPDATE SET {updates}",
+        [tuple(row[c] for c in ARTIFACT_COLUMNS) for row in rows],
+    )
+
+
 async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
     if isinstance(change, JobCreated):
         row = change.row
@@ -238,7 +275,8 @@ async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
 
 
 async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:
-    """Read-model retention: delete jobs that finished before ``cutoff``, with their lines.
+    """Read-model retention: delete jobs that finished before ``cutoff``, with their lines and
+    the rows of their artifacts.
 
     Only the read models shrink; the events stay in the stream for as long as its own limits
     keep them, and a replay applies the same cutoff before comparing.
@@ -250,8 +288,9 @@ async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA
             f"DELETE FROM {schema}.jobs WHERE finished_at < $1 RETURNING id", cutoff
         )
         if ids:
-            await conn.execute(
-                f"DELETE FROM {schema}.log_lines WHERE job_id = ANY($1::text[])",
-                [r["id"] for r in ids],
-            )
+            for table in ("log_lines", "artifacts"):
+                await conn.execute(
+                    f"DELETE FROM {schema}.{table} WHERE job_id = ANY($1::text[])",
+                    [r["id"] for r in ids],
+                )
         return len(ids)
