@@ -112,7 +112,10 @@ async def put_file(
         source.seek(0)
         nuid = uuid.uuid4().hex
         try:
-            return await _put_once(js, names, object_name, source, size, nuid)
+            return await _put_once(js, names, object_name, source, size, nuid, should_stop)
+        except UploadStopped:
+            _purge_later(js, names, nuid)
+            raise
         except Exception as exc:
             if not retry.is_transient(exc):
                 await _purge(js, names, nuid)
@@ -123,8 +126,7 @@ async def put_file(
                 object=object_name,
                 error=repr(exc) or type(exc).__name__,
             )
-            # Best effort: once NATS is back the chunks of the failed attempt go at once.
-            asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
+            _purge_later(js, names, nuid)
             await asyncio.sleep(retry.delay_after(failures))
 
 
@@ -135,6 +137,7 @@ async def _put_once(
     source: BinaryIO,
     size: int,
     nuid: str,
+    should_stop: Callable[[], bool],
 ) -> StoredObject:
     subject = _chunk_subject(names, nuid)
     digest = hashlib.sha256()
@@ -142,6 +145,9 @@ async def _put_once(
     total = chunks = 0
     try:
         while total < size:
+            if should_stop():
+                # Checked at every chunk: NATS may answer again after the lease has lapsed.
+                raise UploadStopped(object_name)
             data = await asyncio.to_thread(source.read, min(CHUNK_BYTES, size - total))
             if not data:
                 break  # the file got shorter since its size was taken: store what is there
@@ -174,6 +180,17 @@ async def _put_once(
         timeout=ACK_WAIT_SECONDS,
     )
     return StoredObject(size=total, sha256=digest.hexdigest())
+
+
+_PURGES: set[asyncio.Task[None]] = set()
+
+
+def _purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
+    """Best effort, in the background: once NATS answers, the chunks of an attempt that will
+    never get a description go."""
+    task = asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
+    _PURGES.add(task)  # a task nobody references may be collected before it ran
+    task.add_done_callback(_PURGES.discard)
 
 
 async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> None:
