@@ -62,7 +62,7 @@ def main() -> int:
         (out / "..\\x").write_text("a backslash name")
         (out / "kept.txt").write_text("the one good file")
     elif args.mode == "sized":
-        for i, size in enumerate(int(s) for s in args.sizes.split(",")):
+        for i, size in enumerate(int(s) for s in args.sizes.split(",") if s):
             (out / f"file{i}.bin").write_bytes(b"x" * size)
     elif args.mode == "big_then_wait":
         write_big(out / "big.bin", args.mib * MIB)

@@ -22,6 +22,7 @@ from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.links import archive_url, artifact_url
 from jobrunner.services.api.queryparams import Query
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
@@ -30,14 +31,6 @@ from jobrunner.services.api.ziparchive import Member, zip_stream
 log = structlog.get_logger()
 
 _DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
-
-
-def artifact_url(job_id: str, name: str) -> str:
-    return f"/api/jobs/{quote(job_id, safe='')}/artifacts/{quote(name, safe='/')}"
-
-
-def archive_url(job_id: str) -> str:
-    return f"/api/jobs/{quote(job_id, safe='')}/download-archive"
 
 
 def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
