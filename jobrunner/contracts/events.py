@@ -97,6 +97,8 @@ class ErrorCode(StrEnum):
     LEASE_LOST = "LEASE_LOST"
     CALLABLE_FAILED = "CALLABLE_FAILED"  # an internal job's callable raised
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    # A job of a batch whose submission never completed (no BatchSealed in time); it never ran.
+    BATCH_INCOMPLETE = "BATCH_INCOMPLETE"
     # A file the job left in its output directory was over a size limit and not stored (the
     # job's log names it); a job that would otherwise have completed ends failed with this.
     ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
