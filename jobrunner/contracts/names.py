@@ -12,6 +12,7 @@ Subject hierarchy, for one job ``<id>``::
     <prefix>.job.<id>.progress    ProgressReported
     <prefix>.job.<id>.archived    JobArchived
     <prefix>.job.<id>.webhook     WebhookAttempted
+    <prefix>.job.<id>.artifact    ArtifactStored
 
 and for one batch ``<id>``::
 
@@ -43,6 +44,7 @@ KIND_BY_EVENT: dict[type[events.Event] | type[events.BatchEvent], str] = {
     events.LineLogged: "lines",
     events.ProgressReported: "progress",
     events.WebhookAttempted: "webhook",
+    events.ArtifactStored: "artifact",
     events.BatchRequested: "requested",
     events.BatchSealed: "sealed",
     events.BatchRestarted: "restarted",
@@ -134,6 +136,16 @@ class Names:
     def idempotency_bucket(self) -> str:
         """Idempotency-Key records: which batch a key made, and a hash of the request it had."""
         return f"{self.prefix}_idempotency"
+
+    # --- object stores
+    @property
+    def artifacts_bucket(self) -> str:
+        """Job artifacts: one object per file, named ``<job_id>/<name>``."""
+        return f"{self.prefix}_artifacts"
+
+    @staticmethod
+    def artifact_object(job_id: str, name: str) -> str:
+        return f"{job_id}/{name}"
 
     # --- plain NATS notifications (not persisted; outside ``<prefix>.>``, the stream's subjects)
     @property

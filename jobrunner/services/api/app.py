@@ -10,6 +10,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
 from jobrunner.services.api.routes.batch_actions import BatchActionController
 from jobrunner.services.api.routes.batches import BatchController
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> Litestar:
             download_job_log,
             job_events,
             job_webhooks,
+            *artifacts.ROUTES,
             # web UI
             *UI_ROUTES,
         ],

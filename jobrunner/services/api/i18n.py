@@ -60,6 +60,15 @@ TEXT: dict[str, dict[str, str]] = {
         "job.cancel_no": "Weiterlaufen lassen",
         "job.cancel_requested": "Abbruch angefordert …",
         "job.download": "Log herunterladen",
+        "artifacts.title": "Artefakte",
+        "artifacts.archive": "Alle als ZIP herunterladen",
+        "artifacts.none": "Keine Artefakte.",
+        "artifacts.pending": (
+            "Dateien, die der Job in JOBRUNNER_OUTPUT_DIR ablegt, erscheinen hier, sobald er endet."
+        ),
+        "artifacts.name": "Datei",
+        "artifacts.size": "Größe",
+        "artifacts.download": "{name} herunterladen",
         "job.back": "Zurück zur Übersicht",
         "job.autoscroll": "Auto-Scroll",
         "job.waiting": "Warte auf Ausgabe …",
@@ -301,6 +310,15 @@ TEXT: dict[str, dict[str, str]] = {
         "job.cancel_no": "Keep running",
         "job.cancel_requested": "Cancel requested …",
         "job.download": "Download log",
+        "artifacts.title": "Artifacts",
+        "artifacts.archive": "Download all as ZIP",
+        "artifacts.none": "No artifacts.",
+        "artifacts.pending": (
+            "Files the job leaves in JOBRUNNER_OUTPUT_DIR appear here once it ends."
+        ),
+        "artifacts.name": "File",
+        "artifacts.size": "Size",
+        "artifacts.download": "Download {name}",
         "job.back": "Back to the overview",
         "job.autoscroll": "Auto-scroll",
         "job.waiting": "Waiting for output …",

@@ -189,3 +189,19 @@ class BatchCreated(msgspec.Struct):
     batch_name: str
     total_jobs: int
     job_ids: list[str]  # in batch order: job_ids[i] is the job at batch_index i
+
+
+class Artifact(msgspec.Struct):
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+    stored_at: datetime
+    url: str  # streams the file
+
+
+class ArtifactList(msgspec.Struct):
+    job_id: str
+    items: list[Artifact]
+    total_bytes: int
+    archive_url: str | None  # a ZIP of them all; None when there are none

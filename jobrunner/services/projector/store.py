@@ -13,6 +13,7 @@ from jobrunner.services.projector import batchcounts
 from jobrunner.services.projector.batchcounts import Touched
 from jobrunner.services.projector.projections import (
     WEBHOOK_COLUMNS,
+    ArtifactRecorded,
     BatchChanged,
     Change,
     JobCreated,
@@ -120,6 +121,11 @@ async def apply_batch(
             await batchcounts.decide_latest(conn, schema, plan.roots)
         if touched:
             await batchcounts.recount(conn, schema, touched)
+        artifacts = [
+            c.row for _, changes in fresh for c in changes if isinstance(c, ArtifactRecorded)
+        ]
+        if artifacts:
+            await _record_artifacts(conn, schema, artifacts)
         new_last = fresh[-1][0]
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
         return new_last
@@ -277,6 +283,32 @@ async def _insert_webhook_attempts(
     )
 
 
+ARTIFACT_COLUMNS = (
+    "job_id",
+    "name",
+    "size",
+    "content_type",
+    "sha256",
+    "object_name",
+    "stored_at",
+    "stream_seq",
+)
+
+
+async def _record_artifacts(
+    conn: asyncpg.Connection, schema: str, rows: list[dict[str, Any]]
+) -> None:
+    """In stream order: a later announcement of the same job and name wins, as in a replay."""
+    columns = ", ".join(ARTIFACT_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ARTIFACT_COLUMNS[2:])
+    await conn.executemany(
+        f"INSERT INTO {schema}.artifacts ({columns}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(ARTIFACT_COLUMNS) + 1))}) "
+        f"ON CONFLICT (job_id, name) DO UPDATE SET {updates}",
+        [tuple(row[c] for c in ARTIFACT_COLUMNS) for row in rows],
+    )
+
+
 async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> str | None:
     """Apply one change; returns the batch whose counters it changed, if any."""
     if isinstance(change, JobCreated):
@@ -318,7 +350,7 @@ async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> str |
 
 async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:
     """Read-model retention: delete jobs and batches that finished before ``cutoff``, with the
-    jobs' lines and webhook attempts.
+    jobs' lines, webhook attempts and the rows of their artifacts.
 
     Only the read models shrink; the events stay in the stream for as long as its own limits
     keep them, and a replay applies the same cutoff before comparing.
@@ -336,7 +368,7 @@ async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA
             cutoff,
         )
         if ids:
-            for table in ("log_lines", "webhook_deliveries"):
+            for table in ("log_lines", "webhook_deliveries", "artifacts"):
                 await conn.execute(
                     f"DELETE FROM {schema}.{table} WHERE job_id = ANY($1::text[])",
                     [r["id"] for r in ids],

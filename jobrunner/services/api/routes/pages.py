@@ -20,7 +20,7 @@ from litestar.types import ControllerRouterHandler
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.api import i18n, readmodels, schemas, security
+from jobrunner.services.api import i18n, links, readmodels, schemas, security
 from jobrunner.services.api.attempts import attempts_of
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.security.principal import optional_principal
@@ -258,6 +258,15 @@ async def job_page(
         webhooks=readmodels.webhook_log(
             job_id, await readmodels.webhook_attempts(ctx.pool, job_id, WEBHOOK_ATTEMPTS_SHOWN)
         ),
+        artifacts=[
+            {
+                "name": r["name"],
+                "size": r["size"],
+                "size_text": links.size_text(r["size"], language_of(request)),
+                "url": links.artifact_url(job_id, r["name"]),
+            }
+            for r in await readmodels.list_artifacts(ctx.pool, job_id)
+        ],
     )
 
 
