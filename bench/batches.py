@@ -112,8 +112,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             root / "pg" / "data", settings=POSTGRES_SETTINGS, database="jobrunner"
         )
         processes: list[subprocess.Popen[bytes]] = []
-        nats.start()
-        postgres.start()
+        await asyncio.to_thread(nats.start)
+        await asyncio.to_thread(postgres.start)  # it runs an event loop of its own
         try:
             port = free_port()
             settings = Settings(
@@ -156,9 +156,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for process in processes:
                 process.terminate()
             for process in processes:
-                process.wait(30)
-            postgres.stop()
-            nats.stop()
+                await asyncio.to_thread(process.wait, 30)
+            await asyncio.to_thread(postgres.stop)
+            await asyncio.to_thread(nats.stop)
 
 
 if __name__ == "__main__":
