@@ -1,86 +1,88 @@
-"""Helpers for the batch tests: bodies, the stream's view of a batch, jobs' states."""
+"""Batches published by hand, as the batch endpoints would publish them: BatchRequested, every
+JobRequested with its place, BatchSealed; then statuses and attempts chosen by the test."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-import asyncpg
-import httpx
-from nats.js import JetStreamContext
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from tests.history_support import BASE_TIME
 
-from jobrunner.common import eventstore
-from jobrunner.common.settings import Settings
-from jobrunner.common.subscription import last_message
-from jobrunner.contracts.names import Names
+Event = events.Event | events.BatchEvent
 
 
-def batch_body(*jobs: tuple[str, dict[str, Any]], name: str = "test batch") -> dict[str, Any]:
-    return {"batch_name": name, "jobs": [{"job_type": t, "parameters": p} for t, p in jobs]}
+def batch_job_id(batch_id: str, index: int, attempt: int = 1) -> str:
+    return f"{batch_id}-{index}" if attempt == 1 else f"{batch_id}-{index}-a{attempt}"
 
 
-@asynccontextmanager
-async def jetstream(settings: Settings) -> AsyncIterator[JetStreamContext]:
-    nc = await eventstore.connect(settings, "test-batches")
-    try:
-        yield nc.jetstream()
-    finally:
-        await eventstore.close(nc)
-
-
-async def stored_count(settings: Settings, subject: str | None = None) -> int:
-    """How many events of this test's prefix (or on ``subject``) the stream holds."""
-    names = Names(settings.prefix)
-    async with jetstream(settings) as js:
-        info = await js.stream_info(names.stream, subjects_filter=subject or names.all_subjects)
-        if subject is None:
-            return info.state.messages
-        return sum((info.state.subjects or {}).values())
-
-
-async def is_sealed(settings: Settings, batch_id: str) -> bool:
-    names = Names(settings.prefix)
-    async with jetstream(settings) as js:
-        subject = names.batch_kind_subject(batch_id, "sealed")
-        return await last_message(js, names.stream, subject) is not None
-
-
-async def job_rows(settings: Settings, batch_id: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        return list(
-            await conn.fetch(
-                "SELECT * FROM readmodel.jobs WHERE batch_id = $1 ORDER BY created_at, id",
-                batch_id,
+def batch_events(
+    batch_id: str,
+    total: int,
+    name: str | None = None,
+    job_types: Sequence[str] = ("scraper",),
+    requested_by: str | None = None,
+    at: datetime = BASE_TIME,
+) -> list[Event]:
+    """A submitted batch of ``total`` pending jobs (types taken in turn from ``job_types``)."""
+    out: list[Event] = [
+        events.BatchRequested(
+            batch_id=batch_id,
+            batch_name=name or f"Batch {batch_id}",
+            total_jobs=total,
+            job_types=sorted(set(job_types)),
+            requested_by=requested_by,
+            event_id=f"{batch_id}-requested",
+            occurred_at=at,
+        )
+    ]
+    for index in range(total):
+        job_id = batch_job_id(batch_id, index)
+        out.append(
+            events.JobRequested(
+                job_id=job_id,
+                job_type=job_types[index % len(job_types)],
+                batch_id=batch_id,
+                batch_index=index,
+                requested_by=requested_by,
+                event_id=f"{job_id}-requested",
+                occurred_at=at,
             )
         )
-    finally:
-        await conn.close()
+    out.append(
+        events.BatchSealed(
+            batch_id=batch_id, total_jobs=total, event_id=f"{batch_id}-sealed", occurred_at=at
+        )
+    )
+    return out
 
 
-async def wait_rows(
-    settings: Settings, batch_id: str, count: int, status: str, timeout: float = 60.0
-) -> list[asyncpg.Record]:
-    """Until the read model holds ``count`` jobs of the batch, all with ``status``."""
-    rows: list[asyncpg.Record] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                rows = await job_rows(settings, batch_id)
-                if len(rows) == count and all(r["status"] == status for r in rows):
-                    return rows
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        seen = sorted({r["status"] for r in rows})
-        raise AssertionError(
-            f"{len(rows)} jobs with statuses {seen}, not {count} {status}"
-        ) from None
+def ended(job_id: str, status: JobStatus, at: datetime = BASE_TIME) -> list[Event]:
+    """The job runs, then ends with ``status``."""
+    return [
+        events.StatusChanged(job_id=job_id, status=JobStatus.RUNNING, occurred_at=at),
+        events.StatusChanged(
+            job_id=job_id,
+            event_id=events.terminal_event_id(job_id),
+            status=status,
+            occurred_at=at + timedelta(seconds=1),
+        ),
+    ]
 
 
-async def post_batch(
-    client: httpx.AsyncClient, body: Any, key: str | None = None, path: str = "/api/jobs/batch"
-) -> httpx.Response:
-    headers = {"Idempotency-Key": key} if key is not None else {}
-    return await client.post(path, json=body, headers=headers)
+def attempt(
+    batch_id: str, index: int, number: int, job_type: str = "scraper", by: str | None = None
+) -> Event:
+    """Attempt ``number`` of the batch's job at ``index``, as a restart publishes it."""
+    job_id = batch_job_id(batch_id, index, number)
+    return events.JobRequested(
+        job_id=job_id,
+        job_type=job_type,
+        batch_id=batch_id,
+        batch_index=index,
+        attempt=number,
+        attempt_of=batch_job_id(batch_id, index),
+        requested_by=by,
+        event_id=f"{job_id}-requested",
+    )

@@ -13,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings
-from tests.batch_support import batch_body, post_batch, stored_count, wait_rows
+from tests.batch_submit_support import batch_body, post_batch, stored_count, wait_rows
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES
 

@@ -15,7 +15,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api.batchpublish import BatchEvents
 from jobrunner.services.api.batchrequest import plan_batch
 from jobrunner.services.api.idempotency import KeyRecord, record_key
-from tests.batch_support import batch_body, is_sealed, jetstream, post_batch, stored_count
+from tests.batch_submit_support import batch_body, is_sealed, jetstream, post_batch, stored_count
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES
 

@@ -17,7 +17,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.batchpublish import BatchEvents
 from jobrunner.services.api.batchrequest import plan_batch
-from tests.batch_support import batch_body, jetstream, post_batch
+from tests.batch_submit_support import batch_body, jetstream, post_batch
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, wait_status
 

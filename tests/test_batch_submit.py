@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
-from tests.batch_support import batch_body, job_rows, post_batch, stored_count
+from tests.batch_submit_support import batch_body, job_rows, post_batch, stored_count
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, wait_status
 

@@ -11,6 +11,7 @@ from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.routes.audit import job_events
+from jobrunner.services.api.routes.batches import BatchController
 from jobrunner.services.api.routes.batches_submit import batch_submit_routes
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
@@ -27,6 +28,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             *security.ROUTES,
             JobController,
+            BatchController,
             *batch_submit_routes(settings),
             job_event_stream,
             list_job_types,

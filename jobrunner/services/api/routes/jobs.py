@@ -37,6 +37,7 @@ LIST_PARAMETERS = (
     "batch_id",
     "created_from",
     "created_to",
+    "archived",
 )
 
 
@@ -164,6 +165,10 @@ class JobController(Controller):
         batch_id: str | None = None,
         created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
         created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
+        archived: Annotated[
+            str | None,
+            Parameter(description="false (default: archived jobs left out), true or all"),
+        ] = None,
     ) -> schemas.JobPage:
         """Newest first. ``next_cursor`` pages on; pages stay stable while new jobs arrive.
 
@@ -180,6 +185,7 @@ class JobController(Controller):
             created_from=query.timestamp("created_from"),
             created_to=query.timestamp("created_to"),
             requested_by=principal_of(request).owner,
+            archived=query.archived(),
         )
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
         after = query.cursor("cursor", readmodels.JobCursor)
