@@ -119,7 +119,7 @@ async def test_a_retry_publishes_only_what_is_missing(system: System) -> None:
     plan = plan_batch(BODY, load_job_types(settings.job_types_file), settings.batch_max_jobs)
     batch_id = batchids.new_batch_id()
     partial = BatchEvents(plan, batch_id, "test-admin")
-    record = KeyRecord(batch_id=batch_id, fingerprint=plan.fingerprint(), created_at=time.time())
+    record = KeyRecord(id=batch_id, fingerprint=plan.fingerprint(), created_at=time.time())
     async with jetstream(settings) as js:
         kv = await js.key_value(names.idempotency_bucket)
         await kv.create(record_key("test-admin", "partial"), msgspec.json.encode(record))

@@ -126,6 +126,8 @@ class BatchDetail(Batch):
     """A batch with one page of its jobs, in batch order."""
 
     jobs: BatchJobs
+
+
 class CreateBatchJob(msgspec.Struct, forbid_unknown_fields=True):
     job_type: str
     parameters: dict[str, Any] = {}

@@ -9,15 +9,18 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from jobrunner.common import eventstore
+from jobrunner.common import batchids, eventstore
 from jobrunner.common.jobtypes import ParameterError
 from jobrunner.common.slots import SlotValue, slot_key
-from jobrunner.contracts import events
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import Principal, principal_of
 from jobrunner.services.api.security.openapi import error_spec
@@ -25,6 +28,7 @@ from jobrunner.services.api.submission import (
     READ_YOUR_WRITES_TIMEOUT,
     UnknownJobType,
     check_job,
+    job_fingerprint,
 )
 
 MAX_LIST_LIMIT = 500
@@ -86,8 +90,27 @@ class JobController(Controller):
                 "Some parameters are not valid for this job type.",
                 fields=[msgspec.to_builtins(e) for e in exc.errors],
             ) from None
+        job_id = events.new_event_id()
+        event_id = events.new_event_id()
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None:
+            claim = await ctx.idempotency.claim(
+                principal_of(request).name,
+                check_key(key),
+                job_fingerprint(job_type.name, parameters),
+                job_id,
+                kind="job",
+            )
+            job_id = claim.id
+            # The id every attempt of this request publishes: JetStream stores it once.
+            event_id = batchids.job_requested_event_id(job_id)
+            if claim.resumed:
+                created = await self._already_created(ctx, job_id)
+                if created is not None:
+                    return created
         request_event = events.JobRequested(
-            job_id=events.new_event_id(),
+            job_id=job_id,
+            event_id=event_id,
             job_type=job_type.name,
             parameters=parameters,
             lock=job_type.lock,
@@ -121,6 +144,28 @@ class JobController(Controller):
             job_type=job_type.name,
             status=JobStatus.PENDING.value,
             created_at=request_event.occurred_at,
+        )
+
+    async def _already_created(self, ctx: ApiContext, job_id: str) -> schemas.JobCreated | None:
+        """The answer to a retried request whose job is stored (None: it is not, publish it)."""
+        stored = await last_message(
+            ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "requested")
+        )
+        if stored is None or not stored.data:
+            return None
+        try:
+            event = codec.decode(stored.data)
+        except msgspec.MsgspecError:
+            return None  # not written by jobrunner: publish ours
+        if not isinstance(event, events.JobRequested):
+            return None
+        await ctx.projection.wait_for(stored.seq or 0, READ_YOUR_WRITES_TIMEOUT)
+        row = await readmodels.get_job_row(ctx.pool, job_id)
+        return schemas.JobCreated(
+            id=job_id,
+            job_type=event.job_type,
+            status=row["status"] if row is not None else JobStatus.PENDING.value,
+            created_at=event.occurred_at,
         )
 
     async def _raise_busy(self, ctx: ApiContext, key: str, lock: str, principal: Principal) -> None:
