@@ -58,7 +58,7 @@ async def submit_batch(request: Request[Any, Any, Any]) -> schemas.BatchCreated:
             claim = await ctx.idempotency.claim(
                 principal.name, check_key(key), plan.fingerprint(), batchids.new_batch_id()
             )
-        batch = BatchEvents(plan, claim.batch_id, principal.name)
+        batch = BatchEvents(plan, claim.id, principal.name)
         seq = await publish_batch(ctx.js, ctx.names, ctx.slots, batch, claim.resumed)
     except (nats.errors.Error, TimeoutError) as exc:
         retry = (
