@@ -235,10 +235,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
     p.set_defaults(func=cmd_replay)
 
+    from jobrunner.terminal.commands import add_commands
+
+    add_commands(sub)
+
     p = sub.add_parser("schema", help="print a public contract as JSON Schema")
     p.add_argument("what", choices=["events"], help="events: every event on the stream")
     p.set_defaults(func=cmd_schema)
+    _config_after_command_too(parser)
     return parser
+
+
+def _config_after_command_too(parser: argparse.ArgumentParser) -> None:
+    """``--config`` works before the command and after it (``jobrunner up --config F``).
+
+    In a subcommand it defaults to SUPPRESS, so that an absent one keeps the value given before
+    the command instead of resetting it to None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if "--config" not in command._option_string_actions:
+                    command.add_argument(
+                        "--config",
+                        default=argparse.SUPPRESS,
+                        help="config file (TOML); also JOBRUNNER_CONFIG",
+                    )
+                _config_after_command_too(command)
 
 
 def main(argv: list[str] | None = None) -> int:

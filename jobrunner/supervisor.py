@@ -17,6 +17,7 @@ from jobrunner.common import retry
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.preflight import missing_tools, preflight
 
 log = structlog.get_logger()
 
@@ -98,6 +99,15 @@ async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
         await nc.close()
 
 
+def jobrunner_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jobrunner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def check_exposure(settings: Settings) -> None:
     """Refuse ``--no-auth`` anywhere but on a loopback address."""
     from jobrunner.services.api.security import is_loopback
@@ -112,7 +122,9 @@ def check_exposure(settings: Settings) -> None:
 async def up(settings: Settings, config_file: str | None) -> int:
     check_exposure(settings)
     state = Path(settings.state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    job_types = preflight(settings, state, jobrunner_version())
+    for problem in missing_tools(job_types):
+        log.warning(problem)
     log.info("starting embedded servers", state_dir=str(state))
     # NATS listens on loopback only and wants a password, generated once into the state dir.
     nats_server = EmbeddedNats(

@@ -11,7 +11,7 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.services.api import attempt_rows
-from tests.batch_support import ReadModel, counters, real_counts, submit_batch
+from tests.batch_action_support import ReadModel, counters, real_counts, submit_through
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, status_events, wait_dead, wait_file
 
@@ -35,7 +35,7 @@ async def test_restart_runs_every_ended_job_again_as_a_new_attempt(
     settings: Settings, system: System
 ) -> None:
     """After restart each job has a second attempt that ran; the batch counts the new ones."""
-    batch_id, job_ids = await submit_batch(settings, [emit(), emit(exit_code=3), emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit(), emit(exit_code=3), emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 3)
         response = await client.post(f"/api/batches/{batch_id}/restart")
@@ -61,8 +61,8 @@ async def test_restart_while_a_job_runs_cancels_it_and_runs_a_new_attempt_after_
 ) -> None:
     """A running job is cancelled (its process group ends) and its new attempt runs after it."""
     pidfile, starts = tmp_path / "pids", tmp_path / "starts"
-    batch_id, (running_id, _done_id) = await submit_batch(
-        settings,
+    batch_id, (running_id, _done_id) = await submit_through(
+        system.client,
         [("family", {"pidfile": str(pidfile), "count_file": str(starts)}), emit()],
     )
     async with ReadModel(settings) as rm, system.client() as client:
@@ -98,7 +98,7 @@ async def test_fail_cancels_pending_and_running_jobs_and_the_batch_ends_failed(
         ("locked_family", {"pidfile": str(tmp_path / f"pids{i}"), "count_file": str(starts)})
         for i in range(3)
     ]
-    batch_id, job_ids = await submit_batch(settings, jobs)
+    batch_id, job_ids = await submit_through(system.client, jobs)
     async with ReadModel(settings) as rm, system.client() as client:
         tool, grandchild = await pids_of(tmp_path / "pids0")
         await _wait_job(rm, job_ids[0], "running")
@@ -123,7 +123,7 @@ async def test_fail_of_an_ended_batch_is_409_batch_finished(
     settings: Settings, system: System
 ) -> None:
     """A batch whose jobs all ended cannot be failed; the answer says how it ended."""
-    batch_id, _ = await submit_batch(settings, [emit()])
+    batch_id, _ = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(f"/api/batches/{batch_id}/fail")
@@ -136,7 +136,7 @@ async def test_pending_runs_only_the_jobs_that_failed_again(
     settings: Settings, system: System
 ) -> None:
     """`pending` after some jobs failed: only those get a new attempt; completed ones stay."""
-    batch_id, job_ids = await submit_batch(settings, [emit(), emit(exit_code=2), emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit(), emit(exit_code=2), emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 3)
         response = await client.post(f"/api/batches/{batch_id}/pending")
@@ -154,7 +154,7 @@ async def test_restart_with_job_ids_runs_only_those_jobs(
     settings: Settings, system: System
 ) -> None:
     """job_ids limits a restart to the named jobs (any attempt's id names its job)."""
-    batch_id, job_ids = await submit_batch(settings, [emit(), emit(), emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit(), emit(), emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 3)
         response = await client.post(
@@ -166,7 +166,7 @@ async def test_restart_with_job_ids_runs_only_those_jobs(
 
 async def test_unknown_job_ids_are_refused_and_named(settings: Settings, system: System) -> None:
     """job_ids that are not jobs of the batch answer 422 UNKNOWN_JOBS listing them; nothing runs."""
-    batch_id, job_ids = await submit_batch(settings, [emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(
@@ -186,7 +186,7 @@ async def test_archive_hides_the_batch_and_unarchive_shows_it_again(
     settings: Settings, system: System
 ) -> None:
     """Archive marks the batch archived (left out of default lists); unarchive undoes it."""
-    batch_id, _ = await submit_batch(settings, [emit()])
+    batch_id, _ = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(f"/api/batches/{batch_id}/archive")
@@ -210,8 +210,8 @@ async def test_own_jobs_token_cannot_act_on_another_callers_batch(
 ) -> None:
     """A token limited to its own jobs gets 404 for others' batches and acts on its own."""
     alice = await system.create_token("alice", "operator", own_jobs_only=True)
-    theirs, _ = await submit_batch(settings, [emit()])
-    mine, _ = await submit_batch(settings, [emit()], requested_by="alice")
+    theirs, _ = await submit_through(system.client, [emit()])
+    mine, _ = await submit_through(lambda: system.client(token=alice), [emit()])
     async with ReadModel(settings) as rm, system.client(token=alice) as client:
         await rm.wait_ended(theirs, 1)
         await rm.wait_ended(mine, 1)
@@ -225,7 +225,7 @@ async def test_own_jobs_token_cannot_act_on_another_callers_batch(
 async def test_viewer_cannot_act_on_a_batch(settings: Settings, system: System) -> None:
     """A viewer token gets 403 FORBIDDEN naming the operator role; nothing is published."""
     viewer = await system.create_token("watcher", "viewer")
-    batch_id, _ = await submit_batch(settings, [emit()])
+    batch_id, _ = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm, system.client(token=viewer) as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(f"/api/batches/{batch_id}/restart")
@@ -239,8 +239,8 @@ async def test_restart_racing_with_jobs_finishing_runs_no_job_twice(
 ) -> None:
     """A restart while jobs finish: every job ends, none ran twice, counters match the jobs."""
     total = 12
-    batch_id, _job_ids = await submit_batch(
-        settings, [emit(lines=3, interval="0.05") for _ in range(total)]
+    batch_id, _job_ids = await submit_through(
+        system.client, [emit(lines=3, interval="0.05") for _ in range(total)]
     )
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_batch(batch_id, lambda b, js: b["completed_jobs"] >= 2)
@@ -278,11 +278,11 @@ async def _wait_job(
 
 async def _projector_behind(settings: Settings, system: System) -> str:
     """A finished batch, then the projector stopped and one more event stored behind its back."""
-    batch_id, _ = await submit_batch(settings, [emit()])
+    batch_id, _ = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm:
         await rm.wait_ended(batch_id, 1)
     await system.stop_service("projector")
-    await submit_batch(settings, [emit()])
+    await submit_through(system.client, [emit()])
     return batch_id
 
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
-from tests.batch_support import ReadModel, submit_batch
+from tests.batch_action_support import ReadModel, submit_through
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_file, wait_status
 
@@ -104,7 +104,9 @@ async def test_restart_of_a_batch_job_stays_in_its_batch(
     settings: Settings, system: System
 ) -> None:
     """A batch job restarted alone keeps its batch and place; the batch counts the new attempt."""
-    batch_id, (job_id,) = await submit_batch(settings, [("emit", {"lines": 1, "exit_code": 1})])
+    batch_id, (job_id,) = await submit_through(
+        system.client, [("emit", {"lines": 1, "exit_code": 1})]
+    )
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(f"/api/jobs/{job_id}/restart")

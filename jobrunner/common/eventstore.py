@@ -69,8 +69,8 @@ def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
 
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """Create (or update to the configured limits) the event stream, the lock bucket and the
-    runner heartbeat bucket."""
+    """Create (or update to the configured limits) the event stream, the lock bucket, the
+    runner heartbeat bucket and the Idempotency-Key bucket."""
     config = stream_config(names, settings)
     try:
         await js.add_stream(config)
@@ -97,6 +97,16 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             storage=api.StorageType.MEMORY,  # heartbeats are worth nothing after a restart
             replicas=settings.stream_replicas,
             ttl=runnerpool.heartbeat_ttl(settings),
+        )
+    try:
+        await js.stream_info(f"KV_{names.idempotency_bucket}")
+    except nats.js.errors.NotFoundError:
+        await js.create_key_value(
+            bucket=names.idempotency_bucket,
+            history=1,
+            storage=api.StorageType.FILE,  # a retry after a NATS restart must still find its key
+            replicas=settings.stream_replicas,
+            ttl=settings.idempotency_ttl_seconds,
         )
 
 

@@ -89,6 +89,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # "*" any). Empty: the configured host, and the localhost names when that is loopback.
     allowed_hosts: str = ""
 
+    # Batches (README "Submitting a batch")
+    batch_max_jobs: int = 10_000  # jobs one POST /api/jobs/batch may hold
+    # A batch request may be this large (every other request: 1 MiB).
+    batch_max_body_bytes: int = 32 * 1024 * 1024
+    # A job of a batch whose BatchSealed is not stored this long after its JobRequested (its
+    # submission died half-way) ends failed with BATCH_INCOMPLETE instead of waiting forever.
+    batch_seal_timeout_seconds: float = 300.0
+    # How long an Idempotency-Key is remembered (a retry after that creates a new batch).
+    idempotency_ttl_seconds: float = 86400.0
+
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 
@@ -127,6 +137,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     # A client buffer must hold at least one full message batch, or every live client is cut.
     "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
     "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
+    # One event per job: the bound keeps a batch's submission (and the runners' waiting for its
+    # seal) within what one API request can publish in reasonable time.
+    "batch_max_jobs": (1, 1_000_000),
+    # At least the app-wide 1 MiB: a batch may always be as large as a single-job request.
+    "batch_max_body_bytes": (1024 * 1024, 2**31 - 1),
 }
 _ABOVE_ZERO = (
     "lease_ttl_seconds",
@@ -134,6 +149,8 @@ _ABOVE_ZERO = (
     "sse_history_idle_seconds",
     "runner_heartbeat_seconds",
     "projector_stuck_seconds",
+    "batch_seal_timeout_seconds",
+    "idempotency_ttl_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 

@@ -72,6 +72,9 @@ class RunRecord(msgspec.Struct, kw_only=True):
 
 RESERVATION_MIN_TTL = 60  # seconds
 
+# How long enqueue_many waits for the server to confirm a batch's queue entries.
+ENQUEUE_ACK_SECONDS = 30.0
+
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
 # How long a pipelined delete's ack is waited for before it is sent again on its own.
@@ -285,6 +288,24 @@ class SlotTable:
             return await self._write(key, entry, await self.last_revision(key), ttl=False)
         except KeyWrongLastSequenceError:
             return 0  # already queued
+
+    async def enqueue_many(self, lock: str, jobs: Sequence[tuple[str, str]]) -> None:
+        """Put jobs (job id, job type) at the end of their lock's queue, in this order (a batch).
+
+        Pipelined on one connection, which the server stores in the order sent: the revisions,
+        the jobs' places, follow the list. Unconditional, unlike ``enqueue``: a job queued again
+        moves behind the others, still in list order.
+        """
+        now = time.time()
+        futures = [
+            await self._js.publish_async(
+                self._subject(queue_key(lock, job_id)),
+                msgspec.json.encode(QueueEntry(job_id=job_id, job_type=job_type, queued_at=now)),
+            )
+            for job_id, job_type in jobs
+        ]
+        async with asyncio.timeout(ENQUEUE_ACK_SECONDS):
+            await asyncio.gather(*futures)
 
     async def dequeue(self, lock: str, job_id: str) -> None:
         await self._delete(queue_key(lock, job_id), None)

@@ -96,6 +96,8 @@ class ErrorCode(StrEnum):
     LEASE_LOST = "LEASE_LOST"
     CALLABLE_FAILED = "CALLABLE_FAILED"  # an internal job's callable raised
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    # A job of a batch whose submission never completed (no BatchSealed in time); it never ran.
+    BATCH_INCOMPLETE = "BATCH_INCOMPLETE"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):

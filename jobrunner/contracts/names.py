@@ -123,6 +123,11 @@ class Names:
         """Runner heartbeats: one key per live runner, gone once it stops writing (bucket TTL)."""
         return f"{self.prefix}_runners"
 
+    @property
+    def idempotency_bucket(self) -> str:
+        """Idempotency-Key records: which batch a key made, and a hash of the request it had."""
+        return f"{self.prefix}_idempotency"
+
     # --- plain NATS notifications (not persisted; outside ``<prefix>.>``, the stream's subjects)
     @property
     def projected_subject(self) -> str:

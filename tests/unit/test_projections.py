@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.services.projector.projections import (
+    BatchChanged,
     JobCreated,
     JobUpdated,
     LinesAppended,
@@ -39,6 +40,9 @@ def test_requested_job_is_created_pending() -> None:
         "lock": "datev",
         "requested_by": "alice",
         "batch_id": None,
+        "batch_index": None,
+        "attempt": 1,
+        "attempt_of": None,
         "created_at": AT,
         "updated_at": AT,
         "first_seq": 7,
@@ -127,6 +131,83 @@ def test_progress_sets_only_what_was_reported() -> None:
     [change] = project(event, 12)
     assert isinstance(change, JobUpdated)
     assert change.fields == {"updated_at": AT, "progress_percent": 50.0, "phase": "enrich"}
+
+
+def test_an_attempt_records_its_batch_place_and_first_attempt() -> None:
+    """A restarted job of a batch shows its place in the batch, its attempt and the first one."""
+    event = events.JobRequested(
+        job_id="j2",
+        job_type="scraper",
+        batch_id="b1",
+        batch_index=4,
+        attempt=2,
+        attempt_of="j1",
+        occurred_at=AT,
+    )
+    [change] = project(event, 3)
+    assert isinstance(change, JobCreated)
+    assert (
+        change.row["batch_id"],
+        change.row["batch_index"],
+        change.row["attempt"],
+        change.row["attempt_of"],
+    ) == ("b1", 4, 2, "j1")
+
+
+def test_archiving_a_job_applies_even_after_it_ended() -> None:
+    """Archiving hides a job whatever its status; unarchiving shows it again."""
+    event = events.JobArchived(job_id="j1", archived=False, occurred_at=AT)
+    assert project(event, 4) == [
+        JobUpdated("j1", {"archived": False, "updated_at": AT}, 4, only_if_active=False)
+    ]
+
+
+def test_batch_requested_creates_the_batch_with_its_sorted_types() -> None:
+    """A submitted batch appears with its name, requester, total and distinct job types."""
+    event = events.BatchRequested(
+        batch_id="b1",
+        batch_name="Nightly",
+        total_jobs=3,
+        job_types=["scraper", "enrich_email", "scraper"],
+        requested_by="alice",
+        occurred_at=AT,
+    )
+    assert project(event, 1) == [
+        BatchChanged(
+            "b1",
+            {
+                "name": "Nightly",
+                "requested_by": "alice",
+                "job_types": ["enrich_email", "scraper"],
+                "total_jobs": 3,
+            },
+            1,
+            AT,
+            requested=True,
+        )
+    ]
+
+
+def test_batch_failed_records_reason_and_restart_clears_it() -> None:
+    """A failed batch shows why and who; a later restart takes the failure back."""
+    failed = events.BatchFailed(batch_id="b1", reason="stop", requested_by="bob", occurred_at=AT)
+    restarted = events.BatchRestarted(batch_id="b1", mode="all", occurred_at=AT)
+    [fail] = project(failed, 5)
+    [restart] = project(restarted, 6)
+    assert isinstance(fail, BatchChanged)
+    assert isinstance(restart, BatchChanged)
+    assert fail.fields == {"failed_reason": "stop", "failed_by": "bob", "failed_at": AT}
+    assert restart.fields == {"failed_reason": None, "failed_by": None, "failed_at": None}
+
+
+def test_sealing_and_archiving_set_their_flags() -> None:
+    """A sealed batch says so (with its total); archiving hides it and unarchiving shows it."""
+    [sealed] = project(events.BatchSealed(batch_id="b1", total_jobs=2, occurred_at=AT), 7)
+    [archived] = project(events.BatchArchived(batch_id="b1", archived=False, occurred_at=AT), 8)
+    assert isinstance(sealed, BatchChanged)
+    assert isinstance(archived, BatchChanged)
+    assert sealed.fields == {"sealed": True, "total_jobs": 2}
+    assert archived.fields == {"archived": False}
 
 
 def test_projection_is_deterministic() -> None:

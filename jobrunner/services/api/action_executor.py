@@ -38,23 +38,17 @@ from jobrunner.services.api.actions import (
     unknown_jobs,
 )
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.dependencies import find_batch
 from jobrunner.services.api.errors import ApiError, job_not_found
-from jobrunner.services.api.job_control import (
-    READ_YOUR_WRITES_TIMEOUT,
-    give_back_places,
-    raise_busy,
-)
+from jobrunner.services.api.job_control import give_back_places, raise_busy
 from jobrunner.services.api.security import Principal
+from jobrunner.services.api.submission import READ_YOUR_WRITES_TIMEOUT
 
 # The most unknown job ids an error lists (``unknown_count`` says how many there were).
 MAX_LISTED_UNKNOWN = 100
 # Options each action takes; any other given option is refused, not silently ignored.
 TAKES_JOB_IDS = frozenset({Action.RESTART, Action.PENDING})
 TAKES_REASON = frozenset({Action.RESTART, Action.PENDING, Action.FAIL})
-
-
-def batch_not_found(batch_id: str) -> ApiError:
-    return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {batch_id!r}.")
 
 
 def decode_options(body: bytes) -> ActionOptions:
@@ -98,9 +92,7 @@ async def act_on_batch(
 ) -> BatchActionAccepted:
     check_options(action, options)
     await attempt_rows.catch_up(ctx)
-    batch = await attempt_rows.batch_row(ctx.pool, batch_id)
-    if batch is None or not principal.can_see_owner(batch["requested_by"]):
-        raise batch_not_found(batch_id)
+    batch = await find_batch(ctx, batch_id, principal)
     actor = principal.name
     if action in (Action.ARCHIVE, Action.UNARCHIVE):
         event = events.BatchArchived(

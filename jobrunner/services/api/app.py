@@ -12,6 +12,8 @@ from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.routes.audit import job_events
 from jobrunner.services.api.routes.batch_actions import BatchActionController
+from jobrunner.services.api.routes.batches import BatchController
+from jobrunner.services.api.routes.batches_submit import batch_submit_routes
 from jobrunner.services.api.routes.job_actions import JobActionController
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
@@ -29,7 +31,9 @@ def create_app(settings: Settings) -> Litestar:
             *security.ROUTES,
             JobController,
             JobActionController,
+            BatchController,
             BatchActionController,
+            *batch_submit_routes(settings),
             job_event_stream,
             list_job_types,
             health,

@@ -1,4 +1,4 @@
-"""The read-model rows actions decide on: a batch, the latest attempts of its jobs, and the latest
+"""The read-model rows actions decide on: the latest attempts of a batch's jobs, and the latest
 attempt of one job. Read-only, as every query of the API."""
 
 from __future__ import annotations
@@ -31,14 +31,6 @@ def attempt_from_row(row: asyncpg.Record) -> Attempt:
         batch_index=row["batch_index"],
         attempt=row["attempt"] or 1,
         attempt_of=row["attempt_of"],
-    )
-
-
-async def batch_row(pool: asyncpg.Pool, batch_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        f"SELECT id, requested_by, status, failed_reason, archived "
-        f"FROM {READ_SCHEMA}.batches WHERE id = $1",
-        batch_id,
     )
 
 

@@ -21,9 +21,7 @@ from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.security import Principal
-
-# How long a POST waits for the projector so that an immediate GET finds what it changed.
-READ_YOUR_WRITES_TIMEOUT = 2.0
+from jobrunner.services.api.submission import READ_YOUR_WRITES_TIMEOUT
 
 
 async def cancel(

@@ -16,7 +16,8 @@ JOB_COLUMNS = """
     id, job_type, status, parameters, created_at, started_at, finished_at, exit_code,
     error_code, error_message, result, log_count, progress_current, progress_total,
     progress_percent, phase, message, lock, requested_by, cancelled_by, cancel_requested_at,
-    updated_at, first_seq, last_seq, batch_id
+    updated_at, first_seq, last_seq, batch_id, batch_index, attempt, attempt_of, latest,
+    archived
 """
 
 
@@ -62,6 +63,11 @@ def job_from_row(row: asyncpg.Record, now: datetime | None = None) -> schemas.Jo
         cancel_requested_at=row["cancel_requested_at"],
         updated_at=row["updated_at"],
         batch_id=row["batch_id"],
+        batch_index=row["batch_index"],
+        attempt=row["attempt"],
+        attempt_of=row["attempt_of"],
+        latest=row["latest"],
+        archived=row["archived"],
     )
 
 
@@ -88,6 +94,8 @@ class JobFilter:
     created_to: datetime | None = None  # exclusive
     # Set for a token limited to its own jobs (``Principal.owner``).
     requested_by: str | None = None
+    # Archived jobs are left out unless asked for (True: only them; None: all).
+    archived: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,8 @@ async def list_jobs(
         where.append(f"created_at < {arg(filters.created_to)}")
     if filters.requested_by is not None:
         where.append(f"requested_by = {arg(filters.requested_by)}")
+    if filters.archived is not None:
+        where.append("archived" if filters.archived else "NOT archived")
     if filters.search:
         where.append(f"{SEARCH_EXPRESSION} ILIKE {arg(like_pattern(filters.search))}")
     if after is not None:

@@ -10,17 +10,22 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from jobrunner.common import eventstore
-from jobrunner.common.jobtypes import ParameterError, validate_parameters
+from jobrunner.common.jobtypes import ParameterError
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
-from jobrunner.services.api.job_control import READ_YOUR_WRITES_TIMEOUT, cancel, raise_busy
+from jobrunner.services.api.job_control import cancel, raise_busy
 from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
+from jobrunner.services.api.submission import (
+    READ_YOUR_WRITES_TIMEOUT,
+    UnknownJobType,
+    check_job,
+)
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
@@ -32,6 +37,7 @@ LIST_PARAMETERS = (
     "batch_id",
     "created_from",
     "created_to",
+    "archived",
 )
 
 
@@ -69,16 +75,10 @@ class JobController(Controller):
         """
         ctx = ctx_of(request)
         body = decode_create(await request.body())
-        job_type = ctx.job_types.get(body.job_type)
-        if job_type is None:
-            raise ApiError(
-                422,
-                "UNKNOWN_JOB_TYPE",
-                f"There is no job type {body.job_type!r}; GET /api/job-types lists them.",
-                known=sorted(ctx.job_types),
-            )
         try:
-            parameters = validate_parameters(job_type, body.parameters)
+            job_type, parameters = check_job(ctx.job_types, body.job_type, body.parameters)
+        except UnknownJobType as exc:
+            raise ApiError(422, "UNKNOWN_JOB_TYPE", str(exc), known=sorted(ctx.job_types)) from None
         except ParameterError as exc:
             raise ApiError(
                 422,
@@ -145,6 +145,10 @@ class JobController(Controller):
         batch_id: str | None = None,
         created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
         created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
+        archived: Annotated[
+            str | None,
+            Parameter(description="false (default: archived jobs left out), true or all"),
+        ] = None,
     ) -> schemas.JobPage:
         """Newest first. ``next_cursor`` pages on; pages stay stable while new jobs arrive.
 
@@ -161,6 +165,7 @@ class JobController(Controller):
             created_from=query.timestamp("created_from"),
             created_to=query.timestamp("created_to"),
             requested_by=principal_of(request).owner,
+            archived=query.archived(),
         )
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
         after = query.cursor("cursor", readmodels.JobCursor)
