@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -185,15 +186,25 @@ async def test_unknown_job_ids_are_refused_and_named(settings: Settings, system:
 async def test_archive_hides_the_batch_and_unarchive_shows_it_again(
     settings: Settings, system: System
 ) -> None:
-    """Archive marks the batch archived (left out of default lists); unarchive undoes it."""
+    """An archived batch leaves the default batch list (archived=true finds it); unarchived it
+    is back."""
     batch_id, _ = await submit_through(system.client, [emit()])
+
+    async def listed(client: httpx.AsyncClient, **query: str) -> bool:
+        response = await client.get("/api/batches", params=query)
+        assert response.status_code == 200, response.text
+        return batch_id in [b["id"] for b in response.json()["items"]]
+
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
+        assert await listed(client)
         response = await client.post(f"/api/batches/{batch_id}/archive")
         assert response.status_code == 202, response.text
-        assert (await rm.batch(batch_id))["archived"] is True
+        assert not await listed(client)
+        assert await listed(client, archived="true")
         response = await client.post(f"/api/batches/{batch_id}/unarchive")
         assert response.status_code == 202, response.text
+        assert await listed(client)
         assert (await rm.batch(batch_id))["archived"] is False
 
 

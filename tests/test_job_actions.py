@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
@@ -75,7 +76,8 @@ async def test_restart_on_a_busy_reject_lock_is_409_slot_busy(
 
 
 async def test_archive_and_unarchive_a_job(settings: Settings, system: System) -> None:
-    """Archive marks the job archived; unarchive clears it; both answer 202."""
+    """An archived job leaves the default job list (archived=true finds it); unarchived it is
+    back."""
     async with system.client() as client, ReadModel(settings) as rm:
         job_id = await start_job(client, "emit", lines=1)
         await wait_status(client, job_id, "completed")
@@ -83,8 +85,17 @@ async def test_archive_and_unarchive_a_job(settings: Settings, system: System) -
         assert response.status_code == 202, response.text
         assert response.json() == {"id": job_id, "archived": True}
         assert (await rm.job(job_id))["archived"] is True
+        assert job_id not in await _listed(client)
+        assert job_id in await _listed(client, archived="true")
         assert (await client.post(f"/api/jobs/{job_id}/unarchive")).status_code == 202
         assert (await rm.job(job_id))["archived"] is False
+        assert job_id in await _listed(client)
+
+
+async def _listed(client: httpx.AsyncClient, **query: str) -> list[str]:
+    response = await client.get("/api/jobs", params=query)
+    assert response.status_code == 200, response.text
+    return [job["id"] for job in response.json()["items"]]
 
 
 async def test_own_jobs_token_cannot_restart_another_callers_job(system: System) -> None:
