@@ -90,6 +90,37 @@ async def test_restart_while_a_job_runs_cancels_it_and_runs_a_new_attempt_after_
     assert await status_events(settings, running_id) == ["running", "cancelled"]
 
 
+async def test_restarted_locked_jobs_take_their_lock_in_batch_order(
+    settings: Settings, system: System, tmp_path: Path
+) -> None:
+    """The new attempts of a batch's locked jobs run one at a time, in batch order."""
+    lockfile, order = tmp_path / "lock", tmp_path / "order"
+    jobs = [
+        (
+            "queued",
+            {
+                "lockfile": str(lockfile),
+                "order_file": str(order),
+                "label": f"j{i}",
+                "seconds": "0.1",
+            },
+        )
+        for i in range(5)
+    ]
+    batch_id, _ = await submit_through(system.client, jobs)
+    async with ReadModel(settings) as rm, system.client() as client:
+        await rm.wait_ended(batch_id, 5)
+        order.write_text("")
+        response = await client.post(f"/api/batches/{batch_id}/restart")
+        assert response.status_code == 202, response.text
+        batch, _latest = await rm.wait_batch(
+            batch_id,
+            lambda b, js: all(j["attempt"] == 2 and j["status"] == "completed" for j in js),
+        )
+    assert order.read_text().split() == [f"j{i}" for i in range(5)]
+    assert counters(batch) == (0, 0, 5, 0, 0)
+
+
 async def test_fail_cancels_pending_and_running_jobs_and_the_batch_ends_failed(
     settings: Settings, system: System, tmp_path: Path
 ) -> None:

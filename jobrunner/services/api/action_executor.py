@@ -161,9 +161,12 @@ async def carry_out(ctx: ApiContext, plan: Plan, *, queue_all: bool) -> int:
         seq = await eventstore.publish_many(ctx.js, ctx.names, plan.first)
     await give_back_places(ctx, plan.cancelled_pending)
     if plan.attempts:
+        by_lock: dict[str, list[tuple[str, str]]] = {}
         for attempt in plan.attempts:
             if attempt.lock and (queue_all or _queues(ctx, attempt)):
-                await ctx.slots.enqueue(attempt.lock, attempt.job_id, attempt.job_type)
+                by_lock.setdefault(attempt.lock, []).append((attempt.job_id, attempt.job_type))
+        for lock, queued in by_lock.items():
+            await ctx.slots.enqueue_many(lock, queued)  # pipelined, places in plan order
         seq = await eventstore.publish_many(ctx.js, ctx.names, plan.attempts)
     if seq:
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
