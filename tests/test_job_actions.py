@@ -129,3 +129,20 @@ async def test_restart_of_a_batch_job_stays_in_its_batch(
         )
     assert (latest["batch_index"], latest["attempt"]) == (0, 2)
     assert batch["failed_jobs"] == 1
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["%00", "a%00b", "x" * 5000, "%F0%9F%98%80", "..%2F..", "%E2%90%80", "%ED%A0%80", "%FF"],
+)
+async def test_hostile_ids_in_action_paths_are_404(system: System, bad_id: str) -> None:
+    """Any id in an action's path (NUL, very long, emoji, dots) answers 404, never a 500."""
+    async with system.client() as client:
+        for path in (f"/api/jobs/{bad_id}/restart", f"/api/batches/{bad_id}/fail"):
+            response = await client.post(path)
+            assert response.status_code == 404, (path[:60], response.text[:300])
+            assert response.json()["error"]["code"] in (
+                "JOB_NOT_FOUND",
+                "BATCH_NOT_FOUND",
+                "NOT_FOUND",
+            )

@@ -11,6 +11,7 @@ import asyncpg
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api.actions import Attempt
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.dependencies import as_stored
 from jobrunner.services.api.errors import ApiError
 
 ATTEMPT_COLUMNS = """
@@ -56,7 +57,7 @@ async def roots_of(pool: asyncpg.Pool, batch_id: str, job_ids: Sequence[str]) ->
 
 async def attempt_by_id(pool: asyncpg.Pool, job_id: str) -> Attempt | None:
     row = await pool.fetchrow(
-        f"SELECT {ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
+        f"SELECT {ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", as_stored(job_id)
     )
     return attempt_from_row(row) if row is not None else None
 
