@@ -29,7 +29,7 @@ from jobrunner.common import eventstore  # noqa: E402
 from jobrunner.common.settings import Settings  # noqa: E402
 from jobrunner.contracts import events  # noqa: E402
 from jobrunner.contracts.names import Names  # noqa: E402
-from tests.batch_action_support import ReadModel, submit_batch  # noqa: E402
+from tests.batch_actions_support import ReadModel, submit_batch  # noqa: E402
 from tests.servers import PostgresCluster, nats_url, postgres_cluster  # noqa: E402
 from tests.system import System  # noqa: E402
 

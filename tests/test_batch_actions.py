@@ -12,7 +12,7 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.services.api import attempt_rows
-from tests.batch_action_support import ReadModel, counters, real_counts, submit_through
+from tests.batch_actions_support import ReadModel, counters, real_counts, submit_through
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, status_events, wait_dead, wait_file
 

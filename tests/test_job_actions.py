@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
-from tests.batch_action_support import ReadModel, submit_through
+from tests.batch_actions_support import ReadModel, submit_through
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_file, wait_status
 

@@ -266,6 +266,22 @@ class SlotTable:
     async def forget_run(self, job_id: str) -> None:
         await self._delete(run_key(job_id), None)
 
+    async def run_record(self, job_id: str) -> RunRecord | None:
+        """One running job's record, if it has one."""
+        raw, _ = await self._read_raw(run_key(job_id))
+        return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
+
+    async def holder(self, job_id: str) -> RunRecord | None:
+        """The record of the runner holding ``job_id``'s slot now (its run record names a slot
+        whose live lease is the job's), or None."""
+        record = await self.run_record(job_id)
+        if record is None:
+            return None
+        lease = await self.current(record.slot_key)
+        if lease is None or lease.value.job_id != job_id or lease.value.phase != "held":
+            return None
+        return record
+
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()

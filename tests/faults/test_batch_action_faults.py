@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from jobrunner.contracts.names import Names
-from tests.batch_action_support import counters, real_counts, submit_through
+from tests.batch_actions_support import counters, real_counts, submit_through
 from tests.faults import figures
 from tests.faults.cluster import FaultCluster, is_terminal, now
 from tests.faults.invariants import outcome

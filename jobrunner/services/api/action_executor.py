@@ -37,12 +37,11 @@ from jobrunner.services.api.actions import (
     plan_restart,
     unknown_jobs,
 )
-from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import find_batch
 from jobrunner.services.api.errors import ApiError, job_not_found
 from jobrunner.services.api.job_control import give_back_places, raise_busy
 from jobrunner.services.api.security import Principal
-from jobrunner.services.api.submission import READ_YOUR_WRITES_TIMEOUT
 
 # The most unknown job ids an error lists (``unknown_count`` says how many there were).
 MAX_LISTED_UNKNOWN = 100

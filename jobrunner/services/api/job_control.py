@@ -17,11 +17,10 @@ from jobrunner.common.slots import slot_key
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.actions import Attempt, cancel_events
-from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.security import Principal
-from jobrunner.services.api.submission import READ_YOUR_WRITES_TIMEOUT
 
 
 async def cancel(

@@ -9,23 +9,21 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from jobrunner.common import eventstore
+from jobrunner.common import callbacktoken, eventstore
 from jobrunner.common.jobtypes import ParameterError
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.job_control import cancel, raise_busy
 from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
-from jobrunner.services.api.submission import (
-    READ_YOUR_WRITES_TIMEOUT,
-    UnknownJobType,
-    check_job,
-)
+from jobrunner.services.api.submission import UnknownJobType, check_job
+from jobrunner.services.api.webhook_requests import checked_webhook
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
@@ -39,6 +37,12 @@ LIST_PARAMETERS = (
     "created_to",
     "archived",
 )
+
+
+def callback_url(request: Request[Any, Any, Any], job_id: str) -> str:
+    """Where an external job's worker reports: absolute, from the address the request came to
+    (the Host the access layer allowed)."""
+    return str(request.base_url).rstrip("/") + callbacktoken.callback_path(job_id)
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
@@ -86,12 +90,15 @@ class JobController(Controller):
                 "Some parameters are not valid for this job type.",
                 fields=[msgspec.to_builtins(e) for e in exc.errors],
             ) from None
+        callback = callbacktoken.mint() if job_type.external else None
         request_event = events.JobRequested(
             job_id=events.new_event_id(),
             job_type=job_type.name,
             parameters=parameters,
             lock=job_type.lock,
             requested_by=principal_of(request).name,
+            callback_token_hash=callback.token_hash if callback else None,
+            webhook=checked_webhook(body.webhook),
         )
         reservation = None
         if job_type.lock and job_type.on_busy == "reject":
@@ -121,6 +128,8 @@ class JobController(Controller):
             job_type=job_type.name,
             status=JobStatus.PENDING.value,
             created_at=request_event.occurred_at,
+            callback_token=callback.token if callback else None,
+            callback_url=callback_url(request, request_event.job_id) if callback else None,
         )
 
     @get("/", summary="List jobs, newest first, filtered, in pages")
