@@ -38,6 +38,7 @@ from jobrunner.services.api.actions import (
     unknown_jobs,
 )
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
+from jobrunner.services.api.dependencies import find_batch
 from jobrunner.services.api.errors import ApiError, job_not_found
 from jobrunner.services.api.job_control import give_back_places, raise_busy
 from jobrunner.services.api.security import Principal
@@ -47,10 +48,6 @@ MAX_LISTED_UNKNOWN = 100
 # Options each action takes; any other given option is refused, not silently ignored.
 TAKES_JOB_IDS = frozenset({Action.RESTART, Action.PENDING})
 TAKES_REASON = frozenset({Action.RESTART, Action.PENDING, Action.FAIL})
-
-
-def batch_not_found(batch_id: str) -> ApiError:
-    return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {batch_id!r}.")
 
 
 def decode_options(body: bytes) -> ActionOptions:
@@ -94,9 +91,7 @@ async def act_on_batch(
 ) -> BatchActionAccepted:
     check_options(action, options)
     await attempt_rows.catch_up(ctx)
-    batch = await attempt_rows.batch_row(ctx.pool, batch_id)
-    if batch is None or not principal.can_see_owner(batch["requested_by"]):
-        raise batch_not_found(batch_id)
+    batch = await find_batch(ctx, batch_id, principal)
     actor = principal.name
     if action in (Action.ARCHIVE, Action.UNARCHIVE):
         event = events.BatchArchived(
@@ -165,9 +160,12 @@ async def carry_out(ctx: ApiContext, plan: Plan, *, queue_all: bool) -> int:
         seq = await eventstore.publish_many(ctx.js, ctx.names, plan.first)
     await give_back_places(ctx, plan.cancelled_pending)
     if plan.attempts:
+        by_lock: dict[str, list[tuple[str, str]]] = {}
         for attempt in plan.attempts:
             if attempt.lock and (queue_all or _queues(ctx, attempt)):
-                await ctx.slots.enqueue(attempt.lock, attempt.job_id, attempt.job_type)
+                by_lock.setdefault(attempt.lock, []).append((attempt.job_id, attempt.job_type))
+        for lock, queued in by_lock.items():
+            await ctx.slots.enqueue_many(lock, queued)  # pipelined, places in plan order
         seq = await eventstore.publish_many(ctx.js, ctx.names, plan.attempts)
     if seq:
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)

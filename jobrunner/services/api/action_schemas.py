@@ -17,7 +17,7 @@ _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
 Reason = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_REASON_CHARS, pattern=_NO_CONTROL)
 ]
-JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_JOB_ID_CHARS)]
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_JOB_ID_CHARS, pattern=_NO_CONTROL)]
 
 
 class ActionOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
