@@ -419,3 +419,15 @@ async def test_job_pages_say_an_external_job_is_done_elsewhere(system: System) -
     assert "Waiting for the external worker" in card
     assert "data-external" in detail
     assert "data-external" not in tool_detail
+
+
+async def test_oversized_report_is_refused_with_413(system: System) -> None:
+    """A report over 256 KiB answers 413 BODY_TOO_LARGE and stores nothing."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client)
+        await job.report_when_held(worker)
+        big = await job.report(worker, lines=[{"text": "x" * 10_000}] * 30)
+        lines = await lines_of(client, job.id)
+    assert big.status_code == 413
+    assert big.json()["error"]["code"] == "BODY_TOO_LARGE"
+    assert lines == []
