@@ -72,6 +72,12 @@ def cmd_projector(args: argparse.Namespace) -> int:
     return _run_service(run_projector, _settings(args))
 
 
+def cmd_notifier(args: argparse.Namespace) -> int:
+    from jobrunner.services.notifier.service import run_notifier
+
+    return _run_service(run_notifier, _settings(args))
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     import os
 
@@ -197,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_api)
     sub.add_parser("runner", help="run a runner").set_defaults(func=cmd_runner)
     sub.add_parser("projector", help="run the projector").set_defaults(func=cmd_projector)
+    sub.add_parser("notifier", help="run a notifier (delivers webhooks)").set_defaults(
+        func=cmd_notifier
+    )
 
     from jobrunner.token_command import add_parser as add_token_parser
 
@@ -235,10 +244,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
     p.set_defaults(func=cmd_replay)
 
+    from jobrunner.terminal.commands import add_commands
+
+    add_commands(sub)
+
     p = sub.add_parser("schema", help="print a public contract as JSON Schema")
     p.add_argument("what", choices=["events"], help="events: every event on the stream")
     p.set_defaults(func=cmd_schema)
+    _config_after_command_too(parser)
     return parser
+
+
+def _config_after_command_too(parser: argparse.ArgumentParser) -> None:
+    """``--config`` works before the command and after it (``jobrunner up --config F``).
+
+    In a subcommand it defaults to SUPPRESS, so that an absent one keeps the value given before
+    the command instead of resetting it to None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if "--config" not in command._option_string_actions:
+                    command.add_argument(
+                        "--config",
+                        default=argparse.SUPPRESS,
+                        help="config file (TOML); also JOBRUNNER_CONFIG",
+                    )
+                _config_after_command_too(command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""``jobrunner up``: embedded NATS and Postgres in a state directory, then the three services as
+"""``jobrunner up``: embedded NATS and Postgres in a state directory, then the four services as
 child processes, restarted if they crash, all stopped in order on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from jobrunner.common import retry
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.preflight import missing_tools, preflight
 
 log = structlog.get_logger()
 
 # Stopped in this order: the runner first, so its last events reach NATS before NATS stops.
-SERVICES = ("projector", "runner", "api")
-STOP_ORDER = ("runner", "api", "projector")
+SERVICES = ("projector", "runner", "notifier", "api")
+# The notifier after the runner: the ends of jobs the runner stops are still delivered.
+STOP_ORDER = ("runner", "notifier", "api", "projector")
 
 
 class Service:
@@ -98,6 +100,15 @@ async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
         await nc.close()
 
 
+def jobrunner_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jobrunner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def check_exposure(settings: Settings) -> None:
     """Refuse ``--no-auth`` anywhere but on a loopback address."""
     from jobrunner.services.api.security import is_loopback
@@ -112,7 +123,9 @@ def check_exposure(settings: Settings) -> None:
 async def up(settings: Settings, config_file: str | None) -> int:
     check_exposure(settings)
     state = Path(settings.state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    job_types = preflight(settings, state, jobrunner_version())
+    for problem in missing_tools(job_types):
+        log.warning(problem)
     log.info("starting embedded servers", state_dir=str(state))
     # NATS listens on loopback only and wants a password, generated once into the state dir.
     nats_server = EmbeddedNats(
@@ -150,6 +163,10 @@ async def up(settings: Settings, config_file: str | None) -> int:
             "JOBRUNNER_AUTH": "true" if settings.auth else "false",
         }
     )
+    if not settings.webhook_secret:
+        # Generated once into the state directory, like the NATS password: webhooks are signed
+        # from the first start. `cat <state_dir>/webhook-secret` shows it to receivers' owners.
+        env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
     services = {name: Service(name, env) for name in SERVICES}

@@ -40,9 +40,9 @@ AT = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
 # Bytes that make output hard: control characters, NUL, bytes that are not UTF-8, multi-byte
 # characters and plain text.
 HARD_BYTES = [b"\x00", b"\x01", b"\x1f", b"\xff", b"\xc3", "ä".encode(), "😀".encode(), b"a"]
-hostile_bytes = st.binary(max_size=3000) | st.lists(
-    st.sampled_from(HARD_BYTES), max_size=2000
-).map(b"".join)
+hostile_bytes = st.binary(max_size=3000) | st.lists(st.sampled_from(HARD_BYTES), max_size=2000).map(
+    b"".join
+)
 line_caps = st.integers(min_value=64, max_value=700)
 
 
@@ -53,9 +53,7 @@ def _unmarked(pieces: list[str]) -> str:
 
 
 @given(chunks=st.lists(hostile_bytes, max_size=6), cap=line_caps)
-def test_every_piece_of_tool_output_is_within_max_line_bytes(
-    chunks: list[bytes], cap: int
-) -> None:
+def test_every_piece_of_tool_output_is_within_max_line_bytes(chunks: list[bytes], cap: int) -> None:
     """However the output arrives, no piece's text is longer than max_line_bytes of UTF-8."""
     splitter = LineSplitter(cap)
     pieces = [p for chunk in chunks for p in splitter.feed(chunk)] + splitter.close()

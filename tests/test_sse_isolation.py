@@ -60,4 +60,3 @@ async def test_a_viewer_from_the_future_does_not_freeze_the_others(system: Syste
     texts = [e.json["text"] for e in honest.events if e.event == "message"]
     assert texts == [f"INFO line {i} [{i}/40]" for i in range(1, 41)]
     assert honest.events[-1].event == "done"
-

@@ -138,4 +138,3 @@ class TestProcessTotal:
             rest = await resume(client, path, first)
         assert fanout.peak_buffered_bytes <= CLIENT_BYTES
         assert texts(first) + texts(rest) == EXPECTED
-

@@ -205,7 +205,9 @@ def operator_nats() -> Iterator[tuple[ConfiguredNats, Path, Path]]:
         "consumer": -1,
     }  # fmt: skip
     operator_jwt = _jwt(
-        operator, operator.public_key.decode(), {"type": "operator", "version": 2}  # type: ignore[attr-defined]
+        operator,
+        operator.public_key.decode(),
+        {"type": "operator", "version": 2},  # type: ignore[attr-defined]
     )
     account_public = account.public_key.decode()  # type: ignore[attr-defined]
     account_jwt = _jwt(

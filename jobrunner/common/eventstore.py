@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from jobrunner.common import runnerpool
+from jobrunner.common import artifactstore, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
@@ -69,8 +69,8 @@ def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
 
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """Create (or update to the configured limits) the event stream, the lock bucket and the
-    runner heartbeat bucket."""
+    """Create (or update to the configured limits) the event stream, the lock bucket, the
+    runner heartbeat bucket, the Idempotency-Key bucket and the artifacts bucket."""
     config = stream_config(names, settings)
     try:
         await js.add_stream(config)
@@ -98,6 +98,17 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             replicas=settings.stream_replicas,
             ttl=runnerpool.heartbeat_ttl(settings),
         )
+    try:
+        await js.stream_info(f"KV_{names.idempotency_bucket}")
+    except nats.js.errors.NotFoundError:
+        await js.create_key_value(
+            bucket=names.idempotency_bucket,
+            history=1,
+            storage=api.StorageType.FILE,  # a retry after a NATS restart must still find its key
+            replicas=settings.stream_replicas,
+            ttl=settings.idempotency_ttl_seconds,
+        )
+    await artifactstore.ensure_bucket(js, names, settings)
 
 
 async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:

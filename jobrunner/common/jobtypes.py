@@ -9,6 +9,7 @@ Format (one table per type)::
     timeout_seconds = 3600
     lock = "datev_sheet"        # job types naming the same lock never run at the same time
     on_busy = "reject"          # or "queue"
+    webhooks = [{ url = "https://example.com/hooks/jobs", secret_env = "EXAMPLE_HOOK_SECRET" }]
 
     [job_types.enrich_search.parameters.plz_filter]
     type = "string"             # string | bool | enum | multi_enum | integer
@@ -30,6 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+
+from jobrunner.common import webhookurl
+from jobrunner.contracts.events import WebhookTarget
 
 ParamKind = Literal["string", "bool", "enum", "multi_enum", "integer"]
 MAX_STRING_LENGTH = 4096
@@ -62,6 +66,16 @@ class Parameter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     maximum: int | None = None
 
 
+class TypeWebhook(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A webhook every job of the type notifies when it ends (after the request's own)."""
+
+    url: str
+    headers: dict[str, str] = {}
+    # The name of an environment variable of the notifier holding this webhook's signing secret
+    # (instead of the installation's webhook_secret); the secret itself never enters the file.
+    secret_env: str | None = None
+
+
 class JobType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str = ""
     title: str = ""
@@ -79,6 +93,7 @@ class JobType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     progress_pattern: str | None = None
     level_pattern: str | None = None
     result_pattern: str | None = None
+    webhooks: list[TypeWebhook] = []
     # Done elsewhere: no tool runs; a worker reports over HTTP with the job's callback token.
     external: bool = False
     # An external job that reports nothing for this long fails PROCESSING_TIMEOUT (without it:
@@ -152,6 +167,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
                     + " or ".join(f"(?P<{g}>...)" for g in sorted(groups))
                 )
         _check_placeholders(job_type)
+        _check_webhooks(job_type)
         for pname, param in job_type.parameters.items():
             if param.pattern is not None:
                 try:
@@ -222,6 +238,24 @@ def _check_placeholders(job_type: JobType) -> None:
             raise JobTypeConfigError(
                 f"job type {job_type.name!r}: argv element {element} names an optional parameter "
                 "without a default; make it required, give it a default, or give it a flag instead"
+            )
+
+
+def _check_webhooks(job_type: JobType) -> None:
+    for n, hook in enumerate(job_type.webhooks):
+        target = WebhookTarget(url=hook.url, headers=hook.headers)
+        problems = webhookurl.check(target, field=f"webhooks[{n}]")
+        if problems:
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: "
+                + "; ".join(f"{p.field} {p.message}" for p in problems)
+            )
+        if hook.secret_env is not None and not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]*", hook.secret_env
+        ):
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: webhooks[{n}].secret_env must name an "
+                "environment variable"
             )
 
 

@@ -24,9 +24,11 @@ time (so a runner on the same host can tell at once that the holder is gone).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -70,8 +72,13 @@ class RunRecord(msgspec.Struct, kw_only=True):
 
 RESERVATION_MIN_TTL = 60  # seconds
 
+# How long enqueue_many waits for the server to confirm a batch's queue entries.
+ENQUEUE_ACK_SECONDS = 30.0
+
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
+# How long a pipelined delete's ack is waited for before it is sent again on its own.
+PIPELINED_ACK_WAIT = 5.0
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -87,10 +94,13 @@ def key_safe(name: str) -> str:
     return _KEY_SAFE.sub("_", name)
 
 
-def slot_key(lock: str | None, job_id: str) -> str:
+def slot_key(lock: str | None, job_id: str, attempt_of: str | None = None) -> str:
+    """The slot a job takes. Without a lock, every attempt of one job (``attempt_of``, the first
+    attempt's id) shares one slot: a new attempt never runs beside the one it replaces, which may
+    still be stopping its tool after a restart cancelled it."""
     if lock:
         return "slot." + key_safe(lock)
-    return "job." + key_safe(job_id)
+    return "job." + key_safe(attempt_of or job_id)
 
 
 def run_key(job_id: str) -> str:
@@ -295,8 +305,42 @@ class SlotTable:
         except KeyWrongLastSequenceError:
             return 0  # already queued
 
+    async def enqueue_many(self, lock: str, jobs: Sequence[tuple[str, str]]) -> None:
+        """Put jobs (job id, job type) at the end of their lock's queue, in this order (a batch).
+
+        Pipelined on one connection, which the server stores in the order sent: the revisions,
+        the jobs' places, follow the list. Unconditional, unlike ``enqueue``: a job queued again
+        moves behind the others, still in list order.
+        """
+        now = time.time()
+        futures = [
+            await self._js.publish_async(
+                self._subject(queue_key(lock, job_id)),
+                msgspec.json.encode(QueueEntry(job_id=job_id, job_type=job_type, queued_at=now)),
+            )
+            for job_id, job_type in jobs
+        ]
+        async with asyncio.timeout(ENQUEUE_ACK_SECONDS):
+            await asyncio.gather(*futures)
+
     async def dequeue(self, lock: str, job_id: str) -> None:
         await self._delete(queue_key(lock, job_id), None)
+
+    async def dequeue_many(self, lock: str, job_ids: Sequence[str]) -> None:
+        """Take many jobs out of a lock's queue at once (a failed batch's): the deletes are
+        pipelined, not one round trip each. One whose ack does not come is deleted again."""
+        headers = {"KV-Operation": "DEL", "Nats-TTL": MARKER_TTL}
+        futures = [
+            await self._js.publish_async(
+                self._subject(queue_key(lock, job_id)), b"", headers=headers
+            )
+            for job_id in job_ids
+        ]
+        for job_id, future in zip(job_ids, futures, strict=True):
+            try:
+                await asyncio.wait_for(future, PIPELINED_ACK_WAIT)
+            except Exception:
+                await self.dequeue(lock, job_id)
 
 
 def same_holder(a: SlotValue, b: SlotValue) -> bool:

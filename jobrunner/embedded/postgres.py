@@ -1,24 +1,33 @@
 """An embedded Postgres: the machine's initdb/postgres binaries in a data directory.
 
 Postgres refuses to run as root. When we are root, the cluster runs as the ``postgres`` system
-user (Debian creates it with the server packages); the data directory is handed to that user.
+user (Debian creates it with the server packages); the data directory is handed to that user, and
+the directories above it are made passable for it (or the start stops with a sentence naming the
+one that is not).
 """
 
 from __future__ import annotations
 
 import asyncio
 import glob
+import grp
 import os
 import pwd
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
 import asyncpg
 
-from jobrunner.embedded.serverprocess import ServerProcess, ServerStartError, free_port
+from jobrunner.embedded.serverprocess import (
+    ServerProcess,
+    ServerStartError,
+    as_user,
+    free_port,
+)
 
 SUPERUSER = "jobrunner"
 
@@ -56,6 +65,39 @@ def _run_as() -> str | None:
             "(useradd --system postgres) or run jobrunner as an ordinary user"
         ) from None
     return "postgres"
+
+
+def make_passable(directory: Path, user: str, own_from: Path | None = None) -> None:
+    """Let ``user`` pass through ``directory`` and every directory above it.
+
+    Directories from ``own_from`` (default: the parent of ``directory``, jobrunner's state
+    directory) down are jobrunner's: they get the search bit for others (pass through, not list;
+    the secrets inside are mode 0600). A directory above them that the user cannot pass stops the
+    start with a sentence naming it: it is not jobrunner's to open up.
+    """
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    own_from = (own_from or directory.parent).resolve()
+    directory = directory.resolve()
+    for current in [directory, *directory.parents]:
+        info = current.stat()
+        if info.st_uid == entry.pw_uid:
+            passable = bool(info.st_mode & stat.S_IXUSR)
+        elif info.st_gid in groups:
+            passable = bool(info.st_mode & stat.S_IXGRP)
+        else:
+            passable = bool(info.st_mode & stat.S_IXOTH)
+        if passable:
+            continue
+        if current == own_from or own_from in current.parents:
+            current.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
+            continue
+        raise ServerStartError(
+            f"Postgres runs as the {user!r} user (jobrunner runs as root), and that user cannot "
+            f"pass through {current} (mode {stat.S_IMODE(info.st_mode):o}): choose a state "
+            f"directory outside it with --state-dir (for example /var/lib/jobrunner), or let it "
+            f"pass with `chmod o+x {current}`"
+        )
 
 
 class EmbeddedPostgres(ServerProcess):
@@ -105,6 +147,8 @@ class EmbeddedPostgres(ServerProcess):
 
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            make_passable(self.data_dir.parent, self.user)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         super().start(timeout)
@@ -138,7 +182,7 @@ class EmbeddedPostgres(ServerProcess):
                 "--locale",
                 "C",
             ],
-            user=self.user,
+            **as_user(self.user),
             capture_output=True,
             text=True,
             check=False,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import signal
 import socket
 import subprocess
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 class ServerStartError(Exception):
@@ -49,7 +52,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            user=self.user,
+            **as_user(self.user),
             # Own process group: Ctrl-C in a terminal reaches the supervisor, which stops us
             # in order, instead of killing every server at once.
             start_new_session=True,
@@ -111,3 +114,16 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """subprocess options that run a child as ``user`` with that user's own groups.
+
+    ``user=`` alone changes the uid but keeps our groups: run as root, the child would still be
+    in group root, and a root-group directory's group bits (not the "others" bits) would decide
+    what it may reach."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem and g.gr_gid != entry.pw_gid]
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}

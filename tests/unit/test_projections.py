@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.services.projector.projections import (
+    WEBHOOK_COLUMNS,
+    BatchChanged,
     JobCreated,
     JobUpdated,
     LinesAppended,
+    WebhookAttemptRecorded,
     project,
 )
 
@@ -39,6 +42,9 @@ def test_requested_job_is_created_pending() -> None:
         "lock": "datev",
         "requested_by": "alice",
         "batch_id": None,
+        "batch_index": None,
+        "attempt": 1,
+        "attempt_of": None,
         "created_at": AT,
         "updated_at": AT,
         "first_seq": 7,
@@ -129,6 +135,116 @@ def test_progress_sets_only_what_was_reported() -> None:
     assert change.fields == {"updated_at": AT, "progress_percent": 50.0, "phase": "enrich"}
 
 
+def test_webhook_attempt_becomes_a_row_of_the_delivery_log() -> None:
+    """Each attempt is one row: its delivery, number, outcome, code and error; a status code
+    no integer column can hold is stored as none."""
+    event = events.WebhookAttempted(
+        job_id="j1",
+        delivery_id="d1",
+        webhook_index=1,
+        url="https://h/",
+        attempt=3,
+        outcome=events.WebhookOutcome.FAILED,
+        status_code=2**40,
+        error=ErrorInfo(code="WEBHOOK_HTTP_ERROR", message="m"),
+        duration_ms=12.5,
+        occurred_at=AT,
+    )
+    [change] = project(event, 9)
+    assert isinstance(change, WebhookAttemptRecorded)
+    assert dict(zip(WEBHOOK_COLUMNS, change.row, strict=True)) == {
+        "job_id": "j1",
+        "delivery_id": "d1",
+        "attempt": 3,
+        "webhook_index": 1,
+        "url": "https://h/",
+        "outcome": "failed",
+        "status_code": None,
+        "error_code": "WEBHOOK_HTTP_ERROR",
+        "error_message": "m",
+        "duration_ms": 12.5,
+        "attempted_at": AT,
+        "stream_seq": 9,
+    }
+
+
+def test_an_attempt_records_its_batch_place_and_first_attempt() -> None:
+    """A restarted job of a batch shows its place in the batch, its attempt and the first one."""
+    event = events.JobRequested(
+        job_id="j2",
+        job_type="scraper",
+        batch_id="b1",
+        batch_index=4,
+        attempt=2,
+        attempt_of="j1",
+        occurred_at=AT,
+    )
+    [change] = project(event, 3)
+    assert isinstance(change, JobCreated)
+    assert (
+        change.row["batch_id"],
+        change.row["batch_index"],
+        change.row["attempt"],
+        change.row["attempt_of"],
+    ) == ("b1", 4, 2, "j1")
+
+
+def test_archiving_a_job_applies_even_after_it_ended() -> None:
+    """Archiving hides a job whatever its status; unarchiving shows it again."""
+    event = events.JobArchived(job_id="j1", archived=False, occurred_at=AT)
+    assert project(event, 4) == [
+        JobUpdated("j1", {"archived": False, "updated_at": AT}, 4, only_if_active=False)
+    ]
+
+
+def test_batch_requested_creates_the_batch_with_its_sorted_types() -> None:
+    """A submitted batch appears with its name, requester, total and distinct job types."""
+    event = events.BatchRequested(
+        batch_id="b1",
+        batch_name="Nightly",
+        total_jobs=3,
+        job_types=["scraper", "enrich_email", "scraper"],
+        requested_by="alice",
+        occurred_at=AT,
+    )
+    assert project(event, 1) == [
+        BatchChanged(
+            "b1",
+            {
+                "name": "Nightly",
+                "requested_by": "alice",
+                "job_types": ["enrich_email", "scraper"],
+                "total_jobs": 3,
+            },
+            1,
+            AT,
+            requested=True,
+        )
+    ]
+
+
+def test_batch_failed_records_reason_and_restart_clears_it() -> None:
+    """A failed batch shows why and who; a later restart takes the failure back."""
+    failed = events.BatchFailed(batch_id="b1", reason="stop", requested_by="bob", occurred_at=AT)
+    restarted = events.BatchRestarted(batch_id="b1", mode="all", occurred_at=AT)
+    [fail] = project(failed, 5)
+    [restart] = project(restarted, 6)
+    assert isinstance(fail, BatchChanged)
+    assert isinstance(restart, BatchChanged)
+    assert fail.fields == {"failed_reason": "stop", "failed_by": "bob", "failed_at": AT}
+    assert restart.fields == {"failed_reason": None, "failed_by": None, "failed_at": None}
+
+
+def test_sealing_and_archiving_set_their_flags() -> None:
+    """A sealed batch says so (with its total); archiving hides it and unarchiving shows it."""
+    [sealed] = project(events.BatchSealed(batch_id="b1", total_jobs=2, occurred_at=AT), 7)
+    [archived] = project(events.BatchArchived(batch_id="b1", archived=False, occurred_at=AT), 8)
+    assert isinstance(sealed, BatchChanged)
+    assert isinstance(archived, BatchChanged)
+    assert sealed.fields == {"sealed": True, "total_jobs": 2}
+    assert archived.fields == {"archived": False}
+
+
 def test_projection_is_deterministic() -> None:
     """The same event at the same sequence always makes the same changes (replay is identical)."""
     event = events.ProgressReported(job_id="j1", current=1, total=2, occurred_at=AT)
@@ -160,6 +276,17 @@ EVENTS = st.one_of(
         percent=st.none() | st.floats(),
         phase=st.none() | TEXT,
     ),
+    st.builds(
+        events.WebhookAttempted,
+        job_id=TEXT,
+        delivery_id=TEXT,
+        url=TEXT,
+        attempt=st.integers(1, events.MAX_COUNT),
+        outcome=st.sampled_from(events.WebhookOutcome),
+        status_code=st.none() | st.integers(),
+        error=st.none() | st.builds(ErrorInfo, code=TEXT, message=TEXT),
+        duration_ms=st.none() | st.floats(),
+    ),
 )
 
 
@@ -174,6 +301,8 @@ def test_every_change_belongs_to_the_event_s_job(event: events.Event, seq: int) 
     stored_id = event.job_id.replace("\x00", "\u2400")
     if isinstance(change, JobCreated):
         assert change.row["id"] == stored_id
+    elif isinstance(change, WebhookAttemptRecorded):
+        assert change.row[0] == stored_id
     else:
         assert change.job_id == stored_id
     if isinstance(event, events.LineLogged):

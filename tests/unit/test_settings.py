@@ -139,6 +139,11 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("sse_history_idle_seconds", "0"),
         ("runner_heartbeat_seconds", "-5"),
         ("projector_stuck_seconds", "0"),
+        ("batch_max_jobs", "0"),
+        ("batch_max_jobs", "1000001"),
+        ("batch_max_body_bytes", "1000"),
+        ("batch_seal_timeout_seconds", "0"),
+        ("idempotency_ttl_seconds", "-1"),
     ],
 )
 def test_value_no_service_can_honour_is_refused_at_start(

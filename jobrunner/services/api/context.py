@@ -23,8 +23,13 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
+from jobrunner.services.api.idempotency import IdempotencyKeys
 
 log = structlog.get_logger()
+
+
+# How long a write (a POST) waits for the projector so that an immediate GET finds what it wrote.
+READ_YOUR_WRITES_TIMEOUT = 2.0
 
 
 @dataclass
@@ -67,6 +72,7 @@ class ApiContext:
     slots: SlotTable
     projection: ProjectionTracker
     fanout: Fanout
+    idempotency: IdempotencyKeys
 
 
 def sse_limits(settings: Settings) -> Limits:
@@ -100,6 +106,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             projection=tracker,
             # One JetStream subscription per watched job, shared by its SSE clients.
             fanout=Fanout(js, names, sse.frames_for, sse_limits(settings)),
+            idempotency=IdempotencyKeys(js, names),
         )
         try:
             yield

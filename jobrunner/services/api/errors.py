@@ -37,6 +37,10 @@ def job_not_found(job_id: str) -> ApiError:
     return ApiError(404, "JOB_NOT_FOUND", f"There is no job with id {job_id!r}.")
 
 
+def batch_not_found(batch_id: str) -> ApiError:
+    return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {batch_id!r}.")
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 

@@ -1,4 +1,5 @@
-"""``job_update``: one compact event per change of any job, for dashboards and the side panel.
+"""``job_update``: one compact event per change of any job, for dashboards and the side panel;
+and ``batch_update``, a batch's row whenever its counters or status change (batch_updates.py).
 
 Built from the JetStream events themselves (never from polling Postgres). A backlog is read through
 one wildcard (fast), then a consumer that filters out log-line subjects follows the live stream,
@@ -24,6 +25,7 @@ from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
+from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
 
 EVENT_NAME = "job_update"
@@ -169,10 +171,14 @@ async def update_stream(
     ctx: ApiContext,
     start_seq: int,
     visible: Callable[[events.Event], Awaitable[bool]] | None = None,
+    owner: str | None = None,
 ) -> AsyncIterator[bytes]:
-    """Yield ``job_update`` frames for every job from ``start_seq`` on, forever.
+    """Yield ``job_update`` frames for every job and ``batch_update`` frames for every batch
+    from ``start_seq`` on, forever.
 
-    ``visible`` leaves out the jobs the caller may not see (a token limited to its own jobs)."""
+    ``visible`` leaves out the jobs the caller may not see, ``owner`` the batches (a token
+    limited to its own jobs). A read of the stream that touched a batch is sent once the
+    projector has applied it (the batch's row shows it), all its frames in sequence order."""
     yield sse.retry(ctx.settings.sse_retry_ms)
 
     async def read_model_state(job_id: str) -> JobState | None:
@@ -180,31 +186,39 @@ async def update_stream(
         return state_from_row(row) if row is not None else None
 
     states = JobStates(read_model_state)
+    batches = BatchUpdates(ctx, owner)
     keepalive = ctx.settings.sse_keepalive_seconds
     buffered = ctx.settings.sse_client_buffer_bytes
     async for msgs in update_messages(ctx.js, ctx.names, start_seq, keepalive, buffered):
         if not msgs:
             yield sse.comment("keep-alive")
             continue
-        frames = []
+        frames: list[tuple[int, bytes]] = []
         for msg in msgs:
             try:
                 event = codec.decode(msg.data)
             except msgspec.MsgspecError:
                 continue
-            if event is None or isinstance(event, events.BatchEvent):
+            if event is None:
+                continue
+            seq = msg.metadata.sequence.stream
+            # Before the job's own scope check: another's new attempt changes my batch's counters.
+            await batches.note(event, seq)
+            if isinstance(event, events.BatchEvent):
                 continue
             if visible is not None and not await visible(event):
                 continue
             state = await states.update(event)
             if state is not None:
-                frames.append(
-                    sse.frame(
-                        state.payload(), event=EVENT_NAME, id=str(msg.metadata.sequence.stream)
-                    )
-                )
+                frames.append((seq, sse.frame(state.payload(), event=EVENT_NAME, id=str(seq))))
+        # Held until the projector has applied this read: frames leave in sequence order.
+        async for _ in batches.wait_applied():
+            yield sse.comment("keep-alive")
+        frames += await batches.frames()
         if frames:
-            yield b"".join(frames)
+            # Stable: a batch's frame follows the job frame of the same event.
+            frames.sort(key=lambda f: f[0])
+            yield b"".join(frame for _, frame in frames)
 
 
 async def update_messages(
@@ -216,7 +230,8 @@ async def update_messages(
     A backlog is read through one wildcard, skipping line messages by subject: nats-server
     delivers a long history through several filter subjects far slower than through one (README
     "Event contracts"; ``python -m bench.updates``). Once caught up, a consumer filtering the four
-    kinds follows the live stream, so a flood of output never reaches this stream."""
+    kinds and the batch events follows the live stream, so a flood of output never reaches this
+    stream."""
     next_seq = max(start_seq, 1)
     lines_suffix = "." + names.job_kind_subject("x", "lines").rpartition(".")[2]
     async with ordered_reader(
@@ -235,7 +250,7 @@ async def update_messages(
     async with ordered_reader(
         js,
         names.stream,
-        [names.kind_subjects(kind) for kind in UPDATE_KINDS],
+        [*(names.kind_subjects(kind) for kind in UPDATE_KINDS), names.batch_events],
         start_seq=next_seq,
         max_buffered_bytes=max_bytes,
     ) as reader:

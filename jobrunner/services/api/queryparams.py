@@ -99,6 +99,17 @@ class Query:
             raise invalid(field, f"{field!r} contains a NUL character.")
         return value
 
+    def archived(self, field: str = "archived") -> bool | None:
+        """``false`` (the default: archived rows left out), ``true`` (only them) or ``all``."""
+        raw = self._one(field)
+        if raw is None or raw == "false":
+            return False
+        if raw == "true":
+            return True
+        if raw == "all":
+            return None
+        raise invalid(field, f"{field!r} must be false, true or all, not {raw!r}.")
+
     def integer(
         self, field: str, default: int | None, minimum: int, maximum: int | None = None
     ) -> int | None:

@@ -16,7 +16,8 @@ JOB_COLUMNS = """
     id, job_type, status, parameters, created_at, started_at, finished_at, exit_code,
     error_code, error_message, result, log_count, progress_current, progress_total,
     progress_percent, phase, message, lock, requested_by, cancelled_by, cancel_requested_at,
-    updated_at, first_seq, last_seq, batch_id
+    updated_at, first_seq, last_seq, batch_id, batch_index, attempt, attempt_of, latest,
+    archived
 """
 
 
@@ -62,6 +63,11 @@ def job_from_row(row: asyncpg.Record, now: datetime | None = None) -> schemas.Jo
         cancel_requested_at=row["cancel_requested_at"],
         updated_at=row["updated_at"],
         batch_id=row["batch_id"],
+        batch_index=row["batch_index"],
+        attempt=row["attempt"],
+        attempt_of=row["attempt_of"],
+        latest=row["latest"],
+        archived=row["archived"],
     )
 
 
@@ -88,6 +94,8 @@ class JobFilter:
     created_to: datetime | None = None  # exclusive
     # Set for a token limited to its own jobs (``Principal.owner``).
     requested_by: str | None = None
+    # Archived jobs are left out unless asked for (True: only them; None: all).
+    archived: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,8 @@ async def list_jobs(
         where.append(f"created_at < {arg(filters.created_to)}")
     if filters.requested_by is not None:
         where.append(f"requested_by = {arg(filters.requested_by)}")
+    if filters.archived is not None:
+        where.append("archived" if filters.archived else "NOT archived")
     if filters.search:
         where.append(f"{SEARCH_EXPRESSION} ILIKE {arg(like_pattern(filters.search))}")
     if after is not None:
@@ -247,3 +257,80 @@ async def log_text_chunks(
             return
         yield row["body"].encode()
         after = row["last"]
+
+
+WEBHOOK_ATTEMPT_COLUMNS = """
+    delivery_id, webhook_index, url, attempt, outcome, status_code, error_code, error_message,
+    duration_ms, attempted_at
+"""
+
+
+async def webhook_attempts(pool: asyncpg.Pool, job_id: str, limit: int) -> list[asyncpg.Record]:
+    """The job's last ``limit`` webhook attempts, by webhook and then attempt number."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"SELECT * FROM (SELECT {WEBHOOK_ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.webhook_deliveries "
+        "WHERE job_id = $1 ORDER BY attempted_at DESC, attempt DESC LIMIT $2) AS newest "
+        "ORDER BY webhook_index, attempt",
+        job_id,
+        limit,
+    )
+    return rows
+
+
+def webhook_log(job_id: str, rows: list[asyncpg.Record]) -> schemas.WebhookLog:
+    items = [
+        schemas.WebhookAttempt(
+            delivery_id=r["delivery_id"],
+            webhook_index=r["webhook_index"],
+            url=r["url"],
+            attempt=r["attempt"],
+            outcome=r["outcome"],
+            status_code=r["status_code"],
+            error=(
+                schemas.JobError(code=r["error_code"], message=r["error_message"] or "")
+                if r["error_code"]
+                else None
+            ),
+            duration_ms=r["duration_ms"],
+            attempted_at=r["attempted_at"],
+        )
+        for r in rows
+    ]
+    deliveries: dict[str, schemas.WebhookDelivery] = {}
+    counts: dict[str, int] = {}
+    for item in items:  # by attempt number: the last one seen is the delivery's state
+        counts[item.delivery_id] = counts.get(item.delivery_id, 0) + 1
+        deliveries[item.delivery_id] = schemas.WebhookDelivery(
+            delivery_id=item.delivery_id,
+            webhook_index=item.webhook_index,
+            url=item.url,
+            state=item.outcome,
+            attempts=max(item.attempt, counts[item.delivery_id]),
+            last_status_code=item.status_code,
+            last_error=item.error,
+            last_attempt_at=item.attempted_at,
+        )
+    ordered = sorted(deliveries.values(), key=lambda d: d.webhook_index)
+    return schemas.WebhookLog(job_id=job_id, deliveries=ordered, items=items)
+
+
+ARTIFACT_COLUMNS = "name, size, content_type, sha256, object_name, stored_at"
+
+
+async def list_artifacts(pool: asyncpg.Pool, job_id: str) -> list[asyncpg.Record]:
+    """A job's artifacts, by name."""
+    return list(
+        await pool.fetch(
+            f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 "
+            "ORDER BY name",
+            job_id,
+        )
+    )
+
+
+async def get_artifact(pool: asyncpg.Pool, job_id: str, name: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 AND name = $2",
+        job_id,
+        name,
+    )

@@ -14,3 +14,11 @@ CREATE INDEX IF NOT EXISTS jobs_batch_idx ON {schema}.jobs (batch_id, created_at
     WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_finished_idx ON {schema}.jobs (finished_at)
     WHERE finished_at IS NOT NULL;
+-- Batch lists (GET /api/batches): keyset pagination on (created_at, id), newest first; most lists
+-- leave archived batches out.
+CREATE INDEX IF NOT EXISTS batches_page_idx ON {schema}.batches (archived, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS batches_status_page_idx
+    ON {schema}.batches (status, archived, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS batches_requester_idx
+    ON {schema}.batches (requested_by, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS batches_job_types_idx ON {schema}.batches USING gin (job_types);

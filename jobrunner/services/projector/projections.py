@@ -30,9 +30,49 @@ class JobUpdated(msgspec.Struct, frozen=True, gc=False):
     only_if_status: frozenset[str] | None = None
 
 
+class BatchChanged(msgspec.Struct, frozen=True, gc=False):
+    """Set ``fields`` on a batch's row, creating the row when no event made it yet (a batch event
+    may come before its BatchRequested). ``requested``: the event is the BatchRequested, whose
+    time and sequence are the batch's creation."""
+
+    batch_id: str
+    fields: dict[str, Any]
+    stream_seq: int
+    occurred_at: datetime
+    requested: bool = False
+
+
 class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     job_id: str
     rows: list[tuple[str, int, str, str, datetime, str, int]] = []
+
+
+class WebhookAttemptRecorded(msgspec.Struct, frozen=True, gc=False):
+    """One row of a job's webhook delivery log (columns as ``WEBHOOK_COLUMNS``)."""
+
+    row: tuple[Any, ...]
+
+
+WEBHOOK_COLUMNS = (
+    "job_id",
+    "delivery_id",
+    "attempt",
+    "webhook_index",
+    "url",
+    "outcome",
+    "status_code",
+    "error_code",
+    "error_message",
+    "duration_ms",
+    "attempted_at",
+    "stream_seq",
+)
+
+
+class ArtifactRecorded(msgspec.Struct, frozen=True, gc=False):
+    """A row of the artifacts table (a later one of the same job and name replaces it)."""
+
+    row: dict[str, Any]
 
 
 class Unreadable(msgspec.Struct, frozen=True, gc=False):
@@ -42,14 +82,22 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
     error: str
 
 
-Change = JobCreated | JobUpdated | LinesAppended | Unreadable
+Change = (
+    JobCreated
+    | JobUpdated
+    | BatchChanged
+    | LinesAppended
+    | WebhookAttemptRecorded
+    | ArtifactRecorded
+    | Unreadable
+)
 
 
 def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
     """The row changes of one event. Every value is made storable here (storable.py): what a
     column cannot hold is changed the same way in the live projector and in a replay."""
     if isinstance(event, events.BatchEvent):
-        return []
+        return [_batch_change(event, stream_seq)]
     job_id = text(event.job_id)
     match event:
         case events.JobRequested():
@@ -63,6 +111,9 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
                         "lock": optional_text(event.lock),
                         "requested_by": optional_text(event.requested_by),
                         "batch_id": optional_text(event.batch_id),
+                        "batch_index": event.batch_index,
+                        "attempt": event.attempt,
+                        "attempt_of": optional_text(event.attempt_of),
                         "created_at": event.occurred_at,
                         "updated_at": event.occurred_at,
                         "first_seq": stream_seq,
@@ -72,6 +123,16 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
             ]
         case events.StatusChanged():
             return [_status_change(event, job_id, stream_seq)]
+        case events.JobArchived():
+            # Archiving hides an ended job as well as an active one.
+            return [
+                JobUpdated(
+                    job_id,
+                    {"archived": event.archived, "updated_at": event.occurred_at},
+                    stream_seq,
+                    only_if_active=False,
+                )
+            ]
         case events.CancelRequested():
             return [
                 JobUpdated(
@@ -119,7 +180,79 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
             if event.message is not None:
                 fields["message"] = text(event.message)
             return [JobUpdated(job_id, fields, stream_seq)]
+        case events.WebhookAttempted():
+            return [_webhook_attempt(event, job_id, stream_seq)]
+        case events.ArtifactStored():
+            return [
+                ArtifactRecorded(
+                    {
+                        "job_id": job_id,
+                        "name": text(event.name),
+                        "size": event.size,
+                        "content_type": text(event.content_type),
+                        "sha256": text(event.sha256),
+                        "object_name": text(event.object_name),
+                        "stored_at": event.occurred_at,
+                        "stream_seq": stream_seq,
+                    }
+                ),
+                JobUpdated(job_id, {"updated_at": event.occurred_at}, stream_seq),
+            ]
     return []
+
+
+def _webhook_attempt(
+    event: events.WebhookAttempted, job_id: str, stream_seq: int
+) -> WebhookAttemptRecorded:
+    error = event.error
+    return WebhookAttemptRecorded(
+        (
+            job_id,
+            text(event.delivery_id),
+            storable.clamp_int4(event.attempt),
+            storable.clamp_int4(event.webhook_index),
+            text(event.url),
+            text(event.outcome.value),
+            storable.int4_or_none(event.status_code),
+            text(error.code) if error is not None else None,
+            text(error.message) if error is not None else None,
+            event.duration_ms,  # double precision holds any float
+            event.occurred_at,
+            stream_seq,
+        )
+    )
+
+
+def _batch_change(event: events.AnyBatchEvent | events.BatchEvent, stream_seq: int) -> BatchChanged:
+    """The batch row's own fields; its counters, status and times are recounted from its jobs
+    where the change is applied (store.py)."""
+    fields: dict[str, Any] = {}
+    requested = False
+    match event:
+        case events.BatchRequested():
+            requested = True
+            fields = {
+                "name": text(event.batch_name),
+                "requested_by": optional_text(event.requested_by),
+                "job_types": sorted({text(t) for t in event.job_types}),
+                "total_jobs": event.total_jobs,
+            }
+        case events.BatchSealed():
+            fields = {"sealed": True, "total_jobs": event.total_jobs}
+        case events.BatchRestarted():
+            # A restart ends a BatchFailed: the status is derived from the jobs again.
+            fields = {"failed_reason": None, "failed_by": None, "failed_at": None}
+        case events.BatchFailed():
+            fields = {
+                "failed_reason": text(event.reason),
+                "failed_by": optional_text(event.requested_by),
+                "failed_at": event.occurred_at,
+            }
+        case events.BatchArchived():
+            fields = {"archived": event.archived}
+    return BatchChanged(
+        text(event.batch_id), fields, stream_seq, event.occurred_at, requested=requested
+    )
 
 
 def _status_change(event: events.StatusChanged, job_id: str, stream_seq: int) -> JobUpdated:

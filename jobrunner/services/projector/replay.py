@@ -48,6 +48,9 @@ SWAP_SLACK = 2000
 COMPARED_TABLES = {
     "jobs": "id",
     "log_lines": "job_id, seq",
+    "webhook_deliveries": "job_id, delivery_id, attempt",
+    "batches": "id",
+    "artifacts": "job_id, name",
     "checkpoint": "id",
     # The same events set aside, for the same reason (when they were is not compared).
     "projector_failures": "stream_seq",
@@ -227,12 +230,13 @@ async def _build_indexes(pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
             await store.create_indexes(conn, REPLAY_SCHEMA, search=False)
             await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.log_lines")
+            await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.batches")
 
     await asyncio.gather(search_index(), other_indexes())
 
 
 async def _set_autovacuum(conn: asyncpg.Connection, change: str) -> None:
-    for table in ("jobs", "log_lines"):
+    for table in ("jobs", "log_lines", "batches"):
         await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.{table} {change}")
 
 

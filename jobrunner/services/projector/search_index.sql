@@ -15,5 +15,8 @@ BEGIN
         EXECUTE 'CREATE INDEX IF NOT EXISTS jobs_search_idx ON {schema}.jobs USING gin '
             '((job_type || '' '' || parameters::text || '' '' || coalesce(result::text, '''')) '
             'gin_trgm_ops)';
+        -- The batch search: BATCH_SEARCH_EXPRESSION in services/api/batch_readmodels.py.
+        EXECUTE 'CREATE INDEX IF NOT EXISTS batches_search_idx ON {schema}.batches USING gin '
+            '((coalesce(name, '''') || '' '' || id) gin_trgm_ops)';
     END IF;
 END $$;

@@ -9,7 +9,18 @@ from typing import Any
 import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
-from jobrunner.services.projector.projections import Change, JobCreated, JobUpdated, LinesAppended
+from jobrunner.services.projector import batchcounts
+from jobrunner.services.projector.batchcounts import Touched
+from jobrunner.services.projector.projections import (
+    WEBHOOK_COLUMNS,
+    ArtifactRecorded,
+    BatchChanged,
+    Change,
+    JobCreated,
+    JobUpdated,
+    LinesAppended,
+    WebhookAttemptRecorded,
+)
 
 _TERMINAL = ("completed", "failed", "cancelled")
 # Every write to the live read models holds this advisory lock shared; a replay takes it
@@ -77,15 +88,19 @@ async def apply_batch(
         new_ids = [
             c.row["id"] for _, changes in fresh for c in changes if isinstance(c, JobCreated)
         ]
-        existing = set()
+        existing: set[str] = set()
+        late_roots: set[str] = set()
         if new_ids:
-            existing = {
-                r["id"]
-                for r in await conn.fetch(
-                    f"SELECT id FROM {schema}.jobs WHERE id = ANY($1::text[])", new_ids
-                )
-            }
-        plan = fold(fresh, existing)
+            # Also: new jobs that a stored attempt names as its first (an attempt stored before
+            # the job it repeats): their attempts' ``latest`` is decided again below.
+            for r in await conn.fetch(
+                f"SELECT id, false AS root FROM {schema}.jobs WHERE id = ANY($1::text[]) "
+                f"UNION ALL SELECT DISTINCT attempt_of, true FROM {schema}.jobs "
+                "WHERE attempt_of = ANY($1::text[])",
+                new_ids,
+            ):
+                (late_roots if r["root"] else existing).add(r["id"])
+        plan = fold(fresh, existing, late_roots)
         # Jobs stored already were taken out above (under the checkpoint lock): none conflicts.
         for columns, rows in plan.inserts.items():
             await conn.copy_records_to_table(
@@ -93,10 +108,24 @@ async def apply_batch(
             )
         if plan.lines:
             await _flush_lines(conn, schema, plan.lines, plan.line_counts)
+        if plan.webhook_attempts:
+            await _insert_webhook_attempts(conn, schema, plan.webhook_attempts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
         # reads the status the previous one left). Line counts commute with them.
+        touched = plan.touched
         for change in plan.updates:
-            await _apply(conn, schema, change)
+            batch_id = await _apply(conn, schema, change)
+            if batch_id is not None:
+                touched.add(batch_id, *_seq_and_time(change))
+        if plan.roots:
+            await batchcounts.decide_latest(conn, schema, plan.roots)
+        if touched:
+            await batchcounts.recount(conn, schema, touched)
+        artifacts = [
+            c.row for _, changes in fresh for c in changes if isinstance(c, ArtifactRecorded)
+        ]
+        if artifacts:
+            await _record_artifacts(conn, schema, artifacts)
         new_last = fresh[-1][0]
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
         return new_last
@@ -111,11 +140,22 @@ class Plan:
     updates: list[Change] = field(default_factory=list)
     lines: list[tuple[Any, ...]] = field(default_factory=list)
     line_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    webhook_attempts: list[tuple[Any, ...]] = field(default_factory=list)
+    # Batches whose counters the batch changes (by jobs created in it and their status changes);
+    # the updates add theirs when applied.
+    touched: Touched = field(default_factory=Touched)
+    # First attempts whose attempts' ``latest`` must be decided again.
+    roots: set[str] = field(default_factory=set)
 
 
-def fold(batch: list[tuple[int, list[Change]]], existing: set[str]) -> Plan:
+def fold(
+    batch: list[tuple[int, list[Change]]],
+    existing: set[str],
+    late_roots: frozenset[str] | set[str] = frozenset(),
+) -> Plan:
     """Plan a batch; ``existing`` are created jobs whose row is already stored (a redelivered
-    JobRequested): those keep the statement-by-statement path, like every older job."""
+    JobRequested): those keep the statement-by-statement path, like every older job.
+    ``late_roots``: created jobs of which an attempt is stored already."""
     plan = Plan()
     created: dict[str, dict[str, Any]] = {}
     for seq, changes in batch:
@@ -125,7 +165,15 @@ def fold(batch: list[tuple[int, list[Change]]], existing: set[str]) -> Plan:
                 if job_id in existing:
                     plan.updates.append(change)
                 elif job_id not in created:  # a second JobRequested changes nothing
-                    created[job_id] = {"log_count": 0, **change.row}
+                    new = created[job_id] = {"log_count": 0, **change.row}
+                    if new["batch_id"] is not None:
+                        plan.touched.add(new["batch_id"], seq, new["created_at"])
+                    if new["attempt_of"] is not None:
+                        plan.roots.add(new["attempt_of"])
+                    if job_id in late_roots:
+                        plan.roots.add(job_id)
+            elif isinstance(change, BatchChanged):
+                plan.updates.append(change)
             elif isinstance(change, LinesAppended):
                 plan.lines.extend(change.rows)
                 row = created.get(change.job_id)
@@ -135,6 +183,8 @@ def fold(batch: list[tuple[int, list[Change]]], existing: set[str]) -> Plan:
                 else:
                     count, _ = plan.line_counts.get(change.job_id, (0, 0))
                     plan.line_counts[change.job_id] = (count + len(change.rows), seq)
+            elif isinstance(change, WebhookAttemptRecorded):
+                plan.webhook_attempts.append(change.row)
             elif isinstance(change, JobUpdated):
                 row = created.get(change.job_id)
                 if row is None:
@@ -142,9 +192,18 @@ def fold(batch: list[tuple[int, list[Change]]], existing: set[str]) -> Plan:
                 elif _applies(change, row["status"]):
                     row.update(change.fields)
                     row["last_seq"] = max(row["last_seq"], change.stream_seq)
+                    if "status" in change.fields and row.get("batch_id") is not None:
+                        plan.touched.add(row["batch_id"], *_seq_and_time(change))
     for row in created.values():
         plan.inserts.setdefault(tuple(row), []).append(tuple(row.values()))
     return plan
+
+
+def _seq_and_time(change: Change) -> tuple[int, Any]:
+    if isinstance(change, BatchChanged):
+        return change.stream_seq, change.occurred_at
+    assert isinstance(change, JobUpdated)
+    return change.stream_seq, change.fields["updated_at"]
 
 
 def _applies(change: JobUpdated, status: str) -> bool:
@@ -211,8 +270,49 @@ async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[
     )
 
 
-async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
+async def _insert_webhook_attempts(
+    conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """An attempt stored already (its event published twice by two notifiers after a hand-over,
+    past the de-duplication window) keeps its first row."""
+    placeholders = ", ".join(f"${i}" for i in range(1, len(WEBHOOK_COLUMNS) + 1))
+    await conn.executemany(
+        f"INSERT INTO {schema}.webhook_deliveries ({', '.join(WEBHOOK_COLUMNS)}) "
+        f"VALUES ({placeholders}) ON CONFLICT DO NOTHING",
+        rows,
+    )
+
+
+ARTIFACT_COLUMNS = (
+    "job_id",
+    "name",
+    "size",
+    "content_type",
+    "sha256",
+    "object_name",
+    "stored_at",
+    "stream_seq",
+)
+
+
+async def _record_artifacts(
+    conn: asyncpg.Connection, schema: str, rows: list[dict[str, Any]]
+) -> None:
+    """In stream order: a later announcement of the same job and name wins, as in a replay."""
+    columns = ", ".join(ARTIFACT_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ARTIFACT_COLUMNS[2:])
+    await conn.executemany(
+        f"INSERT INTO {schema}.artifacts ({columns}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(ARTIFACT_COLUMNS) + 1))}) "
+        f"ON CONFLICT (job_id, name) DO UPDATE SET {updates}",
+        [tuple(row[c] for c in ARTIFACT_COLUMNS) for row in rows],
+    )
+
+
+async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> str | None:
+    """Apply one change; returns the batch whose counters it changed, if any."""
     if isinstance(change, JobCreated):
+        # Only a job stored already comes here (see fold): nothing is inserted, nothing counted.
         row = change.row
         cols = list(row)
         await conn.execute(
@@ -221,6 +321,9 @@ async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
             "ON CONFLICT (id) DO NOTHING",
             *row.values(),
         )
+    elif isinstance(change, BatchChanged):
+        await batchcounts.upsert_batch(conn, schema, change)
+        return change.batch_id
     elif isinstance(change, JobUpdated):
         cols = list(change.fields)
         sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=3))
@@ -229,16 +332,25 @@ async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> None:
             where += f" AND status = ANY(ARRAY{sorted(change.only_if_status)!r}::text[])"
         elif change.only_if_active:
             where += f" AND status NOT IN {_TERMINAL!r}"
-        await conn.execute(
-            f"UPDATE {schema}.jobs SET {sets}, last_seq = GREATEST(last_seq, $2) WHERE {where}",
-            change.job_id,
-            change.stream_seq,
-            *change.fields.values(),
+        statement = (
+            f"UPDATE {schema}.jobs SET {sets}, last_seq = GREATEST(last_seq, $2) WHERE {where}"
         )
+        if "status" in change.fields:
+            # A status that changed (the condition held) changes its batch's counters.
+            batch_id: str | None = await conn.fetchval(
+                statement + " RETURNING batch_id",
+                change.job_id,
+                change.stream_seq,
+                *change.fields.values(),
+            )
+            return batch_id
+        await conn.execute(statement, change.job_id, change.stream_seq, *change.fields.values())
+    return None
 
 
 async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:
-    """Read-model retention: delete jobs that finished before ``cutoff``, with their lines.
+    """Read-model retention: delete jobs and batches that finished before ``cutoff``, with the
+    jobs' lines, webhook attempts and the rows of their artifacts.
 
     Only the read models shrink; the events stay in the stream for as long as its own limits
     keep them, and a replay applies the same cutoff before comparing.
@@ -246,12 +358,19 @@ async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA
     async with conn.transaction():
         if schema == READ_SCHEMA:
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+        # A batch goes once it ended before the cutoff, and with it its jobs; a job of a batch
+        # that is still kept stays, or the batch's counters would be counted without it.
+        await conn.execute(f"DELETE FROM {schema}.batches WHERE finished_at < $1", cutoff)
         ids = await conn.fetch(
-            f"DELETE FROM {schema}.jobs WHERE finished_at < $1 RETURNING id", cutoff
+            f"DELETE FROM {schema}.jobs AS j WHERE finished_at < $1 AND (batch_id IS NULL "
+            f"OR NOT EXISTS (SELECT 1 FROM {schema}.batches AS b WHERE b.id = j.batch_id)) "
+            "RETURNING id",
+            cutoff,
         )
         if ids:
-            await conn.execute(
-                f"DELETE FROM {schema}.log_lines WHERE job_id = ANY($1::text[])",
-                [r["id"] for r in ids],
-            )
+            for table in ("log_lines", "webhook_deliveries", "artifacts"):
+                await conn.execute(
+                    f"DELETE FROM {schema}.{table} WHERE job_id = ANY($1::text[])",
+                    [r["id"] for r in ids],
+                )
         return len(ids)

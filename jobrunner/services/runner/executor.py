@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import msgspec
 import structlog
@@ -22,6 +23,7 @@ from jobrunner.common.slots import Lease, RunRecord, SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
+from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
@@ -120,7 +122,14 @@ class JobExecutor:
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]
             reporter = JobReporter(publisher, job_type, masks)
-            outcome = await self._execute(request, job_type, job, reporter, keeper)
+            output = await self._output_directory(job_id)
+            try:
+                outcome = await self._execute(request, job_type, job, reporter, keeper, output)
+                if output is not None:
+                    outcome = await self._store_artifacts(job_id, output, outcome, reporter, keeper)
+            finally:
+                if output is not None:
+                    await output.remove()
             # What the tool printed while NATS was away is published now, before its end.
             await publisher.close()
             self.ledger.remove(job_id)
@@ -151,6 +160,59 @@ class JobExecutor:
             lines=publisher.published_lines,
             seconds=round(asyncio.get_running_loop().time() - started, 3),
         )
+
+    async def _output_directory(self, job_id: str) -> OutputDirectory | None:
+        try:
+            return await asyncio.to_thread(OutputDirectory.create, self.settings, job_id)
+        except OSError as exc:
+            log.error("output directory not made", error=repr(exc))
+            return None
+
+    async def _store_artifacts(
+        self,
+        job_id: str,
+        output: OutputDirectory,
+        outcome: Outcome,
+        reporter: JobReporter,
+        keeper: LeaseKeeper,
+    ) -> Outcome:
+        """Store what the job left in its output directory (before its end is published: a
+        client that sees the job ended finds its artifacts); the outcome, changed when a file
+        was too large for a job that would otherwise have completed."""
+        if keeper.lost.is_set():
+            # The slot may be someone else's by now: this runner publishes nothing more of
+            # the job but its end.
+            return outcome
+
+        def say(text: str) -> None:
+            reporter.line("stderr", f"jobrunner: {text}", datetime.now(UTC), level="ERROR")
+
+        collector = ArtifactCollector(
+            self.journal.js,
+            self.journal.names,
+            self.settings,
+            job_id,
+            say,
+            self.journal.publish,
+            keeper.lost.is_set,
+        )
+        result = await collector.collect(output)
+        if outcome.status != JobStatus.COMPLETED:
+            return outcome
+        if result.stopped:
+            return Outcome(JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST)
+        if result.too_large:
+            names = ", ".join(repr(n) for n in result.too_large[:5])
+            return Outcome(
+                JobStatus.FAILED,
+                exit_code=outcome.exit_code,
+                error=ErrorInfo(
+                    code=ErrorCode.ARTIFACT_TOO_LARGE,
+                    message=f"{len(result.too_large)} output file(s) were over the artifact "
+                    f"size limits and not stored ({names}); see the job's log.",
+                ),
+            )
+        return outcome
 
     @staticmethod
     async def _retry(what: str, keeper: LeaseKeeper, write: Callable[[], Awaitable[None]]) -> None:
@@ -183,12 +245,22 @@ class JobExecutor:
         job: RunningJob,
         reporter: JobReporter,
         keeper: LeaseKeeper,
+        output: OutputDirectory | None,
     ) -> Outcome:
         execution: Execution
         if job_type.external:
             execution = ExternalExecution(self.nc, self.journal, request, job_type)
+        elif output is None:
+            return Outcome(
+                JobStatus.FAILED,
+                error=ErrorInfo(
+                    code=ErrorCode.SPAWN_FAILED,
+                    message="The runner could not make the job's output directory "
+                    "(artifact_work_dir full or not writable).",
+                ),
+            )
         else:
-            execution = execution_for(request, job_type, self.settings)
+            execution = execution_for(request, job_type, self.settings, output.path)
         if job.cancel_event.is_set():
             # Cancelled between the claim and now: never start it.
             return Outcome(JobStatus.CANCELLED, cancelled_by=job.cancelled_by)

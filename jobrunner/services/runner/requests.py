@@ -25,6 +25,7 @@ from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.running import RunningJob
+from jobrunner.services.runner.seals import SealWaiter
 
 log = structlog.get_logger()
 
@@ -36,6 +37,7 @@ class RequestLoop:
         slots: SlotTable,
         journal: JobJournal,
         claimer: SlotClaimer,
+        seals: SealWaiter,
         executor: JobExecutor,
         capacity: asyncio.Semaphore,
     ) -> None:
@@ -43,6 +45,7 @@ class RequestLoop:
         self.slots = slots
         self.journal = journal
         self.claimer = claimer
+        self.seals = seals
         self.executor = executor
         self.capacity = capacity
         self.running: dict[str, RunningJob] = {}
@@ -117,7 +120,7 @@ class RequestLoop:
         status = await self.journal.last_status(job_id)
         if status is not None:
             if status.status == JobStatus.RUNNING:
-                lease = await self.slots.current(slot_key(request.lock, job_id))
+                lease = await self.slots.current(slot_key(request.lock, job_id, request.attempt_of))
                 if lease is not None and lease.value.job_id == job_id:
                     # Its runner is alive and holds the lease (our delivery is a duplicate, say
                     # after a lost ack); should that runner die, the expiring lease tells.
@@ -151,6 +154,8 @@ class RequestLoop:
             await job.ack()
             return
 
+        if request.batch_id is not None and not await self.seals.wait(request, job):
+            return  # its batch was never sealed, or it was cancelled while waiting
         lease = await self.claimer.claim(request, job_type, job)
         if lease is not None:
             await self.executor.run(request, job_type, job, lease)

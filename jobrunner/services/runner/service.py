@@ -4,11 +4,12 @@ runs it and publishes what happens. Any number of runners can share one NATS.
 A job's life in a runner, one module per step:
 
 1. ``requests``: fetched from the durable consumer (a runner fetches only while it has capacity);
-2. ``claim``: its slot claimed, a lease in the lock bucket. A busy slot is waited for without
+2. ``seals``: a job of a batch waits (holding no capacity) until its batch is sealed;
+3. ``claim``: its slot claimed, a lease in the lock bucket. A busy slot is waited for without
    holding capacity; for a ``queue`` type only the head of the lock's queue may take it;
-3. ``executor``: ``running`` published, then the request acknowledged (a request delivered again
+4. ``executor``: ``running`` published, then the request acknowledged (a request delivered again
    after that means its runner died, and the job ends RUNNER_LOST instead of running twice);
-4. ``execution`` (the tool or internal callable) runs while ``lease`` keeps the lease; cancel,
+5. ``execution`` (the tool or internal callable) runs while ``lease`` keeps the lease; cancel,
    timeout and a lost lease stop it; its end is published with the terminal event id and the
    slot released.
 
@@ -40,6 +41,7 @@ from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.publisher import check_line_fits
 from jobrunner.services.runner.requests import RequestLoop
 from jobrunner.services.runner.running import RunnerIdentity
+from jobrunner.services.runner.seals import BatchSeals, SealWaiter
 from jobrunner.services.runner.sweep import LostJobSweeper
 
 log = structlog.get_logger()
@@ -70,8 +72,17 @@ class Runner:
         )
         ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
         executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger)
+        self.seals = BatchSeals(self.js, self.names, self.ack_wait / 3)
+        seal_waiter = SealWaiter(
+            self.seals,
+            self.slots,
+            self.journal,
+            capacity,
+            settings.batch_seal_timeout_seconds,
+            self.ack_wait / 3,
+        )
         self.requests = RequestLoop(
-            self.job_types, self.slots, self.journal, claimer, executor, capacity
+            self.job_types, self.slots, self.journal, claimer, seal_waiter, executor, capacity
         )
         self.sweeper = LostJobSweeper(
             self.slots,
@@ -88,6 +99,7 @@ class Runner:
             self.board.watch(await self.slots.kv(), stop, self.sweeper.on_lease_expired)
         )
         cancel_sub = await self.requests.subscribe_cancels(self.nc)
+        seal_sub = await self.seals.subscribe(self.nc)
         sweeping = asyncio.Event()  # set when the runner stops
         sweeper: asyncio.Task[None] | None = None
         try:
@@ -114,6 +126,7 @@ class Runner:
             await self.requests.run(sub, stop)
         finally:
             await cancel_sub.unsubscribe()
+            await seal_sub.unsubscribe()
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}

@@ -1,4 +1,5 @@
-"""``GET /api/jobs/stream``: every job's changes as ``job_update`` SSE events."""
+"""``GET /api/jobs/stream``: every job's changes as ``job_update`` SSE events, every batch's
+counters as ``batch_update``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from jobrunner.services.api.security.scope import OwnerFilter
 @get(
     "/api/jobs/stream",
     tags=["streams"],
-    summary="Every job's changes, live (job_update)",
+    summary="Every job's and batch's changes, live (job_update, batch_update)",
     media_type="text/event-stream",
 )
 async def job_updates(
@@ -44,7 +45,7 @@ async def job_updates(
         start = int(applied or 0) + 1
     scope = OwnerFilter(ctx.pool, principal_of(request).owner)
     return Stream(
-        update_stream(ctx, start, scope.visible),
+        update_stream(ctx, start, scope.visible, owner=scope.owner),
         media_type="text/event-stream",
         headers=sse.SSE_HEADERS,
     )

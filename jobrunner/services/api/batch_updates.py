@@ -1,0 +1,108 @@
+"""``batch_update``: a batch's row, sent on ``/api/jobs/stream`` when its counters or status may
+have changed.
+
+A batch's counters are counted by the projector (projector/batchcounts.py), not from the events
+here: so the stream notes which batches the events it passes touch (a job of the batch requested
+or changing status, any batch event), waits until the projector has applied those events, and
+sends each touched batch's row once per read of the stream (coalesced), with the stream
+sequence of the last event that touched it as the frame's ``id``. Frames leave in sequence order:
+``Last-Event-ID`` resumes after the last frame received, with nothing skipped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.contracts import events
+from jobrunner.services.api import batch_readmodels, sse
+from jobrunner.services.api.context import ApiContext
+
+EVENT_NAME = "batch_update"
+# Jobs whose batch one connection remembers (a job first seen through a later event is looked up).
+REMEMBERED_JOBS = 10_000
+
+
+class BatchUpdates:
+    """The batches one stream has to send again, and the rows to send."""
+
+    def __init__(self, ctx: ApiContext, owner: str | None, size: int = REMEMBERED_JOBS) -> None:
+        self._ctx = ctx
+        self._owner = owner  # a token limited to its own jobs sees only the batches it requested
+        self._size = size
+        self._batch_of: OrderedDict[str, str | None] = OrderedDict()
+        self.pending: dict[str, int] = {}  # batch id -> stream sequence of its last touch
+
+    async def note(self, event: events.AnyEvent, seq: int) -> None:
+        """Remember the batch ``event`` (at stream sequence ``seq``) touches, if any."""
+        if isinstance(event, events.BatchEvent):
+            batch_id: str | None = event.batch_id
+        elif isinstance(event, events.JobRequested):
+            batch_id = event.batch_id
+            self._remember(event.job_id, batch_id)
+        elif isinstance(event, events.StatusChanged):
+            batch_id = await self._batch_of_job(event.job_id)
+        else:
+            return  # progress, lines, cancel requests and archiving change no counter
+        if batch_id is not None:
+            self.pending[batch_id] = seq
+
+    async def wait_applied(self) -> AsyncIterator[None]:
+        """Until the projector has applied every pending touch; yields once per keep-alive
+        interval it waits longer (the caller sends a keep-alive comment)."""
+        if not self.pending:
+            return
+        target = max(self.pending.values())
+        keepalive = self._ctx.settings.sse_keepalive_seconds
+        while not await self._applied(target, keepalive):
+            yield
+
+    async def frames(self) -> list[tuple[int, bytes]]:
+        """``(stream sequence, frame)`` for every pending batch the caller may see; clears them.
+        Call once ``wait_applied`` is through."""
+        if not self.pending:
+            return []
+        touched, self.pending = self.pending, {}
+        rows = await self._ctx.pool.fetch(
+            f"SELECT {batch_readmodels.BATCH_COLUMNS} FROM {READ_SCHEMA}.batches "
+            "WHERE id = ANY($1::text[])",
+            list(touched),
+        )
+        out = []
+        for row in rows:
+            if self._owner is not None and row["requested_by"] != self._owner:
+                continue
+            seq = touched[row["id"]]
+            batch = batch_readmodels.batch_from_row(row)
+            out.append((seq, sse.frame(batch, event=EVENT_NAME, id=str(seq))))
+        return out
+
+    async def _applied(self, seq: int, wait: float) -> bool:
+        projection = self._ctx.projection
+        if projection.applied >= seq:
+            return True
+        # The projector's notices only come when it applies something: ask Postgres too.
+        stored = await self._ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        if stored is not None and stored >= seq:
+            return True
+        return await projection.wait_for(seq, wait)
+
+    async def _batch_of_job(self, job_id: str) -> str | None:
+        if job_id in self._batch_of:
+            self._batch_of.move_to_end(job_id)
+            return self._batch_of[job_id]
+        row = await self._ctx.pool.fetchrow(
+            f"SELECT batch_id FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
+        )
+        if row is None:
+            return None  # not projected yet: asked again at its next event, not remembered
+        batch_id: str | None = row["batch_id"]
+        self._remember(job_id, batch_id)
+        return batch_id
+
+    def _remember(self, job_id: str, batch_id: str | None) -> None:
+        self._batch_of[job_id] = batch_id
+        self._batch_of.move_to_end(job_id)
+        if len(self._batch_of) > self._size:
+            self._batch_of.popitem(last=False)

@@ -1,0 +1,118 @@
+"""Publishing a batch: BatchRequested, every JobRequested, then BatchSealed.
+
+Runners start no job of a batch before its BatchSealed is stored, and the seal is published only
+once every JobRequested is acknowledged: a submission that dies half-way leaves jobs that never
+run (they end BATCH_INCOMPLETE after ``batch_seal_timeout_seconds``) until the same request is
+sent again with the same Idempotency-Key and completes the batch.
+
+Every id is derived from the batch id (``common.batchids``), so publishing again is harmless:
+JetStream drops an event id it stored within its duplicate window, and a resumed submission first
+looks which events the stream already holds and publishes only the missing ones (a retry may come
+after that window).
+
+Locks: the queue entries of a batch's locked jobs are written in batch order before the jobs are
+published (queue first, publish second, as for one job), so the jobs take their lock in batch
+order. A type whose busy policy is ``reject`` queues too inside a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js import JetStreamContext
+
+from jobrunner.common import batchids, eventstore
+from jobrunner.common.slots import SlotTable
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.batchrequest import BatchPlan
+
+# Parallel look-ups when a resumed submission checks which of its events are stored.
+LOOKUP_CONCURRENCY = 64
+
+
+class BatchEvents:
+    """The events of one submission, with their derived ids."""
+
+    def __init__(self, plan: BatchPlan, batch_id: str, requested_by: str | None) -> None:
+        self.batch_id = batch_id
+        self.requested = events.BatchRequested(
+            batch_id=batch_id,
+            event_id=batchids.batch_requested_event_id(batch_id),
+            batch_name=plan.batch_name,
+            total_jobs=len(plan.jobs),
+            job_types=plan.job_types,
+            requested_by=requested_by,
+        )
+        self.jobs = [
+            events.JobRequested(
+                job_id=(job_id := batchids.job_id(batch_id, index)),
+                event_id=batchids.job_requested_event_id(job_id),
+                job_type=job.job_type.name,
+                parameters=job.parameters,
+                lock=job.job_type.lock,
+                requested_by=requested_by,
+                batch_id=batch_id,
+                batch_index=index,
+            )
+            for index, job in enumerate(plan.jobs)
+        ]
+        self.sealed = events.BatchSealed(
+            batch_id=batch_id,
+            event_id=batchids.batch_sealed_event_id(batch_id),
+            total_jobs=len(plan.jobs),
+        )
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.job_id for job in self.jobs]
+
+
+async def publish_batch(
+    js: JetStreamContext, names: Names, slots: SlotTable, batch: BatchEvents, resumed: bool
+) -> int:
+    """Publish what of the batch is not stored yet; returns BatchSealed's stream sequence."""
+    requested: events.BatchRequested | None = batch.requested
+    jobs = batch.jobs
+    if resumed:
+        sealed = await last_message(
+            js, names.stream, names.batch_kind_subject(batch.batch_id, "sealed")
+        )
+        if sealed is not None:
+            return sealed.seq or 0
+        stored = await last_message(
+            js, names.stream, names.batch_kind_subject(batch.batch_id, "requested")
+        )
+        requested = None if stored is not None else batch.requested
+        jobs = await _missing(js, names, jobs)
+    await _enqueue_locked(slots, jobs)
+    if requested is not None:
+        await eventstore.publish(js, names, requested)
+    if jobs:
+        await eventstore.publish_many(js, names, jobs)
+    return await eventstore.publish(js, names, batch.sealed)
+
+
+async def _missing(
+    js: JetStreamContext, names: Names, jobs: list[events.JobRequested]
+) -> list[events.JobRequested]:
+    """The jobs whose JobRequested the stream does not hold, in batch order."""
+    limit = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+    async def stored(job: events.JobRequested) -> bool:
+        async with limit:
+            subject = names.job_kind_subject(job.job_id, "requested")
+            return await last_message(js, names.stream, subject) is not None
+
+    found = await asyncio.gather(*(stored(job) for job in jobs))
+    return [job for job, there in zip(jobs, found, strict=True) if not there]
+
+
+async def _enqueue_locked(slots: SlotTable, jobs: list[events.JobRequested]) -> None:
+    by_lock: dict[str, list[tuple[str, str]]] = {}
+    for job in jobs:
+        if job.lock:
+            by_lock.setdefault(job.lock, []).append((job.job_id, job.job_type))
+    for lock, queued in by_lock.items():
+        await slots.enqueue_many(lock, queued)

@@ -1,0 +1,101 @@
+"""The ``Idempotency-Key`` header: a retried submission creates nothing twice.
+
+A key is remembered in the KV bucket ``Names.idempotency_bucket`` (TTL ``idempotency_ttl_seconds``)
+under a hash of (caller, key), so two callers never share a key and the key itself is never
+stored. The record names the batch the key made and a fingerprint of what was asked for:
+
+- the same key with the same request resumes that batch (whatever of it is missing is published
+  again under its derived ids) and answers the same ids;
+- the same key with another request is refused (``422 IDEMPOTENCY_KEY_REUSED``);
+- two requests racing with one key make one batch: the record is written with KV ``create``,
+  which the server lets succeed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.errors import ApiError
+
+HEADER = "Idempotency-Key"
+MAX_KEY_CHARS = 200
+_KEY = re.compile(r"[\x20-\x7e]{1,200}\Z")
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    batch_id: str
+    fingerprint: str
+    created_at: float  # unix time of the first request
+
+
+class Claim(msgspec.Struct, frozen=True):
+    batch_id: str
+    resumed: bool  # the key was seen before: the batch may be partly (or wholly) stored
+
+
+def check_key(key: str) -> str:
+    if not _KEY.match(key):
+        raise ApiError(
+            400,
+            "INVALID_IDEMPOTENCY_KEY",
+            f"The {HEADER} header must be 1 to {MAX_KEY_CHARS} printable ASCII characters.",
+        )
+    return key
+
+
+def record_key(principal: str, key: str) -> str:
+    # KV keys allow few characters; a hash fits them all and keeps the key itself private.
+    return hashlib.sha256(f"{principal}\n{key}".encode()).hexdigest()
+
+
+class IdempotencyKeys:
+    def __init__(self, js: JetStreamContext, names: Names) -> None:
+        self._js = js
+        self._names = names
+        self._kv: KeyValue | None = None
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._js.key_value(self._names.idempotency_bucket)
+        return self._kv
+
+    async def claim(self, principal: str, key: str, fingerprint: str, new_batch_id: str) -> Claim:
+        """The batch this key stands for: ``new_batch_id`` if the key is new."""
+        kv = await self.kv()
+        rkey = record_key(principal, key)
+        record = KeyRecord(batch_id=new_batch_id, fingerprint=fingerprint, created_at=time.time())
+        for _ in range(3):
+            try:
+                await kv.create(rkey, msgspec.json.encode(record))
+                return Claim(new_batch_id, resumed=False)
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await kv.get(rkey)
+            except KeyNotFoundError:
+                continue  # expired between our create and our read: create again
+            if not entry.value:
+                continue
+            stored = msgspec.json.decode(entry.value, type=KeyRecord)
+            if stored.fingerprint != fingerprint:
+                raise ApiError(
+                    422,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    f"This {HEADER} was used for a different request; use a new key for a new "
+                    "batch, or send exactly the same request to finish the first one.",
+                    batch_id=stored.batch_id,
+                )
+            return Claim(stored.batch_id, resumed=True)
+        raise ApiError(
+            503,
+            "IDEMPOTENCY_UNAVAILABLE",
+            f"The {HEADER} could not be recorded; send the request again.",
+        )

@@ -1,0 +1,136 @@
+"""Reading batches: the list with its filters, and one batch with its jobs in batch order."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get
+from litestar.params import Parameter
+
+from jobrunner.services.api import batch_readmodels, readmodels, schemas
+from jobrunner.services.api.batch_readmodels import BATCH_STATUSES
+from jobrunner.services.api.dependencies import ctx_of, find_batch
+from jobrunner.services.api.queryparams import Query, encode_cursor
+from jobrunner.services.api.security import principal_of
+
+MAX_LIST_LIMIT = 500
+LIST_PARAMETERS = (
+    "limit",
+    "cursor",
+    "status",
+    "archived",
+    "job_type",
+    "search",
+    "created_from",
+    "created_to",
+)
+DETAIL_PARAMETERS = ("jobs_limit", "jobs_cursor", "attempts")
+MAX_JOBS_LIMIT = 500
+
+
+class BatchController(Controller):
+    path = "/api/batches"
+    tags = ["batches"]
+
+    @get("/", summary="List batches, newest first, filtered, in pages")
+    async def list_batches(
+        self,
+        request: Request[Any, Any, Any],
+        limit: Annotated[
+            str | None,
+            Parameter(description=f"batches per page, 1-{MAX_LIST_LIMIT} (default 50)"),
+        ] = None,
+        cursor: Annotated[
+            str | None, Parameter(description="next_cursor of the previous page")
+        ] = None,
+        status: Annotated[
+            list[str] | None, Parameter(description="repeatable or comma-separated")
+        ] = None,
+        archived: Annotated[
+            str | None,
+            Parameter(description="false (default: archived batches left out), true or all"),
+        ] = None,
+        job_type: Annotated[
+            list[str] | None,
+            Parameter(description="batches holding any of these types; repeatable"),
+        ] = None,
+        search: Annotated[str | None, Parameter(description="text in the name or id")] = None,
+        created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
+        created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
+    ) -> schemas.BatchPage:
+        """Newest first. ``next_cursor`` pages on; pages stay stable while new batches arrive.
+
+        ``projected_seq`` is the stream sequence the page reflects: open ``/api/jobs/stream``
+        with ``?after=<projected_seq>`` to miss no ``batch_update`` after it.
+        """
+        ctx = ctx_of(request)
+        query = Query(request.query_params, LIST_PARAMETERS)
+        filters = batch_readmodels.BatchFilter(
+            statuses=query.choices("status", BATCH_STATUSES),
+            archived=query.archived(),
+            job_types=query.names("job_type"),
+            search=query.text("search"),
+            created_from=query.timestamp("created_from"),
+            created_to=query.timestamp("created_to"),
+            requested_by=principal_of(request).owner,
+        )
+        page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
+        after = query.cursor("cursor", batch_readmodels.BatchCursor)
+        rows, applied = await batch_readmodels.list_batches(ctx.pool, page_size + 1, filters, after)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        next_cursor = (
+            encode_cursor(batch_readmodels.BatchCursor(rows[-1]["created_at"], rows[-1]["id"]))
+            if more
+            else None
+        )
+        return schemas.BatchPage(
+            items=[batch_readmodels.batch_from_row(r) for r in rows],
+            next_cursor=next_cursor,
+            projected_seq=applied,
+        )
+
+    @get("/{batch_id:str}", summary="One batch with a page of its jobs")
+    async def get_batch(
+        self,
+        request: Request[Any, Any, Any],
+        batch_id: str,
+        jobs_limit: Annotated[
+            str | None,
+            Parameter(description=f"jobs per page, 1-{MAX_JOBS_LIMIT} (default 100)"),
+        ] = None,
+        jobs_cursor: Annotated[
+            str | None, Parameter(description="jobs.next_cursor of the previous page")
+        ] = None,
+        attempts: Annotated[
+            str | None,
+            Parameter(description="latest (default: each job's latest attempt) or all"),
+        ] = None,
+    ) -> schemas.BatchDetail:
+        """The batch's aggregates and its jobs in batch order (``batch_index``), each job's
+        latest attempt unless ``attempts=all``. 404 for a batch the caller may not see."""
+        ctx = ctx_of(request)
+        principal = principal_of(request)
+        query = Query(request.query_params, DETAIL_PARAMETERS)
+        page_size = query.integer("jobs_limit", 100, 1, MAX_JOBS_LIMIT) or 100
+        after = query.cursor("jobs_cursor", batch_readmodels.BatchJobCursor)
+        which = query.choices("attempts", ("latest", "all"))
+        row = await find_batch(ctx, batch_id, principal)
+        rows = await batch_readmodels.batch_jobs(
+            ctx.pool,
+            batch_id,
+            page_size + 1,
+            all_attempts="all" in which,
+            after=after,
+            requested_by=principal.owner,
+        )
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        batch = batch_readmodels.batch_from_row(row)
+        return schemas.BatchDetail(
+            **{f: getattr(batch, f) for f in batch.__struct_fields__},
+            jobs=schemas.BatchJobs(
+                items=[readmodels.job_from_row(r) for r in rows],
+                next_cursor=encode_cursor(batch_readmodels.job_cursor(rows[-1])) if more else None,
+            ),
+        )

@@ -1,0 +1,231 @@
+"""Following a job in the terminal: its SSE stream, resumed by ``Last-Event-ID`` when the
+connection drops, shown as coloured lines with a live progress bar (plain text when the output is
+not a terminal). Ends with the job's ``done`` event."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from jobrunner.terminal.connection import Api, ClientError
+
+LEVEL_STYLES = {
+    "DEBUG": "dim",
+    "INFO": "",
+    "SUCCESS": "green",
+    "WARNING": "yellow",
+    "ERROR": "bold red",
+}
+# How long a dropped stream is retried before the client gives up (a restarting server is back
+# well within it).
+RECONNECT_FOR_SECONDS = 60.0
+RECONNECT_PAUSE_SECONDS = 1.0
+PLAIN_PROGRESS_EVERY_SECONDS = 1.0
+
+
+@dataclass
+class SseEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[SseEvent]:
+    """The events of a ``text/event-stream`` (comments and ``retry:`` skipped)."""
+    current = SseEvent()
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                current.data = "\n".join(data)
+                yield current
+            current, data = SseEvent(), []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            current.event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            current.id = value
+
+
+class RateColumn(ProgressColumn):
+    """Steps per second of the tool's own counter (``current`` over the time followed)."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        if not elapsed or not task.completed:
+            return Text("")
+        return Text(f"{task.completed / elapsed:,.1f}/s", style="cyan")
+
+
+@dataclass
+class Follower:
+    """Prints what one job's stream carries; remembers where it is to resume."""
+
+    api: Api
+    job_id: str
+    console: Console
+    skip_lines_upto: int = 0  # lines already shown (``logs --tail``): not printed again
+    last_event_id: str | None = None
+    done: dict[str, Any] | None = None
+    _progress: Progress | None = field(default=None, repr=False)
+    _task: Any = field(default=None, repr=False)
+    _last_plain_progress: float = 0.0
+
+    def run(self) -> dict[str, Any]:
+        """Follow until the job is done; returns the ``done`` event's data."""
+        live = self.console.is_terminal
+        if live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                RateColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._task = self._progress.add_task("pending", total=None)
+            self._progress.start()
+        try:
+            self._follow()
+        finally:
+            if self._progress is not None:
+                self._progress.stop()
+        assert self.done is not None
+        return self.done
+
+    def _follow(self) -> None:
+        failing_since: float | None = None
+        while self.done is None:
+            headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+            try:
+                with self.api.http.stream(
+                    "GET",
+                    f"/api/jobs/{self.job_id}/stream",
+                    headers={**headers, "Accept": "text/event-stream"},
+                    timeout=httpx.Timeout(30.0, read=None),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise self.api.refused(response)
+                    failing_since = None
+                    for event in sse_events(response.iter_lines()):
+                        self._show(event)
+                        if self.done is not None:
+                            return
+            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > RECONNECT_FOR_SECONDS:
+                    raise self.api.unreachable(exc) from None
+            # The stream ended without `done` (the server dropped it) or the connection broke:
+            # resume after the last event shown.
+            time.sleep(RECONNECT_PAUSE_SECONDS)
+
+    def _show(self, event: SseEvent) -> None:
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            return
+        if event.id is not None:
+            self.last_event_id = event.id
+        if event.event == "message":
+            if int(data.get("seq", 0)) > self.skip_lines_upto:
+                self._line(data)
+        elif event.event == "progress":
+            self._progress_update(data)
+        elif event.event == "status":
+            self._status(data)
+        elif event.event == "cancel_requested":
+            self._print(Text(f"cancel requested by {data.get('requested_by') or '?'}", "yellow"))
+        elif event.event == "done":
+            self.done = data
+
+    def _line(self, line: dict[str, Any]) -> None:
+        level = str(line.get("level", "INFO"))
+        stamp = str(line.get("timestamp", ""))[11:19]
+        if self.console.is_terminal:
+            text = Text(f"{stamp} ", style="dim")
+            text.append(f"{level:<7} ", style=LEVEL_STYLES.get(level, "") or "bold")
+            text.append(str(line.get("text", "")), style=LEVEL_STYLES.get(level, ""))
+            self._print(text)
+        else:
+            self.console.print(
+                f"{stamp} {level:<7} {line.get('text', '')}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def _progress_update(self, data: dict[str, Any]) -> None:
+        current, total, percent = data.get("current"), data.get("total"), data.get("percent")
+        phase = data.get("phase") or "running"
+        if self._progress is not None:
+            if total is None and percent is not None:
+                current, total = percent, 100.0
+            self._progress.update(
+                self._task, description=str(phase), completed=current or 0, total=total
+            )
+            return
+        now = time.monotonic()
+        if now - self._last_plain_progress < PLAIN_PROGRESS_EVERY_SECONDS:
+            return
+        self._last_plain_progress = now
+        parts = [f"progress: {phase}"]
+        if current is not None:
+            parts.append(f"{current}/{total}" if total is not None else str(current))
+        if percent is not None:
+            parts.append(f"{percent:.0f}%")
+        if data.get("message"):
+            parts.append(str(data["message"]))
+        self.console.print(" ".join(parts), markup=False, highlight=False)
+
+    def _status(self, data: dict[str, Any]) -> None:
+        status = str(data.get("status", ""))
+        if self._progress is not None and status == "running":
+            self._progress.update(self._task, description="running")
+
+    def _print(self, text: Text) -> None:
+        (self._progress.console if self._progress is not None else self.console).print(
+            text, soft_wrap=True
+        )
+
+
+def outcome_line(done: dict[str, Any]) -> str:
+    status = str(done.get("status"))
+    error = done.get("error") or {}
+    parts = [f"job {status}"]
+    if done.get("exit_code") is not None:
+        parts.append(f"exit code {done['exit_code']}")
+    if error:
+        parts.append(f"{error.get('code')}: {error.get('message')}")
+    return ", ".join(parts)
+
+
+def check_job_id(job_id: str) -> str:
+    if not job_id or "/" in job_id or len(job_id) > 200:
+        raise ClientError(f"{job_id!r} is not a job id")
+    return job_id

@@ -1,0 +1,149 @@
+"""Runners and batches: no job starts before its batch is sealed, one never sealed ends
+BATCH_INCOMPLETE, and a batch's jobs take their locks in batch order."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.common import batchids, eventstore
+from jobrunner.common.jobtypes import load_job_types
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.batchpublish import BatchEvents
+from jobrunner.services.api.batchrequest import plan_batch
+from tests.batch_submit_support import batch_body, jetstream, post_batch
+from tests.system import System
+from tests.tools.runners import RUNNER_TYPES, wait_status
+
+SEAL_TIMEOUT = 6.0
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        job_types_file=RUNNER_TYPES,
+        lease_ttl_seconds=6.0,
+        batch_seal_timeout_seconds=SEAL_TIMEOUT,
+    )
+
+
+def unsealed_batch(settings: Settings, *jobs: tuple[str, dict[str, object]]) -> BatchEvents:
+    plan = plan_batch(
+        batch_body(*jobs), load_job_types(settings.job_types_file), settings.batch_max_jobs
+    )
+    return BatchEvents(plan, batchids.new_batch_id(), "test-admin")
+
+
+async def publish(settings: Settings, *batch: events.Publishable) -> None:
+    async with jetstream(settings) as js:
+        await eventstore.publish_many(js, Names(settings.prefix), batch)
+
+
+async def test_jobs_of_a_batch_take_a_queued_lock_in_batch_order(
+    system: System, tmp_path: Path
+) -> None:
+    """Five jobs of one batch on a queued lock run one after another, in batch order."""
+    order = tmp_path / "order"
+    common = {"lockfile": str(tmp_path / "lock"), "order_file": str(order), "seconds": "0.1"}
+    body = batch_body(*[("queued", {**common, "label": f"job{i}"}) for i in range(5)])
+    async with system.client() as client:
+        created = (await post_batch(client, body)).json()
+        jobs = [await wait_status(client, j, "completed", "failed") for j in created["job_ids"]]
+    assert [j["status"] for j in jobs] == ["completed"] * 5
+    assert order.read_text().split() == [f"job{i}" for i in range(5)]
+
+
+async def test_a_reject_lock_queues_inside_a_batch(system: System) -> None:
+    """Three jobs of a reject-type lock in one batch all run, one after another in batch order,
+    instead of two being refused."""
+    body = batch_body(*[("rejecting", {"lines": 2})] * 3)
+    async with system.client() as client:
+        response = await post_batch(client, body)
+        assert response.status_code == 201, response.text
+        ids = response.json()["job_ids"]
+        jobs = [await wait_status(client, j, "completed", "failed") for j in ids]
+    assert [j["status"] for j in jobs] == ["completed"] * 3
+    for before, after in itertools.pairwise(jobs):
+        assert before["finished_at"] <= after["started_at"]
+
+
+async def test_a_job_of_an_unsealed_batch_never_starts_and_ends_batch_incomplete(
+    system: System,
+) -> None:
+    """A batch whose submission stopped before its seal runs nothing; its job ends failed with
+    BATCH_INCOMPLETE, telling to submit again with the same Idempotency-Key."""
+    batch = unsealed_batch(system.settings, ("emit", {"lines": 1}))
+    await publish(system.settings, batch.requested, *batch.jobs)
+    async with system.client() as client:
+        job = await wait_status(client, batch.job_ids[0], "failed", timeout=SEAL_TIMEOUT + 30)
+    assert job["error"]["code"] == "BATCH_INCOMPLETE"
+    assert "Idempotency-Key" in job["error"]["message"]
+    assert job["started_at"] is None
+    assert job["log_count"] == 0
+
+
+async def test_a_job_sealed_just_before_the_timeout_runs(system: System) -> None:
+    """A batch sealed shortly before its jobs' wait would end runs them."""
+    batch = unsealed_batch(system.settings, ("emit", {"lines": 1}))
+    # Requested SEAL_TIMEOUT - 3 s ago: its wait ends 3 s from now, and the seal comes first.
+    early = msgspec.structs.replace(
+        batch.jobs[0], occurred_at=events.utcnow() - timedelta(seconds=SEAL_TIMEOUT - 3)
+    )
+    await publish(system.settings, batch.requested, early)
+    async with system.client() as client:
+        await wait_status(client, early.job_id, "pending")
+        await publish(system.settings, batch.sealed)
+        job = await wait_status(client, early.job_id, "completed", "failed")
+    assert job["status"] == "completed", job
+
+
+async def test_a_job_requested_past_the_timeout_ends_at_once(system: System) -> None:
+    """A job of an unsealed batch handed to a runner after its wait would have ended (say the
+    runners were down) ends BATCH_INCOMPLETE without running."""
+    batch = unsealed_batch(system.settings, ("emit", {"lines": 1}))
+    late = msgspec.structs.replace(
+        batch.jobs[0], occurred_at=events.utcnow() - timedelta(seconds=SEAL_TIMEOUT + 1)
+    )
+    await publish(system.settings, batch.requested, late)
+    async with system.client() as client:
+        job = await wait_status(client, late.job_id, "failed", timeout=SEAL_TIMEOUT)
+    assert job["error"]["code"] == "BATCH_INCOMPLETE"
+
+
+async def test_a_job_waiting_for_its_seal_can_be_cancelled(system: System, tmp_path: Path) -> None:
+    """Cancelling a job that waits for its batch's seal ends it cancelled; it never runs, not
+    even once the batch is sealed."""
+    batch = unsealed_batch(
+        system.settings,
+        (
+            "queued",
+            {"label": "x", "lockfile": str(tmp_path / "l1"), "order_file": str(tmp_path / "o1")},
+        ),
+    )
+    await publish(system.settings, batch.requested, *batch.jobs)
+    job_id = batch.job_ids[0]
+    async with system.client() as client:
+        await wait_status(client, job_id, "pending")
+        assert (await client.delete(f"/api/jobs/{job_id}")).status_code == 202
+        await publish(system.settings, batch.sealed)
+        job = await wait_status(client, job_id, "cancelled")
+        # A job queued behind it on the same lock still runs: the waiting job left the queue.
+        after = await client.post(
+            "/api/jobs",
+            json={
+                "job_type": "queued",
+                "parameters": {"label": "y", "lockfile": "/tmp/x2", "order_file": "/tmp/y2"},
+            },
+        )
+        assert after.status_code == 201
+        assert (await wait_status(client, after.json()["id"], "completed", "failed"))[
+            "status"
+        ] == "completed"
+    assert job["started_at"] is None
