@@ -18,6 +18,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.projector.replay import replay
 from tests.external_support import (
     EXTERNAL_TYPES,
+    ExternalJob,
     json_values,
     report_like,
     start_external,
@@ -431,3 +432,41 @@ async def test_oversized_report_is_refused_with_413(system: System) -> None:
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "BODY_TOO_LARGE"
     assert lines == []
+
+
+async def test_batch_answers_a_token_per_external_job_and_a_retry_the_same(
+    system: System,
+) -> None:
+    """A batch's 201 lists each external job's token and address; the same submission sent
+    again (same Idempotency-Key) answers the same tokens, and they open the jobs' reports."""
+    body = {
+        "batch_name": "documents",
+        "jobs": [{"job_type": "document"}, {"job_type": "locked_tool"}, {"job_type": "document"}],
+    }
+    headers = {"Idempotency-Key": "batch-external-1"}
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        first = await client.post("/api/batches", json=body, headers=headers)
+        again = await client.post("/api/batches", json=body, headers=headers)
+        assert first.status_code == 201, first.text
+        created = first.json()
+        callbacks = created["callbacks"]
+        reports = []
+        for callback in callbacks:
+            job = ExternalJob(callback)
+            reports.append(await job.report_when_held(worker, result={"ok": True}))
+        ended = [await wait_status(client, c["job_id"], "completed") for c in callbacks]
+    assert [c["batch_index"] for c in callbacks] == [0, 2]
+    assert [c["job_id"] for c in callbacks] == [created["job_ids"][0], created["job_ids"][2]]
+    assert again.json()["callbacks"] == callbacks
+    assert [r.status_code for r in reports] == [200, 200]
+    assert [job["status"] for job in ended] == ["completed", "completed"]
+
+
+async def test_batch_without_external_jobs_has_no_callbacks(system: System) -> None:
+    """A batch of tools answers as before: no callbacks field."""
+    async with system.client() as client:
+        created = await client.post(
+            "/api/batches", json={"batch_name": "tools", "jobs": [{"job_type": "locked_tool"}]}
+        )
+    assert created.status_code == 201, created.text
+    assert "callbacks" not in created.json()

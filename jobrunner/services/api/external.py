@@ -17,10 +17,12 @@ condition).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import structlog
+from litestar import Request
 from nats.js.errors import APIError
 
 from jobrunner.common import callbacktoken, eventstore
@@ -56,6 +58,28 @@ class ReportAccepted(msgspec.Struct):
     last_seq: int | None = None
     # The same report_id was stored before: nothing new was stored.
     duplicate: bool = False
+
+
+def callback_url(request: Request[Any, Any, Any], job_id: str) -> str:
+    """Where an external job's worker reports: absolute, from the address the request came to
+    (the Host the access layer allowed)."""
+    return str(request.base_url).rstrip("/") + callbacktoken.callback_path(job_id)
+
+
+async def callback_tokens(
+    request: Request[Any, Any, Any], idempotent: bool
+) -> Callable[[str], callbacktoken.CallbackToken]:
+    """How a batch gives its external jobs their tokens. A submission that may be sent again
+    (``Idempotency-Key``) re-publishes the same jobs, whose first stored hash stays: their tokens
+    are derived from the installation's secret (the key in the tokens bucket), so every retry
+    answers the same ones. Otherwise, or without a token store (``--no-auth``), they are random.
+    """
+    store = getattr(request.app.state, "access", None)
+    store = getattr(store, "store", None)
+    if idempotent and store is not None:
+        secret: bytes = await store.session_key()
+        return lambda job_id: callbacktoken.derive(secret, job_id)
+    return lambda _: callbacktoken.mint()
 
 
 def _invalid_token() -> ApiError:

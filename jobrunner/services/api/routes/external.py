@@ -43,7 +43,7 @@ log = structlog.get_logger()
         ),
         422: error_spec("The report is not valid (INVALID_REPORT, RESULT_TOO_LARGE)."),
         503: error_spec(
-            "NATS does not answer (EVENTS_UNAVAILABLE), or too many reports at "
+            "NATS does not answer (EVENT_STORE_UNAVAILABLE), or too many reports at "
             "once (REPORT_CONFLICT): send the report again, with Retry-After."
         ),
     },
@@ -63,7 +63,7 @@ async def report_external_job(
         log.warning("external report not stored", job_id=job_id, error=repr(exc))
         raise ApiError(
             503,
-            "EVENTS_UNAVAILABLE",
+            "EVENT_STORE_UNAVAILABLE",
             "The event store does not answer right now; send the report again shortly.",
             headers={"Retry-After": "1"},
         ) from exc
