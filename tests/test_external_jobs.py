@@ -470,3 +470,43 @@ async def test_batch_without_external_jobs_has_no_callbacks(system: System) -> N
         )
     assert created.status_code == 201, created.text
     assert "callbacks" not in created.json()
+
+
+async def test_restarted_external_job_gets_a_token_of_its_own(system: System) -> None:
+    """A new attempt of an external job answers its own token; the old one stays dead."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        first = await start_external(client)
+        await first.report_when_held(worker, error={"code": "DOWNLOAD_FAILED"})
+        await wait_status(client, first.id, "failed")
+        restarted = await client.post(f"/api/jobs/{first.id}/restart", json={})
+        assert restarted.status_code == 201, restarted.text
+        attempt = ExternalJob(restarted.json())
+        old_token = await attempt.report(worker, token=first.token)
+        reported = await attempt.report_when_held(worker, result={"second": True})
+        done = await wait_status(client, attempt.id, "completed", "failed")
+    assert attempt.url.endswith(f"/api/external/jobs/{attempt.id}")
+    assert attempt.token != first.token
+    assert old_token.status_code == 401
+    assert reported.status_code == 200
+    assert done["attempt"] == 2
+
+
+async def test_batch_pending_gives_new_external_attempts_their_tokens(system: System) -> None:
+    """POST /api/batches/{id}/pending answers a token for each new external attempt."""
+    body = {"batch_name": "retry", "jobs": [{"job_type": "document"}, {"job_type": "locked_tool"}]}
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        created = (await client.post("/api/batches", json=body)).json()
+        job = ExternalJob(created["callbacks"][0])
+        await job.report_when_held(worker, error={"code": "UNSUPPORTED_FILE"})
+        await wait_status(client, job.id, "failed")
+        await wait_status(client, created["job_ids"][1], "completed")
+        pending = await client.post(f"/api/batches/{created['batch_id']}/pending", json={})
+        assert pending.status_code == 202, pending.text
+        callbacks = pending.json()["callbacks"]
+        attempt = ExternalJob(callbacks[0])
+        reported = await attempt.report_when_held(worker, result={})
+        done = await wait_status(client, attempt.id, "completed", "failed")
+    assert pending.json()["attempts"] == [attempt.id]
+    assert callbacks[0]["batch_index"] == 0
+    assert reported.status_code == 200
+    assert done["status"] == "completed"
