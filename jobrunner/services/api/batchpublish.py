@@ -72,6 +72,7 @@ class BatchEvents:
                 callback_token_hash=(
                     self.callbacks[index].token_hash if index in self.callbacks else None
                 ),
+                webhook=job.webhook,
             )
             for index, job in enumerate(plan.jobs)
         ]

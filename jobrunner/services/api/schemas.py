@@ -175,6 +175,7 @@ class BatchDetail(Batch):
 class CreateBatchJob(msgspec.Struct, forbid_unknown_fields=True):
     job_type: str
     parameters: dict[str, Any] = {}
+    webhook: WebhookRequest | None = None
 
 
 class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
