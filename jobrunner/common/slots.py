@@ -77,6 +77,8 @@ ENQUEUE_ACK_SECONDS = 30.0
 
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
+# How long a pipelined delete's ack is waited for before it is sent again on its own.
+PIPELINED_ACK_WAIT = 5.0
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -92,10 +94,13 @@ def key_safe(name: str) -> str:
     return _KEY_SAFE.sub("_", name)
 
 
-def slot_key(lock: str | None, job_id: str) -> str:
+def slot_key(lock: str | None, job_id: str, attempt_of: str | None = None) -> str:
+    """The slot a job takes. Without a lock, every attempt of one job (``attempt_of``, the first
+    attempt's id) shares one slot: a new attempt never runs beside the one it replaces, which may
+    still be stopping its tool after a restart cancelled it."""
     if lock:
         return "slot." + key_safe(lock)
-    return "job." + key_safe(job_id)
+    return "job." + key_safe(attempt_of or job_id)
 
 
 def run_key(job_id: str) -> str:
@@ -261,6 +266,22 @@ class SlotTable:
     async def forget_run(self, job_id: str) -> None:
         await self._delete(run_key(job_id), None)
 
+    async def run_record(self, job_id: str) -> RunRecord | None:
+        """One running job's record, if it has one."""
+        raw, _ = await self._read_raw(run_key(job_id))
+        return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
+
+    async def holder(self, job_id: str) -> RunRecord | None:
+        """The record of the runner holding ``job_id``'s slot now (its run record names a slot
+        whose live lease is the job's), or None."""
+        record = await self.run_record(job_id)
+        if record is None:
+            return None
+        lease = await self.current(record.slot_key)
+        if lease is None or lease.value.job_id != job_id or lease.value.phase != "held":
+            return None
+        return record
+
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()
@@ -304,6 +325,22 @@ class SlotTable:
 
     async def dequeue(self, lock: str, job_id: str) -> None:
         await self._delete(queue_key(lock, job_id), None)
+
+    async def dequeue_many(self, lock: str, job_ids: Sequence[str]) -> None:
+        """Take many jobs out of a lock's queue at once (a failed batch's): the deletes are
+        pipelined, not one round trip each. One whose ack does not come is deleted again."""
+        headers = {"KV-Operation": "DEL", "Nats-TTL": MARKER_TTL}
+        futures = [
+            await self._js.publish_async(
+                self._subject(queue_key(lock, job_id)), b"", headers=headers
+            )
+            for job_id in job_ids
+        ]
+        for job_id, future in zip(job_ids, futures, strict=True):
+            try:
+                await asyncio.wait_for(future, PIPELINED_ACK_WAIT)
+            except Exception:
+                await self.dequeue(lock, job_id)
 
 
 def same_holder(a: SlotValue, b: SlotValue) -> bool:

@@ -118,6 +118,22 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     version: int = 1
 
 
+# Webhooks (README "Webhooks"): what a request may name, bounded so an event stays small.
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_WEBHOOK_HEADERS = 20
+MAX_WEBHOOK_HEADER_CHARS = 4096  # one header's name plus value
+
+
+class WebhookTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Where to POST the job's outcome once it ends. The API has checked the URL's form (http or
+    https, no user info, bounded); whether its address may be reached is decided at delivery.
+    ``headers`` travel in the event as the client gave them (an ``Authorization`` for the
+    receiver, say): the stream's readers can see them."""
+
+    url: str
+    headers: dict[str, str] = {}
+
+
 class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     """Someone asked for a job; the runner will pick it up."""
 
@@ -133,6 +149,11 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     # latest attempt.
     attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
     attempt_of: str | None = None
+    # An external job (done by a worker elsewhere, reported over HTTP): the SHA-256 (hex) of its
+    # callback token. The token itself is shown once, in the API's answer, and stored nowhere.
+    callback_token_hash: str | None = None
+    # Delivered by the notifier when the job ends, before the job type's own webhooks.
+    webhook: WebhookTarget | None = None
 
 
 class JobArchived(Event, frozen=True, kw_only=True, tag="JobArchived"):
@@ -158,6 +179,9 @@ class StatusChanged(Event, frozen=True, kw_only=True, tag="StatusChanged"):
     runner_id: str | None = None
     cancelled_by: str | None = None
     result: Result | None = None
+    # The external worker's report that ended the job (its ``report_id``), so a retried final
+    # report is told it was stored rather than that the job had already ended.
+    report_id: str | None = None
 
 
 class LogLine(msgspec.Struct, frozen=True, array_like=True):
@@ -184,6 +208,37 @@ class ProgressReported(Event, frozen=True, kw_only=True, tag="ProgressReported")
     percent: Percent | None = None
     phase: Phase | None = None
     message: Message | None = None
+
+
+class WebhookOutcome(StrEnum):
+    RETRYING = "retrying"  # this attempt failed, another follows
+    DELIVERED = "delivered"  # the receiver answered 2xx: final
+    FAILED = "failed"  # given up (retry window over, or an error no retry can fix): final
+
+    @property
+    def is_final(self) -> bool:
+        return self is not WebhookOutcome.RETRYING
+
+
+class WebhookAttempted(Event, frozen=True, kw_only=True, tag="WebhookAttempted"):
+    """The notifier tried to deliver one of the job's webhooks.
+
+    ``delivery_id`` is the same for every attempt of one webhook of one job (also after a
+    notifier restart): receivers de-duplicate on it. ``webhook_index`` is the webhook's place: 0
+    is the request's own webhook when it named one, then the job type's in their order. ``url``
+    never carries a query or user info (they may hold secrets); header values never appear.
+    """
+
+    delivery_id: str
+    webhook_index: Count = 0
+    url: str
+    attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
+    outcome: WebhookOutcome
+    status_code: int | None = None
+    error: ErrorInfo | None = None
+    duration_ms: float | None = None
+    # When the first attempt of this webhook was made: the retry window runs from there.
+    first_attempt_at: datetime | None = None
 
 
 # An artifact's name: a relative path inside the job's output directory, ``/``-separated, no
@@ -239,6 +294,7 @@ class BatchRestarted(BatchEvent, frozen=True, kw_only=True, tag="BatchRestarted"
     mode: str
     job_ids: list[str] = []  # the attempts being replaced, in batch order
     requested_by: str | None = None
+    reason: Message | None = None
 
 
 class BatchFailed(BatchEvent, frozen=True, kw_only=True, tag="BatchFailed"):
@@ -263,6 +319,7 @@ JobEvent = (
     | StatusChanged
     | LineLogged
     | ProgressReported
+    | WebhookAttempted
     | ArtifactStored
 )
 AnyBatchEvent = BatchRequested | BatchSealed | BatchRestarted | BatchFailed | BatchArchived
@@ -276,6 +333,7 @@ EVENT_TYPES: tuple[type[Event] | type[BatchEvent], ...] = (
     StatusChanged,
     LineLogged,
     ProgressReported,
+    WebhookAttempted,
     ArtifactStored,
     BatchRequested,
     BatchSealed,

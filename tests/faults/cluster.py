@@ -42,7 +42,7 @@ LOCK_TYPES = 24
 
 def job_types_toml() -> str:
     """``free`` (no lock) and ``slot_<n>`` (each its own queued lock), all running the numbered
-    tool, and ``poison`` (the tool of hostile output)."""
+    tool, ``poison`` (the tool of hostile output) and ``external`` (reported over HTTP)."""
 
     def job_type(name: str, lock: str | None) -> str:
         locked = f'lock = "{lock}"\non_busy = "queue"\n' if lock else ""
@@ -61,6 +61,11 @@ def job_types_toml() -> str:
         )
 
     poison = f'[job_types.poison]\nargv = ["{{python}}", "{POISON_TOOL}"]\ntimeout_seconds = 120\n'
+    # Done by a worker elsewhere, reported over HTTP; a runner holds its lock meanwhile.
+    external = (
+        '[job_types.external]\nexternal = true\ntimeout_seconds = 600\nlock = "external"\n'
+        'on_busy = "queue"\n'
+    )
     # Writes one file of ``mib`` MiB to its output directory (tests/faults/test_artifacts.py).
     artifacts = (
         f'[job_types.artifacts]\nargv = ["{{python}}", "{ARTIFACT_TOOL}", "--mode", "big"]\n'
@@ -71,6 +76,7 @@ def job_types_toml() -> str:
         job_type("free", None)
         + "".join(job_type(f"slot_{n}", f"slot_{n}") for n in range(LOCK_TYPES))
         + poison
+        + external
         + artifacts
     )
 
@@ -165,7 +171,11 @@ class FaultCluster:
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:
         service = self.services[name]
-        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
+        ready = {
+            "projector": "projector started",
+            "runner": "runner started",
+            "notifier": "notifier started",
+        }.get(service.command)
         seen = service.log_count(ready) if ready else 0
         service.spawn()
         async with asyncio.timeout(timeout):

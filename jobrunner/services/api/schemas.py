@@ -8,16 +8,29 @@ from typing import Any
 import msgspec
 
 
+class WebhookRequest(msgspec.Struct):
+    """Where to POST the job's outcome when it ends. Other fields (seed 004's
+    ``include_markdown``, ``include_metadata``) are accepted and ignored."""
+
+    url: str
+    headers: dict[str, str] = {}
+
+
 class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
     job_type: str
     parameters: dict[str, Any] = {}
+    webhook: WebhookRequest | None = None
 
 
-class JobCreated(msgspec.Struct):
+class JobCreated(msgspec.Struct, omit_defaults=True):
     id: str
     job_type: str
     status: str
     created_at: datetime
+    # An external job's: shown here once (only its hash is stored); the worker reports to
+    # callback_url with "Authorization: Bearer <callback_token>".
+    callback_token: str | None = None
+    callback_url: str | None = None
 
 
 class JobError(msgspec.Struct):
@@ -86,6 +99,37 @@ class LogPage(msgspec.Struct):
     log_count: int
     items: list[LogLine]
     next_after: int | None  # pass as ?after= for the next page; null on the last page
+
+
+class WebhookAttempt(msgspec.Struct):
+    delivery_id: str
+    webhook_index: int
+    url: str  # without query or user info
+    attempt: int
+    outcome: str  # retrying | delivered | failed
+    status_code: int | None
+    error: JobError | None
+    duration_ms: float | None
+    attempted_at: datetime
+
+
+class WebhookDelivery(msgspec.Struct):
+    """One webhook of the job: its state is its last attempt's outcome."""
+
+    delivery_id: str
+    webhook_index: int
+    url: str
+    state: str  # retrying | delivered | failed
+    attempts: int
+    last_status_code: int | None
+    last_error: JobError | None
+    last_attempt_at: datetime
+
+
+class WebhookLog(msgspec.Struct):
+    job_id: str
+    deliveries: list[WebhookDelivery]
+    items: list[WebhookAttempt]  # attempts by webhook, then attempt number
 
 
 class Batch(msgspec.Struct):

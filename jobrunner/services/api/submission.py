@@ -10,9 +10,6 @@ from typing import Any
 
 from jobrunner.common.jobtypes import JobType, validate_parameters
 
-# How long a POST waits for the projector so that an immediate GET finds what it created.
-READ_YOUR_WRITES_TIMEOUT = 2.0
-
 
 class UnknownJobType(Exception):
     def __init__(self, name: str) -> None:

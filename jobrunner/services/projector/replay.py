@@ -48,6 +48,7 @@ SWAP_SLACK = 2000
 COMPARED_TABLES = {
     "jobs": "id",
     "log_lines": "job_id, seq",
+    "webhook_deliveries": "job_id, delivery_id, attempt",
     "batches": "id",
     "artifacts": "job_id, name",
     "checkpoint": "id",

@@ -12,12 +12,14 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.projector import batchcounts
 from jobrunner.services.projector.batchcounts import Touched
 from jobrunner.services.projector.projections import (
+    WEBHOOK_COLUMNS,
     ArtifactRecorded,
     BatchChanged,
     Change,
     JobCreated,
     JobUpdated,
     LinesAppended,
+    WebhookAttemptRecorded,
 )
 
 _TERMINAL = ("completed", "failed", "cancelled")
@@ -106,6 +108,8 @@ async def apply_batch(
             )
         if plan.lines:
             await _flush_lines(conn, schema, plan.lines, plan.line_counts)
+        if plan.webhook_attempts:
+            await _insert_webhook_attempts(conn, schema, plan.webhook_attempts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
         # reads the status the previous one left). Line counts commute with them.
         touched = plan.touched
@@ -136,6 +140,7 @@ class Plan:
     updates: list[Change] = field(default_factory=list)
     lines: list[tuple[Any, ...]] = field(default_factory=list)
     line_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    webhook_attempts: list[tuple[Any, ...]] = field(default_factory=list)
     # Batches whose counters the batch changes (by jobs created in it and their status changes);
     # the updates add theirs when applied.
     touched: Touched = field(default_factory=Touched)
@@ -178,6 +183,8 @@ def fold(
                 else:
                     count, _ = plan.line_counts.get(change.job_id, (0, 0))
                     plan.line_counts[change.job_id] = (count + len(change.rows), seq)
+            elif isinstance(change, WebhookAttemptRecorded):
+                plan.webhook_attempts.append(change.row)
             elif isinstance(change, JobUpdated):
                 row = created.get(change.job_id)
                 if row is None:
@@ -263,6 +270,19 @@ async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[
     )
 
 
+async def _insert_webhook_attempts(
+    conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """An attempt stored already (its event published twice by two notifiers after a hand-over,
+    past the de-duplication window) keeps its first row."""
+    placeholders = ", ".join(f"${i}" for i in range(1, len(WEBHOOK_COLUMNS) + 1))
+    await conn.executemany(
+        f"INSERT INTO {schema}.webhook_deliveries ({', '.join(WEBHOOK_COLUMNS)}) "
+        f"VALUES ({placeholders}) ON CONFLICT DO NOTHING",
+        rows,
+    )
+
+
 ARTIFACT_COLUMNS = (
     "job_id",
     "name",
@@ -330,7 +350,7 @@ async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> str |
 
 async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:
     """Read-model retention: delete jobs and batches that finished before ``cutoff``, with the
-    jobs' lines and the rows of their artifacts.
+    jobs' lines, webhook attempts and the rows of their artifacts.
 
     Only the read models shrink; the events stay in the stream for as long as its own limits
     keep them, and a replay applies the same cutoff before comparing.
@@ -348,7 +368,7 @@ async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA
             cutoff,
         )
         if ids:
-            for table in ("log_lines", "artifacts"):
+            for table in ("log_lines", "webhook_deliveries", "artifacts"):
                 await conn.execute(
                     f"DELETE FROM {schema}.{table} WHERE job_id = ANY($1::text[])",
                     [r["id"] for r in ids],

@@ -31,6 +31,8 @@ class Outcome:
     exit_code: int | None = None
     error: ErrorInfo | None = None
     cancelled_by: str | None = None
+    # Already in the stream (an external job's worker ended it): nothing to publish.
+    stored: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from jobrunner.services.runner.execution import (
     StartFailed,
     execution_for,
 )
+from jobrunner.services.runner.external import ExternalExecution
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, LeaseKeeper
 from jobrunner.services.runner.publisher import LinePublisher
@@ -105,11 +106,14 @@ class JobExecutor:
                     timeout=keeper.request_timeout,
                 ),
             )
-            await self.journal.publish(
-                events.StatusChanged(
-                    job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
+            if not job_type.external:
+                # An external job becomes running with its worker's first report (the API
+                # publishes it, once the record above says this runner holds the slot).
+                await self.journal.publish(
+                    events.StatusChanged(
+                        job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
+                    )
                 )
-            )
             # Acknowledged once running: a redelivery after this point can only mean we died,
             # and then the job ends as RUNNER_LOST instead of running twice.
             await job.ack()
@@ -131,14 +135,15 @@ class JobExecutor:
             self.ledger.remove(job_id)
             # Should another runner have declared the job lost first (its lease expired), the
             # shared terminal event id keeps that ending.
-            await self.journal.end(
-                job_id,
-                outcome.status,
-                exit_code=outcome.exit_code,
-                error=outcome.error,
-                cancelled_by=outcome.cancelled_by,
-                result=reporter.result or None,
-            )
+            if not outcome.stored:
+                await self.journal.end(
+                    job_id,
+                    outcome.status,
+                    exit_code=outcome.exit_code,
+                    error=outcome.error,
+                    cancelled_by=outcome.cancelled_by,
+                    result=reporter.result or None,
+                )
             # Should this not get through, the sweep removes the record of the ended job.
             await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))
         finally:
@@ -242,7 +247,10 @@ class JobExecutor:
         keeper: LeaseKeeper,
         output: OutputDirectory | None,
     ) -> Outcome:
-        if output is None:
+        execution: Execution
+        if job_type.external:
+            execution = ExternalExecution(self.nc, self.journal, request, job_type)
+        elif output is None:
             return Outcome(
                 JobStatus.FAILED,
                 error=ErrorInfo(
@@ -251,7 +259,8 @@ class JobExecutor:
                     "(artifact_work_dir full or not writable).",
                 ),
             )
-        execution = execution_for(request, job_type, self.settings, output.path)
+        else:
+            execution = execution_for(request, job_type, self.settings, output.path)
         if job.cancel_event.is_set():
             # Cancelled between the claim and now: never start it.
             return Outcome(JobStatus.CANCELLED, cancelled_by=job.cancelled_by)

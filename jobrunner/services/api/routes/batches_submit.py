@@ -19,12 +19,12 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import schemas
 from jobrunner.services.api.batchpublish import BatchEvents, publish_batch
 from jobrunner.services.api.batchrequest import decode_body, plan_batch
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT
 from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.idempotency import HEADER, Claim, check_key
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
-from jobrunner.services.api.submission import READ_YOUR_WRITES_TIMEOUT
 
 PATHS = ["/api/jobs/batch", "/api/batches"]
 
