@@ -94,6 +94,15 @@ class JobType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     level_pattern: str | None = None
     result_pattern: str | None = None
     webhooks: list[TypeWebhook] = []
+    # Done elsewhere: no tool runs; a worker reports over HTTP with the job's callback token.
+    external: bool = False
+    # An external job that reports nothing for this long fails PROCESSING_TIMEOUT (without it:
+    # nothing for ``timeout_seconds``).
+    heartbeat_seconds: float | None = None
+
+
+# What an external type cannot have: it runs nothing in the runner.
+_TOOL_ONLY_FIELDS = ("argv", "callable", "cwd", "env", "mask")
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,8 +142,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
             job_type = msgspec.convert({**body, "name": name}, JobType)
         except msgspec.ValidationError as exc:
             raise JobTypeConfigError(f"job type {name!r} in {path}: {exc}") from None
-        if bool(job_type.argv) == bool(job_type.callable):
-            raise JobTypeConfigError(f"job type {name!r} needs either an argv or a callable")
+        _check_kind(job_type)
         if job_type.callable and not re.fullmatch(
             r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", job_type.callable
         ):
@@ -180,6 +188,36 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
     if not types:
         raise JobTypeConfigError(f"job types file {path} defines no [job_types.*] table")
     return types
+
+
+def _check_kind(job_type: JobType) -> None:
+    """A tool (argv), a callable, or external: exactly one, with the timeouts each needs."""
+    name = job_type.name
+    if job_type.timeout_seconds <= 0:
+        raise JobTypeConfigError(f"job type {name!r}: timeout_seconds must be above 0")
+    if job_type.external:
+        given = [f for f in _TOOL_ONLY_FIELDS if getattr(job_type, f)]
+        if given:
+            raise JobTypeConfigError(
+                f"job type {name!r} is external (a worker elsewhere reports it over HTTP), so it "
+                f"takes no {', '.join(given)}"
+            )
+        if job_type.heartbeat_seconds is not None and not (
+            0 < job_type.heartbeat_seconds <= job_type.timeout_seconds
+        ):
+            raise JobTypeConfigError(
+                f"job type {name!r}: heartbeat_seconds must be above 0 and at most "
+                f"timeout_seconds ({job_type.timeout_seconds:g})"
+            )
+        return
+    if job_type.heartbeat_seconds is not None:
+        raise JobTypeConfigError(
+            f"job type {name!r}: heartbeat_seconds is for external job types only (external = true)"
+        )
+    if bool(job_type.argv) == bool(job_type.callable):
+        raise JobTypeConfigError(
+            f"job type {name!r} needs either an argv or a callable (or external = true)"
+        )
 
 
 def _check_placeholders(job_type: JobType) -> None:
@@ -359,6 +397,8 @@ def public_schema(job_type: JobType) -> dict[str, Any]:
         "lock": job_type.lock,
         "on_busy": job_type.on_busy,
         "timeout_seconds": job_type.timeout_seconds,
+        "external": job_type.external,
+        "heartbeat_seconds": job_type.heartbeat_seconds,
         "parameters": {
             name: {
                 k: v

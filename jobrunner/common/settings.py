@@ -59,6 +59,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Demo tools: seconds between items; 0 runs them as fast as possible.
     demo_pace: float = 0.4
 
+    # Artifacts (README "Artifacts"): what a job leaves in its JOBRUNNER_OUTPUT_DIR is stored in
+    # the artifacts object store. A file over the first limit, or beyond the second counted over
+    # the job's files, is not stored: the job's log says so and it ends ARTIFACT_TOO_LARGE.
+    artifact_max_file_bytes: int = 1 << 30
+    artifact_max_job_bytes: int = 4 << 30
+    # Where the runner makes each job's output directory (empty: <state_dir>/outputs); one runner
+    # host's own: a runner starting removes what a killed one left there.
+    artifact_work_dir: str = ""
+    # A download (GET .../artifacts/..., .../download-archive) that gets no data from NATS for
+    # this long is cut off (the client sees an incomplete body) rather than left hanging.
+    artifact_read_idle_seconds: float = 10.0
+
     # Event stream limits (0 means unlimited)
     stream_max_age_days: float = 0
     stream_max_bytes: int = 0
@@ -154,6 +166,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "stream_max_age_days": (0, _NO_LIMIT),
     "stream_max_bytes": (0, _NO_LIMIT),
     "readmodel_retention_days": (0, _NO_LIMIT),
+    "artifact_max_file_bytes": (0, _NO_LIMIT),
+    "artifact_max_job_bytes": (0, _NO_LIMIT),
     "stream_replicas": (1, 5),  # JetStream's own limit
     "sse_retry_ms": (0, _NO_LIMIT),
     "max_streams_per_token": (1, _NO_LIMIT),
@@ -182,6 +196,7 @@ _ABOVE_ZERO = (
     "notifier_ack_wait_seconds",
     "batch_seal_timeout_seconds",
     "idempotency_ttl_seconds",
+    "artifact_read_idle_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 

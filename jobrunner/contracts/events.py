@@ -27,7 +27,8 @@ RESULT_CUT_FIELD = "_cut"
 # No control characters (NUL above all: Postgres text and jsonb cannot hold it).
 _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
-# Enforced on decode. Only ProgressReported carries enforced bounds: an event stored before they
+# Enforced on decode. Only ProgressReported (and ArtifactStored, whose names the runner checks
+# before it stores a file) carries enforced bounds: an event stored before they
 # existed and outside them fails to decode, and every consumer skips an undecodable event (the
 # projector logs it, the SSE feeds drop it); losing an absurd progress report costs nothing.
 # Lines and results are not constrained on decode: an old batch with one overlong or NUL line, or
@@ -98,6 +99,9 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # A job of a batch whose submission never completed (no BatchSealed in time); it never ran.
     BATCH_INCOMPLETE = "BATCH_INCOMPLETE"
+    # A file the job left in its output directory was over a size limit and not stored (the
+    # job's log names it); a job that would otherwise have completed ends failed with this.
+    ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,6 +149,9 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     # latest attempt.
     attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
     attempt_of: str | None = None
+    # An external job (done by a worker elsewhere, reported over HTTP): the SHA-256 (hex) of its
+    # callback token. The token itself is shown once, in the API's answer, and stored nowhere.
+    callback_token_hash: str | None = None
     # Delivered by the notifier when the job ends, before the job type's own webhooks.
     webhook: WebhookTarget | None = None
 
@@ -172,6 +179,9 @@ class StatusChanged(Event, frozen=True, kw_only=True, tag="StatusChanged"):
     runner_id: str | None = None
     cancelled_by: str | None = None
     result: Result | None = None
+    # The external worker's report that ended the job (its ``report_id``), so a retried final
+    # report is told it was stored rather than that the job had already ended.
+    report_id: str | None = None
 
 
 class LogLine(msgspec.Struct, frozen=True, array_like=True):
@@ -231,6 +241,26 @@ class WebhookAttempted(Event, frozen=True, kw_only=True, tag="WebhookAttempted")
     first_attempt_at: datetime | None = None
 
 
+# An artifact's name: a relative path inside the job's output directory, ``/``-separated, no
+# ``.``/``..`` part, no backslash, no control characters (common/artifactnames.py checks it).
+MAX_ARTIFACT_NAME_CHARS = 1024
+ArtifactName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_ARTIFACT_NAME_CHARS, pattern=_NO_CONTROL)
+]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+
+
+class ArtifactStored(Event, frozen=True, kw_only=True, tag="ArtifactStored"):
+    """A file of the job is stored in the artifacts object store, under ``object_name``
+    (``<job_id>/<name>``); published before the job's terminal StatusChanged."""
+
+    name: ArtifactName
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    content_type: str = "application/octet-stream"
+    sha256: Sha256Hex
+    object_name: str
+
+
 class BatchEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Fields every batch event carries (on the batch's own subjects, see ``names``)."""
 
@@ -264,6 +294,7 @@ class BatchRestarted(BatchEvent, frozen=True, kw_only=True, tag="BatchRestarted"
     mode: str
     job_ids: list[str] = []  # the attempts being replaced, in batch order
     requested_by: str | None = None
+    reason: Message | None = None
 
 
 class BatchFailed(BatchEvent, frozen=True, kw_only=True, tag="BatchFailed"):
@@ -289,6 +320,7 @@ JobEvent = (
     | LineLogged
     | ProgressReported
     | WebhookAttempted
+    | ArtifactStored
 )
 AnyBatchEvent = BatchRequested | BatchSealed | BatchRestarted | BatchFailed | BatchArchived
 AnyEvent = JobEvent | AnyBatchEvent
@@ -302,6 +334,7 @@ EVENT_TYPES: tuple[type[Event] | type[BatchEvent], ...] = (
     LineLogged,
     ProgressReported,
     WebhookAttempted,
+    ArtifactStored,
     BatchRequested,
     BatchSealed,
     BatchRestarted,

@@ -10,9 +10,13 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
+from jobrunner.services.api.routes.batch_actions import BatchActionController
 from jobrunner.services.api.routes.batches import BatchController
 from jobrunner.services.api.routes.batches_submit import batch_submit_routes
+from jobrunner.services.api.routes.external import report_external_job
+from jobrunner.services.api.routes.job_actions import JobActionController
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
 from jobrunner.services.api.routes.meta import health, list_job_types, list_projector_failures
@@ -31,6 +35,9 @@ def create_app(settings: Settings) -> Litestar:
             JobController,
             BatchController,
             *batch_submit_routes(settings),
+            JobActionController,
+            BatchActionController,
+            report_external_job,
             job_event_stream,
             list_job_types,
             health,
@@ -41,6 +48,7 @@ def create_app(settings: Settings) -> Litestar:
             download_job_log,
             job_events,
             job_webhooks,
+            *artifacts.ROUTES,
             # web UI
             *UI_ROUTES,
         ],

@@ -312,3 +312,25 @@ def webhook_log(job_id: str, rows: list[asyncpg.Record]) -> schemas.WebhookLog:
         )
     ordered = sorted(deliveries.values(), key=lambda d: d.webhook_index)
     return schemas.WebhookLog(job_id=job_id, deliveries=ordered, items=items)
+
+
+ARTIFACT_COLUMNS = "name, size, content_type, sha256, object_name, stored_at"
+
+
+async def list_artifacts(pool: asyncpg.Pool, job_id: str) -> list[asyncpg.Record]:
+    """A job's artifacts, by name."""
+    return list(
+        await pool.fetch(
+            f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 "
+            "ORDER BY name",
+            job_id,
+        )
+    )
+
+
+async def get_artifact(pool: asyncpg.Pool, job_id: str, name: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 AND name = $2",
+        job_id,
+        name,
+    )

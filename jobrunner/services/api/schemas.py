@@ -22,11 +22,15 @@ class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
     webhook: WebhookRequest | None = None
 
 
-class JobCreated(msgspec.Struct):
+class JobCreated(msgspec.Struct, omit_defaults=True):
     id: str
     job_type: str
     status: str
     created_at: datetime
+    # An external job's: shown here once (only its hash is stored); the worker reports to
+    # callback_url with "Authorization: Bearer <callback_token>".
+    callback_token: str | None = None
+    callback_url: str | None = None
 
 
 class JobError(msgspec.Struct):
@@ -181,8 +185,35 @@ class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
     jobs: list[CreateBatchJob]
 
 
-class BatchCreated(msgspec.Struct):
+class ExternalCallback(msgspec.Struct):
+    """Where an external job of a batch reports, and the token it reports with (shown once)."""
+
+    job_id: str
+    batch_index: int
+    callback_token: str
+    callback_url: str
+
+
+class BatchCreated(msgspec.Struct, omit_defaults=True):
     batch_id: str
     batch_name: str
     total_jobs: int
     job_ids: list[str]  # in batch order: job_ids[i] is the job at batch_index i
+    # One per external job of the batch, in batch order (left out when it has none).
+    callbacks: list[ExternalCallback] = []
+
+
+class Artifact(msgspec.Struct):
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+    stored_at: datetime
+    url: str  # streams the file
+
+
+class ArtifactList(msgspec.Struct):
+    job_id: str
+    items: list[Artifact]
+    total_bytes: int
+    archive_url: str | None  # a ZIP of them all; None when there are none

@@ -69,6 +69,12 @@ WEBHOOK_COLUMNS = (
 )
 
 
+class ArtifactRecorded(msgspec.Struct, frozen=True, gc=False):
+    """A row of the artifacts table (a later one of the same job and name replaces it)."""
+
+    row: dict[str, Any]
+
+
 class Unreadable(msgspec.Struct, frozen=True, gc=False):
     """A stored message that is no event this version can read: it is set aside (recorded in
     the table of events the projector could not apply), never applied."""
@@ -77,7 +83,13 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
 
 
 Change = (
-    JobCreated | JobUpdated | BatchChanged | LinesAppended | WebhookAttemptRecorded | Unreadable
+    JobCreated
+    | JobUpdated
+    | BatchChanged
+    | LinesAppended
+    | WebhookAttemptRecorded
+    | ArtifactRecorded
+    | Unreadable
 )
 
 
@@ -170,6 +182,22 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
             return [JobUpdated(job_id, fields, stream_seq)]
         case events.WebhookAttempted():
             return [_webhook_attempt(event, job_id, stream_seq)]
+        case events.ArtifactStored():
+            return [
+                ArtifactRecorded(
+                    {
+                        "job_id": job_id,
+                        "name": text(event.name),
+                        "size": event.size,
+                        "content_type": text(event.content_type),
+                        "sha256": text(event.sha256),
+                        "object_name": text(event.object_name),
+                        "stored_at": event.occurred_at,
+                        "stream_seq": stream_seq,
+                    }
+                ),
+                JobUpdated(job_id, {"updated_at": event.occurred_at}, stream_seq),
+            ]
     return []
 
 
