@@ -394,3 +394,21 @@ async def test_batch_with_a_bad_webhook_is_refused_naming_the_job(
     assert [(e["index"], e["field"], e["code"]) for e in error["errors"]] == [
         (1, "webhook.url", "UNSUPPORTED_SCHEME")
     ]
+
+
+async def test_restarted_job_notifies_the_webhook_it_was_requested_with(
+    notifying: System, receiver: Receiver
+) -> None:
+    """POST /api/jobs/{id}/restart: the new attempt's end goes to the first attempt's webhook,
+    under the new job's id and delivery id."""
+    first = await start_job(notifying, {"url": receiver.url}, exit_code=2)
+    await receiver.wait_for(1)
+    async with notifying.client() as client:
+        restarted = await client.post(f"/api/jobs/{first}/restart")
+    assert restarted.status_code == 201, restarted.text
+    second = restarted.json()["id"]
+    got = await receiver.wait_for(2)
+    body = json.loads(got[1].body)
+    assert body["job_id"] == second
+    assert body["attempt"] == 2
+    assert got[1].headers["x-jobrunner-delivery"] == signature.delivery_id(second, 0)

@@ -167,6 +167,12 @@ class Notifier:
         if request is None:
             log.warning("ended job without a request; no webhook")
             return True
+        if request.webhook is None and request.attempt_of is not None:
+            # A restart is a new attempt of the same work: it notifies the webhook the work was
+            # requested with (its own delivery id, since it is another job).
+            first = await self._last(request.attempt_of, "requested", events.JobRequested)
+            if first is not None and first.webhook is not None:
+                request = msgspec.structs.replace(request, webhook=first.webhook)
         targets = targets_of(
             request,
             self.job_types.get(request.job_type),
