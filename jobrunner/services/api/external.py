@@ -1,4 +1,6 @@
-"""An external job's report, from the worker's HTTP request to events in the stream.
+"""External jobs in the API: their callback tokens handed out (``CallbackIssuer``,
+``callback_tokens``: new jobs, batches, new attempts), and a worker's report, from its HTTP
+request to events in the stream.
 
 The callback token is checked against the hash in the job's JobRequested, read from the stream
 (not the read models, which may lag a report sent right after the job was requested). One
