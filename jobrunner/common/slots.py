@@ -72,8 +72,10 @@ class RunRecord(msgspec.Struct, kw_only=True):
 
 RESERVATION_MIN_TTL = 60  # seconds
 
-# How long enqueue_many waits for the server to confirm a batch's queue entries.
-ENQUEUE_ACK_SECONDS = 30.0
+# How long enqueue_many waits for the server to confirm a batch's queue entries: about as long as
+# publish_many waits out an outage (its 5 s ack wait, then a 5 s publish), so a batch POST gives
+# up on a NATS outage after the same time whether its jobs have locks or not.
+ENQUEUE_ACK_SECONDS = 10.0
 
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
@@ -266,6 +268,22 @@ class SlotTable:
     async def forget_run(self, job_id: str) -> None:
         await self._delete(run_key(job_id), None)
 
+    async def run_record(self, job_id: str) -> RunRecord | None:
+        """One running job's record, if it has one."""
+        raw, _ = await self._read_raw(run_key(job_id))
+        return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
+
+    async def holder(self, job_id: str) -> RunRecord | None:
+        """The record of the runner holding ``job_id``'s slot now (its run record names a slot
+        whose live lease is the job's), or None."""
+        record = await self.run_record(job_id)
+        if record is None:
+            return None
+        lease = await self.current(record.slot_key)
+        if lease is None or lease.value.job_id != job_id or lease.value.phase != "held":
+            return None
+        return record
+
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()
@@ -289,12 +307,16 @@ class SlotTable:
         except KeyWrongLastSequenceError:
             return 0  # already queued
 
-    async def enqueue_many(self, lock: str, jobs: Sequence[tuple[str, str]]) -> None:
+    async def enqueue_many(
+        self, lock: str, jobs: Sequence[tuple[str, str]], timeout: float = ENQUEUE_ACK_SECONDS
+    ) -> None:
         """Put jobs (job id, job type) at the end of their lock's queue, in this order (a batch).
 
         Pipelined on one connection, which the server stores in the order sent: the revisions,
         the jobs' places, follow the list. Unconditional, unlike ``enqueue``: a job queued again
-        moves behind the others, still in list order.
+        moves behind the others, still in list order. Raises TimeoutError when the server has
+        not confirmed every entry within ``timeout`` (the caller answers with an error; a retry
+        queues the batch again, in order).
         """
         now = time.time()
         futures = [
@@ -304,7 +326,7 @@ class SlotTable:
             )
             for job_id, job_type in jobs
         ]
-        async with asyncio.timeout(ENQUEUE_ACK_SECONDS):
+        async with asyncio.timeout(timeout):
             await asyncio.gather(*futures)
 
     async def dequeue(self, lock: str, job_id: str) -> None:

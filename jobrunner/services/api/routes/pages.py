@@ -20,7 +20,7 @@ from litestar.types import ControllerRouterHandler
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.api import i18n, readmodels, schemas, security
+from jobrunner.services.api import i18n, links, readmodels, schemas, security
 from jobrunner.services.api.attempts import attempts_of
 from jobrunner.services.api.dependencies import ctx_of, find_batch, find_job
 from jobrunner.services.api.security.principal import optional_principal
@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent.parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 RECENT_LIMIT = 20
+# The detail page shows a job's newest webhook attempts (GET /api/jobs/{id}/webhooks has more).
+WEBHOOK_ATTEMPTS_SHOWN = 20
 # The detail page carries the log's first lines, so its first screen needs no second request.
 FIRST_LINES = 200
 FIRST_LINES_MAX_CHARS = 200_000
@@ -258,6 +260,18 @@ async def job_page(
         attempts=attempts,
         parameters=parameter_rows(job, ctx.job_types.get(job.job_type), t),
         first_lines=await first_lines(ctx.pool, job_id),
+        webhooks=readmodels.webhook_log(
+            job_id, await readmodels.webhook_attempts(ctx.pool, job_id, WEBHOOK_ATTEMPTS_SHOWN)
+        ),
+        artifacts=[
+            {
+                "name": r["name"],
+                "size": r["size"],
+                "size_text": links.size_text(r["size"], language_of(request)),
+                "url": links.artifact_url(job_id, r["name"]),
+            }
+            for r in await readmodels.list_artifacts(ctx.pool, job_id)
+        ],
     )
 
 
