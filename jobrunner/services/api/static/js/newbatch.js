@@ -6,8 +6,8 @@ import { collectParameters } from "./jobform.js";
 import { checkParameters, rowsOfFile, FileProblem, MAX_FILE_BYTES } from "./paramrows.js";
 
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
-const LIST_SHOWN = 200;
 const schemas = JSON.parse(document.getElementById("parameter-schemas")?.textContent || "{}");
+const LIST_SHOWN = 200; // good rows listed; rows with a problem are always listed
 
 function newKey() {
   if (crypto.randomUUID) return crypto.randomUUID(); // only in secure contexts
