@@ -250,3 +250,26 @@ async def test_side_panel_keeps_its_list_short_when_a_big_batch_arrives(
     finally:
         async with system.client() as client:
             await client.post(f"/api/batches/{batch_id}/fail", json={"reason": "test over"})
+
+
+async def test_batch_filters_narrow_the_list_and_stay_in_the_address(
+    page: Page, system: System
+) -> None:
+    """Filtering by job type and name shows only the match; a start date ahead shows none."""
+    await create_batch(system, "Apfel", [("emit", {"lines": 1})])
+    pear = await create_batch(system, "Birne", [("exclusive", {"lines": 1})])
+    await page.goto("/batches")
+    rows = page.locator("[data-batch-row]")
+    await expect(rows).to_have_count(2)
+
+    await page.get_by_label("Job-Typ").select_option("exclusive")
+    await page.get_by_label("Suche").fill("irn")
+    await page.get_by_role("button", name="Filtern").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_have_attribute("data-batch-id", pear)
+    await expect(page).to_have_url(re.compile(r"/batches\?job_type=exclusive&search=irn$"))
+
+    await page.get_by_label("Angelegt ab").fill("2999-01-01")
+    await page.get_by_role("button", name="Filtern").click()
+    await expect(rows).to_have_count(0)
+    await expect(page.locator("#batches-empty")).to_be_visible()
