@@ -273,3 +273,35 @@ async def test_batch_filters_narrow_the_list_and_stay_in_the_address(
     await page.get_by_role("button", name="Filtern").click()
     await expect(rows).to_have_count(0)
     await expect(page.locator("#batches-empty")).to_be_visible()
+
+
+async def test_archived_batch_leaves_the_default_list_and_comes_back(
+    page: Page, system: System
+) -> None:
+    """Archive (confirmed) hides the batch from /batches; "Nur archivierte" shows it; unarchive."""
+    batch_id = await create_batch(system, "Alt", [("emit", {"lines": 1})])
+    await page.goto(f"/batches/{batch_id}")
+    await page.get_by_role("button", name="Archivieren").click()
+    await (
+        page.get_by_role("dialog", name="Batch archivieren?")
+        .get_by_role("button", name="Ja, ausführen")
+        .click()
+    )
+    await expect(page.locator('#batch-card [data-field="archived"]')).to_be_visible()
+    await expect(page.get_by_role("button", name="Aus dem Archiv holen")).to_be_visible()
+
+    await page.goto("/batches")
+    await expect(page.locator("#batches-empty")).to_be_visible()
+    await page.goto("/batches?archived=true")
+    await expect(page.locator(f'[data-batch-row][data-batch-id="{batch_id}"]')).to_be_visible()
+
+    await page.goto(f"/batches/{batch_id}")
+    await page.get_by_role("button", name="Aus dem Archiv holen").click()
+    await (
+        page.get_by_role("dialog", name="Batch aus dem Archiv holen?")
+        .get_by_role("button", name="Ja, ausführen")
+        .click()
+    )
+    await expect(page.get_by_role("button", name="Archivieren")).to_be_visible()
+    await page.goto("/batches")
+    await expect(page.locator(f'[data-batch-row][data-batch-id="{batch_id}"]')).to_be_visible()
