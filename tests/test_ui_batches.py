@@ -305,3 +305,20 @@ async def test_archived_batch_leaves_the_default_list_and_comes_back(
     await expect(page.get_by_role("button", name="Archivieren")).to_be_visible()
     await page.goto("/batches")
     await expect(page.locator(f'[data-batch-row][data-batch-id="{batch_id}"]')).to_be_visible()
+
+
+async def test_batch_page_shows_new_attempts_of_a_restart_made_elsewhere(
+    page: Page, system: System
+) -> None:
+    """A restart by someone else: the open batch page lists the new attempts, no reload."""
+    batch_id = await create_batch(system, "Zweimal", [("emit", {"lines": 1})] * 2)
+    await wait_for_batch(system, batch_id, lambda b: b["status"] == "completed")
+    await page.goto(f"/batches/{batch_id}")
+    attempts = page.locator("#batch-jobs-body [data-attempt]")
+    await expect(attempts).to_have_text(["1", "1"])
+    await page.evaluate("window.sameDocument = true")
+    async with system.client() as client:
+        restarted = await client.post(f"/api/batches/{batch_id}/restart", json={})
+    assert restarted.status_code == 202, restarted.text
+    await expect(attempts).to_have_text(["2", "2"], timeout=30_000)
+    assert await page.evaluate("window.sameDocument") is True

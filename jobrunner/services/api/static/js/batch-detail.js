@@ -6,12 +6,15 @@ import { statusBadge } from "./widgets.js";
 import { confirmAction, problemOf } from "./confirm.js";
 
 const JOBS_PAGE = 100;
+const MAX_LIMIT = 500; // GET /api/batches/{id}'s most jobs in one answer
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
 
 let batchId = "";
 let jobsCursor = null;
 let loadingJobs = false;
 let jobsDone = false;
+let pendingShown = 0;
+let reloadTimer = 0;
 
 function setText(root, field, value) {
   const el = root.querySelector(`[data-field="${field}"]`);
@@ -46,6 +49,7 @@ function jobRow(job) {
 
 function fillJobRow(row, job) {
   row.dataset.jobId = job.id;
+  row.dataset.place = String(job.batch_index);
   row.dataset.status = job.status;
   row.querySelector("[data-index]").textContent = job.batch_index != null ? formatNumber(job.batch_index + 1) : "–";
   row.querySelector("[data-title]").textContent = titles[job.job_type] ?? job.job_type;
@@ -68,8 +72,17 @@ async function fetchBatch(params) {
 
 function showJobs(page, append) {
   const body = document.getElementById("batch-jobs-body");
-  const rows = (page.items ?? []).map(jobRow);
-  if (append) body.append(...rows); else body.replaceChildren(...rows);
+  if (append) {
+    body.append(...(page.items ?? []).map(jobRow));
+  } else {
+    // Read again: each place's row is patched where it is (a new attempt takes its job's
+    // place), so focus and scroll stay; places not shown yet are added.
+    const places = new Map([...body.children].map((row) => [row.dataset.place, row]));
+    for (const job of page.items ?? []) {
+      const row = places.get(String(job.batch_index));
+      if (row) fillJobRow(row, job); else body.append(jobRow(job));
+    }
+  }
   jobsCursor = page.next_cursor ?? null;
   jobsDone = !jobsCursor;
   document.getElementById("batch-jobs-none").hidden = body.children.length > 0;
@@ -77,12 +90,25 @@ function showJobs(page, append) {
   document.getElementById("batch-jobs-end").hidden = !jobsDone || body.children.length === 0;
 }
 
-/** The batch with its first page of jobs (again after an action: attempts changed). */
-async function loadAll() {
+/** The batch with its jobs read again (after an action, or live: attempts changed), as many
+ * as are shown up to one answer's most, so a reload takes away no page one loaded. */
+function loadAll() {
+  return serial(readAll);
+}
+
+// Reads one after another: a live re-read and "more jobs" each see what the other did.
+let chain = Promise.resolve();
+function serial(read) {
+  chain = chain.then(read, read);
+  return chain;
+}
+
+async function readAll() {
   const root = document.getElementById("batch-detail");
+  const shown = document.getElementById("batch-jobs-body").children.length;
   let found;
   try {
-    found = await fetchBatch(new URLSearchParams({ jobs_limit: String(JOBS_PAGE) }));
+    found = await fetchBatch(new URLSearchParams({ jobs_limit: String(Math.min(MAX_LIMIT, Math.max(JOBS_PAGE, shown))) }));
   } catch {
     document.getElementById("batch-error").hidden = false;
     return;
@@ -95,13 +121,19 @@ async function loadAll() {
   }
   document.getElementById("batch-card").hidden = false;
   document.getElementById("batch-jobs").hidden = false;
+  pendingShown = found.batch.pending_jobs ?? 0;
   drawFacts(found.batch);
   showJobs(found.batch.jobs ?? {}, false);
 }
 
-async function moreJobs() {
+function moreJobs() {
   if (loadingJobs || jobsDone || !jobsCursor) return;
   loadingJobs = true;
+  serial(readMore);
+}
+
+async function readMore() {
+  if (jobsDone || !jobsCursor) { loadingJobs = false; return; }
   try {
     const found = await fetchBatch(new URLSearchParams({ jobs_limit: String(JOBS_PAGE), jobs_cursor: jobsCursor }));
     if (found.batch) {
@@ -166,6 +198,15 @@ export function initBatchDetailPage() {
   document.addEventListener("batch-update", (event) => {
     if (event.detail.id !== batchId || document.getElementById("batch-card").hidden) return;
     const before = document.getElementById("batch-card").dataset.status;
+    // A restart (from here or elsewhere) puts new attempts in the rows' places. The rows are
+    // read again after every burst of updates while one answer holds them all; beyond that,
+    // only when more jobs pend than before (the mark of new attempts).
+    const oneAnswer = document.getElementById("batch-jobs-body").children.length <= MAX_LIMIT;
+    const morePending = (event.detail.pending_jobs ?? 0) > pendingShown;
+    if ((oneAnswer || morePending) && !reloadTimer) {
+      reloadTimer = setTimeout(() => { reloadTimer = 0; loadAll(); }, 300);
+    }
+    pendingShown = event.detail.pending_jobs ?? 0;
     drawFacts(event.detail);
     if (before !== event.detail.status) {
       announce(t("batch.live", { name: event.detail.name || batchId, status: t(`status.${event.detail.status}`) }));
