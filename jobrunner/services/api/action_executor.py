@@ -43,7 +43,9 @@ from jobrunner.services.api.actions import (
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import find_batch
 from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.job_control import give_back_places, raise_busy
+from jobrunner.services.api.schemas import ExternalCallback
 from jobrunner.services.api.security import Principal
 
 # The most unknown job ids an error lists (``unknown_count`` says how many there were).
@@ -106,7 +108,12 @@ def check_options(action: Action, options: ActionOptions, *, on_job: bool = Fals
 
 
 async def act_on_batch(
-    ctx: ApiContext, batch_id: str, action: Action, options: ActionOptions, principal: Principal
+    ctx: ApiContext,
+    batch_id: str,
+    action: Action,
+    options: ActionOptions,
+    principal: Principal,
+    callbacks: CallbackIssuer | None = None,
 ) -> BatchActionAccepted:
     check_options(action, options)
     await attempt_rows.catch_up(ctx)
@@ -162,12 +169,17 @@ async def act_on_batch(
             reason=options.reason,
             selected=selected,
         )
+    issued: list[ExternalCallback] = []
+    if callbacks is not None:
+        # New attempts of external jobs need callback tokens of their own.
+        plan.attempts, issued = callbacks.issue(ctx.job_types, plan.attempts)
     await carry_out(ctx, plan, queue_all=True)
     return BatchActionAccepted(
         batch_id=batch_id,
         action=action.value,
         jobs=plan.touched,
         attempts=[attempt.job_id for attempt in plan.attempts],
+        callbacks=issued,
     )
 
 
@@ -204,7 +216,11 @@ async def _visible_attempt(ctx: ApiContext, job_id: str, principal: Principal) -
 
 
 async def restart_job(
-    ctx: ApiContext, job_id: str, options: ActionOptions, principal: Principal
+    ctx: ApiContext,
+    job_id: str,
+    options: ActionOptions,
+    principal: Principal,
+    callbacks: CallbackIssuer | None = None,
 ) -> JobRestarted:
     """A new attempt of an ended job (of its latest attempt, whichever attempt was named)."""
     check_options(Action.RESTART, options, on_job=True)
@@ -222,6 +238,9 @@ async def restart_job(
             known=sorted(ctx.job_types),
         )
     attempt = next_attempt(latest, principal.name)
+    issued: list[ExternalCallback] = []
+    if callbacks is not None:
+        [attempt], issued = callbacks.issue(ctx.job_types, [attempt])
     reservation = None
     if attempt.lock and attempt.batch_id is None and job_type.on_busy == "reject":
         # As POST /api/jobs: a busy lock answers 409 rather than queueing.
@@ -248,6 +267,8 @@ async def restart_job(
         attempt_of=latest.root,
         restarted=latest.id,
         batch_id=attempt.batch_id,
+        callback_token=issued[0].callback_token if issued else None,
+        callback_url=issued[0].callback_url if issued else None,
     )
 
 

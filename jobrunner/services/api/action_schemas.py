@@ -7,6 +7,8 @@ from typing import Annotated
 
 import msgspec
 
+from jobrunner.services.api.schemas import ExternalCallback
+
 MAX_REASON_CHARS = 2000
 MAX_JOB_IDS = 10_000
 MAX_JOB_ID_CHARS = 200
@@ -34,6 +36,8 @@ class BatchActionAccepted(msgspec.Struct):
     action: str
     jobs: list[str]  # the latest attempts this action replaced or cancelled, in batch order
     attempts: list[str]  # the new attempts' job ids, in the same order as the jobs they replace
+    # The new attempts of external jobs: their callback tokens and addresses, shown once.
+    callbacks: list[ExternalCallback] = []
 
 
 class JobRestarted(msgspec.Struct):
@@ -45,6 +49,9 @@ class JobRestarted(msgspec.Struct):
     attempt_of: str
     restarted: str  # the attempt this one runs again
     batch_id: str | None = None
+    # A new attempt of an external job: its worker reports with these (shown once).
+    callback_token: str | None = None
+    callback_url: str | None = None
 
 
 class JobArchiveChanged(msgspec.Struct):
