@@ -232,3 +232,22 @@ async def test_replay_rebuilds_the_same_artifact_rows(settings: Settings, system
     report = await replay(settings)
     assert report.differences == {}
     assert report.tables["artifacts"] == len(SEVERAL) + 1
+
+
+async def test_runner_start_removes_output_directories_a_killed_runner_left(
+    settings: Settings, system: System
+) -> None:
+    """Files of a job whose runner died mid-job do not stay on disk once a runner starts again."""
+    await system.stop_service("runner")
+    work = Path(settings.artifact_work_dir)
+    leftover = work / "jobrunner-0123456789abcdef-x1y2" / "out"
+    leftover.mkdir(parents=True)
+    (leftover / "half.bin").write_bytes(b"x" * 1000)
+    unrelated = work / "not-ours.txt"
+    unrelated.write_text("kept")
+    await system.start_runner()
+    async with system.client() as client:
+        # A job through the new runner: by its end the runner has long finished starting.
+        await _finished(client, "artifacts", mode="sized", sizes="1")
+    assert not leftover.parent.exists()
+    assert unrelated.read_text() == "kept"

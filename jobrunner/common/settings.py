@@ -64,7 +64,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the job's files, is not stored: the job's log says so and it ends ARTIFACT_TOO_LARGE.
     artifact_max_file_bytes: int = 1 << 30
     artifact_max_job_bytes: int = 4 << 30
-    # Where the runner makes each job's output directory (empty: the system's temp directory).
+    # Where the runner makes each job's output directory (empty: <state_dir>/outputs); one runner
+    # host's own: a runner starting removes what a killed one left there.
     artifact_work_dir: str = ""
     # A download (GET .../artifacts/..., .../download-archive) that gets no data from NATS for
     # this long is cut off (the client sees an incomplete body) rather than left hanging.

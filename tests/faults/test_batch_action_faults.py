@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from jobrunner.contracts.names import Names
-from tests.batch_actions_support import counters, real_counts, submit_batch
+from tests.batch_actions_support import counters, real_counts, submit_through
 from tests.faults import figures
 from tests.faults.cluster import FaultCluster, is_terminal, now
 from tests.faults.invariants import outcome
@@ -65,9 +65,7 @@ class BatchJobs:
             )
             for i in range(self.count)
         ]
-        self.batch_id, self.job_ids = await submit_batch(
-            self.cluster.settings, jobs, requested_by="local"
-        )
+        self.batch_id, self.job_ids = await submit_through(self.cluster.client, jobs)
 
     async def snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
         """The batch row, its latest attempts and every attempt, as of one moment."""

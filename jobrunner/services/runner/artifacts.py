@@ -1,9 +1,10 @@
 """A job's output directory, and storing what the job left in it as the job's artifacts.
 
 Each job gets a fresh directory ``<work dir>/jobrunner-<job id>-<random>/out``, named to the
-tool as ``JOBRUNNER_OUTPUT_DIR``. When the job ends (however it ends, before its terminal status
-is published) every regular file in it is stored in the artifacts object store and announced
-with an ``ArtifactStored`` event; then the whole directory goes.
+tool as ``JOBRUNNER_OUTPUT_DIR``. When the job ends (however it ends, before its terminal
+status is published) every regular file in it is stored in the artifacts object store and
+announced with an ``ArtifactStored`` event; then the whole directory goes. The work dir belongs to
+one runner host: a runner starting removes what a killed predecessor left there.
 
 What is never stored, each named in the job's log as an ERROR line:
 - symbolic links and special files (never followed: a link to /etc/passwd stays a link);
@@ -42,6 +43,7 @@ from jobrunner.contracts.names import Names
 log = structlog.get_logger()
 
 OUTPUT_ENV = "JOBRUNNER_OUTPUT_DIR"
+_PREFIX = "jobrunner-"
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,37 @@ class OutputDirectory:
 
     @classmethod
     def create(cls, settings: Settings, job_id: str) -> OutputDirectory:
-        base = settings.artifact_work_dir or None
-        if base:
-            Path(base).mkdir(parents=True, exist_ok=True)
-        root = Path(tempfile.mkdtemp(prefix=f"jobrunner-{job_id[:32]}-", dir=base))
+        base = work_dir(settings)
+        base.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{job_id[:32]}-", dir=base))
         path = root / "out"
         path.mkdir(mode=0o700)
         return cls(root=root, path=path)
 
     async def remove(self) -> None:
         await asyncio.to_thread(shutil.rmtree, self.root, True)
+
+
+def work_dir(settings: Settings) -> Path:
+    """Where the runner makes output directories: ``artifact_work_dir``, else
+    ``<state_dir>/outputs`` (a runner host's own, like the record of the tools it started)."""
+    return Path(settings.artifact_work_dir or Path(settings.state_dir) / "outputs")
+
+
+def remove_leftovers(settings: Settings) -> int:
+    """At a runner's start: remove the output directories a runner killed mid-job left behind
+    (its jobs ended RUNNER_LOST; their files were never stored). Returns how many went."""
+    base = work_dir(settings)
+    removed = 0
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(_PREFIX) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 @dataclass(frozen=True)

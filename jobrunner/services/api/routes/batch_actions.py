@@ -15,16 +15,20 @@ from jobrunner.services.api import action_executor
 from jobrunner.services.api.action_schemas import ActionOptions, BatchActionAccepted
 from jobrunner.services.api.actions import Action
 from jobrunner.services.api.dependencies import ctx_of
+from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 
+# The actions that make new attempts (external ones need callback tokens).
+RESTARTS = frozenset({Action.RESTART, Action.PENDING})
 _NOT_FOUND = {404: error_spec("No such batch, or not one of the caller's (BATCH_NOT_FOUND).")}
 
 
 async def _act(request: Request[Any, Any, Any], batch_id: str, action: Action) -> Any:
     options = action_executor.decode_options(await request.body())
+    callbacks = await CallbackIssuer.for_request(request) if action in RESTARTS else None
     return await action_executor.act_on_batch(
-        ctx_of(request), batch_id, action, options, principal_of(request)
+        ctx_of(request), batch_id, action, options, principal_of(request), callbacks
     )
 
 

@@ -10,6 +10,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from jobrunner.services.api import action_executor
 from jobrunner.services.api.action_schemas import JobArchiveChanged, JobRestarted
 from jobrunner.services.api.dependencies import ctx_of
+from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 
@@ -33,7 +34,11 @@ class JobActionController(Controller):
         """A new attempt of the job's latest attempt, once that one has ended."""
         options = action_executor.decode_options(await request.body())
         return await action_executor.restart_job(
-            ctx_of(request), job_id, options, principal_of(request)
+            ctx_of(request),
+            job_id,
+            options,
+            principal_of(request),
+            await CallbackIssuer.for_request(request),
         )
 
     @post(

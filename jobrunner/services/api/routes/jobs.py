@@ -19,6 +19,7 @@ from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.external import callback_url
 from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
@@ -40,12 +41,6 @@ LIST_PARAMETERS = (
     "created_to",
     "archived",
 )
-
-
-def callback_url(request: Request[Any, Any, Any], job_id: str) -> str:
-    """Where an external job's worker reports: absolute, from the address the request came to
-    (the Host the access layer allowed)."""
-    return str(request.base_url).rstrip("/") + callbacktoken.callback_path(job_id)
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
