@@ -24,7 +24,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import IO
 
 import msgspec
 import nats.errors
@@ -96,7 +96,7 @@ async def put_file(
     js: JetStreamContext,
     names: Names,
     object_name: str,
-    source: BinaryIO,
+    source: IO[bytes],
     size: int,
     should_stop: Callable[[], bool],
 ) -> StoredObject:
@@ -134,7 +134,7 @@ async def _put_once(
     js: JetStreamContext,
     names: Names,
     object_name: str,
-    source: BinaryIO,
+    source: IO[bytes],
     size: int,
     nuid: str,
     should_stop: Callable[[], bool],
