@@ -3,7 +3,10 @@ token, then listed and served like a tool's artifacts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
+import sys
 
 import msgspec
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from jobrunner.common.settings import Settings
 from tests.external_support import EXTERNAL_TYPES, ExternalJob, start_external, worker_client
 from tests.system import System
-from tests.tools.runners import wait_status
+from tests.tools.runners import REPO, wait_status
 
 DATA = bytes(range(256)) * 2000  # 512,000 bytes: several chunks
 
@@ -94,3 +97,27 @@ async def test_unsafe_name_and_ended_job_are_refused(system: System) -> None:
         late = await worker.put(url, content=b"x", headers=headers)
     assert (unsafe.status_code, unsafe.json()["error"]["code"]) == (400, "INVALID_ARTIFACT_NAME")
     assert (late.status_code, late.json()["error"]["code"]) == (409, "JOB_FINISHED")
+
+
+async def test_example_worker_attaches_its_summary(system: System) -> None:
+    """examples/external_worker.py leaves summary.txt as an artifact of its job."""
+    async with system.client() as client:
+        job = await start_external(client, file="a.pdf")
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(REPO / "examples" / "external_worker.py"),
+            job.url,
+            "--steps",
+            "2",
+            "--pause",
+            "0",
+            env={**os.environ, "JOBRUNNER_CALLBACK_TOKEN": job.token},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(worker.communicate(), 60)
+        await wait_status(client, job.id, "completed")
+        listed = (await client.get(f"/api/jobs/{job.id}/artifacts")).json()
+        body = (await client.get(listed["items"][0]["url"])).content
+    assert worker.returncode == 0, stderr.decode()
+    assert [a["name"] for a in listed["items"]] == ["summary.txt"]
+    assert body == b"2 steps done\n"
