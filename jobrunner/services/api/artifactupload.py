@@ -19,7 +19,7 @@ from typing import IO
 
 import msgspec
 
-from jobrunner.common import artifactnames, artifactstore, eventstore
+from jobrunner.common import artifactnames, artifactstore, eventstore, retry
 from jobrunner.contracts import events
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.errors import ApiError
@@ -92,12 +92,24 @@ async def store_upload(
         raise too_large(name, limit, setting)  # said up front: nothing need be read
     spool, size = await _spool(body, name, room, limit, setting)
     object_name = ctx.names.artifact_object(job_id, name)
+    try:
+        previous: str | None = (
+            await artifactstore.object_info(ctx.js, ctx.names, object_name)
+        ).nuid
+    except artifactstore.ObjectMissing:
+        previous = None
     deadline = time.monotonic() + UPLOAD_PATIENCE_SECONDS
     try:
         stored = await artifactstore.put_file(
             ctx.js, ctx.names, object_name, spool, size, lambda: time.monotonic() > deadline
         )
-    except artifactstore.UploadStopped:
+    except Exception as exc:
+        if not isinstance(exc, artifactstore.UploadStopped) and not retry.is_transient(exc):
+            raise ApiError(
+                507,
+                "ARTIFACT_NOT_STORED",
+                f"NATS refused the file for good: {exc!r}.",
+            ) from exc
         raise ApiError(
             503,
             "EVENTS_UNAVAILABLE",
@@ -106,6 +118,9 @@ async def store_upload(
         ) from None
     finally:
         spool.close()
+    if previous is not None:
+        # The same name sent again: the earlier content's chunks go.
+        artifactstore.purge_later(ctx.js, ctx.names, previous)
     content_type = artifactnames.content_type(name)
     name_digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
     await eventstore.publish(

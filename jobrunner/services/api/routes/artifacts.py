@@ -17,6 +17,7 @@ import structlog
 from litestar import Request, Response, get, put
 from litestar.response import Stream
 from litestar.status_codes import HTTP_201_CREATED
+from nats.errors import Error as NatsError
 from nats.js import api
 
 from jobrunner.common import artifactnames, artifactstore
@@ -207,6 +208,7 @@ async def _last_status(ctx: ApiContext, job_id: str) -> events.StatusChanged | N
         409: error_spec("The job has not started (JOB_NOT_STARTED) or ended (JOB_FINISHED)."),
         413: error_spec("Over artifact_max_file_bytes or the job's artifact_max_job_bytes."),
         503: error_spec("NATS does not answer (EVENTS_UNAVAILABLE): send it again."),
+        507: error_spec("NATS refused the file for good (ARTIFACT_NOT_STORED)."),
     },
 )
 async def upload_external_artifact(
@@ -216,9 +218,12 @@ async def upload_external_artifact(
     listed and served like a tool's files. Send it while the job runs, before its result."""
     ctx = ctx_of(request)
     token = external.bearer_token(request.headers.get("authorization"))
-    await external.authenticate(ctx, job_id, token)
-    name = artifactupload.checked_name(name.removeprefix("/"))
-    status = await _last_status(ctx, job_id)
+    try:
+        await external.authenticate(ctx, job_id, token)
+        name = artifactupload.checked_name(name.removeprefix("/"))
+        status = await _last_status(ctx, job_id)
+    except (NatsError, TimeoutError, ConnectionError) as exc:
+        raise _events_unavailable(exc) from exc
     if status is None:
         raise ApiError(409, "JOB_NOT_STARTED", "Send a report first: the job is not running yet.")
     if status.status.is_terminal:
@@ -230,13 +235,26 @@ async def upload_external_artifact(
         )
     declared = request.headers.get("content-length")
     stored = sum(r["size"] for r in await readmodels.list_artifacts(ctx.pool, job_id))
-    return await artifactupload.store_upload(
-        ctx,
-        job_id,
-        name,
-        request.stream(),
-        int(declared) if declared and declared.isdigit() else None,
-        stored,
+    try:
+        return await artifactupload.store_upload(
+            ctx,
+            job_id,
+            name,
+            request.stream(),
+            int(declared) if declared and declared.isdigit() else None,
+            stored,
+        )
+    except (NatsError, TimeoutError, ConnectionError) as exc:
+        raise _events_unavailable(exc) from exc
+
+
+def _events_unavailable(exc: Exception) -> ApiError:
+    log.warning("external artifact not stored", error=repr(exc))
+    return ApiError(
+        503,
+        "EVENTS_UNAVAILABLE",
+        "The event store does not answer right now; send the file again shortly.",
+        headers={"Retry-After": "1"},
     )
 
 
