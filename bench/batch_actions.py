@@ -29,7 +29,7 @@ from jobrunner.common import eventstore  # noqa: E402
 from jobrunner.common.settings import Settings  # noqa: E402
 from jobrunner.contracts import events  # noqa: E402
 from jobrunner.contracts.names import Names  # noqa: E402
-from tests.batch_support import ReadModel, submit_batch  # noqa: E402
+from tests.batch_actions_support import ReadModel, submit_batch  # noqa: E402
 from tests.servers import PostgresCluster, nats_url, postgres_cluster  # noqa: E402
 from tests.system import System  # noqa: E402
 
@@ -74,7 +74,7 @@ async def until(condition: object, timeout: float = 600.0) -> float:
 async def measure(system: System, settings: Settings, size: int) -> dict[str, float]:
     out: dict[str, float] = {}
     async with ReadModel(settings) as rm, system.client() as client:
-        batch_id, job_ids = await submit_batch(settings, [("quick", {})] * size)
+        batch_id, job_ids = await submit_batch(client, [("quick", {})] * size)
         await end_jobs(settings, job_ids)
 
         async def ended() -> bool:
@@ -91,7 +91,7 @@ async def measure(system: System, settings: Settings, size: int) -> dict[str, fl
 
         out["restart_visible_s"] = out["restart_202_s"] + await until(restarted)
 
-        batch_id, _ = await submit_batch(settings, [("locked", {})] * size)
+        batch_id, _ = await submit_batch(client, [("locked", {})] * size)
 
         async def submitted() -> bool:
             return (await rm.batch(batch_id)).get("pending_jobs") == size

@@ -1,88 +1,49 @@
-"""Batches for tests of the batch actions: submitted by publishing the events a submission
-publishes (BatchRequested, each JobRequested with its place, BatchSealed), and read back from the
+"""Batches for tests of the batch actions: submitted through the API, and read back from the
 read models."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
+import httpx
 
-from jobrunner.common import database, eventstore
-from jobrunner.common.jobtypes import load_job_types, validate_parameters
+from jobrunner.common import database
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable
-from jobrunner.contracts import events
-from jobrunner.contracts.names import Names
 
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def batch_job_id(batch_id: str, index: int) -> str:
-    """A batch job's id, derived as the design says (batchids.py once it lands)."""
-    return hashlib.sha256(f"{batch_id}:{index}".encode()).hexdigest()[:32]
-
-
 async def submit_batch(
-    settings: Settings,
+    client: httpx.AsyncClient,
     jobs: Sequence[tuple[str, dict[str, Any]]],
-    requested_by: str = "test-admin",
     name: str = "test batch",
 ) -> tuple[str, list[str]]:
-    """Publish a batch of ``(job_type, parameters)``; its locked jobs queue in batch order."""
-    types = load_job_types(settings.job_types_file)
-    names = Names(settings.prefix)
-    batch_id = uuid.uuid4().hex
-    nc = await eventstore.connect(settings, "test-batches")
-    try:
-        js = nc.jetstream()
-        slots = SlotTable(js, names, settings.lease_ttl_seconds)
-        requests = []
-        for index, (job_type, parameters) in enumerate(jobs):
-            jt = types[job_type]
-            job_id = batch_job_id(batch_id, index)
-            requests.append(
-                events.JobRequested(
-                    job_id=job_id,
-                    event_id=f"{job_id}-requested",
-                    job_type=job_type,
-                    parameters=validate_parameters(jt, parameters),
-                    lock=jt.lock,
-                    requested_by=requested_by,
-                    batch_id=batch_id,
-                    batch_index=index,
-                )
-            )
-        await eventstore.publish(
-            js,
-            names,
-            events.BatchRequested(
-                batch_id=batch_id,
-                event_id=f"{batch_id}-requested",
-                batch_name=name,
-                total_jobs=len(jobs),
-                job_types=sorted({t for t, _ in jobs}),
-                requested_by=requested_by,
-            ),
-        )
-        for request in requests:
-            if request.lock:
-                await slots.enqueue(request.lock, request.job_id, request.job_type)
-        await eventstore.publish_many(js, names, requests)
-        await eventstore.publish(
-            js,
-            names,
-            events.BatchSealed(
-                batch_id=batch_id, event_id=f"{batch_id}-sealed", total_jobs=len(jobs)
-            ),
-        )
-    finally:
-        await eventstore.close(nc)
-    return batch_id, [r.job_id for r in requests]
+    """Submit a batch of ``(job_type, parameters)`` through ``POST /api/jobs/batch`` (as the
+    client's token); its id and its job ids in batch order."""
+    response = await client.post(
+        "/api/jobs/batch",
+        json={
+            "batch_name": name,
+            "jobs": [{"job_type": t, "parameters": p} for t, p in jobs],
+        },
+        timeout=120,
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["batch_id"], body["job_ids"]
+
+
+async def submit_through(
+    make_client: Callable[[], httpx.AsyncClient],
+    jobs: Sequence[tuple[str, dict[str, Any]]],
+    name: str = "test batch",
+) -> tuple[str, list[str]]:
+    """``submit_batch`` with a client of its own (``system.client``, ``cluster.client``)."""
+    async with make_client() as client:
+        return await submit_batch(client, jobs, name)
 
 
 class ReadModel:

@@ -16,7 +16,8 @@ class ExternalJob:
     """A started external job, with its callback token."""
 
     def __init__(self, created: dict[str, Any]) -> None:
-        self.id: str = created["id"]
+        """From ``POST /api/jobs``'s answer, or one of a batch's ``callbacks``."""
+        self.id: str = created.get("id") or created["job_id"]
         self.token: str = created["callback_token"]
         self.url: str = created["callback_url"]
         self.path = f"/api/external/jobs/{self.id}"

@@ -6,12 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.services.api import attempt_rows
-from tests.batch_actions_support import ReadModel, counters, real_counts, submit_batch
+from tests.batch_actions_support import ReadModel, counters, real_counts, submit_through
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, status_events, wait_dead, wait_file
 
@@ -35,7 +36,7 @@ async def test_restart_runs_every_ended_job_again_as_a_new_attempt(
     settings: Settings, system: System
 ) -> None:
     """After restart each job has a second attempt that ran; the batch counts the new ones."""
-    batch_id, job_ids = await submit_batch(settings, [emit(), emit(exit_code=3), emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit(), emit(exit_code=3), emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 3)
         response = await client.post(f"/api/batches/{batch_id}/restart")
@@ -61,8 +62,8 @@ async def test_restart_while_a_job_runs_cancels_it_and_runs_a_new_attempt_after_
 ) -> None:
     """A running job is cancelled (its process group ends) and its new attempt runs after it."""
     pidfile, starts = tmp_path / "pids", tmp_path / "starts"
-    batch_id, (running_id, _done_id) = await submit_batch(
-        settings,
+    batch_id, (running_id, _done_id) = await submit_through(
+        system.client,
         [("family", {"pidfile": str(pidfile), "count_file": str(starts)}), emit()],
     )
     async with ReadModel(settings) as rm, system.client() as client:
@@ -89,6 +90,37 @@ async def test_restart_while_a_job_runs_cancels_it_and_runs_a_new_attempt_after_
     assert await status_events(settings, running_id) == ["running", "cancelled"]
 
 
+async def test_restarted_locked_jobs_take_their_lock_in_batch_order(
+    settings: Settings, system: System, tmp_path: Path
+) -> None:
+    """The new attempts of a batch's locked jobs run one at a time, in batch order."""
+    lockfile, order = tmp_path / "lock", tmp_path / "order"
+    jobs = [
+        (
+            "queued",
+            {
+                "lockfile": str(lockfile),
+                "order_file": str(order),
+                "label": f"j{i}",
+                "seconds": "0.1",
+            },
+        )
+        for i in range(5)
+    ]
+    batch_id, _ = await submit_through(system.client, jobs)
+    async with ReadModel(settings) as rm, system.client() as client:
+        await rm.wait_ended(batch_id, 5)
+        order.write_text("")
+        response = await client.post(f"/api/batches/{batch_id}/restart")
+        assert response.status_code == 202, response.text
+        batch, _latest = await rm.wait_batch(
+            batch_id,
+            lambda b, js: all(j["attempt"] == 2 and j["status"] == "completed" for j in js),
+        )
+    assert order.read_text().split() == [f"j{i}" for i in range(5)]
+    assert counters(batch) == (0, 0, 5, 0, 0)
+
+
 async def test_fail_cancels_pending_and_running_jobs_and_the_batch_ends_failed(
     settings: Settings, system: System, tmp_path: Path
 ) -> None:
@@ -98,7 +130,7 @@ async def test_fail_cancels_pending_and_running_jobs_and_the_batch_ends_failed(
         ("locked_family", {"pidfile": str(tmp_path / f"pids{i}"), "count_file": str(starts)})
         for i in range(3)
     ]
-    batch_id, job_ids = await submit_batch(settings, jobs)
+    batch_id, job_ids = await submit_through(system.client, jobs)
     async with ReadModel(settings) as rm, system.client() as client:
         tool, grandchild = await pids_of(tmp_path / "pids0")
         await _wait_job(rm, job_ids[0], "running")
@@ -123,7 +155,7 @@ async def test_fail_of_an_ended_batch_is_409_batch_finished(
     settings: Settings, system: System
 ) -> None:
     """A batch whose jobs all ended cannot be failed; the answer says how it ended."""
-    batch_id, _ = await submit_batch(settings, [emit()])
+    batch_id, _ = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(f"/api/batches/{batch_id}/fail")
@@ -136,7 +168,7 @@ async def test_pending_runs_only_the_jobs_that_failed_again(
     settings: Settings, system: System
 ) -> None:
     """`pending` after some jobs failed: only those get a new attempt; completed ones stay."""
-    batch_id, job_ids = await submit_batch(settings, [emit(), emit(exit_code=2), emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit(), emit(exit_code=2), emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 3)
         response = await client.post(f"/api/batches/{batch_id}/pending")
@@ -154,7 +186,7 @@ async def test_restart_with_job_ids_runs_only_those_jobs(
     settings: Settings, system: System
 ) -> None:
     """job_ids limits a restart to the named jobs (any attempt's id names its job)."""
-    batch_id, job_ids = await submit_batch(settings, [emit(), emit(), emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit(), emit(), emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 3)
         response = await client.post(
@@ -166,7 +198,7 @@ async def test_restart_with_job_ids_runs_only_those_jobs(
 
 async def test_unknown_job_ids_are_refused_and_named(settings: Settings, system: System) -> None:
     """job_ids that are not jobs of the batch answer 422 UNKNOWN_JOBS listing them; nothing runs."""
-    batch_id, job_ids = await submit_batch(settings, [emit()])
+    batch_id, job_ids = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(
@@ -185,15 +217,25 @@ async def test_unknown_job_ids_are_refused_and_named(settings: Settings, system:
 async def test_archive_hides_the_batch_and_unarchive_shows_it_again(
     settings: Settings, system: System
 ) -> None:
-    """Archive marks the batch archived (left out of default lists); unarchive undoes it."""
-    batch_id, _ = await submit_batch(settings, [emit()])
+    """An archived batch leaves the default batch list (archived=true finds it); unarchived it
+    is back."""
+    batch_id, _ = await submit_through(system.client, [emit()])
+
+    async def listed(client: httpx.AsyncClient, **query: str) -> bool:
+        response = await client.get("/api/batches", params=query)
+        assert response.status_code == 200, response.text
+        return batch_id in [b["id"] for b in response.json()["items"]]
+
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
+        assert await listed(client)
         response = await client.post(f"/api/batches/{batch_id}/archive")
         assert response.status_code == 202, response.text
-        assert (await rm.batch(batch_id))["archived"] is True
+        assert not await listed(client)
+        assert await listed(client, archived="true")
         response = await client.post(f"/api/batches/{batch_id}/unarchive")
         assert response.status_code == 202, response.text
+        assert await listed(client)
         assert (await rm.batch(batch_id))["archived"] is False
 
 
@@ -210,8 +252,8 @@ async def test_own_jobs_token_cannot_act_on_another_callers_batch(
 ) -> None:
     """A token limited to its own jobs gets 404 for others' batches and acts on its own."""
     alice = await system.create_token("alice", "operator", own_jobs_only=True)
-    theirs, _ = await submit_batch(settings, [emit()])
-    mine, _ = await submit_batch(settings, [emit()], requested_by="alice")
+    theirs, _ = await submit_through(system.client, [emit()])
+    mine, _ = await submit_through(lambda: system.client(token=alice), [emit()])
     async with ReadModel(settings) as rm, system.client(token=alice) as client:
         await rm.wait_ended(theirs, 1)
         await rm.wait_ended(mine, 1)
@@ -225,7 +267,7 @@ async def test_own_jobs_token_cannot_act_on_another_callers_batch(
 async def test_viewer_cannot_act_on_a_batch(settings: Settings, system: System) -> None:
     """A viewer token gets 403 FORBIDDEN naming the operator role; nothing is published."""
     viewer = await system.create_token("watcher", "viewer")
-    batch_id, _ = await submit_batch(settings, [emit()])
+    batch_id, _ = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm, system.client(token=viewer) as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(f"/api/batches/{batch_id}/restart")
@@ -239,8 +281,8 @@ async def test_restart_racing_with_jobs_finishing_runs_no_job_twice(
 ) -> None:
     """A restart while jobs finish: every job ends, none ran twice, counters match the jobs."""
     total = 12
-    batch_id, _job_ids = await submit_batch(
-        settings, [emit(lines=3, interval="0.05") for _ in range(total)]
+    batch_id, _job_ids = await submit_through(
+        system.client, [emit(lines=3, interval="0.05") for _ in range(total)]
     )
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_batch(batch_id, lambda b, js: b["completed_jobs"] >= 2)
@@ -278,11 +320,11 @@ async def _wait_job(
 
 async def _projector_behind(settings: Settings, system: System) -> str:
     """A finished batch, then the projector stopped and one more event stored behind its back."""
-    batch_id, _ = await submit_batch(settings, [emit()])
+    batch_id, _ = await submit_through(system.client, [emit()])
     async with ReadModel(settings) as rm:
         await rm.wait_ended(batch_id, 1)
     await system.stop_service("projector")
-    await submit_batch(settings, [emit()])
+    await submit_through(system.client, [emit()])
     return batch_id
 
 

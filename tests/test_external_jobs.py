@@ -18,6 +18,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.projector.replay import replay
 from tests.external_support import (
     EXTERNAL_TYPES,
+    ExternalJob,
     json_values,
     report_like,
     start_external,
@@ -419,3 +420,93 @@ async def test_job_pages_say_an_external_job_is_done_elsewhere(system: System) -
     assert "Waiting for the external worker" in card
     assert "data-external" in detail
     assert "data-external" not in tool_detail
+
+
+async def test_oversized_report_is_refused_with_413(system: System) -> None:
+    """A report over 256 KiB answers 413 BODY_TOO_LARGE and stores nothing."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client)
+        await job.report_when_held(worker)
+        big = await job.report(worker, lines=[{"text": "x" * 10_000}] * 30)
+        lines = await lines_of(client, job.id)
+    assert big.status_code == 413
+    assert big.json()["error"]["code"] == "BODY_TOO_LARGE"
+    assert lines == []
+
+
+async def test_batch_answers_a_token_per_external_job_and_a_retry_the_same(
+    system: System,
+) -> None:
+    """A batch's 201 lists each external job's token and address; the same submission sent
+    again (same Idempotency-Key) answers the same tokens, and they open the jobs' reports."""
+    body = {
+        "batch_name": "documents",
+        "jobs": [{"job_type": "document"}, {"job_type": "locked_tool"}, {"job_type": "document"}],
+    }
+    headers = {"Idempotency-Key": "batch-external-1"}
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        first = await client.post("/api/batches", json=body, headers=headers)
+        again = await client.post("/api/batches", json=body, headers=headers)
+        assert first.status_code == 201, first.text
+        created = first.json()
+        callbacks = created["callbacks"]
+        reports = []
+        for callback in callbacks:
+            job = ExternalJob(callback)
+            reports.append(await job.report_when_held(worker, result={"ok": True}))
+        ended = [await wait_status(client, c["job_id"], "completed") for c in callbacks]
+    assert [c["batch_index"] for c in callbacks] == [0, 2]
+    assert [c["job_id"] for c in callbacks] == [created["job_ids"][0], created["job_ids"][2]]
+    assert again.json()["callbacks"] == callbacks
+    assert [r.status_code for r in reports] == [200, 200]
+    assert [job["status"] for job in ended] == ["completed", "completed"]
+
+
+async def test_batch_without_external_jobs_has_no_callbacks(system: System) -> None:
+    """A batch of tools answers as before: no callbacks field."""
+    async with system.client() as client:
+        created = await client.post(
+            "/api/batches", json={"batch_name": "tools", "jobs": [{"job_type": "locked_tool"}]}
+        )
+    assert created.status_code == 201, created.text
+    assert "callbacks" not in created.json()
+
+
+async def test_restarted_external_job_gets_a_token_of_its_own(system: System) -> None:
+    """A new attempt of an external job answers its own token; the old one stays dead."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        first = await start_external(client)
+        await first.report_when_held(worker, error={"code": "DOWNLOAD_FAILED"})
+        await wait_status(client, first.id, "failed")
+        restarted = await client.post(f"/api/jobs/{first.id}/restart", json={})
+        assert restarted.status_code == 201, restarted.text
+        attempt = ExternalJob(restarted.json())
+        old_token = await attempt.report(worker, token=first.token)
+        reported = await attempt.report_when_held(worker, result={"second": True})
+        done = await wait_status(client, attempt.id, "completed", "failed")
+    assert attempt.url.endswith(f"/api/external/jobs/{attempt.id}")
+    assert attempt.token != first.token
+    assert old_token.status_code == 401
+    assert reported.status_code == 200
+    assert done["attempt"] == 2
+
+
+async def test_batch_pending_gives_new_external_attempts_their_tokens(system: System) -> None:
+    """POST /api/batches/{id}/pending answers a token for each new external attempt."""
+    body = {"batch_name": "retry", "jobs": [{"job_type": "document"}, {"job_type": "locked_tool"}]}
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        created = (await client.post("/api/batches", json=body)).json()
+        job = ExternalJob(created["callbacks"][0])
+        await job.report_when_held(worker, error={"code": "UNSUPPORTED_FILE"})
+        await wait_status(client, job.id, "failed")
+        await wait_status(client, created["job_ids"][1], "completed")
+        pending = await client.post(f"/api/batches/{created['batch_id']}/pending", json={})
+        assert pending.status_code == 202, pending.text
+        callbacks = pending.json()["callbacks"]
+        attempt = ExternalJob(callbacks[0])
+        reported = await attempt.report_when_held(worker, result={})
+        done = await wait_status(client, attempt.id, "completed", "failed")
+    assert pending.json()["attempts"] == [attempt.id]
+    assert callbacks[0]["batch_index"] == 0
+    assert reported.status_code == 200
+    assert done["status"] == "completed"

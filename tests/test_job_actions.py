@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
-from tests.batch_actions_support import ReadModel, submit_batch
+from tests.batch_actions_support import ReadModel, submit_through
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_file, wait_status
 
@@ -75,7 +76,8 @@ async def test_restart_on_a_busy_reject_lock_is_409_slot_busy(
 
 
 async def test_archive_and_unarchive_a_job(settings: Settings, system: System) -> None:
-    """Archive marks the job archived; unarchive clears it; both answer 202."""
+    """An archived job leaves the default job list (archived=true finds it); unarchived it is
+    back."""
     async with system.client() as client, ReadModel(settings) as rm:
         job_id = await start_job(client, "emit", lines=1)
         await wait_status(client, job_id, "completed")
@@ -83,8 +85,17 @@ async def test_archive_and_unarchive_a_job(settings: Settings, system: System) -
         assert response.status_code == 202, response.text
         assert response.json() == {"id": job_id, "archived": True}
         assert (await rm.job(job_id))["archived"] is True
+        assert job_id not in await _listed(client)
+        assert job_id in await _listed(client, archived="true")
         assert (await client.post(f"/api/jobs/{job_id}/unarchive")).status_code == 202
         assert (await rm.job(job_id))["archived"] is False
+        assert job_id in await _listed(client)
+
+
+async def _listed(client: httpx.AsyncClient, **query: str) -> list[str]:
+    response = await client.get("/api/jobs", params=query)
+    assert response.status_code == 200, response.text
+    return [job["id"] for job in response.json()["items"]]
 
 
 async def test_own_jobs_token_cannot_restart_another_callers_job(system: System) -> None:
@@ -104,7 +115,9 @@ async def test_restart_of_a_batch_job_stays_in_its_batch(
     settings: Settings, system: System
 ) -> None:
     """A batch job restarted alone keeps its batch and place; the batch counts the new attempt."""
-    batch_id, (job_id,) = await submit_batch(settings, [("emit", {"lines": 1, "exit_code": 1})])
+    batch_id, (job_id,) = await submit_through(
+        system.client, [("emit", {"lines": 1, "exit_code": 1})]
+    )
     async with ReadModel(settings) as rm, system.client() as client:
         await rm.wait_ended(batch_id, 1)
         response = await client.post(f"/api/jobs/{job_id}/restart")
@@ -116,3 +129,20 @@ async def test_restart_of_a_batch_job_stays_in_its_batch(
         )
     assert (latest["batch_index"], latest["attempt"]) == (0, 2)
     assert batch["failed_jobs"] == 1
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["%00", "a%00b", "x" * 5000, "%F0%9F%98%80", "..%2F..", "%E2%90%80", "%ED%A0%80", "%FF"],
+)
+async def test_hostile_ids_in_action_paths_are_404(system: System, bad_id: str) -> None:
+    """Any id in an action's path (NUL, very long, emoji, dots) answers 404, never a 500."""
+    async with system.client() as client:
+        for path in (f"/api/jobs/{bad_id}/restart", f"/api/batches/{bad_id}/fail"):
+            response = await client.post(path)
+            assert response.status_code == 404, (path[:60], response.text[:300])
+            assert response.json()["error"]["code"] in (
+                "JOB_NOT_FOUND",
+                "BATCH_NOT_FOUND",
+                "NOT_FOUND",
+            )

@@ -355,3 +355,60 @@ async def test_https_receiver_is_verified_for_its_host_name(
         assert first["error"]["code"] == "WEBHOOK_UNREACHABLE"
         assert "CERTIFICATE_VERIFY_FAILED" in first["error"]["message"]
         assert receiver.received == []
+
+
+async def test_each_job_of_a_batch_notifies_its_own_webhook(
+    notifying: System, receiver: Receiver
+) -> None:
+    """A batch whose jobs name webhooks: each job's end arrives with that job's delivery id."""
+    jobs = [
+        {"job_type": "emit", "parameters": {"lines": 1}, "webhook": {"url": receiver.url}}
+        for _ in range(3)
+    ]
+    async with notifying.client() as client:
+        response = await client.post("/api/jobs/batch", json={"batch_name": "hooked", "jobs": jobs})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    got = await receiver.wait_for(3)
+    bodies = [json.loads(r.body) for r in got]
+    assert sorted(b["job_id"] for b in bodies) == sorted(created["job_ids"])
+    assert {b["batch_id"] for b in bodies} == {created["batch_id"]}
+    assert {r.headers["x-jobrunner-delivery"] for r in got} == {
+        signature.delivery_id(job_id, 0) for job_id in created["job_ids"]
+    }
+
+
+async def test_batch_with_a_bad_webhook_is_refused_naming_the_job(
+    notifying: System, receiver: Receiver
+) -> None:
+    """One job of a batch with a bad webhook: 422 INVALID_BATCH naming its index and field."""
+    jobs = [
+        {"job_type": "emit", "webhook": {"url": receiver.url}},
+        {"job_type": "emit", "webhook": {"url": "gopher://example.com/"}},
+    ]
+    async with notifying.client() as client:
+        response = await client.post("/api/jobs/batch", json={"batch_name": "bad", "jobs": jobs})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_BATCH"
+    assert [(e["index"], e["field"], e["code"]) for e in error["errors"]] == [
+        (1, "webhook.url", "UNSUPPORTED_SCHEME")
+    ]
+
+
+async def test_restarted_job_notifies_the_webhook_it_was_requested_with(
+    notifying: System, receiver: Receiver
+) -> None:
+    """POST /api/jobs/{id}/restart: the new attempt's end goes to the first attempt's webhook,
+    under the new job's id and delivery id."""
+    first = await start_job(notifying, {"url": receiver.url}, exit_code=2)
+    await receiver.wait_for(1)
+    async with notifying.client() as client:
+        restarted = await client.post(f"/api/jobs/{first}/restart")
+    assert restarted.status_code == 201, restarted.text
+    second = restarted.json()["id"]
+    got = await receiver.wait_for(2)
+    body = json.loads(got[1].body)
+    assert body["job_id"] == second
+    assert body["attempt"] == 2
+    assert got[1].headers["x-jobrunner-delivery"] == signature.delivery_id(second, 0)

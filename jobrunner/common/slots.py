@@ -72,8 +72,10 @@ class RunRecord(msgspec.Struct, kw_only=True):
 
 RESERVATION_MIN_TTL = 60  # seconds
 
-# How long enqueue_many waits for the server to confirm a batch's queue entries.
-ENQUEUE_ACK_SECONDS = 30.0
+# How long enqueue_many waits for the server to confirm a batch's queue entries: about as long as
+# publish_many waits out an outage (its 5 s ack wait, then a 5 s publish), so a batch POST gives
+# up on a NATS outage after the same time whether its jobs have locks or not.
+ENQUEUE_ACK_SECONDS = 10.0
 
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
@@ -305,12 +307,16 @@ class SlotTable:
         except KeyWrongLastSequenceError:
             return 0  # already queued
 
-    async def enqueue_many(self, lock: str, jobs: Sequence[tuple[str, str]]) -> None:
+    async def enqueue_many(
+        self, lock: str, jobs: Sequence[tuple[str, str]], timeout: float = ENQUEUE_ACK_SECONDS
+    ) -> None:
         """Put jobs (job id, job type) at the end of their lock's queue, in this order (a batch).
 
         Pipelined on one connection, which the server stores in the order sent: the revisions,
         the jobs' places, follow the list. Unconditional, unlike ``enqueue``: a job queued again
-        moves behind the others, still in list order.
+        moves behind the others, still in list order. Raises TimeoutError when the server has
+        not confirmed every entry within ``timeout`` (the caller answers with an error; a retry
+        queues the batch again, in order).
         """
         now = time.time()
         futures = [
@@ -320,7 +326,7 @@ class SlotTable:
             )
             for job_id, job_type in jobs
         ]
-        async with asyncio.timeout(ENQUEUE_ACK_SECONDS):
+        async with asyncio.timeout(timeout):
             await asyncio.gather(*futures)
 
     async def dequeue(self, lock: str, job_id: str) -> None:

@@ -108,3 +108,9 @@ def test_any_json_object_is_options_or_422(body: dict[str, object]) -> None:
     if options.reason is not None:
         assert 1 <= len(options.reason) <= 2000
         assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in options.reason)
+
+
+def test_job_id_with_nul_is_refused() -> None:
+    """A job id holding NUL (which no stored id holds) answers 422, never reaches Postgres."""
+    error = refused(b'{"job_ids": ["a\\u0000b"]}')
+    assert (error.status, error.code) == (422, "INVALID_OPTIONS")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.datastructures import MultiDict
 
+from jobrunner.services.api.batch_readmodels import BatchCursor, BatchJobCursor
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import (
     MAX_SEARCH_LENGTH,
@@ -196,3 +197,45 @@ def test_any_integer_text_is_read_or_refused(raw: str) -> None:
         return
     assert value is not None
     assert 1 <= value <= 500
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, False), ("false", False), ("true", True), ("all", None)]
+)
+def test_archived_is_false_true_or_all(raw: str | None, expected: bool | None) -> None:
+    """?archived= leaves archived rows out by default; true shows only them, all both."""
+    pairs = [] if raw is None else [("archived", raw)]
+    assert Query(MultiDict(pairs), ("archived",)).archived() is expected
+
+
+@settings(deadline=None)
+@given(st.text(max_size=20).filter(lambda raw: raw not in ("false", "true", "all")))
+def test_any_other_archived_text_is_refused(raw: str) -> None:
+    """Whatever else a client puts in ?archived=, it is a 400 naming the parameter."""
+    error = refused(lambda: Query(MultiDict([("archived", raw)]), ("archived",)).archived())
+    assert error.extra["field"] == "archived"
+
+
+@settings(deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+    )
+)
+def test_any_batch_cursor_text_is_read_or_refused(raw: str) -> None:
+    """Whatever a client puts in a batch list or batch job cursor, it is a position or a 400."""
+    for kind in (BatchCursor, BatchJobCursor):
+        try:
+            value = Query(MultiDict([("cursor", raw)]), ("cursor",)).cursor("cursor", kind)
+        except ApiError as exc:
+            assert exc.status == 400  # noqa: PT017
+            continue
+        assert value is None or isinstance(value, kind)
+
+
+def test_a_batch_job_cursor_handed_out_reads_back() -> None:
+    """The jobs_cursor of a batch page is read back as the same position."""
+    cursor = BatchJobCursor(41, 2, "job-x")
+    raw = encode_cursor(cursor)
+    assert Query(MultiDict([("c", raw)]), ("c",)).cursor("c", BatchJobCursor) == cursor

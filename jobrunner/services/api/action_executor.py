@@ -13,9 +13,12 @@ their lock in batch order.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import NoReturn
 
 import msgspec
+import nats.errors
 
 from jobrunner.common import eventstore
 from jobrunner.common.slots import SlotValue, slot_key
@@ -38,8 +41,11 @@ from jobrunner.services.api.actions import (
     unknown_jobs,
 )
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
+from jobrunner.services.api.dependencies import find_batch
 from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.job_control import give_back_places, raise_busy
+from jobrunner.services.api.schemas import ExternalCallback
 from jobrunner.services.api.security import Principal
 
 # The most unknown job ids an error lists (``unknown_count`` says how many there were).
@@ -49,8 +55,20 @@ TAKES_JOB_IDS = frozenset({Action.RESTART, Action.PENDING})
 TAKES_REASON = frozenset({Action.RESTART, Action.PENDING, Action.FAIL})
 
 
-def batch_not_found(batch_id: str) -> ApiError:
-    return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {batch_id!r}.")
+@asynccontextmanager
+async def event_store_answers() -> AsyncIterator[None]:
+    """NATS that does not confirm in time answers 503: part of the action may have taken effect,
+    and sending the same action again finishes it (see the module docstring)."""
+    try:
+        yield
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ApiError(
+            503,
+            "EVENT_STORE_UNAVAILABLE",
+            f"The event store did not confirm the action ({type(exc).__name__}); part of it may "
+            "have taken effect: send the same action again to finish it.",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def decode_options(body: bytes) -> ActionOptions:
@@ -90,13 +108,16 @@ def check_options(action: Action, options: ActionOptions, *, on_job: bool = Fals
 
 
 async def act_on_batch(
-    ctx: ApiContext, batch_id: str, action: Action, options: ActionOptions, principal: Principal
+    ctx: ApiContext,
+    batch_id: str,
+    action: Action,
+    options: ActionOptions,
+    principal: Principal,
+    callbacks: CallbackIssuer | None = None,
 ) -> BatchActionAccepted:
     check_options(action, options)
     await attempt_rows.catch_up(ctx)
-    batch = await attempt_rows.batch_row(ctx.pool, batch_id)
-    if batch is None or not principal.can_see_owner(batch["requested_by"]):
-        raise batch_not_found(batch_id)
+    batch = await find_batch(ctx, batch_id, principal)
     actor = principal.name
     if action in (Action.ARCHIVE, Action.UNARCHIVE):
         event = events.BatchArchived(
@@ -148,12 +169,17 @@ async def act_on_batch(
             reason=options.reason,
             selected=selected,
         )
+    issued: list[ExternalCallback] = []
+    if callbacks is not None:
+        # New attempts of external jobs need callback tokens of their own.
+        plan.attempts, issued = callbacks.issue(ctx.job_types, plan.attempts)
     await carry_out(ctx, plan, queue_all=True)
     return BatchActionAccepted(
         batch_id=batch_id,
         action=action.value,
         jobs=plan.touched,
         attempts=[attempt.job_id for attempt in plan.attempts],
+        callbacks=issued,
     )
 
 
@@ -165,9 +191,12 @@ async def carry_out(ctx: ApiContext, plan: Plan, *, queue_all: bool) -> int:
         seq = await eventstore.publish_many(ctx.js, ctx.names, plan.first)
     await give_back_places(ctx, plan.cancelled_pending)
     if plan.attempts:
+        by_lock: dict[str, list[tuple[str, str]]] = {}
         for attempt in plan.attempts:
             if attempt.lock and (queue_all or _queues(ctx, attempt)):
-                await ctx.slots.enqueue(attempt.lock, attempt.job_id, attempt.job_type)
+                by_lock.setdefault(attempt.lock, []).append((attempt.job_id, attempt.job_type))
+        for lock, queued in by_lock.items():
+            await ctx.slots.enqueue_many(lock, queued)  # pipelined, places in plan order
         seq = await eventstore.publish_many(ctx.js, ctx.names, plan.attempts)
     if seq:
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
@@ -187,7 +216,11 @@ async def _visible_attempt(ctx: ApiContext, job_id: str, principal: Principal) -
 
 
 async def restart_job(
-    ctx: ApiContext, job_id: str, options: ActionOptions, principal: Principal
+    ctx: ApiContext,
+    job_id: str,
+    options: ActionOptions,
+    principal: Principal,
+    callbacks: CallbackIssuer | None = None,
 ) -> JobRestarted:
     """A new attempt of an ended job (of its latest attempt, whichever attempt was named)."""
     check_options(Action.RESTART, options, on_job=True)
@@ -205,6 +238,9 @@ async def restart_job(
             known=sorted(ctx.job_types),
         )
     attempt = next_attempt(latest, principal.name)
+    issued: list[ExternalCallback] = []
+    if callbacks is not None:
+        [attempt], issued = callbacks.issue(ctx.job_types, [attempt])
     reservation = None
     if attempt.lock and attempt.batch_id is None and job_type.on_busy == "reject":
         # As POST /api/jobs: a busy lock answers 409 rather than queueing.
@@ -231,6 +267,8 @@ async def restart_job(
         attempt_of=latest.root,
         restarted=latest.id,
         batch_id=attempt.batch_id,
+        callback_token=issued[0].callback_token if issued else None,
+        callback_url=issued[0].callback_url if issued else None,
     )
 
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import msgspec
 
+from jobrunner.services.api.schemas import ExternalCallback
+
 MAX_REASON_CHARS = 2000
 MAX_JOB_IDS = 10_000
 MAX_JOB_ID_CHARS = 200
@@ -17,7 +19,7 @@ _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
 Reason = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_REASON_CHARS, pattern=_NO_CONTROL)
 ]
-JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_JOB_ID_CHARS)]
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_JOB_ID_CHARS, pattern=_NO_CONTROL)]
 
 
 class ActionOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -34,6 +36,8 @@ class BatchActionAccepted(msgspec.Struct):
     action: str
     jobs: list[str]  # the latest attempts this action replaced or cancelled, in batch order
     attempts: list[str]  # the new attempts' job ids, in the same order as the jobs they replace
+    # The new attempts of external jobs: their callback tokens and addresses, shown once.
+    callbacks: list[ExternalCallback] = []
 
 
 class JobRestarted(msgspec.Struct):
@@ -45,6 +49,9 @@ class JobRestarted(msgspec.Struct):
     attempt_of: str
     restarted: str  # the attempt this one runs again
     batch_id: str | None = None
+    # A new attempt of an external job: its worker reports with these (shown once).
+    callback_token: str | None = None
+    callback_url: str | None = None
 
 
 class JobArchiveChanged(msgspec.Struct):

@@ -1,4 +1,4 @@
-"""The read-model rows actions decide on: a batch, the latest attempts of its jobs, and the latest
+"""The read-model rows actions decide on: the latest attempts of a batch's jobs, and the latest
 attempt of one job. Read-only, as every query of the API."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncpg
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api.actions import Attempt
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.dependencies import as_stored
 from jobrunner.services.api.errors import ApiError
 
 ATTEMPT_COLUMNS = """
@@ -31,14 +32,6 @@ def attempt_from_row(row: asyncpg.Record) -> Attempt:
         batch_index=row["batch_index"],
         attempt=row["attempt"] or 1,
         attempt_of=row["attempt_of"],
-    )
-
-
-async def batch_row(pool: asyncpg.Pool, batch_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        f"SELECT id, requested_by, status, failed_reason, archived "
-        f"FROM {READ_SCHEMA}.batches WHERE id = $1",
-        batch_id,
     )
 
 
@@ -64,7 +57,7 @@ async def roots_of(pool: asyncpg.Pool, batch_id: str, job_ids: Sequence[str]) ->
 
 async def attempt_by_id(pool: asyncpg.Pool, job_id: str) -> Attempt | None:
     row = await pool.fetchrow(
-        f"SELECT {ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
+        f"SELECT {ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", as_stored(job_id)
     )
     return attempt_from_row(row) if row is not None else None
 

@@ -1,4 +1,6 @@
-"""An external job's report, from the worker's HTTP request to events in the stream.
+"""External jobs in the API: their callback tokens handed out (``CallbackIssuer``,
+``callback_tokens``: new jobs, batches, new attempts), and a worker's report, from its HTTP
+request to events in the stream.
 
 The callback token is checked against the hash in the job's JobRequested, read from the stream
 (not the read models, which may lag a report sent right after the job was requested). One
@@ -17,16 +19,20 @@ condition).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import structlog
+from litestar import Request
 from nats.js.errors import APIError
 
 from jobrunner.common import callbacktoken, eventstore
+from jobrunner.common.jobtypes import JobType
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.services.api import schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.reports import (
@@ -56,6 +62,64 @@ class ReportAccepted(msgspec.Struct):
     last_seq: int | None = None
     # The same report_id was stored before: nothing new was stored.
     duplicate: bool = False
+
+
+def callback_url(request: Request[Any, Any, Any], job_id: str) -> str:
+    """Where an external job's worker reports: absolute, from the address the request came to
+    (the Host the access layer allowed)."""
+    return str(request.base_url).rstrip("/") + callbacktoken.callback_path(job_id)
+
+
+class CallbackIssuer:
+    """Gives the new jobs of an external type their callback tokens (the hash into their
+    JobRequested, the token and address into the answer)."""
+
+    def __init__(self, token: Callable[[str], callbacktoken.CallbackToken], base_url: str) -> None:
+        self.token = token
+        self.base_url = base_url.rstrip("/")
+
+    @classmethod
+    async def for_request(cls, request: Request[Any, Any, Any]) -> CallbackIssuer:
+        """Derived tokens (actions are repeated safely: the same attempt, the same token)."""
+        return cls(await callback_tokens(request, True), str(request.base_url))
+
+    def issue(
+        self, job_types: dict[str, JobType], jobs: list[events.JobRequested]
+    ) -> tuple[list[events.JobRequested], list[schemas.ExternalCallback]]:
+        out: list[events.JobRequested] = []
+        callbacks: list[schemas.ExternalCallback] = []
+        for job in jobs:
+            job_type = job_types.get(job.job_type)
+            if job_type is None or not job_type.external:
+                out.append(job)
+                continue
+            token = self.token(job.job_id)
+            out.append(msgspec.structs.replace(job, callback_token_hash=token.token_hash))
+            callbacks.append(
+                schemas.ExternalCallback(
+                    job_id=job.job_id,
+                    batch_index=job.batch_index if job.batch_index is not None else 0,
+                    callback_token=token.token,
+                    callback_url=self.base_url + callbacktoken.callback_path(job.job_id),
+                )
+            )
+        return out, callbacks
+
+
+async def callback_tokens(
+    request: Request[Any, Any, Any], idempotent: bool
+) -> Callable[[str], callbacktoken.CallbackToken]:
+    """How a batch gives its external jobs their tokens. A submission that may be sent again
+    (``Idempotency-Key``) re-publishes the same jobs, whose first stored hash stays: their tokens
+    are derived from the installation's secret (the key in the tokens bucket), so every retry
+    answers the same ones. Otherwise, or without a token store (``--no-auth``), they are random.
+    """
+    store = getattr(request.app.state, "access", None)
+    store = getattr(store, "store", None)
+    if idempotent and store is not None:
+        secret: bytes = await store.session_key()
+        return lambda job_id: callbacktoken.derive(secret, job_id)
+    return lambda _: callbacktoken.mint()
 
 
 def _invalid_token() -> ApiError:

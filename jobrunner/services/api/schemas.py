@@ -175,6 +175,7 @@ class BatchDetail(Batch):
 class CreateBatchJob(msgspec.Struct, forbid_unknown_fields=True):
     job_type: str
     parameters: dict[str, Any] = {}
+    webhook: WebhookRequest | None = None
 
 
 class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -184,11 +185,22 @@ class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
     jobs: list[CreateBatchJob]
 
 
-class BatchCreated(msgspec.Struct):
+class ExternalCallback(msgspec.Struct):
+    """Where an external job of a batch reports, and the token it reports with (shown once)."""
+
+    job_id: str
+    batch_index: int
+    callback_token: str
+    callback_url: str
+
+
+class BatchCreated(msgspec.Struct, omit_defaults=True):
     batch_id: str
     batch_name: str
     total_jobs: int
     job_ids: list[str]  # in batch order: job_ids[i] is the job at batch_index i
+    # One per external job of the batch, in batch order (left out when it has none).
+    callbacks: list[ExternalCallback] = []
 
 
 class Artifact(msgspec.Struct):

@@ -134,11 +134,11 @@ class Notifier:
         try:
             end = codec.decode(msg.data)
             if not isinstance(end, events.StatusChanged) or not end.status.is_terminal:
-                await msg.ack()
+                await _ack(msg)
                 return
-            job_id = end.job_id
-            if job_id in self._handling:
+            if end.job_id in self._handling:
                 return  # delivered again while this notifier works on it: its ack will come
+            job_id = end.job_id  # from here on this task owns the job's mark in _handling
             self._handling.add(job_id)
             structlog.contextvars.bind_contextvars(job_id=job_id)
             keeper = asyncio.create_task(self._keep_alive(msg))
@@ -167,6 +167,12 @@ class Notifier:
         if request is None:
             log.warning("ended job without a request; no webhook")
             return True
+        if request.webhook is None and request.attempt_of is not None:
+            # A restart is a new attempt of the same work: it notifies the webhook the work was
+            # requested with (its own delivery id, since it is another job).
+            first = await self._last(request.attempt_of, "requested", events.JobRequested)
+            if first is not None and first.webhook is not None:
+                request = msgspec.structs.replace(request, webhook=first.webhook)
         targets = targets_of(
             request,
             self.job_types.get(request.job_type),

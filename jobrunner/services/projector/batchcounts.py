@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -41,27 +42,70 @@ class Touched:
         return bool(self.batches)
 
 
-async def upsert_batch(conn: asyncpg.Connection, schema: str, change: BatchChanged) -> None:
-    """Write a batch event's fields, creating the row if no event made it yet."""
-    cols = list(change.fields)
-    values = ", ".join(f"${i}" for i in range(4, len(cols) + 4))
-    sets = [f"{c} = EXCLUDED.{c}" for c in cols]
-    if change.requested:
-        # The BatchRequested is the batch's beginning, even when a later event made the row.
-        sets += [
-            "created_at = LEAST(b.created_at, EXCLUDED.created_at)",
-            "first_seq = LEAST(b.first_seq, EXCLUDED.first_seq)",
-        ]
-    await conn.execute(
-        f"INSERT INTO {schema}.batches AS b "
-        f"(id, created_at, updated_at, first_seq, last_seq{''.join(', ' + c for c in cols)}) "
-        f"VALUES ($1, $2, $2, $3, $3{', ' + values if cols else ''}) "
-        f"ON CONFLICT (id) DO {'UPDATE SET ' + ', '.join(sets) if sets else 'NOTHING'}",
-        change.batch_id,
-        change.occurred_at,
-        change.stream_seq,
-        *change.fields.values(),
-    )
+@dataclass
+class BatchWrite:
+    """The batch events of one transaction for one batch, merged: applying this once leaves the
+    row exactly as applying each event in turn would (a replay cuts the stream elsewhere)."""
+
+    batch_id: str
+    fields: dict[str, Any]
+    first_at: datetime  # the first event's time and sequence: the row's, if it makes the row
+    first_seq: int
+    requested_at: datetime | None = None  # the earliest BatchRequested among them, if any
+    requested_seq: int | None = None
+
+    def add(self, change: BatchChanged) -> None:
+        self.fields.update(change.fields)  # later events win, as they would one at a time
+        if change.requested and (
+            self.requested_at is None or change.occurred_at < self.requested_at
+        ):
+            self.requested_at = change.occurred_at
+        if change.requested and self.requested_seq is None:
+            self.requested_seq = change.stream_seq
+
+
+def merge(writes: dict[str, BatchWrite], change: BatchChanged) -> None:
+    """Add one batch event to the transaction's writes."""
+    write = writes.get(change.batch_id)
+    if write is None:
+        write = writes[change.batch_id] = BatchWrite(
+            change.batch_id, {}, change.occurred_at, change.stream_seq
+        )
+    write.add(change)
+
+
+async def upsert_batches(
+    conn: asyncpg.Connection, schema: str, writes: dict[str, BatchWrite]
+) -> None:
+    """Write the batch events' fields, creating each row no event made yet: one pipelined
+    statement per set of columns (a batch's request, seal, failure ... each set a few)."""
+    groups: dict[tuple[str, ...], list[BatchWrite]] = {}
+    for write in writes.values():
+        groups.setdefault(tuple(write.fields), []).append(write)
+    for cols, group in groups.items():
+        values = "".join(f", ${i}" for i in range(6, len(cols) + 6))
+        sets = "".join(f", {c} = EXCLUDED.{c}" for c in cols)
+        # The BatchRequested is the batch's beginning, even when a later event made the row
+        # (LEAST ignores the NULL of a transaction without one).
+        await conn.executemany(
+            f"INSERT INTO {schema}.batches AS b "
+            f"(id, created_at, updated_at, first_seq, last_seq{''.join(', ' + c for c in cols)}) "
+            f"VALUES ($1, LEAST($2, $4::timestamptz), $2, LEAST($3, $5::bigint), $3{values}) "
+            "ON CONFLICT (id) DO UPDATE SET "
+            f"created_at = LEAST(b.created_at, $4::timestamptz), "
+            f"first_seq = LEAST(b.first_seq, $5::bigint){sets}",
+            [
+                (
+                    w.batch_id,
+                    w.first_at,
+                    w.first_seq,
+                    w.requested_at,
+                    w.requested_seq,
+                    *w.fields.values(),
+                )
+                for w in group
+            ],
+        )
 
 
 async def decide_latest(conn: asyncpg.Connection, schema: str, roots: set[str]) -> None:
@@ -119,17 +163,22 @@ async def recount(conn: asyncpg.Connection, schema: str, touched: Touched) -> No
             updated_at = GREATEST(b.updated_at, c.at),
             last_seq = GREATEST(b.last_seq, c.seq)
         FROM (
-            SELECT t.id, t.seq, t.at,
-                count(*) FILTER (WHERE j.latest AND j.status = 'pending') AS pending,
-                count(*) FILTER (WHERE j.latest AND j.status = 'running') AS running,
-                count(*) FILTER (WHERE j.latest AND j.status = 'completed') AS completed,
-                count(*) FILTER (WHERE j.latest AND j.status = 'failed') AS failed,
-                count(*) FILTER (WHERE j.latest AND j.status = 'cancelled') AS cancelled,
-                min(j.started_at) AS started_at,
-                max(j.finished_at) FILTER (WHERE j.latest) AS last_finished
+            SELECT t.id, t.seq, t.at, n.*
             FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS t(id, seq, at)
-            LEFT JOIN {schema}.jobs AS j ON j.batch_id = t.id
-            GROUP BY t.id, t.seq, t.at
+            -- Per batch, through the index on the batch's jobs (jobs_batch_place_idx): a join
+            -- the planner may turn into a scan of every job, in every transaction.
+            CROSS JOIN LATERAL (
+                SELECT
+                    count(*) FILTER (WHERE j.latest AND j.status = 'pending') AS pending,
+                    count(*) FILTER (WHERE j.latest AND j.status = 'running') AS running,
+                    count(*) FILTER (WHERE j.latest AND j.status = 'completed') AS completed,
+                    count(*) FILTER (WHERE j.latest AND j.status = 'failed') AS failed,
+                    count(*) FILTER (WHERE j.latest AND j.status = 'cancelled') AS cancelled,
+                    min(j.started_at) AS started_at,
+                    max(j.finished_at) FILTER (WHERE j.latest) AS last_finished
+                FROM {schema}.jobs AS j
+                WHERE j.batch_id = t.id
+            ) AS n
         ) AS c
         WHERE b.id = c.id
         """,

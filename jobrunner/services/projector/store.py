@@ -10,7 +10,7 @@ import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.projector import batchcounts
-from jobrunner.services.projector.batchcounts import Touched
+from jobrunner.services.projector.batchcounts import BatchWrite, Touched
 from jobrunner.services.projector.projections import (
     WEBHOOK_COLUMNS,
     ArtifactRecorded,
@@ -111,12 +111,29 @@ async def apply_batch(
         if plan.webhook_attempts:
             await _insert_webhook_attempts(conn, schema, plan.webhook_attempts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
-        # reads the status the previous one left). Line counts commute with them.
-        touched = plan.touched
+        # reads the status the previous one left): consecutive ones of the same statement go
+        # in one pipelined executemany. Line counts commute with them.
+        statuses: dict[str, tuple[int, Any]] = {}  # job -> its last status change's seq, time
+        for sql, run in _runs(plan.updates, schema):
+            if len(run) == 1:
+                await conn.execute(sql, *run[0])
+            else:
+                await conn.executemany(sql, run)
         for change in plan.updates:
-            batch_id = await _apply(conn, schema, change)
-            if batch_id is not None:
-                touched.add(batch_id, *_seq_and_time(change))
+            if isinstance(change, JobUpdated) and "status" in change.fields:
+                statuses[change.job_id] = (change.stream_seq, change.fields["updated_at"])
+        touched = plan.touched
+        if statuses:
+            # A status change of a job of a batch touches the batch (whether or not it changed
+            # the status: the same rule in fold, so any cut of the stream touches the same).
+            for r in await conn.fetch(
+                f"SELECT id, batch_id FROM {schema}.jobs "
+                "WHERE id = ANY($1::text[]) AND batch_id IS NOT NULL",
+                list(statuses),
+            ):
+                touched.add(r["batch_id"], *statuses[r["id"]])
+        if plan.batches:
+            await batchcounts.upsert_batches(conn, schema, plan.batches)
         if plan.roots:
             await batchcounts.decide_latest(conn, schema, plan.roots)
         if touched:
@@ -146,6 +163,8 @@ class Plan:
     touched: Touched = field(default_factory=Touched)
     # First attempts whose attempts' ``latest`` must be decided again.
     roots: set[str] = field(default_factory=set)
+    # The batch events, merged per batch (one statement for many instead of one each).
+    batches: dict[str, BatchWrite] = field(default_factory=dict)
 
 
 def fold(
@@ -173,7 +192,8 @@ def fold(
                     if job_id in late_roots:
                         plan.roots.add(job_id)
             elif isinstance(change, BatchChanged):
-                plan.updates.append(change)
+                batchcounts.merge(plan.batches, change)
+                plan.touched.add(change.batch_id, change.stream_seq, change.occurred_at)
             elif isinstance(change, LinesAppended):
                 plan.lines.extend(change.rows)
                 row = created.get(change.job_id)
@@ -189,21 +209,17 @@ def fold(
                 row = created.get(change.job_id)
                 if row is None:
                     plan.updates.append(change)
-                elif _applies(change, row["status"]):
-                    row.update(change.fields)
-                    row["last_seq"] = max(row["last_seq"], change.stream_seq)
-                    if "status" in change.fields and row.get("batch_id") is not None:
-                        plan.touched.add(row["batch_id"], *_seq_and_time(change))
+                else:
+                    if "status" in change.fields and row["batch_id"] is not None:
+                        plan.touched.add(
+                            row["batch_id"], change.stream_seq, change.fields["updated_at"]
+                        )
+                    if _applies(change, row["status"]):
+                        row.update(change.fields)
+                        row["last_seq"] = max(row["last_seq"], change.stream_seq)
     for row in created.values():
         plan.inserts.setdefault(tuple(row), []).append(tuple(row.values()))
     return plan
-
-
-def _seq_and_time(change: Change) -> tuple[int, Any]:
-    if isinstance(change, BatchChanged):
-        return change.stream_seq, change.occurred_at
-    assert isinstance(change, JobUpdated)
-    return change.stream_seq, change.fields["updated_at"]
 
 
 def _applies(change: JobUpdated, status: str) -> bool:
@@ -309,43 +325,42 @@ async def _record_artifacts(
     )
 
 
-async def _apply(conn: asyncpg.Connection, schema: str, change: Change) -> str | None:
-    """Apply one change; returns the batch whose counters it changed, if any."""
+def _runs(changes: list[Change], schema: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The changes as statements with their arguments, consecutive ones of the same statement
+    together (their order kept)."""
+    runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for change in changes:
+        sql, args = _statement(change, schema)
+        if runs and runs[-1][0] == sql:
+            runs[-1][1].append(args)
+        else:
+            runs.append((sql, [args]))
+    return runs
+
+
+def _statement(change: Change, schema: str) -> tuple[str, tuple[Any, ...]]:
     if isinstance(change, JobCreated):
         # Only a job stored already comes here (see fold): nothing is inserted, nothing counted.
         row = change.row
         cols = list(row)
-        await conn.execute(
+        return (
             f"INSERT INTO {schema}.jobs ({', '.join(cols)}) "
             f"VALUES ({', '.join(f'${i}' for i in range(1, len(cols) + 1))}) "
             "ON CONFLICT (id) DO NOTHING",
-            *row.values(),
+            tuple(row.values()),
         )
-    elif isinstance(change, BatchChanged):
-        await batchcounts.upsert_batch(conn, schema, change)
-        return change.batch_id
-    elif isinstance(change, JobUpdated):
-        cols = list(change.fields)
-        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=3))
-        where = "id = $1"
-        if change.only_if_status is not None:
-            where += f" AND status = ANY(ARRAY{sorted(change.only_if_status)!r}::text[])"
-        elif change.only_if_active:
-            where += f" AND status NOT IN {_TERMINAL!r}"
-        statement = (
-            f"UPDATE {schema}.jobs SET {sets}, last_seq = GREATEST(last_seq, $2) WHERE {where}"
-        )
-        if "status" in change.fields:
-            # A status that changed (the condition held) changes its batch's counters.
-            batch_id: str | None = await conn.fetchval(
-                statement + " RETURNING batch_id",
-                change.job_id,
-                change.stream_seq,
-                *change.fields.values(),
-            )
-            return batch_id
-        await conn.execute(statement, change.job_id, change.stream_seq, *change.fields.values())
-    return None
+    assert isinstance(change, JobUpdated)
+    cols = list(change.fields)
+    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, start=3))
+    where = "id = $1"
+    if change.only_if_status is not None:
+        where += f" AND status = ANY(ARRAY{sorted(change.only_if_status)!r}::text[])"
+    elif change.only_if_active:
+        where += f" AND status NOT IN {_TERMINAL!r}"
+    return (
+        f"UPDATE {schema}.jobs SET {sets}, last_seq = GREATEST(last_seq, $2) WHERE {where}",
+        (change.job_id, change.stream_seq, *change.fields.values()),
+    )
 
 
 async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:

@@ -15,17 +15,28 @@ from jobrunner.services.api import action_executor
 from jobrunner.services.api.action_schemas import ActionOptions, BatchActionAccepted
 from jobrunner.services.api.actions import Action
 from jobrunner.services.api.dependencies import ctx_of
+from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 
-_NOT_FOUND = {404: error_spec("No such batch, or not one of the caller's (BATCH_NOT_FOUND).")}
+# The actions that make new attempts (external ones need callback tokens).
+RESTARTS = frozenset({Action.RESTART, Action.PENDING})
+_NOT_FOUND = {
+    404: error_spec("No such batch, or not one of the caller's (BATCH_NOT_FOUND)."),
+    503: error_spec(
+        "The read models are behind (READ_MODEL_BEHIND) or NATS did not confirm "
+        "(EVENT_STORE_UNAVAILABLE); send the same action again."
+    ),
+}
 
 
 async def _act(request: Request[Any, Any, Any], batch_id: str, action: Action) -> Any:
     options = action_executor.decode_options(await request.body())
-    return await action_executor.act_on_batch(
-        ctx_of(request), batch_id, action, options, principal_of(request)
-    )
+    callbacks = await CallbackIssuer.for_request(request) if action in RESTARTS else None
+    async with action_executor.event_store_answers():
+        return await action_executor.act_on_batch(
+            ctx_of(request), batch_id, action, options, principal_of(request), callbacks
+        )
 
 
 class BatchActionController(Controller):

@@ -29,7 +29,7 @@ log = structlog.get_logger()
     tags=["external jobs"],
     summary="An external job's worker reports progress, lines, a result or an error",
     opt={"callback": True, "request_body": reports.Report},
-    request_max_body_size=reports.MAX_REPORT_BYTES + 1,
+    request_max_body_size=reports.MAX_REPORT_BYTES,
     security=[{"CallbackToken": []}],
     responses={
         401: error_spec("No callback token, or not this job's (INVALID_CALLBACK_TOKEN)."),
@@ -37,10 +37,13 @@ log = structlog.get_logger()
             "The job ended (JOB_FINISHED), or still waits for its lock (JOB_WAITING, "
             "with Retry-After)."
         ),
-        413: error_spec("The report is over 256 KiB (REPORT_TOO_LARGE)."),
+        413: error_spec(
+            "The report is over 256 KiB (BODY_TOO_LARGE), or its lines would not fit one NATS "
+            "message (REPORT_TOO_LARGE)."
+        ),
         422: error_spec("The report is not valid (INVALID_REPORT, RESULT_TOO_LARGE)."),
         503: error_spec(
-            "NATS does not answer (EVENTS_UNAVAILABLE), or too many reports at "
+            "NATS does not answer (EVENT_STORE_UNAVAILABLE), or too many reports at "
             "once (REPORT_CONFLICT): send the report again, with Retry-After."
         ),
     },
@@ -60,7 +63,7 @@ async def report_external_job(
         log.warning("external report not stored", job_id=job_id, error=repr(exc))
         raise ApiError(
             503,
-            "EVENTS_UNAVAILABLE",
+            "EVENT_STORE_UNAVAILABLE",
             "The event store does not answer right now; send the report again shortly.",
             headers={"Retry-After": "1"},
         ) from exc

@@ -10,6 +10,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from jobrunner.services.api import action_executor
 from jobrunner.services.api.action_schemas import JobArchiveChanged, JobRestarted
 from jobrunner.services.api.dependencies import ctx_of
+from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 
@@ -32,9 +33,14 @@ class JobActionController(Controller):
     async def restart(self, request: Request[Any, Any, Any], job_id: str) -> JobRestarted:
         """A new attempt of the job's latest attempt, once that one has ended."""
         options = action_executor.decode_options(await request.body())
-        return await action_executor.restart_job(
-            ctx_of(request), job_id, options, principal_of(request)
-        )
+        async with action_executor.event_store_answers():
+            return await action_executor.restart_job(
+                ctx_of(request),
+                job_id,
+                options,
+                principal_of(request),
+                await CallbackIssuer.for_request(request),
+            )
 
     @post(
         "/{job_id:str}/archive",
@@ -43,9 +49,10 @@ class JobActionController(Controller):
     )
     async def archive(self, request: Request[Any, Any, Any], job_id: str) -> JobArchiveChanged:
         options = action_executor.decode_options(await request.body())
-        return await action_executor.archive_job(
-            ctx_of(request), job_id, True, options, principal_of(request)
-        )
+        async with action_executor.event_store_answers():
+            return await action_executor.archive_job(
+                ctx_of(request), job_id, True, options, principal_of(request)
+            )
 
     @post(
         "/{job_id:str}/unarchive",
@@ -54,6 +61,7 @@ class JobActionController(Controller):
     )
     async def unarchive(self, request: Request[Any, Any, Any], job_id: str) -> JobArchiveChanged:
         options = action_executor.decode_options(await request.body())
-        return await action_executor.archive_job(
-            ctx_of(request), job_id, False, options, principal_of(request)
-        )
+        async with action_executor.event_store_answers():
+            return await action_executor.archive_job(
+                ctx_of(request), job_id, False, options, principal_of(request)
+            )

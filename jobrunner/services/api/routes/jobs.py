@@ -9,20 +9,24 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from jobrunner.common import callbacktoken, eventstore
+from jobrunner.common import batchids, callbacktoken, eventstore
 from jobrunner.common.jobtypes import ParameterError
 from jobrunner.common.slots import SlotValue, slot_key
-from jobrunner.contracts import events
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
-from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.external import callback_url
+from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
 from jobrunner.services.api.queryparams import Query, encode_cursor
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
-from jobrunner.services.api.submission import UnknownJobType, check_job
+from jobrunner.services.api.submission import UnknownJobType, check_job, job_fingerprint
 from jobrunner.services.api.webhook_requests import checked_webhook
 
 MAX_LIST_LIMIT = 500
@@ -37,12 +41,6 @@ LIST_PARAMETERS = (
     "created_to",
     "archived",
 )
-
-
-def callback_url(request: Request[Any, Any, Any], job_id: str) -> str:
-    """Where an external job's worker reports: absolute, from the address the request came to
-    (the Host the access layer allowed)."""
-    return str(request.base_url).rstrip("/") + callbacktoken.callback_path(job_id)
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
@@ -90,9 +88,28 @@ class JobController(Controller):
                 "Some parameters are not valid for this job type.",
                 fields=[msgspec.to_builtins(e) for e in exc.errors],
             ) from None
+        job_id = events.new_event_id()
+        event_id = events.new_event_id()
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None:
+            claim = await ctx.idempotency.claim(
+                principal_of(request).name,
+                check_key(key),
+                job_fingerprint(job_type.name, parameters),
+                job_id,
+                kind="job",
+            )
+            job_id = claim.id
+            # The id every attempt of this request publishes: JetStream stores it once.
+            event_id = batchids.job_requested_event_id(job_id)
+            if claim.resumed:
+                created = await already_created(ctx, job_id)
+                if created is not None:
+                    return created
         callback = callbacktoken.mint() if job_type.external else None
         request_event = events.JobRequested(
-            job_id=events.new_event_id(),
+            job_id=job_id,
+            event_id=event_id,
             job_type=job_type.name,
             parameters=parameters,
             lock=job_type.lock,
@@ -218,3 +235,28 @@ class JobController(Controller):
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
         return await cancel(ctx_of(request), job_id, principal_of(request))
+
+
+async def already_created(ctx: ApiContext, job_id: str) -> schemas.JobCreated | None:
+    """The answer to a retried request whose job is stored (None: it is not, publish it).
+
+    An external job's callback token is in the first answer only (it is kept as a hash)."""
+    stored = await last_message(
+        ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "requested")
+    )
+    if stored is None or not stored.data:
+        return None
+    try:
+        event = codec.decode(stored.data)
+    except msgspec.MsgspecError:
+        return None  # not written by jobrunner: publish ours
+    if not isinstance(event, events.JobRequested):
+        return None
+    await ctx.projection.wait_for(stored.seq or 0, READ_YOUR_WRITES_TIMEOUT)
+    row = await readmodels.get_job_row(ctx.pool, job_id)
+    return schemas.JobCreated(
+        id=job_id,
+        job_type=event.job_type,
+        status=row["status"] if row is not None else JobStatus.PENDING.value,
+        created_at=event.occurred_at,
+    )

@@ -22,7 +22,7 @@ from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import i18n, links, readmodels, schemas, security
 from jobrunner.services.api.attempts import attempts_of
-from jobrunner.services.api.dependencies import ctx_of, find_job
+from jobrunner.services.api.dependencies import ctx_of, find_batch, find_job
 from jobrunner.services.api.security.principal import optional_principal
 
 HERE = Path(__file__).resolve().parent.parent
@@ -231,8 +231,13 @@ async def batches_page(
 async def batch_page(
     request: Request[Any, Any, Any], batch_id: str, lang: str | None = None
 ) -> Template:
-    """One batch: its aggregates, its jobs page by page, and the actions on it (live)."""
-    return page(request, "batch_detail.html", batch_id=batch_id)
+    """One batch: its aggregates, its jobs page by page, and the actions on it (live).
+
+    404 for a batch that does not exist or the caller may not see, as for a job; the rest comes
+    from ``GET /api/batches/{id}`` in the browser, like every live update after it.
+    """
+    row = await find_batch(ctx_of(request), batch_id, optional_principal(request))
+    return page(request, "batch_detail.html", batch_id=batch_id, batch_name=row["name"])
 
 
 @get("/jobs/{job_id:str}", include_in_schema=False, name="job_page")

@@ -93,10 +93,14 @@ async function load(form, { append, limit = PAGE }) {
 export function initBatchesPage() {
   const form = document.getElementById("batch-filters");
   if (!form) return;
+  // At most one reload waits at a time: a busy batch's stream of updates must not keep
+  // postponing it. It asks for as many rows as are shown, so it takes away no page one loaded.
   const reload = (delay = 0) => {
-    clearTimeout(reloadTimer);
-    // As many rows as are shown, so a live reload does not take away pages one loaded.
-    reloadTimer = setTimeout(() => load(form, { append: false, limit: Math.max(PAGE, shown) }), delay);
+    if (reloadTimer) return;
+    reloadTimer = setTimeout(() => {
+      reloadTimer = 0;
+      load(form, { append: false, limit: Math.max(PAGE, shown) });
+    }, delay);
   };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -115,7 +119,14 @@ export function initBatchesPage() {
     const batch = event.detail;
     const row = rowOf(batch.id);
     const filtered = form.elements.status.value !== "" || form.elements.archived.value !== "all";
-    if (!row) { reload(300); return; } // a new batch, or one that now matches the filters
+    if (!row) {
+      // A new batch, or one that now matches the filters: reload if it falls among the rows
+      // shown (newest first), not for every update of a batch pages further down.
+      const last = document.getElementById("batches-body").lastElementChild;
+      const oldest = last?.querySelector("[data-created]")?.dateTime ?? "";
+      if (!cursor || !oldest || (batch.created_at ?? "") >= oldest) reload(300);
+      return;
+    }
     const before = { status: row.dataset.status, archived: row.dataset.archived };
     fillRow(row, batch);
     if (before.status !== batch.status) {
@@ -124,6 +135,6 @@ export function initBatchesPage() {
     // It may no longer match the filters.
     if (filtered && (before.status !== row.dataset.status || before.archived !== row.dataset.archived)) reload(300);
   });
-  document.addEventListener("updates-resync", () => reload(0));
+  document.addEventListener("updates-resync", () => { clearTimeout(reloadTimer); reloadTimer = 0; reload(0); });
   load(form, { append: false });
 }

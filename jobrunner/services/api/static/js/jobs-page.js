@@ -80,7 +80,13 @@ export function initJobsPage() {
   syncCards();
   setUpCancel(document.getElementById("main"), () => {});
   setUpNewJob({ onStarted: () => refreshSoon(0) });
-  setUpNewBatch({ onStarted: () => refreshSoon(0) });
+  // A started batch is followed on its own page, as from /batches.
+  setUpNewBatch({
+    onStarted: (created) => {
+      if (created?.batch_id) location.assign(`/batches/${encodeURIComponent(created.batch_id)}`);
+      else refreshSoon(0);
+    },
+  });
   setUpJobSelection({ onChanged: () => refreshSoon(0) });
 
   document.body.addEventListener("htmx:afterSettle", (event) => {

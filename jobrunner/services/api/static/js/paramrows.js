@@ -96,12 +96,17 @@ export function fromCell(param, raw) {
   }
 }
 
+const patterns = new Map(); // one compilation per pattern, not one per row
+
 function compiled(pattern) {
-  try {
-    return new RegExp(`^(?:${pattern})$`);
-  } catch {
-    return null; // a Python-only construct: the API checks it
+  if (!patterns.has(pattern)) {
+    let re = null; // a Python-only construct: the API checks it
+    try {
+      re = new RegExp(`^(?:${pattern})$`);
+    } catch { /* keep null */ }
+    patterns.set(pattern, re);
   }
+  return patterns.get(pattern);
 }
 
 function checkValue(param, value) {
