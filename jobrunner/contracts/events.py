@@ -102,6 +102,8 @@ class ErrorCode(StrEnum):
     # A file the job left in its output directory was over a size limit and not stored (the
     # job's log names it); a job that would otherwise have completed ends failed with this.
     ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
+    # NATS refused to store an output file for good (the bucket full, a permission).
+    ARTIFACT_NOT_STORED = "ARTIFACT_NOT_STORED"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
