@@ -72,6 +72,12 @@ def cmd_projector(args: argparse.Namespace) -> int:
     return _run_service(run_projector, _settings(args))
 
 
+def cmd_notifier(args: argparse.Namespace) -> int:
+    from jobrunner.services.notifier.service import run_notifier
+
+    return _run_service(run_notifier, _settings(args))
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     import os
 
@@ -197,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_api)
     sub.add_parser("runner", help="run a runner").set_defaults(func=cmd_runner)
     sub.add_parser("projector", help="run the projector").set_defaults(func=cmd_projector)
+    sub.add_parser("notifier", help="run a notifier (delivers webhooks)").set_defaults(
+        func=cmd_notifier
+    )
 
     from jobrunner.token_command import add_parser as add_token_parser
 

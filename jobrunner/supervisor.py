@@ -1,4 +1,4 @@
-"""``jobrunner up``: embedded NATS and Postgres in a state directory, then the three services as
+"""``jobrunner up``: embedded NATS and Postgres in a state directory, then the four services as
 child processes, restarted if they crash, all stopped in order on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from jobrunner.preflight import missing_tools, preflight
 log = structlog.get_logger()
 
 # Stopped in this order: the runner first, so its last events reach NATS before NATS stops.
-SERVICES = ("projector", "runner", "api")
-STOP_ORDER = ("runner", "api", "projector")
+SERVICES = ("projector", "runner", "notifier", "api")
+# The notifier after the runner: the ends of jobs the runner stops are still delivered.
+STOP_ORDER = ("runner", "notifier", "api", "projector")
 
 
 class Service:
@@ -162,6 +163,10 @@ async def up(settings: Settings, config_file: str | None) -> int:
             "JOBRUNNER_AUTH": "true" if settings.auth else "false",
         }
     )
+    if not settings.webhook_secret:
+        # Generated once into the state directory, like the NATS password: webhooks are signed
+        # from the first start. `cat <state_dir>/webhook-secret` shows it to receivers' owners.
+        env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
     services = {name: Service(name, env) for name in SERVICES}

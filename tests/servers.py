@@ -55,11 +55,12 @@ def nats_url() -> Iterator[str]:
 
 
 async def delete_streams(url: str, prefix: str) -> None:
-    """Remove one test's event stream and key/value buckets: a suite run stays small on disk."""
+    """Remove one test's event stream, key/value buckets and artifacts: a suite run stays small
+    on disk."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        owned = (f"{prefix.upper()}_", f"KV_{prefix}_")
+        owned = (f"{prefix.upper()}_", f"KV_{prefix}_", f"OBJ_{prefix}_")
         for info in await js.streams_info():
             if info.config.name and info.config.name.startswith(owned):
                 await js.delete_stream(info.config.name)

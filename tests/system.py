@@ -16,6 +16,7 @@ from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.api.app import create_app
 from jobrunner.services.api.security.sessions import COOKIE_NAME, SessionSigner
 from jobrunner.services.api.security.tokens import TokenStore
+from jobrunner.services.notifier.service import run_notifier
 from jobrunner.services.projector.service import run_projector
 from jobrunner.services.runner.service import run_runner
 
@@ -49,6 +50,14 @@ class System:
 
             settings = msgspec.structs.replace(settings, **overrides)
         await self._start(name, run_runner, settings)
+
+    async def start_notifier(self, name: str = "notifier", **overrides: Any) -> None:
+        settings = self.settings
+        if overrides:
+            import msgspec
+
+            settings = msgspec.structs.replace(settings, **overrides)
+        await self._start(name, run_notifier, settings)
 
     async def _start(self, name: str, main: Any, settings: Settings | None = None) -> None:
         stop = asyncio.Event()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import msgspec
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from jobrunner.common import batchids, eventstore
 from jobrunner.common.jobtypes import load_job_types
@@ -119,7 +121,7 @@ async def test_a_retry_publishes_only_what_is_missing(system: System) -> None:
     plan = plan_batch(BODY, load_job_types(settings.job_types_file), settings.batch_max_jobs)
     batch_id = batchids.new_batch_id()
     partial = BatchEvents(plan, batch_id, "test-admin")
-    record = KeyRecord(batch_id=batch_id, fingerprint=plan.fingerprint(), created_at=time.time())
+    record = KeyRecord(id=batch_id, fingerprint=plan.fingerprint(), created_at=time.time())
     async with jetstream(settings) as js:
         kv = await js.key_value(names.idempotency_bucket)
         await kv.create(record_key("test-admin", "partial"), msgspec.json.encode(record))
@@ -131,3 +133,38 @@ async def test_a_retry_publishes_only_what_is_missing(system: System) -> None:
     assert retry.json()["job_ids"] == partial.job_ids
     assert await stored_count(settings) == 3 + 2
     assert await is_sealed(settings, batch_id)
+
+
+@pytest.mark.parametrize(("wait_past_ttl", "same"), [(False, True), (True, False)])
+async def test_a_key_is_remembered_for_the_ttl_only(
+    settings: Settings, wait_past_ttl: bool, same: bool
+) -> None:
+    """Within idempotency_ttl_seconds a key answers the same batch; once its record expired the
+    same request makes a new batch."""
+    system = System(msgspec.structs.replace(settings, idempotency_ttl_seconds=2.0))
+    await system.start_projector()
+    await system.start_api()
+    try:
+        names = Names(settings.prefix)
+        async with system.client() as client:
+            first = await post_batch(client, BODY, key="short-lived")
+            if wait_past_ttl:
+                async with jetstream(settings) as js:
+                    kv = await js.key_value(names.idempotency_bucket)
+                    rkey = record_key("test-admin", "short-lived")
+                    async with asyncio.timeout(30):
+                        while await record_exists(kv, rkey):  # noqa: ASYNC110
+                            await asyncio.sleep(0.1)  # the server expires it: poll
+            second = await post_batch(client, BODY, key="short-lived")
+    finally:
+        await system.stop()
+    assert second.status_code == 201, second.text
+    assert (second.json()["batch_id"] == first.json()["batch_id"]) is same
+
+
+async def record_exists(kv: Any, key: str) -> bool:
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return False
+    return bool(entry.value)

@@ -148,6 +148,19 @@ def job_life(job_id: str) -> st.SearchStrategy[list[events.Event]]:
                     events.CancelRequested, job_id=st.just(job_id), requested_by=texts | st.none()
                 ),
                 st.builds(
+                    events.WebhookAttempted,
+                    job_id=st.just(job_id),
+                    delivery_id=texts,
+                    webhook_index=st.integers(0, events.MAX_COUNT),
+                    url=texts,
+                    attempt=st.integers(1, events.MAX_COUNT),
+                    outcome=st.sampled_from(list(events.WebhookOutcome)),
+                    status_code=big_ints | st.none(),
+                    error=st.builds(ErrorInfo, code=texts, message=texts) | st.none(),
+                    duration_ms=st.floats() | st.none(),
+                    occurred_at=times,
+                ),
+                st.builds(
                     events.StatusChanged,
                     job_id=st.just(job_id),
                     status=st.sampled_from(list(JobStatus)),

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from jobrunner.common import runnerpool
+from jobrunner.common import artifactstore, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
@@ -70,7 +70,7 @@ def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
     """Create (or update to the configured limits) the event stream, the lock bucket, the
-    runner heartbeat bucket and the Idempotency-Key bucket."""
+    runner heartbeat bucket, the Idempotency-Key bucket and the artifacts bucket."""
     config = stream_config(names, settings)
     try:
         await js.add_stream(config)
@@ -108,6 +108,7 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
             replicas=settings.stream_replicas,
             ttl=settings.idempotency_ttl_seconds,
         )
+    await artifactstore.ensure_bucket(js, names, settings)
 
 
 async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:

@@ -9,6 +9,7 @@ Format (one table per type)::
     timeout_seconds = 3600
     lock = "datev_sheet"        # job types naming the same lock never run at the same time
     on_busy = "reject"          # or "queue"
+    webhooks = [{ url = "https://example.com/hooks/jobs", secret_env = "EXAMPLE_HOOK_SECRET" }]
 
     [job_types.enrich_search.parameters.plz_filter]
     type = "string"             # string | bool | enum | multi_enum | integer
@@ -30,6 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+
+from jobrunner.common import webhookurl
+from jobrunner.contracts.events import WebhookTarget
 
 ParamKind = Literal["string", "bool", "enum", "multi_enum", "integer"]
 MAX_STRING_LENGTH = 4096
@@ -62,6 +66,16 @@ class Parameter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     maximum: int | None = None
 
 
+class TypeWebhook(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A webhook every job of the type notifies when it ends (after the request's own)."""
+
+    url: str
+    headers: dict[str, str] = {}
+    # The name of an environment variable of the notifier holding this webhook's signing secret
+    # (instead of the installation's webhook_secret); the secret itself never enters the file.
+    secret_env: str | None = None
+
+
 class JobType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str = ""
     title: str = ""
@@ -79,6 +93,16 @@ class JobType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     progress_pattern: str | None = None
     level_pattern: str | None = None
     result_pattern: str | None = None
+    webhooks: list[TypeWebhook] = []
+    # Done elsewhere: no tool runs; a worker reports over HTTP with the job's callback token.
+    external: bool = False
+    # An external job that reports nothing for this long fails PROCESSING_TIMEOUT (without it:
+    # nothing for ``timeout_seconds``).
+    heartbeat_seconds: float | None = None
+
+
+# What an external type cannot have: it runs nothing in the runner.
+_TOOL_ONLY_FIELDS = ("argv", "callable", "cwd", "env", "mask")
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,8 +142,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
             job_type = msgspec.convert({**body, "name": name}, JobType)
         except msgspec.ValidationError as exc:
             raise JobTypeConfigError(f"job type {name!r} in {path}: {exc}") from None
-        if bool(job_type.argv) == bool(job_type.callable):
-            raise JobTypeConfigError(f"job type {name!r} needs either an argv or a callable")
+        _check_kind(job_type)
         if job_type.callable and not re.fullmatch(
             r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", job_type.callable
         ):
@@ -144,6 +167,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
                     + " or ".join(f"(?P<{g}>...)" for g in sorted(groups))
                 )
         _check_placeholders(job_type)
+        _check_webhooks(job_type)
         for pname, param in job_type.parameters.items():
             if param.pattern is not None:
                 try:
@@ -166,6 +190,36 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
     return types
 
 
+def _check_kind(job_type: JobType) -> None:
+    """A tool (argv), a callable, or external: exactly one, with the timeouts each needs."""
+    name = job_type.name
+    if job_type.timeout_seconds <= 0:
+        raise JobTypeConfigError(f"job type {name!r}: timeout_seconds must be above 0")
+    if job_type.external:
+        given = [f for f in _TOOL_ONLY_FIELDS if getattr(job_type, f)]
+        if given:
+            raise JobTypeConfigError(
+                f"job type {name!r} is external (a worker elsewhere reports it over HTTP), so it "
+                f"takes no {', '.join(given)}"
+            )
+        if job_type.heartbeat_seconds is not None and not (
+            0 < job_type.heartbeat_seconds <= job_type.timeout_seconds
+        ):
+            raise JobTypeConfigError(
+                f"job type {name!r}: heartbeat_seconds must be above 0 and at most "
+                f"timeout_seconds ({job_type.timeout_seconds:g})"
+            )
+        return
+    if job_type.heartbeat_seconds is not None:
+        raise JobTypeConfigError(
+            f"job type {name!r}: heartbeat_seconds is for external job types only (external = true)"
+        )
+    if bool(job_type.argv) == bool(job_type.callable):
+        raise JobTypeConfigError(
+            f"job type {name!r} needs either an argv or a callable (or external = true)"
+        )
+
+
 def _check_placeholders(job_type: JobType) -> None:
     """An argv element ``{name}`` of a parameter must always have one value to put there."""
     for element in job_type.argv:
@@ -184,6 +238,24 @@ def _check_placeholders(job_type: JobType) -> None:
             raise JobTypeConfigError(
                 f"job type {job_type.name!r}: argv element {element} names an optional parameter "
                 "without a default; make it required, give it a default, or give it a flag instead"
+            )
+
+
+def _check_webhooks(job_type: JobType) -> None:
+    for n, hook in enumerate(job_type.webhooks):
+        target = WebhookTarget(url=hook.url, headers=hook.headers)
+        problems = webhookurl.check(target, field=f"webhooks[{n}]")
+        if problems:
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: "
+                + "; ".join(f"{p.field} {p.message}" for p in problems)
+            )
+        if hook.secret_env is not None and not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]*", hook.secret_env
+        ):
+            raise JobTypeConfigError(
+                f"job type {job_type.name!r}: webhooks[{n}].secret_env must name an "
+                "environment variable"
             )
 
 
@@ -325,6 +397,8 @@ def public_schema(job_type: JobType) -> dict[str, Any]:
         "lock": job_type.lock,
         "on_busy": job_type.on_busy,
         "timeout_seconds": job_type.timeout_seconds,
+        "external": job_type.external,
+        "heartbeat_seconds": job_type.heartbeat_seconds,
         "parameters": {
             name: {
                 k: v

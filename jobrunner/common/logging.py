@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 
@@ -11,7 +12,7 @@ import structlog
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if use_json else console_renderer()
     )
     structlog.configure(
         processors=[
@@ -27,3 +28,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def console_renderer() -> structlog.dev.ConsoleRenderer:
+    """Pretty lines, and tracebacks without local variables: a frame's locals hold the settings
+    (NATS password, webhook secret) and webhook headers, none of which may reach a log."""
+    formatter: structlog.typing.ExceptionRenderer = structlog.dev.plain_traceback
+    if importlib.util.find_spec("rich") is not None:
+        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+    return structlog.dev.ConsoleRenderer(exception_formatter=formatter)

@@ -59,6 +59,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Demo tools: seconds between items; 0 runs them as fast as possible.
     demo_pace: float = 0.4
 
+    # Artifacts (README "Artifacts"): what a job leaves in its JOBRUNNER_OUTPUT_DIR is stored in
+    # the artifacts object store. A file over the first limit, or beyond the second counted over
+    # the job's files, is not stored: the job's log says so and it ends ARTIFACT_TOO_LARGE.
+    artifact_max_file_bytes: int = 1 << 30
+    artifact_max_job_bytes: int = 4 << 30
+    # Where the runner makes each job's output directory (empty: <state_dir>/outputs); one runner
+    # host's own: a runner starting removes what a killed one left there.
+    artifact_work_dir: str = ""
+    # A download (GET .../artifacts/..., .../download-archive) that gets no data from NATS for
+    # this long is cut off (the client sees an incomplete body) rather than left hanging.
+    artifact_read_idle_seconds: float = 10.0
+
     # Event stream limits (0 means unlimited)
     stream_max_age_days: float = 0
     stream_max_bytes: int = 0
@@ -89,6 +101,30 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # "*" any). Empty: the configured host, and the localhost names when that is loopback.
     allowed_hosts: str = ""
 
+    # Webhooks (README "Webhooks"), delivered by the notifier service.
+    # Signs every delivery (X-Jobrunner-Signature) unless the job type names its own secret.
+    # Empty: deliveries go unsigned and the notifier warns at start (`jobrunner up` makes one).
+    webhook_secret: str = ""
+    # How long a webhook is retried (from its first attempt) before it is recorded as failed.
+    webhook_retry_seconds: float = 3600.0
+    # Waits between attempts: doubling from the first, at most the longest, with jitter.
+    webhook_first_retry_seconds: float = 1.0
+    webhook_longest_retry_seconds: float = 300.0
+    # One attempt gives up connecting after the first, and waiting for the answer after the
+    # second.
+    webhook_connect_timeout_seconds: float = 5.0
+    webhook_timeout_seconds: float = 10.0
+    # Addresses webhooks may reach although they are loopback, private, link-local or otherwise
+    # internal (comma-separated): host names as written in the URL, IP addresses, networks
+    # ("10.20.0.0/16"). Empty: only public addresses.
+    webhook_allow_hosts: str = ""
+    # The authority that signed https receivers' certificates, when not one the system trusts.
+    webhook_tls_ca_file: str = ""
+    # A notifier that stops saying "still working on it" for this long (it died) has its job
+    # handed to another notifier, which goes on with the same delivery ids.
+    notifier_ack_wait_seconds: float = 30.0
+    # Jobs whose webhooks one notifier delivers at the same time.
+    notifier_max_concurrent: int = 64
     # Batches (README "Submitting a batch")
     batch_max_jobs: int = 10_000  # jobs one POST /api/jobs/batch may hold
     # A batch request may be this large (every other request: 1 MiB).
@@ -130,6 +166,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "stream_max_age_days": (0, _NO_LIMIT),
     "stream_max_bytes": (0, _NO_LIMIT),
     "readmodel_retention_days": (0, _NO_LIMIT),
+    "artifact_max_file_bytes": (0, _NO_LIMIT),
+    "artifact_max_job_bytes": (0, _NO_LIMIT),
     "stream_replicas": (1, 5),  # JetStream's own limit
     "sse_retry_ms": (0, _NO_LIMIT),
     "max_streams_per_token": (1, _NO_LIMIT),
@@ -137,6 +175,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     # A client buffer must hold at least one full message batch, or every live client is cut.
     "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
     "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
+    "webhook_retry_seconds": (0, _NO_LIMIT),
+    "notifier_max_concurrent": (1, _NO_LIMIT),
     # One event per job: the bound keeps a batch's submission (and the runners' waiting for its
     # seal) within what one API request can publish in reasonable time.
     "batch_max_jobs": (1, 1_000_000),
@@ -149,8 +189,14 @@ _ABOVE_ZERO = (
     "sse_history_idle_seconds",
     "runner_heartbeat_seconds",
     "projector_stuck_seconds",
+    "webhook_first_retry_seconds",
+    "webhook_longest_retry_seconds",
+    "webhook_connect_timeout_seconds",
+    "webhook_timeout_seconds",
+    "notifier_ack_wait_seconds",
     "batch_seal_timeout_seconds",
     "idempotency_ttl_seconds",
+    "artifact_read_idle_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 

@@ -72,11 +72,15 @@ class RunRecord(msgspec.Struct, kw_only=True):
 
 RESERVATION_MIN_TTL = 60  # seconds
 
-# How long enqueue_many waits for the server to confirm a batch's queue entries.
-ENQUEUE_ACK_SECONDS = 30.0
+# How long enqueue_many waits for the server to confirm a batch's queue entries: about as long as
+# publish_many waits out an outage (its 5 s ack wait, then a 5 s publish), so a batch POST gives
+# up on a NATS outage after the same time whether its jobs have locks or not.
+ENQUEUE_ACK_SECONDS = 10.0
 
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
+# How long a pipelined delete's ack is waited for before it is sent again on its own.
+PIPELINED_ACK_WAIT = 5.0
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -92,10 +96,13 @@ def key_safe(name: str) -> str:
     return _KEY_SAFE.sub("_", name)
 
 
-def slot_key(lock: str | None, job_id: str) -> str:
+def slot_key(lock: str | None, job_id: str, attempt_of: str | None = None) -> str:
+    """The slot a job takes. Without a lock, every attempt of one job (``attempt_of``, the first
+    attempt's id) shares one slot: a new attempt never runs beside the one it replaces, which may
+    still be stopping its tool after a restart cancelled it."""
     if lock:
         return "slot." + key_safe(lock)
-    return "job." + key_safe(job_id)
+    return "job." + key_safe(attempt_of or job_id)
 
 
 def run_key(job_id: str) -> str:
@@ -261,6 +268,22 @@ class SlotTable:
     async def forget_run(self, job_id: str) -> None:
         await self._delete(run_key(job_id), None)
 
+    async def run_record(self, job_id: str) -> RunRecord | None:
+        """One running job's record, if it has one."""
+        raw, _ = await self._read_raw(run_key(job_id))
+        return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
+
+    async def holder(self, job_id: str) -> RunRecord | None:
+        """The record of the runner holding ``job_id``'s slot now (its run record names a slot
+        whose live lease is the job's), or None."""
+        record = await self.run_record(job_id)
+        if record is None:
+            return None
+        lease = await self.current(record.slot_key)
+        if lease is None or lease.value.job_id != job_id or lease.value.phase != "held":
+            return None
+        return record
+
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()
@@ -284,12 +307,16 @@ class SlotTable:
         except KeyWrongLastSequenceError:
             return 0  # already queued
 
-    async def enqueue_many(self, lock: str, jobs: Sequence[tuple[str, str]]) -> None:
+    async def enqueue_many(
+        self, lock: str, jobs: Sequence[tuple[str, str]], timeout: float = ENQUEUE_ACK_SECONDS
+    ) -> None:
         """Put jobs (job id, job type) at the end of their lock's queue, in this order (a batch).
 
         Pipelined on one connection, which the server stores in the order sent: the revisions,
         the jobs' places, follow the list. Unconditional, unlike ``enqueue``: a job queued again
-        moves behind the others, still in list order.
+        moves behind the others, still in list order. Raises TimeoutError when the server has
+        not confirmed every entry within ``timeout`` (the caller answers with an error; a retry
+        queues the batch again, in order).
         """
         now = time.time()
         futures = [
@@ -299,11 +326,27 @@ class SlotTable:
             )
             for job_id, job_type in jobs
         ]
-        async with asyncio.timeout(ENQUEUE_ACK_SECONDS):
+        async with asyncio.timeout(timeout):
             await asyncio.gather(*futures)
 
     async def dequeue(self, lock: str, job_id: str) -> None:
         await self._delete(queue_key(lock, job_id), None)
+
+    async def dequeue_many(self, lock: str, job_ids: Sequence[str]) -> None:
+        """Take many jobs out of a lock's queue at once (a failed batch's): the deletes are
+        pipelined, not one round trip each. One whose ack does not come is deleted again."""
+        headers = {"KV-Operation": "DEL", "Nats-TTL": MARKER_TTL}
+        futures = [
+            await self._js.publish_async(
+                self._subject(queue_key(lock, job_id)), b"", headers=headers
+            )
+            for job_id in job_ids
+        ]
+        for job_id, future in zip(job_ids, futures, strict=True):
+            try:
+                await asyncio.wait_for(future, PIPELINED_ACK_WAIT)
+            except Exception:
+                await self.dequeue(lock, job_id)
 
 
 def same_holder(a: SlotValue, b: SlotValue) -> bool:

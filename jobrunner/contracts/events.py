@@ -27,7 +27,8 @@ RESULT_CUT_FIELD = "_cut"
 # No control characters (NUL above all: Postgres text and jsonb cannot hold it).
 _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
-# Enforced on decode. Only ProgressReported carries enforced bounds: an event stored before they
+# Enforced on decode. Only ProgressReported (and ArtifactStored, whose names the runner checks
+# before it stores a file) carries enforced bounds: an event stored before they
 # existed and outside them fails to decode, and every consumer skips an undecodable event (the
 # projector logs it, the SSE feeds drop it); losing an absurd progress report costs nothing.
 # Lines and results are not constrained on decode: an old batch with one overlong or NUL line, or
@@ -98,6 +99,9 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # A job of a batch whose submission never completed (no BatchSealed in time); it never ran.
     BATCH_INCOMPLETE = "BATCH_INCOMPLETE"
+    # A file the job left in its output directory was over a size limit and not stored (the
+    # job's log names it); a job that would otherwise have completed ends failed with this.
+    ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +116,22 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     event_id: str = msgspec.field(default_factory=new_event_id)
     occurred_at: datetime = msgspec.field(default_factory=utcnow)
     version: int = 1
+
+
+# Webhooks (README "Webhooks"): what a request may name, bounded so an event stays small.
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_WEBHOOK_HEADERS = 20
+MAX_WEBHOOK_HEADER_CHARS = 4096  # one header's name plus value
+
+
+class WebhookTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Where to POST the job's outcome once it ends. The API has checked the URL's form (http or
+    https, no user info, bounded); whether its address may be reached is decided at delivery.
+    ``headers`` travel in the event as the client gave them (an ``Authorization`` for the
+    receiver, say): the stream's readers can see them."""
+
+    url: str
+    headers: dict[str, str] = {}
 
 
 class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
@@ -129,6 +149,11 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     # latest attempt.
     attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
     attempt_of: str | None = None
+    # An external job (done by a worker elsewhere, reported over HTTP): the SHA-256 (hex) of its
+    # callback token. The token itself is shown once, in the API's answer, and stored nowhere.
+    callback_token_hash: str | None = None
+    # Delivered by the notifier when the job ends, before the job type's own webhooks.
+    webhook: WebhookTarget | None = None
 
 
 class JobArchived(Event, frozen=True, kw_only=True, tag="JobArchived"):
@@ -154,6 +179,9 @@ class StatusChanged(Event, frozen=True, kw_only=True, tag="StatusChanged"):
     runner_id: str | None = None
     cancelled_by: str | None = None
     result: Result | None = None
+    # The external worker's report that ended the job (its ``report_id``), so a retried final
+    # report is told it was stored rather than that the job had already ended.
+    report_id: str | None = None
 
 
 class LogLine(msgspec.Struct, frozen=True, array_like=True):
@@ -180,6 +208,57 @@ class ProgressReported(Event, frozen=True, kw_only=True, tag="ProgressReported")
     percent: Percent | None = None
     phase: Phase | None = None
     message: Message | None = None
+
+
+class WebhookOutcome(StrEnum):
+    RETRYING = "retrying"  # this attempt failed, another follows
+    DELIVERED = "delivered"  # the receiver answered 2xx: final
+    FAILED = "failed"  # given up (retry window over, or an error no retry can fix): final
+
+    @property
+    def is_final(self) -> bool:
+        return self is not WebhookOutcome.RETRYING
+
+
+class WebhookAttempted(Event, frozen=True, kw_only=True, tag="WebhookAttempted"):
+    """The notifier tried to deliver one of the job's webhooks.
+
+    ``delivery_id`` is the same for every attempt of one webhook of one job (also after a
+    notifier restart): receivers de-duplicate on it. ``webhook_index`` is the webhook's place: 0
+    is the request's own webhook when it named one, then the job type's in their order. ``url``
+    never carries a query or user info (they may hold secrets); header values never appear.
+    """
+
+    delivery_id: str
+    webhook_index: Count = 0
+    url: str
+    attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
+    outcome: WebhookOutcome
+    status_code: int | None = None
+    error: ErrorInfo | None = None
+    duration_ms: float | None = None
+    # When the first attempt of this webhook was made: the retry window runs from there.
+    first_attempt_at: datetime | None = None
+
+
+# An artifact's name: a relative path inside the job's output directory, ``/``-separated, no
+# ``.``/``..`` part, no backslash, no control characters (common/artifactnames.py checks it).
+MAX_ARTIFACT_NAME_CHARS = 1024
+ArtifactName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_ARTIFACT_NAME_CHARS, pattern=_NO_CONTROL)
+]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+
+
+class ArtifactStored(Event, frozen=True, kw_only=True, tag="ArtifactStored"):
+    """A file of the job is stored in the artifacts object store, under ``object_name``
+    (``<job_id>/<name>``); published before the job's terminal StatusChanged."""
+
+    name: ArtifactName
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    content_type: str = "application/octet-stream"
+    sha256: Sha256Hex
+    object_name: str
 
 
 class BatchEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -215,6 +294,7 @@ class BatchRestarted(BatchEvent, frozen=True, kw_only=True, tag="BatchRestarted"
     mode: str
     job_ids: list[str] = []  # the attempts being replaced, in batch order
     requested_by: str | None = None
+    reason: Message | None = None
 
 
 class BatchFailed(BatchEvent, frozen=True, kw_only=True, tag="BatchFailed"):
@@ -233,7 +313,14 @@ class BatchArchived(BatchEvent, frozen=True, kw_only=True, tag="BatchArchived"):
 
 
 JobEvent = (
-    JobRequested | JobArchived | CancelRequested | StatusChanged | LineLogged | ProgressReported
+    JobRequested
+    | JobArchived
+    | CancelRequested
+    | StatusChanged
+    | LineLogged
+    | ProgressReported
+    | WebhookAttempted
+    | ArtifactStored
 )
 AnyBatchEvent = BatchRequested | BatchSealed | BatchRestarted | BatchFailed | BatchArchived
 AnyEvent = JobEvent | AnyBatchEvent
@@ -246,6 +333,8 @@ EVENT_TYPES: tuple[type[Event] | type[BatchEvent], ...] = (
     StatusChanged,
     LineLogged,
     ProgressReported,
+    WebhookAttempted,
+    ArtifactStored,
     BatchRequested,
     BatchSealed,
     BatchRestarted,

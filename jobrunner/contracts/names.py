@@ -11,6 +11,8 @@ Subject hierarchy, for one job ``<id>``::
     <prefix>.job.<id>.lines       LineLogged
     <prefix>.job.<id>.progress    ProgressReported
     <prefix>.job.<id>.archived    JobArchived
+    <prefix>.job.<id>.webhook     WebhookAttempted
+    <prefix>.job.<id>.artifact    ArtifactStored
 
 and for one batch ``<id>``::
 
@@ -41,6 +43,8 @@ KIND_BY_EVENT: dict[type[events.Event] | type[events.BatchEvent], str] = {
     events.StatusChanged: "status",
     events.LineLogged: "lines",
     events.ProgressReported: "progress",
+    events.WebhookAttempted: "webhook",
+    events.ArtifactStored: "artifact",
     events.BatchRequested: "requested",
     events.BatchSealed: "sealed",
     events.BatchRestarted: "restarted",
@@ -107,6 +111,11 @@ class Names:
     def projector_consumer(self) -> str:
         return f"{self.prefix}_projector"
 
+    @property
+    def notifier_consumer(self) -> str:
+        """Shared by every notifier: each job's end is handled by one of them."""
+        return f"{self.prefix}_notifier"
+
     # --- key/value buckets
     @property
     def locks_bucket(self) -> str:
@@ -128,8 +137,23 @@ class Names:
         """Idempotency-Key records: which batch a key made, and a hash of the request it had."""
         return f"{self.prefix}_idempotency"
 
+    # --- object stores
+    @property
+    def artifacts_bucket(self) -> str:
+        """Job artifacts: one object per file, named ``<job_id>/<name>``."""
+        return f"{self.prefix}_artifacts"
+
+    @staticmethod
+    def artifact_object(job_id: str, name: str) -> str:
+        return f"{job_id}/{name}"
+
     # --- plain NATS notifications (not persisted; outside ``<prefix>.>``, the stream's subjects)
     @property
     def projected_subject(self) -> str:
         """The projector announces the stream sequence it has committed up to."""
         return f"_jobrunner.{self.prefix}.projector.applied"
+
+    def external_reported_subject(self, job_id: str) -> str:
+        """The API says an external job's worker reported (a sign of life, even when the report
+        carried nothing to store); the runner holding the job counts its silence from it."""
+        return f"_jobrunner.{self.prefix}.external.{job_id}.reported"

@@ -35,13 +35,14 @@ from tests.tools.runners import runner_env
 
 TOOL = "tests/faults/tools/numbered.py"
 POISON_TOOL = "tests/faults/tools/poison.py"
+ARTIFACT_TOOL = "tests/tools/artifacts.py"
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
 LOCK_TYPES = 24
 
 
 def job_types_toml() -> str:
     """``free`` (no lock) and ``slot_<n>`` (each its own queued lock), all running the numbered
-    tool, and ``poison`` (the tool of hostile output)."""
+    tool, ``poison`` (the tool of hostile output) and ``external`` (reported over HTTP)."""
 
     def job_type(name: str, lock: str | None) -> str:
         locked = f'lock = "{lock}"\non_busy = "queue"\n' if lock else ""
@@ -60,10 +61,23 @@ def job_types_toml() -> str:
         )
 
     poison = f'[job_types.poison]\nargv = ["{{python}}", "{POISON_TOOL}"]\ntimeout_seconds = 120\n'
+    # Done by a worker elsewhere, reported over HTTP; a runner holds its lock meanwhile.
+    external = (
+        '[job_types.external]\nexternal = true\ntimeout_seconds = 600\nlock = "external"\n'
+        'on_busy = "queue"\n'
+    )
+    # Writes one file of ``mib`` MiB to its output directory (tests/faults/test_artifacts.py).
+    artifacts = (
+        f'[job_types.artifacts]\nargv = ["{{python}}", "{ARTIFACT_TOOL}", "--mode", "big"]\n'
+        f"timeout_seconds = 300\n"
+        f'[job_types.artifacts.parameters.mib]\ntype = "integer"\nflag = "--mib"\n'
+    )
     return (
         job_type("free", None)
         + "".join(job_type(f"slot_{n}", f"slot_{n}") for n in range(LOCK_TYPES))
         + poison
+        + external
+        + artifacts
     )
 
 
@@ -157,7 +171,11 @@ class FaultCluster:
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:
         service = self.services[name]
-        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
+        ready = {
+            "projector": "projector started",
+            "runner": "runner started",
+            "notifier": "notifier started",
+        }.get(service.command)
         seen = service.log_count(ready) if ready else 0
         service.spawn()
         async with asyncio.timeout(timeout):

@@ -466,3 +466,50 @@ def test_placeholder_for_a_multi_choice_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(JobTypeConfigError, match=r"\{p\}"):
         load_text(tmp_path, text)
+
+
+def test_external_job_type_loads_without_argv(tmp_path: Path) -> None:
+    """``external = true`` is a job type run by nobody here: no argv or callable needed."""
+    types = load_text(
+        tmp_path,
+        "[job_types.doc]\nexternal = true\nheartbeat_seconds = 30\nlock = 'sheet'\n"
+        "[job_types.doc.parameters.file]\ntype = 'string'\n",
+    )
+    assert types["doc"].external
+    assert public_schema(types["doc"])["external"] is True
+    assert public_schema(types["doc"])["heartbeat_seconds"] == 30
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['argv = ["x"]', 'callable = "pkg.mod:run"', 'cwd = "/srv"', 'env = { A = "b" }'],
+    ids=["argv", "callable", "cwd", "env"],
+)
+def test_external_job_type_takes_nothing_to_run(tmp_path: Path, body: str) -> None:
+    """An external type with an argv, callable, cwd or env is refused, naming the field."""
+    field = body.split(" ")[0]
+    with pytest.raises(JobTypeConfigError, match=f"is external .* takes no {field}"):
+        load_text(tmp_path, f"[job_types.x]\nexternal = true\n{body}\n")
+
+
+@pytest.mark.parametrize("heartbeat", ["0", "-1", "7200"])
+def test_heartbeat_must_be_positive_and_within_the_timeout(tmp_path: Path, heartbeat: str) -> None:
+    """heartbeat_seconds of 0, below 0 or above timeout_seconds is refused."""
+    with pytest.raises(JobTypeConfigError, match="heartbeat_seconds must be above 0"):
+        load_text(
+            tmp_path,
+            f"[job_types.x]\nexternal = true\ntimeout_seconds = 3600\n"
+            f"heartbeat_seconds = {heartbeat}\n",
+        )
+
+
+def test_heartbeat_is_for_external_types_only(tmp_path: Path) -> None:
+    """A tool type with heartbeat_seconds is refused: a tool's silence is fine."""
+    with pytest.raises(JobTypeConfigError, match="for external job types only"):
+        load_text(tmp_path, '[job_types.x]\nargv = ["x"]\nheartbeat_seconds = 5\n')
+
+
+def test_timeout_must_be_positive(tmp_path: Path) -> None:
+    """timeout_seconds of 0 is refused at load, not found out when a job never runs."""
+    with pytest.raises(JobTypeConfigError, match="timeout_seconds must be above 0"):
+        load_text(tmp_path, '[job_types.x]\nargv = ["x"]\ntimeout_seconds = 0\n')

@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.services.projector.projections import (
+    WEBHOOK_COLUMNS,
     BatchChanged,
     JobCreated,
     JobUpdated,
     LinesAppended,
+    WebhookAttemptRecorded,
     project,
 )
 
@@ -133,6 +135,39 @@ def test_progress_sets_only_what_was_reported() -> None:
     assert change.fields == {"updated_at": AT, "progress_percent": 50.0, "phase": "enrich"}
 
 
+def test_webhook_attempt_becomes_a_row_of_the_delivery_log() -> None:
+    """Each attempt is one row: its delivery, number, outcome, code and error; a status code
+    no integer column can hold is stored as none."""
+    event = events.WebhookAttempted(
+        job_id="j1",
+        delivery_id="d1",
+        webhook_index=1,
+        url="https://h/",
+        attempt=3,
+        outcome=events.WebhookOutcome.FAILED,
+        status_code=2**40,
+        error=ErrorInfo(code="WEBHOOK_HTTP_ERROR", message="m"),
+        duration_ms=12.5,
+        occurred_at=AT,
+    )
+    [change] = project(event, 9)
+    assert isinstance(change, WebhookAttemptRecorded)
+    assert dict(zip(WEBHOOK_COLUMNS, change.row, strict=True)) == {
+        "job_id": "j1",
+        "delivery_id": "d1",
+        "attempt": 3,
+        "webhook_index": 1,
+        "url": "https://h/",
+        "outcome": "failed",
+        "status_code": None,
+        "error_code": "WEBHOOK_HTTP_ERROR",
+        "error_message": "m",
+        "duration_ms": 12.5,
+        "attempted_at": AT,
+        "stream_seq": 9,
+    }
+
+
 def test_an_attempt_records_its_batch_place_and_first_attempt() -> None:
     """A restarted job of a batch shows its place in the batch, its attempt and the first one."""
     event = events.JobRequested(
@@ -241,6 +276,17 @@ EVENTS = st.one_of(
         percent=st.none() | st.floats(),
         phase=st.none() | TEXT,
     ),
+    st.builds(
+        events.WebhookAttempted,
+        job_id=TEXT,
+        delivery_id=TEXT,
+        url=TEXT,
+        attempt=st.integers(1, events.MAX_COUNT),
+        outcome=st.sampled_from(events.WebhookOutcome),
+        status_code=st.none() | st.integers(),
+        error=st.none() | st.builds(ErrorInfo, code=TEXT, message=TEXT),
+        duration_ms=st.none() | st.floats(),
+    ),
 )
 
 
@@ -255,6 +301,8 @@ def test_every_change_belongs_to_the_event_s_job(event: events.Event, seq: int) 
     stored_id = event.job_id.replace("\x00", "\u2400")
     if isinstance(change, JobCreated):
         assert change.row["id"] == stored_id
+    elif isinstance(change, WebhookAttemptRecorded):
+        assert change.row[0] == stored_id
     else:
         assert change.job_id == stored_id
     if isinstance(event, events.LineLogged):

@@ -43,3 +43,11 @@ def test_slot_and_queue_keys_never_collide(lock: str, job_id: str) -> None:
     """A lock's slot, a lock-free job's slot and a queue place are different keys."""
     keys = {slot_key(lock or None, job_id), queue_key(lock, job_id), slot_key(None, job_id)}
     assert len(keys) == (2 if not lock else 3)
+
+
+def test_attempts_of_one_job_without_a_lock_share_one_slot() -> None:
+    """A restarted job's new attempt waits for the slot of the attempt it replaces."""
+    first = slot_key(None, "first")
+    assert slot_key(None, "second", attempt_of="first") == first
+    assert slot_key(None, "other") != first
+    assert slot_key("sheet", "second", attempt_of="first") == slot_key("sheet", "x")

@@ -10,15 +10,20 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
+from jobrunner.services.api.routes.batch_actions import BatchActionController
 from jobrunner.services.api.routes.batches import BatchController
 from jobrunner.services.api.routes.batches_submit import batch_submit_routes
+from jobrunner.services.api.routes.external import report_external_job
+from jobrunner.services.api.routes.job_actions import JobActionController
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
 from jobrunner.services.api.routes.meta import health, list_job_types, list_projector_failures
 from jobrunner.services.api.routes.pages import UI_ROUTES, template_config
 from jobrunner.services.api.routes.streams import job_event_stream
 from jobrunner.services.api.routes.updates import job_updates
+from jobrunner.services.api.routes.webhooks import job_webhooks
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -30,6 +35,9 @@ def create_app(settings: Settings) -> Litestar:
             JobController,
             BatchController,
             *batch_submit_routes(settings),
+            JobActionController,
+            BatchActionController,
+            report_external_job,
             job_event_stream,
             list_job_types,
             health,
@@ -39,6 +47,8 @@ def create_app(settings: Settings) -> Litestar:
             job_logs,
             download_job_log,
             job_events,
+            job_webhooks,
+            *artifacts.ROUTES,
             # web UI
             *UI_ROUTES,
         ],

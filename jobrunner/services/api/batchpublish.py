@@ -18,10 +18,12 @@ order. A type whose busy policy is ``reject`` queues too inside a batch.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
 from jobrunner.common import batchids, eventstore
+from jobrunner.common.callbacktoken import CallbackToken, mint
 from jobrunner.common.slots import SlotTable
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import events
@@ -35,8 +37,20 @@ LOOKUP_CONCURRENCY = 64
 class BatchEvents:
     """The events of one submission, with their derived ids."""
 
-    def __init__(self, plan: BatchPlan, batch_id: str, requested_by: str | None) -> None:
+    def __init__(
+        self,
+        plan: BatchPlan,
+        batch_id: str,
+        requested_by: str | None,
+        callback_token: Callable[[str], CallbackToken] = lambda _: mint(),
+    ) -> None:
         self.batch_id = batch_id
+        # External jobs' callback tokens, by batch index (only their hashes are published).
+        self.callbacks: dict[int, CallbackToken] = {
+            index: callback_token(batchids.job_id(batch_id, index))
+            for index, job in enumerate(plan.jobs)
+            if job.job_type.external
+        }
         self.requested = events.BatchRequested(
             batch_id=batch_id,
             event_id=batchids.batch_requested_event_id(batch_id),
@@ -55,6 +69,10 @@ class BatchEvents:
                 requested_by=requested_by,
                 batch_id=batch_id,
                 batch_index=index,
+                callback_token_hash=(
+                    self.callbacks[index].token_hash if index in self.callbacks else None
+                ),
+                webhook=job.webhook,
             )
             for index, job in enumerate(plan.jobs)
         ]

@@ -1,6 +1,7 @@
 """Reading a batch request: every job checked before anything is published.
 
-Body: ``{"batch_name": "...", "jobs": [{"job_type": "...", "parameters": {...}}, ...]}``, or the
+Body: ``{"batch_name": "...", "jobs": [{"job_type": "...", "parameters": {...}, "webhook": {...}},
+...]}`` (``webhook`` optional, as for POST /api/jobs), or the
 same wrapped as ``{"batch": {...}}`` (seed 004). A batch is all or nothing, so one bad job refuses
 the whole batch: ``422 INVALID_BATCH`` lists each problem with the job's index and the field.
 """
@@ -14,8 +15,11 @@ from typing import Any
 import msgspec
 
 from jobrunner.common.jobtypes import JobType, ParameterError
+from jobrunner.contracts import events
+from jobrunner.services.api import schemas
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.submission import UnknownJobType, check_job
+from jobrunner.services.api.webhook_requests import webhook_problems
 
 MAX_NAME_CHARS = 200
 # The problems listed in one answer; the rest are counted (a 10,000-job batch of one broken
@@ -23,7 +27,7 @@ MAX_NAME_CHARS = 200
 MAX_LISTED_ERRORS = 50
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BATCH_FIELDS = ("batch_name", "jobs")
-_JOB_FIELDS = ("job_type", "parameters")
+_JOB_FIELDS = ("job_type", "parameters", "webhook")
 
 
 class BatchProblem(msgspec.Struct, frozen=True):
@@ -38,6 +42,7 @@ class BatchProblem(msgspec.Struct, frozen=True):
 class PlannedJob(msgspec.Struct, frozen=True):
     job_type: JobType
     parameters: dict[str, Any]
+    webhook: events.WebhookTarget | None = None  # notified when the job ends (README "Webhooks")
 
 
 class BatchPlan(msgspec.Struct, frozen=True):
@@ -54,7 +59,15 @@ class BatchPlan(msgspec.Struct, frozen=True):
         """A hash of what the batch asks for, the same however the JSON was spelled (key order,
         spacing, defaults left out): an Idempotency-Key retry must send the same batch."""
         canonical = msgspec.json.encode(
-            [self.batch_name, [[j.job_type.name, j.parameters] for j in self.jobs]],
+            [
+                self.batch_name,
+                [
+                    # A job's webhook only when it has one: the hash of a batch without webhooks
+                    # stays what it was before jobs could name one.
+                    [j.job_type.name, j.parameters, *([j.webhook] if j.webhook else [])]
+                    for j in self.jobs
+                ],
+            ],
             order="sorted",
         )
         return hashlib.sha256(canonical).hexdigest()
@@ -157,9 +170,30 @@ def _check_job(
     except ParameterError as exc:
         problems.extend(BatchProblem(index, e.field, e.code, e.message) for e in exc.errors)
         return None
+    webhook = _check_webhook(index, job.get("webhook"), problems)
     if len(problems) > found:
         return None
-    return PlannedJob(job_type=known, parameters=parameters)
+    return PlannedJob(job_type=known, parameters=parameters, webhook=webhook)
+
+
+def _check_webhook(
+    index: int, raw: Any, problems: list[BatchProblem]
+) -> events.WebhookTarget | None:
+    """A job's ``webhook`` (as POST /api/jobs takes it), its problems added under its index."""
+    if raw is None:
+        return None
+    try:
+        given = msgspec.convert(raw, schemas.WebhookRequest)
+    except msgspec.ValidationError as exc:
+        problems.append(
+            BatchProblem(
+                index, "webhook", "INVALID_TYPE", f"webhook must be {{url, headers}}: {exc}"
+            )
+        )
+        return None
+    target, found = webhook_problems(given)
+    problems.extend(BatchProblem(index, p.field, p.code, p.message) for p in found)
+    return target
 
 
 def _refuse(problems: list[BatchProblem]) -> Any:

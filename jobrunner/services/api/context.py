@@ -28,6 +28,10 @@ from jobrunner.services.api.idempotency import IdempotencyKeys
 log = structlog.get_logger()
 
 
+# How long a write (a POST) waits for the projector so that an immediate GET finds what it wrote.
+READ_YOUR_WRITES_TIMEOUT = 2.0
+
+
 @dataclass
 class ProjectionTracker:
     """Knows how far the projector has applied the stream, from its notices."""

@@ -22,9 +22,15 @@ def ctx_of(request: Request[Any, Any, Any]) -> ApiContext:
     return ctx
 
 
+def as_stored(name: str) -> str:
+    """An id from a request as the read models store it: Postgres text cannot hold NUL, so the
+    projector stores it as U+2400 (``projector/storable.py``); looking up the raw id would fail."""
+    return name.replace("\x00", "\u2400")
+
+
 async def find_job(ctx: ApiContext, job_id: str, principal: Principal | None = None) -> Any:
     """The job's row; 404 when it does not exist or ``principal`` may not see it."""
-    row = await readmodels.get_job_row(ctx.pool, job_id)
+    row = await readmodels.get_job_row(ctx.pool, as_stored(job_id))
     if row is None or (principal is not None and not principal.can_see(row)):
         raise job_not_found(job_id)
     return row
@@ -33,7 +39,7 @@ async def find_job(ctx: ApiContext, job_id: str, principal: Principal | None = N
 async def find_batch(ctx: ApiContext, batch_id: str, principal: Principal | None = None) -> Any:
     """The batch's row; 404 when it does not exist or ``principal`` may not see it (a token
     limited to its own jobs sees the batches it requested)."""
-    row = await batch_readmodels.get_batch_row(ctx.pool, batch_id)
+    row = await batch_readmodels.get_batch_row(ctx.pool, as_stored(batch_id))
     if row is None or (principal is not None and not principal.can_see(row)):
         raise batch_not_found(batch_id)
     return row

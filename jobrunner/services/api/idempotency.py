@@ -1,11 +1,13 @@
-"""The ``Idempotency-Key`` header: a retried submission creates nothing twice.
+"""The ``Idempotency-Key`` header: a retried submission (a batch, or one job with POST /api/jobs)
+creates nothing twice.
 
 A key is remembered in the KV bucket ``Names.idempotency_bucket`` (TTL ``idempotency_ttl_seconds``)
 under a hash of (caller, key), so two callers never share a key and the key itself is never
-stored. The record names the batch the key made and a fingerprint of what was asked for:
+stored. The record names what the key made (a batch or a job) and a fingerprint of what was
+asked for:
 
-- the same key with the same request resumes that batch (whatever of it is missing is published
-  again under its derived ids) and answers the same ids;
+- the same key with the same request resumes it (whatever of it is missing is published again
+  under its derived ids) and answers the same ids;
 - the same key with another request is refused (``422 IDEMPOTENCY_KEY_REUSED``);
 - two requests racing with one key make one batch: the record is written with KV ``create``,
   which the server lets succeed once.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
@@ -31,14 +34,14 @@ _KEY = re.compile(r"[\x20-\x7e]{1,200}\Z")
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
-    batch_id: str
+    id: str  # the batch id, or the job id
     fingerprint: str
     created_at: float  # unix time of the first request
 
 
 class Claim(msgspec.Struct, frozen=True):
-    batch_id: str
-    resumed: bool  # the key was seen before: the batch may be partly (or wholly) stored
+    id: str
+    resumed: bool  # the key was seen before: what it made may be partly (or wholly) stored
 
 
 def check_key(key: str) -> str:
@@ -67,15 +70,18 @@ class IdempotencyKeys:
             self._kv = await self._js.key_value(self._names.idempotency_bucket)
         return self._kv
 
-    async def claim(self, principal: str, key: str, fingerprint: str, new_batch_id: str) -> Claim:
-        """The batch this key stands for: ``new_batch_id`` if the key is new."""
+    async def claim(
+        self, principal: str, key: str, fingerprint: str, new_id: str, kind: str = "batch"
+    ) -> Claim:
+        """What this key stands for: ``new_id`` if the key is new. ``kind`` (``batch`` or
+        ``job``) names the id in the error of a key used for another request."""
         kv = await self.kv()
         rkey = record_key(principal, key)
-        record = KeyRecord(batch_id=new_batch_id, fingerprint=fingerprint, created_at=time.time())
+        record = KeyRecord(id=new_id, fingerprint=fingerprint, created_at=time.time())
         for _ in range(3):
             try:
                 await kv.create(rkey, msgspec.json.encode(record))
-                return Claim(new_batch_id, resumed=False)
+                return Claim(new_id, resumed=False)
             except KeyWrongLastSequenceError:
                 pass
             try:
@@ -86,14 +92,15 @@ class IdempotencyKeys:
                 continue
             stored = msgspec.json.decode(entry.value, type=KeyRecord)
             if stored.fingerprint != fingerprint:
+                made: dict[str, Any] = {f"{kind}_id": stored.id}
                 raise ApiError(
                     422,
                     "IDEMPOTENCY_KEY_REUSED",
                     f"This {HEADER} was used for a different request; use a new key for a new "
-                    "batch, or send exactly the same request to finish the first one.",
-                    batch_id=stored.batch_id,
+                    f"{kind}, or send exactly the same request to finish the first one.",
+                    **made,
                 )
-            return Claim(stored.batch_id, resumed=True)
+            return Claim(stored.id, resumed=True)
         raise ApiError(
             503,
             "IDEMPOTENCY_UNAVAILABLE",

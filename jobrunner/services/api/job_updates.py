@@ -221,6 +221,10 @@ async def update_stream(
             await batches.note(event, seq)
             if isinstance(event, events.BatchEvent):
                 continue
+            if isinstance(event, events.WebhookAttempted):
+                # Nothing a job update shows; skipped before the scope and state look-ups,
+                # which would cost a query per attempt of a job no longer remembered.
+                continue
             if visible is not None and not await visible(event):
                 continue
             state = await states.update(event)

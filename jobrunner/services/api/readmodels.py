@@ -257,3 +257,80 @@ async def log_text_chunks(
             return
         yield row["body"].encode()
         after = row["last"]
+
+
+WEBHOOK_ATTEMPT_COLUMNS = """
+    delivery_id, webhook_index, url, attempt, outcome, status_code, error_code, error_message,
+    duration_ms, attempted_at
+"""
+
+
+async def webhook_attempts(pool: asyncpg.Pool, job_id: str, limit: int) -> list[asyncpg.Record]:
+    """The job's last ``limit`` webhook attempts, by webhook and then attempt number."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"SELECT * FROM (SELECT {WEBHOOK_ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.webhook_deliveries "
+        "WHERE job_id = $1 ORDER BY attempted_at DESC, attempt DESC LIMIT $2) AS newest "
+        "ORDER BY webhook_index, attempt",
+        job_id,
+        limit,
+    )
+    return rows
+
+
+def webhook_log(job_id: str, rows: list[asyncpg.Record]) -> schemas.WebhookLog:
+    items = [
+        schemas.WebhookAttempt(
+            delivery_id=r["delivery_id"],
+            webhook_index=r["webhook_index"],
+            url=r["url"],
+            attempt=r["attempt"],
+            outcome=r["outcome"],
+            status_code=r["status_code"],
+            error=(
+                schemas.JobError(code=r["error_code"], message=r["error_message"] or "")
+                if r["error_code"]
+                else None
+            ),
+            duration_ms=r["duration_ms"],
+            attempted_at=r["attempted_at"],
+        )
+        for r in rows
+    ]
+    deliveries: dict[str, schemas.WebhookDelivery] = {}
+    counts: dict[str, int] = {}
+    for item in items:  # by attempt number: the last one seen is the delivery's state
+        counts[item.delivery_id] = counts.get(item.delivery_id, 0) + 1
+        deliveries[item.delivery_id] = schemas.WebhookDelivery(
+            delivery_id=item.delivery_id,
+            webhook_index=item.webhook_index,
+            url=item.url,
+            state=item.outcome,
+            attempts=max(item.attempt, counts[item.delivery_id]),
+            last_status_code=item.status_code,
+            last_error=item.error,
+            last_attempt_at=item.attempted_at,
+        )
+    ordered = sorted(deliveries.values(), key=lambda d: d.webhook_index)
+    return schemas.WebhookLog(job_id=job_id, deliveries=ordered, items=items)
+
+
+ARTIFACT_COLUMNS = "name, size, content_type, sha256, object_name, stored_at"
+
+
+async def list_artifacts(pool: asyncpg.Pool, job_id: str) -> list[asyncpg.Record]:
+    """A job's artifacts, by name."""
+    return list(
+        await pool.fetch(
+            f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 "
+            "ORDER BY name",
+            job_id,
+        )
+    )
+
+
+async def get_artifact(pool: asyncpg.Pool, job_id: str, name: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 AND name = $2",
+        job_id,
+        name,
+    )

@@ -8,16 +8,29 @@ from typing import Any
 import msgspec
 
 
+class WebhookRequest(msgspec.Struct):
+    """Where to POST the job's outcome when it ends. Other fields (seed 004's
+    ``include_markdown``, ``include_metadata``) are accepted and ignored."""
+
+    url: str
+    headers: dict[str, str] = {}
+
+
 class CreateJob(msgspec.Struct, forbid_unknown_fields=True):
     job_type: str
     parameters: dict[str, Any] = {}
+    webhook: WebhookRequest | None = None
 
 
-class JobCreated(msgspec.Struct):
+class JobCreated(msgspec.Struct, omit_defaults=True):
     id: str
     job_type: str
     status: str
     created_at: datetime
+    # An external job's: shown here once (only its hash is stored); the worker reports to
+    # callback_url with "Authorization: Bearer <callback_token>".
+    callback_token: str | None = None
+    callback_url: str | None = None
 
 
 class JobError(msgspec.Struct):
@@ -88,6 +101,37 @@ class LogPage(msgspec.Struct):
     next_after: int | None  # pass as ?after= for the next page; null on the last page
 
 
+class WebhookAttempt(msgspec.Struct):
+    delivery_id: str
+    webhook_index: int
+    url: str  # without query or user info
+    attempt: int
+    outcome: str  # retrying | delivered | failed
+    status_code: int | None
+    error: JobError | None
+    duration_ms: float | None
+    attempted_at: datetime
+
+
+class WebhookDelivery(msgspec.Struct):
+    """One webhook of the job: its state is its last attempt's outcome."""
+
+    delivery_id: str
+    webhook_index: int
+    url: str
+    state: str  # retrying | delivered | failed
+    attempts: int
+    last_status_code: int | None
+    last_error: JobError | None
+    last_attempt_at: datetime
+
+
+class WebhookLog(msgspec.Struct):
+    job_id: str
+    deliveries: list[WebhookDelivery]
+    items: list[WebhookAttempt]  # attempts by webhook, then attempt number
+
+
 class Batch(msgspec.Struct):
     """A batch's aggregates: the counters count the latest attempt of each of its jobs."""
 
@@ -126,9 +170,12 @@ class BatchDetail(Batch):
     """A batch with one page of its jobs, in batch order."""
 
     jobs: BatchJobs
+
+
 class CreateBatchJob(msgspec.Struct, forbid_unknown_fields=True):
     job_type: str
     parameters: dict[str, Any] = {}
+    webhook: WebhookRequest | None = None
 
 
 class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -138,8 +185,35 @@ class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
     jobs: list[CreateBatchJob]
 
 
-class BatchCreated(msgspec.Struct):
+class ExternalCallback(msgspec.Struct):
+    """Where an external job of a batch reports, and the token it reports with (shown once)."""
+
+    job_id: str
+    batch_index: int
+    callback_token: str
+    callback_url: str
+
+
+class BatchCreated(msgspec.Struct, omit_defaults=True):
     batch_id: str
     batch_name: str
     total_jobs: int
     job_ids: list[str]  # in batch order: job_ids[i] is the job at batch_index i
+    # One per external job of the batch, in batch order (left out when it has none).
+    callbacks: list[ExternalCallback] = []
+
+
+class Artifact(msgspec.Struct):
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+    stored_at: datetime
+    url: str  # streams the file
+
+
+class ArtifactList(msgspec.Struct):
+    job_id: str
+    items: list[Artifact]
+    total_bytes: int
+    archive_url: str | None  # a ZIP of them all; None when there are none

@@ -6,12 +6,12 @@ POST /api/jobs refuses is refused in a batch too, with the same codes.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from jobrunner.common.jobtypes import JobType, validate_parameters
+import msgspec
 
-# How long a POST waits for the projector so that an immediate GET finds what it created.
-READ_YOUR_WRITES_TIMEOUT = 2.0
+from jobrunner.common.jobtypes import JobType, validate_parameters
 
 
 class UnknownJobType(Exception):
@@ -31,3 +31,10 @@ def check_job(
     if known is None:
         raise UnknownJobType(job_type)
     return known, validate_parameters(known, parameters)
+
+
+def job_fingerprint(job_type: str, parameters: dict[str, Any]) -> str:
+    """A hash of what one job asks for (its checked parameters: spelling and defaults left out
+    do not change it), for the ``Idempotency-Key`` of POST /api/jobs."""
+    canonical = msgspec.json.encode(["job", job_type, parameters], order="sorted")
+    return hashlib.sha256(canonical).hexdigest()

@@ -47,6 +47,34 @@ class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     rows: list[tuple[str, int, str, str, datetime, str, int]] = []
 
 
+class WebhookAttemptRecorded(msgspec.Struct, frozen=True, gc=False):
+    """One row of a job's webhook delivery log (columns as ``WEBHOOK_COLUMNS``)."""
+
+    row: tuple[Any, ...]
+
+
+WEBHOOK_COLUMNS = (
+    "job_id",
+    "delivery_id",
+    "attempt",
+    "webhook_index",
+    "url",
+    "outcome",
+    "status_code",
+    "error_code",
+    "error_message",
+    "duration_ms",
+    "attempted_at",
+    "stream_seq",
+)
+
+
+class ArtifactRecorded(msgspec.Struct, frozen=True, gc=False):
+    """A row of the artifacts table (a later one of the same job and name replaces it)."""
+
+    row: dict[str, Any]
+
+
 class Unreadable(msgspec.Struct, frozen=True, gc=False):
     """A stored message that is no event this version can read: it is set aside (recorded in
     the table of events the projector could not apply), never applied."""
@@ -54,7 +82,15 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
     error: str
 
 
-Change = JobCreated | JobUpdated | BatchChanged | LinesAppended | Unreadable
+Change = (
+    JobCreated
+    | JobUpdated
+    | BatchChanged
+    | LinesAppended
+    | WebhookAttemptRecorded
+    | ArtifactRecorded
+    | Unreadable
+)
 
 
 def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
@@ -144,7 +180,47 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
             if event.message is not None:
                 fields["message"] = text(event.message)
             return [JobUpdated(job_id, fields, stream_seq)]
+        case events.WebhookAttempted():
+            return [_webhook_attempt(event, job_id, stream_seq)]
+        case events.ArtifactStored():
+            return [
+                ArtifactRecorded(
+                    {
+                        "job_id": job_id,
+                        "name": text(event.name),
+                        "size": event.size,
+                        "content_type": text(event.content_type),
+                        "sha256": text(event.sha256),
+                        "object_name": text(event.object_name),
+                        "stored_at": event.occurred_at,
+                        "stream_seq": stream_seq,
+                    }
+                ),
+                JobUpdated(job_id, {"updated_at": event.occurred_at}, stream_seq),
+            ]
     return []
+
+
+def _webhook_attempt(
+    event: events.WebhookAttempted, job_id: str, stream_seq: int
+) -> WebhookAttemptRecorded:
+    error = event.error
+    return WebhookAttemptRecorded(
+        (
+            job_id,
+            text(event.delivery_id),
+            storable.clamp_int4(event.attempt),
+            storable.clamp_int4(event.webhook_index),
+            text(event.url),
+            text(event.outcome.value),
+            storable.int4_or_none(event.status_code),
+            text(error.code) if error is not None else None,
+            text(error.message) if error is not None else None,
+            event.duration_ms,  # double precision holds any float
+            event.occurred_at,
+            stream_seq,
+        )
+    )
 
 
 def _batch_change(event: events.AnyBatchEvent | events.BatchEvent, stream_seq: int) -> BatchChanged:

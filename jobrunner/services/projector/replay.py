@@ -48,7 +48,9 @@ SWAP_SLACK = 2000
 COMPARED_TABLES = {
     "jobs": "id",
     "log_lines": "job_id, seq",
+    "webhook_deliveries": "job_id, delivery_id, attempt",
     "batches": "id",
+    "artifacts": "job_id, name",
     "checkpoint": "id",
     # The same events set aside, for the same reason (when they were is not compared).
     "projector_failures": "stream_seq",

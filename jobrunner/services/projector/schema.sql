@@ -91,6 +91,38 @@ CREATE TABLE IF NOT EXISTS {schema}.log_lines (
     PRIMARY KEY (job_id, seq)
 );
 
+-- Every webhook attempt of a job (WebhookAttempted): the job's delivery log. A delivery's state is
+-- its last attempt's outcome (retrying, delivered, failed).
+CREATE TABLE IF NOT EXISTS {schema}.webhook_deliveries (
+    job_id        text NOT NULL,
+    delivery_id   text NOT NULL,
+    attempt       integer NOT NULL,
+    webhook_index integer NOT NULL,
+    url           text NOT NULL,
+    outcome       text NOT NULL,
+    status_code   integer,
+    error_code    text,
+    error_message text,
+    duration_ms   double precision,
+    attempted_at  timestamptz NOT NULL,
+    stream_seq    bigint NOT NULL,
+    PRIMARY KEY (job_id, delivery_id, attempt)
+);
+
+-- A job's artifacts (ArtifactStored): the files are in the artifacts object store under
+-- object_name; this table says which there are.
+CREATE TABLE IF NOT EXISTS {schema}.artifacts (
+    job_id       text NOT NULL,
+    name         text NOT NULL,
+    size         bigint NOT NULL,
+    content_type text NOT NULL,
+    sha256       text NOT NULL,
+    object_name  text NOT NULL,
+    stored_at    timestamptz NOT NULL,
+    stream_seq   bigint NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+
 -- The last applied stream sequence, written in the same transaction as the rows above.
 CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
     id       integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),

@@ -12,11 +12,14 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.projector import batchcounts
 from jobrunner.services.projector.batchcounts import BatchWrite, Touched
 from jobrunner.services.projector.projections import (
+    WEBHOOK_COLUMNS,
+    ArtifactRecorded,
     BatchChanged,
     Change,
     JobCreated,
     JobUpdated,
     LinesAppended,
+    WebhookAttemptRecorded,
 )
 
 _TERMINAL = ("completed", "failed", "cancelled")
@@ -105,6 +108,8 @@ async def apply_batch(
             )
         if plan.lines:
             await _flush_lines(conn, schema, plan.lines, plan.line_counts)
+        if plan.webhook_attempts:
+            await _insert_webhook_attempts(conn, schema, plan.webhook_attempts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
         # reads the status the previous one left): consecutive ones of the same statement go
         # in one pipelined executemany. Line counts commute with them.
@@ -133,6 +138,11 @@ async def apply_batch(
             await batchcounts.decide_latest(conn, schema, plan.roots)
         if touched:
             await batchcounts.recount(conn, schema, touched)
+        artifacts = [
+            c.row for _, changes in fresh for c in changes if isinstance(c, ArtifactRecorded)
+        ]
+        if artifacts:
+            await _record_artifacts(conn, schema, artifacts)
         new_last = fresh[-1][0]
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
         return new_last
@@ -147,6 +157,7 @@ class Plan:
     updates: list[Change] = field(default_factory=list)
     lines: list[tuple[Any, ...]] = field(default_factory=list)
     line_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    webhook_attempts: list[tuple[Any, ...]] = field(default_factory=list)
     # Batches whose counters the batch changes (by jobs created in it and their status changes);
     # the updates add theirs when applied.
     touched: Touched = field(default_factory=Touched)
@@ -192,6 +203,8 @@ def fold(
                 else:
                     count, _ = plan.line_counts.get(change.job_id, (0, 0))
                     plan.line_counts[change.job_id] = (count + len(change.rows), seq)
+            elif isinstance(change, WebhookAttemptRecorded):
+                plan.webhook_attempts.append(change.row)
             elif isinstance(change, JobUpdated):
                 row = created.get(change.job_id)
                 if row is None:
@@ -273,6 +286,45 @@ async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[
     )
 
 
+async def _insert_webhook_attempts(
+    conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """An attempt stored already (its event published twice by two notifiers after a hand-over,
+    past the de-duplication window) keeps its first row."""
+    placeholders = ", ".join(f"${i}" for i in range(1, len(WEBHOOK_COLUMNS) + 1))
+    await conn.executemany(
+        f"INSERT INTO {schema}.webhook_deliveries ({', '.join(WEBHOOK_COLUMNS)}) "
+        f"VALUES ({placeholders}) ON CONFLICT DO NOTHING",
+        rows,
+    )
+
+
+ARTIFACT_COLUMNS = (
+    "job_id",
+    "name",
+    "size",
+    "content_type",
+    "sha256",
+    "object_name",
+    "stored_at",
+    "stream_seq",
+)
+
+
+async def _record_artifacts(
+    conn: asyncpg.Connection, schema: str, rows: list[dict[str, Any]]
+) -> None:
+    """In stream order: a later announcement of the same job and name wins, as in a replay."""
+    columns = ", ".join(ARTIFACT_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ARTIFACT_COLUMNS[2:])
+    await conn.executemany(
+        f"INSERT INTO {schema}.artifacts ({columns}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(ARTIFACT_COLUMNS) + 1))}) "
+        f"ON CONFLICT (job_id, name) DO UPDATE SET {updates}",
+        [tuple(row[c] for c in ARTIFACT_COLUMNS) for row in rows],
+    )
+
+
 def _runs(changes: list[Change], schema: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The changes as statements with their arguments, consecutive ones of the same statement
     together (their order kept)."""
@@ -313,7 +365,7 @@ def _statement(change: Change, schema: str) -> tuple[str, tuple[Any, ...]]:
 
 async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA) -> int:
     """Read-model retention: delete jobs and batches that finished before ``cutoff``, with the
-    jobs' lines.
+    jobs' lines, webhook attempts and the rows of their artifacts.
 
     Only the read models shrink; the events stay in the stream for as long as its own limits
     keep them, and a replay applies the same cutoff before comparing.
@@ -331,8 +383,9 @@ async def prune(conn: asyncpg.Connection, cutoff: Any, schema: str = READ_SCHEMA
             cutoff,
         )
         if ids:
-            await conn.execute(
-                f"DELETE FROM {schema}.log_lines WHERE job_id = ANY($1::text[])",
-                [r["id"] for r in ids],
-            )
+            for table in ("log_lines", "webhook_deliveries", "artifacts"):
+                await conn.execute(
+                    f"DELETE FROM {schema}.{table} WHERE job_id = ANY($1::text[])",
+                    [r["id"] for r in ids],
+                )
         return len(ids)

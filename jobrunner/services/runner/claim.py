@@ -49,7 +49,7 @@ class SlotClaimer:
     ) -> Lease | None:
         """The job's lease once it may run; None when it ended (cancelled) while waiting."""
         job_id = request.job_id
-        key = slot_key(request.lock, job_id)
+        key = slot_key(request.lock, job_id, request.attempt_of)
         # Inside a batch a lock is always queued, "reject" too: the batch's jobs were queued in
         # batch order by the API, and refusing one would fail a batch that was accepted.
         queued = bool(request.lock) and (

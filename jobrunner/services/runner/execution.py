@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from jobrunner.common.jobtypes import JobType, build_argv, expand_env
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
+from jobrunner.services.runner.artifacts import OUTPUT_ENV
 from jobrunner.services.runner.internal import CallableFailed, InternalCall
 from jobrunner.services.runner.process import SpawnError, ToolProcess
 from jobrunner.services.runner.reporting import JobReporter
@@ -29,6 +31,8 @@ class Outcome:
     exit_code: int | None = None
     error: ErrorInfo | None = None
     cancelled_by: str | None = None
+    # Already in the stream (an external job's worker ended it): nothing to publish.
+    stored: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,9 +171,17 @@ class InternalExecution:
         return None
 
 
-def execution_for(request: events.JobRequested, job_type: JobType, settings: Settings) -> Execution:
+def execution_for(
+    request: events.JobRequested,
+    job_type: JobType,
+    settings: Settings,
+    output_dir: Path | None = None,
+) -> Execution:
     own_env = {"JOBRUNNER_DEMO_PACE": str(settings.demo_pace)}
     own_env.update({k: expand_env(v) for k, v in job_type.env.items()})
+    if output_dir is not None:
+        # Set last: a job type's env cannot point the job's artifacts elsewhere.
+        own_env[OUTPUT_ENV] = str(output_dir)
     if job_type.callable:
         return InternalExecution(
             InternalCall(job_type.callable, request.job_id, request.parameters, own_env)

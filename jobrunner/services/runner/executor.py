@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import msgspec
 import structlog
@@ -22,12 +23,14 @@ from jobrunner.common.slots import Lease, RunRecord, SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
+from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
     StartFailed,
     execution_for,
 )
+from jobrunner.services.runner.external import ExternalExecution
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, LeaseKeeper
 from jobrunner.services.runner.publisher import LinePublisher
@@ -103,11 +106,14 @@ class JobExecutor:
                     timeout=keeper.request_timeout,
                 ),
             )
-            await self.journal.publish(
-                events.StatusChanged(
-                    job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
+            if not job_type.external:
+                # An external job becomes running with its worker's first report (the API
+                # publishes it, once the record above says this runner holds the slot).
+                await self.journal.publish(
+                    events.StatusChanged(
+                        job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
+                    )
                 )
-            )
             # Acknowledged once running: a redelivery after this point can only mean we died,
             # and then the job ends as RUNNER_LOST instead of running twice.
             await job.ack()
@@ -116,20 +122,28 @@ class JobExecutor:
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]
             reporter = JobReporter(publisher, job_type, masks)
-            outcome = await self._execute(request, job_type, job, reporter, keeper)
+            output = await self._output_directory(job_id)
+            try:
+                outcome = await self._execute(request, job_type, job, reporter, keeper, output)
+                if output is not None:
+                    outcome = await self._store_artifacts(job_id, output, outcome, reporter, keeper)
+            finally:
+                if output is not None:
+                    await output.remove()
             # What the tool printed while NATS was away is published now, before its end.
             await publisher.close()
             self.ledger.remove(job_id)
             # Should another runner have declared the job lost first (its lease expired), the
             # shared terminal event id keeps that ending.
-            await self.journal.end(
-                job_id,
-                outcome.status,
-                exit_code=outcome.exit_code,
-                error=outcome.error,
-                cancelled_by=outcome.cancelled_by,
-                result=reporter.result or None,
-            )
+            if not outcome.stored:
+                await self.journal.end(
+                    job_id,
+                    outcome.status,
+                    exit_code=outcome.exit_code,
+                    error=outcome.error,
+                    cancelled_by=outcome.cancelled_by,
+                    result=reporter.result or None,
+                )
             # Should this not get through, the sweep removes the record of the ended job.
             await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))
         finally:
@@ -146,6 +160,59 @@ class JobExecutor:
             lines=publisher.published_lines,
             seconds=round(asyncio.get_running_loop().time() - started, 3),
         )
+
+    async def _output_directory(self, job_id: str) -> OutputDirectory | None:
+        try:
+            return await asyncio.to_thread(OutputDirectory.create, self.settings, job_id)
+        except OSError as exc:
+            log.error("output directory not made", error=repr(exc))
+            return None
+
+    async def _store_artifacts(
+        self,
+        job_id: str,
+        output: OutputDirectory,
+        outcome: Outcome,
+        reporter: JobReporter,
+        keeper: LeaseKeeper,
+    ) -> Outcome:
+        """Store what the job left in its output directory (before its end is published: a
+        client that sees the job ended finds its artifacts); the outcome, changed when a file
+        was too large for a job that would otherwise have completed."""
+        if keeper.lost.is_set():
+            # The slot may be someone else's by now: this runner publishes nothing more of
+            # the job but its end.
+            return outcome
+
+        def say(text: str) -> None:
+            reporter.line("stderr", f"jobrunner: {text}", datetime.now(UTC), level="ERROR")
+
+        collector = ArtifactCollector(
+            self.journal.js,
+            self.journal.names,
+            self.settings,
+            job_id,
+            say,
+            self.journal.publish,
+            keeper.lost.is_set,
+        )
+        result = await collector.collect(output)
+        if outcome.status != JobStatus.COMPLETED:
+            return outcome
+        if result.stopped:
+            return Outcome(JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST)
+        if result.too_large:
+            names = ", ".join(repr(n) for n in result.too_large[:5])
+            return Outcome(
+                JobStatus.FAILED,
+                exit_code=outcome.exit_code,
+                error=ErrorInfo(
+                    code=ErrorCode.ARTIFACT_TOO_LARGE,
+                    message=f"{len(result.too_large)} output file(s) were over the artifact "
+                    f"size limits and not stored ({names}); see the job's log.",
+                ),
+            )
+        return outcome
 
     @staticmethod
     async def _retry(what: str, keeper: LeaseKeeper, write: Callable[[], Awaitable[None]]) -> None:
@@ -178,8 +245,22 @@ class JobExecutor:
         job: RunningJob,
         reporter: JobReporter,
         keeper: LeaseKeeper,
+        output: OutputDirectory | None,
     ) -> Outcome:
-        execution = execution_for(request, job_type, self.settings)
+        execution: Execution
+        if job_type.external:
+            execution = ExternalExecution(self.nc, self.journal, request, job_type)
+        elif output is None:
+            return Outcome(
+                JobStatus.FAILED,
+                error=ErrorInfo(
+                    code=ErrorCode.SPAWN_FAILED,
+                    message="The runner could not make the job's output directory "
+                    "(artifact_work_dir full or not writable).",
+                ),
+            )
+        else:
+            execution = execution_for(request, job_type, self.settings, output.path)
         if job.cancel_event.is_set():
             # Cancelled between the claim and now: never start it.
             return Outcome(JobStatus.CANCELLED, cancelled_by=job.cancelled_by)

@@ -2,7 +2,8 @@
 
 The callable gets a :class:`JobContext` and may be ``async def`` (preferred) or a plain function
 (run in a worker thread). It reports through the context: ``ctx.log(...)``, ``ctx.progress(...)``,
-``ctx.set_result(...)``; a returned dict is merged into the job's ``result``. It sees the same
+``ctx.set_result(...)``; a returned dict is merged into the job's ``result``; files it writes to
+``ctx.output_dir`` become its artifacts. It sees the same
 events, cancel and timeout as a subprocess job: on cancel or timeout ``ctx.cancel_requested``
 becomes true, and after the job type's grace period an async callable is cancelled
 (``asyncio.CancelledError``). A plain function cannot be interrupted: it must check
@@ -18,9 +19,11 @@ import inspect
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from jobrunner.contracts.events import MAX_ERROR_CHARS
+from jobrunner.services.runner.artifacts import OUTPUT_ENV
 from jobrunner.services.runner.bounds import clean_field
 from jobrunner.services.runner.output import Progress, percent_of, split_line
 
@@ -39,6 +42,9 @@ class JobContext:
         self.parameters = parameters
         # The job type's env (with ${VAR} expanded), as a tool would get it.
         self.env = env
+        # Files written here become the job's artifacts when it ends (as for a tool).
+        output = env.get(OUTPUT_ENV)
+        self.output_dir: Path | None = Path(output) if output else None
         self._sink = sink
         self._cancelled = threading.Event()
 

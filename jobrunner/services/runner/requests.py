@@ -120,7 +120,7 @@ class RequestLoop:
         status = await self.journal.last_status(job_id)
         if status is not None:
             if status.status == JobStatus.RUNNING:
-                lease = await self.slots.current(slot_key(request.lock, job_id))
+                lease = await self.slots.current(slot_key(request.lock, job_id, request.attempt_of))
                 if lease is not None and lease.value.job_id == job_id:
                     # Its runner is alive and holds the lease (our delivery is a duplicate, say
                     # after a lost ack); should that runner die, the expiring lease tells.

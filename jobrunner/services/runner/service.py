@@ -32,7 +32,7 @@ from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner import orphans
+from jobrunner.services.runner import artifacts, orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
@@ -106,6 +106,9 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.board.ready.wait(), 10.0)
             await self.sweeper.clean_up_after_crash()
+            leftovers = await asyncio.to_thread(artifacts.remove_leftovers, self.settings)
+            if leftovers:
+                log.info("output directories of a previous run removed", count=leftovers)
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await self.js.pull_subscribe(
                 self.names.kind_subjects("requested"),

@@ -76,9 +76,7 @@ class BatchController(Controller):
         )
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
         after = query.cursor("cursor", batch_readmodels.BatchCursor)
-        rows, applied = await batch_readmodels.list_batches(
-            ctx.pool, page_size + 1, filters, after
-        )
+        rows, applied = await batch_readmodels.list_batches(ctx.pool, page_size + 1, filters, after)
         more = len(rows) > page_size
         rows = rows[:page_size]
         next_cursor = (

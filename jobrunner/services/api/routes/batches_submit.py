@@ -19,12 +19,13 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import schemas
 from jobrunner.services.api.batchpublish import BatchEvents, publish_batch
 from jobrunner.services.api.batchrequest import decode_body, plan_batch
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT
 from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.external import callback_tokens, callback_url
 from jobrunner.services.api.idempotency import HEADER, Claim, check_key
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
-from jobrunner.services.api.submission import READ_YOUR_WRITES_TIMEOUT
 
 PATHS = ["/api/jobs/batch", "/api/batches"]
 
@@ -58,7 +59,9 @@ async def submit_batch(request: Request[Any, Any, Any]) -> schemas.BatchCreated:
             claim = await ctx.idempotency.claim(
                 principal.name, check_key(key), plan.fingerprint(), batchids.new_batch_id()
             )
-        batch = BatchEvents(plan, claim.batch_id, principal.name)
+        batch = BatchEvents(
+            plan, claim.id, principal.name, await callback_tokens(request, key is not None)
+        )
         seq = await publish_batch(ctx.js, ctx.names, ctx.slots, batch, claim.resumed)
     except (nats.errors.Error, TimeoutError) as exc:
         retry = (
@@ -79,6 +82,15 @@ async def submit_batch(request: Request[Any, Any, Any]) -> schemas.BatchCreated:
         batch_name=plan.batch_name,
         total_jobs=len(batch.jobs),
         job_ids=batch.job_ids,
+        callbacks=[
+            schemas.ExternalCallback(
+                job_id=(job_id := batch.job_ids[index]),
+                batch_index=index,
+                callback_token=token.token,
+                callback_url=callback_url(request, job_id),
+            )
+            for index, token in sorted(batch.callbacks.items())
+        ],
     )
 
 

@@ -9,23 +9,25 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from jobrunner.common import eventstore
+from jobrunner.common import batchids, callbacktoken, eventstore
 from jobrunner.common.jobtypes import ParameterError
 from jobrunner.common.slots import SlotValue, slot_key
-from jobrunner.contracts import events
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
-from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.external import callback_url
+from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from jobrunner.services.api.idempotency import check_key
+from jobrunner.services.api.job_control import cancel, raise_busy
 from jobrunner.services.api.queryparams import Query, encode_cursor
-from jobrunner.services.api.security import Principal, principal_of
+from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
-from jobrunner.services.api.submission import (
-    READ_YOUR_WRITES_TIMEOUT,
-    UnknownJobType,
-    check_job,
-)
+from jobrunner.services.api.submission import UnknownJobType, check_job, job_fingerprint
+from jobrunner.services.api.webhook_requests import checked_webhook
 
 MAX_LIST_LIMIT = 500
 LIST_PARAMETERS = (
@@ -86,12 +88,34 @@ class JobController(Controller):
                 "Some parameters are not valid for this job type.",
                 fields=[msgspec.to_builtins(e) for e in exc.errors],
             ) from None
+        job_id = events.new_event_id()
+        event_id = events.new_event_id()
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None:
+            claim = await ctx.idempotency.claim(
+                principal_of(request).name,
+                check_key(key),
+                job_fingerprint(job_type.name, parameters),
+                job_id,
+                kind="job",
+            )
+            job_id = claim.id
+            # The id every attempt of this request publishes: JetStream stores it once.
+            event_id = batchids.job_requested_event_id(job_id)
+            if claim.resumed:
+                created = await already_created(ctx, job_id)
+                if created is not None:
+                    return created
+        callback = callbacktoken.mint() if job_type.external else None
         request_event = events.JobRequested(
-            job_id=events.new_event_id(),
+            job_id=job_id,
+            event_id=event_id,
             job_type=job_type.name,
             parameters=parameters,
             lock=job_type.lock,
             requested_by=principal_of(request).name,
+            callback_token_hash=callback.token_hash if callback else None,
+            webhook=checked_webhook(body.webhook),
         )
         reservation = None
         if job_type.lock and job_type.on_busy == "reject":
@@ -101,7 +125,7 @@ class JobController(Controller):
                 SlotValue(job_id=request_event.job_id, phase="reserved", job_type=job_type.name),
             )
             if reservation is None:
-                await self._raise_busy(ctx, key, job_type.lock, principal_of(request))
+                await raise_busy(ctx, key, job_type.lock, principal_of(request))
         queued = bool(job_type.lock) and job_type.on_busy == "queue"
         if queued and job_type.lock:
             # Queue first, publish second: the queue entry's revision is the job's place, so jobs
@@ -121,26 +145,8 @@ class JobController(Controller):
             job_type=job_type.name,
             status=JobStatus.PENDING.value,
             created_at=request_event.occurred_at,
-        )
-
-    async def _raise_busy(self, ctx: ApiContext, key: str, lock: str, principal: Principal) -> None:
-        holder = await ctx.slots.current(key)
-        running: dict[str, Any] | None = None
-        row = await readmodels.get_job_row(ctx.pool, holder.value.job_id) if holder else None
-        # A token limited to its own jobs learns that the lock is busy, not whose job holds it.
-        visible = principal.owner is None or (row is not None and principal.can_see(row))
-        if holder is not None and visible:
-            running = {
-                "id": holder.value.job_id,
-                "job_type": row["job_type"] if row else holder.value.job_type,
-                "status": row["status"] if row else "pending",
-                "started_at": row["started_at"].isoformat() if row and row["started_at"] else None,
-            }
-        raise ApiError(
-            409,
-            "SLOT_BUSY",
-            f"A job is already running on lock {lock!r}; wait for it to finish or cancel it.",
-            running_job=running,
+            callback_token=callback.token if callback else None,
+            callback_url=callback_url(request, request_event.job_id) if callback else None,
         )
 
     @get("/", summary="List jobs, newest first, filtered, in pages")
@@ -231,44 +237,26 @@ class JobController(Controller):
         return await cancel(ctx_of(request), job_id, principal_of(request))
 
 
-async def cancel(
-    ctx: ApiContext, job_id: str, principal: Principal | None = None
-) -> schemas.CancelAccepted:
-    """Publish CancelRequested. A pending job is cancelled at once; a running one by its runner."""
-    row = await find_job(ctx, job_id, principal)
-    requested_by = principal.name if principal is not None else None
-    if JobStatus(row["status"]).is_terminal:
-        raise ApiError(
-            409,
-            "JOB_FINISHED",
-            f"The job already ended with status {row['status']!r}.",
-            status=row["status"],
-        )
-    await eventstore.publish(
-        ctx.js, ctx.names, events.CancelRequested(job_id=job_id, requested_by=requested_by)
+async def already_created(ctx: ApiContext, job_id: str) -> schemas.JobCreated | None:
+    """The answer to a retried request whose job is stored (None: it is not, publish it).
+
+    An external job's callback token is in the first answer only (it is kept as a hash)."""
+    stored = await last_message(
+        ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "requested")
     )
-    if row["status"] == JobStatus.PENDING:
-        # The job never started: say so now. Should a runner start it at this very moment, it
-        # sees the cancel and stops it; the shared terminal event id keeps one ending.
-        seq = await eventstore.publish(
-            ctx.js,
-            ctx.names,
-            events.StatusChanged(
-                job_id=job_id,
-                event_id=events.terminal_event_id(job_id),
-                status=JobStatus.CANCELLED,
-                cancelled_by=requested_by,
-            ),
-        )
-        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
-        if row["lock"]:
-            await ctx.slots.dequeue(row["lock"], job_id)
-            holder = await ctx.slots.current(slot_key(row["lock"], job_id))
-            if (
-                holder is not None
-                and holder.value.job_id == job_id
-                and holder.value.phase == "reserved"
-            ):
-                await ctx.slots.release(holder)
-        return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
-    return schemas.CancelAccepted(id=job_id, status=row["status"])
+    if stored is None or not stored.data:
+        return None
+    try:
+        event = codec.decode(stored.data)
+    except msgspec.MsgspecError:
+        return None  # not written by jobrunner: publish ours
+    if not isinstance(event, events.JobRequested):
+        return None
+    await ctx.projection.wait_for(stored.seq or 0, READ_YOUR_WRITES_TIMEOUT)
+    row = await readmodels.get_job_row(ctx.pool, job_id)
+    return schemas.JobCreated(
+        id=job_id,
+        job_type=event.job_type,
+        status=row["status"] if row is not None else JobStatus.PENDING.value,
+        created_at=event.occurred_at,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar import Request, get
 from litestar.datastructures import Cookie
 from litestar.exceptions import NotFoundException
@@ -19,20 +20,25 @@ from litestar.types import ControllerRouterHandler
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.api import i18n, readmodels, schemas, security
-from jobrunner.services.api.dependencies import ctx_of, find_job
+from jobrunner.services.api import i18n, links, readmodels, schemas, security
+from jobrunner.services.api.attempts import attempts_of
+from jobrunner.services.api.dependencies import ctx_of, find_batch, find_job
 from jobrunner.services.api.security.principal import optional_principal
 
 HERE = Path(__file__).resolve().parent.parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 RECENT_LIMIT = 20
+# The detail page shows a job's newest webhook attempts (GET /api/jobs/{id}/webhooks has more).
+WEBHOOK_ATTEMPTS_SHOWN = 20
 # The detail page carries the log's first lines, so its first screen needs no second request.
 FIRST_LINES = 200
 FIRST_LINES_MAX_CHARS = 200_000
 ACTIVE = (JobStatus.RUNNING.value, JobStatus.PENDING.value)
 FINISHED = tuple(s.value for s in JobStatus if s.is_terminal)
 LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
+# The batch dialog's fields sit beside the New job dialog's on one page: their own ids.
+BATCH_FORM_PREFIX = "batch-param"
 
 
 def template_config() -> TemplateConfig:  # type: ignore[type-arg]
@@ -98,6 +104,17 @@ def parameter_rows(job: schemas.Job, job_type: JobType | None, t: Any) -> list[t
     return rows
 
 
+def parameter_schemas(job_types: dict[str, JobType]) -> dict[str, Any]:
+    """What the browser checks an imported row against: each type's parameters (no argv, env)."""
+    return {
+        name: {
+            p_name: {k: v for k, v in msgspec.to_builtins(p).items() if k != "flag"}
+            for p_name, p in jt.parameters.items()
+        }
+        for name, jt in job_types.items()
+    }
+
+
 def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template:
     """Render a template with the language, the translator and the job types at hand."""
     ctx = ctx_of(request)
@@ -119,6 +136,7 @@ def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template
             "job_types": ctx.job_types,
             "titles": titles,
             "summary": lambda job: parameter_summary(job, ctx.job_types.get(job.job_type), t),
+            "parameter_schemas": lambda: parameter_schemas(ctx.job_types),
             "path": request.url.path,
             "csrf_token": security.csrf_token_for(request),
             **context,
@@ -173,6 +191,55 @@ async def job_form_fragment(request: Request[Any, Any, Any], job_type: str) -> T
     return page(request, "_job_form.html", job_type=found)
 
 
+@get("/ui/batch-job-form/{job_type:str}", include_in_schema=False)
+async def batch_job_form_fragment(request: Request[Any, Any, Any], job_type: str) -> Template:
+    """The same fields as the New job dialog's, with the batch dialog's ids."""
+    found = ctx_of(request).job_types.get(job_type)
+    if found is None:
+        raise NotFoundException()
+    return page(request, "_job_form.html", job_type=found, id_prefix=BATCH_FORM_PREFIX)
+
+
+@get("/batches", include_in_schema=False, name="batches_page")
+async def batches_page(
+    request: Request[Any, Any, Any],
+    lang: str | None = None,
+    status: str | None = None,
+    archived: str | None = None,
+    job_type: str | None = None,
+    search: str | None = None,
+    created_from: str | None = None,
+    created_to: str | None = None,
+) -> Template:
+    """Seed 003's job center: every batch with its counters, filtered, live.
+
+    The rows come from ``GET /api/batches`` in the browser (the filters are that API's), so the
+    first page and every live update take one path; the page carries the filters' values.
+    """
+    filters = {
+        "status": status or "",
+        "archived": archived or "false",
+        "job_type": job_type or "",
+        "search": search or "",
+        "created_from": created_from or "",
+        "created_to": created_to or "",
+    }
+    return page(request, "batches.html", filters=filters)
+
+
+@get("/batches/{batch_id:str}", include_in_schema=False, name="batch_page")
+async def batch_page(
+    request: Request[Any, Any, Any], batch_id: str, lang: str | None = None
+) -> Template:
+    """One batch: its aggregates, its jobs page by page, and the actions on it (live).
+
+    404 for a batch that does not exist or the caller may not see, as for a job; the rest comes
+    from ``GET /api/batches/{id}`` in the browser, like every live update after it.
+    """
+    row = await find_batch(ctx_of(request), batch_id, optional_principal(request))
+    return page(request, "batch_detail.html", batch_id=batch_id, batch_name=row["name"])
+
+
 @get("/jobs/{job_id:str}", include_in_schema=False, name="job_page")
 async def job_page(
     request: Request[Any, Any, Any], job_id: str, lang: str | None = None
@@ -181,12 +248,30 @@ async def job_page(
     ctx = ctx_of(request)
     job = readmodels.job_from_row(await find_job(ctx, job_id, optional_principal(request)))
     t = i18n.translator(language_of(request))
+    attempts = []
+    # Attempt fields come with the batch read model; a job of an older read model has none.
+    if getattr(job, "attempt", None) is not None:
+        first = getattr(job, "attempt_of", None) or job.id
+        attempts = await attempts_of(ctx.pool, first, optional_principal(request))
     return page(
         request,
         "job_detail.html",
         job=job,
+        attempts=attempts,
         parameters=parameter_rows(job, ctx.job_types.get(job.job_type), t),
         first_lines=await first_lines(ctx.pool, job_id),
+        webhooks=readmodels.webhook_log(
+            job_id, await readmodels.webhook_attempts(ctx.pool, job_id, WEBHOOK_ATTEMPTS_SHOWN)
+        ),
+        artifacts=[
+            {
+                "name": r["name"],
+                "size": r["size"],
+                "size_text": links.size_text(r["size"], language_of(request)),
+                "url": links.artifact_url(job_id, r["name"]),
+            }
+            for r in await readmodels.list_artifacts(ctx.pool, job_id)
+        ],
     )
 
 
@@ -215,6 +300,9 @@ UI_ROUTES: list[ControllerRouterHandler] = [
     active_fragment,
     recent_fragment,
     job_form_fragment,
+    batch_job_form_fragment,
+    batches_page,
+    batch_page,
     job_page,
     static_router,
 ]

@@ -5,7 +5,9 @@ For each request it (in this order):
 0. refuses a ``Host`` that is not allowed (400, DNS rebinding) and, for a request that changes
    state, one from another site (403) or a body that is not JSON on a route that takes JSON
    (415) — in every mode, ``--no-auth`` included (see ``origin.py``);
-1. lets public routes through (``PUBLIC_PATHS`` or a handler with ``opt={"public": True}``);
+1. lets public routes through (``PUBLIC_PATHS`` or a handler with ``opt={"public": True}``), and
+   callback routes (``opt={"callback": True}``: an external job's reporting endpoint, which
+   checks the job's callback token itself and accepts nothing else);
 2. finds the caller from ``Authorization: Bearer <token>`` or the session cookie: none → 401
    (a browser navigating to a page is sent to ``/login`` instead);
 3. for a cookie-authenticated request that changes state, checks the Origin and the CSRF token;
@@ -154,6 +156,11 @@ def required_role(handler: Any, method: str) -> Role:
 
 def is_public(handler: Any, path: str) -> bool:
     return bool(PUBLIC_PATHS.match(path)) or bool(handler is not None and handler.opt.get("public"))
+
+
+def is_callback(handler: Any) -> bool:
+    """A route that authenticates its caller itself, by a callback token (``opt["callback"]``)."""
+    return bool(handler is not None and handler.opt.get("callback"))
 
 
 def is_event_stream(handler: Any) -> bool:
@@ -306,6 +313,15 @@ class AccessMiddleware:
         writes = method not in SAFE_METHODS
         if method == "OPTIONS":
             await answer_options(scope, send)
+            return
+        if is_callback(handler):
+            # The route checks its own credential, an external job's callback token, and only
+            # that: no API token or session is looked at (so none opens it, and no cookie means
+            # no CSRF to guard against). The body must still be JSON.
+            if writes:
+                check_json_body(connection)
+            scope["user"] = None
+            await self.app(scope, receive, send)
             return
         if is_public(handler, scope["path"]):
             if writes:

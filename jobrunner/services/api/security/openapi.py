@@ -23,7 +23,13 @@ OPENAPI_COMPONENTS = Components(
             type="http",
             scheme="bearer",
             description="An API token (`jobrunner token create`); browsers use a session cookie.",
-        )
+        ),
+        "CallbackToken": SecurityScheme(
+            type="http",
+            scheme="bearer",
+            description="An external job's callback token, from the answer that created the job; "
+            "it opens that job's reporting endpoint and nothing else.",
+        ),
     }
 )
 OPENAPI_SECURITY: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -56,7 +62,7 @@ def document_errors(app: Litestar) -> None:
             public = any(PUBLIC_PATHS.match(p) for p in handler.paths) or handler.opt.get("public")
             if public:
                 handler.security = [{}]  # no token needed
-            else:
+            elif not handler.opt.get("callback"):  # a callback route documents its own 401
                 add(401, "No valid token or session (`UNAUTHORIZED`).", responses)
                 add(403, "The token's role is too small, or a CSRF check failed.", responses)
             add(400, "Malformed request or unknown query parameter.", responses)

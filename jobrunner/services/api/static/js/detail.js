@@ -1,6 +1,7 @@
 // The job detail (PRD-005 2.3): facts, the whole log (virtual, searchable), live while it runs.
 import { t, announce, formatIn, tickClocks, formatNumber, formatDateTime, formatDuration } from "./text.js";
 import { followJob } from "./jobstream.js";
+import { refreshArtifacts } from "./artifacts.js";
 import { LogView } from "./logview.js";
 import { replaceBadges, setProgress, setUpCancel, markCancelRequested, TERMINAL } from "./widgets.js";
 
@@ -124,6 +125,7 @@ export function initDetailPage() {
     done: (done) => {
       const title = document.querySelector("h1")?.firstChild?.textContent.trim() ?? "";
       announce(t("live.finished", { title, status: t(`status.${done.status}`) }));
+      refreshArtifacts(document.getElementById("artifacts"));
       toggle?.closest("label")?.remove();
       view.followToggle = null;
     },

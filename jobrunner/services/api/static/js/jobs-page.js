@@ -4,6 +4,8 @@ import { followJob } from "./jobstream.js";
 import { Terminal } from "./terminal.js";
 import { replaceBadges, setProgress, setUpCancel, markCancelRequested, TERMINAL } from "./widgets.js";
 import { setUpNewJob } from "./newjob.js";
+import { setUpNewBatch } from "./newbatch.js";
+import { setUpJobSelection } from "./jobselect.js";
 
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
 const followed = new Map(); // job id -> {stream, terminal}
@@ -78,6 +80,14 @@ export function initJobsPage() {
   syncCards();
   setUpCancel(document.getElementById("main"), () => {});
   setUpNewJob({ onStarted: () => refreshSoon(0) });
+  // A started batch is followed on its own page, as from /batches.
+  setUpNewBatch({
+    onStarted: (created) => {
+      if (created?.batch_id) location.assign(`/batches/${encodeURIComponent(created.batch_id)}`);
+      else refreshSoon(0);
+    },
+  });
+  setUpJobSelection({ onChanged: () => refreshSoon(0) });
 
   document.body.addEventListener("htmx:afterSettle", (event) => {
     const target = event.detail?.target;

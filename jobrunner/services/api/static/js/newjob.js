@@ -1,38 +1,12 @@
 // The New job dialog (PRD-005 2.2): radio card per type, the generated form, the API's answers.
 import { t, announce, formatTime, writeHeaders } from "./text.js";
+import { collectParameters } from "./jobform.js";
 
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
 
 function collect(form) {
   const jobType = form.querySelector('input[name="job_type"]:checked')?.value ?? null;
-  const parameters = {};
-  for (const field of form.querySelectorAll("#job-params [data-param]")) {
-    const name = field.dataset.param;
-    switch (field.dataset.type) {
-      case "bool":
-        parameters[name] = field.querySelector("input").checked;
-        break;
-      case "multi_enum":
-        parameters[name] = [...field.querySelectorAll("input:checked")].map((i) => i.value);
-        break;
-      case "enum": {
-        const chosen = field.querySelector("input:checked");
-        if (chosen) parameters[name] = chosen.value;
-        break;
-      }
-      case "integer": {
-        const raw = field.querySelector("input").value.trim();
-        // Not a whole number: send it as typed and let the API say what is wrong.
-        if (raw !== "") parameters[name] = /^-?\d+$/.test(raw) ? Number(raw) : raw;
-        break;
-      }
-      default: {
-        const raw = field.querySelector("input").value;
-        if (raw !== "") parameters[name] = raw;
-      }
-    }
-  }
-  return { jobType, parameters };
+  return { jobType, parameters: collectParameters(form.querySelector("#job-params")) };
 }
 
 export function setUpNewJob({ onStarted }) {

@@ -1,5 +1,5 @@
 // Every job's changes, live: the job_update stream (GET /api/jobs/stream), re-dispatched on the
-// document as "job-update" events. After a reconnect the page gets "updates-resync" to catch up
+// document as "job-update" events (and each batch's as "batch-update"). After a reconnect the page gets "updates-resync" to catch up
 // on what it missed while the connection was down.
 import { EventStream } from "./sse.js";
 
@@ -22,6 +22,9 @@ export function startUpdates() {
     onEvent(type, data) {
       if (type === "job_update" && data?.jobId) {
         document.dispatchEvent(new CustomEvent("job-update", { detail: normalise(data) }));
+      } else if (type === "batch_update" && data?.id) {
+        // A batch's counters or status changed: data is the Batch JSON of GET /api/batches.
+        document.dispatchEvent(new CustomEvent("batch-update", { detail: data }));
       }
     },
     onReconnect: () => document.dispatchEvent(new CustomEvent("updates-resync")),

@@ -1,0 +1,122 @@
+"""Artifacts: storing 1 GiB of a job's files, then serving them as one ZIP and one by one.
+
+``python -m bench.artifacts`` starts ``jobrunner up`` (as the other benchmarks do), runs a job that
+leaves ``--files`` files of ``--mib`` MiB in its output directory, and measures
+
+- how long the runner took from the tool's end to the job's end (the upload into NATS);
+- GET /api/jobs/{id}/download-archive: MiB/s to a client that reads as fast as it can, and the
+  API process's peak resident memory meanwhile (sampled every 50 ms), against its memory before;
+- GET /api/jobs/{id}/artifacts/{name} for one file, the same way.
+
+It prints one JSON object; bench/RESULTS.md quotes the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import zlib
+from typing import Any
+
+import httpx
+
+from bench.system import ROOT, MemorySampler, RunningSystem
+
+JOB_TYPE = """
+[job_types.bench_artifacts]
+title = "Bench: files in the output directory"
+argv = ["{{python}}", "-m", "bench.tools.artifact_files"]
+cwd = "{root}"
+timeout_seconds = 1800
+
+[job_types.bench_artifacts.parameters.files]
+type = "integer"
+flag = "--files"
+default = 4
+
+[job_types.bench_artifacts.parameters.mib]
+type = "integer"
+flag = "--mib"
+default = 256
+"""
+
+MIB = 1024 * 1024
+
+
+async def _download(http: httpx.AsyncClient, url: str, sampler_of: Any) -> dict[str, Any]:
+    api = sampler_of()
+    before = round(api.processes["api"].memory_info().rss / MIB, 1)
+    size = 0
+    crc = 0
+    with api:
+        started = time.monotonic()
+        async with http.stream("GET", url) as response:
+            response.raise_for_status()
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                crc = zlib.crc32(chunk, crc)  # the client does a little work, as a real one would
+        seconds = time.monotonic() - started
+    return {
+        "bytes": size,
+        "seconds": round(seconds, 2),
+        "mib_per_s": round(size / MIB / seconds, 1),
+        "api_rss_mib_before": before,
+        "api_rss_mib_peak": api.mib("api"),
+    }
+
+
+async def measure(system: RunningSystem, files: int, mib: int) -> dict[str, Any]:
+    processes = system.services()
+
+    def sampler() -> MemorySampler:
+        return MemorySampler({"api": processes["api"]}, interval=0.05)
+
+    async with httpx.AsyncClient(
+        base_url=system.base_url, headers=system.headers, timeout=120
+    ) as http:
+        created = await http.post(
+            "/api/jobs",
+            json={"job_type": "bench_artifacts", "parameters": {"files": files, "mib": mib}},
+        )
+        created.raise_for_status()
+        job_id = created.json()["id"]
+        runner = MemorySampler({"runner": processes["runner"]}, interval=0.05)
+        with runner:
+            while True:
+                job = (await http.get(f"/api/jobs/{job_id}")).json()
+                if job["status"] in ("completed", "failed", "cancelled"):
+                    break
+                await asyncio.sleep(0.1)
+        assert job["status"] == "completed", job
+        listed = (await http.get(f"/api/jobs/{job_id}/artifacts")).json()
+        archive = await _download(http, listed["archive_url"], sampler)
+        single = await _download(http, listed["items"][0]["url"], sampler)
+    return {
+        "artifacts": {"files": files, "mib_each": mib, "total_bytes": listed["total_bytes"]},
+        "job_seconds": job["duration_seconds"],
+        "runner_rss_mib_peak": runner.mib("runner"),
+        "archive_download": archive,
+        "single_download": single,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.artifacts")
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--mib", type=int, default=256)
+    args = parser.parse_args()
+    system = RunningSystem()
+
+    system.job_types.write_text(system.job_types.read_text() + JOB_TYPE.format(root=ROOT))
+    system.start()
+    try:
+        results = asyncio.run(measure(system, args.files, args.mib))
+    finally:
+        system.stop()
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Artifact names: which ones are stored and served, their content type and download filename.
+
+A name is the file's path relative to the job's output directory, ``/``-separated. It ends up in
+URLs, ZIP entries and ``Content-Disposition`` headers, and a ZIP is unpacked on machines we do not
+know, so a name that could step out of the folder it is unpacked into is never stored: no
+absolute path, no ``.`` or ``..`` part, no empty part, no backslash (a separator on Windows), no
+control characters, text that is valid Unicode.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+
+from jobrunner.contracts.events import MAX_ARTIFACT_NAME_CHARS
+
+MAX_PART_BYTES = 255  # what common file systems allow for one file name
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class BadArtifactName(ValueError):
+    """The name cannot be an artifact's; ``str()`` says why, for the job's log or an API error."""
+
+
+def check_name(name: str) -> str:
+    """``name`` unchanged when it is a safe artifact name; raises :class:`BadArtifactName`."""
+    if not name:
+        raise BadArtifactName("the name is empty")
+    if len(name) > MAX_ARTIFACT_NAME_CHARS:
+        raise BadArtifactName(f"the name is longer than {MAX_ARTIFACT_NAME_CHARS} characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that is no valid UTF-8 reaches Python with surrogate escapes.
+        raise BadArtifactName("the name is not valid UTF-8") from None
+    if _CONTROL.search(name):
+        raise BadArtifactName("the name holds control characters")
+    if "\\" in name:
+        raise BadArtifactName("the name holds a backslash")
+    if name.startswith("/"):
+        raise BadArtifactName("the name is an absolute path")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise BadArtifactName("the name has an empty, '.' or '..' part")
+        if len(part.encode("utf-8")) > MAX_PART_BYTES:
+            raise BadArtifactName(f"a part of the name is longer than {MAX_PART_BYTES} bytes")
+    return name
+
+
+def content_type(name: str) -> str:
+    """Guessed from the name's extension; ``application/octet-stream`` when unknown."""
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if guessed is None or encoding is not None:
+        # A .gz or .bz2 file is served as what it is, not as what it unpacks to.
+        return {"gzip": "application/gzip", "bzip2": "application/x-bzip2"}.get(
+            encoding or "", "application/octet-stream"
+        )
+    return guessed
+
+
+def download_filename(name: str) -> str:
+    """The name's last part with anything but letters, digits and ``_.-`` replaced (for the
+    plain ``filename=`` of Content-Disposition, which every client reads the same way)."""
+    last = name.rsplit("/", 1)[-1]
+    return _UNSAFE_FILENAME.sub("_", last)[:150].strip("._-") or "artifact"

@@ -1,0 +1,265 @@
+"""The artifacts object store: files written in chunks from a file, read back in chunks.
+
+Objects use the layout of NATS object stores (stream ``OBJ_<bucket>``, chunks on
+``$O.<bucket>.C.<nuid>``, the object's description on ``$O.<bucket>.M.<base64 name>``), so the
+``nats object`` command and other clients read them too. Two parts are written here rather than
+taken from nats-py's ``ObjectStore``:
+
+- ``put`` waits for each chunk's ack before it sends the next (about one round trip per 128 KiB);
+  here chunks travel in a pipeline. Should any chunk fail (NATS away, a timeout), the whole object
+  starts again under a new nuid: a chunk published again could land after its successors.
+  The object becomes visible only with its description, written last; the chunks of an attempt
+  that never got one are purged when possible and otherwise age out with the bucket's max age.
+- ``get`` collects the whole object in memory; here chunks come from a pull consumer a few at a
+  time, so serving a file of any size takes a bounded amount of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext, api
+from nats.js.object_store import ObjectStore
+
+from jobrunner.common import retry
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
+
+CHUNK_BYTES = 128 * 1024  # nats-py's and the Go client's default chunk size
+PIPELINE_CHUNKS = 16  # chunks in flight while uploading (2 MiB)
+ACK_WAIT_SECONDS = 5.0
+READ_BATCH_CHUNKS = 8  # per download: chunks asked for at a time (1 MiB)
+
+
+class StoredObject(msgspec.Struct, frozen=True):
+    size: int
+    sha256: str  # hex
+
+
+class UploadStopped(Exception):
+    """The upload was given up because ``should_stop`` said so (the job's lease is lost)."""
+
+
+class ObjectMissing(Exception):
+    """No such object in the bucket (never stored, or aged out)."""
+
+
+class ReadStalled(Exception):
+    """NATS sent no chunk of the object for longer than the read's idle limit."""
+
+
+def stream_name(names: Names) -> str:
+    return f"OBJ_{names.artifacts_bucket}"
+
+
+def _chunk_subject(names: Names, nuid: str) -> str:
+    return f"$O.{names.artifacts_bucket}.C.{nuid}"
+
+
+def _meta_subject(names: Names, object_name: str) -> str:
+    encoded = base64.urlsafe_b64encode(object_name.encode("utf-8")).decode()
+    return f"$O.{names.artifacts_bucket}.M.{encoded}"
+
+
+async def ensure_bucket(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """Create the artifacts bucket: file storage, replicas and max age like the event stream's
+    (artifacts last as long as the events that name them)."""
+    try:
+        await js.stream_info(stream_name(names))
+    except nats.js.errors.NotFoundError:
+        await js.create_object_store(
+            names.artifacts_bucket,
+            config=api.ObjectStoreConfig(
+                description="jobrunner job artifacts",
+                storage=api.StorageType.FILE,
+                replicas=settings.stream_replicas,
+                ttl=settings.stream_max_age_days * 86400 or None,
+            ),
+        )
+
+
+async def put_file(
+    js: JetStreamContext,
+    names: Names,
+    object_name: str,
+    source: BinaryIO,
+    size: int,
+    should_stop: Callable[[], bool],
+) -> StoredObject:
+    """Store the first ``size`` bytes of ``source`` (a seekable binary file) as ``object_name``.
+
+    Transient NATS errors start the object again from the file's start, for as long as
+    ``should_stop()`` is false (then :class:`UploadStopped`); a permanent one raises.
+    """
+    failures = 0
+    while True:
+        if should_stop():
+            raise UploadStopped(object_name)
+        source.seek(0)
+        nuid = uuid.uuid4().hex
+        try:
+            return await _put_once(js, names, object_name, source, size, nuid, should_stop)
+        except UploadStopped:
+            _purge_later(js, names, nuid)
+            raise
+        except Exception as exc:
+            if not retry.is_transient(exc):
+                await _purge(js, names, nuid)
+                raise
+            failures += 1
+            log.warning(
+                "artifact upload interrupted, starting it again",
+                object=object_name,
+                error=repr(exc) or type(exc).__name__,
+            )
+            _purge_later(js, names, nuid)
+            await asyncio.sleep(retry.delay_after(failures))
+
+
+async def _put_once(
+    js: JetStreamContext,
+    names: Names,
+    object_name: str,
+    source: BinaryIO,
+    size: int,
+    nuid: str,
+    should_stop: Callable[[], bool],
+) -> StoredObject:
+    subject = _chunk_subject(names, nuid)
+    digest = hashlib.sha256()
+    in_flight: list[asyncio.Future[api.PubAck]] = []
+    total = chunks = 0
+    try:
+        while total < size:
+            if should_stop():
+                # Checked at every chunk: NATS may answer again after the lease has lapsed.
+                raise UploadStopped(object_name)
+            data = await asyncio.to_thread(source.read, min(CHUNK_BYTES, size - total))
+            if not data:
+                break  # the file got shorter since its size was taken: store what is there
+            digest.update(data)
+            total += len(data)
+            chunks += 1
+            in_flight.append(await js.publish_async(subject, data))
+            if len(in_flight) >= PIPELINE_CHUNKS:
+                await asyncio.wait_for(in_flight.pop(0), ACK_WAIT_SECONDS)
+        for future in in_flight:
+            await asyncio.wait_for(future, ACK_WAIT_SECONDS)
+    finally:
+        for future in in_flight:
+            future.cancel()
+    info = api.ObjectInfo(
+        name=object_name,
+        bucket=names.artifacts_bucket,
+        nuid=nuid,
+        size=total,
+        chunks=chunks,
+        mtime=datetime.now(UTC).isoformat(),
+        digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
+        options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+    )
+    await js.publish(
+        _meta_subject(names, object_name),
+        json.dumps(info.as_dict()).encode(),
+        # The description replaces any earlier one of the same name (rollup).
+        headers={api.Header.ROLLUP: "sub", api.Header.MSG_ID: f"{nuid}.meta"},
+        timeout=ACK_WAIT_SECONDS,
+    )
+    return StoredObject(size=total, sha256=digest.hexdigest())
+
+
+_PURGES: set[asyncio.Task[None]] = set()
+
+
+def _purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
+    """Best effort, in the background: once NATS answers, the chunks of an attempt that will
+    never get a description go."""
+    task = asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
+    _PURGES.add(task)  # a task nobody references may be collected before it ran
+    task.add_done_callback(_PURGES.discard)
+
+
+async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> None:
+    """Remove the chunks of an attempt that got no description."""
+    for attempt in range(60 if patient else 1):
+        try:
+            await js.purge_stream(stream_name(names), subject=_chunk_subject(names, nuid))
+            return
+        except Exception as exc:
+            if not patient or not retry.is_transient(exc):
+                log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
+                return
+            await asyncio.sleep(retry.delay_after(attempt + 1, longest=5.0))
+
+
+async def object_info(js: JetStreamContext, names: Names, object_name: str) -> api.ObjectInfo:
+    store = ObjectStore(name=names.artifacts_bucket, stream=stream_name(names), js=js)
+    try:
+        return await store.get_info(object_name)
+    except nats.js.errors.ObjectNotFoundError:
+        raise ObjectMissing(object_name) from None
+
+
+async def read_chunks(
+    js: JetStreamContext, names: Names, info: api.ObjectInfo, idle_seconds: float
+) -> AsyncIterator[bytes]:
+    """The object's bytes in stored chunks, a few at a time.
+
+    From an ephemeral pull consumer, ``READ_BATCH_CHUNKS`` per request: the API never holds more
+    of a download than that, however slowly its client reads. (A push consumer with flow control
+    let the server send far more than nats-py's pending limit before it waited: the subscription
+    dropped chunks as a slow consumer.) Raises :class:`ReadStalled` when a request gets nothing
+    for ``idle_seconds`` (NATS away).
+    """
+    size = info.size or 0
+    chunks = info.chunks or 0
+    if size == 0 or chunks == 0:
+        return
+    sub = await js.pull_subscribe(
+        _chunk_subject(names, info.nuid),
+        stream=stream_name(names),
+        config=api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.ALL,
+            mem_storage=True,
+            # Gone by itself should this API process die mid-download.
+            inactive_threshold=max(30.0, idle_seconds * 3),
+        ),
+    )
+    try:
+        received = 0
+        while received < chunks:
+            try:
+                batch = await sub.fetch(min(READ_BATCH_CHUNKS, chunks - received), idle_seconds)
+            except nats.errors.TimeoutError:
+                raise ReadStalled(info.name) from None
+            for msg in batch:
+                received += 1
+                yield msg.data
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_drop_consumer(js, names, sub))
+
+
+async def _drop_consumer(
+    js: JetStreamContext, names: Names, sub: JetStreamContext.PullSubscription
+) -> None:
+    """The consumer goes at once (its inactive threshold would remove it later anyway)."""
+    async with asyncio.timeout(ACK_WAIT_SECONDS):
+        consumer = (await sub.consumer_info()).name
+        await sub.unsubscribe()
+        await js.delete_consumer(stream_name(names), consumer)

@@ -1,0 +1,275 @@
+"""Carrying out actions on batches and jobs: check the caller and the options, read the current
+state, plan (``actions``, pure), and publish.
+
+Every decision is taken on read models that include every event the stream held when the
+request arrived (``attempt_rows.catch_up``), so an action sent again right after another (or
+after an API that died half-way through one) sees what the first one published.
+
+Publishing order: the batch event; cancels (pending jobs before running ones); the queue places
+of the new attempts' locks, in batch order; the new attempts. Queue first, publish second, as for
+``POST /api/jobs``: a queue entry's revision is the job's place, so a batch's locked jobs take
+their lock in batch order.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import msgspec
+
+from jobrunner.common import eventstore
+from jobrunner.common.slots import SlotValue, slot_key
+from jobrunner.contracts import events
+from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
+from jobrunner.services.api import attempt_rows
+from jobrunner.services.api.action_schemas import (
+    ActionOptions,
+    BatchActionAccepted,
+    JobArchiveChanged,
+    JobRestarted,
+)
+from jobrunner.services.api.actions import (
+    Action,
+    Attempt,
+    Plan,
+    next_attempt,
+    plan_fail,
+    plan_restart,
+    unknown_jobs,
+)
+from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
+from jobrunner.services.api.dependencies import find_batch
+from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.external import CallbackIssuer
+from jobrunner.services.api.job_control import give_back_places, raise_busy
+from jobrunner.services.api.schemas import ExternalCallback
+from jobrunner.services.api.security import Principal
+
+# The most unknown job ids an error lists (``unknown_count`` says how many there were).
+MAX_LISTED_UNKNOWN = 100
+# Options each action takes; any other given option is refused, not silently ignored.
+TAKES_JOB_IDS = frozenset({Action.RESTART, Action.PENDING})
+TAKES_REASON = frozenset({Action.RESTART, Action.PENDING, Action.FAIL})
+
+
+def decode_options(body: bytes) -> ActionOptions:
+    """The optional JSON body of an action: empty means no options."""
+    if not body.strip():
+        return ActionOptions()
+    try:
+        return msgspec.json.decode(body, type=ActionOptions)
+    except msgspec.ValidationError as exc:
+        raise ApiError(
+            422, "INVALID_OPTIONS", f"The request body is not valid action options: {exc}."
+        ) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
+    except RecursionError:
+        raise ApiError(
+            400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
+        ) from None
+
+
+def check_options(action: Action, options: ActionOptions, *, on_job: bool = False) -> None:
+    """Refuse an option this action does not take (naming it)."""
+    if options.job_ids is not None and (on_job or action not in TAKES_JOB_IDS):
+        raise ApiError(
+            422,
+            "INVALID_OPTIONS",
+            f"{action.value!r} does not take job_ids (only a batch's restart and pending do).",
+            field="job_ids",
+        )
+    if options.reason is not None and (on_job or action not in TAKES_REASON):
+        raise ApiError(
+            422,
+            "INVALID_OPTIONS",
+            f"{action.value!r} does not take a reason (a batch's restart, pending and fail do).",
+            field="reason",
+        )
+
+
+async def act_on_batch(
+    ctx: ApiContext,
+    batch_id: str,
+    action: Action,
+    options: ActionOptions,
+    principal: Principal,
+    callbacks: CallbackIssuer | None = None,
+) -> BatchActionAccepted:
+    check_options(action, options)
+    await attempt_rows.catch_up(ctx)
+    batch = await find_batch(ctx, batch_id, principal)
+    actor = principal.name
+    if action in (Action.ARCHIVE, Action.UNARCHIVE):
+        event = events.BatchArchived(
+            batch_id=batch_id, archived=action == Action.ARCHIVE, requested_by=actor
+        )
+        seq = await eventstore.publish(ctx.js, ctx.names, event)
+        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+        return BatchActionAccepted(batch_id=batch_id, action=action.value, jobs=[], attempts=[])
+    latest = await attempt_rows.latest_attempts(ctx.pool, batch_id)
+    if action == Action.FAIL:
+        live = any(not job.ended for job in latest)
+        if batch["status"] in TERMINAL_STATUSES and not live:
+            raise ApiError(
+                409,
+                "BATCH_FINISHED",
+                f"The batch already ended with status {batch['status']!r}.",
+                status=batch["status"],
+            )
+        plan = plan_fail(
+            batch_id,
+            latest,
+            actor,
+            options.reason or f"Failed on request of {actor}.",
+            # Only a BatchFailed makes a batch with jobs still to end "failed": this is a fail
+            # sent again (say after the API died half-way through the first).
+            already_failed=batch["status"] == JobStatus.FAILED and live,
+        )
+    else:
+        selected = None
+        if options.job_ids is not None:
+            roots = await attempt_rows.roots_of(ctx.pool, batch_id, options.job_ids)
+            unknown = unknown_jobs(options.job_ids, roots)
+            if unknown:
+                raise ApiError(
+                    422,
+                    "UNKNOWN_JOBS",
+                    f"{len(unknown)} of the job_ids are not jobs of batch {batch_id!r}.",
+                    field="job_ids",
+                    unknown=unknown[:MAX_LISTED_UNKNOWN],
+                    unknown_count=len(unknown),
+                )
+            wanted = set(roots.values())
+            selected = frozenset(job.id for job in latest if job.root in wanted)
+        plan = plan_restart(
+            batch_id,
+            latest,
+            actor,
+            unfinished_only=action == Action.PENDING,
+            reason=options.reason,
+            selected=selected,
+        )
+    issued: list[ExternalCallback] = []
+    if callbacks is not None:
+        # New attempts of external jobs need callback tokens of their own.
+        plan.attempts, issued = callbacks.issue(ctx.job_types, plan.attempts)
+    await carry_out(ctx, plan, queue_all=True)
+    return BatchActionAccepted(
+        batch_id=batch_id,
+        action=action.value,
+        jobs=plan.touched,
+        attempts=[attempt.job_id for attempt in plan.attempts],
+        callbacks=issued,
+    )
+
+
+async def carry_out(ctx: ApiContext, plan: Plan, *, queue_all: bool) -> int:
+    """Publish a plan in order; returns the last stream sequence. ``queue_all``: every locked
+    new attempt queues for its lock (a batch's jobs do, whatever the type's busy policy)."""
+    seq = 0
+    if plan.first:
+        seq = await eventstore.publish_many(ctx.js, ctx.names, plan.first)
+    await give_back_places(ctx, plan.cancelled_pending)
+    if plan.attempts:
+        by_lock: dict[str, list[tuple[str, str]]] = {}
+        for attempt in plan.attempts:
+            if attempt.lock and (queue_all or _queues(ctx, attempt)):
+                by_lock.setdefault(attempt.lock, []).append((attempt.job_id, attempt.job_type))
+        for lock, queued in by_lock.items():
+            await ctx.slots.enqueue_many(lock, queued)  # pipelined, places in plan order
+        seq = await eventstore.publish_many(ctx.js, ctx.names, plan.attempts)
+    if seq:
+        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+    return seq
+
+
+def _queues(ctx: ApiContext, attempt: events.JobRequested) -> bool:
+    job_type = ctx.job_types.get(attempt.job_type)
+    return attempt.batch_id is not None or job_type is None or job_type.on_busy == "queue"
+
+
+async def _visible_attempt(ctx: ApiContext, job_id: str, principal: Principal) -> Attempt:
+    job = await attempt_rows.attempt_by_id(ctx.pool, job_id)
+    if job is None or not principal.can_see_owner(job.requested_by):
+        raise job_not_found(job_id)
+    return job
+
+
+async def restart_job(
+    ctx: ApiContext,
+    job_id: str,
+    options: ActionOptions,
+    principal: Principal,
+    callbacks: CallbackIssuer | None = None,
+) -> JobRestarted:
+    """A new attempt of an ended job (of its latest attempt, whichever attempt was named)."""
+    check_options(Action.RESTART, options, on_job=True)
+    await attempt_rows.catch_up(ctx)
+    named = await _visible_attempt(ctx, job_id, principal)
+    latest = await attempt_rows.latest_attempt_of(ctx.pool, named.root) or named
+    if not latest.ended:
+        _raise_active(latest)
+    job_type = ctx.job_types.get(latest.job_type)
+    if job_type is None:
+        raise ApiError(
+            422,
+            "UNKNOWN_JOB_TYPE",
+            f"There is no job type {latest.job_type!r} any more, so the job cannot run again.",
+            known=sorted(ctx.job_types),
+        )
+    attempt = next_attempt(latest, principal.name)
+    issued: list[ExternalCallback] = []
+    if callbacks is not None:
+        [attempt], issued = callbacks.issue(ctx.job_types, [attempt])
+    reservation = None
+    if attempt.lock and attempt.batch_id is None and job_type.on_busy == "reject":
+        # As POST /api/jobs: a busy lock answers 409 rather than queueing.
+        key = slot_key(attempt.lock, attempt.job_id)
+        reservation = await ctx.slots.try_acquire(
+            key, SlotValue(job_id=attempt.job_id, phase="reserved", job_type=job_type.name)
+        )
+        if reservation is None:
+            await raise_busy(ctx, key, attempt.lock, principal)
+    try:
+        await carry_out(ctx, Plan(attempts=[attempt]), queue_all=False)
+    except Exception:
+        if reservation is not None:
+            await ctx.slots.release(reservation)
+        if attempt.lock and reservation is None:
+            await ctx.slots.dequeue(attempt.lock, attempt.job_id)
+        raise
+    return JobRestarted(
+        id=attempt.job_id,
+        job_type=attempt.job_type,
+        status=JobStatus.PENDING.value,
+        created_at=attempt.occurred_at,
+        attempt=attempt.attempt,
+        attempt_of=latest.root,
+        restarted=latest.id,
+        batch_id=attempt.batch_id,
+        callback_token=issued[0].callback_token if issued else None,
+        callback_url=issued[0].callback_url if issued else None,
+    )
+
+
+def _raise_active(latest: Attempt) -> NoReturn:
+    raise ApiError(
+        409,
+        "JOB_ACTIVE",
+        f"The job's latest attempt {latest.id!r} is still {latest.status}; cancel it or wait "
+        "for it to end before running the job again.",
+        status=latest.status,
+        latest=latest.id,
+    )
+
+
+async def archive_job(
+    ctx: ApiContext, job_id: str, archived: bool, options: ActionOptions, principal: Principal
+) -> JobArchiveChanged:
+    check_options(Action.ARCHIVE if archived else Action.UNARCHIVE, options, on_job=True)
+    job = await _visible_attempt(ctx, job_id, principal)
+    event = events.JobArchived(job_id=job.id, archived=archived, requested_by=principal.name)
+    seq = await eventstore.publish(ctx.js, ctx.names, event)
+    await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+    return JobArchiveChanged(id=job.id, archived=archived)

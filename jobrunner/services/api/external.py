@@ -1,0 +1,340 @@
+"""An external job's report, from the worker's HTTP request to events in the stream.
+
+The callback token is checked against the hash in the job's JobRequested, read from the stream
+(not the read models, which may lag a report sent right after the job was requested). One
+answer, 401, for a job that does not exist, one that is not external and a wrong token: the
+endpoint tells nobody which jobs exist.
+
+Lines are numbered without gaps across reports, also when two reports of one job arrive at once
+(on one API instance or on several): each LineLogged is published on the condition that the
+job's last lines message is still the one its numbers were counted from
+(``Nats-Expected-Last-Subject-Sequence``); when another report got in first, the numbers are
+counted again and the publish repeated. The events of a report with a ``report_id`` take ids
+derived from it, so a retried report is stored once (JetStream checks the id before the
+condition).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request
+from nats.js.errors import APIError
+
+from jobrunner.common import callbacktoken, eventstore
+from jobrunner.common.jobtypes import JobType
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.services.api import schemas
+from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.reports import (
+    Report,
+    ReportedLine,
+    clean_result,
+    percent_of,
+    split_lines,
+)
+
+log = structlog.get_logger()
+
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+# JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence.
+WRONG_LAST_SEQUENCE = 10071
+# Reports of one job racing each other: how often one counts its line numbers again.
+MAX_NUMBERING_ATTEMPTS = 50
+# What a worker whose job still waits for its lock is told to wait before reporting again.
+WAITING_RETRY_AFTER_SECONDS = 2
+
+
+class ReportAccepted(msgspec.Struct):
+    job_id: str
+    status: str
+    # The numbers the report's lines got (null without lines, or for a repeated report).
+    first_seq: int | None = None
+    last_seq: int | None = None
+    # The same report_id was stored before: nothing new was stored.
+    duplicate: bool = False
+
+
+def callback_url(request: Request[Any, Any, Any], job_id: str) -> str:
+    """Where an external job's worker reports: absolute, from the address the request came to
+    (the Host the access layer allowed)."""
+    return str(request.base_url).rstrip("/") + callbacktoken.callback_path(job_id)
+
+
+class CallbackIssuer:
+    """Gives the new jobs of an external type their callback tokens (the hash into their
+    JobRequested, the token and address into the answer)."""
+
+    def __init__(self, token: Callable[[str], callbacktoken.CallbackToken], base_url: str) -> None:
+        self.token = token
+        self.base_url = base_url.rstrip("/")
+
+    @classmethod
+    async def for_request(cls, request: Request[Any, Any, Any]) -> CallbackIssuer:
+        """Derived tokens (actions are repeated safely: the same attempt, the same token)."""
+        return cls(await callback_tokens(request, True), str(request.base_url))
+
+    def issue(
+        self, job_types: dict[str, JobType], jobs: list[events.JobRequested]
+    ) -> tuple[list[events.JobRequested], list[schemas.ExternalCallback]]:
+        out: list[events.JobRequested] = []
+        callbacks: list[schemas.ExternalCallback] = []
+        for job in jobs:
+            job_type = job_types.get(job.job_type)
+            if job_type is None or not job_type.external:
+                out.append(job)
+                continue
+            token = self.token(job.job_id)
+            out.append(msgspec.structs.replace(job, callback_token_hash=token.token_hash))
+            callbacks.append(
+                schemas.ExternalCallback(
+                    job_id=job.job_id,
+                    batch_index=job.batch_index if job.batch_index is not None else 0,
+                    callback_token=token.token,
+                    callback_url=self.base_url + callbacktoken.callback_path(job.job_id),
+                )
+            )
+        return out, callbacks
+
+
+async def callback_tokens(
+    request: Request[Any, Any, Any], idempotent: bool
+) -> Callable[[str], callbacktoken.CallbackToken]:
+    """How a batch gives its external jobs their tokens. A submission that may be sent again
+    (``Idempotency-Key``) re-publishes the same jobs, whose first stored hash stays: their tokens
+    are derived from the installation's secret (the key in the tokens bucket), so every retry
+    answers the same ones. Otherwise, or without a token store (``--no-auth``), they are random.
+    """
+    store = getattr(request.app.state, "access", None)
+    store = getattr(store, "store", None)
+    if idempotent and store is not None:
+        secret: bytes = await store.session_key()
+        return lambda job_id: callbacktoken.derive(secret, job_id)
+    return lambda _: callbacktoken.mint()
+
+
+def _invalid_token() -> ApiError:
+    return ApiError(
+        401,
+        "INVALID_CALLBACK_TOKEN",
+        "This callback token does not open reports at this address.",
+        headers={"WWW-Authenticate": 'Bearer realm="jobrunner-callback"'},
+    )
+
+
+def bearer_token(header: str | None) -> str:
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(
+            401,
+            "CALLBACK_TOKEN_REQUIRED",
+            "Send the job's callback token as 'Authorization: Bearer <callback_token>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="jobrunner-callback"'},
+        )
+    return value.strip()
+
+
+async def authenticate(ctx: ApiContext, job_id: str, token: str) -> events.JobRequested:
+    """The job ``token`` opens, or 401 (the same 401 whether or not the job exists)."""
+    requested: events.JobRequested | None = None
+    if _JOB_ID.match(job_id):  # a job id is part of a subject: no dots or wildcards there
+        event = await _last(ctx, job_id, "requested")
+        requested = event if isinstance(event, events.JobRequested) else None
+    stored_hash = requested.callback_token_hash if requested is not None else None
+    if requested is None or not callbacktoken.matches(token, stored_hash):
+        raise _invalid_token()
+    return requested
+
+
+async def _last(ctx: ApiContext, job_id: str, kind: str) -> events.AnyEvent | None:
+    raw = await last_message(ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, kind))
+    if raw is None or not raw.data:
+        return None
+    try:
+        return codec.decode(raw.data)
+    except msgspec.MsgspecError:
+        return None
+
+
+def _finished(status: events.StatusChanged) -> ApiError:
+    extra: dict[str, Any] = {"status": status.status.value}
+    if status.error is not None:
+        extra["error_code"] = status.error.code
+    return ApiError(
+        409,
+        "JOB_FINISHED",
+        f"The job already ended with status {status.status.value!r}; stop working on it.",
+        **extra,
+    )
+
+
+async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> ReportAccepted:
+    """Store what the report says, in order: running, lines, progress, the end."""
+    await authenticate(ctx, job_id, token)
+    final = report.final_result
+    # Checked before anything is stored: a result refused after the lines would leave half a
+    # report behind.
+    result = clean_result(final) if final is not None else None
+    rid = report.report_id
+    status = await _last(ctx, job_id, "status")
+    if isinstance(status, events.StatusChanged) and status.status.is_terminal:
+        if rid is not None and status.report_id == rid:
+            return ReportAccepted(job_id=job_id, status=status.status.value, duplicate=True)
+        raise _finished(status)
+    if await _last(ctx, job_id, "cancel") is not None:
+        raise ApiError(
+            409,
+            "JOB_FINISHED",
+            "The job was cancelled; stop working on it.",
+            status=JobStatus.CANCELLED.value,
+        )
+    if status is None:
+        record = await ctx.slots.holder(job_id)
+        if record is None:
+            raise ApiError(
+                409,
+                "JOB_WAITING",
+                "The job is waiting for a runner to take its lock; report again shortly.",
+                headers={"Retry-After": str(WAITING_RETRY_AFTER_SECONDS)},
+            )
+        await eventstore.publish(
+            ctx.js,
+            ctx.names,
+            events.StatusChanged(
+                job_id=job_id,
+                event_id=f"{job_id}-running",
+                status=JobStatus.RUNNING,
+                runner_id=record.runner_id,
+            ),
+        )
+    answer = ReportAccepted(job_id=job_id, status=JobStatus.RUNNING.value)
+    lines = split_lines(report.lines)
+    if lines:
+        answer = await _publish_lines(ctx, job_id, lines, _event_id(job_id, rid, "lines"))
+    progress = report.progress_report
+    if progress is not None:
+        await eventstore.publish(
+            ctx.js,
+            ctx.names,
+            events.ProgressReported(
+                job_id=job_id,
+                event_id=_event_id(job_id, rid, "progress"),
+                current=progress.current,
+                total=progress.total,
+                percent=percent_of(progress),
+                phase=progress.phase,
+                message=progress.message,
+            ),
+        )
+    if result is not None or report.error is not None:
+        answer = await _end(ctx, job_id, report, result, answer)
+    # A sign of life for the runner holding the job, even for a report with nothing to store.
+    await ctx.nc.publish(ctx.names.external_reported_subject(job_id), b"")
+    return answer
+
+
+def _event_id(job_id: str, report_id: str | None, part: str) -> str:
+    if report_id is None:
+        return events.new_event_id()
+    return f"{job_id}-report-{report_id}-{part}"
+
+
+async def _publish_lines(
+    ctx: ApiContext, job_id: str, lines: list[ReportedLine], event_id: str
+) -> ReportAccepted:
+    subject = ctx.names.job_kind_subject(job_id, "lines")
+    for _ in range(MAX_NUMBERING_ATTEMPTS):
+        last = await last_message(ctx.js, ctx.names.stream, subject)
+        after = 0
+        if last is not None and last.data:
+            try:
+                previous = codec.decode(last.data)
+            except msgspec.MsgspecError:
+                previous = None
+            if isinstance(previous, events.LineLogged) and previous.lines:
+                after = previous.lines[-1].seq
+        at = events.utcnow()
+        event = events.LineLogged(
+            job_id=job_id,
+            event_id=event_id,
+            occurred_at=at,
+            lines=[
+                events.LogLine(after + i, line.stream, line.level, at, line.text)
+                for i, line in enumerate(lines, 1)
+            ],
+        )
+        data = codec.encode(event)
+        if len(data) > ctx.nc.max_payload:
+            raise ApiError(
+                413,
+                "REPORT_TOO_LARGE",
+                "These lines do not fit one message of the NATS server; send fewer per report.",
+            )
+        headers = {
+            **codec.headers(event),
+            "Nats-Expected-Last-Subject-Sequence": str(last.seq if last and last.seq else 0),
+        }
+        try:
+            ack = await ctx.js.publish(subject, data, headers=headers)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                continue  # another report's lines got in first: count again
+            raise
+        if ack.duplicate:
+            return ReportAccepted(job_id=job_id, status=JobStatus.RUNNING.value, duplicate=True)
+        return ReportAccepted(
+            job_id=job_id,
+            status=JobStatus.RUNNING.value,
+            first_seq=after + 1,
+            last_seq=after + len(lines),
+        )
+    raise ApiError(
+        503,
+        "REPORT_CONFLICT",
+        "Too many reports of this job arrive at once; send this one again.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _end(
+    ctx: ApiContext,
+    job_id: str,
+    report: Report,
+    result: dict[str, Any] | None,
+    answer: ReportAccepted,
+) -> ReportAccepted:
+    if report.error is not None:
+        status = JobStatus.FAILED
+        error: ErrorInfo | None = ErrorInfo(
+            code=report.error.code,
+            message=report.error.message or f"The external worker reported {report.error.code}.",
+        )
+        result = None
+    else:
+        status, error = JobStatus.COMPLETED, None
+    ending = events.StatusChanged(
+        job_id=job_id,
+        event_id=events.terminal_event_id(job_id),
+        status=status,
+        error=error,
+        result=result,
+        report_id=report.report_id,
+    )
+    ack = await ctx.js.publish(
+        ctx.names.subject(ending), codec.encode(ending), headers=codec.headers(ending)
+    )
+    if ack.duplicate:
+        # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
+        stored = await _last(ctx, job_id, "status")
+        if isinstance(stored, events.StatusChanged) and stored.status.is_terminal:
+            if report.report_id is None or stored.report_id != report.report_id:
+                raise _finished(stored)
+            return msgspec.structs.replace(answer, status=stored.status.value, duplicate=True)
+    return msgspec.structs.replace(answer, status=status.value)

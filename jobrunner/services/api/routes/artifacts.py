@@ -1,0 +1,180 @@
+"""A job's artifacts: the list, one file, and all of them as a ZIP (seed 004's download-archive).
+
+Files come from the artifacts object store in chunks (``artifactstore.read_chunks``): a download
+of any size takes a bounded amount of the API's memory, and any API instance serves any job's
+artifacts. Which artifacts a job has comes from the read model (the ``artifacts`` table); who may
+see them is who may see the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from litestar import Request, Response, get
+from litestar.response import Stream
+from nats.js import api
+
+from jobrunner.common import artifactnames, artifactstore
+from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.dependencies import ctx_of, find_job
+from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.links import archive_url, artifact_url
+from jobrunner.services.api.queryparams import Query
+from jobrunner.services.api.security import principal_of
+from jobrunner.services.api.security.openapi import error_spec
+from jobrunner.services.api.ziparchive import Member, zip_stream
+
+log = structlog.get_logger()
+
+_DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
+
+
+def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
+    return schemas.Artifact(
+        name=row["name"],
+        size=row["size"],
+        content_type=row["content_type"],
+        sha256=row["sha256"],
+        stored_at=row["stored_at"],
+        url=artifact_url(job_id, row["name"]),
+    )
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    log.warning("artifact store unreachable", error=repr(exc))
+    return ApiError(
+        503,
+        "ARTIFACTS_UNAVAILABLE",
+        "The artifact store (NATS) did not answer; try again in a moment.",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _object(ctx: ApiContext, job_id: str, row: Any) -> api.ObjectInfo:
+    try:
+        return await artifactstore.object_info(ctx.js, ctx.names, row["object_name"])
+    except artifactstore.ObjectMissing:
+        raise ApiError(
+            410,
+            "ARTIFACT_GONE",
+            f"The artifact {row['name']!r} of job {job_id!r} is no longer stored "
+            "(it aged out with the stream's max age).",
+        ) from None
+    except Exception as exc:
+        raise _unavailable(exc) from None
+
+
+def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncIterator[bytes]:
+    return artifactstore.read_chunks(
+        ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds
+    )
+
+
+def _attachment(filename_text: str) -> str:
+    """Content-Disposition: a plain ASCII filename every client reads, and the real one."""
+    safe = artifactnames.download_filename(filename_text)
+    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(filename_text, safe='')}"
+
+
+@get("/api/jobs/{job_id:str}/artifacts", tags=["artifacts"], summary="A job's artifacts")
+async def list_job_artifacts(request: Request[Any, Any, Any], job_id: str) -> schemas.ArtifactList:
+    """The files the job left in its ``JOBRUNNER_OUTPUT_DIR``, by name, each with its download
+    URL; ``archive_url`` downloads them all as one ZIP."""
+    ctx = ctx_of(request)
+    Query(request.query_params, ())
+    await find_job(ctx, job_id, principal_of(request))
+    rows = await readmodels.list_artifacts(ctx.pool, job_id)
+    return schemas.ArtifactList(
+        job_id=job_id,
+        items=[_artifact_from_row(job_id, r) for r in rows],
+        total_bytes=sum(r["size"] for r in rows),
+        archive_url=archive_url(job_id) if rows else None,
+    )
+
+
+@get(
+    "/api/jobs/{job_id:str}/artifacts/{name:path}",
+    tags=["artifacts"],
+    summary="One artifact, streamed",
+    media_type="application/octet-stream",
+    responses={
+        404: error_spec("No such job, or it has no artifact of that name."),
+        410: error_spec("The artifact aged out of the store (ARTIFACT_GONE)."),
+        503: error_spec("NATS did not answer (ARTIFACTS_UNAVAILABLE)."),
+    },
+)
+async def download_artifact(
+    request: Request[Any, Any, Any], job_id: str, name: str
+) -> Stream | Response[bytes]:
+    """The file's bytes with its Content-Length and an ETag (its SHA-256)."""
+    ctx = ctx_of(request)
+    Query(request.query_params, ())
+    name = name.removeprefix("/")
+    await find_job(ctx, job_id, principal_of(request))
+    try:
+        artifactnames.check_name(name)
+    except artifactnames.BadArtifactName as exc:
+        raise ApiError(400, "INVALID_ARTIFACT_NAME", f"That is no artifact name: {exc}.") from None
+    row = await readmodels.get_artifact(ctx.pool, job_id, name)
+    if row is None:
+        raise ApiError(
+            404,
+            "ARTIFACT_NOT_FOUND",
+            f"Job {job_id!r} has no artifact {name!r}; GET /api/jobs/{{id}}/artifacts lists them.",
+        )
+    etag = f'"{row["sha256"]}"'
+    headers = {**_DOWNLOAD_HEADERS, "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(b"", status_code=304, headers=headers)
+    info = await _object(ctx, job_id, row)
+    return Stream(
+        _chunks(ctx, info),
+        media_type=row["content_type"],
+        headers={
+            **headers,
+            "Content-Length": str(info.size or 0),
+            "Content-Disposition": _attachment(name.rsplit("/", 1)[-1]),
+        },
+    )
+
+
+@get(
+    "/api/jobs/{job_id:str}/download-archive",
+    tags=["artifacts"],
+    summary="All of a job's artifacts as one ZIP, streamed",
+    media_type="application/zip",
+    responses={
+        404: error_spec("No such job, or it has no artifacts (NO_ARTIFACTS)."),
+        410: error_spec("An artifact aged out of the store (ARTIFACT_GONE)."),
+        503: error_spec("NATS did not answer (ARTIFACTS_UNAVAILABLE)."),
+    },
+)
+async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stream:
+    """Written while it is sent (no Content-Length): stored members, ZIP64 where needed, each
+    under its artifact name."""
+    ctx = ctx_of(request)
+    Query(request.query_params, ())
+    job = await find_job(ctx, job_id, principal_of(request))
+    rows = await readmodels.list_artifacts(ctx.pool, job_id)
+    if not rows:
+        raise ApiError(404, "NO_ARTIFACTS", f"Job {job_id!r} has no artifacts.")
+    # Looked up before the first byte: a missing object answers an error, not a cut archive.
+    infos = {row["name"]: await _object(ctx, job_id, row) for row in rows}
+    members = [Member(r["name"], infos[r["name"]].size or 0, r["stored_at"]) for r in rows]
+    filename = artifactnames.download_filename(f"{job['job_type']}-{job_id}-artifacts") + ".zip"
+
+    def contents(member: Member) -> AsyncIterator[bytes]:
+        return _chunks(ctx, infos[member.name])
+
+    return Stream(
+        zip_stream(members, contents),
+        media_type="application/zip",
+        headers={**_DOWNLOAD_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+ROUTES = [list_job_artifacts, download_artifact, download_archive]

@@ -1,0 +1,1 @@
+"""The notifier service: delivers each ended job's webhooks (README "Webhooks")."""

@@ -1,0 +1,155 @@
+"""One attempt to POST a webhook: to an address checked after DNS, never redirected.
+
+httpx makes the request, to the checked IP address itself (``addresses``); the ``Host`` header
+and, for https, the TLS server name (SNI, and the name the certificate is verified for) stay the
+URL's host. Connections are not kept alive: a pooled connection is keyed by address, and another
+webhook's host on the same address must get its own TLS name. Environment proxies are ignored
+(``trust_env=False``): a proxy would reach what the address check refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from jobrunner.services.notifier.addresses import AddressPolicy, AddressRefused, checked_addresses
+
+USER_AGENT = "jobrunner-notifier/1"
+# The receiver's answer is not kept; only this much of it is read before the connection closes.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one attempt came to: a status code, or an error (code and sentence)."""
+
+    status_code: int | None
+    error_code: str | None
+    error_message: str | None
+    duration_ms: float
+    retryable: bool
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _classify(status: int) -> tuple[str | None, str | None, bool]:
+    """Error code, sentence and whether a later attempt may succeed, for an HTTP status."""
+    if 200 <= status < 300:
+        return None, None, False
+    if 300 <= status < 400:
+        return (
+            "WEBHOOK_REDIRECT_REFUSED",
+            f"The receiver answered {status} (a redirect); webhooks do not follow redirects.",
+            False,
+        )
+    if status in (408, 425, 429) or status >= 500:
+        return "WEBHOOK_HTTP_ERROR", f"The receiver answered {status}.", True
+    return "WEBHOOK_REJECTED", f"The receiver answered {status}; retrying cannot change it.", False
+
+
+class Sender:
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        connect_timeout: float,
+        read_timeout: float,
+        ca_file: str = "",
+    ) -> None:
+        self.policy = policy
+        # The system's authorities, or the installation's own for receivers on an internal CA.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
+        self.client = httpx.AsyncClient(
+            verify=verify,
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout
+            ),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def post(self, url: str, headers: dict[str, str], body: bytes) -> AttemptResult:
+        started = time.monotonic()
+
+        def result(
+            status: int | None, code: str | None, message: str | None, retryable: bool
+        ) -> AttemptResult:
+            elapsed = round((time.monotonic() - started) * 1000, 3)
+            return AttemptResult(status, code, message, elapsed, retryable)
+
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = await checked_addresses(host, port, self.policy)
+        except AddressRefused as exc:
+            return result(None, exc.code, str(exc), exc.code == "WEBHOOK_DNS_FAILED")
+        default_port = port == (443 if parts.scheme == "https" else 80)
+        host_header = host if default_port else f"{host}:{port}"
+        if ":" in host:
+            host_header = f"[{host}]" if default_port else f"[{host}]:{port}"
+        try:
+            # Each checked address in the resolver's order until one takes the connection.
+            for n, address in enumerate(addresses):
+                shown = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else address
+                target = urlunsplit(
+                    (parts.scheme, f"{shown}:{port}", parts.path or "/", parts.query, "")
+                )
+                try:
+                    return await self._post_to(
+                        target, {**headers, "Host": host_header}, host, body, result
+                    )
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    if n == len(addresses) - 1:
+                        raise
+            raise AssertionError("unreachable: checked_addresses never answers none")
+        except httpx.TimeoutException as exc:
+            what = (
+                "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for an answer"
+            )
+            return result(
+                None, "WEBHOOK_TIMEOUT", f"The receiver did not answer in time ({what}).", True
+            )
+        except httpx.HTTPError as exc:
+            return result(
+                None,
+                "WEBHOOK_UNREACHABLE",
+                f"The receiver could not be reached: {type(exc).__name__}: {exc}"[:500],
+                True,
+            )
+
+    async def _post_to(
+        self,
+        target: str,
+        headers: dict[str, str],
+        host: str,
+        body: bytes,
+        result: Callable[[int | None, str | None, str | None, bool], AttemptResult],
+    ) -> AttemptResult:
+        async with self.client.stream(
+            "POST",
+            target,
+            content=body,
+            headers={**headers, "User-Agent": USER_AGENT},
+            extensions={"sni_hostname": host},
+        ) as response:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= MAX_ANSWER_BYTES:
+                    break
+            code, message, retryable = _classify(response.status_code)
+            return result(response.status_code, code, message, retryable)

@@ -1,0 +1,222 @@
+"""The notifier service: each ended job's webhooks, from a durable consumer shared by every
+notifier (any number of them, on any machines: each job's end goes to one of them).
+
+At-least-once: the end of a job is acknowledged only once its webhooks are delivered or given
+up. While it works on one (retry waits included) the notifier tells JetStream it is still at it
+(``in_progress``); a notifier that dies stops saying so, and after ``notifier_ack_wait_seconds``
+the end is handed to another notifier, which goes on from the last attempt (``delivery``).
+
+A notifier started for the first time on an installation delivers for jobs that ended within the
+last ``webhook_retry_seconds`` (the consumer's start), not for its whole history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from datetime import timedelta
+from typing import TypeVar
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+
+from jobrunner.common import eventstore, retry
+from jobrunner.common.jobtypes import JobType, load_job_types
+from jobrunner.common.settings import Settings, SettingsError
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
+from jobrunner.services.notifier.addresses import AddressPolicy
+from jobrunner.services.notifier.delivery import JobDelivery, RetryPolicy, resume_after
+from jobrunner.services.notifier.sender import Sender
+from jobrunner.services.notifier.targets import targets_of
+
+log = structlog.get_logger()
+
+T = TypeVar("T", bound=events.Event)
+
+
+class Notifier:
+    def __init__(self, settings: Settings, nc: NATS) -> None:
+        self.settings = settings
+        self.names = Names(settings.prefix)
+        self.js = nc.jetstream()
+        self.job_types: dict[str, JobType] = load_job_types(settings.job_types_file)
+        try:
+            policy = AddressPolicy.parse(settings.webhook_allow_hosts)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        try:
+            self.sender = Sender(
+                policy,
+                settings.webhook_connect_timeout_seconds,
+                settings.webhook_timeout_seconds,
+                settings.webhook_tls_ca_file,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"webhook_tls_ca_file {settings.webhook_tls_ca_file!r} cannot be used: {exc}"
+            ) from None
+        self.retry = RetryPolicy(
+            settings.webhook_retry_seconds,
+            settings.webhook_first_retry_seconds,
+            settings.webhook_longest_retry_seconds,
+        )
+        self.capacity = asyncio.Semaphore(settings.notifier_max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handling: set[str] = set()
+
+    async def subscribe(self) -> JetStreamContext.PullSubscription:
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.settings.notifier_ack_wait_seconds,
+            max_ack_pending=10_000,
+            max_deliver=-1,
+            # Used only when the consumer is created (the first notifier ever): not the whole
+            # history, only ends still inside the retry window.
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=events.utcnow() - timedelta(seconds=self.settings.webhook_retry_seconds),
+        )
+        while True:
+            try:
+                return await self.js.pull_subscribe(
+                    self.names.kind_subjects("status"),
+                    durable=self.names.notifier_consumer,
+                    stream=self.names.stream,
+                    config=config,
+                )
+            except nats.js.errors.BadRequestError as refused:
+                # Another notifier created it at the same moment: bind to theirs. Any other
+                # refusal is for good.
+                try:
+                    await self.js.consumer_info(self.names.stream, self.names.notifier_consumer)
+                except nats.js.errors.NotFoundError:
+                    raise refused from None
+                await asyncio.sleep(0.1)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await eventstore.ensure_topology(self.js, self.names, self.settings)
+        sub = await self.subscribe()
+        if not self.settings.webhook_secret:
+            log.warning("webhook_secret is not set: webhooks go out unsigned")
+        log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)
+        try:
+            while not stop.is_set():
+                await self.capacity.acquire()
+                try:
+                    msgs = await sub.fetch(1, timeout=1.0)
+                except (NatsTimeoutError, TimeoutError):
+                    self.capacity.release()
+                    continue
+                except Exception as exc:
+                    self.capacity.release()
+                    log.warning("fetch failed", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                task = asyncio.create_task(self._handle(msgs[0], stop))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.sender.close()
+
+    async def _handle(self, msg: Msg, stop: asyncio.Event) -> None:
+        keeper: asyncio.Task[None] | None = None
+        job_id = None
+        try:
+            end = codec.decode(msg.data)
+            if not isinstance(end, events.StatusChanged) or not end.status.is_terminal:
+                await msg.ack()
+                return
+            job_id = end.job_id
+            if job_id in self._handling:
+                return  # delivered again while this notifier works on it: its ack will come
+            self._handling.add(job_id)
+            structlog.contextvars.bind_contextvars(job_id=job_id)
+            keeper = asyncio.create_task(self._keep_alive(msg))
+            if await self._deliver(end, stop):
+                await _ack(msg)
+            else:
+                # Stopping mid-retry: another notifier goes on now, not after the ack wait.
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+        except msgspec.MsgspecError:
+            log.warning("undecodable status event skipped")
+            await _ack(msg)
+        except Exception:
+            # Not acknowledged: JetStream hands it out again after the ack wait.
+            log.exception("webhook handling crashed")
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+            if job_id is not None:
+                self._handling.discard(job_id)
+            structlog.contextvars.unbind_contextvars("job_id")
+            self.capacity.release()
+
+    async def _deliver(self, end: events.StatusChanged, stop: asyncio.Event) -> bool:
+        request = await self._last(end.job_id, "requested", events.JobRequested)
+        if request is None:
+            log.warning("ended job without a request; no webhook")
+            return True
+        targets = targets_of(
+            request,
+            self.job_types.get(request.job_type),
+            self.settings.webhook_secret,
+            os.environ,
+        )
+        if not targets:
+            return True
+        progress = await self._last(end.job_id, "progress", events.ProgressReported)
+        last = await self._last(end.job_id, "webhook", events.WebhookAttempted)
+        delivery = JobDelivery(self.sender, self.retry, self._publish, stop)
+        return await delivery.deliver(request, end, progress, targets, resume_after(last))
+
+    async def _last(self, job_id: str, kind: str, kind_type: type[T]) -> T | None:
+        subject = self.names.job_kind_subject(job_id, kind)
+        raw = await retry.until_done(
+            lambda: last_message(self.js, self.names.stream, subject), f"reading {subject}"
+        )
+        if raw is None or not raw.data:
+            return None
+        try:
+            event = codec.decode(raw.data)
+        except msgspec.MsgspecError:
+            return None
+        return event if isinstance(event, kind_type) else None
+
+    async def _publish(self, event: events.WebhookAttempted) -> None:
+        await retry.until_done(
+            lambda: eventstore.publish(self.js, self.names, event),
+            f"WebhookAttempted {event.event_id}",
+        )
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """Tell JetStream this end is still being worked on, three times per ack wait."""
+        interval = self.settings.notifier_ack_wait_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):  # NATS away: the next one may pass
+                await msg.in_progress()
+
+
+async def _ack(msg: Msg) -> None:
+    with contextlib.suppress(Exception):
+        # Lost (NATS away): the end comes back and its last attempt says it is done.
+        await msg.ack()
+
+
+async def run_notifier(settings: Settings, stop: asyncio.Event) -> None:
+    nc = await eventstore.connect(settings, "notifier")
+    try:
+        await Notifier(settings, nc).run(stop)
+    finally:
+        await eventstore.close(nc)

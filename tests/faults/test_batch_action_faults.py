@@ -1,0 +1,286 @@
+"""The API SIGKILLed in the middle of a batch action, then the same action sent again: every job
+ends, no job's work runs twice at once, no attempt runs twice, and the batch's counters equal its
+jobs' real states.
+
+"In the middle": a plain NATS subscriber on the batch's subjects sees the action's batch event
+the moment JetStream stores it and kills the API then, while it still publishes the rest (cancels,
+queue places, new attempts). The figure says how far the first request got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from jobrunner.contracts.names import Names
+from tests.batch_actions_support import counters, real_counts, submit_through
+from tests.faults import figures
+from tests.faults.cluster import FaultCluster, is_terminal, now
+from tests.faults.invariants import outcome
+from tests.faults.toolrecord import ToolJob
+
+TERMINAL = ("completed", "failed", "cancelled")
+END_TIMEOUT = 120.0
+
+
+@pytest.fixture
+def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
+    return short_ttl_cluster
+
+
+class BatchJobs:
+    """A batch of the numbered tool, one record file per job shared by all its attempts (so the
+    record shows every run of that job's work)."""
+
+    def __init__(self, cluster: FaultCluster, name: str, job_type: str, count: int) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.job_type = job_type
+        self.count = count
+        self.batch_id = ""
+        self.job_ids: list[str] = []
+
+    def record(self, index: int) -> ToolJob:
+        label = f"{self.name}-{index}"
+        return ToolJob("", label, self.cluster.records / f"{label}.txt")
+
+    async def submit(self, lines: int, interval: float) -> None:
+        jobs = [
+            (
+                self.job_type,
+                {
+                    "lines": lines,
+                    "interval": f"{interval:g}",
+                    "record": str(self.record(i).record),
+                    "label": self.record(i).label,
+                },
+            )
+            for i in range(self.count)
+        ]
+        self.batch_id, self.job_ids = await submit_through(self.cluster.client, jobs)
+
+    async def snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The batch row, its latest attempts and every attempt, as of one moment."""
+        rows = await self.cluster.query(
+            "SELECT row_to_json(b)::text AS batch, "
+            "(SELECT coalesce(json_agg(row_to_json(j) ORDER BY j.batch_index, j.attempt), "
+            "'[]')::text FROM readmodel.jobs j WHERE j.batch_id = b.id) AS jobs "
+            "FROM readmodel.batches b WHERE b.id = $1",
+            self.batch_id,
+        )
+        if not rows:
+            return {}, [], []
+        batch = json.loads(rows[0]["batch"])
+        every = json.loads(rows[0]["jobs"])
+        return batch, [j for j in every if j["latest"]], every
+
+    async def wait_all_ended(self, timeout: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        batch: dict[str, Any] = {}
+        latest: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    batch, latest, _ = await self.snapshot()
+                    if len(latest) == self.count and all(j["status"] in TERMINAL for j in latest):
+                        break
+                    await asyncio.sleep(0.1)
+        return batch, latest
+
+    def problems(
+        self, batch: dict[str, Any], latest: list[dict[str, Any]], every: list[dict[str, Any]]
+    ) -> list[str]:
+        out: list[str] = []
+        live = [j["id"] for j in latest if j["status"] not in TERMINAL]
+        if len(latest) != self.count or live:
+            out.append(f"{len(live)} job(s) never ended; {len(latest)}/{self.count} latest")
+        if batch and counters(batch) != real_counts(latest):
+            out.append(f"counters {counters(batch)} != real {real_counts(latest)}")
+        indexes = sorted(j["batch_index"] for j in latest)
+        if indexes != list(range(self.count)):
+            out.append("not exactly one latest attempt per batch index")
+        for i in range(self.count):
+            starts = _runs(self.record(i))
+            attempts_started = sum(
+                1 for j in every if j["batch_index"] == i and j["started_at"] is not None
+            )
+            if len(starts) > attempts_started:
+                out.append(
+                    f"job {i}: {len(starts)} tool runs for {attempts_started} started attempts"
+                )
+            for (_, end), (start, _) in itertools.pairwise(starts):
+                if end is None or start < end:
+                    out.append(f"job {i}: two runs of its work overlapped")
+        return out
+
+
+def _runs(job: ToolJob) -> list[tuple[float, float | None]]:
+    """Each run the tool recorded in the job's record: (start, end or last line)."""
+    runs: list[tuple[float, float | None]] = []
+    text = job.record.read_text() if job.record.exists() else ""
+    for fact in text.splitlines():
+        parts = fact.split()
+        if parts[0] == "start":
+            runs.append((float(parts[1]), None))
+        elif runs and parts[0] in ("end", "line"):
+            runs[-1] = (runs[-1][0], float(parts[1]))
+    return runs
+
+
+async def _kill_api_when_stored(
+    cluster: FaultCluster, subject: str, action: Callable[[], Awaitable[httpx.Response]]
+) -> tuple[httpx.Response | None, float]:
+    """Send the action and SIGKILL the API as soon as ``subject`` gets a message; returns the
+    answer (None: killed before answering) and when the kill happened."""
+    nc = await nats.connect(cluster.nats.url)
+    stored = asyncio.Event()
+
+    async def on_message(_: Any) -> None:
+        stored.set()
+
+    sub = await nc.subscribe(subject, cb=on_message)
+    await nc.flush()
+    request = asyncio.ensure_future(action())
+    try:
+        async with asyncio.timeout(30):
+            await stored.wait()
+        cluster.services["api"].kill()
+        killed_at = now()
+        try:
+            response: httpx.Response | None = await request
+        except httpx.HTTPError:
+            response = None
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    await cluster.start_service("api")
+    return response, killed_at
+
+
+async def _again(cluster: FaultCluster, path: str) -> httpx.Response:
+    """The same action once more (retrying while the restarted API catches up)."""
+    async with cluster.client() as client, asyncio.timeout(60):
+        while True:
+            response = await client.post(path)
+            if response.status_code != 503:
+                return response
+            await asyncio.sleep(0.2)
+
+
+async def test_api_killed_mid_batch_restart_then_restart_again(cluster: FaultCluster) -> None:
+    """Restart interrupted by SIGKILL, sent again: every job ends, no work runs twice at once."""
+    jobs = BatchJobs(cluster, "restart", "free", 40)
+    await jobs.submit(lines=20, interval=0.05)
+    names = Names(cluster.settings.prefix)
+    problems: list[str] = []
+    note = ""
+    terminal_s = None
+    try:
+        # Restart while some jobs run and others have ended.
+        async with asyncio.timeout(60):
+            while True:
+                batch, _, _ = await jobs.snapshot()
+                if batch and batch.get("completed_jobs", 0) >= 5:
+                    break
+                await asyncio.sleep(0.05)
+        path = f"/api/batches/{jobs.batch_id}/restart"
+        async with cluster.client() as client:
+            first, killed_at = await _kill_api_when_stored(
+                cluster,
+                names.batch_kind_subject(jobs.batch_id, "restarted"),
+                lambda: client.post(path),
+            )
+        _, _, every = await jobs.snapshot()
+        before = sum(1 for j in every if j["attempt"] > 1)
+        second = await _again(cluster, path)
+        if second.status_code != 202:
+            problems.append(f"second restart answered {second.status_code}: {second.text}")
+        batch, latest = await jobs.wait_all_ended(END_TIMEOUT)
+        terminal_s = now() - killed_at
+        _, _, every = await jobs.snapshot()
+        problems += jobs.problems(batch, latest, every)
+        note = (
+            f"first answer {first.status_code if first else 'none (killed)'}; new attempts "
+            f"stored before the retry {before}/{jobs.count}; attempts in all {len(every)}"
+        )
+    finally:
+        figures.record(
+            figures.Figure(
+                fault="API SIGKILLed mid batch restart (40 jobs), restart sent again",
+                outcome=f"batch {(await jobs.snapshot())[0].get('status', '?')}",
+                printed=0,
+                stored=0,
+                recovery_s=None,
+                terminal_s=terminal_s,
+                holds=not problems,
+                note="; ".join([note, *problems[:5]]),
+            )
+        )
+    assert not problems, "\n".join(problems)
+
+
+async def test_api_killed_mid_batch_fail_then_fail_again(cluster: FaultCluster) -> None:
+    """Fail interrupted by SIGKILL, sent again: queued jobs never start, the batch ends failed."""
+    jobs = BatchJobs(cluster, "fail", cluster.fresh_lock_type(), 150)
+    await jobs.submit(lines=2000, interval=0.02)
+    names = Names(cluster.settings.prefix)
+    problems: list[str] = []
+    note = ""
+    terminal_s = None
+    try:
+        async with asyncio.timeout(60):
+            while not _runs(jobs.record(0)):  # noqa: ASYNC110 - the tool writes it
+                await asyncio.sleep(0.05)
+        path = f"/api/batches/{jobs.batch_id}/fail"
+        async with cluster.client() as client:
+            first, killed_at = await _kill_api_when_stored(
+                cluster,
+                names.batch_kind_subject(jobs.batch_id, "failed"),
+                lambda: client.post(path),
+            )
+        _, latest_before, _ = await jobs.snapshot()
+        ended_before = sum(1 for j in latest_before if j["status"] in TERMINAL)
+        second = await _again(cluster, path)
+        if second.status_code not in (202, 409):
+            problems.append(f"second fail answered {second.status_code}: {second.text}")
+        batch, latest = await jobs.wait_all_ended(END_TIMEOUT)
+        terminal_s = now() - killed_at
+        _, _, every = await jobs.snapshot()
+        problems += jobs.problems(batch, latest, every)
+        started = [i for i in range(jobs.count) if _runs(jobs.record(i))]
+        if started != [0]:
+            problems.append(f"jobs {started[:10]} ran; only job 0 was running at the fail")
+        if [j["status"] for j in latest] != ["cancelled"] * jobs.count:
+            problems.append("not every job ended cancelled")
+        if batch.get("status") != "failed":
+            problems.append(f"batch is {batch.get('status')}, not failed")
+        # Nothing of the batch is left in the lock's queue: the next job on the lock runs.
+        after = await cluster.submit(jobs.job_type, lines=1, interval=0)
+        row = await cluster.wait_job(after.id, is_terminal, 60)
+        if row is None or row.status != "completed":
+            problems.append(f"the next job on the lock did not run: {outcome(row)}")
+        note = (
+            f"first answer {first.status_code if first else 'none (killed)'}; jobs ended before "
+            f"the retry {ended_before}/{jobs.count}; retry answered {second.status_code}"
+        )
+    finally:
+        figures.record(
+            figures.Figure(
+                fault="API SIGKILLed mid batch fail (150 queued jobs), fail sent again",
+                outcome=f"batch {(await jobs.snapshot())[0].get('status', '?')}",
+                printed=0,
+                stored=0,
+                recovery_s=None,
+                terminal_s=terminal_s,
+                holds=not problems,
+                note="; ".join([note, *problems[:5]]),
+            )
+        )
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,91 @@
+"""The API SIGKILLed while a browser shows a batch (/batches/{id}) whose jobs finish during the
+outage: once the API is back, the page catches up by itself (no reload) and its counters equal
+the jobs' real states in the read model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.browser import launch, open_page
+from tests.faults.cluster import FaultCluster, is_terminal
+from tests.faults.invariants import outcome
+
+pytestmark = pytest.mark.browser
+
+JOBS = 3
+
+
+@pytest.fixture
+def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
+    return short_ttl_cluster
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
+    system: Any = cluster  # open_page needs only base_url and settings
+    opened = await open_page(chromium, system)
+    yield opened
+    await opened.context.close()
+
+
+async def test_batch_page_catches_up_after_an_api_kill(cluster: FaultCluster, page: Page) -> None:
+    """Jobs end while the API is down; back up, the page shows them all completed, no reload."""
+    parameters = [
+        {
+            "lines": 100,
+            "interval": "0.05",
+            "record": str(cluster.records / f"ui-batch-{n}.txt"),
+            "label": f"ui-batch-{n}",
+        }
+        for n in range(JOBS)
+    ]
+    body = {
+        "batch_name": "outage",
+        "jobs": [{"job_type": "free", "parameters": p} for p in parameters],
+    }
+    async with cluster.client() as client:
+        created = await client.post("/api/batches", json=body)
+    assert created.status_code == 201, created.text
+    batch_id = created.json()["batch_id"]
+    job_ids = created.json()["job_ids"]
+    try:
+        await page.goto(f"/batches/{batch_id}")
+        card = page.locator("#batch-card")
+        await expect(card).to_be_visible()
+        await page.evaluate("window.sameDocument = true")
+
+        cluster.services["api"].kill()
+        shown = await card.locator('[data-count="completed"]').text_content()
+        assert shown != str(JOBS), "the jobs ended before the fault: it did not bite"
+        await expect(page.locator("#conn-banner")).to_be_visible(timeout=30_000)
+        for job_id in job_ids:
+            row = await cluster.wait_job(job_id, is_terminal, 60)
+            assert row is not None
+            assert row.status == "completed", outcome(row)
+        await cluster.start_service("api")
+
+        await expect(page.locator("#conn-banner")).to_be_hidden(timeout=30_000)
+        await expect(card.locator('[data-count="completed"]')).to_have_text(str(JOBS))
+        await expect(card.get_by_role("img", name="Status: Erfolgreich")).to_be_visible()
+        for kind in ("pending", "running", "failed", "cancelled"):
+            await expect(card.locator(f'[data-count="{kind}"]')).to_have_text("0")
+        rows = page.locator("#batch-jobs-body [data-job-row]")
+        await expect(rows).to_have_count(JOBS)
+        for n in range(JOBS):
+            await expect(rows.nth(n)).to_have_attribute("data-status", "completed")
+        assert await page.evaluate("window.sameDocument") is True
+    finally:
+        for job_id in job_ids:
+            await cluster.cancel(job_id)

@@ -1,0 +1,253 @@
+"""Artifacts: what a job leaves in JOBRUNNER_OUTPUT_DIR is stored, listed, served and zipped."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.projector.replay import replay
+from tests.system import System
+from tests.tools.artifacts import pattern
+from tests.tools.runners import lines_of, start_job, wait_status
+
+ARTIFACT_TYPES = str(Path(__file__).parent / "tools" / "artifact_jobtypes.toml")
+MIB = 1024 * 1024
+
+SEVERAL = {
+    "summary.txt": b"3 pages read\n",
+    "data.bin": pattern(300_000, 1),
+    "sub/deeper/report.json": b'{"ok": true}',
+    "Übersicht 1.csv": b"a;b\n1;2\n",
+    "empty.txt": b"",
+}
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        job_types_file=ARTIFACT_TYPES,
+        lease_ttl_seconds=6.0,
+        artifact_work_dir=str(tmp_path / "outputs"),
+    )
+
+
+async def _finished(client: httpx.AsyncClient, job_type: str, **parameters: Any) -> dict[str, Any]:
+    job_id = await start_job(client, job_type, **parameters)
+    return await wait_status(client, job_id, "completed", "failed", "cancelled", timeout=90)
+
+
+async def _listed(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    response = await client.get(f"/api/jobs/{job_id}/artifacts")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_tool_files_are_listed_with_size_type_and_checksum(system: System) -> None:
+    """Every file the tool wrote, subfolders too, is listed by name with size, type and SHA-256."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="several")
+        assert job["status"] == "completed"
+        listed = await _listed(client, job["id"])
+    by_name = {a["name"]: a for a in listed["items"]}
+    assert list(by_name) == sorted(SEVERAL)
+    for name, data in SEVERAL.items():
+        assert by_name[name]["size"] == len(data)
+        assert by_name[name]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert by_name["summary.txt"]["content_type"] == "text/plain"
+    assert by_name["sub/deeper/report.json"]["content_type"] == "application/json"
+    assert by_name["data.bin"]["content_type"] == "application/octet-stream"
+    assert listed["total_bytes"] == sum(len(d) for d in SEVERAL.values())
+    assert listed["archive_url"] == f"/api/jobs/{job['id']}/download-archive"
+
+
+async def test_each_artifact_downloads_byte_identical(system: System) -> None:
+    """Each file downloads with its exact bytes, length, ETag and an attachment filename."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="several")
+        for item in (await _listed(client, job["id"]))["items"]:
+            response = await client.get(item["url"])
+            assert response.status_code == 200, response.text
+            assert response.content == SEVERAL[item["name"]]
+            assert response.headers["content-length"] == str(item["size"])
+            assert response.headers["etag"] == f'"{item["sha256"]}"'
+            assert response.headers["content-disposition"].startswith("attachment; filename=")
+        unchanged = await client.get(
+            f"/api/jobs/{job['id']}/artifacts/summary.txt",
+            headers={"If-None-Match": f'"{hashlib.sha256(SEVERAL["summary.txt"]).hexdigest()}"'},
+        )
+    assert unchanged.status_code == 304
+
+
+async def test_archive_unzips_to_the_same_files(system: System) -> None:
+    """The download-archive ZIP holds every artifact under its name, byte for byte."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="several")
+        response = await client.get(f"/api/jobs/{job['id']}/download-archive")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert archive.testzip() is None
+        assert {n: archive.read(n) for n in archive.namelist()} == SEVERAL
+
+
+async def test_a_failed_job_keeps_its_artifacts(system: System) -> None:
+    """A tool that exits non-zero still has what it wrote stored (for the post-mortem)."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="several", exit_code=3)
+        listed = await _listed(client, job["id"])
+    assert job["error"]["code"] == "EXIT_NONZERO"
+    assert len(listed["items"]) == len(SEVERAL)
+
+
+async def test_internal_job_files_become_artifacts(system: System) -> None:
+    """A callable's files in ctx.output_dir are listed and served like a tool's."""
+    async with system.client() as client:
+        job = await _finished(client, "internal_artifacts")
+        listed = await _listed(client, job["id"])
+        body = (await client.get(listed["items"][0]["url"])).content
+    assert job["status"] == "completed"
+    assert [a["name"] for a in listed["items"]] == ["nested/result.txt"]
+    assert body == b"from the callable"
+
+
+async def test_links_escapes_and_unsafe_names_are_not_stored_but_logged(system: System) -> None:
+    """A symlink to /etc/passwd, a file written to ../x, a FIFO and unsafe names are refused,
+    each named in the log; the good file is stored and the job completes."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="hostile")
+        listed = await _listed(client, job["id"])
+        errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
+    assert job["status"] == "completed"
+    assert [a["name"] for a in listed["items"]] == ["kept.txt"]
+    log = "\n".join(errors)
+    assert "'passwd' is a symbolic link" in log
+    assert "'etc_dir' is a symbolic link" in log
+    assert "'x' was written outside JOBRUNNER_OUTPUT_DIR" in log
+    assert "'pipe' is not a regular file" in log
+    assert "'line\\nbreak.txt' is no safe artifact name" in log
+    assert "'..\\\\x' is no safe artifact name" in log
+
+
+async def test_file_over_the_per_file_limit_fails_the_job(
+    settings: Settings, system: System
+) -> None:
+    """A file over artifact_max_file_bytes is not stored; the job fails ARTIFACT_TOO_LARGE."""
+    await system.stop_service("runner")
+    await system.start_runner("limited", artifact_max_file_bytes=1000)
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="sized", sizes="1000,1001")
+        listed = await _listed(client, job["id"])
+        errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "ARTIFACT_TOO_LARGE"
+    assert "file1.bin" in job["error"]["message"]
+    assert [a["name"] for a in listed["items"]] == ["file0.bin"]
+    assert any("'file1.bin' not stored" in e and "per file" in e for e in errors)
+
+
+async def test_files_over_the_per_job_limit_fail_the_job(
+    settings: Settings, system: System
+) -> None:
+    """Files that would take the job over artifact_max_job_bytes are not stored."""
+    await system.stop_service("runner")
+    await system.start_runner("limited", artifact_max_job_bytes=2500)
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="sized", sizes="1000,1000,1000,100")
+        listed = await _listed(client, job["id"])
+    assert job["error"]["code"] == "ARTIFACT_TOO_LARGE"
+    assert [a["name"] for a in listed["items"]] == ["file0.bin", "file1.bin", "file3.bin"]
+
+
+async def test_output_directory_is_removed_after_the_job(
+    settings: Settings, system: System
+) -> None:
+    """Nothing of a job's output directory stays on the runner's disk."""
+    async with system.client() as client:
+        await _finished(client, "artifacts", mode="several")
+    assert list(Path(settings.artifact_work_dir).iterdir()) == []
+
+
+async def test_unknown_artifact_and_unsafe_name_answer_clear_errors(system: System) -> None:
+    """A name the job does not have is 404 ARTIFACT_NOT_FOUND; a '..' name 400; no artifacts
+    means no archive (404 NO_ARTIFACTS)."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="several")
+        missing = await client.get(f"/api/jobs/{job['id']}/artifacts/nope.txt")
+        unsafe = await client.get(f"/api/jobs/{job['id']}/artifacts/sub/%2E%2E/x")
+        empty = await _finished(client, "artifacts", mode="sized", sizes="")
+        no_archive = await client.get(f"/api/jobs/{empty['id']}/download-archive")
+        no_job = await client.get("/api/jobs/nojob/artifacts")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "ARTIFACT_NOT_FOUND")
+    assert unsafe.status_code in (400, 404)
+    assert (no_archive.status_code, no_archive.json()["error"]["code"]) == (404, "NO_ARTIFACTS")
+    assert (no_job.status_code, no_job.json()["error"]["code"]) == (404, "JOB_NOT_FOUND")
+
+
+async def test_artifacts_are_scoped_like_their_job(system: System) -> None:
+    """A token limited to its own jobs cannot list or download another's artifacts."""
+    own = await system.create_token("own", "operator", own_jobs_only=True)
+    async with system.client() as admin:
+        job = await _finished(admin, "artifacts", mode="several")
+    async with system.client(token=own) as client:
+        paths = [
+            f"/api/jobs/{job['id']}/artifacts",
+            f"/api/jobs/{job['id']}/artifacts/summary.txt",
+            f"/api/jobs/{job['id']}/download-archive",
+        ]
+        answers = [await client.get(p) for p in paths]
+    assert [a.status_code for a in answers] == [404, 404, 404]
+
+
+async def test_two_hundred_megabyte_artifact_round_trips(system: System) -> None:
+    """A 200 MB file is stored and downloads with the same SHA-256, streamed both ways."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="big", mib=200)
+        assert job["status"] == "completed", job
+        (item,) = (await _listed(client, job["id"]))["items"]
+        digest = hashlib.sha256()
+        size = 0
+        async with client.stream("GET", item["url"]) as response:
+            async for chunk in response.aiter_bytes():
+                digest.update(chunk)
+                size += len(chunk)
+    assert size == item["size"] == 200 * MIB
+    assert digest.hexdigest() == item["sha256"]
+
+
+async def test_replay_rebuilds_the_same_artifact_rows(settings: Settings, system: System) -> None:
+    """A replay from the stream rebuilds the artifacts table row for row."""
+    async with system.client() as client:
+        await _finished(client, "artifacts", mode="several")
+        await _finished(client, "artifacts", mode="hostile")
+    report = await replay(settings)
+    assert report.differences == {}
+    assert report.tables["artifacts"] == len(SEVERAL) + 1
+
+
+async def test_runner_start_removes_output_directories_a_killed_runner_left(
+    settings: Settings, system: System
+) -> None:
+    """Files of a job whose runner died mid-job do not stay on disk once a runner starts again."""
+    await system.stop_service("runner")
+    work = Path(settings.artifact_work_dir)
+    leftover = work / "jobrunner-0123456789abcdef-x1y2" / "out"
+    leftover.mkdir(parents=True)
+    (leftover / "half.bin").write_bytes(b"x" * 1000)
+    unrelated = work / "not-ours.txt"
+    unrelated.write_text("kept")
+    await system.start_runner()
+    async with system.client() as client:
+        # A job through the new runner: by its end the runner has long finished starting.
+        await _finished(client, "artifacts", mode="sized", sizes="1")
+    assert not leftover.parent.exists()
+    assert unrelated.read_text() == "kept"

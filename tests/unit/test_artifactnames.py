@@ -1,0 +1,78 @@
+"""Artifact names: which ones are stored and served, and how they are shown to a browser."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobrunner.common.artifactnames import (
+    BadArtifactName,
+    check_name,
+    content_type,
+    download_filename,
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["report.csv", "sub/deeper/x.json", "Übersicht 1.csv", "a b/c-d_e.f", "..x", "x.."],
+)
+def test_ordinary_names_are_accepted(name: str) -> None:
+    """Relative paths with subfolders, spaces and umlauts are kept as they are."""
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "/etc/passwd",
+        "../x",
+        "sub/../../x",
+        "./x",
+        "sub//x",
+        "sub/",
+        "..\\x",
+        "line\nbreak",
+        "nul\x00",
+        "bad\udcff",
+        "x" * 256,
+        "a/" * 600,
+    ],
+)
+def test_unsafe_names_are_refused(name: str) -> None:
+    """Absolute, traversing, empty-part, backslash, control, invalid and overlong names fail."""
+    with pytest.raises(BadArtifactName):
+        check_name(name)
+
+
+@given(st.text(max_size=300))
+def test_an_accepted_name_never_leaves_its_folder(name: str) -> None:
+    """Whatever the text, an accepted name stays inside the folder it is unpacked into."""
+    try:
+        check_name(name)
+    except BadArtifactName:
+        return
+    joined = posixpath.normpath(posixpath.join("/unpack", name))
+    assert joined.startswith("/unpack/")
+    assert "\\" not in name
+    assert name.isprintable() or all(c not in name for c in "\n\r\x00")
+
+
+@given(st.text(max_size=300))
+def test_download_filename_is_always_plain_ascii(name: str) -> None:
+    """The filename= of Content-Disposition holds only letters, digits and _.- (never empty)."""
+    filename = download_filename(name)
+    assert filename
+    assert all(c.isascii() and (c.isalnum() or c in "_.-") for c in filename)
+
+
+def test_content_type_is_guessed_from_the_extension() -> None:
+    """Known extensions get their type; compressed files stay compressed; the rest is binary."""
+    assert content_type("a/b.json") == "application/json"
+    assert content_type("x.csv") == "text/csv"
+    assert content_type("x.tar.gz") == "application/gzip"
+    assert content_type("noext") == "application/octet-stream"
