@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from playwright.async_api import Page, async_playwright, expect  # noqa: E402
+from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 from jobrunner.common.settings import Settings  # noqa: E402
 from tests.browser import launch, open_page  # noqa: E402
@@ -41,13 +42,23 @@ async def measure(page: Page, csv_file: Path, rows: int) -> dict[str, float]:
     await page.get_by_label("Name des Batches").fill(f"bench {uuid.uuid4().hex[:6]}")
     started = time.perf_counter()
     await page.get_by_label("Datei importieren (CSV oder JSON)").set_input_files(str(csv_file))
-    await expect(page.locator("#batch-list-count")).to_have_text(f"{rows:,}".replace(",", "."))
+    await page.wait_for_function(
+        "(n) => document.getElementById('batch-list-count').textContent === n",
+        arg=f"{rows:,}".replace(",", "."),
+        polling="raf",
+    )
     imported = time.perf_counter() - started
     started = time.perf_counter()
     await page.get_by_role("button", name="Batch starten").click()
-    await page.wait_for_url("**/batches/*", timeout=300_000)
-    await expect(page.locator('[data-field="ended"]')).to_contain_text(
-        f"{rows:,}".replace(",", "."), timeout=300_000
+    try:
+        await page.wait_for_url("**/batches/*", timeout=300_000)
+    except PlaywrightTimeout:
+        alert = await page.locator("#new-batch-alert").text_content()
+        raise SystemExit(f"no batch page within 300 s; the dialog says: {alert!r}") from None
+    await page.wait_for_function(
+        "(n) => (document.querySelector('[data-field=ended]')?.textContent ?? '').includes(n)",
+        arg=f"{rows:,}".replace(",", "."),
+        polling="raf",
     )
     return {"import": imported * 1000, "start": (time.perf_counter() - started) * 1000}
 

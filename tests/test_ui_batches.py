@@ -4,6 +4,7 @@ the actions with their confirmation, multi-select on /jobs, keyboard only, both 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -75,15 +76,20 @@ async def test_csv_import_with_a_bad_row_marks_it_and_sends_nothing(
 async def test_json_import_of_rows_that_are_not_objects_is_marked_per_row(
     page: Page, system: System, tmp_path: Path
 ) -> None:
-    """In English, a JSON list with a number instead of an object marks that row and no other."""
+    """In English, a JSON list with a number instead of an object marks that row and no other;
+    of a long file, every bad row and the first 200 good ones are listed, the rest counted."""
     await page.goto("/jobs?lang=en")
     await page.get_by_role("button", name="New batch").click()
     await expect(page.locator('#batch-job-params [data-job-type="emit"]')).to_be_attached()
     rows_file = tmp_path / "rows.json"
-    rows_file.write_text('[{"lines": 2}, 7, {"lines": 3, "nope": 1}]')
+    rows_file.write_text(json.dumps([{"lines": 2}, 7, {"lines": 3, "nope": 1}] + [{}] * 202))
     await page.get_by_label("Import a file (CSV or JSON)").set_input_files(str(rows_file))
     rows = page.locator("#batch-list-body [data-batch-list-row]")
-    await expect(rows).to_have_count(3)
+    await expect(rows).to_have_count(202)
+    await expect(page.locator("#batch-list-count")).to_have_text("205")
+    await expect(page.locator("#batch-list-body")).to_contain_text(
+        "… and 3 more rows without errors (not shown)"
+    )
     await expect(rows.nth(0).locator("[data-row-errors] li")).to_have_count(0)
     await expect(rows.nth(1)).to_contain_text("Row: Not a valid value: must be an object")
     await expect(rows.nth(2)).to_contain_text("nope: Unknown parameter")
@@ -226,3 +232,76 @@ async def test_selected_jobs_restart_from_the_keyboard(page: Page, system: Syste
             if retries == {first, second}:
                 break
             await asyncio.sleep(0.1)
+
+
+async def test_side_panel_keeps_its_list_short_when_a_big_batch_arrives(
+    page: Page, system: System
+) -> None:
+    """250 jobs arriving live: the panel lists the newest 200 and still counts all 250 active."""
+    await page.goto("/jobs")
+    await page.wait_for_selector("html[data-ready]")
+    # One lock: the first job runs long, the others wait, so all 250 stay active.
+    batch_id = await create_batch(
+        system, "Viele", [("exclusive", {"lines": 2000, "interval": "0.1"})] * 250
+    )
+    try:
+        await expect(page.locator("#panel-active-count")).to_have_text("250", timeout=60_000)
+        assert await page.locator("#panel-list > li").count() == 200
+    finally:
+        async with system.client() as client:
+            await client.post(f"/api/batches/{batch_id}/fail", json={"reason": "test over"})
+
+
+async def test_batch_filters_narrow_the_list_and_stay_in_the_address(
+    page: Page, system: System
+) -> None:
+    """Filtering by job type and name shows only the match; a start date ahead shows none."""
+    await create_batch(system, "Apfel", [("emit", {"lines": 1})])
+    pear = await create_batch(system, "Birne", [("exclusive", {"lines": 1})])
+    await page.goto("/batches")
+    rows = page.locator("[data-batch-row]")
+    await expect(rows).to_have_count(2)
+
+    await page.get_by_label("Job-Typ").select_option("exclusive")
+    await page.get_by_label("Suche").fill("irn")
+    await page.get_by_role("button", name="Filtern").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_have_attribute("data-batch-id", pear)
+    await expect(page).to_have_url(re.compile(r"/batches\?job_type=exclusive&search=irn$"))
+
+    await page.get_by_label("Angelegt ab").fill("2999-01-01")
+    await page.get_by_role("button", name="Filtern").click()
+    await expect(rows).to_have_count(0)
+    await expect(page.locator("#batches-empty")).to_be_visible()
+
+
+async def test_archived_batch_leaves_the_default_list_and_comes_back(
+    page: Page, system: System
+) -> None:
+    """Archive (confirmed) hides the batch from /batches; "Nur archivierte" shows it; unarchive."""
+    batch_id = await create_batch(system, "Alt", [("emit", {"lines": 1})])
+    await page.goto(f"/batches/{batch_id}")
+    await page.get_by_role("button", name="Archivieren").click()
+    await (
+        page.get_by_role("dialog", name="Batch archivieren?")
+        .get_by_role("button", name="Ja, ausführen")
+        .click()
+    )
+    await expect(page.locator('#batch-card [data-field="archived"]')).to_be_visible()
+    await expect(page.get_by_role("button", name="Aus dem Archiv holen")).to_be_visible()
+
+    await page.goto("/batches")
+    await expect(page.locator("#batches-empty")).to_be_visible()
+    await page.goto("/batches?archived=true")
+    await expect(page.locator(f'[data-batch-row][data-batch-id="{batch_id}"]')).to_be_visible()
+
+    await page.goto(f"/batches/{batch_id}")
+    await page.get_by_role("button", name="Aus dem Archiv holen").click()
+    await (
+        page.get_by_role("dialog", name="Batch aus dem Archiv holen?")
+        .get_by_role("button", name="Ja, ausführen")
+        .click()
+    )
+    await expect(page.get_by_role("button", name="Archivieren")).to_be_visible()
+    await page.goto("/batches")
+    await expect(page.locator(f'[data-batch-row][data-batch-id="{batch_id}"]')).to_be_visible()

@@ -7,6 +7,7 @@ import { checkParameters, rowsOfFile, FileProblem, MAX_FILE_BYTES } from "./para
 
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
 const schemas = JSON.parse(document.getElementById("parameter-schemas")?.textContent || "{}");
+const LIST_SHOWN = 200; // good rows listed; rows with a problem are always listed
 
 function newKey() {
   if (crypto.randomUUID) return crypto.randomUUID(); // only in secure contexts
@@ -67,7 +68,16 @@ export function setUpNewBatch({ onStarted }) {
 
   function render() {
     const template = document.getElementById("batch-list-row");
-    const rows = entries.map((entry, index) => {
+    // Every row with a problem, and the first LIST_SHOWN others: a 10,000-row import stays a
+    // page of rows (the rest are counted), and no bad row is ever out of sight.
+    const shownIndexes = [];
+    let others = 0;
+    entries.forEach((entry, index) => {
+      if (entry.errors.length || others < LIST_SHOWN) shownIndexes.push(index);
+      if (!entry.errors.length) others += 1;
+    });
+    const rows = shownIndexes.map((index) => {
+      const entry = entries[index];
       const row = template.content.firstElementChild.cloneNode(true);
       row.dataset.index = String(index);
       row.querySelector("[data-row]").textContent = formatNumber(index + 1);
@@ -86,6 +96,16 @@ export function setUpNewBatch({ onStarted }) {
       remove.setAttribute("aria-label", t("newbatch.remove_row", { row: formatNumber(index + 1) }));
       return row;
     });
+    const hidden = entries.length - shownIndexes.length;
+    if (hidden > 0) {
+      const note = document.createElement("tr");
+      const cell = document.createElement("td");
+      cell.colSpan = 4;
+      cell.className = "text-sm opacity-70";
+      cell.textContent = t("newbatch.more_rows", { count: formatNumber(hidden) });
+      note.append(cell);
+      rows.push(note);
+    }
     body.replaceChildren(...rows);
     document.getElementById("batch-list-count").textContent = formatNumber(entries.length);
     document.getElementById("batch-list-empty").hidden = entries.length > 0;

@@ -3,6 +3,9 @@ import { t, formatRelative, formatDateTime } from "./text.js";
 import { statusIcon, TERMINAL } from "./widgets.js";
 
 const PAGE = 20;
+// Rows kept in the list: a 10,000-job batch arriving live must not grow the page by 10,000 rows
+// (older ones stay reachable through "Ältere laden" after a reload of the list).
+const MAX_ROWS = 200;
 const titles = JSON.parse(document.getElementById("job-titles")?.textContent || "{}");
 
 export function setUpPanel() {
@@ -13,6 +16,8 @@ export function setUpPanel() {
   const count = document.getElementById("panel-active-count");
   if (!dialog || !list) return;
   const jobs = new Map(); // id -> state
+  const rows = new Map(); // id -> its row in the list (looked up per update: no DOM search)
+  const active = new Set(); // ids of known jobs not ended, counted without a pass over all
   let cursor = null;
   let loadedOnce = false;
   let loading = false;
@@ -23,12 +28,18 @@ export function setUpPanel() {
     return null;
   }
 
+  function track(job) {
+    if (TERMINAL.has(job.status)) active.delete(job.id); else active.add(job.id);
+  }
+
   function render(job) {
-    let row = list.querySelector(`[data-job-id="${CSS.escape(job.id)}"]`);
+    let row = rows.get(job.id);
     if (!row) {
       row = template.content.firstElementChild.cloneNode(true);
       row.dataset.jobId = job.id;
+      rows.set(job.id, row);
     }
+    track(job);
     const status = job.status;
     const percent = percentOf(job);
     row.dataset.status = status;
@@ -68,9 +79,8 @@ export function setUpPanel() {
   }
 
   function updateCount() {
-    const active = [...jobs.values()].filter((j) => !TERMINAL.has(j.status)).length;
-    count.textContent = String(active);
-    count.hidden = active === 0;
+    count.textContent = String(active.size);
+    count.hidden = active.size === 0;
     document.getElementById("panel-empty").hidden = jobs.size > 0;
   }
 
@@ -83,7 +93,7 @@ export function setUpPanel() {
       const response = await fetch(`/api/jobs?${params}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
       if (!response.ok) return;
       const page = await response.json();
-      if (reset) { list.replaceChildren(); jobs.clear(); }
+      if (reset) { list.replaceChildren(); jobs.clear(); rows.clear(); active.clear(); }
       for (const item of page.items) {
         const job = fromApi(item);
         jobs.set(job.id, job);
@@ -107,12 +117,18 @@ export function setUpPanel() {
       job = { id: update.jobId, jobType: update.jobType, status: update.status };
       jobs.set(job.id, job);
       list.prepend(render(job));
+      while (list.children.length > MAX_ROWS) {
+        const dropped = list.lastElementChild;
+        rows.delete(dropped.dataset.jobId);
+        dropped.remove();
+      }
     }
     for (const key of ["status", "phase", "percent", "current", "total", "message", "updatedAt"]) {
       if (update[key] != null) job[key] = update[key];
     }
     if (update.jobType) job.jobType = update.jobType;
-    render(job);
+    // A job whose row left the list (MAX_ROWS) is still counted, but gets no row again.
+    if (rows.has(job.id)) render(job); else track(job);
     updateCount();
   }
 
