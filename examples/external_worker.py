@@ -5,7 +5,8 @@ Start an external job (a job type with ``external = true``); the answer carries 
 
     JOBRUNNER_CALLBACK_TOKEN=<callback_token> python examples/external_worker.py <callback_url>
 
-It reports a few progress steps with log lines, then a result, and stops. Python's standard
+It reports a few progress steps with log lines, attaches a file (``summary.txt``, an artifact of
+the job), then a result, and stops. Python's standard
 library only, so it runs wherever the work is. What it shows a real worker should do:
 
 - wait while the job waits for its lock (``409 JOB_WAITING`` with ``Retry-After``);
@@ -23,6 +24,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from typing import Any
@@ -68,6 +70,31 @@ def report(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
     raise SystemExit(f"gave up after {MAX_TRIES} tries")
 
 
+def attach(url: str, token: str, name: str, data: bytes) -> None:
+    """Store ``data`` as the job's artifact ``name`` (before the final report). Sending the
+    same file again after a network error or a 5xx stores it once."""
+    for _ in range(MAX_TRIES):
+        request = urllib.request.Request(
+            f"{url}/artifacts/{urllib.parse.quote(name)}",
+            data=data,
+            method="PUT",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60):
+                return
+        except urllib.error.HTTPError as exc:
+            error = json.loads(exc.read() or b"{}").get("error", {})
+            if exc.code == 409 and error.get("code") == "JOB_FINISHED":
+                raise JobFinished(error.get("message", "the job ended")) from None
+            if exc.code < 500:
+                raise SystemExit(f"file refused: {exc.code} {error.get('code')}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            print(f"jobrunner not reachable ({exc}); trying again", file=sys.stderr)
+        time.sleep(RETRY_PAUSE_SECONDS)
+    raise SystemExit(f"gave up after {MAX_TRIES} tries")
+
+
 def work(url: str, token: str, steps: int, pause: float) -> None:
     report(url, token, {"progress": {"phase": "start", "current": 0, "total": steps}})
     for step in range(1, steps + 1):
@@ -80,6 +107,7 @@ def work(url: str, token: str, steps: int, pause: float) -> None:
                 "lines": [{"text": f"step {step} of {steps} done"}],
             },
         )
+    attach(url, token, "summary.txt", f"{steps} steps done\n".encode())
     report(
         url,
         token,

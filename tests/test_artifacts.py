@@ -10,9 +10,13 @@ from typing import Any
 
 import httpx
 import msgspec
+import nats
 import pytest
+from nats.js.api import ObjectStoreConfig
 
+from jobrunner.common import artifactstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.services.projector.replay import replay
 from tests.system import System
 from tests.tools.artifacts import pattern
@@ -251,3 +255,26 @@ async def test_runner_start_removes_output_directories_a_killed_runner_left(
         await _finished(client, "artifacts", mode="sized", sizes="1")
     assert not leftover.parent.exists()
     assert unrelated.read_text() == "kept"
+
+
+async def test_bucket_refusing_a_file_fails_the_job_instead_of_retrying_forever(
+    settings: Settings, system: System
+) -> None:
+    """A full artifacts bucket: the file is named in the log, the job ends ARTIFACT_NOT_STORED."""
+    names = Names(settings.prefix)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.delete_stream(artifactstore.stream_name(names))
+        await js.create_object_store(
+            names.artifacts_bucket, config=ObjectStoreConfig(max_bytes=300_000)
+        )
+    finally:
+        await nc.close()
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="sized", sizes="1000,400000")
+        listed = await _listed(client, job["id"])
+        errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
+    assert job["error"]["code"] == "ARTIFACT_NOT_STORED", job
+    assert [a["name"] for a in listed["items"]] == ["file0.bin"]
+    assert any("'file1.bin' could not be stored" in e for e in errors)

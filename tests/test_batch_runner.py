@@ -92,9 +92,10 @@ async def test_a_job_of_an_unsealed_batch_never_starts_and_ends_batch_incomplete
 async def test_a_job_sealed_just_before_the_timeout_runs(system: System) -> None:
     """A batch sealed shortly before its jobs' wait would end runs them."""
     batch = unsealed_batch(system.settings, ("emit", {"lines": 1}))
-    # Requested SEAL_TIMEOUT - 3 s ago: its wait ends 3 s from now, and the seal comes first.
+    # Requested SEAL_TIMEOUT - 4.5 s ago: its wait ends 4.5 s from now (room for a loaded machine
+    # to project the job first), and the seal comes before.
     early = msgspec.structs.replace(
-        batch.jobs[0], occurred_at=events.utcnow() - timedelta(seconds=SEAL_TIMEOUT - 3)
+        batch.jobs[0], occurred_at=events.utcnow() - timedelta(seconds=SEAL_TIMEOUT - 4.5)
     )
     await publish(system.settings, batch.requested, early)
     async with system.client() as client:

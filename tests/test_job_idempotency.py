@@ -11,6 +11,7 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from tests.batch_submit_support import stored_count
+from tests.external_support import EXTERNAL_TYPES
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, wait_status
 
@@ -75,3 +76,29 @@ async def test_a_retried_start_of_a_running_reject_lock_job_is_not_busy(system: 
         assert second.json()["status"] == "running"
         await client.delete(f"/api/jobs/{job_id}")
         await wait_status(client, job_id, "cancelled")
+
+
+async def test_a_retried_external_job_answers_the_same_callback_token(settings: Settings) -> None:
+    """Retrying the start of an external job with one key answers the same job and the same
+    callback token, which opens its reports."""
+    system = System(msgspec.structs.replace(settings, job_types_file=EXTERNAL_TYPES))
+    await system.start()
+    try:
+        body = {"job_type": "document", "parameters": {}}
+        async with system.client() as client:
+            first = await start(client, body, "external-1")
+            second = await start(client, body, "external-1")
+            assert first.status_code == second.status_code == 201, second.text
+            assert second.json()["id"] == first.json()["id"]
+            assert second.json()["callback_token"] == first.json()["callback_token"]
+            assert second.json()["callback_url"] == first.json()["callback_url"]
+        async with system.client(token=None) as worker:
+            report = await worker.post(
+                first.json()["callback_url"],
+                json={},
+                headers={"Authorization": f"Bearer {second.json()['callback_token']}"},
+            )
+        # Past the token check (an empty report may still wait for the job to be held: 409).
+        assert report.status_code not in (401, 403), report.text
+    finally:
+        await system.stop()

@@ -7,7 +7,8 @@ taken from nats-py's ``ObjectStore``:
 
 - ``put`` waits for each chunk's ack before it sends the next (about one round trip per 128 KiB);
   here chunks travel in a pipeline. Should any chunk fail (NATS away, a timeout), the whole object
-  starts again under a new nuid: a chunk published again could land after its successors.
+  starts again under a new nuid (a chunk published again could land after its successors), then
+  one chunk at a time, so that a refusal for good (the bucket full) is told from an outage.
   The object becomes visible only with its description, written last; the chunks of an attempt
   that never got one are purged when possible and otherwise age out with the bucket's max age.
 - ``get`` collects the whole object in memory; here chunks come from a pull consumer a few at a
@@ -24,7 +25,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import IO
 
 import msgspec
 import nats.errors
@@ -43,6 +44,15 @@ CHUNK_BYTES = 128 * 1024  # nats-py's and the Go client's default chunk size
 PIPELINE_CHUNKS = 16  # chunks in flight while uploading (2 MiB)
 ACK_WAIT_SECONDS = 5.0
 READ_BATCH_CHUNKS = 8  # per download: chunks asked for at a time (1 MiB)
+
+
+# JetStream answers 503 for a stream at its limits too; that will not pass by retrying the same
+# upload (10077: the stream's max bytes reached; 10047: no storage left on the server).
+_FULL_ERROR_CODES = frozenset({10047, 10077})
+
+
+def _bucket_full(exc: BaseException) -> bool:
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _FULL_ERROR_CODES
 
 
 class StoredObject(msgspec.Struct, frozen=True):
@@ -96,7 +106,7 @@ async def put_file(
     js: JetStreamContext,
     names: Names,
     object_name: str,
-    source: BinaryIO,
+    source: IO[bytes],
     size: int,
     should_stop: Callable[[], bool],
 ) -> StoredObject:
@@ -112,12 +122,18 @@ async def put_file(
         source.seek(0)
         nuid = uuid.uuid4().hex
         try:
-            return await _put_once(js, names, object_name, source, size, nuid, should_stop)
+            # Pipelined at first; one chunk at a time after a failure: nats-py reports a
+            # pipelined publish the server refused only to the error callback (its ack never
+            # comes), while a plain publish raises the refusal, which tells a full bucket from
+            # NATS being away.
+            return await _put_once(
+                js, names, object_name, source, size, nuid, should_stop, failures == 0
+            )
         except UploadStopped:
-            _purge_later(js, names, nuid)
+            purge_later(js, names, nuid)
             raise
         except Exception as exc:
-            if not retry.is_transient(exc):
+            if not retry.is_transient(exc) or _bucket_full(exc):
                 await _purge(js, names, nuid)
                 raise
             failures += 1
@@ -126,7 +142,7 @@ async def put_file(
                 object=object_name,
                 error=repr(exc) or type(exc).__name__,
             )
-            _purge_later(js, names, nuid)
+            purge_later(js, names, nuid)
             await asyncio.sleep(retry.delay_after(failures))
 
 
@@ -134,10 +150,11 @@ async def _put_once(
     js: JetStreamContext,
     names: Names,
     object_name: str,
-    source: BinaryIO,
+    source: IO[bytes],
     size: int,
     nuid: str,
     should_stop: Callable[[], bool],
+    pipelined: bool,
 ) -> StoredObject:
     subject = _chunk_subject(names, nuid)
     digest = hashlib.sha256()
@@ -154,6 +171,9 @@ async def _put_once(
             digest.update(data)
             total += len(data)
             chunks += 1
+            if not pipelined:
+                await js.publish(subject, data, timeout=ACK_WAIT_SECONDS)
+                continue
             in_flight.append(await js.publish_async(subject, data))
             if len(in_flight) >= PIPELINE_CHUNKS:
                 await asyncio.wait_for(in_flight.pop(0), ACK_WAIT_SECONDS)
@@ -185,7 +205,7 @@ async def _put_once(
 _PURGES: set[asyncio.Task[None]] = set()
 
 
-def _purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
+def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     """Best effort, in the background: once NATS answers, the chunks of an attempt that will
     never get a description go."""
     task = asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
@@ -194,7 +214,7 @@ def _purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
 
 
 async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> None:
-    """Remove the chunks of an attempt that got no description."""
+    """Remove the chunks of an attempt that got no description (or of an object replaced)."""
     for attempt in range(60 if patient else 1):
         try:
             await js.purge_stream(stream_name(names), subject=_chunk_subject(names, nuid))

@@ -25,7 +25,7 @@ MAX_ERROR_CHARS = 4000  # what an internal job's exception may add to ErrorInfo.
 MAX_RESULT_BYTES = 64 * 1024
 RESULT_CUT_FIELD = "_cut"
 # No control characters (NUL above all: Postgres text and jsonb cannot hold it).
-_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*\Z"  # \Z: "$" would let a final line break through
 
 # Enforced on decode. Only ProgressReported (and ArtifactStored, whose names the runner checks
 # before it stores a file) carries enforced bounds: an event stored before they
@@ -102,6 +102,8 @@ class ErrorCode(StrEnum):
     # A file the job left in its output directory was over a size limit and not stored (the
     # job's log names it); a job that would otherwise have completed ends failed with this.
     ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
+    # NATS refused to store an output file for good (the bucket full, a permission).
+    ARTIFACT_NOT_STORED = "ARTIFACT_NOT_STORED"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):

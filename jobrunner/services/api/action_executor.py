@@ -13,9 +13,12 @@ their lock in batch order.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import NoReturn
 
 import msgspec
+import nats.errors
 
 from jobrunner.common import eventstore
 from jobrunner.common.slots import SlotValue, slot_key
@@ -50,6 +53,22 @@ MAX_LISTED_UNKNOWN = 100
 # Options each action takes; any other given option is refused, not silently ignored.
 TAKES_JOB_IDS = frozenset({Action.RESTART, Action.PENDING})
 TAKES_REASON = frozenset({Action.RESTART, Action.PENDING, Action.FAIL})
+
+
+@asynccontextmanager
+async def event_store_answers() -> AsyncIterator[None]:
+    """NATS that does not confirm in time answers 503: part of the action may have taken effect,
+    and sending the same action again finishes it (see the module docstring)."""
+    try:
+        yield
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ApiError(
+            503,
+            "EVENT_STORE_UNAVAILABLE",
+            f"The event store did not confirm the action ({type(exc).__name__}); part of it may "
+            "have taken effect: send the same action again to finish it.",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def decode_options(body: bytes) -> ActionOptions:

@@ -48,6 +48,14 @@ class BatchUpdates:
         if batch_id is not None:
             self.pending[batch_id] = seq
 
+    def knows(self, job_id: str) -> bool:
+        return job_id in self._batch_of
+
+    def seed(self, job_id: str, batch_id: str | None) -> None:
+        """The batch of a job the read model shows (read ahead for a whole read)."""
+        if job_id not in self._batch_of:
+            self._remember(job_id, batch_id)
+
     async def wait_applied(self) -> AsyncIterator[None]:
         """Until the projector has applied every pending touch; yields once per keep-alive
         interval it waits longer (the caller sends a keep-alive comment)."""

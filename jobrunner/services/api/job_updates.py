@@ -20,6 +20,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
@@ -153,6 +154,21 @@ class JobStates:
         self._size = size
         self._states: OrderedDict[str, JobState] = OrderedDict()
 
+    def knows(self, job_id: str) -> bool:
+        return job_id in self._states
+
+    def seed(self, state: JobState) -> None:
+        """Start a job not known yet from ``state`` (read ahead for a whole read of the stream:
+        one query instead of one per job)."""
+        if state.job_id not in self._states:
+            self._remember(state)
+
+    def _remember(self, state: JobState) -> None:
+        self._states[state.job_id] = state
+        self._states.move_to_end(state.job_id)
+        if len(self._states) > self._size:
+            self._states.popitem(last=False)
+
     async def update(self, event: events.Event) -> JobState | None:
         state = self._states.get(event.job_id)
         if state is None and not isinstance(event, events.JobRequested):
@@ -160,10 +176,7 @@ class JobStates:
         state = apply(state, event)
         if state is None:
             return None
-        self._states[event.job_id] = state
-        self._states.move_to_end(event.job_id)
-        if len(self._states) > self._size:
-            self._states.popitem(last=False)
+        self._remember(state)
         return state
 
 
@@ -194,14 +207,16 @@ async def update_stream(
             yield sse.comment("keep-alive")
             continue
         frames: list[tuple[int, bytes]] = []
+        read: list[tuple[int, events.AnyEvent]] = []
         for msg in msgs:
             try:
                 event = codec.decode(msg.data)
             except msgspec.MsgspecError:
                 continue
-            if event is None:
-                continue
-            seq = msg.metadata.sequence.stream
+            if event is not None:
+                read.append((msg.metadata.sequence.stream, event))
+        await read_ahead(ctx, read, states, batches)
+        for seq, event in read:
             # Before the job's own scope check: another's new attempt changes my batch's counters.
             await batches.note(event, seq)
             if isinstance(event, events.BatchEvent):
@@ -223,6 +238,33 @@ async def update_stream(
             # Stable: a batch's frame follows the job frame of the same event.
             frames.sort(key=lambda f: f[0])
             yield b"".join(frame for _, frame in frames)
+
+
+async def read_ahead(
+    ctx: ApiContext,
+    read: list[tuple[int, events.AnyEvent]],
+    states: JobStates,
+    batches: BatchUpdates,
+) -> None:
+    """The read-model rows of the jobs in ``read`` the stream does not know yet, in one query: a
+    burst of changes of jobs requested before the stream's start (a batch's jobs all ending)
+    would otherwise cost a query per job, one after the other."""
+    unknown = {
+        event.job_id
+        for _, event in read
+        if isinstance(event, events.Event)
+        and not isinstance(event, events.JobRequested)
+        and (not states.knows(event.job_id) or not batches.knows(event.job_id))
+    }
+    if not unknown:
+        return
+    rows = await ctx.pool.fetch(
+        f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = ANY($1::text[])",
+        list(unknown),
+    )
+    for row in rows:
+        states.seed(state_from_row(row))
+        batches.seed(row["id"], row["batch_id"])
 
 
 async def update_messages(

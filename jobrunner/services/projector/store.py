@@ -223,7 +223,7 @@ def fold(
 
 
 def _applies(change: JobUpdated, status: str) -> bool:
-    """The condition ``_apply`` puts in its WHERE clause, on a row still in memory."""
+    """The condition ``_statement`` puts in its WHERE clause, on a row still in memory."""
     if change.only_if_status is not None:
         return status in change.only_if_status
     if change.only_if_active:

@@ -145,6 +145,7 @@ def _walk(folder: Path, prefix: str, listing: Listing) -> None:
 class StoreResult:
     stored: list[events.ArtifactStored] = field(default_factory=list)
     too_large: list[str] = field(default_factory=list)
+    not_stored: list[str] = field(default_factory=list)  # refused by NATS for good
     stopped: bool = False  # the lease was lost: the rest was not stored
 
 
@@ -198,6 +199,12 @@ class ArtifactCollector:
                 break
             except OSError as exc:
                 self.say(f"artifact {_shown(candidate.name)} cannot be read ({exc.strerror})")
+            except Exception as exc:
+                # NATS refused it for good (the bucket full, a permission): the job must still
+                # end, and say which file is missing.
+                result.not_stored.append(candidate.name)
+                log.error("artifact not stored", name=candidate.name, error=repr(exc))
+                self.say(f"artifact {_shown(candidate.name)} could not be stored: {exc}")
         return result
 
     async def _store(self, candidate: Candidate, job_bytes: int, result: StoreResult) -> int:

@@ -201,6 +201,17 @@ class JobExecutor:
             return outcome
         if result.stopped:
             return Outcome(JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST)
+        if result.not_stored:
+            names = ", ".join(repr(n) for n in result.not_stored[:5])
+            return Outcome(
+                JobStatus.FAILED,
+                exit_code=outcome.exit_code,
+                error=ErrorInfo(
+                    code=ErrorCode.ARTIFACT_NOT_STORED,
+                    message=f"{len(result.not_stored)} output file(s) could not be stored "
+                    f"({names}); see the job's log.",
+                ),
+            )
         if result.too_large:
             names = ", ".join(repr(n) for n in result.too_large[:5])
             return Outcome(

@@ -12,13 +12,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import structlog
-from litestar import Request, Response, get
+from litestar import Request, Response, get, put
 from litestar.response import Stream
+from litestar.status_codes import HTTP_201_CREATED
+from nats.errors import Error as NatsError
 from nats.js import api
 
 from jobrunner.common import artifactnames, artifactstore
-from jobrunner.services.api import readmodels, schemas
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import codec, events
+from jobrunner.services.api import artifactupload, external, readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
@@ -177,4 +182,80 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     )
 
 
-ROUTES = [list_job_artifacts, download_artifact, download_archive]
+async def _last_status(ctx: ApiContext, job_id: str) -> events.StatusChanged | None:
+    raw = await last_message(ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "status"))
+    if raw is None or not raw.data:
+        return None
+    try:
+        event = codec.decode(raw.data)
+    except msgspec.MsgspecError:
+        return None
+    return event if isinstance(event, events.StatusChanged) else None
+
+
+@put(
+    "/api/external/jobs/{job_id:str}/artifacts/{name:path}",
+    status_code=HTTP_201_CREATED,
+    tags=["external jobs"],
+    summary="An external job's worker attaches a file to its job",
+    # The body is the file itself, any type; the callback token is the only credential.
+    opt={"callback": True, "binary_body": True},
+    request_max_body_size=None,  # the artifact limits apply, checked while the body arrives
+    security=[{"CallbackToken": []}],
+    responses={
+        400: error_spec("The name could never be an artifact's (INVALID_ARTIFACT_NAME)."),
+        401: error_spec("No callback token, or not this job's (INVALID_CALLBACK_TOKEN)."),
+        409: error_spec("The job has not started (JOB_NOT_STARTED) or ended (JOB_FINISHED)."),
+        413: error_spec("Over artifact_max_file_bytes or the job's artifact_max_job_bytes."),
+        503: error_spec("NATS does not answer (EVENTS_UNAVAILABLE): send it again."),
+        507: error_spec("NATS refused the file for good (ARTIFACT_NOT_STORED)."),
+    },
+)
+async def upload_external_artifact(
+    request: Request[Any, Any, Any], job_id: str, name: str
+) -> artifactupload.ArtifactAccepted:
+    """The body is stored as the job's artifact ``name`` (a relative path, ``/``-separated),
+    listed and served like a tool's files. Send it while the job runs, before its result."""
+    ctx = ctx_of(request)
+    token = external.bearer_token(request.headers.get("authorization"))
+    try:
+        await external.authenticate(ctx, job_id, token)
+        name = artifactupload.checked_name(name.removeprefix("/"))
+        status = await _last_status(ctx, job_id)
+    except (NatsError, TimeoutError, ConnectionError) as exc:
+        raise _events_unavailable(exc) from exc
+    if status is None:
+        raise ApiError(409, "JOB_NOT_STARTED", "Send a report first: the job is not running yet.")
+    if status.status.is_terminal:
+        raise ApiError(
+            409,
+            "JOB_FINISHED",
+            f"The job already ended with status {status.status.value!r}; stop working on it.",
+            status=status.status.value,
+        )
+    declared = request.headers.get("content-length")
+    stored = sum(r["size"] for r in await readmodels.list_artifacts(ctx.pool, job_id))
+    try:
+        return await artifactupload.store_upload(
+            ctx,
+            job_id,
+            name,
+            request.stream(),
+            int(declared) if declared and declared.isdigit() else None,
+            stored,
+        )
+    except (NatsError, TimeoutError, ConnectionError) as exc:
+        raise _events_unavailable(exc) from exc
+
+
+def _events_unavailable(exc: Exception) -> ApiError:
+    log.warning("external artifact not stored", error=repr(exc))
+    return ApiError(
+        503,
+        "EVENTS_UNAVAILABLE",
+        "The event store does not answer right now; send the file again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+ROUTES = [list_job_artifacts, download_artifact, download_archive, upload_external_artifact]

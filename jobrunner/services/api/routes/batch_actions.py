@@ -21,15 +21,22 @@ from jobrunner.services.api.security.openapi import error_spec
 
 # The actions that make new attempts (external ones need callback tokens).
 RESTARTS = frozenset({Action.RESTART, Action.PENDING})
-_NOT_FOUND = {404: error_spec("No such batch, or not one of the caller's (BATCH_NOT_FOUND).")}
+_NOT_FOUND = {
+    404: error_spec("No such batch, or not one of the caller's (BATCH_NOT_FOUND)."),
+    503: error_spec(
+        "The read models are behind (READ_MODEL_BEHIND) or NATS did not confirm "
+        "(EVENT_STORE_UNAVAILABLE); send the same action again."
+    ),
+}
 
 
 async def _act(request: Request[Any, Any, Any], batch_id: str, action: Action) -> Any:
     options = action_executor.decode_options(await request.body())
     callbacks = await CallbackIssuer.for_request(request) if action in RESTARTS else None
-    return await action_executor.act_on_batch(
-        ctx_of(request), batch_id, action, options, principal_of(request), callbacks
-    )
+    async with action_executor.event_store_answers():
+        return await action_executor.act_on_batch(
+            ctx_of(request), batch_id, action, options, principal_of(request), callbacks
+        )
 
 
 class BatchActionController(Controller):

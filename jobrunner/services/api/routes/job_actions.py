@@ -33,13 +33,14 @@ class JobActionController(Controller):
     async def restart(self, request: Request[Any, Any, Any], job_id: str) -> JobRestarted:
         """A new attempt of the job's latest attempt, once that one has ended."""
         options = action_executor.decode_options(await request.body())
-        return await action_executor.restart_job(
-            ctx_of(request),
-            job_id,
-            options,
-            principal_of(request),
-            await CallbackIssuer.for_request(request),
-        )
+        async with action_executor.event_store_answers():
+            return await action_executor.restart_job(
+                ctx_of(request),
+                job_id,
+                options,
+                principal_of(request),
+                await CallbackIssuer.for_request(request),
+            )
 
     @post(
         "/{job_id:str}/archive",
@@ -48,9 +49,10 @@ class JobActionController(Controller):
     )
     async def archive(self, request: Request[Any, Any, Any], job_id: str) -> JobArchiveChanged:
         options = action_executor.decode_options(await request.body())
-        return await action_executor.archive_job(
-            ctx_of(request), job_id, True, options, principal_of(request)
-        )
+        async with action_executor.event_store_answers():
+            return await action_executor.archive_job(
+                ctx_of(request), job_id, True, options, principal_of(request)
+            )
 
     @post(
         "/{job_id:str}/unarchive",
@@ -59,6 +61,7 @@ class JobActionController(Controller):
     )
     async def unarchive(self, request: Request[Any, Any, Any], job_id: str) -> JobArchiveChanged:
         options = action_executor.decode_options(await request.body())
-        return await action_executor.archive_job(
-            ctx_of(request), job_id, False, options, principal_of(request)
-        )
+        async with action_executor.event_store_answers():
+            return await action_executor.archive_job(
+                ctx_of(request), job_id, False, options, principal_of(request)
+            )

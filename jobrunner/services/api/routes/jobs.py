@@ -9,7 +9,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from jobrunner.common import batchids, callbacktoken, eventstore
+from jobrunner.common import batchids, eventstore
 from jobrunner.common.jobtypes import ParameterError
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.common.subscription import last_message
@@ -19,7 +19,7 @@ from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
-from jobrunner.services.api.external import callback_url
+from jobrunner.services.api.external import callback_tokens, callback_url
 from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
@@ -90,7 +90,10 @@ class JobController(Controller):
             ) from None
         job_id = events.new_event_id()
         event_id = events.new_event_id()
+        # A request that may be sent again (Idempotency-Key) gets a derived callback token, so a
+        # retry can answer the same one (only its hash is stored).
         key = request.headers.get(IDEMPOTENCY_HEADER)
+        tokens = await callback_tokens(request, key is not None)
         if key is not None:
             claim = await ctx.idempotency.claim(
                 principal_of(request).name,
@@ -105,8 +108,11 @@ class JobController(Controller):
             if claim.resumed:
                 created = await already_created(ctx, job_id)
                 if created is not None:
+                    if job_type.external:
+                        created.callback_token = tokens(job_id).token
+                        created.callback_url = callback_url(request, job_id)
                     return created
-        callback = callbacktoken.mint() if job_type.external else None
+        callback = tokens(job_id) if job_type.external else None
         request_event = events.JobRequested(
             job_id=job_id,
             event_id=event_id,
@@ -238,9 +244,7 @@ class JobController(Controller):
 
 
 async def already_created(ctx: ApiContext, job_id: str) -> schemas.JobCreated | None:
-    """The answer to a retried request whose job is stored (None: it is not, publish it).
-
-    An external job's callback token is in the first answer only (it is kept as a hash)."""
+    """The answer to a retried request whose job is stored (None: it is not, publish it)."""
     stored = await last_message(
         ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "requested")
     )

@@ -317,8 +317,9 @@ class AccessMiddleware:
         if is_callback(handler):
             # The route checks its own credential, an external job's callback token, and only
             # that: no API token or session is looked at (so none opens it, and no cookie means
-            # no CSRF to guard against). The body must still be JSON.
-            if writes:
+            # no CSRF to guard against). The body must still be JSON, but for a file upload
+            # (``opt["binary_body"]``), which only the token opens.
+            if writes and not handler.opt.get("binary_body"):
                 check_json_body(connection)
             scope["user"] = None
             await self.app(scope, receive, send)

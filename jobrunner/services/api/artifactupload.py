@@ -1,0 +1,146 @@
+"""An external job's worker attaches a file: from the HTTP body to an object and ArtifactStored.
+
+The body is copied to a spooled temporary file as it arrives (at most 1 MiB in memory, the rest
+on disk), counted against ``artifact_max_file_bytes`` and, with the job's files stored so far (as
+the read model knows them), ``artifact_max_job_bytes``: a body over either is refused with
+``413 ARTIFACT_TOO_LARGE`` as soon as it gets there, and nothing is stored. Then it is uploaded
+like a runner's file (``artifactstore.put_file``) and announced with ``ArtifactStored`` before the
+answer: a worker that got ``201`` and then reports its result finds the file listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from typing import IO
+
+import msgspec
+
+from jobrunner.common import artifactnames, artifactstore, eventstore, retry
+from jobrunner.contracts import events
+from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.errors import ApiError
+
+SPOOL_MEMORY_BYTES = 1024 * 1024
+# How long an upload waits for NATS (retrying) before the worker is told to send it again.
+UPLOAD_PATIENCE_SECONDS = 30.0
+
+
+class ArtifactAccepted(msgspec.Struct):
+    job_id: str
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+
+
+def too_large(name: str, limit: int, setting: str) -> ApiError:
+    return ApiError(
+        413,
+        "ARTIFACT_TOO_LARGE",
+        f"The file {name!r} would be over {limit} bytes ({setting}); it was not stored.",
+        limit=limit,
+    )
+
+
+def checked_name(name: str) -> str:
+    try:
+        return artifactnames.check_name(name)
+    except artifactnames.BadArtifactName as exc:
+        raise ApiError(400, "INVALID_ARTIFACT_NAME", f"That is no artifact name: {exc}.") from None
+
+
+async def _spool(
+    body: AsyncIterator[bytes], name: str, room: int, limit: int, setting: str
+) -> tuple[IO[bytes], int]:
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
+    size = 0
+    try:
+        async for chunk in body:
+            size += len(chunk)
+            if size > room:
+                raise too_large(name, limit, setting)
+            await asyncio.to_thread(spool.write, chunk)
+    except BaseException:
+        spool.close()
+        raise
+    return spool, size
+
+
+async def store_upload(
+    ctx: ApiContext,
+    job_id: str,
+    name: str,
+    body: AsyncIterator[bytes],
+    declared_size: int | None,
+    stored_bytes: int,
+) -> ArtifactAccepted:
+    """Store ``body`` as the job's artifact ``name`` (``stored_bytes``: its files so far)."""
+    settings = ctx.settings
+    file_room = settings.artifact_max_file_bytes
+    job_room = settings.artifact_max_job_bytes - stored_bytes
+    room = min(file_room, job_room)
+    limit, setting = (
+        (settings.artifact_max_file_bytes, "artifact_max_file_bytes")
+        if file_room <= job_room
+        else (settings.artifact_max_job_bytes, "artifact_max_job_bytes")
+    )
+    if declared_size is not None and declared_size > room:
+        raise too_large(name, limit, setting)  # said up front: nothing need be read
+    spool, size = await _spool(body, name, room, limit, setting)
+    object_name = ctx.names.artifact_object(job_id, name)
+    try:
+        previous: str | None = (
+            await artifactstore.object_info(ctx.js, ctx.names, object_name)
+        ).nuid
+    except artifactstore.ObjectMissing:
+        previous = None
+    deadline = time.monotonic() + UPLOAD_PATIENCE_SECONDS
+    try:
+        stored = await artifactstore.put_file(
+            ctx.js, ctx.names, object_name, spool, size, lambda: time.monotonic() > deadline
+        )
+    except Exception as exc:
+        if not isinstance(exc, artifactstore.UploadStopped) and not retry.is_transient(exc):
+            raise ApiError(
+                507,
+                "ARTIFACT_NOT_STORED",
+                f"NATS refused the file for good: {exc!r}.",
+            ) from exc
+        raise ApiError(
+            503,
+            "EVENTS_UNAVAILABLE",
+            "The artifact store (NATS) does not answer right now; send the file again shortly.",
+            headers={"Retry-After": "2"},
+        ) from None
+    finally:
+        spool.close()
+    if previous is not None:
+        # The same name sent again: the earlier content's chunks go.
+        artifactstore.purge_later(ctx.js, ctx.names, previous)
+    content_type = artifactnames.content_type(name)
+    name_digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+    await eventstore.publish(
+        ctx.js,
+        ctx.names,
+        events.ArtifactStored(
+            job_id=job_id,
+            # The same file sent again is announced once; other content under the name anew.
+            event_id=f"{job_id}-artifact-{name_digest}-{stored.sha256[:16]}",
+            name=name,
+            size=stored.size,
+            content_type=content_type,
+            sha256=stored.sha256,
+            object_name=object_name,
+        ),
+    )
+    return ArtifactAccepted(
+        job_id=job_id,
+        name=name,
+        size=stored.size,
+        content_type=content_type,
+        sha256=stored.sha256,
+    )
