@@ -53,6 +53,33 @@ export function setUpNewJob({ onStarted }) {
     first?.focus();
   }
 
+  const callback = document.getElementById("new-job-callback");
+  function showCallback(created) {
+    form.hidden = true;
+    callback.hidden = false;
+    callback.querySelector("[data-callback-url]").value = created.callback_url ?? "";
+    callback.querySelector("[data-callback-token]").value = created.callback_token;
+    callback.querySelector("[data-callback-job]").href = `/jobs/${encodeURIComponent(created.id)}`;
+    callback.querySelector("[data-callback-token]").focus();
+  }
+  for (const button of callback?.querySelectorAll("[data-copy]") ?? []) {
+    button.addEventListener("click", async () => {
+      const input = callback.querySelector(`[data-callback-${button.dataset.copy}]`);
+      input.select();
+      let copied = false;
+      try { await navigator.clipboard.writeText(input.value); copied = true; } catch { /* no clipboard: selected for Ctrl-C */ }
+      callback.querySelector("[data-copied]").textContent = copied ? t("new.copied") : t("new.copy_by_hand");
+    });
+  }
+  // The token leaves the page when the dialog closes: it is not kept anywhere.
+  dialog.addEventListener("close", () => {
+    if (!callback || callback.hidden) return;
+    for (const input of callback.querySelectorAll("input")) input.value = "";
+    callback.querySelector("[data-copied]").textContent = "";
+    callback.hidden = true;
+    form.hidden = false;
+  });
+
   document.getElementById("new-job-open")?.addEventListener("click", () => {
     clearErrors();
     dialog.showModal();
@@ -87,9 +114,12 @@ export function setUpNewJob({ onStarted }) {
     if (!response) { showAlert(t("new.failed"), t("conn.lost")); return; }
     const body = await response.json().catch(() => ({}));
     if (response.status === 201) {
-      dialog.close();
       announce(`${t("new.started")}: ${titles[jobType] ?? jobType}`);
       onStarted?.(body);
+      // An external job's worker needs its token, which the API shows this once: keep the
+      // dialog open with it instead of closing.
+      if (body.callback_token) showCallback(body);
+      else dialog.close();
       return;
     }
     const error = body.error ?? {};
