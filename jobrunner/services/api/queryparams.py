@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -153,6 +153,16 @@ class Query:
 def encode_cursor(value: Any) -> str:
     """An opaque, URL-safe cursor (base64 of JSON: clients must not build their own)."""
     return base64.urlsafe_b64encode(msgspec.json.encode(value)).rstrip(b"=").decode()
+
+
+def keyset_page(
+    rows: Sequence[Any], page_size: int, cursor_of: Callable[[Any], Any]
+) -> tuple[list[Any], str | None]:
+    """The page of ``rows`` (fetched one longer than a page, to learn whether another follows)
+    and the cursor of the next page, made by ``cursor_of`` from the page's last row."""
+    page = list(rows[:page_size])
+    more = len(rows) > page_size
+    return page, encode_cursor(cursor_of(page[-1])) if more else None
 
 
 def decode_cursor(raw: str, kind: type[Any]) -> Any:

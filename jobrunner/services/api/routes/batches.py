@@ -10,7 +10,7 @@ from litestar.params import Parameter
 from jobrunner.services.api import batch_readmodels, readmodels, schemas
 from jobrunner.services.api.batch_readmodels import BATCH_STATUSES
 from jobrunner.services.api.dependencies import ctx_of, find_batch
-from jobrunner.services.api.queryparams import Query, encode_cursor
+from jobrunner.services.api.queryparams import Query, keyset_page
 from jobrunner.services.api.security import principal_of
 
 MAX_LIST_LIMIT = 500
@@ -77,12 +77,10 @@ class BatchController(Controller):
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
         after = query.cursor("cursor", batch_readmodels.BatchCursor)
         rows, applied = await batch_readmodels.list_batches(ctx.pool, page_size + 1, filters, after)
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        next_cursor = (
-            encode_cursor(batch_readmodels.BatchCursor(rows[-1]["created_at"], rows[-1]["id"]))
-            if more
-            else None
+        rows, next_cursor = keyset_page(
+            rows,
+            page_size,
+            lambda last: batch_readmodels.BatchCursor(last["created_at"], last["id"]),
         )
         return schemas.BatchPage(
             items=[batch_readmodels.batch_from_row(r) for r in rows],
@@ -124,13 +122,12 @@ class BatchController(Controller):
             after=after,
             requested_by=principal.owner,
         )
-        more = len(rows) > page_size
-        rows = rows[:page_size]
+        rows, next_cursor = keyset_page(rows, page_size, batch_readmodels.job_cursor)
         batch = batch_readmodels.batch_from_row(row)
         return schemas.BatchDetail(
             **{f: getattr(batch, f) for f in batch.__struct_fields__},
             jobs=schemas.BatchJobs(
                 items=[readmodels.job_from_row(r) for r in rows],
-                next_cursor=encode_cursor(batch_readmodels.job_cursor(rows[-1])) if more else None,
+                next_cursor=next_cursor,
             ),
         )

@@ -23,7 +23,7 @@ from jobrunner.services.api.external import callback_tokens, callback_url
 from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
-from jobrunner.services.api.queryparams import Query, encode_cursor
+from jobrunner.services.api.queryparams import Query, keyset_page
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.submission import UnknownJobType, check_job, job_fingerprint
@@ -202,12 +202,8 @@ class JobController(Controller):
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
         after = query.cursor("cursor", readmodels.JobCursor)
         rows, applied = await readmodels.list_jobs(ctx.pool, page_size + 1, filters, after)
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        next_cursor = (
-            encode_cursor(readmodels.JobCursor(rows[-1]["created_at"], rows[-1]["id"]))
-            if more
-            else None
+        rows, next_cursor = keyset_page(
+            rows, page_size, lambda last: readmodels.JobCursor(last["created_at"], last["id"])
         )
         return schemas.JobPage(
             items=[readmodels.job_from_row(r) for r in rows],
