@@ -23,7 +23,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from tests.faults import figures
 from tests.faults.cluster import SHORT_TTL, FaultCluster, job_types_toml, now
 
-JOBS = 2000
+JOBS = 1000
 # The batch's jobs are internal callables: thousands of them run in seconds, no process each.
 BATCH_TYPE = "batch_item"
 EXTRA_TYPES = (
@@ -127,7 +127,7 @@ async def check_completed(
             recovery_s=None,
             terminal_s=terminal_s,
             holds=not problems,
-            note="batch of 2000 internal jobs; printed/stored = jobs submitted/stored once",
+            note="batch of 1000 internal jobs; printed/stored = jobs submitted/stored once",
         )
     )
     assert not problems, problems
@@ -144,7 +144,7 @@ async def check_completed(
 async def test_nats_paused_during_a_batch_post_then_a_retry_completes_it(
     cluster: FaultCluster, seconds: float
 ) -> None:
-    """NATS frozen while a 2,000-job batch is published: 201 with everything stored, or an error
+    """NATS frozen while a 1,000-job batch is published: 201 with everything stored, or an error
     and a retry with the same key that completes it; every job stored once and run."""
     view = StreamView(cluster)
     key = f"pause-{seconds}"
