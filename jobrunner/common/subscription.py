@@ -21,8 +21,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
+import structlog
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
@@ -138,3 +140,25 @@ async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.R
         return await js.get_last_msg(stream, subject)
     except NotFoundError:
         return None
+
+
+async def fetch_one(
+    sub: JetStreamContext.PullSubscription, capacity: asyncio.Semaphore
+) -> Msg | None:
+    """The next message of a shared pull consumer, taken with one unit of ``capacity``.
+
+    Returns the message with the unit held (the caller releases it when the work is done), or
+    None, the unit given back, when nothing came within a second or the fetch failed (NATS away:
+    logged, and a short pause so that a loop around this does not spin)."""
+    await capacity.acquire()
+    try:
+        msgs = await sub.fetch(1, timeout=1.0)
+    except (NatsTimeoutError, TimeoutError):
+        capacity.release()
+        return None
+    except Exception as exc:
+        capacity.release()
+        structlog.get_logger().warning("fetch failed", error=repr(exc))
+        await asyncio.sleep(0.5)
+        return None
+    return msgs[0]

@@ -24,13 +24,12 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 
 from jobrunner.common import eventstore, retry
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.common.subscription import last_message
+from jobrunner.common.subscription import fetch_one, last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.notifier.addresses import AddressPolicy
@@ -109,18 +108,10 @@ class Notifier:
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)
         try:
             while not stop.is_set():
-                await self.capacity.acquire()
-                try:
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except (NatsTimeoutError, TimeoutError):
-                    self.capacity.release()
+                msg = await fetch_one(sub, self.capacity)
+                if msg is None:
                     continue
-                except Exception as exc:
-                    self.capacity.release()
-                    log.warning("fetch failed", error=repr(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                task = asyncio.create_task(self._handle(msgs[0], stop))
+                task = asyncio.create_task(self._handle(msg, stop))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:

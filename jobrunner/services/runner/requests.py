@@ -14,11 +14,11 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
+from jobrunner.common.subscription import fetch_one
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner.claim import SlotClaimer
@@ -55,18 +55,10 @@ class RequestLoop:
         """Take requests until ``stop``; then stop every job and wait for their ends."""
         try:
             while not stop.is_set():
-                await self.capacity.acquire()
-                try:
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except (NatsTimeoutError, TimeoutError):
-                    self.capacity.release()
+                msg = await fetch_one(sub, self.capacity)
+                if msg is None:
                     continue
-                except Exception as exc:
-                    self.capacity.release()
-                    log.warning("fetch failed", error=repr(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                task = asyncio.create_task(self._handle(msgs[0]))
+                task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         finally:
