@@ -29,10 +29,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not config.getoption("loadgroup", default=False):
         return
     for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d.scope in ("class", "module", "package") for group in defs for d in group):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        if group := shared_fixture_group(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def shared_fixture_group(item: pytest.Item) -> str | None:
+    """The worker group of a test: the package of a package-wide fixture it uses (one cluster
+    for the whole package, as in a serial run), else its module when it uses a module- or
+    class-wide one, else none (any worker)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = [d for group in info.name2fixturedefs.values() for d in group] if info else []
+    packages = sorted(d.baseid for d in defs if d.scope == "package")
+    if packages:
+        return packages[0]
+    if any(d.scope in ("class", "module") for d in defs):
+        return str(item.module.__name__) if hasattr(item, "module") else item.nodeid
+    return None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
