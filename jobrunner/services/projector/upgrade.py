@@ -9,8 +9,9 @@ On start the projector (and ``jobrunner replay``) compare the version stored wit
   they are;
 - an older one: with ``readmodel_auto_rebuild`` (the default) an online rebuild: the whole stream
   is projected into a schema of its own (``readmodel_upgrade``) beside the old tables, with its
-  progress in the log; then, in one transaction holding the swap lock, the last events are applied
-  and the rebuilt schema takes the live one's name. Without it: refused, naming the command.
+  progress in the log; then, in one transaction holding the swap lock, the rebuilt schema takes
+  the live one's name, and the projector goes on from its checkpoint with what came meanwhile.
+  Without it: refused, naming the command.
 
 Meanwhile the API answers 503 ``READ_MODELS_REBUILDING`` with the rebuild's progress (the old
 tables' layout is not one it knows). A rebuild killed half-way leaves the live schema untouched;
@@ -29,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
@@ -41,10 +43,6 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import PREVIOUS_SCHEMA, REPLAY_LOCK, Progress
 
 log = structlog.get_logger()
-
-# In the swap: how long the stream may show events that never arrive before the rebuild gives up
-# (they were deleted by the stream's limits meanwhile; the next start tries again).
-DRAIN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -159,8 +157,8 @@ async def rebuild(
                     on_progress(progress)
                 continue
             progress.target = (await js.stream_info(names.stream)).state.last_seq
-            if applied >= progress.target:
-                break
+            if applied >= progress.target or not await _stored_after(js, names, applied):
+                break  # caught up (what the stream shows beyond was deleted meanwhile)
         progress.phase = "indexing"
         on_progress(progress)
         async with pool.acquire() as conn:
@@ -173,7 +171,8 @@ async def rebuild(
             await conn.execute("SET LOCAL synchronous_commit = on")
             # An older projector still running pauses between two of its batches.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
-            applied = await _drain(conn, feed, js, names, applied, progress)
+            # What arrives from here on the projector applies after the swap, from the rebuilt
+            # checkpoint: unlike a replay, nothing has to meet the old tables' checkpoint.
             if settings.readmodel_retention_days > 0:
                 cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
                 await store.prune(conn, cutoff, UPGRADE_SCHEMA)
@@ -209,29 +208,10 @@ async def _resume_or_start(conn: asyncpg.Connection) -> bool:
     return False
 
 
-async def _drain(
-    conn: asyncpg.Connection,
-    feed: EventFeed,
-    js: JetStreamContext,
-    names: Names,
-    applied: int,
-    progress: Progress,
-) -> int:
-    """Apply what the stream holds up to its last sequence as seen now (what comes later the
-    live projector applies after the swap)."""
-    target = (await js.stream_info(names.stream)).state.last_seq
-    waited_since: float | None = None
-    while applied < target:
-        batch = await feed.fetch(timeout=0.5)
-        if not batch:
-            waited_since = waited_since or time.monotonic()
-            if time.monotonic() - waited_since > DRAIN_TIMEOUT:
-                raise RuntimeError(
-                    f"the stream shows sequence {target} but nothing after {applied} arrives; "
-                    "the rebuild starts again"
-                )
-            continue
-        waited_since = None
-        applied = await setaside.apply(conn, batch, feed.lookup, UPGRADE_SCHEMA)
-        progress.done += len(batch)
-    return applied
+async def _stored_after(js: JetStreamContext, names: Names, seq: int) -> bool:
+    """Whether the stream still holds a message after ``seq``."""
+    try:
+        await js.get_msg(names.stream, seq + 1, next=True)
+    except NotFoundError:
+        return False
+    return True
