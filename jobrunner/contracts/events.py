@@ -4,6 +4,13 @@ Rules (the versioning contract, see README "Event contracts"):
 - events are past tense, tagged by ``type`` and carry ``version``;
 - a new field always gets a default; a field's type never changes;
 - a consumer ignores event types and fields it does not know.
+
+``CONTRACT_VERSION`` is the version of these rules' contract as a whole. Changes that keep the
+rules (a new event type, a new field with a default) keep it. A change that breaks them (a field's
+type or an event's meaning changed, a subject moved) raises it; such a change must still decode
+the events of every older contract version. The stream records the highest contract version its
+writers use (``Names.contract_metadata_key`` in its metadata); a service starting against a stream
+of a higher version than its own refuses to start.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ LineText = Annotated[
         "split marker; NUL shown as U+2400."
     ),
 ]
+
+
+CONTRACT_VERSION = 1
 
 
 def new_event_id() -> str:

@@ -24,6 +24,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
+from jobrunner.services.api.readmodelgate import ReadModelGate
 
 log = structlog.get_logger()
 
@@ -73,6 +74,7 @@ class ApiContext:
     projection: ProjectionTracker
     fanout: Fanout
     idempotency: IdempotencyKeys
+    readmodels: ReadModelGate
 
 
 def sse_limits(settings: Settings) -> Limits:
@@ -94,6 +96,8 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         await eventstore.ensure_topology(js, names, settings)
         pool = await database.create_pool(settings.database_url, min_size=1, max_size=10)
         tracker = ProjectionTracker()
+        readmodels = ReadModelGate(pool, js, names)
+        await readmodels.start()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
         app.state.ctx = ApiContext(
             settings=settings,
@@ -107,10 +111,12 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             # One JetStream subscription per watched job, shared by its SSE clients.
             fanout=Fanout(js, names, sse.frames_for, sse_limits(settings)),
             idempotency=IdempotencyKeys(js, names),
+            readmodels=readmodels,
         )
         try:
             yield
         finally:
+            await readmodels.close()
             await sub.unsubscribe()
             await pool.close()
             await eventstore.close(nc)
