@@ -143,6 +143,15 @@ def test_compose_cluster_runs_one_projector_and_scales_runners(compose: dict[str
     ]
 
 
+def test_api_instances_believe_the_proxy_about_https(compose: dict[str, Any]) -> None:
+    """Behind the proxy on https each API instance sees the scheme the browser used (so its
+    session cookie is Secure): it trusts X-Forwarded-Proto, and only the proxy can reach it."""
+    for name in API_SERVICES:
+        service = compose["services"][name]
+        assert service["environment"]["FORWARDED_ALLOW_IPS"] == "*", name
+        assert "ports" not in service, name
+
+
 def node_env(compose: dict[str, Any], node: str) -> dict[str, str]:
     env = compose["services"][node]["environment"]
     return {k: interpolate(str(v), USER_ENV) for k, v in env.items()}
