@@ -165,7 +165,13 @@ class SealWaiter:
         error: ErrorInfo | None = None,
     ) -> None:
         cancelled_by = job.cancelled_by if status == JobStatus.CANCELLED else None
-        await self.journal.end(request.job_id, status, error=error, cancelled_by=cancelled_by)
+        await self.journal.end(
+            request.job_id,
+            status,
+            error=error,
+            cancelled_by=cancelled_by,
+            job_type=request.job_type,
+        )
         if request.lock:
             await self.slots.dequeue(request.lock, request.job_id)
         await job.ack()
