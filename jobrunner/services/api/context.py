@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore
+from jobrunner.common import database, eventstore, metrics
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -91,6 +91,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         names = Names(settings.prefix)
         job_types = load_job_types(settings.job_types_file)
+        metrics.KNOWN.learn(job_types, (t.lock for t in job_types.values() if t.lock))
         nc = await eventstore.connect(settings, "api")
         js = nc.jetstream()
         await eventstore.ensure_topology(js, names, settings)

@@ -19,7 +19,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from jobrunner.common import eventstore, retry
+from jobrunner.common import eventstore, metrics, retry
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -180,6 +180,7 @@ class LinePublisher:
                 del self._lines[:count]
                 del self._sizes[:count]
                 self.published_lines += count
+                metrics.lines_published(count)
                 self._buffered_bytes -= size
                 if not self._full():
                     self._room.set()
