@@ -6,8 +6,9 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -22,7 +23,9 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.projector import upgrade
 from tests.test_up import TOKEN_RE, URL_RE, Up
-from tests.upgrade_support import History, older_state
+from tests.upgrade_support import older_state
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def state_dir() -> Iterator[Path]:
         yield path
 
 
-def with_servers_of(state: Path, work: object) -> History | None:
+def with_servers_of(state: Path, work: Callable[[Settings], Awaitable[T]]) -> T:
     """Start the state directory's own NATS and Postgres as `jobrunner up` would, run ``work``
     (an async function of the settings) against them, stop them."""
     nats_server = EmbeddedNats(
@@ -44,7 +47,7 @@ def with_servers_of(state: Path, work: object) -> History | None:
         postgres.start()
         try:
             settings = Settings(nats_url=nats_server.url, database_url=postgres.url)
-            return asyncio.run(work(settings))  # type: ignore[operator]
+            return asyncio.run(work(settings))  # type: ignore[arg-type]  # a coroutine
         finally:
             postgres.stop()
     finally:
@@ -56,7 +59,6 @@ def test_up_on_an_older_state_directory_rebuilds_the_read_models(state_dir: Path
     """`jobrunner up` on a state directory whose read models an older jobrunner wrote rebuilds
     them from its event stream (progress in the log) and then serves every job as the events say."""
     made = with_servers_of(state_dir, older_state)
-    assert made is not None
     up = Up(state_dir, free_port())
     try:
         base_url = up.wait_for(URL_RE).group(1)
