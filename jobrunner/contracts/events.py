@@ -161,6 +161,9 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     # latest attempt.
     attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
     attempt_of: str | None = None
+    # Who ran this attempt again (None for a first attempt). ``requested_by`` stays the first
+    # attempt's owner, so a job restarted by an admin stays visible to the user who submitted it.
+    restarted_by: str | None = None
     # An external job (done by a worker elsewhere, reported over HTTP): the SHA-256 (hex) of its
     # callback token. The token itself is shown once, in the API's answer, and stored nowhere.
     callback_token_hash: str | None = None

@@ -72,6 +72,13 @@ class ResumePoint:
         return self.stream_seq if self.line_index is not None else self.stream_seq + 1
 
 
+# A job with at most this many lines stored gets its feed started at its first client's start
+# (when it has no feed yet), instead of at the stream's end with a history read before it: the
+# feed then sends the job's short past too. A longer past is read with the client's own
+# flow-controlled history read, which a slow client can take at its own pace.
+FEED_FROM_START_LINES = 1000
+
+
 async def last_status(
     js: JetStreamContext, names: Names, job_id: str
 ) -> tuple[int, events.StatusChanged] | None:
@@ -175,6 +182,7 @@ async def job_stream(
     start_seq: int,
     resume: ResumePoint | None,
     already_done: dict[str, Any] | None,
+    feed_from: int | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for one job from ``start_seq`` until its terminal status.
 
@@ -186,7 +194,7 @@ async def job_stream(
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
-    feed, inbox, joined_at = await fanout.join(job_id)
+    feed, inbox, joined_at = await fanout.join(job_id, feed_from)
     sent = start_seq - 1
     try:
         if start_seq <= joined_at and not inbox.overflow:

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from jobrunner.services.runner import orphans
+from jobrunner.services.runner import deathsignal, orphans
 from jobrunner.services.runner.output import LineSplitter
 
 READ_CHUNK = 256 * 1024
-_PR_SET_PDEATHSIG = 1
 GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
-
-
-def _die_with_runner() -> None:
-    # If the runner itself is killed, the kernel kills the tool too (Linux). Its descendants are
-    # found by process group when the runner restarts or another runner declares it lost.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class SpawnError(Exception):
@@ -54,16 +45,19 @@ class ToolProcess:
             raise SpawnError(
                 f"cannot start {self.argv[0]!r}: working directory {self.cwd!r} does not exist"
             )
+        # If the runner itself is killed, the kernel kills the tool too (Linux). Its descendants
+        # are found by process group when the runner restarts or another runner declares it lost.
+        argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self.cwd,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_runner,
+                preexec_fn=preexec_fn,
                 limit=READ_CHUNK,
             )
         except (OSError, ValueError) as exc:
