@@ -27,13 +27,15 @@ class History:
     batch_id: str
 
 
-def history(jobs: int, lines: int) -> tuple[list[events.Event | events.BatchEvent], History]:
+def history(
+    jobs: int, lines: int, per_event: int = 10
+) -> tuple[list[events.Event | events.BatchEvent], History]:
     """Finished jobs with logs, and a batch of two (a read model the older layout lacks)."""
     stream: list[events.Event | events.BatchEvent] = []
     counts: dict[str, int] = {}
     statuses: dict[str, str] = {}
     for n in range(jobs):
-        stream += logged_job(f"old{n}", lines=lines, batch=10)
+        stream += logged_job(f"old{n}", lines=lines, batch=per_event)
         counts[f"old{n}"] = lines
         statuses[f"old{n}"] = "completed"
     batch_id = "batch-old"
@@ -52,10 +54,12 @@ def history(jobs: int, lines: int) -> tuple[list[events.Event | events.BatchEven
     return stream, History(0, counts, statuses, batch_id)
 
 
-async def older_state(settings: Settings, jobs: int = 5, lines: int = 20) -> History:
+async def older_state(
+    settings: Settings, jobs: int = 5, lines: int = 20, per_event: int = 10
+) -> History:
     """The events in the stream, and older read models that an older projector had brought to
     the stream's end (its rows say every job is still pending: only a rebuild makes them true)."""
-    stream, made = history(jobs, lines)
+    stream, made = history(jobs, lines, per_event)
     last = await publish(settings, stream)  # type: ignore[arg-type]  # batch events publish too
     conn = await asyncpg.connect(settings.database_url)
     try:

@@ -74,10 +74,10 @@ def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
 def recorded_contract(names: Names, metadata: dict[str, str] | None) -> int:
     """The contract version a stream's metadata records; 1 when it records none (a stream
     created before versions were recorded, or by another tool) or an unreadable one."""
-    try:
-        return int((metadata or {}).get(names.contract_metadata_key, "1"))
-    except ValueError:
-        return 1
+    value = (metadata or {}).get(names.contract_metadata_key, "1")
+    # Plain ASCII digits only (int() would also take "+2", " 2", "2_0", other scripts' digits),
+    # and no more than a version could have.
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 1
 
 
 def check_contract(names: Names, metadata: dict[str, str] | None) -> None:

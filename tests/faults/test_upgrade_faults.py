@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.projector import store
 from tests.cli_support import cli_env
 from tests.upgrade_support import complete, older_state, read_models, wait_version
+
+CRASHING_REBUILD = Path(__file__).parent / "tools" / "crashing_rebuild.py"
 
 
 async def start_projector(settings: Settings, log: Path) -> asyncio.subprocess.Process:
@@ -82,3 +85,42 @@ async def test_a_projector_killed_during_the_swap_leaves_the_old_tables_and_resu
     assert complete(done, made) == []
     assert done["schemas"] == {"readmodel"}
     assert b"resuming a read-model rebuild" in log.read_bytes()
+
+
+async def test_a_projector_killed_in_the_middle_of_loading_resumes_from_its_checkpoint(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Killed after it applied part of the stream to the rebuilt tables, the projector's next
+    start resumes after what they hold, and the swapped-in tables hold every job, line and batch
+    exactly once."""
+    # More events than one batch of the feed (10,000): the crash comes between two batches.
+    made = await older_state(settings, jobs=800, lines=10, per_event=1)
+    crash = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CRASHING_REBUILD),
+        env={**os.environ, **cli_env(settings)},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(crash.communicate(), 120)
+    assert crash.returncode == -signal.SIGKILL, err.decode()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        partial = await store.checkpoint(conn, readmodelversion.UPGRADE_SCHEMA)
+    finally:
+        await conn.close()
+    after_kill = await read_models(settings)
+    log = tmp_path / "projector.log"
+    projector = await start_projector(settings, log)
+    try:
+        await wait_version(settings, readmodelversion.READMODEL_VERSION)
+        done = await read_models(settings)
+    finally:
+        projector.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(projector.wait(), 30)
+    assert 0 < partial < made.last_seq
+    assert after_kill["version"] == readmodelversion.UNVERSIONED
+    assert set(after_kill["jobs"].values()) == {("pending", 0)}
+    assert complete(done, made) == []
+    assert re.search(rf'"after_seq": ?{partial}\b', log.read_text())

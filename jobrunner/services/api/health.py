@@ -23,6 +23,7 @@ import structlog
 
 from jobrunner.common import runnerpool
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import ApiContext
 
 log = structlog.get_logger()
@@ -56,7 +57,7 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     if body["postgres"] and not readmodels.current:
         body["read_models"] = {
             "state": "newer" if readmodels.newer else "rebuilding",
-            **await ctx.readmodels.progress(readmodels),
+            **readmodelgate.progress(readmodels),
         }
         problems.append(Problem(readmodels.code, readmodels.sentence()))
         # Newer tables: this instance cannot serve them (another one may). Rebuilding: it

@@ -37,22 +37,17 @@ RECHECK_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 5
 # What answers without the read models: health, static files, signing in, tokens (in NATS), the
 # job types (configuration) and the OpenAPI document.
-EXEMPT_PREFIXES = (
-    "/health",
-    "/static/",
-    "/login",
-    "/logout",
-    "/api/me",
-    "/api/tokens",
-    "/api/job-types",
-    "/api/schema",
+EXEMPT_PATHS = frozenset(
+    {"/health", "/login", "/login.css", "/logout", "/api/me", "/api/tokens", "/api/job-types"}
 )
+EXEMPT_PREFIXES = ("/static/", "/api/tokens/", "/api/schema")
 
 
 @dataclass(frozen=True)
 class ReadModelState:
     found: int | None  # the version in Postgres (None: no read models yet)
     rebuilt_seq: int | None = None  # how far a rebuild has come (its own checkpoint)
+    stream_last_seq: int | None = None  # where the stream ended when this was looked at
 
     @property
     def current(self) -> bool:
@@ -119,11 +114,16 @@ class ReadModelGate:
                         rebuilt = await conn.fetchval(
                             f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
                         )
-            except (OSError, asyncpg.PostgresError) as exc:
-                # Postgres away: the requests themselves report it as before; keep what we knew.
+            except Exception as exc:
+                # Postgres away (refused, timed out, a connection lost half-way): the requests
+                # themselves report it as before, and the watch goes on; keep what we knew.
                 log.debug("read-model version unknown", error=str(exc))
                 return self.state
-            state = ReadModelState(found, rebuilt)
+            last = None
+            if found != READMODEL_VERSION:
+                with contextlib.suppress(Exception):  # NATS away: progress unknown
+                    last = (await self._js.stream_info(self._names.stream)).state.last_seq
+            state = ReadModelState(found, rebuilt, last)
             if state.found != self.state.found:
                 if state.current:
                     log.info("the read models are current", version=found)
@@ -139,21 +139,10 @@ class ReadModelGate:
         if state.current:
             return None
         return Response(
-            error_body(state.code, state.sentence(), **await self.progress(state)),
+            error_body(state.code, state.sentence(), **progress(state)),
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-
-    async def progress(self, state: ReadModelState) -> dict[str, Any]:
-        """What a client (and ``GET /health``) is told about the read models."""
-        body: dict[str, Any] = {"version": state.found, "expected_version": READMODEL_VERSION}
-        if not state.current and not state.newer:
-            try:
-                last = (await self._js.stream_info(self._names.stream)).state.last_seq
-            except Exception:
-                last = None
-            body["rebuild"] = {"events_applied_upto": state.rebuilt_seq, "stream_last_seq": last}
-        return body
 
     async def _watch(self) -> None:
         while True:
@@ -161,8 +150,19 @@ class ReadModelGate:
             await self.check()
 
 
+def progress(state: ReadModelState) -> dict[str, Any]:
+    """What a client (and ``GET /health``) is told about the read models."""
+    body: dict[str, Any] = {"version": state.found, "expected_version": READMODEL_VERSION}
+    if not state.current and not state.newer:
+        body["rebuild"] = {
+            "events_applied_upto": state.rebuilt_seq,
+            "stream_last_seq": state.stream_last_seq,
+        }
+    return body
+
+
 def exempt(path: str) -> bool:
-    return path.startswith(EXEMPT_PREFIXES)
+    return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
 
 
 async def refuse_unready(request: Request[Any, Any, Any]) -> Response[Any] | None:
