@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -72,7 +73,7 @@ class ClusterNode(ServerProcess):
             f"  routes: [{route_urls}]\n}}\n"
         )
         super().__init__(
-            f"nats-{name}",
+            name,
             [nats_server_binary(), "--config", str(config)],
             log_file=self.store_dir / "nats-server.log",
             ready_text="Server is ready",
@@ -172,13 +173,10 @@ class NodeCluster(FaultCluster):
             self.add_service(f"api-{n}", "api", port=port)
 
     async def start(self) -> None:
-        """Nodes first (until JetStream answers), then the services, as an operator would."""
-        await self.start_nodes()
-        await asyncio.to_thread(self.postgres.start)
+        """Nodes and Postgres first (until JetStream answers), then the services together."""
+        await asyncio.gather(self.start_nodes(), asyncio.to_thread(self.postgres.start))
         self.add_services()
-        await self.start_service("projector")
-        await asyncio.gather(*(self.start_service(name) for name in self.runner_names))
-        await asyncio.gather(*(self.start_service(name) for name in self.api_names))
+        await asyncio.gather(*(self.start_service(name) for name in self.services))
         await self.after_start()
 
     async def start_all_at_once(self, down: Sequence[str] = ()) -> None:
@@ -247,7 +245,8 @@ class NodeCluster(FaultCluster):
         headers = dict(kwargs.pop("headers", None) or {})
         if self.admin_token:
             headers.setdefault("Authorization", f"Bearer {self.admin_token}")
-        return httpx.AsyncClient(base_url=self.api_url(api), timeout=30, headers=headers, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return httpx.AsyncClient(base_url=self.api_url(api), headers=headers, **kwargs)
 
     @asynccontextmanager
     async def nats_client(self) -> AsyncIterator[NATS]:
@@ -332,6 +331,38 @@ class NodeCluster(FaultCluster):
                 if leader is not None and leader != not_on:
                     return Election(leader, time.monotonic() - since)
                 await asyncio.sleep(0.05)
+
+    async def wait_caught_up(self, stream: str | None = None, timeout: float = 60.0) -> None:
+        """Until ``stream`` has a leader and every other node is a current replica of it (a
+        restarted node has caught up: losing the next one keeps the data)."""
+        name = stream or Names(PREFIX).stream
+        async with self.nats_client() as nc, asyncio.timeout(timeout):
+            js = nc.jetstream()
+            while True:
+                with contextlib.suppress(Exception):
+                    cluster = (await js.stream_info(name)).cluster
+                    peers = (cluster.replicas or []) if cluster else []
+                    if (
+                        cluster is not None
+                        and cluster.leader
+                        and len(peers) == REPLICAS - 1
+                        and all(p.current and not p.offline for p in peers)
+                    ):
+                        return
+                await asyncio.sleep(0.1)
+
+    async def move_leader(self, stream: str, to: str, timeout: float = 30.0) -> None:
+        """Make node ``to`` the leader of ``stream`` (a step-down with a preferred successor),
+        so a test can put two raft groups' leaders on one node."""
+        async with self.nats_client() as nc, asyncio.timeout(timeout):
+            while await self.stream_leader(stream) != to:
+                with contextlib.suppress(Exception):
+                    await nc.request(
+                        f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                        json.dumps({"placement": {"preferred": to}}).encode(),
+                        timeout=5,
+                    )
+                await asyncio.sleep(0.5)
 
     # --- faults
     async def kill_node(self, name: str) -> None:
