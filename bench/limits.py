@@ -92,10 +92,18 @@ def _line_batch(job_id: str, start: int, n: int) -> events.LineLogged:
     )
 
 
-async def jetstream(system: RunningSystem, lines: int, batch: int = 1000) -> dict[str, Any]:
+async def jetstream(
+    system: RunningSystem | None,
+    lines: int,
+    batch: int = 1000,
+    nats_url: str | None = None,
+    replicas: int = 1,
+) -> dict[str, Any]:
     """LineLogged messages of ``batch`` lines published with a window of unacknowledged ones;
-    and one small message's way from publish to a JetStream push consumer."""
-    settings = Settings(nats_url=system.runtime["nats_url"], prefix=LIMIT_PREFIX)
+    and one small message's way from publish to a JetStream push consumer. ``nats_url`` and
+    ``replicas``: another NATS than the system's (a cluster) and the stream's replicas there."""
+    url = nats_url or (system.runtime["nats_url"] if system else "")
+    settings = Settings(nats_url=url, prefix=LIMIT_PREFIX, stream_replicas=replicas)
     names = Names(LIMIT_PREFIX)
     nc = await eventstore.connect(settings, "bench-limit")
     js = nc.jetstream()
