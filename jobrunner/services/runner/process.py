@@ -29,9 +29,9 @@ class SpawnError(Exception):
     pass
 
 
-# (stream, raw line, transient, when): transient lines are \r progress-bar states, not log lines.
-# Called for each line (stream, text, transient, time); the awaitable waits for buffer room.
-LineSink = Callable[[str, str, bool, datetime], None]
+# Called with each chunk's complete lines (stream, lines, the latest state of a \r progress bar
+# or None, time of the read); the awaitable waits for buffer room.
+LineSink = Callable[[str, list[str], str | None, datetime], None]
 Room = Callable[[], Awaitable[None]]
 
 
@@ -89,17 +89,12 @@ class ToolProcess:
     ) -> None:
         splitter = LineSplitter(max_line_bytes)
         while chunk := await reader.read(READ_CHUNK):
-            now = datetime.now(UTC)
-            # A chunk's lines go to the sink without an await each: that is most of the cost
-            # per line when a tool floods its output.
-            for line in splitter.feed(chunk):
-                sink(name, line, False, now)
-            if splitter.transient is not None:
-                sink(name, splitter.transient, True, now)
-                splitter.transient = None
+            # A chunk's lines go to the sink at once: the work is done per chunk, not per line.
+            sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
+            splitter.transient = None
             await room()
-        for line in splitter.close():
-            sink(name, line, False, datetime.now(UTC))
+        if rest := splitter.close():
+            sink(name, rest, None, datetime.now(UTC))
 
     async def wait(self) -> int:
         assert self.proc
