@@ -13,7 +13,11 @@ from datetime import UTC, datetime
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.output import LineSplitter
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 256 * 1024  # the pipe's buffer in the runner
+# Output handled per turn of the event loop, at most: a tool flooding its pipe then holds the
+# runner for about a millisecond at a time, and the other jobs' lines, lease renewals and
+# publishes get their turns in between (no noisy neighbour).
+TURN_BYTES = 64 * 1024
 _PR_SET_PDEATHSIG = 1
 GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
 
@@ -88,11 +92,13 @@ class ToolProcess:
         reader: asyncio.StreamReader, name: str, sink: LineSink, room: Room, max_line_bytes: int
     ) -> None:
         splitter = LineSplitter(max_line_bytes)
-        while chunk := await reader.read(READ_CHUNK):
+        while chunk := await reader.read(TURN_BYTES):
             # A chunk's lines go to the sink at once: the work is done per chunk, not per line.
             sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
             splitter.transient = None
             await room()
+            # read() answers from its buffer without a pause while a flood fills it: yield.
+            await asyncio.sleep(0)
         if rest := splitter.close():
             sink(name, rest, None, datetime.now(UTC))
 
