@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from bench import limits, report, scenarios
+from bench import limits, noisy, report, scenarios
 from bench.system import ROOT, RunningSystem
 
-ALL = ("limits", "latency", "dispatch", "replay", "reads", "throughput", "fanout")
+ALL = ("limits", "latency", "dispatch", "replay", "reads", "throughput", "fanout", "noisy")
 
 FULL = {
     "latency_seconds": 30,
@@ -29,6 +29,7 @@ FULL = {
     "fanout_seconds": 20,
     "replay_jobs": 100_000,
     "reads_seconds": 5.0,
+    "noisy_seconds": 10,
 }
 QUICK = {
     "latency_seconds": 5,
@@ -38,6 +39,7 @@ QUICK = {
     "fanout_seconds": 5,
     "replay_jobs": 10_000,
     "reads_seconds": 2.0,
+    "noisy_seconds": 3,
 }
 
 
@@ -89,6 +91,9 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             results["fanout"] = await scenarios.fan_out(
                 system, http, size["fanout_clients"], size["fanout_seconds"]
             )
+        if "noisy" in only:
+            log(f"noisy neighbour: 100 lines/s for {size['noisy_seconds']} s, alone and by a flood")
+            results["noisy"] = await noisy.noisy_neighbour(system, http, size["noisy_seconds"])
     return results
 
 
@@ -177,6 +182,29 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": f["lines_lost"] == 0 and f["duplicates"] == 0,
             },
             {"name": "4. fan-out, API peak memory", "result": f"{f['api_peak_rss_mib']} MiB"},
+        ]
+    if n := results.get("noisy"):
+        alone, beside = n["alone"], n["beside_flood"]
+        out += [
+            {
+                "name": "8. noisy neighbour: 100 lines/s beside a flood, p99",
+                "result": f"{beside['p99_ms']} ms (median {beside['median_ms']} ms)",
+                "target": "≤ 25 ms",
+                "met": beside["p99_ms"] is not None
+                and beside["p99_ms"] <= 25
+                and n["flood_running_throughout"],
+                "limit": f"{alone['p99_ms']} ms (p99 alone; median {alone['median_ms']} ms)",
+                "ratio": ratio(beside["p99_ms"], alone["p99_ms"], higher_is_better=False),
+            },
+            {
+                "name": "8. noisy neighbour, lines lost / flood throughout",
+                "result": f"{n['lines_expected'] - n['lines_received']} lost, "
+                f"{n['duplicates']} duplicated; flood "
+                + ("ran throughout" if n["flood_running_throughout"] else "ended early")
+                + f" ({n['flood_lines']:,} lines)",
+                "target": "none lost",
+                "met": n["lines_received"] == n["lines_expected"] and n["duplicates"] == 0,
+            },
         ]
     if lp := results.get("live_projection"):
         copy = lim.get("copy", {}).get("rows_per_s")
