@@ -48,7 +48,8 @@ class LeanClient:
             await self._writer.wait_closed()
 
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Response:
-        assert self._reader is not None and self._writer is not None
+        assert self._reader is not None
+        assert self._writer is not None
         target = f"{path}?{urlencode(params, doseq=True)}" if params else path
         self._writer.write(b"GET " + target.encode() + b" HTTP/1.1\r\n" + self._head)
         head = await self._reader.readuntil(b"\r\n\r\n")

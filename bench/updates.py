@@ -53,7 +53,9 @@ def history(n_jobs: int, lines: int) -> list[events.Event]:
             events.LineLogged(
                 job_id=job_id,
                 lines=[
-                    events.LogLine(n, "stdout", "INFO", at, f"[{n}] processed https://x{n}.example/")
+                    events.LogLine(
+                        n, "stdout", "INFO", at, f"[{n}] processed https://x{n}.example/"
+                    )
                     for n in range(1, lines + 1)
                 ],
             ),
@@ -118,6 +120,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         report["update_events"] = wanted
         nc = await eventstore.connect(settings, "bench")
         js = nc.jetstream()
+
         async def hybrid() -> int:
             got = 0
             async for msgs in update_messages(js, names, 1, 10, 8 * 1024 * 1024):
