@@ -134,13 +134,25 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": "2. dispatch, median",
                 "result": f"{d['median_ms']} ms",
-                "target": "≤ 25 ms",
-                "met": d["median_ms"] <= 25,
+                "target": "≤ 10 ms",
+                "met": d["median_ms"] <= 10,
                 "limit": f"{spawn} ms (spawn echo, read its line)" if spawn else "—",
                 "ratio": ratio(d["median_ms"], spawn, higher_is_better=False),
             },
             {"name": "2. dispatch, p99", "result": f"{d['p99_ms']} ms"},
         ]
+        if parts := d.get("since_post_started"):
+            # Where the time goes: medians of each step, from the POST's start (events' own
+            # timestamps for the runner's steps).
+            out.append(
+                {
+                    "name": "2. dispatch, steps (median, since the POST started)",
+                    "result": f"running {parts['running']['median_ms']} ms · line read by the "
+                    f"runner {parts['line_read']['median_ms']} ms · POST answered "
+                    f"{parts['post']['median_ms']} ms · line at the client "
+                    f"{parts['client']['median_ms']} ms",
+                }
+            )
     if t := results.get("throughput"):
         rate = t["lines_per_s"]
         pipe = lim.get("pipe_read", {}).get("lines_per_s")
