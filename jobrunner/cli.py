@@ -122,6 +122,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
     from jobrunner.common.runtime import with_runtime
+    from jobrunner.services.projector import upgrade
     from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
 
     settings = with_runtime(_settings(args), dict(os.environ))
@@ -129,6 +130,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def show(progress: Progress) -> None:
         if progress.phase == "indexing":
             print("replay: all events loaded; building indexes ...", file=sys.stderr, flush=True)
+            return
+        if progress.phase in ("swapping", "done"):
             return
         if progress.phase == "comparing":
             print(
@@ -146,6 +149,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    # Read models older than this jobrunner cannot be compared with rebuilt ones: they are
+    # rebuilt and swapped in without a comparison (this is the command a projector that may not
+    # rebuild them names).
+    outcome = asyncio.run(upgrade.ensure_current(settings, allow_rebuild=True, on_progress=show))
+    if outcome.rebuilt:
+        print(
+            f"replay: the read models were older than this jobrunner; rebuilt from "
+            f"{outcome.events} events (to sequence {outcome.checkpoint}) and swapped in.",
+            flush=True,
+        )
+        return 0
     try:
         report = asyncio.run(
             replay(
@@ -309,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a start-up failure: one readable line, not a traceback
         from jobrunner.common.jobtypes import JobTypeConfigError
+        from jobrunner.common.refusal import REFUSED_EXIT, StateRefused
         from jobrunner.embedded.serverprocess import ServerStartError
 
+        if isinstance(exc, StateRefused):
+            print(f"jobrunner: {exc}", file=sys.stderr)
+            return REFUSED_EXIT
         if isinstance(exc, ServerStartError | JobTypeConfigError | SettingsError):
             print(f"jobrunner: {exc}", file=sys.stderr)
             return 1

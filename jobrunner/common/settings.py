@@ -79,6 +79,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Read-model retention: finished jobs (and their lines) older than this leave Postgres; their
     # events stay in the stream as long as the stream limits keep them (0 keeps them forever).
     readmodel_retention_days: float = 0
+    # A projector that finds read models older than itself rebuilds them from the stream beside
+    # the old ones and swaps them in (README "Upgrading"); off: it refuses to start instead and
+    # names the command to run (for a database other installations read too).
+    readmodel_auto_rebuild: bool = True
     stream_replicas: int = 1
     # GET /health: the projector counts as stuck when the oldest event waiting for it was stored
     # longer ago than this.

@@ -10,6 +10,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.readmodelgate import refuse_unready
 from jobrunner.services.api.requestmetrics import RequestMetrics
 from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
@@ -58,6 +59,8 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan(settings), security.access_lifespan(settings)],
         middleware=[RequestMetrics, *security.MIDDLEWARE],
         before_send=[security.add_security_headers],
+        # Read models of another version are never served (README "Upgrading").
+        before_request=refuse_unready,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
         template_config=template_config(),

@@ -17,7 +17,7 @@ from jobrunner.common import database, eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store
+from jobrunner.services.projector import setaside, store, upgrade
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
@@ -48,8 +48,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     try:
         await eventstore.ensure_topology(js, names, settings)
         await _remove_durable_consumer(js, names)
+        # Read models of an older layout are rebuilt (or refused) before the first write.
+        await upgrade.ensure_current(settings)
         async with pool.acquire() as conn:
-            await store.create_schema(conn)
             last = await store.checkpoint(conn)
         feed = EventFeed(js, names, settings, name="projector")
         await feed.start(last + 1)

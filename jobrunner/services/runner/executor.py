@@ -74,13 +74,17 @@ class JobExecutor:
         lease: Lease,
     ) -> None:
         job_id = request.job_id
-        if await self.journal.last_event(job_id, "status") is not None:
+        # Both read at once (one round trip of waiting, not two), while we hold the slot.
+        status, cancel = await asyncio.gather(
+            self.journal.last_event(job_id, "status"), self.journal.last_event(job_id, "cancel")
+        )
+        if status is not None:
             # Another runner got this request too (a redelivery) and started or ended it first;
             # checked while we hold the slot, so the job never runs twice.
             await self.slots.release(lease)
             await job.ack()
             return
-        if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
+        if job.cancel_event.is_set() or cancel:
             # Cancelled while we were taking the slot: it never starts.
             await self.journal.end(
                 job_id,

@@ -32,7 +32,7 @@ from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner import artifacts, orphans
+from jobrunner.services.runner import artifacts, deathsignal, orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
@@ -114,6 +114,8 @@ class Runner:
             leftovers = await asyncio.to_thread(artifacts.remove_leftovers, self.settings)
             if leftovers:
                 log.info("output directories of a previous run removed", count=leftovers)
+            # Asked once, before the first job: how tools are started (deathsignal.py).
+            await asyncio.to_thread(deathsignal.setpriv)
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await self.js.pull_subscribe(
                 self.names.kind_subjects("requested"),
