@@ -173,3 +173,10 @@ async def test_a_peer_answering_just_after_the_deadline_is_reported_down() -> No
     """A service slower than metrics_peer_timeout_seconds is left out, with peer_up 0."""
     seen = await _scrape_peer_answering_after(PEER_TIMEOUT * 1.5)
     assert seen == {"jobrunner_metrics_peer_up{runner}": 0.0}
+
+
+def test_metrics_answer_while_the_read_models_are_rebuilt() -> None:
+    """/metrics reads no table, so the read-model gate lets it through during a rebuild."""
+    from jobrunner.services.api.readmodelgate import exempt
+
+    assert exempt("/metrics")
