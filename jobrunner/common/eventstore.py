@@ -138,8 +138,14 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
 
 async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:
     """Publish one event and wait for JetStream to store it; returns its stream sequence."""
-    ack = await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
-    return ack.seq
+    return (await publish_acked(js, names, event)).seq
+
+
+async def publish_acked(
+    js: JetStreamContext, names: Names, event: events.Publishable
+) -> api.PubAck:
+    """As ``publish``, with JetStream's whole answer (``duplicate``: its id was stored before)."""
+    return await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
 
 
 # How long publish_many waits for one pipelined ack before publishing that event again.
