@@ -1,6 +1,6 @@
 """Figures for the capacity plan (docs/capacity.md) that the main bench does not give.
 
-    .venv/bin/python -m bench.capacity [--jobs 1000] [--viewers 2000] [--viewer-jobs 100]
+    .venv/bin/python -m bench.capacity [--jobs 1000] [--viewers 2000] [--viewer-jobs 8]
 
 Starts jobrunner as users do (``jobrunner up``: one runner, one API, one projector) and measures:
 
@@ -167,7 +167,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--viewers", type=int, default=2000)
-    parser.add_argument("--viewer-jobs", type=int, default=100)
+    # At most max_concurrent_jobs (8): the one runner runs them all at once.
+    parser.add_argument("--viewer-jobs", type=int, default=8)
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": machine()}
     system = RunningSystem({"JOBRUNNER_MAX_STREAMS_PER_TOKEN": str(args.viewers + 100)})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
@@ -24,7 +25,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run_service(
-    main: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
+    name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
 ) -> int:
     async def runner() -> None:
         stop = asyncio.Event()
@@ -33,8 +34,25 @@ def _run_service(
             loop.add_signal_handler(sig, stop.set)
         await main(settings, stop)
 
-    asyncio.run(runner())
+    with _metrics_listener(name, settings):
+        asyncio.run(runner())
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_listener(name: str, settings: Settings) -> Iterator[None]:
+    """The service's own /metrics while it runs, when ``metrics_address`` names one."""
+    if not settings.metrics_address:
+        yield
+        return
+    from jobrunner.common.metricsexposition import MetricsListener
+
+    listener = MetricsListener(name, settings.metrics_address)
+    listener.start()
+    try:
+        yield
+    finally:
+        listener.stop()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -49,33 +67,34 @@ def cmd_api(args: argparse.Namespace) -> int:
     from jobrunner.services.api.app import create_app
 
     settings = _settings(args)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    with _metrics_listener("api", settings):
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
     return 0
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
     from jobrunner.services.runner.service import run_runner
 
-    return _run_service(run_runner, _settings(args))
+    return _run_service("runner", run_runner, _settings(args))
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
     from jobrunner.services.projector.service import run_projector
 
-    return _run_service(run_projector, _settings(args))
+    return _run_service("projector", run_projector, _settings(args))
 
 
 def cmd_notifier(args: argparse.Namespace) -> int:
     from jobrunner.services.notifier.service import run_notifier
 
-    return _run_service(run_notifier, _settings(args))
+    return _run_service("notifier", run_notifier, _settings(args))
 
 
 def cmd_events(args: argparse.Namespace) -> int:

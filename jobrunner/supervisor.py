@@ -97,7 +97,9 @@ async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
 
     nc = await nats.connect(nats_url, name="jobrunner-up", max_reconnect_attempts=1)
     try:
-        store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))
+        store = await TokenStore.open(
+            nc.jetstream(), Names(settings.prefix), settings.stream_replicas
+        )
         if await store.all():
             return None
         _, token = await store.create("admin", Role.ADMIN, created_by="jobrunner up")
@@ -175,7 +177,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
         env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
-    services = {name: Service(name, env) for name in SERVICES}
+    services = {name: Service(name, service_env) for name, service_env in metrics_envs(env).items()}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -215,6 +217,20 @@ async def up(settings: Settings, config_file: str | None) -> int:
         await asyncio.to_thread(postgres.stop)
         log.info("stopped")
     return exit_code
+
+
+def metrics_envs(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each service's environment: its own metrics listener on a free loopback port (no token:
+    loopback only), and the API told where the others are, so that its ``/metrics`` (behind a
+    token) shows all four. A restarted service keeps its port."""
+    from jobrunner.embedded.serverprocess import free_port
+
+    addresses = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
+    envs = {name: {**env, "JOBRUNNER_METRICS_ADDRESS": addresses[name]} for name in SERVICES}
+    envs["api"]["JOBRUNNER_METRICS_PEERS"] = ",".join(
+        f"{name}=http://{address}" for name, address in addresses.items() if name != "api"
+    )
+    return envs
 
 
 def _reachable(host: str) -> str:

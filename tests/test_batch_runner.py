@@ -140,7 +140,11 @@ async def test_a_job_waiting_for_its_seal_can_be_cancelled(system: System, tmp_p
             "/api/jobs",
             json={
                 "job_type": "queued",
-                "parameters": {"label": "y", "lockfile": "/tmp/x2", "order_file": "/tmp/y2"},
+                "parameters": {
+                    "label": "y",
+                    "lockfile": str(tmp_path / "l2"),
+                    "order_file": str(tmp_path / "o2"),
+                },
             },
         )
         assert after.status_code == 201

@@ -42,6 +42,9 @@ COALESCE_MAX = 0.1  # ... up to this (a lone client gets every event at once)
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
+# ... or after this much work, whichever comes first: a flooding job's burst then holds the
+# process for a few milliseconds at most, and the other jobs' feeds and clients go in between.
+TURN_SECONDS = 0.002
 
 FrameBuilder = Callable[[events.AnyEvent, int, int | None], list[bytes]]
 
@@ -195,11 +198,14 @@ class JobFeed:
                 subscriber.keep_alive()
             return False
         size = 0
+        loop = asyncio.get_running_loop()
+        turn_ends = loop.time() + TURN_SECONDS
         for msg in msgs:
-            if size >= HAND_OVER_BYTES:
+            if size >= HAND_OVER_BYTES or loop.time() >= turn_ends:
                 self._flush()
                 size = 0
                 await asyncio.sleep(0)
+                turn_ends = loop.time() + TURN_SECONDS
             seq = msg.metadata.sequence.stream
             item = decode_item(seq, msg.data, self.fanout.build)
             self.last_seq = seq

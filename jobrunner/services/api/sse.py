@@ -40,7 +40,10 @@ _UNICODE_BREAKS = (
 
 def encode_data(data: Any) -> bytes:
     """JSON for one SSE ``data:`` line: never contains any kind of line break."""
-    out = _encoder.encode(data)
+    return _without_unicode_breaks(_encoder.encode(data))
+
+
+def _without_unicode_breaks(out: bytes) -> bytes:
     for raw, escaped in _UNICODE_BREAKS:
         if raw in out:
             out = out.replace(raw, escaped)
@@ -121,13 +124,23 @@ class LinePayload(msgspec.Struct):
     text: str
 
 
+# A batch's payloads are encoded as one JSON array and cut between its objects: inside a JSON
+# string a quote is always escaped, so '},{"seq":' only ever occurs between two objects.
+_FIRST_PAYLOAD = b'[{"seq":'
+_NEXT_PAYLOAD = b'},{"seq":'
+
+
 def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
-    encode = encode_data
-    return [
-        b"id: %d:%d\ndata: %b\n\n"
-        % (seq, i, encode(LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text)))
-        for i, ln in enumerate(event.lines)
+    """One frame per line (``id: <stream seq>:<line index>``), with one encoder call for the
+    whole batch rather than one per line."""
+    payloads = [
+        LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text) for ln in event.lines
     ]
+    if not payloads:
+        return []
+    data = _without_unicode_breaks(_encoder.encode(payloads))
+    parts = data[len(_FIRST_PAYLOAD) : -2].split(_NEXT_PAYLOAD)
+    return [b'id: %d:%d\ndata: {"seq":%b}\n\n' % (seq, i, part) for i, part in enumerate(parts)]
 
 
 def status_payload(event: events.StatusChanged) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store, upgrade
 from jobrunner.services.projector.feed import EventFeed
+from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
 
 log = structlog.get_logger()
@@ -41,6 +42,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     pool = await database.create_pool(settings.database_url, min_size=1, max_size=2)
     feed: EventFeed | None = None
+    lag = Lag()
+    lag.publish()
+    looking = asyncio.create_task(lag.follow(js, names.stream, stop), name="projector-lag")
     try:
         await eventstore.ensure_topology(js, names, settings)
         await _remove_durable_consumer(js, names)
@@ -54,6 +58,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         encoder = msgspec.json.Encoder()
         watch = StallWatch(js, names.stream, settings.projector_stuck_seconds)
         watch.progressed(last)
+        lag.progressed(last)
         next_prune = 0.0
         while not stop.is_set():
             if settings.readmodel_retention_days > 0 and time.monotonic() >= next_prune:
@@ -82,8 +87,12 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
                 break
             last = applied
             watch.progressed(last)
+            lag.progressed(last)
             await nc.publish(names.projected_subject, encoder.encode(events.ProjectedNotice(last)))
     finally:
+        looking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await looking
         if feed is not None:
             await feed.close()
         await pool.close()

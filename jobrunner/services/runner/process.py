@@ -12,7 +12,11 @@ from datetime import UTC, datetime
 from jobrunner.services.runner import deathsignal, orphans
 from jobrunner.services.runner.output import LineSplitter
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 256 * 1024  # the pipe's buffer in the runner
+# Output handled per turn of the event loop, at most: a tool flooding its pipe then holds the
+# runner for about a millisecond at a time, and the other jobs' lines, lease renewals and
+# publishes get their turns in between (no noisy neighbour).
+TURN_BYTES = 64 * 1024
 GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
 
 
@@ -20,9 +24,9 @@ class SpawnError(Exception):
     pass
 
 
-# (stream, raw line, transient, when): transient lines are \r progress-bar states, not log lines.
-# Called for each line (stream, text, transient, time); the awaitable waits for buffer room.
-LineSink = Callable[[str, str, bool, datetime], None]
+# Called with each chunk's complete lines (stream, lines, the latest state of a \r progress bar
+# or None, time of the read); the awaitable waits for buffer room.
+LineSink = Callable[[str, list[str], str | None, datetime], None]
 Room = Callable[[], Awaitable[None]]
 
 
@@ -82,18 +86,15 @@ class ToolProcess:
         reader: asyncio.StreamReader, name: str, sink: LineSink, room: Room, max_line_bytes: int
     ) -> None:
         splitter = LineSplitter(max_line_bytes)
-        while chunk := await reader.read(READ_CHUNK):
-            now = datetime.now(UTC)
-            # A chunk's lines go to the sink without an await each: that is most of the cost
-            # per line when a tool floods its output.
-            for line in splitter.feed(chunk):
-                sink(name, line, False, now)
-            if splitter.transient is not None:
-                sink(name, splitter.transient, True, now)
-                splitter.transient = None
+        while chunk := await reader.read(TURN_BYTES):
+            # A chunk's lines go to the sink at once: the work is done per chunk, not per line.
+            sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
+            splitter.transient = None
             await room()
-        for line in splitter.close():
-            sink(name, line, False, datetime.now(UTC))
+            # read() answers from its buffer without a pause while a flood fills it: yield.
+            await asyncio.sleep(0)
+        if rest := splitter.close():
+            sink(name, rest, None, datetime.now(UTC))
 
     async def wait(self) -> int:
         assert self.proc

@@ -200,7 +200,13 @@ class SealWaiter:
         error: ErrorInfo | None = None,
         cancelled_by: str | None = None,
     ) -> None:
-        await self.journal.end(request.job_id, status, error=error, cancelled_by=cancelled_by)
+        await self.journal.end(
+            request.job_id,
+            status,
+            error=error,
+            cancelled_by=cancelled_by,
+            job_type=request.job_type,
+        )
         if request.lock:
             await self.slots.dequeue(request.lock, request.job_id)
         await job.ack()
