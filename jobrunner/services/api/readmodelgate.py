@@ -35,10 +35,19 @@ log = structlog.get_logger()
 CURRENT_CHECK_SECONDS = 5.0
 RECHECK_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 5
-# What answers without the read models: health, static files, signing in, tokens (in NATS), the
-# job types (configuration) and the OpenAPI document.
+# What answers without the read models: health and metrics, static files, signing in, tokens (in
+# NATS), the job types (configuration) and the OpenAPI document.
 EXEMPT_PATHS = frozenset(
-    {"/health", "/login", "/login.css", "/logout", "/api/me", "/api/tokens", "/api/job-types"}
+    {
+        "/health",
+        "/metrics",
+        "/login",
+        "/login.css",
+        "/logout",
+        "/api/me",
+        "/api/tokens",
+        "/api/job-types",
+    }
 )
 EXEMPT_PREFIXES = ("/static/", "/api/tokens/", "/api/schema")
 
