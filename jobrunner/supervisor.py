@@ -91,7 +91,9 @@ async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
 
     nc = await nats.connect(nats_url, name="jobrunner-up", max_reconnect_attempts=1)
     try:
-        store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))
+        store = await TokenStore.open(
+            nc.jetstream(), Names(settings.prefix), settings.stream_replicas
+        )
         if await store.all():
             return None
         _, token = await store.create("admin", Role.ADMIN, created_by="jobrunner up")

@@ -62,7 +62,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         max_reconnect_attempts=1,
     )
     try:
-        store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))
+        store = await TokenStore.open(
+            nc.jetstream(), Names(settings.prefix), settings.stream_replicas
+        )
         if args.token_command == "create":
             expires = parse_expiry(args.expires_in, args.expires_at)
             record, token = await store.create(

@@ -13,7 +13,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore
+from jobrunner.common import database, eventstore, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -43,7 +43,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     feed: EventFeed | None = None
     try:
         await eventstore.ensure_topology(js, names, settings)
-        await _remove_durable_consumer(js, names)
+        await retry.until_jetstream_ready(
+            lambda: _remove_durable_consumer(js, names), "the event stream's consumers"
+        )
         async with pool.acquire() as conn:
             await store.create_schema(conn)
             last = await store.checkpoint(conn)
