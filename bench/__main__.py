@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from bench import limits, report, scenarios
+from bench import limits, noisy, report, scenarios
 from bench.system import ROOT, RunningSystem
 
-ALL = ("limits", "latency", "dispatch", "replay", "reads", "throughput", "fanout")
+ALL = ("limits", "latency", "dispatch", "replay", "reads", "throughput", "fanout", "noisy")
 
 FULL = {
     "latency_seconds": 30,
@@ -29,6 +29,7 @@ FULL = {
     "fanout_seconds": 20,
     "replay_jobs": 100_000,
     "reads_seconds": 5.0,
+    "noisy_seconds": 10,
 }
 QUICK = {
     "latency_seconds": 5,
@@ -38,6 +39,7 @@ QUICK = {
     "fanout_seconds": 5,
     "replay_jobs": 10_000,
     "reads_seconds": 2.0,
+    "noisy_seconds": 3,
 }
 
 
@@ -71,10 +73,15 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             if "reads" in only:
                 log("reads")
                 results["reads"] = await scenarios.reads(
-                    http, size["reads_seconds"], size["replay_jobs"]
+                    system, size["reads_seconds"], size["replay_jobs"]
                 )
-                results.setdefault("limits", {})["direct_list_query"] = await limits.direct_query(
-                    system.runtime["database_url"], size["reads_seconds"]
+                database_url = system.runtime["database_url"]
+                lim = results.setdefault("limits", {})
+                lim["direct_list_query"] = await limits.direct_query(
+                    database_url, size["reads_seconds"]
+                )
+                lim["direct_list_walk"] = await limits.direct_walk(
+                    database_url, size["reads_seconds"]
                 )
     async with httpx.AsyncClient(
         base_url=system.base_url, headers=system.headers, timeout=60
@@ -89,6 +96,9 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             results["fanout"] = await scenarios.fan_out(
                 system, http, size["fanout_clients"], size["fanout_seconds"]
             )
+        if "noisy" in only:
+            log(f"noisy neighbour: 100 lines/s for {size['noisy_seconds']} s, alone and by a flood")
+            results["noisy"] = await noisy.noisy_neighbour(system, http, size["noisy_seconds"])
     return results
 
 
@@ -124,13 +134,25 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": "2. dispatch, median",
                 "result": f"{d['median_ms']} ms",
-                "target": "≤ 25 ms",
-                "met": d["median_ms"] <= 25,
+                "target": "≤ 10 ms",
+                "met": d["median_ms"] <= 10,
                 "limit": f"{spawn} ms (spawn echo, read its line)" if spawn else "—",
                 "ratio": ratio(d["median_ms"], spawn, higher_is_better=False),
             },
             {"name": "2. dispatch, p99", "result": f"{d['p99_ms']} ms"},
         ]
+        if parts := d.get("since_post_started"):
+            # Where the time goes: medians of each step, from the POST's start (events' own
+            # timestamps for the runner's steps).
+            out.append(
+                {
+                    "name": "2. dispatch, steps (median, since the POST started)",
+                    "result": f"running {parts['running']['median_ms']} ms · line read by the "
+                    f"runner {parts['line_read']['median_ms']} ms · POST answered "
+                    f"{parts['post']['median_ms']} ms · line at the client "
+                    f"{parts['client']['median_ms']} ms",
+                }
+            )
     if t := results.get("throughput"):
         rate = t["lines_per_s"]
         pipe = lim.get("pipe_read", {}).get("lines_per_s")
@@ -178,6 +200,29 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             },
             {"name": "4. fan-out, API peak memory", "result": f"{f['api_peak_rss_mib']} MiB"},
         ]
+    if n := results.get("noisy"):
+        alone, beside = n["alone"], n["beside_flood"]
+        out += [
+            {
+                "name": "8. noisy neighbour: 100 lines/s beside a flood, p99",
+                "result": f"{beside['p99_ms']} ms (median {beside['median_ms']} ms)",
+                "target": "≤ 25 ms",
+                "met": beside["p99_ms"] is not None
+                and beside["p99_ms"] <= 25
+                and n["flood_running_throughout"],
+                "limit": f"{alone['p99_ms']} ms (p99 alone; median {alone['median_ms']} ms)",
+                "ratio": ratio(beside["p99_ms"], alone["p99_ms"], higher_is_better=False),
+            },
+            {
+                "name": "8. noisy neighbour, lines lost / flood throughout",
+                "result": f"{n['lines_expected'] - n['lines_received']} lost, "
+                f"{n['duplicates']} duplicated; flood "
+                + ("ran throughout" if n["flood_running_throughout"] else "ended early")
+                + f" ({n['flood_lines']:,} lines)",
+                "target": "none lost",
+                "met": n["lines_received"] == n["lines_expected"] and n["duplicates"] == 0,
+            },
+        ]
     if lp := results.get("live_projection"):
         copy = lim.get("copy", {}).get("rows_per_s")
         out.append(
@@ -202,14 +247,21 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     if rd := results.get("reads"):
-        direct = lim.get("direct_list_query", {})
+        one = lim.get("direct_list_query", {}).get("requests_per_s", 0)
+        walk = lim.get("direct_list_walk", {}).get("requests_per_s")
         j, lg = rd["list_jobs"], rd["logs"]
         out += [
             {
                 "name": f"6. GET /api/jobs, filters + next page ({rd['jobs']:,} jobs)",
                 "result": f"{j['requests_per_s']:,} req/s, p99 {j['p99_ms']} ms",
-                "limit": f"{direct.get('requests_per_s', 0):,} req/s (a list query, asyncpg)",
-                "ratio": ratio(j["requests_per_s"], direct.get("requests_per_s")),
+                "target": "≥ 50 % of the limit, p99 ≤ 10 ms",
+                "met": bool(walk)
+                and j["requests_per_s"] >= walk / 2
+                and j["p99_ms"] is not None
+                and j["p99_ms"] <= 10,
+                "limit": f"{walk or 0:,} req/s (the same queries, asyncpg; "
+                f"one status query alone: {one:,} req/s)",
+                "ratio": ratio(j["requests_per_s"], walk),
             },
             {
                 "name": "6. GET /api/jobs/{id}/logs, 500-line pages",

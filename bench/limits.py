@@ -188,3 +188,41 @@ async def direct_query(database_url: str, seconds: float) -> dict[str, Any]:
     finally:
         await conn.close()
     return {"requests_per_s": round(len(latencies) / seconds), **summarize(latencies)}
+
+
+async def direct_walk(database_url: str, seconds: float) -> dict[str, Any]:
+    """The queries of the GET /api/jobs walk (bench/scenarios.py ``LIST_FILTERS``, each filter's
+    first page and the next), sent straight to Postgres from one connection of a pool set up
+    as the API's: what the API's list requests cost without HTTP, Litestar and JSON."""
+    from bench.scenarios import LIST_FILTERS
+    from jobrunner.services.api import readmodels
+    from jobrunner.services.api.context import read_pool
+
+    def job_filter(params: dict[str, str]) -> readmodels.JobFilter:
+        def split(name: str) -> tuple[str, ...]:
+            return tuple(params[name].split(",")) if name in params else ()
+
+        return readmodels.JobFilter(
+            statuses=split("status"), job_types=split("job_type"), search=params.get("search")
+        )
+
+    filters = [job_filter(params) for params in LIST_FILTERS]
+    pool = await read_pool(database_url)
+    latencies = []
+    try:
+        await pool.execute("SELECT 1")  # the connection is open before the clock starts
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            for f in filters:
+                t = time.monotonic()
+                rows, _ = await readmodels.list_jobs(pool, 51, f)
+                latencies.append(time.monotonic() - t)
+                if len(rows) > 50:
+                    t = time.monotonic()
+                    last = rows[49]
+                    after = readmodels.JobCursor(last["created_at"], last["id"])
+                    await readmodels.list_jobs(pool, 51, f, after)
+                    latencies.append(time.monotonic() - t)
+    finally:
+        await pool.close()
+    return {"requests_per_s": round(len(latencies) / seconds), **summarize(latencies)}

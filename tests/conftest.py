@@ -7,12 +7,39 @@ from pathlib import Path
 import pytest
 
 from jobrunner.common.settings import Settings
+from jobrunner.embedded.scratch import sweep_stale
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
 
 TOOLS = Path(__file__).parent / "tools"
-# The headless Chromium fixtures (``browser``, ``page``) of the web UI tests.
-pytest_plugins = ["tests.browser"]
+# The headless Chromium fixtures (``browser``, ``page``) of the web UI tests; the fault suite's
+# table of figures, collected from every worker when the suite runs in parallel.
+pytest_plugins = ["tests.browser", "tests.faults.figures"]
+
+
+# The scratch directories of the servers tests start (tests/servers.py, tests/faults/cluster.py).
+SCRATCH_PREFIX = "jobrunner-test-"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a parallel run (``./scripts/test``: pytest-xdist, ``--dist loadgroup``) the tests of a
+    module that share a fixture wider than one test (a fault cluster, servers of their own) go
+    to one worker together: spread out, each worker would start that fixture again."""
+    if not config.getoption("loadgroup", default=False):
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope in ("class", "module", "package") for group in defs for d in group):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller of a parallel run, once its workers are gone, stops what a worker that
+    died left behind (its servers, a fault cluster's services) and removes their directories."""
+    if config.pluginmanager.hasplugin("dsession"):
+        sweep_stale(SCRATCH_PREFIX)
 
 
 @pytest.fixture(scope="session")

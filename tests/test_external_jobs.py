@@ -428,7 +428,12 @@ async def test_oversized_report_is_refused_with_413(system: System) -> None:
         job = await start_external(client)
         await job.report_when_held(worker)
         big = await job.report(worker, lines=[{"text": "x" * 10_000}] * 30)
+        # The log is read from the job's finished stream: end the job (its 120 s timeout would
+        # end it too, and the test would wait for it), on the connection that sent the 413.
+        ended = await job.report(worker, result={})
+        await wait_status(client, job.id, "completed")
         lines = await lines_of(client, job.id)
+    assert ended.status_code == 200, ended.text
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "BODY_TOO_LARGE"
     assert lines == []

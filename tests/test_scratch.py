@@ -55,3 +55,26 @@ def test_a_server_left_running_by_a_killed_run_is_stopped_by_the_next_one() -> N
         assert not orphan.exists()
     finally:
         server.kill()
+
+
+def test_a_service_configured_into_a_killed_runs_directory_is_stopped_by_the_next_one() -> None:
+    """A service process whose environment (not its command line) points into a killed run's
+    directory is stopped with it: a fault test's runner or API does not outlive its run."""
+    orphan = new_scratch_dir("jobrunner-scratch-test-")
+    (orphan / OWNER_FILE).write_text("999999999")  # no such process
+    service = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        env={"JOBRUNNER_STATE_DIR": f"{orphan}/state"},
+        start_new_session=True,
+    )
+    try:
+        environ = Path(f"/proc/{service.pid}/environ")
+        for _ in range(500):  # until the child has exec'd with its environment
+            if str(orphan).encode() in environ.read_bytes():
+                break
+            time.sleep(0.01)
+        sweep_stale("jobrunner-scratch-test-")
+        assert service.wait(timeout=10) != 0
+        assert not orphan.exists()
+    finally:
+        service.kill()

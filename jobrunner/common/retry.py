@@ -21,6 +21,8 @@ import nats.errors
 import nats.js.errors
 import stamina
 
+from jobrunner.common import metrics
+
 T = TypeVar("T")
 
 # Short first waits (a reconnect usually takes a fraction of a second), never more than this
@@ -96,6 +98,8 @@ async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
             wait_max=LONGEST_WAIT,
             wait_jitter=JITTER,
         ):
+            if attempt.num > 1:
+                metrics.PUBLISH_RETRIES.inc()
             with attempt:
                 return await operation()
     except Exception as exc:

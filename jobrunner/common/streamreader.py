@@ -63,9 +63,13 @@ class StreamReader:
         subjects: str,
         name: str = "jobrunner-streamreader",
         connection: NatsConnection | None = None,
+        skip_subject_suffix: bytes | None = None,
     ) -> None:
         """``connection`` gives the deadline of each connect step and TLS, the same options the
-        services' nats-py clients use (``NatsConnection.from_settings``)."""
+        services' nats-py clients use (``NatsConnection.from_settings``). A message whose subject
+        ends with ``skip_subject_suffix`` comes with an empty payload: counted in order (its
+        sequence, the gap check), its body never copied nor decoded."""
+        self._skip = skip_subject_suffix
         self._name = name
         self._timeout = connection.connect_timeout if connection else DEFAULT_CONNECT_TIMEOUT
         self._tls = connection.tls if connection else None
@@ -299,7 +303,11 @@ class StreamReader:
                 with_reply = len(parts) == (6 if parts[0] == b"HMSG" else 5)
                 reply = parts[3] if with_reply else b""
                 if reply.startswith(b"$JS.ACK."):  # a stored message, even with an empty body
-                    append((self._sequence(reply), buf[body + header_size : body + total]))
+                    seq = self._sequence(reply)
+                    if self._skip is not None and parts[1].endswith(self._skip):
+                        append((seq, b""))
+                    else:
+                        append((seq, buf[body + header_size : body + total]))
                 else:  # a flow-control request or a heartbeat
                     self._control(reply, buf[body : body + header_size])
                 pos = body + total + 2

@@ -35,11 +35,16 @@ def _owner_alive(directory: Path) -> bool:
 
 def _kill_servers_in(directory: Path) -> None:
     """A killed run's nats-server or Postgres outlives it (they run in their own sessions):
-    stop every process whose command line names the directory."""
+    stop every process whose command line names the directory, or whose environment does (the
+    services a test started, configured by ``JOBRUNNER_*`` variables pointing into it)."""
+    named = f"{directory}/".encode()
     for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if f"{directory}/" in cmdline:
+            if named in (proc / "cmdline").read_bytes().replace(b"\0", b" ") or named in (
+                proc / "environ"
+            ).read_bytes().replace(b"\0", b" "):
                 os.kill(int(proc.name), signal.SIGKILL)
         except (OSError, ValueError):
             continue  # gone meanwhile, or not ours to read

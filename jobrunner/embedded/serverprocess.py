@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -18,7 +19,39 @@ class ServerStartError(Exception):
     pass
 
 
+# Below the kernel's ephemeral range (Linux: 32768-60999), where outgoing connections take
+# their local ports: a server stopped and started again on its port (a test's NATS restart, a
+# state directory's fixed port) cannot find the port taken by some client meanwhile, and
+# parallel test workers picking ports at random rarely meet.
+_PORTS_FROM = 10_000
+_PORT_TRIES = 50
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 nobody uses now, chosen at random below the ephemeral range when
+    the kernel says where that is (else any port the kernel hands out)."""
+    below = _ephemeral_start()
+    if below - _PORTS_FROM >= 1000:
+        for _ in range(_PORT_TRIES):
+            port = random.randrange(_PORTS_FROM, below)
+            if _bindable(port):
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -1,5 +1,6 @@
 """The fault-injection suite: real services as ``jobrunner up`` runs them, on servers of their own,
-hurt while jobs run. The figures of a run are printed as a table at its end."""
+hurt while jobs run. The figures of a run are printed as a table at its end
+(tests/faults/figures.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import figures
 from tests.faults.cluster import SHORT_TTL, FaultCluster, running_cluster
-from tests.faults.services import SEPARATE_HOSTS
 
 HERE = Path(__file__).parent
 
@@ -21,19 +20,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # A fault test measures one run of a fault: a rerun would hide a broken invariant
             # that shows only sometimes, and double the suite's time when one is broken.
             item.add_marker(pytest.mark.flaky(reruns=0))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not figures.FIGURES:
-        return
-    terminalreporter.section("faults: what each fault did to its job")
-    for row in figures.table():
-        terminalreporter.write_line(row)
-    if not SEPARATE_HOSTS:
-        terminalreporter.write_line(
-            "NOTE: runners shared this host (no UTS namespace without root): a runner may have "
-            "ended another's tool itself, which a runner on another machine cannot do."
-        )
 
 
 @pytest.fixture(scope="package")

@@ -1,9 +1,19 @@
-"""What each fault did to its job, collected during the run and printed as a table at its end
-(``pytest_terminal_summary`` in this package's conftest)."""
+"""What each fault did to its job, collected during the run and printed as a table at its end.
+
+Also a pytest plugin (named in tests/conftest.py's ``pytest_plugins``): a figure recorded in a
+test travels on that test's report, so the table is complete when the suite runs in parallel
+(pytest-xdist), where the tests run in worker processes and only the controller prints.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import pytest
+
+PROPERTY = "fault_figure"
 
 
 @dataclass
@@ -18,11 +28,14 @@ class Figure:
     note: str = ""
 
 
+# Recorded by the running test, not yet on a report.
+_PENDING: list[Figure] = []
+# Every figure reported in this run (in the process that prints the summary).
 FIGURES: list[Figure] = []
 
 
 def record(figure: Figure) -> None:
-    FIGURES.append(figure)
+    _PENDING.append(figure)
 
 
 def seconds(value: float | None) -> str:
@@ -40,3 +53,32 @@ def table() -> list[str]:
             f"| {seconds(f.terminal_s)} | {'yes' if f.holds else 'NO'} | {f.note} |"
         )
     return rows
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    while _PENDING:
+        report.user_properties.append((PROPERTY, dataclasses.asdict(_PENDING.pop(0))))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if name == PROPERTY:
+            FIGURES.append(Figure(**value))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    from tests.faults.services import SEPARATE_HOSTS
+
+    terminalreporter.section("faults: what each fault did to its job")
+    for row in table():
+        terminalreporter.write_line(row)
+    if not SEPARATE_HOSTS:
+        terminalreporter.write_line(
+            "NOTE: runners shared this host (no UTS namespace without root): a runner may have "
+            "ended another's tool itself, which a runner on another machine cannot do."
+        )

@@ -131,3 +131,30 @@ def test_progress_and_cancel_request_are_sent_with_their_ids() -> None:
 def test_job_request_sends_nothing() -> None:
     """The request itself is not shown in the live stream."""
     assert frames_for(events.JobRequested(job_id="j", job_type="t"), 1, None) == []
+
+
+BATCH_TEXTS = st.lists(
+    st.text() | st.sampled_from(['},{"seq":1', '"}', "\\", "\u2028", '},{"seq":', "{}"]),
+    max_size=20,
+)
+
+
+@settings(deadline=None)
+@given(BATCH_TEXTS, st.sampled_from(["stdout", "stderr", '"},{"seq":']))
+def test_a_batch_is_framed_as_each_line_alone_would_be(texts: list[str], stream: str) -> None:
+    """A batch's frames (encoded at once) are, line for line, the frame of each line alone."""
+    lines = [events.LogLine(i, stream, "INFO", AT, t) for i, t in enumerate(texts, 1)]
+    frames = frames_for(events.LineLogged(job_id="j", lines=lines), 41, None)
+    assert frames == [
+        frame(
+            {
+                "seq": ln.seq,
+                "stream": ln.stream,
+                "level": ln.level,
+                "timestamp": AT,
+                "text": ln.text,
+            },
+            id=f"41:{i}",
+        )
+        for i, ln in enumerate(lines)
+    ]

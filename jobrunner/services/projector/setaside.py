@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from jobrunner.common import metrics
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.projector import storable, store
 from jobrunner.services.projector.projections import Change, Unreadable
@@ -129,6 +130,8 @@ async def _set_aside(
             storable.text(raw[: RAW_LIMIT * 4].decode("utf-8", errors="replace")[:RAW_LIMIT]),
         )
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", seq)
+    if schema == READ_SCHEMA:  # a replay's rebuild sets the same events aside again
+        metrics.PROJECTOR_SET_ASIDE.inc()
     log.error(
         "event set aside: the projector could not apply it",
         stream_seq=seq,

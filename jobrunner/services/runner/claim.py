@@ -58,7 +58,12 @@ class SlotClaimer:
         value = self.identity.held_value(job_id, request.job_type)
         while True:
             if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
-                await self.journal.end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+                await self.journal.end(
+                    job_id,
+                    JobStatus.CANCELLED,
+                    cancelled_by=job.cancelled_by,
+                    job_type=request.job_type,
+                )
                 if request.lock:
                     await self.slots.dequeue(request.lock, job_id)
                 await job.ack()

@@ -8,6 +8,7 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 
+from jobrunner.common import metrics
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
@@ -51,6 +52,7 @@ class JobJournal:
         error: ErrorInfo | None = None,
         cancelled_by: str | None = None,
         result: dict[str, Any] | None = None,
+        job_type: str = "",
     ) -> None:
         """Publish the job's end. Its event id is the job's one terminal id, so whoever ends a
         job first (its runner, a runner declaring it lost) decides, and later ends are dropped."""
@@ -66,3 +68,5 @@ class JobJournal:
                 result=result,
             )
         )
+        # Counted here, where the end was stored; an end another runner stored first too.
+        metrics.job_ended(job_type, status.value)

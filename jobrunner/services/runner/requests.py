@@ -126,6 +126,7 @@ class RequestLoop:
                         code=ErrorCode.RUNNER_LOST,
                         message="The runner running this job stopped; the job did not finish.",
                     ),
+                    job_type=request.job_type,
                 )
                 await self.slots.forget_run(job_id)
             elif request.lock:
@@ -142,6 +143,7 @@ class RequestLoop:
                     message=f"This runner has no job type {request.job_type!r}; "
                     "check job_types_file.",
                 ),
+                job_type=request.job_type,
             )
             await job.ack()
             return

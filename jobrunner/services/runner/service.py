@@ -27,17 +27,18 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from jobrunner.common import eventstore
+from jobrunner.common import eventstore, metrics
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner import artifacts, orphans
+from jobrunner.services.runner import artifacts, deathsignal, orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.heartbeat import heartbeat
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.lockmetrics import LOCKS
 from jobrunner.services.runner.publisher import check_line_fits
 from jobrunner.services.runner.requests import RequestLoop
 from jobrunner.services.runner.running import RunnerIdentity
@@ -60,6 +61,10 @@ class Runner:
         self.job_types = load_job_types(settings.job_types_file)
         self.slots = SlotTable(self.js, self.names, settings.lease_ttl_seconds)
         self.board = LockBoard()
+        metrics.KNOWN.learn(
+            self.job_types, (t.lock for t in self.job_types.values() if t.lock is not None)
+        )
+        LOCKS.add(self.board)
         self.journal = JobJournal(self.js, self.names, self.identity.runner_id)
         # Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
         # after their runner stopped saying "in progress".
@@ -109,6 +114,8 @@ class Runner:
             leftovers = await asyncio.to_thread(artifacts.remove_leftovers, self.settings)
             if leftovers:
                 log.info("output directories of a previous run removed", count=leftovers)
+            # Asked once, before the first job: how tools are started (deathsignal.py).
+            await asyncio.to_thread(deathsignal.setpriv)
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await self.js.pull_subscribe(
                 self.names.kind_subjects("requested"),
