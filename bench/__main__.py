@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from bench import limits, report, scenarios
+from bench import catchup, limits, report, scenarios
 from bench.system import ROOT, RunningSystem
 
-ALL = ("limits", "latency", "dispatch", "replay", "reads", "throughput", "fanout")
+ALL = ("limits", "latency", "dispatch", "replay", "reads", "catchup", "throughput", "fanout")
 
 FULL = {
     "latency_seconds": 30,
@@ -65,7 +65,7 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
         if "dispatch" in only:
             log(f"dispatch: {size['dispatch_jobs']} jobs")
             results["dispatch"] = await scenarios.dispatch(system, http, size["dispatch_jobs"])
-        if "replay" in only or "reads" in only:
+        if "replay" in only or "reads" in only or "catchup" in only:
             log(f"history: {size['replay_jobs'] * 10:,} events, projected, then replayed")
             results.update(await scenarios.history_and_replay(system, size["replay_jobs"]))
             if "reads" in only:
@@ -81,6 +81,10 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
                 lim["direct_list_walk"] = await limits.direct_walk(
                     database_url, size["reads_seconds"]
                 )
+            if "catchup" in only:
+                log("catch-up: /api/jobs/stream from the stream's start")
+                results["catchup"] = {"updates": await catchup.updates_from_start(system)}
+                results.setdefault("limits", {})["raw_stream_read"] = await catchup.raw_read(system)
     async with httpx.AsyncClient(
         base_url=system.base_url, headers=system.headers, timeout=60
     ) as http:
@@ -89,6 +93,11 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             results["throughput"] = await scenarios.throughput(
                 system, http, size["throughput_lines"]
             )
+            if "catchup" in only:
+                log("catch-up: the flood job's stream from its start")
+                results.setdefault("catchup", {})["job"] = await catchup.job_from_start(
+                    system, results["throughput"]["job_id"], size["throughput_lines"]
+                )
         if "fanout" in only:
             log(f"fan-out: {size['fanout_clients']} clients, 200 lines/s")
             results["fanout"] = await scenarios.fan_out(
@@ -206,6 +215,31 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": ratio(r["events_per_s_total"], copy),
             }
         )
+    if cu := results.get("catchup"):
+        raw = lim.get("raw_stream_read", {}).get("events_per_s")
+        if up := cu.get("updates"):
+            out.append(
+                {
+                    "name": f"4b. catch-up, /api/jobs/stream from {up['stream_events']:,} "
+                    "events back",
+                    "result": f"{up['stream_events_per_s']:,} events/s "
+                    f"({up['job_updates_per_s']:,} job_update/s)",
+                    "target": "≥ 100,000 events/s",
+                    "met": up["stream_events_per_s"] >= 100_000,
+                    "limit": f"{raw:,} events/s (raw stream read)" if raw else "—",
+                    "ratio": ratio(up["stream_events_per_s"], raw),
+                }
+            )
+        if job := cu.get("job"):
+            out.append(
+                {
+                    "name": f"4b. catch-up, a job's stream from its start ({job['lines']:,} lines)",
+                    "result": f"{job['lines_per_s']:,} lines/s; {job['gaps']} gaps, "
+                    f"{job['duplicates']} duplicated",
+                    "target": "≥ 100,000 events/s",
+                    "met": job["lines_per_s"] >= 100_000 and not job["gaps"],
+                }
+            )
     if rd := results.get("reads"):
         one = lim.get("direct_list_query", {}).get("requests_per_s", 0)
         walk = lim.get("direct_list_walk", {}).get("requests_per_s")

@@ -148,6 +148,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
         await eventstore.close(nc)
     runner_start, runner_end = memory.start_end("runner")
     return {
+        "job_id": job,
         "lines": lines,
         "sse_lines_received": client.lines,
         "gaps": client.gaps,
