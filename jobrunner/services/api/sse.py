@@ -38,13 +38,20 @@ _UNICODE_BREAKS = (
 )
 
 
-def encode_data(data: Any) -> bytes:
-    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
-    out = _encoder.encode(data)
+def escape_breaks(out: bytes) -> bytes:
     for raw, escaped in _UNICODE_BREAKS:
         if raw in out:
             out = out.replace(raw, escaped)
     return out
+
+
+def has_breaks(out: bytes) -> bool:
+    return any(raw in out for raw, _ in _UNICODE_BREAKS)
+
+
+def encode_data(data: Any) -> bytes:
+    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
+    return escape_breaks(_encoder.encode(data))
 
 
 @dataclass(frozen=True)
@@ -115,12 +122,17 @@ class LinePayload(msgspec.Struct):
 
 
 def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
-    encode = encode_data
-    return [
-        b"id: %d:%d\ndata: %b\n\n"
-        % (seq, i, encode(LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text)))
-        for i, ln in enumerate(event.lines)
+    """One frame per line, as ``encode_data`` gives each. The Unicode line breaks are looked for
+    once in the whole batch, not in every line: each look costs more than encoding the line,
+    and almost no batch has one."""
+    encode = _encoder.encode
+    datas = [
+        encode(LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text))
+        for ln in event.lines
     ]
+    if has_breaks(b"".join(datas)):
+        datas = [escape_breaks(data) for data in datas]
+    return [b"id: %d:%d\ndata: %b\n\n" % (seq, i, data) for i, data in enumerate(datas)]
 
 
 def status_payload(event: events.StatusChanged) -> dict[str, Any]:
