@@ -92,10 +92,18 @@ def _line_batch(job_id: str, start: int, n: int) -> events.LineLogged:
     )
 
 
-async def jetstream(system: RunningSystem, lines: int, batch: int = 1000) -> dict[str, Any]:
+async def jetstream(
+    system: RunningSystem | None,
+    lines: int,
+    batch: int = 1000,
+    nats_url: str | None = None,
+    replicas: int = 1,
+) -> dict[str, Any]:
     """LineLogged messages of ``batch`` lines published with a window of unacknowledged ones;
-    and one small message's way from publish to a JetStream push consumer."""
-    settings = Settings(nats_url=system.runtime["nats_url"], prefix=LIMIT_PREFIX)
+    and one small message's way from publish to a JetStream push consumer. ``nats_url`` and
+    ``replicas``: another NATS than the system's (a cluster) and the stream's replicas there."""
+    url = nats_url or (system.runtime["nats_url"] if system else "")
+    settings = Settings(nats_url=url, prefix=LIMIT_PREFIX, stream_replicas=replicas)
     names = Names(LIMIT_PREFIX)
     nc = await eventstore.connect(settings, "bench-limit")
     js = nc.jetstream()
@@ -179,4 +187,42 @@ async def direct_query(database_url: str, seconds: float) -> dict[str, Any]:
             latencies.append(time.monotonic() - t)
     finally:
         await conn.close()
+    return {"requests_per_s": round(len(latencies) / seconds), **summarize(latencies)}
+
+
+async def direct_walk(database_url: str, seconds: float) -> dict[str, Any]:
+    """The queries of the GET /api/jobs walk (bench/scenarios.py ``LIST_FILTERS``, each filter's
+    first page and the next), sent straight to Postgres from one connection of a pool set up
+    as the API's: what the API's list requests cost without HTTP, Litestar and JSON."""
+    from bench.scenarios import LIST_FILTERS
+    from jobrunner.services.api import readmodels
+    from jobrunner.services.api.context import read_pool
+
+    def job_filter(params: dict[str, str]) -> readmodels.JobFilter:
+        def split(name: str) -> tuple[str, ...]:
+            return tuple(params[name].split(",")) if name in params else ()
+
+        return readmodels.JobFilter(
+            statuses=split("status"), job_types=split("job_type"), search=params.get("search")
+        )
+
+    filters = [job_filter(params) for params in LIST_FILTERS]
+    pool = await read_pool(database_url)
+    latencies = []
+    try:
+        await pool.execute("SELECT 1")  # the connection is open before the clock starts
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            for f in filters:
+                t = time.monotonic()
+                rows, _ = await readmodels.list_jobs(pool, 51, f)
+                latencies.append(time.monotonic() - t)
+                if len(rows) > 50:
+                    t = time.monotonic()
+                    last = rows[49]
+                    after = readmodels.JobCursor(last["created_at"], last["id"])
+                    await readmodels.list_jobs(pool, 51, f, after)
+                    latencies.append(time.monotonic() - t)
+    finally:
+        await pool.close()
     return {"requests_per_s": round(len(latencies) / seconds), **summarize(latencies)}

@@ -12,8 +12,9 @@ the start with each reader and prints the rate. The readers:
 - ``batched, 4 filters``: ``ordered_reader`` with the same four filters;
 - ``batched, 1 wildcard``: ``ordered_reader`` on ``<prefix>.job.>``, line messages skipped by
   subject before decoding;
-- ``job_updates``: what the stream uses now (``job_updates.update_messages``): the wildcard while
-  catching up, then the four filters.
+- ``job_updates``: what the stream uses now (``job_updates.update_messages``): the wildcard
+  through the raw stream reader (line messages skipped unparsed) while catching up, then the
+  four filters.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nats.js import JetStreamContext, api
 
 from bench.history import START, publish_all
 from jobrunner.common import eventstore
+from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import events
@@ -53,7 +55,9 @@ def history(n_jobs: int, lines: int) -> list[events.Event]:
             events.LineLogged(
                 job_id=job_id,
                 lines=[
-                    events.LogLine(n, "stdout", "INFO", at, f"[{n}] processed https://x{n}.example/")
+                    events.LogLine(
+                        n, "stdout", "INFO", at, f"[{n}] processed https://x{n}.example/"
+                    )
                     for n in range(1, lines + 1)
                 ],
             ),
@@ -118,9 +122,11 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         report["update_events"] = wanted
         nc = await eventstore.connect(settings, "bench")
         js = nc.jetstream()
+
         async def hybrid() -> int:
             got = 0
-            async for msgs in update_messages(js, names, 1, 10, 8 * 1024 * 1024):
+            connection = NatsConnection.from_settings(settings)
+            async for msgs in update_messages(js, names, 1, 10, 8 * 1024 * 1024, connection):
                 if not msgs:
                     break
                 got += len(msgs)
@@ -135,6 +141,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             "job_updates": hybrid,
         }
         for name, read in readers.items():
+            if args.only and name not in args.only.split(","):
+                continue
             t0 = time.perf_counter()
             got = await read()
             seconds = time.perf_counter() - t0
@@ -151,4 +159,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--lines", type=int, default=200)
+    parser.add_argument("--only", help="comma-separated reader names (default: every reader)")
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))

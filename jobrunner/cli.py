@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
@@ -24,7 +25,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run_service(
-    main: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
+    name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], settings: Settings
 ) -> int:
     async def runner() -> None:
         stop = asyncio.Event()
@@ -33,8 +34,25 @@ def _run_service(
             loop.add_signal_handler(sig, stop.set)
         await main(settings, stop)
 
-    asyncio.run(runner())
+    with _metrics_listener(name, settings):
+        asyncio.run(runner())
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_listener(name: str, settings: Settings) -> Iterator[None]:
+    """The service's own /metrics while it runs, when ``metrics_address`` names one."""
+    if not settings.metrics_address:
+        yield
+        return
+    from jobrunner.common.metricsexposition import MetricsListener
+
+    listener = MetricsListener(name, settings.metrics_address)
+    listener.start()
+    try:
+        yield
+    finally:
+        listener.stop()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -49,33 +67,34 @@ def cmd_api(args: argparse.Namespace) -> int:
     from jobrunner.services.api.app import create_app
 
     settings = _settings(args)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    with _metrics_listener("api", settings):
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
     return 0
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
     from jobrunner.services.runner.service import run_runner
 
-    return _run_service(run_runner, _settings(args))
+    return _run_service("runner", run_runner, _settings(args))
 
 
 def cmd_projector(args: argparse.Namespace) -> int:
     from jobrunner.services.projector.service import run_projector
 
-    return _run_service(run_projector, _settings(args))
+    return _run_service("projector", run_projector, _settings(args))
 
 
 def cmd_notifier(args: argparse.Namespace) -> int:
     from jobrunner.services.notifier.service import run_notifier
 
-    return _run_service(run_notifier, _settings(args))
+    return _run_service("notifier", run_notifier, _settings(args))
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -103,6 +122,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
     from jobrunner.common.runtime import with_runtime
+    from jobrunner.services.projector import upgrade
     from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
 
     settings = with_runtime(_settings(args), dict(os.environ))
@@ -110,6 +130,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def show(progress: Progress) -> None:
         if progress.phase == "indexing":
             print("replay: all events loaded; building indexes ...", file=sys.stderr, flush=True)
+            return
+        if progress.phase in ("swapping", "done"):
             return
         if progress.phase == "comparing":
             print(
@@ -127,6 +149,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    # Read models older than this jobrunner cannot be compared with rebuilt ones: they are
+    # rebuilt and swapped in without a comparison (this is the command a projector that may not
+    # rebuild them names).
+    outcome = asyncio.run(upgrade.ensure_current(settings, allow_rebuild=True, on_progress=show))
+    if outcome.rebuilt:
+        print(
+            f"replay: the read models were older than this jobrunner; rebuilt from "
+            f"{outcome.events} events (to sequence {outcome.checkpoint}) and swapped in.",
+            flush=True,
+        )
+        return 0
     try:
         report = asyncio.run(
             replay(
@@ -290,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a start-up failure: one readable line, not a traceback
         from jobrunner.common.jobtypes import JobTypeConfigError
+        from jobrunner.common.refusal import REFUSED_EXIT, StateRefused
         from jobrunner.embedded.serverprocess import ServerStartError
 
+        if isinstance(exc, StateRefused):
+            print(f"jobrunner: {exc}", file=sys.stderr)
+            return REFUSED_EXIT
         if isinstance(exc, ServerStartError | JobTypeConfigError | SettingsError):
             print(f"jobrunner: {exc}", file=sys.stderr)
             return 1

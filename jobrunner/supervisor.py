@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from jobrunner.common import retry
+from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
@@ -64,7 +65,9 @@ def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
-async def wait_healthy(url: str, proc: Service, timeout: float = 60.0) -> None:
+async def wait_healthy(
+    url: str, proc: Service, timeout: float = 60.0, others: tuple[Service, ...] = ()
+) -> None:
     def probe() -> bool:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as response:
@@ -78,6 +81,9 @@ async def wait_healthy(url: str, proc: Service, timeout: float = 60.0) -> None:
             return
         if proc.proc is not None and proc.proc.returncode is not None:
             raise RuntimeError("the api exited during start-up; see the log above")
+        for other in others:
+            if other.proc is not None and other.proc.returncode == REFUSED_EXIT:
+                raise RuntimeError(f"the {other.name} refused to start; jobrunner stops")
         await asyncio.sleep(0.2)
     raise RuntimeError(f"the api did not answer on {url}/health within {timeout:.0f} s")
 
@@ -91,7 +97,9 @@ async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
 
     nc = await nats.connect(nats_url, name="jobrunner-up", max_reconnect_attempts=1)
     try:
-        store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))
+        store = await TokenStore.open(
+            nc.jetstream(), Names(settings.prefix), settings.stream_replicas
+        )
         if await store.all():
             return None
         _, token = await store.create("admin", Role.ADMIN, created_by="jobrunner up")
@@ -169,7 +177,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
         env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
-    services = {name: Service(name, env) for name in SERVICES}
+    services = {name: Service(name, service_env) for name, service_env in metrics_envs(env).items()}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,7 +189,11 @@ async def up(settings: Settings, config_file: str | None) -> int:
             admin_token = await first_admin_token(settings, nats_server.url)
         for service in services.values():
             await service.start()
-        await wait_healthy(f"http://{_reachable(settings.host)}:{settings.port}", services["api"])
+        await wait_healthy(
+            f"http://{_reachable(settings.host)}:{settings.port}",
+            services["api"],
+            others=tuple(services.values()),
+        )
         # The token comes first: whoever waits for the "running at" line has it by then.
         if admin_token:
             print(
@@ -207,6 +219,20 @@ async def up(settings: Settings, config_file: str | None) -> int:
     return exit_code
 
 
+def metrics_envs(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each service's environment: its own metrics listener on a free loopback port (no token:
+    loopback only), and the API told where the others are, so that its ``/metrics`` (behind a
+    token) shows all four. A restarted service keeps its port."""
+    from jobrunner.embedded.serverprocess import free_port
+
+    addresses = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
+    envs = {name: {**env, "JOBRUNNER_METRICS_ADDRESS": addresses[name]} for name in SERVICES}
+    envs["api"]["JOBRUNNER_METRICS_PEERS"] = ",".join(
+        f"{name}=http://{address}" for name, address in addresses.items() if name != "api"
+    )
+    return envs
+
+
 def _reachable(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
@@ -228,6 +254,10 @@ async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
             service = waits.get(task)
             if service is None:
                 continue
+            if task.result() == REFUSED_EXIT:
+                # It refused the stored state (its one sentence is above): a restart would only
+                # refuse again.
+                raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
             service.restarts += 1
             delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
             log.warning(

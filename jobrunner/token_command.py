@@ -62,7 +62,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         max_reconnect_attempts=1,
     )
     try:
-        store = await TokenStore.open(nc.jetstream(), Names(settings.prefix))
+        # The first token of a cluster may come before any API instance made the bucket: make
+        # it with the replicas every other bucket has, or it would live on one node alone.
+        store = await TokenStore.open(
+            nc.jetstream(), Names(settings.prefix), settings.stream_replicas
+        )
         if args.token_command == "create":
             expires = parse_expiry(args.expires_in, args.expires_at)
             record, token = await store.create(

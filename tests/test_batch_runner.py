@@ -152,3 +152,25 @@ async def test_a_job_waiting_for_its_seal_can_be_cancelled(system: System, tmp_p
             "status"
         ] == "completed"
     assert job["started_at"] is None
+
+
+async def test_a_batch_failed_before_its_seal_starts_nothing_once_sealed(system: System) -> None:
+    """An operator fails a batch whose submission had stopped half-way; a retry that completes
+    and seals it later starts none of its jobs: they end cancelled by that operator."""
+    batch = unsealed_batch(system.settings, ("emit", {"lines": 1}))
+    failed = events.BatchFailed(batch_id=batch.batch_id, reason="broken", requested_by="op")
+    await publish(system.settings, batch.requested, failed, *batch.jobs, batch.sealed)
+    async with system.client() as client:
+        job = await wait_status(client, batch.job_ids[0], "cancelled", "completed", "failed")
+    assert (job["status"], job["started_at"], job["log_count"]) == ("cancelled", None, 0)
+
+
+async def test_a_batch_restarted_after_its_fail_runs_its_sealed_jobs(system: System) -> None:
+    """A fail followed by a restart leaves the batch running: its sealed jobs start."""
+    batch = unsealed_batch(system.settings, ("emit", {"lines": 1}))
+    failed = events.BatchFailed(batch_id=batch.batch_id, reason="broken", requested_by="op")
+    restarted = events.BatchRestarted(batch_id=batch.batch_id, mode="unfinished", job_ids=[])
+    await publish(system.settings, batch.requested, failed, restarted, *batch.jobs, batch.sealed)
+    async with system.client() as client:
+        job = await wait_status(client, batch.job_ids[0], "cancelled", "completed", "failed")
+    assert job["status"] == "completed", job

@@ -176,3 +176,13 @@ async def test_page_reports_the_sequence_it_reflects(history: System) -> None:
         page = (await client.get("/api/jobs")).json()
         health = (await client.get("/health")).json()
     assert page["projected_seq"] == health["projected_seq"]
+
+
+async def test_empty_page_reports_the_sequence_it_reflects(history: System) -> None:
+    """A filter that finds nothing still says which stream sequence the empty page reflects."""
+    async with history.client() as client:
+        page = (await client.get("/api/jobs", params={"search": "no such text"})).json()
+        health = (await client.get("/health")).json()
+    assert page["items"] == []
+    assert page["next_cursor"] is None
+    assert page["projected_seq"] == health["projected_seq"] > 0

@@ -77,3 +77,44 @@ async def test_a_quiet_job_sends_keep_alive_comments(system: System) -> None:
         stream = await read_stream(client, f"/jobs/stream/{job_id}")
     assert "keep-alive" in stream.comments
     assert line_texts(stream) == ["INFO line 1 [1/2]", "INFO line 2 [2/2]"]
+
+
+async def test_the_first_viewer_of_a_new_job_has_its_feed_start_at_the_jobs_start(
+    system: System,
+) -> None:
+    """The first viewer of a job just started gets its whole log from a feed begun at the job's
+    first event, with no history read before the first line."""
+    job_id = await start(system, lines=30, interval="0.02")
+    assert system._server is not None
+    fanout = system._server.config.app.state.ctx.fanout
+    async with system.client() as client:
+        reading = asyncio.create_task(read_stream(client, f"/jobs/stream/{job_id}"))
+        async with asyncio.timeout(10):
+            while job_id not in fanout.feeds and not reading.done():  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.01)
+        feed = fanout.feeds.get(job_id)
+        stream = await reading
+    assert feed is not None
+    assert feed.start_seq is not None
+    assert line_texts(stream) == [f"INFO line {i} [{i}/30]" for i in range(1, 31)]
+
+
+async def test_a_feed_begun_at_a_resume_point_serves_a_later_viewer_from_the_start(
+    system: System,
+) -> None:
+    """A reconnecting viewer alone on a job starts its feed where it stopped; a viewer opening
+    the page afterwards still gets the whole log, once."""
+    job_id = await start(system, lines=120, interval="0.01")
+    path = f"/jobs/stream/{job_id}"
+    async with system.client() as client:
+        first = await read_stream(client, path, stop_after=40)
+        last_id = [e.id for e in first.events if e.id][-1]
+        rest = asyncio.create_task(read_stream(client, path, last_event_id=last_id))
+        await asyncio.sleep(0.2)
+        whole = await read_stream(client, path)
+        rest_stream = await rest
+    expected = [f"INFO line {i} [{i}/120]" for i in range(1, 121)]
+    assert line_texts(first) + line_texts(rest_stream) == expected
+    assert line_texts(whole) == expected
+    ids = [e.id for e in whole.events if e.id]
+    assert len(ids) == len(set(ids))

@@ -132,19 +132,27 @@ class FakeWriter:
         self.sent += data
 
 
-def delivery(stream_seq: int, consumer_seq: int, payload: bytes) -> bytes:
+def delivery(
+    stream_seq: int, consumer_seq: int, payload: bytes, subject: str = "s.job.j.lines"
+) -> bytes:
     reply = f"$JS.ACK.S_EVENTS.c1.1.{stream_seq}.{consumer_seq}.1700000000000000000.0"
     headers = b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n"
     size = len(headers) + len(payload)
     return (
-        f"HMSG s.job.j.lines 1 {reply} {len(headers)} {size}\r\n".encode()
+        f"HMSG {subject} 1 {reply} {len(headers)} {size}\r\n".encode()
         + headers
         + (payload + b"\r\n")
     )
 
 
-def parser() -> StreamReader:
-    reader = StreamReader(None, [], "S_EVENTS", "s.job.>")  # type: ignore[arg-type]
+def parser(skip: bytes | None = None) -> StreamReader:
+    reader = StreamReader(
+        None,  # type: ignore[arg-type]
+        [],
+        "S_EVENTS",
+        "s.job.>",
+        skip_subject_suffix=skip,
+    )
     reader._writer = FakeWriter()  # type: ignore[assignment]
     return reader
 
@@ -169,6 +177,19 @@ def test_a_stored_message_with_an_empty_body_is_a_message_not_a_heartbeat() -> N
     reader = parser()
     assert reader._parse(delivery(7, 1, b"") + delivery(8, 2, b"{}")) == [(7, b""), (8, b"{}")]
     assert reader._error is None
+
+
+def test_skipped_subjects_keep_their_place_without_their_payload() -> None:
+    """A reader that skips line messages still counts each in order (sequence, gap check)."""
+    reader = parser(skip=b".lines")
+    data = (
+        delivery(1, 1, b"a", "s.job.j.status")
+        + delivery(2, 2, b"many lines")
+        + delivery(3, 3, b"c", "s.job.j.progress")
+    )
+    assert reader._parse(data) == [(1, b"a"), (2, b""), (3, b"c")]
+    with pytest.raises(GapError):
+        reader._parse(delivery(5, 5, b"", "s.job.j.status"))
 
 
 def test_flow_control_and_ping_are_answered_and_a_message_split_across_reads_is_whole() -> None:

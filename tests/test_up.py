@@ -104,6 +104,27 @@ def run_a_job(base_url: str, token: str | None) -> str:
     return job_id
 
 
+def check_metrics_of_every_service(base_url: str, token: str | None) -> None:
+    """The API's /metrics carries all four services, each series labelled with its service."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        text = client.get("/metrics").text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    for peer in ("runner", "projector", "notifier"):
+        assert samples[("jobrunner_metrics_peer_up", (("service", peer),))] == 1, text
+    key = ("jobrunner_jobs_started_total", (("job_type", "blacklist_sync"), ("service", "runner")))
+    assert samples[key] >= 1
+    assert samples[("jobrunner_projector_checkpoint", (("service", "projector"),))] > 0
+    services = {dict(labels)["service"] for name, labels in samples if name.startswith("process_")}
+    assert services == {"api", "runner", "projector", "notifier"}
+
+
 @pytest.mark.timeout(600)
 def test_up_starts_serves_stops_and_keeps_history(state_dir: Path) -> None:
     """`jobrunner up` runs a job end to end, stops cleanly on Ctrl-C, and remembers it next time."""
@@ -114,6 +135,7 @@ def test_up_starts_serves_stops_and_keeps_history(state_dir: Path) -> None:
         token_match = TOKEN_RE.search(first.output)
         token = token_match.group(1) if token_match else None
         job_id = run_a_job(base_url, token)
+        check_metrics_of_every_service(base_url, token)
         assert processes_using(state_dir), "the embedded servers should be running"
     finally:
         code = first.stop(signal.SIGINT)

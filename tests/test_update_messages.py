@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 from nats.js import JetStreamContext
 
 from jobrunner.common import eventstore
+from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.api.job_updates import update_messages
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,27 +29,74 @@ async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
     await eventstore.close(nc)
 
 
-async def publish(js: JetStreamContext, names: Names, rounds: int) -> list[str]:
+async def publish(js: JetStreamContext, names: Names, rounds: int) -> list[tuple[int, str]]:
     subjects = [names.job_kind_subject(f"j{i}", k) for i in range(rounds) for k in KINDS]
-    await asyncio.gather(*[await js.publish_async(s, b"{}") for s in subjects])
-    return subjects
+    acks = await asyncio.gather(*[await js.publish_async(s, b"{}") for s in subjects])
+    return [(ack.seq, s) for ack, s in zip(acks, subjects, strict=True)]
 
 
+@pytest.mark.parametrize(
+    ("rounds", "raw"),
+    [(300, True), (300, False), (20, True)],
+    ids=["raw-reader", "nats-py", "short-backlog"],
+)
 async def test_a_backlog_then_live_events_arrive_once_in_order_without_lines(
-    settings: Settings, js: JetStreamContext
+    settings: Settings, js: JetStreamContext, rounds: int, raw: bool
 ) -> None:
-    """Started behind a backlog, the reader gets every update once, then the live ones too."""
+    """Started behind a backlog, the reader gets every update once, then the live ones too
+    (a long backlog through the raw stream reader, a short one or one without a connection's
+    settings through nats-py)."""
     names = Names(settings.prefix)
-    backlog = await publish(js, names, 300)
-    seen: list[str] = []
-    reader = update_messages(js, names, 1, 0.2, 1024 * 1024)
+    backlog = await publish(js, names, rounds)
+    connection = NatsConnection.from_settings(settings) if raw else None
+    seen: list[int] = []
+    reader = update_messages(js, names, 1, 0.2, 1024 * 1024, connection)
     async with asyncio.timeout(60):
         while len(seen) < len(backlog) * 4 // 7:
-            seen += [m.subject for m in await anext(reader)]
+            seen += [seq for seq, _ in await anext(reader)]
         # Caught up: the next read hands over to the live consumer; the events after it come too.
         await anext(reader)
         live = await publish(js, names, 50)
         while len(seen) < (len(backlog) + len(live)) * 4 // 7:
-            seen += [m.subject for m in await anext(reader)]
+            seen += [seq for seq, _ in await anext(reader)]
     await reader.aclose()
-    assert seen == [s for s in backlog + live if not s.endswith(".lines")]
+    assert seen == [seq for seq, s in backlog + live if not s.endswith(".lines")]
+
+
+async def test_a_start_past_the_end_waits_for_the_next_event(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Resuming after the last stored event opens no catch-up: the next event comes live."""
+    names = Names(settings.prefix)
+    backlog = await publish(js, names, 300)
+    reader = update_messages(
+        js, names, backlog[-1][0] + 1, 0.2, 1024 * 1024, NatsConnection.from_settings(settings)
+    )
+    async with asyncio.timeout(30):
+        assert await anext(reader) == []  # a keep-alive: nothing old is sent
+        live = await publish(js, names, 1)
+        seen: list[int] = []
+        while len(seen) < 4:
+            seen += [seq for seq, _ in await anext(reader)]
+    await reader.aclose()
+    assert seen == [seq for seq, s in live if not s.endswith(".lines")]
+
+
+async def test_a_raw_catch_up_that_cannot_reach_nats_goes_on_through_nats_py(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """The raw reader's connection refused: the backlog still comes, once, in order."""
+    names = Names(settings.prefix)
+    backlog = await publish(js, names, 300)
+    unreachable = dataclasses.replace(
+        NatsConnection.from_settings(settings),
+        servers=[f"nats://127.0.0.1:{free_port()}"],
+        connect_timeout=0.5,
+    )
+    seen: list[int] = []
+    reader = update_messages(js, names, 1, 0.2, 1024 * 1024, unreachable)
+    async with asyncio.timeout(60):
+        while len(seen) < len(backlog) * 4 // 7:
+            seen += [seq for seq, _ in await anext(reader)]
+    await reader.aclose()
+    assert seen == [seq for seq, s in backlog if not s.endswith(".lines")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -41,10 +42,27 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's reset that sends nothing: for a pool whose sessions never change their state
+    (reads only, no ``SET`` outside a transaction, no ``LISTEN``, no advisory lock). asyncpg's
+    default reset is a query of its own on every release, a round trip per request; a
+    transaction left open is still rolled back (asyncpg does that before calling this)."""
+
+
 async def create_pool(
-    url: str, min_size: int = 1, max_size: int = 10, **settings: str
+    url: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    **settings: str,
 ) -> asyncpg.Pool:
-    """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``)."""
+    """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``);
+    ``reset`` replaces asyncpg's reset of a released connection (``keep_session``)."""
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init_connection, server_settings=settings
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        reset=reset,
+        server_settings=settings,
     )

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from jobrunner.common.metricsconfig import parse_address, parse_peers
+
 ENV_PREFIX = "JOBRUNNER_"
 DEFAULT_JOB_TYPES = Path(__file__).with_name("default_jobtypes.toml")
 
@@ -77,6 +79,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Read-model retention: finished jobs (and their lines) older than this leave Postgres; their
     # events stay in the stream as long as the stream limits keep them (0 keeps them forever).
     readmodel_retention_days: float = 0
+    # A projector that finds read models older than itself rebuilds them from the stream beside
+    # the old ones and swaps them in (README "Upgrading"); off: it refuses to start instead and
+    # names the command to run (for a database other installations read too).
+    readmodel_auto_rebuild: bool = True
     stream_replicas: int = 1
     # GET /health: the projector counts as stuck when the oldest event waiting for it was stored
     # longer ago than this.
@@ -135,6 +141,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # How long an Idempotency-Key is remembered (a retry after that creates a new batch).
     idempotency_ttl_seconds: float = 86400.0
 
+    # Metrics (README "Metrics"): this service's own /metrics listener, host:port with no token
+    # (empty: none; `jobrunner up` gives each child one on loopback). The API's GET /metrics
+    # also reads the services named in metrics_peers (name=http://host:port, comma-separated),
+    # each within metrics_peer_timeout_seconds.
+    metrics_address: str = ""
+    metrics_peers: str = ""
+    metrics_peer_timeout_seconds: float = 2.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
 
@@ -150,6 +163,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} = {value} must be above 0")
+        if self.metrics_address:
+            parse_address(self.metrics_address)
+        parse_peers(self.metrics_peers)
         if self.log_format not in LOG_FORMATS:
             choices = ", ".join(LOG_FORMATS)
             raise ValueError(f"log_format = {self.log_format!r} must be one of {choices}")
@@ -197,6 +213,7 @@ _ABOVE_ZERO = (
     "batch_seal_timeout_seconds",
     "idempotency_ttl_seconds",
     "artifact_read_idle_seconds",
+    "metrics_peer_timeout_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 

@@ -4,6 +4,13 @@ Rules (the versioning contract, see README "Event contracts"):
 - events are past tense, tagged by ``type`` and carry ``version``;
 - a new field always gets a default; a field's type never changes;
 - a consumer ignores event types and fields it does not know.
+
+``CONTRACT_VERSION`` is the version of these rules' contract as a whole. Changes that keep the
+rules (a new event type, a new field with a default) keep it. A change that breaks them (a field's
+type or an event's meaning changed, a subject moved) raises it; such a change must still decode
+the events of every older contract version. The stream records the highest contract version its
+writers use (``Names.contract_metadata_key`` in its metadata); a service starting against a stream
+of a higher version than its own refuses to start.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ LineText = Annotated[
         "split marker; NUL shown as U+2400."
     ),
 ]
+
+
+CONTRACT_VERSION = 1
 
 
 def new_event_id() -> str:
@@ -151,6 +161,9 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="JobRequested"):
     # latest attempt.
     attempt: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] = 1
     attempt_of: str | None = None
+    # Who ran this attempt again (None for a first attempt). ``requested_by`` stays the first
+    # attempt's owner, so a job restarted by an admin stays visible to the user who submitted it.
+    restarted_by: str | None = None
     # An external job (done by a worker elsewhere, reported over HTTP): the SHA-256 (hex) of its
     # callback token. The token itself is shown once, in the API's answer, and stored nowhere.
     callback_token_hash: str | None = None

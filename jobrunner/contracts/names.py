@@ -66,6 +66,10 @@ class Names:
     def stream(self) -> str:
         return f"{self.prefix.upper()}_EVENTS"
 
+    # The key of the stream's metadata that records the contract version of its events
+    # (events.CONTRACT_VERSION): the highest of any writer.
+    contract_metadata_key = "jobrunner_contract"
+
     @property
     def all_subjects(self) -> str:
         """Every event (jobs and batches); the stream holds exactly these subjects."""

@@ -20,12 +20,19 @@ class Viewer:
     ids: list[str] = field(default_factory=list)  # every SSE id received, in order
     dones: int = 0
     connects: int = 0
+    connects_tried: int = 0  # connections attempted, answered or not
+    served_by: list[str] = field(default_factory=list)  # base URL of each stream answered 200
     last_id: str | None = None
     got_line: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def follow(self, client: httpx.AsyncClient) -> None:
+    async def follow(self, client: httpx.AsyncClient, *others: httpx.AsyncClient) -> None:
+        """Follow the job to its ``done``; with ``others``, each connection goes to the next
+        client in turn, as a load balancer in front of several API instances would send it."""
+        clients = (client, *others)
         while True:
             headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            client = clients[self.connects_tried % len(clients)]
+            self.connects_tried += 1
             try:
                 async with client.stream(
                     "GET", f"/jobs/stream/{self.job_id}", headers=headers
@@ -34,6 +41,7 @@ class Viewer:
                     if response.status_code != 200:
                         await asyncio.sleep(0.1)  # the API is still starting: try again
                         continue
+                    self.served_by.append(str(client.base_url))
                     async for event in iter_events(response):
                         if event.id is not None:
                             self.last_id = event.id

@@ -89,7 +89,7 @@ def test_new_attempt_keeps_the_work_and_names_the_actor() -> None:
         "sheet",
     )
     assert (attempt.batch_id, attempt.batch_index) == ("b1", 3)
-    assert (attempt.attempt, attempt.attempt_of, attempt.requested_by) == (3, "root3", "op")
+    assert (attempt.attempt, attempt.attempt_of) == (3, "root3")
     assert attempt.job_id == attempt_job_id("root3", 3)
     assert attempt.event_id == f"{attempt.job_id}-requested"
 
@@ -205,3 +205,9 @@ def test_fail_touches_exactly_the_jobs_still_to_end(latest: list[Attempt]) -> No
     assert set(plan.touched) == {a.id for a in latest if a.status in ("pending", "running")}
     ends = [e for e in plan.first if isinstance(e, events.StatusChanged)]
     assert {e.job_id for e in ends} == {a.id for a in latest if a.status == "pending"}
+
+
+def test_an_attempt_keeps_its_owner_and_names_who_restarted_it() -> None:
+    """A job an admin runs again stays the submitter's: the user still sees its new attempt."""
+    attempt = next_attempt(job(1, "failed"), "admin")
+    assert (attempt.requested_by, attempt.restarted_by) == ("owner", "admin")

@@ -10,6 +10,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.readmodelgate import refuse_unready
+from jobrunner.services.api.requestmetrics import RequestMetrics
 from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
 from jobrunner.services.api.routes.batch_actions import BatchActionController
@@ -20,6 +22,7 @@ from jobrunner.services.api.routes.job_actions import JobActionController
 from jobrunner.services.api.routes.jobs import JobController
 from jobrunner.services.api.routes.logs import download_job_log, job_logs
 from jobrunner.services.api.routes.meta import health, list_job_types, list_projector_failures
+from jobrunner.services.api.routes.metrics import metrics
 from jobrunner.services.api.routes.pages import UI_ROUTES, template_config
 from jobrunner.services.api.routes.streams import job_event_stream
 from jobrunner.services.api.routes.updates import job_updates
@@ -41,6 +44,7 @@ def create_app(settings: Settings) -> Litestar:
             job_event_stream,
             list_job_types,
             health,
+            metrics,
             list_projector_failures,
             # history and audit
             job_updates,
@@ -53,8 +57,10 @@ def create_app(settings: Settings) -> Litestar:
             *UI_ROUTES,
         ],
         lifespan=[lifespan(settings), security.access_lifespan(settings)],
-        middleware=security.MIDDLEWARE,
+        middleware=[RequestMetrics, *security.MIDDLEWARE],
         before_send=[security.add_security_headers],
+        # Read models of another version are never served (README "Upgrading").
+        before_request=refuse_unready,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
         template_config=template_config(),

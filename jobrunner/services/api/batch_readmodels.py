@@ -105,12 +105,7 @@ async def list_batches(
         f"SELECT {BATCH_COLUMNS} FROM {READ_SCHEMA}.batches {clause} "
         f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
     )
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        # As for jobs: a plan for these very values (the search pattern, the filters' spread).
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        rows = await conn.fetch(query, *args)
-        applied = await conn.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
-    return rows, int(applied or 0)
+    return await readmodels.page_and_checkpoint(pool, query, args)
 
 
 async def get_batch_row(pool: asyncpg.Pool | asyncpg.Connection, batch_id: str) -> Any:

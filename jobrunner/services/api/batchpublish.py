@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
-from jobrunner.common import batchids, eventstore
+from jobrunner.common import batchids, eventstore, metrics
 from jobrunner.common.callbacktoken import CallbackToken, mint
 from jobrunner.common.slots import SlotTable
 from jobrunner.common.subscription import last_message
@@ -109,7 +109,11 @@ async def publish_batch(
         await eventstore.publish(js, names, requested)
     if jobs:
         await eventstore.publish_many(js, names, jobs)
-    return await eventstore.publish(js, names, batch.sealed)
+    sealed_seq = await eventstore.publish(js, names, batch.sealed)
+    if requested is not None:  # a resumed submission counted its batch the first time
+        metrics.BATCHES_SUBMITTED.inc()
+    metrics.BATCH_JOBS_SUBMITTED.inc(len(jobs))
+    return sealed_seq
 
 
 async def _missing(

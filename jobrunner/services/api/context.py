@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore
+from jobrunner.common import database, eventstore, metrics
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -24,6 +24,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
+from jobrunner.services.api.readmodelgate import ReadModelGate
 
 log = structlog.get_logger()
 
@@ -73,6 +74,22 @@ class ApiContext:
     projection: ProjectionTracker
     fanout: Fanout
     idempotency: IdempotencyKeys
+    readmodels: ReadModelGate
+
+
+async def read_pool(database_url: str) -> asyncpg.Pool:
+    """The API's connections to the read models: it only reads, so a released connection
+    needs no reset query (a round trip on every request otherwise)."""
+    return await database.create_pool(
+        database_url,
+        min_size=1,
+        max_size=10,
+        reset=database.keep_session,
+        # A plan for each query's very values: a generic plan (what a prepared statement drifts
+        # to after five runs) cannot use the trigram index for an unknown search pattern, nor
+        # judge a filter's selectivity. Set once per session rather than per query.
+        plan_cache_mode="force_custom_plan",
+    )
 
 
 def sse_limits(settings: Settings) -> Limits:
@@ -89,11 +106,14 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         names = Names(settings.prefix)
         job_types = load_job_types(settings.job_types_file)
+        metrics.KNOWN.learn(job_types, (t.lock for t in job_types.values() if t.lock))
         nc = await eventstore.connect(settings, "api")
         js = nc.jetstream()
         await eventstore.ensure_topology(js, names, settings)
-        pool = await database.create_pool(settings.database_url, min_size=1, max_size=10)
+        pool = await read_pool(settings.database_url)
         tracker = ProjectionTracker()
+        readmodels = ReadModelGate(pool, js, names)
+        await readmodels.start()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
         app.state.ctx = ApiContext(
             settings=settings,
@@ -107,10 +127,12 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             # One JetStream subscription per watched job, shared by its SSE clients.
             fanout=Fanout(js, names, sse.frames_for, sse_limits(settings)),
             idempotency=IdempotencyKeys(js, names),
+            readmodels=readmodels,
         )
         try:
             yield
         finally:
+            await readmodels.close()
             await sub.unsubscribe()
             await pool.close()
             await eventstore.close(nc)

@@ -1,12 +1,14 @@
 """One JetStream subscription per job per API process, broadcast to every SSE client of that job.
 
-A job's feed is an ordered consumer that starts at the stream's end at the moment the first
-client of the job arrives: no client decides where a shared feed starts, so nothing one client
-sends (a ``Last-Event-ID`` far ahead, say) can change what another receives. Each event is decoded
-and turned into SSE frames once, then handed to every client of the feed. A client that needs
-events from before the feed's start (any resume point, any late joiner) first reads those from
-JetStream with its own short-lived ordered consumer, then continues with the feed, skipping what it
-already sent: gap-free and duplicate-free.
+A job's feed is an ordered consumer that starts when the first client of the job arrives: at the
+stream's end, or, for a job with a short past, at that client's start (a point in the stored past:
+a ``Last-Event-ID`` ahead of the stream is refused before), so that the first line of a job just
+started needs no history read. Where a feed starts never changes what any client receives, only
+what it reads first: each event is decoded and turned into SSE frames once, then handed to every
+client of the feed. A client that needs events from before the feed's position when it joins (a
+resume point, a late joiner) first reads those from JetStream with its own short-lived ordered
+consumer, then continues with the feed, skipping what it already sent: gap-free and
+duplicate-free.
 
 Memory is bounded in bytes, per client and for the whole process. A client whose backlog grows
 past its share, or the client with the largest backlog when the process's total is over its cap,
@@ -40,6 +42,9 @@ COALESCE_MAX = 0.1  # ... up to this (a lone client gets every event at once)
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
+# ... or after this much work, whichever comes first: a flooding job's burst then holds the
+# process for about a millisecond at a time, and the other jobs' feeds and clients go in between.
+TURN_SECONDS = 0.001
 
 FrameBuilder = Callable[[events.AnyEvent, int, int | None], list[bytes]]
 
@@ -140,9 +145,10 @@ class Subscriber:
 
 
 class JobFeed:
-    def __init__(self, fanout: Fanout, job_id: str) -> None:
+    def __init__(self, fanout: Fanout, job_id: str, start_seq: int | None = None) -> None:
         self.fanout = fanout
         self.job_id = job_id
+        self.start_seq = start_seq  # None: the stream's end when the feed starts
         # Every event of the job up to here has been handed to the subscribers of the moment.
         self.last_seq = 0
         self.subscribers: set[Subscriber] = set()
@@ -160,8 +166,11 @@ class JobFeed:
         try:
             # Inside the try: a feed that cannot even subscribe (NATS away, an API timeout under
             # load) must still release its clients, or they would wait forever.
-            info = await fanout.js.stream_info(fanout.names.stream)
-            self.last_seq = info.state.last_seq
+            if self.start_seq is None:
+                info = await fanout.js.stream_info(fanout.names.stream)
+                self.last_seq = info.state.last_seq
+            else:
+                self.last_seq = self.start_seq - 1
             async with ordered_reader(
                 fanout.js,
                 fanout.names.stream,
@@ -189,11 +198,14 @@ class JobFeed:
                 subscriber.keep_alive()
             return False
         size = 0
+        loop = asyncio.get_running_loop()
+        turn_ends = loop.time() + TURN_SECONDS
         for msg in msgs:
-            if size >= HAND_OVER_BYTES:
+            if size >= HAND_OVER_BYTES or loop.time() >= turn_ends:
                 self._flush()
                 size = 0
                 await asyncio.sleep(0)
+                turn_ends = loop.time() + TURN_SECONDS
             seq = msg.metadata.sequence.stream
             item = decode_item(seq, msg.data, self.fanout.build)
             self.last_seq = seq
@@ -250,13 +262,20 @@ class Fanout:
         self.peak_buffered_bytes = 0
         self.clients_cut = 0
 
-    async def join(self, job_id: str) -> tuple[JobFeed, Subscriber, int]:
+    async def join(
+        self, job_id: str, start_seq: int | None = None
+    ) -> tuple[JobFeed, Subscriber, int]:
         """Subscribe to the job's feed; returns it, the inbox, and the feed's position at the
         moment of joining: events up to it must come from history, later ones arrive in the inbox.
+
+        A feed that does not run yet starts at ``start_seq`` when given (the caller checked that
+        it lies in the stored past: a feed never waits ahead of the stream), else at the stream's
+        end. Where a feed starts never changes what a client receives, only what it reads as
+        history first.
         """
         feed = self.feeds.get(job_id)
         if feed is None or feed.ended:
-            feed = JobFeed(self, job_id)
+            feed = JobFeed(self, job_id, start_seq)
             self.feeds[job_id] = feed
             feed.start()
         await feed.ready.wait()
@@ -319,11 +338,18 @@ class Fanout:
         ) as reader:
             if start_seq > until_seq or await reader.count() == 0:
                 return
+            loop = asyncio.get_running_loop()
             while True:
                 msgs = await reader.next_batch(self.limits.history_idle)
                 if not msgs:
                     raise HistoryStalled(job_id)
+                turn_ends = loop.time() + TURN_SECONDS
                 for msg in msgs:
+                    if loop.time() >= turn_ends:
+                        # A long history (a flood's viewer catching up) is read in turns too:
+                        # the other jobs' feeds and clients go in between.
+                        await asyncio.sleep(0)
+                        turn_ends = loop.time() + TURN_SECONDS
                     meta = msg.metadata
                     seq = meta.sequence.stream
                     item = decode_item(seq, msg.data, self.build)

@@ -23,6 +23,7 @@ import structlog
 
 from jobrunner.common import runnerpool
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import ApiContext
 
 log = structlog.get_logger()
@@ -50,7 +51,19 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     if not body["postgres"]:
         problems.append(Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres."))
     unavailable = bool(problems)
-    if last is not None and applied is not None:
+    readmodels = ctx.readmodels.state
+    if body["postgres"] and not readmodels.current:
+        readmodels = await ctx.readmodels.check()
+    if body["postgres"] and not readmodels.current:
+        body["read_models"] = {
+            "state": "newer" if readmodels.newer else "rebuilding",
+            **readmodelgate.progress(readmodels),
+        }
+        problems.append(Problem(readmodels.code, readmodels.sentence()))
+        # Newer tables: this instance cannot serve them (another one may). Rebuilding: it
+        # serves as soon as the projector swaps the rebuilt tables in.
+        unavailable = unavailable or readmodels.newer
+    if last is not None and applied is not None and readmodels.current:
         body["projector"] = await _projector(ctx, applied, last, problems)
     if applied is not None:
         body["set_aside"] = await _set_aside(ctx, problems)

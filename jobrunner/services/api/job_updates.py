@@ -17,10 +17,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from nats.aio.msg import Msg
+import structlog
 from nats.js import JetStreamContext
 
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.natsconnection import NatsConnection
+from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
@@ -28,6 +30,8 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
+
+log = structlog.get_logger()
 
 EVENT_NAME = "job_update"
 # The kinds that change what a job_update shows; "lines" is left out on purpose.
@@ -37,6 +41,8 @@ REMEMBERED_JOBS = 10_000
 # A catch-up read that gets nothing for this long is at the stream's end: it hands over to the
 # live consumer.
 CATCH_UP_IDLE_SECONDS = 1.0
+# A backlog longer than this is read by the raw stream reader (a connection of its own).
+RAW_CATCH_UP_MIN = 1000
 
 
 @dataclass(frozen=True)
@@ -202,19 +208,22 @@ async def update_stream(
     batches = BatchUpdates(ctx, owner)
     keepalive = ctx.settings.sse_keepalive_seconds
     buffered = ctx.settings.sse_client_buffer_bytes
-    async for msgs in update_messages(ctx.js, ctx.names, start_seq, keepalive, buffered):
+    connection = NatsConnection.from_settings(ctx.settings)
+    async for msgs in update_messages(
+        ctx.js, ctx.names, start_seq, keepalive, buffered, connection
+    ):
         if not msgs:
             yield sse.comment("keep-alive")
             continue
         frames: list[tuple[int, bytes]] = []
         read: list[tuple[int, events.AnyEvent]] = []
-        for msg in msgs:
+        for seq, data in msgs:
             try:
-                event = codec.decode(msg.data)
+                event = codec.decode(data)
             except msgspec.MsgspecError:
                 continue
             if event is not None:
-                read.append((msg.metadata.sequence.stream, event))
+                read.append((seq, event))
         await read_ahead(ctx, read, states, batches)
         for seq, event in read:
             # Before the job's own scope check: another's new attempt changes my batch's counters.
@@ -248,12 +257,15 @@ async def read_ahead(
 ) -> None:
     """The read-model rows of the jobs in ``read`` the stream does not know yet, in one query: a
     burst of changes of jobs requested before the stream's start (a batch's jobs all ending)
-    would otherwise cost a query per job, one after the other."""
+    would otherwise cost a query per job, one after the other. A job requested within ``read``
+    is left out: its JobRequested, handled first, tells everything (a backlog read from far back
+    would otherwise look up nearly every job it shows)."""
+    requested = {event.job_id for _, event in read if isinstance(event, events.JobRequested)}
     unknown = {
         event.job_id
         for _, event in read
         if isinstance(event, events.Event)
-        and not isinstance(event, events.JobRequested)
+        and event.job_id not in requested
         and (not states.knows(event.job_id) or not batches.knows(event.job_id))
     }
     if not unknown:
@@ -268,31 +280,74 @@ async def read_ahead(
 
 
 async def update_messages(
-    js: JetStreamContext, names: Names, start_seq: int, keepalive: float, max_bytes: int
-) -> AsyncIterator[list[Msg]]:
-    """The messages of the update kinds from ``start_seq`` on, in batches; ``[]`` after
-    ``keepalive`` seconds without one.
+    js: JetStreamContext,
+    names: Names,
+    start_seq: int,
+    keepalive: float,
+    max_bytes: int,
+    connection: NatsConnection | None = None,
+) -> AsyncIterator[list[tuple[int, bytes]]]:
+    """``(stream sequence, payload)`` of the update kinds from ``start_seq`` on, in batches;
+    ``[]`` after ``keepalive`` seconds without one.
 
     A backlog is read through one wildcard, skipping line messages by subject: nats-server
     delivers a long history through several filter subjects far slower than through one (README
-    "Event contracts"; ``python -m bench.updates``). Once caught up, a consumer filtering the four
-    kinds and the batch events follows the live stream, so a flood of output never reaches this
-    stream."""
+    "Event contracts"; ``python -m bench.updates``). A backlog of more than ``RAW_CATCH_UP_MIN``
+    messages is read by the raw stream reader (``common/streamreader.py``: a few µs a message
+    where nats-py's per-message path costs several times that), a shorter one through nats-py
+    (no extra connection for a client that is nearly at the end). Once caught up, a consumer
+    filtering the four kinds and the batch events follows the live stream, so a flood of output
+    never reaches this stream."""
     next_seq = max(start_seq, 1)
     lines_suffix = "." + names.job_kind_subject("x", "lines").rpartition(".")[2]
-    async with ordered_reader(
-        js, names.stream, names.all_subjects, start_seq=next_seq, max_buffered_bytes=max_bytes
-    ) as reader:
-        while True:
-            msgs = await reader.next_batch(CATCH_UP_IDLE_SECONDS)
-            if not msgs:
-                break
-            next_seq = msgs[-1].metadata.sequence.stream + 1
-            wanted = [m for m in msgs if not m.subject.endswith(lines_suffix)]
-            if wanted:
-                yield wanted
-            if msgs[-1].metadata.num_pending == 0:
-                break
+    caught_up = False
+    if connection is not None:
+        state = (await js.stream_info(names.stream)).state
+        if state.last_seq < max(next_seq, state.first_seq):
+            caught_up = True  # nothing stored from here on: the live consumer waits for it
+        elif state.last_seq - max(next_seq, state.first_seq) + 1 > RAW_CATCH_UP_MIN:
+            raw = StreamReader(
+                js,
+                connection.servers,
+                names.stream,
+                names.all_subjects,
+                name="jobrunner-api-updates",
+                connection=connection,
+                skip_subject_suffix=lines_suffix.encode(),
+            )
+            try:
+                await raw.open(next_seq)
+                async for batch in raw.batches():
+                    next_seq = batch[-1][0] + 1
+                    wanted = [(seq, data) for seq, data in batch if data]
+                    if wanted:
+                        yield wanted
+                    if raw.pending == 0:
+                        caught_up = True
+                        break
+            except StreamReaderError as exc:
+                # The rest of the backlog comes through nats-py, from exactly where this stopped.
+                log.info("update stream's raw catch-up failed", error=str(exc), next_seq=next_seq)
+            finally:
+                await raw.close()
+    if not caught_up:
+        async with ordered_reader(
+            js, names.stream, names.all_subjects, start_seq=next_seq, max_buffered_bytes=max_bytes
+        ) as reader:
+            while True:
+                msgs = await reader.next_batch(CATCH_UP_IDLE_SECONDS)
+                if not msgs:
+                    break
+                next_seq = msgs[-1].metadata.sequence.stream + 1
+                wanted = [
+                    (m.metadata.sequence.stream, m.data)
+                    for m in msgs
+                    if not m.subject.endswith(lines_suffix)
+                ]
+                if wanted:
+                    yield wanted
+                if msgs[-1].metadata.num_pending == 0:
+                    break
     async with ordered_reader(
         js,
         names.stream,
@@ -301,4 +356,4 @@ async def update_messages(
         max_buffered_bytes=max_bytes,
     ) as reader:
         while True:
-            yield await reader.next_batch(keepalive)
+            yield [(m.metadata.sequence.stream, m.data) for m in await reader.next_batch(keepalive)]

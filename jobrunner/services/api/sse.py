@@ -38,13 +38,16 @@ _UNICODE_BREAKS = (
 )
 
 
-def encode_data(data: Any) -> bytes:
-    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
-    out = _encoder.encode(data)
+def escape_breaks(out: bytes) -> bytes:
     for raw, escaped in _UNICODE_BREAKS:
         if raw in out:
             out = out.replace(raw, escaped)
     return out
+
+
+def encode_data(data: Any) -> bytes:
+    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
+    return escape_breaks(_encoder.encode(data))
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,13 @@ class ResumePoint:
     def next_seq(self) -> int:
         # Mid-batch: that message again (its earlier lines are skipped); else the one after.
         return self.stream_seq if self.line_index is not None else self.stream_seq + 1
+
+
+# A job with at most this many lines stored gets its feed started at its first client's start
+# (when it has no feed yet), instead of at the stream's end with a history read before it: the
+# feed then sends the job's short past too. A longer past is read with the client's own
+# flow-controlled history read, which a slow client can take at its own pace.
+FEED_FROM_START_LINES = 1000
 
 
 async def last_status(
@@ -114,13 +124,23 @@ class LinePayload(msgspec.Struct):
     text: str
 
 
+# A batch's payloads are encoded as one JSON array and cut between its objects: inside a JSON
+# string a quote is always escaped, so '},{"seq":' only ever occurs between two objects.
+_FIRST_PAYLOAD = b'[{"seq":'
+_NEXT_PAYLOAD = b'},{"seq":'
+
+
 def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
-    encode = encode_data
-    return [
-        b"id: %d:%d\ndata: %b\n\n"
-        % (seq, i, encode(LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text)))
-        for i, ln in enumerate(event.lines)
+    """One frame per line (``id: <stream seq>:<line index>``), with one encoder call for the
+    whole batch rather than one per line."""
+    payloads = [
+        LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text) for ln in event.lines
     ]
+    if not payloads:
+        return []
+    data = escape_breaks(_encoder.encode(payloads))
+    parts = data[len(_FIRST_PAYLOAD) : -2].split(_NEXT_PAYLOAD)
+    return [b'id: %d:%d\ndata: {"seq":%b}\n\n' % (seq, i, part) for i, part in enumerate(parts)]
 
 
 def status_payload(event: events.StatusChanged) -> dict[str, Any]:
@@ -175,6 +195,7 @@ async def job_stream(
     start_seq: int,
     resume: ResumePoint | None,
     already_done: dict[str, Any] | None,
+    feed_from: int | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for one job from ``start_seq`` until its terminal status.
 
@@ -186,7 +207,7 @@ async def job_stream(
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
-    feed, inbox, joined_at = await fanout.join(job_id)
+    feed, inbox, joined_at = await fanout.join(job_id, feed_from)
     sent = start_seq - 1
     try:
         if start_seq <= joined_at and not inbox.overflow:

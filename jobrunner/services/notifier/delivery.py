@@ -17,6 +17,7 @@ from datetime import datetime
 
 import structlog
 
+from jobrunner.common import metrics
 from jobrunner.common.webhookurl import public_url
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, WebhookOutcome
@@ -151,6 +152,7 @@ class JobDelivery:
                     first_attempt_at=first_at,
                 )
             )
+            metrics.WEBHOOK_ATTEMPTS.labels(outcome.value).inc()
             log.info(
                 "webhook attempted",
                 delivery_id=delivery_id,

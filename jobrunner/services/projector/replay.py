@@ -25,7 +25,7 @@ import asyncpg
 import structlog
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore
+from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
@@ -137,6 +137,8 @@ async def replay(
             await store.create_schema(conn)  # the live one, should this be a fresh install
             await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
             await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
+            # The version goes with the rebuilt schema when it takes the live one's name.
+            await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
             # Autovacuum would chase the bulk load (a million new rows set it off) for the
             # second core; the tables get their statistics once loaded (_build_indexes).
             await _set_autovacuum(conn, "SET (autovacuum_enabled = off)")

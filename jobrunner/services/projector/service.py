@@ -13,12 +13,13 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore
+from jobrunner.common import database, eventstore, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store
+from jobrunner.services.projector import setaside, store, upgrade
 from jobrunner.services.projector.feed import EventFeed
+from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
 
 log = structlog.get_logger()
@@ -41,11 +42,17 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     js = nc.jetstream()
     pool = await database.create_pool(settings.database_url, min_size=1, max_size=2)
     feed: EventFeed | None = None
+    lag = Lag()
+    lag.publish()
+    looking = asyncio.create_task(lag.follow(js, names.stream, stop), name="projector-lag")
     try:
         await eventstore.ensure_topology(js, names, settings)
-        await _remove_durable_consumer(js, names)
+        await retry.until_jetstream_ready(
+            lambda: _remove_durable_consumer(js, names), "the event stream's consumers"
+        )
+        # Read models of an older layout are rebuilt (or refused) before the first write.
+        await upgrade.ensure_current(settings)
         async with pool.acquire() as conn:
-            await store.create_schema(conn)
             last = await store.checkpoint(conn)
         feed = EventFeed(js, names, settings, name="projector")
         await feed.start(last + 1)
@@ -53,6 +60,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         encoder = msgspec.json.Encoder()
         watch = StallWatch(js, names.stream, settings.projector_stuck_seconds)
         watch.progressed(last)
+        lag.progressed(last)
         next_prune = 0.0
         while not stop.is_set():
             if settings.readmodel_retention_days > 0 and time.monotonic() >= next_prune:
@@ -81,8 +89,12 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
                 break
             last = applied
             watch.progressed(last)
+            lag.progressed(last)
             await nc.publish(names.projected_subject, encoder.encode(events.ProjectedNotice(last)))
     finally:
+        looking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await looking
         if feed is not None:
             await feed.close()
         await pool.close()

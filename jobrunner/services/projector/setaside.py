@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from jobrunner.common import metrics
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.projector import storable, store
 from jobrunner.services.projector.projections import Change, Unreadable
@@ -70,7 +71,12 @@ async def apply(
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
-        unreadable = next((c for c in changes if isinstance(c, Unreadable)), None)
+        # The feed gives an unreadable message this one change (a plain loop: asked per event).
+        unreadable = None
+        for change in changes:
+            if type(change) is Unreadable:
+                unreadable = change
+                break
         if unreadable is not None:
             await _bisect(conn, batch[start:i], lookup, schema)
             await _set_aside(conn, seq, unreadable.error, lookup, schema)
@@ -129,6 +135,8 @@ async def _set_aside(
             storable.text(raw[: RAW_LIMIT * 4].decode("utf-8", errors="replace")[:RAW_LIMIT]),
         )
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", seq)
+    if schema == READ_SCHEMA:  # a replay's rebuild sets the same events aside again
+        metrics.PROJECTOR_SET_ASIDE.inc()
     log.error(
         "event set aside: the projector could not apply it",
         stream_seq=seq,

@@ -35,7 +35,7 @@ from pathlib import Path
 import structlog
 from nats.js import JetStreamContext
 
-from jobrunner.common import artifactnames, artifactstore
+from jobrunner.common import artifactnames, artifactstore, metrics
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -249,5 +249,7 @@ class ArtifactCollector:
         )
         await self.publish(event)
         result.stored.append(event)
+        metrics.ARTIFACTS_STORED.inc()
+        metrics.ARTIFACT_BYTES.inc(stored.size)
         log.info("artifact stored", name=candidate.name, size=stored.size)
         return stored.size

@@ -58,14 +58,21 @@ class SlotClaimer:
         value = self.identity.held_value(job_id, request.job_type)
         while True:
             if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
-                await self.journal.end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+                await self.journal.end(
+                    job_id,
+                    JobStatus.CANCELLED,
+                    cancelled_by=job.cancelled_by,
+                    job_type=request.job_type,
+                )
                 if request.lock:
                     await self.slots.dequeue(request.lock, job_id)
                 await job.ack()
                 return None
             may_take = not queued or await self._is_queue_head(request, key)
             if may_take and (job.holds_capacity or await self._take_capacity(job)):
-                lease = await self.slots.try_acquire(key, value)
+                # A job without a lock, at its first attempt, has a slot no one wrote before.
+                fresh = not request.lock and request.attempt_of is None
+                lease = await self.slots.try_acquire(key, value, fresh=fresh)
                 if lease is not None:
                     if queued and request.lock:
                         await self.slots.dequeue(request.lock, job_id)

@@ -86,8 +86,10 @@ class ToolExecution:
             raise StartFailed(str(exc)) from None
 
     async def pump(self, reporter: JobReporter) -> None:
-        def sink(stream: str, text: str, transient: bool, at: datetime) -> None:
-            reporter.line(stream, text, at, transient=transient)
+        def sink(stream: str, lines: list[str], transient: str | None, at: datetime) -> None:
+            reporter.lines(stream, lines, at)
+            if transient is not None:
+                reporter.line(stream, transient, at, transient=True)
 
         await self.tool.pump(sink, reporter.room, self.max_line_bytes)
 

@@ -17,6 +17,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
+from jobrunner.common import metrics
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import Lease, RunRecord, SlotTable
@@ -73,15 +74,24 @@ class JobExecutor:
         lease: Lease,
     ) -> None:
         job_id = request.job_id
-        if await self.journal.last_event(job_id, "status") is not None:
+        # Both read at once (one round trip of waiting, not two), while we hold the slot.
+        status, cancel = await asyncio.gather(
+            self.journal.last_event(job_id, "status"), self.journal.last_event(job_id, "cancel")
+        )
+        if status is not None:
             # Another runner got this request too (a redelivery) and started or ended it first;
             # checked while we hold the slot, so the job never runs twice.
             await self.slots.release(lease)
             await job.ack()
             return
-        if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
+        if job.cancel_event.is_set() or cancel:
             # Cancelled while we were taking the slot: it never starts.
-            await self.journal.end(job_id, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+            await self.journal.end(
+                job_id,
+                JobStatus.CANCELLED,
+                cancelled_by=job.cancelled_by,
+                job_type=request.job_type,
+            )
             await self.slots.release(lease)
             await job.ack()
             return
@@ -114,6 +124,7 @@ class JobExecutor:
                         job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
                     )
                 )
+                metrics.job_started(request.job_type)
             # Acknowledged once running: a redelivery after this point can only mean we died,
             # and then the job ends as RUNNER_LOST instead of running twice.
             await job.ack()
@@ -143,6 +154,7 @@ class JobExecutor:
                     error=outcome.error,
                     cancelled_by=outcome.cancelled_by,
                     result=reporter.result or None,
+                    job_type=request.job_type,
                 )
             # Should this not get through, the sweep removes the record of the ended job.
             await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))

@@ -16,6 +16,16 @@ LEVEL_RE = re.compile(
     r"[\[(]?(?P<level>DEBUG|INFO|SUCCESS|WARNING|WARN|ERROR|CRITICAL|FATAL)[\])]?(?=[\s:|-]|$)",
     re.IGNORECASE,
 )
+# LEVEL_RE over a block of lines at once (MULTILINE; no whitespace run crosses a line break):
+# one match per line, whose group is the level word where the line has one, else empty.
+_LEVEL_PER_LINE_RE = re.compile(
+    r"^(?:[^\S\n]*"
+    r"(?:\[?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\]?[^\S\n]+"
+    r"|\[?\d{2}:\d{2}:\d{2}(?:[.,]\d+)?\]?[^\S\n]+)?"
+    r"[\[(]?(DEBUG|INFO|SUCCESS|WARNING|WARN|ERROR|CRITICAL|FATAL)[\])]?(?=[\s:|-]|$))?[^\n]*",
+    re.IGNORECASE | re.MULTILINE,
+)
+LEVEL_SCAN_CHARS = 200  # parse_level looks at a line's first 200 characters
 LEVEL_ALIASES = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}
 LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*\]")
@@ -38,12 +48,46 @@ def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | Non
 
     A job type's ``level_pattern`` replaces the default; it must have a group named ``level``.
     """
-    match = (pattern or LEVEL_RE).match(text[:200])
+    match = (pattern or LEVEL_RE).match(text[:LEVEL_SCAN_CHARS])
     if not match:
         return default
-    level = (match.group("level") or "").upper()
+    return level_of_word(match.group("level") or "", default)
+
+
+def level_of_word(word: str, default: str = "INFO") -> str:
+    """The level a matched level word names (any case, aliases folded), else ``default``."""
+    level = word.upper()
     level = LEVEL_ALIASES.get(level, level)
     return level if level in LEVELS else default
+
+
+class _LevelWords(dict[str, str]):
+    """Level word as matched -> level, remembered (few distinct spellings ever occur)."""
+
+    def __missing__(self, word: str) -> str:
+        level = level_of_word(word)
+        if len(self) < 4096:  # bounded: a tool cannot grow it without limit
+            self[word] = level
+        return level
+
+
+_LEVEL_WORDS = _LevelWords()
+
+
+def levels_of_lines(lines: list[str]) -> list[str]:
+    """``parse_level`` of each line (default pattern, default INFO), in one regex pass over the
+    block: the cost per line is a list item, not a function call and a match."""
+    groups = _LEVEL_PER_LINE_RE.findall("\n".join(lines))
+    if len(groups) != len(lines):  # cannot happen; the per-line way is the reference
+        return [parse_level(line) for line in lines]
+    words = _LEVEL_WORDS
+    levels = [words[g] for g in groups]
+    if max(map(len, lines)) > LEVEL_SCAN_CHARS:
+        # parse_level sees only a line's start: a long line is judged the same way.
+        for i, line in enumerate(lines):
+            if len(line) > LEVEL_SCAN_CHARS:
+                levels[i] = parse_level(line)
+    return levels
 
 
 @dataclass(frozen=True)
@@ -201,9 +245,13 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> list[str]:
         self._buffer += chunk
-        lines: list[str] = []
-        start = 0
         buf = self._buffer
+        start = 0
+        lines = self._plain_lines(buf)
+        if lines is None:
+            lines = []
+        else:
+            start = buf.rfind(b"\n") + 1
         while True:
             end = buf.find(b"\n", start)
             if end < 0:
@@ -236,6 +284,25 @@ class LineSplitter:
             lines.extend(_cleaned_pieces(bytes(buf[:cut]), self.max_bytes, continued=True))
             del buf[:cut]
         return lines
+
+    def _plain_lines(self, buf: bytearray) -> list[str] | None:
+        """The complete lines of ``buf`` at once when cleaning could change none of them (valid
+        UTF-8, no NUL, escape or carriage return, none longer than surely fits): what cleaning
+        each line would give, at a fraction of the cost per line. None when one needs cleaning
+        or splitting, or no line is complete."""
+        end = buf.rfind(b"\n")
+        if end < 0:
+            return None
+        block = bytes(buf[:end])
+        if b"\r" in block or b"\x1b" in block or b"\x00" in block:
+            return None
+        if len(block) > self._surely_fits and max(map(len, block.split(b"\n"))) > self._surely_fits:
+            return None
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return text.split("\n")
 
     def close(self) -> list[str]:
         """The unterminated rest when the stream ends."""

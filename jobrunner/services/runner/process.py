@@ -4,34 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from jobrunner.services.runner import orphans
+from jobrunner.services.runner import deathsignal, orphans
 from jobrunner.services.runner.output import LineSplitter
 
-READ_CHUNK = 256 * 1024
-_PR_SET_PDEATHSIG = 1
+READ_CHUNK = 256 * 1024  # the pipe's buffer in the runner
+# Output handled per turn of the event loop, at most: a tool flooding its pipe then holds the
+# runner for about a millisecond at a time, and the other jobs' lines, lease renewals and
+# publishes get their turns in between (no noisy neighbour).
+TURN_BYTES = 64 * 1024
 GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
-
-
-def _die_with_runner() -> None:
-    # If the runner itself is killed, the kernel kills the tool too (Linux). Its descendants are
-    # found by process group when the runner restarts or another runner declares it lost.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class SpawnError(Exception):
     pass
 
 
-# (stream, raw line, transient, when): transient lines are \r progress-bar states, not log lines.
-# Called for each line (stream, text, transient, time); the awaitable waits for buffer room.
-LineSink = Callable[[str, str, bool, datetime], None]
+# Called with each chunk's complete lines (stream, lines, the latest state of a \r progress bar
+# or None, time of the read); the awaitable waits for buffer room.
+LineSink = Callable[[str, list[str], str | None, datetime], None]
 Room = Callable[[], Awaitable[None]]
 
 
@@ -54,16 +49,19 @@ class ToolProcess:
             raise SpawnError(
                 f"cannot start {self.argv[0]!r}: working directory {self.cwd!r} does not exist"
             )
+        # If the runner itself is killed, the kernel kills the tool too (Linux). Its descendants
+        # are found by process group when the runner restarts or another runner declares it lost.
+        argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self.cwd,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_runner,
+                preexec_fn=preexec_fn,
                 limit=READ_CHUNK,
             )
         except (OSError, ValueError) as exc:
@@ -88,18 +86,15 @@ class ToolProcess:
         reader: asyncio.StreamReader, name: str, sink: LineSink, room: Room, max_line_bytes: int
     ) -> None:
         splitter = LineSplitter(max_line_bytes)
-        while chunk := await reader.read(READ_CHUNK):
-            now = datetime.now(UTC)
-            # A chunk's lines go to the sink without an await each: that is most of the cost
-            # per line when a tool floods its output.
-            for line in splitter.feed(chunk):
-                sink(name, line, False, now)
-            if splitter.transient is not None:
-                sink(name, splitter.transient, True, now)
-                splitter.transient = None
+        while chunk := await reader.read(TURN_BYTES):
+            # A chunk's lines go to the sink at once: the work is done per chunk, not per line.
+            sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
+            splitter.transient = None
             await room()
-        for line in splitter.close():
-            sink(name, line, False, datetime.now(UTC))
+            # read() answers from its buffer without a pause while a flood fills it: yield.
+            await asyncio.sleep(0)
+        if rest := splitter.close():
+            sink(name, rest, None, datetime.now(UTC))
 
     async def wait(self) -> int:
         assert self.proc

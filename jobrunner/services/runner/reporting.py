@@ -83,6 +83,41 @@ class JobReporter:
             if found:
                 self._result.merge(found)
 
+    def lines(self, stream: str, texts: list[str], at: datetime) -> None:
+        """A chunk's lines of a tool's output: what ``line`` does for each, done for the block.
+
+        A block in which a secret, an escape sequence or a protocol message occurs goes line by
+        line. Otherwise masking and colour stripping change nothing, levels come from one regex
+        pass, and of the progress counts only the last one found matters: the publisher keeps
+        only the latest state, and nothing is published between the lines of a chunk.
+        """
+        if not texts:
+            return
+        block = "\n".join(texts)
+        if "\x1b" in block or protocol.PREFIX in block or any(m in block for m in self.masks):
+            for text in texts:
+                self.line(stream, text, at)
+            return
+        if self.level_re is None:
+            levels = output.levels_of_lines(texts)
+        else:
+            levels = [output.parse_level(text, pattern=self.level_re) for text in texts]
+        self.publisher.add_lines(stream, levels, texts, at, block)
+        default_progress = self.progress_re is output.DEFAULT_PROGRESS_RE
+        if not default_progress or ("[" in block and self.progress_re.search(block)):
+            # (A custom pattern may be anchored to a line: only the default one, which starts
+            # with "[", is looked for in the block as a whole.)
+            for text in reversed(texts):
+                progress = output.parse_progress(text, self.progress_re)
+                if progress is not None:
+                    self.publisher.report_progress(progress)
+                    break
+        if self.result_re is not None:
+            for text in texts:
+                found = output.parse_result(text, self.result_re)
+                if found:
+                    self._result.merge(found)
+
     def progress(self, progress: Progress) -> None:
         self.publisher.report_progress(
             replace(

@@ -9,6 +9,10 @@ client is told to send the batch again with the same Idempotency-Key.
 Which batches are sealed is learnt once per batch: from the stream (the last message on the
 batch's ``sealed`` subject) and from a plain subscription to every seal as it is stored, so ten
 thousand waiting jobs of one batch ask the stream at most once per ``recheck_seconds``.
+
+A sealed batch that was failed (a BatchFailed not followed by a BatchRestarted) starts nothing
+either: a job whose JobRequested reached the stream only after the fail (a retried submission
+completing a batch that an operator had already failed) ends cancelled instead of running.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class BatchSeals:
         self._checked_at: dict[str, float] = {}
         self._lookups: dict[str, asyncio.Future[bool]] = {}
         self._waiting: dict[str, asyncio.Event] = {}
+        self._failures: dict[str, tuple[float, events.BatchFailed | None]] = {}
 
     async def subscribe(self, nc: NATS) -> Any:
         """Hear every seal as it is stored (the stream's subjects are plain subjects too)."""
@@ -99,6 +104,30 @@ class BatchSeals:
             self._checked_at[batch_id] = time.monotonic()
         return found
 
+    async def failed_by(self, batch_id: str) -> events.BatchFailed | None:
+        """The BatchFailed that stops the batch's jobs from starting: its last one, unless a
+        BatchRestarted came after it. Asked at most once per ``recheck_seconds`` per batch."""
+        checked = self._failures.get(batch_id)
+        if checked is not None and time.monotonic() - checked[0] < self._recheck:
+            return checked[1]
+        failed = await last_message(
+            self._js, self._names.stream, self._names.batch_kind_subject(batch_id, "failed")
+        )
+        stopped: events.BatchFailed | None = None
+        if failed is not None:
+            restarted = await last_message(
+                self._js, self._names.stream, self._names.batch_kind_subject(batch_id, "restarted")
+            )
+            if restarted is None or (restarted.seq or 0) < (failed.seq or 0):
+                with contextlib.suppress(msgspec.MsgspecError):
+                    event = codec.decode(failed.data or b"")
+                    if isinstance(event, events.BatchFailed):
+                        stopped = event
+        if len(self._failures) > REMEMBERED_SEALS:
+            self._failures.clear()
+        self._failures[batch_id] = (time.monotonic(), stopped)
+        return stopped
+
     async def wait_change(self, batch_id: str, timeout: float) -> None:
         """Until the batch is heard sealed (or ``timeout``)."""
         event = self._waiting.setdefault(batch_id, asyncio.Event())
@@ -127,15 +156,21 @@ class SealWaiter:
 
     async def wait(self, request: events.JobRequested, job: RunningJob) -> bool:
         """True once the job's batch is sealed; False when the job ended while it waited
-        (cancelled, or BATCH_INCOMPLETE), its request then acknowledged."""
+        (cancelled, by a user or by its batch's fail, or BATCH_INCOMPLETE), its request then
+        acknowledged."""
         batch_id = request.batch_id
         assert batch_id is not None
         deadline = request.occurred_at.timestamp() + self.timeout
         while True:
             if await self.seals.is_sealed(batch_id):
-                return True
+                failed = await self.seals.failed_by(batch_id)
+                if failed is None:
+                    return True
+                log.info("batch failed before this job could start", batch_id=batch_id)
+                await self._end(request, job, JobStatus.CANCELLED, cancelled_by=failed.requested_by)
+                return False
             if job.cancel_event.is_set():
-                await self._end(request, job, JobStatus.CANCELLED)
+                await self._end(request, job, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
                 return False
             left = deadline - time.time()
             if left <= 0:
@@ -163,9 +198,15 @@ class SealWaiter:
         job: RunningJob,
         status: JobStatus,
         error: ErrorInfo | None = None,
+        cancelled_by: str | None = None,
     ) -> None:
-        cancelled_by = job.cancelled_by if status == JobStatus.CANCELLED else None
-        await self.journal.end(request.job_id, status, error=error, cancelled_by=cancelled_by)
+        await self.journal.end(
+            request.job_id,
+            status,
+            error=error,
+            cancelled_by=cancelled_by,
+            job_type=request.job_type,
+        )
         if request.lock:
             await self.slots.dequeue(request.lock, request.job_id)
         await job.ack()

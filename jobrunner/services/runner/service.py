@@ -27,17 +27,18 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from jobrunner.common import eventstore
+from jobrunner.common import eventstore, metrics, retry
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner import artifacts, orphans
+from jobrunner.services.runner import artifacts, deathsignal, orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.heartbeat import heartbeat
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.lockmetrics import LOCKS
 from jobrunner.services.runner.publisher import check_line_fits
 from jobrunner.services.runner.requests import RequestLoop
 from jobrunner.services.runner.running import RunnerIdentity
@@ -60,6 +61,10 @@ class Runner:
         self.job_types = load_job_types(settings.job_types_file)
         self.slots = SlotTable(self.js, self.names, settings.lease_ttl_seconds)
         self.board = LockBoard()
+        metrics.KNOWN.learn(
+            self.job_types, (t.lock for t in self.job_types.values() if t.lock is not None)
+        )
+        LOCKS.add(self.board)
         self.journal = JobJournal(self.js, self.names, self.identity.runner_id)
         # Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
         # after their runner stopped saying "in progress".
@@ -95,9 +100,8 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
-        watcher = asyncio.create_task(
-            self.board.watch(await self.slots.kv(), stop, self.sweeper.on_lease_expired)
-        )
+        locks = await retry.until_jetstream_ready(self.slots.kv, "the lock bucket")
+        watcher = asyncio.create_task(self.board.watch(locks, stop, self.sweeper.on_lease_expired))
         cancel_sub = await self.requests.subscribe_cancels(self.nc)
         seal_sub = await self.seals.subscribe(self.nc)
         sweeping = asyncio.Event()  # set when the runner stops
@@ -109,17 +113,22 @@ class Runner:
             leftovers = await asyncio.to_thread(artifacts.remove_leftovers, self.settings)
             if leftovers:
                 log.info("output directories of a previous run removed", count=leftovers)
+            # Asked once, before the first job: how tools are started (deathsignal.py).
+            await asyncio.to_thread(deathsignal.setpriv)
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
-            sub = await self.js.pull_subscribe(
-                self.names.kind_subjects("requested"),
-                durable=self.names.runner_consumer,
-                stream=self.names.stream,
-                config=api.ConsumerConfig(
-                    ack_policy=api.AckPolicy.EXPLICIT,
-                    ack_wait=self.ack_wait,
-                    max_ack_pending=10_000,
-                    max_deliver=-1,
+            sub = await retry.until_jetstream_ready(
+                lambda: self.js.pull_subscribe(
+                    self.names.kind_subjects("requested"),
+                    durable=self.names.runner_consumer,
+                    stream=self.names.stream,
+                    config=api.ConsumerConfig(
+                        ack_policy=api.AckPolicy.EXPLICIT,
+                        ack_wait=self.ack_wait,
+                        max_ack_pending=10_000,
+                        max_deliver=-1,
+                    ),
                 ),
+                "the runners' request consumer",
             )
             log.info(
                 "runner started",

@@ -66,7 +66,9 @@ class LostJobSweeper:
             lease = await self.slots.current(key)
             if lease is None or lease.value.job_id != value.job_id:
                 continue
-            await self.journal.end(value.job_id, JobStatus.FAILED, error=lost)
+            await self.journal.end(
+                value.job_id, JobStatus.FAILED, error=lost, job_type=value.job_type
+            )
             await self.slots.forget_run(value.job_id)
             await self.slots.release(lease)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar import Request, get
 from litestar.response import Stream
 
+from jobrunner.contracts import events
 from jobrunner.services.api import sse
+from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.security import principal_of
@@ -21,6 +24,20 @@ from jobrunner.services.api.security import principal_of
 )
 async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stream:
     ctx = ctx_of(request)
+    # The job's last status is read from JetStream while its row is looked up: one wait, not two.
+    ending_read = asyncio.ensure_future(sse.last_status(ctx.js, ctx.names, job_id))
+    try:
+        return await _stream(request, ctx, job_id, ending_read)
+    finally:
+        ending_read.cancel()  # done by then, unless the request was refused
+
+
+async def _stream(
+    request: Request[Any, Any, Any],
+    ctx: ApiContext,
+    job_id: str,
+    ending_read: asyncio.Future[tuple[int, events.StatusChanged] | None],
+) -> Stream:
     row = await find_job(ctx, job_id, principal_of(request))
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
     if resume is not None:
@@ -40,11 +57,16 @@ async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stre
     # Whether the stream already ended before the resume point is asked of JetStream itself:
     # the read model may not have caught up with the end a client has just seen.
     already_done: dict[str, Any] | None = None
-    ending = await sse.last_status(ctx.js, ctx.names, job_id)
+    ending = await ending_read
     if ending is not None and ending[1].status.is_terminal and ending[0] < start:
         already_done = sse.status_payload(ending[1])
+    # A job with a short past (a job just started, the usual first viewer) has its feed started
+    # at the client's start: no separate history read before the first line.
+    feed_from = start if row["log_count"] <= sse.FEED_FROM_START_LINES else None
     return Stream(
-        sse.job_stream(ctx.settings.sse_retry_ms, ctx.fanout, job_id, start, resume, already_done),
+        sse.job_stream(
+            ctx.settings.sse_retry_ms, ctx.fanout, job_id, start, resume, already_done, feed_from
+        ),
         media_type="text/event-stream",
         headers=sse.SSE_HEADERS,
     )

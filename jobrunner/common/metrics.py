@@ -1,0 +1,128 @@
+"""Every Prometheus metric jobrunner exports, in one place (README "Metrics" lists the same).
+
+Metrics live in the process's default ``prometheus_client`` registry; each service process
+counts only what it does itself, and the exposition (``common/metricsexposition.py``) adds the
+``service`` label. Counters are process memory: they start at 0 when a service (re)starts, which
+Prometheus's ``rate()`` and ``increase()`` handle as a counter reset.
+
+Labels stay bounded whatever users send: job types and locks are folded to the configured names
+(``KNOWN``), anything else becomes ``other``; statuses, outcomes and routes come from code.
+
+Counting stays off the hot path's cost: callers count once per batch (``lines_published``
+takes a whole LineLogged's count), never per line, and a counter increment is a lock-protected
+float add with no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+OTHER = "other"  # the label of any job type or lock not in the configuration
+NO_LOCK = "none"  # the lock label of jobs whose type names no lock
+
+
+class KnownLabels:
+    """The job types and locks of the configuration: the only values these labels take."""
+
+    def __init__(self) -> None:
+        self.job_types: set[str] = set()
+        self.locks: set[str] = set()
+
+    def learn(self, job_types: Iterable[str], locks: Iterable[str]) -> None:
+        """Add a configuration's names (a process may load more than one job types file)."""
+        self.job_types.update(job_types)
+        self.locks.update(locks)
+
+    def job_type(self, name: str) -> str:
+        return name if name in self.job_types else OTHER
+
+    def lock(self, name: str) -> str:
+        return name if name in self.locks else OTHER
+
+
+KNOWN = KnownLabels()
+
+JOBS_STARTED = Counter(
+    "jobrunner_jobs_started",
+    "Jobs a runner started (status running), by job type.",
+    ["job_type"],
+)
+JOBS_ENDED = Counter(
+    "jobrunner_jobs_ended",
+    "Jobs ended (completed, failed, cancelled) by the service that published the end.",
+    ["job_type", "status"],
+)
+LINES_PUBLISHED = Counter(
+    "jobrunner_lines_published",
+    "Output lines the runner published to JetStream (counted per LineLogged batch).",
+)
+PUBLISH_RETRIES = Counter(
+    "jobrunner_publish_retries",
+    "JetStream requests (publishes, mostly) tried again after a transient error (NATS away).",
+)
+PROJECTOR_APPLIED = Counter(
+    "jobrunner_projector_events_applied",
+    "Stream events the projector took into its read models (its checkpoint's moves).",
+)
+PROJECTOR_SET_ASIDE = Counter(
+    "jobrunner_projector_events_set_aside",
+    "Events the projector could not apply and set aside (GET /api/projector/failures).",
+)
+PROJECTOR_LAG = Gauge(
+    "jobrunner_projector_lag_events",
+    "Events in the stream past the projector's checkpoint (as of the last look at the stream).",
+)
+PROJECTOR_LAG_AGE = Gauge(
+    "jobrunner_projector_lag_age_seconds",
+    "Seconds since the projector last saw the stream's end (grows while NATS is away).",
+)
+PROJECTOR_CHECKPOINT = Gauge(
+    "jobrunner_projector_checkpoint",
+    "The last stream sequence the projector applied.",
+)
+SSE_CLIENTS = Gauge(
+    "jobrunner_sse_clients",
+    "Open Server-Sent Events connections, by stream kind.",
+    ["kind"],
+)
+HTTP_DURATION = Histogram(
+    "jobrunner_http_request_duration_seconds",
+    "API request durations until the answer's last byte, by route template (SSE excluded).",
+    ["method", "route", "status"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "jobrunner_webhook_attempts",
+    "Webhook delivery attempts by outcome (delivered, retrying, failed).",
+    ["outcome"],
+)
+ARTIFACTS_STORED = Counter(
+    "jobrunner_artifacts_stored",
+    "Files the runner stored from jobs' output directories.",
+)
+ARTIFACT_BYTES = Counter(
+    "jobrunner_artifact_bytes_stored",
+    "Bytes of the files the runner stored from jobs' output directories.",
+)
+BATCHES_SUBMITTED = Counter(
+    "jobrunner_batches_submitted",
+    "Batches the API accepted (POST /api/jobs/batch), and their jobs in the next metric.",
+)
+BATCH_JOBS_SUBMITTED = Counter(
+    "jobrunner_batch_jobs_submitted",
+    "Jobs submitted as part of a batch.",
+)
+
+
+def job_started(job_type: str) -> None:
+    JOBS_STARTED.labels(KNOWN.job_type(job_type)).inc()
+
+
+def job_ended(job_type: str, status: str) -> None:
+    JOBS_ENDED.labels(KNOWN.job_type(job_type), status).inc()
+
+
+def lines_published(count: int) -> None:
+    """One call per published batch of lines (not per line: the runner's hot path)."""
+    LINES_PUBLISHED.inc(count)

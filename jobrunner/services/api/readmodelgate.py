@@ -1,0 +1,183 @@
+"""The API serves only read models whose version it knows (README "Upgrading").
+
+While the projector rebuilds older tables (services/projector/upgrade.py), or before it created
+them, every request that would read them gets 503 ``READ_MODELS_REBUILDING`` with the rebuild's
+progress; tables written by a newer jobrunner get 503 ``READ_MODELS_NEWER``. Never a 500 from a
+column that is not there, never a page from half-migrated tables.
+
+The version is looked up once at start and then in the background; while the tables are not
+current each request looks again (concurrent ones share one look), so the first request after
+the swap is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+from litestar import Request, Response
+from nats.js import JetStreamContext
+
+from jobrunner.common import readmodelversion
+from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.errors import error_body
+
+log = structlog.get_logger()
+
+# How often the version is looked at again in the background while it is current (a newer
+# jobrunner may swap its tables in meanwhile), and while it is not.
+CURRENT_CHECK_SECONDS = 5.0
+RECHECK_SECONDS = 0.5
+RETRY_AFTER_SECONDS = 5
+# What answers without the read models: health, metrics (what the services hold in memory, to
+# be read during a rebuild and while Postgres is away), static files, signing in, tokens (in
+# NATS), the job types (configuration) and the OpenAPI document.
+EXEMPT_PATHS = frozenset(
+    {
+        "/health",
+        "/metrics",
+        "/login",
+        "/login.css",
+        "/logout",
+        "/api/me",
+        "/api/tokens",
+        "/api/job-types",
+    }
+)
+EXEMPT_PREFIXES = ("/static/", "/api/tokens/", "/api/schema")
+
+
+@dataclass(frozen=True)
+class ReadModelState:
+    found: int | None  # the version in Postgres (None: no read models yet)
+    rebuilt_seq: int | None = None  # how far a rebuild has come (its own checkpoint)
+    stream_last_seq: int | None = None  # where the stream ended when this was looked at
+
+    @property
+    def current(self) -> bool:
+        return self.found == READMODEL_VERSION
+
+    @property
+    def newer(self) -> bool:
+        return self.found is not None and self.found > READMODEL_VERSION
+
+    @property
+    def code(self) -> str:
+        return "READ_MODELS_NEWER" if self.newer else "READ_MODELS_REBUILDING"
+
+    def sentence(self) -> str:
+        if self.newer:
+            return (
+                f"The read models were written by a newer jobrunner (version {self.found}; this "
+                f"API understands {READMODEL_VERSION}): upgrade this API instance."
+            )
+        if self.found is None:
+            return "The read models are being created by the projector; try again shortly."
+        return (
+            f"The read models are being rebuilt from the event stream for this jobrunner's "
+            f"version {READMODEL_VERSION} (found {readmodelversion.describe(self.found)}); "
+            f"try again shortly."
+        )
+
+
+class ReadModelGate:
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, names: Names) -> None:
+        self._pool = pool
+        self._js = js
+        self._names = names
+        self.state = ReadModelState(READMODEL_VERSION)
+        self._checked = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.check()
+        self._task = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def check(self) -> ReadModelState:
+        """Look at the stored version. One look at a time: a caller that waited for another's
+        look takes its answer when that look began after the caller asked."""
+        asked = time.monotonic()
+        async with self._lock:
+            if self._checked >= asked:
+                return self.state
+            began = time.monotonic()
+            try:
+                async with self._pool.acquire() as conn:
+                    found = await readmodelversion.stored_version(conn)
+                    rebuilt = None
+                    if found != READMODEL_VERSION and await conn.fetchval(
+                        "SELECT to_regclass($1) IS NOT NULL", f"{UPGRADE_SCHEMA}.checkpoint"
+                    ):
+                        rebuilt = await conn.fetchval(
+                            f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
+                        )
+            except Exception as exc:
+                # Postgres away (refused, timed out, a connection lost half-way): the requests
+                # themselves report it as before, and the watch goes on; keep what we knew.
+                log.debug("read-model version unknown", error=str(exc))
+                return self.state
+            last = None
+            if found != READMODEL_VERSION:
+                with contextlib.suppress(Exception):  # NATS away: progress unknown
+                    last = (await self._js.stream_info(self._names.stream)).state.last_seq
+            state = ReadModelState(found, rebuilt, last)
+            if state.found != self.state.found:
+                if state.current:
+                    log.info("the read models are current", version=found)
+                else:
+                    log.warning(state.sentence(), found=found, understood=READMODEL_VERSION)
+            self.state = state
+            self._checked = began
+            return state
+
+    async def refusal(self) -> Response[Any] | None:
+        """The 503 answer while the read models are not this version; None when they are."""
+        state = self.state if self.state.current else await self.check()
+        if state.current:
+            return None
+        return Response(
+            error_body(state.code, state.sentence(), **progress(state)),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(CURRENT_CHECK_SECONDS if self.state.current else RECHECK_SECONDS)
+            await self.check()
+
+
+def progress(state: ReadModelState) -> dict[str, Any]:
+    """What a client (and ``GET /health``) is told about the read models."""
+    body: dict[str, Any] = {"version": state.found, "expected_version": READMODEL_VERSION}
+    if not state.current and not state.newer:
+        body["rebuild"] = {
+            "events_applied_upto": state.rebuilt_seq,
+            "stream_last_seq": state.stream_last_seq,
+        }
+    return body
+
+
+def exempt(path: str) -> bool:
+    return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
+
+
+async def refuse_unready(request: Request[Any, Any, Any]) -> Response[Any] | None:
+    """Litestar ``before_request``: answer 503 instead of reading tables of another version."""
+    if exempt(request.url.path):
+        return None
+    gate: ReadModelGate = request.app.state.ctx.readmodels
+    return await gate.refusal()

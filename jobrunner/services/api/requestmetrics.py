@@ -1,0 +1,54 @@
+"""Request metrics: how long each route takes to answer, and how many event streams are open.
+
+An ASGI middleware outside access control, so refusals (401, 403, 429) are timed too. The
+``route`` label is the route's template (``/api/jobs/{job_id:str}``), never the raw path: one
+series per route whatever ids clients send. Requests that match no route never reach a route's
+middleware and are not timed. An event stream is not timed (it lasts as long as its client
+stays); it counts in ``jobrunner_sse_clients`` while it is open, by the name of its route's
+handler (``job_event_stream``, ``job_updates``, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobrunner.common import metrics
+from jobrunner.services.api.security.middleware import is_event_stream
+
+
+class RequestMetrics:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        handler: Any = scope.get("route_handler")
+        if is_event_stream(handler):
+            clients = metrics.SSE_CLIENTS.labels(handler.handler_name)
+            clients.inc()
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                clients.dec()
+            return
+        status = 500  # what the client gets when nothing was sent (the server answers 500)
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            metrics.HTTP_DURATION.labels(
+                scope["method"], scope.get("path_template") or "unmatched", str(status)
+            ).observe(time.perf_counter() - started)

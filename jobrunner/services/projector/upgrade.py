@@ -1,0 +1,220 @@
+"""Read models older than this jobrunner are rebuilt from the stream before anything reads them.
+
+On start the projector (and ``jobrunner replay``) compare the version stored with the read models
+(common/readmodelversion.py) with the one this code writes:
+
+- no read models yet: they are created, with their version, in one transaction;
+- the same version: nothing to do;
+- a newer one: refused (``StateRefused``), one sentence; the newer jobrunner's tables stay as
+  they are;
+- an older one: with ``readmodel_auto_rebuild`` (the default) an online rebuild: the whole stream
+  is projected into a schema of its own (``readmodel_upgrade``) beside the old tables, with its
+  progress in the log; then, in one transaction holding the swap lock, the rebuilt schema takes
+  the live one's name, and the projector goes on from its checkpoint with what came meanwhile.
+  Without it: refused, naming the command.
+
+Meanwhile the API answers 503 ``READ_MODELS_REBUILDING`` with the rebuild's progress (the old
+tables' layout is not one it knows). A rebuild killed half-way leaves the live schema untouched;
+the next start resumes from the rebuilt schema's own checkpoint (written with its rows).
+Unlike ``jobrunner replay`` nothing is compared with the live tables: their layout differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobrunner.common import database, eventstore, readmodelversion
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
+from jobrunner.common.refusal import StateRefused
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from jobrunner.services.projector import setaside, store
+from jobrunner.services.projector.feed import EventFeed
+from jobrunner.services.projector.replay import PREVIOUS_SCHEMA, REPLAY_LOCK, Progress
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    found: int | None  # the version found (None: no read models)
+    rebuilt: bool
+    events: int = 0
+    checkpoint: int = 0
+
+
+async def ensure_current(
+    settings: Settings,
+    allow_rebuild: bool | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval: float = 1.0,
+) -> Outcome:
+    """Make the live read models this code's version, or raise ``StateRefused``; see the module
+    docstring. ``allow_rebuild`` overrides ``settings.readmodel_auto_rebuild``."""
+    if allow_rebuild is None:
+        allow_rebuild = settings.readmodel_auto_rebuild
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        found = await readmodelversion.stored_version(conn)
+        if found is None:
+            async with conn.transaction():
+                # Durable even where the server's default is not (a crash right after would
+                # otherwise leave a projector whose checkpoint table is gone).
+                await conn.execute("SET LOCAL synchronous_commit = on")
+                # Two projectors starting at once on an empty database: one creates them.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobrunner-schema'))")
+                if await readmodelversion.stored_version(conn) is None:
+                    await store.create_schema(conn)
+                    await readmodelversion.record(conn, READ_SCHEMA, by="projector")
+            return Outcome(found, rebuilt=False)
+    finally:
+        await conn.close()
+    if found == READMODEL_VERSION:
+        return Outcome(found, rebuilt=False)
+    if found > READMODEL_VERSION:
+        raise StateRefused(readmodelversion.newer_sentence(found))
+    if not allow_rebuild:
+        raise StateRefused(readmodelversion.rebuild_sentence(found))
+    return await rebuild(settings, found, on_progress or log_progress, progress_interval)
+
+
+def log_progress(progress: Progress) -> None:
+    left = progress.seconds_left
+    log.info(
+        "read models rebuilding",
+        phase=progress.phase,
+        events_done=progress.done,
+        events_total=max(progress.target - progress.first_seq + 1, 0),
+        rate_per_second=round(progress.rate),
+        eta_seconds=None if left is None else round(left, 1),
+    )
+
+
+async def rebuild(
+    settings: Settings,
+    found: int,
+    on_progress: Callable[[Progress], None],
+    progress_interval: float = 1.0,
+) -> Outcome:
+    """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring)."""
+    names = Names(settings.prefix)
+    async with contextlib.AsyncExitStack() as resources:
+        lock_holder = await asyncpg.connect(settings.database_url)
+        resources.push_async_callback(lock_holder.close)
+        # One rebuild (or replay) at a time; a second projector waits here, then finds the
+        # read models current.
+        await lock_holder.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
+        now = await readmodelversion.stored_version(lock_holder)
+        if now is not None and now >= READMODEL_VERSION:
+            if now > READMODEL_VERSION:
+                raise StateRefused(readmodelversion.newer_sentence(now))
+            return Outcome(found, rebuilt=False)
+        log.warning(
+            "the read models are older than this jobrunner: rebuilding them from the event "
+            "stream; the API answers 503 READ_MODELS_REBUILDING until they are swapped in",
+            found=readmodelversion.describe(found),
+            needed=READMODEL_VERSION,
+        )
+        nc = await eventstore.connect(settings, "upgrade")
+        resources.push_async_callback(eventstore.close, nc)
+        js = nc.jetstream()
+        # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
+        # them; the swap itself commits synchronously.
+        pool = await database.create_pool(
+            settings.database_url, min_size=1, max_size=1, synchronous_commit="off"
+        )
+        resources.push_async_callback(pool.close)
+        await eventstore.ensure_topology(js, names, settings)
+        info = await js.stream_info(names.stream)
+        first_seq = max(info.state.first_seq, 1)
+        async with pool.acquire() as conn:
+            resumed = await _resume_or_start(conn)
+            applied = await store.checkpoint(conn, UPGRADE_SCHEMA)
+        progress = Progress(0, info.state.last_seq, max(first_seq, applied + 1))
+        feed = EventFeed(js, names, settings, name="upgrade")
+        resources.push_async_callback(feed.close)
+        await feed.start(progress.first_seq)
+        if resumed:
+            log.info("resuming a read-model rebuild", after_seq=applied)
+        on_progress(progress)
+        last_report = time.monotonic()
+        while True:
+            batch = await feed.fetch(timeout=0.5)
+            if batch:
+                async with pool.acquire() as conn:
+                    applied = await setaside.apply(conn, batch, feed.lookup, UPGRADE_SCHEMA)
+                progress.done += len(batch)
+                if time.monotonic() - last_report >= progress_interval:
+                    last_report = time.monotonic()
+                    progress.target = (await js.stream_info(names.stream)).state.last_seq
+                    on_progress(progress)
+                continue
+            progress.target = (await js.stream_info(names.stream)).state.last_seq
+            if applied >= progress.target or not await _stored_after(js, names, applied):
+                break  # caught up (what the stream shows beyond was deleted meanwhile)
+        progress.phase = "indexing"
+        on_progress(progress)
+        async with pool.acquire() as conn:
+            await store.create_indexes(conn, UPGRADE_SCHEMA)
+            await conn.execute(f"ANALYZE {UPGRADE_SCHEMA}.jobs")
+            await conn.execute(f"ANALYZE {UPGRADE_SCHEMA}.log_lines")
+        progress.phase = "swapping"
+        on_progress(progress)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            # An older projector still running pauses between two of its batches.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
+            # What arrives from here on the projector applies after the swap, from the rebuilt
+            # checkpoint: unlike a replay, nothing has to meet the old tables' checkpoint.
+            if settings.readmodel_retention_days > 0:
+                cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
+                await store.prune(conn, cutoff, UPGRADE_SCHEMA)
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+            if await readmodelversion.stored_version(conn) is not None:
+                await conn.execute(f"ALTER SCHEMA {READ_SCHEMA} RENAME TO {PREVIOUS_SCHEMA}")
+            await conn.execute(f"ALTER SCHEMA {UPGRADE_SCHEMA} RENAME TO {READ_SCHEMA}")
+        # After the commit: queries still reading the old tables finish first.
+        async with pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+        progress.phase = "done"
+        on_progress(progress)
+        log.info(
+            "read models rebuilt and swapped in",
+            version=READMODEL_VERSION,
+            checkpoint=applied,
+            events=progress.done,
+            seconds=round(time.monotonic() - progress.started, 1),
+        )
+        return Outcome(found, rebuilt=True, events=progress.done, checkpoint=applied)
+
+
+async def _resume_or_start(conn: asyncpg.Connection) -> bool:
+    """Keep what a killed rebuild of this version left (its checkpoint went with its rows);
+    anything else in ``UPGRADE_SCHEMA`` goes. Returns whether a rebuild is resumed."""
+    if await readmodelversion.stored_version(conn, UPGRADE_SCHEMA) == READMODEL_VERSION:
+        return True
+    async with conn.transaction():
+        await conn.execute(f"DROP SCHEMA IF EXISTS {UPGRADE_SCHEMA} CASCADE")
+        await store.create_schema(conn, UPGRADE_SCHEMA, indexes=False)
+        # Written now, in the rebuilt schema only: it becomes the live version with the swap.
+        await readmodelversion.record(conn, UPGRADE_SCHEMA, by="projector upgrade")
+    return False
+
+
+async def _stored_after(js: JetStreamContext, names: Names, seq: int) -> bool:
+    """Whether the stream still holds a message after ``seq``."""
+    try:
+        await js.get_msg(names.stream, seq + 1, next=True)
+    except NotFoundError:
+        return False
+    return True

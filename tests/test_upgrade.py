@@ -1,0 +1,203 @@
+"""The current jobrunner started on an older one's state: read models rebuilt or refused, never
+served half-migrated; a newer database or event stream refused (README "Upgrading")."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import replace
+
+import asyncpg
+import pytest
+
+from jobrunner.common import eventstore, readmodelversion
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.refusal import REFUSED_EXIT, StateRefused
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.services.projector import upgrade
+from jobrunner.services.projector.replay import Progress
+from tests.cli_support import cli_env, run_cli
+from tests.history_support import reading_system, without_auth
+from tests.system import System
+from tests.upgrade_support import complete, older_state, read_models, wait_version
+
+CURRENT = readmodelversion.READMODEL_VERSION
+
+
+async def test_a_projector_on_older_read_models_rebuilds_them_from_the_stream(
+    settings: Settings,
+) -> None:
+    """Read models of an older jobrunner are rebuilt, with progress reported, and come out
+    complete: every job, line and batch the events tell of, at this jobrunner's version."""
+    made = await older_state(settings)
+    seen: list[Progress] = []
+    outcome = await upgrade.ensure_current(
+        settings, on_progress=lambda p: seen.append(replace(p)), progress_interval=0
+    )
+    found = await read_models(settings)
+    assert outcome.rebuilt
+    assert outcome.found == readmodelversion.UNVERSIONED
+    assert complete(found, made) == []
+    assert found["schemas"] == {READ_SCHEMA}  # the old tables and the work schema are gone
+    assert [p.phase for p in seen][-3:] == ["indexing", "swapping", "done"]
+    assert seen[-1].done >= made.last_seq
+    assert seen[-1].target >= made.last_seq
+
+
+async def test_the_api_answers_503_until_the_rebuilt_read_models_are_swapped_in(
+    settings: Settings,
+) -> None:
+    """While the read models are older, every read answers 503 READ_MODELS_REBUILDING with the
+    rebuild's progress (health says degraded); once the projector swapped them in, the API serves
+    the complete tables."""
+    made = await older_state(settings)
+    system = System(without_auth(settings))
+    await system.start_api()
+    try:
+        async with system.client() as client:
+            refused = await client.get("/api/jobs")
+            health = await client.get("/health")
+            await system.start_projector()
+            await wait_version(settings, CURRENT)
+            listed = await client.get("/api/jobs", params={"limit": 100})
+    finally:
+        await system.stop()
+    assert refused.status_code == 503
+    error = refused.json()["error"]
+    assert error["code"] == "READ_MODELS_REBUILDING"
+    assert error["expected_version"] == CURRENT
+    assert error["rebuild"]["stream_last_seq"] == made.last_seq
+    assert refused.headers["retry-after"]
+    assert health.status_code == 200
+    assert health.json()["read_models"]["state"] == "rebuilding"
+    assert "READ_MODELS_REBUILDING" in [p["code"] for p in health.json()["problems"]]
+    assert listed.status_code == 200
+    assert {job["id"]: job["status"] for job in listed.json()["items"]} == made.statuses
+
+
+async def newer_database(settings: Settings) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await upgrade.ensure_current(settings)
+        await readmodelversion.record(conn, READ_SCHEMA, CURRENT + 1, by="a newer jobrunner")
+    finally:
+        await conn.close()
+
+
+async def test_a_projector_refuses_read_models_of_a_newer_jobrunner(settings: Settings) -> None:
+    """Read models written by a newer jobrunner stop the projector with one sentence naming both
+    versions, and stay as they were."""
+    await newer_database(settings)
+    with pytest.raises(StateRefused) as refused:
+        await upgrade.ensure_current(settings)
+    assert f"version {CURRENT + 1}" in str(refused.value)
+    assert (await read_models(settings))["version"] == CURRENT + 1
+
+
+async def test_the_api_refuses_read_models_of_a_newer_jobrunner(settings: Settings) -> None:
+    """An API older than the read models answers 503 READ_MODELS_NEWER, and its health says it
+    cannot serve (a load balancer sends requests to a newer instance)."""
+    await newer_database(settings)
+    system = System(without_auth(settings))
+    await system.start_api()
+    try:
+        async with system.client() as client:
+            answer = await client.get("/api/jobs")
+            health = await client.get("/health")
+    finally:
+        await system.stop()
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "READ_MODELS_NEWER"
+    assert health.status_code == 503
+    assert health.json()["read_models"]["state"] == "newer"
+
+
+async def run_command(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_without_auto_rebuild_the_projector_refuses_and_names_the_command(
+    settings: Settings,
+) -> None:
+    """With readmodel_auto_rebuild off, a projector on older read models exits at once with one
+    line naming `jobrunner replay`, and leaves the tables as they were."""
+    await older_state(settings)
+    env = {**cli_env(settings), "JOBRUNNER_READMODEL_AUTO_REBUILD": "false"}
+    code, err = await run_command("projector", env=env)
+    assert code == REFUSED_EXIT
+    assert err.count("\n") == 1
+    assert err.startswith("jobrunner: ")
+    assert "`jobrunner replay`" in err
+    assert "readmodel_auto_rebuild is off" in err
+    assert (await read_models(settings))["version"] == readmodelversion.UNVERSIONED
+
+
+async def test_jobrunner_replay_rebuilds_older_read_models(settings: Settings) -> None:
+    """The command the refusal names rebuilds older read models without a projector running
+    (there is nothing to compare them with) and swaps them in."""
+    made = await older_state(settings)
+    out, _ = await run_cli("replay", env=cli_env(settings))
+    assert "older than this jobrunner" in out
+    assert complete(await read_models(settings), made) == []
+
+
+async def test_a_stream_of_a_newer_event_contract_is_refused(settings: Settings) -> None:
+    """A service starting against a stream whose events follow a newer contract refuses with one
+    sentence naming both versions."""
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        config = eventstore.stream_config(names, settings)
+        newer = str(events.CONTRACT_VERSION + 1)
+        await js.add_stream(replace(config, metadata={names.contract_metadata_key: newer}))
+        with pytest.raises(StateRefused) as refused:
+            await eventstore.ensure_topology(js, names, settings)
+        metadata = (await js.stream_info(names.stream)).config.metadata or {}
+    finally:
+        await eventstore.close(nc)
+    assert f"contract version {newer}" in str(refused.value)
+    assert metadata[names.contract_metadata_key] == newer  # left as the newer writer recorded
+
+
+async def test_a_stream_from_before_contract_versions_is_read_and_recorded(
+    settings: Settings,
+) -> None:
+    """A stream created before contract versions were recorded is taken as version 1, and the
+    first service to start records the version its events follow."""
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        await js.add_stream(replace(eventstore.stream_config(names, settings), metadata=None))
+        await eventstore.ensure_topology(js, names, settings)
+        metadata = (await js.stream_info(names.stream)).config.metadata or {}
+    finally:
+        await eventstore.close(nc)
+    assert metadata[names.contract_metadata_key] == str(events.CONTRACT_VERSION)
+
+
+async def test_health_and_reads_are_unchanged_on_current_read_models(settings: Settings) -> None:
+    """On read models of this version nothing is refused: the list answers 200 and health has no
+    read-model section."""
+    async with reading_system(settings) as system, system.client() as client:
+        await system.wait_healthy()
+        listed = await client.get("/api/jobs")
+        health = (await client.get("/health")).json()
+    assert listed.status_code == 200
+    assert "read_models" not in health
+    assert listed.json()["items"] == []
