@@ -16,9 +16,12 @@ def test_reads_of_the_read_models_are_gated(path: str) -> None:
     assert not exempt(path)
 
 
-@pytest.mark.parametrize("path", ["/health", "/static/app.js", "/login", "/api/tokens", "/api/me"])
-def test_health_static_files_and_sign_in_answer_meanwhile(path: str) -> None:
-    """Health, static files, signing in and tokens need no read models and keep answering."""
+@pytest.mark.parametrize(
+    "path", ["/health", "/metrics", "/static/app.js", "/login", "/api/tokens", "/api/me"]
+)
+def test_health_metrics_static_files_and_sign_in_answer_meanwhile(path: str) -> None:
+    """Health, metrics, static files, signing in and tokens need no read models and keep
+    answering."""
     assert exempt(path)
 
 

@@ -68,6 +68,9 @@ async def ensure_current(
         found = await readmodelversion.stored_version(conn)
         if found is None:
             async with conn.transaction():
+                # Durable even where the server's default is not (a crash right after would
+                # otherwise leave a projector whose checkpoint table is gone).
+                await conn.execute("SET LOCAL synchronous_commit = on")
                 # Two projectors starting at once on an empty database: one creates them.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobrunner-schema'))")
                 if await readmodelversion.stored_version(conn) is None:
