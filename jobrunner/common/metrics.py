@@ -70,18 +70,7 @@ PROJECTOR_SET_ASIDE = Counter(
     "jobrunner_projector_events_set_aside",
     "Events the projector could not apply and set aside (GET /api/projector/failures).",
 )
-PROJECTOR_LAG = Gauge(
-    "jobrunner_projector_lag_events",
-    "Events in the stream past the projector's checkpoint (as of the last look at the stream).",
-)
-PROJECTOR_LAG_AGE = Gauge(
-    "jobrunner_projector_lag_age_seconds",
-    "Seconds since the projector last saw the stream's end (grows while NATS is away).",
-)
-PROJECTOR_CHECKPOINT = Gauge(
-    "jobrunner_projector_checkpoint",
-    "The last stream sequence the projector applied.",
-)
+# The projector's lag and checkpoint gauges: services/projector/lag.py (only a projector has them).
 SSE_CLIENTS = Gauge(
     "jobrunner_sse_clients",
     "Open Server-Sent Events connections, by stream kind.",

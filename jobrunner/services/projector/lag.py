@@ -1,9 +1,12 @@
 """The projector's lag for ``/metrics``: events in the stream past its checkpoint.
 
 A scrape never asks NATS: the stream's end is looked up every ``LOOK_INTERVAL`` seconds by a
-task of the projector, each look with a deadline, and the gauge is computed from the last value
-seen. While NATS is away the gauge keeps the last known lag (and the checkpoint does not move
+task of the projector, each look with a deadline, and the gauges are computed from the last value
+seen. While NATS is away the lag keeps its last known value (and the checkpoint does not move
 either, since nothing arrives), and ``jobrunner_projector_lag_age_seconds`` grows.
+
+The gauges come from a collector that only a process running a projector registers (on import of
+this module), so no other service reports a projector lag of 0.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 
 import structlog
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from jobrunner.common import metrics
 
@@ -30,30 +36,57 @@ class Lag:
         self.stream_last = 0
         self.looked_at = time.monotonic()
 
-    def events_behind(self) -> float:
-        return float(max(0, self.stream_last - self.checkpoint))
+    def events_behind(self) -> int:
+        return max(0, self.stream_last - self.checkpoint)
 
     def progressed(self, checkpoint: int) -> None:
         moved = checkpoint - self.checkpoint
         if moved > 0 and self._started:
             metrics.PROJECTOR_APPLIED.inc(moved)
         self.checkpoint, self._started = checkpoint, True
-        metrics.PROJECTOR_CHECKPOINT.set(checkpoint)
 
     def publish(self) -> None:
-        """Make the gauges read this projector's values (computed at scrape, no I/O)."""
-        metrics.PROJECTOR_LAG.set_function(self.events_behind)
-        metrics.PROJECTOR_LAG_AGE.set_function(lambda: time.monotonic() - self.looked_at)
+        """Make /metrics read this projector's figures (computed at scrape, no I/O)."""
+        _COLLECTOR.current = self
 
     async def follow(self, js: JetStreamContext, stream: str, stop: asyncio.Event) -> None:
         """Look at the stream's end now and then until ``stop``."""
         while not stop.is_set():
             try:
                 info = await asyncio.wait_for(js.stream_info(stream), LOOK_TIMEOUT)
-            except Exception as exc:  # NATS away: keep the last value, say so once per look
+            except Exception as exc:  # NATS away: keep the last value
                 log.debug("projector lag: cannot see the stream's end", error=repr(exc))
             else:
                 self.stream_last = info.state.last_seq
                 self.looked_at = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), LOOK_INTERVAL)
+
+
+class _LagCollector:
+    def __init__(self) -> None:
+        self.current: Lag | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        lag = self.current
+        if lag is None:
+            return
+        yield GaugeMetricFamily(
+            "jobrunner_projector_lag_events",
+            "Events in the stream past the projector's checkpoint (as of its last look).",
+            value=lag.events_behind(),
+        )
+        yield GaugeMetricFamily(
+            "jobrunner_projector_lag_age_seconds",
+            "Seconds since the projector last saw the stream's end (grows while NATS is away).",
+            value=time.monotonic() - lag.looked_at,
+        )
+        yield GaugeMetricFamily(
+            "jobrunner_projector_checkpoint",
+            "The last stream sequence the projector applied.",
+            value=lag.checkpoint,
+        )
+
+
+_COLLECTOR = _LagCollector()
+REGISTRY.register(_COLLECTOR)
