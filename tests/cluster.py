@@ -176,24 +176,51 @@ class NodeCluster(FaultCluster):
         """Nodes and Postgres first (until JetStream answers), then the services together."""
         await asyncio.gather(self.start_nodes(), asyncio.to_thread(self.postgres.start))
         self.add_services()
-        await asyncio.gather(*(self.start_service(name) for name in self.services))
-        await self.after_start()
+        for service in self.services.values():
+            service.spawn()
+        await self.wait_ready()
 
     async def start_all_at_once(self, down: Sequence[str] = ()) -> None:
         """Every node (but ``down``) and every service at the same moment, nothing waiting for
-        anything: the cluster forms while the services start."""
+        anything: the cluster forms while the services start. With a node down, returns once
+        all are spawned (the test brings the node back and calls ``wait_ready``)."""
         await asyncio.to_thread(self.postgres.start)
         self.add_services()
+        for service in self.services.values():
+            service.spawn()
         await asyncio.gather(
-            *(asyncio.to_thread(node.start) for node in self.nodes if node.name not in down),
-            *(self.start_service(name, timeout=120) for name in self.services),
+            *(asyncio.to_thread(node.start) for node in self.nodes if node.name not in down)
         )
+        if not down:
+            await self.wait_ready()
+
+    async def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until every service has said it started (an API: answers HTTP), then the admin token
+        and the watchdog; a service that exits meanwhile fails the wait with its log."""
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(self._service_ready(name) for name in self.services))
         await self.after_start()
 
+    async def _service_ready(self, name: str) -> None:
+        service = self.services[name]
+        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
+        while not (
+            service.log_count(ready) > 0
+            if ready
+            else await self.api_answers(self.api_ports[self.api_names.index(name)])
+        ):
+            if not service.alive:
+                raise AssertionError(
+                    f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
+                )
+            await asyncio.sleep(0.1)
+
     async def after_start(self) -> None:
-        if self.auth:
+        """The admin token and the watchdog, once (services started again keep both)."""
+        if self.auth and not self.admin_token:
             self.admin_token = await self.create_token("cluster-admin")
-        self._watchdog = asyncio.create_task(self._keep_running())
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._keep_running())
 
     async def start_nodes(self) -> None:
         await asyncio.gather(*(asyncio.to_thread(node.start) for node in self.nodes))
@@ -292,15 +319,18 @@ class NodeCluster(FaultCluster):
     def live_nodes(self) -> list[ClusterNode]:
         return [node for node in self.nodes if node.running and not node.paused]
 
-    async def stream_leader(self, stream: str | None = None, timeout: float = 2.0) -> str | None:
+    async def stream_leader(
+        self, stream: str | None = None, nc: NATS | None = None, timeout: float = 2.0
+    ) -> str | None:
         """The node leading ``stream`` (the event stream by default), from the JetStream API
         (``$JS.API.STREAM.INFO``: ``cluster.leader``); None when it has none right now."""
-        name = stream or Names(PREFIX).stream
-        async with self.nats_client() as nc:
-            try:
-                info = await nc.jetstream().stream_info(name)
-            except Exception:  # no leader to answer, no quorum, timed out: no leader now
-                return None
+        if nc is None:
+            async with self.nats_client() as own:
+                return await self.stream_leader(stream, own, timeout)
+        try:
+            info = await nc.jetstream(timeout=timeout).stream_info(stream or Names(PREFIX).stream)
+        except Exception:  # no leader to answer, no quorum, timed out: no leader now
+            return None
         cluster = info.cluster
         return cluster.leader if cluster is not None and cluster.leader else None
 
@@ -325,9 +355,10 @@ class NodeCluster(FaultCluster):
     ) -> Election:
         """Until ``stream`` has a leader (other than ``not_on``, the node just lost), as a
         client sees it; the seconds from ``since`` (time.monotonic()) to then."""
-        async with asyncio.timeout(timeout):
+        async with self.nats_client() as nc, asyncio.timeout(timeout):
             while True:
-                leader = await self.stream_leader(stream)
+                # Short requests: an answer that never comes (no leader yet) costs little.
+                leader = await self.stream_leader(stream, nc, timeout=0.5)
                 if leader is not None and leader != not_on:
                     return Election(leader, time.monotonic() - since)
                 await asyncio.sleep(0.05)

@@ -197,12 +197,13 @@ async def test_token_with_right_id_but_wrong_secret_is_refused(system: System) -
 async def test_expired_token_is_refused(system: System) -> None:
     """A token past its expiry answers 401 from that moment on."""
     store = await system.tokens()
-    record, token = await store.create(
-        "short", "viewer", expires_at=datetime.now(UTC) + timedelta(seconds=1)
-    )
+    expires_at = datetime.now(UTC) + timedelta(seconds=2)
+    record, token = await store.create("short", "viewer", expires_at=expires_at)
     async with system.client(token=token) as client:
-        assert (await client.get("/api/jobs")).status_code == 200
-        async with asyncio.timeout(10):
+        before = await client.get("/api/jobs")
+        # On a loaded machine the first answer may come after the expiry: then 401 is right.
+        assert before.status_code == 200 or datetime.now(UTC) >= expires_at, before.text
+        async with asyncio.timeout(15):
             while True:
                 if (await client.get("/api/jobs")).status_code == 401:
                     break

@@ -167,3 +167,25 @@ async def test_metrics_include_each_peer_under_its_service_name(
         dict(labels).get("service") for name, labels in samples if name.startswith("process_")
     }
     assert services == {"api", "runner"}
+
+
+async def test_metrics_show_a_running_job_on_its_lock_and_count_its_cancel_once(
+    system: System,
+) -> None:
+    """While a job holds its lock /metrics shows it running there; cancelled, it ends once."""
+    running = "jobrunner_jobs_running"
+    ended = "jobrunner_jobs_ended_total"
+    labels = {"job_type": "exclusive", "status": "cancelled", "service": "api"}
+    async with system.client() as client:
+        before = await scrape(client)
+        job_id = await start_job(system, "exclusive", lines=100000, interval="0.01")
+        await wait_for_status(system, job_id, {"running"})
+        await scrape_until(
+            client, lambda s: value(s, running, lock="shared_sheet", service="api") == 1
+        )
+        assert (await client.delete(f"/api/jobs/{job_id}")).status_code < 300
+        await wait_for_status(system, job_id, TERMINAL)
+        after = await scrape_until(
+            client, lambda s: value(s, running, lock="shared_sheet", service="api") == 0
+        )
+    assert value(after, ended, **labels) == value(before, ended, **labels) + 1

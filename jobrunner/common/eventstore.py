@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from jobrunner.common import artifactstore, runnerpool
+from jobrunner.common import artifactstore, retry, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -93,13 +93,25 @@ def check_contract(names: Names, metadata: dict[str, str] | None) -> None:
 
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
     """Create (or update to the configured limits) the event stream, the lock bucket, the
-    runner heartbeat bucket, the Idempotency-Key bucket and the artifacts bucket."""
+    runner heartbeat bucket, the Idempotency-Key bucket and the artifacts bucket.
+
+    Every service does this at start, several at once in a cluster: each step is idempotent
+    (creating what exists with the same configuration succeeds), and while the cluster forms or
+    a node is down the whole declaration is tried again until JetStream accepts it."""
+    await retry.until_jetstream_ready(
+        lambda: _declare_topology(js, names, settings), "the event stream and its buckets"
+    )
+
+
+async def _declare_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
     config = stream_config(names, settings)
     with contextlib.suppress(nats.js.errors.NotFoundError):  # none yet: created below
         check_contract(names, (await js.stream_info(names.stream)).config.metadata)
     try:
         await js.add_stream(config)
-    except BadRequestError:
+    except BadRequestError as exc:
+        if retry.is_forming(exc):
+            raise  # no room for the replicas yet (a node is missing): not a changed config
         await js.update_stream(config)
     try:
         await js.stream_info(f"KV_{names.locks_bucket}")
@@ -138,8 +150,14 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
 
 async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:
     """Publish one event and wait for JetStream to store it; returns its stream sequence."""
-    ack = await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
-    return ack.seq
+    return (await publish_acked(js, names, event)).seq
+
+
+async def publish_acked(
+    js: JetStreamContext, names: Names, event: events.Publishable
+) -> api.PubAck:
+    """As ``publish``, with JetStream's whole answer (``duplicate``: its id was stored before)."""
+    return await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
 
 
 # How long publish_many waits for one pipelined ack before publishing that event again.

@@ -3,6 +3,7 @@ Kept apart from the exposition so that reading the settings imports no HTTP or m
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 
@@ -36,3 +37,13 @@ def parse_peers(text: str) -> dict[str, str]:
             raise MetricsAddressError(f"metrics_peers entry {item!r} must be name=http://host:port")
         peers[name.strip()] = url.strip().rstrip("/")
     return peers
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobrunner.common.metricsconfig import parse_address
+from jobrunner.common.metricsconfig import is_loopback_host, parse_address
 
 log = structlog.get_logger()
 
@@ -105,6 +105,12 @@ class MetricsListener:
         self._server, self._thread = start_http_server(self.port, self.host, registry=registry)
         self.port = self._server.server_port
         log.info("metrics listener started", service=self.service, host=self.host, port=self.port)
+        if not is_loopback_host(self.host):
+            log.warning(
+                "the metrics listener has no token and is reachable from other machines",
+                service=self.service,
+                metrics_address=f"{self.host}:{self.port}",
+            )
 
     def stop(self) -> None:
         if self._server is not None:

@@ -13,6 +13,8 @@ call (the supervisor restarting a service) take their wait from :func:`delay_aft
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -20,6 +22,9 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import stamina
+import structlog
+
+log = structlog.get_logger()
 
 from jobrunner.common import metrics
 
@@ -45,6 +50,19 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 # JetStream API error codes that say "not now" rather than "never": 503 is "JetStream not
 # available / no quorum / insufficient resources for the moment".
 _TRANSIENT_API_CODES = frozenset({503})
+
+
+# While a JetStream cluster forms, or while one of its nodes is down, creating a replicated
+# stream is refused with these error codes; they pass once the nodes are there.
+_FORMING_API_ERRORS = frozenset(
+    {
+        10005,  # no suitable peers for placement (fewer nodes known than replicas asked)
+        10008,  # JetStream system temporarily unavailable
+        10023,  # insufficient resources
+    }
+)
+# How often "waiting for JetStream" is logged again while the wait goes on.
+WAIT_LOG_SECONDS = 5.0
 
 
 class PublishRefused(Exception):
@@ -84,6 +102,47 @@ def refusal(exc: BaseException, what: str) -> PublishRefused:
     if isinstance(exc, (msgspec.EncodeError, TypeError, ValueError)):
         return PublishRefused("UNENCODABLE", f"{what} cannot be encoded: {exc}")
     return PublishRefused("PUBLISH_REFUSED", f"NATS refused {what}: {exc!r}")
+
+
+def is_forming(exc: BaseException) -> bool:
+    """True when JetStream may accept the request once its cluster has formed (or a node is
+    back): everything transient, and the refusals of a cluster short of nodes."""
+    # Not every APIError subclass sets err_code (KeyNotFoundError does not).
+    if getattr(exc, "err_code", None) in _FORMING_API_ERRORS:
+        return True
+    return is_transient(exc)
+
+
+async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run a start-up step (declaring the stream, opening a bucket) until JetStream accepts it.
+
+    A service started before its NATS cluster has formed, or while a node is down, waits here
+    instead of exiting, and says what it waits for (``waiting for JetStream``, at once and every
+    ``WAIT_LOG_SECONDS``); a permanent refusal (a bad configuration) raises at once.
+    """
+    failures = 0
+    logged = 0.0
+    while True:
+        try:
+            result = await operation()
+        except Exception as exc:
+            if not is_forming(exc):
+                raise
+            failures += 1
+            now = time.monotonic()
+            if now - logged >= WAIT_LOG_SECONDS:
+                logged = now
+                log.warning(
+                    "waiting for JetStream",
+                    waiting_for=what,
+                    reason=str(exc) or type(exc).__name__,
+                    attempts=failures,
+                )
+            await asyncio.sleep(delay_after(failures))
+            continue
+        if failures:
+            log.info("JetStream ready", waited_for=what, attempts=failures + 1)
+        return result
 
 
 async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:

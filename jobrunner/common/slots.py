@@ -123,8 +123,15 @@ class SlotTable:
         self._kv: KeyValue | None = None
 
     async def kv(self) -> KeyValue:
+        """The lock bucket, read from its stream's leader. A direct read may be answered by a
+        replica that has not caught up (a node back after a crash): it could show a slot free
+        that is held, and a sweeping runner would then end a healthy job RUNNER_LOST."""
         if self._kv is None:
-            self._kv = await self._js.key_value(self._names.locks_bucket)
+            bucket = self._names.locks_bucket
+            await self._js.key_value(bucket)  # raises BucketNotFoundError when it is missing
+            self._kv = KeyValue(
+                name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=self._js, direct=False
+            )
         return self._kv
 
     def _subject(self, key: str) -> str:

@@ -15,6 +15,9 @@ the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when
 ``tls://`` or the server requires it, with the CA and client certificate of the settings
 (``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
 has a deadline; a server that misses one is logged and the next server of the list is tried.
+The list is the configured servers, then those the cluster announces (INFO ``connect_urls``, as
+nats-py follows them), each with the scheme and credentials of the server that announced it: a
+reader configured with one node of a cluster still finds the others when that node is gone.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import ssl
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import nats.errors
 import structlog
@@ -77,8 +80,10 @@ class StreamReader:
         self._connection = connection
         self._js = js
         self._servers = servers
+        self._discovered: list[str] = []  # announced by the cluster, not configured
         self._stream = stream
         self._subjects = subjects
+        self._announced_by: SplitResult | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._consumer: str | None = None
@@ -173,7 +178,7 @@ class StreamReader:
         accepts and then says nothing costs at most a few ``connect_timeout`` before the next
         one is tried."""
         errors = []
-        for server in self._servers:
+        for server in [*self._servers, *self._discovered]:
             where = _without_credentials(server)
             try:
                 await self._connect_to(server)
@@ -205,6 +210,8 @@ class StreamReader:
         if not first.startswith(b"INFO "):
             raise StreamReaderError(f"not a NATS server: it began with {first[:40]!r}")
         info = json.loads(first.removeprefix(b"INFO "))
+        self._learn(info, url)
+        self._announced_by = url
         if url.scheme == "tls" or info.get("tls_required"):
             context = self._tls or ssl.create_default_context()
             try:
@@ -244,6 +251,20 @@ class StreamReader:
             raise StreamReaderError(
                 f"no answer to CONNECT from the server within {timeout:g} s"
             ) from None
+
+    def _learn(self, info: object, via: SplitResult | None) -> None:
+        """Keep the servers the cluster announces (``connect_urls``) that are not configured,
+        with the scheme and credentials of ``via``, the server that announced them."""
+        urls = info.get("connect_urls") if isinstance(info, dict) else None
+        if via is None or not isinstance(urls, list) or not urls:
+            return
+        configured = {_without_credentials(server) for server in self._servers}
+        userinfo = via.netloc.rpartition("@")[0]
+        self._discovered = [
+            f"{via.scheme or 'nats'}://{userinfo + '@' if userinfo else ''}{address}"
+            for address in urls
+            if isinstance(address, str) and _without_credentials(address) not in configured
+        ]
 
     async def _ping(self) -> None:
         """Round trip to the server: everything sent before is accepted (or an error raised)."""
@@ -316,7 +337,11 @@ class StreamReader:
                 pos = end + 2
             elif head.startswith(b"-ERR"):
                 raise StreamReaderError(head.decode(errors="replace"))
-            else:  # INFO, PONG, +OK
+            elif head.startswith(b"INFO "):  # the cluster changed: nodes joined or left
+                with contextlib.suppress(ValueError):
+                    self._learn(json.loads(head[5:]), self._announced_by)
+                pos = end + 2
+            else:  # PONG, +OK
                 pos = end + 2
         self._buffer = buf[pos:]
 

@@ -42,9 +42,11 @@ async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
 
 async def test_batch_page_catches_up_after_an_api_kill(cluster: FaultCluster, page: Page) -> None:
     """Jobs end while the API is down; back up, the page shows them all completed, no reload."""
+    # 10 s per job: still running once the page has loaded, even on a loaded machine (at 5 s
+    # they sometimes ended first, and the fault did not bite).
     parameters = [
         {
-            "lines": 100,
+            "lines": 200,
             "interval": "0.05",
             "record": str(cluster.records / f"ui-batch-{n}.txt"),
             "label": f"ui-batch-{n}",

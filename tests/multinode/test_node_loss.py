@@ -5,9 +5,11 @@ the lock never has two holders. The lease TTL is the user's default (15 s)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from tests.cluster import Election, NodeCluster
+from jobrunner.contracts.names import Names
+from tests.cluster import PREFIX, Election, NodeCluster
 from tests.multinode.nodeloss import node_loss_scenario
 
 
@@ -61,3 +63,55 @@ async def test_restarting_every_node_in_turn_loses_no_line(node_cluster: NodeClu
         return longest
 
     await node_loss_scenario(node_cluster, "all three restarted in turn", rolling_restart, 20)
+
+
+async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_keeps_the_lease(
+    node_cluster: NodeCluster,
+) -> None:
+    """The node leading both the event stream and the lock bucket SIGKILLed just before the
+    running job's lease is due for renewal (the longest the lease can go unconfirmed): the
+    lease holds through both elections, the job completes with every line stored and seen."""
+    names = Names(PREFIX)
+    locks = f"KV_{names.locks_bucket}"
+    leader = await node_cluster.stream_leader()
+    assert leader is not None
+    await node_cluster.move_leader(locks, leader)
+
+    async def kill_before_renewal() -> Election:
+        renewed = await last_renewal(node_cluster, names)
+        # Renewals come every third of the TTL: strike a little before the next one is due.
+        due = renewed + node_cluster.lease_ttl / 3 - 0.5
+        await asyncio.sleep(max(0.0, due - time.monotonic()))  # the moment is the fault
+        struck = time.monotonic()
+        await node_cluster.kill_node(leader)
+        election = await node_cluster.wait_stream_leader(struck, not_on=leader)
+        locks_election = await node_cluster.wait_stream_leader(struck, leader, stream=locks)
+        await node_cluster.restart_node(leader)
+        return max(election, locks_election, key=lambda e: e.seconds)
+
+    await node_loss_scenario(
+        node_cluster,
+        "leader of stream and lock bucket SIGKILLed just before a renewal, restarted",
+        kill_before_renewal,
+        12,
+    )
+    await node_cluster.wait_caught_up()
+
+
+async def last_renewal(cluster: NodeCluster, names: Names) -> float:
+    """When (time.monotonic()) a held lease of the lock bucket was last written: waits for the
+    next write of any held slot and returns its moment."""
+    async with cluster.nats_client() as nc:
+        kv = await nc.jetstream().key_value(names.locks_bucket)
+        watcher = await kv.watch("slot.>", include_history=False)
+        try:
+            live = False  # the current values come first, then None, then new writes
+            async with asyncio.timeout(60):
+                while True:
+                    entry = await watcher.updates(timeout=60)  # type: ignore[no-untyped-call]
+                    if entry is None:
+                        live = True
+                    elif live and entry.value and b'"held"' in entry.value:
+                        return time.monotonic()
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]

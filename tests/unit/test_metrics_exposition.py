@@ -13,7 +13,12 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobrunner.common import metrics
-from jobrunner.common.metricsconfig import MetricsAddressError, parse_address, parse_peers
+from jobrunner.common.metricsconfig import (
+    MetricsAddressError,
+    is_loopback_host,
+    parse_address,
+    parse_peers,
+)
 from jobrunner.common.metricsexposition import all_families, merge, render, with_service
 from jobrunner.services.runner.lockmetrics import lock_label
 
@@ -58,6 +63,22 @@ def test_peers_name_their_urls() -> None:
         "runner": "http://127.0.0.1:1",
         "projector": "http://127.0.0.1:2",
     }
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("10.1.2.3", False),
+        ("metrics.example.com", False),
+    ],
+)
+def test_only_loopback_listeners_count_as_private(host: str, loopback: bool) -> None:
+    """A listener anywhere but on loopback is warned about at start (it has no token)."""
+    assert is_loopback_host(host) is loopback
 
 
 def test_unknown_job_types_and_locks_fold_into_other() -> None:
@@ -152,3 +173,10 @@ async def test_a_peer_answering_just_after_the_deadline_is_reported_down() -> No
     """A service slower than metrics_peer_timeout_seconds is left out, with peer_up 0."""
     seen = await _scrape_peer_answering_after(PEER_TIMEOUT * 1.5)
     assert seen == {"jobrunner_metrics_peer_up{runner}": 0.0}
+
+
+def test_metrics_answer_while_the_read_models_are_rebuilt() -> None:
+    """/metrics reads no table, so the read-model gate lets it through during a rebuild."""
+    from jobrunner.services.api.readmodelgate import exempt
+
+    assert exempt("/metrics")

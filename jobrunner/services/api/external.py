@@ -27,7 +27,7 @@ import structlog
 from litestar import Request
 from nats.js.errors import APIError
 
-from jobrunner.common import callbacktoken, eventstore
+from jobrunner.common import callbacktoken, eventstore, metrics
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
@@ -179,7 +179,7 @@ def _finished(status: events.StatusChanged) -> ApiError:
 
 async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> ReportAccepted:
     """Store what the report says, in order: running, lines, progress, the end."""
-    await authenticate(ctx, job_id, token)
+    request = await authenticate(ctx, job_id, token)
     final = report.final_result
     # Checked before anything is stored: a result refused after the lines would leave half a
     # report behind.
@@ -206,7 +206,7 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
                 "The job is waiting for a runner to take its lock; report again shortly.",
                 headers={"Retry-After": str(WAITING_RETRY_AFTER_SECONDS)},
             )
-        await eventstore.publish(
+        started = await eventstore.publish_acked(
             ctx.js,
             ctx.names,
             events.StatusChanged(
@@ -216,6 +216,8 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
                 runner_id=record.runner_id,
             ),
         )
+        if not started.duplicate:  # two first reports at once: one start
+            metrics.job_started(request.job_type)
     answer = ReportAccepted(job_id=job_id, status=JobStatus.RUNNING.value)
     lines = split_lines(report.lines)
     if lines:
@@ -236,7 +238,7 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
             ),
         )
     if result is not None or report.error is not None:
-        answer = await _end(ctx, job_id, report, result, answer)
+        answer = await _end(ctx, job_id, report, result, answer, request.job_type)
     # A sign of life for the runner holding the job, even for a report with nothing to store.
     await ctx.nc.publish(ctx.names.external_reported_subject(job_id), b"")
     return answer
@@ -311,6 +313,7 @@ async def _end(
     report: Report,
     result: dict[str, Any] | None,
     answer: ReportAccepted,
+    job_type: str,
 ) -> ReportAccepted:
     if report.error is not None:
         status = JobStatus.FAILED
@@ -332,6 +335,8 @@ async def _end(
     ack = await ctx.js.publish(
         ctx.names.subject(ending), codec.encode(ending), headers=codec.headers(ending)
     )
+    if not ack.duplicate:
+        metrics.job_ended(job_type, status.value)
     if ack.duplicate:
         # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
         stored = await _last(ctx, job_id, "status")

@@ -43,8 +43,8 @@ COALESCE_MAX = 0.1  # ... up to this (a lone client gets every event at once)
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
 # ... or after this much work, whichever comes first: a flooding job's burst then holds the
-# process for a few milliseconds at most, and the other jobs' feeds and clients go in between.
-TURN_SECONDS = 0.002
+# process for about a millisecond at a time, and the other jobs' feeds and clients go in between.
+TURN_SECONDS = 0.001
 
 FrameBuilder = Callable[[events.AnyEvent, int, int | None], list[bytes]]
 
@@ -338,11 +338,18 @@ class Fanout:
         ) as reader:
             if start_seq > until_seq or await reader.count() == 0:
                 return
+            loop = asyncio.get_running_loop()
             while True:
                 msgs = await reader.next_batch(self.limits.history_idle)
                 if not msgs:
                     raise HistoryStalled(job_id)
+                turn_ends = loop.time() + TURN_SECONDS
                 for msg in msgs:
+                    if loop.time() >= turn_ends:
+                        # A long history (a flood's viewer catching up) is read in turns too:
+                        # the other jobs' feeds and clients go in between.
+                        await asyncio.sleep(0)
+                        turn_ends = loop.time() + TURN_SECONDS
                     meta = msg.metadata
                     seq = meta.sequence.stream
                     item = decode_item(seq, msg.data, self.build)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from jobrunner.common import eventstore
+from jobrunner.common import eventstore, metrics
 from jobrunner.common.slots import slot_key
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
@@ -57,9 +57,11 @@ async def cancel_jobs(
 
 
 async def give_back_places(ctx: ApiContext, cancelled_pending: Sequence[Attempt]) -> None:
-    """Drop the queue entries and slot reservations of jobs cancelled before they started."""
+    """Drop the queue entries and slot reservations of jobs cancelled before they started (their
+    ends stored already; both ways of cancelling come through here, so they are counted here)."""
     by_lock: dict[str, list[str]] = {}
     for job in cancelled_pending:
+        metrics.job_ended(job.job_type, JobStatus.CANCELLED.value)
         if job.lock:
             by_lock.setdefault(job.lock, []).append(job.id)
     for lock, job_ids in by_lock.items():

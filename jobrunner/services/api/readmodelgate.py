@@ -35,7 +35,8 @@ log = structlog.get_logger()
 CURRENT_CHECK_SECONDS = 5.0
 RECHECK_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 5
-# What answers without the read models: health and metrics, static files, signing in, tokens (in
+# What answers without the read models: health, metrics (what the services hold in memory, to
+# be read during a rebuild and while Postgres is away), static files, signing in, tokens (in
 # NATS), the job types (configuration) and the OpenAPI document.
 EXEMPT_PATHS = frozenset(
     {

@@ -102,7 +102,7 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
-        sub = await self.subscribe()
+        sub = await retry.until_jetstream_ready(self.subscribe, "the notifiers' consumer")
         if not self.settings.webhook_secret:
             log.warning("webhook_secret is not set: webhooks go out unsigned")
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)

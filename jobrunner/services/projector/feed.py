@@ -60,7 +60,23 @@ class EventFeed:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, seq: int) -> None:
-        await self._reader.open(seq)
+        """Open the reader at ``seq``; while JetStream cannot create its consumer (a cluster
+        forming, its stream without a leader) it is tried again, as the read loop does."""
+        failures = 0
+        while True:
+            try:
+                await self._reader.open(seq)
+                break
+            except StreamReaderError as exc:
+                failures += 1
+                if self._restart_attempts is not None and failures > self._restart_attempts:
+                    raise
+                log.warning(
+                    "waiting for JetStream",
+                    waiting_for="the event stream's reader",
+                    reason=str(exc),
+                )
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
         self._task = asyncio.create_task(self._read())
 
     async def fetch(self, timeout: float = 0.5) -> list[tuple[int, list[Change]]]:

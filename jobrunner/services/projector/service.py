@@ -13,7 +13,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore
+from jobrunner.common import database, eventstore, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -47,7 +47,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     looking = asyncio.create_task(lag.follow(js, names.stream, stop), name="projector-lag")
     try:
         await eventstore.ensure_topology(js, names, settings)
-        await _remove_durable_consumer(js, names)
+        await retry.until_jetstream_ready(
+            lambda: _remove_durable_consumer(js, names), "the event stream's consumers"
+        )
         # Read models of an older layout are rebuilt (or refused) before the first write.
         await upgrade.ensure_current(settings)
         async with pool.acquire() as conn:

@@ -8,7 +8,7 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 
-from jobrunner.common import metrics
+from jobrunner.common import eventstore, metrics, retry
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
@@ -56,17 +56,21 @@ class JobJournal:
     ) -> None:
         """Publish the job's end. Its event id is the job's one terminal id, so whoever ends a
         job first (its runner, a runner declaring it lost) decides, and later ends are dropped."""
-        await self.publish(
-            events.StatusChanged(
-                job_id=job_id,
-                event_id=events.terminal_event_id(job_id),
-                status=status,
-                exit_code=exit_code,
-                error=error,
-                runner_id=self.runner_id,
-                cancelled_by=cancelled_by,
-                result=result,
-            )
+        ending = events.StatusChanged(
+            job_id=job_id,
+            event_id=events.terminal_event_id(job_id),
+            status=status,
+            exit_code=exit_code,
+            error=error,
+            runner_id=self.runner_id,
+            cancelled_by=cancelled_by,
+            result=result,
         )
-        # Counted here, where the end was stored; an end another runner stored first too.
-        metrics.job_ended(job_type, status.value)
+        ack = await retry.until_done(
+            lambda: eventstore.publish_acked(self.js, self.names, ending),
+            f"the end of job {job_id}",
+        )
+        # Counted only by whoever stored the end: an end someone stored first (the API
+        # cancelling a pending job, another runner declaring it lost) is not counted twice.
+        if not ack.duplicate:
+            metrics.job_ended(job_type, status.value)

@@ -8,6 +8,7 @@ if its runner still holds the lease, and ended RUNNER_LOST if nobody does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from jobrunner.common import retry
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
 from jobrunner.common.subscription import fetch_one
@@ -28,6 +30,9 @@ from jobrunner.services.runner.running import RunningJob
 from jobrunner.services.runner.seals import SealWaiter
 
 log = structlog.get_logger()
+
+# A request whose handling met a NATS outage is delivered again after this long (seconds).
+REDELIVERY_DELAY = 1.0
 
 
 class RequestLoop:
@@ -100,8 +105,15 @@ class RequestLoop:
                 await self._handle_request(event, job)
             finally:
                 del self.running[event.job_id]
-        except Exception:
-            log.exception("job handling crashed")
+        except Exception as exc:
+            if job is not None and not job.acked and retry.is_transient(exc):
+                # NATS away or a stream without a leader (an election): the request comes back
+                # shortly (to any runner) instead of after the whole ack wait.
+                log.warning("job handling met a NATS outage, request redelivered", error=repr(exc))
+                with contextlib.suppress(Exception):
+                    await job.msg.nak(delay=REDELIVERY_DELAY)
+            else:
+                log.exception("job handling crashed")
         finally:
             structlog.contextvars.unbind_contextvars("job_id")
             if job is None or job.holds_capacity:

@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from jobrunner.common import eventstore, metrics
+from jobrunner.common import eventstore, metrics, retry
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -100,9 +100,8 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
-        watcher = asyncio.create_task(
-            self.board.watch(await self.slots.kv(), stop, self.sweeper.on_lease_expired)
-        )
+        locks = await retry.until_jetstream_ready(self.slots.kv, "the lock bucket")
+        watcher = asyncio.create_task(self.board.watch(locks, stop, self.sweeper.on_lease_expired))
         cancel_sub = await self.requests.subscribe_cancels(self.nc)
         seal_sub = await self.seals.subscribe(self.nc)
         sweeping = asyncio.Event()  # set when the runner stops
@@ -117,16 +116,19 @@ class Runner:
             # Asked once, before the first job: how tools are started (deathsignal.py).
             await asyncio.to_thread(deathsignal.setpriv)
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
-            sub = await self.js.pull_subscribe(
-                self.names.kind_subjects("requested"),
-                durable=self.names.runner_consumer,
-                stream=self.names.stream,
-                config=api.ConsumerConfig(
-                    ack_policy=api.AckPolicy.EXPLICIT,
-                    ack_wait=self.ack_wait,
-                    max_ack_pending=10_000,
-                    max_deliver=-1,
+            sub = await retry.until_jetstream_ready(
+                lambda: self.js.pull_subscribe(
+                    self.names.kind_subjects("requested"),
+                    durable=self.names.runner_consumer,
+                    stream=self.names.stream,
+                    config=api.ConsumerConfig(
+                        ack_policy=api.AckPolicy.EXPLICIT,
+                        ack_wait=self.ack_wait,
+                        max_ack_pending=10_000,
+                        max_deliver=-1,
+                    ),
                 ),
+                "the runners' request consumer",
             )
             log.info(
                 "runner started",

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 
+from jobrunner.common import retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.security.middleware import (
@@ -90,9 +91,15 @@ def access_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             yield
             return
         ctx = app.state.ctx
-        store = await TokenStore.open(ctx.js, Names(settings.prefix), settings.stream_replicas)
-        await store.start_watch()
-        signer = SessionSigner(await store.session_key(), settings.session_max_age_seconds)
+        # Waited for, not failed on: the token bucket's stream may not answer yet while a
+        # NATS cluster forms or a node is down.
+        store = await retry.until_jetstream_ready(
+            lambda: TokenStore.open(ctx.js, Names(settings.prefix), settings.stream_replicas),
+            "the token bucket",
+        )
+        await retry.until_jetstream_ready(store.start_watch, "the token bucket's records")
+        key = await retry.until_jetstream_ready(store.session_key, "the session-signing key")
+        signer = SessionSigner(key, settings.session_max_age_seconds)
         app.state.access = Access(
             enabled=True, store=store, signer=signer, streams=limiter, hosts=hosts
         )

@@ -101,20 +101,19 @@ def _key(token_id: str) -> str:
 
 
 async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> KeyValue:
+    """The token bucket, created when missing. Several API instances may create it at once:
+    creating it with the same configuration as another is no error. JetStream's own errors
+    (a cluster still forming, a timeout) are raised for the caller to retry."""
     try:
         return await js.key_value(names.tokens_bucket)
     except BucketNotFoundError:
         pass
-    try:
-        return await js.create_key_value(
-            bucket=names.tokens_bucket,
-            history=5,
-            storage=api.StorageType.FILE,
-            replicas=replicas,
-        )
-    except Exception:
-        # Another instance created it at the same moment.
-        return await js.key_value(names.tokens_bucket)
+    return await js.create_key_value(
+        bucket=names.tokens_bucket,
+        history=5,
+        storage=api.StorageType.FILE,
+        replicas=replicas,
+    )
 
 
 class TokenStore:
@@ -150,8 +149,12 @@ class TokenStore:
 
         self._watch_task = asyncio.create_task(follow(), name="token-watch")
         self._watcher = watcher
-        async with asyncio.timeout(10):
-            await loaded
+        try:
+            async with asyncio.timeout(10):
+                await loaded
+        except BaseException:
+            await self.stop_watch()  # started again by a retry: never two watches
+            raise
 
     async def stop_watch(self) -> None:
         if self._watch_task is not None:
@@ -266,13 +269,19 @@ class TokenStore:
     async def session_key(self) -> bytes:
         """The key that signs session cookies, created once and shared by every API instance."""
         try:
-            await self.kv.create(_SESSION_KEY, secrets.token_bytes(32))
+            # Created only if absent (revision 0): every instance then reads the one key.
+            await self.kv.update(_SESSION_KEY, secrets.token_bytes(32), last=0)
         except KeyWrongLastSequenceError:
             pass
         except Exception as exc:
             # Older servers answer an existing key with a plain API error.
             if "wrong last sequence" not in str(exc).lower():
                 raise
-        entry = await self.kv.get(_SESSION_KEY)
+        try:
+            entry = await self.kv.get(_SESSION_KEY)
+        except KeyNotFoundError:
+            # It exists (the create was refused), but the replica that answered the read has
+            # not caught up yet (a node restarting in a cluster): not yet, rather than never.
+            raise TimeoutError("the session key is not readable yet") from None
         assert entry.value is not None
         return bytes(entry.value)
