@@ -16,17 +16,29 @@ from typing import Any
 
 import httpx
 
-from bench import limits, noisy, report, scenarios
+from bench import catchup, limits, noisy, report, scenarios
 from bench.system import ROOT, RunningSystem
 
-ALL = ("limits", "latency", "dispatch", "replay", "reads", "throughput", "fanout", "noisy")
+ALL = (
+    "limits",
+    "latency",
+    "dispatch",
+    "replay",
+    "reads",
+    "catchup",
+    "throughput",
+    "fanout",
+    "noisy",
+)
 
 FULL = {
     "latency_seconds": 30,
     "dispatch_jobs": 50,
     "throughput_lines": 1_000_000,
-    "fanout_clients": 500,
+    "fanout_clients": 1000,
     "fanout_seconds": 20,
+    "fanout_many_jobs": 100,
+    "fanout_many_clients": 10,
     "replay_jobs": 100_000,
     "reads_seconds": 5.0,
     "noisy_seconds": 10,
@@ -35,8 +47,10 @@ QUICK = {
     "latency_seconds": 5,
     "dispatch_jobs": 10,
     "throughput_lines": 100_000,
-    "fanout_clients": 50,
+    "fanout_clients": 100,
     "fanout_seconds": 5,
+    "fanout_many_jobs": 10,
+    "fanout_many_clients": 10,
     "replay_jobs": 10_000,
     "reads_seconds": 2.0,
     "noisy_seconds": 3,
@@ -67,7 +81,7 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
         if "dispatch" in only:
             log(f"dispatch: {size['dispatch_jobs']} jobs")
             results["dispatch"] = await scenarios.dispatch(system, http, size["dispatch_jobs"])
-        if "replay" in only or "reads" in only:
+        if "replay" in only or "reads" in only or "catchup" in only:
             log(f"history: {size['replay_jobs'] * 10:,} events, projected, then replayed")
             results.update(await scenarios.history_and_replay(system, size["replay_jobs"]))
             if "reads" in only:
@@ -83,6 +97,10 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
                 lim["direct_list_walk"] = await limits.direct_walk(
                     database_url, size["reads_seconds"]
                 )
+            if "catchup" in only:
+                log("catch-up: /api/jobs/stream from the stream's start")
+                results["catchup"] = {"updates": await catchup.updates_from_start(system)}
+                results.setdefault("limits", {})["raw_stream_read"] = await catchup.raw_read(system)
     async with httpx.AsyncClient(
         base_url=system.base_url, headers=system.headers, timeout=60
     ) as http:
@@ -91,10 +109,20 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             results["throughput"] = await scenarios.throughput(
                 system, http, size["throughput_lines"]
             )
+            if "catchup" in only:
+                log("catch-up: the flood job's stream from its start")
+                results.setdefault("catchup", {})["job"] = await catchup.job_from_start(
+                    system, results["throughput"]["job_id"], size["throughput_lines"]
+                )
         if "fanout" in only:
             log(f"fan-out: {size['fanout_clients']} clients, 200 lines/s")
             results["fanout"] = await scenarios.fan_out(
                 system, http, size["fanout_clients"], size["fanout_seconds"]
+            )
+            jobs, per_job = size["fanout_many_jobs"], size["fanout_many_clients"]
+            log(f"fan-out: {jobs} jobs x {per_job} clients, 200 lines/s each")
+            results["fanout_many"] = await scenarios.fan_out(
+                system, http, jobs * per_job, size["fanout_seconds"], jobs=jobs
             )
         if "noisy" in only:
             log(f"noisy neighbour: 100 lines/s for {size['noisy_seconds']} s, alone and by a flood")
@@ -183,10 +211,18 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": "runner flat",
             }
         )
-    if f := results.get("fanout"):
+    for key in ("fanout", "fanout_many"):
+        f = results.get(key)
+        if not f:
+            continue
+        what = (
+            f"{f['clients']} clients"
+            if f.get("jobs", 1) == 1
+            else f"{f['jobs']} jobs x {f['clients'] // f['jobs']} clients"
+        )
         out += [
             {
-                "name": f"4. fan-out, {f['clients']} clients x 200 lines/s, p99",
+                "name": f"4. fan-out, {what} x 200 lines/s, p99",
                 "result": f"{f['p99_ms']} ms (median {f['median_ms']} ms)",
                 "target": "≤ 250 ms",
                 "met": f["p99_ms"] is not None and f["p99_ms"] <= 250,
@@ -198,7 +234,12 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": "none lost",
                 "met": f["lines_lost"] == 0 and f["duplicates"] == 0,
             },
-            {"name": "4. fan-out, API peak memory", "result": f"{f['api_peak_rss_mib']} MiB"},
+            {
+                "name": "4. fan-out, API peak memory",
+                "result": f"{f['api_peak_rss_mib']} MiB",
+                "target": "≤ 300 MB",
+                "met": f["api_peak_rss_mib"] * 2**20 <= 300e6,
+            },
         ]
     if n := results.get("noisy"):
         alone, beside = n["alone"], n["beside_flood"]
@@ -223,6 +264,31 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": n["lines_received"] == n["lines_expected"] and n["duplicates"] == 0,
             },
         ]
+    if cu := results.get("catchup"):
+        raw = lim.get("raw_stream_read", {}).get("events_per_s")
+        if up := cu.get("updates"):
+            out.append(
+                {
+                    "name": f"4b. catch-up, /api/jobs/stream from {up['stream_events']:,} "
+                    "events back",
+                    "result": f"{up['stream_events_per_s']:,} events/s "
+                    f"({up['job_updates_per_s']:,} job_update/s)",
+                    "target": "≥ 100,000 events/s",
+                    "met": up["stream_events_per_s"] >= 100_000,
+                    "limit": f"{raw:,} events/s (raw stream read)" if raw else "—",
+                    "ratio": ratio(up["stream_events_per_s"], raw),
+                }
+            )
+        if job := cu.get("job"):
+            out.append(
+                {
+                    "name": f"4b. catch-up, a job's stream from its start ({job['lines']:,} lines)",
+                    "result": f"{job['lines_per_s']:,} lines/s; {job['gaps']} gaps, "
+                    f"{job['duplicates']} duplicated",
+                    "target": "≥ 100,000 events/s",
+                    "met": job["lines_per_s"] >= 100_000 and not job["gaps"],
+                }
+            )
     if lp := results.get("live_projection"):
         copy = lim.get("copy", {}).get("rows_per_s")
         out.append(

@@ -148,6 +148,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
         await eventstore.close(nc)
     runner_start, runner_end = memory.start_end("runner")
     return {
+        "job_id": job,
         "lines": lines,
         "sse_lines_received": client.lines,
         "gaps": client.gaps,
@@ -161,25 +162,30 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
 
 
 async def fan_out(
-    system: RunningSystem, http: httpx.AsyncClient, clients: int, seconds: int
+    system: RunningSystem, http: httpx.AsyncClient, clients: int, seconds: int, jobs: int = 1
 ) -> dict:
-    """4. ``clients`` SSE clients on one job printing 200 lines/s."""
+    """4. ``clients`` SSE clients on ``jobs`` jobs (as many on each) printing 200 lines/s."""
     rate = 200
     services = system.services()
     api = {"api": services["api"]}
-    delay = 3 + clients / 100
+    # Every client connects (and every job's tool starts) before the first line is printed.
+    delay = 3 + clients / 100 + jobs / 10
+    per_job = clients // jobs
     with MemorySampler(api) as memory:
-        job = await start_job(
-            http, "bench_paced", {"rate": rate, "seconds": seconds, "delay": f"{delay:.1f}"}
-        )
+        job_ids = [
+            await start_job(
+                http, "bench_paced", {"rate": rate, "seconds": seconds, "delay": f"{delay:.1f}"}
+            )
+            for _ in range(jobs)
+        ]
         t_start = time.monotonic()
         gate = asyncio.Semaphore(50)
 
-        async def connect() -> Any:
+        async def connect(job: str) -> Any:
             async with gate:
                 return await open_stream("127.0.0.1", system.port, stream_path(job), system.headers)
 
-        streams = await asyncio.gather(*(connect() for _ in range(clients)))
+        streams = await asyncio.gather(*(connect(job) for job in job_ids for _ in range(per_job)))
         # Every client checks every line; one in ten also times every line (all are served
         # alike, and timing 100,000 lines/s in this process would starve the system measured).
         for i, stream in enumerate(streams):
@@ -192,7 +198,8 @@ async def fan_out(
         1 for s in streams if s.lines == expected and s.next_seq == expected + 1 and not s.gaps
     )
     return {
-        "clients": clients,
+        "jobs": jobs,
+        "clients": len(streams),
         "lines_per_client": expected,
         "clients_complete": complete,
         "lines_lost": sum(max(0, expected - (s.next_seq - 1 - s.gaps)) for s in streams),

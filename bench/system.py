@@ -100,6 +100,8 @@ class RunningSystem:
                 "PYTHONPATH": str(ROOT),
                 # 500 SSE clients share the bench's one token.
                 "JOBRUNNER_MAX_STREAMS_PER_TOKEN": "2000",
+                # The fan-out of 100 jobs at once runs them all at once.
+                "JOBRUNNER_MAX_CONCURRENT_JOBS": "128",
             }
         )
         env.update(self.extra_env)

@@ -254,3 +254,29 @@ async def test_nats_paused_longer_than_the_ttl_stops_the_tool_before_anyone_else
     # than it wrote down before it was stopped).
     assert len(lines) in (int(printed), int(printed) + 1)
     assert [ln["text"] for ln in lines] == [f"INFO line {i}" for i in range(1, len(lines) + 1)]
+
+
+async def test_a_fresh_slot_is_created_at_once_and_still_refused_while_held(
+    settings: Settings,
+) -> None:
+    """A job's own slot taken without a read first: refused while another holds it, and taken
+    again once released (over the key's tombstone)."""
+    async with slot_table(settings) as slots:
+        first = await slots.try_acquire("job.fresh", held("fresh"), fresh=True)
+        assert first is not None
+        taken = await slots.try_acquire("job.fresh", held("fresh", runner_id="other"), fresh=True)
+        assert taken is None
+        assert await slots.release(first)
+        again = await slots.try_acquire("job.fresh", held("fresh", runner_id="other"), fresh=True)
+        assert again is not None
+        assert await slots.renew(first) is None
+
+
+async def test_a_fresh_slot_reserved_by_the_api_becomes_the_jobs_lease(settings: Settings) -> None:
+    """A slot the API reserved for the job is adopted even when taken as fresh."""
+    async with slot_table(settings) as slots:
+        reserved = msgspec.structs.replace(held("mine"), phase="reserved")
+        assert await slots.try_acquire("job.mine", reserved) is not None
+        lease = await slots.try_acquire("job.mine", held("mine"), fresh=True)
+        assert lease is not None
+        assert lease.value.phase == "held"

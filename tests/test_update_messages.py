@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,6 +13,7 @@ from jobrunner.common import eventstore
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.api.job_updates import update_messages
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,3 +80,23 @@ async def test_a_start_past_the_end_waits_for_the_next_event(
             seen += [seq for seq, _ in await anext(reader)]
     await reader.aclose()
     assert seen == [seq for seq, s in live if not s.endswith(".lines")]
+
+
+async def test_a_raw_catch_up_that_cannot_reach_nats_goes_on_through_nats_py(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """The raw reader's connection refused: the backlog still comes, once, in order."""
+    names = Names(settings.prefix)
+    backlog = await publish(js, names, 300)
+    unreachable = dataclasses.replace(
+        NatsConnection.from_settings(settings),
+        servers=[f"nats://127.0.0.1:{free_port()}"],
+        connect_timeout=0.5,
+    )
+    seen: list[int] = []
+    reader = update_messages(js, names, 1, 0.2, 1024 * 1024, unreachable)
+    async with asyncio.timeout(60):
+        while len(seen) < len(backlog) * 4 // 7:
+            seen += [seq for seq, _ in await anext(reader)]
+    await reader.aclose()
+    assert seen == [seq for seq, s in backlog if not s.endswith(".lines")]

@@ -24,9 +24,9 @@ import nats.js.errors
 import stamina
 import structlog
 
-log = structlog.get_logger()
-
 from jobrunner.common import metrics
+
+log = structlog.get_logger()
 
 T = TypeVar("T")
 

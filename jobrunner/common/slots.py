@@ -198,8 +198,21 @@ class SlotTable:
         """The revision a create must name: 0, or the tombstone's if the key was deleted."""
         return (await self._read_raw(key))[1]
 
-    async def try_acquire(self, key: str, value: SlotValue) -> Lease | None:
-        """Take a free slot; ``None`` when someone holds or reserved it."""
+    async def try_acquire(self, key: str, value: SlotValue, fresh: bool = False) -> Lease | None:
+        """Take a free slot; ``None`` when someone holds or reserved it.
+
+        ``fresh``: the key was most likely never written (a job's own slot at its first
+        attempt), so the lease is created at once, without reading the key first: one round
+        trip instead of two. Should the key exist after all, that create (conditional on no
+        revision at all) changes nothing, and the key is read and taken as usual."""
+        if fresh:
+            sent_at = time.monotonic()
+            try:
+                revision = await self._write(key, value, 0)
+            except KeyWrongLastSequenceError:
+                pass
+            else:
+                return Lease(key=key, revision=revision, value=value, sent_at=sent_at)
         for _ in range(3):
             current, last = await self._read(key)
             if current is not None:

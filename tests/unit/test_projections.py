@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.services.projector import storable
 from jobrunner.services.projector.projections import (
     WEBHOOK_COLUMNS,
     BatchChanged,
@@ -308,3 +309,42 @@ def test_every_change_belongs_to_the_event_s_job(event: events.Event, seq: int) 
     if isinstance(event, events.LineLogged):
         assert isinstance(change, LinesAppended)
         assert [row[1] for row in change.rows] == [line.seq for line in event.lines]
+
+
+LINES = st.lists(
+    st.builds(
+        events.LogLine,
+        seq=st.integers(1, events.MAX_COUNT),
+        stream=TEXT,
+        level=TEXT,
+        timestamp=st.just(AT),
+        text=TEXT,
+    ),
+    min_size=0,
+    max_size=5,
+)
+
+
+@settings(deadline=None)
+@given(TEXT, LINES, st.integers(1, 2**63))
+def test_line_rows_are_each_field_made_storable(
+    job_id: str, lines: list[events.LogLine], seq: int
+) -> None:
+    """A line's row holds exactly its fields made storable, one by one (NUL shown as ␀ in the
+    job id, stream, level and text alike), however the fast path for lines computes them."""
+    [change] = project(events.LineLogged(job_id=job_id, lines=lines), seq)
+    assert isinstance(change, LinesAppended)
+    stored = storable.text(job_id)
+    assert change.job_id == stored
+    assert change.rows == [
+        (
+            stored,
+            ln.seq,
+            storable.text(ln.stream),
+            storable.text(ln.level),
+            ln.timestamp,
+            storable.text(ln.text),
+            seq,
+        )
+        for ln in lines
+    ]

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
-from jobrunner.services.api.sse import ResumePoint, encode_data, frame, frames_for
+from jobrunner.services.api.sse import (
+    LinePayload,
+    ResumePoint,
+    encode_data,
+    frame,
+    frames_for,
+    line_frames,
+)
 
 AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
@@ -158,3 +165,21 @@ def test_a_batch_is_framed_as_each_line_alone_would_be(texts: list[str], stream:
         )
         for i, ln in enumerate(lines)
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(
+        st.text(alphabet=st.sampled_from('ab \n"\\\u0085\u2028\u2029é€\x00\x1b')), max_size=8
+    ),
+    seq=st.integers(1, 2**40),
+)
+def test_a_batch_of_lines_frames_exactly_as_one_line_at_a_time(texts: list[str], seq: int) -> None:
+    """The frames of a line batch are byte for byte those of each line encoded on its own."""
+    lines = [events.LogLine(n + 1, "stdout", "INFO", AT, text) for n, text in enumerate(texts)]
+    one_by_one = [
+        b"id: %d:%d\ndata: %b\n\n"
+        % (seq, i, encode_data(LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text)))
+        for i, ln in enumerate(lines)
+    ]
+    assert line_frames(events.LineLogged(job_id="j", lines=lines), seq) == one_by_one

@@ -257,12 +257,15 @@ async def read_ahead(
 ) -> None:
     """The read-model rows of the jobs in ``read`` the stream does not know yet, in one query: a
     burst of changes of jobs requested before the stream's start (a batch's jobs all ending)
-    would otherwise cost a query per job, one after the other."""
+    would otherwise cost a query per job, one after the other. A job requested within ``read``
+    is left out: its JobRequested, handled first, tells everything (a backlog read from far back
+    would otherwise look up nearly every job it shows)."""
+    requested = {event.job_id for _, event in read if isinstance(event, events.JobRequested)}
     unknown = {
         event.job_id
         for _, event in read
         if isinstance(event, events.Event)
-        and not isinstance(event, events.JobRequested)
+        and event.job_id not in requested
         and (not states.knows(event.job_id) or not batches.knows(event.job_id))
     }
     if not unknown:

@@ -38,16 +38,16 @@ _UNICODE_BREAKS = (
 )
 
 
-def encode_data(data: Any) -> bytes:
-    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
-    return _without_unicode_breaks(_encoder.encode(data))
-
-
-def _without_unicode_breaks(out: bytes) -> bytes:
+def escape_breaks(out: bytes) -> bytes:
     for raw, escaped in _UNICODE_BREAKS:
         if raw in out:
             out = out.replace(raw, escaped)
     return out
+
+
+def encode_data(data: Any) -> bytes:
+    """JSON for one SSE ``data:`` line: never contains any kind of line break."""
+    return escape_breaks(_encoder.encode(data))
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
     ]
     if not payloads:
         return []
-    data = _without_unicode_breaks(_encoder.encode(payloads))
+    data = escape_breaks(_encoder.encode(payloads))
     parts = data[len(_FIRST_PAYLOAD) : -2].split(_NEXT_PAYLOAD)
     return [b'id: %d:%d\ndata: {"seq":%b}\n\n' % (seq, i, part) for i, part in enumerate(parts)]
 

@@ -71,7 +71,12 @@ async def apply(
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
-        unreadable = next((c for c in changes if isinstance(c, Unreadable)), None)
+        # The feed gives an unreadable message this one change (a plain loop: asked per event).
+        unreadable = None
+        for change in changes:
+            if type(change) is Unreadable:
+                unreadable = change
+                break
         if unreadable is not None:
             await _bisect(conn, batch[start:i], lookup, schema)
             await _set_aside(conn, seq, unreadable.error, lookup, schema)

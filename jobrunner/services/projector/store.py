@@ -179,7 +179,29 @@ def fold(
     created: dict[str, dict[str, Any]] = {}
     for seq, changes in batch:
         for change in changes:
-            if isinstance(change, JobCreated):
+            # The most frequent kinds first: lines, then job updates (the kinds are disjoint).
+            if isinstance(change, LinesAppended):
+                plan.lines.extend(change.rows)
+                row = created.get(change.job_id)
+                if row is not None:
+                    row["log_count"] += len(change.rows)
+                    row["last_seq"] = max(row["last_seq"], seq)
+                else:
+                    count, _ = plan.line_counts.get(change.job_id, (0, 0))
+                    plan.line_counts[change.job_id] = (count + len(change.rows), seq)
+            elif isinstance(change, JobUpdated):
+                row = created.get(change.job_id)
+                if row is None:
+                    plan.updates.append(change)
+                else:
+                    if "status" in change.fields and row["batch_id"] is not None:
+                        plan.touched.add(
+                            row["batch_id"], change.stream_seq, change.fields["updated_at"]
+                        )
+                    if _applies(change, row["status"]):
+                        row.update(change.fields)
+                        row["last_seq"] = max(row["last_seq"], change.stream_seq)
+            elif isinstance(change, JobCreated):
                 job_id = change.row["id"]
                 if job_id in existing:
                     plan.updates.append(change)
@@ -194,29 +216,8 @@ def fold(
             elif isinstance(change, BatchChanged):
                 batchcounts.merge(plan.batches, change)
                 plan.touched.add(change.batch_id, change.stream_seq, change.occurred_at)
-            elif isinstance(change, LinesAppended):
-                plan.lines.extend(change.rows)
-                row = created.get(change.job_id)
-                if row is not None:
-                    row["log_count"] += len(change.rows)
-                    row["last_seq"] = max(row["last_seq"], seq)
-                else:
-                    count, _ = plan.line_counts.get(change.job_id, (0, 0))
-                    plan.line_counts[change.job_id] = (count + len(change.rows), seq)
             elif isinstance(change, WebhookAttemptRecorded):
                 plan.webhook_attempts.append(change.row)
-            elif isinstance(change, JobUpdated):
-                row = created.get(change.job_id)
-                if row is None:
-                    plan.updates.append(change)
-                else:
-                    if "status" in change.fields and row["batch_id"] is not None:
-                        plan.touched.add(
-                            row["batch_id"], change.stream_seq, change.fields["updated_at"]
-                        )
-                    if _applies(change, row["status"]):
-                        row.update(change.fields)
-                        row["last_seq"] = max(row["last_seq"], change.stream_seq)
     for row in created.values():
         plan.inserts.setdefault(tuple(row), []).append(tuple(row.values()))
     return plan

@@ -70,7 +70,9 @@ class SlotClaimer:
                 return None
             may_take = not queued or await self._is_queue_head(request, key)
             if may_take and (job.holds_capacity or await self._take_capacity(job)):
-                lease = await self.slots.try_acquire(key, value)
+                # A job without a lock, at its first attempt, has a slot no one wrote before.
+                fresh = not request.lock and request.attempt_of is None
+                lease = await self.slots.try_acquire(key, value, fresh=fresh)
                 if lease is not None:
                     if queued and request.lock:
                         await self.slots.dequeue(request.lock, job_id)
