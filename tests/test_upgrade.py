@@ -59,6 +59,7 @@ async def test_the_api_answers_503_until_the_rebuilt_read_models_are_swapped_in(
     try:
         async with system.client() as client:
             refused = await client.get("/api/jobs")
+            page = await client.get("/jobs", headers={"Accept": "text/html"})
             health = await client.get("/health")
             await system.start_projector()
             await wait_version(settings, CURRENT)
@@ -71,6 +72,9 @@ async def test_the_api_answers_503_until_the_rebuilt_read_models_are_swapped_in(
     assert error["expected_version"] == CURRENT
     assert error["rebuild"]["stream_last_seq"] == made.last_seq
     assert refused.headers["retry-after"]
+    assert page.status_code == 503
+    assert page.headers["content-type"].startswith("text/plain")
+    assert "being rebuilt" in page.text
     assert health.status_code == 200
     assert health.json()["read_models"]["state"] == "rebuilding"
     assert "READ_MODELS_REBUILDING" in [p["code"] for p in health.json()["problems"]]
