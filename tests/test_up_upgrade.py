@@ -1,27 +1,22 @@
-"""`jobrunner up` on an older or a newer jobrunner's state directory (README "Upgrading")."""
+"""`jobrunner up` on an older jobrunner's state directory (README "Upgrading"); the refusal of a
+newer one is in tests/test_upgrade.py and tests/test_supervisor_refusal.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import asyncpg
 import httpx
 import pytest
 
-from jobrunner.common import readmodelversion
-from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from jobrunner.services.projector import upgrade
 from tests.test_up import TOKEN_RE, URL_RE, Up
 from tests.upgrade_support import older_state
 
@@ -74,32 +69,3 @@ def test_up_on_an_older_state_directory_rebuilds_the_read_models(state_dir: Path
     assert "read models rebuilding" in up.output
     assert "read models rebuilt and swapped in" in up.output
     assert "Traceback" not in up.output
-
-
-async def newer_read_models(settings: Settings) -> None:
-    await upgrade.ensure_current(settings)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        version = readmodelversion.READMODEL_VERSION + 1
-        await readmodelversion.record(conn, READ_SCHEMA, version, by="a newer jobrunner")
-    finally:
-        await conn.close()
-
-
-@pytest.mark.timeout(300)
-def test_up_on_a_newer_state_directory_stops_with_one_sentence(state_dir: Path) -> None:
-    """`jobrunner up` on read models a newer jobrunner wrote stops (exit 1, no restart loop),
-    saying which version it found and what to do."""
-    with_servers_of(state_dir, newer_read_models)
-    up = Up(state_dir, free_port())
-    try:
-        code = up.proc.wait(120)
-    finally:
-        if up.proc.poll() is None:
-            up.stop(signal.SIGKILL)
-    assert code == 1, up.output
-    assert re.search(r"written by a newer jobrunner \(read-model version \d+", up.output)
-    assert "projector refused to start; jobrunner stops" in up.output
-    assert "service exited, restarting" not in up.output
-    assert "Traceback" not in up.output
-    assert not os.path.exists(state_dir / "postgres" / "data" / "postmaster.pid")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UNVERSIONED
-from jobrunner.services.api.readmodelgate import ReadModelState, exempt, progress
+from jobrunner.services.api.readmodelgate import ReadModelState, exempt, is_page_visit, progress
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,12 @@ def test_no_read_models_yet_reads_as_being_created() -> None:
     assert not state.current
     assert state.code == "READ_MODELS_REBUILDING"
     assert "being created" in state.sentence()
+
+
+def test_a_browser_opening_a_page_gets_the_sentence_and_scripts_get_json() -> None:
+    """A page visit (Accept: text/html) is answered with the plain sentence; fetch() and API
+    clients (Accept: */* or application/json) keep the JSON error."""
+    assert is_page_visit("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+    assert not is_page_visit("*/*")
+    assert not is_page_visit("application/json")
+    assert not is_page_visit("")

@@ -180,4 +180,18 @@ async def refuse_unready(request: Request[Any, Any, Any]) -> Response[Any] | Non
     if exempt(request.url.path):
         return None
     gate: ReadModelGate = request.app.state.ctx.readmodels
-    return await gate.refusal()
+    refusal = await gate.refusal()
+    if refusal is not None and is_page_visit(request.headers.get("accept", "")):
+        # A browser opening a page gets the sentence, not a JSON document; scripts keep JSON.
+        return Response(
+            gate.state.sentence(),
+            status_code=503,
+            media_type="text/plain",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return refusal
+
+
+def is_page_visit(accept: str) -> bool:
+    """A browser's navigation asks for HTML first; fetch() and API clients do not."""
+    return "text/html" in accept.lower()
