@@ -39,6 +39,8 @@ _UNICODE_BREAKS = (
 
 
 def escape_breaks(out: bytes) -> bytes:
+    if out.isascii():  # one pass instead of three, for what is almost always plain ASCII
+        return out
     for raw, escaped in _UNICODE_BREAKS:
         if raw in out:
             out = out.replace(raw, escaped)
