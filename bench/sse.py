@@ -153,7 +153,7 @@ async def open_stream(
 ) -> SseClient:
     """Connect and wait for the response head; raises if the status is not 200.
 
-    A 404 is retried for a while: the job's row may not be projected yet.
+    A 404 (the job's row may not be projected yet) or a 503 is retried for a while.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
@@ -166,6 +166,7 @@ async def open_stream(
         if status == 200:
             return client
         client.close()
-        if status != 404 or loop.time() > deadline:
+        # 404: the job's row may not be projected yet; 503: NATS busy (a browser retries too).
+        if status not in (404, 503) or loop.time() > deadline:
             raise RuntimeError(f"SSE {path} answered {status}")
         await asyncio.sleep(0.02)

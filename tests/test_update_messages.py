@@ -13,6 +13,8 @@ from jobrunner.common import eventstore
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.api.job_updates import update_messages
 
@@ -100,3 +102,42 @@ async def test_a_raw_catch_up_that_cannot_reach_nats_goes_on_through_nats_py(
             seen += [seq for seq, _ in await anext(reader)]
     await reader.aclose()
     assert seen == [seq for seq, s in backlog if not s.endswith(".lines")]
+
+
+async def test_nats_restarted_during_a_raw_catch_up_loses_and_repeats_nothing(
+    settings: Settings,
+) -> None:
+    """NATS restarts part-way through a long backlog: the stream goes on from the last update
+    it handed out (through nats-py), every update once, in order."""
+    with scratch_dir("jobrunner-test-updates-restart-") as root:
+        port = free_port()
+        server = EmbeddedNats(root / "nats", port=port)
+        server.start()
+        private = Settings(nats_url=server.url, prefix=settings.prefix)
+        names = Names(private.prefix)
+        nc = await eventstore.connect(private, "test")
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, private)
+        subjects = [names.job_kind_subject(f"j{i}", k) for i in range(600) for k in KINDS]
+        body = b"{}" + b" " * 4000  # ~17 MB in all: far more than one socket read
+        acks = await asyncio.gather(*[await js.publish_async(s, body) for s in subjects])
+        backlog = [(ack.seq, s) for ack, s in zip(acks, subjects, strict=True)]
+        wanted = [seq for seq, s in backlog if not s.endswith(".lines")]
+        seen: list[int] = []
+        reader = update_messages(
+            js, names, 1, 0.2, 1024 * 1024, NatsConnection.from_settings(private)
+        )
+        try:
+            async with asyncio.timeout(90):
+                seen += [seq for seq, _ in await anext(reader)]
+                assert seen[-1] < wanted[-1], "the whole backlog came in one read"
+                await asyncio.to_thread(server.stop)
+                server = EmbeddedNats(root / "nats", port=port)
+                await asyncio.to_thread(server.start)
+                while not seen or seen[-1] < wanted[-1]:
+                    seen += [seq for seq, _ in await anext(reader)]
+        finally:
+            await reader.aclose()
+            await eventstore.close(nc)
+            server.stop()
+    assert seen == wanted

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import nats.errors
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 log = structlog.get_logger()
 
@@ -89,8 +90,21 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
+def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """NATS did not answer in time (busy, or away): the request may succeed a moment later."""
+    log.warning("nats did not answer", path=request.url.path, error=repr(exc))
+    return Response(
+        error_body(
+            "EVENT_STORE_UNAVAILABLE", "The event store did not answer in time; try again shortly."
+        ),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
+
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: api_error_handler,
     HTTPException: http_error_handler,
+    nats.errors.Error: nats_error_handler,
     Exception: internal_error_handler,
 }

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
 from nats.js import JetStreamContext
 
@@ -224,6 +225,10 @@ async def job_stream(
                         return
             except HistoryStalled:
                 log.info("sse history read stalled; the client resumes", job_id=job_id)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                # NATS busy or away: end without ``done``; the client resumes after what it got.
+                log.warning("sse history read failed; the client resumes", error=repr(exc))
                 return
         while True:
             if not inbox.has_items and not inbox.overflow and not inbox.idle:
