@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
-from jobrunner.services.api.sse import ResumePoint, encode_data, frame, frames_for
+from jobrunner.services.api.sse import ResumePoint, encode_data, frame, frames_for, short_past
 
 AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 
@@ -131,3 +131,14 @@ def test_progress_and_cancel_request_are_sent_with_their_ids() -> None:
 def test_job_request_sends_nothing() -> None:
     """The request itself is not shown in the live stream."""
     assert frames_for(events.JobRequested(job_id="j", job_type="t"), 1, None) == []
+
+
+def test_only_a_past_that_fits_half_a_client_buffer_is_sent_by_the_feed() -> None:
+    """A job just started is sent from its feed; a past that could overflow a client at the
+    feed's pace is read at the client's pace instead (every line counted at its largest)."""
+    client_bytes = 8 * 1024 * 1024
+    assert short_past(0, 65536, client_bytes)
+    assert short_past(1, 65536, client_bytes)
+    assert not short_past(11, 65536, client_bytes)
+    assert short_past(11, 1024, client_bytes)
+    assert not short_past(1, 65536, 256 * 1024)
