@@ -29,7 +29,10 @@ async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stre
     try:
         return await _stream(request, ctx, job_id, ending_read)
     finally:
-        ending_read.cancel()  # done by then, unless the request was refused
+        if not ending_read.done():
+            ending_read.cancel()  # the request was refused before it was needed
+        elif not ending_read.cancelled():
+            ending_read.exception()  # read, so that a refused request leaves no error unseen
 
 
 async def _stream(
