@@ -84,7 +84,7 @@ async def test_the_first_viewer_of_a_new_job_has_its_feed_start_at_the_jobs_star
 ) -> None:
     """The first viewer of a job just started gets its whole log from a feed begun at the job's
     first event, with no history read before the first line."""
-    job_id = await start(system, lines=30, interval="0.02")
+    job_id = await start(system, lines=5, interval="0.1")
     assert system._server is not None
     fanout = system._server.config.app.state.ctx.fanout
     async with system.client() as client:
@@ -96,7 +96,7 @@ async def test_the_first_viewer_of_a_new_job_has_its_feed_start_at_the_jobs_star
         stream = await reading
     assert feed is not None
     assert feed.start_seq is not None
-    assert line_texts(stream) == [f"INFO line {i} [{i}/30]" for i in range(1, 31)]
+    assert line_texts(stream) == [f"INFO line {i} [{i}/5]" for i in range(1, 6)]
 
 
 async def test_a_feed_begun_at_a_resume_point_serves_a_later_viewer_from_the_start(

@@ -18,6 +18,7 @@ from jobrunner.services.api.sse import (
     frame,
     frames_for,
     line_frames,
+    short_past,
 )
 
 AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -183,3 +184,14 @@ def test_a_batch_of_lines_frames_exactly_as_one_line_at_a_time(texts: list[str],
         for i, ln in enumerate(lines)
     ]
     assert line_frames(events.LineLogged(job_id="j", lines=lines), seq) == one_by_one
+
+
+def test_only_a_past_that_fits_half_a_client_buffer_is_sent_by_the_feed() -> None:
+    """A job just started is sent from its feed; a past that could overflow a client at the
+    feed's pace is read at the client's pace instead (every line counted at its largest)."""
+    client_bytes = 8 * 1024 * 1024
+    assert short_past(0, 65536, client_bytes)
+    assert short_past(1, 65536, client_bytes)
+    assert not short_past(11, 65536, client_bytes)
+    assert short_past(11, 1024, client_bytes)
+    assert not short_past(1, 65536, 256 * 1024)

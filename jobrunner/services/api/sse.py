@@ -78,11 +78,21 @@ class ResumePoint:
         return self.stream_seq if self.line_index is not None else self.stream_seq + 1
 
 
-# A job with at most this many lines stored gets its feed started at its first client's start
-# (when it has no feed yet), instead of at the stream's end with a history read before it: the
-# feed then sends the job's short past too. A longer past is read with the client's own
-# flow-controlled history read, which a slow client can take at its own pace.
-FEED_FROM_START_LINES = 1000
+# A line's SSE frame at its largest: JSON may write a byte of text as six (\u00XX), plus the
+# frame's fields and id.
+LINE_FRAME_GROWTH = 6
+LINE_FRAME_OVERHEAD = 256
+
+
+def short_past(log_count: int, max_line_bytes: int, client_bytes: int) -> bool:
+    """May a job's feed start at its first client's start, sending the job's past itself?
+
+    The feed sends what it reads without waiting for a slow client (one over its buffer is cut
+    and resumes), while a history read goes at the client's pace. So only a past that fits in
+    half a client's buffer even with every line at its largest is sent by the feed: a job just
+    started (the usual first viewer), which then needs no history read before its first line."""
+    worst_line = LINE_FRAME_GROWTH * max_line_bytes + LINE_FRAME_OVERHEAD
+    return log_count * worst_line <= client_bytes // 2
 
 
 async def last_status(

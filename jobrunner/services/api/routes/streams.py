@@ -29,7 +29,10 @@ async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stre
     try:
         return await _stream(request, ctx, job_id, ending_read)
     finally:
-        ending_read.cancel()  # done by then, unless the request was refused
+        if not ending_read.done():
+            ending_read.cancel()  # the request was refused before it was needed
+        elif not ending_read.cancelled():
+            ending_read.exception()  # read, so that a refused request leaves no error unseen
 
 
 async def _stream(
@@ -62,7 +65,14 @@ async def _stream(
         already_done = sse.status_payload(ending[1])
     # A job with a short past (a job just started, the usual first viewer) has its feed started
     # at the client's start: no separate history read before the first line.
-    feed_from = start if row["log_count"] <= sse.FEED_FROM_START_LINES else None
+    settings = ctx.settings
+    feed_from = (
+        start
+        if sse.short_past(
+            row["log_count"], settings.max_line_bytes, settings.sse_client_buffer_bytes
+        )
+        else None
+    )
     return Stream(
         sse.job_stream(
             ctx.settings.sse_retry_ms, ctx.fanout, job_id, start, resume, already_done, feed_from
