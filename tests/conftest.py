@@ -12,9 +12,9 @@ from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cl
 from tests.system import System
 
 TOOLS = Path(__file__).parent / "tools"
-# The headless Chromium fixtures (``browser``, ``page``) of the web UI tests; the fault suite's
-# table of figures, collected from every worker when the suite runs in parallel.
-pytest_plugins = ["tests.browser", "tests.faults.figures"]
+# The headless Chromium fixtures (``browser``, ``page``) of the web UI tests; the tables of
+# figures of the fault and cluster suites, collected from every worker in a parallel run.
+pytest_plugins = ["tests.browser", "tests.faults.figures", "tests.multinode.figures"]
 
 
 # The scratch directories of the servers tests start (tests/servers.py, tests/faults/cluster.py).

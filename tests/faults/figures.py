@@ -1,19 +1,18 @@
 """What each fault did to its job, collected during the run and printed as a table at its end.
 
 Also a pytest plugin (named in tests/conftest.py's ``pytest_plugins``): a figure recorded in a
-test travels on that test's report, so the table is complete when the suite runs in parallel
-(pytest-xdist), where the tests run in worker processes and only the controller prints.
+test travels on that test's report (tests/reported_figures.py), so the table is complete when the
+suite runs in parallel.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-PROPERTY = "fault_figure"
+from tests.reported_figures import ReportedFigures
 
 
 @dataclass
@@ -26,16 +25,6 @@ class Figure:
     terminal_s: float | None  # fault's end -> the job's terminal status in the read model
     holds: bool  # every invariant the test checks held
     note: str = ""
-
-
-# Recorded by the running test, not yet on a report.
-_PENDING: list[Figure] = []
-# Every figure reported in this run (in the process that prints the summary).
-FIGURES: list[Figure] = []
-
-
-def record(figure: Figure) -> None:
-    _PENDING.append(figure)
 
 
 def seconds(value: float | None) -> str:
@@ -55,28 +44,26 @@ def table() -> list[str]:
     return rows
 
 
+REPORTED = ReportedFigures("fault_figure", Figure, "faults: what each fault did to its job", table)
+FIGURES = REPORTED.figures
+record = REPORTED.record
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
     outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    while _PENDING:
-        report.user_properties.append((PROPERTY, dataclasses.asdict(_PENDING.pop(0))))
+    REPORTED.attach(outcome.get_result())
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    for name, value in report.user_properties:
-        if name == PROPERTY:
-            FIGURES.append(Figure(**value))
+    REPORTED.receive(report)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not FIGURES:
+    if not REPORTED.summary(terminalreporter):
         return
     from tests.faults.services import SEPARATE_HOSTS
 
-    terminalreporter.section("faults: what each fault did to its job")
-    for row in table():
-        terminalreporter.write_line(row)
     if not SEPARATE_HOSTS:
         terminalreporter.write_line(
             "NOTE: runners shared this host (no UTS namespace without root): a runner may have "

@@ -1,6 +1,7 @@
 """The cluster suite: jobrunner on a 3-node JetStream cluster (``tests/cluster.py``), hurt while
 jobs run. Every test here carries the ``cluster`` marker and runs in one xdist group, so one
-worker builds the clusters; the figures of a run are printed as a table at its end."""
+worker builds the clusters; the figures of a run are printed as a table at its end
+(tests/multinode/figures.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import NodeCluster, running_node_cluster
-from tests.multinode import figures
 
 HERE = Path(__file__).parent
 
@@ -29,14 +29,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # One run is one measurement: a rerun would hide a broken invariant that shows only
             # sometimes (as in tests/faults).
             item.add_marker(pytest.mark.flaky(reruns=0))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not figures.FIGURES:
-        return
-    terminalreporter.section("cluster: what each node loss did to the jobs and their viewers")
-    for row in figures.table():
-        terminalreporter.write_line(row)
 
 
 @pytest.fixture(scope="package")

@@ -1,9 +1,19 @@
-"""What each cluster scenario did, collected during the run and printed as a table at its end
-(``pytest_terminal_summary`` in this package's conftest), for the lead to quote."""
+"""What each cluster scenario did, collected during the run and printed as a table at its end,
+for the lead to quote.
+
+Also a pytest plugin (named in tests/conftest.py's ``pytest_plugins``): a figure recorded in a
+test travels on that test's report (tests/reported_figures.py), so the table is complete when the
+suite runs in parallel.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import pytest
+
+from tests.reported_figures import ReportedFigures
 
 
 @dataclass
@@ -17,13 +27,6 @@ class Figure:
     election_s: float | None  # fault -> a stream leader seen again by a client
     holds: bool  # every invariant the test checks held
     note: str = ""
-
-
-FIGURES: list[Figure] = []
-
-
-def record(figure: Figure) -> None:
-    FIGURES.append(figure)
 
 
 def seconds(value: float | None) -> str:
@@ -43,3 +46,27 @@ def table() -> list[str]:
             f"| {'yes' if f.holds else 'NO'} | {f.note} |"
         )
     return rows
+
+
+REPORTED = ReportedFigures(
+    "cluster_figure",
+    Figure,
+    "cluster: what each node loss did to the jobs and their viewers",
+    table,
+)
+FIGURES = REPORTED.figures
+record = REPORTED.record
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    outcome = yield
+    REPORTED.attach(outcome.get_result())
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    REPORTED.receive(report)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    REPORTED.summary(terminalreporter)
