@@ -13,8 +13,8 @@ from tests.system import System
 
 TOOLS = Path(__file__).parent / "tools"
 # The headless Chromium fixtures (``browser``, ``page``) of the web UI tests; the fault suite's
-# table of figures, collected from every worker when the suite runs in parallel.
-pytest_plugins = ["tests.browser", "tests.faults.figures"]
+# and the cluster suite's tables of figures, collected from every worker in a parallel run.
+pytest_plugins = ["tests.browser", "tests.faults.figures", "tests.multinode.figures"]
 
 
 # The scratch directories of the servers tests start (tests/servers.py, tests/faults/cluster.py).
@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not config.getoption("loadgroup", default=False):
         return
     for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue  # grouped already (tests/multinode: one group for the whole cluster suite)
         info = getattr(item, "_fixtureinfo", None)
         defs = info.name2fixturedefs.values() if info is not None else ()
         if any(d.scope in ("class", "module", "package") for group in defs for d in group):

@@ -1,6 +1,7 @@
 """The cluster suite: jobrunner on a 3-node JetStream cluster (``tests/cluster.py``), hurt while
 jobs run. Every test here carries the ``cluster`` marker and runs in one xdist group, so one
-worker builds the clusters; the figures of a run are printed as a table at its end."""
+worker builds the clusters; the figures of a run are printed as a table at its end
+(``figures``, a plugin named in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import NodeCluster, running_node_cluster
-from tests.multinode import figures
 
 HERE = Path(__file__).parent
 
@@ -21,6 +21,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
 
 
+# Before tests/conftest.py's hook (which groups the other tests by module, and leaves these
+# alone) and pytest-xdist's, which reads the groups: the cluster suite is one group, one worker.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(HERE):
@@ -29,14 +32,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # One run is one measurement: a rerun would hide a broken invariant that shows only
             # sometimes (as in tests/faults).
             item.add_marker(pytest.mark.flaky(reruns=0))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not figures.FIGURES:
-        return
-    terminalreporter.section("cluster: what each node loss did to the jobs and their viewers")
-    for row in figures.table():
-        terminalreporter.write_line(row)
 
 
 @pytest.fixture(scope="package")
