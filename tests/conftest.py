@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not config.getoption("loadgroup", default=False):
         return
     for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue  # grouped already (tests/multinode: one group for the whole cluster suite)
         if group := shared_fixture_group(item):
             item.add_marker(pytest.mark.xdist_group(group))
 

@@ -21,6 +21,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker")
 
 
+# Before tests/conftest.py's hook (which groups the other tests by module, and leaves these
+# alone) and pytest-xdist's, which reads the groups: the cluster suite is one group, one worker.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(HERE):

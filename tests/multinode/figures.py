@@ -19,11 +19,11 @@ from tests.reported_figures import ReportedFigures
 @dataclass
 class Figure:
     scenario: str
-    outcome: str  # the jobs' end, e.g. "3/3 completed"
+    outcome: str  # the jobs' end, e.g. "A completed, B completed"
     printed: int  # lines the tools wrote, by their own records
     stored: int  # lines in Postgres
     received: str  # lines each SSE client received, e.g. "120 x 4 clients"
-    progressed_s: float | None  # fault -> jobs progressed again (a new line stored)
+    progressed_s: float | None  # fault -> jobs progressed again (a line printed after it stored)
     election_s: float | None  # fault -> a stream leader seen again by a client
     holds: bool  # every invariant the test checks held
     note: str = ""

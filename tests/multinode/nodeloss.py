@@ -59,11 +59,17 @@ async def progressed_after(cluster: NodeCluster, job: ToolJob, struck: float) ->
 
 
 async def node_loss_scenario(
-    cluster: NodeCluster, scenario: str, fault: Fault, fault_seconds: float
+    cluster: NodeCluster,
+    scenario: str,
+    fault: Fault,
+    fault_seconds: float,
+    may_lose_lease: bool = False,
 ) -> None:
     """Run A and B on one lock with viewers on A, strike ``fault`` once A has stored some lines,
     and check every invariant; ``fault_seconds``: about how long the fault keeps A's lines from
-    being stored (A prints for that long and a few seconds more)."""
+    being stored (A prints for that long and a few seconds more). ``may_lose_lease``: the fault
+    may keep A's lease unconfirmed past the keeper's deadline; A then ends ``LEASE_LOST``, its
+    runner alive, with every line it printed stored and seen (the promise of a lost lease)."""
     job_type = cluster.fresh_lock_type()
     a_lines = int((LINES_BEFORE_FAULT * INTERVAL + fault_seconds + 5) / INTERVAL)
     a = await cluster.submit(job_type, lines=a_lines, interval=INTERVAL)
@@ -87,7 +93,11 @@ async def node_loss_scenario(
         a_row = await cluster.wait_job(a.id, is_terminal, a_lines * INTERVAL + END_GRACE)
         with contextlib.suppress(TimeoutError):
             progressed = await asyncio.wait_for(watch, SETTLE_SECONDS)
-        if a_row is None or a_row.status != "completed":
+        lease_lost = a_row is not None and (a_row.status, a_row.error_code) == (
+            "failed",
+            "LEASE_LOST",
+        )
+        if a_row is None or not (a_row.status == "completed" or (may_lose_lease and lease_lost)):
             problems.append(f"A should complete, is {outcome(a_row)}")
         problems += lines_problems(a, a.run(), await settle_lines(cluster, a, SETTLE_SECONDS))
         b_row = await cluster.wait_job(b.id, is_terminal, 60)

@@ -65,12 +65,15 @@ async def test_restarting_every_node_in_turn_loses_no_line(node_cluster: NodeClu
     await node_loss_scenario(node_cluster, "all three restarted in turn", rolling_restart, 20)
 
 
-async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_keeps_the_lease(
+async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_loses_no_line(
     node_cluster: NodeCluster,
 ) -> None:
     """The node leading both the event stream and the lock bucket SIGKILLed just before the
-    running job's lease is due for renewal (the longest the lease can go unconfirmed): the
-    lease holds through both elections, the job completes with every line stored and seen."""
+    running job's lease is due for renewal (the longest the lease can go unconfirmed): the job
+    completes, or, when the lock bucket's election outlasts what is left of the lease (three
+    quarters of the TTL less the renewal interval: 6.25 s with the default 15 s), ends
+    LEASE_LOST; either way every line printed is stored and seen once, and the queued job
+    never runs beside it."""
     names = Names(PREFIX)
     locks = f"KV_{names.locks_bucket}"
     leader = await node_cluster.stream_leader()
@@ -94,6 +97,7 @@ async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_keeps_the
         "leader of stream and lock bucket SIGKILLed just before a renewal, restarted",
         kill_before_renewal,
         12,
+        may_lose_lease=True,
     )
     await node_cluster.wait_caught_up()
 
