@@ -86,7 +86,7 @@ def run(splitter: LineSplitter, job_type: JobType, chunks: list[bytes], by_line:
     return states, reporter.result, publisher
 
 
-@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(OUTPUT, st.data(), st.sampled_from(JOB_TYPES), st.integers(64, 300))
 def test_chunk_at_once_gives_what_line_by_line_gave(
     output: bytes, data: st.DataObject, job_type: JobType, cap: int
@@ -115,3 +115,9 @@ LEVEL_LINES = st.lists(st.sampled_from(PIECES), max_size=12).map(
 def test_levels_of_a_block_are_each_lines_level(lines: list[str]) -> None:
     """The level of every line in a block is the one the line alone would get."""
     assert levels_of_lines(lines) == [parse_level(line) for line in lines]
+
+
+def test_the_last_count_of_a_chunk_is_the_progress_shown() -> None:
+    """Two counts in one read of the pipe: the bar shows the later one, as line by line."""
+    states, _, _ = run(LineSplitter(1024), JOB_TYPES[0], [b"[1/3] a\n[2/3] b\nc\n"], by_line=False)
+    assert states[-1][1].current == 2
