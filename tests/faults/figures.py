@@ -7,7 +7,7 @@ suite runs in parallel.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import pytest
@@ -49,10 +49,13 @@ FIGURES = REPORTED.figures
 record = REPORTED.record
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
-    outcome = yield
-    REPORTED.attach(outcome.get_result())
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    REPORTED.attach(report)
+    return report
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
