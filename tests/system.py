@@ -118,6 +118,19 @@ class System:
                 if self._tasks["api"].done():
                     self._tasks["api"].result()
                 await asyncio.sleep(0.02)
+        projector = self._tasks.get("projector")
+        if projector is not None and not projector.done():
+            await self.wait_read_models()
+
+    async def wait_read_models(self) -> None:
+        """Until the API serves the read models (it answers 503 READ_MODELS_* until the projector
+        has created them at this version), as a client retrying by Retry-After would."""
+        async with self.client() as client, asyncio.timeout(30):
+            while True:
+                response = await client.get("/api/jobs", params={"limit": 1})
+                if response.status_code != 503 or "READ_MODELS" not in response.text:
+                    return
+                await asyncio.sleep(0.05)
 
     async def stop_api(self) -> None:
         """Stop the HTTP server only: open connections drop; ``start_api()`` brings it back on

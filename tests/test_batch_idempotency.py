@@ -56,7 +56,7 @@ async def test_a_key_reused_for_another_batch_is_refused(system: System) -> None
     async with system.client() as client:
         first = await post_batch(client, BODY, key="k1")
         second = await post_batch(client, other, key="k1")
-    assert second.status_code == 422
+    assert second.status_code == 422, second.text
     error = second.json()["error"]
     assert error["code"] == "IDEMPOTENCY_KEY_REUSED"
     assert error["batch_id"] == first.json()["batch_id"]

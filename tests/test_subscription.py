@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.subscription import OrderedReader, last_message, ordered_reader
+from jobrunner.common.subscription import OrderedReader, fetch_one, last_message, ordered_reader
 from jobrunner.contracts.names import Names
 
 pytestmark = pytest.mark.timeout(120)
@@ -111,3 +111,21 @@ async def test_the_last_message_of_a_subject(settings: Settings, js: JetStreamCo
     last = await last_message(js, names.stream, subject)
     assert last is not None
     assert last.seq == 2
+
+
+async def pull_subscription(
+    js: JetStreamContext, settings: Settings, durable: str
+) -> JetStreamContext.PullSubscription:
+    names = Names(settings.prefix)
+    return await js.pull_subscribe(names.job_kind_subject("*", "requested"), durable, names.stream)
+
+
+async def test_a_stopping_service_does_not_wait_for_capacity(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """A runner whose every slot is busy still stops when asked: its wait for a free slot ends."""
+    sub = await pull_subscription(js, settings, "full-capacity")
+    full, stop = asyncio.Semaphore(0), asyncio.Event()
+    asyncio.get_running_loop().call_later(0.2, stop.set)
+    assert await asyncio.wait_for(fetch_one(sub, full, stop), 30) is None
+    assert full.locked()  # nothing taken, nothing given back that was not taken

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
 from nats.aio.msg import Msg
@@ -142,15 +143,27 @@ async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.R
         return None
 
 
+T = TypeVar("T")
+
+
 async def fetch_one(
-    sub: JetStreamContext.PullSubscription, capacity: asyncio.Semaphore
+    sub: JetStreamContext.PullSubscription,
+    capacity: asyncio.Semaphore,
+    stop: asyncio.Event | None = None,
 ) -> Msg | None:
     """The next message of a shared pull consumer, taken with one unit of ``capacity``.
 
     Returns the message with the unit held (the caller releases it when the work is done), or
     None, the unit given back, when nothing came within a second or the fetch failed (NATS away:
-    logged, and a short pause so that a loop around this does not spin)."""
-    await capacity.acquire()
+    logged, and a short pause so that a loop around this does not spin).
+
+    Returns None at once when ``stop`` is set while it waits for a unit of capacity (a stopping
+    service stops its work rather than waiting for some of it to end). A fetch under way is
+    never abandoned: its pull request would stay open at the server, which would hand the next
+    message (say one another instance of the service just gave back) to this stopped client,
+    and the message would wait there for the consumer's ack wait."""
+    if not await _unless_stopped(capacity.acquire(), stop):
+        return None
     try:
         msgs = await sub.fetch(1, timeout=1.0)
     except (NatsTimeoutError, TimeoutError):
@@ -162,3 +175,21 @@ async def fetch_one(
         await asyncio.sleep(0.5)
         return None
     return msgs[0]
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:
+    """``work``'s result, or None when ``stop`` is set first (``work`` then cancelled)."""
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None

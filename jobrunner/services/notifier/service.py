@@ -108,7 +108,7 @@ class Notifier:
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)
         try:
             while not stop.is_set():
-                msg = await fetch_one(sub, self.capacity)
+                msg = await fetch_one(sub, self.capacity, stop)
                 if msg is None:
                     continue
                 task = asyncio.create_task(self._handle(msg, stop))

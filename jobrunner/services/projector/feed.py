@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import structlog
@@ -79,17 +80,24 @@ class EventFeed:
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
         self._task = asyncio.create_task(self._read())
 
-    async def fetch(self, timeout: float = 0.5) -> list[tuple[int, list[Change]]]:
+    async def fetch(
+        self, timeout: float = 0.5, stop: asyncio.Event | None = None
+    ) -> list[tuple[int, list[Change]]]:
         """What has arrived, up to ``FETCH_EVENTS`` events or ``FETCH_READS`` socket reads (one
-        transaction's worth); waits up to ``timeout`` when nothing has."""
+        transaction's worth); waits up to ``timeout`` when nothing has, or until ``stop``."""
         assert self._task is not None
         if self._queue.empty():
             if self._task.done():
                 self._task.result()  # raises what ended the reader
             getter = asyncio.ensure_future(self._queue.get())
+            waits: set[asyncio.Future[Any]] = {getter, self._task}
+            if stop is not None:
+                waits.add(stopping := asyncio.ensure_future(stop.wait()))
             done, _ = await asyncio.wait(
-                {getter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
+            if stop is not None:
+                stopping.cancel()
             if getter not in done:
                 getter.cancel()
                 if self._task in done:

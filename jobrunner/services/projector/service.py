@@ -70,7 +70,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
                     pruned = await store.prune(conn, cutoff)
                 if pruned:
                     log.info("read-model retention pruned jobs", jobs=pruned, before=cutoff)
-            batch = await feed.fetch(timeout=1.0)
+            batch = await feed.fetch(timeout=1.0, stop=stop)
             if not batch:
                 await watch.idle()
                 continue

@@ -60,7 +60,7 @@ class RequestLoop:
         """Take requests until ``stop``; then stop every job and wait for their ends."""
         try:
             while not stop.is_set():
-                msg = await fetch_one(sub, self.capacity)
+                msg = await fetch_one(sub, self.capacity, stop)
                 if msg is None:
                     continue
                 task = asyncio.create_task(self._handle(msg))
