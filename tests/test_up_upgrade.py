@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -60,7 +61,15 @@ def test_up_on_an_older_state_directory_rebuilds_the_read_models(state_dir: Path
         token = TOKEN_RE.search(up.output)
         headers = {"Authorization": f"Bearer {token.group(1)}"} if token else {}
         with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
-            listed = client.get("/api/jobs", params={"limit": 100})
+            # `up` announces its address once the API answers: until the rebuilt read models
+            # are swapped in, reads are 503 READ_MODELS_REBUILDING, retried as Retry-After says.
+            deadline = time.monotonic() + 120
+            while True:
+                listed = client.get("/api/jobs", params={"limit": 100})
+                if listed.status_code != 503 or time.monotonic() > deadline:
+                    break
+                assert listed.json()["error"]["code"] == "READ_MODELS_REBUILDING", listed.text
+                time.sleep(0.2)
     finally:
         code = up.stop(signal.SIGINT)
     assert code == 0, up.output

@@ -26,7 +26,9 @@ async def publish_batch(cluster: FaultCluster, batch_id: str, total: int) -> Non
             job_type="free",
             parameters={
                 "lines": 3,
-                "interval": "0",
+                # About nine seconds for the batch at 8 jobs at once: long enough for the
+                # projector to be killed and restarted twice while jobs still end.
+                "interval": "0.2",
                 "record": str(cluster.records / f"{batch_id}-{i}.txt"),
                 "label": f"{batch_id}-{i}",
             },
