@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import httpx
@@ -36,6 +37,7 @@ class System:
         self._stops: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._server: uvicorn.Server | None = None
+        self._api_started = False
         self.admin_token = ""
         self._nc: Any = None
         self._tokens: TokenStore | None = None
@@ -112,7 +114,8 @@ class System:
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
-        self._tasks["api"] = asyncio.create_task(self._server.serve())
+        listener = self._listen()
+        self._tasks["api"] = asyncio.create_task(self._server.serve(sockets=[listener]))
         async with asyncio.timeout(30):
             while not self._server.started:
                 if self._tasks["api"].done():
@@ -121,6 +124,27 @@ class System:
         projector = self._tasks.get("projector")
         if projector is not None and not projector.done():
             await self.wait_read_models()
+
+    def _listen(self) -> socket.socket:
+        """The API's listening socket, bound here rather than by uvicorn: free_port() only said
+        the port was free when the System was made, and another worker's server may have taken
+        it since (uvicorn would then exit the whole test process). The first start takes
+        another port then; a restart must come back on its address."""
+        for _ in range(5):
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                listener.bind(("127.0.0.1", self.port))
+            except OSError:
+                listener.close()
+                if self._api_started:
+                    raise
+                self.port = free_port()
+                self.base_url = f"http://127.0.0.1:{self.port}"
+                continue
+            self._api_started = True
+            return listener
+        raise RuntimeError("no free port for the API")
 
     async def wait_read_models(self) -> None:
         """Until the API serves the read models (it answers 503 READ_MODELS_* until the projector
