@@ -177,7 +177,11 @@ async def test_nats_pause_mid_download(
     cluster: FaultCluster, js: JetStreamContext, seconds: float, whole: bool
 ) -> None:
     """NATS frozen mid-download: below the read idle limit the download completes byte for
-    byte; above it the body is cut off (the client sees it incomplete) and the API serves on."""
+    byte; above it the body is cut off (the client sees it incomplete) and the API serves on.
+
+    The client reads on throughout the pause, as a real one would: a client that stopped reading
+    would let the socket buffers fill, the API would wait on its write instead of on NATS and
+    never meet the pause (a run where it did ended normally after a 13 s pause)."""
     job_id = await _start_upload(cluster, js, 64)
     row = await cluster.wait_job(job_id, is_terminal, 90)
     assert row is not None
@@ -186,20 +190,29 @@ async def test_nats_pause_mid_download(
     async with cluster.client() as client:
         item = (await client.get(f"/api/jobs/{job_id}/artifacts")).json()["items"][0]
         digest = hashlib.sha256()
-        cut = False
+        first_chunk = asyncio.Event()
+
+        async def download() -> bool:
+            """Read the whole body; True when the API cut it off."""
+            try:
+                async with client.stream("GET", item["url"]) as response:
+                    async for chunk in response.aiter_bytes():
+                        digest.update(chunk)
+                        first_chunk.set()
+            except httpx.RemoteProtocolError:
+                return True
+            finally:
+                first_chunk.set()
+            return False
+
+        reader = asyncio.create_task(download())
+        await first_chunk.wait()
+        cluster.pause_nats()
         try:
-            async with client.stream("GET", item["url"]) as response:
-                chunks = response.aiter_bytes()
-                digest.update(await anext(chunks))
-                cluster.pause_nats()
-                try:
-                    await asyncio.sleep(seconds)  # the fault itself lasts this long
-                finally:
-                    cluster.resume_nats()
-                async for chunk in chunks:
-                    digest.update(chunk)
-        except httpx.RemoteProtocolError:
-            cut = True
+            await asyncio.sleep(seconds)  # the fault itself lasts this long
+        finally:
+            cluster.resume_nats()
+        cut = await asyncio.wait_for(reader, 60)
         if whole and (cut or digest.hexdigest() != item["sha256"]):
             problems.append("the download should be whole and identical")
         if not whole and not cut:
