@@ -181,7 +181,7 @@ async def test_nats_pause_mid_download(
 
     The client reads on throughout the pause, as a real one would: a client that stopped reading
     would let the socket buffers fill, the API would wait on its write instead of on NATS and
-    never meet the pause (a run where it did ended normally after a 13 s pause)."""
+    never meet the pause (one CI run's download ended normally after a 13 s pause that way)."""
     job_id = await _start_upload(cluster, js, 64)
     row = await cluster.wait_job(job_id, is_terminal, 90)
     assert row is not None
@@ -197,8 +197,8 @@ async def test_nats_pause_mid_download(
             try:
                 async with client.stream("GET", item["url"]) as response:
                     async for chunk in response.aiter_bytes():
-                        digest.update(chunk)
                         first_chunk.set()
+                        digest.update(chunk)
             except httpx.RemoteProtocolError:
                 return True
             finally:
