@@ -189,10 +189,11 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "name": "2. dispatch, steps (median, since the POST started)",
-                    "result": f"running {parts['running']['median_ms']} ms · line read by the "
-                    f"runner {parts['line_read']['median_ms']} ms · POST answered "
-                    f"{parts['post']['median_ms']} ms · line at the client "
-                    f"{parts['client']['median_ms']} ms",
+                    "result": " · ".join(
+                        f"{label} {parts[step]['median_ms']} ms"
+                        for step, label in scenarios.DISPATCH_STEPS.items()
+                        if step in parts
+                    ),
                 }
             )
     if t := results.get("throughput"):
