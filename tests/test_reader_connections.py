@@ -89,6 +89,27 @@ async def test_connections_beyond_the_kept_ones_are_closed_when_handed_back(
         await readers.close()
 
 
+async def test_readers_beyond_the_cap_share_the_least_used_connection(
+    own_settings: Settings,
+) -> None:
+    """A thousand viewers joining at once do not open a thousand connections."""
+    readers = ReaderConnections(
+        lambda: eventstore.connect(own_settings, "test-reader"), max_connections=2
+    )
+    try:
+        async with readers.lease() as first, readers.lease() as second:
+            async with readers.lease() as third:
+                assert connection(third) in (connection(first), connection(second))
+                async with readers.lease() as fourth:
+                    # The third reader's connection has two readers: the fourth takes the other.
+                    assert connection(fourth) is not connection(third)
+                    assert readers.lent == 2
+            assert readers.opened == 2
+        assert readers.idle == 2
+    finally:
+        await readers.close()
+
+
 async def test_a_connection_no_longer_connected_is_not_lent_again(
     own_settings: Settings,
 ) -> None:

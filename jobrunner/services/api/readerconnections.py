@@ -11,9 +11,11 @@ So each reader (a job's live feed, a viewer's history read) gets a connection of
 flood then backs up on its own socket, and the event loop reads every socket in turn. The API's
 requests (publishes, key-value reads, consumer info) keep the service's main connection.
 
-Connections are kept for the next reader rather than opened per reader (a handshake each): a
-viewer joining a job would otherwise wait for one, and a thousand viewers would open a thousand.
-A connection that was handed back after its reader unsubscribed may still receive that
+Connections are kept for the next reader rather than opened per reader (a handshake each, about
+1.5 ms of CPU on the loaded machine): a viewer joining a job would otherwise wait for one. Their
+number is capped: a thousand viewers joining at once (each reading the job's past first) share
+the capped connections, each new reader the one with the fewest readers, rather than open a
+thousand. A connection that was handed back after its reader unsubscribed may still receive that
 subscription's last messages in flight: nats-py drops them (no such subscription), a cost of
 parsing only.
 """
@@ -34,8 +36,10 @@ from jobrunner.common import eventstore
 log = structlog.get_logger()
 
 # Idle connections kept for the next reader; more are closed when handed back (a burst of
-# viewers' history reads opens as many as it needs at once, then settles to this).
+# viewers' history reads opens up to MAX_CONNECTIONS at once, then settles to this).
 KEEP_IDLE = 8
+# Connections open at most; beyond, readers share them (each one a reader more than alone).
+MAX_CONNECTIONS = 32
 
 Connect = Callable[[], Awaitable[NATS]]
 
@@ -43,11 +47,15 @@ Connect = Callable[[], Awaitable[NATS]]
 class ReaderConnections:
     """Lends a connection per reader; keeps up to ``keep_idle`` of them for the next ones."""
 
-    def __init__(self, connect: Connect, keep_idle: int = KEEP_IDLE) -> None:
+    def __init__(
+        self, connect: Connect, keep_idle: int = KEEP_IDLE, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         self._connect = connect
         self._keep_idle = keep_idle
+        self._max = max(1, max_connections)
         self._idle: list[NATS] = []
-        self._lent: set[NATS] = set()
+        self._lent: dict[NATS, int] = {}  # each lent connection's readers
+        self._opening = 0  # connects under way (counted against the cap)
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self.opened = 0  # connections opened so far (a figure for tests and metrics)
@@ -58,6 +66,7 @@ class ReaderConnections:
 
     @property
     def lent(self) -> int:
+        """Connections with at least one reader."""
         return len(self._lent)
 
     async def warm(self, count: int = 1) -> None:
@@ -72,12 +81,15 @@ class ReaderConnections:
         if self._closed:
             raise RuntimeError("the reader connections are closed")
         nc = await self._take()
-        self._lent.add(nc)
+        self._lent[nc] = self._lent.get(nc, 0) + 1
         try:
             yield nc.jetstream()
         finally:
-            self._lent.discard(nc)
-            self._give_back(nc)
+            readers = self._lent.pop(nc, 1) - 1
+            if readers:
+                self._lent[nc] = readers
+            else:
+                self._give_back(nc)
 
     async def close(self) -> None:
         """Close every connection, lent ones included (their readers end with an error)."""
@@ -96,10 +108,16 @@ class ReaderConnections:
                 return nc
             # Reconnecting (NATS away): a fresh one fails or succeeds on its own deadline.
             self._close_later(nc)
+        if self._lent and len(self._lent) + self._opening >= self._max:
+            return min(self._lent, key=self._lent.__getitem__)
         return await self._open()
 
     async def _open(self) -> NATS:
-        nc = await self._connect()
+        self._opening += 1
+        try:
+            nc = await self._connect()
+        finally:
+            self._opening -= 1
         self.opened += 1
         return nc
 
