@@ -144,6 +144,12 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
     return results
 
 
+def _p99_median(figures: dict[str, Any] | None, what: str) -> str:
+    if not figures or figures.get("p99_ms") is None:
+        return f"{what}: not measured"
+    return f"{what}: {figures['p99_ms']} ms (median {figures['median_ms']} ms)"
+
+
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One table row per figure, with its target and the limit it is compared to."""
     lim = results.get("limits", {})
@@ -277,6 +283,13 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 and n["flood_running_throughout"],
                 "limit": f"{alone['p99_ms']} ms (p99 alone; median {alone['median_ms']} ms)",
                 "ratio": ratio(beside["p99_ms"], alone["p99_ms"], higher_is_better=False),
+            },
+            {
+                # Where the delay is: up to here the runner's and JetStream's, the rest the API's.
+                "name": "8. noisy neighbour: the same lines stored in JetStream, p99",
+                "result": _p99_median(n.get("beside_flood_stored"), "beside a flood")
+                + " · "
+                + _p99_median(n.get("alone_stored"), "alone"),
             },
             {
                 "name": "8. noisy neighbour, lines lost / flood throughout",
