@@ -154,6 +154,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
     db = await asyncpg.connect(system.runtime["database_url"])
     marks: dict[str, float] = {}
     services = system.services()
+    cpu0 = system.cpu_seconds()
     try:
         with MemorySampler(services) as memory:
             t0 = time.monotonic()
@@ -189,6 +190,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
                 marks["sse"] = time.monotonic()
 
             await asyncio.wait_for(asyncio.gather(stored(), projected(), received()), 400)
+            cpu1 = system.cpu_seconds()
     finally:
         await db.close()
         await eventstore.close(nc)
@@ -203,6 +205,11 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
         "lines_per_s": {k: round(lines / (v - t0)) for k, v in marks.items()},
         "peak_rss_mib": {name: memory.mib(name) for name in services},
         "runner_rss_mib_start_end": [runner_start, runner_end],
+        # Which process the flood costs most: CPU microseconds per line (the tool's own time is
+        # not in the runner's: a child's is counted once it is waited for, after the end).
+        "cpu_us_per_line": {
+            part: round((cpu1[part] - cpu0.get(part, 0.0)) / lines * 1e6, 2) for part in cpu1
+        },
         "rss_mib_over_time": {name: memory.profile(name) for name in services},
     }
 
