@@ -25,6 +25,7 @@ from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
 from jobrunner.services.api.readerconnections import ReaderConnections
+from jobrunner.services.api.posted import PostedJobs
 from jobrunner.services.api.readmodelgate import ReadModelGate
 
 log = structlog.get_logger()
@@ -76,6 +77,8 @@ class ApiContext:
     fanout: Fanout
     idempotency: IdempotencyKeys
     readmodels: ReadModelGate
+    # Jobs started here with ``wait=stored`` that the read models do not show yet.
+    posted: PostedJobs = field(default_factory=PostedJobs)
 
 
 async def read_pool(database_url: str) -> asyncpg.Pool:
