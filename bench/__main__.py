@@ -148,6 +148,13 @@ def _p99_median(figures: dict[str, Any] | None, what: str) -> str:
     if not figures or figures.get("p99_ms") is None:
         return f"{what}: not measured"
     return f"{what}: {figures['p99_ms']} ms (median {figures['median_ms']} ms)"
+def fan_out_resumes(f: dict[str, Any]) -> str:
+    """Clients that resumed (as a browser does) after the API ended their stream early, and why."""
+    resumed = f.get("clients_resumed", 0)
+    if not resumed:
+        return ""
+    why = ", ".join(f"{n} {reason}" for reason, n in f.get("streams_cut_by_api", {}).items())
+    return f"; {resumed} resumed ({why or 'connection lost'})"
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -260,7 +267,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": "4. fan-out, lines lost / clients complete",
                 "result": f"{f['lines_lost']} lost, {f['duplicates']} duplicated; "
-                f"{f['clients_complete']}/{f['clients']} complete",
+                f"{f['clients_complete']}/{f['clients']} complete" + fan_out_resumes(f),
                 "target": "none lost",
                 "met": f["lines_lost"] == 0 and f["duplicates"] == 0,
             },
