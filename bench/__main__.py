@@ -148,6 +148,8 @@ def _p99_median(figures: dict[str, Any] | None, what: str) -> str:
     if not figures or figures.get("p99_ms") is None:
         return f"{what}: not measured"
     return f"{what}: {figures['p99_ms']} ms (median {figures['median_ms']} ms)"
+
+
 def fan_out_resumes(f: dict[str, Any]) -> str:
     """Clients that resumed (as a browser does) after the API ended their stream early, and why."""
     resumed = f.get("clients_resumed", 0)

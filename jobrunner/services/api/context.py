@@ -24,8 +24,8 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
-from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.posted import PostedJobs
+from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.readmodelgate import ReadModelGate
 
 log = structlog.get_logger()
