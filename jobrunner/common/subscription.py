@@ -31,6 +31,12 @@ from nats.js.errors import NotFoundError
 
 DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 
+# How long one pull request of ``fetch_one`` waits at the server for a message. A stopping
+# service waits out the request under way (see ``fetch_one`` for why it is never abandoned), so
+# this bounds how long a stop waits for it; the price of a short one is a few small requests a
+# second from an idle runner or notifier. (It was 1 s: every stop of a runner took a second.)
+FETCH_SECONDS = 0.2
+
 
 class OrderedReader:
     """The messages of one ordered consumer, taken a batch at a time."""
@@ -164,14 +170,18 @@ async def fetch_some(
     and asked for in the same fetch, which returns with what the consumer has at that moment
     (at least one message). Returns the messages with one unit held for each (the caller
     releases each when its work is done; units no message came for are given back), or an empty
-    list, every unit given back, when nothing came within a second or the fetch failed (NATS
-    away: logged, and a short pause so that a loop around this does not spin).
+    list, every unit given back, when nothing came within ``FETCH_SECONDS`` or the fetch failed
+    (NATS away: logged, and a short pause so that a loop around this does not spin).
 
     Returns an empty list at once when ``stop`` is set while it waits for a unit of capacity (a
     stopping service stops its work rather than waiting for some of it to end). A fetch under
     way is never abandoned: its pull request would stay open at the server, which would hand the
     next message (say one another instance of the service just gave back) to this stopped
-    client, and the message would wait there for the consumer's ack wait."""
+    client, and the message would wait there for the consumer's ack wait. Waiting it out costs a
+    stop at most ``FETCH_SECONDS``, which is kept short for that. (Unsubscribing the inbox would
+    end the request at once, as nats-server hands messages only to requests whose reply subject
+    has interest, but a message it already chose for this client in that moment, or a give-back
+    racing the unsubscribe on another node of a cluster, would then wait out the ack wait.)"""
     if not await _unless_stopped(capacity.acquire(), stop):
         return []
     units = 1
@@ -179,7 +189,7 @@ async def fetch_some(
         await capacity.acquire()  # free: returns at once
         units += 1
     try:
-        msgs = await sub.fetch(units, timeout=1.0)
+        msgs = await sub.fetch(units, timeout=FETCH_SECONDS)
     except (NatsTimeoutError, TimeoutError):
         msgs = []
     except Exception as exc:

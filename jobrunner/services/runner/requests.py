@@ -121,7 +121,10 @@ class RequestLoop:
 
     async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
         job_id = request.job_id
-        status = await self.journal.last_status(job_id)
+        # At its first delivery no runner has started the job: a status it may have (the API
+        # cancelled it while pending) is found by the check made once its slot is held
+        # (executor), so the read here is left out, one round trip before the job starts.
+        status = None if job.first_delivery else await self.journal.last_status(job_id)
         if status is not None:
             if status.status == JobStatus.RUNNING:
                 lease = await self.slots.current(slot_key(request.lock, job_id, request.attempt_of))
