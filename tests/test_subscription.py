@@ -180,7 +180,7 @@ async def test_units_no_message_came_for_are_given_back(
 async def test_a_fetch_without_messages_gives_every_unit_back(
     settings: Settings, js: JetStreamContext
 ) -> None:
-    """Nothing waiting: the fetch ends empty within its second and no slot stays taken."""
+    """Nothing waiting: the fetch ends empty after its short wait and no slot stays taken."""
     sub = await pull_subscription(js, settings, "empty")
     capacity = asyncio.Semaphore(10)
     assert await asyncio.wait_for(fetch_some(sub, capacity), 30) == []
