@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -16,6 +17,7 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.readerconnections import ReaderConnections
@@ -159,3 +161,41 @@ async def test_each_jobs_feed_reads_on_its_own_connection(
         assert readers.idle == 2
     finally:
         await readers.close()
+
+
+async def test_a_kept_connection_serves_the_next_reader_after_nats_restarted(
+    tmp_path: Path,
+) -> None:
+    """NATS killed and started again while no one watches: the next viewer's feed still gets
+    the job's events (on the kept connection once reconnected, else on a fresh one)."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    settings = Settings(nats_url=server.url, prefix=f"t{uuid.uuid4().hex[:10]}")
+    names = Names(settings.prefix)
+    readers = pool(settings)
+    main: NATS | None = None
+    try:
+        await readers.warm()
+        assert server.proc is not None
+        server.proc.kill()  # the fault: SIGKILL, not a clean stop
+        server.proc.wait()
+        server = EmbeddedNats(server.store_dir, port=server.port)
+        server.start()
+        main = await eventstore.connect(settings, "test")
+        js = main.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        limits = Limits(keepalive=1, client_bytes=1 << 20, total_bytes=8 << 20, history_idle=2)
+        fanout = Fanout(js, names, sse.frames_for, limits, readers)
+        feed, inbox, _ = await fanout.join("job")
+        assert not inbox.overflow
+        line = events.LogLine(1, "stdout", "INFO", datetime.now(UTC), "after the restart")
+        seq = await eventstore.publish(js, names, events.LineLogged(job_id="job", lines=[line]))
+        async with asyncio.timeout(20):
+            await inbox.wakeup.wait()
+        assert [item.seq for item in inbox.take()] == [seq]
+        feed.leave(inbox)
+    finally:
+        await readers.close()
+        if main is not None:
+            await eventstore.close(main)
+        server.stop()
