@@ -144,6 +144,21 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
     return results
 
 
+def _p99_median(figures: dict[str, Any] | None, what: str) -> str:
+    if not figures or figures.get("p99_ms") is None:
+        return f"{what}: not measured"
+    return f"{what}: {figures['p99_ms']} ms (median {figures['median_ms']} ms)"
+
+
+def fan_out_resumes(f: dict[str, Any]) -> str:
+    """Clients that resumed (as a browser does) after the API ended their stream early, and why."""
+    resumed = f.get("clients_resumed", 0)
+    if not resumed:
+        return ""
+    why = ", ".join(f"{n} {reason}" for reason, n in f.get("streams_cut_by_api", {}).items())
+    return f"; {resumed} resumed ({why or 'connection lost'})"
+
+
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One table row per figure, with its target and the limit it is compared to."""
     lim = results.get("limits", {})
@@ -254,7 +269,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": "4. fan-out, lines lost / clients complete",
                 "result": f"{f['lines_lost']} lost, {f['duplicates']} duplicated; "
-                f"{f['clients_complete']}/{f['clients']} complete",
+                f"{f['clients_complete']}/{f['clients']} complete" + fan_out_resumes(f),
                 "target": "none lost",
                 "met": f["lines_lost"] == 0 and f["duplicates"] == 0,
             },
@@ -277,6 +292,13 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 and n["flood_running_throughout"],
                 "limit": f"{alone['p99_ms']} ms (p99 alone; median {alone['median_ms']} ms)",
                 "ratio": ratio(beside["p99_ms"], alone["p99_ms"], higher_is_better=False),
+            },
+            {
+                # Where the delay is: up to here the runner's and JetStream's, the rest the API's.
+                "name": "8. noisy neighbour: the same lines stored in JetStream, p99",
+                "result": _p99_median(n.get("beside_flood_stored"), "beside a flood")
+                + " · "
+                + _p99_median(n.get("alone_stored"), "alone"),
             },
             {
                 "name": "8. noisy neighbour, lines lost / flood throughout",

@@ -214,11 +214,29 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
     }
 
 
+CUT_METRIC = re.compile(
+    r'^jobrunner_sse_streams_cut_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', re.MULTILINE
+)
+
+
+async def streams_cut(http: httpx.AsyncClient) -> dict[str, int]:
+    """The API's count of job streams it ended before their job's end, by reason."""
+    response = await http.get("/metrics")
+    counts: dict[str, int] = {}
+    for reason, value in CUT_METRIC.findall(response.text):
+        counts[reason] = counts.get(reason, 0) + int(float(value))
+    return counts
+
+
 async def fan_out(
     system: RunningSystem, http: httpx.AsyncClient, clients: int, seconds: int, jobs: int = 1
 ) -> dict:
-    """4. ``clients`` SSE clients on ``jobs`` jobs (as many on each) printing 200 lines/s."""
+    """4. ``clients`` SSE clients on ``jobs`` jobs (as many on each) printing 200 lines/s.
+
+    A stream the API ends without ``done`` is resumed as a browser would (``Last-Event-ID``):
+    "lost" counts lines no client got even so; the API says why it ended streams early."""
     rate = 200
+    cut_before = await streams_cut(http)
     services = system.services()
     api = {"api": services["api"]}
     # Every client connects (and every job's tool starts) before the first line is printed.
@@ -236,7 +254,9 @@ async def fan_out(
 
         async def connect(job: str) -> Any:
             async with gate:
-                return await open_stream("127.0.0.1", system.port, stream_path(job), system.headers)
+                return await open_stream(
+                    "127.0.0.1", system.port, stream_path(job), system.headers, resume=True
+                )
 
         streams = await asyncio.gather(*(connect(job) for job in job_ids for _ in range(per_job)))
         # Every client checks every line; one in ten also times every line (all are served
@@ -245,6 +265,7 @@ async def fan_out(
             stream.record_delays = i % 10 == 0
         connected_after = time.monotonic() - t_start
         await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), seconds + delay + 120)
+    cut_after = await streams_cut(http)
     expected = rate * seconds
     delays = [d for s in streams for d in s.delays]
     complete = sum(
@@ -258,6 +279,13 @@ async def fan_out(
         "lines_lost": sum(max(0, expected - (s.next_seq - 1 - s.gaps)) for s in streams),
         "duplicates": sum(s.duplicates for s in streams),
         "gaps": sum(s.gaps for s in streams),
+        "clients_resumed": sum(1 for s in streams if s.resumes),
+        "clients_not_done": sum(1 for s in streams if s.ended != "done"),
+        "streams_cut_by_api": {
+            reason: count - cut_before.get(reason, 0)
+            for reason, count in cut_after.items()
+            if count > cut_before.get(reason, 0)
+        },
         "clients_timed": sum(1 for s in streams if s.record_delays),
         "connected_within_s": round(connected_after, 2),
         "tool_started_printing_after_s": delay,
