@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.common.slots import RunRecord, SlotTable
 from jobrunner.contracts.names import Names
 from tests.system import System
 from tests.tools.runners import (
@@ -116,12 +117,22 @@ async def test_job_cancelled_before_a_runner_took_it_never_starts(
             await system.start_runner()
             await _wait_requests_handled(settings)
             job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+            record = await _run_record(settings, job_id)
     finally:
         await system.stop()
     assert job["status"] == "cancelled"
     assert job["started_at"] is None
     assert await status_events(settings, job_id) == ["cancelled"]
     assert not count.exists()
+    assert record is None  # the record written while it was checked is gone again
+
+
+async def _run_record(settings: Settings, job_id: str) -> RunRecord | None:
+    nc = await eventstore.connect(settings, "test-run-record")
+    try:
+        return await SlotTable(nc.jetstream(), Names(settings.prefix), 5).run_record(job_id)
+    finally:
+        await eventstore.close(nc)
 
 
 async def _wait_requests_handled(settings: Settings, timeout: float = 30.0) -> None:

@@ -74,40 +74,17 @@ class JobExecutor:
         lease: Lease,
     ) -> None:
         job_id = request.job_id
-        # Both read at once (one round trip of waiting, not two), while we hold the slot.
-        status, cancel = await asyncio.gather(
-            self.journal.last_event(job_id, "status"), self.journal.last_event(job_id, "cancel")
-        )
-        if status is not None:
-            # Another runner got this request too (a redelivery) and started or ended it first;
-            # checked while we hold the slot, so the job never runs twice.
-            await self.slots.release(lease)
-            await job.ack()
-            return
-        if job.cancel_event.is_set() or cancel:
-            # Cancelled while we were taking the slot: it never starts.
-            await self.journal.end(
-                job_id,
-                JobStatus.CANCELLED,
-                cancelled_by=job.cancelled_by,
-                job_type=request.job_type,
-            )
-            await self.slots.release(lease)
-            await job.ack()
-            return
         # Kept from here until the job's end is stored, however long NATS takes to answer.
         keeper = LeaseKeeper(
             self.slots, lease, self.settings.lease_ttl_seconds, self._cancel_check(job)
         )
         keeper.start()
-        # Made (in a thread: a slow disk must not hold the event loop) while the run record and
-        # ``running`` are written, rather than after them: off the way to the job's start.
-        making_output = asyncio.ensure_future(self._output_directory(job_id))
-        output: OutputDirectory | None = None
-        try:
-            # Written before it starts: should this runner die, the sweep of every runner finds
-            # the job by this record, whether or not anyone saw its lease expire.
-            await self._retry(
+        # Written before it starts: should this runner die, the sweep of every runner finds the
+        # job by this record, whether or not anyone saw its lease expire. Written while the
+        # checks below are read (one round trip of waiting, not two): a job that must not start
+        # after all has it removed again, or kept for the sweep (see _not_started).
+        recording = asyncio.ensure_future(
+            self._retry(
                 "record the running job",
                 keeper,
                 lambda: self.slots.record_run(
@@ -120,6 +97,26 @@ class JobExecutor:
                     timeout=keeper.request_timeout,
                 ),
             )
+        )
+        try:
+            # Both read at once, while we hold the slot.
+            status, cancel = await asyncio.gather(
+                self.journal.last_event(job_id, "status"),
+                self.journal.last_event(job_id, "cancel"),
+            )
+            await recording
+        except BaseException:
+            recording.cancel()
+            await keeper.stop()
+            raise
+        if status is not None or job.cancel_event.is_set() or cancel:
+            await self._not_started(request, job, keeper, status)
+            return
+        # Made (in a thread: a slow disk must not hold the event loop) while ``running`` is
+        # written, rather than after it: off the way to the job's start.
+        making_output = asyncio.ensure_future(self._output_directory(job_id))
+        output: OutputDirectory | None = None
+        try:
             if not job_type.external:
                 # An external job becomes running with its worker's first report (the API
                 # publishes it, once the record above says this runner holds the slot).
@@ -181,6 +178,32 @@ class JobExecutor:
             lines=publisher.published_lines,
             seconds=round(asyncio.get_running_loop().time() - started, 3),
         )
+
+    async def _not_started(
+        self,
+        request: events.JobRequested,
+        job: RunningJob,
+        keeper: LeaseKeeper,
+        status: events.AnyEvent | None,
+    ) -> None:
+        """The job found started, ended or cancelled once its slot is held: it does not start."""
+        job_id = request.job_id
+        if status is None:
+            # Cancelled while we were taking the slot: it never starts.
+            await self.journal.end(
+                job_id,
+                JobStatus.CANCELLED,
+                cancelled_by=job.cancelled_by,
+                job_type=request.job_type,
+            )
+        # Another runner got this request too (a redelivery) and started or ended it first;
+        # checked while we hold the slot, so the job never runs twice. Our record took the
+        # place of its record: one of a job still running (its runner lost the slot we hold)
+        # is kept, so the sweep ends that job; any other is removed.
+        if not (isinstance(status, events.StatusChanged) and status.status == JobStatus.RUNNING):
+            await self._retry("forget the job", keeper, lambda: self.slots.forget_run(job_id))
+        await self.slots.release(await keeper.stop())
+        await job.ack()
 
     async def _output_directory(self, job_id: str) -> OutputDirectory | None:
         try:

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import retry
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
-from jobrunner.common.subscription import fetch_some
+from jobrunner.common.subscription import FETCH_MOST, fetch_some
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner.claim import SlotClaimer
@@ -33,6 +33,14 @@ log = structlog.get_logger()
 
 # A request whose handling met a NATS outage is delivered again after this long (seconds).
 REDELIVERY_DELAY = 1.0
+
+
+def waiting_after(msg: Msg) -> bool:
+    """Did the consumer have more messages waiting when it delivered ``msg``?"""
+    try:
+        return msg.metadata.num_pending > 0
+    except Exception:  # not a JetStream delivery: as if none were waiting
+        return False
 
 
 class RequestLoop:
@@ -58,11 +66,17 @@ class RequestLoop:
 
     async def run(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         """Take requests until ``stop``; then stop every job and wait for their ends."""
+        most = 1
         try:
             while not stop.is_set():
                 # Several at once when there is room: a backlog of requests (say of jobs that
-                # ended while no runner was up) is taken without a round trip for each.
-                for msg in await fetch_some(sub, self.capacity, stop):
+                # ended while no runner was up) is taken without a round trip for each. Only
+                # while requests are waiting: asked of an idle consumer, a fetch of several
+                # holds the first request that comes until the rest came or the pull expired
+                # (up to FETCH_SECONDS), which a new job would wait out before it starts.
+                msgs = await fetch_some(sub, self.capacity, stop, most)
+                most = FETCH_MOST if msgs and waiting_after(msgs[-1]) else 1
+                for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
