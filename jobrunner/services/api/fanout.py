@@ -41,11 +41,14 @@ from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
 
-# With many clients on one job, events are handed over in batches, at most this often per
-# client: one write per client per batch instead of one per event keeps the cost per event flat
-# (the CPU of a write, not of an event, is what a broadcast to hundreds of sockets spends).
-COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per connected client ...
-COALESCE_MAX = 0.1  # ... up to this (a lone client gets every event at once)
+# With many clients, events are handed over in batches, at most this often per client: one
+# write per client per batch instead of one per event keeps the cost per event flat (the CPU of
+# a write, not of an event, is what a broadcast to hundreds of sockets spends). The window counts
+# every client of the process, not only the job's: 100 jobs with 10 viewers each cost as many
+# writes as one job with 1,000, and with a window per job's clients they made the process write
+# once per event per client (2 ms windows for events 5 ms apart) and fall seconds behind.
+COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per client of the process ...
+COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
@@ -235,7 +238,7 @@ class JobFeed:
             if item.terminal:
                 self._flush()
                 return True
-        window = min(COALESCE_MAX, COALESCE_PER_CLIENT * len(self.subscribers))
+        window = self.fanout.coalesce_window()
         if window < 0.001:
             self._flush()
         elif self._flush_timer is None:
@@ -285,7 +288,9 @@ class JobFeed:
 
     def leave(self, subscriber: Subscriber) -> None:
         subscriber.cut()
-        self.subscribers.discard(subscriber)
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            self.fanout.clients -= 1
         if not self.subscribers and not self.ended and self.task is not None:
             self.ended = True
             self.drop_record()
@@ -312,6 +317,7 @@ class Fanout:
         self.buffered_bytes = 0
         self.peak_buffered_bytes = 0
         self.recorded_bytes = 0  # the feeds' records together
+        self.clients = 0  # subscribers of every feed
         self.clients_cut = 0
 
     async def join(
@@ -337,7 +343,13 @@ class Fanout:
             subscriber.cut()  # the feed could not start: the client retries
         else:
             feed.subscribers.add(subscriber)
+            self.clients += 1
         return feed, subscriber, feed.last_seq
+
+    def coalesce_window(self) -> float:
+        """How long a feed gathers events before handing them over: longer with more clients in
+        the process, so that its writes per second stay about the same however many there are."""
+        return min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
 
     def forget(self, feed: JobFeed) -> None:
         if self.feeds.get(feed.job_id) is feed:
