@@ -163,6 +163,42 @@ async def test_lease_kept_through_a_pause_shorter_than_its_deadline(
         assert await slots.release(lease)
 
 
+async def test_lease_kept_through_a_pause_starting_just_before_a_renewal_is_due(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused from just before a renewal falls due, for longer than a third of the TTL
+    would have survived: the lease is still ours afterwards."""
+    from jobrunner.services.runner.lease import LeaseKeeper, survivable_outage
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.due", held("due"))
+        assert lease is not None
+        renewed = asyncio.Event()
+
+        async def after_renewal() -> None:
+            renewed.set()
+
+        keeper = LeaseKeeper(slots, lease, TTL, after_renewal)
+        keeper.start()
+        async with asyncio.timeout(TTL):
+            await renewed.wait()  # a renewal confirmed: the interval starts now
+        due = keeper.lease.sent_at + keeper.interval
+        # A paused server answers the request waiting in its socket once resumed, so the outage
+        # may last until just before the deadline: 3.5 s at a 6 s TTL (0.6 s of slack left for
+        # a loaded machine); with renewals every third of the TTL it was 2.5 s.
+        outage = 2.9
+        assert outage < survivable_outage(TTL) - 0.5
+        await asyncio.sleep(max(0.0, due - 0.1 - time.monotonic()))  # the fault's moment
+        pause(own_nats)
+        await asyncio.sleep(outage)  # the outage itself, not a synchronisation
+        resume(own_nats)
+        assert await keeper.confirm()
+        lease = await keeper.stop()
+        assert not keeper.lost.is_set()
+        assert await slots.release(lease)
+
+
 async def test_lease_given_up_before_a_pause_longer_than_its_ttl_ends(
     settings: Settings, own_nats: EmbeddedNats
 ) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 import msgspec
@@ -38,6 +39,7 @@ from jobrunner.common import metrics
 from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
+from jobrunner.services.api.readerconnections import ReaderConnections
 
 log = structlog.get_logger()
 
@@ -189,12 +191,15 @@ class JobFeed:
             else:
                 self.last_seq = self.start_seq - 1
             self.record_from = self.last_seq + 1
-            async with ordered_reader(
-                fanout.js,
-                fanout.names.stream,
-                fanout.names.job_subjects(self.job_id),
-                start_seq=self.last_seq + 1,
-            ) as reader:
+            async with (
+                fanout.reader_js() as js,
+                ordered_reader(
+                    js,
+                    fanout.names.stream,
+                    fanout.names.job_subjects(self.job_id),
+                    start_seq=self.last_seq + 1,
+                ) as reader,
+            ):
                 self.ready.set()
                 while not await self._deliver(await reader.next_batch(fanout.limits.keepalive)):
                     pass
@@ -306,9 +311,16 @@ class Fanout:
     """The feeds of one API process, by job id, and what their clients hold in memory."""
 
     def __init__(
-        self, js: JetStreamContext, names: Names, build: FrameBuilder, limits: Limits
+        self,
+        js: JetStreamContext,
+        names: Names,
+        build: FrameBuilder,
+        limits: Limits,
+        connections: ReaderConnections | None = None,
     ) -> None:
         self.js = js
+        # Where readers get their own connection (no noisy neighbour); None: all share ``js``.
+        self.connections = connections
         self.names = names
         self.build = build
         self.limits = limits
@@ -350,6 +362,14 @@ class Fanout:
         """How long a feed gathers events before handing them over: longer with more clients in
         the process, so that its writes per second stay about the same however many there are."""
         return min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
+
+    def reader_js(self) -> AbstractAsyncContextManager[JetStreamContext]:
+        """The JetStream context a reader of a job's stream subscribes with: on a connection
+        of its own when the fanout has ``connections``, so that a flooding job's data never
+        queues ahead of another job's on one socket."""
+        if self.connections is None:
+            return nullcontext(self.js)
+        return self.connections.lease()
 
     def forget(self, feed: JobFeed) -> None:
         if self.feeds.get(feed.job_id) is feed:
@@ -395,13 +415,16 @@ class Fanout:
 
         Raises ``HistoryStalled`` rather than stop early: a missing event must never pass for
         the end of the history."""
-        async with ordered_reader(
-            self.js,
-            self.names.stream,
-            self.names.job_subjects(job_id),
-            start_seq=start_seq,
-            max_buffered_bytes=self.limits.client_bytes,
-        ) as reader:
+        async with (
+            self.reader_js() as js,
+            ordered_reader(
+                js,
+                self.names.stream,
+                self.names.job_subjects(job_id),
+                start_seq=start_seq,
+                max_buffered_bytes=self.limits.client_bytes,
+            ) as reader,
+        ):
             if start_seq > until_seq or await reader.count() == 0:
                 return
             loop = asyncio.get_running_loop()
