@@ -14,8 +14,9 @@ of a consumer of its own. A thousand viewers arriving as a job starts then cost 
 a thousand created at once (which JetStream's API answers slowly, or not in time, under load).
 
 Memory is bounded in bytes, per client and for the whole process (records too: a feed whose
-record would grow past ``Limits.record_bytes``, or past a quarter of the process's total, drops it
-for good). A client whose backlog grows
+record would grow past ``Limits.record_bytes``, or all records past a sixteenth of the process's
+total, drops it for good; a recorded event costs several times its frames' bytes in Python
+objects, so records are kept small). A client whose backlog grows
 past its share, or the client with the largest backlog when the process's total is over its cap,
 is cut: its backlog is dropped at once and its stream closes without ``done``, so its browser
 reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A history read that stalls
@@ -70,7 +71,8 @@ class Limits:
     total_bytes: int  # every client's backlog together
     history_idle: float  # a history read that gets nothing for this long is given up
     # What one feed keeps of what it handed on since it started, for clients joining after it.
-    record_bytes: int = 1024 * 1024
+    # 1 MiB each let 100 jobs of 4,000 lines keep all of them: about 280 MiB more in the process.
+    record_bytes: int = 64 * 1024
 
 
 class Item:
@@ -257,7 +259,7 @@ class JobFeed:
         size = len(item.chunk)
         if (
             self.record_size + size > fanout.limits.record_bytes
-            or fanout.recorded_bytes + size > fanout.limits.total_bytes // 4
+            or fanout.recorded_bytes + size > fanout.limits.total_bytes // 16
         ):
             self.drop_record()
             return
