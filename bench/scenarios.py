@@ -214,6 +214,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
     }
 
 
+STAMP = re.compile(rb"t=(\d+\.\d+)")
 CUT_METRIC = re.compile(
     r'^jobrunner_sse_streams_cut_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', re.MULTILINE
 )
@@ -237,6 +238,17 @@ async def fan_out(
     "lost" counts lines no client got even so; the API says why it ended streams early."""
     rate = 200
     cut_before = await streams_cut(http)
+    # Each line's delay until it is in JetStream too (a plain subscription beside the API's):
+    # what the runner adds, apart from what the API's fan-out adds.
+    names = Names(system.prefix)
+    nc = await eventstore.connect(Settings(nats_url=system.runtime["nats_url"]), "bench")
+    published: list[float] = []
+
+    async def stored(msg: Any) -> None:
+        now = time.monotonic()
+        published.extend(now - float(t) for t in STAMP.findall(msg.data))
+
+    await nc.subscribe(names.kind_subjects("lines"), cb=stored)
     services = system.services()
     api = {"api": services["api"]}
     # Every client connects (and every job's tool starts) before the first line is printed.
@@ -266,6 +278,7 @@ async def fan_out(
         connected_after = time.monotonic() - t_start
         await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), seconds + delay + 120)
     cut_after = await streams_cut(http)
+    await eventstore.close(nc)
     expected = rate * seconds
     delays = [d for s in streams for d in s.delays]
     complete = sum(
@@ -290,6 +303,7 @@ async def fan_out(
         "connected_within_s": round(connected_after, 2),
         "tool_started_printing_after_s": delay,
         **summarize(delays),
+        "in_jetstream": summarize(published),
         "api_peak_rss_mib": memory.mib("api"),
     }
 

@@ -109,3 +109,19 @@ def test_the_record_is_exactly_the_events_since_a_start_or_nothing(
     assert out.recorded_bytes == feed.record_size
     feed.drop_record()
     assert out.recorded_bytes == 0
+
+
+async def test_the_batching_window_counts_the_clients_of_every_job() -> None:
+    """Ten viewers on each of many jobs are batched like as many viewers on one job."""
+    out = fanout()
+    feeds = [JobFeed(out, f"j{n}") for n in range(100)]
+    for feed in feeds:
+        feed.ready.set()
+        out.feeds[feed.job_id] = feed
+    alone = out.coalesce_window()
+    inboxes = [(feed, (await out.join(feed.job_id))[1]) for feed in feeds[:50] for _ in range(10)]
+    assert alone == 0.0
+    assert out.coalesce_window() == 0.1
+    for feed, inbox in inboxes:
+        feed.leave(inbox)
+    assert out.coalesce_window() == 0.0

@@ -14,8 +14,9 @@ of a consumer of its own. A thousand viewers arriving as a job starts then cost 
 a thousand created at once (which JetStream's API answers slowly, or not in time, under load).
 
 Memory is bounded in bytes, per client and for the whole process (records too: a feed whose
-record would grow past ``Limits.record_bytes``, or past a quarter of the process's total, drops it
-for good). A client whose backlog grows
+record would grow past ``Limits.record_bytes``, or all records past a sixteenth of the process's
+total, drops it for good; a recorded event costs several times its frames' bytes in Python
+objects, so records are kept small). A client whose backlog grows
 past its share, or the client with the largest backlog when the process's total is over its cap,
 is cut: its backlog is dropped at once and its stream closes without ``done``, so its browser
 reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A history read that stalls
@@ -43,11 +44,14 @@ from jobrunner.services.api.readerconnections import ReaderConnections
 
 log = structlog.get_logger()
 
-# With many clients on one job, events are handed over in batches, at most this often per
-# client: one write per client per batch instead of one per event keeps the cost per event flat
-# (the CPU of a write, not of an event, is what a broadcast to hundreds of sockets spends).
-COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per connected client ...
-COALESCE_MAX = 0.1  # ... up to this (a lone client gets every event at once)
+# With many clients, events are handed over in batches, at most this often per client: one
+# write per client per batch instead of one per event keeps the cost per event flat (the CPU of
+# a write, not of an event, is what a broadcast to hundreds of sockets spends). The window counts
+# every client of the process, not only the job's: 100 jobs with 10 viewers each cost as many
+# writes as one job with 1,000, and with a window per job's clients they made the process write
+# once per event per client (2 ms windows for events 5 ms apart) and fall seconds behind.
+COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per client of the process ...
+COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
@@ -67,7 +71,8 @@ class Limits:
     total_bytes: int  # every client's backlog together
     history_idle: float  # a history read that gets nothing for this long is given up
     # What one feed keeps of what it handed on since it started, for clients joining after it.
-    record_bytes: int = 1024 * 1024
+    # 1 MiB each let 100 jobs of 4,000 lines keep all of them: about 280 MiB more in the process.
+    record_bytes: int = 64 * 1024
 
 
 class Item:
@@ -240,7 +245,7 @@ class JobFeed:
             if item.terminal:
                 self._flush()
                 return True
-        window = min(COALESCE_MAX, COALESCE_PER_CLIENT * len(self.subscribers))
+        window = self.fanout.coalesce_window()
         if window < 0.001:
             self._flush()
         elif self._flush_timer is None:
@@ -254,7 +259,7 @@ class JobFeed:
         size = len(item.chunk)
         if (
             self.record_size + size > fanout.limits.record_bytes
-            or fanout.recorded_bytes + size > fanout.limits.total_bytes // 4
+            or fanout.recorded_bytes + size > fanout.limits.total_bytes // 16
         ):
             self.drop_record()
             return
@@ -290,7 +295,9 @@ class JobFeed:
 
     def leave(self, subscriber: Subscriber) -> None:
         subscriber.cut()
-        self.subscribers.discard(subscriber)
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            self.fanout.clients -= 1
         if not self.subscribers and not self.ended and self.task is not None:
             self.ended = True
             self.drop_record()
@@ -324,6 +331,7 @@ class Fanout:
         self.buffered_bytes = 0
         self.peak_buffered_bytes = 0
         self.recorded_bytes = 0  # the feeds' records together
+        self.clients = 0  # subscribers of every feed
         self.clients_cut = 0
 
     async def join(
@@ -349,7 +357,13 @@ class Fanout:
             subscriber.cut()  # the feed could not start: the client retries
         else:
             feed.subscribers.add(subscriber)
+            self.clients += 1
         return feed, subscriber, feed.last_seq
+
+    def coalesce_window(self) -> float:
+        """How long a feed gathers events before handing them over: longer with more clients in
+        the process, so that its writes per second stay about the same however many there are."""
+        return min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
 
     def reader_js(self) -> AbstractAsyncContextManager[JetStreamContext]:
         """The JetStream context a reader of a job's stream subscribes with: on a connection
