@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from jobrunner.common import artifactstore, retry, runnerpool
+from jobrunner.common import artifactstore, reconfigure, retry, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -135,6 +135,8 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             replicas=settings.stream_replicas,
             ttl=runnerpool.heartbeat_ttl(settings),
         )
+    else:
+        await reconfigure.bucket_ttl(js, names.runners_bucket, runnerpool.heartbeat_ttl(settings))
     try:
         await js.stream_info(f"KV_{names.idempotency_bucket}")
     except nats.js.errors.NotFoundError:
@@ -144,6 +146,10 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             storage=api.StorageType.FILE,  # a retry after a NATS restart must still find its key
             replicas=settings.stream_replicas,
             ttl=settings.idempotency_ttl_seconds,
+        )
+    else:
+        await reconfigure.bucket_ttl(
+            js, names.idempotency_bucket, settings.idempotency_ttl_seconds
         )
     await artifactstore.ensure_bucket(js, names, settings)
 
