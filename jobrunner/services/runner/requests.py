@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import retry
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
-from jobrunner.common.subscription import fetch_one
+from jobrunner.common.subscription import fetch_some
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner.claim import SlotClaimer
@@ -60,12 +60,12 @@ class RequestLoop:
         """Take requests until ``stop``; then stop every job and wait for their ends."""
         try:
             while not stop.is_set():
-                msg = await fetch_one(sub, self.capacity, stop)
-                if msg is None:
-                    continue
-                task = asyncio.create_task(self._handle(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                # Several at once when there is room: a backlog of requests (say of jobs that
+                # ended while no runner was up) is taken without a round trip for each.
+                for msg in await fetch_some(sub, self.capacity, stop):
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
         finally:
             for job in self.running.values():
                 job.cancel("runner shutdown")
@@ -121,7 +121,10 @@ class RequestLoop:
 
     async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
         job_id = request.job_id
-        status = await self.journal.last_status(job_id)
+        # At its first delivery no runner has started the job: a status it may have (the API
+        # cancelled it while pending) is found by the check made once its slot is held
+        # (executor), so the read here is left out, one round trip before the job starts.
+        status = None if job.first_delivery else await self.journal.last_status(job_id)
         if status is not None:
             if status.status == JobStatus.RUNNING:
                 lease = await self.slots.current(slot_key(request.lock, job_id, request.attempt_of))

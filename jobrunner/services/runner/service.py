@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from jobrunner.common import eventstore, metrics, reconfigure, retry
+from jobrunner.common import eventstore, heap, metrics, reconfigure, retry
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -143,6 +143,7 @@ class Runner:
                 runner_id=self.identity.runner_id,
                 job_types=list(self.job_types),
             )
+            heap.freeze_startup_objects()
             await self.requests.run(sub, stop)
         finally:
             await cancel_sub.unsubscribe()
