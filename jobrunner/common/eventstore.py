@@ -126,7 +126,7 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             limit_marker_ttl=max(60.0, settings.lease_ttl_seconds * 4),
         )
     try:
-        await js.stream_info(f"KV_{names.runners_bucket}")
+        runners = await js.stream_info(f"KV_{names.runners_bucket}")
     except nats.js.errors.NotFoundError:
         await js.create_key_value(
             bucket=names.runners_bucket,
@@ -136,9 +136,9 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             ttl=runnerpool.heartbeat_ttl(settings),
         )
     else:
-        await reconfigure.bucket_ttl(js, names.runners_bucket, runnerpool.heartbeat_ttl(settings))
+        await reconfigure.bucket_ttl(js, runners, runnerpool.heartbeat_ttl(settings))
     try:
-        await js.stream_info(f"KV_{names.idempotency_bucket}")
+        idempotency = await js.stream_info(f"KV_{names.idempotency_bucket}")
     except nats.js.errors.NotFoundError:
         await js.create_key_value(
             bucket=names.idempotency_bucket,
@@ -148,9 +148,7 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             ttl=settings.idempotency_ttl_seconds,
         )
     else:
-        await reconfigure.bucket_ttl(
-            js, names.idempotency_bucket, settings.idempotency_ttl_seconds
-        )
+        await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
 
 

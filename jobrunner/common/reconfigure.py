@@ -11,7 +11,7 @@ service started wins, so give every instance the same settings.
 from __future__ import annotations
 
 import structlog
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
 log = structlog.get_logger()
 
@@ -22,14 +22,15 @@ _SAME = 1e-6
 _KV_DUPLICATE_WINDOW = 120.0
 
 
-async def bucket_ttl(js: JetStreamContext, bucket: str, ttl: float) -> None:
-    """Give the existing KV ``bucket`` the TTL ``ttl`` (seconds) if it was made with another."""
-    info = await js.stream_info(f"KV_{bucket}")
-    if info.config.max_age is not None and abs(info.config.max_age - ttl) < _SAME:
+async def bucket_ttl(js: JetStreamContext, bucket: api.StreamInfo, ttl: float) -> None:
+    """Give the existing KV bucket (its stream's ``bucket`` info) the TTL ``ttl`` (seconds) if
+    it was made with another."""
+    was = bucket.config.max_age
+    if was is not None and abs(was - ttl) < _SAME:
         return
-    config = info.config.evolve(max_age=ttl, duplicate_window=min(_KV_DUPLICATE_WINDOW, ttl))
+    config = bucket.config.evolve(max_age=ttl, duplicate_window=min(_KV_DUPLICATE_WINDOW, ttl))
     await js.update_stream(config)
-    log.info("bucket TTL changed to the setting", bucket=bucket, was=info.config.max_age, now=ttl)
+    log.info("bucket TTL changed to the setting", bucket=config.name, was=was, now=ttl)
 
 
 async def consumer_ack_wait(
