@@ -18,6 +18,7 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import ServerStartError, bind_free_port
 from tests.servers import TEST_POSTGRES_SETTINGS
+from tests.tls_nats import ConfiguredNats
 
 
 @contextmanager
@@ -38,6 +39,23 @@ async def test_nats_whose_chosen_port_was_taken_starts_on_another(tmp_path: Path
     try:
         assert server.port != chosen
         nc = await nats.connect(server.url, connect_timeout=5, max_reconnect_attempts=0)
+        await nc.close()
+    finally:
+        server.stop()
+
+
+async def test_configured_nats_whose_port_was_taken_starts_on_another(tmp_path: Path) -> None:
+    """A test's nats-server with a configuration file of its own moves off a taken port too
+    (the command line's port wins over the file's)."""
+    server = ConfiguredNats(tmp_path, "")
+    chosen = server.port
+    with taken(chosen):
+        server.start()
+    try:
+        assert server.port != chosen
+        nc = await nats.connect(
+            f"nats://127.0.0.1:{server.port}", connect_timeout=5, max_reconnect_attempts=0
+        )
         await nc.close()
     finally:
         server.stop()

@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import eventstore, retry
+from jobrunner.common import eventstore, reconfigure, retry
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.common.subscription import fetch_some, last_message
@@ -103,6 +103,16 @@ class Notifier:
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
         sub = await retry.until_jetstream_ready(self.subscribe, "the notifiers' consumer")
+        # A consumer made by an earlier start keeps its ack wait unless told.
+        await retry.until_jetstream_ready(
+            lambda: reconfigure.consumer_ack_wait(
+                self.js,
+                self.names.stream,
+                self.names.notifier_consumer,
+                self.settings.notifier_ack_wait_seconds,
+            ),
+            "the notifiers' consumer",
+        )
         if not self.settings.webhook_secret:
             log.warning("webhook_secret is not set: webhooks go out unsigned")
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)

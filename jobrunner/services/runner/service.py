@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from jobrunner.common import eventstore, heap, metrics, retry
+from jobrunner.common import eventstore, heap, metrics, reconfigure, retry
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -127,6 +127,14 @@ class Runner:
                         max_ack_pending=10_000,
                         max_deliver=-1,
                     ),
+                ),
+                "the runners' request consumer",
+            )
+            # A consumer made by an earlier start keeps its ack wait (twice the lease TTL then)
+            # unless told.
+            await retry.until_jetstream_ready(
+                lambda: reconfigure.consumer_ack_wait(
+                    self.js, self.names.stream, self.names.runner_consumer, self.ack_wait
                 ),
                 "the runners' request consumer",
             )
