@@ -1,7 +1,5 @@
 """Running a claimed job: ``running`` published, the execution under its lease, its end.
 
-The tool starts while ``running`` is being stored (its round trip is off the way to the job's
-first line); the job's lines are published only once it is stored, so the stream has it first.
 The request is acknowledged once ``running`` is stored: a redelivery after that can only mean
 this runner died, and the job then ends RUNNER_LOST instead of running twice. Cancel, the job
 type's timeout and a lost lease stop the execution; its end is published with the job's terminal
@@ -97,25 +95,19 @@ class JobExecutor:
             await self._not_started(request, job, keeper, status)
             return
         output: OutputDirectory | None = None
-        running: asyncio.Future[None] | None = None
         try:
             if job_type.external:
                 # An external job becomes running with its worker's first report (the API
                 # publishes it, once the record above says this runner holds the slot).
                 await job.ack()
             else:
-                # Stored while the tool starts, not before: its round trip is off the way to
-                # the job's first line. The publisher holds every line until it is stored, so
-                # the stream still has ``running`` first.
-                running = asyncio.ensure_future(self._publish_running(request, job))
-                # One that can never be stored (refused) stops the tool as a cancel would; the
-                # job's handling then fails with the refusal (the publisher raises it).
-                running.add_done_callback(
-                    lambda f: None if f.cancelled() or f.exception() is None else job.cancel(None)
-                )
+                # Stored before the tool starts, never while it runs: a runner that died after
+                # the spawn and before ``running`` was stored would leave a request that, sent
+                # again, runs the job a second time (a NATS outage makes that window seconds).
+                await self._publish_running(request, job)
             started = asyncio.get_running_loop().time()
             publisher = LinePublisher.for_job(self.nc, self.journal.names, job_id, self.settings)
-            publisher.start(after=running)
+            publisher.start()
             masks = [expand_env(v) for v in job_type.mask]
             reporter = JobReporter(publisher, job_type, masks)
             output = await making_output

@@ -12,7 +12,7 @@ Every message fits: batches are sized in encoded bytes under the server's announ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from itertools import repeat
 from operator import add
@@ -126,10 +126,8 @@ class LinePublisher:
     def for_job(cls, nc: NATS, names: Names, job_id: str, settings: Settings) -> LinePublisher:
         return cls(nc, names, job_id, settings.line_batch_max, settings.max_line_bytes)
 
-    def start(self, after: Awaitable[object] | None = None) -> None:
-        """Publish from now on; the first line only once ``after`` is done (the job's
-        ``running`` stored: the stream has it before any line). Lines are buffered meanwhile."""
-        self._task = asyncio.create_task(self._run(after), name=f"publisher-{self._job_id}")
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"publisher-{self._job_id}")
 
     def add(self, stream: str, level: str, text: str, at: datetime) -> None:
         """Buffer a line (plain call: the per-line path stays free of awaits)."""
@@ -219,11 +217,7 @@ class LinePublisher:
         if self._task is not None:
             await self._task
 
-    async def _run(self, after: Awaitable[object] | None) -> None:
-        if after is not None:
-            # Shielded: a publisher stopped meanwhile leaves ``running`` to be stored. What it
-            # raises ends the publisher (close() raises it).
-            await asyncio.shield(after)
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
