@@ -65,7 +65,12 @@ class SlotClaimer:
         job_id = request.job_id
         key = slot_key(request.lock, job_id, request.attempt_of)
         value = self.identity.held_value(job_id, request.job_type)
-        if not request.lock and request.attempt_of is None and job.first_delivery:
+        # Only while the job holds its unit of capacity: one that gave it back while it
+        # waited (for its batch's seal) takes it again in the loop below before its slot, or a
+        # sealed batch of a thousand jobs would start them all at once, past
+        # max_concurrent_jobs.
+        at_once = not request.lock and request.attempt_of is None and job.first_delivery
+        if at_once and job.holds_capacity:
             first = await self._claim_at_once(request, job, key, value)
             if first is not None:
                 return first
