@@ -247,7 +247,10 @@ async def update_stream(
         await read_ahead(ctx, read, states, batches)
         for seq, event in read:
             # Before the job's own scope check: another's new attempt changes my batch's counters.
-            await batches.note(event, seq)
+            if batches.needs_lookup(event):
+                await batches.note(event, seq)
+            else:
+                batches.note_known(event, seq)
             if isinstance(event, events.BatchEvent):
                 continue
             if isinstance(event, events.WebhookAttempted):
