@@ -105,7 +105,7 @@ rows = st.fixed_dictionaries(
 )
 
 
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, max_examples=150)
 @given(row=rows, now=times)
 def test_a_row_gives_the_job_the_keyword_form_gave(row: dict[str, Any], now: datetime) -> None:
     """Whatever a job's row holds, the API shows the same job as before the positional form."""
