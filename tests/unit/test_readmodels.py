@@ -64,7 +64,8 @@ def keyword_job_from_row(row: Any, now: datetime | None = None) -> schemas.Job:
     )
 
 
-times = st.none() | st.integers(0, 10**7).map(lambda s: BASE + timedelta(milliseconds=s))
+instants = st.integers(0, 10**7).map(lambda s: BASE + timedelta(milliseconds=s))
+times = st.none() | instants
 texts = st.none() | st.text(max_size=8)
 ints = st.none() | st.integers(-(2**31), 2**31)
 json_objects = st.none() | st.dictionaries(st.text(max_size=4), st.integers() | st.text(max_size=4))
@@ -75,7 +76,7 @@ rows = st.fixed_dictionaries(
         "job_type": st.text(min_size=1, max_size=12),
         "status": st.sampled_from(["pending", "running", "completed", "failed", "cancelled"]),
         "parameters": st.dictionaries(st.text(max_size=4), st.integers()),
-        "created_at": times.filter(lambda t: t is not None),
+        "created_at": instants,
         "started_at": times,
         "finished_at": times,
         "exit_code": ints,
@@ -92,7 +93,7 @@ rows = st.fixed_dictionaries(
         "requested_by": texts,
         "cancelled_by": texts,
         "cancel_requested_at": times,
-        "updated_at": times.filter(lambda t: t is not None),
+        "updated_at": instants,
         "first_seq": st.integers(0, 10**6),
         "last_seq": st.integers(0, 10**6),
         "batch_id": texts,
