@@ -219,6 +219,13 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     ),
                 }
             )
+        if cpu := d.get("cpu_ms_per_job"):
+            out.append(
+                {
+                    "name": "2. dispatch, CPU per job (ms)",
+                    "result": " · ".join(f"{part} {used}" for part, used in cpu.items()),
+                }
+            )
     if t := results.get("throughput"):
         rate = t["lines_per_s"]
         pipe = lim.get("pipe_read", {}).get("lines_per_s")

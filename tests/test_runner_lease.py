@@ -17,7 +17,7 @@ import pytest
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable, SlotValue, same_holder
+from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
@@ -316,3 +316,35 @@ async def test_a_fresh_slot_reserved_by_the_api_becomes_the_jobs_lease(settings:
         lease = await slots.try_acquire("job.mine", held("mine"), fresh=True)
         assert lease is not None
         assert lease.value.phase == "held"
+
+
+async def test_a_fresh_slot_and_its_run_record_are_written_in_one_go(settings: Settings) -> None:
+    """A job's first claim stores its lease and its run record together: a sweep that finds the
+    record finds the job's live lease beside it."""
+    async with slot_table(settings) as slots:
+        record = RunRecord(job_id="together", slot_key="job.together", runner_id="me")
+        lease, recorded = await slots.create_recorded("job.together", held("together"), record)
+        assert lease is not None
+        assert recorded
+        assert await slots.run_record("together") == record
+        current = await slots.current("job.together")
+        assert current is not None
+        assert current.revision == lease.revision
+        # Stored after the lease: a sweep reading the record finds the lease already there.
+        stored = await (await slots.kv()).get("run.together")
+        assert stored.revision is not None
+        assert stored.revision > lease.revision
+        assert await slots.renew(lease) is not None
+
+
+async def test_a_fresh_slot_held_by_another_is_not_taken_with_its_run_record(
+    settings: Settings,
+) -> None:
+    """A job's first claim of a slot someone else holds takes nothing: the holder keeps it."""
+    async with slot_table(settings) as slots:
+        other = await slots.try_acquire("job.held", held("held", runner_id="other"), fresh=True)
+        assert other is not None
+        record = RunRecord(job_id="held", slot_key="job.held", runner_id="me")
+        lease, _ = await slots.create_recorded("job.held", held("held"), record)
+        assert lease is None
+        assert await slots.renew(other) is not None

@@ -150,7 +150,10 @@ class StreamReader:
                 raise error
             try:
                 # The consumer sends a heartbeat when idle: silence this long is a dead link.
-                chunk = await asyncio.wait_for(self._reader.read(READ_SIZE), HEARTBEAT_SECONDS * 3)
+                # (Not ``wait_for``: on Python 3.11 it swallows a cancel that comes as a read
+                # completes, and a reader stopped by cancelling its task then read on for good.)
+                async with asyncio.timeout(HEARTBEAT_SECONDS * 3):
+                    chunk = await self._reader.read(READ_SIZE)
                 if not chunk:
                     raise StreamReaderError("NATS closed the connection")
                 batch = self._parse(chunk)

@@ -179,6 +179,14 @@ class RequestLoop:
 
         if request.batch_id is not None and not await self.seals.wait(request, job):
             return  # its batch was never sealed, or it was cancelled while waiting
-        lease = await self.claimer.claim(request, job_type, job)
-        if lease is not None:
-            await self.executor.run(request, job_type, job, lease)
+        # Made while the slot is claimed: off the way to the job's start.
+        making_output = self.executor.output_directory(job_id)
+        try:
+            claimed = await self.claimer.claim(request, job_type, job)
+        except BaseException:
+            await self.executor.discard_output(making_output)
+            raise
+        if claimed is None:
+            await self.executor.discard_output(making_output)
+            return
+        await self.executor.run(request, job_type, job, claimed, making_output)

@@ -6,9 +6,12 @@ A job's life in a runner, one module per step:
 1. ``requests``: fetched from the durable consumer (a runner fetches only while it has capacity);
 2. ``seals``: a job of a batch waits (holding no capacity) until its batch is sealed;
 3. ``claim``: its slot claimed, a lease in the lock bucket. A busy slot is waited for without
-   holding capacity; for a ``queue`` type only the head of the lock's queue may take it;
-4. ``executor``: ``running`` published, then the request acknowledged (a request delivered again
-   after that means its runner died, and the job ends RUNNER_LOST instead of running twice);
+   holding capacity; for a ``queue`` type only the head of the lock's queue may take it. A job
+   without a lock at its first delivery is claimed in one round trip (lease, run record and
+   checks at once);
+4. ``executor``: ``running`` published while the tool starts, then the request acknowledged (a
+   request delivered again after that means its runner died, and the job ends RUNNER_LOST
+   instead of running twice); no line is published before ``running`` is stored;
 5. ``execution`` (the tool or internal callable) runs while ``lease`` keeps the lease; cancel,
    timeout and a lost lease stop it; its end is published with the terminal event id and the
    slot released.
