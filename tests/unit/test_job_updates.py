@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
-from jobrunner.services.api.job_updates import JobState, apply, update_frame
+from jobrunner.services.api.job_updates import JobState, JobStates, apply, update_frame
 from jobrunner.services.api.sse import frame
 
 AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -92,3 +93,61 @@ def test_progress_then_the_end_shows_each_step_and_leaves_earlier_states_as_they
         ("failed", "scraper", "scan", 25.0, 1, 4, "exit 2"),
     ]
     assert msgspec.json.decode(update_frame(3, failed).split(b"data: ")[1])["jobType"] == "scraper"
+
+
+JOB_IDS = st.sampled_from(["a", "b", "c"])
+FOLDED_EVENTS = st.one_of(
+    st.builds(
+        events.JobRequested, job_id=JOB_IDS, job_type=st.just("scraper"), occurred_at=st.just(AT)
+    ),
+    st.builds(
+        events.StatusChanged,
+        job_id=JOB_IDS,
+        status=st.sampled_from(list(JobStatus)),
+        occurred_at=st.just(AT),
+    ),
+    st.builds(
+        events.ProgressReported,
+        job_id=JOB_IDS,
+        current=st.none() | st.integers(0, 9),
+        total=st.none() | st.integers(0, 9),
+        occurred_at=st.just(AT),
+    ),
+    st.builds(events.CancelRequested, job_id=JOB_IDS, occurred_at=st.just(AT)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stream=st.lists(FOLDED_EVENTS, max_size=30),
+    in_read_model=st.sets(JOB_IDS),
+    size=st.integers(1, 3),
+)
+def test_a_fold_without_awaits_shows_what_the_awaited_fold_shows(
+    stream: list[events.Event], in_read_model: set[str], size: int
+) -> None:
+    """Jobs known, unknown, forgotten or only in the read model: an update stream shows the same
+    states whether each event is folded with an ``await`` or, when no look-up is needed, without."""
+
+    def make() -> tuple[JobStates, list[str]]:
+        asked: list[str] = []
+
+        async def lookup(job_id: str) -> JobState | None:
+            asked.append(job_id)
+            return JobState(job_id=job_id, status="running") if job_id in in_read_model else None
+
+        return JobStates(lookup, size=size), asked
+
+    async def fold() -> tuple[list[JobState | None], list[str], list[JobState | None], list[str]]:
+        awaited, awaited_asked = make()
+        plain, plain_asked = make()
+        before = [await awaited.update(event) for event in stream]
+        after = [
+            await plain.update(event) if plain.needs_lookup(event) else plain.update_known(event)
+            for event in stream
+        ]
+        return before, awaited_asked, after, plain_asked
+
+    before, asked_before, after, asked_after = asyncio.run(fold())
+    assert after == before
+    assert asked_after == asked_before

@@ -182,6 +182,19 @@ class JobStates:
         if len(self._states) > self._size:
             self._states.popitem(last=False)
 
+    def needs_lookup(self, event: events.Event) -> bool:
+        """Whether ``update`` must ask the read model first (a job first seen through a later
+        event); else ``update_known`` does the same without an ``await``."""
+        return event.job_id not in self._states and not isinstance(event, events.JobRequested)
+
+    def update_known(self, event: events.Event) -> JobState | None:
+        """``update`` for an event that needs no look-up: a plain call, where an ``await`` per
+        event was a few percent of a catch-up's CPU."""
+        state = apply(self._states.get(event.job_id), event)
+        if state is not None:
+            self._remember(state)
+        return state
+
     async def update(self, event: events.Event) -> JobState | None:
         state = self._states.get(event.job_id)
         if state is None and not isinstance(event, events.JobRequested):
@@ -234,7 +247,10 @@ async def update_stream(
         await read_ahead(ctx, read, states, batches)
         for seq, event in read:
             # Before the job's own scope check: another's new attempt changes my batch's counters.
-            await batches.note(event, seq)
+            if batches.needs_lookup(event):
+                await batches.note(event, seq)
+            else:
+                batches.note_known(event, seq)
             if isinstance(event, events.BatchEvent):
                 continue
             if isinstance(event, events.WebhookAttempted):
@@ -243,7 +259,10 @@ async def update_stream(
                 continue
             if visible is not None and not await visible(event):
                 continue
-            state = await states.update(event)
+            if states.needs_lookup(event):
+                state = await states.update(event)
+            else:
+                state = states.update_known(event)
             if state is not None:
                 frames.append((seq, update_frame(seq, state)))
         # Held until the projector has applied this read: frames leave in sequence order.
