@@ -295,6 +295,15 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": f["api_peak_rss_mib"] * 2**20 <= 300e6,
             },
         ]
+        if cpu := f.get("cpu_us_per_line"):
+            out.append(
+                {
+                    "name": f"4. fan-out, {what}: CPU over the run per line printed, by process",
+                    "result": " · ".join(
+                        f"{part} {us} µs" for part, us in sorted(cpu.items(), key=lambda x: -x[1])
+                    ),
+                }
+            )
     if n := results.get("noisy"):
         alone, beside = n["alone"], n["beside_flood"]
         out += [

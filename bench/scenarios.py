@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -261,6 +262,7 @@ async def fan_out(
     # Every client connects (and every job's tool starts) before the first line is printed.
     delay = 3 + clients / 100 + jobs / 10
     per_job = clients // jobs
+    cpu0 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
     with MemorySampler(api) as memory:
         job_ids = [
             await start_job(
@@ -284,6 +286,8 @@ async def fan_out(
             stream.record_delays = i % 10 == 0
         connected_after = time.monotonic() - t_start
         await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), seconds + delay + 120)
+    # Every stream ended with its job's end, so every tool has been waited for.
+    cpu1 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
     cut_after = await streams_cut(http)
     await eventstore.close(nc)
     expected = rate * seconds
@@ -312,7 +316,19 @@ async def fan_out(
         **summarize(delays),
         "in_jetstream": summarize(published),
         "api_peak_rss_mib": memory.mib("api"),
+        # Where the machine's CPU went, per line printed: the services, the tools themselves
+        # (a paced tool's sleep, wake-up and write cost more than any service's share of a line)
+        # and this process (the clients).
+        "cpu_us_per_line": {
+            part: round((cpu1[part] - cpu0.get(part, 0.0)) / (expected * jobs) * 1e6, 1)
+            for part in cpu1
+        },
     }
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 async def history_and_replay(system: RunningSystem, jobs: int) -> dict:

@@ -243,6 +243,15 @@ class RunningSystem:
                 out[part] = out.get(part, 0.0) + times.user + times.system
         return out
 
+    def tools_cpu_seconds(self) -> float:
+        """CPU seconds (user + system) of the tools the runner has run and waited for so far:
+        a child's time joins its parent's once it is waited for."""
+        try:
+            times = self.services()["runner"].cpu_times()
+        except (KeyError, psutil.Error):
+            return 0.0
+        return float(times.children_user + times.children_system)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
