@@ -232,7 +232,9 @@ class RunningSystem:
         return found
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds (user + system) each part has used so far (processes alive now)."""
+        """CPU seconds (user + system) each part has used so far (processes alive now). Postgres
+        counts its ended backends too (their time joins the postmaster's once it reaped them):
+        without them a run whose backends ended showed Postgres using less than nothing."""
         out: dict[str, float] = {}
         for part, procs in self.processes_by_part().items():
             for proc in procs:
@@ -240,7 +242,10 @@ class RunningSystem:
                     times = proc.cpu_times()
                 except psutil.Error:
                     continue
-                out[part] = out.get(part, 0.0) + times.user + times.system
+                used = times.user + times.system
+                if part == "postgres":
+                    used += times.children_user + times.children_system
+                out[part] = out.get(part, 0.0) + used
         return out
 
     def tools_cpu_seconds(self) -> float:
