@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from bench import catchup, limits, noisy, report, scenarios
+from bench import catchup, limits, noisy, report, scenarios, settle
 from bench.system import ROOT, RunningSystem
 
 ALL = (
@@ -63,6 +63,15 @@ def log(text: str) -> None:
 
 async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    settled: list[dict[str, Any]] = []
+
+    async def settle_before(scenario: str) -> None:
+        # After the history, leftovers of it (the runner's and notifier's backlog, autovacuum)
+        # would share the cores with the scenario: it starts once they are done (bench/settle.py).
+        if "live_projection" in results:
+            settled.append(await settle.settle(system, scenario))
+            results["settled"] = settled
+
     async with httpx.AsyncClient(
         base_url=system.base_url, headers=system.headers, timeout=60
     ) as http:
@@ -85,6 +94,7 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             log(f"history: {size['replay_jobs'] * 10:,} events, projected, then replayed")
             results.update(await scenarios.history_and_replay(system, size["replay_jobs"]))
             if "reads" in only:
+                await settle_before("reads")
                 log("reads")
                 results["reads"] = await scenarios.reads(
                     system, size["reads_seconds"], size["replay_jobs"]
@@ -98,6 +108,7 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
                     database_url, size["reads_seconds"]
                 )
             if "catchup" in only:
+                await settle_before("catch-up")
                 log("catch-up: /api/jobs/stream from the stream's start")
                 results["catchup"] = {"updates": await catchup.updates_from_start(system)}
                 results.setdefault("limits", {})["raw_stream_read"] = await catchup.raw_read(system)
@@ -105,6 +116,7 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
         base_url=system.base_url, headers=system.headers, timeout=60
     ) as http:
         if "throughput" in only:
+            await settle_before("throughput")
             log(f"throughput: {size['throughput_lines']:,} lines")
             results["throughput"] = await scenarios.throughput(
                 system, http, size["throughput_lines"]
@@ -115,6 +127,7 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
                     system, results["throughput"]["job_id"], size["throughput_lines"]
                 )
         if "fanout" in only:
+            await settle_before("fan-out")
             log(f"fan-out: {size['fanout_clients']} clients, 200 lines/s")
             results["fanout"] = await scenarios.fan_out(
                 system, http, size["fanout_clients"], size["fanout_seconds"]
@@ -125,9 +138,33 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
                 system, http, jobs * per_job, size["fanout_seconds"], jobs=jobs
             )
         if "noisy" in only:
+            await settle_before("noisy neighbour")
             log(f"noisy neighbour: 100 lines/s for {size['noisy_seconds']} s, alone and by a flood")
             results["noisy"] = await noisy.noisy_neighbour(system, http, size["noisy_seconds"])
     return results
+
+
+def _p99_median(figures: dict[str, Any] | None, what: str) -> str:
+    if not figures or figures.get("p99_ms") is None:
+        return f"{what}: not measured"
+    return f"{what}: {figures['p99_ms']} ms (median {figures['median_ms']} ms)"
+
+
+def fan_out_resumes(f: dict[str, Any]) -> str:
+    """Clients that resumed (as a browser does) after the API ended their stream early, and why."""
+    resumed = f.get("clients_resumed", 0)
+    if not resumed:
+        return ""
+    why = ", ".join(f"{n} {reason}" for reason, n in f.get("streams_cut_by_api", {}).items())
+    return f"; {resumed} resumed ({why or 'connection lost'})"
+
+
+def in_jetstream(f: dict[str, Any]) -> str:
+    """When the same lines were in JetStream: the runner's share of the delay."""
+    stored = f.get("in_jetstream") or {}
+    if stored.get("p99_ms") is None:
+        return ""
+    return f"; in JetStream p99 {stored['p99_ms']} ms (median {stored['median_ms']} ms)"
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,10 +212,18 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "name": "2. dispatch, steps (median, since the POST started)",
-                    "result": f"running {parts['running']['median_ms']} ms · line read by the "
-                    f"runner {parts['line_read']['median_ms']} ms · POST answered "
-                    f"{parts['post']['median_ms']} ms · line at the client "
-                    f"{parts['client']['median_ms']} ms",
+                    "result": " · ".join(
+                        f"{label} {parts[step]['median_ms']} ms"
+                        for step, label in scenarios.DISPATCH_STEPS.items()
+                        if step in parts
+                    ),
+                }
+            )
+        if cpu := d.get("cpu_ms_per_job"):
+            out.append(
+                {
+                    "name": "2. dispatch, CPU per job (ms)",
+                    "result": " · ".join(f"{part} {used}" for part, used in cpu.items()),
                 }
             )
     if t := results.get("throughput"):
@@ -201,6 +246,15 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             if key == "sse":
                 row |= {"target": "≥ 100,000 lines/s", "met": bool(value and value >= 100_000)}
             out.append(row)
+        if cpu := t.get("cpu_us_per_line"):
+            out.append(
+                {
+                    "name": "3. CPU per line, by process",
+                    "result": " · ".join(
+                        f"{part} {us} µs" for part, us in sorted(cpu.items(), key=lambda x: -x[1])
+                    ),
+                }
+            )
         mem = t["peak_rss_mib"]
         start, end = t["runner_rss_mib_start_end"]
         out.append(
@@ -223,14 +277,14 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         out += [
             {
                 "name": f"4. fan-out, {what} x 200 lines/s, p99",
-                "result": f"{f['p99_ms']} ms (median {f['median_ms']} ms)",
+                "result": f"{f['p99_ms']} ms (median {f['median_ms']} ms)" + in_jetstream(f),
                 "target": "≤ 250 ms",
                 "met": f["p99_ms"] is not None and f["p99_ms"] <= 250,
             },
             {
                 "name": "4. fan-out, lines lost / clients complete",
                 "result": f"{f['lines_lost']} lost, {f['duplicates']} duplicated; "
-                f"{f['clients_complete']}/{f['clients']} complete",
+                f"{f['clients_complete']}/{f['clients']} complete" + fan_out_resumes(f),
                 "target": "none lost",
                 "met": f["lines_lost"] == 0 and f["duplicates"] == 0,
             },
@@ -241,6 +295,15 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": f["api_peak_rss_mib"] * 2**20 <= 300e6,
             },
         ]
+        if cpu := f.get("cpu_us_per_line"):
+            out.append(
+                {
+                    "name": f"4. fan-out, {what}: CPU over the run per line printed, by process",
+                    "result": " · ".join(
+                        f"{part} {us} µs" for part, us in sorted(cpu.items(), key=lambda x: -x[1])
+                    ),
+                }
+            )
     if n := results.get("noisy"):
         alone, beside = n["alone"], n["beside_flood"]
         out += [
@@ -253,6 +316,13 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 and n["flood_running_throughout"],
                 "limit": f"{alone['p99_ms']} ms (p99 alone; median {alone['median_ms']} ms)",
                 "ratio": ratio(beside["p99_ms"], alone["p99_ms"], higher_is_better=False),
+            },
+            {
+                # Where the delay is: up to here the runner's and JetStream's, the rest the API's.
+                "name": "8. noisy neighbour: the same lines stored in JetStream, p99",
+                "result": _p99_median(n.get("beside_flood_stored"), "beside a flood")
+                + " · "
+                + _p99_median(n.get("alone_stored"), "alone"),
             },
             {
                 "name": "8. noisy neighbour, lines lost / flood throughout",
@@ -296,6 +366,14 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": f"5. live projector catching up with {lp['events']:,} new events",
                 "result": f"{lp['projected_events_per_s']:,} events/s "
                 f"(published at {lp['publish_events_per_s']:,}/s)",
+            }
+        )
+    if settled := results.get("settled"):
+        first = settled[0]
+        out.append(
+            {
+                "name": "5. the system settled after the history (before the next scenario)",
+                "result": settle.describe(first).removeprefix("settled "),
             }
         )
     if r := results.get("replay"):

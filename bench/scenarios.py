@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,8 +27,10 @@ from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 
 
-async def start_job(http: httpx.AsyncClient, job_type: str, parameters: dict[str, Any]) -> str:
-    response = await http.post("/api/jobs", json={"job_type": job_type, "parameters": parameters})
+async def start_job(
+    http: httpx.AsyncClient, job_type: str, parameters: dict[str, Any], path: str = "/api/jobs"
+) -> str:
+    response = await http.post(path, json={"job_type": job_type, "parameters": parameters})
     if response.status_code != 201:
         raise RuntimeError(f"POST /api/jobs answered {response.status_code}: {response.text}")
     return str(response.json()["id"])
@@ -52,17 +55,20 @@ async def line_latency(system: RunningSystem, http: httpx.AsyncClient, seconds: 
     }
 
 
-def _frames_json(raw: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+def _frames_json(raw: list[bytes]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(event, id, data) of each SSE frame."""
     out = []
     for block in b"".join(raw).split(b"\n\n"):
-        event, data = "message", None
+        event, frame_id, data = "message", None, None
         for field in block.split(b"\n"):
             if field.startswith(b"event: "):
                 event = field[7:].decode()
+            elif field.startswith(b"id: "):
+                frame_id = field[4:].decode()
             elif field.startswith(b"data: "):
                 data = json.loads(field[6:])
         if data is not None:
-            out.append((event, data))
+            out.append((event, frame_id, data))
     return out
 
 
@@ -70,31 +76,79 @@ def _wall(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
+# The steps of a dispatch, in the order they are printed: each one's time since the POST started.
+DISPATCH_STEPS = {
+    "requested_stored": "request stored",
+    "post": "POST answered",
+    "sse": "SSE answered",
+    "running": "running (runner)",
+    "running_stored": "running stored",
+    "line_read": "line read by the runner",
+    "line_stored": "line stored",
+    "client": "line at the client",
+}
+
+
 async def dispatch(system: RunningSystem, http: httpx.AsyncClient, jobs: int) -> dict:
     """2. POST /api/jobs until the job's first line reaches an SSE client; with where the time
-    went, from the events' own timestamps (wall clock, one machine)."""
+    went: the events' own timestamps (the runner's clock) and the times JetStream stored them
+    (the server's), wall clock, one machine."""
     totals: list[float] = []
-    parts: dict[str, list[float]] = {"post": [], "running": [], "line_read": [], "client": []}
-    for _ in range(jobs):
-        wall0, t0 = time.time(), time.monotonic()
-        job = await start_job(http, "bench_echo", {})
-        parts["post"].append(time.monotonic() - t0)
-        client = await open_stream(
-            "127.0.0.1", system.port, stream_path(job), system.headers, keep_frames=True
-        )
-        await asyncio.wait_for(client.done, 60)
-        assert client.first_line_at is not None, "the job's line never arrived"
-        totals.append(client.first_line_at - t0)
-        frames = _frames_json(client.frames)
-        running = next(d for e, d in frames if e == "status" and d["status"] == "running")
-        line = next(d for e, d in frames if e == "message")
-        parts["running"].append(_wall(running["timestamp"]) - wall0)
-        parts["line_read"].append(_wall(line["timestamp"]) - wall0)
-        parts["client"].append(client.first_line_at - t0)
+    parts: dict[str, list[float]] = {step: [] for step in DISPATCH_STEPS}
+    names = Names(system.runtime.get("prefix", "jobrunner"))
+    nc = await eventstore.connect(Settings(nats_url=system.runtime["nats_url"]), "bench")
+    js = nc.jetstream()
+
+    async def stored_at(subject: str | None = None, seq: int | None = None) -> float:
+        if seq is not None:
+            msg = await js.get_msg(names.stream, seq)
+        else:
+            msg = await js.get_last_msg(names.stream, subject)
+        assert msg.time is not None
+        return msg.time.timestamp()
+
+    # CPU each part spends per dispatch (this client's included): on two cores the parts share,
+    # the sum bounds how short a dispatch can be.
+    cpu0, own0 = system.cpu_seconds(), time.process_time()
+    try:
+        for _ in range(jobs):
+            wall0, t0 = time.time(), time.monotonic()
+            # A client that follows the job's stream does not need the read models to show the
+            # job first (its stream is served from JetStream until they do).
+            job = await start_job(http, "bench_echo", {}, "/api/jobs?wait=stored")
+            parts["post"].append(time.monotonic() - t0)
+            client = await open_stream(
+                "127.0.0.1", system.port, stream_path(job), system.headers, keep_frames=True
+            )
+            parts["sse"].append(time.monotonic() - t0)
+            await asyncio.wait_for(client.done, 60)
+            assert client.first_line_at is not None, "the job's line never arrived"
+            totals.append(client.first_line_at - t0)
+            frames = _frames_json(client.frames)
+            _, running_id, running = next(
+                f for f in frames if f[0] == "status" and f[2]["status"] == "running"
+            )
+            _, line_id, line = next(f for f in frames if f[0] == "message")
+            assert running_id is not None
+            assert line_id is not None
+            parts["running"].append(_wall(running["timestamp"]) - wall0)
+            parts["line_read"].append(_wall(line["timestamp"]) - wall0)
+            parts["client"].append(client.first_line_at - t0)
+            requested = await stored_at(subject=names.job_kind_subject(job, "requested"))
+            parts["requested_stored"].append(requested - wall0)
+            parts["running_stored"].append(await stored_at(seq=int(running_id)) - wall0)
+            line_seq = int(line_id.partition(":")[0])
+            parts["line_stored"].append(await stored_at(seq=line_seq) - wall0)
+        cpu1, own1 = system.cpu_seconds(), time.process_time()
+    finally:
+        await eventstore.close(nc)
+    cpu = {part: used - cpu0.get(part, 0.0) for part, used in cpu1.items()}
+    cpu["client"] = own1 - own0
     return {
         "jobs": jobs,
         **summarize(totals),
         "since_post_started": {k: summarize(v) for k, v in parts.items()},
+        "cpu_ms_per_job": {part: round(used / jobs * 1000, 2) for part, used in cpu.items()},
     }
 
 
@@ -108,6 +162,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
     db = await asyncpg.connect(system.runtime["database_url"])
     marks: dict[str, float] = {}
     services = system.services()
+    cpu0 = system.cpu_seconds()
     try:
         with MemorySampler(services) as memory:
             t0 = time.monotonic()
@@ -143,6 +198,7 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
                 marks["sse"] = time.monotonic()
 
             await asyncio.wait_for(asyncio.gather(stored(), projected(), received()), 400)
+            cpu1 = system.cpu_seconds()
     finally:
         await db.close()
         await eventstore.close(nc)
@@ -157,20 +213,56 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
         "lines_per_s": {k: round(lines / (v - t0)) for k, v in marks.items()},
         "peak_rss_mib": {name: memory.mib(name) for name in services},
         "runner_rss_mib_start_end": [runner_start, runner_end],
+        # Which process the flood costs most: CPU microseconds per line (the tool's own time is
+        # not in the runner's: a child's is counted once it is waited for, after the end).
+        "cpu_us_per_line": {
+            part: round((cpu1[part] - cpu0.get(part, 0.0)) / lines * 1e6, 2) for part in cpu1
+        },
         "rss_mib_over_time": {name: memory.profile(name) for name in services},
     }
+
+
+STAMP = re.compile(rb"t=(\d+\.\d+)")
+CUT_METRIC = re.compile(
+    r'^jobrunner_sse_streams_cut_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', re.MULTILINE
+)
+
+
+async def streams_cut(http: httpx.AsyncClient) -> dict[str, int]:
+    """The API's count of job streams it ended before their job's end, by reason."""
+    response = await http.get("/metrics")
+    counts: dict[str, int] = {}
+    for reason, value in CUT_METRIC.findall(response.text):
+        counts[reason] = counts.get(reason, 0) + int(float(value))
+    return counts
 
 
 async def fan_out(
     system: RunningSystem, http: httpx.AsyncClient, clients: int, seconds: int, jobs: int = 1
 ) -> dict:
-    """4. ``clients`` SSE clients on ``jobs`` jobs (as many on each) printing 200 lines/s."""
+    """4. ``clients`` SSE clients on ``jobs`` jobs (as many on each) printing 200 lines/s.
+
+    A stream the API ends without ``done`` is resumed as a browser would (``Last-Event-ID``):
+    "lost" counts lines no client got even so; the API says why it ended streams early."""
     rate = 200
+    cut_before = await streams_cut(http)
+    # Each line's delay until it is in JetStream too (a plain subscription beside the API's):
+    # what the runner adds, apart from what the API's fan-out adds.
+    names = Names(system.prefix)
+    nc = await eventstore.connect(Settings(nats_url=system.runtime["nats_url"]), "bench")
+    published: list[float] = []
+
+    async def stored(msg: Any) -> None:
+        now = time.monotonic()
+        published.extend(now - float(t) for t in STAMP.findall(msg.data))
+
+    await nc.subscribe(names.kind_subjects("lines"), cb=stored)
     services = system.services()
     api = {"api": services["api"]}
     # Every client connects (and every job's tool starts) before the first line is printed.
     delay = 3 + clients / 100 + jobs / 10
     per_job = clients // jobs
+    cpu0 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
     with MemorySampler(api) as memory:
         job_ids = [
             await start_job(
@@ -183,7 +275,9 @@ async def fan_out(
 
         async def connect(job: str) -> Any:
             async with gate:
-                return await open_stream("127.0.0.1", system.port, stream_path(job), system.headers)
+                return await open_stream(
+                    "127.0.0.1", system.port, stream_path(job), system.headers, resume=True
+                )
 
         streams = await asyncio.gather(*(connect(job) for job in job_ids for _ in range(per_job)))
         # Every client checks every line; one in ten also times every line (all are served
@@ -192,6 +286,10 @@ async def fan_out(
             stream.record_delays = i % 10 == 0
         connected_after = time.monotonic() - t_start
         await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), seconds + delay + 120)
+    # Every stream ended with its job's end, so every tool has been waited for.
+    cpu1 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+    cut_after = await streams_cut(http)
+    await eventstore.close(nc)
     expected = rate * seconds
     delays = [d for s in streams for d in s.delays]
     complete = sum(
@@ -205,12 +303,32 @@ async def fan_out(
         "lines_lost": sum(max(0, expected - (s.next_seq - 1 - s.gaps)) for s in streams),
         "duplicates": sum(s.duplicates for s in streams),
         "gaps": sum(s.gaps for s in streams),
+        "clients_resumed": sum(1 for s in streams if s.resumes),
+        "clients_not_done": sum(1 for s in streams if s.ended != "done"),
+        "streams_cut_by_api": {
+            reason: count - cut_before.get(reason, 0)
+            for reason, count in cut_after.items()
+            if count > cut_before.get(reason, 0)
+        },
         "clients_timed": sum(1 for s in streams if s.record_delays),
         "connected_within_s": round(connected_after, 2),
         "tool_started_printing_after_s": delay,
         **summarize(delays),
+        "in_jetstream": summarize(published),
         "api_peak_rss_mib": memory.mib("api"),
+        # Where the machine's CPU went, per line printed: the services, the tools themselves
+        # (a paced tool's sleep, wake-up and write cost more than any service's share of a line)
+        # and this process (the clients).
+        "cpu_us_per_line": {
+            part: round((cpu1[part] - cpu0.get(part, 0.0)) / (expected * jobs) * 1e6, 1)
+            for part in cpu1
+        },
     }
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 async def history_and_replay(system: RunningSystem, jobs: int) -> dict:

@@ -3,7 +3,10 @@
 It decodes HTTP/1.1 chunked framing and scans complete SSE frames with compiled patterns (C
 speed), so 500 clients in one process cost little next to the server they measure. For each line
 it records the delay from the ``t=<monotonic>`` the tool printed to the moment the bytes arrived,
-and it checks that line numbers arrive in order, none missing, none twice.
+and it checks that line numbers arrive in order, none missing, none twice. A client opened with
+``resume=True`` does what a browser's EventSource does when a stream ends without ``done`` (the
+API cut it as too slow, or could not finish its catch-up read): it waits the server's ``retry``
+and reconnects with ``Last-Event-ID``; it counts how often, and the checks span the reconnects.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ SEQ_MARK = b'{"seq":'
 SEQ_RE = re.compile(rb'\{"seq":(\d+)')
 STAMP_RE = re.compile(rb"t=(\d+\.\d+)")
 DONE = b"event: done"
+RETRY_RE = re.compile(rb"(?:^|\n)retry: (\d+)\n")
+# Fields of a frame start after a blank line; JSON data never holds a raw line break, so this
+# finds only real ``id`` fields.
+LAST_ID = b"\n\nid: "
+MAX_RESUMES = 20
 
 
 def _seq_at(frames: bytes, at: int) -> int:
@@ -24,9 +32,12 @@ def _seq_at(frames: bytes, at: int) -> int:
 
 
 class SseClient(asyncio.Protocol):
-    def __init__(self, path: str, host: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, path: str, host: str, port: int, headers: dict[str, str] | None = None
+    ) -> None:
         self.path = path
         self.host = host
+        self.port = port
         self.headers = headers or {}
         self.transport: asyncio.Transport | None = None
         self.status = 0
@@ -45,15 +56,30 @@ class SseClient(asyncio.Protocol):
         self.record_delays = True
         self.keep_frames = False
         self.frames: list[bytes] = []
+        # How the stream ended: "done" (the job's end), "closed" (the server ended it without
+        # ``done``: a client cut as too slow, or a read it could not finish; a browser resumes
+        # with Last-Event-ID), "error" (the connection failed), or "status" (not 200).
+        self.ended = ""
+        self.resumable = False
+        self.resumes = 0
+        self.last_id: bytes | None = None
+        self.retry_ms = 3000
 
     # --- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        self._head.clear()
+        self._raw.clear()
+        self._body.clear()
+        self._in_body = False
+        headers = dict(self.headers)
+        if self.last_id is not None:
+            headers["Last-Event-ID"] = self.last_id.decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         transport.write(
-            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: text/event-stream\r\n"
-            f"{extra}\r\n".encode()
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Accept: text/event-stream\r\n{extra}\r\n".encode()
         )
 
     def data_received(self, data: bytes) -> None:
@@ -70,7 +96,10 @@ class SseClient(asyncio.Protocol):
             if not self.connected.done():
                 self.connected.set_result(self.status)
             if self.status != 200:
-                self._finish()
+                if self.resumes and self.transport is not None:
+                    self.transport.close()  # a resume refused (503: NATS busy): try again
+                else:
+                    self._finish("status")
                 return
         self._raw += data
         self._decode_chunks()
@@ -84,7 +113,21 @@ class SseClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.connected.done():
             self.connected.set_result(0)
-        self._finish()
+        if self.ended:
+            return
+        if self.resumable and self.resumes < MAX_RESUMES:
+            self.resumes += 1
+            asyncio.get_running_loop().create_task(self._resume())
+            return
+        self._finish("closed" if exc is None else "error")
+
+    async def _resume(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(self.retry_ms / 1000)
+        try:
+            await loop.create_connection(lambda: self, self.host, self.port)
+        except OSError:
+            self.connection_lost(None)
 
     # --- decoding
     def _decode_chunks(self) -> None:
@@ -107,6 +150,8 @@ class SseClient(asyncio.Protocol):
     def _scan(self, frames: bytes, now: float) -> None:
         if self.keep_frames:
             self.frames.append(frames)
+        if self.resumable:
+            self._note_last_id(frames)
         count = frames.count(SEQ_MARK)
         if count:
             if self.first_line_at is None:
@@ -121,7 +166,15 @@ class SseClient(asyncio.Protocol):
             if self.record_delays:
                 self.delays.extend(now - float(t) for t in STAMP_RE.findall(frames))
         if DONE in frames:
-            self._finish()
+            self._finish("done")
+
+    def _note_last_id(self, frames: bytes) -> None:
+        if self.resumes == 0 and self.lines == 0 and (retry := RETRY_RE.search(frames)):
+            self.retry_ms = int(retry[1])
+        at = frames.rfind(LAST_ID)
+        start = at + len(LAST_ID) if at >= 0 else 4 if frames.startswith(b"id: ") else -1
+        if start >= 0:
+            self.last_id = frames[start : frames.index(b"\n", start)]
 
     def _check_each(self, frames: bytes) -> None:
         for raw_seq in SEQ_RE.findall(frames):
@@ -134,7 +187,9 @@ class SseClient(asyncio.Protocol):
             else:
                 self.duplicates += 1
 
-    def _finish(self) -> None:
+    def _finish(self, how: str = "closed") -> None:
+        if not self.ended:
+            self.ended = how
         if not self.done.done():
             self.done.set_result(None)
         if self.transport is not None:
@@ -150,18 +205,21 @@ async def open_stream(
     path: str,
     headers: dict[str, str] | None = None,
     keep_frames: bool = False,
+    resume: bool = False,
 ) -> SseClient:
     """Connect and wait for the response head; raises if the status is not 200.
 
-    A 404 (the job's row may not be projected yet) or a 503 is retried for a while.
+    A 404 (the job's row may not be projected yet) or a 503 is retried for a while. With
+    ``resume``, a stream that ends without ``done`` is resumed as a browser would.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while True:
         _, client = await loop.create_connection(
-            lambda: SseClient(path, f"{host}:{port}", headers), host, port
+            lambda: SseClient(path, host, port, headers), host, port
         )
         client.keep_frames = keep_frames
+        client.resumable = resume
         status = await asyncio.wait_for(client.connected, 30)
         if status == 200:
             return client

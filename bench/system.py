@@ -209,6 +209,54 @@ class RunningSystem:
                     found[name] = child
         return found
 
+    def processes_by_part(self) -> dict[str, list[psutil.Process]]:
+        """Every process of the system by part: the services, nats-server and Postgres (all of
+        its processes: backends, autovacuum, WAL writer); for CPU time per part."""
+        assert self.proc is not None
+        found: dict[str, list[psutil.Process]] = {}
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                cmd = child.cmdline()
+                name = child.name()
+            except psutil.Error:
+                continue
+            if "jobrunner.cli" in cmd and cmd[-1] in ("api", "runner", "projector", "notifier"):
+                part = cmd[-1]
+            elif "nats-server" in name:
+                part = "nats-server"
+            elif name.startswith("postgres") or (cmd and cmd[0].startswith("postgres")):
+                part = "postgres"
+            else:
+                continue
+            found.setdefault(part, []).append(child)
+        return found
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) each part has used so far (processes alive now). Postgres
+        counts its ended backends too (their time joins the postmaster's once it reaped them):
+        without them a run whose backends ended showed Postgres using less than nothing."""
+        out: dict[str, float] = {}
+        for part, procs in self.processes_by_part().items():
+            for proc in procs:
+                try:
+                    times = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                used = times.user + times.system
+                if part == "postgres":
+                    used += times.children_user + times.children_system
+                out[part] = out.get(part, 0.0) + used
+        return out
+
+    def tools_cpu_seconds(self) -> float:
+        """CPU seconds (user + system) of the tools the runner has run and waited for so far:
+        a child's time joins its parent's once it is waited for."""
+        try:
+            times = self.services()["runner"].cpu_times()
+        except (KeyError, psutil.Error):
+            return 0.0
+        return float(times.children_user + times.children_system)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ import asyncio
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import nats
 
@@ -18,13 +19,23 @@ from jobrunner.common import eventstore
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.security.tokens import Role, TokenError, TokenRecord, TokenStore
+
+if TYPE_CHECKING:
+    from jobrunner.services.api.security.tokens import TokenRecord
+
+# The token store lives in the API's security package, which imports Litestar (half a second of
+# CPU): it is imported when a token command runs, not for every ``jobrunner`` command's parser.
+# The roles are named here for the same reason (a unit test keeps them equal to ``Role``).
+ROLES = ("viewer", "operator", "admin")
+DEFAULT_ROLE = "operator"
 
 _DURATION_RE = re.compile(r"^(\d+)([mhdw])\Z")  # \Z: "$" lets a final "\n" through
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
+    from jobrunner.services.api.security.tokens import TokenError
+
     if expires_in and expires_at:
         raise TokenError("give --expires-in or --expires-at, not both")
     if expires_in:
@@ -55,6 +66,8 @@ def describe(record: TokenRecord) -> str:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from jobrunner.services.api.security.tokens import TokenStore
+
     # Not eventstore.connect(): a one-shot command fails fast instead of reconnecting forever.
     nc = await nats.connect(
         **NatsConnection.from_settings(settings).nats_py_options(),
@@ -106,8 +119,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     create.add_argument("name", help="who or what uses it; recorded with every job it starts")
     create.add_argument(
         "--role",
-        choices=[r.value for r in Role],
-        default=Role.OPERATOR.value,
+        choices=ROLES,
+        default=DEFAULT_ROLE,
         help="viewer: read and watch; operator: also start and cancel; admin: also tokens",
     )
     create.add_argument("--expires-in", help="e.g. 12h, 90d, 2w")
@@ -121,6 +134,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
+    from jobrunner.services.api.security.tokens import TokenError
+
     try:
         return asyncio.run(run(settings, args))
     except TokenError as exc:

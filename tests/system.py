@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import socket
 from typing import Any
 
@@ -190,8 +191,22 @@ class System:
             self._server.should_exit = True
         for stop in self._stops.values():
             stop.set()
-        for task in self._tasks.values():
+        hung: list[str] = []
+        for name, task in self._tasks.items():
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 30)
+                except TimeoutError:
+                    hung.append(f"{name} did not stop within 30 s; every task:\n{task_stacks()}")
+                    task.cancel()
         if self._nc is not None:
             await eventstore.close(self._nc)
+        # A service that does not stop is a bug: say where it hangs.
+        assert not hung, "\n".join(hung)
+
+
+def task_stacks() -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=6, file=out)
+    return out.getvalue()

@@ -3,12 +3,14 @@ BATCH_INCOMPLETE, and a batch's jobs take their locks in batch order."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
+from nats.js import JetStreamContext
 
 from jobrunner.common import batchids, eventstore
 from jobrunner.common.jobtypes import load_job_types
@@ -174,3 +176,38 @@ async def test_a_batch_restarted_after_its_fail_runs_its_sealed_jobs(system: Sys
     async with system.client() as client:
         job = await wait_status(client, batch.job_ids[0], "cancelled", "completed", "failed")
     assert job["status"] == "completed", job
+
+
+async def held_requests(js: JetStreamContext, names: Names) -> int:
+    """Requests handed to a runner and not yet acknowledged."""
+    return (await js.consumer_info(names.stream, names.runner_consumer)).num_ack_pending
+
+
+class TestCapacity:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(settings, max_concurrent_jobs=2)
+
+    async def test_a_sealed_batch_runs_no_more_jobs_at_once_than_the_runner_may(
+        self, system: System
+    ) -> None:
+        """Six jobs of a batch, all handed to a runner with max_concurrent_jobs = 2 while they
+        wait for their seal: once sealed, never more than two run at once."""
+        batch = unsealed_batch(system.settings, *[("emit", {"lines": 3, "interval": "0.2"})] * 6)
+        await publish(system.settings, batch.requested, *batch.jobs)
+        names = Names(system.settings.prefix)
+        async with jetstream(system.settings) as js, asyncio.timeout(30):
+            # Waiting for a seal holds no capacity: the runner takes all six.
+            while await held_requests(js, names) < 6:  # noqa: ASYNC110 (another service)
+                await asyncio.sleep(0.05)
+        await publish(system.settings, batch.sealed)
+        async with system.client() as client:
+            jobs = [await wait_status(client, j, "completed", "failed") for j in batch.job_ids]
+        assert [j["status"] for j in jobs] == ["completed"] * 6
+        for job in jobs:
+            at_once = [
+                other
+                for other in jobs
+                if other["started_at"] <= job["started_at"] < other["finished_at"]
+            ]
+            assert len(at_once) <= 2, f"{len(at_once)} jobs ran at once"

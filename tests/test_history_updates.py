@@ -10,6 +10,7 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.services.api.job_updates import RAW_CATCH_UP_MIN
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.sse_client import iter_events, read_stream
 from tests.system import System
@@ -157,3 +158,41 @@ async def test_stream_path_is_not_taken_for_a_job_id(watched: System) -> None:
         response = await client.get("/api/jobs/stream", params={"after": "x"})
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "after"
+
+
+async def test_a_long_backlog_cut_and_resumed_sends_every_update_once(settings: Settings) -> None:
+    """A dashboard resuming far back (a backlog long enough for the raw stream reader) gets each
+    job's pending, running and completed once, in order, also when it is cut half-way and
+    resumes with Last-Event-ID."""
+    # Four events a job (requested, running, lines, the end): the whole stream and what is left
+    # after the cut are both longer than the raw reader's minimum.
+    jobs = RAW_CATCH_UP_MIN // 2
+    history = [
+        e
+        for n in range(jobs)
+        for e in job_events(f"long{n}", minute=n, status=JobStatus.COMPLETED, lines=["x"])
+    ]
+    last = await publish(settings, history)
+    async with reading_system(settings) as system:
+        await wait_projected(settings, last)
+        async with system.client() as client:
+            whole = await read_stream(client, "/api/jobs/stream?after=0", stop_after=3 * jobs)
+            first = await read_stream(client, "/api/jobs/stream?after=0", stop_after=jobs // 2)
+            rest = await read_stream(
+                client,
+                "/api/jobs/stream",
+                last_event_id=first.events[-1].id,
+                stop_after=3 * jobs - jobs // 2,
+            )
+    ids = [int(e.id) for e in whole.events]
+    assert ids == sorted(set(ids))
+    assert [e.id for e in first.events + rest.events] == [e.id for e in whole.events]
+    # The same changes; a job seen first after the cut starts from its read-model row, which may
+    # show more than the stream had said by then (its final progress, say).
+    assert [(e.json["jobId"], e.json["status"]) for e in first.events + rest.events] == [
+        (e.json["jobId"], e.json["status"]) for e in whole.events
+    ]
+    shown: dict[str, list[str]] = {}
+    for e in whole.events:
+        shown.setdefault(e.json["jobId"], []).append(e.json["status"])
+    assert shown == {f"long{n}": ["pending", "running", "completed"] for n in range(jobs)}

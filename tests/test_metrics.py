@@ -100,6 +100,21 @@ async def test_metrics_count_a_job_its_lines_and_its_requests(system: System) ->
     assert all(dict(labels).get("service") for _, labels in after)
 
 
+async def test_requests_matching_no_route_count_under_one_label(system: System) -> None:
+    """Requests for paths no route serves are timed under route="unmatched", one series for
+    all of them, never one per path asked for."""
+    count = "jobrunner_http_request_duration_seconds_count"
+    unmatched = {"method": "GET", "route": "unmatched", "status": "404", "service": "api"}
+    async with system.client() as client:
+        before = value(await scrape(client), count, **unmatched)
+        for path in ("/no/such/page", "/api/nothing-here", "/wp-login.php"):
+            assert (await client.get(path)).status_code == 404
+        after = await scrape(client)
+    assert value(after, count, **unmatched) == before + 3
+    routes = {dict(labels).get("route") for name, labels in after if name == count}
+    assert not routes & {"/no/such/page", "/api/nothing-here", "/wp-login.php"}
+
+
 async def test_metrics_count_sse_clients_while_they_follow(system: System) -> None:
     """A client following a job's stream counts in jobrunner_sse_clients until it leaves."""
     sse = "jobrunner_sse_clients"

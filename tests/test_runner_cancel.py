@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import msgspec
 import pytest
+from nats.js.errors import NotFoundError
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.common.slots import RunRecord, SlotTable
+from jobrunner.contracts.names import Names
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -91,6 +96,60 @@ async def test_cancelled_pending_job_never_starts(
         await wait_status(client, third, "completed")
     assert len(count.read_text().split()) == 1
     assert not (tmp_path / "pids2").exists()
+
+
+async def test_job_cancelled_before_a_runner_took_it_never_starts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A job without a lock, cancelled while no runner was up, ends cancelled and never runs."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    count = tmp_path / "starts"
+    try:
+        async with system.client() as client:
+            job_id = await start_job(
+                client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count)
+            )
+            response = await client.delete(f"/api/jobs/{job_id}")
+            assert response.json()["status"] == "cancelled"
+            # Its request reaches a runner for the first time only now.
+            await system.start_runner()
+            await _wait_requests_handled(settings)
+            job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+            record = await _run_record(settings, job_id)
+    finally:
+        await system.stop()
+    assert job["status"] == "cancelled"
+    assert job["started_at"] is None
+    assert await status_events(settings, job_id) == ["cancelled"]
+    assert not count.exists()
+    assert record is None  # the record written while it was checked is gone again
+
+
+async def _run_record(settings: Settings, job_id: str) -> RunRecord | None:
+    nc = await eventstore.connect(settings, "test-run-record")
+    try:
+        return await SlotTable(nc.jetstream(), Names(settings.prefix), 5).run_record(job_id)
+    finally:
+        await eventstore.close(nc)
+
+
+async def _wait_requests_handled(settings: Settings, timeout: float = 30.0) -> None:
+    """Until the runners' consumer has delivered every request and had each acknowledged."""
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "test-consumer-info")
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(NotFoundError):  # the runner has not made it yet
+                    info = await nc.jetstream().consumer_info(names.stream, names.runner_consumer)
+                    delivered = info.delivered.consumer_seq if info.delivered else 0
+                    if delivered and info.num_pending == 0 and info.num_ack_pending == 0:
+                        return
+                await asyncio.sleep(0.05)
+    finally:
+        await eventstore.close(nc)
 
 
 async def test_cancelling_a_finished_job_answers_409_with_its_status(system: System) -> None:

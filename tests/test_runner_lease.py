@@ -17,7 +17,7 @@ import pytest
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable, SlotValue, same_holder
+from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
@@ -163,6 +163,42 @@ async def test_lease_kept_through_a_pause_shorter_than_its_deadline(
         assert await slots.release(lease)
 
 
+async def test_lease_kept_through_a_pause_starting_just_before_a_renewal_is_due(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused from just before a renewal falls due, for longer than a third of the TTL
+    would have survived: the lease is still ours afterwards."""
+    from jobrunner.services.runner.lease import LeaseKeeper, survivable_outage
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.due", held("due"))
+        assert lease is not None
+        renewed = asyncio.Event()
+
+        async def after_renewal() -> None:
+            renewed.set()
+
+        keeper = LeaseKeeper(slots, lease, TTL, after_renewal)
+        keeper.start()
+        async with asyncio.timeout(TTL):
+            await renewed.wait()  # a renewal confirmed: the interval starts now
+        due = keeper.lease.sent_at + keeper.interval
+        # A paused server answers the request waiting in its socket once resumed, so the outage
+        # may last until just before the deadline: 3.5 s at a 6 s TTL (0.6 s of slack left for
+        # a loaded machine); with renewals every third of the TTL it was 2.5 s.
+        outage = 2.9
+        assert outage < survivable_outage(TTL) - 0.5
+        await asyncio.sleep(max(0.0, due - 0.1 - time.monotonic()))  # the fault's moment
+        pause(own_nats)
+        await asyncio.sleep(outage)  # the outage itself, not a synchronisation
+        resume(own_nats)
+        assert await keeper.confirm()
+        lease = await keeper.stop()
+        assert not keeper.lost.is_set()
+        assert await slots.release(lease)
+
+
 async def test_lease_given_up_before_a_pause_longer_than_its_ttl_ends(
     settings: Settings, own_nats: EmbeddedNats
 ) -> None:
@@ -280,3 +316,35 @@ async def test_a_fresh_slot_reserved_by_the_api_becomes_the_jobs_lease(settings:
         lease = await slots.try_acquire("job.mine", held("mine"), fresh=True)
         assert lease is not None
         assert lease.value.phase == "held"
+
+
+async def test_a_fresh_slot_and_its_run_record_are_written_in_one_go(settings: Settings) -> None:
+    """A job's first claim stores its lease and its run record together: a sweep that finds the
+    record finds the job's live lease beside it."""
+    async with slot_table(settings) as slots:
+        record = RunRecord(job_id="together", slot_key="job.together", runner_id="me")
+        lease, recorded = await slots.create_recorded("job.together", held("together"), record)
+        assert lease is not None
+        assert recorded
+        assert await slots.run_record("together") == record
+        current = await slots.current("job.together")
+        assert current is not None
+        assert current.revision == lease.revision
+        # Stored after the lease: a sweep reading the record finds the lease already there.
+        stored = await (await slots.kv()).get("run.together")
+        assert stored.revision is not None
+        assert stored.revision > lease.revision
+        assert await slots.renew(lease) is not None
+
+
+async def test_a_fresh_slot_held_by_another_is_not_taken_with_its_run_record(
+    settings: Settings,
+) -> None:
+    """A job's first claim of a slot someone else holds takes nothing: the holder keeps it."""
+    async with slot_table(settings) as slots:
+        other = await slots.try_acquire("job.held", held("held", runner_id="other"), fresh=True)
+        assert other is not None
+        record = RunRecord(job_id="held", slot_key="job.held", runner_id="me")
+        lease, _ = await slots.create_recorded("job.held", held("held"), record)
+        assert lease is None
+        assert await slots.renew(other) is not None

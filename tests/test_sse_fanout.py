@@ -118,3 +118,30 @@ async def test_a_feed_begun_at_a_resume_point_serves_a_later_viewer_from_the_sta
     assert line_texts(whole) == expected
     ids = [e.id for e in whole.events if e.id]
     assert len(ids) == len(set(ids))
+
+
+async def test_viewers_arriving_as_a_job_starts_read_no_history_from_jetstream(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten viewers opening a job just started all get its whole log from the one feed's record,
+    none with a JetStream consumer of its own."""
+    assert system._server is not None
+    fanout = system._server.config.app.state.ctx.fanout
+    history_reads = 0
+    read_history = fanout.history
+
+    def counted(*args: object) -> object:
+        nonlocal history_reads
+        history_reads += 1
+        return read_history(*args)
+
+    monkeypatch.setattr(fanout, "history", counted)
+    job_id = await start(system, lines=10, interval="0.3")
+    async with system.client() as client:
+        streams = await asyncio.gather(
+            *(read_stream(client, f"/jobs/stream/{job_id}") for _ in range(10))
+        )
+    for stream in streams:
+        assert line_texts(stream) == [f"INFO line {i} [{i}/10]" for i in range(1, 11)]
+        assert stream.events[-1].event == "done"
+    assert history_reads == 0

@@ -225,3 +225,39 @@ def test_a_lost_last_delivery_is_noticed_at_the_next_heartbeat() -> None:
     with pytest.raises(GapError, match="delivery 3"):
         reader._parse(heartbeat(3))
     assert reader.last_seq == 2, "a restart goes on after the last message received"
+
+
+async def test_a_reader_stops_when_cancelled_while_messages_keep_arriving(
+    settings: Settings,
+) -> None:
+    """Cancelling the task that reads (how the projector and the API stop a reader) ends it
+    every time, also when the cancel comes as a read completes (a stopped projector once read
+    on for good, keeping its service from stopping)."""
+    names = Names(settings.prefix)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    await eventstore.ensure_topology(js, names, settings)
+    subject = f"{settings.prefix}.job.cancelled-reader.lines"
+
+    async def publish_on() -> None:
+        while True:
+            await js.publish(subject, b"x" * 100)
+
+    async def read_on(reader: StreamReader) -> None:
+        async for _ in reader.batches():
+            pass
+
+    publisher = asyncio.create_task(publish_on())
+    reader = StreamReader(js, [settings.nats_url], names.stream, subject)
+    try:
+        await reader.open(1)
+        for attempt in range(200):
+            task = asyncio.create_task(read_on(reader))
+            await asyncio.sleep(0.001 * (attempt % 7))
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert task in done, f"the reader read on after its cancel (attempt {attempt})"
+    finally:
+        publisher.cancel()
+        await reader.close()
+        await nc.close()

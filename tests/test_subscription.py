@@ -11,7 +11,13 @@ from nats.js import JetStreamContext
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.subscription import OrderedReader, fetch_one, last_message, ordered_reader
+from jobrunner.common.subscription import (
+    OrderedReader,
+    fetch_one,
+    fetch_some,
+    last_message,
+    ordered_reader,
+)
 from jobrunner.contracts.names import Names
 
 pytestmark = pytest.mark.timeout(120)
@@ -129,3 +135,53 @@ async def test_a_stopping_service_does_not_wait_for_capacity(
     asyncio.get_running_loop().call_later(0.2, stop.set)
     assert await asyncio.wait_for(fetch_one(sub, full, stop), 30) is None
     assert full.locked()  # nothing taken, nothing given back that was not taken
+
+
+async def free_units(capacity: asyncio.Semaphore) -> int:
+    """How many units of ``capacity`` are free (taken and given back to count them)."""
+    count = 0
+    while not capacity.locked():
+        await capacity.acquire()  # free: returns at once
+        count += 1
+    for _ in range(count):
+        capacity.release()
+    return count
+
+
+async def test_a_backlog_is_taken_as_far_as_capacity_allows(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """A runner with 5 free slots and 40 requests waiting takes 5 in one fetch, holding a slot
+    for each, and the rest stay for later (or for other runners)."""
+    names = Names(settings.prefix)
+    await publish(js, [names.job_kind_subject(f"b{n}", "requested") for n in range(40)])
+    sub = await pull_subscription(js, settings, "backlog")
+    capacity = asyncio.Semaphore(5)
+    msgs = await asyncio.wait_for(fetch_some(sub, capacity), 30)
+    assert [msg.metadata.sequence.stream for msg in msgs] == [1, 2, 3, 4, 5]
+    assert await free_units(capacity) == 0
+    rest = await asyncio.wait_for(fetch_some(sub, asyncio.Semaphore(100), most=100), 30)
+    assert [msg.metadata.sequence.stream for msg in rest] == list(range(6, 41))
+
+
+async def test_units_no_message_came_for_are_given_back(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """With 3 requests waiting and 10 free slots, the 3 taken hold 3 slots; 7 stay free."""
+    names = Names(settings.prefix)
+    await publish(js, [names.job_kind_subject(f"c{n}", "requested") for n in range(3)])
+    sub = await pull_subscription(js, settings, "few")
+    capacity = asyncio.Semaphore(10)
+    msgs = await asyncio.wait_for(fetch_some(sub, capacity), 30)
+    assert len(msgs) == 3
+    assert await free_units(capacity) == 7
+
+
+async def test_a_fetch_without_messages_gives_every_unit_back(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Nothing waiting: the fetch ends empty after its short wait and no slot stays taken."""
+    sub = await pull_subscription(js, settings, "empty")
+    capacity = asyncio.Semaphore(10)
+    assert await asyncio.wait_for(fetch_some(sub, capacity), 30) == []
+    assert await free_units(capacity) == 10

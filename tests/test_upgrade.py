@@ -47,6 +47,52 @@ async def test_a_projector_on_older_read_models_rebuilds_them_from_the_stream(
     assert seen[-1].target >= made.last_seq
 
 
+_BIG_TABLES_OPTIONS = (
+    "SELECT reloptions FROM pg_class JOIN pg_namespace AS n ON n.oid = relnamespace "
+    "WHERE nspname = $1 AND relname IN ('jobs', 'log_lines', 'batches') ORDER BY relname"
+)
+
+
+async def test_a_rebuild_loads_its_tables_with_autovacuum_off(settings: Settings) -> None:
+    """The tables a rebuild loads into have autovacuum off (it would chase the bulk load for the
+    second core), as a replay's."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert not await upgrade._resume_or_start(conn)
+        found = await conn.fetch(_BIG_TABLES_OPTIONS, readmodelversion.UPGRADE_SCHEMA)
+    finally:
+        await conn.close()
+    assert [row["reloptions"] for row in found] == [["autovacuum_enabled=off"]] * 3
+
+
+async def test_the_rebuilt_read_models_are_indexed_analyzed_and_autovacuumed(
+    settings: Settings,
+) -> None:
+    """What a rebuild swaps in has every index of a fresh install, planner statistics, and
+    autovacuum on again, like tables the projector created."""
+    await older_state(settings)
+    await upgrade.ensure_current(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        options = await conn.fetch(_BIG_TABLES_OPTIONS, READ_SCHEMA)
+        indexes = {
+            row["indexname"]
+            for row in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = $1", READ_SCHEMA
+            )
+        }
+        analyzed = await conn.fetchval(
+            "SELECT count(DISTINCT tablename) FROM pg_stats WHERE schemaname = $1 "
+            "AND tablename IN ('jobs', 'log_lines')",
+            READ_SCHEMA,
+        )
+    finally:
+        await conn.close()
+    assert [row["reloptions"] for row in options] == [None, None, None]
+    assert {"jobs_search_idx", "jobs_created_idx", "batches_page_idx"} <= indexes
+    assert analyzed == 2
+
+
 async def test_the_api_answers_503_until_the_rebuilt_read_models_are_swapped_in(
     settings: Settings,
 ) -> None:

@@ -82,9 +82,11 @@ class TlsNats(ServerProcess):
         )
         super().__init__(
             "nats-server-tls",
-            [nats_server_binary(), "--config", str(config)],
+            # --port wins over the file's: a port taken meanwhile is replaced on the command line.
+            [nats_server_binary(), "--config", str(config), "--port", str(self.port)],
             log_file=root / "nats-server.log",
             ready_text="Server is ready",
+            port_flag="--port",
         )
 
 
@@ -113,9 +115,11 @@ class ConfiguredNats(ServerProcess):
         )
         super().__init__(
             "nats-server-configured",
-            [nats_server_binary(), "--config", str(path)],
+            # --port wins over the file's: a port taken meanwhile is replaced on the command line.
+            [nats_server_binary(), "--config", str(path), "--port", str(self.port)],
             log_file=root / "nats-server.log",
             ready_text="Server is ready",
+            port_flag="--port",
         )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from jobrunner.embedded.serverprocess import free_port
+from jobrunner.embedded.serverprocess import bind_free_port
 
 
 @dataclass
@@ -34,7 +34,9 @@ class Receiver:
     how long it is held before that answer (0 by default)."""
 
     def __init__(self, url_host: str = "127.0.0.1", scheme: str = "http") -> None:
-        self.port = free_port()
+        # Bound now, not by uvicorn later: another test worker could take a port in between.
+        self.listener = bind_free_port()
+        self.port = int(self.listener.getsockname()[1])
         self.url = f"{scheme}://{url_host}:{self.port}/hook"
         self.received: list[Received] = []
         self.answer: Callable[[int], int] = lambda n: 200
@@ -84,15 +86,13 @@ async def running_receiver(
             receiver,
             ssl_certfile=str(tls[0]) if tls else None,
             ssl_keyfile=str(tls[1]) if tls else None,
-            host="127.0.0.1",
-            port=receiver.port,
             log_level="warning",
             lifespan="off",
             # A request a test holds (a slow receiver) does not hold up the receiver's end.
             timeout_graceful_shutdown=1,
         )
     )
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[receiver.listener]))
     async with asyncio.timeout(30):
         while not server.started:
             if task.done():
@@ -103,3 +103,4 @@ async def running_receiver(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+        receiver.listener.close()

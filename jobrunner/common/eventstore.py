@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from jobrunner.common import artifactstore, retry, runnerpool
+from jobrunner.common import artifactstore, reconfigure, retry, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -126,7 +126,7 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             limit_marker_ttl=max(60.0, settings.lease_ttl_seconds * 4),
         )
     try:
-        await js.stream_info(f"KV_{names.runners_bucket}")
+        runners = await js.stream_info(f"KV_{names.runners_bucket}")
     except nats.js.errors.NotFoundError:
         await js.create_key_value(
             bucket=names.runners_bucket,
@@ -135,8 +135,10 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             replicas=settings.stream_replicas,
             ttl=runnerpool.heartbeat_ttl(settings),
         )
+    else:
+        await reconfigure.bucket_ttl(js, runners, runnerpool.heartbeat_ttl(settings))
     try:
-        await js.stream_info(f"KV_{names.idempotency_bucket}")
+        idempotency = await js.stream_info(f"KV_{names.idempotency_bucket}")
     except nats.js.errors.NotFoundError:
         await js.create_key_value(
             bucket=names.idempotency_bucket,
@@ -145,6 +147,8 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
             replicas=settings.stream_replicas,
             ttl=settings.idempotency_ttl_seconds,
         )
+    else:
+        await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
 
 

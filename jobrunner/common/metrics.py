@@ -76,6 +76,11 @@ SSE_CLIENTS = Gauge(
     "Open Server-Sent Events connections, by stream kind.",
     ["kind"],
 )
+SSE_STREAMS_CUT = Counter(
+    "jobrunner_sse_streams_cut",
+    "Job event streams the API ended without their job's end (the client resumes), by reason.",
+    ["reason"],
+)
 HTTP_DURATION = Histogram(
     "jobrunner_http_request_duration_seconds",
     "API request durations until the answer's last byte, by route template (SSE excluded).",

@@ -231,6 +231,30 @@ class SlotTable:
             return Lease(key=key, revision=revision, value=value, sent_at=sent_at)
         return None
 
+    async def create_recorded(
+        self, key: str, value: SlotValue, record: RunRecord, timeout: float | None = None
+    ) -> tuple[Lease | None, bool]:
+        """A slot most likely never written (a job's own, at its first delivery) taken and the
+        job's run record written in one round trip: the lease, and whether the record is stored.
+
+        The record is sent after the lease, on the same connection, into the same stream, which
+        stores them in the order sent: whoever reads the record (a sweep) finds the lease there
+        already. (Each write's task puts its message in nats-py's outgoing buffer before it
+        first waits, and tasks start in the order they were made.) Should the key exist after
+        all, the create changes nothing (None) while the record, naming this job's own slot, is
+        stored all the same: true of whoever holds that slot for the job, and written again by
+        this runner once it takes the slot."""
+        sent_at = time.monotonic()
+        creating = asyncio.ensure_future(self._write(key, value, 0, timeout=timeout))
+        recording = asyncio.ensure_future(self.record_run(record, timeout=timeout))
+        created, recorded = await asyncio.gather(creating, recording, return_exceptions=True)
+        if isinstance(created, KeyWrongLastSequenceError):
+            return None, not isinstance(recorded, BaseException)
+        if isinstance(created, BaseException):
+            raise created
+        lease = Lease(key=key, revision=created, value=value, sent_at=sent_at)
+        return lease, not isinstance(recorded, BaseException)
+
     async def renew(
         self, lease: Lease, value: SlotValue | None = None, timeout: float | None = None
     ) -> Lease | None:

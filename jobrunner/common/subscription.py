@@ -31,6 +31,12 @@ from nats.js.errors import NotFoundError
 
 DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 
+# How long one pull request of ``fetch_one`` waits at the server for a message. A stopping
+# service waits out the request under way (see ``fetch_one`` for why it is never abandoned), so
+# this bounds how long a stop waits for it; the price of a short one is a few small requests a
+# second from an idle runner or notifier. (It was 1 s: every stop of a runner took a second.)
+FETCH_SECONDS = 0.2
+
 
 class OrderedReader:
     """The messages of one ordered consumer, taken a batch at a time."""
@@ -146,35 +152,69 @@ async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.R
 T = TypeVar("T")
 
 
+# At most this many messages per fetch of a shared consumer: a backlog (old requests after an
+# outage, a history's job ends) is taken many messages per round trip instead of one, while
+# instances sharing the consumer still each get a part of a burst.
+FETCH_MOST = 16
+
+
+async def fetch_some(
+    sub: JetStreamContext.PullSubscription,
+    capacity: asyncio.Semaphore,
+    stop: asyncio.Event | None = None,
+    most: int = FETCH_MOST,
+) -> list[Msg]:
+    """The next messages of a shared pull consumer, each taken with one unit of ``capacity``.
+
+    One unit is waited for; then as many more as are free at once (up to ``most``) are taken
+    and asked for in the same fetch, which returns with what the consumer has at that moment
+    (at least one message). Returns the messages with one unit held for each (the caller
+    releases each when its work is done; units no message came for are given back), or an empty
+    list, every unit given back, when nothing came within ``FETCH_SECONDS`` or the fetch failed
+    (NATS away: logged, and a short pause so that a loop around this does not spin).
+
+    Returns an empty list at once when ``stop`` is set while it waits for a unit of capacity (a
+    stopping service stops its work rather than waiting for some of it to end). A fetch under
+    way is never abandoned: its pull request would stay open at the server, which would hand the
+    next message (say one another instance of the service just gave back) to this stopped
+    client, and the message would wait there for the consumer's ack wait. Waiting it out costs a
+    stop at most ``FETCH_SECONDS``, which is kept short for that. (Unsubscribing the inbox would
+    end the request at once, as nats-server hands messages only to requests whose reply subject
+    has interest, but a message it already chose for this client in that moment, or a give-back
+    racing the unsubscribe on another node of a cluster, would then wait out the ack wait.)"""
+    if not await _unless_stopped(capacity.acquire(), stop):
+        return []
+    units = 1
+    while units < most and not capacity.locked():
+        await capacity.acquire()  # free: returns at once
+        units += 1
+    try:
+        msgs = await sub.fetch(units, timeout=FETCH_SECONDS)
+    except (NatsTimeoutError, TimeoutError):
+        msgs = []
+    except Exception as exc:
+        _release(capacity, units)
+        structlog.get_logger().warning("fetch failed", error=repr(exc))
+        await asyncio.sleep(0.5)
+        return []
+    _release(capacity, units - len(msgs))
+    return msgs
+
+
+def _release(capacity: asyncio.Semaphore, units: int) -> None:
+    for _ in range(units):
+        capacity.release()
+
+
 async def fetch_one(
     sub: JetStreamContext.PullSubscription,
     capacity: asyncio.Semaphore,
     stop: asyncio.Event | None = None,
 ) -> Msg | None:
-    """The next message of a shared pull consumer, taken with one unit of ``capacity``.
-
-    Returns the message with the unit held (the caller releases it when the work is done), or
-    None, the unit given back, when nothing came within a second or the fetch failed (NATS away:
-    logged, and a short pause so that a loop around this does not spin).
-
-    Returns None at once when ``stop`` is set while it waits for a unit of capacity (a stopping
-    service stops its work rather than waiting for some of it to end). A fetch under way is
-    never abandoned: its pull request would stay open at the server, which would hand the next
-    message (say one another instance of the service just gave back) to this stopped client,
-    and the message would wait there for the consumer's ack wait."""
-    if not await _unless_stopped(capacity.acquire(), stop):
-        return None
-    try:
-        msgs = await sub.fetch(1, timeout=1.0)
-    except (NatsTimeoutError, TimeoutError):
-        capacity.release()
-        return None
-    except Exception as exc:
-        capacity.release()
-        structlog.get_logger().warning("fetch failed", error=repr(exc))
-        await asyncio.sleep(0.5)
-        return None
-    return msgs[0]
+    """The next message of a shared pull consumer, taken with one unit of ``capacity``; None
+    (the unit given back) as :func:`fetch_some` returns no message."""
+    msgs = await fetch_some(sub, capacity, stop, most=1)
+    return msgs[0] if msgs else None
 
 
 async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:

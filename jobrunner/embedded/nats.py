@@ -81,6 +81,7 @@ class EmbeddedNats(ServerProcess):
             ],
             log_file=store_dir / "nats-server.log",
             ready_text="Server is ready",
+            port_flag=None if port else "--port",
         )
 
     @property

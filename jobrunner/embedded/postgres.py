@@ -135,6 +135,7 @@ class EmbeddedPostgres(ServerProcess):
             # SIGINT is Postgres' "fast shutdown": roll back, checkpoint, exit.
             stop_signal=signal.SIGINT,
             user=self.user,
+            port_flag=None if port else "-p",
         )
 
     @property

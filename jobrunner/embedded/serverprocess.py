@@ -57,8 +57,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bind_free_port(host: str = "127.0.0.1") -> socket.socket:
+    """A listening-ready socket bound on ``host`` to a port ``free_port()`` chose: bound here,
+    so that no other process (another test worker) can take the port between the choice and
+    the bind; a port taken in that moment means another port."""
+    for _ in range(_PORT_TRIES):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host, free_port()))
+        except OSError:
+            listener.close()
+            continue
+        return listener
+    raise OSError(f"no free port on {host} after {_PORT_TRIES} tries")
+
+
+# What nats-server ("bind: address already in use") and Postgres ("Address already in use")
+# print when their port was taken.
+_PORT_TAKEN = "address already in use"
+
+
 class ServerProcess:
-    """A child server whose combined output goes to a log file, read until ``ready_text``."""
+    """A child server whose combined output goes to a log file, read until ``ready_text``.
+
+    ``port_flag`` names the argument followed by the port when the port was chosen here (by
+    ``free_port()``) rather than given: another process may take a free port before the server
+    binds it, and the start then tries another port (``self.port``), as a port given by a user
+    or needed again by a restart must not change."""
+
+    port: int  # set by each server before this class's __init__
 
     def __init__(
         self,
@@ -68,6 +96,7 @@ class ServerProcess:
         ready_text: str,
         stop_signal: int = signal.SIGTERM,
         user: str | None = None,
+        port_flag: str | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -75,9 +104,26 @@ class ServerProcess:
         self.ready_text = ready_text
         self.stop_signal = stop_signal
         self.user = user
+        self.port_flag = port_flag
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        for _ in range(_PORT_TRIES if self.port_flag else 1):
+            try:
+                self._start_once(timeout)
+                return
+            except ServerStartError as error:
+                if not self.port_flag or _PORT_TAKEN not in str(error).lower():
+                    raise
+                self._move_port(free_port())
+        raise ServerStartError(f"{self.name} found no free port in {_PORT_TRIES} tries")
+
+    def _move_port(self, port: int) -> None:
+        assert self.port_flag is not None
+        self.argv[self.argv.index(self.port_flag) + 1] = str(port)
+        self.port = port
+
+    def _start_once(self, timeout: float) -> None:
         ready = threading.Event()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
@@ -105,12 +151,15 @@ class ServerProcess:
                         if self.ready_text.encode() in line:
                             ready.set()
 
-        threading.Thread(target=pump, name=f"{self.name}-output", daemon=True).start()
+        pumping = threading.Thread(target=pump, name=f"{self.name}-output", daemon=True)
+        pumping.start()
         deadline_hit = (
             not ready.wait(timeout) if self._alive_while_waiting(ready, timeout) else True
         )
         if deadline_hit or not ready.is_set():
             self.stop()
+            # The server's last words (why it exited: a port taken, say) are read to the end.
+            pumping.join(5.0)
             raise ServerStartError(
                 f"{self.name} did not start (see {self.log_file}):\n" + "\n".join(tail[-10:])
             )

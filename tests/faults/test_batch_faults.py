@@ -88,6 +88,16 @@ async def statuses(cluster: FaultCluster, batch_id: str) -> dict[str, int]:
     return {r["status"]: r["n"] for r in rows}
 
 
+async def failures(cluster: FaultCluster, batch_id: str) -> dict[str, int]:
+    """How many jobs of the batch ended with each error code and message (to say why)."""
+    rows = await cluster.query(
+        "SELECT error_code, error_message, count(*) AS n FROM readmodel.jobs"
+        " WHERE batch_id = $1 AND error_code IS NOT NULL GROUP BY 1, 2",
+        batch_id,
+    )
+    return {f"{r['error_code']}: {r['error_message']}": r["n"] for r in rows}
+
+
 async def wait_all_ended(cluster: FaultCluster, batch_id: str, timeout: float) -> dict[str, int]:
     seen: dict[str, int] = {}
     with contextlib.suppress(TimeoutError):
@@ -117,7 +127,8 @@ async def check_completed(
     ended = await wait_all_ended(cluster, batch_id, 180)
     terminal_s = now() - at
     if ended.get("completed") != JOBS:
-        problems.append(f"jobs not all completed: {ended}")
+        why = await failures(cluster, batch_id)
+        problems.append(f"jobs not all completed: {ended}; why: {why}")
     figures.record(
         figures.Figure(
             fault=fault,

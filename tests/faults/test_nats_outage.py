@@ -3,9 +3,9 @@ or killed and restarted: the job must go on and complete with every line stored 
 
 A long TTL is what lets a pause fall between the publish timeout and the TTL. A runner gives its
 lease up three quarters of the TTL (15 s) after its last confirmed renewal, and renews every
-TTL/3 (6.7 s): any outage under 8.3 s, a restart's own start-up included, is survived wherever
-it falls in a renewal interval. With 12 s that bound was 5 s, and the 6.5 s outages lost the
-lease whenever they began late in an interval (as on a loaded machine)."""
+TTL/6 (3.3 s): any outage under 11.7 s, a restart's own start-up included, is survived wherever
+it falls in a renewal interval. (With renewals every TTL/3 and a TTL of 12 s that bound was 5 s,
+and the 6.5 s outages lost the lease whenever they began late in an interval.)"""
 
 from __future__ import annotations
 

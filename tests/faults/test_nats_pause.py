@@ -2,8 +2,8 @@
 the lease TTL (3 s), the publish timeout (nats-py's 5 s request timeout) and the runner
 consumer's ack wait (2 x TTL = 6 s).
 
-Below the TTL (less the keeper's safety margin, TTL/4, and one renewal interval, TTL/3: the
-last confirmed renewal may be that old when the pause starts; 1.25 s with a 3 s TTL) the job goes
+Below the TTL (less the keeper's safety margin, TTL/4, and one renewal interval, TTL/6: the
+last confirmed renewal may be that old when the pause starts; 1.75 s with a 3 s TTL) the job goes
 on and completes. Above it the runner must stop the tool before
 the lease could pass to the job waiting for the lock, keep what it printed, and end the job
 LEASE_LOST (or RUNNER_LOST when another runner declared it lost first)."""

@@ -127,11 +127,15 @@ async def running_on(cluster: FaultCluster, job: ToolJob) -> str:
     return row.runner_id
 
 
+# A job without a lock is claimed in one round trip (lease and run record pipelined) and its
+# tool starts while ``running`` is being stored: the same guarantees as a locked job's.
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "no-lock"])
 async def test_runner_killed_mid_job_ends_it_runner_lost_with_another_runner_alive(
-    cluster: FaultCluster,
+    cluster: FaultCluster, locked: bool
 ) -> None:
     """A runner killed mid-job: the job ends RUNNER_LOST, its tool dies."""
-    job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
+    job_type = cluster.fresh_lock_type() if locked else "free"
+    job = await cluster.submit(job_type, lines=1200, interval=INTERVAL)
     assert await cluster.wait_stored(job.id, 20, 60) >= 20
     victim = await running_on(cluster, job)
     cluster.services[victim].kill()
@@ -139,7 +143,8 @@ async def test_runner_killed_mid_job_ends_it_runner_lost_with_another_runner_ali
     try:
         await finish(
             cluster,
-            "runner SIGKILLed mid-job, another runner alive",
+            "runner SIGKILLed mid-job, another runner alive"
+            + ("" if locked else " (job without a lock)"),
             job,
             fault_end,
             [],

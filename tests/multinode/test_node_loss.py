@@ -9,6 +9,7 @@ import asyncio
 import time
 
 from jobrunner.contracts.names import Names
+from jobrunner.services.runner.lease import renewal_interval
 from tests.cluster import PREFIX, Election, NodeCluster
 from tests.multinode.nodeloss import node_loss_scenario
 
@@ -71,7 +72,7 @@ async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_loses_no_
     """The node leading both the event stream and the lock bucket SIGKILLed just before the
     running job's lease is due for renewal (the longest the lease can go unconfirmed): the job
     completes, or, when the lock bucket's election outlasts what is left of the lease (three
-    quarters of the TTL less the renewal interval: 6.25 s with the default 15 s), ends
+    quarters of the TTL less the renewal interval: 8.75 s with the default 15 s), ends
     LEASE_LOST; either way every line printed is stored and seen once, and the queued job
     never runs beside it."""
     names = Names(PREFIX)
@@ -82,8 +83,8 @@ async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_loses_no_
 
     async def kill_before_renewal() -> Election:
         renewed = await last_renewal(node_cluster, names)
-        # Renewals come every third of the TTL: strike a little before the next one is due.
-        due = renewed + node_cluster.lease_ttl / 3 - 0.5
+        # Strike a little before the next renewal is due.
+        due = renewed + renewal_interval(node_cluster.lease_ttl) - 0.5
         await asyncio.sleep(max(0.0, due - time.monotonic()))  # the moment is the fault
         struck = time.monotonic()
         await node_cluster.kill_node(leader)

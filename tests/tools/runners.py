@@ -108,6 +108,9 @@ class RunnerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
+        """Spawn the runner and wait until it says it started (a restart sharing the log file
+        of its earlier life waits for its own line, not the earlier one's)."""
+        earlier = self._started_lines()
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting is quick
                 [sys.executable, "-m", "jobrunner.cli", "runner"],
@@ -117,9 +120,14 @@ class RunnerProcess:
                 stderr=subprocess.STDOUT,
             )
         async with asyncio.timeout(timeout):
-            while b"runner started" not in self.log_file.read_bytes():
+            while self._started_lines() <= earlier:
                 assert self.proc.poll() is None, self.log_file.read_text()
                 await asyncio.sleep(0.05)
+
+    def _started_lines(self) -> int:
+        if not self.log_file.exists():
+            return 0
+        return self.log_file.read_bytes().count(b"runner started")
 
     @property
     def pid(self) -> int:

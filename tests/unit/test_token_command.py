@@ -49,3 +49,27 @@ def test_bad_expiry_is_a_sentence(
     """An expiry that cannot be read, or lies beyond any date, says what is expected."""
     with pytest.raises(TokenError, match=words):
         parse_expiry(expires_in, expires_at)
+
+
+def test_role_choices_are_the_token_roles() -> None:
+    """`jobrunner token create --role` offers exactly the roles a token can have."""
+    from jobrunner.services.api.security.tokens import Role
+    from jobrunner.token_command import DEFAULT_ROLE, ROLES
+
+    assert tuple(r.value for r in Role) == ROLES
+    assert Role.OPERATOR.value == DEFAULT_ROLE
+
+
+def test_commands_other_than_token_do_not_import_litestar() -> None:
+    """`jobrunner replay` and the other commands start without importing the web framework."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from jobrunner.cli import build_parser; "
+        "build_parser().parse_args(['replay']); print('litestar' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"

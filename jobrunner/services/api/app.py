@@ -11,7 +11,7 @@ from jobrunner.services.api import security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.readmodelgate import refuse_unready
-from jobrunner.services.api.requestmetrics import RequestMetrics
+from jobrunner.services.api.requestmetrics import RequestMetrics, time_unmatched
 from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
 from jobrunner.services.api.routes.batch_actions import BatchActionController
@@ -77,4 +77,5 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     security.document_errors(app)
+    time_unmatched(app)
     return app

@@ -34,15 +34,29 @@ class BatchUpdates:
         self._batch_of: OrderedDict[str, str | None] = OrderedDict()
         self.pending: dict[str, int] = {}  # batch id -> stream sequence of its last touch
 
+    def needs_lookup(self, event: events.AnyEvent) -> bool:
+        """Whether ``note`` must ask the read model for the event's job's batch first; else
+        ``note_known`` does the same without an ``await`` (one per event of a catch-up)."""
+        return isinstance(event, events.StatusChanged) and event.job_id not in self._batch_of
+
     async def note(self, event: events.AnyEvent, seq: int) -> None:
         """Remember the batch ``event`` (at stream sequence ``seq``) touches, if any."""
+        if isinstance(event, events.StatusChanged) and self.needs_lookup(event):
+            await self._batch_of_job(event.job_id)  # remembered when the read model has it
+        self.note_known(event, seq)
+
+    def note_known(self, event: events.AnyEvent, seq: int) -> None:
+        """``note`` for an event whose batch needs no look-up."""
         if isinstance(event, events.BatchEvent):
             batch_id: str | None = event.batch_id
         elif isinstance(event, events.JobRequested):
             batch_id = event.batch_id
             self._remember(event.job_id, batch_id)
         elif isinstance(event, events.StatusChanged):
-            batch_id = await self._batch_of_job(event.job_id)
+            if event.job_id not in self._batch_of:
+                return  # not projected yet: asked again at its next event
+            self._batch_of.move_to_end(event.job_id)
+            batch_id = self._batch_of[event.job_id]
         else:
             return  # progress, lines, cancel requests and archiving change no counter
         if batch_id is not None:

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore, metrics
+from jobrunner.common import database, eventstore, heap, metrics
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -24,6 +24,8 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
+from jobrunner.services.api.posted import PostedJobs
+from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.readmodelgate import ReadModelGate
 
 log = structlog.get_logger()
@@ -75,6 +77,8 @@ class ApiContext:
     fanout: Fanout
     idempotency: IdempotencyKeys
     readmodels: ReadModelGate
+    # Jobs started here with ``wait=stored`` that the read models do not show yet.
+    posted: PostedJobs = field(default_factory=PostedJobs)
 
 
 async def read_pool(database_url: str) -> asyncpg.Pool:
@@ -115,6 +119,8 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         readmodels = ReadModelGate(pool, js, names)
         await readmodels.start()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
+        readers = ReaderConnections(lambda: eventstore.connect(settings, "api-reader"))
+        await readers.warm()
         app.state.ctx = ApiContext(
             settings=settings,
             names=names,
@@ -125,14 +131,17 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             slots=SlotTable(js, names, settings.lease_ttl_seconds),
             projection=tracker,
             # One JetStream subscription per watched job, shared by its SSE clients.
-            fanout=Fanout(js, names, sse.frames_for, sse_limits(settings)),
+            # ... each read on a connection of its own (readerconnections: no noisy neighbour).
+            fanout=Fanout(js, names, sse.frames_for, sse_limits(settings), readers),
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
         )
+        heap.freeze_startup_objects()
         try:
             yield
         finally:
             await readmodels.close()
+            await readers.close()
             await sub.unsubscribe()
             await pool.close()
             await eventstore.close(nc)

@@ -8,9 +8,15 @@ what it reads first: each event is decoded and turned into SSE frames once, then
 client of the feed. A client that needs events from before the feed's position when it joins (a
 resume point, a late joiner) first reads those from JetStream with its own short-lived ordered
 consumer, then continues with the feed, skipping what it already sent: gap-free and
-duplicate-free.
+duplicate-free. While a feed has handed on little since it started, it keeps what it handed on
+(its record): a client whose start lies inside the record gets those events from memory instead
+of a consumer of its own. A thousand viewers arriving as a job starts then cost one consumer, not
+a thousand created at once (which JetStream's API answers slowly, or not in time, under load).
 
-Memory is bounded in bytes, per client and for the whole process. A client whose backlog grows
+Memory is bounded in bytes, per client and for the whole process (records too: a feed whose
+record would grow past ``Limits.record_bytes``, or all records past a sixteenth of the process's
+total, drops it for good; a recorded event costs several times its frames' bytes in Python
+objects, so records are kept small). A client whose backlog grows
 past its share, or the client with the largest backlog when the process's total is over its cap,
 is cut: its backlog is dropped at once and its stream closes without ``done``, so its browser
 reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A history read that stalls
@@ -20,7 +26,9 @@ does the same rather than leave a silent gap.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 import msgspec
@@ -28,17 +36,22 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from jobrunner.common import metrics
 from jobrunner.common.subscription import ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
+from jobrunner.services.api.readerconnections import ReaderConnections
 
 log = structlog.get_logger()
 
-# With many clients on one job, events are handed over in batches, at most this often per
-# client: one write per client per batch instead of one per event keeps the cost per event flat
-# (the CPU of a write, not of an event, is what a broadcast to hundreds of sockets spends).
-COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per connected client ...
-COALESCE_MAX = 0.1  # ... up to this (a lone client gets every event at once)
+# With many clients, events are handed over in batches, at most this often per client: one
+# write per client per batch instead of one per event keeps the cost per event flat (the CPU of
+# a write, not of an event, is what a broadcast to hundreds of sockets spends). The window counts
+# every client of the process, not only the job's: 100 jobs with 10 viewers each cost as many
+# writes as one job with 1,000, and with a window per job's clients they made the process write
+# once per event per client (2 ms windows for events 5 ms apart) and fall seconds behind.
+COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per client of the process ...
+COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
@@ -57,6 +70,9 @@ class Limits:
     client_bytes: int  # one client's backlog
     total_bytes: int  # every client's backlog together
     history_idle: float  # a history read that gets nothing for this long is given up
+    # What one feed keeps of what it handed on since it started, for clients joining after it.
+    # 1 MiB each let 100 jobs of 4,000 lines keep all of them: about 280 MiB more in the process.
+    record_bytes: int = 64 * 1024
 
 
 class Item:
@@ -155,6 +171,11 @@ class JobFeed:
         self.ended = False
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        # Every item handed on since the feed's first sequence, in order, while it stays small;
+        # None once it grew too large (for good: a record must never have a hole).
+        self.record: list[Item] | None = []
+        self.record_from = 0
+        self.record_size = 0
         self._pending: list[Item] = []
         self._flush_timer: asyncio.TimerHandle | None = None
 
@@ -171,22 +192,29 @@ class JobFeed:
                 self.last_seq = info.state.last_seq
             else:
                 self.last_seq = self.start_seq - 1
-            async with ordered_reader(
-                fanout.js,
-                fanout.names.stream,
-                fanout.names.job_subjects(self.job_id),
-                start_seq=self.last_seq + 1,
-            ) as reader:
+            self.record_from = self.last_seq + 1
+            async with (
+                fanout.reader_js() as js,
+                ordered_reader(
+                    js,
+                    fanout.names.stream,
+                    fanout.names.job_subjects(self.job_id),
+                    start_seq=self.last_seq + 1,
+                ) as reader,
+            ):
                 self.ready.set()
                 while not await self._deliver(await reader.next_batch(fanout.limits.keepalive)):
                     pass
         except Exception as exc:
             log.warning("sse feed failed", job_id=self.job_id, error=repr(exc))
+            if self.subscribers:
+                metrics.SSE_STREAMS_CUT.labels("feed_failed").inc(len(self.subscribers))
             for subscriber in list(self.subscribers):
                 subscriber.cut()
         finally:
             self._flush()
             self.ended = True
+            self.drop_record()
             self.ready.set()
             fanout.forget(self)
 
@@ -211,17 +239,49 @@ class JobFeed:
             self.last_seq = seq
             if item is None:
                 continue
+            self._remember(item)
             self._pending.append(item)
             size += len(item.chunk)
             if item.terminal:
                 self._flush()
                 return True
-        window = min(COALESCE_MAX, COALESCE_PER_CLIENT * len(self.subscribers))
+        window = self.fanout.coalesce_window()
         if window < 0.001:
             self._flush()
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
         return False
+
+    def _remember(self, item: Item) -> None:
+        if self.record is None:
+            return
+        fanout = self.fanout
+        size = len(item.chunk)
+        if (
+            self.record_size + size > fanout.limits.record_bytes
+            or fanout.recorded_bytes + size > fanout.limits.total_bytes // 16
+        ):
+            self.drop_record()
+            return
+        self.record.append(item)
+        self.record_size += size
+        fanout.recorded_bytes += size
+
+    def drop_record(self) -> None:
+        if self.record is not None:
+            self.fanout.recorded_bytes -= self.record_size
+            self.record = None
+            self.record_size = 0
+
+    def recorded_since(self, start_seq: int) -> list[Item] | None:
+        """Every decodable event from ``start_seq`` up to the feed's position, from memory; None
+        when the record does not reach back that far (the client reads its history instead).
+
+        Call it in the same step as ``Fanout.join``: the record then ends where the inbox
+        begins."""
+        if self.record is None or start_seq < self.record_from:
+            return None
+        return self.record[bisect_left(self.record, start_seq, key=lambda item: item.seq) :]
 
     def _flush(self) -> None:
         if self._flush_timer is not None:
@@ -235,9 +295,12 @@ class JobFeed:
 
     def leave(self, subscriber: Subscriber) -> None:
         subscriber.cut()
-        self.subscribers.discard(subscriber)
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            self.fanout.clients -= 1
         if not self.subscribers and not self.ended and self.task is not None:
             self.ended = True
+            self.drop_record()
             self.fanout.forget(self)
             self.task.cancel()
 
@@ -250,9 +313,16 @@ class Fanout:
     """The feeds of one API process, by job id, and what their clients hold in memory."""
 
     def __init__(
-        self, js: JetStreamContext, names: Names, build: FrameBuilder, limits: Limits
+        self,
+        js: JetStreamContext,
+        names: Names,
+        build: FrameBuilder,
+        limits: Limits,
+        connections: ReaderConnections | None = None,
     ) -> None:
         self.js = js
+        # Where readers get their own connection (no noisy neighbour); None: all share ``js``.
+        self.connections = connections
         self.names = names
         self.build = build
         self.limits = limits
@@ -260,6 +330,8 @@ class Fanout:
         # Bytes of every batch some client still holds (each batch once), and the most so far.
         self.buffered_bytes = 0
         self.peak_buffered_bytes = 0
+        self.recorded_bytes = 0  # the feeds' records together
+        self.clients = 0  # subscribers of every feed
         self.clients_cut = 0
 
     async def join(
@@ -281,10 +353,25 @@ class Fanout:
         await feed.ready.wait()
         subscriber = Subscriber(self)
         if feed.ended:
+            metrics.SSE_STREAMS_CUT.labels("feed_failed").inc()
             subscriber.cut()  # the feed could not start: the client retries
         else:
             feed.subscribers.add(subscriber)
+            self.clients += 1
         return feed, subscriber, feed.last_seq
+
+    def coalesce_window(self) -> float:
+        """How long a feed gathers events before handing them over: longer with more clients in
+        the process, so that its writes per second stay about the same however many there are."""
+        return min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
+
+    def reader_js(self) -> AbstractAsyncContextManager[JetStreamContext]:
+        """The JetStream context a reader of a job's stream subscribes with: on a connection
+        of its own when the fanout has ``connections``, so that a flooding job's data never
+        queues ahead of another job's on one socket."""
+        if self.connections is None:
+            return nullcontext(self.js)
+        return self.connections.lease()
 
     def forget(self, feed: JobFeed) -> None:
         if self.feeds.get(feed.job_id) is feed:
@@ -320,6 +407,7 @@ class Fanout:
 
     def _cut(self, subscriber: Subscriber, over: str) -> None:
         self.clients_cut += 1
+        metrics.SSE_STREAMS_CUT.labels(f"{over}_backlog").inc()
         log.info("sse client cut", over=over, backlog_bytes=subscriber.bytes)
         subscriber.cut()
 
@@ -329,13 +417,16 @@ class Fanout:
 
         Raises ``HistoryStalled`` rather than stop early: a missing event must never pass for
         the end of the history."""
-        async with ordered_reader(
-            self.js,
-            self.names.stream,
-            self.names.job_subjects(job_id),
-            start_seq=start_seq,
-            max_buffered_bytes=self.limits.client_bytes,
-        ) as reader:
+        async with (
+            self.reader_js() as js,
+            ordered_reader(
+                js,
+                self.names.stream,
+                self.names.job_subjects(job_id),
+                start_seq=start_seq,
+                max_buffered_bytes=self.limits.client_bytes,
+            ) as reader,
+        ):
             if start_seq > until_seq or await reader.count() == 0:
                 return
             loop = asyncio.get_running_loop()

@@ -17,10 +17,11 @@ import nats.errors
 import structlog
 from nats.js import JetStreamContext
 
+from jobrunner.common import metrics
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.fanout import Fanout, HistoryStalled
+from jobrunner.services.api.fanout import Fanout, HistoryStalled, Item
 
 log = structlog.get_logger()
 
@@ -201,6 +202,22 @@ def frames_for(event: events.AnyEvent, seq: int, skip_lines_upto: int | None) ->
     return []
 
 
+def _unsent(
+    items: list[Item], sent: int, skip: int | None, skip_seq: int | None
+) -> tuple[list[bytes], int, bool]:
+    """The frames of ``items`` after ``sent``, up to the job's end; the last sequence sent; and
+    whether the end is among them."""
+    parts = []
+    for item in items:
+        if item.seq <= sent:
+            continue
+        parts.append(item.chunk_after_line(skip if item.seq == skip_seq else None))
+        sent = item.seq
+        if item.terminal:
+            return parts, sent, True
+    return parts, sent, False
+
+
 async def job_stream(
     retry_ms: int,
     fanout: Fanout,
@@ -221,9 +238,18 @@ async def job_stream(
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
     feed, inbox, joined_at = await fanout.join(job_id, feed_from)
+    # Taken in the same step as the join: the record ends exactly where the inbox begins.
+    recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
     sent = start_seq - 1
     try:
-        if start_seq <= joined_at and not inbox.overflow:
+        if recorded is not None and not inbox.overflow:
+            # The feed kept what it handed on since our start: no read from JetStream.
+            parts, sent, ended = _unsent(recorded, sent, skip, skip_seq)
+            if parts:
+                yield b"".join(parts)
+            if ended:
+                return
+        elif start_seq <= joined_at and not inbox.overflow:
             # The feed is past our start: catch up from JetStream, then follow the feed.
             try:
                 async for item in fanout.history(job_id, start_seq, joined_at):
@@ -234,10 +260,12 @@ async def job_stream(
                     if item.terminal or inbox.overflow:
                         return
             except HistoryStalled:
+                metrics.SSE_STREAMS_CUT.labels("history_stalled").inc()
                 log.info("sse history read stalled; the client resumes", job_id=job_id)
                 return
             except (nats.errors.Error, TimeoutError) as exc:
                 # NATS busy or away: end without ``done``; the client resumes after what it got.
+                metrics.SSE_STREAMS_CUT.labels("history_failed").inc()
                 log.warning("sse history read failed; the client resumes", error=repr(exc))
                 return
         while True:
@@ -247,16 +275,7 @@ async def job_stream(
                 inbox.take()
                 yield comment("keep-alive")
                 continue
-            parts = []
-            ended = False
-            for item in inbox.take():
-                if item.seq <= sent:
-                    continue
-                parts.append(item.chunk_after_line(skip if item.seq == skip_seq else None))
-                sent = item.seq
-                if item.terminal:
-                    ended = True
-                    break
+            parts, sent, ended = _unsent(inbox.take(), sent, skip, skip_seq)
             if parts:
                 yield b"".join(parts)
             if ended or inbox.overflow:

@@ -26,10 +26,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import eventstore, retry
+from jobrunner.common import eventstore, reconfigure, retry
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.common.subscription import fetch_one, last_message
+from jobrunner.common.subscription import fetch_some, last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.notifier.addresses import AddressPolicy
@@ -103,17 +103,27 @@ class Notifier:
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
         sub = await retry.until_jetstream_ready(self.subscribe, "the notifiers' consumer")
+        # A consumer made by an earlier start keeps its ack wait unless told.
+        await retry.until_jetstream_ready(
+            lambda: reconfigure.consumer_ack_wait(
+                self.js,
+                self.names.stream,
+                self.names.notifier_consumer,
+                self.settings.notifier_ack_wait_seconds,
+            ),
+            "the notifiers' consumer",
+        )
         if not self.settings.webhook_secret:
             log.warning("webhook_secret is not set: webhooks go out unsigned")
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)
         try:
             while not stop.is_set():
-                msg = await fetch_one(sub, self.capacity, stop)
-                if msg is None:
-                    continue
-                task = asyncio.create_task(self._handle(msg, stop))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                # Several at once when there is room: every status change comes here (most
+                # are no job's end), and a backlog of them is taken without a round trip each.
+                for msg in await fetch_some(sub, self.capacity, stop):
+                    task = asyncio.create_task(self._handle(msg, stop))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)

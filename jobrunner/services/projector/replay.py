@@ -140,13 +140,13 @@ async def replay(
             # The version goes with the rebuilt schema when it takes the live one's name.
             await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
             # Autovacuum would chase the bulk load (a million new rows set it off) for the
-            # second core; the tables get their statistics once loaded (_build_indexes).
-            await _set_autovacuum(conn, "SET (autovacuum_enabled = off)")
+            # second core; the tables get their statistics once loaded (build_indexes).
+            await set_autovacuum(conn, REPLAY_SCHEMA, enabled=False)
         progress = Progress(0, info.state.last_seq, first_seq)
         feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
         resources.push_async_callback(feed.close)
         await feed.start(first_seq)
-        with _collector_paused():
+        with collector_paused():
             applied, held = await _load(
                 pool, js, names, feed, progress, on_progress, progress_interval
             )
@@ -159,7 +159,7 @@ async def replay(
             return time.monotonic()
 
         mark = begin("indexing")
-        await _build_indexes(pool)
+        await build_indexes(pool, REPLAY_SCHEMA)
         phases["indexing"] = time.monotonic() - mark
         mark = begin("comparing")
         # Swap phase: the live projector pauses between two batches while we finish.
@@ -214,32 +214,36 @@ async def replay(
         )
 
 
-async def _build_indexes(pool: asyncpg.Pool) -> None:
-    """Indexes built once over the loaded tables, and statistics for the planner: the rebuilt
-    tables serve queries as well as the live ones from the first request. On two connections
-    (Postgres builds each on one core): the search index, the slowest, beside the others."""
+async def build_indexes(pool: asyncpg.Pool, schema: str) -> None:
+    """Indexes built once over the loaded tables of ``schema``, autovacuum back on, and
+    statistics for the planner: the rebuilt tables serve queries as well as the live ones from
+    the first request. On two connections of ``pool`` (Postgres builds each index on one core):
+    the search index, the slowest, beside the others. Shared with the upgrade's rebuild."""
 
     async with pool.acquire() as conn:
-        await _set_autovacuum(conn, "RESET (autovacuum_enabled)")
+        await set_autovacuum(conn, schema, enabled=True)
 
     async def search_index() -> None:
         async with pool.acquire() as conn:
-            await store.create_search_index(conn, REPLAY_SCHEMA)
+            await store.create_search_index(conn, schema)
             # After the index: the statistics of its expression are gathered with the table's.
-            await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.jobs")
+            await conn.execute(f"ANALYZE {schema}.jobs")
 
     async def other_indexes() -> None:
         async with pool.acquire() as conn:
-            await store.create_indexes(conn, REPLAY_SCHEMA, search=False)
-            await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.log_lines")
-            await conn.execute(f"ANALYZE {REPLAY_SCHEMA}.batches")
+            await store.create_indexes(conn, schema, search=False)
+            await conn.execute(f"ANALYZE {schema}.log_lines")
+            await conn.execute(f"ANALYZE {schema}.batches")
 
     await asyncio.gather(search_index(), other_indexes())
 
 
-async def _set_autovacuum(conn: asyncpg.Connection, change: str) -> None:
+async def set_autovacuum(conn: asyncpg.Connection, schema: str, enabled: bool) -> None:
+    """Autovacuum off for a bulk load into ``schema``'s big tables (a million new rows set it
+    off, and it would chase the load for the second core), or back to the server's setting."""
+    change = "RESET (autovacuum_enabled)" if enabled else "SET (autovacuum_enabled = off)"
     for table in ("jobs", "log_lines", "batches"):
-        await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.{table} {change}")
+        await conn.execute(f"ALTER TABLE {schema}.{table} {change}")
 
 
 Batch = list[tuple[int, list[Change]]]
@@ -305,7 +309,7 @@ async def _load(
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Python's cycle collector off while loading: each pass would walk every object of the
     batches in flight (hundreds of thousands, none of them in a cycle), which took a third of
     the replay's time. What cycles the loading leaves are collected at the end."""

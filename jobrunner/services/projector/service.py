@@ -13,7 +13,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore, retry
+from jobrunner.common import database, eventstore, heap, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -57,6 +57,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         feed = EventFeed(js, names, settings, name="projector")
         await feed.start(last + 1)
         log.info("projector started", checkpoint=last)
+        heap.freeze_startup_objects()
         encoder = msgspec.json.Encoder()
         watch = StallWatch(js, names.stream, settings.projector_stuck_seconds)
         watch.progressed(last)

@@ -40,7 +40,14 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store
 from jobrunner.services.projector.feed import EventFeed
-from jobrunner.services.projector.replay import PREVIOUS_SCHEMA, REPLAY_LOCK, Progress
+from jobrunner.services.projector.replay import (
+    PREVIOUS_SCHEMA,
+    REPLAY_LOCK,
+    Progress,
+    build_indexes,
+    collector_paused,
+    set_autovacuum,
+)
 
 log = structlog.get_logger()
 
@@ -129,9 +136,10 @@ async def rebuild(
         resources.push_async_callback(eventstore.close, nc)
         js = nc.jetstream()
         # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
-        # them; the swap itself commits synchronously.
+        # them; the swap itself commits synchronously. Two connections: the indexes are built
+        # on both at once (build_indexes).
         pool = await database.create_pool(
-            settings.database_url, min_size=1, max_size=1, synchronous_commit="off"
+            settings.database_url, min_size=2, max_size=2, synchronous_commit="off"
         )
         resources.push_async_callback(pool.close)
         await eventstore.ensure_topology(js, names, settings)
@@ -148,26 +156,24 @@ async def rebuild(
             log.info("resuming a read-model rebuild", after_seq=applied)
         on_progress(progress)
         last_report = time.monotonic()
-        while True:
-            batch = await feed.fetch(timeout=0.5)
-            if batch:
-                async with pool.acquire() as conn:
-                    applied = await setaside.apply(conn, batch, feed.lookup, UPGRADE_SCHEMA)
-                progress.done += len(batch)
-                if time.monotonic() - last_report >= progress_interval:
-                    last_report = time.monotonic()
-                    progress.target = (await js.stream_info(names.stream)).state.last_seq
-                    on_progress(progress)
-                continue
-            progress.target = (await js.stream_info(names.stream)).state.last_seq
-            if applied >= progress.target or not await _stored_after(js, names, applied):
-                break  # caught up (what the stream shows beyond was deleted meanwhile)
+        with collector_paused():  # as in a replay: the batches in flight are no cycles
+            while True:
+                batch = await feed.fetch(timeout=0.5)
+                if batch:
+                    async with pool.acquire() as conn:
+                        applied = await setaside.apply(conn, batch, feed.lookup, UPGRADE_SCHEMA)
+                    progress.done += len(batch)
+                    if time.monotonic() - last_report >= progress_interval:
+                        last_report = time.monotonic()
+                        progress.target = (await js.stream_info(names.stream)).state.last_seq
+                        on_progress(progress)
+                    continue
+                progress.target = (await js.stream_info(names.stream)).state.last_seq
+                if applied >= progress.target or not await _stored_after(js, names, applied):
+                    break  # caught up (what the stream shows beyond was deleted meanwhile)
         progress.phase = "indexing"
         on_progress(progress)
-        async with pool.acquire() as conn:
-            await store.create_indexes(conn, UPGRADE_SCHEMA)
-            await conn.execute(f"ANALYZE {UPGRADE_SCHEMA}.jobs")
-            await conn.execute(f"ANALYZE {UPGRADE_SCHEMA}.log_lines")
+        await build_indexes(pool, UPGRADE_SCHEMA)
         progress.phase = "swapping"
         on_progress(progress)
         async with pool.acquire() as conn, conn.transaction():
@@ -206,6 +212,9 @@ async def _resume_or_start(conn: asyncpg.Connection) -> bool:
     async with conn.transaction():
         await conn.execute(f"DROP SCHEMA IF EXISTS {UPGRADE_SCHEMA} CASCADE")
         await store.create_schema(conn, UPGRADE_SCHEMA, indexes=False)
+        # Off for the load, as in a replay; a resumed rebuild finds it still off, and
+        # build_indexes turns it back on.
+        await set_autovacuum(conn, UPGRADE_SCHEMA, enabled=False)
         # Written now, in the rebuilt schema only: it becomes the live version with the swap.
         await readmodelversion.record(conn, UPGRADE_SCHEMA, by="projector upgrade")
     return False

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import structlog
 
 from jobrunner.common.jobtypes import JobType
-from jobrunner.common.slots import Lease, QueueEntry, SlotTable, slot_key
+from jobrunner.common.slots import Lease, QueueEntry, RunRecord, SlotTable, SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.runner.board import LockBoard
@@ -20,6 +21,19 @@ from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job's slot, held, and what was done for the job in the same round trip."""
+
+    lease: Lease
+    # The job's run record is stored (written with the lease).
+    recorded: bool = False
+    # The job's last status and last cancel event, read while the lease was written (at a
+    # first delivery); None: not read yet.
+    seen: tuple[events.AnyEvent | None, events.AnyEvent | None] | None = None
+
 
 # A queue entry whose JobRequested never reached the stream (its API died in between) is
 # dropped after this long.
@@ -46,18 +60,37 @@ class SlotClaimer:
 
     async def claim(
         self, request: events.JobRequested, job_type: JobType, job: RunningJob
-    ) -> Lease | None:
-        """The job's lease once it may run; None when it ended (cancelled) while waiting."""
+    ) -> Claimed | None:
+        """The job's slot once it may run; None when it ended (cancelled) while waiting."""
         job_id = request.job_id
         key = slot_key(request.lock, job_id, request.attempt_of)
+        value = self.identity.held_value(job_id, request.job_type)
+        # Only while the job holds its unit of capacity: one that gave it back while it
+        # waited (for its batch's seal) takes it again in the loop below before its slot, or a
+        # sealed batch of a thousand jobs would start them all at once, past
+        # max_concurrent_jobs.
+        at_once = not request.lock and request.attempt_of is None and job.first_delivery
+        if at_once and job.holds_capacity:
+            first = await self._claim_at_once(request, job, key, value)
+            if first is not None:
+                return first
         # Inside a batch a lock is always queued, "reject" too: the batch's jobs were queued in
         # batch order by the API, and refusing one would fail a batch that was accepted.
         queued = bool(request.lock) and (
             job_type.on_busy == "queue" or request.batch_id is not None
         )
-        value = self.identity.held_value(job_id, request.job_type)
+        # A job without a lock, at its first attempt, has a slot no one wrote before.
+        fresh = not request.lock and request.attempt_of is None
+        # Such a job takes its slot at once; a cancel stored before is then found by the check
+        # made once the slot is held (executor): no read of it here, one round trip less before
+        # the job starts. Should the slot be taken after all, the loop looks for a cancel before
+        # it waits.
+        look_for_cancel = not fresh
         while True:
-            if job.cancel_event.is_set() or await self.journal.last_event(job_id, "cancel"):
+            cancelled = job.cancel_event.is_set() or (
+                look_for_cancel and await self.journal.last_event(job_id, "cancel") is not None
+            )
+            if cancelled:
                 await self.journal.end(
                     job_id,
                     JobStatus.CANCELLED,
@@ -70,13 +103,14 @@ class SlotClaimer:
                 return None
             may_take = not queued or await self._is_queue_head(request, key)
             if may_take and (job.holds_capacity or await self._take_capacity(job)):
-                # A job without a lock, at its first attempt, has a slot no one wrote before.
-                fresh = not request.lock and request.attempt_of is None
                 lease = await self.slots.try_acquire(key, value, fresh=fresh)
                 if lease is not None:
                     if queued and request.lock:
                         await self.slots.dequeue(request.lock, job_id)
-                    return lease
+                    return Claimed(lease)
+            if not look_for_cancel:
+                look_for_cancel = True
+                continue  # not taken at once: a cancel is looked for before waiting
             if job.holds_capacity:
                 # Waiting for a slot takes no capacity: other jobs may run meanwhile.
                 self.capacity.release()
@@ -89,6 +123,29 @@ class SlotClaimer:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
+
+    async def _claim_at_once(
+        self, request: events.JobRequested, job: RunningJob, key: str, value: SlotValue
+    ) -> Claimed | None:
+        """The slot of a job without a lock at its first delivery, in one round trip: its
+        lease created and its run record written (pipelined), its last status and cancel read
+        meanwhile. None when the slot was written before after all: then claimed as usual.
+
+        Read beside the lease, not after it: at a first delivery no runner can have started
+        the job, so what the reads look for (the API cancelled it while pending) is all there
+        is, and a cancel stored after them reaches the job as it runs."""
+        job_id = request.job_id
+        record = RunRecord(
+            job_id=job_id, slot_key=key, runner_id=self.identity.runner_id, started_at=time.time()
+        )
+        (lease, recorded), status, cancel = await asyncio.gather(
+            self.slots.create_recorded(key, value, record),
+            self.journal.last_event(job_id, "status"),
+            self.journal.last_event(job_id, "cancel"),
+        )
+        if lease is None:
+            return None
+        return Claimed(lease, recorded=recorded, seen=(status, cancel))
 
     async def _take_capacity(self, job: RunningJob) -> bool:
         try:

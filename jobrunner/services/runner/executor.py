@@ -20,11 +20,12 @@ from nats.aio.client import Client as NATS
 from jobrunner.common import metrics
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import Lease, RunRecord, SlotTable
+from jobrunner.common.slots import RunRecord, SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
+from jobrunner.services.runner.claim import Claimed
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
@@ -71,69 +72,45 @@ class JobExecutor:
         request: events.JobRequested,
         job_type: JobType,
         job: RunningJob,
-        lease: Lease,
+        claimed: Claimed,
+        making_output: asyncio.Future[OutputDirectory | None],
     ) -> None:
+        """Run the job whose slot is ``claimed``, in the output directory ``making_output``
+        makes (see ``output_directory``; removed here, whatever happens)."""
         job_id = request.job_id
-        # Both read at once (one round trip of waiting, not two), while we hold the slot.
-        status, cancel = await asyncio.gather(
-            self.journal.last_event(job_id, "status"), self.journal.last_event(job_id, "cancel")
-        )
-        if status is not None:
-            # Another runner got this request too (a redelivery) and started or ended it first;
-            # checked while we hold the slot, so the job never runs twice.
-            await self.slots.release(lease)
-            await job.ack()
-            return
-        if job.cancel_event.is_set() or cancel:
-            # Cancelled while we were taking the slot: it never starts.
-            await self.journal.end(
-                job_id,
-                JobStatus.CANCELLED,
-                cancelled_by=job.cancelled_by,
-                job_type=request.job_type,
-            )
-            await self.slots.release(lease)
-            await job.ack()
-            return
+        lease = claimed.lease
         # Kept from here until the job's end is stored, however long NATS takes to answer.
         keeper = LeaseKeeper(
             self.slots, lease, self.settings.lease_ttl_seconds, self._cancel_check(job)
         )
         keeper.start()
         try:
-            # Written before it starts: should this runner die, the sweep of every runner finds
-            # the job by this record, whether or not anyone saw its lease expire.
-            await self._retry(
-                "record the running job",
-                keeper,
-                lambda: self.slots.record_run(
-                    RunRecord(
-                        job_id=job_id,
-                        slot_key=lease.key,
-                        runner_id=self.identity.runner_id,
-                        started_at=time.time(),
-                    ),
-                    timeout=keeper.request_timeout,
-                ),
-            )
-            if not job_type.external:
+            status, cancel = await self._check(job_id, claimed, keeper)
+        except BaseException:
+            await self.discard_output(making_output)
+            await keeper.stop()
+            raise
+        if status is not None or job.cancel_event.is_set() or cancel:
+            await self.discard_output(making_output)
+            await self._not_started(request, job, keeper, status)
+            return
+        output: OutputDirectory | None = None
+        try:
+            if job_type.external:
                 # An external job becomes running with its worker's first report (the API
                 # publishes it, once the record above says this runner holds the slot).
-                await self.journal.publish(
-                    events.StatusChanged(
-                        job_id=job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
-                    )
-                )
-                metrics.job_started(request.job_type)
-            # Acknowledged once running: a redelivery after this point can only mean we died,
-            # and then the job ends as RUNNER_LOST instead of running twice.
-            await job.ack()
+                await job.ack()
+            else:
+                # Stored before the tool starts, never while it runs: a runner that died after
+                # the spawn and before ``running`` was stored would leave a request that, sent
+                # again, runs the job a second time (a NATS outage makes that window seconds).
+                await self._publish_running(request, job)
             started = asyncio.get_running_loop().time()
             publisher = LinePublisher.for_job(self.nc, self.journal.names, job_id, self.settings)
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]
             reporter = JobReporter(publisher, job_type, masks)
-            output = await self._output_directory(job_id)
+            output = await making_output
             try:
                 outcome = await self._execute(request, job_type, job, reporter, keeper, output)
                 if output is not None:
@@ -159,6 +136,9 @@ class JobExecutor:
             # Should this not get through, the sweep removes the record of the ended job.
             await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))
         finally:
+            if output is None:
+                # The job never got as far as its tool: nothing of its directory is left.
+                await self.discard_output(making_output)
             lease = await keeper.stop()
         # Conditional on our last revision: frees the slot only if nobody wrote it since (also
         # after a lost lease that the server had not yet let expire).
@@ -173,12 +153,108 @@ class JobExecutor:
             seconds=round(asyncio.get_running_loop().time() - started, 3),
         )
 
-    async def _output_directory(self, job_id: str) -> OutputDirectory | None:
+    async def _check(
+        self, job_id: str, claimed: Claimed, keeper: LeaseKeeper
+    ) -> tuple[events.AnyEvent | None, events.AnyEvent | None]:
+        """The job's last status and cancel, read while we hold the slot (unless the claim read
+        them), with its run record written, if the claim did not write it.
+
+        The record is written before the job starts: should this runner die, the sweep of every
+        runner finds the job by it, whether or not anyone saw its lease expire. Written while
+        the checks are read (one round trip of waiting, not two): a job that must not start
+        after all has it removed again, or kept for the sweep (see _not_started)."""
+        recording: asyncio.Future[None] | None = None
+        if not claimed.recorded:
+            recording = asyncio.ensure_future(
+                self._retry(
+                    "record the running job",
+                    keeper,
+                    lambda: self.slots.record_run(
+                        RunRecord(
+                            job_id=job_id,
+                            slot_key=claimed.lease.key,
+                            runner_id=self.identity.runner_id,
+                            started_at=time.time(),
+                        ),
+                        timeout=keeper.request_timeout,
+                    ),
+                )
+            )
         try:
-            return await asyncio.to_thread(OutputDirectory.create, self.settings, job_id)
-        except OSError as exc:
-            log.error("output directory not made", error=repr(exc))
-            return None
+            if claimed.seen is not None:
+                status, cancel = claimed.seen
+            else:
+                # Both read at once, while we hold the slot.
+                status, cancel = await asyncio.gather(
+                    self.journal.last_event(job_id, "status"),
+                    self.journal.last_event(job_id, "cancel"),
+                )
+            if recording is not None:
+                await recording
+        except BaseException:
+            if recording is not None:
+                recording.cancel()
+            raise
+        return status, cancel
+
+    async def _publish_running(self, request: events.JobRequested, job: RunningJob) -> None:
+        """``running`` stored, then the request acknowledged: a redelivery after that can only
+        mean this runner died, and the job then ends RUNNER_LOST instead of running twice."""
+        await self.journal.publish(
+            events.StatusChanged(
+                job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
+            )
+        )
+        metrics.job_started(request.job_type)
+        await job.ack()
+
+    async def _not_started(
+        self,
+        request: events.JobRequested,
+        job: RunningJob,
+        keeper: LeaseKeeper,
+        status: events.AnyEvent | None,
+    ) -> None:
+        """The job found started, ended or cancelled once its slot is held: it does not start."""
+        job_id = request.job_id
+        if status is None:
+            # Cancelled while we were taking the slot: it never starts.
+            await self.journal.end(
+                job_id,
+                JobStatus.CANCELLED,
+                cancelled_by=job.cancelled_by,
+                job_type=request.job_type,
+            )
+        # Another runner got this request too (a redelivery) and started or ended it first;
+        # checked while we hold the slot, so the job never runs twice. Our record took the
+        # place of its record: one of a job still running (its runner lost the slot we hold)
+        # is kept, so the sweep ends that job; any other is removed.
+        if not (isinstance(status, events.StatusChanged) and status.status == JobStatus.RUNNING):
+            await self._retry("forget the job", keeper, lambda: self.slots.forget_run(job_id))
+        await self.slots.release(await keeper.stop())
+        await job.ack()
+
+    def output_directory(self, job_id: str) -> asyncio.Future[OutputDirectory | None]:
+        """Start making a job's output directory (None if it cannot be made): in a thread, so
+        a slow disk does not hold the event loop, and while the job's slot is claimed, so its
+        start does not wait for it (a thread made to wait for the interpreter lock behind the
+        spawn's own work took milliseconds)."""
+
+        async def make() -> OutputDirectory | None:
+            try:
+                return await asyncio.to_thread(OutputDirectory.create, self.settings, job_id)
+            except OSError as exc:
+                log.error("output directory not made", error=repr(exc))
+                return None
+
+        return asyncio.ensure_future(make())
+
+    @staticmethod
+    async def discard_output(making: asyncio.Future[OutputDirectory | None]) -> None:
+        """Remove the output directory of a job that did not start."""
+        made = await making
+        if made is not None:
+            await made.remove()
 
     async def _store_artifacts(
         self,

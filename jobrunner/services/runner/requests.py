@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import retry
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
-from jobrunner.common.subscription import fetch_one
+from jobrunner.common.subscription import FETCH_MOST, fetch_some
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner.claim import SlotClaimer
@@ -33,6 +33,14 @@ log = structlog.get_logger()
 
 # A request whose handling met a NATS outage is delivered again after this long (seconds).
 REDELIVERY_DELAY = 1.0
+
+
+def waiting_after(msg: Msg) -> bool:
+    """Did the consumer have more messages waiting when it delivered ``msg``?"""
+    try:
+        return msg.metadata.num_pending > 0
+    except Exception:  # not a JetStream delivery: as if none were waiting
+        return False
 
 
 class RequestLoop:
@@ -58,14 +66,20 @@ class RequestLoop:
 
     async def run(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         """Take requests until ``stop``; then stop every job and wait for their ends."""
+        most = 1
         try:
             while not stop.is_set():
-                msg = await fetch_one(sub, self.capacity, stop)
-                if msg is None:
-                    continue
-                task = asyncio.create_task(self._handle(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                # Several at once when there is room: a backlog of requests (say of jobs that
+                # ended while no runner was up) is taken without a round trip for each. Only
+                # while requests are waiting: asked of an idle consumer, a fetch of several
+                # holds the first request that comes until the rest came or the pull expired
+                # (up to FETCH_SECONDS), which a new job would wait out before it starts.
+                msgs = await fetch_some(sub, self.capacity, stop, most)
+                most = FETCH_MOST if msgs and waiting_after(msgs[-1]) else 1
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
         finally:
             for job in self.running.values():
                 job.cancel("runner shutdown")
@@ -121,7 +135,10 @@ class RequestLoop:
 
     async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
         job_id = request.job_id
-        status = await self.journal.last_status(job_id)
+        # At its first delivery no runner has started the job: a status it may have (the API
+        # cancelled it while pending) is found by the check made once its slot is held
+        # (executor), so the read here is left out, one round trip before the job starts.
+        status = None if job.first_delivery else await self.journal.last_status(job_id)
         if status is not None:
             if status.status == JobStatus.RUNNING:
                 lease = await self.slots.current(slot_key(request.lock, job_id, request.attempt_of))
@@ -162,6 +179,14 @@ class RequestLoop:
 
         if request.batch_id is not None and not await self.seals.wait(request, job):
             return  # its batch was never sealed, or it was cancelled while waiting
-        lease = await self.claimer.claim(request, job_type, job)
-        if lease is not None:
-            await self.executor.run(request, job_type, job, lease)
+        # Made while the slot is claimed: off the way to the job's start.
+        making_output = self.executor.output_directory(job_id)
+        try:
+            claimed = await self.claimer.claim(request, job_type, job)
+        except BaseException:
+            await self.executor.discard_output(making_output)
+            raise
+        if claimed is None:
+            await self.executor.discard_output(making_output)
+            return
+        await self.executor.run(request, job_type, job, claimed, making_output)

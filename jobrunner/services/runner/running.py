@@ -76,6 +76,15 @@ class RunningJob:
         # slot does not).
         self.holds_capacity = True
 
+    @property
+    def first_delivery(self) -> bool:
+        """Is this the request's first delivery (no runner can have handled it before)?
+        False when unknown: the caller then takes the careful path of a redelivery."""
+        try:
+            return self.msg.metadata.num_delivered == 1
+        except Exception:  # not a JetStream delivery: its metadata cannot be read
+            return False
+
     async def ack(self) -> None:
         """Acknowledge the request (its latest delivery): it will not be delivered again."""
         # Marked first: a delivery arriving during the ack is then acknowledged by redelivered().

@@ -6,9 +6,12 @@ A job's life in a runner, one module per step:
 1. ``requests``: fetched from the durable consumer (a runner fetches only while it has capacity);
 2. ``seals``: a job of a batch waits (holding no capacity) until its batch is sealed;
 3. ``claim``: its slot claimed, a lease in the lock bucket. A busy slot is waited for without
-   holding capacity; for a ``queue`` type only the head of the lock's queue may take it;
-4. ``executor``: ``running`` published, then the request acknowledged (a request delivered again
-   after that means its runner died, and the job ends RUNNER_LOST instead of running twice);
+   holding capacity; for a ``queue`` type only the head of the lock's queue may take it. A job
+   without a lock at its first delivery is claimed in one round trip (lease, run record and
+   checks at once);
+4. ``executor``: ``running`` published while the tool starts, then the request acknowledged (a
+   request delivered again after that means its runner died, and the job ends RUNNER_LOST
+   instead of running twice); no line is published before ``running`` is stored;
 5. ``execution`` (the tool or internal callable) runs while ``lease`` keeps the lease; cancel,
    timeout and a lost lease stop it; its end is published with the terminal event id and the
    slot released.
@@ -27,7 +30,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from jobrunner.common import eventstore, metrics, retry
+from jobrunner.common import eventstore, heap, metrics, reconfigure, retry
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -130,11 +133,20 @@ class Runner:
                 ),
                 "the runners' request consumer",
             )
+            # A consumer made by an earlier start keeps its ack wait (twice the lease TTL then)
+            # unless told.
+            await retry.until_jetstream_ready(
+                lambda: reconfigure.consumer_ack_wait(
+                    self.js, self.names.stream, self.names.runner_consumer, self.ack_wait
+                ),
+                "the runners' request consumer",
+            )
             log.info(
                 "runner started",
                 runner_id=self.identity.runner_id,
                 job_types=list(self.job_types),
             )
+            heap.freeze_startup_objects()
             await self.requests.run(sub, stop)
         finally:
             await cancel_sub.unsubscribe()

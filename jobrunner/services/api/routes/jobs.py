@@ -23,13 +23,18 @@ from jobrunner.services.api.external import callback_tokens, callback_url
 from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
-from jobrunner.services.api.queryparams import Query, keyset_page
+from jobrunner.services.api.posted import PostedJob
+from jobrunner.services.api.queryparams import Query, invalid, keyset_page
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.submission import UnknownJobType, check_job, job_fingerprint
 from jobrunner.services.api.webhook_requests import checked_webhook
 
 MAX_LIST_LIMIT = 500
+# ``POST /api/jobs?wait=...``: answer once the request is in the read models (the default: a
+# GET right after finds the job), or as soon as it is stored in JetStream (a client that only
+# follows the job's SSE stream, which does not need the read models).
+WAIT_CHOICES = ("projected", "stored")
 LIST_PARAMETERS = (
     "limit",
     "cursor",
@@ -69,13 +74,26 @@ class JobController(Controller):
         opt={"request_body": schemas.CreateJob},  # read by hand below; documented by this
         responses={409: error_spec("The type's lock is busy (SLOT_BUSY).")},
     )
-    async def create_job(self, request: Request[Any, Any, Any]) -> schemas.JobCreated:
+    async def create_job(
+        self,
+        request: Request[Any, Any, Any],
+        wait: Annotated[
+            str | None,
+            Parameter(
+                description="projected (default): answer once GET /api/jobs/{id} finds the "
+                "job; stored: once its request is stored in JetStream (its SSE stream can be "
+                "opened at once)"
+            ),
+        ] = None,
+    ) -> schemas.JobCreated:
         """Validate the parameters against the job type and publish JobRequested.
 
-        Answers once the request is stored in JetStream. A job type whose lock is busy and whose
-        busy policy is ``reject`` answers 409 with the job holding the lock.
+        Answers once the request is stored in JetStream and, unless ``wait=stored``, in the read
+        models. A job type whose lock is busy and whose busy policy is ``reject`` answers 409
+        with the job holding the lock.
         """
         ctx = ctx_of(request)
+        wait_for_read_models = wait_choice(wait) == "projected"
         body = decode_create(await request.body())
         try:
             job_type, parameters = check_job(ctx.job_types, body.job_type, body.parameters)
@@ -145,7 +163,15 @@ class JobController(Controller):
             if queued and job_type.lock:
                 await ctx.slots.dequeue(job_type.lock, request_event.job_id)
             raise
-        await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+        if wait_for_read_models:
+            await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
+        else:
+            # Its stream is asked for next, most likely before the projector applied it.
+            ctx.posted.add(
+                job_id,
+                PostedJob(seq=seq, requested_by=request_event.requested_by),
+                ctx.projection.applied,
+            )
         return schemas.JobCreated(
             id=request_event.job_id,
             job_type=job_type.name,
@@ -237,6 +263,17 @@ class JobController(Controller):
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
         return await cancel(ctx_of(request), job_id, principal_of(request))
+
+
+def wait_choice(raw: str | None) -> str:
+    """The ``wait`` of a job's POST; 400 INVALID_QUERY for anything but a known choice."""
+    if raw is None:
+        return WAIT_CHOICES[0]
+    if raw not in WAIT_CHOICES:
+        raise invalid(
+            "wait", f"{raw!r} is not a valid wait; choose from {', '.join(WAIT_CHOICES)}."
+        )
+    return raw
 
 
 async def already_created(ctx: ApiContext, job_id: str) -> schemas.JobCreated | None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from litestar import Request, get
 from litestar.response import Stream
 
-from jobrunner.contracts import events
-from jobrunner.services.api import sse
+from jobrunner.common.subscription import last_message
+from jobrunner.contracts import codec, events
+from jobrunner.services.api import readmodels, sse
 from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.dependencies import ctx_of, find_job
-from jobrunner.services.api.errors import ApiError
-from jobrunner.services.api.security import principal_of
+from jobrunner.services.api.dependencies import as_stored, ctx_of
+from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.security import Principal, principal_of
 
 
 @get(
@@ -41,7 +44,7 @@ async def _stream(
     job_id: str,
     ending_read: asyncio.Future[tuple[int, events.StatusChanged] | None],
 ) -> Stream:
-    row = await find_job(ctx, job_id, principal_of(request))
+    row = await streamable_job(ctx, job_id, principal_of(request))
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
     if resume is not None:
         # No event has that id yet: the client did not get it from us. Refused, so that no
@@ -80,3 +83,42 @@ async def _stream(
         media_type="text/event-stream",
         headers=sse.SSE_HEADERS,
     )
+
+
+async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> Mapping[str, Any]:
+    """What the stream needs of the job (``first_seq``, ``log_count``, ``requested_by``): its
+    row, or, for a job whose request the projector has not applied yet (a client that asked
+    its POST not to wait for the read models), its JobRequested in JetStream. 404 when there
+    is neither, or ``principal`` may not see it."""
+    posted = ctx.posted.get(job_id, ctx.projection.applied)
+    row: Mapping[str, Any] | None
+    if posted is not None:
+        # Started here a moment ago (the usual first viewer): known without a read. Nothing of
+        # the job is projected yet, so it is taken as having no past to speak of.
+        row = {"first_seq": posted.seq, "log_count": 0, "requested_by": posted.requested_by}
+    else:
+        row = await readmodels.get_job_row(ctx.pool, as_stored(job_id))
+    if row is None:
+        row = await _requested(ctx, job_id)
+    if row is None or not principal.can_see(row):
+        raise job_not_found(job_id)
+    return row
+
+
+async def _requested(ctx: ApiContext, job_id: str) -> Mapping[str, Any] | None:
+    stored = await last_message(
+        ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "requested")
+    )
+    if stored is None or not stored.data or stored.seq is None:
+        return None
+    try:
+        event = codec.decode(stored.data)
+    except msgspec.MsgspecError:
+        return None
+    # The id is the event's own (a subject wildcard in the path finds another job's request).
+    if not isinstance(event, events.JobRequested) or event.job_id != job_id:
+        return None
+    if stored.seq <= await readmodels.applied_seq(ctx.pool):
+        # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
+        return await readmodels.get_job_row(ctx.pool, as_stored(job_id))
+    return {"first_seq": stored.seq, "log_count": 0, "requested_by": event.requested_by}

@@ -1,0 +1,135 @@
+"""The stream reader's frame parser (common/streamreader.py): whatever mix of frames arrives, cut
+into reads anywhere, every stored message comes out once, in order, with its payload, and every
+flow-control request and PING is answered. The usual delivery takes a fast path (one regular
+expression); v2 reply subjects, messages without headers and control frames take the general
+one: both are generated here, so the two paths are held to the same result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobrunner.common.streamreader import StreamReader
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+def parser(skip: bytes | None) -> StreamReader:
+    reader = StreamReader(
+        None,  # type: ignore[arg-type]
+        [],
+        "S_EVENTS",
+        "s.job.>",
+        skip_subject_suffix=skip,
+    )
+    reader._writer = FakeWriter()  # type: ignore[assignment]
+    return reader
+
+
+def delivery(
+    stream_seq: int, consumer_seq: int, pending: int, payload: bytes, subject: str, form: str
+) -> bytes:
+    if form == "v2":  # with a domain and an account hash, and a token at the end
+        reply = f"$JS.ACK.dom.acc.S_EVENTS.c1.1.{stream_seq}.{consumer_seq}.17.{pending}.r"
+    else:
+        reply = f"$JS.ACK.S_EVENTS.c1.1.{stream_seq}.{consumer_seq}.17.{pending}"
+    if form == "msg":  # no headers
+        return f"MSG {subject} 1 {reply} {len(payload)}\r\n".encode() + payload + b"\r\n"
+    headers = b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n"
+    size = len(headers) + len(payload)
+    head = f"HMSG {subject} 1 {reply} {len(headers)} {size}\r\n".encode()
+    return head + headers + payload + b"\r\n"
+
+
+FLOW_CONTROL = (
+    b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 28 28\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
+)
+
+frames = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("message"),
+            st.binary(max_size=40),
+            st.sampled_from(["s.job.j.lines", "s.job.j.status", "s.job.a-b_c.progress"]),
+            st.sampled_from(["v1", "v1", "v2", "msg"]),
+            st.integers(min_value=1, max_value=50),  # the stream's step to this message
+        ),
+        st.just(("flow control",)),
+        st.just(("ping",)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=frames,
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=6),
+    skip=st.sampled_from([None, b".lines"]),
+    pending=st.integers(min_value=0, max_value=10**12),
+)
+def test_every_message_comes_out_once_in_order_wherever_the_reads_are_cut(
+    frames: list[tuple[Any, ...]], cuts: list[int], skip: bytes | None, pending: int
+) -> None:
+    """Deliveries in any form and order of frames, split across reads at any byte, come out
+    exactly as they were stored (a skipped subject without its payload); every flow-control
+    request and PING is answered; the last sequence and the pending count are the last
+    message's."""
+    expected: list[tuple[int, bytes]] = []
+    answers = b""
+    data = b""
+    stream_seq = 0
+    for frame in frames:
+        if frame[0] == "message":
+            _, payload, subject, form, step = frame
+            stream_seq += step
+            data += delivery(stream_seq, len(expected) + 1, pending, payload, subject, form)
+            skipped = skip is not None and subject.endswith(skip.decode())
+            expected.append((stream_seq, b"" if skipped else payload))
+        elif frame[0] == "flow control":
+            data += FLOW_CONTROL
+            answers += b"PUB $JS.FC.S_EVENTS.c1.abc 0\r\n\r\n"
+        else:
+            data += b"PING\r\n"
+            answers += b"PONG\r\n"
+    reader = parser(skip)
+    got: list[tuple[int, bytes]] = []
+    start = 0
+    for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
+        got += reader._parse(data[start:cut])
+        start = max(start, cut)
+    assert got == expected
+    assert reader._error is None
+    assert reader._buffer == b""
+    assert reader._writer is not None
+    assert reader._writer.sent == answers  # type: ignore[attr-defined]
+    if expected:
+        assert reader.last_seq == expected[-1][0]
+        assert reader.pending == pending
+
+
+@given(
+    before=st.integers(min_value=1, max_value=5),
+    jump=st.integers(min_value=2, max_value=5),
+    form=st.sampled_from(["v1", "v2", "msg"]),
+)
+def test_a_delivery_out_of_order_hands_out_those_before_it_then_raises_the_gap(
+    before: int, jump: int, form: str
+) -> None:
+    """A missing delivery, whatever the frame's form: the messages before it are handed out,
+    the gap is raised next, and a restart goes on after the last one received."""
+    reader = parser(None)
+    data = b"".join(delivery(n, n, 0, b"{}", "s.job.j.lines", form) for n in range(1, before + 1))
+    late = before + jump
+    data += delivery(late, late, 0, b"{}", "s.job.j.lines", form)
+    assert [seq for seq, _ in reader._parse(data)] == list(range(1, before + 1))
+    assert reader.last_seq == before
+    assert type(reader._error).__name__ == "GapError"
