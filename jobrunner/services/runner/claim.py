@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from jobrunner.common.jobtypes import JobType
-from jobrunner.common.slots import Lease, QueueEntry, RunRecord, SlotTable, SlotValue, slot_key
+from jobrunner.common.slots import Lease, QueueEntry, SlotTable, SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.runner.board import LockBoard
@@ -135,11 +135,8 @@ class SlotClaimer:
         the job, so what the reads look for (the API cancelled it while pending) is all there
         is, and a cancel stored after them reaches the job as it runs."""
         job_id = request.job_id
-        record = RunRecord(
-            job_id=job_id, slot_key=key, runner_id=self.identity.runner_id, started_at=time.time()
-        )
         (lease, recorded), status, cancel = await asyncio.gather(
-            self.slots.create_recorded(key, value, record),
+            self.slots.create_recorded(key, value, self.identity.run_record(job_id, key)),
             self.journal.last_event(job_id, "status"),
             self.journal.last_event(job_id, "cancel"),
         )

@@ -9,7 +9,6 @@ event id and the slot released.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -20,7 +19,7 @@ from nats.aio.client import Client as NATS
 from jobrunner.common import metrics
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import RunRecord, SlotTable
+from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
@@ -170,12 +169,7 @@ class JobExecutor:
                     "record the running job",
                     keeper,
                     lambda: self.slots.record_run(
-                        RunRecord(
-                            job_id=job_id,
-                            slot_key=claimed.lease.key,
-                            runner_id=self.identity.runner_id,
-                            started_at=time.time(),
-                        ),
+                        self.identity.run_record(job_id, claimed.lease.key),
                         timeout=keeper.request_timeout,
                     ),
                 )

@@ -179,14 +179,18 @@ class RequestLoop:
 
         if request.batch_id is not None and not await self.seals.wait(request, job):
             return  # its batch was never sealed, or it was cancelled while waiting
-        # Made while the slot is claimed: off the way to the job's start.
-        making_output = self.executor.output_directory(job_id)
+        # Made while the slot is claimed, off the way to the job's start; for a job on a lock,
+        # which may wait hours for its slot (thousands of them queued), once it holds it.
+        early = None if request.lock else self.executor.output_directory(job_id)
         try:
             claimed = await self.claimer.claim(request, job_type, job)
         except BaseException:
-            await self.executor.discard_output(making_output)
+            if early is not None:
+                await self.executor.discard_output(early)
             raise
         if claimed is None:
-            await self.executor.discard_output(making_output)
+            if early is not None:
+                await self.executor.discard_output(early)
             return
+        making_output = early or self.executor.output_directory(job_id)
         await self.executor.run(request, job_type, job, claimed, making_output)

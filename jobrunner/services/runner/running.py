@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
-from jobrunner.common.slots import SlotValue, hostname
+from jobrunner.common.slots import RunRecord, SlotValue, hostname
 from jobrunner.services.runner import orphans
 
 
@@ -46,6 +47,12 @@ class RunnerIdentity:
             boot_id=self.boot_id,
             runner_pid=self.pid,
             runner_started=self.started_ticks,
+        )
+
+    def run_record(self, job_id: str, slot_key: str) -> RunRecord:
+        """The record of a job this runner starts now in the slot ``slot_key``."""
+        return RunRecord(
+            job_id=job_id, slot_key=slot_key, runner_id=self.runner_id, started_at=time.time()
         )
 
     def is_dead_local_runner(self, value: SlotValue) -> bool:

@@ -9,9 +9,9 @@ A job's life in a runner, one module per step:
    holding capacity; for a ``queue`` type only the head of the lock's queue may take it. A job
    without a lock at its first delivery is claimed in one round trip (lease, run record and
    checks at once);
-4. ``executor``: ``running`` published while the tool starts, then the request acknowledged (a
+4. ``executor``: ``running`` published, then the request acknowledged, then the tool started (a
    request delivered again after that means its runner died, and the job ends RUNNER_LOST
-   instead of running twice); no line is published before ``running`` is stored;
+   instead of running twice);
 5. ``execution`` (the tool or internal callable) runs while ``lease`` keeps the lease; cancel,
    timeout and a lost lease stop it; its end is published with the terminal event id and the
    slot released.
