@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 
+from jobrunner.common import stallwatch
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError, load_settings
@@ -32,7 +33,8 @@ def _run_service(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await main(settings, stop)
+        with stallwatch.watching():
+            await main(settings, stop)
 
     with _metrics_listener(name, settings):
         asyncio.run(runner())

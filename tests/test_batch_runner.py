@@ -19,6 +19,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.batchpublish import BatchEvents
 from jobrunner.services.api.batchrequest import plan_batch
+from jobrunner.services.runner.seals import BatchSeals
 from tests.batch_submit_support import batch_body, jetstream, post_batch
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, wait_status
@@ -211,3 +212,41 @@ class TestCapacity:
                 if other["started_at"] <= job["started_at"] < other["finished_at"]
             ]
             assert len(at_once) <= 2, f"{len(at_once)} jobs ran at once"
+
+
+class CountingJetStream:
+    """The real JetStream, counting the stream look-ups made through it."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self.lookups = 0
+
+    async def get_last_msg(self, *args: object, **kwargs: object) -> object:
+        self.lookups += 1
+        return await self.js.get_last_msg(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_thousand_jobs_woken_by_their_seal_ask_once_whether_their_batch_failed(
+    system: System,
+) -> None:
+    """A sealed batch wakes all its waiting jobs at once. They share one look-up of the batch's
+    fail: a thousand at once held the runner's lease renewals up behind them."""
+    batch = unsealed_batch(system.settings, ("emit", {"lines": 1}))
+    await publish(system.settings, batch.requested, *batch.jobs, batch.sealed)
+    names = Names(system.settings.prefix)
+    async with jetstream(system.settings) as js:
+        counting = CountingJetStream(js)
+        seals = BatchSeals(counting, names, recheck_seconds=60)  # type: ignore[arg-type]
+        found = await asyncio.gather(*(seals.failed_by(batch.batch_id) for _ in range(1000)))
+        assert found == [None] * 1000
+        assert counting.lookups == 1
+        # Failed: the fail and a restart after it looked up once for all, and the answer kept.
+        failed = events.BatchFailed(batch_id=batch.batch_id, reason="stop", requested_by="op")
+        await publish(system.settings, failed)
+        seals = BatchSeals(counting, names, recheck_seconds=60)  # type: ignore[arg-type]
+        counting.lookups = 0
+        found = await asyncio.gather(*(seals.failed_by(batch.batch_id) for _ in range(1000)))
+        assert {f.reason for f in found if f is not None} == {"stop"}
+        assert counting.lookups == 2
+        assert await seals.failed_by(batch.batch_id) is not None
+        assert counting.lookups == 2

@@ -102,7 +102,15 @@ class SlotClaimer:
                 await job.ack()
                 return None
             may_take = not queued or await self._is_queue_head(request, key)
-            if may_take and (job.holds_capacity or await self._take_capacity(job)):
+            if may_take and not job.holds_capacity and not await self._take_capacity(job):
+                # Only capacity is missing: the job waits on for it, its request kept in
+                # progress, and nothing is asked of NATS meanwhile. The thousand jobs of a
+                # sealed batch wait here at once: a look-up each per wait held the runner's
+                # lease renewals up behind them. A cancel reaches a waiting job through
+                # cancel_event, and one missed is found once its slot is held (executor).
+                await job.msg.in_progress()
+                continue
+            if may_take:
                 lease = await self.slots.try_acquire(key, value, fresh=fresh)
                 if lease is not None:
                     if queued and request.lock:
@@ -145,9 +153,22 @@ class SlotClaimer:
         return Claimed(lease, recorded=recorded, seen=(status, cancel))
 
     async def _take_capacity(self, job: RunningJob) -> bool:
+        """A unit of capacity for the job; False when none came within ``recheck_seconds`` or
+        the job was cancelled meanwhile."""
+        acquiring = asyncio.ensure_future(self.capacity.acquire())
+        cancelled = asyncio.ensure_future(job.cancel_event.wait())
         try:
-            await asyncio.wait_for(self.capacity.acquire(), self.recheck_seconds)
-        except TimeoutError:
+            await asyncio.wait(
+                {acquiring, cancelled},
+                timeout=self.recheck_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            cancelled.cancel()
+            # A unit granted just as it is cancelled is given back by the semaphore itself.
+            acquiring.cancel()
+        await asyncio.wait({acquiring})  # a cancel takes effect at the task's next step
+        if acquiring.cancelled():
             return False
         job.holds_capacity = True
         return True

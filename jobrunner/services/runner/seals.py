@@ -55,6 +55,7 @@ class BatchSeals:
         self._lookups: dict[str, asyncio.Future[bool]] = {}
         self._waiting: dict[str, asyncio.Event] = {}
         self._failures: dict[str, tuple[float, events.BatchFailed | None]] = {}
+        self._failure_lookups: dict[str, asyncio.Future[events.BatchFailed | None]] = {}
 
     async def subscribe(self, nc: NATS) -> Any:
         """Hear every seal as it is stored (the stream's subjects are plain subjects too)."""
@@ -106,10 +107,20 @@ class BatchSeals:
 
     async def failed_by(self, batch_id: str) -> events.BatchFailed | None:
         """The BatchFailed that stops the batch's jobs from starting: its last one, unless a
-        BatchRestarted came after it. Asked at most once per ``recheck_seconds`` per batch."""
+        BatchRestarted came after it. Asked at most once per ``recheck_seconds`` per batch, and
+        once for all its waiters: a sealed batch of thousands wakes them all at once, and as many
+        look-ups at once held up the runner's lease renewals behind them."""
         checked = self._failures.get(batch_id)
         if checked is not None and time.monotonic() - checked[0] < self._recheck:
             return checked[1]
+        lookup = self._failure_lookups.get(batch_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up_failure(batch_id))
+            self._failure_lookups[batch_id] = lookup
+            lookup.add_done_callback(lambda _: self._failure_lookups.pop(batch_id, None))
+        return await asyncio.shield(lookup)
+
+    async def _look_up_failure(self, batch_id: str) -> events.BatchFailed | None:
         failed = await last_message(
             self._js, self._names.stream, self._names.batch_kind_subject(batch_id, "failed")
         )
