@@ -94,6 +94,37 @@ class Item:
         return b"".join(self.frames[index + 1 :])
 
 
+class EndLast:
+    """A job's events in stream order, but its end last.
+
+    A runner cut off from NATS publishes the lines its tool printed meanwhile once it can, and
+    by then another runner may have ended the job (RUNNER_LOST): those lines are stored after
+    the job's end. A viewer's stream ends with the end, so they are handed on before it: the
+    end is held back while the stream has more of the job's events (``pending``, as the
+    consumer counts them). A second end (the lost runner's own) is not handed on: the first
+    one stands, as in the read models. The usual end, the job's last event, goes out at once.
+    """
+
+    __slots__ = ("ended", "held")
+
+    def __init__(self) -> None:
+        self.held: Item | None = None
+        self.ended = False  # the end went out
+
+    def order(self, item: Item | None, pending: int) -> list[Item]:
+        """What to hand on now for one event of the stream (``item`` None: not one to show)."""
+        ready = []
+        if item is not None:
+            if not item.terminal:
+                ready.append(item)
+            elif self.held is None:
+                self.held = item
+        if self.held is not None and pending == 0 and not self.ended:
+            ready.append(self.held)
+            self.ended = True
+        return ready
+
+
 def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
     try:
         event = codec.decode(data)
@@ -178,6 +209,7 @@ class JobFeed:
         self.record_size = 0
         self._pending: list[Item] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._end_last = EndLast()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"sse-feed-{self.job_id}")
@@ -234,15 +266,19 @@ class JobFeed:
                 size = 0
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
-            seq = msg.metadata.sequence.stream
+            meta = msg.metadata
+            seq = meta.sequence.stream
             item = decode_item(seq, msg.data, self.fanout.build)
             self.last_seq = seq
-            if item is None:
-                continue
-            self._remember(item)
-            self._pending.append(item)
-            size += len(item.chunk)
-            if item.terminal:
+            for ready in self._end_last.order(item, meta.num_pending):
+                if ready.seq < seq:
+                    # An end handed on after later events: the record, kept in stream order
+                    # for look-ups by sequence, is dropped; late viewers read the history.
+                    self.drop_record()
+                self._remember(ready)
+                self._pending.append(ready)
+                size += len(ready.chunk)
+            if self._end_last.ended:
                 self._flush()
                 return True
         window = self.fanout.coalesce_window()
@@ -430,6 +466,7 @@ class Fanout:
             if start_seq > until_seq or await reader.count() == 0:
                 return
             loop = asyncio.get_running_loop()
+            end_last = EndLast()
             while True:
                 msgs = await reader.next_batch(self.limits.history_idle)
                 if not msgs:
@@ -443,8 +480,10 @@ class Fanout:
                         turn_ends = loop.time() + TURN_SECONDS
                     meta = msg.metadata
                     seq = meta.sequence.stream
-                    item = decode_item(seq, msg.data, self.build)
-                    if item is not None:
+                    for item in end_last.order(
+                        decode_item(seq, msg.data, self.build), meta.num_pending
+                    ):
                         yield item
-                    if seq >= until_seq or meta.num_pending == 0:
+                    holding_end = end_last.held is not None and not end_last.ended
+                    if meta.num_pending == 0 or (seq >= until_seq and not holding_end):
                         return

@@ -209,8 +209,8 @@ def _unsent(
     whether the end is among them."""
     parts = []
     for item in items:
-        if item.seq <= sent:
-            continue
+        if item.seq <= sent and not item.terminal:
+            continue  # an end comes once, last, even after events stored after it (EndLast)
         parts.append(item.chunk_after_line(skip if item.seq == skip_seq else None))
         sent = item.seq
         if item.terminal:
