@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore, heap, metrics
+from jobrunner.common import database, eventstore, heap, metrics, stallwatch
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -138,7 +138,8 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         )
         heap.freeze_startup_objects()
         try:
-            yield
+            with stallwatch.watching():
+                yield
         finally:
             await readmodels.close()
             await readers.close()
