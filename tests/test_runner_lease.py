@@ -359,8 +359,18 @@ async def test_renewal_asked_early_does_not_read_the_cancel_again(settings: Sett
     async with slot_table(settings) as slots:
         lease = await slots.try_acquire("job.early", held("early"))
         assert lease is not None
+        renewals: asyncio.Queue[int] = asyncio.Queue()
         checks: list[int] = []
         checked = asyncio.Event()
+        renew = slots.renew
+
+        async def renew_and_tell(*args: Any, **kwargs: Any) -> Any:
+            renewed = await renew(*args, **kwargs)
+            if renewed is not None:
+                renewals.put_nowait(renewed.revision)
+            return renewed
+
+        slots.renew = renew_and_tell  # type: ignore[method-assign]
 
         async def after_renewal() -> None:
             checks.append(keeper.lease.revision)
@@ -369,12 +379,10 @@ async def test_renewal_asked_early_does_not_read_the_cancel_again(settings: Sett
         keeper = LeaseKeeper(slots, lease, TTL, after_renewal)
         keeper.start()
         keeper.rewrite(msgspec.structs.replace(lease.value, pid=123, pgid=123))
-        async with asyncio.timeout(keeper.interval):
-            while keeper.lease.revision == lease.revision:
-                await asyncio.sleep(0.01)
-        early = keeper.lease.revision
         async with asyncio.timeout(TTL):
-            await checked.wait()  # the renewal on time, an interval after the early one
-        assert keeper.lease.revision > early
-        assert early not in checks
+            early = await renewals.get()  # asked at once, not an interval later
+            on_time = await renewals.get()
+            await checked.wait()  # the check follows its renewal's confirmation
+        assert checks == [on_time]
+        assert early < on_time
         assert await slots.release(await keeper.stop())
