@@ -348,3 +348,41 @@ async def test_a_fresh_slot_held_by_another_is_not_taken_with_its_run_record(
         lease, _ = await slots.create_recorded("job.held", held("held"), record)
         assert lease is None
         assert await slots.renew(other) is not None
+
+
+async def test_renewal_asked_early_does_not_read_the_cancel_again(settings: Settings) -> None:
+    """The renewal that writes a tool's process group at its start makes no cancel read (the
+    claim just made it; one round trip less on each job's way to its first line); the next
+    renewal on time makes it."""
+    from jobrunner.services.runner.lease import LeaseKeeper
+
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.early", held("early"))
+        assert lease is not None
+        renewals: asyncio.Queue[int] = asyncio.Queue()
+        checks: list[int] = []
+        checked = asyncio.Event()
+        renew = slots.renew
+
+        async def renew_and_tell(*args: Any, **kwargs: Any) -> Any:
+            renewed = await renew(*args, **kwargs)
+            if renewed is not None:
+                renewals.put_nowait(renewed.revision)
+            return renewed
+
+        slots.renew = renew_and_tell  # type: ignore[method-assign]
+
+        async def after_renewal() -> None:
+            checks.append(keeper.lease.revision)
+            checked.set()
+
+        keeper = LeaseKeeper(slots, lease, TTL, after_renewal)
+        keeper.start()
+        keeper.rewrite(msgspec.structs.replace(lease.value, pid=123, pgid=123))
+        async with asyncio.timeout(TTL):
+            early = await renewals.get()  # asked at once, not an interval later
+            on_time = await renewals.get()
+            await checked.wait()  # the check follows its renewal's confirmation
+        assert checks == [on_time]
+        assert early < on_time
+        assert await slots.release(await keeper.stop())

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from jobrunner.services.runner import deathsignal, orphans
 from jobrunner.services.runner.output import LineSplitter
@@ -22,6 +24,76 @@ GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
 
 class SpawnError(Exception):
     pass
+
+
+class PidfdChildWatcher(asyncio.AbstractChildWatcher):
+    """Learns of a child's exit through its pidfd in the running loop's epoll: Python 3.12's
+    own watcher, for 3.11 (whose default starts a thread per child that blocks in ``waitpid``,
+    then wakes the loop through its self-pipe: a thread's start and its wait for the
+    interpreter lock on every job's way to its first line).
+
+    Unlike 3.11's ``PidfdChildWatcher`` it is attached to no loop: each child is watched by the
+    loop that started it, so it serves every loop of a process (tests run many in turn).
+    """
+
+    def add_child_handler(  # type: ignore[override]  # the same, typed loosely
+        self, pid: int, callback: Callable[..., object], *args: Any
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(pid)
+        loop.add_reader(pidfd, self._reap, loop, pid, pidfd, callback, args)
+
+    @staticmethod
+    def _reap(
+        loop: asyncio.AbstractEventLoop,
+        pid: int,
+        pidfd: int,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+    ) -> None:
+        loop.remove_reader(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped by someone else: its exit status is gone
+            returncode = 255
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            os.close(pidfd)
+        callback(pid, returncode, *args)
+
+    def remove_child_handler(self, pid: int) -> bool:
+        return False  # asyncio never asks: a handler goes once the child exited
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+    def __enter__(self) -> PidfdChildWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def watch_children_by_pidfd() -> bool:
+    """Have asyncio learn of the process's children's exits through pidfds (Linux 5.3+), as
+    Python 3.12 does by default; True if it now does. Called again, it changes nothing."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False  # 3.12 picks the pidfd watcher itself where the kernel has it
+    if isinstance(asyncio.get_child_watcher(), PidfdChildWatcher):
+        return True
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False  # a kernel without pidfd_open (or a seccomp filter refusing it)
+    asyncio.set_child_watcher(PidfdChildWatcher())
+    return True
 
 
 # Called with each chunk's complete lines (stream, lines, the latest state of a \r progress bar

@@ -35,7 +35,7 @@ from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner import artifacts, deathsignal, orphans
+from jobrunner.services.runner import artifacts, deathsignal, orphans, process
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
@@ -158,6 +158,8 @@ class Runner:
 
 
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
+    # How the runner learns that a tool exited: without a thread per tool (see there).
+    process.watch_children_by_pidfd()
     nc = await eventstore.connect(settings, "runner")
     try:
         check_line_fits(settings.max_line_bytes, nc.max_payload)
