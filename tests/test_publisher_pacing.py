@@ -73,9 +73,20 @@ def test_window_grows_with_the_jobs_running_up_to_a_cap() -> None:
 
 
 def test_a_line_after_a_quiet_spell_waits_for_nothing() -> None:
-    """Only a message following the previous one within the window waits, for the rest of it."""
+    """Only a message following the previous one within the window waits, never longer."""
     assert pacing_wait(now=10.0, last_publish=9.0, window=0.02) == 0
-    assert pacing_wait(now=10.0, last_publish=9.99, window=0.02) == pytest.approx(0.01)
+    assert pacing_wait(now=10.0, last_publish=9.99, window=0.02) == 0
+    assert 0 < pacing_wait(now=10.001, last_publish=10.0005, window=0.02) <= 0.02
+
+
+def test_busy_jobs_publish_on_the_same_ticks() -> None:
+    """Jobs that published at different moments send their next messages at the same moment
+    (one socket write for all of them)."""
+    window = 0.02
+    now = 100.013
+    due = {now + pacing_wait(now, last, window) for last in (100.001, 100.007, 100.012)}
+    assert len(due) == 1
+    assert due.pop() == pytest.approx(100.02)
 
 
 async def test_lines_printed_one_at_a_time_gather_in_fewer_messages(
