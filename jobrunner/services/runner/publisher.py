@@ -51,10 +51,11 @@ LINE_OVERHEAD = 80
 JSON_GROWTH = 6
 SPLIT_MARKER_BYTES = len(SPLIT_MARKER.encode())
 
-# A job's messages are at least this far apart per job running on the runner, up to the cap:
-# the runner's messages per second then stay about the same however many jobs print (100 jobs
-# at 200 lines/s made 20,000 messages/s, each a publish, an ack, a decode in every API and in
-# the projector), and a job alone is never held back (0.2 ms is below a publish's round trip).
+# The pacing clock ticks once per window: this many seconds per job running on the runner, up
+# to the cap. The runner's messages per second then stay about the same however many jobs print
+# (100 jobs at 200 lines/s made 20,000 messages/s, each a publish, an ack, a decode in every API
+# and in the projector), and a job alone is never held back (0.2 ms is below a publish's round
+# trip).
 PACE_PER_JOB = 0.0002
 PACE_MAX = 0.02  # seconds: what pacing can add to a line's delay at most
 
@@ -62,7 +63,7 @@ _encoder = msgspec.json.Encoder()
 
 
 class PublishPacing:
-    """The jobs publishing on one runner, and the window between one job's messages."""
+    """The jobs publishing on one runner, and the window of the clock that paces them."""
 
     def __init__(self, per_job: float = PACE_PER_JOB, cap: float = PACE_MAX) -> None:
         self.per_job = per_job
