@@ -79,7 +79,7 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             log("limits: pipe, spawn, JetStream, COPY")
             results["limits"] = {
                 "pipe_read": await limits.pipe_read(size["throughput_lines"]),
-                "pipe_latency": await limits.pipe_latency(),
+                "pipe_latency": await limits.pipe_latency(system.paced),
                 "spawn_first_line": await limits.spawn_first_line(),
                 "jetstream": await limits.jetstream(system, size["throughput_lines"]),
                 "copy": await limits.copy_rows(system, size["throughput_lines"]),
@@ -296,9 +296,11 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             },
         ]
         if cpu := f.get("cpu_us_per_line"):
+            tool = results.get("paced_tool", {}).get("kind")
             out.append(
                 {
-                    "name": f"4. fan-out, {what}: CPU over the run per line printed, by process",
+                    "name": f"4. fan-out, {what}: CPU over the run per line printed, by process"
+                    + (f" (tools: the paced tool in {tool})" if tool else ""),
                     "result": " · ".join(
                         f"{part} {us} µs" for part, us in sorted(cpu.items(), key=lambda x: -x[1])
                     ),
@@ -437,6 +439,11 @@ def main() -> int:
         "sizes": size,
     }
     system = RunningSystem()
+    # Which paced tool the line-printing scenarios ran (bench/nativetools.py): its CPU per line
+    # is the "tools" part of the fan-out's CPU rows.
+    results["paced_tool"] = {"kind": system.paced.kind, "note": system.paced.note}
+    note = f" ({system.paced.note})" if system.paced.note else ""
+    log(f"paced tool: {system.paced.kind}{note}")
     log(f"starting jobrunner up in {system.tmp}")
     try:
         system.start()

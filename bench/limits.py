@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from nats.js import api
 
+from bench.nativetools import PacedTool
 from bench.report import summarize
 from bench.system import PYTHON, ROOT, RunningSystem
 from jobrunner.common import eventstore
@@ -46,12 +47,11 @@ async def pipe_read(lines: int) -> dict[str, Any]:
     return {"lines": count, "seconds": round(seconds, 3), "lines_per_s": round(count / seconds)}
 
 
-async def pipe_latency(seconds: int = 3, rate: int = 100) -> dict[str, Any]:
-    """A paced tool's lines read by Python from a pipe: the delay with nothing else in the way."""
+async def pipe_latency(tool: PacedTool, seconds: int = 3, rate: int = 100) -> dict[str, Any]:
+    """The paced tool's lines read by Python from a pipe: the delay with nothing else in the
+    way. The same tool as the scenarios run (C or Python), so the floor is theirs."""
     proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "bench.tools.paced",
+        *tool.argv,
         "--rate",
         str(rate),
         "--seconds",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.nativetools import PacedTool, compile_paced
 from jobrunner.embedded.scratch import new_scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 
@@ -25,7 +26,7 @@ PYTHON = sys.executable
 JOB_TYPES = """
 [job_types.bench_paced]
 title = "Bench: paced lines with timestamps"
-argv = ["{{python}}", "-m", "bench.tools.paced"]
+argv = {paced_argv}
 cwd = "{root}"
 timeout_seconds = 600
 
@@ -69,21 +70,28 @@ timeout_seconds = 60
 """
 
 
-def write_job_types(directory: Path) -> Path:
+def write_job_types(directory: Path, paced: PacedTool) -> Path:
     path = directory / "bench_jobtypes.toml"
-    path.write_text(JOB_TYPES.format(root=ROOT))
+    # The Python tool goes through the argv template's {python}; the C tool is a path (a JSON
+    # string is a TOML basic string).
+    argv = ["{python}", *paced.argv[1:]] if paced.kind == "Python" else list(paced.argv)
+    path.write_text(JOB_TYPES.format(root=ROOT, paced_argv=json.dumps(argv)))
     return path
 
 
 class RunningSystem:
     """``jobrunner up`` as a child process; stopped with SIGTERM like Ctrl-C would."""
 
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, extra_env: dict[str, str] | None = None, paced: PacedTool | None = None
+    ) -> None:
+        # The bench_paced job type's tool: C when this machine compiles it (bench/nativetools.py).
+        self.paced = paced or compile_paced()
         self.tmp = new_scratch_dir("jobrunner-bench-")
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.state_dir = self.tmp / "state"
-        self.job_types = write_job_types(self.tmp)
+        self.job_types = write_job_types(self.tmp, self.paced)
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.runtime: dict[str, str] = {}

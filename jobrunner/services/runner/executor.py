@@ -34,7 +34,7 @@ from jobrunner.services.runner.execution import (
 from jobrunner.services.runner.external import ExternalExecution
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, LeaseKeeper
-from jobrunner.services.runner.publisher import LinePublisher
+from jobrunner.services.runner.publisher import LinePublisher, PublishPacing
 from jobrunner.services.runner.reporting import JobReporter
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
@@ -65,6 +65,8 @@ class JobExecutor:
         self.journal = journal
         self.identity = identity
         self.ledger = ledger
+        # Shared by the jobs' line publishers: their pace depends on how many run at once.
+        self.pacing = PublishPacing()
 
     async def run(
         self,
@@ -105,7 +107,9 @@ class JobExecutor:
                 # again, runs the job a second time (a NATS outage makes that window seconds).
                 await self._publish_running(request, job)
             started = asyncio.get_running_loop().time()
-            publisher = LinePublisher.for_job(self.nc, self.journal.names, job_id, self.settings)
+            publisher = LinePublisher.for_job(
+                self.nc, self.journal.names, job_id, self.settings, self.pacing
+            )
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]
             reporter = JobReporter(publisher, job_type, masks)

@@ -163,8 +163,11 @@ class ToolProcess:
             sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
             splitter.transient = None
             await room()
-            # read() answers from its buffer without a pause while a flood fills it: yield.
-            await asyncio.sleep(0)
+            if len(chunk) == TURN_BYTES:
+                # read() answers from its buffer without a pause while a flood fills it: yield.
+                # (A shorter chunk emptied the buffer, so the next read waits anyway: no extra
+                # turn of the loop per read for the many jobs that print a line at a time.)
+                await asyncio.sleep(0)
         if rest := splitter.close():
             sink(name, rest, None, datetime.now(UTC))
 

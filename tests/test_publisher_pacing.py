@@ -1,0 +1,127 @@
+"""Pacing of a job's line messages: with many jobs running, lines printed one at a time gather
+in fewer messages; a line after a quiet spell, and a job's last lines, are never held back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import Names
+from jobrunner.services.runner.publisher import (
+    PACE_MAX,
+    PACE_PER_JOB,
+    LinePublisher,
+    PublishPacing,
+    pacing_wait,
+)
+
+JOB = "pacedjob"
+
+
+@pytest.fixture
+async def nats(settings: Settings) -> AsyncIterator[NATS]:
+    nc = await eventstore.connect(settings, "test-pacing")
+    await eventstore.ensure_topology(nc.jetstream(), Names(settings.prefix), settings)
+    yield nc
+    await eventstore.close(nc)
+
+
+class Stored:
+    """The job's LineLogged messages as JetStream stores them."""
+
+    def __init__(self) -> None:
+        self.messages: list[events.LineLogged] = []
+        self.arrived = asyncio.Event()
+
+    async def keep(self, msg: Msg) -> None:
+        event = codec.decode(msg.data)
+        assert isinstance(event, events.LineLogged)
+        self.messages.append(event)
+        self.arrived.set()
+
+    async def lines(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until ``count`` lines are stored."""
+        async with asyncio.timeout(timeout):
+            while sum(len(e.lines) for e in self.messages) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+async def stored_messages(nc: NATS, names: Names) -> Stored:
+    stored = Stored()
+    await nc.subscribe(names.job_kind_subject(JOB, "lines"), cb=stored.keep)
+    await nc.flush()
+    return stored
+
+
+def test_window_grows_with_the_jobs_running_up_to_a_cap() -> None:
+    """One job is not paced beyond a publish's round trip; a hundred are, up to the cap."""
+    pacing = PublishPacing()
+    assert pacing.window() == 0
+    pacing.publishers = 1
+    assert pacing.window() == PACE_PER_JOB < 0.001
+    pacing.publishers = 10_000
+    assert pacing.window() == PACE_MAX
+
+
+def test_a_line_after_a_quiet_spell_waits_for_nothing() -> None:
+    """Only a message following the previous one within the window waits, never longer."""
+    assert pacing_wait(now=10.0, last_publish=9.0, window=0.02) == 0
+    assert pacing_wait(now=10.0, last_publish=9.99, window=0.02) == 0
+    assert 0 < pacing_wait(now=10.001, last_publish=10.0005, window=0.02) <= 0.02
+
+
+def test_busy_jobs_publish_on_the_same_ticks() -> None:
+    """Jobs that published at different moments send their next messages at the same moment
+    (one socket write for all of them)."""
+    window = 0.02
+    now = 100.013
+    due = {now + pacing_wait(now, last, window) for last in (100.001, 100.007, 100.012)}
+    assert len(due) == 1
+    assert due.pop() == pytest.approx(100.02)
+
+
+async def test_lines_printed_one_at_a_time_gather_in_fewer_messages(
+    nats: NATS, settings: Settings
+) -> None:
+    """20 lines 5 ms apart (a job at 200 lines/s) under a 50 ms window: a few messages, every
+    line in order, none twice."""
+    names = Names(settings.prefix)
+    got = await stored_messages(nats, names)
+    publisher = LinePublisher(nats, names, JOB, pacing=PublishPacing(per_job=0.05, cap=0.05))
+    publisher.start()
+    for i in range(20):
+        publisher.add("stdout", "INFO", f"line {i}", datetime.now(UTC))
+        await asyncio.sleep(0.005)
+    await publisher.close()
+    await got.lines(20)
+    assert [line.text for e in got.messages for line in e.lines] == [f"line {i}" for i in range(20)]
+    assert publisher.messages == len(got.messages) <= 6
+
+
+async def test_a_lone_line_is_published_at_once_and_the_end_is_not_held(
+    nats: NATS, settings: Settings
+) -> None:
+    """Under a window of a minute the first line still goes out at once, and closing publishes
+    the lines the window holds without waiting for it."""
+    names = Names(settings.prefix)
+    got = await stored_messages(nats, names)
+    publisher = LinePublisher(nats, names, JOB, pacing=PublishPacing(per_job=60, cap=60))
+    publisher.start()
+    publisher.add("stdout", "INFO", "first", datetime.now(UTC))
+    await got.lines(1)
+    publisher.add("stdout", "INFO", "held", datetime.now(UTC))
+    async with asyncio.timeout(10):
+        while publisher._pausing is None:  # noqa: ASYNC110 - a state of the publisher, no event
+            await asyncio.sleep(0.01)  # (until the window holds "held" back)
+    await asyncio.wait_for(publisher.close(), 10)
+    await got.lines(2)
+    assert [e.lines[0].text for e in got.messages] == ["first", "held"]
