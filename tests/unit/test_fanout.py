@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 
-from jobrunner.contracts import events
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.fanout import Batch, Fanout, Item, JobFeed, Limits, Subscriber
+from jobrunner.services.api import sse
+from jobrunner.services.api.fanout import (
+    HAND_OVER_BYTES,
+    PAUSE_BYTES,
+    TAKE_BYTES,
+    Batch,
+    Fanout,
+    Item,
+    JobFeed,
+    Limits,
+    Subscriber,
+)
 from jobrunner.services.api.sse import frames_for
 
 AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -32,6 +45,11 @@ def fanout(client_bytes: int = 1 << 20, record_bytes: int = 1 << 20) -> Fanout:
 def line_item(seq: int, text: str = "x") -> Item:
     line = events.LogLine(seq, "stdout", "INFO", AT, text)
     event = events.LineLogged(job_id="j", lines=[line])
+    return Item(seq, event, frames_for(event, seq, None))
+
+
+def done_item(seq: int) -> Item:
+    event = events.StatusChanged(job_id="j", status=events.JobStatus.COMPLETED, exit_code=0)
     return Item(seq, event, frames_for(event, seq, None))
 
 
@@ -125,3 +143,95 @@ async def test_the_batching_window_counts_the_clients_of_every_job() -> None:
     for feed, inbox in inboxes:
         feed.leave(inbox)
     assert out.coalesce_window() == 0.0
+
+
+def test_a_bounded_take_hands_out_whole_batches_and_keeps_the_rest_counted() -> None:
+    """An inbox taken a piece at a time: the oldest whole batches, the rest still its backlog."""
+    out = fanout()
+    feed = JobFeed(out, "j")
+    inbox = Subscriber(out)
+    feed.subscribers.add(inbox)
+    batches = [Batch([line_item(seq, "y" * 100)]) for seq in range(1, 6)]
+    for batch in batches:
+        out.hand_over(feed.subscribers, batch)
+    size = batches[0].size
+    assert [item.seq for item in inbox.take(2 * size + 1)] == [1, 2]
+    assert inbox.bytes == out.buffered_bytes == 3 * size
+    assert inbox.has_items
+    assert inbox.wakeup.is_set()
+    assert [item.seq for item in inbox.take(1)] == [3]  # at least one batch, however small
+    assert [item.seq for item in inbox.take()] == [4, 5]
+    assert inbox.bytes == out.buffered_bytes == 0
+    assert not inbox.wakeup.is_set()
+
+
+async def test_a_viewers_backlog_goes_out_in_pieces_with_the_other_streams_between() -> None:
+    """A flood's viewer megabytes behind does not hold the loop until all of it is written: a
+    quiet job's line goes out between its pieces, and each stream still gets every event once."""
+    out = fanout(client_bytes=64 << 20)
+    for job_id in ("flood", "quiet"):
+        feed = JobFeed(out, job_id)
+        feed.ready.set()
+        out.feeds[job_id] = feed
+    written: list[tuple[str, bytes]] = []
+
+    async def viewer(job_id: str) -> None:
+        # Like a socket that takes every write at once: nothing here gives the loop back.
+        async for chunk in sse.job_stream(1000, out, job_id, 1, None, None):
+            written.append((job_id, chunk))
+
+    flood = asyncio.create_task(viewer("flood"))
+    quiet = asyncio.create_task(viewer("quiet"))
+    await asyncio.sleep(0)  # both joined, waiting for their first events
+    lines = [line_item(seq, "f" * 100_000) for seq in range(1, 21)]
+    for item in lines:
+        out.hand_over(out.feeds["flood"].subscribers, Batch([item]))
+    out.hand_over(out.feeds["flood"].subscribers, Batch([done_item(21)]))
+    out.hand_over(out.feeds["quiet"].subscribers, Batch([line_item(1, "q"), done_item(2)]))
+    await asyncio.gather(flood, quiet)
+    flood_chunks = [chunk for job_id, chunk in written if job_id == "flood"][1:]  # after retry
+    assert all(len(chunk) <= TAKE_BYTES + len(lines[0].chunk) for chunk in flood_chunks)
+    assert b"".join(flood_chunks).count(b"data: ") == 21 + 1  # every line, status and done
+    quiet_at = next(i for i, (job_id, chunk) in enumerate(written) if b'"q"' in chunk)
+    last_flood_at = max(i for i, (job_id, _) in enumerate(written) if job_id == "flood")
+    assert quiet_at < last_flood_at
+
+
+def stored(seq: int, text: str) -> Msg:
+    """A message as JetStream delivers it (its stream sequence in the reply subject)."""
+    event = events.LineLogged(job_id="j", lines=[events.LogLine(seq, "stdout", "INFO", AT, text)])
+    client: Any = None  # never acknowledged: the feed's consumer does not ack
+    return Msg(client, "t.j.lines", f"$JS.ACK.t.c.1.{seq}.{seq}.0.0", codec.encode(event))
+
+
+async def test_a_feed_reads_no_further_while_its_only_client_is_behind() -> None:
+    """Backpressure: a flood's viewer reading slower than the flood is not handed the flood's
+    whole rate until cut; the feed waits for it, then goes on, every event once and in order."""
+    out = fanout(client_bytes=64 << 20)
+    feed = JobFeed(out, "j")
+    inbox = Subscriber(out)
+    feed.subscribers.add(inbox)
+    inbox.room = feed.room
+    msgs = [stored(seq, "f" * 100_000) for seq in range(1, 41)]  # about 4 MB
+    deliver = asyncio.create_task(feed._deliver(msgs))
+    await asyncio.sleep(0.2)
+    assert not deliver.done()
+    assert PAUSE_BYTES <= inbox.bytes < PAUSE_BYTES + HAND_OVER_BYTES + 200_000
+    received = []
+    while not deliver.done() or inbox.has_items:
+        received += inbox.take()
+        await asyncio.sleep(0.01)
+    assert [item.seq for item in received] == list(range(1, 41))
+    assert not inbox.overflow
+
+
+async def test_a_client_that_stopped_reading_is_still_cut_by_its_limit() -> None:
+    """A pause lasts at most the idle limit: a viewer that reads nothing is cut as before, and
+    the feed goes on for the others instead of waiting for it forever."""
+    out = fanout(client_bytes=1 << 20)  # history_idle: 1 s
+    feed = JobFeed(out, "j")
+    inbox = Subscriber(out)
+    feed.subscribers.add(inbox)
+    inbox.room = feed.room
+    await asyncio.wait_for(feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)]), 10)
+    assert inbox.overflow

@@ -20,7 +20,9 @@ objects, so records are kept small). A client whose backlog grows
 past its share, or the client with the largest backlog when the process's total is over its cap,
 is cut: its backlog is dropped at once and its stream closes without ``done``, so its browser
 reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A history read that stalls
-does the same rather than leave a silent gap.
+does the same rather than leave a silent gap. Before that, a feed whose every client is behind
+waits for them (backpressure, ``PAUSE_BYTES``): a viewer slower than a flood is then paced, not
+cut; only one that takes nothing for ``Limits.history_idle`` is left to its limit and cut.
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
+# A client's stream takes at most about this much of its inbox per turn of the event loop: a
+# flood's viewer, behind by megabytes, then joins, writes and frees a piece at a time (one 8 MiB
+# take held the loop for tens of ms), and the other streams' lines go out in between.
+TAKE_BYTES = 256 * 1024
+# Backpressure: a feed whose every client is this far behind reads no further until one of them
+# takes (its data then waits in NATS, held back by flow control, not in the API). A flood's
+# viewer reading slower than the flood prints was otherwise handed the flood's whole rate until
+# its backlog passed its limit and it was cut, every few seconds, with a history read to resume.
+# Half a client's limit when that is smaller, so that a slow client still is not cut.
+PAUSE_BYTES = 4 * HAND_OVER_BYTES
 # ... or after this much work, whichever comes first: a flooding job's burst then holds the
 # process for about a millisecond at a time, and the other jobs' feeds and clients go in between.
 TURN_SECONDS = 0.001
@@ -148,9 +160,10 @@ class Batch:
 
 
 class Subscriber:
-    """One client's inbox: batches appended by the feed, taken all at once by the client."""
+    """One client's inbox: batches appended by the feed, taken by the client a piece at a time
+    (``TAKE_BYTES``)."""
 
-    __slots__ = ("batches", "bytes", "fanout", "idle", "overflow", "wakeup")
+    __slots__ = ("batches", "bytes", "fanout", "idle", "overflow", "room", "wakeup")
 
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
@@ -159,15 +172,21 @@ class Subscriber:
         self.overflow = False  # cut: the client must reconnect and resume
         self.idle = False  # the job had no event for a keep-alive interval
         self.wakeup = asyncio.Event()
+        self.room: asyncio.Event | None = None  # the feed's: set when this client took or left
 
     @property
     def has_items(self) -> bool:
         return bool(self.batches)
 
-    def take(self) -> list[Item]:
-        self.wakeup.clear()
+    def take(self, max_bytes: int | None = None) -> list[Item]:
+        """The oldest batches, all of them or (``max_bytes``) whole batches up to about that
+        many bytes, at least one; the rest stays in the inbox, counted in its backlog."""
         self.idle = False
-        batches = self._release()
+        batches = self._release(max_bytes)
+        if not self.batches:
+            self.wakeup.clear()
+        if self.room is not None:
+            self.room.set()
         if len(batches) == 1:
             return batches[0].items
         return [item for batch in batches for item in batch.items]
@@ -177,9 +196,21 @@ class Subscriber:
         self._release()
         self.overflow = True
         self.wakeup.set()
+        if self.room is not None:
+            self.room.set()
 
-    def _release(self) -> list[Batch]:
-        batches, self.batches, self.bytes = self.batches, [], 0
+    def _release(self, max_bytes: int | None = None) -> list[Batch]:
+        if max_bytes is None or self.bytes <= max_bytes:
+            batches, self.batches, self.bytes = self.batches, [], 0
+        else:
+            count = size = 0
+            for batch in self.batches:
+                if count and size + batch.size > max_bytes:
+                    break
+                count += 1
+                size += batch.size
+            batches, self.batches = self.batches[:count], self.batches[count:]
+            self.bytes -= size
         for batch in batches:
             batch.holders -= 1
             if batch.holders == 0:
@@ -210,6 +241,11 @@ class JobFeed:
         self._pending: list[Item] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._end_last = EndLast()
+        # Backpressure (``PAUSE_BYTES``): set by a client's take; ``stalled`` once a pause
+        # outlasted ``Limits.history_idle``: no pause then until a client takes again, so that a
+        # viewer that stopped reading is cut by its limit as before, not held on to forever.
+        self.room = asyncio.Event()
+        self.stalled = False
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"sse-feed-{self.job_id}")
@@ -257,6 +293,7 @@ class JobFeed:
             for subscriber in self.subscribers:
                 subscriber.keep_alive()
             return False
+        await self._room()
         size = 0
         loop = asyncio.get_running_loop()
         turn_ends = loop.time() + TURN_SECONDS
@@ -264,6 +301,7 @@ class JobFeed:
             if size >= HAND_OVER_BYTES or loop.time() >= turn_ends:
                 self._flush()
                 size = 0
+                await self._room()
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
             meta = msg.metadata
@@ -287,6 +325,29 @@ class JobFeed:
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
         return False
+
+    def _behind(self) -> bool:
+        """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)?"""
+        pause = min(PAUSE_BYTES, self.fanout.limits.client_bytes // 2)
+        return bool(self.subscribers) and all(
+            s.overflow or s.bytes >= pause for s in self.subscribers
+        )
+
+    async def _room(self) -> None:
+        """Wait while every client is behind: the feed then reads only as fast as its fastest
+        client takes, instead of buffering the flood until the client is cut."""
+        if self.stalled:
+            if not self.room.is_set():
+                return
+            self.stalled = False
+        while self._behind():
+            self.room.clear()
+            try:
+                async with asyncio.timeout(self.fanout.limits.history_idle):
+                    await self.room.wait()
+            except TimeoutError:
+                self.stalled = True
+                return
 
     def _remember(self, item: Item) -> None:
         if self.record is None:
@@ -330,7 +391,7 @@ class JobFeed:
         self.fanout.hand_over(self.subscribers, batch)
 
     def leave(self, subscriber: Subscriber) -> None:
-        subscriber.cut()
+        subscriber.cut()  # (sets ``room``: a feed paused for this client goes on)
         if subscriber in self.subscribers:
             self.subscribers.discard(subscriber)
             self.fanout.clients -= 1
@@ -393,6 +454,7 @@ class Fanout:
             subscriber.cut()  # the feed could not start: the client retries
         else:
             feed.subscribers.add(subscriber)
+            subscriber.room = feed.room
             self.clients += 1
         return feed, subscriber, feed.last_seq
 

@@ -7,6 +7,7 @@ in either form resumes right after that event: nothing twice, nothing missing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ from jobrunner.common import metrics
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.fanout import Fanout, HistoryStalled, Item
+from jobrunner.services.api.fanout import TAKE_BYTES, Fanout, HistoryStalled, Item
 
 log = structlog.get_logger()
 
@@ -275,10 +276,14 @@ async def job_stream(
                 inbox.take()
                 yield comment("keep-alive")
                 continue
-            parts, sent, ended = _unsent(inbox.take(), sent, skip, skip_seq)
+            parts, sent, ended = _unsent(inbox.take(TAKE_BYTES), sent, skip, skip_seq)
             if parts:
                 yield b"".join(parts)
             if ended or inbox.overflow:
                 return
+            if inbox.has_items:
+                # The rest of a backlog next turn: a write that the socket takes at once does
+                # not give the loop back, and the other streams' lines must not wait for it all.
+                await asyncio.sleep(0)
     finally:
         feed.leave(inbox)
