@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import msgspec
 import pytest
-import structlog
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
@@ -273,29 +272,3 @@ async def test_replay_applies_a_retention_the_live_projector_has_not_applied_yet
     assert report.differences == {}
     assert report.tables["jobs"] == 1
     assert gone.status_code == 404
-
-
-async def test_replay_of_lines_postgres_refuses_loads_again_serially_and_agrees(
-    live: System, settings: Settings
-) -> None:
-    """A replay copies the lines on a connection of their own; when a line cannot be copied (one
-    stored twice in the stream, past the de-duplication window; a line number beyond the column)
-    it loads again the serial way, which inserts the duplicate once and sets the other event
-    aside as the live projector did: the tables agree and are swapped in."""
-    twice = logged_job("twice", lines=20, batch=10)
-    first_lines = next(e for e in twice if isinstance(e, events.LineLogged))
-    again = msgspec.structs.replace(first_lines, event_id=events.new_event_id())
-    too_far = events.LineLogged(
-        job_id="twice", lines=[msgspec.structs.replace(first_lines.lines[0], seq=2**31)]
-    )
-    last = await publish(settings, [*twice, again, too_far])
-    await wait_projected(settings, last)
-    with structlog.testing.capture_logs() as logs:
-        report = await replay(settings)
-    assert report.differences == {}
-    assert report.tables["projector_failures"] == 1
-    reloads = [e for e in logs if e["event"] == "replay loads again without the line pipeline"]
-    assert len(reloads) == 1
-    async with live.client() as client:
-        job = (await client.get("/api/jobs/twice")).json()
-    assert job["log_count"] == 20

@@ -31,7 +31,6 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store
 from jobrunner.services.projector.feed import EventFeed
-from jobrunner.services.projector.linewriter import LinePipelineFailed, LineWriter
 from jobrunner.services.projector.projections import Change
 
 log = structlog.get_logger()
@@ -136,31 +135,22 @@ async def replay(
         first_seq = max(info.state.first_seq, 1)
         async with pool.acquire() as conn:
             await store.create_schema(conn)  # the live one, should this be a fresh install
-        # The lines pipelined (linewriter.py); should that fail, loaded again the serial way.
-        loading_started = time.monotonic()
-        for pipelined in (True, False):
-            async with pool.acquire() as conn:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
-                await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
-                # The version goes with the rebuilt schema when it takes the live one's name.
-                await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
-                # Autovacuum would chase the bulk load (a million new rows set it off) for the
-                # second core; the tables get their statistics once loaded (build_indexes).
-                await set_autovacuum(conn, REPLAY_SCHEMA, enabled=False)
-            progress = Progress(0, info.state.last_seq, first_seq)
-            feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
-            resources.push_async_callback(feed.close)
-            await feed.start(first_seq)
-            try:
-                with collector_paused():
-                    applied, held = await _load(
-                        pool, js, names, feed, progress, on_progress, progress_interval, pipelined
-                    )
-                break
-            except LinePipelineFailed as exc:
-                log.warning("replay loads again without the line pipeline", reason=str(exc))
-                await feed.close()
-        phases["loading"] = time.monotonic() - loading_started
+            await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
+            await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
+            # The version goes with the rebuilt schema when it takes the live one's name.
+            await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
+            # Autovacuum would chase the bulk load (a million new rows set it off) for the
+            # second core; the tables get their statistics once loaded (build_indexes).
+            await set_autovacuum(conn, REPLAY_SCHEMA, enabled=False)
+        progress = Progress(0, info.state.last_seq, first_seq)
+        feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
+        resources.push_async_callback(feed.close)
+        await feed.start(first_seq)
+        with collector_paused():
+            applied, held = await _load(
+                pool, js, names, feed, progress, on_progress, progress_interval
+            )
+        phases["loading"] = time.monotonic() - progress.started
 
         def begin(phase: str) -> float:
             progress.phase = phase
@@ -267,37 +257,12 @@ async def _load(
     progress: Progress,
     on_progress: Callable[[Progress], None] | None,
     progress_interval: float,
-    pipelined: bool = True,
 ) -> tuple[int, Batch]:
     """The bulk phase: follow the stream into the fresh schema, never getting ahead of the live
-    projector (the two are compared at one checkpoint), while it and the API carry on. With
-    ``pipelined``, the lines are copied on a second connection of ``pool`` (linewriter.py).
+    projector (the two are compared at one checkpoint), while it and the API carry on.
 
     Returns the last sequence applied and what was fetched beyond the live checkpoint.
     """
-    async with contextlib.AsyncExitStack() as stack:
-        lines: LineWriter | None = None
-        if pipelined:
-            lines = LineWriter(await stack.enter_async_context(pool.acquire()), REPLAY_SCHEMA)
-            stack.push_async_callback(lines.close)
-        applied, held = await _follow(
-            pool, js, names, feed, progress, on_progress, progress_interval, lines
-        )
-        if lines is not None:
-            await lines.flush()  # every line in before the indexes and the comparison
-        return applied, held
-
-
-async def _follow(
-    pool: asyncpg.Pool,
-    js: JetStreamContext,
-    names: Names,
-    feed: EventFeed,
-    progress: Progress,
-    on_progress: Callable[[Progress], None] | None,
-    progress_interval: float,
-    lines: LineWriter | None,
-) -> tuple[int, Batch]:
     applied = live = 0
     held: Batch = []  # fetched, but past the live checkpoint
     last_report = 0.0
@@ -318,7 +283,7 @@ async def _follow(
         if upto:
             stalled_since = None
             async with pool.acquire() as conn:
-                applied = await setaside.apply(conn, upto, feed.lookup, REPLAY_SCHEMA, lines)
+                applied = await setaside.apply(conn, upto, feed.lookup, REPLAY_SCHEMA)
             progress.done += len(upto)
             if on_progress and time.monotonic() - last_report >= progress_interval:
                 last_report = time.monotonic()

@@ -21,7 +21,6 @@ import structlog
 from jobrunner.common import metrics
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.projector import storable, store
-from jobrunner.services.projector.linewriter import LineWriter
 from jobrunner.services.projector.projections import Change, Unreadable
 
 log = structlog.get_logger()
@@ -66,10 +65,9 @@ async def apply(
     batch: Batch,
     lookup: MessageLookup,
     schema: str = READ_SCHEMA,
-    lines: LineWriter | None = None,
 ) -> int:
-    """Apply ``batch`` (see ``store.apply_batch``, and for ``lines``), setting aside each event
-    that cannot be; returns the new checkpoint. Raises only what is not a data error."""
+    """Apply ``batch`` (see ``store.apply_batch``), setting aside each event that cannot be;
+    returns the new checkpoint. Raises only what is not a data error."""
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
@@ -80,24 +78,20 @@ async def apply(
                 unreadable = change
                 break
         if unreadable is not None:
-            await _bisect(conn, batch[start:i], lookup, schema, lines)
+            await _bisect(conn, batch[start:i], lookup, schema)
             await _set_aside(conn, seq, unreadable.error, lookup, schema)
             start = i + 1
-    await _bisect(conn, batch[start:], lookup, schema, lines)
+    await _bisect(conn, batch[start:], lookup, schema)
     return await store.checkpoint(conn, schema)
 
 
 async def _bisect(
-    conn: asyncpg.Connection,
-    batch: Batch,
-    lookup: MessageLookup,
-    schema: str,
-    lines: LineWriter | None,
+    conn: asyncpg.Connection, batch: Batch, lookup: MessageLookup, schema: str
 ) -> None:
     if not batch:
         return
     try:
-        await store.apply_batch(conn, batch, schema, lines)
+        await store.apply_batch(conn, batch, schema)
         return
     except Exception as exc:
         if not is_data_error(exc):
@@ -106,8 +100,8 @@ async def _bisect(
             await _set_aside(conn, batch[0][0], _describe(exc), lookup, schema)
             return
     middle = len(batch) // 2
-    await _bisect(conn, batch[:middle], lookup, schema, lines)
-    await _bisect(conn, batch[middle:], lookup, schema, lines)
+    await _bisect(conn, batch[:middle], lookup, schema)
+    await _bisect(conn, batch[middle:], lookup, schema)
 
 
 def _describe(exc: BaseException) -> str:

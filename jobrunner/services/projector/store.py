@@ -11,7 +11,6 @@ import asyncpg
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.projector import batchcounts
 from jobrunner.services.projector.batchcounts import BatchWrite, Touched
-from jobrunner.services.projector.linewriter import LINE_COLUMNS, LineWriter
 from jobrunner.services.projector.projections import (
     WEBHOOK_COLUMNS,
     ArtifactRecorded,
@@ -70,26 +69,12 @@ async def apply_batch(
     conn: asyncpg.Connection,
     batch: list[tuple[int, list[Change]]],
     schema: str = READ_SCHEMA,
-    lines: LineWriter | None = None,
 ) -> int:
     """Apply ``(stream_seq, changes)`` pairs past the checkpoint; returns the new checkpoint.
 
     The checkpoint row is locked first, so a second projector waits and then skips what this one
-    applied: redelivery never duplicates a row. With ``lines`` (a replay's), the batch's log
-    lines go to that writer once the transaction has committed, instead of into it.
+    applied: redelivery never duplicates a row.
     """
-    plan, new_last = await _apply_in_transaction(conn, batch, schema, lines is not None)
-    if lines is not None and plan is not None:
-        await lines.submit(plan.lines)
-    return new_last
-
-
-async def _apply_in_transaction(
-    conn: asyncpg.Connection,
-    batch: list[tuple[int, list[Change]]],
-    schema: str,
-    lines_elsewhere: bool,
-) -> tuple[Plan | None, int]:
     async with conn.transaction():
         if schema == READ_SCHEMA:
             # Before touching any table: a replay may be renaming the schema under us.
@@ -99,7 +84,7 @@ async def _apply_in_transaction(
         )
         fresh = batch if batch[0][0] > last else [(s, c) for s, c in batch if s > last]
         if not fresh:
-            return None, int(last)
+            return int(last)
         # Folded first as if every job created in the batch were new (the usual case): the fold
         # names them, which saves a pass over every change of the batch (a replay's largest
         # batches hold 10,000 events). Folded again in the rare batch where that was not so.
@@ -124,7 +109,7 @@ async def _apply_in_transaction(
                 "jobs", schema_name=schema, columns=columns, records=rows
             )
         if plan.lines:
-            await _flush_lines(conn, schema, plan.lines, plan.line_counts, lines_elsewhere)
+            await _flush_lines(conn, schema, plan.lines, plan.line_counts)
         if plan.webhook_attempts:
             await _insert_webhook_attempts(conn, schema, plan.webhook_attempts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
@@ -159,7 +144,7 @@ async def _apply_in_transaction(
             await _record_artifacts(conn, schema, plan.artifacts)
         new_last = fresh[-1][0]
         await conn.execute(f"UPDATE {schema}.checkpoint SET last_seq = $1 WHERE id = 1", new_last)
-        return plan, new_last
+        return new_last
 
 
 @dataclass
@@ -253,6 +238,9 @@ def _applies(change: JobUpdated, status: str) -> bool:
     return True
 
 
+LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
+
+
 async def _copy_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]) -> bool:
     """COPY the lines in, the fastest way into Postgres; False (and nothing written) when one of
     them is there already: the caller then inserts them with a statement that skips those. Only a
@@ -273,11 +261,8 @@ async def _flush_lines(
     schema: str,
     rows: list[tuple[Any, ...]],
     counts: dict[str, tuple[int, int]],
-    elsewhere: bool = False,
 ) -> None:
-    """The lines and their counts; with ``elsewhere`` only the counts (a ``LineWriter`` copies
-    the lines, and fails should one be there already)."""
-    copied = elsewhere or await _copy_lines(conn, schema, rows)
+    copied = await _copy_lines(conn, schema, rows)
     if not copied:
         await _insert_lines(conn, schema, rows)
     await conn.executemany(
