@@ -5,8 +5,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from nats.js import JetStreamContext
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import sweep_stale
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
@@ -85,6 +88,16 @@ async def settings(
     yield isolated
     await pg_cluster.drop_database(isolated.database_url)
     await delete_streams(nats_server_url, isolated.prefix)
+
+
+@pytest.fixture
+async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+    """JetStream of the test's own prefix, its stream created."""
+    nc = await eventstore.connect(settings, "test")
+    js = nc.jetstream()
+    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
+    yield js
+    await eventstore.close(nc)
 
 
 @pytest.fixture

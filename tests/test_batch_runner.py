@@ -22,6 +22,7 @@ from jobrunner.services.api.batchrequest import plan_batch
 from jobrunner.services.runner.seals import BatchSeals
 from tests.batch_submit_support import batch_body, jetstream, post_batch
 from tests.system import System
+from tests.tools.counting_jetstream import CountingJetStream
 from tests.tools.runners import RUNNER_TYPES, wait_status
 
 SEAL_TIMEOUT = 6.0
@@ -212,18 +213,6 @@ class TestCapacity:
                 if other["started_at"] <= job["started_at"] < other["finished_at"]
             ]
             assert len(at_once) <= 2, f"{len(at_once)} jobs ran at once"
-
-
-class CountingJetStream:
-    """The real JetStream, counting the stream look-ups made through it."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
-        self.lookups = 0
-
-    async def get_last_msg(self, *args: object, **kwargs: object) -> object:
-        self.lookups += 1
-        return await self.js.get_last_msg(*args, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_a_thousand_jobs_woken_by_their_seal_ask_once_whether_their_batch_failed(

@@ -5,11 +5,8 @@ unit frees, and ends its wait at once when cancelled."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -23,33 +20,10 @@ from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
+from tests.tools.counting_jetstream import CountingJetStream
 from tests.tools.runners import RUNNER_TYPES
 
 RECHECK = 0.1  # seconds: the waits below last many of these
-
-
-class CountingJetStream:
-    """The real JetStream, counting the stream look-ups made through it."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
-        self.lookups = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.js, name)
-
-    async def get_last_msg(self, *args: object, **kwargs: object) -> object:
-        self.lookups += 1
-        return await self.js.get_last_msg(*args, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
-    nc: NATS = await eventstore.connect(settings, "test")
-    js = nc.jetstream()
-    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
-    yield js
-    await eventstore.close(nc)
 
 
 async def delivered_requests(js: JetStreamContext, settings: Settings, count: int) -> list[Msg]:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.common.subscription import (
     OrderedReader,
@@ -21,15 +18,6 @@ from jobrunner.common.subscription import (
 from jobrunner.contracts.names import Names
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
-    nc: NATS = await eventstore.connect(settings, "test")
-    js = nc.jetstream()
-    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
-    yield js
-    await eventstore.close(nc)
 
 
 async def publish(js: JetStreamContext, subjects: list[str], size: int = 10) -> None:
