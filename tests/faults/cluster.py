@@ -57,7 +57,9 @@ def job_types_toml() -> str:
             f'[job_types.{name}.parameters.record]\ntype = "string"\nflag = "--record"\n'
             f"max_length = 1000\n"
             f'[job_types.{name}.parameters.label]\ntype = "string"\nflag = "--label"\n'
-            f'pattern = "^[a-z0-9_-]+$"\n\n'
+            f'pattern = "^[a-z0-9_-]+$"\n'
+            f'[job_types.{name}.parameters.hold_until]\ntype = "string"\nflag = "--hold-until"\n'
+            f"max_length = 1000\n\n"
         )
 
     poison = f'[job_types.poison]\nargv = ["{{python}}", "{POISON_TOOL}"]\ntimeout_seconds = 120\n'

@@ -42,14 +42,16 @@ async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
 
 async def test_batch_page_catches_up_after_an_api_kill(cluster: FaultCluster, page: Page) -> None:
     """Jobs end while the API is down; back up, the page shows them all completed, no reload."""
-    # 10 s per job: still running once the page has loaded, even on a loaded machine (at 5 s
-    # they sometimes ended first, and the fault did not bite).
+    # Each job prints its lines, then holds until the gate file exists: it ends only once the API
+    # is down, however long the page takes to load on a loaded machine.
+    gate = cluster.records / "ui-batch-gate"
     parameters = [
         {
-            "lines": 200,
-            "interval": "0.05",
+            "lines": 20,
+            "interval": "0.01",
             "record": str(cluster.records / f"ui-batch-{n}.txt"),
             "label": f"ui-batch-{n}",
+            "hold_until": str(gate),
         }
         for n in range(JOBS)
     ]
@@ -72,6 +74,7 @@ async def test_batch_page_catches_up_after_an_api_kill(cluster: FaultCluster, pa
         shown = await card.locator('[data-count="completed"]').text_content()
         assert shown != str(JOBS), "the jobs ended before the fault: it did not bite"
         await expect(page.locator("#conn-banner")).to_be_visible(timeout=30_000)
+        gate.touch()
         for job_id in job_ids:
             row = await cluster.wait_job(job_id, is_terminal, 60)
             assert row is not None
@@ -89,5 +92,6 @@ async def test_batch_page_catches_up_after_an_api_kill(cluster: FaultCluster, pa
             await expect(rows.nth(n)).to_have_attribute("data-status", "completed")
         assert await page.evaluate("window.sameDocument") is True
     finally:
+        gate.touch()
         for job_id in job_ids:
             await cluster.cancel(job_id)

@@ -6,6 +6,9 @@ The record (``--record``) has one line per fact, each with the wall-clock time:
 the stored lines with the ``line`` facts and the start/end times of jobs sharing a lock. A line and
 its record are written with SIGTERM blocked, so a stop never falls between them (only a SIGKILL
 can, which leaves at most one printed line unrecorded).
+
+``--hold-until PATH`` keeps the tool running after its lines until PATH exists, so a test can
+decide when the job ends (after its fault, however slow the machine) instead of racing a timer.
 """
 
 import argparse
@@ -19,6 +22,7 @@ parser.add_argument("--lines", type=int, required=True)
 parser.add_argument("--interval", type=float, default=0.0)
 parser.add_argument("--record", required=True)
 parser.add_argument("--label", required=True)
+parser.add_argument("--hold-until", default="")
 args = parser.parse_args()
 
 record = open(args.record, "a", buffering=1)  # noqa: SIM115 - open for the whole run
@@ -49,4 +53,6 @@ for i in range(1, args.lines + 1):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     if args.interval:
         time.sleep(args.interval)
+while args.hold_until and not os.path.exists(args.hold_until):
+    time.sleep(0.05)
 stop("exit", 0)
