@@ -404,6 +404,16 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": ratio(r["events_per_s_total"], copy),
             }
         )
+        if cpu := r.get("cpu_s_per_million_events"):
+            out.append(
+                {
+                    "name": "5. replay, CPU seconds per million events, by process",
+                    "result": " · ".join(
+                        f"{part} {s}" for part, s in sorted(cpu.items(), key=lambda x: -x[1])
+                    )
+                    + f" (sum {sum(cpu.values()):.1f})",
+                }
+            )
     if rd := results.get("reads"):
         one = lim.get("direct_list_query", {}).get("requests_per_s", 0)
         walk = lim.get("direct_list_walk", {}).get("requests_per_s")

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import msgspec
 import pytest
+import structlog
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
@@ -272,3 +273,36 @@ async def test_replay_applies_a_retention_the_live_projector_has_not_applied_yet
     assert report.differences == {}
     assert report.tables["jobs"] == 1
     assert gone.status_code == 404
+
+
+async def test_a_line_stored_twice_makes_the_replay_load_again_with_the_key_and_agree(
+    live: System, settings: Settings
+) -> None:
+    """A replay loads the lines without their primary key and builds it afterwards; a line stored
+    twice in the stream (re-published past the de-duplication window) makes that build fail, and
+    the replay loads again with the key in place, keeping the line once as the live projector
+    did: the tables agree and are swapped in, with the key."""
+    twice = logged_job("twice", lines=20, batch=10)
+    first_lines = next(e for e in twice if isinstance(e, events.LineLogged))
+    again = msgspec.structs.replace(first_lines, event_id=events.new_event_id())
+    last = await publish(settings, [*twice, again])
+    await wait_projected(settings, last)
+    with structlog.testing.capture_logs() as logs:
+        report = await replay(settings)
+    assert report.differences == {}
+    reloads = [e for e in logs if e["event"].startswith("replay loads again with the lines' key")]
+    assert len(reloads) == 1
+    async with live.client() as client:
+        job = (await client.get("/api/jobs/twice")).json()
+        page = (await client.get("/api/jobs/twice/logs", params={"limit": 100})).json()
+    assert job["log_count"] == 20
+    assert [line["seq"] for line in page["items"]] == list(range(1, 21))
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        key = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'readmodel' "
+            "AND indexname = 'log_lines_pkey'"
+        )
+    finally:
+        await conn.close()
+    assert "(job_id, seq)" in key
