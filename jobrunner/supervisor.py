@@ -26,19 +26,12 @@ log = structlog.get_logger()
 SERVICES = ("projector", "runner", "notifier", "api")
 # The notifier after the runner: the ends of jobs the runner stops are still delivered.
 STOP_ORDER = ("runner", "notifier", "api", "projector")
-# Services whose work may wait: they react to the same events as the runner and the API (every
-# event a job publishes wakes them all), and on a machine with few cores the job's tool and its
-# first line would otherwise wait for a core behind the read models' and webhooks' bookkeeping.
-# They run at a lower CPU priority (`background_nice`); when the cores are free they get them.
-BACKGROUND = ("projector", "notifier")
 
 
 class Service:
-    def __init__(self, name: str, env: dict[str, str], nice: int = 0) -> None:
+    def __init__(self, name: str, env: dict[str, str]) -> None:
         self.name = name
         self.env = env
-        # Added to this process's niceness for the service (0: the same priority).
-        self.nice = nice
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
 
@@ -52,8 +45,6 @@ class Service:
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
-        if self.nice:
-            lower_priority(self.proc.pid, self.nice)
         log.info("service started", service=self.name, pid=self.proc.pid)
 
     async def stop(self, timeout: float = 20.0) -> None:
@@ -66,16 +57,6 @@ class Service:
             log.warning("service did not stop in time, killing it", service=self.name)
             self.proc.kill()
             await self.proc.wait()
-
-
-def lower_priority(pid: int, by: int) -> None:
-    """Make a just started child ``by`` nicer than this process. Linux keeps a niceness per
-    thread and a new thread takes its creator's: the child's main thread (its pid), set while
-    it is still starting Python, passes it to every thread the service makes later."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, min(os.getpriority(os.PRIO_PROCESS, 0) + by, 19))
-    except OSError as exc:  # gone already (its exit is seen and handled), or not allowed
-        log.warning("service priority not lowered", pid=pid, error=repr(exc))
 
 
 def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
@@ -196,10 +177,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
         env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
-    services = {
-        name: Service(name, service_env, settings.background_nice if name in BACKGROUND else 0)
-        for name, service_env in metrics_envs(env).items()
-    }
+    services = {name: Service(name, service_env) for name, service_env in metrics_envs(env).items()}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

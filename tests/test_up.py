@@ -83,23 +83,6 @@ def processes_using(path: Path) -> list[str]:
     return found
 
 
-def services_niceness(up_pid: int) -> dict[str, set[int]]:
-    """The niceness of every thread of each service `jobrunner up` (``up_pid``) started."""
-    found: dict[str, set[int]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-            if parent != up_pid or b"jobrunner.cli" not in argv:
-                continue
-            found[argv[-1].decode()] = {
-                os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")
-            }
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    return found
-
-
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
@@ -153,16 +136,6 @@ def test_up_starts_serves_stops_and_keeps_history(state_dir: Path) -> None:
         token = token_match.group(1) if token_match else None
         job_id = run_a_job(base_url, token)
         check_metrics_of_every_service(base_url, token)
-        # The read models' and webhooks' services yield the cores to the runner and the API
-        # (background_nice, 10 by default), in every thread they made.
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        background = min(own + 10, 19)
-        assert services_niceness(first.proc.pid) == {
-            "runner": {own},
-            "api": {own},
-            "projector": {background},
-            "notifier": {background},
-        }
         assert processes_using(state_dir), "the embedded servers should be running"
     finally:
         code = first.stop(signal.SIGINT)
