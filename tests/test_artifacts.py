@@ -175,9 +175,11 @@ async def test_files_over_the_per_job_limit_fail_the_job(
 async def test_output_directory_is_removed_after_the_job(
     settings: Settings, system: System
 ) -> None:
-    """Nothing of a job's output directory stays on the runner's disk."""
+    """Nothing of a job's output directory stays on the runner's disk, whether the job left
+    files in it or nothing."""
     async with system.client() as client:
         await _finished(client, "artifacts", mode="several")
+        await _finished(client, "artifacts", mode="sized", sizes="")
     assert list(Path(settings.artifact_work_dir).iterdir()) == []
 
 

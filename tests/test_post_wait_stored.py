@@ -4,10 +4,13 @@ served from JetStream, to whoever may see the job and no one else."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from jobrunner.common.settings import Settings
 from tests.sse_client import read_stream
@@ -50,6 +53,36 @@ async def test_a_job_posted_with_wait_stored_streams_before_it_is_projected(
         "completed",
     ]
     assert stream.events[-1].event == "done"
+
+
+async def test_the_stream_of_a_job_just_posted_reads_no_last_status(system: System) -> None:
+    """Its first viewer's stream starts at the job's request, which every status of the job
+    follows: the API asks JetStream for no last status before the stream starts (a viewer
+    resuming by Last-Event-ID still has it read)."""
+    await system.stop_service("projector")
+    job_id = await _post_stored(system)
+    status_subject = f"{system.settings.prefix}.job.{job_id}.status"
+    asked: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        asked.append(json.loads(msg.data).get("last_by_subj", ""))
+
+    nc = await nats.connect(system.settings.nats_url)
+    try:
+        sub = await nc.subscribe("$JS.API.STREAM.MSG.GET.>", cb=seen)
+        await nc.flush()
+        async with system.client() as client:
+            stream = await read_stream(client, f"/api/jobs/{job_id}/stream")
+            await nc.flush()
+            assert status_subject not in asked
+            assert stream.events[-1].event == "done"
+            first_id = next(e.id for e in stream.events if e.event == "message")
+            await read_stream(client, f"/api/jobs/{job_id}/stream", last_event_id=first_id)
+        await nc.flush()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    assert status_subject in asked
 
 
 async def test_an_unprojected_job_started_elsewhere_streams_from_jetstream(

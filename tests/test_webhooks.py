@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
@@ -95,6 +98,34 @@ async def test_job_without_webhook_posts_nothing(notifying: System, receiver: Re
     assert json.loads(got.body)["job_id"] != silent
     log = await webhook_log(notifying, silent, lambda log: True)
     assert log["deliveries"] == []
+
+
+async def test_the_notifier_asks_for_one_status_at_a_time_while_none_are_waiting(
+    notifying: System, receiver: Receiver
+) -> None:
+    """Each status of a job as it runs comes alone: the notifier's pulls ask for one (a pull for
+    several would first probe for waiting ones, and then hold a lone end until it expired)."""
+    names = Names(notifying.settings.prefix)
+    pulls: list[dict[str, Any]] = []
+
+    async def seen(msg: Msg) -> None:
+        pulls.append(json.loads(msg.data))
+
+    nc = await nats.connect(notifying.settings.nats_url)
+    try:
+        await nc.subscribe(
+            f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{names.notifier_consumer}", cb=seen
+        )
+        await nc.flush()
+        for _ in range(2):
+            await start_job(notifying, {"url": receiver.url})
+        await receiver.wait_for(2)
+        await nc.flush()
+    finally:
+        await nc.close()
+    assert pulls
+    assert {pull["batch"] for pull in pulls} == {1}
+    assert not any(pull.get("no_wait") for pull in pulls)
 
 
 async def test_receiver_failing_then_recovering_gets_it_with_the_same_delivery_id(

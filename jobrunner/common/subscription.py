@@ -201,6 +201,17 @@ async def fetch_some(
     return msgs
 
 
+def waiting_after(msg: Msg) -> bool:
+    """Did the consumer have more messages waiting when it delivered ``msg``? A loop around
+    :func:`fetch_some` asks for several only then: asked of an idle consumer, a fetch of several
+    first probes for waiting ones (a round trip that finds none), then holds the first message
+    that comes until the rest came or the pull expired (up to ``FETCH_SECONDS``)."""
+    try:
+        return msg.metadata.num_pending > 0
+    except Exception:  # not a JetStream delivery: as if none were waiting
+        return False
+
+
 def _release(capacity: asyncio.Semaphore, units: int) -> None:
     for _ in range(units):
         capacity.release()

@@ -1,4 +1,4 @@
-"""The runner asks for several requests at once only while more are waiting."""
+"""The runner and the notifier ask for several messages at once only while more are waiting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from jobrunner.services.runner.requests import waiting_after
+from jobrunner.common.subscription import waiting_after
 
 CLIENT: Any = None
 

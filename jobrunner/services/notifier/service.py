@@ -29,7 +29,12 @@ from nats.js import JetStreamContext, api
 from jobrunner.common import eventstore, reconfigure, retry
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.common.subscription import fetch_some, last_message
+from jobrunner.common.subscription import (
+    FETCH_MOST,
+    fetch_some,
+    last_message,
+    waiting_after,
+)
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.notifier.addresses import AddressPolicy
@@ -116,11 +121,17 @@ class Notifier:
         if not self.settings.webhook_secret:
             log.warning("webhook_secret is not set: webhooks go out unsigned")
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)
+        most = 1
         try:
             while not stop.is_set():
-                # Several at once when there is room: every status change comes here (most
-                # are no job's end), and a backlog of them is taken without a round trip each.
-                for msg in await fetch_some(sub, self.capacity, stop):
+                # Several at once when there is room and a backlog is waiting: every status
+                # change comes here (most are no job's end), and a backlog of them is taken
+                # without a round trip each. One at a time otherwise: each status of a job as
+                # it runs would cost a probe that finds nothing waiting, and a lone end would
+                # wait for the pull's expiry (waiting_after).
+                msgs = await fetch_some(sub, self.capacity, stop, most)
+                most = FETCH_MOST if msgs and waiting_after(msgs[-1]) else 1
+                for msg in msgs:
                     task = asyncio.create_task(self._handle(msg, stop))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

@@ -63,7 +63,16 @@ class OutputDirectory:
         return cls(root=root, path=path)
 
     async def remove(self) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.root, True)
+        await asyncio.to_thread(self._remove)
+
+    def _remove(self) -> None:
+        try:
+            # Most jobs leave nothing: two calls, where rmtree opens, lists and checks each
+            # folder first (about 0.1 ms of the runner's CPU per job).
+            os.rmdir(self.path)
+            os.rmdir(self.root)
+        except OSError:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def work_dir(settings: Settings) -> Path:

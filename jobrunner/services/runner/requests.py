@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import retry
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
-from jobrunner.common.subscription import FETCH_MOST, fetch_some
+from jobrunner.common.subscription import FETCH_MOST, fetch_some, waiting_after
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner.claim import SlotClaimer
@@ -33,14 +33,6 @@ log = structlog.get_logger()
 
 # A request whose handling met a NATS outage is delivered again after this long (seconds).
 REDELIVERY_DELAY = 1.0
-
-
-def waiting_after(msg: Msg) -> bool:
-    """Did the consumer have more messages waiting when it delivered ``msg``?"""
-    try:
-        return msg.metadata.num_pending > 0
-    except Exception:  # not a JetStream delivery: as if none were waiting
-        return False
 
 
 class RequestLoop:

@@ -27,22 +27,27 @@ from jobrunner.services.api.security import Principal, principal_of
 )
 async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stream:
     ctx = ctx_of(request)
-    # The job's last status is read from JetStream while its row is looked up: one wait, not two.
-    ending_read = asyncio.ensure_future(sse.last_status(ctx.js, ctx.names, job_id))
+    ending_read: asyncio.Future[tuple[int, events.StatusChanged] | None] | None = None
+    if "last-event-id" in request.headers or ctx.posted.get(job_id, ctx.projection.applied) is None:
+        # The job's last status is read from JetStream while its row is looked up: one wait,
+        # not two. Not for a job this API has just started, followed from its start (the usual
+        # first viewer): its stream starts at its request, and every status of it comes after.
+        ending_read = asyncio.ensure_future(sse.last_status(ctx.js, ctx.names, job_id))
     try:
         return await _stream(request, ctx, job_id, ending_read)
     finally:
-        if not ending_read.done():
-            ending_read.cancel()  # the request was refused before it was needed
-        elif not ending_read.cancelled():
-            ending_read.exception()  # read, so that a refused request leaves no error unseen
+        if ending_read is not None:
+            if not ending_read.done():
+                ending_read.cancel()  # the request was refused before it was needed
+            elif not ending_read.cancelled():
+                ending_read.exception()  # read, so that a refused request leaves no error unseen
 
 
 async def _stream(
     request: Request[Any, Any, Any],
     ctx: ApiContext,
     job_id: str,
-    ending_read: asyncio.Future[tuple[int, events.StatusChanged] | None],
+    ending_read: asyncio.Future[tuple[int, events.StatusChanged] | None] | None,
 ) -> Stream:
     row = await streamable_job(ctx, job_id, principal_of(request))
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
@@ -63,7 +68,7 @@ async def _stream(
     # Whether the stream already ended before the resume point is asked of JetStream itself:
     # the read model may not have caught up with the end a client has just seen.
     already_done: dict[str, Any] | None = None
-    ending = await ending_read
+    ending = await ending_read if ending_read is not None else None
     if ending is not None and ending[1].status.is_terminal and ending[0] < start:
         already_done = sse.status_payload(ending[1])
     # A job with a short past (a job just started, the usual first viewer) has its feed started
