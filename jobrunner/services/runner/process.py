@@ -154,7 +154,8 @@ class ToolProcess:
         ``pace`` paces the reads of a tool that prints often: after a read that emptied the
         pipe, the pipe rests that long (the runner's publish clock: the lines printed meanwhile
         would wait for its next tick in the publisher anyway), so that they come in one read
-        then instead of one read, wake-up and hand-over each."""
+        then instead of one read, wake-up and hand-over each. (Their timestamp is the read's:
+        up to a rest late.)"""
         assert self.proc is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
