@@ -55,12 +55,10 @@ SPLIT_MARKER_BYTES = len(SPLIT_MARKER.encode())
 # The pacing clock ticks once per window: this many seconds per job running on the runner, up
 # to the cap. The runner's messages per second then stay about the same however many jobs print
 # (100 jobs at 200 lines/s made 20,000 messages/s, each a publish, an ack, a decode in every API
-# and in the projector), and a job alone is never held back (0.5 ms is below a publish's round
-# trip). A message costs every process far more than a line (the runner about 100 us, at 2.4
-# lines a message on a machine that keeps up), so 100 jobs tick every 50 ms (10 lines a message
-# at 200 lines/s): 20 ms ticks left the runner alone at 40-50 us of CPU a line printed.
-PACE_PER_JOB = 0.0005
-PACE_MAX = 0.05  # seconds: what pacing can add to a line's delay at most
+# and in the projector), and a job alone is never held back (0.2 ms is below a publish's round
+# trip).
+PACE_PER_JOB = 0.0002
+PACE_MAX = 0.02  # seconds: what pacing can add to a line's delay at most
 
 _encoder = msgspec.json.Encoder()
 
