@@ -104,30 +104,41 @@ def test_a_pipe_rests_until_the_next_tick_only_while_its_tool_prints_often() -> 
     assert read_rest(now=100.013, last_read=100.001, window=0) == 0
 
 
+async def reads(script: str, rest: float) -> list[list[str]]:
+    """The lines of each read of a tool running ``script`` whose pipe rests ``rest`` seconds."""
+    tool = ToolProcess([sys.executable, "-c", script], None, None)
+    await tool.start()
+    got: list[list[str]] = []
+
+    async def room() -> None:
+        pass
+
+    def sink(stream: str, lines: list[str], transient: str | None, at: datetime) -> None:
+        if lines:
+            got.append(lines)
+
+    await asyncio.wait_for(tool.pump(sink, room, 65536, lambda now, last: rest), 30)
+    await tool.wait()
+    return got
+
+
 async def test_lines_printed_while_the_pipe_rests_come_in_one_read() -> None:
     """A tool printing three lines 100 ms apart under a one-second rest: the lines after the
     first read arrive together, in order, and none is lost."""
     script = "import time\nfor t in 'abc':\n    print(t, flush=True)\n    time.sleep(0.1)\n"
-
-    async def reads(rest: float) -> list[list[str]]:  # the lines of each read
-        tool = ToolProcess([sys.executable, "-c", script], None, None)
-        await tool.start()
-        got: list[list[str]] = []
-
-        async def room() -> None:
-            pass
-
-        def sink(stream: str, lines: list[str], transient: str | None, at: datetime) -> None:
-            if lines:
-                got.append(lines)
-
-        await asyncio.wait_for(tool.pump(sink, room, 1024, lambda now, last: rest), 30)
-        await tool.wait()
-        return got
-
-    rested = await reads(1.0)
+    rested = await reads(script, 1.0)
     assert [line for lines in rested for line in lines] == ["a", "b", "c"]
     assert rested[-1][-2:] == ["b", "c"]
+
+
+async def test_a_flood_pipe_never_rests() -> None:
+    """Large pieces (4 KiB lines, each one write the kernel never splits, 300 ms apart) are
+    each read when written, rest or no rest."""
+    script = (
+        "import os, time\nfor t in 'abc':\n"
+        "    os.write(1, (t * 4095 + '\\n').encode())\n    time.sleep(0.3)\n"
+    )
+    assert [lines[0][0] for lines in await reads(script, 5.0)] == ["a", "b", "c"]
 
 
 async def test_lines_printed_one_at_a_time_gather_in_fewer_messages(

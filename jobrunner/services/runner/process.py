@@ -20,6 +20,10 @@ READ_CHUNK = 256 * 1024  # the pipe's buffer in the runner
 # runner for about a millisecond at a time, and the other jobs' lines, lease renewals and
 # publishes get their turns in between (no noisy neighbour).
 TURN_BYTES = 64 * 1024
+# Only a pipe whose read was this small rests (``pump``): a tool printing a line at a time. A
+# flood's pipe, read in large pieces anyway, is never held (noisy-neighbour runs with it held
+# went no better, within their noise).
+REST_BELOW_BYTES = 4096
 GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
 
 
@@ -151,8 +155,8 @@ class ToolProcess:
     ) -> None:
         """Read stdout and stderr until both close, handing each line to ``sink``.
 
-        ``pace`` paces the reads of a tool that prints often: after a read that emptied the
-        pipe, the pipe rests that long (the runner's publish clock: the lines printed meanwhile
+        ``pace`` paces the reads of a tool that prints often: after a small read that emptied
+        the pipe, the pipe rests that long (the runner's publish clock: the lines printed meanwhile
         would wait for its next tick in the publisher anyway), so that they come in one read
         then instead of one read, wake-up and hand-over each. (Their timestamp is the read's:
         up to a rest late.)"""
@@ -186,7 +190,7 @@ class ToolProcess:
                 # (A shorter chunk emptied the buffer, so the next read waits anyway: no extra
                 # turn of the loop per read for the many jobs that print a line at a time.)
                 await asyncio.sleep(0)
-            elif pace is not None:
+            elif pace is not None and len(chunk) < REST_BELOW_BYTES:
                 now = loop.time()
                 if pause := pace(now, last_read):
                     await asyncio.sleep(pause)
