@@ -1,9 +1,11 @@
 """Pacing of a job's line messages: with many jobs running, lines printed one at a time gather
-in fewer messages; a line after a quiet spell, and a job's last lines, are never held back."""
+in fewer messages (and are read from the tool's pipe in fewer reads); a line after a quiet
+spell, and a job's last lines, are never held back."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -15,12 +17,14 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
+from jobrunner.services.runner.process import ToolProcess
 from jobrunner.services.runner.publisher import (
     PACE_MAX,
     PACE_PER_JOB,
     LinePublisher,
     PublishPacing,
     pacing_wait,
+    read_rest,
 )
 
 JOB = "pacedjob"
@@ -87,6 +91,54 @@ def test_busy_jobs_publish_on_the_same_ticks() -> None:
     due = {now + pacing_wait(now, last, window) for last in (100.001, 100.007, 100.012)}
     assert len(due) == 1
     assert due.pop() == pytest.approx(100.02)
+
+
+def test_a_pipe_rests_until_the_next_tick_only_while_its_tool_prints_often() -> None:
+    """A read soon after the one before rests the pipe until the clock's next tick (the tick the
+    publisher sends on); a read after a quiet spell, or without pacing, rests nothing."""
+    window = 0.02
+    assert read_rest(now=100.013, last_read=100.001, window=window) == pytest.approx(0.007)
+    # The reads at consecutive ticks (each a little late) stay paced.
+    assert read_rest(now=100.0201, last_read=100.0003, window=window) == pytest.approx(0.0199)
+    assert read_rest(now=100.013, last_read=99.9, window=window) == 0
+    assert read_rest(now=100.013, last_read=100.001, window=0) == 0
+
+
+async def reads(script: str, rest: float) -> list[list[str]]:
+    """The lines of each read of a tool running ``script`` whose pipe rests ``rest`` seconds."""
+    tool = ToolProcess([sys.executable, "-c", script], None, None)
+    await tool.start()
+    got: list[list[str]] = []
+
+    async def room() -> None:
+        pass
+
+    def sink(stream: str, lines: list[str], transient: str | None, at: datetime) -> None:
+        if lines:
+            got.append(lines)
+
+    await asyncio.wait_for(tool.pump(sink, room, 65536, lambda now, last: rest), 30)
+    await tool.wait()
+    return got
+
+
+async def test_lines_printed_while_the_pipe_rests_come_in_one_read() -> None:
+    """A tool printing three lines 100 ms apart under a one-second rest: the lines after the
+    first read arrive together, in order, and none is lost."""
+    script = "import time\nfor t in 'abc':\n    print(t, flush=True)\n    time.sleep(0.1)\n"
+    rested = await reads(script, 1.0)
+    assert [line for lines in rested for line in lines] == ["a", "b", "c"]
+    assert rested[-1][-2:] == ["b", "c"]
+
+
+async def test_a_flood_pipe_never_rests() -> None:
+    """Large pieces (4 KiB lines, each one write the kernel never splits, 300 ms apart) are
+    each read when written, rest or no rest."""
+    script = (
+        "import os, time\nfor t in 'abc':\n"
+        "    os.write(1, (t * 4095 + '\\n').encode())\n    time.sleep(0.3)\n"
+    )
+    assert [lines[0][0] for lines in await reads(script, 5.0)] == ["a", "b", "c"]
 
 
 async def test_lines_printed_one_at_a_time_gather_in_fewer_messages(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -19,6 +20,10 @@ READ_CHUNK = 256 * 1024  # the pipe's buffer in the runner
 # runner for about a millisecond at a time, and the other jobs' lines, lease renewals and
 # publishes get their turns in between (no noisy neighbour).
 TURN_BYTES = 64 * 1024
+# Only a pipe whose read was this small rests (``pump``): a tool printing a line at a time. A
+# flood's pipe, read in large pieces anyway, is never held (noisy-neighbour runs with it held
+# went no better, within their noise).
+REST_BELOW_BYTES = 4096
 GROUP_POLL = 0.05  # seconds between checks whether a stopped group has gone
 
 
@@ -100,6 +105,8 @@ def watch_children_by_pidfd() -> bool:
 # or None, time of the read); the awaitable waits for buffer room.
 LineSink = Callable[[str, list[str], str | None, datetime], None]
 Room = Callable[[], Awaitable[None]]
+# Seconds a pipe rests after a read at ``now``, its previous read at ``last`` (see ``pump``).
+Rest = Callable[[float, float], float]
 
 
 class ToolProcess:
@@ -143,21 +150,36 @@ class ToolProcess:
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
         self.started_ticks = orphans.start_ticks(self.proc.pid)
 
-    async def pump(self, sink: LineSink, room: Room, max_line_bytes: int) -> None:
-        """Read stdout and stderr until both close, handing each line to ``sink``."""
+    async def pump(
+        self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None
+    ) -> None:
+        """Read stdout and stderr until both close, handing each line to ``sink``.
+
+        ``pace`` paces the reads of a tool that prints often: after a small read that emptied
+        the pipe, the pipe rests that long (the runner's publish clock: the lines printed meanwhile
+        would wait for its next tick in the publisher anyway), so that they come in one read
+        then instead of one read, wake-up and hand-over each. (Their timestamp is the read's:
+        up to a rest late.)"""
         assert self.proc is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         await asyncio.gather(
-            self._read(self.proc.stdout, "stdout", sink, room, max_line_bytes),
-            self._read(self.proc.stderr, "stderr", sink, room, max_line_bytes),
+            self._read(self.proc.stdout, "stdout", sink, room, max_line_bytes, pace),
+            self._read(self.proc.stderr, "stderr", sink, room, max_line_bytes, pace),
         )
 
     @staticmethod
     async def _read(
-        reader: asyncio.StreamReader, name: str, sink: LineSink, room: Room, max_line_bytes: int
+        reader: asyncio.StreamReader,
+        name: str,
+        sink: LineSink,
+        room: Room,
+        max_line_bytes: int,
+        pace: Rest | None,
     ) -> None:
         splitter = LineSplitter(max_line_bytes)
+        loop = asyncio.get_running_loop()
+        last_read = -math.inf
         while chunk := await reader.read(TURN_BYTES):
             # A chunk's lines go to the sink at once: the work is done per chunk, not per line.
             sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
@@ -168,6 +190,11 @@ class ToolProcess:
                 # (A shorter chunk emptied the buffer, so the next read waits anyway: no extra
                 # turn of the loop per read for the many jobs that print a line at a time.)
                 await asyncio.sleep(0)
+            elif pace is not None and len(chunk) < REST_BELOW_BYTES:
+                now = loop.time()
+                if pause := pace(now, last_read):
+                    await asyncio.sleep(pause)
+                last_read = now
         if rest := splitter.close():
             sink(name, rest, None, datetime.now(UTC))
 

@@ -8,7 +8,8 @@ Many jobs printing a line at a time are paced (``PublishPacing``): a job's next 
 the next tick of a clock shared by all jobs (ticking once per window), so lines gather in fewer
 messages and the jobs' messages leave together; the window grows with the number of jobs
 running, so a lone job (or a job whose lines are rare) still publishes each line the moment it
-is read.
+is read. The tool's pipe is read on the same ticks (``read_rest``): what such a job prints
+between two ticks would wait for the next one anyway, and is read there in one go.
 
 Every message fits: batches are sized in encoded bytes under the server's announced
 ``max_payload`` (read at each batch: a reconnect may reach a server with another limit), and
@@ -86,6 +87,17 @@ def pacing_wait(now: float, last_publish: float, window: float) -> float:
         return 0.0
     tick = (math.floor(last_publish / window) + 1) * window
     return max(0.0, tick - now)
+
+
+def read_rest(now: float, last_read: float, window: float) -> float:
+    """Seconds a tool's pipe rests after a read at ``now``: until the clock's next tick when
+    the read before was less than two windows ago (the tool prints often: what it prints
+    meanwhile is read in one go at the tick, when its message leaves anyway; two, so that the
+    reads at consecutive ticks stay paced however late each one's turn came), else none (a line
+    after a quiet spell is read, and published, at once)."""
+    if window <= 0 or now - last_read >= 2 * window:
+        return 0.0
+    return (math.floor(now / window) + 1) * window - now
 
 
 def batch_budget(max_payload: int) -> int:
@@ -182,6 +194,12 @@ class LinePublisher:
         if self._pacing is not None:
             self._pacing.publishers += 1
         self._task = asyncio.create_task(self._run(), name=f"publisher-{self._job_id}")
+
+    def read_rest(self, now: float, last_read: float) -> float:
+        """How long the job's tool pipe rests after a read (``read_rest``; none unpaced)."""
+        if self._pacing is None:
+            return 0.0
+        return read_rest(now, last_read, self._pacing.window())
 
     def add(self, stream: str, level: str, text: str, at: datetime) -> None:
         """Buffer a line (plain call: the per-line path stays free of awaits)."""
