@@ -39,7 +39,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
-from jobrunner.common.subscription import ordered_reader
+from jobrunner.common.subscription import OrderedReader, ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.readerconnections import ReaderConnections
@@ -70,6 +70,12 @@ PAUSE_BYTES = 4 * HAND_OVER_BYTES
 # ... or after this much work, whichever comes first: a flooding job's burst then holds the
 # process for about a millisecond at a time, and the other jobs' feeds and clients go in between.
 TURN_SECONDS = 0.001
+# A feed waiting for its next events hands on what arrives in the subscription's callback when
+# it is this small (a quiet job's line or two): one turn of the event loop sooner than its own
+# task would, and beside a flood every turn holds a step of each of the flood's tasks (its
+# connection's reads, its feed, its viewer's writes). A larger arrival waits for the feed's
+# task, so that the callback never holds the loop long.
+QUIET_BYTES = 16 * 1024
 
 FrameBuilder = Callable[[events.AnyEvent, int, int | None], list[bytes]]
 
@@ -246,6 +252,13 @@ class JobFeed:
         # viewer that stopped reading is cut by its limit as before, not held on to forever.
         self.room = asyncio.Event()
         self.stalled = False
+        # The quiet path (``QUIET_BYTES``): set while the feed's task waits for events; the loop
+        # time of the last events handed on in the callback since the feed's task last woke (a
+        # keep-alive is due only a full interval after them); how the callback ended the feed.
+        self._waiting = False
+        self._quiet_at: float | None = None
+        self._finished = False
+        self._failure: Exception | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"sse-feed-{self.job_id}")
@@ -270,8 +283,9 @@ class JobFeed:
                     start_seq=self.last_seq + 1,
                 ) as reader,
             ):
+                reader.on_arrival = lambda: self._on_arrival(reader)
                 self.ready.set()
-                while not await self._deliver(await reader.next_batch(fanout.limits.keepalive)):
+                while not await self._deliver(await self._next(reader)):
                     pass
         except Exception as exc:
             log.warning("sse feed failed", job_id=self.job_id, error=repr(exc))
@@ -286,8 +300,54 @@ class JobFeed:
             self.ready.set()
             fanout.forget(self)
 
+    async def _next(self, reader: OrderedReader) -> list[Msg]:
+        """The next events for the feed's task: ``[]`` when a keep-alive is due, or when the
+        callback ended the feed (it raises what failed there)."""
+        keepalive = self.fanout.limits.keepalive
+        loop = asyncio.get_running_loop()
+        while True:
+            quiet_at = self._quiet_at
+            wait = keepalive if quiet_at is None else max(0.0, quiet_at + keepalive - loop.time())
+            self._waiting = True
+            try:
+                msgs = await reader.next_batch(wait)
+            finally:
+                self._waiting = False
+            if self._failure is not None:
+                raise self._failure
+            if msgs:
+                self._quiet_at = None  # the keep-alive's interval starts again from these
+                return msgs
+            if self._finished:
+                return msgs
+            if self._quiet_at is None or loop.time() >= self._quiet_at + keepalive:
+                self._quiet_at = None
+                return []
+
+    def _on_arrival(self, reader: OrderedReader) -> bool:
+        """The quiet path: hand on a small arrival in the subscription's callback while the
+        feed's task waits (nothing of the feed is under way then, so the order holds). False:
+        the feed's task takes it (it is woken, also when the callback ended the feed)."""
+        if not self._waiting or reader.buffered_bytes > QUIET_BYTES or self._behind():
+            return False
+        self._quiet_at = asyncio.get_running_loop().time()
+        try:
+            for msg in reader.take():
+                self._order(msg)
+                if self._end_last.ended:
+                    self._flush()
+                    self._finished = True
+                    return False
+            self._hand_over_soon()
+        except Exception as exc:  # the feed's task fails with it, as if it had been its own
+            self._failure = exc
+            return False
+        return True
+
     async def _deliver(self, msgs: list[Msg]) -> bool:
         """Hand ``msgs`` on; True once the job's terminal status went out."""
+        if self._finished:
+            return True
         if not msgs:
             # One timer for the job, not one per client.
             for subscriber in self.subscribers:
@@ -304,27 +364,36 @@ class JobFeed:
                 await self._room()
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
-            meta = msg.metadata
-            seq = meta.sequence.stream
-            item = decode_item(seq, msg.data, self.fanout.build)
-            self.last_seq = seq
-            for ready in self._end_last.order(item, meta.num_pending):
-                if ready.seq < seq:
-                    # An end handed on after later events: the record, kept in stream order
-                    # for look-ups by sequence, is dropped; late viewers read the history.
-                    self.drop_record()
-                self._remember(ready)
-                self._pending.append(ready)
-                size += len(ready.chunk)
+            size += self._order(msg)
             if self._end_last.ended:
                 self._flush()
                 return True
+        self._hand_over_soon()
+        return False
+
+    def _order(self, msg: Msg) -> int:
+        """Decode one message and queue what is ready of it (``EndLast``); its bytes."""
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        item = decode_item(seq, msg.data, self.fanout.build)
+        self.last_seq = seq
+        size = 0
+        for ready in self._end_last.order(item, meta.num_pending):
+            if ready.seq < seq:
+                # An end handed on after later events: the record, kept in stream order
+                # for look-ups by sequence, is dropped; late viewers read the history.
+                self.drop_record()
+            self._remember(ready)
+            self._pending.append(ready)
+            size += len(ready.chunk)
+        return size
+
+    def _hand_over_soon(self) -> None:
         window = self.fanout.coalesce_window()
         if window < 0.001:
             self._flush()
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
-        return False
 
     def _behind(self) -> bool:
         """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)?"""
