@@ -18,7 +18,7 @@ from jobrunner.common.subscription import OrderedReader
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
-from jobrunner.services.api.fanout import QUIET_BYTES, Fanout, Item, Limits, Subscriber
+from jobrunner.services.api.fanout import FRAME_LINES, QUIET_BYTES, Fanout, Item, Limits, Subscriber
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,5 +75,31 @@ async def test_a_small_arrival_skips_the_feeds_task_and_a_large_one_does_not(
         async with asyncio.timeout(10):
             await feed.task
         assert len(taken_by_task) == 1
+    finally:
+        feed.leave(inbox)
+
+
+async def test_a_flood_message_framed_in_slices_reaches_the_client_whole(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """A LineLogged of more than FRAME_LINES lines is framed a slice per step of the feed's task
+    (the other jobs' feeds and clients in between) into one item with the frames and ids of the
+    message framed at once."""
+    names = Names(settings.prefix)
+    limits = Limits(keepalive=30, client_bytes=1 << 22, total_bytes=1 << 24, history_idle=10)
+    slices: list[int] = []
+
+    def frame_lines(event: events.LineLogged, seq: int, first: int, stop: int) -> list[bytes]:
+        slices.append(first)
+        return sse.line_frames(event, seq, first, stop)
+
+    fanout = Fanout(js, names, sse.frames_for, limits, frame_lines=frame_lines)
+    feed, inbox, _ = await fanout.join(JOB)
+    try:
+        flood = lines(1, 4 * FRAME_LINES + 1, "y" * 80)
+        seq = await eventstore.publish(js, names, flood)
+        items = await next_items(inbox)
+        assert [item.chunk for item in items] == [b"".join(sse.frames_for(flood, seq, None))]
+        assert slices == list(range(0, 4 * FRAME_LINES + 1, FRAME_LINES))
     finally:
         feed.leave(inbox)

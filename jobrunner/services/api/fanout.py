@@ -84,8 +84,14 @@ TURN_SECONDS = 0.00025
 # connection's reads, its feed, its viewer's writes). A larger arrival waits for the feed's
 # task, so that the callback never holds the loop long.
 QUIET_BYTES = 16 * 1024
+# A large LineLogged (a flood's) is framed this many lines per step of its feed's task, the other
+# jobs' feeds and clients in between: framing a 1,000-line message was the largest step in the
+# API's loop beside a flood (its decoding, about a third of it, stays one step).
+FRAME_LINES = 250
 
 FrameBuilder = Callable[[events.AnyEvent, int, int | None], list[bytes]]
+# The frames of lines [first, stop) of a LineLogged at a stream sequence, ids as in the whole's.
+LineFramer = Callable[[events.LineLogged, int, int, int], list[bytes]]
 
 
 @dataclass(frozen=True)
@@ -151,11 +157,15 @@ class EndLast:
         return ready
 
 
-def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
+def decode_event(data: bytes) -> events.AnyEvent | None:
     try:
-        event = codec.decode(data)
+        return codec.decode(data)
     except msgspec.MsgspecError:
         return None
+
+
+def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
+    event = decode_event(data)
     if event is None:
         return None
     return Item(seq, event, build(event, seq, None))
@@ -341,7 +351,8 @@ class JobFeed:
         self._quiet_at = asyncio.get_running_loop().time()
         try:
             for msg in reader.take():
-                self._order(msg)
+                meta = msg.metadata
+                self._order(meta, decode_item(meta.sequence.stream, msg.data, self.fanout.build))
                 if self._end_last.ended:
                     self._flush()
                     self._finished = True
@@ -372,18 +383,32 @@ class JobFeed:
                 await self._room()
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
-            size += self._order(msg)
+            meta = msg.metadata
+            item = await self._decode_in_steps(meta.sequence.stream, msg.data)
+            size += self._order(meta, item)
             if self._end_last.ended:
                 self._flush()
                 return True
         self._hand_over_soon()
         return False
 
-    def _order(self, msg: Msg) -> int:
-        """Decode one message and queue what is ready of it (``EndLast``); its bytes."""
-        meta = msg.metadata
+    async def _decode_in_steps(self, seq: int, data: bytes) -> Item | None:
+        """``decode_item``, with a large LineLogged framed ``FRAME_LINES`` lines per step."""
+        frame_lines = self.fanout.frame_lines
+        if frame_lines is None:
+            return decode_item(seq, data, self.fanout.build)
+        event = decode_event(data)
+        if not isinstance(event, events.LineLogged) or len(event.lines) <= FRAME_LINES:
+            return None if event is None else Item(seq, event, self.fanout.build(event, seq, None))
+        frames = frame_lines(event, seq, 0, FRAME_LINES)
+        for first in range(FRAME_LINES, len(event.lines), FRAME_LINES):
+            await asyncio.sleep(0)
+            frames += frame_lines(event, seq, first, first + FRAME_LINES)
+        return Item(seq, event, frames)
+
+    def _order(self, meta: Msg.Metadata, item: Item | None) -> int:
+        """Queue what is ready of one message's ``item`` (``EndLast``); its bytes."""
         seq = meta.sequence.stream
-        item = decode_item(seq, msg.data, self.fanout.build)
         self.last_seq = seq
         size = 0
         for ready in self._end_last.order(item, meta.num_pending):
@@ -493,12 +518,15 @@ class Fanout:
         build: FrameBuilder,
         limits: Limits,
         connections: ReaderConnections | None = None,
+        frame_lines: LineFramer | None = None,
     ) -> None:
         self.js = js
         # Where readers get their own connection (no noisy neighbour); None: all share ``js``.
         self.connections = connections
         self.names = names
         self.build = build
+        # Frames a large LineLogged a slice at a time (``FRAME_LINES``); None: all at once.
+        self.frame_lines = frame_lines
         self.limits = limits
         self.feeds: dict[str, JobFeed] = {}
         # Bytes of every batch some client still holds (each batch once), and the most so far.
