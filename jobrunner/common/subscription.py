@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TypeVar
@@ -50,6 +50,10 @@ class OrderedReader:
         self._drained = asyncio.Event()
         self._drained.set()
         self.sub: JetStreamContext.PushSubscription | None = None
+        # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
+        # batch there and then (True), a turn of the event loop before the reader's own task
+        # would have it; else (False) the reader's task is woken as usual.
+        self.on_arrival: Callable[[], bool] | None = None
 
     async def _on_message(self, msg: Msg) -> None:
         # Runs in nats-py's delivery task: waiting here is what holds the server back.
@@ -58,11 +62,25 @@ class OrderedReader:
         self._bytes += len(msg.data)
         if self._bytes >= self._max_bytes:
             self._drained.clear()
-        self._arrived.set()
+        if self.on_arrival is None or not self.on_arrival():
+            self._arrived.set()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the messages arrived and not taken yet."""
+        return self._bytes
+
+    def take(self) -> list[Msg]:
+        """The messages that arrived since the last take, oldest first, without waiting."""
+        batch, self._batch, self._bytes = self._batch, [], 0
+        self._arrived.clear()
+        self._drained.set()
+        return batch
 
     async def next_batch(self, timeout: float | None) -> list[Msg]:
         """The messages that arrived since the last call, oldest first; waits up to ``timeout``
-        seconds for at least one, and answers ``[]`` when none came (the reader is idle)."""
+        seconds for at least one, and answers ``[]`` when none came (the reader is idle, or
+        ``on_arrival`` took them)."""
         if not self._batch:
             # The callback never runs again on a closed connection: say so rather than idle
             # forever (``next_msg`` does the same). nats-py exposes the client only as ``_nc``.
@@ -71,10 +89,7 @@ class OrderedReader:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._arrived.wait()
-        batch, self._batch, self._bytes = self._batch, [], 0
-        self._arrived.clear()
-        self._drained.set()
-        return batch
+        return self.take()
 
     async def count(self) -> int:
         """How many messages match the filter from the start on, as the server counts them now

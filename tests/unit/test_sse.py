@@ -186,6 +186,15 @@ def test_a_batch_of_lines_frames_exactly_as_one_line_at_a_time(texts: list[str],
     assert line_frames(events.LineLogged(job_id="j", lines=lines), seq) == one_by_one
 
 
+def test_a_batch_framed_in_slices_is_the_batch_framed_at_once() -> None:
+    """The feed frames a flood's message a slice per loop step: the same frames, ids included."""
+    lines = [events.LogLine(n, "stdout", "INFO", AT, f"line {n}") for n in range(1, 1001)]
+    event = events.LineLogged(job_id="j", lines=lines)
+    slices = [line_frames(event, 7, first, first + 250) for first in range(0, 1000, 250)]
+    assert [frame for piece in slices for frame in piece] == line_frames(event, 7)
+    assert slices[1][0].startswith(b"id: 7:250\n")
+
+
 def test_only_a_past_that_fits_half_a_client_buffer_is_sent_by_the_feed() -> None:
     """A job just started is sent from its feed; a past that could overflow a client at the
     feed's pace is read at the client's pace instead (every line counted at its largest)."""

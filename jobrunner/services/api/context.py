@@ -132,7 +132,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             projection=tracker,
             # One JetStream subscription per watched job, shared by its SSE clients.
             # ... each read on a connection of its own (readerconnections: no noisy neighbour).
-            fanout=Fanout(js, names, sse.frames_for, sse_limits(settings), readers),
+            fanout=Fanout(
+                js, names, sse.frames_for, sse_limits(settings), readers, sse.line_frames
+            ),
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
         )

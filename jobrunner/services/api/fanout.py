@@ -23,6 +23,10 @@ reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A histor
 does the same rather than leave a silent gap. Before that, a feed whose every client is behind
 waits for them (backpressure, ``PAUSE_BYTES``): a viewer slower than a flood is then paced, not
 cut; only one that takes nothing for ``Limits.history_idle`` is left to its limit and cut.
+
+A feed waiting for events hands a small arrival (``QUIET_BYTES``: a quiet job's line) on in the
+subscription's callback instead of waking its own task: beside a flood, each turn of the event
+loop a quiet line waits for holds a step of each of the flood's tasks.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
-from jobrunner.common.subscription import ordered_reader
+from jobrunner.common.subscription import OrderedReader, ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.readerconnections import ReaderConnections
@@ -59,19 +63,35 @@ COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
 HAND_OVER_BYTES = 256 * 1024
 # A client's stream takes at most about this much of its inbox per turn of the event loop: a
 # flood's viewer, behind by megabytes, then joins, writes and frees a piece at a time (one 8 MiB
-# take held the loop for tens of ms), and the other streams' lines go out in between.
-TAKE_BYTES = 256 * 1024
+# take held the loop for tens of ms), and the other streams' lines go out in between. Each hop of
+# a quiet job's line waits for one such step of the flood's viewer: 64 KiB, not 256 KiB, lowered
+# the API's CPU between a quiet line's arrival and its write (p90 and p99) beside a flood.
+TAKE_BYTES = 64 * 1024
 # Backpressure: a feed whose every client is this far behind reads no further until one of them
 # takes (its data then waits in NATS, held back by flow control, not in the API). A flood's
 # viewer reading slower than the flood prints was otherwise handed the flood's whole rate until
 # its backlog passed its limit and it was cut, every few seconds, with a history read to resume.
 # Half a client's limit when that is smaller, so that a slow client still is not cut.
 PAUSE_BYTES = 4 * HAND_OVER_BYTES
-# ... or after this much work, whichever comes first: a flooding job's burst then holds the
-# process for about a millisecond at a time, and the other jobs' feeds and clients go in between.
-TURN_SECONDS = 0.001
+# A feed's burst is handed over after HAND_OVER_BYTES or this much work, whichever comes first:
+# a flooding job's burst then holds the process for about one message at a time (decoding and
+# framing a 1,000-line message is one unit, about a millisecond), and the other jobs' feeds and
+# clients go in between.
+TURN_SECONDS = 0.00025
+# A feed waiting for its next events hands on what arrives in the subscription's callback when
+# it is this small (a quiet job's line or two): one turn of the event loop sooner than its own
+# task would, and beside a flood every turn holds a step of each of the flood's tasks (its
+# connection's reads, its feed, its viewer's writes). A larger arrival waits for the feed's
+# task, so that the callback never holds the loop long.
+QUIET_BYTES = 16 * 1024
+# A large LineLogged (a flood's) is framed this many lines per step of its feed's task, the other
+# jobs' feeds and clients in between: framing a 1,000-line message was the largest step in the
+# API's loop beside a flood (its decoding, about a third of it, stays one step).
+FRAME_LINES = 250
 
 FrameBuilder = Callable[[events.AnyEvent, int, int | None], list[bytes]]
+# The frames of lines [first, stop) of a LineLogged at a stream sequence, ids as in the whole's.
+LineFramer = Callable[[events.LineLogged, int, int, int], list[bytes]]
 
 
 @dataclass(frozen=True)
@@ -137,11 +157,15 @@ class EndLast:
         return ready
 
 
-def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
+def decode_event(data: bytes) -> events.AnyEvent | None:
     try:
-        event = codec.decode(data)
+        return codec.decode(data)
     except msgspec.MsgspecError:
         return None
+
+
+def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
+    event = decode_event(data)
     if event is None:
         return None
     return Item(seq, event, build(event, seq, None))
@@ -246,6 +270,13 @@ class JobFeed:
         # viewer that stopped reading is cut by its limit as before, not held on to forever.
         self.room = asyncio.Event()
         self.stalled = False
+        # The quiet path (``QUIET_BYTES``): set while the feed's task waits for events; the loop
+        # time of the last events handed on in the callback since the feed's task last woke (a
+        # keep-alive is due only a full interval after them); how the callback ended the feed.
+        self._waiting = False
+        self._quiet_at: float | None = None
+        self._finished = False
+        self._failure: Exception | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"sse-feed-{self.job_id}")
@@ -270,8 +301,9 @@ class JobFeed:
                     start_seq=self.last_seq + 1,
                 ) as reader,
             ):
+                reader.on_arrival = lambda: self._on_arrival(reader)
                 self.ready.set()
-                while not await self._deliver(await reader.next_batch(fanout.limits.keepalive)):
+                while not await self._deliver(await self._next(reader)):
                     pass
         except Exception as exc:
             log.warning("sse feed failed", job_id=self.job_id, error=repr(exc))
@@ -286,8 +318,55 @@ class JobFeed:
             self.ready.set()
             fanout.forget(self)
 
+    async def _next(self, reader: OrderedReader) -> list[Msg]:
+        """The next events for the feed's task: ``[]`` when a keep-alive is due, or when the
+        callback ended the feed (it raises what failed there)."""
+        keepalive = self.fanout.limits.keepalive
+        loop = asyncio.get_running_loop()
+        while True:
+            quiet_at = self._quiet_at
+            wait = keepalive if quiet_at is None else max(0.0, quiet_at + keepalive - loop.time())
+            self._waiting = True
+            try:
+                msgs = await reader.next_batch(wait)
+            finally:
+                self._waiting = False
+            if self._failure is not None:
+                raise self._failure
+            if msgs:
+                self._quiet_at = None  # the keep-alive's interval starts again from these
+                return msgs
+            if self._finished:
+                return msgs
+            if self._quiet_at is None or loop.time() >= self._quiet_at + keepalive:
+                self._quiet_at = None
+                return []
+
+    def _on_arrival(self, reader: OrderedReader) -> bool:
+        """The quiet path: hand on a small arrival in the subscription's callback while the
+        feed's task waits (nothing of the feed is under way then, so the order holds). False:
+        the feed's task takes it (it is woken, also when the callback ended the feed)."""
+        if not self._waiting or reader.buffered_bytes > QUIET_BYTES or self._behind():
+            return False
+        self._quiet_at = asyncio.get_running_loop().time()
+        try:
+            for msg in reader.take():
+                meta = msg.metadata
+                self._order(meta, decode_item(meta.sequence.stream, msg.data, self.fanout.build))
+                if self._end_last.ended:
+                    self._flush()
+                    self._finished = True
+                    return False
+            self._hand_over_soon()
+        except Exception as exc:  # the feed's task fails with it, as if it had been its own
+            self._failure = exc
+            return False
+        return True
+
     async def _deliver(self, msgs: list[Msg]) -> bool:
         """Hand ``msgs`` on; True once the job's terminal status went out."""
+        if self._finished:
+            return True
         if not msgs:
             # One timer for the job, not one per client.
             for subscriber in self.subscribers:
@@ -305,26 +384,49 @@ class JobFeed:
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
             meta = msg.metadata
-            seq = meta.sequence.stream
-            item = decode_item(seq, msg.data, self.fanout.build)
-            self.last_seq = seq
-            for ready in self._end_last.order(item, meta.num_pending):
-                if ready.seq < seq:
-                    # An end handed on after later events: the record, kept in stream order
-                    # for look-ups by sequence, is dropped; late viewers read the history.
-                    self.drop_record()
-                self._remember(ready)
-                self._pending.append(ready)
-                size += len(ready.chunk)
+            item = await self._decode_in_steps(meta.sequence.stream, msg.data)
+            size += self._order(meta, item)
             if self._end_last.ended:
                 self._flush()
                 return True
+        self._hand_over_soon()
+        return False
+
+    async def _decode_in_steps(self, seq: int, data: bytes) -> Item | None:
+        """``decode_item``, with a large LineLogged framed ``FRAME_LINES`` lines per step."""
+        frame_lines = self.fanout.frame_lines
+        if frame_lines is None:
+            return decode_item(seq, data, self.fanout.build)
+        event = decode_event(data)
+        if not isinstance(event, events.LineLogged) or len(event.lines) <= FRAME_LINES:
+            return None if event is None else Item(seq, event, self.fanout.build(event, seq, None))
+        frames = frame_lines(event, seq, 0, FRAME_LINES)
+        for first in range(FRAME_LINES, len(event.lines), FRAME_LINES):
+            await asyncio.sleep(0)
+            frames += frame_lines(event, seq, first, first + FRAME_LINES)
+        return Item(seq, event, frames)
+
+    def _order(self, meta: Msg.Metadata, item: Item | None) -> int:
+        """Queue what is ready of one message's ``item`` (``EndLast``); its bytes."""
+        seq = meta.sequence.stream
+        self.last_seq = seq
+        size = 0
+        for ready in self._end_last.order(item, meta.num_pending):
+            if ready.seq < seq:
+                # An end handed on after later events: the record, kept in stream order
+                # for look-ups by sequence, is dropped; late viewers read the history.
+                self.drop_record()
+            self._remember(ready)
+            self._pending.append(ready)
+            size += len(ready.chunk)
+        return size
+
+    def _hand_over_soon(self) -> None:
         window = self.fanout.coalesce_window()
         if window < 0.001:
             self._flush()
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
-        return False
 
     def _behind(self) -> bool:
         """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)?"""
@@ -416,12 +518,15 @@ class Fanout:
         build: FrameBuilder,
         limits: Limits,
         connections: ReaderConnections | None = None,
+        frame_lines: LineFramer | None = None,
     ) -> None:
         self.js = js
         # Where readers get their own connection (no noisy neighbour); None: all share ``js``.
         self.connections = connections
         self.names = names
         self.build = build
+        # Frames a large LineLogged a slice at a time (``FRAME_LINES``); None: all at once.
+        self.frame_lines = frame_lines
         self.limits = limits
         self.feeds: dict[str, JobFeed] = {}
         # Bytes of every batch some client still holds (each batch once), and the most so far.

@@ -145,17 +145,20 @@ _FIRST_PAYLOAD = b'[{"seq":'
 _NEXT_PAYLOAD = b'},{"seq":'
 
 
-def line_frames(event: events.LineLogged, seq: int) -> list[bytes]:
+def line_frames(
+    event: events.LineLogged, seq: int, first: int = 0, stop: int | None = None
+) -> list[bytes]:
     """One frame per line (``id: <stream seq>:<line index>``), with one encoder call for the
-    whole batch rather than one per line."""
-    payloads = [
-        LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text) for ln in event.lines
-    ]
+    whole batch rather than one per line; of the lines ``[first, stop)`` only when given."""
+    lines = event.lines if first == 0 and stop is None else event.lines[first:stop]
+    payloads = [LinePayload(ln.seq, ln.stream, ln.level, ln.timestamp, ln.text) for ln in lines]
     if not payloads:
         return []
     data = escape_breaks(_encoder.encode(payloads))
     parts = data[len(_FIRST_PAYLOAD) : -2].split(_NEXT_PAYLOAD)
-    return [b'id: %d:%d\ndata: {"seq":%b}\n\n' % (seq, i, part) for i, part in enumerate(parts)]
+    return [
+        b'id: %d:%d\ndata: {"seq":%b}\n\n' % (seq, i, part) for i, part in enumerate(parts, first)
+    ]
 
 
 def status_payload(event: events.StatusChanged) -> dict[str, Any]:
