@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -26,12 +27,19 @@ log = structlog.get_logger()
 SERVICES = ("projector", "runner", "notifier", "api")
 # The notifier after the runner: the ends of jobs the runner stops are still delivered.
 STOP_ORDER = ("runner", "notifier", "api", "projector")
+# Services whose work may wait: they react to the same events as the runner and the API (every
+# event a job publishes wakes them all), and on a machine with few cores the job's tool and its
+# first line would otherwise wait for a core behind the read models' and webhooks' bookkeeping.
+# They run at a lower CPU priority (`background_nice`); when the cores are free they get them.
+BACKGROUND = ("projector", "notifier")
 
 
 class Service:
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], nice: int = 0) -> None:
         self.name = name
         self.env = env
+        # Added to this process's niceness for the service (0: the same priority).
+        self.nice = nice
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
 
@@ -45,6 +53,8 @@ class Service:
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
+        if self.nice:
+            lower_priority(self.proc.pid, self.nice)
         log.info("service started", service=self.name, pid=self.proc.pid)
 
     async def stop(self, timeout: float = 20.0) -> None:
@@ -57,6 +67,33 @@ class Service:
             log.warning("service did not stop in time, killing it", service=self.name)
             self.proc.kill()
             await self.proc.wait()
+
+
+def lower_priority(pid: int, by: int) -> None:
+    """Make a just started child ``by`` nicer than this process.
+
+    Two knobs, as Linux has two levels of scheduling. Each service starts a session of its own,
+    and with autogroups (sched(7), on by default) a session's processes share one CPU share
+    weighed by the autogroup's niceness, written to /proc/<pid>/autogroup: the thread niceness
+    alone then only orders threads inside the service. Without autogroups the thread niceness is
+    what counts: Linux keeps one per thread and a new thread takes its creator's, so the child's
+    main thread (its pid), set while it is still starting Python, passes it to every thread the
+    service makes later."""
+    niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + by, 19)
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except OSError as exc:  # gone already (its exit is seen and handled), or not allowed
+        log.warning("service priority not lowered", pid=pid, error=repr(exc))
+    # Without CAP_SYS_ADMIN the kernel takes one such change per 100 ms (EAGAIN), and the
+    # services start a few milliseconds apart: this waits its turn (at start only).
+    for _ in range(5):
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
+            return
+        except BlockingIOError:
+            time.sleep(0.11)
+        except OSError:
+            return  # no autogroups in this kernel, or the child is gone
 
 
 def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
@@ -177,7 +214,10 @@ async def up(settings: Settings, config_file: str | None) -> int:
         env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
-    services = {name: Service(name, service_env) for name, service_env in metrics_envs(env).items()}
+    services = {
+        name: Service(name, service_env, settings.background_nice if name in BACKGROUND else 0)
+        for name, service_env in metrics_envs(env).items()
+    }
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -83,6 +83,41 @@ def processes_using(path: Path) -> list[str]:
     return found
 
 
+def services_of(up_pid: int) -> dict[str, str]:
+    """The pid of each service `jobrunner up` (``up_pid``) started, by service name."""
+    found: dict[str, str] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == up_pid and b"jobrunner.cli" in argv:
+            found[argv[-1].decode()] = pid
+    return found
+
+
+def services_niceness(up_pid: int) -> dict[str, set[int]]:
+    """The niceness of every thread of each service."""
+    return {
+        name: {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+        for name, pid in services_of(up_pid).items()
+    }
+
+
+def autogroup_niceness(up_pid: int) -> dict[str, int]:
+    """The niceness of each service's autogroup (the CPU share of its session as a whole, see
+    sched(7)); empty where the kernel has no autogroups."""
+    try:
+        # "/autogroup-123 nice 10"
+        return {
+            name: int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+            for name, pid in services_of(up_pid).items()
+        }
+    except FileNotFoundError:
+        return {}
+
+
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
@@ -136,6 +171,21 @@ def test_up_starts_serves_stops_and_keeps_history(state_dir: Path) -> None:
         token = token_match.group(1) if token_match else None
         job_id = run_a_job(base_url, token)
         check_metrics_of_every_service(base_url, token)
+        # The read models' and webhooks' services yield the cores to the runner and the API
+        # (background_nice, 10 by default), in every thread they made and in their autogroup.
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        background = min(own + 10, 19)
+        assert services_niceness(first.proc.pid) == {
+            "runner": {own},
+            "api": {own},
+            "projector": {background},
+            "notifier": {background},
+        }
+        groups = autogroup_niceness(first.proc.pid)
+        if groups:  # each service is a session of its own, so an autogroup of its own
+            assert groups["projector"] == groups["notifier"] == background, groups
+            assert groups["runner"] < background, groups
+            assert groups["api"] < background, groups
         assert processes_using(state_dir), "the embedded servers should be running"
     finally:
         code = first.stop(signal.SIGINT)

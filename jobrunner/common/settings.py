@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     prefix: str = "jobrunner"
     job_types_file: str = str(DEFAULT_JOB_TYPES)
     state_dir: str = ".jobrunner"
+    # `jobrunner up` runs the projector and the notifier this much nicer than the runner and the
+    # API (0: all alike), so a job's start and its lines get the cores first.
+    background_nice: int = 10
 
     # HTTP
     host: str = "127.0.0.1"
@@ -179,6 +182,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "line_batch_max": (1, _NO_LIMIT),
     "max_line_bytes": (1, _NO_LIMIT),
     "demo_pace": (0, _NO_LIMIT),
+    "background_nice": (0, 19),  # the kernel's range of niceness
     "stream_max_age_days": (0, _NO_LIMIT),
     "stream_max_bytes": (0, _NO_LIMIT),
     "readmodel_retention_days": (0, _NO_LIMIT),
