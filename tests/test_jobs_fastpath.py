@@ -1,0 +1,161 @@
+"""GET /api/jobs in front of Litestar's router (services/api/jobs_fastpath.py): the same answers,
+bytes and headers, as Litestar's own route, which still answers every request the fast path does
+not accept outright."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.services.api.jobs_fastpath import JobListFastPath
+from jobrunner.services.api.security.sessions import COOKIE_NAME
+from tests.history_support import BASE_TIME, job_events, publish, wait_projected
+from tests.system import System
+
+# Filters, pages and refusals: what the fast path answers itself and what it hands over.
+QUERIES: list[dict[str, Any]] = [
+    {},
+    {"limit": 3},
+    {"status": "completed,failed"},
+    {"status": ["failed", "cancelled"]},
+    {"job_type": "scraper", "status": "completed"},
+    {"search": "plz"},
+    {"batch_id": "b1"},
+    {"created_from": "2026-01-01T00:03:00Z", "archived": "all"},
+    {"status": "exploded"},
+    {"limit": 0},
+    {"limit": 1, "limit ": 2},
+    {"cursor": "not-a-cursor"},
+    {"bogus": 1},
+]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, auth=True)
+
+
+@pytest.fixture
+async def system(settings: Settings) -> AsyncIterator[System]:
+    batch: list[events.Event] = []
+    # No running job: its duration grows between two answers.
+    statuses = [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PENDING]
+    for n in range(12):
+        batch += job_events(
+            f"j{n:02d}",
+            ("scraper", "enrich_email")[n % 2],
+            n,
+            statuses[n % 4],
+            {"plz": str(n)},
+            {"found": n} if n % 3 == 0 else None,
+            "b1" if n < 4 else None,
+        )
+    # Two jobs of the owner a restricted token sees.
+    for n in (12, 13):
+        batch.append(
+            events.JobRequested(
+                job_id=f"j{n:02d}",
+                job_type="scraper",
+                parameters={},
+                requested_by="ci",
+                occurred_at=BASE_TIME + timedelta(minutes=n),
+            )
+        )
+    last = await publish(settings, batch)
+    running = System(settings)
+    await running.start_projector()
+    await running.start_api()
+    try:
+        await wait_projected(settings, last)
+        yield running
+    finally:
+        await running.stop()
+
+
+def fast_path_of(system: System) -> tuple[Any, JobListFastPath]:
+    assert system._server is not None
+    app = system._server.config.app
+    assert isinstance(app.asgi_handler, JobListFastPath)
+    return app, app.asgi_handler
+
+
+async def answers(app: Any, headers: dict[str, str]) -> list[tuple[int, dict[str, str], bytes]]:
+    """Each of QUERIES asked of the running app in-process (its lifespan is the server's)."""
+    out = []
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://127.0.0.1", headers=headers
+    ) as client:
+        for params in QUERIES:
+            response = await client.get("/api/jobs", params=params)
+            out.append((response.status_code, dict(response.headers), response.content))
+    return out
+
+
+async def test_fast_path_answers_as_litestar_does(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For an admin token, a token that sees only its own jobs and a session cookie: every
+    query of QUERIES gets the same status, headers and bytes with the fast path as from
+    Litestar's route alone; and the fast path answers the accepted ones itself."""
+    app, fast = fast_path_of(system)
+    restricted = await system.create_token("ci", "viewer", own_jobs_only=True)
+    callers = [
+        {"Authorization": f"Bearer {system.admin_token}"},
+        {"Authorization": f"Bearer {restricted}"},
+        {"Cookie": f"{COOKIE_NAME}={await system.session_cookie()}"},
+    ]
+    litestar = fast.handler
+    handed_over: list[str] = []
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        handed_over.append(scope["query_string"].decode())
+        await litestar(scope, receive, send)
+
+    pages = []
+    for headers in callers:
+        handed_over.clear()
+        monkeypatch.setattr(fast, "handler", counting)
+        through_fast_path = await answers(app, headers)
+        monkeypatch.setattr(fast, "handler", litestar)
+        monkeypatch.setattr(app, "asgi_handler", litestar)
+        litestar_only = await answers(app, headers)
+        monkeypatch.setattr(app, "asgi_handler", fast)
+
+        assert [s for s, _, _ in through_fast_path] == [200] * 8 + [400] * 5
+        for (status, head, body), (status2, head2, body2) in zip(
+            through_fast_path, litestar_only, strict=True
+        ):
+            assert (status, head, body) == (status2, head2, body2)
+        # The refusals, and only they, went Litestar's way.
+        assert len(handed_over) == 5
+        pages.append(msgspec.json.decode(through_fast_path[0][2]))
+    # The restricted token's page: its owner's jobs only.
+    first = pages[1]
+    assert [job["id"] for job in first["items"]] == ["j13", "j12"]
+
+
+async def test_refused_callers_get_litestars_answers(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No credential, an unknown token, a host that is not allowed: Litestar's answers."""
+    app, fast = fast_path_of(system)
+    for headers in (
+        {},
+        {"Authorization": "Bearer jrt_0000000000000000_nope"},
+        {"Authorization": f"Bearer {system.admin_token}", "Host": "evil.example"},
+    ):
+        through_fast_path = await answers(app, headers)
+        monkeypatch.setattr(app, "asgi_handler", fast.handler)
+        litestar_only = await answers(app, headers)
+        monkeypatch.setattr(app, "asgi_handler", fast)
+        assert through_fast_path == litestar_only
+        assert {status for status, _, _ in through_fast_path} <= {400, 401}
