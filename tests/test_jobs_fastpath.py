@@ -1,6 +1,6 @@
-"""GET /api/jobs in front of Litestar's router (services/api/jobs_fastpath.py): the same answers,
-bytes and headers, as Litestar's own route, which still answers every request the fast path does
-not accept outright."""
+"""GET /api/jobs and a job's log pages in front of Litestar's router
+(services/api/jobs_fastpath.py): the same answers, bytes and headers, as Litestar's own routes,
+which still answer every request the fast path does not accept outright."""
 
 from __future__ import annotations
 
@@ -15,27 +15,35 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.api.jobs_fastpath import JobListFastPath
+from jobrunner.services.api.jobs_fastpath import JobReadsFastPath
 from jobrunner.services.api.security.sessions import COOKIE_NAME
 from tests.history_support import BASE_TIME, job_events, publish, wait_projected
 from tests.system import System
 
 # Filters, pages and refusals: what the fast path answers itself and what it hands over.
-QUERIES: list[dict[str, Any]] = [
-    {},
-    {"limit": 3},
-    {"status": "completed,failed"},
-    {"status": ["failed", "cancelled"]},
-    {"job_type": "scraper", "status": "completed"},
-    {"search": "plz"},
-    {"batch_id": "b1"},
-    {"created_from": "2026-01-01T00:03:00Z", "archived": "all"},
-    {"status": "exploded"},
-    {"limit": 0},
-    {"limit": 1, "limit ": 2},
-    {"cursor": "not-a-cursor"},
-    {"bogus": 1},
+LIST = "/api/jobs"
+LOG = "/api/jobs/j00/logs"
+QUERIES: list[tuple[str, dict[str, Any]]] = [
+    (LIST, {}),
+    (LIST, {"limit": 3}),
+    (LIST, {"status": "completed,failed"}),
+    (LIST, {"status": ["failed", "cancelled"]}),
+    (LIST, {"job_type": "scraper", "status": "completed"}),
+    (LIST, {"search": "plz"}),
+    (LIST, {"batch_id": "b1"}),
+    (LIST, {"created_from": "2026-01-01T00:03:00Z", "archived": "all"}),
+    (LIST + "/", {"limit": 2}),
+    (LOG, {}),
+    (LOG, {"limit": 2, "after": 1}),
+    (LOG, {"tail": 2, "level": "ERROR,INFO"}),
+    (LIST, {"status": "exploded"}),
+    (LIST, {"limit": 0}),
+    (LIST, {"limit": 1, "limit ": 2}),
+    (LIST, {"cursor": "not-a-cursor"}),
+    (LIST, {"bogus": 1}),
+    (LOG, {"after": 1, "tail": 2}),
 ]
+ANSWERED = 12  # the first ones; the others are refused (400)
 
 
 @pytest.fixture
@@ -57,6 +65,7 @@ async def system(settings: Settings) -> AsyncIterator[System]:
             {"plz": str(n)},
             {"found": n} if n % 3 == 0 else None,
             "b1" if n < 4 else None,
+            lines=("INFO one", "ERROR two", "INFO three") if n == 0 else (),
         )
     # Two jobs of the owner a restricted token sees.
     for n in (12, 13):
@@ -80,10 +89,10 @@ async def system(settings: Settings) -> AsyncIterator[System]:
         await running.stop()
 
 
-def fast_path_of(system: System) -> tuple[Any, JobListFastPath]:
+def fast_path_of(system: System) -> tuple[Any, JobReadsFastPath]:
     assert system._server is not None
     app = system._server.config.app
-    assert isinstance(app.asgi_handler, JobListFastPath)
+    assert isinstance(app.asgi_handler, JobReadsFastPath)
     return app, app.asgi_handler
 
 
@@ -94,8 +103,8 @@ async def answers(app: Any, headers: dict[str, str]) -> list[tuple[int, dict[str
     async with httpx.AsyncClient(
         transport=transport, base_url="http://127.0.0.1", headers=headers
     ) as client:
-        for params in QUERIES:
-            response = await client.get("/api/jobs", params=params)
+        for path, params in QUERIES:
+            response = await client.get(path, params=params)
             out.append((response.status_code, dict(response.headers), response.content))
     return out
 
@@ -104,8 +113,8 @@ async def test_fast_path_answers_as_litestar_does(
     system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """For an admin token, a token that sees only its own jobs and a session cookie: every
-    query of QUERIES gets the same status, headers and bytes with the fast path as from
-    Litestar's route alone; and the fast path answers the accepted ones itself."""
+    request of QUERIES gets the same status, headers and bytes with the fast path as from
+    Litestar's routes alone; and the fast path answers the accepted ones itself."""
     app, fast = fast_path_of(system)
     restricted = await system.create_token("ci", "viewer", own_jobs_only=True)
     callers = [
@@ -130,13 +139,16 @@ async def test_fast_path_answers_as_litestar_does(
         litestar_only = await answers(app, headers)
         monkeypatch.setattr(app, "asgi_handler", fast)
 
-        assert [s for s, _, _ in through_fast_path] == [200] * 8 + [400] * 5
+        # The restricted token sees no j00: its log is a 404.
+        answered = ANSWERED - (3 if headers is callers[1] else 0)
+        expected = [200] * 9 + [404 if headers is callers[1] else 200] * 3
+        assert [s for s, _, _ in through_fast_path] == expected + [400] * (len(QUERIES) - ANSWERED)
         for (status, head, body), (status2, head2, body2) in zip(
             through_fast_path, litestar_only, strict=True
         ):
             assert (status, head, body) == (status2, head2, body2)
         # The refusals, and only they, went Litestar's way.
-        assert len(handed_over) == 5
+        assert len(handed_over) == len(QUERIES) - answered
         pages.append(msgspec.json.decode(through_fast_path[0][2]))
     # The restricted token's page: its owner's jobs only.
     first = pages[1]
