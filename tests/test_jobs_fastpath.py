@@ -15,7 +15,11 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.services.api.app import create_app
 from jobrunner.services.api.jobs_fastpath import JobReadsFastPath
+from jobrunner.services.api.routes.jobs import LIST_PARAMETERS
+from jobrunner.services.api.routes.logs import LOG_PARAMETERS
+from jobrunner.services.api.security.middleware import known_query_parameters
 from jobrunner.services.api.security.sessions import COOKIE_NAME
 from tests.history_support import BASE_TIME, job_events, publish, wait_projected
 from tests.system import System
@@ -171,3 +175,12 @@ async def test_refused_callers_get_litestars_answers(
         monkeypatch.setattr(app, "asgi_handler", fast)
         assert through_fast_path == litestar_only
         assert {status for status, _, _ in through_fast_path} <= {400, 401}
+
+
+def test_the_fast_path_takes_the_query_parameters_the_routes_declare(settings: Settings) -> None:
+    """The access middleware refuses a query parameter its route does not declare; the fast path
+    leaves that to ``Query`` with the route's list: the two lists must be the same."""
+    app = create_app(settings)
+    for path, known in (("/api/jobs", LIST_PARAMETERS), ("/api/jobs/j00/logs", LOG_PARAMETERS)):
+        handler = app.asgi_router.handle_routing(path=path, method="GET")[1]
+        assert known_query_parameters(handler) == frozenset(known)
