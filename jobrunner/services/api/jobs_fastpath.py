@@ -9,10 +9,12 @@ wrapper answers the plain case itself: the route Litestar's own router finds for
 same checks as the access middleware and the read-model gate, the same page (``PAGES``: the
 functions the route handlers answer with), the same bytes and headers, timed in the same request
 metric. Every other request goes to Litestar untouched, and so does one of these the fast path
-does not accept outright: a refused host, no or a bad credential, a role
-too small, a query it rejects, read models of another version, any error. Litestar then runs
-its own checks and answers as it always did (its refusals and error bodies). Nothing is sent
-before the page is encoded, so handing a request over is always possible.
+does not accept outright: a refused host, no or a bad credential, a role too small, a query it
+rejects (``Query`` with the route's own parameter list, as the handler does), read models of
+another version, a job not found, any error. Litestar then runs its own checks and answers as it
+always did (its refusals and error bodies); such a request pays its checks, and a 404 its query,
+twice, the rare case. Nothing is sent before the page is encoded, so handing a request over is
+always possible.
 """
 
 from __future__ import annotations
