@@ -462,10 +462,21 @@ async def reads(system: RunningSystem, seconds: float, jobs: int) -> dict:
     Through a lean keep-alive client (bench/httpclient.py): httpx's own CPU per request is as
     large as the API's, and would be measured instead of it."""
     async with LeanClient("127.0.0.1", system.port, system.headers) as http:
-        return await _reads(http, seconds, jobs)
+        return await _reads(system, http, seconds, jobs)
 
 
-async def _reads(http: LeanClient, seconds: float, jobs: int) -> dict:
+def cpu_now(system: RunningSystem) -> dict[str, float]:
+    """CPU seconds so far of the API, Postgres and this process (the bench's client)."""
+    cpu = system.cpu_seconds()
+    return {"api": cpu.get("api", 0.0), "postgres": cpu.get("postgres", 0.0), "bench": _own_cpu()}
+
+
+def cpu_us_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict:
+    """µs of CPU per request by process, between two ``cpu_now`` readings."""
+    return {part: round((after[part] - before[part]) / max(requests, 1) * 1e6) for part in before}
+
+
+async def _reads(system: RunningSystem, http: LeanClient, seconds: float, jobs: int) -> dict:
     async def list_walk() -> AsyncIterator[Response]:
         for params in LIST_FILTERS:
             response = await http.get("/api/jobs", params={**params, "limit": 50})
@@ -483,8 +494,13 @@ async def _reads(http: LeanClient, seconds: float, jobs: int) -> dict:
             yield response
             after = response.json().get("next_after") if response.status_code == 200 else None
 
-    return {
-        "jobs": jobs,
-        "list_jobs": await _timed(list_walk, seconds),
-        "logs": await _timed(log_walk, seconds),
-    }
+    out: dict[str, Any] = {"jobs": jobs}
+    for name, walk in (("list_jobs", list_walk), ("logs", log_walk)):
+        # CPU per request by process beside the rate: on the shared machine a rate mostly
+        # says how busy the cores were, the API's CPU per request what the API costs.
+        before = cpu_now(system)
+        out[name] = await _timed(walk, seconds)
+        out[name]["cpu_us_per_request"] = cpu_us_per_request(
+            before, cpu_now(system), out[name]["requests"]
+        )
+    return out

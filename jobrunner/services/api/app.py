@@ -7,7 +7,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from jobrunner.common.settings import Settings
-from jobrunner.services.api import security
+from jobrunner.services.api import jobs_fastpath, security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.readmodelgate import refuse_unready
@@ -78,4 +78,5 @@ def create_app(settings: Settings) -> Litestar:
     )
     security.document_errors(app)
     time_unmatched(app)
+    jobs_fastpath.install(app)
     return app

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import MultiDict
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
@@ -25,7 +26,7 @@ from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
 from jobrunner.services.api.posted import PostedJob
 from jobrunner.services.api.queryparams import Query, invalid, keyset_page
-from jobrunner.services.api.security import principal_of
+from jobrunner.services.api.security import Principal, principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.submission import UnknownJobType, check_job, job_fingerprint
 from jobrunner.services.api.webhook_requests import checked_webhook
@@ -213,29 +214,7 @@ class JobController(Controller):
         ``projected_seq`` is the stream sequence the page reflects: open ``/api/jobs/stream``
         with ``?after=<projected_seq>`` to miss no update after it.
         """
-        ctx = ctx_of(request)
-        query = Query(request.query_params, LIST_PARAMETERS)
-        filters = readmodels.JobFilter(
-            statuses=query.choices("status", [s.value for s in JobStatus]),
-            job_types=query.names("job_type"),
-            search=query.text("search"),
-            batch_id=query.name("batch_id"),
-            created_from=query.timestamp("created_from"),
-            created_to=query.timestamp("created_to"),
-            requested_by=principal_of(request).owner,
-            archived=query.archived(),
-        )
-        page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
-        after = query.cursor("cursor", readmodels.JobCursor)
-        rows, applied = await readmodels.list_jobs(ctx.pool, page_size + 1, filters, after)
-        rows, next_cursor = keyset_page(
-            rows, page_size, lambda last: readmodels.JobCursor(last["created_at"], last["id"])
-        )
-        return schemas.JobPage(
-            items=[readmodels.job_from_row(r) for r in rows],
-            next_cursor=next_cursor,
-            projected_seq=applied,
-        )
+        return await job_page(ctx_of(request), request.query_params, principal_of(request))
 
     @get("/{job_id:str}", summary="One job")
     async def get_job(self, request: Request[Any, Any, Any], job_id: str) -> schemas.Job:
@@ -263,6 +242,35 @@ class JobController(Controller):
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
         return await cancel(ctx_of(request), job_id, principal_of(request))
+
+
+async def job_page(
+    ctx: ApiContext, params: MultiDict[str], principal: Principal
+) -> schemas.JobPage:
+    """One page of ``GET /api/jobs`` for ``principal``: Litestar's handler above and the fast
+    path in front of it (``jobs_fastpath.py``) answer with this one function."""
+    query = Query(params, LIST_PARAMETERS)
+    filters = readmodels.JobFilter(
+        statuses=query.choices("status", [s.value for s in JobStatus]),
+        job_types=query.names("job_type"),
+        search=query.text("search"),
+        batch_id=query.name("batch_id"),
+        created_from=query.timestamp("created_from"),
+        created_to=query.timestamp("created_to"),
+        requested_by=principal.owner,
+        archived=query.archived(),
+    )
+    page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
+    after = query.cursor("cursor", readmodels.JobCursor)
+    rows, applied = await readmodels.list_jobs(ctx.pool, page_size + 1, filters, after)
+    rows, next_cursor = keyset_page(
+        rows, page_size, lambda last: readmodels.JobCursor(last["created_at"], last["id"])
+    )
+    return schemas.JobPage(
+        items=[readmodels.job_from_row(r) for r in rows],
+        next_cursor=next_cursor,
+        projected_seq=applied,
+    )
 
 
 def wait_choice(raw: str | None) -> str:

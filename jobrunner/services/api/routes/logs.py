@@ -6,14 +6,16 @@ import re
 from typing import Annotated, Any
 
 from litestar import Request, get
+from litestar.datastructures import MultiDict
 from litestar.params import Parameter
 from litestar.response import Stream
 
 from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import Query
-from jobrunner.services.api.security import principal_of
+from jobrunner.services.api.security import Principal, principal_of
 
 MAX_LOG_PAGE = 5000
 LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
@@ -50,8 +52,15 @@ async def job_logs(
     Level, stream and search filter both. Lines come from the read model, so a running job's
     latest lines may lag by the projector's delay; live lines are on the job's SSE stream.
     """
-    ctx = ctx_of(request)
-    query = Query(request.query_params, LOG_PARAMETERS)
+    return await log_page(ctx_of(request), request.query_params, principal_of(request), job_id)
+
+
+async def log_page(
+    ctx: ApiContext, params: MultiDict[str], principal: Principal, job_id: str
+) -> schemas.LogPage:
+    """One page of ``GET /api/jobs/{job_id}/logs`` for ``principal``: Litestar's handler above
+    and the fast path in front of it (``jobs_fastpath.py``) answer with this one function."""
+    query = Query(params, LOG_PARAMETERS)
     filters = readmodels.LineFilter(
         levels=query.choices("level", LEVELS),
         streams=query.choices("stream", STREAMS),
@@ -64,7 +73,7 @@ async def job_logs(
         raise ApiError(
             400, "INVALID_QUERY", "Use either 'after' or 'tail', not both.", field="tail"
         )
-    row = await find_job(ctx, job_id, principal_of(request))
+    row = await find_job(ctx, job_id, principal)
     next_after: int | None = None
     if tail_count is not None:
         lines = await readmodels.log_lines_tail(ctx.pool, job_id, tail_count, filters)

@@ -1,0 +1,128 @@
+"""``GET /api/jobs`` and ``GET /api/jobs/{job_id}/logs`` answered in front of Litestar's router:
+the most frequent reads (the web UI's list and log pages, scripts polling them) without the
+framework's per-request machinery.
+
+Through Litestar a list request spent about as much of the API's CPU in the framework (the
+middleware stack and its send wrappers, the route's signature model parsing ten query parameters
+the handler reads again itself, the request and response objects) as in its query. This ASGI
+wrapper answers the plain case itself: the route Litestar's own router finds for the path, the
+same checks as the access middleware and the read-model gate, the same page (``PAGES``: the
+functions the route handlers answer with), the same bytes and headers, timed in the same request
+metric. Every other request goes to Litestar untouched, and so does one of these the fast path
+does not accept outright: a refused host, no or a bad credential, a role too small, a query it
+rejects (``Query`` with the route's own parameter list, as the handler does), read models of
+another version, a job not found, any error. Litestar then runs its own checks and answers as it
+always did (its refusals and error bodies); such a request pays its checks, and a 404 its query,
+twice, the rare case. Nothing is sent before the page is encoded, so handing a request over is
+always possible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from litestar._asgi.utils import is_valid_host
+from litestar.connection import ASGIConnection
+from litestar.datastructures import MultiDict
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.utils import normalize_path
+
+from jobrunner.common import metrics
+from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.routes.jobs import job_page
+from jobrunner.services.api.routes.logs import log_page
+from jobrunner.services.api.security import Role
+from jobrunner.services.api.security.middleware import Access
+from jobrunner.services.api.security.origin import check_host
+
+log = structlog.get_logger()
+
+# By the route's template (what Litestar's router answers for a path, and the request metric's
+# label): the page of a GET of that route, given the query, the caller and the path's parameters.
+Page = Callable[[Any, MultiDict[str], Any, dict[str, Any]], Awaitable[msgspec.Struct]]
+PAGES: dict[str, Page] = {
+    "/api/jobs": lambda ctx, query, principal, _: job_page(ctx, query, principal),
+    "/api/jobs/{job_id}/logs": lambda ctx, query, principal, path: log_page(
+        ctx, query, principal, path["job_id"]
+    ),
+}
+PREFIX = "/api/jobs"
+_ENCODER = msgspec.json.Encoder()
+
+
+class JobReadsFastPath:
+    """Wraps the application's ASGI handler (``install``); see the module docstring."""
+
+    def __init__(self, handler: ASGIApp) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != ScopeType.HTTP
+            or scope["method"] != "GET"
+            or not scope["path"].startswith(PREFIX)
+            or scope.get("root_path")
+        ):
+            await self.handler(scope, receive, send)
+            return
+        started = time.perf_counter()
+        answer = await self.page(scope, receive)
+        if answer is None:
+            await self.handler(scope, receive, send)
+            return
+        template, body = answer
+        # ``send`` is Litestar's, wrapped with the before-send hook: the browser protections
+        # are added to these headers as to every response.
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        metrics.HTTP_DURATION.labels("GET", template, "200").observe(time.perf_counter() - started)
+
+    async def page(self, scope: Scope, receive: Receive) -> tuple[str, bytes] | None:
+        """The route's template and its encoded page, or None: Litestar answers this request."""
+        app: Any = scope["litestar_app"]
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
+        try:
+            host = connection.headers.get("host")
+            if host is not None and not is_valid_host(host.encode("latin-1")):
+                return None  # the router's own host check (a 400)
+            # Litestar's router, as it would route the request (its look-up is cached).
+            _, _, _, path_params, template = app.asgi_router.handle_routing(
+                path=normalize_path(scope["path"]), method="GET"
+            )
+            answer = PAGES.get(template)
+            if answer is None:
+                return None
+            access: Access = app.state.access
+            check_host(connection, access.hosts)
+            principal = await access.principal_from(connection)
+            if not principal.has_role(Role.VIEWER):  # what a GET needs (security/middleware.py)
+                return None
+            ctx = app.state.ctx
+            if not ctx.readmodels.state.current:  # the gate (readmodelgate.refuse_unready)
+                return None
+            page = await answer(ctx, connection.query_params, principal, path_params)
+            return template, _ENCODER.encode(page)
+        except ApiError:
+            return None  # a refusal: Litestar's path refuses it the same way and answers it
+        except Exception as exc:  # a route not found, Postgres away: Litestar's path reports it
+            log.debug("fast path handed over", error=repr(exc))
+            return None
+
+
+def install(app: Any) -> None:
+    """Put the fast path in front of ``app``'s ASGI handler (after Litestar's own wrappers)."""
+    app.asgi_handler = JobReadsFastPath(app.asgi_handler)
