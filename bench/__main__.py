@@ -65,10 +65,10 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
     results: dict[str, Any] = {}
     settled: list[dict[str, Any]] = []
 
-    async def settle_before(scenario: str) -> None:
+    async def settle_before(scenario: str, force: bool = False) -> None:
         # After the history, leftovers of it (the runner's and notifier's backlog, autovacuum)
         # would share the cores with the scenario: it starts once they are done (bench/settle.py).
-        if "live_projection" in results:
+        if force or "live_projection" in results:
             settled.append(await settle.settle(system, scenario))
             results["settled"] = settled
 
@@ -92,7 +92,11 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
             results["dispatch"] = await scenarios.dispatch(system, http, size["dispatch_jobs"])
         if "replay" in only or "reads" in only or "catchup" in only:
             log(f"history: {size['replay_jobs'] * 10:,} events, projected, then replayed")
-            results.update(await scenarios.history_and_replay(system, size["replay_jobs"]))
+            results.update(
+                await scenarios.history_and_replay(
+                    system, size["replay_jobs"], lambda: settle_before("the replay", force=True)
+                )
+            )
             if "reads" in only:
                 await settle_before("reads")
                 log("reads")

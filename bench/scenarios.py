@@ -8,7 +8,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -337,9 +337,13 @@ def _children_cpu() -> float:
     return times.children_user + times.children_system
 
 
-async def history_and_replay(system: RunningSystem, jobs: int) -> dict:
+async def history_and_replay(
+    system: RunningSystem, jobs: int, settle_before_replay: Callable[[], Awaitable[None]]
+) -> dict:
     """5. ``jobs * 10`` events published into the running system's stream; the live projector
-    catches up with them; then ``jobrunner replay`` rebuilds every read model from sequence 1."""
+    catches up with them; then, once the runner's and the notifier's backlog of the history is
+    gone too (``settle_before_replay``: the replay is measured alone, as every scenario after
+    the history is), ``jobrunner replay`` rebuilds every read model from sequence 1."""
     settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
     names = Names(system.prefix)
     nc = await eventstore.connect(settings, "bench")
@@ -364,6 +368,7 @@ async def history_and_replay(system: RunningSystem, jobs: int) -> dict:
         "projected_within_s": round(caught_up, 2),
         "projected_events_per_s": round(published["events"] / caught_up),
     }
+    await settle_before_replay()
     services = system.services()
     # The replay's own CPU joins the bench's children's once it is waited for.
     cpu0 = system.cpu_seconds() | {"replay": _children_cpu()}
