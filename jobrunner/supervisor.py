@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -32,6 +31,7 @@ STOP_ORDER = ("runner", "notifier", "api", "projector")
 # first line would otherwise wait for a core behind the read models' and webhooks' bookkeeping.
 # They run at a lower CPU priority (`background_nice`); when the cores are free they get them.
 BACKGROUND = ("projector", "notifier")
+AUTOGROUP_TRIES = 5
 
 
 class Service:
@@ -54,7 +54,7 @@ class Service:
             start_new_session=True,
         )
         if self.nice:
-            lower_priority(self.proc.pid, self.nice)
+            await lower_priority(self.proc.pid, self.nice)
         log.info("service started", service=self.name, pid=self.proc.pid)
 
     async def stop(self, timeout: float = 20.0) -> None:
@@ -69,7 +69,7 @@ class Service:
             await self.proc.wait()
 
 
-def lower_priority(pid: int, by: int) -> None:
+async def lower_priority(pid: int, by: int) -> None:
     """Make a just started child ``by`` nicer than this process.
 
     Two knobs, as Linux has two levels of scheduling. Each service starts a session of its own,
@@ -85,15 +85,16 @@ def lower_priority(pid: int, by: int) -> None:
     except OSError as exc:  # gone already (its exit is seen and handled), or not allowed
         log.warning("service priority not lowered", pid=pid, error=repr(exc))
     # Without CAP_SYS_ADMIN the kernel takes one such change per 100 ms (EAGAIN), and the
-    # services start a few milliseconds apart: this waits its turn (at start only).
-    for _ in range(5):
+    # services start a few milliseconds apart: this waits its turn.
+    for _ in range(AUTOGROUP_TRIES):
         try:
             Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
             return
         except BlockingIOError:
-            time.sleep(0.11)
+            await asyncio.sleep(0.11)
         except OSError:
             return  # no autogroups in this kernel, or the child is gone
+    log.warning("service autogroup priority not lowered", pid=pid)
 
 
 def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
