@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.js import JetStreamContext
@@ -20,15 +19,6 @@ from jobrunner.services.api.job_updates import update_messages
 
 pytestmark = pytest.mark.timeout(120)
 KINDS = ["requested", "status", "lines", "progress", "lines", "cancel", "lines"]
-
-
-@pytest.fixture
-async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
-    nc = await eventstore.connect(settings, "test")
-    js = nc.jetstream()
-    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
-    yield js
-    await eventstore.close(nc)
 
 
 async def publish(js: JetStreamContext, names: Names, rounds: int) -> list[tuple[int, str]]:

@@ -395,11 +395,15 @@ class JobFeed:
     async def _decode_in_steps(self, seq: int, data: bytes) -> Item | None:
         """``decode_item``, with a large LineLogged framed ``FRAME_LINES`` lines per step."""
         frame_lines = self.fanout.frame_lines
-        if frame_lines is None:
-            return decode_item(seq, data, self.fanout.build)
         event = decode_event(data)
-        if not isinstance(event, events.LineLogged) or len(event.lines) <= FRAME_LINES:
-            return None if event is None else Item(seq, event, self.fanout.build(event, seq, None))
+        if event is None:
+            return None
+        if (
+            frame_lines is None
+            or not isinstance(event, events.LineLogged)
+            or len(event.lines) <= FRAME_LINES
+        ):
+            return Item(seq, event, self.fanout.build(event, seq, None))
         frames = frame_lines(event, seq, 0, FRAME_LINES)
         for first in range(FRAME_LINES, len(event.lines), FRAME_LINES):
             await asyncio.sleep(0)
