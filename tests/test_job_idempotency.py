@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import msgspec
@@ -39,6 +40,22 @@ async def test_a_retried_start_answers_the_same_job_once(system: System) -> None
         assert second.json()["id"] == first.json()["id"]
         await wait_status(client, first.json()["id"], "completed")
     assert await requested_count(system.settings) == 1
+
+
+async def test_started_jobs_have_ids_in_the_order_they_were_started(system: System) -> None:
+    """POST /api/jobs names each job with a UUIDv7 (events.new_job_id): the ids of jobs started
+    one after the other sort in that order, apart from two started in the same millisecond."""
+    body = {"job_type": "emit", "parameters": {"lines": 1}}
+    async with system.client() as client:
+        ids = []
+        for _ in range(3):
+            response = await client.post("/api/jobs", json=body)
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+        for job_id in ids:
+            await wait_status(client, job_id, "completed")
+    assert all(uuid.UUID(hex=job_id).version == 7 for job_id in ids)
+    assert [job_id[:12] for job_id in ids] == sorted(job_id[:12] for job_id in ids)
 
 
 async def test_a_key_reused_for_another_job_is_refused(system: System) -> None:

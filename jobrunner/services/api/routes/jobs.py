@@ -107,7 +107,7 @@ class JobController(Controller):
                 "Some parameters are not valid for this job type.",
                 fields=[msgspec.to_builtins(e) for e in exc.errors],
             ) from None
-        job_id = events.new_event_id()
+        job_id = events.new_job_id()
         event_id = events.new_event_id()
         # A request that may be sent again (Idempotency-Key) gets a derived callback token, so a
         # retry can answer the same one (only its hash is stored).
