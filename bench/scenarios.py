@@ -456,7 +456,7 @@ LIST_FILTERS = [
     {"job_type": "enrich_email"},
     {"status": "completed", "job_type": "scraper"},
     {"status": "cancelled,failed"},
-    {"search": "bench00000"},
+    {"search": "bench000"},
 ]
 
 
