@@ -29,9 +29,9 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from jobrunner.common import eventstore, metrics, retry
+from jobrunner.common import ackinbox, eventstore, metrics, retry
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.contracts import events
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.bounds import bounded_progress
 from jobrunner.services.runner.output import MIN_LINE_BYTES, SPLIT_MARKER, Progress, split_text
@@ -155,7 +155,7 @@ class LinePublisher:
         pacing: PublishPacing | None = None,
     ) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
+        self._acks = ackinbox.of(nc)
         self._names = names
         self._job_id = job_id
         self._batch_max = batch_max
@@ -357,8 +357,13 @@ class LinePublisher:
         limit = min(MAX_BATCH_BYTES, batch_budget(self._nc.max_payload))
         return next_batch(self._sizes, limit, self._batch_max)
 
-    async def _publish(self, event: events.Event) -> None:
-        await publish_with_retry(self._js, self._names, event)
+    async def _publish(self, event: events.Publishable) -> None:
+        # Through the connection's ack inbox: the same message as eventstore.publish, for much
+        # less CPU each (this is the runner's most frequent publish).
+        subject = self._names.subject(event)
+        data = codec.encode(event)
+        what = f"event {type(event).__name__} {event.event_id} on {subject}"
+        await retry.until_done(lambda: self._acks.publish(subject, data, event.event_id), what)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
