@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from itertools import repeat
@@ -175,6 +176,9 @@ class LinePublisher:
         self._pacing = pacing
         self._pausing: asyncio.Future[None] | None = None
         self.messages = 0  # LineLogged messages published
+        # A LineLogged's event id: random per publisher, then its message number (as unique as
+        # a uuid4's hex, of the same length, without a system call for randomness a message).
+        self._id_base = uuid.uuid4().hex[:20]
         self.seq = 0
         self._buffered_bytes = 0
         self.published_lines = 0
@@ -312,7 +316,10 @@ class LinePublisher:
                 last_publish = loop.time()
                 count, size = self._next_batch()
                 batch = self._lines[:count]
-                await self._publish(events.LineLogged(job_id=self._job_id, lines=batch))
+                event_id = f"{self._id_base}{self.messages:012x}"
+                await self._publish(
+                    events.LineLogged(job_id=self._job_id, event_id=event_id, lines=batch)
+                )
                 del self._lines[:count]
                 del self._sizes[:count]
                 self.published_lines += count
