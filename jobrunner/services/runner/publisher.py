@@ -56,10 +56,15 @@ SPLIT_MARKER_BYTES = len(SPLIT_MARKER.encode())
 # The pacing clock ticks once per window: this many seconds per job running on the runner, up
 # to the cap. The runner's messages per second then stay about the same however many jobs print
 # (100 jobs at 200 lines/s made 20,000 messages/s, each a publish, an ack, a decode in every API
-# and in the projector), and a job alone is never held back (0.2 ms is below a publish's round
+# and in the projector), and a job alone is never held back (0.5 ms is about a publish's round
 # trip).
-PACE_PER_JOB = 0.0002
-PACE_MAX = 0.02  # seconds: what pacing can add to a line's delay at most
+PACE_PER_JOB = 0.0005
+PACE_MAX = 0.05  # seconds: what pacing can add to a line's delay at most
+# A job with this much waiting to be published (a flood, not a line at a time) is paced on a
+# clock FLOOD_PACE times as fast: its messages are large anyway, and holding a flood's messages
+# longer made its neighbours' lines later (the noisy-neighbour row, session 10).
+FLOOD_BYTES = 4096
+FLOOD_PACE = 0.4
 
 _encoder = msgspec.json.Encoder()
 
@@ -72,8 +77,9 @@ class PublishPacing:
         self.cap = cap
         self.publishers = 0
 
-    def window(self) -> float:
-        return min(self.cap, self.per_job * self.publishers)
+    def window(self, flooding: bool = False) -> float:
+        window = min(self.cap, self.per_job * self.publishers)
+        return window * FLOOD_PACE if flooding else window
 
 
 def pacing_wait(now: float, last_publish: float, window: float) -> float:
@@ -203,7 +209,7 @@ class LinePublisher:
         """How long the job's tool pipe rests after a read (``read_rest``; none unpaced)."""
         if self._pacing is None:
             return 0.0
-        return read_rest(now, last_read, self._pacing.window())
+        return read_rest(now, last_read, self._pacing.window(self._flooding()))
 
     def add(self, stream: str, level: str, text: str, at: datetime) -> None:
         """Buffer a line (plain call: the per-line path stays free of awaits)."""
@@ -279,6 +285,9 @@ class LinePublisher:
             self._room.clear()
             await self._room.wait()
 
+    def _flooding(self) -> bool:
+        return self._buffered_bytes >= FLOOD_BYTES
+
     def _full(self) -> bool:
         return len(self._lines) >= MAX_BUFFERED_LINES or self._buffered_bytes >= MAX_BUFFERED_BYTES
 
@@ -310,7 +319,8 @@ class LinePublisher:
             self._wakeup.clear()
             while self._lines:
                 if self._pacing is not None and not self._closing:
-                    wait = pacing_wait(loop.time(), last_publish, self._pacing.window())
+                    window = self._pacing.window(self._flooding())
+                    wait = pacing_wait(loop.time(), last_publish, window)
                     if wait > 0:
                         await self._pause(wait)  # the job's next lines join this message
                 last_publish = loop.time()
