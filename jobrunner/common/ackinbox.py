@@ -62,7 +62,8 @@ def of(nc: NATS) -> AckInbox:
 
 class AckInbox:
     def __init__(self, nc: NATS, timeout: float = ACK_TIMEOUT) -> None:
-        self._nc = nc
+        # Weak: the registry above keeps an inbox while its connection lives, not the reverse.
+        self._nc = weakref.proxy(nc)
         self._timeout = timeout
         self._prefix = ""  # the inbox subject and a dot, once subscribed
         self._opening: asyncio.Future[None] | None = None
