@@ -9,7 +9,9 @@ the next tick of a clock shared by all jobs (ticking once per window), so lines 
 messages and the jobs' messages leave together; the window grows with the number of jobs
 running, so a lone job (or a job whose lines are rare) still publishes each line the moment it
 is read. The tool's pipe is read on the same ticks (``read_rest``): what such a job prints
-between two ticks would wait for the next one anyway, and is read there in one go.
+between two ticks would wait for the next one anyway, and is read there in one go. A job with a
+flood's worth waiting is paced on a faster clock (``FLOOD_PACE``): its messages are large
+anyway, and it must not be held.
 
 Every message fits: batches are sized in encoded bytes under the server's announced
 ``max_payload`` (read at each batch: a reconnect may reach a server with another limit), and
