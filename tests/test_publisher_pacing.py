@@ -19,6 +19,8 @@ from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.process import ToolProcess
 from jobrunner.services.runner.publisher import (
+    FLOOD_BYTES,
+    FLOOD_PACE,
     PACE_MAX,
     PACE_PER_JOB,
     LinePublisher,
@@ -74,6 +76,22 @@ def test_window_grows_with_the_jobs_running_up_to_a_cap() -> None:
     assert pacing.window() == PACE_PER_JOB < 0.001
     pacing.publishers = 10_000
     assert pacing.window() == PACE_MAX
+
+
+async def test_a_flood_is_paced_on_a_faster_clock_than_lines_printed_one_at_a_time(
+    nats: NATS, settings: Settings
+) -> None:
+    """Once a job has a flood's worth of output waiting, its pipe rests (and its messages
+    wait) until the ticks of the faster clock; before, until those of the job printing a line
+    at a time."""
+    pacing = PublishPacing(per_job=1.0, cap=1.0)
+    pacing.publishers = 1
+    publisher = LinePublisher(nats, Names(settings.prefix), JOB, pacing=pacing)
+    publisher.add("stdout", "INFO", "one line", datetime.now(UTC))
+    assert publisher.read_rest(now=100.0001, last_read=100.0) == pytest.approx(0.9999)
+    for _ in range(FLOOD_BYTES // 100):
+        publisher.add("stdout", "INFO", "x" * 100, datetime.now(UTC))
+    assert publisher.read_rest(now=100.0001, last_read=100.0) == pytest.approx(FLOOD_PACE - 0.0001)
 
 
 def test_a_line_after_a_quiet_spell_waits_for_nothing() -> None:

@@ -1,0 +1,135 @@
+"""Publishing to JetStream with its ack awaited, at a small cost per message: one wildcard inbox
+subscription per connection receives every ack, each found by a counter token.
+
+nats-py's ``js.publish`` is a ``request`` per message: a NUID and a random token (a system
+call), a future with a done-callback, ``wait_for``'s own future and timer, the subject checked
+twice, and the ack parsed by ``json`` into a dict and then a dataclass. The runner publishes
+thousands of small messages a second (100 jobs printing lines), and paid more for that than for
+the lines themselves. Here a message costs a dict entry and a future, the ack decodes with
+msgspec, and the acks' timeout is one timer for all of them.
+
+What goes out is what ``js.publish`` sends (subject, payload, the Nats-Msg-Id header, a reply
+subject), and a publish fails as it does there, so that retries tell the errors apart the same
+way: no ack within the timeout raises ``nats.errors.TimeoutError``, no stream listening
+``NoStreamResponseError``, JetStream's refusal its ``APIError``. The inbox is subscribed again
+by nats-py after a reconnect, so an ack that crosses a reconnect still arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import weakref
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from jobrunner.contracts.codec import MSG_ID_HEADER
+
+# As long as js.publish waits for an ack by default (nats-py's JetStream API timeout).
+ACK_TIMEOUT = 5.0
+
+_STATUS = "Status"
+_NO_RESPONDERS = "503"
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: where the message is stored (``duplicate``: its id
+    was stored before, within the stream's duplicate window), or why it was refused."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_decoder = msgspec.json.Decoder(PubAck)
+
+_inboxes: weakref.WeakKeyDictionary[NATS, AckInbox] = weakref.WeakKeyDictionary()
+
+
+def of(nc: NATS) -> AckInbox:
+    """The connection's ack inbox (one per connection, made on first use)."""
+    inbox = _inboxes.get(nc)
+    if inbox is None:
+        inbox = _inboxes[nc] = AckInbox(nc)
+    return inbox
+
+
+class AckInbox:
+    def __init__(self, nc: NATS, timeout: float = ACK_TIMEOUT) -> None:
+        # Weak: the registry above keeps an inbox while its connection lives, not the reverse.
+        self._nc = weakref.proxy(nc)
+        self._timeout = timeout
+        self._prefix = ""  # the inbox subject and a dot, once subscribed
+        self._opening: asyncio.Future[None] | None = None
+        self._tokens = itertools.count()
+        # token -> (deadline, future); in the order published, so the oldest come first
+        self._waiting: dict[str, tuple[float, asyncio.Future[Msg]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> PubAck:
+        """Publish with the Nats-Msg-Id ``msg_id`` and wait for JetStream to store it."""
+        if not self._prefix:
+            await self._open()
+        loop = asyncio.get_running_loop()
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = (loop.time() + self._timeout, future)
+        try:
+            await self._nc.publish(
+                subject, payload, reply=self._prefix + token, headers={MSG_ID_HEADER: msg_id}
+            )
+            if self._timer is None:
+                self._timer = loop.call_later(self._timeout, self._expire)
+            msg = await future
+        finally:
+            self._waiting.pop(token, None)
+        return _read_ack(msg)
+
+    async def _open(self) -> None:
+        # Jobs starting together share the one subscription.
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._subscribe())
+        try:
+            await asyncio.shield(self._opening)
+        except BaseException:
+            if self._opening.done():
+                self._opening = None  # failed (NATS away): the next publish tries again
+            raise
+
+    async def _subscribe(self) -> None:
+        prefix = f"{self._nc.new_inbox()}."
+        await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+        self._prefix = prefix
+
+    async def _on_ack(self, msg: Msg) -> None:
+        entry = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(msg)
+
+    def _expire(self) -> None:
+        """Fail the publishes whose ack is overdue; the timer then waits for the oldest left."""
+        now = asyncio.get_running_loop().time()
+        while self._waiting:
+            token, (deadline, future) = next(iter(self._waiting.items()))
+            if deadline > now:
+                self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+                return
+            del self._waiting[token]
+            if not future.done():
+                future.set_exception(nats.errors.TimeoutError())
+        self._timer = None
+
+
+def _read_ack(msg: Msg) -> PubAck:
+    if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+        raise nats.js.errors.NoStreamResponseError
+    ack = _decoder.decode(msg.data)
+    if ack.error is not None:
+        raise nats.js.errors.APIError.from_error(ack.error)
+    return ack

@@ -1,0 +1,72 @@
+"""Publishing through a connection's ack inbox: stored as js.publish stores it (the Nats-Msg-Id
+de-duplicates a repeat), and failing with the errors the runner's retry tells apart."""
+
+from __future__ import annotations
+
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.js import JetStreamContext, api
+
+from jobrunner.common import ackinbox
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.codec import MSG_ID_HEADER
+from jobrunner.contracts.names import Names
+
+
+async def test_a_publish_is_stored_with_its_id_and_a_repeat_is_a_duplicate(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The message is stored with its Nats-Msg-Id; published again, JetStream keeps one copy."""
+    names = Names(settings.prefix)
+    inbox = ackinbox.of(js._nc)
+    subject = names.job_kind_subject("inboxjob", "lines")
+    first = await inbox.publish(subject, b'{"hello":1}', "id-1")
+    again = await inbox.publish(subject, b'{"hello":1}', "id-1")
+    other = await inbox.publish(subject, b'{"hello":2}', "id-2")
+    assert (first.stream, first.duplicate) == (names.stream, False)
+    assert (again.seq, again.duplicate) == (first.seq, True)
+    assert other.seq == first.seq + 1
+    stored = await js.get_msg(names.stream, first.seq)
+    assert stored.data == b'{"hello":1}'
+    assert stored.headers is not None
+    assert stored.headers[MSG_ID_HEADER] == "id-1"
+
+
+async def test_a_subject_no_stream_takes_raises_no_stream_response(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """With no stream to store it, the publish fails as js.publish's does (a retry waits)."""
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await ackinbox.of(js._nc).publish(f"{settings.prefix}-nostream.x", b"{}", "id-1")
+
+
+async def test_a_publish_nobody_acknowledges_times_out(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A message someone receives but nobody acknowledges fails with a timeout (retried)."""
+    subject = f"{settings.prefix}-silent.x"
+    await js._nc.subscribe(subject)  # receives, never answers
+    inbox = ackinbox.AckInbox(js._nc, timeout=0.2)
+    with pytest.raises(nats.errors.TimeoutError):
+        await inbox.publish(subject, b"{}", "id-1")
+    # The inbox still works afterwards.
+    stored = await inbox.publish(
+        Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", "id-2"
+    )
+    assert stored.seq > 0
+
+
+async def test_jetstream_refusing_a_message_raises_its_api_error(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """JetStream's refusal (here a message over the stream's size limit) raises its APIError."""
+    subject = f"{settings.prefix}-small.x"
+    await js.add_stream(
+        api.StreamConfig(name=f"{settings.prefix}_small", subjects=[subject], max_msg_size=16)
+    )
+    try:
+        with pytest.raises(nats.js.errors.APIError):
+            await ackinbox.of(js._nc).publish(subject, b"x" * 100, "id-1")
+    finally:
+        await js.delete_stream(f"{settings.prefix}_small")
