@@ -15,10 +15,7 @@ from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import (
-    COALESCE_BEHIND_MAX,
-    COALESCE_MAX,
     HAND_OVER_BYTES,
-    LATENESS_WEIGHT,
     PAUSE_BYTES,
     TAKE_BYTES,
     Batch,
@@ -146,43 +143,6 @@ async def test_the_batching_window_counts_the_clients_of_every_job() -> None:
     for feed, inbox in inboxes:
         feed.leave(inbox)
     assert out.coalesce_window() == 0.0
-
-
-async def test_a_process_behind_its_feeds_hands_over_less_often() -> None:
-    """Hand-overs that fire late widen the window (fewer writes a client), up to its bound; on
-    time again, it narrows back. Few clients keep getting every event at once."""
-    out = fanout()
-    assert out.coalesce_window() == 0.0
-    out.hand_over_late(0.5)
-    assert out.coalesce_window() == 0.0  # few clients: no window to widen
-    out.clients = 1000
-    out.lateness = 0.0
-    assert out.coalesce_window() == COALESCE_MAX
-    out.hand_over_late(0.05)
-    behind = out.coalesce_window()
-    assert COALESCE_MAX < behind < COALESCE_MAX + 0.05
-    for _ in range(100):
-        out.hand_over_late(10.0)
-    assert out.coalesce_window() == COALESCE_BEHIND_MAX
-    for _ in range(300):
-        out.hand_over_late(0.0)
-    assert out.coalesce_window() < COALESCE_MAX + 0.001
-
-
-async def test_a_feed_measures_how_late_its_hand_over_fired() -> None:
-    """The timer of a feed's batch reports its lateness when it fires (a busy loop: late)."""
-    out = fanout()
-    out.clients = 1000
-    feed = JobFeed(out, "j")
-    feed._pending.append(line_item(1))
-    loop = asyncio.get_running_loop()
-    feed._hand_over_soon()
-    busy_until = loop.time() + COALESCE_MAX + 0.05
-    while loop.time() < busy_until:
-        pass  # the loop is held: the timer fires at least 50 ms late
-    await asyncio.sleep(0.01)  # the overdue timer runs first
-    assert not feed._pending
-    assert out.lateness >= 0.05 * LATENESS_WEIGHT
 
 
 def test_a_bounded_take_hands_out_whole_batches_and_keeps_the_rest_counted() -> None:

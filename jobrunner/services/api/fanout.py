@@ -58,12 +58,6 @@ log = structlog.get_logger()
 # once per event per client (2 ms windows for events 5 ms apart) and fall seconds behind.
 COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per client of the process ...
 COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
-# A process behind its feeds (its hand-over timers fire late: the loop has more to do than it
-# can) widens the window by how late they fire, up to this: it then writes to each client less
-# often, and the writes, not the events, are most of what it spends. The lateness is averaged
-# over the last few hand-overs (``LATENESS_WEIGHT`` each), so one long turn does not count.
-COALESCE_BEHIND_MAX = 0.3
-LATENESS_WEIGHT = 0.1
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
@@ -436,13 +430,7 @@ class JobFeed:
         if window < 0.001:
             self._flush()
         elif self._flush_timer is None:
-            loop = asyncio.get_running_loop()
-            due = loop.time() + window
-            self._flush_timer = loop.call_at(due, self._flush_when_due, due)
-
-    def _flush_when_due(self, due: float) -> None:
-        self.fanout.hand_over_late(asyncio.get_running_loop().time() - due)
-        self._flush()
+            self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
 
     def _behind(self) -> bool:
         """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)?"""
@@ -551,7 +539,6 @@ class Fanout:
         self.recorded_bytes = 0  # the feeds' records together
         self.clients = 0  # subscribers of every feed
         self.clients_cut = 0
-        self.lateness = 0.0  # how late the feeds' hand-overs fire, averaged (seconds)
 
     async def join(
         self, job_id: str, start_seq: int | None = None
@@ -582,16 +569,8 @@ class Fanout:
 
     def coalesce_window(self) -> float:
         """How long a feed gathers events before handing them over: longer with more clients in
-        the process, so that its writes per second stay about the same however many there are,
-        and longer while the process is behind (``COALESCE_BEHIND_MAX``)."""
-        window = min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
-        if window < 0.001:
-            return window
-        return min(COALESCE_BEHIND_MAX, window + self.lateness)
-
-    def hand_over_late(self, late: float) -> None:
-        """A feed's hand-over fired ``late`` seconds after it was due."""
-        self.lateness += (max(0.0, late) - self.lateness) * LATENESS_WEIGHT
+        the process, so that its writes per second stay about the same however many there are."""
+        return min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
 
     def reader_js(self) -> AbstractAsyncContextManager[JetStreamContext]:
         """The JetStream context a reader of a job's stream subscribes with: on a connection
