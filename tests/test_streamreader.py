@@ -261,3 +261,28 @@ async def test_a_reader_stops_when_cancelled_while_messages_keep_arriving(
         publisher.cancel()
         await reader.close()
         await nc.close()
+
+
+async def test_the_event_feed_gathers_what_arrives_while_the_projector_waits(
+    settings: Settings,
+) -> None:
+    """The projector paces its transactions (``TRANSACTION_INTERVAL``): ``fetch_more`` adds to
+    a batch what arrived while it waited, in order, so a trickle is applied a few events per
+    transaction instead of one."""
+    first = logged_job("trickle-a", lines=3, batch=3)
+    last = await publish(settings, first)
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "test")
+    feed = EventFeed(nc.jetstream(), names, settings, name="test")
+    try:
+        await feed.start(last - len(first) + 1)
+        seen = [seq for seq, _ in await feed.fetch(timeout=30)]
+        while seen[-1] < last:
+            seen += [seq for seq, _ in await feed.fetch(timeout=30)]
+        publishing = asyncio.create_task(publish(settings, logged_job("trickle-b", 3, batch=3)))
+        gathered = [seq for seq, _ in await feed.fetch_more(len(seen), 2.0)]
+        later = await publishing
+    finally:
+        await feed.close()
+        await eventstore.close(nc)
+    assert gathered == list(range(last + 1, later + 1))

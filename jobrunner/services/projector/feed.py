@@ -59,6 +59,7 @@ class EventFeed:
         )
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None
+        self._reads = 0  # socket reads in the batch being gathered
 
     async def start(self, seq: int) -> None:
         """Open the reader at ``seq``; while JetStream cannot create its consumer (a cluster
@@ -106,11 +107,25 @@ class EventFeed:
             batch = getter.result()
         else:
             batch = self._queue.get_nowait()
-        reads = 1
-        while len(batch) < FETCH_EVENTS and reads < FETCH_READS and not self._queue.empty():
-            batch += self._queue.get_nowait()
-            reads += 1
-        return batch
+        self._reads = 1
+        return batch + self._queued(len(batch))
+
+    async def fetch_more(self, have: int, wait: float) -> list[tuple[int, list[Change]]]:
+        """What arrives within ``wait`` seconds after ``fetch`` gave ``have`` events, up to the
+        rest of a transaction's worth (``FETCH_EVENTS``, ``FETCH_READS`` with fetch's)."""
+        await asyncio.sleep(wait)
+        return self._queued(have)
+
+    def _queued(self, have: int) -> list[tuple[int, list[Change]]]:
+        more: list[tuple[int, list[Change]]] = []
+        while (
+            have + len(more) < FETCH_EVENTS
+            and self._reads < FETCH_READS
+            and not self._queue.empty()
+        ):
+            more += self._queue.get_nowait()
+            self._reads += 1
+        return more
 
     async def lookup(self, seq: int) -> StoredMessage | None:
         """The message stored at ``seq`` (for the record of an event set aside); None when the
