@@ -3,12 +3,14 @@ de-duplicates a repeat), and failing with the errors the runner's retry tells ap
 
 from __future__ import annotations
 
+import asyncio
+
 import nats.errors
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import ackinbox
+from jobrunner.common import ackinbox, eventstore, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.codec import MSG_ID_HEADER
 from jobrunner.contracts.names import Names
@@ -70,3 +72,38 @@ async def test_jetstream_refusing_a_message_raises_its_api_error(
             await ackinbox.of(js._nc).publish(subject, b"x" * 100, "id-1")
     finally:
         await js.delete_stream(f"{settings.prefix}_small")
+
+
+async def test_publishes_on_a_closed_connection_each_fail_as_js_publish_does(
+    settings: Settings,
+) -> None:
+    """Two publishes opening the inbox together on a closed connection (a runner shutting down
+    while two jobs publish their first line) both get nats-py's ConnectionClosedError, which a
+    retry waits out, not an error of the inbox's own that it would take as a refusal."""
+    nc = await eventstore.connect(settings, "test-closed")
+    await nc.close()
+    inbox = ackinbox.AckInbox(nc)
+    results = await asyncio.gather(
+        *(inbox.publish(f"{settings.prefix}.x", b"{}", f"id-{n}") for n in range(2)),
+        return_exceptions=True,
+    )
+    assert [type(r) for r in results] == [nats.errors.ConnectionClosedError] * 2
+    assert all(retry.is_transient(r) for r in results if isinstance(r, BaseException))
+
+
+async def test_a_client_connected_again_after_a_close_gets_its_acks(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """nats-py forgets its subscriptions when a connection closes; the inbox subscribes again
+    when the same client connects again, instead of waiting for acks nobody delivers."""
+    subject = Names(settings.prefix).job_kind_subject("inboxjob", "lines")
+    nc = await eventstore.connect(settings, "test-again")
+    inbox = ackinbox.AckInbox(nc, timeout=2.0)
+    first = await inbox.publish(subject, b"{}", "id-1")
+    await nc.close()
+    await nc.connect(settings.nats_url)
+    try:
+        again = await inbox.publish(subject, b"{}", "id-2")
+    finally:
+        await nc.close()
+    assert again.seq == first.seq + 1

@@ -27,6 +27,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from jobrunner.contracts.codec import MSG_ID_HEADER
 
@@ -66,6 +67,7 @@ class AckInbox:
         self._nc = weakref.proxy(nc)
         self._timeout = timeout
         self._prefix = ""  # the inbox subject and a dot, once subscribed
+        self._subscription: Subscription | None = None
         self._opening: asyncio.Future[None] | None = None
         self._tokens = itertools.count()
         # token -> (deadline, future); in the order published, so the oldest come first
@@ -74,7 +76,7 @@ class AckInbox:
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> PubAck:
         """Publish with the Nats-Msg-Id ``msg_id`` and wait for JetStream to store it."""
-        if not self._prefix:
+        if not self._subscribed():
             await self._open()
         loop = asyncio.get_running_loop()
         token = str(next(self._tokens))
@@ -91,20 +93,31 @@ class AckInbox:
             self._waiting.pop(token, None)
         return _read_ack(msg)
 
+    def _subscribed(self) -> bool:
+        """Whether the inbox's subscription is the connection's. nats-py subscribes it again
+        after a reconnect, but forgets every subscription when the connection is closed: a
+        client connected again after a close needs the inbox anew (as nats-py's own request
+        inbox does). Its table of subscriptions is private; a lookup costs next to nothing."""
+        sub = self._subscription
+        return sub is not None and self._nc._subs.get(sub._id) is sub
+
     async def _open(self) -> None:
-        # Jobs starting together share the one subscription.
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._subscribe())
+        # Jobs starting together share the one subscription (and one failure, should the
+        # connection be closed or draining: each of them gets nats-py's error, as from
+        # js.publish, and the next publish tries again).
+        opening = self._opening
+        if opening is None or opening.done():
+            opening = self._opening = asyncio.ensure_future(self._subscribe())
         try:
-            await asyncio.shield(self._opening)
+            await asyncio.shield(opening)
         except BaseException:
-            if self._opening.done():
-                self._opening = None  # failed (NATS away): the next publish tries again
+            if self._opening is opening and opening.done():
+                self._opening = None
             raise
 
     async def _subscribe(self) -> None:
         prefix = f"{self._nc.new_inbox()}."
-        await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+        self._subscription = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
         self._prefix = prefix
 
     async def _on_ack(self, msg: Msg) -> None:
@@ -113,7 +126,9 @@ class AckInbox:
             entry[1].set_result(msg)
 
     def _expire(self) -> None:
-        """Fail the publishes whose ack is overdue; the timer then waits for the oldest left."""
+        """Fail the publishes whose ack is overdue; the timer then waits for the oldest left.
+        Waiting publishes are in deadline order because they are in the order published and
+        every one waits the inbox's one timeout."""
         now = asyncio.get_running_loop().time()
         while self._waiting:
             token, (deadline, future) = next(iter(self._waiting.items()))

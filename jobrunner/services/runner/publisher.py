@@ -184,8 +184,9 @@ class LinePublisher:
         self._pacing = pacing
         self._pausing: asyncio.Future[None] | None = None
         self.messages = 0  # LineLogged messages published
-        # A LineLogged's event id: random per publisher, then its message number (as unique as
-        # a uuid4's hex, of the same length, without a system call for randomness a message).
+        # A LineLogged's event id: random per publisher (76 random bits: a uuid4's first 20 hex
+        # digits hold its fixed version digit), then its message number: unique for any
+        # practical number of publishers, and no system call for randomness a message.
         self._id_base = uuid.uuid4().hex[:20]
         self.seq = 0
         self._buffered_bytes = 0
