@@ -9,8 +9,9 @@ and, once it has applied them (never past the live checkpoint), sends them here 
     frame = <stream seq: u64 LE> <length: u32 LE> <the message's payload>
 
 on the worker's stdin. The worker decodes and projects them with the projector's own code, copies
-the rows (the table has no key during the load), and at the end of its input adds each job's line
-count and last sequence to ``jobs``, as the live projector does per batch. Anything but a readable
+the rows (the table has no key during the load), says so on its stdout at the end of its input
+(the replay builds the lines' key meanwhile) and adds each job's line count and last sequence to
+``jobs``, as the live projector does per batch. Anything but a readable
 LineLogged whose rows Postgres takes (an event the live projector set aside, or an outage) makes
 it exit with ``FAILED``: the replay then loads again the serial way, which sets such events aside.
 """
@@ -41,11 +42,12 @@ FRAME = struct.Struct("<QI")
 DATABASE_URL_ENV = "JOBRUNNER_LINECOPY_DATABASE_URL"  # not in argv: ps shows that to anyone
 COPY_ROWS = 20_000  # lines per COPY
 QUEUED_COPIES = 4  # COPYs' worth of rows decoded ahead of Postgres
+COPIED = b"copied\n"  # on the worker's stdout once every line is copied
 FAILED = 3  # exit status: a line the worker cannot store as the live projector did
 
 
 class LineCopier:
-    """The replay's end of the worker: start, send each applied batch, finish."""
+    """The replay's end of the worker: start, send each applied batch, copied, finish."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self._process = process
@@ -59,6 +61,7 @@ class LineCopier:
             __name__,
             schema,
             stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             env={**os.environ, DATABASE_URL_ENV: database_url},
         )
         assert process.stdin is not None
@@ -87,14 +90,20 @@ class LineCopier:
         except (BrokenPipeError, ConnectionResetError):
             self._broken = True  # finish() reports its exit status
 
-    async def finish(self) -> bool:
-        """Waits for the worker to copy the rest and add the counts; False if it failed."""
+    async def copied(self) -> bool:
+        """Ends the worker's input and waits until it has copied every line (it then adds the
+        counts to ``jobs``: ``finish``); False if it failed."""
         stdin = self._process.stdin
         assert stdin is not None
+        assert self._process.stdout is not None
         if not self._broken:
             stdin.close()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 await stdin.wait_closed()
+        return await self._process.stdout.readline() == COPIED
+
+    async def finish(self) -> bool:
+        """Waits for the worker to add the counts and exit; False if it failed."""
         return await self._process.wait() == 0
 
     async def stop(self) -> None:
@@ -152,6 +161,9 @@ async def _copy(schema: str, database_url: str) -> None:
                 )
 
     await asyncio.gather(read(), copy())
+    # The lines are all in: the replay builds their key while the counts go in.
+    sys.stdout.buffer.write(COPIED)
+    sys.stdout.buffer.flush()
     # The jobs are all stored by now: the replay closes the input once its load is applied.
     await conn.execute(
         f"UPDATE {schema}.jobs AS j SET log_count = j.log_count + c.n, "

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -166,7 +166,7 @@ async def replay(
                 applied, held = await _load(
                     pool, js, names, feed, progress, on_progress, progress_interval, copier
                 )
-            copied = await copier.finish() if copier is not None else True
+            copied = await copier.copied() if copier is not None else True
             phases["loading"] = time.monotonic() - progress.started
             return feed, applied, held, copied
 
@@ -178,10 +178,16 @@ async def replay(
         # replay loads again with the key in place, in this process, which keeps the first of
         # the two as the live projector did. So does a failed line copy (an unreadable or
         # unstorable LineLogged, which the live projector set aside).
-        if not copied or not await build_indexes(pool, REPLAY_SCHEMA, line_key=True):
+        # The worker adds the lines' counts to the jobs while the lines' key is built (1-2 s
+        # of Postgres, measured, in series before); the indexes of the jobs wait for it.
+        counted = asyncio.ensure_future(copier.finish() if copied else _false())
+        if not copied or not await build_indexes(
+            pool, REPLAY_SCHEMA, line_key=True, jobs_ready=counted
+        ):
+            await asyncio.wait([counted])
             log.warning(
                 "replay loads again with the lines' key, in one process",
-                reason="a line is stored twice" if copied else "the line copy failed",
+                reason="a line is stored twice" if counted.result() else "the line copy failed",
             )
             await feed.close()
             async with pool.acquire() as conn:
@@ -261,16 +267,30 @@ async def _fresh_schema(conn: asyncpg.Connection, line_key: bool) -> None:
 LINE_KEY = "log_lines_pkey"  # the name Postgres gives the primary key of schema.sql
 
 
-async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False) -> bool:
+async def _false() -> bool:
+    return False
+
+
+async def build_indexes(
+    pool: asyncpg.Pool,
+    schema: str,
+    line_key: bool = False,
+    jobs_ready: Awaitable[bool] | None = None,
+) -> bool:
     """Indexes built once over the loaded tables of ``schema``, autovacuum back on, and
     statistics for the planner: the rebuilt tables serve queries as well as the live ones from
     the first request. On two connections of ``pool`` (Postgres builds each index on one core):
     the search index, the slowest, beside the others. Shared with the upgrade's rebuild.
 
     With ``line_key`` the lines' primary key too, first; False when two lines have the same key
-    (nothing else built then but, perhaps, the search index)."""
+    (nothing else built then but, perhaps, the search index). ``jobs_ready``: what the indexes
+    of the tables but ``log_lines`` wait for (the replay's line counts); False from it: nothing
+    more is built, and False is returned."""
+    ready = asyncio.ensure_future(jobs_ready if jobs_ready is not None else _true())
 
     async def search_index() -> None:
+        if not await ready:
+            return
         async with pool.acquire() as conn:
             await store.create_search_index(conn, schema)
             # After the index: the statistics of its expression are gathered with the table's.
@@ -286,6 +306,8 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
                     )
                 except asyncpg.UniqueViolationError:
                     return False
+            if not await ready:
+                return False
             await set_autovacuum(conn, schema, enabled=True)
             await store.create_indexes(conn, schema, search=False)
             await conn.execute(f"ANALYZE {schema}.log_lines")
@@ -294,6 +316,10 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
 
     _, built = await asyncio.gather(search_index(), other_indexes())
     return built
+
+
+async def _true() -> bool:
+    return True
 
 
 async def set_autovacuum(conn: asyncpg.Connection, schema: str, enabled: bool) -> None:
