@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 from jobrunner.services.runner.orphans import ToolLedger, ToolRecord
@@ -51,3 +53,20 @@ def test_discarding_a_prepared_file_keeps_the_record_of_the_job(tmp_path: Path) 
     ledger.discard("job-5")
     assert ledger.records() == [record("job-5")]
     assert [p.name for p in (tmp_path / "runner-tools").iterdir()] == ["job-5.json"]
+
+
+def test_files_prepared_by_a_runner_that_is_gone_are_removed_at_start_up(tmp_path: Path) -> None:
+    directory = tmp_path / "runner-tools"
+    ledger = ToolLedger(directory)
+    ledger.prepare("job-6")  # this process's: alive
+    dead_pid = _exited_pid()
+    (directory / f"job-7.{dead_pid}.tmp").touch()
+    (directory / "job-8.tmp").touch()  # written by a runner before this version
+    assert ledger.end_orphans() == []
+    assert [p.name for p in directory.iterdir()] == [f"job-6.{os.getpid()}.tmp"]
+
+
+def _exited_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

@@ -165,6 +165,16 @@ class ToolLedger:
         with contextlib.suppress(OSError):
             self._tmp(job_id).unlink()
 
+    def _remove_prepared_of_gone_runners(self) -> None:
+        """Files prepared by runners that died before their jobs' tools started."""
+        if not self.directory.is_dir():
+            return
+        for path in self.directory.glob("*.tmp"):
+            pid = path.stem.rpartition(".")[2]
+            if not pid.isdigit() or not process_alive(int(pid), None):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     def records(self) -> list[ToolRecord]:
         out: list[ToolRecord] = []
         if not self.directory.is_dir():
@@ -178,6 +188,7 @@ class ToolLedger:
 
     def end_orphans(self) -> list[str]:
         """End the tools of runners that are gone; returns their job ids."""
+        self._remove_prepared_of_gone_runners()
         ended: list[str] = []
         for rec in self.records():
             if process_alive(rec.runner_pid, rec.runner_started):
