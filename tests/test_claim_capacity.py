@@ -47,7 +47,7 @@ async def test_a_job_waiting_for_capacity_asks_nothing_of_nats_and_starts_when_a
     names = Names(settings.prefix)
     counting = CountingJetStream(js)
     slots = SlotTable(js, names, ttl_seconds=10)
-    journal = JobJournal(counting, names, "runner-test")  # type: ignore[arg-type]
+    journal = JobJournal(js._nc, counting, names, "runner-test")  # type: ignore[arg-type]
     capacity = asyncio.Semaphore(0)
     claimer = SlotClaimer(
         slots, LockBoard(), journal, RunnerIdentity.of_this_process(), capacity, RECHECK

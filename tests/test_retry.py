@@ -10,7 +10,7 @@ from jobrunner.common import eventstore, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner.publisher import publish_with_retry
+from jobrunner.services.runner.journal import JobJournal
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,8 @@ async def test_permanent_errors_raise_at_once_with_a_code(error: Exception, code
 
 
 async def test_event_over_max_payload_is_refused_not_retried(settings: Settings) -> None:
-    """Publishing an event larger than the server takes fails at once as MESSAGE_TOO_LARGE."""
+    """Publishing an event larger than the server takes fails at once as MESSAGE_TOO_LARGE
+    (the runner's publish of a job's events, through the connection's ack inbox)."""
     nc = await eventstore.connect(settings, "test-retry")
     try:
         js = nc.jetstream()
@@ -83,7 +84,7 @@ async def test_event_over_max_payload_is_refused_not_retried(settings: Settings)
             result={"summary": "x" * (nc.max_payload + 1)},
         )
         with pytest.raises(retry.PublishRefused) as refused:
-            await publish_with_retry(js, names, too_large)
+            await JobJournal(nc, js, names, "runner-test").publish(too_large)
     finally:
         await eventstore.close(nc)
     assert refused.value.code == "MESSAGE_TOO_LARGE"

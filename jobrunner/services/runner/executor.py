@@ -88,11 +88,11 @@ class JobExecutor:
         try:
             status, cancel = await self._check(job_id, claimed, keeper)
         except BaseException:
-            await self.discard_output(making_output)
+            await self.discard_output(job_id, making_output)
             await keeper.stop()
             raise
         if status is not None or job.cancel_event.is_set() or cancel:
-            await self.discard_output(making_output)
+            await self.discard_output(job_id, making_output)
             await self._not_started(request, job, keeper, status)
             return
         output: OutputDirectory | None = None
@@ -141,7 +141,7 @@ class JobExecutor:
         finally:
             if output is None:
                 # The job never got as far as its tool: nothing of its directory is left.
-                await self.discard_output(making_output)
+                await self.discard_output(job_id, making_output)
             lease = await keeper.stop()
         # Conditional on our last revision: frees the slot only if nobody wrote it since (also
         # after a lost lease that the server had not yet let expire).
@@ -233,24 +233,29 @@ class JobExecutor:
         await job.ack()
 
     def output_directory(self, job_id: str) -> asyncio.Future[OutputDirectory | None]:
-        """Start making a job's output directory (None if it cannot be made): in a thread, so
-        a slow disk does not hold the event loop, and while the job's slot is claimed, so its
-        start does not wait for it (a thread made to wait for the interpreter lock behind the
-        spawn's own work took milliseconds)."""
+        """Start making a job's output directory (None if it cannot be made), and the file of
+        its tool's ledger record: in threads, so a slow disk does not hold the event loop, and
+        while the job's slot is claimed, so its start does not wait for them (a thread made to
+        wait for the interpreter lock behind the spawn's own work took milliseconds)."""
 
         async def make() -> OutputDirectory | None:
+            ledger = asyncio.ensure_future(asyncio.to_thread(self.ledger.prepare, job_id))
             try:
                 return await asyncio.to_thread(OutputDirectory.create, self.settings, job_id)
             except OSError as exc:
                 log.error("output directory not made", error=repr(exc))
                 return None
+            finally:
+                await ledger
 
         return asyncio.ensure_future(make())
 
-    @staticmethod
-    async def discard_output(making: asyncio.Future[OutputDirectory | None]) -> None:
-        """Remove the output directory of a job that did not start."""
+    async def discard_output(
+        self, job_id: str, making: asyncio.Future[OutputDirectory | None]
+    ) -> None:
+        """Remove the output directory (and the ledger's file) of a job that did not start."""
         made = await making
+        self.ledger.discard(job_id)
         if made is not None:
             await made.remove()
 

@@ -125,18 +125,57 @@ class ToolLedger:
     def _path(self, job_id: str) -> Path:
         return self.directory / f"{job_id}.json"
 
-    def record(self, record: ToolRecord) -> None:
+    def _tmp(self, job_id: str) -> Path:
+        # This process's own: runners on one host share the directory.
+        return self.directory / f"{job_id}.{os.getpid()}.tmp"
+
+    def prepare(self, job_id: str) -> None:
+        """Create the file a job's record is written into, ahead of its tool's start (in a
+        thread, while the job's slot is claimed). Creating a file cost about 1 ms of CPU and
+        2-7 ms of wall here (ext4, a loaded machine), writing into one that exists 0.02 ms: the
+        record is written right after the spawn, on the job's way to its first line."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self._path(record.job_id).with_suffix(".tmp")
-            tmp.write_bytes(msgspec.json.encode(record))
+            self._tmp(job_id).touch()
+        except OSError as exc:
+            log.warning("cannot prepare the tool ledger", error=str(exc))
+
+    def record(self, record: ToolRecord) -> None:
+        tmp = self._tmp(record.job_id)
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+            except FileNotFoundError:  # not prepared (or its preparation failed)
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            with os.fdopen(fd, "wb") as file:
+                file.write(msgspec.json.encode(record))
             tmp.replace(self._path(record.job_id))
         except OSError as exc:
             log.warning("cannot write the tool ledger", error=str(exc))
 
     def remove(self, job_id: str) -> None:
+        """Remove the job's record (and its prepared file, should the tool not have started)."""
+        self.discard(job_id)
         with contextlib.suppress(OSError):
             self._path(job_id).unlink()
+
+    def discard(self, job_id: str) -> None:
+        """Remove the file prepared for a job whose tool did not start."""
+        with contextlib.suppress(OSError):
+            self._tmp(job_id).unlink()
+
+    def _remove_prepared_of_gone_runners(self) -> None:
+        """Files prepared by runners that died before their jobs' tools started. A ``.tmp``
+        without a runner's pid in its name (an older version's, mid-write) is left alone: it
+        holds no record yet, and its runner may still rename it."""
+        if not self.directory.is_dir():
+            return
+        for path in self.directory.glob("*.*.tmp"):
+            pid = path.stem.rpartition(".")[2]
+            if pid.isdigit() and not process_alive(int(pid), None):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def records(self) -> list[ToolRecord]:
         out: list[ToolRecord] = []
@@ -151,6 +190,7 @@ class ToolLedger:
 
     def end_orphans(self) -> list[str]:
         """End the tools of runners that are gone; returns their job ids."""
+        self._remove_prepared_of_gone_runners()
         ended: list[str] = []
         for rec in self.records():
             if process_alive(rec.runner_pid, rec.runner_started):

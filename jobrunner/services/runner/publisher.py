@@ -30,9 +30,8 @@ from operator import add
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
-from jobrunner.common import ackinbox, eventstore, metrics, retry
+from jobrunner.common import ackinbox, metrics, retry
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
@@ -389,13 +388,3 @@ class LinePublisher:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def publish_with_retry(js: JetStreamContext, names: Names, event: events.Publishable) -> int:
-    """Publish until stored; retries keep the event id so JetStream keeps one copy.
-
-    NATS being away (any length of time) is waited out; a refusal that can never pass raises
-    :class:`~jobrunner.common.retry.PublishRefused` at once.
-    """
-    what = f"event {type(event).__name__} {event.event_id} on {names.subject(event)}"
-    return await retry.until_done(lambda: eventstore.publish(js, names, event), what)

@@ -178,11 +178,11 @@ class RequestLoop:
             claimed = await self.claimer.claim(request, job_type, job)
         except BaseException:
             if early is not None:
-                await self.executor.discard_output(early)
+                await self.executor.discard_output(job_id, early)
             raise
         if claimed is None:
             if early is not None:
-                await self.executor.discard_output(early)
+                await self.executor.discard_output(job_id, early)
             return
         making_output = early or self.executor.output_directory(job_id)
         await self.executor.run(request, job_type, job, claimed, making_output)

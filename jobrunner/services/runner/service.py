@@ -68,7 +68,7 @@ class Runner:
             self.job_types, (t.lock for t in self.job_types.values() if t.lock is not None)
         )
         LOCKS.add(self.board)
-        self.journal = JobJournal(self.js, self.names, self.identity.runner_id)
+        self.journal = JobJournal(nc, self.js, self.names, self.identity.runner_id)
         # Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
         # after their runner stopped saying "in progress".
         self.ack_wait = max(2.0, 2 * settings.lease_ttl_seconds)
