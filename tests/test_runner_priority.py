@@ -46,7 +46,7 @@ async def stop(tools: list[ToolProcess]) -> None:
 
 def test_tool_nice_is_a_setting_with_a_default() -> None:
     assert Settings().tool_nice == 5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tool_nice = 20 is outside its range"):
         Settings(tool_nice=20)
 
 
