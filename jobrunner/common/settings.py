@@ -48,8 +48,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # API (0: all alike), so a job's start and its lines get the cores first.
     background_nice: int = 10
     # The runner runs the tools this much nicer than itself (0: alike), so that the control
-    # plane (runner, API, NATS) keeps its share of the cores whatever a tool does.
-    tool_nice: int = 5
+    # plane (runner, API, NATS) keeps its share of the cores whatever a tool does. Off by
+    # default: on a machine with cores to spare it costs a flooding tool's throughput and does
+    # not shorten other jobs' delays (bench/RESULTS.md, "No noisy neighbour, session 11").
+    tool_nice: int = 0
 
     # HTTP
     host: str = "127.0.0.1"
