@@ -47,6 +47,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # `jobrunner up` runs the projector and the notifier this much nicer than the runner and the
     # API (0: all alike), so a job's start and its lines get the cores first.
     background_nice: int = 10
+    # The runner runs the tools this much nicer than itself (0: alike), so that the control
+    # plane (runner, API, NATS) keeps its share of the cores whatever a tool does. Off by
+    # default: on a machine with cores to spare it costs a flooding tool's throughput and does
+    # not shorten other jobs' delays (bench/RESULTS.md, "No noisy neighbour, session 11").
+    tool_nice: int = 0
 
     # HTTP
     host: str = "127.0.0.1"
@@ -183,6 +188,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_line_bytes": (1, _NO_LIMIT),
     "demo_pace": (0, _NO_LIMIT),
     "background_nice": (0, 19),  # the kernel's range of niceness
+    "tool_nice": (0, 19),
     "stream_max_age_days": (0, _NO_LIMIT),
     "stream_max_bytes": (0, _NO_LIMIT),
     "readmodel_retention_days": (0, _NO_LIMIT),

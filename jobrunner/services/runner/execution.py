@@ -19,6 +19,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner.artifacts import OUTPUT_ENV
 from jobrunner.services.runner.internal import CallableFailed, InternalCall
+from jobrunner.services.runner.priority import ToolPriority
 from jobrunner.services.runner.process import SpawnError, ToolProcess
 from jobrunner.services.runner.reporting import JobReporter
 
@@ -178,6 +179,7 @@ def execution_for(
     job_type: JobType,
     settings: Settings,
     output_dir: Path | None = None,
+    priority: ToolPriority | None = None,
 ) -> Execution:
     own_env = {"JOBRUNNER_DEMO_PACE": str(settings.demo_pace)}
     own_env.update({k: expand_env(v) for k, v in job_type.env.items()})
@@ -193,5 +195,5 @@ def execution_for(
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
     env = {**inherited, "PYTHONUNBUFFERED": "1", **own_env}
     cwd = expand_env(job_type.cwd) if job_type.cwd else None
-    tool = ToolProcess(build_argv(job_type, request.parameters), cwd, env)
+    tool = ToolProcess(build_argv(job_type, request.parameters), cwd, env, priority)
     return ToolExecution(tool, settings.max_line_bytes)

@@ -34,6 +34,7 @@ from jobrunner.services.runner.execution import (
 from jobrunner.services.runner.external import ExternalExecution
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, LeaseKeeper
+from jobrunner.services.runner.priority import ToolPriority
 from jobrunner.services.runner.publisher import LinePublisher, PublishPacing
 from jobrunner.services.runner.reporting import JobReporter
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
@@ -67,6 +68,7 @@ class JobExecutor:
         self.ledger = ledger
         # Shared by the jobs' line publishers: their pace depends on how many run at once.
         self.pacing = PublishPacing()
+        self.tool_priority = ToolPriority(settings.tool_nice)
 
     async def run(
         self,
@@ -362,7 +364,9 @@ class JobExecutor:
                 ),
             )
         else:
-            execution = execution_for(request, job_type, self.settings, output.path)
+            execution = execution_for(
+                request, job_type, self.settings, output.path, self.tool_priority
+            )
         if job.cancel_event.is_set():
             # Cancelled between the claim and now: never start it.
             return Outcome(JobStatus.CANCELLED, cancelled_by=job.cancelled_by)

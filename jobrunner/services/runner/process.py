@@ -14,6 +14,7 @@ from typing import Any
 
 from jobrunner.services.runner import deathsignal, orphans
 from jobrunner.services.runner.output import LineSplitter
+from jobrunner.services.runner.priority import ToolPriority
 
 READ_CHUNK = 256 * 1024  # the pipe's buffer in the runner
 # Output handled per turn of the event loop, at most: a tool flooding its pipe then holds the
@@ -112,10 +113,17 @@ Rest = Callable[[float, float], float]
 class ToolProcess:
     """One tool run. Its pid is its process group id (``start_new_session``)."""
 
-    def __init__(self, argv: list[str], cwd: str | None, env: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        cwd: str | None,
+        env: dict[str, str] | None,
+        priority: ToolPriority | None = None,
+    ) -> None:
         self.argv = argv
         self.cwd = cwd
         self.env = env
+        self.priority = priority  # None: the runner's own priority
         self.proc: asyncio.subprocess.Process | None = None
         self.started_ticks: int | None = None
 
@@ -148,6 +156,8 @@ class ToolProcess:
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
+        if self.priority is not None:
+            self.priority.lower(self.proc)
         self.started_ticks = orphans.start_ticks(self.proc.pid)
 
     async def pump(
