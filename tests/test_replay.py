@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -307,49 +306,3 @@ async def test_a_line_stored_twice_makes_the_replay_load_again_with_the_key_and_
     finally:
         await conn.close()
     assert "(job_id, seq)" in key
-
-
-async def test_the_line_copy_worker_killed_mid_load_makes_the_replay_load_again_and_agree(
-    live: System, settings: Settings
-) -> None:
-    """A replay's lines go through a worker process (linecopy.py). SIGKILLed while the load runs,
-    it copies nothing more: the replay loads again in one process, the tables agree, and every
-    job's lines and count are there once."""
-    killed: list[int] = []
-
-    async def kill_the_worker() -> None:
-        while True:
-            for pid in children_running(b"jobrunner.services.projector.linecopy"):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
-            await asyncio.sleep(0.005)
-
-    killer = asyncio.create_task(kill_the_worker())
-    with structlog.testing.capture_logs() as logs:
-        report = await replay(settings)
-    killer.cancel()
-    assert killed
-    assert report.differences == {}
-    reloads = [e for e in logs if e["event"].startswith("replay loads again")]
-    assert [e["reason"] for e in reloads] == ["the line copy failed"]
-    async with live.client() as client:
-        job = (await client.get("/api/jobs/old7")).json()
-        page = (await client.get("/api/jobs/old7/logs", params={"limit": 500})).json()
-    assert job["log_count"] == 200
-    assert [line["seq"] for line in page["items"]] == list(range(1, 201))
-
-
-def children_running(module: bytes) -> list[int]:
-    """This process's children whose command line names ``module`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if parent == os.getpid() and module in cmdline.read().split(b"\0"):
-                    found.append(int(entry))
-    return found
