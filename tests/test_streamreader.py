@@ -16,12 +16,6 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.projector.feed import EventFeed
-from jobrunner.services.projector.projections import (
-    Change,
-    LinesAppended,
-    LinesDiverted,
-    Unreadable,
-)
 from tests.history_support import logged_job, publish
 
 
@@ -292,37 +286,3 @@ async def test_the_event_feed_gathers_what_arrives_while_the_projector_waits(
         await feed.close()
         await eventstore.close(nc)
     assert gathered == list(range(last + 1, later + 1))
-
-
-async def test_a_diverting_feed_hands_lines_over_undecoded_and_undivert_decodes_them(
-    settings: Settings,
-) -> None:
-    """With ``divert_lines`` (a replay's bulk load) the LineLogged messages come as stored, every
-    other message decoded as usual (an unreadable one too, whatever its body); ``undivert`` then
-    gives what a feed without diverting gives."""
-    last = await publish(settings, logged_job("a", lines=30, batch=10))
-    nc = await eventstore.connect(settings, "test")
-    js = nc.jetstream()
-    # An empty body on another subject: read like any message, not taken for a diverted one.
-    await js.publish(f"{settings.prefix}.job.a.status", b"")
-    last += 1
-    names = Names(settings.prefix)
-    read: dict[bool, list[tuple[int, list[Change]]]] = {}
-    try:
-        for divert in (False, True):
-            feed = EventFeed(js, names, settings, name="test", divert_lines=divert)
-            read[divert] = []
-            try:
-                await feed.start(1)
-                while not read[divert] or read[divert][-1][0] < last:
-                    read[divert] += await feed.fetch(timeout=5)
-            finally:
-                await feed.close()
-    finally:
-        await eventstore.close(nc)
-    lines = [seq for seq, changes in read[False] if type(changes[0]) is LinesAppended]
-    diverted = [seq for seq, changes in read[True] if type(changes[0]) is LinesDiverted]
-    assert len(lines) == 3
-    assert diverted == lines
-    assert type(read[True][-1][1][0]) is Unreadable
-    assert EventFeed.undivert(read[True]) == read[False]

@@ -76,17 +76,12 @@ class StreamReader:
         name: str = "jobrunner-streamreader",
         connection: NatsConnection | None = None,
         skip_subject_suffix: bytes | None = None,
-        divert_subject_suffix: bytes | None = None,
     ) -> None:
         """``connection`` gives the deadline of each connect step and TLS, the same options the
         services' nats-py clients use (``NatsConnection.from_settings``). A message whose subject
         ends with ``skip_subject_suffix`` comes with an empty payload: counted in order (its
-        sequence, the gap check), its body never copied nor decoded. One whose subject ends with
-        ``divert_subject_suffix`` comes as usual, its sequence also noted (``take_diverted``):
-        its reader can tell it apart without decoding it."""
+        sequence, the gap check), its body never copied nor decoded."""
         self._skip = skip_subject_suffix
-        self._divert = divert_subject_suffix
-        self._diverted: list[int] = []
         self._name = name
         self._timeout = connection.connect_timeout if connection else DEFAULT_CONNECT_TIMEOUT
         self._tls = connection.tls if connection else None
@@ -128,7 +123,6 @@ class StreamReader:
             raise StreamReaderError(f"cannot create the consumer: {exc!r}") from exc
         self._consumer = info.name
         self._consumer_seq = 0
-        self._diverted = []
         self.last_seq = start_seq - 1
         self._pending = None
 
@@ -171,12 +165,6 @@ class StreamReader:
                 raise StreamReaderError(f"connection to NATS lost: {exc}") from exc
             if batch:
                 yield batch
-
-    def take_diverted(self) -> list[int]:
-        """The sequences of the diverted messages (``divert_subject_suffix``) handed out since
-        the last call, in stream order."""
-        taken, self._diverted = self._diverted, []
-        return taken
 
     @property
     def pending(self) -> int | None:
@@ -339,8 +327,6 @@ class StreamReader:
         append = out.append
         delivery = _DELIVERY.match
         skip = self._skip
-        divert = self._divert
-        diverted = self._diverted.append
         while True:
             found = delivery(buf, pos)
             if found is not None:
@@ -356,8 +342,6 @@ class StreamReader:
                     if skip is not None and subject.endswith(skip):
                         append((stream_seq, b""))
                     else:
-                        if divert is not None and subject.endswith(divert):
-                            diverted(stream_seq)
                         append((stream_seq, buf[body + int(header_size) : after]))
                     pos = after + 2
                     continue
@@ -380,8 +364,6 @@ class StreamReader:
                     if self._skip is not None and parts[1].endswith(self._skip):
                         append((seq, b""))
                     else:
-                        if self._divert is not None and parts[1].endswith(self._divert):
-                            diverted(seq)
                         append((seq, buf[body + header_size : body + total]))
                 else:  # a flow-control request or a heartbeat
                     self._control(reply, buf[body : body + header_size])

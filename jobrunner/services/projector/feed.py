@@ -13,9 +13,9 @@ from nats.js.errors import NotFoundError
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
-from jobrunner.contracts import codec, events
-from jobrunner.contracts.names import KIND_BY_EVENT, Names
-from jobrunner.services.projector.projections import Change, LinesDiverted, Unreadable, project
+from jobrunner.contracts import codec
+from jobrunner.contracts.names import Names
+from jobrunner.services.projector.projections import Change, Unreadable, project
 from jobrunner.services.projector.setaside import StoredMessage
 
 log = structlog.get_logger()
@@ -44,10 +44,7 @@ class EventFeed:
         settings: Settings,
         name: str,
         restart_attempts: int | None = None,
-        divert_lines: bool = False,
     ) -> None:
-        """``divert_lines``: LineLogged messages come undecoded, as ``LinesDiverted`` (a
-        replay's bulk load copies their lines in another process; ``undivert`` decodes them)."""
         self._restart_attempts = restart_attempts  # None: for as long as it takes
         connection = NatsConnection.from_settings(settings)  # the same options as nats-py's
         self._js = js
@@ -59,9 +56,6 @@ class EventFeed:
             names.all_subjects,
             name=f"jobrunner-{name}",
             connection=connection,
-            divert_subject_suffix=f".{KIND_BY_EVENT[events.LineLogged]}".encode()
-            if divert_lines
-            else None,
         )
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None
@@ -151,16 +145,16 @@ class EventFeed:
                 async for messages in self._reader.batches():
                     failures = 0
                     batch: list[tuple[int, list[Change]]] = []
-                    diverted = self._reader.take_diverted()
-                    # The next diverted sequence (0: none); a plain compare per message.
-                    at, next_diverted = 0, diverted[0] if diverted else 0
                     for seq, data in messages:
-                        if seq == next_diverted:
-                            batch.append((seq, [LinesDiverted(data)]))
-                            at += 1
-                            next_diverted = diverted[at] if at < len(diverted) else 0
+                        try:
+                            event = codec.decode(data)
+                        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                            # A malformed message must not stop the read models: it is set
+                            # aside (recorded) where the batch is applied.
+                            unreadable: list[Change] = [Unreadable(f"{type(exc).__name__}: {exc}")]
+                            batch.append((seq, unreadable))
                             continue
-                        batch.append((seq, changes_of(data, seq)))
+                        batch.append((seq, project(event, seq) if event else []))
                     await self._queue.put(batch)
             except StreamReaderError as exc:
                 failures += 1
@@ -169,16 +163,6 @@ class EventFeed:
                 log.warning("event feed restarts", after=self._reader.last_seq, reason=str(exc))
                 await self._reader.close()
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-
-    @staticmethod
-    def undivert(batch: list[tuple[int, list[Change]]]) -> list[tuple[int, list[Change]]]:
-        """``batch`` with its diverted messages decoded and projected like any other."""
-        return [
-            (seq, changes_of(changes[0].data, seq))
-            if changes and type(changes[0]) is LinesDiverted
-            else (seq, changes)
-            for seq, changes in batch
-        ]
 
     async def close(self) -> None:
         try:
@@ -193,14 +177,3 @@ class EventFeed:
                 self._task = None
         finally:
             await self._reader.close()
-
-
-def changes_of(data: bytes, seq: int) -> list[Change]:
-    """The changes of the message stored at ``seq``."""
-    try:
-        event = codec.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        # A malformed message must not stop the read models: it is set aside (recorded) where
-        # the batch is applied.
-        return [Unreadable(f"{type(exc).__name__}: {exc}")]
-    return project(event, seq) if event else []

@@ -82,14 +82,6 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
     error: str
 
 
-class LinesDiverted(msgspec.Struct, frozen=True, gc=False):
-    """A LineLogged message as stored, not decoded here: a replay copies the lines of its
-    bulk load in a process of its own (linecopy.py). Applying it changes nothing but the
-    checkpoint."""
-
-    data: bytes
-
-
 Change = (
     JobCreated
     | JobUpdated
@@ -98,7 +90,6 @@ Change = (
     | WebhookAttemptRecorded
     | ArtifactRecorded
     | Unreadable
-    | LinesDiverted
 )
 
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -31,7 +31,6 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store
 from jobrunner.services.projector.feed import EventFeed
-from jobrunner.services.projector.linecopy import LineCopier
 from jobrunner.services.projector.projections import Change
 
 log = structlog.get_logger()
@@ -131,9 +130,6 @@ async def replay(
         resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
-        # Started first: its start-up (imports, a connection) overlaps the replay's own.
-        copier = await LineCopier.start(settings.database_url, REPLAY_SCHEMA)
-        resources.push_async_callback(copier.stop)
         await eventstore.ensure_topology(js, names, settings)
         info = await js.stream_info(names.stream)
         first_seq = max(info.state.first_seq, 1)
@@ -148,52 +144,32 @@ async def replay(
                 on_progress(progress)
             return time.monotonic()
 
-        async def load(copier: LineCopier | None) -> tuple[EventFeed, int, Batch, bool]:
-            """The bulk load; with ``copier`` its lines go to that worker process. Also
-            whether the worker copied them (a failed one leaves them incomplete)."""
+        async def load() -> tuple[EventFeed, int, Batch]:
             progress.phase = "loading"
-            feed = EventFeed(
-                js,
-                names,
-                settings,
-                name="replay",
-                restart_attempts=RESTART_ATTEMPTS,
-                divert_lines=copier is not None,
-            )
+            feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
             resources.push_async_callback(feed.close)
             await feed.start(first_seq)
             with collector_paused():
                 applied, held = await _load(
-                    pool, js, names, feed, progress, on_progress, progress_interval, copier
+                    pool, js, names, feed, progress, on_progress, progress_interval
                 )
-            copied = await copier.copied() if copier is not None else True
             phases["loading"] = time.monotonic() - progress.started
-            return feed, applied, held, copied
+            return feed, applied, held
 
-        feed, applied, held, copied = await load(copier)
+        feed, applied, held = await load()
         mark = begin("indexing")
         # The lines' primary key is built once after the load (Postgres' CPU 12 % less, 0.7 s
         # per million events, than keeping it up to date line by line). Without it a line
         # stored twice in the stream is copied twice: building the key then fails, and the
-        # replay loads again with the key in place, in this process, which keeps the first of
-        # the two as the live projector did. So does a failed line copy (an unreadable or
-        # unstorable LineLogged, which the live projector set aside).
-        # The worker adds the lines' counts to the jobs while the lines' key is built (1-2 s
-        # of Postgres, measured, in series before); the indexes of the jobs wait for it.
-        counted = asyncio.ensure_future(copier.finish() if copied else _false())
-        if not copied or not await build_indexes(
-            pool, REPLAY_SCHEMA, line_key=True, jobs_ready=counted
-        ):
-            await asyncio.wait([counted])
-            log.warning(
-                "replay loads again with the lines' key, in one process",
-                reason="a line is stored twice" if counted.result() else "the line copy failed",
-            )
+        # replay loads again with the key in place, which keeps the first of the two as the
+        # live projector did.
+        if not await build_indexes(pool, REPLAY_SCHEMA, line_key=True):
+            log.warning("replay loads again with the lines' key: a line is stored twice")
             await feed.close()
             async with pool.acquire() as conn:
                 await _fresh_schema(conn, line_key=True)
             progress.done = 0
-            feed, applied, held, _ = await load(None)
+            feed, applied, held = await load()
             mark = begin("indexing")
             await build_indexes(pool, REPLAY_SCHEMA)
         phases["indexing"] = time.monotonic() - mark
@@ -204,7 +180,7 @@ async def replay(
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             live = await store.checkpoint(conn)
             while applied < live:
-                batch = EventFeed.undivert(held or await feed.fetch(timeout=5.0))
+                batch = held or await feed.fetch(timeout=5.0)
                 held = []
                 if not batch:
                     raise RuntimeError(f"the stream ended at {applied}, before the live {live}")
@@ -267,30 +243,16 @@ async def _fresh_schema(conn: asyncpg.Connection, line_key: bool) -> None:
 LINE_KEY = "log_lines_pkey"  # the name Postgres gives the primary key of schema.sql
 
 
-async def _false() -> bool:
-    return False
-
-
-async def build_indexes(
-    pool: asyncpg.Pool,
-    schema: str,
-    line_key: bool = False,
-    jobs_ready: Awaitable[bool] | None = None,
-) -> bool:
+async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False) -> bool:
     """Indexes built once over the loaded tables of ``schema``, autovacuum back on, and
     statistics for the planner: the rebuilt tables serve queries as well as the live ones from
     the first request. On two connections of ``pool`` (Postgres builds each index on one core):
     the search index, the slowest, beside the others. Shared with the upgrade's rebuild.
 
     With ``line_key`` the lines' primary key too, first; False when two lines have the same key
-    (nothing else built then but, perhaps, the search index). ``jobs_ready``: what the indexes
-    of the tables but ``log_lines`` wait for (the replay's line counts); False from it: nothing
-    more is built, and False is returned."""
-    ready = asyncio.ensure_future(jobs_ready if jobs_ready is not None else _true())
+    (nothing else built then but, perhaps, the search index)."""
 
     async def search_index() -> None:
-        if not await ready:
-            return
         async with pool.acquire() as conn:
             await store.create_search_index(conn, schema)
             # After the index: the statistics of its expression are gathered with the table's.
@@ -306,8 +268,6 @@ async def build_indexes(
                     )
                 except asyncpg.UniqueViolationError:
                     return False
-            if not await ready:
-                return False
             await set_autovacuum(conn, schema, enabled=True)
             await store.create_indexes(conn, schema, search=False)
             await conn.execute(f"ANALYZE {schema}.log_lines")
@@ -316,10 +276,6 @@ async def build_indexes(
 
     _, built = await asyncio.gather(search_index(), other_indexes())
     return built
-
-
-async def _true() -> bool:
-    return True
 
 
 async def set_autovacuum(conn: asyncpg.Connection, schema: str, enabled: bool) -> None:
@@ -341,7 +297,6 @@ async def _load(
     progress: Progress,
     on_progress: Callable[[Progress], None] | None,
     progress_interval: float,
-    copier: LineCopier | None,
 ) -> tuple[int, Batch]:
     """The bulk phase: follow the stream into the fresh schema, never getting ahead of the live
     projector (the two are compared at one checkpoint), while it and the API carry on.
@@ -369,8 +324,6 @@ async def _load(
             stalled_since = None
             async with pool.acquire() as conn:
                 applied = await setaside.apply(conn, upto, feed.lookup, REPLAY_SCHEMA)
-            if copier is not None:  # applied: its lines are no longer ahead of the live ones
-                await copier.send(upto)
             progress.done += len(upto)
             if on_progress and time.monotonic() - last_report >= progress_interval:
                 last_report = time.monotonic()
