@@ -29,7 +29,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from jobrunner.common import retry
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.codec import MSG_ID_HEADER
+from jobrunner.contracts.names import Names
 
 # As long as js.publish waits for an ack by default (nats-py's JetStream API timeout).
 ACK_TIMEOUT = 5.0
@@ -100,6 +103,15 @@ class AckInbox:
         inbox does). Its table of subscriptions is private; a lookup costs next to nothing."""
         sub = self._subscription
         return sub is not None and self._nc._subs.get(sub._id) is sub
+
+    async def publish_until_stored(self, names: Names, event: events.Publishable) -> None:
+        """Publish an event until JetStream stores it: NATS being away is waited out, a refusal
+        that can never pass raises ``retry.PublishRefused`` at once; every try carries the
+        event's id, so JetStream keeps one copy."""
+        subject = names.subject(event)
+        data = codec.encode(event)
+        what = f"event {type(event).__name__} {event.event_id} on {subject}"
+        await retry.until_done(lambda: self.publish(subject, data, event.event_id), what)
 
     async def _open(self) -> None:
         # Jobs starting together share the one subscription (and one failure, should the

@@ -45,11 +45,8 @@ class JobJournal:
         return status if isinstance(status, events.StatusChanged) else None
 
     async def publish(self, event: events.Publishable) -> None:
-        """Publish until stored; retries keep the event id so JetStream keeps one copy."""
-        subject = self.names.subject(event)
-        data = codec.encode(event)
-        what = f"event {type(event).__name__} {event.event_id} on {subject}"
-        await retry.until_done(lambda: self._acks.publish(subject, data, event.event_id), what)
+        """Publish until stored (see ``AckInbox.publish_until_stored``)."""
+        await self._acks.publish_until_stored(self.names, event)
 
     async def end(
         self,

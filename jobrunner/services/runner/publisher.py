@@ -31,9 +31,9 @@ from operator import add
 import msgspec
 from nats.aio.client import Client as NATS
 
-from jobrunner.common import ackinbox, metrics, retry
+from jobrunner.common import ackinbox, metrics
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.contracts import codec, events
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.bounds import bounded_progress
 from jobrunner.services.runner.output import MIN_LINE_BYTES, SPLIT_MARKER, Progress, split_text
@@ -379,10 +379,7 @@ class LinePublisher:
     async def _publish(self, event: events.Publishable) -> None:
         # Through the connection's ack inbox: the same message as eventstore.publish, for much
         # less CPU each (this is the runner's most frequent publish).
-        subject = self._names.subject(event)
-        data = codec.encode(event)
-        what = f"event {type(event).__name__} {event.event_id} on {subject}"
-        await retry.until_done(lambda: self._acks.publish(subject, data, event.event_id), what)
+        await self._acks.publish_until_stored(self._names, event)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
