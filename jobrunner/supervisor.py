@@ -14,6 +14,12 @@ from pathlib import Path
 import structlog
 
 from jobrunner.common import retry
+from jobrunner.common.cpupriority import (
+    AUTOGROUP_RETRY_SECONDS,
+    nicer_than_this_process,
+    set_autogroup_niceness,
+    set_thread_niceness,
+)
 from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
@@ -70,30 +76,18 @@ class Service:
 
 
 async def lower_priority(pid: int, by: int) -> None:
-    """Make a just started child ``by`` nicer than this process.
-
-    Two knobs, as Linux has two levels of scheduling. Each service starts a session of its own,
-    and with autogroups (sched(7), on by default) a session's processes share one CPU share
-    weighed by the autogroup's niceness, written to /proc/<pid>/autogroup: the thread niceness
-    alone then only orders threads inside the service. Without autogroups the thread niceness is
-    what counts: Linux keeps one per thread and a new thread takes its creator's, so the child's
-    main thread (its pid), set while it is still starting Python, passes it to every thread the
-    service makes later."""
-    niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + by, 19)
+    """Make a just started child ``by`` nicer than this process, in its threads and in its
+    autogroup (``common.cpupriority``). The services start a few milliseconds apart, and the
+    kernel may take one autogroup change per 100 ms: this waits its turn."""
+    niceness = nicer_than_this_process(by)
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+        set_thread_niceness(pid, niceness)
     except OSError as exc:  # gone already (its exit is seen and handled), or not allowed
         log.warning("service priority not lowered", pid=pid, error=repr(exc))
-    # Without CAP_SYS_ADMIN the kernel takes one such change per 100 ms (EAGAIN), and the
-    # services start a few milliseconds apart: this waits its turn.
     for _ in range(AUTOGROUP_TRIES):
-        try:
-            Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
+        if set_autogroup_niceness(pid, niceness):
             return
-        except BlockingIOError:
-            await asyncio.sleep(0.11)
-        except OSError:
-            return  # no autogroups in this kernel, or the child is gone
+        await asyncio.sleep(AUTOGROUP_RETRY_SECONDS)
     log.warning("service autogroup priority not lowered", pid=pid)
 
 

@@ -9,8 +9,9 @@ import os
 
 import pytest
 
+from jobrunner.common.cpupriority import autogroup_niceness
 from jobrunner.common.settings import Settings
-from jobrunner.services.runner.priority import ToolPriority, autogroup_niceness
+from jobrunner.services.runner.priority import ToolPriority
 from jobrunner.services.runner.process import ToolProcess
 
 TOOLS = 4
@@ -28,6 +29,15 @@ async def until_autogroup(pid: int, niceness: int) -> int | None:
             break
         await asyncio.sleep(0.05)
     return autogroup_niceness(pid)
+
+
+async def assert_autogroups_lowered(tools: list[ToolProcess], by: int) -> None:
+    """Every tool's autogroup ends ``by`` nicer than this process (skipped without autogroups)."""
+    if autogroup_niceness(os.getpid()) is None:
+        pytest.skip("no autogroups in this kernel")
+    for tool in tools:
+        assert tool.pid is not None
+        assert await until_autogroup(tool.pid, expected(by)) == expected(by)
 
 
 async def start_tools(priority: ToolPriority | None) -> list[ToolProcess]:
@@ -56,11 +66,7 @@ async def test_tools_started_together_are_all_nicer_in_thread_and_autogroup() ->
         for tool in tools:
             assert tool.pid is not None
             assert os.getpriority(os.PRIO_PROCESS, tool.pid) == expected(5)
-        if autogroup_niceness(os.getpid()) is None:
-            pytest.skip("no autogroups in this kernel")
-        for tool in tools:
-            assert tool.pid is not None
-            assert await until_autogroup(tool.pid, expected(5)) == expected(5)
+        await assert_autogroups_lowered(tools, 5)
     finally:
         await stop(tools)
 
@@ -81,10 +87,6 @@ async def test_a_tool_gone_before_its_turn_is_skipped() -> None:
     first, second = await start_tools(priority), await start_tools(priority)
     await stop(first)  # some of them may still wait in the queue: they are skipped
     try:
-        if autogroup_niceness(os.getpid()) is None:
-            pytest.skip("no autogroups in this kernel")
-        for tool in second:
-            assert tool.pid is not None
-            assert await until_autogroup(tool.pid, expected(3)) == expected(3)
+        await assert_autogroups_lowered(second, 3)
     finally:
         await stop(second)

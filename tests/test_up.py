@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobrunner.common import cpupriority
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 
@@ -108,14 +109,10 @@ def services_niceness(up_pid: int) -> dict[str, set[int]]:
 def autogroup_niceness(up_pid: int) -> dict[str, int]:
     """The niceness of each service's autogroup (the CPU share of its session as a whole, see
     sched(7)); empty where the kernel has no autogroups."""
-    try:
-        # "/autogroup-123 nice 10"
-        return {
-            name: int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
-            for name, pid in services_of(up_pid).items()
-        }
-    except FileNotFoundError:
-        return {}
+    groups = {
+        name: cpupriority.autogroup_niceness(int(pid)) for name, pid in services_of(up_pid).items()
+    }
+    return {name: niceness for name, niceness in groups.items() if niceness is not None}
 
 
 @pytest.fixture

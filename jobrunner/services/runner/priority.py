@@ -1,53 +1,31 @@
 """Tools at a lower CPU priority than the services (``tool_nice``): whatever a tool does, the
 control plane (runner, API, NATS) keeps the cores it needs to carry other jobs' lines.
 
-Every tool is a session of its own (``start_new_session``), and with Linux's autogroups (sched(7),
-on by default) the cores are shared first between sessions, each weighed by its autogroup's
-niceness, written to ``/proc/<pid>/autogroup``; a thread's own niceness then only orders the
-threads inside the tool. So a flooding tool had a share as large as the whole runner's or
-NATS's. Both are set: the thread niceness (what counts without autogroups; the tool's threads
-inherit it) at once, the autogroup's as soon as the kernel takes it.
-
-The kernel takes an unprivileged autogroup change once per 100 ms, machine-wide (EAGAIN
-otherwise): the changes it refuses wait in one queue, one try per 100 ms, so a job's start never
-waits for it; a tool that has exited meanwhile is skipped.
+Every tool is a session of its own (``start_new_session``): without this, a flooding tool had a
+share of the cores as large as the whole runner's or NATS's (``common.cpupriority`` says why).
+Its thread niceness is set at once; its autogroup's as soon as the kernel takes it: the changes
+it refuses for now wait in one queue, one try per ``AUTOGROUP_RETRY_SECONDS``, so a job's start
+never waits for it; a tool that has exited meanwhile is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
-from pathlib import Path
 
 import structlog
 
+from jobrunner.common.cpupriority import (
+    AUTOGROUP_RETRY_SECONDS,
+    nicer_than_this_process,
+    set_autogroup_niceness,
+    set_thread_niceness,
+)
+
 log = structlog.get_logger()
 
-# The kernel's rate limit on unprivileged autogroup changes is one per HZ/10.
-RETRY_SECONDS = 0.11
 # Tries per tool before giving up on its autogroup (another process taking every slot).
 TRIES = 20
-
-
-def autogroup_niceness(pid: int) -> int | None:
-    """The niceness of a process's autogroup; None without autogroups (or the process gone)."""
-    try:
-        # "/autogroup-123 nice 10"
-        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _write_autogroup(pid: int, niceness: int) -> bool:
-    """True when set or no longer possible (no autogroups, process gone); False on EAGAIN."""
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
-    except BlockingIOError:
-        return False
-    except OSError:
-        pass
-    return True
 
 
 class ToolPriority:
@@ -63,12 +41,12 @@ class ToolPriority:
     def lower(self, proc: asyncio.subprocess.Process) -> None:
         if not self.by:
             return
-        niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + self.by, 19)
+        niceness = nicer_than_this_process(self.by)
         try:
-            os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)
+            set_thread_niceness(proc.pid, niceness)
         except OSError:
             return  # gone already (its exit is seen and handled)
-        if self._waiting or not _write_autogroup(proc.pid, niceness):
+        if self._waiting or not set_autogroup_niceness(proc.pid, niceness):
             self._waiting.append((proc, niceness))
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._retry())
@@ -78,9 +56,9 @@ class ToolPriority:
             proc, niceness = self._waiting[0]
             for _ in range(TRIES):
                 # Not reaped yet, so its pid is still its own: checked before each write.
-                if proc.returncode is not None or _write_autogroup(proc.pid, niceness):
+                if proc.returncode is not None or set_autogroup_niceness(proc.pid, niceness):
                     break
-                await asyncio.sleep(RETRY_SECONDS)
+                await asyncio.sleep(AUTOGROUP_RETRY_SECONDS)
             else:
                 log.info("tool autogroup priority not lowered", pid=proc.pid)
             self._waiting.popleft()
