@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import signal
 from collections.abc import Iterator
@@ -13,15 +12,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from nats.js import JetStreamContext
 
+from jobrunner.common import ackinbox
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_job, wait_status
 
-# The runner publishes with nats-py's default JetStream request timeout.
-PUBLISH_TIMEOUT: float = inspect.signature(JetStreamContext.__init__).parameters["timeout"].default
+# The runner publishes a job's lines and events through the connection's ack inbox, which waits
+# this long for each ack before publishing again.
+PUBLISH_TIMEOUT = ackinbox.ACK_TIMEOUT
 LINES = 300
 
 
