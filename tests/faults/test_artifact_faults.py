@@ -179,9 +179,12 @@ async def test_nats_pause_mid_download(
     """NATS frozen mid-download: below the read idle limit the download completes byte for
     byte; above it the body is cut off (the client sees it incomplete) and the API serves on.
 
-    The client reads on throughout the pause, as a real one would: a client that stopped reading
-    would let the socket buffers fill, the API would wait on its write instead of on NATS and
-    never meet the pause (one CI run's download ended normally after a 13 s pause that way)."""
+    The client holds its reading after the first chunk until NATS is paused, so the pause always
+    begins with most of the 64 MiB still in the store: a client reading on at full speed could
+    take the whole body before the pause began (two CI runs under load ended normally that way).
+    Once NATS is paused the client reads on throughout, as a real one would: a client that stopped
+    reading would let the socket buffers fill, and the API would wait on its write instead of on
+    NATS and never meet the pause."""
     job_id = await _start_upload(cluster, js, 64)
     row = await cluster.wait_job(job_id, is_terminal, 90)
     assert row is not None
@@ -191,14 +194,17 @@ async def test_nats_pause_mid_download(
         item = (await client.get(f"/api/jobs/{job_id}/artifacts")).json()["items"][0]
         digest = hashlib.sha256()
         first_chunk = asyncio.Event()
+        paused = asyncio.Event()
 
         async def download() -> bool:
             """Read the whole body; True when the API cut it off."""
             try:
                 async with client.stream("GET", item["url"]) as response:
                     async for chunk in response.aiter_bytes():
-                        first_chunk.set()
                         digest.update(chunk)
+                        if not first_chunk.is_set():
+                            first_chunk.set()
+                            await paused.wait()
             except httpx.RemoteProtocolError:
                 return True
             finally:
@@ -208,6 +214,7 @@ async def test_nats_pause_mid_download(
         reader = asyncio.create_task(download())
         await first_chunk.wait()
         cluster.pause_nats()
+        paused.set()
         try:
             await asyncio.sleep(seconds)  # the fault itself lasts this long
         finally:
