@@ -143,14 +143,33 @@ class SlotClaimer:
         the job, so what the reads look for (the API cancelled it while pending) is all there
         is, and a cancel stored after them reaches the job as it runs."""
         job_id = request.job_id
-        (lease, recorded), status, cancel = await asyncio.gather(
+        (lease, recorded), seen = await asyncio.gather(
             self.slots.create_recorded(key, value, self.identity.run_record(job_id, key)),
-            self.journal.last_event(job_id, "status"),
-            self.journal.last_event(job_id, "cancel"),
+            self._seen_at_first_delivery(job),
         )
         if lease is None:
             return None
-        return Claimed(lease, recorded=recorded, seen=(status, cancel))
+        return Claimed(lease, recorded=recorded, seen=seen)
+
+    async def _seen_at_first_delivery(
+        self, job: RunningJob
+    ) -> tuple[events.AnyEvent | None, events.AnyEvent | None]:
+        """The job's last status and cancel at its request's first delivery.
+
+        Every status and cancel of a job is stored after its request (the API cancels or ends
+        only a job it has seen requested; the API's stream of a job just posted counts on the
+        same order): when the job's latest event is the request itself, it has neither. One
+        read of the last of all the job's events instead of two, on every job's way to its
+        start; when anything came after the request (say the API cancelled it while pending),
+        both are read as before."""
+        seq = job.stream_seq
+        if seq is not None and await self.journal.is_latest(job.job_id, seq):
+            return None, None
+        status, cancel = await asyncio.gather(
+            self.journal.last_event(job.job_id, "status"),
+            self.journal.last_event(job.job_id, "cancel"),
+        )
+        return status, cancel
 
     async def _take_capacity(self, job: RunningJob) -> bool:
         """A unit of capacity for the job; False when none came within ``recheck_seconds`` or

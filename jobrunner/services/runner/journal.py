@@ -40,6 +40,12 @@ class JobJournal:
             log.warning("undecodable event ignored", subject=subject, error=str(exc))
             return None
 
+    async def is_latest(self, job_id: str, seq: int) -> bool:
+        """Is the event at stream sequence ``seq`` the job's latest event? One read: the last
+        message of all the job's subjects."""
+        raw = await last_message(self.js, self.names.stream, self.names.job_subjects(job_id))
+        return raw is not None and raw.seq == seq
+
     async def last_status(self, job_id: str) -> events.StatusChanged | None:
         status = await self.last_event(job_id, "status")
         return status if isinstance(status, events.StatusChanged) else None

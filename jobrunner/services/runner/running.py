@@ -92,6 +92,14 @@ class RunningJob:
         except Exception:  # not a JetStream delivery: its metadata cannot be read
             return False
 
+    @property
+    def stream_seq(self) -> int | None:
+        """The request's sequence in the event stream; None when it cannot be read."""
+        try:
+            return int(self.msg.metadata.sequence.stream)
+        except Exception:  # not a JetStream delivery: its metadata cannot be read
+            return None
+
     async def ack(self) -> None:
         """Acknowledge the request (its latest delivery): it will not be delivered again."""
         # Marked first: a delivery arriving during the ack is then acknowledged by redelivered().
