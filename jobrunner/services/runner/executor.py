@@ -236,21 +236,22 @@ class JobExecutor:
 
     def output_directory(self, job_id: str) -> asyncio.Future[OutputDirectory | None]:
         """Start making a job's output directory (None if it cannot be made), and the file of
-        its tool's ledger record: in threads, so a slow disk does not hold the event loop, and
+        its tool's ledger record: in a thread, so a slow disk does not hold the event loop, and
         while the job's slot is claimed, so its start does not wait for them (a thread made to
-        wait for the interpreter lock behind the spawn's own work took milliseconds)."""
+        wait for the interpreter lock behind the spawn's own work took milliseconds). One
+        thread call for both: each call's hand-over and wake-up of the loop cost about 0.07 ms
+        of the loop's CPU, on every job's way to its start."""
 
-        async def make() -> OutputDirectory | None:
-            ledger = asyncio.ensure_future(asyncio.to_thread(self.ledger.prepare, job_id))
+        def make() -> OutputDirectory | None:
             try:
-                return await asyncio.to_thread(OutputDirectory.create, self.settings, job_id)
+                return OutputDirectory.create(self.settings, job_id)
             except OSError as exc:
                 log.error("output directory not made", error=repr(exc))
                 return None
             finally:
-                await ledger
+                self.ledger.prepare(job_id)
 
-        return asyncio.ensure_future(make())
+        return asyncio.ensure_future(asyncio.to_thread(make))
 
     async def discard_output(
         self, job_id: str, making: asyncio.Future[OutputDirectory | None]
