@@ -235,3 +235,41 @@ async def test_a_client_that_stopped_reading_is_still_cut_by_its_limit() -> None
     inbox.room = feed.room
     await asyncio.wait_for(feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)]), 10)
     assert inbox.overflow
+
+
+async def test_a_client_gone_while_its_feed_starts_leaves_no_feed_running() -> None:
+    """A viewer whose request goes away before the job's feed is ready does not leave the feed
+    reading the job, with no one to hand its lines to, until the job ends."""
+    out = fanout()
+    feed = JobFeed(out, "j")
+    feed.task = asyncio.create_task(asyncio.sleep(3600))  # a feed still subscribing
+    out.feeds["j"] = feed
+    joining = asyncio.create_task(out.join("j"))
+    await asyncio.sleep(0)
+    joining.cancel()
+    await asyncio.gather(joining, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert feed.ended
+    assert feed.task.cancelled()
+    assert "j" not in out.feeds
+
+
+async def test_a_feed_starting_for_two_clients_goes_on_when_one_of_them_leaves() -> None:
+    """The other viewer still waiting for the feed gets it once it is ready."""
+    out = fanout()
+    feed = JobFeed(out, "j")
+    feed.task = asyncio.create_task(asyncio.sleep(3600))
+    out.feeds["j"] = feed
+    gone = asyncio.create_task(out.join("j"))
+    staying = asyncio.create_task(out.join("j"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert not feed.ended
+    feed.ready.set()
+    joined, subscriber, _ = await staying
+    assert joined is feed
+    assert subscriber in feed.subscribers
+    feed.leave(subscriber)
+    await asyncio.sleep(0)
+    assert feed.task.cancelled()

@@ -254,6 +254,7 @@ class JobFeed:
         # Every event of the job up to here has been handed to the subscribers of the moment.
         self.last_seq = 0
         self.subscribers: set[Subscriber] = set()
+        self.joining = 0  # clients waiting for the feed to be ready, not subscribers yet
         self.ended = False
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -501,7 +502,12 @@ class JobFeed:
         if subscriber in self.subscribers:
             self.subscribers.discard(subscriber)
             self.fanout.clients -= 1
-        if not self.subscribers and not self.ended and self.task is not None:
+        self.stop_if_unwatched()
+
+    def stop_if_unwatched(self) -> None:
+        """End the feed when no client follows it or waits to: the last one left, or the only
+        ones gave up while it started (their requests went away mid-join)."""
+        if not self.subscribers and not self.joining and not self.ended and self.task is not None:
             self.ended = True
             self.drop_record()
             self.fanout.forget(self)
@@ -556,7 +562,13 @@ class Fanout:
             feed = JobFeed(self, job_id, start_seq)
             self.feeds[job_id] = feed
             feed.start()
-        await feed.ready.wait()
+        feed.joining += 1
+        try:
+            await feed.ready.wait()
+        finally:
+            feed.joining -= 1
+            if not feed.ready.is_set():  # the client went away while the feed started
+                feed.stop_if_unwatched()
         subscriber = Subscriber(self)
         if feed.ended:
             metrics.SSE_STREAMS_CUT.labels("feed_failed").inc()
