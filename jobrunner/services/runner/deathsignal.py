@@ -8,8 +8,11 @@ is installed, a tool is started through it: ``setpriv --pdeathsig KILL -- tool .
 signal and execs the tool in the same process (same pid, same process group; the signal survives
 the exec).
 
-setpriv execs with ``execvp``, which hands a file the kernel cannot execute to ``/bin/sh``: only
-ELF binaries and ``#!`` scripts go through setpriv. Anything else, a tool that cannot be found
+setpriv execs with ``execvp``, which hands a file the kernel refuses (ENOEXEC) to ``/bin/sh``: only
+what the kernel will run goes through setpriv: an ELF binary for this machine (the class, byte
+order, type and machine the kernel checks, as the runner's own interpreter has them: a binary for
+another machine or a file that only starts like one is refused), or a ``#!`` script whose
+interpreter is such a file in turn. Anything else, a tool that cannot be found
 (its SPAWN_FAILED keeps the reason the subprocess module gives), and a machine without setpriv
 start the way they always did, with the ``preexec_fn``: a tool never runs through a shell.
 """
@@ -24,10 +27,16 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable
+from typing import Literal
 
 _PR_SET_PDEATHSIG = 1
-# What the kernel executes itself: an ELF binary, or a script naming its interpreter.
-_DIRECT_MAGIC = (b"\x7fELF", b"#!")
+_ELF_MAGIC = b"\x7fELF"
+_ELF_RUNNABLE_TYPES = (2, 3)  # ET_EXEC, ET_DYN
+# The kernel reads this much of a file to decide how to run it (BINPRM_BUF_SIZE): a #! line
+# longer than that is refused.
+_HEAD_BYTES = 256
+# How many #! interpreters deep the kernel follows (its binfmt recursion limit is 4 or more).
+_SCRIPT_DEPTH = 4
 
 
 def die_with_runner() -> None:
@@ -72,14 +81,57 @@ def executable(name: str, cwd: str | None, env: dict[str, str] | None) -> str | 
     return None
 
 
-def runs_directly(path: str) -> bool:
-    """Does the kernel execute this file itself (no shell needed)?"""
+def runs_directly(path: str, depth: int = _SCRIPT_DEPTH) -> bool:
+    """Does the kernel execute this file itself, never refusing it with ENOEXEC (which would
+    make setpriv's execvp hand it to a shell)?"""
     try:
         with open(path, "rb") as file:
-            head = file.read(4)
+            head = file.read(_HEAD_BYTES)
     except OSError:
         return False
-    return head.startswith(_DIRECT_MAGIC)
+    if head.startswith(_ELF_MAGIC):
+        return _elf_identity(head) == _own_elf_identity()
+    if head.startswith(b"#!") and depth > 0:
+        interpreter = _interpreter(head)
+        return (
+            interpreter is not None
+            and os.path.isfile(interpreter)
+            and os.access(interpreter, os.X_OK)
+            and runs_directly(interpreter, depth - 1)
+        )
+    return False
+
+
+def _elf_identity(head: bytes) -> tuple[int, int, int] | None:
+    """An ELF header's class, byte order and machine; None unless the kernel could run it as
+    an executable or shared object (the type) and the header is whole."""
+    if len(head) < 20 or head[5] not in (1, 2):
+        return None
+    order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
+    if int.from_bytes(head[16:18], order) not in _ELF_RUNNABLE_TYPES:
+        return None
+    return head[4], head[5], int.from_bytes(head[18:20], order)
+
+
+@functools.cache
+def _own_elf_identity() -> tuple[int, int, int] | None:
+    """What this machine's kernel runs: the identity of the runner's own interpreter."""
+    try:
+        with open("/proc/self/exe", "rb") as file:
+            return _elf_identity(file.read(_HEAD_BYTES))
+    except OSError:
+        return None
+
+
+def _interpreter(head: bytes) -> str | None:
+    """The absolute path a ``#!`` line names, when the kernel reads the whole of it."""
+    line, newline, _ = head[2:].partition(b"\n")
+    if not newline:
+        return None  # longer than the kernel reads: refused
+    name = line.strip(b" \t").split(None, 1)
+    if not name or not name[0].startswith(b"/"):
+        return None
+    return os.fsdecode(name[0])
 
 
 def launch(
