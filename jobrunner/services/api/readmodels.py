@@ -53,8 +53,8 @@ def job_from_row(row: Sequence[Any], now: datetime | None = None) -> schemas.Job
 
     A list page builds fifty of these per request: the row unpacked by position in one step
     (each ``row["name"]`` is a look-up of its own), positional arguments and plain ``is not
-    None`` tests made it four times cheaper than the keyword form it had, with the same Struct
-    (tests/unit/test_readmodels.py holds it to that form)."""
+    None`` tests made it about four times cheaper than the keyword form it had, with the same
+    Struct (tests/unit/test_readmodels.py holds it to that form)."""
     (
         job_id,
         job_type,
