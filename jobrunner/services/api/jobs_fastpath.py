@@ -20,7 +20,7 @@ always possible.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -38,7 +38,7 @@ from jobrunner.services.api.routes.jobs import job_page
 from jobrunner.services.api.routes.logs import log_page
 from jobrunner.services.api.security import Role
 from jobrunner.services.api.security.middleware import Access
-from jobrunner.services.api.security.origin import check_host
+from jobrunner.services.api.security.origin import check_host_header
 
 log = structlog.get_logger()
 
@@ -96,8 +96,8 @@ class JobReadsFastPath:
         app: Any = scope["litestar_app"]
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
         try:
-            host = connection.headers.get("host")
-            if host is not None and not is_valid_host(host.encode("latin-1")):
+            host, authorization = _host_and_authorization(scope["headers"])
+            if host is not None and not is_valid_host(host):
                 return None  # the router's own host check (a 400)
             # Litestar's router, as it would route the request (its look-up is cached).
             _, _, _, path_params, template = app.asgi_router.handle_routing(
@@ -107,8 +107,11 @@ class JobReadsFastPath:
             if answer is None:
                 return None
             access: Access = app.state.access
-            check_host(connection, access.hosts)
-            principal = await access.principal_from(connection)
+            check_host_header("" if host is None else host.decode("latin-1"), access.hosts)
+            if authorization is not None and access.enabled:
+                principal = await access.bearer_principal(authorization.decode("latin-1"))
+            else:  # a session cookie, or authentication switched off
+                principal = await access.principal_from(connection)
             if not principal.has_role(Role.VIEWER):  # what a GET needs (security/middleware.py)
                 return None
             ctx = app.state.ctx
@@ -121,6 +124,23 @@ class JobReadsFastPath:
         except Exception as exc:  # a route not found, Postgres away: Litestar's path reports it
             log.debug("fast path handed over", error=repr(exc))
             return None
+
+
+def _host_and_authorization(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[bytes | None, bytes | None]:
+    """The first ``Host`` and ``Authorization`` header of a request, raw: what the checks read
+    of every list request. Litestar's ``Headers`` decode and index all of them first (4 of
+    the fast path's 10 µs before its query, at load 15)."""
+    host = authorization = None
+    for name, value in headers:
+        name = name.lower()
+        if name == b"host":
+            if host is None:
+                host = value
+        elif name == b"authorization" and authorization is None:
+            authorization = value
+    return host, authorization
 
 
 def install(app: Any) -> None:

@@ -121,13 +121,7 @@ class Access:
         assert self.signer is not None
         header = connection.headers.get("authorization")
         if header is not None:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
-                raise unauthorized("Send 'Authorization: Bearer <token>'.")
-            record = await self.store.authenticate(value.strip())
-            if record is None:
-                raise unauthorized("The token is unknown, revoked or expired.")
-            return Principal(record.id, record.name, record.role, record.own_jobs_only)
+            return await self.bearer_principal(header)
         cookie = connection.cookies.get(COOKIE_NAME)
         if cookie:
             session = self.signer.verify(cookie)
@@ -138,6 +132,17 @@ class Access:
                 )
             raise unauthorized("The session has ended; sign in again.")
         raise unauthorized("This needs a token: send 'Authorization: Bearer <token>'.")
+
+    async def bearer_principal(self, header: str) -> Principal:
+        """The caller an ``Authorization`` header names, or ApiError 401 (auth switched on)."""
+        assert self.store is not None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise unauthorized("Send 'Authorization: Bearer <token>'.")
+        record = await self.store.authenticate(value.strip())
+        if record is None:
+            raise unauthorized("The token is unknown, revoked or expired.")
+        return Principal(record.id, record.name, record.role, record.own_jobs_only)
 
 
 def unauthorized(message: str) -> ApiError:

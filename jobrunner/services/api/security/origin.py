@@ -78,7 +78,11 @@ def hostname_of(host_header: str) -> str | None:
 
 def check_host(connection: ASGIConnection[Any, Any, Any, Any], policy: HostPolicy) -> None:
     """ApiError 400 ``HOST_NOT_ALLOWED`` unless the request names an allowed host."""
-    header = connection.headers.get("host", "")
+    check_host_header(connection.headers.get("host", ""), policy)
+
+
+def check_host_header(header: str, policy: HostPolicy) -> None:
+    """``check_host`` for the ``Host`` header's value ("" when there is none)."""
     name = hostname_of(header)
     if name is not None and policy.allows(name):
         return
