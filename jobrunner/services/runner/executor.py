@@ -59,9 +59,11 @@ class JobExecutor:
         journal: JobJournal,
         identity: RunnerIdentity,
         ledger: orphans.ToolLedger,
+        bulk_nc: NATS | None = None,
     ) -> None:
         self.settings = settings
         self.nc = nc  # the publisher sizes batches by the server's max_payload
+        self.bulk_nc = bulk_nc  # the jobs' large line messages (publisher.BULK_BYTES)
         self.slots = slots
         self.journal = journal
         self.identity = identity
@@ -110,7 +112,7 @@ class JobExecutor:
                 await self._publish_running(request, job)
             started = asyncio.get_running_loop().time()
             publisher = LinePublisher.for_job(
-                self.nc, self.journal.names, job_id, self.settings, self.pacing
+                self.nc, self.journal.names, job_id, self.settings, self.pacing, self.bulk_nc
             )
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]

@@ -55,7 +55,7 @@ WATCHER_STOP_SECONDS = 10.0
 
 
 class Runner:
-    def __init__(self, settings: Settings, nc: NATS) -> None:
+    def __init__(self, settings: Settings, nc: NATS, bulk_nc: NATS | None = None) -> None:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.nc = nc
@@ -79,7 +79,9 @@ class Runner:
             self.slots, self.board, self.journal, self.identity, capacity, self.ack_wait / 3
         )
         ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
-        executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger)
+        executor = JobExecutor(
+            settings, nc, self.slots, self.journal, self.identity, ledger, bulk_nc
+        )
         self.seals = BatchSeals(self.js, self.names, self.ack_wait / 3)
         seal_waiter = SealWaiter(
             self.seals,
@@ -161,11 +163,16 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     # How the runner learns that a tool exited: without a thread per tool (see there).
     process.watch_children_by_pidfd()
     nc = await eventstore.connect(settings, "runner")
+    # A flood's large line messages go on a connection of their own (publisher.BULK_BYTES).
+    bulk_nc: NATS | None = None
     try:
-        check_line_fits(settings.max_line_bytes, nc.max_payload)
-        runner = Runner(settings, nc)
+        bulk_nc = await eventstore.connect(settings, "runner-bulk")
+        check_line_fits(settings.max_line_bytes, min(nc.max_payload, bulk_nc.max_payload))
+        runner = Runner(settings, nc, bulk_nc)
         runner_id = runner.identity.runner_id
         async with heartbeat(nc.jetstream(), Names(settings.prefix), settings, runner_id):
             await runner.run(stop)
     finally:
+        if bulk_nc is not None:
+            await eventstore.close(bulk_nc)
         await eventstore.close(nc)
