@@ -19,9 +19,9 @@ Every message fits: batches are sized in encoded bytes under the server's announ
 
 A flood's large messages go on a connection of their own (``bulk``, when the runner has one): a
 connection's messages are written, and read by nats-server, in order, so a quiet job's line
-published just after a flood's half megabyte waited for all of it (the noisy-neighbour row).
-Order within a job holds across the two: each message is stored (acknowledged) before the job's
-next one is published.
+published just after a flood's message (up to half a megabyte) waited for all of it (the
+noisy-neighbour row). Order within a job holds across the two: each message is stored
+(acknowledged) before the job's next one is published.
 """
 
 from __future__ import annotations
