@@ -125,6 +125,8 @@ async def _alone_then_beside(
         "gaps": beside.gaps,
         "duplicates": beside.duplicates,
         "flood_running_throughout": status == "running",
+        # Its status in the read models when the quiet job ended (None: not projected yet).
+        "flood_status": status,
         "flood_lines": flood_lines,
         # The flood's viewer: lines received, reconnects after a cut, how it ended ("done").
         "flood_viewer": viewer,

@@ -15,6 +15,7 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
+from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.publisher import BULK_BYTES, LinePublisher
 
 JOB = "bulkjob"
@@ -55,7 +56,7 @@ async def test_a_flood_goes_on_the_bulk_connection_and_a_line_on_the_main_one(
     await nc.subscribe(names.job_kind_subject(JOB, "lines"), cb=keep)
     await nc.flush()
     main_before, bulk_before = nc.stats["out_msgs"], bulk.stats["out_msgs"]
-    publisher = LinePublisher(nc, names, JOB, batch_max=1000, bulk=bulk)
+    publisher = LinePublisher(nc, names, JOB, batch_max=1000, bulk=BulkLane(bulk, 5.0))
     publisher.start()
     # 1,000 lines of 100 characters: a message well over BULK_BYTES each.
     flood = [f"flood {i:05d} ".ljust(100, "x") for i in range(2000)]
@@ -70,3 +71,34 @@ async def test_a_flood_goes_on_the_bulk_connection_and_a_line_on_the_main_one(
     assert texts == ["first", *flood, "last"]
     assert bulk.stats["out_msgs"] - bulk_before == 2
     assert nc.stats["out_msgs"] - main_before == 2
+
+
+async def test_a_flood_goes_on_the_main_connection_while_the_bulk_one_is_away(
+    connections: tuple[NATS, NATS], settings: Settings
+) -> None:
+    """The bulk connection is a fast path only: closed, the flood's messages take the main one,
+    every line stored in order."""
+    nc, bulk = connections
+    names = Names(settings.prefix)
+    texts: list[str] = []
+    done = asyncio.Event()
+    flood = [f"flood {i:05d} ".ljust(100, "x") for i in range(2000)]
+
+    async def keep(msg: Msg) -> None:
+        event = codec.decode(msg.data)
+        assert isinstance(event, events.LineLogged)
+        texts.extend(line.text for line in event.lines)
+        if len(texts) >= len(flood):
+            done.set()
+
+    await nc.subscribe(names.job_kind_subject(JOB, "lines"), cb=keep)
+    await nc.flush()
+    lane = BulkLane(bulk, 5.0)
+    await bulk.close()
+    publisher = LinePublisher(nc, names, JOB, batch_max=1000, bulk=lane)
+    publisher.start()
+    publisher.add_lines("stdout", ["INFO"] * len(flood), flood, datetime.now(UTC), "\n".join(flood))
+    await asyncio.wait_for(publisher.close(), 10)
+    await asyncio.wait_for(done.wait(), 10)
+    assert texts == flood
+    await lane.close()

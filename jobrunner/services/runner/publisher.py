@@ -20,8 +20,9 @@ Every message fits: batches are sized in encoded bytes under the server's announ
 A flood's large messages go on a connection of their own (``bulk``, when the runner has one): a
 connection's messages are written, and read by nats-server, in order, so a quiet job's line
 published just after a flood's message (up to half a megabyte) waited for all of it (the
-noisy-neighbour row). Order within a job holds across the two: each message is stored
-(acknowledged) before the job's next one is published.
+noisy-neighbour row). It is a fast path only: a message it does not store in time goes on the
+main connection (``bulk.BulkLane``). Order within a job holds across the two: each message is
+stored (acknowledged) before the job's next one is published.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from nats.aio.client import Client as NATS
 
 from jobrunner.common import ackinbox, metrics
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.contracts import events
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.bounds import bounded_progress
+from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.output import MIN_LINE_BYTES, SPLIT_MARKER, Progress, split_text
 
 MAX_BUFFERED_LINES = 50_000
@@ -170,12 +172,11 @@ class LinePublisher:
         batch_max: int = 1000,
         max_line_bytes: int = 65536,
         pacing: PublishPacing | None = None,
-        bulk: NATS | None = None,
+        bulk: BulkLane | None = None,
     ) -> None:
         self._nc = nc
         self._acks = ackinbox.of(nc)
-        self._bulk = bulk or nc
-        self._bulk_acks = ackinbox.of(self._bulk)
+        self._bulk = bulk
         self._names = names
         self._job_id = job_id
         self._batch_max = batch_max
@@ -211,7 +212,7 @@ class LinePublisher:
         job_id: str,
         settings: Settings,
         pacing: PublishPacing | None = None,
-        bulk: NATS | None = None,
+        bulk: BulkLane | None = None,
     ) -> LinePublisher:
         return cls(
             nc, names, job_id, settings.line_batch_max, settings.max_line_bytes, pacing, bulk
@@ -391,7 +392,8 @@ class LinePublisher:
     def _budget(self) -> int:
         # Either connection may carry a batch; after a reconnect they may reach servers of a
         # cluster with different limits.
-        return batch_budget(min(self._nc.max_payload, self._bulk.max_payload))
+        bulk = self._nc.max_payload if self._bulk is None else self._bulk.nc.max_payload
+        return batch_budget(min(self._nc.max_payload, bulk))
 
     def _next_batch(self) -> tuple[int, int]:
         limit = min(MAX_BATCH_BYTES, self._budget())
@@ -400,8 +402,13 @@ class LinePublisher:
     async def _publish(self, event: events.Publishable, bulk: bool = False) -> None:
         # Through the connection's ack inbox: the same message as eventstore.publish, for much
         # less CPU each (this is the runner's most frequent publish).
-        acks = self._bulk_acks if bulk else self._acks
-        await acks.publish_until_stored(self._names, event)
+        lane = self._bulk
+        if bulk and lane is not None and lane.usable():
+            subject = self._names.subject(event)
+            if await lane.publish(subject, codec.encode(event), event.event_id):
+                return
+            # Not stored in time: the same event (its id too) on the main connection.
+        await self._acks.publish_until_stored(self._names, event)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
