@@ -152,6 +152,17 @@ async def measure(system: RunningSystem, only: set[str], size: dict[str, Any]) -
     return results
 
 
+def _flood_status(noisy: dict) -> str:
+    """What the read models showed of the flood job when the quiet job ended."""
+    if noisy["flood_running_throughout"]:
+        return "ran throughout"
+    status = noisy.get("flood_status", "unknown")
+    if status is None:
+        # The projector, behind the flood's lines, had not stored the job yet: not an end.
+        return "not in the read models yet when the quiet job ended"
+    return f"{status} (not running) when the quiet job ended"
+
+
 def _flood_viewer(viewer: dict | None) -> str:
     """The flood's own viewer: it must follow to the end (a cut one resumes, and is counted)."""
     if viewer is None:
@@ -356,7 +367,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "name": "8. noisy neighbour, lines lost / flood throughout",
                 "result": f"{n['lines_expected'] - n['lines_received']} lost, "
                 f"{n['duplicates']} duplicated; flood "
-                + ("ran throughout" if n["flood_running_throughout"] else "ended early")
+                + _flood_status(n)
                 + f" ({n['flood_lines']:,} lines)"
                 + _flood_viewer(n.get("flood_viewer")),
                 "target": "none lost",

@@ -115,3 +115,83 @@ class StallingProxy:
             chunk_no += 1
             dst.write(chunk)
             await dst.drain()
+
+
+class FreezingProxy:
+    """Forwards to ``target``; ``freeze(n)`` holds back everything either side sends on its
+    ``n``-th connection (0: the first accepted), as a peer that stopped reading and a network
+    path that stopped would, until ``thaw(n)`` (what was held is then delivered, in order, as TCP
+    would once the path is back). The other connections flow on."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.gates: list[asyncio.Event] = []
+        self.held: list[int] = []  # bytes each connection had to hold back while frozen
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepted = asyncio.Event()
+
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def connected(self, count: int) -> None:
+        """Wait until ``count`` connections have been accepted."""
+        while len(self.gates) < count:
+            self._accepted.clear()
+            await self._accepted.wait()
+
+    def freeze(self, connection: int) -> None:
+        self.gates[connection].clear()
+
+    def thaw(self, connection: int) -> None:
+        self.gates[connection].set()
+
+    async def quiet(self) -> None:
+        """Wait until every connection has ended and what it held has been delivered."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def __aenter__(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        for gate in self.gates:
+            gate.set()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        number = len(self.gates)
+        gate = asyncio.Event()
+        gate.set()
+        self.gates.append(gate)
+        self.held.append(0)
+        self._accepted.set()
+        up_r, up_w = await asyncio.open_connection(*self.target)
+        for src, dst in ((client_r, up_w), (up_r, client_w)):
+            task = asyncio.create_task(self._pump(src, dst, number))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, number: int
+    ) -> None:
+        gate = self.gates[number]
+        try:
+            while chunk := await src.read(1 << 16):
+                if not gate.is_set():
+                    self.held[number] += len(chunk)
+                    await gate.wait()
+                dst.write(chunk)
+                await dst.drain()
+        except ConnectionError:
+            pass
+        finally:
+            dst.close()

@@ -24,6 +24,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
+from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.claim import Claimed
 from jobrunner.services.runner.execution import (
     Execution,
@@ -59,9 +60,11 @@ class JobExecutor:
         journal: JobJournal,
         identity: RunnerIdentity,
         ledger: orphans.ToolLedger,
+        bulk: BulkLane | None = None,
     ) -> None:
         self.settings = settings
         self.nc = nc  # the publisher sizes batches by the server's max_payload
+        self.bulk = bulk  # a fast path for the jobs' large line messages (publisher.BULK_BYTES)
         self.slots = slots
         self.journal = journal
         self.identity = identity
@@ -110,7 +113,7 @@ class JobExecutor:
                 await self._publish_running(request, job)
             started = asyncio.get_running_loop().time()
             publisher = LinePublisher.for_job(
-                self.nc, self.journal.names, job_id, self.settings, self.pacing
+                self.nc, self.journal.names, job_id, self.settings, self.pacing, self.bulk
             )
             publisher.start()
             masks = [expand_env(v) for v in job_type.mask]

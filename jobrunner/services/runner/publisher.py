@@ -16,6 +16,13 @@ anyway, and it must not be held.
 Every message fits: batches are sized in encoded bytes under the server's announced
 ``max_payload`` (read at each batch: a reconnect may reach a server with another limit), and
 ``check_line_fits`` refuses at start a ``max_line_bytes`` whose worst-case line could not fit.
+
+A flood's large messages go on a connection of their own (``bulk``, when the runner has one): a
+connection's messages are written, and read by nats-server, in order, so a quiet job's line
+published just after a flood's message (up to half a megabyte) waited for all of it (the
+noisy-neighbour row). It is a fast path only: a message it does not store in time goes on the
+main connection (``bulk.BulkLane``). Order within a job holds across the two: each message is
+stored (acknowledged) before the job's next one is published.
 """
 
 from __future__ import annotations
@@ -33,9 +40,10 @@ from nats.aio.client import Client as NATS
 
 from jobrunner.common import ackinbox, metrics
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.contracts import events
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.bounds import bounded_progress
+from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.output import MIN_LINE_BYTES, SPLIT_MARKER, Progress, split_text
 
 MAX_BUFFERED_LINES = 50_000
@@ -66,6 +74,9 @@ PACE_MAX = 0.05  # seconds: what pacing can add to a line's delay at most
 # longer made its neighbours' lines later (the noisy-neighbour row, session 10).
 FLOOD_BYTES = 4096
 FLOOD_PACE = 0.4
+# A message this large goes on the bulk connection: a flood's (up to MAX_BATCH_BYTES), never a
+# job's printing a line at a time (100 jobs at 200 lines/s gathered at most 220 lines, 22 KiB).
+BULK_BYTES = 64 * 1024
 
 _encoder = msgspec.json.Encoder()
 
@@ -161,9 +172,11 @@ class LinePublisher:
         batch_max: int = 1000,
         max_line_bytes: int = 65536,
         pacing: PublishPacing | None = None,
+        bulk: BulkLane | None = None,
     ) -> None:
         self._nc = nc
         self._acks = ackinbox.of(nc)
+        self._bulk = bulk
         self._names = names
         self._job_id = job_id
         self._batch_max = batch_max
@@ -199,8 +212,11 @@ class LinePublisher:
         job_id: str,
         settings: Settings,
         pacing: PublishPacing | None = None,
+        bulk: BulkLane | None = None,
     ) -> LinePublisher:
-        return cls(nc, names, job_id, settings.line_batch_max, settings.max_line_bytes, pacing)
+        return cls(
+            nc, names, job_id, settings.line_batch_max, settings.max_line_bytes, pacing, bulk
+        )
 
     def start(self) -> None:
         if self._pacing is not None:
@@ -218,7 +234,7 @@ class LinePublisher:
         self.seq += 1
         line = events.LogLine(self.seq, stream, level, at, text)
         size = line_size(line)
-        budget = batch_budget(self._nc.max_payload)
+        budget = self._budget()
         if size <= budget:
             self._append(line, size)
             return
@@ -265,7 +281,7 @@ class LinePublisher:
             # (map, not a loop: no Python code runs per line)
             lengths = map(len, texts if len(data) == len(block) else map(str.encode, texts))
             sizes = list(map(add, map(heads.__getitem__, levels), lengths))
-        if max(sizes) > batch_budget(self._nc.max_payload):
+        if max(sizes) > self._budget():
             self.seq = seq
             for level, text in zip(levels, texts, strict=True):
                 self.add(stream, level, text, at)
@@ -330,7 +346,8 @@ class LinePublisher:
                 batch = self._lines[:count]
                 event_id = f"{self._id_base}{self.messages:012x}"
                 await self._publish(
-                    events.LineLogged(job_id=self._job_id, event_id=event_id, lines=batch)
+                    events.LineLogged(job_id=self._job_id, event_id=event_id, lines=batch),
+                    bulk=size >= BULK_BYTES,
                 )
                 del self._lines[:count]
                 del self._sizes[:count]
@@ -372,13 +389,25 @@ class LinePublisher:
             timer.cancel()
             self._pausing = None
 
+    def _budget(self) -> int:
+        # Either connection may carry a batch; after a reconnect they may reach servers of a
+        # cluster with different limits.
+        bulk = self._nc.max_payload if self._bulk is None else self._bulk.nc.max_payload
+        return batch_budget(min(self._nc.max_payload, bulk))
+
     def _next_batch(self) -> tuple[int, int]:
-        limit = min(MAX_BATCH_BYTES, batch_budget(self._nc.max_payload))
+        limit = min(MAX_BATCH_BYTES, self._budget())
         return next_batch(self._sizes, limit, self._batch_max)
 
-    async def _publish(self, event: events.Publishable) -> None:
+    async def _publish(self, event: events.Publishable, bulk: bool = False) -> None:
         # Through the connection's ack inbox: the same message as eventstore.publish, for much
         # less CPU each (this is the runner's most frequent publish).
+        lane = self._bulk
+        if bulk and lane is not None and lane.usable():
+            subject = self._names.subject(event)
+            if await lane.publish(subject, codec.encode(event), event.event_id):
+                return
+            # Not stored in time: the same event (its id too) on the main connection.
         await self._acks.publish_until_stored(self._names, event)
 
 

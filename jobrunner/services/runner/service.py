@@ -36,7 +36,9 @@ from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner import artifacts, deathsignal, orphans, process
+from jobrunner.services.runner import bulk as bulk_lane
 from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.heartbeat import heartbeat
@@ -55,7 +57,7 @@ WATCHER_STOP_SECONDS = 10.0
 
 
 class Runner:
-    def __init__(self, settings: Settings, nc: NATS) -> None:
+    def __init__(self, settings: Settings, nc: NATS, bulk: BulkLane | None = None) -> None:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.nc = nc
@@ -79,7 +81,7 @@ class Runner:
             self.slots, self.board, self.journal, self.identity, capacity, self.ack_wait / 3
         )
         ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
-        executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger)
+        executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger, bulk)
         self.seals = BatchSeals(self.js, self.names, self.ack_wait / 3)
         seal_waiter = SealWaiter(
             self.seals,
@@ -161,11 +163,23 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     # How the runner learns that a tool exited: without a thread per tool (see there).
     process.watch_children_by_pidfd()
     nc = await eventstore.connect(settings, "runner")
+    # A flood's large line messages go on a connection of their own (publisher.BULK_BYTES).
+    # A fast path only: a message it does not store in time goes on the main one (see bulk).
+    bulk_nc: NATS | None = None
+    bulk: BulkLane | None = None
     try:
-        check_line_fits(settings.max_line_bytes, nc.max_payload)
-        runner = Runner(settings, nc)
+        bulk_nc = await eventstore.connect(
+            settings, "runner-bulk", **bulk_lane.connect_options(settings)
+        )
+        check_line_fits(settings.max_line_bytes, min(nc.max_payload, bulk_nc.max_payload))
+        bulk = BulkLane(bulk_nc, bulk_lane.ack_timeout(settings))
+        runner = Runner(settings, nc, bulk)
         runner_id = runner.identity.runner_id
         async with heartbeat(nc.jetstream(), Names(settings.prefix), settings, runner_id):
             await runner.run(stop)
     finally:
+        if bulk is not None:
+            await bulk.close()
+        if bulk_nc is not None:
+            await eventstore.close(bulk_nc)
         await eventstore.close(nc)

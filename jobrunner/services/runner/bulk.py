@@ -1,0 +1,108 @@
+"""The runner's bulk connection: a fast path for a flood's large line messages, never the only
+path.
+
+A connection's messages are written, and read by nats-server, in order: a quiet job's line
+published just after a flood's half megabyte waited for all of it (the noisy-neighbour row), so
+those large messages go on a connection of their own. But the lease, the heartbeat and /health
+use only the main connection: a stall of the bulk connection alone went unnoticed while a job's
+end waited for its last message, so a cancelled job kept running and kept its lock (session 12's
+review). Hence:
+
+- a message on the bulk connection is tried once, with an ack timeout of a third of the lease
+  TTL; when it is not stored by then (or the connection is away) the publisher sends the same
+  event, with the same Nats-Msg-Id, on the main connection until stored: JetStream drops the bulk
+  copy should it arrive later (within the stream's duplicate window), and the job's next message
+  still leaves only once this one is stored, so order holds;
+- after such a failure the lane is out of use until a PING on it is answered again, so a stalled
+  connection holds at most the one message each job had in flight (memory stays bounded) and a
+  flood is not held an ack timeout per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+
+from jobrunner.common import ackinbox, retry
+from jobrunner.common.settings import Settings
+
+log = structlog.get_logger()
+
+
+def ack_timeout(settings: Settings) -> float:
+    """How long a bulk message may take to be stored before it goes on the main connection: a
+    third of the lease TTL (a job's end then waits at most that for its last message), at most
+    the usual ack timeout."""
+    return min(ackinbox.ACK_TIMEOUT, settings.lease_ttl_seconds / 3)
+
+
+def connect_options(settings: Settings) -> dict[str, object]:
+    """The bulk connection's PINGs: a dead peer is noticed within about the lease TTL (nats-py's
+    default is minutes), so that a dead socket and what it still holds are dropped long before
+    the stream's duplicate window ends. Not what keeps the lease safe: the fallback above is."""
+    return {
+        "ping_interval": max(1.0, settings.lease_ttl_seconds / 3),
+        "max_outstanding_pings": 2,
+    }
+
+
+class BulkLane:
+    """The bulk connection, its ack inbox and whether it is in use."""
+
+    def __init__(self, nc: NATS, timeout: float) -> None:
+        self.nc = nc
+        self._timeout = timeout
+        self._acks = ackinbox.AckInbox(nc, timeout)
+        self._healthy = True
+        self._probe: asyncio.Task[None] | None = None
+
+    def usable(self) -> bool:
+        return self._healthy and self.nc.is_connected
+
+    async def publish(self, subject: str, data: bytes, msg_id: str) -> bool:
+        """Try to store the message over the bulk connection once; False when the caller must
+        send it on the main connection."""
+        try:
+            await self._acks.publish(subject, data, msg_id)
+        except Exception as exc:
+            if retry.is_transient(exc):
+                self._out_of_use(exc)
+            return False  # a refusal: the main connection's publish says what it was
+        return True
+
+    def _out_of_use(self, exc: BaseException) -> None:
+        if not self._healthy:
+            return
+        self._healthy = False
+        log.warning(
+            "bulk connection stalled: large messages go on the main connection",
+            error=str(exc) or type(exc).__name__,
+        )
+        # Not in the job's context (its log fields): the lane is the runner's.
+        self._probe = asyncio.create_task(
+            self._until_answered(), name="bulk-probe", context=contextvars.Context()
+        )
+
+    async def _until_answered(self) -> None:
+        # A PING is answered once everything written before it has been read by the server.
+        while not self.nc.is_closed:
+            try:
+                await self.nc.flush(timeout=self._timeout)  # type: ignore[arg-type]
+            except (nats.errors.Error, TimeoutError, ConnectionError):
+                await asyncio.sleep(self._timeout)
+                continue
+            if self.nc.is_connected:
+                self._healthy = True
+                log.info("bulk connection answers again")
+                return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
