@@ -101,6 +101,17 @@ class OrderedReader:
         return (info.num_pending or 0) + (delivered or 0)
 
 
+def position(msg: Msg) -> tuple[int, int]:
+    """A JetStream delivery's stream sequence, and how many messages the consumer had pending
+    after it, from its reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
+    <consumer seq>.<time>.<pending>``; the v2 form adds a domain and an account hash after
+    ``ACK``). ``msg.metadata`` gives the same, but builds five objects and a datetime a message:
+    a tenth of the API's CPU while it fans lines out."""
+    tokens = msg.reply.split(".")
+    base = 2 if len(tokens) == 9 else 4
+    return int(tokens[base + 3]), int(tokens[base + 6])
+
+
 def start_config(
     start_seq: int | None = None,
     start_time: datetime | None = None,
