@@ -139,6 +139,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             readmodels=readmodels,
         )
         heap.freeze_startup_objects()
+        heap.collect_young_less_often()
         try:
             with stallwatch.watching():
                 yield

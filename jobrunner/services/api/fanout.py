@@ -110,24 +110,23 @@ class Limits:
 class Item:
     """One event of a job's stream, with its frames encoded once for every client.
 
-    It keeps the frames, not the decoded event: items wait in inboxes and records while the
-    process is behind (a hundred thousand objects and more), and the cycle collector walks every
-    container object alive at each of its passes, about a fifth of the API's CPU when the items
-    held their events (a LineLogged, its list and a struct per line). The frames are a tuple of
-    bytes, which the collector stops tracking at its first pass."""
+    Items wait in inboxes and records while the process is behind, a hundred thousand objects
+    and more, and the cycle collector walks every tracked object alive at each of its passes:
+    the frames are a tuple of bytes, which it stops tracking at its first pass, and a
+    LineLogged and its lines are structs it never tracks (``events.LogLine``)."""
 
-    __slots__ = ("chunk", "frames", "lines", "seq", "terminal")
+    __slots__ = ("chunk", "event", "frames", "seq", "terminal")
 
     def __init__(self, seq: int, event: events.AnyEvent, frames: list[bytes]) -> None:
         self.seq = seq
-        self.lines = isinstance(event, events.LineLogged)
+        self.event = event
         self.frames = tuple(frames)
         self.chunk = b"".join(frames)
         self.terminal = isinstance(event, events.StatusChanged) and event.status.is_terminal
 
     def chunk_after_line(self, index: int | None) -> bytes:
         """The frames, without the lines up to ``index`` (a resume inside a batch)."""
-        if index is None or not self.lines:
+        if index is None or not isinstance(self.event, events.LineLogged):
             return self.chunk
         return b"".join(self.frames[index + 1 :])
 
