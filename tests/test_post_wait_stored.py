@@ -4,15 +4,13 @@ served from JetStream, to whoever may see the job and no one else."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
-from nats.aio.msg import Msg
 
 from jobrunner.common.settings import Settings
+from tests.jetstream_reads import last_by_subject_reads
 from tests.sse_client import read_stream
 from tests.system import System
 
@@ -62,27 +60,17 @@ async def test_the_stream_of_a_job_just_posted_reads_no_last_status(system: Syst
     await system.stop_service("projector")
     job_id = await _post_stored(system)
     status_subject = f"{system.settings.prefix}.job.{job_id}.status"
-    asked: list[str] = []
-
-    async def seen(msg: Msg) -> None:
-        asked.append(json.loads(msg.data).get("last_by_subj", ""))
-
-    nc = await nats.connect(system.settings.nats_url)
-    try:
-        sub = await nc.subscribe("$JS.API.STREAM.MSG.GET.>", cb=seen)
-        await nc.flush()
-        async with system.client() as client:
-            stream = await read_stream(client, f"/api/jobs/{job_id}/stream")
-            await nc.flush()
-            assert status_subject not in asked
-            assert stream.events[-1].event == "done"
-            first_id = next(e.id for e in stream.events if e.event == "message")
-            await read_stream(client, f"/api/jobs/{job_id}/stream", last_event_id=first_id)
-        await nc.flush()
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    assert status_subject in asked
+    async with (
+        last_by_subject_reads(system.settings.nats_url) as reads,
+        system.client() as client,
+    ):
+        stream = await read_stream(client, f"/api/jobs/{job_id}/stream")
+        await reads.settle()
+        assert status_subject not in reads.subjects
+        assert stream.events[-1].event == "done"
+        first_id = next(e.id for e in stream.events if e.event == "message")
+        await read_stream(client, f"/api/jobs/{job_id}/stream", last_event_id=first_id)
+    assert status_subject in reads.subjects
 
 
 async def test_an_unprojected_job_started_elsewhere_streams_from_jetstream(

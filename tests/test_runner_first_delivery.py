@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
-from nats.aio.msg import Msg
 
 from jobrunner.common.settings import Settings
+from tests.jetstream_reads import last_by_subject_reads
 from tests.system import System
 from tests.tools.runners import wait_status
 
@@ -31,26 +29,16 @@ async def test_a_job_with_nothing_after_its_request_is_read_once_before_it_start
     """The runner asks JetStream for the job's latest event only, not for its last status and
     its last cancel apart: the request is the latest, so there are none."""
     prefix = system.settings.prefix
-    asked: list[str] = []
-
-    async def seen(msg: Msg) -> None:
-        asked.append(json.loads(msg.data).get("last_by_subj", ""))
-
-    nc = await nats.connect(system.settings.nats_url)
-    try:
-        sub = await nc.subscribe("$JS.API.STREAM.MSG.GET.>", cb=seen)
-        await nc.flush()
-        async with system.client() as client:
-            response = await client.post(
-                "/api/jobs", json={"job_type": "emit", "parameters": {"lines": 1}}
-            )
-            assert response.status_code == 201, response.text
-            job_id = response.json()["id"]
-            await wait_status(client, job_id, "completed")
-        await nc.flush()
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    assert f"{prefix}.job.{job_id}.>" in asked
-    assert f"{prefix}.job.{job_id}.status" not in asked
-    assert f"{prefix}.job.{job_id}.cancel" not in asked
+    async with (
+        last_by_subject_reads(system.settings.nats_url) as reads,
+        system.client() as client,
+    ):
+        response = await client.post(
+            "/api/jobs", json={"job_type": "emit", "parameters": {"lines": 1}}
+        )
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        await wait_status(client, job_id, "completed")
+    assert f"{prefix}.job.{job_id}.>" in reads.subjects
+    assert f"{prefix}.job.{job_id}.status" not in reads.subjects
+    assert f"{prefix}.job.{job_id}.cancel" not in reads.subjects
