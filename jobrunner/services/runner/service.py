@@ -149,6 +149,7 @@ class Runner:
                 job_types=list(self.job_types),
             )
             heap.freeze_startup_objects()
+            heap.collect_young_less_often()
             await self.requests.run(sub, stop)
         finally:
             await cancel_sub.unsubscribe()
