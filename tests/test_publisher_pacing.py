@@ -8,6 +8,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -195,3 +196,29 @@ async def test_a_lone_line_is_published_at_once_and_the_end_is_not_held(
     await asyncio.wait_for(publisher.close(), 10)
     await got.lines(2)
     assert [e.lines[0].text for e in got.messages] == ["first", "held"]
+
+
+async def test_each_piece_of_a_pipe_reaches_its_reader_without_a_callback_of_its_own() -> None:
+    """A tool printing 30 lines one write at a time: each read of its pipe is in the reader at
+    once, not passed on by a callback a turn of the loop later (a callback per line printed at
+    100 jobs printing 200 lines/s each); every line arrives, in order, and the exit is known."""
+    loop = asyncio.get_running_loop()
+    deferred: list[str] = []
+    call_soon = loop.call_soon
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        deferred.append(getattr(callback, "__name__", ""))
+        return call_soon(callback, *args, **kwargs)
+
+    # (It starts printing once the runner's side of its pipes is set up.)
+    script = (
+        "import time\ntime.sleep(0.1)\n"
+        "for i in range(30):\n    print(i, flush=True)\n    time.sleep(0.002)\n"
+    )
+    loop.call_soon = counting  # type: ignore[method-assign]
+    try:
+        got = await reads(script, 0.0)
+    finally:
+        del loop.call_soon
+    assert [line for lines in got for line in lines] == [str(i) for i in range(30)]
+    assert deferred.count("pipe_data_received") == 0

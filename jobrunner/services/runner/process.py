@@ -102,6 +102,40 @@ def watch_children_by_pidfd() -> bool:
     return True
 
 
+class _Feed(asyncio.Protocol):
+    """A tool's pipe handed straight to its ``StreamReader``.
+
+    asyncio's subprocess transport passes each piece read from a pipe on with ``call_soon``
+    (``BaseSubprocessTransport._call``): a second callback per read, a turn of the loop later.
+    A tool printing a line at a time makes a read per line, so at 100 jobs printing 200 lines/s
+    each that was 20,000 extra callbacks a second in the runner. The end of the pipe still goes
+    the subprocess transport's way (the reader's end of file, the exit's bookkeeping), after
+    every piece read before it, as before."""
+
+    def __init__(self, reader: asyncio.StreamReader, pipe: asyncio.BaseProtocol) -> None:
+        self.data_received = reader.feed_data  # type: ignore[method-assign]  # no frame between
+        self._pipe = pipe
+
+    def eof_received(self) -> bool | None:
+        return self._pipe.eof_received()  # type: ignore[attr-defined, no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pipe.connection_lost(exc)
+
+
+def _feed_readers_directly(proc: asyncio.subprocess.Process) -> None:
+    """Each of the tool's pipes feeds its reader with no callback in between (``_Feed``)."""
+    # The process's transport is private to asyncio's Process (the public streams hold only
+    # their readers); without it, or a pipe's transport, the pipes keep asyncio's own way.
+    transport: asyncio.SubprocessTransport | None = getattr(proc, "_transport", None)
+    if transport is None:
+        return
+    for fd, reader in ((1, proc.stdout), (2, proc.stderr)):
+        pipe = transport.get_pipe_transport(fd)
+        if reader is not None and isinstance(pipe, asyncio.ReadTransport):
+            pipe.set_protocol(_Feed(reader, pipe.get_protocol()))
+
+
 # Called with each chunk's complete lines (stream, lines, the latest state of a \r progress bar
 # or None, time of the read); the awaitable waits for buffer room.
 LineSink = Callable[[str, list[str], str | None, datetime], None]
@@ -156,6 +190,7 @@ class ToolProcess:
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
+        _feed_readers_directly(self.proc)
         if self.priority is not None:
             self.priority.lower(self.proc)
         self.started_ticks = orphans.start_ticks(self.proc.pid)
