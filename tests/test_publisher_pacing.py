@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,7 +136,10 @@ async def reads(script: str, rest: float) -> list[list[str]]:
         if lines:
             got.append(lines)
 
-    await asyncio.wait_for(tool.pump(sink, room, 65536, lambda now, last: rest), 30)
+    def pace(now: float, last: float) -> Awaitable[None] | None:
+        return asyncio.sleep(rest) if rest else None
+
+    await asyncio.wait_for(tool.pump(sink, room, 65536, pace), 30)
     await tool.wait()
     return got
 
@@ -222,3 +225,29 @@ async def test_each_piece_of_a_pipe_reaches_its_reader_without_a_callback_of_its
         del loop.call_soon
     assert [line for lines in got for line in lines] == [str(i) for i in range(30)]
     assert deferred.count("pipe_data_received") == 0
+
+
+async def test_the_jobs_waiting_for_the_same_tick_share_one_timer() -> None:
+    """100 jobs resting until the same tick (their pipes, their next messages): one timer for
+    all of them, each its own future, all resolved at the tick; one given up early (a job's
+    end) takes nothing from the others."""
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, callback, *args, **kwargs)
+
+    pacing = PublishPacing()
+    tick = loop.time() + 0.05
+    loop.call_at = counting  # type: ignore[method-assign]
+    try:
+        waiting = [pacing.until(tick) for _ in range(100)]
+    finally:
+        del loop.call_at
+    assert timers == [tick]
+    assert len({id(future) for future in waiting}) == 100
+    waiting[0].set_result(None)  # the first job closed: its publisher no longer waits
+    await asyncio.wait_for(asyncio.gather(*waiting[1:]), 5)
+    assert loop.time() >= tick

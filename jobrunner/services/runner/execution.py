@@ -92,7 +92,7 @@ class ToolExecution:
             if transient is not None:
                 reporter.line(stream, transient, at, transient=True)
 
-        await self.tool.pump(sink, reporter.room, self.max_line_bytes, reporter.publisher.read_rest)
+        await self.tool.pump(sink, reporter.room, self.max_line_bytes, reporter.publisher.rest)
 
     async def wait(self) -> int:
         exit_code = await self.tool.wait()

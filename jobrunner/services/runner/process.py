@@ -140,8 +140,9 @@ def _feed_readers_directly(proc: asyncio.subprocess.Process) -> None:
 # or None, time of the read); the awaitable waits for buffer room.
 LineSink = Callable[[str, list[str], str | None, datetime], None]
 Room = Callable[[], Awaitable[None]]
-# Seconds a pipe rests after a read at ``now``, its previous read at ``last`` (see ``pump``).
-Rest = Callable[[float, float], float]
+# What a pipe waits for after a read at ``now``, its previous read at ``last``: the end of its
+# rest, or None when it does not rest (see ``pump``).
+Rest = Callable[[float, float], Awaitable[None] | None]
 
 
 class ToolProcess:
@@ -201,10 +202,10 @@ class ToolProcess:
         """Read stdout and stderr until both close, handing each line to ``sink``.
 
         ``pace`` paces the reads of a tool that prints often: after a small read that emptied
-        the pipe, the pipe rests that long (the runner's publish clock: the lines printed meanwhile
-        would wait for its next tick in the publisher anyway), so that they come in one read
-        then instead of one read, wake-up and hand-over each. (Their timestamp is the read's:
-        up to a rest late.)"""
+        the pipe, the pipe rests until what ``pace`` returns is done (the runner's publish
+        clock's next tick: the lines printed meanwhile would wait for it in the publisher
+        anyway), so that they come in one read then instead of one read, wake-up and hand-over
+        each. (Their timestamp is the read's: up to a rest late.)"""
         assert self.proc is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -237,8 +238,8 @@ class ToolProcess:
                 await asyncio.sleep(0)
             elif pace is not None and len(chunk) < REST_BELOW_BYTES:
                 now = loop.time()
-                if pause := pace(now, last_read):
-                    await asyncio.sleep(pause)
+                if (resting := pace(now, last_read)) is not None:
+                    await resting
                 last_read = now
         if rest := splitter.close():
             sink(name, rest, None, datetime.now(UTC))

@@ -88,10 +88,31 @@ class PublishPacing:
         self.per_job = per_job
         self.cap = cap
         self.publishers = 0
+        # The futures waiting for each tick (by its loop time in whole microseconds).
+        self._ticks: dict[int, list[asyncio.Future[None]]] = {}
 
     def window(self, flooding: bool = False) -> float:
         window = min(self.cap, self.per_job * self.publishers)
         return window * FLOOD_PACE if flooding else window
+
+    def until(self, when: float) -> asyncio.Future[None]:
+        """A future of its own for the caller, resolved at loop time ``when`` (a tick of the
+        clock): the jobs' pipes rest and their messages wait until the same ticks, and one
+        timer for each tick serves all of them (a timer each was two timers a job a tick, each
+        pushed on and popped off the loop's heap of timers)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        key = round(when * 1e6)
+        waiting = self._ticks.get(key)
+        if waiting is None:
+            waiting = self._ticks[key] = []
+            loop.call_at(when, self._ring, key)
+        waiting.append(future)
+        return future
+
+    def _ring(self, key: int) -> None:
+        for future in self._ticks.pop(key):
+            _resolve(future)
 
 
 def pacing_wait(now: float, last_publish: float, window: float) -> float:
@@ -229,6 +250,13 @@ class LinePublisher:
             return 0.0
         return read_rest(now, last_read, self._pacing.window(self._flooding()))
 
+    def rest(self, now: float, last_read: float) -> asyncio.Future[None] | None:
+        """What the job's tool pipe waits for after a read at ``now``: the clock's tick when
+        it rests (``read_rest``), else nothing."""
+        if self._pacing is None or not (seconds := self.read_rest(now, last_read)):
+            return None
+        return self._pacing.until(now + seconds)
+
     def add(self, stream: str, level: str, text: str, at: datetime) -> None:
         """Buffer a line (plain call: the per-line path stays free of awaits)."""
         self.seq += 1
@@ -338,9 +366,10 @@ class LinePublisher:
             while self._lines:
                 if self._pacing is not None and not self._closing:
                     window = self._pacing.window(self._flooding())
-                    wait = pacing_wait(loop.time(), last_publish, window)
+                    now = loop.time()
+                    wait = pacing_wait(now, last_publish, window)
                     if wait > 0:
-                        await self._pause(wait)  # the job's next lines join this message
+                        await self._pause(now + wait)  # the job's next lines join this message
                 last_publish = loop.time()
                 count, size = self._next_batch()
                 batch = self._lines[:count]
@@ -377,16 +406,14 @@ class LinePublisher:
             if self._closing and not self._lines:
                 return
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, or until ``close`` asks for the rest at once (a job's end is not
-        held back by pacing)."""
-        loop = asyncio.get_running_loop()
-        pause = self._pausing = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, pause)
+    async def _pause(self, until: float) -> None:
+        """Wait until the clock's tick at loop time ``until``, or until ``close`` asks for the
+        rest at once (a job's end is not held back by pacing)."""
+        assert self._pacing is not None
+        self._pausing = self._pacing.until(until)
         try:
-            await pause
+            await self._pausing
         finally:
-            timer.cancel()
             self._pausing = None
 
     def _budget(self) -> int:
