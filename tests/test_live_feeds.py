@@ -18,21 +18,12 @@ import pytest
 from nats.js import JetStreamContext
 
 from jobrunner.common import eventstore
-from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
-from jobrunner.common.streamreader import StreamReaderError
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
-from jobrunner.services.api.livefeeds import (
-    DEAD_AFTER,
-    FEED_BYTES,
-    FIRST_START_TIMEOUTS,
-    PULL_BYTES,
-    LiveFeed,
-    LiveFeeds,
-)
+from jobrunner.services.api.livefeeds import DEAD_AFTER, FEED_BYTES, PULL_BYTES, LiveFeed, LiveFeeds
 from tests.test_sse_memory import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,40 +228,5 @@ async def test_a_frozen_server_shorter_than_the_silence_limit_is_waited_for_and_
             assert await taken_until(feed, after[job][-1]) == after[job]
         assert (live.connects > connects) is reconnects
         assert any(feed.restarts for feed in feeds) is reconnects
-    finally:
-        await live.close()
-
-
-CONNECT_TIMEOUT = 1.0  # the tests' nats_connect_timeout_seconds: a first start waits 5 s at most
-
-
-@pytest.mark.parametrize(
-    ("pause", "starts"),
-    [
-        (CONNECT_TIMEOUT * (FIRST_START_TIMEOUTS - 2.5), True),
-        (CONNECT_TIMEOUT * (FIRST_START_TIMEOUTS + 3), False),
-    ],
-    ids=["shorter", "longer"],
-)
-async def test_a_first_feed_waits_for_a_frozen_server_as_long_as_its_start_may_take(
-    own_nats: EmbeddedNats, js: JetStreamContext, names: Names, pause: float, starts: bool
-) -> None:
-    """The pool's first feed starts while nats-server is SIGSTOPped: frozen for less than
-    ``FIRST_START_TIMEOUTS`` connect timeouts, the feed starts once it answers and gets its
-    line; for more, its start fails (its viewers are cut and retry) instead of hanging."""
-    connection = NatsConnection(servers=[own_nats.url], connect_timeout=CONNECT_TIMEOUT)
-    live = LiveFeeds(js, names.stream, [own_nats.url], size=1, connection=connection)
-    feed = live.feed(names.job_subjects("a"))
-    try:
-        freeze = asyncio.create_task(frozen(own_nats, pause))
-        try:
-            await feed.start(1)
-        except StreamReaderError:
-            assert not starts
-        else:
-            assert starts
-            seq = (await publish(js, names, "a", 1, 1))[0]
-            assert await taken_until(feed, seq) == [seq]
-        await freeze
     finally:
         await live.close()

@@ -13,22 +13,15 @@ it holds less than ``FEED_BYTES`` not taken: a flood, or a feed whose viewers ar
 most that much in the socket and in memory, and the connection is always read, so the other
 feeds on it never wait behind it. A message larger than ``PULL_BYTES`` is asked for alone.
 
-Memory: a feed holds at most ``FEED_BYTES`` + ``PULL_BYTES`` of messages not taken (one message
-larger than a pull on top, at most NATS's ``max_payload``); a connection's own buffer is the one
-message it is in the middle of (the messages are parsed as each socket read arrives, with no
-stream buffer in between).
-
-Failures: the pool's servers (configured, shuffled once per pool, as nats-py shuffles its pool)
-are tried by each connection from a different one on (connection ``n`` starts at the ``n``-th:
-the connections spread over a cluster), then those the cluster announces; the server a
-connection lost is tried last, each connect step within ``nats_connect_timeout_seconds``, and a
-round that found none backs off with jitter. A connection that hears nothing for ``heartbeat``
-seconds sends a PING; silence for ``DEAD_AFTER`` heartbeats means it is lost. Its feeds then
-move to the connections still up (or wait for one): each creates a new consumer after the last
-message it received, so nothing is skipped and nothing comes twice. A feed whose pull gets
-neither a message nor the server's idle heartbeat for as long (its consumer's server frozen, the
-consumer gone), an unexpected status, or a gap in its deliveries, starts a new consumer the same
-way (with a backoff while its new consumers deliver nothing).
+Failures: each connection tries the servers (configured, then announced by the cluster) in an
+order of its own (shuffled, as nats-py's pool: the connections spread over a cluster), the
+server it lost last tried last, each connect step within ``nats_connect_timeout_seconds``;
+retries back off with jitter. A connection that hears nothing for ``heartbeat`` seconds sends a
+PING; silence for ``DEAD_AFTER`` heartbeats means it is lost. Its feeds then move to the
+connections still up (or wait for one): each creates a new consumer after the last message it
+received, so nothing is skipped and nothing comes twice. A feed whose pull gets neither a
+message nor the server's idle heartbeat for as long (its consumer's server frozen, the consumer
+gone) or an unexpected status, or a gap in its deliveries, starts a new consumer the same way.
 """
 
 from __future__ import annotations
@@ -64,8 +57,6 @@ PULL_EXPIRES = 30.0
 # silence; this many heartbeats without a sound is a lost connection (or consumer).
 HEARTBEAT_SECONDS = 5.0
 DEAD_AFTER = 3
-# A feed's start waits this many connect timeouts at most for a connection to come up.
-FIRST_START_TIMEOUTS = 5
 # Backoff between rounds of connects to every server, and between a feed's consumer attempts.
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
@@ -108,7 +99,6 @@ class LiveFeed:
         self._resuming: asyncio.Task[None] | None = None
         self._closed = False
         self.restarts = 0  # consumers started after the first (a figure for tests)
-        self._streak = 0  # restarts since the last message
         # Called after each arrival, in the connection's read callback: it may ``take`` the
         # batch there and then (True); else (False) ``next_batch`` is woken as usual.
         self.on_arrival: Callable[[], bool] | None = None
@@ -184,7 +174,8 @@ class LiveFeed:
         )
         sid = self.sid
         try:
-            info = await pool.js.add_consumer(pool.stream, config)
+            async with asyncio.timeout(pool.connect_timeout * 2):
+                info = await pool.js.add_consumer(pool.stream, config)
         except (nats.errors.Error, TimeoutError) as exc:
             if self.sid == sid:
                 self._detach()
@@ -236,7 +227,6 @@ class LiveFeed:
             self.restart(f"expected delivery {self._consumer_seq + 1}, got {consumer_seq}")
             return False
         self._consumer_seq = consumer_seq
-        self._streak = 0
         self.last_seq = seq
         self._pending = pending
         self._batch.append((seq, data))
@@ -280,12 +270,7 @@ class LiveFeed:
             self._resuming = asyncio.create_task(self._resume(), name="sse-live-feed-resume")
 
     async def _resume(self) -> None:
-        # A consumer that fails again before it delivered anything (a server that refuses
-        # our pulls, say) is not recreated in a tight loop.
-        failures = self._streak
-        self._streak += 1
-        if failures:
-            await asyncio.sleep(backoff(failures - 1))
+        failures = 0
         while not self._closed:
             try:
                 await self._attach(await self._pool.link_up())
@@ -680,10 +665,9 @@ class LiveFeeds:
 
     async def link_up(self, first: bool = False) -> Link:
         """The connection up with the fewest feeds; waits for one (``first``: a feed's start,
-        at most ``FIRST_START_TIMEOUTS`` connect timeouts, then ``StreamReaderError``: its
-        viewers are cut and retry rather than wait on a request for NATS to come back)."""
+        at most as long as connecting to every server takes, then ``StreamReaderError``)."""
         self.warm()
-        deadline = self.connect_timeout * FIRST_START_TIMEOUTS
+        deadline = self.connect_timeout * (4 * (len(self.servers) + len(self.discovered)) + 1)
         while True:
             up = [link for link in self.links if link.up]
             if up:
