@@ -24,7 +24,6 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.services.api.livefeeds import DEAD_AFTER, FEED_BYTES, PULL_BYTES, LiveFeed, LiveFeeds
-from tests.test_sse_memory import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -168,7 +167,9 @@ async def test_a_feed_not_taken_holds_little_and_holds_up_no_other_feed(
         ]
         quiet_seq = (await publish(js, names, "quiet", 1, 1))[0]
         assert await taken_until(quiet, quiet_seq) == [quiet_seq]
-        await wait_until(lambda: flood.buffered_bytes >= FEED_BYTES, 30)
+        async with asyncio.timeout(30):
+            while flood.buffered_bytes < FEED_BYTES:
+                await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # more would have come by now
         assert flood.buffered_bytes <= FEED_BYTES + PULL_BYTES
         assert await taken_until(flood, flood_seqs[-1]) == flood_seqs

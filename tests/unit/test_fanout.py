@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 
 from jobrunner.contracts import codec, events
@@ -196,10 +197,11 @@ async def test_a_viewers_backlog_goes_out_in_pieces_with_the_other_streams_betwe
     assert quiet_at < last_flood_at
 
 
-def stored(seq: int, text: str) -> tuple[int, bytes]:
-    """A message as the feed's reader hands it on: its stream sequence and payload."""
+def stored(seq: int, text: str) -> Msg:
+    """A message as JetStream delivers it (its stream sequence in the reply subject)."""
     event = events.LineLogged(job_id="j", lines=[events.LogLine(seq, "stdout", "INFO", AT, text)])
-    return seq, codec.encode(event)
+    client: Any = None  # never acknowledged: the feed's consumer does not ack
+    return Msg(client, "t.j.lines", f"$JS.ACK.t.c.1.{seq}.{seq}.0.0", codec.encode(event))
 
 
 async def test_a_feed_reads_no_further_while_its_only_client_is_behind() -> None:
@@ -211,7 +213,7 @@ async def test_a_feed_reads_no_further_while_its_only_client_is_behind() -> None
     feed.subscribers.add(inbox)
     inbox.room = feed.room
     msgs = [stored(seq, "f" * 100_000) for seq in range(1, 41)]  # about 4 MB
-    deliver = asyncio.create_task(feed._deliver(msgs, 0))
+    deliver = asyncio.create_task(feed._deliver(msgs))
     await asyncio.sleep(0.2)
     assert not deliver.done()
     assert PAUSE_BYTES <= inbox.bytes < PAUSE_BYTES + HAND_OVER_BYTES + 200_000
@@ -231,9 +233,7 @@ async def test_a_client_that_stopped_reading_is_still_cut_by_its_limit() -> None
     inbox = Subscriber(out)
     feed.subscribers.add(inbox)
     inbox.room = feed.room
-    await asyncio.wait_for(
-        feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)], 0), 10
-    )
+    await asyncio.wait_for(feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)]), 10)
     assert inbox.overflow
 
 
