@@ -1,5 +1,4 @@
-"""A quiet job's events are handed on in the connection's read callback, a flood's by the feed's
-task.
+"""A quiet job's events are handed on in the subscription's callback, a flood's by the feed's task.
 
 Beside a flood every turn of the API's event loop holds a step of each of the flood's tasks, so a
 quiet line's delay is about its hops times one turn; the callback is one hop fewer."""
@@ -10,15 +9,16 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.common.subscription import OrderedReader
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import FRAME_LINES, QUIET_BYTES, Fanout, Item, Limits, Subscriber
-from jobrunner.services.api.livefeeds import LiveFeed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,15 +45,15 @@ async def test_a_small_arrival_skips_the_feeds_task_and_a_large_one_does_not(
     """A line or two reach the client without the feed's task waking; a flood's message (over
     QUIET_BYTES) is the feed's task's; the job's end through the callback ends the feed."""
     names = Names(settings.prefix)
-    taken_by_task: list[tuple[int, bytes]] = []
-    next_batch = LiveFeed.next_batch
+    taken_by_task: list[Msg] = []
+    next_batch = OrderedReader.next_batch
 
-    async def counted(self: LiveFeed, timeout: float | None) -> list[tuple[int, bytes]]:
+    async def counted(self: OrderedReader, timeout: float | None) -> list[Msg]:
         batch = await next_batch(self, timeout)
         taken_by_task.extend(batch)
         return batch
 
-    monkeypatch.setattr(LiveFeed, "next_batch", counted)
+    monkeypatch.setattr(OrderedReader, "next_batch", counted)
     limits = Limits(keepalive=30, client_bytes=1 << 22, total_bytes=1 << 24, history_idle=10)
     fanout = Fanout(js, names, sse.frames_for, limits)
     feed, inbox, _ = await fanout.join(JOB)
@@ -77,7 +77,6 @@ async def test_a_small_arrival_skips_the_feeds_task_and_a_large_one_does_not(
         assert len(taken_by_task) == 1
     finally:
         feed.leave(inbox)
-        await fanout.close()
 
 
 async def test_a_flood_message_framed_in_slices_reaches_the_client_whole(
@@ -104,4 +103,3 @@ async def test_a_flood_message_framed_in_slices_reaches_the_client_whole(
         assert slices == list(range(0, 4 * FRAME_LINES + 1, FRAME_LINES))
     finally:
         feed.leave(inbox)
-        await fanout.close()

@@ -106,10 +106,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A client's catch-up read from JetStream that gets nothing for this long is disconnected
     # (it resumes) rather than left with a gap.
     sse_history_idle_seconds: float = 10.0
-    # NATS connections an API process reads its watched jobs' live feeds on, all jobs' feeds
-    # multiplexed over them (spread over a cluster's servers); taken from the 32 it holds for
-    # readers, the rest serve the viewers' catch-up reads.
-    sse_feed_connections: int = 4
 
     # Access (README "Security and access")
     auth: bool = True  # off only with --no-auth on a loopback address
@@ -204,8 +200,6 @@ _RANGES: dict[str, tuple[float, float]] = {
     "session_max_age_seconds": (1, _NO_LIMIT),
     # A client buffer must hold at least one full message batch, or every live client is cut.
     "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
-    # At least one connection for the catch-up reads is left of the 32 (readerconnections).
-    "sse_feed_connections": (1, 31),
     "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
     "webhook_retry_seconds": (0, _NO_LIMIT),
     "notifier_max_concurrent": (1, _NO_LIMIT),

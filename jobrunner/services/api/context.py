@@ -17,7 +17,6 @@ from nats.js import JetStreamContext
 
 from jobrunner.common import database, eventstore, heap, metrics, stallwatch
 from jobrunner.common.jobtypes import JobType, load_job_types
-from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import events
@@ -25,9 +24,8 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
-from jobrunner.services.api.livefeeds import LiveFeeds
 from jobrunner.services.api.posted import PostedJobs
-from jobrunner.services.api.readerconnections import MAX_CONNECTIONS, ReaderConnections
+from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.readmodelgate import ReadModelGate
 
 log = structlog.get_logger()
@@ -121,21 +119,8 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         readmodels = ReadModelGate(pool, js, names)
         await readmodels.start()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
-        # The jobs' live feeds and the viewers' catch-up reads share the 32 NATS connections
-        # an API process holds for readers (README "Capacity").
-        readers = ReaderConnections(
-            lambda: eventstore.connect(settings, "api-reader"),
-            max_connections=MAX_CONNECTIONS - settings.sse_feed_connections,
-        )
+        readers = ReaderConnections(lambda: eventstore.connect(settings, "api-reader"))
         await readers.warm()
-        live = LiveFeeds(
-            js,
-            names.stream,
-            server_urls(settings.nats_url),
-            settings.sse_feed_connections,
-            NatsConnection.from_settings(settings),
-        )
-        live.warm()
         app.state.ctx = ApiContext(
             settings=settings,
             names=names,
@@ -146,10 +131,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             slots=SlotTable(js, names, settings.lease_ttl_seconds),
             projection=tracker,
             # One JetStream subscription per watched job, shared by its SSE clients.
-            # ... the feeds multiplexed on a few connections (livefeeds), each catch-up read on
-            # a connection of its own (readerconnections: no noisy neighbour).
+            # ... each read on a connection of its own (readerconnections: no noisy neighbour).
             fanout=Fanout(
-                js, names, sse.frames_for, sse_limits(settings), readers, sse.line_frames, live
+                js, names, sse.frames_for, sse_limits(settings), readers, sse.line_frames
             ),
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
@@ -161,7 +145,6 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                 yield
         finally:
             await readmodels.close()
-            await live.close()
             await readers.close()
             await sub.unsubscribe()
             await pool.close()

@@ -32,7 +32,6 @@ loop a quiet line waits for holds a step of each of the flood's tasks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -40,14 +39,13 @@ from dataclasses import dataclass
 
 import msgspec
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
-from jobrunner.common.streamreader import StreamReaderError
-from jobrunner.common.subscription import ordered_reader, position
+from jobrunner.common.subscription import OrderedReader, ordered_reader, position
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.livefeeds import LiveFeed, LiveFeeds
 from jobrunner.services.api.readerconnections import ReaderConnections
 
 log = structlog.get_logger()
@@ -300,18 +298,19 @@ class JobFeed:
             else:
                 self.last_seq = self.start_seq - 1
             self.record_from = self.last_seq + 1
-            reader = fanout.live_feeds().feed(fanout.names.job_subjects(self.job_id))
-            try:
-                await reader.start(self.last_seq + 1)
+            async with (
+                fanout.reader_js() as js,
+                ordered_reader(
+                    js,
+                    fanout.names.stream,
+                    fanout.names.job_subjects(self.job_id),
+                    start_seq=self.last_seq + 1,
+                ) as reader,
+            ):
                 reader.on_arrival = lambda: self._on_arrival(reader)
                 self.ready.set()
-                while not await self._deliver(await self._next(reader), reader.pending):
+                while not await self._deliver(await self._next(reader)):
                     pass
-            finally:
-                # Even when the feed's task is cancelled (its last client left): the
-                # subscription ends, the consumer is deleted.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(reader.close())
         except Exception as exc:
             log.warning("sse feed failed", job_id=self.job_id, error=repr(exc))
             if self.subscribers:
@@ -325,7 +324,7 @@ class JobFeed:
             self.ready.set()
             fanout.forget(self)
 
-    async def _next(self, reader: LiveFeed) -> list[tuple[int, bytes]]:
+    async def _next(self, reader: OrderedReader) -> list[Msg]:
         """The next events for the feed's task: ``[]`` when a keep-alive is due, or when the
         callback ended the feed (it raises what failed there)."""
         keepalive = self.fanout.limits.keepalive
@@ -349,20 +348,17 @@ class JobFeed:
                 self._quiet_at = None
                 return []
 
-    def _on_arrival(self, reader: LiveFeed) -> bool:
-        """The quiet path: hand on a small arrival in the connection's read callback while the
+    def _on_arrival(self, reader: OrderedReader) -> bool:
+        """The quiet path: hand on a small arrival in the subscription's callback while the
         feed's task waits (nothing of the feed is under way then, so the order holds). False:
         the feed's task takes it (it is woken, also when the callback ended the feed)."""
         if not self._waiting or reader.buffered_bytes > QUIET_BYTES or self._behind():
             return False
         self._quiet_at = asyncio.get_running_loop().time()
         try:
-            msgs = reader.take()
-            last = len(msgs) - 1
-            for i, (seq, data) in enumerate(msgs):
-                # The messages after this one in the batch are pending after it too.
-                pending = reader.pending + last - i
-                self._order(seq, pending, decode_item(seq, data, self.fanout.build))
+            for msg in reader.take():
+                seq, pending = position(msg)
+                self._order(seq, pending, decode_item(seq, msg.data, self.fanout.build))
                 if self._end_last.ended:
                     self._flush()
                     self._finished = True
@@ -373,9 +369,8 @@ class JobFeed:
             return False
         return True
 
-    async def _deliver(self, msgs: list[tuple[int, bytes]], pending: int) -> bool:
-        """Hand ``msgs`` (``(stream sequence, payload)``, ``pending`` messages after the last)
-        on; True once the job's terminal status went out."""
+    async def _deliver(self, msgs: list[Msg]) -> bool:
+        """Hand ``msgs`` on; True once the job's terminal status went out."""
         if self._finished:
             return True
         if not msgs:
@@ -387,17 +382,16 @@ class JobFeed:
         size = 0
         loop = asyncio.get_running_loop()
         turn_ends = loop.time() + TURN_SECONDS
-        last = len(msgs) - 1
-        for i, (seq, data) in enumerate(msgs):
+        for msg in msgs:
             if size >= HAND_OVER_BYTES or loop.time() >= turn_ends:
                 self._flush()
                 size = 0
                 await self._room()
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
-            item = await self._decode_in_steps(seq, data)
-            # The messages after this one in the batch are pending after it too.
-            size += self._order(seq, pending + last - i, item)
+            seq, pending = position(msg)
+            item = await self._decode_in_steps(seq, msg.data)
+            size += self._order(seq, pending, item)
             if self._end_last.ended:
                 self._flush()
                 return True
@@ -540,12 +534,8 @@ class Fanout:
         limits: Limits,
         connections: ReaderConnections | None = None,
         frame_lines: LineFramer | None = None,
-        live: LiveFeeds | None = None,
     ) -> None:
         self.js = js
-        # The jobs' live feeds, on a few connections of their own; None: one connection to
-        # the server ``js``'s client is connected to, opened by the first feed (tests).
-        self.live = live
         # Where readers get their own connection (no noisy neighbour); None: all share ``js``.
         self.connections = connections
         self.names = names
@@ -606,19 +596,6 @@ class Fanout:
         if self.connections is None:
             return nullcontext(self.js)
         return self.connections.lease()
-
-    def live_feeds(self) -> LiveFeeds:
-        if self.live is None:
-            url = self.js._nc.connected_url  # nats-py exposes its client only so
-            if url is None:
-                raise StreamReaderError("NATS is not connected")
-            self.live = LiveFeeds(self.js, self.names.stream, [url.geturl()], size=1)
-        return self.live
-
-    async def close(self) -> None:
-        """Stop the live feeds and close their connections."""
-        if self.live is not None:
-            await self.live.close()
 
     def forget(self, feed: JobFeed) -> None:
         if self.feeds.get(feed.job_id) is feed:
