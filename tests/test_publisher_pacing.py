@@ -218,7 +218,7 @@ async def test_each_piece_of_a_pipe_reaches_its_reader_without_a_callback_of_its
         "import time\ntime.sleep(0.1)\n"
         "for i in range(30):\n    print(i, flush=True)\n    time.sleep(0.002)\n"
     )
-    loop.call_soon = counting  # type: ignore[method-assign]
+    loop.call_soon = counting  # type: ignore[method-assign, assignment]
     try:
         got = await reads(script, 0.0)
     finally:
@@ -241,7 +241,7 @@ async def test_the_jobs_waiting_for_the_same_tick_share_one_timer() -> None:
 
     pacing = PublishPacing()
     tick = loop.time() + 0.05
-    loop.call_at = counting  # type: ignore[method-assign]
+    loop.call_at = counting  # type: ignore[method-assign, assignment]
     try:
         waiting = [pacing.until(tick) for _ in range(100)]
     finally:
