@@ -1,5 +1,6 @@
-"""A tool dies with its runner however it was started (deathsignal.py): a runner SIGKILLed
-leaves no tool running, through setpriv and through the preexec_fn alike."""
+"""A tool dies with its runner however it was started: a runner SIGKILLed leaves no tool running,
+with its guardian (guardian.py: the tool started directly), through setpriv and through the
+preexec_fn alike (deathsignal.py, where no guardian runs)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 from jobrunner.services.runner import deathsignal
 from jobrunner.services.runner.process import SpawnError, ToolProcess
-from tests.tools.runners import pid_alive, wait_dead
+from tests.tools.runners import REPO, pid_alive, wait_dead
+
+GUARDED_RUNNER = str(REPO / "tests" / "tools" / "guarded_runner.py")
 
 # Stands in for a runner: starts ``sleep`` as the runner does and says how, then waits.
 FAKE_RUNNER = """
@@ -80,3 +83,104 @@ async def test_a_file_that_only_looks_like_a_binary_fails_to_start_and_never_rea
         await tool.start()
     await asyncio.sleep(0.5)  # what a shell would have needed to run the file
     assert not marker.exists()
+
+
+class GuardedRunner:
+    """tests/tools/guarded_runner.py: a runner's guardian and what a mode started."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pids: dict[str, int] = {}
+
+    @classmethod
+    async def start(cls, mode: str, *pids: int, until: str = "ready") -> GuardedRunner:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, GUARDED_RUNNER, mode, *map(str, pids), stdout=asyncio.subprocess.PIPE
+        )
+        runner = cls(proc)
+        await runner.read_until(until)
+        return runner
+
+    async def read_until(self, name: str) -> int:
+        """Read the runner's lines up to one that starts with ``name``; returns its pid."""
+        assert self.proc.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode().split()
+            assert line, "the runner ended"
+            if len(line) == 2 and line[1].isdigit():  # (the runner's log lines go here too)
+                self.pids[line[0]] = int(line[1])
+            if line[0] == name:
+                return self.pids.get(name, 0)
+
+    async def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+
+async def test_a_tool_and_its_group_die_with_its_runner_through_the_guardian() -> None:
+    """The tool started directly (no setpriv, no preexec_fn) and the child it started in its
+    group both die when the runner is SIGKILLed, and so does the guardian."""
+    runner = await GuardedRunner.start("group")
+    tool, child, guardian = runner.pids["tool"], runner.pids["child"], runner.pids["guardian"]
+    assert Path(f"/proc/{tool}/cmdline").read_bytes().startswith(b"sh\0")  # started directly
+    assert pid_alive(child)
+    await runner.kill()
+    for pid in (tool, child, guardian):
+        await wait_dead(pid)
+
+
+@pytest.mark.parametrize("mode", ["unwritten", "unwritten-closed"])
+async def test_a_tool_the_runner_died_before_writing_down_dies_too(mode: str) -> None:
+    """A runner killed right after a spawn, before it wrote the group down: the guardian finds
+    the tool by the runner's tag it inherited, or (the tag closed at once) by the token in its
+    environment."""
+    runner = await GuardedRunner.start(mode)
+    tool = runner.pids["tool"]
+    await asyncio.sleep(0.2)  # the tool closes the tag
+    assert pid_alive(tool)
+    await runner.kill()
+    await wait_dead(tool)
+
+
+async def test_a_spawn_the_runner_died_in_the_middle_of_dies_too() -> None:
+    """A runner killed while its child is between its clone and its exec: the guardian's pipe
+    ends only once the child closed its copy of the runner's end, and the child holds the tag
+    from its clone on: it is found however long it takes to exec."""
+    runner = await GuardedRunner.start("before-exec", until="spawn")
+    spawn = runner.pids["spawn"]
+    await runner.kill()
+    await wait_dead(spawn)
+
+
+async def test_a_guardian_killed_is_replaced_and_the_tools_stay_guarded() -> None:
+    """SIGKILL the guardian: its tools keep running, the runner starts another and writes them
+    to it again; the runner SIGKILLed then, they die."""
+    runner = await GuardedRunner.start("group")
+    tool, child, first = runner.pids["tool"], runner.pids["child"], runner.pids["guardian"]
+    os.kill(first, signal.SIGKILL)
+    second = await runner.read_until("guardian")
+    assert second != first
+    assert pid_alive(tool)
+    assert pid_alive(child)
+    await runner.kill()
+    for pid in (tool, child, second):
+        await wait_dead(pid)
+
+
+async def test_the_guardian_never_kills_a_process_that_got_a_written_pid() -> None:
+    """Two processes of no runner: one whose pid was written down with other start ticks (a pid
+    reused since), one written down and then forgotten (its tool's group ended). The runner
+    SIGKILLed, the guardian kills neither."""
+    strangers = [
+        await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
+        for _ in range(2)
+    ]
+    try:
+        runner = await GuardedRunner.start("strangers", *(p.pid for p in strangers))
+        await runner.kill()
+        await wait_dead(runner.pids["guardian"])  # it has done its work
+        assert all(p.returncode is None and pid_alive(p.pid) for p in strangers)
+    finally:
+        for stranger in strangers:
+            stranger.kill()
+            await stranger.wait()

@@ -88,8 +88,9 @@ class Guardian:
             self._tag = tag
         read, write = os.pipe()
         try:
+            inode = str(os.fstat(self._tag).st_ino)
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", _PROGRAM, str(os.fstat(self._tag).st_ino), self._token],
+                [sys.executable, "-I", "-S", _PROGRAM, inode, self._token],
                 stdin=read,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

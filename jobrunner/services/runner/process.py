@@ -144,12 +144,13 @@ class ToolProcess:
         # runner restarts or another runner declares it lost.
         tag = GUARDIAN.tag
         guard = GUARDIAN if tag is not None else None
+        env: dict[str, str] | None = self.env
+        pass_fds: tuple[int, ...] = ()
         if tag is not None:
-            argv, preexec_fn, env = self.argv, None, GUARDIAN.environment(self.env)
-            pass_fds: tuple[int, ...] = (tag,)
+            argv, preexec_fn = self.argv, None
+            env, pass_fds = GUARDIAN.environment(self.env), (tag,)
         else:
             argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
-            env, pass_fds = self.env, ()
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
