@@ -8,11 +8,12 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from jobrunner.services.runner import deathsignal
+from jobrunner.services.runner import deathsignal, guardian, process
 from jobrunner.services.runner.process import SpawnError, ToolProcess
 from tests.tools.runners import REPO, pid_alive, wait_dead
 
@@ -21,7 +22,7 @@ GUARDED_RUNNER = str(REPO / "tests" / "tools" / "guarded_runner.py")
 # Stands in for a runner: starts ``sleep`` as the runner does and says how, then waits.
 FAKE_RUNNER = """
 import asyncio, sys
-from jobrunner.services.runner import deathsignal
+from jobrunner.services.runner import deathsignal, guardian, process
 from jobrunner.services.runner.process import ToolProcess
 
 async def main() -> None:
@@ -66,12 +67,24 @@ async def test_tool_started_with_preexec_fn_dies_with_its_runner() -> None:
     await wait_dead(pid)
 
 
+@pytest.fixture(params=["guardian", "setpriv"])
+def started(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Tools start directly beside a guardian of this test's own, or as without one."""
+    guard = guardian.Guardian()
+    monkeypatch.setattr(process, "GUARDIAN", guard)
+    if request.param == "guardian":
+        assert guard.start()
+    yield request.param
+    guard._stop_process()  # (the runner's lives as long as the runner)
+
+
 async def test_a_file_that_only_looks_like_a_binary_fails_to_start_and_never_reaches_a_shell(
-    tmp_path: Path,
+    tmp_path: Path, started: str
 ) -> None:
     """A tool file that begins like an ELF binary for another machine: the kernel refuses it,
     and the job's start fails with the reason instead of /bin/sh running the file as a script
-    (what setpriv's execvp does with a file the kernel refuses)."""
+    (what setpriv's execvp does with a file the kernel refuses; the subprocess module's own exec
+    of a tool started directly never falls back to a shell)."""
     marker = tmp_path / "ran-through-a-shell"
     header = bytearray(Path("/proc/self/exe").read_bytes()[:64])
     header[18] ^= 0x5A  # another e_machine
