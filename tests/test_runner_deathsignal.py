@@ -146,13 +146,13 @@ async def test_a_tool_and_its_group_die_with_its_runner_through_the_guardian() -
 async def test_a_tool_the_runner_died_before_writing_down_dies_too(mode: str) -> None:
     """A runner killed right after a spawn, before it wrote the group down: the guardian finds
     the tool by the runner's tag it inherited, or (the tag closed at once) by the token in its
-    environment."""
+    environment, and a child of its group that has neither by the group."""
     runner = await GuardedRunner.start(mode)
-    tool = runner.pids["tool"]
-    await asyncio.sleep(0.2)  # the tool closes the tag
-    assert pid_alive(tool)
+    family = [pid for name, pid in runner.pids.items() if name in ("tool", "child")]
+    assert all(map(pid_alive, family))
     await runner.kill()
-    await wait_dead(tool)
+    for pid in family:
+        await wait_dead(pid)
 
 
 async def test_a_spawn_the_runner_died_in_the_middle_of_dies_too() -> None:

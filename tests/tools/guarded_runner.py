@@ -6,7 +6,8 @@
 
 - ``group``: a tool that started a child in its group (``tool``, ``child``);
 - ``unwritten``: a tool the runner died before writing down (``tool``);
-- ``unwritten-closed``: the same, and the tool closed the runner's tag at once (``tool``);
+- ``unwritten-closed``: the same, and the tool closed the runner's tag at once and started a
+  child in its group with an empty environment (``tool``, ``child``);
 - ``before-exec``: a spawn held between its clone and its exec (``spawn``, printed by the child;
   ``ready`` does not follow: the runner is still in the spawn);
 - ``strangers``: the processes whose pids follow written down as a reused pid would be (their
@@ -26,8 +27,11 @@ from jobrunner.services.runner.guardian import GUARDIAN
 from jobrunner.services.runner.process import ToolProcess
 
 CHILD = "sleep 60 & echo $!; wait"
+# Closes the tag, then starts a child in its group with an empty environment: neither holds
+# anything of the runner's but the group.
 CLOSES_TAG = (
-    "import os, sys, time; os.close(int(sys.argv[1])); print(os.getpid(), flush=True); "
+    "import os, subprocess, sys, time; os.close(int(sys.argv[1])); "
+    "child = subprocess.Popen(['sleep', '60'], env={}); print(child.pid, flush=True); "
     "time.sleep(60)"
 )
 
@@ -70,6 +74,10 @@ async def main(mode: str, pids: list[int]) -> None:
         tool = ToolProcess(argv, None, None)
         await tool.start()
         say("tool", tool.pid)
+        if mode == "unwritten-closed":
+            assert tool.proc is not None
+            assert tool.proc.stdout is not None
+            say("child", int(await tool.proc.stdout.readline()))
     elif mode == "before-exec":
         assert GUARDIAN.tag is not None
         subprocess.Popen(  # noqa: ASYNC220 - the runner held in its spawn is the point

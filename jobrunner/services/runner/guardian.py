@@ -76,10 +76,14 @@ class Guardian:
         return {**(os.environ if env is None else env), MARKER: self._token}
 
     def start(self) -> bool:
-        """Start the guardian, in the running event loop if any (True: tools start directly)."""
-        if self._proc is not None:
+        """Have a guardian running, watched in the running event loop if any (True: tools
+        start directly)."""
+        if self._proc is not None and self._proc.poll() is None:
             self._watch()
             return True
+        return self._restart()
+
+    def _launch(self) -> bool:
         if not hasattr(os, "pidfd_open") or not os.path.isdir("/proc/self/fd"):
             return False
         if self._tag is None:
@@ -105,7 +109,6 @@ class Guardian:
         finally:
             os.close(read)
         self._fd = write
-        os.set_blocking(write, False)
         self._watch()
         return True
 
@@ -129,19 +132,22 @@ class Guardian:
             log.warning("the tool guardian stopped reading: started again", error=repr(exc))
             self._restart()
 
-    def _restart(self) -> None:
+    def _restart(self) -> bool:
+        """A new guardian, told of every live tool (none is lost: a new one reads at once)."""
         self._stop_process()
-        if not self.start() or self._fd is None:
-            log.error("no tool guardian: running tools die with the runner only via the ledger")
-            return
+        if not self._launch() or self._fd is None:
+            if self._groups:
+                log.error("no tool guardian: running tools die with the runner via the ledger")
+            return False
         lines = b"".join(b"+%d %d\n" % item for item in self._groups.items())
-        os.set_blocking(self._fd, True)  # a new guardian reads at once; the lot may be > PIPE_BUF
         try:
-            os.write(self._fd, lines)
+            while lines:  # more than PIPE_BUF, perhaps: blocking, until all of it is written
+                lines = lines[os.write(self._fd, lines) :]
         except OSError:
             self._stop_process()
-        else:
-            os.set_blocking(self._fd, False)
+            return False
+        os.set_blocking(self._fd, False)
+        return True
 
     def _stop_process(self) -> None:
         """Kill the guardian before closing its pipe: an end of file would make it kill the

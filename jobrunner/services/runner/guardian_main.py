@@ -72,6 +72,9 @@ def _scan(groups: dict[int, int], tag: str, marker: bytes) -> int:
             leader = _stat(str(pgid))
             ours = started >= leader_started and (leader is None or leader[2] == leader_started)
         if ours or _holds_tag(pid, tag, marker):
+            if pgid == int(pid):
+                # A tool not written down (yet): its group goes too, at the next scan.
+                groups.setdefault(pgid, started)
             try:
                 os.kill(int(pid), signal.SIGKILL)
                 hit += 1
