@@ -74,7 +74,7 @@ def _scan(groups: dict[int, int], tag: str, marker: bytes) -> int:
         if ours or _holds_tag(pid, tag, marker):
             if pgid == int(pid):
                 # A tool not written down (yet): its group goes too, at the next scan.
-                groups.setdefault(pgid, started)
+                groups[pgid] = started
             try:
                 os.kill(int(pid), signal.SIGKILL)
                 hit += 1

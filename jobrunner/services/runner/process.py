@@ -142,13 +142,13 @@ class ToolProcess:
         # tool starts directly, with the runner's tag. Without a guardian the kernel kills the
         # tool itself (deathsignal.py). Its descendants are found by process group too when the
         # runner restarts or another runner declares it lost.
-        tag = GUARDIAN.tag
-        guard = GUARDIAN if tag is not None else None
+        guard = GUARDIAN
+        tag = guard.tag
         env: dict[str, str] | None = self.env
         pass_fds: tuple[int, ...] = ()
         if tag is not None:
             argv, preexec_fn = self.argv, None
-            env, pass_fds = GUARDIAN.environment(self.env), (tag,)
+            env, pass_fds = guard.environment(self.env), (tag,)
         else:
             argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
         try:
@@ -172,7 +172,7 @@ class ToolProcess:
         if self.priority is not None:
             self.priority.lower(self.proc)
         self.started_ticks = orphans.start_ticks(self.proc.pid)
-        if guard is not None and self.started_ticks is not None:
+        if tag is not None and self.started_ticks is not None:
             guard.watch(self.proc.pid, self.started_ticks)
             self._guarded = guard
 
