@@ -5,10 +5,11 @@ preexec_fn alike (deathsignal.py, where no guardian runs)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,13 @@ GUARDED_RUNNER = str(REPO / "tests" / "tools" / "guarded_runner.py")
 
 # Stands in for a runner: starts ``sleep`` as the runner does and says how, then waits.
 FAKE_RUNNER = """
-import asyncio, sys
+import asyncio, functools, sys
 from jobrunner.services.runner import deathsignal, guardian, process
 from jobrunner.services.runner.process import ToolProcess
 
 async def main() -> None:
     if sys.argv[1] == "preexec":
-        deathsignal.setpriv = lambda: None
+        deathsignal.setpriv = functools.cache(lambda: None)
     tool = ToolProcess(["sleep", "60"], None, None)
     await tool.start()
     argv, _ = deathsignal.launch(tool.argv, None, None)
@@ -75,7 +76,7 @@ def started(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if request.param == "guardian":
         assert guard.start()
     yield request.param
-    guard._stop_process()  # (the runner's lives as long as the runner)
+    guard.stop()  # (the runner's lives as long as the runner)
 
 
 async def test_a_file_that_only_looks_like_a_binary_fails_to_start_and_never_reaches_a_shell(
@@ -106,13 +107,29 @@ class GuardedRunner:
         self.pids: dict[str, int] = {}
 
     @classmethod
-    async def start(cls, mode: str, *pids: int, until: str = "ready") -> GuardedRunner:
+    @contextlib.asynccontextmanager
+    async def start(
+        cls, mode: str, *pids: int, until: str = "ready"
+    ) -> AsyncIterator[GuardedRunner]:
+        """The runner, killed at the end with all it reported, whatever the test's outcome."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, GUARDED_RUNNER, mode, *map(str, pids), stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            GUARDED_RUNNER,
+            mode,
+            *map(str, pids),
+            stdin=asyncio.subprocess.PIPE,  # its end ends the runner, should pytest die
+            stdout=asyncio.subprocess.PIPE,
         )
         runner = cls(proc)
-        await runner.read_until(until)
-        return runner
+        try:
+            await runner.read_until(until)
+            yield runner
+        finally:
+            await runner.kill()
+            for pid in runner.pids.values():
+                if pid_alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     async def read_until(self, name: str) -> int:
         """Read the runner's lines up to one that starts with ``name``; returns its pid."""
@@ -126,20 +143,32 @@ class GuardedRunner:
                 return self.pids.get(name, 0)
 
     async def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
         await self.proc.wait()
 
 
 async def test_a_tool_and_its_group_die_with_its_runner_through_the_guardian() -> None:
     """The tool started directly (no setpriv, no preexec_fn) and the child it started in its
     group both die when the runner is SIGKILLed, and so does the guardian."""
-    runner = await GuardedRunner.start("group")
-    tool, child, guardian = runner.pids["tool"], runner.pids["child"], runner.pids["guardian"]
-    assert Path(f"/proc/{tool}/cmdline").read_bytes().startswith(b"sh\0")  # started directly
-    assert pid_alive(child)
-    await runner.kill()
-    for pid in (tool, child, guardian):
-        await wait_dead(pid)
+    async with GuardedRunner.start("group") as runner:
+        tool, child, guardian = runner.pids["tool"], runner.pids["child"], runner.pids["guardian"]
+        assert Path(f"/proc/{tool}/cmdline").read_bytes().startswith(b"sh\0")  # started directly
+        assert pid_alive(child)
+        await runner.kill()
+        for pid in (tool, child, guardian):
+            await wait_dead(pid)
+
+
+async def test_the_runner_helper_ends_with_its_test_and_takes_its_tools_along() -> None:
+    """tests/tools/guarded_runner.py exits at the end of its input (its test's end, pytest
+    killed included): nothing it started outlives the test."""
+    async with GuardedRunner.start("group") as runner:
+        assert runner.proc.stdin is not None
+        runner.proc.stdin.close()
+        assert await asyncio.wait_for(runner.proc.wait(), 30) == 0
+        for name in ("tool", "child", "guardian"):
+            await wait_dead(runner.pids[name])
 
 
 @pytest.mark.parametrize("mode", ["unwritten", "unwritten-closed"])
@@ -147,37 +176,106 @@ async def test_a_tool_the_runner_died_before_writing_down_dies_too(mode: str) ->
     """A runner killed right after a spawn, before it wrote the group down: the guardian finds
     the tool by the runner's tag it inherited, or (the tag closed at once) by the token in its
     environment, and a child of its group that has neither by the group."""
-    runner = await GuardedRunner.start(mode)
-    family = [pid for name, pid in runner.pids.items() if name in ("tool", "child")]
-    assert all(map(pid_alive, family))
-    await runner.kill()
-    for pid in family:
-        await wait_dead(pid)
+    async with GuardedRunner.start(mode) as runner:
+        family = [pid for name, pid in runner.pids.items() if name in ("tool", "child")]
+        assert all(map(pid_alive, family))
+        await runner.kill()
+        for pid in family:
+            await wait_dead(pid)
 
 
 async def test_a_spawn_the_runner_died_in_the_middle_of_dies_too() -> None:
     """A runner killed while its child is between its clone and its exec: the guardian's pipe
     ends only once the child closed its copy of the runner's end, and the child holds the tag
     from its clone on: it is found however long it takes to exec."""
-    runner = await GuardedRunner.start("before-exec", until="spawn")
-    spawn = runner.pids["spawn"]
-    await runner.kill()
-    await wait_dead(spawn)
+    async with GuardedRunner.start("before-exec", until="spawn") as runner:
+        spawn = runner.pids["spawn"]
+        await runner.kill()
+        await wait_dead(spawn)
 
 
 async def test_a_guardian_killed_is_replaced_and_the_tools_stay_guarded() -> None:
     """SIGKILL the guardian: its tools keep running, the runner starts another and writes them
     to it again; the runner SIGKILLed then, they die."""
-    runner = await GuardedRunner.start("group")
-    tool, child, first = runner.pids["tool"], runner.pids["child"], runner.pids["guardian"]
-    os.kill(first, signal.SIGKILL)
-    second = await runner.read_until("guardian")
-    assert second != first
-    assert pid_alive(tool)
-    assert pid_alive(child)
-    await runner.kill()
-    for pid in (tool, child, second):
-        await wait_dead(pid)
+    async with GuardedRunner.start("group") as runner:
+        tool, child, first = runner.pids["tool"], runner.pids["child"], runner.pids["guardian"]
+        os.kill(first, signal.SIGKILL)
+        while (second := await runner.read_until("guardian")) == first:
+            pass  # (none for a moment: one that dies young is replaced after a pause)
+        assert pid_alive(tool)
+        assert pid_alive(child)
+        await runner.kill()
+        for pid in (tool, child, second):
+            await wait_dead(pid)
+
+
+async def test_a_guardian_refused_a_moment_is_started_later_and_guards_the_tools() -> None:
+    """The guardian killed while a fork is refused (EAGAIN: a full pids cgroup, say): the
+    runner tries again later, and the new guardian kills the earlier tool with the runner."""
+    async with GuardedRunner.start("refused-once") as runner:
+        tool, first = runner.pids["tool"], runner.pids["guardian"]
+        os.kill(first, signal.SIGKILL)
+        while (second := await runner.read_until("guardian")) == first:
+            pass
+        assert pid_alive(tool)
+        await runner.kill()
+        for pid in (tool, second):
+            await wait_dead(pid)
+
+
+async def test_a_guardian_whose_pipe_ends_while_its_runner_lives_spares_the_runner() -> None:
+    """The runner's end of the guardian's pipe closed with the runner alive (which holds the
+    tag): the guardian kills the tools, never the runner."""
+    async with GuardedRunner.start("pipe-lost") as runner:
+        await wait_dead(runner.pids["tool"])
+        await wait_dead(runner.pids["guardian"])
+        await asyncio.sleep(0.5)  # (a guardian that would kill the runner has done so by now)
+        assert runner.proc.returncode is None
+
+
+async def test_a_guardian_refused_its_pidfd_leaves_its_runner_alive() -> None:
+    """pidfd_open refused after the guardian started, and its kill late (the runner
+    preempted): the guardian is killed before its pipe closes, the runner runs on."""
+    async with GuardedRunner.start("pidfd-refused") as runner:
+        assert runner.proc.returncode is None
+        assert pid_alive(runner.proc.pid)
+
+
+async def test_a_detached_descendant_of_an_ended_tool_is_spared_and_one_of_a_live_tool_dies() -> (
+    None
+):
+    """Two tools each started a detached child (setsid: out of the group, with the runner's
+    token and tag). The first tool's group ended: its detached child left the job and outlives
+    the runner; the running tool's dies with the runner."""
+    async with GuardedRunner.start("detached") as runner:
+        spared, killed = runner.pids["ended-detached"], runner.pids["live-detached"]
+        await runner.kill()
+        await wait_dead(killed)
+        await wait_dead(runner.pids["guardian"])  # it has done its work
+        assert pid_alive(spared)
+
+
+async def test_a_guardian_that_keeps_dying_at_once_is_started_ever_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A guardian whose program is gone (an upgrade under a running runner) dies at once:
+    started again after 0.1 s, 0.2 s, 0.4 s and so on, not in a loop."""
+    guard = guardian.Guardian()
+    try:
+        assert guard.start()
+        monkeypatch.setattr(guardian, "_PROGRAM", "/nonexistent/guardian_main.py")
+        assert guard.pid is not None
+        os.kill(guard.pid, signal.SIGKILL)
+        seen = set()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2
+        while loop.time() < until:
+            seen.add(guard.pid)
+            await asyncio.sleep(0.005)
+        # 0.1 + 0.2 + 0.4 + 0.8 s: four starts at most in two seconds (there were dozens)
+        assert len(seen - {None}) <= 5
+    finally:
+        guard.stop()
 
 
 async def test_the_guardian_never_kills_a_process_that_got_a_written_pid() -> None:
@@ -189,10 +287,10 @@ async def test_the_guardian_never_kills_a_process_that_got_a_written_pid() -> No
         for _ in range(2)
     ]
     try:
-        runner = await GuardedRunner.start("strangers", *(p.pid for p in strangers))
-        await runner.kill()
-        await wait_dead(runner.pids["guardian"])  # it has done its work
-        assert all(p.returncode is None and pid_alive(p.pid) for p in strangers)
+        async with GuardedRunner.start("strangers", *(p.pid for p in strangers)) as runner:
+            await runner.kill()
+            await wait_dead(runner.pids["guardian"])  # it has done its work
+            assert all(p.returncode is None and pid_alive(p.pid) for p in strangers)
     finally:
         for stranger in strangers:
             stranger.kill()

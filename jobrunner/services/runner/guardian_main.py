@@ -1,13 +1,16 @@
 """The guardian's own program: kills a dead runner's tools (see guardian.py).
 
-Run as ``python -I -S guardian_main.py <tag inode> <token>`` with the runner's pipe as stdin. It
-imports nothing of jobrunner (nor anything outside the standard library's core): it starts in
-a few milliseconds and holds a few MB. The runner writes ``+<pgid> <start ticks>`` for every
-tool it started and ``-<pgid> <start ticks>`` once the tool's group is killed. At the pipe's end
-of file (the runner died, SIGKILL included, or exited) every group still written down is killed,
-and so is every process holding the runner's tag: the pipe ``pipe:[<tag inode>]`` each tool
-inherits (and every spawn holds from its clone to its exec) or the ``JOBRUNNER_GUARDIAN=<token>``
-of each tool's environment (which a tool cannot close). Then the guardian exits.
+Run as ``python -I -S guardian_main.py <token>`` with the runner's pipe as stdin. It imports
+nothing of jobrunner (nor anything outside the standard library's core): it starts in a few
+milliseconds and holds a few MB. The runner writes ``s<serial>`` before each spawn beside the
+guardian, ``+<serial> <pgid> <start ticks>`` once the tool runs, and ``-<serial>`` once the
+tool's group is killed. At the pipe's end of file (the runner died, SIGKILL included, or exited)
+every group still written down is killed, and so is every process of a live tool found by the
+runner's token: ``JOBRUNNER_GUARDIAN=<token>.<serial>`` in its environment (which a process
+cannot close) for a serial not yet ended, or, without the token, the runner's tag (the memfd
+named for the token each tool inherits and every spawn holds from its clone to its exec). A
+process whose token names an ended tool escaped its group (a detached descendant) and is
+spared; so are the guardian and its parent. Then the guardian exits.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ SCAN_PAUSE = 0.02
 SCAN_ROUNDS = 250
 
 
+def tag_name(token: str) -> str:
+    """The name of the runner's tag, a memfd: the token makes it the runner's alone."""
+    return f"jobrunner-guardian-{token}"
+
+
 def _stat(pid: str) -> tuple[str, int, int] | None:
     """A process's state, process group and start ticks (as orphans.py reads them)."""
     try:
@@ -35,27 +43,36 @@ def _stat(pid: str) -> tuple[str, int, int] | None:
     return fields[0].decode(), int(fields[2]), int(fields[19])
 
 
-def _holds_tag(pid: str, tag: str, marker: bytes) -> bool:
-    """Does the process hold the tag pipe open, or carry the token in its environment?"""
+def _claimed(pid: str, tag: str, token: bytes, live: set[int]) -> bool:
+    """Is the process a live tool's, by the token in its environment or else by the tag?
+
+    A token names its tool's serial: a process whose tool ended (a detached descendant that
+    escaped its group before the runner killed the group) is spared. A process without the token
+    (before its exec, or started with another environment) is the runner's if it holds the tag.
+    """
     try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            environ = b"\0" + file.read()
+        at = environ.find(token)
+        if at >= 0:
+            serial = environ[at + len(token) :].split(b"\0", 1)[0]
+            return not serial.isdigit() or int(serial) in live
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 if os.readlink(f"/proc/{pid}/fd/{fd}") == tag:
                     return True
             except OSError:
                 continue
-        with open(f"/proc/{pid}/environ", "rb") as file:
-            return marker in b"\0" + file.read()
     except OSError:
-        return False  # gone, or not ours to read
+        pass  # gone, or not ours to read
+    return False
 
 
-def _scan(groups: dict[int, int], tag: str, marker: bytes) -> int:
-    """SIGKILL what is ours of every live process; returns how many were hit."""
-    me = str(os.getpid())
+def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared: set[str]) -> int:
+    """SIGKILL what is ours of every live process but the ``spared``; returns how many were hit."""
     hit = 0
     for pid in os.listdir("/proc"):
-        if not pid.isdigit() or pid == me:
+        if not pid.isdigit() or pid in spared:
             continue
         stat = _stat(pid)
         if stat is None or stat[0] in ("Z", "X"):
@@ -71,7 +88,7 @@ def _scan(groups: dict[int, int], tag: str, marker: bytes) -> int:
         else:
             leader = _stat(str(pgid))
             ours = started >= leader_started and (leader is None or leader[2] == leader_started)
-        if ours or _holds_tag(pid, tag, marker):
+        if ours or _claimed(pid, tag, token, live):
             if pgid == int(pid):
                 # A tool not written down (yet): its group goes too, at the next scan.
                 groups[pgid] = started
@@ -84,21 +101,34 @@ def _scan(groups: dict[int, int], tag: str, marker: bytes) -> int:
 
 
 def main() -> None:
-    tag = f"pipe:[{sys.argv[1]}]"
-    marker = f"\0{MARKER}={sys.argv[2]}\0".encode()
+    token = sys.argv[1]
+    tag = f"/memfd:{tag_name(token)} (deleted)"
+    marker = f"\0{MARKER}={token}.".encode()
+    # Never the guardian itself, nor the runner (it holds the tag; alive still if its end of
+    # the pipe closed for another reason), as long as its pid is not another's.
+    parent = os.getppid()
+    parent_stat = _stat(str(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    groups: dict[int, int] = {}
+    tools: dict[int, tuple[int, int] | None] = {}  # by serial, as guardian.py keeps them
     pending = b""
     while chunk := os.read(0, 65536):
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
-            pgid, started = line[1:].split()
-            if line.startswith(b"+"):
-                groups[int(pgid)] = int(started)
-            elif groups.get(int(pgid)) == int(started):
-                del groups[int(pgid)]
+            kind, numbers = line[:1], [int(n) for n in line[1:].split()]
+            if kind == b"s":
+                tools[numbers[0]] = None
+            elif kind == b"+":
+                tools[numbers[0]] = (numbers[1], numbers[2])
+            else:
+                tools.pop(numbers[0], None)
+    groups = {pgid: started for pgid, started in filter(None, tools.values())}
+    live = set(tools)
+    spared = {str(os.getpid())}
+    now = _stat(str(parent))
+    if parent_stat is not None and now is not None and now[2] == parent_stat[2]:
+        spared.add(str(parent))
     for _ in range(SCAN_ROUNDS):
-        if not _scan(groups, tag, marker):
+        if not _scan(groups, tag, marker, live, spared):
             break
         time.sleep(SCAN_PAUSE)
 

@@ -127,7 +127,8 @@ class ToolProcess:
         self.priority = priority  # None: the runner's own priority
         self.proc: asyncio.subprocess.Process | None = None
         self.started_ticks: int | None = None
-        self._guarded: Guardian | None = None  # the guardian told of the tool's group
+        # The guardian told of the tool, and the tool's serial there.
+        self._guarded: tuple[Guardian, int] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -148,8 +149,10 @@ class ToolProcess:
         pass_fds: tuple[int, ...] = ()
         if tag is not None:
             argv, preexec_fn = self.argv, None
-            env, pass_fds = guard.environment(self.env), (tag,)
+            self._guarded = guard, guard.reserve()
+            env, pass_fds = guard.environment(self.env, self._guarded[1]), (tag,)
         else:
+            await deathsignal.probe()  # (a process started and waited for: off the loop)
             argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -164,7 +167,12 @@ class ToolProcess:
                 pass_fds=pass_fds,
                 limit=READ_CHUNK,
             )
-        except (OSError, ValueError) as exc:
+        except BaseException as exc:
+            if self._guarded is not None:  # no tool of this serial runs
+                self._guarded[0].forget(self._guarded[1])
+                self._guarded = None
+            if not isinstance(exc, (OSError, ValueError)):
+                raise
             reason = getattr(exc, "strerror", None) or str(exc)
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
@@ -172,9 +180,8 @@ class ToolProcess:
         if self.priority is not None:
             self.priority.lower(self.proc)
         self.started_ticks = orphans.start_ticks(self.proc.pid)
-        if tag is not None and self.started_ticks is not None:
-            guard.watch(self.proc.pid, self.started_ticks)
-            self._guarded = guard
+        if self._guarded is not None and self.started_ticks is not None:
+            guard.watch(self._guarded[1], self.proc.pid, self.started_ticks)
 
     async def pump(
         self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None
@@ -237,8 +244,8 @@ class ToolProcess:
     def end_group(self) -> None:
         """SIGKILL whatever is left of the tool's group: nothing for the guardian to kill."""
         self.signal_group(signal.SIGKILL)
-        if self._guarded is not None and self.proc is not None:
-            self._guarded.forget(self.proc.pid)
+        if self._guarded is not None:
+            self._guarded[0].forget(self._guarded[1])
             self._guarded = None
 
     def group_alive(self) -> bool:

@@ -122,7 +122,7 @@ class Runner:
             # Before the first job: how its tools die with the runner (guardian.py), else how
             # they start so that the kernel kills them (deathsignal.py, asked once).
             if not GUARDIAN.start():
-                await asyncio.to_thread(deathsignal.setpriv)
+                await deathsignal.probe()
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await retry.until_jetstream_ready(
                 lambda: self.js.pull_subscribe(
