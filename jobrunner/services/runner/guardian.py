@@ -29,10 +29,10 @@ a guardian, a tool starts directly (vfork, one exec) and the guarantee lives in 
   itself holds the tag: the guardian never kills its parent.
 - A guardian that dies is noticed at once (its pidfd in the event loop) or at the next write
   (it fails): another starts, is told every live tool, and only then is the old one killed (by
-  its pid). One that cannot start, or dies within seconds of its start, is tried again after a
-  pause that doubles each time (0.1 s to 30 s); meanwhile, and where none can run at all (no
-  /proc, ``pidfd_open`` or ``memfd_create``), tools start as before, through setpriv or the
-  ``preexec_fn`` (deathsignal.py).
+  its pid). One that cannot start, or ends of itself within seconds of its start, is tried
+  again after a pause that doubles each time (0.1 s to 30 s); meanwhile, and where none can run
+  at all (no /proc, ``pidfd_open`` or ``memfd_create``), tools start as before, through setpriv
+  or the ``preexec_fn`` (deathsignal.py).
 - Runner and guardian killed together: the tools run on until a runner starts on the host and
   ends them from its ledger (orphans.py), as it does for their descendants today.
 """
@@ -56,9 +56,9 @@ from jobrunner.services.runner.guardian_main import MARKER, tag_name
 log = structlog.get_logger()
 
 _PROGRAM = str(Path(__file__).with_name("guardian_main.py"))
-# A guardian that cannot start, or dies younger than QUICK_DEATH seconds (its program gone after
-# an upgrade, say), is tried again after RETRY_FIRST seconds, twice as long after each such
-# failure up to RETRY_MAX; tools start with the kernel's parent-death signal meanwhile.
+# A guardian that cannot start, or ends of itself younger than QUICK_DEATH seconds (its program
+# gone after an upgrade, say), is tried again after RETRY_FIRST seconds, twice as long after each
+# such failure up to RETRY_MAX; tools start with the kernel's parent-death signal meanwhile.
 RETRY_FIRST = 0.1
 RETRY_MAX = 30.0
 QUICK_DEATH = 5.0
@@ -255,8 +255,10 @@ class Guardian:
         if dead is None:
             return
         dead.stop()
-        if time.monotonic() - dead.since < QUICK_DEATH:
-            log.warning("the tool guardian died at once")
+        # Killed (by a signal), it is replaced at once; one that ended of itself soon after its
+        # start would end so again.
+        if dead.proc.returncode >= 0 and time.monotonic() - dead.since < QUICK_DEATH:
+            log.warning("the tool guardian ended at once", status=dead.proc.returncode)
             self._failed()
             return
         self._failures = 0
