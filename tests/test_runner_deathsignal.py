@@ -99,6 +99,40 @@ async def test_a_file_that_only_looks_like_a_binary_fails_to_start_and_never_rea
     assert not marker.exists()
 
 
+# Reopens the tag (its descriptor number the argument) for writing as any tool can, through
+# /proc, and tries to write into it, then to grow it: prints what each attempt gave.
+WRITES_TAG = """
+import os, sys
+fd = os.open(f"/proc/self/fd/{sys.argv[1]}", os.O_RDWR)
+for attempt in (lambda: os.write(fd, b"from job A"), lambda: os.ftruncate(fd, 1 << 20)):
+    try:
+        attempt()
+        print("written", flush=True)
+    except PermissionError:
+        print("refused", flush=True)
+"""
+
+
+async def test_a_tool_cannot_write_into_the_runner_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tool holds the runner's tag: one that reopens it for writing through /proc can
+    neither write into it (a channel from one job to another) nor grow it (memory the runner
+    would hold for good): it is sealed empty."""
+    guard = guardian.Guardian()
+    monkeypatch.setattr(process, "GUARDIAN", guard)
+    try:
+        assert guard.start()
+        assert guard.tag is not None
+        tool = ToolProcess([sys.executable, "-c", WRITES_TAG, str(guard.tag)], None, None)
+        await tool.start()
+        assert tool.proc is not None
+        assert tool.proc.stdout is not None
+        assert (await tool.proc.stdout.read()).split() == [b"refused", b"refused"]
+        await tool.wait()
+        assert os.fstat(guard.tag).st_size == 0
+    finally:
+        guard.stop()
+
+
 class GuardedRunner:
     """tests/tools/guarded_runner.py: a runner's guardian and what a mode started."""
 

@@ -31,8 +31,8 @@ a guardian, a tool starts directly (vfork, one exec) and the guarantee lives in 
   (it fails): another starts, is told every live tool, and only then is the old one killed (by
   its pid). One that cannot start, or ends of itself within seconds of its start, is tried
   again after a pause that doubles each time (0.1 s to 30 s); meanwhile, and where none can run
-  at all (no /proc, ``pidfd_open`` or ``memfd_create``), tools start as before, through setpriv
-  or the ``preexec_fn`` (deathsignal.py).
+  at all (no /proc, ``pidfd_open``, ``memfd_create`` or its seals), tools start as before,
+  through setpriv or the ``preexec_fn`` (deathsignal.py).
 - Runner and guardian killed together: the tools run on until a runner starts on the host and
   ends them from its ledger (orphans.py), as it does for their descendants today.
 """
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -100,6 +101,28 @@ def _supported() -> bool:
     return True
 
 
+def _sealed_tag(name: str) -> int | None:
+    """The runner's tag: an empty memfd sealed empty for good (None if the kernel cannot seal).
+
+    Every tool of every job holds it. A read-only descriptor would not do: a tool can reopen
+    /proc/self/fd/<tag> for writing. Unsealed, a tool could write into it (a channel from one
+    job to the next) and grow it without bound (memory held by the runner for its whole life).
+    Sealed against writes and growth, a reopened descriptor's writes fail (EPERM), and the seals
+    themselves can no longer change.
+    """
+    try:
+        tag = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:  # refused (a seccomp filter, say): as a kernel without memfds
+        return None
+    seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE
+    try:
+        fcntl.fcntl(tag, fcntl.F_ADD_SEALS, seals)
+    except OSError:  # a kernel or a file system without seals: as one without memfds
+        os.close(tag)
+        return None
+    return tag
+
+
 class Guardian:
     """The runner's side: the guardian process, its pipe, and the live tools written to it."""
 
@@ -132,7 +155,9 @@ class Guardian:
         if self._tag is None:
             if not _supported():
                 return False
-            self._tag = os.memfd_create(tag_name(self._token))
+            self._tag = _sealed_tag(tag_name(self._token))
+            if self._tag is None:
+                return False
         return self._restart()
 
     def reserve(self) -> int:
