@@ -275,6 +275,30 @@ async def test_a_guardian_refused_its_pidfd_leaves_its_runner_alive() -> None:
         assert pid_alive(runner.proc.pid)
 
 
+async def test_a_guardian_stopped_with_a_live_tool_leaves_the_tool_alone() -> None:
+    """A guardian replaced while pidfd_open is refused and kills are late (the runner
+    preempted): the old guardian and the new one are each killed before their pipe closes (an
+    end of file would make them kill the tools), and the live tool runs on."""
+    async with GuardedRunner.start("pidfd-refused-later") as runner:
+        assert runner.proc.returncode is None
+        assert pid_alive(runner.pids["tool"])
+
+
+async def test_a_process_holding_only_the_tag_dies_with_its_runner() -> None:
+    """A live tool started a process out of its group without the token (``setsid env -i``):
+    it holds the runner's tag alone, and the guardian finds it by the tag and kills it."""
+    async with GuardedRunner.start("tag-only") as runner:
+        tag_only = runner.pids["tag-only"]
+        sleeping = Path(f"/proc/{tag_only}/cmdline")
+        while not sleeping.read_bytes().startswith(b"sleep\0"):  # noqa: ASYNC110 - its exec
+            await asyncio.sleep(0.01)  # (setsid and env exec in turn)
+        assert b"JOBRUNNER_GUARDIAN" not in Path(f"/proc/{tag_only}/environ").read_bytes()
+        assert os.getpgid(tag_only) == tag_only
+        await runner.kill()
+        await wait_dead(tag_only)
+        await wait_dead(runner.pids["tool"])
+
+
 async def test_a_detached_descendant_of_an_ended_tool_is_spared_and_one_of_a_live_tool_dies() -> (
     None
 ):

@@ -16,12 +16,17 @@ standard input (its test ended, however: nothing left running). Modes:
 - ``detached``: two tools that each started a detached child (``setsid``: out of the tool's
   group, with its token and tag); the first tool's group then ended (``ended-detached``), the
   second runs on (``live-detached``);
+- ``tag-only``: a tool that started a process holding nothing of the runner's but its tag
+  (``setsid env -i``: out of the group, without the token; ``env -i`` keeps descriptors) as
+  ``tag-only`` (``tool`` too);
 - ``refused-once``: a tool (``tool``) while the guardian's next start is refused (EAGAIN, as a
   full pids cgroup does) once;
 - ``pipe-lost``: a tool (``tool``), then the runner's end of the guardian's pipe closed while
   the runner lives on;
 - ``pidfd-refused``: ``pidfd_open`` refused for the guardian started (a kernel or a seccomp
-  filter without it: EPERM) and its kill late; says ``started False`` and lives on.
+  filter without it: EPERM) and its kill late; says ``started False`` and lives on;
+- ``pidfd-refused-later``: a tool (``tool``), then the guardian replaced while ``pidfd_open``
+  is refused and kills are late: the old guardian and the new one are stopped with a live tool.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from jobrunner.services.runner.process import ToolProcess
 
 CHILD = "sleep 60 & echo $!; wait"
 DETACHED = "setsid sleep 60 >/dev/null 2>&1 & echo $!; wait"
+TAG_ONLY = "setsid env -i sleep 60 >/dev/null 2>&1 & echo $!; wait"
 # Closes the tag, then starts a child in its group with an empty environment: neither holds
 # anything of the runner's but the group.
 CLOSES_TAG = (
@@ -131,12 +137,18 @@ async def main(mode: str, pids: list[int]) -> None:
         await tool_with_child(DETACHED, "live-tool", "live-detached")
         ended.end_group()
         await ended.wait()
-    elif mode in ("refused-once", "pipe-lost"):
+    elif mode == "tag-only":
+        await tool_with_child(TAG_ONLY, child="tag-only")
+    elif mode in ("refused-once", "pipe-lost", "pidfd-refused-later"):
         tool = ToolProcess(["sleep", "60"], None, None)
         await tool.start()
         say("tool", tool.pid)
         if mode == "refused-once":
             refuse_next_guardian()
+        elif mode == "pidfd-refused-later":
+            refuse_pidfds()
+            say("started", GUARDIAN._restart())
+            await asyncio.sleep(1)  # what a guardian needs to kill the tool, if it would
         else:
             running = GUARDIAN._running
             assert running is not None
