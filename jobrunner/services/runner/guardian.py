@@ -16,17 +16,18 @@ a guardian, a tool starts directly (vfork, one exec) and the guarantee lives in 
   ``orphans.kill_group`` does, and exits.
 - A spawn the runner died in the middle of (after the clone, before it could write the group) is
   found without it: every tool gets the runner's *tag*, a memfd named for the runner's random
-  token (``pass_fds``), and ``JOBRUNNER_GUARDIAN=<token>.<serial>`` in its environment. A child
-  holds the tag from its clone on (it copies the runner's file table, and keeps the tag through
-  the closing of the other descriptors and the exec), and the token from its exec on (a tool
-  may close the tag; its environment as the kernel shows it stays). The child also holds a copy
-  of the runner's end of the guardian's pipe until it closes its descriptors just before the
-  exec, so the guardian's end of file comes only after every such child holds the tag alone: its
-  scan of /proc for the tag or the token misses none, whatever the timing. It repeats the scan
-  until one finds nothing (a fork of a tool between two scans is found by the next). A process
-  whose token names a tool already ended escaped its group (a detached descendant: the runner
-  killed the group when the job ended) and is spared: it no longer belongs to a job. The runner
-  itself holds the tag: the guardian never kills its parent.
+  token and sealed empty (``pass_fds``; ``_sealed_tag`` says why), and
+  ``JOBRUNNER_GUARDIAN=<token>.<serial>`` in its environment. A child holds the tag from its clone
+  on (it copies the runner's file table, and keeps the tag through the closing of the other
+  descriptors and the exec), and the token from its exec on (a tool may close the tag; its
+  environment as the kernel shows it stays). The child also holds a copy of the runner's end of
+  the guardian's pipe until it closes its descriptors just before the exec, so the guardian's end
+  of file comes only after every such child holds the tag alone: its scan of /proc for the tag or
+  the token misses none, whatever the timing. It repeats the scan until one finds nothing (a fork
+  of a tool between two scans is found by the next). A process whose token names a tool already
+  ended escaped its group (a detached descendant: the runner killed the group when the job ended)
+  and is spared: it no longer belongs to a job. The runner itself holds the tag: the guardian
+  never kills its parent.
 - A guardian that dies is noticed at once (its pidfd in the event loop) or at the next write
   (it fails): another starts, is told every live tool, and only then is the old one killed (by
   its pid). One that cannot start, or ends of itself within seconds of its start, is tried
