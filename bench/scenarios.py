@@ -110,6 +110,7 @@ async def dispatch(system: RunningSystem, http: httpx.AsyncClient, jobs: int) ->
     # CPU each part spends per dispatch (this client's included): on two cores the parts share,
     # the sum bounds how short a dispatch can be.
     cpu0, own0 = system.cpu_seconds(), time.process_time()
+    tools0 = system.tools_cpu_seconds()
     try:
         for _ in range(jobs):
             wall0, t0 = time.time(), time.monotonic()
@@ -140,10 +141,12 @@ async def dispatch(system: RunningSystem, http: httpx.AsyncClient, jobs: int) ->
             line_seq = int(line_id.partition(":")[0])
             parts["line_stored"].append(await stored_at(seq=line_seq) - wall0)
         cpu1, own1 = system.cpu_seconds(), time.process_time()
+        tools1 = system.tools_cpu_seconds()
     finally:
         await eventstore.close(nc)
     cpu = {part: used - cpu0.get(part, 0.0) for part, used in cpu1.items()}
     cpu["client"] = own1 - own0
+    cpu["tools"] = tools1 - tools0  # the tool's side of each start (setpriv's exec, if any)
     return {
         "jobs": jobs,
         **summarize(totals),

@@ -230,6 +230,8 @@ class RunningSystem:
                 continue
             if "jobrunner.cli" in cmd and cmd[-1] in ("api", "runner", "projector", "notifier"):
                 part = cmd[-1]
+            elif any(arg.endswith("guardian_main.py") for arg in cmd):
+                part = "guardian"  # the runner's tool guardian (guardian.py)
             elif "nats-server" in name:
                 part = "nats-server"
             elif name.startswith("postgres") or (cmd and cmd[0].startswith("postgres")):

@@ -11,6 +11,7 @@ import pytest
 # Stands in for a runner: its loop starts tools as the runner does, in two loops in turn.
 FAKE_RUNNER = """
 import asyncio, signal, sys, threading
+from jobrunner.services.runner import deathsignal
 from jobrunner.services.runner.process import ToolProcess, watch_children_by_pidfd
 
 async def run(argv):
@@ -22,6 +23,7 @@ async def run(argv):
     return threads, await tool.wait()
 
 assert watch_children_by_pidfd()
+deathsignal.setpriv()  # asked at the runner's start (later, a thread asks it once)
 for argv in (["sleep", "30"], [sys.executable, "-c", "raise SystemExit(3)"]):
     threads, code = asyncio.run(run(argv))  # a new event loop each time
     print(threads, code, flush=True)

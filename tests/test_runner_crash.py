@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import msgspec
@@ -17,6 +19,7 @@ from tests.tools.runners import (
     RUNNER_TYPES,
     RunnerProcess,
     lines_of,
+    pid_alive,
     start_job,
     status_events,
     wait_dead,
@@ -117,6 +120,54 @@ async def test_restarted_runner_cleans_up_before_taking_work(
     assert "a runner starting on its host ended the job's processes" in lost["error"]["message"]
     assert done["status"] == "completed"
     assert not list((Path(settings.state_dir) / "runner-tools").glob("*.json"))
+
+
+def _guardian_of(runner_pid: int) -> int:
+    """The pid of the runner's tool guardian (guardian.py): its child running guardian_main."""
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int(Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(entry, "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == runner_pid and b"guardian_main.py" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"runner {runner_pid} has no guardian")
+
+
+async def test_runner_killed_with_its_guardian_leaves_its_tools_to_its_next_start(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Runner and guardian killed together: nothing kills the tool at once, and the runner's
+    next start ends it and its grandchild from its ledger, and the job, before new work."""
+    settings = msgspec.structs.replace(settings, lease_ttl_seconds=30.0)
+    system = System(settings)
+    first_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
+    await asyncio.gather(first_life.start(), system.start_projector(), system.start_api())
+    second_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
+    try:
+        async with system.client() as client:
+            first = await start_job(client, "family", pidfile=str(tmp_path / "pids"))
+            await wait_status(client, first, "running")
+            tool, grandchild = await _pids(tmp_path / "pids")
+            guardian = _guardian_of(first_life.pid)
+            os.kill(first_life.pid, signal.SIGSTOP)  # it cannot start another guardian
+            os.kill(guardian, signal.SIGKILL)
+            await wait_dead(guardian)
+            first_life.kill()
+            await asyncio.sleep(0.5)
+            assert pid_alive(tool)
+            assert pid_alive(grandchild)
+            await second_life.start()
+            lost = await wait_status(client, first, "failed", "completed", "cancelled")
+            await wait_dead(grandchild)
+            await wait_dead(tool)
+    finally:
+        first_life.stop()
+        second_life.stop()
+        await system.stop()
+    assert lost["error"]["code"] == "RUNNER_LOST"
+    assert "a runner starting on its host ended the job's processes" in lost["error"]["message"]
 
 
 async def test_nats_restart_mid_job_loses_no_line(settings: Settings, tmp_path: Path) -> None:

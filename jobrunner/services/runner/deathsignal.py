@@ -19,6 +19,7 @@ start the way they always did, with the ``preexec_fn``: a tool never runs throug
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -63,6 +64,12 @@ def setpriv() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return path if done.returncode == 0 else None
+
+
+async def probe() -> None:
+    """Ask for setpriv (a process started and waited for) off the event loop; once."""
+    if setpriv.cache_info().currsize == 0:
+        await asyncio.to_thread(setpriv)
 
 
 def executable(name: str, cwd: str | None, env: dict[str, str] | None) -> str | None:

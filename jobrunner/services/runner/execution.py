@@ -99,7 +99,7 @@ class ToolExecution:
         if not self._stopping:
             # Ended by itself: nothing of the tool outlives it. (A stop gives the rest of the
             # group its grace period first, and kills it after.)
-            self.tool.signal_group(9)
+            self.tool.end_group()
         return exit_code
 
     async def stop(self, grace_seconds: float) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobrunner.services.runner import deathsignal, orphans
+from jobrunner.services.runner.guardian import GUARDIAN, Guardian
 from jobrunner.services.runner.output import LineSplitter
 from jobrunner.services.runner.priority import ToolPriority
 
@@ -161,6 +162,8 @@ class ToolProcess:
         self.priority = priority  # None: the runner's own priority
         self.proc: asyncio.subprocess.Process | None = None
         self.started_ticks: int | None = None
+        # The guardian told of the tool, and the tool's serial there.
+        self._guarded: tuple[Guardian, int] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -171,9 +174,21 @@ class ToolProcess:
             raise SpawnError(
                 f"cannot start {self.argv[0]!r}: working directory {self.cwd!r} does not exist"
             )
-        # If the runner itself is killed, the kernel kills the tool too (Linux). Its descendants
-        # are found by process group when the runner restarts or another runner declares it lost.
-        argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
+        # If the runner itself is killed, its guardian kills the tool's group (guardian.py): the
+        # tool starts directly, with the runner's tag. Without a guardian the kernel kills the
+        # tool itself (deathsignal.py). Its descendants are found by process group too when the
+        # runner restarts or another runner declares it lost.
+        guard = GUARDIAN
+        tag = guard.tag
+        env: dict[str, str] | None = self.env
+        pass_fds: tuple[int, ...] = ()
+        if tag is not None:
+            argv, preexec_fn = self.argv, None
+            self._guarded = guard, guard.reserve()
+            env, pass_fds = guard.environment(self.env, self._guarded[1]), (tag,)
+        else:
+            await deathsignal.probe()  # (a process started and waited for: off the loop)
+            argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -181,12 +196,18 @@ class ToolProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self.cwd,
-                env=self.env,
+                env=env,
                 start_new_session=True,
                 preexec_fn=preexec_fn,
+                pass_fds=pass_fds,
                 limit=READ_CHUNK,
             )
-        except (OSError, ValueError) as exc:
+        except BaseException as exc:
+            if self._guarded is not None:  # no tool of this serial runs
+                self._guarded[0].forget(self._guarded[1])
+                self._guarded = None
+            if not isinstance(exc, (OSError, ValueError)):
+                raise
             reason = getattr(exc, "strerror", None) or str(exc)
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
@@ -195,6 +216,8 @@ class ToolProcess:
         if self.priority is not None:
             self.priority.lower(self.proc)
         self.started_ticks = orphans.start_ticks(self.proc.pid)
+        if self._guarded is not None and self.started_ticks is not None:
+            guard.watch(self._guarded[1], self.proc.pid, self.started_ticks)
 
     async def pump(
         self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None
@@ -254,6 +277,13 @@ class ToolProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
+    def end_group(self) -> None:
+        """SIGKILL whatever is left of the tool's group: nothing for the guardian to kill."""
+        self.signal_group(signal.SIGKILL)
+        if self._guarded is not None:
+            self._guarded[0].forget(self._guarded[1])
+            self._guarded = None
+
     def group_alive(self) -> bool:
         if self.proc is None:
             return False
@@ -273,5 +303,5 @@ class ToolProcess:
         while loop.time() < deadline and (self.proc.returncode is None or self.group_alive()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.proc.wait()), GROUP_POLL)
-        self.signal_group(signal.SIGKILL)
+        self.end_group()
         await self.proc.wait()

@@ -41,6 +41,7 @@ from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
+from jobrunner.services.runner.guardian import GUARDIAN
 from jobrunner.services.runner.heartbeat import heartbeat
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.lockmetrics import LOCKS
@@ -118,8 +119,10 @@ class Runner:
             leftovers = await asyncio.to_thread(artifacts.remove_leftovers, self.settings)
             if leftovers:
                 log.info("output directories of a previous run removed", count=leftovers)
-            # Asked once, before the first job: how tools are started (deathsignal.py).
-            await asyncio.to_thread(deathsignal.setpriv)
+            # Before the first job: how its tools die with the runner (guardian.py), else how
+            # they start so that the kernel kills them (deathsignal.py, asked once).
+            if not GUARDIAN.start():
+                await deathsignal.probe()
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await retry.until_jetstream_ready(
                 lambda: self.js.pull_subscribe(

@@ -1,0 +1,137 @@
+"""The guardian's own program: kills a dead runner's tools (see guardian.py).
+
+Run as ``python -I -S guardian_main.py <token>`` with the runner's pipe as stdin. It imports
+nothing of jobrunner (nor anything outside the standard library's core): it starts in a few
+milliseconds and holds a few MB. The runner writes ``s<serial>`` before each spawn beside the
+guardian, ``+<serial> <pgid> <start ticks>`` once the tool runs, and ``-<serial>`` once the
+tool's group is killed. At the pipe's end of file (the runner died, SIGKILL included, or exited)
+every group still written down is killed, and so is every process of a live tool found by the
+runner's token: ``JOBRUNNER_GUARDIAN=<token>.<serial>`` in its environment (which a process
+cannot close) for a serial not yet ended, or, without the token, the runner's tag (the memfd
+named for the token each tool inherits and every spawn holds from its clone to its exec). A
+process whose token names an ended tool escaped its group (a detached descendant) and is
+spared; so are the guardian and its parent. Then the guardian exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+MARKER = "JOBRUNNER_GUARDIAN"
+# Killed processes leave /proc a moment after their SIGKILL: scans are repeated until one finds
+# nothing of ours alive (a tool's fork between two scans is found by the next), this long at most.
+SCAN_PAUSE = 0.02
+SCAN_ROUNDS = 250
+
+
+def tag_name(token: str) -> str:
+    """The name of the runner's tag, a memfd: the token makes it the runner's alone."""
+    return f"jobrunner-guardian-{token}"
+
+
+def _stat(pid: str) -> tuple[str, int, int] | None:
+    """A process's state, process group and start ticks (as orphans.py reads them)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            raw = file.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[2]), int(fields[19])
+
+
+def _claimed(pid: str, tag: str, token: bytes, live: set[int]) -> bool:
+    """Is the process a live tool's, by the token in its environment or else by the tag?
+
+    A token names its tool's serial: a process whose tool ended (a detached descendant that
+    escaped its group before the runner killed the group) is spared. A process without the token
+    (before its exec, or started with another environment) is the runner's if it holds the tag.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            environ = b"\0" + file.read()
+        at = environ.find(token)
+        if at >= 0:
+            serial = environ[at + len(token) :].split(b"\0", 1)[0]
+            return not serial.isdigit() or int(serial) in live
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == tag:
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass  # gone, or not ours to read
+    return False
+
+
+def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared: set[str]) -> int:
+    """SIGKILL what is ours of every live process but the ``spared``; returns how many were hit."""
+    hit = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid in spared:
+            continue
+        stat = _stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            continue
+        _, pgid, started = stat
+        # A registered group (as orphans.kill_group): its leader, the very process (its start
+        # ticks), or members started after it while no other process has the leader's pid.
+        leader_started = groups.get(pgid)
+        if leader_started is None:
+            ours = False
+        elif pgid == int(pid):
+            ours = started == leader_started
+        else:
+            leader = _stat(str(pgid))
+            ours = started >= leader_started and (leader is None or leader[2] == leader_started)
+        if ours or _claimed(pid, tag, token, live):
+            if pgid == int(pid):
+                # A tool not written down (yet): its group goes too, at the next scan.
+                groups[pgid] = started
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                hit += 1
+            except OSError:
+                pass
+    return hit
+
+
+def main() -> None:
+    token = sys.argv[1]
+    tag = f"/memfd:{tag_name(token)} (deleted)"
+    marker = f"\0{MARKER}={token}.".encode()
+    # Never the guardian itself, nor the runner (it holds the tag; alive still if its end of
+    # the pipe closed for another reason), as long as its pid is not another's.
+    parent = os.getppid()
+    parent_stat = _stat(str(parent))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tools: dict[int, tuple[int, int] | None] = {}  # by serial, as guardian.py keeps them
+    pending = b""
+    while chunk := os.read(0, 65536):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            kind, numbers = line[:1], [int(n) for n in line[1:].split()]
+            if kind == b"s":
+                tools[numbers[0]] = None
+            elif kind == b"+":
+                tools[numbers[0]] = (numbers[1], numbers[2])
+            else:
+                tools.pop(numbers[0], None)
+    groups = {pgid: started for pgid, started in filter(None, tools.values())}
+    live = set(tools)
+    spared = {str(os.getpid())}
+    now = _stat(str(parent))
+    if parent_stat is not None and now is not None and now[2] == parent_stat[2]:
+        spared.add(str(parent))
+    for _ in range(SCAN_ROUNDS):
+        if not _scan(groups, tag, marker, live, spared):
+            break
+        time.sleep(SCAN_PAUSE)
+
+
+if __name__ == "__main__":
+    main()
