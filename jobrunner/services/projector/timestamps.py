@@ -1,16 +1,17 @@
-"""The projector's encoding of ``timestamptz`` values: asyncpg's, exactly, at a third of its cost.
+"""The projector's encoding of ``timestamptz`` values: asyncpg's, exactly, at under half its cost.
 
 Every line the projector and a replay write carries a time, every job row four: a replay of a
 million events encodes about 1.6 million of them. asyncpg's own encoder first compares each
 value with its naive ``datetime.max`` and ``datetime.min`` (its infinities); for an aware value,
 as every event's is, CPython answers that equality through both values' ``utcoffset`` and the
-reflected comparison, about 0.5 µs each, before the 0.5 µs of the conversion itself. An aware
-value never equals a naive one, so for the usual value (aware, years 2 to 9998) the instant in
-microseconds since Postgres' epoch is computed directly: the same integer asyncpg writes (the
-difference of two aware datetimes is taken in UTC, as its ``astimezone(utc)`` does). Anything
-else (naive values, dates, the years at the ends of Python's range, where asyncpg's conversion
-overflows or its infinities lie) goes the way asyncpg goes, step by step, so the stored value,
-or the error that sets an event aside, is the same.
+reflected comparison, which costs as much as the conversion itself (1.3 µs for all of it against
+0.55 µs here, timeit on this machine). An aware value never equals a naive one, so for the usual
+value the instant in microseconds since Postgres' epoch is computed directly: the same integer
+asyncpg writes (the difference of two aware datetimes is taken in UTC, as its
+``astimezone(utc)`` does). Anything else (naive values, dates, instants within a day of the ends
+of Python's range, where asyncpg's conversion overflows or its infinities lie) goes the way
+asyncpg goes, step by step, so the stored value, or the error that sets an event aside, is the
+same.
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ _INFINITY = datetime.max
 _NEGATIVE_INFINITY = datetime.min
 _INFINITY_MICROS = (_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _NEGATIVE_INFINITY_MICROS = (_NEGATIVE_INFINITY.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND
+# Instants a day and more inside Python's range: asyncpg's conversion to UTC cannot overflow
+# there, nor can the instant be one of its infinities.
+_SAFE_FROM = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _MICROSECOND
+_SAFE_UNTIL = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 
 
 def encode(value: Any) -> tuple[int]:
     """``value`` as asyncpg's ``tuple`` format for ``timestamptz``: (microseconds since 2000,)."""
     try:
-        if 1 < value.year < 9999:
-            # Raises TypeError for a naive value (or a date): the other way, below.
-            return ((value - _EPOCH) // _MICROSECOND,)
-    except (AttributeError, TypeError):
-        pass
+        micros = (value - _EPOCH) // _MICROSECOND
+    except TypeError:  # a naive value, or a date
+        return (_as_asyncpg_does(value),)
+    if _SAFE_FROM < micros < _SAFE_UNTIL:
+        return (micros,)
     return (_as_asyncpg_does(value),)
 
 
