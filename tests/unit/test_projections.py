@@ -348,3 +348,21 @@ def test_line_rows_are_each_field_made_storable(
         )
         for ln in lines
     ]
+
+
+def test_a_subclass_of_an_event_type_projects_as_its_base() -> None:
+    """project() finds a projection by the event's type; a subclass (none exists today) still
+    gets its base's, as the chain of class patterns gave it."""
+
+    class Progress(events.ProgressReported, frozen=True, kw_only=True, tag="ProgressSubclass"):
+        pass
+
+    class Lines(events.LineLogged, frozen=True, kw_only=True, tag="LinesSubclass"):
+        pass
+
+    progress = {"job_id": "j1", "occurred_at": AT, "current": 2, "total": 4}
+    assert project(Progress(**progress), 3) == project(events.ProgressReported(**progress), 3)
+    line = [events.LogLine(1, "stdout", "INFO", AT, "x")]
+    assert project(Lines(job_id="j1", lines=line), 5) == project(
+        events.LineLogged(job_id="j1", lines=line), 5
+    )
