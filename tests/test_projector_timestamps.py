@@ -1,11 +1,14 @@
 """The projector's encoding of ``timestamptz`` (timestamps.py) stores exactly what asyncpg's
 own does, or fails where it fails: a line's time, a job's times, in a ``COPY`` and as a
 parameter, for any time an event can hold (any offset msgspec accepts, ±23:59) and the values
-around the edges (naive times, dates, Python's first and last instants, Postgres' infinities)."""
+around the edges (naive times, dates, Python's first and last instants, Postgres' infinities).
+Naive times and dates are local times, so every case runs in zones other than UTC as well."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -42,11 +45,32 @@ edges = st.sampled_from(
 values = st.one_of(aware, aware, st.datetimes(), st.dates(), edges)
 
 
+@pytest.fixture(params=["UTC", "Europe/Berlin", "America/St_Johns"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The process' local time zone for one test: where local time is UTC, taking a naive time
+    as UTC instead of local time goes unseen; Berlin and St. John's (-03:30, both with summer
+    time) do not forgive it."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
 @pytest.fixture
-async def connections(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
-    """asyncpg's encoding and the projector's, on two connections to one database."""
-    theirs = await asyncpg.connect(settings.database_url)
-    ours = await asyncpg.connect(settings.database_url)
+async def connections(settings: Settings, local_zone: str) -> AsyncIterator[tuple[Any, Any]]:
+    """asyncpg's encoding and the projector's, on two connections to one database, the
+    sessions' ``TimeZone`` the process' own (it reads a time without an offset, and writes the
+    times read back as text)."""
+    zone = {"TimeZone": local_zone}
+    theirs = await asyncpg.connect(settings.database_url, server_settings=zone)
+    ours = await asyncpg.connect(settings.database_url, server_settings=zone)
     await database.init_connection(theirs)
     await timestamps.init_connection(ours)
     try:
@@ -100,11 +124,14 @@ async def test_read_times_are_the_ones_asyncpg_reads(connections: tuple[Any, Any
         "0001-01-01 00:00:00+05",
         "10000-01-01 00:00:00+00",
         "4713-01-01 00:00:00+00 BC",
+        "2026-03-29 02:30:00",  # in the session's TimeZone: a summer-time gap in Berlin
+        "2026-10-25 02:30:00",  # and an hour that comes twice there
     ]
     for text in texts:
         query = "SELECT $1::text::timestamptz"
         assert await outcome(ours.fetchval(query, text)) == await outcome(
             theirs.fetchval(query, text)
         ), text
+    readable = texts[:7] + texts[-2:]
     query = "SELECT array_agg(t::timestamptz) FROM unnest($1::text[]) AS t"
-    assert await ours.fetchval(query, texts[:7]) == await theirs.fetchval(query, texts[:7])
+    assert await ours.fetchval(query, readable) == await theirs.fetchval(query, readable)
