@@ -80,6 +80,14 @@ async def connections(settings: Settings, local_zone: str) -> AsyncIterator[tupl
         await ours.close()
 
 
+def assert_same(ours: Any, theirs: Any) -> None:
+    """Equal, and alike: ``==`` between datetimes ignores their ``tzinfo``."""
+    assert ours == theirs
+    assert type(ours) is type(theirs)
+    assert getattr(ours, "tzinfo", None) is getattr(theirs, "tzinfo", None)
+    assert repr(ours) == repr(theirs)
+
+
 async def outcome(call: Any) -> Any:
     try:
         return await call
@@ -129,9 +137,12 @@ async def test_read_times_are_the_ones_asyncpg_reads(connections: tuple[Any, Any
     ]
     for text in texts:
         query = "SELECT $1::text::timestamptz"
-        assert await outcome(ours.fetchval(query, text)) == await outcome(
-            theirs.fetchval(query, text)
-        ), text
+        assert_same(
+            await outcome(ours.fetchval(query, text)), await outcome(theirs.fetchval(query, text))
+        )
     readable = texts[:7] + texts[-2:]
     query = "SELECT array_agg(t::timestamptz) FROM unnest($1::text[]) AS t"
-    assert await ours.fetchval(query, readable) == await theirs.fetchval(query, readable)
+    read = await ours.fetchval(query, readable), await theirs.fetchval(query, readable)
+    assert len(read[0]) == len(read[1]) == len(readable)
+    for mine, asyncpgs in zip(*read, strict=True):
+        assert_same(mine, asyncpgs)
