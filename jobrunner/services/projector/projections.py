@@ -102,10 +102,12 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
         return [LinesAppended(job_id, _line_rows(event.lines, job_id, stream_seq))]
     kind = type(event)
     # One dictionary look-up instead of a chain of class patterns (a replay asks a million
-    # times); a subclass of an event type, should one come, is projected as its base.
-    projection = _BY_TYPE.get(kind) or next(
-        (_BY_TYPE[base] for base in kind.__mro__ if base in _BY_TYPE), None
-    )
+    # times); a type not in it yet (a subclass of an event type, should one come) is
+    # projected as its nearest base, found once.
+    try:
+        projection = _BY_TYPE[kind]
+    except KeyError:
+        projection = _BY_TYPE[kind] = _projection_of(kind)
     return projection(event, stream_seq) if projection is not None else []
 
 
@@ -214,7 +216,8 @@ def _batch_event(event: events.BatchEvent, stream_seq: int) -> list[Change]:
     return [_batch_change(event, stream_seq)]
 
 
-_BY_TYPE: dict[type, Callable[[Any, int], list[Change]]] = {
+Projection = Callable[[Any, int], list[Change]]
+_BY_BASE: dict[type, Projection] = {
     events.LineLogged: _lines,
     events.JobRequested: _job_requested,
     events.StatusChanged: _status_changed,
@@ -224,6 +227,17 @@ _BY_TYPE: dict[type, Callable[[Any, int], list[Change]]] = {
     events.WebhookAttempted: _webhook_attempted,
     events.ArtifactStored: _artifact_stored,
     events.BatchEvent: _batch_event,
+}
+
+
+def _projection_of(kind: type) -> Projection | None:
+    return next((_BY_BASE[base] for base in kind.__mro__ if base in _BY_BASE), None)
+
+
+# Every event type by itself (the batch events' projection is their base's), so the usual
+# event is one look-up, never a walk of its class' bases.
+_BY_TYPE: dict[type, Projection | None] = {
+    kind: _projection_of(kind) for kind in events.EVENT_TYPES
 }
 
 
