@@ -20,10 +20,9 @@ from typing import Any
 
 import asyncpg
 
-from jobrunner.common import database
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import new_scratch_dir
-from jobrunner.services.projector import store
+from jobrunner.services.projector import store, timestamps
 from jobrunner.services.projector.projections import project
 
 TRANSACTION_EVENTS = 10_000
@@ -49,7 +48,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         rates = []
         for _ in range(args.rounds):
             conn = await asyncpg.connect(postgres.url)
-            await database.init_connection(conn)
+            await timestamps.init_connection(conn)  # the projector's pool's set-up
             try:
                 await conn.execute("DROP SCHEMA IF EXISTS readmodel CASCADE")
                 await store.create_schema(conn)

@@ -10,7 +10,7 @@ from jobrunner.common import database
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.projector import store
+from jobrunner.services.projector import store, timestamps
 from jobrunner.services.projector.projections import project
 
 
@@ -108,7 +108,7 @@ async def test_a_line_stored_twice_in_the_stream_is_shown_and_counted_once(
         ]
     batch = [(seq, project(e, seq)) for seq, e in enumerate(stream, start=1)]
     conn = await asyncpg.connect(settings.database_url)
-    await database.init_connection(conn)
+    await timestamps.init_connection(conn)  # the projector's: the lines' times in an array too
     try:
         await store.create_schema(conn)
         await store.apply_batch(conn, batch[:3])  # "same-batch": both copies in one batch
@@ -119,9 +119,11 @@ async def test_a_line_stored_twice_in_the_stream_is_shown_and_counted_once(
             "SELECT job_id, array_agg(seq ORDER BY seq) AS seqs FROM readmodel.log_lines "
             "GROUP BY job_id"
         )
+        times = await conn.fetchval("SELECT array_agg(DISTINCT ts) FROM readmodel.log_lines")
     finally:
         await conn.close()
     assert counts == {"same-batch": 5, "next-batch": 5}
+    assert times == [at]
     assert {r["job_id"]: r["seqs"] for r in stored} == {
         "same-batch": [1, 2, 3, 4, 5],
         "next-batch": [1, 2, 3, 4, 5],

@@ -54,15 +54,17 @@ async def create_pool(
     min_size: int = 1,
     max_size: int = 10,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] = init_connection,
     **settings: str,
 ) -> asyncpg.Pool:
     """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``);
-    ``reset`` replaces asyncpg's reset of a released connection (``keep_session``)."""
+    ``reset`` replaces asyncpg's reset of a released connection (``keep_session``); ``init``
+    sets up each new connection (``init_connection`` or one that calls it)."""
     return await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        init=init_connection,
+        init=init,
         reset=reset,
         server_settings=settings,
     )

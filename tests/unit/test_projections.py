@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
-from jobrunner.services.projector import storable
+from jobrunner.services.projector import projections, storable
 from jobrunner.services.projector.projections import (
     WEBHOOK_COLUMNS,
     BatchChanged,
@@ -348,3 +348,27 @@ def test_line_rows_are_each_field_made_storable(
         )
         for ln in lines
     ]
+
+
+def test_a_subclass_of_an_event_type_projects_as_its_base() -> None:
+    """project() finds a projection by the event's type; a subclass (none exists today) still
+    gets its base's, as the chain of class patterns gave it."""
+
+    class Progress(events.ProgressReported, frozen=True, kw_only=True, tag="ProgressSubclass"):
+        pass
+
+    class Lines(events.LineLogged, frozen=True, kw_only=True, tag="LinesSubclass"):
+        pass
+
+    progress = {"job_id": "j1", "occurred_at": AT, "current": 2, "total": 4}
+    assert project(Progress(**progress), 3) == project(events.ProgressReported(**progress), 3)
+    line = [events.LogLine(1, "stdout", "INFO", AT, "x")]
+    assert project(Lines(job_id="j1", lines=line), 5) == project(
+        events.LineLogged(job_id="j1", lines=line), 5
+    )
+
+
+def test_every_event_type_has_its_own_projection() -> None:
+    """Each concrete type is found by one look-up (the batch events too, whose projection is
+    their base's): none walks its class' bases on every event."""
+    assert all(projections._BY_TYPE.get(kind) is not None for kind in events.EVENT_TYPES)

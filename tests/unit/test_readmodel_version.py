@@ -17,6 +17,7 @@ DEFINING_FILES = (
     "projections.py",
     "batchcounts.py",
     "store.py",
+    "timestamps.py",  # the instants stored for the events' times
 )
 
 

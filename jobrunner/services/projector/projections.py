@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -99,91 +100,145 @@ def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
     if type(event) is events.LineLogged:  # most events are lines: asked first
         job_id = text(event.job_id)
         return [LinesAppended(job_id, _line_rows(event.lines, job_id, stream_seq))]
-    if isinstance(event, events.BatchEvent):
-        return [_batch_change(event, stream_seq)]
+    kind = type(event)
+    # One dictionary look-up instead of a chain of class patterns (a replay asks a million
+    # times); a type not in it yet (a subclass of an event type, should one come) is
+    # projected as its nearest base, found once.
+    try:
+        projection = _BY_TYPE[kind]
+    except KeyError:
+        projection = _BY_TYPE[kind] = _projection_of(kind)
+    return projection(event, stream_seq) if projection is not None else []
+
+
+def _lines(event: events.LineLogged, stream_seq: int) -> list[Change]:
     job_id = text(event.job_id)
-    match event:
-        case events.JobRequested():
-            return [
-                JobCreated(
-                    {
-                        "id": job_id,
-                        "job_type": text(event.job_type),
-                        "status": JobStatus.PENDING.value,
-                        "parameters": storable.json_value(event.parameters),
-                        "lock": optional_text(event.lock),
-                        "requested_by": optional_text(event.requested_by),
-                        "batch_id": optional_text(event.batch_id),
-                        "batch_index": event.batch_index,
-                        "attempt": event.attempt,
-                        "attempt_of": optional_text(event.attempt_of),
-                        "created_at": event.occurred_at,
-                        "updated_at": event.occurred_at,
-                        "first_seq": stream_seq,
-                        "last_seq": stream_seq,
-                    }
-                )
-            ]
-        case events.StatusChanged():
-            return [_status_change(event, job_id, stream_seq)]
-        case events.JobArchived():
-            # Archiving hides an ended job as well as an active one.
-            return [
-                JobUpdated(
-                    job_id,
-                    {"archived": event.archived, "updated_at": event.occurred_at},
-                    stream_seq,
-                    only_if_active=False,
-                )
-            ]
-        case events.CancelRequested():
-            return [
-                JobUpdated(
-                    job_id,
-                    {
-                        "cancel_requested_at": event.occurred_at,
-                        "cancelled_by": optional_text(event.requested_by),
-                        "updated_at": event.occurred_at,
-                    },
-                    stream_seq,
-                )
-            ]
-        case events.LineLogged():  # a subclass, should one come: the same rows
-            return [LinesAppended(job_id, _line_rows(event.lines, job_id, stream_seq))]
-        case events.ProgressReported():
-            fields: dict[str, Any] = {"updated_at": event.occurred_at}
-            # A count beyond the integer column is clamped, not dropped: the bar still shows
-            # the job far along (and "current of total" keeps its order at the column's end).
-            if event.current is not None:
-                fields["progress_current"] = storable.clamp_int4(event.current)
-            if event.total is not None:
-                fields["progress_total"] = storable.clamp_int4(event.total)
-            if event.percent is not None:
-                fields["progress_percent"] = storable.percent(event.percent)
-            if event.phase is not None:
-                fields["phase"] = text(event.phase)
-            if event.message is not None:
-                fields["message"] = text(event.message)
-            return [JobUpdated(job_id, fields, stream_seq)]
-        case events.WebhookAttempted():
-            return [_webhook_attempt(event, job_id, stream_seq)]
-        case events.ArtifactStored():
-            return [
-                ArtifactRecorded(
-                    {
-                        "job_id": job_id,
-                        "name": text(event.name),
-                        "size": event.size,
-                        "content_type": text(event.content_type),
-                        "sha256": text(event.sha256),
-                        "object_name": text(event.object_name),
-                        "stored_at": event.occurred_at,
-                        "stream_seq": stream_seq,
-                    }
-                ),
-                JobUpdated(job_id, {"updated_at": event.occurred_at}, stream_seq),
-            ]
-    return []
+    return [LinesAppended(job_id, _line_rows(event.lines, job_id, stream_seq))]
+
+
+def _job_requested(event: events.JobRequested, stream_seq: int) -> list[Change]:
+    return [
+        JobCreated(
+            {
+                "id": text(event.job_id),
+                "job_type": text(event.job_type),
+                "status": _PENDING,
+                "parameters": storable.json_value(event.parameters),
+                "lock": optional_text(event.lock),
+                "requested_by": optional_text(event.requested_by),
+                "batch_id": optional_text(event.batch_id),
+                "batch_index": event.batch_index,
+                "attempt": event.attempt,
+                "attempt_of": optional_text(event.attempt_of),
+                "created_at": event.occurred_at,
+                "updated_at": event.occurred_at,
+                "first_seq": stream_seq,
+                "last_seq": stream_seq,
+            }
+        )
+    ]
+
+
+_PENDING = JobStatus.PENDING.value
+
+
+def _status_changed(event: events.StatusChanged, stream_seq: int) -> list[Change]:
+    return [_status_change(event, text(event.job_id), stream_seq)]
+
+
+def _job_archived(event: events.JobArchived, stream_seq: int) -> list[Change]:
+    # Archiving hides an ended job as well as an active one.
+    return [
+        JobUpdated(
+            text(event.job_id),
+            {"archived": event.archived, "updated_at": event.occurred_at},
+            stream_seq,
+            only_if_active=False,
+        )
+    ]
+
+
+def _cancel_requested(event: events.CancelRequested, stream_seq: int) -> list[Change]:
+    return [
+        JobUpdated(
+            text(event.job_id),
+            {
+                "cancel_requested_at": event.occurred_at,
+                "cancelled_by": optional_text(event.requested_by),
+                "updated_at": event.occurred_at,
+            },
+            stream_seq,
+        )
+    ]
+
+
+def _progress_reported(event: events.ProgressReported, stream_seq: int) -> list[Change]:
+    fields: dict[str, Any] = {"updated_at": event.occurred_at}
+    # A count beyond the integer column is clamped, not dropped: the bar still shows the job
+    # far along (and "current of total" keeps its order at the column's end).
+    if event.current is not None:
+        fields["progress_current"] = storable.clamp_int4(event.current)
+    if event.total is not None:
+        fields["progress_total"] = storable.clamp_int4(event.total)
+    if event.percent is not None:
+        fields["progress_percent"] = storable.percent(event.percent)
+    if event.phase is not None:
+        fields["phase"] = text(event.phase)
+    if event.message is not None:
+        fields["message"] = text(event.message)
+    return [JobUpdated(text(event.job_id), fields, stream_seq)]
+
+
+def _webhook_attempted(event: events.WebhookAttempted, stream_seq: int) -> list[Change]:
+    return [_webhook_attempt(event, text(event.job_id), stream_seq)]
+
+
+def _artifact_stored(event: events.ArtifactStored, stream_seq: int) -> list[Change]:
+    job_id = text(event.job_id)
+    return [
+        ArtifactRecorded(
+            {
+                "job_id": job_id,
+                "name": text(event.name),
+                "size": event.size,
+                "content_type": text(event.content_type),
+                "sha256": text(event.sha256),
+                "object_name": text(event.object_name),
+                "stored_at": event.occurred_at,
+                "stream_seq": stream_seq,
+            }
+        ),
+        JobUpdated(job_id, {"updated_at": event.occurred_at}, stream_seq),
+    ]
+
+
+def _batch_event(event: events.BatchEvent, stream_seq: int) -> list[Change]:
+    return [_batch_change(event, stream_seq)]
+
+
+Projection = Callable[[Any, int], list[Change]]
+_BY_BASE: dict[type, Projection] = {
+    events.LineLogged: _lines,
+    events.JobRequested: _job_requested,
+    events.StatusChanged: _status_changed,
+    events.JobArchived: _job_archived,
+    events.CancelRequested: _cancel_requested,
+    events.ProgressReported: _progress_reported,
+    events.WebhookAttempted: _webhook_attempted,
+    events.ArtifactStored: _artifact_stored,
+    events.BatchEvent: _batch_event,
+}
+
+
+def _projection_of(kind: type) -> Projection | None:
+    return next((_BY_BASE[base] for base in kind.__mro__ if base in _BY_BASE), None)
+
+
+# Every event type by itself (the batch events' projection is their base's), so the usual
+# event is one look-up, never a walk of its class' bases.
+_BY_TYPE: dict[type, Projection | None] = {
+    kind: _projection_of(kind) for kind in events.EVENT_TYPES
+}
 
 
 def _line_rows(

@@ -29,7 +29,7 @@ from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store
+from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
 
@@ -123,7 +123,11 @@ async def replay(
         # The rebuilt tables are checked against the live ones before they count: waiting for
         # each bulk transaction to reach the disk buys nothing. The swap commits synchronously.
         pool = await database.create_pool(
-            settings.database_url, min_size=2, max_size=2, synchronous_commit="off"
+            settings.database_url,
+            min_size=2,
+            max_size=2,
+            init=timestamps.init_connection,
+            synchronous_commit="off",
         )
         resources.push_async_callback(pool.close)
         lock_holder = await asyncpg.connect(settings.database_url)

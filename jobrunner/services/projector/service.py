@@ -17,7 +17,7 @@ from jobrunner.common import database, eventstore, heap, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store, upgrade
+from jobrunner.services.projector import setaside, store, timestamps, upgrade
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
@@ -46,7 +46,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     names = Names(settings.prefix)
     nc = await eventstore.connect(settings, "projector")
     js = nc.jetstream()
-    pool = await database.create_pool(settings.database_url, min_size=1, max_size=2)
+    pool = await database.create_pool(
+        settings.database_url, min_size=1, max_size=2, init=timestamps.init_connection
+    )
     feed: EventFeed | None = None
     lag = Lag()
     lag.publish()

@@ -38,7 +38,7 @@ from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store
+from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     PREVIOUS_SCHEMA,
@@ -139,7 +139,11 @@ async def rebuild(
         # them; the swap itself commits synchronously. Two connections: the indexes are built
         # on both at once (build_indexes).
         pool = await database.create_pool(
-            settings.database_url, min_size=2, max_size=2, synchronous_commit="off"
+            settings.database_url,
+            min_size=2,
+            max_size=2,
+            init=timestamps.init_connection,
+            synchronous_commit="off",
         )
         resources.push_async_callback(pool.close)
         await eventstore.ensure_topology(js, names, settings)

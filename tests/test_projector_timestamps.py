@@ -1,0 +1,148 @@
+"""The projector's encoding of ``timestamptz`` (timestamps.py) stores exactly what asyncpg's
+own does, or fails where it fails: a line's time, a job's times, in a ``COPY`` and as a
+parameter, for any time an event can hold (any offset msgspec accepts, ±23:59) and the values
+around the edges (naive times, dates, Python's first and last instants, Postgres' infinities).
+Naive times and dates are local times, so every case runs in zones other than UTC as well."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
+
+from jobrunner.common import database
+from jobrunner.common.settings import Settings
+from jobrunner.services.projector import timestamps
+
+ONE_CONNECTION = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+
+offsets = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+aware = st.datetimes(timezones=st.one_of(st.just(UTC), offsets))
+edges = st.sampled_from(
+    [
+        datetime.max,
+        datetime.min,
+        datetime.max.replace(tzinfo=UTC),
+        datetime.min.replace(tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-3))),
+        datetime(1, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=5))),
+        datetime(1, 1, 1, 23, 59, tzinfo=timezone(timedelta(hours=23, minutes=59))),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        date(2026, 3, 29),
+        date.max,
+    ]
+)
+values = st.one_of(aware, aware, st.datetimes(), st.dates(), edges)
+
+
+@pytest.fixture(params=["UTC", "Europe/Berlin", "America/St_Johns"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The process' local time zone for one test: where local time is UTC, taking a naive time
+    as UTC instead of local time goes unseen; Berlin and St. John's (-03:30, both with summer
+    time) do not forgive it."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@pytest.fixture
+async def connections(settings: Settings, local_zone: str) -> AsyncIterator[tuple[Any, Any]]:
+    """asyncpg's encoding and the projector's, on two connections to one database, the
+    sessions' ``TimeZone`` the process' own (it reads a time without an offset, and writes the
+    times read back as text)."""
+    zone = {"TimeZone": local_zone}
+    theirs = await asyncpg.connect(settings.database_url, server_settings=zone)
+    ours = await asyncpg.connect(settings.database_url, server_settings=zone)
+    await database.init_connection(theirs)
+    await timestamps.init_connection(ours)
+    try:
+        yield theirs, ours
+    finally:
+        await theirs.close()
+        await ours.close()
+
+
+def assert_same(ours: Any, theirs: Any) -> None:
+    """Equal, and alike: ``==`` between datetimes ignores their ``tzinfo``."""
+    assert ours == theirs
+    assert type(ours) is type(theirs)
+    assert getattr(ours, "tzinfo", None) is getattr(theirs, "tzinfo", None)
+    assert repr(ours) == repr(theirs)
+
+
+async def outcome(call: Any) -> Any:
+    try:
+        return await call
+    except Exception as exc:  # the same error, or the same value: both count
+        return type(exc).__name__
+
+
+@examples(max_examples=150, deadline=None, suppress_health_check=ONE_CONNECTION)
+@given(batch=st.lists(values, min_size=1, max_size=20))
+async def test_stored_times_are_the_ones_asyncpg_stores(
+    connections: tuple[Any, Any], batch: list[Any]
+) -> None:
+    """Each value as a parameter, then the batch as a ``COPY``: the same instants stored (read
+    back as text, by neither decoder), or the same error."""
+    theirs, ours = connections
+    for value in batch:
+        query = "SELECT $1::timestamptz::text"
+        assert await outcome(ours.fetchval(query, value)) == await outcome(
+            theirs.fetchval(query, value)
+        ), value
+    stored = []
+    for conn in (theirs, ours):
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS times (n int, ts timestamptz)")
+        await conn.execute("TRUNCATE times")
+        copied = await outcome(conn.copy_records_to_table("times", records=list(enumerate(batch))))
+        rows = await conn.fetch("SELECT n, ts::text FROM times ORDER BY n")
+        stored.append((copied if isinstance(copied, str) else None, [tuple(r) for r in rows]))
+    assert stored[1] == stored[0]
+
+
+async def test_read_times_are_the_ones_asyncpg_reads(connections: tuple[Any, Any]) -> None:
+    """Decoding too (the projector's connections read few times, but read them alike)."""
+    theirs, ours = connections
+    texts = [
+        "infinity",
+        "-infinity",
+        "2026-03-29 02:30:00.123456+02",
+        "0001-01-01 00:00:00+00",
+        "9999-12-31 23:59:59.999999+00",
+        "2000-01-01 00:00:00+00",
+        "1999-12-31 23:59:59.999999+00",
+        "0001-01-01 00:00:00+05",
+        "10000-01-01 00:00:00+00",
+        "4713-01-01 00:00:00+00 BC",
+        "2026-03-29 02:30:00",  # in the session's TimeZone: a summer-time gap in Berlin
+        "2026-10-25 02:30:00",  # and an hour that comes twice there
+    ]
+    for text in texts:
+        query = "SELECT $1::text::timestamptz"
+        assert_same(
+            await outcome(ours.fetchval(query, text)), await outcome(theirs.fetchval(query, text))
+        )
+    readable = texts[:7] + texts[-2:]
+    query = "SELECT array_agg(t::timestamptz) FROM unnest($1::text[]) AS t"
+    read = await ours.fetchval(query, readable), await theirs.fetchval(query, readable)
+    assert len(read[0]) == len(read[1]) == len(readable)
+    for mine, asyncpgs in zip(*read, strict=True):
+        assert_same(mine, asyncpgs)
