@@ -25,6 +25,7 @@ time (so a runner on the same host can tell at once that the holder is gone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -283,6 +284,26 @@ class SlotTable:
                 continue
             return Lease(key=lease.key, revision=stored, value=new_value, sent_at=sent_at)
         return None
+
+    async def give_back(self, key: str, holder: SlotValue) -> None:
+        """Undo what a job's claim may have written before it failed: the job's run record and
+        the lease of ``key``, each only if ``holder`` (this runner, for this job) wrote it.
+
+        A write that timed out may still be stored (NATS paused: the server reads it once it
+        runs again). Read on the connection that sent it, which the server answers in order,
+        the reads here see such a write. Left behind, that lease would hold the job's slot
+        against its next delivery until it expired, and then be taken for a runner's death:
+        the job ended RUNNER_LOST. The record goes first: a record without its lease is what a
+        sweep takes for a lost job."""
+        raw, revision = await self._read_raw(run_key(holder.job_id))
+        if raw is not None:
+            record = msgspec.json.decode(raw, type=RunRecord)
+            if record.runner_id == holder.runner_id and record.slot_key == key:
+                with contextlib.suppress(KeyWrongLastSequenceError):
+                    await self._delete(run_key(holder.job_id), revision)
+        lease, _ = await self._read(key)
+        if lease is not None and same_holder(lease.value, holder):
+            await self.release(lease)
 
     async def release(self, lease: Lease) -> bool:
         """Free the slot if it is still ours; False when it had already expired or been taken."""

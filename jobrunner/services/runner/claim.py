@@ -132,6 +132,12 @@ class SlotClaimer:
             for waiting in waits:
                 waiting.cancel()
 
+    async def give_back(self, request: events.JobRequested) -> None:
+        """Undo the claim of a job whose handling failed before it started (NATS away): its
+        lease and run record, should a write that timed out have been stored after all."""
+        key = slot_key(request.lock, request.job_id, request.attempt_of)
+        await self.slots.give_back(key, self.identity.held_value(request.job_id, request.job_type))
+
     async def _claim_at_once(
         self, request: events.JobRequested, job: RunningJob, key: str, value: SlotValue
     ) -> Claimed | None:

@@ -45,6 +45,7 @@ class RequestLoop:
         seals: SealWaiter,
         executor: JobExecutor,
         capacity: asyncio.Semaphore,
+        give_back_seconds: float,
     ) -> None:
         self.job_types = job_types
         self.slots = slots
@@ -53,6 +54,7 @@ class RequestLoop:
         self.seals = seals
         self.executor = executor
         self.capacity = capacity
+        self.give_back_seconds = give_back_seconds
         self.running: dict[str, RunningJob] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -93,11 +95,13 @@ class RequestLoop:
 
     async def _handle(self, msg: Msg) -> None:
         job: RunningJob | None = None
+        request: events.JobRequested | None = None
         try:
             event = codec.decode(msg.data)
             if not isinstance(event, events.JobRequested):
                 await msg.term()
                 return
+            request = event
             structlog.contextvars.bind_contextvars(job_id=event.job_id)
             handled = self.running.get(event.job_id)
             if handled is not None:
@@ -112,10 +116,13 @@ class RequestLoop:
             finally:
                 del self.running[event.job_id]
         except Exception as exc:
-            if job is not None and not job.acked and retry.is_transient(exc):
+            outage = retry.is_transient(exc)
+            if job is not None and request is not None and not job.acked and outage:
                 # NATS away or a stream without a leader (an election): the request comes back
-                # shortly (to any runner) instead of after the whole ack wait.
+                # shortly (to any runner) instead of after the whole ack wait, and finds
+                # nothing of this attempt in its way.
                 log.warning("job handling met a NATS outage, request redelivered", error=repr(exc))
+                await self._give_back(request)
                 with contextlib.suppress(Exception):
                     await job.msg.nak(delay=REDELIVERY_DELAY)
             else:
@@ -124,6 +131,18 @@ class RequestLoop:
             structlog.contextvars.unbind_contextvars("job_id")
             if job is None or job.holds_capacity:
                 self.capacity.release()
+
+    async def _give_back(self, request: events.JobRequested) -> None:
+        """Undo a failed attempt's claim, retried while NATS is away; given up after the ack
+        wait, when the request is delivered again anyway (a lease left then expires, a record
+        left is swept: the job ends RUNNER_LOST, as before this undo)."""
+        try:
+            async with asyncio.timeout(self.give_back_seconds):
+                await retry.until_done(
+                    lambda: self.claimer.give_back(request), "the failed claim's undo"
+                )
+        except Exception as exc:
+            log.warning("failed claim not undone", error=repr(exc))
 
     async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
         job_id = request.job_id
