@@ -38,3 +38,37 @@ async def test_tool_exit_learned_without_a_thread_in_every_loop() -> None:
         out, _ = await runner.communicate()
     assert runner.returncode == 0
     assert out.decode().split() == ["1", "-9", "1", "3"]
+
+
+# A runner whose loop is busy (here: one callback holding it) while a tool that exits at once
+# starts: the tool is reaped before asyncio has connected its pipes.
+BUSY_RUNNER = """
+import asyncio, time
+from jobrunner.services.runner.process import ToolProcess, watch_children_by_pidfd
+
+async def run():
+    tool = ToolProcess(["true"], None, None)
+    asyncio.get_running_loop().call_soon(time.sleep, 0.5)  # the loop's other work
+    await tool.start()
+    code = await tool.wait()
+    return tool.started_ticks, code
+
+assert watch_children_by_pidfd()
+print(*asyncio.run(run()), flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pidfd_open is Linux's")
+async def test_start_of_a_tool_that_exits_at_once_is_known() -> None:
+    """A tool that exits at once, on a busy runner: its start (what tells its process group
+    from a later one that reuses the pid) is still recorded."""
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BUSY_RUNNER, stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        out, _ = await runner.communicate()
+    assert runner.returncode == 0
+    started, code = out.decode().split()
+    assert code == "0"
+    assert started != "None"
+    assert int(started) > 0

@@ -46,6 +46,9 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
         self, pid: int, callback: Callable[..., object], *args: Any
     ) -> None:
         loop = asyncio.get_running_loop()
+        # Asked by asyncio right after the spawn, before the loop turns: the child cannot have
+        # been reaped yet, so its start is still in /proc (see ``start_ticks_of``).
+        _started[pid] = orphans.start_ticks(pid)
         pidfd = os.pidfd_open(pid)
         loop.add_reader(pidfd, self._reap, loop, pid, pidfd, callback, args)
 
@@ -85,6 +88,20 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+# The start (clock ticks since boot) of each child the pidfd watcher was given, until its
+# starter takes it: a tool that exits at once may be reaped while asyncio still connects its
+# pipes, and read after that, its start would be unknown (and its process group's leftovers
+# beyond orphans.kill_group's reach). Only tools are started through asyncio in a runner.
+_started: dict[int, int | None] = {}
+
+
+def start_ticks_of(pid: int) -> int | None:
+    """The start of a child just spawned: as the watcher read it, else read now."""
+    if pid in _started:
+        return _started.pop(pid)
+    return orphans.start_ticks(pid)
 
 
 def watch_children_by_pidfd() -> bool:
@@ -158,7 +175,7 @@ class ToolProcess:
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
         if self.priority is not None:
             self.priority.lower(self.proc)
-        self.started_ticks = orphans.start_ticks(self.proc.pid)
+        self.started_ticks = start_ticks_of(self.proc.pid)
 
     async def pump(
         self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None
