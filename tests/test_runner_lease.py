@@ -386,3 +386,50 @@ async def test_renewal_asked_early_does_not_read_the_cancel_again(settings: Sett
         assert checks == [on_time]
         assert early < on_time
         assert await slots.release(await keeper.stop())
+
+
+async def test_a_claim_stored_after_it_timed_out_is_given_back_before_the_next_delivery(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused as a runner claims a job's slot: the lease and run record it sent time out in
+    the runner but are stored once NATS runs again. The runner gives them back before its
+    request comes again, so the next delivery (to any runner) finds the slot free, and no
+    expiring lease or record without one makes the job end RUNNER_LOST."""
+    from nats.js import api
+
+    from jobrunner.common.slots import slot_key
+    from jobrunner.contracts import events
+    from jobrunner.services.runner.service import Runner
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        names = runner.names
+        await eventstore.ensure_topology(runner.js, names, settings)
+        sub = await runner.js.pull_subscribe(
+            names.kind_subjects("requested"),
+            durable=names.runner_consumer,
+            stream=names.stream,
+            config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60.0),
+        )
+        request = events.JobRequested(job_id="claimed-in-a-pause", job_type="emit")
+        await eventstore.publish(runner.js, names, request)
+        [msg] = await sub.fetch(1, timeout=10)
+        pause(own_nats)
+        try:
+            handling = asyncio.create_task(runner.requests._handle(msg))
+            # The outage itself: past nats-py's 5 s request timeout, so the claim fails in the
+            # runner while its writes wait, unread, in the server's socket.
+            await asyncio.sleep(7.0)
+        finally:
+            resume(own_nats)
+        async with asyncio.timeout(30):
+            await handling
+        assert await runner.slots.run_record(request.job_id) is None
+        assert await runner.slots.current(slot_key(None, request.job_id)) is None
+        # The request comes again, to be run.
+        [again] = await sub.fetch(1, timeout=10)
+        assert again.metadata.num_delivered == 2
+    finally:
+        await eventstore.close(nc)
