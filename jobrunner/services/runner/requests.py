@@ -95,13 +95,11 @@ class RequestLoop:
 
     async def _handle(self, msg: Msg) -> None:
         job: RunningJob | None = None
-        request: events.JobRequested | None = None
         try:
             event = codec.decode(msg.data)
             if not isinstance(event, events.JobRequested):
                 await msg.term()
                 return
-            request = event
             structlog.contextvars.bind_contextvars(job_id=event.job_id)
             handled = self.running.get(event.job_id)
             if handled is not None:
@@ -113,16 +111,19 @@ class RequestLoop:
             self.running[event.job_id] = job
             try:
                 await self._handle_request(event, job)
+            except Exception as exc:
+                if not job.acked and retry.is_transient(exc):
+                    # Still handled meanwhile: this runner's sweep leaves the job alone.
+                    await self._give_back(event)
+                raise
             finally:
                 del self.running[event.job_id]
         except Exception as exc:
-            outage = retry.is_transient(exc)
-            if job is not None and request is not None and not job.acked and outage:
+            if job is not None and not job.acked and retry.is_transient(exc):
                 # NATS away or a stream without a leader (an election): the request comes back
                 # shortly (to any runner) instead of after the whole ack wait, and finds
-                # nothing of this attempt in its way.
+                # nothing of this attempt in its way (given back above).
                 log.warning("job handling met a NATS outage, request redelivered", error=repr(exc))
-                await self._give_back(request)
                 with contextlib.suppress(Exception):
                     await job.msg.nak(delay=REDELIVERY_DELAY)
             else:
