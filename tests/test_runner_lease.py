@@ -433,3 +433,33 @@ async def test_a_claim_stored_after_it_timed_out_is_given_back_before_the_next_d
         assert again.metadata.num_delivered == 2
     finally:
         await eventstore.close(nc)
+
+
+async def test_a_sweep_leaves_alone_a_job_whose_claim_was_given_back_since_it_read_the_records(
+    settings: Settings,
+) -> None:
+    """A sweep that read a job's run record before its runner gave the claim back (after a NATS
+    outage) then finds no lease for it: the job, never started and about to be delivered
+    again, is not ended RUNNER_LOST."""
+    from jobrunner.common.slots import slot_key
+    from jobrunner.contracts import events
+    from jobrunner.services.runner.service import Runner
+
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
+        request = events.JobRequested(job_id="given-back", job_type="emit")
+        await eventstore.publish(runner.js, runner.names, request)
+        key = slot_key(None, request.job_id)
+        held_value = runner.identity.held_value(request.job_id, request.job_type)
+        record = runner.identity.run_record(request.job_id, key)
+        lease, recorded = await runner.slots.create_recorded(key, held_value, record)
+        assert lease is not None
+        assert recorded
+        [read] = [r for r in await runner.slots.run_records() if r.job_id == request.job_id]
+        await runner.requests.claimer.give_back(request)
+        await runner.sweeper.sweep_record(read)  # the sweep goes on with what it read
+        assert await runner.journal.last_status(request.job_id) is None
+    finally:
+        await eventstore.close(nc)
