@@ -82,6 +82,8 @@ ENQUEUE_ACK_SECONDS = 10.0
 MARKER_TTL = "60s"
 # How long a pipelined delete's ack is waited for before it is sent again on its own.
 PIPELINED_ACK_WAIT = 5.0
+# A revision no key reaches: a write conditional on it is always refused (``give_back``).
+NEVER_REVISION = 2**62
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -290,11 +292,16 @@ class SlotTable:
         the lease of ``key``, each only if ``holder`` (this runner, for this job) wrote it.
 
         A write that timed out may still be stored (NATS paused: the server reads it once it
-        runs again). Read on the connection that sent it, which the server answers in order,
-        the reads here see such a write. Left behind, that lease would hold the job's slot
-        against its next delivery until it expired, and then be taken for a runner's death:
-        the job ended RUNNER_LOST. The record goes first: a record without its lease is what a
-        sweep takes for a lost job."""
+        runs again). Left behind, that lease would hold the job's slot against its next
+        delivery until it expired, and then be taken for a runner's death: the job ended
+        RUNNER_LOST. The record goes first: a record without its lease is what a sweep takes
+        for a lost job.
+
+        A read may overtake writes sent before it (nats-server answers reads apart from storing
+        writes), so a write the bucket must refuse goes first: its refusal comes once every
+        write sent before it is stored, and the reads after it see them."""
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._delete(run_key(holder.job_id), NEVER_REVISION)
         raw, revision = await self._read_raw(run_key(holder.job_id))
         if raw is not None:
             record = msgspec.json.decode(raw, type=RunRecord)
