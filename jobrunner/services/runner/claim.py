@@ -62,6 +62,7 @@ class SlotClaimer:
         self, request: events.JobRequested, job_type: JobType, job: RunningJob
     ) -> Claimed | None:
         """The job's slot once it may run; None when it ended (cancelled) while waiting."""
+        job.claiming = True
         job_id = request.job_id
         key = slot_key(request.lock, job_id, request.attempt_of)
         value = self.identity.held_value(job_id, request.job_type)

@@ -112,8 +112,10 @@ class RequestLoop:
             try:
                 await self._handle_request(event, job)
             except Exception as exc:
-                if not job.acked and retry.is_transient(exc):
-                    # Still handled meanwhile: this runner's sweep leaves the job alone.
+                if job.claiming and not job.acked and retry.is_transient(exc):
+                    # Still handled meanwhile: this runner's sweep leaves the job alone. (Only
+                    # after a claim began: the many jobs of a batch waiting for its seal as
+                    # NATS went away cost no round trips as it comes back.)
                     await self._give_back(event)
                 raise
             finally:
