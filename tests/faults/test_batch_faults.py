@@ -192,31 +192,6 @@ async def test_nats_paused_during_a_batch_post_then_a_retry_completes_it(
     )
 
 
-async def test_nats_paused_while_a_batchs_jobs_start_loses_none_of_them(
-    cluster: FaultCluster,
-) -> None:
-    """NATS frozen while the jobs of a sealed batch are being claimed and run, past nats-py's
-    5 s request timeout: claims sent in the pause time out in their runner but are stored
-    once NATS runs again. Every job still runs to its end, none ends RUNNER_LOST."""
-    view = StreamView(cluster)
-    answer = await post(cluster, "pause-while-starting")
-    assert answer.status_code == 201, answer.text
-    batch_id = answer.json()["batch_id"]
-    async with asyncio.timeout(120):
-        while True:  # until a twentieth of the jobs ended: the rest are being started
-            if (await statuses(cluster, batch_id)).get("completed", 0) >= JOBS // 20:
-                break
-            await asyncio.sleep(0.05)
-    cluster.pause_nats()
-    try:
-        await asyncio.sleep(ACK_WAIT + 1)  # the fault itself lasts this long
-    finally:
-        cluster.resume_nats()
-    await check_completed(
-        cluster, view, batch_id, f"NATS paused {ACK_WAIT + 1:g} s as jobs start", "POST 201", now()
-    )
-
-
 async def test_api_killed_mid_batch_starts_nothing_until_a_retry_seals_it(
     cluster: FaultCluster,
 ) -> None:
@@ -249,6 +224,31 @@ async def test_api_killed_mid_batch_starts_nothing_until_a_retry_seals_it(
     assert retry.json()["batch_id"] == batch_id
     await check_completed(
         cluster, view, batch_id, "API SIGKILLed mid-batch", "killed, retry 201", killed
+    )
+
+
+async def test_nats_paused_while_a_batchs_jobs_start_loses_none_of_them(
+    cluster: FaultCluster,
+) -> None:
+    """NATS frozen while the jobs of a sealed batch are being claimed and run, past nats-py's
+    5 s request timeout: claims sent in the pause time out in their runner but are stored
+    once NATS runs again. Every job still runs to its end, none ends RUNNER_LOST."""
+    view = StreamView(cluster)
+    answer = await post(cluster, "pause-while-starting")
+    assert answer.status_code == 201, answer.text
+    batch_id = answer.json()["batch_id"]
+    async with asyncio.timeout(120):
+        while True:  # until a twentieth of the jobs ended: the rest are being started
+            if (await statuses(cluster, batch_id)).get("completed", 0) >= JOBS // 20:
+                break
+            await asyncio.sleep(0.05)
+    cluster.pause_nats()
+    try:
+        await asyncio.sleep(ACK_WAIT + 1)  # the fault itself lasts this long
+    finally:
+        cluster.resume_nats()
+    await check_completed(
+        cluster, view, batch_id, f"NATS paused {ACK_WAIT + 1:g} s as jobs start", "POST 201", now()
     )
 
 
