@@ -72,3 +72,50 @@ async def test_start_of_a_tool_that_exits_at_once_is_known() -> None:
     assert code == "0"
     assert started != "None"
     assert int(started) > 0
+
+
+# A runner whose loop spawns children that are not tools (an internal job's own subprocesses)
+# and tool starts cancelled while asyncio connects their pipes, then counts what the process
+# module holds.
+SPAWNING_RUNNER = """
+import asyncio
+from jobrunner.services.runner import process
+
+def held():
+    return sum(len(v) for v in vars(process).values() if isinstance(v, (dict, set, list)))
+
+async def spawn_directly(n):
+    for _ in range(n):
+        child = await asyncio.create_subprocess_exec("true")
+        await child.wait()
+
+async def cancelled_starts(n):
+    for _ in range(n):
+        start = asyncio.create_task(process.ToolProcess(["sleep", "0.2"], None, None).start())
+        await asyncio.sleep(0)  # spawned; asyncio now connects the pipes
+        start.cancel()
+        try:
+            await start
+        except asyncio.CancelledError:
+            pass
+    await asyncio.sleep(0.5)
+
+assert process.watch_children_by_pidfd()
+before = held()
+asyncio.run(spawn_directly(100))
+asyncio.run(cancelled_starts(20))
+print(held() - before, flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pidfd_open is Linux's")
+async def test_children_that_are_not_started_tools_leave_nothing_behind() -> None:
+    """The starts the pidfd watcher reads for tools are kept only while their tool starts:
+    children spawned otherwise, and starts cancelled midway, leave no entry behind."""
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SPAWNING_RUNNER, stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        out, _ = await runner.communicate()
+    assert runner.returncode == 0
+    assert out.decode().split() == ["0"]

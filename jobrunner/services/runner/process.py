@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import os
 import signal
@@ -47,8 +48,10 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
     ) -> None:
         loop = asyncio.get_running_loop()
         # Asked by asyncio right after the spawn, before the loop turns: the child cannot have
-        # been reaped yet, so its start is still in /proc (see ``start_ticks_of``).
-        _started[pid] = orphans.start_ticks(pid)
+        # been reaped yet, so its start is still in /proc (see ``_spawned``).
+        spawned = _spawned.get()
+        if spawned is not None:
+            spawned[pid] = orphans.start_ticks(pid)
         pidfd = os.pidfd_open(pid)
         loop.add_reader(pidfd, self._reap, loop, pid, pidfd, callback, args)
 
@@ -90,18 +93,15 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
         pass
 
 
-# The start (clock ticks since boot) of each child the pidfd watcher was given, until its
-# starter takes it: a tool that exits at once may be reaped while asyncio still connects its
-# pipes, and read after that, its start would be unknown (and its process group's leftovers
-# beyond orphans.kill_group's reach). Only tools are started through asyncio in a runner.
-_started: dict[int, int | None] = {}
-
-
-def start_ticks_of(pid: int) -> int | None:
-    """The start of a child just spawned: as the watcher read it, else read now."""
-    if pid in _started:
-        return _started.pop(pid)
-    return orphans.start_ticks(pid)
+# The start (clock ticks since boot) of the children spawned by the ``ToolProcess.start`` running
+# in this context, as the pidfd watcher read them: a tool that exits at once may be reaped while
+# asyncio still connects its pipes, and read after that, its start would be unknown (and its
+# process group's leftovers beyond orphans.kill_group's reach). Each start has a dict of its
+# own, dropped when it returns (or is cancelled); other children (an internal job's) are not
+# recorded at all.
+_spawned: contextvars.ContextVar[dict[int, int | None] | None] = contextvars.ContextVar(
+    "_spawned", default=None
+)
 
 
 def watch_children_by_pidfd() -> bool:
@@ -156,6 +156,8 @@ class ToolProcess:
         # If the runner itself is killed, the kernel kills the tool too (Linux). Its descendants
         # are found by process group when the runner restarts or another runner declares it lost.
         argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
+        spawned: dict[int, int | None] = {}
+        recording = _spawned.set(spawned)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -173,9 +175,13 @@ class ToolProcess:
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
+        finally:
+            _spawned.reset(recording)
         if self.priority is not None:
             self.priority.lower(self.proc)
-        self.started_ticks = start_ticks_of(self.proc.pid)
+        pid = self.proc.pid
+        # As the watcher read it; else (another child watcher) read now.
+        self.started_ticks = spawned[pid] if pid in spawned else orphans.start_ticks(pid)
 
     async def pump(
         self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None
