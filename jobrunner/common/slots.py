@@ -82,8 +82,6 @@ ENQUEUE_ACK_SECONDS = 10.0
 MARKER_TTL = "60s"
 # How long a pipelined delete's ack is waited for before it is sent again on its own.
 PIPELINED_ACK_WAIT = 5.0
-# A revision no key reaches: a write conditional on it is always refused (``give_back``).
-NEVER_REVISION = 2**62
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -110,6 +108,11 @@ def slot_key(lock: str | None, job_id: str, attempt_of: str | None = None) -> st
 
 def run_key(job_id: str) -> str:
     return "run." + key_safe(job_id)
+
+
+def fence_key(runner_id: str) -> str:
+    """A runner's scratch key: ``give_back`` writes it to wait until earlier writes are stored."""
+    return "fence." + key_safe(runner_id)
 
 
 def queue_key(lock: str, job_id: str) -> str:
@@ -298,10 +301,12 @@ class SlotTable:
         for a lost job.
 
         A read may overtake writes sent before it (nats-server answers reads apart from storing
-        writes), so a write the bucket must refuse goes first: its refusal comes once every
-        write sent before it is stored, and the reads after it see them."""
-        with contextlib.suppress(KeyWrongLastSequenceError):
-            await self._delete(run_key(holder.job_id), NEVER_REVISION)
+        writes), so a write the bucket stores goes first, a delete marker on a scratch key of
+        this runner: its ack comes once it is stored, so after every write sent before it on
+        this connection, and the reads after it see them. (A write the bucket refuses would
+        not do: with replicas, the leader refuses it as soon as it checks it, before the
+        writes ahead of it are replicated and applied.)"""
+        await self._delete(fence_key(holder.runner_id or holder.job_id), None)
         raw, revision = await self._read_raw(run_key(holder.job_id))
         if raw is not None:
             record = msgspec.json.decode(raw, type=RunRecord)
