@@ -290,9 +290,12 @@ class SlotTable:
             return Lease(key=lease.key, revision=stored, value=new_value, sent_at=sent_at)
         return None
 
-    async def give_back(self, key: str, holder: SlotValue) -> None:
+    async def give_back(self, key: str, holder: SlotValue, reserved: bool = False) -> None:
         """Undo what a job's claim may have written before it failed: the job's run record and
         the lease of ``key``, each only if ``holder`` (this runner, for this job) wrote it.
+        ``reserved``: the claim turned the API's reservation of the slot into that lease (a
+        ``reject`` lock), so the lease becomes that reservation again, conditional on its
+        revision, instead of being deleted: the lock stays the pending job's, as it was.
 
         A write that timed out may still be stored (NATS paused: the server reads it once it
         runs again). Left behind, that lease would hold the job's slot against its next
@@ -314,8 +317,23 @@ class SlotTable:
                 with contextlib.suppress(KeyWrongLastSequenceError):
                     await self._delete(run_key(holder.job_id), revision)
         lease, _ = await self._read(key)
-        if lease is not None and same_holder(lease.value, holder):
+        if lease is None or not same_holder(lease.value, holder):
+            return
+        if not reserved:
             await self.release(lease)
+            return
+        reservation = SlotValue(job_id=holder.job_id, phase="reserved", job_type=holder.job_type)
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._write(key, reservation, lease.revision)
+
+    async def drop_reservation(self, key: str, job_id: str) -> None:
+        """Free the slot ``key`` if it holds ``job_id``'s reservation (a job that ended before
+        it started)."""
+        current = await self.current(key)
+        if current is not None and current.value == SlotValue(
+            job_id=job_id, phase="reserved", job_type=current.value.job_type
+        ):
+            await self.release(current)
 
     async def release(self, lease: Lease) -> bool:
         """Free the slot if it is still ours; False when it had already expired or been taken."""

@@ -142,7 +142,8 @@ class RequestLoop:
         try:
             async with asyncio.timeout(self.give_back_seconds):
                 await retry.until_done(
-                    lambda: self.claimer.give_back(request), "the failed claim's undo"
+                    lambda: self.claimer.give_back(request, self.job_types.get(request.job_type)),
+                    "the failed claim's undo",
                 )
         except Exception as exc:
             log.warning("failed claim not undone", error=repr(exc))
@@ -174,6 +175,8 @@ class RequestLoop:
                 await self.slots.forget_run(job_id)
             elif request.lock:
                 await self.slots.dequeue(request.lock, job_id)
+                # A reservation a give-back put back after the job ended (``give_back``).
+                await self.slots.drop_reservation(slot_key(request.lock, job_id), job_id)
             await job.ack()
             return
         job_type = self.job_types.get(request.job_type)
