@@ -386,3 +386,203 @@ async def test_renewal_asked_early_does_not_read_the_cancel_again(settings: Sett
         assert checks == [on_time]
         assert early < on_time
         assert await slots.release(await keeper.stop())
+
+
+async def test_a_claim_stored_after_it_timed_out_is_given_back_before_the_next_delivery(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused as a runner claims a job's slot: the lease and run record it sent time out in
+    the runner but are stored once NATS runs again. The runner gives them back before its
+    request comes again, so the next delivery (to any runner) finds the slot free, and no
+    expiring lease or record without one makes the job end RUNNER_LOST."""
+    from nats.js import api
+
+    from jobrunner.common.slots import slot_key
+    from jobrunner.contracts import events
+    from jobrunner.services.runner.service import Runner
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        names = runner.names
+        await eventstore.ensure_topology(runner.js, names, settings)
+        sub = await runner.js.pull_subscribe(
+            names.kind_subjects("requested"),
+            durable=names.runner_consumer,
+            stream=names.stream,
+            config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60.0),
+        )
+        request = events.JobRequested(job_id="claimed-in-a-pause", job_type="emit")
+        await eventstore.publish(runner.js, names, request)
+        [msg] = await sub.fetch(1, timeout=10)
+        pause(own_nats)
+        try:
+            handling = asyncio.create_task(runner.requests._handle(msg))
+            # The outage itself: past nats-py's 5 s request timeout, so the claim fails in the
+            # runner while its writes wait, unread, in the server's socket.
+            await asyncio.sleep(7.0)
+        finally:
+            resume(own_nats)
+        async with asyncio.timeout(30):
+            await handling
+        assert await runner.slots.run_record(request.job_id) is None
+        assert await runner.slots.current(slot_key(None, request.job_id)) is None
+        # The request comes again, to be run.
+        [again] = await sub.fetch(1, timeout=10)
+        assert again.metadata.num_delivered == 2
+    finally:
+        await eventstore.close(nc)
+
+
+async def test_a_sweep_leaves_alone_a_job_whose_claim_was_given_back_since_it_read_the_records(
+    settings: Settings,
+) -> None:
+    """A sweep that read a job's run record before its runner gave the claim back (after a NATS
+    outage) then finds no lease for it: the job, never started and about to be delivered
+    again, is not ended RUNNER_LOST."""
+    from jobrunner.common.slots import slot_key
+    from jobrunner.contracts import events
+    from jobrunner.services.runner.service import Runner
+
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
+        request = events.JobRequested(job_id="given-back", job_type="emit")
+        await eventstore.publish(runner.js, runner.names, request)
+        key = slot_key(None, request.job_id)
+        held_value = runner.identity.held_value(request.job_id, request.job_type)
+        record = runner.identity.run_record(request.job_id, key)
+        lease, recorded = await runner.slots.create_recorded(key, held_value, record)
+        assert lease is not None
+        assert recorded
+        [read] = [r for r in await runner.slots.run_records() if r.job_id == request.job_id]
+        await runner.requests.claimer.give_back(request, runner.job_types["emit"])
+        await runner.sweeper.sweep_record(read)  # the sweep goes on with what it read
+        assert await runner.journal.last_status(request.job_id) is None
+    finally:
+        await eventstore.close(nc)
+
+
+async def test_a_reject_locks_claim_given_back_is_the_apis_reservation_again(
+    settings: Settings,
+) -> None:
+    """The claim of a job on a ``reject`` lock turned the API's reservation into its lease;
+    given back, the slot is that job's reservation again: another job's POST is still refused
+    while the first is pending, and the first takes the slot when its request comes back."""
+    from jobrunner.common.slots import slot_key
+    from jobrunner.contracts import events
+    from jobrunner.services.runner.service import Runner
+
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
+        api = SlotTable(runner.js, runner.names, settings.lease_ttl_seconds)
+        request = events.JobRequested(job_id="reserved-1", job_type="rejecting", lock="single")
+        key = slot_key(request.lock, request.job_id)
+
+        def reservation(job_id: str) -> SlotValue:
+            return SlotValue(job_id=job_id, phase="reserved", job_type="rejecting")
+
+        assert await api.try_acquire(key, reservation(request.job_id)) is not None
+        held_value = runner.identity.held_value(request.job_id, request.job_type)
+        assert await runner.slots.try_acquire(key, held_value) is not None  # the claim
+        await runner.requests.claimer.give_back(request, runner.job_types["rejecting"])
+        current = await runner.slots.current(key)
+        assert current is not None
+        assert current.value == reservation(request.job_id)
+        assert await api.try_acquire(key, reservation("reserved-2")) is None
+        again = await runner.slots.try_acquire(key, held_value)  # the request delivered again
+        assert again is not None
+        assert again.value.phase == "held"
+    finally:
+        await eventstore.close(nc)
+
+
+async def test_a_queued_job_whose_start_met_a_nats_pause_keeps_its_place_in_the_queue(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """The head of a lock's queue holds the slot when NATS pauses (past nats-py's request
+    timeout) before the job starts: the slot is given back, and the jobs still start strictly
+    in queue order, the first one first, none ended RUNNER_LOST."""
+    import threading
+
+    from jobrunner.contracts import events
+    from jobrunner.contracts.events import JobStatus
+    from jobrunner.services.runner.service import Runner
+
+    settings = msgspec.structs.replace(
+        settings, nats_url=own_nats.url, state_dir=str(tmp_path / "state")
+    )
+    nc = await eventstore.connect(settings, "test-runner")
+    api_nc = await eventstore.connect(settings, "test-api")
+    stop = asyncio.Event()
+    running: asyncio.Task[None] | None = None
+    try:
+        runner = Runner(settings, nc)
+        names = runner.names
+        await eventstore.ensure_topology(api_nc.jetstream(), names, settings)
+        ids = [f"J{n}-queued" for n in (1, 2, 3)]
+        order, lockfile = tmp_path / "order", tmp_path / "lock"
+        read_status = runner.journal.last_event
+        paused: list[bool] = []
+
+        async def pause_once_the_head_holds_the_slot(job_id: str, kind: str) -> Any:
+            # The check made once the slot is held, before the job starts.
+            if job_id == ids[0] and kind == "status" and not paused:
+                lease = await runner.slots.current("slot.sheet")
+                if lease is not None and lease.value.job_id == ids[0]:
+                    paused.append(True)
+                    pause(own_nats)
+                    threading.Timer(6.0, resume, (own_nats,)).start()
+            return await read_status(job_id, kind)
+
+        runner.journal.last_event = pause_once_the_head_holds_the_slot  # type: ignore[method-assign]
+        running = asyncio.create_task(runner.run(stop))
+        api = SlotTable(api_nc.jetstream(), names, settings.lease_ttl_seconds)
+        for n, job_id in enumerate(ids, start=1):  # as the API does: queued, then requested
+            await api.enqueue("sheet", job_id, "queued")
+            await eventstore.publish(
+                api_nc.jetstream(),
+                names,
+                events.JobRequested(
+                    job_id=job_id,
+                    job_type="queued",
+                    lock="sheet",
+                    parameters={
+                        "lockfile": str(lockfile),
+                        "order_file": str(order),
+                        "label": f"J{n}",
+                        "seconds": "1.0",
+                    },
+                ),
+            )
+        async with asyncio.timeout(120):
+            while not (order.exists() and len(order.read_text().split()) == 3):  # noqa: ASYNC110 - the tools write it
+                await asyncio.sleep(0.2)
+        assert paused
+        assert order.read_text().split() == ["J1", "J2", "J3"]
+        for job_id in ids:
+            async with asyncio.timeout(30):
+                while not await ended(runner, job_id):  # noqa: ASYNC110 - read from the stream
+                    await asyncio.sleep(0.2)
+            status = await runner.journal.last_status(job_id)
+            assert status is not None
+            assert status.status == JobStatus.COMPLETED, status
+    finally:
+        resume(own_nats)
+        stop.set()
+        if running is not None:
+            async with asyncio.timeout(30):
+                await running
+        await eventstore.close(api_nc)
+        await eventstore.close(nc)
+
+
+async def ended(runner: Any, job_id: str) -> bool:
+    from jobrunner.contracts.events import JobStatus
+
+    status = await runner.journal.last_status(job_id)
+    return status is not None and status.status not in (JobStatus.PENDING, JobStatus.RUNNING)

@@ -25,6 +25,7 @@ time (so a runner on the same host can tell at once that the holder is gone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -107,6 +108,11 @@ def slot_key(lock: str | None, job_id: str, attempt_of: str | None = None) -> st
 
 def run_key(job_id: str) -> str:
     return "run." + key_safe(job_id)
+
+
+def fence_key(runner_id: str) -> str:
+    """A runner's scratch key: ``give_back`` writes it to wait until earlier writes are stored."""
+    return "fence." + key_safe(runner_id)
 
 
 def queue_key(lock: str, job_id: str) -> str:
@@ -283,6 +289,51 @@ class SlotTable:
                 continue
             return Lease(key=lease.key, revision=stored, value=new_value, sent_at=sent_at)
         return None
+
+    async def give_back(self, key: str, holder: SlotValue, reserved: bool = False) -> None:
+        """Undo what a job's claim may have written before it failed: the job's run record and
+        the lease of ``key``, each only if ``holder`` (this runner, for this job) wrote it.
+        ``reserved``: the claim turned the API's reservation of the slot into that lease (a
+        ``reject`` lock), so the lease becomes that reservation again, conditional on its
+        revision, instead of being deleted: the lock stays the pending job's, as it was.
+
+        A write that timed out may still be stored (NATS paused: the server reads it once it
+        runs again). Left behind, that lease would hold the job's slot against its next
+        delivery until it expired, and then be taken for a runner's death: the job ended
+        RUNNER_LOST. The record goes first: a record without its lease is what a sweep takes
+        for a lost job.
+
+        A read may overtake writes sent before it (nats-server answers reads apart from storing
+        writes), so a write the bucket stores goes first, a delete marker on a scratch key of
+        this runner: its ack comes once it is stored, so after every write sent before it on
+        this connection, and the reads after it see them. (A write the bucket refuses would
+        not do: with replicas, the leader refuses it as soon as it checks it, before the
+        writes ahead of it are replicated and applied.)"""
+        await self._delete(fence_key(holder.runner_id or holder.job_id), None)
+        raw, revision = await self._read_raw(run_key(holder.job_id))
+        if raw is not None:
+            record = msgspec.json.decode(raw, type=RunRecord)
+            if record.runner_id == holder.runner_id and record.slot_key == key:
+                with contextlib.suppress(KeyWrongLastSequenceError):
+                    await self._delete(run_key(holder.job_id), revision)
+        lease, _ = await self._read(key)
+        if lease is None or not same_holder(lease.value, holder):
+            return
+        if not reserved:
+            await self.release(lease)
+            return
+        reservation = SlotValue(job_id=holder.job_id, phase="reserved", job_type=holder.job_type)
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._write(key, reservation, lease.revision)
+
+    async def drop_reservation(self, key: str, job_id: str) -> None:
+        """Free the slot ``key`` if it holds ``job_id``'s reservation (a job that ended before
+        it started)."""
+        current = await self.current(key)
+        if current is not None and current.value == SlotValue(
+            job_id=job_id, phase="reserved", job_type=current.value.job_type
+        ):
+            await self.release(current)
 
     async def release(self, lease: Lease) -> bool:
         """Free the slot if it is still ours; False when it had already expired or been taken."""

@@ -54,8 +54,10 @@ class LockBoard:
 
     # --- feeding
     def _apply(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
-        if key.startswith("run."):
-            return  # a running job's record: read by the sweep from the server, not from here
+        if key.startswith(("run.", "fence.")):
+            # A running job's record (read by the sweep from the server, not from here), or a
+            # runner's give-back barrier.
+            return
         if key.startswith("queue."):
             lock_key = "slot." + key.split(".")[1]
             queue = self.queues.setdefault(lock_key, {})

@@ -35,6 +35,13 @@ class Claimed:
     seen: tuple[events.AnyEvent | None, events.AnyEvent | None] | None = None
 
 
+def is_queued(request: events.JobRequested, job_type: JobType) -> bool:
+    """Does the job wait in its lock's queue? Inside a batch a lock is always queued, "reject"
+    too: the batch's jobs were queued in batch order by the API, and refusing one would fail a
+    batch that was accepted."""
+    return bool(request.lock) and (job_type.on_busy == "queue" or request.batch_id is not None)
+
+
 # A queue entry whose JobRequested never reached the stream (its API died in between) is
 # dropped after this long.
 ORPHANED_QUEUE_ENTRY_SECONDS = 30.0
@@ -62,6 +69,7 @@ class SlotClaimer:
         self, request: events.JobRequested, job_type: JobType, job: RunningJob
     ) -> Claimed | None:
         """The job's slot once it may run; None when it ended (cancelled) while waiting."""
+        job.claiming = True
         job_id = request.job_id
         key = slot_key(request.lock, job_id, request.attempt_of)
         value = self.identity.held_value(job_id, request.job_type)
@@ -74,11 +82,7 @@ class SlotClaimer:
             first = await self._claim_at_once(request, job, key, value)
             if first is not None:
                 return first
-        # Inside a batch a lock is always queued, "reject" too: the batch's jobs were queued in
-        # batch order by the API, and refusing one would fail a batch that was accepted.
-        queued = bool(request.lock) and (
-            job_type.on_busy == "queue" or request.batch_id is not None
-        )
+        queued = is_queued(request, job_type)
         # A job without a lock, at its first attempt, has a slot no one wrote before.
         fresh = not request.lock and request.attempt_of is None
         # Such a job takes its slot at once; a cancel stored before is then found by the check
@@ -99,6 +103,8 @@ class SlotClaimer:
                 )
                 if request.lock:
                     await self.slots.dequeue(request.lock, job_id)
+                    if not queued:  # a reservation a give-back put back (``give_back``)
+                        await self.slots.drop_reservation(key, job_id)
                 await job.ack()
                 return None
             may_take = not queued or await self._is_queue_head(request, key)
@@ -113,8 +119,9 @@ class SlotClaimer:
             if may_take:
                 lease = await self.slots.try_acquire(key, value, fresh=fresh)
                 if lease is not None:
-                    if queued and request.lock:
-                        await self.slots.dequeue(request.lock, job_id)
+                    # The job keeps its queue entry until it starts (executor): should its
+                    # start fail (NATS away), the slot is given back and the job is still
+                    # the queue's head, taking the slot again when its request comes back.
                     return Claimed(lease)
             if not look_for_cancel:
                 look_for_cancel = True
@@ -131,6 +138,17 @@ class SlotClaimer:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
+
+    async def give_back(self, request: events.JobRequested, job_type: JobType | None) -> None:
+        """Undo the claim of a job whose handling failed before it started (NATS away): its
+        lease and run record, should a write that timed out have been stored after all. A
+        ``reject`` lock's lease becomes the API's reservation again; a queued job's entry,
+        removed only once the job starts, is still in its place."""
+        key = slot_key(request.lock, request.job_id, request.attempt_of)
+        reserved = bool(request.lock) and job_type is not None and not is_queued(request, job_type)
+        await self.slots.give_back(
+            key, self.identity.held_value(request.job_id, request.job_type), reserved
+        )
 
     async def _claim_at_once(
         self, request: events.JobRequested, job: RunningJob, key: str, value: SlotValue

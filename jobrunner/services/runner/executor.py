@@ -25,7 +25,7 @@ from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
 from jobrunner.services.runner.bulk import BulkLane
-from jobrunner.services.runner.claim import Claimed
+from jobrunner.services.runner.claim import Claimed, is_queued
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
@@ -98,7 +98,7 @@ class JobExecutor:
             raise
         if status is not None or job.cancel_event.is_set() or cancel:
             await self.discard_output(job_id, making_output)
-            await self._not_started(request, job, keeper, status)
+            await self._not_started(request, job_type, job, keeper, status)
             return
         output: OutputDirectory | None = None
         try:
@@ -111,6 +111,12 @@ class JobExecutor:
                 # the spawn and before ``running`` was stored would leave a request that, sent
                 # again, runs the job a second time (a NATS outage makes that window seconds).
                 await self._publish_running(request, job)
+            if is_queued(request, job_type) and request.lock:
+                # Left only now: a start that failed gave the slot back to the queue's head.
+                lock = request.lock
+                await self._retry(
+                    "leave the queue", keeper, lambda: self.slots.dequeue(lock, job_id)
+                )
             started = asyncio.get_running_loop().time()
             publisher = LinePublisher.for_job(
                 self.nc, self.journal.names, job_id, self.settings, self.pacing, self.bulk
@@ -214,12 +220,17 @@ class JobExecutor:
     async def _not_started(
         self,
         request: events.JobRequested,
+        job_type: JobType,
         job: RunningJob,
         keeper: LeaseKeeper,
         status: events.AnyEvent | None,
     ) -> None:
-        """The job found started, ended or cancelled once its slot is held: it does not start."""
+        """The job found started, ended or cancelled once its slot is held: it does not start
+        (here), and leaves its lock's queue."""
         job_id = request.job_id
+        if is_queued(request, job_type) and request.lock:
+            lock = request.lock
+            await self._retry("leave the queue", keeper, lambda: self.slots.dequeue(lock, job_id))
         if status is None:
             # Cancelled while we were taking the slot: it never starts.
             await self.journal.end(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import os
 import signal
@@ -47,6 +48,11 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
         self, pid: int, callback: Callable[..., object], *args: Any
     ) -> None:
         loop = asyncio.get_running_loop()
+        # Asked by asyncio right after the spawn, before the loop turns: the child cannot have
+        # been reaped yet, so its start is still in /proc (see ``_spawned``).
+        spawned = _spawned.get()
+        if spawned is not None:
+            spawned[pid] = orphans.start_ticks(pid)
         pidfd = os.pidfd_open(pid)
         loop.add_reader(pidfd, self._reap, loop, pid, pidfd, callback, args)
 
@@ -86,6 +92,17 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+# The start (clock ticks since boot) of the children spawned by the ``ToolProcess.start`` running
+# in this context, as the pidfd watcher read them: a tool that exits at once may be reaped while
+# asyncio still connects its pipes, and read after that, its start would be unknown (and its
+# process group's leftovers beyond orphans.kill_group's reach). Each start has a dict of its
+# own, dropped when it returns (or is cancelled); other children (an internal job's) are not
+# recorded at all.
+_spawned: contextvars.ContextVar[dict[int, int | None] | None] = contextvars.ContextVar(
+    "_spawned", default=None
+)
 
 
 def watch_children_by_pidfd() -> bool:
@@ -189,6 +206,8 @@ class ToolProcess:
         else:
             await deathsignal.probe()  # (a process started and waited for: off the loop)
             argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
+        spawned: dict[int, int | None] = {}
+        recording = _spawned.set(spawned)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -212,12 +231,16 @@ class ToolProcess:
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
+        finally:
+            _spawned.reset(recording)
         _feed_readers_directly(self.proc)
         if self.priority is not None:
             self.priority.lower(self.proc)
-        self.started_ticks = orphans.start_ticks(self.proc.pid)
+        pid = self.proc.pid
+        # As the watcher read it; else (another child watcher) read now.
+        self.started_ticks = spawned[pid] if pid in spawned else orphans.start_ticks(pid)
         if self._guarded is not None and self.started_ticks is not None:
-            guard.watch(self._guarded[1], self.proc.pid, self.started_ticks)
+            guard.watch(self._guarded[1], pid, self.started_ticks)
 
     async def pump(
         self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None

@@ -45,6 +45,7 @@ class RequestLoop:
         seals: SealWaiter,
         executor: JobExecutor,
         capacity: asyncio.Semaphore,
+        give_back_seconds: float,
     ) -> None:
         self.job_types = job_types
         self.slots = slots
@@ -53,6 +54,7 @@ class RequestLoop:
         self.seals = seals
         self.executor = executor
         self.capacity = capacity
+        self.give_back_seconds = give_back_seconds
         self.running: dict[str, RunningJob] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -109,12 +111,20 @@ class RequestLoop:
             self.running[event.job_id] = job
             try:
                 await self._handle_request(event, job)
+            except Exception as exc:
+                if job.claiming and not job.acked and retry.is_transient(exc):
+                    # Still handled meanwhile: this runner's sweep leaves the job alone. (Only
+                    # after a claim began: the many jobs of a batch waiting for its seal as
+                    # NATS went away cost no round trips as it comes back.)
+                    await self._give_back(event)
+                raise
             finally:
                 del self.running[event.job_id]
         except Exception as exc:
             if job is not None and not job.acked and retry.is_transient(exc):
                 # NATS away or a stream without a leader (an election): the request comes back
-                # shortly (to any runner) instead of after the whole ack wait.
+                # shortly (to any runner) instead of after the whole ack wait, and finds
+                # nothing of this attempt in its way (given back above).
                 log.warning("job handling met a NATS outage, request redelivered", error=repr(exc))
                 with contextlib.suppress(Exception):
                     await job.msg.nak(delay=REDELIVERY_DELAY)
@@ -124,6 +134,19 @@ class RequestLoop:
             structlog.contextvars.unbind_contextvars("job_id")
             if job is None or job.holds_capacity:
                 self.capacity.release()
+
+    async def _give_back(self, request: events.JobRequested) -> None:
+        """Undo a failed attempt's claim, retried while NATS is away; given up after the ack
+        wait, when the request is delivered again anyway (a lease left then expires, a record
+        left is swept: the job ends RUNNER_LOST, as before this undo)."""
+        try:
+            async with asyncio.timeout(self.give_back_seconds):
+                await retry.until_done(
+                    lambda: self.claimer.give_back(request, self.job_types.get(request.job_type)),
+                    "the failed claim's undo",
+                )
+        except Exception as exc:
+            log.warning("failed claim not undone", error=repr(exc))
 
     async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
         job_id = request.job_id
@@ -152,6 +175,8 @@ class RequestLoop:
                 await self.slots.forget_run(job_id)
             elif request.lock:
                 await self.slots.dequeue(request.lock, job_id)
+                # A reservation a give-back put back after the job ended (``give_back``).
+                await self.slots.drop_reservation(slot_key(request.lock, job_id), job_id)
             await job.ack()
             return
         job_type = self.job_types.get(request.job_type)

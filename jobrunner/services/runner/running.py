@@ -82,6 +82,8 @@ class RunningJob:
         # Whether this job holds one of the runner's max_concurrent_jobs (a job waiting for a
         # slot does not).
         self.holds_capacity = True
+        # Whether its slot's claim began: a handling that fails after that gives the claim back.
+        self.claiming = False
 
     @property
     def first_delivery(self) -> bool:

@@ -93,7 +93,14 @@ class Runner:
             self.ack_wait / 3,
         )
         self.requests = RequestLoop(
-            self.job_types, self.slots, self.journal, claimer, seal_waiter, executor, capacity
+            self.job_types,
+            self.slots,
+            self.journal,
+            claimer,
+            seal_waiter,
+            executor,
+            capacity,
+            self.ack_wait,
         )
         self.sweeper = LostJobSweeper(
             self.slots,

@@ -94,16 +94,25 @@ class LostJobSweeper:
     async def sweep(self) -> None:
         """End every job that has started but whose slot holds no lease for it."""
         for record in await self.slots.run_records():
-            if record.job_id in self.handling:
-                continue  # ours and alive: its keeper notices a lost lease itself
-            if await self._has_live_lease(record):
-                continue
-            status = await self.journal.last_status(record.job_id)
-            if status is None or status.status not in TERMINAL_STATUSES:
-                log.warning("swept a lost job", lost_job_id=record.job_id)
-                await self._end_lost(record.job_id, record.runner_id)
-            else:
-                await self.slots.forget_run(record.job_id)  # ended; its runner died before this
+            await self.sweep_record(record)
+
+    async def sweep_record(self, record: RunRecord) -> None:
+        """End the job of ``record``, read by a sweep, if its runner is gone."""
+        if record.job_id in self.handling:
+            return  # ours and alive: its keeper notices a lost lease itself
+        if await self._has_live_lease(record):
+            return
+        if await self.slots.run_record(record.job_id) != record:
+            # Removed (or written again) since the sweep read it: its runner gave the job
+            # back (a claim undone after a NATS outage, the record removed before the lease)
+            # or ended it, or another runner took it.
+            return
+        status = await self.journal.last_status(record.job_id)
+        if status is None or status.status not in TERMINAL_STATUSES:
+            log.warning("swept a lost job", lost_job_id=record.job_id)
+            await self._end_lost(record.job_id, record.runner_id)
+        else:
+            await self.slots.forget_run(record.job_id)  # ended; its runner died before this
 
     async def _has_live_lease(self, record: RunRecord) -> bool:
         lease = await self.slots.current(record.slot_key)

@@ -1,0 +1,85 @@
+"""A runner's give-back on the cluster's lock bucket (3 replicas): a claim whose writes the
+server has yet to store when the give-back starts (their request timed out in a NATS pause)
+leaves neither its lease nor its run record behind."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable, slot_key
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.scratch import scratch_dir
+from jobrunner.embedded.serverprocess import free_port
+from jobrunner.services.runner.running import RunnerIdentity
+from tests.cluster import NODE_NAMES, REPLICAS, ClusterNode
+
+CLAIMS = 200
+
+
+@pytest.fixture
+async def nodes_only() -> AsyncIterator[list[ClusterNode]]:
+    """The cluster's three NATS nodes alone (no services, no Postgres)."""
+    with scratch_dir("jobrunner-test-giveback-") as root:
+        route_ports = [free_port() for _ in NODE_NAMES]
+        nodes = [
+            ClusterNode(name, root / "nodes", route_ports, port)
+            for name, port in zip(NODE_NAMES, route_ports, strict=True)
+        ]
+        try:
+            await asyncio.gather(*(asyncio.to_thread(node.start) for node in nodes))
+            yield nodes
+        finally:
+            await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
+
+
+async def test_give_back_undoes_a_claim_still_in_flight_on_three_replicas(
+    nodes_only: list[ClusterNode],
+) -> None:
+    """Each claim's lease and record are sent (not awaited), then given back at once: the
+    give-back must wait until the bucket applied them, which on a replicated bucket only an
+    accepted write's ack tells (a refused write is refused before the writes ahead of it are
+    replicated), and then delete both."""
+    settings = Settings(
+        nats_url=",".join(node.url for node in nodes_only),
+        prefix="gb" + uuid.uuid4().hex[:8],
+        lease_ttl_seconds=10.0,
+        stream_replicas=REPLICAS,
+    )
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "give-back-test")
+    try:
+        js = nc.jetstream()
+        async with asyncio.timeout(60):
+            while True:  # until the cluster has formed and elected a meta leader
+                try:
+                    await eventstore.ensure_topology(js, names, settings)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.5)
+        slots = SlotTable(js, names, settings.lease_ttl_seconds)
+        info = await js.stream_info(f"KV_{names.locks_bucket}")
+        assert info.config.num_replicas == REPLICAS
+        runner = RunnerIdentity(runner_id="r1", host="h", boot_id="b", pid=1, started_ticks=1)
+        leases_left = records_left = 0
+        for n in range(CLAIMS):
+            job_id = f"j{n}-{uuid.uuid4().hex[:4]}"
+            key = slot_key(None, job_id)
+            held = runner.held_value(job_id, "t")
+            claim = asyncio.ensure_future(
+                slots.create_recorded(key, held, runner.run_record(job_id, key))
+            )
+            for _ in range(3):  # the claim's writes are in the connection's buffer
+                await asyncio.sleep(0)
+            await slots.give_back(key, held)
+            await claim
+            records_left += await slots.run_record(job_id) is not None
+            leases_left += await slots.current(key) is not None
+    finally:
+        await nc.close()
+    assert (leases_left, records_left) == (0, 0)
