@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -88,36 +93,59 @@ async def test_killed_runner_job_ends_runner_lost_and_the_next_queued_job_runs(
     assert await status_events(settings, first) == ["running", "failed"]
 
 
-async def test_restarted_runner_cleans_up_before_taking_work(
-    settings: Settings, tmp_path: Path
-) -> None:
-    """A runner restarted after a crash ends its predecessor's tools and job before new work."""
+@dataclasses.dataclass
+class Crash:
+    """A runner ("phoenix") running a job whose tool started a grandchild, and the same runner's
+    next life, not started yet."""
+
+    client: httpx.AsyncClient
+    first_life: RunnerProcess
+    second_life: RunnerProcess
+    job_id: str
+    tool: int
+    grandchild: int
+
+
+@contextlib.asynccontextmanager
+async def a_job_on_a_runner_to_crash(settings: Settings, tmp_path: Path) -> AsyncIterator[Crash]:
     # A lease far longer than the restart: only the restarted runner can end the job this soon.
     settings = msgspec.structs.replace(settings, lease_ttl_seconds=30.0)
     system = System(settings)
     first_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
-    # Most of this test's time is two Python start-ups of a runner process (about 0.7 s of CPU
+    # Most of these tests' time is two Python start-ups of a runner process (about 0.7 s of CPU
     # each, several seconds on a loaded machine); the first overlaps the API's start.
     await asyncio.gather(first_life.start(), system.start_projector(), system.start_api())
     second_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
     try:
         async with system.client() as client:
-            first = await start_job(client, "family", pidfile=str(tmp_path / "pids"))
-            await wait_status(client, first, "running")
+            job_id = await start_job(client, "family", pidfile=str(tmp_path / "pids"))
+            await wait_status(client, job_id, "running")
             tool, grandchild = await _pids(tmp_path / "pids")
-            first_life.kill()
-            await second_life.start()
-            lost = await wait_status(client, first, "failed", "completed", "cancelled")
-            await wait_dead(grandchild)
-            await wait_dead(tool)
-            after = await start_job(client, "emit", lines=3)
-            done = await wait_status(client, after, "completed", "failed")
+            yield Crash(client, first_life, second_life, job_id, tool, grandchild)
     finally:
         first_life.stop()
         second_life.stop()
         await system.stop()
+
+
+def assert_ended_by_the_next_start(lost: dict[str, Any]) -> None:
     assert lost["error"]["code"] == "RUNNER_LOST"
     assert "a runner starting on its host ended the job's processes" in lost["error"]["message"]
+
+
+async def test_restarted_runner_cleans_up_before_taking_work(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A runner restarted after a crash ends its predecessor's tools and job before new work."""
+    async with a_job_on_a_runner_to_crash(settings, tmp_path) as crash:
+        crash.first_life.kill()
+        await crash.second_life.start()
+        lost = await wait_status(crash.client, crash.job_id, "failed", "completed", "cancelled")
+        await wait_dead(crash.grandchild)
+        await wait_dead(crash.tool)
+        after = await start_job(crash.client, "emit", lines=3)
+        done = await wait_status(crash.client, after, "completed", "failed")
+    assert_ended_by_the_next_start(lost)
     assert done["status"] == "completed"
     assert not list((Path(settings.state_dir) / "runner-tools").glob("*.json"))
 
@@ -140,34 +168,20 @@ async def test_runner_killed_with_its_guardian_leaves_its_tools_to_its_next_star
 ) -> None:
     """Runner and guardian killed together: nothing kills the tool at once, and the runner's
     next start ends it and its grandchild from its ledger, and the job, before new work."""
-    settings = msgspec.structs.replace(settings, lease_ttl_seconds=30.0)
-    system = System(settings)
-    first_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
-    await asyncio.gather(first_life.start(), system.start_projector(), system.start_api())
-    second_life = RunnerProcess(settings, tmp_path / "runner.log", runner_id="phoenix")
-    try:
-        async with system.client() as client:
-            first = await start_job(client, "family", pidfile=str(tmp_path / "pids"))
-            await wait_status(client, first, "running")
-            tool, grandchild = await _pids(tmp_path / "pids")
-            guardian = _guardian_of(first_life.pid)
-            os.kill(first_life.pid, signal.SIGSTOP)  # it cannot start another guardian
-            os.kill(guardian, signal.SIGKILL)
-            await wait_dead(guardian)
-            first_life.kill()
-            await asyncio.sleep(0.5)
-            assert pid_alive(tool)
-            assert pid_alive(grandchild)
-            await second_life.start()
-            lost = await wait_status(client, first, "failed", "completed", "cancelled")
-            await wait_dead(grandchild)
-            await wait_dead(tool)
-    finally:
-        first_life.stop()
-        second_life.stop()
-        await system.stop()
-    assert lost["error"]["code"] == "RUNNER_LOST"
-    assert "a runner starting on its host ended the job's processes" in lost["error"]["message"]
+    async with a_job_on_a_runner_to_crash(settings, tmp_path) as crash:
+        guardian = _guardian_of(crash.first_life.pid)
+        os.kill(crash.first_life.pid, signal.SIGSTOP)  # it cannot start another guardian
+        os.kill(guardian, signal.SIGKILL)
+        await wait_dead(guardian)
+        crash.first_life.kill()
+        await asyncio.sleep(0.5)
+        assert pid_alive(crash.tool)
+        assert pid_alive(crash.grandchild)
+        await crash.second_life.start()
+        lost = await wait_status(crash.client, crash.job_id, "failed", "completed", "cancelled")
+        await wait_dead(crash.grandchild)
+        await wait_dead(crash.tool)
+    assert_ended_by_the_next_start(lost)
 
 
 async def test_nats_restart_mid_job_loses_no_line(settings: Settings, tmp_path: Path) -> None:
