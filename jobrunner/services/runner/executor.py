@@ -111,12 +111,8 @@ class JobExecutor:
                 # the spawn and before ``running`` was stored would leave a request that, sent
                 # again, runs the job a second time (a NATS outage makes that window seconds).
                 await self._publish_running(request, job)
-            if is_queued(request, job_type) and request.lock:
-                # Left only now: a start that failed gave the slot back to the queue's head.
-                lock = request.lock
-                await self._retry(
-                    "leave the queue", keeper, lambda: self.slots.dequeue(lock, job_id)
-                )
+            # Left only now: a start that failed gave the slot back to the queue's head.
+            await self._leave_queue(request, job_type, keeper)
             started = asyncio.get_running_loop().time()
             publisher = LinePublisher.for_job(
                 self.nc, self.journal.names, job_id, self.settings, self.pacing, self.bulk
@@ -217,6 +213,16 @@ class JobExecutor:
         metrics.job_started(request.job_type)
         await job.ack()
 
+    async def _leave_queue(
+        self, request: events.JobRequested, job_type: JobType, keeper: LeaseKeeper
+    ) -> None:
+        """Take a queued job's entry out of its lock's queue (it started, or never will)."""
+        lock = request.lock
+        if lock and is_queued(request, job_type):
+            await self._retry(
+                "leave the queue", keeper, lambda: self.slots.dequeue(lock, request.job_id)
+            )
+
     async def _not_started(
         self,
         request: events.JobRequested,
@@ -228,9 +234,7 @@ class JobExecutor:
         """The job found started, ended or cancelled once its slot is held: it does not start
         (here), and leaves its lock's queue."""
         job_id = request.job_id
-        if is_queued(request, job_type) and request.lock:
-            lock = request.lock
-            await self._retry("leave the queue", keeper, lambda: self.slots.dequeue(lock, job_id))
+        await self._leave_queue(request, job_type, keeper)
         if status is None:
             # Cancelled while we were taking the slot: it never starts.
             await self.journal.end(
