@@ -200,7 +200,9 @@ def in_jetstream(f: dict[str, Any]) -> str:
     stored = f.get("in_jetstream") or {}
     if stored.get("p99_ms") is None:
         return ""
-    return f"; in JetStream p99 {stored['p99_ms']} ms (median {stored['median_ms']} ms)"
+    batched = stored.get("lines_per_message")
+    also = f", {batched} lines a message" if batched is not None else ""
+    return f"; in JetStream p99 {stored['p99_ms']} ms (median {stored['median_ms']} ms{also})"
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -254,9 +254,12 @@ async def fan_out(
     names = Names(system.prefix)
     nc = await eventstore.connect(Settings(nats_url=system.runtime["nats_url"]), "bench")
     published: list[float] = []
+    messages = 0
 
     async def stored(msg: Any) -> None:
+        nonlocal messages
         now = time.monotonic()
+        messages += 1
         published.extend(now - float(t) for t in STAMP.findall(msg.data))
 
     await nc.subscribe(names.kind_subjects("lines"), cb=stored)
@@ -317,7 +320,9 @@ async def fan_out(
         "connected_within_s": round(connected_after, 2),
         "tool_started_printing_after_s": delay,
         **summarize(delays),
-        "in_jetstream": summarize(published),
+        # Lines a message: a runner behind its tools batches more, and spends less a line.
+        "in_jetstream": summarize(published)
+        | {"lines_per_message": round(len(published) / max(1, messages), 1)},
         "api_peak_rss_mib": memory.mib("api"),
         # Where the machine's CPU went, per line printed: the services, the tools themselves
         # (a paced tool's sleep, wake-up and write cost more than any service's share of a line)
