@@ -13,6 +13,10 @@ subject), and a publish fails as it does there, so that retries tell the errors 
 way: no ack within the timeout raises ``nats.errors.TimeoutError``, no stream listening
 ``NoStreamResponseError``, JetStream's refusal its ``APIError``. The inbox is subscribed again
 by nats-py after a reconnect, so an ack that crosses a reconnect still arrives.
+
+The lock bucket's writes (``slots.SlotTable``: a KV write is a JetStream publish to
+``$KV.<bucket>.<key>`` with its own headers, no Nats-Msg-Id) come this way too; a write with a
+shorter timeout of its own (a lease renewal's) has a timer of its own.
 """
 
 from __future__ import annotations
@@ -76,9 +80,43 @@ class AckInbox:
         # token -> (deadline, future); in the order published, so the oldest come first
         self._waiting: dict[str, tuple[float, asyncio.Future[Msg]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        # token -> future of a publish with a timeout of its own (and a timer of its own)
+        self._timed: dict[str, asyncio.Future[Msg]] = {}
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> PubAck:
         """Publish with the Nats-Msg-Id ``msg_id`` and wait for JetStream to store it."""
+        return await self._publish_waiting(subject, payload, {MSG_ID_HEADER: msg_id})
+
+    async def publish_headed(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Publish with ``headers`` (none added) and wait for JetStream to store it, as
+        ``js.publish(subject, payload, headers=headers, timeout=timeout)`` does: no ack within
+        ``timeout`` (the inbox's by default) raises ``nats.errors.TimeoutError``."""
+        if timeout is None or timeout == self._timeout:
+            return await self._publish_waiting(subject, payload, headers)
+        if not self._subscribed():
+            await self._open()
+        loop = asyncio.get_running_loop()
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._timed[token] = future
+        timer = loop.call_later(timeout, _time_out, future)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            self._timed.pop(token, None)
+        return _read_ack(msg)
+
+    async def _publish_waiting(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> PubAck:
         if not self._subscribed():
             await self._open()
         loop = asyncio.get_running_loop()
@@ -86,9 +124,7 @@ class AckInbox:
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = (loop.time() + self._timeout, future)
         try:
-            await self._nc.publish(
-                subject, payload, reply=self._prefix + token, headers={MSG_ID_HEADER: msg_id}
-            )
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             if self._timer is None:
                 self._timer = loop.call_later(self._timeout, self._expire)
             msg = await future
@@ -133,9 +169,17 @@ class AckInbox:
         self._prefix = prefix
 
     async def _on_ack(self, msg: Msg) -> None:
-        entry = self._waiting.pop(msg.subject[len(self._prefix) :], None)
-        if entry is not None and not entry[1].done():
-            entry[1].set_result(msg)
+        token = msg.subject[len(self._prefix) :]
+        entry = self._waiting.pop(token, None)
+        if entry is not None:
+            future = entry[1]
+        else:
+            timed = self._timed.pop(token, None)
+            if timed is None:
+                return  # late: its publish timed out
+            future = timed
+        if not future.done():
+            future.set_result(msg)
 
     def _expire(self) -> None:
         """Fail the publishes whose ack is overdue; the timer then waits for the oldest left.
@@ -151,6 +195,11 @@ class AckInbox:
             if not future.done():
                 future.set_exception(nats.errors.TimeoutError())
         self._timer = None
+
+
+def _time_out(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
 
 
 def _read_ack(msg: Msg) -> PubAck:
