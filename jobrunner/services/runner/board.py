@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import BadSubscriptionError
 from nats.js.kv import KV_PURGE, KeyValue
 
 from jobrunner.common.slots import QueueEntry, SlotValue, key_safe
@@ -86,12 +86,12 @@ class LockBoard:
                 # half-replayed queue never names the wrong head.
                 self.slots.clear()
                 self.queues.clear()
+                # Each entry taken as it comes: ``updates(timeout=...)`` wraps every one in
+                # ``wait_for`` (a task and a timer per entry, five entries a job). ``stop`` ends
+                # the iteration by stopping the watcher instead.
+                stopping = asyncio.ensure_future(_stop_at(stop, watcher))
                 try:
-                    while not stop.is_set():
-                        try:
-                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
-                        except (NatsTimeoutError, TimeoutError):
-                            continue
+                    async for entry in watcher:
                         if entry is None:
                             self.ready.set()
                             continue
@@ -100,12 +100,19 @@ class LockBoard:
                         if self.ready.is_set() and entry.operation == KV_PURGE and previous:
                             await on_expired(previous)
                 finally:
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+                    stopping.cancel()
+                    with contextlib.suppress(BadSubscriptionError):  # stopped by _stop_at
+                        await watcher.stop()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("lock watch failed, restarting", error=repr(exc))
                 await asyncio.sleep(1.0)
+
+
+async def _stop_at(stop: asyncio.Event, watcher: KeyValue.KeyWatcher) -> None:
+    await stop.wait()
+    await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 def _safe(job_id: str) -> str:
