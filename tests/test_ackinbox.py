@@ -107,3 +107,42 @@ async def test_a_client_connected_again_after_a_close_gets_its_acks(
     finally:
         await nc.close()
     assert again.seq == first.seq + 1
+
+
+async def test_a_headed_publish_carries_its_headers_only_and_a_refusal_keeps_its_error_code(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The lock bucket's writes: stored with their own headers and no Nats-Msg-Id (a KV write
+    must never be taken for a duplicate), and a conditional write JetStream refuses raises
+    the APIError whose code ``SlotTable`` turns into KeyWrongLastSequenceError."""
+    subject = Names(settings.prefix).job_kind_subject("inboxkv", "lines")
+    inbox = ackinbox.of(js._nc)
+    expected = "Nats-Expected-Last-Subject-Sequence"
+    first = await inbox.publish_headed(subject, b"a", {expected: "0"})
+    again = await inbox.publish_headed(subject, b"a", None)
+    assert (again.seq, again.duplicate) == (first.seq + 1, False)
+    stored = await js.get_msg(Names(settings.prefix).stream, first.seq)
+    assert stored.headers is not None
+    assert stored.headers[expected] == "0"
+    assert MSG_ID_HEADER not in stored.headers
+    with pytest.raises(nats.js.errors.APIError) as refused:
+        await inbox.publish_headed(subject, b"b", {expected: str(first.seq)})
+    assert refused.value.err_code == 10071
+
+
+async def test_a_headed_publish_with_a_shorter_timeout_times_out_by_its_own(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A lease renewal's write waits its own, shorter timeout, not the inbox's: with nobody
+    acknowledging, it fails long before the inbox's timeout would have come; the inbox's
+    other publishes are unaffected."""
+    subject = f"{settings.prefix}-silent-headed.x"
+    await js._nc.subscribe(subject)  # receives, never answers
+    inbox = ackinbox.AckInbox(js._nc, timeout=600.0)
+    async with asyncio.timeout(60):
+        with pytest.raises(nats.errors.TimeoutError):
+            await inbox.publish_headed(subject, b"{}", {"X": "1"}, timeout=0.2)
+    stored = await inbox.publish_headed(
+        Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", None, timeout=5.0
+    )
+    assert stored.seq > 0
