@@ -10,7 +10,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import ackinbox, eventstore, retry
+from jobrunner.common import ackinbox, eventstore, retry, subscription
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.codec import MSG_ID_HEADER
 from jobrunner.contracts.names import Names
@@ -146,3 +146,26 @@ async def test_a_headed_publish_with_a_shorter_timeout_times_out_by_its_own(
         Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", None, timeout=5.0
     )
     assert stored.seq > 0
+
+
+async def test_the_last_message_read_through_the_inbox_is_js_get_last_msgs(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The runner's reads (``subscription.last_stored``): the same message as js.get_last_msg
+    (its sequence and data; a wildcard subject's newest), and None where ``last_message``
+    answers None: nothing stored on the subject, or no such stream."""
+    names = Names(settings.prefix)
+    inbox = ackinbox.of(js._nc)
+    older = names.job_kind_subject("inboxread", "requested")
+    newer = names.job_kind_subject("inboxread", "status")
+    await inbox.publish(older, b'{"n":1}', "read-1")
+    await inbox.publish(newer, b'{"n":2}', "read-2")
+    for subject in (older, names.job_subjects("inboxread")):
+        got = await subscription.last_stored(inbox, js, names.stream, subject)
+        expected = await js.get_last_msg(names.stream, subject)
+        assert got is not None
+        assert (got.seq, got.data) == (expected.seq, expected.data)
+    nothing = names.job_kind_subject("inboxread", "cancel")
+    assert await subscription.last_stored(inbox, js, names.stream, nothing) is None
+    assert await subscription.last_message(js, f"{names.stream}_none", older) is None
+    assert await subscription.last_stored(inbox, js, f"{names.stream}_none", older) is None

@@ -114,9 +114,19 @@ class AckInbox:
             self._timed.pop(token, None)
         return _read_ack(msg)
 
+    async def request(self, subject: str, payload: bytes) -> Msg:
+        """Send a request (say a JetStream API call) and wait for its reply on the inbox, as
+        ``nc.request`` does: no reply within the inbox's timeout raises
+        ``nats.errors.TimeoutError``; the reply is returned as it came (a no-responders status
+        included)."""
+        return await self._reply_to(subject, payload, None)
+
     async def _publish_waiting(
         self, subject: str, payload: bytes, headers: dict[str, str] | None
     ) -> PubAck:
+        return _read_ack(await self._reply_to(subject, payload, headers))
+
+    async def _reply_to(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
         if not self._subscribed():
             await self._open()
         loop = asyncio.get_running_loop()
@@ -127,10 +137,9 @@ class AckInbox:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             if self._timer is None:
                 self._timer = loop.call_later(self._timeout, self._expire)
-            msg = await future
+            return await future
         finally:
             self._waiting.pop(token, None)
-        return _read_ack(msg)
 
     def _subscribed(self) -> bool:
         """Whether the inbox's subscription is the connection's. nats-py subscribes it again
