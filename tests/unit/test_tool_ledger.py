@@ -112,3 +112,23 @@ def _exited_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+def test_spares_of_an_earlier_runner_of_the_same_pid_are_removed_at_start_up(
+    tmp_path: Path,
+) -> None:
+    """A runner in a container often has the same pid at every start: the spares an earlier
+    one left are not taken for this one's, and do not pile up start after start."""
+    directory = tmp_path / "runner-tools"
+    earlier = ToolLedger(directory)
+    for job_id in ("job-11", "job-14"):
+        earlier.record(record(job_id))
+        earlier.remove(job_id)  # spares named with this pid
+    ledger = ToolLedger(directory)  # the next start, same pid
+    ledger.record(record("job-12"))
+    ledger.remove("job-12")
+    assert ledger.end_orphans() == []
+    assert len(_files(tmp_path)) == 1  # its own spare only
+    ledger.prepare("job-13")
+    ledger.record(record("job-13"))
+    assert ledger.records() == [record("job-13")]

@@ -204,14 +204,23 @@ class ToolLedger:
         self._spares.append(spare)
 
     def _remove_prepared_of_gone_runners(self) -> None:
-        """Files prepared by runners that died before their jobs' tools started. A ``.tmp``
-        without a runner's pid in its name (an older version's, mid-write) is left alone: it
-        holds no record yet, and its runner may still rename it."""
+        """Files prepared by runners that died before their jobs' tools started, and their
+        spares. A ``.tmp`` without a runner's pid in its name (an older version's, mid-write)
+        is left alone: it holds no record yet, and its runner may still rename it. A spare
+        with this process's pid that it does not know is an earlier runner's of the same pid
+        (a container's runner often has the same one each time)."""
         if not self.directory.is_dir():
             return
         for path in self.directory.glob("*.*.tmp"):
             pid = path.stem.rpartition(".")[2]
-            if pid.isdigit() and not process_alive(int(pid), None):
+            if not pid.isdigit():
+                continue
+            earlier = (
+                int(pid) == os.getpid()
+                and path.name.startswith("spare-")
+                and path not in self._spares
+            )
+            if earlier or not process_alive(int(pid), None):
                 with contextlib.suppress(OSError):
                     path.unlink()
 
