@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
-from nats.errors import BadSubscriptionError
+from nats.errors import BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError
 from nats.js.kv import KV_PURGE, KeyValue
 
 from jobrunner.common.slots import QueueEntry, SlotValue, key_safe
@@ -101,7 +101,8 @@ class LockBoard:
                             await on_expired(previous)
                 finally:
                     stopping.cancel()
-                    with contextlib.suppress(BadSubscriptionError):  # stopped by _stop_at
+                    # Stopped already by _stop_at, or its subscription gone with the connection.
+                    with contextlib.suppress(*_GONE):
                         await watcher.stop()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 raise
@@ -110,9 +111,22 @@ class LockBoard:
                 await asyncio.sleep(1.0)
 
 
+# What ``KeyWatcher.stop`` raises once its subscription is gone: unsubscribed already, or the
+# connection closed or draining.
+_GONE = (BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError)
+
+
 async def _stop_at(stop: asyncio.Event, watcher: KeyValue.KeyWatcher) -> None:
     await stop.wait()
-    await watcher.stop()  # type: ignore[no-untyped-call]
+    try:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    except _GONE:
+        # ``stop`` unsubscribes before it queues the end of the iteration, so when that raises the
+        # iteration would wait forever: end it here (the queue is bounded: make room if full).
+        with contextlib.suppress(asyncio.QueueEmpty):
+            if watcher._updates.full():
+                watcher._updates.get_nowait()
+        watcher._updates.put_nowait(KeyValue.KeyWatcher.STOP_ITER)
 
 
 def _safe(job_id: str) -> str:
