@@ -132,3 +132,22 @@ def test_spares_of_an_earlier_runner_of_the_same_pid_are_removed_at_start_up(
     ledger.prepare("job-13")
     ledger.record(record("job-13"))
     assert ledger.records() == [record("job-13")]
+
+
+def test_a_clean_stop_leaves_no_spares(tmp_path: Path) -> None:
+    """The next start removes only a dead runner's spares, and by then a stranger may have the
+    pid they are named with: closed, the ledger leaves none, nor of jobs that end after."""
+    ledger = ToolLedger(tmp_path / "runner-tools")
+    for job_id in ("job-15", "job-16", "job-17"):
+        ledger.record(record(job_id))
+    ledger.remove("job-15")
+    ledger.prepare("job-18")
+    ledger.close()
+    assert [p.name for p in _files(tmp_path)] == [
+        "job-16.json",
+        "job-17.json",
+        f"job-18.{os.getpid()}.tmp",
+    ]
+    ledger.remove("job-16")  # jobs still ending as the runner stops
+    ledger.discard("job-18")
+    assert [p.name for p in _files(tmp_path)] == ["job-17.json"]

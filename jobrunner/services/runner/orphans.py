@@ -119,8 +119,8 @@ class ToolRecord(msgspec.Struct, kw_only=True):
 
 # Files of ended jobs a runner keeps to prepare the next jobs' records with: renaming one cost
 # 0.06 ms of CPU, creating a file 0.3-0.9 ms, and unlinking one written moments ago waited 1-4
-# ms here (ext4, a loaded machine). Named ``spare-<n>.<runner pid>.tmp``: a dead runner's are
-# removed at the next start with its other prepared files.
+# ms here (ext4, a loaded machine). Named ``spare-<n>.<runner pid>.tmp``: removed at a clean stop
+# (close), and a dead runner's at the next start with its other prepared files.
 SPARES_KEPT = 16
 # A record is written padded with spaces to this length (JSON allows them), over whatever a
 # reused file held, without truncating it: a truncate and rewrite makes ext4 flush on close.
@@ -133,6 +133,7 @@ class ToolLedger:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._spares: list[Path] = []  # used from several threads: append and pop only
+        self._kept = SPARES_KEPT  # none once closed
         self._serial = itertools.count()
 
     def _path(self, job_id: str) -> Path:
@@ -192,7 +193,7 @@ class ToolLedger:
 
     def _retire(self, path: Path) -> None:
         """Remove ``path``: kept as a spare for a next job's record while there is room."""
-        if len(self._spares) >= SPARES_KEPT:
+        if len(self._spares) >= self._kept:
             with contextlib.suppress(OSError):
                 path.unlink()
             return
@@ -202,6 +203,20 @@ class ToolLedger:
         except OSError:
             return  # not there (a prepared file already renamed to its record)
         self._spares.append(spare)
+        if not self._kept:  # closed meanwhile by another thread
+            self.close()
+
+    def close(self) -> None:
+        """At a clean stop: remove the spares, and the files retired from now on. A start
+        removes only a dead runner's spares, and by then a stranger may have this pid."""
+        self._kept = 0
+        while self._spares:
+            try:
+                spare = self._spares.pop()
+            except IndexError:  # taken by another thread meanwhile
+                break
+            with contextlib.suppress(OSError):
+                spare.unlink()
 
     def _remove_prepared_of_gone_runners(self) -> None:
         """Files prepared by runners that died before their jobs' tools started, and their
