@@ -135,17 +135,56 @@ async def test_a_headed_publish_with_a_shorter_timeout_times_out_by_its_own(
 ) -> None:
     """A lease renewal's write waits its own, shorter timeout, not the inbox's: with nobody
     acknowledging, it fails long before the inbox's timeout would have come; the inbox's
-    other publishes are unaffected."""
+    other publishes (on its one shared timer) are unaffected: one waiting on the same silent
+    subject still waits, and one to the stream is stored."""
     subject = f"{settings.prefix}-silent-headed.x"
     await js._nc.subscribe(subject)  # receives, never answers
     inbox = ackinbox.AckInbox(js._nc, timeout=600.0)
-    async with asyncio.timeout(60):
-        with pytest.raises(nats.errors.TimeoutError):
-            await inbox.publish_headed(subject, b"{}", {"X": "1"}, timeout=0.2)
-    stored = await inbox.publish_headed(
-        Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", None, timeout=5.0
-    )
-    assert stored.seq > 0
+    shared = asyncio.ensure_future(inbox.publish_headed(subject, b"{}", {"X": "0"}))
+    try:
+        async with asyncio.timeout(60):
+            with pytest.raises(nats.errors.TimeoutError):
+                await inbox.publish_headed(subject, b"{}", {"X": "1"}, timeout=0.2)
+        assert not shared.done()
+        assert len(inbox._waiting) == 1
+        stored = await inbox.publish_headed(
+            Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", None
+        )
+        assert stored.seq > 0
+        assert not shared.done()
+    finally:
+        shared.cancel()
+
+
+async def test_publishes_and_requests_cancelled_while_waiting_leave_nothing_behind(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A job cancelled while its writes wait for their acks: no entry left in the inbox's
+    tables, and no timer of its own left to fire (the shared timer is the inbox's one, for
+    every publish)."""
+    subject = f"{settings.prefix}-silent-cancel.x"
+    await js._nc.subscribe(subject)  # receives, never answers
+    inbox = ackinbox.AckInbox(js._nc, timeout=600.0)
+    await inbox.publish(Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", "c0")
+    waiting = [
+        asyncio.ensure_future(inbox.publish_headed(subject, b"{}", {"X": "1"}, timeout=300.0)),
+        asyncio.ensure_future(inbox.publish_headed(subject, b"{}", None)),
+        asyncio.ensure_future(inbox.request(subject, b"{}")),
+    ]
+    await js._nc.flush()  # the three are sent and wait for their replies meanwhile
+    assert (len(inbox._timed), len(inbox._waiting)) == (1, 2)
+    for task in waiting:
+        task.cancel()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert (inbox._timed, inbox._waiting) == ({}, {})
+    loop = asyncio.get_running_loop()
+    own_timers = [
+        h
+        for h in loop._scheduled  # type: ignore[attr-defined]
+        if not h.cancelled() and getattr(h, "_callback", None) is ackinbox._time_out
+    ]
+    assert own_timers == []
 
 
 async def test_the_last_message_read_through_the_inbox_is_js_get_last_msgs(
