@@ -127,7 +127,7 @@ class SlotTable:
         self._js = js
         # Writes are JetStream publishes: through the connection's ack inbox, the message
         # js.publish would send at a fraction of nats-py's request path's cost (a NUID, a
-        # future, wait_for's timer and a JSON parse per write; six writes a job).
+        # future, wait_for's timer and a JSON parse per write; five writes a job, six on a lock).
         self._acks = ackinbox.of(js._nc)
         self._names = names
         self.ttl = max(1, round(ttl_seconds))
