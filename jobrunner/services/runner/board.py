@@ -87,8 +87,8 @@ class LockBoard:
                 self.slots.clear()
                 self.queues.clear()
                 # Each entry taken as it comes: ``updates(timeout=...)`` wraps every one in
-                # ``wait_for`` (a task and a timer per entry, five entries a job, six on a lock). ``stop`` ends
-                # the iteration by stopping the watcher instead.
+                # ``wait_for`` (a task and a timer per entry, five entries a job, six on a
+                # lock). ``stop`` ends the iteration by stopping the watcher instead.
                 stopping = asyncio.ensure_future(_stop_at(stop, watcher))
                 try:
                     async for entry in watcher:
