@@ -127,8 +127,9 @@ async def replay(
         # each bulk transaction to reach the disk buys nothing. The swap commits synchronously.
         pool = await database.create_pool(
             settings.database_url,
+            # Three index builds at once (build_indexes).
             min_size=2,
-            max_size=2,
+            max_size=3,
             init=timestamps.init_connection,
             synchronous_commit="off",
         )
@@ -253,36 +254,54 @@ LINE_KEY = "log_lines_pkey"  # the name Postgres gives the primary key of schema
 async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False) -> bool:
     """Indexes built once over the loaded tables of ``schema``, autovacuum back on, and
     statistics for the planner: the rebuilt tables serve queries as well as the live ones from
-    the first request. On two connections of ``pool`` (Postgres builds each index on one core):
-    the search index, the slowest, beside the others. Shared with the upgrade's rebuild.
+    the first request. Shared with the upgrade's rebuild.
 
-    With ``line_key`` the lines' primary key too, first; False when two lines have the same key
-    (nothing else built then but, perhaps, the search index)."""
+    Postgres builds each index on one core, so three builds run at once on three connections of
+    ``pool`` (the lines' key, the search index, the others), none waiting for a lock another
+    holds (each ``CREATE INDEX`` shares its table); the statistics and autovacuum, which would
+    wait for the builds of their table, come once all of them are done.
+
+    With ``line_key`` the lines' primary key too: False when two lines have the same key (then
+    nothing more is done than the builds already under way)."""
+
+    async def lines_key() -> bool:
+        async with pool.acquire() as conn:
+            if line_key:
+                # The unique index first, then the key takes it: the index is built sharing the
+                # table (a replay fingerprints it meanwhile), the key alone would lock it.
+                try:
+                    await conn.execute(
+                        f"CREATE UNIQUE INDEX {LINE_KEY} ON {schema}.log_lines (job_id, seq)"
+                    )
+                except asyncpg.UniqueViolationError:
+                    return False
+                await conn.execute(
+                    f"ALTER TABLE {schema}.log_lines ADD CONSTRAINT {LINE_KEY} "
+                    f"PRIMARY KEY USING INDEX {LINE_KEY}"
+                )
+            await conn.execute(f"ANALYZE {schema}.log_lines")
+        return True
 
     async def search_index() -> None:
         async with pool.acquire() as conn:
             await store.create_search_index(conn, schema)
-            # After the index: the statistics of its expression are gathered with the table's.
-            await conn.execute(f"ANALYZE {schema}.jobs")
 
-    async def other_indexes() -> bool:
+    async def other_indexes() -> None:
         async with pool.acquire() as conn:
-            if line_key:
-                try:
-                    await conn.execute(
-                        f"ALTER TABLE {schema}.log_lines ADD CONSTRAINT {LINE_KEY} "
-                        "PRIMARY KEY (job_id, seq)"
-                    )
-                except asyncpg.UniqueViolationError:
-                    return False
-            await set_autovacuum(conn, schema, enabled=True)
             await store.create_indexes(conn, schema, search=False)
-            await conn.execute(f"ANALYZE {schema}.log_lines")
-            await conn.execute(f"ANALYZE {schema}.batches")
-        return True
 
-    _, built = await asyncio.gather(search_index(), other_indexes())
-    return built
+    async with asyncio.TaskGroup() as builds:
+        key = builds.create_task(lines_key())
+        builds.create_task(search_index())
+        builds.create_task(other_indexes())
+    if not key.result():
+        return False
+    async with pool.acquire() as conn:
+        # After the search index: the statistics of its expression are gathered with the table's.
+        await conn.execute(f"ANALYZE {schema}.jobs")
+        await conn.execute(f"ANALYZE {schema}.batches")
+        await set_autovacuum(conn, schema, enabled=True)
+    return True
 
 
 async def analyze(conn: asyncpg.Connection, schema: str) -> None:
