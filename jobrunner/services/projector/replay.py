@@ -127,9 +127,9 @@ async def replay(
         # each bulk transaction to reach the disk buys nothing. The swap commits synchronously.
         pool = await database.create_pool(
             settings.database_url,
-            # Three index builds and the rebuilt tables' fingerprints at once (build_indexes).
+            # Three index builds at once (build_indexes).
             min_size=2,
-            max_size=4,
+            max_size=3,
             init=timestamps.init_connection,
             synchronous_commit="off",
         )
@@ -164,20 +164,6 @@ async def replay(
             phases["loading"] = time.monotonic() - progress.started
             return feed, applied, held
 
-        async def index(line_key: bool) -> tuple[bool, dict[str, Fingerprint]]:
-            """The indexes, and beside them the rebuilt tables' fingerprints for the comparison
-            (they only read the tables, which no index build keeps from them): two cores stay
-            busy while the slowest index (the search index, one core) is built."""
-
-            async def rebuilt_prints() -> dict[str, Fingerprint]:
-                async with pool.acquire() as conn:
-                    return await fingerprints(conn, REPLAY_SCHEMA)
-
-            async with asyncio.TaskGroup() as tasks:
-                printing = tasks.create_task(rebuilt_prints())
-                built = await build_indexes(pool, REPLAY_SCHEMA, line_key)
-            return built, printing.result()
-
         feed, applied, held = await load()
         mark = begin("indexing")
         # The lines' primary key is built once after the load (Postgres' CPU 12 % less, 0.7 s
@@ -185,9 +171,7 @@ async def replay(
         # stored twice in the stream is copied twice: building the key then fails, and the
         # replay loads again with the key in place, which keeps the first of the two as the
         # live projector did.
-        prints: dict[str, Fingerprint] | None
-        built, prints = await index(line_key=True)
-        if not built:
+        if not await build_indexes(pool, REPLAY_SCHEMA, line_key=True):
             log.warning("replay loads again with the lines' key: a line is stored twice")
             await feed.close()
             async with pool.acquire() as conn:
@@ -195,7 +179,7 @@ async def replay(
             progress.done = 0
             feed, applied, held = await load()
             mark = begin("indexing")
-            _, prints = await index(line_key=False)
+            await build_indexes(pool, REPLAY_SCHEMA)
         phases["indexing"] = time.monotonic() - mark
         mark = begin("comparing")
         # Swap phase: the live projector pauses between two batches while we finish.
@@ -203,8 +187,6 @@ async def replay(
             await conn.execute("SET LOCAL synchronous_commit = on")
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             live = await store.checkpoint(conn)
-            if applied < live:
-                prints = None  # the rebuilt tables change below: their fingerprints with them
             while applied < live:
                 batch = held or await feed.fetch(timeout=5.0)
                 held = []
@@ -222,7 +204,6 @@ async def replay(
                 progress.done += len(upto)
             await feed.close()
             if settings.readmodel_retention_days > 0:
-                prints = None
                 cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
                 await store.prune(conn, cutoff, REPLAY_SCHEMA)
                 await store.prune(conn, cutoff, READ_SCHEMA)
@@ -230,9 +211,7 @@ async def replay(
                 # The live tables are read on a second connection, in parallel, unless this
                 # transaction changed them (the retention cut above): then only it sees them.
                 live_reader = conn if settings.readmodel_retention_days > 0 else other
-                differences, tables = await compare(
-                    conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA, rebuilt_prints=prints
-                )
+                differences, tables = await compare(conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA)
             if differences and not accept_differences:
                 raise ReplayMismatch(differences)
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
@@ -422,95 +401,53 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-Fingerprint = tuple[int, int]  # a table's rows, and the sum of a 64-bit hash of each row
-
-
-async def fingerprints(conn: asyncpg.Connection, schema: str) -> dict[str, Fingerprint]:
-    """The fingerprint of every compared table of ``schema``, as ``compare`` takes them."""
-    return {
-        table: await _fingerprint(conn, schema, table, await _columns(conn, schema, table))
-        for table in COMPARED_TABLES
-    }
-
-
-async def _columns(conn: asyncpg.Connection, schema: str, table: str) -> str:
-    return str(
-        await conn.fetchval(
-            "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) "
-            "FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 "
-            "AND column_name <> ALL($3::text[])",
-            schema,
-            table,
-            sorted(NOT_COMPARED),
-        )
-    )
-
-
-async def _fingerprint(
-    conn: asyncpg.Connection, schema: str, table: str, columns: str
-) -> Fingerprint:
-    # The hash of each column's own type, not of the row as text: twice as fast.
-    rows, total = await conn.fetchrow(
-        f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({columns}), 0)), 0) "
-        f"FROM {schema}.{table}"
-    )
-    return int(rows), int(total)
-
-
 async def compare(
-    rebuilt_conn: asyncpg.Connection,
-    live_conn: asyncpg.Connection,
-    live: str,
-    rebuilt: str,
-    rebuilt_prints: dict[str, Fingerprint] | None = None,
+    rebuilt_conn: asyncpg.Connection, live_conn: asyncpg.Connection, live: str, rebuilt: str
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Compare every read-model table of the two schemas; returns up to five differing keys per
     table, and the rows of each rebuilt table.
 
-    A fingerprint first (``fingerprints``; the rebuilt tables' may come as ``rebuilt_prints``,
-    taken before); only tables whose fingerprints differ are compared row by row to name the
-    differences. ``rebuilt_conn`` must be the connection that wrote the rebuilt schema (its last
-    rows are not committed yet).
+    A fingerprint first (the row count and the sum of a 64-bit hash of every row; for both
+    schemas at once when ``live_conn`` is another connection); only tables whose fingerprints
+    differ are compared row by row to name the differences. ``rebuilt_conn`` must be the
+    connection that wrote the rebuilt schema (its last rows are not committed yet).
     """
-    columns = {table: await _columns(rebuilt_conn, rebuilt, table) for table in COMPARED_TABLES}
-    # The fingerprints left to take: the rebuilt tables' only on ``rebuilt_conn`` (it alone sees
-    # their last rows), the live ones' on whichever connection is free (one query at a time
-    # each): the two largest run side by side.
-    rebuilt_todo = [] if rebuilt_prints is not None else [(rebuilt, t) for t in COMPARED_TABLES]
-    live_todo = [(live, table) for table in COMPARED_TABLES]
-    prints: dict[tuple[str, str], Fingerprint] = {}
-
-    async def take_turns(conn: asyncpg.Connection, *todos: list[tuple[str, str]]) -> None:
-        for todo in todos:
-            while todo:
-                schema, table = todo.pop(0)
-                prints[schema, table] = await _fingerprint(conn, schema, table, columns[table])
-
-    if live_conn is rebuilt_conn:
-        await take_turns(rebuilt_conn, rebuilt_todo, live_todo)
-    else:
-        await asyncio.gather(
-            take_turns(rebuilt_conn, rebuilt_todo, live_todo), take_turns(live_conn, live_todo)
-        )
-    if rebuilt_prints is None:
-        rebuilt_prints = {table: prints[rebuilt, table] for table in COMPARED_TABLES}
     differences: dict[str, list[str]] = {}
     tables: dict[str, int] = {}
     for table, key in COMPARED_TABLES.items():
-        (rows, rebuilt_sum), (live_rows, live_sum) = rebuilt_prints[table], prints[live, table]
-        tables[table] = rows
+        columns = await rebuilt_conn.fetchval(
+            "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) "
+            "FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 "
+            "AND column_name <> ALL($3::text[])",
+            rebuilt,
+            table,
+            sorted(NOT_COMPARED),
+        )
+        fingerprint = (
+            # The hash of each column's own type, not of the row as text: twice as fast.
+            f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({columns}), 0)), 0) "
+            "FROM {schema}." + table
+        )
+        if live_conn is rebuilt_conn:  # one connection runs one query at a time
+            rows, rebuilt_sum = await rebuilt_conn.fetchrow(fingerprint.format(schema=rebuilt))
+            live_rows, live_sum = await live_conn.fetchrow(fingerprint.format(schema=live))
+        else:
+            (rows, rebuilt_sum), (live_rows, live_sum) = await asyncio.gather(
+                rebuilt_conn.fetchrow(fingerprint.format(schema=rebuilt)),
+                live_conn.fetchrow(fingerprint.format(schema=live)),
+            )
+        tables[table] = int(rows)
         if (rows, rebuilt_sum) == (live_rows, live_sum):
             continue
-        cols = columns[table]
         found = await rebuilt_conn.fetch(
             f"""
             (SELECT 'only live' AS side, {key} FROM (
-                SELECT {cols} FROM {live}.{table} EXCEPT ALL
-                SELECT {cols} FROM {rebuilt}.{table}) AS a LIMIT 5)
+                SELECT {columns} FROM {live}.{table} EXCEPT ALL
+                SELECT {columns} FROM {rebuilt}.{table}) AS a LIMIT 5)
             UNION ALL
             (SELECT 'only rebuilt', {key} FROM (
-                SELECT {cols} FROM {rebuilt}.{table} EXCEPT ALL
-                SELECT {cols} FROM {live}.{table}) AS b LIMIT 5)
+                SELECT {columns} FROM {rebuilt}.{table} EXCEPT ALL
+                SELECT {columns} FROM {live}.{table}) AS b LIMIT 5)
             """
         )
         differences[table] = [
