@@ -61,6 +61,19 @@ COMPARED_TABLES = {
 NOT_COMPARED = {"recorded_at"}
 
 
+class ReplayLockLost(RuntimeError):
+    """The session holding the replay lock ended before the swap (an idle or TCP timeout, a
+    Postgres restart, ``pg_terminate_backend``): another replay may have taken the lock and
+    rebuilt ``REPLAY_SCHEMA`` meanwhile, so nothing was swapped."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "REPLAY_LOCK_LOST: the Postgres session holding the replay lock ended before the "
+            "swap (another replay may have used the rebuilt tables meanwhile); nothing was "
+            "swapped. Wait for any other replay to finish, then run `jobrunner replay` again."
+        )
+
+
 class ReplayMismatch(Exception):
     """The rebuilt tables differ from the live ones; nothing was swapped."""
 
@@ -134,7 +147,10 @@ async def replay(
             synchronous_commit="off",
         )
         resources.push_async_callback(pool.close)
-        lock_holder = await asyncpg.connect(settings.database_url)
+        # Idle for the whole replay: a server-wide idle_session_timeout must not end it.
+        lock_holder = await asyncpg.connect(
+            settings.database_url, server_settings={"idle_session_timeout": "0"}
+        )
         resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
@@ -212,6 +228,11 @@ async def replay(
                 # transaction changed them (the retention cut above): then only it sees them.
                 live_reader = conn if settings.readmodel_retention_days > 0 else other
                 differences, tables = await compare(conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA)
+            # Still the only replay: once the lock is lost a second replay may have dropped and
+            # refilled the rebuilt schema. Checked after the comparison, whose reads keep the
+            # rebuilt tables from being dropped until this transaction ends.
+            if not await holds_replay_lock(conn, lock_holder.get_server_pid()):
+                raise ReplayLockLost()
             if differences and not accept_differences:
                 raise ReplayMismatch(differences)
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
@@ -232,6 +253,19 @@ async def replay(
             differences=differences,
             phases={name: round(seconds, 3) for name, seconds in phases.items()},
         )
+
+
+async def holds_replay_lock(conn: asyncpg.Connection, pid: int) -> bool:
+    """Whether the backend ``pid`` holds ``REPLAY_LOCK`` (a bigint advisory lock: its high half
+    in ``classid``, its low half in ``objid``)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = $1 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $2)",
+            pid,
+            REPLAY_LOCK,
+        )
+    )
 
 
 async def _fresh_schema(conn: asyncpg.Connection, line_key: bool) -> None:
@@ -256,31 +290,32 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
     statistics for the planner: the rebuilt tables serve queries as well as the live ones from
     the first request. Shared with the upgrade's rebuild.
 
-    Postgres builds each index on one core, so three builds run at once on three connections of
-    ``pool`` (the lines' key, the search index, the others), none waiting for a lock another
-    holds (each ``CREATE INDEX`` shares its table); the statistics and autovacuum, which would
-    wait for the builds of their table, come once all of them are done.
+    Three builds run at once on three connections of ``pool`` (the lines' key, the trigram
+    search index, the others), none waiting for a lock another holds (each ``CREATE INDEX``
+    shares its table): the trigram (GIN) index is built by one process, while Postgres may give
+    a btree build parallel workers (``max_parallel_maintenance_workers``). The statistics and
+    autovacuum, which would wait for the builds of their table, come once all of them are done.
 
-    With ``line_key`` the lines' primary key too: False when two lines have the same key (then
-    nothing more is done than the builds already under way)."""
+    With ``line_key`` the lines' primary key too: False when two lines have the same key (the
+    other builds are cancelled: their tables are about to be dropped). Any other failure is
+    raised as itself, the other builds cancelled."""
 
-    async def lines_key() -> bool:
+    async def lines_key() -> None:
         async with pool.acquire() as conn:
             if line_key:
                 # The unique index first, then the key takes it: the index is built sharing the
-                # table (a replay fingerprints it meanwhile), the key alone would lock it.
+                # table, the key alone would lock it.
                 try:
                     await conn.execute(
                         f"CREATE UNIQUE INDEX {LINE_KEY} ON {schema}.log_lines (job_id, seq)"
                     )
-                except asyncpg.UniqueViolationError:
-                    return False
+                except asyncpg.UniqueViolationError as exc:
+                    raise _LineStoredTwice from exc
                 await conn.execute(
                     f"ALTER TABLE {schema}.log_lines ADD CONSTRAINT {LINE_KEY} "
                     f"PRIMARY KEY USING INDEX {LINE_KEY}"
                 )
             await conn.execute(f"ANALYZE {schema}.log_lines")
-        return True
 
     async def search_index() -> None:
         async with pool.acquire() as conn:
@@ -290,11 +325,17 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
         async with pool.acquire() as conn:
             await store.create_indexes(conn, schema, search=False)
 
-    async with asyncio.TaskGroup() as builds:
-        key = builds.create_task(lines_key())
-        builds.create_task(search_index())
-        builds.create_task(other_indexes())
-    if not key.result():
+    try:
+        # The first failure cancels the other builds.
+        async with asyncio.TaskGroup() as builds:
+            builds.create_task(lines_key())
+            builds.create_task(search_index())
+            builds.create_task(other_indexes())
+    except ExceptionGroup as group:
+        # The error itself, as a single build would raise it, not the group.
+        errors = [e for e in group.exceptions if not isinstance(e, _LineStoredTwice)]
+        if errors:
+            raise errors[0] from None
         return False
     async with pool.acquire() as conn:
         # After the search index: the statistics of its expression are gathered with the table's.
@@ -302,6 +343,10 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
         await conn.execute(f"ANALYZE {schema}.batches")
         await set_autovacuum(conn, schema, enabled=True)
     return True
+
+
+class _LineStoredTwice(Exception):
+    """The lines' key cannot be built: two lines have the same key."""
 
 
 async def analyze(conn: asyncpg.Connection, schema: str) -> None:
