@@ -138,8 +138,8 @@ async def rebuild(
         resources.push_async_callback(eventstore.close, nc)
         js = nc.jetstream()
         # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
-        # them; the swap itself commits synchronously. Two connections: the indexes are built
-        # on both at once (build_indexes).
+        # them; the swap itself commits synchronously. Two connections: build_indexes' three
+        # builds run two at a time.
         pool = await database.create_pool(
             settings.database_url,
             min_size=2,
