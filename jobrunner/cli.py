@@ -140,7 +140,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
-    from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
+    from jobrunner.services.projector.replay import (
+        Progress,
+        ReplayLockLost,
+        ReplayMismatch,
+        replay,
+    )
 
     settings = with_runtime(_settings(args), dict(os.environ))
 
@@ -192,6 +197,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             for key in keys:
                 print(f"  {table}: {key}", file=sys.stderr)
         return 3
+    except ReplayLockLost as exc:
+        print(f"jobrunner replay: {exc}", file=sys.stderr)
+        return 4
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -16,7 +17,16 @@ import structlog
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
+from jobrunner.services.projector.replay import (
+    REPLAY_LOCK,
+    REPLAY_SCHEMA,
+    Progress,
+    ReplayLockLost,
+    ReplayMismatch,
+    _fresh_schema,
+    build_indexes,
+    replay,
+)
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import (
     job_events,
@@ -137,6 +147,68 @@ async def test_only_one_replay_runs_at_a_time(live: System, settings: Settings) 
         await second[0]
     assert report.differences == {}
     assert (await replay(settings)).differences == {}  # and the lock went with the first
+
+
+async def terminate_lock_holder(settings: Settings) -> None:
+    """Ends the session holding the replay lock, as an idle timeout or a proxy would."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        ended = await conn.fetchval(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1",
+            REPLAY_LOCK,
+        )
+    finally:
+        await conn.close()
+    assert ended
+
+
+async def test_a_replay_whose_lock_session_ended_refuses_to_swap(
+    live: System, settings: Settings
+) -> None:
+    """Once the session holding the replay lock has ended, a second replay may have rebuilt the
+    replay's schema (even emptied it): the replay refuses to swap, and the live tables stay."""
+    before = await checkpoint(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        live_jobs = await conn.fetch("SELECT * FROM readmodel.jobs ORDER BY id")
+
+        def end_the_lock_session(progress: Progress) -> None:
+            if progress.phase == "comparing":  # the last step before the swap transaction
+                thread = threading.Thread(
+                    target=asyncio.run, args=(terminate_lock_holder(settings),)
+                )
+                thread.start()
+                thread.join()
+
+        with pytest.raises(ReplayLockLost, match="REPLAY_LOCK_LOST"):
+            await replay(settings, on_progress=end_the_lock_session)
+        assert await conn.fetch("SELECT * FROM readmodel.jobs ORDER BY id") == live_jobs
+        schemas = await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'readmodel%' ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    assert await checkpoint(settings) == before
+    assert [row["nspname"] for row in schemas] == ["readmodel", "readmodel_replay"]
+    assert (await replay(settings)).differences == {}  # the lock went with the session
+
+
+async def test_a_failing_index_build_raises_its_own_error(settings: Settings) -> None:
+    """One of the builds run at once fails: its error comes out as itself, as a single build's
+    would (not in an exception group: `jobrunner replay` printed a nested traceback)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await _fresh_schema(conn, line_key=False)
+        await conn.execute(f"DROP TABLE {REPLAY_SCHEMA}.batches CASCADE")
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
+    try:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await build_indexes(pool, REPLAY_SCHEMA, line_key=True)
+    finally:
+        await pool.close()
 
 
 async def test_the_swapped_in_tables_are_indexed_analyzed_and_autovacuumed(

@@ -44,6 +44,9 @@ LIVE_PROJECTOR_TIMEOUT = 30.0
 REPLAY_LOCK = store.SWAP_LOCK + 1
 # At most this many events are left for the swap transaction (the live projector waits on it).
 SWAP_SLACK = 2000
+# The loaded tables get statistics once this many events are in, and again each time that
+# doubles (see _load).
+FIRST_ANALYZE = 10_000
 # Tables compared after a replay, each with the columns that identify a row in a report.
 COMPARED_TABLES = {
     "jobs": "id",
@@ -56,6 +59,19 @@ COMPARED_TABLES = {
     "projector_failures": "stream_seq",
 }
 NOT_COMPARED = {"recorded_at"}
+
+
+class ReplayLockLost(RuntimeError):
+    """The session holding the replay lock ended before the swap (an idle or TCP timeout, a
+    Postgres restart, ``pg_terminate_backend``): another replay may have taken the lock and
+    rebuilt ``REPLAY_SCHEMA`` meanwhile, so nothing was swapped."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "REPLAY_LOCK_LOST: the Postgres session holding the replay lock ended before the "
+            "swap (another replay may have used the rebuilt tables meanwhile); nothing was "
+            "swapped. Wait for any other replay to finish, then run `jobrunner replay` again."
+        )
 
 
 class ReplayMismatch(Exception):
@@ -124,13 +140,17 @@ async def replay(
         # each bulk transaction to reach the disk buys nothing. The swap commits synchronously.
         pool = await database.create_pool(
             settings.database_url,
+            # Three index builds at once (build_indexes).
             min_size=2,
-            max_size=2,
+            max_size=3,
             init=timestamps.init_connection,
             synchronous_commit="off",
         )
         resources.push_async_callback(pool.close)
-        lock_holder = await asyncpg.connect(settings.database_url)
+        # Idle for the whole replay: a server-wide idle_session_timeout must not end it.
+        lock_holder = await asyncpg.connect(
+            settings.database_url, server_settings={"idle_session_timeout": "0"}
+        )
         resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
@@ -208,6 +228,11 @@ async def replay(
                 # transaction changed them (the retention cut above): then only it sees them.
                 live_reader = conn if settings.readmodel_retention_days > 0 else other
                 differences, tables = await compare(conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA)
+            # Still the only replay: once the lock is lost a second replay may have dropped and
+            # refilled the rebuilt schema. Checked after the comparison, whose reads keep the
+            # rebuilt tables from being dropped until this transaction ends.
+            if not await holds_replay_lock(conn, lock_holder.get_server_pid()):
+                raise ReplayLockLost()
             if differences and not accept_differences:
                 raise ReplayMismatch(differences)
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
@@ -230,6 +255,19 @@ async def replay(
         )
 
 
+async def holds_replay_lock(conn: asyncpg.Connection, pid: int) -> bool:
+    """Whether the backend ``pid`` holds ``REPLAY_LOCK`` (a bigint advisory lock: its high half
+    in ``classid``, its low half in ``objid``)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = $1 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $2)",
+            pid,
+            REPLAY_LOCK,
+        )
+    )
+
+
 async def _fresh_schema(conn: asyncpg.Connection, line_key: bool) -> None:
     """An empty ``REPLAY_SCHEMA`` for the bulk load: no secondary index, autovacuum off, and
     unless ``line_key`` no primary key on the lines (``build_indexes`` adds it)."""
@@ -250,36 +288,70 @@ LINE_KEY = "log_lines_pkey"  # the name Postgres gives the primary key of schema
 async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False) -> bool:
     """Indexes built once over the loaded tables of ``schema``, autovacuum back on, and
     statistics for the planner: the rebuilt tables serve queries as well as the live ones from
-    the first request. On two connections of ``pool`` (Postgres builds each index on one core):
-    the search index, the slowest, beside the others. Shared with the upgrade's rebuild.
+    the first request. Shared with the upgrade's rebuild.
 
-    With ``line_key`` the lines' primary key too, first; False when two lines have the same key
-    (nothing else built then but, perhaps, the search index)."""
+    Three builds run at once on three connections of ``pool`` (the lines' key, the trigram
+    search index, the others), none waiting for a lock another holds (each ``CREATE INDEX``
+    shares its table): the trigram (GIN) index is built by one process, while Postgres may give
+    a btree build parallel workers (``max_parallel_maintenance_workers``). The statistics and
+    autovacuum, which would wait for the builds of their table, come once all of them are done.
+
+    With ``line_key`` the lines' primary key too: False when two lines have the same key (the
+    other builds are cancelled: their tables are about to be dropped). Any other failure is
+    raised as itself, the other builds cancelled."""
+
+    async def lines_key() -> None:
+        async with pool.acquire() as conn:
+            if line_key:
+                # The unique index first, then the key takes it: the index is built sharing the
+                # table, the key alone would lock it.
+                try:
+                    await conn.execute(
+                        f"CREATE UNIQUE INDEX {LINE_KEY} ON {schema}.log_lines (job_id, seq)"
+                    )
+                except asyncpg.UniqueViolationError as exc:
+                    raise _LineStoredTwice from exc
+                await conn.execute(
+                    f"ALTER TABLE {schema}.log_lines ADD CONSTRAINT {LINE_KEY} "
+                    f"PRIMARY KEY USING INDEX {LINE_KEY}"
+                )
+            await conn.execute(f"ANALYZE {schema}.log_lines")
 
     async def search_index() -> None:
         async with pool.acquire() as conn:
             await store.create_search_index(conn, schema)
-            # After the index: the statistics of its expression are gathered with the table's.
-            await conn.execute(f"ANALYZE {schema}.jobs")
 
-    async def other_indexes() -> bool:
+    async def other_indexes() -> None:
         async with pool.acquire() as conn:
-            if line_key:
-                try:
-                    await conn.execute(
-                        f"ALTER TABLE {schema}.log_lines ADD CONSTRAINT {LINE_KEY} "
-                        "PRIMARY KEY (job_id, seq)"
-                    )
-                except asyncpg.UniqueViolationError:
-                    return False
-            await set_autovacuum(conn, schema, enabled=True)
             await store.create_indexes(conn, schema, search=False)
-            await conn.execute(f"ANALYZE {schema}.log_lines")
-            await conn.execute(f"ANALYZE {schema}.batches")
-        return True
 
-    _, built = await asyncio.gather(search_index(), other_indexes())
-    return built
+    try:
+        # The first failure cancels the other builds.
+        async with asyncio.TaskGroup() as builds:
+            builds.create_task(lines_key())
+            builds.create_task(search_index())
+            builds.create_task(other_indexes())
+    except ExceptionGroup as group:
+        # The error itself, as a single build would raise it, not the group.
+        errors = [e for e in group.exceptions if not isinstance(e, _LineStoredTwice)]
+        if errors:
+            raise errors[0] from None
+        return False
+    async with pool.acquire() as conn:
+        # After the search index: the statistics of its expression are gathered with the table's.
+        await conn.execute(f"ANALYZE {schema}.jobs")
+        await conn.execute(f"ANALYZE {schema}.batches")
+        await set_autovacuum(conn, schema, enabled=True)
+    return True
+
+
+class _LineStoredTwice(Exception):
+    """The lines' key cannot be built: two lines have the same key."""
+
+
+async def analyze(conn: asyncpg.Connection, schema: str) -> None:
+    """Statistics of the tables a batch looks rows up in (by key): jobs and batches."""
+    await conn.execute(f"ANALYZE {schema}.jobs, {schema}.batches")
 
 
 async def set_autovacuum(conn: asyncpg.Connection, schema: str, enabled: bool) -> None:
@@ -310,6 +382,7 @@ async def _load(
     applied = live = 0
     held: Batch = []  # fetched, but past the live checkpoint
     last_report = 0.0
+    next_analyze = FIRST_ANALYZE
     stalled_since: float | None = None
     while True:
         fetched = False
@@ -328,6 +401,13 @@ async def _load(
             stalled_since = None
             async with pool.acquire() as conn:
                 applied = await setaside.apply(conn, upto, feed.lookup, REPLAY_SCHEMA)
+                if progress.done + len(upto) >= next_analyze:
+                    # Autovacuum is off for the load, and a table never analyzed looks tiny
+                    # to the planner: each batch's look-up of the jobs it creates (by key, in
+                    # apply_batch) then scanned every job loaded so far, 50-110 ms a batch by
+                    # 80,000 jobs. The planner scales what it learns here with the table's size.
+                    await analyze(conn, REPLAY_SCHEMA)
+                    next_analyze *= 2
             progress.done += len(upto)
             if on_progress and time.monotonic() - last_report >= progress_interval:
                 last_report = time.monotonic()

@@ -41,9 +41,11 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
+    FIRST_ANALYZE,
     PREVIOUS_SCHEMA,
     REPLAY_LOCK,
     Progress,
+    analyze,
     build_indexes,
     collector_paused,
     set_autovacuum,
@@ -136,8 +138,8 @@ async def rebuild(
         resources.push_async_callback(eventstore.close, nc)
         js = nc.jetstream()
         # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
-        # them; the swap itself commits synchronously. Two connections: the indexes are built
-        # on both at once (build_indexes).
+        # them; the swap itself commits synchronously. Two connections: build_indexes' three
+        # builds run two at a time.
         pool = await database.create_pool(
             settings.database_url,
             min_size=2,
@@ -160,12 +162,17 @@ async def rebuild(
             log.info("resuming a read-model rebuild", after_seq=applied)
         on_progress(progress)
         last_report = time.monotonic()
+        next_analyze = FIRST_ANALYZE
         with collector_paused():  # as in a replay: the batches in flight are no cycles
             while True:
                 batch = await feed.fetch(timeout=0.5)
                 if batch:
                     async with pool.acquire() as conn:
                         applied = await setaside.apply(conn, batch, feed.lookup, UPGRADE_SCHEMA)
+                        if progress.done + len(batch) >= next_analyze:
+                            # As in a replay's load: else each batch scans every job so far.
+                            await analyze(conn, UPGRADE_SCHEMA)
+                            next_analyze *= 2
                     progress.done += len(batch)
                     if time.monotonic() - last_report >= progress_interval:
                         last_report = time.monotonic()
