@@ -181,9 +181,10 @@ class LeaseKeeper:
                 if remaining <= 0:
                     self._lose("deadline")
                     return False
-                attempts.add(
-                    asyncio.create_task(self.slots.renew(self.lease, self._value, remaining))
-                )
+                attempt = asyncio.create_task(self.slots.renew(self.lease, self._value, remaining))
+                # One left behind may still end with an error (NATS closed): read, not logged.
+                attempt.add_done_callback(_unheeded)
+                attempts.add(attempt)
                 done, _ = await asyncio.wait(
                     attempts,
                     timeout=min(self.request_timeout, remaining),
@@ -243,3 +244,8 @@ class LeaseKeeper:
                 seconds_since_confirmed=round(time.monotonic() - self.lease.sent_at, 3),
             )
         self.lost.set()
+
+
+def _unheeded(attempt: asyncio.Task[Lease | None]) -> None:
+    if not attempt.cancelled():
+        attempt.exception()
