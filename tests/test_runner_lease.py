@@ -95,6 +95,22 @@ async def test_renewal_stored_late_is_adopted_instead_of_losing_the_lease(
         assert renewed.revision > late.revision
 
 
+async def test_renewals_in_flight_at_once_all_end_with_the_lease_kept(settings: Settings) -> None:
+    """Renewals naming one revision, as a keeper has in flight after an outage: one is stored,
+    each other is refused, reads the key and writes again against the rest. None of them says
+    the lease is lost while the key holds it (they used to give up after three tries, and the
+    keeper, meeting that answer first, stopped a healthy job: LEASE_LOST)."""
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.inflight", held("inflight"))
+        assert lease is not None
+        renewed = await asyncio.gather(*(slots.renew(lease) for _ in range(8)))
+        assert all(each is not None for each in renewed), renewed
+        current = await slots.current(lease.key)
+        assert current is not None
+        assert current.revision == max(each.revision for each in renewed if each is not None)
+        assert same_holder(current.value, lease.value)
+
+
 async def test_renewal_of_a_slot_another_runner_took_is_refused(settings: Settings) -> None:
     """Once another runner holds the slot, the old holder's renewal is refused (the fence)."""
     async with slot_table(settings) as slots:

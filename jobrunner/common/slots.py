@@ -270,10 +270,15 @@ class SlotTable:
         next one, naming the older revision, is then rejected. So a rejected renewal reads the
         key: if it holds our own lease (same job, same runner process) at a newer revision, that
         revision is adopted and written again, instead of the job being stopped for nothing.
+
+        ``None`` only on such a read showing the key gone or another's lease, never for having
+        tried often: the keeper's attempts in flight after an outage all name one revision, and
+        each one refused rewrites against the others. Each refusal is another attempt's write
+        stored, so every attempt ends, at the latest once the others have.
         """
         new_value = value or lease.value
         revision = lease.revision
-        for _ in range(3):
+        while True:
             sent_at = time.monotonic()
             try:
                 stored = await self._write(lease.key, new_value, revision, timeout=timeout)
@@ -288,7 +293,6 @@ class SlotTable:
                 revision = current.revision
                 continue
             return Lease(key=lease.key, revision=stored, value=new_value, sent_at=sent_at)
-        return None
 
     async def give_back(self, key: str, holder: SlotValue, reserved: bool = False) -> None:
         """Undo what a job's claim may have written before it failed: the job's run record and
