@@ -173,46 +173,79 @@ class LeaseKeeper:
         one changed the revision). Dropping it, as the keeper used to, left the runner waiting
         for the last attempt's refusal, then a read and a write of its own, each behind that
         flood, while the deadline ran out (jobs LEASE_LOST after a pause shorter than the TTL).
+        The attempts that ended are judged together (``_outcome``): one stored confirms the
+        lease whatever the others say.
         """
         attempts: set[asyncio.Task[Lease | None]] = set()
+        send_at = time.monotonic()
+        failed = False  # the last attempt ended in an error: the next one is no resend
         try:
             while not self._stopping:
-                remaining = self.deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = self.deadline - now
                 if remaining <= 0:
                     self._lose("deadline")
                     return False
-                attempt = asyncio.create_task(self.slots.renew(self.lease, self._value, remaining))
-                # One left behind may still end with an error (NATS closed): read, not logged.
-                attempt.add_done_callback(_unheeded)
-                attempts.add(attempt)
+                if now >= send_at:
+                    if attempts and not failed:
+                        log.warning("lease renewal not answered yet, sending it again")
+                    failed = False
+                    attempt = asyncio.create_task(
+                        self.slots.renew(self.lease, self._value, remaining)
+                    )
+                    # One left behind may still end with an error (NATS closed): read, not logged.
+                    attempt.add_done_callback(_unheeded)
+                    attempts.add(attempt)
+                    send_at = now + self.request_timeout
+                wait = min(send_at - now, remaining)
+                if not attempts:  # all failed at once: the next is sent after a short pause
+                    await self._pause(wait)
+                    continue
+                # Waiting on the attempts, a pause included: one answered meanwhile is seen at
+                # once, not after the attempts sent since have been refused too.
                 done, _ = await asyncio.wait(
-                    attempts,
-                    timeout=min(self.request_timeout, remaining),
-                    return_when=asyncio.FIRST_COMPLETED,
+                    attempts, timeout=wait, return_when=asyncio.FIRST_COMPLETED
                 )
-                failed = False
-                for attempt in done:
-                    attempts.discard(attempt)
-                    exc = attempt.exception()
-                    if exc is not None:  # NATS unreachable: sent again until the deadline
-                        log.warning("lease renewal failed, retrying", error=repr(exc))
-                        failed = True
-                        continue
-                    renewed = attempt.result()
-                    if renewed is None:
-                        self._lose("refused")
-                        return False
-                    self.lease = renewed
+                attempts -= done
+                outcome = self._outcome(done)
+                if outcome == "refused":
+                    self._lose("refused")
+                    return False
+                if isinstance(outcome, Lease):
+                    self.lease = outcome
                     return True
-                if not done:
-                    log.warning("lease renewal not answered yet, sending it again")
+                if outcome == "failed":  # NATS unreachable: sent again until the deadline
+                    failed = True
+                    send_at = min(send_at, time.monotonic() + RETRY_PAUSE_SECONDS)
                 self._missed = True
-                if failed:
-                    await self._pause(RETRY_PAUSE_SECONDS)
             return False
         finally:
             for attempt in attempts:  # answered later, or never: nobody waits for them
                 attempt.cancel()
+
+    @staticmethod
+    def _outcome(
+        done: set[asyncio.Task[Lease | None]],
+    ) -> Lease | Literal["refused", "failed", "none"]:
+        """What the attempts just ended say, taken together (a set has no order): the stored
+        renewal of the highest revision, the latest written, if any; else "refused" if one found
+        the key gone or another's; else "failed" if one met an error; else "none"."""
+        stored: list[Lease] = []
+        refused = failed = False
+        for attempt in done:
+            exc = attempt.exception()
+            if exc is not None:
+                log.warning("lease renewal failed, retrying", error=repr(exc))
+                failed = True
+            elif (renewed := attempt.result()) is None:
+                refused = True
+            else:
+                stored.append(renewed)
+        if stored:
+            return max(stored, key=lambda lease: lease.revision)
+        if refused:
+            return "refused"
+        return "failed" if failed else "none"
 
     async def _check_after_renewal(self) -> None:
         try:
