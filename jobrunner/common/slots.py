@@ -83,6 +83,10 @@ ENQUEUE_ACK_SECONDS = 10.0
 MARKER_TTL = "60s"
 # How long a pipelined delete's ack is waited for before it is sent again on its own.
 PIPELINED_ACK_WAIT = 5.0
+# A renewal refused while the key still reads as the revision it named (a cluster replicating
+# an earlier write of ours) is written again after this pause, this many times at most.
+RENEWAL_SETTLE_PAUSE = 0.03
+RENEWAL_SETTLE_TRIES = 5
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -275,10 +279,17 @@ class SlotTable:
         next one, naming the older revision, is then rejected. So a rejected renewal reads the
         key: if it holds our own lease (same job, same runner process) at a newer revision, that
         revision is adopted and written again, instead of the job being stopped for nothing.
+
+        ``None`` only on such a read showing the key gone or another's lease (or, on a cluster,
+        still the revision named after a few short pauses), never for having tried often: the
+        keeper's attempts in flight after an outage all name one revision, and each one refused
+        rewrites against the others. Each refusal is another attempt's write stored, so every
+        attempt ends, at the latest once the others have.
         """
         new_value = value or lease.value
         revision = lease.revision
-        for _ in range(3):
+        settling = 0
+        while True:
             sent_at = time.monotonic()
             try:
                 stored = await self._write(lease.key, new_value, revision, timeout=timeout)
@@ -286,14 +297,22 @@ class SlotTable:
                 current, _ = await self._read(lease.key)
                 if (
                     current is None
-                    or current.revision <= revision
+                    or current.revision < revision
                     or not same_holder(current.value, lease.value)
                 ):
                     return None
+                if current.revision == revision:
+                    # A cluster refuses a conditional write while an earlier write to the key
+                    # (another attempt of ours) is still being replicated: the key reads as the
+                    # revision we named. Written again once that settles, a few times at most.
+                    settling += 1
+                    if settling > RENEWAL_SETTLE_TRIES:
+                        return None
+                    await asyncio.sleep(RENEWAL_SETTLE_PAUSE)
+                    continue
                 revision = current.revision
                 continue
             return Lease(key=lease.key, revision=stored, value=new_value, sent_at=sent_at)
-        return None
 
     async def give_back(self, key: str, holder: SlotValue, reserved: bool = False) -> None:
         """Undo what a job's claim may have written before it failed: the job's run record and

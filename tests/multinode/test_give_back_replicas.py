@@ -1,6 +1,6 @@
-"""A runner's give-back on the cluster's lock bucket (3 replicas): a claim whose writes the
-server has yet to store when the give-back starts (their request timed out in a NATS pause)
-leaves neither its lease nor its run record behind."""
+"""A runner's writes to the cluster's lock bucket (3 replicas): a claim whose writes the server
+has yet to store when the give-back starts (their request timed out in a NATS pause) leaves
+neither its lease nor its run record behind; renewals in flight at once keep their lease."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable, slot_key
+from jobrunner.common.slots import SlotTable, same_holder, slot_key
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
@@ -83,3 +83,44 @@ async def test_give_back_undoes_a_claim_still_in_flight_on_three_replicas(
     finally:
         await nc.close()
     assert (leases_left, records_left) == (0, 0)
+
+
+async def test_renewals_in_flight_at_once_keep_the_lease_on_three_replicas(
+    nodes_only: list[ClusterNode],
+) -> None:
+    """What a lease keeper has in flight after an outage: renewals naming one revision. A
+    replicated bucket refuses one while an earlier write to the key is still being replicated,
+    and the key then still reads as the revision it named: that is no reason to say the lease
+    is lost (main said so in most rounds)."""
+    settings = Settings(
+        nats_url=",".join(node.url for node in nodes_only),
+        prefix="rn" + uuid.uuid4().hex[:8],
+        lease_ttl_seconds=12.0,
+        stream_replicas=REPLICAS,
+    )
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "renewals-test")
+    try:
+        js = nc.jetstream()
+        async with asyncio.timeout(60):
+            while True:  # until the cluster has formed and elected a meta leader
+                try:
+                    await eventstore.ensure_topology(js, names, settings)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.5)
+        slots = SlotTable(js, names, settings.lease_ttl_seconds)
+        runner = RunnerIdentity(runner_id="r1", host="h", boot_id="b", pid=1, started_ticks=1)
+        refused = 0
+        for n in range(20):
+            held = runner.held_value(f"j{n}", "t")
+            lease = await slots.try_acquire(slot_key(None, f"j{n}"), held, fresh=True)
+            assert lease is not None
+            renewed = await asyncio.gather(*(slots.renew(lease) for _ in range(8)))
+            refused += sum(each is None for each in renewed)
+            current = await slots.current(lease.key)
+            assert current is not None
+            assert same_holder(current.value, held)
+    finally:
+        await nc.close()
+    assert refused == 0

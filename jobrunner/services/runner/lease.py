@@ -8,8 +8,10 @@ A runner cut off from NATS cannot learn that, so it keeps a local deadline: the 
 last confirmed renewal no earlier than it was sent, so the lease lasts at least until that send
 time plus the TTL. At the deadline, ``margin`` before that, the keeper gives the lease up and the
 job is stopped, with a grace period short enough (``stop_grace``) that the tool is gone before the
-server could let another runner take the slot. Renewals use short request timeouts and are
-retried at once, so an outage well shorter than the TTL costs nothing.
+server could let another runner take the slot. A renewal not answered within a short request
+timeout is sent again, the earlier attempts still awaited: after an outage the first one sent is
+answered first, whatever the runner sent since, so an outage well shorter than the TTL costs
+nothing however much the runner has to send once NATS is back.
 
 Why a sixth: an outage (a NATS restart, a cluster's election of the lock bucket's leader) that
 starts just before a renewal is due has only the deadline less the renewal interval left, since
@@ -159,25 +161,91 @@ class LeaseKeeper:
                     await self._check_after_renewal()
             else:
                 self._missed = True
-                await self._pause(RETRY_PAUSE_SECONDS)
 
     async def _renew_once(self) -> bool:
-        """One renewal attempt, never past the deadline. True when confirmed."""
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            self._lose("deadline")
-            return False
+        """Renew, sending the request again every ``request_timeout`` until one is confirmed or
+        the deadline passes. True when confirmed.
+
+        An attempt not answered in time is not given up but kept waiting beside the next: a
+        paused server answers the requests in its socket in the order sent once it runs again,
+        so the first attempt's answer comes back first, ahead of the claims and publishes the
+        runner sends after the pause (and of the later attempts, which it refuses: the first
+        one changed the revision). Dropping it, as the keeper used to, left the runner waiting
+        for the last attempt's refusal, then a read and a write of its own, each behind that
+        flood, while the deadline ran out (jobs LEASE_LOST after a pause shorter than the TTL).
+        The attempts that ended are judged together (``_outcome``): one stored confirms the
+        lease whatever the others say.
+        """
+        attempts: set[asyncio.Task[Lease | None]] = set()
+        send_at = time.monotonic()
+        failed = False  # the last attempt ended in an error: the next one is no resend
         try:
-            async with asyncio.timeout(min(self.request_timeout, remaining)):
-                renewed = await self.slots.renew(self.lease, self._value, self.request_timeout)
-        except Exception as exc:  # NATS unreachable or slow: retried until the deadline
-            log.warning("lease renewal failed, retrying", error=repr(exc))
+            while not self._stopping:
+                now = time.monotonic()
+                remaining = self.deadline - now
+                if remaining <= 0:
+                    self._lose("deadline")
+                    return False
+                if now >= send_at:
+                    if attempts and not failed:
+                        log.warning("lease renewal not answered yet, sending it again")
+                    failed = False
+                    attempt = asyncio.create_task(
+                        self.slots.renew(self.lease, self._value, remaining)
+                    )
+                    # One left behind may still end with an error (NATS closed): read, not logged.
+                    attempt.add_done_callback(_unheeded)
+                    attempts.add(attempt)
+                    send_at = now + self.request_timeout
+                wait = min(send_at - now, remaining)
+                if not attempts:  # all failed at once: the next is sent after a short pause
+                    await self._pause(wait)
+                    continue
+                # Waiting on the attempts, a pause included: one answered meanwhile is seen at
+                # once, not after the attempts sent since have been refused too.
+                done, _ = await asyncio.wait(
+                    attempts, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                attempts -= done
+                outcome = self._outcome(done)
+                if outcome == "refused":
+                    self._lose("refused")
+                    return False
+                if isinstance(outcome, Lease):
+                    self.lease = outcome
+                    return True
+                if outcome == "failed":  # NATS unreachable: sent again until the deadline
+                    failed = True
+                    send_at = min(send_at, time.monotonic() + RETRY_PAUSE_SECONDS)
+                self._missed = True
             return False
-        if renewed is None:
-            self._lose("refused")
-            return False
-        self.lease = renewed
-        return True
+        finally:
+            for attempt in attempts:  # answered later, or never: nobody waits for them
+                attempt.cancel()
+
+    @staticmethod
+    def _outcome(
+        done: set[asyncio.Task[Lease | None]],
+    ) -> Lease | Literal["refused", "failed", "none"]:
+        """What the attempts just ended say, taken together (a set has no order): the stored
+        renewal of the highest revision, the latest written, if any; else "refused" if one found
+        the key gone or another's; else "failed" if one met an error; else "none"."""
+        stored: list[Lease] = []
+        refused = failed = False
+        for attempt in done:
+            exc = attempt.exception()
+            if exc is not None:
+                log.warning("lease renewal failed, retrying", error=repr(exc))
+                failed = True
+            elif (renewed := attempt.result()) is None:
+                refused = True
+            else:
+                stored.append(renewed)
+        if stored:
+            return max(stored, key=lambda lease: lease.revision)
+        if refused:
+            return "refused"
+        return "failed" if failed else "none"
 
     async def _check_after_renewal(self) -> None:
         try:
@@ -209,3 +277,8 @@ class LeaseKeeper:
                 seconds_since_confirmed=round(time.monotonic() - self.lease.sent_at, 3),
             )
         self.lost.set()
+
+
+def _unheeded(attempt: asyncio.Task[Lease | None]) -> None:
+    if not attempt.cancelled():
+        attempt.exception()
