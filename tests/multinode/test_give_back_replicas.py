@@ -5,6 +5,7 @@ neither its lease nor its run record behind; renewals in flight at once keep the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -38,21 +39,17 @@ async def nodes_only() -> AsyncIterator[list[ClusterNode]]:
             await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
 
 
-async def test_give_back_undoes_a_claim_still_in_flight_on_three_replicas(
-    nodes_only: list[ClusterNode],
-) -> None:
-    """Each claim's lease and record are sent (not awaited), then given back at once: the
-    give-back must wait until the bucket applied them, which on a replicated bucket only an
-    accepted write's ack tells (a refused write is refused before the writes ahead of it are
-    replicated), and then delete both."""
+@contextlib.asynccontextmanager
+async def lock_bucket(nodes: list[ClusterNode], ttl: float) -> AsyncIterator[SlotTable]:
+    """The lock bucket of a fresh prefix on the three nodes, once the cluster has formed."""
     settings = Settings(
-        nats_url=",".join(node.url for node in nodes_only),
-        prefix="gb" + uuid.uuid4().hex[:8],
-        lease_ttl_seconds=10.0,
+        nats_url=",".join(node.url for node in nodes),
+        prefix="lb" + uuid.uuid4().hex[:8],
+        lease_ttl_seconds=ttl,
         stream_replicas=REPLICAS,
     )
     names = Names(settings.prefix)
-    nc = await eventstore.connect(settings, "give-back-test")
+    nc = await eventstore.connect(settings, "lock-bucket-test")
     try:
         js = nc.jetstream()
         async with asyncio.timeout(60):
@@ -62,9 +59,21 @@ async def test_give_back_undoes_a_claim_still_in_flight_on_three_replicas(
                     break
                 except Exception:
                     await asyncio.sleep(0.5)
-        slots = SlotTable(js, names, settings.lease_ttl_seconds)
         info = await js.stream_info(f"KV_{names.locks_bucket}")
         assert info.config.num_replicas == REPLICAS
+        yield SlotTable(js, names, ttl)
+    finally:
+        await nc.close()
+
+
+async def test_give_back_undoes_a_claim_still_in_flight_on_three_replicas(
+    nodes_only: list[ClusterNode],
+) -> None:
+    """Each claim's lease and record are sent (not awaited), then given back at once: the
+    give-back must wait until the bucket applied them, which on a replicated bucket only an
+    accepted write's ack tells (a refused write is refused before the writes ahead of it are
+    replicated), and then delete both."""
+    async with lock_bucket(nodes_only, ttl=10.0) as slots:
         runner = RunnerIdentity(runner_id="r1", host="h", boot_id="b", pid=1, started_ticks=1)
         leases_left = records_left = 0
         for n in range(CLAIMS):
@@ -80,8 +89,6 @@ async def test_give_back_undoes_a_claim_still_in_flight_on_three_replicas(
             await claim
             records_left += await slots.run_record(job_id) is not None
             leases_left += await slots.current(key) is not None
-    finally:
-        await nc.close()
     assert (leases_left, records_left) == (0, 0)
 
 
@@ -92,24 +99,7 @@ async def test_renewals_in_flight_at_once_keep_the_lease_on_three_replicas(
     replicated bucket refuses one while an earlier write to the key is still being replicated,
     and the key then still reads as the revision it named: that is no reason to say the lease
     is lost (main said so in most rounds)."""
-    settings = Settings(
-        nats_url=",".join(node.url for node in nodes_only),
-        prefix="rn" + uuid.uuid4().hex[:8],
-        lease_ttl_seconds=12.0,
-        stream_replicas=REPLICAS,
-    )
-    names = Names(settings.prefix)
-    nc = await eventstore.connect(settings, "renewals-test")
-    try:
-        js = nc.jetstream()
-        async with asyncio.timeout(60):
-            while True:  # until the cluster has formed and elected a meta leader
-                try:
-                    await eventstore.ensure_topology(js, names, settings)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.5)
-        slots = SlotTable(js, names, settings.lease_ttl_seconds)
+    async with lock_bucket(nodes_only, ttl=12.0) as slots:
         runner = RunnerIdentity(runner_id="r1", host="h", boot_id="b", pid=1, started_ticks=1)
         refused = 0
         for n in range(20):
@@ -121,6 +111,4 @@ async def test_renewals_in_flight_at_once_keep_the_lease_on_three_replicas(
             current = await slots.current(lease.key)
             assert current is not None
             assert same_holder(current.value, held)
-    finally:
-        await nc.close()
     assert refused == 0
