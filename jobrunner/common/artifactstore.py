@@ -22,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -44,6 +45,11 @@ CHUNK_BYTES = 128 * 1024  # nats-py's and the Go client's default chunk size
 PIPELINE_CHUNKS = 16  # chunks in flight while uploading (2 MiB)
 ACK_WAIT_SECONDS = 5.0
 READ_BATCH_CHUNKS = 8  # per download: chunks asked for at a time (1 MiB)
+# How long one download request waits for chunks. Not the whole idle limit: a request that got a
+# chunk before NATS went silent returns what it has only at the end of its wait (nats-py), so a
+# silence that began mid-request would count from the next request on (up to twice the limit).
+# The limit counts the waits of the requests that got nothing; this bounds its error.
+READ_WAIT_SECONDS = 1.0
 
 
 # JetStream answers 503 for a stream at its limits too; that will not pass by retrying the same
@@ -242,8 +248,8 @@ async def read_chunks(
     From an ephemeral pull consumer, ``READ_BATCH_CHUNKS`` per request: the API never holds more
     of a download than that, however slowly its client reads. (A push consumer with flow control
     let the server send far more than nats-py's pending limit before it waited: the subscription
-    dropped chunks as a slow consumer.) Raises :class:`ReadStalled` when a request gets nothing
-    for ``idle_seconds`` (NATS away).
+    dropped chunks as a slow consumer.) Raises :class:`ReadStalled` when NATS sends nothing for
+    ``idle_seconds`` (NATS away), give or take ``READ_WAIT_SECONDS``.
     """
     size = info.size or 0
     chunks = info.chunks or 0
@@ -262,11 +268,18 @@ async def read_chunks(
     )
     try:
         received = 0
+        silent = 0.0  # seconds the requests in a row that got nothing waited
         while received < chunks:
+            wait = min(READ_WAIT_SECONDS, idle_seconds - silent)
+            asked_at = time.monotonic()
             try:
-                batch = await sub.fetch(min(READ_BATCH_CHUNKS, chunks - received), idle_seconds)
+                batch = await sub.fetch(min(READ_BATCH_CHUNKS, chunks - received), wait)
             except nats.errors.TimeoutError:
-                raise ReadStalled(info.name) from None
+                silent += time.monotonic() - asked_at
+                if silent >= idle_seconds:
+                    raise ReadStalled(info.name) from None
+                continue
+            silent = 0.0
             for msg in batch:
                 received += 1
                 yield msg.data
