@@ -10,14 +10,12 @@ import pytest
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import GapError, StreamReader, StreamReaderError
-from jobrunner.contracts import codec, events
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from jobrunner.services.projector import feed as feed_module
 from jobrunner.services.projector.feed import EventFeed
-from jobrunner.services.projector.projections import Change, project
 from tests.history_support import logged_job, publish
 
 
@@ -288,48 +286,3 @@ async def test_the_event_feed_gathers_what_arrives_while_the_projector_waits(
         await feed.close()
         await eventstore.close(nc)
     assert gathered == list(range(last + 1, later + 1))
-
-
-async def test_the_event_feed_lets_other_tasks_run_while_it_decodes_a_backlog(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Reading a socket that has data buffered does not yield to the event loop: the feed yields
-    every ``YIELD_BYTES`` of payload it decodes, so the batch being applied meanwhile sends its
-    next statement after a slice of decoding, not after a whole transaction's worth of reads."""
-    backlog = logged_job("backlog", lines=40_000, batch=100)  # about 4 MB of 100-line events
-    smallest = min(len(codec.encode(e)) for e in backlog if isinstance(e, events.LineLogged))
-    last = await publish(settings, backlog)
-    projected = [0]  # events the feed has decoded and projected so far
-
-    def counting(event: events.Event, seq: int) -> list[Change]:
-        projected[0] += 1
-        return project(event, seq)
-
-    monkeypatch.setattr(feed_module, "project", counting)
-    names = Names(settings.prefix)
-    nc = await eventstore.connect(settings, "test")
-    feed = EventFeed(nc.jetstream(), names, settings, name="test")
-    slices: list[int] = []  # events projected between two turns of another task
-
-    async def other_task() -> None:
-        seen = 0
-        while True:
-            await asyncio.sleep(0)
-            slices.append(projected[0] - seen)
-            seen = projected[0]
-
-    ticking = asyncio.create_task(other_task())
-    try:
-        await feed.start(1)
-        fetched = 0
-        while fetched < last:
-            batch = await feed.fetch(timeout=30)
-            assert batch, "the feed stopped"
-            fetched = batch[-1][0]
-    finally:
-        ticking.cancel()
-        await feed.close()
-        await eventstore.close(nc)
-    assert sum(slices) >= len(backlog) - 3
-    # At most one event beyond the bytes of a slice: never the reads' worth of events in between.
-    assert max(slices) <= feed_module.YIELD_BYTES // smallest + 1, max(slices)

@@ -25,12 +25,6 @@ FETCH_EVENTS = 10_000  # events per batch (one transaction), at most
 # events stays near 8 MiB (several times that decoded) instead of 10,000 of them.
 FETCH_READS = 8
 QUEUED_BATCHES = 8  # socket reads decoded ahead of Postgres
-# Payload bytes decoded between two yields to the event loop (about two milliseconds of
-# decoding). A socket buffer of a flood holds many reads, and reading one that is buffered does
-# not yield: without these the feed decoded a whole transaction's worth (tens of milliseconds)
-# while the batch before waited to send its next statement, Postgres idle in its transaction
-# meanwhile. Smaller slices cost the feed CPU (128 KiB: about 0.1 µs a line more).
-YIELD_BYTES = 256 * 1024
 
 
 class EventFeed:
@@ -144,7 +138,6 @@ class EventFeed:
 
     async def _read(self) -> None:
         failures = 0
-        decoded = 0  # payload bytes since the last yield
         while True:
             try:
                 if self._reader.closed:
@@ -153,10 +146,6 @@ class EventFeed:
                     failures = 0
                     batch: list[tuple[int, list[Change]]] = []
                     for seq, data in messages:
-                        decoded += len(data)
-                        if decoded >= YIELD_BYTES:
-                            decoded = 0
-                            await asyncio.sleep(0)
                         try:
                             event = codec.decode(data)
                         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
