@@ -46,14 +46,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     names = Names(settings.prefix)
     nc = await eventstore.connect(settings, "projector")
     js = nc.jetstream()
-    # Its sessions keep no state (every write is a transaction; no SET, LISTEN or session
-    # lock): releasing a connection after each batch need not cost a reset query.
     pool = await database.create_pool(
-        settings.database_url,
-        min_size=1,
-        max_size=2,
-        init=timestamps.init_connection,
-        reset=database.keep_session,
+        settings.database_url, min_size=1, max_size=2, init=timestamps.init_connection
     )
     feed: EventFeed | None = None
     lag = Lag()
