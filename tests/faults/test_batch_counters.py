@@ -26,9 +26,10 @@ async def publish_batch(cluster: FaultCluster, batch_id: str, total: int) -> Non
             job_type="free",
             parameters={
                 "lines": 3,
-                # About nine seconds for the batch at 8 jobs at once: long enough for the
-                # projector to be killed and restarted twice while jobs still end.
-                "interval": "0.2",
+                # About eighteen seconds for the batch at 8 jobs at once: long enough for the
+                # projector to be killed and restarted twice while jobs still end, even where
+                # a restart takes seconds (nine were not always, on a loaded CI machine).
+                "interval": "0.4",
                 "record": str(cluster.records / f"{batch_id}-{i}.txt"),
                 "label": f"{batch_id}-{i}",
             },

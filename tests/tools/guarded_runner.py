@@ -87,7 +87,13 @@ async def tool_with_child(script: str, name: str = "tool", child: str = "child")
     assert tool.proc is not None
     assert tool.proc.stdout is not None
     say(name, tool.pid)
-    say(child, int(await tool.proc.stdout.readline()))
+    pid = int(await tool.proc.stdout.readline())
+    if script == DETACHED:
+        # ``$!`` is known at the fork, before ``setsid`` ran: the child is out of the tool's
+        # group only once it leads a session of its own (a loaded machine takes its time).
+        while os.getsid(pid) != pid:  # noqa: ASYNC110 - a process's state, no event to await
+            await asyncio.sleep(0.005)
+    say(child, pid)
     return tool
 
 
