@@ -107,3 +107,21 @@ async def test_a_client_connected_again_after_a_close_gets_its_acks(
     finally:
         await nc.close()
     assert again.seq == first.seq + 1
+
+
+async def test_acks_reach_their_publishes_without_a_task_of_the_inbox(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The inbox's acks are handed to their publishes as nats-py reads them: no task waits on a
+    queue of the subscription (a wake-up and a turn of the loop for every message published),
+    and nothing stays pending in nats-py however many acks come at once."""
+    subject = Names(settings.prefix).job_kind_subject("inboxjob", "lines")
+    inbox = ackinbox.AckInbox(js._nc)
+    before = asyncio.all_tasks()
+    await inbox.publish(subject, b"{}", "id-0")
+    assert asyncio.all_tasks() - before == set()
+    acks = await asyncio.gather(*(inbox.publish(subject, b"{}", f"id-{n}") for n in range(1, 2001)))
+    assert sorted(ack.seq for ack in acks) == list(range(acks[0].seq, acks[0].seq + 2000))
+    assert inbox._subscription is not None
+    assert inbox._subscription.pending_msgs == 0
+    assert inbox._subscription.pending_bytes == 0

@@ -13,6 +13,10 @@ subject), and a publish fails as it does there, so that retries tell the errors 
 way: no ack within the timeout raises ``nats.errors.TimeoutError``, no stream listening
 ``NoStreamResponseError``, JetStream's refusal its ``APIError``. The inbox is subscribed again
 by nats-py after a reconnect, so an ack that crosses a reconnect still arrives.
+
+An ack resolves its publish from nats-py's parser (``_Handover``), not through a subscription's
+queue and the task that waits on it: that was a queue put, a wake-up of that task and a turn of
+the loop for every message published, before the publisher's own wake-up.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -129,10 +134,15 @@ class AckInbox:
 
     async def _subscribe(self) -> None:
         prefix = f"{self._nc.new_inbox()}."
-        self._subscription = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+        # No callback: nats-py starts no task for the subscription, and its queue is replaced
+        # before any ack can arrive (the subject is new, nothing was published to it yet). No
+        # bytes limit: nothing is ever pending.
+        sub = await self._nc.subscribe(prefix + "*", pending_bytes_limit=0)
+        sub._pending_queue = _Handover(sub, self._on_ack)
+        self._subscription = sub
         self._prefix = prefix
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Msg) -> None:
         entry = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if entry is not None and not entry[1].done():
             entry[1].set_result(msg)
@@ -151,6 +161,23 @@ class AckInbox:
             if not future.done():
                 future.set_exception(nats.errors.TimeoutError())
         self._timer = None
+
+
+class _Handover(asyncio.Queue[Msg]):
+    """A subscription's pending queue that holds nothing: nats-py's parser puts each message
+    of the subscription here (``Client._process_msg``; the one private name is
+    ``Subscription._pending_queue``), and it goes to ``deliver`` at once. Empty as a queue
+    always, so nats-py's draining and counting of it work unchanged."""
+
+    def __init__(self, sub: Subscription, deliver: Callable[[Msg], None]) -> None:
+        super().__init__()
+        self._sub = sub
+        self._deliver = deliver
+
+    def put_nowait(self, item: Msg) -> None:
+        # nats-py counts what it queues against the (disabled) bytes limit; nothing stays queued.
+        self._sub._pending_size = 0
+        self._deliver(item)
 
 
 def _read_ack(msg: Msg) -> PubAck:
