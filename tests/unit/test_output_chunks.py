@@ -117,6 +117,49 @@ def test_levels_of_a_block_are_each_lines_level(lines: list[str]) -> None:
     assert levels_of_lines(lines) == [parse_level(line) for line in lines]
 
 
+# Lines that begin alike, a level word or something close to one (the counting shortcut's
+# cases and its near misses), each followed by whatever a line may hold.
+LEADS = st.sampled_from(
+    [
+        "INFO ",
+        "info ",
+        "Warn ",
+        "WARNING ",
+        "WARNING: ",
+        "CRITICAL ",
+        "fatal ",
+        "DEBUG\t",
+        "INFOX ",
+        "INFO",
+        " INFO ",
+        "[INFO] ",
+        "NOTICE ",
+        "ERROR  ",
+        "SUCCESS ",
+        "SUCCEß ",
+        "\u0131nfo ",  # a dotless i: the regex reads it as I
+    ]
+)
+
+
+@settings(deadline=None)
+@given(
+    LEADS,
+    st.lists(LEVEL_LINES | st.text().map(lambda t: t.replace("\n", "")), min_size=1),
+    st.data(),
+)
+def test_levels_of_lines_that_begin_alike_are_each_lines_level(
+    lead: str, tails: list[str], data: st.DataObject
+) -> None:
+    """A block whose lines all begin with the same level word (counted, not matched) or nearly
+    (one line begins otherwise) gets the level each line alone would get."""
+    lines = [lead + tail for tail in tails]
+    if data.draw(st.booleans()):
+        odd = data.draw(st.integers(0, len(lines) - 1))
+        lines[odd] = data.draw(LEADS) + lines[odd][len(lead) :]
+    assert levels_of_lines(lines) == [parse_level(line) for line in lines]
+
+
 def test_the_last_count_of_a_chunk_is_the_progress_shown() -> None:
     """Two counts in one read of the pipe: the bar shows the later one, as line by line."""
     states, _, _ = run(LineSplitter(1024), JOB_TYPES[0], [b"[1/3] a\n[2/3] b\nc\n"], by_line=False)

@@ -106,7 +106,7 @@ class JobReporter:
                 self.line(stream, text, at)
             return
         if self.level_re is None:
-            levels = output.levels_of_lines(texts)
+            levels = output.levels_of_lines(texts, block)
         else:
             levels = [output.parse_level(text, pattern=self.level_re) for text in texts]
         self.publisher.add_lines(stream, levels, texts, at, block)
