@@ -125,3 +125,26 @@ async def test_acks_reach_their_publishes_without_a_task_of_the_inbox(
     assert inbox._subscription is not None
     assert inbox._subscription.pending_msgs == 0
     assert inbox._subscription.pending_bytes == 0
+
+
+async def test_an_ack_that_cannot_be_handed_over_does_not_stop_the_connection_reading(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The hand-over runs in nats-py's read loop, which stops reading for good on an exception:
+    one failing hand-over costs that publish its ack, never the connection's later ones."""
+    subject = Names(settings.prefix).job_kind_subject("inboxfail", "lines")
+    inbox = ackinbox.AckInbox(js._nc, timeout=1.0)
+    await inbox.publish(subject, b"{}", "fail-0")
+    assert inbox._subscription is not None
+    handover = inbox._subscription._pending_queue
+    deliver = handover._deliver
+
+    def fail_once(msg: object) -> None:
+        handover._deliver = deliver
+        raise RuntimeError("hand-over failed")
+
+    handover._deliver = fail_once
+    with pytest.raises(nats.errors.TimeoutError):
+        await inbox.publish(subject, b"{}", "fail-1")
+    again = await inbox.publish(subject, b"{}", "fail-2")
+    assert again.seq > 0

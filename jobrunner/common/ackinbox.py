@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -38,6 +39,8 @@ from jobrunner.common import retry
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.codec import MSG_ID_HEADER
 from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
 
 # As long as js.publish waits for an ack by default (nats-py's JetStream API timeout).
 ACK_TIMEOUT = 5.0
@@ -177,7 +180,13 @@ class _Handover(asyncio.Queue[Msg]):
     def put_nowait(self, item: Msg) -> None:
         # nats-py counts what it queues against the (disabled) bytes limit; nothing stays queued.
         self._sub._pending_size = 0
-        self._deliver(item)
+        try:
+            self._deliver(item)
+        except Exception:
+            # This runs inside nats-py's read loop, which stops reading for good on an
+            # exception while the connection still looks up: log it, as nats-py does for a
+            # subscription's callback, and read on.
+            log.exception("an ack could not be handed to its publish")
 
 
 def _read_ack(msg: Msg) -> PubAck:

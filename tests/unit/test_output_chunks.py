@@ -164,3 +164,7 @@ def test_the_last_count_of_a_chunk_is_the_progress_shown() -> None:
     """Two counts in one read of the pipe: the bar shows the later one, as line by line."""
     states, _, _ = run(LineSplitter(1024), JOB_TYPES[0], [b"[1/3] a\n[2/3] b\nc\n"], by_line=False)
     assert states[-1][1].current == 2
+
+
+def test_no_lines_have_no_levels() -> None:
+    assert levels_of_lines([]) == []

@@ -78,6 +78,8 @@ def levels_of_lines(lines: list[str], block: str | None = None) -> list[str]:
     """``parse_level`` of each line (default pattern, default INFO), in one regex pass over the
     block (``block``: the lines joined by line breaks, when the caller has it): the cost per
     line is a list item, not a function call and a match."""
+    if not lines:
+        return []
     if block is None:
         block = "\n".join(lines)
     same = _same_level_word(lines[0], block, len(lines))
