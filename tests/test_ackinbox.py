@@ -10,7 +10,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import ackinbox, eventstore, retry
+from jobrunner.common import ackinbox, eventstore, retry, subscription
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.codec import MSG_ID_HEADER
 from jobrunner.contracts.names import Names
@@ -148,3 +148,104 @@ async def test_an_ack_that_cannot_be_handed_over_does_not_stop_the_connection_re
         await inbox.publish(subject, b"{}", "fail-1")
     again = await inbox.publish(subject, b"{}", "fail-2")
     assert again.seq > 0
+
+
+async def test_a_headed_publish_carries_its_headers_only_and_a_refusal_keeps_its_error_code(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The lock bucket's writes: stored with their own headers and no Nats-Msg-Id (a KV write
+    must never be taken for a duplicate), and a conditional write JetStream refuses raises
+    the APIError whose code ``SlotTable`` turns into KeyWrongLastSequenceError."""
+    subject = Names(settings.prefix).job_kind_subject("inboxkv", "lines")
+    inbox = ackinbox.of(js._nc)
+    expected = "Nats-Expected-Last-Subject-Sequence"
+    first = await inbox.publish_headed(subject, b"a", {expected: "0"})
+    again = await inbox.publish_headed(subject, b"a", None)
+    assert (again.seq, again.duplicate) == (first.seq + 1, False)
+    stored = await js.get_msg(Names(settings.prefix).stream, first.seq)
+    assert stored.headers is not None
+    assert stored.headers[expected] == "0"
+    assert MSG_ID_HEADER not in stored.headers
+    with pytest.raises(nats.js.errors.APIError) as refused:
+        await inbox.publish_headed(subject, b"b", {expected: str(first.seq)})
+    assert refused.value.err_code == 10071
+
+
+async def test_a_headed_publish_with_a_shorter_timeout_times_out_by_its_own(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A lease renewal's write waits its own, shorter timeout, not the inbox's: with nobody
+    acknowledging, it fails long before the inbox's timeout would have come; the inbox's
+    other publishes (on its one shared timer) are unaffected: one waiting on the same silent
+    subject still waits, and one to the stream is stored."""
+    subject = f"{settings.prefix}-silent-headed.x"
+    await js._nc.subscribe(subject)  # receives, never answers
+    inbox = ackinbox.AckInbox(js._nc, timeout=600.0)
+    shared = asyncio.ensure_future(inbox.publish_headed(subject, b"{}", {"X": "0"}))
+    try:
+        async with asyncio.timeout(60):
+            with pytest.raises(nats.errors.TimeoutError):
+                await inbox.publish_headed(subject, b"{}", {"X": "1"}, timeout=0.2)
+        assert not shared.done()
+        assert len(inbox._waiting) == 1
+        stored = await inbox.publish_headed(
+            Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", None
+        )
+        assert stored.seq > 0
+        assert not shared.done()
+    finally:
+        shared.cancel()
+
+
+async def test_publishes_and_requests_cancelled_while_waiting_leave_nothing_behind(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A job cancelled while its writes wait for their acks: no entry left in the inbox's
+    tables, and no timer of its own left to fire (the shared timer is the inbox's one, for
+    every publish)."""
+    subject = f"{settings.prefix}-silent-cancel.x"
+    await js._nc.subscribe(subject)  # receives, never answers
+    inbox = ackinbox.AckInbox(js._nc, timeout=600.0)
+    await inbox.publish(Names(settings.prefix).job_kind_subject("inboxjob", "lines"), b"{}", "c0")
+    waiting = [
+        asyncio.ensure_future(inbox.publish_headed(subject, b"{}", {"X": "1"}, timeout=300.0)),
+        asyncio.ensure_future(inbox.publish_headed(subject, b"{}", None)),
+        asyncio.ensure_future(inbox.request(subject, b"{}")),
+    ]
+    await js._nc.flush()  # the three are sent and wait for their replies meanwhile
+    assert (len(inbox._timed), len(inbox._waiting)) == (1, 2)
+    for task in waiting:
+        task.cancel()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert (inbox._timed, inbox._waiting) == ({}, {})
+    loop = asyncio.get_running_loop()
+    own_timers = [
+        h
+        for h in loop._scheduled  # type: ignore[attr-defined]
+        if not h.cancelled() and getattr(h, "_callback", None) is ackinbox._time_out
+    ]
+    assert own_timers == []
+
+
+async def test_the_last_message_read_through_the_inbox_is_js_get_last_msgs(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The runner's reads (``subscription.last_stored``): the same message as js.get_last_msg
+    (its sequence and data; a wildcard subject's newest), and None where ``last_message``
+    answers None: nothing stored on the subject, or no such stream."""
+    names = Names(settings.prefix)
+    inbox = ackinbox.of(js._nc)
+    older = names.job_kind_subject("inboxread", "requested")
+    newer = names.job_kind_subject("inboxread", "status")
+    await inbox.publish(older, b'{"n":1}', "read-1")
+    await inbox.publish(newer, b'{"n":2}', "read-2")
+    for subject in (older, names.job_subjects("inboxread")):
+        got = await subscription.last_stored(inbox, js, names.stream, subject)
+        expected = await js.get_last_msg(names.stream, subject)
+        assert got is not None
+        assert (got.seq, got.data) == (expected.seq, expected.data)
+    nothing = names.job_kind_subject("inboxread", "cancel")
+    assert await subscription.last_stored(inbox, js, names.stream, nothing) is None
+    assert await subscription.last_message(js, f"{names.stream}_none", older) is None
+    assert await subscription.last_stored(inbox, js, f"{names.stream}_none", older) is None

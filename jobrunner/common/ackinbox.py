@@ -17,6 +17,10 @@ by nats-py after a reconnect, so an ack that crosses a reconnect still arrives.
 An ack resolves its publish from nats-py's parser (``_Handover``), not through a subscription's
 queue and the task that waits on it: that was a queue put, a wake-up of that task and a turn of
 the loop for every message published, before the publisher's own wake-up.
+
+The lock bucket's writes (``slots.SlotTable``: a KV write is a JetStream publish to
+``$KV.<bucket>.<key>`` with its own headers, no Nats-Msg-Id) come this way too; a write with a
+shorter timeout of its own (a lease renewal's) has a timer of its own.
 """
 
 from __future__ import annotations
@@ -84,9 +88,53 @@ class AckInbox:
         # token -> (deadline, future); in the order published, so the oldest come first
         self._waiting: dict[str, tuple[float, asyncio.Future[Msg]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        # token -> future of a publish with a timeout of its own (and a timer of its own)
+        self._timed: dict[str, asyncio.Future[Msg]] = {}
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> PubAck:
         """Publish with the Nats-Msg-Id ``msg_id`` and wait for JetStream to store it."""
+        return await self._publish_waiting(subject, payload, {MSG_ID_HEADER: msg_id})
+
+    async def publish_headed(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Publish with ``headers`` (none added) and wait for JetStream to store it, as
+        ``js.publish(subject, payload, headers=headers, timeout=timeout)`` does: no ack within
+        ``timeout`` (the inbox's by default) raises ``nats.errors.TimeoutError``."""
+        if timeout is None or timeout == self._timeout:
+            return await self._publish_waiting(subject, payload, headers)
+        if not self._subscribed():
+            await self._open()
+        loop = asyncio.get_running_loop()
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._timed[token] = future
+        timer = loop.call_later(timeout, _time_out, future)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            self._timed.pop(token, None)
+        return _read_ack(msg)
+
+    async def request(self, subject: str, payload: bytes) -> Msg:
+        """Send a request (say a JetStream API call) and wait for its reply on the inbox, as
+        ``nc.request`` does: no reply within the inbox's timeout raises
+        ``nats.errors.TimeoutError``; the reply is returned as it came (a no-responders status
+        included)."""
+        return await self._reply_to(subject, payload, None)
+
+    async def _publish_waiting(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> PubAck:
+        return _read_ack(await self._reply_to(subject, payload, headers))
+
+    async def _reply_to(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
         if not self._subscribed():
             await self._open()
         loop = asyncio.get_running_loop()
@@ -94,15 +142,12 @@ class AckInbox:
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = (loop.time() + self._timeout, future)
         try:
-            await self._nc.publish(
-                subject, payload, reply=self._prefix + token, headers={MSG_ID_HEADER: msg_id}
-            )
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             if self._timer is None:
                 self._timer = loop.call_later(self._timeout, self._expire)
-            msg = await future
+            return await future
         finally:
             self._waiting.pop(token, None)
-        return _read_ack(msg)
 
     def _subscribed(self) -> bool:
         """Whether the inbox's subscription is the connection's. nats-py subscribes it again
@@ -146,9 +191,17 @@ class AckInbox:
         self._prefix = prefix
 
     def _on_ack(self, msg: Msg) -> None:
-        entry = self._waiting.pop(msg.subject[len(self._prefix) :], None)
-        if entry is not None and not entry[1].done():
-            entry[1].set_result(msg)
+        token = msg.subject[len(self._prefix) :]
+        entry = self._waiting.pop(token, None)
+        if entry is not None:
+            future = entry[1]
+        else:
+            timed = self._timed.pop(token, None)
+            if timed is None:
+                return  # late: its publish timed out
+            future = timed
+        if not future.done():
+            future.set_result(msg)
 
     def _expire(self) -> None:
         """Fail the publishes whose ack is overdue; the timer then waits for the oldest left.
@@ -187,6 +240,11 @@ class _Handover(asyncio.Queue[Msg]):
             # exception while the connection still looks up: log it, as nats-py does for a
             # subscription's callback, and read on.
             log.exception("an ack could not be handed to its publish")
+
+
+def _time_out(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
 
 
 def _read_ack(msg: Msg) -> PubAck:

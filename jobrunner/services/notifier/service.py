@@ -26,13 +26,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import eventstore, reconfigure, retry
+from jobrunner.common import ackinbox, eventstore, reconfigure, retry
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.common.subscription import (
     FETCH_MOST,
     fetch_some,
-    last_message,
+    last_stored,
     waiting_after,
 )
 from jobrunner.contracts import codec, events
@@ -52,6 +52,9 @@ class Notifier:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.js = nc.jetstream()
+        # Its reads (every ended job's request) through the connection's ack inbox: the
+        # request js.get_last_msg sends, for less CPU (``subscription.last_stored``).
+        self._acks = ackinbox.of(nc)
         self.job_types: dict[str, JobType] = load_job_types(settings.job_types_file)
         try:
             policy = AddressPolicy.parse(settings.webhook_allow_hosts)
@@ -201,7 +204,8 @@ class Notifier:
     async def _last(self, job_id: str, kind: str, kind_type: type[T]) -> T | None:
         subject = self.names.job_kind_subject(job_id, kind)
         raw = await retry.until_done(
-            lambda: last_message(self.js, self.names.stream, subject), f"reading {subject}"
+            lambda: last_stored(self._acks, self.js, self.names.stream, subject),
+            f"reading {subject}",
         )
         if raw is None or not raw.data:
             return None

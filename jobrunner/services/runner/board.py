@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError
 from nats.js.kv import KV_PURGE, KeyValue
 
 from jobrunner.common.slots import QueueEntry, SlotValue, key_safe
@@ -86,12 +86,12 @@ class LockBoard:
                 # half-replayed queue never names the wrong head.
                 self.slots.clear()
                 self.queues.clear()
+                # Each entry taken as it comes: ``updates(timeout=...)`` wraps every one in
+                # ``wait_for`` (a task and a timer per entry, five entries a job, six on a
+                # lock). ``stop`` ends the iteration by stopping the watcher instead.
+                stopping = asyncio.ensure_future(_stop_at(stop, watcher))
                 try:
-                    while not stop.is_set():
-                        try:
-                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
-                        except (NatsTimeoutError, TimeoutError):
-                            continue
+                    async for entry in watcher:
                         if entry is None:
                             self.ready.set()
                             continue
@@ -100,12 +100,33 @@ class LockBoard:
                         if self.ready.is_set() and entry.operation == KV_PURGE and previous:
                             await on_expired(previous)
                 finally:
-                    await watcher.stop()  # type: ignore[no-untyped-call]
+                    stopping.cancel()
+                    # Stopped already by _stop_at, or its subscription gone with the connection.
+                    with contextlib.suppress(*_GONE):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("lock watch failed, restarting", error=repr(exc))
                 await asyncio.sleep(1.0)
+
+
+# What ``KeyWatcher.stop`` raises once its subscription is gone: unsubscribed already, or the
+# connection closed or draining.
+_GONE = (BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError)
+
+
+async def _stop_at(stop: asyncio.Event, watcher: KeyValue.KeyWatcher) -> None:
+    await stop.wait()
+    try:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    except _GONE:
+        # ``stop`` unsubscribes before it queues the end of the iteration, so when that raises the
+        # iteration would wait forever: end it here (the queue is bounded: make room if full).
+        with contextlib.suppress(asyncio.QueueEmpty):
+            if watcher._updates.full():
+                watcher._updates.get_nowait()
+        watcher._updates.put_nowait(KeyValue.KeyWatcher.STOP_ITER)
 
 
 def _safe(job_id: str) -> str:

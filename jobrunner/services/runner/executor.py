@@ -128,9 +128,12 @@ class JobExecutor:
             finally:
                 if output is not None:
                     await output.remove()
+            # The tool's ledger record goes in a thread: unlinking a file written moments ago
+            # blocked the event loop for 1-4 ms on this ext4 (0.1 ms of it CPU).
+            removing = asyncio.ensure_future(asyncio.to_thread(self.ledger.remove, job_id))
             # What the tool printed while NATS was away is published now, before its end.
             await publisher.close()
-            self.ledger.remove(job_id)
+            await removing
             # Should another runner have declared the job lost first (its lease expired), the
             # shared terminal event id keeps that ending.
             if not outcome.stored:

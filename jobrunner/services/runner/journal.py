@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from jobrunner.common import ackinbox, eventstore, metrics, retry
-from jobrunner.common.subscription import last_message
+from jobrunner.common.subscription import last_stored
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
@@ -23,14 +23,15 @@ class JobJournal:
         self.js = js
         self.names = names
         self.runner_id = runner_id
-        # The job's own events (``running``, artifacts) go through the connection's ack inbox:
-        # the same message as js.publish for less CPU, and ``running`` is on every job's way
-        # to its tool's start.
+        # The job's own events (``running``, artifacts) and its reads (the latest event, the
+        # last of a kind) go through the connection's ack inbox: the same requests as
+        # js.publish and js.get_last_msg for less CPU, and both are on every job's way to its
+        # tool's start.
         self._acks = ackinbox.of(nc)
 
     async def last_event(self, job_id: str, kind: str) -> events.AnyEvent | None:
         subject = self.names.job_kind_subject(job_id, kind)
-        raw = await last_message(self.js, self.names.stream, subject)
+        raw = await last_stored(self._acks, self.js, self.names.stream, subject)
         if raw is None or not raw.data:
             return None
         try:
@@ -43,7 +44,9 @@ class JobJournal:
     async def is_latest(self, job_id: str, seq: int) -> bool:
         """Is the event at stream sequence ``seq`` the job's latest event? One read: the last
         message of all the job's subjects."""
-        raw = await last_message(self.js, self.names.stream, self.names.job_subjects(job_id))
+        raw = await last_stored(
+            self._acks, self.js, self.names.stream, self.names.job_subjects(job_id)
+        )
         return raw is not None and raw.seq == seq
 
     async def last_status(self, job_id: str) -> events.StatusChanged | None:

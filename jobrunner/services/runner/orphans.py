@@ -14,6 +14,7 @@ even after their leases were declared lost by a runner on another machine.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -116,11 +117,24 @@ class ToolRecord(msgspec.Struct, kw_only=True):
     runner_started: int | None
 
 
+# Files of ended jobs a runner keeps to prepare the next jobs' records with: renaming one cost
+# 0.06 ms of CPU, creating a file 0.3-0.9 ms, and unlinking one written moments ago waited 1-4
+# ms here (ext4, a loaded machine). Named ``spare-<n>.<runner pid>.tmp``: removed at a clean stop
+# (close), and a dead runner's at the next start with its other prepared files.
+SPARES_KEPT = 16
+# A record is written padded with spaces to this length (JSON allows them), over whatever a
+# reused file held, without truncating it: a truncate and rewrite makes ext4 flush on close.
+RECORD_BYTES = 512
+
+
 class ToolLedger:
     """One file per running tool of the runners on this host."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._spares: list[Path] = []  # used from several threads: append and pop only
+        self._kept = SPARES_KEPT  # none once closed
+        self._serial = itertools.count()
 
     def _path(self, job_id: str) -> Path:
         return self.directory / f"{job_id}.json"
@@ -133,23 +147,37 @@ class ToolLedger:
         """Create the file a job's record is written into, ahead of its tool's start (in a
         thread, while the job's slot is claimed). Creating a file cost about 1 ms of CPU and
         2-7 ms of wall here (ext4, a loaded machine), writing into one that exists 0.02 ms: the
-        record is written right after the spawn, on the job's way to its first line."""
+        record is written right after the spawn, on the job's way to its first line. A spare
+        (an ended job's file) is renamed instead where there is one: cheaper still."""
+        tmp = self._tmp(job_id)
+        while self._spares:
+            try:
+                spare = self._spares.pop()
+                spare.rename(tmp)
+            except (IndexError, OSError):  # taken by another thread meanwhile, or swept
+                continue
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._tmp(job_id).touch()
+            tmp.touch()
         except OSError as exc:
             log.warning("cannot prepare the tool ledger", error=str(exc))
 
     def record(self, record: ToolRecord) -> None:
         tmp = self._tmp(record.job_id)
+        data = msgspec.json.encode(record).ljust(RECORD_BYTES)
         try:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+                fd = os.open(tmp, os.O_WRONLY)
             except FileNotFoundError:  # not prepared (or its preparation failed)
                 self.directory.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            with os.fdopen(fd, "wb") as file:
-                file.write(msgspec.json.encode(record))
+            try:
+                os.pwrite(fd, data, 0)
+                if os.fstat(fd).st_size > len(data):  # a longer record before: rare
+                    os.ftruncate(fd, len(data))
+            finally:
+                os.close(fd)
             tmp.replace(self._path(record.job_id))
         except OSError as exc:
             log.warning("cannot write the tool ledger", error=str(exc))
@@ -157,23 +185,57 @@ class ToolLedger:
     def remove(self, job_id: str) -> None:
         """Remove the job's record (and its prepared file, should the tool not have started)."""
         self.discard(job_id)
-        with contextlib.suppress(OSError):
-            self._path(job_id).unlink()
+        self._retire(self._path(job_id))
 
     def discard(self, job_id: str) -> None:
         """Remove the file prepared for a job whose tool did not start."""
-        with contextlib.suppress(OSError):
-            self._tmp(job_id).unlink()
+        self._retire(self._tmp(job_id))
+
+    def _retire(self, path: Path) -> None:
+        """Remove ``path``: kept as a spare for a next job's record while there is room."""
+        if len(self._spares) >= self._kept:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
+        spare = self.directory / f"spare-{next(self._serial)}.{os.getpid()}.tmp"
+        try:
+            path.rename(spare)
+        except OSError:
+            return  # not there (a prepared file already renamed to its record)
+        self._spares.append(spare)
+        if not self._kept:  # closed meanwhile by another thread
+            self.close()
+
+    def close(self) -> None:
+        """At a clean stop: remove the spares, and the files retired from now on. A start
+        removes only a dead runner's spares, and by then a stranger may have this pid."""
+        self._kept = 0
+        while self._spares:
+            try:
+                spare = self._spares.pop()
+            except IndexError:  # taken by another thread meanwhile
+                break
+            with contextlib.suppress(OSError):
+                spare.unlink()
 
     def _remove_prepared_of_gone_runners(self) -> None:
-        """Files prepared by runners that died before their jobs' tools started. A ``.tmp``
-        without a runner's pid in its name (an older version's, mid-write) is left alone: it
-        holds no record yet, and its runner may still rename it."""
+        """Files prepared by runners that died before their jobs' tools started, and their
+        spares. A ``.tmp`` without a runner's pid in its name (an older version's, mid-write)
+        is left alone: it holds no record yet, and its runner may still rename it. A spare
+        with this process's pid that it does not know is an earlier runner's of the same pid
+        (a container's runner often has the same one each time)."""
         if not self.directory.is_dir():
             return
         for path in self.directory.glob("*.*.tmp"):
             pid = path.stem.rpartition(".")[2]
-            if pid.isdigit() and not process_alive(int(pid), None):
+            if not pid.isdigit():
+                continue
+            earlier = (
+                int(pid) == os.getpid()
+                and path.name.startswith("spare-")
+                and path not in self._spares
+            )
+            if earlier or not process_alive(int(pid), None):
                 with contextlib.suppress(OSError):
                     path.unlink()
 

@@ -81,7 +81,7 @@ class Runner:
         claimer = SlotClaimer(
             self.slots, self.board, self.journal, self.identity, capacity, self.ack_wait / 3
         )
-        ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
+        self.ledger = ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
         executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger, bulk)
         self.seals = BatchSeals(self.js, self.names, self.ack_wait / 3)
         seal_waiter = SealWaiter(
@@ -168,6 +168,7 @@ class Runner:
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
             await asyncio.wait(background, timeout=WATCHER_STOP_SECONDS)
+            await asyncio.to_thread(self.ledger.close)
 
 
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
