@@ -61,7 +61,9 @@ async def test_parameter_error_is_shown_at_its_field(page: Page, system: System)
 
 async def test_busy_lock_names_the_job_holding_it(page: Page, system: System) -> None:
     """Starting a job whose lock is held says which job holds it."""
-    holder = await start_job(system, "exclusive", lines=400, interval="0.05")
+    # Two hundred seconds of lines, cancelled at the end: the holder must outlast the dialog's
+    # steps on a loaded machine (twenty seconds did not always, in a CI run at load 20).
+    holder = await start_job(system, "exclusive", lines=4000, interval="0.05")
     try:
         await wait_for_status(system, holder, {"running"})
         await open_dialog(page)
