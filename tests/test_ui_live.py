@@ -68,7 +68,9 @@ async def test_reconnect_after_restart_loses_and_repeats_no_line(
     page: Page, system: System
 ) -> None:
     """The API restarts mid-job: the page says so, reconnects, and shows every line once."""
-    total = 80
+    # Twenty seconds of lines: the job must still run when the page starts recording its rows
+    # (eight were not always, in a CI run at load 20: its card had left the running list).
+    total = 200
     job_id = await start_job(system, "emit", lines=total, interval="0.1")
     await page.goto("/jobs")
     terminal = page.locator(f'[data-terminal][data-job-id="{job_id}"]')
