@@ -17,6 +17,7 @@ import structlog
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.services.projector import replay as replay_module
 from jobrunner.services.projector.replay import (
     REPLAY_LOCK,
     REPLAY_SCHEMA,
@@ -36,6 +37,13 @@ from tests.history_support import (
     wait_projected,
 )
 from tests.system import System
+
+
+@pytest.fixture(autouse=True)
+def lines_loaded_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every replay here splits its load (the lines in a second process), however short the
+    stream: each test's comparison checks that the split rebuilds identical tables."""
+    monkeypatch.setattr(replay_module, "SPLIT_MIN_EVENTS", 1)
 
 
 async def checkpoint(settings: Settings) -> int:
