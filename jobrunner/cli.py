@@ -140,7 +140,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
-    from jobrunner.services.projector.linesload import LinesLoadFailed
     from jobrunner.services.projector.replay import (
         Progress,
         ReplayLockLost,
@@ -201,9 +200,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return 4
-    except LinesLoadFailed as exc:
-        print(f"jobrunner replay: {exc}", file=sys.stderr)
-        return 1
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

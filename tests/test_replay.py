@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -18,8 +17,6 @@ import structlog
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.projector import linesload
-from jobrunner.services.projector import replay as replay_module
 from jobrunner.services.projector.replay import (
     REPLAY_LOCK,
     REPLAY_SCHEMA,
@@ -30,7 +27,6 @@ from jobrunner.services.projector.replay import (
     build_indexes,
     replay,
 )
-from tests import history_support
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import (
     job_events,
@@ -40,13 +36,6 @@ from tests.history_support import (
     wait_projected,
 )
 from tests.system import System
-
-
-@pytest.fixture(autouse=True)
-def lines_loaded_apart(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every replay here splits its load (the lines in a second process), however short the
-    stream: each test's comparison checks that the split rebuilds identical tables."""
-    monkeypatch.setattr(replay_module, "SPLIT_MIN_EVENTS", 1)
 
 
 async def checkpoint(settings: Settings) -> int:
@@ -389,97 +378,3 @@ async def test_a_line_stored_twice_makes_the_replay_load_again_with_the_key_and_
     finally:
         await conn.close()
     assert "(job_id, seq)" in key
-
-
-class HelperWatch:
-    """Each start of the replay's lines loader, optionally holding the rebuilt lines' table
-    locked first (the helper then waits in its first ``COPY``)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, settings: Settings, hold: bool) -> None:
-        self.pids: list[int] = []
-        self.started = asyncio.Event()
-        self.holder: asyncpg.Connection | None = None
-        start = linesload.LinesLoader.start
-
-        async def watched(*args: Any, **kwargs: Any) -> linesload.LinesLoader:
-            if hold and self.holder is None:
-                self.holder = await asyncpg.connect(settings.database_url)
-                await self.holder.execute("BEGIN")
-                await self.holder.execute(
-                    f"LOCK TABLE {REPLAY_SCHEMA}.log_lines IN ACCESS EXCLUSIVE MODE"
-                )
-            loader = await start(*args, **kwargs)
-            self.pids.append(loader.pid)
-            self.started.set()
-            return loader
-
-        monkeypatch.setattr(linesload.LinesLoader, "start", watched)
-
-    async def release(self) -> None:
-        if self.holder is not None:
-            await self.holder.close()
-
-
-async def test_the_lines_are_loaded_by_a_second_process_and_the_tables_agree(
-    live: System, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The lines come from the helper process, every other event from the replay's own feed, and
-    the jobs' line counts from the helper's counts: the rebuilt tables equal the live ones."""
-    watch = HelperWatch(monkeypatch, settings, hold=False)
-    report = await replay(settings)
-    assert len(watch.pids) == 1
-    assert report.differences == {}
-    assert report.tables["log_lines"] == 30 * 200
-    async with live.client() as client:
-        job = (await client.get("/api/jobs/old7")).json()
-    assert job["log_count"] == 200
-
-
-async def test_a_killed_lines_loader_fails_the_replay_and_swaps_nothing(
-    live: System, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The helper SIGKILLed while it loads: the replay fails at once with an error that says so,
-    swaps nothing, and the next replay rebuilds and agrees."""
-    watch = HelperWatch(monkeypatch, settings, hold=True)
-    before = await checkpoint(settings)
-
-    async def kill_the_helper() -> None:
-        await watch.started.wait()
-        await asyncio.sleep(0.3)
-        os.kill(watch.pids[0], signal.SIGKILL)
-
-    killer = asyncio.create_task(kill_the_helper())
-    try:
-        with pytest.raises(linesload.LinesLoadFailed, match="killed by signal 9"):
-            await replay(settings)
-    finally:
-        await killer
-        await watch.release()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        live_lines = await conn.fetchval("SELECT count(*) FROM readmodel.log_lines")
-    finally:
-        await conn.close()
-    assert live_lines == 30 * 200  # the live tables untouched
-    assert await checkpoint(settings) >= before
-    monkeypatch.undo()
-    monkeypatch.setattr(replay_module, "SPLIT_MIN_EVENTS", 1)
-    assert (await replay(settings)).differences == {}
-
-
-async def test_an_unreadable_line_event_makes_the_replay_load_in_one_process(
-    live: System, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A line event the live projector set aside (not an event at all): the helper stops, the
-    replay loads again in one process and sets it aside as the live projector did."""
-    async with history_support.publisher(settings) as js:
-        await js.publish(f"{settings.prefix}.job.broken.lines", b"not an event")
-    last = await publish(settings, logged_job("after-broken", lines=10, batch=5))
-    await wait_projected(settings, last)
-    watch = HelperWatch(monkeypatch, settings, hold=False)
-    with structlog.testing.capture_logs() as logs:
-        report = await replay(settings)
-    assert len(watch.pids) == 1
-    assert any(e["event"].startswith("replay loads in one process") for e in logs)
-    assert report.differences == {}
-    assert report.tables["projector_failures"] == 1

@@ -9,7 +9,7 @@ import pytest
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.streamreader import SKIPPED, GapError, StreamReader, StreamReaderError
+from jobrunner.common.streamreader import GapError, StreamReader, StreamReaderError
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
@@ -145,14 +145,13 @@ def delivery(
     )
 
 
-def parser(skip: bytes | None = None, skip_through: int | None = None) -> StreamReader:
+def parser(skip: bytes | None = None) -> StreamReader:
     reader = StreamReader(
         None,  # type: ignore[arg-type]
         [],
         "S_EVENTS",
         "s.job.>",
         skip_subject_suffix=skip,
-        skip_through=skip_through,
     )
     reader._writer = FakeWriter()  # type: ignore[assignment]
     return reader
@@ -191,21 +190,6 @@ def test_skipped_subjects_keep_their_place_without_their_payload() -> None:
     assert reader._parse(data) == [(1, b"a"), (2, b""), (3, b"c")]
     with pytest.raises(GapError):
         reader._parse(delivery(5, 5, b"", "s.job.j.status"))
-
-
-def test_skipped_bodies_are_told_from_empty_ones_and_come_whole_past_skip_through() -> None:
-    """A replay's reader skips the lines another process loads (up to a sequence) and must tell
-    a skipped body from a stored empty one (that one is an unreadable event, set aside)."""
-    reader = parser(skip=b".lines", skip_through=2)
-    data = (
-        delivery(1, 1, b"")  # an empty line event: skipped too (the other process has it)
-        + delivery(2, 2, b"lines")
-        + delivery(3, 3, b"", "s.job.j.status")
-        + delivery(4, 4, b"later lines")
-    )
-    parsed = reader._parse(data)
-    assert parsed == [(1, b""), (2, b""), (3, b""), (4, b"later lines")]
-    assert [data is SKIPPED for _, data in parsed] == [True, True, False, False]
 
 
 def test_flow_control_and_ping_are_answered_and_a_message_split_across_reads_is_whole() -> None:

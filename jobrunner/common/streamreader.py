@@ -52,14 +52,6 @@ HEARTBEAT_SECONDS = 5.0
 DEFAULT_CONNECT_TIMEOUT = 2.0  # as nats-py's
 
 
-class _Skipped(bytes):
-    """The payload handed out for a message whose body was skipped: empty, as any other empty
-    payload, but told apart by identity (``data is SKIPPED``)."""
-
-
-SKIPPED = _Skipped()
-
-
 class StreamReaderError(Exception):
     """The connection failed or the server reported an error; start again after the last seq."""
 
@@ -84,15 +76,12 @@ class StreamReader:
         name: str = "jobrunner-streamreader",
         connection: NatsConnection | None = None,
         skip_subject_suffix: bytes | None = None,
-        skip_through: int | None = None,
     ) -> None:
         """``connection`` gives the deadline of each connect step and TLS, the same options the
         services' nats-py clients use (``NatsConnection.from_settings``). A message whose subject
         ends with ``skip_subject_suffix`` comes with an empty payload: counted in order (its
-        sequence, the gap check), its body never copied nor decoded: ``SKIPPED``. With
-        ``skip_through`` only up to that stream sequence; later ones come whole."""
+        sequence, the gap check), its body never copied nor decoded."""
         self._skip = skip_subject_suffix
-        self._skip_through = skip_through
         self._name = name
         self._timeout = connection.connect_timeout if connection else DEFAULT_CONNECT_TIMEOUT
         self._tls = connection.tls if connection else None
@@ -135,8 +124,7 @@ class StreamReader:
         self._consumer = info.name
         self._consumer_seq = 0
         self.last_seq = start_seq - 1
-        # Nothing stored to deliver (a filter no stored message matches): caught up already.
-        self._pending = b"0" if info.num_pending == 0 else None
+        self._pending = None
 
     def _consumer_config(self, inbox: str, start_seq: int) -> api.ConsumerConfig:
         return api.ConsumerConfig(
@@ -351,8 +339,8 @@ class StreamReader:
                     self._consumer_seq += 1
                     self.last_seq = stream_seq = int(seq)
                     self._pending = pending
-                    if skip is not None and subject.endswith(skip) and self._skipping(stream_seq):
-                        append((stream_seq, SKIPPED))
+                    if skip is not None and subject.endswith(skip):
+                        append((stream_seq, b""))
                     else:
                         append((stream_seq, buf[body + int(header_size) : after]))
                     pos = after + 2
@@ -373,12 +361,8 @@ class StreamReader:
                 reply = parts[3] if with_reply else b""
                 if reply.startswith(b"$JS.ACK."):  # a stored message, even with an empty body
                     seq = self._sequence(reply)
-                    if (
-                        self._skip is not None
-                        and parts[1].endswith(self._skip)
-                        and self._skipping(seq)
-                    ):
-                        append((seq, SKIPPED))
+                    if self._skip is not None and parts[1].endswith(self._skip):
+                        append((seq, b""))
                     else:
                         append((seq, buf[body + header_size : body + total]))
                 else:  # a flow-control request or a heartbeat
@@ -396,9 +380,6 @@ class StreamReader:
             else:  # PONG, +OK
                 pos = end + 2
         self._buffer = buf[pos:]
-
-    def _skipping(self, seq: int) -> bool:
-        return self._skip_through is None or seq <= self._skip_through
 
     def _sequence(self, reply: bytes) -> int:
         """The stream sequence, from the ``$JS.ACK...`` reply subject; checks for gaps."""

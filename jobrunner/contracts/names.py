@@ -75,11 +75,6 @@ class Names:
         """Every event (jobs and batches); the stream holds exactly these subjects."""
         return f"{self.prefix}.>"
 
-    @property
-    def all_lines(self) -> str:
-        """Every job's ``LineLogged`` events."""
-        return f"{self.prefix}.job.*.lines"
-
     def subject(self, event: events.Event | events.BatchEvent) -> str:
         kind = KIND_BY_EVENT[type(event)]
         if isinstance(event, events.BatchEvent):

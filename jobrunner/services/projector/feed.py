@@ -12,7 +12,7 @@ from nats.js.errors import NotFoundError
 
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
-from jobrunner.common.streamreader import SKIPPED, StreamReader, StreamReaderError
+from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts import codec
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.projections import Change, Unreadable, project
@@ -44,12 +44,7 @@ class EventFeed:
         settings: Settings,
         name: str,
         restart_attempts: int | None = None,
-        subjects: str | None = None,
-        skip_lines_through: int | None = None,
     ) -> None:
-        """``subjects``: a filter of the stream's subjects (all of them by default).
-        ``skip_lines_through``: line events up to that stream sequence come as no change, their
-        bodies never copied nor decoded (a replay's lines loaded by another process)."""
         self._restart_attempts = restart_attempts  # None: for as long as it takes
         connection = NatsConnection.from_settings(settings)  # the same options as nats-py's
         self._js = js
@@ -58,11 +53,9 @@ class EventFeed:
             js,
             connection.servers,
             names.stream,
-            subjects or names.all_subjects,
+            names.all_subjects,
             name=f"jobrunner-{name}",
             connection=connection,
-            skip_subject_suffix=b".lines" if skip_lines_through is not None else None,
-            skip_through=skip_lines_through,
         )
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None
@@ -123,10 +116,6 @@ class EventFeed:
         await asyncio.sleep(wait)
         return self._queued(have)
 
-    def caught_up(self) -> bool:
-        """Every event stored when the last one arrived has been fetched."""
-        return self._queue.empty() and self._reader.pending == 0
-
     def _queued(self, have: int) -> list[tuple[int, list[Change]]]:
         more: list[tuple[int, list[Change]]] = []
         while (
@@ -157,9 +146,6 @@ class EventFeed:
                     failures = 0
                     batch: list[tuple[int, list[Change]]] = []
                     for seq, data in messages:
-                        if data is SKIPPED:  # a line event another process loads
-                            batch.append((seq, []))
-                            continue
                         try:
                             event = codec.decode(data)
                         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -29,7 +29,7 @@ from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import linesload, setaside, store, timestamps
+from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
 
@@ -47,9 +47,6 @@ SWAP_SLACK = 2000
 # The loaded tables get statistics once this many events are in, and again each time that
 # doubles (see _load).
 FIRST_ANALYZE = 10_000
-# From this many events on, the lines are loaded by a second process (linesload.py); below it
-# the process' start costs more than it takes off.
-SPLIT_MIN_EVENTS = 50_000
 # Tables compared after a replay, each with the columns that identify a row in a report.
 COMPARED_TABLES = {
     "jobs": "id",
@@ -171,54 +168,19 @@ async def replay(
                 on_progress(progress)
             return time.monotonic()
 
-        async def load(split: bool) -> tuple[EventFeed, int, Batch] | None:
-            """The bulk load; with ``split`` the lines up to the live checkpoint are loaded by
-            a second process (None: it found an event to set aside, load again without)."""
+        async def load() -> tuple[EventFeed, int, Batch]:
             progress.phase = "loading"
-            lines: linesload.LinesLoader | None = None
-            through = 0
-            if split:
-                async with pool.acquire() as conn:
-                    through = await store.checkpoint(conn)
-                if through - first_seq + 1 >= SPLIT_MIN_EVENTS:
-                    lines = await linesload.LinesLoader.start(
-                        settings, REPLAY_SCHEMA, first_seq, through
-                    )
-                    resources.push_async_callback(lines.stop)
-            feed = EventFeed(
-                js,
-                names,
-                settings,
-                name="replay",
-                restart_attempts=RESTART_ATTEMPTS,
-                skip_lines_through=through if lines is not None else None,
-            )
+            feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
             resources.push_async_callback(feed.close)
             await feed.start(first_seq)
             with collector_paused():
-                loading = _load(pool, js, names, feed, progress, on_progress, progress_interval)
-                if lines is None:
-                    applied, held = await loading
-                else:
-                    loaded = await lines.alongside(loading)
-                    counts = await lines.counts()
-                    if loaded is None or counts is None:
-                        await feed.close()
-                        return None
-                    applied, held = loaded
-                    async with pool.acquire() as conn:
-                        await linesload.add_counts(conn, REPLAY_SCHEMA, counts)
+                applied, held = await _load(
+                    pool, js, names, feed, progress, on_progress, progress_interval
+                )
             phases["loading"] = time.monotonic() - progress.started
             return feed, applied, held
 
-        loaded = await load(split=True)
-        if loaded is None:
-            async with pool.acquire() as conn:
-                await _fresh_schema(conn, line_key=False)
-            progress.done = 0
-            loaded = await load(split=False)
-        assert loaded is not None
-        feed, applied, held = loaded
+        feed, applied, held = await load()
         mark = begin("indexing")
         # The lines' primary key is built once after the load (Postgres' CPU 12 % less, 0.7 s
         # per million events, than keeping it up to date line by line). Without it a line
@@ -231,9 +193,7 @@ async def replay(
             async with pool.acquire() as conn:
                 await _fresh_schema(conn, line_key=True)
             progress.done = 0
-            loaded = await load(split=False)
-            assert loaded is not None
-            feed, applied, held = loaded
+            feed, applied, held = await load()
             mark = begin("indexing")
             await build_indexes(pool, REPLAY_SCHEMA)
         phases["indexing"] = time.monotonic() - mark
@@ -415,9 +375,7 @@ async def _load(
     progress_interval: float,
 ) -> tuple[int, Batch]:
     """The bulk phase: follow the stream into the fresh schema, never getting ahead of the live
-    projector (the two are compared at one checkpoint), while it and the API carry on. It ends
-    past the live checkpoint of its start (the stream's last sequence then is its first
-    target): every job a line loaded by the helper counts is stored by then.
+    projector (the two are compared at one checkpoint), while it and the API carry on.
 
     Returns the last sequence applied and what was fetched beyond the live checkpoint.
     """
