@@ -215,6 +215,59 @@ async def test_lease_kept_through_a_pause_starting_just_before_a_renewal_is_due(
         assert await slots.release(lease)
 
 
+async def test_slot_freed_at_once_when_the_job_ends_while_its_renewals_wait_in_a_pause(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """The job ends while renewals sent into a paused NATS are unanswered: the keeper stops
+    with the revision it last confirmed, and the server, once it runs again, stores the first
+    of those renewals before the release, which names the older revision and is refused. The
+    release reads the key, finds our own lease at the newer revision and deletes that: the next
+    job on the lock takes the slot at once. (It used to stay held until the lease expired, a
+    TTL later.)"""
+    from jobrunner.services.runner.lease import LeaseKeeper
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("slot.ending", held("ending"))
+        assert lease is not None
+        renewed = asyncio.Event()
+
+        async def after_renewal() -> None:
+            renewed.set()
+
+        keeper = LeaseKeeper(slots, lease, TTL, after_renewal)
+        keeper.start()
+        async with asyncio.timeout(TTL):
+            await renewed.wait()  # a renewal confirmed: the interval starts now
+        due = keeper.lease.sent_at + keeper.interval
+        await asyncio.sleep(max(0.0, due - 0.1 - time.monotonic()))  # the fault's moment
+        pause(own_nats)
+        # The outage itself: long enough for the keeper to send a renewal and one resend.
+        await asyncio.sleep(2 * keeper.request_timeout + 0.3)
+        ended = await keeper.stop()  # the job ended: its attempts in flight are abandoned
+        assert not keeper.lost.is_set()
+        releasing = asyncio.ensure_future(slots.release(ended))
+        await asyncio.sleep(0.1)  # the release waits in the server's socket behind them
+        resume(own_nats)
+        assert await releasing
+        assert await slots.current(ended.key) is None
+        assert await slots.try_acquire(ended.key, held("next", runner_id="other")) is not None
+
+
+async def test_release_leaves_another_holders_lease_alone(settings: Settings) -> None:
+    """A release refused because the slot passed to another holder deletes nothing."""
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("slot.passed", held("first"))
+        assert lease is not None
+        assert await slots.release(lease)
+        other = await slots.try_acquire("slot.passed", held("second", runner_id="other"))
+        assert other is not None
+        assert not await slots.release(lease)
+        current = await slots.current("slot.passed")
+        assert current is not None
+        assert current.revision == other.revision
+
+
 # Leases one runner keeps at once in the flood test: two runners' worth of internal jobs.
 FLOOD_LEASES = 16
 # Claims in flight at once in the flood after the pause: more than a runner's fetch brings, few

@@ -87,6 +87,8 @@ PIPELINED_ACK_WAIT = 5.0
 # an earlier write of ours) is written again after this pause, this many times at most.
 RENEWAL_SETTLE_PAUSE = 0.03
 RENEWAL_SETTLE_TRIES = 5
+# Deletes a release sends at most, each after the one before was refused (see release).
+RELEASE_TRIES = 12
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -360,12 +362,36 @@ class SlotTable:
             await self.release(current)
 
     async def release(self, lease: Lease) -> bool:
-        """Free the slot if it is still ours; False when it had already expired or been taken."""
-        try:
-            await self._delete(lease.key, lease.revision)
-        except KeyWrongLastSequenceError:
-            return False
-        return True
+        """Free the slot if it is still ours; False when it had already expired or been taken.
+
+        The delete is conditional on the lease's revision, which may be older than the one the
+        key holds: a renewal sent into an outage and abandoned when the job ended is stored
+        once NATS is back, ahead of the delete. A refused delete reads the key, and if it holds
+        our own lease (same job, same runner process) at a newer revision, deletes that one;
+        else the lease is left to expire. Never deletes another holder's lease: each delete
+        names the revision of ours just read. At most ``RELEASE_TRIES`` deletes: each refusal
+        means one more write of ours stored, and a stopped keeper has only so many in flight
+        (one per request timeout before its deadline, about eight)."""
+        revision = lease.revision
+        for _ in range(RELEASE_TRIES):
+            try:
+                await self._delete(lease.key, revision)
+            except KeyWrongLastSequenceError:
+                current, _ = await self._read(lease.key)
+                if (
+                    current is None
+                    or current.revision < revision
+                    or not same_holder(current.value, lease.value)
+                ):
+                    return False
+                if current.revision == revision:
+                    # As in renew: a cluster refuses while an earlier write of ours to the key
+                    # is still being replicated, and the key reads as the revision named.
+                    await asyncio.sleep(RENEWAL_SETTLE_PAUSE)
+                revision = current.revision
+                continue
+            return True
+        return False  # left to expire
 
     async def _delete(self, key: str, last: int | None) -> None:
         # A delete marker with its own TTL, so markers of finished jobs do not pile up.
