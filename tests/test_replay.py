@@ -18,15 +18,14 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.projector.replay import (
-    REPLAY_LOCK,
     REPLAY_SCHEMA,
     Progress,
-    ReplayLockLost,
     ReplayMismatch,
     _fresh_schema,
     build_indexes,
     replay,
 )
+from jobrunner.services.projector.replaylock import ReplayLockLost
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import (
     job_events,
@@ -34,6 +33,11 @@ from tests.history_support import (
     publish,
     reading_system,
     wait_projected,
+)
+from tests.replaylock_support import (
+    swap_held_after_its_check,
+    terminate_lock_holder,
+    wait_for_the_swap,
 )
 from tests.system import System
 
@@ -149,20 +153,6 @@ async def test_only_one_replay_runs_at_a_time(live: System, settings: Settings) 
     assert (await replay(settings)).differences == {}  # and the lock went with the first
 
 
-async def terminate_lock_holder(settings: Settings) -> None:
-    """Ends the session holding the replay lock, as an idle timeout or a proxy would."""
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        ended = await conn.fetchval(
-            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1",
-            REPLAY_LOCK,
-        )
-    finally:
-        await conn.close()
-    assert ended
-
-
 async def test_a_replay_whose_lock_session_ended_refuses_to_swap(
     live: System, settings: Settings
 ) -> None:
@@ -191,6 +181,29 @@ async def test_a_replay_whose_lock_session_ended_refuses_to_swap(
         await conn.close()
     assert await checkpoint(settings) == before
     assert [row["nspname"] for row in schemas] == ["readmodel", "readmodel_replay"]
+    assert (await replay(settings)).differences == {}  # the lock went with the session
+
+
+async def test_a_replay_whose_lock_session_ends_after_the_check_swaps_nothing(
+    live: System, settings: Settings
+) -> None:
+    """The session holding the replay lock ends after the swap checked it holds the lock, before
+    the commit (a window of milliseconds, held open here): the swap runs on that session, so it
+    cannot commit without the lock, and the live tables stay (it used to swap them)."""
+    before = await checkpoint(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        live_jobs = await conn.fetch("SELECT * FROM readmodel.jobs ORDER BY id")
+        async with swap_held_after_its_check(settings) as holder:
+            replaying = asyncio.ensure_future(replay(settings))
+            await wait_for_the_swap(holder, replaying)
+            await terminate_lock_holder(settings)
+        with pytest.raises(ReplayLockLost, match="REPLAY_LOCK_LOST"):
+            await replaying
+        assert await conn.fetch("SELECT * FROM readmodel.jobs ORDER BY id") == live_jobs
+    finally:
+        await conn.close()
+    assert await checkpoint(settings) == before
     assert (await replay(settings)).differences == {}  # the lock went with the session
 
 

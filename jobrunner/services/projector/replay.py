@@ -32,6 +32,11 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
+from jobrunner.services.projector.replaylock import (
+    REPLAY_LOCK,
+    connect_lock_holder,
+    swap_transaction,
+)
 
 log = structlog.get_logger()
 
@@ -39,9 +44,6 @@ REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
 PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
 RESTART_ATTEMPTS = 10  # consecutive failed restarts of the feed before the replay gives up
 LIVE_PROJECTOR_TIMEOUT = 30.0
-# One replay at a time: a session lock, held on a connection of its own for the whole replay (a
-# pooled connection drops its session locks when it goes back to the pool).
-REPLAY_LOCK = store.SWAP_LOCK + 1
 # At most this many events are left for the swap transaction (the live projector waits on it).
 SWAP_SLACK = 2000
 # The loaded tables get statistics once this many events are in, and again each time that
@@ -59,19 +61,6 @@ COMPARED_TABLES = {
     "projector_failures": "stream_seq",
 }
 NOT_COMPARED = {"recorded_at"}
-
-
-class ReplayLockLost(RuntimeError):
-    """The session holding the replay lock ended before the swap (an idle or TCP timeout, a
-    Postgres restart, ``pg_terminate_backend``): another replay may have taken the lock and
-    rebuilt ``REPLAY_SCHEMA`` meanwhile, so nothing was swapped."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "REPLAY_LOCK_LOST: the Postgres session holding the replay lock ended before the "
-            "swap (another replay may have used the rebuilt tables meanwhile); nothing was "
-            "swapped. Wait for any other replay to finish, then run `jobrunner replay` again."
-        )
 
 
 class ReplayMismatch(Exception):
@@ -147,10 +136,7 @@ async def replay(
             synchronous_commit="off",
         )
         resources.push_async_callback(pool.close)
-        # Idle for the whole replay: a server-wide idle_session_timeout must not end it.
-        lock_holder = await asyncpg.connect(
-            settings.database_url, server_settings={"idle_session_timeout": "0"}
-        )
+        lock_holder = await connect_lock_holder(settings.database_url)
         resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
@@ -198,9 +184,9 @@ async def replay(
             await build_indexes(pool, REPLAY_SCHEMA)
         phases["indexing"] = time.monotonic() - mark
         mark = begin("comparing")
-        # Swap phase: the live projector pauses between two batches while we finish.
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = on")
+        # Swap phase: the live projector pauses between two batches while we finish. On the
+        # lock's own session: the lock is still ours when it commits (replaylock.py).
+        async with swap_transaction(lock_holder) as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             live = await store.checkpoint(conn)
             while applied < live:
@@ -228,11 +214,6 @@ async def replay(
                 # transaction changed them (the retention cut above): then only it sees them.
                 live_reader = conn if settings.readmodel_retention_days > 0 else other
                 differences, tables = await compare(conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA)
-            # Still the only replay: once the lock is lost a second replay may have dropped and
-            # refilled the rebuilt schema. Checked after the comparison, whose reads keep the
-            # rebuilt tables from being dropped until this transaction ends.
-            if not await holds_replay_lock(conn, lock_holder.get_server_pid()):
-                raise ReplayLockLost()
             if differences and not accept_differences:
                 raise ReplayMismatch(differences)
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
@@ -253,19 +234,6 @@ async def replay(
             differences=differences,
             phases={name: round(seconds, 3) for name, seconds in phases.items()},
         )
-
-
-async def holds_replay_lock(conn: asyncpg.Connection, pid: int) -> bool:
-    """Whether the backend ``pid`` holds ``REPLAY_LOCK`` (a bigint advisory lock: its high half
-    in ``classid``, its low half in ``objid``)."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND pid = $1 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $2)",
-            pid,
-            REPLAY_LOCK,
-        )
-    )
 
 
 async def _fresh_schema(conn: asyncpg.Connection, line_key: bool) -> None:

@@ -43,12 +43,16 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
     PREVIOUS_SCHEMA,
-    REPLAY_LOCK,
     Progress,
     analyze,
     build_indexes,
     collector_paused,
     set_autovacuum,
+)
+from jobrunner.services.projector.replaylock import (
+    REPLAY_LOCK,
+    connect_lock_holder,
+    swap_transaction,
 )
 
 log = structlog.get_logger()
@@ -118,7 +122,7 @@ async def rebuild(
     """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring)."""
     names = Names(settings.prefix)
     async with contextlib.AsyncExitStack() as resources:
-        lock_holder = await asyncpg.connect(settings.database_url)
+        lock_holder = await connect_lock_holder(settings.database_url)
         resources.push_async_callback(lock_holder.close)
         # One rebuild (or replay) at a time; a second projector waits here, then finds the
         # read models current.
@@ -187,8 +191,10 @@ async def rebuild(
         await build_indexes(pool, UPGRADE_SCHEMA)
         progress.phase = "swapping"
         on_progress(progress)
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = on")
+        # On the replay lock's own session, as a replay's swap: should that session have ended
+        # (and another rebuild have taken the lock and refilled the rebuilt schema), nothing is
+        # swapped and ReplayLockLost is raised (replaylock.py).
+        async with swap_transaction(lock_holder) as conn:
             # An older projector still running pauses between two of its batches.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             # What arrives from here on the projector applies after the swap, from the rebuilt
