@@ -84,8 +84,9 @@ async def test_a_lock_given_up_in_a_pause_passes_on_at_once_once_nats_is_back(
                 recovery_s=None,
                 terminal_s=None,
                 holds=not problems,
-                note=f"B started {figures.seconds(b_after)} s after NATS was back; "
-                + "; ".join(problems),
+                note="; ".join(
+                    [f"B started {figures.seconds(b_after)} s after NATS was back", *problems]
+                ),
             )
         )
         for job in (a, b):
