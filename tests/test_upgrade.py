@@ -20,7 +20,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import upgrade
 from jobrunner.services.projector.replay import Progress
-from jobrunner.services.projector.replaylock import ReplayLockLost
+from jobrunner.services.projector.replaylock import REPLAY_LOCK, ReplayLockLost
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import without_auth
 from tests.replaylock_support import (
@@ -65,7 +65,8 @@ async def test_a_rebuild_loads_its_tables_with_autovacuum_off(settings: Settings
     second core), as a replay's."""
     conn = await asyncpg.connect(settings.database_url)
     try:
-        assert not await upgrade._resume_or_start(conn)
+        await conn.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
+        assert not await upgrade._resume_or_start(conn, conn.get_server_pid())
         found = await conn.fetch(_BIG_TABLES_OPTIONS, readmodelversion.UPGRADE_SCHEMA)
     finally:
         await conn.close()

@@ -35,6 +35,7 @@ from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
     connect_lock_holder,
+    rebuilt_schema_transaction,
     swap_transaction,
 )
 
@@ -145,7 +146,7 @@ async def replay(
         first_seq = max(info.state.first_seq, 1)
         async with pool.acquire() as conn:
             await store.create_schema(conn)  # the live one, should this be a fresh install
-            await _fresh_schema(conn, line_key=False)
+            await _fresh_schema(conn, line_key=False, lock_holder_pid=lock_holder.get_server_pid())
         progress = Progress(0, info.state.last_seq, first_seq)
 
         def begin(phase: str) -> float:
@@ -177,7 +178,9 @@ async def replay(
             log.warning("replay loads again with the lines' key: a line is stored twice")
             await feed.close()
             async with pool.acquire() as conn:
-                await _fresh_schema(conn, line_key=True)
+                await _fresh_schema(
+                    conn, line_key=True, lock_holder_pid=lock_holder.get_server_pid()
+                )
             progress.done = 0
             feed, applied, held = await load()
             mark = begin("indexing")
@@ -236,18 +239,21 @@ async def replay(
         )
 
 
-async def _fresh_schema(conn: asyncpg.Connection, line_key: bool) -> None:
+async def _fresh_schema(conn: asyncpg.Connection, line_key: bool, lock_holder_pid: int) -> None:
     """An empty ``REPLAY_SCHEMA`` for the bulk load: no secondary index, autovacuum off, and
-    unless ``line_key`` no primary key on the lines (``build_indexes`` adds it)."""
-    await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
-    await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
-    if not line_key:
-        await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.log_lines DROP CONSTRAINT {LINE_KEY}")
-    # The version goes with the rebuilt schema when it takes the live one's name.
-    await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
-    # Autovacuum would chase the bulk load (a million new rows set it off) for the second
-    # core; the tables get their statistics once loaded (build_indexes).
-    await set_autovacuum(conn, REPLAY_SCHEMA, enabled=False)
+    unless ``line_key`` no primary key on the lines (``build_indexes`` adds it). Only while the
+    backend ``lock_holder_pid`` holds the replay lock (``rebuilt_schema_transaction``: a replay
+    that lost it must not drop what another replay's swap just made the live schema)."""
+    async with rebuilt_schema_transaction(conn, lock_holder_pid):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
+        await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
+        if not line_key:
+            await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.log_lines DROP CONSTRAINT {LINE_KEY}")
+        # The version goes with the rebuilt schema when it takes the live one's name.
+        await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
+        # Autovacuum would chase the bulk load (a million new rows set it off) for the second
+        # core; the tables get their statistics once loaded (build_indexes).
+        await set_autovacuum(conn, REPLAY_SCHEMA, enabled=False)
 
 
 LINE_KEY = "log_lines_pkey"  # the name Postgres gives the primary key of schema.sql

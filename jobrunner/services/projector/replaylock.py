@@ -88,3 +88,23 @@ async def swap_transaction(lock_holder: asyncpg.Connection) -> AsyncIterator[asy
             raise ReplayLockLost() from exc
         raise
     await transaction.commit()
+
+
+@contextlib.asynccontextmanager
+async def rebuilt_schema_transaction(
+    conn: asyncpg.Connection, lock_holder_pid: int
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on ``conn`` (a pooled one) for dropping and recreating the schema a replay
+    or rebuild loads into, once any swap running has committed and only while the backend
+    ``lock_holder_pid`` still holds ``REPLAY_LOCK`` (else ``ReplayLockLost``, nothing dropped).
+
+    Postgres resolves ``DROP SCHEMA``'s name before it waits for the schema's tables: a drop
+    queued behind another replay's swap would drop the schema that swap just renamed to the live
+    one. The swap lock, shared (as the live projector takes it), waits for that swap instead,
+    and keeps the next one from starting until this commits; the lock checked after it says
+    whether that swap could have been another replay's."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", store.SWAP_LOCK)
+        if not await holds_replay_lock(conn, lock_holder_pid):
+            raise ReplayLockLost()
+        yield conn

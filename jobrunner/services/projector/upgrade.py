@@ -52,6 +52,7 @@ from jobrunner.services.projector.replay import (
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
     connect_lock_holder,
+    rebuilt_schema_transaction,
     swap_transaction,
 )
 
@@ -156,7 +157,7 @@ async def rebuild(
         info = await js.stream_info(names.stream)
         first_seq = max(info.state.first_seq, 1)
         async with pool.acquire() as conn:
-            resumed = await _resume_or_start(conn)
+            resumed = await _resume_or_start(conn, lock_holder.get_server_pid())
             applied = await store.checkpoint(conn, UPGRADE_SCHEMA)
         progress = Progress(0, info.state.last_seq, max(first_seq, applied + 1))
         feed = EventFeed(js, names, settings, name="upgrade")
@@ -221,12 +222,15 @@ async def rebuild(
         return Outcome(found, rebuilt=True, events=progress.done, checkpoint=applied)
 
 
-async def _resume_or_start(conn: asyncpg.Connection) -> bool:
+async def _resume_or_start(conn: asyncpg.Connection, lock_holder_pid: int) -> bool:
     """Keep what a killed rebuild of this version left (its checkpoint went with its rows);
-    anything else in ``UPGRADE_SCHEMA`` goes. Returns whether a rebuild is resumed."""
+    anything else in ``UPGRADE_SCHEMA`` goes, only while the backend ``lock_holder_pid`` holds
+    the replay lock (``rebuilt_schema_transaction``: the drop must not wait behind another
+    rebuild's swap and then drop the schema it renamed live). Returns whether a rebuild is
+    resumed."""
     if await readmodelversion.stored_version(conn, UPGRADE_SCHEMA) == READMODEL_VERSION:
         return True
-    async with conn.transaction():
+    async with rebuilt_schema_transaction(conn, lock_holder_pid):
         await conn.execute(f"DROP SCHEMA IF EXISTS {UPGRADE_SCHEMA} CASCADE")
         await store.create_schema(conn, UPGRADE_SCHEMA, indexes=False)
         # Off for the load, as in a replay; a resumed rebuild finds it still off, and
