@@ -701,6 +701,38 @@ async def test_a_sweep_leaves_alone_a_job_whose_claim_was_given_back_since_it_re
         await eventstore.close(nc)
 
 
+async def test_a_restarted_runner_leaves_alone_the_lease_another_runner_took_for_its_job(
+    settings: Settings,
+) -> None:
+    """A runner starting on the host of a dead one still sees, on its board, the dead runner's
+    lease of job J; meanwhile that lease expired and a live runner elsewhere took J's slot. The
+    clean-up deletes only the dead runner's own lease (it deleted whatever lease J had, and
+    ended J while the live runner ran it)."""
+    from jobrunner.common.slots import slot_key
+    from jobrunner.services.runner.service import Runner
+
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
+        me = runner.identity
+        ended = await asyncio.create_subprocess_exec("true")
+        await ended.wait()  # a pid no longer alive
+        dead = RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
+        alive = RunnerIdentity("elsewhere", "another-host", "another-boot", 4242, 99)
+        key = slot_key(None, "taken-again")
+        taken = await runner.slots.try_acquire(key, alive.held_value("taken-again", "emit"))
+        assert taken is not None
+        runner.board.slots[key] = dead.held_value("taken-again", "emit")  # not yet updated
+        await runner.sweeper.clean_up_after_crash()
+        now = await runner.slots.current(key)
+        assert now is not None
+        assert same_holder(now.value, taken.value)
+        assert await runner.journal.last_status("taken-again") is None
+    finally:
+        await eventstore.close(nc)
+
+
 async def test_a_reject_locks_claim_given_back_is_the_apis_reservation_again(
     settings: Settings,
 ) -> None:
