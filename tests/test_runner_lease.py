@@ -254,6 +254,38 @@ async def test_slot_freed_at_once_when_the_job_ends_while_its_renewals_wait_in_a
         assert await slots.try_acquire(ended.key, held("next", runner_id="other")) is not None
 
 
+# nats-py's JetStream request timeout, which a release's read of the key waits at most.
+READ_TIMEOUT = 5.0
+
+
+async def test_a_release_whose_read_meets_a_pause_leaves_the_lease_to_expire(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """A release refused (a renewal of ours stored late) reads the key to follow it; NATS pauses
+    just then, past the read's timeout: the release answers False (the lease left to expire),
+    as a refused release did before it read the key, rather than raise ``TimeoutError`` at the
+    end of a job."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("slot.read-in-a-pause", held("read-in-a-pause"))
+        assert lease is not None
+        renewed = await slots.renew(lease)  # the renewal stored late: the release is refused
+        assert renewed is not None
+        read = slots._read
+
+        async def read_in_a_pause(key: str) -> Any:
+            pause(own_nats)  # the fault's moment: right after the refused delete
+            asyncio.get_running_loop().call_later(READ_TIMEOUT + 0.5, resume, own_nats)
+            return await read(key)
+
+        slots._read = read_in_a_pause  # type: ignore[method-assign]
+        assert not await slots.release(lease)
+        slots._read = read  # type: ignore[method-assign]
+        current = await slots.current(lease.key)  # answered once NATS runs again
+        assert current is not None
+        assert current.revision == renewed.revision  # left to expire, not deleted
+
+
 async def test_release_leaves_another_holders_lease_alone(settings: Settings) -> None:
     """A release refused because the slot passed to another holder deletes nothing."""
     async with slot_table(settings) as slots:
