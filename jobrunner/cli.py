@@ -140,12 +140,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
-    from jobrunner.services.projector.replay import (
-        Progress,
-        ReplayLockLost,
-        ReplayMismatch,
-        replay,
-    )
+    from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
+    from jobrunner.services.projector.replaylock import ReplayLockLost
 
     settings = with_runtime(_settings(args), dict(os.environ))
 
@@ -174,7 +170,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # Read models older than this jobrunner cannot be compared with rebuilt ones: they are
     # rebuilt and swapped in without a comparison (this is the command a projector that may not
     # rebuild them names).
-    outcome = asyncio.run(upgrade.ensure_current(settings, allow_rebuild=True, on_progress=show))
+    try:
+        outcome = asyncio.run(
+            upgrade.ensure_current(settings, allow_rebuild=True, on_progress=show)
+        )
+    except ReplayLockLost as exc:
+        print(f"jobrunner replay: {exc}", file=sys.stderr)
+        return 4
     if outcome.rebuilt:
         print(
             f"replay: the read models were older than this jobrunner; rebuilt from "

@@ -7,25 +7,33 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import msgspec
 import pytest
 import structlog
 
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.readmodelversion import UPGRADE_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.services.projector import store, upgrade
 from jobrunner.services.projector.replay import (
-    REPLAY_LOCK,
+    PREVIOUS_SCHEMA,
     REPLAY_SCHEMA,
     Progress,
-    ReplayLockLost,
     ReplayMismatch,
     _fresh_schema,
     build_indexes,
     replay,
+)
+from jobrunner.services.projector.replaylock import (
+    REPLAY_LOCK,
+    ReplayLockLost,
+    connect_lock_holder,
+    swap_transaction,
 )
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import (
@@ -34,6 +42,11 @@ from tests.history_support import (
     publish,
     reading_system,
     wait_projected,
+)
+from tests.replaylock_support import (
+    swap_held_after_its_check,
+    terminate_lock_holder,
+    wait_for_the_swap,
 )
 from tests.system import System
 
@@ -149,20 +162,6 @@ async def test_only_one_replay_runs_at_a_time(live: System, settings: Settings) 
     assert (await replay(settings)).differences == {}  # and the lock went with the first
 
 
-async def terminate_lock_holder(settings: Settings) -> None:
-    """Ends the session holding the replay lock, as an idle timeout or a proxy would."""
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        ended = await conn.fetchval(
-            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1",
-            REPLAY_LOCK,
-        )
-    finally:
-        await conn.close()
-    assert ended
-
-
 async def test_a_replay_whose_lock_session_ended_refuses_to_swap(
     live: System, settings: Settings
 ) -> None:
@@ -194,12 +193,98 @@ async def test_a_replay_whose_lock_session_ended_refuses_to_swap(
     assert (await replay(settings)).differences == {}  # the lock went with the session
 
 
+async def test_a_replay_whose_lock_session_ends_after_the_check_swaps_nothing(
+    live: System, settings: Settings
+) -> None:
+    """The session holding the replay lock ends after the swap checked it holds the lock, before
+    the commit (a window of milliseconds, held open here): the swap runs on that session, so it
+    cannot commit without the lock, and the live tables stay (it used to swap them)."""
+    before = await checkpoint(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        live_jobs = await conn.fetch("SELECT * FROM readmodel.jobs ORDER BY id")
+        async with swap_held_after_its_check(settings) as holder:
+            replaying = asyncio.ensure_future(replay(settings))
+            await wait_for_the_swap(holder, replaying)
+            await terminate_lock_holder(settings)
+        with pytest.raises(ReplayLockLost, match="REPLAY_LOCK_LOST"):
+            await replaying
+        assert await conn.fetch("SELECT * FROM readmodel.jobs ORDER BY id") == live_jobs
+    finally:
+        await conn.close()
+    assert await checkpoint(settings) == before
+    assert (await replay(settings)).differences == {}  # the lock went with the session
+
+
+async def _fresh_upgrade_schema(conn: asyncpg.Connection, lock_holder_pid: int) -> None:
+    assert not await upgrade._resume_or_start(conn, lock_holder_pid)
+
+
+async def _fresh_replay_schema(conn: asyncpg.Connection, lock_holder_pid: int) -> None:
+    await _fresh_schema(conn, line_key=True, lock_holder_pid=lock_holder_pid)
+
+
+@pytest.mark.parametrize(
+    ("rebuilt", "fresh"),
+    [(REPLAY_SCHEMA, _fresh_replay_schema), (UPGRADE_SCHEMA, _fresh_upgrade_schema)],
+    ids=["replay", "rebuild"],
+)
+async def test_a_replay_that_lost_its_lock_leaves_what_another_swap_made_live(
+    settings: Settings,
+    rebuilt: str,
+    fresh: Callable[[asyncpg.Connection, int], Awaitable[None]],
+) -> None:
+    """A replay (or rebuild) whose lock session ended goes on on its pool and starts its schema
+    afresh (the reload with the lines' key) while the replay that took the lock swaps: its drop,
+    queued behind that swap, dropped the schema the swap had just renamed live. Now it waits
+    for the swap, finds the lock gone and drops nothing."""
+    setup = await asyncpg.connect(settings.database_url)
+    lost = await connect_lock_holder(settings.database_url)
+    holder = await connect_lock_holder(settings.database_url)
+    pool_conn = await connect_lock_holder(settings.database_url)
+    try:
+        await store.create_schema(setup)  # the live read models
+        lost_pid = lost.get_server_pid()
+        assert await lost.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK)
+        assert await setup.fetchval("SELECT pg_terminate_backend($1, 10000)", lost_pid)
+        await holder.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
+        # The lock holder's schema, loaded (no version in it: a rebuild's starts afresh).
+        await store.create_schema(setup, rebuilt, indexes=False)
+        async with swap_transaction(holder) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
+            await conn.fetchval(f"SELECT count(*) FROM {rebuilt}.jobs")  # compared, as a swap
+            starting_afresh = asyncio.ensure_future(fresh(pool_conn, lost_pid))
+            async with asyncio.timeout(60):
+                while not await conn.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                    pool_conn.get_server_pid(),
+                ):
+                    if starting_afresh.done():
+                        starting_afresh.result()
+                        raise AssertionError("it started afresh without waiting for the swap")
+                    await asyncio.sleep(0.05)  # nothing to wait on but pg_stat_activity
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+            await conn.execute(f"ALTER SCHEMA {READ_SCHEMA} RENAME TO {PREVIOUS_SCHEMA}")
+            await conn.execute(f"ALTER SCHEMA {rebuilt} RENAME TO {READ_SCHEMA}")
+        (outcome,) = await asyncio.gather(starting_afresh, return_exceptions=True)
+        schemas = await setup.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'readmodel%' ORDER BY 1"
+        )
+    finally:
+        lost.terminate()  # its backend ended above
+        for conn in (setup, holder, pool_conn):
+            await conn.close()
+    assert [row["nspname"] for row in schemas] == [READ_SCHEMA, PREVIOUS_SCHEMA]
+    assert isinstance(outcome, ReplayLockLost)
+
+
 async def test_a_failing_index_build_raises_its_own_error(settings: Settings) -> None:
     """One of the builds run at once fails: its error comes out as itself, as a single build's
     would (not in an exception group: `jobrunner replay` printed a nested traceback)."""
     conn = await asyncpg.connect(settings.database_url)
     try:
-        await _fresh_schema(conn, line_key=False)
+        await conn.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
+        await _fresh_schema(conn, line_key=False, lock_holder_pid=conn.get_server_pid())
         await conn.execute(f"DROP TABLE {REPLAY_SCHEMA}.batches CASCADE")
     finally:
         await conn.close()

@@ -215,6 +215,91 @@ async def test_lease_kept_through_a_pause_starting_just_before_a_renewal_is_due(
         assert await slots.release(lease)
 
 
+async def test_slot_freed_at_once_when_the_job_ends_while_its_renewals_wait_in_a_pause(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """The job ends while renewals sent into a paused NATS are unanswered: the keeper stops
+    with the revision it last confirmed, and the server, once it runs again, stores the first
+    of those renewals before the release, which names the older revision and is refused. The
+    release reads the key, finds our own lease at the newer revision and deletes that: the next
+    job on the lock takes the slot at once. (It used to stay held until the lease expired, a
+    TTL later.)"""
+    from jobrunner.services.runner.lease import LeaseKeeper
+
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("slot.ending", held("ending"))
+        assert lease is not None
+        renewed = asyncio.Event()
+
+        async def after_renewal() -> None:
+            renewed.set()
+
+        keeper = LeaseKeeper(slots, lease, TTL, after_renewal)
+        keeper.start()
+        async with asyncio.timeout(TTL):
+            await renewed.wait()  # a renewal confirmed: the interval starts now
+        due = keeper.lease.sent_at + keeper.interval
+        await asyncio.sleep(max(0.0, due - 0.1 - time.monotonic()))  # the fault's moment
+        pause(own_nats)
+        # The outage itself: long enough for the keeper to send a renewal and one resend.
+        await asyncio.sleep(2 * keeper.request_timeout + 0.3)
+        ended = await keeper.stop()  # the job ended: its attempts in flight are abandoned
+        assert not keeper.lost.is_set()
+        releasing = asyncio.ensure_future(slots.release(ended))
+        await asyncio.sleep(0.1)  # the release waits in the server's socket behind them
+        resume(own_nats)
+        assert await releasing
+        assert await slots.current(ended.key) is None
+        assert await slots.try_acquire(ended.key, held("next", runner_id="other")) is not None
+
+
+# nats-py's JetStream request timeout, which a release's read of the key waits at most.
+READ_TIMEOUT = 5.0
+
+
+async def test_a_release_whose_read_meets_a_pause_leaves_the_lease_to_expire(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """A release refused (a renewal of ours stored late) reads the key to follow it; NATS pauses
+    just then, past the read's timeout: the release answers False (the lease left to expire),
+    as a refused release did before it read the key, rather than raise ``TimeoutError`` at the
+    end of a job."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("slot.read-in-a-pause", held("read-in-a-pause"))
+        assert lease is not None
+        renewed = await slots.renew(lease)  # the renewal stored late: the release is refused
+        assert renewed is not None
+        read = slots._read
+
+        async def read_in_a_pause(key: str) -> Any:
+            pause(own_nats)  # the fault's moment: right after the refused delete
+            asyncio.get_running_loop().call_later(READ_TIMEOUT + 0.5, resume, own_nats)
+            return await read(key)
+
+        slots._read = read_in_a_pause  # type: ignore[method-assign]
+        assert not await slots.release(lease)
+        slots._read = read  # type: ignore[method-assign]
+        current = await slots.current(lease.key)  # answered once NATS runs again
+        assert current is not None
+        assert current.revision == renewed.revision  # left to expire, not deleted
+
+
+async def test_release_leaves_another_holders_lease_alone(settings: Settings) -> None:
+    """A release refused because the slot passed to another holder deletes nothing."""
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("slot.passed", held("first"))
+        assert lease is not None
+        assert await slots.release(lease)
+        other = await slots.try_acquire("slot.passed", held("second", runner_id="other"))
+        assert other is not None
+        assert not await slots.release(lease)
+        current = await slots.current("slot.passed")
+        assert current is not None
+        assert current.revision == other.revision
+
+
 # Leases one runner keeps at once in the flood test: two runners' worth of internal jobs.
 FLOOD_LEASES = 16
 # Claims in flight at once in the flood after the pause: more than a runner's fetch brings, few
@@ -644,6 +729,38 @@ async def test_a_sweep_leaves_alone_a_job_whose_claim_was_given_back_since_it_re
         await runner.requests.claimer.give_back(request, runner.job_types["emit"])
         await runner.sweeper.sweep_record(read)  # the sweep goes on with what it read
         assert await runner.journal.last_status(request.job_id) is None
+    finally:
+        await eventstore.close(nc)
+
+
+async def test_a_restarted_runner_leaves_alone_the_lease_another_runner_took_for_its_job(
+    settings: Settings,
+) -> None:
+    """A runner starting on the host of a dead one still sees, on its board, the dead runner's
+    lease of job J; meanwhile that lease expired and a live runner elsewhere took J's slot. The
+    clean-up deletes only the dead runner's own lease (it deleted whatever lease J had, and
+    ended J while the live runner ran it)."""
+    from jobrunner.common.slots import slot_key
+    from jobrunner.services.runner.service import Runner
+
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
+        me = runner.identity
+        ended = await asyncio.create_subprocess_exec("true")
+        await ended.wait()  # a pid no longer alive
+        dead = RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
+        alive = RunnerIdentity("elsewhere", "another-host", "another-boot", 4242, 99)
+        key = slot_key(None, "taken-again")
+        taken = await runner.slots.try_acquire(key, alive.held_value("taken-again", "emit"))
+        assert taken is not None
+        runner.board.slots[key] = dead.held_value("taken-again", "emit")  # not yet updated
+        await runner.sweeper.clean_up_after_crash()
+        now = await runner.slots.current(key)
+        assert now is not None
+        assert same_holder(now.value, taken.value)
+        assert await runner.journal.last_status("taken-again") is None
     finally:
         await eventstore.close(nc)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 from dataclasses import replace
 
 import asyncpg
@@ -19,8 +20,14 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import upgrade
 from jobrunner.services.projector.replay import Progress
+from jobrunner.services.projector.replaylock import REPLAY_LOCK, ReplayLockLost
 from tests.cli_support import cli_env, run_cli
 from tests.history_support import without_auth
+from tests.replaylock_support import (
+    swap_held_after_its_check,
+    terminate_lock_holder,
+    wait_for_the_swap,
+)
 from tests.system import System
 from tests.upgrade_support import complete, older_state, read_models, wait_version
 
@@ -58,7 +65,8 @@ async def test_a_rebuild_loads_its_tables_with_autovacuum_off(settings: Settings
     second core), as a replay's."""
     conn = await asyncpg.connect(settings.database_url)
     try:
-        assert not await upgrade._resume_or_start(conn)
+        await conn.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
+        assert not await upgrade._resume_or_start(conn, conn.get_server_pid())
         found = await conn.fetch(_BIG_TABLES_OPTIONS, readmodelversion.UPGRADE_SCHEMA)
     finally:
         await conn.close()
@@ -91,6 +99,45 @@ async def test_the_rebuilt_read_models_are_indexed_analyzed_and_autovacuumed(
     assert [row["reloptions"] for row in options] == [None, None, None]
     assert {"jobs_search_idx", "jobs_created_idx", "batches_page_idx"} <= indexes
     assert analyzed == 2
+
+
+async def test_a_rebuild_whose_lock_session_ended_swaps_nothing(settings: Settings) -> None:
+    """The session holding the replay lock ends before the swap (an idle timeout, a proxy):
+    another rebuild may have taken the lock and refilled the rebuilt schema meanwhile, so nothing
+    is swapped (REPLAY_LOCK_LOST, as a replay's), the older read models stay, and the next start
+    rebuilds them. (The swap used to go ahead.)"""
+    made = await older_state(settings)
+
+    def end_the_lock_session(progress: Progress) -> None:
+        if progress.phase == "swapping":  # the last step before the swap transaction
+            thread = threading.Thread(target=asyncio.run, args=(terminate_lock_holder(settings),))
+            thread.start()
+            thread.join()
+
+    with pytest.raises(ReplayLockLost, match="REPLAY_LOCK_LOST"):
+        await upgrade.ensure_current(settings, on_progress=end_the_lock_session)
+    assert (await read_models(settings))["version"] == readmodelversion.UNVERSIONED
+    assert (await upgrade.ensure_current(settings)).rebuilt  # the lock went with the session
+    assert complete(await read_models(settings), made) == []
+
+
+async def test_a_rebuild_whose_lock_session_ends_after_the_check_swaps_nothing(
+    settings: Settings,
+) -> None:
+    """The session holding the replay lock ends after the swap checked it, before the commit (a
+    window of milliseconds, held open here): the swap runs on that session, so it cannot commit
+    without the lock; ``jobrunner replay`` says so and exits 4, the older read models stay."""
+    made = await older_state(settings)
+    async with swap_held_after_its_check(settings) as holder:
+        command = asyncio.ensure_future(run_command("replay", env=cli_env(settings)))
+        await wait_for_the_swap(holder, command)
+        await terminate_lock_holder(settings)
+    code, err = await command
+    assert code == 4, err
+    assert "REPLAY_LOCK_LOST" in err
+    assert (await read_models(settings))["version"] == readmodelversion.UNVERSIONED
+    assert (await upgrade.ensure_current(settings)).rebuilt
+    assert complete(await read_models(settings), made) == []
 
 
 async def test_the_api_answers_503_until_the_rebuilt_read_models_are_swapped_in(

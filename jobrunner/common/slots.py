@@ -33,12 +33,16 @@ from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
+import nats.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jobrunner.common import ackinbox
 from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
 
 _KEY_SAFE = re.compile(r"[^-_A-Za-z0-9]")
 
@@ -87,6 +91,10 @@ PIPELINED_ACK_WAIT = 5.0
 # an earlier write of ours) is written again after this pause, this many times at most.
 RENEWAL_SETTLE_PAUSE = 0.03
 RENEWAL_SETTLE_TRIES = 5
+# Deletes a release sends at most, each after the one before was refused (see release).
+RELEASE_TRIES = 12
+# What a read of the lock bucket raises while NATS is unreachable (paused, restarting, closed).
+NATS_UNREACHABLE = (TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError)
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -360,12 +368,43 @@ class SlotTable:
             await self.release(current)
 
     async def release(self, lease: Lease) -> bool:
-        """Free the slot if it is still ours; False when it had already expired or been taken."""
-        try:
-            await self._delete(lease.key, lease.revision)
-        except KeyWrongLastSequenceError:
-            return False
-        return True
+        """Free the slot if it is still ours; False when it had already expired or been taken.
+
+        The delete is conditional on the lease's revision, which may be older than the one the
+        key holds: a renewal sent into an outage and abandoned when the job ended is stored
+        once NATS is back, ahead of the delete. A refused delete reads the key, and if it holds
+        our own lease (same job, same runner process) at a newer revision, deletes that one;
+        else, or when NATS cannot answer that read, the lease is left to expire. Never deletes
+        another holder's lease: each delete names the revision of ours just read. At most
+        ``RELEASE_TRIES`` deletes: each refusal means one more write of ours stored, and a
+        stopped keeper has only so many in flight (one per request timeout before its deadline,
+        about eight)."""
+        revision = lease.revision
+        for _ in range(RELEASE_TRIES):
+            try:
+                await self._delete(lease.key, revision)
+            except KeyWrongLastSequenceError:
+                try:
+                    current, _ = await self._read(lease.key)
+                except NATS_UNREACHABLE as exc:
+                    # NATS paused or gone since the refusal (past the read's timeout): left to
+                    # expire, as a refused release was before it read the key.
+                    log.warning("slot left to expire", key=lease.key, error=repr(exc))
+                    return False
+                if (
+                    current is None
+                    or current.revision < revision
+                    or not same_holder(current.value, lease.value)
+                ):
+                    return False
+                if current.revision == revision:
+                    # As in renew: a cluster refuses while an earlier write of ours to the key
+                    # is still being replicated, and the key reads as the revision named.
+                    await asyncio.sleep(RENEWAL_SETTLE_PAUSE)
+                revision = current.revision
+                continue
+            return True
+        return False  # left to expire
 
     async def _delete(self, key: str, last: int | None) -> None:
         # A delete marker with its own TTL, so markers of finished jobs do not pile up.

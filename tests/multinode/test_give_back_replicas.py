@@ -1,6 +1,7 @@
 """A runner's writes to the cluster's lock bucket (3 replicas): a claim whose writes the server
 has yet to store when the give-back starts (their request timed out in a NATS pause) leaves
-neither its lease nor its run record behind; renewals in flight at once keep their lease."""
+neither its lease nor its run record behind; renewals in flight at once keep their lease; a
+release behind renewals abandoned in flight frees the slot."""
 
 from __future__ import annotations
 
@@ -112,3 +113,31 @@ async def test_renewals_in_flight_at_once_keep_the_lease_on_three_replicas(
             assert current is not None
             assert same_holder(current.value, held)
     assert refused == 0
+
+
+async def test_a_release_behind_abandoned_renewals_frees_the_slot_on_three_replicas(
+    nodes_only: list[ClusterNode],
+) -> None:
+    """What a keeper stopped in an outage leaves: renewals sent and abandoned (their tasks
+    cancelled), and the release, naming the revision before them, right behind them. The bucket
+    stores the first renewal and refuses the delete, on a replicated bucket at times while the
+    renewal is still being replicated (the key then reads as the revision the delete named):
+    the release must still delete our lease, at the revision it holds (main left every one of
+    them held until it expired)."""
+    async with lock_bucket(nodes_only, ttl=12.0) as slots:
+        runner = RunnerIdentity(runner_id="r1", host="h", boot_id="b", pid=1, started_ticks=1)
+        held_on = []
+        for n in range(20):
+            held = runner.held_value(f"j{n}", "t")
+            lease = await slots.try_acquire(slot_key(None, f"j{n}"), held, fresh=True)
+            assert lease is not None
+            renewals = [asyncio.ensure_future(slots.renew(lease)) for _ in range(3)]
+            for _ in range(3):  # the renewals' writes are in the connection's buffer
+                await asyncio.sleep(0)
+            for renewal in renewals:  # abandoned, as a stopped keeper's attempts are
+                renewal.cancel()
+            released = await slots.release(lease)
+            await asyncio.gather(*renewals, return_exceptions=True)
+            if not released or await slots.current(lease.key) is not None:
+                held_on.append(lease.key)
+    assert held_on == []

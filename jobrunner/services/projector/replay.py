@@ -32,6 +32,12 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
+from jobrunner.services.projector.replaylock import (
+    REPLAY_LOCK,
+    connect_lock_holder,
+    rebuilt_schema_transaction,
+    swap_transaction,
+)
 
 log = structlog.get_logger()
 
@@ -39,9 +45,6 @@ REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
 PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
 RESTART_ATTEMPTS = 10  # consecutive failed restarts of the feed before the replay gives up
 LIVE_PROJECTOR_TIMEOUT = 30.0
-# One replay at a time: a session lock, held on a connection of its own for the whole replay (a
-# pooled connection drops its session locks when it goes back to the pool).
-REPLAY_LOCK = store.SWAP_LOCK + 1
 # At most this many events are left for the swap transaction (the live projector waits on it).
 SWAP_SLACK = 2000
 # The loaded tables get statistics once this many events are in, and again each time that
@@ -59,19 +62,6 @@ COMPARED_TABLES = {
     "projector_failures": "stream_seq",
 }
 NOT_COMPARED = {"recorded_at"}
-
-
-class ReplayLockLost(RuntimeError):
-    """The session holding the replay lock ended before the swap (an idle or TCP timeout, a
-    Postgres restart, ``pg_terminate_backend``): another replay may have taken the lock and
-    rebuilt ``REPLAY_SCHEMA`` meanwhile, so nothing was swapped."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "REPLAY_LOCK_LOST: the Postgres session holding the replay lock ended before the "
-            "swap (another replay may have used the rebuilt tables meanwhile); nothing was "
-            "swapped. Wait for any other replay to finish, then run `jobrunner replay` again."
-        )
 
 
 class ReplayMismatch(Exception):
@@ -147,10 +137,7 @@ async def replay(
             synchronous_commit="off",
         )
         resources.push_async_callback(pool.close)
-        # Idle for the whole replay: a server-wide idle_session_timeout must not end it.
-        lock_holder = await asyncpg.connect(
-            settings.database_url, server_settings={"idle_session_timeout": "0"}
-        )
+        lock_holder = await connect_lock_holder(settings.database_url)
         resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
@@ -159,7 +146,7 @@ async def replay(
         first_seq = max(info.state.first_seq, 1)
         async with pool.acquire() as conn:
             await store.create_schema(conn)  # the live one, should this be a fresh install
-            await _fresh_schema(conn, line_key=False)
+            await _fresh_schema(conn, line_key=False, lock_holder_pid=lock_holder.get_server_pid())
         progress = Progress(0, info.state.last_seq, first_seq)
 
         def begin(phase: str) -> float:
@@ -191,16 +178,18 @@ async def replay(
             log.warning("replay loads again with the lines' key: a line is stored twice")
             await feed.close()
             async with pool.acquire() as conn:
-                await _fresh_schema(conn, line_key=True)
+                await _fresh_schema(
+                    conn, line_key=True, lock_holder_pid=lock_holder.get_server_pid()
+                )
             progress.done = 0
             feed, applied, held = await load()
             mark = begin("indexing")
             await build_indexes(pool, REPLAY_SCHEMA)
         phases["indexing"] = time.monotonic() - mark
         mark = begin("comparing")
-        # Swap phase: the live projector pauses between two batches while we finish.
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = on")
+        # Swap phase: the live projector pauses between two batches while we finish. On the
+        # lock's own session: the lock is still ours when it commits (replaylock.py).
+        async with swap_transaction(lock_holder) as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             live = await store.checkpoint(conn)
             while applied < live:
@@ -228,11 +217,6 @@ async def replay(
                 # transaction changed them (the retention cut above): then only it sees them.
                 live_reader = conn if settings.readmodel_retention_days > 0 else other
                 differences, tables = await compare(conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA)
-            # Still the only replay: once the lock is lost a second replay may have dropped and
-            # refilled the rebuilt schema. Checked after the comparison, whose reads keep the
-            # rebuilt tables from being dropped until this transaction ends.
-            if not await holds_replay_lock(conn, lock_holder.get_server_pid()):
-                raise ReplayLockLost()
             if differences and not accept_differences:
                 raise ReplayMismatch(differences)
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
@@ -255,31 +239,21 @@ async def replay(
         )
 
 
-async def holds_replay_lock(conn: asyncpg.Connection, pid: int) -> bool:
-    """Whether the backend ``pid`` holds ``REPLAY_LOCK`` (a bigint advisory lock: its high half
-    in ``classid``, its low half in ``objid``)."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND pid = $1 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $2)",
-            pid,
-            REPLAY_LOCK,
-        )
-    )
-
-
-async def _fresh_schema(conn: asyncpg.Connection, line_key: bool) -> None:
+async def _fresh_schema(conn: asyncpg.Connection, line_key: bool, lock_holder_pid: int) -> None:
     """An empty ``REPLAY_SCHEMA`` for the bulk load: no secondary index, autovacuum off, and
-    unless ``line_key`` no primary key on the lines (``build_indexes`` adds it)."""
-    await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
-    await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
-    if not line_key:
-        await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.log_lines DROP CONSTRAINT {LINE_KEY}")
-    # The version goes with the rebuilt schema when it takes the live one's name.
-    await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
-    # Autovacuum would chase the bulk load (a million new rows set it off) for the second
-    # core; the tables get their statistics once loaded (build_indexes).
-    await set_autovacuum(conn, REPLAY_SCHEMA, enabled=False)
+    unless ``line_key`` no primary key on the lines (``build_indexes`` adds it). Only while the
+    backend ``lock_holder_pid`` holds the replay lock (``rebuilt_schema_transaction``: a replay
+    that lost it must not drop what another replay's swap just made the live schema)."""
+    async with rebuilt_schema_transaction(conn, lock_holder_pid):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {REPLAY_SCHEMA} CASCADE")
+        await store.create_schema(conn, REPLAY_SCHEMA, indexes=False)
+        if not line_key:
+            await conn.execute(f"ALTER TABLE {REPLAY_SCHEMA}.log_lines DROP CONSTRAINT {LINE_KEY}")
+        # The version goes with the rebuilt schema when it takes the live one's name.
+        await readmodelversion.record(conn, REPLAY_SCHEMA, by="jobrunner replay")
+        # Autovacuum would chase the bulk load (a million new rows set it off) for the second
+        # core; the tables get their statistics once loaded (build_indexes).
+        await set_autovacuum(conn, REPLAY_SCHEMA, enabled=False)
 
 
 LINE_KEY = "log_lines_pkey"  # the name Postgres gives the primary key of schema.sql

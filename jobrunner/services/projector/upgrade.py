@@ -43,12 +43,17 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
     PREVIOUS_SCHEMA,
-    REPLAY_LOCK,
     Progress,
     analyze,
     build_indexes,
     collector_paused,
     set_autovacuum,
+)
+from jobrunner.services.projector.replaylock import (
+    REPLAY_LOCK,
+    connect_lock_holder,
+    rebuilt_schema_transaction,
+    swap_transaction,
 )
 
 log = structlog.get_logger()
@@ -118,7 +123,7 @@ async def rebuild(
     """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring)."""
     names = Names(settings.prefix)
     async with contextlib.AsyncExitStack() as resources:
-        lock_holder = await asyncpg.connect(settings.database_url)
+        lock_holder = await connect_lock_holder(settings.database_url)
         resources.push_async_callback(lock_holder.close)
         # One rebuild (or replay) at a time; a second projector waits here, then finds the
         # read models current.
@@ -152,7 +157,7 @@ async def rebuild(
         info = await js.stream_info(names.stream)
         first_seq = max(info.state.first_seq, 1)
         async with pool.acquire() as conn:
-            resumed = await _resume_or_start(conn)
+            resumed = await _resume_or_start(conn, lock_holder.get_server_pid())
             applied = await store.checkpoint(conn, UPGRADE_SCHEMA)
         progress = Progress(0, info.state.last_seq, max(first_seq, applied + 1))
         feed = EventFeed(js, names, settings, name="upgrade")
@@ -187,8 +192,10 @@ async def rebuild(
         await build_indexes(pool, UPGRADE_SCHEMA)
         progress.phase = "swapping"
         on_progress(progress)
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = on")
+        # On the replay lock's own session, as a replay's swap: should that session have ended
+        # (and another rebuild have taken the lock and refilled the rebuilt schema), nothing is
+        # swapped and ReplayLockLost is raised (replaylock.py).
+        async with swap_transaction(lock_holder) as conn:
             # An older projector still running pauses between two of its batches.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             # What arrives from here on the projector applies after the swap, from the rebuilt
@@ -215,12 +222,15 @@ async def rebuild(
         return Outcome(found, rebuilt=True, events=progress.done, checkpoint=applied)
 
 
-async def _resume_or_start(conn: asyncpg.Connection) -> bool:
+async def _resume_or_start(conn: asyncpg.Connection, lock_holder_pid: int) -> bool:
     """Keep what a killed rebuild of this version left (its checkpoint went with its rows);
-    anything else in ``UPGRADE_SCHEMA`` goes. Returns whether a rebuild is resumed."""
+    anything else in ``UPGRADE_SCHEMA`` goes, only while the backend ``lock_holder_pid`` holds
+    the replay lock (``rebuilt_schema_transaction``: the drop must not wait behind another
+    rebuild's swap and then drop the schema it renamed live). Returns whether a rebuild is
+    resumed."""
     if await readmodelversion.stored_version(conn, UPGRADE_SCHEMA) == READMODEL_VERSION:
         return True
-    async with conn.transaction():
+    async with rebuilt_schema_transaction(conn, lock_holder_pid):
         await conn.execute(f"DROP SCHEMA IF EXISTS {UPGRADE_SCHEMA} CASCADE")
         await store.create_schema(conn, UPGRADE_SCHEMA, indexes=False)
         # Off for the load, as in a replay; a resumed rebuild finds it still off, and

@@ -153,8 +153,8 @@ class JobExecutor:
                 # The job never got as far as its tool: nothing of its directory is left.
                 await self.discard_output(job_id, making_output)
             lease = await keeper.stop()
-        # Conditional on our last revision: frees the slot only if nobody wrote it since (also
-        # after a lost lease that the server had not yet let expire).
+        # Frees the slot only if it still holds our lease (also after a lost lease that the server
+        # had not yet let expire, renewed by an attempt the keeper abandoned: see release).
         await self.slots.release(lease)
         log.info(
             "job finished",

@@ -16,7 +16,7 @@ from collections.abc import Container
 
 import structlog
 
-from jobrunner.common.slots import RunRecord, SlotTable, SlotValue
+from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
 from jobrunner.contracts.events import TERMINAL_STATUSES, ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
@@ -64,7 +64,10 @@ class LostJobSweeper:
             if value.pgid:
                 orphans.kill_group(value.pgid, value.started, value.boot_id)
             lease = await self.slots.current(key)
-            if lease is None or lease.value.job_id != value.job_id:
+            # The dead runner's own lease only: once it expired, a live runner may have taken
+            # the same job's slot (the board not updated yet), and release follows that
+            # holder's renewals (SlotTable.release).
+            if lease is None or not same_holder(lease.value, value):
                 continue
             await self.journal.end(
                 value.job_id, JobStatus.FAILED, error=lost, job_type=value.job_type

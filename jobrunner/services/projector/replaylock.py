@@ -1,0 +1,110 @@
+"""One replay (or read-model rebuild) at a time: ``REPLAY_LOCK``, a Postgres session lock held
+on a connection of its own, and the swap's transaction on that same connection.
+
+The swap used to run on a pooled connection after a check that the holder's session still held
+the lock: between the check and the commit the holder could end (an idle or TCP timeout, a
+restart, ``pg_terminate_backend``) and a second replay take the lock and rebuild the schema being
+swapped in. On the holder's own session that cannot happen: a transaction commits only while its
+session lives, and a session lock goes only with its session (nothing here unlocks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from jobrunner.services.projector import store, timestamps
+
+# A session lock, held on a connection of its own for the whole replay (a pooled connection
+# drops its session locks when it goes back to the pool).
+REPLAY_LOCK = store.SWAP_LOCK + 1
+
+
+class ReplayLockLost(RuntimeError):
+    """The session holding the replay lock ended before the swap (an idle or TCP timeout, a
+    Postgres restart, ``pg_terminate_backend``): another replay may have taken the lock and
+    rebuilt the schema meanwhile, so nothing was swapped."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "REPLAY_LOCK_LOST: the Postgres session holding the replay lock ended before the "
+            "swap (another replay may have used the rebuilt tables meanwhile); nothing was "
+            "swapped. Wait for any other replay to finish, then run `jobrunner replay` again."
+        )
+
+
+async def connect_lock_holder(database_url: str) -> asyncpg.Connection:
+    """The connection that takes ``REPLAY_LOCK`` and later runs the swap: set up as the load's
+    pooled connections are (the swap applies the last events and compares rows with them), and
+    idle for most of the replay, so a server-wide ``idle_session_timeout`` must not end it."""
+    conn = await asyncpg.connect(database_url, server_settings={"idle_session_timeout": "0"})
+    try:
+        await timestamps.init_connection(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def holds_replay_lock(conn: asyncpg.Connection, pid: int) -> bool:
+    """Whether the backend ``pid`` holds ``REPLAY_LOCK`` (a bigint advisory lock: its high half
+    in ``classid``, its low half in ``objid``)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = $1 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $2)",
+            pid,
+            REPLAY_LOCK,
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def swap_transaction(lock_holder: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on ``lock_holder``, committed synchronously, that starts by checking the
+    session holds ``REPLAY_LOCK`` (module docstring: it then holds it until the commit).
+
+    The session found ended, at the start or within the transaction, raises ``ReplayLockLost``:
+    nothing was swapped. A commit whose answer is lost with the session raises as it is: that
+    commit may have been stored."""
+    transaction = lock_holder.transaction()
+    try:
+        await transaction.start()
+        try:
+            await lock_holder.execute("SET LOCAL synchronous_commit = on")
+            if not await holds_replay_lock(lock_holder, lock_holder.get_server_pid()):
+                raise ReplayLockLost()
+            yield lock_holder
+        except BaseException:
+            if not lock_holder.is_closed():
+                await transaction.rollback()
+            raise
+    except ReplayLockLost:
+        raise
+    except Exception as exc:
+        if lock_holder.is_closed():
+            raise ReplayLockLost() from exc
+        raise
+    await transaction.commit()
+
+
+@contextlib.asynccontextmanager
+async def rebuilt_schema_transaction(
+    conn: asyncpg.Connection, lock_holder_pid: int
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on ``conn`` (a pooled one) for dropping and recreating the schema a replay
+    or rebuild loads into, once any swap running has committed and only while the backend
+    ``lock_holder_pid`` still holds ``REPLAY_LOCK`` (else ``ReplayLockLost``, nothing dropped).
+
+    Postgres resolves ``DROP SCHEMA``'s name before it waits for the schema's tables: a drop
+    queued behind another replay's swap would drop the schema that swap just renamed to the live
+    one. The swap lock, shared (as the live projector takes it), waits for that swap instead,
+    and keeps the next one from starting until this commits; the lock checked after it says
+    whether that swap could have been another replay's."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", store.SWAP_LOCK)
+        if not await holds_replay_lock(conn, lock_holder_pid):
+            raise ReplayLockLost()
+        yield conn
