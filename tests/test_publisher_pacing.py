@@ -290,37 +290,3 @@ async def test_a_paced_message_wakes_its_publisher_once_not_again_for_its_ack(
     assert publisher.messages == len(got.messages) == 20
     # One a message, and a few for an ack that came after its tick on a loaded machine.
     assert wakeups < 1.5 * publisher.messages, wakeups
-
-
-async def test_a_line_at_a_time_wakes_its_publisher_once_a_line(
-    nats: NATS, settings: Settings
-) -> None:
-    """A job printing 30 lines, each once the one before is stored (its ack came meanwhile):
-    the publisher's task wakes for each new line and takes the last ack then, not for the ack
-    too; every line in order, none twice."""
-    loop = asyncio.get_running_loop()
-    names = Names(settings.prefix)
-    got = await stored_messages(nats, names)
-    publisher = LinePublisher(nats, names, JOB, pacing=PublishPacing())
-    wakeups = 0
-    call_soon = loop.call_soon
-
-    def counting(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
-        nonlocal wakeups
-        if publisher._task is not None and getattr(callback, "__self__", None) is publisher._task:
-            wakeups += 1
-        return call_soon(callback, *args, **kwargs)
-
-    publisher.start()
-    loop.call_soon = counting  # type: ignore[method-assign, assignment]
-    try:
-        for i in range(30):
-            publisher.add("stdout", "INFO", f"line {i}", datetime.now(UTC))
-            await got.lines(i + 1)
-            await asyncio.sleep(0.01)  # (its ack, sent before the copy above, is in)
-    finally:
-        del loop.call_soon
-    await publisher.close()
-    assert [line.text for e in got.messages for line in e.lines] == [f"line {i}" for i in range(30)]
-    assert publisher.messages == 30
-    assert wakeups < 1.5 * 30, wakeups

@@ -369,10 +369,11 @@ class LinePublisher:
         loop = asyncio.get_running_loop()
         last_publish = -math.inf
         while True:
+            if self._in_flight is not None and not self._wakeup.is_set():
+                # Nothing new to send meanwhile: take the ack now (the tool may wait for room).
+                await self._settle()
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._in_flight is not None and self._in_flight[0].done():
-                await self._settle()  # (woken for it: a failed publish, a tool waiting for room)
             while len(self._lines) > self._in_flight_lines:
                 if self._pacing is not None and not self._closing:
                     window = self._pacing.window(self._flooding())
@@ -417,9 +418,9 @@ class LinePublisher:
 
     async def _send(self, event: events.LineLogged, count: int, size: int) -> None:
         """Publish a message of the job's first ``count`` lines without waiting for its ack:
-        the task waits for the job's next lines (or the clock's next tick) anyway, and takes
-        the ack then (``_settle``): one wake-up a message instead of two (the ack's was a
-        resumption of the whole chain of awaits down to the inbox's future)."""
+        the task waits for the clock's next tick anyway, and takes the ack then (``_settle``),
+        one wake-up a message instead of two (the ack's was a resumption of the whole chain of
+        awaits down to the inbox's future)."""
         try:
             future = await self._acks.publish_soon(
                 self._names.subject(event), codec.encode(event), event.event_id
@@ -431,16 +432,6 @@ class LinePublisher:
             return
         self._in_flight = (future, event, size)
         self._in_flight_lines = count
-        future.add_done_callback(self._ack_arrived)
-
-    def _ack_arrived(self, future: asyncio.Future[Msg]) -> None:
-        """The task takes an ack before its next message; it is woken for one only when it
-        cannot wait for that: the publish failed (it is retried now, not at the job's next
-        line), or the tool waits for room."""
-        if future.cancelled():
-            return
-        if future.exception() is not None or self._full():
-            self._wakeup.set()
 
     async def _settle(self) -> None:
         """Wait until the message in flight, if any, is stored: its ack, or else the retrying
