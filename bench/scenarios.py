@@ -265,43 +265,53 @@ async def fan_out(
     )
     assert stored.stdin is not None
     assert stored.stdout is not None
-    if await stored.stdout.readline() != b"ready\n":
-        raise RuntimeError("bench.stored_lines did not start")
-    services = system.services()
-    api = {"api": services["api"]}
-    # Every client connects (and every job's tool starts) before the first line is printed.
-    delay = 3 + clients / 100 + jobs / 10
-    per_job = clients // jobs
-    cpu0 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
-    with MemorySampler(api) as memory:
-        job_ids = [
-            await start_job(
-                http, "bench_paced", {"rate": rate, "seconds": seconds, "delay": f"{delay:.1f}"}
-            )
-            for _ in range(jobs)
-        ]
-        t_start = time.monotonic()
-        gate = asyncio.Semaphore(50)
-
-        async def connect(job: str) -> Any:
-            async with gate:
-                return await open_stream(
-                    "127.0.0.1", system.port, stream_path(job), system.headers, resume=True
+    try:
+        if await stored.stdout.readline() != b"ready\n":
+            raise RuntimeError("bench.stored_lines did not start")
+        services = system.services()
+        api = {"api": services["api"]}
+        # Every client connects (and every job's tool starts) before the first line is printed.
+        delay = 3 + clients / 100 + jobs / 10
+        per_job = clients // jobs
+        cpu0 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+        with MemorySampler(api) as memory:
+            job_ids = [
+                await start_job(
+                    http, "bench_paced", {"rate": rate, "seconds": seconds, "delay": f"{delay:.1f}"}
                 )
+                for _ in range(jobs)
+            ]
+            t_start = time.monotonic()
+            gate = asyncio.Semaphore(50)
 
-        streams = await asyncio.gather(*(connect(job) for job in job_ids for _ in range(per_job)))
-        # Every client checks every line; one in ten also times every line (all are served
-        # alike, and timing 100,000 lines/s in this process would starve the system measured).
-        for i, stream in enumerate(streams):
-            stream.record_delays = i % 10 == 0
-        connected_after = time.monotonic() - t_start
-        await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), seconds + delay + 120)
-    # Every stream ended with its job's end, so every tool has been waited for.
-    cpu1 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
-    cut_after = await streams_cut(http)
-    stored.stdin.close()
-    in_jetstream = json.loads(await stored.stdout.read())
-    await stored.wait()
+            async def connect(job: str) -> Any:
+                async with gate:
+                    return await open_stream(
+                        "127.0.0.1", system.port, stream_path(job), system.headers, resume=True
+                    )
+
+            streams = await asyncio.gather(
+                *(connect(job) for job in job_ids for _ in range(per_job))
+            )
+            # Every client checks every line; one in ten also times every line (all are served
+            # alike, and timing 100,000 lines/s in this process would starve the system measured).
+            for i, stream in enumerate(streams):
+                stream.record_delays = i % 10 == 0
+            connected_after = time.monotonic() - t_start
+            await asyncio.wait_for(
+                asyncio.gather(*(s.done for s in streams)), seconds + delay + 120
+            )
+        # Every stream ended with its job's end, so every tool has been waited for.
+        cpu1 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+        cut_after = await streams_cut(http)
+        stored.stdin.write(b"done\n")
+        stored.stdin.close()
+        in_jetstream = json.loads(await stored.stdout.read())
+        await stored.wait()
+    finally:
+        if stored.returncode is None:  # the row failed: the subscriber goes with it
+            stored.kill()
+            await stored.wait()
     delays = [d for s in streams for d in s.delays]
     complete = sum(
         1 for s in streams if s.lines == expected and s.next_seq == expected + 1 and not s.gaps

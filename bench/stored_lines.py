@@ -8,8 +8,10 @@ CPU figure. (``time.monotonic`` is the system's monotonic clock, the same in eve
 the tools' stamps already assume.)
 
 Run by ``bench.scenarios.fan_out``: ``python -m bench.stored_lines NATS_URL SUBJECT EXPECTED``.
-It prints ``ready`` once subscribed; when its standard input closes it waits (at most
-``DRAIN_S``) for ``EXPECTED`` lines, prints one JSON object and exits.
+It prints ``ready`` once subscribed; when the bench writes ``done`` and closes its standard
+input it waits (at most ``DRAIN_S``) for ``EXPECTED`` lines, prints one JSON object and exits. Its
+standard output carries nothing else (its logs go to standard error); an input closed without
+``done`` is a bench that died: it exits at once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import re
 import sys
 import time
 from typing import Any
+
+import structlog
 
 from bench.report import summarize
 from jobrunner.common import eventstore
@@ -56,8 +60,10 @@ async def measure(nats_url: str, subject: str, expected: int) -> dict[str, Any]:
     await nc.flush()
     cpu0 = _cpu()
     print("ready", flush=True)
-    # Standard input closes when the row's clients are all done.
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    # Standard input says ``done`` and closes when the row's clients are all done.
+    said = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    if said.strip() != "done":
+        raise SystemExit("bench.stored_lines: the bench ended without saying done")
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_in.wait(), DRAIN_S)
     cpu_s = _cpu() - cpu0
@@ -69,6 +75,9 @@ async def measure(nats_url: str, subject: str, expected: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    # Standard output is the bench's channel for ``ready`` and the figures: NATS warnings
+    # (a reconnect during the row) go to standard error.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     nats_url, subject, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
     print(json.dumps(asyncio.run(measure(nats_url, subject, expected))), flush=True)
 
