@@ -225,7 +225,6 @@ async def throughput(system: RunningSystem, http: httpx.AsyncClient, lines: int)
     }
 
 
-STAMP = re.compile(rb"t=(\d+\.\d+)")
 CUT_METRIC = re.compile(
     r'^jobrunner_sse_streams_cut_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)$', re.MULTILINE
 )
@@ -249,54 +248,70 @@ async def fan_out(
     "lost" counts lines no client got even so; the API says why it ended streams early."""
     rate = 200
     cut_before = await streams_cut(http)
-    # Each line's delay until it is in JetStream too (a plain subscription beside the API's):
-    # what the runner adds, apart from what the API's fan-out adds.
-    names = Names(system.prefix)
-    nc = await eventstore.connect(Settings(nats_url=system.runtime["nats_url"]), "bench")
-    published: list[float] = []
-    messages = 0
-
-    async def stored(msg: Any) -> None:
-        nonlocal messages
-        now = time.monotonic()
-        messages += 1
-        published.extend(now - float(t) for t in STAMP.findall(msg.data))
-
-    await nc.subscribe(names.kind_subjects("lines"), cb=stored)
-    services = system.services()
-    api = {"api": services["api"]}
-    # Every client connects (and every job's tool starts) before the first line is printed.
-    delay = 3 + clients / 100 + jobs / 10
-    per_job = clients // jobs
-    cpu0 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
-    with MemorySampler(api) as memory:
-        job_ids = [
-            await start_job(
-                http, "bench_paced", {"rate": rate, "seconds": seconds, "delay": f"{delay:.1f}"}
-            )
-            for _ in range(jobs)
-        ]
-        t_start = time.monotonic()
-        gate = asyncio.Semaphore(50)
-
-        async def connect(job: str) -> Any:
-            async with gate:
-                return await open_stream(
-                    "127.0.0.1", system.port, stream_path(job), system.headers, resume=True
-                )
-
-        streams = await asyncio.gather(*(connect(job) for job in job_ids for _ in range(per_job)))
-        # Every client checks every line; one in ten also times every line (all are served
-        # alike, and timing 100,000 lines/s in this process would starve the system measured).
-        for i, stream in enumerate(streams):
-            stream.record_delays = i % 10 == 0
-        connected_after = time.monotonic() - t_start
-        await asyncio.wait_for(asyncio.gather(*(s.done for s in streams)), seconds + delay + 120)
-    # Every stream ended with its job's end, so every tool has been waited for.
-    cpu1 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
-    cut_after = await streams_cut(http)
-    await eventstore.close(nc)
+    # Each line's delay until it is in JetStream too (a plain subscription beside the API's, in
+    # a process of its own so that its lag and CPU are not this process's): what the runner
+    # adds, apart from what the API's fan-out adds.
     expected = rate * seconds
+    stored = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "bench.stored_lines",
+        system.runtime["nats_url"],
+        Names(system.prefix).kind_subjects("lines"),
+        str(expected * jobs),
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert stored.stdin is not None
+    assert stored.stdout is not None
+    try:
+        if await stored.stdout.readline() != b"ready\n":
+            raise RuntimeError("bench.stored_lines did not start")
+        services = system.services()
+        api = {"api": services["api"]}
+        # Every client connects (and every job's tool starts) before the first line is printed.
+        delay = 3 + clients / 100 + jobs / 10
+        per_job = clients // jobs
+        cpu0 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+        with MemorySampler(api) as memory:
+            job_ids = [
+                await start_job(
+                    http, "bench_paced", {"rate": rate, "seconds": seconds, "delay": f"{delay:.1f}"}
+                )
+                for _ in range(jobs)
+            ]
+            t_start = time.monotonic()
+            gate = asyncio.Semaphore(50)
+
+            async def connect(job: str) -> Any:
+                async with gate:
+                    return await open_stream(
+                        "127.0.0.1", system.port, stream_path(job), system.headers, resume=True
+                    )
+
+            streams = await asyncio.gather(
+                *(connect(job) for job in job_ids for _ in range(per_job))
+            )
+            # Every client checks every line; one in ten also times every line (all are served
+            # alike, and timing 100,000 lines/s in this process would starve the system measured).
+            for i, stream in enumerate(streams):
+                stream.record_delays = i % 10 == 0
+            connected_after = time.monotonic() - t_start
+            await asyncio.wait_for(
+                asyncio.gather(*(s.done for s in streams)), seconds + delay + 120
+            )
+        # Every stream ended with its job's end, so every tool has been waited for.
+        cpu1 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+        cut_after = await streams_cut(http)
+        stored.stdin.write(b"done\n")
+        stored.stdin.close()
+        in_jetstream = json.loads(await stored.stdout.read())
+        await stored.wait()
+    finally:
+        if stored.returncode is None:  # the row failed: the subscriber goes with it
+            stored.kill()
+            await stored.wait()
     delays = [d for s in streams for d in s.delays]
     complete = sum(
         1 for s in streams if s.lines == expected and s.next_seq == expected + 1 and not s.gaps
@@ -321,16 +336,17 @@ async def fan_out(
         "tool_started_printing_after_s": delay,
         **summarize(delays),
         # Lines a message: a runner behind its tools batches more, and spends less a line.
-        "in_jetstream": summarize(published)
-        | {"lines_per_message": round(len(published) / max(1, messages), 1)},
+        "in_jetstream": {k: v for k, v in in_jetstream.items() if k != "cpu_s"},
         "api_peak_rss_mib": memory.mib("api"),
         # Where the machine's CPU went, per line printed: the services, the tools themselves
         # (a paced tool's sleep, wake-up and write cost more than any service's share of a line)
-        # and this process (the clients).
+        # this process (the clients) and the subscription timing "in JetStream" ("bench_stored";
+        # before session 15 it ran in this process and its CPU was in "bench").
         "cpu_us_per_line": {
             part: round((cpu1[part] - cpu0.get(part, 0.0)) / (expected * jobs) * 1e6, 1)
             for part in cpu1
-        },
+        }
+        | {"bench_stored": round(in_jetstream["cpu_s"] / (expected * jobs) * 1e6, 1)},
     }
 
 

@@ -251,3 +251,42 @@ async def test_the_jobs_waiting_for_the_same_tick_share_one_timer() -> None:
     waiting[0].set_result(None)  # the first job closed: its publisher no longer waits
     await asyncio.wait_for(asyncio.gather(*waiting[1:]), 5)
     assert loop.time() >= tick
+
+
+async def test_a_paced_message_wakes_its_publisher_once_not_again_for_its_ack(
+    nats: NATS, settings: Settings
+) -> None:
+    """400 lines buffered at once, 20 a message, under a 50 ms window: the publisher's task
+    wakes at each tick and takes the previous message's ack then (it came meanwhile), instead
+    of waking for the ack too (two wake-ups a message, each a resumption of the awaits down to
+    the ack inbox); every line in order, none twice."""
+    loop = asyncio.get_running_loop()
+    names = Names(settings.prefix)
+    got = await stored_messages(nats, names)
+    publisher = LinePublisher(
+        nats, names, JOB, batch_max=20, pacing=PublishPacing(per_job=0.05, cap=0.05)
+    )
+    wakeups = 0
+    call_soon = loop.call_soon
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        nonlocal wakeups
+        if publisher._task is not None and getattr(callback, "__self__", None) is publisher._task:
+            wakeups += 1
+        return call_soon(callback, *args, **kwargs)
+
+    publisher.start()
+    loop.call_soon = counting  # type: ignore[method-assign, assignment]
+    try:
+        for i in range(400):
+            publisher.add("stdout", "INFO", f"line {i:03}", datetime.now(UTC))
+        await got.lines(400)
+    finally:
+        del loop.call_soon
+    await publisher.close()
+    assert [line.text for e in got.messages for line in e.lines] == [
+        f"line {i:03}" for i in range(400)
+    ]
+    assert publisher.messages == len(got.messages) == 20
+    # One a message, and a few for an ack that came after its tick on a loaded machine.
+    assert wakeups < 1.5 * publisher.messages, wakeups

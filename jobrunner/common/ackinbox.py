@@ -120,7 +120,7 @@ class AckInbox:
         finally:
             timer.cancel()
             self._timed.pop(token, None)
-        return _read_ack(msg)
+        return read_ack(msg)
 
     async def request(self, subject: str, payload: bytes) -> Msg:
         """Send a request (say a JetStream API call) and wait for its reply on the inbox, as
@@ -132,9 +132,28 @@ class AckInbox:
     async def _publish_waiting(
         self, subject: str, payload: bytes, headers: dict[str, str] | None
     ) -> PubAck:
-        return _read_ack(await self._reply_to(subject, payload, headers))
+        return read_ack(await self._reply_to(subject, payload, headers))
+
+    async def publish_soon(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future[Msg]:
+        """Publish with the Nats-Msg-Id ``msg_id`` and return at once the future of its ack
+        (``read_ack`` of its result is what ``publish`` returns; no ack within the inbox's
+        timeout is ``nats.errors.TimeoutError``). For a caller with other things to wait for
+        before it needs the ack (a job's publisher, until its next tick): nothing wakes it when
+        the ack arrives."""
+        return (await self._send(subject, payload, {MSG_ID_HEADER: msg_id}))[1]
 
     async def _reply_to(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
+        token, future = await self._send(subject, payload, headers)
+        try:
+            return await future
+        finally:
+            self._waiting.pop(token, None)
+
+    async def _send(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> tuple[str, asyncio.Future[Msg]]:
+        """Publish with the inbox as the reply subject: the token and the future of the reply
+        (the ack pops its entry, as does its expiry)."""
         if not self._subscribed():
             await self._open()
         loop = asyncio.get_running_loop()
@@ -143,11 +162,12 @@ class AckInbox:
         self._waiting[token] = (loop.time() + self._timeout, future)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            if self._timer is None:
-                self._timer = loop.call_later(self._timeout, self._expire)
-            return await future
-        finally:
+        except BaseException:
             self._waiting.pop(token, None)
+            raise
+        if self._timer is None:
+            self._timer = loop.call_later(self._timeout, self._expire)
+        return token, future
 
     def _subscribed(self) -> bool:
         """Whether the inbox's subscription is the connection's. nats-py subscribes it again
@@ -247,7 +267,9 @@ def _time_out(future: asyncio.Future[Msg]) -> None:
         future.set_exception(nats.errors.TimeoutError())
 
 
-def _read_ack(msg: Msg) -> PubAck:
+def read_ack(msg: Msg) -> PubAck:
+    """The ack of a publish, or the error JetStream answered with (raised as ``js.publish``
+    raises it)."""
     if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
         raise nats.js.errors.NoStreamResponseError
     ack = _decoder.decode(msg.data)

@@ -37,6 +37,7 @@ from operator import add
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from jobrunner.common import ackinbox, metrics
 from jobrunner.common.settings import Settings, SettingsError
@@ -216,6 +217,10 @@ class LinePublisher:
         self._task: asyncio.Task[None] | None = None
         self._pacing = pacing
         self._pausing: asyncio.Future[None] | None = None
+        # The message published and not yet known stored (its ack's future, the event, its
+        # size) and its lines, the buffer's first ones: at most one a job.
+        self._in_flight: tuple[asyncio.Future[Msg], events.LineLogged, int] | None = None
+        self._in_flight_lines = 0
         self.messages = 0  # LineLogged messages published
         # A LineLogged's event id: random per publisher (76 random bits: a uuid4's first 20 hex
         # digits hold its fixed version digit), then its message number: unique for any
@@ -356,41 +361,44 @@ class LinePublisher:
         finally:
             if self._pacing is not None:
                 self._pacing.publishers -= 1
+            if self._in_flight is not None:
+                # Cancelled with an ack awaited: its timeout has nobody to tell.
+                self._in_flight[0].cancel()
 
     async def _publish_until_closed(self) -> None:
         loop = asyncio.get_running_loop()
         last_publish = -math.inf
         while True:
+            if self._in_flight is not None and not self._wakeup.is_set():
+                # Nothing new to send meanwhile: take the ack now (the tool may wait for room).
+                await self._settle()
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._lines:
+            while len(self._lines) > self._in_flight_lines:
                 if self._pacing is not None and not self._closing:
                     window = self._pacing.window(self._flooding())
                     now = loop.time()
                     wait = pacing_wait(now, last_publish, window)
                     if wait > 0:
                         await self._pause(now + wait)  # the job's next lines join this message
+                # Each message is stored before the job's next one is published (its order).
+                await self._settle()
                 last_publish = loop.time()
                 count, size = self._next_batch()
                 batch = self._lines[:count]
                 event_id = f"{self._id_base}{self.messages:012x}"
-                await self._publish(
-                    events.LineLogged(job_id=self._job_id, event_id=event_id, lines=batch),
-                    bulk=size >= BULK_BYTES,
-                )
-                del self._lines[:count]
-                del self._sizes[:count]
-                self.published_lines += count
-                self.messages += 1
-                metrics.lines_published(count)
-                self._buffered_bytes -= size
-                if not self._full():
-                    self._room.set()
+                event = events.LineLogged(job_id=self._job_id, event_id=event_id, lines=batch)
+                if size >= BULK_BYTES:
+                    await self._publish(event, bulk=True)
+                    self._stored(count, size)
+                else:
+                    await self._send(event, count, size)
             progress = self._progress
             if progress is not None and progress != self._progress_sent:
                 now = loop.time()
                 if self._closing or now - self._progress_at >= PROGRESS_INTERVAL:
                     self._progress_sent, self._progress_at = progress, now
+                    await self._settle()  # after the lines printed before it, as they were
                     await self._publish(
                         events.ProgressReported(
                             job_id=self._job_id,
@@ -403,8 +411,54 @@ class LinePublisher:
                     )
                 else:
                     loop.call_later(PROGRESS_INTERVAL, self._wakeup.set)
-            if self._closing and not self._lines:
-                return
+            if self._closing:
+                await self._settle()
+                if not self._lines:
+                    return
+
+    async def _send(self, event: events.LineLogged, count: int, size: int) -> None:
+        """Publish a message of the job's first ``count`` lines without waiting for its ack:
+        the task waits for the clock's next tick anyway, and takes the ack then (``_settle``),
+        one wake-up a message instead of two (the ack's was a resumption of the whole chain of
+        awaits down to the inbox's future)."""
+        try:
+            future = await self._acks.publish_soon(
+                self._names.subject(event), codec.encode(event), event.event_id
+            )
+        except Exception:
+            # Not sent (NATS away, say): the retrying path sends it, with the same id.
+            await self._publish(event)
+            self._stored(count, size)
+            return
+        self._in_flight = (future, event, size)
+        self._in_flight_lines = count
+
+    async def _settle(self) -> None:
+        """Wait until the message in flight, if any, is stored: its ack, or else the retrying
+        path (the same event id: JetStream keeps one copy should the first try have been
+        stored after all)."""
+        if self._in_flight is None:
+            return
+        future, event, size = self._in_flight
+        try:
+            ackinbox.read_ack(await future)
+        except Exception:
+            await self._publish(event)
+        count = self._in_flight_lines
+        self._in_flight = None
+        self._in_flight_lines = 0
+        self._stored(count, size)
+
+    def _stored(self, count: int, size: int) -> None:
+        """The job's first ``count`` lines (``size`` bytes) are stored: out of the buffer."""
+        del self._lines[:count]
+        del self._sizes[:count]
+        self.published_lines += count
+        self.messages += 1
+        metrics.lines_published(count)
+        self._buffered_bytes -= size
+        if not self._full():
+            self._room.set()
 
     async def _pause(self, until: float) -> None:
         """Wait until the clock's tick at loop time ``until``, or until ``close`` asks for the
