@@ -40,3 +40,33 @@ async def test_the_watch_ends_on_stop_after_its_connection_closed(settings: Sett
         assert watching.exception() is None
     finally:
         watching.cancel()
+
+
+async def test_an_entry_that_does_not_decode_is_skipped_and_the_watch_follows_on(
+    settings: Settings,
+) -> None:
+    """A value jobrunner did not write (a hand-made put) under a watched key: the board skips it
+    and keeps following the bucket. It used to fail the watch, which restarted, replayed the
+    bucket, met the same entry and failed again, every second and a half for as long as the
+    entry stayed."""
+    nc = await nats.connect(settings.nats_url)
+    board, stop = LockBoard(), asyncio.Event()
+    try:
+        kv = await nc.jetstream().create_key_value(bucket=Names(settings.prefix).locks_bucket)
+        await kv.put("slot.hand-made", b"{}")
+        await kv.put("queue.sheet.hand-made", b"not json")
+        watching = asyncio.create_task(board.watch(kv, stop, _nothing))
+        await asyncio.wait_for(board.ready.wait(), 30)
+        value = SlotValue(job_id="j1", phase="held", job_type="t")
+        await kv.put("slot.after", msgspec.json.encode(value))
+        async with asyncio.timeout(30):
+            while "slot.after" not in board.slots:  # noqa: ASYNC110 - the board's state, polled
+                await asyncio.sleep(0.01)
+        assert board.slots["slot.after"] == value
+        assert "slot.hand-made" not in board.slots
+        assert not watching.done(), "the watch failed"
+    finally:
+        stop.set()
+        await nc.close()
+    await asyncio.wait({watching}, timeout=30)
+    watching.cancel()

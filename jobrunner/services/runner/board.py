@@ -54,6 +54,19 @@ class LockBoard:
 
     # --- feeding
     def _apply(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
+        try:
+            self._apply_entry(key, value, operation, revision)
+        except msgspec.DecodeError as exc:
+            # Not written by jobrunner (a hand-made put, another version's value): skipped,
+            # not a failure. A failing watch restarts and replays the bucket from scratch, and
+            # would meet the same entry again every time, for as long as it stays there.
+            log.warning("lock bucket entry does not decode: ignored", key=key, error=str(exc))
+            if self.slots.pop(key, None) is not None:  # what it replaced is gone all the same
+                self._touch(key)
+
+    def _apply_entry(
+        self, key: str, value: bytes | None, operation: str | None, revision: int
+    ) -> None:
         if key.startswith(("run.", "fence.")):
             # A running job's record (read by the sweep from the server, not from here), or a
             # runner's give-back barrier.
