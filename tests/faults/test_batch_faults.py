@@ -203,24 +203,29 @@ async def test_api_killed_mid_batch_starts_nothing_until_a_retry_seals_it(
     api = cluster.services["api"]
     after = await stream_end(view)
     answer = asyncio.create_task(post(cluster, "killed"))
-    batch_id = await batch_under_way(view, after, answer)
+    # Frozen as soon as the batch's request is stored, its thousand jobs and seal still to come:
+    # waiting for its first job too let a loaded CI machine's API seal it before the freeze.
+    batch_id = await batch_under_way(view, after, answer, first_job=False)
     assert api.proc is not None
     os.kill(api.proc.pid, signal.SIGSTOP)  # frozen at once, killed for good below
-    sealed_before_kill = await view.has(view.names.batch_kind_subject(batch_id, "sealed"))
-    api.kill()
-    killed = now()
-    with contextlib.suppress(httpx.HTTPError):
-        await answer
-    assert not sealed_before_kill, "the batch was sealed before the API was killed: no fault"
-    # While nobody seals the batch, no job of it starts (watched for one ack wait of the
-    # runners' consumer, twice the lease TTL: the runners have its stored jobs and look again
-    # every third of it).
-    deadline = time.monotonic() + 2 * BATCH_LEASE_TTL
-    while time.monotonic() < deadline:
-        seen = await statuses(cluster, batch_id)
-        assert set(seen) <= {"pending"}, f"a job of an unsealed batch moved on: {seen}"
-        await asyncio.sleep(0.2)
-    await cluster.start_service("api")
+    try:
+        sealed_before_kill = await view.has(view.names.batch_kind_subject(batch_id, "sealed"))
+        api.kill()
+        killed = now()
+        with contextlib.suppress(httpx.HTTPError):
+            await answer
+        assert not sealed_before_kill, "the batch was sealed before the API was killed: no fault"
+        # While nobody seals the batch, no job of it starts (watched for one ack wait of the
+        # runners' consumer, twice the lease TTL: the runners have its stored jobs and look
+        # again every third of it).
+        deadline = time.monotonic() + 2 * BATCH_LEASE_TTL
+        while time.monotonic() < deadline:
+            seen = await statuses(cluster, batch_id)
+            assert set(seen) <= {"pending"}, f"a job of an unsealed batch moved on: {seen}"
+            await asyncio.sleep(0.2)
+    finally:
+        if not api.alive:  # the module's next tests need their API, whatever happened here
+            await cluster.start_service("api")
     retry = await post(cluster, "killed")
     assert retry.status_code == 201, retry.text
     assert retry.json()["batch_id"] == batch_id
@@ -263,10 +268,10 @@ async def stream_end(view: StreamView) -> int:
 
 
 async def batch_under_way(
-    view: StreamView, after_seq: int, answer: asyncio.Task[httpx.Response]
+    view: StreamView, after_seq: int, answer: asyncio.Task[httpx.Response], first_job: bool = True
 ) -> str:
     """The id of the batch first requested after stream sequence ``after_seq``, once its first
-    job is stored too: the submission is publishing its jobs now."""
+    job is stored too (unless ``first_job`` is false): the submission is publishing its jobs."""
     nc = await eventstore.connect(view.cluster.settings, "test-batch-faults")
     try:
         js = nc.jetstream()
@@ -282,8 +287,8 @@ async def batch_under_way(
                 if answer.done():
                     raise AssertionError(f"answered before anything was stored: {answer.result()}")
                 await asyncio.sleep(0.002)
-            first_job = names.job_kind_subject(batchids.job_id(batch_id, 0), "requested")
-            while await last_message(js, names.stream, first_job) is None:
+            first = names.job_kind_subject(batchids.job_id(batch_id, 0), "requested")
+            while first_job and await last_message(js, names.stream, first) is None:
                 if answer.done():
                     raise AssertionError(f"answered before its jobs: {answer.result().text}")
                 await asyncio.sleep(0.002)  # another process publishes it: poll
