@@ -78,3 +78,30 @@ async def test_one_batch_and_event_by_event_give_the_same_rows(
         ("b", "failed", 4, "scraper"),
     ]
     assert len(lines) == 8
+
+
+async def test_the_caller_hears_when_a_batch_s_bulk_writes_start(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """``writing`` is called inside the batch's transaction once its checkpoint is locked, as its
+    writes start (the live projector lets its feed decode ahead from then on); not for a batch
+    whose events are all applied already."""
+    conn = await asyncpg.connect(await pg_cluster.fresh_database())
+    await database.init_connection(conn)
+    calls: list[bool] = []  # in a transaction at each call
+
+    def writing() -> None:
+        calls.append(conn.is_in_transaction())
+
+    try:
+        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]
+        await store.create_schema(conn, "heard")
+        for item in batch:
+            calls.clear()
+            await store.apply_batch(conn, [item], "heard", writing)
+            assert calls and all(calls), item
+        calls.clear()
+        await store.apply_batch(conn, batch, "heard", writing)  # all of it applied already
+    finally:
+        await conn.close()
+    assert calls == []

@@ -88,6 +88,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             if (rest := applied_at + TRANSACTION_INTERVAL - loop.time()) > 0:
                 batch += await feed.fetch_more(len(batch), rest)
             applied_at = loop.time()
+            # The next batch is decoded while Postgres works on this one's COPY, not before
+            # its first statements (EventFeed.hold).
+            feed.hold()
             try:
                 applied = await _apply_until_done(pool, batch, feed, stop)
             except CheckpointBehind as behind:
@@ -140,7 +143,7 @@ async def _apply_until_done(
                     stored = await store.checkpoint(conn)
                     if stored < batch[0][0] - 1:
                         raise CheckpointBehind(stored, batch[0][0])
-                return await setaside.apply(conn, batch, feed.lookup)
+                return await setaside.apply(conn, batch, feed.lookup, writing=feed.resume)
         except CheckpointBehind:
             raise
         except Exception as exc:
