@@ -99,7 +99,8 @@ async def test_the_caller_hears_when_a_batch_s_bulk_writes_start(
         for item in batch:
             calls.clear()
             await store.apply_batch(conn, [item], "heard", writing)
-            assert calls and all(calls), item
+            assert calls, item
+            assert all(calls), item
         calls.clear()
         await store.apply_batch(conn, batch, "heard", writing)  # all of it applied already
     finally:

@@ -300,9 +300,11 @@ async def test_the_event_feed_decodes_nothing_while_held(
     backlog = logged_job("backlog", lines=60_000, batch=100)  # about 6 MB of 100-line events
     last = await publish(settings, backlog)
     projected = [0]  # events the feed has decoded and projected so far
+    decoded = asyncio.Event()
 
     def counting(event: events.Event, seq: int) -> list[Change]:
         projected[0] += 1
+        decoded.set()
         return project(event, seq)
 
     monkeypatch.setattr(feed_module, "project", counting)
@@ -318,10 +320,9 @@ async def test_the_event_feed_decodes_nothing_while_held(
             await asyncio.sleep(0.01)
         assert projected[0] == held_at, "the feed decoded while held"
         assert held_at < len(backlog), "the whole backlog was decoded before the hold"
+        decoded.clear()
         feed.resume()
-        async with asyncio.timeout(30):
-            while projected[0] == held_at:
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(decoded.wait(), 30)
         while seqs[-1] < last:
             batch = await feed.fetch(timeout=30)
             assert batch, "the feed stopped"
