@@ -1,5 +1,6 @@
-"""The niced projector's Postgres backends run at its niceness (``common/backendpriority.py``),
-and a backend that cannot be reniced leaves the projector working as before."""
+"""The niced projector's Postgres backends run at its niceness, in their threads and their
+autogroups (``common/backendpriority.py``), and a backend that cannot be reniced leaves the
+projector working as before."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from jobrunner.common.backendpriority import is_local_backend, lower_priority
+from jobrunner.common.cpupriority import autogroup_niceness
 from jobrunner.common.settings import Settings
 
 BY = 7
@@ -55,15 +57,18 @@ async def test_the_niced_projector_s_backends_run_at_its_niceness(settings: Sett
             pytest.skip("the test cluster's Postgres does not run on this host")
         expected = min(os.getpriority(os.PRIO_PROCESS, 0) + BY, 19)
         assert [niceness_from_proc(pid) for pid in pids] == [expected, expected]
+        # Each backend is a session of its own: its autogroup too (None without autogroups).
+        if autogroup_niceness(pids[0]) is not None:
+            assert [autogroup_niceness(pid) for pid in pids] == [expected, expected]
     finally:
         proc.stdin.close()
         assert await proc.wait() == 0
 
 
-def test_a_backend_that_cannot_be_reniced_is_harmless() -> None:
+async def test_a_backend_that_cannot_be_reniced_is_harmless() -> None:
     """A backend gone before its renice, or a pid that is no Postgres here, is left alone."""
-    child = subprocess.Popen(["true"])
-    child.wait()  # reaped: its pid names no process now
-    assert lower_priority(child.pid, BY) is False
+    child = await asyncio.create_subprocess_exec("true")
+    await child.wait()  # reaped: its pid names no process now
+    assert await lower_priority(child.pid, BY) is False
     assert is_local_backend(child.pid) is False
     assert is_local_backend(os.getpid()) is False

@@ -6,14 +6,16 @@ flood's projection took the cores beside the API at full priority all the same. 
 runs on this host (the embedded one, or a local server whose backends this user may renice),
 each of the pool's connections has its backend set to the service's niceness as it is set up.
 
-With autogroups (sched(7)) a backend's own niceness counts only against the other processes of
-the postmaster's session (the API's and notifier's backends, autovacuum, the checkpointer); the
-postmaster's autogroup is shared by all of them and is left alone. A remote server, a process
-that is not a Postgres backend, or a refusal leaves the backend as it is: told once, harmless.
+Postgres makes each backend a session of its own (``setsid`` in ``InitPostmasterChild``), so with
+autogroups (sched(7)) each backend is an autogroup of its own too, weighed against the API's and
+the runner's by the autogroup's niceness: both the thread's and the autogroup's are set, as
+``jobrunner up`` does for its services (``common.cpupriority``). A remote server, a process that
+is not a Postgres backend, or a refusal leaves the backend as it is: told once, harmless.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +23,16 @@ from pathlib import Path
 import asyncpg
 import structlog
 
+from jobrunner.common.cpupriority import (
+    AUTOGROUP_RETRY_SECONDS,
+    autogroup_niceness,
+    set_autogroup_niceness,
+    set_thread_niceness,
+)
+
 log = structlog.get_logger()
+
+AUTOGROUP_TRIES = 5
 
 ConnectionInit = Callable[[asyncpg.Connection], Awaitable[None]]
 
@@ -44,14 +55,22 @@ def is_local_backend(pid: int) -> bool:
         return False
 
 
-def lower_priority(pid: int, niceness: int) -> bool:
-    """Make ``pid`` at least ``niceness`` nice (never raise its priority); False when refused."""
+async def lower_priority(pid: int, niceness: int) -> bool:
+    """Make ``pid`` at least ``niceness`` nice, in its thread and its autogroup (never raising
+    either's priority); False when refused. The kernel takes one autogroup change per 100 ms,
+    machine-wide: this waits its turn, a few times at most."""
     try:
         if os.getpriority(os.PRIO_PROCESS, pid) < niceness:
-            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+            set_thread_niceness(pid, niceness)
     except OSError as exc:  # EPERM (another user's server), ESRCH (the backend gone)
         _tell_once("refused", pid=pid, error=repr(exc))
         return False
+    for _ in range(AUTOGROUP_TRIES):
+        current = autogroup_niceness(pid)
+        if current is None or current >= niceness or set_autogroup_niceness(pid, niceness):
+            return True
+        await asyncio.sleep(AUTOGROUP_RETRY_SECONDS)
+    _tell_once("autogroup busy", pid=pid)
     return True
 
 
@@ -66,7 +85,7 @@ async def match_niceness(conn: asyncpg.Connection, niceness: int) -> bool:
     if not is_local_backend(pid):
         _tell_once("not a postgres process on this host", pid=pid)
         return False
-    return lower_priority(pid, niceness)
+    return await lower_priority(pid, niceness)
 
 
 def at_own_niceness(init: ConnectionInit) -> ConnectionInit:
