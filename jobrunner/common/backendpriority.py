@@ -9,8 +9,13 @@ each of the pool's connections has its backend set to the service's niceness as 
 Postgres makes each backend a session of its own (``setsid`` in ``InitPostmasterChild``), so with
 autogroups (sched(7)) each backend is an autogroup of its own too, weighed against the API's and
 the runner's by the autogroup's niceness: both the thread's and the autogroup's are set, as
-``jobrunner up`` does for its services (``common.cpupriority``). A remote server, a process that
-is not a Postgres backend, or a refusal leaves the backend as it is: told once, harmless.
+``jobrunner up`` does for its services (``common.cpupriority``).
+
+Only a backend shown to be at the far end of the connection's own socket is reniced
+(``common.farend``): not the backend a local pooler (pgbouncer) lends us, which serves its other
+clients next, nor whatever process here has the number a server in another pid namespace (a
+container) answers. A remote server, a pooler, a mismatch, a process that is not a Postgres
+backend, or a refusal leaves the backend as it is: told once per reason, harmless.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from jobrunner.common.cpupriority import (
     set_autogroup_niceness,
     set_thread_niceness,
 )
+from jobrunner.common.farend import why_not_far_end
 
 log = structlog.get_logger()
 
@@ -36,14 +42,13 @@ AUTOGROUP_TRIES = 5
 
 ConnectionInit = Callable[[asyncpg.Connection], Awaitable[None]]
 
-# Told once per process: every connection of a pool meets the same server.
-_told = False
+# Each reason told once per process: every connection of a pool meets the same server.
+_told: set[str] = set()
 
 
 def _tell_once(reason: str, **details: object) -> None:
-    global _told
-    if not _told:
-        _told = True
+    if reason not in _told:
+        _told.add(reason)
         log.info("postgres backend left at its priority", reason=reason, **details)
 
 
@@ -75,15 +80,20 @@ async def lower_priority(pid: int, niceness: int) -> bool:
 
 
 async def match_niceness(conn: asyncpg.Connection, niceness: int) -> bool:
-    """Set ``conn``'s backend to ``niceness`` when it runs on this host; True when it is."""
-    pid, server_addr = await conn.fetchrow("SELECT pg_backend_pid(), inet_server_addr()")
-    # No server address: a Unix socket, so this host. A loopback address may still be a tunnel
-    # or a container's port: the pid must be a Postgres process here too.
-    if server_addr is not None and not server_addr.is_loopback:
-        _tell_once("remote server", server=str(server_addr))
+    """Set ``conn``'s backend to ``niceness`` when it is shown to run on this host at the far end
+    of ``conn``'s socket; True when it is."""
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    # asyncpg has no public accessor for the socket; without it nothing shows where it leads.
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        _tell_once("no socket to check the connection by", pid=pid)
+        return False
+    if (why := why_not_far_end(sock, pid)) is not None:
+        _tell_once(why, pid=pid)
         return False
     if not is_local_backend(pid):
-        _tell_once("not a postgres process on this host", pid=pid)
+        _tell_once("not a postgres process", pid=pid)
         return False
     return await lower_priority(pid, niceness)
 
