@@ -56,8 +56,11 @@ def _tcp_mismatch(sock: socket.socket, pid: int) -> str | None:
 
 
 def _unix_mismatch(sock: socket.socket, pid: int) -> str | None:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    listener = struct.unpack("3i", creds)[0]
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "the connection is closed"
+    listener = struct.unpack("3i", creds)[0]  # pid, uid, gid
     if listener <= 0:
         return "the server listens from another pid namespace"
     parent = parent_pid(pid)
