@@ -67,7 +67,7 @@ def _unix_mismatch(sock: socket.socket, pid: int) -> str | None:
     if parent is None:
         return "the process is gone or cannot be read"
     if parent != listener:
-        return "the process is not a child of the server that listens (a pooler's backend?)"
+        return "not a child of the listening server (a pooler, or another pid namespace)"
     return None
 
 

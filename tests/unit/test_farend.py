@@ -18,7 +18,7 @@ from jobrunner.common.farend import endpoint, proc_endpoint, why_not_far_end
 
 NOT_HELD = "the process does not hold the server's end of our connection"
 NOT_HERE = "the server's end of the connection is not on this host"
-NOT_A_CHILD = "the process is not a child of the server that listens (a pooler's backend?)"
+NOT_A_CHILD = "not a child of the listening server (a pooler, or another pid namespace)"
 
 
 @contextmanager
