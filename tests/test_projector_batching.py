@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
-from jobrunner.common import database
+from jobrunner.common import database, eventstore
+from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
-from jobrunner.services.projector import store
+from jobrunner.contracts.names import Names
+from jobrunner.services.projector import service, store, upgrade
+from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import project
+from tests.history_support import publish
 from tests.servers import PostgresCluster
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -78,3 +84,65 @@ async def test_one_batch_and_event_by_event_give_the_same_rows(
         ("b", "failed", 4, "scraper"),
     ]
     assert len(lines) == 8
+
+
+async def test_the_caller_hears_when_a_batch_s_bulk_writes_start(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """``writing`` is called inside the batch's transaction once its checkpoint is locked, as its
+    writes start (the live projector lets its feed decode ahead from then on); not for a batch
+    whose events are all applied already."""
+    conn = await asyncpg.connect(await pg_cluster.fresh_database())
+    await database.init_connection(conn)
+    calls: list[bool] = []  # in a transaction at each call
+
+    def writing() -> None:
+        calls.append(conn.is_in_transaction())
+
+    try:
+        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]
+        await store.create_schema(conn, "heard")
+        for item in batch:
+            calls.clear()
+            await store.apply_batch(conn, [item], "heard", writing)
+            assert calls, item
+            assert all(calls), item
+        calls.clear()
+        await store.apply_batch(conn, batch, "heard", writing)  # all of it applied already
+    finally:
+        await conn.close()
+    assert calls == []
+
+
+async def test_the_live_projector_lets_its_held_feed_go_as_the_batch_s_writes_start(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector holds its feed from a fetch; applying the batch lets it go once the batch's
+    bulk writes start (``writing=feed.resume``). Without that the feed stays held through the
+    whole transaction, and decodes nothing ahead while Postgres writes."""
+    last = await publish(settings, history())
+    await upgrade.ensure_current(settings)
+    pool = await service.open_pool(settings)
+    nc = await eventstore.connect(settings, "test")
+    feed = EventFeed(nc.jetstream(), Names(settings.prefix), settings, name="test")
+    resumed: list[None] = []
+    resume = feed.resume
+
+    def recorded() -> None:
+        resumed.append(None)
+        resume()
+
+    monkeypatch.setattr(feed, "resume", recorded)
+    try:
+        await feed.start(1)
+        batch = await feed.fetch(timeout=30)
+        while batch[-1][0] < last:
+            batch += await feed.fetch(timeout=30)
+        feed.hold()
+        applied = await service._apply_until_done(pool, batch, feed, asyncio.Event())
+    finally:
+        await feed.close()
+        await eventstore.close(nc)
+        await pool.close()
+    assert applied == last
+    assert resumed, "the feed was never let go while the batch was applied"

@@ -15,7 +15,9 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
+from jobrunner.services.projector import feed as feed_module
 from jobrunner.services.projector.feed import EventFeed
+from jobrunner.services.projector.projections import Change, project
 from tests.history_support import logged_job, publish
 
 
@@ -286,3 +288,47 @@ async def test_the_event_feed_gathers_what_arrives_while_the_projector_waits(
         await feed.close()
         await eventstore.close(nc)
     assert gathered == list(range(last + 1, later + 1))
+
+
+async def test_the_event_feed_decodes_nothing_while_held(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live projector holds its feed from a fetch until its batch's ``COPY`` is under way: a
+    free feed decodes the next transaction's worth of a backlog at once (its socket has data, so
+    nothing yields), while the batch's first statements wait for the event loop and Postgres
+    sits idle in the transaction. Held, it decodes nothing; resumed, it reads on in order."""
+    backlog = logged_job("backlog", lines=60_000, batch=100)  # about 6 MB of 100-line events
+    last = await publish(settings, backlog)
+    projected = [0]  # events the feed has decoded and projected so far
+    decoded = asyncio.Event()
+
+    def counting(event: events.Event, seq: int) -> list[Change]:
+        projected[0] += 1
+        decoded.set()
+        return project(event, seq)
+
+    monkeypatch.setattr(feed_module, "project", counting)
+    nc = await eventstore.connect(settings, "test")
+    feed = EventFeed(nc.jetstream(), Names(settings.prefix), settings, name="test")
+    try:
+        await feed.start(1)
+        seqs = [seq for seq, _ in await feed.fetch(timeout=30)]
+        assert seqs
+        feed.hold()
+        held_at = projected[0]
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+        assert projected[0] == held_at, "the feed decoded while held"
+        assert held_at < len(backlog), "the whole backlog was decoded before the hold"
+        decoded.clear()
+        feed.resume()
+        await asyncio.wait_for(decoded.wait(), 30)
+        while seqs[-1] < last:
+            batch = await feed.fetch(timeout=30)
+            assert batch, "the feed stopped"
+            seqs += [seq for seq, _ in batch]
+            feed.hold()  # a fetch lets it go again
+    finally:
+        await feed.close()
+        await eventstore.close(nc)
+    assert seqs == list(range(1, last + 1))

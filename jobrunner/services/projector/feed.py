@@ -35,6 +35,13 @@ class EventFeed:
     slow consumer) and projects each event while the caller waits on Postgres, up to
     ``QUEUED_BATCHES`` socket reads ahead. When a delivery goes missing or the connection drops,
     it starts again after the last event received: nothing skipped, nothing twice.
+
+    A caller may ``hold`` the decoding after a fetch and ``resume`` it once Postgres has a long
+    statement to work on (the lines' ``COPY``): reading a socket that has data buffered does not
+    yield to the event loop, so a free feed decodes a whole transaction's worth of a backlog in
+    one go the moment a fetch makes room, while the batch's first short statements wait for the
+    loop and Postgres sits idle in its transaction. Held, that decoding runs while the ``COPY``
+    is in Postgres' hands instead. A fetch always lets the feed go again.
     """
 
     def __init__(
@@ -60,6 +67,8 @@ class EventFeed:
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None
         self._reads = 0  # socket reads in the batch being gathered
+        self._decoding = asyncio.Event()  # clear while the caller holds the decoding
+        self._decoding.set()
 
     async def start(self, seq: int) -> None:
         """Open the reader at ``seq``; while JetStream cannot create its consumer (a cluster
@@ -87,6 +96,7 @@ class EventFeed:
         """What has arrived, up to ``FETCH_EVENTS`` events or ``FETCH_READS`` socket reads (one
         transaction's worth); waits up to ``timeout`` when nothing has, or until ``stop``."""
         assert self._task is not None
+        self._decoding.set()
         if self._queue.empty():
             if self._task.done():
                 self._task.result()  # raises what ended the reader
@@ -113,8 +123,17 @@ class EventFeed:
     async def fetch_more(self, have: int, wait: float) -> list[tuple[int, list[Change]]]:
         """What arrives within ``wait`` seconds after ``fetch`` gave ``have`` events, up to the
         rest of a transaction's worth (``FETCH_EVENTS``, ``FETCH_READS`` with fetch's)."""
+        self._decoding.set()
         await asyncio.sleep(wait)
         return self._queued(have)
+
+    def hold(self) -> None:
+        """Decode no further socket read until ``resume`` or the next fetch (what is decoded
+        already is still queued)."""
+        self._decoding.clear()
+
+    def resume(self) -> None:
+        self._decoding.set()
 
     def _queued(self, have: int) -> list[tuple[int, list[Change]]]:
         more: list[tuple[int, list[Change]]] = []
@@ -144,6 +163,8 @@ class EventFeed:
                     await self._reader.open(self._reader.last_seq + 1)
                 async for messages in self._reader.batches():
                     failures = 0
+                    if not self._decoding.is_set():
+                        await self._decoding.wait()
                     batch: list[tuple[int, list[Change]]] = []
                     for seq, data in messages:
                         try:

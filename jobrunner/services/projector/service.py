@@ -13,7 +13,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore, heap, retry
+from jobrunner.common import backendpriority, database, eventstore, heap, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -34,6 +34,16 @@ RETRY_PAUSE_MAX = 5.0  # seconds, at most, before a batch that met an outage is 
 TRANSACTION_INTERVAL = 0.02
 
 
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """The projector's connections, their backends at its niceness (``background_nice``)."""
+    return await database.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        init=backendpriority.at_own_niceness(timestamps.init_connection),
+    )
+
+
 async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     """Follow the whole stream from the checkpoint on and apply it to the read models.
 
@@ -46,9 +56,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     names = Names(settings.prefix)
     nc = await eventstore.connect(settings, "projector")
     js = nc.jetstream()
-    pool = await database.create_pool(
-        settings.database_url, min_size=1, max_size=2, init=timestamps.init_connection
-    )
+    pool = await open_pool(settings)
     feed: EventFeed | None = None
     lag = Lag()
     lag.publish()
@@ -88,6 +96,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             if (rest := applied_at + TRANSACTION_INTERVAL - loop.time()) > 0:
                 batch += await feed.fetch_more(len(batch), rest)
             applied_at = loop.time()
+            # The next batch is decoded while Postgres works on this one's COPY, not before
+            # its first statements (EventFeed.hold).
+            feed.hold()
             try:
                 applied = await _apply_until_done(pool, batch, feed, stop)
             except CheckpointBehind as behind:
@@ -140,7 +151,7 @@ async def _apply_until_done(
                     stored = await store.checkpoint(conn)
                     if stored < batch[0][0] - 1:
                         raise CheckpointBehind(stored, batch[0][0])
-                return await setaside.apply(conn, batch, feed.lookup)
+                return await setaside.apply(conn, batch, feed.lookup, writing=feed.resume)
         except CheckpointBehind:
             raise
         except Exception as exc:

@@ -65,9 +65,10 @@ async def apply(
     batch: Batch,
     lookup: MessageLookup,
     schema: str = READ_SCHEMA,
+    writing: Callable[[], None] | None = None,
 ) -> int:
-    """Apply ``batch`` (see ``store.apply_batch``), setting aside each event that cannot be;
-    returns the new checkpoint. Raises only what is not a data error."""
+    """Apply ``batch`` (see ``store.apply_batch``, and its ``writing``), setting aside each event
+    that cannot be; returns the new checkpoint. Raises only what is not a data error."""
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
@@ -78,20 +79,24 @@ async def apply(
                 unreadable = change
                 break
         if unreadable is not None:
-            await _bisect(conn, batch[start:i], lookup, schema)
+            await _bisect(conn, batch[start:i], lookup, schema, writing)
             await _set_aside(conn, seq, unreadable.error, lookup, schema)
             start = i + 1
-    await _bisect(conn, batch[start:], lookup, schema)
+    await _bisect(conn, batch[start:], lookup, schema, writing)
     return await store.checkpoint(conn, schema)
 
 
 async def _bisect(
-    conn: asyncpg.Connection, batch: Batch, lookup: MessageLookup, schema: str
+    conn: asyncpg.Connection,
+    batch: Batch,
+    lookup: MessageLookup,
+    schema: str,
+    writing: Callable[[], None] | None,
 ) -> None:
     if not batch:
         return
     try:
-        await store.apply_batch(conn, batch, schema)
+        await store.apply_batch(conn, batch, schema, writing)
         return
     except Exception as exc:
         if not is_data_error(exc):
@@ -100,8 +105,8 @@ async def _bisect(
             await _set_aside(conn, batch[0][0], _describe(exc), lookup, schema)
             return
     middle = len(batch) // 2
-    await _bisect(conn, batch[:middle], lookup, schema)
-    await _bisect(conn, batch[middle:], lookup, schema)
+    await _bisect(conn, batch[:middle], lookup, schema, writing)
+    await _bisect(conn, batch[middle:], lookup, schema, writing)
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -69,11 +70,14 @@ async def apply_batch(
     conn: asyncpg.Connection,
     batch: list[tuple[int, list[Change]]],
     schema: str = READ_SCHEMA,
+    writing: Callable[[], None] | None = None,
 ) -> int:
     """Apply ``(stream_seq, changes)`` pairs past the checkpoint; returns the new checkpoint.
 
     The checkpoint row is locked first, so a second projector waits and then skips what this one
-    applied: redelivery never duplicates a row.
+    applied: redelivery never duplicates a row. ``writing`` is called as the batch's bulk writes
+    start (its ``COPY``s, else its updates): from then on Postgres has work of its own, and the
+    caller's other tasks may run without keeping it waiting (``EventFeed.hold``).
     """
     async with conn.transaction():
         if schema == READ_SCHEMA:
@@ -103,13 +107,16 @@ async def apply_batch(
                 (late_roots if r["root"] else existing).add(r["id"])
             if existing or late_roots:
                 plan = fold(fresh, existing, late_roots)
+        bulk = writing or _nothing
         # Jobs stored already were taken out above (under the checkpoint lock): none conflicts.
         for columns, rows in plan.inserts.items():
+            bulk()
             await conn.copy_records_to_table(
                 "jobs", schema_name=schema, columns=columns, records=rows
             )
         if plan.lines:
-            await _flush_lines(conn, schema, plan.lines, plan.line_counts)
+            await _flush_lines(conn, schema, plan.lines, plan.line_counts, bulk)
+        bulk()
         if plan.webhook_attempts:
             await _insert_webhook_attempts(conn, schema, plan.webhook_attempts)
         # Updates of jobs created in earlier batches keep their order (each one's condition
@@ -241,13 +248,20 @@ def _applies(change: JobUpdated, status: str) -> bool:
 LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
 
 
-async def _copy_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]]) -> bool:
+def _nothing() -> None:
+    pass
+
+
+async def _copy_lines(
+    conn: asyncpg.Connection, schema: str, rows: list[tuple[Any, ...]], writing: Callable[[], None]
+) -> bool:
     """COPY the lines in, the fastest way into Postgres; False (and nothing written) when one of
     them is there already: the caller then inserts them with a statement that skips those. Only a
     stream holding the same line twice gets there (say, re-published after the de-duplication
     window)."""
     try:
         async with conn.transaction():  # a savepoint: a failed COPY leaves the batch intact
+            writing()
             await conn.copy_records_to_table(
                 "log_lines", schema_name=schema, columns=LINE_COLUMNS, records=rows
             )
@@ -261,8 +275,9 @@ async def _flush_lines(
     schema: str,
     rows: list[tuple[Any, ...]],
     counts: dict[str, tuple[int, int]],
+    writing: Callable[[], None],
 ) -> None:
-    copied = await _copy_lines(conn, schema, rows)
+    copied = await _copy_lines(conn, schema, rows, writing)
     if not copied:
         await _insert_lines(conn, schema, rows)
     await conn.executemany(
