@@ -2,20 +2,27 @@
 
 A Postgres server's ``pg_backend_pid()`` is only its word: behind a connection pooler it names
 the backend that serves the pooler (lent to other clients next), and from another pid namespace
-(a server in a container, its socket shared with this host) a number that may name any process
-here. Before acting on such a pid, the connection itself must lead to it, as /proc shows:
+(a server in a container, its socket shared with this host) a number of that namespace, which
+here names another process or none. Before acting on such a pid, the connection itself must lead
+to it: the process must hold the server's end of our socket among its descriptors, found by:
 
-- TCP: the far end of our socket is the socket in this network namespace whose local address is
-  our peer address and whose remote address is our own (``/proc/net/tcp`` and ``tcp6``); the
-  process must hold it among its descriptors. A pooler's backend holds the pooler's connection,
-  and a stranger neither.
-- Unix socket: ``SO_PEERCRED`` names the process that listened, in our pid namespace (0 when it
-  is not in it or below): the postmaster, whose children the backends are, or a pooler, whose
-  children they are not.
+- TCP: the socket in this network namespace whose local address is our peer address and whose
+  remote address is our own (``/proc/net/tcp`` and ``tcp6``).
+- Unix socket: our socket's peer, by its inode, which the kernel's sock_diag tells
+  (``NETLINK_SOCK_DIAG``, ``UDIAG_SHOW_PEER``).
+
+A pooler's backend holds the pooler's connection, a sibling backend or another child of the
+postmaster (the checkpointer) another one or none, a stranger none: all fail. Whatever number a
+server in another pid namespace answers, only the process here that holds our connection's
+server end passes: that is our backend itself, seen in this namespace.
+
+Reading the whole TCP table of a busy host takes tens of milliseconds: call this off the event
+loop.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -28,47 +35,131 @@ Endpoint = tuple[Address, int]
 # /proc/net/tcp's connection state of an established socket.
 ESTABLISHED = "01"
 
+# sock_diag (linux/netlink.h, linux/sock_diag.h, linux/unix_diag.h).
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
+NLMSG_ERROR = 2
+UDIAG_SHOW_PEER = 0x4
+UNIX_DIAG_PEER = 2
+ALL_STATES = 0xFFFFFFFF
+NO_COOKIE = 0xFFFFFFFF  # both words: look the socket up by its inode alone
+SEQUENCE = 1
+DIAG_TIMEOUT_SECONDS = 1.0  # the kernel answers within the send; never wait on it for long
+NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+UNIX_DIAG_REQ = struct.Struct("=BBHIII2I")  # family, protocol, pad, states, inode, show, cookie
+UNIX_DIAG_MSG = struct.Struct("=BBBBI2I")  # family, type, state, pad, inode, cookie
+RTATTR = struct.Struct("=HH")  # length, type
+U32 = struct.Struct("=I")
+U32_MAX = 0xFFFFFFFF
+NLMSGERR = struct.Struct("=i")  # a negative errno
+
+
+class NoPeer(Exception):
+    """The kernel did not tell a Unix socket's peer; the message says why."""
+
 
 def why_not_far_end(sock: socket.socket, pid: int) -> str | None:
     """None when ``pid`` is shown to hold the far end of ``sock``; else why it is not."""
     if sock.family == socket.AF_UNIX:
-        return _unix_mismatch(sock, pid)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        return _tcp_mismatch(sock, pid)
-    return "not a TCP or Unix socket"
-
-
-def _tcp_mismatch(sock: socket.socket, pid: int) -> str | None:
-    try:
-        ours, peer = endpoint(sock.getsockname()), endpoint(sock.getpeername())
-    except OSError:
-        return "the connection is closed"
-    inode = server_socket_inode(local=peer, remote=ours)
-    if inode is None:
-        # A remote server, a server in another network namespace (a container's port), or a
-        # connection closed meanwhile.
-        return "the server's end of the connection is not on this host"
+        try:
+            inode = unix_peer_inode(sock)
+        except NoPeer as exc:
+            return str(exc)
+    elif sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            ours, peer = endpoint(sock.getsockname()), endpoint(sock.getpeername())
+        except OSError:
+            return "the connection is closed"
+        found = server_socket_inode(local=peer, remote=ours)
+        if found is None:
+            # A remote server, a server in another network namespace (a container's port), or
+            # a connection closed meanwhile.
+            return "the server's end of the connection is not on this host"
+        inode = found
+    else:
+        return "not a TCP or Unix socket"
     try:
         held = holds_socket(pid, inode)
-    except OSError:  # gone, or another user's process
+    except OSError:  # gone, not in this pid namespace, or another user's process
         return "the process's descriptors cannot be read"
     return None if held else "the process does not hold the server's end of our connection"
 
 
-def _unix_mismatch(sock: socket.socket, pid: int) -> str | None:
+def unix_peer_inode(sock: socket.socket) -> int:
+    """The inode of the socket at the other end of the Unix socket ``sock`` (the one the
+    server accepted), as sock_diag tells it; NoPeer when it does not."""
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return "the connection is closed"
-    listener = struct.unpack("3i", creds)[0]  # pid, uid, gid
-    if listener <= 0:
-        return "the server listens from another pid namespace"
-    parent = parent_pid(pid)
-    if parent is None:
-        return "the process is gone or cannot be read"
-    if parent != listener:
-        return "not a child of the listening server (a pooler, or another pid namespace)"
-    return None
+        inode = os.fstat(sock.fileno()).st_ino
+    except (OSError, ValueError):  # closed (fileno -1)
+        raise NoPeer("the connection is closed") from None
+    return unix_peer_of(inode)
+
+
+def unix_peer_of(inode: int) -> int:
+    """The inode of the peer of the Unix socket ``inode``, as sock_diag tells it; NoPeer when
+    it does not."""
+    if inode > U32_MAX:  # sock_diag numbers sockets in 32 bits
+        raise NoPeer("the socket's inode does not fit sock_diag")
+    request = UNIX_DIAG_REQ.pack(
+        socket.AF_UNIX, 0, 0, ALL_STATES, inode, UDIAG_SHOW_PEER, NO_COOKIE, NO_COOKIE
+    )
+    header = NLMSGHDR.pack(
+        NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, SEQUENCE, 0
+    )
+    try:
+        diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except (OSError, AttributeError):  # a kernel without sock_diag, or not Linux
+        raise NoPeer("the kernel does not tell a Unix socket's peer (no sock_diag)") from None
+    with diag:
+        diag.settimeout(DIAG_TIMEOUT_SECONDS)
+        try:
+            diag.send(header + request)
+            reply = diag.recv(65536)
+        except OSError as exc:  # a timeout too
+            raise NoPeer(f"sock_diag did not answer ({exc!r})") from None
+    return peer_in_reply(reply, inode)
+
+
+def peer_in_reply(reply: bytes, inode: int) -> int:
+    """The peer's inode in sock_diag's ``reply`` about the Unix socket ``inode``; NoPeer for
+    an error, a reply about something else, or one cut short."""
+    short = NoPeer("sock_diag's answer is cut short")
+    if len(reply) < NLMSGHDR.size:
+        raise short
+    length, kind, _, sequence, _ = NLMSGHDR.unpack_from(reply)
+    if length < NLMSGHDR.size or length > len(reply):
+        raise short
+    if sequence != SEQUENCE:
+        raise NoPeer("sock_diag answered another request")
+    if kind == NLMSG_ERROR:
+        if length < NLMSGHDR.size + NLMSGERR.size:
+            raise short
+        error = -NLMSGERR.unpack_from(reply, NLMSGHDR.size)[0]
+        if error == errno.ENOENT:  # no such socket (any more), or no unix_diag in the kernel
+            raise NoPeer("sock_diag knows no such Unix socket (closed, or no unix_diag)")
+        raise NoPeer(f"sock_diag refused: {os.strerror(error)}")
+    if kind != SOCK_DIAG_BY_FAMILY:
+        raise NoPeer(f"sock_diag answered with message type {kind}")
+    if length < NLMSGHDR.size + UNIX_DIAG_MSG.size:
+        raise short
+    family, _, _, _, about, _, _ = UNIX_DIAG_MSG.unpack_from(reply, NLMSGHDR.size)
+    if family != socket.AF_UNIX or about != inode:
+        raise NoPeer("sock_diag answered about another socket")
+    offset = NLMSGHDR.size + UNIX_DIAG_MSG.size
+    while offset + RTATTR.size <= length:
+        size, kind = RTATTR.unpack_from(reply, offset)
+        if size < RTATTR.size or offset + size > length:
+            raise short
+        if kind == UNIX_DIAG_PEER:
+            if size < RTATTR.size + U32.size:
+                raise short
+            peer: int = U32.unpack_from(reply, offset + RTATTR.size)[0]
+            if peer == 0:  # the server's end is released: no process holds it
+                break
+            return peer
+        offset += (size + 3) & ~3  # attributes are 4-byte aligned
+    raise NoPeer("the connection has no peer (closed)")
 
 
 def endpoint(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
@@ -80,31 +171,62 @@ def endpoint(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
     return ip, address[1]
 
 
-def proc_endpoint(field: str) -> Endpoint:
-    """``/proc/net/tcp``'s ``0100007F:1F90``: the address as 32-bit words, each printed in this
-    host's byte order, then the port."""
-    words, port = field.split(":")
-    raw = b"".join(struct.pack("=I", int(words[i : i + 8], 16)) for i in range(0, len(words), 8))
-    ip = ipaddress.ip_address(raw)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip, int(port, 16)
+def proc_field(ip: Address, port: int) -> str:
+    """An address and port as ``/proc/net/tcp{,6}`` prints them (``0100007F:1F90``): the address
+    as 32-bit words, each in this host's byte order, then the port."""
+    words = struct.unpack(f"={len(ip.packed) // 4}I", ip.packed)
+    return "".join(f"{word:08X}" for word in words) + f":{port:04X}"
+
+
+def as_ipv6(ip: Address) -> ipaddress.IPv6Address:
+    """An IPv4 address as a dual-stack socket has it (``::ffff:a.b.c.d``)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        return ip
+    return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
 
 
 def server_socket_inode(local: Endpoint, remote: Endpoint) -> int | None:
     """The inode of the established socket in this network namespace from ``local`` to
-    ``remote``; None when there is none."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    ``remote``; None when there is none. The addresses are printed once the way the tables
+    print them and found as text: a busy host's tables hold tens of thousands of rows."""
+    (local_ip, local_port), (remote_ip, remote_port) = local, remote
+    rows = [
+        (
+            "/proc/net/tcp6",
+            proc_field(as_ipv6(local_ip), local_port),
+            proc_field(as_ipv6(remote_ip), remote_port),
+        )
+    ]
+    if isinstance(local_ip, ipaddress.IPv4Address) and isinstance(remote_ip, ipaddress.IPv4Address):
+        rows.insert(
+            0,
+            ("/proc/net/tcp", proc_field(local_ip, local_port), proc_field(remote_ip, remote_port)),
+        )
+    for table, local_field, remote_field in rows:
         try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:  # no IPv6 on this host
+            text = Path(table).read_text(encoding="ascii")
+        except (OSError, ValueError):  # no IPv6 on this host; not the table we know
             continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] != ESTABLISHED or fields[9] == "0":
-                continue
-            if proc_endpoint(fields[1]) == local and proc_endpoint(fields[2]) == remote:
-                return int(fields[9])
+        inode = inode_in_table(text, local_field, remote_field)
+        if inode is not None:
+            return inode
+    return None
+
+
+def inode_in_table(text: str, local: str, remote: str) -> int | None:
+    """The inode of ``text``'s established row from ``local`` to ``remote`` (fields as
+    ``proc_field`` prints them); a row that does not read as one is skipped."""
+    needle = f" {local} {remote} {ESTABLISHED} "
+    start = text.find(needle)
+    while start != -1:
+        row_start = text.rfind("\n", 0, start) + 1
+        row_end = text.find("\n", start)
+        fields = text[row_start : row_end if row_end != -1 else len(text)].split()
+        if fields[1:4] == [local, remote, ESTABLISHED] and len(fields) > 9:
+            inode = fields[9]
+            if inode.isdigit() and inode != "0":  # 0: an orphan, held by no process
+                return int(inode)
+        start = text.find(needle, start + 1)
     return None
 
 
@@ -120,11 +242,3 @@ def holds_socket(pid: int, inode: int) -> bool:
         except OSError:  # closed meanwhile
             continue
     return False
-
-
-def parent_pid(pid: int) -> int | None:
-    """Field 4 of ``/proc/<pid>/stat``, after the parenthesised command name."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
