@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -95,34 +97,94 @@ def test_each_reason_is_told_once() -> None:
     assert [entry["reason"] for entry in logs] == [first, second]
 
 
+async def connect(settings: Settings, via: str) -> asyncpg.Connection:
+    """A connection to the test cluster over TCP or its Unix socket (skipped when the cluster
+    does not run here or has no socket here)."""
+    url = urlsplit(settings.database_url)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        if not is_local_backend(await conn.fetchval("SELECT pg_backend_pid()")):
+            pytest.skip("the test cluster's Postgres does not run on this host")
+        if via == "tcp":
+            return conn
+        directory = (await conn.fetchval("SHOW unix_socket_directories")).split(",")[0]
+    except BaseException:
+        await conn.close()
+        raise
+    await conn.close()
+    if not Path(directory, f".s.PGSQL.{url.port}").exists():
+        pytest.skip("the test cluster has no Unix socket here")
+    return await asyncpg.connect(
+        host=directory,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.path.lstrip("/"),
+    )
+
+
 @pytest.mark.parametrize("via", ["tcp", "unix"])
 async def test_our_own_backend_is_reniced_over_tcp_and_a_unix_socket(
     settings: Settings, via: str
 ) -> None:
-    url = urlsplit(settings.database_url)
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await connect(settings, via)
     try:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
-        if not is_local_backend(pid):
-            pytest.skip("the test cluster's Postgres does not run on this host")
-        if via == "unix":
-            directory = (await conn.fetchval("SHOW unix_socket_directories")).split(",")[0]
-            if not Path(directory, f".s.PGSQL.{url.port}").exists():
-                pytest.skip("the test cluster has no Unix socket here")
-            await conn.close()
-            conn = await asyncpg.connect(
-                host=directory,
-                port=url.port,
-                user=url.username,
-                password=url.password,
-                database=url.path.lstrip("/"),
-            )
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
         expected = max(niceness_from_proc(pid), BY)  # never raised
         assert await match_niceness(conn, BY) is True
         assert niceness_from_proc(pid) == expected
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+async def test_a_pg_backend_pid_of_the_role_s_own_is_not_asked(
+    settings: Settings, via: str
+) -> None:
+    """A search_path that puts a schema's pg_backend_pid() first, naming another backend of the
+    same server (over a Unix socket a child of the same postmaster too): ours is reniced, the
+    other one is left alone."""
+    conn, other = await connect(settings, via), await connect(settings, via)
+    try:
+        victim = await other.fetchval("SELECT pg_backend_pid()")
+        before = niceness_from_proc(victim)
+        schema = f"spoof_{uuid.uuid4().hex}"
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(
+            f"CREATE FUNCTION {schema}.pg_backend_pid() RETURNS int"
+            f" LANGUAGE sql AS 'SELECT {victim}'"
+        )
+        await conn.execute(f"SET search_path = {schema}, pg_catalog")
+        assert await conn.fetchval("SELECT pg_backend_pid()") == victim
+        ours = await conn.fetchval("SELECT pg_catalog.pg_backend_pid()")
+        assert await match_niceness(conn, BY) is True
+        assert niceness_from_proc(ours) >= BY
+        assert niceness_from_proc(victim) == before
+    finally:
+        await conn.close()
+        await other.close()
+
+
+async def test_the_far_end_check_runs_off_the_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a busy host's TCP table takes tens of milliseconds: the pool's init leaves the
+    projector's loop free meanwhile."""
+    threads: list[int] = []
+    check = backendpriority.why_not_far_end
+
+    def spied(sock: socket.socket, pid: int) -> str | None:
+        threads.append(threading.get_ident())
+        return check(sock, pid)
+
+    monkeypatch.setattr(backendpriority, "why_not_far_end", spied)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await match_niceness(conn, BY)
+    finally:
+        await conn.close()
+    assert threads
+    assert threading.get_ident() not in threads
 
 
 @asynccontextmanager

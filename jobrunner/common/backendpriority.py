@@ -11,11 +11,12 @@ autogroups (sched(7)) each backend is an autogroup of its own too, weighed again
 the runner's by the autogroup's niceness: both the thread's and the autogroup's are set, as
 ``jobrunner up`` does for its services (``common.cpupriority``).
 
-Only a backend shown to be at the far end of the connection's own socket is reniced
+Only a backend shown to hold the far end of the connection's own socket is reniced
 (``common.farend``): not the backend a local pooler (pgbouncer) lends us, which serves its other
-clients next, nor whatever process here has the number a server in another pid namespace (a
-container) answers. A remote server, a pooler, a mismatch, a process that is not a Postgres
-backend, or a refusal leaves the backend as it is: told once per reason, harmless.
+clients next, nor another child of the postmaster, nor whatever process here has the number a
+server in another pid namespace (a container) answers. A remote server, a pooler, a mismatch, a
+process that is not a Postgres backend, or a refusal leaves the backend as it is: told once per
+reason, harmless.
 """
 
 from __future__ import annotations
@@ -82,14 +83,25 @@ async def lower_priority(pid: int, niceness: int) -> bool:
 async def match_niceness(conn: asyncpg.Connection, niceness: int) -> bool:
     """Set ``conn``'s backend to ``niceness`` when it is shown to run on this host at the far end
     of ``conn``'s socket; True when it is."""
-    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    # Qualified: a role's search_path could put a pg_backend_pid() of its own first.
+    pid = await conn.fetchval("SELECT pg_catalog.pg_backend_pid()")
     # asyncpg has no public accessor for the socket; without it nothing shows where it leads.
     transport = getattr(conn, "_transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         _tell_once("no socket to check the connection by", pid=pid)
         return False
-    if (why := why_not_far_end(sock, pid)) is not None:
+    try:
+        # The check runs in a thread (a busy host's TCP table takes tens of milliseconds to
+        # read): on a descriptor of its own, which the connection closing meanwhile cannot
+        # hand to another socket.
+        own = sock.dup()
+    except OSError as exc:
+        _tell_once("the socket cannot be checked", pid=pid, error=repr(exc))
+        return False
+    with own:
+        why = await asyncio.to_thread(why_not_far_end, own, pid)
+    if why is not None:
         _tell_once(why, pid=pid)
         return False
     if not is_local_backend(pid):
