@@ -188,45 +188,44 @@ def as_ipv6(ip: Address) -> ipaddress.IPv6Address:
 def server_socket_inode(local: Endpoint, remote: Endpoint) -> int | None:
     """The inode of the established socket in this network namespace from ``local`` to
     ``remote``; None when there is none. The addresses are printed once the way the tables
-    print them and found as text: a busy host's tables hold tens of thousands of rows."""
-    (local_ip, local_port), (remote_ip, remote_port) = local, remote
-    rows = [
-        (
-            "/proc/net/tcp6",
-            proc_field(as_ipv6(local_ip), local_port),
-            proc_field(as_ipv6(remote_ip), remote_port),
+    print them and found as bytes: a busy host's tables hold tens of thousands of rows."""
+    ipv4 = all(isinstance(ip, ipaddress.IPv4Address) for ip, _ in (local, remote))
+    # An IPv4 connection's server end is in tcp, or in tcp6 when a dual-stack socket accepted it.
+    tables = (
+        (("/proc/net/tcp", False), ("/proc/net/tcp6", True))
+        if ipv4
+        else (("/proc/net/tcp6", True),)
+    )
+    for table, ipv6 in tables:
+        local_field, remote_field = (
+            proc_field(as_ipv6(ip) if ipv6 else ip, port) for ip, port in (local, remote)
         )
-    ]
-    if isinstance(local_ip, ipaddress.IPv4Address) and isinstance(remote_ip, ipaddress.IPv4Address):
-        rows.insert(
-            0,
-            ("/proc/net/tcp", proc_field(local_ip, local_port), proc_field(remote_ip, remote_port)),
-        )
-    for table, local_field, remote_field in rows:
         try:
-            text = Path(table).read_text(encoding="ascii")
-        except (OSError, ValueError):  # no IPv6 on this host; not the table we know
+            rows = Path(table).read_bytes()
+        except OSError:  # no IPv6 on this host
             continue
-        inode = inode_in_table(text, local_field, remote_field)
+        inode = inode_in_table(rows, local_field, remote_field)
         if inode is not None:
             return inode
     return None
 
 
-def inode_in_table(text: str, local: str, remote: str) -> int | None:
-    """The inode of ``text``'s established row from ``local`` to ``remote`` (fields as
-    ``proc_field`` prints them); a row that does not read as one is skipped."""
-    needle = f" {local} {remote} {ESTABLISHED} "
-    start = text.find(needle)
+def inode_in_table(rows: bytes, local: str, remote: str) -> int | None:
+    """The inode of the established row of ``rows`` (a ``/proc/net/tcp``) from ``local`` to
+    ``remote`` (fields as ``proc_field`` prints them); a row that does not read as one is
+    skipped."""
+    wanted = [field.encode() for field in (local, remote, ESTABLISHED)]
+    needle = b" " + b" ".join(wanted) + b" "
+    start = rows.find(needle)
     while start != -1:
-        row_start = text.rfind("\n", 0, start) + 1
-        row_end = text.find("\n", start)
-        fields = text[row_start : row_end if row_end != -1 else len(text)].split()
-        if fields[1:4] == [local, remote, ESTABLISHED] and len(fields) > 9:
+        row_start = rows.rfind(b"\n", 0, start) + 1
+        row_end = rows.find(b"\n", start)
+        fields = rows[row_start : row_end if row_end != -1 else len(rows)].split()
+        if fields[1:4] == wanted and len(fields) > 9:
             inode = fields[9]
-            if inode.isdigit() and inode != "0":  # 0: an orphan, held by no process
+            if inode.isdigit() and int(inode) != 0:  # 0: an orphan, held by no process
                 return int(inode)
-        start = text.find(needle, start + 1)
+        start = rows.find(needle, start + 1)
     return None
 
 

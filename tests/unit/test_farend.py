@@ -122,9 +122,9 @@ def test_a_table_row_that_does_not_read_as_one_is_skipped() -> None:
         + f"   2: {local} {remote} 01 00000000:00000000 00:00000000 00000000 1000 0 0 1\n"
         + good
     )
-    assert inode_in_table(table, local, remote) == 4242
-    assert inode_in_table(table[: -len(good)], local, remote) is None
-    assert inode_in_table(f"   0: {local} {remote} 01", local, remote) is None  # no newline
+    assert inode_in_table(table.encode(), local, remote) == 4242
+    assert inode_in_table(table[: -len(good)].encode(), local, remote) is None
+    assert inode_in_table(f"   0: {local} {remote} 01".encode(), local, remote) is None
 
 
 @contextmanager
