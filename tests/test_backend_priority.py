@@ -187,6 +187,20 @@ async def test_the_far_end_check_runs_off_the_event_loop(
     assert threading.get_ident() not in threads
 
 
+async def test_the_far_end_check_leaves_no_descriptor_behind(settings: Settings) -> None:
+    """The check works on a duplicate of the connection's socket: every new connection of the
+    pool must close it, or a projector reconnecting for days runs out of descriptors."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await match_niceness(conn, BY)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(50):
+            await match_niceness(conn, BY)
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        await conn.close()
+
+
 @asynccontextmanager
 async def pgbouncer(database_url: str) -> AsyncIterator[tuple[int, Path]]:
     """A pgbouncer (session pooling) on loopback and on a Unix socket in front of the test

@@ -138,6 +138,8 @@ def peer_in_reply(reply: bytes, inode: int) -> int:
         error = -NLMSGERR.unpack_from(reply, NLMSGHDR.size)[0]
         if error == errno.ENOENT:  # no such socket (any more), or no unix_diag in the kernel
             raise NoPeer("sock_diag knows no such Unix socket (closed, or no unix_diag)")
+        if not 0 < error < 4096:  # not an errno: os.strerror would raise on it
+            raise NoPeer(f"sock_diag refused with code {error}")
         raise NoPeer(f"sock_diag refused: {os.strerror(error)}")
     if kind != SOCK_DIAG_BY_FAMILY:
         raise NoPeer(f"sock_diag answered with message type {kind}")

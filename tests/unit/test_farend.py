@@ -197,14 +197,16 @@ def test_sock_diag_tells_a_unix_socket_s_peer() -> None:
         unix_peer_inode(left)
 
 
-def reply(*, kind: int = SOCK_DIAG_BY_FAMILY, about: int = 41, peer: int = 42) -> bytes:
+def reply(
+    *, kind: int = SOCK_DIAG_BY_FAMILY, about: int = 41, peer: int = 42, sequence: int = SEQUENCE
+) -> bytes:
     """sock_diag's answer about Unix socket ``about`` whose peer is ``peer``, as the kernel
     lays it out."""
     body = UNIX_DIAG_MSG.pack(socket.AF_UNIX, socket.SOCK_STREAM, 1, 0, about, 0, 0)
     name = b"\0pg"  # an abstract name first: an attribute of 7 bytes, padded to 8
     body += RTATTR.pack(RTATTR.size + len(name), UNIX_DIAG_NAME) + name + b"\0"
     body += RTATTR.pack(RTATTR.size + 4, UNIX_DIAG_PEER) + U32.pack(peer)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, 0, SEQUENCE, 0) + body
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, 0, sequence, 0) + body
 
 
 def test_sock_diag_s_answer_is_read_with_care() -> None:
@@ -230,6 +232,11 @@ def test_sock_diag_s_answer_is_read_with_care() -> None:
         peer_in_reply(error, 41)
     with pytest.raises(NoPeer, match="cut short"):
         peer_in_reply(error[: NLMSGHDR.size + 2], 41)
+    with pytest.raises(NoPeer, match="another request"):
+        peer_in_reply(reply(sequence=SEQUENCE + 1), 41)
+    not_an_errno = error[: NLMSGHDR.size] + struct.pack("=i", -(2**31)) + error[NLMSGHDR.size + 4 :]
+    with pytest.raises(NoPeer, match="refused with code"):
+        peer_in_reply(not_an_errno, 41)
 
 
 POOLER = """
