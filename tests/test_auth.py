@@ -224,6 +224,27 @@ async def test_revoked_token_is_refused_by_the_api(system: System) -> None:
                 await asyncio.sleep(0.05)
 
 
+async def test_a_token_record_that_cannot_be_read_opens_nothing_and_breaks_no_list(
+    system: System,
+) -> None:
+    """A record in the token bucket that jobrunner did not write (by hand, or corrupt): its
+    token is refused with 401 (not a 500), and the token list still answers with the rest."""
+    store = await system.tokens()
+    record, token = await store.create("spoiled", "admin")
+    await store.kv.put(f"token.{record.id}", b"{not json")
+    assert await store.get(record.id) is None
+    async with system.client(token=token) as client:
+        async with asyncio.timeout(10):
+            while True:  # the API's copy of the records follows the bucket's watch
+                if (await client.get("/api/jobs")).status_code == 401:
+                    break
+                await asyncio.sleep(0.05)
+    async with system.client() as admin:
+        listed = await admin.get("/api/tokens")
+    assert listed.status_code == 200, listed.text
+    assert "spoiled" not in listed.text
+
+
 async def test_only_a_hash_of_the_token_is_stored(system: System) -> None:
     """The KV bucket holds the SHA-256 of the token, never the token itself."""
     store = await system.tokens()

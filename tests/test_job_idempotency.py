@@ -8,9 +8,12 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.js import JetStreamContext
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.idempotency import IdempotencyKeys, record_key
 from tests.batch_submit_support import stored_count
 from tests.external_support import EXTERNAL_TYPES
 from tests.system import System
@@ -119,3 +122,18 @@ async def test_a_retried_external_job_answers_the_same_callback_token(settings: 
         assert report.status_code not in (401, 403), report.text
     finally:
         await system.stop()
+
+
+async def test_a_key_whose_record_cannot_be_read_is_refused_with_a_clear_error(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A record in the idempotency bucket that jobrunner did not write (by hand, or corrupt)
+    answers 409 IDEMPOTENCY_KEY_UNREADABLE: neither a new job nor the old one is safe."""
+    names = Names(settings.prefix)
+    keys = IdempotencyKeys(js, names)
+    bucket = await js.key_value(names.idempotency_bucket)
+    await bucket.put(record_key("someone", "job-9"), b"not a record")
+    with pytest.raises(ApiError) as refused:
+        await keys.claim("someone", "job-9", "fingerprint", "new-id", kind="job")
+    assert refused.value.status == 409
+    assert refused.value.code == "IDEMPOTENCY_KEY_UNREADABLE"

@@ -90,7 +90,16 @@ class IdempotencyKeys:
                 continue  # expired between our create and our read: create again
             if not entry.value:
                 continue
-            stored = msgspec.json.decode(entry.value, type=KeyRecord)
+            try:
+                stored = msgspec.json.decode(entry.value, type=KeyRecord)
+            except msgspec.MsgspecError:
+                # Not written by jobrunner (by hand, or corrupt): what it stood for is unknown,
+                # so neither a new request nor a resumed one is safe under this key.
+                raise ApiError(
+                    409,
+                    "IDEMPOTENCY_KEY_UNREADABLE",
+                    f"What this {HEADER} was used for cannot be read; use a new key.",
+                ) from None
             if stored.fingerprint != fingerprint:
                 made: dict[str, Any] = {f"{kind}_id": stored.id}
                 raise ApiError(

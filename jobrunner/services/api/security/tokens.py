@@ -144,8 +144,12 @@ class TokenStore:
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                     self._cache.pop(token_id, None)
                     continue
-                with contextlib.suppress(msgspec.MsgspecError):
+                try:
                     self._cache[token_id] = msgspec.json.decode(entry.value, type=TokenRecord)
+                except msgspec.MsgspecError:
+                    # What replaced the record is unreadable: the token it described must not
+                    # go on opening the API from the copy kept here.
+                    self._cache.pop(token_id, None)
 
         self._watch_task = asyncio.create_task(follow(), name="token-watch")
         self._watcher = watcher
@@ -172,7 +176,13 @@ class TokenStore:
             return None
         if not entry.value:
             return None
-        record = msgspec.json.decode(entry.value, type=TokenRecord)
+        try:
+            record = msgspec.json.decode(entry.value, type=TokenRecord)
+        except msgspec.MsgspecError:
+            # Not written by jobrunner (by hand, or corrupt): no token stands behind it, so it
+            # opens nothing, as the watch's cache already treats it.
+            log.warning("token_record_unreadable", token_id=token_id)
+            return None
         self._cache[token_id] = record
         return record
 
