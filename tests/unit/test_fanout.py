@@ -6,7 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
@@ -16,11 +15,7 @@ from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import (
-    COALESCE_BEHIND_MAX,
-    COALESCE_MAX,
-    COALESCE_PER_CLIENT,
     HAND_OVER_BYTES,
-    LATENESS_HOLD,
     PAUSE_BYTES,
     TAKE_BYTES,
     Batch,
@@ -148,25 +143,6 @@ async def test_the_batching_window_counts_the_clients_of_every_job() -> None:
     for feed, inbox in inboxes:
         feed.leave(inbox)
     assert out.coalesce_window() == 0.0
-
-
-async def test_a_process_behind_its_timers_batches_longer_but_never_holds_a_lone_viewer() -> None:
-    """Hand-over timers firing late lengthen every batching window by their lateness (up to
-    ``COALESCE_BEHIND_MAX``), for a while; a window too short to batch stays none."""
-    out = fanout()
-    loop = asyncio.get_running_loop()
-    out.clients = 2
-    out.note_lateness(loop.time() - 0.5)
-    assert out.coalesce_window() == COALESCE_PER_CLIENT * 2  # events still go out at once
-    out.clients = 500
-    assert out.coalesce_window() == COALESCE_BEHIND_MAX
-    out.lateness = 0.0
-    out.note_lateness(loop.time() - 0.03)
-    assert out.coalesce_window() == pytest.approx(COALESCE_MAX + 0.03, abs=0.005)
-    out.note_lateness(loop.time() + 0.05)  # a timer overtaken before it was due: not late
-    assert out.coalesce_window() == pytest.approx(COALESCE_MAX + 0.03, abs=0.005)
-    out._lateness_at -= LATENESS_HOLD  # the lateness seen is old: the windows are as before
-    assert out.coalesce_window() == COALESCE_MAX
 
 
 def test_a_bounded_take_hands_out_whole_batches_and_keeps_the_rest_counted() -> None:

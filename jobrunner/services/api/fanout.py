@@ -58,20 +58,6 @@ log = structlog.get_logger()
 # once per event per client (2 ms windows for events 5 ms apart) and fall seconds behind.
 COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per client of the process ...
 COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
-# A shorter window is no window: the events go out at once (a quiet job's one viewer, beside a
-# flood's, is never held back, behind or not).
-IMMEDIATE_WINDOW = 0.001
-# A process behind its work (its hand-over timers fire late: its loop has more ready than it can
-# run, or the machine gives it less than it asks) lengthens every window by that lateness, up
-# to this: a write per client per window is most of what streaming costs the API (its CPU while
-# printing fell by a third with windows twice as long), so writing less often is what lets a
-# starved process catch up. A line waited that long anyway; the usual case (timers on time)
-# keeps its window.
-COALESCE_BEHIND_MAX = 0.2
-# How long a lateness counts after it was seen, unless a larger one comes: one late timer
-# lengthens the next windows for a moment, not forever, and the windows do not swing at each
-# timer.
-LATENESS_HOLD = 1.0
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
 HAND_OVER_BYTES = 256 * 1024
@@ -447,7 +433,7 @@ class JobFeed:
 
     def _hand_over_soon(self) -> None:
         window = self.fanout.coalesce_window()
-        if window < IMMEDIATE_WINDOW:
+        if window < 0.001:
             self._flush()
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
@@ -509,7 +495,6 @@ class JobFeed:
     def _flush(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
-            self.fanout.note_lateness(self._flush_timer.when())
             self._flush_timer = None
         if not self._pending:
             return
@@ -565,9 +550,6 @@ class Fanout:
         self.recorded_bytes = 0  # the feeds' records together
         self.clients = 0  # subscribers of every feed
         self.clients_cut = 0
-        # How late the hand-over timers fire (``COALESCE_BEHIND_MAX``), and when that was seen.
-        self.lateness = 0.0
-        self._lateness_at = 0.0
 
     async def join(
         self, job_id: str, start_seq: int | None = None
@@ -604,23 +586,8 @@ class Fanout:
 
     def coalesce_window(self) -> float:
         """How long a feed gathers events before handing them over: longer with more clients in
-        the process, so that its writes per second stay about the same however many there are,
-        and longer while the process is behind (``COALESCE_BEHIND_MAX``)."""
-        window = min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
-        if self.lateness and window >= IMMEDIATE_WINDOW:
-            if asyncio.get_running_loop().time() >= self._lateness_at + LATENESS_HOLD:
-                self.lateness = 0.0
-            else:
-                return min(COALESCE_BEHIND_MAX, window + self.lateness)
-        return window
-
-    def note_lateness(self, due: float) -> None:
-        """A hand-over timer due at ``due`` (loop time) fired, or was overtaken, now."""
-        now = asyncio.get_running_loop().time()
-        late = now - due
-        if late > self.lateness or now >= self._lateness_at + LATENESS_HOLD:
-            self.lateness = max(0.0, late)
-            self._lateness_at = now
+        the process, so that its writes per second stay about the same however many there are."""
+        return min(COALESCE_MAX, COALESCE_PER_CLIENT * self.clients)
 
     def reader_js(self) -> AbstractAsyncContextManager[JetStreamContext]:
         """The JetStream context a reader of a job's stream subscribes with: on a connection
