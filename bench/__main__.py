@@ -344,6 +344,16 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     ),
                 }
             )
+        if printing := f.get("cpu_us_per_line_printing"):
+            out.append(
+                {
+                    "name": f"4. fan-out, {what}: CPU while printing (clients connected) per line",
+                    "result": " · ".join(
+                        f"{part} {us} µs"
+                        for part, us in sorted(printing.items(), key=lambda x: -x[1])
+                    ),
+                }
+            )
     if n := results.get("noisy"):
         alone, beside = n["alone"], n["beside_flood"]
         out += [

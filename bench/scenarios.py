@@ -273,8 +273,10 @@ async def fan_out(
         # Every client connects (and every job's tool starts) before the first line is printed.
         delay = 3 + clients / 100 + jobs / 10
         per_job = clients // jobs
-        cpu0 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+        cpu0 = _cpu(system)
         with MemorySampler(api) as memory:
+            # No tool prints before this (each waits ``delay`` from its own start, after this).
+            printing_from = time.monotonic() + delay
             job_ids = [
                 await start_job(
                     http, "bench_paced", {"rate": rate, "seconds": seconds, "delay": f"{delay:.1f}"}
@@ -298,11 +300,17 @@ async def fan_out(
             for i, stream in enumerate(streams):
                 stream.record_delays = i % 10 == 0
             connected_after = time.monotonic() - t_start
+            # The CPU of streaming apart from that of connecting: every client is connected and
+            # followed, no line printed yet. The whole run's figure below counts each client's
+            # request too (1,000 of them cost the API a core-second and more).
+            await asyncio.sleep(max(0.0, printing_from - 0.5 - time.monotonic()))
+            printing_cpu0 = _cpu(system)
+            connected_before_printing = time.monotonic() < printing_from
             await asyncio.wait_for(
                 asyncio.gather(*(s.done for s in streams)), seconds + delay + 120
             )
         # Every stream ended with its job's end, so every tool has been waited for.
-        cpu1 = system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+        cpu1 = _cpu(system)
         cut_after = await streams_cut(http)
         stored.stdin.write(b"done\n")
         stored.stdin.close()
@@ -347,7 +355,20 @@ async def fan_out(
             for part in cpu1
         }
         | {"bench_stored": round(in_jetstream["cpu_s"] / (expected * jobs) * 1e6, 1)},
+        # The same from the moment every client was connected, just before the first line: the
+        # fan-out's own cost (the writes to the clients, the lines' framing, NATS' deliveries).
+        # None when the clients were still connecting as the tools began to print.
+        "cpu_us_per_line_printing": {
+            part: round((cpu1[part] - printing_cpu0.get(part, 0.0)) / (expected * jobs) * 1e6, 1)
+            for part in cpu1
+        }
+        if connected_before_printing
+        else None,
     }
+
+
+def _cpu(system: RunningSystem) -> dict[str, float]:
+    return system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
 
 
 def _own_cpu() -> float:
