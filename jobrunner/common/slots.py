@@ -97,6 +97,12 @@ RELEASE_TRIES = 12
 NATS_UNREACHABLE = (TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError)
 
 
+# The holder of a lease whose value cannot be read (written by hand, corrupt, another version's):
+# someone's, so the slot is not free; nobody's that this code could take over, renew or release.
+# It stays until it expires (a lease has a TTL) or is deleted.
+UNKNOWN_HOLDER = SlotValue(job_id="", phase="held")
+
+
 class Lease(msgspec.Struct, kw_only=True):
     key: str
     revision: int
@@ -144,6 +150,7 @@ class SlotTable:
         self._names = names
         self.ttl = max(1, round(ttl_seconds))
         self._kv: KeyValue | None = None
+        self._said_unreadable: set[str] = set()
 
     async def kv(self) -> KeyValue:
         """The lock bucket, read from its stream's leader. A direct read may be answered by a
@@ -211,8 +218,30 @@ class SlotTable:
         raw, revision = await self._read_raw(key)
         if raw is None:
             return None, revision
-        value = msgspec.json.decode(raw, type=SlotValue)
+        try:
+            value = msgspec.json.decode(raw, type=SlotValue)
+        except msgspec.DecodeError as exc:
+            # Read as free, it would be written over: a second holder, should it be a live
+            # one's lease after all (a newer jobrunner's).
+            self._unreadable(key, exc, "the slot counts as held until it expires or is deleted")
+            value = UNKNOWN_HOLDER
         return Lease(key=key, revision=revision, value=value), revision
+
+    def _unreadable(self, key: str, exc: msgspec.DecodeError, meaning: str) -> None:
+        """Say (once per key and table) that a value of the bucket does not decode."""
+        if key not in self._said_unreadable:
+            self._said_unreadable.add(key)
+            log.warning(
+                "lock bucket value cannot be read", key=key, meaning=meaning, error=str(exc)
+            )
+
+    def _record(self, key: str, raw: bytes) -> RunRecord | None:
+        """A run record; None (said once) when it does not decode."""
+        try:
+            return msgspec.json.decode(raw, type=RunRecord)
+        except msgspec.DecodeError as exc:
+            self._unreadable(key, exc, "not a running job's record: left alone")
+            return None
 
     async def current(self, key: str) -> Lease | None:
         return (await self._read(key))[0]
@@ -343,11 +372,10 @@ class SlotTable:
         writes ahead of it are replicated and applied.)"""
         await self._delete(fence_key(holder.runner_id or holder.job_id), None)
         raw, revision = await self._read_raw(run_key(holder.job_id))
-        if raw is not None:
-            record = msgspec.json.decode(raw, type=RunRecord)
-            if record.runner_id == holder.runner_id and record.slot_key == key:
-                with contextlib.suppress(KeyWrongLastSequenceError):
-                    await self._delete(run_key(holder.job_id), revision)
+        record = None if raw is None else self._record(run_key(holder.job_id), raw)
+        if record is not None and record.runner_id == holder.runner_id and record.slot_key == key:
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self._delete(run_key(holder.job_id), revision)
         lease, _ = await self._read(key)
         if lease is None or not same_holder(lease.value, holder):
             return
@@ -429,7 +457,7 @@ class SlotTable:
     async def run_record(self, job_id: str) -> RunRecord | None:
         """One running job's record, if it has one."""
         raw, _ = await self._read_raw(run_key(job_id))
-        return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
+        return None if raw is None else self._record(run_key(job_id), raw)
 
     async def holder(self, job_id: str) -> RunRecord | None:
         """The record of the runner holding ``job_id``'s slot now (its run record names a slot
@@ -450,7 +478,9 @@ class SlotTable:
         try:
             while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                 if entry.value and entry.operation is None:
-                    records.append(msgspec.json.decode(entry.value, type=RunRecord))
+                    record = self._record(entry.key, entry.value)
+                    if record is not None:
+                        records.append(record)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return records
