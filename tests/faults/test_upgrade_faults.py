@@ -1,5 +1,6 @@
 """A projector SIGKILLed in the middle of rebuilding older read models: the live schema is never
-half-swapped, and the next start resumes the rebuild and swaps in complete tables."""
+half-swapped, and the next start resumes the rebuild and swaps in complete tables. A rebuild
+whose replay lock session ends is started again in place."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from jobrunner.common import readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.services.projector import store
 from tests.cli_support import cli_env
+from tests.history_support import job_events, publish, wait_projected
+from tests.replaylock_support import terminate_lock_holder
 from tests.upgrade_support import complete, older_state, read_models, wait_version
 
 CRASHING_REBUILD = Path(__file__).parent / "tools" / "crashing_rebuild.py"
@@ -124,3 +127,52 @@ async def test_a_projector_killed_in_the_middle_of_loading_resumes_from_its_chec
     assert set(after_kill["jobs"].values()) == {("pending", 0)}
     assert complete(done, made) == []
     assert re.search(rf'"after_seq": ?{partial}\b', log.read_text())
+
+
+async def wait_logged(
+    projector: asyncio.subprocess.Process, log: Path, text: bytes, timeout: float = 60.0
+) -> None:
+    """Until the projector's log says ``text``; fails at once should the projector exit."""
+    async with asyncio.timeout(timeout):
+        while text not in log.read_bytes():
+            assert projector.returncode is None, f"the projector exited:\n{log.read_text()}"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_rebuild_whose_lock_session_ends_is_started_again_in_place(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The Postgres session holding the rebuild's replay lock ends (``pg_terminate_backend``, as
+    an idle timeout or a restart) while the rebuild waits to swap: nothing is swapped, and the
+    same projector process rebuilds again, swaps in complete tables and projects what comes
+    after. It used to exit (REPLAY_LOCK_LOST) and wait for a supervisor to start it again."""
+    made = await older_state(settings, jobs=20, lines=50)
+    log = tmp_path / "projector.log"
+    holder = await asyncpg.connect(settings.database_url)
+    projector = None
+    try:
+        # An older projector in the middle of a batch holds the swap lock shared: the rebuild
+        # waits to swap, its lock session idle.
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT pg_advisory_xact_lock_shared($1)", store.SWAP_LOCK)
+        projector = await start_projector(settings, log)
+        await wait_for_swap_waiting(holder)
+        await terminate_lock_holder(settings)
+        await wait_logged(projector, log, b"rebuilding again")
+        after_loss = await read_models(settings)
+        await transaction.rollback()
+        await wait_version(settings, readmodelversion.READMODEL_VERSION)
+        done = await read_models(settings)
+        after = await publish(settings, job_events("after-the-rebuild"))
+        await wait_projected(settings, after, timeout=60)
+        assert projector.returncode is None, "the projector exited"
+    finally:
+        await holder.close()
+        if projector is not None and projector.returncode is None:
+            projector.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(projector.wait(), 30)
+    assert after_loss["version"] == readmodelversion.UNVERSIONED  # nothing swapped
+    assert complete(done, made) == []
+    assert done["schemas"] == {"readmodel"}
+    assert log.read_bytes().count(b"projector started") == 1

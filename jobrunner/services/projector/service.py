@@ -59,7 +59,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             lambda: _remove_durable_consumer(js, names), "the event stream's consumers"
         )
         # Read models of an older layout are rebuilt (or refused) before the first write.
-        await upgrade.ensure_current(settings)
+        await upgrade.ensure_current_in_place(settings)
         async with pool.acquire() as conn:
             last = await store.checkpoint(conn)
         feed = EventFeed(js, names, settings, name="projector")

@@ -21,6 +21,7 @@ Unlike ``jobrunner replay`` nothing is compared with the live tables: their layo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore, readmodelversion
+from jobrunner.common import database, eventstore, readmodelversion, retry
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
@@ -51,12 +52,17 @@ from jobrunner.services.projector.replay import (
 )
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
+    ReplayLockLost,
     connect_lock_holder,
     rebuilt_schema_transaction,
     swap_transaction,
 )
 
 log = structlog.get_logger()
+
+# The first wait before a rebuild that lost its replay lock starts again (doubling up to
+# retry.LONGEST_WAIT): a Postgres restarting takes about that long to accept sessions.
+REBUILD_RETRY_FIRST = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,28 @@ async def ensure_current(
     if not allow_rebuild:
         raise StateRefused(readmodelversion.rebuild_sentence(found))
     return await rebuild(settings, found, on_progress or log_progress, progress_interval)
+
+
+async def ensure_current_in_place(settings: Settings) -> Outcome:
+    """``ensure_current`` for the live projector: a rebuild that lost its replay lock (the
+    Postgres session holding it ended: a restart, a timeout, ``pg_terminate_backend``; nothing
+    was swapped) is started again here, after a backoff, instead of ending the process. It
+    resumes from the rebuilt schema's checkpoint, or finds the read models current should
+    another rebuild have swapped them in meanwhile. (``jobrunner replay`` stops instead: exit 4.)
+    """
+    failures = 0
+    while True:
+        try:
+            return await ensure_current(settings)
+        except ReplayLockLost:
+            failures += 1
+            log.warning(
+                "read-model rebuild lost its replay lock: the Postgres session holding it "
+                "ended before the swap, nothing was swapped; rebuilding again",
+                error_code="REPLAY_LOCK_LOST",
+                attempt=failures,
+            )
+            await asyncio.sleep(retry.delay_after(failures, first=REBUILD_RETRY_FIRST))
 
 
 def log_progress(progress: Progress) -> None:
