@@ -212,19 +212,25 @@ class FaultCluster:
             await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-        for service in self.services.values():
-            if service.proc is not None and service.proc.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(service.proc.pid, signal.SIGCONT)
-        for name in sorted(self.services, key=lambda n: not n.startswith("runner")):
-            await asyncio.to_thread(self.services[name].stop)
-        self.resume_nats()
-        await asyncio.to_thread(self.nats.stop)
-        await asyncio.to_thread(self.postgres.stop)
+        try:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watchdog
+            for service in self.services.values():
+                if service.proc is not None and service.proc.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(service.proc.pid, signal.SIGCONT)
+            for name in sorted(self.services, key=lambda n: not n.startswith("runner")):
+                await asyncio.to_thread(self.services[name].stop)
+        finally:
+            # A stop cut short (a service's stop failed, the teardown cancelled) leaves none
+            # of them running: SIGKILL, which needs no waiting.
+            for service in self.services.values():
+                service.kill()
+            self.resume_nats()
+            await asyncio.to_thread(self.nats.stop)
+            await asyncio.to_thread(self.postgres.stop)
 
     # --- faults
     def pause_nats(self) -> None:
