@@ -33,13 +33,13 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore, readmodelversion, retry
+from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store, timestamps
+from jobrunner.services.projector import outage, setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
@@ -59,10 +59,6 @@ from jobrunner.services.projector.replaylock import (
 )
 
 log = structlog.get_logger()
-
-# The first wait before a rebuild that lost its replay lock starts again (doubling up to
-# retry.LONGEST_WAIT): a Postgres restarting takes about that long to accept sessions.
-REBUILD_RETRY_FIRST = 0.5
 
 
 @dataclass(frozen=True)
@@ -108,26 +104,40 @@ async def ensure_current(
     return await rebuild(settings, found, on_progress or log_progress, progress_interval)
 
 
-async def ensure_current_in_place(settings: Settings) -> Outcome:
-    """``ensure_current`` for the live projector: a rebuild that lost its replay lock (the
-    Postgres session holding it ended: a restart, a timeout, ``pg_terminate_backend``; nothing
-    was swapped) is started again here, after a backoff, instead of ending the process. It
-    resumes from the rebuilt schema's checkpoint, or finds the read models current should
-    another rebuild have swapped them in meanwhile. (``jobrunner replay`` stops instead: exit 4.)
+async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Outcome | None:
+    """``ensure_current`` for the live projector: a rebuild that met an outage is started again
+    here, after a growing pause, instead of ending the process, as the projector's own loop
+    retries a batch (service.py): Postgres restarting (a connection refused or cut, at any
+    point of the rebuild), NATS away, or its replay lock lost (the Postgres session holding it
+    ended: a restart, a timeout, ``pg_terminate_backend``; nothing was swapped). It resumes from
+    the rebuilt schema's checkpoint, or finds the read models current should another rebuild
+    have swapped them in meanwhile. A refusal (``StateRefused``) raises at once. Returns None
+    once ``stop`` is set: before an attempt, during one (cancelled: it resumes at the next
+    start) or during a pause. (``jobrunner replay`` stops at a lost replay lock: exit 4.)
     """
     failures = 0
-    while True:
+    while not stop.is_set():
         try:
-            return await ensure_current(settings)
-        except ReplayLockLost:
+            return await outage.unless_stopped(stop, ensure_current(settings))
+        except StateRefused:
+            raise
+        except Exception as exc:
             failures += 1
-            log.warning(
-                "read-model rebuild lost its replay lock: the Postgres session holding it "
-                "ended before the swap, nothing was swapped; rebuilding again",
-                error_code="REPLAY_LOCK_LOST",
+            pause = outage.pause_after(failures)
+            lost = isinstance(exc, ReplayLockLost)
+            log.error(
+                "read-model rebuild lost its replay lock: the Postgres session holding it ended "
+                "before the swap, nothing was swapped; rebuilding again"
+                if lost
+                else "read-model rebuild cannot go on; rebuilding again",
+                error_code="REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED",
                 attempt=failures,
+                retry_in=pause,
+                error=f"{type(exc).__name__}: {exc}",
             )
-            await asyncio.sleep(retry.delay_after(failures, first=REBUILD_RETRY_FIRST))
+            if await outage.wait_or_stop(stop, pause):
+                break
+    return None
 
 
 def log_progress(progress: Progress) -> None:
