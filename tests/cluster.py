@@ -39,7 +39,7 @@ from jobrunner.embedded.nats import nats_server_binary
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import ServerProcess, free_port
 from jobrunner.services.api.security.tokens import Role, TokenStore
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import START_TIMEOUT, FaultCluster, in_thread
 
 NODE_NAMES = ("n1", "n2", "n3")
 CLUSTER_NAME = "jobrunner"
@@ -177,7 +177,7 @@ class NodeCluster(FaultCluster):
 
     async def start(self) -> None:
         """Nodes and Postgres first (until JetStream answers), then the services together."""
-        await all_of(self.start_nodes(), asyncio.to_thread(self.postgres.start))
+        await all_of(self.start_nodes(), in_thread(self.postgres.start))
         self.add_services()
         for service in self.services.values():
             service.spawn()
@@ -187,13 +187,11 @@ class NodeCluster(FaultCluster):
         """Every node (but ``down``) and every service at the same moment, nothing waiting for
         anything: the cluster forms while the services start. With a node down, returns once
         all are spawned (the test brings the node back and calls ``wait_ready``)."""
-        await asyncio.to_thread(self.postgres.start)
+        await in_thread(self.postgres.start)
         self.add_services()
         for service in self.services.values():
             service.spawn()
-        await all_of(
-            *(asyncio.to_thread(node.start) for node in self.nodes if node.name not in down)
-        )
+        await all_of(*(in_thread(node.start) for node in self.nodes if node.name not in down))
         if not down:
             await self.wait_ready()
 
@@ -227,7 +225,7 @@ class NodeCluster(FaultCluster):
             self._watchdog = asyncio.create_task(self._keep_running())
 
     async def start_nodes(self) -> None:
-        await all_of(*(asyncio.to_thread(node.start) for node in self.nodes))
+        await all_of(*(in_thread(node.start) for node in self.nodes))
         await self.wait_jetstream()
 
     @property
@@ -428,19 +426,22 @@ async def running_node_cluster(**options: Any) -> AsyncIterator[NodeCluster]:
     """A started :class:`NodeCluster` (options as its constructor's), stopped and removed on exit.
 
     ``at_once=True`` starts everything at the same moment (``start_all_at_once``), with the
-    nodes named in ``down`` left stopped.
+    nodes named in ``down`` left stopped. ``start_timeout``: the start gives up (TimeoutError)
+    after that long, stopping what it started (START_TIMEOUT).
     """
     at_once = options.pop("at_once", False)
     down = options.pop("down", ())
+    start_timeout = options.pop("start_timeout", START_TIMEOUT)
     # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
     # must be able to reach its data directory.
     with scratch_dir("jobrunner-test-cluster-") as root:
         cluster = NodeCluster(root, **options)
         try:
-            if at_once:
-                await cluster.start_all_at_once(down)
-            else:
-                await cluster.start()
+            async with asyncio.timeout(start_timeout):
+                if at_once:
+                    await cluster.start_all_at_once(down)
+                else:
+                    await cluster.start()
             yield cluster
         finally:
             await cluster.stop()
