@@ -101,6 +101,32 @@ NATS_UNREACHABLE = (TimeoutError, nats.errors.NoRespondersError, nats.errors.Con
 # someone's, so the slot is not free; nobody's that this code could take over, renew or release.
 # It stays until it expires (a lease has a TTL) or is deleted.
 UNKNOWN_HOLDER = SlotValue(job_id="", phase="held")
+# A value put by hand has no TTL: it stays until deleted (``jobrunner lock clear-unreadable``).
+# Said again this often while it is met, not once per process: one line is easily missed.
+UNREADABLE_SAID_EVERY = 300.0  # seconds
+
+
+class Unreadable:
+    """The lock bucket keys met holding what cannot be read, and when each was last said."""
+
+    def __init__(self) -> None:
+        self._said: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        """Whether to say so now: the first time, then every UNREADABLE_SAID_EVERY."""
+        now = time.monotonic()
+        said = self._said.get(key)
+        if said is not None and now - said < UNREADABLE_SAID_EVERY:
+            return False
+        self._said[key] = now
+        return True
+
+    def readable(self, key: str) -> None:
+        """``key`` holds what can be read again: said at once should that change."""
+        self._said.pop(key, None)
+
+
+ClearOutcome = Literal["cleared", "free", "readable", "changed"]
 
 
 class Lease(msgspec.Struct, kw_only=True):
@@ -150,7 +176,7 @@ class SlotTable:
         self._names = names
         self.ttl = max(1, round(ttl_seconds))
         self._kv: KeyValue | None = None
-        self._said_unreadable: set[str] = set()
+        self._unreadable_keys = Unreadable()
 
     async def kv(self) -> KeyValue:
         """The lock bucket, read from its stream's leader. A direct read may be answered by a
@@ -228,9 +254,8 @@ class SlotTable:
         return Lease(key=key, revision=revision, value=value), revision
 
     def _unreadable(self, key: str, exc: msgspec.DecodeError, meaning: str) -> None:
-        """Say (once per key and table) that a value of the bucket does not decode."""
-        if key not in self._said_unreadable:
-            self._said_unreadable.add(key)
+        """Say (now and then, per key and table) that a value of the bucket does not decode."""
+        if self._unreadable_keys.due(key):
             log.warning(
                 "lock bucket value cannot be read", key=key, meaning=meaning, error=str(exc)
             )
@@ -245,6 +270,24 @@ class SlotTable:
 
     async def current(self, key: str) -> Lease | None:
         return (await self._read(key))[0]
+
+    async def clear_unreadable(self, key: str) -> tuple[ClearOutcome, Lease | None]:
+        """Delete ``key`` only if what it holds does not decode as a lease, on the condition
+        that it still holds the revision read: a lease written meanwhile, and any readable one,
+        is never touched (one holder per slot). Returns what was found, and the lease when it
+        was readable."""
+        raw, revision = await self._read_raw(key)
+        if raw is None:
+            return "free", None
+        try:
+            value = msgspec.json.decode(raw, type=SlotValue)
+        except msgspec.DecodeError:
+            try:
+                await self._delete(key, revision)
+            except KeyWrongLastSequenceError:
+                return "changed", None
+            return "cleared", None
+        return "readable", Lease(key=key, revision=revision, value=value)
 
     async def last_revision(self, key: str) -> int:
         """The revision a create must name: 0, or the tombstone's if the key was deleted."""

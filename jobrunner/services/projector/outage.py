@@ -15,7 +15,7 @@ RETRY_PAUSE_MAX = 5.0  # seconds, at most, before what met an outage is tried ag
 
 def pause_after(failures: int) -> float:
     """The pause after ``failures`` failures in a row: 0.2 s, doubling, at most RETRY_PAUSE_MAX."""
-    return min(0.1 * 2**failures, RETRY_PAUSE_MAX)
+    return min(0.1 * 2.0**failures, RETRY_PAUSE_MAX)
 
 
 async def wait_or_stop(stop: asyncio.Event, pause: float) -> bool:

@@ -16,7 +16,7 @@ import structlog
 from nats.errors import BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError
 from nats.js.kv import KV_PURGE, KeyValue
 
-from jobrunner.common.slots import QueueEntry, SlotValue, key_safe
+from jobrunner.common.slots import QueueEntry, SlotValue, Unreadable, key_safe
 
 log = structlog.get_logger()
 
@@ -34,8 +34,8 @@ class LockBoard:
         self.queues: dict[str, dict[str, tuple[int, QueueEntry]]] = {}
         self.ready = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
-        # Keys whose entry could not be read, said once each (until one can be read again).
-        self._unreadable: set[str] = set()
+        # Keys whose entry could not be read, said now and then (until one can be read again).
+        self._unreadable = Unreadable()
 
     # --- reading
     def head(self, lock_key: str) -> QueueEntry | None:
@@ -66,12 +66,12 @@ class LockBoard:
             # Not written by jobrunner (a hand-made put, another version's value or key): skipped,
             # not a failure. A failing watch restarts and replays the bucket from scratch, and
             # would meet the same entry again every time, for as long as it stays there. Said
-            # once per key: a replay delivers it again, and a busy key again and again.
-            if key not in self._unreadable:
-                self._unreadable.add(key)
+            # now and then per key, not per delivery: a replay delivers it again, and a busy key
+            # again and again.
+            if self._unreadable.due(key):
                 log.warning("lock bucket entry cannot be read: ignored", key=key, error=str(exc))
             return
-        self._unreadable.discard(key)
+        self._unreadable.readable(key)
 
     def _apply_entry(
         self, key: str, value: bytes | None, operation: str | None, revision: int
