@@ -234,6 +234,13 @@ def cmd_token(args: argparse.Namespace) -> int:
     return main(with_runtime(_settings(args), {}), args)
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    from jobrunner.common.runtime import with_runtime
+    from jobrunner.lock_command import main
+
+    return main(with_runtime(_settings(args), {}), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobrunner",
@@ -271,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_token_parser(sub)
     sub.choices["token"].set_defaults(func=cmd_token)
+
+    from jobrunner.lock_command import add_parser as add_lock_parser
+
+    add_lock_parser(sub)
+    sub.choices["lock"].set_defaults(func=cmd_lock)
 
     p = sub.add_parser(
         "events",

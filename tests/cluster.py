@@ -23,7 +23,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from jobrunner.embedded.nats import nats_server_binary
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import ServerProcess, free_port
 from jobrunner.services.api.security.tokens import Role, TokenStore
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import START_TIMEOUT, FaultCluster, in_thread
 
 NODE_NAMES = ("n1", "n2", "n3")
 CLUSTER_NAME = "jobrunner"
@@ -110,7 +110,8 @@ class NodeCluster(FaultCluster):
 
     ``named_nodes``: how many nodes the services' NATS URL names (1: they must find the others
     from what the cluster announces). ``auth``: API tokens on (``admin_token`` is created once
-    the services run, and ``client()`` sends it).
+    the services run, and ``client()`` sends it). ``ready_timeout``: how long the services may
+    take to start.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ class NodeCluster(FaultCluster):
         apis: int = 2,
         named_nodes: int = 3,
         auth: bool = True,
+        ready_timeout: float = 120.0,
         **settings: Any,
     ) -> None:
         super().__init__(root, lease_ttl, runners)
@@ -130,6 +132,7 @@ class NodeCluster(FaultCluster):
             for name, route_port in zip(NODE_NAMES, route_ports, strict=True)
         ]
         self.named_nodes = named_nodes
+        self.ready_timeout = ready_timeout
         self.auth = auth
         self.extra_settings = settings
         self.api_ports = [free_port() for _ in range(apis)]
@@ -174,7 +177,7 @@ class NodeCluster(FaultCluster):
 
     async def start(self) -> None:
         """Nodes and Postgres first (until JetStream answers), then the services together."""
-        await asyncio.gather(self.start_nodes(), asyncio.to_thread(self.postgres.start))
+        await all_of(self.start_nodes(), in_thread(self.postgres.start))
         self.add_services()
         for service in self.services.values():
             service.spawn()
@@ -184,20 +187,19 @@ class NodeCluster(FaultCluster):
         """Every node (but ``down``) and every service at the same moment, nothing waiting for
         anything: the cluster forms while the services start. With a node down, returns once
         all are spawned (the test brings the node back and calls ``wait_ready``)."""
-        await asyncio.to_thread(self.postgres.start)
+        await in_thread(self.postgres.start)
         self.add_services()
         for service in self.services.values():
             service.spawn()
-        await asyncio.gather(
-            *(asyncio.to_thread(node.start) for node in self.nodes if node.name not in down)
-        )
+        await all_of(*(in_thread(node.start) for node in self.nodes if node.name not in down))
         if not down:
             await self.wait_ready()
 
-    async def wait_ready(self, timeout: float = 120.0) -> None:
+    async def wait_ready(self) -> None:
         """Until every service has said it started (an API: answers HTTP), then the admin token
-        and the watchdog; a service that exits meanwhile fails the wait with its log."""
-        async with asyncio.timeout(timeout):
+        and the watchdog; a service that exits meanwhile fails the wait with its log, and one
+        not started within ``ready_timeout`` with TimeoutError."""
+        async with asyncio.timeout(self.ready_timeout):
             await asyncio.gather(*(self._service_ready(name) for name in self.services))
         await self.after_start()
 
@@ -223,7 +225,7 @@ class NodeCluster(FaultCluster):
             self._watchdog = asyncio.create_task(self._keep_running())
 
     async def start_nodes(self) -> None:
-        await asyncio.gather(*(asyncio.to_thread(node.start) for node in self.nodes))
+        await all_of(*(in_thread(node.start) for node in self.nodes))
         await self.wait_jetstream()
 
     @property
@@ -411,24 +413,35 @@ class NodeCluster(FaultCluster):
         await asyncio.to_thread(self.node(name).stop)
 
 
+async def all_of(*steps: Awaitable[Any]) -> None:
+    """Every step run to its end, then the first failure raised: a server still starting in a
+    thread when the clean-up ran would start after it, and be left running."""
+    for outcome in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 @asynccontextmanager
 async def running_node_cluster(**options: Any) -> AsyncIterator[NodeCluster]:
     """A started :class:`NodeCluster` (options as its constructor's), stopped and removed on exit.
 
     ``at_once=True`` starts everything at the same moment (``start_all_at_once``), with the
-    nodes named in ``down`` left stopped.
+    nodes named in ``down`` left stopped. ``start_timeout``: the start gives up (TimeoutError)
+    after that long, stopping what it started (START_TIMEOUT).
     """
     at_once = options.pop("at_once", False)
     down = options.pop("down", ())
+    start_timeout = options.pop("start_timeout", START_TIMEOUT)
     # Not under pytest's tmp_path: when we are root, Postgres runs as the 'postgres' user, who
     # must be able to reach its data directory.
     with scratch_dir("jobrunner-test-cluster-") as root:
         cluster = NodeCluster(root, **options)
         try:
-            if at_once:
-                await cluster.start_all_at_once(down)
-            else:
-                await cluster.start()
+            async with asyncio.timeout(start_timeout):
+                if at_once:
+                    await cluster.start_all_at_once(down)
+                else:
+                    await cluster.start()
             yield cluster
         finally:
             await cluster.stop()

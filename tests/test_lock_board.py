@@ -8,7 +8,7 @@ import msgspec
 import nats
 
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotValue
+from jobrunner.common.slots import QueueEntry, SlotValue, queue_key
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.board import LockBoard
 
@@ -64,6 +64,36 @@ async def test_an_entry_that_does_not_decode_is_skipped_and_the_watch_follows_on
                 await asyncio.sleep(0.01)
         assert board.slots["slot.after"] == value
         assert "slot.hand-made" not in board.slots
+        assert not watching.done(), "the watch failed"
+    finally:
+        stop.set()
+        await nc.close()
+    await asyncio.wait({watching}, timeout=30)
+    watching.cancel()
+
+
+async def test_a_queue_key_without_a_job_does_not_stop_the_board(settings: Settings) -> None:
+    """A hand-made ``queue.res`` put and deleted in the lock bucket: the board skips it and keeps
+    following the bucket, and the well-formed queue of that lock still names its head. Its
+    delete used to fail the watch (an IndexError), and every replay after it, for good."""
+    nc = await nats.connect(settings.nats_url)
+    board, stop = LockBoard(), asyncio.Event()
+    try:
+        kv = await nc.jetstream().create_key_value(bucket=Names(settings.prefix).locks_bucket)
+        await kv.put(queue_key("res", "j1"), msgspec.json.encode(QueueEntry(job_id="j1")))
+        await kv.put("queue.res", msgspec.json.encode(QueueEntry(job_id="j2")))
+        await kv.delete("queue.res")
+        await kv.put("unknown.res", b"\xff")
+        watching = asyncio.create_task(board.watch(kv, stop, _nothing))
+        value = SlotValue(job_id="j0", phase="held", job_type="t")
+        await kv.put("slot.res", msgspec.json.encode(value))
+        async with asyncio.timeout(30):
+            while "slot.res" not in board.slots:  # noqa: ASYNC110 - the board's state, polled
+                await asyncio.sleep(0.01)
+        assert board.slots["slot.res"] == value
+        head = board.head("slot.res")
+        assert head is not None
+        assert head.job_id == "j1"
         assert not watching.done(), "the watch failed"
     finally:
         stop.set()

@@ -17,7 +17,7 @@ import pytest
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
+from jobrunner.common.slots import UNKNOWN_HOLDER, RunRecord, SlotTable, SlotValue, same_holder
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
@@ -886,3 +886,40 @@ async def ended(runner: Any, job_id: str) -> bool:
 
     status = await runner.journal.last_status(job_id)
     return status is not None and status.status not in (JobStatus.PENDING, JobStatus.RUNNING)
+
+
+async def test_a_lease_that_cannot_be_read_holds_its_slot(settings: Settings) -> None:
+    """A value under a slot key that does not decode (written by hand, or corrupt) counts as
+    held by someone unknown: nobody takes the slot over it (a second holder, should it be a live
+    one's lease), renews or releases it; deleted, the slot is free again. Reading it used to
+    raise, failing the claim or the API's request."""
+    async with slot_table(settings) as slots:
+        kv = await slots.kv()
+        mine = await slots.try_acquire("slot.unreadable", held("first"))
+        assert mine is not None
+        await kv.put("slot.unreadable", b"not a lease")
+        assert await slots.try_acquire("slot.unreadable", held("second")) is None
+        assert await slots.try_acquire("slot.unreadable", held("second"), fresh=True) is None
+        current = await slots.current("slot.unreadable")
+        assert current is not None
+        assert current.value == UNKNOWN_HOLDER
+        assert await slots.renew(mine) is None  # the fence: the lease is not ours any more
+        assert not await slots.release(mine)
+        await slots.drop_reservation("slot.unreadable", "first")
+        assert await slots.current("slot.unreadable") == current
+        await kv.delete("slot.unreadable")
+        assert await slots.try_acquire("slot.unreadable", held("second")) is not None
+
+
+async def test_a_run_record_that_cannot_be_read_is_left_alone(settings: Settings) -> None:
+    """A run record that does not decode is no running job's: a sweep reads the others, and
+    nothing removes it on a job's behalf."""
+    async with slot_table(settings) as slots:
+        kv = await slots.kv()
+        await kv.put("run.garbled", b"\x00\x01")
+        record = RunRecord(job_id="readable", slot_key="job.readable", runner_id="me")
+        await slots.record_run(record)
+        assert record in await slots.run_records()
+        assert await slots.run_record("garbled") is None
+        await slots.give_back("job.garbled", held("garbled"))
+        assert (await kv.get("run.garbled")).value == b"\x00\x01"

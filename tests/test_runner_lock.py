@@ -172,3 +172,24 @@ async def _deliver_request_again(settings: Settings, job_id: str) -> None:
                 await asyncio.sleep(0.05)
     finally:
         await eventstore.close(nc)
+
+
+async def test_a_lock_whose_lease_cannot_be_read_is_busy(system: System) -> None:
+    """A value under a reject lock's slot that does not decode (written by hand, corrupt): the
+    lock counts as held by someone unknown, and a POST gets 409 SLOT_BUSY naming no job (it used
+    to fail with a 500 on reading it); deleted, the lock is free again."""
+    nc = await eventstore.connect(system.settings, "test")
+    try:
+        kv = await nc.jetstream().key_value(Names(system.settings.prefix).locks_bucket)
+        await kv.put("slot.single", b"not a lease")
+        async with system.client() as client:
+            body = {"job_type": "rejecting", "parameters": {"lines": 1}}
+            busy = await client.post("/api/jobs", json=body)
+            assert busy.status_code == 409, busy.text
+            assert busy.json()["error"]["code"] == "SLOT_BUSY"
+            assert busy.json()["error"]["running_job"] is None
+            await kv.delete("slot.single")
+            started = await client.post("/api/jobs", json=body)
+            assert started.status_code == 201, started.text
+    finally:
+        await eventstore.close(nc)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +205,43 @@ def test_up_starts_serves_stops_and_keeps_history(state_dir: Path) -> None:
         code = second.stop(signal.SIGTERM)
     assert code == 0, second.output
     assert processes_using(state_dir) == []
+
+
+def server_pids(path: Path) -> list[int]:
+    """Live processes whose command line mentions ``path``: the servers `jobrunner up` runs."""
+    return [
+        int(pid)
+        for pid in filter(str.isdigit, os.listdir("/proc"))
+        if int(pid) != os.getpid() and mentions(int(pid), path)
+    ]
+
+
+def mentions(pid: int, path: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return str(path) in cmdline and state != "Z"
+
+
+def test_the_servers_die_with_a_killed_up(state_dir: Path) -> None:
+    """`jobrunner up` SIGKILLed (no clean-up of its own runs): the NATS server and Postgres it
+    started go with it, as a runner's tools do (the parent-death signal). They used to stay."""
+    up = Up(state_dir, free_port())
+    servers: list[int] = []
+    try:
+        up.wait_for(URL_RE)
+        servers = server_pids(state_dir)
+        assert len(servers) >= 2, processes_using(state_dir)  # NATS, Postgres (and its own)
+        up.proc.kill()
+        up.proc.wait(30)
+        for _ in range(600):  # until they are gone, at most a minute
+            if not server_pids(state_dir):
+                break
+            time.sleep(0.1)
+        assert processes_using(state_dir) == []
+    finally:
+        for pid in server_pids(state_dir):  # on failure: what this test started, ended here
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -97,6 +97,38 @@ RELEASE_TRIES = 12
 NATS_UNREACHABLE = (TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError)
 
 
+# The holder of a lease whose value cannot be read (written by hand, corrupt, another version's):
+# someone's, so the slot is not free; nobody's that this code could take over, renew or release.
+# It stays until it expires (a lease has a TTL) or is deleted.
+UNKNOWN_HOLDER = SlotValue(job_id="", phase="held")
+# A value put by hand has no TTL: it stays until deleted (``jobrunner lock clear-unreadable``).
+# Said again this often while it is met, not once per process: one line is easily missed.
+UNREADABLE_SAID_EVERY = 300.0  # seconds
+
+
+class Unreadable:
+    """The lock bucket keys met holding what cannot be read, and when each was last said."""
+
+    def __init__(self) -> None:
+        self._said: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        """Whether to say so now: the first time, then every UNREADABLE_SAID_EVERY."""
+        now = time.monotonic()
+        said = self._said.get(key)
+        if said is not None and now - said < UNREADABLE_SAID_EVERY:
+            return False
+        self._said[key] = now
+        return True
+
+    def readable(self, key: str) -> None:
+        """``key`` holds what can be read again: said at once should that change."""
+        self._said.pop(key, None)
+
+
+ClearOutcome = Literal["cleared", "free", "readable", "changed"]
+
+
 class Lease(msgspec.Struct, kw_only=True):
     key: str
     revision: int
@@ -144,6 +176,7 @@ class SlotTable:
         self._names = names
         self.ttl = max(1, round(ttl_seconds))
         self._kv: KeyValue | None = None
+        self._unreadable_keys = Unreadable()
 
     async def kv(self) -> KeyValue:
         """The lock bucket, read from its stream's leader. A direct read may be answered by a
@@ -211,11 +244,50 @@ class SlotTable:
         raw, revision = await self._read_raw(key)
         if raw is None:
             return None, revision
-        value = msgspec.json.decode(raw, type=SlotValue)
+        try:
+            value = msgspec.json.decode(raw, type=SlotValue)
+        except msgspec.DecodeError as exc:
+            # Read as free, it would be written over: a second holder, should it be a live
+            # one's lease after all (a newer jobrunner's).
+            self._unreadable(key, exc, "the slot counts as held until it expires or is deleted")
+            value = UNKNOWN_HOLDER
         return Lease(key=key, revision=revision, value=value), revision
+
+    def _unreadable(self, key: str, exc: msgspec.DecodeError, meaning: str) -> None:
+        """Say (now and then, per key and table) that a value of the bucket does not decode."""
+        if self._unreadable_keys.due(key):
+            log.warning(
+                "lock bucket value cannot be read", key=key, meaning=meaning, error=str(exc)
+            )
+
+    def _record(self, key: str, raw: bytes) -> RunRecord | None:
+        """A run record; None (said once) when it does not decode."""
+        try:
+            return msgspec.json.decode(raw, type=RunRecord)
+        except msgspec.DecodeError as exc:
+            self._unreadable(key, exc, "not a running job's record: left alone")
+            return None
 
     async def current(self, key: str) -> Lease | None:
         return (await self._read(key))[0]
+
+    async def clear_unreadable(self, key: str) -> tuple[ClearOutcome, Lease | None]:
+        """Delete ``key`` only if what it holds does not decode as a lease, on the condition
+        that it still holds the revision read: a lease written meanwhile, and any readable one,
+        is never touched (one holder per slot). Returns what was found, and the lease when it
+        was readable."""
+        raw, revision = await self._read_raw(key)
+        if raw is None:
+            return "free", None
+        try:
+            value = msgspec.json.decode(raw, type=SlotValue)
+        except msgspec.DecodeError:
+            try:
+                await self._delete(key, revision)
+            except KeyWrongLastSequenceError:
+                return "changed", None
+            return "cleared", None
+        return "readable", Lease(key=key, revision=revision, value=value)
 
     async def last_revision(self, key: str) -> int:
         """The revision a create must name: 0, or the tombstone's if the key was deleted."""
@@ -343,11 +415,10 @@ class SlotTable:
         writes ahead of it are replicated and applied.)"""
         await self._delete(fence_key(holder.runner_id or holder.job_id), None)
         raw, revision = await self._read_raw(run_key(holder.job_id))
-        if raw is not None:
-            record = msgspec.json.decode(raw, type=RunRecord)
-            if record.runner_id == holder.runner_id and record.slot_key == key:
-                with contextlib.suppress(KeyWrongLastSequenceError):
-                    await self._delete(run_key(holder.job_id), revision)
+        record = None if raw is None else self._record(run_key(holder.job_id), raw)
+        if record is not None and record.runner_id == holder.runner_id and record.slot_key == key:
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self._delete(run_key(holder.job_id), revision)
         lease, _ = await self._read(key)
         if lease is None or not same_holder(lease.value, holder):
             return
@@ -429,7 +500,7 @@ class SlotTable:
     async def run_record(self, job_id: str) -> RunRecord | None:
         """One running job's record, if it has one."""
         raw, _ = await self._read_raw(run_key(job_id))
-        return None if raw is None else msgspec.json.decode(raw, type=RunRecord)
+        return None if raw is None else self._record(run_key(job_id), raw)
 
     async def holder(self, job_id: str) -> RunRecord | None:
         """The record of the runner holding ``job_id``'s slot now (its run record names a slot
@@ -450,7 +521,9 @@ class SlotTable:
         try:
             while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                 if entry.value and entry.operation is None:
-                    records.append(msgspec.json.decode(entry.value, type=RunRecord))
+                    record = self._record(entry.key, entry.value)
+                    if record is not None:
+                        records.append(record)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return records

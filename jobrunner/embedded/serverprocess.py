@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jobrunner.services.runner import deathsignal
+
 
 class ServerStartError(Exception):
     pass
@@ -126,8 +128,15 @@ class ServerProcess:
     def _start_once(self, timeout: float) -> None:
         ready = threading.Event()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        # The server dies with us (a SIGKILLed `jobrunner up` or test process would leave it
+        # running otherwise), as a runner's tool does: the parent-death signal, set in the
+        # server's own process after the user switch (setpriv execs as that user, a
+        # preexec_fn runs after it). The kernel sends it when the *thread* that started the
+        # server ends: the main thread, or an event loop's worker thread, which lives as long
+        # as its loop.
+        argv, die_with_us = deathsignal.launch(self.argv, None, None)
         self.proc = subprocess.Popen(
-            self.argv,
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -135,6 +144,7 @@ class ServerProcess:
             # Own process group: Ctrl-C in a terminal reaches the supervisor, which stops us
             # in order, instead of killing every server at once.
             start_new_session=True,
+            preexec_fn=die_with_us,
         )
         assert self.proc.stdout is not None
         out = self.proc.stdout

@@ -146,8 +146,8 @@ class FaultCluster:
         return service
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.nats.start)
-        await asyncio.to_thread(self.postgres.start)
+        await in_thread(self.nats.start)
+        await in_thread(self.postgres.start)
         self.add_service("projector", "projector")
         for n in range(1, self._runner_count + 1):
             self.add_runner(f"runner-{n}")
@@ -212,19 +212,25 @@ class FaultCluster:
             await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-        for service in self.services.values():
-            if service.proc is not None and service.proc.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(service.proc.pid, signal.SIGCONT)
-        for name in sorted(self.services, key=lambda n: not n.startswith("runner")):
-            await asyncio.to_thread(self.services[name].stop)
-        self.resume_nats()
-        await asyncio.to_thread(self.nats.stop)
-        await asyncio.to_thread(self.postgres.stop)
+        try:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watchdog
+            for service in self.services.values():
+                if service.proc is not None and service.proc.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(service.proc.pid, signal.SIGCONT)
+            for name in sorted(self.services, key=lambda n: not n.startswith("runner")):
+                await asyncio.to_thread(self.services[name].stop)
+        finally:
+            # A stop cut short (a service's stop failed, the teardown cancelled) leaves none
+            # of them running: SIGKILL, which needs no waiting.
+            for service in self.services.values():
+                service.kill()
+            self.resume_nats()
+            await asyncio.to_thread(self.nats.stop)
+            await asyncio.to_thread(self.postgres.stop)
 
     # --- faults
     def pause_nats(self) -> None:
@@ -375,6 +381,24 @@ def now() -> float:
     return time.monotonic()
 
 
+async def in_thread(call: Callable[[], None]) -> None:
+    """``call()`` (a server's start) in a thread, waited for to its end even when the caller is
+    cancelled (a start timing out): a server still starting would otherwise start after the
+    clean-up stopped the others, and be left running."""
+    done = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await done
+        raise
+
+
+# A cluster's start gives up (TimeoutError) after this long, well within pytest's own timeout
+# for a test and its setup (pyproject.toml: 300 s): a start cut short by pytest-timeout skips the
+# clean-up in the fixture's ``finally``, and every server and service started is left running.
+START_TIMEOUT = 150.0
+
 # The lease TTL of the shared cluster: short, so the suite is fast (ack wait 6 s, renewal 1 s).
 SHORT_TTL = 3.0
 
@@ -386,7 +410,8 @@ async def running_cluster(lease_ttl: float, runners: int = 2) -> AsyncIterator[F
     with scratch_dir("jobrunner-test-faults-") as root:
         cluster = FaultCluster(root, lease_ttl, runners)
         try:
-            await cluster.start()
+            async with asyncio.timeout(START_TIMEOUT):
+                await cluster.start()
             yield cluster
         finally:
             await cluster.stop()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jobrunner.services.runner import deathsignal
 from tests.tools.runners import REPO
 
 # A service that exited on its own is started again after this long (the supervisor's first delay).
@@ -66,6 +67,10 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # Dies with the test process (the signal survives unshare's and sh's execs): a
+                # test process killed, or one whose clean-up never ran (a timeout striking in
+                # the middle of a setup), used to leave the service running for hours.
+                preexec_fn=deathsignal.die_with_runner,
             )
         self.wanted = True
 

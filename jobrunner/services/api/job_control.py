@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobrunner.common import eventstore, metrics
-from jobrunner.common.slots import slot_key
+from jobrunner.common.slots import UNKNOWN_HOLDER, slot_key
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.actions import Attempt, cancel_events
@@ -79,6 +79,8 @@ async def give_back_places(ctx: ApiContext, cancelled_pending: Sequence[Attempt]
 async def raise_busy(ctx: ApiContext, key: str, lock: str, principal: Principal) -> None:
     """409 SLOT_BUSY, naming the job that holds the lock when the caller may see it."""
     holder = await ctx.slots.current(key)
+    if holder is not None and holder.value == UNKNOWN_HOLDER:
+        holder = None  # busy, held by no job it can name (slots.py)
     running: dict[str, Any] | None = None
     row = await readmodels.get_job_row(ctx.pool, holder.value.job_id) if holder else None
     # A token limited to its own jobs learns that the lock is busy, not whose job holds it.

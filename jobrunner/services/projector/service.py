@@ -17,7 +17,7 @@ from jobrunner.common import backendpriority, database, eventstore, heap, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store, timestamps, upgrade
+from jobrunner.services.projector import outage, setaside, store, timestamps, upgrade
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
@@ -25,7 +25,6 @@ from jobrunner.services.projector.watchdog import StallWatch
 log = structlog.get_logger()
 
 PRUNE_INTERVAL = 600.0  # seconds between read-model retention runs
-RETRY_PAUSE_MAX = 5.0  # seconds, at most, before a batch that met an outage is tried again
 # A transaction starts at least this long after the one before: a steady trickle (one job
 # printing 200 lines/s, published a line or two per message) is then applied a few messages per
 # transaction, not one, and a transaction costs the projector about a millisecond of CPU and
@@ -67,7 +66,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             lambda: _remove_durable_consumer(js, names), "the event stream's consumers"
         )
         # Read models of an older layout are rebuilt (or refused) before the first write.
-        await upgrade.ensure_current(settings)
+        if await upgrade.ensure_current_in_place(settings, stop) is None:
+            return  # stopped while a rebuild waited out an outage
         async with pool.acquire() as conn:
             last = await store.checkpoint(conn)
         feed = EventFeed(js, names, settings, name="projector")
@@ -156,7 +156,7 @@ async def _apply_until_done(
             raise
         except Exception as exc:
             failures += 1
-            pause = min(0.1 * 2**failures, RETRY_PAUSE_MAX)
+            pause = outage.pause_after(failures)
             log.error(
                 "projector cannot apply a batch; retrying it",
                 first_seq=batch[0][0],
@@ -165,9 +165,7 @@ async def _apply_until_done(
                 retry_in=pause,
                 error=f"{type(exc).__name__}: {exc}",
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), pause)
-        if stop.is_set():
+        if await outage.wait_or_stop(stop, pause):
             return None
 
 

@@ -21,6 +21,7 @@ Unlike ``jobrunner replay`` nothing is compared with the live tables: their layo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store, timestamps
+from jobrunner.services.projector import outage, setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
@@ -51,6 +52,7 @@ from jobrunner.services.projector.replay import (
 )
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
+    ReplayLockLost,
     connect_lock_holder,
     rebuilt_schema_transaction,
     swap_transaction,
@@ -100,6 +102,42 @@ async def ensure_current(
     if not allow_rebuild:
         raise StateRefused(readmodelversion.rebuild_sentence(found))
     return await rebuild(settings, found, on_progress or log_progress, progress_interval)
+
+
+async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Outcome | None:
+    """``ensure_current`` for the live projector: a rebuild that met an outage is started again
+    here, after a growing pause, instead of ending the process, as the projector's own loop
+    retries a batch (service.py): Postgres restarting (a connection refused or cut, at any
+    point of the rebuild), NATS away, or its replay lock lost (the Postgres session holding it
+    ended: a restart, a timeout, ``pg_terminate_backend``; nothing was swapped). It resumes from
+    the rebuilt schema's checkpoint, or finds the read models current should another rebuild
+    have swapped them in meanwhile. A refusal (``StateRefused``) raises at once. Returns None
+    once ``stop`` is set: before an attempt, during one (cancelled: it resumes at the next
+    start) or during a pause. (``jobrunner replay`` stops at a lost replay lock: exit 4.)
+    """
+    failures = 0
+    while not stop.is_set():
+        try:
+            return await outage.unless_stopped(stop, ensure_current(settings))
+        except StateRefused:
+            raise
+        except Exception as exc:
+            failures += 1
+            pause = outage.pause_after(failures)
+            lost = isinstance(exc, ReplayLockLost)
+            log.error(
+                "read-model rebuild lost its replay lock: the Postgres session holding it ended "
+                "before the swap, nothing was swapped; rebuilding again"
+                if lost
+                else "read-model rebuild cannot go on; rebuilding again",
+                error_code="REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED",
+                attempt=failures,
+                retry_in=pause,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            if await outage.wait_or_stop(stop, pause):
+                break
+    return None
 
 
 def log_progress(progress: Progress) -> None:

@@ -16,11 +16,15 @@ import structlog
 from nats.errors import BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError
 from nats.js.kv import KV_PURGE, KeyValue
 
-from jobrunner.common.slots import QueueEntry, SlotValue, key_safe
+from jobrunner.common.slots import QueueEntry, SlotValue, Unreadable, key_safe
 
 log = structlog.get_logger()
 
 OnExpired = Callable[[SlotValue], Awaitable[None]]
+
+
+class UnreadableEntry(ValueError):
+    """A lock bucket key or value of a shape jobrunner does not write."""
 
 
 class LockBoard:
@@ -30,6 +34,8 @@ class LockBoard:
         self.queues: dict[str, dict[str, tuple[int, QueueEntry]]] = {}
         self.ready = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
+        # Keys whose entry could not be read, said now and then (until one can be read again).
+        self._unreadable = Unreadable()
 
     # --- reading
     def head(self, lock_key: str) -> QueueEntry | None:
@@ -56,38 +62,64 @@ class LockBoard:
     def _apply(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
         try:
             self._apply_entry(key, value, operation, revision)
-        except msgspec.DecodeError as exc:
-            # Not written by jobrunner (a hand-made put, another version's value): skipped,
+        except (msgspec.DecodeError, UnreadableEntry) as exc:
+            # Not written by jobrunner (a hand-made put, another version's value or key): skipped,
             # not a failure. A failing watch restarts and replays the bucket from scratch, and
-            # would meet the same entry again every time, for as long as it stays there.
-            log.warning("lock bucket entry does not decode: ignored", key=key, error=str(exc))
-            if self.slots.pop(key, None) is not None:  # what it replaced is gone all the same
-                self._touch(key)
+            # would meet the same entry again every time, for as long as it stays there. Said
+            # now and then per key, not per delivery: a replay delivers it again, and a busy key
+            # again and again.
+            if self._unreadable.due(key):
+                log.warning("lock bucket entry cannot be read: ignored", key=key, error=str(exc))
+            return
+        self._unreadable.readable(key)
 
     def _apply_entry(
         self, key: str, value: bytes | None, operation: str | None, revision: int
     ) -> None:
-        if key.startswith(("run.", "fence.")):
+        kind, _, rest = key.partition(".")
+        if kind in ("run", "fence"):
             # A running job's record (read by the sweep from the server, not from here), or a
             # runner's give-back barrier.
             return
-        if key.startswith("queue."):
-            lock_key = "slot." + key.split(".")[1]
-            queue = self.queues.setdefault(lock_key, {})
-            if operation is None and value:
-                entry = msgspec.json.decode(value, type=QueueEntry)
-                queue[entry.job_id] = (revision, entry)
-            else:
-                job_id = key.split(".", 2)[2]
-                for jid in [j for j in queue if _safe(j) == job_id]:
-                    del queue[jid]
-            self._touch(lock_key)
+        if kind == "queue":
+            self._apply_queued(key, rest, value, operation, revision)
             return
+        if kind not in ("slot", "job") or not rest:
+            raise UnreadableEntry("not a key jobrunner writes")
+        try:
+            if operation is None and value:
+                self.slots[key] = msgspec.json.decode(value, type=SlotValue)
+            else:
+                self.slots.pop(key, None)
+        except msgspec.DecodeError:
+            self.slots.pop(key, None)  # what it replaced is gone all the same
+            raise
+        finally:
+            self._touch(key)
+
+    def _apply_queued(
+        self, key: str, rest: str, value: bytes | None, operation: str | None, revision: int
+    ) -> None:
+        # queue.<lock>.<job>: both parts key-safe (no dots), so the job part is the rest.
+        lock, _, job = rest.partition(".")
+        if not lock or not job:
+            raise UnreadableEntry("a queue key names a lock and a job")
+        lock_key = "slot." + lock
+        queue = self.queues.setdefault(lock_key, {})
+        self._touch(lock_key)
         if operation is None and value:
-            self.slots[key] = msgspec.json.decode(value, type=SlotValue)
+            try:
+                entry = msgspec.json.decode(value, type=QueueEntry)
+                if _safe(entry.job_id) != job:
+                    # Kept by job id, removed by key: an entry naming another job than its key
+                    # would never leave the queue, and hold up every job behind it.
+                    raise UnreadableEntry("the entry names another job than its key")
+            except (msgspec.DecodeError, UnreadableEntry):
+                _drop(queue, job)  # what it replaced is gone all the same
+                raise
+            queue[entry.job_id] = (revision, entry)
         else:
-            self.slots.pop(key, None)
-        self._touch(key)
+            _drop(queue, job)
 
     async def watch(self, kv: KeyValue, stop: asyncio.Event, on_expired: OnExpired) -> None:
         """Follow every key; ``on_expired`` gets the value of a lease whose TTL ran out."""
@@ -144,3 +176,9 @@ async def _stop_at(stop: asyncio.Event, watcher: KeyValue.KeyWatcher) -> None:
 
 def _safe(job_id: str) -> str:
     return key_safe(job_id)
+
+
+def _drop(queue: dict[str, tuple[int, QueueEntry]], job: str) -> None:
+    """Take the job whose key part is ``job`` out of ``queue``."""
+    for job_id in [j for j in queue if _safe(j) == job]:
+        del queue[job_id]

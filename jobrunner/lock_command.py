@@ -1,0 +1,80 @@
+"""``jobrunner lock clear-unreadable <lock>``: free a lock slot held by a value that no jobrunner
+wrote (put by hand, corrupt), which counts as held until deleted and, put without a TTL, never
+expires. A readable lease is never touched, whoever holds it.
+
+NATS is found from the settings, else from ``<state_dir>/runtime.json`` of a running
+``jobrunner up`` (as for ``jobrunner token``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import nats
+from nats.js.errors import BucketNotFoundError
+
+from jobrunner.common import eventstore
+from jobrunner.common.natsconnection import NatsConnection
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable, slot_key
+from jobrunner.contracts.names import Names
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    # Not eventstore.connect(): a one-shot command fails fast instead of reconnecting forever.
+    nc = await nats.connect(
+        **NatsConnection.from_settings(settings).nats_py_options(),
+        name="jobrunner-lock-cli",
+        max_reconnect_attempts=1,
+    )
+    try:
+        slots = SlotTable(nc.jetstream(), Names(settings.prefix), settings.lease_ttl_seconds)
+        key = slot_key(args.lock, "")
+        try:
+            outcome, lease = await slots.clear_unreadable(key)
+        except BucketNotFoundError:
+            print("no lock bucket yet (no jobrunner has run here): nothing to do", file=sys.stderr)
+            return 1
+    finally:
+        await eventstore.close(nc)
+    if outcome == "cleared":
+        print(f"{key}: held by a value that cannot be read; deleted, the slot is free")
+        return 0
+    if outcome == "free":
+        print(f"{key}: holds nothing; nothing to do")
+        return 0
+    if outcome == "readable":
+        assert lease is not None
+        holder = lease.value
+        print(
+            f"{key}: a readable lease ({holder.phase}, job {holder.job_id}, runner "
+            f"{holder.runner_id or '-'}); left alone: it ends with its job or expires",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{key}: written meanwhile; left alone (run the command again)", file=sys.stderr)
+    return 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "lock",
+        help="repair the lock bucket",
+        description="Finds NATS from the settings, else from <state_dir>/runtime.json of a "
+        "running `jobrunner up`.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
+    locks = p.add_subparsers(dest="lock_command", required=True)
+    clear = locks.add_parser(
+        "clear-unreadable",
+        help="free a lock's slot if what holds it cannot be read (never a readable lease)",
+        parents=[common],
+    )
+    clear.add_argument("lock", help="the lock's name, as in the job types file")
+
+
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(run(settings, args))
