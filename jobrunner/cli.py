@@ -80,7 +80,6 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from jobrunner.services.api.app import create_app
-    from jobrunner.services.api.gatheredhttp import GatheringHttpToolsProtocol
 
     settings = _settings(args)
     with _metrics_listener("api", settings):
@@ -88,7 +87,6 @@ def cmd_api(args: argparse.Namespace) -> int:
             create_app(settings),
             host=settings.host,
             port=settings.port,
-            http=GatheringHttpToolsProtocol,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats.errors
 import pytest
 
 from jobrunner.common import eventstore
-from jobrunner.common.ackinbox import ACK_TIMEOUT
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import Lease, RunRecord, SlotTable, SlotValue, run_key, same_holder
+from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
@@ -28,8 +26,6 @@ from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_file, wa
 
 # Long enough that a loaded machine keeps a live lease; the pauses below are chosen around it.
 TTL = 6.0
-# The pause between an ended job's writes sent again (the runner's RETRY_PAUSE_SECONDS).
-RETRY_PAUSE = 0.1
 
 
 @pytest.fixture
@@ -607,98 +603,6 @@ async def test_a_fresh_slot_and_its_run_record_are_written_in_one_go(settings: S
         assert stored.revision is not None
         assert stored.revision > lease.revision
         assert await slots.renew(lease) is not None
-
-
-async def _ended(slots: SlotTable, job_id: str) -> Lease:
-    """A job's lease and run record, as its claim writes them."""
-    key = f"job.{job_id}"
-    record = RunRecord(job_id=job_id, slot_key=key, runner_id="me")
-    lease, recorded = await slots.create_recorded(key, held(job_id), record)
-    assert lease is not None
-    assert recorded
-    return lease
-
-
-async def _gone(slots: SlotTable, job_id: str, lease: Lease) -> bool:
-    return await slots.run_record(job_id) is None and await slots.current(lease.key) is None
-
-
-async def test_an_ended_jobs_record_and_lease_go_in_one_round_trip_the_record_first(
-    settings: Settings,
-) -> None:
-    """At a job's end its run record's delete and its lease's are sent together (the lease's
-    before the record's is answered), and stored in that order: the record gone first."""
-    async with slot_table(settings) as slots:
-        lease = await _ended(slots, "ending")
-        publish = slots._acks.publish_headed
-        waiting: list[str] = []
-        most = 0
-
-        async def publish_counted(subject: str, *args: Any, **kwargs: Any) -> Any:
-            nonlocal most
-            waiting.append(subject)
-            most = max(most, len(waiting))
-            try:
-                return await publish(subject, *args, **kwargs)
-            finally:
-                waiting.remove(subject)
-
-        slots._acks.publish_headed = publish_counted  # type: ignore[method-assign]
-        assert await slots.end_run("ending", lease, RETRY_PAUSE)
-        slots._acks.publish_headed = publish  # type: ignore[method-assign]
-        assert most == 2
-        assert await _gone(slots, "ending", lease)
-        forgotten = await slots.last_revision(run_key("ending"))
-        released = await slots.last_revision(lease.key)
-        assert forgotten < released
-
-
-async def test_an_ended_job_sent_into_a_pause_shorter_than_a_writes_timeout_is_cleared(
-    settings: Settings, own_nats: EmbeddedNats
-) -> None:
-    """NATS paused as the job ends, resumed before the writes time out: both answered."""
-    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
-    async with slot_table(settings) as slots:
-        lease = await _ended(slots, "short-end")
-        pause(own_nats)
-        asyncio.get_running_loop().call_later(ACK_TIMEOUT - 0.8, resume, own_nats)
-        assert await slots.end_run("short-end", lease, RETRY_PAUSE)
-        assert await _gone(slots, "short-end", lease)
-
-
-async def test_an_ended_job_sent_into_a_pause_longer_than_a_writes_timeout_is_cleared(
-    settings: Settings, own_nats: EmbeddedNats
-) -> None:
-    """NATS paused as the job ends, past the writes' timeout but within the lease: the pair is
-    sent again, and once NATS runs again the record and the lease are gone (the slot freed at
-    once, not a TTL later)."""
-    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
-    async with slot_table(settings) as slots:
-        lease = await _ended(slots, "longer-end")
-        pause(own_nats)
-        # Resumed after the first pair timed out and the second was sent (0.5 s of TTL left).
-        asyncio.get_running_loop().call_later(ACK_TIMEOUT + 0.4, resume, own_nats)
-        await slots.end_run("longer-end", lease, RETRY_PAUSE)
-        assert await _gone(slots, "longer-end", lease)
-
-
-async def test_an_ended_job_sent_into_a_pause_longer_than_its_lease_raises(
-    settings: Settings, own_nats: EmbeddedNats
-) -> None:
-    """NATS paused as the job ends for longer than the lease lasts, and than the last pair sent
-    before its end waits: the release is given up, as the server lets the lease expire anyway
-    (raised, as a release that failed was); the record is left to the sweep."""
-    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
-    async with slot_table(settings) as slots:
-        lease = await _ended(slots, "long-end")
-        pause(own_nats)
-        asyncio.get_running_loop().call_later(TTL + ACK_TIMEOUT + 0.5, resume, own_nats)
-        try:
-            with pytest.raises(nats.errors.TimeoutError):
-                await slots.end_run("long-end", lease, RETRY_PAUSE)
-            assert time.monotonic() >= lease.sent_at + TTL
-        finally:
-            resume(own_nats)
 
 
 async def test_a_fresh_slot_held_by_another_is_not_taken_with_its_run_record(

@@ -30,7 +30,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 import nats.errors
@@ -422,7 +422,7 @@ class SlotTable:
         while True:
             # Tasks start in the order made, each putting its message in the connection's
             # buffer before it first waits: one flush carries both.
-            writes: list[asyncio.Future[Any]] = []
+            writes = []
             if forgetting:
                 writes.append(asyncio.ensure_future(self.forget_run(job_id)))
             if releasing:
@@ -432,8 +432,7 @@ class SlotTable:
             if forgetting:
                 forgot = results.pop(0)
                 forgetting = isinstance(forgot, BaseException)
-                if isinstance(forgot, BaseException):
-                    failed = forgot
+                failed = forgot if forgetting else None
             if releasing:
                 outcome = results.pop(0)
                 if isinstance(outcome, BaseException):
