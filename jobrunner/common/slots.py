@@ -30,7 +30,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import nats.errors
@@ -422,7 +422,7 @@ class SlotTable:
         while True:
             # Tasks start in the order made, each putting its message in the connection's
             # buffer before it first waits: one flush carries both.
-            writes = []
+            writes: list[asyncio.Future[Any]] = []
             if forgetting:
                 writes.append(asyncio.ensure_future(self.forget_run(job_id)))
             if releasing:
@@ -432,7 +432,8 @@ class SlotTable:
             if forgetting:
                 forgot = results.pop(0)
                 forgetting = isinstance(forgot, BaseException)
-                failed = forgot if forgetting else None
+                if isinstance(forgot, BaseException):
+                    failed = forgot
             if releasing:
                 outcome = results.pop(0)
                 if isinstance(outcome, BaseException):
