@@ -256,6 +256,53 @@ async def _wait_lease_gone(settings: Settings, job_id: str, timeout: float = 30.
         await eventstore.close(nc)
 
 
+@pytest.mark.parametrize("found", ["lease expired", "dead runner's lease at start"])
+async def test_a_lost_runners_job_that_had_ended_is_not_ended_again_past_the_duplicate_window(
+    settings: Settings, found: str
+) -> None:
+    """A runner stored its job's end and died (or NATS paused) before removing the job's record
+    and lease: the runner that finds the lease expired, or the dead runner's live lease at its
+    start, only removes what is left. The stream drops a second end (same event id) only within
+    its duplicate window, which is shrunk here rather than waited out."""
+    from jobrunner.common import eventstore
+    from jobrunner.common.slots import slot_key
+    from jobrunner.contracts.events import JobStatus
+    from jobrunner.services.runner.running import RunnerIdentity
+    from jobrunner.services.runner.service import Runner
+
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
+        stream = (await runner.js.stream_info(runner.names.stream)).config
+        stream.duplicate_window = 0.5
+        await runner.js.update_stream(stream)
+        me = runner.identity
+        ended = await asyncio.create_subprocess_exec("true")
+        await ended.wait()  # a pid no longer alive
+        dead = RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
+        job_id = "ended-then-lost"
+        key = slot_key(None, job_id)
+        held = dead.held_value(job_id, "emit")
+        record = dead.run_record(job_id, key)
+        lease, recorded = await runner.slots.create_recorded(key, held, record)
+        assert lease is not None
+        assert recorded
+        await runner.journal.end(job_id, JobStatus.COMPLETED, exit_code=0, job_type="emit")
+        await asyncio.sleep(1.0)  # past the duplicate window
+        if found == "lease expired":
+            await _wait_lease_gone(settings, job_id)
+            await runner.sweeper.on_lease_expired(held)
+        else:
+            runner.board.slots[key] = held
+            await runner.sweeper.clean_up_after_crash()
+        assert await status_events(settings, job_id) == ["completed"]
+        assert await runner.slots.run_record(job_id) is None
+        assert await runner.slots.current(key) is None
+    finally:
+        await eventstore.close(nc)
+
+
 async def test_job_left_running_while_no_runner_was_up_is_swept_by_any_runner(
     settings: Settings, tmp_path: Path
 ) -> None:

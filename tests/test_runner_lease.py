@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 
 from jobrunner.common import eventstore
+from jobrunner.common.ackinbox import ACK_TIMEOUT
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import UNKNOWN_HOLDER, RunRecord, SlotTable, SlotValue, same_holder
+from jobrunner.common.slots import (
+    UNKNOWN_HOLDER,
+    Lease,
+    RunRecord,
+    SlotTable,
+    SlotValue,
+    run_key,
+    same_holder,
+)
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
@@ -26,6 +36,8 @@ from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_file, wa
 
 # Long enough that a loaded machine keeps a live lease; the pauses below are chosen around it.
 TTL = 6.0
+# The pause between an ended job's writes sent again (the runner's RETRY_PAUSE_SECONDS).
+RETRY_PAUSE = 0.1
 
 
 @pytest.fixture
@@ -44,8 +56,24 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 def pause(server: EmbeddedNats) -> None:
+    """Stop the server, and return once it is stopped: kill() returns before all of its
+    threads are (they stop one by one as the kernel gets to them; on a loaded machine, later
+    than the next write a test sends, which the server then still answers)."""
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while not _stopped(server.proc.pid):
+        assert time.monotonic() < deadline, "nats-server did not stop"
+        time.sleep(0.001)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of ``pid`` stopped (state T in /proc/<pid>/task/<tid>/stat)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in "tT" for state in states)
 
 
 def resume(server: EmbeddedNats) -> None:
@@ -603,6 +631,107 @@ async def test_a_fresh_slot_and_its_run_record_are_written_in_one_go(settings: S
         assert stored.revision is not None
         assert stored.revision > lease.revision
         assert await slots.renew(lease) is not None
+
+
+async def _ended(slots: SlotTable, job_id: str) -> Lease:
+    """A job's lease and run record, as its claim writes them."""
+    key = f"job.{job_id}"
+    record = RunRecord(job_id=job_id, slot_key=key, runner_id="me")
+    lease, recorded = await slots.create_recorded(key, held(job_id), record)
+    assert lease is not None
+    assert recorded
+    return lease
+
+
+async def _gone(slots: SlotTable, job_id: str, lease: Lease) -> bool:
+    return await slots.run_record(job_id) is None and await slots.current(lease.key) is None
+
+
+def _sends_counted(slots: SlotTable) -> list[tuple[str, int]]:
+    """Every message the table's connection publishes from now on: its subject, and how many
+    writes await their ack (this one included) as it is sent."""
+    nc = slots._js._nc
+    publish = nc.publish
+    sent: list[tuple[str, int]] = []
+
+    async def counted(subject: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((subject, len(slots._acks._waiting)))
+        return await publish(subject, *args, **kwargs)
+
+    nc.publish = counted  # type: ignore[method-assign]
+    return sent
+
+
+async def test_an_ended_jobs_record_and_lease_go_in_one_round_trip_the_record_first(
+    settings: Settings,
+) -> None:
+    """At a job's end its run record's delete and its lease's are sent together (the lease's
+    before the record's is answered), and stored in that order: the record gone first, so a
+    sweep never finds the record of a job whose lease is gone (which it would end)."""
+    async with slot_table(settings) as slots:
+        lease = await _ended(slots, "ending")
+        sent = _sends_counted(slots)
+        assert await slots.end_run("ending", lease, RETRY_PAUSE)
+        subject = slots._subject
+        assert sent == [(subject(run_key("ending")), 1), (subject(lease.key), 2)]
+        assert await _gone(slots, "ending", lease)
+        # A key's last revision is its delete marker's sequence in the bucket's one stream.
+        forgotten = await slots.last_revision(run_key("ending"))
+        released = await slots.last_revision(lease.key)
+        assert forgotten < released
+
+
+async def test_an_ended_job_sent_into_a_pause_shorter_than_a_writes_timeout_is_cleared(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused as the job ends, resumed before the writes time out: both answered."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await _ended(slots, "short-end")
+        pause(own_nats)
+        asyncio.get_running_loop().call_later(ACK_TIMEOUT - 2.0, resume, own_nats)
+        assert await slots.end_run("short-end", lease, RETRY_PAUSE)
+        assert await _gone(slots, "short-end", lease)
+
+
+async def test_an_ended_job_sent_into_a_pause_longer_than_a_writes_timeout_is_cleared(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused as the job ends, past the writes' timeout but within the lease: the pair is
+    sent again, and once NATS runs again the record and the lease are gone (the slot freed at
+    once, not a TTL later)."""
+    # A lease long enough that the pair sent again is answered well before it ends.
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url, lease_ttl_seconds=20.0)
+    async with slot_table(settings) as slots:
+        lease = await _ended(slots, "longer-end")
+        sent = _sends_counted(slots)
+        pause(own_nats)
+        # Resumed after the first pair timed out and the second was sent.
+        asyncio.get_running_loop().call_later(ACK_TIMEOUT + 2.0, resume, own_nats)
+        await slots.end_run("longer-end", lease, RETRY_PAUSE)
+        assert await _gone(slots, "longer-end", lease)
+        pair = [slots._subject(run_key("longer-end")), slots._subject(lease.key)]
+        assert [subject for subject, _ in sent][:4] == pair + pair
+
+
+async def test_an_ended_job_sent_into_a_pause_longer_than_its_lease_raises(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS paused as the job ends for longer than the lease lasts, and than the last pair sent
+    before its end waits: the release is given up, as the server lets the lease expire anyway
+    (raised, as a release that failed was); the record is left to the sweep."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with slot_table(settings) as slots:
+        lease = await _ended(slots, "long-end")
+        pause(own_nats)
+        # Resumed well after the last pair sent within the lease timed out.
+        asyncio.get_running_loop().call_later(TTL + ACK_TIMEOUT + 2.0, resume, own_nats)
+        try:
+            with pytest.raises(nats.errors.TimeoutError):
+                await slots.end_run("long-end", lease, RETRY_PAUSE)
+            assert time.monotonic() >= lease.sent_at + TTL
+        finally:
+            resume(own_nats)
 
 
 async def test_a_fresh_slot_held_by_another_is_not_taken_with_its_run_record(

@@ -142,6 +142,14 @@ class AckInbox:
         the ack arrives."""
         return (await self._send(subject, payload, {MSG_ID_HEADER: msg_id}))[1]
 
+    async def publish_headed_soon(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> asyncio.Future[Msg]:
+        """Publish with ``headers`` (none added) and return at once the future of its ack, as
+        ``publish_soon`` does: for a caller that sends several writes, in an order that matters,
+        before it waits for any of their acks."""
+        return (await self._send(subject, payload, headers))[1]
+
     async def _reply_to(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
         token, future = await self._send(subject, payload, headers)
         try:

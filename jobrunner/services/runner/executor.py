@@ -146,16 +146,16 @@ class JobExecutor:
                     result=reporter.result or None,
                     job_type=request.job_type,
                 )
-            # Should this not get through, the sweep removes the record of the ended job.
-            await self._retry("forget the ended job", keeper, lambda: self.slots.forget_run(job_id))
         finally:
             if output is None:
                 # The job never got as far as its tool: nothing of its directory is left.
                 await self.discard_output(job_id, making_output)
             lease = await keeper.stop()
         # Frees the slot only if it still holds our lease (also after a lost lease that the server
-        # had not yet let expire, renewed by an attempt the keeper abandoned: see release).
-        await self.slots.release(lease)
+        # had not yet let expire, renewed by an attempt the keeper abandoned: see release). The
+        # ended job's record goes in the same round trip, before it; should it not get through,
+        # the sweep removes the record of the ended job.
+        await self.slots.end_run(job_id, lease, RETRY_PAUSE_SECONDS)
         log.info(
             "job finished",
             job_type=request.job_type,

@@ -5,7 +5,10 @@ runners on this host that are no longer alive; while it runs, from every lease t
 runner stopped renewing it); and by a periodic sweep of the running jobs' records, which finds a
 job without a live lease whatever died and whenever (every runner down while the lease expired, a
 crashed watcher, an internal job that no ledger knows). Ending a job is idempotent: every end of
-one job carries its one terminal event id.
+one job carries its one terminal event id, and a job whose last status is already terminal is not
+ended again (its runner stored the end and died, or NATS paused, before the lease was released):
+the stream drops an id it stored before only within its duplicate window (2 minutes), and a lease
+or a record may be found long after the end.
 """
 
 from __future__ import annotations
@@ -69,10 +72,7 @@ class LostJobSweeper:
             # holder's renewals (SlotTable.release).
             if lease is None or not same_holder(lease.value, value):
                 continue
-            await self.journal.end(
-                value.job_id, JobStatus.FAILED, error=lost, job_type=value.job_type
-            )
-            await self.slots.forget_run(value.job_id)
+            await self._end_lost(value.job_id, lost, value.job_type)
             await self.slots.release(lease)
 
     async def on_lease_expired(self, value: SlotValue) -> None:
@@ -82,7 +82,7 @@ class LostJobSweeper:
         log.warning("runner lost", lost_job_id=value.job_id, lost_runner=value.runner_id)
         if value.host == self.identity.host and value.pgid:
             orphans.kill_group(value.pgid, value.started, value.boot_id)
-        await self._end_lost(value.job_id, value.runner_id)
+        await self._end_lost(value.job_id, _lost_error(value.runner_id))
 
     async def sweep_every(self, interval: float, stop: asyncio.Event) -> None:
         """Sweep now, then every ``interval`` until ``stop``; a failed sweep is tried again."""
@@ -110,24 +110,27 @@ class LostJobSweeper:
             # back (a claim undone after a NATS outage, the record removed before the lease)
             # or ended it, or another runner took it.
             return
-        status = await self.journal.last_status(record.job_id)
-        if status is None or status.status not in TERMINAL_STATUSES:
+        if await self._end_lost(record.job_id, _lost_error(record.runner_id)):
             log.warning("swept a lost job", lost_job_id=record.job_id)
-            await self._end_lost(record.job_id, record.runner_id)
-        else:
-            await self.slots.forget_run(record.job_id)  # ended; its runner died before this
 
     async def _has_live_lease(self, record: RunRecord) -> bool:
         lease = await self.slots.current(record.slot_key)
         return lease is not None and lease.value.job_id == record.job_id
 
-    async def _end_lost(self, job_id: str, runner_id: str | None) -> None:
-        await self.journal.end(
-            job_id,
-            JobStatus.FAILED,
-            error=ErrorInfo(
-                code=ErrorCode.RUNNER_LOST,
-                message=f"Runner {runner_id} stopped renewing its lease; the job did not finish.",
-            ),
-        )
+    async def _end_lost(self, job_id: str, error: ErrorInfo, job_type: str = "") -> bool:
+        """End the job of a gone runner FAILED (True), unless it ended already (its runner
+        died, or NATS paused, after storing the end and before removing the record and the
+        lease): then only its record goes."""
+        status = await self.journal.last_status(job_id)
+        ending = status is None or status.status not in TERMINAL_STATUSES
+        if ending:
+            await self.journal.end(job_id, JobStatus.FAILED, error=error, job_type=job_type)
         await self.slots.forget_run(job_id)
+        return ending
+
+
+def _lost_error(runner_id: str | None) -> ErrorInfo:
+    return ErrorInfo(
+        code=ErrorCode.RUNNER_LOST,
+        message=f"Runner {runner_id} stopped renewing its lease; the job did not finish.",
+    )
