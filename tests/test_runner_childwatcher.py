@@ -11,7 +11,7 @@ import pytest
 # Stands in for a runner: its loop starts tools as the runner does, in two loops in turn.
 FAKE_RUNNER = """
 import asyncio, signal, sys, threading
-from jobrunner.services.runner import deathsignal
+from jobrunner.common import deathsignal
 from jobrunner.services.runner.process import ToolProcess, watch_children_by_pidfd
 
 async def run(argv):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from jobrunner.services.runner import deathsignal, guardian, process
+from jobrunner.common import deathsignal
+from jobrunner.services.runner import guardian, process
 from jobrunner.services.runner.process import SpawnError, ToolProcess
 from tests.tools.runners import REPO, pid_alive, wait_dead
 
@@ -23,7 +24,8 @@ GUARDED_RUNNER = str(REPO / "tests" / "tools" / "guarded_runner.py")
 # Stands in for a runner: starts ``sleep`` as the runner does and says how, then waits.
 FAKE_RUNNER = """
 import asyncio, functools, sys
-from jobrunner.services.runner import deathsignal, guardian, process
+from jobrunner.common import deathsignal
+from jobrunner.services.runner import guardian, process
 from jobrunner.services.runner.process import ToolProcess
 
 async def main() -> None:

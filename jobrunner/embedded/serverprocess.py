@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jobrunner.services.runner import deathsignal
+from jobrunner.common import deathsignal
 
 
 class ServerStartError(Exception):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobrunner.services.runner import deathsignal
+from jobrunner.common import deathsignal
 from tests.tools.runners import REPO
 
 # A service that exited on its own is started again after this long (the supervisor's first delay).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobrunner.services.runner import deathsignal
+from jobrunner.common import deathsignal
 
 SETPRIV = "/usr/bin/setpriv"
 # The start of a binary this machine runs: the header of the interpreter running the tests.

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from jobrunner.services.runner import deathsignal, orphans
+from jobrunner.common import deathsignal
+from jobrunner.services.runner import orphans
 from jobrunner.services.runner.guardian import GUARDIAN, Guardian
 from jobrunner.services.runner.output import LineSplitter
 from jobrunner.services.runner.priority import ToolPriority

@@ -30,12 +30,12 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from jobrunner.common import eventstore, heap, metrics, reconfigure, retry
+from jobrunner.common import deathsignal, eventstore, heap, metrics, reconfigure, retry
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner import artifacts, deathsignal, orphans, process
+from jobrunner.services.runner import artifacts, orphans, process
 from jobrunner.services.runner import bulk as bulk_lane
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.bulk import BulkLane

@@ -1,5 +1,6 @@
 """A tool dies with its runner: the kernel's parent-death signal (Linux), set in the tool's own
-process before the tool runs.
+process before the tool runs. (``jobrunner up`` starts its embedded NATS and Postgres the same
+way, so a SIGKILLed ``up`` leaves no server behind: hence it lives in ``common``.)
 
 Set from Python (a ``preexec_fn``), it makes the subprocess module fork() the whole runner instead
 of using vfork(): copying the runner's page tables was most of a job's dispatch (about 5 ms on an
