@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from jobrunner.common import retry
+from jobrunner.common import deathsignal, retry
 from jobrunner.common.cpupriority import (
     AUTOGROUP_RETRY_SECONDS,
     nicer_than_this_process,
@@ -50,14 +50,17 @@ class Service:
         self.restarts = 0
 
     async def start(self) -> None:
+        # Dies with this process even when it is SIGKILLed (no SIGTERM to pass on): a service
+        # left behind would go on retrying servers that died with it, for ever.
+        argv, preexec_fn = deathsignal.launch(
+            [sys.executable, "-m", "jobrunner.cli", self.name], None, self.env
+        )
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobrunner.cli",
-            self.name,
+            *argv,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
         if self.nice:
             await lower_priority(self.proc.pid, self.nice)

@@ -225,23 +225,52 @@ def mentions(pid: int, path: Path) -> bool:
     return str(path) in cmdline and state != "Z"
 
 
-def test_the_servers_die_with_a_killed_up(state_dir: Path) -> None:
+def children_of(parent: int) -> list[int]:
+    """Live processes whose parent is ``parent``: the services `jobrunner up` supervises."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(pid))
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if mentions_anything(pid)]
+
+
+def mentions_anything(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_servers_and_services_die_with_a_killed_up(state_dir: Path) -> None:
     """`jobrunner up` SIGKILLed (no clean-up of its own runs): the NATS server and Postgres it
-    started go with it, as a runner's tools do (the parent-death signal). They used to stay."""
+    started, and its services (API, runner, projector, notifier, guardian), go with it, as a
+    runner's tools do (the parent-death signal). They used to stay: the services retrying the
+    dead servers for ever."""
     up = Up(state_dir, free_port())
-    servers: list[int] = []
+    services: list[int] = []
     try:
         up.wait_for(URL_RE)
         servers = server_pids(state_dir)
         assert len(servers) >= 2, processes_using(state_dir)  # NATS, Postgres (and its own)
+        services = [pid for pid in children_of(up.proc.pid) if pid not in servers]
+        assert len(services) >= 4, services
         up.proc.kill()
         up.proc.wait(30)
         for _ in range(600):  # until they are gone, at most a minute
-            if not server_pids(state_dir):
+            if not server_pids(state_dir) and not alive(services):
                 break
             time.sleep(0.1)
         assert processes_using(state_dir) == []
+        assert alive(services) == []
     finally:
-        for pid in server_pids(state_dir):  # on failure: what this test started, ended here
+        for pid in server_pids(state_dir) + alive(services):  # on failure: ended here
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
