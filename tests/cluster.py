@@ -40,6 +40,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import ServerProcess, free_port
 from jobrunner.services.api.security.tokens import Role, TokenStore
 from tests.faults.cluster import START_TIMEOUT, FaultCluster, in_thread
+from tests.freeze import freeze
 
 NODE_NAMES = ("n1", "n2", "n3")
 CLUSTER_NAME = "jobrunner"
@@ -87,7 +88,7 @@ class ClusterNode(ServerProcess):
     def pause(self) -> None:
         """SIGSTOP: the node holds its sockets open and answers nothing (a frozen machine)."""
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        freeze(self.proc.pid)
         self.paused = True
 
     def resume(self) -> None:

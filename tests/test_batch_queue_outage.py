@@ -19,6 +19,7 @@ from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.board import LockBoard
+from tests.freeze import freeze
 
 # The wait under test, short so the test is fast; ENQUEUE_ACK_SECONDS is the same mechanism.
 WAIT = 2.0
@@ -56,7 +57,7 @@ async def enqueue_through_pause(
     server: EmbeddedNats, slots: SlotTable, pause: float
 ) -> BaseException | None:
     assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
+    freeze(server.proc.pid)
     writing = asyncio.create_task(slots.enqueue_many("sheet", JOBS, timeout=WAIT))
     try:
         await asyncio.sleep(pause)  # the fault itself lasts this long

@@ -16,6 +16,7 @@ import pytest
 from jobrunner.common import ackinbox
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
+from tests.freeze import freeze
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_job, wait_status
 
@@ -42,7 +43,7 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 @contextlib.contextmanager
 def paused(server: EmbeddedNats) -> Iterator[None]:
     assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
+    freeze(server.proc.pid)
     try:
         yield
     finally:

@@ -31,6 +31,7 @@ from jobrunner.common.slots import (
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
+from tests.freeze import freeze
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_file, wait_status
 
@@ -56,24 +57,8 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 def pause(server: EmbeddedNats) -> None:
-    """Stop the server, and return once it is stopped: kill() returns before all of its
-    threads are (they stop one by one as the kernel gets to them; on a loaded machine, later
-    than the next write a test sends, which the server then still answers)."""
     assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    deadline = time.monotonic() + 30
-    while not _stopped(server.proc.pid):
-        assert time.monotonic() < deadline, "nats-server did not stop"
-        time.sleep(0.001)
-
-
-def _stopped(pid: int) -> bool:
-    """Every thread of ``pid`` stopped (state T in /proc/<pid>/task/<tid>/stat)."""
-    states = []
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-    return bool(states) and all(state in "tT" for state in states)
+    freeze(server.proc.pid)
 
 
 def resume(server: EmbeddedNats) -> None:

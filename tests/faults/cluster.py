@@ -30,6 +30,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
 from tests.faults.toolrecord import ToolJob
+from tests.freeze import freeze
 from tests.servers import TEST_POSTGRES_SETTINGS
 from tests.tools.runners import runner_env
 
@@ -235,7 +236,7 @@ class FaultCluster:
     # --- faults
     def pause_nats(self) -> None:
         assert self.nats.proc is not None
-        os.kill(self.nats.proc.pid, signal.SIGSTOP)
+        freeze(self.nats.proc.pid)
 
     def resume_nats(self) -> None:
         if self.nats.proc is not None and self.nats.proc.poll() is None:
