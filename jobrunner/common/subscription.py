@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -29,6 +29,8 @@ from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+from jobrunner.common.stopping import unless_stopped
 
 if TYPE_CHECKING:
     from jobrunner.common.ackinbox import AckInbox
@@ -215,9 +217,6 @@ async def last_stored(
     return answer.message
 
 
-T = TypeVar("T")
-
-
 # At most this many messages per fetch of a shared consumer: a backlog (old requests after an
 # outage, a history's job ends) is taken many messages per round trip instead of one, while
 # instances sharing the consumer still each get a part of a burst.
@@ -248,7 +247,7 @@ async def fetch_some(
     end the request at once, as nats-server hands messages only to requests whose reply subject
     has interest, but a message it already chose for this client in that moment, or a give-back
     racing the unsubscribe on another node of a cluster, would then wait out the ack wait.)"""
-    if not await _unless_stopped(capacity.acquire(), stop):
+    if not await unless_stopped(capacity.acquire(), stop):
         return []
     units = 1
     while units < most and not capacity.locked():
@@ -292,21 +291,3 @@ async def fetch_one(
     (the unit given back) as :func:`fetch_some` returns no message."""
     msgs = await fetch_some(sub, capacity, stop, most=1)
     return msgs[0] if msgs else None
-
-
-async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:
-    """``work``'s result, or None when ``stop`` is set first (``work`` then cancelled)."""
-    if stop is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None

@@ -38,6 +38,7 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
+from jobrunner.common.stopping import unless_stopped
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import outage, setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
@@ -118,7 +119,7 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
     failures = 0
     while not stop.is_set():
         try:
-            return await outage.unless_stopped(stop, ensure_current(settings))
+            return await unless_stopped(ensure_current(settings), stop)
         except StateRefused:
             raise
         except Exception as exc:
