@@ -140,7 +140,7 @@ class AckInbox:
         timeout is ``nats.errors.TimeoutError``). For a caller with other things to wait for
         before it needs the ack (a job's publisher, until its next tick): nothing wakes it when
         the ack arrives."""
-        return (await self._send(subject, payload, {MSG_ID_HEADER: msg_id}))[1]
+        return await self.publish_headed_soon(subject, payload, {MSG_ID_HEADER: msg_id})
 
     async def publish_headed_soon(
         self, subject: str, payload: bytes, headers: dict[str, str] | None
