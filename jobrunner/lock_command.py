@@ -12,23 +12,17 @@ import argparse
 import asyncio
 import sys
 
-import nats
 from nats.js.errors import BucketNotFoundError
 
+from jobrunner import oneshot
 from jobrunner.common import eventstore
-from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable, slot_key
 from jobrunner.contracts.names import Names
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    # Not eventstore.connect(): a one-shot command fails fast instead of reconnecting forever.
-    nc = await nats.connect(
-        **NatsConnection.from_settings(settings).nats_py_options(),
-        name="jobrunner-lock-cli",
-        max_reconnect_attempts=1,
-    )
+    nc = await oneshot.connect(settings, "jobrunner-lock-cli")
     try:
         slots = SlotTable(nc.jetstream(), Names(settings.prefix), settings.lease_ttl_seconds)
         key = slot_key(args.lock, "")
@@ -59,15 +53,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "lock",
-        help="repair the lock bucket",
-        description="Finds NATS from the settings, else from <state_dir>/runtime.json of a "
-        "running `jobrunner up`.",
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
-    locks = p.add_subparsers(dest="lock_command", required=True)
+    locks, common = oneshot.add_command(sub, "lock", "repair the lock bucket")
     clear = locks.add_parser(
         "clear-unreadable",
         help="free a lock's slot if what holds it cannot be read (never a readable lease)",

@@ -13,10 +13,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import nats
-
+from jobrunner import oneshot
 from jobrunner.common import eventstore
-from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 
@@ -68,12 +66,7 @@ def describe(record: TokenRecord) -> str:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from jobrunner.services.api.security.tokens import TokenStore
 
-    # Not eventstore.connect(): a one-shot command fails fast instead of reconnecting forever.
-    nc = await nats.connect(
-        **NatsConnection.from_settings(settings).nats_py_options(),
-        name="jobrunner-token-cli",
-        max_reconnect_attempts=1,
-    )
+    nc = await oneshot.connect(settings, "jobrunner-token-cli")
     try:
         # The first token of a cluster may come before any API instance made the bucket: make
         # it with the replicas every other bucket has, or it would live on one node alone.
@@ -106,15 +99,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "token",
-        help="create, list and revoke API tokens",
-        description="Finds NATS from the settings, else from <state_dir>/runtime.json of a "
-        "running `jobrunner up`.",
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", help="where `jobrunner up` keeps its runtime.json")
-    tokens = p.add_subparsers(dest="token_command", required=True)
+    tokens, common = oneshot.add_command(sub, "token", "create, list and revoke API tokens")
     create = tokens.add_parser("create", help="create a token and print it once", parents=[common])
     create.add_argument("name", help="who or what uses it; recorded with every job it starts")
     create.add_argument(
