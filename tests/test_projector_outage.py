@@ -12,22 +12,16 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.embedded.scratch import scratch_dir
+from tests import servers
 from tests.history_support import job_events, publish, wait_projected
-from tests.servers import TEST_POSTGRES_SETTINGS
 from tests.system import System
 
 
 @pytest.fixture
 async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of this test's own: it is killed, so it must not be the shared one."""
-    with scratch_dir("jobrunner-test-outage-") as root:
-        server = EmbeddedPostgres(root / "data", settings=TEST_POSTGRES_SETTINGS)
-        await asyncio.to_thread(server.start)
-        try:
-            yield server
-        finally:
-            await asyncio.to_thread(server.stop)
+    async with servers.own_postgres("jobrunner-test-outage-") as server:
+        yield server
 
 
 async def test_postgres_killed_and_back_sets_nothing_aside(

@@ -19,12 +19,11 @@ import pytest
 from jobrunner.common import readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.services.projector import store
+from tests import servers
 from tests.cli_support import cli_env
 from tests.history_support import job_events, publish, wait_projected
 from tests.replaylock_support import terminate_lock_holder
-from tests.servers import TEST_POSTGRES_SETTINGS
 from tests.upgrade_support import complete, older_state, read_models, wait_version
 
 CRASHING_REBUILD = Path(__file__).parent / "tools" / "crashing_rebuild.py"
@@ -187,13 +186,8 @@ async def test_a_rebuild_whose_lock_session_ends_is_started_again_in_place(
 @pytest.fixture
 async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of this test's own: it is stopped, so it must not be the shared one."""
-    with scratch_dir("jobrunner-test-upgrade-") as root:
-        server = EmbeddedPostgres(root / "data", settings=TEST_POSTGRES_SETTINGS)
-        await asyncio.to_thread(server.start)
-        try:
-            yield server
-        finally:
-            await asyncio.to_thread(server.stop)
+    async with servers.own_postgres("jobrunner-test-upgrade-") as server:
+        yield server
 
 
 async def wait_loading(projector: asyncio.subprocess.Process, log: Path) -> None:
