@@ -9,6 +9,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from jobrunner.common.settings import Settings
 from jobrunner.services.api import jobs_fastpath, security
 from jobrunner.services.api.context import lifespan
+from jobrunner.services.api.directwrite import App
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.readmodelgate import refuse_unready
 from jobrunner.services.api.requestmetrics import RequestMetrics, time_unmatched
@@ -32,7 +33,8 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings) -> Litestar:
-    app = Litestar(
+    # Keeps the server's send within reach of the SSE streams' direct writes (directwrite.py).
+    app = App(
         route_handlers=[
             *security.ROUTES,
             JobController,

@@ -192,7 +192,7 @@ class Subscriber:
     """One client's inbox: batches appended by the feed, taken by the client a piece at a time
     (``TAKE_BYTES``)."""
 
-    __slots__ = ("batches", "bytes", "fanout", "idle", "overflow", "room", "wakeup")
+    __slots__ = ("batches", "bytes", "direct", "fanout", "idle", "overflow", "room", "wakeup")
 
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
@@ -202,6 +202,9 @@ class Subscriber:
         self.idle = False  # the job had no event for a keep-alive interval
         self.wakeup = asyncio.Event()
         self.room: asyncio.Event | None = None  # the feed's: set when this client took or left
+        # Set by the client's stream while it waits with nothing unsent: writes a batch's items
+        # to the client at once, or declines (False, nothing written) and the batch is queued.
+        self.direct: Callable[[list[Item]], bool] | None = None
 
     @property
     def has_items(self) -> bool:
@@ -550,6 +553,7 @@ class Fanout:
         self.recorded_bytes = 0  # the feeds' records together
         self.clients = 0  # subscribers of every feed
         self.clients_cut = 0
+        self.direct_writes = 0  # batches written straight to a client's connection
 
     async def join(
         self, job_id: str, start_seq: int | None = None
@@ -603,8 +607,16 @@ class Fanout:
 
     def hand_over(self, subscribers: set[Subscriber], batch: Batch) -> None:
         limit = self.limits.client_bytes
+        # Small batches only: a larger one goes through the clients' tasks a take at a time.
+        small = batch.size <= TAKE_BYTES
         for subscriber in list(subscribers):
             if subscriber.overflow:
+                continue
+            # Straight to a waiting client's connection: no wake-up of its task (directwrite.py).
+            # Not once its task is woken (a keep-alive, a cut): what it then sends comes first.
+            write = subscriber.direct if small and not subscriber.wakeup.is_set() else None
+            if write is not None and write(batch.items):
+                self.direct_writes += 1
                 continue
             if subscriber.bytes + batch.size > limit:
                 self._cut(subscriber, "client")

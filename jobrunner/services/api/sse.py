@@ -22,6 +22,7 @@ from jobrunner.common import metrics
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
+from jobrunner.services.api.directwrite import ChunkWriter
 from jobrunner.services.api.fanout import TAKE_BYTES, Fanout, HistoryStalled, Item
 
 log = structlog.get_logger()
@@ -231,11 +232,16 @@ async def job_stream(
     resume: ResumePoint | None,
     already_done: dict[str, Any] | None,
     feed_from: int | None = None,
+    writer: ChunkWriter | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for one job from ``start_seq`` until its terminal status.
 
     Ends early, without ``done``, when the client is cut (its backlog is over a limit, or its
-    history read stalled): its EventSource reconnects and resumes after the last id it got."""
+    history read stalled): its EventSource reconnects and resumes after the last id it got.
+
+    With a ``writer`` (the client's connection, ``directwrite``), the feed writes the frames of
+    a batch straight to it while this stream waits with everything before them sent; the job's
+    end, and whatever the writer declines, still comes through here."""
     yield retry(retry_ms)
     if already_done is not None:
         yield frame(already_done, event="done")
@@ -273,9 +279,28 @@ async def job_stream(
                 metrics.SSE_STREAMS_CUT.labels("history_failed").inc()
                 log.warning("sse history read failed; the client resumes", error=repr(exc))
                 return
+
+        def write_direct(items: list[Item]) -> bool:
+            nonlocal sent
+            assert writer is not None
+            parts, last, ended = _unsent(items, sent, skip, skip_seq)
+            if ended:
+                return False  # the end goes out here, and ends the stream
+            if parts and not writer.write(b"".join(parts)):
+                return False
+            sent = last
+            return True
+
+        direct = write_direct if writer is not None else None
         while True:
             if not inbox.has_items and not inbox.overflow and not inbox.idle:
-                await inbox.wakeup.wait()
+                # Everything before is written (a yield returns once the server wrote it), so
+                # the feed may write what comes next itself until this stream is woken.
+                inbox.direct = direct
+                try:
+                    await inbox.wakeup.wait()
+                finally:
+                    inbox.direct = None
             if inbox.idle and not inbox.has_items and not inbox.overflow:
                 inbox.take()
                 yield comment("keep-alive")

@@ -12,7 +12,7 @@ from litestar.response import Stream
 
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
-from jobrunner.services.api import readmodels, sse
+from jobrunner.services.api import directwrite, readmodels, sse
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored, ctx_of
 from jobrunner.services.api.errors import ApiError, job_not_found
@@ -83,7 +83,14 @@ async def _stream(
     )
     return Stream(
         sse.job_stream(
-            ctx.settings.sse_retry_ms, ctx.fanout, job_id, start, resume, already_done, feed_from
+            ctx.settings.sse_retry_ms,
+            ctx.fanout,
+            job_id,
+            start,
+            resume,
+            already_done,
+            feed_from,
+            directwrite.chunk_writer(request.scope),
         ),
         media_type="text/event-stream",
         headers=sse.SSE_HEADERS,

@@ -1,0 +1,74 @@
+"""An SSE stream's chunks written straight to the client's connection, below the framework.
+
+Broadcasting a job's lines to a thousand viewers is a thousand writes per batch, and the API's
+CPU while it streams is mostly those writes. Through the framework each write wakes the
+client's task, resumes its async generator, and goes through Litestar's stream and the ASGI
+send wrappers before uvicorn frames it; written by the feed itself at hand-over, straight to
+the connection's transport, it is one framed ``transport.write`` (``sse.job_stream`` offers
+its writer to the feed only while it waits with nothing unsent, so the two paths never
+overlap and the order of frames holds).
+
+This reaches below ASGI into uvicorn's httptools protocol (its send is the bound method of the
+request's ``RequestResponseCycle``, which holds the transport and its flow control). Whenever
+that is not what serves the request (another server, uvicorn's h11 protocol), or the
+connection cannot take a write at once (its transport paused by flow control, closing, the
+client gone), there is no writer or it declines, and the stream writes through the framework as
+before: a client that stops reading is then paused and cut by the same rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.types import Scope
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+# Where ``App`` keeps the server's own send in an HTTP request's scope.
+SERVER_SEND = "jobrunner.server_send"
+
+
+class App(Litestar):
+    """Litestar, keeping the server's send in the scope before Litestar wraps it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
+class ChunkWriter:
+    """Writes body chunks of a started chunked response as uvicorn's httptools protocol
+    would (``<size in hex>\\r\\n<chunk>\\r\\n``), or declines."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def write(self, body: bytes) -> bool:
+        """Write ``body`` now; False, having written nothing, when the connection cannot take
+        it at once: the caller sends it through the framework."""
+        if not body:
+            return True  # an empty chunk would be the end of the response's body
+        cycle = self._cycle
+        if (
+            cycle.disconnected
+            or cycle.response_complete
+            or not cycle.response_started
+            or cycle.chunked_encoding is not True
+            or cycle.flow.write_paused
+            or cycle.transport.is_closing()
+        ):
+            return False
+        cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+
+def chunk_writer(scope: Scope) -> ChunkWriter | None:
+    """The request's ``ChunkWriter``, or None when uvicorn's httptools protocol does not serve
+    it (or it is a HEAD, whose body uvicorn never writes)."""
+    cycle = getattr(scope.get(SERVER_SEND), "__self__", None)
+    if type(cycle) is not RequestResponseCycle or scope.get("method") == "HEAD":
+        return None
+    return ChunkWriter(cycle)

@@ -1,0 +1,140 @@
+"""A feed writes a batch straight to each waiting viewer's connection (directwrite.py): every
+line still reaches every viewer once and in order, with the stream's own writes (its start,
+keep-alives, the end) around them; a viewer that stops reading is paused and cut as before."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.api.directwrite import chunk_writer
+from tests.sse_client import SseStream, read_stream
+from tests.system import System
+from tests.test_sse_memory import (
+    CLIENT_BYTES,
+    EXPECTED,
+    FLOOD_LEASE_TTL,
+    JOB_TYPES,
+    fanout_of,
+    resume,
+    stall_until_cut,
+    stalling_client,
+    start_wide,
+    texts,
+)
+
+TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+
+
+async def start_emit(system: System, **parameters: object) -> str:
+    async with system.client() as client:
+        response = await client.post(
+            "/api/jobs", json={"job_type": "emit", "parameters": parameters}
+        )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def line_texts(stream: SseStream) -> list[str]:
+    return [e.json["text"] for e in stream.events if e.event == "message"]
+
+
+class TestLiveViewers:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(
+            settings, job_types_file=TEST_TYPES, sse_keepalive_seconds=0.5
+        )
+
+    async def test_waiting_viewers_are_written_to_straight_and_get_every_line_once(
+        self, system: System
+    ) -> None:
+        job_id = await start_emit(system, lines=150, interval="0.01")
+        path = f"/jobs/stream/{job_id}"
+        async with system.client() as client:
+            streams = await asyncio.gather(*(read_stream(client, path) for _ in range(10)))
+        expected = [f"INFO line {i} [{i}/150]" for i in range(1, 151)]
+        for stream in streams:
+            assert line_texts(stream) == expected
+            ids = [e.id for e in stream.events if e.id]
+            assert len(ids) == len(set(ids))
+            assert stream.events[-1].event == "done"
+        assert fanout_of(system).direct_writes > 0
+
+    async def test_keep_alives_and_lines_interleave_on_the_direct_path(
+        self, system: System
+    ) -> None:
+        """Lines 1.2 s apart, keep-alives every 0.5 s: each line once, in order, between them."""
+        job_id = await start_emit(system, lines=3, interval="1.2")
+        async with system.client() as client:
+            stream = await read_stream(client, f"/jobs/stream/{job_id}")
+        assert "keep-alive" in stream.comments
+        assert line_texts(stream) == [f"INFO line {i} [{i}/3]" for i in range(1, 4)]
+        assert stream.events[-1].event == "done"
+        assert fanout_of(system).direct_writes > 0
+
+    async def test_viewers_leaving_mid_stream_leave_the_others_whole(self, system: System) -> None:
+        """Half the viewers close their connection while lines are written straight to them."""
+        job_id = await start_emit(system, lines=200, interval="0.01")
+        path = f"/jobs/stream/{job_id}"
+        fanout = fanout_of(system)
+        async with system.client() as client:
+            leaving = [read_stream(client, path, stop_after=20 + 10 * i) for i in range(5)]
+            staying = [read_stream(client, path) for _ in range(5)]
+            streams = await asyncio.gather(*leaving, *staying)
+        expected = [f"INFO line {i} [{i}/200]" for i in range(1, 201)]
+        for stream in streams[:5]:
+            assert line_texts(stream) == expected[: len(line_texts(stream))]
+        for stream in streams[5:]:
+            assert line_texts(stream) == expected
+            assert stream.events[-1].event == "done"
+        assert fanout.direct_writes > 0
+        async with asyncio.timeout(10):
+            while fanout.clients or fanout.feeds:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.05)
+
+
+class TestStalledViewer:
+    @pytest.fixture
+    def settings(self, settings: Settings, tmp_path: Path) -> Settings:
+        types = tmp_path / "jobtypes.toml"
+        types.write_text(JOB_TYPES)
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=str(types),
+            sse_client_buffer_bytes=CLIENT_BYTES,
+            sse_total_buffer_bytes=64 * CLIENT_BYTES,
+            lease_ttl_seconds=FLOOD_LEASE_TTL,
+        )
+
+    @pytest.mark.timeout(180)
+    async def test_a_viewer_that_stops_reading_is_cut_and_resumes_with_every_line_once(
+        self, system: System
+    ) -> None:
+        """Written to straight until its connection is paused, then queued and cut by its limit
+        as before; its reconnect gets exactly the rest."""
+        job_id = await start_wide(system)
+        path = f"/jobs/stream/{job_id}"
+        fanout = fanout_of(system)
+        async with stalling_client(system) as slow, system.client() as client:
+            first = await stall_until_cut(slow, path, fanout)
+            direct = fanout.direct_writes
+            rest = await resume(client, path, first)
+        assert direct > 0
+        assert not first or first[-1].event != "done"
+        assert texts(first) + texts(rest) == EXPECTED
+        assert rest[-1].event == "done"
+
+
+def test_no_writer_without_uvicorns_httptools_cycle() -> None:
+    """Another server (or none): the stream writes through the framework."""
+
+    async def send(message: object) -> None: ...
+
+    scope = {"type": "http", "method": "GET", "jobrunner.server_send": send}
+    assert chunk_writer(scope) is None  # type: ignore[arg-type]
+    assert chunk_writer({"type": "http", "method": "GET"}) is None  # type: ignore[arg-type]
