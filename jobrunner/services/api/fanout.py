@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
@@ -263,6 +264,10 @@ class JobFeed:
         self.last_seq = 0
         self.subscribers: set[Subscriber] = set()
         self.joining = 0  # clients waiting for the feed to be ready, not subscribers yet
+        # What a stream request needs of the job's row and never changes (``first_seq``,
+        # ``requested_by``), from the client that started the feed: its later clients, a
+        # thousand viewers arriving, are answered without a read of the row each.
+        self.row: dict[str, Any] | None = None
         self.ended = False
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -555,8 +560,13 @@ class Fanout:
         self.clients_cut = 0
         self.direct_writes = 0  # batches written straight to a client's connection
 
+    def known_row(self, job_id: str) -> dict[str, Any] | None:
+        """``JobFeed.row`` of the job's running feed, if there is one."""
+        feed = self.feeds.get(job_id)
+        return None if feed is None or feed.ended else feed.row
+
     async def join(
-        self, job_id: str, start_seq: int | None = None
+        self, job_id: str, start_seq: int | None = None, row: Mapping[str, Any] | None = None
     ) -> tuple[JobFeed, Subscriber, int]:
         """Subscribe to the job's feed; returns it, the inbox, and the feed's position at the
         moment of joining: events up to it must come from history, later ones arrive in the inbox.
@@ -564,13 +574,15 @@ class Fanout:
         A feed that does not run yet starts at ``start_seq`` when given (the caller checked that
         it lies in the stored past: a feed never waits ahead of the stream), else at the stream's
         end. Where a feed starts never changes what a client receives, only what it reads as
-        history first.
+        history first. ``row``: the job's row as the caller read it (``JobFeed.row``).
         """
         feed = self.feeds.get(job_id)
         if feed is None or feed.ended:
             feed = JobFeed(self, job_id, start_seq)
             self.feeds[job_id] = feed
             feed.start()
+        if feed.row is None and row is not None:
+            feed.row = {"first_seq": row["first_seq"], "requested_by": row["requested_by"]}
         feed.joining += 1
         try:
             await feed.ready.wait()

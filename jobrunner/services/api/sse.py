@@ -8,7 +8,7 @@ in either form resumes right after that event: nothing twice, nothing missing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -233,6 +233,7 @@ async def job_stream(
     already_done: dict[str, Any] | None,
     feed_from: int | None = None,
     writer: ChunkWriter | None = None,
+    row: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for one job from ``start_seq`` until its terminal status.
 
@@ -241,14 +242,15 @@ async def job_stream(
 
     With a ``writer`` (the client's connection, ``directwrite``), the feed writes the frames of
     a batch straight to it while this stream waits with everything before them sent; the job's
-    end, and whatever the writer declines, still comes through here."""
+    end, and whatever the writer declines, still comes through here. ``row``: the job's row,
+    kept by its feed for the next clients (``Fanout.known_row``)."""
     yield retry(retry_ms)
     if already_done is not None:
         yield frame(already_done, event="done")
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
-    feed, inbox, joined_at = await fanout.join(job_id, feed_from)
+    feed, inbox, joined_at = await fanout.join(job_id, feed_from, row)
     # Taken in the same step as the join: the record ends exactly where the inbox begins.
     recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
     sent = start_seq - 1

@@ -28,10 +28,10 @@ from jobrunner.services.api.security import Principal, principal_of
 async def job_event_stream(request: Request[Any, Any, Any], job_id: str) -> Stream:
     ctx = ctx_of(request)
     ending_read: asyncio.Future[tuple[int, events.StatusChanged] | None] | None = None
-    if "last-event-id" in request.headers or ctx.posted.get(job_id, ctx.projection.applied) is None:
+    if "last-event-id" in request.headers:
         # The job's last status is read from JetStream while its row is looked up: one wait,
-        # not two. Not for a job this API has just started, followed from its start (the usual
-        # first viewer): its stream starts at its request, and every status of it comes after.
+        # not two. Only for a resume: a stream without one starts at the job's request, and
+        # every status of the job comes after it, so none can have ended it before.
         ending_read = asyncio.ensure_future(sse.last_status(ctx.js, ctx.names, job_id))
     try:
         return await _stream(request, ctx, job_id, ending_read)
@@ -72,11 +72,13 @@ async def _stream(
     if ending is not None and ending[1].status.is_terminal and ending[0] < start:
         already_done = sse.status_payload(ending[1])
     # A job with a short past (a job just started, the usual first viewer) has its feed started
-    # at the client's start: no separate history read before the first line.
+    # at the client's start: no separate history read before the first line. A row its feed
+    # kept has no count: that feed runs already (or, gone meanwhile, a new one starts at the end).
     settings = ctx.settings
     feed_from = (
         start
-        if sse.short_past(
+        if "log_count" in row
+        and sse.short_past(
             row["log_count"], settings.max_line_bytes, settings.sse_client_buffer_bytes
         )
         else None
@@ -91,6 +93,7 @@ async def _stream(
             already_done,
             feed_from,
             directwrite.chunk_writer(request.scope),
+            row,
         ),
         media_type="text/event-stream",
         headers=sse.SSE_HEADERS,
@@ -101,17 +104,19 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
     """What the stream needs of the job (``first_seq``, ``log_count``, ``requested_by``): its
     row, or, for a job whose request the projector has not applied yet (a client that asked
     its POST not to wait for the read models), its JobRequested in JetStream. 404 when there
-    is neither, or ``principal`` may not see it."""
-    posted = ctx.posted.get(job_id, ctx.projection.applied)
-    row: Mapping[str, Any] | None
-    if posted is not None:
-        # Started here a moment ago (the usual first viewer): known without a read. Nothing of
-        # the job is projected yet, so it is taken as having no past to speak of.
-        row = {"first_seq": posted.seq, "log_count": 0, "requested_by": posted.requested_by}
-    else:
-        row = await readmodels.get_job_row(ctx.pool, as_stored(job_id))
+    is neither, or ``principal`` may not see it. A job this API follows already (a viewer
+    arriving after its first) is known from its feed (``Fanout.known_row``), without a read."""
+    row: Mapping[str, Any] | None = ctx.fanout.known_row(job_id)
     if row is None:
-        row = await _requested(ctx, job_id)
+        posted = ctx.posted.get(job_id, ctx.projection.applied)
+        if posted is not None:
+            # Started here a moment ago (the usual first viewer): known without a read. Nothing
+            # of the job is projected yet, so it is taken as having no past to speak of.
+            row = {"first_seq": posted.seq, "log_count": 0, "requested_by": posted.requested_by}
+        else:
+            row = await readmodels.get_job_row(ctx.pool, as_stored(job_id))
+        if row is None:
+            row = await _requested(ctx, job_id)
     if row is None or not principal.can_see(row):
         raise job_not_found(job_id)
     return row
