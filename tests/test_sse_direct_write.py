@@ -5,12 +5,17 @@ keep-alives, the end) around them; a viewer that stops reading is paused and cut
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.directwrite import chunk_writer
 from tests.sse_client import SseStream, read_stream
 from tests.system import System
@@ -138,3 +143,53 @@ def test_no_writer_without_uvicorns_httptools_cycle() -> None:
     scope = {"type": "http", "method": "GET", "jobrunner.server_send": send}
     assert chunk_writer(scope) is None  # type: ignore[arg-type]
     assert chunk_writer({"type": "http", "method": "GET"}) is None  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own: pausing it disturbs no other test."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        assert server.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+class TestNatsPaused:
+    @pytest.fixture
+    def settings(self, settings: Settings, own_nats: EmbeddedNats) -> Settings:
+        return msgspec.structs.replace(
+            settings,
+            nats_url=own_nats.url,
+            job_types_file=TEST_TYPES,
+            sse_keepalive_seconds=0.5,
+            lease_ttl_seconds=FLOOD_LEASE_TTL,
+        )
+
+    @pytest.mark.parametrize("pause", [0.3, 1.5], ids=["shorter-than-keepalive", "longer"])
+    async def test_viewers_on_the_direct_path_lose_nothing_across_a_nats_pause(
+        self, system: System, own_nats: EmbeddedNats, pause: float
+    ) -> None:
+        """NATS stopped mid-job for less and for more than the keep-alive interval (the feed's
+        own timer, whose keep-alives go the stream's way while the feed writes straight)."""
+        assert own_nats.proc is not None
+        job_id = await start_emit(system, lines=100, interval="0.03")
+        path = f"/jobs/stream/{job_id}"
+        async with system.client() as client:
+            viewers = [asyncio.create_task(read_stream(client, path)) for _ in range(5)]
+            await asyncio.sleep(1.0)
+            os.kill(own_nats.proc.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(pause)  # the fault itself lasts this long
+            finally:
+                os.kill(own_nats.proc.pid, signal.SIGCONT)
+            streams = await asyncio.gather(*viewers)
+        expected = [f"INFO line {i} [{i}/100]" for i in range(1, 101)]
+        for stream in streams:
+            assert line_texts(stream) == expected
+            assert stream.events[-1].event == "done"
+        assert fanout_of(system).direct_writes > 0
