@@ -10,13 +10,15 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+import uvicorn
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
-from jobrunner.services.api.directwrite import chunk_writer
+from jobrunner.services.api.directwrite import ChunkWriter, chunk_writer
 from tests.sse_client import SseStream, read_stream
 from tests.system import System
 from tests.test_sse_memory import (
@@ -133,6 +135,67 @@ class TestStalledViewer:
         assert not first or first[-1].event != "done"
         assert texts(first) + texts(rest) == EXPECTED
         assert rest[-1].event == "done"
+
+
+class TestFramework:
+    """Where a connection cannot be written to straight, every line goes through the framework."""
+
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(
+            settings, job_types_file=TEST_TYPES, sse_keepalive_seconds=0.5
+        )
+
+    @pytest.fixture
+    def h11(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """uvicorn serving with its h11 protocol instead of httptools'."""
+        init = uvicorn.Config.__init__
+
+        def with_h11(config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+            init(config, *args, **{**kwargs, "http": "h11"})
+
+        monkeypatch.setattr(uvicorn.Config, "__init__", with_h11)
+
+    async def test_uvicorns_h11_protocol_gets_every_line_through_the_framework(
+        self, h11: None, system: System
+    ) -> None:
+        job_id = await start_emit(system, lines=150, interval="0.01")
+        async with system.client() as client:
+            streams = await asyncio.gather(
+                *(read_stream(client, f"/jobs/stream/{job_id}") for _ in range(6))
+            )
+        expected = [f"INFO line {i} [{i}/150]" for i in range(1, 151)]
+        for stream in streams:
+            assert line_texts(stream) == expected
+            assert stream.events[-1].event == "done"
+        assert fanout_of(system).direct_writes == 0
+
+    async def test_a_direct_write_that_fails_loses_no_line_and_turns_direct_writes_off(
+        self, system: System, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A uvicorn whose connection is not what directwrite expects, say, fails in the middle
+        of a broadcast: every viewer still gets every line, once and in order."""
+        writes = 0
+
+        def failing_write(writer: ChunkWriter, body: bytes) -> bool:
+            nonlocal writes
+            writes += 1
+            raise AttributeError("'RequestResponseCycle' object has no attribute 'flow'")
+
+        monkeypatch.setattr(ChunkWriter, "write", failing_write)
+        job_id = await start_emit(system, lines=150, interval="0.01")
+        async with system.client() as client:
+            streams = await asyncio.gather(
+                *(read_stream(client, f"/jobs/stream/{job_id}") for _ in range(10))
+            )
+        expected = [f"INFO line {i} [{i}/150]" for i in range(1, 151)]
+        for stream in streams:
+            assert line_texts(stream) == expected
+            assert stream.events[-1].event == "done"
+        fanout = fanout_of(system)
+        assert writes == 1
+        assert not fanout.direct_enabled
+        assert fanout.direct_writes == 0
 
 
 def test_no_writer_without_uvicorns_httptools_cycle() -> None:

@@ -22,7 +22,11 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.types import Scope
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+try:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+except ImportError:  # no httptools, or a uvicorn that moved it: every stream uses the framework
+    RequestResponseCycle = None  # type: ignore[assignment,misc]
 
 # Where ``App`` keeps the server's own send in an HTTP request's scope.
 SERVER_SEND = "jobrunner.server_send"
@@ -65,10 +69,28 @@ class ChunkWriter:
         return True
 
 
+# What ``ChunkWriter.write`` reads of uvicorn's cycle: a uvicorn without any of them gets no
+# writer rather than an error in the middle of a broadcast.
+CYCLE_ATTRIBUTES = (
+    "disconnected",
+    "response_complete",
+    "response_started",
+    "chunked_encoding",
+    "flow",
+    "transport",
+)
+
+
 def chunk_writer(scope: Scope) -> ChunkWriter | None:
-    """The request's ``ChunkWriter``, or None when uvicorn's httptools protocol does not serve
-    it (or it is a HEAD, whose body uvicorn never writes)."""
+    """The request's ``ChunkWriter``, or None when uvicorn's httptools protocol, as this module
+    knows it, does not serve it (or it is a HEAD, whose body uvicorn never writes)."""
     cycle = getattr(scope.get(SERVER_SEND), "__self__", None)
-    if type(cycle) is not RequestResponseCycle or scope.get("method") == "HEAD":
+    if (
+        RequestResponseCycle is None
+        or type(cycle) is not RequestResponseCycle
+        or scope.get("method") == "HEAD"
+        or not all(hasattr(cycle, name) for name in CYCLE_ATTRIBUTES)
+        or not hasattr(cycle.flow, "write_paused")
+    ):
         return None
     return ChunkWriter(cycle)

@@ -559,6 +559,7 @@ class Fanout:
         self.clients = 0  # subscribers of every feed
         self.clients_cut = 0
         self.direct_writes = 0  # batches written straight to a client's connection
+        self.direct_enabled = True  # until a direct write fails (``_write_direct``)
 
     def known_row(self, job_id: str) -> dict[str, Any] | None:
         """``JobFeed.row`` of the job's running feed, if there is one."""
@@ -627,7 +628,7 @@ class Fanout:
             # Straight to a waiting client's connection: no wake-up of its task (directwrite.py).
             # Not once its task is woken (a keep-alive, a cut): what it then sends comes first.
             write = subscriber.direct if small and not subscriber.wakeup.is_set() else None
-            if write is not None and write(batch.items):
+            if write is not None and self.direct_enabled and self._write_direct(write, batch):
                 self.direct_writes += 1
                 continue
             if subscriber.bytes + batch.size > limit:
@@ -645,6 +646,17 @@ class Fanout:
                 break
             self._cut(largest, "total")
         self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
+
+    def _write_direct(self, write: Callable[[list[Item]], bool], batch: Batch) -> bool:
+        try:
+            return write(batch.items)
+        except Exception as exc:
+            # Nothing was written (a writer raises before its one transport write, and the
+            # stream counts a batch sent only after it): the batch goes the framework's way,
+            # and so does every later one, rather than lines lost in the middle of a broadcast.
+            self.direct_enabled = False
+            log.error("sse direct writes failed; streaming through the framework", error=repr(exc))
+            return False
 
     def _largest_backlog(self) -> Subscriber | None:
         return max(
