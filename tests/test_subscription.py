@@ -84,6 +84,34 @@ async def test_a_readers_sub_goes_out_before_its_consumers_create_in_one_write(
     assert b'"deliver_subject": "' + sub.group(1) + b'"' in creating[0]
 
 
+async def test_a_reader_whose_consumer_is_lost_goes_on_from_where_it_was(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Its consumer gone from the server (a NATS restart loses it): once the heartbeats are
+    missed nats-py makes it again from the next sequence (unnamed: the first one's name is not
+    reused), and the reader gets every later message once, in order."""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("lost", "status")
+    await publish(js, [subject] * 2)
+    async with ordered_reader(js, names.stream, names.job_subjects("lost"), start_seq=1) as reader:
+        first = [m.metadata.sequence.stream for m in await reader.next_batch(10)]
+        while len(first) < 2:
+            first += [m.metadata.sequence.stream for m in await reader.next_batch(10)]
+        assert reader.sub is not None
+        name = reader.sub._consumer
+        await js.delete_consumer(names.stream, name)
+        await publish(js, [subject] * 2)
+        later: list[int] = []
+        async with asyncio.timeout(60):
+            while len(later) < 2:
+                later += [m.metadata.sequence.stream for m in await reader.next_batch(30)]
+            # The new consumer's name is set once its create's reply is handled.
+            while reader.sub._consumer == name:  # noqa: ASYNC110 - set by nats-py's own task
+                await asyncio.sleep(0.05)
+        assert await reader.count() == 2  # the new consumer's count, from where it started
+    assert later == [first[-1] + 1, first[-1] + 2]
+
+
 async def test_an_idle_reader_gets_an_empty_batch(settings: Settings, js: JetStreamContext) -> None:
     """With nothing to read, a batch is empty once the idle timeout passed."""
     names = Names(settings.prefix)
