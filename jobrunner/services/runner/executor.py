@@ -415,7 +415,7 @@ class JobExecutor:
             )
         group = execution.process_group
         if group is None:
-            await job.send_due_ack()  # a callable: no lease rewrite to send the ack with
+            await self._send_due_ack(job)  # a callable: no lease rewrite to send it with
         else:
             self._record_group(request.job_id, group, keeper, job)
         pump = asyncio.create_task(execution.pump(reporter))
