@@ -64,8 +64,9 @@ async def test_job_that_fails_to_start_frees_its_slot(system: System) -> None:
     assert again.status_code == 201, again.text
 
 
-async def _requests_acknowledged(settings: Settings, timeout: float = 30.0) -> None:
-    """Until the runners' consumer has delivered every request and had each acknowledged."""
+async def _requests_acknowledged(settings: Settings, timeout: float = 30.0) -> int:
+    """Until the runners' consumer has delivered every request and had each acknowledged;
+    returns how many deliveries it made (a request delivered again counts twice)."""
     names = Names(settings.prefix)
     nc = await eventstore.connect(settings, "test-acks")
     try:
@@ -75,7 +76,7 @@ async def _requests_acknowledged(settings: Settings, timeout: float = 30.0) -> N
                     info = await nc.jetstream().consumer_info(names.stream, names.runner_consumer)
                     delivered = info.delivered.consumer_seq if info.delivered else 0
                     if delivered and info.num_pending == 0 and info.num_ack_pending == 0:
-                        return
+                        return delivered
                 await asyncio.sleep(0.05)
     finally:
         await eventstore.close(nc)
@@ -92,7 +93,9 @@ async def test_every_request_is_acknowledged_however_its_job_started(
             client, "timed", times_dir=str(times), label="a", lines=100_000, interval="0.02"
         )
         await wait_file(times / "a.start")
-        await _requests_acknowledged(settings)  # while its tool runs
+        # While its tool runs, within half the ack wait (twice the lease TTL): a request
+        # whose ack never went out would only be acknowledged when delivered again.
+        assert await _requests_acknowledged(settings, timeout=settings.lease_ttl_seconds) == 1
         assert (await client.delete(f"/api/jobs/{running}")).status_code in (200, 202)
         others = [
             await start_job(client, "missing_binary"),
@@ -101,4 +104,4 @@ async def test_every_request_is_acknowledged_however_its_job_started(
         ]
         for job_id in [running, *others]:
             await wait_status(client, job_id, "failed", "completed", "cancelled")
-    await _requests_acknowledged(settings)
+    assert await _requests_acknowledged(settings) == 4  # each delivered once

@@ -201,7 +201,8 @@ class LeaseKeeper:
                     attempt.add_done_callback(_unheeded)
                     attempts.add(attempt)
                     if self._along is not None:
-                        # The attempt's publish runs before the flusher, which this wakes.
+                        # Sent before the attempt's task first runs, so before its rewrite,
+                        # and both reach the socket in the flusher's one write.
                         along, self._along = self._along, None
                         await _send_along(along)
                     send_at = now + self.request_timeout
