@@ -770,6 +770,77 @@ async def test_renewal_asked_early_does_not_read_the_cancel_again(settings: Sett
         assert await slots.release(await keeper.stop())
 
 
+def _writes_of(nc: Any) -> list[bytes]:
+    """Every socket write of ``nc`` from now on (what its flusher hands the transport at once)."""
+    transport = nc._transport
+    writelines = transport.writelines
+    writes: list[bytes] = []
+
+    def recorded(payload: list[bytes]) -> Any:
+        writes.append(b"".join(payload))
+        return writelines(payload)
+
+    transport.writelines = recorded
+    return writes
+
+
+async def test_what_goes_along_with_a_rewrite_shares_its_socket_write(settings: Settings) -> None:
+    """The message sent along with the lease's rewrite at a tool's start (the request's ack)
+    goes out in the same socket write as the rewrite: one wake-up of nats-server, not two."""
+    from jobrunner.services.runner.lease import LeaseKeeper
+
+    async def nothing() -> None:
+        return None
+
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.along", held("along"))
+        assert lease is not None
+        nc = slots._js._nc
+        keeper = LeaseKeeper(slots, lease, TTL, nothing)
+        keeper.start()
+        writes = _writes_of(nc)
+        sent = asyncio.Event()
+
+        async def along() -> None:
+            await nc.publish("test.along", b"ack")
+            sent.set()
+
+        keeper.rewrite(msgspec.structs.replace(lease.value, pid=123, pgid=123), along=along)
+        async with asyncio.timeout(TTL):
+            await sent.wait()
+            await nc.flush()  # (a ping answered: what was handed over before it is written)
+        assert await slots.release(await keeper.stop())
+    lease_subject = slots._subject(lease.key).encode()
+    carrying = [w for w in writes if b"test.along" in w]
+    assert len(carrying) == 1
+    assert lease_subject in carrying[0]
+
+
+async def test_nothing_goes_along_once_the_keeper_stopped(settings: Settings) -> None:
+    """A rewrite asked for once the keeper stopped sends nothing along: the executor sends the
+    request's ack itself at the job's end (``JobExecutor.run``)."""
+    from jobrunner.services.runner.lease import LeaseKeeper
+
+    async def nothing() -> None:
+        return None
+
+    async with slot_table(settings) as slots:
+        lease = await slots.try_acquire("job.stopped", held("stopped"))
+        assert lease is not None
+        keeper = LeaseKeeper(slots, lease, TTL, nothing)
+        keeper.start()
+        called: list[str] = []
+
+        async def along() -> None:
+            called.append("along")
+
+        stopped = await keeper.stop()
+        keeper.rewrite(msgspec.structs.replace(lease.value, pid=7, pgid=7), along=along)
+        await asyncio.sleep(0.1)  # (time for a keeper that still ran to send it)
+        assert called == []
+        assert await slots.release(stopped)
+
+
 async def test_a_claim_stored_after_it_timed_out_is_given_back_before_the_next_delivery(
     settings: Settings, own_nats: EmbeddedNats
 ) -> None:

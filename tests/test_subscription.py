@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from nats.js import JetStreamContext
@@ -49,6 +50,66 @@ async def test_reads_every_message_from_a_sequence_in_order_and_in_batches(
         batches = await read_all(reader, 15_000)
     assert [seq for batch in batches for seq in batch] == list(range(5001, 20_001))
     assert len(batches) < 15_000 / 10
+
+
+async def test_a_readers_sub_goes_out_before_its_consumers_create_in_one_write(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """The reader subscribes its deliver subject before it creates its consumer, both in one
+    socket write (the first events then follow the create's reply, not a SUB's round trip
+    later); its consumer is known by name (its count asks for its info)."""
+    names = Names(settings.prefix)
+    await publish(js, [names.job_kind_subject("written", "status")])
+    transport = js._nc._transport
+    writelines = transport.writelines
+    writes: list[bytes] = []
+
+    def recorded(payload: list[bytes]) -> object:
+        writes.append(b"".join(payload))
+        return writelines(payload)
+
+    transport.writelines = recorded
+    try:
+        subjects = names.job_subjects("written")
+        async with ordered_reader(js, names.stream, subjects, start_seq=1) as reader:
+            assert len(await reader.next_batch(10)) == 1
+            assert await reader.count() == 1
+    finally:
+        transport.writelines = writelines
+    creating = [w for w in writes if b"$JS.API.CONSUMER.CREATE." in w]
+    assert len(creating) == 1
+    sub = re.search(rb"(?:^|\r\n)SUB (\S+)", creating[0])
+    assert sub is not None
+    assert sub.start() < creating[0].index(b"$JS.API.CONSUMER.CREATE.")
+    assert b'"deliver_subject": "' + sub.group(1) + b'"' in creating[0]
+
+
+async def test_a_reader_whose_consumer_is_lost_goes_on_from_where_it_was(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Its consumer gone from the server (a NATS restart loses it): once the heartbeats are
+    missed nats-py makes it again from the next sequence (unnamed: the first one's name is not
+    reused), and the reader gets every later message once, in order."""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("lost", "status")
+    await publish(js, [subject] * 2)
+    async with ordered_reader(js, names.stream, names.job_subjects("lost"), start_seq=1) as reader:
+        first = [m.metadata.sequence.stream for m in await reader.next_batch(10)]
+        while len(first) < 2:
+            first += [m.metadata.sequence.stream for m in await reader.next_batch(10)]
+        assert reader.sub is not None
+        name = reader.sub._consumer
+        await js.delete_consumer(names.stream, name)
+        await publish(js, [subject] * 2)
+        later: list[int] = []
+        async with asyncio.timeout(60):
+            while len(later) < 2:
+                later += [m.metadata.sequence.stream for m in await reader.next_batch(30)]
+            # The new consumer's name is set once its create's reply is handled.
+            while reader.sub._consumer == name:  # noqa: ASYNC110 - set by nats-py's own task
+                await asyncio.sleep(0.05)
+        assert await reader.count() == 2  # the new consumer's count, from where it started
+    assert later == [first[-1] + 1, first[-1] + 2]
 
 
 async def test_an_idle_reader_gets_an_empty_batch(settings: Settings, js: JetStreamContext) -> None:

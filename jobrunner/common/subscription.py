@@ -29,6 +29,7 @@ from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from nats.nuid import NUID
 
 from jobrunner.common.stopping import unless_stopped
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from jobrunner.common.ackinbox import AckInbox
 
 DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024
+
+_names = NUID()  # the readers' consumer names
 
 # How long one pull request of ``fetch_one`` waits at the server for a message. A stopping
 # service waits out the request under way (see ``fetch_one`` for why it is never abandoned), so
@@ -141,6 +144,25 @@ def start_config(
     )
 
 
+def ordered_config(
+    js: JetStreamContext, config: api.ConsumerConfig, subjects: Sequence[str]
+) -> api.ConsumerConfig:
+    """``config`` made an ordered push consumer as ``js.subscribe(ordered_consumer=True)``
+    makes it, with a deliver subject and a name of its own chosen here."""
+    if not config.filter_subjects:
+        config.filter_subject = subjects[0]
+    config.name = _names.next().decode()
+    config.deliver_subject = js._nc.new_inbox()  # nats-py exposes the client only as ``_nc``
+    config.flow_control = True
+    config.ack_policy = api.AckPolicy.NONE
+    config.max_deliver = 1
+    config.ack_wait = 22 * 3600  # 22 hours
+    config.idle_heartbeat = 5
+    config.num_replicas = 1
+    config.mem_storage = True
+    return config
+
+
 @asynccontextmanager
 async def ordered_reader(
     js: JetStreamContext,
@@ -154,16 +176,26 @@ async def ordered_reader(
     exit. Nothing stays on the server after it: the consumer is ephemeral."""
     subject_list = [subjects] if isinstance(subjects, str) else list(subjects)
     reader = OrderedReader(js, max_buffered_bytes)
-    reader.sub = await js.subscribe(
-        subject_list[0],
-        stream=stream,
+    config = ordered_config(js, start_config(start_seq, start_time, subject_list), subject_list)
+    # Subscribed before the consumer exists, as ``js.subscribe`` does only after its create's
+    # reply: the SUB and the create go out in one write, and the server, which registers the
+    # SUB before its API handles the create, delivers the first events behind the create's
+    # reply instead of one round trip (and a SUB's hop) later.
+    reader.sub = await js.subscribe_bind(
+        stream,
+        config,
+        consumer=config.name or "",
         cb=reader._on_message,
         ordered_consumer=True,
-        config=start_config(start_seq, start_time, subject_list),
         # Enough room for the server's flow-control window; the callback bounds the rest.
         pending_bytes_limit=max(4 * max_buffered_bytes, 64 * 1024 * 1024),
     )
     try:
+        await js.add_consumer(stream, config)
+        # nats-py keeps ``config`` to make the consumer again after a gap (a new deliver
+        # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
+        # the first one may still be on the server then.
+        config.name = None
         yield reader
     finally:
         # Let a callback blocked on a full batch finish, then drop the subscription even when

@@ -29,6 +29,7 @@ from jobrunner.services.runner.claim import Claimed, is_queued
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
+    ProcessGroup,
     StartFailed,
     execution_for,
 )
@@ -147,6 +148,8 @@ class JobExecutor:
                     job_type=request.job_type,
                 )
         finally:
+            # Still due if the tool never started (or the keeper stopped before its rewrite).
+            await self._send_due_ack(job)
             if output is None:
                 # The job never got as far as its tool: nothing of its directory is left.
                 await self.discard_output(job_id, making_output)
@@ -207,14 +210,23 @@ class JobExecutor:
 
     async def _publish_running(self, request: events.JobRequested, job: RunningJob) -> None:
         """``running`` stored, then the request acknowledged: a redelivery after that can only
-        mean this runner died, and the job then ends RUNNER_LOST instead of running twice."""
+        mean this runner died, and the job then ends RUNNER_LOST instead of running twice. The
+        ack itself goes out with the lease's rewrite once the tool started (``_record_group``),
+        or, where there is none, once the start is over (``run``)."""
         await self.journal.publish(
             events.StatusChanged(
                 job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
             )
         )
         metrics.job_started(request.job_type)
-        await job.ack()
+        job.ack_after()
+
+    @staticmethod
+    async def _send_due_ack(job: RunningJob) -> None:
+        try:
+            await job.send_due_ack()
+        except Exception as exc:  # NATS closed: the request comes back, and finds the job's end
+            log.warning("request ack not sent", error=repr(exc))
 
     async def _leave_queue(
         self, request: events.JobRequested, job_type: JobType, keeper: LeaseKeeper
@@ -401,7 +413,11 @@ class JobExecutor:
             return Outcome(
                 JobStatus.FAILED, error=ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc))
             )
-        self._record_group(request.job_id, execution, keeper)
+        group = execution.process_group
+        if group is None:
+            await self._send_due_ack(job)  # a callable: no lease rewrite to send it with
+        else:
+            self._record_group(request.job_id, group, keeper, job)
         pump = asyncio.create_task(execution.pump(reporter))
         waiter = asyncio.create_task(execution.wait())
         cancel = asyncio.create_task(job.cancel_event.wait())
@@ -450,11 +466,11 @@ class JobExecutor:
             ),
         )
 
-    def _record_group(self, job_id: str, execution: Execution, keeper: LeaseKeeper) -> None:
-        """Write down what finds the tool's process group should this runner die."""
-        group = execution.process_group
-        if group is None:
-            return
+    def _record_group(
+        self, job_id: str, group: ProcessGroup, keeper: LeaseKeeper, job: RunningJob
+    ) -> None:
+        """Write down what finds the tool's process group should this runner die; the request's
+        ack goes out in the same socket write as the lease's rewrite."""
         self.ledger.record(
             orphans.ToolRecord(
                 job_id=job_id,
@@ -468,5 +484,6 @@ class JobExecutor:
         keeper.rewrite(
             msgspec.structs.replace(
                 keeper.lease.value, pid=group.pgid, pgid=group.pgid, started=group.started
-            )
+            ),
+            along=job.send_due_ack,
         )

@@ -88,6 +88,7 @@ class LeaseKeeper:
         self._renewed = asyncio.Event()  # set (and replaced) at each confirmed renewal
         self._wake = asyncio.Event()
         self._renew_now = False
+        self._along: Callable[[], Awaitable[None]] | None = None  # see rewrite()
         # A renewal attempt failed since the last check after a renewal (NATS was away: a
         # cancel sent meanwhile reached no subscriber).
         self._missed = False
@@ -119,10 +120,13 @@ class LeaseKeeper:
                 await asyncio.wait_for(self._renewed.wait(), self.deadline - now)
         return False
 
-    def rewrite(self, value: SlotValue) -> None:
+    def rewrite(self, value: SlotValue, along: Callable[[], Awaitable[None]] | None = None) -> None:
         """Write a new value (the tool's process group, once it started) at once; every renewal
-        after this one carries it too."""
+        after this one carries it too. ``along`` sends what should go out in the same socket
+        write as the rewrite (the request's ack): called right after the rewrite is handed to
+        the connection, before its flusher runs; never if the keeper stops first."""
         self._value = value
+        self._along = along
         self._renew_now = True
         self._wake.set()
 
@@ -196,6 +200,11 @@ class LeaseKeeper:
                     # One left behind may still end with an error (NATS closed): read, not logged.
                     attempt.add_done_callback(_unheeded)
                     attempts.add(attempt)
+                    if self._along is not None:
+                        # Sent before the attempt's task first runs, so before its rewrite,
+                        # and both reach the socket in the flusher's one write.
+                        along, self._along = self._along, None
+                        await _send_along(along)
                     send_at = now + self.request_timeout
                 wait = min(send_at - now, remaining)
                 if not attempts:  # all failed at once: the next is sent after a short pause
@@ -277,6 +286,13 @@ class LeaseKeeper:
                 seconds_since_confirmed=round(time.monotonic() - self.lease.sent_at, 3),
             )
         self.lost.set()
+
+
+async def _send_along(along: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await along()
+    except Exception as exc:  # NATS closed: the request's ack is then sent again at the job's end
+        log.warning("message sent with the lease's rewrite failed", error=repr(exc))
 
 
 def _unheeded(attempt: asyncio.Task[Lease | None]) -> None:

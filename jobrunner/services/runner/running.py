@@ -77,6 +77,8 @@ class RunningJob:
         self.job_id = job_id
         self.msg = msg
         self.acked = False
+        # Acknowledged in effect (``acked``) and not yet sent: see ``ack_after``.
+        self._ack_due = False
         self.cancelled_by: str | None = None
         self.cancel_event = asyncio.Event()
         # Whether this job holds one of the runner's max_concurrent_jobs (a job waiting for a
@@ -106,12 +108,28 @@ class RunningJob:
         """Acknowledge the request (its latest delivery): it will not be delivered again."""
         # Marked first: a delivery arriving during the ack is then acknowledged by redelivered().
         self.acked = True
+        self._ack_due = False
         await self.msg.ack()
+
+    def ack_after(self) -> None:
+        """The request counts as acknowledged from now on (``acked``: its handling is past the
+        point of giving its claim back), its ack sent by ``send_due_ack`` with a later write:
+        the ack of a job whose ``running`` is stored goes out with the lease's rewrite after the
+        tool's start, one socket write (and one wake-up of nats-server) instead of two."""
+        self.acked = True
+        self._ack_due = True
+
+    async def send_due_ack(self) -> None:
+        """Send the ack ``ack_after`` left due, if it still is."""
+        if self._ack_due:
+            await self.msg.ack()
+            self._ack_due = False
 
     async def redelivered(self, msg: Msg) -> None:
         """The request came again while this job is handled: acknowledge that delivery instead."""
         self.msg = msg
         if self.acked:
+            self._ack_due = False  # this delivery's ack is the one due
             await msg.ack()
 
     def cancel(self, by: str | None) -> None:
