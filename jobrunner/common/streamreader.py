@@ -335,7 +335,7 @@ class StreamReader:
         delivery = (_DELIVERY if skip is None else _DELIVERY_WITH_SUBJECT).match
         while True:
             # The usual frames, one after the other: the reader's state is kept in locals and
-            # stored once they end (a tenth of the parse went to storing it per message).
+            # stored once they end (storing it per message cost about a twentieth of the parse).
             consumer_seq = last_consumer_seq = self._consumer_seq
             pending = None
             found = delivery(buf, pos)
