@@ -32,20 +32,27 @@ def decode(data: bytes) -> events.AnyEvent | None:
 
     Raises a ``msgspec.MsgspecError`` for data that is no event, which every consumer catches.
     """
-    try:
-        return _decode(data)
-    except RecursionError:
-        # msgspec's own error for JSON nested too deeply; as a DecodeError, consumers set the
-        # message aside instead of stopping on it.
-        raise msgspec.DecodeError("JSON is nested too deeply to be an event") from None
-
-
-def _decode(data: bytes) -> events.AnyEvent | None:
+    # One Python call on the usual path: a replay decodes a million events.
     try:
         return _decoder.decode(data)
     except msgspec.ValidationError:
+        if _names_a_known_type(data):
+            raise
+        return None
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _names_a_known_type(data: bytes) -> bool:
+    try:
         kind = _type_probe.decode(data).get("type")
-        # A "type" that is a list or an object names no event either (and is not hashable).
-        if not isinstance(kind, str) or kind not in _KNOWN_TYPES:
-            return None
-        raise
+    except RecursionError:
+        raise _too_deep() from None
+    # A "type" that is a list or an object names no event either (and is not hashable).
+    return isinstance(kind, str) and kind in _KNOWN_TYPES
+
+
+def _too_deep() -> msgspec.DecodeError:
+    # msgspec's own error for JSON nested too deeply; as a DecodeError, consumers set the
+    # message aside instead of stopping on it.
+    return msgspec.DecodeError("JSON is nested too deeply to be an event")

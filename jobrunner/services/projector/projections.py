@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from jobrunner.contracts import events
-from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
 from jobrunner.services.projector import storable
 from jobrunner.services.projector.storable import optional_text, text
 
@@ -314,16 +314,21 @@ def _batch_change(event: events.AnyBatchEvent | events.BatchEvent, stream_seq: i
 
 
 _ONLY_IF_PENDING = frozenset({"pending"})
+_RUNNING = JobStatus.RUNNING
 
 
 def _status_change(event: events.StatusChanged, job_id: str, stream_seq: int) -> JobUpdated:
-    fields: dict[str, Any] = {"status": event.status.value, "updated_at": event.occurred_at}
-    if event.status == JobStatus.RUNNING:
+    status = event.status
+    # The member's value by its plain attribute, and members told apart by identity: Enum's
+    # ``value``, ``is_terminal`` and ``JobStatus.RUNNING`` each cost a Python-level call (together
+    # about a microsecond per status change, of which a replay projects 200,000 a million events).
+    fields: dict[str, Any] = {"status": status._value_, "updated_at": event.occurred_at}
+    if status is _RUNNING:
         fields["started_at"] = event.occurred_at
         fields["runner_id"] = optional_text(event.runner_id)
         # A job only starts from pending; a late "running" never revives an ended job.
         return JobUpdated(job_id, fields, stream_seq, only_if_status=_ONLY_IF_PENDING)
-    if event.status.is_terminal:
+    if status in TERMINAL_STATUSES:
         fields["finished_at"] = event.occurred_at
         # An exit code beyond the integer column is no real one: none is shown (the error code
         # and message still say how the job ended), rather than a made-up number.

@@ -187,20 +187,25 @@ def fold(
     ``late_roots``: created jobs of which an attempt is stored already."""
     plan = Plan()
     created: dict[str, dict[str, Any]] = {}
+    # Looked up once: the lines' branch runs for 600,000 events of a replay's million.
+    lines = plan.lines
+    created_row = created.get
     for seq, changes in batch:
         for change in changes:
             # The most frequent kinds first: lines, then job updates (the kinds are disjoint).
             if isinstance(change, LinesAppended):
-                plan.lines.extend(change.rows)
-                row = created.get(change.job_id)
+                rows = change.rows
+                lines += rows
+                row = created_row(change.job_id)
                 if row is not None:
-                    row["log_count"] += len(change.rows)
-                    row["last_seq"] = max(row["last_seq"], seq)
+                    row["log_count"] += len(rows)
+                    if seq > row["last_seq"]:
+                        row["last_seq"] = seq
                 else:
                     count, _ = plan.line_counts.get(change.job_id, (0, 0))
-                    plan.line_counts[change.job_id] = (count + len(change.rows), seq)
+                    plan.line_counts[change.job_id] = (count + len(rows), seq)
             elif isinstance(change, JobUpdated):
-                row = created.get(change.job_id)
+                row = created_row(change.job_id)
                 if row is None:
                     plan.updates.append(change)
                 else:
