@@ -29,6 +29,7 @@ from nats.js.errors import APIError
 
 from jobrunner.common import callbacktoken, eventstore, metrics
 from jobrunner.common.jobtypes import JobType
+from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, last_readable, newest_readable
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
@@ -155,14 +156,12 @@ async def authenticate(ctx: ApiContext, job_id: str, token: str) -> events.JobRe
     return requested
 
 
-async def _last(ctx: ApiContext, job_id: str, kind: str) -> events.AnyEvent | None:
-    raw = await last_message(ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, kind))
-    if raw is None or not raw.data:
-        return None
-    try:
-        return codec.decode(raw.data)
-    except msgspec.MsgspecError:
-        return None
+async def _last(ctx: ApiContext, job_id: str, kind: str) -> events.Event | None:
+    """The job's newest readable event of ``kind`` (one not written by jobrunner is skipped: a
+    finished job must not take reports again)."""
+    subject = ctx.names.job_kind_subject(job_id, kind)
+    found = await last_readable(ctx.js, ctx.names.stream, subject, JOB_EVENT_OF_KIND[kind], job_id)
+    return None if found is None else found[1]
 
 
 def _finished(status: events.StatusChanged) -> ApiError:
@@ -257,13 +256,15 @@ async def _publish_lines(
     for _ in range(MAX_NUMBERING_ATTEMPTS):
         last = await last_message(ctx.js, ctx.names.stream, subject)
         after = 0
-        if last is not None and last.data:
-            try:
-                previous = codec.decode(last.data)
-            except msgspec.MsgspecError:
-                previous = None
-            if isinstance(previous, events.LineLogged) and previous.lines:
-                after = previous.lines[-1].seq
+        if last is not None and last.seq is not None:
+            # Numbered on from the newest lines jobrunner wrote; the expected sequence below is
+            # the subject's newest message's, whoever wrote it.
+            newest = last.seq, last.data or b""
+            previous = await newest_readable(
+                ctx.js, ctx.names.stream, subject, newest, events.LineLogged, job_id
+            )
+            if previous is not None and previous[1].lines:
+                after = previous[1].lines[-1].seq
         at = events.utcnow()
         event = events.LineLogged(
             job_id=job_id,

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-import msgspec
-import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from jobrunner.common import ackinbox, eventstore, metrics, retry
+from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, newest_readable
 from jobrunner.common.subscription import last_stored
-from jobrunner.contracts import codec, events
+from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
-
-log = structlog.get_logger()
 
 
 class JobJournal:
@@ -30,16 +27,22 @@ class JobJournal:
         self._acks = ackinbox.of(nc)
 
     async def last_event(self, job_id: str, kind: str) -> events.AnyEvent | None:
+        """The job's newest readable event of ``kind``: a message not written by jobrunner is
+        skipped, never taken for "none" (a finished job would look never started)."""
         subject = self.names.job_kind_subject(job_id, kind)
         raw = await last_stored(self._acks, self.js, self.names.stream, subject)
-        if raw is None or not raw.data:
+        if raw is None:
             return None
-        try:
-            return codec.decode(raw.data)
-        except msgspec.MsgspecError as exc:
-            # Not written by jobrunner: as if there were none, rather than a crash per delivery.
-            log.warning("undecodable event ignored", subject=subject, error=str(exc))
-            return None
+        found = await newest_readable(
+            self.js,
+            self.names.stream,
+            subject,
+            (raw.seq, raw.data),
+            JOB_EVENT_OF_KIND[kind],
+            job_id,
+        )
+        # Of JOB_EVENT_OF_KIND[kind], one of the job event types.
+        return None if found is None else cast("events.AnyEvent", found[1])
 
     async def is_latest(self, job_id: str, seq: int) -> bool:
         """Is the event at stream sequence ``seq`` the job's latest event? One read: the last
