@@ -1,0 +1,214 @@
+"""Messages jobrunner did not write on a job's subjects (junk, a newer version's event, another
+kind, another job's event): every reader of a job's latest event skips them and reads the newest
+event before them, so a finished job stays finished and nothing answers a server error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from hypothesis import strategies as st
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobrunner.common import eventstore, lastevent
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.names import Names
+from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
+from tests.history_support import job_events, publish, publisher, reading_system, wait_projected
+from tests.sse_client import read_stream
+from tests.system import System
+from tests.test_batch_hostile import examples
+from tests.tools.runners import RUNNER_TYPES, wait_status
+
+pytestmark = pytest.mark.timeout(180)
+
+JUNK = b"{not json"
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+TYPES = [t.__struct_config__.tag for t in events.EVENT_TYPES]
+
+
+def hostile_bodies(job_id: str) -> st.SearchStrategy[bytes]:
+    """What a foreign publisher might store on a job's status subject, other than a StatusChanged
+    of that job: bytes, any JSON, event-shaped objects of every type (a future one too) with any
+    values, another job's ending, deep nesting, a body near the server's limit."""
+    event_like = st.fixed_dictionaries(
+        {"type": st.sampled_from([*TYPES, "StatusChangedV9"]) | json_values},
+        optional={
+            "job_id": st.sampled_from([job_id, "someone-else"]) | json_values,
+            "status": st.sampled_from([s.value for s in JobStatus]) | json_values,
+            "batch_id": st.just("b1"),
+            "lines": json_values,
+            "current": json_values,
+        },
+    )
+    shaped = (json_values | event_like).map(lambda v: json.dumps(v).encode())
+    return st.one_of(
+        st.just(b""),
+        st.binary(max_size=64),
+        shaped,
+        st.just(b"[" * 50_000),
+        st.just(b'{"type": "StatusChanged", "job_id": "' + b"x" * 900_000 + b'"}'),
+        st.just(b"\x82\xa4type\xadStatusChanged"),  # msgpack, not JSON
+    ).filter(
+        lambda body: (
+            not isinstance(
+                lastevent.readable(body, events.StatusChanged, job_id), events.StatusChanged
+            )
+        )
+    )
+
+
+async def test_generated_foreign_messages_never_hide_a_jobs_ending(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """Whatever follows a job's ending on its status subject, the ending is what is read."""
+    names = Names(settings.prefix)
+    ending = events.StatusChanged(
+        job_id="j1", event_id=events.terminal_event_id("j1"), status=JobStatus.COMPLETED
+    )
+    ended_at = await eventstore.publish(js, names, ending)
+    subject = names.job_kind_subject("j1", "status")
+    for body in examples(hostile_bodies("j1"), 60):
+        await js.publish(subject, body)
+        assert await lastevent.last_readable(
+            js, names.stream, subject, events.StatusChanged, "j1"
+        ) == (ended_at, ending), body[:200]
+
+
+async def test_a_subject_with_only_foreign_messages_has_no_event(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A job whose status subject holds nothing jobrunner wrote has no status."""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("j2", "status")
+    await js.publish(subject, JUNK)
+    await js.publish(
+        subject, codec.encode(events.StatusChanged(job_id="other", status=JobStatus.COMPLETED))
+    )
+    assert (
+        await lastevent.last_readable(js, names.stream, subject, events.StatusChanged, "j2") is None
+    )
+
+
+# The runner
+
+
+async def runner_idle(js: JetStreamContext, names: Names, timeout: float = 60) -> None:
+    """Until the runners' consumer has every request acknowledged."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                info = await js.consumer_info(names.stream, names.runner_consumer)
+            except NotFoundError:  # the runner has not made it yet
+                info = None
+            if (
+                info
+                and not info.num_pending
+                and not info.num_ack_pending
+                and info.delivered.stream_seq
+            ):
+                return
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def runner_only(settings: Settings) -> AsyncIterator[System]:
+    running = System(msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES))
+    await running.start_runner()
+    yield running
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [JUNK, b"", b'{"type":"StatusChangedV9","job_id":"done1"}', b'{"type":"LineLogged"}'],
+    ids=["junk", "empty", "future-type", "other-kind"],
+)
+async def test_a_finished_job_is_not_run_again_when_a_foreign_message_follows_its_end(
+    runner_only: System, js: JetStreamContext, foreign: bytes
+) -> None:
+    """A job that completed, its request delivered again after a foreign message landed on its
+    status subject: the runner reads the ending before it and does not run the job."""
+    names = Names(runner_only.settings.prefix)
+    done = [
+        events.JobRequested(job_id="done1", job_type="emit", parameters={"lines": 3}),
+        events.StatusChanged(job_id="done1", status=JobStatus.RUNNING),
+        events.StatusChanged(
+            job_id="done1", event_id=events.terminal_event_id("done1"), status=JobStatus.COMPLETED
+        ),
+    ]
+    await eventstore.publish_many(js, names, done)
+    await js.publish(names.job_kind_subject("done1", "status"), foreign)
+    await runner_idle(js, names)
+    info = await js.stream_info(names.stream, subjects_filter=names.job_subjects("done1"))
+    assert info.state.subjects == {
+        names.job_kind_subject("done1", "requested"): 1,
+        names.job_kind_subject("done1", "status"): 3,  # no second "running", no lines
+    }
+
+
+# The API
+
+
+@pytest.fixture
+async def reading(settings: Settings) -> AsyncIterator[System]:
+    async with reading_system(settings) as system:
+        yield system
+
+
+async def test_a_job_stream_with_junk_after_its_end_ends_instead_of_a_server_error(
+    reading: System,
+) -> None:
+    """GET /api/jobs/{id}/stream of a finished job whose status subject ends in junk sends
+    the job's history and its ending, as for any finished job."""
+    settings = reading.settings
+    last = await publish(settings, job_events("sj", status=JobStatus.COMPLETED, lines=["a"]))
+    await wait_projected(settings, last)
+    async with publisher(settings) as js:
+        await js.publish(Names(settings.prefix).job_kind_subject("sj", "status"), JUNK)
+    async with reading.client() as client:
+        stream = await read_stream(client, "/api/jobs/sj/stream")
+    assert stream.events[-1].event == "done"
+    assert json.loads(stream.events[-1].data)["status"] == "completed"
+
+
+@pytest.fixture
+async def external(settings: Settings) -> AsyncIterator[System]:
+    running = System(msgspec.structs.replace(settings, job_types_file=EXTERNAL_TYPES))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def test_a_finished_external_job_refuses_reports_and_files_after_a_foreign_status(
+    external: System,
+) -> None:
+    """An external job that completed refuses its worker's next report and file with 409
+    JOB_FINISHED, also once a message jobrunner did not write follows its ending."""
+    settings = external.settings
+    async with external.client() as client, worker_client(external.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=10)
+        await job.report(worker, result={"pages": 1})
+        await wait_status(client, job.id, "completed")
+        async with publisher(settings) as js:
+            await js.publish(Names(settings.prefix).job_kind_subject(job.id, "status"), JUNK)
+        report = await job.report(worker, progress=20)
+        upload = await worker.put(
+            f"{job.path}/artifacts/late.bin",
+            content=b"x",
+            headers={"Authorization": f"Bearer {job.token}"},
+        )
+    assert (report.status_code, report.json()["error"]["code"]) == (409, "JOB_FINISHED")
+    assert (upload.status_code, upload.json()["error"]["code"]) == (409, "JOB_FINISHED")
