@@ -212,3 +212,30 @@ async def test_a_finished_external_job_refuses_reports_and_files_after_a_foreign
         )
     assert (report.status_code, report.json()["error"]["code"]) == (409, "JOB_FINISHED")
     assert (upload.status_code, upload.json()["error"]["code"]) == (409, "JOB_FINISHED")
+
+
+async def test_another_jobs_ending_on_a_jobs_subject_does_not_end_its_stream(
+    reading: System,
+) -> None:
+    """A follower of a running job keeps following when an ending naming another job lands on
+    the job's status subject: its next line and its own ending still arrive."""
+    settings = reading.settings
+    names = Names(settings.prefix)
+    last = await publish(settings, job_events("run1", status=JobStatus.RUNNING))
+    await wait_projected(settings, last)
+    foreign = events.StatusChanged(job_id="else", status=JobStatus.FAILED)
+    line = events.LineLogged(
+        job_id="run1", lines=[events.LogLine(1, "stdout", "INFO", events.utcnow(), "after")]
+    )
+    ending = events.StatusChanged(
+        job_id="run1", event_id=events.terminal_event_id("run1"), status=JobStatus.COMPLETED
+    )
+    async with reading.client() as client:
+        following = asyncio.ensure_future(read_stream(client, "/api/jobs/run1/stream"))
+        async with publisher(settings) as js:
+            await js.publish(names.job_kind_subject("run1", "status"), codec.encode(foreign))
+            await eventstore.publish_many(js, names, [line, ending])
+        stream = await asyncio.wait_for(following, 30)
+    assert [e.event for e in stream.events].count("done") == 1
+    assert any("after" in e.data for e in stream.events)
+    assert json.loads(stream.events[-1].data)["status"] == "completed"
