@@ -25,6 +25,8 @@ from tests.sse_client import read_stream
 from tests.system import System
 from tests.test_batch_hostile import examples
 from tests.tools.runners import RUNNER_TYPES, wait_status
+from tests.webhook_receiver import running_receiver
+from tests.webhook_support import webhook_settings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,13 +106,13 @@ async def test_a_subject_with_only_foreign_messages_has_no_event(
 # The runner
 
 
-async def runner_idle(js: JetStreamContext, names: Names, timeout: float = 60) -> None:
-    """Until the runners' consumer has every request acknowledged."""
+async def idle(js: JetStreamContext, names: Names, consumer: str, timeout: float = 60) -> None:
+    """Until ``consumer`` has every message delivered and acknowledged."""
     async with asyncio.timeout(timeout):
         while True:
             try:
-                info = await js.consumer_info(names.stream, names.runner_consumer)
-            except NotFoundError:  # the runner has not made it yet
+                info = await js.consumer_info(names.stream, consumer)
+            except NotFoundError:  # its service has not made it yet
                 info = None
             if (
                 info
@@ -150,7 +152,7 @@ async def test_a_finished_job_is_not_run_again_when_a_foreign_message_follows_it
     ]
     await eventstore.publish_many(js, names, done)
     await js.publish(names.job_kind_subject("done1", "status"), foreign)
-    await runner_idle(js, names)
+    await idle(js, names, names.runner_consumer)
     info = await js.stream_info(names.stream, subjects_filter=names.job_subjects("done1"))
     assert info.state.subjects == {
         names.job_kind_subject("done1", "requested"): 1,
@@ -239,3 +241,34 @@ async def test_another_jobs_ending_on_a_jobs_subject_does_not_end_its_stream(
     assert [e.event for e in stream.events].count("done") == 1
     assert any("after" in e.data for e in stream.events)
     assert json.loads(stream.events[-1].data)["status"] == "completed"
+
+
+async def test_another_jobs_ending_on_a_jobs_status_subject_notifies_no_one(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """An ending naming job b1 stored on job a1's status subject sends no webhook for b1 (nor
+    a1); a real ending after it is delivered as usual."""
+    names = Names(settings.prefix)
+    system = System(webhook_settings(settings))
+    await system.start_notifier()
+    try:
+        async with running_receiver() as receiver:
+            hook = events.WebhookTarget(url=receiver.url)
+            await eventstore.publish_many(
+                js,
+                names,
+                [
+                    events.JobRequested(job_id=job_id, job_type="emit", webhook=hook)
+                    for job_id in ("a1", "b1", "c1")
+                ],
+            )
+            forged = events.StatusChanged(job_id="b1", status=JobStatus.COMPLETED)
+            await js.publish(names.job_kind_subject("a1", "status"), codec.encode(forged))
+            await eventstore.publish(
+                js, names, events.StatusChanged(job_id="c1", status=JobStatus.COMPLETED)
+            )
+            await receiver.wait_for(1)
+            await idle(js, names, names.notifier_consumer)
+            assert [json.loads(r.body)["job_id"] for r in receiver.received] == ["c1"]
+    finally:
+        await system.stop()
