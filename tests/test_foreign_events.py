@@ -5,9 +5,11 @@ event before them, so a finished job stays finished and nothing answers a server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
+import httpx
 import msgspec
 import pytest
 from hypothesis import strategies as st
@@ -272,3 +274,93 @@ async def test_another_jobs_ending_on_a_jobs_status_subject_notifies_no_one(
             assert [json.loads(r.body)["job_id"] for r in receiver.received] == ["c1"]
     finally:
         await system.stop()
+
+
+KINDS = sorted({*lastevent.JOB_EVENT_OF_KIND, "unknown"})
+BATCH_KINDS = ["requested", "sealed", "restarted", "failed", "archived"]
+
+
+def anywhere(job_id: str, batch_id: str) -> st.SearchStrategy[tuple[str, bytes]]:
+    """A hostile body on any subject of a job or of its batch."""
+    job = st.tuples(st.sampled_from(KINDS).map(lambda k: f"job.{job_id}.{k}"), hostile(job_id))
+    batch = st.tuples(
+        st.sampled_from(BATCH_KINDS).map(lambda k: f"batch.{batch_id}.{k}"), hostile(job_id)
+    )
+    return job | batch
+
+
+def hostile(job_id: str) -> st.SearchStrategy[bytes]:
+    return hostile_bodies(job_id) | st.builds(
+        lambda t, body: json.dumps(
+            {**body, "type": t, "job_id": job_id, "batch_id": "fb"}
+        ).encode(),
+        st.sampled_from(TYPES),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "status",
+                    "lines",
+                    "total_jobs",
+                    "job_ids",
+                    "webhook",
+                    "current",
+                    "attempt_of",
+                    "lock",
+                ]
+            ),
+            json_values,
+            max_size=3,
+        ),
+    )
+
+
+async def test_generated_foreign_messages_on_every_subject_never_answer_a_server_error(
+    reading: System,
+) -> None:
+    """Generated messages on every subject of a job and of its batch: every page and endpoint
+    of the job answers without a server error, and the projector keeps up."""
+    settings = reading.settings
+    names = Names(settings.prefix)
+    await publish(settings, job_events("fj", status=JobStatus.RUNNING, lines=["a", "b"]))
+    paths = [
+        "/api/jobs/fj",
+        "/api/jobs/fj/events",
+        "/api/jobs/fj/logs",
+        "/api/jobs/fj/artifacts",
+        "/api/jobs/fj/webhooks",
+        "/api/jobs",
+        "/api/batches",
+        "/api/batches/fb",
+        "/jobs/fj",
+        "/batches/fb",
+        "/health",
+    ]
+    drawn = examples(anywhere("fj", "fb"), 150)
+    async with publisher(settings) as js, reading.client() as client:
+        for start in range(0, len(drawn), 30):
+            last = 0
+            for subject, body in drawn[start : start + 30]:
+                last = (await js.publish(f"{settings.prefix}.{subject}", body)).seq
+            await wait_projected(settings, last)
+            for path in paths:
+                response = await client.get(path)
+                assert response.status_code < 500, (path, response.text)
+            async with client.stream(
+                "GET", "/api/jobs/stream", headers={"Last-Event-ID": "0"}
+            ) as updates:
+                assert updates.status_code == 200
+                await read_for(updates, seconds=1.0)
+        ending = events.StatusChanged(
+            job_id="fj", event_id=events.terminal_event_id("fj"), status=JobStatus.COMPLETED
+        )
+        await eventstore.publish(js, names, ending)
+        stream = await read_stream(client, "/api/jobs/fj/stream")
+    assert stream.events[-1].event == "done"
+
+
+async def read_for(response: httpx.Response, seconds: float) -> None:
+    """Read a stream that does not end for ``seconds`` (its frames are the server's work)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for _ in response.aiter_bytes():
+                pass
