@@ -16,11 +16,16 @@ from hypothesis import strategies as st
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import eventstore, lastevent
+from jobrunner.common import batchids, eventstore, lastevent
+from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
+from jobrunner.services.api.batchpublish import BatchEvents, publish_batch
+from jobrunner.services.api.batchrequest import plan_batch
+from tests.batch_submit_support import batch_body
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.history_support import job_events, publish, publisher, reading_system, wait_projected
 from tests.sse_client import read_stream
@@ -364,3 +369,49 @@ async def read_for(response: httpx.Response, seconds: float) -> None:
         async with asyncio.timeout(seconds):
             async for _ in response.aiter_bytes():
                 pass
+
+
+async def test_a_resumed_batch_submission_publishes_what_foreign_messages_stand_in_for(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A batch submission sent again after it stopped half-way publishes its request, its jobs
+    and its seal, although messages jobrunner did not write sit on their subjects."""
+    names = Names(settings.prefix)
+    plan = plan_batch(
+        batch_body(("emit", {"lines": 1}), ("emit", {"lines": 2})),
+        load_job_types(RUNNER_TYPES),
+        settings.batch_max_jobs,
+    )
+    batch = BatchEvents(plan, batchids.new_batch_id(), "test-admin")
+    for subject in (
+        names.batch_kind_subject(batch.batch_id, "sealed"),
+        names.batch_kind_subject(batch.batch_id, "requested"),
+        names.job_kind_subject(batch.job_ids[1], "requested"),
+    ):
+        await js.publish(subject, JUNK)
+    await eventstore.publish(js, names, batch.jobs[0])  # stored before the submission stopped
+    slots = SlotTable(js, names, settings.lease_ttl_seconds)
+    sealed_seq = await publish_batch(js, names, slots, batch, resumed=True)
+    found = [
+        await lastevent.last_readable(js, names.stream, subject, kind, owner)
+        for subject, kind, owner in [
+            (
+                names.batch_kind_subject(batch.batch_id, "requested"),
+                events.BatchRequested,
+                batch.batch_id,
+            ),
+            (
+                names.job_kind_subject(batch.job_ids[1], "requested"),
+                events.JobRequested,
+                batch.job_ids[1],
+            ),
+            (
+                names.batch_kind_subject(batch.batch_id, "sealed"),
+                events.BatchSealed,
+                batch.batch_id,
+            ),
+        ]
+    ]
+    assert [f[1] if f else None for f in found] == [batch.requested, batch.jobs[1], batch.sealed]
+    assert found[2] is not None
+    assert found[2][0] == sealed_seq
