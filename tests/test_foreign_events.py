@@ -415,3 +415,26 @@ async def test_a_resumed_batch_submission_publishes_what_foreign_messages_stand_
     assert [f[1] if f else None for f in found] == [batch.requested, batch.jobs[1], batch.sealed]
     assert found[2] is not None
     assert found[2][0] == sealed_seq
+
+
+async def test_a_foreign_message_taking_a_jobs_terminal_id_does_not_swallow_its_end(
+    runner_only: System, js: JetStreamContext
+) -> None:
+    """A message jobrunner did not write, stored with the job's terminal event id before the
+    job ends, makes JetStream drop the runner's ending as a duplicate: the runner notices that
+    no readable ending is stored and stores its ending under an id of its own."""
+    names = Names(runner_only.settings.prefix)
+    subject = names.job_kind_subject("pre1", "status")
+    await js.publish(subject, JUNK, headers={"Nats-Msg-Id": events.terminal_event_id("pre1")})
+    await eventstore.publish(
+        js, names, events.JobRequested(job_id="pre1", job_type="emit", parameters={"lines": 1})
+    )
+    async with asyncio.timeout(60):
+        while True:
+            found = await lastevent.last_readable(
+                js, names.stream, subject, events.StatusChanged, "pre1"
+            )
+            if found is not None and found[1].status.is_terminal:
+                break
+            await asyncio.sleep(0.05)
+    assert found[1].status == JobStatus.COMPLETED

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import msgspec
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
 from jobrunner.common import ackinbox, eventstore, metrics, retry
 from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, newest_readable
@@ -83,11 +84,24 @@ class JobJournal:
             cancelled_by=cancelled_by,
             result=result,
         )
-        ack = await retry.until_done(
-            lambda: eventstore.publish_acked(self.js, self.names, ending),
-            f"the end of job {job_id}",
-        )
+        ack = await self._store(ending)
+        if ack.duplicate and not await self._has_ended(job_id):
+            # The terminal id was taken first by a message jobrunner did not write (JetStream
+            # keeps the first message of an id within its duplicate window), and no ending can
+            # be read: this one is stored under an id of its own rather than lost.
+            ending = msgspec.structs.replace(ending, event_id=f"{ending.event_id}-{self.runner_id}")
+            ack = await self._store(ending)
         # Counted only by whoever stored the end: an end someone stored first (the API
         # cancelling a pending job, another runner declaring it lost) is not counted twice.
         if not ack.duplicate:
             metrics.job_ended(job_type, status.value)
+
+    async def _store(self, ending: events.StatusChanged) -> api.PubAck:
+        return await retry.until_done(
+            lambda: eventstore.publish_acked(self.js, self.names, ending),
+            f"the end of job {ending.job_id}",
+        )
+
+    async def _has_ended(self, job_id: str) -> bool:
+        status = await self.last_status(job_id)
+        return status is not None and status.status.is_terminal
