@@ -438,3 +438,26 @@ async def test_a_foreign_message_taking_a_jobs_terminal_id_does_not_swallow_its_
                 break
             await asyncio.sleep(0.05)
     assert found[1].status == JobStatus.COMPLETED
+
+
+async def test_an_external_jobs_final_report_is_stored_when_a_foreign_message_took_its_id(
+    external: System,
+) -> None:
+    """A foreign message stored with an external job's terminal event id does not swallow its
+    worker's final report: the job completes, and the same report sent again is a duplicate."""
+    settings = external.settings
+    names = Names(settings.prefix)
+    async with external.client() as client, worker_client(external.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=10)
+        async with publisher(settings) as js:
+            await js.publish(
+                names.job_kind_subject(job.id, "status"),
+                JUNK,
+                headers={"Nats-Msg-Id": events.terminal_event_id(job.id)},
+            )
+        final = await job.report(worker, result={"pages": 1}, report_id="r9")
+        again = await job.report(worker, result={"pages": 1}, report_id="r9")
+        await wait_status(client, job.id, "completed")
+    assert (final.status_code, final.json()["status"]) == (200, "completed")
+    assert (again.status_code, again.json()["duplicate"]) == (200, True)

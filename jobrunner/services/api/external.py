@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import structlog
 from litestar import Request
+from nats.js import api
 from nats.js.errors import APIError
 
 from jobrunner.common import callbacktoken, eventstore, metrics
@@ -333,11 +334,7 @@ async def _end(
         result=result,
         report_id=report.report_id,
     )
-    ack = await ctx.js.publish(
-        ctx.names.subject(ending), codec.encode(ending), headers=codec.headers(ending)
-    )
-    if not ack.duplicate:
-        metrics.job_ended(job_type, status.value)
+    ack = await _publish(ctx, ending)
     if ack.duplicate:
         # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
         stored = await _last(ctx, job_id, "status")
@@ -345,4 +342,19 @@ async def _end(
             if report.report_id is None or stored.report_id != report.report_id:
                 raise _finished(stored)
             return msgspec.structs.replace(answer, status=stored.status.value, duplicate=True)
+        # No ending can be read: a message jobrunner did not write took the terminal id first
+        # (JetStream keeps the first of an id within its duplicate window). Stored under an id
+        # of its own rather than lost; a retried report finds it as the ending above.
+        own = report.report_id or events.new_event_id()
+        ack = await _publish(
+            ctx, msgspec.structs.replace(ending, event_id=f"{ending.event_id}-{own}")
+        )
+    if not ack.duplicate:
+        metrics.job_ended(job_type, status.value)
     return msgspec.structs.replace(answer, status=status.value)
+
+
+async def _publish(ctx: ApiContext, event: events.StatusChanged) -> api.PubAck:
+    return await ctx.js.publish(
+        ctx.names.subject(event), codec.encode(event), headers=codec.headers(event)
+    )
