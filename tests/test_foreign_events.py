@@ -429,15 +429,8 @@ async def test_a_foreign_message_taking_a_jobs_terminal_id_does_not_swallow_its_
     await eventstore.publish(
         js, names, events.JobRequested(job_id="pre1", job_type="emit", parameters={"lines": 1})
     )
-    async with asyncio.timeout(60):
-        while True:
-            found = await lastevent.last_readable(
-                js, names.stream, subject, events.StatusChanged, "pre1"
-            )
-            if found is not None and found[1].status.is_terminal:
-                break
-            await asyncio.sleep(0.05)
-    assert found[1].status == JobStatus.COMPLETED
+    ending = await status_when(js, names, "pre1", terminal=True)
+    assert ending.status == JobStatus.COMPLETED
 
 
 async def test_an_external_jobs_final_report_is_stored_when_a_foreign_message_took_its_id(
@@ -461,3 +454,37 @@ async def test_an_external_jobs_final_report_is_stored_when_a_foreign_message_to
         await wait_status(client, job.id, "completed")
     assert (final.status_code, final.json()["status"]) == (200, "completed")
     assert (again.status_code, again.json()["duplicate"]) == (200, True)
+
+
+async def status_when(
+    js: JetStreamContext, names: Names, job_id: str, terminal: bool
+) -> events.StatusChanged:
+    """Until the job's readable status is any status (or an ending, ``terminal``); that one."""
+    subject = names.job_kind_subject(job_id, "status")
+    async with asyncio.timeout(60):
+        while True:
+            found = await lastevent.last_readable(
+                js, names.stream, subject, events.StatusChanged, job_id
+            )
+            if found is not None and (found[1].status.is_terminal or not terminal):
+                return found[1]
+            await asyncio.sleep(0.05)
+
+
+async def test_a_cancel_naming_a_running_job_on_another_jobs_subject_cancels_nothing(
+    runner_only: System, js: JetStreamContext
+) -> None:
+    """A CancelRequested for a running job stored on another job's cancel subject (not written
+    by jobrunner) does not stop it: the job completes."""
+    names = Names(runner_only.settings.prefix)
+    await eventstore.publish(
+        js,
+        names,
+        events.JobRequested(
+            job_id="long1", job_type="emit", parameters={"lines": 40, "interval": "0.05"}
+        ),
+    )
+    await status_when(js, names, "long1", terminal=False)
+    forged = events.CancelRequested(job_id="long1", requested_by="mallory")
+    await js.publish(names.job_kind_subject("other1", "cancel"), codec.encode(forged))
+    assert (await status_when(js, names, "long1", terminal=True)).status == JobStatus.COMPLETED

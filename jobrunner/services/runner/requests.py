@@ -88,7 +88,12 @@ class RequestLoop:
             event = codec.decode(msg.data)
         except msgspec.MsgspecError:
             return
-        if isinstance(event, events.CancelRequested) and event.job_id in self.running:
+        # One naming another job than its subject was not written by jobrunner: it cancels nothing.
+        if (
+            isinstance(event, events.CancelRequested)
+            and event.job_id in self.running
+            and msg.subject == self.journal.names.subject(event)
+        ):
             job = self.running[event.job_id]
             job.cancelled_by = event.requested_by
             job.cancel_event.set()
