@@ -110,6 +110,41 @@ async def test_a_subject_with_only_foreign_messages_has_no_event(
     )
 
 
+async def test_the_newest_readable_event_before_foreign_ones_is_read(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """Readable events with foreign messages between and after them: the newest readable one."""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("j3", "status")
+    running = events.StatusChanged(job_id="j3", status=JobStatus.RUNNING)
+    ending = events.StatusChanged(job_id="j3", status=JobStatus.FAILED)
+    await eventstore.publish(js, names, running)
+    await js.publish(subject, JUNK)
+    at = await eventstore.publish(js, names, ending)
+    for _ in range(200):  # other jobs' events between: the stretch read back grows
+        await js.publish(names.job_kind_subject("busy", "status"), JUNK)
+    for _ in range(3):
+        await js.publish(subject, JUNK)
+    found = await lastevent.last_readable(js, names.stream, subject, events.StatusChanged, "j3")
+    assert found == (at, ending)
+
+
+async def test_a_flood_of_foreign_messages_after_an_ending_still_reads_the_ending(
+    js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More foreign messages after a job's ending than a read back takes: the subject's first
+    messages are read, and the ending is found there."""
+    monkeypatch.setattr(lastevent, "LOOKBACK_MOST", 20)
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("j4", "status")
+    ending = events.StatusChanged(job_id="j4", status=JobStatus.COMPLETED)
+    at = await eventstore.publish(js, names, ending)
+    for _ in range(60):
+        await js.publish(subject, JUNK)
+    found = await lastevent.last_readable(js, names.stream, subject, events.StatusChanged, "j4")
+    assert found == (at, ending)
+
+
 # The runner
 
 

@@ -6,12 +6,12 @@ naming another job. Every "latest status / request / cancel" read asks for the s
 message; taking such a message for "none" hides the event before it: a finished job whose status
 subject ends in junk would look never started to a runner (which would run it again) and to the
 API (which would take its worker's reports again). So such a message is skipped, as the projector
-sets it aside, with a warning naming its subject and stream sequence, and the subject is read from
-its start up to it for the newest readable event before it.
+sets it aside, with a warning naming its subject and stream sequence, and the subject is read back
+for the newest readable event before it.
 
-Reading back costs one request per message of the subject; jobrunner stores a handful per job and
-kind, and the read stops after ``LOOKBACK_MOST`` of them (a flood on one subject costs a bounded
-read, and the newest readable event among those is the answer).
+Reading back costs about one request per message of the subject after the readable event (and one
+per stretch of the stream looked through), at most ``LOOKBACK_MOST`` and as many again for the
+subject's first messages: a flood of foreign messages on one subject costs a bounded read.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ log = structlog.get_logger()
 E = TypeVar("E", bound=events.Event | events.BatchEvent)
 
 LOOKBACK_MOST = 1000
+FIRST_STRETCH = 64  # stream sequences
 
 _ONE_TOKEN = re.compile(r"^[^.*>\s]+\Z")
 
@@ -81,14 +82,45 @@ async def newest_readable(
         # An id from a path with a dot or a wildcard names several subjects, none of them its own.
         return None
     _warn(subject, seq, found)
+    # JetStream reads a subject forwards only (the next message from a sequence on). First the
+    # stretch of the stream before the newest message, growing fourfold until it holds a
+    # readable event: the newest is found reading little more than the messages after it. Should
+    # a flood of foreign messages exhaust that, the subject's first messages, where jobrunner's
+    # own events of a job (its request, running, its ending) come before anything written later.
+    end, width, budget = seq, FIRST_STRETCH, LOOKBACK_MOST
+    while end > 1 and budget > 0:
+        start = max(1, end - width)
+        best, budget = await _scan(js, stream, subject, start, end, kind, owner, budget)
+        if best is not None:
+            return best
+        end, width = start, width * 4
+    if end > 1:
+        best, _ = await _scan(js, stream, subject, 1, seq, kind, owner, LOOKBACK_MOST)
+        return best
+    return None
+
+
+async def _scan(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    start: int,
+    end: int,
+    kind: type[E],
+    owner: str,
+    budget: int,
+) -> tuple[tuple[int, E] | None, int]:
+    """The newest readable event on ``subject`` from ``start`` to before ``end``, reading at
+    most ``budget`` messages; and what is left of the budget."""
     best: tuple[int, E] | None = None
-    at = 1
-    for _ in range(LOOKBACK_MOST):
+    at = start
+    while budget > 0:
+        budget -= 1
         try:
             msg = await js.get_msg(stream, seq=at, subject=subject, next=True)
         except NotFoundError:
             break
-        if msg.seq is None or msg.seq >= seq:
+        if msg.seq is None or msg.seq >= end:
             break
         earlier = readable(msg.data or b"", kind, owner)
         if isinstance(earlier, str):
@@ -96,7 +128,7 @@ async def newest_readable(
         else:
             best = msg.seq, earlier
         at = msg.seq + 1
-    return best
+    return best, budget
 
 
 async def last_readable(
