@@ -31,7 +31,7 @@ from tests.history_support import job_events, publish, publisher, reading_system
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.test_batch_hostile import examples
-from tests.tools.runners import RUNNER_TYPES, wait_status
+from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 from tests.webhook_receiver import running_receiver
 from tests.webhook_support import webhook_settings
 
@@ -523,3 +523,27 @@ async def test_a_cancel_naming_a_running_job_on_another_jobs_subject_cancels_not
     forged = events.CancelRequested(job_id="long1", requested_by="mallory")
     await js.publish(names.job_kind_subject("other1", "cancel"), codec.encode(forged))
     assert (await status_when(js, names, "long1", terminal=True)).status == JobStatus.COMPLETED
+
+
+async def test_another_jobs_ending_on_an_external_jobs_subject_keeps_its_lock_held(
+    external: System,
+) -> None:
+    """An ending naming another job, stored on a running external job's status subject, does
+    not end the job for its runner: a tool sharing its lock starts only once it really ended."""
+    settings = external.settings
+    async with external.client() as client, worker_client(external.base_url) as worker:
+        job = await start_external(client, "locked")
+        await job.report_when_held(worker, progress=5)
+        tool = await start_job(client, "locked_tool")
+        forged = events.StatusChanged(job_id="someone-else", status=JobStatus.COMPLETED)
+        async with publisher(settings) as js:
+            subject = Names(settings.prefix).job_kind_subject(job.id, "status")
+            await js.publish(subject, codec.encode(forged))
+        for _ in range(3):  # the job keeps reporting; the tool keeps waiting
+            await job.report(worker, progress=10)
+            assert (await client.get(f"/api/jobs/{tool}")).json()["status"] == "pending"
+            await asyncio.sleep(0.3)
+        await job.report(worker, result={})
+        ended = await wait_status(client, job.id, "completed")
+        ran = await wait_status(client, tool, "completed", "failed")
+    assert ran["started_at"] >= ended["finished_at"]
