@@ -9,22 +9,27 @@ API (which would take its worker's reports again). So such a message is skipped,
 sets it aside, with a warning naming its subject and stream sequence, and the subject is read back
 for the newest readable event before it.
 
-Reading back costs about one request per message of the subject after the readable event (and one
-per stretch of the stream looked through), at most ``LOOKBACK_MOST`` and as many again for the
-subject's first messages: a flood of foreign messages on one subject costs a bounded read.
+Reading back first reads the subject's first messages (``FIRST_MOST``), where jobrunner's own
+events of a job are, then the messages before the newest one, one direct message-get each; one
+read stops at ``LOOKBACK_MOST`` messages, ``LOOKBACK_BYTES`` of data or ``LOOKBACK_SECONDS``,
+whichever comes first, with the newest readable event it found: a flood of foreign messages after
+an ending costs a bounded read and still finds it; an ending behind more foreign messages than the
+bounds (stored while the job ran) is not found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
-from jobrunner.common.subscription import last_message
+from jobrunner.common import ackinbox
+from jobrunner.common.subscription import StoredMessage, last_stored, next_stored
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import KIND_BY_EVENT
 
@@ -32,7 +37,12 @@ log = structlog.get_logger()
 
 E = TypeVar("E", bound=events.Event | events.BatchEvent)
 
-LOOKBACK_MOST = 1000
+# One read back (or forwards) stops at whichever bound it reaches first: a flood of foreign
+# messages on a subject costs every reader of it a bounded read, not one per message.
+LOOKBACK_MOST = 256  # messages
+LOOKBACK_BYTES = 4 * 1024 * 1024  # of their data
+LOOKBACK_SECONDS = 1.0
+FIRST_MOST = 8  # the subject's first messages, read first
 FIRST_STRETCH = 64  # stream sequences
 
 _ONE_TOKEN = re.compile(r"^[^.*>\s]+\Z")
@@ -73,7 +83,8 @@ async def newest_readable(
     owner: str,
 ) -> tuple[int, E] | None:
     """``newest`` (the subject's newest message: its stream sequence and data) as a ``kind``
-    event of ``owner``, or, when it is none, the newest one stored before it on ``subject``."""
+    event of ``owner``, or, when it is none, the newest one stored before it on ``subject`` that
+    a bounded read back finds."""
     seq, data = newest
     found = readable(data, kind, owner)
     if not isinstance(found, str):
@@ -82,53 +93,110 @@ async def newest_readable(
         # An id from a path with a dot or a wildcard names several subjects, none of them its own.
         return None
     _warn(subject, seq, found)
-    # JetStream reads a subject forwards only (the next message from a sequence on). First the
-    # stretch of the stream before the newest message, growing fourfold until it holds a
-    # readable event: the newest is found reading little more than the messages after it. Should
-    # a flood of foreign messages exhaust that, the subject's first messages, where jobrunner's
-    # own events of a job (its request, running, its ending) come before anything written later.
-    end, width, budget = seq, FIRST_STRETCH, LOOKBACK_MOST
-    while end > 1 and budget > 0:
-        start = max(1, end - width)
-        best, budget = await _scan(js, stream, subject, start, end, kind, owner, budget)
-        if best is not None:
-            return best
-        end, width = start, width * 4
-    if end > 1:
-        best, _ = await _scan(js, stream, subject, 1, seq, kind, owner, LOOKBACK_MOST)
-        return best
-    return None
+    reading = _Reading(js, stream, subject, kind, owner)
+    try:
+        async with asyncio.timeout(LOOKBACK_SECONDS):
+            await reading.back_from(seq)
+    except TimeoutError:
+        reading.cut_short = True
+    if reading.cut_short:
+        log.warning("read-back cut short", subject=subject, newest_seq=seq, read=reading.read)
+    return reading.best
 
 
-async def _scan(
+async def first_readable(
     js: JetStreamContext,
     stream: str,
     subject: str,
-    start: int,
-    end: int,
     kind: type[E],
     owner: str,
-    budget: int,
-) -> tuple[tuple[int, E] | None, int]:
-    """The newest readable event on ``subject`` from ``start`` to before ``end``, reading at
-    most ``budget`` messages; and what is left of the budget."""
-    best: tuple[int, E] | None = None
-    at = start
-    while budget > 0:
-        budget -= 1
-        try:
-            msg = await js.get_msg(stream, seq=at, subject=subject, next=True)
-        except NotFoundError:
-            break
-        if msg.seq is None or msg.seq >= end:
-            break
-        earlier = readable(msg.data or b"", kind, owner)
-        if isinstance(earlier, str):
-            _warn(subject, msg.seq, earlier)
-        else:
-            best = msg.seq, earlier
-        at = msg.seq + 1
-    return best, budget
+    wanted: Callable[[E], bool],
+) -> tuple[tuple[int, E] | None, bool]:
+    """The first ``kind`` event of ``owner`` on ``subject`` that is ``wanted`` (a job's ending,
+    say), reading forwards from the subject's first message; and whether the read got to the
+    subject's end (False: the bounds stopped it first, so "none" is not known)."""
+    if not _ONE_TOKEN.match(owner):
+        return None, True
+    reading = _Reading(js, stream, subject, kind, owner)
+    found = None
+    try:
+        async with asyncio.timeout(LOOKBACK_SECONDS):
+            found = await reading.first(wanted)
+    except TimeoutError:
+        reading.cut_short = True
+    if found is None and reading.cut_short:
+        log.warning("read-forward cut short", subject=subject, read=reading.read)
+    return found, found is not None or not reading.cut_short
+
+
+class _Reading:
+    """One bounded read of a subject: at most ``LOOKBACK_MOST`` messages and ``LOOKBACK_BYTES``
+    of them (and ``LOOKBACK_SECONDS``, by its caller), one direct message-get each."""
+
+    def __init__(
+        self, js: JetStreamContext, stream: str, subject: str, kind: type[E], owner: str
+    ) -> None:
+        self.js, self.stream, self.subject, self.kind, self.owner = js, stream, subject, kind, owner
+        self.inbox = ackinbox.of(js._nc)  # nats-py exposes the client only as ``_nc``
+        self.read = 0
+        self.bytes = 0
+        self.cut_short = False
+        self.best: tuple[int, Any] | None = None
+
+    async def back_from(self, seq: int) -> None:
+        """Sets ``best`` to the newest readable event before ``seq``. JetStream reads a subject
+        forwards only. First the subject's first messages, where jobrunner's own events of a job
+        (its request, running, its ending) are, whatever came after them. Then the stretches of
+        the stream before ``seq``, growing fourfold, down to where the first read stopped: the
+        newest is found reading little more than the messages after it."""
+        head_end = await self._scan(1, seq, FIRST_MOST)
+        if head_end >= seq:
+            return
+        head_best, self.best = self.best, None
+        end, width = seq, FIRST_STRETCH
+        while end > head_end and not self.cut_short:
+            start = max(head_end, end - width)
+            await self._scan(start, end, LOOKBACK_MOST)
+            if self.best is not None:
+                return
+            end, width = start, width * 4
+        self.best = head_best
+
+    async def first(self, wanted: Callable[[Any], bool]) -> tuple[int, Any] | None:
+        at = 1
+        while (msg := await self._next(at)) is not None:
+            event = readable(msg.data, self.kind, self.owner)
+            if not isinstance(event, str) and wanted(event):
+                return msg.seq, event
+            at = msg.seq + 1
+        return None
+
+    async def _scan(self, start: int, end: int, most: int) -> int:
+        """Reads the subject from ``start`` to before ``end`` (at most ``most`` messages), the
+        newest readable one kept in ``best``; answers where the read stopped (``end`` when it
+        got there)."""
+        at = start
+        for _ in range(most):
+            msg = await self._next(at)
+            if msg is None or msg.seq >= end:
+                return end
+            earlier = readable(msg.data, self.kind, self.owner)
+            if isinstance(earlier, str):
+                _warn(self.subject, msg.seq, earlier)
+            else:
+                self.best = msg.seq, earlier
+            at = msg.seq + 1
+        return at
+
+    async def _next(self, seq: int) -> StoredMessage | None:
+        if self.read >= LOOKBACK_MOST or self.bytes >= LOOKBACK_BYTES:
+            self.cut_short = True
+            return None
+        self.read += 1
+        msg = await next_stored(self.inbox, self.js, self.stream, self.subject, seq)
+        if msg is not None:
+            self.bytes += len(msg.data)
+        return msg
 
 
 async def last_readable(
@@ -136,10 +204,10 @@ async def last_readable(
 ) -> tuple[int, E] | None:
     """The newest ``kind`` event of ``owner`` on ``subject`` and its stream sequence, or None
     when the subject holds none (see ``newest_readable``)."""
-    raw = await last_message(js, stream, subject)
-    if raw is None or raw.seq is None:
+    raw = await last_stored(ackinbox.of(js._nc), js, stream, subject)
+    if raw is None:
         return None
-    return await newest_readable(js, stream, subject, (raw.seq, raw.data or b""), kind, owner)
+    return await newest_readable(js, stream, subject, (raw.seq, raw.data), kind, owner)
 
 
 def _warn(subject: str, seq: int, reason: str) -> None:

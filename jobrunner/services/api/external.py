@@ -28,7 +28,7 @@ from litestar import Request
 from nats.js import api
 from nats.js.errors import APIError
 
-from jobrunner.common import callbacktoken, eventstore, metrics
+from jobrunner.common import callbacktoken, endings, eventstore, metrics
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, last_readable, newest_readable
 from jobrunner.common.subscription import last_message
@@ -334,24 +334,22 @@ async def _end(
         result=result,
         report_id=report.report_id,
     )
-    ack = await _publish(ctx, ending)
-    if ack.duplicate:
-        # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
-        stored = await _last(ctx, job_id, "status")
-        if isinstance(stored, events.StatusChanged) and stored.status.is_terminal:
-            if report.report_id is None or stored.report_id != report.report_id:
-                raise _finished(stored)
-            return msgspec.structs.replace(answer, status=stored.status.value, duplicate=True)
-        # No ending can be read: a message jobrunner did not write took the terminal id first
-        # (JetStream keeps the first of an id within its duplicate window). Stored under an id
-        # of its own rather than lost; a retried report finds it as the ending above.
-        own = report.report_id or events.new_event_id()
-        ack = await _publish(
-            ctx, msgspec.structs.replace(ending, event_id=f"{ending.event_id}-{own}")
-        )
-    if not ack.duplicate:
+    stored, first = await endings.store(ctx.js, ctx.names, ending, lambda e: _publish(ctx, e))
+    if stored:
         metrics.job_ended(job_type, status.value)
-    return msgspec.structs.replace(answer, status=status.value)
+        return msgspec.structs.replace(answer, status=status.value)
+    if first is None:
+        # No ending stored and none found (foreign messages on its terminal ids): try again.
+        raise ApiError(
+            503,
+            "REPORT_CONFLICT",
+            "The job's ending could not be stored; send this report again.",
+            headers={"Retry-After": "1"},
+        )
+    # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
+    if report.report_id is None or first.report_id != report.report_id:
+        raise _finished(first)
+    return msgspec.structs.replace(answer, status=first.status.value, duplicate=True)
 
 
 async def _publish(ctx: ApiContext, event: events.StatusChanged) -> api.PubAck:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import ackinbox, eventstore, metrics, retry
+from jobrunner.common import ackinbox, endings, eventstore, metrics, retry
 from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, newest_readable
 from jobrunner.common.subscription import last_stored
 from jobrunner.contracts import events
@@ -72,8 +71,9 @@ class JobJournal:
         result: dict[str, Any] | None = None,
         job_type: str = "",
     ) -> None:
-        """Publish the job's end. Its event id is the job's one terminal id, so whoever ends a
-        job first (its runner, a runner declaring it lost) decides, and later ends are dropped."""
+        """Publish the job's end. Its event id is the job's terminal id, so whoever ends a job
+        first (its runner, a runner declaring it lost, a cancel) decides, and later ends are
+        dropped (see ``endings.store``)."""
         ending = events.StatusChanged(
             job_id=job_id,
             event_id=events.terminal_event_id(job_id),
@@ -84,24 +84,17 @@ class JobJournal:
             cancelled_by=cancelled_by,
             result=result,
         )
-        ack = await self._store(ending)
-        if ack.duplicate and not await self._has_ended(job_id):
-            # The terminal id was taken first by a message jobrunner did not write (JetStream
-            # keeps the first message of an id within its duplicate window), and no ending can
-            # be read: this one is stored under an id of its own rather than lost.
-            ending = msgspec.structs.replace(ending, event_id=f"{ending.event_id}-{self.runner_id}")
-            ack = await self._store(ending)
+        # Inside the retry as a whole, the look for an ending after a duplicate included: a NATS
+        # blip there must not raise out of end() (its caller releases the job's lock after it).
+        # Retrying is safe: the ids tried are the same every time.
+        stored, _ = await retry.until_done(
+            lambda: endings.store(self.js, self.names, ending, self._publish),
+            f"the end of job {job_id}",
+        )
         # Counted only by whoever stored the end: an end someone stored first (the API
         # cancelling a pending job, another runner declaring it lost) is not counted twice.
-        if not ack.duplicate:
+        if stored:
             metrics.job_ended(job_type, status.value)
 
-    async def _store(self, ending: events.StatusChanged) -> api.PubAck:
-        return await retry.until_done(
-            lambda: eventstore.publish_acked(self.js, self.names, ending),
-            f"the end of job {ending.job_id}",
-        )
-
-    async def _has_ended(self, job_id: str) -> bool:
-        status = await self.last_status(job_id)
-        return status is not None and status.status.is_terminal
+    async def _publish(self, ending: events.StatusChanged) -> api.PubAck:
+        return await eventstore.publish_acked(self.js, self.names, ending)
