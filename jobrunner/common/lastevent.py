@@ -94,11 +94,7 @@ async def newest_readable(
         return None
     _warn(subject, seq, found)
     reading = _Reading(js, stream, subject, kind, owner)
-    try:
-        async with asyncio.timeout(LOOKBACK_SECONDS):
-            await reading.back_from(seq)
-    except TimeoutError:
-        reading.cut_short = True
+    await reading.back_from(seq)
     if reading.cut_short:
         log.warning("read-back cut short", subject=subject, newest_seq=seq, read=reading.read)
     return reading.best
@@ -118,20 +114,17 @@ async def first_readable(
     if not _ONE_TOKEN.match(owner):
         return None, True
     reading = _Reading(js, stream, subject, kind, owner)
-    found = None
-    try:
-        async with asyncio.timeout(LOOKBACK_SECONDS):
-            found = await reading.first(wanted)
-    except TimeoutError:
-        reading.cut_short = True
+    found = await reading.first(wanted)
     if found is None and reading.cut_short:
         log.warning("read-forward cut short", subject=subject, read=reading.read)
     return found, found is not None or not reading.cut_short
 
 
 class _Reading:
-    """One bounded read of a subject: at most ``LOOKBACK_MOST`` messages and ``LOOKBACK_BYTES``
-    of them (and ``LOOKBACK_SECONDS``, by its caller), one direct message-get each."""
+    """One bounded read of a subject: at most ``LOOKBACK_MOST`` messages, ``LOOKBACK_BYTES`` of
+    them and no request begun after ``LOOKBACK_SECONDS``, one direct message-get each. (A
+    deadline checked between requests, not a timeout around them: a request NATS does not
+    answer raises, as every NATS error does, for the caller to retry, never taken for "none".)"""
 
     def __init__(
         self, js: JetStreamContext, stream: str, subject: str, kind: type[E], owner: str
@@ -142,6 +135,7 @@ class _Reading:
         self.bytes = 0
         self.cut_short = False
         self.best: tuple[int, Any] | None = None
+        self.deadline = asyncio.get_running_loop().time() + LOOKBACK_SECONDS
 
     async def back_from(self, seq: int) -> None:
         """Sets ``best`` to the newest readable event before ``seq``. JetStream reads a subject
@@ -150,7 +144,9 @@ class _Reading:
         the stream before ``seq``, growing fourfold, down to where the first read stopped: the
         newest is found reading little more than the messages after it."""
         head_end = await self._scan(1, seq, FIRST_MOST)
-        if head_end >= seq:
+        if head_end >= seq or _is_ending(self.best):
+            # A job's ending is its last status: JetStream drops every later one, and jobrunner
+            # writes no other status after it. Nothing after it need be read.
             return
         head_best, self.best = self.best, None
         end, width = seq, FIRST_STRETCH
@@ -189,7 +185,11 @@ class _Reading:
         return at
 
     async def _next(self, seq: int) -> StoredMessage | None:
-        if self.read >= LOOKBACK_MOST or self.bytes >= LOOKBACK_BYTES:
+        if (
+            self.read >= LOOKBACK_MOST
+            or self.bytes >= LOOKBACK_BYTES
+            or asyncio.get_running_loop().time() >= self.deadline
+        ):
             self.cut_short = True
             return None
         self.read += 1
@@ -208,6 +208,14 @@ async def last_readable(
     if raw is None:
         return None
     return await newest_readable(js, stream, subject, (raw.seq, raw.data), kind, owner)
+
+
+def _is_ending(found: tuple[int, Any] | None) -> bool:
+    return (
+        found is not None
+        and isinstance(found[1], events.StatusChanged)
+        and found[1].status.is_terminal
+    )
 
 
 def _warn(subject: str, seq: int, reason: str) -> None:
