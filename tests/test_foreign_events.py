@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -16,17 +20,21 @@ from hypothesis import strategies as st
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import batchids, eventstore, lastevent
+from jobrunner.common import ackinbox, batchids, eventstore, lastevent
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.api import actions
 from jobrunner.services.api.batchpublish import BatchEvents, publish_batch
 from jobrunner.services.api.batchrequest import plan_batch
+from jobrunner.services.runner.journal import JobJournal
 from tests.batch_submit_support import batch_body
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
+from tests.freeze import freeze
 from tests.history_support import job_events, publish, publisher, reading_system, wait_projected
 from tests.sse_client import read_stream
 from tests.system import System
@@ -547,3 +555,169 @@ async def test_another_jobs_ending_on_an_external_jobs_subject_keeps_its_lock_he
         ended = await wait_status(client, job.id, "completed")
         ran = await wait_status(client, tool, "completed", "failed")
     assert ran["started_at"] >= ended["finished_at"]
+
+
+# One ending per job, whoever races to end it
+
+
+async def terminal_statuses(js: JetStreamContext, names: Names, job_id: str) -> list[str]:
+    """The event ids of the job's readable endings on its status subject, oldest first."""
+    subject = names.job_kind_subject(job_id, "status")
+    out: list[str] = []
+    at = 1
+    while True:
+        try:
+            msg = await js.get_msg(names.stream, seq=at, subject=subject, next=True)
+        except NotFoundError:
+            return out
+        assert msg.seq is not None
+        event = lastevent.readable(msg.data or b"", events.StatusChanged, job_id)
+        if isinstance(event, events.StatusChanged) and event.status.is_terminal:
+            out.append(event.event_id)
+        at = msg.seq + 1
+
+
+async def test_a_runners_end_after_a_cancel_of_the_pending_job_is_not_a_second_ending(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The race DELETE of a pending job is built for: its CANCELLED stored under the terminal id,
+    then the runner's RUNNING (it passed its check just before). The runner's own end is dropped
+    as a duplicate although the newest status is RUNNING: no second ending."""
+    names = Names(settings.prefix)
+    journal = JobJournal(js._nc, js, names, "runner-1")
+    await eventstore.publish(js, names, events.JobRequested(job_id="race1", job_type="emit"))
+    for event in actions.cancel_events(pending("race1"), "alice", None):
+        await eventstore.publish(js, names, event)
+    await eventstore.publish(
+        js, names, events.StatusChanged(job_id="race1", status=JobStatus.RUNNING)
+    )
+    await journal.end("race1", JobStatus.COMPLETED, exit_code=0)
+    assert await terminal_statuses(js, names, "race1") == ["race1-end"]
+
+
+async def test_two_parties_ending_a_job_past_a_foreign_terminal_id_store_one_ending(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A foreign message took the terminal id; the runner finishing the job and another runner
+    declaring it lost end it at once: both fall back to the same next id, one ending is kept."""
+    names = Names(settings.prefix)
+    subject = names.job_kind_subject("race2", "status")
+    await js.publish(subject, JUNK, headers={"Nats-Msg-Id": events.terminal_event_id("race2")})
+    await eventstore.publish(
+        js, names, events.StatusChanged(job_id="race2", status=JobStatus.RUNNING)
+    )
+    first, second = (JobJournal(js._nc, js, names, r) for r in ("runner-1", "runner-2"))
+    lost = events.ErrorInfo(code="RUNNER_LOST", message="lost")
+    await asyncio.gather(
+        first.end("race2", JobStatus.COMPLETED, exit_code=0),
+        second.end("race2", JobStatus.FAILED, error=lost),
+    )
+    assert await terminal_statuses(js, names, "race2") == ["race2-end-2"]
+
+
+async def test_an_ending_is_found_in_a_few_requests_whatever_foreign_messages_follow(
+    js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of foreign messages after a job's ending: the ending is read among the subject's
+    first messages, in a handful of requests, not one per foreign message; a subject holding
+    only foreign messages costs a bounded read, by count and by bytes."""
+    names = Names(settings.prefix)
+    requests = 0
+    nc = js._nc
+    sent = nc.publish
+
+    async def counted(*args: object, **kwargs: object) -> None:
+        nonlocal requests
+        requests += 1
+        await sent(*args, **kwargs)  # type: ignore[arg-type]
+
+    ending = events.StatusChanged(job_id="f1", status=JobStatus.COMPLETED)
+    at = await eventstore.publish(js, names, ending)
+    flooded = names.job_kind_subject("f1", "status")
+    await asyncio.gather(*(js.publish(flooded, JUNK) for _ in range(600)))
+    only_junk = names.job_kind_subject("f2", "status")
+    await asyncio.gather(*(js.publish(only_junk, JUNK) for _ in range(600)))
+    big = names.job_kind_subject("f3", "status")
+    for _ in range(80):
+        await js.publish(big, b"{" + b"x" * 64_000)
+
+    monkeypatch.setattr(nc, "publish", counted)
+    found = await lastevent.last_readable(js, names.stream, flooded, events.StatusChanged, "f1")
+    assert found == (at, ending)
+    assert requests <= lastevent.FIRST_MOST + 1
+    for subject, owner, most in [
+        (only_junk, "f2", lastevent.LOOKBACK_MOST),
+        (big, "f3", lastevent.LOOKBACK_BYTES // 64_000 + 1),
+    ]:
+        requests = 0
+        assert (
+            await lastevent.last_readable(js, names.stream, subject, events.StatusChanged, owner)
+            is None
+        )
+        assert requests <= most + 1, subject
+
+
+async def test_a_nats_blip_after_a_dropped_ending_is_retried_and_end_returns(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS stops answering right after the runner's end was dropped as a duplicate: the look
+    for the ending stored first is retried with the publish, and end() returns (its caller
+    then releases the job's lock) instead of raising."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        names = Names(settings.prefix)
+        nc = await eventstore.connect(msgspec.structs.replace(settings, nats_url=server.url), "t")
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        for event in actions.cancel_events(pending("blip"), None, None):
+            await eventstore.publish(js, names, event)
+        published = eventstore.publish_acked
+        paused = False
+
+        async def then_pause(*args: Any, **kwargs: Any) -> Any:
+            nonlocal paused
+            ack = await published(*args, **kwargs)
+            if ack.duplicate and not paused:
+                paused = True
+                assert server.proc is not None
+                freeze(server.proc.pid)
+                loop = asyncio.get_running_loop()
+                resume = ackinbox.ACK_TIMEOUT + 1
+                loop.call_later(resume, os.kill, server.proc.pid, signal.SIGCONT)
+            return ack
+
+        monkeypatch.setattr(eventstore, "publish_acked", then_pause)
+        await JobJournal(nc, js, names, "runner-1").end("blip", JobStatus.COMPLETED, exit_code=0)
+        assert paused
+        assert await terminal_statuses(js, names, "blip") == ["blip-end"]
+        await eventstore.close(nc)
+    finally:
+        assert server.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+def pending(job_id: str) -> actions.Attempt:
+    return actions.Attempt(id=job_id, job_type="emit", status=JobStatus.PENDING)
+
+
+# Foreign requests
+
+
+async def test_a_request_that_does_not_decode_or_names_another_job_is_dropped(
+    runner_only: System, js: JetStreamContext
+) -> None:
+    """Junk on a job's request subject, and a request naming another job: each is terminated
+    (never delivered again for ever, holding a place of max_ack_pending), and nothing runs."""
+    names = Names(runner_only.settings.prefix)
+    await js.publish(names.job_kind_subject("junkreq", "requested"), JUNK)
+    victim = events.JobRequested(job_id="victim", job_type="emit", parameters={"lines": 1})
+    await js.publish(names.job_kind_subject("decoy", "requested"), codec.encode(victim))
+    await idle(js, names, names.runner_consumer)
+    info = await js.stream_info(names.stream, subjects_filter=f"{names.prefix}.job.>")
+    assert info.state.subjects == {
+        names.job_kind_subject("junkreq", "requested"): 1,
+        names.job_kind_subject("decoy", "requested"): 1,
+    }
