@@ -29,7 +29,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from jobrunner.common import ackinbox
-from jobrunner.common.subscription import StoredMessage, last_stored, next_stored
+from jobrunner.common.subscription import StoredMessage, last_message, next_stored
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import KIND_BY_EVENT
 
@@ -204,10 +204,10 @@ async def last_readable(
 ) -> tuple[int, E] | None:
     """The newest ``kind`` event of ``owner`` on ``subject`` and its stream sequence, or None
     when the subject holds none (see ``newest_readable``)."""
-    raw = await last_stored(ackinbox.of(js._nc), js, stream, subject)
-    if raw is None:
+    raw = await last_message(js, stream, subject)
+    if raw is None or raw.seq is None:
         return None
-    return await newest_readable(js, stream, subject, (raw.seq, raw.data), kind, owner)
+    return await newest_readable(js, stream, subject, (raw.seq, raw.data or b""), kind, owner)
 
 
 def _is_ending(found: tuple[int, Any] | None) -> bool:
