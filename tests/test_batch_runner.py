@@ -239,3 +239,44 @@ async def test_a_thousand_jobs_woken_by_their_seal_ask_once_whether_their_batch_
         assert counting.lookups == 2
         assert await seals.failed_by(batch.batch_id) is not None
         assert counting.lookups == 2
+
+
+async def test_a_foreign_message_on_a_seal_subject_seals_nothing(system: System) -> None:
+    """Junk, or another batch's seal, on a batch's seal subject (not written by jobrunner) does
+    not start the unsealed batch's job: it ends BATCH_INCOMPLETE."""
+    settings = system.settings
+    names = Names(settings.prefix)
+    batch = unsealed_batch(settings, ("emit", {"lines": 1}))
+    subject = names.batch_kind_subject(batch.batch_id, "sealed")
+    await publish(settings, batch.requested)
+    async with jetstream(settings) as js:
+        await js.publish(subject, b"{not json")
+        await js.publish(
+            subject, msgspec.json.encode(events.BatchSealed(batch_id="other", total_jobs=1))
+        )
+    await publish(settings, *batch.jobs)
+    async with system.client() as client:
+        job = await wait_status(client, batch.job_ids[0], "failed", "completed", timeout=60)
+    assert (job["status"], job["error"]["code"], job["started_at"]) == (
+        "failed",
+        "BATCH_INCOMPLETE",
+        None,
+    )
+
+
+@pytest.mark.parametrize("kind", ["failed", "restarted"])
+async def test_a_foreign_message_after_a_batchs_fail_keeps_its_jobs_from_starting(
+    system: System, kind: str
+) -> None:
+    """Junk after a batch's fail on its ``failed`` or ``restarted`` subject neither ends nor
+    restarts the fail: its sealed job ends cancelled without starting."""
+    settings = system.settings
+    batch = unsealed_batch(settings, ("emit", {"lines": 1}))
+    failed = events.BatchFailed(batch_id=batch.batch_id, reason="broken", requested_by="op")
+    await publish(settings, batch.requested, failed)
+    async with jetstream(settings) as js:
+        await js.publish(Names(settings.prefix).batch_kind_subject(batch.batch_id, kind), b"\x00")
+    await publish(settings, *batch.jobs, batch.sealed)
+    async with system.client() as client:
+        job = await wait_status(client, batch.job_ids[0], "cancelled", "completed", "failed")
+    assert (job["status"], job["started_at"], job["log_count"]) == ("cancelled", None, 0)

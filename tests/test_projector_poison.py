@@ -213,3 +213,17 @@ async def test_admins_list_the_events_set_aside_and_viewers_may_not(
     assert body["count"] == 1
     assert [(e["stream_seq"], e["job_id"]) for e in body["events"]] == [(last, "bad")]
     assert refused.status_code == 403
+
+
+async def test_a_message_nested_too_deeply_is_set_aside(live: System, settings: Settings) -> None:
+    """A JSON object nested thousands deep (not written by jobrunner) is set aside like any
+    unreadable message, and later jobs still show."""
+    names = Names(settings.prefix)
+    async with publisher(settings) as js:
+        await js.publish(
+            names.job_kind_subject("deep", "lines"), b'{"job_id":"deep","a":' + b"[" * 50_000
+        )
+    await publish_then_a_healthy_job(settings, [])
+    failure = await row(settings, "SELECT * FROM readmodel.projector_failures")
+    assert (failure["stream_seq"], failure["job_id"]) == (1, None)
+    assert failure["error"].startswith("DecodeError")

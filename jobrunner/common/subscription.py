@@ -249,6 +249,25 @@ async def last_stored(
     return answer.message
 
 
+async def next_stored(
+    inbox: AckInbox, js: JetStreamContext, stream: str, subject: str, seq: int
+) -> StoredMessage | None:
+    """The first message on ``subject`` at stream sequence ``seq`` or after it, as
+    ``last_stored`` reads the newest (``js.get_msg(..., next=True)`` without its cost), or None
+    when there is none."""
+    request = msgspec.json.encode({"seq": seq, "next_by_subj": subject})
+    reply = await inbox.request(f"{js._prefix}.STREAM.MSG.GET.{stream}", request)
+    if reply.headers and reply.headers.get("Status") == "503":
+        raise ServiceUnavailableError
+    answer = _message_get_reply.decode(reply.data)
+    if answer.error is not None:
+        try:
+            APIError.from_error(answer.error)
+        except NotFoundError:
+            return None
+    return answer.message
+
+
 # At most this many messages per fetch of a shared consumer: a backlog (old requests after an
 # outage, a history's job ends) is taken many messages per round trip instead of one, while
 # instances sharing the consumer still each get a part of a burst.

@@ -94,6 +94,18 @@ def terminal_event_id(job_id: str) -> str:
     return f"{job_id}-end"
 
 
+# How many ids past ``terminal_event_id`` a job's ending may take (see ``terminal_event_ids``).
+FALLBACK_ENDINGS = 4
+
+
+def terminal_event_ids(job_id: str) -> list[str]:
+    """The ids a job's ending is stored under, tried in order: ``<id>-end``, then, should a
+    message jobrunner did not write have taken it, ``<id>-end-2`` up to ``<id>-end-5``. Every
+    writer tries the same ids, so JetStream still keeps one ending when two race."""
+    first = terminal_event_id(job_id)
+    return [first, *(f"{first}-{n}" for n in range(2, FALLBACK_ENDINGS + 2))]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -24,8 +24,8 @@ from nats.js import JetStreamContext
 
 from jobrunner.common import batchids, eventstore, metrics
 from jobrunner.common.callbacktoken import CallbackToken, mint
+from jobrunner.common.lastevent import last_readable
 from jobrunner.common.slots import SlotTable
-from jobrunner.common.subscription import last_message
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.batchrequest import BatchPlan
@@ -94,13 +94,24 @@ async def publish_batch(
     requested: events.BatchRequested | None = batch.requested
     jobs = batch.jobs
     if resumed:
-        sealed = await last_message(
-            js, names.stream, names.batch_kind_subject(batch.batch_id, "sealed")
+        # What is stored there is looked for among the messages jobrunner could have written: one
+        # that is not (``lastevent``) must not stand for a seal, a request or a job not published.
+        batch_id = batch.batch_id
+        sealed = await last_readable(
+            js,
+            names.stream,
+            names.batch_kind_subject(batch_id, "sealed"),
+            events.BatchSealed,
+            batch_id,
         )
         if sealed is not None:
-            return sealed.seq or 0
-        stored = await last_message(
-            js, names.stream, names.batch_kind_subject(batch.batch_id, "requested")
+            return sealed[0]
+        stored = await last_readable(
+            js,
+            names.stream,
+            names.batch_kind_subject(batch_id, "requested"),
+            events.BatchRequested,
+            batch_id,
         )
         requested = None if stored is not None else batch.requested
         jobs = await _missing(js, names, jobs)
@@ -125,7 +136,8 @@ async def _missing(
     async def stored(job: events.JobRequested) -> bool:
         async with limit:
             subject = names.job_kind_subject(job.job_id, "requested")
-            return await last_message(js, names.stream, subject) is not None
+            found = await last_readable(js, names.stream, subject, events.JobRequested, job.job_id)
+            return found is not None
 
     found = await asyncio.gather(*(stored(job) for job in jobs))
     return [job for job, there in zip(jobs, found, strict=True) if not there]

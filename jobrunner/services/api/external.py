@@ -25,10 +25,12 @@ from typing import Any
 import msgspec
 import structlog
 from litestar import Request
+from nats.js import api
 from nats.js.errors import APIError
 
-from jobrunner.common import callbacktoken, eventstore, metrics
+from jobrunner.common import callbacktoken, endings, eventstore, metrics
 from jobrunner.common.jobtypes import JobType
+from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, last_readable, newest_readable
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
@@ -155,14 +157,12 @@ async def authenticate(ctx: ApiContext, job_id: str, token: str) -> events.JobRe
     return requested
 
 
-async def _last(ctx: ApiContext, job_id: str, kind: str) -> events.AnyEvent | None:
-    raw = await last_message(ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, kind))
-    if raw is None or not raw.data:
-        return None
-    try:
-        return codec.decode(raw.data)
-    except msgspec.MsgspecError:
-        return None
+async def _last(ctx: ApiContext, job_id: str, kind: str) -> events.Event | None:
+    """The job's newest readable event of ``kind`` (one not written by jobrunner is skipped: a
+    finished job must not take reports again)."""
+    subject = ctx.names.job_kind_subject(job_id, kind)
+    found = await last_readable(ctx.js, ctx.names.stream, subject, JOB_EVENT_OF_KIND[kind], job_id)
+    return None if found is None else found[1]
 
 
 def _finished(status: events.StatusChanged) -> ApiError:
@@ -257,13 +257,15 @@ async def _publish_lines(
     for _ in range(MAX_NUMBERING_ATTEMPTS):
         last = await last_message(ctx.js, ctx.names.stream, subject)
         after = 0
-        if last is not None and last.data:
-            try:
-                previous = codec.decode(last.data)
-            except msgspec.MsgspecError:
-                previous = None
-            if isinstance(previous, events.LineLogged) and previous.lines:
-                after = previous.lines[-1].seq
+        if last is not None and last.seq is not None:
+            # Numbered on from the newest lines jobrunner wrote; the expected sequence below is
+            # the subject's newest message's, whoever wrote it.
+            newest = last.seq, last.data or b""
+            previous = await newest_readable(
+                ctx.js, ctx.names.stream, subject, newest, events.LineLogged, job_id
+            )
+            if previous is not None and previous[1].lines:
+                after = previous[1].lines[-1].seq
         at = events.utcnow()
         event = events.LineLogged(
             job_id=job_id,
@@ -332,16 +334,25 @@ async def _end(
         result=result,
         report_id=report.report_id,
     )
-    ack = await ctx.js.publish(
-        ctx.names.subject(ending), codec.encode(ending), headers=codec.headers(ending)
-    )
-    if not ack.duplicate:
+    stored, first = await endings.store(ctx.js, ctx.names, ending, lambda e: _publish(ctx, e))
+    if stored:
         metrics.job_ended(job_type, status.value)
-    if ack.duplicate:
-        # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
-        stored = await _last(ctx, job_id, "status")
-        if isinstance(stored, events.StatusChanged) and stored.status.is_terminal:
-            if report.report_id is None or stored.report_id != report.report_id:
-                raise _finished(stored)
-            return msgspec.structs.replace(answer, status=stored.status.value, duplicate=True)
-    return msgspec.structs.replace(answer, status=status.value)
+        return msgspec.structs.replace(answer, status=status.value)
+    if first is None:
+        # No ending stored and none found (foreign messages on its terminal ids): try again.
+        raise ApiError(
+            503,
+            "REPORT_CONFLICT",
+            "The job's ending could not be stored; send this report again.",
+            headers={"Retry-After": "1"},
+        )
+    # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
+    if report.report_id is None or first.report_id != report.report_id:
+        raise _finished(first)
+    return msgspec.structs.replace(answer, status=first.status.value, duplicate=True)
+
+
+async def _publish(ctx: ApiContext, event: events.StatusChanged) -> api.PubAck:
+    return await ctx.js.publish(
+        ctx.names.subject(event), codec.encode(event), headers=codec.headers(event)
+    )

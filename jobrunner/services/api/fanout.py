@@ -163,15 +163,19 @@ class EndLast:
         return ready
 
 
-def decode_event(data: bytes) -> events.AnyEvent | None:
+def decode_event(data: bytes, job_id: str) -> events.AnyEvent | None:
+    """The event of job ``job_id`` in a message of its subjects; None for one that does not
+    decode, or names another job (not written by jobrunner: another job's ending there must
+    not end this job's stream)."""
     try:
-        return codec.decode(data)
+        event = codec.decode(data)
     except msgspec.MsgspecError:
         return None
+    return event if getattr(event, "job_id", None) == job_id else None
 
 
-def decode_item(seq: int, data: bytes, build: FrameBuilder) -> Item | None:
-    event = decode_event(data)
+def decode_item(seq: int, data: bytes, job_id: str, build: FrameBuilder) -> Item | None:
+    event = decode_event(data, job_id)
     if event is None:
         return None
     return Item(seq, event, build(event, seq, None))
@@ -366,7 +370,9 @@ class JobFeed:
         try:
             for msg in reader.take():
                 seq, pending = position(msg)
-                self._order(seq, pending, decode_item(seq, msg.data, self.fanout.build))
+                self._order(
+                    seq, pending, decode_item(seq, msg.data, self.job_id, self.fanout.build)
+                )
                 if self._end_last.ended:
                     self._flush()
                     self._finished = True
@@ -409,7 +415,7 @@ class JobFeed:
     async def _decode_in_steps(self, seq: int, data: bytes) -> Item | None:
         """``decode_item``, with a large LineLogged framed ``FRAME_LINES`` lines per step."""
         frame_lines = self.fanout.frame_lines
-        event = decode_event(data)
+        event = decode_event(data, self.job_id)
         if event is None:
             return None
         if (
@@ -703,7 +709,9 @@ class Fanout:
                         await asyncio.sleep(0)
                         turn_ends = loop.time() + TURN_SECONDS
                     seq, pending = position(msg)
-                    for item in end_last.order(decode_item(seq, msg.data, self.build), pending):
+                    for item in end_last.order(
+                        decode_item(seq, msg.data, job_id, self.build), pending
+                    ):
                         yield item
                     holding_end = end_last.held is not None and not end_last.ended
                     if pending == 0 or (seq >= until_seq and not holding_end):

@@ -19,8 +19,8 @@ import structlog
 from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
-from jobrunner.common.subscription import last_message
-from jobrunner.contracts import codec, events
+from jobrunner.common.lastevent import last_readable
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.directwrite import ChunkWriter
 from jobrunner.services.api.fanout import TAKE_BYTES, Fanout, HistoryStalled, Item
@@ -101,14 +101,10 @@ def short_past(log_count: int, max_line_bytes: int, client_bytes: int) -> bool:
 async def last_status(
     js: JetStreamContext, names: Names, job_id: str
 ) -> tuple[int, events.StatusChanged] | None:
-    """The job's latest StatusChanged and its stream sequence, straight from JetStream."""
-    raw = await last_message(js, names.stream, names.job_kind_subject(job_id, "status"))
-    if raw is None:
-        return None
-    event = codec.decode(raw.data) if raw.data else None
-    if not isinstance(event, events.StatusChanged) or raw.seq is None:
-        return None
-    return raw.seq, event
+    """The job's latest StatusChanged and its stream sequence, straight from JetStream (one
+    not written by jobrunner is skipped: ``lastevent``)."""
+    subject = names.job_kind_subject(job_id, "status")
+    return await last_readable(js, names.stream, subject, events.StatusChanged, job_id)
 
 
 def frame(data: Any, event: str | None = None, id: str | None = None) -> bytes:

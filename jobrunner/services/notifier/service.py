@@ -28,6 +28,7 @@ from nats.js import JetStreamContext, api
 
 from jobrunner.common import ackinbox, eventstore, reconfigure, retry
 from jobrunner.common.jobtypes import JobType, load_job_types
+from jobrunner.common.lastevent import newest_readable
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.common.subscription import (
     FETCH_MOST,
@@ -151,6 +152,11 @@ class Notifier:
             if not isinstance(end, events.StatusChanged) or not end.status.is_terminal:
                 await _ack(msg)
                 return
+            if msg.subject != self.names.subject(end):
+                # Another job's ending on this job's subject was not written by jobrunner.
+                log.warning("status event of another job skipped", subject=msg.subject)
+                await _ack(msg)
+                return
             if end.job_id in self._handling:
                 return  # delivered again while this notifier works on it: its ack will come
             job_id = end.job_id  # from here on this task owns the job's mark in _handling
@@ -164,7 +170,7 @@ class Notifier:
                 with contextlib.suppress(Exception):
                     await msg.nak()
         except msgspec.MsgspecError:
-            log.warning("undecodable status event skipped")
+            log.warning("undecodable status event skipped", subject=msg.subject)
             await _ack(msg)
         except Exception:
             # Not acknowledged: JetStream hands it out again after the ack wait.
@@ -207,13 +213,16 @@ class Notifier:
             lambda: last_stored(self._acks, self.js, self.names.stream, subject),
             f"reading {subject}",
         )
-        if raw is None or not raw.data:
+        if raw is None:
             return None
-        try:
-            event = codec.decode(raw.data)
-        except msgspec.MsgspecError:
-            return None
-        return event if isinstance(event, kind_type) else None
+        newest = raw.seq, raw.data
+        # One not written by jobrunner is skipped: a junk last attempt must not restart a
+        # delivery from its first attempt, a junk request must not hide the webhook.
+        found = await retry.until_done(
+            lambda: newest_readable(self.js, self.names.stream, subject, newest, kind_type, job_id),
+            f"reading {subject}",
+        )
+        return None if found is None else found[1]
 
     async def _publish(self, event: events.WebhookAttempted) -> None:
         await retry.until_done(

@@ -154,7 +154,8 @@ def _probe(raw: bytes) -> tuple[str | None, str | None]:
     """The event's type and job id, if the message is a JSON object that has them."""
     try:
         fields = _probe_decoder.decode(raw)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # msgspec's error for JSON nested too deeply
+        # Raised, it would fail the set-aside itself, and the projector would retry it forever.
         return None, None
     kind, job_id = fields.get("type"), fields.get("job_id")
     return (

@@ -76,6 +76,8 @@ class ExternalExecution:
             event = codec.decode(msg.data)
         except msgspec.MsgspecError:
             return
+        if getattr(event, "job_id", None) != self.job_id:
+            return  # another job's event on this job's subject: not written by jobrunner
         self._last_sign = time.time()  # published just now (a poll's old status is not)
         self._take_status(event)
 

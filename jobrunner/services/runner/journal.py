@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-import msgspec
-import structlog
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
-from jobrunner.common import ackinbox, eventstore, metrics, retry
+from jobrunner.common import ackinbox, endings, eventstore, metrics, retry
+from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, newest_readable
 from jobrunner.common.subscription import last_stored
-from jobrunner.contracts import codec, events
+from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
-
-log = structlog.get_logger()
 
 
 class JobJournal:
@@ -30,16 +27,22 @@ class JobJournal:
         self._acks = ackinbox.of(nc)
 
     async def last_event(self, job_id: str, kind: str) -> events.AnyEvent | None:
+        """The job's newest readable event of ``kind``: a message not written by jobrunner is
+        skipped, never taken for "none" (a finished job would look never started)."""
         subject = self.names.job_kind_subject(job_id, kind)
         raw = await last_stored(self._acks, self.js, self.names.stream, subject)
-        if raw is None or not raw.data:
+        if raw is None:
             return None
-        try:
-            return codec.decode(raw.data)
-        except msgspec.MsgspecError as exc:
-            # Not written by jobrunner: as if there were none, rather than a crash per delivery.
-            log.warning("undecodable event ignored", subject=subject, error=str(exc))
-            return None
+        found = await newest_readable(
+            self.js,
+            self.names.stream,
+            subject,
+            (raw.seq, raw.data),
+            JOB_EVENT_OF_KIND[kind],
+            job_id,
+        )
+        # Of JOB_EVENT_OF_KIND[kind], one of the job event types.
+        return None if found is None else cast("events.AnyEvent", found[1])
 
     async def is_latest(self, job_id: str, seq: int) -> bool:
         """Is the event at stream sequence ``seq`` the job's latest event? One read: the last
@@ -68,8 +71,9 @@ class JobJournal:
         result: dict[str, Any] | None = None,
         job_type: str = "",
     ) -> None:
-        """Publish the job's end. Its event id is the job's one terminal id, so whoever ends a
-        job first (its runner, a runner declaring it lost) decides, and later ends are dropped."""
+        """Publish the job's end. Its event id is the job's terminal id, so whoever ends a job
+        first (its runner, a runner declaring it lost, a cancel) decides, and later ends are
+        dropped (see ``endings.store``)."""
         ending = events.StatusChanged(
             job_id=job_id,
             event_id=events.terminal_event_id(job_id),
@@ -80,11 +84,17 @@ class JobJournal:
             cancelled_by=cancelled_by,
             result=result,
         )
-        ack = await retry.until_done(
-            lambda: eventstore.publish_acked(self.js, self.names, ending),
+        # Inside the retry as a whole, the look for an ending after a duplicate included: a NATS
+        # blip there must not raise out of end() (its caller releases the job's lock after it).
+        # Retrying is safe: the ids tried are the same every time.
+        stored, _ = await retry.until_done(
+            lambda: endings.store(self.js, self.names, ending, self._publish),
             f"the end of job {job_id}",
         )
         # Counted only by whoever stored the end: an end someone stored first (the API
         # cancelling a pending job, another runner declaring it lost) is not counted twice.
-        if not ack.duplicate:
+        if stored:
             metrics.job_ended(job_type, status.value)
+
+    async def _publish(self, ending: events.StatusChanged) -> api.PubAck:
+        return await eventstore.publish_acked(self.js, self.names, ending)

@@ -23,6 +23,7 @@ from jobrunner.common.slots import SlotTable, slot_key
 from jobrunner.common.subscription import FETCH_MOST, fetch_some, waiting_after
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
+from jobrunner.contracts.names import Names
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.journal import JobJournal
@@ -88,7 +89,12 @@ class RequestLoop:
             event = codec.decode(msg.data)
         except msgspec.MsgspecError:
             return
-        if isinstance(event, events.CancelRequested) and event.job_id in self.running:
+        # One naming another job than its subject was not written by jobrunner: it cancels nothing.
+        if (
+            isinstance(event, events.CancelRequested)
+            and event.job_id in self.running
+            and msg.subject == self.journal.names.subject(event)
+        ):
             job = self.running[event.job_id]
             job.cancelled_by = event.requested_by
             job.cancel_event.set()
@@ -96,8 +102,10 @@ class RequestLoop:
     async def _handle(self, msg: Msg) -> None:
         job: RunningJob | None = None
         try:
-            event = codec.decode(msg.data)
-            if not isinstance(event, events.JobRequested):
+            event = _request_of(msg, self.journal.names)
+            if event is None:
+                # Not a request jobrunner wrote: never run, and never delivered again (it would
+                # come back every ack wait for ever, holding a place of max_ack_pending).
                 await msg.term()
                 return
             structlog.contextvars.bind_contextvars(job_id=event.job_id)
@@ -211,3 +219,21 @@ class RequestLoop:
             return
         making_output = early or self.executor.output_directory(job_id)
         await self.executor.run(request, job_type, job, claimed, making_output)
+
+
+def _request_of(msg: Msg, names: Names) -> events.JobRequested | None:
+    """The JobRequested ``msg`` holds, or None (with a warning) for a message that does not
+    decode, an event of another kind or one naming another job than its subject."""
+    try:
+        event = codec.decode(msg.data)
+    except msgspec.MsgspecError as exc:
+        log.warning("undecodable request dropped", subject=msg.subject, reason=str(exc))
+        return None
+    if not isinstance(event, events.JobRequested):
+        if event is not None:
+            log.warning("not a request, dropped", subject=msg.subject, type=type(event).__name__)
+        return None
+    if msg.subject != names.subject(event):
+        log.warning("request of another job dropped", subject=msg.subject, job_id=event.job_id)
+        return None
+    return event

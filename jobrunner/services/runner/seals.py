@@ -29,8 +29,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from jobrunner.common.lastevent import last_readable
 from jobrunner.common.slots import SlotTable
-from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
@@ -66,7 +66,8 @@ class BatchSeals:
             event = codec.decode(msg.data)
         except msgspec.MsgspecError:
             return
-        if isinstance(event, events.BatchSealed):
+        # Another batch's seal on this batch's subject was not written by jobrunner.
+        if isinstance(event, events.BatchSealed) and msg.subject == self._names.subject(event):
             self._mark(event.batch_id)
 
     def _mark(self, batch_id: str) -> None:
@@ -96,7 +97,11 @@ class BatchSeals:
 
     async def _look_up(self, batch_id: str) -> bool:
         subject = self._names.batch_kind_subject(batch_id, "sealed")
-        found = await last_message(self._js, self._names.stream, subject) is not None
+        # A message there not written by jobrunner seals nothing (``lastevent``).
+        found = (
+            await last_readable(self._js, self._names.stream, subject, events.BatchSealed, batch_id)
+            is not None
+        )
         if found:
             self._mark(batch_id)
         else:
@@ -121,19 +126,26 @@ class BatchSeals:
         return await asyncio.shield(lookup)
 
     async def _look_up_failure(self, batch_id: str) -> events.BatchFailed | None:
-        failed = await last_message(
-            self._js, self._names.stream, self._names.batch_kind_subject(batch_id, "failed")
+        # Messages there not written by jobrunner neither fail nor restart it (``lastevent``).
+        stream, names = self._names.stream, self._names
+        failed = await last_readable(
+            self._js,
+            stream,
+            names.batch_kind_subject(batch_id, "failed"),
+            events.BatchFailed,
+            batch_id,
         )
         stopped: events.BatchFailed | None = None
         if failed is not None:
-            restarted = await last_message(
-                self._js, self._names.stream, self._names.batch_kind_subject(batch_id, "restarted")
+            restarted = await last_readable(
+                self._js,
+                stream,
+                names.batch_kind_subject(batch_id, "restarted"),
+                events.BatchRestarted,
+                batch_id,
             )
-            if restarted is None or (restarted.seq or 0) < (failed.seq or 0):
-                with contextlib.suppress(msgspec.MsgspecError):
-                    event = codec.decode(failed.data or b"")
-                    if isinstance(event, events.BatchFailed):
-                        stopped = event
+            if restarted is None or restarted[0] < failed[0]:
+                stopped = failed[1]
         if len(self._failures) > REMEMBERED_SEALS:
             self._failures.clear()
         self._failures[batch_id] = (time.monotonic(), stopped)

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import msgspec
 import structlog
 from litestar import Request, Response, get, put
 from litestar.response import Stream
@@ -21,8 +20,8 @@ from nats.errors import Error as NatsError
 from nats.js import api
 
 from jobrunner.common import artifactnames, artifactstore
-from jobrunner.common.subscription import last_message
-from jobrunner.contracts import codec, events
+from jobrunner.common.lastevent import last_readable
+from jobrunner.contracts import events
 from jobrunner.services.api import artifactupload, external, readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
@@ -183,14 +182,9 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
 
 
 async def _last_status(ctx: ApiContext, job_id: str) -> events.StatusChanged | None:
-    raw = await last_message(ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "status"))
-    if raw is None or not raw.data:
-        return None
-    try:
-        event = codec.decode(raw.data)
-    except msgspec.MsgspecError:
-        return None
-    return event if isinstance(event, events.StatusChanged) else None
+    subject = ctx.names.job_kind_subject(job_id, "status")
+    found = await last_readable(ctx.js, ctx.names.stream, subject, events.StatusChanged, job_id)
+    return None if found is None else found[1]
 
 
 @put(

@@ -12,9 +12,9 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from jobrunner.common import batchids, eventstore
 from jobrunner.common.jobtypes import ParameterError
+from jobrunner.common.lastevent import last_readable
 from jobrunner.common.slots import SlotValue, slot_key
-from jobrunner.common.subscription import last_message
-from jobrunner.contracts import codec, events
+from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
@@ -286,18 +286,12 @@ def wait_choice(raw: str | None) -> str:
 
 async def already_created(ctx: ApiContext, job_id: str) -> schemas.JobCreated | None:
     """The answer to a retried request whose job is stored (None: it is not, publish it)."""
-    stored = await last_message(
-        ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "requested")
-    )
-    if stored is None or not stored.data:
-        return None
-    try:
-        event = codec.decode(stored.data)
-    except msgspec.MsgspecError:
-        return None  # not written by jobrunner: publish ours
-    if not isinstance(event, events.JobRequested):
-        return None
-    await ctx.projection.wait_for(stored.seq or 0, READ_YOUR_WRITES_TIMEOUT)
+    subject = ctx.names.job_kind_subject(job_id, "requested")
+    stored = await last_readable(ctx.js, ctx.names.stream, subject, events.JobRequested, job_id)
+    if stored is None:
+        return None  # none, or none written by jobrunner: publish ours
+    seq, event = stored
+    await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
     row = await readmodels.get_job_row(ctx.pool, job_id)
     return schemas.JobCreated(
         id=job_id,

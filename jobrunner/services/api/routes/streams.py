@@ -6,12 +6,11 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
 from litestar import Request, get
 from litestar.response import Stream
 
-from jobrunner.common.subscription import last_message
-from jobrunner.contracts import codec, events
+from jobrunner.common.lastevent import last_readable
+from jobrunner.contracts import events
 from jobrunner.services.api import directwrite, readmodels, sse
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored, ctx_of
@@ -123,19 +122,13 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
 
 
 async def _requested(ctx: ApiContext, job_id: str) -> Mapping[str, Any] | None:
-    stored = await last_message(
-        ctx.js, ctx.names.stream, ctx.names.job_kind_subject(job_id, "requested")
-    )
-    if stored is None or not stored.data or stored.seq is None:
+    # The id must be the event's own (a subject wildcard in the path finds another job's).
+    subject = ctx.names.job_kind_subject(job_id, "requested")
+    stored = await last_readable(ctx.js, ctx.names.stream, subject, events.JobRequested, job_id)
+    if stored is None:
         return None
-    try:
-        event = codec.decode(stored.data)
-    except msgspec.MsgspecError:
-        return None
-    # The id is the event's own (a subject wildcard in the path finds another job's request).
-    if not isinstance(event, events.JobRequested) or event.job_id != job_id:
-        return None
-    if stored.seq <= await readmodels.applied_seq(ctx.pool):
+    seq, event = stored
+    if seq <= await readmodels.applied_seq(ctx.pool):
         # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
         return await readmodels.get_job_row(ctx.pool, as_stored(job_id))
-    return {"first_seq": stored.seq, "log_count": 0, "requested_by": event.requested_by}
+    return {"first_seq": seq, "log_count": 0, "requested_by": event.requested_by}

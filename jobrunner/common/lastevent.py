@@ -1,0 +1,227 @@
+"""The newest event of a job's (or batch's) subject that this version can read.
+
+Anyone with publish rights on the stream can store on a job's subject a message jobrunner did not
+write: one that does not decode, an event type of a newer version, an event of another kind, one
+naming another job. Every "latest status / request / cancel" read asks for the subject's newest
+message; taking such a message for "none" hides the event before it: a finished job whose status
+subject ends in junk would look never started to a runner (which would run it again) and to the
+API (which would take its worker's reports again). So such a message is skipped, as the projector
+sets it aside, with a warning naming its subject and stream sequence, and the subject is read back
+for the newest readable event before it.
+
+Reading back first reads the subject's first messages (``FIRST_MOST``), where jobrunner's own
+events of a job are, then the messages before the newest one, one direct message-get each; one
+read stops at ``LOOKBACK_MOST`` messages, ``LOOKBACK_BYTES`` of data or ``LOOKBACK_SECONDS``,
+whichever comes first, with the newest readable event it found: a flood of foreign messages after
+an ending costs a bounded read and still finds it; an ending behind more foreign messages than the
+bounds (stored while the job ran) is not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+
+from jobrunner.common import ackinbox
+from jobrunner.common.subscription import StoredMessage, last_message, next_stored
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.names import KIND_BY_EVENT
+
+log = structlog.get_logger()
+
+E = TypeVar("E", bound=events.Event | events.BatchEvent)
+
+# One read back (or forwards) stops at whichever bound it reaches first: a flood of foreign
+# messages on a subject costs every reader of it a bounded read, not one per message.
+LOOKBACK_MOST = 256  # messages
+LOOKBACK_BYTES = 4 * 1024 * 1024  # of their data
+LOOKBACK_SECONDS = 1.0
+FIRST_MOST = 8  # the subject's first messages, read first
+FIRST_STRETCH = 64  # stream sequences
+
+_ONE_TOKEN = re.compile(r"^[^.*>\s]+\Z")
+
+# The event type each kind of a job's subject holds (``<prefix>.job.<id>.<kind>``).
+JOB_EVENT_OF_KIND: dict[str, type[events.Event]] = {
+    kind: event for event, kind in KIND_BY_EVENT.items() if issubclass(event, events.Event)
+}
+
+# Subjects and sequences already warned about: a reader asked again and again (a runner's
+# redeliveries, a client polling) warns once per message. Cleared when full.
+_warned: set[tuple[str, int]] = set()
+_WARNED_MOST = 4096
+
+
+def readable(data: bytes, kind: type[E], owner: str) -> E | str:
+    """The ``kind`` event of job (or batch) ``owner`` that ``data`` holds, else why it is none."""
+    try:
+        event = codec.decode(data)
+    except msgspec.MsgspecError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if event is None:
+        return "an event type this version does not know"
+    if not isinstance(event, kind):
+        return f"a {type(event).__name__} where a {kind.__name__} belongs"
+    named = event.batch_id if isinstance(event, events.BatchEvent) else event.job_id
+    if named != owner:
+        return f"an event of {named!r} on the subject of {owner!r}"
+    return event
+
+
+async def newest_readable(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    newest: tuple[int, bytes],
+    kind: type[E],
+    owner: str,
+) -> tuple[int, E] | None:
+    """``newest`` (the subject's newest message: its stream sequence and data) as a ``kind``
+    event of ``owner``, or, when it is none, the newest one stored before it on ``subject`` that
+    a bounded read back finds."""
+    seq, data = newest
+    found = readable(data, kind, owner)
+    if not isinstance(found, str):
+        return seq, found
+    if not _ONE_TOKEN.match(owner):
+        # An id from a path with a dot or a wildcard names several subjects, none of them its own.
+        return None
+    _warn(subject, seq, found)
+    reading = _Reading(js, stream, subject, kind, owner)
+    await reading.back_from(seq)
+    if reading.cut_short:
+        log.warning("read-back cut short", subject=subject, newest_seq=seq, read=reading.read)
+    return reading.best
+
+
+async def first_readable(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    kind: type[E],
+    owner: str,
+    wanted: Callable[[E], bool],
+) -> tuple[tuple[int, E] | None, bool]:
+    """The first ``kind`` event of ``owner`` on ``subject`` that is ``wanted`` (a job's ending,
+    say), reading forwards from the subject's first message; and whether the read got to the
+    subject's end (False: the bounds stopped it first, so "none" is not known)."""
+    if not _ONE_TOKEN.match(owner):
+        return None, True
+    reading = _Reading(js, stream, subject, kind, owner)
+    found = await reading.first(wanted)
+    if found is None and reading.cut_short:
+        log.warning("read-forward cut short", subject=subject, read=reading.read)
+    return found, found is not None or not reading.cut_short
+
+
+class _Reading:
+    """One bounded read of a subject: at most ``LOOKBACK_MOST`` messages, ``LOOKBACK_BYTES`` of
+    them and no request begun after ``LOOKBACK_SECONDS``, one direct message-get each. (A
+    deadline checked between requests, not a timeout around them: a request NATS does not
+    answer raises, as every NATS error does, for the caller to retry, never taken for "none".)"""
+
+    def __init__(
+        self, js: JetStreamContext, stream: str, subject: str, kind: type[E], owner: str
+    ) -> None:
+        self.js, self.stream, self.subject, self.kind, self.owner = js, stream, subject, kind, owner
+        self.inbox = ackinbox.of(js._nc)  # nats-py exposes the client only as ``_nc``
+        self.read = 0
+        self.bytes = 0
+        self.cut_short = False
+        self.best: tuple[int, Any] | None = None
+        self.deadline = asyncio.get_running_loop().time() + LOOKBACK_SECONDS
+
+    async def back_from(self, seq: int) -> None:
+        """Sets ``best`` to the newest readable event before ``seq``. JetStream reads a subject
+        forwards only. First the subject's first messages, where jobrunner's own events of a job
+        (its request, running, its ending) are, whatever came after them. Then the stretches of
+        the stream before ``seq``, growing fourfold, down to where the first read stopped: the
+        newest is found reading little more than the messages after it."""
+        head_end = await self._scan(1, seq, FIRST_MOST)
+        if head_end >= seq or _is_ending(self.best):
+            # A job's ending is its last status: JetStream drops every later one, and jobrunner
+            # writes no other status after it. Nothing after it need be read.
+            return
+        head_best, self.best = self.best, None
+        end, width = seq, FIRST_STRETCH
+        while end > head_end and not self.cut_short:
+            start = max(head_end, end - width)
+            await self._scan(start, end, LOOKBACK_MOST)
+            if self.best is not None:
+                return
+            end, width = start, width * 4
+        self.best = head_best
+
+    async def first(self, wanted: Callable[[Any], bool]) -> tuple[int, Any] | None:
+        at = 1
+        while (msg := await self._next(at)) is not None:
+            event = readable(msg.data, self.kind, self.owner)
+            if not isinstance(event, str) and wanted(event):
+                return msg.seq, event
+            at = msg.seq + 1
+        return None
+
+    async def _scan(self, start: int, end: int, most: int) -> int:
+        """Reads the subject from ``start`` to before ``end`` (at most ``most`` messages), the
+        newest readable one kept in ``best``; answers where the read stopped (``end`` when it
+        got there)."""
+        at = start
+        for _ in range(most):
+            msg = await self._next(at)
+            if msg is None or msg.seq >= end:
+                return end
+            earlier = readable(msg.data, self.kind, self.owner)
+            if isinstance(earlier, str):
+                _warn(self.subject, msg.seq, earlier)
+            else:
+                self.best = msg.seq, earlier
+            at = msg.seq + 1
+        return at
+
+    async def _next(self, seq: int) -> StoredMessage | None:
+        if (
+            self.read >= LOOKBACK_MOST
+            or self.bytes >= LOOKBACK_BYTES
+            or asyncio.get_running_loop().time() >= self.deadline
+        ):
+            self.cut_short = True
+            return None
+        self.read += 1
+        msg = await next_stored(self.inbox, self.js, self.stream, self.subject, seq)
+        if msg is not None:
+            self.bytes += len(msg.data)
+        return msg
+
+
+async def last_readable(
+    js: JetStreamContext, stream: str, subject: str, kind: type[E], owner: str
+) -> tuple[int, E] | None:
+    """The newest ``kind`` event of ``owner`` on ``subject`` and its stream sequence, or None
+    when the subject holds none (see ``newest_readable``)."""
+    raw = await last_message(js, stream, subject)
+    if raw is None or raw.seq is None:
+        return None
+    return await newest_readable(js, stream, subject, (raw.seq, raw.data or b""), kind, owner)
+
+
+def _is_ending(found: tuple[int, Any] | None) -> bool:
+    return (
+        found is not None
+        and isinstance(found[1], events.StatusChanged)
+        and found[1].status.is_terminal
+    )
+
+
+def _warn(subject: str, seq: int, reason: str) -> None:
+    if (subject, seq) in _warned:
+        return
+    if len(_warned) >= _WARNED_MOST:
+        _warned.clear()
+    _warned.add((subject, seq))
+    log.warning("unreadable event skipped", subject=subject, stream_seq=seq, reason=reason)
