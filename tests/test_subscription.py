@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 
+import nats
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
+from jobrunner.common import ackinbox, retry
 from jobrunner.common.settings import Settings
 from jobrunner.common.subscription import (
     OrderedReader,
     fetch_one,
     fetch_some,
     last_message,
+    last_stored,
+    next_stored,
     ordered_reader,
 )
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import nats_server_binary
+from jobrunner.embedded.serverprocess import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,3 +245,42 @@ async def test_a_fetch_without_messages_gives_every_unit_back(
     capacity = asyncio.Semaphore(10)
     assert await asyncio.wait_for(fetch_some(sub, capacity), 30) == []
     assert await free_units(capacity) == 10
+
+
+@pytest.fixture
+def nats_without_jetstream() -> Iterator[str]:
+    """A nats-server of this test's own, without JetStream: its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def test_a_message_get_without_jetstream_is_an_error_worth_retrying(
+    nats_without_jetstream: str,
+) -> None:
+    """A server whose JetStream does not answer (one restarting, say) gets the message-gets
+    sent again by the retries around them (an ending being stored among them), not refused."""
+    nc = await nats.connect(nats_without_jetstream)
+    try:
+        js, inbox = nc.jetstream(), ackinbox.of(nc)
+        for read in (last_stored(inbox, js, "S", "a.b"), next_stored(inbox, js, "S", "a.b", 1)):
+            with pytest.raises(ServiceUnavailableError) as raised:
+                await read
+            assert retry.is_transient(raised.value)
+    finally:
+        await nc.close()

@@ -228,6 +228,12 @@ class _MessageGetReply(msgspec.Struct):
 _message_get_reply = msgspec.json.Decoder(_MessageGetReply)
 
 
+def _no_jetstream() -> ServiceUnavailableError:
+    """No JetStream answered (a server whose JetStream is still starting, say): an error with
+    its 503 code, so that retries (``retry.is_transient``) send the request again."""
+    return ServiceUnavailableError(code=503, description="no JetStream responders")
+
+
 async def last_stored(
     inbox: AckInbox, js: JetStreamContext, stream: str, subject: str
 ) -> StoredMessage | None:
@@ -239,7 +245,7 @@ async def last_stored(
     request = msgspec.json.encode({"last_by_subj": subject})
     reply = await inbox.request(f"{js._prefix}.STREAM.MSG.GET.{stream}", request)
     if reply.headers and reply.headers.get("Status") == "503":
-        raise ServiceUnavailableError  # no JetStream to answer, as js.get_last_msg raises
+        raise _no_jetstream()
     answer = _message_get_reply.decode(reply.data)
     if answer.error is not None:
         try:
@@ -258,7 +264,7 @@ async def next_stored(
     request = msgspec.json.encode({"seq": seq, "next_by_subj": subject})
     reply = await inbox.request(f"{js._prefix}.STREAM.MSG.GET.{stream}", request)
     if reply.headers and reply.headers.get("Status") == "503":
-        raise ServiceUnavailableError
+        raise _no_jetstream()
     answer = _message_get_reply.decode(reply.data)
     if answer.error is not None:
         try:
