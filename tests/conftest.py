@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import sweep_stale
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
@@ -106,3 +110,17 @@ async def system(settings: Settings) -> AsyncIterator[System]:
     await running.start()
     yield running
     await running.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own: pausing it disturbs no other test."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        assert server.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()

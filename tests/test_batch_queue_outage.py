@@ -4,11 +4,9 @@ just shorter and just longer than the time ``enqueue_many`` waits for their conf
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.js import JetStreamContext
@@ -24,20 +22,6 @@ from tests.freeze import freeze
 # The wait under test, short so the test is fast; ENQUEUE_ACK_SECONDS is the same mechanism.
 WAIT = 2.0
 JOBS = [(f"job{i:03d}", "locked") for i in range(200)]
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of this test's own: pausing it disturbs no other test."""
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    try:
-        yield server
-    finally:
-        assert server.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
 
 
 @pytest.fixture

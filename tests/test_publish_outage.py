@@ -8,10 +8,8 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
-import pytest
 
 from jobrunner.common import ackinbox
 from jobrunner.common.settings import Settings
@@ -24,20 +22,6 @@ from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_job, wai
 # this long for each ack before publishing again.
 PUBLISH_TIMEOUT = ackinbox.ACK_TIMEOUT
 LINES = 300
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of this test's own: pausing it disturbs no other test."""
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    try:
-        yield server
-    finally:
-        assert server.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
 
 
 @contextlib.contextmanager

@@ -5,10 +5,8 @@ keep-alives, the end) around them; a viewer that stops reading is paused and cut
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,20 +204,6 @@ def test_no_writer_without_uvicorns_httptools_cycle() -> None:
     scope = {"type": "http", "method": "GET", "jobrunner.server_send": send}
     assert chunk_writer(scope) is None  # type: ignore[arg-type]
     assert chunk_writer({"type": "http", "method": "GET"}) is None  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of this test's own: pausing it disturbs no other test."""
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    try:
-        yield server
-    finally:
-        assert server.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
 
 
 class TestNatsPaused:

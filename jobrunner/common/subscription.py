@@ -242,17 +242,7 @@ async def last_stored(
     NotFoundError, its other errors; without nats-py's request path, its JSON parse and its
     parse of the stored message's headers (an email parser; every event has one), which the
     callers never look at."""
-    request = msgspec.json.encode({"last_by_subj": subject})
-    reply = await inbox.request(f"{js._prefix}.STREAM.MSG.GET.{stream}", request)
-    if reply.headers and reply.headers.get("Status") == "503":
-        raise _no_jetstream()
-    answer = _message_get_reply.decode(reply.data)
-    if answer.error is not None:
-        try:
-            APIError.from_error(answer.error)  # raises the error's own type
-        except NotFoundError:
-            return None
-    return answer.message
+    return await _message_get(inbox, js, stream, {"last_by_subj": subject})
 
 
 async def next_stored(
@@ -261,14 +251,21 @@ async def next_stored(
     """The first message on ``subject`` at stream sequence ``seq`` or after it, as
     ``last_stored`` reads the newest (``js.get_msg(..., next=True)`` without its cost), or None
     when there is none."""
-    request = msgspec.json.encode({"seq": seq, "next_by_subj": subject})
-    reply = await inbox.request(f"{js._prefix}.STREAM.MSG.GET.{stream}", request)
+    return await _message_get(inbox, js, stream, {"seq": seq, "next_by_subj": subject})
+
+
+async def _message_get(
+    inbox: AckInbox, js: JetStreamContext, stream: str, request: dict[str, Any]
+) -> StoredMessage | None:
+    reply = await inbox.request(
+        f"{js._prefix}.STREAM.MSG.GET.{stream}", msgspec.json.encode(request)
+    )
     if reply.headers and reply.headers.get("Status") == "503":
         raise _no_jetstream()
     answer = _message_get_reply.decode(reply.data)
     if answer.error is not None:
         try:
-            APIError.from_error(answer.error)
+            APIError.from_error(answer.error)  # raises the error's own type
         except NotFoundError:
             return None
     return answer.message
