@@ -120,16 +120,16 @@ class TestStalledViewer:
     async def test_a_viewer_that_stops_reading_is_cut_and_resumes_with_every_line_once(
         self, system: System
     ) -> None:
-        """Written to straight until its connection is paused, then queued and cut by its limit
-        as before; its reconnect gets exactly the rest."""
+        """Written to straight while its connection takes writes (how much depends on how the
+        flood's lines fall into batches: a batch over 64 KiB goes the framework's way), then
+        queued once it is paused, and cut by its limit as before; its reconnect gets exactly
+        the rest."""
         job_id = await start_wide(system)
         path = f"/jobs/stream/{job_id}"
         fanout = fanout_of(system)
         async with stalling_client(system) as slow, system.client() as client:
             first = await stall_until_cut(slow, path, fanout)
-            direct = fanout.direct_writes
             rest = await resume(client, path, first)
-        assert direct > 0
         assert not first or first[-1].event != "done"
         assert texts(first) + texts(rest) == EXPECTED
         assert rest[-1].event == "done"
