@@ -373,13 +373,8 @@ async def _load(
             held = held[len(upto) :]
         if upto:
             stalled_since = None
-            # The next batch is decoded while Postgres works on this one's COPY, not before
-            # its first statements, as in the live projector (EventFeed.hold).
-            feed.hold()
             async with pool.acquire() as conn:
-                applied = await setaside.apply(
-                    conn, upto, feed.lookup, REPLAY_SCHEMA, writing=feed.resume
-                )
+                applied = await setaside.apply(conn, upto, feed.lookup, REPLAY_SCHEMA)
                 if progress.done + len(upto) >= next_analyze:
                     # Autovacuum is off for the load, and a table never analyzed looks tiny
                     # to the planner: each batch's look-up of the jobs it creates (by key, in
