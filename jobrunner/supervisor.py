@@ -188,7 +188,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
         state,
         {
             "nats_url": nats_server.url,
-            "database_url": postgres.local_url,
+            "database_url": postgres.url,
             "api_url": api_url,
             "prefix": settings.prefix,
         },
@@ -197,7 +197,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
     env.update(
         {
             "JOBRUNNER_NATS_URL": nats_server.url,
-            "JOBRUNNER_DATABASE_URL": postgres.local_url,
+            "JOBRUNNER_DATABASE_URL": postgres.url,
             "JOBRUNNER_HOST": settings.host,
             "JOBRUNNER_PORT": str(settings.port),
             "JOBRUNNER_STATE_DIR": str(state),

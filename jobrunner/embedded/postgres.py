@@ -19,7 +19,6 @@ import signal
 import stat
 import subprocess
 from pathlib import Path
-from urllib.parse import quote
 
 import asyncpg
 
@@ -146,17 +145,6 @@ class EmbeddedPostgres(ServerProcess):
     @property
     def url(self) -> str:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{self.database}"
-
-    @property
-    def local_url(self) -> str:
-        """The same server over its Unix socket (in the data directory; the server does not
-        start without it), which ``jobrunner up`` gives its services: a ``COPY`` costs both
-        ends less there than over TCP loopback (the replay process about 0.6 CPU-s per million
-        events, bench/RESULTS.md "Replay, session 18")."""
-        return (
-            f"postgresql://{SUPERUSER}:{self.password}@/{self.database}"
-            f"?host={quote(str(self.data_dir), safe='/')}&port={self.port}"
-        )
 
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
