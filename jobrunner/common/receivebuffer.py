@@ -129,7 +129,7 @@ class ReceiveBuffer(asyncio.BufferedProtocol):
 
     @property
     def full(self) -> bool:
-        """What is held leaves no room for a read: a line longer than that is not NATS'."""
+        """What is held unparsed leaves no room for a read."""
         return len(self.buffer) - (self.end - self.start) < READ_ROOM
 
     async def close(self) -> None:

@@ -36,7 +36,7 @@ import structlog
 from nats.js import JetStreamContext, api
 
 from jobrunner.common.natsconnection import NatsConnection
-from jobrunner.common.receivebuffer import ReceiveBuffer
+from jobrunner.common.receivebuffer import READ_ROOM, ReceiveBuffer
 
 log = structlog.get_logger()
 
@@ -388,7 +388,7 @@ class StreamReader:
                 self._pending = pending
             end = buf.find(b"\r\n", pos, size)
             if end < 0:
-                if received.full:
+                if size - pos > len(buf) - READ_ROOM:  # it would never fit
                     raise StreamReaderError("a NATS protocol line without an end")
                 break
             head = bytes(view[pos:end])
