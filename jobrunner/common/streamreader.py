@@ -346,14 +346,14 @@ class StreamReader:
         return out
 
     def _parse_into(self, out: list[tuple[int, bytes]]) -> None:
-        """The frames of ``buffer[start:end]``, read in place: a body is copied out once (``bytes``
-        of a view), the header fields come out of the regular expression."""
+        """The frames of ``buffer[start:end]``, copied once into ``bytes`` and sliced there: a
+        ``bytes`` of a memoryview per body cost 0.1-0.2 µs a frame more than one bulk copy."""
         received = self._received
         assert received is not None
-        buf = received.buffer
-        view = memoryview(buf)
-        pos = received.start
-        size = received.end
+        base = received.start
+        buf = bytes(memoryview(received.buffer)[base : received.end])
+        pos = 0
+        size = len(buf)
         frame_size = 0  # of a frame cut by the read, when its header line has arrived
         append = out.append
         skip = self._skip
@@ -379,7 +379,7 @@ class StreamReader:
                 if skip is not None and subject.endswith(skip):
                     append((int(seq), b""))
                 else:
-                    append((int(seq), bytes(view[body + int(header_size) : after])))
+                    append((int(seq), buf[body + int(header_size) : after]))
                 pos = after + 2
                 found = delivery(buf, pos, size)
             if consumer_seq != last_consumer_seq:
@@ -388,10 +388,10 @@ class StreamReader:
                 self._pending = pending
             end = buf.find(b"\r\n", pos, size)
             if end < 0:
-                if size - pos > len(buf) - READ_ROOM:  # it would never fit
+                if size - pos > len(received.buffer) - READ_ROOM:  # it would never fit
                     raise StreamReaderError("a NATS protocol line without an end")
                 break
-            head = bytes(view[pos:end])
+            head = buf[pos:end]
             if head.startswith(b"HMSG ") or head.startswith(b"MSG "):
                 parts = head.split(b" ")
                 total = int(parts[-1])
@@ -408,9 +408,9 @@ class StreamReader:
                     if self._skip is not None and parts[1].endswith(self._skip):
                         append((seq, b""))
                     else:
-                        append((seq, bytes(view[body + header_size : body + total])))
+                        append((seq, buf[body + header_size : body + total]))
                 else:  # a flow-control request or a heartbeat
-                    self._control(reply, bytes(view[body : body + header_size]))
+                    self._control(reply, buf[body : body + header_size])
                 pos = body + total + 2
             elif head == b"PING":
                 self._send(b"PONG\r\n")
@@ -423,7 +423,7 @@ class StreamReader:
                 pos = end + 2
             else:  # PONG, +OK
                 pos = end + 2
-        received.parsed(pos, frame_size)
+        received.parsed(base + pos, frame_size)
 
     def _sequence(self, reply: bytes) -> int:
         """The stream sequence, from the ``$JS.ACK...`` reply subject; checks for gaps."""
