@@ -19,7 +19,6 @@ from jobrunner.services.projector import feed as feed_module
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change, project
 from tests.history_support import logged_job, publish
-from tests.streamreader_support import parser, receive, sent
 
 
 async def publish_raw(settings: Settings, count: int, size: int) -> None:
@@ -127,6 +126,14 @@ async def test_the_event_feed_carries_on_after_a_nats_restart(settings: Settings
     assert seen == list(range(1, last + 1))
 
 
+class FakeWriter:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
 def delivery(
     stream_seq: int, consumer_seq: int, payload: bytes, subject: str = "s.job.j.lines"
 ) -> bytes:
@@ -140,10 +147,22 @@ def delivery(
     )
 
 
+def parser(skip: bytes | None = None) -> StreamReader:
+    reader = StreamReader(
+        None,  # type: ignore[arg-type]
+        [],
+        "S_EVENTS",
+        "s.job.>",
+        skip_subject_suffix=skip,
+    )
+    reader._writer = FakeWriter()  # type: ignore[assignment]
+    return reader
+
+
 def test_messages_read_before_a_gap_are_handed_out_and_the_gap_raised_after() -> None:
     reader = parser()
     data = b"".join(delivery(n, n, b"{}") for n in (1, 2, 3)) + delivery(5, 5, b"{}")
-    assert [seq for seq, _ in receive(reader, data)] == [1, 2, 3]
+    assert [seq for seq, _ in reader._parse(data)] == [1, 2, 3]
     assert reader.last_seq == 3, "a restart goes on at 4"
     assert isinstance(reader._error, GapError)
 
@@ -151,14 +170,14 @@ def test_messages_read_before_a_gap_are_handed_out_and_the_gap_raised_after() ->
 def test_messages_read_before_a_server_error_are_not_lost() -> None:
     reader = parser()
     data = delivery(1, 1, b"a") + delivery(2, 2, b"b") + b"-ERR 'Stale Connection'\r\n"
-    assert receive(reader, data) == [(1, b"a"), (2, b"b")]
+    assert reader._parse(data) == [(1, b"a"), (2, b"b")]
     assert reader._error is not None
     assert "Stale Connection" in str(reader._error)
 
 
 def test_a_stored_message_with_an_empty_body_is_a_message_not_a_heartbeat() -> None:
     reader = parser()
-    assert receive(reader, delivery(7, 1, b"") + delivery(8, 2, b"{}")) == [(7, b""), (8, b"{}")]
+    assert reader._parse(delivery(7, 1, b"") + delivery(8, 2, b"{}")) == [(7, b""), (8, b"{}")]
     assert reader._error is None
 
 
@@ -170,9 +189,9 @@ def test_skipped_subjects_keep_their_place_without_their_payload() -> None:
         + delivery(2, 2, b"many lines")
         + delivery(3, 3, b"c", "s.job.j.progress")
     )
-    assert receive(reader, data) == [(1, b"a"), (2, b""), (3, b"c")]
+    assert reader._parse(data) == [(1, b"a"), (2, b""), (3, b"c")]
     with pytest.raises(GapError):
-        receive(reader, delivery(5, 5, b"", "s.job.j.status"))
+        reader._parse(delivery(5, 5, b"", "s.job.j.status"))
 
 
 def test_flow_control_and_ping_are_answered_and_a_message_split_across_reads_is_whole() -> None:
@@ -182,9 +201,10 @@ def test_flow_control_and_ping_are_answered_and_a_message_split_across_reads_is_
     )
     data = delivery(1, 1, b"first") + flow_control + b"PING\r\n" + delivery(2, 2, b"second")
     cut = len(data) - 5
-    assert receive(reader, data[:cut]) == [(1, b"first")]
-    assert receive(reader, data[cut:]) == [(2, b"second")]
-    assert sent(reader) == b"PUB $JS.FC.S_EVENTS.c1.abc 0\r\n\r\nPONG\r\n"
+    assert reader._parse(data[:cut]) == [(1, b"first")]
+    assert reader._parse(data[cut:]) == [(2, b"second")]
+    assert reader._writer is not None
+    assert reader._writer.sent == b"PUB $JS.FC.S_EVENTS.c1.abc 0\r\n\r\nPONG\r\n"  # type: ignore[attr-defined]
 
 
 def heartbeat(last_consumer_seq: int) -> bytes:
@@ -199,13 +219,13 @@ def test_a_lost_last_delivery_is_noticed_at_the_next_heartbeat() -> None:
     """The stream went quiet right after a delivery that never arrived: the idle heartbeat names
     it, so the reader restarts from the last one received instead of waiting for new events."""
     reader = parser()
-    assert receive(reader, delivery(1, 1, b"a") + delivery(2, 2, b"b") + heartbeat(2)) == [
+    assert reader._parse(delivery(1, 1, b"a") + delivery(2, 2, b"b") + heartbeat(2)) == [
         (1, b"a"),
         (2, b"b"),
     ]
     assert reader._error is None, "a heartbeat naming the last delivery received is quiet"
     with pytest.raises(GapError, match="delivery 3"):
-        receive(reader, heartbeat(3))
+        reader._parse(heartbeat(3))
     assert reader.last_seq == 2, "a restart goes on after the last message received"
 
 

@@ -2,8 +2,7 @@
 into reads anywhere, every stored message comes out once, in order, with its payload, and every
 flow-control request and PING is answered. The usual delivery takes a fast path (one regular
 expression); v2 reply subjects, messages without headers and control frames take the general
-one: both are generated here, so the two paths are held to the same result. The bytes arrive as
-asyncio's transport hands them to the reader's buffer (``tests/streamreader_support.py``)."""
+one: both are generated here, so the two paths are held to the same result."""
 
 from __future__ import annotations
 
@@ -12,7 +11,27 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.streamreader_support import parser, receive, sent, unparsed
+from jobrunner.common.streamreader import StreamReader
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+def parser(skip: bytes | None) -> StreamReader:
+    reader = StreamReader(
+        None,  # type: ignore[arg-type]
+        [],
+        "S_EVENTS",
+        "s.job.>",
+        skip_subject_suffix=skip,
+    )
+    reader._writer = FakeWriter()  # type: ignore[assignment]
+    return reader
 
 
 def delivery(
@@ -87,12 +106,13 @@ def test_every_message_comes_out_once_in_order_wherever_the_reads_are_cut(
     got: list[tuple[int, bytes]] = []
     start = 0
     for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
-        got += receive(reader, data[start:cut])
+        got += reader._parse(data[start:cut])
         start = max(start, cut)
     assert got == expected
     assert reader._error is None
-    assert unparsed(reader) == b""
-    assert sent(reader) == answers
+    assert reader._buffer == b""
+    assert reader._writer is not None
+    assert reader._writer.sent == answers  # type: ignore[attr-defined]
     if expected:
         assert reader.last_seq == expected[-1][0]
         assert reader.pending == pending + len(frames) - len(expected) + 1
@@ -112,6 +132,6 @@ def test_a_delivery_out_of_order_hands_out_those_before_it_then_raises_the_gap(
     data = b"".join(delivery(n, n, 0, b"{}", "s.job.j.lines", form) for n in range(1, before + 1))
     late = before + jump
     data += delivery(late, late, 0, b"{}", "s.job.j.lines", form)
-    assert [seq for seq, _ in receive(reader, data)] == list(range(1, before + 1))
+    assert [seq for seq, _ in reader._parse(data)] == list(range(1, before + 1))
     assert reader.last_seq == before
     assert type(reader._error).__name__ == "GapError"
