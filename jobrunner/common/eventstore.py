@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from jobrunner.common import artifactstore, reconfigure, retry, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
@@ -158,10 +158,31 @@ async def publish(js: JetStreamContext, names: Names, event: events.Publishable)
 
 
 async def publish_acked(
-    js: JetStreamContext, names: Names, event: events.Publishable
+    js: JetStreamContext,
+    names: Names,
+    event: events.Publishable,
+    expected_last: int | None = None,
 ) -> api.PubAck:
-    """As ``publish``, with JetStream's whole answer (``duplicate``: its id was stored before)."""
-    return await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
+    """As ``publish``, with JetStream's whole answer (``duplicate``: its id was stored before).
+    ``expected_last``: stored only if the stream sequence of the last message on the event's
+    subject is that (0: the subject holds none), else JetStream refuses it (an ``APIError`` with
+    ``err_code`` ``WRONG_LAST_SEQUENCE``); its id is checked for a duplicate first."""
+    return await js.publish(
+        names.subject(event), codec.encode(event), headers=headers(event, expected_last)
+    )
+
+
+# JetStream's error code for a publish whose Nats-Expected-Last-Subject-Sequence did not hold.
+WRONG_LAST_SEQUENCE = 10071
+EXPECTED_LAST_HEADER = "Nats-Expected-Last-Subject-Sequence"
+
+
+def headers(event: events.Publishable, expected_last: int | None = None) -> dict[str, str]:
+    """An event's headers, with the condition on its subject's last sequence if given."""
+    out = codec.headers(event)
+    if expected_last is not None:
+        out = {**out, EXPECTED_LAST_HEADER: str(expected_last)}
+    return out
 
 
 # How long publish_many waits for one pipelined ack before publishing that event again.
@@ -188,6 +209,36 @@ async def publish_many(
             log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
             last = await publish(js, names, event)
     return last
+
+
+async def publish_many_acked(
+    js: JetStreamContext,
+    names: Names,
+    batch: Sequence[tuple[events.Publishable, int | None]],
+) -> list[api.PubAck | None]:
+    """As ``publish_many``, each event with its condition on its subject's last sequence (see
+    ``publish_acked``): each one's ack, None where its condition did not hold."""
+    futures = [
+        await js.publish_async(names.subject(e), codec.encode(e), headers=headers(e, expected))
+        for e, expected in batch
+    ]
+    out: list[api.PubAck | None] = []
+    for (event, expected), future in zip(batch, futures, strict=True):
+        try:
+            out.append(await _unless_wrong_last(asyncio.wait_for(future, ACK_WAIT_SECONDS)))
+        except Exception as exc:
+            log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
+            out.append(await _unless_wrong_last(publish_acked(js, names, event, expected)))
+    return out
+
+
+async def _unless_wrong_last(acked: Awaitable[api.PubAck]) -> api.PubAck | None:
+    try:
+        return await acked
+    except APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            return None
+        raise
 
 
 async def close(nc: NATS) -> None:

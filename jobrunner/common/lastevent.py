@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
+import nats.errors
 import structlog
 from nats.js import JetStreamContext
 
@@ -94,10 +95,31 @@ async def newest_readable(
         return None
     _warn(subject, seq, found)
     reading = _Reading(js, stream, subject, kind, owner)
-    await reading.back_from(seq)
-    if reading.cut_short:
+    if not await reading.back_from(seq):
         log.warning("read-back cut short", subject=subject, newest_seq=seq, read=reading.read)
+        raise ReadIncomplete(f"the newest readable event on {subject} is not known")
     return reading.best
+
+
+class ReadIncomplete(nats.errors.Error):
+    """The bounds stopped a read back before it knew the newest readable event of a subject:
+    the newest one it read may be older than the newest one stored. A NATS error, as the one of
+    a request NATS did not answer: for the caller to try again later (the API answers 503
+    ``EVENT_STORE_UNAVAILABLE``, a runner's request is delivered again), never taken for an
+    answer, "none" or an older event (a finished job taken for running or never started)."""
+
+
+class Scan(NamedTuple, Generic[E]):
+    """What ``first_readable`` found: the first wanted event (and its stream sequence), whether
+    the read got to the subject's end (False: the bounds stopped it first, so "none" is not
+    known), and the stream sequence of the last message it read on the subject (0: none). When
+    nothing was found and the read was complete, ``last`` was the subject's last message when
+    the server answered that there was none after it: a write conditional on it (JetStream's
+    ``Nats-Expected-Last-Subject-Sequence``) is refused if anything was stored since."""
+
+    found: tuple[int, E] | None
+    complete: bool
+    last: int
 
 
 async def first_readable(
@@ -107,17 +129,16 @@ async def first_readable(
     kind: type[E],
     owner: str,
     wanted: Callable[[E], bool],
-) -> tuple[tuple[int, E] | None, bool]:
+) -> Scan[E]:
     """The first ``kind`` event of ``owner`` on ``subject`` that is ``wanted`` (a job's ending,
-    say), reading forwards from the subject's first message; and whether the read got to the
-    subject's end (False: the bounds stopped it first, so "none" is not known)."""
+    say), reading forwards from the subject's first message (see ``Scan``)."""
     if not _ONE_TOKEN.match(owner):
-        return None, True
+        return Scan(None, True, 0)
     reading = _Reading(js, stream, subject, kind, owner)
     found = await reading.first(wanted)
     if found is None and reading.cut_short:
         log.warning("read-forward cut short", subject=subject, read=reading.read)
-    return found, found is not None or not reading.cut_short
+    return Scan(found, found is not None or not reading.cut_short, reading.last)
 
 
 class _Reading:
@@ -135,32 +156,44 @@ class _Reading:
         self.bytes = 0
         self.cut_short = False
         self.best: tuple[int, Any] | None = None
+        self.last = 0  # the last message read (``first``)
         self.deadline = asyncio.get_running_loop().time() + LOOKBACK_SECONDS
 
-    async def back_from(self, seq: int) -> None:
-        """Sets ``best`` to the newest readable event before ``seq``. JetStream reads a subject
-        forwards only. First the subject's first messages, where jobrunner's own events of a job
-        (its request, running, its ending) are, whatever came after them. Then the stretches of
-        the stream before ``seq``, growing fourfold, down to where the first read stopped: the
-        newest is found reading little more than the messages after it."""
+    async def back_from(self, seq: int) -> bool:
+        """Sets ``best`` to the newest readable event before ``seq``; answers whether it is
+        known (False: the bounds stopped the read first). JetStream reads a subject forwards
+        only. First the subject's first messages, where jobrunner's own events of a job (its
+        request, running, its ending) are, whatever came after them. Then the stretches of the
+        stream before ``seq``, growing fourfold, down to where the first read stopped: the
+        newest is found reading little more than the messages after it. The newest readable
+        event of a stretch is the answer only once the whole stretch is read: one cut short in
+        its middle may have a newer one after where it stopped."""
         head_end = await self._scan(1, seq, FIRST_MOST)
-        if head_end >= seq or _is_ending(self.best):
+        if _is_ending(self.best):
             # A job's ending is its last status: JetStream drops every later one, and jobrunner
             # writes no other status after it. Nothing after it need be read.
-            return
+            return True
+        if self.cut_short:
+            return False
+        if head_end >= seq:
+            return True
         head_best, self.best = self.best, None
         end, width = seq, FIRST_STRETCH
-        while end > head_end and not self.cut_short:
+        while end > head_end:
             start = max(head_end, end - width)
             await self._scan(start, end, LOOKBACK_MOST)
+            if self.cut_short:
+                return False
             if self.best is not None:
-                return
+                return True
             end, width = start, width * 4
         self.best = head_best
+        return True
 
     async def first(self, wanted: Callable[[Any], bool]) -> tuple[int, Any] | None:
         at = 1
         while (msg := await self._next(at)) is not None:
+            self.last = msg.seq
             event = readable(msg.data, self.kind, self.owner)
             if not isinstance(event, str) and wanted(event):
                 return msg.seq, event
