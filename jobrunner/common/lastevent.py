@@ -12,9 +12,10 @@ for the newest readable event before it.
 Reading back first reads the subject's first messages (``FIRST_MOST``), where jobrunner's own
 events of a job are, then the messages before the newest one, one direct message-get each; one
 read stops at ``LOOKBACK_MOST`` messages, ``LOOKBACK_BYTES`` of data or ``LOOKBACK_SECONDS``,
-whichever comes first, with the newest readable event it found: a flood of foreign messages after
-an ending costs a bounded read and still finds it; an ending behind more foreign messages than the
-bounds (stored while the job ran) is not found.
+whichever comes first: a flood of foreign messages after an ending costs a bounded read and still
+finds it. A read the bounds stop before it knows the newest readable event (an event behind more
+foreign messages than they let it read) raises ``ReadIncomplete`` rather than answer an older
+event or "none".
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ async def newest_readable(
     owner: str,
 ) -> tuple[int, E] | None:
     """``newest`` (the subject's newest message: its stream sequence and data) as a ``kind``
-    event of ``owner``, or, when it is none, the newest one stored before it on ``subject`` that
-    a bounded read back finds."""
+    event of ``owner``, or, when it is none, the newest one stored before it on ``subject``
+    (None: there is none), read back within bounds (``ReadIncomplete`` when they stop it before
+    it knows)."""
     seq, data = newest
     found = readable(data, kind, owner)
     if not isinstance(found, str):
