@@ -5,20 +5,26 @@ window apart, and reads cut short by their bounds (see ``common/endings.py``, ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
 from nats.js import JetStreamContext
 
-from jobrunner.common import eventstore, lastevent
+from jobrunner.common import endings, eventstore, lastevent
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import actions
 from jobrunner.services.runner.journal import JobJournal
 from tests.batch_actions_support import submit_batch
+from tests.freeze import freeze
 from tests.system import System
 from tests.test_foreign_events import JUNK, pending, terminal_statuses
 from tests.tools.runners import RUNNER_TYPES, start_job
@@ -271,3 +277,45 @@ async def test_a_subject_of_junk_past_the_bounds_is_incomplete_not_empty(
         await js.publish(subject, JUNK)
     with pytest.raises(lastevent.ReadIncomplete):
         await lastevent.last_readable(js, names.stream, subject, events.StatusChanged, "cut2")
+
+
+# NATS paused while a pending job's cancel waits for its acks
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        pytest.param(eventstore.ACK_WAIT_SECONDS - 1, id="shorter-than-the-ack-wait"),
+        pytest.param(eventstore.ACK_WAIT_SECONDS + 1, id="longer-than-the-ack-wait"),
+    ],
+)
+async def test_a_nats_pause_during_a_pending_jobs_cancel_stores_one_ending(
+    settings: Settings, tmp_path: Path, seconds: float
+) -> None:
+    """NATS frozen as the cancel of a pending job is published: a pause shorter than the
+    pipeline's ack wait is waited out; a longer one has the events published again, the ending
+    with its condition (an empty status subject), which the first copy, stored meanwhile, no
+    longer meets: the cancel finds its own ending, stored once, and says so."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    try:
+        names = Names(settings.prefix)
+        nc = await eventstore.connect(msgspec.structs.replace(settings, nats_url=server.url), "t")
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        freeze(pid)
+        asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+        batch = actions.cancel_events(pending("paused1"), "alice", None)
+        _, ended = await endings.publish_with_endings(js, names, batch)
+        outcome = ended["paused1"]
+        assert outcome.stored or (
+            outcome.first is not None and outcome.first.status == JobStatus.CANCELLED
+        )
+        assert await terminal_statuses(js, names, "paused1") == ["paused1-end"]
+        await eventstore.close(nc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        server.stop()
