@@ -59,8 +59,10 @@ async def store(
     """Stores ``ending`` unless the job has one, under the first free terminal id. ``after``:
     the stream sequence the caller knows its status subject's last message has (0: empty): the
     ending is published at once, conditionally on it, and the subject is read only if it was
-    refused or a duplicate. No ending stored and none found (every id taken by foreign messages,
-    a flood of them hid the ending, or writers kept getting in first) is logged as an error."""
+    refused or a duplicate. A read the bounds cut short (a flood of foreign messages) stores the
+    ending without a condition (``_store_unread``); one the time bound cut (a NATS pause) raises
+    ``ReadTimedOut`` for the caller's retry. No ending stored and none found (every id taken by
+    foreign messages, or writers kept getting in first) is logged as an error."""
     subject = names.job_kind_subject(ending.job_id, "status")
     ids = events.terminal_event_ids(ending.job_id)
     at = 0
@@ -76,10 +78,11 @@ async def store(
         )
         if found is not None:
             return Stored(False, found[1], found[0])
-        if not complete or at == len(ids):
-            # Whether an ending is stored is not known, or foreign messages hold every id: a
-            # second ending is worse than none here (the job stays running to readers; its
-            # runner's lock is released all the same).
+        if not complete:
+            return await _store_unread(js, names, ending, ids[min(at, len(ids) - 1)])
+        if at == len(ids):
+            # Foreign messages hold every id: a second ending is worse than none here (the job
+            # stays running to readers; its runner's lock is released all the same).
             break
         ack = await _publish(js, names, ending, ids[at], last)
         if ack is None:
@@ -116,6 +119,23 @@ async def publish_with_endings(
         elif ack is not None:
             last = max(last, ack.seq)
     return last, outcomes
+
+
+async def _store_unread(
+    js: JetStreamContext, names: Names, ending: events.StatusChanged, event_id: str
+) -> Stored:
+    """``ending`` stored under ``event_id`` without a condition, as before endings had one: a
+    flood of foreign messages on the status subject (more than a read takes) hides whether it
+    holds an ending, and no condition can be known to hold. The duplicate window still keeps a
+    second ending of the same id out; a job left running for ever would be worse than the rare
+    second ending past it. A duplicate is taken for the ending stored first (unread)."""
+    ack = await eventstore.publish_acked(
+        js, names, msgspec.structs.replace(ending, event_id=event_id)
+    )
+    if ack.duplicate:
+        log.warning("job ending not read, its id taken", job_id=ending.job_id, event_id=event_id)
+        return Stored(False, None, ack.seq)
+    return Stored(True, None, ack.seq)
 
 
 def _ends(event: events.Publishable) -> bool:

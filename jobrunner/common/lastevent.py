@@ -83,11 +83,14 @@ async def newest_readable(
     newest: tuple[int, bytes],
     kind: type[E],
     owner: str,
+    *,
+    best_effort: bool = False,
 ) -> tuple[int, E] | None:
     """``newest`` (the subject's newest message: its stream sequence and data) as a ``kind``
     event of ``owner``, or, when it is none, the newest one stored before it on ``subject``
     (None: there is none), read back within bounds (``ReadIncomplete`` when they stop it before
-    it knows)."""
+    it knows, or with ``best_effort`` the newest one it read; ``ReadTimedOut`` when the time
+    bound did)."""
     seq, data = newest
     found = readable(data, kind, owner)
     if not isinstance(found, str):
@@ -99,16 +102,24 @@ async def newest_readable(
     reading = _Reading(js, stream, subject, kind, owner)
     if not await reading.back_from(seq):
         log.warning("read-back cut short", subject=subject, newest_seq=seq, read=reading.read)
-        raise ReadIncomplete(f"the newest readable event on {subject} is not known")
+        if reading.timed_out:
+            raise ReadTimedOut(f"the read back of {subject} ran out of time")
+        if not best_effort:
+            raise ReadIncomplete(f"the newest readable event on {subject} is not known")
     return reading.best
 
 
 class ReadIncomplete(nats.errors.Error):
     """The bounds stopped a read back before it knew the newest readable event of a subject:
-    the newest one it read may be older than the newest one stored. A NATS error, as the one of
-    a request NATS did not answer: for the caller to try again later (the API answers 503
-    ``EVENT_STORE_UNAVAILABLE``, a runner's request is delivered again), never taken for an
-    answer, "none" or an older event (a finished job taken for running or never started)."""
+    the newest one it read may be older than the newest one stored. Raised to the API (which
+    answers 503 ``EVENT_STORE_UNAVAILABLE``), never taken there for an answer, "none" or an
+    older event; the runner's and notifier's reads ask for the best found instead
+    (``best_effort``): there it would stop a job, a queue or a sweep for good."""
+
+
+class ReadTimedOut(nats.errors.TimeoutError):
+    """The time bound stopped a read (NATS paused mid-read, say): a timeout like a request's,
+    which every caller retries or answers as NATS being away (``retry.is_transient``)."""
 
 
 class Scan(NamedTuple, Generic[E]):
@@ -140,6 +151,8 @@ async def first_readable(
     found = await reading.first(wanted)
     if found is None and reading.cut_short:
         log.warning("read-forward cut short", subject=subject, read=reading.read)
+        if reading.timed_out:
+            raise ReadTimedOut(f"the read of {subject} ran out of time")
     return Scan(found, found is not None or not reading.cut_short, reading.last)
 
 
@@ -157,6 +170,7 @@ class _Reading:
         self.read = 0
         self.bytes = 0
         self.cut_short = False
+        self.timed_out = False  # cut short by the time bound
         self.best: tuple[int, Any] | None = None
         self.last = 0  # the last message read (``first``)
         self.deadline = asyncio.get_running_loop().time() + LOOKBACK_SECONDS
@@ -185,6 +199,7 @@ class _Reading:
             start = max(head_end, end - width)
             await self._scan(start, end, LOOKBACK_MOST)
             if self.cut_short:
+                self.best = self.best or head_best  # the best found, for ``best_effort``
                 return False
             if self.best is not None:
                 return True
@@ -220,11 +235,10 @@ class _Reading:
         return at
 
     async def _next(self, seq: int) -> StoredMessage | None:
-        if (
-            self.read >= LOOKBACK_MOST
-            or self.bytes >= LOOKBACK_BYTES
-            or asyncio.get_running_loop().time() >= self.deadline
-        ):
+        if asyncio.get_running_loop().time() >= self.deadline:
+            self.cut_short = self.timed_out = True
+            return None
+        if self.read >= LOOKBACK_MOST or self.bytes >= LOOKBACK_BYTES:
             self.cut_short = True
             return None
         self.read += 1
@@ -235,14 +249,22 @@ class _Reading:
 
 
 async def last_readable(
-    js: JetStreamContext, stream: str, subject: str, kind: type[E], owner: str
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    kind: type[E],
+    owner: str,
+    *,
+    best_effort: bool = False,
 ) -> tuple[int, E] | None:
     """The newest ``kind`` event of ``owner`` on ``subject`` and its stream sequence, or None
     when the subject holds none (see ``newest_readable``)."""
     raw = await last_message(js, stream, subject)
     if raw is None or raw.seq is None:
         return None
-    return await newest_readable(js, stream, subject, (raw.seq, raw.data or b""), kind, owner)
+    return await newest_readable(
+        js, stream, subject, (raw.seq, raw.data or b""), kind, owner, best_effort=best_effort
+    )
 
 
 def _is_ending(found: tuple[int, Any] | None) -> bool:

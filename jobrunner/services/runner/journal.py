@@ -40,6 +40,9 @@ class JobJournal:
             (raw.seq, raw.data),
             JOB_EVENT_OF_KIND[kind],
             job_id,
+            # A flood of foreign messages past the read's bounds must not stop a job's start,
+            # its queue or the sweep for good: the newest event found, as before bounds existed.
+            best_effort=True,
         )
         # Of JOB_EVENT_OF_KIND[kind], one of the job event types.
         return None if found is None else cast("events.AnyEvent", found[1])

@@ -1,0 +1,123 @@
+"""A job's ending, start and webhook with more foreign messages on its subjects than a read takes,
+and an ending through a NATS pause (real nats-server and Postgres; the review of s18endings)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.js import JetStreamContext
+
+from jobrunner.common import eventstore, lastevent
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.notifier.service import Notifier
+from jobrunner.services.runner.journal import JobJournal
+from tests.freeze import freeze
+from tests.system import System
+from tests.test_foreign_events import JUNK, terminal_statuses
+from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
+
+pytestmark = pytest.mark.timeout(120)
+
+# Foreign messages, none with a terminal id: more than one read takes.
+FLOOD = lastevent.LOOKBACK_MOST + 44
+
+
+async def flood(js: JetStreamContext, subject: str) -> None:
+    acks = [await js.publish_async(subject, JUNK) for _ in range(FLOOD)]
+    await asyncio.gather(*acks)
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["after-running", "after-unknown"])
+async def test_an_ending_behind_a_flood_of_foreign_messages_is_stored(
+    js: JetStreamContext, settings: Settings, known: bool
+) -> None:
+    """The runner's end (its ``running`` known, its condition refused) and a sweep's (read
+    first): the read cut short stores the ending unconditionally, never none."""
+    names = Names(settings.prefix)
+    job = f"flood-{known}".lower()
+    journal = JobJournal(js._nc, js, names, "runner-1")
+    running = events.StatusChanged(job_id=job, status=JobStatus.RUNNING, runner_id="runner-1")
+    seq = await journal.stored_at(running)
+    await flood(js, names.job_kind_subject(job, "status"))
+    await journal.end(job, JobStatus.COMPLETED, exit_code=0, after=seq if known else None)
+    assert await terminal_statuses(js, names, job) == [f"{job}-end"]
+
+
+async def test_a_pending_job_behind_a_flood_starts_and_its_queue_goes_on(
+    settings: Settings, tmp_path: Path, js: JetStreamContext
+) -> None:
+    """The runner's reads take the newest event they found: the flooded job runs (once) and the
+    job queued behind it on its lock after it."""
+    names = Names(settings.prefix)
+    system = System(msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES))
+    await system.start_projector()
+    await system.start_api()
+    try:
+        async with system.client() as client:
+            common = {"lockfile": str(tmp_path / "lock"), "order_file": str(tmp_path / "order")}
+            a = await start_job(client, "queued", label="a", seconds="0", **common)
+            b = await start_job(client, "queued", label="b", seconds="0", **common)
+            await flood(js, names.job_kind_subject(a, "status"))
+            await system.start_runner()
+            for job in (a, b):
+                assert (await wait_status(client, job, "completed", "failed", timeout=30))[
+                    "status"
+                ] == "completed"
+            assert await terminal_statuses(js, names, a) == [f"{a}-end"]
+    finally:
+        await system.stop()
+
+
+async def test_the_notifier_takes_a_flooded_progress_subject_for_no_progress(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    names = Names(settings.prefix)
+    await flood(js, names.job_kind_subject("nf1", "progress"))
+    nc = await eventstore.connect(settings, "notifier")
+    try:
+        notifier = Notifier(settings, nc)
+        assert await notifier._last("nf1", "progress", events.ProgressReported) is None
+    finally:
+        await eventstore.close(nc)
+
+
+# Just shorter and just longer than a read's time bound (1 s) and a request's timeout (5 s).
+PAUSES = [0.6, 1.5, 4.5, 6.0]
+
+
+@pytest.mark.parametrize("seconds", PAUSES)
+async def test_a_nats_pause_during_an_ending_that_reads_first_stores_one(
+    settings: Settings, tmp_path: Path, seconds: float
+) -> None:
+    """An ending whose subject's last sequence is unknown (a cancelled running job's, a sweep's,
+    LEASE_LOST...) reads first: a pause cutting that read short is retried, never "not stored"."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    pid = server.proc.pid
+    try:
+        names = Names(settings.prefix)
+        nc = await eventstore.connect(msgspec.structs.replace(settings, nats_url=server.url), "t")
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        journal = JobJournal(nc, js, names, "runner-1")
+        running = events.StatusChanged(job_id="p1", status=JobStatus.RUNNING, runner_id="r")
+        await journal.publish(running)
+        freeze(pid)
+        asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+        await journal.end("p1", JobStatus.CANCELLED, cancelled_by="alice")
+        assert await terminal_statuses(js, names, "p1") == ["p1-end"]
+        await eventstore.close(nc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        server.stop()
