@@ -121,3 +121,21 @@ async def test_a_nats_pause_during_an_ending_that_reads_first_stores_one(
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
         server.stop()
+
+
+async def test_an_ending_behind_a_flood_and_a_foreign_terminal_id_takes_the_next_id(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A foreign message holding the terminal id, then a flood: the ending stored without a
+    condition goes under the next id; ended again (a retried end), the one stored is found."""
+    names = Names(settings.prefix)
+    job = "flood-taken"
+    subject = names.job_kind_subject(job, "status")
+    journal = JobJournal(js._nc, js, names, "runner-1")
+    running = events.StatusChanged(job_id=job, status=JobStatus.RUNNING, runner_id="runner-1")
+    seq = await journal.stored_at(running)
+    await js.publish(subject, JUNK, headers={"Nats-Msg-Id": f"{job}-end"})
+    await flood(js, subject)
+    for _ in range(2):
+        await journal.end(job, JobStatus.COMPLETED, exit_code=0, after=seq)
+    assert await terminal_statuses(js, names, job) == [f"{job}-end-2"]

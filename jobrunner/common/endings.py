@@ -28,8 +28,9 @@ import structlog
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError
 
-from jobrunner.common import eventstore
-from jobrunner.common.lastevent import first_readable
+from jobrunner.common import ackinbox, eventstore
+from jobrunner.common.lastevent import first_readable, readable
+from jobrunner.common.subscription import next_stored
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 
@@ -79,7 +80,7 @@ async def store(
         if found is not None:
             return Stored(False, found[1], found[0])
         if not complete:
-            return await _store_unread(js, names, ending, ids[min(at, len(ids) - 1)])
+            return await _store_unread(js, names, ending, ids)
         if at == len(ids):
             # Foreign messages hold every id: a second ending is worse than none here (the job
             # stays running to readers; its runner's lock is released all the same).
@@ -122,20 +123,29 @@ async def publish_with_endings(
 
 
 async def _store_unread(
-    js: JetStreamContext, names: Names, ending: events.StatusChanged, event_id: str
+    js: JetStreamContext, names: Names, ending: events.StatusChanged, ids: Sequence[str]
 ) -> Stored:
-    """``ending`` stored under ``event_id`` without a condition, as before endings had one: a
-    flood of foreign messages on the status subject (more than a read takes) hides whether it
-    holds an ending, and no condition can be known to hold. The duplicate window still keeps a
-    second ending of the same id out; a job left running for ever would be worse than the rare
-    second ending past it. A duplicate is taken for the ending stored first (unread)."""
-    ack = await eventstore.publish_acked(
-        js, names, msgspec.structs.replace(ending, event_id=event_id)
-    )
-    if ack.duplicate:
-        log.warning("job ending not read, its id taken", job_id=ending.job_id, event_id=event_id)
-        return Stored(False, None, ack.seq)
-    return Stored(True, None, ack.seq)
+    """``ending`` stored under the first of ``ids`` free (each duplicate's message read: it may
+    be the ending the read did not get to), without a condition, as before endings
+    had one: a flood of foreign messages on the status subject (more than a read takes) hides
+    whether it holds an ending, and no condition can be known to hold. The duplicate window still
+    keeps a second ending of one id out; a job left running for ever would be worse than the rare
+    second ending past it. A duplicate's ack names the message stored first under that id: an
+    ending (a retried final report finds its own), or a foreign message (the next id is tried)."""
+    subject = names.job_kind_subject(ending.job_id, "status")
+    for event_id in ids:
+        ack = await eventstore.publish_acked(
+            js, names, msgspec.structs.replace(ending, event_id=event_id)
+        )
+        if not ack.duplicate:
+            return Stored(True, None, ack.seq)
+        msg = await next_stored(ackinbox.of(js._nc), js, names.stream, subject, ack.seq)
+        if msg is not None and msg.seq == ack.seq:
+            first = readable(msg.data, events.StatusChanged, ending.job_id)
+            if isinstance(first, events.StatusChanged) and _is_ending(first):
+                return Stored(False, first, ack.seq)
+    log.error("job ending not stored", job_id=ending.job_id, status=ending.status.value)
+    return Stored(False, None, 0)
 
 
 def _ends(event: events.Publishable) -> bool:

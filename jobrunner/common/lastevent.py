@@ -117,9 +117,10 @@ class ReadIncomplete(nats.errors.Error):
     (``best_effort``): there it would stop a job, a queue or a sweep for good."""
 
 
-class ReadTimedOut(nats.errors.TimeoutError):
-    """The time bound stopped a read (NATS paused mid-read, say): a timeout like a request's,
-    which every caller retries or answers as NATS being away (``retry.is_transient``)."""
+class ReadTimedOut(ReadIncomplete, nats.errors.TimeoutError):
+    """The time bound stopped a read (NATS paused mid-read, say): incomplete, and a timeout like
+    a request's, which every caller retries or answers as NATS being away
+    (``retry.is_transient``), ``best_effort`` or not."""
 
 
 class Scan(NamedTuple, Generic[E]):
