@@ -236,11 +236,13 @@ class _Reading:
         return at
 
     async def _next(self, seq: int) -> StoredMessage | None:
-        if asyncio.get_running_loop().time() >= self.deadline:
-            self.cut_short = self.timed_out = True
-            return None
         if self.read >= LOOKBACK_MOST or self.bytes >= LOOKBACK_BYTES:
             self.cut_short = True
+            return None
+        if asyncio.get_running_loop().time() >= self.deadline:
+            # Checked after the others: a read that took all it may is complete as far as it
+            # can be, however slow (a busy host), and is not retried.
+            self.cut_short = self.timed_out = True
             return None
         self.read += 1
         msg = await next_stored(self.inbox, self.js, self.stream, self.subject, seq)
