@@ -16,6 +16,9 @@ is answered by reading the job's status subject forwards for any ending (not onl
 status: a runner's RUNNING may be stored after a cancel's ending), and only when there is none is
 the ending stored, conditionally on the last message that read saw, under the next id of
 ``events.terminal_event_ids`` (ids every writer shares) when the one tried was a duplicate.
+A read cut short by more foreign messages than it takes stores the ending without the condition,
+as before endings had one (``_store_unread``); one cut short by its time bound (NATS paused) is
+a timeout, retried by the caller: an ending is never given up for a flood or a pause.
 """
 
 from __future__ import annotations
