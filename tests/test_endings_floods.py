@@ -139,3 +139,56 @@ async def test_an_ending_behind_a_flood_and_a_foreign_terminal_id_takes_the_next
     for _ in range(2):
         await journal.end(job, JobStatus.COMPLETED, exit_code=0, after=seq)
     assert await terminal_statuses(js, names, job) == [f"{job}-end-2"]
+
+
+@pytest.mark.parametrize("path", ["end-after-running", "start-check"])
+async def test_a_slow_server_past_the_time_bound_neither_loses_nor_loops_an_ending(
+    js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """120 foreign messages (under the count bound) read 10 ms a request (a distant or busy
+    server) pass the 1 s time bound: the read is cut short like any other, never an error
+    retried for ever; the runner's end is stored, its start check answers."""
+    names = Names(settings.prefix)
+    job = f"slow-{path}"
+    journal = JobJournal(js._nc, js, names, "runner-1")
+    running = events.StatusChanged(job_id=job, status=JobStatus.RUNNING, runner_id="runner-1")
+    seq = await journal.stored_at(running)
+    acks = [await js.publish_async(names.job_kind_subject(job, "status"), JUNK) for _ in range(120)]
+    await asyncio.gather(*acks)
+    real = lastevent.next_stored
+
+    async def slow_next(*args: object, **kwargs: object) -> object:
+        await asyncio.sleep(0.01)
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lastevent, "next_stored", slow_next)
+    if path == "end-after-running":
+        await journal.end(job, JobStatus.COMPLETED, exit_code=0, after=seq)
+        assert await terminal_statuses(js, names, job) == [f"{job}-end"]
+    else:
+        last = await journal.last_status(job)
+        assert last is not None
+        assert last.status == JobStatus.RUNNING
+
+
+async def test_a_refused_conditional_ending_in_a_batch_is_answered_not_waited_for(
+    js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel's ending conditional on an empty status subject, refused (the job's runner
+    stored its ``running`` meanwhile), is answered at once: nats-py leaves a refused pipelined
+    publish unanswered, so an ack wait longer than the test's timeout would hang it."""
+    monkeypatch.setattr(eventstore, "ACK_WAIT_SECONDS", 600.0)
+    names = Names(settings.prefix)
+    job = "refused-cancel"
+    running = events.StatusChanged(job_id=job, status=JobStatus.RUNNING, runner_id="runner-1")
+    await eventstore.publish(js, names, running)
+    cancel = events.CancelRequested(job_id=job, requested_by="ops")
+    ending = events.StatusChanged(
+        job_id=job,
+        event_id=events.terminal_event_id(job),
+        status=JobStatus.CANCELLED,
+        cancelled_by="ops",
+    )
+    acks = await eventstore.publish_many_acked(js, names, [(cancel, None), (ending, 0)])
+    assert acks[0] is not None
+    assert acks[1] is None

@@ -16,9 +16,9 @@ is answered by reading the job's status subject forwards for any ending (not onl
 status: a runner's RUNNING may be stored after a cancel's ending), and only when there is none is
 the ending stored, conditionally on the last message that read saw, under the next id of
 ``events.terminal_event_ids`` (ids every writer shares) when the one tried was a duplicate.
-A read cut short by more foreign messages than it takes stores the ending without the condition,
-as before endings had one (``_store_unread``); one cut short by its time bound (NATS paused) is
-a timeout, retried by the caller: an ending is never given up for a flood or a pause.
+A read cut short by its bounds (more foreign messages than it takes, a NATS pause or a slow
+server past its time bound) stores the ending without the condition, as before endings had one
+(``_store_unread``): an ending is never given up for a flood, a pause or a slow server.
 """
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ async def store(
     """Stores ``ending`` unless the job has one, under the first free terminal id. ``after``:
     the stream sequence the caller knows its status subject's last message has (0: empty): the
     ending is published at once, conditionally on it, and the subject is read only if it was
-    refused or a duplicate. A read the bounds cut short (a flood of foreign messages) stores the
-    ending without a condition (``_store_unread``); one the time bound cut (a NATS pause) raises
-    ``ReadTimedOut`` for the caller's retry. No ending stored and none found (every id taken by
-    foreign messages, or writers kept getting in first) is logged as an error."""
+    refused or a duplicate. A read the bounds cut short (a flood of foreign messages, a NATS
+    pause or a slow server past its time bound) stores the ending without a condition
+    (``_store_unread``), as the duplicate window alone did before. No ending stored and none
+    found (every id taken by foreign messages, or writers kept getting in first) is logged as an
+    error."""
     subject = names.job_kind_subject(ending.job_id, "status")
     ids = events.terminal_event_ids(ending.job_id)
     at = 0

@@ -89,8 +89,7 @@ async def newest_readable(
     """``newest`` (the subject's newest message: its stream sequence and data) as a ``kind``
     event of ``owner``, or, when it is none, the newest one stored before it on ``subject``
     (None: there is none), read back within bounds (``ReadIncomplete`` when they stop it before
-    it knows, or with ``best_effort`` the newest one it read; ``ReadTimedOut`` when the time
-    bound did)."""
+    it knows, or with ``best_effort`` the newest one it read)."""
     seq, data = newest
     found = readable(data, kind, owner)
     if not isinstance(found, str):
@@ -102,8 +101,6 @@ async def newest_readable(
     reading = _Reading(js, stream, subject, kind, owner)
     if not await reading.back_from(seq):
         log.warning("read-back cut short", subject=subject, newest_seq=seq, read=reading.read)
-        if reading.timed_out:
-            raise ReadTimedOut(f"the read back of {subject} ran out of time")
         if not best_effort:
             raise ReadIncomplete(f"the newest readable event on {subject} is not known")
     return reading.best
@@ -115,12 +112,6 @@ class ReadIncomplete(nats.errors.Error):
     answers 503 ``EVENT_STORE_UNAVAILABLE``), never taken there for an answer, "none" or an
     older event; the runner's and notifier's reads ask for the best found instead
     (``best_effort``): there it would stop a job, a queue or a sweep for good."""
-
-
-class ReadTimedOut(ReadIncomplete, nats.errors.TimeoutError):
-    """The time bound stopped a read (NATS paused mid-read, say): incomplete, and a timeout like
-    a request's, which every caller retries or answers as NATS being away
-    (``retry.is_transient``), ``best_effort`` or not."""
 
 
 class Scan(NamedTuple, Generic[E]):
@@ -152,8 +143,6 @@ async def first_readable(
     found = await reading.first(wanted)
     if found is None and reading.cut_short:
         log.warning("read-forward cut short", subject=subject, read=reading.read)
-        if reading.timed_out:
-            raise ReadTimedOut(f"the read of {subject} ran out of time")
     return Scan(found, found is not None or not reading.cut_short, reading.last)
 
 
@@ -171,7 +160,6 @@ class _Reading:
         self.read = 0
         self.bytes = 0
         self.cut_short = False
-        self.timed_out = False  # cut short by the time bound
         self.best: tuple[int, Any] | None = None
         self.last = 0  # the last message read (``first``)
         self.deadline = asyncio.get_running_loop().time() + LOOKBACK_SECONDS
@@ -240,9 +228,10 @@ class _Reading:
             self.cut_short = True
             return None
         if asyncio.get_running_loop().time() >= self.deadline:
-            # Checked after the others: a read that took all it may is complete as far as it
-            # can be, however slow (a busy host), and is not retried.
-            self.cut_short = self.timed_out = True
+            # A bound like the others, never an error to retry: a read kept slow by a busy host
+            # or a distant server (10 ms a request: 100 foreign messages) would be retried, and
+            # slow again, for ever. A request NATS does not answer raises as any NATS error.
+            self.cut_short = True
             return None
         self.read += 1
         msg = await next_stored(self.inbox, self.js, self.stream, self.subject, seq)
