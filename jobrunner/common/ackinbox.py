@@ -185,14 +185,14 @@ class AckInbox:
         sub = self._subscription
         return sub is not None and self._nc._subs.get(sub._id) is sub
 
-    async def publish_until_stored(self, names: Names, event: events.Publishable) -> None:
+    async def publish_until_stored(self, names: Names, event: events.Publishable) -> PubAck:
         """Publish an event until JetStream stores it: NATS being away is waited out, a refusal
         that can never pass raises ``retry.PublishRefused`` at once; every try carries the
-        event's id, so JetStream keeps one copy."""
+        event's id, so JetStream keeps one copy (the ack of a copy says where the first is)."""
         subject = names.subject(event)
         data = codec.encode(event)
         what = f"event {type(event).__name__} {event.event_id} on {subject}"
-        await retry.until_done(lambda: self.publish(subject, data, event.event_id), what)
+        return await retry.until_done(lambda: self.publish(subject, data, event.event_id), what)
 
     async def _open(self) -> None:
         # Jobs starting together share the one subscription (and one failure, should the

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from jobrunner.common import artifactstore, reconfigure, retry, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
@@ -158,10 +158,31 @@ async def publish(js: JetStreamContext, names: Names, event: events.Publishable)
 
 
 async def publish_acked(
-    js: JetStreamContext, names: Names, event: events.Publishable
+    js: JetStreamContext,
+    names: Names,
+    event: events.Publishable,
+    expected_last: int | None = None,
 ) -> api.PubAck:
-    """As ``publish``, with JetStream's whole answer (``duplicate``: its id was stored before)."""
-    return await js.publish(names.subject(event), codec.encode(event), headers=codec.headers(event))
+    """As ``publish``, with JetStream's whole answer (``duplicate``: its id was stored before).
+    ``expected_last``: stored only if the stream sequence of the last message on the event's
+    subject is that (0: the subject holds none), else JetStream refuses it (an ``APIError`` with
+    ``err_code`` ``WRONG_LAST_SEQUENCE``); its id is checked for a duplicate first."""
+    return await js.publish(
+        names.subject(event), codec.encode(event), headers=headers(event, expected_last)
+    )
+
+
+# JetStream's error code for a publish whose Nats-Expected-Last-Subject-Sequence did not hold.
+WRONG_LAST_SEQUENCE = 10071
+EXPECTED_LAST_HEADER = "Nats-Expected-Last-Subject-Sequence"
+
+
+def headers(event: events.Publishable, expected_last: int | None = None) -> dict[str, str]:
+    """An event's headers, with the condition on its subject's last sequence if given."""
+    out = codec.headers(event)
+    if expected_last is not None:
+        out = {**out, EXPECTED_LAST_HEADER: str(expected_last)}
+    return out
 
 
 # How long publish_many waits for one pipelined ack before publishing that event again.
@@ -176,18 +197,71 @@ async def publish_many(
     An ack lost on the way (NATS restarted meanwhile) is not waited for forever: that event is
     published again with the same id, which JetStream stores once and answers with its sequence.
     """
+    acks = await _pipelined(js, names, batch)
+    return acks[-1].seq if acks else 0
+
+
+async def _pipelined(
+    js: JetStreamContext, names: Names, batch: Sequence[events.Publishable]
+) -> list[api.PubAck]:
+    """Each event's ack, published in a pipeline (see ``publish_many``)."""
     futures = [
         await js.publish_async(names.subject(e), codec.encode(e), headers=codec.headers(e))
         for e in batch
     ]
-    last = 0
+    acks: list[api.PubAck] = []
     for event, future in zip(batch, futures, strict=True):
         try:
-            last = (await asyncio.wait_for(future, ACK_WAIT_SECONDS)).seq
+            acks.append(await asyncio.wait_for(future, ACK_WAIT_SECONDS))
         except Exception as exc:
             log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
-            last = await publish(js, names, event)
-    return last
+            acks.append(await publish_acked(js, names, event))
+    return acks
+
+
+async def publish_many_acked(
+    js: JetStreamContext,
+    names: Names,
+    batch: Sequence[tuple[events.Publishable, int | None]],
+) -> list[api.PubAck | None]:
+    """As ``publish_many``, each event with its condition on its subject's last sequence (see
+    ``publish_acked``): each one's ack, None where its condition did not hold.
+
+    The events without a condition go in one pipeline; those with one after them (so after
+    every event before them too), at once as requests: nats-py never completes a pipelined
+    publish's future that JetStream refused (its reply handler raises), so a refusal there
+    would cost the whole ack wait and a publish again."""
+    out: list[api.PubAck | None] = [None] * len(batch)
+    plain = [i for i, (_, expected) in enumerate(batch) if expected is None]
+    plain_acks = await _pipelined(js, names, [batch[i][0] for i in plain])
+    for i, ack in zip(plain, plain_acks, strict=True):
+        out[i] = ack
+    conditional = [i for i, (_, expected) in enumerate(batch) if expected is not None]
+    acks = await asyncio.gather(*(_conditional(js, names, *batch[i]) for i in conditional))
+    for i, conditional_ack in zip(conditional, acks, strict=True):
+        out[i] = conditional_ack
+    return out
+
+
+async def _conditional(
+    js: JetStreamContext, names: Names, event: events.Publishable, expected: int | None
+) -> api.PubAck | None:
+    """``publish_acked`` on its condition, once more if unanswered (as ``publish_many``): stored
+    the first time, the second is answered a duplicate, its id checked before the condition."""
+    try:
+        return await _unless_wrong_last(publish_acked(js, names, event, expected))
+    except nats.errors.TimeoutError as exc:
+        log.warning("publish unconfirmed, publishing again", error=repr(exc))
+        return await _unless_wrong_last(publish_acked(js, names, event, expected))
+
+
+async def _unless_wrong_last(acked: Awaitable[api.PubAck]) -> api.PubAck | None:
+    try:
+        return await acked
+    except APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            return None
+        raise
 
 
 async def close(nc: NATS) -> None:

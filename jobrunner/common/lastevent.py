@@ -12,9 +12,10 @@ for the newest readable event before it.
 Reading back first reads the subject's first messages (``FIRST_MOST``), where jobrunner's own
 events of a job are, then the messages before the newest one, one direct message-get each; one
 read stops at ``LOOKBACK_MOST`` messages, ``LOOKBACK_BYTES`` of data or ``LOOKBACK_SECONDS``,
-whichever comes first, with the newest readable event it found: a flood of foreign messages after
-an ending costs a bounded read and still finds it; an ending behind more foreign messages than the
-bounds (stored while the job ran) is not found.
+whichever comes first: a flood of foreign messages after an ending costs a bounded read and still
+finds it. A read the bounds stop before it knows the newest readable event (an event behind more
+foreign messages than they let it read) raises ``ReadIncomplete`` rather than answer an older
+event or "none".
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
+import nats.errors
 import structlog
 from nats.js import JetStreamContext
 
@@ -81,10 +83,13 @@ async def newest_readable(
     newest: tuple[int, bytes],
     kind: type[E],
     owner: str,
+    *,
+    best_effort: bool = False,
 ) -> tuple[int, E] | None:
     """``newest`` (the subject's newest message: its stream sequence and data) as a ``kind``
-    event of ``owner``, or, when it is none, the newest one stored before it on ``subject`` that
-    a bounded read back finds."""
+    event of ``owner``, or, when it is none, the newest one stored before it on ``subject``
+    (None: there is none), read back within bounds (``ReadIncomplete`` when they stop it before
+    it knows, or with ``best_effort`` the newest one it read)."""
     seq, data = newest
     found = readable(data, kind, owner)
     if not isinstance(found, str):
@@ -94,10 +99,32 @@ async def newest_readable(
         return None
     _warn(subject, seq, found)
     reading = _Reading(js, stream, subject, kind, owner)
-    await reading.back_from(seq)
-    if reading.cut_short:
+    if not await reading.back_from(seq):
         log.warning("read-back cut short", subject=subject, newest_seq=seq, read=reading.read)
+        if not best_effort:
+            raise ReadIncomplete(f"the newest readable event on {subject} is not known")
     return reading.best
+
+
+class ReadIncomplete(nats.errors.Error):
+    """The bounds stopped a read back before it knew the newest readable event of a subject:
+    the newest one it read may be older than the newest one stored. Raised to the API (which
+    answers 503 ``EVENT_STORE_UNAVAILABLE``), never taken there for an answer, "none" or an
+    older event; the runner's and notifier's reads ask for the best found instead
+    (``best_effort``): there it would stop a job, a queue or a sweep for good."""
+
+
+class Scan(NamedTuple, Generic[E]):
+    """What ``first_readable`` found: the first wanted event (and its stream sequence), whether
+    the read got to the subject's end (False: the bounds stopped it first, so "none" is not
+    known), and the stream sequence of the last message it read on the subject (0: none). When
+    nothing was found and the read was complete, ``last`` was the subject's last message when
+    the server answered that there was none after it: a write conditional on it (JetStream's
+    ``Nats-Expected-Last-Subject-Sequence``) is refused if anything was stored since."""
+
+    found: tuple[int, E] | None
+    complete: bool
+    last: int
 
 
 async def first_readable(
@@ -107,17 +134,16 @@ async def first_readable(
     kind: type[E],
     owner: str,
     wanted: Callable[[E], bool],
-) -> tuple[tuple[int, E] | None, bool]:
+) -> Scan[E]:
     """The first ``kind`` event of ``owner`` on ``subject`` that is ``wanted`` (a job's ending,
-    say), reading forwards from the subject's first message; and whether the read got to the
-    subject's end (False: the bounds stopped it first, so "none" is not known)."""
+    say), reading forwards from the subject's first message (see ``Scan``)."""
     if not _ONE_TOKEN.match(owner):
-        return None, True
+        return Scan(None, True, 0)
     reading = _Reading(js, stream, subject, kind, owner)
     found = await reading.first(wanted)
     if found is None and reading.cut_short:
         log.warning("read-forward cut short", subject=subject, read=reading.read)
-    return found, found is not None or not reading.cut_short
+    return Scan(found, found is not None or not reading.cut_short, reading.last)
 
 
 class _Reading:
@@ -135,32 +161,45 @@ class _Reading:
         self.bytes = 0
         self.cut_short = False
         self.best: tuple[int, Any] | None = None
+        self.last = 0  # the last message read (``first``)
         self.deadline = asyncio.get_running_loop().time() + LOOKBACK_SECONDS
 
-    async def back_from(self, seq: int) -> None:
-        """Sets ``best`` to the newest readable event before ``seq``. JetStream reads a subject
-        forwards only. First the subject's first messages, where jobrunner's own events of a job
-        (its request, running, its ending) are, whatever came after them. Then the stretches of
-        the stream before ``seq``, growing fourfold, down to where the first read stopped: the
-        newest is found reading little more than the messages after it."""
+    async def back_from(self, seq: int) -> bool:
+        """Sets ``best`` to the newest readable event before ``seq``; answers whether it is
+        known (False: the bounds stopped the read first). JetStream reads a subject forwards
+        only. First the subject's first messages, where jobrunner's own events of a job (its
+        request, running, its ending) are, whatever came after them. Then the stretches of the
+        stream before ``seq``, growing fourfold, down to where the first read stopped: the
+        newest is found reading little more than the messages after it. The newest readable
+        event of a stretch is the answer only once the whole stretch is read: one cut short in
+        its middle may have a newer one after where it stopped."""
         head_end = await self._scan(1, seq, FIRST_MOST)
-        if head_end >= seq or _is_ending(self.best):
+        if _is_ending(self.best):
             # A job's ending is its last status: JetStream drops every later one, and jobrunner
             # writes no other status after it. Nothing after it need be read.
-            return
+            return True
+        if self.cut_short:
+            return False
+        if head_end >= seq:
+            return True
         head_best, self.best = self.best, None
         end, width = seq, FIRST_STRETCH
-        while end > head_end and not self.cut_short:
+        while end > head_end:
             start = max(head_end, end - width)
             await self._scan(start, end, LOOKBACK_MOST)
+            if self.cut_short:
+                self.best = self.best or head_best  # the best found, for ``best_effort``
+                return False
             if self.best is not None:
-                return
+                return True
             end, width = start, width * 4
         self.best = head_best
+        return True
 
     async def first(self, wanted: Callable[[Any], bool]) -> tuple[int, Any] | None:
         at = 1
         while (msg := await self._next(at)) is not None:
+            self.last = msg.seq
             event = readable(msg.data, self.kind, self.owner)
             if not isinstance(event, str) and wanted(event):
                 return msg.seq, event
@@ -185,11 +224,13 @@ class _Reading:
         return at
 
     async def _next(self, seq: int) -> StoredMessage | None:
-        if (
-            self.read >= LOOKBACK_MOST
-            or self.bytes >= LOOKBACK_BYTES
-            or asyncio.get_running_loop().time() >= self.deadline
-        ):
+        if self.read >= LOOKBACK_MOST or self.bytes >= LOOKBACK_BYTES:
+            self.cut_short = True
+            return None
+        if asyncio.get_running_loop().time() >= self.deadline:
+            # A bound like the others, never an error to retry: a read kept slow by a busy host
+            # or a distant server (10 ms a request: 100 foreign messages) would be retried, and
+            # slow again, for ever. A request NATS does not answer raises as any NATS error.
             self.cut_short = True
             return None
         self.read += 1
@@ -200,14 +241,22 @@ class _Reading:
 
 
 async def last_readable(
-    js: JetStreamContext, stream: str, subject: str, kind: type[E], owner: str
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    kind: type[E],
+    owner: str,
+    *,
+    best_effort: bool = False,
 ) -> tuple[int, E] | None:
     """The newest ``kind`` event of ``owner`` on ``subject`` and its stream sequence, or None
     when the subject holds none (see ``newest_readable``)."""
     raw = await last_message(js, stream, subject)
     if raw is None or raw.seq is None:
         return None
-    return await newest_readable(js, stream, subject, (raw.seq, raw.data or b""), kind, owner)
+    return await newest_readable(
+        js, stream, subject, (raw.seq, raw.data or b""), kind, owner, best_effort=best_effort
+    )
 
 
 def _is_ending(found: tuple[int, Any] | None) -> bool:

@@ -20,7 +20,7 @@ from typing import NoReturn
 import msgspec
 import nats.errors
 
-from jobrunner.common import eventstore
+from jobrunner.common import endings, eventstore
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
@@ -187,9 +187,12 @@ async def carry_out(ctx: ApiContext, plan: Plan, *, queue_all: bool) -> int:
     """Publish a plan in order; returns the last stream sequence. ``queue_all``: every locked
     new attempt queues for its lock (a batch's jobs do, whatever the type's busy policy)."""
     seq = 0
+    ended: dict[str, endings.Stored] = {}
     if plan.first:
-        seq = await eventstore.publish_many(ctx.js, ctx.names, plan.first)
-    await give_back_places(ctx, plan.cancelled_pending)
+        # One pipeline; only a pending job's end that meets another stored first (or a message
+        # jobrunner did not write) reads its status subject (see endings.publish_with_endings).
+        seq, ended = await endings.publish_with_endings(ctx.js, ctx.names, plan.first)
+    await give_back_places(ctx, plan.cancelled_pending, ended)
     if plan.attempts:
         by_lock: dict[str, list[tuple[str, str]]] = {}
         for attempt in plan.attempts:

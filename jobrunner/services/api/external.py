@@ -25,7 +25,6 @@ from typing import Any
 import msgspec
 import structlog
 from litestar import Request
-from nats.js import api
 from nats.js.errors import APIError
 
 from jobrunner.common import callbacktoken, endings, eventstore, metrics
@@ -185,8 +184,13 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
     # report behind.
     result = clean_result(final) if final is not None else None
     rid = report.report_id
-    status = await _last(ctx, job_id, "status")
-    if isinstance(status, events.StatusChanged) and status.status.is_terminal:
+    subject = ctx.names.job_kind_subject(job_id, "status")
+    found = await last_readable(ctx.js, ctx.names.stream, subject, events.StatusChanged, job_id)
+    status = None if found is None else found[1]
+    # Where the status subject ends, as far as this report knows: its ending is stored
+    # conditionally on it (see endings.store); junk after the status read only costs a read.
+    status_seq = 0 if found is None else found[0]
+    if status is not None and status.status.is_terminal:
         if rid is not None and status.report_id == rid:
             return ReportAccepted(job_id=job_id, status=status.status.value, duplicate=True)
         raise _finished(status)
@@ -218,6 +222,7 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
         )
         if not started.duplicate:  # two first reports at once: one start
             metrics.job_started(request.job_type)
+        status_seq = started.seq
     answer = ReportAccepted(job_id=job_id, status=JobStatus.RUNNING.value)
     lines = split_lines(report.lines)
     if lines:
@@ -238,7 +243,7 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
             ),
         )
     if result is not None or report.error is not None:
-        answer = await _end(ctx, job_id, report, result, answer, request.job_type)
+        answer = await _end(ctx, job_id, report, result, answer, request.job_type, status_seq)
     # A sign of life for the runner holding the job, even for a report with nothing to store.
     await ctx.nc.publish(ctx.names.external_reported_subject(job_id), b"")
     return answer
@@ -316,6 +321,7 @@ async def _end(
     result: dict[str, Any] | None,
     answer: ReportAccepted,
     job_type: str,
+    status_seq: int,
 ) -> ReportAccepted:
     if report.error is not None:
         status = JobStatus.FAILED
@@ -334,7 +340,7 @@ async def _end(
         result=result,
         report_id=report.report_id,
     )
-    stored, first = await endings.store(ctx.js, ctx.names, ending, lambda e: _publish(ctx, e))
+    stored, first, _ = await endings.store(ctx.js, ctx.names, ending, after=status_seq)
     if stored:
         metrics.job_ended(job_type, status.value)
         return msgspec.structs.replace(answer, status=status.value)
@@ -350,9 +356,3 @@ async def _end(
     if report.report_id is None or first.report_id != report.report_id:
         raise _finished(first)
     return msgspec.structs.replace(answer, status=first.status.value, duplicate=True)
-
-
-async def _publish(ctx: ApiContext, event: events.StatusChanged) -> api.PubAck:
-    return await ctx.js.publish(
-        ctx.names.subject(event), codec.encode(event), headers=codec.headers(event)
-    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from jobrunner.common import eventstore, metrics
+from jobrunner.common import endings, metrics
 from jobrunner.common.slots import UNKNOWN_HOLDER, slot_key
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import readmodels, schemas
@@ -36,32 +36,50 @@ async def cancel(
             status=row["status"],
         )
     job = Attempt(id=job_id, job_type=row["job_type"], status=row["status"], lock=row["lock"])
-    seq = await cancel_jobs(ctx, [job], principal.name if principal is not None else None)
+    seq, ended = await cancel_jobs(ctx, [job], principal.name if principal is not None else None)
     if job.status == JobStatus.PENDING:
+        outcome = ended[job_id]
+        first = outcome.first
+        if first is not None and first.status != JobStatus.CANCELLED:
+            # It ended another way first (a runner took it meanwhile): as if the read model
+            # had shown that already.
+            raise ApiError(
+                409,
+                "JOB_FINISHED",
+                f"The job already ended with status {first.status.value!r}.",
+                status=first.status.value,
+            )
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
-        return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
+        if outcome.stored or first is not None:
+            return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
+        # No ending could be stored (see endings.store): its cancel is, so it never starts.
     return schemas.CancelAccepted(id=job_id, status=row["status"])
 
 
 async def cancel_jobs(
     ctx: ApiContext, jobs: Sequence[Attempt], actor: str | None, reason: str | None = None
-) -> int:
+) -> tuple[int, dict[str, endings.Stored]]:
     """Cancel jobs that have not ended (as the read model saw them); returns the last stream
-    sequence published (0 when there was nothing to do)."""
+    sequence published (0 when there was nothing to do) and how each pending job's end went."""
     batch = [event for job in jobs for event in cancel_events(job, actor, reason)]
     if not batch:
-        return 0
-    seq = await eventstore.publish_many(ctx.js, ctx.names, batch)
-    await give_back_places(ctx, [job for job in jobs if job.status == JobStatus.PENDING])
-    return seq
+        return 0, {}
+    seq, ended = await endings.publish_with_endings(ctx.js, ctx.names, batch)
+    await give_back_places(ctx, [job for job in jobs if job.status == JobStatus.PENDING], ended)
+    return seq, ended
 
 
-async def give_back_places(ctx: ApiContext, cancelled_pending: Sequence[Attempt]) -> None:
+async def give_back_places(
+    ctx: ApiContext, cancelled_pending: Sequence[Attempt], ended: dict[str, endings.Stored]
+) -> None:
     """Drop the queue entries and slot reservations of jobs cancelled before they started (their
-    ends stored already; both ways of cancelling come through here, so they are counted here)."""
+    ends stored already, here or by whoever ended them first: counted here only when here; both
+    ways of cancelling come through here)."""
     by_lock: dict[str, list[str]] = {}
     for job in cancelled_pending:
-        metrics.job_ended(job.job_type, JobStatus.CANCELLED.value)
+        outcome = ended.get(job.id)
+        if outcome is not None and outcome.stored:
+            metrics.job_ended(job.job_type, JobStatus.CANCELLED.value)
         if job.lock:
             by_lock.setdefault(job.lock, []).append(job.id)
     for lock, job_ids in by_lock.items():

@@ -219,7 +219,11 @@ class Notifier:
         # One not written by jobrunner is skipped: a junk last attempt must not restart a
         # delivery from its first attempt, a junk request must not hide the webhook.
         found = await retry.until_done(
-            lambda: newest_readable(self.js, self.names.stream, subject, newest, kind_type, job_id),
+            # A flood past the read's bounds: the newest found (no progress, say), not a
+            # refusal that would have the job's end delivered again for ever.
+            lambda: newest_readable(
+                self.js, self.names.stream, subject, newest, kind_type, job_id, best_effort=True
+            ),
             f"reading {subject}",
         )
         return None if found is None else found[1]

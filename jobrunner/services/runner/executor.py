@@ -102,6 +102,10 @@ class JobExecutor:
             await self._not_started(request, job_type, job, keeper, status)
             return
         output: OutputDirectory | None = None
+        # Where the job's status subject ends as this runner wrote it: its end is stored
+        # conditionally on it, at no read's cost (see endings.store). Not for a cancelled job:
+        # the API's end of it while pending may be stored just before this ``running``.
+        running_seq: int | None = None
         try:
             if job_type.external:
                 # An external job becomes running with its worker's first report (the API
@@ -111,7 +115,7 @@ class JobExecutor:
                 # Stored before the tool starts, never while it runs: a runner that died after
                 # the spawn and before ``running`` was stored would leave a request that, sent
                 # again, runs the job a second time (a NATS outage makes that window seconds).
-                await self._publish_running(request, job)
+                running_seq = await self._publish_running(request, job)
             # Left only now: a start that failed gave the slot back to the queue's head.
             await self._leave_queue(request, job_type, keeper)
             started = asyncio.get_running_loop().time()
@@ -146,6 +150,7 @@ class JobExecutor:
                     cancelled_by=outcome.cancelled_by,
                     result=reporter.result or None,
                     job_type=request.job_type,
+                    after=None if job.cancel_event.is_set() else running_seq,
                 )
         finally:
             # Still due if the tool never started (or the keeper stopped before its rewrite).
@@ -208,18 +213,19 @@ class JobExecutor:
             raise
         return status, cancel
 
-    async def _publish_running(self, request: events.JobRequested, job: RunningJob) -> None:
+    async def _publish_running(self, request: events.JobRequested, job: RunningJob) -> int:
         """``running`` stored, then the request acknowledged: a redelivery after that can only
         mean this runner died, and the job then ends RUNNER_LOST instead of running twice. The
         ack itself goes out with the lease's rewrite once the tool started (``_record_group``),
         or, where there is none, once the start is over (``run``)."""
-        await self.journal.publish(
+        seq = await self.journal.stored_at(
             events.StatusChanged(
                 job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
             )
         )
         metrics.job_started(request.job_type)
         job.ack_after()
+        return seq
 
     @staticmethod
     async def _send_due_ack(job: RunningJob) -> None:

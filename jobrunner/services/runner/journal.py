@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, cast
 
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
-from jobrunner.common import ackinbox, endings, eventstore, metrics, retry
+from jobrunner.common import ackinbox, endings, metrics, retry
 from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, newest_readable
 from jobrunner.common.subscription import last_stored
 from jobrunner.contracts import events
@@ -40,6 +40,9 @@ class JobJournal:
             (raw.seq, raw.data),
             JOB_EVENT_OF_KIND[kind],
             job_id,
+            # A flood of foreign messages past the read's bounds must not stop a job's start,
+            # its queue or the sweep for good: the newest event found, as before bounds existed.
+            best_effort=True,
         )
         # Of JOB_EVENT_OF_KIND[kind], one of the job event types.
         return None if found is None else cast("events.AnyEvent", found[1])
@@ -58,7 +61,11 @@ class JobJournal:
 
     async def publish(self, event: events.Publishable) -> None:
         """Publish until stored (see ``AckInbox.publish_until_stored``)."""
-        await self._acks.publish_until_stored(self.names, event)
+        await self.stored_at(event)
+
+    async def stored_at(self, event: events.Publishable) -> int:
+        """``publish``, answering the event's stream sequence."""
+        return (await self._acks.publish_until_stored(self.names, event)).seq
 
     async def end(
         self,
@@ -70,10 +77,13 @@ class JobJournal:
         cancelled_by: str | None = None,
         result: dict[str, Any] | None = None,
         job_type: str = "",
+        after: int | None = None,
     ) -> None:
         """Publish the job's end. Its event id is the job's terminal id, so whoever ends a job
         first (its runner, a runner declaring it lost, a cancel) decides, and later ends are
-        dropped (see ``endings.store``)."""
+        dropped (see ``endings.store``). ``after``: the stream sequence of the job's newest
+        status as this runner stored it (its ``running``): published at once, conditionally on
+        it, instead of reading the job's status subject first."""
         ending = events.StatusChanged(
             job_id=job_id,
             event_id=events.terminal_event_id(job_id),
@@ -87,14 +97,11 @@ class JobJournal:
         # Inside the retry as a whole, the look for an ending after a duplicate included: a NATS
         # blip there must not raise out of end() (its caller releases the job's lock after it).
         # Retrying is safe: the ids tried are the same every time.
-        stored, _ = await retry.until_done(
-            lambda: endings.store(self.js, self.names, ending, self._publish),
+        stored, _, _ = await retry.until_done(
+            lambda: endings.store(self.js, self.names, ending, after=after),
             f"the end of job {job_id}",
         )
         # Counted only by whoever stored the end: an end someone stored first (the API
         # cancelling a pending job, another runner declaring it lost) is not counted twice.
         if stored:
             metrics.job_ended(job_type, status.value)
-
-    async def _publish(self, ending: events.StatusChanged) -> api.PubAck:
-        return await eventstore.publish_acked(self.js, self.names, ending)

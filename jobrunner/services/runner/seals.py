@@ -97,9 +97,17 @@ class BatchSeals:
 
     async def _look_up(self, batch_id: str) -> bool:
         subject = self._names.batch_kind_subject(batch_id, "sealed")
-        # A message there not written by jobrunner seals nothing (``lastevent``).
+        # A message there not written by jobrunner seals nothing (``lastevent``); a flood of
+        # them past a read's bounds does not stop the batch's jobs for good (``best_effort``).
         found = (
-            await last_readable(self._js, self._names.stream, subject, events.BatchSealed, batch_id)
+            await last_readable(
+                self._js,
+                self._names.stream,
+                subject,
+                events.BatchSealed,
+                batch_id,
+                best_effort=True,
+            )
             is not None
         )
         if found:
@@ -126,7 +134,8 @@ class BatchSeals:
         return await asyncio.shield(lookup)
 
     async def _look_up_failure(self, batch_id: str) -> events.BatchFailed | None:
-        # Messages there not written by jobrunner neither fail nor restart it (``lastevent``).
+        # Messages there not written by jobrunner neither fail nor restart it (``lastevent``),
+        # nor does a flood of them past a read's bounds stop its jobs for good (``best_effort``).
         stream, names = self._names.stream, self._names
         failed = await last_readable(
             self._js,
@@ -134,6 +143,7 @@ class BatchSeals:
             names.batch_kind_subject(batch_id, "failed"),
             events.BatchFailed,
             batch_id,
+            best_effort=True,
         )
         stopped: events.BatchFailed | None = None
         if failed is not None:
@@ -143,6 +153,7 @@ class BatchSeals:
                 names.batch_kind_subject(batch_id, "restarted"),
                 events.BatchRestarted,
                 batch_id,
+                best_effort=True,
             )
             if restarted is None or restarted[0] < failed[0]:
                 stopped = failed[1]

@@ -19,6 +19,7 @@ from collections.abc import Container
 
 import structlog
 
+from jobrunner.common import retry
 from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
 from jobrunner.contracts.events import TERMINAL_STATUSES, ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
@@ -97,7 +98,14 @@ class LostJobSweeper:
     async def sweep(self) -> None:
         """End every job that has started but whose slot holds no lease for it."""
         for record in await self.slots.run_records():
-            await self.sweep_record(record)
+            try:
+                await self.sweep_record(record)
+            except Exception as exc:
+                if retry.is_transient(exc):
+                    raise  # NATS away: the round stops, as it would for every record
+                # One record the sweep cannot settle must not keep it from the others: it is
+                # tried again next round.
+                log.warning("sweep of a run record failed", job_id=record.job_id, error=repr(exc))
 
     async def sweep_record(self, record: RunRecord) -> None:
         """End the job of ``record``, read by a sweep, if its runner is gone."""
