@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sys
 from datetime import datetime
 
 import pytest
 
-from jobrunner.services.runner.process import ToolProcess
+from jobrunner.services.runner import guardian, process
+from jobrunner.services.runner.process import SpawnError, ToolProcess
 
 
 async def no_wait() -> None:
@@ -45,3 +47,44 @@ async def test_a_pump_given_up_on_closes_the_tools_pipes() -> None:
     finally:
         with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
             os.kill(int(lines[0]), signal.SIGKILL)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) - 1  # listdir's own
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/fd")
+async def test_a_start_at_the_descriptor_limit_fails_the_job_and_leaves_nothing_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runner at its descriptor limit (EMFILE): with no room for a pipe, for the second
+    one, or for the spawn's own descriptors, the start fails with a SpawnError (the job fails
+    SPAWN_FAILED), closes every descriptor it made and forgets the guardian serial it took."""
+    guard = guardian.Guardian()
+    monkeypatch.setattr(process, "GUARDIAN", guard)
+    assert guard.start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    failed: list[int] = []
+    try:
+        for spare in range(8):
+            tool = ToolProcess(["true"], None, None)
+            before = open_fds()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (before + spare, hard))
+            try:
+                await tool.start()
+            except SpawnError:
+                failed.append(spare)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            if tool.proc is not None:  # room enough at last
+                assert await tool.wait() == 0
+                tool.end_group()
+                tool.proc.close()
+                break
+            assert open_fds() == before
+            assert guard._tools == {}  # every serial reserved was forgotten
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        guard.stop()
+    assert failed[:3] == [0, 1, 2]  # no room for the first pipe, for the second one
+    assert tool.proc is not None

@@ -261,9 +261,13 @@ class ToolProcess:
             await deathsignal.probe()  # (a process started and waited for: off the loop)
             argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
         # The pipes are made here (close-on-exec: the tool gets only its ends, as its 1 and 2).
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        # Every descriptor made is closed if the start fails: at the runner's descriptor limit
+        # (EMFILE) a pipe fails like the spawn itself, and the job fails, not the runner.
+        made: list[int] = []
         try:
+            made.extend(os.pipe())
+            made.extend(os.pipe())
+            out_r, out_w, err_r, err_w = made
             # In the loop's thread, as asyncio's own subprocess_exec spawns (vfork, then exec).
             popen = subprocess.Popen(  # noqa: ASYNC220
                 argv,
@@ -277,8 +281,8 @@ class ToolProcess:
                 pass_fds=pass_fds,
             )
         except BaseException as exc:
-            os.close(out_r)
-            os.close(err_r)
+            for fd in made:
+                os.close(fd)
             if self._guarded is not None:  # no tool of this serial runs
                 self._guarded[0].forget(self._guarded[1])
                 self._guarded = None
@@ -288,9 +292,8 @@ class ToolProcess:
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
-        finally:
-            os.close(out_w)
-            os.close(err_w)
+        os.close(out_w)  # the tool's ends: the runner keeps only its own
+        os.close(err_w)
         # From the spawn to here nothing awaits: a cancel cannot leave the tool unowned, and it
         # cannot have been reaped yet, so its start is still in /proc.
         pid = popen.pid
