@@ -88,3 +88,27 @@ async def test_a_start_at_the_descriptor_limit_fails_the_job_and_leaves_nothing_
         guard.stop()
     assert failed[:3] == [0, 1, 2]  # no room for the first pipe, for the second one
     assert tool.proc is not None
+
+
+async def test_a_pump_whose_sink_fails_leaves_no_read_waiting() -> None:
+    """The sink raises on stderr's first line: the pump fails with it, and stdout's read (its
+    pipe still open) is not left waiting for ever on a pipe the pump closed."""
+    tool = ToolProcess(["sh", "-c", "echo err >&2; sleep 30; echo out"], None, None)
+    await tool.start()
+
+    def sink(stream: str, chunk: list[str], transient: str | None, at: datetime) -> None:
+        if stream == "stderr" and chunk:
+            raise RuntimeError("sink failed")
+
+    try:
+        with pytest.raises(RuntimeError, match="sink failed"):
+            await tool.pump(sink, no_wait, 1024)
+        reads = [
+            task
+            for task in asyncio.all_tasks()
+            if task.get_coro().__qualname__ == "ToolProcess._read"  # type: ignore[union-attr]
+        ]
+        assert reads == []
+    finally:
+        tool.end_group()
+        await tool.wait()

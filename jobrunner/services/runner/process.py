@@ -317,12 +317,18 @@ class ToolProcess:
         assert self.proc is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
+        reads = [
+            asyncio.ensure_future(self._read(reader, name, sink, room, max_line_bytes, pace))
+            for reader, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))
+        ]
         try:
-            await asyncio.gather(
-                self._read(self.proc.stdout, "stdout", sink, room, max_line_bytes, pace),
-                self._read(self.proc.stderr, "stderr", sink, room, max_line_bytes, pace),
-            )
-        finally:  # given up on (someone outside the group holds a pipe open): not watched on
+            await asyncio.gather(*reads)
+        finally:
+            # Given up on (someone outside the group holds a pipe open), or one read failed (its
+            # sink raised): the other read is not left waiting on its pipe for ever.
+            for read in reads:
+                read.cancel()
+            await asyncio.wait(reads)
             self.proc.close()
 
     @staticmethod
