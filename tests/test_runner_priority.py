@@ -49,9 +49,8 @@ async def start_tools(priority: ToolPriority | None) -> list[ToolProcess]:
 
 async def stop(tools: list[ToolProcess]) -> None:
     for tool in tools:
-        assert tool.proc is not None
-        tool.proc.kill()
-        await tool.proc.wait()
+        tool.end_group()
+        await tool.wait()
 
 
 def test_tool_nice_is_a_setting_off_by_default() -> None:

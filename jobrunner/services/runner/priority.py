@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Protocol
 
 import structlog
 
@@ -28,17 +29,25 @@ log = structlog.get_logger()
 TRIES = 20
 
 
+class Started(Protocol):
+    """A started tool: its pid, and its exit code once it was reaped (None before)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
 class ToolPriority:
     """Lowers each tool's priority right after its start, ``by`` below the runner's."""
 
     def __init__(self, by: int) -> None:
         self.by = by
-        self._waiting: collections.deque[tuple[asyncio.subprocess.Process, int]] = (
-            collections.deque()
-        )
+        self._waiting: collections.deque[tuple[Started, int]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
 
-    def lower(self, proc: asyncio.subprocess.Process) -> None:
+    def lower(self, proc: Started) -> None:
         if not self.by:
             return
         niceness = nicer_than_this_process(self.by)

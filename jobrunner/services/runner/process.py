@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import math
 import os
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,26 @@ class SpawnError(Exception):
     pass
 
 
+def _reap(
+    loop: asyncio.AbstractEventLoop,
+    pid: int,
+    pidfd: int,
+    callback: Callable[..., object],
+    args: tuple[Any, ...],
+) -> None:
+    """The child's pidfd is readable: it exited. Reaped, its exit code to ``callback``."""
+    loop.remove_reader(pidfd)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped by someone else: its exit status is gone
+        returncode = 255
+    else:
+        returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        os.close(pidfd)
+    callback(pid, returncode, *args)
+
+
 class PidfdChildWatcher(asyncio.AbstractChildWatcher):
     """Learns of a child's exit through its pidfd in the running loop's epoll: Python 3.12's
     own watcher, for 3.11 (whose default starts a thread per child that blocks in ``waitpid``,
@@ -49,32 +70,8 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
         self, pid: int, callback: Callable[..., object], *args: Any
     ) -> None:
         loop = asyncio.get_running_loop()
-        # Asked by asyncio right after the spawn, before the loop turns: the child cannot have
-        # been reaped yet, so its start is still in /proc (see ``_spawned``).
-        spawned = _spawned.get()
-        if spawned is not None:
-            spawned[pid] = orphans.start_ticks(pid)
         pidfd = os.pidfd_open(pid)
-        loop.add_reader(pidfd, self._reap, loop, pid, pidfd, callback, args)
-
-    @staticmethod
-    def _reap(
-        loop: asyncio.AbstractEventLoop,
-        pid: int,
-        pidfd: int,
-        callback: Callable[..., object],
-        args: tuple[Any, ...],
-    ) -> None:
-        loop.remove_reader(pidfd)
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:  # reaped by someone else: its exit status is gone
-            returncode = 255
-        else:
-            returncode = os.waitstatus_to_exitcode(status)
-        finally:
-            os.close(pidfd)
-        callback(pid, returncode, *args)
+        loop.add_reader(pidfd, _reap, loop, pid, pidfd, callback, args)
 
     def remove_child_handler(self, pid: int) -> bool:
         return False  # asyncio never asks: a handler goes once the child exited
@@ -95,17 +92,6 @@ class PidfdChildWatcher(asyncio.AbstractChildWatcher):
         pass
 
 
-# The start (clock ticks since boot) of the children spawned by the ``ToolProcess.start`` running
-# in this context, as the pidfd watcher read them: a tool that exits at once may be reaped while
-# asyncio still connects its pipes, and read after that, its start would be unknown (and its
-# process group's leftovers beyond orphans.kill_group's reach). Each start has a dict of its
-# own, dropped when it returns (or is cancelled); other children (an internal job's) are not
-# recorded at all.
-_spawned: contextvars.ContextVar[dict[int, int | None] | None] = contextvars.ContextVar(
-    "_spawned", default=None
-)
-
-
 def watch_children_by_pidfd() -> bool:
     """Have asyncio learn of the process's children's exits through pidfds (Linux 5.3+), as
     Python 3.12 does by default; True if it now does. Called again, it changes nothing."""
@@ -121,38 +107,105 @@ def watch_children_by_pidfd() -> bool:
     return True
 
 
-class _Feed(asyncio.Protocol):
-    """A tool's pipe handed straight to its ``StreamReader``.
+class _Pipe:
+    """A tool's pipe read straight into its ``StreamReader`` by the runner's loop.
 
-    asyncio's subprocess transport passes each piece read from a pipe on with ``call_soon``
-    (``BaseSubprocessTransport._call``): a second callback per read, a turn of the loop later.
-    A tool printing a line at a time makes a read per line, so at 100 jobs printing 200 lines/s
-    each that was 20,000 extra callbacks a second in the runner. The end of the pipe still goes
-    the subprocess transport's way (the reader's end of file, the exit's bookkeeping), after
-    every piece read before it, as before."""
+    asyncio's subprocess transport connects each pipe in a turn of the loop of its own, then
+    the process in another (``_connect_pipes``), and passes each piece read on with
+    ``call_soon``: on every job's way to its first line, turns of the loop in which the
+    runner's other tasks run first; and a callback more per read of a tool printing a line at
+    a time. Here the pipe is watched from the spawn on, and each read goes to the reader at once.
+    The reader pauses it as asyncio's transport would (its buffer over twice its limit: a
+    flood waits in the pipe while the publisher has no room)."""
 
-    def __init__(self, reader: asyncio.StreamReader, pipe: asyncio.BaseProtocol) -> None:
-        self.data_received = reader.feed_data  # type: ignore[method-assign]  # no frame between
-        self._pipe = pipe
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._paused = False
+        self.reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+        self.reader.set_transport(self)  # type: ignore[arg-type]  # pause/resume is all it uses
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read_ready)
 
-    def eof_received(self) -> bool | None:
-        return self._pipe.eof_received()  # type: ignore[attr-defined, no-any-return]
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._close()
+            self.reader.set_exception(exc)
+            return
+        if data:
+            self.reader.feed_data(data)
+        else:
+            self._close()
+            self.reader.feed_eof()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._pipe.connection_lost(exc)
+    def pause_reading(self) -> None:
+        if not self._paused and self._fd >= 0:
+            self._paused = True
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if self._paused and self._fd >= 0:
+            self._paused = False
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def close(self) -> None:
+        self._close()
 
 
-def _feed_readers_directly(proc: asyncio.subprocess.Process) -> None:
-    """Each of the tool's pipes feeds its reader with no callback in between (``_Feed``)."""
-    # The process's transport is private to asyncio's Process (the public streams hold only
-    # their readers); without it, or a pipe's transport, the pipes keep asyncio's own way.
-    transport: asyncio.SubprocessTransport | None = getattr(proc, "_transport", None)
-    if transport is None:
-        return
-    for fd, reader in ((1, proc.stdout), (2, proc.stderr)):
-        pipe = transport.get_pipe_transport(fd)
-        if reader is not None and isinstance(pipe, asyncio.ReadTransport):
-            pipe.set_protocol(_Feed(reader, pipe.get_protocol()))
+class _Child:
+    """A started tool as the runner sees it: its pid, its pipes' readers, its exit."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes], pipes: list[int]
+    ) -> None:
+        self.pid = popen.pid
+        # Kept until the exit is reaped: a Popen dropped while its child runs is reaped by the
+        # next Popen made (subprocess._cleanup), which would take the exit status from here.
+        self._popen = popen
+        self._pipes = [_Pipe(loop, fd) for fd in pipes]
+        self.stdout = self._pipes[0].reader
+        self.stderr = self._pipes[1].reader
+        self.returncode: int | None = None
+        self._exit: asyncio.Future[int] = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # no pidfd on this kernel: a thread waits instead
+            threading.Thread(target=self._wait_in_thread, args=(loop,), daemon=True).start()
+        else:
+            loop.add_reader(pidfd, _reap, loop, self.pid, pidfd, self._exited, ())
+
+    def _wait_in_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            code = 255
+        else:
+            code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._exited, self.pid, code)
+
+    def _exited(self, pid: int, returncode: int) -> None:
+        self.returncode = self._popen.returncode = returncode
+        if not self._exit.done():
+            self._exit.set_result(returncode)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def close(self) -> None:
+        """Its pipes closed, unread (a start given up on)."""
+        for pipe in self._pipes:
+            pipe.close()
 
 
 # Called with each chunk's complete lines (stream, lines, the latest state of a \r progress bar
@@ -178,7 +231,7 @@ class ToolProcess:
         self.cwd = cwd
         self.env = env
         self.priority = priority  # None: the runner's own priority
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: _Child | None = None
         self.started_ticks: int | None = None
         # The guardian told of the tool, and the tool's serial there.
         self._guarded: tuple[Guardian, int] | None = None
@@ -207,22 +260,29 @@ class ToolProcess:
         else:
             await deathsignal.probe()  # (a process started and waited for: off the loop)
             argv, preexec_fn = deathsignal.launch(self.argv, self.cwd, self.env)
-        spawned: dict[int, int | None] = {}
-        recording = _spawned.set(spawned)
+        # The pipes are made here (close-on-exec: the tool gets only its ends, as its 1 and 2).
+        # Every descriptor made is closed if the start fails: at the runner's descriptor limit
+        # (EMFILE) a pipe fails like the spawn itself, and the job fails, not the runner.
+        made: list[int] = []
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            made.extend(os.pipe())
+            made.extend(os.pipe())
+            out_r, out_w, err_r, err_w = made
+            # In the loop's thread, as asyncio's own subprocess_exec spawns (vfork, then exec).
+            popen = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
                 cwd=self.cwd,
                 env=env,
                 start_new_session=True,
                 preexec_fn=preexec_fn,
                 pass_fds=pass_fds,
-                limit=READ_CHUNK,
             )
         except BaseException as exc:
+            for fd in made:
+                os.close(fd)
             if self._guarded is not None:  # no tool of this serial runs
                 self._guarded[0].forget(self._guarded[1])
                 self._guarded = None
@@ -232,14 +292,15 @@ class ToolProcess:
             name = getattr(exc, "filename", None)
             detail = f"{reason}: {name!r}" if name else reason
             raise SpawnError(f"cannot start {self.argv[0]!r}: {detail}") from None
-        finally:
-            _spawned.reset(recording)
-        _feed_readers_directly(self.proc)
+        os.close(out_w)  # the tool's ends: the runner keeps only its own
+        os.close(err_w)
+        # From the spawn to here nothing awaits: a cancel cannot leave the tool unowned, and it
+        # cannot have been reaped yet, so its start is still in /proc.
+        pid = popen.pid
+        self.started_ticks = orphans.start_ticks(pid)
+        self.proc = _Child(asyncio.get_running_loop(), popen, [out_r, err_r])
         if self.priority is not None:
             self.priority.lower(self.proc)
-        pid = self.proc.pid
-        # As the watcher read it; else (another child watcher) read now.
-        self.started_ticks = spawned[pid] if pid in spawned else orphans.start_ticks(pid)
         if self._guarded is not None and self.started_ticks is not None:
             guard.watch(self._guarded[1], pid, self.started_ticks)
 
@@ -256,10 +317,19 @@ class ToolProcess:
         assert self.proc is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
-        await asyncio.gather(
-            self._read(self.proc.stdout, "stdout", sink, room, max_line_bytes, pace),
-            self._read(self.proc.stderr, "stderr", sink, room, max_line_bytes, pace),
-        )
+        reads = [
+            asyncio.ensure_future(self._read(reader, name, sink, room, max_line_bytes, pace))
+            for reader, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))
+        ]
+        try:
+            await asyncio.gather(*reads)
+        finally:
+            # Given up on (someone outside the group holds a pipe open), or one read failed (its
+            # sink raised): the other read is not left waiting on its pipe for ever.
+            for read in reads:
+                read.cancel()
+            await asyncio.wait(reads)
+            self.proc.close()
 
     @staticmethod
     async def _read(
