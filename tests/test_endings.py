@@ -5,11 +5,9 @@ window apart, and reads cut short by their bounds (see ``common/endings.py``, ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -290,32 +288,25 @@ async def test_a_subject_of_junk_past_the_bounds_is_incomplete_not_empty(
     ],
 )
 async def test_a_nats_pause_during_a_pending_jobs_cancel_stores_one_ending(
-    settings: Settings, tmp_path: Path, seconds: float
+    settings: Settings, own_nats: EmbeddedNats, seconds: float
 ) -> None:
     """NATS frozen as the cancel of a pending job is published: a pause shorter than the
     pipeline's ack wait is waited out; a longer one has the events published again, the ending
     with its condition (an empty status subject), which the first copy, stored meanwhile, no
     longer meets: the cancel finds its own ending, stored once, and says so."""
-    server = EmbeddedNats(tmp_path / "nats")
-    server.start()
-    assert server.proc is not None
-    pid = server.proc.pid
-    try:
-        names = Names(settings.prefix)
-        nc = await eventstore.connect(msgspec.structs.replace(settings, nats_url=server.url), "t")
-        js = nc.jetstream()
-        await eventstore.ensure_topology(js, names, settings)
-        freeze(pid)
-        asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
-        batch = actions.cancel_events(pending("paused1"), "alice", None)
-        _, ended = await endings.publish_with_endings(js, names, batch)
-        outcome = ended["paused1"]
-        assert outcome.stored or (
-            outcome.first is not None and outcome.first.status == JobStatus.CANCELLED
-        )
-        assert await terminal_statuses(js, names, "paused1") == ["paused1-end"]
-        await eventstore.close(nc)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-        server.stop()
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(msgspec.structs.replace(settings, nats_url=own_nats.url), "t")
+    js = nc.jetstream()
+    await eventstore.ensure_topology(js, names, settings)
+    freeze(pid)
+    asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+    batch = actions.cancel_events(pending("paused1"), "alice", None)
+    _, ended = await endings.publish_with_endings(js, names, batch)
+    outcome = ended["paused1"]
+    assert outcome.stored or (
+        outcome.first is not None and outcome.first.status == JobStatus.CANCELLED
+    )
+    assert await terminal_statuses(js, names, "paused1") == ["paused1-end"]
+    await eventstore.close(nc)
