@@ -1,0 +1,148 @@
+"""Audit (session 19): tools that misuse their output, read by the runner's own pipes
+(process._Pipe, _Child's pidfd exit, the pump): what they printed arrives whole, once, in order,
+and the exit is the tool's own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.runner.output import SPLIT_MARKER, LineSplitter
+from jobrunner.services.runner.process import ToolProcess
+from tests.sse_client import read_stream
+from tests.system import System
+
+pytestmark = pytest.mark.timeout(120)
+
+TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+
+
+async def no_wait() -> None:
+    return None
+
+
+async def run(argv: list[str], max_line_bytes: int = 65536) -> tuple[int, dict[str, list[str]]]:
+    """The tool run to its end as the runner runs one: exit code, lines by stream."""
+    tool = ToolProcess(argv, None, None)
+    await tool.start()
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    def sink(stream: str, lines: list[str], transient: str | None, at: datetime) -> None:
+        out[stream].extend(lines)
+
+    async with asyncio.timeout(60):
+        pump = asyncio.ensure_future(tool.pump(sink, no_wait, max_line_bytes))
+        code = await tool.wait()
+        tool.end_group()
+        await pump
+    return code, out
+
+
+async def test_a_last_line_without_a_newline_is_kept_with_the_exit_code() -> None:
+    assert await run(["sh", "-c", "echo one; printf 'two'; exit 3"]) == (
+        3,
+        {"stdout": ["one", "two"], "stderr": []},
+    )
+
+
+async def test_a_tool_that_makes_its_own_stdout_non_blocking_loses_nothing() -> None:
+    """It retries on EAGAIN itself (the pipe's flags are its end's, not the runner's)."""
+    script = (
+        "import fcntl, os\n"
+        "fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) | os.O_NONBLOCK)\n"
+        "for i in range(50000):\n"
+        "    data = b'line %d\\n' % i\n"
+        "    while data:\n"
+        "        try:\n"
+        "            data = data[os.write(1, data):]\n"
+        "        except BlockingIOError:\n"
+        "            pass\n"
+    )
+    code, out = await run([sys.executable, "-c", script])
+    assert code == 0
+    assert out["stdout"] == [f"line {i}" for i in range(50000)]
+
+
+async def test_a_tool_killed_by_someone_else_ends_with_its_signal_and_keeps_its_lines() -> None:
+    tool = ToolProcess(["sh", "-c", "echo ready; exec sleep 30"], None, None)
+    await tool.start()
+    lines: list[str] = []
+    first = asyncio.Event()
+
+    def sink(stream: str, chunk: list[str], transient: str | None, at: datetime) -> None:
+        lines.extend(chunk)
+        first.set()
+
+    pump = asyncio.ensure_future(tool.pump(sink, no_wait, 1024))
+    async with asyncio.timeout(30):
+        await first.wait()
+        assert tool.pid is not None
+        os.kill(tool.pid, signal.SIGKILL)
+        assert await tool.wait() == -signal.SIGKILL
+        tool.end_group()
+        await pump
+    assert lines == ["ready"]
+
+
+async def test_a_hundred_megabyte_line_arrives_in_pieces_of_the_cap() -> None:
+    cap = 1024 * 1024
+    code, out = await run(
+        [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'x' * 100_000_000)"], cap
+    )
+    assert code == 0
+    pieces = out["stdout"]
+    assert "".join(p.removesuffix(SPLIT_MARKER) for p in pieces) == "x" * 100_000_000
+    assert all(len(p.encode()) <= cap + len(SPLIT_MARKER.encode()) for p in pieces)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=12))
+def test_any_bytes_cut_anywhere_give_the_lines_of_one_read(chunks: list[bytes]) -> None:
+    """Binary and invalid UTF-8 output, cut by the reads anywhere (inside a character, a CRLF, a
+    progress bar's redraw): the same lines as the whole read at once."""
+    data = b"".join(chunks)
+    splitter = LineSplitter(4096)
+    lines: list[str] = []
+    for chunk in chunks:
+        lines += splitter.feed(chunk)
+    lines += splitter.close()
+    whole = LineSplitter(4096)
+    expected = whole.feed(data) + whole.close()
+    assert lines == expected
+
+
+class TestCancelDuringAFlood:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(settings, job_types_file=TEST_TYPES, lease_ttl_seconds=15.0)
+
+    async def test_a_cancel_mid_flood_stores_a_gap_free_prefix_and_ends_cancelled(
+        self, system: System
+    ) -> None:
+        async with system.client() as client:
+            response = await client.post(
+                "/api/jobs", json={"job_type": "emit", "parameters": {"lines": 2_000_000}}
+            )
+            assert response.status_code == 201, response.text
+            job_id = response.json()["id"]
+            path = f"/jobs/stream/{job_id}"
+            await read_stream(client, path, stop_after=2000)
+            cancel = await client.delete(f"/api/jobs/{job_id}")
+            assert cancel.status_code == 202, cancel.text
+            stream = await read_stream(client, path)
+        texts = [e.json["text"] for e in stream.events if e.event == "message"]
+        assert 2000 <= len(texts) < 2_000_000
+        assert texts == [f"INFO line {i} [{i}/2000000]" for i in range(1, len(texts) + 1)]
+        assert stream.events[-1].event == "done"
+        assert stream.events[-1].json["status"] == "cancelled"
