@@ -146,3 +146,25 @@ class TestCancelDuringAFlood:
         assert texts == [f"INFO line {i} [{i}/2000000]" for i in range(1, len(texts) + 1)]
         assert stream.events[-1].event == "done"
         assert stream.events[-1].json["status"] == "cancelled"
+
+    async def test_the_runner_stopped_mid_flood_ends_the_job_with_a_gap_free_prefix(
+        self, system: System
+    ) -> None:
+        """The runner's stop (what its SIGTERM sets) during a flood: the job is stopped, ends
+        once, and what it printed before is stored whole and in order."""
+        async with system.client() as client:
+            response = await client.post(
+                "/api/jobs", json={"job_type": "emit", "parameters": {"lines": 2_000_000}}
+            )
+            assert response.status_code == 201, response.text
+            job_id = response.json()["id"]
+            path = f"/jobs/stream/{job_id}"
+            await read_stream(client, path, stop_after=2000)
+            await system.stop_service("runner")
+            stream = await read_stream(client, path)
+        texts = [e.json["text"] for e in stream.events if e.event == "message"]
+        assert 2000 <= len(texts) < 2_000_000
+        assert texts == [f"INFO line {i} [{i}/2000000]" for i in range(1, len(texts) + 1)]
+        ends = [e for e in stream.events if e.event == "done"]
+        assert len(ends) == 1 and stream.events[-1] is ends[0]
+        assert ends[0].json["status"] == "cancelled"

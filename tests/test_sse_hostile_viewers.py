@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import struct
 from pathlib import Path
 
 import msgspec
@@ -18,7 +19,15 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api.sse import ResumePoint
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.test_sse_memory import fanout_of, wait_until
+from tests.test_sse_memory import (
+    CLIENT_BYTES,
+    FLOOD_LEASE_TTL,
+    fanout_of,
+    read_to_the_end,
+    wait_until,
+)
+from tests.test_sse_memory import EXPECTED as WIDE_EXPECTED
+from tests.test_sse_memory import JOB_TYPES as WIDE_TYPES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,9 +62,12 @@ async def raw_viewer(system: System, path: str, how: str, rng: random.Random) ->
         hostile = rng.choice(["-5", "1:-2", "x" * 5000, "9" * 4000, "1:" + "9" * 30, "٣", " 2 "])
         headers += f"Last-Event-ID: {hostile}\r\n"
     reader, writer = await asyncio.open_connection("127.0.0.1", system.port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
     await writer.drain()
     try:
+        status = await reader.readline()
+        # A hostile id may be refused (400 LAST_EVENT_ID_AHEAD), nothing else.
+        assert status.split()[1] == b"200" or how == "hostile-id", status
         if how == "half-close":
             writer.write_eof()
             await reader.read(rng.randint(1, 4096))
@@ -132,3 +144,58 @@ async def test_a_hostile_last_event_id_is_answered_not_failed(system: System, ho
         assert response.json()["error"]["code"] == "LAST_EVENT_ID_AHEAD"
     else:
         assert "event: done" in response.text
+
+
+class TestStalledViewersThatVanish:
+    @pytest.fixture
+    def settings(self, settings: Settings, tmp_path: Path) -> Settings:
+        types = tmp_path / "jobtypes.toml"
+        types.write_text(WIDE_TYPES)
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=str(types),
+            sse_client_buffer_bytes=CLIENT_BYTES,
+            sse_total_buffer_bytes=64 * CLIENT_BYTES,
+            lease_ttl_seconds=FLOOD_LEASE_TTL,
+            max_streams_per_token=1000,
+        )
+
+    async def test_viewers_that_never_read_then_reset_leave_a_reader_whole_and_nothing_held(
+        self, system: System
+    ) -> None:
+        """Twenty viewers with tiny receive buffers send their request and read nothing (their
+        connections' writes pause, their backlogs pass the limit, they are cut while the
+        server waits to write to them), one viewer reads the flood; then the twenty vanish
+        with a RST, the job ended meanwhile. The reader gets every line once; nothing of the
+        twenty stays in the process."""
+        async with system.client() as client:
+            response = await client.post("/api/jobs", json={"job_type": "wide"})
+            assert response.status_code == 201, response.text
+            job_id = response.json()["id"]
+        path = f"/jobs/stream/{job_id}"
+        fanout = fanout_of(system)
+        stalled = []
+        for _ in range(20):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", system.port))
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {system.admin_token}\r\n\r\n"
+            )
+            await asyncio.get_running_loop().sock_sendall(sock, request.encode())
+            stalled.append(sock)
+        try:
+            await wait_until(lambda: fanout.clients >= 20, 30)
+            async with system.client() as client:
+                events = await read_to_the_end(client, path)
+            assert [e.json["text"] for e in events if e.event == "message"] == WIDE_EXPECTED
+            await wait_until(lambda: fanout.clients_cut >= 20, 60)
+        finally:
+            for sock in stalled:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+        await wait_until(lambda: not fanout.clients and not fanout.feeds, 30)
+        assert fanout.buffered_bytes == 0
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("sse-feed-")] == []
