@@ -18,6 +18,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings
+from jobrunner.services.runner.execution import ToolExecution
 from jobrunner.services.runner.output import SPLIT_MARKER, LineSplitter
 from jobrunner.services.runner.process import ToolProcess
 from tests.sse_client import read_stream
@@ -166,5 +167,40 @@ class TestCancelDuringAFlood:
         assert 2000 <= len(texts) < 2_000_000
         assert texts == [f"INFO line {i} [{i}/2000000]" for i in range(1, len(texts) + 1)]
         ends = [e for e in stream.events if e.event == "done"]
-        assert len(ends) == 1 and stream.events[-1] is ends[0]
+        assert len(ends) == 1
+        assert stream.events[-1] is ends[0]
         assert ends[0].json["status"] == "cancelled"
+
+
+async def test_a_child_holding_the_pipes_after_the_tool_exits_ends_with_it() -> None:
+    """The tool forks a child that inherits its pipes, waits for the child's lines, and exits
+    while the child still holds them: the child's lines up to then are kept, the child is
+    ended with the tool (no tool process outlives its job), and the pump ends."""
+    script = (
+        "import os, sys, time\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    for i in range(3000):\n"
+        "        sys.stdout.write(f'child {i}\\n')\n"
+        "    sys.stdout.flush()\n"
+        "    os.write(w, b'x')\n"
+        "    time.sleep(60)\n"
+        "    print('child late', flush=True)\n"
+        "    os._exit(0)\n"
+        "os.read(r, 1)\n"
+        "print('tool done', flush=True)\n"
+    )
+    tool = ToolProcess([sys.executable, "-c", script], None, None)
+    execution = ToolExecution(tool, 65536)
+    await execution.start()
+    lines: list[str] = []
+
+    def sink(stream: str, chunk: list[str], transient: str | None, at: datetime) -> None:
+        lines.extend(chunk)
+
+    async with asyncio.timeout(30):
+        pump = asyncio.ensure_future(tool.pump(sink, no_wait, 65536))
+        assert await execution.wait() == 0  # (and the rest of its group ended)
+        await pump
+    assert sorted(lines) == sorted([f"child {i}" for i in range(3000)] + ["tool done"])
+    assert not tool.group_alive()

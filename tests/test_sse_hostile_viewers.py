@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings
 from jobrunner.services.api.sse import ResumePoint
-from tests.sse_client import read_stream
+from tests.sse_client import SseStream, iter_events, read_stream
 from tests.system import System
 from tests.test_sse_memory import (
     CLIENT_BYTES,
     FLOOD_LEASE_TTL,
     fanout_of,
     read_to_the_end,
+    stalling_client,
     wait_until,
 )
 from tests.test_sse_memory import EXPECTED as WIDE_EXPECTED
@@ -199,3 +200,48 @@ class TestStalledViewersThatVanish:
         await wait_until(lambda: not fanout.clients and not fanout.feeds, 30)
         assert fanout.buffered_bytes == 0
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("sse-feed-")] == []
+
+
+class TestEndWhileAViewerIsPaused:
+    @pytest.fixture
+    def settings(self, settings: Settings, tmp_path: Path) -> Settings:
+        types = tmp_path / "jobtypes.toml"
+        types.write_text(WIDE_TYPES)
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=str(types),
+            sse_client_buffer_bytes=32 * CLIENT_BYTES,  # the whole flood: never cut here
+            sse_total_buffer_bytes=64 * CLIENT_BYTES,
+            lease_ttl_seconds=FLOOD_LEASE_TTL,
+        )
+
+    async def test_a_job_that_ends_while_a_viewers_writes_wait_reaches_it_whole(
+        self, system: System
+    ) -> None:
+        """A viewer reads nothing while the flood is written to it (its connection's writes
+        pause, its backlog waits in the API) and the job ends; then it reads: every line once,
+        in order, and the end, once, last."""
+        async with system.client() as client:
+            response = await client.post("/api/jobs", json={"job_type": "wide"})
+            assert response.status_code == 201, response.text
+            job_id = response.json()["id"]
+        path = f"/jobs/stream/{job_id}"
+        fanout = fanout_of(system)
+        async with (
+            stalling_client(system) as slow,
+            system.client() as client,
+            slow.stream("GET", path) as response,
+        ):
+            assert response.status_code == 200
+
+            async def ended() -> bool:
+                job = (await client.get(f"/api/jobs/{job_id}")).json()
+                return bool(job["status"] == "completed")
+
+            async with asyncio.timeout(90):
+                while not (await ended() and fanout.buffered_bytes > 0):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            events = [event async for event in iter_events(response, SseStream())]
+        assert [e.json["text"] for e in events if e.event == "message"] == WIDE_EXPECTED
+        assert [e.event for e in events].count("done") == 1
+        assert events[-1].event == "done"
