@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings
 from jobrunner.services.runner.execution import ToolExecution
-from jobrunner.services.runner.output import SPLIT_MARKER, LineSplitter
+from jobrunner.services.runner.output import SPLIT_MARKER, LineSplitter, clean_text
 from jobrunner.services.runner.process import ToolProcess
 from tests.sse_client import read_stream
 from tests.system import System
@@ -107,20 +107,85 @@ async def test_a_hundred_megabyte_line_arrives_in_pieces_of_the_cap() -> None:
     assert all(len(p.encode()) <= cap + len(SPLIT_MARKER.encode()) for p in pieces)
 
 
+# What a tool's output is made of where splitting and cleaning are tricky: line ends, a
+# progress bar's carriage returns, escape codes, multibyte characters whole and in halves, NUL,
+# bytes that are no UTF-8 at all, and runs long enough to reach a small cap.
+OUTPUT_PIECES = [
+    b"a",
+    b"bc",
+    b" ",
+    b"\n",
+    b"\r",
+    b"\r\n",
+    b"\x1b[31m",
+    b"\x1b[2K",
+    b"\xc3",
+    b"\xa9",
+    b"\xc3\xa9",
+    b"\xe2\x82\xac",
+    b"\xf0\x9f\x98\x80",
+    b"\x00",
+    b"\xff",
+    b"x" * 50,
+]
+
+
+def reads_of(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` as reads of the pipe would cut it: pieces of the given lengths, then the rest."""
+    reads, start = [], 0
+    for cut in cuts:
+        reads.append(data[start : start + cut])
+        start += cut
+    return [*reads, data[start:]]
+
+
+def split(reads: list[bytes], max_bytes: int) -> list[str]:
+    splitter = LineSplitter(max_bytes)
+    lines = [line for chunk in reads for line in splitter.feed(chunk)]
+    return lines + splitter.close()
+
+
 @hsettings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=300), max_size=12))
-def test_any_bytes_cut_anywhere_give_the_lines_of_one_read(chunks: list[bytes]) -> None:
-    """Binary and invalid UTF-8 output, cut by the reads anywhere (inside a character, a CRLF, a
-    progress bar's redraw): the same lines as the whole read at once."""
-    data = b"".join(chunks)
-    splitter = LineSplitter(4096)
-    lines: list[str] = []
-    for chunk in chunks:
-        lines += splitter.feed(chunk)
-    lines += splitter.close()
-    whole = LineSplitter(4096)
-    expected = whole.feed(data) + whole.close()
-    assert lines == expected
+@given(
+    st.lists(st.sampled_from(OUTPUT_PIECES), max_size=60),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=10),
+)
+def test_output_cut_anywhere_gives_the_lines_of_one_read(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    """Binary, invalid UTF-8, progress bars and escape codes, cut by the reads anywhere (inside
+    a character, a CRLF, an escape code): the same lines as the whole read at once."""
+    data = b"".join(pieces)
+    assert split(reads_of(data, cuts), 4096) == split([data], 4096)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([p for p in OUTPUT_PIECES if b"\r" not in p and b"\x1b" not in p]),
+        max_size=80,
+    ),
+    st.lists(st.integers(min_value=1, max_value=90), max_size=10),
+)
+def test_lines_over_the_cap_come_in_pieces_that_join_to_the_line(
+    pieces: list[bytes], cuts: list[int]
+) -> None:
+    """A small cap (64 B): every piece within it (marker aside), and a line's pieces joined are
+    the line as cleaned whole; nothing lost or doubled at a cut, however the reads fall."""
+    data = b"".join(pieces)
+    out = split(reads_of(data, cuts), 64)
+    assert all(len(piece.removesuffix(SPLIT_MARKER).encode()) <= 64 for piece in out)
+    joined, line = [], ""
+    for piece in out:
+        if piece.endswith(SPLIT_MARKER):
+            line += piece.removesuffix(SPLIT_MARKER)
+        else:
+            joined.append(line + piece)
+            line = ""
+    expected = [clean_text(raw) for raw in data.split(b"\n")]
+    if data.endswith(b"\n") or not data:
+        expected.pop()
+    assert joined == expected
 
 
 class TestCancelDuringAFlood:
