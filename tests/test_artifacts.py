@@ -259,6 +259,23 @@ async def test_runner_start_removes_output_directories_a_killed_runner_left(
     assert unrelated.read_text() == "kept"
 
 
+async def test_runner_starts_on_a_work_dir_under_a_file_and_its_jobs_say_why_they_fail(
+    settings: Settings, system: System
+) -> None:
+    """A work dir that cannot exist (a file where its parent should be) does not keep the
+    runner from starting: each job fails SPAWN_FAILED with a sentence naming the setting."""
+    await system.stop_service("runner")
+    blocker = Path(settings.artifact_work_dir)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file, not a directory")
+    await system.start_runner(artifact_work_dir=str(blocker / "outputs"))
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="sized", sizes="1")
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "SPAWN_FAILED"
+    assert "artifact_work_dir" in job["error"]["message"]
+
+
 async def test_bucket_refusing_a_file_fails_the_job_instead_of_retrying_forever(
     settings: Settings, system: System
 ) -> None:

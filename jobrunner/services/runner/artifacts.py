@@ -90,6 +90,11 @@ def remove_leftovers(settings: Settings) -> int:
         entries = list(os.scandir(base))
     except FileNotFoundError:
         return 0
+    except OSError as exc:
+        # A work dir under a file, or one we may not read: the runner starts all the same, and
+        # each job fails SPAWN_FAILED with a sentence naming the setting (output_directory).
+        log.warning("artifact_work_dir unusable", path=str(base), error=repr(exc))
+        return 0
     for entry in entries:
         if entry.name.startswith(_PREFIX) and entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
