@@ -1,0 +1,240 @@
+"""A runner's ``running`` is stored only if the job's status subject is as its start check read
+it (``executor._publish_running``): an ending stored in between (the API's cancel of the job it
+saw pending) stops the start instead of being followed by ``running``, a tool run and a second
+ending. NATS paused while ``running`` is stored, and a try after one that was stored but whose
+ack was lost, start the tool once, with one ``running`` and one ending."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from jobrunner.common import ackinbox, eventstore, lastevent
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable, slot_key
+from jobrunner.contracts import codec, events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from tests.freeze import freeze
+from tests.system import System
+from tests.test_endings import shrink_window, window_passed
+from tests.test_foreign_events import JUNK
+from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
+
+pytestmark = pytest.mark.timeout(180)
+
+# What the hook does just before the runner's ``running`` goes out: given the test's own
+# JetStream and the ``running`` event about to be published.
+BeforeRunning = Callable[[JetStreamContext, events.StatusChanged], Awaitable[None]]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # A lease that outlasts the NATS pauses below: the job must not be stopped LEASE_LOST.
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES, lease_ttl_seconds=30.0)
+
+
+def hook_running(monkeypatch: pytest.MonkeyPatch, js: JetStreamContext, before: BeforeRunning) -> None:
+    """Runs ``before`` once, as the runner's first ``running`` is about to be published: every
+    publish through an ack inbox (the runner's, whatever method it uses) ends in
+    ``_publish_waiting``."""
+    original = ackinbox.AckInbox._publish_waiting
+    fired: list[str] = []
+
+    async def publish_waiting(
+        self: ackinbox.AckInbox, subject: str, payload: bytes, headers: Any
+    ) -> ackinbox.PubAck:
+        if not fired and subject.endswith(".status"):
+            event = codec.decode(payload)
+            if isinstance(event, events.StatusChanged) and event.status == JobStatus.RUNNING:
+                fired.append(event.job_id)
+                await before(js, event)
+        return await original(self, subject, payload, headers)
+
+    monkeypatch.setattr(ackinbox.AckInbox, "_publish_waiting", publish_waiting)
+
+
+async def statuses(js: JetStreamContext, names: Names, job_id: str) -> list[str]:
+    """Every message on the job's status subject, oldest first: its status, or "foreign"."""
+    subject = names.job_kind_subject(job_id, "status")
+    out: list[str] = []
+    at = 1
+    while True:
+        try:
+            msg = await js.get_msg(names.stream, seq=at, subject=subject, next=True)
+        except NotFoundError:
+            return out
+        assert msg.seq is not None
+        event = lastevent.readable(msg.data or b"", events.StatusChanged, job_id)
+        out.append(event.status.value if isinstance(event, events.StatusChanged) else "foreign")
+        at = msg.seq + 1
+
+
+async def slot_given_up(js: JetStreamContext, names: Names, job_id: str) -> None:
+    """Until the runner released the job's slot and forgot its run record."""
+    slots = SlotTable(js, names, 5)
+    async with asyncio.timeout(30):
+        while (
+            await slots.current(slot_key(None, job_id, None)) is not None
+            or await slots.run_record(job_id) is not None
+        ):
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def own_system(settings: Settings, own_nats: EmbeddedNats) -> AsyncIterator[System]:
+    """The API, the projector and a runner on a nats-server of the test's own."""
+    running = System(msgspec.structs.replace(settings, nats_url=own_nats.url))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def own_js(settings: Settings, own_nats: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
+    nc = await eventstore.connect(msgspec.structs.replace(settings, nats_url=own_nats.url), "t")
+    yield nc.jetstream()
+    await eventstore.close(nc)
+
+
+async def test_a_cancel_ending_stored_between_the_check_and_running_stops_the_start(
+    own_system: System,
+    own_js: JetStreamContext,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The API's cancel of the job it saw pending stores its CANCELLED ending (on the empty
+    status subject) after the runner's check read the subject and before its ``running``; the
+    runner never sees the cancel itself (its cancel watch cut off). ``running`` is refused:
+    the tool never runs, the job's one status is its ending, its slot and record are given up."""
+    names = Names(settings.prefix)
+
+    async def cancel_ending(js: JetStreamContext, running: events.StatusChanged) -> None:
+        ending = events.StatusChanged(
+            job_id=running.job_id,
+            event_id=events.terminal_event_id(running.job_id),
+            status=JobStatus.CANCELLED,
+            cancelled_by="alice",
+        )
+        await eventstore.publish_acked(js, names, ending, expected_last=0)
+
+    hook_running(monkeypatch, own_js, cancel_ending)
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
+        )
+        await wait_status(client, job_id, "cancelled", "failed", "completed")
+        await slot_given_up(own_js, names, job_id)
+    assert await statuses(own_js, names, job_id) == ["cancelled"]
+    assert not count.exists()
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        pytest.param(ackinbox.ACK_TIMEOUT - 1, id="shorter-than-the-ack-timeout"),
+        pytest.param(ackinbox.ACK_TIMEOUT + 1, id="longer-than-the-ack-timeout"),
+    ],
+)
+async def test_a_nats_pause_while_running_is_stored_starts_the_tool_once(
+    own_system: System,
+    own_js: JetStreamContext,
+    own_nats: EmbeddedNats,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    seconds: float,
+) -> None:
+    """NATS frozen as ``running`` goes out: a pause shorter than the ack timeout is waited out;
+    a longer one has ``running`` published again (the same id, the same condition), which
+    JetStream answers as a duplicate of the copy it stored once it woke: one ``running``, the
+    tool run once, one ending."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    names = Names(settings.prefix)
+
+    async def pause(js: JetStreamContext, running: events.StatusChanged) -> None:
+        freeze(pid)
+        asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+
+    hook_running(monkeypatch, own_js, pause)
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
+        )
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert job["status"] == "completed", job
+    assert await statuses(own_js, names, job_id) == ["running", "completed"]
+    assert count.read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize("past_the_window", [False, True], ids=["within", "past-the-window"])
+async def test_running_tried_again_after_a_copy_was_stored_starts_the_tool_once(
+    own_system: System,
+    own_js: JetStreamContext,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    past_the_window: bool,
+) -> None:
+    """A try of ``running`` was stored but its ack lost (the copy stored here, the same id):
+    the runner's try after it is a duplicate within the duplicate window; past it, it is
+    refused by its own condition, and the runner finds its own ``running`` there and goes on.
+    One ``running``, the tool run once, one ending."""
+    names = Names(settings.prefix)
+    await shrink_window(own_js, names, settings)
+
+    async def stored_unacknowledged(js: JetStreamContext, running: events.StatusChanged) -> None:
+        await eventstore.publish(js, names, running)
+        if past_the_window:
+            await window_passed(js, names)
+
+    hook_running(monkeypatch, own_js, stored_unacknowledged)
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
+        )
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert job["status"] == "completed", job
+    assert await statuses(own_js, names, job_id) == ["running", "completed"]
+    assert count.read_text().count("\n") == 1
+
+
+async def test_a_foreign_message_before_running_is_stepped_over(
+    own_system: System,
+    own_js: JetStreamContext,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A message jobrunner did not write, stored on the status subject after the check read
+    it: ``running`` is refused, the read finds no status, and ``running`` is stored after it."""
+    names = Names(settings.prefix)
+
+    async def junk(js: JetStreamContext, running: events.StatusChanged) -> None:
+        await js.publish(names.job_kind_subject(running.job_id, "status"), JUNK)
+
+    hook_running(monkeypatch, own_js, junk)
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
+        )
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert job["status"] == "completed", job
+    assert await statuses(own_js, names, job_id) == ["foreign", "running", "completed"]
+    assert count.read_text().count("\n") == 1
