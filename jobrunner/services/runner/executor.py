@@ -16,7 +16,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from jobrunner.common import metrics
+from jobrunner.common import metrics, retry
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -244,7 +244,11 @@ class JobExecutor:
         refusals = 0
         while seq is None:
             refusals += 1
-            newest = await self.journal.newest(job.job_id, "status")
+            # Retried as the publish is: our ``running`` may be stored, and a job given back
+            # now would find it at its redelivery and end RUNNER_LOST without having run.
+            newest = await retry.until_done(
+                lambda: self.journal.newest(job.job_id, "status"), f"the status of {job.job_id}"
+            )
             if newest.event is not None and newest.event.event_id == running.event_id:
                 seq = newest.seq
             elif newest.event is not None:
