@@ -251,3 +251,61 @@ async def test_a_foreign_message_before_running_is_stepped_over(
     assert job["status"] == "completed", job
     assert await statuses(own_js, names, job_id) == ["foreign", "running", "completed"]
     assert count.read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize("pause", [0.5, 2.0], ids=["shorter-than-lookback", "longer"])
+async def test_review_a_pause_during_the_refusals_read_does_not_hide_the_ending(
+    pause: float,
+    own_system: System,
+    own_js: JetStreamContext,
+    own_nats: EmbeddedNats,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Review s19running: between the check and ``running``, a foreign message, the cancel's
+    ending (stored after it, as endings.store does) and another foreign message. ``running`` is
+    refused; its re-read goes back from the last foreign message, and NATS pauses (2 s: shorter
+    than the inbox's 5 s timeout, longer than lastevent.LOOKBACK_SECONDS) on the read's first
+    request. The read is cut short by its deadline with nothing found (best_effort), which
+    ``_publish_running`` takes for "only foreign messages": ``running`` is stored after the
+    ending and the tool runs for a cancelled job."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    names = Names(settings.prefix)
+    await shrink_window(own_js, names, settings)
+    armed: list[str] = []
+    original_next = lastevent.next_stored
+
+    async def next_stored(inbox: Any, js: Any, stream: str, subject: str, seq: int) -> Any:
+        if armed and subject == armed[0]:
+            armed.clear()
+            freeze(pid)
+            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
+        return await original_next(inbox, js, stream, subject, seq)
+
+    monkeypatch.setattr(lastevent, "next_stored", next_stored)
+
+    async def foreign_ending_foreign(js: JetStreamContext, running: events.StatusChanged) -> None:
+        subject = names.job_kind_subject(running.job_id, "status")
+        first = await js.publish(subject, JUNK)
+        ending = events.StatusChanged(
+            job_id=running.job_id,
+            event_id=events.terminal_event_id(running.job_id),
+            status=JobStatus.CANCELLED,
+            cancelled_by="alice",
+        )
+        await eventstore.publish_acked(js, names, ending, expected_last=first.seq)
+        await js.publish(subject, JUNK)
+        armed.append(subject)
+
+    hook_running(monkeypatch, own_js, foreign_ending_foreign)
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="2"
+        )
+        await wait_status(client, job_id, "cancelled", "failed", "completed")
+        await slot_given_up(own_js, names, job_id)
+    assert await statuses(own_js, names, job_id) == ["foreign", "cancelled", "foreign"]
+    assert not count.exists()

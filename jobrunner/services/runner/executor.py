@@ -45,8 +45,8 @@ log = structlog.get_logger()
 
 PUMP_DRAIN_SECONDS = 5.0
 
-# Refusals of a job's ``running`` by foreign messages stored on its status subject before it is
-# stored without its condition (see ``_publish_running``).
+# Refusals of a job's ``running`` by foreign messages stored on its status subject, and reads of
+# it cut short by their bounds, before it is stored without its condition (``_publish_running``).
 MOST_REFUSALS = 12
 
 LEASE_LOST = ErrorInfo(
@@ -232,11 +232,18 @@ class JobExecutor:
         Stored only if the status subject still ends at ``status_last``: the API's cancel of
         the job it saw pending may have stored its ending since, and a ``running`` after it
         would have the tool run (its cancel missed while the runner's watch was cut off) and
-        its end stored as a second ending. Refused, the subject is read: the newest status is
-        this ``running`` itself (stored by a try whose ack was lost, and tried again past the
-        duplicate window), else the status that stops the start. Only foreign messages
-        stored since: tried again after them, and after ``MOST_REFUSALS`` without the
-        condition, as before it existed (a flood must not stop the job for good)."""
+        its end stored as a second ending. Refused, the subject is read forwards from its start
+        for the job's first status, as ``endings.store`` reads it for an ending: this
+        ``running`` itself (stored by a try whose ack was lost, and tried again past the
+        duplicate window) → go on; any other status (the cancel's ending) → the start stops.
+        Forwards, not back from the newest message: foreign messages after the ending cannot
+        hide it from a read that starts before them. No status, and the read got to the
+        subject's end: tried again on the last message it read. A read cut short (a NATS pause
+        or a slow server past ``lastevent.LOOKBACK_SECONDS``, more foreign messages than
+        ``LOOKBACK_MOST`` before the first status) does not know there is none: read again.
+        After ``MOST_REFUSALS`` refusals and cut-short reads, stored without the condition, as
+        before it existed (a flood must not stop the job for good): the one case where
+        ``running`` may follow the job's ending."""
         running = events.StatusChanged(
             job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
         )
@@ -246,19 +253,26 @@ class JobExecutor:
             refusals += 1
             # Retried as the publish is: our ``running`` may be stored, and a job given back
             # now would find it at its redelivery and end RUNNER_LOST without having run.
-            newest = await retry.until_done(
-                lambda: self.journal.newest(job.job_id, "status"), f"the status of {job.job_id}"
+            first = await retry.until_done(
+                lambda: self.journal.first_status(job.job_id), f"the status of {job.job_id}"
             )
-            if newest.event is not None and newest.event.event_id == running.event_id:
-                seq = newest.seq
-            elif newest.event is not None:
-                log.info("job not started: a status stored since its check", seq=newest.seq)
-                return None, newest.event
-            elif refusals < MOST_REFUSALS:
-                seq = await self.journal.stored_after(running, newest.last)
-            else:
-                log.warning("running stored without its condition", refusals=refusals)
+            if first.found is not None:
+                found_seq, status = first.found
+                if status.event_id == running.event_id:
+                    seq = found_seq
+                else:
+                    log.info("job not started: a status stored since its check", seq=found_seq)
+                    return None, status
+            elif refusals >= MOST_REFUSALS:
+                log.warning(
+                    "running stored without its condition",
+                    refusals=refusals,
+                    read_complete=first.complete,
+                )
                 seq = await self.journal.stored_at(running)
+            elif first.complete:
+                seq = await self.journal.stored_after(running, first.last)
+            # Else the read was cut short: whether the subject holds a status is not known.
         metrics.job_started(request.job_type)
         job.ack_after()
         return seq, None
