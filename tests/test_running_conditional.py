@@ -25,6 +25,7 @@ from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner import executor
 from tests.freeze import freeze
 from tests.system import System
 from tests.test_endings import shrink_window, window_passed
@@ -45,11 +46,16 @@ def settings(settings: Settings) -> Settings:
 
 
 def hook_running(
-    monkeypatch: pytest.MonkeyPatch, js: JetStreamContext, before: BeforeRunning
+    monkeypatch: pytest.MonkeyPatch,
+    js: JetStreamContext,
+    before: BeforeRunning,
+    *,
+    every: bool = False,
 ) -> list[str]:
-    """Runs ``before`` once, as the runner's first ``running`` is about to be published: every
-    publish through an ack inbox (the runner's, whatever method it uses) ends in
-    ``_publish_waiting``. Answers the list of the event ids of every ``running`` sent."""
+    """Runs ``before`` once, as the runner's first ``running`` is about to be published (with
+    ``every``, before each of its tries): every publish through an ack inbox (the runner's,
+    whatever method it uses) ends in ``_publish_waiting``. Answers the list of the event ids of
+    every ``running`` sent."""
     original = ackinbox.AckInbox._publish_waiting
     sent: list[str] = []
 
@@ -60,7 +66,7 @@ def hook_running(
             event = codec.decode(payload)
             if isinstance(event, events.StatusChanged) and event.status == JobStatus.RUNNING:
                 sent.append(event.event_id)
-                if len(sent) == 1:
+                if len(sent) == 1 or every:
                     await before(js, event)
         return await original(self, subject, payload, headers)
 
@@ -250,6 +256,39 @@ async def test_a_foreign_message_before_running_is_stepped_over(
         job = await wait_status(client, job_id, "cancelled", "failed", "completed")
     assert job["status"] == "completed", job
     assert await statuses(own_js, names, job_id) == ["foreign", "running", "completed"]
+    assert count.read_text().count("\n") == 1
+
+
+async def test_running_refused_every_time_is_stored_without_its_condition_after_the_limit(
+    own_system: System,
+    own_js: JetStreamContext,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A foreign message stored on the status subject before every try of ``running``: each
+    conditional try is refused, the read after it finds no status; after ``MOST_REFUSALS``
+    refusals ``running`` is stored without its condition (a flood must not stop the job for
+    good): stored once, the tool run once, one ending."""
+    names = Names(settings.prefix)
+
+    async def junk(js: JetStreamContext, running: events.StatusChanged) -> None:
+        await js.publish(names.job_kind_subject(running.job_id, "status"), JUNK)
+
+    sent = hook_running(monkeypatch, own_js, junk, every=True)
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
+        )
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert job["status"] == "completed", job
+    # MOST_REFUSALS conditional tries, each refused, then the one without a condition (a
+    # foreign message before it too, which it does not mind).
+    tries = executor.MOST_REFUSALS + 1
+    assert len(sent) == tries, sent
+    assert len(set(sent)) == 1, sent
+    assert await statuses(own_js, names, job_id) == ["foreign"] * tries + ["running", "completed"]
     assert count.read_text().count("\n") == 1
 
 
