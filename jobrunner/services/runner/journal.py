@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from jobrunner.common import ackinbox, endings, eventstore, metrics, retry
-from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, Scan, first_readable, newest_readable
+from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, Scan, newest_readable
 from jobrunner.common.subscription import last_stored
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
@@ -65,13 +65,8 @@ class JobJournal:
         return Newest(cast("events.AnyEvent", found[1]), found[0], raw.seq)
 
     async def first_status(self, job_id: str) -> Scan[events.StatusChanged]:
-        """The job's first readable status, reading its status subject forwards from its first
-        message within ``lastevent``'s bounds (``Scan``: whether "none" is known, and the last
-        message read, the condition for a write after it)."""
-        subject = self.names.job_kind_subject(job_id, "status")
-        return await first_readable(
-            self.js, self.names.stream, subject, events.StatusChanged, job_id, _any_status
-        )
+        """The job's first readable status, read forwards (``endings.first_status``)."""
+        return await endings.first_status(self.js, self.names, job_id)
 
     async def is_latest(self, job_id: str, seq: int) -> bool:
         """Is the event at stream sequence ``seq`` the job's latest event? One read: the last
@@ -155,7 +150,3 @@ class JobJournal:
         # cancelling a pending job, another runner declaring it lost) is not counted twice.
         if stored:
             metrics.job_ended(job_type, status.value)
-
-
-def _any_status(event: events.StatusChanged) -> bool:
-    return True
