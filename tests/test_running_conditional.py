@@ -7,6 +7,7 @@ ack was lost, start the tool once, with one ``running`` and one ending."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -100,6 +101,18 @@ async def slot_given_up(js: JetStreamContext, names: Names, job_id: str) -> None
                 and await slots.run_record(job_id) is None
             ):
                 return
+            await asyncio.sleep(0.05)
+
+
+async def request_handled(js: JetStreamContext, names: Names) -> None:
+    """Until the runners' consumer delivered a request and had every one acknowledged."""
+    async with asyncio.timeout(30):
+        while True:
+            with contextlib.suppress(NotFoundError):  # the runner has not made it yet
+                info = await js.consumer_info(names.stream, names.runner_consumer)
+                delivered = info.delivered.consumer_seq if info.delivered else 0
+                if delivered and not info.num_pending and not info.num_ack_pending:
+                    return
             await asyncio.sleep(0.05)
 
 
@@ -347,4 +360,59 @@ async def test_review_a_pause_during_the_refusals_read_does_not_hide_the_ending(
         await wait_status(client, job_id, "cancelled", "failed", "completed")
         await slot_given_up(own_js, names, job_id)
     assert await statuses(own_js, names, job_id) == ["foreign", "cancelled", "foreign"]
+    assert not count.exists()
+
+
+async def test_an_ending_the_checks_read_missed_in_a_nats_pause_stops_the_start(
+    own_system: System,
+    own_js: JetStreamContext,
+    own_nats: EmbeddedNats,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The job's ending (a sweep's RUNNER_LOST, say: no cancel event to stop the start) is
+    stored before the runner's check, between two foreign messages; NATS pauses (2 s: longer
+    than lastevent.LOOKBACK_SECONDS, shorter than the inbox's timeout) on the check's first
+    read of the status subject, which is cut short having read only the first foreign message.
+    "Only foreign messages found" is not "no status": the subject is read forwards before
+    ``running``, which is not stored after the ending; the tool never runs."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    names = Names(settings.prefix)
+    armed: list[str] = []
+    original_next = lastevent.next_stored
+
+    async def next_stored(inbox: Any, js: Any, stream: str, subject: str, seq: int) -> Any:
+        if armed and subject == armed[0]:
+            armed.clear()
+            freeze(pid)
+            asyncio.get_running_loop().call_later(2.0, os.kill, pid, signal.SIGCONT)
+        return await original_next(inbox, js, stream, subject, seq)
+
+    monkeypatch.setattr(lastevent, "next_stored", next_stored)
+    await own_system.stop_service("runner")
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
+        )
+        subject = names.job_kind_subject(job_id, "status")
+        first = await own_js.publish(subject, JUNK)
+        ending = events.StatusChanged(
+            job_id=job_id,
+            event_id=events.terminal_event_id(job_id),
+            status=JobStatus.FAILED,
+            error=events.ErrorInfo(code=events.ErrorCode.RUNNER_LOST, message="lost"),
+        )
+        await eventstore.publish_acked(own_js, names, ending, expected_last=first.seq)
+        await own_js.publish(subject, JUNK)
+        armed.append(subject)
+        await own_system.start_runner()
+        await request_handled(own_js, names)
+        await slot_given_up(own_js, names, job_id)
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert not armed, "the check never read the status subject"
+    assert job["status"] == "failed", job
+    assert await statuses(own_js, names, job_id) == ["foreign", "failed", "foreign"]
     assert not count.exists()

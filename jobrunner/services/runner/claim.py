@@ -27,11 +27,12 @@ log = structlog.get_logger()
 class StartCheck(NamedTuple):
     """What a job's start depends on, read once its slot is held (or as it is taken): its last
     status and last cancel event, and the stream sequence of its status subject's last message
-    (0: none), on which its ``running`` is stored conditionally (see ``executor``)."""
+    (0: none), on which its ``running`` is stored conditionally (see ``executor``); None when
+    the read found only messages jobrunner did not write (``Newest.condition``)."""
 
     status: events.AnyEvent | None
     cancel: events.AnyEvent | None
-    status_last: int
+    status_last: int | None
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class SlotClaimer:
             self.journal.newest(job.job_id, "status"),
             self.journal.last_event(job.job_id, "cancel"),
         )
-        return StartCheck(status.event, cancel, status.last)
+        return StartCheck(status.event, cancel, status.condition)
 
     async def _take_capacity(self, job: RunningJob) -> bool:
         """A unit of capacity for the job; False when none came within ``recheck_seconds`` or

@@ -211,7 +211,7 @@ class JobExecutor:
                     self.journal.newest(job_id, "status"),
                     self.journal.last_event(job_id, "cancel"),
                 )
-                seen = StartCheck(status.event, cancel, status.last)
+                seen = StartCheck(status.event, cancel, status.condition)
             if recording is not None:
                 await recording
         except BaseException:
@@ -221,7 +221,7 @@ class JobExecutor:
         return seen
 
     async def _publish_running(
-        self, request: events.JobRequested, job: RunningJob, status_last: int
+        self, request: events.JobRequested, job: RunningJob, status_last: int | None
     ) -> tuple[int | None, events.AnyEvent | None]:
         """``running`` stored, then the request acknowledged: a redelivery after that can only
         mean this runner died, and the job then ends RUNNER_LOST instead of running twice. The
@@ -247,7 +247,9 @@ class JobExecutor:
         running = events.StatusChanged(
             job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
         )
-        seq = await self.journal.stored_after(running, status_last)
+        # A check that found only foreign messages may have been cut short before a status
+        # behind them (a NATS pause, a flood): it is read forwards before anything is stored.
+        seq = None if status_last is None else await self.journal.stored_after(running, status_last)
         refusals = 0
         while seq is None:
             refusals += 1

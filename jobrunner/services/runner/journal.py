@@ -25,6 +25,14 @@ class Newest(NamedTuple):
     seq: int
     last: int
 
+    @property
+    def condition(self) -> int | None:
+        """What a write that must follow this read directly is conditional on: ``last``; None
+        when the read found only messages jobrunner did not write: a read cut short by its
+        bounds (a NATS pause, a flood) may have missed a status behind them, so the subject is
+        to be read forwards (``endings.first_status``) before anything is stored on it."""
+        return None if self.event is None and self.last else self.last
+
 
 class JobJournal:
     def __init__(self, nc: NATS, js: JetStreamContext, names: Names, runner_id: str) -> None:
