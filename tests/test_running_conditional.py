@@ -363,7 +363,15 @@ async def test_review_a_pause_during_the_refusals_read_does_not_hide_the_ending(
     assert not count.exists()
 
 
+@pytest.mark.parametrize(
+    "pause",
+    [
+        pytest.param(lastevent.LOOKBACK_SECONDS / 2, id="shorter-than-the-read-bound"),
+        pytest.param(lastevent.LOOKBACK_SECONDS * 2, id="longer-than-the-read-bound"),
+    ],
+)
 async def test_an_ending_the_checks_read_missed_in_a_nats_pause_stops_the_start(
+    pause: float,
     own_system: System,
     own_js: JetStreamContext,
     own_nats: EmbeddedNats,
@@ -372,11 +380,12 @@ async def test_an_ending_the_checks_read_missed_in_a_nats_pause_stops_the_start(
     tmp_path: Path,
 ) -> None:
     """The job's ending (a sweep's RUNNER_LOST, say: no cancel event to stop the start) is
-    stored before the runner's check, between two foreign messages; NATS pauses (2 s: longer
-    than lastevent.LOOKBACK_SECONDS, shorter than the inbox's timeout) on the check's first
-    read of the status subject, which is cut short having read only the first foreign message.
-    "Only foreign messages found" is not "no status": the subject is read forwards before
-    ``running``, which is not stored after the ending; the tool never runs."""
+    stored before the runner's check, between two foreign messages; NATS pauses on the check's
+    first read of the status subject. Shorter than lastevent.LOOKBACK_SECONDS, the read goes on
+    and finds the ending. Longer (and shorter than the inbox's timeout), it is cut short having
+    read only the first foreign message: "only foreign messages found" is not "no status", the
+    subject is read forwards before ``running``. Either way ``running`` is not stored after the
+    ending and the tool never runs."""
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
     names = Names(settings.prefix)
@@ -387,7 +396,7 @@ async def test_an_ending_the_checks_read_missed_in_a_nats_pause_stops_the_start(
         if armed and subject == armed[0]:
             armed.clear()
             freeze(pid)
-            asyncio.get_running_loop().call_later(2.0, os.kill, pid, signal.SIGCONT)
+            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
         return await original_next(inbox, js, stream, subject, seq)
 
     monkeypatch.setattr(lastevent, "next_stored", next_stored)
@@ -416,3 +425,58 @@ async def test_an_ending_the_checks_read_missed_in_a_nats_pause_stops_the_start(
     assert job["status"] == "failed", job
     assert await statuses(own_js, names, job_id) == ["foreign", "failed", "foreign"]
     assert not count.exists()
+
+
+@pytest.mark.parametrize(
+    "pause",
+    [
+        pytest.param(ackinbox.ACK_TIMEOUT - 1, id="shorter-than-the-ack-timeout"),
+        pytest.param(ackinbox.ACK_TIMEOUT + 1, id="longer-than-the-ack-timeout"),
+    ],
+)
+async def test_a_nats_pause_during_the_read_after_a_refusal_keeps_the_job(
+    pause: float,
+    own_system: System,
+    own_js: JetStreamContext,
+    own_nats: EmbeddedNats,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A copy of ``running`` stored unacknowledged, the
+    runner's try past the (shrunk) duplicate window refused by its own condition; NATS frozen on
+    the read after the refusal, shorter and longer than the ack inbox's timeout. The read is
+    retried, finds the runner's own ``running``: the job runs once and completes (not given back
+    to end RUNNER_LOST at its redelivery without having run)."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    names = Names(settings.prefix)
+    await shrink_window(own_js, names, settings)
+    armed: list[str] = []
+    original_next = lastevent.next_stored
+
+    async def next_stored(inbox: Any, js: Any, stream: str, subject: str, seq: int) -> Any:
+        if armed and subject == armed[0]:
+            armed.clear()
+            freeze(pid)
+            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
+        return await original_next(inbox, js, stream, subject, seq)
+
+    monkeypatch.setattr(lastevent, "next_stored", next_stored)
+
+    async def stored_unacknowledged(js: JetStreamContext, running: events.StatusChanged) -> None:
+        await eventstore.publish(js, names, running)
+        await window_passed(js, names)
+        armed.append(names.job_kind_subject(running.job_id, "status"))
+
+    hook_running(monkeypatch, own_js, stored_unacknowledged)
+    count = tmp_path / "starts"
+    async with own_system.client() as client:
+        job_id = await start_job(
+            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
+        )
+        job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    assert not armed, "the read after the refusal never ran"
+    assert job["status"] == "completed", job
+    assert await statuses(own_js, names, job_id) == ["running", "completed"]
+    assert count.read_text().count("\n") == 1

@@ -241,9 +241,10 @@ class JobExecutor:
         subject's end: tried again on the last message it read. A read cut short (a NATS pause
         or a slow server past ``lastevent.LOOKBACK_SECONDS``, more foreign messages than
         ``LOOKBACK_MOST`` before the first status) does not know there is none: read again.
-        After ``MOST_REFUSALS`` refusals and cut-short reads, stored without the condition, as
-        before it existed (a flood must not stop the job for good): the one case where
-        ``running`` may follow the job's ending."""
+        After ``MOST_REFUSALS`` refusals and cut-short reads (a check that found only foreign
+        messages counts as one), stored without the condition, as before it existed (a flood
+        must not stop the job for good): the one case where ``running`` may follow the job's
+        ending."""
         running = events.StatusChanged(
             job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
         )
