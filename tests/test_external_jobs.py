@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
 import httpx
 import msgspec
@@ -13,8 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from nats.js import JetStreamContext
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
+from jobrunner.contracts.names import Names
 from jobrunner.services.projector.replay import replay
 from tests.external_support import (
     EXTERNAL_TYPES,
@@ -26,6 +32,8 @@ from tests.external_support import (
 )
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.test_endings import shrink_window, window_passed
+from tests.test_running_conditional import statuses
 from tests.tools.runners import REPO, lines_of, start_job, wait_status
 
 WORKER = str(REPO / "examples" / "external_worker.py")
@@ -515,3 +523,44 @@ async def test_batch_pending_gives_new_external_attempts_their_tokens(system: Sy
     assert callbacks[0]["batch_index"] == 0
     assert reported.status_code == 200
     assert done["status"] == "completed"
+
+
+async def test_an_ending_stored_before_the_first_reports_running_is_not_followed_by_it(
+    system: System, js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's RUNNER_LOST ending stored after the first report read the job's status and
+    before its ``running``: ``running`` is refused (conditional on the status subject as the
+    report read it), the report is answered 409 JOB_FINISHED, and a final report past the
+    duplicate window (shrunk) stores no second ending."""
+    names = Names(settings.prefix)
+    await shrink_window(js, names, settings)
+    original = eventstore.publish_acked
+    lost: list[int] = []
+
+    async def publish_acked(
+        js_: JetStreamContext, names_: Names, event: Any, expected_last: int | None = None
+    ) -> Any:
+        running = isinstance(event, events.StatusChanged) and event.status == JobStatus.RUNNING
+        if running and not lost:
+            ending = events.StatusChanged(
+                job_id=event.job_id,
+                event_id=events.terminal_event_id(event.job_id),
+                status=JobStatus.FAILED,
+                error=ErrorInfo(code=ErrorCode.RUNNER_LOST, message="swept"),
+            )
+            lost.append((await original(js, names, ending, expected_last=0)).seq)
+        return await original(js_, names_, event, expected_last)
+
+    monkeypatch.setattr(eventstore, "publish_acked", publish_acked)
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client)
+        first = await job.report_when_held(worker, lines=[{"text": "started"}])
+        await window_passed(js, names)
+        final = await job.report(worker, result={"pages": 1})
+        done = await wait_status(client, job.id, "failed", "completed", "cancelled")
+    assert lost, "the ending was not stored before running"
+    assert first.status_code == 409, first.text
+    assert first.json()["error"]["code"] == "JOB_FINISHED"
+    assert final.status_code == 409, final.text
+    assert done["error"]["code"] == "RUNNER_LOST"
+    assert await statuses(js, names, job.id) == ["failed"]

@@ -23,7 +23,7 @@ server past its time bound) stores the ending without the condition, as before e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -32,7 +32,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError
 
 from jobrunner.common import ackinbox, eventstore
-from jobrunner.common.lastevent import first_readable, readable
+from jobrunner.common.lastevent import Scan, first_readable, readable
 from jobrunner.common.subscription import next_stored
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -68,7 +68,6 @@ async def store(
     (``_store_unread``), as the duplicate window alone did before. No ending stored and none
     found (every id taken by foreign messages, or writers kept getting in first) is logged as an
     error."""
-    subject = names.job_kind_subject(ending.job_id, "status")
     ids = events.terminal_event_ids(ending.job_id)
     at = 0
     if after is not None:
@@ -78,9 +77,7 @@ async def store(
         if ack is not None:
             at += 1
     for _ in range(MOST_READS):
-        found, complete, last = await first_readable(
-            js, names.stream, subject, events.StatusChanged, ending.job_id, _is_ending
-        )
+        found, complete, last = await first_status(js, names, ending.job_id, _is_ending)
         if found is not None:
             return Stored(False, found[1], found[0])
         if not complete:
@@ -97,6 +94,20 @@ async def store(
         at += 1
     log.error("job ending not stored", job_id=ending.job_id, status=ending.status.value)
     return Stored(False, None, 0)
+
+
+async def first_status(
+    js: JetStreamContext,
+    names: Names,
+    job_id: str,
+    wanted: Callable[[events.StatusChanged], bool] = lambda _: True,
+) -> Scan[events.StatusChanged]:
+    """The job's first readable status that is ``wanted`` (any, unless told), reading its status
+    subject forwards from its first message within ``lastevent``'s bounds (see ``Scan``). Read
+    forwards, foreign messages after a status cannot hide it; a runner's or the API's ``running``
+    refused on its condition reads this way too."""
+    subject = names.job_kind_subject(job_id, "status")
+    return await first_readable(js, names.stream, subject, events.StatusChanged, job_id, wanted)
 
 
 async def publish_with_endings(

@@ -29,7 +29,12 @@ from nats.js.errors import APIError
 
 from jobrunner.common import callbacktoken, endings, eventstore, metrics
 from jobrunner.common.jobtypes import JobType
-from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, last_readable, newest_readable
+from jobrunner.common.lastevent import (
+    JOB_EVENT_OF_KIND,
+    ReadIncomplete,
+    last_readable,
+    newest_readable,
+)
 from jobrunner.common.subscription import last_message
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
@@ -185,7 +190,16 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
     result = clean_result(final) if final is not None else None
     rid = report.report_id
     subject = ctx.names.job_kind_subject(job_id, "status")
-    found = await last_readable(ctx.js, ctx.names.stream, subject, events.StatusChanged, job_id)
+    raw = await last_message(ctx.js, ctx.names.stream, subject)
+    # The subject's last message, whoever wrote it (0: empty): ``running`` is stored only if it
+    # is still the last (``_store_running``).
+    status_last = 0 if raw is None or raw.seq is None else raw.seq
+    found = None
+    if raw is not None and raw.seq is not None:
+        newest = raw.seq, raw.data or b""
+        found = await newest_readable(
+            ctx.js, ctx.names.stream, subject, newest, events.StatusChanged, job_id
+        )
     status = None if found is None else found[1]
     # Where the status subject ends, as far as this report knows: its ending is stored
     # conditionally on it (see endings.store); junk after the status read only costs a read.
@@ -210,19 +224,14 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
                 "The job is waiting for a runner to take its lock; report again shortly.",
                 headers={"Retry-After": str(WAITING_RETRY_AFTER_SECONDS)},
             )
-        started = await eventstore.publish_acked(
-            ctx.js,
-            ctx.names,
-            events.StatusChanged(
-                job_id=job_id,
-                event_id=f"{job_id}-running",
-                status=JobStatus.RUNNING,
-                runner_id=record.runner_id,
-            ),
-        )
-        if not started.duplicate:  # two first reports at once: one start
+        started = await _store_running(ctx, job_id, record.runner_id, status_last)
+        if isinstance(started, events.StatusChanged):
+            if rid is not None and started.report_id == rid:
+                return ReportAccepted(job_id=job_id, status=started.status.value, duplicate=True)
+            raise _finished(started)
+        status_seq, duplicate = started
+        if not duplicate:  # two first reports at once: one start
             metrics.job_started(request.job_type)
-        status_seq = started.seq
     answer = ReportAccepted(job_id=job_id, status=JobStatus.RUNNING.value)
     lines = split_lines(report.lines)
     if lines:
@@ -247,6 +256,44 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
     # A sign of life for the runner holding the job, even for a report with nothing to store.
     await ctx.nc.publish(ctx.names.external_reported_subject(job_id), b"")
     return answer
+
+
+async def _store_running(
+    ctx: ApiContext, job_id: str, runner_id: str | None, status_last: int
+) -> tuple[int, bool] | events.StatusChanged:
+    """The job's ``running`` (``<job id>-running``) stored, conditionally on its status subject
+    ending at ``status_last`` as the report read it: its stream sequence and whether it was
+    stored before (another first report's); else the ending stored since (a sweep's
+    RUNNER_LOST), which the report is answered with. A ``running`` after an ending would have
+    a later final report, past the duplicate window, store a second ending.
+
+    Refused, the subject is read forwards for the job's first status, as the runner does
+    (``endings.first_status``): ``running`` found → stored by another report; an ending →
+    answered; none, the read complete → tried again on the last message it read; a read cut
+    short → read again. After ``endings.MOST_READS`` reads, 503 (``ReadIncomplete``): the worker
+    reports again, as for any read the bounds cut short."""
+    running = events.StatusChanged(
+        job_id=job_id, event_id=f"{job_id}-running", status=JobStatus.RUNNING, runner_id=runner_id
+    )
+    after: int | None = status_last
+    for _ in range(endings.MOST_READS):
+        if after is not None:
+            try:
+                ack = await eventstore.publish_acked(
+                    ctx.js, ctx.names, running, expected_last=after
+                )
+            except APIError as exc:
+                if exc.err_code != eventstore.WRONG_LAST_SEQUENCE:
+                    raise
+            else:
+                return ack.seq, bool(ack.duplicate)
+        found, complete, last = await endings.first_status(ctx.js, ctx.names, job_id)
+        if found is not None:
+            seq, status = found
+            return status if status.status.is_terminal else (seq, True)
+        after = last if complete else None
+    subject = ctx.names.job_kind_subject(job_id, "status")
+    raise ReadIncomplete(f"running could not be stored on {subject}")
 
 
 def _event_id(job_id: str, report_id: str | None, part: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
@@ -23,6 +24,17 @@ from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 log = structlog.get_logger()
 
 
+class StartCheck(NamedTuple):
+    """What a job's start depends on, read once its slot is held (or as it is taken): its last
+    status and last cancel event, and the stream sequence of its status subject's last message
+    (0: none), on which its ``running`` is stored conditionally (see ``executor``); None when
+    the read found only messages jobrunner did not write (``Newest.condition``)."""
+
+    status: events.AnyEvent | None
+    cancel: events.AnyEvent | None
+    status_last: int | None
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A job's slot, held, and what was done for the job in the same round trip."""
@@ -30,9 +42,9 @@ class Claimed:
     lease: Lease
     # The job's run record is stored (written with the lease).
     recorded: bool = False
-    # The job's last status and last cancel event, read while the lease was written (at a
-    # first delivery); None: not read yet.
-    seen: tuple[events.AnyEvent | None, events.AnyEvent | None] | None = None
+    # The job's start check, read while the lease was written (at a first delivery); None: not
+    # read yet.
+    seen: StartCheck | None = None
 
 
 def is_queued(request: events.JobRequested, job_type: JobType) -> bool:
@@ -169,25 +181,24 @@ class SlotClaimer:
             return None
         return Claimed(lease, recorded=recorded, seen=seen)
 
-    async def _seen_at_first_delivery(
-        self, job: RunningJob
-    ) -> tuple[events.AnyEvent | None, events.AnyEvent | None]:
-        """The job's last status and cancel at its request's first delivery.
+    async def _seen_at_first_delivery(self, job: RunningJob) -> StartCheck:
+        """The job's start check at its request's first delivery.
 
         Every status and cancel of a job is stored after its request (the API cancels or ends
         only a job it has seen requested; the API's stream of a job just posted counts on the
         same order): when the job's latest event is the request itself, it has neither. One
         read of the last of all the job's events instead of two, on every job's way to its
         start; when anything came after the request (say the API cancelled it while pending),
-        both are read as before."""
+        both are read as before. (The status subject is then taken for empty: a foreign message
+        stored there before the request has the job's ``running`` refused and read again.)"""
         seq = job.stream_seq
         if seq is not None and await self.journal.is_latest(job.job_id, seq):
-            return None, None
+            return StartCheck(None, None, 0)
         status, cancel = await asyncio.gather(
-            self.journal.last_event(job.job_id, "status"),
+            self.journal.newest(job.job_id, "status"),
             self.journal.last_event(job.job_id, "cancel"),
         )
-        return status, cancel
+        return StartCheck(status.event, cancel, status.condition)
 
     async def _take_capacity(self, job: RunningJob) -> bool:
         """A unit of capacity for the job; False when none came within ``recheck_seconds`` or

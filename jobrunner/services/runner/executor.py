@@ -16,7 +16,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from jobrunner.common import metrics
+from jobrunner.common import metrics, retry
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -25,7 +25,7 @@ from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
 from jobrunner.services.runner.bulk import BulkLane
-from jobrunner.services.runner.claim import Claimed, is_queued
+from jobrunner.services.runner.claim import Claimed, StartCheck, is_queued
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
@@ -44,6 +44,10 @@ from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 log = structlog.get_logger()
 
 PUMP_DRAIN_SECONDS = 5.0
+
+# Refusals of a job's ``running`` by foreign messages stored on its status subject, and reads of
+# it cut short by their bounds, before it is stored without its condition (``_publish_running``).
+MOST_REFUSALS = 12
 
 LEASE_LOST = ErrorInfo(
     code=ErrorCode.LEASE_LOST,
@@ -91,31 +95,35 @@ class JobExecutor:
             self.slots, lease, self.settings.lease_ttl_seconds, self._cancel_check(job)
         )
         keeper.start()
+        # Where the job's status subject ends as this runner wrote it (its ``running``): its end
+        # is stored conditionally on it, at no read's cost (see endings.store). Not for a job
+        # cancelled since: the API's end of it, a cancel that saw it pending and refused on the
+        # empty subject, is stored after this ``running`` (endings.store then reads for it).
+        running_seq: int | None = None
         try:
-            status, cancel = await self._check(job_id, claimed, keeper)
+            status, cancel, status_last = await self._check(job_id, claimed, keeper)
+            starts = status is None and cancel is None and not job.cancel_event.is_set()
+            if starts and not job_type.external:
+                # Stored before the tool starts, never while it runs: a runner that died after
+                # the spawn and before ``running`` was stored would leave a request that, sent
+                # again, runs the job a second time (a NATS outage makes that window seconds).
+                # Stored only if the status subject is as the check read it; else the status
+                # stored meanwhile (an ending) is the check's answer.
+                running_seq, status = await self._publish_running(request, job, status_last)
         except BaseException:
             await self.discard_output(job_id, making_output)
             await keeper.stop()
             raise
-        if status is not None or job.cancel_event.is_set() or cancel:
+        if running_seq is None and (status is not None or job.cancel_event.is_set() or cancel):
             await self.discard_output(job_id, making_output)
             await self._not_started(request, job_type, job, keeper, status)
             return
         output: OutputDirectory | None = None
-        # Where the job's status subject ends as this runner wrote it: its end is stored
-        # conditionally on it, at no read's cost (see endings.store). Not for a cancelled job:
-        # the API's end of it while pending may be stored just before this ``running``.
-        running_seq: int | None = None
         try:
             if job_type.external:
                 # An external job becomes running with its worker's first report (the API
                 # publishes it, once the record above says this runner holds the slot).
                 await job.ack()
-            else:
-                # Stored before the tool starts, never while it runs: a runner that died after
-                # the spawn and before ``running`` was stored would leave a request that, sent
-                # again, runs the job a second time (a NATS outage makes that window seconds).
-                running_seq = await self._publish_running(request, job)
             # Left only now: a start that failed gave the slot back to the queue's head.
             await self._leave_queue(request, job_type, keeper)
             started = asyncio.get_running_loop().time()
@@ -174,9 +182,7 @@ class JobExecutor:
             seconds=round(asyncio.get_running_loop().time() - started, 3),
         )
 
-    async def _check(
-        self, job_id: str, claimed: Claimed, keeper: LeaseKeeper
-    ) -> tuple[events.AnyEvent | None, events.AnyEvent | None]:
+    async def _check(self, job_id: str, claimed: Claimed, keeper: LeaseKeeper) -> StartCheck:
         """The job's last status and cancel, read while we hold the slot (unless the claim read
         them), with its run record written, if the claim did not write it.
 
@@ -198,34 +204,81 @@ class JobExecutor:
             )
         try:
             if claimed.seen is not None:
-                status, cancel = claimed.seen
+                seen = claimed.seen
             else:
                 # Both read at once, while we hold the slot.
                 status, cancel = await asyncio.gather(
-                    self.journal.last_event(job_id, "status"),
+                    self.journal.newest(job_id, "status"),
                     self.journal.last_event(job_id, "cancel"),
                 )
+                seen = StartCheck(status.event, cancel, status.condition)
             if recording is not None:
                 await recording
         except BaseException:
             if recording is not None:
                 recording.cancel()
             raise
-        return status, cancel
+        return seen
 
-    async def _publish_running(self, request: events.JobRequested, job: RunningJob) -> int:
+    async def _publish_running(
+        self, request: events.JobRequested, job: RunningJob, status_last: int | None
+    ) -> tuple[int | None, events.AnyEvent | None]:
         """``running`` stored, then the request acknowledged: a redelivery after that can only
         mean this runner died, and the job then ends RUNNER_LOST instead of running twice. The
         ack itself goes out with the lease's rewrite once the tool started (``_record_group``),
-        or, where there is none, once the start is over (``run``)."""
-        seq = await self.journal.stored_at(
-            events.StatusChanged(
-                job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
-            )
+        or, where there is none, once the start is over (``run``). Its stream sequence, or None
+        and the status stored since the check read the subject at ``status_last``.
+
+        Stored only if the status subject still ends at ``status_last``: the API's cancel of
+        the job it saw pending may have stored its ending since, and a ``running`` after it
+        would have the tool run (its cancel missed while the runner's watch was cut off) and
+        its end stored as a second ending. Refused, the subject is read forwards from its start
+        for the job's first status, as ``endings.store`` reads it for an ending: this
+        ``running`` itself (stored by a try whose ack was lost, and tried again past the
+        duplicate window) → go on; any other status (the cancel's ending) → the start stops.
+        Forwards, not back from the newest message: foreign messages after the ending cannot
+        hide it from a read that starts before them. No status, and the read got to the
+        subject's end: tried again on the last message it read. A read cut short (a NATS pause
+        or a slow server past ``lastevent.LOOKBACK_SECONDS``, more foreign messages than
+        ``LOOKBACK_MOST`` before the first status) does not know there is none: read again.
+        After ``MOST_REFUSALS`` refusals and cut-short reads (a check that found only foreign
+        messages counts as one), stored without the condition, as before it existed (a flood
+        must not stop the job for good): the one case where ``running`` may follow the job's
+        ending."""
+        running = events.StatusChanged(
+            job_id=job.job_id, status=JobStatus.RUNNING, runner_id=self.identity.runner_id
         )
+        # A check that found only foreign messages may have been cut short before a status
+        # behind them (a NATS pause, a flood): it is read forwards before anything is stored.
+        seq = None if status_last is None else await self.journal.stored_after(running, status_last)
+        refusals = 0
+        while seq is None:
+            refusals += 1
+            # Retried as the publish is: our ``running`` may be stored, and a job given back
+            # now would find it at its redelivery and end RUNNER_LOST without having run.
+            first = await retry.until_done(
+                lambda: self.journal.first_status(job.job_id), f"the status of {job.job_id}"
+            )
+            if first.found is not None:
+                found_seq, status = first.found
+                if status.event_id == running.event_id:
+                    seq = found_seq
+                else:
+                    log.info("job not started: a status stored since its check", seq=found_seq)
+                    return None, status
+            elif refusals >= MOST_REFUSALS:
+                log.warning(
+                    "running stored without its condition",
+                    refusals=refusals,
+                    read_complete=first.complete,
+                )
+                seq = await self.journal.stored_at(running)
+            elif first.complete:
+                seq = await self.journal.stored_after(running, first.last)
+            # Else the read was cut short: whether the subject holds a status is not known.
         metrics.job_started(request.job_type)
         job.ack_after()
-        return seq
+        return seq, None
 
     @staticmethod
     async def _send_due_ack(job: RunningJob) -> None:

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
-from jobrunner.common import ackinbox, endings, metrics, retry
-from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, newest_readable
+from jobrunner.common import ackinbox, endings, eventstore, metrics, retry
+from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, Scan, newest_readable
 from jobrunner.common.subscription import last_stored
-from jobrunner.contracts import events
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
+
+
+class Newest(NamedTuple):
+    """A job's newest readable event of a kind (None: none) and its stream sequence (0: none),
+    and the stream sequence of its subject's last message, whoever wrote it (0: the subject is
+    empty): a write conditional on ``last`` is refused if anything was stored there since."""
+
+    event: events.AnyEvent | None
+    seq: int
+    last: int
+
+    @property
+    def condition(self) -> int | None:
+        """What a write that must follow this read directly is conditional on: ``last``; None
+        when the read found only messages jobrunner did not write: a read cut short by its
+        bounds (a NATS pause, a flood) may have missed a status behind them, so the subject is
+        to be read forwards (``endings.first_status``) before anything is stored on it."""
+        return None if self.event is None and self.last else self.last
 
 
 class JobJournal:
@@ -29,10 +48,14 @@ class JobJournal:
     async def last_event(self, job_id: str, kind: str) -> events.AnyEvent | None:
         """The job's newest readable event of ``kind``: a message not written by jobrunner is
         skipped, never taken for "none" (a finished job would look never started)."""
+        return (await self.newest(job_id, kind)).event
+
+    async def newest(self, job_id: str, kind: str) -> Newest:
+        """``last_event``, with its stream sequence and its subject's last one (``Newest``)."""
         subject = self.names.job_kind_subject(job_id, kind)
         raw = await last_stored(self._acks, self.js, self.names.stream, subject)
         if raw is None:
-            return None
+            return Newest(None, 0, 0)
         found = await newest_readable(
             self.js,
             self.names.stream,
@@ -44,8 +67,14 @@ class JobJournal:
             # its queue or the sweep for good: the newest event found, as before bounds existed.
             best_effort=True,
         )
+        if found is None:
+            return Newest(None, 0, raw.seq)
         # Of JOB_EVENT_OF_KIND[kind], one of the job event types.
-        return None if found is None else cast("events.AnyEvent", found[1])
+        return Newest(cast("events.AnyEvent", found[1]), found[0], raw.seq)
+
+    async def first_status(self, job_id: str) -> Scan[events.StatusChanged]:
+        """The job's first readable status, read forwards (``endings.first_status``)."""
+        return await endings.first_status(self.js, self.names, job_id)
 
     async def is_latest(self, job_id: str, seq: int) -> bool:
         """Is the event at stream sequence ``seq`` the job's latest event? One read: the last
@@ -66,6 +95,30 @@ class JobJournal:
     async def stored_at(self, event: events.Publishable) -> int:
         """``publish``, answering the event's stream sequence."""
         return (await self._acks.publish_until_stored(self.names, event)).seq
+
+    async def stored_after(self, event: events.Publishable, after: int) -> int | None:
+        """``stored_at``, stored only if the stream sequence of the last message on the event's
+        subject is still ``after`` (0: the subject is empty); None when JetStream refused it
+        (something was stored there since). The condition rides on the publish: no round trip
+        more. NATS being away is waited out as ``publish`` does, every try with the event's
+        id: JetStream checks the id before the condition, so a try after one that was stored
+        but whose ack was lost is answered as a duplicate with the first copy's sequence; once
+        the duplicate window has passed it is refused instead, and the caller must look for
+        its own copy (``RUNNING`` started: see ``executor``)."""
+        subject = self.names.subject(event)
+        data = codec.encode(event)
+        headers = eventstore.headers(event, after)
+
+        async def attempt() -> int | None:
+            try:
+                return (await self._acks.publish_headed(subject, data, headers)).seq
+            except APIError as exc:
+                if exc.err_code == eventstore.WRONG_LAST_SEQUENCE:
+                    return None
+                raise
+
+        what = f"event {type(event).__name__} {event.event_id} on {subject}"
+        return await retry.until_done(attempt, what)
 
     async def end(
         self,
