@@ -9,6 +9,7 @@ event id and the slot released.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -43,6 +44,7 @@ from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
 log = structlog.get_logger()
 
+# How long the drain after a job's end waits on a pipe that does not close (``_drain``).
 PUMP_DRAIN_SECONDS = 5.0
 
 LEASE_LOST = ErrorInfo(
@@ -448,13 +450,44 @@ class JobExecutor:
             outcome = self._stopped(job, job_type, exit_code, cancelled=cancel in done)
         for task in (cancel, lost):
             task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(pump), timeout=PUMP_DRAIN_SECONDS)
-        except TimeoutError:
-            # Someone outside the process group still holds the tool's output open.
-            log.warning("output did not close after the tool ended")
-            pump.cancel()
+        if not await self._drain(pump, reporter, keeper):
+            if not keeper.lost.is_set():
+                # Someone outside the process group still holds the tool's output open.
+                log.warning("output did not close after the tool ended")
+            elif outcome.status == JobStatus.COMPLETED:
+                # Output still unread when the slot may have become another runner's: the job
+                # ends as one whose lease was lost, not as complete.
+                log.warning("output given up on: lease lost", job_type=request.job_type)
+                outcome = Outcome(JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST)
         return outcome
+
+    @staticmethod
+    async def _drain(pump: asyncio.Task[None], reporter: JobReporter, keeper: LeaseKeeper) -> bool:
+        """Wait for the pump to hand on what is left of the job's output once the job ended;
+        False if it was given up on (cancelled): after PUMP_DRAIN_SECONDS of waiting on a pipe
+        that does not close (someone outside the process group holds it open), or of the whole
+        drain once the lease is lost. Time the pump waits for room in the publisher (NATS away)
+        or hands output on does not count: those lines are not lost, only late."""
+        lost = asyncio.ensure_future(keeper.lost.wait())
+        try:
+            began = time.monotonic()
+            while not pump.done():
+                now = time.monotonic()
+                if keeper.lost.is_set():
+                    since = began  # the slot may be another runner's: no waiting for room
+                elif reporter.waiting_for_room:
+                    since = now
+                else:
+                    since = max(began, reporter.output_at)
+                remaining = since + PUMP_DRAIN_SECONDS - now
+                if remaining <= 0:
+                    pump.cancel()
+                    return False
+                await asyncio.wait({pump} if lost.done() else {pump, lost}, timeout=remaining)
+        finally:
+            lost.cancel()
+        pump.result()  # (a pump that failed raises here)
+        return True
 
     @staticmethod
     def _stopped(

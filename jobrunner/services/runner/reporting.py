@@ -7,6 +7,7 @@ NATS, the read models or a browser.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,10 @@ class JobReporter:
         self.level_re = re.compile(job_type.level_pattern) if job_type.level_pattern else None
         self.result_re = re.compile(job_type.result_pattern) if job_type.result_pattern else None
         self._result = BoundedResult()
+        # What the drain after the tool's exit asks (executor): whether the pump waits for room
+        # in the publisher, and when output last came in (time.monotonic).
+        self.waiting_for_room = 0
+        self.output_at = -float("inf")
 
     def mask(self, text: str) -> str:
         for secret in self.masks:
@@ -45,7 +50,13 @@ class JobReporter:
         return self.publisher.max_line_bytes
 
     async def room(self) -> None:
-        await self.publisher.room()
+        """Wait while the publisher is full. Called after every piece of output handed in."""
+        self.waiting_for_room += 1
+        try:
+            await self.publisher.room()
+        finally:
+            self.waiting_for_room -= 1
+            self.output_at = time.monotonic()
 
     def line(
         self,
