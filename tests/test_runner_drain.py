@@ -86,15 +86,17 @@ async def test_nats_away_longer_than_the_drain_bound_after_the_exit_loses_no_lin
     assert [ln["text"] for ln in lines] == EXPECTED
 
 
+@pytest.mark.parametrize("job_type", ["detached_holder", "detached_printer"])
 async def test_output_held_open_outside_the_group_is_given_up_on_and_the_job_ends(
-    settings: Settings, system: System
+    settings: Settings, system: System, job_type: str
 ) -> None:
-    """The tool exits, a detached process (out of its group) still holds its output open: the
-    drain gives the pipe up after its bound and the job completes with what was printed."""
+    """The tool exits, a detached process (out of its group) still holds its output open,
+    silent or printing on: the drain gives the pipe up after its bound and the job completes
+    with what was printed."""
     holder = None
     try:
         async with system.client() as client:
-            job_id = await start_job(client, "detached_holder")
+            job_id = await start_job(client, job_type)
             job = await wait_status(client, job_id, "completed", "failed", timeout=60)
             lines = await lines_of(client, job_id)
         holder = int(lines[0]["text"])

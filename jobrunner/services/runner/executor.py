@@ -44,8 +44,11 @@ from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
 log = structlog.get_logger()
 
-# How long the drain after a job's end waits on a pipe that does not close (``_drain``).
+# How long the drain after a job's end waits for the tool's output to close (``_drain``), and
+# how much time waiting for room in the publisher may add to it (NATS away: longer than a lease
+# lasts without NATS, after which the lease is lost and nothing is added).
 PUMP_DRAIN_SECONDS = 5.0
+DRAIN_ROOM_MOST = 60.0
 
 LEASE_LOST = ErrorInfo(
     code=ErrorCode.LEASE_LOST,
@@ -464,22 +467,18 @@ class JobExecutor:
     @staticmethod
     async def _drain(pump: asyncio.Task[None], reporter: JobReporter, keeper: LeaseKeeper) -> bool:
         """Wait for the pump to hand on what is left of the job's output once the job ended;
-        False if it was given up on (cancelled): after PUMP_DRAIN_SECONDS of waiting on a pipe
-        that does not close (someone outside the process group holds it open), or of the whole
-        drain once the lease is lost. Time the pump waits for room in the publisher (NATS away)
-        or hands output on does not count: those lines are not lost, only late."""
+        False if it was given up on (cancelled) after PUMP_DRAIN_SECONDS (someone outside the
+        process group holds a pipe open, a daemon printing on, say). Time the pump waits for
+        room in the publisher (NATS away) is added, up to DRAIN_ROOM_MOST: those lines are not
+        lost, only late; not once the lease is lost (the slot may be another runner's)."""
         lost = asyncio.ensure_future(keeper.lost.wait())
         try:
             began = time.monotonic()
+            blocked_before = reporter.blocked_seconds()
             while not pump.done():
-                now = time.monotonic()
-                if keeper.lost.is_set():
-                    since = began  # the slot may be another runner's: no waiting for room
-                elif reporter.waiting_for_room:
-                    since = now
-                else:
-                    since = max(began, reporter.output_at)
-                remaining = since + PUMP_DRAIN_SECONDS - now
+                waited = reporter.blocked_seconds() - blocked_before
+                extra = 0.0 if keeper.lost.is_set() else min(waited, DRAIN_ROOM_MOST)
+                remaining = began + PUMP_DRAIN_SECONDS + extra - time.monotonic()
                 if remaining <= 0:
                     pump.cancel()
                     return False

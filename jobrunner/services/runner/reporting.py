@@ -34,10 +34,10 @@ class JobReporter:
         self.level_re = re.compile(job_type.level_pattern) if job_type.level_pattern else None
         self.result_re = re.compile(job_type.result_pattern) if job_type.result_pattern else None
         self._result = BoundedResult()
-        # What the drain after the tool's exit asks (executor): whether the pump waits for room
-        # in the publisher, and when output last came in (time.monotonic).
-        self.waiting_for_room = 0
-        self.output_at = -float("inf")
+        # What the drain after the tool's exit asks (executor): how long the pump waited for
+        # room in the publisher (finished waits, and when the one under way began).
+        self._blocked = 0.0
+        self._blocked_since: float | None = None
 
     def mask(self, text: str) -> str:
         for secret in self.masks:
@@ -51,12 +51,17 @@ class JobReporter:
 
     async def room(self) -> None:
         """Wait while the publisher is full. Called after every piece of output handed in."""
-        self.waiting_for_room += 1
+        self._blocked_since = started = time.monotonic()
         try:
             await self.publisher.room()
         finally:
-            self.waiting_for_room -= 1
-            self.output_at = time.monotonic()
+            self._blocked_since = None
+            self._blocked += time.monotonic() - started
+
+    def blocked_seconds(self) -> float:
+        """How long the pump has waited for room in the publisher (NATS away, say), in all."""
+        under_way = 0.0 if self._blocked_since is None else time.monotonic() - self._blocked_since
+        return self._blocked + under_way
 
     def line(
         self,
