@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -453,7 +454,7 @@ class JobExecutor:
             outcome = self._stopped(job, job_type, exit_code, cancelled=cancel in done)
         for task in (cancel, lost):
             task.cancel()
-        if not await self._drain(pump, reporter, keeper):
+        if not await self._drain(pump, reporter.publisher, keeper):
             if not keeper.lost.is_set():
                 # Someone outside the process group still holds the tool's output open.
                 log.warning("output did not close after the tool ended")
@@ -465,24 +466,45 @@ class JobExecutor:
         return outcome
 
     @staticmethod
-    async def _drain(pump: asyncio.Task[None], reporter: JobReporter, keeper: LeaseKeeper) -> bool:
+    async def _drain(
+        pump: asyncio.Task[None], publisher: LinePublisher, keeper: LeaseKeeper
+    ) -> bool:
         """Wait for the pump to hand on what is left of the job's output once the job ended;
         False if it was given up on (cancelled) after PUMP_DRAIN_SECONDS (someone outside the
         process group holds a pipe open, a daemon printing on, say). Time the pump waits for
         room in the publisher (NATS away) is added, up to DRAIN_ROOM_MOST: those lines are not
         lost, only late; not once the lease is lost (the slot may be another runner's)."""
+        began = time.monotonic()
+        waited_before = publisher.room_waited()
         lost = asyncio.ensure_future(keeper.lost.wait())
         try:
-            began = time.monotonic()
-            blocked_before = reporter.blocked_seconds()
             while not pump.done():
-                waited = reporter.blocked_seconds() - blocked_before
-                extra = 0.0 if keeper.lost.is_set() else min(waited, DRAIN_ROOM_MOST)
+                given_up = keeper.lost.is_set()  # then nothing is added to the bound
+                waited = publisher.room_waited() - waited_before
+                extra = 0.0 if given_up else min(waited, DRAIN_ROOM_MOST)
                 remaining = began + PUMP_DRAIN_SECONDS + extra - time.monotonic()
                 if remaining <= 0:
                     pump.cancel()
                     return False
-                await asyncio.wait({pump} if lost.done() else {pump, lost}, timeout=remaining)
+                wakes: set[asyncio.Future[Any]] = {pump} if lost.done() else {pump, lost}
+                if not given_up and extra < DRAIN_ROOM_MOST and publisher.waiting_for_room:
+                    # The bound stands still while the pump waits for room: woken when room
+                    # comes (or the most that may be added is reached), not by the clock.
+                    room = asyncio.ensure_future(publisher.room_came())
+                    try:
+                        await asyncio.wait(
+                            wakes | {room},
+                            timeout=DRAIN_ROOM_MOST - extra,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    finally:
+                        room.cancel()
+                else:
+                    # (FIRST_COMPLETED: the default waits for the lease to be lost too, that
+                    # is for the whole bound: every job's end came 5 s late, session 18.)
+                    await asyncio.wait(
+                        wakes, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
         finally:
             lost.cancel()
         pump.result()  # (a pump that failed raises here)

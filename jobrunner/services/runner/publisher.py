@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -213,6 +214,11 @@ class LinePublisher:
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        # How long ``room`` kept its caller waiting: finished waits, and when the one under way
+        # began (time.monotonic; None: none under way). The drain after a tool's exit does not
+        # count that time against its bound (executor).
+        self._room_waited = 0.0
+        self._room_wait_began: float | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._pacing = pacing
@@ -334,7 +340,25 @@ class LinePublisher:
         """Wait while the buffer is full: the tool then blocks on its own output."""
         if self._full():
             self._room.clear()
-            await self._room.wait()
+            self._room_wait_began = began = time.monotonic()
+            try:
+                await self._room.wait()
+            finally:
+                self._room_wait_began = None
+                self._room_waited += time.monotonic() - began
+
+    @property
+    def waiting_for_room(self) -> bool:
+        return self._room_wait_began is not None
+
+    def room_waited(self) -> float:
+        """Seconds ``room`` has kept its caller waiting, in all (the wait under way too)."""
+        began = self._room_wait_began
+        return self._room_waited + (0.0 if began is None else time.monotonic() - began)
+
+    async def room_came(self) -> None:
+        """Return once the buffer has room (at once if it has)."""
+        await self._room.wait()
 
     def _flooding(self) -> bool:
         return self._buffered_bytes >= FLOOD_BYTES

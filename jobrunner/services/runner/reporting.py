@@ -7,7 +7,6 @@ NATS, the read models or a browser.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -34,10 +33,6 @@ class JobReporter:
         self.level_re = re.compile(job_type.level_pattern) if job_type.level_pattern else None
         self.result_re = re.compile(job_type.result_pattern) if job_type.result_pattern else None
         self._result = BoundedResult()
-        # What the drain after the tool's exit asks (executor): how long the pump waited for
-        # room in the publisher (finished waits, and when the one under way began).
-        self._blocked = 0.0
-        self._blocked_since: float | None = None
 
     def mask(self, text: str) -> str:
         for secret in self.masks:
@@ -50,18 +45,7 @@ class JobReporter:
         return self.publisher.max_line_bytes
 
     async def room(self) -> None:
-        """Wait while the publisher is full. Called after every piece of output handed in."""
-        self._blocked_since = started = time.monotonic()
-        try:
-            await self.publisher.room()
-        finally:
-            self._blocked_since = None
-            self._blocked += time.monotonic() - started
-
-    def blocked_seconds(self) -> float:
-        """How long the pump has waited for room in the publisher (NATS away, say), in all."""
-        under_way = 0.0 if self._blocked_since is None else time.monotonic() - self._blocked_since
-        return self._blocked + under_way
+        await self.publisher.room()
 
     def line(
         self,
