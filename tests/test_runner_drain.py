@@ -1,7 +1,9 @@
 """The drain after a tool's exit (executor._drain): what the pump still has to hand on once the tool
 ended. Time spent waiting for room in the publisher (NATS away) is not counted against the drain's
 bound: every line is stored; a pipe held open by a process outside the tool's group is given up on
-after the bound, and the job still ends."""
+after the bound, and the job still ends; once the lease is lost nothing is added to the bound, and
+a job whose output was given up on then does not end completed. A job whose output closed does not
+wait for the bound at all."""
 
 from __future__ import annotations
 
@@ -106,3 +108,46 @@ async def test_output_held_open_outside_the_group_is_given_up_on_and_the_job_end
         if holder is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(holder, signal.SIGKILL)
+
+
+LOST_TTL = 6.0  # the lease's TTL in the test of a lease lost during the drain
+
+
+async def test_lease_lost_during_the_drain_gives_the_output_up_and_the_job_does_not_complete(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """NATS away after a flooding tool's exit for longer than its lease lasts: the time waited
+    for room no longer extends the drain's bound once the lease is lost, the rest of the output
+    is given up on, and the job ends failed LEASE_LOST, not completed with lines missing; the
+    lines stored are the first ones, once each and in order."""
+    settings = msgspec.structs.replace(settings, lease_ttl_seconds=LOST_TTL)
+    job, lines = await _flood_through_a_pause(settings, own_nats, tmp_path, LOST_TTL + 2.0)
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "LEASE_LOST", job
+    assert 1 <= len(lines) < LINES + 1  # (the publisher held 1,000 lines: the rest was in the pipe)
+    assert [ln["seq"] for ln in lines] == list(range(1, len(lines) + 1))
+    assert [ln["text"] for ln in lines] == EXPECTED[: len(lines)]
+
+
+async def test_a_jobs_end_does_not_wait_for_the_drain_bound_once_its_output_closed(
+    settings: Settings, system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a bound of an hour, jobs whose output closes (a flood still in the pipe at the
+    tool's exit, a few lines, an internal job) still end: the drain returns with the pump, it
+    does not sleep out its bound (session 18's drain waited for the lease to be lost too, so
+    every job whose pump had not finished at its exit ended the whole bound late)."""
+    monkeypatch.setattr(executor, "PUMP_DRAIN_SECONDS", 3600.0)
+    go = tmp_path / "go"
+    go.touch()
+    async with system.client() as client:
+        for _ in range(3):
+            flood = await start_job(
+                client, "flood_at_exit", lines=LINES, go=str(go), done=str(tmp_path / "done")
+            )
+            emit = await start_job(client, "emit", lines=20)
+            internal = await start_job(client, "internal_counts", lines=20)
+            # (A timeout here only keeps a failing test from hanging for the bound's hour.)
+            for job_id in (flood, emit, internal):
+                job = await wait_status(client, job_id, "completed", "failed", timeout=60)
+                assert job["status"] == "completed", job
+            assert [ln["text"] for ln in await lines_of(client, flood)] == EXPECTED
