@@ -11,14 +11,18 @@ import asyncio
 import contextlib
 import os
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import executor, publisher
+from jobrunner.services.runner.publisher import LinePublisher
 from tests.freeze import freeze
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_file, wait_job, wait_status
@@ -151,3 +155,42 @@ async def test_a_jobs_end_does_not_wait_for_the_drain_bound_once_its_output_clos
                 job = await wait_status(client, job_id, "completed", "failed", timeout=60)
                 assert job["status"] == "completed", job
             assert [ln["text"] for ln in await lines_of(client, flood)] == EXPECTED
+
+
+async def test_stdout_and_stderr_waiting_for_room_at_once_count_once_and_keep_the_flag_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pump's stdout and stderr readers both wait for room (a tool flooding both): the time
+    waited is wall time, not the sum of the two waits, and ``waiting_for_room`` stays up while
+    either still waits (else the drain takes its plain clock wait and gives up on a pump that
+    only waits for NATS)."""
+    monkeypatch.setattr(publisher, "MAX_BUFFERED_LINES", 4)
+    nc = await eventstore.connect(settings, "drain-test")
+    try:
+        pub = LinePublisher(nc, Names(), "drain-job", 100, 1000)  # never started: stays full
+        for i in range(4):
+            pub.add("stdout", "INFO", f"line {i}", datetime.now(UTC))
+
+        async def stdout_reader() -> None:
+            await pub.room()
+            # Its StreamReader already holds more (read() answers without a turn of the loop):
+            # the next chunk fills the buffer again and it waits anew.
+            await pub.room()
+
+        stdout = asyncio.ensure_future(stdout_reader())
+        stderr = asyncio.ensure_future(pub.room())
+        await asyncio.sleep(0.5)
+        pub._room.set()  # room comes, as the publisher's _stored sets it
+        await stderr
+        await asyncio.sleep(0.1)
+        assert not stdout.done()  # its second wait
+        assert pub.waiting_for_room
+        waited = pub.room_waited()
+        assert 0.5 <= waited < 0.8, waited  # 0.6 s of wall time, not 0.5 + 0.6 s
+        stdout.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stdout
+        assert not pub.waiting_for_room
+        assert 0.5 <= pub.room_waited() < 0.8
+    finally:
+        await nc.close()

@@ -214,11 +214,13 @@ class LinePublisher:
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        # How long ``room`` kept its caller waiting: finished waits, and when the one under way
-        # began (time.monotonic; None: none under way). The drain after a tool's exit does not
-        # count that time against its bound (executor).
+        # How long ``room`` kept its callers waiting, in wall time: the periods that ended, how
+        # many callers wait now (the stdout and stderr readers may wait at once) and when the
+        # period under way began, as the first of them began to wait (time.monotonic). The drain
+        # after a tool's exit does not count that time against its bound (executor).
         self._room_waited = 0.0
-        self._room_wait_began: float | None = None
+        self._room_waiters = 0
+        self._room_wait_began = 0.0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._pacing = pacing
@@ -340,21 +342,27 @@ class LinePublisher:
         """Wait while the buffer is full: the tool then blocks on its own output."""
         if self._full():
             self._room.clear()
-            self._room_wait_began = began = time.monotonic()
+            if self._room_waiters == 0:
+                self._room_wait_began = time.monotonic()
+            self._room_waiters += 1
             try:
                 await self._room.wait()
             finally:
-                self._room_wait_began = None
-                self._room_waited += time.monotonic() - began
+                self._room_waiters -= 1
+                if self._room_waiters == 0:
+                    self._room_waited += time.monotonic() - self._room_wait_began
 
     @property
     def waiting_for_room(self) -> bool:
-        return self._room_wait_began is not None
+        """Whether any caller of ``room`` waits now."""
+        return self._room_waiters > 0
 
     def room_waited(self) -> float:
-        """Seconds ``room`` has kept its caller waiting, in all (the wait under way too)."""
-        began = self._room_wait_began
-        return self._room_waited + (0.0 if began is None else time.monotonic() - began)
+        """Seconds during which some caller of ``room`` waited, in all (the wait under way too);
+        two callers waiting at once count once."""
+        if self._room_waiters == 0:
+            return self._room_waited
+        return self._room_waited + time.monotonic() - self._room_wait_began
 
     async def room_came(self) -> None:
         """Return once the buffer has room (at once if it has)."""
