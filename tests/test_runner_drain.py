@@ -194,3 +194,36 @@ async def test_stdout_and_stderr_waiting_for_room_at_once_count_once_and_keep_th
         assert 0.5 <= pub.room_waited() < 0.8
     finally:
         await nc.close()
+
+
+ROOM_MOST = 4.0  # DRAIN_ROOM_MOST in the tests of its cap: NATS away throughout gives up at 6 s
+
+
+async def test_nats_away_a_little_less_than_the_room_cap_allows_loses_no_line(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS away past the drain's bound but 2.5 s short of where the cap on room waits gives
+    the output up (the bound plus the cap): the job completes with every line once, in order."""
+    monkeypatch.setattr(executor, "DRAIN_ROOM_MOST", ROOM_MOST)
+    job, lines = await _flood_through_a_pause(settings, own_nats, tmp_path, DRAIN + ROOM_MOST - 2.5)
+    assert job["status"] == "completed", job
+    assert [ln["seq"] for ln in lines] == list(range(1, LINES + 2))
+    assert [ln["text"] for ln in lines] == EXPECTED
+
+
+async def test_nats_away_past_the_room_cap_with_the_lease_held_fails_output_not_stored(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS away after a flooding tool's exit 1.5 s past the bound plus the cap on room waits,
+    the lease still held (its TTL longer than that): the rest of the output is given up on
+    while the pump waits for room, and the job ends failed OUTPUT_NOT_STORED, never completed
+    with lines missing; the lines stored are the first ones, once each and in order."""
+    monkeypatch.setattr(executor, "DRAIN_ROOM_MOST", ROOM_MOST)
+    job, lines = await _flood_through_a_pause(settings, own_nats, tmp_path, DRAIN + ROOM_MOST + 1.5)
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "OUTPUT_NOT_STORED", job
+    assert "run the job again" in job["error"]["message"], job
+    assert job["exit_code"] == 0, job
+    assert 1 <= len(lines) < LINES + 1
+    assert [ln["seq"] for ln in lines] == list(range(1, len(lines) + 1))
+    assert [ln["text"] for ln in lines] == EXPECTED[: len(lines)]

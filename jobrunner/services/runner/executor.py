@@ -9,6 +9,7 @@ event id and the slot released.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -56,6 +57,24 @@ LEASE_LOST = ErrorInfo(
     message="The runner could not renew the job's slot lease in time (NATS unreachable or the "
     "runner stalled); the job was stopped so that it never runs beside another.",
 )
+
+
+def output_not_stored() -> ErrorInfo:
+    return ErrorInfo(
+        code=ErrorCode.OUTPUT_NOT_STORED,
+        message="NATS did not store the tool's output in time after it exited (given up on "
+        f"{PUMP_DRAIN_SECONDS:g} s after the exit plus {DRAIN_ROOM_MOST:g} s waiting for NATS): "
+        "its last lines are missing. Check that NATS is up and not short of storage, then run "
+        "the job again.",
+    )
+
+
+class Drained(enum.Enum):
+    """How the drain after a tool's exit ended (``JobExecutor._drain``)."""
+
+    CLOSED = "closed"  # the output closed and all of it was handed on
+    HELD_OPEN = "held_open"  # given up on while the pump waited on a pipe that did not close
+    NOT_STORED = "not_stored"  # given up on while the pump waited for room (NATS not storing)
 
 
 class JobExecutor:
@@ -454,26 +473,39 @@ class JobExecutor:
             outcome = self._stopped(job, job_type, exit_code, cancelled=cancel in done)
         for task in (cancel, lost):
             task.cancel()
-        if not await self._drain(pump, reporter.publisher, keeper):
-            if not keeper.lost.is_set():
-                # Someone outside the process group still holds the tool's output open.
-                log.warning("output did not close after the tool ended")
-            elif outcome.status == JobStatus.COMPLETED:
-                # Output still unread when the slot may have become another runner's: the job
-                # ends as one whose lease was lost, not as complete.
-                log.warning("output given up on: lease lost", job_type=request.job_type)
+        drained = await self._drain(pump, reporter.publisher, keeper)
+        completed = outcome.status == JobStatus.COMPLETED
+        if drained is Drained.CLOSED:
+            pass
+        elif keeper.lost.is_set():
+            # Output still unread when the slot may have become another runner's: the job ends
+            # as one whose lease was lost, not as complete.
+            log.warning("output given up on: lease lost", job_type=request.job_type)
+            if completed:
                 outcome = Outcome(JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST)
+        elif drained is Drained.NOT_STORED:
+            # The lease still held (a long TTL, or NATS renewing it but not storing lines): the
+            # output was given up on for want of room, so lines are missing: never completed.
+            log.warning("output given up on: not stored in time", job_type=request.job_type)
+            if completed:
+                outcome = Outcome(
+                    JobStatus.FAILED, exit_code=outcome.exit_code, error=output_not_stored()
+                )
+        else:
+            # Someone outside the process group still holds the tool's output open.
+            log.warning("output did not close after the tool ended")
         return outcome
 
     @staticmethod
     async def _drain(
         pump: asyncio.Task[None], publisher: LinePublisher, keeper: LeaseKeeper
-    ) -> bool:
-        """Wait for the pump to hand on what is left of the job's output once the job ended;
-        False if it was given up on (cancelled) after PUMP_DRAIN_SECONDS (someone outside the
-        process group holds a pipe open, a daemon printing on, say). Time the pump waits for
-        room in the publisher (NATS away) is added, up to DRAIN_ROOM_MOST: those lines are not
-        lost, only late; not once the lease is lost (the slot may be another runner's)."""
+    ) -> Drained:
+        """Wait for the pump to hand on what is left of the job's output once the job ended, or
+        give it up (cancel it) after PUMP_DRAIN_SECONDS (someone outside the process group holds
+        a pipe open, a daemon printing on, say). Time the pump waits for room in the publisher
+        (NATS away) is added, up to DRAIN_ROOM_MOST: those lines are not lost, only late; not
+        once the lease is lost (the slot may be another runner's). Given up on while the pump
+        waits for room: NOT_STORED (lines are missing), else HELD_OPEN."""
         began = time.monotonic()
         waited_before = publisher.room_waited()
         lost = asyncio.ensure_future(keeper.lost.wait())
@@ -484,8 +516,10 @@ class JobExecutor:
                 extra = 0.0 if given_up else min(waited, DRAIN_ROOM_MOST)
                 remaining = began + PUMP_DRAIN_SECONDS + extra - time.monotonic()
                 if remaining <= 0:
+                    # (The flag stays up until the waiting reader runs again, room come or not.)
+                    not_stored = publisher.waiting_for_room
                     pump.cancel()
-                    return False
+                    return Drained.NOT_STORED if not_stored else Drained.HELD_OPEN
                 wakes: set[asyncio.Future[Any]] = {pump} if lost.done() else {pump, lost}
                 if not given_up and extra < DRAIN_ROOM_MOST and publisher.waiting_for_room:
                     # The bound stands still while the pump waits for room: woken when room
@@ -508,7 +542,7 @@ class JobExecutor:
         finally:
             lost.cancel()
         pump.result()  # (a pump that failed raises here)
-        return True
+        return Drained.CLOSED
 
     @staticmethod
     def _stopped(
