@@ -4,6 +4,7 @@ its main connection, and a job's lines stay in order across the two (no noisy ne
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -109,6 +110,9 @@ async def test_a_flood_goes_on_the_main_connection_while_the_bulk_one_is_away(
     await lane.close()
 
 
+WATCHDOG_SECONDS = 120.0  # well beyond the test's own bounds (30 s twice)
+
+
 async def test_the_probe_after_a_stall_leaves_the_loop_running_while_the_connection_reconnects(
     own_nats: EmbeddedNats,
 ) -> None:
@@ -127,6 +131,9 @@ async def test_the_probe_after_a_stall_leaves_the_loop_running_while_the_connect
         connect_timeout=0.5,
     )
     lane = BulkLane(nc, 0.5)
+    # A probe that holds the event loop stops every timeout in it, pytest-timeout's signal too:
+    # a thread ends the worker (the test fails) rather than leave the run hanging.
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
     try:
         freeze(own_nats.proc.pid)
         try:
@@ -145,5 +152,6 @@ async def test_the_probe_after_a_stall_leaves_the_loop_running_while_the_connect
             while not lane.usable():  # noqa: ASYNC110 - its probe answered
                 await asyncio.sleep(0.05)
     finally:
+        faulthandler.cancel_dump_traceback_later()
         await lane.close()
         await nc.close()
