@@ -227,3 +227,38 @@ async def test_nats_away_past_the_room_cap_with_the_lease_held_fails_output_not_
     assert 1 <= len(lines) < LINES + 1
     assert [ln["seq"] for ln in lines] == list(range(1, len(lines) + 1))
     assert [ln["text"] for ln in lines] == EXPECTED[: len(lines)]
+
+
+async def test_a_quiet_detached_holder_and_a_lease_lost_during_the_drain_end_lease_lost(
+    settings: Settings, own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool exits 0 leaving a quiet detached process holding its output open, and NATS goes
+    away during the drain for longer than the lease lasts: the pipe is given up on with the
+    lease lost (the slot may be another runner's), so the job ends failed LEASE_LOST, not
+    completed (README "Output after the tool's exit")."""
+    monkeypatch.setattr(executor, "PUMP_DRAIN_SECONDS", LOST_TTL + 4.0)  # the lease goes first
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url, lease_ttl_seconds=LOST_TTL)
+    system = System(settings)
+    assert own_nats.proc is not None
+    holder = None
+    try:
+        await system.start()
+        async with system.client() as client:
+            job_id = await start_job(client, "detached_holder")
+            await wait_job(client, job_id, lambda j: j["log_count"] >= 1)  # the tool printed
+            freeze(own_nats.proc.pid)
+            try:
+                await asyncio.sleep(LOST_TTL + 2.0)
+            finally:
+                os.kill(own_nats.proc.pid, signal.SIGCONT)
+            job = await wait_status(client, job_id, "completed", "failed", timeout=60)
+            lines = await lines_of(client, job_id)
+        holder = int(lines[0]["text"])
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "LEASE_LOST", job
+        assert os.path.exists(f"/proc/{holder}")  # the pipe was still held when the job ended
+    finally:
+        await system.stop()
+        if holder is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder, signal.SIGKILL)
