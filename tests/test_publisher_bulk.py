@@ -4,9 +4,13 @@ its main connection, and a job's lines stay in order across the two (no noisy ne
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import os
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -15,8 +19,10 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.publisher import BULK_BYTES, LinePublisher
+from tests.freeze import freeze
 
 JOB = "bulkjob"
 
@@ -102,3 +108,50 @@ async def test_a_flood_goes_on_the_main_connection_while_the_bulk_one_is_away(
     await asyncio.wait_for(done.wait(), 10)
     assert texts == flood
     await lane.close()
+
+
+WATCHDOG_SECONDS = 120.0  # well beyond the test's own bounds (30 s twice)
+
+
+async def test_the_probe_after_a_stall_leaves_the_loop_running_while_the_connection_reconnects(
+    own_nats: EmbeddedNats,
+) -> None:
+    """The bulk connection's server frozen until its client gives the connection up and
+    reconnects: the lane's probe (waiting for a PING to be answered) leaves the event loop
+    running meanwhile (nats-py's flush then returns without a turn of the loop, and a probe
+    that tried again at once held the whole runner for ever), and the lane is in use again
+    once the server is back."""
+    assert own_nats.proc is not None
+    nc = await nats.connect(
+        own_nats.url,
+        ping_interval=0.5,
+        max_outstanding_pings=1,
+        reconnect_time_wait=0.2,
+        max_reconnect_attempts=-1,
+        connect_timeout=0.5,
+    )
+    lane = BulkLane(nc, 0.5)
+    # A probe that holds the event loop stops every timeout in it, pytest-timeout's signal too:
+    # a thread ends the worker (the test fails) rather than leave the run hanging.
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
+    try:
+        freeze(own_nats.proc.pid)
+        try:
+            # Not stored in time: the lane goes out of use and its probe starts.
+            assert not await lane.publish("bulk.probe.test", b"x", "probe-1")
+            assert not lane.usable()
+            async with asyncio.timeout(30):
+                while nc.is_connected:  # noqa: ASYNC110 - the client finds the server dead
+                    await asyncio.sleep(0.05)
+            for _ in range(20):  # turns of the loop while it reconnects (none without the fix)
+                await asyncio.sleep(0.05)
+            assert not nc.is_connected
+        finally:
+            os.kill(own_nats.proc.pid, signal.SIGCONT)
+        async with asyncio.timeout(30):
+            while not lane.usable():  # noqa: ASYNC110 - its probe answered
+                await asyncio.sleep(0.05)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        await lane.close()
+        await nc.close()

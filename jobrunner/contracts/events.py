@@ -143,6 +143,10 @@ class ErrorCode(StrEnum):
     ARTIFACT_TOO_LARGE = "ARTIFACT_TOO_LARGE"
     # NATS refused to store an output file for good (the bucket full, a permission).
     ARTIFACT_NOT_STORED = "ARTIFACT_NOT_STORED"
+    # NATS did not store the tool's output in time after its exit (the drain's bound and the
+    # most time waiting for NATS may add to it ran out): its last lines are missing; a job that
+    # would otherwise have completed ends failed with this.
+    OUTPUT_NOT_STORED = "OUTPUT_NOT_STORED"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):

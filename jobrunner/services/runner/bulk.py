@@ -100,6 +100,9 @@ class BulkLane:
                 self._healthy = True
                 log.info("bulk connection answers again")
                 return
+            # Reconnecting: flush returns at once, without a turn of the loop, and this loop
+            # would hold the event loop (the whole runner, its reconnect too) for ever.
+            await asyncio.sleep(self._timeout)
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -9,8 +9,11 @@ event id and the slot released.
 from __future__ import annotations
 
 import asyncio
+import enum
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -43,7 +46,11 @@ from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
 log = structlog.get_logger()
 
+# How long the drain after a job's end waits for the tool's output to close (``_drain``), and
+# how much time waiting for room in the publisher may add to it (NATS away: longer than a lease
+# lasts without NATS, after which the lease is lost and nothing is added).
 PUMP_DRAIN_SECONDS = 5.0
+DRAIN_ROOM_MOST = 60.0
 
 # Refusals of a job's ``running`` by foreign messages stored on its status subject, and reads of
 # it cut short by their bounds, before it is stored without its condition (``_publish_running``).
@@ -54,6 +61,24 @@ LEASE_LOST = ErrorInfo(
     message="The runner could not renew the job's slot lease in time (NATS unreachable or the "
     "runner stalled); the job was stopped so that it never runs beside another.",
 )
+
+
+def output_not_stored() -> ErrorInfo:
+    return ErrorInfo(
+        code=ErrorCode.OUTPUT_NOT_STORED,
+        message="NATS did not store the tool's output in time after it exited (given up on "
+        f"{PUMP_DRAIN_SECONDS:g} s after the exit plus {DRAIN_ROOM_MOST:g} s waiting for NATS): "
+        "its last lines are missing. Check that NATS is up and not short of storage, then run "
+        "the job again.",
+    )
+
+
+class Drained(enum.Enum):
+    """How the drain after a tool's exit ended (``JobExecutor._drain``)."""
+
+    CLOSED = "closed"  # the output closed and all of it was handed on
+    HELD_OPEN = "held_open"  # given up on while the pump waited on a pipe that did not close
+    NOT_STORED = "not_stored"  # given up on while the pump waited for room (NATS not storing)
 
 
 class JobExecutor:
@@ -501,13 +526,76 @@ class JobExecutor:
             outcome = self._stopped(job, job_type, exit_code, cancelled=cancel in done)
         for task in (cancel, lost):
             task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(pump), timeout=PUMP_DRAIN_SECONDS)
-        except TimeoutError:
+        drained = await self._drain(pump, reporter.publisher, keeper)
+        completed = outcome.status == JobStatus.COMPLETED
+        if drained is Drained.CLOSED:
+            pass
+        elif keeper.lost.is_set():
+            # Output still unread when the slot may have become another runner's: the job ends
+            # as one whose lease was lost, not as complete.
+            log.warning("output given up on: lease lost", job_type=request.job_type)
+            if completed:
+                outcome = Outcome(JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST)
+        elif drained is Drained.NOT_STORED:
+            # The lease still held (a long TTL, or NATS renewing it but not storing lines): the
+            # output was given up on for want of room, so lines are missing: never completed.
+            log.warning("output given up on: not stored in time", job_type=request.job_type)
+            if completed:
+                outcome = Outcome(
+                    JobStatus.FAILED, exit_code=outcome.exit_code, error=output_not_stored()
+                )
+        else:
             # Someone outside the process group still holds the tool's output open.
             log.warning("output did not close after the tool ended")
-            pump.cancel()
         return outcome
+
+    @staticmethod
+    async def _drain(
+        pump: asyncio.Task[None], publisher: LinePublisher, keeper: LeaseKeeper
+    ) -> Drained:
+        """Wait for the pump to hand on what is left of the job's output once the job ended, or
+        give it up (cancel it) after PUMP_DRAIN_SECONDS (someone outside the process group holds
+        a pipe open, a daemon printing on, say). Time the pump waits for room in the publisher
+        (NATS away) is added, up to DRAIN_ROOM_MOST: those lines are not lost, only late; not
+        once the lease is lost (the slot may be another runner's). Given up on while the pump
+        waits for room: NOT_STORED (lines are missing), else HELD_OPEN."""
+        began = time.monotonic()
+        waited_before = publisher.room_waited()
+        lost = asyncio.ensure_future(keeper.lost.wait())
+        try:
+            while not pump.done():
+                given_up = keeper.lost.is_set()  # then nothing is added to the bound
+                waited = publisher.room_waited() - waited_before
+                extra = 0.0 if given_up else min(waited, DRAIN_ROOM_MOST)
+                remaining = began + PUMP_DRAIN_SECONDS + extra - time.monotonic()
+                if remaining <= 0:
+                    # (The flag stays up until the waiting reader runs again, room come or not.)
+                    not_stored = publisher.waiting_for_room
+                    pump.cancel()
+                    return Drained.NOT_STORED if not_stored else Drained.HELD_OPEN
+                wakes: set[asyncio.Future[Any]] = {pump} if lost.done() else {pump, lost}
+                if not given_up and extra < DRAIN_ROOM_MOST and publisher.waiting_for_room:
+                    # The bound stands still while the pump waits for room: woken when room
+                    # comes (or the most that may be added is reached), not by the clock.
+                    room = asyncio.ensure_future(publisher.room_came())
+                    try:
+                        await asyncio.wait(
+                            wakes | {room},
+                            timeout=DRAIN_ROOM_MOST - extra,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    finally:
+                        room.cancel()
+                else:
+                    # (FIRST_COMPLETED: the default waits for the lease to be lost too, that
+                    # is for the whole bound: every job's end came 5 s late, session 18.)
+                    await asyncio.wait(
+                        wakes, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+        finally:
+            lost.cancel()
+        pump.result()  # (a pump that failed raises here)
+        return Drained.CLOSED
 
     @staticmethod
     def _stopped(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -213,6 +214,13 @@ class LinePublisher:
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        # How long ``room`` kept its callers waiting, in wall time: the periods that ended, how
+        # many callers wait now (the stdout and stderr readers may wait at once) and when the
+        # period under way began, as the first of them began to wait (time.monotonic). The drain
+        # after a tool's exit does not count that time against its bound (executor).
+        self._room_waited = 0.0
+        self._room_waiters = 0
+        self._room_wait_began = 0.0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._pacing = pacing
@@ -334,7 +342,31 @@ class LinePublisher:
         """Wait while the buffer is full: the tool then blocks on its own output."""
         if self._full():
             self._room.clear()
-            await self._room.wait()
+            if self._room_waiters == 0:
+                self._room_wait_began = time.monotonic()
+            self._room_waiters += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._room_waiters -= 1
+                if self._room_waiters == 0:
+                    self._room_waited += time.monotonic() - self._room_wait_began
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """Whether any caller of ``room`` waits now."""
+        return self._room_waiters > 0
+
+    def room_waited(self) -> float:
+        """Seconds during which some caller of ``room`` waited, in all (the wait under way too);
+        two callers waiting at once count once."""
+        if self._room_waiters == 0:
+            return self._room_waited
+        return self._room_waited + time.monotonic() - self._room_wait_began
+
+    async def room_came(self) -> None:
+        """Return once the buffer has room (at once if it has)."""
+        await self._room.wait()
 
     def _flooding(self) -> bool:
         return self._buffered_bytes >= FLOOD_BYTES
