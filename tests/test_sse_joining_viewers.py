@@ -40,8 +40,10 @@ def settings(settings: Settings) -> Settings:
 async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
     system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Fifty viewers opening a job's stream at once cost one read of its row, not fifty; the
-    first leaving meanwhile does not fail the others, and each gets every line once."""
+    """Fifty viewers opening a job's stream at once cost one read of its row, not fifty; one
+    leaving meanwhile does not fail the others, and each gets every line once. (Whether the
+    read's starter leaving cancels it for the others is the unit tests' to show: uvicorn does
+    not cancel a request's handler when its client goes.)"""
     job_id = await start(system, lines=LINES, interval="0.002")  # applied: no longer "posted"
     reads: list[str] = []
     arrived: list[str] = []
@@ -71,7 +73,7 @@ async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
                 await wait_until(lambda: len(arrived) == VIEWERS and bool(reads), 60)
                 assert fanout_of(system).known_row(job_id) is None  # no feed yet: all must read
                 assert len(reads) == 1
-                viewers[0].cancel()  # the viewer whose request started the read goes away
+                viewers[0].cancel()  # a viewer goes away while the read waits
                 await asyncio.wait([viewers[0]])
             finally:
                 await lock.rollback()

@@ -7,7 +7,10 @@ with two thousand connections turns slowly, so the queue took tens of seconds to
 (bench/RESULTS.md, "Joining viewers, session 19"). Sharing the read in flight makes it one.
 
 Only a read in flight is shared, never a finished one: a caller that asks after it ended reads
-anew, so nothing here can be older than the moment its caller asked.
+anew. A caller that joins a read may get a result read from just before it asked: callers use
+this only for what does not change (a job's first sequence, who requested it; see
+``routes/streams.py``). A read that fails fails only the caller that started it: each caller that
+joined reads again on its own, so one lost connection does not fail every viewer at once.
 """
 
 from __future__ import annotations
@@ -27,11 +30,16 @@ class SharedReads(Generic[T]):
         """``read()``'s result, from the read of ``key`` in flight if there is one. A caller
         that goes away does not cancel the read for the others."""
         flight = self._flights.get(key)
-        if flight is None:
+        if flight is None or flight.done():
             flight = asyncio.ensure_future(read())
             self._flights[key] = flight
             flight.add_done_callback(lambda done: self._landed(key, done))
-        return await asyncio.shield(flight)
+            return await asyncio.shield(flight)
+        try:
+            return await asyncio.shield(flight)
+        except Exception:
+            # The read joined failed (its error is its starter's): this caller reads itself.
+            return await read()
 
     def _landed(self, key: str, flight: asyncio.Future[T]) -> None:
         if self._flights.get(key) is flight:
