@@ -27,6 +27,7 @@ from jobrunner.services.api.idempotency import IdempotencyKeys
 from jobrunner.services.api.posted import PostedJobs
 from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.readmodelgate import ReadModelGate
+from jobrunner.services.api.sharedreads import SharedReads
 
 log = structlog.get_logger()
 
@@ -79,6 +80,8 @@ class ApiContext:
     readmodels: ReadModelGate
     # Jobs started here with ``wait=stored`` that the read models do not show yet.
     posted: PostedJobs = field(default_factory=PostedJobs)
+    # Job rows being read for SSE streams, one read per job shared by its arriving viewers.
+    job_rows: SharedReads[asyncpg.Record | None] = field(default_factory=SharedReads)
 
 
 async def read_pool(database_url: str) -> asyncpg.Pool:

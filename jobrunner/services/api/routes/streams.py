@@ -113,7 +113,10 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
             # of the job is projected yet, so it is taken as having no past to speak of.
             row = {"first_seq": posted.seq, "log_count": 0, "requested_by": posted.requested_by}
         else:
-            row = await readmodels.get_job_row(ctx.pool, as_stored(job_id))
+            # The first viewers of a job arrive together, before its feed keeps the row:
+            # one read for all of them, not one each (sharedreads).
+            stored = as_stored(job_id)
+            row = await ctx.job_rows.read(stored, lambda: readmodels.get_job_row(ctx.pool, stored))
         if row is None:
             row = await _requested(ctx, job_id)
     if row is None or not principal.can_see(row):

@@ -1,0 +1,88 @@
+"""Many viewers opening one job's stream at once, before its feed runs: they share one read of
+the job's row (sharedreads.py), so the API's read pool is not queued with one read each."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.api import readmodels
+from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.routes import streams
+from jobrunner.services.api.security import Principal
+from tests.sse_client import read_stream
+from tests.system import System
+from tests.test_sse_hostile_viewers import start, texts
+from tests.test_sse_memory import fanout_of, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+VIEWERS = 50
+LINES = 200
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(
+        settings, job_types_file=TEST_TYPES, max_streams_per_token=VIEWERS + 10
+    )
+
+
+async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty viewers opening a job's stream at once cost one read of its row, not fifty; one
+    leaving meanwhile does not fail the others, and each gets every line once. (Whether the
+    read's starter leaving cancels it for the others is the unit tests' to show: uvicorn does
+    not cancel a request's handler when its client goes.)"""
+    job_id = await start(system, lines=LINES, interval="0.002")  # applied: no longer "posted"
+    reads: list[str] = []
+    arrived: list[str] = []
+    get_job_row = readmodels.get_job_row
+    streamable_job = streams.streamable_job
+
+    async def counted_read(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record | None:
+        reads.append(job_id)
+        return await get_job_row(pool, job_id)
+
+    async def counted_arrival(ctx: ApiContext, job_id: str, who: Principal) -> Mapping[str, Any]:
+        arrived.append(job_id)
+        return await streamable_job(ctx, job_id, who)
+
+    monkeypatch.setattr(readmodels, "get_job_row", counted_read)
+    monkeypatch.setattr(streams, "streamable_job", counted_arrival)
+    path = f"/jobs/stream/{job_id}"
+    # The row's table locked (a real Postgres lock): every viewer arrives while the read waits.
+    holder = await asyncpg.connect(system.settings.database_url)
+    try:
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute(f"LOCK TABLE {readmodels.READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+        async with system.client(limits=httpx.Limits(max_connections=None)) as client:
+            viewers = [asyncio.ensure_future(read_stream(client, path)) for _ in range(VIEWERS)]
+            try:
+                await wait_until(lambda: len(arrived) == VIEWERS and bool(reads), 60)
+                assert fanout_of(system).known_row(job_id) is None  # no feed yet: all must read
+                assert len(reads) == 1
+                viewers[0].cancel()  # a viewer goes away while the read waits
+                await asyncio.wait([viewers[0]])
+            finally:
+                await lock.rollback()
+            streams_read = await asyncio.gather(*viewers[1:])
+    finally:
+        await holder.close()
+    assert len(reads) == 1
+    expected = [f"INFO line {i} [{i}/{LINES}]" for i in range(1, LINES + 1)]
+    for stream in streams_read:
+        assert texts(stream) == expected
+        assert [e.event for e in stream.events].count("done") == 1
+        assert stream.events[-1].event == "done"
