@@ -1011,7 +1011,7 @@ async def test_a_queued_job_whose_start_met_a_nats_pause_keeps_its_place_in_the_
         await eventstore.ensure_topology(api_nc.jetstream(), names, settings)
         ids = [f"J{n}-queued" for n in (1, 2, 3)]
         order, lockfile = tmp_path / "order", tmp_path / "lock"
-        read_status = runner.journal.last_event
+        read_status = runner.journal.newest
         paused: list[bool] = []
 
         async def pause_once_the_head_holds_the_slot(job_id: str, kind: str) -> Any:
@@ -1024,7 +1024,7 @@ async def test_a_queued_job_whose_start_met_a_nats_pause_keeps_its_place_in_the_
                     threading.Timer(6.0, resume, (own_nats,)).start()
             return await read_status(job_id, kind)
 
-        runner.journal.last_event = pause_once_the_head_holds_the_slot  # type: ignore[method-assign]
+        runner.journal.newest = pause_once_the_head_holds_the_slot  # type: ignore[method-assign]
         running = asyncio.create_task(runner.run(stop))
         api = SlotTable(api_nc.jetstream(), names, settings.lease_ttl_seconds)
         for n, job_id in enumerate(ids, start=1):  # as the API does: queued, then requested
