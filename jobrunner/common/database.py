@@ -55,11 +55,17 @@ async def create_pool(
     max_size: int = 10,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     init: Callable[[asyncpg.Connection], Awaitable[None]] = init_connection,
+    timeout: float | None = None,
     **settings: str,
 ) -> asyncpg.Pool:
     """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``);
     ``reset`` replaces asyncpg's reset of a released connection (``keep_session``); ``init``
-    sets up each new connection (``init_connection`` or one that calls it)."""
+    sets up each new connection (``init_connection`` or one that calls it); ``timeout`` bounds
+    each query and each new connection (``TimeoutError``; None: asyncpg's defaults, no bound
+    on a query)."""
+    bounds: dict[str, float] = (
+        {} if timeout is None else {"command_timeout": timeout, "timeout": timeout}
+    )
     return await asyncpg.create_pool(
         url,
         min_size=min_size,
@@ -67,4 +73,5 @@ async def create_pool(
         init=init,
         reset=reset,
         server_settings=settings,
+        **bounds,
     )

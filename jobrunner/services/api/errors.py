@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import nats.errors
 import structlog
 from litestar import Request, Response
@@ -102,9 +103,35 @@ def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
     )
 
 
+def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Postgres is away (refused, reset, shutting down, starting up) or did not answer within
+    api_postgres_timeout_seconds: the request may succeed once it is back."""
+    log.warning("read models unavailable", path=request.url.path, error=repr(exc))
+    return Response(
+        error_body(
+            "READ_MODELS_UNAVAILABLE",
+            "The read models (Postgres) cannot be reached just now; try again shortly.",
+        ),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "2"},
+    )
+
+
+# What Postgres being away looks like to a read: a refused or reset connection, one it closed
+# (a shutdown, a restart), one it refuses while starting, and a query or connect it did not
+# answer in time (asyncpg's timeout; NATS's own timeouts are nats.errors.Error, handled above).
+POSTGRES_AWAY: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: api_error_handler,
     HTTPException: http_error_handler,
     nats.errors.Error: nats_error_handler,
+    **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
     Exception: internal_error_handler,
 }
