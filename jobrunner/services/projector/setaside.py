@@ -66,19 +66,21 @@ async def apply(
     lookup: MessageLookup,
     schema: str = READ_SCHEMA,
     writing: Callable[[], None] | None = None,
+    committed: int | None = None,
 ) -> int:
-    """Apply ``batch`` (see ``store.apply_batch``, and its ``writing``), setting aside each event
-    that cannot be; returns the new checkpoint. Raises only what is not a data error."""
+    """Apply ``batch`` (see ``store.apply_batch``, and its ``writing`` and ``committed``),
+    setting aside each event that cannot be; returns the new checkpoint. Raises only what is not
+    a data error."""
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
         # The feed gives an unreadable message this one change, alone: only the first of each
         # event's changes is looked at (asked per event, a million times in a replay).
         if changes and type(unreadable := changes[0]) is Unreadable:
-            await _bisect(conn, batch[start:i], lookup, schema, writing)
+            await _bisect(conn, batch[start:i], lookup, schema, writing, committed)
             await _set_aside(conn, seq, unreadable.error, lookup, schema)
             start = i + 1
-    await _bisect(conn, batch[start:], lookup, schema, writing)
+    await _bisect(conn, batch[start:], lookup, schema, writing, committed)
     return await store.checkpoint(conn, schema)
 
 
@@ -88,11 +90,12 @@ async def _bisect(
     lookup: MessageLookup,
     schema: str,
     writing: Callable[[], None] | None,
+    committed: int | None = None,
 ) -> None:
     if not batch:
         return
     try:
-        await store.apply_batch(conn, batch, schema, writing)
+        await store.apply_batch(conn, batch, schema, writing, committed)
         return
     except Exception as exc:
         if not is_data_error(exc):
@@ -101,8 +104,8 @@ async def _bisect(
             await _set_aside(conn, batch[0][0], _describe(exc), lookup, schema)
             return
     middle = len(batch) // 2
-    await _bisect(conn, batch[:middle], lookup, schema, writing)
-    await _bisect(conn, batch[middle:], lookup, schema, writing)
+    await _bisect(conn, batch[:middle], lookup, schema, writing, committed)
+    await _bisect(conn, batch[middle:], lookup, schema, writing, committed)
 
 
 def _describe(exc: BaseException) -> str:
