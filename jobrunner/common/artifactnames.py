@@ -15,6 +15,11 @@ import re
 from jobrunner.contracts.events import MAX_ARTIFACT_NAME_CHARS
 
 MAX_PART_BYTES = 255  # what common file systems allow for one file name
+# The whole name in UTF-8. The object's description is stored on a subject holding the name in
+# base64 (4/3 as long), and a NATS server closes the connection of a client whose command line
+# passes 4 KiB: a longer name (1,024 characters of 4 bytes fit in 255-byte parts) cut the
+# runner off NATS for good, its job never ending. 2,048 bytes leave room for the prefix.
+MAX_NAME_BYTES = 2048
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -30,10 +35,12 @@ def check_name(name: str) -> str:
     if len(name) > MAX_ARTIFACT_NAME_CHARS:
         raise BadArtifactName(f"the name is longer than {MAX_ARTIFACT_NAME_CHARS} characters")
     try:
-        name.encode("utf-8")
+        encoded = name.encode("utf-8")
     except UnicodeEncodeError:
         # A file name that is no valid UTF-8 reaches Python with surrogate escapes.
         raise BadArtifactName("the name is not valid UTF-8") from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise BadArtifactName(f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
     if _CONTROL.search(name):
         raise BadArtifactName("the name holds control characters")
     if "\\" in name:
