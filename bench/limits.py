@@ -207,7 +207,7 @@ async def direct_walk(database_url: str, seconds: float) -> dict[str, Any]:
         )
 
     filters = [job_filter(params) for params in LIST_FILTERS]
-    pool = await read_pool(database_url, Settings().api_postgres_timeout_seconds)
+    pool = await read_pool(database_url)
     latencies = []
     try:
         await pool.execute("SELECT 1")  # the connection is open before the clock starts

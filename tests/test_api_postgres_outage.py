@@ -1,6 +1,6 @@
-"""The API while Postgres is away (stopped) or frozen (SIGSTOPped, every backend with it): a read of
-the read models answers 503 with a code and a sentence, never a 500 and never a hang, and the API
-serves again on its own once Postgres is back."""
+"""The API while Postgres is away (stopped) or frozen for a while (SIGSTOPped, every backend with
+it): a read of the read models answers 503 with a code and a sentence, never a 500, or waits out
+the freeze; the API serves again on its own once Postgres is back."""
 
 from __future__ import annotations
 
@@ -29,16 +29,13 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
         yield server
 
 
-# Short, so the test is fast; a freeze is held well under or until after it.
-TIMEOUT = 2.0
-FREEZE_UNDER = 0.5
+# How long Postgres stays frozen in the freeze test: a read waits it out.
+FREEZE = 0.5
 
 
 @pytest.fixture
 async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIterator[System]:
-    settings = msgspec.structs.replace(
-        settings, database_url=own_postgres.url, api_postgres_timeout_seconds=TIMEOUT
-    )
+    settings = msgspec.structs.replace(settings, database_url=own_postgres.url)
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
         yield running
@@ -95,31 +92,15 @@ async def test_postgres_stopped_reads_answer_503_with_a_code_then_recover(
     await served_again(system)
 
 
-async def test_postgres_frozen_longer_than_the_timeout_answers_503_then_recovers(
+async def test_postgres_frozen_for_a_while_is_waited_out(
     system: System, own_postgres: EmbeddedPostgres
 ) -> None:
-    """Frozen until the answers came: each read answers 503 (before the fix: no answer at all
-    while Postgres stayed frozen), then, thawed, the API serves again."""
-    signal_postgres(own_postgres, signal.SIGSTOP)
-    try:
-        # Several: a connection whose query timed out must not hold the next request either.
-        answers = await asyncio.gather(*(read_job(system) for _ in range(3)))
-        answers.append(await read_job(system))
-    finally:
-        signal_postgres(own_postgres, signal.SIGCONT)
-    for status, body in answers:
-        assert_unavailable(status, body)
-    await served_again(system)
-
-
-async def test_postgres_frozen_shorter_than_the_timeout_is_waited_out(
-    system: System, own_postgres: EmbeddedPostgres
-) -> None:
-    """A freeze shorter than the timeout: the read waits for Postgres and answers 200."""
+    """A short freeze: the read waits for Postgres and answers 200 (not a 503: a read is not
+    bounded, a slow one is legitimate; a freeze for ever holds it, RESULTS.md, left open)."""
     signal_postgres(own_postgres, signal.SIGSTOP)
     try:
         reading = asyncio.create_task(read_job(system))
-        await asyncio.sleep(FREEZE_UNDER)  # the fault's length: how long Postgres stays frozen
+        await asyncio.sleep(FREEZE)  # the fault's length: how long Postgres stays frozen
     finally:
         signal_postgres(own_postgres, signal.SIGCONT)
     status, body = await reading

@@ -56,10 +56,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # HTTP
     host: str = "127.0.0.1"
     port: int = 8000
-    # A read of the read models that Postgres has not answered within this long (Postgres frozen,
-    # its host gone without a reset) is given up: the request answers 503 READ_MODELS_UNAVAILABLE
-    # rather than hanging (README "Errors").
-    api_postgres_timeout_seconds: float = 10.0
 
     # Runner
     runner_id: str = ""
@@ -228,7 +224,6 @@ _ABOVE_ZERO = (
     "idempotency_ttl_seconds",
     "artifact_read_idle_seconds",
     "metrics_peer_timeout_seconds",
-    "api_postgres_timeout_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 

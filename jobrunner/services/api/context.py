@@ -81,17 +81,16 @@ class ApiContext:
     posted: PostedJobs = field(default_factory=PostedJobs)
 
 
-async def read_pool(database_url: str, timeout: float) -> asyncpg.Pool:
+async def read_pool(database_url: str) -> asyncpg.Pool:
     """The API's connections to the read models: it only reads, so a released connection
-    needs no reset query (a round trip on every request otherwise). A query or a connection not
-    answered within ``timeout`` raises ``TimeoutError`` (503 READ_MODELS_UNAVAILABLE, errors.py):
-    a frozen Postgres must not hold requests for ever."""
+    needs no reset query (a round trip on every request otherwise). A connection Postgres
+    refuses is ``PostgresUnreachable`` (503 READ_MODELS_UNAVAILABLE, errors.py)."""
     return await database.create_pool(
         database_url,
         min_size=1,
         max_size=10,
         reset=database.keep_session,
-        timeout=timeout,
+        connect=database.connect_or_unreachable,
         # A plan for each query's very values: a generic plan (what a prepared statement drifts
         # to after five runs) cannot use the trigram index for an unknown search pattern, nor
         # judge a filter's selectivity. Set once per session rather than per query.
@@ -117,7 +116,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         nc = await eventstore.connect(settings, "api")
         js = nc.jetstream()
         await eventstore.ensure_topology(js, names, settings)
-        pool = await read_pool(settings.database_url, settings.api_postgres_timeout_seconds)
+        pool = await read_pool(settings.database_url)
         tracker = ProjectionTracker()
         readmodels = ReadModelGate(pool, js, names)
         await readmodels.start()

@@ -14,6 +14,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
+from jobrunner.common import database
+
 log = structlog.get_logger()
 
 
@@ -104,8 +106,8 @@ def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
 
 
 def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Postgres is away (refused, reset, shutting down, starting up) or did not answer within
-    api_postgres_timeout_seconds: the request may succeed once it is back."""
+    """Postgres is away (refused, reset, shutting down, starting up): the request may succeed
+    once it is back."""
     log.warning("read models unavailable", path=request.url.path, error=repr(exc))
     return Response(
         error_body(
@@ -117,12 +119,13 @@ def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
-# What Postgres being away looks like to a read: a refused or reset connection, one it closed
-# (a shutdown, a restart), one it refuses while starting, and a query or connect it did not
-# answer in time (asyncpg's timeout; NATS's own timeouts are nats.errors.Error, handled above).
+# What Postgres being away looks like to a read: a new connection refused or reset (the read
+# pool's connect turns only its own socket errors into PostgresUnreachable: another OSError or
+# TimeoutError of the API, a NATS KV lag, is not Postgres's), one it closed (a shutdown, a
+# restart), one it refuses while starting. A query Postgres does not answer (frozen) is not
+# bounded: slow reads are legitimate (RESULTS.md, session 19, review fixes).
 POSTGRES_AWAY: tuple[type[Exception], ...] = (
-    ConnectionError,
-    TimeoutError,
+    database.PostgresUnreachable,
     asyncpg.PostgresConnectionError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.exceptions.OperatorInterventionError,
