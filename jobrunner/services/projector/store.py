@@ -76,6 +76,22 @@ async def checkpoint(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> int
     return int(await conn.fetchval(f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1"))
 
 
+async def lock_checkpoint(conn: asyncpg.Connection, schema: str, committed: int | None) -> int:
+    """Inside a transaction that moves the checkpoint: the stored checkpoint, its row locked (a
+    second projector waits). Raises ``CheckpointBehind`` when it is behind ``committed`` (what
+    the caller had committed itself): Postgres lost acknowledged commits, and moving the
+    checkpoint on would skip the lost events for good."""
+    if schema == READ_SCHEMA:
+        # Before touching any table: a replay may be renaming the schema under us.
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+    last = int(
+        await conn.fetchval(f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE")
+    )
+    if committed is not None and last < committed:
+        raise CheckpointBehind(last, committed + 1)
+    return last
+
+
 async def apply_batch(
     conn: asyncpg.Connection,
     batch: list[tuple[int, list[Change]]],
@@ -93,14 +109,7 @@ async def apply_batch(
     caller's other tasks may run without keeping it waiting (``EventFeed.hold``).
     """
     async with conn.transaction():
-        if schema == READ_SCHEMA:
-            # Before touching any table: a replay may be renaming the schema under us.
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
-        last = await conn.fetchval(
-            f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
-        )
-        if committed is not None and last < committed:
-            raise CheckpointBehind(int(last), committed + 1)
+        last = await lock_checkpoint(conn, schema, committed)
         fresh = batch if batch[0][0] > last else [(s, c) for s, c in batch if s > last]
         if not fresh:
             return int(last)
