@@ -297,3 +297,24 @@ async def test_bucket_refusing_a_file_fails_the_job_instead_of_retrying_forever(
     assert job["error"]["code"] == "ARTIFACT_NOT_STORED", job
     assert [a["name"] for a in listed["items"]] == ["file0.bin"]
     assert any("'file1.bin' could not be stored" in e for e in errors)
+
+
+async def test_a_name_too_long_for_a_nats_subject_is_refused_not_hung(system: System) -> None:
+    """A name of 768 characters whose UTF-8 (3,289 bytes) would make its object's subject longer
+    than NATS takes: not stored, the log says why, the job completes with its other file. Before
+    the fix nats-server closed the runner's connection on the upload; the runner stayed cut off
+    and the job never ended. A download of the name is not refused as a bad name (names of up to
+    ~2,900 bytes were stored before the limit and still download): it is just not there."""
+    long_name = "/".join(["\U0001d538" * 63] * 13 + ["f.txt"])
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="long_name")
+        listed = await _listed(client, job["id"])
+        errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
+        missing = await client.get(f"/api/jobs/{job['id']}/artifacts/{long_name}")
+        kept = await client.get(listed["items"][0]["url"])
+    assert job["status"] == "completed", job
+    assert [a["name"] for a in listed["items"]] == ["kept.txt"]
+    assert any("longer than 2048 bytes" in text for text in errors), errors
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["error"]["code"] == "ARTIFACT_NOT_FOUND"
+    assert kept.content == b"the one good file"

@@ -18,7 +18,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.projector import setaside, store
-from jobrunner.services.projector.projections import project
+from jobrunner.services.projector.projections import Unreadable, project
 from jobrunner.services.projector.setaside import StoredMessage
 
 AT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -379,3 +379,26 @@ async def test_a_batch_event_that_cannot_be_stored_is_set_aside(conn: asyncpg.Co
     assert checkpoint == 4
     assert [tuple(r) for r in failures] == [(1, "BatchRequested")]
     assert (await batch_row(conn, "after"))["status"] == "pending"
+
+
+async def test_a_set_aside_does_not_move_the_checkpoint_past_lost_commits(
+    conn: asyncpg.Connection,
+) -> None:
+    """Postgres came back without commits the projector had acknowledged (the stored checkpoint
+    is behind what it committed): setting the next event aside raises CheckpointBehind and
+    writes nothing, so the lost events are read again, not skipped for good. Before the fix the
+    set-aside moved the checkpoint past them (only apply_batch checked)."""
+    stored = await store.checkpoint(conn)
+
+    async def lookup(seq: int) -> StoredMessage | None:
+        return StoredMessage("t.job.x.created", b"not an event")
+
+    with pytest.raises(store.CheckpointBehind):
+        await setaside.apply(
+            conn, [(stored + 6, [Unreadable("not an event")])], lookup, committed=stored + 5
+        )
+    assert await store.checkpoint(conn) == stored
+    failures = await conn.fetchval(
+        "SELECT count(*) FROM readmodel.projector_failures WHERE stream_seq = $1", stored + 6
+    )
+    assert failures == 0

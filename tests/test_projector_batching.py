@@ -139,7 +139,7 @@ async def test_the_live_projector_lets_its_held_feed_go_as_the_batch_s_writes_st
         while batch[-1][0] < last:
             batch += await feed.fetch(timeout=30)
         feed.hold()
-        applied = await service._apply_until_done(pool, batch, feed, asyncio.Event())
+        applied = await service._apply_until_done(pool, batch, feed, asyncio.Event(), committed=0)
     finally:
         await feed.close()
         await eventstore.close(nc)

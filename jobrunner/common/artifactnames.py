@@ -15,6 +15,14 @@ import re
 from jobrunner.contracts.events import MAX_ARTIFACT_NAME_CHARS
 
 MAX_PART_BYTES = 255  # what common file systems allow for one file name
+# The whole name in UTF-8, for a name about to be stored (check_new_name). The object's
+# description is stored on a subject holding the name in base64 (4/3 as long), and a NATS server
+# closes the connection of a client whose command line passes 4 KiB: a longer name (1,024
+# characters of 4 bytes fit in 255-byte parts) cut the runner off NATS for good, its job never
+# ending. 2,048 bytes leave room for the prefix. Not a rule of check_name: names up to ~2,900
+# bytes were stored before it, and their downloads (the subject in a request's body, not its
+# control line) still work.
+MAX_NAME_BYTES = 2048
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -45,6 +53,15 @@ def check_name(name: str) -> str:
             raise BadArtifactName("the name has an empty, '.' or '..' part")
         if len(part.encode("utf-8")) > MAX_PART_BYTES:
             raise BadArtifactName(f"a part of the name is longer than {MAX_PART_BYTES} bytes")
+    return name
+
+
+def check_new_name(name: str) -> str:
+    """``check_name`` for a name about to be stored (runner, upload): also at most
+    ``MAX_NAME_BYTES`` in UTF-8."""
+    check_name(name)
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise BadArtifactName(f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
     return name
 
 

@@ -49,22 +49,40 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     transaction left open is still rolled back (asyncpg does that before calling this)."""
 
 
+class PostgresUnreachable(ConnectionError):
+    """A new connection to Postgres failed at the socket: refused, reset, no socket file, or
+    asyncpg's connect timeout. Its own class so that a reader can answer "Postgres is away"
+    for exactly this, not for any ``OSError`` or ``TimeoutError`` of the process."""
+
+
+async def connect_or_unreachable(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` whose socket errors are :class:`PostgresUnreachable` (a pool's
+    ``connect``)."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as exc:  # TimeoutError is one too
+        raise PostgresUnreachable(f"cannot connect to Postgres: {exc!r}") from exc
+
+
 async def create_pool(
     url: str,
     min_size: int = 1,
     max_size: int = 10,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     init: Callable[[asyncpg.Connection], Awaitable[None]] = init_connection,
+    connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
     **settings: str,
 ) -> asyncpg.Pool:
     """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``);
     ``reset`` replaces asyncpg's reset of a released connection (``keep_session``); ``init``
-    sets up each new connection (``init_connection`` or one that calls it)."""
+    sets up each new connection (``init_connection`` or one that calls it); ``connect`` opens
+    one (``asyncpg.connect`` when None, or ``connect_or_unreachable``)."""
     return await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         init=init,
         reset=reset,
+        connect=connect,
         server_settings=settings,
     )

@@ -64,6 +64,13 @@ def main() -> int:
     elif args.mode == "sized":
         for i, size in enumerate(int(s) for s in args.sizes.split(",") if s):
             (out / f"file{i}.bin").write_bytes(b"x" * size)
+    elif args.mode == "long_name":
+        # A safe name (768 characters, parts of 252 bytes) whose UTF-8 is 3,289 bytes: its
+        # object's subject (the name in base64) is longer than a NATS control line's 4 KiB.
+        deep = out.joinpath(*["\U0001d538" * 63] * 13)
+        deep.mkdir(parents=True)
+        (deep / "f.txt").write_text("a file with a long name")
+        (out / "kept.txt").write_text("the one good file")
     elif args.mode == "big_then_wait":
         write_big(out / "big.bin", args.mib * MIB)
         print("written", flush=True)

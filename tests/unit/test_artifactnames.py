@@ -9,8 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobrunner.common.artifactnames import (
+    MAX_NAME_BYTES,
     BadArtifactName,
     check_name,
+    check_new_name,
     content_type,
     download_filename,
 )
@@ -76,3 +78,14 @@ def test_content_type_is_guessed_from_the_extension() -> None:
     assert content_type("x.csv") == "text/csv"
     assert content_type("x.tar.gz") == "application/gzip"
     assert content_type("noext") == "application/octet-stream"
+
+
+def test_the_byte_limit_is_for_new_names_only() -> None:
+    """A 2,216-byte name (stored before the limit came: its download must still work) passes
+    check_name; only a name about to be stored is held to MAX_NAME_BYTES."""
+    name = "/".join(["\U0001d538" * 50] * 11 + ["f.txt"])  # 11 parts of 200 bytes: 2,216
+    assert MAX_NAME_BYTES < len(name.encode("utf-8")) < 2900
+    assert check_name(name) == name
+    with pytest.raises(BadArtifactName, match="bytes in UTF-8"):
+        check_new_name(name)
+    assert check_new_name("sub/report.csv") == "sub/report.csv"

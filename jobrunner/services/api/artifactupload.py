@@ -48,7 +48,7 @@ def too_large(name: str, limit: int, setting: str) -> ApiError:
 
 def checked_name(name: str) -> str:
     try:
-        return artifactnames.check_name(name)
+        return artifactnames.check_new_name(name)
     except artifactnames.BadArtifactName as exc:
         raise ApiError(400, "INVALID_ARTIFACT_NAME", f"That is no artifact name: {exc}.") from None
 

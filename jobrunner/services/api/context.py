@@ -86,12 +86,14 @@ class ApiContext:
 
 async def read_pool(database_url: str) -> asyncpg.Pool:
     """The API's connections to the read models: it only reads, so a released connection
-    needs no reset query (a round trip on every request otherwise)."""
+    needs no reset query (a round trip on every request otherwise). A connection Postgres
+    refuses is ``PostgresUnreachable`` (503 READ_MODELS_UNAVAILABLE, errors.py)."""
     return await database.create_pool(
         database_url,
         min_size=1,
         max_size=10,
         reset=database.keep_session,
+        connect=database.connect_or_unreachable,
         # A plan for each query's very values: a generic plan (what a prepared statement drifts
         # to after five runs) cannot use the trigram index for an unknown search pattern, nor
         # judge a filter's selectivity. Set once per session rather than per query.

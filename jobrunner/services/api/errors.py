@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import nats.errors
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+
+from jobrunner.common import database
 
 log = structlog.get_logger()
 
@@ -102,9 +105,36 @@ def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
     )
 
 
+def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Postgres is away (refused, reset, shutting down, starting up): the request may succeed
+    once it is back."""
+    log.warning("read models unavailable", path=request.url.path, error=repr(exc))
+    return Response(
+        error_body(
+            "READ_MODELS_UNAVAILABLE",
+            "The read models (Postgres) cannot be reached just now; try again shortly.",
+        ),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "2"},
+    )
+
+
+# What Postgres being away looks like to a read: a new connection refused or reset (the read
+# pool's connect turns only its own socket errors into PostgresUnreachable: another OSError or
+# TimeoutError of the API, a NATS KV lag, is not Postgres's), one it closed (a shutdown, a
+# restart), one it refuses while starting. A query Postgres does not answer (frozen) is not
+# bounded: slow reads are legitimate (RESULTS.md, session 19, review fixes).
+POSTGRES_AWAY: tuple[type[Exception], ...] = (
+    database.PostgresUnreachable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: api_error_handler,
     HTTPException: http_error_handler,
     nats.errors.Error: nats_error_handler,
+    **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
     Exception: internal_error_handler,
 }

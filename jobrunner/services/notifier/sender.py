@@ -9,6 +9,7 @@ webhook's host on the same address must get its own TLS name. Environment proxie
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import ssl
 import time
@@ -64,6 +65,7 @@ class Sender:
         ca_file: str = "",
     ) -> None:
         self.policy = policy
+        self.read_timeout = read_timeout
         # The system's authorities, or the installation's own for receivers on an internal CA.
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=ca_file) if ca_file else True
@@ -116,7 +118,7 @@ class Sender:
                     if n == len(addresses) - 1:
                         raise
             raise AssertionError("unreachable: checked_addresses never answers none")
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
             what = (
                 "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for an answer"
             )
@@ -139,17 +141,35 @@ class Sender:
         body: bytes,
         result: Callable[[int | None, str | None, str | None, bool], AttemptResult],
     ) -> AttemptResult:
-        async with self.client.stream(
-            "POST",
-            target,
-            content=body,
-            headers={**headers, "User-Agent": USER_AGENT},
-            extensions={"sni_hostname": host},
-        ) as response:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read >= MAX_ANSWER_BYTES:
-                    break
-            code, message, retryable = _classify(response.status_code)
-            return result(response.status_code, code, message, retryable)
+        """The POST, its answer due within the read timeout of the connection: one deadline for
+        the whole answer, not httpx's per read (a receiver dripping a byte at a time inside it
+        held the attempt, and the job's delivery, for ever). Once the status has come it is the
+        answer: a body that never ends or breaks off cannot turn a 200 into a retry."""
+        loop = asyncio.get_running_loop()
+        answered: AttemptResult | None = None
+        try:
+            async with asyncio.timeout(None) as answer_due:
+
+                async def connected(event: str, info: dict[str, object]) -> None:
+                    if event == "http11.send_request_headers.started":
+                        answer_due.reschedule(loop.time() + self.read_timeout)
+
+                async with self.client.stream(
+                    "POST",
+                    target,
+                    content=body,
+                    headers={**headers, "User-Agent": USER_AGENT},
+                    extensions={"sni_hostname": host, "trace": connected},
+                ) as response:
+                    code, message, retryable = _classify(response.status_code)
+                    answered = result(response.status_code, code, message, retryable)
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= MAX_ANSWER_BYTES:
+                            break
+        except (TimeoutError, httpx.HTTPError):
+            if answered is None:
+                raise
+        assert answered is not None  # the stream either answered or raised
+        return answered

@@ -100,8 +100,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             # its first statements (EventFeed.hold).
             feed.hold()
             try:
-                applied = await _apply_until_done(pool, batch, feed, stop)
-            except CheckpointBehind as behind:
+                applied = await _apply_until_done(pool, batch, feed, stop, committed=last)
+            except store.CheckpointBehind as behind:
                 # Postgres came back without commits it had acknowledged: read again from
                 # its checkpoint, or the events in between would never be applied.
                 log.warning("projector reads again from the stored checkpoint", **behind.fields)
@@ -126,33 +126,28 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         await eventstore.close(nc)
 
 
-class CheckpointBehind(Exception):
-    """After an outage the stored checkpoint is behind what the feed had read: Postgres lost
-    acknowledged commits (a crash with ``synchronous_commit = off``, a restored backup)."""
-
-    def __init__(self, stored: int, next_seq: int) -> None:
-        super().__init__(f"stored checkpoint {stored}, the feed was at {next_seq}")
-        self.stored = stored
-        self.fields = {"stored_checkpoint": stored, "feed_at": next_seq}
-
-
 async def _apply_until_done(
-    pool: asyncpg.Pool, batch: setaside.Batch, feed: EventFeed, stop: asyncio.Event
+    pool: asyncpg.Pool,
+    batch: setaside.Batch,
+    feed: EventFeed,
+    stop: asyncio.Event,
+    committed: int,
 ) -> int | None:
     """Apply ``batch``, setting aside the events that cannot be; on an outage (Postgres or NATS
     away) try the same batch again, with a growing pause, until it is applied: an outage never
     sets an event aside. Returns the new checkpoint, or None when stopped meanwhile; raises
-    ``CheckpointBehind`` when Postgres came back with less than it had stored."""
+    ``store.CheckpointBehind`` when the stored checkpoint is behind ``committed`` (what this
+    projector had committed): Postgres came back without commits it had acknowledged. Checked
+    inside every batch's transaction, not only after a failed one: the pool replaces a dead
+    connection without a failure, and the batch would move the checkpoint past the lost ones."""
     failures = 0
     while True:
         try:
             async with pool.acquire() as conn:
-                if failures:
-                    stored = await store.checkpoint(conn)
-                    if stored < batch[0][0] - 1:
-                        raise CheckpointBehind(stored, batch[0][0])
-                return await setaside.apply(conn, batch, feed.lookup, writing=feed.resume)
-        except CheckpointBehind:
+                return await setaside.apply(
+                    conn, batch, feed.lookup, writing=feed.resume, committed=committed
+                )
+        except store.CheckpointBehind:
             raise
         except Exception as exc:
             failures += 1

@@ -66,19 +66,21 @@ async def apply(
     lookup: MessageLookup,
     schema: str = READ_SCHEMA,
     writing: Callable[[], None] | None = None,
+    committed: int | None = None,
 ) -> int:
-    """Apply ``batch`` (see ``store.apply_batch``, and its ``writing``), setting aside each event
-    that cannot be; returns the new checkpoint. Raises only what is not a data error."""
+    """Apply ``batch`` (see ``store.apply_batch``, and its ``writing`` and ``committed``),
+    setting aside each event that cannot be; returns the new checkpoint. Raises only what is not
+    a data error."""
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
         # The feed gives an unreadable message this one change, alone: only the first of each
         # event's changes is looked at (asked per event, a million times in a replay).
         if changes and type(unreadable := changes[0]) is Unreadable:
-            await _bisect(conn, batch[start:i], lookup, schema, writing)
-            await _set_aside(conn, seq, unreadable.error, lookup, schema)
+            await _bisect(conn, batch[start:i], lookup, schema, writing, committed)
+            await _set_aside(conn, seq, unreadable.error, lookup, schema, committed)
             start = i + 1
-    await _bisect(conn, batch[start:], lookup, schema, writing)
+    await _bisect(conn, batch[start:], lookup, schema, writing, committed)
     return await store.checkpoint(conn, schema)
 
 
@@ -88,21 +90,22 @@ async def _bisect(
     lookup: MessageLookup,
     schema: str,
     writing: Callable[[], None] | None,
+    committed: int | None = None,
 ) -> None:
     if not batch:
         return
     try:
-        await store.apply_batch(conn, batch, schema, writing)
+        await store.apply_batch(conn, batch, schema, writing, committed)
         return
     except Exception as exc:
         if not is_data_error(exc):
             raise
         if len(batch) == 1:
-            await _set_aside(conn, batch[0][0], _describe(exc), lookup, schema)
+            await _set_aside(conn, batch[0][0], _describe(exc), lookup, schema, committed)
             return
     middle = len(batch) // 2
-    await _bisect(conn, batch[:middle], lookup, schema, writing)
-    await _bisect(conn, batch[middle:], lookup, schema, writing)
+    await _bisect(conn, batch[:middle], lookup, schema, writing, committed)
+    await _bisect(conn, batch[middle:], lookup, schema, writing, committed)
 
 
 def _describe(exc: BaseException) -> str:
@@ -110,19 +113,20 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _set_aside(
-    conn: asyncpg.Connection, seq: int, error: str, lookup: MessageLookup, schema: str
+    conn: asyncpg.Connection,
+    seq: int,
+    error: str,
+    lookup: MessageLookup,
+    schema: str,
+    committed: int | None,
 ) -> None:
-    """Record the event at ``seq`` as not applied and move the checkpoint past it."""
+    """Record the event at ``seq`` as not applied and move the checkpoint past it (not when the
+    stored checkpoint is behind ``committed``: ``store.CheckpointBehind``)."""
     message = await lookup(seq)
     raw = message.data if message is not None else b""
     event_type, job_id = _probe(raw)
     async with conn.transaction():
-        if schema == READ_SCHEMA:
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", store.SWAP_LOCK)
-        last = await conn.fetchval(
-            f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
-        )
-        if seq <= last:
+        if seq <= await store.lock_checkpoint(conn, schema, committed):
             return  # applied or set aside already (a second projector, a retried batch)
         await conn.execute(
             f"INSERT INTO {schema}.projector_failures "

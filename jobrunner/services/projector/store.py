@@ -62,8 +62,34 @@ async def _run_sql(conn: asyncpg.Connection, name: str, schema: str) -> None:
         await conn.execute(sql.format(schema=schema))
 
 
+class CheckpointBehind(Exception):
+    """The stored checkpoint is behind what the projector had committed: Postgres lost
+    acknowledged commits (a crash with ``synchronous_commit = off``, a restored backup)."""
+
+    def __init__(self, stored: int, next_seq: int) -> None:
+        super().__init__(f"stored checkpoint {stored}, the feed was at {next_seq}")
+        self.stored = stored
+        self.fields = {"stored_checkpoint": stored, "feed_at": next_seq}
+
+
 async def checkpoint(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> int:
     return int(await conn.fetchval(f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1"))
+
+
+async def lock_checkpoint(conn: asyncpg.Connection, schema: str, committed: int | None) -> int:
+    """Inside a transaction that moves the checkpoint: the stored checkpoint, its row locked (a
+    second projector waits). Raises ``CheckpointBehind`` when it is behind ``committed`` (what
+    the caller had committed itself): Postgres lost acknowledged commits, and moving the
+    checkpoint on would skip the lost events for good."""
+    if schema == READ_SCHEMA:
+        # Before touching any table: a replay may be renaming the schema under us.
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
+    last = int(
+        await conn.fetchval(f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE")
+    )
+    if committed is not None and last < committed:
+        raise CheckpointBehind(last, committed + 1)
+    return last
 
 
 async def apply_batch(
@@ -71,8 +97,11 @@ async def apply_batch(
     batch: list[tuple[int, list[Change]]],
     schema: str = READ_SCHEMA,
     writing: Callable[[], None] | None = None,
+    committed: int | None = None,
 ) -> int:
     """Apply ``(stream_seq, changes)`` pairs past the checkpoint; returns the new checkpoint.
+    Raises ``CheckpointBehind`` (nothing written) when the stored checkpoint is behind
+    ``committed``, the checkpoint the caller had committed itself.
 
     The checkpoint row is locked first, so a second projector waits and then skips what this one
     applied: redelivery never duplicates a row. ``writing`` is called as the batch's bulk writes
@@ -80,12 +109,7 @@ async def apply_batch(
     caller's other tasks may run without keeping it waiting (``EventFeed.hold``).
     """
     async with conn.transaction():
-        if schema == READ_SCHEMA:
-            # Before touching any table: a replay may be renaming the schema under us.
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SWAP_LOCK)
-        last = await conn.fetchval(
-            f"SELECT last_seq FROM {schema}.checkpoint WHERE id = 1 FOR UPDATE"
-        )
+        last = await lock_checkpoint(conn, schema, committed)
         fresh = batch if batch[0][0] > last else [(s, c) for s, c in batch if s > last]
         if not fresh:
             return int(last)

@@ -8,7 +8,7 @@ one runner host: a runner starting removes what a killed predecessor left there.
 
 What is never stored, each named in the job's log as an ERROR line:
 - symbolic links and special files (never followed: a link to /etc/passwd stays a link);
-- names that are not safe (``artifactnames.check_name``);
+- names that are not safe (``artifactnames.check_new_name``);
 - files written next to the output directory (``$JOBRUNNER_OUTPUT_DIR/../x``): the directory sits
   one level down in a folder of its own so such a file lands there, is seen and is refused;
 - a file over ``artifact_max_file_bytes``, or one that would take the job's stored bytes over
@@ -148,7 +148,9 @@ def _walk(folder: Path, prefix: str, listing: Listing) -> None:
             listing.skipped.append(f"{_shown(name)} is not a regular file; not stored")
         else:
             try:
-                listing.files.append(Candidate(artifactnames.check_name(name), Path(entry.path)))
+                listing.files.append(
+                    Candidate(artifactnames.check_new_name(name), Path(entry.path))
+                )
             except artifactnames.BadArtifactName as exc:
                 listing.skipped.append(
                     f"{_shown(name)} is no safe artifact name ({exc}); not stored"
