@@ -75,6 +75,24 @@ def hook_running(
     return sent
 
 
+def freeze_on_next_read(monkeypatch: pytest.MonkeyPatch, pid: int, pause: float) -> list[str]:
+    """Once a subject is put in the list answered, NATS (``pid``) is frozen for ``pause``
+    seconds on the next message read of that subject (``lastevent``'s reads); the list is
+    emptied then."""
+    armed: list[str] = []
+    original_next = lastevent.next_stored
+
+    async def next_stored(inbox: Any, js: Any, stream: str, subject: str, seq: int) -> Any:
+        if armed and subject == armed[0]:
+            armed.clear()
+            freeze(pid)
+            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
+        return await original_next(inbox, js, stream, subject, seq)
+
+    monkeypatch.setattr(lastevent, "next_stored", next_stored)
+    return armed
+
+
 async def statuses(js: JetStreamContext, names: Names, job_id: str) -> list[str]:
     """Every message on the job's status subject, oldest first: its status, or "foreign"."""
     subject = names.job_kind_subject(job_id, "status")
@@ -326,17 +344,7 @@ async def test_review_a_pause_during_the_refusals_read_does_not_hide_the_ending(
     pid = own_nats.proc.pid
     names = Names(settings.prefix)
     await shrink_window(own_js, names, settings)
-    armed: list[str] = []
-    original_next = lastevent.next_stored
-
-    async def next_stored(inbox: Any, js: Any, stream: str, subject: str, seq: int) -> Any:
-        if armed and subject == armed[0]:
-            armed.clear()
-            freeze(pid)
-            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
-        return await original_next(inbox, js, stream, subject, seq)
-
-    monkeypatch.setattr(lastevent, "next_stored", next_stored)
+    armed = freeze_on_next_read(monkeypatch, pid, pause)
 
     async def foreign_ending_foreign(js: JetStreamContext, running: events.StatusChanged) -> None:
         subject = names.job_kind_subject(running.job_id, "status")
@@ -389,17 +397,7 @@ async def test_an_ending_the_checks_read_missed_in_a_nats_pause_stops_the_start(
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
     names = Names(settings.prefix)
-    armed: list[str] = []
-    original_next = lastevent.next_stored
-
-    async def next_stored(inbox: Any, js: Any, stream: str, subject: str, seq: int) -> Any:
-        if armed and subject == armed[0]:
-            armed.clear()
-            freeze(pid)
-            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
-        return await original_next(inbox, js, stream, subject, seq)
-
-    monkeypatch.setattr(lastevent, "next_stored", next_stored)
+    armed = freeze_on_next_read(monkeypatch, pid, pause)
     await own_system.stop_service("runner")
     count = tmp_path / "starts"
     async with own_system.client() as client:
@@ -452,17 +450,7 @@ async def test_a_nats_pause_during_the_read_after_a_refusal_keeps_the_job(
     pid = own_nats.proc.pid
     names = Names(settings.prefix)
     await shrink_window(own_js, names, settings)
-    armed: list[str] = []
-    original_next = lastevent.next_stored
-
-    async def next_stored(inbox: Any, js: Any, stream: str, subject: str, seq: int) -> Any:
-        if armed and subject == armed[0]:
-            armed.clear()
-            freeze(pid)
-            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
-        return await original_next(inbox, js, stream, subject, seq)
-
-    monkeypatch.setattr(lastevent, "next_stored", next_stored)
+    armed = freeze_on_next_read(monkeypatch, pid, pause)
 
     async def stored_unacknowledged(js: JetStreamContext, running: events.StatusChanged) -> None:
         await eventstore.publish(js, names, running)
