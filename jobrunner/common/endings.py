@@ -29,7 +29,6 @@ from typing import NamedTuple
 import msgspec
 import structlog
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError
 
 from jobrunner.common import ackinbox, eventstore
 from jobrunner.common.lastevent import Scan, first_readable, readable
@@ -172,14 +171,10 @@ async def _publish(
 ) -> api.PubAck | None:
     """JetStream's ack of ``ending`` under ``event_id``, stored only if its subject's last
     message is still ``after``; None when it was not."""
-    try:
-        return await eventstore.publish_acked(
-            js, names, msgspec.structs.replace(ending, event_id=event_id), expected_last=after
-        )
-    except APIError as exc:
-        if exc.err_code == eventstore.WRONG_LAST_SEQUENCE:
-            return None
-        raise
+    named = msgspec.structs.replace(ending, event_id=event_id)
+    return await eventstore.unless_wrong_last(
+        eventstore.publish_acked(js, names, named, expected_last=after)
+    )
 
 
 def _is_ending(event: events.StatusChanged) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import structlog
@@ -249,13 +249,18 @@ async def _conditional(
     """``publish_acked`` on its condition, once more if unanswered (as ``publish_many``): stored
     the first time, the second is answered a duplicate, its id checked before the condition."""
     try:
-        return await _unless_wrong_last(publish_acked(js, names, event, expected))
+        return await unless_wrong_last(publish_acked(js, names, event, expected))
     except nats.errors.TimeoutError as exc:
         log.warning("publish unconfirmed, publishing again", error=repr(exc))
-        return await _unless_wrong_last(publish_acked(js, names, event, expected))
+        return await unless_wrong_last(publish_acked(js, names, event, expected))
 
 
-async def _unless_wrong_last(acked: Awaitable[api.PubAck]) -> api.PubAck | None:
+Ack = TypeVar("Ack")
+
+
+async def unless_wrong_last(acked: Awaitable[Ack]) -> Ack | None:
+    """The ack of a publish conditional on its subject's last message; None when JetStream
+    refused it because something was stored there since (``WRONG_LAST_SEQUENCE``)."""
     try:
         return await acked
     except APIError as exc:

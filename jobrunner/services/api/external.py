@@ -52,8 +52,6 @@ from jobrunner.services.api.reports import (
 log = structlog.get_logger()
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-# JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence.
-WRONG_LAST_SEQUENCE = 10071
 # Reports of one job racing each other: how often one counts its line numbers again.
 MAX_NUMBERING_ATTEMPTS = 50
 # What a worker whose job still waits for its lock is told to wait before reporting again.
@@ -278,14 +276,9 @@ async def _store_running(
     after: int | None = status_last
     for _ in range(endings.MOST_READS):
         if after is not None:
-            try:
-                ack = await eventstore.publish_acked(
-                    ctx.js, ctx.names, running, expected_last=after
-                )
-            except APIError as exc:
-                if exc.err_code != eventstore.WRONG_LAST_SEQUENCE:
-                    raise
-            else:
+            acked = eventstore.publish_acked(ctx.js, ctx.names, running, expected_last=after)
+            ack = await eventstore.unless_wrong_last(acked)
+            if ack is not None:
                 return ack.seq, bool(ack.duplicate)
         found, complete, last = await endings.first_status(ctx.js, ctx.names, job_id)
         if found is not None:
@@ -342,7 +335,7 @@ async def _publish_lines(
         try:
             ack = await ctx.js.publish(subject, data, headers=headers)
         except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
+            if exc.err_code == eventstore.WRONG_LAST_SEQUENCE:
                 continue  # another report's lines got in first: count again
             raise
         if ack.duplicate:

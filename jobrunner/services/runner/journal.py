@@ -6,7 +6,6 @@ from typing import Any, NamedTuple, cast
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
 
 from jobrunner.common import ackinbox, endings, eventstore, metrics, retry
 from jobrunner.common.lastevent import JOB_EVENT_OF_KIND, Scan, newest_readable
@@ -110,12 +109,9 @@ class JobJournal:
         headers = eventstore.headers(event, after)
 
         async def attempt() -> int | None:
-            try:
-                return (await self._acks.publish_headed(subject, data, headers)).seq
-            except APIError as exc:
-                if exc.err_code == eventstore.WRONG_LAST_SEQUENCE:
-                    return None
-                raise
+            published = self._acks.publish_headed(subject, data, headers)
+            ack = await eventstore.unless_wrong_last(published)
+            return None if ack is None else ack.seq
 
         what = f"event {type(event).__name__} {event.event_id} on {subject}"
         return await retry.until_done(attempt, what)
