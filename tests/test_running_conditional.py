@@ -93,6 +93,18 @@ def freeze_on_next_read(monkeypatch: pytest.MonkeyPatch, pid: int, pause: float)
     return armed
 
 
+async def start_family(client: Any, tmp_path: Path, seconds: str) -> str:
+    """A job whose tool runs ``seconds`` and writes a line to ``tmp_path / "starts"`` each time
+    it starts (the tests count its runs there)."""
+    return await start_job(
+        client,
+        "family",
+        pidfile=str(tmp_path / "pids"),
+        count_file=str(tmp_path / "starts"),
+        seconds=seconds,
+    )
+
+
 async def statuses(js: JetStreamContext, names: Names, job_id: str) -> list[str]:
     """Every message on the job's status subject, oldest first: its status, or "foreign"."""
     subject = names.job_kind_subject(job_id, "status")
@@ -178,9 +190,7 @@ async def test_a_cancel_ending_stored_between_the_check_and_running_stops_the_st
     hook_running(monkeypatch, own_js, cancel_ending)
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="2")
         await wait_status(client, job_id, "cancelled", "failed", "completed")
         await slot_given_up(own_js, names, job_id)
     assert await statuses(own_js, names, job_id) == ["cancelled"]
@@ -218,9 +228,7 @@ async def test_a_nats_pause_while_running_is_stored_starts_the_tool_once(
     sent = hook_running(monkeypatch, own_js, pause)
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="0.2")
         job = await wait_status(client, job_id, "cancelled", "failed", "completed")
     assert job["status"] == "completed", job
     assert await statuses(own_js, names, job_id) == ["running", "completed"]
@@ -255,9 +263,7 @@ async def test_running_tried_again_after_a_copy_was_stored_starts_the_tool_once(
     hook_running(monkeypatch, own_js, stored_unacknowledged)
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="0.2")
         job = await wait_status(client, job_id, "cancelled", "failed", "completed")
     assert job["status"] == "completed", job
     assert await statuses(own_js, names, job_id) == ["running", "completed"]
@@ -281,9 +287,7 @@ async def test_a_foreign_message_before_running_is_stepped_over(
     hook_running(monkeypatch, own_js, junk)
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="0.2")
         job = await wait_status(client, job_id, "cancelled", "failed", "completed")
     assert job["status"] == "completed", job
     assert await statuses(own_js, names, job_id) == ["foreign", "running", "completed"]
@@ -309,9 +313,7 @@ async def test_running_refused_every_time_is_stored_without_its_condition_after_
     sent = hook_running(monkeypatch, own_js, junk, every=True)
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="0.2")
         job = await wait_status(client, job_id, "cancelled", "failed", "completed")
     assert job["status"] == "completed", job
     # MOST_REFUSALS conditional tries, each refused, then the one without a condition (a
@@ -362,9 +364,7 @@ async def test_review_a_pause_during_the_refusals_read_does_not_hide_the_ending(
     hook_running(monkeypatch, own_js, foreign_ending_foreign)
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="2")
         await wait_status(client, job_id, "cancelled", "failed", "completed")
         await slot_given_up(own_js, names, job_id)
     assert await statuses(own_js, names, job_id) == ["foreign", "cancelled", "foreign"]
@@ -401,9 +401,7 @@ async def test_an_ending_the_checks_read_missed_in_a_nats_pause_stops_the_start(
     await own_system.stop_service("runner")
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="0.2")
         subject = names.job_kind_subject(job_id, "status")
         first = await own_js.publish(subject, JUNK)
         ending = events.StatusChanged(
@@ -460,9 +458,7 @@ async def test_a_nats_pause_during_the_read_after_a_refusal_keeps_the_job(
     hook_running(monkeypatch, own_js, stored_unacknowledged)
     count = tmp_path / "starts"
     async with own_system.client() as client:
-        job_id = await start_job(
-            client, "family", pidfile=str(tmp_path / "pids"), count_file=str(count), seconds="0.2"
-        )
+        job_id = await start_family(client, tmp_path, seconds="0.2")
         job = await wait_status(client, job_id, "cancelled", "failed", "completed")
     assert not armed, "the read after the refusal never ran"
     assert job["status"] == "completed", job

@@ -1,5 +1,6 @@
 """Many viewers opening one job's stream at once, before its feed runs: they share one read of
-the job's row (sharedreads.py), so the API's read pool is not queued with one read each."""
+the job's row (sharedreads.py), so the API's read pool is not queued with one read each; one
+Postgres connection lost under that read fails at most the viewer whose request started it."""
 
 from __future__ import annotations
 
@@ -86,3 +87,49 @@ async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
         assert texts(stream) == expected
         assert [e.event for e in stream.events].count("done") == 1
         assert stream.events[-1].event == "done"
+
+
+async def test_one_lost_read_connection_fails_one_viewer_not_all(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty viewers arrive while the row's table is locked; Postgres drops the connection of
+    one waiting read: at most one viewer fails, the others stream the job."""
+    arrived: list[str] = []
+    streamable_job = streams.streamable_job
+
+    async def counted_arrival(ctx: ApiContext, job_id: str, who: Principal) -> Mapping[str, Any]:
+        arrived.append(job_id)
+        return await streamable_job(ctx, job_id, who)
+
+    monkeypatch.setattr(streams, "streamable_job", counted_arrival)
+    job_id = await start(system, lines=20, interval="0.002")
+    path = f"/jobs/stream/{job_id}"
+    holder = await asyncpg.connect(system.settings.database_url)
+    waiting_reads = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        f"AND query LIKE 'SELECT % FROM {readmodels.READ_SCHEMA}.jobs WHERE id = $1%' ORDER BY pid"
+    )
+    try:
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute(f"LOCK TABLE {readmodels.READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+        async with system.client(limits=httpx.Limits(max_connections=None)) as client:
+            viewers = [asyncio.ensure_future(read_stream(client, path)) for _ in range(VIEWERS)]
+            try:
+                # Every viewer's request is in (main: ten reads on the pool's connections wait
+                # for the lock, forty queue for a connection; branch: one read, 49 joined).
+                await wait_until(lambda: len(arrived) == VIEWERS, 60)
+                pids: list[int] = []
+                async with asyncio.timeout(30):
+                    while not pids:
+                        pids = [r["pid"] for r in await holder.fetch(waiting_reads)]
+                # Postgres drops one connection (a backend killed, a restart of one session).
+                assert await holder.fetchval("SELECT pg_terminate_backend($1, 10000)", pids[0])
+                # (its second argument: returns once the backend has exited)
+            finally:
+                await lock.rollback()
+            results = await asyncio.gather(*viewers, return_exceptions=True)
+    finally:
+        await holder.close()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) <= 1, f"{len(failed)} of {VIEWERS} viewers failed for one lost connection"
