@@ -27,6 +27,9 @@ class ServerStartError(Exception):
 # parallel test workers picking ports at random rarely meet.
 _PORTS_FROM = 10_000
 _PORT_TRIES = 50
+# Ports at or above _PORTS_FROM that browsers refuse to open (the Fetch standard's "bad ports":
+# Chromium answers ERR_UNSAFE_PORT): a server chosen one there could not be opened in a browser.
+_BROWSER_REFUSED = frozenset({10080})
 
 
 def _ephemeral_start() -> int:
@@ -52,7 +55,7 @@ def free_port() -> int:
     if below - _PORTS_FROM >= 1000:
         for _ in range(_PORT_TRIES):
             port = random.randrange(_PORTS_FROM, below)
-            if _bindable(port):
+            if port not in _BROWSER_REFUSED and _bindable(port):
                 return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

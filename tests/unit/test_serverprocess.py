@@ -5,6 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
+from jobrunner.embedded import serverprocess
 from jobrunner.embedded.serverprocess import free_port
 
 
@@ -26,3 +29,14 @@ def test_a_free_port_can_be_listened_on() -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", port))
         server.listen()
+
+
+def test_a_port_browsers_refuse_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10080 is on the browsers' bad-port list (Chromium: ERR_UNSAFE_PORT): a server there
+    could not be opened in a browser, so the choice moves on to the next port drawn."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        other = int(s.getsockname()[1])
+    drawn = iter([10080, other])
+    monkeypatch.setattr(serverprocess.random, "randrange", lambda *_: next(drawn))
+    assert serverprocess.free_port() == other
