@@ -1,0 +1,167 @@
+"""The projector while its Postgres is frozen (SIGSTOP of every Postgres process) or killed with a
+``COPY`` of lines in flight: once Postgres is back the projector catches up on its own, no line
+lost or applied twice, and the read models equal a fresh replay of the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import asyncpg
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.embedded.scratch import scratch_dir
+from tests import servers
+from tests.history_support import logged_job, publish, wait_projected
+from tests.readmodel_support import replay_differences
+from tests.system import System
+from tests.test_api_postgres_outage import signal_postgres
+
+STUCK = 2.0  # projector_stuck_seconds in these tests: the freezes go just under and over it
+JOBS = 6
+LINES = 20_000  # per job, 500 a message: a flood the projector copies in several transactions
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    async with servers.own_postgres("jobrunner-test-projector-pg-") as server:
+        yield server
+
+
+@pytest.fixture
+async def forgetful_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """Loses its last seconds of acknowledged commits when killed (synchronous_commit off and
+    the WAL flushed only every 10 s), as a crash would."""
+    with scratch_dir("jobrunner-test-projector-forgetful-") as root:
+        server = EmbeddedPostgres(
+            root / "data", settings={**servers.TEST_POSTGRES_SETTINGS, "wal_writer_delay": "10s"}
+        )
+        await asyncio.to_thread(server.start)
+        try:
+            yield server
+        finally:
+            await asyncio.to_thread(server.stop)
+
+
+async def copy_in_flight(url: str, timeout: float = 30.0) -> None:
+    """Until a backend is running the projector's ``COPY`` of lines."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with asyncio.timeout(timeout):
+            while not await conn.fetchval(  # noqa: ASYNC110 (nothing to wait on but Postgres)
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query ILIKE 'COPY%' AND pid <> pg_backend_pid()"
+            ):
+                await asyncio.sleep(0.005)
+    finally:
+        await conn.close()
+
+
+async def flood(settings: Settings, label: str) -> asyncio.Task[int]:
+    """Publish ``JOBS`` jobs of ``LINES`` lines in the background; the task returns the last
+    stream sequence."""
+
+    async def publish_all() -> int:
+        last = 0
+        for n in range(JOBS):
+            last = await publish(settings, logged_job(f"{label}{n}", LINES))
+        return last
+
+    return asyncio.create_task(publish_all())
+
+
+async def stored_lines(url: str) -> list[tuple[str, int, int]]:
+    """Per job: lines stored, distinct sequence numbers, the highest one."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT job_id, count(*), count(DISTINCT seq), max(seq) FROM readmodel.log_lines "
+            "GROUP BY job_id ORDER BY job_id"
+        )
+    finally:
+        await conn.close()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+async def check_caught_up(settings: Settings, system: System, last: int) -> None:
+    await wait_projected(settings, last, timeout=90)
+    assert not system._tasks["projector"].done(), "the projector gave up"
+    await system.stop()
+    expected = [(f"j{n}", LINES, LINES, LINES) for n in range(JOBS)]
+    assert await stored_lines(settings.database_url) == expected
+    assert await replay_differences(settings) == {}
+
+
+@pytest.mark.parametrize("frozen", [STUCK / 4, STUCK * 1.5], ids=["shorter", "longer"])
+async def test_postgres_frozen_under_a_flood_is_waited_out(
+    settings: Settings, own_postgres: EmbeddedPostgres, frozen: float
+) -> None:
+    """Every Postgres process SIGSTOPped while the projector copies lines, for less and more
+    than ``projector_stuck_seconds``: after the thaw the projector goes on by itself."""
+    settings = msgspec.structs.replace(
+        settings, database_url=own_postgres.url, projector_stuck_seconds=STUCK
+    )
+    system = System(settings)
+    await system.start_projector()
+    try:
+        publishing = await flood(settings, "j")
+        await copy_in_flight(settings.database_url)
+        signal_postgres(own_postgres, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(frozen)
+        finally:
+            signal_postgres(own_postgres, signal.SIGCONT)
+        await check_caught_up(settings, system, await publishing)
+    finally:
+        await system.stop()
+
+
+async def kill_with_a_copy_in_flight(settings: Settings, postgres: EmbeddedPostgres) -> None:
+    """Postgres SIGKILLed (postmaster and children) while the projector's COPY of lines runs,
+    then started again."""
+    settings = msgspec.structs.replace(settings, database_url=postgres.url)
+    system = System(settings)
+    await system.start_projector()
+    try:
+        publishing = await flood(settings, "j")
+        await copy_in_flight(settings.database_url)
+        await asyncio.to_thread(postgres.kill)
+        await asyncio.to_thread(postgres.start)
+        await check_caught_up(settings, system, await publishing)
+    finally:
+        await system.stop()
+
+
+async def test_postgres_killed_with_a_copy_in_flight_loses_no_line(
+    settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    await kill_with_a_copy_in_flight(settings, own_postgres)
+
+
+async def test_forgetful_postgres_killed_with_a_copy_in_flight_loses_no_line(
+    settings: Settings, forgetful_postgres: EmbeddedPostgres
+) -> None:
+    """The same with a Postgres that comes back without its last acknowledged commits."""
+    await kill_with_a_copy_in_flight(settings, forgetful_postgres)
+
+
+async def test_two_projectors_at_once_apply_each_event_once(
+    settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    """The README says one projector per installation; a second one started by mistake (at the
+    same moment, during a flood) must not store anything twice or skip anything."""
+    from jobrunner.services.projector.service import run_projector
+
+    settings = msgspec.structs.replace(settings, database_url=own_postgres.url)
+    system = System(settings)
+    await system.start_projector()
+    await system._start("projector2", run_projector)
+    try:
+        publishing = await flood(settings, "j")
+        await check_caught_up(settings, system, await publishing)
+    finally:
+        await system.stop()
