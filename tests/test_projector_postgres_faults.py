@@ -15,8 +15,10 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
+from jobrunner.embedded.serverprocess import free_port
 from tests import servers
-from tests.history_support import logged_job, publish, wait_projected
+from tests.history_support import job_events, logged_job, publish, wait_projected
+from tests.netpartition import CuttableLink, cuttable_link, vanish_and_return
 from tests.readmodel_support import replay_differences
 from tests.system import System
 from tests.test_api_postgres_outage import signal_postgres
@@ -162,6 +164,105 @@ async def test_two_projectors_at_once_apply_each_event_once(
     await system._start("projector2", run_projector)
     try:
         publishing = await flood(settings, "j")
+        await check_caught_up(settings, system, await publishing)
+    finally:
+        await system.stop()
+
+
+DEAD = 2.0  # projector_postgres_dead_seconds in the partition tests
+
+
+@pytest.fixture
+async def postgres_behind_a_link() -> AsyncIterator[tuple[EmbeddedPostgres, CuttableLink]]:
+    """A Postgres of its own, reached through a relay across a link that can be cut."""
+    postgres_port, relay_port = free_port(), free_port()
+    with (
+        cuttable_link(postgres_port, relay_port) as link,
+        scratch_dir("jobrunner-test-link-") as root,
+    ):
+        server = EmbeddedPostgres(
+            root / "data",
+            port=postgres_port,
+            settings={
+                **servers.TEST_POSTGRES_SETTINGS,
+                "listen_addresses": f"127.0.0.1,{link.host_address}",
+            },
+        )
+        await asyncio.to_thread(server.start)
+        try:
+            # The relay connects from the link's far end: let it in, as 127.0.0.1 is.
+            with (server.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {link.relay_address}/32 scram-sha-256\n")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            yield server, link
+        finally:
+            await asyncio.to_thread(server.stop)
+
+
+def through_the_link(settings: Settings, server: EmbeddedPostgres, link: CuttableLink) -> Settings:
+    url = server.url.replace(f"127.0.0.1:{server.port}", f"{link.relay_address}:{link.relay_port}")
+    return msgspec.structs.replace(settings, database_url=url, projector_postgres_dead_seconds=DEAD)
+
+
+async def count_jobs(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM readmodel.jobs"))
+    finally:
+        await conn.close()
+
+
+async def test_postgres_host_gone_silently_is_given_up_and_the_new_one_used(
+    settings: Settings, postgres_behind_a_link: tuple[EmbeddedPostgres, CuttableLink]
+) -> None:
+    """The projector waits for an answer (its query acknowledged: Postgres frozen) when the
+    server's host vanishes without a word and a new one answers at the same address. Without a
+    keepalive the projector waited for ever on the dead connection; now it gives it up after
+    about ``projector_postgres_dead_seconds`` and applies the batch on a new one."""
+    server, link = postgres_behind_a_link
+    settings = through_the_link(settings, server, link)
+    system = System(settings)
+    await system.start_projector()
+    try:
+        await wait_projected(settings, await publish(settings, job_events("before")))
+        signal_postgres(server, signal.SIGSTOP)
+        try:
+            last = await publish(settings, job_events("during"))
+            await asyncio.sleep(0.5)  # the projector's batch is sent and acknowledged
+            await asyncio.to_thread(vanish_and_return, link)
+        finally:
+            signal_postgres(server, signal.SIGCONT)
+        await wait_projected(settings, last, timeout=DEAD * 8)
+        assert await count_jobs(server.url) == 2
+        await system.stop()
+        assert await replay_differences(settings) == {}
+    finally:
+        await system.stop()
+
+
+@pytest.mark.parametrize("cut", [DEAD / 2, DEAD * 2], ids=["shorter", "longer"])
+async def test_a_link_cut_for_a_while_under_a_flood_loses_nothing(
+    settings: Settings,
+    postgres_behind_a_link: tuple[EmbeddedPostgres, CuttableLink],
+    cut: float,
+) -> None:
+    """The link cut (every packet dropped) during a flood, for less and more than
+    ``projector_postgres_dead_seconds``, then healed: shorter, the connection carries on;
+    longer, it is given up and the batch applied on a new one. Either way every line once."""
+    server, link = postgres_behind_a_link
+    settings = through_the_link(settings, server, link)
+    system = System(settings)
+    await system.start_projector()
+    try:
+        publishing = await flood(settings, "j")
+        await copy_in_flight(server.url)
+        await asyncio.to_thread(link.cut)
+        try:
+            await asyncio.sleep(cut)
+        finally:
+            await asyncio.to_thread(link.heal)
         await check_caught_up(settings, system, await publishing)
     finally:
         await system.stop()

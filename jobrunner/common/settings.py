@@ -95,6 +95,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # GET /health: the projector counts as stuck when the oldest event waiting for it was stored
     # longer ago than this.
     projector_stuck_seconds: float = 10.0
+    # The projector gives up a Postgres connection whose server host has acknowledged nothing
+    # (TCP keepalive, unacknowledged data) for about this long: a host gone or cut off, not a
+    # slow or frozen Postgres (projector/peerliveness.py).
+    projector_postgres_dead_seconds: float = 30.0
 
     # SSE
     sse_keepalive_seconds: float = 15.0
@@ -215,6 +219,7 @@ _ABOVE_ZERO = (
     "sse_history_idle_seconds",
     "runner_heartbeat_seconds",
     "projector_stuck_seconds",
+    "projector_postgres_dead_seconds",
     "webhook_first_retry_seconds",
     "webhook_longest_retry_seconds",
     "webhook_connect_timeout_seconds",

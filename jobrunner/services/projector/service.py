@@ -17,7 +17,14 @@ from jobrunner.common import backendpriority, database, eventstore, heap, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import outage, setaside, store, timestamps, upgrade
+from jobrunner.services.projector import (
+    outage,
+    peerliveness,
+    setaside,
+    store,
+    timestamps,
+    upgrade,
+)
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
@@ -34,12 +41,18 @@ TRANSACTION_INTERVAL = 0.02
 
 
 async def open_pool(settings: Settings) -> asyncpg.Pool:
-    """The projector's connections, their backends at its niceness (``background_nice``)."""
+    """The projector's connections, their backends at its niceness (``background_nice``), each
+    given up once its server has gone silent (``peerliveness``)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        peerliveness.watch_peer(conn, settings.projector_postgres_dead_seconds)
+        await timestamps.init_connection(conn)
+
     return await database.create_pool(
         settings.database_url,
         min_size=1,
         max_size=2,
-        init=backendpriority.at_own_niceness(timestamps.init_connection),
+        init=backendpriority.at_own_niceness(init),
     )
 
 
