@@ -98,14 +98,20 @@ async def check_caught_up(settings: Settings, system: System, last: int) -> None
     assert await replay_differences(settings) == {}
 
 
-@pytest.mark.parametrize("frozen", [STUCK / 4, STUCK * 1.5], ids=["shorter", "longer"])
+@pytest.mark.parametrize(
+    "frozen", [STUCK / 4, STUCK * 1.5, STUCK * 3], ids=["shorter", "longer", "past-dead"]
+)
 async def test_postgres_frozen_under_a_flood_is_waited_out(
     settings: Settings, own_postgres: EmbeddedPostgres, frozen: float
 ) -> None:
     """Every Postgres process SIGSTOPped while the projector copies lines, for less and more
-    than ``projector_stuck_seconds``: after the thaw the projector goes on by itself."""
+    than ``projector_stuck_seconds`` and than ``projector_postgres_dead_seconds`` (STUCK * 2
+    here): after the thaw the projector goes on by itself."""
     settings = msgspec.structs.replace(
-        settings, database_url=own_postgres.url, projector_stuck_seconds=STUCK
+        settings,
+        database_url=own_postgres.url,
+        projector_stuck_seconds=STUCK,
+        projector_postgres_dead_seconds=STUCK * 2,
     )
     system = System(settings)
     await system.start_projector()
