@@ -43,6 +43,19 @@ def decode(data: bytes) -> events.AnyEvent | None:
         raise _too_deep() from None
 
 
+class _Stamp(msgspec.Struct):
+    occurred_at: msgspec.Raw | None = None
+
+
+_stamp_probe = msgspec.json.Decoder(_Stamp)
+
+
+def names_its_time(data: bytes) -> bool:
+    """Whether the message, an event ``decode`` read, carries its own ``occurred_at``: without
+    one, decoding fills in the moment it is decoded, a different time each time it is read."""
+    return _stamp_probe.decode(data).occurred_at is not None
+
+
 def _names_a_known_type(data: bytes) -> bool:
     try:
         kind = _type_probe.decode(data).get("type")
