@@ -68,6 +68,13 @@ async def test_a_hostile_stream_never_stops_the_projector_and_equals_a_replay(
                 lines("ooo", 2, 5),  # line 2 again
                 lines("huge", 1, text="x" * 900_000),
                 *job_events("huge", status=JobStatus.RUNNING),
+                # A publisher whose clock is a day ahead: its time is its own, kept.
+                events.JobRequested(
+                    job_id="ahead",
+                    job_type="scraper",
+                    parameters={},
+                    occurred_at=events.utcnow() + timedelta(days=1),
+                ),
             ],
         )
         last = await publish(settings, job_events("after", status=JobStatus.COMPLETED))
@@ -89,6 +96,7 @@ async def test_a_hostile_stream_never_stops_the_projector_and_equals_a_replay(
     assert errors[3]["error"] == NO_TIME  # the event without its time
     assert [tuple(j) for j in jobs] == [
         ("after", "completed"),
+        ("ahead", "pending"),
         ("huge", "running"),
         ("late", "completed"),
         ("ooo", "running"),

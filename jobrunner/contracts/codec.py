@@ -6,6 +6,8 @@ type), so old consumers keep working when new events appear.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from jobrunner.contracts import events
@@ -44,7 +46,7 @@ def decode(data: bytes) -> events.AnyEvent | None:
 
 
 class _Stamp(msgspec.Struct):
-    occurred_at: msgspec.Raw | None = None
+    occurred_at: Any = None  # decode() has already refused a null or another type
 
 
 _stamp_probe = msgspec.json.Decoder(_Stamp)
