@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
 import pytest
+import structlog
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
@@ -271,4 +273,98 @@ async def test_a_link_cut_for_a_while_under_a_flood_loses_nothing(
             await asyncio.to_thread(link.heal)
         await check_caught_up(settings, system, await publishing)
     finally:
+        await system.stop()
+
+
+async def test_review_link_cut_while_the_backend_waits_for_the_projector(
+    settings: Settings, postgres_behind_a_link: tuple[EmbeddedPostgres, CuttableLink]
+) -> None:
+    """Review: the link is cut while the projector's backend, inside the batch's transaction,
+    waits for the projector's next message (the projector's process paused for a moment: its
+    kernel has acknowledged every answer). The projector gives the connection up after DEAD; the
+    link heals; the orphan backend still holds the checkpoint row lock (Postgres sets no
+    keepalive of its own), so the batch on the new connection waits for it for ever."""
+    server, link = postgres_behind_a_link
+    settings = through_the_link(settings, server, link)
+    system = System(settings)
+    await system.start_projector()
+    try:
+        publishing = await flood(settings, "j")
+        conn = await asyncpg.connect(server.url)
+        try:
+            while not await conn.fetchval(  # noqa: ASYNC110 (nothing to wait on but Postgres)
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query ILIKE 'COPY%' AND pid <> pg_backend_pid()"
+            ):
+                await asyncio.sleep(0.005)
+            time.sleep(0.5)  # noqa: ASYNC251 the projector's loop paused: answers land in its kernel, acked
+            link.cut()
+        finally:
+            await conn.close()
+        await asyncio.sleep(DEAD * 2)
+        await asyncio.to_thread(link.heal)
+        last = await publishing
+        await wait_projected(settings, last, timeout=30)
+    finally:
+        await system.stop()
+
+
+@pytest.mark.parametrize("held", [DEAD * 2 * 0.5, DEAD * 2 * 2], ids=["shorter", "longer"])
+async def test_a_checkpoint_lock_held_elsewhere_is_waited_on_with_a_bound(
+    settings: Settings, own_postgres: EmbeddedPostgres, held: float
+) -> None:
+    """Another backend (here a plain client's open transaction, as a backend whose client is
+    gone would be) holds the checkpoint row, for less and more than the projector's lock wait
+    (twice ``projector_postgres_dead_seconds``). Shorter: the batch waits and is applied, no
+    error. Longer: the wait ends, the projector says who holds the lock, can be stopped while
+    it waits, and once the lock is free applies the batch."""
+    settings = msgspec.structs.replace(
+        settings, database_url=own_postgres.url, projector_postgres_dead_seconds=DEAD
+    )
+    system = System(settings)
+    await system.start_projector()
+    try:
+        await wait_projected(settings, await publish(settings, job_events("before")))
+        holder = await asyncpg.connect(own_postgres.url)
+        try:
+            holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+            with structlog.testing.capture_logs() as logs:
+                async with holder.transaction():
+                    await holder.execute("SELECT * FROM readmodel.checkpoint FOR UPDATE")
+                    last = await publish(settings, job_events("during"))
+                    await asyncio.sleep(held)
+                    assert await count_jobs(own_postgres.url) == 1
+                await wait_projected(settings, last, timeout=DEAD * 8)
+        finally:
+            await holder.close()
+        waits = [e for e in logs if e["event"].startswith("projector waited too long on a lock")]
+        if held < DEAD * 2:
+            assert waits == []
+        else:
+            assert waits
+            assert waits[0]["holders"][0]["pid"] == holder_pid
+        assert await count_jobs(own_postgres.url) == 2
+    finally:
+        await system.stop()
+
+
+async def test_the_projector_stops_while_a_checkpoint_lock_is_held_elsewhere(
+    settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    """A lock held for good by another backend: the projector still stops when asked."""
+    settings = msgspec.structs.replace(
+        settings, database_url=own_postgres.url, projector_postgres_dead_seconds=DEAD
+    )
+    system = System(settings)
+    await system.start_projector()
+    holder = await asyncpg.connect(own_postgres.url)
+    try:
+        await wait_projected(settings, await publish(settings, job_events("before")))
+        async with holder.transaction():
+            await holder.execute("SELECT * FROM readmodel.checkpoint FOR UPDATE")
+            await publish(settings, job_events("during"))
+            await asyncio.sleep(DEAD * 2 + 1)
+            await asyncio.wait_for(system.stop_service("projector"), DEAD * 4)
+    finally:
+        await holder.close()
         await system.stop()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -48,12 +49,25 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
         peerliveness.watch_peer(conn, settings.projector_postgres_dead_seconds)
         await timestamps.init_connection(conn)
 
+    server_settings: dict[str, Any] = {
+        # A lock wait has a bound too (a backend that lost its client holds the checkpoint
+        # row until it notices): the batch then fails, is tried again, and says who holds it.
+        "lock_timeout": str(int(lock_wait(settings) * 1000)),
+        **peerliveness.server_settings(settings.projector_postgres_dead_seconds),
+    }
     return await database.create_pool(
         settings.database_url,
         min_size=1,
         max_size=2,
         init=backendpriority.at_own_niceness(init),
+        **server_settings,
     )
+
+
+def lock_wait(settings: Settings) -> float:
+    """How long the projector's statements wait on a lock before the batch is tried again:
+    twice the time a backend whose client is gone keeps its locks."""
+    return settings.projector_postgres_dead_seconds * 2
 
 
 async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
@@ -162,6 +176,16 @@ async def _apply_until_done(
                 )
         except store.CheckpointBehind:
             raise
+        except asyncpg.LockNotAvailableError:
+            failures += 1
+            pause = outage.pause_after(failures)
+            log.error(
+                "projector waited too long on a lock; retrying the batch",
+                first_seq=batch[0][0],
+                attempt=failures,
+                retry_in=pause,
+                holders=await _checkpoint_holders(pool),
+            )
         except Exception as exc:
             failures += 1
             pause = outage.pause_after(failures)
@@ -175,6 +199,22 @@ async def _apply_until_done(
             )
         if await outage.wait_or_stop(stop, pause):
             return None
+
+
+async def _checkpoint_holders(pool: asyncpg.Pool) -> list[dict[str, object]] | str:
+    """The other backends holding a lock on the checkpoint table, to say what the projector
+    waits on (a second projector, or a backend whose client has gone)."""
+    try:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT a.pid, host(a.client_addr) AS client, a.application_name, a.state, "
+                "a.xact_start::text FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                f"WHERE l.relation = '{database.READ_SCHEMA}.checkpoint'::regclass AND l.granted "
+                "AND a.pid <> pg_backend_pid()"
+            )
+    except Exception as exc:  # only to log: the batch is retried either way
+        return f"unknown ({type(exc).__name__}: {exc})"
+    return [dict(r) for r in rows]
 
 
 async def _remove_durable_consumer(js: JetStreamContext, names: Names) -> None:
