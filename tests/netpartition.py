@@ -3,11 +3,20 @@ namespaces and ``tc``). A relay in a network namespace of its own forwards a por
 Postgres on this host over a veth pair; ``cut`` drops every packet both ways (no reset, no
 error: a host gone silent), ``heal`` lets them through again, ``replace_relay`` kills the relay
 (its far ends never learn while cut) and starts another on the same address, as a server
-coming back on a new host behind the same address."""
+coming back on a new host behind the same address.
+
+Each link takes a slot (its namespace ``jrt<slot>``, veth ``jrt<slot>h``, subnet ``10.231.<slot>``)
+by holding an advisory lock on a file of that slot: unique across pytest-xdist workers, and freed
+by the kernel when a worker dies, even SIGKILLed. What a dead worker left in a slot (namespace,
+veth, blackhole route) is removed by the next one to take it."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +42,21 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
+
+
+SLOTS_DIR = "/tmp/jobrunner-test-netns"
+SLOTS = 250
+
+
+def unavailable() -> str | None:
+    """Why links cannot be made here (tests skip with it), or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    try:
+        subprocess.run(["ip", "netns", "list"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"`ip netns` is unavailable: {exc}"
+    return None
 
 
 def _run(*args: str) -> None:
@@ -99,6 +123,11 @@ def _setup(link: CuttableLink) -> None:
 
 def _teardown(link: CuttableLink) -> None:
     link.stop_relay()
+    # A relay left by a worker that died holds the namespace: kill what runs in it.
+    pids = subprocess.run(["ip", "netns", "pids", link.namespace], capture_output=True).stdout
+    for pid in pids.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
     subprocess.run(
         ["ip", "route", "del", "blackhole", f"{link.relay_address}/32"], capture_output=True
     )
@@ -115,16 +144,62 @@ def vanish_and_return(link: CuttableLink) -> None:
     _setup(link)
 
 
+def _in_slot(slot: int, relay_port: int, postgres_port: int) -> CuttableLink:
+    subnet = f"10.231.{slot}"
+    return CuttableLink(
+        f"jrt{slot}", f"jrt{slot}h", f"{subnet}.1", f"{subnet}.2", relay_port, postgres_port
+    )
+
+
+def _clear_abandoned_slots(relay_port: int, postgres_port: int) -> None:
+    """Remove what workers that died (their slot's lock free again) left in any slot."""
+    for name in os.listdir(SLOTS_DIR):
+        slot = int(name.removesuffix(".lock"))
+        fd = os.open(f"{SLOTS_DIR}/{name}", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its worker is alive
+        else:
+            _teardown(_in_slot(slot, relay_port, postgres_port))
+        finally:
+            os.close(fd)
+
+
+def _exists(error: subprocess.CalledProcessError) -> bool:
+    return b"File exists" in (error.stderr or b"")
+
+
 @contextmanager
 def cuttable_link(postgres_port: int, relay_port: int) -> Iterator[CuttableLink]:
-    """The namespace, the veth pair and the relay; all removed afterwards."""
-    tag = f"{os.getpid() % 100_000}"
-    subnet = f"10.231.{os.getpid() % 250}"
-    link = CuttableLink(
-        f"jrt{tag}", f"jrt{tag}h", f"{subnet}.1", f"{subnet}.2", relay_port, postgres_port
-    )
-    try:
-        _setup(link)
-        yield link
-    finally:
-        _teardown(link)
+    """The namespace, the veth pair and the relay, in the first free slot; all removed
+    afterwards."""
+    os.makedirs(SLOTS_DIR, exist_ok=True)
+    _clear_abandoned_slots(relay_port, postgres_port)
+    for slot in range(SLOTS):
+        fd = os.open(f"{SLOTS_DIR}/{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                continue  # another worker's slot
+            raise
+        try:
+            link = _in_slot(slot, relay_port, postgres_port)
+            _teardown(link)  # what a worker that died in this slot left behind
+            try:
+                _setup(link)
+            except subprocess.CalledProcessError as exc:
+                _teardown(link)
+                if _exists(exc):
+                    continue  # the name or subnet is taken by something else: the next slot
+                raise
+            try:
+                yield link
+            finally:
+                _teardown(link)
+            return
+        finally:
+            os.close(fd)  # frees the slot
+    raise RuntimeError(f"no free network slot in {SLOTS_DIR} ({SLOTS} taken)")

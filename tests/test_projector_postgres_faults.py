@@ -18,7 +18,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from tests import servers
+from tests import netpartition, servers
 from tests.history_support import job_events, logged_job, publish, wait_projected
 from tests.netpartition import CuttableLink, cuttable_link, vanish_and_return
 from tests.readmodel_support import replay_differences
@@ -183,6 +183,8 @@ DEAD = 2.0  # projector_postgres_dead_seconds in the partition tests
 @pytest.fixture
 async def postgres_behind_a_link() -> AsyncIterator[tuple[EmbeddedPostgres, CuttableLink]]:
     """A Postgres of its own, reached through a relay across a link that can be cut."""
+    if reason := netpartition.unavailable():
+        pytest.skip(reason)
     postgres_port, relay_port = free_port(), free_port()
     with (
         cuttable_link(postgres_port, relay_port) as link,
