@@ -6,8 +6,6 @@ type), so old consumers keep working when new events appear.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from jobrunner.contracts import events
@@ -43,19 +41,6 @@ def decode(data: bytes) -> events.AnyEvent | None:
         return None
     except RecursionError:
         raise _too_deep() from None
-
-
-class _Stamp(msgspec.Struct):
-    occurred_at: Any = None  # decode() has already refused a null or another type
-
-
-_stamp_probe = msgspec.json.Decoder(_Stamp)
-
-
-def names_its_time(data: bytes) -> bool:
-    """Whether the message, an event ``decode`` read, carries its own ``occurred_at``: without
-    one, decoding fills in the moment it is decoded, a different time each time it is read."""
-    return _stamp_probe.decode(data).occurred_at is not None
 
 
 def _names_a_known_type(data: bytes) -> bool:

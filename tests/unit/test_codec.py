@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -119,3 +119,29 @@ def test_deeply_nested_message_is_a_decode_error(kind: str) -> None:
     )
     with pytest.raises(msgspec.DecodeError, match="nested"):
         codec.decode(data)
+
+
+def test_a_decoded_event_says_whether_its_message_carried_its_time() -> None:
+    """A missing ``occurred_at`` is filled in with the moment of decoding; the projector sets
+    such an event aside (its time would differ at every reading) and must tell it from any
+    time a message names, ahead of this clock or not, without parsing the message again."""
+    without = b'{"type":"JobRequested","job_id":"j","job_type":"scraper","parameters":{}}'
+    event = codec.decode(without)
+    assert event is not None
+    assert not events.names_its_time(event)
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    for stamp in (
+        ahead.isoformat().replace("+00:00", "Z"),
+        ahead.isoformat(),
+        "2020-01-01T02:00:00+02:00",
+    ):
+        data = without[:-1] + f',"occurred_at":"{stamp}"}}'.encode()
+        named = codec.decode(data)
+        assert named is not None
+        assert events.names_its_time(named), stamp
+        assert named.occurred_at.tzinfo is not events.UNSENT_UTC
+    # Encoded, a filled-in time is an ordinary UTC time.
+    again = codec.decode(msgspec.json.encode(event))
+    assert again is not None
+    assert events.names_its_time(again)
+    assert again.occurred_at == event.occurred_at

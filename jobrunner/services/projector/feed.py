@@ -14,7 +14,7 @@ from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts import codec
-from jobrunner.contracts.events import utcnow
+from jobrunner.contracts.events import names_its_time
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.projections import Change, Unreadable, project
 from jobrunner.services.projector.setaside import StoredMessage
@@ -169,7 +169,6 @@ class EventFeed:
                         await self._decoding.wait()
                     batch: list[tuple[int, list[Change]]] = []
                     for seq, data in messages:
-                        read_at = utcnow()
                         try:
                             event = codec.decode(data)
                         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -178,15 +177,10 @@ class EventFeed:
                             unreadable: list[Change] = [Unreadable(f"{type(exc).__name__}: {exc}")]
                             batch.append((seq, unreadable))
                             continue
-                        if (
-                            event
-                            and event.occurred_at >= read_at
-                            and not codec.names_its_time(data)
-                        ):
+                        if event and not names_its_time(event):
                             # A foreign publisher's event without its time: decoding stamped
                             # it with now, so the live read models and every replay would each
                             # store another time. Set aside, the same way every time it is read.
-                            # (Only an event stamped no earlier than its reading is looked at.)
                             batch.append((seq, [Unreadable(NO_TIME)]))
                             continue
                         batch.append((seq, project(event, seq) if event else []))
