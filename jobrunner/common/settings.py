@@ -97,7 +97,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     projector_stuck_seconds: float = 10.0
     # The projector gives up a Postgres connection whose server host has acknowledged nothing
     # (TCP keepalive, unacknowledged data) for about this long: a host gone or cut off, not a
-    # slow or frozen Postgres (projector/peerliveness.py).
+    # slow or frozen Postgres (projector/peerliveness.py); its backends give up a silent projector
+    # after the same bound, and its lock waits end after twice it (the batch is tried again).
     projector_postgres_dead_seconds: float = 30.0
 
     # SSE
