@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -28,8 +30,54 @@ __all__ = ["server_urls"]  # kept here too: callers name it eventstore.server_ur
 DUPLICATE_WINDOW = 120.0
 
 
+# The exit status of a service whose NATS connection nats-py closed for good (below).
+NATS_CLOSED_EXIT = 75  # EX_TEMPFAIL: try again (the supervisor and compose's `restart:` do)
+
+
+class ServiceClient(NATS):
+    """nats-py's client, knowing whether its close was asked for (``close()`` by our code) or
+    nats-py's own: a server ``-ERR`` it treats as fatal (any but a stale connection or a
+    permissions violation: an oversized control line, an authorization violation after a
+    password change, an expired user JWT, ...), or its reconnect attempts running out."""
+
+    closed_on_request = False
+
+    async def close(self) -> None:
+        # nats-py calls close() itself when the servers to reconnect to run out: not a request.
+        if asyncio.current_task() is not self._reconnection_task:
+            self.closed_on_request = True
+        await super().close()
+
+    async def drain(self) -> None:
+        self.closed_on_request = True
+        await super().drain()
+
+
+def exit_for_good(service: str, reason: str) -> None:
+    """End the process now, non-zero, as a crash would: nothing of the service's stop runs.
+
+    A connection nats-py closed stays closed, and everything bound to it (subscriptions,
+    consumers, KV and object store handles, the runner's lease and heartbeat) with it; a
+    service without it would look alive for ever. A fresh process is the one recovery that
+    rebinds all of it, and the way it ends is the crash path every service already survives:
+    the runner's guardian kills its tools, its leases run out and its jobs end RUNNER_LOST;
+    the projector and notifier resume from what they acknowledged. A graceful stop would wait
+    on that dead connection (a runner's drain cannot publish)."""
+    log.critical(
+        "nats connection closed for good: exiting so that the service is restarted",
+        service=service,
+        reason=reason,
+        exit_status=NATS_CLOSED_EXIT,
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(NATS_CLOSED_EXIT)
+
+
 async def connect(settings: Settings, name: str, **options: Any) -> NATS:
-    """Connect with reconnects forever: NATS restarts must not kill a service."""
+    """Connect with reconnects forever: NATS restarts must not kill a service. A connection
+    nats-py closes for good ends the process (``exit_for_good``)."""
 
     async def on_disconnect() -> None:
         if not nc.is_closed:  # our own close() is no news
@@ -42,7 +90,12 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
         # A timeout's message is empty: name its type instead of logging a blank reason.
         log.warning("nats error", service=name, error=str(exc) or type(exc).__name__)
 
-    nc = NATS()
+    async def on_closed() -> None:
+        if not nc.closed_on_request:
+            error = nc.last_error
+            exit_for_good(name, (str(error) or type(error).__name__) if error else "unknown")
+
+    nc = ServiceClient()
     await nc.connect(
         **NatsConnection.from_settings(settings).nats_py_options(),
         name=f"jobrunner-{name}",
@@ -51,6 +104,7 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        closed_cb=on_closed,
         **options,
     )
     return nc
