@@ -35,17 +35,16 @@ NATS_CLOSED_EXIT = 75  # EX_TEMPFAIL: try again (the supervisor and compose's `r
 
 
 class ServiceClient(NATS):
-    """nats-py's client, knowing whether its close was asked for (``close()`` by our code) or
-    nats-py's own: a server ``-ERR`` it treats as fatal (any but a stale connection or a
-    permissions violation: an oversized control line, an authorization violation after a
-    password change, an expired user JWT, ...), or its reconnect attempts running out."""
+    """nats-py's client, knowing whether its close was asked for (``close()`` or ``drain()`` by
+    our code) or nats-py's own: a server ``-ERR`` it treats as fatal (any but a stale connection
+    or a permissions violation: an oversized control line, an authorization violation after a
+    password change, an expired user JWT, ...). nats-py also calls ``close()`` itself when its
+    reconnect attempts run out, but ``connect`` below never lets them run out."""
 
     closed_on_request = False
 
     async def close(self) -> None:
-        # nats-py calls close() itself when the servers to reconnect to run out: not a request.
-        if asyncio.current_task() is not self._reconnection_task:
-            self.closed_on_request = True
+        self.closed_on_request = True
         await super().close()
 
     async def drain(self) -> None:
