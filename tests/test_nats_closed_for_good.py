@@ -37,6 +37,9 @@ from tests.tools.runners import (
     wait_job,
     wait_status,
 )
+from tests.webhook_receiver import Receiver, running_receiver
+from tests.webhook_support import start_job as webhook_job
+from tests.webhook_support import webhook_settings
 
 SERVICES = ("services", "services-password")
 
@@ -177,6 +180,10 @@ async def _wait_api_healthy(system: System, api: ServiceProcess) -> None:
             await asyncio.sleep(0.05)
 
 
+def _delivered_jobs(receiver: Receiver) -> list[str]:
+    return [msgspec.json.decode(got.body)["job_id"] for got in receiver.received]
+
+
 def _rotate(nats: EmbeddedNats) -> None:
     _write_users(nats, "second-password")
     assert nats.proc is not None
@@ -272,3 +279,46 @@ async def test_an_api_whose_connection_the_server_closed_exits_and_its_restart_s
         await system.stop()
         nats.stop()
     assert [line["seq"] for line in lines] == list(range(1, 51))
+
+
+async def test_a_notifier_whose_connection_the_server_closed_exits_and_its_restart_delivers(
+    settings: Settings, tmp_path: Path
+) -> None:
+    nats = EmbeddedNats(tmp_path / "nats", user=SERVICES[0], password=SERVICES[1])
+    _write_users(nats, "first-password")
+    nats.start()
+    settings = msgspec.structs.replace(webhook_settings(settings), nats_url=nats.url)
+    system = System(settings)
+    lives = [
+        ServiceProcess(
+            "notifier", settings, tmp_path / "notifier.log", nats_url=_runner_url(nats, pw)
+        )
+        for pw in ("first-password", "second-password")
+    ]
+    try:
+        async with running_receiver() as receiver:
+            await system.start()
+            lives[0].start()
+            await webhook_job(system, {"url": receiver.url})
+            await receiver.wait_for(1)
+
+            _rotate(nats)
+            assert await lives[0].wait_exit() == NATS_CLOSED_EXIT
+            _assert_exited_for_good(tmp_path / "notifier.log")
+
+            # A job that ends while no notifier runs: the restarted one delivers its webhook.
+            after = await webhook_job(system, {"url": receiver.url})
+            async with system.client() as client:
+                await wait_status(client, after, "completed")
+            lives[1].start()
+            # (The first job's may come again first: its delivery may not have been recorded
+            # when the notifier ended; a receiver tells repeats by the delivery id.)
+            async with asyncio.timeout(30):
+                while after not in (jobs := _delivered_jobs(receiver)):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+    finally:
+        for life in lives:
+            life.stop()
+        await system.stop()
+        nats.stop()
+    assert jobs.count(after) == 1
