@@ -35,11 +35,12 @@ NATS_CLOSED_EXIT = 75  # EX_TEMPFAIL: try again (the supervisor and compose's `r
 
 
 class ServiceClient(NATS):
-    """nats-py's client, knowing whether its close was asked for (``close()`` or ``drain()`` by
-    our code) or nats-py's own: a server ``-ERR`` it treats as fatal (any but a stale connection
-    or a permissions violation: an oversized control line, an authorization violation after a
-    password change, an expired user JWT, ...). nats-py also calls ``close()`` itself when its
-    reconnect attempts run out, but ``connect`` below never lets them run out."""
+    """nats-py's client, knowing whether its close was asked for (``close()``, ``drain()`` or
+    the end of ``async with`` by our code) or nats-py's own: a server ``-ERR`` it treats as fatal
+    (any but a stale connection or a permissions violation: an oversized control line or
+    message, an authorization violation after a password change, an expired user JWT, ...).
+    nats-py also closes itself when its reconnect attempts run out, but ``connect`` below never
+    lets them run out."""
 
     closed_on_request = False
 
@@ -48,8 +49,16 @@ class ServiceClient(NATS):
         await super().close()
 
     async def drain(self) -> None:
-        self.closed_on_request = True
+        # Ours only once the drain starts: a refused one (closed, or reconnecting) leaves the
+        # connection to whatever closes it later, which may be nats-py giving up on it.
+        if not (self.is_closed or self.is_connecting or self.is_reconnecting):
+            self.closed_on_request = True
         await super().drain()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # nats-py's __aexit__ calls _close() directly, not close(): mark it as ours here too.
+        self.closed_on_request = True
+        await super().__aexit__(*exc_info)
 
 
 def exit_for_good(service: str, reason: str) -> None:
