@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sys
-from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import nats
 import structlog
@@ -83,9 +85,57 @@ def exit_for_good(service: str, reason: str) -> None:
     os._exit(NATS_CLOSED_EXIT)
 
 
-async def connect(settings: Settings, name: str, **options: Any) -> NATS:
-    """Connect with reconnects forever: NATS restarts must not kill a service. A connection
-    nats-py closes for good ends the process (``exit_for_good``)."""
+def log_closed_for_good(service: str, reason: str) -> None:
+    """For a service run inside another program (the tests' in-process services): say it, and
+    leave the process alone; the service's next NATS call raises ``ConnectionClosedError``."""
+    log.critical("nats connection closed for good", service=service, reason=reason)
+
+
+# What a long-running service does when nats-py closes its connection for good. A service
+# process ends (exit_for_good); a program that runs services inside itself (the test suite)
+# sets this to log_closed_for_good, so that one closed connection does not end the program.
+closed_for_good_action: Callable[[str, str], None] = exit_for_good
+
+ClosedForGood = Literal["exit", "raise"]
+
+# One `nats error` line per this many seconds per connection, with how many were left out
+# (a refused connect is tried 4 times a second).
+ERROR_LOG_INTERVAL = 10.0
+
+
+class ErrorLog:
+    """Logs nats-py's errors of one connection, at most one line per ``interval`` seconds."""
+
+    def __init__(self, service: str, interval: float = ERROR_LOG_INTERVAL) -> None:
+        self.service = service
+        self.interval = interval
+        self.last_logged = -math.inf
+        self.left_out = 0
+
+    def __call__(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self.last_logged < self.interval:
+            self.left_out += 1
+            return
+        # A timeout's message is empty: name its type instead of logging a blank reason.
+        error = str(exc) or type(exc).__name__
+        if self.left_out:
+            log.warning("nats error", service=self.service, error=error, since_last=self.left_out)
+        else:
+            log.warning("nats error", service=self.service, error=error)
+        self.last_logged = now
+        self.left_out = 0
+
+
+async def connect(
+    settings: Settings, name: str, on_closed_for_good: ClosedForGood = "raise", **options: Any
+) -> NATS:
+    """Connect with reconnects forever: NATS restarts must not kill a service.
+
+    A connection nats-py closes for good (see ServiceClient) stays closed. ``"exit"``, for the
+    long-running services: ``closed_for_good_action`` (the process ends with status 75 and its
+    supervisor starts it again). ``"raise"``, for commands and tools: nothing more is done, and
+    their next NATS call raises ``ConnectionClosedError``, so that they end as on any error."""
 
     async def on_disconnect() -> None:
         if not nc.is_closed:  # our own close() is no news
@@ -94,14 +144,20 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     async def on_reconnect() -> None:
         log.info("nats reconnected", service=name)
 
+    errors = ErrorLog(name)
+
     async def on_error(exc: Exception) -> None:
-        # A timeout's message is empty: name its type instead of logging a blank reason.
-        log.warning("nats error", service=name, error=str(exc) or type(exc).__name__)
+        errors(exc)
 
     async def on_closed() -> None:
-        if not nc.closed_on_request:
-            error = nc.last_error
-            exit_for_good(name, (str(error) or type(error).__name__) if error else "unknown")
+        if nc.closed_on_request:
+            return
+        error = nc.last_error
+        reason = (str(error) or type(error).__name__) if error else "unknown"
+        if on_closed_for_good == "exit":
+            closed_for_good_action(name, reason)
+        else:
+            log.error("nats connection closed for good", service=name, reason=reason)
 
     nc = ServiceClient()
     await nc.connect(
