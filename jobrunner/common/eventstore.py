@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
-from jobrunner.common import artifactstore, reconfigure, retry, runnerpool
+from jobrunner.common import artifactstore, messagesize, reconfigure, retry, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -27,6 +27,8 @@ from jobrunner.contracts.names import Names
 log = structlog.get_logger()
 
 __all__ = ["server_urls"]  # kept here too: callers name it eventstore.server_urls
+
+fits = messagesize.fits  # the size the server counts, headers too
 
 # JetStream de-duplicates a re-published event id within this window (seconds).
 DUPLICATE_WINDOW = 120.0
@@ -285,9 +287,10 @@ async def publish_acked(
     ``expected_last``: stored only if the stream sequence of the last message on the event's
     subject is that (0: the subject holds none), else JetStream refuses it (an ``APIError`` with
     ``err_code`` ``WRONG_LAST_SEQUENCE``); its id is checked for a duplicate first."""
-    return await js.publish(
-        names.subject(event), codec.encode(event), headers=headers(event, expected_last)
-    )
+    data, extra = codec.encode(event), headers(event, expected_last)
+    # The server would close the connection for a message over max_payload (messagesize).
+    messagesize.check_fits(js._nc, data, extra)
+    return await js.publish(names.subject(event), data, headers=extra)
 
 
 # JetStream's error code for a publish whose Nats-Expected-Last-Subject-Sequence did not hold.
