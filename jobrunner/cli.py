@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a start-up failure: one readable line, not a traceback
+        import nats.errors
+
         from jobrunner.common.jobtypes import JobTypeConfigError
         from jobrunner.common.refusal import REFUSED_EXIT, StateRefused
         from jobrunner.embedded.serverprocess import ServerStartError
@@ -368,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, StateRefused):
             print(f"jobrunner: {exc}", file=sys.stderr)
             return REFUSED_EXIT
+        if isinstance(exc, nats.errors.ConnectionClosedError):
+            print(
+                "jobrunner: the NATS server closed the connection for good "
+                "(the reason is in the log line above); try the command again",
+                file=sys.stderr,
+            )
+            return 1
         if isinstance(exc, ServerStartError | JobTypeConfigError | SettingsError):
             print(f"jobrunner: {exc}", file=sys.stderr)
             return 1

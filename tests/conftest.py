@@ -19,6 +19,11 @@ from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cl
 from tests.system import System
 
 TOOLS = Path(__file__).parent / "tools"
+
+# A service run inside the test process (an xdist worker) whose NATS connection is closed for
+# good logs it and stays (its next NATS call raises) rather than ending the worker with 75; the
+# services started as processes (`python -m jobrunner.cli ...`) still exit 75.
+eventstore.closed_for_good_action = eventstore.log_closed_for_good
 # The headless Chromium fixtures (``browser``, ``page``) of the web UI tests; the tables of
 # figures of the fault and cluster suites, collected from every worker in a parallel run.
 pytest_plugins = ["tests.browser", "tests.faults.figures", "tests.multinode.figures"]

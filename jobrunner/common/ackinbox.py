@@ -39,7 +39,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from jobrunner.common import retry
+from jobrunner.common import messagesize, retry
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.codec import MSG_ID_HEADER
 from jobrunner.contracts.names import Names
@@ -115,6 +115,7 @@ class AckInbox:
         self._timed[token] = future
         timer = loop.call_later(timeout, _time_out, future)
         try:
+            messagesize.check_fits(self._nc, payload, headers)
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg = await future
         finally:
@@ -169,6 +170,7 @@ class AckInbox:
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = (loop.time() + self._timeout, future)
         try:
+            messagesize.check_fits(self._nc, payload, headers)
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         except BaseException:
             self._waiting.pop(token, None)

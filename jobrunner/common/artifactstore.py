@@ -35,7 +35,7 @@ import structlog
 from nats.js import JetStreamContext, api
 from nats.js.object_store import ObjectStore
 
-from jobrunner.common import retry
+from jobrunner.common import messagesize, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 
@@ -198,11 +198,14 @@ async def _put_once(
         digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
         options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
     )
+    description = json.dumps(info.as_dict()).encode()
+    # The description replaces any earlier one of the same name (rollup).
+    meta_headers: dict[str, str] = {api.Header.ROLLUP: "sub", api.Header.MSG_ID: f"{nuid}.meta"}
+    messagesize.check_fits(js._nc, description, meta_headers)  # its size follows the name
     await js.publish(
         _meta_subject(names, object_name),
-        json.dumps(info.as_dict()).encode(),
-        # The description replaces any earlier one of the same name (rollup).
-        headers={api.Header.ROLLUP: "sub", api.Header.MSG_ID: f"{nuid}.meta"},
+        description,
+        headers=meta_headers,
         timeout=ACK_WAIT_SECONDS,
     )
     return StoredObject(size=total, sha256=digest.hexdigest())

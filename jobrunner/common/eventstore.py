@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+import math
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import nats
 import structlog
@@ -13,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
-from jobrunner.common import artifactstore, reconfigure, retry, runnerpool
+from jobrunner.common import artifactstore, messagesize, reconfigure, retry, runnerpool
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -24,12 +28,116 @@ log = structlog.get_logger()
 
 __all__ = ["server_urls"]  # kept here too: callers name it eventstore.server_urls
 
+fits = messagesize.fits  # the size the server counts, headers too
+
 # JetStream de-duplicates a re-published event id within this window (seconds).
 DUPLICATE_WINDOW = 120.0
 
 
-async def connect(settings: Settings, name: str, **options: Any) -> NATS:
-    """Connect with reconnects forever: NATS restarts must not kill a service."""
+# The exit status of a service whose NATS connection nats-py closed for good (below).
+NATS_CLOSED_EXIT = 75  # EX_TEMPFAIL: try again (the supervisor and compose's `restart:` do)
+
+
+class ServiceClient(NATS):
+    """nats-py's client, knowing whether its close was asked for (``close()``, ``drain()`` or
+    the end of ``async with`` by our code) or nats-py's own: a server ``-ERR`` it treats as fatal
+    (any but a stale connection or a permissions violation: an oversized control line or
+    message, an authorization violation after a password change, an expired user JWT, ...).
+    nats-py also closes itself when its reconnect attempts run out, but ``connect`` below never
+    lets them run out."""
+
+    closed_on_request = False
+
+    async def close(self) -> None:
+        self.closed_on_request = True
+        await super().close()
+
+    async def drain(self) -> None:
+        # Ours only once the drain starts: a refused one (closed, or reconnecting) leaves the
+        # connection to whatever closes it later, which may be nats-py giving up on it.
+        if not (self.is_closed or self.is_connecting or self.is_reconnecting):
+            self.closed_on_request = True
+        await super().drain()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # nats-py's __aexit__ calls _close() directly, not close(): mark it as ours here too.
+        self.closed_on_request = True
+        await super().__aexit__(*exc_info)
+
+
+def exit_for_good(service: str, reason: str) -> None:
+    """End the process now, non-zero, as a crash would: nothing of the service's stop runs.
+
+    A connection nats-py closed stays closed, and everything bound to it (subscriptions,
+    consumers, KV and object store handles, the runner's lease and heartbeat) with it; a
+    service without it would look alive for ever. A fresh process is the one recovery that
+    rebinds all of it, and the way it ends is the crash path every service already survives:
+    the runner's guardian kills its tools, its leases run out and its jobs end RUNNER_LOST;
+    the projector and notifier resume from what they acknowledged. A graceful stop would wait
+    on that dead connection (a runner's drain cannot publish)."""
+    log.critical(
+        "nats connection closed for good: exiting so that the service is restarted",
+        service=service,
+        reason=reason,
+        exit_status=NATS_CLOSED_EXIT,
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(NATS_CLOSED_EXIT)
+
+
+def log_closed_for_good(service: str, reason: str) -> None:
+    """For a service run inside another program (the tests' in-process services): say it, and
+    leave the process alone; the service's next NATS call raises ``ConnectionClosedError``."""
+    log.critical("nats connection closed for good", service=service, reason=reason)
+
+
+# What a long-running service does when nats-py closes its connection for good. A service
+# process ends (exit_for_good); a program that runs services inside itself (the test suite)
+# sets this to log_closed_for_good, so that one closed connection does not end the program.
+closed_for_good_action: Callable[[str, str], None] = exit_for_good
+
+ClosedForGood = Literal["exit", "raise"]
+
+# One `nats error` line per this many seconds per connection, with how many were left out
+# (a refused connect is tried 4 times a second).
+ERROR_LOG_INTERVAL = 10.0
+
+
+class ErrorLog:
+    """Logs nats-py's errors of one connection, at most one line per ``interval`` seconds."""
+
+    def __init__(self, service: str, interval: float = ERROR_LOG_INTERVAL) -> None:
+        self.service = service
+        self.interval = interval
+        self.last_logged = -math.inf
+        self.left_out = 0
+
+    def __call__(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self.last_logged < self.interval:
+            self.left_out += 1
+            return
+        # A timeout's message is empty: name its type instead of logging a blank reason.
+        error = str(exc) or type(exc).__name__
+        if self.left_out:
+            log.warning("nats error", service=self.service, error=error, since_last=self.left_out)
+        else:
+            log.warning("nats error", service=self.service, error=error)
+        self.last_logged = now
+        self.left_out = 0
+
+
+async def connect(
+    settings: Settings, name: str, on_closed_for_good: ClosedForGood = "raise", **options: Any
+) -> NATS:
+    """Connect with reconnects forever: NATS restarts must not kill a service.
+
+    A connection nats-py closes for good (see ServiceClient) stays closed. ``"exit"``, for the
+    long-running services: ``closed_for_good_action`` (the process ends with status 75 and its
+    supervisor starts it again). ``"raise"``, for commands and tools: nothing more is done, and
+    their next NATS call raises ``ConnectionClosedError``, so that they end as on any error."""
 
     async def on_disconnect() -> None:
         if not nc.is_closed:  # our own close() is no news
@@ -38,11 +146,22 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
     async def on_reconnect() -> None:
         log.info("nats reconnected", service=name)
 
-    async def on_error(exc: Exception) -> None:
-        # A timeout's message is empty: name its type instead of logging a blank reason.
-        log.warning("nats error", service=name, error=str(exc) or type(exc).__name__)
+    errors = ErrorLog(name)
 
-    nc = NATS()
+    async def on_error(exc: Exception) -> None:
+        errors(exc)
+
+    async def on_closed() -> None:
+        if nc.closed_on_request:
+            return
+        error = nc.last_error
+        reason = (str(error) or type(error).__name__) if error else "unknown"
+        if on_closed_for_good == "exit":
+            closed_for_good_action(name, reason)
+        else:
+            log.error("nats connection closed for good", service=name, reason=reason)
+
+    nc = ServiceClient()
     await nc.connect(
         **NatsConnection.from_settings(settings).nats_py_options(),
         name=f"jobrunner-{name}",
@@ -51,6 +170,7 @@ async def connect(settings: Settings, name: str, **options: Any) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        closed_cb=on_closed,
         **options,
     )
     return nc
@@ -167,9 +287,10 @@ async def publish_acked(
     ``expected_last``: stored only if the stream sequence of the last message on the event's
     subject is that (0: the subject holds none), else JetStream refuses it (an ``APIError`` with
     ``err_code`` ``WRONG_LAST_SEQUENCE``); its id is checked for a duplicate first."""
-    return await js.publish(
-        names.subject(event), codec.encode(event), headers=headers(event, expected_last)
-    )
+    data, extra = codec.encode(event), headers(event, expected_last)
+    # The server would close the connection for a message over max_payload (messagesize).
+    messagesize.check_fits(js._nc, data, extra)
+    return await js.publish(names.subject(event), data, headers=extra)
 
 
 # JetStream's error code for a publish whose Nats-Expected-Last-Subject-Sequence did not hold.

@@ -61,6 +61,8 @@ async def event_store_answers() -> AsyncIterator[None]:
     and sending the same action again finishes it (see the module docstring)."""
     try:
         yield
+    except nats.errors.MaxPayloadError:
+        raise  # never passes: the API's handler answers 413 MESSAGE_TOO_LARGE
     except (nats.errors.Error, TimeoutError) as exc:
         raise ApiError(
             503,

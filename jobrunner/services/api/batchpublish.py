@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
-from jobrunner.common import batchids, eventstore, metrics
+from jobrunner.common import batchids, eventstore, messagesize, metrics
 from jobrunner.common.callbacktoken import CallbackToken, mint
 from jobrunner.common.lastevent import last_readable
 from jobrunner.common.slots import SlotTable
-from jobrunner.contracts import events
+from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.batchrequest import BatchPlan
 
@@ -115,6 +115,10 @@ async def publish_batch(
         )
         requested = None if stored is not None else batch.requested
         jobs = await _missing(js, names, jobs)
+    # Every message checked before the first is sent: none over max_payload is left half stored.
+    every: list[events.Publishable] = [*jobs, batch.sealed]
+    for event in every if requested is None else [requested, *every]:
+        messagesize.check_fits(js._nc, codec.encode(event), eventstore.headers(event))
     await _enqueue_locked(slots, jobs)
     if requested is not None:
         await eventstore.publish(js, names, requested)

@@ -116,7 +116,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         names = Names(settings.prefix)
         job_types = load_job_types(settings.job_types_file)
         metrics.KNOWN.learn(job_types, (t.lock for t in job_types.values() if t.lock))
-        nc = await eventstore.connect(settings, "api")
+        nc = await eventstore.connect(settings, "api", on_closed_for_good="exit")
         js = nc.jetstream()
         await eventstore.ensure_topology(js, names, settings)
         pool = await read_pool(settings.database_url)
@@ -124,7 +124,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         readmodels = ReadModelGate(pool, js, names)
         await readmodels.start()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
-        readers = ReaderConnections(lambda: eventstore.connect(settings, "api-reader"))
+        readers = ReaderConnections(
+            lambda: eventstore.connect(settings, "api-reader", on_closed_for_good="exit")
+        )
         await readers.warm()
         app.state.ctx = ApiContext(
             settings=settings,

@@ -94,7 +94,17 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
 
 
 def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """NATS did not answer in time (busy, or away): the request may succeed a moment later."""
+    """NATS did not answer in time (busy, or away): the request may succeed a moment later.
+    A message over the server's max_payload (refused before sending) never will: 413."""
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return Response(
+            error_body(
+                "MESSAGE_TOO_LARGE",
+                "The request makes an event larger than the NATS server's max_payload; "
+                "send less in one request.",
+            ),
+            status_code=413,
+        )
     log.warning("nats did not answer", path=request.url.path, error=repr(exc))
     return Response(
         error_body(

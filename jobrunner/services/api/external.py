@@ -322,16 +322,17 @@ async def _publish_lines(
             ],
         )
         data = codec.encode(event)
-        if len(data) > ctx.nc.max_payload:
+        headers = {
+            **codec.headers(event),
+            "Nats-Expected-Last-Subject-Sequence": str(last.seq if last and last.seq else 0),
+        }
+        # The headers count too: the server closes the connection for a message over it.
+        if not eventstore.fits(ctx.nc.max_payload, data, headers):
             raise ApiError(
                 413,
                 "REPORT_TOO_LARGE",
                 "These lines do not fit one message of the NATS server; send fewer per report.",
             )
-        headers = {
-            **codec.headers(event),
-            "Nats-Expected-Last-Subject-Sequence": str(last.seq if last and last.seq else 0),
-        }
         try:
             ack = await ctx.js.publish(subject, data, headers=headers)
         except APIError as exc:

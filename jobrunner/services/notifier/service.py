@@ -250,7 +250,7 @@ async def _ack(msg: Msg) -> None:
 
 
 async def run_notifier(settings: Settings, stop: asyncio.Event) -> None:
-    nc = await eventstore.connect(settings, "notifier")
+    nc = await eventstore.connect(settings, "notifier", on_closed_for_good="exit")
     try:
         await Notifier(settings, nc).run(stop)
     finally:

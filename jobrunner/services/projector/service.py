@@ -80,7 +80,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     Run one active projector per installation; a second one only waits on the checkpoint lock.
     """
     names = Names(settings.prefix)
-    nc = await eventstore.connect(settings, "projector")
+    nc = await eventstore.connect(settings, "projector", on_closed_for_good="exit")
     js = nc.jetstream()
     pool = await open_pool(settings)
     feed: EventFeed | None = None

@@ -33,9 +33,16 @@ async def heartbeat(
     host, pid = hostname(), os.getpid()
     kv: KeyValue | None = None
 
+    stopping = asyncio.Event()
+
     async def beat() -> None:
         nonlocal kv
-        while True:
+        # Ends on ``stopping`` as well as on cancel: nats-py swallows a cancel that arrives while
+        # it flushes (Client._flush_pending catches CancelledError), and Python 3.11's
+        # wait_for loses one that arrives as its reply does; kv.put then returns (an ack or its
+        # timeout), and a loop that relied on the cancel would beat on and never let the runner
+        # stop.
+        while not stopping.is_set():
             value = runnerpool.RunnerHeartbeat(runner_id, host, pid, utcnow())
             try:
                 # Looked up here, not before: the runner creates the bucket as it starts.
@@ -43,12 +50,14 @@ async def heartbeat(
                 await kv.put(key, msgspec.json.encode(value))
             except Exception as exc:  # NATS away: the next beat tries again
                 log.warning("runner heartbeat not written", error=repr(exc))
-            await asyncio.sleep(settings.runner_heartbeat_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), settings.runner_heartbeat_seconds)
 
     task = asyncio.create_task(beat(), name="runner-heartbeat")
     try:
         yield
     finally:
+        stopping.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

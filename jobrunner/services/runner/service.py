@@ -174,14 +174,17 @@ class Runner:
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     # How the runner learns that a tool exited: without a thread per tool (see there).
     process.watch_children_by_pidfd()
-    nc = await eventstore.connect(settings, "runner")
+    nc = await eventstore.connect(settings, "runner", on_closed_for_good="exit")
     # A flood's large line messages go on a connection of their own (publisher.BULK_BYTES).
     # A fast path only: a message it does not store in time goes on the main one (see bulk).
     bulk_nc: NATS | None = None
     bulk: BulkLane | None = None
     try:
         bulk_nc = await eventstore.connect(
-            settings, "runner-bulk", **bulk_lane.connect_options(settings)
+            settings,
+            "runner-bulk",
+            on_closed_for_good="exit",
+            **bulk_lane.connect_options(settings),
         )
         check_line_fits(settings.max_line_bytes, min(nc.max_payload, bulk_nc.max_payload))
         bulk = BulkLane(bulk_nc, bulk_lane.ack_timeout(settings))

@@ -63,6 +63,13 @@ async def submit_batch(request: Request[Any, Any, Any]) -> schemas.BatchCreated:
             plan, claim.id, principal.name, await callback_tokens(request, key is not None)
         )
         seq = await publish_batch(ctx.js, ctx.names, ctx.slots, batch, claim.resumed)
+    except nats.errors.MaxPayloadError:
+        raise ApiError(
+            413,
+            "MESSAGE_TOO_LARGE",
+            "A job of the batch makes an event larger than the NATS server's max_payload; "
+            "send it with smaller parameters.",
+        ) from None
     except (nats.errors.Error, TimeoutError) as exc:
         retry = (
             "send the same request again with the same Idempotency-Key to finish it"

@@ -14,6 +14,7 @@ import structlog
 from litestar import Request, post
 from litestar.status_codes import HTTP_200_OK
 from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 
 from jobrunner.services.api import external, reports
 from jobrunner.services.api.dependencies import ctx_of
@@ -38,8 +39,8 @@ log = structlog.get_logger()
             "with Retry-After)."
         ),
         413: error_spec(
-            "The report is over 256 KiB (BODY_TOO_LARGE), or its lines would not fit one NATS "
-            "message (REPORT_TOO_LARGE)."
+            "The report is over 256 KiB (BODY_TOO_LARGE), or its lines or its result would not "
+            "fit one NATS message (REPORT_TOO_LARGE)."
         ),
         422: error_spec("The report is not valid (INVALID_REPORT, RESULT_TOO_LARGE)."),
         503: error_spec(
@@ -57,6 +58,15 @@ async def report_external_job(
     report = reports.decode_report(body)
     try:
         return await external.accept(ctx_of(request), job_id, token, report)
+    except MaxPayloadError as exc:
+        # An event of the report (its result, say) over the server's max_payload: sending it
+        # again can never pass, so not the 503 below.
+        raise ApiError(
+            413,
+            "REPORT_TOO_LARGE",
+            "The report makes an event larger than the NATS server accepts (its max_payload); "
+            "send a smaller result or fewer lines per report.",
+        ) from exc
     except (NatsError, TimeoutError, ConnectionError) as exc:
         # NATS away (or slow past a request's timeout): nothing is lost by asking the worker to
         # send the report again, and its report_id keeps it from being stored twice.
