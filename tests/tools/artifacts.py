@@ -71,6 +71,14 @@ def main() -> int:
         deep.mkdir(parents=True)
         (deep / "f.txt").write_text("a file with a long name")
         (out / "kept.txt").write_text("the one good file")
+    elif args.mode == "output_dir_link":
+        # The output directory itself swapped for a link to a folder outside the runner's work
+        # dir (next to it, in the test's tmp_path): nothing in there may be read.
+        outside = out.parent.parent.parent / "outside"
+        outside.mkdir(exist_ok=True)
+        (outside / "secret.txt").write_text("must never be read")
+        out.rmdir()
+        os.symlink(outside, out)
     elif args.mode == "big_then_wait":
         write_big(out / "big.bin", args.mib * MIB)
         print("written", flush=True)

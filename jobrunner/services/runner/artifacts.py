@@ -14,14 +14,17 @@ What is never stored, each named in the job's log as an ERROR line:
 - a file over ``artifact_max_file_bytes``, or one that would take the job's stored bytes over
   ``artifact_max_job_bytes``: the job then ends ARTIFACT_TOO_LARGE if it would have completed.
 
-Files are opened with ``O_NOFOLLOW`` and checked again on the open descriptor, so a link put in
-place between the listing and the upload is not followed either; a file is read up to the size
-it had when opened (something outside the job still writing cannot push it over a limit).
+Files are opened one folder at a time from the output directory, each part with ``O_NOFOLLOW``,
+and checked again on the open descriptor: a link put in place of the file, of a folder on its
+way or of the output directory itself, before the listing or between the listing and the upload,
+is never followed. A file is read up to the size it had when opened (something outside the job
+still writing cannot push it over a limit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -104,8 +107,27 @@ def remove_leftovers(settings: Settings) -> int:
 
 @dataclass(frozen=True)
 class Candidate:
-    name: str
-    path: Path
+    name: str  # relative to ``folder``, /-separated
+    folder: Path  # the job's output directory
+
+
+_NO_LINKS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_beneath(folder: Path, name: str) -> int:
+    """A descriptor of ``folder/name`` opened without following a symbolic link on the way: the
+    folder, each subfolder and the file are opened with ``O_NOFOLLOW`` relative to the one
+    before. A link anywhere raises ``OSError`` (ELOOP or ENOTDIR)."""
+    *subfolders, filename = name.split("/")
+    fd = os.open(folder, _NO_LINKS | os.O_DIRECTORY)
+    try:
+        for part in subfolders:
+            inner = os.open(part, _NO_LINKS | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(filename, _NO_LINKS | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -127,12 +149,18 @@ def list_output(directory: OutputDirectory) -> Listing:
             listing.skipped.append(
                 f"{_shown(entry.name)} was written outside {OUTPUT_ENV}; not stored"
             )
-    _walk(directory.path, "", listing)
+    if directory.path.is_symlink() or not directory.path.is_dir():
+        # The tool replaced the folder itself: a link is never followed (it could point
+        # anywhere the runner may read), a file is no folder of files.
+        kind = "a symbolic link" if directory.path.is_symlink() else "no folder"
+        listing.skipped.append(f"{OUTPUT_ENV} itself is {kind}; not followed, nothing stored")
+        return listing
+    _walk(directory.path, "", directory.path, listing)
     listing.files.sort(key=lambda c: c.name)
     return listing
 
 
-def _walk(folder: Path, prefix: str, listing: Listing) -> None:
+def _walk(folder: Path, prefix: str, top: Path, listing: Listing) -> None:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
@@ -143,14 +171,12 @@ def _walk(folder: Path, prefix: str, listing: Listing) -> None:
         if entry.is_symlink():
             listing.skipped.append(f"{_shown(name)} is a symbolic link; not followed, not stored")
         elif entry.is_dir(follow_symlinks=False):
-            _walk(Path(entry.path), f"{name}/", listing)
+            _walk(Path(entry.path), f"{name}/", top, listing)
         elif not entry.is_file(follow_symlinks=False):
             listing.skipped.append(f"{_shown(name)} is not a regular file; not stored")
         else:
             try:
-                listing.files.append(
-                    Candidate(artifactnames.check_new_name(name), Path(entry.path))
-                )
+                listing.files.append(Candidate(artifactnames.check_new_name(name), top))
             except artifactnames.BadArtifactName as exc:
                 listing.skipped.append(
                     f"{_shown(name)} is no safe artifact name ({exc}); not stored"
@@ -214,7 +240,13 @@ class ArtifactCollector:
                 self.say("artifacts: the job's lease was lost; the remaining files were not stored")
                 break
             except OSError as exc:
-                self.say(f"artifact {_shown(candidate.name)} cannot be read ({exc.strerror})")
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    self.say(
+                        f"artifact {_shown(candidate.name)}: a symbolic link took the place of it "
+                        "or of a folder on its way while it was collected; not followed, not stored"
+                    )
+                else:
+                    self.say(f"artifact {_shown(candidate.name)} cannot be read ({exc.strerror})")
             except Exception as exc:
                 # NATS refused it for good (the bucket full, a permission): the job must still
                 # end, and say which file is missing.
@@ -225,7 +257,7 @@ class ArtifactCollector:
 
     async def _store(self, candidate: Candidate, job_bytes: int, result: StoreResult) -> int:
         """Store one file; the bytes it added to the job's total."""
-        fd = os.open(candidate.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = open_beneath(candidate.folder, candidate.name)
         with os.fdopen(fd, "rb") as source:
             info = os.fstat(source.fileno())
             if not stat.S_ISREG(info.st_mode):
