@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import structlog
 from litestar import Request, Response, get, put
@@ -46,6 +46,22 @@ def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
         stored_at=row["stored_at"],
         url=artifact_url(job_id, row["name"]),
     )
+
+
+def _name_as_sent(request: Request[Any, Any, Any], name: str) -> str:
+    """The ``{name:path}`` parameter, refused when it is not what the client sent: the path the
+    routing sees has ``//`` collapsed and a trailing ``/`` stripped, so ``a//b`` or ``dir/``
+    would otherwise be stored (and served) silently as ``a/b`` or ``dir``. Checked on the path
+    as it came, decoded (``%2F%2F`` is ``//`` too)."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    sent = unquote_to_bytes(raw)
+    if sent.endswith(b"/") or b"//" in sent:
+        raise ApiError(
+            400,
+            "INVALID_ARTIFACT_NAME",
+            "That is no artifact name: the name has an empty part (a '//' or a trailing '/').",
+        )
+    return name.removeprefix("/")
 
 
 def _unavailable(exc: Exception) -> ApiError:
@@ -117,7 +133,7 @@ async def download_artifact(
     """The file's bytes with its Content-Length and an ETag (its SHA-256)."""
     ctx = ctx_of(request)
     Query(request.query_params, ())
-    name = name.removeprefix("/")
+    name = _name_as_sent(request, name)
     await find_job(ctx, job_id, principal_of(request))
     try:
         artifactnames.check_name(name)
@@ -214,7 +230,7 @@ async def upload_external_artifact(
     token = external.bearer_token(request.headers.get("authorization"))
     try:
         await external.authenticate(ctx, job_id, token)
-        name = artifactupload.checked_name(name.removeprefix("/"))
+        name = artifactupload.checked_name(_name_as_sent(request, name))
         status = await _last_status(ctx, job_id)
     except (NatsError, TimeoutError, ConnectionError) as exc:
         raise _events_unavailable(exc) from exc
