@@ -242,8 +242,9 @@ class ArtifactCollector:
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     self.say(
-                        f"artifact {_shown(candidate.name)}: a symbolic link took the place of it "
-                        "or of a folder on its way while it was collected; not followed, not stored"
+                        f"artifact {_shown(candidate.name)}: a symbolic link (or a file) took the "
+                        "place of it or of a folder on its way while it was collected; not "
+                        "followed, not stored"
                     )
                 else:
                     self.say(f"artifact {_shown(candidate.name)} cannot be read ({exc.strerror})")
