@@ -14,16 +14,20 @@ What is never stored, each named in the job's log as an ERROR line:
 - a file over ``artifact_max_file_bytes``, or one that would take the job's stored bytes over
   ``artifact_max_job_bytes``: the job then ends ARTIFACT_TOO_LARGE if it would have completed.
 
-Files are opened one folder at a time from the output directory, each part with ``O_NOFOLLOW``,
-and checked again on the open descriptor: a link put in place of the file, of a folder on its
-way or of the output directory itself, before the listing or between the listing and the upload,
-is never followed. A file is read up to the size it had when opened (something outside the job
-still writing cannot push it over a limit).
+The output directory and its parent are opened once, before the tool starts, and everything
+after goes through those descriptors: the listing opens each subfolder by name relative to its
+parent with ``O_NOFOLLOW``, each file is opened one folder at a time the same way and checked
+again on the open descriptor, and the removal empties the held folder and removes it by name only
+if that name still stands for it. So a link put in place of a file, of a folder on its way, of
+the output directory or of its parent, at any time, is never followed; an output directory moved
+away or replaced stores nothing (the job's log says so). A file is read up to the size it had
+when opened (something outside the job still writing cannot push it over a limit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -47,35 +51,93 @@ log = structlog.get_logger()
 
 OUTPUT_ENV = "JOBRUNNER_OUTPUT_DIR"
 _PREFIX = "jobrunner-"
+_OUT = "out"
+_NO_LINKS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER = _NO_LINKS | os.O_DIRECTORY
 
 
 @dataclass(frozen=True)
 class OutputDirectory:
-    """The folder of one job: ``root`` is removed at the end, ``path`` is given to the tool."""
+    """The folder of one job: ``root`` is removed at the end, ``path`` is given to the tool.
+
+    ``root_fd`` and ``fd`` are descriptors of both, opened before the tool starts: the runner
+    lists, reads and removes through them, never through the paths, which the tool may have
+    renamed away and replaced with a link (to another job's folder, say). ``remove`` closes them.
+    """
 
     root: Path
     path: Path
+    root_fd: int
+    fd: int
 
     @classmethod
     def create(cls, settings: Settings, job_id: str) -> OutputDirectory:
         base = work_dir(settings)
         base.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{job_id[:32]}-", dir=base))
-        path = root / "out"
-        path.mkdir(mode=0o700)
-        return cls(root=root, path=path)
+        root_fd = os.open(root, _FOLDER)
+        try:
+            os.mkdir(_OUT, mode=0o700, dir_fd=root_fd)
+            fd = os.open(_OUT, _FOLDER, dir_fd=root_fd)
+        except BaseException:
+            os.close(root_fd)
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return cls(root=root, path=root / _OUT, root_fd=root_fd, fd=fd)
+
+    def replaced(self) -> str | None:
+        """How ``path`` no longer names the folder the runner made (None while it does)."""
+        try:
+            now = os.stat(_OUT, dir_fd=self.root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return "was removed or moved away"
+        if stat.S_ISLNK(now.st_mode):
+            return "itself is a symbolic link; not followed"
+        if not stat.S_ISDIR(now.st_mode):
+            return "itself is no folder"
+        if not os.path.samestat(now, os.fstat(self.fd)):
+            return "itself is another folder than the one the runner made; not read"
+        return None
 
     async def remove(self) -> None:
         await asyncio.to_thread(self._remove)
 
     def _remove(self) -> None:
         try:
-            # Most jobs leave nothing: two calls, where rmtree opens, lists and checks each
-            # folder first (about 0.1 ms of the runner's CPU per job).
-            os.rmdir(self.path)
-            os.rmdir(self.root)
-        except OSError:
-            shutil.rmtree(self.root, ignore_errors=True)
+            _empty(self.root_fd)
+            # The one step by name: the folder the runner made is removed only if its name in
+            # the work dir still stands for it (rmdir removes nothing but an empty folder).
+            base = os.open(self.root.parent, _FOLDER & ~os.O_NOFOLLOW)
+            try:
+                if os.path.samestat(
+                    os.stat(self.root.name, dir_fd=base, follow_symlinks=False),
+                    os.fstat(self.root_fd),
+                ):
+                    os.rmdir(self.root.name, dir_fd=base)
+            finally:
+                os.close(base)
+        except OSError as exc:
+            log.warning("output directory not removed", path=str(self.root), error=repr(exc))
+        finally:
+            os.close(self.fd)
+            os.close(self.root_fd)
+
+
+def _empty(folder_fd: int) -> None:
+    """Remove everything in the folder ``folder_fd`` is open on, never following a link. Most
+    jobs leave nothing: one listing and one rmdir, where rmtree opens, lists and checks each
+    folder first."""
+    for entry in list(os.scandir(folder_fd)):
+        if entry.is_dir(follow_symlinks=False):
+            try:
+                os.rmdir(entry.name, dir_fd=folder_fd)
+            except OSError:
+                # rmtree with dir_fd opens each folder by descriptor and checks it is the one
+                # it listed: a link is unlinked, never followed.
+                shutil.rmtree(entry.name, dir_fd=folder_fd, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.name, dir_fd=folder_fd)
 
 
 def work_dir(settings: Settings) -> Path:
@@ -107,22 +169,19 @@ def remove_leftovers(settings: Settings) -> int:
 
 @dataclass(frozen=True)
 class Candidate:
-    name: str  # relative to ``folder``, /-separated
-    folder: Path  # the job's output directory
+    name: str  # relative to ``folder_fd``, /-separated
+    folder_fd: int  # the job's output directory (``OutputDirectory.fd``)
 
 
-_NO_LINKS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def open_beneath(folder: Path, name: str) -> int:
-    """A descriptor of ``folder/name`` opened without following a symbolic link on the way: the
-    folder, each subfolder and the file are opened with ``O_NOFOLLOW`` relative to the one
-    before. A link anywhere raises ``OSError`` (ELOOP or ENOTDIR)."""
+def open_beneath(folder_fd: int, name: str) -> int:
+    """A descriptor of ``name`` in the folder ``folder_fd`` is open on, opened without following
+    a symbolic link on the way: each subfolder and the file are opened with ``O_NOFOLLOW``
+    relative to the one before. A link anywhere raises ``OSError`` (ELOOP or ENOTDIR)."""
     *subfolders, filename = name.split("/")
-    fd = os.open(folder, _NO_LINKS | os.O_DIRECTORY)
+    fd = os.dup(folder_fd)
     try:
         for part in subfolders:
-            inner = os.open(part, _NO_LINKS | os.O_DIRECTORY, dir_fd=fd)
+            inner = os.open(part, _FOLDER, dir_fd=fd)
             os.close(fd)
             fd = inner
         return os.open(filename, _NO_LINKS | os.O_NONBLOCK, dir_fd=fd)
@@ -144,25 +203,27 @@ def _shown(name: str) -> str:
 def list_output(directory: OutputDirectory) -> Listing:
     """Every file to store, sorted by name, and a sentence for each entry refused."""
     listing = Listing()
-    for entry in sorted(os.scandir(directory.root), key=lambda e: e.name):
-        if entry.name != directory.path.name:
+    for entry in sorted(os.scandir(directory.root_fd), key=lambda e: e.name):
+        if entry.name != _OUT:
             listing.skipped.append(
                 f"{_shown(entry.name)} was written outside {OUTPUT_ENV}; not stored"
             )
-    if directory.path.is_symlink() or not directory.path.is_dir():
-        # The tool replaced the folder itself: a link is never followed (it could point
-        # anywhere the runner may read), a file is no folder of files.
-        kind = "a symbolic link" if directory.path.is_symlink() else "no folder"
-        listing.skipped.append(f"{OUTPUT_ENV} itself is {kind}; not followed, nothing stored")
+    replaced = directory.replaced()
+    if replaced is not None:
+        # The tool moved the folder away or put something in its place: what stands there is
+        # never followed (a link could point anywhere the runner may read).
+        listing.skipped.append(f"{OUTPUT_ENV} {replaced}; nothing stored")
         return listing
-    _walk(directory.path, "", directory.path, listing)
+    _walk(directory.fd, "", directory.fd, listing)
     listing.files.sort(key=lambda c: c.name)
     return listing
 
 
-def _walk(folder: Path, prefix: str, top: Path, listing: Listing) -> None:
+def _walk(folder_fd: int, prefix: str, top_fd: int, listing: Listing) -> None:
+    """List the folder ``folder_fd`` is open on; each subfolder is opened by name relative to it
+    with ``O_NOFOLLOW``, so a subfolder swapped for a link after it was listed is not walked."""
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = sorted(os.scandir(folder_fd), key=lambda e: e.name)
     except OSError as exc:
         listing.skipped.append(f"folder {_shown(prefix or '.')} cannot be read ({exc.strerror})")
         return
@@ -171,12 +232,31 @@ def _walk(folder: Path, prefix: str, top: Path, listing: Listing) -> None:
         if entry.is_symlink():
             listing.skipped.append(f"{_shown(name)} is a symbolic link; not followed, not stored")
         elif entry.is_dir(follow_symlinks=False):
-            _walk(Path(entry.path), f"{name}/", top, listing)
+            if len(name) > events.MAX_ARTIFACT_NAME_CHARS:
+                # Every file below would be refused for its name; the walk stops (it holds one
+                # descriptor per level).
+                listing.skipped.append(f"folder {_shown(name)} is too deep; not stored")
+                continue
+            try:
+                inner = os.open(entry.name, _FOLDER, dir_fd=folder_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    listing.skipped.append(
+                        f"folder {_shown(name)} was replaced by a symbolic link (or a file) "
+                        "while it was listed; not followed, not stored"
+                    )
+                else:
+                    listing.skipped.append(f"folder {_shown(name)} cannot be read ({exc.strerror})")
+                continue
+            try:
+                _walk(inner, f"{name}/", top_fd, listing)
+            finally:
+                os.close(inner)
         elif not entry.is_file(follow_symlinks=False):
             listing.skipped.append(f"{_shown(name)} is not a regular file; not stored")
         else:
             try:
-                listing.files.append(Candidate(artifactnames.check_new_name(name), top))
+                listing.files.append(Candidate(artifactnames.check_new_name(name), top_fd))
             except artifactnames.BadArtifactName as exc:
                 listing.skipped.append(
                     f"{_shown(name)} is no safe artifact name ({exc}); not stored"
@@ -258,7 +338,7 @@ class ArtifactCollector:
 
     async def _store(self, candidate: Candidate, job_bytes: int, result: StoreResult) -> int:
         """Store one file; the bytes it added to the job's total."""
-        fd = open_beneath(candidate.folder, candidate.name)
+        fd = open_beneath(candidate.folder_fd, candidate.name)
         with os.fdopen(fd, "rb") as source:
             info = os.fstat(source.fileno())
             if not stat.S_ISREG(info.st_mode):
