@@ -127,3 +127,22 @@ async def test_generated_names_are_stored_identically_or_refused(system: System)
         health = await client.get("/health")
     assert not problems, "\n".join(problems)
     assert health.status_code == 200, health.text
+
+
+async def test_a_double_slash_before_the_name_is_no_concern_of_the_name(system: System) -> None:
+    """``/api//jobs/<id>/artifacts/x``: the ``//`` is in the route's part of the path, the name
+    ``x`` is fine. Before, the whole raw path was checked and both answered 400 "the name has an
+    empty part". A ``//`` at the name's start is still the name's (refused)."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=1)
+        headers = {"Authorization": f"Bearer {job.token}"}
+        doubled = job.path.replace("/api/external/jobs/", "/api//external//jobs//")
+        put = await worker.put(f"{doubled}//artifacts/x", content=b"x's", headers=headers)
+        got = await client.get(f"/api//jobs//{job.id}//artifacts/x")
+        empty_first = await worker.put(f"{job.path}/artifacts//y", content=b"y", headers=headers)
+        empty_first_get = await client.get(f"/api/jobs/{job.id}/artifacts//x")
+    assert (put.status_code, put.json()["name"]) == (201, "x"), put.text
+    assert (got.status_code, got.content) == (200, b"x's"), got.text
+    assert (empty_first.status_code, _code(empty_first)) == (400, "INVALID_ARTIFACT_NAME")
+    assert (empty_first_get.status_code, _code(empty_first_get)) == (400, "INVALID_ARTIFACT_NAME")

@@ -48,20 +48,37 @@ def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
     )
 
 
-def _name_as_sent(request: Request[Any, Any, Any], name: str) -> str:
+def _name_as_sent(request: Request[Any, Any, Any], name: str, segments_before: int) -> str:
     """The ``{name:path}`` parameter, refused when it is not what the client sent: the path the
     routing sees has ``//`` collapsed and a trailing ``/`` stripped, so ``a//b`` or ``dir/``
-    would otherwise be stored (and served) silently as ``a/b`` or ``dir``. Checked on the path
-    as it came, decoded (``%2F%2F`` is ``//`` too)."""
-    raw = request.scope.get("raw_path") or request.scope["path"].encode()
-    sent = unquote_to_bytes(raw)
-    if sent.endswith(b"/") or b"//" in sent:
+    would otherwise be stored (and served) silently as ``a/b`` or ``dir``. Checked on the name's
+    part of the path as it came (after the route's ``segments_before`` segments, so a ``//``
+    before the name is no concern of the name's), decoded (``%2F%2F`` is ``//`` too). uvicorn
+    always gives the raw path; a server that does not gets no check (its decoded path says
+    nothing of the slashes sent)."""
+    raw = request.scope.get("raw_path")
+    if raw is None:
+        return name.removeprefix("/")
+    root_path = request.scope.get("root_path") or ""
+    sent = unquote_to_bytes(
+        _after_segments(raw, segments_before + len([p for p in root_path.split("/") if p]))
+    )
+    if b"//" in sent or sent.startswith(b"/") or sent.endswith(b"/"):
         raise ApiError(
             400,
             "INVALID_ARTIFACT_NAME",
             "That is no artifact name: the name has an empty part (a '//' or a trailing '/').",
         )
     return name.removeprefix("/")
+
+
+def _after_segments(raw_path: bytes, count: int) -> bytes:
+    """What follows the first ``count`` segments of ``raw_path`` and the ``/`` after them
+    (empty segments among them skipped): ``/api//jobs/x/artifacts/a//b`` after 4 is ``a//b``."""
+    rest = raw_path
+    for _ in range(count):
+        rest = rest.lstrip(b"/").partition(b"/")[2]
+    return rest
 
 
 def _unavailable(exc: Exception) -> ApiError:
@@ -133,7 +150,7 @@ async def download_artifact(
     """The file's bytes with its Content-Length and an ETag (its SHA-256)."""
     ctx = ctx_of(request)
     Query(request.query_params, ())
-    name = _name_as_sent(request, name)
+    name = _name_as_sent(request, name, segments_before=4)
     await find_job(ctx, job_id, principal_of(request))
     try:
         artifactnames.check_name(name)
@@ -230,7 +247,7 @@ async def upload_external_artifact(
     token = external.bearer_token(request.headers.get("authorization"))
     try:
         await external.authenticate(ctx, job_id, token)
-        name = artifactupload.checked_name(_name_as_sent(request, name))
+        name = artifactupload.checked_name(_name_as_sent(request, name, segments_before=5))
         status = await _last_status(ctx, job_id)
     except (NatsError, TimeoutError, ConnectionError) as exc:
         raise _events_unavailable(exc) from exc
