@@ -4,6 +4,8 @@ terminal status on its subject), every answer is a 2xx or a 409 with a code, nev
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -24,11 +26,19 @@ def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=EXTERNAL_TYPES, lease_ttl_seconds=15.0)
 
 
-@pytest.mark.parametrize("round_", range(3))
+ORDERS: dict[str, Callable[[list[Any]], list[Any]]] = {
+    "as listed": lambda sent: sent,
+    "reversed": lambda sent: sent[::-1],
+    "cancel first": lambda sent: [sent[-1], *sent[:-1]],
+}
+
+
+@pytest.mark.parametrize("order", ORDERS)
 async def test_endings_and_a_cancel_at_once_end_the_job_once(
-    system: System, js: JetStreamContext, settings: Settings, round_: int
+    system: System, js: JetStreamContext, settings: Settings, order: str
 ) -> None:
-    """Two results, an error, the first result again and a cancel, all sent at once."""
+    """Two results, an error, the first result again and a cancel, all sent at once, in three
+    orders (gather starts them in the order given)."""
     async with system.client() as client, worker_client(system.base_url) as worker:
         job = await start_external(client)
         await job.report_when_held(worker, progress=1)
@@ -39,9 +49,7 @@ async def test_endings_and_a_cancel_at_once_end_the_job_once(
             job.report(worker, report_id="r1", result={"n": 1}),
             client.post(f"/api/jobs/{job.id}/cancel", json={}),
         ]
-        if round_ % 2:
-            endings.reverse()
-        answers = await asyncio.gather(*endings)
+        answers = await asyncio.gather(*ORDERS[order](endings))
         done = await wait_status(client, job.id, *TERMINAL, timeout=60)
     problems = []
     for answer in answers:
