@@ -79,6 +79,17 @@ def main() -> int:
         (outside / "secret.txt").write_text("must never be read")
         out.rmdir()
         os.symlink(outside, out)
+    elif args.mode == "deep":
+        # A folder 1,200 levels deep, just past where a recursive removal (shutil.rmtree,
+        # one call per level) fails; made relative to each level, so no path is long.
+        fd = os.open(out, os.O_RDONLY)
+        for _ in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(fd)
+        (out / "kept.txt").write_text("the one good file")
     elif args.mode == "big_then_wait":
         write_big(out / "big.bin", args.mib * MIB)
         print("written", flush=True)

@@ -31,7 +31,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -81,7 +80,8 @@ class OutputDirectory:
             fd = os.open(_OUT, _FOLDER, dir_fd=root_fd)
         except BaseException:
             os.close(root_fd)
-            shutil.rmtree(root, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                _remove_folder(base, root.name)
             raise
         return cls(root=root, path=root / _OUT, root_fd=root_fd, fd=fd)
 
@@ -104,40 +104,97 @@ class OutputDirectory:
 
     def _remove(self) -> None:
         try:
-            _empty(self.root_fd)
+            empty_folder(self.root_fd)
             # The one step by name: the folder the runner made is removed only if its name in
             # the work dir still stands for it (rmdir removes nothing but an empty folder).
             base = os.open(self.root.parent, _FOLDER & ~os.O_NOFOLLOW)
             try:
-                if os.path.samestat(
-                    os.stat(self.root.name, dir_fd=base, follow_symlinks=False),
-                    os.fstat(self.root_fd),
-                ):
-                    os.rmdir(self.root.name, dir_fd=base)
+                _rmdir_if_same(base, self.root.name, os.fstat(self.root_fd))
             finally:
                 os.close(base)
-        except OSError as exc:
+        except Exception as exc:
+            # Whatever the tool left (a tree too deep, a folder it made unreadable), the job
+            # must still end: the removal is logged, never raised.
             log.warning("output directory not removed", path=str(self.root), error=repr(exc))
         finally:
             os.close(self.fd)
             os.close(self.root_fd)
 
 
-def _empty(folder_fd: int) -> None:
-    """Remove everything in the folder ``folder_fd`` is open on, never following a link. Most
-    jobs leave nothing: one listing and one rmdir, where rmtree opens, lists and checks each
-    folder first."""
-    for entry in list(os.scandir(folder_fd)):
-        if entry.is_dir(follow_symlinks=False):
+def _rmdir_if_same(parent_fd: int, name: str, folder: os.stat_result) -> None:
+    """rmdir ``name`` in ``parent_fd`` only if it is still ``folder`` (never through a link)."""
+    if os.path.samestat(os.stat(name, dir_fd=parent_fd, follow_symlinks=False), folder):
+        os.rmdir(name, dir_fd=parent_fd)
+
+
+def empty_folder(folder_fd: int) -> None:
+    """Remove everything in the folder ``folder_fd`` is open on, never following a link, without
+    recursion and holding one descriptor at a time, however deep the tree (a tool's ``mkdir d;
+    cd d`` loop: ``shutil.rmtree`` recurses once per level and raises RecursionError near 1,000).
+
+    It goes down into the first folder that is not empty (opened by name relative to its parent
+    with ``O_NOFOLLOW``), and back up through ``..`` once that folder is empty, checking that
+    ``..`` is the folder it came from (same device and inode) and that the name still stands for
+    the folder before the rmdir. Most jobs leave nothing: one listing. Raises ``OSError`` if
+    something could not be removed (the rest is removed all the same) or the tree was moved
+    while it was removed."""
+    fd = os.dup(folder_fd)
+    # Per level below the top: the parent's stat and this folder's name and stat.
+    path: list[tuple[os.stat_result, str, os.stat_result]] = []
+    stuck: set[tuple[int, int]] = set()  # folders that could not be emptied: not entered again
+    failed: OSError | None = None
+    try:
+        while True:
+            inner = None
+            for entry in list(os.scandir(fd)):
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.name, dir_fd=fd)
+                        continue
+                    if (entry.stat(follow_symlinks=False).st_dev, entry.inode()) in stuck:
+                        continue
+                    try:
+                        os.rmdir(entry.name, dir_fd=fd)
+                        continue
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise
+                    inner = os.open(entry.name, _FOLDER, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    failed = exc
+                    if entry.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            info = entry.stat(follow_symlinks=False)
+                            stuck.add((info.st_dev, info.st_ino))
+                    continue
+                path.append((os.fstat(fd), entry.name, os.fstat(inner)))
+                os.close(fd)
+                fd = inner
+                break
+            if inner is not None:
+                continue  # list the folder just entered
+            if not path:
+                break  # the top is as empty as it can be made
+            parent, name, here = path.pop()
+            above = os.open("..", _FOLDER, dir_fd=fd)
+            os.close(fd)
+            fd = above
+            if not os.path.samestat(os.fstat(fd), parent):
+                raise OSError(errno.ESTALE, "a folder was moved while it was being removed")
             try:
-                os.rmdir(entry.name, dir_fd=folder_fd)
-            except OSError:
-                # rmtree with dir_fd opens each folder by descriptor and checks it is the one
-                # it listed: a link is unlinked, never followed.
-                shutil.rmtree(entry.name, dir_fd=folder_fd, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.name, dir_fd=folder_fd)
+                _rmdir_if_same(fd, name, here)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed = exc
+                stuck.add((here.st_dev, here.st_ino))
+    finally:
+        os.close(fd)
+    if failed is not None:
+        raise failed
 
 
 def work_dir(settings: Settings) -> Path:
@@ -162,9 +219,27 @@ def remove_leftovers(settings: Settings) -> int:
         return 0
     for entry in entries:
         if entry.name.startswith(_PREFIX) and entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed += 1
+            try:
+                _remove_folder(base, entry.name)
+                removed += 1
+            except Exception as exc:
+                # The runner starts all the same; what is left is tried again at the next start.
+                log.warning("output directory not removed", path=entry.path, error=repr(exc))
     return removed
+
+
+def _remove_folder(parent: Path, name: str) -> None:
+    """Remove the folder ``name`` in ``parent`` and all in it, never following a link."""
+    parent_fd = os.open(parent, _FOLDER & ~os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, _FOLDER, dir_fd=parent_fd)
+        try:
+            empty_folder(fd)
+            _rmdir_if_same(parent_fd, name, os.fstat(fd))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent_fd)
 
 
 @dataclass(frozen=True)
