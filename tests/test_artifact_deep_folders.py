@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
 from jobrunner.services.runner import artifacts
 from jobrunner.services.runner.artifacts import OutputDirectory
 from tests.system import System
@@ -125,3 +126,28 @@ def test_a_removal_that_fails_is_logged_not_raised(
         os.fstat(directory.fd)
     assert artifacts.remove_leftovers(settings) == 0
     assert directory.root.exists()
+
+
+@pytest.mark.parametrize(("folder_chars", "walked"), [(1022, True), (1023, False)])
+def test_the_walk_stops_at_a_folder_no_file_below_could_be_named(
+    settings: Settings, folder_chars: int, walked: bool
+) -> None:
+    """A folder whose name leaves no room for ``/x`` (the shortest file below) is not walked:
+    1,022 characters give ``.../x`` of exactly 1,024 (stored), 1,023 give 1,025 (before: walked
+    all the same, each file then refused for its name)."""
+    assert events.MAX_ARTIFACT_NAME_CHARS == 1024
+    directory = OutputDirectory.create(settings, "job1")
+    parts = ["a" * 200] * 5  # 1,004 characters with the slashes
+    parts.append("b" * (folder_chars - 1004 - 1))
+    folder = directory.path.joinpath(*parts)
+    folder.mkdir(parents=True)
+    (folder / "x").write_text("x")
+    listing = artifacts.list_output(directory)
+    directory._remove()
+    name = "/".join(parts)
+    assert len(name) == folder_chars
+    if walked:
+        assert [c.name for c in listing.files] == [f"{name}/x"]
+    else:
+        assert listing.files == []
+        assert listing.skipped == [f"folder {name!r} is too deep; not stored"], listing.skipped

@@ -307,9 +307,9 @@ def _walk(folder_fd: int, prefix: str, top_fd: int, listing: Listing) -> None:
         if entry.is_symlink():
             listing.skipped.append(f"{_shown(name)} is a symbolic link; not followed, not stored")
         elif entry.is_dir(follow_symlinks=False):
-            if len(name) > events.MAX_ARTIFACT_NAME_CHARS:
-                # Every file below would be refused for its name; the walk stops (it holds one
-                # descriptor per level).
+            if len(name) + len("/x") > events.MAX_ARTIFACT_NAME_CHARS:
+                # Every file below (``name/x`` at the shortest) would be refused for its name;
+                # the walk stops (it holds one descriptor per level).
                 listing.skipped.append(f"folder {_shown(name)} is too deep; not stored")
                 continue
             try:
