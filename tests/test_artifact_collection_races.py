@@ -181,7 +181,7 @@ async def test_an_output_directory_removed_or_replaced_stores_nothing(
     }
 
 
-def test_a_subfolder_swapped_while_listed_is_not_walked(
+async def test_a_subfolder_swapped_while_listed_is_not_walked(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``z`` is swapped for a link while ``a`` (listed before it) is walked: the listing does not
@@ -209,3 +209,5 @@ def test_a_subfolder_swapped_while_listed_is_not_walked(
     shown = [c.name for c in listing.files] + listing.skipped
     assert not any("private-name" in s for s in shown), shown
     assert any("'z' was replaced by a symbolic link" in s for s in shown), shown
+    await directory.remove()
+    assert list(outside.iterdir()) == [outside / "private-name.txt"]
