@@ -48,21 +48,29 @@ def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
     )
 
 
-def _name_as_sent(request: Request[Any, Any, Any], name: str, segments_before: int) -> str:
+_DOWNLOAD_ROUTE = "/api/jobs/{job_id:str}/artifacts/{name:path}"
+_UPLOAD_ROUTE = "/api/external/jobs/{job_id:str}/artifacts/{name:path}"
+
+
+def _segments_before_name(route: str) -> int:
+    """How many path segments come before ``{name:path}`` in ``route`` (4 in the download's)."""
+    return len([p for p in route.partition("{name:path}")[0].split("/") if p])
+
+
+def _name_as_sent(request: Request[Any, Any, Any], name: str, route: str) -> str:
     """The ``{name:path}`` parameter, refused when it is not what the client sent: the path the
     routing sees has ``//`` collapsed and a trailing ``/`` stripped, so ``a//b`` or ``dir/``
     would otherwise be stored (and served) silently as ``a/b`` or ``dir``. Checked on the name's
-    part of the path as it came (after the route's ``segments_before`` segments, so a ``//``
-    before the name is no concern of the name's), decoded (``%2F%2F`` is ``//`` too). uvicorn
+    part of the path as it came (after the segments before ``{name:path}`` in ``route``, so a
+    ``//`` before the name is no concern of the name's), decoded (``%2F%2F`` is ``//`` too). uvicorn
     always gives the raw path; a server that does not gets no check (its decoded path says
     nothing of the slashes sent)."""
     raw = request.scope.get("raw_path")
     if raw is None:
         return name.removeprefix("/")
     root_path = request.scope.get("root_path") or ""
-    sent = unquote_to_bytes(
-        _after_segments(raw, segments_before + len([p for p in root_path.split("/") if p]))
-    )
+    before = _segments_before_name(route) + len([p for p in root_path.split("/") if p])
+    sent = unquote_to_bytes(_after_segments(raw, before))
     if b"//" in sent or sent.startswith(b"/") or sent.endswith(b"/"):
         raise ApiError(
             400,
@@ -134,7 +142,7 @@ async def list_job_artifacts(request: Request[Any, Any, Any], job_id: str) -> sc
 
 
 @get(
-    "/api/jobs/{job_id:str}/artifacts/{name:path}",
+    _DOWNLOAD_ROUTE,
     tags=["artifacts"],
     summary="One artifact, streamed",
     media_type="application/octet-stream",
@@ -150,7 +158,7 @@ async def download_artifact(
     """The file's bytes with its Content-Length and an ETag (its SHA-256)."""
     ctx = ctx_of(request)
     Query(request.query_params, ())
-    name = _name_as_sent(request, name, segments_before=4)
+    name = _name_as_sent(request, name, _DOWNLOAD_ROUTE)
     await find_job(ctx, job_id, principal_of(request))
     try:
         artifactnames.check_name(name)
@@ -221,7 +229,7 @@ async def _last_status(ctx: ApiContext, job_id: str) -> events.StatusChanged | N
 
 
 @put(
-    "/api/external/jobs/{job_id:str}/artifacts/{name:path}",
+    _UPLOAD_ROUTE,
     status_code=HTTP_201_CREATED,
     tags=["external jobs"],
     summary="An external job's worker attaches a file to its job",
@@ -247,7 +255,7 @@ async def upload_external_artifact(
     token = external.bearer_token(request.headers.get("authorization"))
     try:
         await external.authenticate(ctx, job_id, token)
-        name = artifactupload.checked_name(_name_as_sent(request, name, segments_before=5))
+        name = artifactupload.checked_name(_name_as_sent(request, name, _UPLOAD_ROUTE))
         status = await _last_status(ctx, job_id)
     except (NatsError, TimeoutError, ConnectionError) as exc:
         raise _events_unavailable(exc) from exc
