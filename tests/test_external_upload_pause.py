@@ -10,7 +10,11 @@ the first chunk is sent, before the second. So it lands in ``put_file``, past th
 NATS requests (the token and status reads, ``object_info``, each with its own timeout). The
 chunks' ack wait (``ACK_WAIT_SECONDS``) is set well above both pauses, so the patience alone
 decides: with a patience much longer, the longer case stores the file (201) and fails here; with
-one much shorter, the shorter case does."""
+one much shorter, the shorter case does.
+
+The patience is checked before each chunk, not while a chunk's ack is awaited: a response can
+take up to the patience plus one ack wait (here the longer case answers when NATS thaws, at
+5.5 s, its chunks' acks arriving late; with NATS gone for good it would be 4 + 12 s)."""
 
 from __future__ import annotations
 
