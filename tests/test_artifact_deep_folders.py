@@ -151,3 +151,30 @@ def test_the_walk_stops_at_a_folder_no_file_below_could_be_named(
     else:
         assert listing.files == []
         assert listing.skipped == [f"folder {name!r} is too deep; not stored"], listing.skipped
+
+
+def test_a_folder_that_cannot_be_removed_is_left_and_the_rest_goes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rmdir refused for one folder (as for one the tool made unwritable, or a mount point):
+    the removal neither loops nor raises; everything else goes, that folder stays (its file
+    gone), and a later start removes it once it can."""
+    directory = OutputDirectory.create(settings, "job1")
+    for folder in ("a/locked/deeper", "b/c"):
+        (directory.path / folder).mkdir(parents=True)
+        (directory.path / folder / "f").write_text("f")
+    real_rmdir = os.rmdir
+
+    def rmdir(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "locked":
+            raise PermissionError(1, "Operation not permitted", name)
+        return real_rmdir(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    directory._remove()
+    left = sorted(str(p.relative_to(directory.root)) for p in directory.root.rglob("*"))
+    assert left == ["out", "out/a", "out/a/locked"]
+    assert artifacts.remove_leftovers(settings) == 0
+    monkeypatch.setattr(os, "rmdir", real_rmdir)
+    assert artifacts.remove_leftovers(settings) == 1
+    assert not directory.root.exists()

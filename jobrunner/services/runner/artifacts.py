@@ -152,14 +152,15 @@ def empty_folder(folder_fd: int) -> None:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.name, dir_fd=fd)
                         continue
-                    if (entry.stat(follow_symlinks=False).st_dev, entry.inode()) in stuck:
+                    if stuck and (entry.stat(follow_symlinks=False).st_dev, entry.inode()) in stuck:
                         continue
                     try:
                         os.rmdir(entry.name, dir_fd=fd)
                         continue
-                    except OSError as exc:
-                        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                            raise
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        pass  # not empty (or refused): emptied first, tried again on the way up
                     inner = os.open(entry.name, _FOLDER, dir_fd=fd)
                 except FileNotFoundError:
                     continue
