@@ -142,6 +142,22 @@ async def test_links_escapes_and_unsafe_names_are_not_stored_but_logged(system: 
     assert "'..\\\\x' is no safe artifact name" in log
 
 
+async def test_output_directory_swapped_for_a_link_is_not_followed(
+    system: System, settings: Settings
+) -> None:
+    """A tool that replaces JOBRUNNER_OUTPUT_DIR itself by a link to a folder outside the work dir:
+    nothing in that folder is read or stored, the log says why, the job still completes. On main
+    the runner listed the folder through the link and stored ``secret.txt``."""
+    async with system.client() as client:
+        job = await _finished(client, "artifacts", mode="output_dir_link")
+        listed = await _listed(client, job["id"])
+        errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
+    assert (Path(settings.artifact_work_dir).parent / "outside" / "secret.txt").exists()
+    assert job["status"] == "completed", job
+    assert listed["items"] == []
+    assert any("is a symbolic link; not followed" in text for text in errors), errors
+
+
 async def test_file_over_the_per_file_limit_fails_the_job(
     settings: Settings, system: System
 ) -> None:

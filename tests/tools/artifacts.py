@@ -71,6 +71,25 @@ def main() -> int:
         deep.mkdir(parents=True)
         (deep / "f.txt").write_text("a file with a long name")
         (out / "kept.txt").write_text("the one good file")
+    elif args.mode == "output_dir_link":
+        # The output directory itself swapped for a link to a folder outside the runner's work
+        # dir (next to it, in the test's tmp_path): nothing in there may be read.
+        outside = out.parent.parent.parent / "outside"
+        outside.mkdir(exist_ok=True)
+        (outside / "secret.txt").write_text("must never be read")
+        out.rmdir()
+        os.symlink(outside, out)
+    elif args.mode == "deep":
+        # A folder 1,200 levels deep, just past where a recursive removal (shutil.rmtree,
+        # one call per level) fails; made relative to each level, so no path is long.
+        fd = os.open(out, os.O_RDONLY)
+        for _ in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(fd)
+        (out / "kept.txt").write_text("the one good file")
     elif args.mode == "big_then_wait":
         write_big(out / "big.bin", args.mib * MIB)
         print("written", flush=True)

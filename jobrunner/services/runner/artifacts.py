@@ -14,17 +14,23 @@ What is never stored, each named in the job's log as an ERROR line:
 - a file over ``artifact_max_file_bytes``, or one that would take the job's stored bytes over
   ``artifact_max_job_bytes``: the job then ends ARTIFACT_TOO_LARGE if it would have completed.
 
-Files are opened with ``O_NOFOLLOW`` and checked again on the open descriptor, so a link put in
-place between the listing and the upload is not followed either; a file is read up to the size
-it had when opened (something outside the job still writing cannot push it over a limit).
+The output directory and its parent are opened once, before the tool starts, and everything
+after goes through those descriptors: the listing opens each subfolder by name relative to its
+parent with ``O_NOFOLLOW``, each file is opened one folder at a time the same way and checked
+again on the open descriptor, and the removal empties the held folder and removes it by name only
+if that name still stands for it. So a link put in place of a file, of a folder on its way, of
+the output directory or of its parent, at any time, is never followed; an output directory moved
+away or replaced stores nothing (the job's log says so). A file is read up to the size it had
+when opened (something outside the job still writing cannot push it over a limit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -44,35 +50,152 @@ log = structlog.get_logger()
 
 OUTPUT_ENV = "JOBRUNNER_OUTPUT_DIR"
 _PREFIX = "jobrunner-"
+_OUT = "out"
+_NO_LINKS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER = _NO_LINKS | os.O_DIRECTORY
 
 
 @dataclass(frozen=True)
 class OutputDirectory:
-    """The folder of one job: ``root`` is removed at the end, ``path`` is given to the tool."""
+    """The folder of one job: ``root`` is removed at the end, ``path`` is given to the tool.
+
+    ``root_fd`` and ``fd`` are descriptors of both, opened before the tool starts: the runner
+    lists, reads and removes through them, never through the paths, which the tool may have
+    renamed away and replaced with a link (to another job's folder, say). ``remove`` closes them.
+    """
 
     root: Path
     path: Path
+    root_fd: int
+    fd: int
 
     @classmethod
     def create(cls, settings: Settings, job_id: str) -> OutputDirectory:
         base = work_dir(settings)
         base.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{job_id[:32]}-", dir=base))
-        path = root / "out"
-        path.mkdir(mode=0o700)
-        return cls(root=root, path=path)
+        root_fd = os.open(root, _FOLDER)
+        try:
+            os.mkdir(_OUT, mode=0o700, dir_fd=root_fd)
+            fd = os.open(_OUT, _FOLDER, dir_fd=root_fd)
+        except BaseException:
+            os.close(root_fd)
+            with contextlib.suppress(Exception):
+                _remove_folder(base, root.name)
+            raise
+        return cls(root=root, path=root / _OUT, root_fd=root_fd, fd=fd)
+
+    def replaced(self) -> str | None:
+        """How ``path`` no longer names the folder the runner made (None while it does)."""
+        try:
+            now = os.stat(_OUT, dir_fd=self.root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return "was removed or moved away"
+        if stat.S_ISLNK(now.st_mode):
+            return "itself is a symbolic link; not followed"
+        if not stat.S_ISDIR(now.st_mode):
+            return "itself is no folder"
+        if not os.path.samestat(now, os.fstat(self.fd)):
+            return "itself is another folder than the one the runner made; not read"
+        return None
 
     async def remove(self) -> None:
         await asyncio.to_thread(self._remove)
 
     def _remove(self) -> None:
         try:
-            # Most jobs leave nothing: two calls, where rmtree opens, lists and checks each
-            # folder first (about 0.1 ms of the runner's CPU per job).
-            os.rmdir(self.path)
-            os.rmdir(self.root)
-        except OSError:
-            shutil.rmtree(self.root, ignore_errors=True)
+            empty_folder(self.root_fd)
+            # The one step by name: the folder the runner made is removed only if its name in
+            # the work dir still stands for it (rmdir removes nothing but an empty folder).
+            base = os.open(self.root.parent, _FOLDER & ~os.O_NOFOLLOW)
+            try:
+                _rmdir_if_same(base, self.root.name, os.fstat(self.root_fd))
+            finally:
+                os.close(base)
+        except Exception as exc:
+            # Whatever the tool left (a tree too deep, a folder it made unreadable), the job
+            # must still end: the removal is logged, never raised.
+            log.warning("output directory not removed", path=str(self.root), error=repr(exc))
+        finally:
+            os.close(self.fd)
+            os.close(self.root_fd)
+
+
+def _rmdir_if_same(parent_fd: int, name: str, folder: os.stat_result) -> None:
+    """rmdir ``name`` in ``parent_fd`` only if it is still ``folder`` (never through a link)."""
+    if os.path.samestat(os.stat(name, dir_fd=parent_fd, follow_symlinks=False), folder):
+        os.rmdir(name, dir_fd=parent_fd)
+
+
+def empty_folder(folder_fd: int) -> None:
+    """Remove everything in the folder ``folder_fd`` is open on, never following a link, without
+    recursion and holding one descriptor at a time, however deep the tree (a tool's ``mkdir d;
+    cd d`` loop: ``shutil.rmtree`` recurses once per level and raises RecursionError near 1,000).
+
+    It goes down into the first folder that is not empty (opened by name relative to its parent
+    with ``O_NOFOLLOW``), and back up through ``..`` once that folder is empty, checking that
+    ``..`` is the folder it came from (same device and inode) and that the name still stands for
+    the folder before the rmdir. Most jobs leave nothing: one listing. Raises ``OSError`` if
+    something could not be removed (the rest is removed all the same) or the tree was moved
+    while it was removed."""
+    fd = os.dup(folder_fd)
+    # Per level below the top: the parent's stat and this folder's name and stat.
+    path: list[tuple[os.stat_result, str, os.stat_result]] = []
+    stuck: set[tuple[int, int]] = set()  # folders that could not be emptied: not entered again
+    failed: OSError | None = None
+    try:
+        while True:
+            inner = None
+            for entry in list(os.scandir(fd)):
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.name, dir_fd=fd)
+                        continue
+                    if stuck and (entry.stat(follow_symlinks=False).st_dev, entry.inode()) in stuck:
+                        continue
+                    try:
+                        os.rmdir(entry.name, dir_fd=fd)
+                        continue
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        pass  # not empty (or refused): emptied first, tried again on the way up
+                    inner = os.open(entry.name, _FOLDER, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    failed = exc
+                    if entry.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            info = entry.stat(follow_symlinks=False)
+                            stuck.add((info.st_dev, info.st_ino))
+                    continue
+                path.append((os.fstat(fd), entry.name, os.fstat(inner)))
+                os.close(fd)
+                fd = inner
+                break
+            if inner is not None:
+                continue  # list the folder just entered
+            if not path:
+                break  # the top is as empty as it can be made
+            parent, name, here = path.pop()
+            above = os.open("..", _FOLDER, dir_fd=fd)
+            os.close(fd)
+            fd = above
+            if not os.path.samestat(os.fstat(fd), parent):
+                raise OSError(errno.ESTALE, "a folder was moved while it was being removed")
+            try:
+                _rmdir_if_same(fd, name, here)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed = exc
+                stuck.add((here.st_dev, here.st_ino))
+    finally:
+        os.close(fd)
+    if failed is not None:
+        raise failed
 
 
 def work_dir(settings: Settings) -> Path:
@@ -97,15 +220,49 @@ def remove_leftovers(settings: Settings) -> int:
         return 0
     for entry in entries:
         if entry.name.startswith(_PREFIX) and entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed += 1
+            try:
+                _remove_folder(base, entry.name)
+                removed += 1
+            except Exception as exc:
+                # The runner starts all the same; what is left is tried again at the next start.
+                log.warning("output directory not removed", path=entry.path, error=repr(exc))
     return removed
+
+
+def _remove_folder(parent: Path, name: str) -> None:
+    """Remove the folder ``name`` in ``parent`` and all in it, never following a link."""
+    parent_fd = os.open(parent, _FOLDER & ~os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, _FOLDER, dir_fd=parent_fd)
+        try:
+            empty_folder(fd)
+            _rmdir_if_same(parent_fd, name, os.fstat(fd))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent_fd)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    name: str
-    path: Path
+    name: str  # relative to ``folder_fd``, /-separated
+    folder_fd: int  # the job's output directory (``OutputDirectory.fd``)
+
+
+def open_beneath(folder_fd: int, name: str) -> int:
+    """A descriptor of ``name`` in the folder ``folder_fd`` is open on, opened without following
+    a symbolic link on the way: each subfolder and the file are opened with ``O_NOFOLLOW``
+    relative to the one before. A link anywhere raises ``OSError`` (ELOOP or ENOTDIR)."""
+    *subfolders, filename = name.split("/")
+    fd = os.dup(folder_fd)
+    try:
+        for part in subfolders:
+            inner = os.open(part, _FOLDER, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(filename, _NO_LINKS | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -122,19 +279,27 @@ def _shown(name: str) -> str:
 def list_output(directory: OutputDirectory) -> Listing:
     """Every file to store, sorted by name, and a sentence for each entry refused."""
     listing = Listing()
-    for entry in sorted(os.scandir(directory.root), key=lambda e: e.name):
-        if entry.name != directory.path.name:
+    for entry in sorted(os.scandir(directory.root_fd), key=lambda e: e.name):
+        if entry.name != _OUT:
             listing.skipped.append(
                 f"{_shown(entry.name)} was written outside {OUTPUT_ENV}; not stored"
             )
-    _walk(directory.path, "", listing)
+    replaced = directory.replaced()
+    if replaced is not None:
+        # The tool moved the folder away or put something in its place: what stands there is
+        # never followed (a link could point anywhere the runner may read).
+        listing.skipped.append(f"{OUTPUT_ENV} {replaced}; nothing stored")
+        return listing
+    _walk(directory.fd, "", directory.fd, listing)
     listing.files.sort(key=lambda c: c.name)
     return listing
 
 
-def _walk(folder: Path, prefix: str, listing: Listing) -> None:
+def _walk(folder_fd: int, prefix: str, top_fd: int, listing: Listing) -> None:
+    """List the folder ``folder_fd`` is open on; each subfolder is opened by name relative to it
+    with ``O_NOFOLLOW``, so a subfolder swapped for a link after it was listed is not walked."""
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = sorted(os.scandir(folder_fd), key=lambda e: e.name)
     except OSError as exc:
         listing.skipped.append(f"folder {_shown(prefix or '.')} cannot be read ({exc.strerror})")
         return
@@ -143,14 +308,31 @@ def _walk(folder: Path, prefix: str, listing: Listing) -> None:
         if entry.is_symlink():
             listing.skipped.append(f"{_shown(name)} is a symbolic link; not followed, not stored")
         elif entry.is_dir(follow_symlinks=False):
-            _walk(Path(entry.path), f"{name}/", listing)
+            if len(name) + len("/x") > events.MAX_ARTIFACT_NAME_CHARS:
+                # Every file below (``name/x`` at the shortest) would be refused for its name;
+                # the walk stops (it holds one descriptor per level).
+                listing.skipped.append(f"folder {_shown(name)} is too deep; not stored")
+                continue
+            try:
+                inner = os.open(entry.name, _FOLDER, dir_fd=folder_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    listing.skipped.append(
+                        f"folder {_shown(name)} was replaced by a symbolic link (or a file) "
+                        "while it was listed; not followed, not stored"
+                    )
+                else:
+                    listing.skipped.append(f"folder {_shown(name)} cannot be read ({exc.strerror})")
+                continue
+            try:
+                _walk(inner, f"{name}/", top_fd, listing)
+            finally:
+                os.close(inner)
         elif not entry.is_file(follow_symlinks=False):
             listing.skipped.append(f"{_shown(name)} is not a regular file; not stored")
         else:
             try:
-                listing.files.append(
-                    Candidate(artifactnames.check_new_name(name), Path(entry.path))
-                )
+                listing.files.append(Candidate(artifactnames.check_new_name(name), top_fd))
             except artifactnames.BadArtifactName as exc:
                 listing.skipped.append(
                     f"{_shown(name)} is no safe artifact name ({exc}); not stored"
@@ -214,7 +396,14 @@ class ArtifactCollector:
                 self.say("artifacts: the job's lease was lost; the remaining files were not stored")
                 break
             except OSError as exc:
-                self.say(f"artifact {_shown(candidate.name)} cannot be read ({exc.strerror})")
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    self.say(
+                        f"artifact {_shown(candidate.name)}: a symbolic link (or a file) took the "
+                        "place of it or of a folder on its way while it was collected; not "
+                        "followed, not stored"
+                    )
+                else:
+                    self.say(f"artifact {_shown(candidate.name)} cannot be read ({exc.strerror})")
             except Exception as exc:
                 # NATS refused it for good (the bucket full, a permission): the job must still
                 # end, and say which file is missing.
@@ -225,7 +414,7 @@ class ArtifactCollector:
 
     async def _store(self, candidate: Candidate, job_bytes: int, result: StoreResult) -> int:
         """Store one file; the bytes it added to the job's total."""
-        fd = os.open(candidate.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = open_beneath(candidate.folder_fd, candidate.name)
         with os.fdopen(fd, "rb") as source:
             info = os.fstat(source.fileno())
             if not stat.S_ISREG(info.st_mode):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import structlog
 from litestar import Request, Response, get, put
@@ -46,6 +46,47 @@ def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
         stored_at=row["stored_at"],
         url=artifact_url(job_id, row["name"]),
     )
+
+
+_DOWNLOAD_ROUTE = "/api/jobs/{job_id:str}/artifacts/{name:path}"
+_UPLOAD_ROUTE = "/api/external/jobs/{job_id:str}/artifacts/{name:path}"
+
+
+def _segments_before_name(route: str) -> int:
+    """How many path segments come before ``{name:path}`` in ``route`` (4 in the download's)."""
+    return len([p for p in route.partition("{name:path}")[0].split("/") if p])
+
+
+def _name_as_sent(request: Request[Any, Any, Any], name: str, route: str) -> str:
+    """The ``{name:path}`` parameter, refused when it is not what the client sent: the path the
+    routing sees has ``//`` collapsed and a trailing ``/`` stripped, so ``a//b`` or ``dir/``
+    would otherwise be stored (and served) silently as ``a/b`` or ``dir``. Checked on the name's
+    part of the path as it came (after the segments before ``{name:path}`` in ``route``, so a
+    ``//`` before the name is no concern of the name's), decoded (``%2F%2F`` is ``//`` too). uvicorn
+    always gives the raw path; a server that does not gets no check (its decoded path says
+    nothing of the slashes sent)."""
+    raw = request.scope.get("raw_path")
+    if raw is None:
+        return name.removeprefix("/")
+    root_path = request.scope.get("root_path") or ""
+    before = _segments_before_name(route) + len([p for p in root_path.split("/") if p])
+    sent = unquote_to_bytes(_after_segments(raw, before))
+    if b"//" in sent or sent.startswith(b"/") or sent.endswith(b"/"):
+        raise ApiError(
+            400,
+            "INVALID_ARTIFACT_NAME",
+            "That is no artifact name: the name has an empty part (a '//' or a trailing '/').",
+        )
+    return name.removeprefix("/")
+
+
+def _after_segments(raw_path: bytes, count: int) -> bytes:
+    """What follows the first ``count`` segments of ``raw_path`` and the ``/`` after them
+    (empty segments among them skipped): ``/api//jobs/x/artifacts/a//b`` after 4 is ``a//b``."""
+    rest = raw_path
+    for _ in range(count):
+        rest = rest.lstrip(b"/").partition(b"/")[2]
+    return rest
 
 
 def _unavailable(exc: Exception) -> ApiError:
@@ -101,7 +142,7 @@ async def list_job_artifacts(request: Request[Any, Any, Any], job_id: str) -> sc
 
 
 @get(
-    "/api/jobs/{job_id:str}/artifacts/{name:path}",
+    _DOWNLOAD_ROUTE,
     tags=["artifacts"],
     summary="One artifact, streamed",
     media_type="application/octet-stream",
@@ -117,7 +158,7 @@ async def download_artifact(
     """The file's bytes with its Content-Length and an ETag (its SHA-256)."""
     ctx = ctx_of(request)
     Query(request.query_params, ())
-    name = name.removeprefix("/")
+    name = _name_as_sent(request, name, _DOWNLOAD_ROUTE)
     await find_job(ctx, job_id, principal_of(request))
     try:
         artifactnames.check_name(name)
@@ -188,7 +229,7 @@ async def _last_status(ctx: ApiContext, job_id: str) -> events.StatusChanged | N
 
 
 @put(
-    "/api/external/jobs/{job_id:str}/artifacts/{name:path}",
+    _UPLOAD_ROUTE,
     status_code=HTTP_201_CREATED,
     tags=["external jobs"],
     summary="An external job's worker attaches a file to its job",
@@ -214,7 +255,7 @@ async def upload_external_artifact(
     token = external.bearer_token(request.headers.get("authorization"))
     try:
         await external.authenticate(ctx, job_id, token)
-        name = artifactupload.checked_name(name.removeprefix("/"))
+        name = artifactupload.checked_name(_name_as_sent(request, name, _UPLOAD_ROUTE))
         status = await _last_status(ctx, job_id)
     except (NatsError, TimeoutError, ConnectionError) as exc:
         raise _events_unavailable(exc) from exc
