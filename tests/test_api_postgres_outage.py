@@ -1,6 +1,7 @@
-"""The API while Postgres is away (stopped) or frozen for a while (SIGSTOPped, every backend with
-it): a read of the read models answers 503 with a code and a sentence, never a 500, or waits out
-the freeze; the API serves again on its own once Postgres is back."""
+"""The API while Postgres is away (stopped) or frozen (SIGSTOPped, every backend with it): a read
+of the read models answers 503 with a code and a sentence, never a 500 or a hang; a freeze
+shorter than the read deadline (``api_read_timeout_seconds``) is waited out; the API serves
+again on its own once Postgres is back."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.api.context import read_pool
+from jobrunner.services.api.readpool import ReadModelsTimeout, ReadPool
 from tests import servers
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
@@ -29,13 +32,22 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
         yield server
 
 
-# How long Postgres stays frozen in the freeze test: a read waits it out.
-FREEZE = 0.5
+# The API's read deadline and its health check's, short so the tests stay fast.
+DEADLINE = 2.5
+HEALTH_DEADLINE = 0.5
+# The API's pooled connections (context.read_pool), and more readers than that.
+POOL_SIZE = 10
+READERS = 25
 
 
 @pytest.fixture
 async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIterator[System]:
-    settings = msgspec.structs.replace(settings, database_url=own_postgres.url)
+    settings = msgspec.structs.replace(
+        settings,
+        database_url=own_postgres.url,
+        api_read_timeout_seconds=DEADLINE,
+        health_postgres_timeout_seconds=HEALTH_DEADLINE,
+    )
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
         yield running
@@ -56,11 +68,52 @@ def signal_postgres(server: EmbeddedPostgres, sig: signal.Signals) -> None:
                 os.kill(int(stat.parent.name), sig)
 
 
-async def read_job(system: System) -> tuple[int, dict[str, Any]]:
+@contextlib.asynccontextmanager
+async def frozen(server: EmbeddedPostgres) -> AsyncIterator[None]:
+    signal_postgres(server, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        signal_postgres(server, signal.SIGCONT)
+
+
+async def read_job(system: System, path: str = "/api/jobs/before") -> tuple[int, dict[str, Any]]:
     # The client's own 30 s deadline only keeps a hang from holding the test for ever.
-    async with system.client() as client:
-        response = await client.get("/api/jobs/before")
+    async with system.client() as client, client.stream("GET", path) as response:
+        if response.headers["content-type"] != "application/json":
+            return response.status_code, {}  # a page or an open stream: its status says it
+        await response.aread()
+    if response.status_code == 503:
+        assert response.headers["retry-after"], response.headers
     return response.status_code, response.json()
+
+
+# Reads of the read models by different paths: Litestar's route, the fast path (jobs_fastpath),
+# an SSE stream's row read (sharedreads), an HTML page.
+READ_PATHS = (
+    "/api/jobs/before",
+    "/api/jobs",
+    "/api/jobs/before/logs",
+    "/api/jobs/before/stream",
+    "/jobs/before",
+)
+
+
+async def read_many(system: System, count: int) -> list[tuple[int, dict[str, Any]]]:
+    return await asyncio.gather(
+        *(read_job(system, READ_PATHS[i % len(READ_PATHS)]) for i in range(count))
+    )
+
+
+def read_pool_of(system: System) -> ReadPool:
+    return system._server.config.app.state.ctx.pool  # type: ignore[union-attr,no-any-return]
+
+
+def assert_no_connection_held(pool: ReadPool) -> None:
+    """Every connection the pool has is back in it (none wedged in use) and open."""
+    holders = pool.pool._holders
+    assert pool.pool.get_idle_size() == pool.pool.get_size(), [h._in_use for h in holders]
+    assert all(h._con is None or not h._con.is_closed() for h in holders)
 
 
 async def served_again(system: System) -> None:
@@ -80,6 +133,12 @@ def assert_unavailable(status: int, body: dict[str, Any]) -> None:
     assert body["error"]["message"]
 
 
+def assert_timed_out(status: int, body: dict[str, Any]) -> None:
+    assert status == 503, body
+    assert body["error"]["code"] == "READ_MODELS_TIMEOUT"
+    assert body["error"]["message"]
+
+
 async def test_postgres_stopped_reads_answer_503_with_a_code_then_recover(
     system: System, own_postgres: EmbeddedPostgres
 ) -> None:
@@ -92,16 +151,95 @@ async def test_postgres_stopped_reads_answer_503_with_a_code_then_recover(
     await served_again(system)
 
 
-async def test_postgres_frozen_for_a_while_is_waited_out(
+async def test_postgres_frozen_just_shorter_than_the_deadline_is_waited_out(
     system: System, own_postgres: EmbeddedPostgres
 ) -> None:
-    """A short freeze: the read waits for Postgres and answers 200 (not a 503: a read is not
-    bounded, a slow one is legitimate; a freeze for ever holds it, RESULTS.md, left open)."""
-    signal_postgres(own_postgres, signal.SIGSTOP)
+    """A freeze shorter than the read deadline: the reads wait for Postgres and answer 200
+    (guards the deadline from answering early; passes without it too)."""
+    async with frozen(own_postgres):
+        reading = asyncio.create_task(read_many(system, len(READ_PATHS)))
+        await asyncio.sleep(DEADLINE - 0.5)  # the fault's length: how long Postgres stays frozen
+    for status, body in await reading:
+        assert status == 200, body
+
+
+async def test_postgres_frozen_longer_than_the_deadline_answers_every_reader_in_time(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """More readers than the pool's connections, Postgres frozen past the deadline: each is
+    answered 503 READ_MODELS_TIMEOUT while Postgres is still frozen (before the fix: each
+    waited for the thaw). After the thaw all answer 200, with no connection left wedged."""
+    pool = read_pool_of(system)
+    assert pool.pool.get_max_size() == POOL_SIZE < READERS
+    async with frozen(own_postgres):
+        try:
+            async with asyncio.timeout(DEADLINE + 5):  # answered while frozen, not after
+                answers = await read_many(system, READERS)
+        except TimeoutError:
+            raise AssertionError("readers still waiting while Postgres is frozen") from None
+        for answer in answers:
+            assert_timed_out(*answer)
+    await served_again(system)
+    for status, body in await read_many(system, READERS):
+        assert status == 200, body
+    assert_no_connection_held(pool)
+
+
+async def test_health_answers_within_its_own_bound_while_readers_wait(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """Postgres frozen and every pooled connection taken by readers: ``GET /health`` says so
+    (503, POSTGRES_TIMEOUT) after its own short bound, while the readers still wait for
+    theirs (before the fix it waited for the thaw)."""
+    async with frozen(own_postgres):
+        readers = asyncio.create_task(read_many(system, READERS))
+        await asyncio.sleep(0.2)  # the readers hold or wait for every connection
+        async with system.client() as client:
+            response = await client.get("/health")
+        assert not readers.done(), "health answered only after the readers' deadline"
+        body = response.json()
+        assert response.status_code == 503, body
+        assert body["status"] == "unavailable"
+        assert body["postgres"] is False
+        codes = [p["code"] for p in body["problems"]]
+        assert "POSTGRES_TIMEOUT" in codes, body  # (and NO_RUNNER: this system has none)
+        assert "POSTGRES_UNREACHABLE" not in codes, body
+        for answer in await readers:
+            assert_timed_out(*answer)
+    await served_again(system)
+    async with system.client() as client:
+        assert (await client.get("/health")).json()["postgres"] is True
+
+
+async def test_a_slow_but_working_read_is_not_refused(settings: Settings) -> None:
+    """A read that takes most of the deadline (Postgres working, not frozen) is answered; one
+    past it is refused, its connection terminated, and the pool serves the next read."""
+    pool = await read_pool(settings.database_url, 1.5)
     try:
-        reading = asyncio.create_task(read_job(system))
-        await asyncio.sleep(FREEZE)  # the fault's length: how long Postgres stays frozen
+        assert await pool.fetchval("SELECT 1 FROM pg_sleep(1.0)") == 1
+        with pytest.raises(ReadModelsTimeout):
+            await pool.fetchval("SELECT pg_sleep(3)")
+        assert await pool.fetchval("SELECT 1") == 1
+        assert_no_connection_held(pool)
     finally:
-        signal_postgres(own_postgres, signal.SIGCONT)
-    status, body = await reading
-    assert status == 200, body
+        await pool.close()
+
+
+async def test_a_read_on_a_frozen_postgres_ends_at_the_deadline_and_terminates_its_connection(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """The connection in use when the deadline passes is terminated, not cancelled (asyncpg's
+    cancel waits on the frozen server): the read ends while Postgres is frozen, and after the
+    thaw the pool reads again without a wedged connection."""
+    pool = await read_pool(own_postgres.url, 1.0)
+    try:
+        assert await pool.fetchval("SELECT 1") == 1  # a connection open before the freeze
+        async with frozen(own_postgres):
+            async with asyncio.timeout(5):  # answered while frozen, not after
+                with pytest.raises(ReadModelsTimeout):
+                    await pool.fetchval("SELECT 1")
+            assert_no_connection_held(pool)
+        assert await pool.fetchval("SELECT 1") == 1
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()

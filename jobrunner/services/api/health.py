@@ -1,7 +1,8 @@
 """What ``GET /health`` reports: whether this API instance can serve, and whether the parts it
 cannot see from here are working (invariant "Health tells the truth").
 
-- ``unavailable`` (HTTP 503): this instance cannot reach NATS or Postgres; a load balancer should
+- ``unavailable`` (HTTP 503): this instance cannot reach NATS or Postgres (or Postgres does not
+  answer within ``health_postgres_timeout_seconds``); a load balancer should
   send requests elsewhere.
 - ``degraded`` (HTTP 200: the instance serves, and taking every API instance out of a load
   balancer would not help): events set aside by the projector, a projector that does not keep up
@@ -25,6 +26,7 @@ from jobrunner.common import runnerpool
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.readpool import ReadModelsTimeout
 
 log = structlog.get_logger()
 
@@ -38,7 +40,7 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     """The body of ``GET /health`` and its HTTP status."""
     problems: list[Problem] = []
     body: dict[str, Any] = {"nats": ctx.nc.is_connected}
-    applied = await _projected_seq(ctx)
+    applied, postgres_problem = await _projected_seq(ctx)
     body["postgres"] = applied is not None
     last = await _stream_last_seq(ctx)
     body.update(
@@ -48,8 +50,8 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     )
     if not body["nats"]:
         problems.append(Problem("NATS_UNREACHABLE", "This API instance cannot reach NATS."))
-    if not body["postgres"]:
-        problems.append(Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres."))
+    if postgres_problem is not None:
+        problems.append(postgres_problem)
     unavailable = bool(problems)
     readmodels = ctx.readmodels.state
     if body["postgres"] and not readmodels.current:
@@ -76,11 +78,18 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     return body, 503 if unavailable else 200
 
 
-async def _projected_seq(ctx: ApiContext) -> int | None:
+async def _projected_seq(ctx: ApiContext) -> tuple[int | None, Problem | None]:
+    """The projector's checkpoint, within ``health_postgres_timeout_seconds`` (a probe must get
+    an answer while Postgres is frozen and the requests hold every pooled connection)."""
+    seconds = ctx.settings.health_postgres_timeout_seconds
     try:
-        return int(await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"))
+        query = f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"
+        return int(await ctx.pool.fetchval(query, deadline_seconds=seconds)), None
+    except ReadModelsTimeout:
+        sentence = f"Postgres did not answer this API instance within {seconds:g} s."
+        return None, Problem("POSTGRES_TIMEOUT", sentence + " Is it frozen or overloaded?")
     except Exception:
-        return None
+        return None, Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres.")
 
 
 async def _stream_last_seq(ctx: ApiContext) -> int | None:
@@ -118,12 +127,13 @@ async def _projector(
 
 async def _set_aside(ctx: ApiContext, problems: list[Problem]) -> dict[str, Any]:
     try:
-        count = await ctx.pool.fetchval(f"SELECT count(*) FROM {READ_SCHEMA}.projector_failures")
-        row = await ctx.pool.fetchrow(
-            "SELECT stream_seq, subject, event_type, job_id, error, recorded_at "
-            f"FROM {READ_SCHEMA}.projector_failures ORDER BY stream_seq DESC LIMIT 1"
-        )
-    except Exception:  # a projector older than the table: nothing set aside
+        async with ctx.pool.acquire(ctx.settings.health_postgres_timeout_seconds) as conn:
+            count = await conn.fetchval(f"SELECT count(*) FROM {READ_SCHEMA}.projector_failures")
+            row = await conn.fetchrow(
+                "SELECT stream_seq, subject, event_type, job_id, error, recorded_at "
+                f"FROM {READ_SCHEMA}.projector_failures ORDER BY stream_seq DESC LIMIT 1"
+            )
+    except Exception:  # a projector older than the table, or Postgres frozen since: unknown
         return {"count": 0, "last": None}
     if not count or row is None:
         return {"count": 0, "last": None}

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 from litestar import Request, Response
 from nats.js import JetStreamContext
@@ -27,6 +26,7 @@ from jobrunner.common import readmodelversion
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.errors import error_body
+from jobrunner.services.api.readpool import ReadPool
 
 log = structlog.get_logger()
 
@@ -87,7 +87,7 @@ class ReadModelState:
 
 
 class ReadModelGate:
-    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, names: Names) -> None:
+    def __init__(self, pool: ReadPool, js: JetStreamContext, names: Names) -> None:
         self._pool = pool
         self._js = js
         self._names = names
