@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -241,5 +242,107 @@ async def test_a_read_on_a_frozen_postgres_ends_at_the_deadline_and_terminates_i
             assert_no_connection_held(pool)
         assert await pool.fetchval("SELECT 1") == 1
         assert_no_connection_held(pool)
+    finally:
+        await pool.close()
+
+
+async def test_a_reader_cancelled_mid_query_keeps_its_connection(settings: Settings) -> None:
+    """Postgres answering, a client gone mid-query (a viewer leaving a stream): the connection
+    goes back (asyncpg cancels the query) instead of being terminated, which opened a new
+    backend per departing viewer. (Review, s20.)"""
+    pool = await read_pool(settings.database_url, 60.0)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(0.5)"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before, "terminated"
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()
+
+
+async def test_a_reader_cancelled_on_a_frozen_postgres_ends_by_its_deadline(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """Postgres frozen and the client gone: the release that follows the cancel waits at most
+    what is left of the deadline, then the connection is terminated; a second cancel returns at
+    once (the release is shielded). After the thaw the pool reads, no connection held."""
+    pool = await read_pool(own_postgres.url, 1.0)
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+        async with frozen(own_postgres):
+            async with asyncio.timeout(3):  # ended while frozen, not at the thaw
+                task = asyncio.ensure_future(pool.fetchval("SELECT 1"))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                again = asyncio.ensure_future(pool.fetchval("SELECT 1"))
+                await asyncio.sleep(0.2)
+                again.cancel()
+                await asyncio.sleep(0)
+                again.cancel()  # cancelled twice: returns without waiting for the release
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(again), 0.3)
+            await asyncio.sleep(1.0)  # the shielded release runs out and terminates
+            assert_no_connection_held(pool)
+        assert await pool.fetchval("SELECT 1") == 1
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()
+
+
+async def test_a_cancel_landing_just_after_the_release_is_still_a_cancel(
+    settings: Settings,
+) -> None:
+    """The cancel arrives after asyncpg's release has handed the connection back, before the
+    reader resumes: the reader ends with CancelledError, not InterfaceError from terminating a
+    detached proxy (the pool may have handed its connection on). (Review, s20.)"""
+    rp = await read_pool(settings.database_url, 60.0)
+    real = rp.pool
+
+    class CancelledAfterRelease:
+        """The real pool; the reader's cancel lands right after a release completes."""
+
+        async def acquire(self) -> Any:
+            return await real.acquire()
+
+        async def release(self, conn: Any, *, timeout: float | None = None) -> None:
+            await real.release(conn, timeout=timeout)  # the proxy is detached now
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            await asyncio.sleep(0)
+
+    rp.pool = CancelledAfterRelease()  # type: ignore[assignment]
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await rp.fetchval("SELECT 1")
+    finally:
+        await real.close()
+
+
+async def test_readers_cancelled_at_random_moments_end_in_cancel_or_answer(
+    settings: Settings,
+) -> None:
+    """Clients leaving at any moment: each read ends in CancelledError or its answer, never
+    an InterfaceError from terminating a released proxy. (Review, s20.)"""
+    pool = await read_pool(settings.database_url, 60.0)
+    rng = random.Random(7)
+    odd: list[BaseException] = []
+    try:
+        for _ in range(3000):
+            task = asyncio.ensure_future(pool.fetchval("SELECT 1"))
+            for _ in range(rng.randint(0, 30)):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:
+                odd.append(exc)
+        assert not odd, odd[:3]
     finally:
         await pool.close()

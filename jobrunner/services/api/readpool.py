@@ -18,8 +18,7 @@ enough for the slowest legitimate read (a search through a big log; bench/RESULT
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -34,6 +33,74 @@ class ReadModelsTimeout(Exception):
         self.seconds = seconds
 
 
+class Read:
+    """One read: ``async with`` gives a connection, within one deadline (a class rather than a
+    generator: +0.6 µs a read instead of +10 µs, and the connection's state is explicit).
+
+    How the connection goes back depends on how the block ended:
+    - normally, or a query error (the server answered): released, within what is left of the
+      deadline;
+    - our deadline passed (Postgres frozen): terminated (asyncpg's cancel and release would wait
+      on the frozen server), which hands it back to the pool at once; ReadModelsTimeout;
+    - the caller cancelled before the deadline (a client gone): released, so asyncpg cancels
+      the query and keeps the connection (Postgres answering, no new backend per departing
+      viewer). The release is bounded by what is left of the deadline (asyncpg terminates the
+      connection when it runs out: Postgres frozen) and shielded by asyncpg, so a caller
+      cancelled again returns at once while the release goes on.
+    The connection is forgotten before it is released: a cancel landing after the release
+    never terminates a connection the pool may have handed to another reader.
+    """
+
+    __slots__ = ("_conn", "_deadline", "_pool", "_seconds")
+
+    def __init__(self, pool: asyncpg.Pool, seconds: float) -> None:
+        self._pool = pool
+        self._seconds = seconds
+        self._deadline = asyncio.timeout(seconds)
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        await self._deadline.__aenter__()
+        try:
+            self._conn = await self._pool.acquire()
+        except BaseException as exc:
+            await self._leave_deadline(exc)
+            raise
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if self._deadline.expired():
+                conn.terminate()  # still ours: attached to its proxy
+            else:
+                await self._pool.release(conn, timeout=self._left())
+        except BaseException as release_exc:
+            await self._leave_deadline(release_exc)
+            raise
+        await self._leave_deadline(exc)
+
+    def _left(self) -> float:
+        when = self._deadline.when()
+        assert when is not None
+        return max(0.0, when - asyncio.get_running_loop().time())
+
+    async def _leave_deadline(self, exc: BaseException | None) -> None:
+        """Close the deadline's scope; its expiry (CancelledError → TimeoutError) becomes
+        ReadModelsTimeout, any other exception goes on as it was."""
+        try:
+            await self._deadline.__aexit__(
+                type(exc) if exc else None, exc, exc.__traceback__ if exc else None
+            )
+        except TimeoutError as timeout:
+            raise ReadModelsTimeout(self._seconds) from timeout
+
+
 class ReadPool:
     """asyncpg's pool for reads, with a deadline over acquire + query + release."""
 
@@ -41,35 +108,10 @@ class ReadPool:
         self.pool = pool
         self.deadline_seconds = deadline_seconds
 
-    @asynccontextmanager
-    async def acquire(self, deadline_seconds: float | None = None) -> AsyncIterator[Any]:
+    def acquire(self, deadline_seconds: float | None = None) -> Read:
         """A connection for the block; the block's queries and the connection's return share
         the deadline (``deadline_seconds``, else the pool's). Past it: ReadModelsTimeout."""
-        seconds = deadline_seconds or self.deadline_seconds
-        deadline = asyncio.timeout(seconds)
-        conn: Any = None
-        try:
-            async with deadline:
-                conn = await self.pool.acquire()
-                try:
-                    yield conn
-                except Exception:
-                    # The query failed but the server answered: the connection goes back.
-                    await self.pool.release(conn)
-                    conn = None
-                    raise
-                await self.pool.release(conn)
-                conn = None
-        except TimeoutError as exc:
-            if not deadline.expired():
-                raise  # the block's own timeout, not ours
-            raise ReadModelsTimeout(seconds) from exc
-        finally:
-            if conn is not None:
-                # Past the deadline, or the caller cancelled (a client gone) mid-read:
-                # terminated, which hands it back to the pool at once (asyncpg's cancel and
-                # release would wait on the server); the pool opens a fresh one when needed.
-                conn.terminate()
+        return Read(self.pool, deadline_seconds or self.deadline_seconds)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with self.acquire() as conn:
