@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api.context import read_pool
@@ -246,6 +248,23 @@ async def test_a_read_on_a_frozen_postgres_ends_at_the_deadline_and_terminates_i
         await pool.close()
 
 
+async def test_health_is_not_unavailable_while_postgres_answers_slow_legitimate_reads(
+    system: System,
+) -> None:
+    """Postgres working, every pooled connection busy with a legitimate 2 s read (within the
+    read deadline): health reads on its own connection, so it says ok on Postgres, not 503
+    POSTGRES_TIMEOUT (a load balancer would pull a working instance). (Review, s20.)"""
+    pool = read_pool_of(system)
+    slow = [asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(2)")) for _ in range(POOL_SIZE)]
+    await asyncio.sleep(0.3)
+    async with system.client() as client:
+        response = await client.get("/health")
+    await asyncio.gather(*slow)
+    body = response.json()
+    assert body["postgres"] is True, body
+    assert "POSTGRES_TIMEOUT" not in [p["code"] for p in body["problems"]], body
+
+
 async def test_a_reader_cancelled_mid_query_keeps_its_connection(settings: Settings) -> None:
     """Postgres answering, a client gone mid-query (a viewer leaving a stream): the connection
     goes back (asyncpg cancels the query) instead of being terminated, which opened a new
@@ -346,3 +365,27 @@ async def test_readers_cancelled_at_random_moments_end_in_cancel_or_answer(
         assert not odd, odd[:3]
     finally:
         await pool.close()
+
+
+async def test_health_reads_postgres_within_one_bound_and_an_unread_count_is_unknown(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """Postgres answers the checkpoint but not the set-aside count (its table locked by another
+    session): health answers within its one bound over all its reads, POSTGRES_TIMEOUT, and
+    the count is unknown (None), not 0 (which says nothing was set aside). (Review, s20.)"""
+    locker = await asyncpg.connect(own_postgres.url)
+    try:
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {READ_SCHEMA}.projector_failures")
+            async with asyncio.timeout(HEALTH_DEADLINE + 1.0), system.client() as client:
+                response = await client.get("/health")
+        body = response.json()
+        assert response.status_code == 503, body
+        assert "POSTGRES_TIMEOUT" in [p["code"] for p in body["problems"]], body
+        assert body["set_aside"]["count"] is None, body
+    finally:
+        await locker.close()
+    async with system.client() as client:
+        body = (await client.get("/health")).json()
+    assert body["postgres"] is True, body
+    assert body["set_aside"]["count"] == 0, body

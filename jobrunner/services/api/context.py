@@ -73,6 +73,7 @@ class ApiContext:
     nc: NATS
     js: JetStreamContext
     pool: ReadPool
+    health_pool: ReadPool
     job_types: dict[str, JobType]
     slots: SlotTable
     projection: ProjectionTracker
@@ -104,6 +105,20 @@ async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
     return ReadPool(pool, deadline_seconds)
 
 
+async def health_pool(database_url: str, deadline_seconds: float) -> ReadPool:
+    """``GET /health``'s own connection to Postgres (a pool of one, opened when first needed
+    and again after a failure), outside the read pool: its bound then measures Postgres, not
+    ten legitimate slow reads holding every pooled connection."""
+    pool = await database.create_pool(
+        database_url,
+        min_size=0,
+        max_size=1,
+        reset=database.keep_session,
+        connect=database.connect_or_unreachable,
+    )
+    return ReadPool(pool, deadline_seconds)
+
+
 def sse_limits(settings: Settings) -> Limits:
     return Limits(
         keepalive=settings.sse_keepalive_seconds,
@@ -123,6 +138,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         js = nc.jetstream()
         await eventstore.ensure_topology(js, names, settings)
         pool = await read_pool(settings.database_url, settings.api_read_timeout_seconds)
+        probe_pool = await health_pool(
+            settings.database_url, settings.health_postgres_timeout_seconds
+        )
         tracker = ProjectionTracker()
         readmodels = ReadModelGate(pool, js, names)
         await readmodels.start()
@@ -135,6 +153,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             nc=nc,
             js=js,
             pool=pool,
+            health_pool=probe_pool,
             job_types=job_types,
             slots=SlotTable(js, names, settings.lease_ttl_seconds),
             projection=tracker,
@@ -156,6 +175,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             await readers.close()
             await sub.unsubscribe()
             await pool.close()
+            await probe_pool.close()
             await eventstore.close(nc)
 
     return _lifespan

@@ -106,24 +106,21 @@ class ReadModelGate:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def check(self) -> ReadModelState:
-        """Look at the stored version. One look at a time: a caller that waited for another's
-        look takes its answer when that look began after the caller asked."""
+    async def check(self, conn: Any = None) -> ReadModelState:
+        """Look at the stored version, on ``conn`` when given (health's own connection, within
+        its bound), else on a connection of the read pool. One look at a time: a caller that
+        waited for another's look takes its answer when that look began after the caller asked."""
         asked = time.monotonic()
         async with self._lock:
             if self._checked >= asked:
                 return self.state
             began = time.monotonic()
             try:
-                async with self._pool.acquire() as conn:
-                    found = await readmodelversion.stored_version(conn)
-                    rebuilt = None
-                    if found != READMODEL_VERSION and await conn.fetchval(
-                        "SELECT to_regclass($1) IS NOT NULL", f"{UPGRADE_SCHEMA}.checkpoint"
-                    ):
-                        rebuilt = await conn.fetchval(
-                            f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
-                        )
+                if conn is not None:
+                    found, rebuilt = await _look(conn)
+                else:
+                    async with self._pool.acquire() as pooled:
+                        found, rebuilt = await _look(pooled)
             except Exception as exc:
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
@@ -158,6 +155,19 @@ class ReadModelGate:
         while True:
             await asyncio.sleep(CURRENT_CHECK_SECONDS if self.state.current else RECHECK_SECONDS)
             await self.check()
+
+
+async def _look(conn: Any) -> tuple[int | None, int | None]:
+    """The stored version, and how far a rebuild has come when it is not this one."""
+    found = await readmodelversion.stored_version(conn)
+    rebuilt = None
+    if found != READMODEL_VERSION and await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f"{UPGRADE_SCHEMA}.checkpoint"
+    ):
+        rebuilt = await conn.fetchval(
+            f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
+        )
+    return found, rebuilt
 
 
 def progress(state: ReadModelState) -> dict[str, Any]:
