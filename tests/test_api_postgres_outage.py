@@ -10,20 +10,27 @@ import contextlib
 import os
 import random
 import signal
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
+import nats
 import pytest
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.services.api.context import read_pool
+from jobrunner.services.api import health
+from jobrunner.services.api.context import health_pool, read_pool
+from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.api.readpool import ReadModelsTimeout, ReadPool
 from tests import servers
+from tests.freeze import freeze
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 
@@ -389,3 +396,70 @@ async def test_health_reads_postgres_within_one_bound_and_an_unread_count_is_unk
         body = (await client.get("/health")).json()
     assert body["postgres"] is True, body
     assert body["set_aside"]["count"] == 0, body
+
+
+@contextlib.asynccontextmanager
+async def in_a_rebuild(
+    own_postgres: EmbeddedPostgres, own_nats: EmbeddedNats
+) -> AsyncIterator[tuple[ReadModelGate, ReadPool, Any]]:
+    """The gate of an API that found no current read models (a rebuild: a checkpoint, no version
+    table), its read pool, and what ``health._postgres`` needs of the API's context."""
+    setup = await asyncpg.connect(own_postgres.url)
+    try:
+        await setup.execute(f"CREATE SCHEMA IF NOT EXISTS {READ_SCHEMA}")
+        await setup.execute(f"CREATE TABLE {READ_SCHEMA}.checkpoint (id int, last_seq bigint)")
+        await setup.execute(f"INSERT INTO {READ_SCHEMA}.checkpoint VALUES (1, 0)")
+    finally:
+        await setup.close()
+    nc = await nats.connect(own_nats.url)
+    probe = await health_pool(own_postgres.url, HEALTH_DEADLINE)
+    pool = await read_pool(own_postgres.url, 60.0)
+    try:
+        gate = ReadModelGate(pool, nc.jetstream(), Names("rebuild"))
+        assert not (await gate.check()).current  # as the API's start() finds it
+        ctx = types.SimpleNamespace(
+            settings=types.SimpleNamespace(health_postgres_timeout_seconds=HEALTH_DEADLINE),
+            health_pool=probe,
+            readmodels=gate,
+        )
+        yield gate, pool, ctx
+    finally:
+        await nc.close()
+        await probe.close()
+        await pool.close()
+
+
+async def test_health_in_a_rebuild_does_not_call_a_paused_nats_a_frozen_postgres(
+    own_postgres: EmbeddedPostgres, own_nats: EmbeddedNats
+) -> None:
+    """In a rebuild health looks at the read models' version again within its Postgres bound;
+    NATS paused must not make that look time out (POSTGRES_TIMEOUT while Postgres answers): the
+    stream's end is read outside the bound. (Re-review, s20.)"""
+    async with in_a_rebuild(own_postgres, own_nats) as (_, _, ctx):
+        assert (await health._postgres(ctx)).problem is None  # NATS answering
+        assert own_nats.proc is not None
+        freeze(own_nats.proc.pid)
+        try:
+            facts = await health._postgres(ctx)
+        finally:
+            os.kill(own_nats.proc.pid, signal.SIGCONT)
+    assert facts.problem is None, facts.problem
+    assert facts.readmodels.found == 0  # a checkpoint, no version table: the oldest
+    assert not facts.readmodels.current
+
+
+async def test_health_in_a_rebuild_does_not_wait_on_a_look_queued_for_a_busy_read_pool(
+    own_postgres: EmbeddedPostgres, own_nats: EmbeddedNats
+) -> None:
+    """Every pooled connection busy with a legitimate 2 s read, and a request's look at the
+    version (the gate's check, on the read pool) holding the gate's lock while it waits for
+    one: health, on its own connection, must not wait on that lock. (Re-review, s20.)"""
+    async with in_a_rebuild(own_postgres, own_nats) as (gate, pool, ctx):
+        slow = [asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(2)")) for _ in range(10)]
+        await asyncio.sleep(0.3)
+        looking = asyncio.ensure_future(gate.check())  # a request during the rebuild
+        await asyncio.sleep(0.05)
+        facts = await health._postgres(ctx)
+        await asyncio.gather(*slow, looking)
+    assert facts.problem is None, facts.problem
+    assert not facts.readmodels.current

@@ -15,6 +15,7 @@ Each problem comes with a machine-readable code and a sentence in ``problems``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,9 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     applied = postgres.applied
     body["postgres"] = postgres.problem is None
     last = await _stream_last_seq(ctx)
+    readmodels = postgres.readmodels
+    if not readmodels.current:  # the stream's end, read here outside the Postgres bound
+        readmodels = dataclasses.replace(readmodels, stream_last_seq=last)
     body.update(
         stream_last_seq=last,
         projected_seq=applied,
@@ -56,7 +60,6 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     if postgres.problem is not None:
         problems.append(postgres.problem)
     unavailable = bool(problems)
-    readmodels = postgres.readmodels
     if body["postgres"] and not readmodels.current:
         body["read_models"] = {
             "state": "newer" if readmodels.newer else "rebuilding",
@@ -101,8 +104,12 @@ async def _postgres(ctx: ApiContext) -> PostgresFacts:
         async with ctx.health_pool.acquire(seconds) as conn:
             query = f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"
             facts.applied = int(await conn.fetchval(query))
-            if not facts.readmodels.current:  # in a rebuild: look again, within the bound
-                facts.readmodels = await ctx.readmodels.check(conn)
+            if not facts.readmodels.current:
+                # In a rebuild: look again, Postgres only (not the gate's check: it asks NATS
+                # too, and waits on its lock while another look waits for a pooled connection;
+                # either would make a working Postgres look frozen here).
+                found, rebuilt = await readmodelgate.look(conn)
+                facts.readmodels = readmodelgate.ReadModelState(found, rebuilt)
             facts.set_aside = await _set_aside_rows(conn)
     except ReadModelsTimeout:
         sentence = f"Postgres did not answer this API instance within {seconds:g} s."

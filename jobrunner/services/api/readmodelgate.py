@@ -106,21 +106,20 @@ class ReadModelGate:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def check(self, conn: Any = None) -> ReadModelState:
-        """Look at the stored version, on ``conn`` when given (health's own connection, within
-        its bound), else on a connection of the read pool. One look at a time: a caller that
-        waited for another's look takes its answer when that look began after the caller asked."""
+    async def check(self) -> ReadModelState:
+        """Look at the stored version (and, when it is not current, at the stream's end in
+        NATS). One look at a time: a caller that waited for another's look takes its answer
+        when that look began after the caller asked. Health does not come here (health.py): it
+        must not wait on this lock, held while a look waits for a pooled connection, nor on
+        NATS within its Postgres bound."""
         asked = time.monotonic()
         async with self._lock:
             if self._checked >= asked:
                 return self.state
             began = time.monotonic()
             try:
-                if conn is not None:
-                    found, rebuilt = await _look(conn)
-                else:
-                    async with self._pool.acquire() as pooled:
-                        found, rebuilt = await _look(pooled)
+                async with self._pool.acquire() as conn:
+                    found, rebuilt = await look(conn)
             except Exception as exc:
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
@@ -157,8 +156,9 @@ class ReadModelGate:
             await self.check()
 
 
-async def _look(conn: Any) -> tuple[int | None, int | None]:
-    """The stored version, and how far a rebuild has come when it is not this one."""
+async def look(conn: Any) -> tuple[int | None, int | None]:
+    """The stored version, and how far a rebuild has come when it is not this one: Postgres
+    only, on the caller's connection."""
     found = await readmodelversion.stored_version(conn)
     rebuilt = None
     if found != READMODEL_VERSION and await conn.fetchval(
