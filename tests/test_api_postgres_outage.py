@@ -255,6 +255,35 @@ async def test_a_read_on_a_frozen_postgres_ends_at_the_deadline_and_terminates_i
         await pool.close()
 
 
+async def test_a_timeout_of_the_block_s_own_after_the_deadline_is_still_the_deadline(
+    settings: Settings,
+) -> None:
+    """A read whose block raises TimeoutError once our deadline has passed (code of its own that
+    turns the cancel into a timeout, as a library's own timeout may) gets ReadModelsTimeout, a
+    503 READ_MODELS_TIMEOUT, not a bare TimeoutError (a 500); a TimeoutError raised before our
+    deadline stays the block's own. (Re-review, s20.)"""
+
+    async def timed_out_on_its_own(pool: ReadPool, past_the_deadline: bool) -> None:
+        async with pool.acquire() as conn:
+            if past_the_deadline:
+                try:
+                    await conn.fetchval("SELECT pg_sleep(2)")
+                except asyncio.CancelledError:
+                    raise TimeoutError("the block's own") from None
+            raise TimeoutError("the block's own")
+
+    pool = await read_pool(settings.database_url, 0.5)
+    try:
+        with pytest.raises(ReadModelsTimeout):
+            await timed_out_on_its_own(pool, past_the_deadline=True)
+        with pytest.raises(TimeoutError, match="the block's own"):
+            await timed_out_on_its_own(pool, past_the_deadline=False)
+        assert await pool.fetchval("SELECT 1") == 1
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()
+
+
 async def test_health_is_not_unavailable_while_postgres_answers_slow_legitimate_reads(
     system: System,
 ) -> None:

@@ -35,7 +35,7 @@ class ReadModelsTimeout(Exception):
 
 class Read:
     """One read: ``async with`` gives a connection, within one deadline (a class rather than a
-    generator: +0.6 µs a read instead of +10 µs, and the connection's state is explicit).
+    generator: the connection's state is explicit).
 
     How the connection goes back depends on how the block ended:
     - normally, or a query error (the server answered): released, within what is left of the
@@ -45,8 +45,10 @@ class Read:
     - the caller cancelled before the deadline (a client gone): released, so asyncpg cancels
       the query and keeps the connection (Postgres answering, no new backend per departing
       viewer). The release is bounded by what is left of the deadline (asyncpg terminates the
-      connection when it runs out: Postgres frozen) and shielded by asyncpg, so a caller
-      cancelled again returns at once while the release goes on.
+      connection when it runs out: Postgres frozen) and shielded by asyncpg. So a single
+      cancel on a frozen Postgres waits out the rest of the deadline; a second cancel returns
+      at once while the release goes on. Do not wrap a read in a timeout of the caller's own:
+      its cancel waits the same way, and the read's own deadline already bounds it.
     The connection is forgotten before it is released: a cancel landing after the release
     never terminates a connection the pool may have handed to another reader.
     """
@@ -92,13 +94,17 @@ class Read:
 
     async def _leave_deadline(self, exc: BaseException | None) -> None:
         """Close the deadline's scope; its expiry (CancelledError → TimeoutError) becomes
-        ReadModelsTimeout, any other exception goes on as it was."""
+        ReadModelsTimeout, and so does a TimeoutError the block raised once the deadline had
+        passed (code that turned our cancel into a timeout of its own); any other exception goes
+        on as it was."""
         try:
             await self._deadline.__aexit__(
                 type(exc) if exc else None, exc, exc.__traceback__ if exc else None
             )
         except TimeoutError as timeout:
             raise ReadModelsTimeout(self._seconds) from timeout
+        if isinstance(exc, TimeoutError) and self._deadline.expired():
+            raise ReadModelsTimeout(self._seconds) from exc
 
 
 class ReadPool:
