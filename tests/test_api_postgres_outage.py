@@ -492,3 +492,69 @@ async def test_health_in_a_rebuild_does_not_wait_on_a_look_queued_for_a_busy_rea
         await asyncio.gather(*slow, looking)
     assert facts.problem is None, facts.problem
     assert not facts.readmodels.current
+
+
+async def test_health_s_own_connection_on_a_frozen_postgres_is_bounded_and_reads_again(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """Health's pool of one: Postgres frozen longer than health's bound → ReadModelsTimeout
+    within it, the connection not held; frozen just shorter → answered; after the thaw it reads
+    again. (From the re-review, s20; a guard: passes before its fixes too.)"""
+    probe = await health_pool(own_postgres.url, HEALTH_DEADLINE)
+
+    async def one() -> Any:
+        async with probe.acquire(HEALTH_DEADLINE) as conn:
+            return await conn.fetchval("SELECT 1")
+
+    try:
+        async with frozen(own_postgres):
+            async with asyncio.timeout(HEALTH_DEADLINE + 1.0):  # answered while frozen
+                with pytest.raises(ReadModelsTimeout):
+                    await one()
+            assert_no_connection_held(probe)
+        async with frozen(own_postgres):  # just shorter than the bound: answered
+            task = asyncio.ensure_future(one())
+            await asyncio.sleep(HEALTH_DEADLINE / 2)
+        assert await task == 1
+        assert_no_connection_held(probe)
+    finally:
+        await probe.close()
+
+
+async def test_every_way_a_read_ends_returns_its_connection(settings: Settings) -> None:
+    """A query error, a connection killed mid-query, a cancel while waiting for a connection,
+    a caller's cancel mid-query: each leaves no connection held. (From the re-review, s20; a
+    guard: passes before its fixes too.)"""
+    pool = await read_pool(settings.database_url, 60.0)
+    killer = await asyncpg.connect(settings.database_url)
+
+    async def killed_mid_query() -> None:
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            await killer.execute("SELECT pg_terminate_backend($1)", pid)
+            await conn.fetchval("SELECT pg_sleep(1)")
+
+    async def cancelled(read: Any, after: float) -> None:
+        task = asyncio.ensure_future(read)
+        await asyncio.sleep(after)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await pool.fetchval("SELECT 1/0")
+        assert_no_connection_held(pool)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await killed_mid_query()
+        assert_no_connection_held(pool)
+        busy = [asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(0.5)")) for _ in range(10)]
+        await asyncio.sleep(0.1)
+        await cancelled(pool.fetchval("SELECT 1"), after=0.05)  # waiting for a connection
+        await asyncio.gather(*busy)
+        assert_no_connection_held(pool)
+        await cancelled(pool.fetchval("SELECT pg_sleep(5)"), after=0.2)  # mid-query
+        assert_no_connection_held(pool)
+    finally:
+        await killer.close()
+        await pool.close()
