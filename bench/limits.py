@@ -207,10 +207,10 @@ async def direct_walk(database_url: str, seconds: float) -> dict[str, Any]:
         )
 
     filters = [job_filter(params) for params in LIST_FILTERS]
-    pool = await read_pool(database_url)
+    pool = await read_pool(database_url, 60.0)
     latencies = []
     try:
-        await pool.execute("SELECT 1")  # the connection is open before the clock starts
+        await pool.fetchval("SELECT 1")  # the connection is open before the clock starts
         t_end = time.monotonic() + seconds
         while time.monotonic() < t_end:
             for f in filters:

@@ -9,7 +9,7 @@ from jobrunner.services.api.context import read_pool
 
 async def test_a_transaction_left_open_does_not_reach_the_next_request(settings: Settings) -> None:
     """A connection released inside a transaction comes back out of it, its writes undone."""
-    pool = await read_pool(settings.database_url)
+    pool = await read_pool(settings.database_url, 60.0)
     try:
         async with pool.acquire() as conn:
             await conn.execute("CREATE TEMP TABLE IF NOT EXISTS leftover (n int)")
@@ -24,7 +24,7 @@ async def test_a_transaction_left_open_does_not_reach_the_next_request(settings:
 
 async def test_every_query_is_planned_for_its_own_values(settings: Settings) -> None:
     """The sessions never fall back to a generic plan (the search index needs the pattern)."""
-    pool = await read_pool(settings.database_url)
+    pool = await read_pool(settings.database_url, 60.0)
     try:
         assert await pool.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
     finally:

@@ -170,6 +170,7 @@ async def test_the_api_answers_503_until_the_rebuilt_read_models_are_swapped_in(
     assert "being rebuilt" in page.text
     assert health.status_code == 200
     assert health.json()["read_models"]["state"] == "rebuilding"
+    assert health.json()["read_models"]["rebuild"]["stream_last_seq"] == made.last_seq
     assert "READ_MODELS_REBUILDING" in [p["code"] for p in health.json()["problems"]]
     assert listed.status_code == 200
     assert {job["id"]: job["status"] for job in listed.json()["items"]} == made.statuses

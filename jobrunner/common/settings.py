@@ -101,6 +101,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # after the same bound, and its lock waits end after twice it (the batch is tried again).
     projector_postgres_dead_seconds: float = 30.0
 
+    # The API's reads of the read models: waiting for a pooled connection, the query and its
+    # release within this, else 503 READ_MODELS_TIMEOUT and the connection is terminated (a
+    # frozen Postgres must not hang requests). Above the slowest legitimate read: a search
+    # through a ten-million-line log (bench/RESULTS.md, session 20).
+    api_read_timeout_seconds: float = 60.0
+    # GET /health's read of Postgres, shorter: an orchestrator's probe must get an answer.
+    health_postgres_timeout_seconds: float = 1.0
+
     # SSE
     sse_keepalive_seconds: float = 15.0
     sse_retry_ms: int = 3000
@@ -230,6 +238,8 @@ _ABOVE_ZERO = (
     "idempotency_ttl_seconds",
     "artifact_read_idle_seconds",
     "metrics_peer_timeout_seconds",
+    "api_read_timeout_seconds",
+    "health_postgres_timeout_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 

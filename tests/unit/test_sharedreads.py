@@ -7,6 +7,7 @@ import gc
 
 import pytest
 
+from jobrunner.services.api.readpool import ReadModelsTimeout
 from jobrunner.services.api.sharedreads import SharedReads
 
 
@@ -99,6 +100,22 @@ async def test_a_failed_read_fails_only_its_starter_and_the_others_read_themselv
     assert isinstance(results[0], ConnectionError)
     assert sorted(results[1:]) == [2, 3]  # type: ignore[type-var]
     assert source.runs == 3
+    assert len(reads) == 0
+
+
+async def test_a_read_past_its_deadline_fails_every_caller_at_once() -> None:
+    """Postgres not answering the shared read within the read deadline: the callers that
+    joined it get the same ReadModelsTimeout, without a read of their own (which would wait
+    the whole deadline again before the same answer)."""
+    reads: SharedReads[int] = SharedReads()
+    source = Source()
+    source.error = ReadModelsTimeout(2.5)
+    callers = [asyncio.ensure_future(reads.read("job", source.read)) for _ in range(3)]
+    await asyncio.sleep(0)
+    source.release.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(r, ReadModelsTimeout) for r in results), results
+    assert source.runs == 1
     assert len(reads) == 0
 
 

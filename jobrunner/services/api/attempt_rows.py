@@ -13,6 +13,7 @@ from jobrunner.services.api.actions import Attempt
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.readpool import ReadPool
 
 ATTEMPT_COLUMNS = """
     id, job_type, status, parameters, lock, requested_by, batch_id, batch_index, attempt,
@@ -35,7 +36,7 @@ def attempt_from_row(row: asyncpg.Record) -> Attempt:
     )
 
 
-async def latest_attempts(pool: asyncpg.Pool, batch_id: str) -> list[Attempt]:
+async def latest_attempts(pool: ReadPool, batch_id: str) -> list[Attempt]:
     """The latest attempt of every job of the batch."""
     rows = await pool.fetch(
         f"SELECT {ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE batch_id = $1 AND latest",
@@ -44,7 +45,7 @@ async def latest_attempts(pool: asyncpg.Pool, batch_id: str) -> list[Attempt]:
     return [attempt_from_row(r) for r in rows]
 
 
-async def roots_of(pool: asyncpg.Pool, batch_id: str, job_ids: Sequence[str]) -> dict[str, str]:
+async def roots_of(pool: ReadPool, batch_id: str, job_ids: Sequence[str]) -> dict[str, str]:
     """For each given id that is an attempt of a job of the batch: its first attempt's id."""
     rows = await pool.fetch(
         f"SELECT id, coalesce(attempt_of, id) AS root FROM {READ_SCHEMA}.jobs "
@@ -55,14 +56,14 @@ async def roots_of(pool: asyncpg.Pool, batch_id: str, job_ids: Sequence[str]) ->
     return {r["id"]: r["root"] for r in rows}
 
 
-async def attempt_by_id(pool: asyncpg.Pool, job_id: str) -> Attempt | None:
+async def attempt_by_id(pool: ReadPool, job_id: str) -> Attempt | None:
     row = await pool.fetchrow(
         f"SELECT {ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", as_stored(job_id)
     )
     return attempt_from_row(row) if row is not None else None
 
 
-async def latest_attempt_of(pool: asyncpg.Pool, root: str) -> Attempt | None:
+async def latest_attempt_of(pool: ReadPool, root: str) -> Attempt | None:
     """The latest attempt of the job whose first attempt is ``root``."""
     row = await pool.fetchrow(
         f"SELECT {ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.jobs "

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.security.principal import Principal
 
 
@@ -21,9 +21,7 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     status: str
 
 
-async def attempts_of(
-    pool: asyncpg.Pool, first_id: str, principal: Principal | None
-) -> list[Attempt]:
+async def attempts_of(pool: ReadPool, first_id: str, principal: Principal | None) -> list[Attempt]:
     """The attempts of the job whose first attempt is ``first_id``, oldest first."""
     rows: list[Any] = await pool.fetch(
         f"SELECT id, attempt, status, requested_by FROM {READ_SCHEMA}.jobs"

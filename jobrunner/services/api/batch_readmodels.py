@@ -10,6 +10,7 @@ import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.readpool import ReadPool
 
 BATCH_COLUMNS = """
     id, name, status, total_jobs, pending_jobs, processing_jobs, completed_jobs, failed_jobs,
@@ -67,7 +68,7 @@ class BatchCursor:
 
 
 async def list_batches(
-    pool: asyncpg.Pool,
+    pool: ReadPool,
     limit: int,
     filters: BatchFilter = BatchFilter(),
     after: BatchCursor | None = None,
@@ -108,7 +109,7 @@ async def list_batches(
     return await readmodels.page_and_checkpoint(pool, query, args)
 
 
-async def get_batch_row(pool: asyncpg.Pool | asyncpg.Connection, batch_id: str) -> Any:
+async def get_batch_row(pool: ReadPool | asyncpg.Connection, batch_id: str) -> Any:
     return await pool.fetchrow(
         f"SELECT {BATCH_COLUMNS} FROM {READ_SCHEMA}.batches WHERE id = $1", batch_id
     )
@@ -128,7 +129,7 @@ _PLACE = "coalesce(batch_index, -1)"
 
 
 async def batch_jobs(
-    pool: asyncpg.Pool,
+    pool: ReadPool,
     batch_id: str,
     limit: int,
     all_attempts: bool = False,

@@ -27,6 +27,7 @@ from jobrunner.services.api.idempotency import IdempotencyKeys
 from jobrunner.services.api.posted import PostedJobs
 from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.readmodelgate import ReadModelGate
+from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.sharedreads import SharedReads
 
 log = structlog.get_logger()
@@ -71,7 +72,8 @@ class ApiContext:
     names: Names
     nc: NATS
     js: JetStreamContext
-    pool: asyncpg.Pool
+    pool: ReadPool
+    health_pool: ReadPool
     job_types: dict[str, JobType]
     slots: SlotTable
     projection: ProjectionTracker
@@ -84,11 +86,12 @@ class ApiContext:
     job_rows: SharedReads[asyncpg.Record | None] = field(default_factory=SharedReads)
 
 
-async def read_pool(database_url: str) -> asyncpg.Pool:
+async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
     """The API's connections to the read models: it only reads, so a released connection
     needs no reset query (a round trip on every request otherwise). A connection Postgres
-    refuses is ``PostgresUnreachable`` (503 READ_MODELS_UNAVAILABLE, errors.py)."""
-    return await database.create_pool(
+    refuses is ``PostgresUnreachable`` (503 READ_MODELS_UNAVAILABLE, errors.py); a read past
+    ``deadline_seconds`` is ``ReadModelsTimeout`` (503 READ_MODELS_TIMEOUT, readpool.py)."""
+    pool = await database.create_pool(
         database_url,
         min_size=1,
         max_size=10,
@@ -99,6 +102,21 @@ async def read_pool(database_url: str) -> asyncpg.Pool:
         # judge a filter's selectivity. Set once per session rather than per query.
         plan_cache_mode="force_custom_plan",
     )
+    return ReadPool(pool, deadline_seconds)
+
+
+async def health_pool(database_url: str, deadline_seconds: float) -> ReadPool:
+    """``GET /health``'s own connection to Postgres (a pool of one, opened when first needed
+    and again after a failure), outside the read pool: its bound then measures Postgres, not
+    ten legitimate slow reads holding every pooled connection."""
+    pool = await database.create_pool(
+        database_url,
+        min_size=0,
+        max_size=1,
+        reset=database.keep_session,
+        connect=database.connect_or_unreachable,
+    )
+    return ReadPool(pool, deadline_seconds)
 
 
 def sse_limits(settings: Settings) -> Limits:
@@ -119,7 +137,10 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         nc = await eventstore.connect(settings, "api", on_closed_for_good="exit")
         js = nc.jetstream()
         await eventstore.ensure_topology(js, names, settings)
-        pool = await read_pool(settings.database_url)
+        pool = await read_pool(settings.database_url, settings.api_read_timeout_seconds)
+        probe_pool = await health_pool(
+            settings.database_url, settings.health_postgres_timeout_seconds
+        )
         tracker = ProjectionTracker()
         readmodels = ReadModelGate(pool, js, names)
         await readmodels.start()
@@ -134,6 +155,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             nc=nc,
             js=js,
             pool=pool,
+            health_pool=probe_pool,
             job_types=job_types,
             slots=SlotTable(js, names, settings.lease_ttl_seconds),
             projection=tracker,
@@ -155,6 +177,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             await readers.close()
             await sub.unsubscribe()
             await pool.close()
+            await probe_pool.close()
             await eventstore.close(nc)
 
     return _lifespan

@@ -15,6 +15,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 from jobrunner.common import database
+from jobrunner.services.api.readpool import ReadModelsTimeout
 
 log = structlog.get_logger()
 
@@ -129,11 +130,36 @@ def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
+# Seconds a client is asked to wait after READ_MODELS_TIMEOUT.
+READ_TIMEOUT_RETRY_AFTER = 5
+
+
+def read_models_timeout_body(exc: ReadModelsTimeout) -> dict[str, Any]:
+    return error_body(
+        "READ_MODELS_TIMEOUT",
+        f"The read models (Postgres) did not answer within {exc.seconds:g} s; "
+        "try again shortly, and tell the operator if it lasts.",
+    )
+
+
+def postgres_timeout_handler(
+    request: Request[Any, Any, Any], exc: ReadModelsTimeout
+) -> Response[Any]:
+    """A read of the read models passed ``api_read_timeout_seconds`` (readpool.py): Postgres
+    does not answer (frozen, overloaded); its connection has been terminated."""
+    log.warning("read models did not answer in time", path=request.url.path, error=repr(exc))
+    return Response(
+        read_models_timeout_body(exc),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(READ_TIMEOUT_RETRY_AFTER)},
+    )
+
+
 # What Postgres being away looks like to a read: a new connection refused or reset (the read
 # pool's connect turns only its own socket errors into PostgresUnreachable: another OSError or
 # TimeoutError of the API, a NATS KV lag, is not Postgres's), one it closed (a shutdown, a
 # restart), one it refuses while starting. A query Postgres does not answer (frozen) is not
-# bounded: slow reads are legitimate (RESULTS.md, session 19, review fixes).
+# this but ReadModelsTimeout, past api_read_timeout_seconds (readpool.py).
 POSTGRES_AWAY: tuple[type[Exception], ...] = (
     database.PostgresUnreachable,
     asyncpg.PostgresConnectionError,
@@ -146,5 +172,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: http_error_handler,
     nats.errors.Error: nats_error_handler,
     **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
+    ReadModelsTimeout: postgres_timeout_handler,
     Exception: internal_error_handler,
 }

@@ -1,7 +1,8 @@
 """What ``GET /health`` reports: whether this API instance can serve, and whether the parts it
 cannot see from here are working (invariant "Health tells the truth").
 
-- ``unavailable`` (HTTP 503): this instance cannot reach NATS or Postgres; a load balancer should
+- ``unavailable`` (HTTP 503): this instance cannot reach NATS or Postgres (or Postgres does not
+  answer within ``health_postgres_timeout_seconds``); a load balancer should
   send requests elsewhere.
 - ``degraded`` (HTTP 200: the instance serves, and taking every API instance out of a load
   balancer would not help): events set aside by the projector, a projector that does not keep up
@@ -14,6 +15,8 @@ Each problem comes with a machine-readable code and a sentence in ``problems``.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +26,10 @@ import structlog
 
 from jobrunner.common import runnerpool
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.readpool import ReadModelsTimeout
 
 log = structlog.get_logger()
 
@@ -38,9 +43,13 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     """The body of ``GET /health`` and its HTTP status."""
     problems: list[Problem] = []
     body: dict[str, Any] = {"nats": ctx.nc.is_connected}
-    applied = await _projected_seq(ctx)
-    body["postgres"] = applied is not None
+    postgres = await _postgres(ctx)
+    applied = postgres.applied
+    body["postgres"] = postgres.problem is None
     last = await _stream_last_seq(ctx)
+    readmodels = postgres.readmodels
+    if not readmodels.current:  # the stream's end, read here outside the Postgres bound
+        readmodels = dataclasses.replace(readmodels, stream_last_seq=last)
     body.update(
         stream_last_seq=last,
         projected_seq=applied,
@@ -48,12 +57,9 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     )
     if not body["nats"]:
         problems.append(Problem("NATS_UNREACHABLE", "This API instance cannot reach NATS."))
-    if not body["postgres"]:
-        problems.append(Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres."))
+    if postgres.problem is not None:
+        problems.append(postgres.problem)
     unavailable = bool(problems)
-    readmodels = ctx.readmodels.state
-    if body["postgres"] and not readmodels.current:
-        readmodels = await ctx.readmodels.check()
     if body["postgres"] and not readmodels.current:
         body["read_models"] = {
             "state": "newer" if readmodels.newer else "rebuilding",
@@ -66,7 +72,7 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     if last is not None and applied is not None and readmodels.current:
         body["projector"] = await _projector(ctx, applied, last, problems)
     if applied is not None:
-        body["set_aside"] = await _set_aside(ctx, problems)
+        body["set_aside"] = _set_aside(postgres.set_aside, problems)
     if body["nats"]:
         body["runners"] = await _runners(ctx, problems)
     status = "unavailable" if unavailable else "degraded" if problems else "ok"
@@ -76,11 +82,55 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     return body, 503 if unavailable else 200
 
 
-async def _projected_seq(ctx: ApiContext) -> int | None:
+@dataclass
+class PostgresFacts:
+    """What health read from Postgres; ``problem`` when it could not read all of it."""
+
+    applied: int | None = None  # the projector's checkpoint
+    readmodels: readmodelgate.ReadModelState = field(
+        default_factory=lambda: readmodelgate.ReadModelState(READMODEL_VERSION)
+    )
+    set_aside: tuple[int, asyncpg.Record | None] | None = None  # None: unknown
+    problem: Problem | None = None
+
+
+async def _postgres(ctx: ApiContext) -> PostgresFacts:
+    """Every read of Postgres health makes, on its own connection (not the read pool's: ten
+    legitimate slow reads must not look like a frozen Postgres) and within one bound,
+    ``health_postgres_timeout_seconds``: a probe gets an answer while Postgres is frozen."""
+    seconds = ctx.settings.health_postgres_timeout_seconds
+    facts = PostgresFacts(readmodels=ctx.readmodels.state)
     try:
-        return int(await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"))
+        async with ctx.health_pool.acquire(seconds) as conn:
+            query = f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"
+            facts.applied = int(await conn.fetchval(query))
+            if not facts.readmodels.current:
+                # In a rebuild: look again, Postgres only (not the gate's check: it asks NATS
+                # too, and waits on its lock while another look waits for a pooled connection;
+                # either would make a working Postgres look frozen here).
+                found, rebuilt = await readmodelgate.look(conn)
+                facts.readmodels = readmodelgate.ReadModelState(found, rebuilt)
+            facts.set_aside = await _set_aside_rows(conn)
+    except ReadModelsTimeout:
+        sentence = f"Postgres did not answer this API instance within {seconds:g} s."
+        facts.problem = Problem("POSTGRES_TIMEOUT", sentence + " Is it frozen or overloaded?")
     except Exception:
-        return None
+        problem = Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres.")
+        facts.problem = problem
+    return facts
+
+
+async def _set_aside_rows(conn: Any) -> tuple[int, asyncpg.Record | None]:
+    """How many events the projector set aside, and the last one."""
+    try:
+        count = await conn.fetchval(f"SELECT count(*) FROM {READ_SCHEMA}.projector_failures")
+        row = await conn.fetchrow(
+            "SELECT stream_seq, subject, event_type, job_id, error, recorded_at "
+            f"FROM {READ_SCHEMA}.projector_failures ORDER BY stream_seq DESC LIMIT 1"
+        )
+    except asyncpg.UndefinedTableError:  # a projector older than the table: nothing set aside
+        return 0, None
+    return int(count), row
 
 
 async def _stream_last_seq(ctx: ApiContext) -> int | None:
@@ -116,15 +166,12 @@ async def _projector(
     return {"state": "stuck", "oldest_waiting_seconds": round(seconds, 3)}
 
 
-async def _set_aside(ctx: ApiContext, problems: list[Problem]) -> dict[str, Any]:
-    try:
-        count = await ctx.pool.fetchval(f"SELECT count(*) FROM {READ_SCHEMA}.projector_failures")
-        row = await ctx.pool.fetchrow(
-            "SELECT stream_seq, subject, event_type, job_id, error, recorded_at "
-            f"FROM {READ_SCHEMA}.projector_failures ORDER BY stream_seq DESC LIMIT 1"
-        )
-    except Exception:  # a projector older than the table: nothing set aside
-        return {"count": 0, "last": None}
+def _set_aside(
+    found: tuple[int, asyncpg.Record | None] | None, problems: list[Problem]
+) -> dict[str, Any]:
+    if found is None:  # Postgres did not answer in time: unknown, not none
+        return {"count": None, "last": None}
+    count, row = found
     if not count or row is None:
         return {"count": 0, "last": None}
     last = dict(row)

@@ -33,7 +33,9 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils import normalize_path
 
 from jobrunner.common import metrics
+from jobrunner.services.api import errors
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.readpool import ReadModelsTimeout
 from jobrunner.services.api.routes.jobs import job_page
 from jobrunner.services.api.routes.logs import log_page
 from jobrunner.services.api.security import Role
@@ -75,24 +77,30 @@ class JobReadsFastPath:
         if answer is None:
             await self.handler(scope, receive, send)
             return
-        template, body = answer
+        template, status, body, headers = answer
         # ``send`` is Litestar's, wrapped with the before-send hook: the browser protections
         # are added to these headers as to every response.
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    *headers,
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        metrics.HTTP_DURATION.labels("GET", template, "200").observe(time.perf_counter() - started)
+        metrics.HTTP_DURATION.labels("GET", template, str(status)).observe(
+            time.perf_counter() - started
+        )
 
-    async def page(self, scope: Scope, receive: Receive) -> tuple[str, bytes] | None:
-        """The route's template and its encoded page, or None: Litestar answers this request."""
+    async def page(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[str, int, bytes, list[tuple[bytes, bytes]]] | None:
+        """The route's template, the status, the encoded page and further headers, or None:
+        Litestar answers this request."""
         app: Any = scope["litestar_app"]
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
         try:
@@ -117,8 +125,15 @@ class JobReadsFastPath:
             ctx = app.state.ctx
             if not ctx.readmodels.state.current:  # the gate (readmodelgate.refuse_unready)
                 return None
-            page = await answer(ctx, connection.query_params, principal, path_params)
-            return template, _ENCODER.encode(page)
+            try:
+                page = await answer(ctx, connection.query_params, principal, path_params)
+            except ReadModelsTimeout as exc:
+                # Answered here: handed over, the same read would wait its deadline again.
+                log.warning("read models did not answer in time", path=scope["path"])
+                retry = (b"retry-after", str(errors.READ_TIMEOUT_RETRY_AFTER).encode())
+                body = _ENCODER.encode(errors.read_models_timeout_body(exc))
+                return template, 503, body, [retry]
+            return template, 200, _ENCODER.encode(page), []
         except ApiError:
             return None  # a refusal: Litestar's path refuses it the same way and answers it
         except Exception as exc:  # a route not found, Postgres away: Litestar's path reports it

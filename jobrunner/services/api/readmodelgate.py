@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import structlog
 from litestar import Request, Response
 from nats.js import JetStreamContext
@@ -27,6 +26,7 @@ from jobrunner.common import readmodelversion
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.errors import error_body
+from jobrunner.services.api.readpool import ReadPool
 
 log = structlog.get_logger()
 
@@ -87,7 +87,7 @@ class ReadModelState:
 
 
 class ReadModelGate:
-    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, names: Names) -> None:
+    def __init__(self, pool: ReadPool, js: JetStreamContext, names: Names) -> None:
         self._pool = pool
         self._js = js
         self._names = names
@@ -107,8 +107,11 @@ class ReadModelGate:
                 await self._task
 
     async def check(self) -> ReadModelState:
-        """Look at the stored version. One look at a time: a caller that waited for another's
-        look takes its answer when that look began after the caller asked."""
+        """Look at the stored version (and, when it is not current, at the stream's end in
+        NATS). One look at a time: a caller that waited for another's look takes its answer
+        when that look began after the caller asked. Health does not come here (health.py): it
+        must not wait on this lock, held while a look waits for a pooled connection, nor on
+        NATS within its Postgres bound."""
         asked = time.monotonic()
         async with self._lock:
             if self._checked >= asked:
@@ -116,14 +119,7 @@ class ReadModelGate:
             began = time.monotonic()
             try:
                 async with self._pool.acquire() as conn:
-                    found = await readmodelversion.stored_version(conn)
-                    rebuilt = None
-                    if found != READMODEL_VERSION and await conn.fetchval(
-                        "SELECT to_regclass($1) IS NOT NULL", f"{UPGRADE_SCHEMA}.checkpoint"
-                    ):
-                        rebuilt = await conn.fetchval(
-                            f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
-                        )
+                    found, rebuilt = await look(conn)
             except Exception as exc:
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
@@ -158,6 +154,20 @@ class ReadModelGate:
         while True:
             await asyncio.sleep(CURRENT_CHECK_SECONDS if self.state.current else RECHECK_SECONDS)
             await self.check()
+
+
+async def look(conn: Any) -> tuple[int | None, int | None]:
+    """The stored version, and how far a rebuild has come when it is not this one: Postgres
+    only, on the caller's connection."""
+    found = await readmodelversion.stored_version(conn)
+    rebuilt = None
+    if found != READMODEL_VERSION and await conn.fetchval(
+        "SELECT to_regclass($1) IS NOT NULL", f"{UPGRADE_SCHEMA}.checkpoint"
+    ):
+        rebuilt = await conn.fetchval(
+            f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
+        )
+    return found, rebuilt
 
 
 def progress(state: ReadModelState) -> dict[str, Any]:

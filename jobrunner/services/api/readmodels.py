@@ -11,6 +11,7 @@ import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api import schemas
+from jobrunner.services.api.readpool import ReadPool
 
 # In this order: ``job_from_row`` unpacks a row by position.
 JOB_COLUMN_NAMES = (
@@ -123,13 +124,13 @@ def job_from_row(row: Sequence[Any], now: datetime | None = None) -> schemas.Job
     )
 
 
-async def get_job_row(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record | None:
+async def get_job_row(pool: ReadPool, job_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         f"SELECT {JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
     )
 
 
-async def applied_seq(pool: asyncpg.Pool) -> int:
+async def applied_seq(pool: ReadPool) -> int:
     """The stream sequence the read models reflect (the projector's checkpoint)."""
     return int(
         await pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint WHERE id = 1") or 0
@@ -172,7 +173,7 @@ def like_pattern(text: str) -> str:
 
 
 async def list_jobs(
-    pool: asyncpg.Pool,
+    pool: ReadPool,
     limit: int,
     filters: JobFilter = JobFilter(),
     after: JobCursor | None = None,
@@ -215,7 +216,7 @@ async def list_jobs(
 
 
 async def page_and_checkpoint(
-    pool: asyncpg.Pool, query: str, args: list[Any]
+    pool: ReadPool, query: str, args: list[Any]
 ) -> tuple[list[asyncpg.Record], int]:
     """The rows of ``query`` (a page ordered by ``created_at DESC, id DESC``) and the stream
     sequence the read models were at, from one snapshot.
@@ -264,7 +265,7 @@ LINE_COLUMNS = "seq, stream, level, ts, text"
 
 
 async def log_lines_after(
-    pool: asyncpg.Pool, job_id: str, after: int, limit: int, filters: LineFilter
+    pool: ReadPool, job_id: str, after: int, limit: int, filters: LineFilter
 ) -> list[asyncpg.Record]:
     """Lines with ``seq > after``, oldest first."""
     where, args = _line_conditions(job_id, filters)
@@ -279,7 +280,7 @@ async def log_lines_after(
 
 
 async def log_lines_tail(
-    pool: asyncpg.Pool, job_id: str, count: int, filters: LineFilter
+    pool: ReadPool, job_id: str, count: int, filters: LineFilter
 ) -> list[asyncpg.Record]:
     """The last ``count`` lines, oldest first."""
     where, args = _line_conditions(job_id, filters)
@@ -306,7 +307,7 @@ _DOWNLOAD_LINE = (
 
 
 async def log_text_chunks(
-    pool: asyncpg.Pool, job_id: str, chunk_lines: int = 20_000
+    pool: ReadPool, job_id: str, chunk_lines: int = 20_000
 ) -> AsyncIterator[bytes]:
     """The whole log as text, in chunks of ``chunk_lines`` lines (keyset pages on ``seq``).
 
@@ -338,7 +339,7 @@ WEBHOOK_ATTEMPT_COLUMNS = """
 """
 
 
-async def webhook_attempts(pool: asyncpg.Pool, job_id: str, limit: int) -> list[asyncpg.Record]:
+async def webhook_attempts(pool: ReadPool, job_id: str, limit: int) -> list[asyncpg.Record]:
     """The job's last ``limit`` webhook attempts, by webhook and then attempt number."""
     rows: list[asyncpg.Record] = await pool.fetch(
         f"SELECT * FROM (SELECT {WEBHOOK_ATTEMPT_COLUMNS} FROM {READ_SCHEMA}.webhook_deliveries "
@@ -390,7 +391,7 @@ def webhook_log(job_id: str, rows: list[asyncpg.Record]) -> schemas.WebhookLog:
 ARTIFACT_COLUMNS = "name, size, content_type, sha256, object_name, stored_at"
 
 
-async def list_artifacts(pool: asyncpg.Pool, job_id: str) -> list[asyncpg.Record]:
+async def list_artifacts(pool: ReadPool, job_id: str) -> list[asyncpg.Record]:
     """A job's artifacts, by name."""
     return list(
         await pool.fetch(
@@ -401,7 +402,7 @@ async def list_artifacts(pool: asyncpg.Pool, job_id: str) -> list[asyncpg.Record
     )
 
 
-async def get_artifact(pool: asyncpg.Pool, job_id: str, name: str) -> asyncpg.Record | None:
+async def get_artifact(pool: ReadPool, job_id: str, name: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         f"SELECT {ARTIFACT_COLUMNS} FROM {READ_SCHEMA}.artifacts WHERE job_id = $1 AND name = $2",
         job_id,

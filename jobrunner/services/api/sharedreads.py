@@ -19,6 +19,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from jobrunner.services.api.readpool import ReadModelsTimeout
+
 T = TypeVar("T")
 
 
@@ -37,6 +39,10 @@ class SharedReads(Generic[T]):
             return await asyncio.shield(flight)
         try:
             return await asyncio.shield(flight)
+        except ReadModelsTimeout:
+            # Postgres did not answer the read this caller joined within the deadline: a read
+            # of its own would wait as long again before the same answer.
+            raise
         except Exception:
             # The read joined failed (its error is its starter's): this caller reads itself.
             return await read()

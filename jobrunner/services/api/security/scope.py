@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import asyncpg
-
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.contracts import events
+from jobrunner.services.api.readpool import ReadPool
 
 REMEMBERED_OWNERS = 10_000
 
@@ -19,7 +18,7 @@ class OwnerFilter:
     model, asked once per job; a job the read model does not know yet is not shown.
     """
 
-    def __init__(self, pool: asyncpg.Pool, owner: str | None) -> None:
+    def __init__(self, pool: ReadPool, owner: str | None) -> None:
         self.pool = pool
         self.owner = owner
         self._owners: OrderedDict[str, str | None] = OrderedDict()

@@ -1,0 +1,137 @@
+"""The API's reads of the read models, each within one deadline (a frozen Postgres hangs none).
+
+With Postgres frozen (SIGSTOPped, a hung disk) a query never returns, asyncpg's cancel of it
+waits on the same frozen server, and the readers beyond the pool's connections queue on
+``acquire()`` without bound: every request, ``GET /health`` too, hung until the thaw. So every
+read goes through :meth:`ReadPool.acquire`: waiting for a connection, the query and handing the
+connection back share one deadline (``api_read_timeout_seconds``). Past it the read raises
+:class:`ReadModelsTimeout` (``503 READ_MODELS_TIMEOUT``, errors.py) and the connection it held
+is terminated, not cancelled: the pool then opens a fresh one for the next reader instead of
+keeping a wedged one, and reads work again on their own once Postgres answers.
+
+The deadline is not a query timeout of asyncpg's (``command_timeout``): that one cancels, so
+it waits on the frozen server, and it does not cover the wait for a connection. It must be long
+enough for the slowest legitimate read (a search through a big log; bench/RESULTS.md, session
+20), since a read past it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+
+
+class ReadModelsTimeout(Exception):
+    """A read of the read models did not finish within its deadline (Postgres frozen, or
+    overloaded): waiting for a connection and the query together."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer from Postgres within {seconds:g} s")
+        self.seconds = seconds
+
+
+class Read:
+    """One read: ``async with`` gives a connection, within one deadline (a class rather than a
+    generator: the connection's state is explicit).
+
+    How the connection goes back depends on how the block ended:
+    - normally, or a query error (the server answered): released, within what is left of the
+      deadline;
+    - our deadline passed (Postgres frozen): terminated (asyncpg's cancel and release would wait
+      on the frozen server), which hands it back to the pool at once; ReadModelsTimeout;
+    - the caller cancelled before the deadline (a client gone): released, so asyncpg cancels
+      the query and keeps the connection (Postgres answering, no new backend per departing
+      viewer). The release is bounded by what is left of the deadline (asyncpg terminates the
+      connection when it runs out: Postgres frozen) and shielded by asyncpg. So a single
+      cancel on a frozen Postgres waits out the rest of the deadline; a second cancel returns
+      at once while the release goes on. Do not wrap a read in a timeout of the caller's own:
+      its cancel waits the same way, and the read's own deadline already bounds it.
+    The connection is forgotten before it is released: a cancel landing after the release
+    never terminates a connection the pool may have handed to another reader.
+    """
+
+    __slots__ = ("_conn", "_deadline", "_pool", "_seconds")
+
+    def __init__(self, pool: asyncpg.Pool, seconds: float) -> None:
+        self._pool = pool
+        self._seconds = seconds
+        self._deadline = asyncio.timeout(seconds)
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        await self._deadline.__aenter__()
+        try:
+            self._conn = await self._pool.acquire()
+        except BaseException as exc:
+            await self._leave_deadline(exc)
+            raise
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if self._deadline.expired():
+                conn.terminate()  # still ours: attached to its proxy
+            else:
+                await self._pool.release(conn, timeout=self._left())
+        except BaseException as release_exc:
+            await self._leave_deadline(release_exc)
+            raise
+        await self._leave_deadline(exc)
+
+    def _left(self) -> float:
+        when = self._deadline.when()
+        assert when is not None
+        return max(0.0, when - asyncio.get_running_loop().time())
+
+    async def _leave_deadline(self, exc: BaseException | None) -> None:
+        """Close the deadline's scope; its expiry (CancelledError → TimeoutError) becomes
+        ReadModelsTimeout, and so does a TimeoutError the block raised once the deadline had
+        passed (code that turned our cancel into a timeout of its own); any other exception goes
+        on as it was."""
+        try:
+            await self._deadline.__aexit__(
+                type(exc) if exc else None, exc, exc.__traceback__ if exc else None
+            )
+        except TimeoutError as timeout:
+            raise ReadModelsTimeout(self._seconds) from timeout
+        if isinstance(exc, TimeoutError) and self._deadline.expired():
+            raise ReadModelsTimeout(self._seconds) from exc
+
+
+class ReadPool:
+    """asyncpg's pool for reads, with a deadline over acquire + query + release."""
+
+    def __init__(self, pool: asyncpg.Pool, deadline_seconds: float) -> None:
+        self.pool = pool
+        self.deadline_seconds = deadline_seconds
+
+    def acquire(self, deadline_seconds: float | None = None) -> Read:
+        """A connection for the block; the block's queries and the connection's return share
+        the deadline (``deadline_seconds``, else the pool's). Past it: ReadModelsTimeout."""
+        return Read(self.pool, deadline_seconds or self.deadline_seconds)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.acquire() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.acquire() as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+            return row
+
+    async def fetchval(self, query: str, *args: Any, deadline_seconds: float | None = None) -> Any:
+        async with self.acquire(deadline_seconds) as conn:
+            return await conn.fetchval(query, *args)
+
+    async def close(self) -> None:
+        await self.pool.close()
