@@ -88,6 +88,15 @@ async def raw_viewer(system: System, path: str, how: str, rng: random.Random) ->
         writer.close()
 
 
+def causes(error: BaseException) -> list[str]:
+    """An error and what caused it, down to the socket's (httpx's ReadError says nothing)."""
+    chain: list[str] = []
+    while error is not None and len(chain) < 5:
+        chain.append(repr(error))
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return chain
+
+
 def texts(stream: object) -> list[str]:
     return [e.json["text"] for e in stream.events if e.event == "message"]  # type: ignore[attr-defined]
 
@@ -113,7 +122,7 @@ async def test_viewers_joining_and_leaving_badly_during_a_flood_leave_the_reader
                 await asyncio.sleep(0.02)
         results = await asyncio.gather(*churn, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
-        assert not errors, errors[:3]
+        assert not errors, [causes(e) for e in errors[:3]]
         streams = await asyncio.gather(*readers)
     expected = [f"INFO line {i} [{i}/{LINES}]" for i in range(1, LINES + 1)]
     for stream in streams:

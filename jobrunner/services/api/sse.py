@@ -275,7 +275,12 @@ async def job_stream(
             except (nats.errors.Error, TimeoutError) as exc:
                 # NATS busy or away: end without ``done``; the client resumes after what it got.
                 metrics.SSE_STREAMS_CUT.labels("history_failed").inc()
-                log.warning("sse history read failed; the client resumes", error=repr(exc))
+                # str() too: a JetStream API error's repr drops its code and description.
+                log.warning(
+                    "sse history read failed; the client resumes",
+                    error=repr(exc),
+                    detail=str(exc),
+                )
                 return
 
         def write_direct(items: list[Item]) -> bool:
