@@ -64,6 +64,9 @@ def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
         retention=api.RetentionPolicy.LIMITS,
         max_age=settings.stream_max_age_days * 86400 or None,
         max_bytes=settings.stream_max_bytes or None,
+        # Always set: without it the server applies its own default (1,000 consumers on 2.15)
+        # while the config still says -1, and a burst of viewers catching up meets it.
+        max_consumers=settings.stream_max_consumers,
         num_replicas=settings.stream_replicas,
         duplicate_window=DUPLICATE_WINDOW,
         allow_direct=True,
@@ -105,14 +108,23 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
 
 async def _declare_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
     config = stream_config(names, settings)
+    existing: api.StreamConfig | None = None
     with contextlib.suppress(nats.js.errors.NotFoundError):  # none yet: created below
-        check_contract(names, (await js.stream_info(names.stream)).config.metadata)
+        existing = (await js.stream_info(names.stream)).config
+        check_contract(names, existing.metadata)
     try:
         await js.add_stream(config)
     except BadRequestError as exc:
         if retry.is_forming(exc):
             raise  # no room for the replicas yet (a node is missing): not a changed config
         await js.update_stream(config)
+    if existing is not None and existing.max_consumers != config.max_consumers:
+        # A stream made before the setting (the server's default of 1,000) or with another.
+        log.info(
+            "event stream consumer limit changed to the setting",
+            was=existing.max_consumers,
+            now=config.max_consumers,
+        )
     try:
         await js.stream_info(f"KV_{names.locks_bucket}")
     except nats.js.errors.NotFoundError:

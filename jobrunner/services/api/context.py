@@ -107,6 +107,7 @@ def sse_limits(settings: Settings) -> Limits:
         client_bytes=settings.sse_client_buffer_bytes,
         total_bytes=settings.sse_total_buffer_bytes,
         history_idle=settings.sse_history_idle_seconds,
+        history_reads=settings.sse_history_reads,
     )
 
 
