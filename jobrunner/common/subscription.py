@@ -203,6 +203,30 @@ async def ordered_reader(
         reader._drained.set()
         with contextlib.suppress(Exception):
             await asyncio.shield(reader.sub.unsubscribe())
+        _delete_soon(js, stream, reader.sub)
+
+
+# Consumer deletions under way (``_delete_soon``): a task nobody references may be collected.
+_deleting: set[asyncio.Task[Any]] = set()
+
+
+def _delete_soon(js: JetStreamContext, stream: str, sub: Any) -> None:
+    """Delete the reader's consumer now rather than when the server notices that nobody
+    listens (about 5 s later for an ephemeral push consumer): until then it still counts
+    against the stream's ``max_consumers``, and a crowd of viewers that came and went would
+    hold the places the next ones need. In the background, so that no reader waits for it;
+    a failed one (NATS away) leaves the server's own clean-up to do it."""
+    name = getattr(sub, "_consumer", None)  # nats-py's current one (a gap makes another)
+    if not name:
+        return
+
+    async def delete() -> None:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+
+    task = asyncio.get_running_loop().create_task(delete())
+    _deleting.add(task)
+    task.add_done_callback(_deleting.discard)
 
 
 async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.RawStreamMsg | None:
