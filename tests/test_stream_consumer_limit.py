@@ -97,14 +97,10 @@ async def small_js(settings: Settings) -> AsyncIterator[JetStreamContext]:
 HISTORY_IDLE = 1.0
 
 
-async def read_while_full(js: JetStreamContext, prefix: str, held: float) -> list[int]:
+async def read_while_full(fanout: Fanout, held: float) -> list[int]:
     """A catch-up read started with the stream at its limit (one more reader holding the last
     place), whose place frees after ``held`` seconds: the sequences it yields."""
-    names = Names(prefix)
-    limits = Limits(
-        keepalive=1, client_bytes=1 << 20, total_bytes=8 << 20, history_idle=HISTORY_IDLE
-    )
-    fanout = Fanout(js, names, sse.frames_for, limits)
+    js, names = fanout.js, fanout.names
     await js.add_consumer(names.stream, parked(names, LIMIT))
     asyncio.get_running_loop().call_later(
         held, lambda: asyncio.ensure_future(js.delete_consumer(names.stream, f"parked{LIMIT}"))
@@ -112,19 +108,30 @@ async def read_while_full(js: JetStreamContext, prefix: str, held: float) -> lis
     return [item.seq async for item in fanout.history("full", 1, 50)]
 
 
+def fanout_on(js: JetStreamContext, settings: Settings) -> Fanout:
+    limits = Limits(
+        keepalive=1, client_bytes=1 << 20, total_bytes=8 << 20, history_idle=HISTORY_IDLE
+    )
+    return Fanout(js, Names(settings.prefix), sse.frames_for, limits)
+
+
 async def test_a_history_read_waits_for_a_place_shorter_than_its_idle_limit(
     small_js: JetStreamContext, settings: Settings
 ) -> None:
-    seqs = await read_while_full(small_js, settings.prefix, HISTORY_IDLE / 2)
+    fanout = fanout_on(small_js, settings)
+    seqs = await read_while_full(fanout, HISTORY_IDLE / 2)
     assert seqs == list(range(1, 51))
+    assert fanout.consumer_limit_waits > 0
 
 
 async def test_a_history_read_gives_up_on_a_full_stream_after_its_idle_limit(
     small_js: JetStreamContext, settings: Settings
 ) -> None:
+    fanout = fanout_on(small_js, settings)
     with pytest.raises(BadRequestError) as refused:
-        await read_while_full(small_js, settings.prefix, HISTORY_IDLE * 2)
+        await read_while_full(fanout, HISTORY_IDLE * 2)
     assert refused.value.err_code == MAX_CONSUMERS_REACHED
+    assert fanout.consumer_limit_waits > 0  # it tried again before it gave up
     await asyncio.sleep(HISTORY_IDLE * 1.5)  # (the place frees before the stream goes)
 
 
