@@ -108,9 +108,13 @@ async def read_while_full(fanout: Fanout, held: float) -> list[int]:
     return [item.seq async for item in fanout.history("full", 1, 50)]
 
 
-def fanout_on(js: JetStreamContext, settings: Settings) -> Fanout:
+def fanout_on(js: JetStreamContext, settings: Settings, history_reads: int = 256) -> Fanout:
     limits = Limits(
-        keepalive=1, client_bytes=1 << 20, total_bytes=8 << 20, history_idle=HISTORY_IDLE
+        keepalive=1,
+        client_bytes=1 << 20,
+        total_bytes=8 << 20,
+        history_idle=HISTORY_IDLE,
+        history_reads=history_reads,
     )
     return Fanout(js, Names(settings.prefix), sse.frames_for, limits)
 
@@ -133,6 +137,37 @@ async def test_a_history_read_gives_up_on_a_full_stream_after_its_idle_limit(
     assert refused.value.err_code == MAX_CONSUMERS_REACHED
     assert fanout.consumer_limit_waits > 0  # it tried again before it gave up
     await asyncio.sleep(HISTORY_IDLE * 1.5)  # (the place frees before the stream goes)
+
+
+async def read_with_every_turn_taken(fanout: Fanout, held: float) -> list[int]:
+    """A catch-up read started while the process's one place for reads is held by another
+    (a viewer that does not read), freed after ``held`` seconds: the sequences it yields."""
+    await fanout.history_reads.acquire()
+    asyncio.get_running_loop().call_later(held, fanout.history_reads.release)
+    return [item.seq async for item in fanout.history("full", 1, 50)]
+
+
+def one_place(js: JetStreamContext, settings: Settings) -> Fanout:
+    return fanout_on(js, settings, history_reads=1)
+
+
+async def test_a_history_read_waits_for_its_turn_shorter_than_its_idle_limit(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    fanout = one_place(small_js, settings)
+    assert await read_with_every_turn_taken(fanout, HISTORY_IDLE / 2) == list(range(1, 51))
+    assert fanout.history_turns_skipped == 0
+
+
+async def test_a_history_read_kept_from_its_turn_longer_reads_without_one(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    """Every place held past the idle limit (viewers that never read): the read goes ahead
+    rather than wait on them, and gets everything."""
+    fanout = one_place(small_js, settings)
+    assert await read_with_every_turn_taken(fanout, HISTORY_IDLE * 2) == list(range(1, 51))
+    assert fanout.history_turns_skipped == 1
+    await asyncio.sleep(HISTORY_IDLE)  # (the holder lets go before the test ends)
 
 
 LINES = 400  # a long past: its viewers read it from JetStream, not from a feed's start

@@ -35,7 +35,7 @@ import asyncio
 import random
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -584,6 +584,7 @@ class Fanout:
         # Bounds the history reads' consumers on the stream (``stream_max_consumers``).
         self.history_reads = asyncio.Semaphore(limits.history_reads)
         self.consumer_limit_waits = 0  # history reads that found the stream at its limit
+        self.history_turns_skipped = 0  # history reads that waited ``history_idle`` for a turn
 
     def known_row(self, job_id: str) -> dict[str, Any] | None:
         """``JobFeed.row`` of the job's running feed, if there is one."""
@@ -703,7 +704,7 @@ class Fanout:
         the end of the history. At most ``history_reads`` run at once (the rest wait their
         turn), and one that finds the stream at its consumer limit tries again for up to
         ``history_idle`` seconds before it fails."""
-        async with self.history_reads, AsyncExitStack() as stack:
+        async with self._history_turn(), AsyncExitStack() as stack:
             reader = await self._open_history(stack, job_id, start_seq)
             if start_seq > until_seq or await reader.count() == 0:
                 return
@@ -728,6 +729,25 @@ class Fanout:
                     holding_end = end_last.held is not None and not end_last.ended
                     if pending == 0 or (seq >= until_seq and not holding_end):
                         return
+
+    @asynccontextmanager
+    async def _history_turn(self) -> AsyncIterator[None]:
+        """One of the ``history_reads`` places, waited for up to ``history_idle`` seconds. A
+        read that waited that long goes without one: every place held so long means reads held
+        up by clients that do not read, and they must not keep everyone else waiting (the
+        stream's own limit, met by ``_open_history``'s retries, still bounds the consumers)."""
+        try:
+            async with asyncio.timeout(self.limits.history_idle):
+                await self.history_reads.acquire()
+            held = True
+        except TimeoutError:
+            self.history_turns_skipped += 1
+            held = False
+        try:
+            yield
+        finally:
+            if held:
+                self.history_reads.release()
 
     async def _open_history(
         self, stack: AsyncExitStack, job_id: str, start_seq: int
