@@ -22,7 +22,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
-from jobrunner.services.api.fanout import MAX_CONSUMERS_REACHED, Fanout, Limits
+from jobrunner.services.api.fanout import MAX_CONSUMERS_REACHED, Fanout, HistoryStalled, Limits
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.test_history_logs import TEST_TYPES, finished_job
@@ -156,18 +156,108 @@ async def test_a_history_read_waits_for_its_turn_shorter_than_its_idle_limit(
 ) -> None:
     fanout = one_place(small_js, settings)
     assert await read_with_every_turn_taken(fanout, HISTORY_IDLE / 2) == list(range(1, 51))
-    assert fanout.history_turns_skipped == 0
 
 
-async def test_a_history_read_kept_from_its_turn_longer_reads_without_one(
+async def holder_pausing(fanout: Fanout, pause: float, read_ended: asyncio.Event) -> list[int]:
+    """A catch-up read whose client takes its first item, then leaves the next untaken for
+    ``pause`` seconds: the sequences it got before its stream ended."""
+    seqs: list[int] = []
+    try:
+        async for item in fanout.history("full", 1, 50):
+            seqs.append(item.seq)
+            if len(seqs) == 1:
+                await asyncio.sleep(pause)
+    finally:
+        read_ended.set()
+    return seqs
+
+
+async def test_a_turn_held_by_a_client_slower_than_the_idle_limit_goes_to_the_next_read(
     small_js: JetStreamContext, settings: Settings
 ) -> None:
-    """Every place held past the idle limit (viewers that never read): the read goes ahead
-    rather than wait on them, and gets everything."""
+    """The holder's client leaves an item untaken past history_idle: its read ends without
+    the rest (its client resumes), and the waiting read gets the turn meanwhile, not after."""
     fanout = one_place(small_js, settings)
-    assert await read_with_every_turn_taken(fanout, HISTORY_IDLE * 2) == list(range(1, 51))
-    assert fanout.history_turns_skipped == 1
-    await asyncio.sleep(HISTORY_IDLE)  # (the holder lets go before the test ends)
+    holder_ended = asyncio.Event()
+    holder = asyncio.create_task(holder_pausing(fanout, HISTORY_IDLE * 3, holder_ended))
+    await asyncio.sleep(0.1)  # the holder has its turn
+    waiter = [item.seq async for item in fanout.history("full", 1, 50)]
+    assert waiter == list(range(1, 51))
+    assert not holder.done()  # it got the turn before the holder's client came back
+    with pytest.raises(HistoryStalled):
+        await holder
+    assert fanout.history_turns_given_back == 1
+
+
+async def test_a_turn_held_by_a_client_just_within_the_idle_limit_is_kept(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    fanout = one_place(small_js, settings)
+    holder_ended = asyncio.Event()
+    holder = asyncio.create_task(holder_pausing(fanout, HISTORY_IDLE * 0.8, holder_ended))
+    await asyncio.sleep(0.1)
+    waiter = asyncio.create_task(read_all(fanout))
+    await holder_ended.wait()
+    assert not waiter.done()  # it waited for the holder's read to end
+    assert await holder == list(range(1, 51))
+    assert await waiter == list(range(1, 51))
+    assert fanout.history_turns_given_back == 0
+
+
+async def read_all(fanout: Fanout) -> list[int]:
+    return [item.seq async for item in fanout.history("full", 1, 50)]
+
+
+async def test_a_crowd_waiting_behind_stalled_turns_stays_within_the_cap(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The review's case: every turn held by clients that do not read, and a crowd behind
+    them. The holders give their turns back; the crowd never reads more than ``READS`` at once,
+    and each viewer, resuming after a cut as a client does, gets every event once."""
+    reads, crowd = 2, 20
+    names = Names(settings.prefix)
+    now = datetime.now(UTC)
+    await eventstore.publish_many(
+        js,
+        names,
+        [
+            events.LineLogged(job_id="full", lines=[events.LogLine(n, "stdout", "INFO", now, "x")])
+            for n in range(50)
+        ],
+    )
+    fanout = fanout_on(js, settings, history_reads=reads)
+    stalled = [
+        asyncio.create_task(holder_pausing(fanout, 60, asyncio.Event())) for _ in range(reads)
+    ]
+    await asyncio.sleep(0.1)
+    open_now = peak = 0
+
+    async def viewer() -> list[int]:
+        nonlocal open_now, peak
+        seqs: list[int] = []
+        while len(seqs) < 50:  # resumes after a cut, from what it got
+            reading = False
+            try:
+                async for item in fanout.history("full", len(seqs) + 1, 50):
+                    if not reading:
+                        reading = True
+                        open_now += 1
+                        peak = max(peak, open_now)
+                    seqs.append(item.seq)
+                    await asyncio.sleep(0.005)  # at its own pace, well within the idle limit
+            except HistoryStalled:
+                pass
+            finally:
+                open_now -= reading
+        return seqs
+
+    got = await asyncio.gather(*(viewer() for _ in range(crowd)))
+    assert all(seqs == list(range(1, 51)) for seqs in got)
+    assert peak <= reads, peak
+    assert fanout.history_turns_given_back == reads
+    for task in stalled:
+        task.cancel()
+    await asyncio.gather(*stalled, return_exceptions=True)
 
 
 LINES = 400  # a long past: its viewers read it from JetStream, not from a feed's start

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,7 @@ class OrderedReader:
         self._drained = asyncio.Event()
         self._drained.set()
         self.sub: JetStreamContext.PushSubscription | None = None
+        self._closed = False  # unsubscribed, its consumer's deletion on its way
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -73,6 +74,29 @@ class OrderedReader:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
+
+    def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
+        """Stop delivering and delete the consumer (``_delete_soon``), once: what is left to
+        await for the unsubscribe, or None when it was done already."""
+        if self._closed or self.sub is None:
+            return None
+        self._closed = True
+        # Let a callback blocked on a full batch finish first.
+        self._drained.set()
+        return self._unsubscribe_and_delete(stream)
+
+    async def _unsubscribe_and_delete(self, stream: str) -> None:
+        assert self.sub is not None
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
+        _delete_soon(self._js, stream, self.sub)
+
+    def close_soon(self, stream: str) -> None:
+        """``close`` from a callback, in the background: a reader whose consumer must go before
+        the task reading it comes back."""
+        unsubscribe = self.close(stream)
+        if unsubscribe is not None:
+            _track(asyncio.ensure_future(unsubscribe))
 
     @property
     def buffered_bytes(self) -> int:
@@ -198,16 +222,20 @@ async def ordered_reader(
         config.name = None
         yield reader
     finally:
-        # Let a callback blocked on a full batch finish, then drop the subscription even when
-        # the reader's task is being cancelled.
-        reader._drained.set()
-        with contextlib.suppress(Exception):
-            await asyncio.shield(reader.sub.unsubscribe())
-        _delete_soon(js, stream, reader.sub)
+        # Drop the subscription even when the reader's task is being cancelled.
+        unsubscribe = reader.close(stream)
+        if unsubscribe is not None:
+            await asyncio.shield(unsubscribe)
 
 
-# Consumer deletions under way (``_delete_soon``): a task nobody references may be collected.
-_deleting: set[asyncio.Task[Any]] = set()
+# Consumer deletions under way (``_delete_soon``) and the readers' background unsubscribes: a
+# task nobody references may be collected.
+_deleting: set[asyncio.Future[Any]] = set()
+
+
+def _track(task: asyncio.Future[Any]) -> None:
+    _deleting.add(task)
+    task.add_done_callback(_deleting.discard)
 
 
 def _delete_soon(js: JetStreamContext, stream: str, sub: Any) -> None:
@@ -224,9 +252,7 @@ def _delete_soon(js: JetStreamContext, stream: str, sub: Any) -> None:
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, name)
 
-    task = asyncio.get_running_loop().create_task(delete())
-    _deleting.add(task)
-    task.add_done_callback(_deleting.discard)
+    _track(asyncio.get_running_loop().create_task(delete()))
 
 
 async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.RawStreamMsg | None:

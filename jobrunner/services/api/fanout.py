@@ -552,6 +552,53 @@ def at_consumer_limit(exc: BaseException) -> bool:
     return isinstance(exc, BadRequestError) and exc.err_code == MAX_CONSUMERS_REACHED
 
 
+class HistoryTurn:
+    """A history read's place among the ``history_reads``, given back (once) when the read
+    ends, or earlier when its client leaves an item untaken for ``idle`` seconds: a viewer that
+    does not read must not keep the next ones waiting. One timer a read, set again at most once
+    per ``idle``, rather than one an item."""
+
+    def __init__(self, places: asyncio.Semaphore, idle: float) -> None:
+        self._places = places
+        self._idle = idle
+        self._loop = asyncio.get_running_loop()
+        self.held = True
+        self._waiting_since: float | None = None  # an item handed on, not yet taken
+        self._timer: asyncio.TimerHandle | None = None
+        # What else goes with the turn: the read's consumer, which counts against the stream.
+        self.on_given_back: Callable[[], None] | None = None
+
+    def client_waits(self) -> None:
+        """An item is about to go to the client."""
+        self._waiting_since = self._loop.time()
+        if self._timer is None and self.held:
+            self._timer = self._loop.call_later(self._idle, self._check)
+
+    def client_took(self) -> None:
+        self._waiting_since = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._waiting_since is None:
+            return  # taken; the next item sets the timer again
+        left = self._waiting_since + self._idle - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check)
+        elif self.held:
+            self.give_back()
+            if self.on_given_back is not None:
+                self.on_given_back()
+
+    def give_back(self) -> None:
+        """At the read's end, or at its client's idle limit (then ``on_given_back`` too)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.held:
+            self.held = False
+            self._places.release()
+
+
 class Fanout:
     """The feeds of one API process, by job id, and what their clients hold in memory."""
 
@@ -584,7 +631,8 @@ class Fanout:
         # Bounds the history reads' consumers on the stream (``stream_max_consumers``).
         self.history_reads = asyncio.Semaphore(limits.history_reads)
         self.consumer_limit_waits = 0  # history reads that found the stream at its limit
-        self.history_turns_skipped = 0  # history reads that waited ``history_idle`` for a turn
+        # History reads whose client left an item untaken for ``history_idle`` (``HistoryTurn``).
+        self.history_turns_given_back = 0
 
     def known_row(self, job_id: str) -> dict[str, Any] | None:
         """``JobFeed.row`` of the job's running feed, if there is one."""
@@ -702,10 +750,12 @@ class Fanout:
 
         Raises ``HistoryStalled`` rather than stop early: a missing event must never pass for
         the end of the history. At most ``history_reads`` run at once (the rest wait their
-        turn), and one that finds the stream at its consumer limit tries again for up to
-        ``history_idle`` seconds before it fails."""
-        async with self._history_turn(), AsyncExitStack() as stack:
+        turn; one whose client leaves an item untaken for ``history_idle`` gives its turn back
+        and ends with ``HistoryStalled``), and one that finds the stream at its consumer limit
+        tries again for up to ``history_idle`` seconds before it fails."""
+        async with self._history_turn() as turn, AsyncExitStack() as stack:
             reader = await self._open_history(stack, job_id, start_seq)
+            turn.on_given_back = lambda: self._took_back(reader)
             if start_seq > until_seq or await reader.count() == 0:
                 return
             loop = asyncio.get_running_loop()
@@ -725,29 +775,35 @@ class Fanout:
                     for item in end_last.order(
                         decode_item(seq, msg.data, job_id, self.build), pending
                     ):
+                        turn.client_waits()
                         yield item
+                        turn.client_took()
+                        if not turn.held:
+                            # Its client took longer than history_idle: the turn went to the
+                            # next read; this one ends and its client resumes.
+                            raise HistoryStalled(job_id)
                     holding_end = end_last.held is not None and not end_last.ended
                     if pending == 0 or (seq >= until_seq and not holding_end):
                         return
 
+    def _took_back(self, reader: OrderedReader) -> None:
+        """A read's turn taken back from a client that does not read: its consumer goes now,
+        not when the client comes back."""
+        self.history_turns_given_back += 1
+        reader.close_soon(self.names.stream)
+
     @asynccontextmanager
-    async def _history_turn(self) -> AsyncIterator[None]:
-        """One of the ``history_reads`` places, waited for up to ``history_idle`` seconds. A
-        read that waited that long goes without one: every place held so long means reads held
-        up by clients that do not read, and they must not keep everyone else waiting (the
-        stream's own limit, met by ``_open_history``'s retries, still bounds the consumers)."""
+    async def _history_turn(self) -> AsyncIterator[HistoryTurn]:
+        """One of the ``history_reads`` places, waited for as long as it takes (the viewer
+        gets nothing until then, not an error). The place is bounded instead: a read whose
+        client leaves its next item untaken for ``history_idle`` seconds gives it back
+        (``HistoryTurn``)."""
+        await self.history_reads.acquire()
+        turn = HistoryTurn(self.history_reads, self.limits.history_idle)
         try:
-            async with asyncio.timeout(self.limits.history_idle):
-                await self.history_reads.acquire()
-            held = True
-        except TimeoutError:
-            self.history_turns_skipped += 1
-            held = False
-        try:
-            yield
+            yield turn
         finally:
-            if held:
-                self.history_reads.release()
+            turn.give_back()
 
     async def _open_history(
         self, stack: AsyncExitStack, job_id: str, start_seq: int
