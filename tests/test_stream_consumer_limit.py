@@ -17,7 +17,7 @@ import pytest
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from jobrunner.common import eventstore
+from jobrunner.common import eventstore, subscription
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -289,3 +289,17 @@ class TestManyViewersOnAFewConsumers:
             assert texts == expected
             assert stream.events[-1].event == "done"
         assert fanout_of(system).clients_cut == 0
+
+
+async def test_a_reader_refused_at_the_limit_sends_no_delete(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    """A create refused with 10026 made nothing: a delete for it would only queue ahead of
+    the next viewers' creates in JetStream's API."""
+    names = Names(settings.prefix)
+    await small_js.add_consumer(names.stream, parked(names, LIMIT))  # the last place taken
+    with pytest.raises(BadRequestError) as refused:
+        async with subscription.ordered_reader(small_js, names.stream, names.all_subjects, 1):
+            pass
+    assert refused.value.err_code == MAX_CONSUMERS_REACHED
+    assert subscription.deletes_pending() == 0

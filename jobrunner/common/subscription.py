@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -59,6 +60,7 @@ class OrderedReader:
         self._drained = asyncio.Event()
         self._drained.set()
         self.sub: JetStreamContext.PushSubscription | None = None
+        self._created = False  # the server made its consumer (a refused create made nothing)
         self._closed = False  # unsubscribed, its consumer's deletion on its way
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
@@ -89,7 +91,8 @@ class OrderedReader:
         assert self.sub is not None
         with contextlib.suppress(Exception):
             await self.sub.unsubscribe()
-        _delete_soon(self._js, stream, self.sub)
+        if self._created:  # a refused create (10026) made nothing to delete
+            _delete_soon(self._js, stream, self.sub)
 
     def close_soon(self, stream: str) -> None:
         """``close`` from a callback, in the background: a reader whose consumer must go before
@@ -216,6 +219,7 @@ async def ordered_reader(
     )
     try:
         await js.add_consumer(stream, config)
+        reader._created = True
         # nats-py keeps ``config`` to make the consumer again after a gap (a new deliver
         # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
         # the first one may still be on the server then.
@@ -229,8 +233,14 @@ async def ordered_reader(
 
 
 # Consumer deletions under way (``_delete_soon``) and the readers' background unsubscribes: a
-# task nobody references may be collected.
+# task nobody references may be collected, and a stopping process cancels them (``forget_deletes``).
 _deleting: set[asyncio.Future[Any]] = set()
+# Deletions sent at once, per event loop: each is a request to JetStream's API, which handles
+# them in order, so 1,500 viewers leaving at once would queue ahead of the next viewers' creates.
+DELETES_AT_ONCE = 4
+_delete_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _track(task: asyncio.Future[Any]) -> None:
@@ -242,17 +252,37 @@ def _delete_soon(js: JetStreamContext, stream: str, sub: Any) -> None:
     """Delete the reader's consumer now rather than when the server notices that nobody
     listens (about 5 s later for an ephemeral push consumer): until then it still counts
     against the stream's ``max_consumers``, and a crowd of viewers that came and went would
-    hold the places the next ones need. In the background, so that no reader waits for it;
-    a failed one (NATS away) leaves the server's own clean-up to do it."""
+    hold the places the next ones need. In the background, so that no reader waits for it, and
+    ``DELETES_AT_ONCE`` at a time; a failed one (NATS away) leaves the server's own clean-up
+    to do it."""
     name = getattr(sub, "_consumer", None)  # nats-py's current one (a gap makes another)
     if not name:
         return
+    loop = asyncio.get_running_loop()
+    turns = _delete_turns.get(loop)
+    if turns is None:
+        turns = _delete_turns[loop] = asyncio.Semaphore(DELETES_AT_ONCE)
 
     async def delete() -> None:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, name)
+        async with turns:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, name)
 
-    _track(asyncio.get_running_loop().create_task(delete()))
+    _track(loop.create_task(delete()))
+
+
+def deletes_pending() -> int:
+    return len(_deleting)
+
+
+async def forget_deletes() -> None:
+    """Cancel the deletions still waiting (a process stopping: the server removes the
+    consumers itself, about 5 s after their subscriptions went)."""
+    loop = asyncio.get_running_loop()
+    pending = [task for task in _deleting if task.get_loop() is loop]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.RawStreamMsg | None:

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore, heap, metrics, stallwatch
+from jobrunner.common import database, eventstore, heap, metrics, stallwatch, subscription
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -151,6 +151,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                 yield
         finally:
             await readmodels.close()
+            await subscription.forget_deletes()
             await readers.close()
             await sub.unsubscribe()
             await pool.close()
