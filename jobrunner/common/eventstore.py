@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -14,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.client import ServerVersion
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
@@ -184,6 +186,9 @@ def stream_config(names: Names, settings: Settings) -> api.StreamConfig:
         retention=api.RetentionPolicy.LIMITS,
         max_age=settings.stream_max_age_days * 86400 or None,
         max_bytes=settings.stream_max_bytes or None,
+        # Always set: without it the server applies its own default (1,000 consumers on 2.15)
+        # while the config still says -1, and a burst of viewers catching up meets it.
+        max_consumers=settings.stream_max_consumers,
         num_replicas=settings.stream_replicas,
         duplicate_window=DUPLICATE_WINDOW,
         allow_direct=True,
@@ -223,16 +228,83 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
     )
 
 
+# nats-server lets an existing stream's MaxConsumers change from 2.12 on (nats-server PR
+# #7724); 2.10 and 2.11 refuse the whole update ("can not change MaxConsumers").
+CONSUMER_LIMIT_CHANGEABLE_FROM = (2, 12)
+
+
+def can_change_consumer_limit(version: ServerVersion) -> bool:
+    """Whether the server ``version`` lets a stream's ``max_consumers`` change; an unknown
+    version is tried (a refusal is met by ``refuses_consumer_limit_change``)."""
+    try:
+        known = (version.major, version.minor)
+    except ValueError:
+        return True
+    return known == (0, 0) or known >= CONSUMER_LIMIT_CHANGEABLE_FROM
+
+
+def refuses_consumer_limit_change(exc: BaseException) -> bool:
+    """The server's refusal of a stream update because it changes MaxConsumers (< 2.12)."""
+    return isinstance(exc, BadRequestError) and "MaxConsumers" in (exc.description or "")
+
+
+def keeping_consumer_limit(
+    config: api.StreamConfig, existing: api.StreamConfig
+) -> api.StreamConfig:
+    """``config`` with the existing stream's consumer limit, so that the other settings still
+    apply on a server that cannot change it."""
+    log.warning(
+        "the event stream's consumer limit stays at its old value: this nats-server cannot "
+        "change it (2.12 or later can; or recreate the stream)",
+        kept=existing.max_consumers,
+        setting=config.max_consumers,
+    )
+    return dataclasses.replace(config, max_consumers=existing.max_consumers)
+
+
+async def _update_stream(
+    js: JetStreamContext, config: api.StreamConfig, existing: api.StreamConfig | None
+) -> None:
+    """Update the event stream to ``config``. On a server older than 2.12 the existing
+    stream's ``max_consumers`` is kept rather than the update refused: a refusal would stop
+    every service at start, for good."""
+    changes_limit = existing is not None and existing.max_consumers != config.max_consumers
+    if (
+        existing is not None
+        and changes_limit
+        and not can_change_consumer_limit(js._nc.connected_server_version)
+    ):
+        config = keeping_consumer_limit(config, existing)
+        changes_limit = False
+    try:
+        await js.update_stream(config)
+    except BadRequestError as exc:
+        if existing is None or not refuses_consumer_limit_change(exc):
+            raise
+        config = keeping_consumer_limit(config, existing)
+        changes_limit = False
+        await js.update_stream(config)
+    if existing is not None and changes_limit:
+        # A stream made before the setting (the server's default of 1,000) or with another.
+        log.info(
+            "event stream consumer limit changed to the setting",
+            was=existing.max_consumers,
+            now=config.max_consumers,
+        )
+
+
 async def _declare_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
     config = stream_config(names, settings)
+    existing: api.StreamConfig | None = None
     with contextlib.suppress(nats.js.errors.NotFoundError):  # none yet: created below
-        check_contract(names, (await js.stream_info(names.stream)).config.metadata)
+        existing = (await js.stream_info(names.stream)).config
+        check_contract(names, existing.metadata)
     try:
         await js.add_stream(config)
     except BadRequestError as exc:
         if retry.is_forming(exc):
             raise  # no room for the replicas yet (a node is missing): not a changed config
-        await js.update_stream(config)
+        await _update_stream(js, config, existing)
     try:
         await js.stream_info(f"KV_{names.locks_bucket}")
     except nats.js.errors.NotFoundError:

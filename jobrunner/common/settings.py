@@ -84,6 +84,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Event stream limits (0 means unlimited)
     stream_max_age_days: float = 0
     stream_max_bytes: int = 0
+    # Consumers the event stream holds at once: every SSE catch-up read, job feed and update
+    # stream is one while it reads, plus the services' own. Set on the stream explicitly: one
+    # that sets none gets the server's default (1,000 on nats-server 2.15), and at the limit
+    # JetStream refuses every new consumer (err_code 10026).
+    stream_max_consumers: int = 10_000
     # Read-model retention: finished jobs (and their lines) older than this leave Postgres; their
     # events stay in the stream as long as the stream limits keep them (0 keeps them forever).
     readmodel_retention_days: float = 0
@@ -119,6 +124,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A client's catch-up read from JetStream that gets nothing for this long is disconnected
     # (it resumes) rather than left with a gap.
     sse_history_idle_seconds: float = 10.0
+    # Catch-up reads from JetStream one API process runs at once (each holds a consumer of the
+    # event stream, ``stream_max_consumers``); more viewers wait their turn.
+    sse_history_reads: int = 256
 
     # Access (README "Security and access")
     auth: bool = True  # off only with --no-auth on a loopback address
@@ -207,6 +215,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "readmodel_retention_days": (0, _NO_LIMIT),
     "artifact_max_file_bytes": (0, _NO_LIMIT),
     "artifact_max_job_bytes": (0, _NO_LIMIT),
+    "stream_max_consumers": (1, _NO_LIMIT),
+    "sse_history_reads": (1, _NO_LIMIT),
     "stream_replicas": (1, 5),  # JetStream's own limit
     "sse_retry_ms": (0, _NO_LIMIT),
     "max_streams_per_token": (1, _NO_LIMIT),

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,8 @@ class OrderedReader:
         self._drained = asyncio.Event()
         self._drained.set()
         self.sub: JetStreamContext.PushSubscription | None = None
+        self._created = False  # the server made its consumer (a refused create made nothing)
+        self._closed = False  # unsubscribed, its consumer's deletion on its way
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -73,6 +76,30 @@ class OrderedReader:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
+
+    def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
+        """Stop delivering and delete the consumer (``_delete_soon``), once: what is left to
+        await for the unsubscribe, or None when it was done already."""
+        if self._closed or self.sub is None:
+            return None
+        self._closed = True
+        # Let a callback blocked on a full batch finish first.
+        self._drained.set()
+        return self._unsubscribe_and_delete(stream)
+
+    async def _unsubscribe_and_delete(self, stream: str) -> None:
+        assert self.sub is not None
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
+        if self._created:  # a refused create (10026) made nothing to delete
+            _delete_soon(self._js, stream, self.sub)
+
+    def close_soon(self, stream: str) -> None:
+        """``close`` from a callback, in the background: a reader whose consumer must go before
+        the task reading it comes back."""
+        unsubscribe = self.close(stream)
+        if unsubscribe is not None:
+            _track(asyncio.ensure_future(unsubscribe))
 
     @property
     def buffered_bytes(self) -> int:
@@ -192,17 +219,70 @@ async def ordered_reader(
     )
     try:
         await js.add_consumer(stream, config)
+        reader._created = True
         # nats-py keeps ``config`` to make the consumer again after a gap (a new deliver
         # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
         # the first one may still be on the server then.
         config.name = None
         yield reader
     finally:
-        # Let a callback blocked on a full batch finish, then drop the subscription even when
-        # the reader's task is being cancelled.
-        reader._drained.set()
-        with contextlib.suppress(Exception):
-            await asyncio.shield(reader.sub.unsubscribe())
+        # Drop the subscription even when the reader's task is being cancelled.
+        unsubscribe = reader.close(stream)
+        if unsubscribe is not None:
+            await asyncio.shield(unsubscribe)
+
+
+# Consumer deletions under way (``_delete_soon``) and the readers' background unsubscribes: a
+# task nobody references may be collected, and a stopping process cancels them (``forget_deletes``).
+_deleting: set[asyncio.Future[Any]] = set()
+# Deletions sent at once, per event loop: each is a request to JetStream's API, which handles
+# them in order, so 1,500 viewers leaving at once would queue ahead of the next viewers' creates.
+DELETES_AT_ONCE = 4
+_delete_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _track(task: asyncio.Future[Any]) -> None:
+    _deleting.add(task)
+    task.add_done_callback(_deleting.discard)
+
+
+def _delete_soon(js: JetStreamContext, stream: str, sub: Any) -> None:
+    """Delete the reader's consumer now rather than when the server notices that nobody
+    listens (about 5 s later for an ephemeral push consumer): until then it still counts
+    against the stream's ``max_consumers``, and a crowd of viewers that came and went would
+    hold the places the next ones need. In the background, so that no reader waits for it, and
+    ``DELETES_AT_ONCE`` at a time; a failed one (NATS away) leaves the server's own clean-up
+    to do it."""
+    name = getattr(sub, "_consumer", None)  # nats-py's current one (a gap makes another)
+    if not name:
+        return
+    loop = asyncio.get_running_loop()
+    turns = _delete_turns.get(loop)
+    if turns is None:
+        turns = _delete_turns[loop] = asyncio.Semaphore(DELETES_AT_ONCE)
+
+    async def delete() -> None:
+        async with turns:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, name)
+
+    _track(loop.create_task(delete()))
+
+
+def deletes_pending() -> int:
+    return len(_deleting)
+
+
+async def forget_deletes() -> None:
+    """Cancel the deletions still waiting (a process stopping: the server removes the
+    consumers itself, about 5 s after their subscriptions went)."""
+    loop = asyncio.get_running_loop()
+    pending = [task for task in _deleting if task.get_loop() is loop]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.RawStreamMsg | None:

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore, heap, metrics, stallwatch
+from jobrunner.common import database, eventstore, heap, metrics, stallwatch, subscription
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -125,6 +125,7 @@ def sse_limits(settings: Settings) -> Limits:
         client_bytes=settings.sse_client_buffer_bytes,
         total_bytes=settings.sse_total_buffer_bytes,
         history_idle=settings.sse_history_idle_seconds,
+        history_reads=settings.sse_history_reads,
     )
 
 
@@ -174,6 +175,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                 yield
         finally:
             await readmodels.close()
+            await subscription.forget_deletes()
             await readers.close()
             await sub.unsubscribe()
             await pool.close()

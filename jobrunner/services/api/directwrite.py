@@ -50,6 +50,14 @@ class ChunkWriter:
     def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
 
+    @property
+    def gone(self) -> bool:
+        """The connection is lost or closing: a write through the framework would reach a
+        transport that only logs ``socket.send() raised exception.`` (uvicorn marks the cycle
+        disconnected only a loop turn after the failed send), so the stream ends instead."""
+        cycle = self._cycle
+        return bool(cycle.disconnected or cycle.transport.is_closing())
+
     def write(self, body: bytes) -> bool:
         """Write ``body`` now; False, having written nothing, when the connection cannot take
         it at once: the caller sends it through the framework."""

@@ -32,9 +32,10 @@ loop a quiet line waits for holds a step of each of the flood's tasks.
 from __future__ import annotations
 
 import asyncio
+import random
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
 
 from jobrunner.common import metrics
 from jobrunner.common.subscription import OrderedReader, ordered_reader, position
@@ -106,6 +108,8 @@ class Limits:
     # What one feed keeps of what it handed on since it started, for clients joining after it.
     # 1 MiB each let 100 jobs of 4,000 lines keep all of them: about 280 MiB more in the process.
     record_bytes: int = 64 * 1024
+    # Catch-up reads from JetStream at once (each holds a consumer); more wait their turn.
+    history_reads: int = 256
 
 
 class Item:
@@ -537,6 +541,64 @@ class HistoryStalled(Exception):
     """A history read got nothing for ``history_idle`` seconds with events still to come."""
 
 
+# JetStream's refusal of a new consumer when the stream (or account) holds its limit of them.
+MAX_CONSUMERS_REACHED = 10026
+# Waits between attempts at a history read's consumer while the stream is at its limit.
+CONSUMER_RETRY_FIRST = 0.05
+CONSUMER_RETRY_LONGEST = 1.0
+
+
+def at_consumer_limit(exc: BaseException) -> bool:
+    return isinstance(exc, BadRequestError) and exc.err_code == MAX_CONSUMERS_REACHED
+
+
+class HistoryTurn:
+    """A history read's place among the ``history_reads``, given back (once) when the read
+    ends, or earlier when its client leaves an item untaken for ``idle`` seconds: a viewer that
+    does not read must not keep the next ones waiting. One timer a read, set again at most once
+    per ``idle``, rather than one an item."""
+
+    def __init__(self, places: asyncio.Semaphore, idle: float) -> None:
+        self._places = places
+        self._idle = idle
+        self._loop = asyncio.get_running_loop()
+        self.held = True
+        self._waiting_since: float | None = None  # an item handed on, not yet taken
+        self._timer: asyncio.TimerHandle | None = None
+        # What else goes with the turn: the read's consumer, which counts against the stream.
+        self.on_given_back: Callable[[], None] | None = None
+
+    def client_waits(self) -> None:
+        """An item is about to go to the client."""
+        self._waiting_since = self._loop.time()
+        if self._timer is None and self.held:
+            self._timer = self._loop.call_later(self._idle, self._check)
+
+    def client_took(self) -> None:
+        self._waiting_since = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._waiting_since is None:
+            return  # taken; the next item sets the timer again
+        left = self._waiting_since + self._idle - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check)
+        elif self.held:
+            self.give_back()
+            if self.on_given_back is not None:
+                self.on_given_back()
+
+    def give_back(self) -> None:
+        """At the read's end, or at its client's idle limit (then ``on_given_back`` too)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.held:
+            self.held = False
+            self._places.release()
+
+
 class Fanout:
     """The feeds of one API process, by job id, and what their clients hold in memory."""
 
@@ -566,6 +628,11 @@ class Fanout:
         self.clients_cut = 0
         self.direct_writes = 0  # batches written straight to a client's connection
         self.direct_enabled = True  # until a direct write fails (``_write_direct``)
+        # Bounds the history reads' consumers on the stream (``stream_max_consumers``).
+        self.history_reads = asyncio.Semaphore(limits.history_reads)
+        self.consumer_limit_waits = 0  # history reads that found the stream at its limit
+        # History reads whose client left an item untaken for ``history_idle`` (``HistoryTurn``).
+        self.history_turns_given_back = 0
 
     def known_row(self, job_id: str) -> dict[str, Any] | None:
         """``JobFeed.row`` of the job's running feed, if there is one."""
@@ -682,17 +749,13 @@ class Fanout:
         from JetStream, for a client whose start lies before its feed's.
 
         Raises ``HistoryStalled`` rather than stop early: a missing event must never pass for
-        the end of the history."""
-        async with (
-            self.reader_js() as js,
-            ordered_reader(
-                js,
-                self.names.stream,
-                self.names.job_subjects(job_id),
-                start_seq=start_seq,
-                max_buffered_bytes=self.limits.client_bytes,
-            ) as reader,
-        ):
+        the end of the history. At most ``history_reads`` run at once (the rest wait their
+        turn; one whose client leaves an item untaken for ``history_idle`` gives its turn back
+        and ends with ``HistoryStalled``), and one that finds the stream at its consumer limit
+        tries again for up to ``history_idle`` seconds before it fails."""
+        async with self._history_turn() as turn, AsyncExitStack() as stack:
+            reader = await self._open_history(stack, job_id, start_seq)
+            turn.on_given_back = lambda: self._took_back(reader)
             if start_seq > until_seq or await reader.count() == 0:
                 return
             loop = asyncio.get_running_loop()
@@ -712,7 +775,63 @@ class Fanout:
                     for item in end_last.order(
                         decode_item(seq, msg.data, job_id, self.build), pending
                     ):
+                        turn.client_waits()
                         yield item
+                        turn.client_took()
+                        if not turn.held:
+                            # Its client took longer than history_idle: the turn went to the
+                            # next read; this one ends and its client resumes.
+                            raise HistoryStalled(job_id)
                     holding_end = end_last.held is not None and not end_last.ended
                     if pending == 0 or (seq >= until_seq and not holding_end):
                         return
+
+    def _took_back(self, reader: OrderedReader) -> None:
+        """A read's turn taken back from a client that does not read: its consumer goes now,
+        not when the client comes back."""
+        self.history_turns_given_back += 1
+        reader.close_soon(self.names.stream)
+
+    @asynccontextmanager
+    async def _history_turn(self) -> AsyncIterator[HistoryTurn]:
+        """One of the ``history_reads`` places, waited for as long as it takes (the viewer
+        gets nothing until then, not an error). The place is bounded instead: a read whose
+        client leaves its next item untaken for ``history_idle`` seconds gives it back
+        (``HistoryTurn``)."""
+        await self.history_reads.acquire()
+        turn = HistoryTurn(self.history_reads, self.limits.history_idle)
+        try:
+            yield turn
+        finally:
+            turn.give_back()
+
+    async def _open_history(
+        self, stack: AsyncExitStack, job_id: str, start_seq: int
+    ) -> OrderedReader:
+        """The history read's consumer, entered on ``stack``. While the stream holds its
+        limit of consumers (every viewer, feed and service counts), try again after a short
+        wait rather than end the viewer's stream, which would come back as a reconnect into the
+        same crowd: for up to ``history_idle`` seconds, then the refusal goes to the caller."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.limits.history_idle
+        wait = CONSUMER_RETRY_FIRST
+        while True:
+            js = await stack.enter_async_context(self.reader_js())
+            try:
+                return await stack.enter_async_context(
+                    ordered_reader(
+                        js,
+                        self.names.stream,
+                        self.names.job_subjects(job_id),
+                        start_seq=start_seq,
+                        max_buffered_bytes=self.limits.client_bytes,
+                    )
+                )
+            except BadRequestError as exc:
+                if not at_consumer_limit(exc) or loop.time() + wait > give_up:
+                    raise
+            await stack.aclose()  # the connection's lease back while this waits
+            self.consumer_limit_waits += 1
+            # Jittered: the readers refused together must not all come back together.
+            await asyncio.sleep(wait * random.uniform(0.5, 1.5))
+            wait = min(wait * 2, CONSUMER_RETRY_LONGEST)

@@ -264,6 +264,8 @@ async def job_stream(
                 async for item in fanout.history(job_id, start_seq, joined_at):
                     chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
                     sent = item.seq
+                    if writer is not None and writer.gone:
+                        return  # the client reset or left: nothing more can reach it
                     if chunk:
                         yield chunk
                     if item.terminal or inbox.overflow:
@@ -275,7 +277,12 @@ async def job_stream(
             except (nats.errors.Error, TimeoutError) as exc:
                 # NATS busy or away: end without ``done``; the client resumes after what it got.
                 metrics.SSE_STREAMS_CUT.labels("history_failed").inc()
-                log.warning("sse history read failed; the client resumes", error=repr(exc))
+                # str() too: a JetStream API error's repr drops its code and description.
+                log.warning(
+                    "sse history read failed; the client resumes",
+                    error=repr(exc),
+                    detail=str(exc),
+                )
                 return
 
         def write_direct(items: list[Item]) -> bool:
@@ -303,6 +310,8 @@ async def job_stream(
                 inbox.take()
                 yield comment("keep-alive")
                 continue
+            if writer is not None and writer.gone:
+                return  # the client reset or left: nothing more can reach it
             parts, sent, ended = _unsent(inbox.take(TAKE_BYTES), sent, skip, skip_seq)
             if parts:
                 yield b"".join(parts)

@@ -1,0 +1,305 @@
+"""The event stream's consumer limit (session 20): set by jobrunner, raised on an existing
+stream, and never a reason for a viewer's stream to end early.
+
+nats-server 2.15 gives a stream that sets no ``max_consumers`` a limit of 1,000 (its config
+still says -1) and refuses the next consumer with err_code 10026: every SSE catch-up read is a
+consumer, so 2,000 viewers catching up at once met it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import msgspec
+import pytest
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+
+from jobrunner.common import eventstore, subscription
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.services.api import sse
+from jobrunner.services.api.fanout import MAX_CONSUMERS_REACHED, Fanout, HistoryStalled, Limits
+from tests.sse_client import read_stream
+from tests.system import System
+from tests.test_history_logs import TEST_TYPES, finished_job
+from tests.test_sse_memory import fanout_of
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def parked(names: Names, i: int) -> api.ConsumerConfig:
+    """A consumer that only takes a place on the stream (removed with it)."""
+    return api.ConsumerConfig(
+        name=f"parked{i}",
+        filter_subject=names.all_subjects,
+        ack_policy=api.AckPolicy.NONE,
+        mem_storage=True,
+    )
+
+
+async def test_the_event_stream_takes_more_consumers_than_the_servers_default(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    names = Names(settings.prefix)
+    info = await js.stream_info(names.stream)
+    assert info.config.max_consumers == settings.stream_max_consumers == 10_000
+    for i in range(1_100):  # the server's default is 1,000
+        await js.add_consumer(names.stream, parked(names, i))
+    assert (await js.stream_info(names.stream)).state.consumer_count == 1_100
+
+
+async def test_an_existing_stream_with_the_servers_default_is_raised_at_start(
+    settings: Settings,
+) -> None:
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        # As an installation made before the setting has it: no limit of its own.
+        made_before = eventstore.stream_config(names, settings)
+        made_before.max_consumers = None
+        await js.add_stream(made_before)
+        assert (await js.stream_info(names.stream)).config.max_consumers == -1
+        await eventstore.ensure_topology(js, names, settings)
+        assert (await js.stream_info(names.stream)).config.max_consumers == 10_000
+    finally:
+        await eventstore.close(nc)
+
+
+LIMIT = 12  # the stream's consumers in the next tests
+
+
+@pytest.fixture
+async def small_js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+    """The test's stream with room for ``LIMIT`` consumers, all of them taken but one, and a
+    job's 50 events in it."""
+    small = msgspec.structs.replace(settings, stream_max_consumers=LIMIT)
+    names = Names(small.prefix)
+    nc = await eventstore.connect(small, "test")
+    js = nc.jetstream()
+    await eventstore.ensure_topology(js, names, small)
+    for i in range(LIMIT - 1):
+        await js.add_consumer(names.stream, parked(names, i))
+    now = datetime.now(UTC)
+    batch = [
+        events.LineLogged(job_id="full", lines=[events.LogLine(n, "stdout", "INFO", now, "x")])
+        for n in range(50)
+    ]
+    await eventstore.publish_many(js, names, batch)
+    yield js
+    await eventstore.close(nc)
+
+
+HISTORY_IDLE = 1.0
+
+
+async def read_while_full(fanout: Fanout, held: float) -> list[int]:
+    """A catch-up read started with the stream at its limit (one more reader holding the last
+    place), whose place frees after ``held`` seconds: the sequences it yields."""
+    js, names = fanout.js, fanout.names
+    await js.add_consumer(names.stream, parked(names, LIMIT))
+    asyncio.get_running_loop().call_later(
+        held, lambda: asyncio.ensure_future(js.delete_consumer(names.stream, f"parked{LIMIT}"))
+    )
+    return [item.seq async for item in fanout.history("full", 1, 50)]
+
+
+def fanout_on(js: JetStreamContext, settings: Settings, history_reads: int = 256) -> Fanout:
+    limits = Limits(
+        keepalive=1,
+        client_bytes=1 << 20,
+        total_bytes=8 << 20,
+        history_idle=HISTORY_IDLE,
+        history_reads=history_reads,
+    )
+    return Fanout(js, Names(settings.prefix), sse.frames_for, limits)
+
+
+async def test_a_history_read_waits_for_a_place_shorter_than_its_idle_limit(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    fanout = fanout_on(small_js, settings)
+    seqs = await read_while_full(fanout, HISTORY_IDLE / 2)
+    assert seqs == list(range(1, 51))
+    assert fanout.consumer_limit_waits > 0
+
+
+async def test_a_history_read_gives_up_on_a_full_stream_after_its_idle_limit(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    fanout = fanout_on(small_js, settings)
+    with pytest.raises(BadRequestError) as refused:
+        await read_while_full(fanout, HISTORY_IDLE * 2)
+    assert refused.value.err_code == MAX_CONSUMERS_REACHED
+    assert fanout.consumer_limit_waits > 0  # it tried again before it gave up
+    await asyncio.sleep(HISTORY_IDLE * 1.5)  # (the place frees before the stream goes)
+
+
+async def read_with_every_turn_taken(fanout: Fanout, held: float) -> list[int]:
+    """A catch-up read started while the process's one place for reads is held by another
+    (a viewer that does not read), freed after ``held`` seconds: the sequences it yields."""
+    await fanout.history_reads.acquire()
+    asyncio.get_running_loop().call_later(held, fanout.history_reads.release)
+    return [item.seq async for item in fanout.history("full", 1, 50)]
+
+
+def one_place(js: JetStreamContext, settings: Settings) -> Fanout:
+    return fanout_on(js, settings, history_reads=1)
+
+
+async def test_a_history_read_waits_for_its_turn_shorter_than_its_idle_limit(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    fanout = one_place(small_js, settings)
+    assert await read_with_every_turn_taken(fanout, HISTORY_IDLE / 2) == list(range(1, 51))
+
+
+async def holder_pausing(fanout: Fanout, pause: float, read_ended: asyncio.Event) -> list[int]:
+    """A catch-up read whose client takes its first item, then leaves the next untaken for
+    ``pause`` seconds: the sequences it got before its stream ended."""
+    seqs: list[int] = []
+    try:
+        async for item in fanout.history("full", 1, 50):
+            seqs.append(item.seq)
+            if len(seqs) == 1:
+                await asyncio.sleep(pause)
+    finally:
+        read_ended.set()
+    return seqs
+
+
+async def test_a_turn_held_by_a_client_slower_than_the_idle_limit_goes_to_the_next_read(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    """The holder's client leaves an item untaken past history_idle: its read ends without
+    the rest (its client resumes), and the waiting read gets the turn meanwhile, not after."""
+    fanout = one_place(small_js, settings)
+    holder_ended = asyncio.Event()
+    holder = asyncio.create_task(holder_pausing(fanout, HISTORY_IDLE * 3, holder_ended))
+    await asyncio.sleep(0.1)  # the holder has its turn
+    waiter = [item.seq async for item in fanout.history("full", 1, 50)]
+    assert waiter == list(range(1, 51))
+    assert not holder.done()  # it got the turn before the holder's client came back
+    with pytest.raises(HistoryStalled):
+        await holder
+    assert fanout.history_turns_given_back == 1
+
+
+async def test_a_turn_held_by_a_client_just_within_the_idle_limit_is_kept(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    fanout = one_place(small_js, settings)
+    holder_ended = asyncio.Event()
+    holder = asyncio.create_task(holder_pausing(fanout, HISTORY_IDLE * 0.8, holder_ended))
+    await asyncio.sleep(0.1)
+    waiter = asyncio.create_task(read_all(fanout))
+    await holder_ended.wait()
+    assert not waiter.done()  # it waited for the holder's read to end
+    assert await holder == list(range(1, 51))
+    assert await waiter == list(range(1, 51))
+    assert fanout.history_turns_given_back == 0
+
+
+async def read_all(fanout: Fanout) -> list[int]:
+    return [item.seq async for item in fanout.history("full", 1, 50)]
+
+
+async def test_a_crowd_waiting_behind_stalled_turns_stays_within_the_cap(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The review's case: every turn held by clients that do not read, and a crowd behind
+    them. The holders give their turns back; the crowd never reads more than ``READS`` at once,
+    and each viewer, resuming after a cut as a client does, gets every event once."""
+    reads, crowd = 2, 20
+    names = Names(settings.prefix)
+    now = datetime.now(UTC)
+    await eventstore.publish_many(
+        js,
+        names,
+        [
+            events.LineLogged(job_id="full", lines=[events.LogLine(n, "stdout", "INFO", now, "x")])
+            for n in range(50)
+        ],
+    )
+    fanout = fanout_on(js, settings, history_reads=reads)
+    stalled = [
+        asyncio.create_task(holder_pausing(fanout, 60, asyncio.Event())) for _ in range(reads)
+    ]
+    await asyncio.sleep(0.1)
+    open_now = peak = 0
+
+    async def viewer() -> list[int]:
+        nonlocal open_now, peak
+        seqs: list[int] = []
+        while len(seqs) < 50:  # resumes after a cut, from what it got
+            reading = False
+            try:
+                async for item in fanout.history("full", len(seqs) + 1, 50):
+                    if not reading:
+                        reading = True
+                        open_now += 1
+                        peak = max(peak, open_now)
+                    seqs.append(item.seq)
+                    await asyncio.sleep(0.005)  # at its own pace, well within the idle limit
+            except HistoryStalled:
+                pass
+            finally:
+                open_now -= reading
+        return seqs
+
+    got = await asyncio.gather(*(viewer() for _ in range(crowd)))
+    assert all(seqs == list(range(1, 51)) for seqs in got)
+    assert peak <= reads, peak
+    assert fanout.history_turns_given_back == reads
+    for task in stalled:
+        task.cancel()
+    await asyncio.gather(*stalled, return_exceptions=True)
+
+
+LINES = 400  # a long past: its viewers read it from JetStream, not from a feed's start
+VIEWERS = 60
+
+
+class TestManyViewersOnAFewConsumers:
+    @pytest.fixture(params=[8, 256], ids=["waiting-their-turn", "retrying-the-refusal"])
+    def settings(self, settings: Settings, request: pytest.FixtureRequest) -> Settings:
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=TEST_TYPES,
+            max_streams_per_token=10_000,
+            stream_max_consumers=20,
+            sse_history_reads=request.param,
+        )
+
+    async def test_every_viewer_gets_every_line_once_and_done(self, system: System) -> None:
+        """60 viewers catch up on a finished job at once, on a stream with room for 20
+        consumers (the services' own among them): they wait their turn (a few reads at a time)
+        or retry a refused consumer, and none is cut."""
+        job = await finished_job(system, lines=LINES)
+        path = f"/jobs/stream/{job['id']}"
+        async with system.client(limits=httpx.Limits(max_connections=None)) as client:
+            streams = await asyncio.gather(*(read_stream(client, path) for _ in range(VIEWERS)))
+        expected = [f"INFO line {i} [{i}/{LINES}]" for i in range(1, LINES + 1)]
+        for stream in streams:
+            texts = [e.json["text"] for e in stream.events if e.event == "message"]
+            assert texts == expected
+            assert stream.events[-1].event == "done"
+        assert fanout_of(system).clients_cut == 0
+
+
+async def test_a_reader_refused_at_the_limit_sends_no_delete(
+    small_js: JetStreamContext, settings: Settings
+) -> None:
+    """A create refused with 10026 made nothing: a delete for it would only queue ahead of
+    the next viewers' creates in JetStream's API."""
+    names = Names(settings.prefix)
+    await small_js.add_consumer(names.stream, parked(names, LIMIT))  # the last place taken
+    with pytest.raises(BadRequestError) as refused:
+        async with subscription.ordered_reader(small_js, names.stream, names.all_subjects, 1):
+            pass
+    assert refused.value.err_code == MAX_CONSUMERS_REACHED
+    assert subscription.deletes_pending() == 0
