@@ -1,7 +1,7 @@
 """Downloads under NATS faults not covered by test_artifact_faults.py: nats-server SIGKILLed
-mid-download and started again on the same port and store, and frozen just shorter and just
-longer than ``artifact_read_idle_seconds`` (10 s: the download's only timeout once its first byte
-is out; ``object_info`` and the consumer's creation come before the response starts).
+mid-download and started again on the same port and store. (Frozen 8 s and 12 s, just either
+side of ``artifact_read_idle_seconds``, held too, but took 10-13 s each and repeat
+test_artifact_faults.py's 3 s/13 s: not kept; bench/RESULTS.md, session 20, s20audit3.)
 
 The promise: a client can always tell a cut download. The response has a Content-Length, so a
 cut body is one shorter than it (httpx raises ``RemoteProtocolError``); a body that ends normally
@@ -88,7 +88,7 @@ async def _download_under(
 
 
 async def _serves_whole_again(cluster: FaultCluster, item: dict[str, object]) -> list[str]:
-    """Within 30 s of the fault, the same file downloads whole."""
+    """Within 60 s of the fault, the same file downloads whole."""
     last = ""
     async with asyncio.timeout(60):
         while True:
@@ -107,7 +107,7 @@ async def _serves_whole_again(cluster: FaultCluster, item: dict[str, object]) ->
 
 
 def _problems(
-    item: dict[str, object], cut: bool, read: int, sha: str, length: str | None, whole: bool | None
+    item: dict[str, object], cut: bool, read: int, sha: str, length: str | None
 ) -> list[str]:
     problems = []
     if length != str(item["size"]):
@@ -116,10 +116,6 @@ def _problems(
         problems.append(f"the body ended normally after {read} of {item['size']} bytes or differs")
     if cut and read >= int(str(item["size"])):
         problems.append("a cut body had every byte")
-    if whole is True and cut:
-        problems.append("the download should be whole, it was cut")
-    if whole is False and not cut:
-        problems.append("the download should be cut off, it ended normally")
     return problems
 
 
@@ -131,31 +127,6 @@ async def test_nats_killed_mid_download_is_cut_or_whole_and_the_api_recovers(
     cut, read, sha, length = await _download_under(
         cluster, item, lambda: cluster.restart_nats(down)
     )
-    problems = _problems(item, cut, read, sha, length, None)
-    problems += await _serves_whole_again(cluster, item)
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "whole"),
-    [
-        pytest.param(READ_IDLE - 2.0, True, id="8s-below-read-idle"),
-        pytest.param(READ_IDLE + 2.0, False, id="12s-above-read-idle"),
-    ],
-)
-async def test_nats_frozen_near_read_idle_mid_download(
-    cluster: FaultCluster, seconds: float, whole: bool
-) -> None:
-    item = await _artifact(cluster, 64)
-
-    async def freeze() -> None:
-        cluster.pause_nats()
-        try:
-            await asyncio.sleep(seconds)  # the fault itself lasts this long
-        finally:
-            cluster.resume_nats()
-
-    cut, read, sha, length = await _download_under(cluster, item, freeze)
-    problems = _problems(item, cut, read, sha, length, whole)
+    problems = _problems(item, cut, read, sha, length)
     problems += await _serves_whole_again(cluster, item)
     assert not problems, "\n".join(problems)
