@@ -278,9 +278,14 @@ async def read_chunks(
             try:
                 batch = await sub.fetch(min(READ_BATCH_CHUNKS, chunks - received), wait)
             except nats.errors.TimeoutError:
+                batch = []
+            if not batch:
+                # Nothing came: a timeout, or a status answer, for which nats-py returns an empty
+                # batch (chunks purged under the consumer: the name stored again). Both are
+                # silence; resetting the count on an empty batch left such a download hanging.
                 silent += time.monotonic() - asked_at
                 if silent >= idle_seconds:
-                    raise ReadStalled(info.name) from None
+                    raise ReadStalled(info.name)
                 continue
             silent = 0.0
             for msg in batch:

@@ -106,10 +106,10 @@ async def test_a_download_says_the_truth_of_the_bytes_it_serves_while_the_listin
     strict=True,
     reason="the replaced content's chunks are purged as soon as the new description is written "
     "(artifactupload.store_upload: purge_later(previous)); a download of the old content in "
-    "flight then finds its remaining chunks gone. Seen (3 runs): cut after 2 s, silent past the "
-    "client's 30 s read timeout, cut after 146 s: never whole, and not cut within "
-    "artifact_read_idle_seconds (10 s) either. Needs the purge of replaced content held back "
-    "while downloads of it may run, and read_chunks' idle limit checked; not a small change.",
+    "flight then finds its remaining chunks gone and is cut (within artifact_read_idle_seconds "
+    "since the fix in read_chunks; before it, it could hang for minutes): never a mix, but "
+    "not whole. Needs the purge of replaced content held back while downloads of it may run; "
+    "not a small change.",
 )
 async def test_a_download_in_flight_when_the_name_is_sent_again_is_whole(
     cluster: FaultCluster,
@@ -147,3 +147,47 @@ async def test_a_download_in_flight_when_the_name_is_sent_again_is_whole(
         await job.report(client, report_id="end", result={})
     assert not cut, f"the download was cut after {len(body)} of {len(old)} bytes"
     assert bytes(body) in (old, new), "the body is a mix"
+
+
+async def test_a_download_whose_chunks_are_purged_is_cut_within_the_idle_limit(
+    cluster: FaultCluster,
+) -> None:
+    """Whatever becomes of defect 2, a download whose remaining chunks are gone must end (cut)
+    within ``artifact_read_idle_seconds`` (10 s), not hang: the client's read timeout here is
+    15 s."""
+    old, new = bytes(range(256)) * (64 * 1024), b"n" * MIB  # 16 MiB, 1 MiB
+    async with cluster.client() as client:
+        job = await _running_job(client)
+        await _upload(client, job, old)
+        item = await _listed(client, job, old)
+        body = bytearray()
+        first_chunk = asyncio.Event()
+        replaced = asyncio.Event()
+
+        async def download() -> str:
+            try:
+                async with client.stream("GET", str(item["url"]), timeout=15) as response:
+                    async for chunk in response.aiter_raw():
+                        body.extend(chunk)
+                        if not first_chunk.is_set():
+                            first_chunk.set()
+                            await replaced.wait()
+            except httpx.RemoteProtocolError:
+                return "cut"
+            except httpx.ReadTimeout:
+                return "silent for 15 s"
+            finally:
+                first_chunk.set()
+            return "ended normally"
+
+        reader = asyncio.create_task(download())
+        await first_chunk.wait()
+        await _upload(client, job, new)
+        await asyncio.sleep(1.0)  # the old content's purge runs in the background
+        replaced.set()
+        how = await asyncio.wait_for(reader, 60)
+        await job.report(client, report_id="end", result={})
+    if how == "ended normally":
+        assert bytes(body) in (old, new), "the body is a mix"
+    else:
+        assert how == "cut", f"the download was {how} after {len(body)} bytes"
