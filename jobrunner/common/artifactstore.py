@@ -50,6 +50,8 @@ READ_BATCH_CHUNKS = 8  # per download: chunks asked for at a time (1 MiB)
 # silence that began mid-request would count from the next request on (up to twice the limit).
 # The limit counts the waits of the requests that got nothing; this bounds its error.
 READ_WAIT_SECONDS = 1.0
+# After an empty answer that came before the request's wait was over (a status, not a wait).
+EMPTY_ANSWER_PAUSE_SECONDS = 0.1
 
 
 # JetStream answers 503 for a stream at its limits too; that will not pass by retrying the same
@@ -278,9 +280,19 @@ async def read_chunks(
             try:
                 batch = await sub.fetch(min(READ_BATCH_CHUNKS, chunks - received), wait)
             except nats.errors.TimeoutError:
+                batch = []
+            if not batch:
+                # Nothing came: a timeout, or a status answer, for which nats-py returns an empty
+                # batch (chunks purged under the consumer: the name stored again). Both are
+                # silence; resetting the count on an empty batch left such a download hanging.
+                early = wait - (time.monotonic() - asked_at)
+                if early > 0:
+                    # An answer at once (a status): pace the next request rather than ask the
+                    # server again and again until the idle limit.
+                    await asyncio.sleep(min(EMPTY_ANSWER_PAUSE_SECONDS, early))
                 silent += time.monotonic() - asked_at
                 if silent >= idle_seconds:
-                    raise ReadStalled(info.name) from None
+                    raise ReadStalled(info.name)
                 continue
             silent = 0.0
             for msg in batch:

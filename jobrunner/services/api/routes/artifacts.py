@@ -8,6 +8,7 @@ see them is who may see the job.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -113,6 +114,19 @@ async def _object(ctx: ApiContext, job_id: str, row: Any) -> api.ObjectInfo:
         raise _unavailable(exc) from None
 
 
+def _served_sha256(info: api.ObjectInfo) -> str | None:
+    """The object's SHA-256 in hex, from its description's ``SHA-256=<base64url>`` digest
+    (``None`` when it has none: an object another client wrote may not)."""
+    algorithm, _, encoded = (info.digest or "").partition("=")
+    if algorithm.upper() != "SHA-256" or not encoded:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
 def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncIterator[bytes]:
     return artifactstore.read_chunks(
         ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds
@@ -171,11 +185,14 @@ async def download_artifact(
             "ARTIFACT_NOT_FOUND",
             f"Job {job_id!r} has no artifact {name!r}; GET /api/jobs/{{id}}/artifacts lists them.",
         )
-    etag = f'"{row["sha256"]}"'
+    # The ETag is taken from the object that is served, not the read model's row: the name sent
+    # again by an external worker replaces the object before its row is projected, and the row's
+    # SHA-256 would then label the new bytes (and answer 304 to a client holding the old ones).
+    info = await _object(ctx, job_id, row)
+    etag = f'"{_served_sha256(info) or row["sha256"]}"'
     headers = {**_DOWNLOAD_HEADERS, "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
-    info = await _object(ctx, job_id, row)
     return Stream(
         _chunks(ctx, info),
         media_type=row["content_type"],
