@@ -228,24 +228,27 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
     )
 
 
-# nats-server lets an existing stream's MaxConsumers change from 2.12 on (nats-server PR
-# #7724); 2.10 and 2.11 refuse the whole update ("can not change MaxConsumers").
-CONSUMER_LIMIT_CHANGEABLE_FROM = (2, 12)
+# nats-server lets an existing stream's MaxConsumers change from 2.12.5 on (nats-server PR
+# #7724, also in 2.14.0); earlier ones refuse the whole update ("can not change MaxConsumers").
+CONSUMER_LIMIT_CHANGEABLE_FROM = (2, 12, 5)
 
 
 def can_change_consumer_limit(version: ServerVersion) -> bool:
     """Whether the server ``version`` lets a stream's ``max_consumers`` change; an unknown
     version is tried (a refusal is met by ``refuses_consumer_limit_change``)."""
     try:
-        known = (version.major, version.minor)
+        known = (version.major, version.minor, version.patch)
     except ValueError:
         return True
-    return known == (0, 0) or known >= CONSUMER_LIMIT_CHANGEABLE_FROM
+    return known == (0, 0, 0) or known >= CONSUMER_LIMIT_CHANGEABLE_FROM
 
 
 def refuses_consumer_limit_change(exc: BaseException) -> bool:
-    """The server's refusal of a stream update because it changes MaxConsumers (< 2.12)."""
-    return isinstance(exc, BadRequestError) and "MaxConsumers" in (exc.description or "")
+    """The server's refusal of a stream update because it changes MaxConsumers (< 2.12.5).
+    It comes as a 500 (``JSStreamInvalidConfigF``, err_code 10052; wrapped in
+    ``JSStreamUpdateErrF`` in a cluster), which nats-py raises as ``ServerError``: any
+    ``APIError`` naming MaxConsumers."""
+    return isinstance(exc, APIError) and "MaxConsumers" in (exc.description or "")
 
 
 def keeping_consumer_limit(
@@ -255,7 +258,7 @@ def keeping_consumer_limit(
     apply on a server that cannot change it."""
     log.warning(
         "the event stream's consumer limit stays at its old value: this nats-server cannot "
-        "change it (2.12 or later can; or recreate the stream)",
+        "change it (2.12.5 or later can; or recreate the stream)",
         kept=existing.max_consumers,
         setting=config.max_consumers,
     )
@@ -265,7 +268,7 @@ def keeping_consumer_limit(
 async def _update_stream(
     js: JetStreamContext, config: api.StreamConfig, existing: api.StreamConfig | None
 ) -> None:
-    """Update the event stream to ``config``. On a server older than 2.12 the existing
+    """Update the event stream to ``config``. On a server older than 2.12.5 the existing
     stream's ``max_consumers`` is kept rather than the update refused: a refusal would stop
     every service at start, for good."""
     changes_limit = existing is not None and existing.max_consumers != config.max_consumers
@@ -278,7 +281,7 @@ async def _update_stream(
         changes_limit = False
     try:
         await js.update_stream(config)
-    except BadRequestError as exc:
+    except APIError as exc:
         if existing is None or not refuses_consumer_limit_change(exc):
             raise
         config = keeping_consumer_limit(config, existing)

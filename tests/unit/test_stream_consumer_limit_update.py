@@ -1,13 +1,13 @@
-"""Whether start-up may change the event stream's consumer limit: nats-server 2.10 and 2.11
-refuse a stream update that changes MaxConsumers (2.12 allows it), and a refused update at
-start would stop every service for good."""
+"""Whether start-up may change the event stream's consumer limit: nats-server before 2.12.5
+(2.10, 2.11, 2.12.0 to 2.12.4) refuses a stream update that changes MaxConsumers, and a refused
+update at start would stop every service for good."""
 
 from __future__ import annotations
 
 import pytest
 from nats.aio.client import ServerVersion
 from nats.js import api
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
@@ -19,7 +19,10 @@ from jobrunner.contracts.names import Names
     [
         ("2.10.22", False),
         ("2.11.4", False),
-        ("2.12.0", True),
+        ("2.12.0", False),
+        ("2.12.4", False),
+        ("2.12.5", True),
+        ("2.14.0", True),
         ("2.15.1", True),
         ("3.0.0", True),
         ("0.0.0-unknown", True),  # not known: tried, a refusal keeps the old limit
@@ -32,16 +35,25 @@ def test_the_consumer_limit_changes_only_on_a_server_that_allows_it(
 
 
 def test_the_servers_refusal_to_change_max_consumers_is_recognised() -> None:
-    refusal = BadRequestError(
-        code=400,
-        err_code=10052,
-        description="stream configuration update can not change MaxConsumers",
-    )
-    assert eventstore.refuses_consumer_limit_change(refusal)
-    other = BadRequestError(
-        code=400, err_code=10052, description="stream configuration update can not change Storage"
-    )
-    assert not eventstore.refuses_consumer_limit_change(other)
+    """As the server sends it: a 500 (nats-py's ServerError), built by nats-py itself."""
+    with pytest.raises(APIError) as refused:
+        APIError.from_error(
+            {
+                "code": 500,
+                "err_code": 10052,
+                "description": "stream configuration update can not change MaxConsumers",
+            }
+        )
+    assert eventstore.refuses_consumer_limit_change(refused.value)
+    with pytest.raises(APIError) as other:
+        APIError.from_error(
+            {
+                "code": 500,
+                "err_code": 10052,
+                "description": "stream configuration update can not change Storage",
+            }
+        )
+    assert not eventstore.refuses_consumer_limit_change(other.value)
 
 
 def test_keeping_the_old_limit_still_applies_the_other_settings() -> None:
