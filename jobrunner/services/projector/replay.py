@@ -267,10 +267,8 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
     Three builds run at once on three connections of ``pool`` (the lines' key, the trigram
     search index, the others), none waiting for a lock another holds (each ``CREATE INDEX``
     shares its table): the trigram (GIN) index is built by one process, while Postgres may give
-    a btree build parallel workers (``max_parallel_maintenance_workers``). A table's statistics,
-    which would wait for the builds of that table, come once its own builds are done: the jobs'
-    and batches' ``ANALYZE`` then runs beside what is left of the lines' (one core each, where
-    after all builds it ran alone on one). Autovacuum comes back once everything is done.
+    a btree build parallel workers (``max_parallel_maintenance_workers``). The statistics and
+    autovacuum, which would wait for the builds of their table, come once all of them are done.
 
     With ``line_key`` the lines' primary key too: False when two lines have the same key (the
     other builds are cancelled: their tables are about to be dropped). Any other failure is
@@ -301,36 +299,24 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
         async with pool.acquire() as conn:
             await store.create_indexes(conn, schema, search=False)
 
-    async def jobs_and_batches() -> None:
-        async with asyncio.TaskGroup() as builds:
-            builds.create_task(search_index())
-            builds.create_task(other_indexes())
-        async with pool.acquire() as conn:
-            # After the search index: the statistics of its expression are gathered with the
-            # table's.
-            await conn.execute(f"ANALYZE {schema}.jobs")
-            await conn.execute(f"ANALYZE {schema}.batches")
-
     try:
         # The first failure cancels the other builds.
         async with asyncio.TaskGroup() as builds:
             builds.create_task(lines_key())
-            builds.create_task(jobs_and_batches())
+            builds.create_task(search_index())
+            builds.create_task(other_indexes())
     except ExceptionGroup as group:
         # The error itself, as a single build would raise it, not the group.
-        _, errors = group.split(_LineStoredTwice)
+        errors = [e for e in group.exceptions if not isinstance(e, _LineStoredTwice)]
         if errors:
-            raise _first_error(errors) from None
+            raise errors[0] from None
         return False
     async with pool.acquire() as conn:
+        # After the search index: the statistics of its expression are gathered with the table's.
+        await conn.execute(f"ANALYZE {schema}.jobs")
+        await conn.execute(f"ANALYZE {schema}.batches")
         await set_autovacuum(conn, schema, enabled=True)
     return True
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first error of ``group``, out of any group nested in it."""
-    first = group.exceptions[0]
-    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class _LineStoredTwice(Exception):
@@ -451,8 +437,8 @@ async def compare(
     """
     differences: dict[str, list[str]] = {}
     tables: dict[str, int] = {}
-    # Every table's columns in one query (information_schema is slow to ask: 7-25 ms a query,
-    # and the live projector waits on the comparison).
+    # Every table's columns in one query: information_schema is slow to ask (7-25 ms a query),
+    # and the live projector waits on the comparison.
     compared_columns = {
         row["table_name"]: row["columns"]
         for row in await rebuilt_conn.fetch(
