@@ -437,15 +437,23 @@ async def compare(
     """
     differences: dict[str, list[str]] = {}
     tables: dict[str, int] = {}
-    for table, key in COMPARED_TABLES.items():
-        columns = await rebuilt_conn.fetchval(
-            "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) "
-            "FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 "
-            "AND column_name <> ALL($3::text[])",
+    # Every table's columns in one query: information_schema is slow to ask (7-25 ms a query),
+    # and the live projector waits on the comparison.
+    compared_columns = {
+        row["table_name"]: row["columns"]
+        for row in await rebuilt_conn.fetch(
+            "SELECT table_name, "
+            "string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) AS columns "
+            "FROM information_schema.columns WHERE table_schema = $1 "
+            "AND table_name = ANY($2::text[]) AND column_name <> ALL($3::text[]) "
+            "GROUP BY table_name",
             rebuilt,
-            table,
+            list(COMPARED_TABLES),
             sorted(NOT_COMPARED),
         )
+    }
+    for table, key in COMPARED_TABLES.items():
+        columns = compared_columns[table]
         fingerprint = (
             # The hash of each column's own type, not of the row as text: twice as fast.
             f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({columns}), 0)), 0) "
