@@ -10,6 +10,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import nats
+
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import scratch_dir
 from tests.ackholding_proxy import AckHoldingProxy
 from tests.faults.cluster import START_TIMEOUT, FaultCluster
@@ -91,3 +94,16 @@ async def strike_at_ack(
         cluster.resume_nats()
         proxy.release()
     return None
+
+
+async def duplicate_window(cluster: FaultCluster, seconds: float) -> None:
+    """Set the event stream's duplicate window (as if that long had passed: a window of 2
+    minutes is too long to wait out in a test)."""
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        js = nc.jetstream()
+        stream = Names(cluster.settings.prefix).stream
+        config = (await js.stream_info(stream)).config
+        await js.update_stream(config.evolve(duplicate_window=seconds))
+    finally:
+        await nc.close()

@@ -26,7 +26,13 @@ from jobrunner.contracts.names import Names
 from tests.ackholding_proxy import AckHoldingProxy
 from tests.external_support import ExternalJob
 from tests.faults.cluster import FaultCluster, is_terminal
-from tests.faults.proxied import Fault, ProxiedCluster, proxied_cluster, strike_at_ack
+from tests.faults.proxied import (
+    Fault,
+    ProxiedCluster,
+    duplicate_window,
+    proxied_cluster,
+    strike_at_ack,
+)
 from tests.test_running_conditional import statuses
 
 PUBLISH_TIMEOUT = 5.0  # nats-py's JetStream publish timeout, which the API's publishes use
@@ -324,4 +330,36 @@ async def test_submission_with_its_ack_lost_makes_one_job(setup: Setup, fault: F
             history = await _status_history(cluster, job_id)
             if history != ["running", "completed"]:
                 problems.append(f"status subject: {history}")
+    assert not problems, "\n".join(problems)
+
+
+async def test_report_sent_again_after_the_duplicate_window_is_stored_once(setup: Setup) -> None:
+    """NATS killed right after it stored a report's lines and down for longer than the
+    duplicate window (2 minutes; shortened to 1 s here): the worker's retries answer 503 until
+    NATS is back, and the first one that gets through comes after JetStream has forgotten the
+    report's event id. Its lines must not be stored again: they are the job's newest."""
+    cluster = setup.cluster
+    problems: list[str] = []
+    async with cluster.client() as client:
+        job = await _started(client)
+
+        def report() -> Awaitable[httpx.Response]:
+            return job.report(client, report_id="r1", lines=[{"text": "line 1"}])
+
+        await duplicate_window(cluster, 1.0)
+        try:
+            subject = f"{cluster.settings.prefix}.job.{job.id}.lines"
+            answer = await _faulted(setup, Fault(True, 2.0), subject, report)
+            problems += _answer_problems("the report under the fault", answer, {200})
+            again = await _until_answered(report)
+            problems += _answer_problems("the report sent again", again, {200})
+        finally:
+            await duplicate_window(cluster, 120.0)
+        end = await _until_answered(lambda: job.report(client, report_id="end", result={}))
+        problems += _answer_problems("the final report", end, {200})
+        problems += await _ends(cluster, job.id, "completed")
+        await cluster.wait_stored(job.id, 2, 10)
+        stored = await cluster.stored_lines(job.id)
+        if stored != [(1, "line 0"), (2, "line 1")]:
+            problems.append(f"stored lines: {stored}")
     assert not problems, "\n".join(problems)
