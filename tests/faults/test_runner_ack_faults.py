@@ -24,7 +24,7 @@ from jobrunner.contracts.names import Names
 from tests.ackholding_proxy import AckHoldingProxy
 from tests.faults.cluster import FaultCluster, is_terminal
 from tests.faults.invariants import alive_problems, lines_problems, outcome, settle_lines
-from tests.faults.proxied import Fault, proxied_cluster, strike_at_ack
+from tests.faults.proxied import Fault, duplicate_window, proxied_cluster, strike_at_ack
 from tests.test_running_conditional import statuses
 
 ACK_WAIT = 5.0
@@ -127,4 +127,32 @@ async def test_an_artifact_with_an_ack_lost_is_listed_once_and_whole(
         history = await _status_history(cluster, job_id)
         if history != ["running", "completed"]:
             problems.append(f"status subject: {history}")
+    assert not problems, "\n".join(problems)
+
+
+async def test_lines_sent_again_after_the_duplicate_window_are_stored_once(
+    setup: tuple[FaultCluster, AckHoldingProxy],
+) -> None:
+    """NATS killed right after it stored a line message and down for longer than the duplicate
+    window (2 minutes; shortened to 1 s here): the runner's retry after the reconnect is stored
+    again in the stream, and the read model still holds each line once (a runner's lines carry
+    their numbers; the projector keeps the first of a number)."""
+    cluster, proxy = setup
+    job = await cluster.submit(cluster.fresh_lock_type(), lines=120, interval=INTERVAL)
+    problems: list[str] = []
+    assert await cluster.wait_stored(job.id, 10, 60) >= 10, await cluster.job(job.id)
+    await duplicate_window(cluster, 1.0)
+    try:
+        subject = f"{cluster.settings.prefix}.job.{job.id}.lines"
+        if failed := await strike_at_ack(cluster, proxy, Fault(True, 2.0), subject):
+            problems.append(failed)
+        row = await cluster.wait_job(job.id, is_terminal, 60)
+    finally:
+        await duplicate_window(cluster, 120.0)
+    if row is None or row.status != "completed":
+        problems.append(f"the job should complete, is {outcome(row)}")
+    problems += lines_problems(job, job.run(), await settle_lines(cluster, job, 10))
+    history = await _status_history(cluster, job.id)
+    if history != ["running", "completed"]:
+        problems.append(f"status subject: {history}")
     assert not problems, "\n".join(problems)
