@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import AsyncIterator
 
 import nats
+import nats.js.errors
 import pytest
 
 from jobrunner.contracts.names import Names
@@ -155,4 +156,30 @@ async def test_lines_sent_again_after_the_duplicate_window_are_stored_once(
     history = await _status_history(cluster, job.id)
     if history != ["running", "completed"]:
         problems.append(f"status subject: {history}")
+    # The premise: the retry did get stored again (else the window made no difference).
+    ids = await _line_event_ids(cluster, job.id)
+    if len(ids) == len(set(ids)):
+        problems.append("premise: no line message was stored twice")
     assert not problems, "\n".join(problems)
+
+
+async def _line_event_ids(cluster: FaultCluster, job_id: str) -> list[str]:
+    """The Nats-Msg-Id of every message on the job's lines subject, oldest first."""
+    nc = await nats.connect(cluster.nats.url)
+    names = Names(cluster.settings.prefix)
+    out: list[str] = []
+    try:
+        js = nc.jetstream()
+        at = 1
+        while True:
+            try:
+                msg = await js.get_msg(
+                    names.stream, seq=at, subject=names.job_kind_subject(job_id, "lines"), next=True
+                )
+            except nats.js.errors.NotFoundError:
+                return out
+            assert msg.seq is not None
+            out.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+            at = msg.seq + 1
+    finally:
+        await nc.close()
