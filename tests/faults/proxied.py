@@ -70,8 +70,8 @@ async def strike_at_ack(
     armed: bool = False,
 ) -> str | None:
     """Arm the proxy on ``subject`` (unless ``armed`` already: a publish that may come before
-    the caller gets here); once a publish to it has gone out, strike ``fault`` and end it. What
-    went wrong, if the fault could not be struck as meant."""
+    the caller gets here); once a publish to it has been stored (its ack held), strike
+    ``fault`` and end it. What went wrong, if the fault could not be struck as meant."""
     if not armed:
         proxy.arm(subject, prefix)
     try:
@@ -81,12 +81,13 @@ async def strike_at_ack(
         proxy.release()
         return f"no publish to {subject} was seen"
     try:
+        # Struck once the message is stored (its ack seen, held back): a SIGSTOP at once could
+        # land before the server read the publish.
+        if not await proxy.stored():
+            return f"NATS did not store the publish to {subject} (no ack to it seen)"
         if fault.kill:
-            stored = await proxy.ack_waiting()
             proxy.cut()
             await cluster.restart_nats(fault.seconds)
-            if not stored:
-                return "NATS never answered the publish before it was killed"
         else:
             cluster.pause_nats()
             await asyncio.sleep(fault.seconds)  # the fault itself lasts this long
