@@ -14,6 +14,7 @@ not stay running.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -289,7 +290,7 @@ async def test_submission_with_its_ack_lost_makes_one_job(setup: Setup, fault: F
     cluster = setup.cluster
     problems: list[str] = []
     job_type = cluster.fresh_lock_type()
-    key = f"ack-{fault.kill}-{fault.seconds}"
+    key = f"ack-{uuid.uuid4()}"  # its own each run: a key sent with another body is refused
     async with cluster.client() as client:
 
         def submit() -> Awaitable[httpx.Response]:
