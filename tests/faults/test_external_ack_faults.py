@@ -45,6 +45,12 @@ FAULTS = [
     pytest.param(Fault(False, PUBLISH_TIMEOUT + 1.5), id="frozen-6.5s"),
     pytest.param(Fault(True, 0.0), id="killed-restarted-at-once"),
 ]
+# The API meets a kill at the ack as it meets a freeze past the publish timeout (its publish
+# fails, 503, the request sent again meets the stored message by its id); what a kill adds is
+# that the server still knows the id after a restart, the same for every subject: the report's
+# case checks it (and the duplicate-window case kills too). The rest keep the pair either side
+# of the timeout, without the kill (~15 s each with the cluster's recovery after a restart).
+FROZEN = FAULTS[:2]
 
 
 @dataclass
@@ -182,7 +188,7 @@ async def test_report_with_its_ack_lost_is_stored_once(setup: Setup, fault: Faul
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FROZEN)
 async def test_first_report_with_its_running_ack_lost_starts_the_job_once(
     setup: Setup, fault: Fault
 ) -> None:
@@ -219,7 +225,7 @@ async def test_first_report_with_its_running_ack_lost_starts_the_job_once(
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FROZEN)
 async def test_final_report_with_its_ack_lost_ends_the_job_once(setup: Setup, fault: Fault) -> None:
     cluster = setup.cluster
     problems: list[str] = []
@@ -252,7 +258,7 @@ async def test_final_report_with_its_ack_lost_ends_the_job_once(setup: Setup, fa
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FROZEN)
 async def test_cancel_with_its_ack_lost_ends_the_job_once(setup: Setup, fault: Fault) -> None:
     cluster = setup.cluster
     problems: list[str] = []
@@ -283,7 +289,7 @@ async def test_cancel_with_its_ack_lost_ends_the_job_once(setup: Setup, fault: F
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FROZEN)
 async def test_submission_with_its_ack_lost_makes_one_job(setup: Setup, fault: Fault) -> None:
     """POST /api/jobs with an Idempotency-Key, its JobRequested's ack lost: sent again, the
     same job, which runs once."""

@@ -39,6 +39,10 @@ FAULTS = [
     pytest.param(Fault(False, ACK_WAIT + 1.5), id="frozen-6.5s"),
     pytest.param(Fault(True, 0.0), id="killed-restarted-at-once"),
 ]
+# An artifact's chunk or description whose ack a kill lost takes the path a freeze past the ack
+# wait takes (the ack does not come: the object starts again, the description is published
+# again); the runner's retry after a reconnect is the lines' and the ending's kill cases'.
+FROZEN = FAULTS[:2]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,7 @@ async def test_a_runner_publish_with_its_ack_lost_is_stored_once(
 
 
 @pytest.mark.parametrize("part", ["C", "M"])
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", FROZEN)
 async def test_an_artifact_with_an_ack_lost_is_listed_once_and_whole(
     setup: tuple[FaultCluster, AckHoldingProxy], fault: Fault, part: str
 ) -> None:
