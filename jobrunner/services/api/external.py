@@ -309,6 +309,10 @@ async def _publish_lines(
             previous = await newest_readable(
                 ctx.js, ctx.names.stream, subject, newest, events.LineLogged, job_id
             )
+            if previous is not None and previous[1].event_id == event_id:
+                # This report's lines are the job's newest: a retry that JetStream's duplicate
+                # window no longer catches (NATS away longer than it after storing them).
+                return ReportAccepted(job_id=job_id, status=JobStatus.RUNNING.value, duplicate=True)
             if previous is not None and previous[1].lines:
                 after = previous[1].lines[-1].seq
         at = events.utcnow()
