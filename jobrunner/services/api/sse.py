@@ -8,6 +8,7 @@ in either form resumes right after that event: nothing twice, nothing missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,11 +20,19 @@ import structlog
 from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
+from jobrunner.common.consumerlimit import at_consumer_limit
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.directwrite import ChunkWriter
-from jobrunner.services.api.fanout import TAKE_BYTES, Fanout, HistoryStalled, Item
+from jobrunner.services.api.fanout import (
+    TAKE_BYTES,
+    Fanout,
+    HistoryStalled,
+    Item,
+    JobFeed,
+    Subscriber,
+)
 
 log = structlog.get_logger()
 
@@ -120,6 +129,20 @@ def frame(data: Any, event: str | None = None, id: str | None = None) -> bytes:
 
 def comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
+
+
+def consumer_limit_reached() -> bytes:
+    """The last frame of a stream that could not read because JetStream kept refusing it a
+    consumer (the stream's ``max_consumers`` held, err_code 10026) for the reader's patience:
+    a code and a sentence; the stream then ends without ``done`` and the client reconnects."""
+    return frame(
+        {
+            "code": "STREAM_CONSUMER_LIMIT",
+            "detail": "The event stream holds its limit of readers; this stream ends and "
+            "reconnects after the retry interval.",
+        },
+        event="unavailable",
+    )
 
 
 def retry(ms: int) -> bytes:
@@ -220,6 +243,18 @@ def _unsent(
     return parts, sent, False
 
 
+async def _let_go(joining: asyncio.Future[tuple[JobFeed, Subscriber, int]]) -> None:
+    """A join whose client left: cancelled while it waits (``Fanout.join`` lets the feed go
+    when nobody else follows it), left when it had just succeeded."""
+    if not joining.done():
+        joining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joining
+    elif not joining.cancelled() and joining.exception() is None:
+        feed, inbox, _ = joining.result()
+        feed.leave(inbox)
+
+
 async def job_stream(
     retry_ms: int,
     fanout: Fanout,
@@ -246,7 +281,22 @@ async def job_stream(
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
-    feed, inbox, joined_at = await fanout.join(job_id, feed_from, row)
+    # A feed that starts may wait for a place on the stream (its consumer limit): keep-alives
+    # meanwhile, so that neither the browser nor a proxy takes the wait for a dead stream.
+    joining = asyncio.ensure_future(fanout.join(job_id, feed_from, row))
+    joined = False
+    try:
+        while not (await asyncio.wait({joining}, timeout=fanout.limits.keepalive))[0]:
+            yield comment("keep-alive")
+        joined = True
+    finally:
+        if not joined:  # the client left first
+            await _let_go(joining)
+    feed, inbox, joined_at = joining.result()
+    if feed.ended and feed.failure is not None and at_consumer_limit(feed.failure):
+        feed.leave(inbox)
+        yield consumer_limit_reached()  # the feed could not start: say why (it resumes)
+        return
     # Taken in the same step as the join: the record ends exactly where the inbox begins.
     recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
     sent = start_seq - 1
@@ -283,6 +333,8 @@ async def job_stream(
                     error=repr(exc),
                     detail=str(exc),
                 )
+                if at_consumer_limit(exc):
+                    yield consumer_limit_reached()
                 return
 
         def write_direct(items: list[Item]) -> bool:
