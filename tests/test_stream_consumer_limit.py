@@ -368,9 +368,7 @@ class TestFeedsAndUpdateStreamsAtTheLimit:
         assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
         await js._nc.close()
 
-    async def test_an_update_stream_waits_for_a_place_with_keepalives(
-        self, system: System
-    ) -> None:
+    async def test_an_update_stream_waits_for_a_place_with_keepalives(self, system: System) -> None:
         """``/api/jobs/stream`` from the start on a full stream: its catch-up consumer and then
         its live one wait for places (the catch-up's own freed in the background)."""
         job = await finished_job(system, lines=5)
