@@ -18,6 +18,7 @@ enough for the slowest legitimate read (a search through a big log; bench/RESULT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +32,51 @@ class ReadModelsTimeout(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"no answer from Postgres within {seconds:g} s")
         self.seconds = seconds
+
+
+class ReadModelsLost(Exception):
+    """A read's connection died under it (its backend terminated, the socket reset), where
+    asyncpg said so with a client-side error rather than ``ConnectionDoesNotExistError``:
+    ``503 READ_MODELS_UNAVAILABLE`` as any Postgres away (errors.py), not a 500."""
+
+
+# What asyncpg raises from a query whose connection died, besides its Postgres connection
+# errors (which errors.py maps already). Checked against asyncpg 0.32 with pg_terminate_backend
+# at several points of a read (tests/test_api_postgres_outage.py): the next query on a backend
+# terminated while idle fails with InternalClientError ("cannot switch to state ...; another
+# operation is in progress": the FATAL message came first, the socket's end not yet); one whose
+# connection asyncpg has already closed and handed back fails with InterfaceError ("connection
+# has been released" / "connection is closed"); and a release of a connection asyncpg freed
+# itself raised InternalClientError ("called on a free connection holder").
+LOST_SHAPES: tuple[type[BaseException], ...] = (
+    asyncpg.InternalClientError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+    asyncpg.exceptions.OperatorInterventionError,  # the backend's FATAL admin_shutdown
+    OSError,
+)
+
+
+# asyncpg's own "Postgres is away" errors, already a 503 (errors.POSTGRES_AWAY): raised as they are.
+POSTGRES_CONNECTION_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def _lost(conn: Any) -> bool:
+    """Whether asyncpg has closed the connection (or already handed it back: detached)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True  # a detached proxy: asyncpg released it when it closed
+
+
+def _drop(conn: Any) -> None:
+    """A dead or untrustworthy connection back to the pool by terminating it (asyncpg then
+    frees its holder, and the next reader gets a new one); nothing to do if already detached."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 class Read:
@@ -77,15 +123,29 @@ class Read:
         traceback: TracebackType | None,
     ) -> None:
         conn, self._conn = self._conn, None
+        # A client-side error or Postgres's "gone" on this connection: it is not trusted again.
+        lost = isinstance(exc, LOST_SHAPES) and (
+            isinstance(exc, (asyncpg.InternalClientError, *POSTGRES_CONNECTION_ERRORS))
+            or _lost(conn)
+        )
         try:
             if self._deadline.expired():
                 conn.terminate()  # still ours: attached to its proxy
+            elif lost:
+                _drop(conn)  # no release: asyncpg may have freed it already, or will
             else:
                 await self._pool.release(conn, timeout=self._left())
+        except LOST_SHAPES as release_exc:
+            if not _lost(conn):
+                await self._leave_deadline(release_exc)
+                raise
+            _drop(conn)  # it died as it went back: the block's outcome stands
         except BaseException as release_exc:
             await self._leave_deadline(release_exc)
             raise
         await self._leave_deadline(exc)
+        if lost and not isinstance(exc, POSTGRES_CONNECTION_ERRORS):
+            raise ReadModelsLost(f"the connection to Postgres was lost: {exc!r}") from exc
 
     def _left(self) -> float:
         when = self._deadline.when()
