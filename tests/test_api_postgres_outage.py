@@ -643,3 +643,55 @@ async def test_api_reads_whose_backends_are_terminated_answer_503_never_500(
             assert_unavailable(status, body)
     assert any(status == 503 for status, _ in answers)  # the kills landed under reads
     await served_again(system)
+
+
+LONG_DEADLINE = 30.0  # a read's deadline the next tests must not wait out
+GRACE = 1.0  # the cancel grace they set
+
+
+async def test_a_single_cancel_on_a_frozen_postgres_frees_the_read_within_the_grace(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """A caller cancelled once (a client gone) while Postgres is frozen: the read ends and its
+    connection is terminated while Postgres is still frozen, long before the read's deadline
+    (before session 21 it waited out the rest of the deadline). After the thaw the pool
+    reads again."""
+    base = await read_pool(own_postgres.url, LONG_DEADLINE)
+    pool = ReadPool(base.pool, LONG_DEADLINE, cancel_grace_seconds=GRACE)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        async with frozen(own_postgres):
+            task = asyncio.ensure_future(pool.fetchval("SELECT 1"))
+            await asyncio.sleep(1.0)  # the client leaves after 1 s
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=LONG_DEADLINE / 3)
+            assert done, "the cancelled read still waits"
+            assert task.cancelled()
+            assert_no_connection_held(pool)  # terminated, not waiting in a release
+            assert all(h._con is None for h in pool.pool._holders)
+        assert await pool.fetchval("SELECT pg_backend_pid()") != before  # a new backend
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()
+
+
+async def test_a_cancel_answered_within_the_grace_keeps_the_connection(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """Postgres frozen for less than the grace after a caller's cancel: asyncpg's cancel is
+    answered after the thaw and the connection (its backend) is kept."""
+    base = await read_pool(own_postgres.url, LONG_DEADLINE)
+    pool = ReadPool(base.pool, LONG_DEADLINE, cancel_grace_seconds=GRACE)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(10)"))
+        await asyncio.sleep(0.2)
+        async with frozen(own_postgres):
+            task.cancel()
+            await asyncio.sleep(GRACE * 0.3)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before, "terminated"
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()

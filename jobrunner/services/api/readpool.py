@@ -79,6 +79,13 @@ def _drop(conn: Any) -> None:
         conn.terminate()
 
 
+# How long a read whose caller left (a client gone) waits for asyncpg's cancel of its query
+# before the connection is terminated instead: a cancel is a round trip to Postgres (a new
+# connection to the postmaster, the backend's answer), milliseconds when it answers; a frozen
+# Postgres never answers it, and the caller must not wait out the read's whole deadline.
+CANCEL_GRACE_SECONDS = 0.5
+
+
 class Read:
     """One read: ``async with`` gives a connection, within one deadline (a class rather than a
     generator: the connection's state is explicit).
@@ -90,20 +97,24 @@ class Read:
       on the frozen server), which hands it back to the pool at once; ReadModelsTimeout;
     - the caller cancelled before the deadline (a client gone): released, so asyncpg cancels
       the query and keeps the connection (Postgres answering, no new backend per departing
-      viewer). The release is bounded by what is left of the deadline (asyncpg terminates the
-      connection when it runs out: Postgres frozen) and shielded by asyncpg. So a single
-      cancel on a frozen Postgres waits out the rest of the deadline; a second cancel returns
-      at once while the release goes on. Do not wrap a read in a timeout of the caller's own:
-      its cancel waits the same way, and the read's own deadline already bounds it.
+      viewer). The release is bounded by ``cancel_grace`` (``CANCEL_GRACE_SECONDS``, or what
+      is left of the deadline if less): past it asyncpg terminates the connection (Postgres
+      frozen) and the cancel goes on to the caller, which so waits at most the grace, not the
+      rest of the deadline. The release is shielded by asyncpg: a second cancel returns at
+      once while it goes on. Do not wrap a read in a timeout of the caller's own: its cancel
+      waits the same way, and the read's own deadline already bounds it.
     The connection is forgotten before it is released: a cancel landing after the release
     never terminates a connection the pool may have handed to another reader.
     """
 
-    __slots__ = ("_conn", "_deadline", "_pool", "_seconds")
+    __slots__ = ("_cancel_grace", "_conn", "_deadline", "_pool", "_seconds")
 
-    def __init__(self, pool: asyncpg.Pool, seconds: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, seconds: float, cancel_grace: float = CANCEL_GRACE_SECONDS
+    ) -> None:
         self._pool = pool
         self._seconds = seconds
+        self._cancel_grace = cancel_grace
         self._deadline = asyncio.timeout(seconds)
         self._conn: Any = None
 
@@ -133,6 +144,13 @@ class Read:
                 conn.terminate()  # still ours: attached to its proxy
             elif lost:
                 _drop(conn)  # no release: asyncpg may have freed it already, or will
+            elif isinstance(exc, asyncio.CancelledError):
+                # The caller left: asyncpg cancels the query and keeps the connection when
+                # Postgres answers within the grace (a round trip); else asyncpg terminates it
+                # (its release's own timeout) and the caller goes now, not at our deadline.
+                grace = min(self._left(), self._cancel_grace)
+                with contextlib.suppress(TimeoutError):
+                    await self._pool.release(conn, timeout=grace)
             else:
                 await self._pool.release(conn, timeout=self._left())
         except LOST_SHAPES as release_exc:
@@ -170,14 +188,20 @@ class Read:
 class ReadPool:
     """asyncpg's pool for reads, with a deadline over acquire + query + release."""
 
-    def __init__(self, pool: asyncpg.Pool, deadline_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        deadline_seconds: float,
+        cancel_grace_seconds: float = CANCEL_GRACE_SECONDS,
+    ) -> None:
         self.pool = pool
         self.deadline_seconds = deadline_seconds
+        self.cancel_grace_seconds = cancel_grace_seconds
 
     def acquire(self, deadline_seconds: float | None = None) -> Read:
         """A connection for the block; the block's queries and the connection's return share
         the deadline (``deadline_seconds``, else the pool's). Past it: ReadModelsTimeout."""
-        return Read(self.pool, deadline_seconds or self.deadline_seconds)
+        return Read(self.pool, deadline_seconds or self.deadline_seconds, self.cancel_grace_seconds)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with self.acquire() as conn:
