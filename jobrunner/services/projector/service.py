@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 
 from jobrunner.common import backendpriority, database, eventstore, heap, retry
 from jobrunner.common.settings import Settings
+from jobrunner.common.stopping import unless_stopped
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import (
@@ -168,12 +169,23 @@ async def _apply_until_done(
     inside every batch's transaction, not only after a failed one: the pool replaces a dead
     connection without a failure, and the batch would move the checkpoint past the lost ones."""
     failures = 0
+
+    async def apply() -> int:
+        async with pool.acquire() as conn:
+            return await setaside.apply(
+                conn, batch, feed.lookup, writing=feed.resume, committed=committed
+            )
+
     while True:
         try:
-            async with pool.acquire() as conn:
-                return await setaside.apply(
-                    conn, batch, feed.lookup, writing=feed.resume, committed=committed
-                )
+            # A stop cancels the batch under way: a statement waiting on a lock would otherwise
+            # hold the stop for up to the lock wait (lock_timeout, 60 s by default). The
+            # transaction rolls back with the checkpoint, so the next start applies the batch
+            # again from there: nothing lost, nothing twice.
+            applied = await unless_stopped(apply(), stop)
+            if applied is None:
+                log.info("projector stopped during a batch; it is applied at the next start")
+            return applied
         except store.CheckpointBehind:
             raise
         except asyncpg.LockNotAvailableError:
