@@ -8,7 +8,6 @@ in either form resumes right after that event: nothing twice, nothing missing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +29,6 @@ from jobrunner.services.api.fanout import (
     Fanout,
     HistoryStalled,
     Item,
-    JobFeed,
-    Subscriber,
 )
 
 log = structlog.get_logger()
@@ -243,18 +240,6 @@ def _unsent(
     return parts, sent, False
 
 
-async def _let_go(joining: asyncio.Future[tuple[JobFeed, Subscriber, int]]) -> None:
-    """A join whose client left: cancelled while it waits (``Fanout.join`` lets the feed go
-    when nobody else follows it), left when it had just succeeded."""
-    if not joining.done():
-        joining.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await joining
-    elif not joining.cancelled() and joining.exception() is None:
-        feed, inbox, _ = joining.result()
-        feed.leave(inbox)
-
-
 async def job_stream(
     retry_ms: int,
     fanout: Fanout,
@@ -281,18 +266,10 @@ async def job_stream(
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
-    # A feed that starts may wait for a place on the stream (its consumer limit): keep-alives
-    # meanwhile, so that neither the browser nor a proxy takes the wait for a dead stream.
-    joining = asyncio.ensure_future(fanout.join(job_id, feed_from, row))
-    joined = False
-    try:
-        while not (await asyncio.wait({joining}, timeout=fanout.limits.keepalive))[0]:
-            yield comment("keep-alive")
-        joined = True
-    finally:
-        if not joined:  # the client left first
-            await _let_go(joining)
-    feed, inbox, joined_at = joining.result()
+    # A feed that starts may wait for a place on the stream (its consumer limit), up to
+    # ``history_idle``: no keep-alive meanwhile (joining in a task of its own for them cost the
+    # join loop turns that the streams' ordering relies on; with the defaults, 10 s < 15 s).
+    feed, inbox, joined_at = await fanout.join(job_id, feed_from, row)
     if feed.ended and feed.failure is not None and at_consumer_limit(feed.failure):
         feed.leave(inbox)
         yield consumer_limit_reached()  # the feed could not start: say why (it resumes)
