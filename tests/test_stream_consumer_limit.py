@@ -391,3 +391,52 @@ class TestFeedsAndUpdateStreamsAtTheLimit:
         assert [e.event for e in stream.events] == ["unavailable"]
         assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
         await js._nc.close()
+
+
+HERD = 30  # update-stream clients arriving together at a full stream
+HERD_PATIENCE = 3.0  # sse_history_idle_seconds for them
+
+
+class TestAHerdAtTheLimit:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=TEST_TYPES,
+            stream_max_consumers=40,
+            sse_history_idle_seconds=HERD_PATIENCE,
+            sse_keepalive_seconds=1.0,
+        )
+
+    async def test_update_streams_at_the_limit_try_again_one_at_a_time(self, system: System) -> None:
+        """30 update streams on a full stream, none freed: each ends with ``unavailable`` and a
+        jittered ``retry``, and the process tries again one reader at a time (before session
+        21's review fixes each client backed off on its own: about 8 consumer creates each in
+        under 5 s). Counted: the consumer creates JetStream was asked for."""
+        await finished_job(system, lines=2)
+        js, _ = await TestFeedsAndUpdateStreamsAtTheLimit.fill(system)
+        counter = await eventstore.connect(system.settings, "test-counter")
+        creates = 0
+
+        async def count(msg: object) -> None:
+            nonlocal creates
+            creates += 1
+
+        try:
+            await counter.subscribe("$JS.API.CONSUMER.CREATE.>", cb=count)
+            await counter.subscribe("$JS.API.CONSUMER.DURABLE.CREATE.>", cb=count)
+            await counter.flush()
+            async with system.client() as client:
+                streams = await asyncio.gather(
+                    *(read_stream(client, "/api/jobs/stream?after=0") for _ in range(HERD))
+                )
+            await counter.flush()
+        finally:
+            await counter.close()
+            await js._nc.close()
+        assert all([e.event for e in s.events] == ["unavailable"] for s in streams)
+        # Each client's first attempt, and the gate holders' (one at a time, a pause apart
+        # doubling to 1 s: about 6 in 3 s, 2 s for the last in the gate): ~40 in all.
+        assert creates <= 2 * HERD, f"{creates} consumer creates for {HERD} clients"
+        retries = {s.retry for s in streams}
+        assert len(retries) > 1, "every client told to come back after the same interval"

@@ -810,20 +810,27 @@ class Fanout:
         which would come back as reconnects into the same crowd: for up to ``history_idle``
         seconds (``ConsumerLimitRetry``), then the refusal goes to the caller."""
         retry = ConsumerLimitRetry(self.limits.history_idle)
-        while True:
-            js = await stack.enter_async_context(self.reader_js())
-            try:
-                return await stack.enter_async_context(
-                    ordered_reader(
-                        js,
-                        self.names.stream,
-                        self.names.job_subjects(job_id),
-                        start_seq=start_seq,
-                        max_buffered_bytes=max_buffered_bytes,
+        opened = False
+        try:
+            while True:
+                js = await stack.enter_async_context(self.reader_js())
+                try:
+                    reader = await stack.enter_async_context(
+                        ordered_reader(
+                            js,
+                            self.names.stream,
+                            self.names.job_subjects(job_id),
+                            start_seq=start_seq,
+                            max_buffered_bytes=max_buffered_bytes,
+                        )
                     )
-                )
-            except BadRequestError as exc:
-                wait = retry.wait_after(exc)
-            await stack.aclose()  # the connection's lease back while this waits
-            self.consumer_limit_waits += 1
-            await asyncio.sleep(wait)
+                except BadRequestError as exc:
+                    refused = exc
+                else:
+                    opened = True
+                    return reader
+                await stack.aclose()  # the connection's lease back while this waits
+                self.consumer_limit_waits += 1
+                await retry.wait_turn(refused)
+        finally:
+            retry.release(opened)

@@ -10,6 +10,7 @@ is the stream sequence of the event it came from; ``Last-Event-ID`` resumes righ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing
@@ -252,7 +253,7 @@ async def update_stream(
                 # Still at the limit after the retries: say so, and end; the client reconnects
                 # after ``retry`` (with ``Last-Event-ID``), when places may have freed.
                 log.warning("update stream refused at the stream's consumer limit", detail=str(exc))
-                yield sse.consumer_limit_reached()
+                yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
                 return
             if not msgs:
                 yield sse.comment("keep-alive")
@@ -335,22 +336,32 @@ async def _opened(
     keepalive: float,
 ) -> AsyncIterator[OrderedReader | None]:
     """``reader`` entered on ``stack``, the last item; before it ``None`` every ``keepalive``
-    seconds while the stream holds its limit of consumers and the attempts are paced."""
+    seconds while the stream holds its limit of consumers and the attempts wait their turn."""
     retry = ConsumerLimitRetry(patience)
-    loop = asyncio.get_running_loop()
-    quiet_since = loop.time()
-    while True:
-        try:
-            opened = await stack.enter_async_context(reader())
-        except BadRequestError as exc:
-            wait = retry.wait_after(exc)
-        else:
-            yield opened
-            return
-        if loop.time() - quiet_since >= keepalive:
-            yield None
-            quiet_since = loop.time()
-        await asyncio.sleep(wait)
+    opened = False
+    try:
+        while True:
+            try:
+                reader_opened = await stack.enter_async_context(reader())
+            except BadRequestError as exc:
+                refused = exc
+            else:
+                opened = True
+                yield reader_opened
+                return
+            # The turn may be longer than ``keepalive`` in coming: waited for in pieces.
+            turn = asyncio.ensure_future(retry.wait_turn(refused))
+            try:
+                while not (await asyncio.wait({turn}, timeout=keepalive))[0]:
+                    yield None
+            finally:
+                if not turn.done():
+                    turn.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, BadRequestError):
+                        await turn
+            turn.result()  # the refusal again once the patience is over
+    finally:
+        retry.release(opened)
 
 
 async def update_messages(

@@ -8,6 +8,7 @@ in either form resumes right after that event: nothing twice, nothing missing.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -128,11 +129,13 @@ def comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
-def consumer_limit_reached() -> bytes:
+def consumer_limit_reached(retry_ms: int) -> bytes:
     """The last frame of a stream that could not read because JetStream kept refusing it a
     consumer (the stream's ``max_consumers`` held, err_code 10026) for the reader's patience:
-    a code and a sentence; the stream then ends without ``done`` and the client reconnects."""
-    return frame(
+    a code and a sentence; the stream then ends without ``done`` and the client reconnects.
+    Its ``retry`` is ``retry_ms`` stretched by a random factor of 1 to 2: the clients refused
+    together must not all come back together."""
+    return retry(round(retry_ms * random.uniform(1.0, 2.0))) + frame(
         {
             "code": "STREAM_CONSUMER_LIMIT",
             "detail": "The event stream holds its limit of readers; this stream ends and "
@@ -272,7 +275,7 @@ async def job_stream(
     feed, inbox, joined_at = await fanout.join(job_id, feed_from, row)
     if feed.ended and feed.failure is not None and at_consumer_limit(feed.failure):
         feed.leave(inbox)
-        yield consumer_limit_reached()  # the feed could not start: say why (it resumes)
+        yield consumer_limit_reached(retry_ms)  # the feed could not start: say why (it resumes)
         return
     # Taken in the same step as the join: the record ends exactly where the inbox begins.
     recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
@@ -311,7 +314,7 @@ async def job_stream(
                     detail=str(exc),
                 )
                 if at_consumer_limit(exc):
-                    yield consumer_limit_reached()
+                    yield consumer_limit_reached(retry_ms)
                 return
 
         def write_direct(items: list[Item]) -> bool:
