@@ -408,7 +408,9 @@ class TestAHerdAtTheLimit:
             sse_keepalive_seconds=1.0,
         )
 
-    async def test_update_streams_at_the_limit_try_again_one_at_a_time(self, system: System) -> None:
+    async def test_update_streams_at_the_limit_try_again_one_at_a_time(
+        self, system: System
+    ) -> None:
         """30 update streams on a full stream, none freed: each ends with ``unavailable`` and a
         jittered ``retry``, and the process tries again one reader at a time (before session
         21's review fixes each client backed off on its own: about 8 consumer creates each in

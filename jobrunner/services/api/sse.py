@@ -271,7 +271,8 @@ async def job_stream(
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
     # A feed that starts may wait for a place on the stream (its consumer limit), up to
     # ``history_idle``: no keep-alive meanwhile (joining in a task of its own for them cost the
-    # join loop turns that the streams' ordering relies on; with the defaults, 10 s < 15 s).
+    # join loop turns that the streams' ordering relies on). With a history read after it, the
+    # silence can pass the keep-alive interval (README "SSE protocol").
     feed, inbox, joined_at = await fanout.join(job_id, feed_from, row)
     if feed.ended and feed.failure is not None and at_consumer_limit(feed.failure):
         feed.leave(inbox)
