@@ -696,3 +696,27 @@ async def test_a_cancel_answered_within_the_grace_keeps_the_connection(
         assert_no_connection_held(pool)
     finally:
         await pool.close()
+
+
+async def test_a_statement_cancelled_by_postgres_keeps_the_connection(settings: Settings) -> None:
+    """A read's statement cancelled on Postgres's side (pg_cancel_backend, as statement_timeout
+    does): QueryCanceledError as it is, never ReadModelsLost, and the live connection goes back
+    to the pool instead of being terminated."""
+    pool = await read_pool(settings.database_url, 60.0)
+    canceller = await asyncpg.connect(settings.database_url)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(5)"))
+        async with asyncio.timeout(5):
+            while not await canceller.fetchval(  # noqa: ASYNC110 (Postgres state)
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)'"
+            ):
+                await asyncio.sleep(0.02)
+        assert await canceller.fetchval("SELECT pg_cancel_backend($1)", before)
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await task
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before, "terminated"
+        assert_no_connection_held(pool)
+    finally:
+        await canceller.close()
+        await pool.close()

@@ -52,7 +52,10 @@ LOST_SHAPES: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
-    asyncpg.exceptions.OperatorInterventionError,  # the backend's FATAL admin_shutdown
+    # The backend's FATAL admin or crash shutdown (and the like); not QueryCanceledError, its
+    # subclass (a statement cancelled: statement_timeout, pg_cancel_backend), on a live
+    # connection, which __aexit__ leaves out.
+    asyncpg.exceptions.OperatorInterventionError,
     OSError,
 )
 
@@ -135,9 +138,13 @@ class Read:
     ) -> None:
         conn, self._conn = self._conn, None
         # A client-side error or Postgres's "gone" on this connection: it is not trusted again.
-        lost = isinstance(exc, LOST_SHAPES) and (
-            isinstance(exc, (asyncpg.InternalClientError, *POSTGRES_CONNECTION_ERRORS))
-            or _lost(conn)
+        lost = (
+            isinstance(exc, LOST_SHAPES)
+            and not isinstance(exc, asyncpg.QueryCanceledError)  # the connection lives on
+            and (
+                isinstance(exc, (asyncpg.InternalClientError, *POSTGRES_CONNECTION_ERRORS))
+                or _lost(conn)
+            )
         )
         try:
             if self._deadline.expired():
@@ -163,7 +170,9 @@ class Read:
             raise
         await self._leave_deadline(exc)
         if lost and not isinstance(exc, POSTGRES_CONNECTION_ERRORS):
-            raise ReadModelsLost(f"the connection to Postgres was lost: {exc!r}") from exc
+            raise ReadModelsLost(
+                f"the read's connection to Postgres died under it ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _left(self) -> float:
         when = self._deadline.when()
