@@ -8,6 +8,7 @@ consumer, so 2,000 viewers catching up at once met it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -323,19 +324,25 @@ class TestFeedsAndUpdateStreamsAtTheLimit:
         )
 
     @staticmethod
-    async def fill(system: System) -> tuple[JetStreamContext, Names]:
+    @contextlib.asynccontextmanager
+    async def full(system: System) -> AsyncIterator[tuple[JetStreamContext, Names]]:
         """Every place on the event stream taken (the services' consumers and parked ones)."""
         names = Names(system.settings.prefix)
         nc = await eventstore.connect(system.settings, "test-filler")
-        js = nc.jetstream()
-        for i in range(100):
-            try:
-                await js.add_consumer(names.stream, parked(names, i))
-            except BadRequestError as exc:
-                if exc.err_code != MAX_CONSUMERS_REACHED:
-                    raise
-                return js, names
-        raise AssertionError("the stream took 100 more consumers")
+        try:
+            js = nc.jetstream()
+            for i in range(100):
+                try:
+                    await js.add_consumer(names.stream, parked(names, i))
+                except BadRequestError as exc:
+                    if exc.err_code != MAX_CONSUMERS_REACHED:
+                        raise
+                    break
+            else:
+                raise AssertionError("the stream took 100 more consumers")
+            yield js, names
+        finally:
+            await nc.close()
 
     @staticmethod
     def free_one_after(js: JetStreamContext, names: Names, seconds: float) -> None:
@@ -343,54 +350,50 @@ class TestFeedsAndUpdateStreamsAtTheLimit:
             seconds, lambda: asyncio.ensure_future(js.delete_consumer(names.stream, "parked0"))
         )
 
-    async def test_a_jobs_feed_waits_for_a_place_with_keepalives(self, system: System) -> None:
+    async def test_a_jobs_feed_waits_for_a_place_silently(self, system: System) -> None:
         """A viewer's job needs a feed while the stream is full; a place frees after half the
         readers' patience: every line and ``done``."""
         job = await finished_job(system, lines=5)
-        js, names = await self.fill(system)
-        self.free_one_after(js, names, READER_IDLE / 2)
-        async with system.client() as client:
-            stream = await read_stream(client, f"/jobs/stream/{job['id']}")
-        texts = [e.json["text"] for e in stream.events if e.event == "message"]
-        assert texts == [f"INFO line {i} [{i}/5]" for i in range(1, 6)]
-        assert stream.events[-1].event == "done"
-        assert fanout_of(system).consumer_limit_waits > 0
-        await js._nc.close()
+        async with self.full(system) as (js, names):
+            self.free_one_after(js, names, READER_IDLE / 2)
+            async with system.client() as client:
+                stream = await read_stream(client, f"/jobs/stream/{job['id']}")
+            texts = [e.json["text"] for e in stream.events if e.event == "message"]
+            assert texts == [f"INFO line {i} [{i}/5]" for i in range(1, 6)]
+            assert stream.events[-1].event == "done"
+            assert fanout_of(system).consumer_limit_waits > 0
 
     async def test_a_jobs_feed_refused_past_its_patience_says_why(self, system: System) -> None:
         job = await finished_job(system, lines=5)
-        js, _ = await self.fill(system)
-        async with system.client() as client:
-            stream = await read_stream(client, f"/jobs/stream/{job['id']}")
-        assert [e.event for e in stream.events] == ["unavailable"]
-        assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
-        await js._nc.close()
+        async with self.full(system):
+            async with system.client() as client:
+                stream = await read_stream(client, f"/jobs/stream/{job['id']}")
+            assert [e.event for e in stream.events] == ["unavailable"]
+            assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
 
     async def test_an_update_stream_waits_for_a_place_with_keepalives(self, system: System) -> None:
         """``/api/jobs/stream`` from the start on a full stream: its catch-up consumer and then
         its live one wait for places (the catch-up's own freed in the background)."""
         job = await finished_job(system, lines=5)
-        js, names = await self.fill(system)
-        self.free_one_after(js, names, READER_IDLE / 2)
-        async with system.client() as client:
-            stream = await read_stream(client, "/api/jobs/stream?after=0", stop_after=4)
-        updates = [e.data for e in stream.events if e.event == "job_update"]
-        assert len(updates) == 4, stream.events
-        assert all(job["id"] in data for data in updates)
-        assert "keep-alive" in stream.comments
-        await js._nc.close()
+        async with self.full(system) as (js, names):
+            self.free_one_after(js, names, READER_IDLE / 2)
+            async with system.client() as client:
+                stream = await read_stream(client, "/api/jobs/stream?after=0", stop_after=4)
+            updates = [e.data for e in stream.events if e.event == "job_update"]
+            assert len(updates) == 4, stream.events
+            assert all(job["id"] in data for data in updates)
+            assert "keep-alive" in stream.comments
 
     async def test_an_update_stream_refused_past_its_patience_says_why(
         self, system: System
     ) -> None:
         await finished_job(system, lines=5)
-        js, _ = await self.fill(system)
-        async with system.client() as client:
-            stream = await read_stream(client, "/api/jobs/stream?after=0")
-        assert "keep-alive" in stream.comments
-        assert [e.event for e in stream.events] == ["unavailable"]
-        assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
-        await js._nc.close()
+        async with self.full(system):
+            async with system.client() as client:
+                stream = await read_stream(client, "/api/jobs/stream?after=0")
+            assert "keep-alive" in stream.comments
+            assert [e.event for e in stream.events] == ["unavailable"]
+            assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
 
 
 HERD = 30  # update-stream clients arriving together at a full stream
@@ -416,29 +419,28 @@ class TestAHerdAtTheLimit:
         21's review fixes each client backed off on its own: about 8 consumer creates each in
         under 5 s). Counted: the consumer creates JetStream was asked for."""
         await finished_job(system, lines=2)
-        js, _ = await TestFeedsAndUpdateStreamsAtTheLimit.fill(system)
-        counter = await eventstore.connect(system.settings, "test-counter")
-        creates = 0
+        async with TestFeedsAndUpdateStreamsAtTheLimit.full(system):
+            counter = await eventstore.connect(system.settings, "test-counter")
+            creates = 0
 
-        async def count(msg: object) -> None:
-            nonlocal creates
-            creates += 1
+            async def count(msg: object) -> None:
+                nonlocal creates
+                creates += 1
 
-        try:
-            await counter.subscribe("$JS.API.CONSUMER.CREATE.>", cb=count)
-            await counter.subscribe("$JS.API.CONSUMER.DURABLE.CREATE.>", cb=count)
-            await counter.flush()
-            async with system.client() as client:
-                streams = await asyncio.gather(
-                    *(read_stream(client, "/api/jobs/stream?after=0") for _ in range(HERD))
-                )
-            await counter.flush()
-        finally:
-            await counter.close()
-            await js._nc.close()
-        assert all([e.event for e in s.events] == ["unavailable"] for s in streams)
-        # Each client's first attempt, and the gate holders' (one at a time, a pause apart
-        # doubling to 1 s: about 6 in 3 s, 2 s for the last in the gate): ~40 in all.
-        assert creates <= 2 * HERD, f"{creates} consumer creates for {HERD} clients"
-        retries = {s.retry for s in streams}
-        assert len(retries) > 1, "every client told to come back after the same interval"
+            try:
+                await counter.subscribe("$JS.API.CONSUMER.CREATE.>", cb=count)
+                await counter.subscribe("$JS.API.CONSUMER.DURABLE.CREATE.>", cb=count)
+                await counter.flush()
+                async with system.client() as client:
+                    streams = await asyncio.gather(
+                        *(read_stream(client, "/api/jobs/stream?after=0") for _ in range(HERD))
+                    )
+                await counter.flush()
+            finally:
+                await counter.close()
+            assert all([e.event for e in s.events] == ["unavailable"] for s in streams)
+            # Each client's first attempt, and the gate holders' (one at a time, a pause apart
+            # doubling to 1 s: about 6 in 3 s, 2 s for the last in the gate): ~40 in all.
+            assert creates <= 2 * HERD, f"{creates} consumer creates for {HERD} clients"
+            retries = {s.retry for s in streams}
+            assert len(retries) > 1, "every client told to come back after the same interval"

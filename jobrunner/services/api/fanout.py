@@ -303,7 +303,7 @@ class JobFeed:
         self._waiting = False
         self._quiet_at: float | None = None
         self._finished = False
-        self._failure: Exception | None = None
+        self._callback_failure: Exception | None = None  # raised in the feed's task
         self.failure: Exception | None = None  # what ended the feed's task, if it failed
 
     def start(self) -> None:
@@ -321,7 +321,7 @@ class JobFeed:
                 self.last_seq = self.start_seq - 1
             self.record_from = self.last_seq + 1
             async with AsyncExitStack() as stack:
-                # At the consumer limit its joiners wait (their streams send keep-alives).
+                # At the consumer limit its joiners wait, silently (``Fanout.join``; README).
                 reader = await fanout.open_reader(stack, self.job_id, self.last_seq + 1)
                 reader.on_arrival = lambda: self._on_arrival(reader)
                 self.ready.set()
@@ -354,8 +354,8 @@ class JobFeed:
                 msgs = await reader.next_batch(wait)
             finally:
                 self._waiting = False
-            if self._failure is not None:
-                raise self._failure
+            if self._callback_failure is not None:
+                raise self._callback_failure
             if msgs:
                 self._quiet_at = None  # the keep-alive's interval starts again from these
                 return msgs
@@ -384,7 +384,7 @@ class JobFeed:
                     return False
             self._hand_over_soon()
         except Exception as exc:  # the feed's task fails with it, as if it had been its own
-            self._failure = exc
+            self._callback_failure = exc
             return False
         return True
 

@@ -371,7 +371,8 @@ async def update_messages(
     keepalive: float,
     max_bytes: int,
     connection: NatsConnection | None = None,
-    patience: float = 10.0,
+    *,
+    patience: float,
 ) -> AsyncGenerator[list[tuple[int, bytes]], None]:
     """``(stream sequence, payload)`` of the update kinds from ``start_seq`` on, in batches;
     ``[]`` after ``keepalive`` seconds without one.
@@ -386,8 +387,9 @@ async def update_messages(
     never reaches this stream.
 
     A consumer refused at the stream's consumer limit is tried again for up to ``patience``
-    seconds (``ConsumerLimitRetry``), with ``[]`` every ``keepalive`` meanwhile; then the
-    refusal (``BadRequestError``, 10026) goes to the caller."""
+    seconds (the API passes ``sse_history_idle_seconds``; ``ConsumerLimitRetry``), with ``[]``
+    every ``keepalive`` meanwhile; then the refusal (``BadRequestError``, 10026) goes to the
+    caller."""
     next_seq = max(start_seq, 1)
     lines_suffix = "." + names.job_kind_subject("x", "lines").rpartition(".")[2]
     caught_up = False
