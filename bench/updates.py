@@ -126,7 +126,15 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         async def hybrid() -> int:
             got = 0
             connection = NatsConnection.from_settings(settings)
-            async for msgs in update_messages(js, names, 1, 10, 8 * 1024 * 1024, connection):
+            async for msgs in update_messages(
+                js,
+                names,
+                1,
+                10,
+                8 * 1024 * 1024,
+                connection,
+                patience=settings.sse_history_idle_seconds,
+            ):
                 if not msgs:
                     break
                 got += len(msgs)

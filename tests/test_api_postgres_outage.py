@@ -28,7 +28,7 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import health
 from jobrunner.services.api.context import health_pool, read_pool
 from jobrunner.services.api.readmodelgate import ReadModelGate
-from jobrunner.services.api.readpool import ReadModelsTimeout, ReadPool
+from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout, ReadPool
 from tests import servers
 from tests.freeze import freeze
 from tests.history_support import job_events, publish, reading_system, wait_projected
@@ -545,10 +545,11 @@ async def test_every_way_a_read_ends_returns_its_connection(settings: Settings) 
         with pytest.raises(asyncpg.DivisionByZeroError):
             await pool.fetchval("SELECT 1/0")
         assert_no_connection_held(pool)
-        # asyncpg answers a backend killed under it in several ways, InternalClientError among
-        # them ("another operation is in progress"): what matters is the connection comes back.
-        killed = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-        with pytest.raises((*killed, ConnectionError)):
+        # asyncpg answers a backend killed under it in several ways; the read turns the
+        # client-side ones (InternalClientError "another operation is in progress") into
+        # ReadModelsLost (session 21). What matters here is the connection comes back.
+        killed = (asyncpg.PostgresError, ReadModelsLost)
+        with pytest.raises(killed):
             await killed_mid_query()
         assert_no_connection_held(pool)
         busy = [asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(0.5)")) for _ in range(10)]
@@ -560,4 +561,162 @@ async def test_every_way_a_read_ends_returns_its_connection(settings: Settings) 
         assert_no_connection_held(pool)
     finally:
         await killer.close()
+        await pool.close()
+
+
+async def test_a_backend_terminated_at_any_point_of_a_read_is_postgres_away(
+    settings: Settings,
+) -> None:
+    """``pg_terminate_backend`` of a read's backend while the connection is idle (the next
+    query then meets the FATAL message before the socket's end) and at random moments of a
+    query: every failure is one of the "Postgres away" errors the API answers with 503 (never
+    asyncpg's InternalClientError or InterfaceError, a 500), and the pool holds nothing after.
+    Before the fix (session 21): InternalClientError ("another operation is in progress") in
+    about half the idle kills, InterfaceError ("connection has been released"), and a release
+    raising InternalClientError ("called on a free connection holder")."""
+    pool = await read_pool(settings.database_url, 60.0)
+    killer = await asyncpg.connect(settings.database_url)
+    away = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+    failures: list[BaseException] = []
+
+    async def killed(mode: str) -> None:
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            if mode == "idle":
+                await killer.execute("SELECT pg_terminate_backend($1)", pid)
+                await asyncio.sleep(random.choice([0, 0, 0.0005, 0.002]))
+                await conn.fetch("SELECT 1")
+            else:
+                query = asyncio.ensure_future(conn.fetch("SELECT generate_series(1, 200000)"))
+                await asyncio.sleep(random.uniform(0, 0.03))
+                await killer.execute("SELECT pg_terminate_backend($1)", pid)
+                await query
+
+    try:
+        for _ in range(60):
+            for mode in ("idle", "mid"):
+                try:
+                    await killed(mode)
+                except Exception as exc:
+                    failures.append(exc)
+        wrong = [repr(exc) for exc in failures if not isinstance(exc, (*away, ReadModelsLost))]
+        assert not wrong, wrong
+        assert len(failures) >= 60  # every idle kill failed its read, at least
+        assert await pool.fetchval("SELECT 1") == 1
+        assert_no_connection_held(pool)
+    finally:
+        await killer.close()
+        await pool.close()
+
+
+async def test_api_reads_whose_backends_are_terminated_answer_503_never_500(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """Readers on every read path while the API's pooled backends are terminated over and
+    over: each answer is 200 or 503 READ_MODELS_UNAVAILABLE, none a 500; served after."""
+    pool = read_pool_of(system)
+    killer = await asyncpg.connect(own_postgres.url)
+    answers: list[tuple[int, dict[str, Any]]] = []
+    stop = asyncio.Event()
+
+    async def kill_the_api_s_backends() -> None:
+        while not stop.is_set():
+            pids = [h._con.get_server_pid() for h in pool.pool._holders if h._con is not None]
+            for pid in pids:
+                await killer.execute("SELECT pg_terminate_backend($1)", pid)
+            await asyncio.sleep(random.uniform(0, 0.01))
+
+    async def reader(i: int) -> None:
+        for n in range(40):
+            answers.append(await read_job(system, READ_PATHS[(i + n) % len(READ_PATHS)]))
+
+    killing = asyncio.ensure_future(kill_the_api_s_backends())
+    try:
+        await asyncio.gather(*(reader(i) for i in range(5)))
+    finally:
+        stop.set()
+        await killing
+        await killer.close()
+    wrong = [(status, body) for status, body in answers if status not in (200, 503)]
+    assert not wrong, wrong
+    for status, body in answers:
+        if status == 503:
+            assert_unavailable(status, body)
+    assert any(status == 503 for status, _ in answers)  # the kills landed under reads
+    await served_again(system)
+
+
+LONG_DEADLINE = 30.0  # a read's deadline the next tests must not wait out
+GRACE = 1.0  # the cancel grace they set
+
+
+async def test_a_single_cancel_on_a_frozen_postgres_frees_the_read_within_the_grace(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """A caller cancelled once (a client gone) while Postgres is frozen: the read ends and its
+    connection is terminated while Postgres is still frozen, long before the read's deadline
+    (before session 21 it waited out the rest of the deadline). After the thaw the pool
+    reads again."""
+    base = await read_pool(own_postgres.url, LONG_DEADLINE)
+    pool = ReadPool(base.pool, LONG_DEADLINE, cancel_grace_seconds=GRACE)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        async with frozen(own_postgres):
+            task = asyncio.ensure_future(pool.fetchval("SELECT 1"))
+            await asyncio.sleep(1.0)  # the client leaves after 1 s
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=LONG_DEADLINE / 3)
+            assert done, "the cancelled read still waits"
+            assert task.cancelled()
+            assert_no_connection_held(pool)  # terminated, not waiting in a release
+            assert all(h._con is None for h in pool.pool._holders)
+        assert await pool.fetchval("SELECT pg_backend_pid()") != before  # a new backend
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()
+
+
+async def test_a_cancel_answered_within_the_grace_keeps_the_connection(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """Postgres frozen for less than the grace after a caller's cancel: asyncpg's cancel is
+    answered after the thaw and the connection (its backend) is kept."""
+    base = await read_pool(own_postgres.url, LONG_DEADLINE)
+    pool = ReadPool(base.pool, LONG_DEADLINE, cancel_grace_seconds=GRACE)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(10)"))
+        await asyncio.sleep(0.2)
+        async with frozen(own_postgres):
+            task.cancel()
+            await asyncio.sleep(GRACE * 0.3)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before, "terminated"
+        assert_no_connection_held(pool)
+    finally:
+        await pool.close()
+
+
+async def test_a_statement_cancelled_by_postgres_keeps_the_connection(settings: Settings) -> None:
+    """A read's statement cancelled on Postgres's side (pg_cancel_backend, as statement_timeout
+    does): QueryCanceledError as it is, never ReadModelsLost, and the live connection goes back
+    to the pool instead of being terminated."""
+    pool = await read_pool(settings.database_url, 60.0)
+    canceller = await asyncpg.connect(settings.database_url)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(5)"))
+        async with asyncio.timeout(5):
+            while not await canceller.fetchval(  # noqa: ASYNC110 (Postgres state)
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)'"
+            ):
+                await asyncio.sleep(0.02)
+        assert await canceller.fetchval("SELECT pg_cancel_backend($1)", before)
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await task
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before, "terminated"
+        assert_no_connection_held(pool)
+    finally:
+        await canceller.close()
         await pool.close()

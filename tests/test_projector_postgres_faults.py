@@ -364,3 +364,101 @@ async def test_the_projector_stops_while_a_checkpoint_lock_is_held_elsewhere(
     finally:
         await holder.close()
         await system.stop()
+
+
+LONG_DEAD = 30.0  # projector_postgres_dead_seconds: a lock wait of 60 s, the default's
+
+
+async def test_a_stop_ends_the_projector_while_a_statement_waits_on_a_lock(
+    settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    """The projector's batch waits on the checkpoint row another backend holds (a 60 s lock
+    wait); a stop ends it while the lock is still held (before session 21 the stop waited for
+    the lock wait to run out). The next projector, once the lock is free, applies the batch
+    from the checkpoint: every event once."""
+    settings = msgspec.structs.replace(
+        settings, database_url=own_postgres.url, projector_postgres_dead_seconds=LONG_DEAD
+    )
+    system = System(settings)
+    await system.start_projector()
+    holder = await asyncpg.connect(own_postgres.url)
+    try:
+        await wait_projected(settings, await publish(settings, job_events("before")))
+        async with holder.transaction():
+            await holder.execute("SELECT * FROM readmodel.checkpoint FOR UPDATE")
+            last = await publish(settings, job_events("during"))
+            async with asyncio.timeout(30):  # until the projector's statement waits on it
+                while not await holder.fetchval(  # noqa: ASYNC110 (Postgres state)
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND pid <> pg_backend_pid()"
+                ):
+                    await asyncio.sleep(0.05)
+            stopping = asyncio.ensure_future(system.stop_service("projector"))
+            done, _ = await asyncio.wait({stopping}, timeout=LONG_DEAD / 2)
+            assert done, "the stop waits for the lock"
+            assert (
+                await holder.fetchval(  # nothing of the batch stays waiting
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )
+                == 0
+            )
+        assert await count_jobs(own_postgres.url) == 1
+        await system.start_projector()
+        await wait_projected(settings, last)
+        assert await count_jobs(own_postgres.url) == 2
+        assert await replay_differences(settings) == {}
+    finally:
+        await holder.close()
+        await system.stop()
+
+
+async def test_a_stop_with_postgres_frozen_mid_copy_ends_the_projector(
+    settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    """Postgres frozen (SIGSTOP: the kernel still acknowledges, so the liveness probe stays
+    quiet for the 30 s dead bound) with a COPY in flight: a stop ends the projector, the
+    cancelled batch's ROLLBACK and release being cut after the stop's grace (the connection
+    terminated) instead of waiting for a Postgres that never answers. Once thawed, a new
+    projector stores every line once."""
+    settings = msgspec.structs.replace(
+        settings, database_url=own_postgres.url, projector_postgres_dead_seconds=LONG_DEAD
+    )
+    system = System(settings)
+    await system.start_projector()
+    try:
+        publishing = await flood(settings, "j")
+        await copy_in_flight(settings.database_url)
+        signal_postgres(own_postgres, signal.SIGSTOP)
+        try:
+            stopping = asyncio.ensure_future(system.stop_service("projector"))
+            done, _ = await asyncio.wait({stopping}, timeout=LONG_DEAD / 3)
+            assert done, "the stop still waits with Postgres frozen"
+        finally:
+            signal_postgres(own_postgres, signal.SIGCONT)
+        await stopping
+        await system.start_projector()
+        await check_caught_up(settings, system, await publishing)
+    finally:
+        await system.stop()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.03])
+async def test_stops_mid_copy_then_restarts_store_every_line_once(
+    settings: Settings, own_postgres: EmbeddedPostgres, delay: float
+) -> None:
+    """Three stops, each ``delay`` after a COPY is seen running, each followed by a new
+    projector: the cancelled batches roll back with their checkpoint and are applied again, no
+    line lost or stored twice."""
+    settings = msgspec.structs.replace(settings, database_url=own_postgres.url)
+    system = System(settings)
+    await system.start_projector()
+    try:
+        publishing = await flood(settings, "j")
+        for _ in range(3):
+            await copy_in_flight(settings.database_url)
+            await asyncio.sleep(delay)
+            await system.stop_service("projector")
+            await system.start_projector()
+        await check_caught_up(settings, system, await publishing)
+    finally:
+        await system.stop()

@@ -8,6 +8,7 @@ consumer, so 2,000 viewers catching up at once met it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -18,11 +19,12 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
 from jobrunner.common import eventstore, subscription
+from jobrunner.common.consumerlimit import MAX_CONSUMERS_REACHED
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
-from jobrunner.services.api.fanout import MAX_CONSUMERS_REACHED, Fanout, HistoryStalled, Limits
+from jobrunner.services.api.fanout import Fanout, HistoryStalled, Limits
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.test_history_logs import TEST_TYPES, finished_job
@@ -303,3 +305,142 @@ async def test_a_reader_refused_at_the_limit_sends_no_delete(
             pass
     assert refused.value.err_code == MAX_CONSUMERS_REACHED
     assert subscription.deletes_pending() == 0
+
+
+# A job's feed and the update streams meet the limit as history reads do (session 21).
+READER_IDLE = 1.0  # sse_history_idle_seconds: how long a reader tries again at the limit
+KEEPALIVE = 0.2
+
+
+class TestFeedsAndUpdateStreamsAtTheLimit:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=TEST_TYPES,
+            stream_max_consumers=40,
+            sse_history_idle_seconds=READER_IDLE,
+            sse_keepalive_seconds=KEEPALIVE,
+        )
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def full(system: System) -> AsyncIterator[tuple[JetStreamContext, Names]]:
+        """Every place on the event stream taken (the services' consumers and parked ones)."""
+        names = Names(system.settings.prefix)
+        nc = await eventstore.connect(system.settings, "test-filler")
+        try:
+            js = nc.jetstream()
+            for i in range(100):
+                try:
+                    await js.add_consumer(names.stream, parked(names, i))
+                except BadRequestError as exc:
+                    if exc.err_code != MAX_CONSUMERS_REACHED:
+                        raise
+                    break
+            else:
+                raise AssertionError("the stream took 100 more consumers")
+            yield js, names
+        finally:
+            await nc.close()
+
+    @staticmethod
+    def free_one_after(js: JetStreamContext, names: Names, seconds: float) -> None:
+        asyncio.get_running_loop().call_later(
+            seconds, lambda: asyncio.ensure_future(js.delete_consumer(names.stream, "parked0"))
+        )
+
+    async def test_a_jobs_feed_waits_for_a_place_silently(self, system: System) -> None:
+        """A viewer's job needs a feed while the stream is full; a place frees after half the
+        readers' patience: every line and ``done``."""
+        job = await finished_job(system, lines=5)
+        async with self.full(system) as (js, names):
+            self.free_one_after(js, names, READER_IDLE / 2)
+            async with system.client() as client:
+                stream = await read_stream(client, f"/jobs/stream/{job['id']}")
+            texts = [e.json["text"] for e in stream.events if e.event == "message"]
+            assert texts == [f"INFO line {i} [{i}/5]" for i in range(1, 6)]
+            assert stream.events[-1].event == "done"
+            assert fanout_of(system).consumer_limit_waits > 0
+
+    async def test_a_jobs_feed_refused_past_its_patience_says_why(self, system: System) -> None:
+        job = await finished_job(system, lines=5)
+        async with self.full(system):
+            async with system.client() as client:
+                stream = await read_stream(client, f"/jobs/stream/{job['id']}")
+            assert [e.event for e in stream.events] == ["unavailable"]
+            assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
+
+    async def test_an_update_stream_waits_for_a_place_with_keepalives(self, system: System) -> None:
+        """``/api/jobs/stream`` from the start on a full stream: its catch-up consumer and then
+        its live one wait for places (the catch-up's own freed in the background)."""
+        job = await finished_job(system, lines=5)
+        async with self.full(system) as (js, names):
+            self.free_one_after(js, names, READER_IDLE / 2)
+            async with system.client() as client:
+                stream = await read_stream(client, "/api/jobs/stream?after=0", stop_after=4)
+            updates = [e.data for e in stream.events if e.event == "job_update"]
+            assert len(updates) == 4, stream.events
+            assert all(job["id"] in data for data in updates)
+            assert "keep-alive" in stream.comments
+
+    async def test_an_update_stream_refused_past_its_patience_says_why(
+        self, system: System
+    ) -> None:
+        await finished_job(system, lines=5)
+        async with self.full(system):
+            async with system.client() as client:
+                stream = await read_stream(client, "/api/jobs/stream?after=0")
+            assert "keep-alive" in stream.comments
+            assert [e.event for e in stream.events] == ["unavailable"]
+            assert stream.events[0].json["code"] == "STREAM_CONSUMER_LIMIT"
+
+
+HERD = 30  # update-stream clients arriving together at a full stream
+HERD_PATIENCE = 3.0  # sse_history_idle_seconds for them
+
+
+class TestAHerdAtTheLimit:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(
+            settings,
+            job_types_file=TEST_TYPES,
+            stream_max_consumers=40,
+            sse_history_idle_seconds=HERD_PATIENCE,
+            sse_keepalive_seconds=1.0,
+        )
+
+    async def test_update_streams_at_the_limit_try_again_one_at_a_time(
+        self, system: System
+    ) -> None:
+        """30 update streams on a full stream, none freed: each ends with ``unavailable`` and a
+        jittered ``retry``, and the process tries again one reader at a time (before session
+        21's review fixes each client backed off on its own: about 8 consumer creates each in
+        under 5 s). Counted: the consumer creates JetStream was asked for."""
+        await finished_job(system, lines=2)
+        async with TestFeedsAndUpdateStreamsAtTheLimit.full(system):
+            counter = await eventstore.connect(system.settings, "test-counter")
+            creates = 0
+
+            async def count(msg: object) -> None:
+                nonlocal creates
+                creates += 1
+
+            try:
+                await counter.subscribe("$JS.API.CONSUMER.CREATE.>", cb=count)
+                await counter.subscribe("$JS.API.CONSUMER.DURABLE.CREATE.>", cb=count)
+                await counter.flush()
+                async with system.client() as client:
+                    streams = await asyncio.gather(
+                        *(read_stream(client, "/api/jobs/stream?after=0") for _ in range(HERD))
+                    )
+                await counter.flush()
+            finally:
+                await counter.close()
+            assert all([e.event for e in s.events] == ["unavailable"] for s in streams)
+            # Each client's first attempt, and the gate holders' (one at a time, a pause apart
+            # doubling to 1 s: about 6 in 3 s, 2 s for the last in the gate): ~40 in all.
+            assert creates <= 2 * HERD, f"{creates} consumer creates for {HERD} clients"
+            retries = {s.retry for s in streams}
+            assert len(retries) > 1, "every client told to come back after the same interval"

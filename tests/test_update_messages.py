@@ -42,7 +42,9 @@ async def test_a_backlog_then_live_events_arrive_once_in_order_without_lines(
     backlog = await publish(js, names, rounds)
     connection = NatsConnection.from_settings(settings) if raw else None
     seen: list[int] = []
-    reader = update_messages(js, names, 1, 0.2, 1024 * 1024, connection)
+    reader = update_messages(
+        js, names, 1, 0.2, 1024 * 1024, connection, patience=settings.sse_history_idle_seconds
+    )
     async with asyncio.timeout(60):
         while len(seen) < len(backlog) * 4 // 7:
             seen += [seq for seq, _ in await anext(reader)]
@@ -62,7 +64,13 @@ async def test_a_start_past_the_end_waits_for_the_next_event(
     names = Names(settings.prefix)
     backlog = await publish(js, names, 300)
     reader = update_messages(
-        js, names, backlog[-1][0] + 1, 0.2, 1024 * 1024, NatsConnection.from_settings(settings)
+        js,
+        names,
+        backlog[-1][0] + 1,
+        0.2,
+        1024 * 1024,
+        NatsConnection.from_settings(settings),
+        patience=settings.sse_history_idle_seconds,
     )
     async with asyncio.timeout(30):
         assert await anext(reader) == []  # a keep-alive: nothing old is sent
@@ -86,7 +94,9 @@ async def test_a_raw_catch_up_that_cannot_reach_nats_goes_on_through_nats_py(
         connect_timeout=0.5,
     )
     seen: list[int] = []
-    reader = update_messages(js, names, 1, 0.2, 1024 * 1024, unreachable)
+    reader = update_messages(
+        js, names, 1, 0.2, 1024 * 1024, unreachable, patience=settings.sse_history_idle_seconds
+    )
     async with asyncio.timeout(60):
         while len(seen) < len(backlog) * 4 // 7:
             seen += [seq for seq, _ in await anext(reader)]
@@ -115,7 +125,13 @@ async def test_nats_restarted_during_a_raw_catch_up_loses_and_repeats_nothing(
         wanted = [seq for seq, s in backlog if not s.endswith(".lines")]
         seen: list[int] = []
         reader = update_messages(
-            js, names, 1, 0.2, 1024 * 1024, NatsConnection.from_settings(private)
+            js,
+            names,
+            1,
+            0.2,
+            1024 * 1024,
+            NatsConnection.from_settings(private),
+            patience=private.sse_history_idle_seconds,
         )
         try:
             async with asyncio.timeout(90):

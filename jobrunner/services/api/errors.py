@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 from jobrunner.common import database
-from jobrunner.services.api.readpool import ReadModelsTimeout
+from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout
 
 log = structlog.get_logger()
 
@@ -165,6 +165,7 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.exceptions.OperatorInterventionError,
+    ReadModelsLost,  # a read's connection died, told by asyncpg as a client-side error
 )
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

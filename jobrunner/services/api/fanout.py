@@ -32,7 +32,6 @@ loop a quiet line waits for holds a step of each of the flood's tasks.
 from __future__ import annotations
 
 import asyncio
-import random
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
@@ -46,7 +45,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError
 
 from jobrunner.common import metrics
-from jobrunner.common.subscription import OrderedReader, ordered_reader, position
+from jobrunner.common.consumerlimit import ConsumerLimitRetry
+from jobrunner.common.subscription import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    OrderedReader,
+    ordered_reader,
+    position,
+)
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.readerconnections import ReaderConnections
@@ -298,7 +303,8 @@ class JobFeed:
         self._waiting = False
         self._quiet_at: float | None = None
         self._finished = False
-        self._failure: Exception | None = None
+        self._callback_failure: Exception | None = None  # raised in the feed's task
+        self.failure: Exception | None = None  # what ended the feed's task, if it failed
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"sse-feed-{self.job_id}")
@@ -314,20 +320,15 @@ class JobFeed:
             else:
                 self.last_seq = self.start_seq - 1
             self.record_from = self.last_seq + 1
-            async with (
-                fanout.reader_js() as js,
-                ordered_reader(
-                    js,
-                    fanout.names.stream,
-                    fanout.names.job_subjects(self.job_id),
-                    start_seq=self.last_seq + 1,
-                ) as reader,
-            ):
+            async with AsyncExitStack() as stack:
+                # At the consumer limit its joiners wait, silently (``Fanout.join``; README).
+                reader = await fanout.open_reader(stack, self.job_id, self.last_seq + 1)
                 reader.on_arrival = lambda: self._on_arrival(reader)
                 self.ready.set()
                 while not await self._deliver(await self._next(reader)):
                     pass
         except Exception as exc:
+            self.failure = exc
             log.warning("sse feed failed", job_id=self.job_id, error=repr(exc))
             if self.subscribers:
                 metrics.SSE_STREAMS_CUT.labels("feed_failed").inc(len(self.subscribers))
@@ -353,8 +354,8 @@ class JobFeed:
                 msgs = await reader.next_batch(wait)
             finally:
                 self._waiting = False
-            if self._failure is not None:
-                raise self._failure
+            if self._callback_failure is not None:
+                raise self._callback_failure
             if msgs:
                 self._quiet_at = None  # the keep-alive's interval starts again from these
                 return msgs
@@ -383,7 +384,7 @@ class JobFeed:
                     return False
             self._hand_over_soon()
         except Exception as exc:  # the feed's task fails with it, as if it had been its own
-            self._failure = exc
+            self._callback_failure = exc
             return False
         return True
 
@@ -541,17 +542,6 @@ class HistoryStalled(Exception):
     """A history read got nothing for ``history_idle`` seconds with events still to come."""
 
 
-# JetStream's refusal of a new consumer when the stream (or account) holds its limit of them.
-MAX_CONSUMERS_REACHED = 10026
-# Waits between attempts at a history read's consumer while the stream is at its limit.
-CONSUMER_RETRY_FIRST = 0.05
-CONSUMER_RETRY_LONGEST = 1.0
-
-
-def at_consumer_limit(exc: BaseException) -> bool:
-    return isinstance(exc, BadRequestError) and exc.err_code == MAX_CONSUMERS_REACHED
-
-
 class HistoryTurn:
     """A history read's place among the ``history_reads``, given back (once) when the read
     ends, or earlier when its client leaves an item untaken for ``idle`` seconds: a viewer that
@@ -630,7 +620,7 @@ class Fanout:
         self.direct_enabled = True  # until a direct write fails (``_write_direct``)
         # Bounds the history reads' consumers on the stream (``stream_max_consumers``).
         self.history_reads = asyncio.Semaphore(limits.history_reads)
-        self.consumer_limit_waits = 0  # history reads that found the stream at its limit
+        self.consumer_limit_waits = 0  # reader attempts (history, feeds) refused at the limit
         # History reads whose client left an item untaken for ``history_idle`` (``HistoryTurn``).
         self.history_turns_given_back = 0
 
@@ -754,7 +744,9 @@ class Fanout:
         and ends with ``HistoryStalled``), and one that finds the stream at its consumer limit
         tries again for up to ``history_idle`` seconds before it fails."""
         async with self._history_turn() as turn, AsyncExitStack() as stack:
-            reader = await self._open_history(stack, job_id, start_seq)
+            reader = await self.open_reader(
+                stack, job_id, start_seq, max_buffered_bytes=self.limits.client_bytes
+            )
             turn.on_given_back = lambda: self._took_back(reader)
             if start_seq > until_seq or await reader.count() == 0:
                 return
@@ -805,33 +797,40 @@ class Fanout:
         finally:
             turn.give_back()
 
-    async def _open_history(
-        self, stack: AsyncExitStack, job_id: str, start_seq: int
+    async def open_reader(
+        self,
+        stack: AsyncExitStack,
+        job_id: str,
+        start_seq: int,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     ) -> OrderedReader:
-        """The history read's consumer, entered on ``stack``. While the stream holds its
-        limit of consumers (every viewer, feed and service counts), try again after a short
-        wait rather than end the viewer's stream, which would come back as a reconnect into the
-        same crowd: for up to ``history_idle`` seconds, then the refusal goes to the caller."""
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.limits.history_idle
-        wait = CONSUMER_RETRY_FIRST
-        while True:
-            js = await stack.enter_async_context(self.reader_js())
-            try:
-                return await stack.enter_async_context(
-                    ordered_reader(
-                        js,
-                        self.names.stream,
-                        self.names.job_subjects(job_id),
-                        start_seq=start_seq,
-                        max_buffered_bytes=self.limits.client_bytes,
+        """A consumer of the job's events from ``start_seq`` (a history read's, a feed's),
+        entered on ``stack``. While the stream holds its limit of consumers (every viewer, feed
+        and service counts), try again after a short wait rather than end the viewers' streams,
+        which would come back as reconnects into the same crowd: for up to ``history_idle``
+        seconds (``ConsumerLimitRetry``), then the refusal goes to the caller."""
+        retry = ConsumerLimitRetry(self.limits.history_idle)
+        opened = False
+        try:
+            while True:
+                js = await stack.enter_async_context(self.reader_js())
+                try:
+                    reader = await stack.enter_async_context(
+                        ordered_reader(
+                            js,
+                            self.names.stream,
+                            self.names.job_subjects(job_id),
+                            start_seq=start_seq,
+                            max_buffered_bytes=max_buffered_bytes,
+                        )
                     )
-                )
-            except BadRequestError as exc:
-                if not at_consumer_limit(exc) or loop.time() + wait > give_up:
-                    raise
-            await stack.aclose()  # the connection's lease back while this waits
-            self.consumer_limit_waits += 1
-            # Jittered: the readers refused together must not all come back together.
-            await asyncio.sleep(wait * random.uniform(0.5, 1.5))
-            wait = min(wait * 2, CONSUMER_RETRY_LONGEST)
+                except BadRequestError as exc:
+                    refused = exc
+                else:
+                    opened = True
+                    return reader
+                await stack.aclose()  # the connection's lease back while this waits
+                self.consumer_limit_waits += 1
+                await retry.wait_turn(refused)
+        finally:
+            retry.release(opened)

@@ -9,19 +9,24 @@ is the stream sequence of the event it came from; ``Last-Event-ID`` resumes righ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing
 from datetime import datetime
 
 import asyncpg
 import msgspec
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
 
+from jobrunner.common.consumerlimit import ConsumerLimitRetry, at_consumer_limit
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
-from jobrunner.common.subscription import ordered_reader
+from jobrunner.common.subscription import OrderedReader, ordered_reader
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
@@ -229,50 +234,69 @@ async def update_stream(
     keepalive = ctx.settings.sse_keepalive_seconds
     buffered = ctx.settings.sse_client_buffer_bytes
     connection = NatsConnection.from_settings(ctx.settings)
-    async for msgs in update_messages(
-        ctx.js, ctx.names, start_seq, keepalive, buffered, connection
-    ):
-        if not msgs:
-            yield sse.comment("keep-alive")
-            continue
-        frames: list[tuple[int, bytes]] = []
-        read: list[tuple[int, events.AnyEvent]] = []
-        for seq, data in msgs:
+    messages = update_messages(
+        ctx.js,
+        ctx.names,
+        start_seq,
+        keepalive,
+        buffered,
+        connection,
+        patience=ctx.settings.sse_history_idle_seconds,
+    )
+    async with aclosing(messages):
+        while True:
             try:
-                event = codec.decode(data)
-            except msgspec.MsgspecError:
+                msgs = await anext(messages)
+            except BadRequestError as exc:
+                if not at_consumer_limit(exc):
+                    raise
+                # Still at the limit after the retries: say so, and end; the client reconnects
+                # after ``retry`` (with ``Last-Event-ID``), when places may have freed.
+                log.warning("update stream refused at the stream's consumer limit", detail=str(exc))
+                yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
+                return
+            if not msgs:
+                yield sse.comment("keep-alive")
                 continue
-            if event is not None:
-                read.append((seq, event))
-        await read_ahead(ctx, read, states, batches)
-        for seq, event in read:
-            # Before the job's own scope check: another's new attempt changes my batch's counters.
-            if batches.needs_lookup(event):
-                await batches.note(event, seq)
-            else:
-                batches.note_known(event, seq)
-            if isinstance(event, events.BatchEvent):
-                continue
-            if isinstance(event, events.WebhookAttempted):
-                # Nothing a job update shows; skipped before the scope and state look-ups,
-                # which would cost a query per attempt of a job no longer remembered.
-                continue
-            if visible is not None and not await visible(event):
-                continue
-            if states.needs_lookup(event):
-                state = await states.update(event)
-            else:
-                state = states.update_known(event)
-            if state is not None:
-                frames.append((seq, update_frame(seq, state)))
-        # Held until the projector has applied this read: frames leave in sequence order.
-        async for _ in batches.wait_applied():
-            yield sse.comment("keep-alive")
-        frames += await batches.frames()
-        if frames:
-            # Stable: a batch's frame follows the job frame of the same event.
-            frames.sort(key=lambda f: f[0])
-            yield b"".join(frame for _, frame in frames)
+            frames: list[tuple[int, bytes]] = []
+            read: list[tuple[int, events.AnyEvent]] = []
+            for seq, data in msgs:
+                try:
+                    event = codec.decode(data)
+                except msgspec.MsgspecError:
+                    continue
+                if event is not None:
+                    read.append((seq, event))
+            await read_ahead(ctx, read, states, batches)
+            for seq, event in read:
+                # Before the job's own scope check: another's new attempt changes my batch's
+                # counters.
+                if batches.needs_lookup(event):
+                    await batches.note(event, seq)
+                else:
+                    batches.note_known(event, seq)
+                if isinstance(event, events.BatchEvent):
+                    continue
+                if isinstance(event, events.WebhookAttempted):
+                    # Nothing a job update shows; skipped before the scope and state look-ups,
+                    # which would cost a query per attempt of a job no longer remembered.
+                    continue
+                if visible is not None and not await visible(event):
+                    continue
+                if states.needs_lookup(event):
+                    state = await states.update(event)
+                else:
+                    state = states.update_known(event)
+                if state is not None:
+                    frames.append((seq, update_frame(seq, state)))
+            # Held until the projector has applied this read: frames leave in sequence order.
+            async for _ in batches.wait_applied():
+                yield sse.comment("keep-alive")
+            frames += await batches.frames()
+            if frames:
+                # Stable: a batch's frame follows the job frame of the same event.
+                frames.sort(key=lambda f: f[0])
+                yield b"".join(frame for _, frame in frames)
 
 
 async def read_ahead(
@@ -305,6 +329,41 @@ async def read_ahead(
         batches.seed(row["id"], row["batch_id"])
 
 
+async def _opened(
+    stack: AsyncExitStack,
+    reader: Callable[[], AbstractAsyncContextManager[OrderedReader]],
+    patience: float,
+    keepalive: float,
+) -> AsyncIterator[OrderedReader | None]:
+    """``reader`` entered on ``stack``, the last item; before it ``None`` every ``keepalive``
+    seconds while the stream holds its limit of consumers and the attempts wait their turn."""
+    retry = ConsumerLimitRetry(patience)
+    opened = False
+    try:
+        while True:
+            try:
+                reader_opened = await stack.enter_async_context(reader())
+            except BadRequestError as exc:
+                refused = exc
+            else:
+                opened = True
+                yield reader_opened
+                return
+            # The turn may be longer than ``keepalive`` in coming: waited for in pieces.
+            turn = asyncio.ensure_future(retry.wait_turn(refused))
+            try:
+                while not (await asyncio.wait({turn}, timeout=keepalive))[0]:
+                    yield None
+            finally:
+                if not turn.done():
+                    turn.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, BadRequestError):
+                        await turn
+            turn.result()  # the refusal again once the patience is over
+    finally:
+        retry.release(opened)
+
+
 async def update_messages(
     js: JetStreamContext,
     names: Names,
@@ -312,7 +371,9 @@ async def update_messages(
     keepalive: float,
     max_bytes: int,
     connection: NatsConnection | None = None,
-) -> AsyncIterator[list[tuple[int, bytes]]]:
+    *,
+    patience: float,
+) -> AsyncGenerator[list[tuple[int, bytes]], None]:
     """``(stream sequence, payload)`` of the update kinds from ``start_seq`` on, in batches;
     ``[]`` after ``keepalive`` seconds without one.
 
@@ -323,7 +384,12 @@ async def update_messages(
     where nats-py's per-message path costs several times that), a shorter one through nats-py
     (no extra connection for a client that is nearly at the end). Once caught up, a consumer
     filtering the four kinds and the batch events follows the live stream, so a flood of output
-    never reaches this stream."""
+    never reaches this stream.
+
+    A consumer refused at the stream's consumer limit is tried again for up to ``patience``
+    seconds (the API passes ``sse_history_idle_seconds``; ``ConsumerLimitRetry``), with ``[]``
+    every ``keepalive`` meanwhile; then the refusal (``BadRequestError``, 10026) goes to the
+    caller."""
     next_seq = max(start_seq, 1)
     lines_suffix = "." + names.job_kind_subject("x", "lines").rpartition(".")[2]
     caught_up = False
@@ -357,9 +423,23 @@ async def update_messages(
             finally:
                 await raw.close()
     if not caught_up:
-        async with ordered_reader(
-            js, names.stream, names.all_subjects, start_seq=next_seq, max_buffered_bytes=max_bytes
-        ) as reader:
+        async with AsyncExitStack() as stack:
+            reader = None
+            async for reader in _opened(
+                stack,
+                lambda: ordered_reader(
+                    js,
+                    names.stream,
+                    names.all_subjects,
+                    start_seq=next_seq,
+                    max_buffered_bytes=max_bytes,
+                ),
+                patience,
+                keepalive,
+            ):
+                if reader is None:
+                    yield []  # a keep-alive while the stream is at its consumer limit
+            assert reader is not None
             while True:
                 msgs = await reader.next_batch(CATCH_UP_IDLE_SECONDS)
                 if not msgs:
@@ -374,12 +454,22 @@ async def update_messages(
                     yield wanted
                 if msgs[-1].metadata.num_pending == 0:
                     break
-    async with ordered_reader(
-        js,
-        names.stream,
-        [*(names.kind_subjects(kind) for kind in UPDATE_KINDS), names.batch_events],
-        start_seq=next_seq,
-        max_buffered_bytes=max_bytes,
-    ) as reader:
+    async with AsyncExitStack() as stack:
+        reader = None
+        async for reader in _opened(
+            stack,
+            lambda: ordered_reader(
+                js,
+                names.stream,
+                [*(names.kind_subjects(kind) for kind in UPDATE_KINDS), names.batch_events],
+                start_seq=next_seq,
+                max_buffered_bytes=max_bytes,
+            ),
+            patience,
+            keepalive,
+        ):
+            if reader is None:
+                yield []
+        assert reader is not None
         while True:
             yield [(m.metadata.sequence.stream, m.data) for m in await reader.next_batch(keepalive)]

@@ -18,6 +18,7 @@ enough for the slowest legitimate read (a search through a big log; bench/RESULT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +34,61 @@ class ReadModelsTimeout(Exception):
         self.seconds = seconds
 
 
+class ReadModelsLost(Exception):
+    """A read's connection died under it (its backend terminated, the socket reset), where
+    asyncpg said so with a client-side error rather than ``ConnectionDoesNotExistError``:
+    ``503 READ_MODELS_UNAVAILABLE`` as any Postgres away (errors.py), not a 500."""
+
+
+# What asyncpg raises from a query whose connection died, besides its Postgres connection
+# errors (which errors.py maps already). Checked against asyncpg 0.32 with pg_terminate_backend
+# at several points of a read (tests/test_api_postgres_outage.py): the next query on a backend
+# terminated while idle fails with InternalClientError ("cannot switch to state ...; another
+# operation is in progress": the FATAL message came first, the socket's end not yet); one whose
+# connection asyncpg has already closed and handed back fails with InterfaceError ("connection
+# has been released" / "connection is closed"); and a release of a connection asyncpg freed
+# itself raised InternalClientError ("called on a free connection holder").
+LOST_SHAPES: tuple[type[BaseException], ...] = (
+    asyncpg.InternalClientError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+    # The backend's FATAL admin or crash shutdown (and the like); not QueryCanceledError, its
+    # subclass (a statement cancelled: statement_timeout, pg_cancel_backend), on a live
+    # connection, which __aexit__ leaves out.
+    asyncpg.exceptions.OperatorInterventionError,
+    OSError,
+)
+
+
+# asyncpg's own "Postgres is away" errors, already a 503 (errors.POSTGRES_AWAY): raised as they are.
+POSTGRES_CONNECTION_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def _lost(conn: Any) -> bool:
+    """Whether asyncpg has closed the connection (or already handed it back: detached)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True  # a detached proxy: asyncpg released it when it closed
+
+
+def _drop(conn: Any) -> None:
+    """A dead or untrustworthy connection back to the pool by terminating it (asyncpg then
+    frees its holder, and the next reader gets a new one); nothing to do if already detached."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+# How long a read whose caller left (a client gone) waits for asyncpg's cancel of its query
+# before the connection is terminated instead: a cancel is a round trip to Postgres (a new
+# connection to the postmaster, the backend's answer), milliseconds when it answers; a frozen
+# Postgres never answers it, and the caller must not wait out the read's whole deadline.
+CANCEL_GRACE_SECONDS = 0.5
+
+
 class Read:
     """One read: ``async with`` gives a connection, within one deadline (a class rather than a
     generator: the connection's state is explicit).
@@ -44,20 +100,24 @@ class Read:
       on the frozen server), which hands it back to the pool at once; ReadModelsTimeout;
     - the caller cancelled before the deadline (a client gone): released, so asyncpg cancels
       the query and keeps the connection (Postgres answering, no new backend per departing
-      viewer). The release is bounded by what is left of the deadline (asyncpg terminates the
-      connection when it runs out: Postgres frozen) and shielded by asyncpg. So a single
-      cancel on a frozen Postgres waits out the rest of the deadline; a second cancel returns
-      at once while the release goes on. Do not wrap a read in a timeout of the caller's own:
-      its cancel waits the same way, and the read's own deadline already bounds it.
+      viewer). The release is bounded by ``cancel_grace`` (``CANCEL_GRACE_SECONDS``, or what
+      is left of the deadline if less): past it asyncpg terminates the connection (Postgres
+      frozen) and the cancel goes on to the caller, which so waits at most the grace, not the
+      rest of the deadline. The release is shielded by asyncpg: a second cancel returns at
+      once while it goes on. Do not wrap a read in a timeout of the caller's own: its cancel
+      waits the same way, and the read's own deadline already bounds it.
     The connection is forgotten before it is released: a cancel landing after the release
     never terminates a connection the pool may have handed to another reader.
     """
 
-    __slots__ = ("_conn", "_deadline", "_pool", "_seconds")
+    __slots__ = ("_cancel_grace", "_conn", "_deadline", "_pool", "_seconds")
 
-    def __init__(self, pool: asyncpg.Pool, seconds: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, seconds: float, cancel_grace: float = CANCEL_GRACE_SECONDS
+    ) -> None:
         self._pool = pool
         self._seconds = seconds
+        self._cancel_grace = cancel_grace
         self._deadline = asyncio.timeout(seconds)
         self._conn: Any = None
 
@@ -77,15 +137,42 @@ class Read:
         traceback: TracebackType | None,
     ) -> None:
         conn, self._conn = self._conn, None
+        # A client-side error or Postgres's "gone" on this connection: it is not trusted again.
+        lost = (
+            isinstance(exc, LOST_SHAPES)
+            and not isinstance(exc, asyncpg.QueryCanceledError)  # the connection lives on
+            and (
+                isinstance(exc, (asyncpg.InternalClientError, *POSTGRES_CONNECTION_ERRORS))
+                or _lost(conn)
+            )
+        )
         try:
             if self._deadline.expired():
                 conn.terminate()  # still ours: attached to its proxy
+            elif lost:
+                _drop(conn)  # no release: asyncpg may have freed it already, or will
+            elif isinstance(exc, asyncio.CancelledError):
+                # The caller left: asyncpg cancels the query and keeps the connection when
+                # Postgres answers within the grace (a round trip); else asyncpg terminates it
+                # (its release's own timeout) and the caller goes now, not at our deadline.
+                grace = min(self._left(), self._cancel_grace)
+                with contextlib.suppress(TimeoutError):
+                    await self._pool.release(conn, timeout=grace)
             else:
                 await self._pool.release(conn, timeout=self._left())
+        except LOST_SHAPES as release_exc:
+            if not _lost(conn):
+                await self._leave_deadline(release_exc)
+                raise
+            _drop(conn)  # it died as it went back: the block's outcome stands
         except BaseException as release_exc:
             await self._leave_deadline(release_exc)
             raise
         await self._leave_deadline(exc)
+        if lost and not isinstance(exc, POSTGRES_CONNECTION_ERRORS):
+            raise ReadModelsLost(
+                f"the read's connection to Postgres died under it ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _left(self) -> float:
         when = self._deadline.when()
@@ -110,14 +197,20 @@ class Read:
 class ReadPool:
     """asyncpg's pool for reads, with a deadline over acquire + query + release."""
 
-    def __init__(self, pool: asyncpg.Pool, deadline_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        deadline_seconds: float,
+        cancel_grace_seconds: float = CANCEL_GRACE_SECONDS,
+    ) -> None:
         self.pool = pool
         self.deadline_seconds = deadline_seconds
+        self.cancel_grace_seconds = cancel_grace_seconds
 
     def acquire(self, deadline_seconds: float | None = None) -> Read:
         """A connection for the block; the block's queries and the connection's return share
         the deadline (``deadline_seconds``, else the pool's). Past it: ReadModelsTimeout."""
-        return Read(self.pool, deadline_seconds or self.deadline_seconds)
+        return Read(self.pool, deadline_seconds or self.deadline_seconds, self.cancel_grace_seconds)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with self.acquire() as conn:

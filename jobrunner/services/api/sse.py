@@ -8,6 +8,7 @@ in either form resumes right after that event: nothing twice, nothing missing.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,11 +20,17 @@ import structlog
 from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
+from jobrunner.common.consumerlimit import at_consumer_limit
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.directwrite import ChunkWriter
-from jobrunner.services.api.fanout import TAKE_BYTES, Fanout, HistoryStalled, Item
+from jobrunner.services.api.fanout import (
+    TAKE_BYTES,
+    Fanout,
+    HistoryStalled,
+    Item,
+)
 
 log = structlog.get_logger()
 
@@ -120,6 +127,22 @@ def frame(data: Any, event: str | None = None, id: str | None = None) -> bytes:
 
 def comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
+
+
+def consumer_limit_reached(retry_ms: int) -> bytes:
+    """The last frame of a stream that could not read because JetStream kept refusing it a
+    consumer (the stream's ``max_consumers`` held, err_code 10026) for the reader's patience:
+    a code and a sentence; the stream then ends without ``done`` and the client reconnects.
+    Its ``retry`` is ``retry_ms`` stretched by a random factor of 1 to 2: the clients refused
+    together must not all come back together."""
+    return retry(round(retry_ms * random.uniform(1.0, 2.0))) + frame(
+        {
+            "code": "STREAM_CONSUMER_LIMIT",
+            "detail": "The event stream holds its limit of readers; this stream ends and "
+            "reconnects after the retry interval.",
+        },
+        event="unavailable",
+    )
 
 
 def retry(ms: int) -> bytes:
@@ -246,7 +269,15 @@ async def job_stream(
         return
     skip = resume.line_index if resume and resume.line_index is not None else None
     skip_seq = resume.stream_seq if resume is not None and skip is not None else None
+    # A feed that starts may wait for a place on the stream (its consumer limit), up to
+    # ``history_idle``: no keep-alive meanwhile (joining in a task of its own for them cost the
+    # join loop turns that the streams' ordering relies on). With a history read after it, the
+    # silence can pass the keep-alive interval (README "SSE protocol").
     feed, inbox, joined_at = await fanout.join(job_id, feed_from, row)
+    if feed.ended and feed.failure is not None and at_consumer_limit(feed.failure):
+        feed.leave(inbox)
+        yield consumer_limit_reached(retry_ms)  # the feed could not start: say why (it resumes)
+        return
     # Taken in the same step as the join: the record ends exactly where the inbox begins.
     recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
     sent = start_seq - 1
@@ -283,6 +314,8 @@ async def job_stream(
                     error=repr(exc),
                     detail=str(exc),
                 )
+                if at_consumer_limit(exc):
+                    yield consumer_limit_reached(retry_ms)
                 return
 
         def write_direct(items: list[Item]) -> bool:

@@ -32,6 +32,10 @@ from jobrunner.services.projector.watchdog import StallWatch
 
 log = structlog.get_logger()
 
+# How long a stop waits for a cancelled batch to roll back and give its connection back before
+# terminating the connection (Postgres frozen: the cancel and the ROLLBACK are never answered).
+STOP_GRACE_SECONDS = 1.0
+
 PRUNE_INTERVAL = 600.0  # seconds between read-model retention runs
 # A transaction starts at least this long after the one before: a steady trickle (one job
 # printing 200 lines/s, published a line or two per message) is then applied a few messages per
@@ -170,10 +174,10 @@ async def _apply_until_done(
     failures = 0
     while True:
         try:
-            async with pool.acquire() as conn:
-                return await setaside.apply(
-                    conn, batch, feed.lookup, writing=feed.resume, committed=committed
-                )
+            applied = await _apply_unless_stopped(pool, batch, feed, stop, committed)
+            if applied is None:
+                log.info("projector stopped during a batch; it is applied at the next start")
+            return applied
         except store.CheckpointBehind:
             raise
         except asyncpg.LockNotAvailableError:
@@ -199,6 +203,55 @@ async def _apply_until_done(
             )
         if await outage.wait_or_stop(stop, pause):
             return None
+
+
+async def _apply_unless_stopped(
+    pool: asyncpg.Pool,
+    batch: setaside.Batch,
+    feed: EventFeed,
+    stop: asyncio.Event,
+    committed: int,
+) -> int | None:
+    """One attempt at ``batch``: the new checkpoint, or None when ``stop`` is set first.
+
+    A stop cancels the batch under way: a statement waiting on a lock would otherwise hold the
+    stop for up to the lock wait (lock_timeout, 60 s by default). Cancelling first matters: the
+    cancel reaches Postgres, so a backend waiting on a lock lets go of it. The cancel's ROLLBACK
+    and release are round trips, though, which a frozen Postgres (SIGSTOPped: the kernel still
+    acknowledges, so the liveness probe stays quiet) never answers; after STOP_GRACE_SECONDS the
+    connection is terminated. Either way the transaction rolls back with the checkpoint, so the
+    next start applies the batch again from there: nothing lost, nothing twice."""
+    held: list[asyncpg.Connection] = []
+
+    async def apply() -> int:
+        async with pool.acquire() as conn:
+            held.append(conn)
+            try:
+                return await setaside.apply(
+                    conn, batch, feed.lookup, writing=feed.resume, committed=committed
+                )
+            finally:
+                held.remove(conn)
+
+    task = asyncio.ensure_future(apply())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        stopped = not task.done()  # or the caller cancelled
+        if stopped:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_SECONDS)
+            if not done:
+                for conn in held:
+                    conn.terminate()
+            # Its outcome (cancelled, or the error of a terminated connection) is the stop's.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+    if stopped:
+        return None
+    return task.result()
 
 
 async def _checkpoint_holders(pool: asyncpg.Pool) -> list[dict[str, object]] | str:

@@ -1,0 +1,58 @@
+"""An update stream's client leaving while the stream's read of the read models waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import msgspec
+import pytest
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.settings import Settings
+from tests.system import System
+from tests.test_history_logs import TEST_TYPES, finished_job
+
+
+class TestAnUpdateStreamsClientLeaving:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+    async def test_a_client_leaving_while_its_read_waits_releases_the_read(
+        self, system: System
+    ) -> None:
+        """Postgres answering: an update stream's row read blocked on a table lock; its client
+        leaves: the read's query is cancelled (no backend left waiting on the lock). A guard
+        (passes before session 21's review fixes too); with Postgres frozen the departing
+        client's read is not shown to end (bench/RESULTS.md, session 21)."""
+        await finished_job(system, lines=2)
+        locker = await asyncpg.connect(system.settings.database_url)
+        watcher = await asyncpg.connect(system.settings.database_url)
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND pid <> pg_backend_pid()"
+        )
+        try:
+            async with locker.transaction():
+                await locker.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+                async with system.client() as client:
+
+                    async def read() -> None:
+                        async with client.stream("GET", "/api/jobs/stream?after=1") as r:
+                            async for _ in r.aiter_raw():
+                                pass
+
+                    reading = asyncio.ensure_future(read())
+                    async with asyncio.timeout(10):
+                        while not await watcher.fetchval(waiting):  # noqa: ASYNC110 (Postgres)
+                            await asyncio.sleep(0.05)
+                    reading.cancel()  # the client leaves
+                    with pytest.raises(asyncio.CancelledError):
+                        await reading
+                async with asyncio.timeout(3):
+                    while await watcher.fetchval(waiting):  # noqa: ASYNC110 (Postgres)
+                        await asyncio.sleep(0.05)
+        finally:
+            await locker.close()
+            await watcher.close()
