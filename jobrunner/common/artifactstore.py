@@ -41,6 +41,8 @@ from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
 
+# In an object's description: the nuid of the content it replaced (see purge_when_unread).
+REPLACES_HEADER = "Jobrunner-Replaces"
 CHUNK_BYTES = 128 * 1024  # nats-py's and the Go client's default chunk size
 PIPELINE_CHUNKS = 16  # chunks in flight while uploading (2 MiB)
 ACK_WAIT_SECONDS = 5.0
@@ -66,6 +68,7 @@ def _bucket_full(exc: BaseException) -> bool:
 class StoredObject(msgspec.Struct, frozen=True):
     size: int
     sha256: str  # hex
+    nuid: str  # the object's chunks are on $O.<bucket>.C.<nuid>
 
 
 class UploadStopped(Exception):
@@ -117,11 +120,15 @@ async def put_file(
     source: IO[bytes],
     size: int,
     should_stop: Callable[[], bool],
+    replaces: str | None = None,
 ) -> StoredObject:
     """Store the first ``size`` bytes of ``source`` (a seekable binary file) as ``object_name``.
 
     Transient NATS errors start the object again from the file's start, for as long as
     ``should_stop()`` is false (then :class:`UploadStopped`); a permanent one raises.
+    ``replaces``: the nuid of the content this one replaces, kept in the description (the
+    ``Jobrunner-Replaces`` header) so that the next upload of the name can purge it should the
+    purge scheduled now never run (the API killed before it).
     """
     failures = 0
     while True:
@@ -135,7 +142,7 @@ async def put_file(
             # comes), while a plain publish raises the refusal, which tells a full bucket from
             # NATS being away.
             return await _put_once(
-                js, names, object_name, source, size, nuid, should_stop, failures == 0
+                js, names, object_name, source, size, nuid, should_stop, failures == 0, replaces
             )
         except UploadStopped:
             purge_later(js, names, nuid)
@@ -163,6 +170,7 @@ async def _put_once(
     nuid: str,
     should_stop: Callable[[], bool],
     pipelined: bool,
+    replaces: str | None,
 ) -> StoredObject:
     subject = _chunk_subject(names, nuid)
     digest = hashlib.sha256()
@@ -199,6 +207,7 @@ async def _put_once(
         mtime=datetime.now(UTC).isoformat(),
         digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
         options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+        headers={REPLACES_HEADER: [replaces]} if replaces else None,
     )
     description = json.dumps(info.as_dict()).encode()
     # The description replaces any earlier one of the same name (rollup).
@@ -210,7 +219,7 @@ async def _put_once(
         headers=meta_headers,
         timeout=ACK_WAIT_SECONDS,
     )
-    return StoredObject(size=total, sha256=digest.hexdigest())
+    return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid)
 
 
 _PURGES: set[asyncio.Task[None]] = set()
@@ -235,6 +244,78 @@ async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = 
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return
             await asyncio.sleep(retry.delay_after(attempt + 1, longest=5.0))
+
+
+_REPLACED_PURGES: dict[str, asyncio.Task[None]] = {}
+
+
+def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
+    """In the background: the chunks of replaced content go once nobody can be reading them.
+
+    A download reads through a consumer of its own filtered on the content's chunk subject
+    (``read_chunks``), which lives on the server: whichever API process serves it, and gone by
+    itself within its inactive threshold should that process die. So the purge waits ``grace``
+    (longer than a download takes from reading the description to its consumer's creation: a
+    download that read the old description has its consumer by then), then for as long as any
+    consumer of the bucket reads that subject, and only then purges. A download that started on
+    the old content thus ends whole; one that starts later reads the new description.
+    Should this process die first, the next upload of the name purges it (``replaced_by``);
+    otherwise it stays until the bucket's max age."""
+    if nuid in _REPLACED_PURGES:
+        return  # already waiting here
+    task = asyncio.get_running_loop().create_task(_purge_when_unread(js, names, nuid, grace))
+    _REPLACED_PURGES[nuid] = task
+    task.add_done_callback(lambda _: _REPLACED_PURGES.pop(nuid, None))
+
+
+async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
+    subject = _chunk_subject(names, nuid)
+    while True:
+        await asyncio.sleep(grace)
+        try:
+            if not await _being_read(js, names, subject):
+                break
+        except Exception as exc:  # NATS away: ask again after the next wait
+            log.warning("artifact readers not listed", nuid=nuid, error=repr(exc))
+    await _purge(js, names, nuid, patient=True)
+
+
+async def _being_read(js: JetStreamContext, names: Names, subject: str) -> bool:
+    """Whether any consumer of the bucket reads ``subject`` (all pages of the list)."""
+    offset = 0
+    while True:
+        page = await js.consumers_info(stream_name(names), offset=offset)
+        if any(_reads(consumer, subject) for consumer in page):
+            return True
+        if not page:
+            return False
+        offset += len(page)
+
+
+def _reads(consumer: api.ConsumerInfo, subject: str) -> bool:
+    config = consumer.config
+    return config.filter_subject == subject or subject in (config.filter_subjects or [])
+
+
+def replaced_by(info: api.ObjectInfo) -> str | None:
+    """The nuid of the content ``info``'s object replaced (its ``Jobrunner-Replaces`` header)."""
+    found = (info.headers or {}).get(REPLACES_HEADER)
+    if isinstance(found, list):
+        found = found[0] if found else None
+    return found if isinstance(found, str) and found else None
+
+
+def sha256_of(info: api.ObjectInfo) -> str | None:
+    """The object's SHA-256 in hex, from its description's ``SHA-256=<base64url>`` digest
+    (``None`` when it has none: an object another client wrote may not)."""
+    algorithm, _, encoded = (info.digest or "").partition("=")
+    if algorithm.upper() != "SHA-256" or not encoded:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 32 else None
 
 
 async def object_info(js: JetStreamContext, names: Names, object_name: str) -> api.ObjectInfo:

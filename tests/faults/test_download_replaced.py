@@ -102,18 +102,11 @@ async def test_a_download_says_the_truth_of_the_bytes_it_serves_while_the_listin
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the replaced content's chunks are purged as soon as the new description is written "
-    "(artifactupload.store_upload: purge_later(previous)); a download of the old content in "
-    "flight then finds its remaining chunks gone and is cut (within artifact_read_idle_seconds "
-    "since the fix in read_chunks; before it, it could hang for minutes): never a mix, but "
-    "not whole. Needs the purge of replaced content held back while downloads of it may run; "
-    "not a small change.",
-)
 async def test_a_download_in_flight_when_the_name_is_sent_again_is_whole(
     cluster: FaultCluster,
 ) -> None:
+    """The old content's chunks are purged only once no download reads them
+    (``artifactstore.purge_when_unread``): a download that began on them ends whole."""
     old, new = bytes(range(256)) * (64 * 1024), b"n" * MIB  # 16 MiB, 1 MiB
     async with cluster.client() as client:
         job = await _running_job(client)
