@@ -3,8 +3,8 @@ size of the bytes the bucket serves.
 
 The bucket keeps the description written last; the listing, the ``ArtifactStored`` projected
 last. The interleaving that parts them (upload A's description, then B's description and event,
-then A's event) is forced by holding A's event until B has answered; the rounds without a hold
-let the two race as they will.
+then A's event) is forced by holding A's event until B has answered. (Rounds of two uploads at
+once without a hold, 4 x 3, found no mismatch on main: not kept.)
 """
 
 from __future__ import annotations
@@ -84,23 +84,6 @@ async def test_the_upload_whose_event_comes_last_but_description_first_is_not_li
         f"the listing names {'the first' if sha256 == _sha(first) else 'other'} upload's bytes, "
         "not those served"
     )
-
-
-@pytest.mark.parametrize("round_", range(4))
-async def test_two_uploads_of_one_name_at_once_leave_the_listing_true(
-    system: System, round_: int
-) -> None:
-    """No hold: two worker clients send different bytes under one name at once, three times."""
-    async with system.client() as client:
-        job = await start_external(client, file="a.pdf")
-        async with worker_client(system.base_url) as one, worker_client(system.base_url) as two:
-            await job.report_when_held(one, progress=10)
-            for attempt in range(3):
-                bodies = [bytes([65 + round_, attempt, n]) * (150_000 + n) for n in range(2)]
-                await asyncio.gather(_put(one, job, bodies[0]), _put(two, job, bodies[1]))
-            await job.report(one, result={})
-        (sha256, size), served = await _listing_and_bytes(client, job)
-    assert (sha256, size) == (_sha(served), len(served))
 
 
 async def test_content_sent_again_after_other_content_is_listed(system: System) -> None:
