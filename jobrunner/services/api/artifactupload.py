@@ -191,9 +191,10 @@ async def _announce_what_is_served(
     dropped as a duplicate of another upload's.)
     """
     announced = ours
+    deadline = time.monotonic() + UPLOAD_PATIENCE_SECONDS
     while True:
         try:
-            served = await artifactstore.object_info(ctx.js, ctx.names, object_name)
+            served = await _served(ctx, object_name, deadline)
         except artifactstore.ObjectMissing:
             return
         sha256 = artifactstore.sha256_of(served)
@@ -209,3 +210,20 @@ async def _announce_what_is_served(
             by=ours,
         )
         announced = served.nuid
+
+
+async def _served(ctx: ApiContext, object_name: str, deadline: float) -> api.ObjectInfo:
+    """The object's description, asked again while NATS does not answer, until ``deadline``
+    (then the error: the worker is told to send the file again, and that upload announces what
+    is served)."""
+    failures = 0
+    while True:
+        try:
+            return await artifactstore.object_info(ctx.js, ctx.names, object_name)
+        except artifactstore.ObjectMissing:
+            raise
+        except Exception as exc:
+            failures += 1
+            if not retry.is_transient(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(retry.delay_after(failures))
