@@ -188,3 +188,43 @@ async def test_the_api_killed_before_its_purge_leaves_it_to_the_next_upload(
         served = await client.get(path)
         await job.report(client, report_id="end", result={})
     assert served.content == third
+
+
+@pytest.mark.parametrize("pause", [4.0, 7.0], ids=["4s-below-request", "7s-above-request"])
+async def test_nats_paused_where_the_purge_lists_readers(
+    cluster: FaultCluster, js: JetStreamContext, pause: float
+) -> None:
+    """NATS paused from 1 s before the purge's grace ends (10 s after the upload), so the
+    purge's request for the consumers (nats-py's 5 s) waits in it: 4 s, answered (no "not
+    listed"); 7 s, timed out, asked again after another grace. Either way a download held across
+    it ends whole and the old chunks go afterwards."""
+    names = Names(cluster.settings.prefix)
+    old, new = bytes(range(256)) * (64 * 1024), b"n" * MIB
+    api = cluster.services["api"]
+    async with cluster.client() as client:
+        job = await _running_job(client)
+        await _upload(client, job, old)
+        old_nuid = await _nuid(js, names, job)
+        path = f"/api/jobs/{job.id}/artifacts/{NAME}"
+        hold, started = asyncio.Event(), asyncio.Event()
+        reader = asyncio.create_task(_held_download(cluster.base_url, path, hold, started))
+        await started.wait()
+        unlisted = api.log_count("artifact readers not listed")
+        await _upload(client, job, new)
+        await asyncio.sleep(READ_IDLE - 1.0)
+        cluster.pause_nats()
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            cluster.resume_nats()
+        hold.set()
+        body = await asyncio.wait_for(reader, 60)
+        async with asyncio.timeout(READ_IDLE * 4):
+            while await _any_chunks(js, names, old_nuid):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # the purge runs in the API: poll the bucket
+        served = await client.get(path)
+        await job.report(client, report_id="end", result={})
+    assert isinstance(body, bytes), body
+    assert body == old
+    assert served.content == new
+    assert api.log_count("artifact readers not listed") - unlisted == (1 if pause > 5 else 0)
