@@ -14,11 +14,14 @@ import hashlib
 from typing import Any
 
 import msgspec
+import nats
+import nats.js.errors
 import pytest
 
-from jobrunner.common import eventstore
+from jobrunner.common import artifactstore, eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
 from tests.external_support import EXTERNAL_TYPES, ExternalJob, start_external, worker_client
 from tests.system import System
 from tests.tools.runners import wait_status
@@ -28,7 +31,10 @@ NAME = "result.bin"
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=EXTERNAL_TYPES)
+    # A short grace before replaced content is purged (artifact_read_idle_seconds).
+    return msgspec.structs.replace(
+        settings, job_types_file=EXTERNAL_TYPES, artifact_read_idle_seconds=2.0
+    )
 
 
 def _sha(data: bytes) -> str:
@@ -99,3 +105,56 @@ async def test_content_sent_again_after_other_content_is_listed(system: System) 
         (sha256, size), served = await _listing_and_bytes(client, job)
     assert served == first
     assert (sha256, size) == (_sha(first), len(first))
+
+
+async def test_the_content_whose_description_lost_is_purged(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both uploads read the name's description before either wrote its own (B is held before
+    its chunks go out until A's description is written): B's description wins, and it names
+    only the content before both as the one it replaced. A's chunks must still go: A, seeing B's
+    object served, purges its own (after the grace, no download reading it)."""
+    first, second = b"A" * 300_000, b"B" * 200_000
+    a_written, release = asyncio.Event(), asyncio.Event()
+    a_nuid: list[str] = []
+    publish, put_file = eventstore.publish, artifactstore.put_file
+
+    async def publish_holding_the_first(js: Any, names: Any, event: Any, **kwargs: Any) -> Any:
+        if isinstance(event, events.ArtifactStored) and event.sha256 == _sha(first):
+            a_nuid.append(event.event_id.rsplit("-", 1)[1])
+            a_written.set()
+            await release.wait()
+        return await publish(js, names, event, **kwargs)
+
+    async def put_file_holding_the_second(*args: Any, **kwargs: Any) -> Any:
+        if args[4] == len(second):
+            await a_written.wait()  # B read the description before A wrote its own
+        return await put_file(*args, **kwargs)
+
+    monkeypatch.setattr(eventstore, "publish", publish_holding_the_first)
+    monkeypatch.setattr(artifactstore, "put_file", put_file_holding_the_second)
+    nc = await nats.connect(system.settings.nats_url)
+    try:
+        async with system.client() as client, worker_client(system.base_url) as worker:
+            job = await start_external(client, file="a.pdf")
+            await job.report_when_held(worker, progress=10)
+            upload_b = asyncio.create_task(_put(worker, job, second))
+            upload_a = asyncio.create_task(_put(worker, job, first))
+            await asyncio.wait_for(upload_b, 30)
+            release.set()
+            await asyncio.wait_for(upload_a, 30)
+            names = Names(system.settings.prefix)
+            subject = f"$O.{names.artifacts_bucket}.C.{a_nuid[0]}"
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        await nc.jetstream().get_last_msg(artifactstore.stream_name(names), subject)
+                    except nats.js.errors.NotFoundError:
+                        break
+                    await asyncio.sleep(0.2)  # the purge runs in the API's background
+            await job.report(worker, result={})
+            (sha256, _), served = await _listing_and_bytes(client, job)
+    finally:
+        await nc.close()
+    assert served == second
+    assert sha256 == _sha(second)

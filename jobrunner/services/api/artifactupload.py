@@ -200,6 +200,12 @@ async def _announce_what_is_served(
         sha256 = artifactstore.sha256_of(served)
         if served.nuid == announced or sha256 is None:
             return
+        if announced == ours:
+            # Our content was replaced already (by an upload that may have read the one before
+            # ours as the content it replaced): its chunks go like replaced content's.
+            artifactstore.purge_when_unread(
+                ctx.js, ctx.names, ours, ctx.settings.artifact_read_idle_seconds
+            )
         await _announce(
             ctx,
             job_id,
