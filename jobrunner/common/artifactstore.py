@@ -223,6 +223,12 @@ async def _put_once(
 
 
 _PURGES: set[asyncio.Task[None]] = set()
+_OWNERS: dict[asyncio.Task[None], JetStreamContext] = {}  # every purge task: whose connection
+
+
+def _own(js: JetStreamContext, task: asyncio.Task[None]) -> None:
+    _OWNERS[task] = js
+    task.add_done_callback(lambda done: _OWNERS.pop(done, None))
 
 
 def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
@@ -231,65 +237,127 @@ def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     task = asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
+    _own(js, task)
+
+
+async def stop_purges(js: JetStreamContext) -> None:
+    """Cancel the purges still waiting on ``js`` (its connection is about to close: they could
+    only fail from now on) and wait until they have stopped. What they leave: see
+    ``purge_when_unread``."""
+    tasks = [task for task, owner in list(_OWNERS.items()) if owner is js]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+PURGE_ATTEMPTS = 60  # NATS failures in a row before a purge gives up (a minute or more)
 
 
 async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> None:
     """Remove the chunks of an attempt that got no description (or of an object replaced)."""
-    for attempt in range(60 if patient else 1):
+    for attempt in range(PURGE_ATTEMPTS if patient else 1):
         try:
             await js.purge_stream(stream_name(names), subject=_chunk_subject(names, nuid))
             return
         except Exception as exc:
-            if not patient or not retry.is_transient(exc):
+            if not patient or _for_good(exc):
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return
             await asyncio.sleep(retry.delay_after(attempt + 1, longest=5.0))
 
 
+def _for_good(exc: BaseException) -> bool:
+    """A purge's request that will never pass: a permanent error, or the connection closed (for
+    a request, which may meet a reconnecting one, that is transient; a background task on a
+    closed connection would only fail again)."""
+    return isinstance(exc, nats.errors.ConnectionClosedError) or not retry.is_transient(exc)
+
+
 _REPLACED_PURGES: dict[str, asyncio.Task[None]] = {}
+# The longest a download takes from reading a description to its consumer's creation: one
+# JetStream request (nats-py's 5 s timeout) and a margin for the event loop.
+DESCRIPTION_TO_CONSUMER_SECONDS = 6.0
+
+
+def replaced_grace(idle_seconds: float) -> float:
+    """How long replaced content is kept at least: a download that read its description has
+    created its consumer by then (and ``idle_seconds`` at least, as before)."""
+    return max(idle_seconds, DESCRIPTION_TO_CONSUMER_SECONDS)
 
 
 def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
     """In the background: the chunks of replaced content go once nobody can be reading them.
 
     A download reads through a consumer of its own filtered on the content's chunk subject
-    (``read_chunks``), which lives on the server: whichever API process serves it, and gone by
+    (``read_chunks``; the ZIP archive makes one for every member before its first byte,
+    ``guard_reads``), which lives on the server: whichever API process serves it, and gone by
     itself within its inactive threshold should that process die. So the purge waits ``grace``
-    (longer than a download takes from reading the description to its consumer's creation: a
-    download that read the old description has its consumer by then), then for as long as any
-    consumer of the bucket reads that subject, and only then purges. A download that started on
-    the old content thus ends whole; one that starts later reads the new description.
-    Should this process die first, the next upload of the name purges it (``replaced_by``);
-    otherwise it stays until the bucket's max age."""
+    (``replaced_grace``: longer than a download takes from reading the description to its
+    consumer's creation, so a download that read the old description has its consumer by then),
+    then for as long as any consumer of the bucket filters on that subject, and only then
+    purges. A download that started on the old content thus ends whole; one that starts later
+    reads the new description. Consumers with no filter or a wildcard one are not seen as
+    readers (jobrunner makes none on the bucket).
+    Stops when the consumers cannot be listed for good (a permanent error, the connection
+    closed) or ``PURGE_ATTEMPTS`` times in a row, and at the API's shutdown (``stop_purges``);
+    what it leaves, like content whose purge died with its API process, the next upload of the
+    name purges (``replaced_nuid``), else the bucket's max age."""
     if nuid in _REPLACED_PURGES:
         return  # already waiting here
     task = asyncio.get_running_loop().create_task(_purge_when_unread(js, names, nuid, grace))
     _REPLACED_PURGES[nuid] = task
     task.add_done_callback(lambda _: _REPLACED_PURGES.pop(nuid, None))
+    _own(js, task)
 
 
 async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
     subject = _chunk_subject(names, nuid)
+    failures = 0
     while True:
         await asyncio.sleep(grace)
+        log.info("artifact readers looked for", nuid=nuid)
         try:
             if not await _being_read(js, names, subject):
                 break
-        except Exception as exc:  # NATS away: ask again after the next wait
+            failures = 0
+        except Exception as exc:
+            failures += 1
+            if _for_good(exc) or failures >= PURGE_ATTEMPTS:
+                log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
+                return
             log.warning("artifact readers not listed", nuid=nuid, error=repr(exc))
     await _purge(js, names, nuid, patient=True)
 
 
+LIST_SCANS = 5  # scans of the consumer list before one that nothing changed under is given up
+
+
 async def _being_read(js: JetStreamContext, names: Names, subject: str) -> bool:
-    """Whether any consumer of the bucket reads ``subject`` (all pages of the list)."""
-    offset = 0
-    while True:
-        page = await js.consumers_info(stream_name(names), offset=offset)
-        if any(_reads(consumer, subject) for consumer in page):
-            return True
-        if not page:
+    """Whether any consumer of the bucket reads ``subject``.
+
+    The list comes in pages by offset: a consumer deleted between two pages moves a later one
+    onto the page already read, which would be missed. So a scan counts only when the bucket's
+    consumer count is the same before and after it and equals the consumers seen; else it is
+    scanned again (one page is always whole). No reader of ``subject`` is created after the
+    grace, so a miss needs a deletion and a creation of other consumers between the same two
+    pages of one scan (more than 256 consumers). Never clean within ``LIST_SCANS``: read."""
+    for _ in range(LIST_SCANS):
+        count = (await js.stream_info(stream_name(names))).state.consumer_count
+        seen = pages = 0
+        while True:
+            page = await js.consumers_info(stream_name(names), offset=seen)
+            if any(_reads(consumer, subject) for consumer in page):
+                return True
+            if not page:
+                break
+            seen += len(page)
+            pages += 1
+        if pages <= 1:
+            return False  # one page: nothing could move between pages
+        after = (await js.stream_info(stream_name(names))).state.consumer_count
+        if count == after == seen:
             return False
-        offset += len(page)
+    return True
 
 
 def _reads(consumer: api.ConsumerInfo, subject: str) -> bool:
@@ -297,7 +365,7 @@ def _reads(consumer: api.ConsumerInfo, subject: str) -> bool:
     return config.filter_subject == subject or subject in (config.filter_subjects or [])
 
 
-def replaced_by(info: api.ObjectInfo) -> str | None:
+def replaced_nuid(info: api.ObjectInfo) -> str | None:
     """The nuid of the content ``info``'s object replaced (its ``Jobrunner-Replaces`` header)."""
     found = (info.headers or {}).get(REPLACES_HEADER)
     if isinstance(found, list):
@@ -349,7 +417,7 @@ async def read_chunks(
             deliver_policy=api.DeliverPolicy.ALL,
             mem_storage=True,
             # Gone by itself should this API process die mid-download.
-            inactive_threshold=max(30.0, idle_seconds * 3),
+            inactive_threshold=_inactive_threshold(idle_seconds),
         ),
     )
     try:
@@ -382,6 +450,74 @@ async def read_chunks(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(_drop_consumer(js, names, sub))
+
+
+READER_INACTIVE_SECONDS = 30.0  # a reader's consumer outlives a dead API process this long
+
+
+def _inactive_threshold(idle_seconds: float) -> float:
+    return max(READER_INACTIVE_SECONDS, idle_seconds * 3)
+
+
+class ReadGuards:
+    """Consumers that mark content as read before its download gets to it: the ZIP archive
+    reads its members one after the other, possibly for longer than the grace of a member's
+    replaced content (``purge_when_unread``), so each member gets a guard when its description
+    is read, kept until the archive ends.
+
+    A guard is a pull consumer filtered on the member's chunk subject that delivers only chunks
+    stored after it (none ever come: each object has a subject of its own), so it holds nothing.
+    A pull consumer the server sees no request from for its inactive threshold goes, so while
+    the archive streams (``kept``) each guard is asked for a chunk every third of it; should
+    this API process die, its guards go within the threshold like any reader's consumer."""
+
+    def __init__(self, js: JetStreamContext, names: Names, idle_seconds: float) -> None:
+        self._js = js
+        self._names = names
+        self._threshold = _inactive_threshold(idle_seconds)
+        self._subs: list[JetStreamContext.PullSubscription] = []
+
+    async def add(self, info: api.ObjectInfo) -> None:
+        self._subs.append(
+            await self._js.pull_subscribe(
+                _chunk_subject(self._names, info.nuid),
+                stream=stream_name(self._names),
+                config=api.ConsumerConfig(
+                    ack_policy=api.AckPolicy.NONE,
+                    deliver_policy=api.DeliverPolicy.NEW,
+                    mem_storage=True,
+                    inactive_threshold=self._threshold,
+                ),
+            )
+        )
+
+    async def kept(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``stream``'s bytes, the guards kept while it runs and dropped when it ends."""
+        keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+        try:
+            async for part in stream:
+                yield part
+        finally:
+            keeper.cancel()
+            try:
+                await asyncio.gather(keeper, return_exceptions=True)
+            finally:
+                await self.drop()
+
+    async def drop(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_drop_consumer(self._js, self._names, sub))
+
+    async def _keep_alive(self) -> None:
+        interval = self._threshold / 3
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.gather(
+                *(sub.fetch(1, timeout=min(1.0, interval / 2)) for sub in self._subs),
+                return_exceptions=True,  # the expected timeout; NATS away: next time
+            )
 
 
 async def _drop_consumer(

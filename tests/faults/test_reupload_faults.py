@@ -194,10 +194,11 @@ async def test_the_api_killed_before_its_purge_leaves_it_to_the_next_upload(
 async def test_nats_paused_where_the_purge_lists_readers(
     cluster: FaultCluster, js: JetStreamContext, pause: float
 ) -> None:
-    """NATS paused from 1 s before the purge's grace ends (10 s after the upload), so the
-    purge's request for the consumers (nats-py's 5 s) waits in it: 4 s, answered (no "not
-    listed"); 7 s, timed out, asked again after another grace. Either way a download held across
-    it ends whole and the old chunks go afterwards."""
+    """NATS paused from 2 s before the purge's grace ends (10 s after the upload) until 4 s or
+    7 s after the purge logs that it looks for readers, so its request for the consumers
+    (nats-py's 5 s) waits in the pause: 4 s, answered (no "not listed"); 7 s, timed out, asked
+    again after another grace. Either way a download held across it ends whole and the old
+    chunks go afterwards."""
     names = Names(cluster.settings.prefix)
     old, new = bytes(range(256)) * (64 * 1024), b"n" * MIB
     api = cluster.services["api"]
@@ -210,10 +211,17 @@ async def test_nats_paused_where_the_purge_lists_readers(
         reader = asyncio.create_task(_held_download(cluster.base_url, path, hold, started))
         await started.wait()
         unlisted = api.log_count("artifact readers not listed")
+        looked = api.log_count("artifact readers looked for")
         await _upload(client, job, new)
-        await asyncio.sleep(READ_IDLE - 1.0)
+        await asyncio.sleep(READ_IDLE - 2.0)
+        assert api.log_count("artifact readers looked for") == looked, "looked before the pause"
         cluster.pause_nats()
         try:
+            # The pause is timed from the purge's request (the API logs it just before; the
+            # API runs while NATS is paused), not from the test's own clock.
+            async with asyncio.timeout(10):
+                while api.log_count("artifact readers looked for") == looked:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the API's log file
             await asyncio.sleep(pause)
         finally:
             cluster.resume_nats()

@@ -128,10 +128,13 @@ async def store_upload(
     if previous is not None:
         # The same name sent again: the earlier content's chunks go once no download reads them
         # (and the content that one replaced, should its purge have died with its API process).
-        for replaced in (previous.nuid, artifactstore.replaced_by(previous)):
+        for replaced in (previous.nuid, artifactstore.replaced_nuid(previous)):
             if replaced is not None:
                 artifactstore.purge_when_unread(
-                    ctx.js, ctx.names, replaced, ctx.settings.artifact_read_idle_seconds
+                    ctx.js,
+                    ctx.names,
+                    replaced,
+                    artifactstore.replaced_grace(ctx.settings.artifact_read_idle_seconds),
                 )
     content_type = artifactnames.content_type(name)
     await _announce(ctx, job_id, name, object_name, content_type, stored, by=stored.nuid)
@@ -204,7 +207,10 @@ async def _announce_what_is_served(
             # Our content was replaced already (by an upload that may have read the one before
             # ours as the content it replaced): its chunks go like replaced content's.
             artifactstore.purge_when_unread(
-                ctx.js, ctx.names, ours, ctx.settings.artifact_read_idle_seconds
+                ctx.js,
+                ctx.names,
+                ours,
+                artifactstore.replaced_grace(ctx.settings.artifact_read_idle_seconds),
             )
         await _announce(
             ctx,

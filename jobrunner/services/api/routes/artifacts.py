@@ -211,7 +211,19 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     if not rows:
         raise ApiError(404, "NO_ARTIFACTS", f"Job {job_id!r} has no artifacts.")
     # Looked up before the first byte: a missing object answers an error, not a cut archive.
-    infos = {row["name"]: await _object(ctx, job_id, row) for row in rows}
+    # Each member is marked as read as soon as its description is (a guard consumer): a name
+    # sent again while earlier members stream keeps its old content until the archive ends.
+    guards = artifactstore.ReadGuards(ctx.js, ctx.names, ctx.settings.artifact_read_idle_seconds)
+    infos: dict[str, api.ObjectInfo] = {}
+    try:
+        for row in rows:
+            infos[row["name"]] = info = await _object(ctx, job_id, row)
+            await guards.add(info)
+    except BaseException as exc:
+        await guards.drop()
+        if isinstance(exc, Exception) and not isinstance(exc, ApiError):
+            raise _unavailable(exc) from None  # a guard not created: NATS away
+        raise
     members = [Member(r["name"], infos[r["name"]].size or 0, r["stored_at"]) for r in rows]
     filename = artifactnames.download_filename(f"{job['job_type']}-{job_id}-artifacts") + ".zip"
 
@@ -219,7 +231,7 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
         return _chunks(ctx, infos[member.name])
 
     return Stream(
-        zip_stream(members, contents),
+        guards.kept(zip_stream(members, contents)),
         media_type="application/zip",
         headers={**_DOWNLOAD_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'},
     )
