@@ -91,8 +91,9 @@ async def test_an_archive_in_flight_when_a_later_member_is_sent_again_is_whole(
 async def test_a_member_waits_longer_than_its_guards_inactive_threshold(
     system: System, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """a.bin read slowly (1 MiB/s: 16 s) with the guards' inactive threshold at 6 s (3 x the
-    idle limit): the archive asks each guard for a chunk every third of it, so b.bin's guard
-    outlasts the threshold and its old chunks are there when the archive gets to them."""
-    monkeypatch.setattr(artifactstore, "READER_INACTIVE_SECONDS", 0.0)
+    """a.bin read slowly (1 MiB/s: 16 s, the server ahead by what the sockets buffer) with
+    consumers' inactive threshold at 3 s: the archive asks its guard for a chunk every third of
+    it, so the guard outlasts the threshold, and b.bin's old chunks (purged at the grace, 6 s,
+    were nobody reading them) are there when the archive gets to them."""
+    monkeypatch.setattr(artifactstore, "_inactive_threshold", lambda idle_seconds: 3.0)
     await _archive_while_b_is_sent_again(system, hold=0.0, bytes_per_second=MIB)

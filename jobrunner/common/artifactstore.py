@@ -459,40 +459,60 @@ def _inactive_threshold(idle_seconds: float) -> float:
     return max(READER_INACTIVE_SECONDS, idle_seconds * 3)
 
 
-class ReadGuards:
-    """Consumers that mark content as read before its download gets to it: the ZIP archive
-    reads its members one after the other, possibly for longer than the grace of a member's
-    replaced content (``purge_when_unread``), so each member gets a guard when its description
-    is read, kept until the archive ends.
+GUARD_UPDATE_SECONDS = 1.0  # the longest a read description waits for its guard
 
-    A guard is a pull consumer filtered on the member's chunk subject that delivers only chunks
-    stored after it (none ever come: each object has a subject of its own), so it holds nothing.
-    A pull consumer the server sees no request from for its inactive threshold goes, so while
-    the archive streams (``kept``) each guard is asked for a chunk every third of it; should
-    this API process die, its guards go within the threshold like any reader's consumer."""
+
+class ReadGuards:
+    """A consumer that marks content as read before its download gets to it: the ZIP archive
+    reads its members one after the other, possibly for longer than the grace of a member's
+    replaced content (``purge_when_unread``), so each member's chunk subject is added to the
+    archive's guard as its description is read, and the guard is kept until the archive ends.
+
+    One consumer per archive, whatever its members (the bucket's stream holds the server's
+    default number of consumers): filtered on the members' chunk subjects, created at the first
+    description and updated with the subjects read since at most every ``GUARD_UPDATE_SECONDS``
+    and once all are read (well within the grace). It delivers only chunks stored after it (none
+    ever come: each object has subjects of its own), so it holds nothing. A pull consumer the
+    server sees no request from for its inactive threshold goes, so while the archive streams
+    (``kept``) the guard is asked for a chunk every third of it; should this API process die,
+    the guard goes within the threshold like any reader's consumer."""
 
     def __init__(self, js: JetStreamContext, names: Names, idle_seconds: float) -> None:
         self._js = js
         self._names = names
         self._threshold = _inactive_threshold(idle_seconds)
-        self._subs: list[JetStreamContext.PullSubscription] = []
+        self._name = f"guard-{uuid.uuid4().hex}"
+        self._subjects: list[str] = []
+        self._guarded = 0  # subjects the consumer on the server filters on
+        self._updated_at = 0.0
+        self._sub: JetStreamContext.PullSubscription | None = None
 
     async def add(self, info: api.ObjectInfo) -> None:
-        self._subs.append(
-            await self._js.pull_subscribe(
-                _chunk_subject(self._names, info.nuid),
-                stream=stream_name(self._names),
-                config=api.ConsumerConfig(
-                    ack_policy=api.AckPolicy.NONE,
-                    deliver_policy=api.DeliverPolicy.NEW,
-                    mem_storage=True,
-                    inactive_threshold=self._threshold,
-                ),
-            )
+        """Guard ``info``'s content (now, or with the next update within a second)."""
+        self._subjects.append(_chunk_subject(self._names, info.nuid))
+        if time.monotonic() - self._updated_at >= GUARD_UPDATE_SECONDS:
+            await self.update()
+
+    async def update(self) -> None:
+        """The consumer made, or brought up to every subject added."""
+        if self._guarded == len(self._subjects):
+            return
+        await self._js.add_consumer(
+            stream_name(self._names),
+            config=api.ConsumerConfig(
+                name=self._name,
+                filter_subjects=list(self._subjects),
+                ack_policy=api.AckPolicy.NONE,
+                deliver_policy=api.DeliverPolicy.NEW,
+                mem_storage=True,
+                inactive_threshold=self._threshold,
+            ),
         )
+        self._guarded = len(self._subjects)
+        self._updated_at = time.monotonic()
 
     async def kept(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``stream``'s bytes, the guards kept while it runs and dropped when it ends."""
+        """``stream``'s bytes, the guard kept while it runs and dropped when it ends."""
         keeper = asyncio.get_running_loop().create_task(self._keep_alive())
         try:
             async for part in stream:
@@ -505,19 +525,29 @@ class ReadGuards:
                 await self.drop()
 
     async def drop(self) -> None:
-        subs, self._subs = self._subs, []
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(_drop_consumer(self._js, self._names, sub))
+        if not self._guarded:
+            return
+        self._guarded = 0
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._drop())
+
+    async def _drop(self) -> None:
+        async with asyncio.timeout(ACK_WAIT_SECONDS):
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+            await self._js.delete_consumer(stream_name(self._names), self._name)
 
     async def _keep_alive(self) -> None:
         interval = self._threshold / 3
         while True:
             await asyncio.sleep(interval)
-            await asyncio.gather(
-                *(sub.fetch(1, timeout=min(1.0, interval / 2)) for sub in self._subs),
-                return_exceptions=True,  # the expected timeout; NATS away: next time
-            )
+            # The expected answer is a timeout (nothing to deliver); NATS away: next time.
+            with contextlib.suppress(Exception):
+                if self._sub is None:
+                    self._sub = await self._js.pull_subscribe_bind(
+                        consumer=self._name, stream=stream_name(self._names)
+                    )
+                await self._sub.fetch(1, timeout=min(1.0, interval / 2))
 
 
 async def _drop_consumer(
