@@ -289,8 +289,8 @@ def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: floa
     """In the background: the chunks of replaced content go once nobody can be reading them.
 
     A download reads through a consumer of its own filtered on the content's chunk subject
-    (``read_chunks``; the ZIP archive makes one for every member before its first byte,
-    ``guard_reads``), which lives on the server: whichever API process serves it, and gone by
+    (``read_chunks``; the ZIP archive guards every member from its description on,
+    ``ReadGuards``), which lives on the server: whichever API process serves it, and gone by
     itself within its inactive threshold should that process die. So the purge waits ``grace``
     (``replaced_grace``: longer than a download takes from reading the description to its
     consumer's creation, so a download that read the old description has its consumer by then),
@@ -459,60 +459,53 @@ def _inactive_threshold(idle_seconds: float) -> float:
     return max(READER_INACTIVE_SECONDS, idle_seconds * 3)
 
 
-GUARD_UPDATE_SECONDS = 1.0  # the longest a read description waits for its guard
+GUARD_SUBJECTS = 100  # members one guard consumer filters on (the request stays small)
 
 
 class ReadGuards:
-    """A consumer that marks content as read before its download gets to it: the ZIP archive
+    """Consumers that mark content as read before its download gets to it: the ZIP archive
     reads its members one after the other, possibly for longer than the grace of a member's
-    replaced content (``purge_when_unread``), so each member's chunk subject is added to the
-    archive's guard as its description is read, and the guard is kept until the archive ends.
+    replaced content (``purge_when_unread``), so each member's chunk subject is added to one of
+    the archive's guards as soon as its description is read (one request, as a download's own
+    consumer: within the grace), and the guards are kept until the archive ends.
 
-    One consumer per archive, whatever its members (the bucket's stream holds the server's
-    default number of consumers): filtered on the members' chunk subjects, created at the first
-    description and updated with the subjects read since at most every ``GUARD_UPDATE_SECONDS``
-    and once all are read (well within the grace). It delivers only chunks stored after it (none
-    ever come: each object has subjects of its own), so it holds nothing. A pull consumer the
-    server sees no request from for its inactive threshold goes, so while the archive streams
-    (``kept``) the guard is asked for a chunk every third of it; should this API process die,
-    the guard goes within the threshold like any reader's consumer."""
+    A guard is a pull consumer filtered on up to ``GUARD_SUBJECTS`` members' chunk subjects (one
+    per member would spend the bucket stream's consumers, the server's default 1,000), updated
+    with each; it delivers only chunks stored after it (none ever come: each object has subjects
+    of its own), so it holds nothing. A pull consumer the server hears no request from for its
+    inactive threshold goes, so while the archive streams (``kept``) each guard is asked for a
+    chunk every third of it; should this API process die, the guards go within the threshold
+    like any reader's consumer."""
 
     def __init__(self, js: JetStreamContext, names: Names, idle_seconds: float) -> None:
         self._js = js
         self._names = names
         self._threshold = _inactive_threshold(idle_seconds)
-        self._name = f"guard-{uuid.uuid4().hex}"
-        self._subjects: list[str] = []
-        self._guarded = 0  # subjects the consumer on the server filters on
-        self._updated_at = 0.0
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._guards: dict[str, list[str]] = {}  # consumer name: the subjects it filters on
+        self._subs: list[JetStreamContext.PullSubscription] = []
 
     async def add(self, info: api.ObjectInfo) -> None:
-        """Guard ``info``'s content (now, or with the next update within a second)."""
-        self._subjects.append(_chunk_subject(self._names, info.nuid))
-        if time.monotonic() - self._updated_at >= GUARD_UPDATE_SECONDS:
-            await self.update()
-
-    async def update(self) -> None:
-        """The consumer made, or brought up to every subject added."""
-        if self._guarded == len(self._subjects):
-            return
+        """Guard ``info``'s content: its subject added to the newest guard (or a new one)."""
+        names = list(self._guards)
+        if not names or len(self._guards[names[-1]]) >= GUARD_SUBJECTS:
+            names.append(f"guard-{uuid.uuid4().hex}")
+        name = names[-1]
+        subjects = [*self._guards.get(name, []), _chunk_subject(self._names, info.nuid)]
         await self._js.add_consumer(
             stream_name(self._names),
             config=api.ConsumerConfig(
-                name=self._name,
-                filter_subjects=list(self._subjects),
+                name=name,
+                filter_subjects=subjects,
                 ack_policy=api.AckPolicy.NONE,
                 deliver_policy=api.DeliverPolicy.NEW,
                 mem_storage=True,
                 inactive_threshold=self._threshold,
             ),
         )
-        self._guarded = len(self._subjects)
-        self._updated_at = time.monotonic()
+        self._guards[name] = subjects
 
     async def kept(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``stream``'s bytes, the guard kept while it runs and dropped when it ends."""
+        """``stream``'s bytes, the guards kept while it runs and dropped when it ends."""
         keeper = asyncio.get_running_loop().create_task(self._keep_alive())
         try:
             async for part in stream:
@@ -525,17 +518,17 @@ class ReadGuards:
                 await self.drop()
 
     async def drop(self) -> None:
-        if not self._guarded:
-            return
-        self._guarded = 0
+        guards, self._guards = list(self._guards), {}
+        subs, self._subs = self._subs, []
         with contextlib.suppress(Exception):
-            await asyncio.shield(self._drop())
+            await asyncio.shield(self._drop(guards, subs))
 
-    async def _drop(self) -> None:
+    async def _drop(self, guards: list[str], subs: list[JetStreamContext.PullSubscription]) -> None:
         async with asyncio.timeout(ACK_WAIT_SECONDS):
-            if self._sub is not None:
-                await self._sub.unsubscribe()
-            await self._js.delete_consumer(stream_name(self._names), self._name)
+            for sub in subs:
+                await sub.unsubscribe()
+            for name in guards:
+                await self._js.delete_consumer(stream_name(self._names), name)
 
     async def _keep_alive(self) -> None:
         interval = self._threshold / 3
@@ -543,11 +536,17 @@ class ReadGuards:
             await asyncio.sleep(interval)
             # The expected answer is a timeout (nothing to deliver); NATS away: next time.
             with contextlib.suppress(Exception):
-                if self._sub is None:
-                    self._sub = await self._js.pull_subscribe_bind(
-                        consumer=self._name, stream=stream_name(self._names)
-                    )
-                await self._sub.fetch(1, timeout=min(1.0, interval / 2))
+                if not self._subs:
+                    self._subs = [
+                        await self._js.pull_subscribe_bind(
+                            consumer=name, stream=stream_name(self._names)
+                        )
+                        for name in self._guards
+                    ]
+                await asyncio.gather(
+                    *(sub.fetch(1, timeout=min(1.0, interval / 2)) for sub in self._subs),
+                    return_exceptions=True,
+                )
 
 
 async def _drop_consumer(

@@ -211,16 +211,14 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     if not rows:
         raise ApiError(404, "NO_ARTIFACTS", f"Job {job_id!r} has no artifacts.")
     # Looked up before the first byte: a missing object answers an error, not a cut archive.
-    # Each member is marked as read within a second of its description (the archive's guard
-    # consumer): a name sent again while earlier members stream keeps its old content until the
-    # archive ends.
+    # Each member is marked as read as soon as its description is read (a guard consumer): a
+    # name sent again while earlier members stream keeps its old content until the archive ends.
     guards = artifactstore.ReadGuards(ctx.js, ctx.names, ctx.settings.artifact_read_idle_seconds)
     infos: dict[str, api.ObjectInfo] = {}
     try:
         for row in rows:
             infos[row["name"]] = info = await _object(ctx, job_id, row)
             await guards.add(info)
-        await guards.update()
     except BaseException as exc:
         await guards.drop()
         if isinstance(exc, Exception) and not isinstance(exc, ApiError):
