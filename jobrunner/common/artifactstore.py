@@ -330,30 +330,32 @@ async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grac
 
 
 LIST_SCANS = 5  # scans of the consumer list before one that nothing changed under is given up
+LIST_PAGE = 256  # consumers the server sends a page of the list (JSApiListLimit)
 
 
 async def _being_read(js: JetStreamContext, names: Names, subject: str) -> bool:
     """Whether any consumer of the bucket reads ``subject``.
 
     The list comes in pages by offset: a consumer deleted between two pages moves a later one
-    onto the page already read, which would be missed. So a scan counts only when the bucket's
-    consumer count is the same before and after it and equals the consumers seen; else it is
-    scanned again (one page is always whole). No reader of ``subject`` is created after the
+    onto the page already read, which would be missed (even when the next page comes back
+    empty: 257 consumers, one deleted after the first page, the 257th is now at 255). So a scan
+    counts only when it is a single page shorter than the server's page (one reply: the whole
+    list at one moment), or the bucket's consumer count before it, after it and the consumers
+    seen all agree; else it is scanned again. No reader of ``subject`` is created after the
     grace, so a miss needs a deletion and a creation of other consumers between the same two
     pages of one scan (more than 256 consumers). Never clean within ``LIST_SCANS``: read."""
     for _ in range(LIST_SCANS):
         count = (await js.stream_info(stream_name(names))).state.consumer_count
-        seen = pages = 0
+        seen = 0
         while True:
             page = await js.consumers_info(stream_name(names), offset=seen)
             if any(_reads(consumer, subject) for consumer in page):
                 return True
+            if seen == 0 and len(page) < LIST_PAGE:
+                return False  # the whole list in one reply
             if not page:
                 break
             seen += len(page)
-            pages += 1
-        if pages <= 1:
-            return False  # one page: nothing could move between pages
         after = (await js.stream_info(stream_name(names))).state.consumer_count
         if count == after == seen:
             return False
