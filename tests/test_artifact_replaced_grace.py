@@ -1,8 +1,8 @@
 """The purge's grace is what covers a download that has read the old description but not yet
 created its consumer. Here the download's consumer creation is delayed (a slow step before
-read_chunks subscribes) just shorter and just longer than the grace: with
-artifact_read_idle_seconds at 2 s, ``replaced_grace`` keeps it at 6 s (one JetStream request of
-nats-py's 5 s, and a margin), so it holds at small idle settings."""
+read_chunks subscribes, timed from the re-upload's answer) just shorter and just longer than the
+grace: with artifact_read_idle_seconds at 2 s, ``replaced_grace`` keeps it at 6 s (one JetStream
+request of nats-py's 5 s, and a margin), so it holds at small idle settings."""
 
 from __future__ import annotations
 
@@ -35,11 +35,14 @@ async def test_a_download_between_description_and_consumer(
     system: System, monkeypatch: pytest.MonkeyPatch, delay: float, whole: bool
 ) -> None:
     old, new = bytes(range(256)) * (4 * 1024), b"n" * 100_000
-    described = asyncio.Event()
+    described, replaced = asyncio.Event(), asyncio.Event()
     real = artifactstore.read_chunks
 
     async def slow_to_subscribe(*args: Any, **kwargs: Any) -> Any:
         described.set()  # the route has read the old description
+        # The delay runs from the re-upload's answer: its purge (and grace) started before it,
+        # so "just longer" is longer than the grace however long the upload itself took.
+        await replaced.wait()
         await asyncio.sleep(delay)
         async for chunk in real(*args, **kwargs):
             yield chunk
@@ -65,6 +68,7 @@ async def test_a_download_between_description_and_consumer(
         reader = asyncio.create_task(download())
         await asyncio.wait_for(described.wait(), 30)
         assert (await worker.put(url, content=new, headers=headers)).status_code == 201
+        replaced.set()
         body = await asyncio.wait_for(reader, 60)
         await job.report(worker, result={})
     if whole:
