@@ -472,7 +472,7 @@ class ReadGuards:
     consumer: within the grace), and the guards are kept until the archive ends.
 
     A guard is a pull consumer filtered on up to ``GUARD_SUBJECTS`` members' chunk subjects (one
-    per member would spend the bucket stream's consumers, the server's default 1,000), updated
+    per member would spend the bucket stream's consumers, ``stream_max_consumers``), updated
     with each; it delivers only chunks stored after it (none ever come: each object has subjects
     of its own), so it holds nothing. A pull consumer the server hears no request from for its
     inactive threshold goes, so while the archive streams (``kept``) each guard is asked for a
