@@ -242,8 +242,9 @@ def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
 
 async def stop_purges(js: JetStreamContext) -> None:
     """Cancel the purges still waiting on ``js`` (its connection is about to close: they could
-    only fail from now on) and wait until they have stopped. What they leave: see
-    ``purge_when_unread``."""
+    only fail from now on) and wait until they have stopped. What a replaced content's purge
+    leaves: see ``purge_when_unread``. A ``purge_later``'s chunks are orphaned: no description
+    names them, so only the bucket's max age removes them."""
     tasks = [task for task, owner in list(_OWNERS.items()) if owner is js]
     for task in tasks:
         task.cancel()
@@ -275,7 +276,8 @@ def _for_good(exc: BaseException) -> bool:
 
 _REPLACED_PURGES: dict[str, asyncio.Task[None]] = {}
 # The longest a download takes from reading a description to its consumer's creation: one
-# JetStream request (nats-py's 5 s timeout) and a margin for the event loop.
+# JetStream request (nats-py's 5 s timeout) and a margin for the event loop (a heuristic: a
+# starved event loop can take longer).
 DESCRIPTION_TO_CONSUMER_SECONDS = 6.0
 
 
@@ -477,7 +479,8 @@ class ReadGuards:
     of its own), so it holds nothing. A pull consumer the server hears no request from for its
     inactive threshold goes, so while the archive streams (``kept``) each guard is asked for a
     chunk every third of it; should this API process die, the guards go within the threshold
-    like any reader's consumer."""
+    like any reader's consumer. Likewise when the body is never iterated (the client gone
+    before the first byte: ``kept`` never starts, so it drops nothing): they expire."""
 
     def __init__(self, js: JetStreamContext, names: Names, idle_seconds: float) -> None:
         self._js = js
@@ -538,13 +541,14 @@ class ReadGuards:
             await asyncio.sleep(interval)
             # The expected answer is a timeout (nothing to deliver); NATS away: next time.
             with contextlib.suppress(Exception):
-                if not self._subs:
-                    self._subs = [
+                # One at a time into ``_subs``: one that fails leaves the bound ones for
+                # ``drop`` to unsubscribe, and the rest are bound next time.
+                for name in list(self._guards)[len(self._subs) :]:
+                    self._subs.append(
                         await self._js.pull_subscribe_bind(
                             consumer=name, stream=stream_name(self._names)
                         )
-                        for name in self._guards
-                    ]
+                    )
                 await asyncio.gather(
                     *(sub.fetch(1, timeout=min(1.0, interval / 2)) for sub in self._subs),
                     return_exceptions=True,
