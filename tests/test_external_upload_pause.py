@@ -75,6 +75,7 @@ async def test_nats_frozen_during_an_external_upload(
         source: IO[bytes],
         size: int,
         should_stop: Callable[[], bool],
+        replaces: str | None = None,
     ) -> artifactstore.StoredObject:
         asked = 0
 
@@ -88,7 +89,9 @@ async def test_nats_frozen_during_an_external_upload(
                 frozen.set()
             return should_stop()
 
-        return await real_put_file(js, names, object_name, source, size, freezing_should_stop)
+        return await real_put_file(
+            js, names, object_name, source, size, freezing_should_stop, replaces
+        )
 
     system = System(settings)
     try:

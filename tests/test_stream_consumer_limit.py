@@ -18,7 +18,7 @@ import pytest
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from jobrunner.common import eventstore, subscription
+from jobrunner.common import artifactstore, eventstore, subscription
 from jobrunner.common.consumerlimit import MAX_CONSUMERS_REACHED
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
@@ -68,6 +68,27 @@ async def test_an_existing_stream_with_the_servers_default_is_raised_at_start(
         assert (await js.stream_info(names.stream)).config.max_consumers == -1
         await eventstore.ensure_topology(js, names, settings)
         assert (await js.stream_info(names.stream)).config.max_consumers == 10_000
+    finally:
+        await eventstore.close(nc)
+
+
+async def test_the_artifacts_bucket_gets_the_same_limit_new_or_existing(
+    settings: Settings,
+) -> None:
+    """Downloads and ZIP archives (two consumers or more each) read the artifacts bucket through
+    consumers of its stream, which an object store's config leaves on the server's default."""
+    names = Names(settings.prefix)
+    bucket = artifactstore.stream_name(names)
+    nc = await eventstore.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        await artifactstore.ensure_bucket(js, names, settings)  # as made before the limit
+        assert (await js.stream_info(bucket)).config.max_consumers == -1
+        await eventstore.ensure_topology(js, names, settings)
+        assert (await js.stream_info(bucket)).config.max_consumers == 10_000
+        await js.delete_stream(bucket)
+        await eventstore.ensure_topology(js, names, settings)  # a new one
+        assert (await js.stream_info(bucket)).config.max_consumers == 10_000
     finally:
         await eventstore.close(nc)
 

@@ -41,6 +41,8 @@ from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
 
+# In an object's description: the nuid of the content it replaced (see purge_when_unread).
+REPLACES_HEADER = "Jobrunner-Replaces"
 CHUNK_BYTES = 128 * 1024  # nats-py's and the Go client's default chunk size
 PIPELINE_CHUNKS = 16  # chunks in flight while uploading (2 MiB)
 ACK_WAIT_SECONDS = 5.0
@@ -66,6 +68,7 @@ def _bucket_full(exc: BaseException) -> bool:
 class StoredObject(msgspec.Struct, frozen=True):
     size: int
     sha256: str  # hex
+    nuid: str  # the object's chunks are on $O.<bucket>.C.<nuid>
 
 
 class UploadStopped(Exception):
@@ -117,11 +120,15 @@ async def put_file(
     source: IO[bytes],
     size: int,
     should_stop: Callable[[], bool],
+    replaces: str | None = None,
 ) -> StoredObject:
     """Store the first ``size`` bytes of ``source`` (a seekable binary file) as ``object_name``.
 
     Transient NATS errors start the object again from the file's start, for as long as
     ``should_stop()`` is false (then :class:`UploadStopped`); a permanent one raises.
+    ``replaces``: the nuid of the content this one replaces, kept in the description (the
+    ``Jobrunner-Replaces`` header) so that the next upload of the name can purge it should the
+    purge scheduled now never run (the API killed before it).
     """
     failures = 0
     while True:
@@ -135,7 +142,7 @@ async def put_file(
             # comes), while a plain publish raises the refusal, which tells a full bucket from
             # NATS being away.
             return await _put_once(
-                js, names, object_name, source, size, nuid, should_stop, failures == 0
+                js, names, object_name, source, size, nuid, should_stop, failures == 0, replaces
             )
         except UploadStopped:
             purge_later(js, names, nuid)
@@ -163,6 +170,7 @@ async def _put_once(
     nuid: str,
     should_stop: Callable[[], bool],
     pipelined: bool,
+    replaces: str | None,
 ) -> StoredObject:
     subject = _chunk_subject(names, nuid)
     digest = hashlib.sha256()
@@ -199,6 +207,7 @@ async def _put_once(
         mtime=datetime.now(UTC).isoformat(),
         digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
         options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+        headers={REPLACES_HEADER: [replaces]} if replaces else None,
     )
     description = json.dumps(info.as_dict()).encode()
     # The description replaces any earlier one of the same name (rollup).
@@ -210,10 +219,16 @@ async def _put_once(
         headers=meta_headers,
         timeout=ACK_WAIT_SECONDS,
     )
-    return StoredObject(size=total, sha256=digest.hexdigest())
+    return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid)
 
 
 _PURGES: set[asyncio.Task[None]] = set()
+_OWNERS: dict[asyncio.Task[None], JetStreamContext] = {}  # every purge task: whose connection
+
+
+def _own(js: JetStreamContext, task: asyncio.Task[None]) -> None:
+    _OWNERS[task] = js
+    task.add_done_callback(lambda done: _OWNERS.pop(done, None))
 
 
 def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
@@ -222,19 +237,157 @@ def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     task = asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
+    _own(js, task)
+
+
+async def stop_purges(js: JetStreamContext) -> None:
+    """Cancel the purges still waiting on ``js`` (its connection is about to close: they could
+    only fail from now on) and wait until they have stopped. What a replaced content's purge
+    leaves: see ``purge_when_unread``. A ``purge_later``'s chunks are orphaned: no description
+    names them, so only the bucket's max age removes them."""
+    tasks = [task for task, owner in list(_OWNERS.items()) if owner is js]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+PURGE_ATTEMPTS = 60  # NATS failures in a row before a purge gives up (a minute or more)
 
 
 async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> None:
     """Remove the chunks of an attempt that got no description (or of an object replaced)."""
-    for attempt in range(60 if patient else 1):
+    for attempt in range(PURGE_ATTEMPTS if patient else 1):
         try:
             await js.purge_stream(stream_name(names), subject=_chunk_subject(names, nuid))
             return
         except Exception as exc:
-            if not patient or not retry.is_transient(exc):
+            if not patient or _for_good(exc):
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return
             await asyncio.sleep(retry.delay_after(attempt + 1, longest=5.0))
+
+
+def _for_good(exc: BaseException) -> bool:
+    """A purge's request that will never pass: a permanent error, or the connection closed (for
+    a request, which may meet a reconnecting one, that is transient; a background task on a
+    closed connection would only fail again)."""
+    return isinstance(exc, nats.errors.ConnectionClosedError) or not retry.is_transient(exc)
+
+
+_REPLACED_PURGES: dict[str, asyncio.Task[None]] = {}
+# The longest a download takes from reading a description to its consumer's creation: one
+# JetStream request (nats-py's 5 s timeout) and a margin for the event loop (a heuristic: a
+# starved event loop can take longer).
+DESCRIPTION_TO_CONSUMER_SECONDS = 6.0
+
+
+def replaced_grace(idle_seconds: float) -> float:
+    """How long replaced content is kept at least: a download that read its description has
+    created its consumer by then (and ``idle_seconds`` at least, as before)."""
+    return max(idle_seconds, DESCRIPTION_TO_CONSUMER_SECONDS)
+
+
+def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
+    """In the background: the chunks of replaced content go once nobody can be reading them.
+
+    A download reads through a consumer of its own filtered on the content's chunk subject
+    (``read_chunks``; the ZIP archive guards every member from its description on,
+    ``ReadGuards``), which lives on the server: whichever API process serves it, and gone by
+    itself within its inactive threshold should that process die. So the purge waits ``grace``
+    (``replaced_grace``: longer than a download takes from reading the description to its
+    consumer's creation, so a download that read the old description has its consumer by then),
+    then for as long as any consumer of the bucket filters on that subject, and only then
+    purges. A download that started on the old content thus ends whole; one that starts later
+    reads the new description. Consumers with no filter or a wildcard one are not seen as
+    readers (jobrunner makes none on the bucket).
+    Stops when the consumers cannot be listed for good (a permanent error, the connection
+    closed) or ``PURGE_ATTEMPTS`` times in a row, and at the API's shutdown (``stop_purges``);
+    what it leaves, like content whose purge died with its API process, the next upload of the
+    name purges (``replaced_nuid``), else the bucket's max age."""
+    if nuid in _REPLACED_PURGES:
+        return  # already waiting here
+    task = asyncio.get_running_loop().create_task(_purge_when_unread(js, names, nuid, grace))
+    _REPLACED_PURGES[nuid] = task
+    task.add_done_callback(lambda _: _REPLACED_PURGES.pop(nuid, None))
+    _own(js, task)
+
+
+async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
+    subject = _chunk_subject(names, nuid)
+    failures = 0
+    while True:
+        await asyncio.sleep(grace)
+        log.info("artifact readers looked for", nuid=nuid)
+        try:
+            if not await _being_read(js, names, subject):
+                break
+            failures = 0
+        except Exception as exc:
+            failures += 1
+            if _for_good(exc) or failures >= PURGE_ATTEMPTS:
+                log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
+                return
+            log.warning("artifact readers not listed", nuid=nuid, error=repr(exc))
+    await _purge(js, names, nuid, patient=True)
+
+
+LIST_SCANS = 5  # scans of the consumer list before one that nothing changed under is given up
+LIST_PAGE = 256  # consumers the server sends a page of the list (JSApiListLimit)
+
+
+async def _being_read(js: JetStreamContext, names: Names, subject: str) -> bool:
+    """Whether any consumer of the bucket reads ``subject``.
+
+    The list comes in pages by offset: a consumer deleted between two pages moves a later one
+    onto the page already read, which would be missed (even when the next page comes back
+    empty: 257 consumers, one deleted after the first page, the 257th is now at 255). So a scan
+    counts only when it is a single page shorter than the server's page (one reply: the whole
+    list at one moment), or the bucket's consumer count before it, after it and the consumers
+    seen all agree; else it is scanned again. No reader of ``subject`` is created after the
+    grace, so a miss needs a deletion and a creation of other consumers between the same two
+    pages of one scan (more than 256 consumers). Never clean within ``LIST_SCANS``: read."""
+    for _ in range(LIST_SCANS):
+        count = (await js.stream_info(stream_name(names))).state.consumer_count
+        seen = 0
+        while True:
+            page = await js.consumers_info(stream_name(names), offset=seen)
+            if any(_reads(consumer, subject) for consumer in page):
+                return True
+            if seen == 0 and len(page) < LIST_PAGE:
+                return False  # the whole list in one reply
+            if not page:
+                break
+            seen += len(page)
+        after = (await js.stream_info(stream_name(names))).state.consumer_count
+        if count == after == seen:
+            return False
+    return True
+
+
+def _reads(consumer: api.ConsumerInfo, subject: str) -> bool:
+    config = consumer.config
+    return config.filter_subject == subject or subject in (config.filter_subjects or [])
+
+
+def replaced_nuid(info: api.ObjectInfo) -> str | None:
+    """The nuid of the content ``info``'s object replaced (its ``Jobrunner-Replaces`` header)."""
+    found = (info.headers or {}).get(REPLACES_HEADER)
+    if isinstance(found, list):
+        found = found[0] if found else None
+    return found if isinstance(found, str) and found else None
+
+
+def sha256_of(info: api.ObjectInfo) -> str | None:
+    """The object's SHA-256 in hex, from its description's ``SHA-256=<base64url>`` digest
+    (``None`` when it has none: an object another client wrote may not)."""
+    algorithm, _, encoded = (info.digest or "").partition("=")
+    if algorithm.upper() != "SHA-256" or not encoded:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 32 else None
 
 
 async def object_info(js: JetStreamContext, names: Names, object_name: str) -> api.ObjectInfo:
@@ -268,7 +421,7 @@ async def read_chunks(
             deliver_policy=api.DeliverPolicy.ALL,
             mem_storage=True,
             # Gone by itself should this API process die mid-download.
-            inactive_threshold=max(30.0, idle_seconds * 3),
+            inactive_threshold=_inactive_threshold(idle_seconds),
         ),
     )
     try:
@@ -301,6 +454,105 @@ async def read_chunks(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(_drop_consumer(js, names, sub))
+
+
+READER_INACTIVE_SECONDS = 30.0  # a reader's consumer outlives a dead API process this long
+
+
+def _inactive_threshold(idle_seconds: float) -> float:
+    return max(READER_INACTIVE_SECONDS, idle_seconds * 3)
+
+
+GUARD_SUBJECTS = 100  # members one guard consumer filters on (the request stays small)
+
+
+class ReadGuards:
+    """Consumers that mark content as read before its download gets to it: the ZIP archive
+    reads its members one after the other, possibly for longer than the grace of a member's
+    replaced content (``purge_when_unread``), so each member's chunk subject is added to one of
+    the archive's guards as soon as its description is read (one request, as a download's own
+    consumer: within the grace), and the guards are kept until the archive ends.
+
+    A guard is a pull consumer filtered on up to ``GUARD_SUBJECTS`` members' chunk subjects (one
+    per member would spend the bucket stream's consumers, ``stream_max_consumers``), updated
+    with each; it delivers only chunks stored after it (none ever come: each object has subjects
+    of its own), so it holds nothing. A pull consumer the server hears no request from for its
+    inactive threshold goes, so while the archive streams (``kept``) each guard is asked for a
+    chunk every third of it; should this API process die, the guards go within the threshold
+    like any reader's consumer. Likewise when the body is never iterated (the client gone
+    before the first byte: ``kept`` never starts, so it drops nothing): they expire."""
+
+    def __init__(self, js: JetStreamContext, names: Names, idle_seconds: float) -> None:
+        self._js = js
+        self._names = names
+        self._threshold = _inactive_threshold(idle_seconds)
+        self._guards: dict[str, list[str]] = {}  # consumer name: the subjects it filters on
+        self._subs: list[JetStreamContext.PullSubscription] = []
+
+    async def add(self, info: api.ObjectInfo) -> None:
+        """Guard ``info``'s content: its subject added to the newest guard (or a new one)."""
+        names = list(self._guards)
+        if not names or len(self._guards[names[-1]]) >= GUARD_SUBJECTS:
+            names.append(f"guard-{uuid.uuid4().hex}")
+        name = names[-1]
+        subjects = [*self._guards.get(name, []), _chunk_subject(self._names, info.nuid)]
+        await self._js.add_consumer(
+            stream_name(self._names),
+            config=api.ConsumerConfig(
+                name=name,
+                filter_subjects=subjects,
+                ack_policy=api.AckPolicy.NONE,
+                deliver_policy=api.DeliverPolicy.NEW,
+                mem_storage=True,
+                inactive_threshold=self._threshold,
+            ),
+        )
+        self._guards[name] = subjects
+
+    async def kept(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``stream``'s bytes, the guards kept while it runs and dropped when it ends."""
+        keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+        try:
+            async for part in stream:
+                yield part
+        finally:
+            keeper.cancel()
+            try:
+                await asyncio.gather(keeper, return_exceptions=True)
+            finally:
+                await self.drop()
+
+    async def drop(self) -> None:
+        guards, self._guards = list(self._guards), {}
+        subs, self._subs = self._subs, []
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._drop(guards, subs))
+
+    async def _drop(self, guards: list[str], subs: list[JetStreamContext.PullSubscription]) -> None:
+        async with asyncio.timeout(ACK_WAIT_SECONDS):
+            for sub in subs:
+                await sub.unsubscribe()
+            for name in guards:
+                await self._js.delete_consumer(stream_name(self._names), name)
+
+    async def _keep_alive(self) -> None:
+        interval = self._threshold / 3
+        while True:
+            await asyncio.sleep(interval)
+            # The expected answer is a timeout (nothing to deliver); NATS away: next time.
+            with contextlib.suppress(Exception):
+                # One at a time into ``_subs``: one that fails leaves the bound ones for
+                # ``drop`` to unsubscribe, and the rest are bound next time.
+                for name in list(self._guards)[len(self._subs) :]:
+                    self._subs.append(
+                        await self._js.pull_subscribe_bind(
+                            consumer=name, stream=stream_name(self._names)
+                        )
+                    )
+                await asyncio.gather(
+                    *(sub.fetch(1, timeout=min(1.0, interval / 2)) for sub in self._subs),
+                    return_exceptions=True,
+                )
 
 
 async def _drop_consumer(

@@ -250,12 +250,12 @@ def refuses_consumer_limit_change(exc: BaseException) -> bool:
 
 
 def keeping_consumer_limit(
-    config: api.StreamConfig, existing: api.StreamConfig
+    config: api.StreamConfig, existing: api.StreamConfig, what: str = "event stream"
 ) -> api.StreamConfig:
     """``config`` with the existing stream's consumer limit, so that the other settings still
     apply on a server that cannot change it."""
     log.warning(
-        "the event stream's consumer limit stays at its old value: this nats-server cannot "
+        f"the {what}'s consumer limit stays at its old value: this nats-server cannot "
         "change it (2.12.5 or later can; or recreate the stream)",
         kept=existing.max_consumers,
         setting=config.max_consumers,
@@ -264,31 +264,34 @@ def keeping_consumer_limit(
 
 
 async def _update_stream(
-    js: JetStreamContext, config: api.StreamConfig, existing: api.StreamConfig | None
+    js: JetStreamContext,
+    config: api.StreamConfig,
+    existing: api.StreamConfig | None,
+    what: str = "event stream",
 ) -> None:
-    """Update the event stream to ``config``. On a server older than 2.12.5 the existing
-    stream's ``max_consumers`` is kept rather than the update refused: a refusal would stop
-    every service at start, for good."""
+    """Update the stream (the ``what``) to ``config``. On a server older than 2.12.5 the
+    existing stream's ``max_consumers`` is kept rather than the update refused: a refusal would
+    stop every service at start, for good."""
     changes_limit = existing is not None and existing.max_consumers != config.max_consumers
     if (
         existing is not None
         and changes_limit
         and not can_change_consumer_limit(js._nc.connected_server_version)
     ):
-        config = keeping_consumer_limit(config, existing)
+        config = keeping_consumer_limit(config, existing, what)
         changes_limit = False
     try:
         await js.update_stream(config)
     except APIError as exc:
         if existing is None or not refuses_consumer_limit_change(exc):
             raise
-        config = keeping_consumer_limit(config, existing)
+        config = keeping_consumer_limit(config, existing, what)
         changes_limit = False
         await js.update_stream(config)
     if existing is not None and changes_limit:
         # A stream made before the setting (the server's default of 1,000) or with another.
         log.info(
-            "event stream consumer limit changed to the setting",
+            f"{what} consumer limit changed to the setting",
             was=existing.max_consumers,
             now=config.max_consumers,
         )
@@ -343,6 +346,18 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
     else:
         await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
+    await _bucket_consumer_limit(js, names, settings)
+
+
+async def _bucket_consumer_limit(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """The artifacts bucket's stream gets the event stream's consumer limit: every download
+    reads through a consumer of it and every ZIP archive holds two or more (its guards and its
+    reads), and an object store's config sets none (the server's default: 1,000 on 2.15)."""
+    existing = (await js.stream_info(artifactstore.stream_name(names))).config
+    if existing.max_consumers == settings.stream_max_consumers:
+        return
+    config = existing.evolve(max_consumers=settings.stream_max_consumers)
+    await _update_stream(js, config, existing, what="artifacts bucket")
 
 
 async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:

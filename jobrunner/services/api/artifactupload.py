@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import IO
 
 import msgspec
+from nats.js import api
 
 from jobrunner.common import artifactnames, artifactstore, eventstore, retry
 from jobrunner.contracts import events
@@ -93,15 +94,21 @@ async def store_upload(
     spool, size = await _spool(body, name, room, limit, setting)
     object_name = ctx.names.artifact_object(job_id, name)
     try:
-        previous: str | None = (
-            await artifactstore.object_info(ctx.js, ctx.names, object_name)
-        ).nuid
+        previous: api.ObjectInfo | None = await artifactstore.object_info(
+            ctx.js, ctx.names, object_name
+        )
     except artifactstore.ObjectMissing:
         previous = None
     deadline = time.monotonic() + UPLOAD_PATIENCE_SECONDS
     try:
         stored = await artifactstore.put_file(
-            ctx.js, ctx.names, object_name, spool, size, lambda: time.monotonic() > deadline
+            ctx.js,
+            ctx.names,
+            object_name,
+            spool,
+            size,
+            lambda: time.monotonic() > deadline,
+            replaces=previous.nuid if previous is not None else None,
         )
     except Exception as exc:
         if not isinstance(exc, artifactstore.UploadStopped) and not retry.is_transient(exc):
@@ -119,24 +126,19 @@ async def store_upload(
     finally:
         spool.close()
     if previous is not None:
-        # The same name sent again: the earlier content's chunks go.
-        artifactstore.purge_later(ctx.js, ctx.names, previous)
+        # The same name sent again: the earlier content's chunks go once no download reads them
+        # (and the content that one replaced, should its purge have died with its API process).
+        for replaced in (previous.nuid, artifactstore.replaced_nuid(previous)):
+            if replaced is not None:
+                artifactstore.purge_when_unread(
+                    ctx.js,
+                    ctx.names,
+                    replaced,
+                    artifactstore.replaced_grace(ctx.settings.artifact_read_idle_seconds),
+                )
     content_type = artifactnames.content_type(name)
-    name_digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
-    await eventstore.publish(
-        ctx.js,
-        ctx.names,
-        events.ArtifactStored(
-            job_id=job_id,
-            # The same file sent again is announced once; other content under the name anew.
-            event_id=f"{job_id}-artifact-{name_digest}-{stored.sha256[:16]}",
-            name=name,
-            size=stored.size,
-            content_type=content_type,
-            sha256=stored.sha256,
-            object_name=object_name,
-        ),
-    )
+    await _announce(ctx, job_id, name, object_name, content_type, stored, by=stored.nuid)
+    await _announce_what_is_served(ctx, job_id, name, object_name, content_type, stored.nuid)
     return ArtifactAccepted(
         job_id=job_id,
         name=name,
@@ -144,3 +146,96 @@ async def store_upload(
         content_type=content_type,
         sha256=stored.sha256,
     )
+
+
+async def _announce(
+    ctx: ApiContext,
+    job_id: str,
+    name: str,
+    object_name: str,
+    content_type: str,
+    stored: artifactstore.StoredObject,
+    by: str,
+) -> None:
+    """``ArtifactStored`` for ``stored``, published by the upload of object ``by``."""
+    name_digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+    await eventstore.publish(
+        ctx.js,
+        ctx.names,
+        events.ArtifactStored(
+            job_id=job_id,
+            # One id per object announced and upload announcing it (nuids): an id from the
+            # content alone would be dropped as a duplicate when content sent earlier is sent
+            # again after another, and the listing would keep the other.
+            event_id=f"{job_id}-artifact-{name_digest}-{stored.nuid}"
+            + ("" if by == stored.nuid else f"-by-{by}"),
+            name=name,
+            size=stored.size,
+            content_type=content_type,
+            sha256=stored.sha256,
+            object_name=object_name,
+        ),
+    )
+
+
+async def _announce_what_is_served(
+    ctx: ApiContext, job_id: str, name: str, object_name: str, content_type: str, ours: str
+) -> None:
+    """Make the last ``ArtifactStored`` of the name describe the object the bucket serves.
+
+    Two uploads of one name at once: the bucket keeps the description written last, the listing
+    the event projected last, and the two orders may differ (one upload's description, the
+    other's description and event, then the first one's event). So after announcing object
+    ``announced``, read the description that is served; while it is another, announce that one
+    too (its own upload may have announced it before ours). The last event in the stream then
+    describes the last description: whoever published it read, after publishing, the object it
+    announced; a description written later would have been read there, since its writer
+    announces only after writing it. (Each event's id names the object and our upload: none is
+    dropped as a duplicate of another upload's.)
+    """
+    announced = ours
+    deadline = time.monotonic() + UPLOAD_PATIENCE_SECONDS
+    while True:
+        try:
+            served = await _served(ctx, object_name, deadline)
+        except artifactstore.ObjectMissing:
+            return
+        sha256 = artifactstore.sha256_of(served)
+        if served.nuid == announced or sha256 is None:
+            return
+        if announced == ours:
+            # Our content was replaced already (by an upload that may have read the one before
+            # ours as the content it replaced): its chunks go like replaced content's.
+            artifactstore.purge_when_unread(
+                ctx.js,
+                ctx.names,
+                ours,
+                artifactstore.replaced_grace(ctx.settings.artifact_read_idle_seconds),
+            )
+        await _announce(
+            ctx,
+            job_id,
+            name,
+            object_name,
+            content_type,
+            artifactstore.StoredObject(size=served.size or 0, sha256=sha256, nuid=served.nuid),
+            by=ours,
+        )
+        announced = served.nuid
+
+
+async def _served(ctx: ApiContext, object_name: str, deadline: float) -> api.ObjectInfo:
+    """The object's description, asked again while NATS does not answer, until ``deadline``
+    (then the error: the worker is told to send the file again, and that upload announces what
+    is served)."""
+    failures = 0
+    while True:
+        try:
+            return await artifactstore.object_info(ctx.js, ctx.names, object_name)
+        except artifactstore.ObjectMissing:
+            raise
+        except Exception as exc:
+            failures += 1
+            if not retry.is_transient(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(retry.delay_after(failures))

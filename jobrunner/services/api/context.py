@@ -15,7 +15,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore, heap, metrics, stallwatch, subscription
+from jobrunner.common import (
+    artifactstore,
+    database,
+    eventstore,
+    heap,
+    metrics,
+    stallwatch,
+    subscription,
+)
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -174,6 +182,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             with stallwatch.watching():
                 yield
         finally:
+            # Purges of replaced content still waiting would only fail once the connection is
+            # closed; what they leave, the next upload of the name purges.
+            await artifactstore.stop_purges(js)
             await readmodels.close()
             await subscription.forget_deletes()
             await readers.close()

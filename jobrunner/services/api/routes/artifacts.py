@@ -8,7 +8,6 @@ see them is who may see the job.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -114,19 +113,6 @@ async def _object(ctx: ApiContext, job_id: str, row: Any) -> api.ObjectInfo:
         raise _unavailable(exc) from None
 
 
-def _served_sha256(info: api.ObjectInfo) -> str | None:
-    """The object's SHA-256 in hex, from its description's ``SHA-256=<base64url>`` digest
-    (``None`` when it has none: an object another client wrote may not)."""
-    algorithm, _, encoded = (info.digest or "").partition("=")
-    if algorithm.upper() != "SHA-256" or not encoded:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    except ValueError:
-        return None
-    return raw.hex() if len(raw) == 32 else None
-
-
 def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncIterator[bytes]:
     return artifactstore.read_chunks(
         ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds
@@ -189,7 +175,7 @@ async def download_artifact(
     # again by an external worker replaces the object before its row is projected, and the row's
     # SHA-256 would then label the new bytes (and answer 304 to a client holding the old ones).
     info = await _object(ctx, job_id, row)
-    etag = f'"{_served_sha256(info) or row["sha256"]}"'
+    etag = f'"{artifactstore.sha256_of(info) or row["sha256"]}"'
     headers = {**_DOWNLOAD_HEADERS, "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
@@ -225,7 +211,19 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     if not rows:
         raise ApiError(404, "NO_ARTIFACTS", f"Job {job_id!r} has no artifacts.")
     # Looked up before the first byte: a missing object answers an error, not a cut archive.
-    infos = {row["name"]: await _object(ctx, job_id, row) for row in rows}
+    # Each member is marked as read as soon as its description is read (a guard consumer): a
+    # name sent again while earlier members stream keeps its old content until the archive ends.
+    guards = artifactstore.ReadGuards(ctx.js, ctx.names, ctx.settings.artifact_read_idle_seconds)
+    infos: dict[str, api.ObjectInfo] = {}
+    try:
+        for row in rows:
+            infos[row["name"]] = info = await _object(ctx, job_id, row)
+            await guards.add(info)
+    except BaseException as exc:
+        await guards.drop()
+        if isinstance(exc, Exception) and not isinstance(exc, ApiError):
+            raise _unavailable(exc) from None  # a guard not created: NATS away
+        raise
     members = [Member(r["name"], infos[r["name"]].size or 0, r["stored_at"]) for r in rows]
     filename = artifactnames.download_filename(f"{job['job_type']}-{job_id}-artifacts") + ".zip"
 
@@ -233,7 +231,7 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
         return _chunks(ctx, infos[member.name])
 
     return Stream(
-        zip_stream(members, contents),
+        guards.kept(zip_stream(members, contents)),
         media_type="application/zip",
         headers={**_DOWNLOAD_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -1,0 +1,255 @@
+"""An artifact name sent again while another API process serves a download of it, and the API
+that took the upload killed before the replaced content's (delayed) purge.
+
+Two API processes on one cluster: the download goes through the second, the uploads through the
+first. The replaced content's chunks may go only once no download reads them, whichever process
+serves it (``artifactstore.purge_when_unread`` asks the server for the consumers reading them);
+a purge that died with its process is done by the next upload of the name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import httpx
+import nats
+import nats.js.errors
+import pytest
+from nats.js import JetStreamContext
+
+from jobrunner.common import artifactstore
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.serverprocess import free_port
+from tests.external_support import ExternalJob
+from tests.faults.cluster import FaultCluster
+from tests.faults.services import Service
+
+MIB = 1024 * 1024
+NAME = "data.bin"
+READ_IDLE = 10.0  # Settings.artifact_read_idle_seconds, the cluster's default: the purge's grace
+
+
+@pytest.fixture
+def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
+    return short_ttl_cluster
+
+
+@pytest.fixture
+async def js(cluster: FaultCluster) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def second_api(cluster: FaultCluster) -> AsyncIterator[str]:
+    """Another API process on the same servers; its base URL."""
+    port = free_port()
+    service = cluster.add_service("api-2", "api", port=port)
+    service.spawn()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(60), httpx.AsyncClient(base_url=url, timeout=2) as client:
+            while True:
+                try:
+                    await client.get("/health")
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+        yield url
+    finally:
+        service.kill()
+        del cluster.services["api-2"]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _running_job(client: httpx.AsyncClient) -> ExternalJob:
+    created = await client.post("/api/jobs", json={"job_type": "external"})
+    assert created.status_code == 201, created.text
+    job = ExternalJob(created.json())
+    first = await job.report_when_held(client, report_id="r0")
+    assert first.status_code == 200, first.text
+    return job
+
+
+async def _upload(client: httpx.AsyncClient, job: ExternalJob, data: bytes) -> None:
+    response = await client.put(
+        f"/api/external/jobs/{job.id}/artifacts/{NAME}",
+        content=data,
+        headers={"Authorization": f"Bearer {job.token}"},
+    )
+    assert response.status_code == 201, response.text
+
+
+async def _nuid(js: JetStreamContext, names: Names, job: ExternalJob) -> str:
+    info = await artifactstore.object_info(js, names, names.artifact_object(job.id, NAME))
+    return info.nuid
+
+
+async def _has_chunks(js: JetStreamContext, names: Names, nuid: str) -> bool:
+    try:
+        await js.get_last_msg(
+            artifactstore.stream_name(names), f"$O.{names.artifacts_bucket}.C.{nuid}"
+        )
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def _any_chunks(js: JetStreamContext, names: Names, *nuids: str) -> bool:
+    return any([await _has_chunks(js, names, nuid) for nuid in nuids])
+
+
+def _log_lines(service: Service, text: str, nuid: str) -> int:
+    """Lines of the service's log with ``text`` about ``nuid``: the cluster is shared, and
+    another test's purges log the same words."""
+    try:
+        lines = service.log_file.read_bytes().splitlines()
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in lines if text.encode() in line and nuid.encode() in line)
+
+
+async def _held_download(
+    url: str, path: str, hold: asyncio.Event, started: asyncio.Event
+) -> bytes | str:
+    """The body, read after a pause once its first chunk came (or how it was cut)."""
+    body = bytearray()
+    try:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as client,
+            client.stream("GET", path) as response,
+        ):
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                body.extend(chunk)
+                if not started.is_set():
+                    started.set()
+                    await hold.wait()
+    except (httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+        return f"cut after {len(body)} bytes ({type(exc).__name__})"
+    finally:
+        started.set()
+    return bytes(body)
+
+
+async def test_a_download_held_past_the_grace_on_another_api_is_whole(
+    cluster: FaultCluster, second_api: str, js: JetStreamContext
+) -> None:
+    """The download (second API) holds its client past the purge's grace (10 s): the first
+    API's purge finds the download's consumer and waits for it to end (and then purges: waited
+    for, so no purge of this test's is left waiting for the next test on the cluster)."""
+    names = Names(cluster.settings.prefix)
+    old, new = bytes(range(256)) * (64 * 1024), b"n" * MIB  # 16 MiB, 1 MiB
+    async with cluster.client() as client:
+        job = await _running_job(client)
+        await _upload(client, job, old)
+        old_nuid = await _nuid(js, names, job)
+        path = f"/api/jobs/{job.id}/artifacts/{NAME}"
+        hold, started = asyncio.Event(), asyncio.Event()
+        reader = asyncio.create_task(_held_download(second_api, path, hold, started))
+        await started.wait()
+        await _upload(client, job, new)
+        await asyncio.sleep(READ_IDLE + 3.0)  # past the grace: the purge has looked for readers
+        hold.set()
+        body = await asyncio.wait_for(reader, 60)
+        await job.report(client, report_id="end", result={})
+    assert isinstance(body, bytes), body
+    assert body == old
+    async with asyncio.timeout(READ_IDLE * 4):
+        while await _any_chunks(js, names, old_nuid):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)  # the purge runs in the API: poll the bucket
+
+
+async def test_the_api_killed_before_its_purge_leaves_it_to_the_next_upload(
+    cluster: FaultCluster, second_api: str, js: JetStreamContext
+) -> None:
+    """SIGKILL of the API that took the new content, within the grace: a download of the old
+    content (second API) ends whole; the old chunks stay (nobody purges them) until the name is
+    sent again, whose upload purges both earlier contents (the description named the old one)."""
+    names = Names(cluster.settings.prefix)
+    first, second, third = bytes(range(256)) * (64 * 1024), b"2" * MIB, b"3" * MIB
+    api = cluster.services["api"]
+    try:
+        async with cluster.client() as client:
+            job = await _running_job(client)
+            await _upload(client, job, first)
+            first_nuid = await _nuid(js, names, job)
+            path = f"/api/jobs/{job.id}/artifacts/{NAME}"
+            hold, started = asyncio.Event(), asyncio.Event()
+            reader = asyncio.create_task(_held_download(second_api, path, hold, started))
+            await started.wait()
+            await _upload(client, job, second)
+            api.kill()  # within the grace: its purge of the first content dies with it
+        second_nuid = await _nuid(js, names, job)
+        await asyncio.sleep(1.0)
+        hold.set()
+        body = await asyncio.wait_for(reader, 60)
+        assert isinstance(body, bytes), body
+        assert body == first
+        assert await _has_chunks(js, names, first_nuid), "nobody was left to purge it"
+    finally:
+        await cluster.start_service("api")
+    async with cluster.client() as client:
+        await _upload(client, job, third)
+        async with asyncio.timeout(READ_IDLE * 4):
+            while await _any_chunks(js, names, first_nuid, second_nuid):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # the purge runs in another process: poll the bucket
+        served = await client.get(path)
+        await job.report(client, report_id="end", result={})
+    assert served.content == third
+
+
+@pytest.mark.parametrize("pause", [4.0, 7.0], ids=["4s-below-request", "7s-above-request"])
+async def test_nats_paused_where_the_purge_lists_readers(
+    cluster: FaultCluster, js: JetStreamContext, pause: float
+) -> None:
+    """NATS paused from 2 s before the purge's grace ends (10 s after the upload) until 4 s or
+    7 s after the purge logs that it looks for readers, so its request for the consumers
+    (nats-py's 5 s) waits in the pause: 4 s, answered (no "not listed"); 7 s, timed out, asked
+    again after another grace. Either way a download held across it ends whole and the old
+    chunks go afterwards."""
+    names = Names(cluster.settings.prefix)
+    old, new = bytes(range(256)) * (64 * 1024), b"n" * MIB
+    api = cluster.services["api"]
+    async with cluster.client() as client:
+        job = await _running_job(client)
+        await _upload(client, job, old)
+        old_nuid = await _nuid(js, names, job)
+        path = f"/api/jobs/{job.id}/artifacts/{NAME}"
+        hold, started = asyncio.Event(), asyncio.Event()
+        reader = asyncio.create_task(_held_download(cluster.base_url, path, hold, started))
+        await started.wait()
+        await _upload(client, job, new)
+        await asyncio.sleep(READ_IDLE - 2.0)
+        looked = _log_lines(api, "artifact readers looked for", old_nuid)
+        assert looked == 0, "looked before the pause"
+        cluster.pause_nats()
+        try:
+            # The pause is timed from the purge's request (the API logs it just before; the
+            # API runs while NATS is paused), not from the test's own clock.
+            async with asyncio.timeout(10):
+                while not _log_lines(api, "artifact readers looked for", old_nuid):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the API's log file
+            await asyncio.sleep(pause)
+        finally:
+            cluster.resume_nats()
+        hold.set()
+        body = await asyncio.wait_for(reader, 60)
+        async with asyncio.timeout(READ_IDLE * 4):
+            while await _any_chunks(js, names, old_nuid):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # the purge runs in the API: poll the bucket
+        served = await client.get(path)
+        await job.report(client, report_id="end", result={})
+    assert isinstance(body, bytes), body
+    assert body == old
+    assert served.content == new
+    unlisted = _log_lines(api, "artifact readers not listed", old_nuid)
+    assert unlisted == (1 if pause > 5 else 0)
