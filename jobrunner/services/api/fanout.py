@@ -201,7 +201,17 @@ class Subscriber:
     """One client's inbox: batches appended by the feed, taken by the client a piece at a time
     (``TAKE_BYTES``)."""
 
-    __slots__ = ("batches", "bytes", "direct", "fanout", "idle", "overflow", "room", "wakeup")
+    __slots__ = (
+        "batches",
+        "bytes",
+        "direct",
+        "fanout",
+        "idle",
+        "on_hold",
+        "overflow",
+        "room",
+        "wakeup",
+    )
 
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
@@ -209,6 +219,10 @@ class Subscriber:
         self.bytes = 0
         self.overflow = False  # cut: the client must reconnect and resume
         self.idle = False  # the job had no event for a keep-alive interval
+        # Handed nothing: the client waits for its history read's turn, and that read will
+        # go up to where the feed is when the turn comes (``Fanout.history_turn``). A viewer
+        # in line would otherwise fill its inbox meanwhile and be cut as soon as it read.
+        self.on_hold = False
         self.wakeup = asyncio.Event()
         self.room: asyncio.Event | None = None  # the feed's: set when this client took or left
         # Set by the client's stream while it waits with nothing unsent: writes a batch's items
@@ -457,11 +471,18 @@ class JobFeed:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
 
     def _behind(self) -> bool:
-        """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)?"""
+        """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)? Those in line
+        for a history read (``on_hold``) do not count: they are handed nothing, so their empty
+        inbox says nothing of how fast they read."""
         pause = min(PAUSE_BYTES, self.fanout.limits.client_bytes // 2)
-        return bool(self.subscribers) and all(
-            s.overflow or s.bytes >= pause for s in self.subscribers
-        )
+        reading = False
+        for s in self.subscribers:
+            if s.on_hold:
+                continue
+            if not (s.overflow or s.bytes >= pause):
+                return False  # (at the first: a feed may have a thousand clients)
+            reading = True
+        return reading
 
     async def _room(self) -> None:
         """Wait while every client is behind: the feed then reads only as fast as its fastest
@@ -538,7 +559,9 @@ class JobFeed:
 
 
 class HistoryStalled(Exception):
-    """A history read got nothing for ``history_idle`` seconds with events still to come."""
+    """A history read got nothing for ``history_idle`` seconds with events still to come, or
+    its turn was given back because its client left an item untaken that long (``HistoryTurn``):
+    either way the read ends before its end, and its client resumes."""
 
 
 # JetStream's refusal of a new consumer when the stream (or account) holds its limit of them.
@@ -553,20 +576,36 @@ def at_consumer_limit(exc: BaseException) -> bool:
 
 
 class HistoryTurn:
-    """A history read's place among the ``history_reads``, given back (once) when the read
-    ends, or earlier when its client leaves an item untaken for ``idle`` seconds: a viewer that
-    does not read must not keep the next ones waiting. One timer a read, set again at most once
-    per ``idle``, rather than one an item."""
+    """A history read's place among the ``history_reads``: waited for in line (``taken``),
+    given back (once) when the read ends, or earlier when its client leaves an item untaken for
+    ``idle`` seconds: a viewer that does not read must not keep the next ones waiting. One timer
+    a read, set again at most once per ``idle``, rather than one an item."""
 
     def __init__(self, places: asyncio.Semaphore, idle: float) -> None:
         self._places = places
         self._idle = idle
         self._loop = asyncio.get_running_loop()
-        self.held = True
+        self.held = False
+        # The place asked for, once: the read keeps its place in line however often its
+        # caller stops waiting to send a keep-alive.
+        self._asking: asyncio.Task[bool] | None = None
+        self._left = False  # given back, or left the line
         self._waiting_since: float | None = None  # an item handed on, not yet taken
         self._timer: asyncio.TimerHandle | None = None
         # What else goes with the turn: the read's consumer, which counts against the stream.
         self.on_given_back: Callable[[], None] | None = None
+
+    async def taken(self, wait: float | None = None) -> bool:
+        """Wait for the place, at most ``wait`` seconds (None: as long as it takes); True once
+        the read holds it (or held it: a read takes one turn)."""
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._places.acquire())
+        if not self._asking.done():
+            await asyncio.wait([self._asking], timeout=wait)
+            if not self._asking.done():
+                return False
+            self.held = True
+        return True
 
     def client_waits(self) -> None:
         """An item is about to go to the client."""
@@ -590,11 +629,20 @@ class HistoryTurn:
                 self.on_given_back()
 
     def give_back(self) -> None:
-        """At the read's end, or at its client's idle limit (then ``on_given_back`` too)."""
+        """At the read's end, or at its client's idle limit (then ``on_given_back`` too); a
+        read still in line leaves it."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.held:
+        asking = self._asking
+        if asking is None or self._left:
+            return
+        self._left = True
+        if not asking.done():
+            # (A place handed to it in this very step goes on to the next in line: asyncio's
+            # Semaphore passes on what a cancelled waiter was given.)
+            asking.cancel()
+        elif not asking.cancelled():
             self.held = False
             self._places.release()
 
@@ -696,7 +744,7 @@ class Fanout:
         # Small batches only: a larger one goes through the clients' tasks a take at a time.
         small = batch.size <= TAKE_BYTES
         for subscriber in list(subscribers):
-            if subscriber.overflow:
+            if subscriber.overflow or subscriber.on_hold:
                 continue
             # Straight to a waiting client's connection: no wake-up of its task (directwrite.py).
             # Not once its task is woken (a keep-alive, a cut): what it then sends comes first.
@@ -744,7 +792,9 @@ class Fanout:
         log.info("sse client cut", over=over, backlog_bytes=subscriber.bytes)
         subscriber.cut()
 
-    async def history(self, job_id: str, start_seq: int, until_seq: int) -> AsyncIterator[Item]:
+    async def history(
+        self, job_id: str, start_seq: int, until_seq: int, turn: HistoryTurn | None = None
+    ) -> AsyncIterator[Item]:
         """The job's events from ``start_seq`` until at least ``until_seq`` (or the stream's end),
         from JetStream, for a client whose start lies before its feed's.
 
@@ -752,8 +802,13 @@ class Fanout:
         the end of the history. At most ``history_reads`` run at once (the rest wait their
         turn; one whose client leaves an item untaken for ``history_idle`` gives its turn back
         and ends with ``HistoryStalled``), and one that finds the stream at its consumer limit
-        tries again for up to ``history_idle`` seconds before it fails."""
-        async with self._history_turn() as turn, AsyncExitStack() as stack:
+        tries again for up to ``history_idle`` seconds before it fails. ``turn``: the caller's,
+        already ``taken`` (``history_turn``; the caller then gives it back), else the read waits
+        for one here."""
+        async with AsyncExitStack() as stack:
+            if turn is None:
+                turn = await stack.enter_async_context(self.history_turn())
+                await turn.taken()
             reader = await self._open_history(stack, job_id, start_seq)
             turn.on_given_back = lambda: self._took_back(reader)
             if start_seq > until_seq or await reader.count() == 0:
@@ -793,12 +848,11 @@ class Fanout:
         reader.close_soon(self.names.stream)
 
     @asynccontextmanager
-    async def _history_turn(self) -> AsyncIterator[HistoryTurn]:
-        """One of the ``history_reads`` places, waited for as long as it takes (the viewer
-        gets nothing until then, not an error). The place is bounded instead: a read whose
-        client leaves its next item untaken for ``history_idle`` seconds gives it back
-        (``HistoryTurn``)."""
-        await self.history_reads.acquire()
+    async def history_turn(self) -> AsyncIterator[HistoryTurn]:
+        """A place in line for one of the ``history_reads``: wait for it with ``taken``, as
+        long as it takes (the viewer gets keep-alives meanwhile, not an error); given back on
+        leaving. The place is bounded instead: a read whose client leaves its next item untaken
+        for ``history_idle`` seconds gives it back (``HistoryTurn``)."""
         turn = HistoryTurn(self.history_reads, self.limits.history_idle)
         try:
             yield turn

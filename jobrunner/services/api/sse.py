@@ -261,15 +261,27 @@ async def job_stream(
         elif start_seq <= joined_at and not inbox.overflow:
             # The feed is past our start: catch up from JetStream, then follow the feed.
             try:
-                async for item in fanout.history(job_id, start_seq, joined_at):
-                    chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
-                    sent = item.seq
-                    if writer is not None and writer.gone:
-                        return  # the client reset or left: nothing more can reach it
-                    if chunk:
-                        yield chunk
-                    if item.terminal or inbox.overflow:
-                        return
+                async with fanout.history_turn() as turn:
+                    # In line for a read: the feed hands this client nothing meanwhile, and a
+                    # keep-alive goes out as on an idle stream (a proxy closes a silent one).
+                    inbox.on_hold = True
+                    while not await turn.taken(fanout.limits.keepalive):
+                        if inbox.overflow or (writer is not None and writer.gone):
+                            return  # the feed failed, or the client left
+                        yield comment("keep-alive")
+                    # In the same step as the turn: the history goes up to where the feed is,
+                    # and the inbox gets everything after.
+                    inbox.on_hold = False
+                    joined_at = feed.last_seq
+                    async for item in fanout.history(job_id, start_seq, joined_at, turn):
+                        chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
+                        sent = item.seq
+                        if writer is not None and writer.gone:
+                            return  # the client reset or left: nothing more can reach it
+                        if chunk:
+                            yield chunk
+                        if item.terminal or inbox.overflow:
+                            return
             except HistoryStalled:
                 metrics.SSE_STREAMS_CUT.labels("history_stalled").inc()
                 log.info("sse history read stalled; the client resumes", job_id=job_id)
