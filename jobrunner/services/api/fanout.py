@@ -805,9 +805,10 @@ class Fanout:
         tries again for up to ``history_idle`` seconds before it fails. ``turn``: the caller's,
         already ``taken`` (``history_turn``; the caller then gives it back), else the read waits
         for one here."""
-        async with AsyncExitStack() as stack:
+        # The turn on a stack of its own: ``_open_history`` closes ``stack`` between attempts.
+        async with AsyncExitStack() as own_turn, AsyncExitStack() as stack:
             if turn is None:
-                turn = await stack.enter_async_context(self.history_turn())
+                turn = await own_turn.enter_async_context(self.history_turn())
                 await turn.taken()
             reader = await self._open_history(stack, job_id, start_seq)
             turn.on_given_back = lambda: self._took_back(reader)
