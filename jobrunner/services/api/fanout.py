@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import random
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -794,7 +794,7 @@ class Fanout:
 
     async def history(
         self, job_id: str, start_seq: int, until_seq: int, turn: HistoryTurn | None = None
-    ) -> AsyncIterator[Item]:
+    ) -> AsyncGenerator[Item, None]:
         """The job's events from ``start_seq`` until at least ``until_seq`` (or the stream's end),
         from JetStream, for a client whose start lies before its feed's.
 

@@ -8,6 +8,7 @@ in either form resumes right after that event: nothing twice, nothing missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -269,19 +270,26 @@ async def job_stream(
                         if inbox.overflow or (writer is not None and writer.gone):
                             return  # the feed failed, or the client left
                         yield comment("keep-alive")
+                    if inbox.overflow or (writer is not None and writer.gone):
+                        return  # in the same step as the turn: no read for nobody
                     # In the same step as the turn: the history goes up to where the feed is,
                     # and the inbox gets everything after.
                     inbox.on_hold = False
                     joined_at = feed.last_seq
-                    async for item in fanout.history(job_id, start_seq, joined_at, turn):
-                        chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
-                        sent = item.seq
-                        if writer is not None and writer.gone:
-                            return  # the client reset or left: nothing more can reach it
-                        if chunk:
-                            yield chunk
-                        if item.terminal or inbox.overflow:
-                            return
+                    # Closed before the turn goes back: its consumer goes with it, so no more
+                    # than the turns' reads hold consumers at once.
+                    async with contextlib.aclosing(
+                        fanout.history(job_id, start_seq, joined_at, turn)
+                    ) as items:
+                        async for item in items:
+                            chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
+                            sent = item.seq
+                            if writer is not None and writer.gone:
+                                return  # the client reset or left: nothing more can reach it
+                            if chunk:
+                                yield chunk
+                            if item.terminal or inbox.overflow:
+                                return
             except HistoryStalled:
                 metrics.SSE_STREAMS_CUT.labels("history_stalled").inc()
                 log.info("sse history read stalled; the client resumes", job_id=job_id)
