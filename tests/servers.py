@@ -117,12 +117,19 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 
 
 @asynccontextmanager
-async def own_postgres(prefix: str) -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of the test's own, for a test that stops or kills it (never the shared one)."""
+async def own_postgres(prefix: str, **settings: str) -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of the test's own, for a test that stops or kills it (never the shared one);
+    ``settings`` on top of the test servers' own."""
     with scratch_dir(prefix) as root:
-        server = EmbeddedPostgres(root / "data", settings=TEST_POSTGRES_SETTINGS)
+        server = EmbeddedPostgres(root / "data", settings={**TEST_POSTGRES_SETTINGS, **settings})
         await asyncio.to_thread(server.start)
         try:
             yield server
         finally:
             await asyncio.to_thread(server.stop)
+
+
+# A Postgres that loses its last seconds of acknowledged commits when killed: commits do not
+# wait for the WAL flush (synchronous_commit off, as on the test servers) and the WAL writer
+# flushes only every 10 s, so a kill right after a commit forgets it, as a crash would.
+FORGETFUL = {"wal_writer_delay": "10s"}

@@ -13,7 +13,6 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.embedded.scratch import scratch_dir
 from tests import servers
 from tests.history_support import job_events, publish, wait_projected
 from tests.system import System
@@ -56,18 +55,9 @@ async def test_postgres_killed_and_back_sets_nothing_aside(
 
 @pytest.fixture
 async def forgetful_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres that loses its last seconds of commits when killed: commits do not wait for
-    the WAL flush (synchronous_commit off, as on the test servers) and the WAL writer flushes
-    only every 10 s, so a kill right after a commit forgets it, as a crash would."""
-    with scratch_dir("jobrunner-test-forgetful-") as root:
-        server = EmbeddedPostgres(
-            root / "data", settings={**servers.TEST_POSTGRES_SETTINGS, "wal_writer_delay": "10s"}
-        )
-        await asyncio.to_thread(server.start)
-        try:
-            yield server
-        finally:
-            await asyncio.to_thread(server.stop)
+    """Loses its last seconds of acknowledged commits when killed (servers.FORGETFUL)."""
+    async with servers.own_postgres("jobrunner-test-forgetful-", **servers.FORGETFUL) as server:
+        yield server
 
 
 async def test_postgres_back_without_acknowledged_commits_has_them_applied_again(

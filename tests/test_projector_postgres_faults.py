@@ -38,17 +38,11 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
 
 @pytest.fixture
 async def forgetful_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """Loses its last seconds of acknowledged commits when killed (synchronous_commit off and
-    the WAL flushed only every 10 s), as a crash would."""
-    with scratch_dir("jobrunner-test-projector-forgetful-") as root:
-        server = EmbeddedPostgres(
-            root / "data", settings={**servers.TEST_POSTGRES_SETTINGS, "wal_writer_delay": "10s"}
-        )
-        await asyncio.to_thread(server.start)
-        try:
-            yield server
-        finally:
-            await asyncio.to_thread(server.stop)
+    """Loses its last seconds of acknowledged commits when killed (servers.FORGETFUL)."""
+    async with servers.own_postgres(
+        "jobrunner-test-projector-forgetful-", **servers.FORGETFUL
+    ) as server:
+        yield server
 
 
 async def copy_in_flight(url: str, timeout: float = 30.0) -> None:

@@ -30,8 +30,6 @@ log = structlog.get_logger()
 
 __all__ = ["server_urls"]  # kept here too: callers name it eventstore.server_urls
 
-fits = messagesize.fits  # the size the server counts, headers too
-
 # JetStream de-duplicates a re-published event id within this window (seconds).
 DUPLICATE_WINDOW = 120.0
 

@@ -27,7 +27,7 @@ import structlog
 from litestar import Request
 from nats.js.errors import APIError
 
-from jobrunner.common import callbacktoken, endings, eventstore, metrics
+from jobrunner.common import callbacktoken, endings, eventstore, messagesize, metrics
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.lastevent import (
     JOB_EVENT_OF_KIND,
@@ -327,7 +327,7 @@ async def _publish_lines(
             "Nats-Expected-Last-Subject-Sequence": str(last.seq if last and last.seq else 0),
         }
         # The headers count too: the server closes the connection for a message over it.
-        if not eventstore.fits(ctx.nc.max_payload, data, headers):
+        if not messagesize.fits(ctx.nc.max_payload, data, headers):
             raise ApiError(
                 413,
                 "REPORT_TOO_LARGE",
