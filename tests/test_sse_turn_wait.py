@@ -19,7 +19,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
-from jobrunner.services.api.fanout import Fanout, Limits
+from jobrunner.services.api.fanout import Fanout, JobFeed, Limits, Subscriber
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,12 +30,22 @@ KEEP_ALIVE = sse.comment("keep-alive")
 SSE_ID = re.compile(rb"^id: (\d+)", re.MULTILINE)
 
 
-def one_turn(js: JetStreamContext, settings: Settings, client_bytes: int = 1 << 20) -> Fanout:
+# A client's limit: the smallest the settings allow (``sse_client_buffer_bytes``). With less
+# than a feed's pause (half of it) plus a hand-over piece (``HAND_OVER_BYTES``), a client that
+# reads at once can be cut by one piece: session 20's 64 KiB cut the live viewer so, in 2 runs
+# of 4 (bench/RESULTS.md, s21turnwait).
+CLIENT_BYTES = 1 << 20
+LINE_BYTES = 16 << 10  # a flood's line
+
+
+def one_turn(
+    js: JetStreamContext, settings: Settings, history_idle: float = HISTORY_IDLE
+) -> Fanout:
     limits = Limits(
         keepalive=KEEPALIVE,
-        client_bytes=client_bytes,
+        client_bytes=CLIENT_BYTES,
         total_bytes=64 << 20,
-        history_idle=HISTORY_IDLE,
+        history_idle=history_idle,
         history_reads=1,
     )
     return Fanout(js, Names(settings.prefix), sse.frames_for, limits)
@@ -119,7 +129,7 @@ async def test_live_events_while_a_viewer_waits_do_not_get_it_cut(
     names = Names(settings.prefix)
     await publish_lines(js, names, "other", 10, 10)
     first = await publish_lines(js, names, "flood", 1, 10)
-    fanout = one_turn(js, settings, client_bytes=64 << 10)
+    fanout = one_turn(js, settings)
     holder_took, flood_handed_on = asyncio.Event(), asyncio.Event()
     holder = asyncio.create_task(hold_the_turn(fanout, holder_took, flood_handed_on))
     await holder_took.wait()
@@ -154,7 +164,7 @@ async def test_live_events_while_a_viewer_waits_do_not_get_it_cut(
 
     waiting = asyncio.create_task(waiting_viewer())
     await wait_until(lambda: fanout.clients == 2)
-    last = await publish_lines(js, names, "flood", 300, 1000)  # about 5x the viewer's limit
+    last = await publish_lines(js, names, "flood", 320, LINE_BYTES)  # 5x the viewer's limit
     await wait_until(lambda: fanout.feeds["flood"].last_seq >= last or waiting.done())
     flood_handed_on.set()
     await waiting
@@ -165,3 +175,91 @@ async def test_live_events_while_a_viewer_waits_do_not_get_it_cut(
     assert ids == list(range(first, last + 1))  # every line once, in order
     assert ends_early == 0
     assert fanout.clients_cut == 0
+
+
+async def paused_for_a_stuck_client(
+    js: JetStreamContext, settings: Settings, fanout: Fanout
+) -> tuple[JobFeed, Subscriber, int]:
+    """A flood's feed whose one client never takes: the feed pauses (every client behind) with
+    the flood's rest still in NATS. The feed, the stuck inbox, the flood's last sequence."""
+    names = Names(settings.prefix)
+    await publish_lines(js, names, "flood", 1, 10)
+    feed, stuck, _ = await fanout.join("flood")  # from the stream's end
+    last = await publish_lines(js, names, "flood", 160, LINE_BYTES)  # 2.5 MiB
+    await wait_until(lambda: stuck.bytes > 0 and not feed.room.is_set())
+    assert feed.last_seq < last  # paused with events to come
+    return feed, stuck, last
+
+
+async def test_a_viewer_joining_a_feed_paused_for_another_gets_its_live_events(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """Before (main too): the join did not wake the feed, paused for its other client, so the
+    new viewer got its first live event only when the pause timed out (history_idle, here far
+    longer than the test's wait)."""
+    fanout = one_turn(js, settings, history_idle=600)
+    feed, stuck, last = await paused_for_a_stuck_client(js, settings, fanout)
+    start = feed.last_seq + 1  # at the feed: no history read
+    chunks: list[bytes] = []
+    stream = sse.job_stream(1000, fanout, "flood", start, None, None)
+    try:
+        async with asyncio.timeout(60):
+            async for chunk in stream:
+                chunks.append(chunk)
+                if [int(i) for i in SSE_ID.findall(b"".join(chunks))][-1:] == [last]:
+                    break
+    finally:
+        await stream.aclose()
+        feed.leave(stuck)
+    ids = [int(i) for i in SSE_ID.findall(b"".join(chunks))]
+    assert ids == list(range(start, last + 1))
+
+
+async def test_a_viewer_whose_turn_comes_wakes_a_feed_paused_for_another(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The review's case: a viewer waits for its turn (held, not counted by the feed's pause)
+    while the feed pauses for its other, stuck client. Before: the turn's coming did not wake the
+    feed, and the viewer's events after its history waited for the pause to time out."""
+    names = Names(settings.prefix)
+    await publish_lines(js, names, "other", 10, 10)
+    fanout = one_turn(js, settings, history_idle=600)
+    holder_took, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_until_released() -> None:
+        async for _ in fanout.history("other", 1, 10):
+            holder_took.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_until_released())
+    await holder_took.wait()
+    first = await publish_lines(js, names, "flood", 1, 10)
+    # From the stream's end, after ``first``: the viewer's start lies before the feed's and
+    # outside its record, so it reads its history and waits for the turn.
+    feed, stuck, _ = await fanout.join("flood")
+    chunks: list[bytes] = []
+    last: int | None = None
+
+    async def viewer() -> None:
+        async for chunk in sse.job_stream(1000, fanout, "flood", first, None, None):
+            chunks.append(chunk)
+            if [int(i) for i in SSE_ID.findall(b"".join(chunks))][-1:] == [last]:
+                return
+
+    waiting = asyncio.create_task(viewer())
+    try:
+        await wait_until(lambda: fanout.clients == 2)
+        last = await publish_lines(js, names, "flood", 160, LINE_BYTES)
+        await wait_until(lambda: stuck.bytes > 0 and not feed.room.is_set())
+        assert feed.last_seq < last  # paused for the stuck client, with events to come
+        release.set()
+        await holder
+        async with asyncio.timeout(60):
+            await waiting
+    finally:
+        release.set()
+        waiting.cancel()
+        await asyncio.gather(waiting, holder, return_exceptions=True)
+        feed.leave(stuck)
+    ids = [int(i) for i in SSE_ID.findall(b"".join(chunks))]
+    assert ids == list(range(first, last + 1))

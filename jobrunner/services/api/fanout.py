@@ -276,6 +276,13 @@ class Subscriber:
         self.idle = True
         self.wakeup.set()
 
+    def end_hold(self) -> None:
+        """The client's turn came (``on_hold``): from now on it is handed what the feed reads,
+        and a feed paused for its other clients goes on, since this one has room."""
+        self.on_hold = False
+        if self.room is not None:
+            self.room.set()
+
 
 class JobFeed:
     def __init__(self, fanout: Fanout, job_id: str, start_seq: int | None = None) -> None:
@@ -719,6 +726,9 @@ class Fanout:
         else:
             feed.subscribers.add(subscriber)
             subscriber.room = feed.room
+            # A feed paused because its every client was behind goes on: this one is not (else
+            # it would get its first live event only once the pause timed out, history_idle).
+            feed.room.set()
             self.clients += 1
         return feed, subscriber, feed.last_seq
 

@@ -273,8 +273,8 @@ async def job_stream(
                     if inbox.overflow or (writer is not None and writer.gone):
                         return  # in the same step as the turn: no read for nobody
                     # In the same step as the turn: the history goes up to where the feed is,
-                    # and the inbox gets everything after.
-                    inbox.on_hold = False
+                    # and the inbox gets everything after (as at a join).
+                    inbox.end_hold()
                     joined_at = feed.last_seq
                     # Closed before the turn goes back: its consumer goes with it, so no more
                     # than the turns' reads hold consumers at once.
