@@ -263,3 +263,101 @@ async def test_a_viewer_whose_turn_comes_wakes_a_feed_paused_for_another(
         feed.leave(stuck)
     ids = [int(i) for i in SSE_ID.findall(b"".join(chunks))]
     assert ids == list(range(first, last + 1))
+
+
+async def test_a_waiting_viewer_of_a_failed_feed_ends_at_once(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """Before: a viewer in line looked at its inbox (cut: the feed failed) only after each
+    keep-alive interval (here 30 s, sse_keepalive_seconds' default is 15 s). Now it waits for
+    the first of its turn and its inbox's wake-up, which a cut sets."""
+    names = Names(settings.prefix)
+    await publish_lines(js, names, "other", 10, 10)
+    first = await publish_lines(js, names, "job", 1, 10)
+
+    def build(event: events.AnyEvent, seq: int, skip: int | None) -> list[bytes]:
+        if isinstance(event, events.LineLogged) and event.lines[0].text == "boom":
+            raise RuntimeError("the feed fails")
+        return sse.frames_for(event, seq, skip)
+
+    limits = Limits(
+        keepalive=30,
+        client_bytes=CLIENT_BYTES,
+        total_bytes=64 << 20,
+        history_idle=60,
+        history_reads=1,
+    )
+    fanout = Fanout(js, names, build, limits)
+    holder_took, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async for _ in fanout.history("other", 1, 10):
+            holder_took.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await holder_took.wait()
+    feed, other, _ = await fanout.join("job")  # the feed from the stream's end
+
+    async def waiting_viewer() -> None:
+        async for _ in sse.job_stream(1000, fanout, "job", first, None, None):
+            pass
+
+    waiting = asyncio.create_task(waiting_viewer())
+    try:
+        await wait_until(lambda: fanout.clients == 2)
+        now = datetime.now(UTC)
+        boom = events.LineLogged(
+            job_id="job", lines=[events.LogLine(0, "stdout", "INFO", now, "boom")]
+        )
+        await eventstore.publish_many(js, names, [boom])
+        await wait_until(lambda: other.overflow)
+        # The feed failed and cut every inbox: the waiting viewer ends now, not at its next
+        # keep-alive (30 s) or its turn.
+        async with asyncio.timeout(5):
+            await waiting
+    finally:
+        release.set()
+        waiting.cancel()
+        await asyncio.gather(waiting, holder, return_exceptions=True)
+        feed.leave(other)
+
+
+async def test_a_turn_that_comes_while_the_keep_alive_is_written_is_held(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """Before: ``HistoryTurn.taken`` set ``held`` only when the place came while it waited. A
+    place that came while its caller was away (writing its keep-alive to a slow link: the yield
+    lets the loop run) was returned as True with ``held`` False: the history read ended after
+    its first item (``HistoryStalled``), and never armed its idle limit."""
+    names = Names(settings.prefix)
+    await publish_lines(js, names, "other", 10, 10)
+    last = await publish_lines(js, names, "job", 20, 10)
+    fanout = one_turn(js, settings)
+    holder_took, kept_alive = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async for _ in fanout.history("other", 1, 10):
+            if not holder_took.is_set():
+                holder_took.set()
+                await kept_alive.wait()  # lets go while the viewer writes its keep-alive
+
+    holder = asyncio.create_task(hold())
+    await holder_took.wait()
+    chunks: list[bytes] = []
+    stream = sse.job_stream(1000, fanout, "job", last - 19, None, None)
+    try:
+        async with asyncio.timeout(30):
+            async for chunk in stream:
+                chunks.append(chunk)
+                if chunk == KEEP_ALIVE and not kept_alive.is_set():
+                    kept_alive.set()
+                    await asyncio.sleep(0.3)  # the write to a slow link
+                if [int(i) for i in SSE_ID.findall(b"".join(chunks))][-1:] == [last]:
+                    break
+    finally:
+        await stream.aclose()
+        await holder
+    ids = [int(i) for i in SSE_ID.findall(b"".join(chunks))]
+    assert fanout.history_turns_given_back == 0
+    assert ids == list(range(last - 19, last + 1))  # every line, not one then a cut

@@ -20,6 +20,7 @@ from jobrunner.services.api.fanout import (
     TAKE_BYTES,
     Batch,
     Fanout,
+    HistoryTurn,
     Item,
     JobFeed,
     Limits,
@@ -235,6 +236,75 @@ async def test_a_client_that_stopped_reading_is_still_cut_by_its_limit() -> None
     inbox.room = feed.room
     await asyncio.wait_for(feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)]), 10)
     assert inbox.overflow
+
+
+async def test_a_feed_whose_clients_all_wait_for_a_turn_reads_nothing_for_nobody() -> None:
+    """Before: a feed whose every client waited in line for a history read (handed nothing)
+    read and framed a flood for nobody. Now it pauses, longer than a pause's timeout (nobody is
+    there to cut), until a client reads, and then goes on: every event once, in order."""
+    out = fanout(client_bytes=64 << 20)  # history_idle: 1 s
+    feed = JobFeed(out, "j")
+    inbox = Subscriber(out)
+    feed.subscribers.add(inbox)
+    inbox.room = feed.room
+    inbox.on_hold = True
+    deliver = asyncio.create_task(
+        feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 41)])
+    )
+    await asyncio.sleep(1.5)  # longer than history_idle
+    assert not deliver.done()
+    assert feed.last_seq <= 5  # one piece read, the rest still in NATS
+    inbox.reads_live()
+    received = []
+    while not deliver.done() or inbox.has_items:
+        received += inbox.take()
+        await asyncio.sleep(0.01)
+    assert [item.seq for item in received] == list(range(1, 41))
+
+
+async def test_viewers_joining_to_wait_for_a_turn_do_not_keep_a_stuck_client_from_its_cut() -> None:
+    """Before: each join woke the feed paused for a client that stopped reading, restarting the
+    pause's timeout: viewers joining to wait for a turn more often than history_idle kept the
+    stuck client, and the feed, waiting. A join that waits for its turn wakes nothing now."""
+    out = fanout(client_bytes=1 << 20)  # history_idle: 1 s
+    feed = JobFeed(out, "j")
+    feed.ready.set()
+    out.feeds["j"] = feed
+    _, stuck, _ = await out.join("j")
+    deliver = asyncio.create_task(
+        feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)])
+    )
+    async with asyncio.timeout(5):
+        while not stuck.overflow:
+            _, waiting, _ = await out.join("j")
+            waiting.on_hold = True  # in the same step, as ``sse.job_stream`` does
+            await asyncio.sleep(0.3)
+    await deliver
+
+
+async def test_the_feeds_keep_alive_skips_a_client_waiting_for_its_turn() -> None:
+    """Before: the feed's keep-alive marked a client in line idle too, so its stream sent one
+    more keep-alive after its history (it sends its own while it waits)."""
+    out = fanout()
+    feed = JobFeed(out, "j")
+    waiting, live = Subscriber(out), Subscriber(out)
+    waiting.on_hold = True
+    feed.subscribers |= {waiting, live}
+    await feed._deliver([])
+    assert live.idle
+    assert not waiting.idle
+    assert not waiting.wakeup.is_set()
+
+
+async def test_a_turn_given_back_is_not_taken_again() -> None:
+    """Before: ``taken`` after ``give_back`` answered True for a place no longer held."""
+    places = asyncio.Semaphore(1)
+    turn = HistoryTurn(places, idle=1.0)
+    assert await turn.taken()
+    turn.give_back()
+    assert not await turn.taken()
+    assert not turn.held
+    assert not places.locked()  # the place went back, once
 
 
 async def test_a_client_gone_while_its_feed_starts_leaves_no_feed_running() -> None:

@@ -87,6 +87,9 @@ TURN_SECONDS = 0.00025
 # connection's reads, its feed, its viewer's writes). A larger arrival waits for the feed's
 # task, so that the callback never holds the loop long.
 QUIET_BYTES = 16 * 1024
+# The room a client needs for such an arrival's frames: at most about twice its message's size
+# (a terminal status is framed twice, as ``status`` and ``done``), with room to spare.
+QUIET_FRAMES_BYTES = 4 * QUIET_BYTES
 # A large LineLogged (a flood's) is framed this many lines per step of its feed's task, the other
 # jobs' feeds and clients in between: framing a 1,000-line message was the largest step in the
 # API's loop beside a flood (its decoding, about a third of it, stays one step).
@@ -219,9 +222,10 @@ class Subscriber:
         self.bytes = 0
         self.overflow = False  # cut: the client must reconnect and resume
         self.idle = False  # the job had no event for a keep-alive interval
-        # Handed nothing: the client waits for its history read's turn, and that read will
-        # go up to where the feed is when the turn comes (``Fanout.history_turn``). A viewer
-        # in line would otherwise fill its inbox meanwhile and be cut as soon as it read.
+        # Handed nothing (no batch, no keep-alive: its wake-up is set only by a cut): the client
+        # waits for its history read's turn, and that read will go up to where the feed is when
+        # the turn comes (``Fanout.history_turn``). A viewer in line would otherwise fill its
+        # inbox meanwhile and be cut as soon as it read.
         self.on_hold = False
         self.wakeup = asyncio.Event()
         self.room: asyncio.Event | None = None  # the feed's: set when this client took or left
@@ -276,9 +280,11 @@ class Subscriber:
         self.idle = True
         self.wakeup.set()
 
-    def end_hold(self) -> None:
-        """The client's turn came (``on_hold``): from now on it is handed what the feed reads,
-        and a feed paused for its other clients goes on, since this one has room."""
+    def reads_live(self) -> None:
+        """From now on the client is handed what the feed reads (it joined at the feed, or its
+        history read's turn came: ``on_hold`` ends), and a feed paused because its every other
+        client is behind goes on, since this one has room. Not at a join that waits for a turn:
+        that wake-up would restart the pause's timeout and keep a stuck client from its cut."""
         self.on_hold = False
         if self.room is not None:
             self.room.set()
@@ -305,7 +311,8 @@ class JobFeed:
         self.record: list[Item] | None = []
         self.record_from = 0
         self.record_size = 0
-        self._pending: list[Item] = []
+        self._pending: list[Item] = []  # to be handed over at the next flush
+        self._pending_bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._end_last = EndLast()
         # Backpressure (``PAUSE_BYTES``): set by a client's take; ``stalled`` once a pause
@@ -389,14 +396,20 @@ class JobFeed:
         """The quiet path: hand on a small arrival in the subscription's callback while the
         feed's task waits (nothing of the feed is under way then, so the order holds). False:
         the feed's task takes it (it is woken, also when the callback ended the feed)."""
-        if not self._waiting or reader.buffered_bytes > QUIET_BYTES or self._behind():
+        if (
+            not self._waiting
+            or reader.buffered_bytes > QUIET_BYTES
+            or self._behind(QUIET_FRAMES_BYTES)
+        ):
             return False
         self._quiet_at = asyncio.get_running_loop().time()
         try:
             for msg in reader.take():
                 seq, pending = position(msg)
-                self._order(
-                    seq, pending, decode_item(seq, msg.data, self.job_id, self.fanout.build)
+                self._queue(
+                    self._order(
+                        seq, pending, decode_item(seq, msg.data, self.job_id, self.fanout.build)
+                    )
                 )
                 if self._end_last.ended:
                     self._flush()
@@ -413,27 +426,38 @@ class JobFeed:
         if self._finished:
             return True
         if not msgs:
-            # One timer for the job, not one per client.
+            # One timer for the job, not one per client (none for a client on hold: it sends
+            # its own while it waits, and one from here would follow its history).
             for subscriber in self.subscribers:
-                subscriber.keep_alive()
+                if not subscriber.on_hold:
+                    subscriber.keep_alive()
             return False
-        await self._room()
+        # A piece is handed over once a client has room for it whole (``_room``): until then
+        # it is held here, not in ``_pending``, which the batching window's timer flushes.
+        piece: list[Item] = []
         size = 0
         loop = asyncio.get_running_loop()
         turn_ends = loop.time() + TURN_SECONDS
         for msg in msgs:
             if size >= HAND_OVER_BYTES or loop.time() >= turn_ends:
+                await self._room(size)
+                self._queue(piece)
                 self._flush()
-                size = 0
-                await self._room()
+                piece, size = [], 0
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
             seq, pending = position(msg)
             item = await self._decode_in_steps(seq, msg.data)
-            size += self._order(seq, pending, item)
+            for ready in self._order(seq, pending, item):
+                piece.append(ready)
+                size += len(ready.chunk)
             if self._end_last.ended:
+                await self._room(size)
+                self._queue(piece)
                 self._flush()
                 return True
+        await self._room(size)
+        self._queue(piece)
         self._hand_over_soon()
         return False
 
@@ -455,20 +479,22 @@ class JobFeed:
             frames += frame_lines(event, seq, first, first + FRAME_LINES)
         return Item(seq, event, frames)
 
-    def _order(self, seq: int, pending: int, item: Item | None) -> int:
-        """Queue what is ready of the ``item`` of the message at ``seq`` (``EndLast``, with the
-        messages ``pending`` after it); its bytes."""
+    def _order(self, seq: int, pending: int, item: Item | None) -> list[Item]:
+        """What is ready to hand on of the ``item`` of the message at ``seq`` (``EndLast``,
+        with the messages ``pending`` after it), in the record already."""
         self.last_seq = seq
-        size = 0
-        for ready in self._end_last.order(item, pending):
-            if ready.seq < seq:
+        ready = self._end_last.order(item, pending)
+        for each in ready:
+            if each.seq < seq:
                 # An end handed on after later events: the record, kept in stream order
                 # for look-ups by sequence, is dropped; late viewers read the history.
                 self.drop_record()
-            self._remember(ready)
-            self._pending.append(ready)
-            size += len(ready.chunk)
-        return size
+            self._remember(each)
+        return ready
+
+    def _queue(self, items: list[Item]) -> None:
+        self._pending += items
+        self._pending_bytes += sum(len(item.chunk) for item in items)
 
     def _hand_over_soon(self) -> None:
         window = self.fanout.coalesce_window()
@@ -477,29 +503,37 @@ class JobFeed:
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
 
-    def _behind(self) -> bool:
-        """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)? Those in line
-        for a history read (``on_hold``) do not count: they are handed nothing, so their empty
-        inbox says nothing of how fast they read."""
-        pause = min(PAUSE_BYTES, self.fanout.limits.client_bytes // 2)
-        reading = False
+    def _behind(self, coming: int) -> bool:
+        """Is every client of the feed behind: cut, at least ``PAUSE_BYTES`` behind, or without
+        room under its limit for ``coming`` bytes besides those waiting to be handed over
+        (``_pending``)? A client in line for a history read (``on_hold``) is handed nothing and
+        does not count: a feed whose every client waits so is behind too (it reads for nobody).
+        """
+        limits = self.fanout.limits
+        pause = min(PAUSE_BYTES, limits.client_bytes // 2)
+        # An empty inbox has room for anything: a piece over a client's limit cuts it however
+        # long the feed waits.
+        fits = max(0, limits.client_bytes - self._pending_bytes - coming)
         for s in self.subscribers:
-            if s.on_hold:
-                continue
-            if not (s.overflow or s.bytes >= pause):
+            if not (s.on_hold or s.overflow) and s.bytes < pause and s.bytes <= fits:
                 return False  # (at the first: a feed may have a thousand clients)
-            reading = True
-        return reading
+        return bool(self.subscribers)
 
-    async def _room(self) -> None:
-        """Wait while every client is behind: the feed then reads only as fast as its fastest
-        client takes, instead of buffering the flood until the client is cut."""
+    async def _room(self, coming: int) -> None:
+        """Wait while every client is behind (``_behind``, for ``coming`` bytes more): the feed
+        then reads only as fast as its fastest client takes, instead of buffering the flood
+        until the client is cut, and a client that reads is handed no more than its limit."""
         if self.stalled:
             if not self.room.is_set():
                 return
             self.stalled = False
-        while self._behind():
+        while self._behind(coming):
             self.room.clear()
+            if all(s.on_hold for s in self.subscribers):
+                # Nobody reads, so nobody is there to cut either: until a turn comes or a
+                # client joins at the feed (``Subscriber.reads_live``), or one leaves.
+                await self.room.wait()
+                continue
             try:
                 async with asyncio.timeout(self.fanout.limits.history_idle):
                     await self.room.wait()
@@ -545,7 +579,7 @@ class JobFeed:
         if not self._pending:
             return
         batch = Batch(self._pending)
-        self._pending = []
+        self._pending, self._pending_bytes = [], 0
         self.fanout.hand_over(self.subscribers, batch)
 
     def leave(self, subscriber: Subscriber) -> None:
@@ -602,17 +636,28 @@ class HistoryTurn:
         # What else goes with the turn: the read's consumer, which counts against the stream.
         self.on_given_back: Callable[[], None] | None = None
 
-    async def taken(self, wait: float | None = None) -> bool:
-        """Wait for the place, at most ``wait`` seconds (None: as long as it takes); True once
-        the read holds it (or held it: a read takes one turn)."""
+    async def taken(self, wait: float | None = None, wake: asyncio.Event | None = None) -> bool:
+        """Wait for the place, at most ``wait`` seconds (None: as long as it takes) or until
+        ``wake`` is set; True once the read holds it. False for good once given back: a read
+        takes one turn."""
+        if self._left:
+            return False
         if self._asking is None:
             self._asking = asyncio.ensure_future(self._places.acquire())
         if not self._asking.done():
-            await asyncio.wait([self._asking], timeout=wait)
-            if not self._asking.done():
-                return False
-            self.held = True
-        return True
+            woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
+            try:
+                await asyncio.wait(
+                    [self._asking] if woken is None else [self._asking, woken],
+                    timeout=wait,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                if woken is not None:
+                    woken.cancel()
+        # Also a place that came while the caller was away (writing its keep-alive).
+        self.held = self._asking.done() and not self._left
+        return self.held
 
     def client_waits(self) -> None:
         """An item is about to go to the client."""
@@ -642,9 +687,11 @@ class HistoryTurn:
             self._timer.cancel()
             self._timer = None
         asking = self._asking
-        if asking is None or self._left:
+        if self._left:
             return
         self._left = True
+        if asking is None:
+            return  # never in line
         if not asking.done():
             # (A place handed to it in this very step goes on to the next in line: asyncio's
             # Semaphore passes on what a cancelled waiter was given.)
@@ -726,9 +773,6 @@ class Fanout:
         else:
             feed.subscribers.add(subscriber)
             subscriber.room = feed.room
-            # A feed paused because its every client was behind goes on: this one is not (else
-            # it would get its first live event only once the pause timed out, history_idle).
-            feed.room.set()
             self.clients += 1
         return feed, subscriber, feed.last_seq
 

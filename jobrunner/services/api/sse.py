@@ -250,6 +250,12 @@ async def job_stream(
     feed, inbox, joined_at = await fanout.join(job_id, feed_from, row)
     # Taken in the same step as the join: the record ends exactly where the inbox begins.
     recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
+    if recorded is None and start_seq <= joined_at:
+        # In line for a history read, from the join on: the feed hands this client nothing
+        # until its turn (``Subscriber.on_hold``).
+        inbox.on_hold = True
+    else:
+        inbox.reads_live()
     sent = start_seq - 1
     try:
         if recorded is not None and not inbox.overflow:
@@ -263,10 +269,9 @@ async def job_stream(
             # The feed is past our start: catch up from JetStream, then follow the feed.
             try:
                 async with fanout.history_turn() as turn:
-                    # In line for a read: the feed hands this client nothing meanwhile, and a
-                    # keep-alive goes out as on an idle stream (a proxy closes a silent one).
-                    inbox.on_hold = True
-                    while not await turn.taken(fanout.limits.keepalive):
+                    # In line for a read: a keep-alive goes out as on an idle stream (a proxy
+                    # closes a silent one). The inbox's wake-up is set only by a cut meanwhile.
+                    while not await turn.taken(fanout.limits.keepalive, inbox.wakeup):
                         if inbox.overflow or (writer is not None and writer.gone):
                             return  # the feed failed, or the client left
                         yield comment("keep-alive")
@@ -274,7 +279,7 @@ async def job_stream(
                         return  # in the same step as the turn: no read for nobody
                     # In the same step as the turn: the history goes up to where the feed is,
                     # and the inbox gets everything after (as at a join).
-                    inbox.end_hold()
+                    inbox.reads_live()
                     joined_at = feed.last_seq
                     # Closed before the turn goes back: its consumer goes with it, so no more
                     # than the turns' reads hold consumers at once.
