@@ -30,10 +30,10 @@ KEEP_ALIVE = sse.comment("keep-alive")
 SSE_ID = re.compile(rb"^id: (\d+)", re.MULTILINE)
 
 
-# A client's limit: the smallest the settings allow (``sse_client_buffer_bytes``). With less
-# than a feed's pause (half of it) plus a hand-over piece (``HAND_OVER_BYTES``), a client that
-# reads at once can be cut by one piece: session 20's 64 KiB cut the live viewer so, in 2 runs
-# of 4 (bench/RESULTS.md, s21turnwait).
+# A client's limit: the smallest the settings allow (``sse_client_buffer_bytes``). Session 20's
+# 64 KiB, smaller than one hand-over piece (``HAND_OVER_BYTES``), cut the live viewer in 2 runs
+# of 4 (bench/RESULTS.md, s21turnwait); a feed now hands a piece over only once a client has
+# room for it whole (``JobFeed._behind``, tests/test_sse_pacing.py).
 CLIENT_BYTES = 1 << 20
 LINE_BYTES = 16 << 10  # a flood's line
 

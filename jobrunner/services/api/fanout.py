@@ -21,8 +21,9 @@ past its share, or the client with the largest backlog when the process's total 
 is cut: its backlog is dropped at once and its stream closes without ``done``, so its browser
 reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A history read that stalls
 does the same rather than leave a silent gap. Before that, a feed whose every client is behind
-waits for them (backpressure, ``PAUSE_BYTES``): a viewer slower than a flood is then paced, not
-cut; only one that takes nothing for ``Limits.history_idle`` is left to its limit and cut.
+(``PAUSE_BYTES``, or without room for the next piece) waits for them: a viewer slower than a
+flood is then paced, not cut; only one that takes nothing for ``Limits.history_idle`` is left to
+its limit and cut.
 
 A feed waiting for events hands a small arrival (``QUIET_BYTES``: a quiet job's line) on in the
 subscription's callback instead of waking its own task: beside a flood, each turn of the event
@@ -74,7 +75,8 @@ TAKE_BYTES = 64 * 1024
 # takes (its data then waits in NATS, held back by flow control, not in the API). A flood's
 # viewer reading slower than the flood prints was otherwise handed the flood's whole rate until
 # its backlog passed its limit and it was cut, every few seconds, with a history read to resume.
-# Half a client's limit when that is smaller, so that a slow client still is not cut.
+# Half a client's limit when that is smaller; and a piece is handed over only once a client has
+# room for it whole under its limit (``JobFeed._behind``), so that a slow client is not cut.
 PAUSE_BYTES = 4 * HAND_OVER_BYTES
 # A feed's burst is handed over after HAND_OVER_BYTES or this much work, whichever comes first:
 # a flooding job's burst then holds the process for about one message at a time (decoding and
