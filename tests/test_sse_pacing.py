@@ -59,13 +59,13 @@ async def test_a_slow_reader_at_the_smallest_client_limit_is_paced_not_cut(
                 break
             await asyncio.sleep(0.01)
     # 250 KiB, 250 KiB (each under a hand-over piece), then one largest-size event: ~6.5 MiB.
-    # (Each its own event: the store drops a repeated one, by its id.)
     assert len(codec.encode(lines_event("flood", 1000, 460))) <= MAX_BATCH_BYTES  # a runner's
     batch = []
     for _ in range(6):
         batch += [lines_event("flood", 427, 480), lines_event("flood", 427, 480)]
         batch.append(lines_event("flood", 1000, 460))
     last = await eventstore.publish_many(js, names, batch)
+    assert last == first + len(batch)  # each stored (the store drops a repeated event)
     try:
         async with asyncio.timeout(60):
             while not viewer.done():
