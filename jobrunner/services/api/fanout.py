@@ -297,7 +297,9 @@ class JobFeed:
         self.fanout = fanout
         self.job_id = job_id
         self.start_seq = start_seq  # None: the stream's end when the feed starts
-        # Every event of the job up to here has been handed to the subscribers of the moment.
+        # Every event of the job up to here has been handed to the subscribers of the moment, or
+        # is queued or held for them (``_pending``, a piece waiting for room): a joiner reads up
+        # to here from the history and drops what the feed then hands it twice, by sequence.
         self.last_seq = 0
         self.subscribers: set[Subscriber] = set()
         self.joining = 0  # clients waiting for the feed to be ready, not subscribers yet
@@ -442,7 +444,7 @@ class JobFeed:
         turn_ends = loop.time() + TURN_SECONDS
         for msg in msgs:
             if size >= HAND_OVER_BYTES or loop.time() >= turn_ends:
-                await self._room(size)
+                await self._room_for(size)
                 self._queue(piece)
                 self._flush()
                 piece, size = [], 0
@@ -454,11 +456,11 @@ class JobFeed:
                 piece.append(ready)
                 size += len(ready.chunk)
             if self._end_last.ended:
-                await self._room(size)
+                await self._room_for(size)
                 self._queue(piece)
                 self._flush()
                 return True
-        await self._room(size)
+        await self._room_for(size)
         self._queue(piece)
         self._hand_over_soon()
         return False
@@ -521,6 +523,15 @@ class JobFeed:
                 return False  # (at the first: a feed may have a thousand clients)
         return bool(self.subscribers)
 
+    async def _room_for(self, coming: int) -> None:
+        """``_room`` for a piece of ``coming`` bytes. What the batching window holds
+        (``_pending``) goes first when the two would not fit an inbox together: an empty inbox has
+        room for anything, and the window's batch and the piece handed over as one would cut a
+        client that reads."""
+        if self._pending and self._pending_bytes + coming > self.fanout.limits.client_bytes:
+            self._flush()
+        await self._room(coming)
+
     async def _room(self, coming: int) -> None:
         """Wait while every client is behind (``_behind``, for ``coming`` bytes more): the feed
         then reads only as fast as its fastest client takes, instead of buffering the flood
@@ -531,9 +542,10 @@ class JobFeed:
             self.stalled = False
         while self._behind(coming):
             self.room.clear()
-            if all(s.on_hold for s in self.subscribers):
-                # Nobody reads, so nobody is there to cut either: until a turn comes or a
-                # client joins at the feed (``Subscriber.reads_live``), or one leaves.
+            if all(s.on_hold or s.overflow for s in self.subscribers):
+                # Nobody reads (a cut client only waits to leave), so nobody is there to cut
+                # either: until a turn comes or a client joins at the feed
+                # (``Subscriber.reads_live``), or one leaves.
                 await self.room.wait()
                 continue
             try:
