@@ -20,6 +20,7 @@ from jobrunner.services.api.fanout import (
     TAKE_BYTES,
     Batch,
     Fanout,
+    HistoryTurn,
     Item,
     JobFeed,
     Limits,
@@ -233,8 +234,147 @@ async def test_a_client_that_stopped_reading_is_still_cut_by_its_limit() -> None
     inbox = Subscriber(out)
     feed.subscribers.add(inbox)
     inbox.room = feed.room
-    await asyncio.wait_for(feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)]), 10)
-    assert inbox.overflow
+    deliver = asyncio.create_task(
+        feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)])
+    )
+    async with asyncio.timeout(10):
+        while not inbox.overflow:
+            inbox.wakeup.clear()  # (no stream here: the test waits in its place)
+            await inbox.wakeup.wait()
+    # A cut client reads nothing: the feed waits for its stream to end, as it does on a cut.
+    feed.leave(inbox)
+    assert await asyncio.wait_for(deliver, 10) is False
+
+
+async def test_a_feed_whose_clients_all_wait_for_a_turn_reads_nothing_for_nobody() -> None:
+    """Before: a feed whose every client waited in line for a history read (handed nothing)
+    read and framed a flood for nobody. Now it pauses, longer than a pause's timeout (nobody is
+    there to cut), until a client reads, and then goes on: every event once, in order."""
+    out = fanout(client_bytes=64 << 20)  # history_idle: 1 s
+    feed = JobFeed(out, "j")
+    inbox = Subscriber(out)
+    feed.subscribers.add(inbox)
+    inbox.room = feed.room
+    inbox.on_hold = True
+    deliver = asyncio.create_task(
+        feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 41)])
+    )
+    await asyncio.sleep(1.5)  # longer than history_idle
+    assert not deliver.done()
+    assert feed.last_seq <= 5  # one piece read, the rest still in NATS
+    inbox.reads_live()
+    received = []
+    while not deliver.done() or inbox.has_items:
+        received += inbox.take()
+        await asyncio.sleep(0.01)
+    assert [item.seq for item in received] == list(range(1, 41))
+
+
+async def test_viewers_joining_to_wait_for_a_turn_do_not_keep_a_stuck_client_from_its_cut() -> None:
+    """Before: each join woke the feed paused for a client that stopped reading, restarting the
+    pause's timeout: viewers joining to wait for a turn more often than history_idle kept the
+    stuck client, and the feed, waiting. A join that waits for its turn wakes nothing now."""
+    out = fanout(client_bytes=1 << 20)  # history_idle: 1 s
+    feed = JobFeed(out, "j")
+    feed.ready.set()
+    out.feeds["j"] = feed
+    _, stuck, _ = await out.join("j")
+    deliver = asyncio.create_task(
+        feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 31)])
+    )
+    async with asyncio.timeout(5):
+        while not stuck.overflow:
+            _, waiting, _ = await out.join("j")
+            waiting.on_hold = True  # in the same step, as ``sse.job_stream`` does
+            await asyncio.sleep(0.3)
+    # Nobody reads now (the stuck client is cut, the others wait for a turn): the feed pauses.
+    await asyncio.sleep(0.1)
+    assert not deliver.done()
+    deliver.cancel()
+
+
+def largest_line_message(seq: int) -> Msg:
+    """A runner's largest LineLogged: 1,000 lines of 460 bytes, about 566 KiB of SSE frames."""
+    lines = [events.LogLine(n, "stdout", "INFO", AT, "x" * 460) for n in range(1000)]
+    event = events.LineLogged(job_id="j", lines=lines)
+    client: Any = None
+    return Msg(client, "t.j.lines", f"$JS.ACK.t.c.1.{seq}.{seq}.0.0", codec.encode(event))
+
+
+async def test_a_batch_held_by_the_window_and_the_next_piece_do_not_cut_a_client_that_reads() -> (
+    None
+):
+    """With many viewers in the process the batching window holds a piece back; the next
+    piece then goes after it, not with it, when the two would not fit the smallest inbox."""
+    out = fanout(client_bytes=1 << 20)
+    out.clients = 500  # a batching window of 0.1 s
+    feed = JobFeed(out, "j")
+    inbox = Subscriber(out)
+    feed.subscribers.add(inbox)
+    inbox.room = feed.room
+
+    async def reads() -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            if inbox.has_items:
+                inbox.take(64 * 1024)
+
+    reader = asyncio.create_task(reads())
+    try:
+        await feed._deliver([largest_line_message(1)])
+        assert feed._pending_bytes > 0  # held for the window
+        await feed._deliver([largest_line_message(2), largest_line_message(3)])
+    finally:
+        reader.cancel()
+    assert not inbox.overflow
+    assert out.clients_cut == 0
+
+
+async def test_a_feed_whose_clients_are_cut_or_waiting_reads_nothing_for_nobody() -> None:
+    """A cut client whose stream has not left yet reads nothing either: beside viewers waiting
+    for a turn, the feed pauses rather than reading the flood for no one."""
+    out = fanout(client_bytes=64 << 20)  # history_idle 1 s
+    feed = JobFeed(out, "j")
+    cut, waiting = Subscriber(out), Subscriber(out)
+    for subscriber in (cut, waiting):
+        feed.subscribers.add(subscriber)
+        subscriber.room = feed.room
+    waiting.on_hold = True
+    cut.cut()
+    deliver = asyncio.create_task(
+        feed._deliver([stored(seq, "f" * 100_000) for seq in range(1, 41)])
+    )
+    await asyncio.sleep(1.5)  # past history_idle: a timed pause would have gone on by now
+    assert feed.last_seq <= 5
+    assert not deliver.done()
+    waiting.reads_live()  # its turn came
+    assert await deliver is False
+    assert feed.last_seq == 40
+
+
+async def test_the_feeds_keep_alive_skips_a_client_waiting_for_its_turn() -> None:
+    """Before: the feed's keep-alive marked a client in line idle too, so its stream sent one
+    more keep-alive after its history (it sends its own while it waits)."""
+    out = fanout()
+    feed = JobFeed(out, "j")
+    waiting, live = Subscriber(out), Subscriber(out)
+    waiting.on_hold = True
+    feed.subscribers |= {waiting, live}
+    await feed._deliver([])
+    assert live.idle
+    assert not waiting.idle
+    assert not waiting.wakeup.is_set()
+
+
+async def test_a_turn_given_back_is_not_taken_again() -> None:
+    """Before: ``taken`` after ``give_back`` answered True for a place no longer held."""
+    places = asyncio.Semaphore(1)
+    turn = HistoryTurn(places, idle=1.0)
+    assert await turn.taken()
+    turn.give_back()
+    assert not await turn.taken()
+    assert not turn.held
+    assert not places.locked()  # the place went back, once
 
 
 async def test_a_client_gone_while_its_feed_starts_leaves_no_feed_running() -> None:

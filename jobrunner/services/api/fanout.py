@@ -21,8 +21,9 @@ past its share, or the client with the largest backlog when the process's total 
 is cut: its backlog is dropped at once and its stream closes without ``done``, so its browser
 reconnects with ``Last-Event-ID`` and resumes exactly where it stopped. A history read that stalls
 does the same rather than leave a silent gap. Before that, a feed whose every client is behind
-waits for them (backpressure, ``PAUSE_BYTES``): a viewer slower than a flood is then paced, not
-cut; only one that takes nothing for ``Limits.history_idle`` is left to its limit and cut.
+(``PAUSE_BYTES``, or without room for the next piece) waits for them: a viewer slower than a
+flood is then paced, not cut; only one that takes nothing for ``Limits.history_idle`` is left to
+its limit and cut.
 
 A feed waiting for events hands a small arrival (``QUIET_BYTES``: a quiet job's line) on in the
 subscription's callback instead of waking its own task: beside a flood, each turn of the event
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +80,8 @@ TAKE_BYTES = 64 * 1024
 # takes (its data then waits in NATS, held back by flow control, not in the API). A flood's
 # viewer reading slower than the flood prints was otherwise handed the flood's whole rate until
 # its backlog passed its limit and it was cut, every few seconds, with a history read to resume.
-# Half a client's limit when that is smaller, so that a slow client still is not cut.
+# Half a client's limit when that is smaller; and a piece is handed over only once a client has
+# room for it whole under its limit (``JobFeed._behind``), so that a slow client is not cut.
 PAUSE_BYTES = 4 * HAND_OVER_BYTES
 # A feed's burst is handed over after HAND_OVER_BYTES or this much work, whichever comes first:
 # a flooding job's burst then holds the process for about one message at a time (decoding and
@@ -92,6 +94,9 @@ TURN_SECONDS = 0.00025
 # connection's reads, its feed, its viewer's writes). A larger arrival waits for the feed's
 # task, so that the callback never holds the loop long.
 QUIET_BYTES = 16 * 1024
+# The room a client needs for such an arrival's frames: at most about twice its message's size
+# (a terminal status is framed twice, as ``status`` and ``done``), with room to spare.
+QUIET_FRAMES_BYTES = 4 * QUIET_BYTES
 # A large LineLogged (a flood's) is framed this many lines per step of its feed's task, the other
 # jobs' feeds and clients in between: framing a 1,000-line message was the largest step in the
 # API's loop beside a flood (its decoding, about a third of it, stays one step).
@@ -206,7 +211,17 @@ class Subscriber:
     """One client's inbox: batches appended by the feed, taken by the client a piece at a time
     (``TAKE_BYTES``)."""
 
-    __slots__ = ("batches", "bytes", "direct", "fanout", "idle", "overflow", "room", "wakeup")
+    __slots__ = (
+        "batches",
+        "bytes",
+        "direct",
+        "fanout",
+        "idle",
+        "on_hold",
+        "overflow",
+        "room",
+        "wakeup",
+    )
 
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
@@ -214,6 +229,11 @@ class Subscriber:
         self.bytes = 0
         self.overflow = False  # cut: the client must reconnect and resume
         self.idle = False  # the job had no event for a keep-alive interval
+        # Handed nothing (no batch, no keep-alive: its wake-up is set only by a cut): the client
+        # waits for its history read's turn, and that read will go up to where the feed is when
+        # the turn comes (``Fanout.history_turn``). A viewer in line would otherwise fill its
+        # inbox meanwhile and be cut as soon as it read.
+        self.on_hold = False
         self.wakeup = asyncio.Event()
         self.room: asyncio.Event | None = None  # the feed's: set when this client took or left
         # Set by the client's stream while it waits with nothing unsent: writes a batch's items
@@ -267,13 +287,24 @@ class Subscriber:
         self.idle = True
         self.wakeup.set()
 
+    def reads_live(self) -> None:
+        """From now on the client is handed what the feed reads (it joined at the feed, or its
+        history read's turn came: ``on_hold`` ends), and a feed paused because its every other
+        client is behind goes on, since this one has room. Not at a join that waits for a turn:
+        that wake-up would restart the pause's timeout and keep a stuck client from its cut."""
+        self.on_hold = False
+        if self.room is not None:
+            self.room.set()
+
 
 class JobFeed:
     def __init__(self, fanout: Fanout, job_id: str, start_seq: int | None = None) -> None:
         self.fanout = fanout
         self.job_id = job_id
         self.start_seq = start_seq  # None: the stream's end when the feed starts
-        # Every event of the job up to here has been handed to the subscribers of the moment.
+        # Every event of the job up to here has been handed to the subscribers of the moment, or
+        # is queued or held for them (``_pending``, a piece waiting for room): a joiner reads up
+        # to here from the history and drops what the feed then hands it twice, by sequence.
         self.last_seq = 0
         self.subscribers: set[Subscriber] = set()
         self.joining = 0  # clients waiting for the feed to be ready, not subscribers yet
@@ -289,7 +320,8 @@ class JobFeed:
         self.record: list[Item] | None = []
         self.record_from = 0
         self.record_size = 0
-        self._pending: list[Item] = []
+        self._pending: list[Item] = []  # to be handed over at the next flush
+        self._pending_bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._end_last = EndLast()
         # Backpressure (``PAUSE_BYTES``): set by a client's take; ``stalled`` once a pause
@@ -369,14 +401,20 @@ class JobFeed:
         """The quiet path: hand on a small arrival in the subscription's callback while the
         feed's task waits (nothing of the feed is under way then, so the order holds). False:
         the feed's task takes it (it is woken, also when the callback ended the feed)."""
-        if not self._waiting or reader.buffered_bytes > QUIET_BYTES or self._behind():
+        if (
+            not self._waiting
+            or reader.buffered_bytes > QUIET_BYTES
+            or self._behind(QUIET_FRAMES_BYTES)
+        ):
             return False
         self._quiet_at = asyncio.get_running_loop().time()
         try:
             for msg in reader.take():
                 seq, pending = position(msg)
-                self._order(
-                    seq, pending, decode_item(seq, msg.data, self.job_id, self.fanout.build)
+                self._queue(
+                    self._order(
+                        seq, pending, decode_item(seq, msg.data, self.job_id, self.fanout.build)
+                    )
                 )
                 if self._end_last.ended:
                     self._flush()
@@ -393,27 +431,38 @@ class JobFeed:
         if self._finished:
             return True
         if not msgs:
-            # One timer for the job, not one per client.
+            # One timer for the job, not one per client (none for a client on hold: it sends
+            # its own while it waits, and one from here would follow its history).
             for subscriber in self.subscribers:
-                subscriber.keep_alive()
+                if not subscriber.on_hold:
+                    subscriber.keep_alive()
             return False
-        await self._room()
+        # A piece is handed over once a client has room for it whole (``_room``): until then
+        # it is held here, not in ``_pending``, which the batching window's timer flushes.
+        piece: list[Item] = []
         size = 0
         loop = asyncio.get_running_loop()
         turn_ends = loop.time() + TURN_SECONDS
         for msg in msgs:
             if size >= HAND_OVER_BYTES or loop.time() >= turn_ends:
+                await self._room_for(size)
+                self._queue(piece)
                 self._flush()
-                size = 0
-                await self._room()
+                piece, size = [], 0
                 await asyncio.sleep(0)
                 turn_ends = loop.time() + TURN_SECONDS
             seq, pending = position(msg)
             item = await self._decode_in_steps(seq, msg.data)
-            size += self._order(seq, pending, item)
+            for ready in self._order(seq, pending, item):
+                piece.append(ready)
+                size += len(ready.chunk)
             if self._end_last.ended:
+                await self._room_for(size)
+                self._queue(piece)
                 self._flush()
                 return True
+        await self._room_for(size)
+        self._queue(piece)
         self._hand_over_soon()
         return False
 
@@ -435,20 +484,22 @@ class JobFeed:
             frames += frame_lines(event, seq, first, first + FRAME_LINES)
         return Item(seq, event, frames)
 
-    def _order(self, seq: int, pending: int, item: Item | None) -> int:
-        """Queue what is ready of the ``item`` of the message at ``seq`` (``EndLast``, with the
-        messages ``pending`` after it); its bytes."""
+    def _order(self, seq: int, pending: int, item: Item | None) -> list[Item]:
+        """What is ready to hand on of the ``item`` of the message at ``seq`` (``EndLast``,
+        with the messages ``pending`` after it), in the record already."""
         self.last_seq = seq
-        size = 0
-        for ready in self._end_last.order(item, pending):
-            if ready.seq < seq:
+        ready = self._end_last.order(item, pending)
+        for each in ready:
+            if each.seq < seq:
                 # An end handed on after later events: the record, kept in stream order
                 # for look-ups by sequence, is dropped; late viewers read the history.
                 self.drop_record()
-            self._remember(ready)
-            self._pending.append(ready)
-            size += len(ready.chunk)
-        return size
+            self._remember(each)
+        return ready
+
+    def _queue(self, items: list[Item]) -> None:
+        self._pending += items
+        self._pending_bytes += sum(len(item.chunk) for item in items)
 
     def _hand_over_soon(self) -> None:
         window = self.fanout.coalesce_window()
@@ -457,22 +508,47 @@ class JobFeed:
         elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(window, self._flush)
 
-    def _behind(self) -> bool:
-        """Is every client of the feed at least ``PAUSE_BYTES`` behind (or cut)?"""
-        pause = min(PAUSE_BYTES, self.fanout.limits.client_bytes // 2)
-        return bool(self.subscribers) and all(
-            s.overflow or s.bytes >= pause for s in self.subscribers
-        )
+    def _behind(self, coming: int) -> bool:
+        """Is every client of the feed behind: cut, at least ``PAUSE_BYTES`` behind, or without
+        room under its limit for ``coming`` bytes besides those waiting to be handed over
+        (``_pending``)? A client in line for a history read (``on_hold``) is handed nothing and
+        does not count: a feed whose every client waits so is behind too (it reads for nobody).
+        """
+        limits = self.fanout.limits
+        pause = min(PAUSE_BYTES, limits.client_bytes // 2)
+        # An empty inbox has room for anything: a piece over a client's limit cuts it however
+        # long the feed waits.
+        fits = max(0, limits.client_bytes - self._pending_bytes - coming)
+        for s in self.subscribers:
+            if not (s.on_hold or s.overflow) and s.bytes < pause and s.bytes <= fits:
+                return False  # (at the first: a feed may have a thousand clients)
+        return bool(self.subscribers)
 
-    async def _room(self) -> None:
-        """Wait while every client is behind: the feed then reads only as fast as its fastest
-        client takes, instead of buffering the flood until the client is cut."""
+    async def _room_for(self, coming: int) -> None:
+        """``_room`` for a piece of ``coming`` bytes. What the batching window holds
+        (``_pending``) goes first when the two would not fit an inbox together: an empty inbox has
+        room for anything, and the window's batch and the piece handed over as one would cut a
+        client that reads."""
+        if self._pending and self._pending_bytes + coming > self.fanout.limits.client_bytes:
+            self._flush()
+        await self._room(coming)
+
+    async def _room(self, coming: int) -> None:
+        """Wait while every client is behind (``_behind``, for ``coming`` bytes more): the feed
+        then reads only as fast as its fastest client takes, instead of buffering the flood
+        until the client is cut, and a client that reads is handed no more than its limit."""
         if self.stalled:
             if not self.room.is_set():
                 return
             self.stalled = False
-        while self._behind():
+        while self._behind(coming):
             self.room.clear()
+            if all(s.on_hold or s.overflow for s in self.subscribers):
+                # Nobody reads (a cut client only waits to leave), so nobody is there to cut
+                # either: until a turn comes or a client joins at the feed
+                # (``Subscriber.reads_live``), or one leaves.
+                await self.room.wait()
+                continue
             try:
                 async with asyncio.timeout(self.fanout.limits.history_idle):
                     await self.room.wait()
@@ -518,7 +594,7 @@ class JobFeed:
         if not self._pending:
             return
         batch = Batch(self._pending)
-        self._pending = []
+        self._pending, self._pending_bytes = [], 0
         self.fanout.hand_over(self.subscribers, batch)
 
     def leave(self, subscriber: Subscriber) -> None:
@@ -539,24 +615,53 @@ class JobFeed:
 
 
 class HistoryStalled(Exception):
-    """A history read got nothing for ``history_idle`` seconds with events still to come."""
+    """A history read got nothing for ``history_idle`` seconds with events still to come, or
+    its turn was given back because its client left an item untaken that long (``HistoryTurn``):
+    either way the read ends before its end, and its client resumes."""
 
 
 class HistoryTurn:
-    """A history read's place among the ``history_reads``, given back (once) when the read
-    ends, or earlier when its client leaves an item untaken for ``idle`` seconds: a viewer that
-    does not read must not keep the next ones waiting. One timer a read, set again at most once
-    per ``idle``, rather than one an item."""
+    """A history read's place among the ``history_reads``: waited for in line (``taken``),
+    given back (once) when the read ends, or earlier when its client leaves an item untaken for
+    ``idle`` seconds: a viewer that does not read must not keep the next ones waiting. One timer
+    a read, set again at most once per ``idle``, rather than one an item."""
 
     def __init__(self, places: asyncio.Semaphore, idle: float) -> None:
         self._places = places
         self._idle = idle
         self._loop = asyncio.get_running_loop()
-        self.held = True
+        self.held = False
+        # The place asked for, once: the read keeps its place in line however often its
+        # caller stops waiting to send a keep-alive.
+        self._asking: asyncio.Task[bool] | None = None
+        self._left = False  # given back, or left the line
         self._waiting_since: float | None = None  # an item handed on, not yet taken
         self._timer: asyncio.TimerHandle | None = None
         # What else goes with the turn: the read's consumer, which counts against the stream.
         self.on_given_back: Callable[[], None] | None = None
+
+    async def taken(self, wait: float | None = None, wake: asyncio.Event | None = None) -> bool:
+        """Wait for the place, at most ``wait`` seconds (None: as long as it takes) or until
+        ``wake`` is set; True once the read holds it. False for good once given back: a read
+        takes one turn."""
+        if self._left:
+            return False
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._places.acquire())
+        if not self._asking.done():
+            woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
+            try:
+                await asyncio.wait(
+                    [self._asking] if woken is None else [self._asking, woken],
+                    timeout=wait,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                if woken is not None:
+                    woken.cancel()
+        # Also a place that came while the caller was away (writing its keep-alive).
+        self.held = self._asking.done() and not self._left
+        return self.held
 
     def client_waits(self) -> None:
         """An item is about to go to the client."""
@@ -580,11 +685,22 @@ class HistoryTurn:
                 self.on_given_back()
 
     def give_back(self) -> None:
-        """At the read's end, or at its client's idle limit (then ``on_given_back`` too)."""
+        """At the read's end, or at its client's idle limit (then ``on_given_back`` too); a
+        read still in line leaves it."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.held:
+        asking = self._asking
+        if self._left:
+            return
+        self._left = True
+        if asking is None:
+            return  # never in line
+        if not asking.done():
+            # (A place handed to it in this very step goes on to the next in line: asyncio's
+            # Semaphore passes on what a cancelled waiter was given.)
+            asking.cancel()
+        elif not asking.cancelled():
             self.held = False
             self._places.release()
 
@@ -686,7 +802,7 @@ class Fanout:
         # Small batches only: a larger one goes through the clients' tasks a take at a time.
         small = batch.size <= TAKE_BYTES
         for subscriber in list(subscribers):
-            if subscriber.overflow:
+            if subscriber.overflow or subscriber.on_hold:
                 continue
             # Straight to a waiting client's connection: no wake-up of its task (directwrite.py).
             # Not once its task is woken (a keep-alive, a cut): what it then sends comes first.
@@ -734,7 +850,9 @@ class Fanout:
         log.info("sse client cut", over=over, backlog_bytes=subscriber.bytes)
         subscriber.cut()
 
-    async def history(self, job_id: str, start_seq: int, until_seq: int) -> AsyncIterator[Item]:
+    async def history(
+        self, job_id: str, start_seq: int, until_seq: int, turn: HistoryTurn | None = None
+    ) -> AsyncGenerator[Item, None]:
         """The job's events from ``start_seq`` until at least ``until_seq`` (or the stream's end),
         from JetStream, for a client whose start lies before its feed's.
 
@@ -742,8 +860,14 @@ class Fanout:
         the end of the history. At most ``history_reads`` run at once (the rest wait their
         turn; one whose client leaves an item untaken for ``history_idle`` gives its turn back
         and ends with ``HistoryStalled``), and one that finds the stream at its consumer limit
-        tries again for up to ``history_idle`` seconds before it fails."""
-        async with self._history_turn() as turn, AsyncExitStack() as stack:
+        tries again for up to ``history_idle`` seconds before it fails. ``turn``: the caller's,
+        already ``taken`` (``history_turn``; the caller then gives it back), else the read waits
+        for one here."""
+        # The turn on a stack of its own: ``open_reader`` closes ``stack`` between attempts.
+        async with AsyncExitStack() as own_turn, AsyncExitStack() as stack:
+            if turn is None:
+                turn = await own_turn.enter_async_context(self.history_turn())
+                await turn.taken()
             reader = await self.open_reader(
                 stack, job_id, start_seq, max_buffered_bytes=self.limits.client_bytes
             )
@@ -785,12 +909,11 @@ class Fanout:
         reader.close_soon(self.names.stream)
 
     @asynccontextmanager
-    async def _history_turn(self) -> AsyncIterator[HistoryTurn]:
-        """One of the ``history_reads`` places, waited for as long as it takes (the viewer
-        gets nothing until then, not an error). The place is bounded instead: a read whose
-        client leaves its next item untaken for ``history_idle`` seconds gives it back
-        (``HistoryTurn``)."""
-        await self.history_reads.acquire()
+    async def history_turn(self) -> AsyncIterator[HistoryTurn]:
+        """A place in line for one of the ``history_reads``: wait for it with ``taken``, as
+        long as it takes (the viewer gets keep-alives meanwhile, not an error); given back on
+        leaving. The place is bounded instead: a read whose client leaves its next item untaken
+        for ``history_idle`` seconds gives it back (``HistoryTurn``)."""
         turn = HistoryTurn(self.history_reads, self.limits.history_idle)
         try:
             yield turn

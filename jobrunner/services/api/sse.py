@@ -8,6 +8,7 @@ in either form resumes right after that event: nothing twice, nothing missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -280,6 +281,12 @@ async def job_stream(
         return
     # Taken in the same step as the join: the record ends exactly where the inbox begins.
     recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
+    if recorded is None and start_seq <= joined_at:
+        # In line for a history read, from the join on: the feed hands this client nothing
+        # until its turn (``Subscriber.on_hold``).
+        inbox.on_hold = True
+    else:
+        inbox.reads_live()
     sent = start_seq - 1
     try:
         if recorded is not None and not inbox.overflow:
@@ -292,15 +299,33 @@ async def job_stream(
         elif start_seq <= joined_at and not inbox.overflow:
             # The feed is past our start: catch up from JetStream, then follow the feed.
             try:
-                async for item in fanout.history(job_id, start_seq, joined_at):
-                    chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
-                    sent = item.seq
-                    if writer is not None and writer.gone:
-                        return  # the client reset or left: nothing more can reach it
-                    if chunk:
-                        yield chunk
-                    if item.terminal or inbox.overflow:
-                        return
+                async with fanout.history_turn() as turn:
+                    # In line for a read: a keep-alive goes out as on an idle stream (a proxy
+                    # closes a silent one). The inbox's wake-up is set only by a cut meanwhile.
+                    while not await turn.taken(fanout.limits.keepalive, inbox.wakeup):
+                        if inbox.overflow or (writer is not None and writer.gone):
+                            return  # the feed failed, or the client left
+                        yield comment("keep-alive")
+                    if inbox.overflow or (writer is not None and writer.gone):
+                        return  # in the same step as the turn: no read for nobody
+                    # In the same step as the turn: the history goes up to where the feed is,
+                    # and the inbox gets everything after (as at a join).
+                    inbox.reads_live()
+                    joined_at = feed.last_seq
+                    # Closed before the turn goes back: its consumer goes with it, so no more
+                    # than the turns' reads hold consumers at once.
+                    async with contextlib.aclosing(
+                        fanout.history(job_id, start_seq, joined_at, turn)
+                    ) as items:
+                        async for item in items:
+                            chunk = item.chunk_after_line(skip if item.seq == skip_seq else None)
+                            sent = item.seq
+                            if writer is not None and writer.gone:
+                                return  # the client reset or left: nothing more can reach it
+                            if chunk:
+                                yield chunk
+                            if item.terminal or inbox.overflow:
+                                return
             except HistoryStalled:
                 metrics.SSE_STREAMS_CUT.labels("history_stalled").inc()
                 log.info("sse history read stalled; the client resumes", job_id=job_id)
