@@ -96,21 +96,31 @@ def _meta_subject(names: Names, object_name: str) -> str:
     return f"$O.{names.artifacts_bucket}.M.{encoded}"
 
 
+# JetStream's refusal to create a stream that exists with another configuration.
+STREAM_NAME_IN_USE = 10058
+
+
 async def ensure_bucket(js: JetStreamContext, names: Names, settings: Settings) -> None:
     """Create the artifacts bucket: file storage, replicas and max age like the event stream's
     (artifacts last as long as the events that name them)."""
     try:
         await js.stream_info(stream_name(names))
     except nats.js.errors.NotFoundError:
-        await js.create_object_store(
-            names.artifacts_bucket,
-            config=api.ObjectStoreConfig(
-                description="jobrunner job artifacts",
-                storage=api.StorageType.FILE,
-                replicas=settings.stream_replicas,
-                ttl=settings.stream_max_age_days * 86400 or None,
-            ),
-        )
+        try:
+            await js.create_object_store(
+                names.artifacts_bucket,
+                config=api.ObjectStoreConfig(
+                    description="jobrunner job artifacts",
+                    storage=api.StorageType.FILE,
+                    replicas=settings.stream_replicas,
+                    ttl=settings.stream_max_age_days * 86400 or None,
+                ),
+            )
+        except nats.js.errors.BadRequestError as exc:
+            # Another service starting at the same time created it and already gave it its
+            # consumer limit, so this create's config differs: the bucket is there.
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
 
 
 async def put_file(
