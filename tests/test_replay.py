@@ -19,6 +19,7 @@ from jobrunner.common.readmodelversion import UPGRADE_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
+from jobrunner.services.projector import replay as replay_module
 from jobrunner.services.projector import store, upgrade
 from jobrunner.services.projector.replay import (
     PREVIOUS_SCHEMA,
@@ -125,6 +126,19 @@ async def test_replay_swaps_in_identical_tables_while_jobs_keep_arriving(
     again = await replay(settings)
     assert again.differences == {}
     assert again.tables["log_lines"] == 30 * 200 + published * 30 + 5
+
+
+async def test_a_replay_that_has_read_the_whole_stream_does_not_wait_for_more(
+    live: System, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every event the stream held is applied, the replay goes on to index and swap: it
+    does not wait for a fetch to come back empty (that wait was half a second of every replay;
+    made a minute here, so that waiting at all shows)."""
+    monkeypatch.setattr(replay_module, "LOAD_FETCH_WAIT", 60.0)
+    async with asyncio.timeout(30):
+        report = await replay(settings)
+    assert report.differences == {}
+    assert report.checkpoint == await checkpoint(settings)
 
 
 async def test_replay_refuses_to_swap_when_tables_differ(live: System, settings: Settings) -> None:
