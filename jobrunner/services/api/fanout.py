@@ -65,7 +65,11 @@ log = structlog.get_logger()
 # every client of the process, not only the job's: 100 jobs with 10 viewers each cost as many
 # writes as one job with 1,000, and with a window per job's clients they made the process write
 # once per event per client (2 ms windows for events 5 ms apart) and fall seconds behind.
-COALESCE_PER_CLIENT = 0.0002  # seconds of batching window per client of the process ...
+# The process' budget is 20,000 writes a second (about 10 µs each, 0.2 of a core): a window of
+# 50 ms at 1,000 clients. At 10,000 (100 ms windows, sessions 8-21) the window was most of what
+# the 100 jobs x 10 clients row waited between JetStream and its clients, for about 0.05 of a
+# core saved (bench/RESULTS.md, session 22).
+COALESCE_PER_CLIENT = 1 / 20_000  # seconds of batching window per client of the process ...
 COALESCE_MAX = 0.1  # ... up to this (a few clients get every event at once)
 # A burst from JetStream is handed over in pieces of about this size, letting clients write
 # between them: a backlog then counts what a client cannot keep up with, not the burst's size.
