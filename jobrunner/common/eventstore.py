@@ -371,7 +371,9 @@ async def _bucket_limits(js: JetStreamContext, names: Names, settings: Settings)
         )
     await _update_stream(js, config, existing, what="artifacts bucket")
     if not same_age:
-        log.info("artifacts bucket max age changed to the setting", was=existing.max_age, now=max_age)
+        log.info(
+            "artifacts bucket max age changed to the setting", was=existing.max_age, now=max_age
+        )
 
 
 async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:
