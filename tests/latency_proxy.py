@@ -38,11 +38,18 @@ async def latency_proxy(target_host: str, target_port: int, seconds: float) -> A
                     break
             await sending
         except (ConnectionError, OSError):
+            pass  # the other side went away: nothing more to forward
+        finally:
+            # Also when cancelled (the context ends): no task or socket outlives the proxy.
             sending.cancel()
             writer.close()
 
     async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(target_host, target_port)
+        try:
+            server_r, server_w = await asyncio.open_connection(target_host, target_port)
+        except OSError:
+            client_w.close()
+            return
         both = [
             asyncio.create_task(forward(client_r, server_w)),
             asyncio.create_task(forward(server_r, client_w)),
@@ -60,3 +67,4 @@ async def latency_proxy(target_host: str, target_port: int, seconds: float) -> A
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()

@@ -30,7 +30,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.security.tokens import TokenStore
 from jobrunner.services.notifier.service import Notifier
 from jobrunner.services.projector import service as projector
-from jobrunner.services.runner.service import subscribe_requests
+from jobrunner.services.runner.service import request_ack_wait, subscribe_requests
 from tests.latency_proxy import latency_proxy
 from tests.servers import delete_streams
 
@@ -76,7 +76,7 @@ async def runner_start(js: JetStreamContext, nc: NATS, settings: Settings) -> No
     await eventstore.ensure_topology(js, names, settings)
     slots = SlotTable(js, names, settings.lease_ttl_seconds)
     await retry.until_jetstream_ready(slots.kv, "the lock bucket")
-    ack_wait = max(2.0, 2 * settings.lease_ttl_seconds)  # as RunnerService's
+    ack_wait = request_ack_wait(settings.lease_ttl_seconds)
     sub = await subscribe_requests(js, names, ack_wait)
     await sub.unsubscribe()
 

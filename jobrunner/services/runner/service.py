@@ -72,9 +72,7 @@ class Runner:
         )
         LOCKS.add(self.board)
         self.journal = JobJournal(nc, self.js, self.names, self.identity.runner_id)
-        # Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
-        # after their runner stopped saying "in progress".
-        self.ack_wait = max(2.0, 2 * settings.lease_ttl_seconds)
+        self.ack_wait = request_ack_wait(settings.lease_ttl_seconds)
         # A job whose runner died ends within the lease TTL plus this, once any runner is alive.
         self.sweep_interval = max(0.5, settings.lease_ttl_seconds / 3)
         capacity = asyncio.Semaphore(settings.max_concurrent_jobs)
@@ -148,6 +146,12 @@ class Runner:
             background = {watcher} if sweeper is None else {watcher, sweeper}
             await asyncio.wait(background, timeout=WATCHER_STOP_SECONDS)
             await asyncio.to_thread(self.ledger.close)
+
+
+def request_ack_wait(lease_ttl_seconds: float) -> float:
+    """Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
+    after their runner stopped saying "in progress"."""
+    return max(2.0, 2 * lease_ttl_seconds)
 
 
 async def subscribe_requests(
