@@ -360,18 +360,34 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
     else:
         await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
-    await _bucket_consumer_limit(js, names, settings)
+    await _bucket_limits(js, names, settings)
 
 
-async def _bucket_consumer_limit(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """The artifacts bucket's stream gets the event stream's consumer limit: every download
-    reads through a consumer of it and every ZIP archive holds two or more (its guards and its
-    reads), and an object store's config sets none (the server's default: 1,000 on 2.15)."""
+async def _bucket_limits(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """The artifacts bucket's stream gets the event stream's consumer limit and max age.
+
+    The consumer limit: every download reads through a consumer of it and every ZIP archive
+    holds two or more (its guards and its reads), and an object store's config sets none (the
+    server's default: 1,000 on 2.15). The max age: artifacts last as long as the events that
+    name them, so a changed ``stream_max_age_days`` reaches the bucket too, not only the
+    bucket created after it (the event stream's is updated at every start)."""
     existing = (await js.stream_info(artifactstore.stream_name(names))).config
-    if existing.max_consumers == settings.stream_max_consumers:
+    max_age = settings.stream_max_age_days * 86400
+    same_age = abs((existing.max_age or 0.0) - max_age) < 1e-6
+    if existing.max_consumers == settings.stream_max_consumers and same_age:
         return
     config = existing.evolve(max_consumers=settings.stream_max_consumers)
+    if not same_age:
+        # JetStream refuses a duplicate window longer than the max age.
+        window = existing.duplicate_window or DUPLICATE_WINDOW
+        config = config.evolve(
+            max_age=max_age, duplicate_window=min(window, max_age) if max_age else window
+        )
     await _update_stream(js, config, existing, what="artifacts bucket")
+    if not same_age:
+        log.info(
+            "artifacts bucket max age changed to the setting", was=existing.max_age, now=max_age
+        )
 
 
 async def publish(js: JetStreamContext, names: Names, event: events.Publishable) -> int:

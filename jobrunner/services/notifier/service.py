@@ -100,17 +100,19 @@ class Notifier:
                     stream=self.names.stream,
                     config=config,
                 )
-            except nats.js.errors.BadRequestError as refused:
-                # Another notifier created it at the same moment: bind to theirs. Any other
-                # refusal is for good.
+            except nats.js.errors.APIError as refused:
+                # Another notifier created it at the same moment: bind to theirs. nats-py's
+                # create is a create-or-update, and the server refuses it as an update of the
+                # start time (a 500, err_code 10012, on 2.15), not as a conflict. Any other
+                # refusal (the consumer not there) is for good, or for the caller's retry.
                 try:
                     await self.js.consumer_info(self.names.stream, self.names.notifier_consumer)
                 except nats.js.errors.NotFoundError:
                     raise refused from None
                 await asyncio.sleep(0.1)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        await eventstore.ensure_topology(self.js, self.names, self.settings)
+    async def open_consumer(self) -> JetStreamContext.PullSubscription:
+        """The notifiers' shared consumer, with the configured ack wait."""
         sub = await retry.until_jetstream_ready(self.subscribe, "the notifiers' consumer")
         # A consumer made by an earlier start keeps its ack wait unless told.
         await retry.until_jetstream_ready(
@@ -122,6 +124,11 @@ class Notifier:
             ),
             "the notifiers' consumer",
         )
+        return sub
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await eventstore.ensure_topology(self.js, self.names, self.settings)
+        sub = await self.open_consumer()
         if not self.settings.webhook_secret:
             log.warning("webhook_secret is not set: webhooks go out unsigned")
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)

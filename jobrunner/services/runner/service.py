@@ -28,7 +28,7 @@ from pathlib import Path
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from jobrunner.common import deathsignal, eventstore, heap, metrics, reconfigure, retry
 from jobrunner.common.jobtypes import load_job_types
@@ -72,9 +72,7 @@ class Runner:
         )
         LOCKS.add(self.board)
         self.journal = JobJournal(nc, self.js, self.names, self.identity.runner_id)
-        # Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
-        # after their runner stopped saying "in progress".
-        self.ack_wait = max(2.0, 2 * settings.lease_ttl_seconds)
+        self.ack_wait = request_ack_wait(settings.lease_ttl_seconds)
         # A job whose runner died ends within the lease TTL plus this, once any runner is alive.
         self.sweep_interval = max(0.5, settings.lease_ttl_seconds / 3)
         capacity = asyncio.Semaphore(settings.max_concurrent_jobs)
@@ -131,28 +129,7 @@ class Runner:
             if not GUARDIAN.start():
                 await deathsignal.probe()
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
-            sub = await retry.until_jetstream_ready(
-                lambda: self.js.pull_subscribe(
-                    self.names.kind_subjects("requested"),
-                    durable=self.names.runner_consumer,
-                    stream=self.names.stream,
-                    config=api.ConsumerConfig(
-                        ack_policy=api.AckPolicy.EXPLICIT,
-                        ack_wait=self.ack_wait,
-                        max_ack_pending=10_000,
-                        max_deliver=-1,
-                    ),
-                ),
-                "the runners' request consumer",
-            )
-            # A consumer made by an earlier start keeps its ack wait (twice the lease TTL then)
-            # unless told.
-            await retry.until_jetstream_ready(
-                lambda: reconfigure.consumer_ack_wait(
-                    self.js, self.names.stream, self.names.runner_consumer, self.ack_wait
-                ),
-                "the runners' request consumer",
-            )
+            sub = await subscribe_requests(self.js, self.names, self.ack_wait)
             log.info(
                 "runner started",
                 runner_id=self.identity.runner_id,
@@ -169,6 +146,40 @@ class Runner:
             background = {watcher} if sweeper is None else {watcher, sweeper}
             await asyncio.wait(background, timeout=WATCHER_STOP_SECONDS)
             await asyncio.to_thread(self.ledger.close)
+
+
+def request_ack_wait(lease_ttl_seconds: float) -> float:
+    """Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
+    after their runner stopped saying "in progress"."""
+    return max(2.0, 2 * lease_ttl_seconds)
+
+
+async def subscribe_requests(
+    js: JetStreamContext, names: Names, ack_wait: float
+) -> JetStreamContext.PullSubscription:
+    """The runners' shared request consumer: created by the first runner, bound by the others
+    (several may start at once: the same configuration is no error)."""
+    sub = await retry.until_jetstream_ready(
+        lambda: js.pull_subscribe(
+            names.kind_subjects("requested"),
+            durable=names.runner_consumer,
+            stream=names.stream,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=10_000,
+                max_deliver=-1,
+            ),
+        ),
+        "the runners' request consumer",
+    )
+    # A consumer made by an earlier start keeps its ack wait (twice the lease TTL then) unless
+    # told.
+    await retry.until_jetstream_ready(
+        lambda: reconfigure.consumer_ack_wait(js, names.stream, names.runner_consumer, ack_wait),
+        "the runners' request consumer",
+    )
+    return sub
 
 
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:

@@ -1,0 +1,229 @@
+"""Every service declares its JetStream topology at start, and in a deployment several start at
+the same moment (compose, the supervisor, a cluster's nodes): the event stream and its consumer
+limit, the lock, heartbeat, Idempotency-Key and token buckets, the artifacts object store and its
+consumer limit and max age, the runners' and the notifiers' durable consumers. Here every one of
+those start-up paths runs at once, several copies each on connections of their own, some on a
+link with latency, on a fresh nats-server with a fresh deployment each time, and each must
+succeed and leave the configuration the settings ask for; then against a server restarted
+holding all of it as an older configuration made it."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from jobrunner.common import artifactstore, eventstore, retry, runnerpool
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.api.security.tokens import TokenStore
+from jobrunner.services.notifier.service import Notifier
+from jobrunner.services.projector import service as projector
+from jobrunner.services.runner.service import request_ack_wait, subscribe_requests
+from tests.latency_proxy import latency_proxy
+from tests.servers import delete_streams
+
+COPIES = 3  # of each service: the first and the third on this host, the second on another
+# The other host's link, each way. A start there takes each step a round trip of this later:
+# between finding a bucket missing and creating it, one here has time to create it and change
+# it. The starts here begin this much later round after round, from 0 to past the whole of a
+# start there, so that one round is sure to put their steps inside that gap (all at the same
+# moment, every copy takes each step together and meets no race).
+LATENCY_SECONDS = 0.002
+SWEEP_STEP_SECONDS = LATENCY_SECONDS  # the gap is two of them wide
+
+
+def settings_for(url: str, prefix: str, tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "nats_url": url,
+        "prefix": prefix,
+        "state_dir": str(tmp_path / "state"),
+        "log_format": "console",
+        # None of these is the server's or nats-py's default: the test sees them applied.
+        "stream_max_consumers": 321,
+        "stream_max_age_days": 2.0,
+        "lease_ttl_seconds": 3.0,
+        "idempotency_ttl_seconds": 600.0,
+        "notifier_ack_wait_seconds": 40.0,
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+Start = Callable[[JetStreamContext, NATS, Settings], Awaitable[None]]
+
+
+async def api_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
+    names = Names(settings.prefix)
+    await eventstore.ensure_topology(js, names, settings)
+    await retry.until_jetstream_ready(
+        lambda: TokenStore.open(js, names, settings.stream_replicas), "the token bucket"
+    )
+
+
+async def runner_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
+    names = Names(settings.prefix)
+    await eventstore.ensure_topology(js, names, settings)
+    slots = SlotTable(js, names, settings.lease_ttl_seconds)
+    await retry.until_jetstream_ready(slots.kv, "the lock bucket")
+    ack_wait = request_ack_wait(settings.lease_ttl_seconds)
+    sub = await subscribe_requests(js, names, ack_wait)
+    await sub.unsubscribe()
+
+
+async def notifier_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
+    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
+    sub = await Notifier(settings, nc).open_consumer()
+    await sub.unsubscribe()
+
+
+async def projector_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
+    names = Names(settings.prefix)
+    await eventstore.ensure_topology(js, names, settings)
+    await projector._remove_durable_consumer(js, names)
+
+
+STARTS: list[Start] = [api_start, runner_start, notifier_start, projector_start]
+
+
+class Hosts(NamedTuple):
+    near: list[NATS]  # connections of the copies on this host
+    far: list[NATS]  # on the other host, LATENCY_SECONDS away
+
+
+@asynccontextmanager
+async def two_hosts(server: EmbeddedNats) -> AsyncIterator[Hosts]:
+    """One connection per start (its prefix does not matter to a connection)."""
+    far_copies = COPIES // 2
+    async with latency_proxy("127.0.0.1", server.port, LATENCY_SECONDS) as far_url:
+        near, far = await asyncio.gather(
+            connections(server.url, (COPIES - far_copies) * len(STARTS)),
+            connections(far_url, far_copies * len(STARTS)),
+        )
+        try:
+            yield Hosts(near, far)
+        finally:
+            await asyncio.gather(*(eventstore.close(nc) for nc in near + far))
+
+
+async def connections(url: str, count: int) -> list[NATS]:
+    settings = Settings(nats_url=url)
+    return list(
+        await asyncio.gather(*(eventstore.connect(settings, "start") for _ in range(count)))
+    )
+
+
+async def start_all_at_once(hosts: Hosts, settings: Settings, near_delay: float = 0.0) -> None:
+    """Every service's start-up on each connection (the starts here ``near_delay`` seconds
+    after those on the other host); every one must succeed."""
+
+    async def start(i: int, nc: NATS, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await STARTS[i % len(STARTS)](nc.jetstream(), nc, settings)
+
+    near = [start(i, nc, near_delay) for i, nc in enumerate(hosts.near)]
+    far = [start(i, nc, 0.0) for i, nc in enumerate(hosts.far)]
+    results = await asyncio.gather(*near, *far, return_exceptions=True)
+    names = [STARTS[i % len(STARTS)].__name__ for i in range(len(near))]
+    names += [f"{STARTS[i % len(STARTS)].__name__} (far)" for i in range(len(far))]
+    failed = [
+        f"{name}: {result!r} {getattr(result, 'description', '')}"
+        for name, result in zip(names, results, strict=True)
+        if isinstance(result, BaseException)
+    ]
+    assert not failed, f"starting {near_delay:.3f} s after the far ones: {failed}"
+
+
+async def far_start_seconds(hosts: Hosts, url: str, tmp_path: Path) -> float:
+    """How long the starts on the other host take alone (the sweep's end)."""
+    settings = settings_for(url, f"t{uuid.uuid4().hex[:10]}", tmp_path)
+    began = time.monotonic()
+    await start_all_at_once(Hosts([], hosts.far), settings)
+    took = time.monotonic() - began
+    await delete_streams(url, settings.prefix)
+    return took
+
+
+async def assert_configured(nc: NATS, settings: Settings) -> None:
+    """What the settings ask for, on every stream, bucket and consumer."""
+    names = Names(settings.prefix)
+    js = nc.jetstream()
+    max_age = settings.stream_max_age_days * 86400
+    stream = (await js.stream_info(names.stream)).config
+    assert stream.max_consumers == settings.stream_max_consumers
+    assert stream.max_age == pytest.approx(max_age)
+    bucket = (await js.stream_info(artifactstore.stream_name(names))).config
+    assert bucket.max_consumers == settings.stream_max_consumers
+    assert bucket.max_age == pytest.approx(max_age)
+    runners = (await js.stream_info(f"KV_{names.runners_bucket}")).config
+    assert runners.max_age == pytest.approx(runnerpool.heartbeat_ttl(settings))
+    idempotency = (await js.stream_info(f"KV_{names.idempotency_bucket}")).config
+    assert idempotency.max_age == pytest.approx(settings.idempotency_ttl_seconds)
+    locks = (await js.stream_info(f"KV_{names.locks_bucket}")).config
+    assert locks.max_msgs_per_subject == 1
+    tokens = (await js.stream_info(f"KV_{names.tokens_bucket}")).config
+    assert tokens.max_msgs_per_subject == 5
+    runner = await js.consumer_info(names.stream, names.runner_consumer)
+    assert runner.config.ack_wait == pytest.approx(2 * settings.lease_ttl_seconds)
+    notifier = await js.consumer_info(names.stream, names.notifier_consumer)
+    assert notifier.config.ack_wait == pytest.approx(settings.notifier_ack_wait_seconds)
+
+
+async def test_services_starting_at_once_on_a_fresh_server(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        async with two_hosts(server) as hosts:
+            sweep = await far_start_seconds(hosts, server.url, tmp_path)
+            for step in range(math.ceil(sweep / SWEEP_STEP_SECONDS) + 1):
+                # A fresh deployment each time: nothing of it exists yet.
+                prefix = f"t{step}x{uuid.uuid4().hex[:8]}"
+                settings = settings_for(server.url, prefix, tmp_path)
+                await start_all_at_once(hosts, settings, step * SWEEP_STEP_SECONDS)
+                await assert_configured(hosts.near[0], settings)
+                await delete_streams(server.url, prefix)  # the server stays small
+    finally:
+        server.stop()
+
+
+async def test_services_starting_at_once_after_a_restart_with_older_settings(
+    tmp_path: Path,
+) -> None:
+    """The server comes back holding everything as an earlier configuration made it (other
+    limits, TTLs and ack waits); the services, started at once with the new one, apply it."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        older = settings_for(
+            server.url,
+            prefix,
+            tmp_path,
+            stream_max_consumers=123,
+            stream_max_age_days=1.0,
+            lease_ttl_seconds=5.0,
+            runner_heartbeat_seconds=4.0,
+            idempotency_ttl_seconds=300.0,
+            notifier_ack_wait_seconds=20.0,
+        )
+        async with two_hosts(server) as hosts:
+            await start_all_at_once(hosts, older)
+            await assert_configured(hosts.near[0], older)
+        server.stop()
+        server.start()
+        newer = settings_for(server.url, prefix, tmp_path)
+        async with two_hosts(server) as hosts:
+            await start_all_at_once(hosts, newer)
+            await assert_configured(hosts.near[0], newer)
+    finally:
+        server.stop()
