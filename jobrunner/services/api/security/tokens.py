@@ -123,6 +123,8 @@ class TokenStore:
         self.kv = kv
         self._cache: dict[str, TokenRecord] = {}
         self._watch_task: asyncio.Task[None] | None = None
+        # Set (and dropped) when a token's record changes: what an open stream waits on.
+        self._changed: dict[str, asyncio.Event] = {}
 
     @classmethod
     async def open(cls, js: JetStreamContext, names: Names, replicas: int = 1) -> TokenStore:
@@ -142,14 +144,14 @@ class TokenStore:
                     continue
                 token_id = entry.key.removeprefix("token.")
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    self._cache.pop(token_id, None)
+                    self._remember(token_id, None)
                     continue
                 try:
-                    self._cache[token_id] = msgspec.json.decode(entry.value, type=TokenRecord)
+                    self._remember(token_id, msgspec.json.decode(entry.value, type=TokenRecord))
                 except msgspec.MsgspecError:
                     # What replaced the record is unreadable: the token it described must not
                     # go on opening the API from the copy kept here.
-                    self._cache.pop(token_id, None)
+                    self._remember(token_id, None)
 
         self._watch_task = asyncio.create_task(follow(), name="token-watch")
         self._watcher = watcher
@@ -183,7 +185,7 @@ class TokenStore:
             # opens nothing, as the watch's cache already treats it.
             log.warning("token_record_unreadable", token_id=token_id)
             return None
-        self._cache[token_id] = record
+        self._remember(token_id, record)
         return record
 
     async def all(self) -> list[TokenRecord]:
@@ -219,6 +221,30 @@ class TokenStore:
         """A still usable record by id (a session cookie names its token by id)."""
         record = self._cache.get(token_id) or await self.get(token_id)
         return record if record is not None and record.usable() else None
+
+    async def until_unusable(self, token_id: str) -> None:
+        """Returns once the token stops counting: revoked (here or, through the watch, anywhere),
+        its record gone or unreadable, or past its expiry. An open event stream waits on this,
+        so that it does not outlive its token."""
+        while True:
+            record = self._cache.get(token_id)
+            now = datetime.now(UTC)
+            if record is None or not record.usable(now):
+                return
+            changed = self._changed.setdefault(token_id, asyncio.Event())
+            left = None if record.expires_at is None else (record.expires_at - now).total_seconds()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+
+    def _remember(self, token_id: str, record: TokenRecord | None) -> None:
+        """The copy kept here of a token's record (None: it opens nothing); wakes its streams."""
+        if record is None:
+            self._cache.pop(token_id, None)
+        else:
+            self._cache[token_id] = record
+        changed = self._changed.pop(token_id, None)
+        if changed is not None:
+            changed.set()
 
     # --- writing
     async def create(
@@ -260,7 +286,7 @@ class TokenStore:
             created_by=created_by,
         )
         await self.kv.create(_key(token_id), msgspec.json.encode(record))
-        self._cache[token_id] = record
+        self._remember(token_id, record)
         log.info("token created", token_id=token_id, name=name, role=role.value)
         return record, token
 
@@ -272,7 +298,7 @@ class TokenStore:
             return record
         revoked = msgspec.structs.replace(record, revoked_at=datetime.now(UTC))
         await self.kv.put(_key(record.id), msgspec.json.encode(revoked))
-        self._cache[record.id] = revoked
+        self._remember(record.id, revoked)
         log.info("token revoked", token_id=record.id, name=record.name)
         return revoked
 
