@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
+from jobrunner.services.api.security.sessions import COOKIE_NAME
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
 
@@ -33,14 +34,16 @@ async def running_job(system: System) -> str:
     return str(created.json()["id"])
 
 
+@pytest.mark.parametrize("via", ["bearer", "session"])
 @pytest.mark.parametrize("ending", ["revoked", "expired"])
 @pytest.mark.parametrize("stream", ["job", "updates"])
 async def test_open_stream_ends_once_its_token_stops_counting(
-    system: System, stream: str, ending: str
+    system: System, stream: str, ending: str, via: str
 ) -> None:
     """A viewer's open stream (a job's, or the update stream of every job) gets one
     ``unavailable`` event with code UNAUTHORIZED and ends once its token is revoked (from another
-    process, through the token bucket) or expires; reconnecting then answers 401. (Before, the
+    process, through the token bucket) or expires, whether it authenticated by the token or by
+    the browser session signed in with it; reconnecting then answers 401. (Before, the
     stream went on for as long as the client held it: the token was checked only as it opened.)
     """
     job_id = await running_job(system)
@@ -48,7 +51,12 @@ async def test_open_stream_ends_once_its_token_stops_counting(
     token = await system.create_token("watcher", "viewer", expires_at=expires_at)
     path = f"/api/jobs/{job_id}/stream" if stream == "job" else "/api/jobs/stream"
     received: list[SseEvent] = []
-    async with system.client(token=token) as client:
+    if via == "bearer":
+        client = system.client(token=token)
+    else:
+        cookie = await system.session_cookie(token)
+        client = system.client(token=None, cookies={COOKIE_NAME: cookie})
+    async with client:
         async with client.stream("GET", path) as response:
             assert response.status_code == 200, await response.aread()
             # Open: the handler has answered and the stream is under way.
