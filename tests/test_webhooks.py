@@ -266,6 +266,7 @@ async def test_redirecting_receiver_is_not_followed(notifying: System, receiver:
             "INVALID_HEADER_VALUE",
         ),
         ({"url": "https://example.com/", "headers": {"X-Name": "Müller"}}, "INVALID_HEADER_VALUE"),
+        ({"url": "https://example.com/", "headers": {"X-Name": "x "}}, "INVALID_HEADER_VALUE"),
         ({"url": "https://\u0080.example/"}, "INVALID_URL"),
     ],
 )
@@ -333,15 +334,17 @@ async def test_header_in_an_event_cannot_override_the_signature(
         events.WebhookTarget(url="http://127.0.0.1:99999/hook"),
         events.WebhookTarget(url="http://[::1/hook"),
         events.WebhookTarget(url="http://127.0.0.1:1/hook", headers={"X-Name": "Müller"}),
+        events.WebhookTarget(url="http://127.0.0.1:1/hook", headers={"X-Name": " padded "}),
     ],
-    ids=["port-out-of-range", "broken-ipv6", "non-ascii-header"],
+    ids=["port-out-of-range", "broken-ipv6", "non-ascii-header", "padded-header"],
 )
 async def test_webhook_no_request_can_carry_fails_its_attempt_at_once(
     notifying: System, settings: Settings, webhook: events.WebhookTarget
 ) -> None:
     """A JobRequested written by another producer with a webhook the API would refuse: one
     attempt, failed with WEBHOOK_INVALID. (It raised inside the notifier, which left the job's end
-    unacknowledged and handed it out again after every ack wait, for ever, recording nothing.)"""
+    unacknowledged and handed it out again after every ack wait, for ever, recording nothing; a
+    padded header value failed every attempt as WEBHOOK_UNREACHABLE until the window ended.)"""
     request = events.JobRequested(
         job_id=events.new_event_id(),
         job_type="emit",

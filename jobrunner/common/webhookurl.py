@@ -24,8 +24,9 @@ from jobrunner.contracts.events import (
 # RFC 9110 token characters: a header name is one token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# A header value travels as ASCII: the notifier's HTTP client cannot send any other character
-# (it raised inside the notifier, which then tried the job's end again for ever).
+# A header value travels as ASCII, without spaces at either end: the notifier's HTTP client
+# cannot send anything else (it raised inside the notifier, which then tried the job's end again
+# for ever, or failed every attempt at the receiver's cost until the retry window ended).
 _BAD_HEADER_VALUE = re.compile(r"[^\x09\x20-\x7e]")
 # Set by the notifier on every delivery; a client's header of the same name would let it forge
 # or confuse what a receiver verifies.
@@ -86,12 +87,13 @@ def check(target: WebhookTarget, field: str = "webhook") -> list[WebhookError]:
                     message=f"name and value must be at most {MAX_WEBHOOK_HEADER_CHARS} characters",
                 )
             )
-        elif _BAD_HEADER_VALUE.search(value):
+        elif _BAD_HEADER_VALUE.search(value) or value != value.strip(" \t"):
             errors.append(
                 WebhookError(
                     field=where,
                     code="INVALID_HEADER_VALUE",
-                    message="must be ASCII, without line breaks or control characters",
+                    message="must be ASCII, without line breaks, control characters or spaces at "
+                    "either end",
                 )
             )
     return errors

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import h11
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -77,6 +78,7 @@ def test_shown_url_never_carries_query_or_userinfo(query: str, user: str) -> Non
         ("Bad Name", "x", "INVALID_HEADER_NAME"),
         ("X-Ok", "line\r\nInjected: 1", "INVALID_HEADER_VALUE"),
         ("X-Ok", "Müller", "INVALID_HEADER_VALUE"),
+        ("X-Ok", " padded ", "INVALID_HEADER_VALUE"),
         ("X-Ok", "x" * 5000, "TOO_LONG"),
     ],
 )
@@ -124,7 +126,7 @@ def test_bad_job_type_webhook_stops_at_load(tmp_path: Path, body: str, says: str
 @settings(max_examples=500, deadline=None)
 @given(
     url=st.text(max_size=40).map(lambda host: f"https://{host}/hook") | st.text(max_size=80),
-    value=st.text(max_size=40),
+    value=st.text(max_size=40) | st.text(alphabet=" \tx\u00e9", max_size=5),
 )
 def test_what_the_check_accepts_the_notifier_can_send(url: str, value: str) -> None:
     """A URL and a header value the check lets through can be put on the wire as the notifier
@@ -139,7 +141,8 @@ def test_what_the_check_accepts_the_notifier_can_send(url: str, value: str) -> N
         destination.target(ipaddress.ip_address("192.0.2.1")),
         headers={"X-Name": value, "Host": destination.host_header},
     )
-    assert request.headers["host"] == destination.host_header
+    # httpcore writes HTTP/1.1 with h11, which refuses what is not a valid request line or field.
+    h11.Request(method="POST", target=request.url.raw_path, headers=request.headers.raw)
 
 
 @pytest.mark.parametrize(
