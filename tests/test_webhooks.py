@@ -357,8 +357,9 @@ async def test_webhook_no_request_can_carry_fails_its_attempt_at_once(
     finally:
         await eventstore.close(nc)
     async with notifying.client() as client, asyncio.timeout(30):
-        while (await client.get(f"/api/jobs/{request.job_id}")).status_code == 404:
-            await asyncio.sleep(0.05)  # not projected yet
+        # The projector writes the job in another task: polled.
+        while (await client.get(f"/api/jobs/{request.job_id}")).status_code == 404:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     log = await webhook_log(notifying, request.job_id, settled)
     assert [(a["outcome"], a["error"]["code"]) for a in log["items"]] == [
         ("failed", "WEBHOOK_INVALID")
