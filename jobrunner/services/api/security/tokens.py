@@ -100,6 +100,11 @@ def _key(token_id: str) -> str:
     return f"token.{token_id}"
 
 
+def _name_key(name: str) -> str:
+    """The key claiming a token name (a name may hold "@", which a key may not)."""
+    return f"name.{hashlib.sha256(name.encode()).hexdigest()}"
+
+
 async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> KeyValue:
     """The token bucket, created when missing. Several API instances may create it at once:
     creating it with the same configuration as another is no error. JetStream's own errors
@@ -272,9 +277,22 @@ class TokenStore:
             raise TokenError("the expiry lies in the past")
         # Names are the identity recorded in every job's events, so a name is never reused,
         # not even after its token was revoked: the audit trail stays unambiguous.
+        taken = TokenNameTaken(f"a token named {name!r} exists or existed; choose another name")
         if any(r.name == name for r in await self.all()):
-            raise TokenNameTaken(f"a token named {name!r} exists or existed; choose another name")
+            raise taken
         token_id, token = new_token()
+        # The list above cannot see a token being created at this moment (another admin, another
+        # API instance): the name is claimed in the bucket first, which only one claim passes.
+        # Tokens made before the claims existed have none: the list above finds those.
+        try:
+            await self.kv.create(_name_key(name), token_id.encode())
+        except KeyWrongLastSequenceError:
+            raise taken from None
+        except Exception as exc:
+            # Older servers answer an existing key with a plain API error.
+            if "wrong last sequence" not in str(exc).lower():
+                raise
+            raise taken from None
         record = TokenRecord(
             id=token_id,
             name=name,
@@ -285,7 +303,13 @@ class TokenStore:
             own_jobs_only=own_jobs_only,
             created_by=created_by,
         )
-        await self.kv.create(_key(token_id), msgspec.json.encode(record))
+        try:
+            await self.kv.create(_key(token_id), msgspec.json.encode(record))
+        except BaseException:
+            # No token came of the claim: the name stays free for the request sent again.
+            with contextlib.suppress(Exception):
+                await self.kv.delete(_name_key(name))
+            raise
         self._remember(token_id, record)
         log.info("token created", token_id=token_id, name=name, role=role.value)
         return record, token
