@@ -238,8 +238,10 @@ class TokenStore:
                 return
             changed = self._changed.setdefault(token_id, asyncio.Event())
             left = None if record.expires_at is None else (record.expires_at - now).total_seconds()
+            # A timeout around the wait, not wait_for: no task of its own for each open stream.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+                async with asyncio.timeout(left):
+                    await changed.wait()
 
     def _remember(self, token_id: str, record: TokenRecord | None) -> None:
         """The copy kept here of a token's record (None: it opens nothing); wakes its streams."""
