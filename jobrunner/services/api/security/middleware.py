@@ -173,7 +173,10 @@ def is_callback(handler: Any) -> bool:
     return bool(handler is not None and handler.opt.get("callback"))
 
 
-def is_event_stream(handler: Any) -> bool:
+def is_streaming_response(handler: Any) -> bool:
+    """A handler answering with a stream: an event stream, and also a download (a log, an
+    artifact, an archive). Each counts against the token's open streams (``is_sse``: only the
+    event streams)."""
     if handler is None:
         return False
     if handler.opt.get("sse"):
@@ -373,7 +376,7 @@ class AccessMiddleware:
         known = known_query_parameters(handler)
         if known is not None:
             reject_unknown(connection.query_params.keys(), known)
-        if not is_event_stream(handler):
+        if not is_streaming_response(handler):
             await self.app(scope, receive, send)
             return
         key = principal.token_id or principal.name
