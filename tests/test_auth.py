@@ -409,3 +409,20 @@ async def test_busy_lock_does_not_name_another_tokens_job(system: System) -> Non
     assert refused.json()["error"]["running_job"] is None
     assert told.status_code == 409
     assert told.json()["error"]["running_job"]["id"] == holder.json()["id"]
+
+
+async def test_one_name_asked_for_at_once_makes_one_token(system: System) -> None:
+    """Token names are never reused (they are the identity in the events), also when several
+    admins (or API instances) create the same name at the same moment: one 201, the rest 409
+    TOKEN_NAME_TAKEN. (Each request checked the names, found none, and made its own token.)"""
+    async with system.client() as client:
+        answers = await asyncio.gather(
+            *(client.post("/api/tokens", json={"name": "twin", "role": "viewer"}) for _ in range(5))
+        )
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [201, 409, 409, 409, 409], [a.text for a in answers]
+    assert {a.json()["error"]["code"] for a in answers if a.status_code == 409} == {
+        "TOKEN_NAME_TAKEN"
+    }
+    named = [r for r in await (await system.tokens()).all() if r.name == "twin"]
+    assert len(named) == 1

@@ -3,6 +3,7 @@ retried, refused where it may not go, logged as events and shown by the API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -264,6 +265,9 @@ async def test_redirecting_receiver_is_not_followed(notifying: System, receiver:
             {"url": "https://example.com/", "headers": {"X-A": "b\r\nX-B: c"}},
             "INVALID_HEADER_VALUE",
         ),
+        ({"url": "https://example.com/", "headers": {"X-Name": "Müller"}}, "INVALID_HEADER_VALUE"),
+        ({"url": "https://example.com/", "headers": {"X-Name": "x "}}, "INVALID_HEADER_VALUE"),
+        ({"url": "https://\u0080.example/"}, "INVALID_URL"),
     ],
 )
 async def test_api_refuses_a_bad_webhook_and_publishes_nothing(
@@ -322,6 +326,44 @@ async def test_header_in_an_event_cannot_override_the_signature(
     deliveries = [v for k, v in got.header_list if k == "x-jobrunner-delivery"]
     assert signatures == [signature.sign(SECRET, got.body)]
     assert deliveries == [signature.delivery_id(request.job_id, 0)]
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        events.WebhookTarget(url="http://127.0.0.1:99999/hook"),
+        events.WebhookTarget(url="http://[::1/hook"),
+        events.WebhookTarget(url="http://127.0.0.1:1/hook", headers={"X-Name": "Müller"}),
+        events.WebhookTarget(url="http://127.0.0.1:1/hook", headers={"X-Name": " padded "}),
+    ],
+    ids=["port-out-of-range", "broken-ipv6", "non-ascii-header", "padded-header"],
+)
+async def test_webhook_no_request_can_carry_fails_its_attempt_at_once(
+    notifying: System, settings: Settings, webhook: events.WebhookTarget
+) -> None:
+    """A JobRequested written by another producer with a webhook the API would refuse: one
+    attempt, failed with WEBHOOK_INVALID. (It raised inside the notifier, which left the job's end
+    unacknowledged and handed it out again after every ack wait, for ever, recording nothing; a
+    padded header value failed every attempt as WEBHOOK_UNREACHABLE until the window ended.)"""
+    request = events.JobRequested(
+        job_id=events.new_event_id(),
+        job_type="emit",
+        parameters={"lines": 1, "interval": "0", "exit_code": 0, "stderr_every": 0},
+        webhook=webhook,
+    )
+    nc = await eventstore.connect(settings, "test")
+    try:
+        await eventstore.publish(nc.jetstream(), Names(settings.prefix), request)
+    finally:
+        await eventstore.close(nc)
+    async with notifying.client() as client, asyncio.timeout(30):
+        # The projector writes the job in another task: polled.
+        while (await client.get(f"/api/jobs/{request.job_id}")).status_code == 404:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    log = await webhook_log(notifying, request.job_id, settled)
+    assert [(a["outcome"], a["error"]["code"]) for a in log["items"]] == [
+        ("failed", "WEBHOOK_INVALID")
+    ]
 
 
 async def test_job_type_webhook_is_signed_with_the_types_own_secret(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import msgspec
 
 from jobrunner.contracts.events import (
@@ -23,6 +24,10 @@ from jobrunner.contracts.events import (
 # RFC 9110 token characters: a header name is one token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A header value travels as ASCII, without spaces at either end: the notifier's HTTP client
+# cannot send anything else (it raised inside the notifier, which then tried the job's end again
+# for ever, or failed every attempt at the receiver's cost until the retry window ended).
+_BAD_HEADER_VALUE = re.compile(r"[^\x09\x20-\x7e]")
 # Set by the notifier on every delivery; a client's header of the same name would let it forge
 # or confuse what a receiver verifies.
 RESERVED_HEADERS = frozenset(
@@ -82,12 +87,13 @@ def check(target: WebhookTarget, field: str = "webhook") -> list[WebhookError]:
                     message=f"name and value must be at most {MAX_WEBHOOK_HEADER_CHARS} characters",
                 )
             )
-        elif _BAD_VALUE.search(value):
+        elif _BAD_HEADER_VALUE.search(value) or value != value.strip(" \t"):
             errors.append(
                 WebhookError(
                     field=where,
                     code="INVALID_HEADER_VALUE",
-                    message="must not contain line breaks or control characters",
+                    message="must be ASCII, without line breaks, control characters or spaces at "
+                    "either end",
                 )
             )
     return errors
@@ -102,7 +108,8 @@ def url_problems(url: str) -> list[tuple[str, str]]:
     try:
         parts = urlsplit(url)
         port = parts.port  # raises for a port out of range or not a number
-    except ValueError as exc:
+        httpx.URL(url)  # what the notifier's HTTP client makes of it: a host it cannot encode
+    except (ValueError, httpx.InvalidURL) as exc:
         return [("INVALID_URL", f"is no URL ({exc})")]
     problems: list[tuple[str, str]] = []
     if parts.scheme not in ("http", "https"):

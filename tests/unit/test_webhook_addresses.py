@@ -42,6 +42,9 @@ REFUSED = [
     "::ffff:169.254.169.254",
     "2002:7f00:1::",  # 6to4 of 127.0.0.1
     "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "fec0::1",  # IPv6 site-local: deprecated, still an internal network where configured
+    "feff:ffff::1",
+    "3fff::1",  # IPv6 documentation (RFC 9637), newer than Python 3.11's tables
 ]
 PUBLIC = ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import h11
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +16,7 @@ from hypothesis import strategies as st
 from jobrunner.common.jobtypes import JobTypeConfigError, load_job_types
 from jobrunner.common.webhookurl import check, public_url, url_problems
 from jobrunner.contracts.events import MAX_WEBHOOK_URL_CHARS, WebhookTarget
+from jobrunner.services.notifier.sender import Destination
 
 
 @pytest.mark.parametrize(
@@ -73,6 +77,8 @@ def test_shown_url_never_carries_query_or_userinfo(query: str, user: str) -> Non
         ("Host", "internal", "RESERVED_HEADER"),
         ("Bad Name", "x", "INVALID_HEADER_NAME"),
         ("X-Ok", "line\r\nInjected: 1", "INVALID_HEADER_VALUE"),
+        ("X-Ok", "Müller", "INVALID_HEADER_VALUE"),
+        ("X-Ok", " padded ", "INVALID_HEADER_VALUE"),
         ("X-Ok", "x" * 5000, "TOO_LONG"),
     ],
 )
@@ -115,3 +121,39 @@ def test_bad_job_type_webhook_stops_at_load(tmp_path: Path, body: str, says: str
     path.write_text(TYPE + body)
     with pytest.raises(JobTypeConfigError, match=re.escape(says)):
         load_job_types(path)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    url=st.text(max_size=40).map(lambda host: f"https://{host}/hook") | st.text(max_size=80),
+    value=st.text(max_size=40) | st.text(alphabet=" \tx\u00e9", max_size=5),
+)
+def test_what_the_check_accepts_the_notifier_can_send(url: str, value: str) -> None:
+    """A URL and a header value the check lets through can be put on the wire as the notifier
+    does (to a checked address, the URL's host in ``Host``): one it could not send (a non-ASCII
+    header value, an international host name) raised inside the notifier, which left the job's
+    end unacknowledged and tried it again after every ack wait, for ever."""
+    if check(WebhookTarget(url=url, headers={"X-Name": value})):
+        return
+    destination = Destination.of(url)
+    request = httpx.Request(
+        "POST",
+        destination.target(ipaddress.ip_address("192.0.2.1")),
+        headers={"X-Name": value, "Host": destination.host_header},
+    )
+    # httpcore writes HTTP/1.1 with h11, which refuses what is not a valid request line or field.
+    h11.Request(method="POST", target=request.url.raw_path, headers=request.headers.raw)
+
+
+@pytest.mark.parametrize(
+    ("url", "host_header"),
+    [
+        ("https://bücher.example/x", "xn--bcher-kva.example"),
+        ("http://Example.COM:8080/", "example.com:8080"),
+        ("https://[2001:db8::1]:8443/", "[2001:db8::1]:8443"),
+    ],
+)
+def test_international_host_name_is_sent_in_its_ascii_form(url: str, host_header: str) -> None:
+    """The Host header (and the TLS name) of an international name is its IDNA form."""
+    assert not check(WebhookTarget(url=url))
+    assert Destination.of(url).host_header == host_header

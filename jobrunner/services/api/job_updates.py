@@ -255,6 +255,16 @@ async def update_stream(
                 log.warning("update stream refused at the stream's consumer limit", detail=str(exc))
                 yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
                 return
+            except Exception as exc:
+                if not sse.is_nats_fault(exc):
+                    raise
+                # NATS did not answer (paused, unreachable) as the stream opened a consumer or
+                # asked for the stream's state. Every frame sent went whole, so the client
+                # resumes exactly after the last one; a live consumer nats-py makes again by
+                # itself, so this is met only at those requests.
+                log.warning("update stream ended by a NATS fault", error=repr(exc))
+                yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
+                return
             if not msgs:
                 yield sse.comment("keep-alive")
                 continue

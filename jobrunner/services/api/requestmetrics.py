@@ -20,7 +20,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from jobrunner.common import metrics
-from jobrunner.services.api.security.middleware import is_event_stream
+from jobrunner.services.api.security.middleware import is_streaming_response
 
 
 class RequestMetrics:
@@ -32,7 +32,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         handler: Any = scope.get("route_handler")
-        if is_event_stream(handler):
+        if is_streaming_response(handler):
             clients = metrics.SSE_CLIENTS.labels(handler.handler_name)
             clients.inc()
             try:

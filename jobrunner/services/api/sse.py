@@ -146,6 +146,27 @@ def consumer_limit_reached(retry_ms: int) -> bytes:
     )
 
 
+def nats_unavailable(retry_ms: int) -> bytes:
+    """The last frame of a stream whose reading met a NATS fault (a request to JetStream timed
+    out: the server paused or unreachable): a code and a sentence; the stream then ends without
+    ``done`` and the client resumes after the last id it got. Its ``retry`` is stretched as
+    ``consumer_limit_reached``'s: the streams cut together must not all come back together."""
+    return retry(round(retry_ms * random.uniform(1.0, 2.0))) + frame(
+        {
+            "code": "NATS_UNAVAILABLE",
+            "detail": "The event store did not answer; this stream ends and resumes after the "
+            "retry interval.",
+        },
+        event="unavailable",
+    )
+
+
+def is_nats_fault(exc: BaseException) -> bool:
+    """NATS busy or away (nats-py's errors, JetStream's, a timeout): what ends a stream with
+    ``nats_unavailable`` rather than cut its connection."""
+    return isinstance(exc, nats.errors.Error | TimeoutError)
+
+
 def retry(ms: int) -> bytes:
     return f"retry: {ms}\n\n".encode()
 
@@ -279,6 +300,12 @@ async def job_stream(
         feed.leave(inbox)
         yield consumer_limit_reached(retry_ms)  # the feed could not start: say why (it resumes)
         return
+
+    def failed_by_nats() -> bool:
+        """The feed ended on a NATS fault (its consumer not made: NATS paused or away), which
+        cut this stream: the client is told, and resumes after the last id it got."""
+        return feed.failure is not None and is_nats_fault(feed.failure)
+
     # Taken in the same step as the join: the record ends exactly where the inbox begins.
     recorded = feed.recorded_since(start_seq) if start_seq <= joined_at else None
     if recorded is None and start_seq <= joined_at:
@@ -304,6 +331,8 @@ async def job_stream(
                     # closes a silent one). The inbox's wake-up is set only by a cut meanwhile.
                     while not await turn.taken(fanout.limits.keepalive, inbox.wakeup):
                         if inbox.overflow or (writer is not None and writer.gone):
+                            if failed_by_nats():
+                                yield nats_unavailable(retry_ms)
                             return  # the feed failed, or the client left
                         yield comment("keep-alive")
                     if inbox.overflow or (writer is not None and writer.gone):
@@ -324,7 +353,11 @@ async def job_stream(
                                 return  # the client reset or left: nothing more can reach it
                             if chunk:
                                 yield chunk
-                            if item.terminal or inbox.overflow:
+                            if item.terminal:
+                                return
+                            if inbox.overflow:
+                                if failed_by_nats():
+                                    yield nats_unavailable(retry_ms)
                                 return
             except HistoryStalled:
                 metrics.SSE_STREAMS_CUT.labels("history_stalled").inc()
@@ -341,6 +374,8 @@ async def job_stream(
                 )
                 if at_consumer_limit(exc):
                     yield consumer_limit_reached(retry_ms)
+                else:
+                    yield nats_unavailable(retry_ms)
                 return
 
         def write_direct(items: list[Item]) -> bool:
@@ -373,7 +408,11 @@ async def job_stream(
             parts, sent, ended = _unsent(inbox.take(TAKE_BYTES), sent, skip, skip_seq)
             if parts:
                 yield b"".join(parts)
-            if ended or inbox.overflow:
+            if ended:
+                return
+            if inbox.overflow:
+                if failed_by_nats():
+                    yield nats_unavailable(retry_ms)
                 return
             if inbox.has_items:
                 # The rest of a backlog next turn: a write that the socket takes at once does

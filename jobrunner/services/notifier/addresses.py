@@ -21,11 +21,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Not covered by the ipaddress module's flags on every Python version: carrier-grade NAT and the
-# cloud metadata addresses (AWS/GCP/Azure IPv4 is link-local already; AWS's IPv6 one is not).
+# cloud metadata addresses (AWS/GCP/Azure IPv4 is link-local already; AWS's IPv6 one is not),
+# and the ranges below.
 _EXTRA_REFUSED: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("100.64.0.0/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),
     ipaddress.ip_network("64:ff9b:1::/48"),
+    # IPv6 site-local (deprecated, RFC 3879, but an internal network wherever still set up),
+    # which Python counts as global; and the IPv6 documentation range of RFC 9637.
+    ipaddress.ip_network("fec0::/10"),
+    ipaddress.ip_network("3fff::/20"),
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 

@@ -17,10 +17,10 @@ from datetime import datetime
 
 import structlog
 
-from jobrunner.common import metrics
+from jobrunner.common import metrics, webhookurl
 from jobrunner.common.webhookurl import public_url
 from jobrunner.contracts import events
-from jobrunner.contracts.events import ErrorInfo, WebhookOutcome
+from jobrunner.contracts.events import ErrorInfo, WebhookOutcome, WebhookTarget
 from jobrunner.services.notifier import payload, signature
 from jobrunner.services.notifier.sender import AttemptResult, Sender
 from jobrunner.services.notifier.targets import Target
@@ -113,7 +113,20 @@ class JobDelivery:
         attempt = resume.attempt
         first_at = resume.first_attempt_at
         while True:
-            if target.secret_missing is not None:
+            problems = webhookurl.check(WebhookTarget(url=target.url, headers=target.headers))
+            if problems:
+                # Refused by the API and the job-types file; an event written by something else
+                # may carry it. Failed for good, not raised: a raise left the job's end
+                # unacknowledged, handed out again after every ack wait, for ever.
+                result = AttemptResult(
+                    None,
+                    "WEBHOOK_INVALID",
+                    "The webhook cannot be sent: "
+                    + "; ".join(f"{p.field} {p.message}" for p in problems),
+                    0.0,
+                    False,
+                )
+            elif target.secret_missing is not None:
                 result = AttemptResult(
                     None,
                     "WEBHOOK_SECRET_MISSING",

@@ -19,7 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from jobrunner.services.notifier.addresses import AddressPolicy, AddressRefused, checked_addresses
+from jobrunner.services.notifier.addresses import (
+    AddressPolicy,
+    AddressRefused,
+    IPAddress,
+    checked_addresses,
+)
 
 USER_AGENT = "jobrunner-notifier/1"
 # The receiver's answer is not kept; only this much of it is read before the connection closes.
@@ -54,6 +59,43 @@ def _classify(status: int) -> tuple[str | None, str | None, bool]:
     if status in (408, 425, 429) or status >= 500:
         return "WEBHOOK_HTTP_ERROR", f"The receiver answered {status}.", True
     return "WEBHOOK_REJECTED", f"The receiver answered {status}; retrying cannot change it.", False
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a webhook URL points, in the forms the request needs."""
+
+    scheme: str
+    name: str  # as written in the URL: what is resolved and matched against the allow list
+    host: str  # its ASCII form (IDNA for an international name): Host header and TLS name
+    port: int
+    path: str
+    query: str
+
+    @classmethod
+    def of(cls, url: str) -> Destination:
+        """Raises ValueError or httpx.InvalidURL for a URL no request can be made to."""
+        parts = urlsplit(url)
+        default = 443 if parts.scheme == "https" else 80
+        return cls(
+            scheme=parts.scheme,
+            name=parts.hostname or "",
+            host=httpx.URL(url).raw_host.decode("ascii"),
+            port=parts.port or default,
+            path=parts.path or "/",
+            query=parts.query,
+        )
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = self.port == (443 if self.scheme == "https" else 80)
+        return host if default else f"{host}:{self.port}"
+
+    def target(self, address: IPAddress) -> str:
+        """The URL with the checked address in place of the host name."""
+        shown = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+        return urlunsplit((self.scheme, f"{shown}:{self.port}", self.path, self.query, ""))
 
 
 class Sender:
@@ -92,27 +134,26 @@ class Sender:
             elapsed = round((time.monotonic() - started) * 1000, 3)
             return AttemptResult(status, code, message, elapsed, retryable)
 
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            addresses = await checked_addresses(host, port, self.policy)
+            destination = Destination.of(url)
+        except (ValueError, httpx.InvalidURL) as exc:
+            # The API and the job-types file refuse such a URL; an event written by something
+            # else may still carry one. Failed for good: no retry could change it.
+            return result(None, "WEBHOOK_INVALID", f"The webhook URL cannot be used: {exc}", False)
+        try:
+            addresses = await checked_addresses(destination.name, destination.port, self.policy)
         except AddressRefused as exc:
             return result(None, exc.code, str(exc), exc.code == "WEBHOOK_DNS_FAILED")
-        default_port = port == (443 if parts.scheme == "https" else 80)
-        host_header = host if default_port else f"{host}:{port}"
-        if ":" in host:
-            host_header = f"[{host}]" if default_port else f"[{host}]:{port}"
         try:
             # Each checked address in the resolver's order until one takes the connection.
             for n, address in enumerate(addresses):
-                shown = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else address
-                target = urlunsplit(
-                    (parts.scheme, f"{shown}:{port}", parts.path or "/", parts.query, "")
-                )
                 try:
                     return await self._post_to(
-                        target, {**headers, "Host": host_header}, host, body, result
+                        destination.target(address),
+                        {**headers, "Host": destination.host_header},
+                        destination.host,
+                        body,
+                        result,
                     )
                 except (httpx.ConnectError, httpx.ConnectTimeout):
                     if n == len(addresses) - 1:

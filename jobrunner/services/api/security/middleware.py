@@ -22,12 +22,15 @@ Routes added later are covered without doing anything: they are closed by defaul
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
@@ -44,6 +47,7 @@ from litestar.types import (
     Send,
 )
 
+from jobrunner.services.api import sse
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import reject_unknown
 from jobrunner.services.api.security.origin import (
@@ -61,6 +65,8 @@ from jobrunner.services.api.security.sessions import (
     SessionSigner,
 )
 from jobrunner.services.api.security.tokens import Role, TokenStore
+
+log = structlog.get_logger()
 
 # Reachable without a token: the health check, the sign-in page, static assets.
 PUBLIC_PATHS = re.compile(r"^/(?:health|login|login\.css|favicon\.ico)$|^/static/")
@@ -167,7 +173,10 @@ def is_callback(handler: Any) -> bool:
     return bool(handler is not None and handler.opt.get("callback"))
 
 
-def is_event_stream(handler: Any) -> bool:
+def is_streaming_response(handler: Any) -> bool:
+    """A handler answering with a stream: an event stream, and also a download (a log, an
+    artifact, an archive). Each counts against the token's open streams (``is_sse``: only the
+    event streams)."""
     if handler is None:
         return False
     if handler.opt.get("sse"):
@@ -367,7 +376,7 @@ class AccessMiddleware:
         known = known_query_parameters(handler)
         if known is not None:
             reject_unknown(connection.query_params.keys(), known)
-        if not is_event_stream(handler):
+        if not is_streaming_response(handler):
             await self.app(scope, receive, send)
             return
         key = principal.token_id or principal.name
@@ -380,9 +389,62 @@ class AccessMiddleware:
                 limit=access.streams.per_token,
             )
         try:
-            await self.app(scope, receive, send)
+            if access.store is not None and principal.token_id and is_sse(handler):
+                await _while_usable(self.app, scope, receive, send, access.store, principal)
+            else:
+                await self.app(scope, receive, send)
         finally:
             access.streams.release(key)
+
+
+def is_sse(handler: Any) -> bool:
+    """An event stream proper (a job's, the update streams), not a download."""
+    return getattr(handler, "media_type", None) == "text/event-stream"
+
+
+async def _while_usable(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, store: TokenStore, who: Principal
+) -> None:
+    """Serve an event stream for as long as its token counts: once the token is revoked (on any
+    instance: the token bucket's watch brings it) or expires, the stream ends with one
+    ``unavailable`` event saying so, and the client's reconnect answers 401. A download is
+    finite and is left to finish."""
+    started = False
+
+    async def watched_send(message: Message) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    serving = asyncio.ensure_future(app(scope, receive, watched_send))
+    ended = asyncio.ensure_future(store.until_unusable(who.token_id))
+    try:
+        await asyncio.wait((serving, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ended.cancel()
+        if not serving.done():
+            serving.cancel()
+            # Cancelled between frames: a stream's frames are whole sends (or whole direct
+            # writes), so what follows starts a frame of its own.
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+    if not ended.cancelled() and ended.done() and serving.cancelled():
+        log.info("event stream ended: its token no longer counts", token=who.name)
+        if not started:
+            raise unauthorized("The token is unknown, revoked or expired.")
+        frame = sse.frame(
+            {
+                "code": "UNAUTHORIZED",
+                "detail": f"The token {who.name!r} was revoked or has expired; this stream "
+                "ends. Sign in again or use another token.",
+            },
+            event="unavailable",
+        )
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    serving.result()  # the stream's own end, or its error
 
 
 # As raw ASGI pairs: Litestar's MutableScopeHeaders decodes every header of the response for

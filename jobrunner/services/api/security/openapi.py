@@ -13,7 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from jobrunner.services.api.security.middleware import (
     PUBLIC_PATHS,
-    is_event_stream,
+    is_streaming_response,
     known_query_parameters,
 )
 
@@ -74,7 +74,7 @@ def document_errors(app: Litestar) -> None:
                 add(422, "The request body is not valid.", responses)
             if known_query_parameters(handler):
                 add(422, "A query parameter is not valid.", responses)
-            if is_event_stream(handler):
+            if is_streaming_response(handler):
                 add(429, "The token has too many open event streams.", responses)
             add(500, "An unexpected error (logged on the server).", responses)
             handler.responses = responses

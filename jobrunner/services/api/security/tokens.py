@@ -23,8 +23,13 @@ from enum import StrEnum
 import msgspec
 import structlog
 from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from jobrunner.contracts.names import Names
 
@@ -34,7 +39,12 @@ TOKEN_PREFIX = "jrt_"
 # \Z, not $: "$" also matches before a final line break.
 _TOKEN_RE = re.compile(r"^jrt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
+_TOKEN_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 _SESSION_KEY = "session-key"
+# A name claim with no token record behind it is taken over once it is this old: twice nats-py's
+# JetStream request timeout (5 s), past which the create that made it has given up. A module
+# value so that tests can shorten it.
+NAME_CLAIM_STALE_SECONDS = 10.0
 
 
 class Role(StrEnum):
@@ -96,8 +106,19 @@ def token_id_of(token: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _wrong_last_sequence(exc: BaseException) -> bool:
+    """A conditional write refused because the key moved on (older servers answer it with a
+    plain API error)."""
+    return isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc).lower()
+
+
 def _key(token_id: str) -> str:
     return f"token.{token_id}"
+
+
+def _name_key(name: str) -> str:
+    """The key claiming a token name (a name may hold "@", which a key may not)."""
+    return f"name.{hashlib.sha256(name.encode()).hexdigest()}"
 
 
 async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> KeyValue:
@@ -123,6 +144,8 @@ class TokenStore:
         self.kv = kv
         self._cache: dict[str, TokenRecord] = {}
         self._watch_task: asyncio.Task[None] | None = None
+        # Set (and dropped) when a token's record changes: what an open stream waits on.
+        self._changed: dict[str, asyncio.Event] = {}
 
     @classmethod
     async def open(cls, js: JetStreamContext, names: Names, replicas: int = 1) -> TokenStore:
@@ -142,14 +165,14 @@ class TokenStore:
                     continue
                 token_id = entry.key.removeprefix("token.")
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    self._cache.pop(token_id, None)
+                    self._remember(token_id, None)
                     continue
                 try:
-                    self._cache[token_id] = msgspec.json.decode(entry.value, type=TokenRecord)
+                    self._remember(token_id, msgspec.json.decode(entry.value, type=TokenRecord))
                 except msgspec.MsgspecError:
                     # What replaced the record is unreadable: the token it described must not
                     # go on opening the API from the copy kept here.
-                    self._cache.pop(token_id, None)
+                    self._remember(token_id, None)
 
         self._watch_task = asyncio.create_task(follow(), name="token-watch")
         self._watcher = watcher
@@ -183,7 +206,7 @@ class TokenStore:
             # opens nothing, as the watch's cache already treats it.
             log.warning("token_record_unreadable", token_id=token_id)
             return None
-        self._cache[token_id] = record
+        self._remember(token_id, record)
         return record
 
     async def all(self) -> list[TokenRecord]:
@@ -220,6 +243,36 @@ class TokenStore:
         record = self._cache.get(token_id) or await self.get(token_id)
         return record if record is not None and record.usable() else None
 
+    async def until_unusable(self, token_id: str) -> None:
+        """Returns once the token stops counting: revoked (here or, through the watch, anywhere),
+        its record gone or unreadable, or past its expiry. An open event stream waits on this,
+        so that it does not outlive its token."""
+        while True:
+            record = self._cache.get(token_id)
+            now = datetime.now(UTC)
+            if record is None or not record.usable(now):
+                return
+            changed = self._changed.setdefault(token_id, asyncio.Event())
+            left = None if record.expires_at is None else (record.expires_at - now).total_seconds()
+            # A timeout around the wait, not wait_for: no task of its own for each open stream.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await changed.wait()
+
+    def _remember(self, token_id: str, record: TokenRecord | None) -> None:
+        """The copy kept here of a token's record (None: it opens nothing); wakes its streams if
+        it changed. Every listing of the tokens reads each record again, mostly unchanged: waking
+        every open stream for each listing cost 13-30 ms of loop time at 1,000 streams."""
+        if self._cache.get(token_id) == record:
+            return
+        if record is None:
+            self._cache.pop(token_id, None)
+        else:
+            self._cache[token_id] = record
+        changed = self._changed.pop(token_id, None)
+        if changed is not None:
+            changed.set()
+
     # --- writing
     async def create(
         self,
@@ -246,9 +299,19 @@ class TokenStore:
             raise TokenError("the expiry lies in the past")
         # Names are the identity recorded in every job's events, so a name is never reused,
         # not even after its token was revoked: the audit trail stays unambiguous.
+        taken = TokenNameTaken(f"a token named {name!r} exists or existed; choose another name")
         if any(r.name == name for r in await self.all()):
-            raise TokenNameTaken(f"a token named {name!r} exists or existed; choose another name")
+            raise taken
         token_id, token = new_token()
+        # The list above cannot see a token being created at this moment (another admin, another
+        # API instance): the name is claimed in the bucket first, which only one claim passes.
+        # Tokens made before the claims existed have none: the list above finds those.
+        try:
+            await self.kv.create(_name_key(name), token_id.encode())
+        except Exception as exc:
+            if not _wrong_last_sequence(exc):
+                raise
+            await self._take_over_claim(name, token_id, taken)
         record = TokenRecord(
             id=token_id,
             name=name,
@@ -259,10 +322,67 @@ class TokenStore:
             own_jobs_only=own_jobs_only,
             created_by=created_by,
         )
-        await self.kv.create(_key(token_id), msgspec.json.encode(record))
-        self._cache[token_id] = record
+        try:
+            await self.kv.create(_key(token_id), msgspec.json.encode(record))
+        except BaseException:
+            # No token came of the claim: give it back, so that the request sent again finds
+            # the name free. If that fails too (NATS unreachable), a later create takes the
+            # claim over once it is old enough (_take_over_claim).
+            try:
+                await self.kv.delete(_name_key(name))
+            except Exception as exc:
+                log.warning("token name claim not given back", name=name, error=repr(exc))
+            raise
+        self._remember(token_id, record)
         log.info("token created", token_id=token_id, name=name, role=role.value)
         return record, token
+
+    async def _take_over_claim(self, name: str, token_id: str, taken: TokenNameTaken) -> None:
+        """The name is claimed already: raises ``taken`` unless the claim was left behind.
+
+        A claim is left without its token when the API dies between the claim and the record,
+        or NATS stops answering there (the claim's own write may even time out here and still
+        be applied once NATS is back). Such a claim names a token id with no record; once it is
+        older than any create still under way could be (NAME_CLAIM_STALE_SECONDS, by the
+        server's clock), this create takes it over. The update is conditional on the claim's
+        revision, so of several creates taking it over at once one wins; the rest get 409."""
+        key = _name_key(name)
+        try:
+            claim = await self.kv._js.get_msg(
+                self.kv._stream, subject=f"{self.kv._pre}{key}", direct=self.kv._direct
+            )
+        except NotFoundError:
+            raise taken from None  # given back a moment ago: the client may send it again
+        if claim.headers and claim.headers.get(KV_OP) in (KV_DEL, KV_PURGE):
+            raise taken  # deleted after our create was refused: likewise
+        held_by = (claim.data or b"").decode(errors="replace")
+        if _TOKEN_ID_RE.match(held_by) and await self._exists(held_by):
+            raise taken
+        assert claim.time is not None
+        assert claim.seq is not None
+        age = (datetime.now(UTC) - claim.time).total_seconds()
+        if age < NAME_CLAIM_STALE_SECONDS:
+            raise taken  # perhaps a create still under way: its record may yet come
+        try:
+            await self.kv.update(key, token_id.encode(), last=claim.seq)
+        except Exception as exc:
+            if _wrong_last_sequence(exc):
+                raise taken from None
+            raise
+        log.warning(
+            "token name claim left without its token taken over",
+            name=name,
+            left_by=held_by,
+            age_seconds=round(age, 1),
+        )
+
+    async def _exists(self, token_id: str) -> bool:
+        """Whether a record (usable or not, readable or not) stands under this id."""
+        try:
+            entry = await self.kv.get(_key(token_id))
+        except KeyNotFoundError:
+            return False
+        return bool(entry.value)
 
     async def revoke(self, id_or_name: str) -> TokenRecord:
         record = await self.find(id_or_name)
@@ -272,7 +392,7 @@ class TokenStore:
             return record
         revoked = msgspec.structs.replace(record, revoked_at=datetime.now(UTC))
         await self.kv.put(_key(record.id), msgspec.json.encode(revoked))
-        self._cache[record.id] = revoked
+        self._remember(record.id, revoked)
         log.info("token revoked", token_id=record.id, name=record.name)
         return revoked
 
@@ -281,11 +401,8 @@ class TokenStore:
         try:
             # Created only if absent (revision 0): every instance then reads the one key.
             await self.kv.update(_SESSION_KEY, secrets.token_bytes(32), last=0)
-        except KeyWrongLastSequenceError:
-            pass
         except Exception as exc:
-            # Older servers answer an existing key with a plain API error.
-            if "wrong last sequence" not in str(exc).lower():
+            if not _wrong_last_sequence(exc):
                 raise
         try:
             entry = await self.kv.get(_SESSION_KEY)
