@@ -19,7 +19,14 @@ from nats.aio.client import ServerVersion
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
-from jobrunner.common import artifactstore, messagesize, reconfigure, retry, runnerpool
+from jobrunner.common import (
+    artifactstore,
+    messagesize,
+    reconfigure,
+    retry,
+    runnerpool,
+    subscription,
+)
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -144,7 +151,10 @@ async def connect(
             log.warning("nats disconnected", service=name)
 
     async def on_reconnect() -> None:
-        log.info("nats reconnected", service=name)
+        # The ordered readers' consumers are made again at once, not after nats-py's own
+        # check finds their heartbeats missing (see ``restart_after_reconnect``).
+        restarted = subscription.restart_after_reconnect(nc)
+        log.info("nats reconnected", service=name, readers_restarted=restarted)
 
     errors = ErrorLog(name)
 
