@@ -334,13 +334,7 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
     try:
         runners = await js.stream_info(f"KV_{names.runners_bucket}")
     except nats.js.errors.NotFoundError:
-        await js.create_key_value(
-            bucket=names.runners_bucket,
-            history=1,
-            storage=api.StorageType.MEMORY,  # heartbeats are worth nothing after a restart
-            replicas=settings.stream_replicas,
-            ttl=runnerpool.heartbeat_ttl(settings),
-        )
+        await create_runners_bucket(js, names, settings)
     else:
         await reconfigure.bucket_ttl(js, runners, runnerpool.heartbeat_ttl(settings))
     try:
@@ -357,6 +351,18 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
         await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
     await _bucket_consumer_limit(js, names, settings)
+
+
+async def create_runners_bucket(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """The runners' heartbeat bucket. In memory: heartbeats are worth nothing after a restart,
+    and a restarted server has lost the bucket with them (the runners make it again)."""
+    await js.create_key_value(
+        bucket=names.runners_bucket,
+        history=1,
+        storage=api.StorageType.MEMORY,
+        replicas=settings.stream_replicas,
+        ttl=runnerpool.heartbeat_ttl(settings),
+    )
 
 
 async def _bucket_consumer_limit(js: JetStreamContext, names: Names, settings: Settings) -> None:
