@@ -35,9 +35,10 @@ from tests.faults.viewers import Viewer
 LEASE_TTL = 20.0
 INTERVAL = 0.05  # seconds between the running job's lines
 # After the restart, a line printed since reaches the viewer within this long: below the 10 s
-# at which nats-py's own activity check would make the feed's consumer again (measured after the
-# change: 0.25 s; the rest is room for a loaded machine).
-VIEWER_BOUND = 8.0
+# at which nats-py's own activity check would make the feed's consumer again at the earliest
+# (measured after the change: 0.25 s, and 5 s in 3 of 21 runs, when the runner's line message in
+# flight at the kill waits out its 5 s ack wait; the rest is room for a loaded machine).
+VIEWER_BOUND = 9.5
 # After the restart, a job submitted then is running (or done) in the read models within this
 # long: below the 5 s JetStream request timeout the projector's feed used to wait out (measured
 # after the change: 0.4 s).
