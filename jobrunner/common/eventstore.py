@@ -151,10 +151,10 @@ async def connect(
             log.warning("nats disconnected", service=name)
 
     async def on_reconnect() -> None:
-        # The ordered readers' consumers are made again at once, not after nats-py's own
-        # check finds their heartbeats missing (see ``restart_after_reconnect``).
-        restarted = subscription.restart_after_reconnect(nc)
-        log.info("nats reconnected", service=name, readers_restarted=restarted)
+        # The ordered readers whose consumers the server lost open again at once, not after
+        # nats-py's own check finds their heartbeats missing (``reopen_after_reconnect``).
+        checking = subscription.reopen_after_reconnect(nc)
+        log.info("nats reconnected", service=name, readers_checked=checking)
 
     errors = ErrorLog(name)
 

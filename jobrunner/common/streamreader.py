@@ -35,6 +35,7 @@ import nats.errors
 import structlog
 from nats.js import JetStreamContext, api
 
+from jobrunner.common import subscription
 from jobrunner.common.natsconnection import NatsConnection
 
 log = structlog.get_logger()
@@ -55,10 +56,6 @@ _DELIVERY_WITH_SUBJECT = re.compile(
 )
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_CONNECT_TIMEOUT = 2.0  # as nats-py's
-
-
-# Consumer deletions left to go on in the background (``StreamReader.close``).
-_deleting: set[asyncio.Future[None]] = set()
 
 
 class StreamReaderError(Exception):
@@ -185,18 +182,19 @@ class StreamReader:
 
     async def close(self, wait_for_delete: bool = True) -> None:
         """Close the connection and delete the consumer. ``wait_for_delete=False`` (a link
-        that failed): the delete goes on in the background. Sent while nats-py's connection is
-        down or not yet known to be, its answer never comes and it would hold the caller for
+        that failed): the delete goes on in the background (``subscription.delete_consumer_soon``,
+        cancelled by ``subscription.forget_deletes`` at a stop). Sent while nats-py's connection
+        is down or not yet known to be, its answer never comes and it would hold the caller for
         the whole JetStream request timeout (5 s) before the reader could open again."""
         if self._consumer is not None:
-            delete = self._delete_consumer(self._consumer)
-            self._consumer = None
-            if wait_for_delete:
-                await delete
+            name, self._consumer = self._consumer, None
+            if not wait_for_delete:
+                subscription.delete_consumer_soon(self._js, self._stream, name)
             else:
-                task = asyncio.ensure_future(delete)
-                _deleting.add(task)  # referenced until done: a task nobody holds may be collected
-                task.add_done_callback(_deleting.discard)
+                # Gone already, or NATS is down: it expires by itself after its inactive
+                # threshold.
+                with contextlib.suppress(Exception):
+                    await self._js.delete_consumer(self._stream, name)
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError):
@@ -204,11 +202,6 @@ class StreamReader:
             self._reader = self._writer = None
         self._buffer = b""
         self._error = None
-
-    async def _delete_consumer(self, name: str) -> None:
-        # Gone already, or NATS is down: it expires by itself after its inactive threshold.
-        with contextlib.suppress(Exception):
-            await self._js.delete_consumer(self._stream, name)
 
     # --- the protocol
 

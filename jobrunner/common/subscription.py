@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -51,8 +52,18 @@ FETCH_SECONDS = 0.2
 class OrderedReader:
     """The messages of one ordered consumer, taken a batch at a time."""
 
-    def __init__(self, js: JetStreamContext, max_buffered_bytes: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subjects: list[str],
+        start: api.ConsumerConfig,
+        max_buffered_bytes: int,
+    ) -> None:
         self._js = js
+        self._stream = stream
+        self._subjects = subjects
+        self._start = start  # where it started (``start_config``), to open again from there
         self._max_bytes = max_buffered_bytes
         self._batch: list[Msg] = []
         self._bytes = 0
@@ -62,6 +73,8 @@ class OrderedReader:
         self.sub: JetStreamContext.PushSubscription | None = None
         self._created = False  # the server made its consumer (a refused create made nothing)
         self._closed = False  # unsubscribed, its consumer's deletion on its way
+        self._last: Msg | None = None  # the last message put in the batch
+        self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -71,34 +84,113 @@ class OrderedReader:
         # Runs in nats-py's delivery task: waiting here is what holds the server back.
         await self._drained.wait()
         self._batch.append(msg)
+        self._last = msg
         self._bytes += len(msg.data)
         if self._bytes >= self._max_bytes:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
 
-    def restart_consumer(self) -> bool:
-        """Have nats-py make this reader's consumer again from the message after the last one
-        received (what it does itself once it has missed two idle heartbeats); False when there
-        is nothing to restart (closed, its consumer not made yet, or started at a time and
-        nothing received, so no sequence to restart at)."""
-        if self._closed or not self._created or self.sub is None:
+    async def _open(self, config: api.ConsumerConfig) -> None:
+        """Subscribe to ``config``'s deliver subject, then create its consumer (``config`` from
+        ``ordered_config``). A reader closed meanwhile (``reopen_if_gone_soon`` runs beside its
+        owner) keeps nothing: its subscription is dropped, its consumer deleted."""
+        # Subscribed before the consumer exists, as ``js.subscribe`` does only after its
+        # create's reply: the SUB and the create go out in one write, and the server, which
+        # registers the SUB before its API handles the create, delivers the first events behind
+        # the create's reply instead of one round trip (and a SUB's hop) later.
+        sub = await self._js.subscribe_bind(
+            self._stream,
+            config,
+            consumer=config.name or "",
+            cb=self._on_message,
+            ordered_consumer=True,
+            # Enough room for the server's flow-control window; the callback bounds the rest.
+            pending_bytes_limit=max(4 * self._max_bytes, 64 * 1024 * 1024),
+        )
+        if self._closed:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            return
+        self.sub, self._created = sub, False
+        try:
+            await self._js.add_consumer(self._stream, config)
+        except APIError:
+            raise  # refused: the server made nothing
+        except BaseException:
+            # Timed out or cancelled: it may have been made after all.
+            _delete_soon(self._js, self._stream, sub)
+            raise
+        if self._closed:  # ``close`` found no consumer to delete
+            _delete_soon(self._js, self._stream, sub)
+            return
+        self._created = True
+        # nats-py keeps ``config`` to make the consumer again after a gap (a new deliver
+        # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
+        # the first one may still be on the server then.
+        config.name = None
+
+    def reopen_if_gone_soon(self, turns: asyncio.Semaphore) -> bool:
+        """In the background (one task at a time, holding one of ``turns`` for its requests):
+        ask the server whether this reader's consumer is still there, and if it is not, open
+        the reader again from the message after the last one it got. False when it was not
+        started (the reader is closed, or a check is under way already)."""
+        if self._closed or self.sub is None or self._reopening is not None:
             return False
-        jsi = getattr(self.sub._sub, "_jsi", None)  # nats-py's ordered-consumer state
-        if jsi is None or not jsi._ordered:
-            return False
-        if jsi._sseq:
-            start = jsi._sseq + 1
-        elif jsi._ccreq.deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE:
-            start = jsi._ccreq.opt_start_seq or 1
-        else:
-            return False
-        # Counted as active: its own check (every two heartbeats) need not restart it again.
-        jsi._active = True
-        # In one step, before any await: the old deliver subject is dropped first, so no
-        # message received after ``start`` was read can come twice.
-        _track(asyncio.ensure_future(jsi.reset_ordered_consumer(start)))
+        self._reopening = asyncio.ensure_future(self._reopen_if_gone(turns))
+        _track(self._reopening)
         return True
+
+    async def _reopen_if_gone(self, turns: asyncio.Semaphore) -> None:
+        failures = 0
+        try:
+            while not self._closed and not self._js._nc.is_closed:
+                try:
+                    async with turns:
+                        if not self._closed and not await self._consumer_exists():
+                            await self._reopen()
+                    return
+                except Exception as exc:
+                    # NATS away again, its JetStream not ready yet, the stream's consumer
+                    # limit reached: tried again, else the reader would get nothing until
+                    # nats-py's own check (10 to 20 s).
+                    failures += 1
+                    structlog.get_logger().warning(
+                        "ordered reader not opened again", error=repr(exc), failures=failures
+                    )
+                    await asyncio.sleep(min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0))
+        finally:
+            self._reopening = None
+
+    async def _consumer_exists(self) -> bool:
+        """Is the consumer still on the server? Not when a create failed (``_created``);
+        not when the server restarted (kept in memory), nor when it removed it after its inactive
+        threshold (no subscriber: a connection down that long). Else it is there, and nats-py
+        subscribed its deliver subject again as it reconnected: it goes on by itself."""
+        assert self.sub is not None
+        if not self._created:
+            return False
+        try:
+            await self.sub.consumer_info()
+        except NotFoundError:
+            return False
+        return True
+
+    async def _reopen(self) -> None:
+        """A new subscription and consumer from the message after the last one received. The
+        old subscription is dropped first: once its ``unsubscribe`` returned, none of its
+        messages reaches the batch any more, so the next start is read after it and nothing
+        comes twice or is skipped."""
+        assert self.sub is not None
+        with contextlib.suppress(Exception):  # dropped already (a failed earlier attempt)
+            await self.sub.unsubscribe()
+        if self._closed:
+            return
+        if self._last is None:
+            start = copy.copy(self._start)  # nothing received: from where it started
+        else:
+            start = start_config(position(self._last)[0] + 1, None, self._subjects)
+        await self._open(ordered_config(self._js, start, self._subjects))
 
     def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
         """Stop delivering and delete the consumer (``_delete_soon``), once: what is left to
@@ -226,29 +318,11 @@ async def ordered_reader(
     """An ordered consumer on ``subjects`` from ``start_seq`` (or ``start_time``), removed on
     exit. Nothing stays on the server after it: the consumer is ephemeral."""
     subject_list = [subjects] if isinstance(subjects, str) else list(subjects)
-    reader = OrderedReader(js, max_buffered_bytes)
-    config = ordered_config(js, start_config(start_seq, start_time, subject_list), subject_list)
-    # Subscribed before the consumer exists, as ``js.subscribe`` does only after its create's
-    # reply: the SUB and the create go out in one write, and the server, which registers the
-    # SUB before its API handles the create, delivers the first events behind the create's
-    # reply instead of one round trip (and a SUB's hop) later.
-    reader.sub = await js.subscribe_bind(
-        stream,
-        config,
-        consumer=config.name or "",
-        cb=reader._on_message,
-        ordered_consumer=True,
-        # Enough room for the server's flow-control window; the callback bounds the rest.
-        pending_bytes_limit=max(4 * max_buffered_bytes, 64 * 1024 * 1024),
-    )
+    start = start_config(start_seq, start_time, subject_list)
+    reader = OrderedReader(js, stream, subject_list, start, max_buffered_bytes)
     try:
-        await js.add_consumer(stream, config)
-        reader._created = True
+        await reader._open(ordered_config(js, copy.copy(start), subject_list))
         _live_readers.add(reader)
-        # nats-py keeps ``config`` to make the consumer again after a gap (a new deliver
-        # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
-        # the first one may still be on the server then.
-        config.name = None
         yield reader
     finally:
         # Drop the subscription even when the reader's task is being cancelled.
@@ -261,29 +335,46 @@ async def ordered_reader(
 _live_readers: weakref.WeakSet[OrderedReader] = weakref.WeakSet()
 
 
-def restart_after_reconnect(nc: Any) -> int:
-    """Make the consumer of every ordered reader on connection ``nc`` again, from where each
-    stopped: called once nats-py has reconnected. A server that restarted lost them (they are
-    kept in memory), and nats-py would notice only when its activity check finds two idle
-    heartbeats missed: 10 to 20 s of a silent SSE stream. On a server that did not restart the
-    old consumer loses its subscriber and the server removes it after its inactive threshold.
-    How many readers were restarted (each costs one consumer create)."""
-    restarted = 0
-    for reader in list(_live_readers):
-        if reader._js._nc is nc and reader.restart_consumer():
-            restarted += 1
-    return restarted
+def reopen_after_reconnect(nc: Any) -> int:
+    """Called once nats-py has reconnected ``nc``: each ordered reader on it asks whether its
+    consumer is still on the server and opens again if not (``reopen_if_gone_soon``), in the
+    background, ``REQUESTS_AT_ONCE`` at a time. A restarted server lost them (kept in memory),
+    and nats-py would notice only when its activity check finds two idle heartbeats missed:
+    10 to 20 s of a silent SSE stream. A server that did not restart (a connection cut, another
+    node of a cluster) still has them: they go on, and no second consumer takes a place under
+    the stream's consumer limit. How many readers ask (one request each, a create more for
+    each consumer gone)."""
+    turns = _request_turns()
+    return sum(
+        1
+        for reader in list(_live_readers)
+        if reader._js._nc is nc and reader.reopen_if_gone_soon(turns)
+    )
 
 
-# Consumer deletions under way (``_delete_soon``) and the readers' background unsubscribes: a
-# task nobody references may be collected, and a stopping process cancels them (``forget_deletes``).
+# Consumer deletions under way (``delete_consumer_soon``), the readers' background unsubscribes
+# and their checks after a reconnect: a task nobody references may be collected, and a stopping
+# process cancels them (``forget_deletes``).
 _deleting: set[asyncio.Future[Any]] = set()
-# Deletions sent at once, per event loop: each is a request to JetStream's API, which handles
-# them in order, so 1,500 viewers leaving at once would queue ahead of the next viewers' creates.
-DELETES_AT_ONCE = 4
-_delete_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+# Background requests (deletions, the checks and creates after a reconnect) sent at once, per
+# event loop: each is a request to JetStream's API, which handles them in order, so 1,500 viewers
+# leaving (or reconnecting) at once would queue ahead of the next viewers' creates.
+REQUESTS_AT_ONCE = 4
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
+# A reader's first retry after a failed check or create following a reconnect (then doubled, up
+# to 5 s): about nats-py's own reconnect wait (0.25 s), so a server whose JetStream is still
+# starting is asked again soon, and one refusing is not hammered.
+REOPEN_RETRY_SECONDS = 0.25
+
+
+def _request_turns() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    turns = _turns.get(loop)
+    if turns is None:
+        turns = _turns[loop] = asyncio.Semaphore(REQUESTS_AT_ONCE)
+    return turns
 
 
 def _track(task: asyncio.Future[Any]) -> None:
@@ -295,23 +386,24 @@ def _delete_soon(js: JetStreamContext, stream: str, sub: Any) -> None:
     """Delete the reader's consumer now rather than when the server notices that nobody
     listens (about 5 s later for an ephemeral push consumer): until then it still counts
     against the stream's ``max_consumers``, and a crowd of viewers that came and went would
-    hold the places the next ones need. In the background, so that no reader waits for it, and
-    ``DELETES_AT_ONCE`` at a time; a failed one (NATS away) leaves the server's own clean-up
-    to do it."""
+    hold the places the next ones need."""
     name = getattr(sub, "_consumer", None)  # nats-py's current one (a gap makes another)
-    if not name:
-        return
-    loop = asyncio.get_running_loop()
-    turns = _delete_turns.get(loop)
-    if turns is None:
-        turns = _delete_turns[loop] = asyncio.Semaphore(DELETES_AT_ONCE)
+    if name:
+        delete_consumer_soon(js, stream, name)
+
+
+def delete_consumer_soon(js: JetStreamContext, stream: str, name: str) -> None:
+    """Delete consumer ``name`` in the background, so that no reader waits for it, and
+    ``REQUESTS_AT_ONCE`` at a time; a failed one (NATS away, or gone already) leaves the
+    server's own clean-up to do it (after its inactive threshold)."""
+    turns = _request_turns()
 
     async def delete() -> None:
         async with turns:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(stream, name)
 
-    _track(loop.create_task(delete()))
+    _track(asyncio.get_running_loop().create_task(delete()))
 
 
 def deletes_pending() -> int:

@@ -199,11 +199,12 @@ class EventFeed:
         is down, until it is back: it tries every ``reconnect_time_wait`` (0.25 s), so the
         reader opens as soon as a server answers again instead of at the next step of a backoff
         grown during the outage (up to 5 s late). Otherwise (a server that answers but refused,
-        or a drop nats-py has not noticed yet) the backoff, so a refusing server is not
-        hammered."""
+        a drop nats-py has not noticed yet, or a connection closed for good) the backoff, so a
+        refusing server is not hammered and a closed connection not spun on."""
         nc = self._js._nc  # nats-py exposes the client only as ``_nc``
-        if nc.is_connected:
+        if nc.is_connected or nc.is_closed:
             await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            return
         while not nc.is_connected and not nc.is_closed:  # noqa: ASYNC110
             await asyncio.sleep(RECONNECTED_POLL_SECONDS)  # nats-py says so in no awaitable
 
