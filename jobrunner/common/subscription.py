@@ -75,6 +75,7 @@ class OrderedReader:
         self._closed = False  # unsubscribed, its consumer's deletion on its way
         self._last: Msg | None = None  # the last message put in the batch
         self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
+        self._reconnected = asyncio.Event()  # cuts its wait before trying again short
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -134,8 +135,12 @@ class OrderedReader:
         """In the background (one task at a time, holding one of ``turns`` for its requests):
         ask the server whether this reader's consumer is still there, and if it is not, open
         the reader again from the message after the last one it got. False when it was not
-        started (the reader is closed, or a check is under way already)."""
-        if self._closed or self.sub is None or self._reopening is not None:
+        started (the reader is closed, or a check is under way already: it tries again now, not
+        after the rest of its wait)."""
+        if self._reopening is not None:
+            self._reconnected.set()
+            return False
+        if self._closed or self.sub is None:
             return False
         self._reopening = asyncio.ensure_future(self._reopen_if_gone(turns))
         _track(self._reopening)
@@ -145,6 +150,7 @@ class OrderedReader:
         failures = 0
         try:
             while not self._closed and not self._js._nc.is_closed:
+                self._reconnected.clear()  # a reconnect from now on: no wait after a failure
                 try:
                     async with turns:
                         if not self._closed and not await self._consumer_exists():
@@ -155,10 +161,15 @@ class OrderedReader:
                     # limit reached: tried again, else the reader would get nothing until
                     # nats-py's own check (10 to 20 s).
                     failures += 1
-                    structlog.get_logger().warning(
-                        "ordered reader not opened again", error=repr(exc), failures=failures
-                    )
-                    await asyncio.sleep(min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0))
+                    if failures == 1:  # once a reader, not once a retry of each of 1,500
+                        structlog.get_logger().warning(
+                            "ordered reader not opened again yet", error=repr(exc)
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(
+                            min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0)
+                        ):
+                            await self._reconnected.wait()
         finally:
             self._reopening = None
 
