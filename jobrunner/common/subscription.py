@@ -84,8 +84,8 @@ class OrderedReader:
         nothing received, so no sequence to restart at)."""
         if self._closed or not self._created or self.sub is None:
             return False
-        jsi = getattr(self.sub._sub, "_jsi", None)  # nats-py's ordered-consumer state
-        if jsi is None or not jsi._ordered:
+        jsi = _ordered_state(self.sub._sub)
+        if jsi is None:
             return False
         if jsi._sseq:
             start = jsi._sseq + 1
@@ -93,11 +93,7 @@ class OrderedReader:
             start = jsi._ccreq.opt_start_seq or 1
         else:
             return False
-        # Counted as active: its own check (every two heartbeats) need not restart it again.
-        jsi._active = True
-        # In one step, before any await: the old deliver subject is dropped first, so no
-        # message received after ``start`` was read can come twice.
-        _track(asyncio.ensure_future(jsi.reset_ordered_consumer(start)))
+        _restart_ordered(jsi, start)
         return True
 
     def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
@@ -262,17 +258,39 @@ _live_readers: weakref.WeakSet[OrderedReader] = weakref.WeakSet()
 
 
 def restart_after_reconnect(nc: Any) -> int:
-    """Make the consumer of every ordered reader on connection ``nc`` again, from where each
-    stopped: called once nats-py has reconnected. A server that restarted lost them (they are
-    kept in memory), and nats-py would notice only when its activity check finds two idle
-    heartbeats missed: 10 to 20 s of a silent SSE stream. On a server that did not restart the
-    old consumer loses its subscriber and the server removes it after its inactive threshold.
-    How many readers were restarted (each costs one consumer create)."""
-    restarted = 0
-    for reader in list(_live_readers):
-        if reader._js._nc is nc and reader.restart_consumer():
+    """Make every ordered consumer on connection ``nc`` again, from where each stopped: called
+    once nats-py has reconnected. A server that restarted lost them (they are kept in memory),
+    and nats-py would notice only when its activity check finds two idle heartbeats missed:
+    10 to 20 s of a silent SSE stream, or of a runner's lock board (a KV watch) blind to a
+    freed slot, its queued jobs waiting that long. On a server that did not restart the old
+    consumer loses its subscriber and the server removes it after its inactive threshold.
+    How many were restarted (each costs one consumer create)."""
+    subscriptions = list(nc._subs.values())  # before any restart gives one a new id
+    readers = [reader for reader in _live_readers if reader._js._nc is nc]
+    of_readers = {id(reader.sub._sub) for reader in readers if reader.sub is not None}
+    restarted = sum(1 for reader in readers if reader.restart_consumer())
+    # The others (nats-py's KV watches): from the message after the last one received, as
+    # nats-py's own check would.
+    for sub in subscriptions:
+        jsi = _ordered_state(sub)
+        if jsi is not None and id(sub) not in of_readers:
+            _restart_ordered(jsi, jsi._sseq + 1)
             restarted += 1
     return restarted
+
+
+def _ordered_state(sub: Any) -> Any:
+    """nats-py's ordered-consumer state of a subscription, or None when it is not one."""
+    jsi = getattr(sub, "_jsi", None)
+    return jsi if jsi is not None and jsi._ordered else None
+
+
+def _restart_ordered(jsi: Any, start: int) -> None:
+    # Counted as active: its own check (every two heartbeats) need not restart it again.
+    jsi._active = True
+    # In one step, before any await: the old deliver subject is dropped first, so no message
+    # received after ``start`` was read can come twice.
+    _track(asyncio.ensure_future(jsi.reset_ordered_consumer(start)))
 
 
 # Consumer deletions under way (``_delete_soon``) and the readers' background unsubscribes: a
