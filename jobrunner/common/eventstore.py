@@ -20,6 +20,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
 from jobrunner.common import (
+    ackinbox,
     artifactstore,
     messagesize,
     reconfigure,
@@ -154,6 +155,9 @@ async def connect(
         # The ordered readers' consumers are made again at once, not after nats-py's own
         # check finds their heartbeats missing (see ``restart_after_reconnect``).
         restarted = subscription.restart_after_reconnect(nc)
+        # A job's line message whose ack the drop lost is sent again now, not after its ack
+        # timeout (``LinePublisher._settle``).
+        ackinbox.reconnected(nc)
         log.info("nats reconnected", service=name, readers_restarted=restarted)
 
     errors = ErrorLog(name)
