@@ -237,6 +237,7 @@ async def ordered_reader(
         # Enough room for the server's flow-control window; the callback bounds the rest.
         pending_bytes_limit=max(4 * max_buffered_bytes, 64 * 1024 * 1024),
     )
+    _reader_subscriptions.add(reader.sub._sub)
     try:
         await js.add_consumer(stream, config)
         reader._created = True
@@ -253,8 +254,10 @@ async def ordered_reader(
             await asyncio.shield(unsubscribe)
 
 
-# The ordered readers open now, for ``restart_after_reconnect``.
+# The ordered readers open now, and the subscriptions of every reader (closed ones too), for
+# ``restart_after_reconnect``.
 _live_readers: weakref.WeakSet[OrderedReader] = weakref.WeakSet()
+_reader_subscriptions: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def restart_after_reconnect(nc: Any) -> int:
@@ -266,14 +269,15 @@ def restart_after_reconnect(nc: Any) -> int:
     consumer loses its subscriber and the server removes it after its inactive threshold.
     How many were restarted (each costs one consumer create)."""
     subscriptions = list(nc._subs.values())  # before any restart gives one a new id
-    readers = [reader for reader in _live_readers if reader._js._nc is nc]
-    of_readers = {id(reader.sub._sub) for reader in readers if reader.sub is not None}
-    restarted = sum(1 for reader in readers if reader.restart_consumer())
+    restarted = sum(
+        1 for reader in list(_live_readers) if reader._js._nc is nc and reader.restart_consumer()
+    )
     # The others (nats-py's KV watches): from the message after the last one received, as
-    # nats-py's own check would.
+    # nats-py's own check would. A reader's (``_reader_subscriptions``) is its own to restart,
+    # or not (one closing: its consumer is being deleted).
     for sub in subscriptions:
         jsi = _ordered_state(sub)
-        if jsi is not None and id(sub) not in of_readers:
+        if jsi is not None and sub not in _reader_subscriptions:
             _restart_ordered(jsi, jsi._sseq + 1)
             restarted += 1
     return restarted
