@@ -6,8 +6,9 @@ processes), and for each run: a job printing a line every 50 ms followed by an S
 nats-server SIGKILLed, down ``DOWN_SECONDS``, started again on the same port and store. Printed
 per run, in seconds after the restart returned: ``/health`` 200, a job's ``GET`` 200, a new
 ``POST /api/jobs`` answered 201 (it waits for the read models, up to 2 s), the new job's tool
-started, the new job running in the read models, and the first line printed after the restart
-at the viewer. Then each service's log lines since the kill, timed the same way. Not part of
+started, the new job running in the read models, the tool of a job of a lock (its queue type,
+the lock free) submitted then started, and the first line printed after the restart at the
+viewer. Then each service's log lines since the kill, timed the same way. Not part of
 ``python -m bench``'s scenarios: it measures a fault, one cluster per call.
 """
 
@@ -52,6 +53,14 @@ async def first_ok(
                 if response.is_success:
                     return time.time(), response
             await asyncio.sleep(0.05)
+
+
+async def started_at(job: ToolJob) -> float:
+    """Wall-clock time the job's tool started (its own record)."""
+    async with asyncio.timeout(60):
+        while not job.record.exists():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return float(job.record.read_text().split()[1])
 
 
 def logged_since(cluster: FaultCluster, offsets: dict[str, int], t0: float) -> None:
@@ -99,19 +108,25 @@ async def one_run(cluster: FaultCluster, run: int, down: float) -> None:
         label = f"probe-{run}"
         record = cluster.records / f"{label}.txt"
         parameters = {"lines": 3, "record": str(record), "label": label}
-        (health, _), (read, _), (submit, created) = await asyncio.gather(
+        locked_label = f"probe-{run}-locked"
+        locked_record = cluster.records / f"{locked_label}.txt"
+        locked_parameters = {"lines": 3, "record": str(locked_record), "label": locked_label}
+        locked_body = {"job_type": cluster.fresh_lock_type(), "parameters": locked_parameters}
+        (health, _), (read, _), (submit, created), (_, locked_created) = await asyncio.gather(
             first_ok(cluster, "GET", "/health"),
             first_ok(cluster, "GET", f"/api/jobs/{job.id}"),
             first_ok(cluster, "POST", "/api/jobs", {"job_type": "free", "parameters": parameters}),
+            first_ok(cluster, "POST", "/api/jobs", locked_body),
         )
         new = ToolJob(created.json()["id"], label, record)
         row = await cluster.wait_job(new.id, lambda r: r.status in ("running", "completed"), 60)
         assert row is not None
         running = time.time()
-        async with asyncio.timeout(60):
-            while not new.record.exists():  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-        tool_start = float(new.record.read_text().split()[1])
+        tool_start = await started_at(new)
+        # A job of a lock (queued on it, the lock free): the runners' lock board must see it.
+        locked_start = await started_at(
+            ToolJob(locked_created.json()["id"], locked_label, locked_record)
+        )
         async with asyncio.timeout(60):
             while True:
                 times = printed(job)
@@ -127,6 +142,7 @@ async def one_run(cluster: FaultCluster, run: int, down: float) -> None:
             "submit": submit - t0,
             "new_tool_start": tool_start - t0,
             "new_running": running - t0,
+            "locked_tool_start": locked_start - t0,
             "viewer_new_line": after[0] - t0,
         }
         print(json.dumps({k: round(v, 2) for k, v in figures.items()}), flush=True)

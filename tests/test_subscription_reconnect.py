@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
 
@@ -147,6 +149,47 @@ async def test_readers_near_the_consumer_limit_go_on_after_a_connection_cut(
         await eventstore.close(nc)
 
 
+async def test_a_kv_watch_at_the_consumer_limit_goes_on_after_a_connection_cut(
+    settings: Settings, js: JetStreamContext, proxy: CuttingProxy
+) -> None:
+    """The same for nats-py's KV watch (the runners' lock board): after a cut without a server
+    restart it goes on with its consumer, takes no second place under the bucket stream's
+    consumer limit, and gets the next change once. (Made again on every reconnect, the second
+    consumer was refused at the limit and the watch heard nothing until nats-py's own check.)"""
+    bucket = f"cut_{uuid.uuid4().hex[:12]}"
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    cut_settings = msgspec.structs.replace(settings, nats_url=f"nats://127.0.0.1:{proxy.port}")
+    nc = await eventstore.connect(cut_settings, "limit-watch")
+    try:
+        await kv.put("a", b"1")
+        watcher = await (await nc.jetstream().key_value(bucket)).watchall()
+        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
+        assert (first.key, first.value) == ("a", b"1")
+        assert await watcher.updates(timeout=5) is None  # type: ignore[no-untyped-call]
+        stream = f"KV_{bucket}"
+        config = (await js.stream_info(stream)).config
+        config.max_consumers = 1  # the watch's: no room for a second
+        await js.update_stream(config)
+        consumer = watcher._sub._consumer
+        proxy.cut()
+        async with asyncio.timeout(5):
+            while not nc.is_connected:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        await kv.put("b", b"2")
+        update = await watcher.updates(timeout=SOON)  # type: ignore[no-untyped-call]
+        assert (update.key, update.value) == ("b", b"2")
+        await kv.put("a", b"3")
+        update = await watcher.updates(timeout=SOON)  # type: ignore[no-untyped-call]
+        assert (update.key, update.value) == ("a", b"3")
+        assert watcher._sub._consumer == consumer, "made again"
+        assert (await js.stream_info(stream)).state.consumer_count == 1
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    finally:
+        await eventstore.close(nc)
+        await js.delete_key_value(bucket)
+
+
 def raw_request(settings: Settings, lines: bytes, replies: int) -> None:
     """Send ``lines`` to nats-server on a connection of its own, blocking (the event loop does
     not run meanwhile), and wait for ``replies`` messages to its inbox ``raw.in`` and a PONG."""
@@ -187,6 +230,56 @@ async def test_a_reader_opened_again_gets_nothing_twice_that_arrived_before_its_
         await asyncio.sleep(1.0)  # what the new consumer sends again
         seen += [m.metadata.sequence.stream for m in await reader.next_batch(0.5)]
     assert seen == [1, 2, 3, 4, 5, 6, 7], seen
+
+
+async def test_a_kv_watch_made_again_gets_nothing_twice_that_arrived_before_its_check_ran(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """The same for a KV watch: its consumer gone, it is made again from the entry after the
+    last one nats-py read off the socket, that start read as nats-py drops the old deliver
+    subject; entries read between the reconnect and then do not come again. (The start read as
+    the reconnect's callback ran: they came twice.)"""
+    bucket = f"race_{uuid.uuid4().hex[:12]}"
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    revisions: list[int] = []
+
+    async def until(count: int) -> None:
+        async with asyncio.timeout(SOON):
+            while len(revisions) < count:
+                entry = await watcher.updates(timeout=SOON)  # type: ignore[no-untyped-call]
+                if entry is not None:
+                    revisions.append(entry.revision)
+
+    try:
+        for key in "abc":
+            await kv.put(key, b"x")
+        watcher = await kv.watchall()
+        await until(3)
+        # Three more, then the consumer deleted, on another connection while the event loop
+        # waits: the three are in the watch's socket, not read yet, and the consumer is gone.
+        raw_request(
+            settings,
+            b"".join(
+                b"PUB $KV.%s.%s 1\r\nx\r\n" % (bucket.encode(), k) for k in (b"d", b"e", b"f")
+            ),
+            0,
+        )
+        time.sleep(0.3)  # noqa: ASYNC251 - the deliveries reach the socket, the loop not run
+        delete = f"$JS.API.CONSUMER.DELETE.KV_{bucket}.{watcher._sub._consumer}".encode()
+        raw_request(settings, b"PUB %s raw.in 0\r\n\r\n" % delete, 1)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the read loop's wake-up is now queued ahead of the reopen
+        assert subscription.reopen_after_reconnect(js._nc) == 1
+        await kv.put("g", b"x")
+        await until(7)
+        await asyncio.sleep(1.0)  # what the new consumer sends again
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while (entry := await watcher.updates(timeout=0.5)) is not None:  # type: ignore[no-untyped-call]
+                revisions.append(entry.revision)
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    finally:
+        await js.delete_key_value(bucket)
+    assert revisions == [1, 2, 3, 4, 5, 6, 7], revisions
 
 
 async def test_a_reader_whose_create_is_refused_tries_again(

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
 from jobrunner.common import (
+    ackinbox,
     artifactstore,
     messagesize,
     reconfigure,
@@ -151,10 +152,14 @@ async def connect(
             log.warning("nats disconnected", service=name)
 
     async def on_reconnect() -> None:
-        # The ordered readers whose consumers the server lost open again at once, not after
-        # nats-py's own check finds their heartbeats missing (``reopen_after_reconnect``).
+        # The ordered consumers (our readers, nats-py's KV watches) whose consumers the server
+        # lost open again at once, not after nats-py's own check finds their heartbeats missing
+        # (``reopen_after_reconnect``).
         checking = subscription.reopen_after_reconnect(nc)
-        log.info("nats reconnected", service=name, readers_checked=checking)
+        # A job's line message whose ack the drop lost is sent again now, not after its ack
+        # timeout (``LinePublisher._settle``).
+        ackinbox.reconnected(nc)
+        log.info("nats reconnected", service=name, consumers_checked=checking)
 
     errors = ErrorLog(name)
 

@@ -342,25 +342,112 @@ async def ordered_reader(
             await asyncio.shield(unsubscribe)
 
 
-# The ordered readers open now, for ``restart_after_reconnect``.
+# The ordered readers open now, for ``reopen_after_reconnect``.
 _live_readers: weakref.WeakSet[OrderedReader] = weakref.WeakSet()
 
 
 def reopen_after_reconnect(nc: Any) -> int:
-    """Called once nats-py has reconnected ``nc``: each ordered reader on it asks whether its
-    consumer is still on the server and opens again if not (``reopen_if_gone_soon``), in the
-    background, ``REQUESTS_AT_ONCE`` at a time. A restarted server lost them (kept in memory),
-    and nats-py would notice only when its activity check finds two idle heartbeats missed:
-    10 to 20 s of a silent SSE stream. A server that did not restart (a connection cut, another
-    node of a cluster) still has them: they go on, and no second consumer takes a place under
-    the stream's consumer limit. How many readers ask (one request each, a create more for
-    each consumer gone)."""
+    """Called once nats-py has reconnected ``nc``: each ordered consumer on it, our readers
+    (``reopen_if_gone_soon``) and nats-py's own (a KV watch: the runners' lock board, the
+    API's token watch; ``_reopen_watch_soon``), asks whether its consumer is still on the
+    server and is made again, from the message after the last one received, only if not; in
+    the background, ``REQUESTS_AT_ONCE`` at a time, a failed attempt tried again. A restarted
+    server lost them (kept in memory), and nats-py would notice only when its activity check
+    finds two idle heartbeats missed: 10 to 20 s of a silent SSE stream, or of a runner's lock
+    board blind to a freed slot. A server that did not restart (a connection cut, another node
+    of a cluster) still has them: they go on, and no second consumer takes a place under the
+    stream's consumer limit. How many ask (one request each, a create more for each one gone)."""
     turns = _request_turns()
-    return sum(
+    readers = sum(
         1
         for reader in list(_live_readers)
         if reader._js._nc is nc and reader.reopen_if_gone_soon(turns)
     )
+    return readers + sum(1 for jsi in _watches(nc) if _reopen_watch_soon(jsi, turns))
+
+
+# --- nats-py's own ordered consumers (KV watches) after a reconnect
+#
+# Made again with nats-py's ordered-consumer state and its ``reset_ordered_consumer`` (what its
+# own activity check does 10 to 20 s later): a watch's subscription and the queue its messages
+# go through are nats-py's, only it can move them to a new deliver subject. What is read of it is
+# checked by tests/unit/test_natspy_private_state.py.
+
+# The watches whose check is under way (one at a time each).
+_watches_reopening: weakref.WeakSet[Any] = weakref.WeakSet()
+# nats-py creates a watch's new consumer in a task of its own and tells only by naming it on the
+# subscription: counted failed (and tried again) when that has not happened within its request's
+# timeout (5 s) and a margin.
+WATCH_CREATE_SECONDS = 6.0
+WATCH_CREATE_POLL_SECONDS = 0.02
+
+
+def _watches(nc: Any) -> list[Any]:
+    """nats-py's state (``_JSI``) of each ordered subscription on ``nc`` that is not a reader's.
+    A reader's (its messages go to ``OrderedReader._on_message``, a closing reader's too) is its
+    own to open again, or not: never touched here."""
+    return [
+        jsi
+        for sub in list(nc._subs.values())
+        if (jsi := sub._jsi) is not None
+        and jsi._ordered
+        and not isinstance(getattr(sub._cb, "__self__", None), OrderedReader)
+    ]
+
+
+def _watching(jsi: Any) -> bool:
+    """Whether the watch is still subscribed (``stop`` drops it from its client)."""
+    return bool(jsi._conn._subs.get(jsi._sub._id) is jsi._sub)
+
+
+def _reopen_watch_soon(jsi: Any, turns: asyncio.Semaphore) -> bool:
+    if jsi in _watches_reopening:
+        return False
+    _watches_reopening.add(jsi)
+    _track(asyncio.ensure_future(_reopen_watch_if_gone(jsi, turns)))
+    return True
+
+
+async def _reopen_watch_if_gone(jsi: Any, turns: asyncio.Semaphore) -> None:
+    """The rule of ``OrderedReader._reopen_if_gone``, for a watch: its consumer made again only
+    when the server no longer has it, a failed check or create tried again."""
+    failures = 0
+    try:
+        while _watching(jsi) and not jsi._conn.is_closed:
+            try:
+                async with turns:
+                    if _watching(jsi) and not await _watch_consumer_exists(jsi._psub):
+                        await _reopen_watch(jsi)
+                return
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    structlog.get_logger().warning(
+                        "ordered watch not opened again yet", error=repr(exc)
+                    )
+                await asyncio.sleep(min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0))
+    finally:
+        _watches_reopening.discard(jsi)
+
+
+async def _watch_consumer_exists(psub: JetStreamContext.PushSubscription) -> bool:
+    try:
+        await psub.consumer_info()
+    except NotFoundError:
+        return False
+    return True
+
+
+async def _reopen_watch(jsi: Any) -> None:
+    gone = jsi._psub._consumer
+    # Its start read in the same step as nats-py drops the old deliver subject (before its first
+    # await): every message up to ``_sseq`` is in the subscription's queue already and is still
+    # delivered from there, none after it comes from the old consumer. Nothing twice, nothing
+    # skipped.
+    await jsi.reset_ordered_consumer(jsi._sseq + 1)
+    async with asyncio.timeout(WATCH_CREATE_SECONDS):
+        while jsi._psub._consumer == gone:  # noqa: ASYNC110 - nats-py says so in no awaitable
+            await asyncio.sleep(WATCH_CREATE_POLL_SECONDS)
 
 
 # Consumer deletions under way (``delete_consumer_soon``), the readers' background unsubscribes
