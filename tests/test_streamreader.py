@@ -332,3 +332,18 @@ async def test_the_event_feed_decodes_nothing_while_held(
         await feed.close()
         await eventstore.close(nc)
     assert seqs == list(range(1, last + 1))
+
+
+async def test_the_event_feed_waits_before_reopening_on_a_closed_connection(
+    settings: Settings,
+) -> None:
+    """nats-py's connection closed for good (not reconnecting): the feed waits its backoff before
+    opening its reader again, rather than opening TCP connections in a loop."""
+    nc = await eventstore.connect(settings, "test")
+    feed = EventFeed(nc.jetstream(), Names(settings.prefix), settings, name="test")
+    await eventstore.close(nc)
+    assert nc.is_closed
+    # The backoff after a first failure is 0.2 s: not over after half of it.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await feed._before_reopening(1)

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 
 import nats
@@ -24,6 +25,7 @@ from jobrunner.common.subscription import (
     last_stored,
     next_stored,
     ordered_reader,
+    reopen_after_reconnect,
 )
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import nats_server_binary
@@ -121,6 +123,33 @@ async def test_a_reader_whose_consumer_is_lost_goes_on_from_where_it_was(
                 await asyncio.sleep(0.05)
         assert await reader.count() == 2  # the new consumer's count, from where it started
     assert later == [first[-1] + 1, first[-1] + 2]
+
+
+async def test_a_kv_watch_whose_consumer_is_lost_goes_on_at_once_after_a_reconnect(
+    js: JetStreamContext,
+) -> None:
+    """A KV watch (the runners' lock board) is an ordered consumer kept in the server's memory
+    too: after a reconnect (here its consumer deleted, as a restart loses it) it is made again
+    from where it was at once, not when nats-py's check finds two heartbeats missed (10-20 s),
+    and every later change comes once, in order."""
+    bucket = f"watch_{uuid.uuid4().hex[:12]}"
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    try:
+        await kv.put("a", b"1")
+        watcher = await kv.watchall()
+        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
+        assert (first.key, first.value) == ("a", b"1")
+        assert await watcher.updates(timeout=5) is None  # type: ignore[no-untyped-call]
+        await js.delete_consumer(f"KV_{bucket}", watcher._sub._consumer)
+        reopen_after_reconnect(js._nc)
+        await kv.put("b", b"2")
+        await kv.put("a", b"3")
+        # Below the 10 s at which nats-py's own check would make the consumer again.
+        later = [await watcher.updates(timeout=4) for _ in range(2)]  # type: ignore[no-untyped-call]
+        assert [(e.key, e.value) for e in later] == [("b", b"2"), ("a", b"3")]
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    finally:
+        await js.delete_key_value(bucket)
 
 
 async def test_an_idle_reader_gets_an_empty_batch(settings: Settings, js: JetStreamContext) -> None:

@@ -90,6 +90,8 @@ class AckInbox:
         self._timer: asyncio.TimerHandle | None = None
         # token -> future of a publish with a timeout of its own (and a timer of its own)
         self._timed: dict[str, asyncio.Future[Msg]] = {}
+        # Resolved when nats-py has connected again after a drop (``reconnected``).
+        self._reconnect: asyncio.Future[None] | None = None
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> PubAck:
         """Publish with the Nats-Msg-Id ``msg_id`` and wait for JetStream to store it."""
@@ -178,6 +180,24 @@ class AckInbox:
         if self._timer is None:
             self._timer = loop.call_later(self._timeout, self._expire)
         return token, future
+
+    def next_reconnect(self) -> asyncio.Future[None]:
+        """A future resolved when the connection is next connected again after a drop: a
+        publish sent before then whose ack has not come may never get one (the server that
+        stored it, or lost it, is gone, and its ack with it), and one with a Nats-Msg-Id can be
+        sent again at once instead of after the ack timeout: JetStream stores it once. Shared by
+        its callers (one future a reconnect); cancel none."""
+        reconnect = self._reconnect
+        if reconnect is None or reconnect.done():
+            reconnect = self._reconnect = asyncio.get_running_loop().create_future()
+        return reconnect
+
+    def reconnected(self) -> None:
+        """nats-py has connected again (from its reconnected callback: by then it has sent what
+        it buffered meanwhile, and the server has read it)."""
+        reconnect, self._reconnect = self._reconnect, None
+        if reconnect is not None and not reconnect.done():
+            reconnect.set_result(None)
 
     def _subscribed(self) -> bool:
         """Whether the inbox's subscription is the connection's. nats-py subscribes it again
@@ -275,6 +295,13 @@ class _Handover(asyncio.Queue[Msg]):
 def _time_out(future: asyncio.Future[Msg]) -> None:
     if not future.done():
         future.set_exception(nats.errors.TimeoutError())
+
+
+def reconnected(nc: NATS) -> None:
+    """Tell the connection's ack inbox, if it has one, that nats-py has connected again."""
+    inbox = _inboxes.get(nc)
+    if inbox is not None:
+        inbox.reconnected()
 
 
 def read_ack(msg: Msg) -> PubAck:

@@ -20,12 +20,14 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
 from jobrunner.common import (
+    ackinbox,
     artifactstore,
     messagesize,
     reconfigure,
     retry,
     runnerpool,
     serverversion,
+    subscription,
 )
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
@@ -151,7 +153,14 @@ async def connect(
             log.warning("nats disconnected", service=name)
 
     async def on_reconnect() -> None:
-        log.info("nats reconnected", service=name)
+        # The ordered consumers (our readers, nats-py's KV watches) whose consumers the server
+        # lost open again at once, not after nats-py's own check finds their heartbeats missing
+        # (``reopen_after_reconnect``).
+        checking = subscription.reopen_after_reconnect(nc)
+        # A job's line message whose ack the drop lost is sent again now, not after its ack
+        # timeout (``LinePublisher._settle``).
+        ackinbox.reconnected(nc)
+        log.info("nats reconnected", service=name, consumers_checked=checking)
 
     errors = ErrorLog(name)
 
@@ -338,13 +347,7 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
     try:
         runners = await js.stream_info(f"KV_{names.runners_bucket}")
     except nats.js.errors.NotFoundError:
-        await js.create_key_value(
-            bucket=names.runners_bucket,
-            history=1,
-            storage=api.StorageType.MEMORY,  # heartbeats are worth nothing after a restart
-            replicas=settings.stream_replicas,
-            ttl=runnerpool.heartbeat_ttl(settings),
-        )
+        await create_runners_bucket(js, names, settings)
     else:
         await reconfigure.bucket_ttl(js, runners, runnerpool.heartbeat_ttl(settings))
     try:
@@ -361,6 +364,18 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
         await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
     await _bucket_limits(js, names, settings)
+
+
+async def create_runners_bucket(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """The runners' heartbeat bucket. In memory: heartbeats are worth nothing after a restart,
+    and a restarted server has lost the bucket with them (the runners make it again)."""
+    await js.create_key_value(
+        bucket=names.runners_bucket,
+        history=1,
+        storage=api.StorageType.MEMORY,
+        replicas=settings.stream_replicas,
+        ttl=runnerpool.heartbeat_ttl(settings),
+    )
 
 
 async def _bucket_limits(js: JetStreamContext, names: Names, settings: Settings) -> None:

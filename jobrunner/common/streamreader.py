@@ -35,6 +35,7 @@ import nats.errors
 import structlog
 from nats.js import JetStreamContext, api
 
+from jobrunner.common import subscription
 from jobrunner.common.natsconnection import NatsConnection
 
 log = structlog.get_logger()
@@ -179,12 +180,21 @@ class StreamReader:
     def closed(self) -> bool:
         return self._writer is None
 
-    async def close(self) -> None:
+    async def close(self, wait_for_delete: bool = True) -> None:
+        """Close the connection and delete the consumer. ``wait_for_delete=False`` (a link
+        that failed): the delete goes on in the background (``subscription.delete_consumer_soon``,
+        cancelled by ``subscription.forget_deletes`` at a stop). Sent while nats-py's connection
+        is down or not yet known to be, its answer never comes and it would hold the caller for
+        the whole JetStream request timeout (5 s) before the reader could open again."""
         if self._consumer is not None:
-            # Gone already, or NATS is down: it expires by itself after its inactive threshold.
-            with contextlib.suppress(Exception):
-                await self._js.delete_consumer(self._stream, self._consumer)
-            self._consumer = None
+            name, self._consumer = self._consumer, None
+            if not wait_for_delete:
+                subscription.delete_consumer_soon(self._js, self._stream, name)
+            else:
+                # Gone already, or NATS is down: it expires by itself after its inactive
+                # threshold.
+                with contextlib.suppress(Exception):
+                    await self._js.delete_consumer(self._stream, name)
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -51,8 +52,18 @@ FETCH_SECONDS = 0.2
 class OrderedReader:
     """The messages of one ordered consumer, taken a batch at a time."""
 
-    def __init__(self, js: JetStreamContext, max_buffered_bytes: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subjects: list[str],
+        start: api.ConsumerConfig,
+        max_buffered_bytes: int,
+    ) -> None:
         self._js = js
+        self._stream = stream
+        self._subjects = subjects
+        self._start = start  # where it started (``start_config``), to open again from there
         self._max_bytes = max_buffered_bytes
         self._batch: list[Msg] = []
         self._bytes = 0
@@ -62,6 +73,9 @@ class OrderedReader:
         self.sub: JetStreamContext.PushSubscription | None = None
         self._created = False  # the server made its consumer (a refused create made nothing)
         self._closed = False  # unsubscribed, its consumer's deletion on its way
+        self._last: Msg | None = None  # the last message put in the batch
+        self._reopening: asyncio.Future[None] | None = None  # ``reopen_if_gone_soon``'s task
+        self._reconnected = asyncio.Event()  # cuts its wait before trying again short
         # Called after each message's arrival, in nats-py's delivery task: it may ``take`` the
         # batch there and then (True), a turn of the event loop before the reader's own task
         # would have it; else (False) the reader's task is woken as usual.
@@ -71,11 +85,123 @@ class OrderedReader:
         # Runs in nats-py's delivery task: waiting here is what holds the server back.
         await self._drained.wait()
         self._batch.append(msg)
+        self._last = msg
         self._bytes += len(msg.data)
         if self._bytes >= self._max_bytes:
             self._drained.clear()
         if self.on_arrival is None or not self.on_arrival():
             self._arrived.set()
+
+    async def _open(self, config: api.ConsumerConfig) -> None:
+        """Subscribe to ``config``'s deliver subject, then create its consumer (``config`` from
+        ``ordered_config``). A reader closed meanwhile (``reopen_if_gone_soon`` runs beside its
+        owner) keeps nothing: its subscription is dropped, its consumer deleted."""
+        # Subscribed before the consumer exists, as ``js.subscribe`` does only after its
+        # create's reply: the SUB and the create go out in one write, and the server, which
+        # registers the SUB before its API handles the create, delivers the first events behind
+        # the create's reply instead of one round trip (and a SUB's hop) later.
+        sub = await self._js.subscribe_bind(
+            self._stream,
+            config,
+            consumer=config.name or "",
+            cb=self._on_message,
+            ordered_consumer=True,
+            # Enough room for the server's flow-control window; the callback bounds the rest.
+            pending_bytes_limit=max(4 * self._max_bytes, 64 * 1024 * 1024),
+        )
+        if self._closed:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            return
+        self.sub, self._created = sub, False
+        try:
+            await self._js.add_consumer(self._stream, config)
+        except APIError:
+            raise  # refused: the server made nothing
+        except BaseException:
+            # Timed out or cancelled: it may have been made after all.
+            _delete_soon(self._js, self._stream, sub)
+            raise
+        if self._closed:  # ``close`` found no consumer to delete
+            _delete_soon(self._js, self._stream, sub)
+            return
+        self._created = True
+        # nats-py keeps ``config`` to make the consumer again after a gap (a new deliver
+        # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
+        # the first one may still be on the server then.
+        config.name = None
+
+    def reopen_if_gone_soon(self, turns: asyncio.Semaphore) -> bool:
+        """In the background (one task at a time, holding one of ``turns`` for its requests):
+        ask the server whether this reader's consumer is still there, and if it is not, open
+        the reader again from the message after the last one it got. False when it was not
+        started (the reader is closed, or a check is under way already: it tries again now, not
+        after the rest of its wait)."""
+        if self._reopening is not None:
+            self._reconnected.set()
+            return False
+        if self._closed or self.sub is None:
+            return False
+        self._reopening = asyncio.ensure_future(self._reopen_if_gone(turns))
+        _track(self._reopening)
+        return True
+
+    async def _reopen_if_gone(self, turns: asyncio.Semaphore) -> None:
+        failures = 0
+        try:
+            while not self._closed and not self._js._nc.is_closed:
+                self._reconnected.clear()  # a reconnect from now on: no wait after a failure
+                try:
+                    async with turns:
+                        if not self._closed and not await self._consumer_exists():
+                            await self._reopen()
+                    return
+                except Exception as exc:
+                    # NATS away again, its JetStream not ready yet, the stream's consumer
+                    # limit reached: tried again, else the reader would get nothing until
+                    # nats-py's own check (10 to 20 s).
+                    failures += 1
+                    if failures == 1:  # once a reader, not once a retry of each of 1,500
+                        structlog.get_logger().warning(
+                            "ordered reader not opened again yet", error=repr(exc)
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(
+                            min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0)
+                        ):
+                            await self._reconnected.wait()
+        finally:
+            self._reopening = None
+
+    async def _consumer_exists(self) -> bool:
+        """Is the consumer still on the server? Not when a create failed (``_created``);
+        not when the server restarted (kept in memory), nor when it removed it after its inactive
+        threshold (no subscriber: a connection down that long). Else it is there, and nats-py
+        subscribed its deliver subject again as it reconnected: it goes on by itself."""
+        assert self.sub is not None
+        if not self._created:
+            return False
+        try:
+            await self.sub.consumer_info()
+        except NotFoundError:
+            return False
+        return True
+
+    async def _reopen(self) -> None:
+        """A new subscription and consumer from the message after the last one received. The
+        old subscription is dropped first: once its ``unsubscribe`` returned, none of its
+        messages reaches the batch any more, so the next start is read after it and nothing
+        comes twice or is skipped."""
+        assert self.sub is not None
+        with contextlib.suppress(Exception):  # dropped already (a failed earlier attempt)
+            await self.sub.unsubscribe()
+        if self._closed:
+            return
+        if self._last is None:
+            start = copy.copy(self._start)  # nothing received: from where it started
+        else:
+            start = start_config(position(self._last)[0] + 1, None, self._subjects)
+        await self._open(ordered_config(self._js, start, self._subjects))
 
     def close(self, stream: str) -> Coroutine[Any, Any, None] | None:
         """Stop delivering and delete the consumer (``_delete_soon``), once: what is left to
@@ -83,6 +209,7 @@ class OrderedReader:
         if self._closed or self.sub is None:
             return None
         self._closed = True
+        _live_readers.discard(self)
         # Let a callback blocked on a full batch finish first.
         self._drained.set()
         return self._unsubscribe_and_delete(stream)
@@ -202,28 +329,11 @@ async def ordered_reader(
     """An ordered consumer on ``subjects`` from ``start_seq`` (or ``start_time``), removed on
     exit. Nothing stays on the server after it: the consumer is ephemeral."""
     subject_list = [subjects] if isinstance(subjects, str) else list(subjects)
-    reader = OrderedReader(js, max_buffered_bytes)
-    config = ordered_config(js, start_config(start_seq, start_time, subject_list), subject_list)
-    # Subscribed before the consumer exists, as ``js.subscribe`` does only after its create's
-    # reply: the SUB and the create go out in one write, and the server, which registers the
-    # SUB before its API handles the create, delivers the first events behind the create's
-    # reply instead of one round trip (and a SUB's hop) later.
-    reader.sub = await js.subscribe_bind(
-        stream,
-        config,
-        consumer=config.name or "",
-        cb=reader._on_message,
-        ordered_consumer=True,
-        # Enough room for the server's flow-control window; the callback bounds the rest.
-        pending_bytes_limit=max(4 * max_buffered_bytes, 64 * 1024 * 1024),
-    )
+    start = start_config(start_seq, start_time, subject_list)
+    reader = OrderedReader(js, stream, subject_list, start, max_buffered_bytes)
     try:
-        await js.add_consumer(stream, config)
-        reader._created = True
-        # nats-py keeps ``config`` to make the consumer again after a gap (a new deliver
-        # subject, from the next sequence): without a name, as ``js.subscribe`` makes it, since
-        # the first one may still be on the server then.
-        config.name = None
+        await reader._open(ordered_config(js, copy.copy(start), subject_list))
+        _live_readers.add(reader)
         yield reader
     finally:
         # Drop the subscription even when the reader's task is being cancelled.
@@ -232,15 +342,137 @@ async def ordered_reader(
             await asyncio.shield(unsubscribe)
 
 
-# Consumer deletions under way (``_delete_soon``) and the readers' background unsubscribes: a
-# task nobody references may be collected, and a stopping process cancels them (``forget_deletes``).
+# The ordered readers open now, for ``reopen_after_reconnect``.
+_live_readers: weakref.WeakSet[OrderedReader] = weakref.WeakSet()
+
+
+def reopen_after_reconnect(nc: Any) -> int:
+    """Called once nats-py has reconnected ``nc``: each ordered consumer on it, our readers
+    (``reopen_if_gone_soon``) and nats-py's own (a KV watch: the runners' lock board, the
+    API's token watch; ``_reopen_watch_soon``), asks whether its consumer is still on the
+    server and is made again, from the message after the last one received, only if not; in
+    the background, ``REQUESTS_AT_ONCE`` at a time, a failed attempt tried again. A restarted
+    server lost them (kept in memory), and nats-py would notice only when its activity check
+    finds two idle heartbeats missed: 10 to 20 s of a silent SSE stream, or of a runner's lock
+    board blind to a freed slot. A server that did not restart (a connection cut, another node
+    of a cluster) still has them: they go on, and no second consumer takes a place under the
+    stream's consumer limit. How many ask (one request each, a create more for each one gone)."""
+    turns = _request_turns()
+    readers = sum(
+        1
+        for reader in list(_live_readers)
+        if reader._js._nc is nc and reader.reopen_if_gone_soon(turns)
+    )
+    return readers + sum(1 for jsi in _watches(nc) if _reopen_watch_soon(jsi, turns))
+
+
+# --- nats-py's own ordered consumers (KV watches) after a reconnect
+#
+# Made again with nats-py's ordered-consumer state and its ``reset_ordered_consumer`` (what its
+# own activity check does 10 to 20 s later): a watch's subscription and the queue its messages
+# go through are nats-py's, only it can move them to a new deliver subject. What is read of it is
+# checked by tests/unit/test_natspy_private_state.py.
+
+# The watches whose check is under way (one at a time each).
+_watches_reopening: weakref.WeakSet[Any] = weakref.WeakSet()
+# nats-py creates a watch's new consumer in a task of its own and tells only by naming it on the
+# subscription: counted failed (and tried again) when that has not happened within its request's
+# timeout (5 s) and a margin.
+WATCH_CREATE_SECONDS = 6.0
+WATCH_CREATE_POLL_SECONDS = 0.02
+
+
+def _watches(nc: Any) -> list[Any]:
+    """nats-py's state (``_JSI``) of each ordered subscription on ``nc`` that is not a reader's.
+    A reader's (its messages go to ``OrderedReader._on_message``, a closing reader's too) is its
+    own to open again, or not: never touched here."""
+    return [
+        jsi
+        for sub in list(nc._subs.values())
+        if (jsi := sub._jsi) is not None
+        and jsi._ordered
+        and not isinstance(getattr(sub._cb, "__self__", None), OrderedReader)
+    ]
+
+
+def _watching(jsi: Any) -> bool:
+    """Whether the watch is still subscribed (``stop`` drops it from its client)."""
+    return bool(jsi._conn._subs.get(jsi._sub._id) is jsi._sub)
+
+
+def _reopen_watch_soon(jsi: Any, turns: asyncio.Semaphore) -> bool:
+    if jsi in _watches_reopening:
+        return False
+    _watches_reopening.add(jsi)
+    _track(asyncio.ensure_future(_reopen_watch_if_gone(jsi, turns)))
+    return True
+
+
+async def _reopen_watch_if_gone(jsi: Any, turns: asyncio.Semaphore) -> None:
+    """The rule of ``OrderedReader._reopen_if_gone``, for a watch: its consumer made again only
+    when the server no longer has it, a failed check or create tried again."""
+    failures = 0
+    try:
+        while _watching(jsi) and not jsi._conn.is_closed:
+            try:
+                async with turns:
+                    if _watching(jsi) and not await _watch_consumer_exists(jsi._psub):
+                        await _reopen_watch(jsi)
+                return
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    structlog.get_logger().warning(
+                        "ordered watch not opened again yet", error=repr(exc)
+                    )
+                await asyncio.sleep(min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0))
+    finally:
+        _watches_reopening.discard(jsi)
+
+
+async def _watch_consumer_exists(psub: JetStreamContext.PushSubscription) -> bool:
+    try:
+        await psub.consumer_info()
+    except NotFoundError:
+        return False
+    return True
+
+
+async def _reopen_watch(jsi: Any) -> None:
+    gone = jsi._psub._consumer
+    # Its start read in the same step as nats-py drops the old deliver subject (before its first
+    # await): every message up to ``_sseq`` is in the subscription's queue already and is still
+    # delivered from there, none after it comes from the old consumer. Nothing twice, nothing
+    # skipped.
+    await jsi.reset_ordered_consumer(jsi._sseq + 1)
+    async with asyncio.timeout(WATCH_CREATE_SECONDS):
+        while jsi._psub._consumer == gone:  # noqa: ASYNC110 - nats-py says so in no awaitable
+            await asyncio.sleep(WATCH_CREATE_POLL_SECONDS)
+
+
+# Consumer deletions under way (``delete_consumer_soon``), the readers' background unsubscribes
+# and their checks after a reconnect: a task nobody references may be collected, and a stopping
+# process cancels them (``forget_deletes``).
 _deleting: set[asyncio.Future[Any]] = set()
-# Deletions sent at once, per event loop: each is a request to JetStream's API, which handles
-# them in order, so 1,500 viewers leaving at once would queue ahead of the next viewers' creates.
-DELETES_AT_ONCE = 4
-_delete_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+# Background requests (deletions, the checks and creates after a reconnect) sent at once, per
+# event loop: each is a request to JetStream's API, which handles them in order, so 1,500 viewers
+# leaving (or reconnecting) at once would queue ahead of the next viewers' creates.
+REQUESTS_AT_ONCE = 4
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
+# A reader's first retry after a failed check or create following a reconnect (then doubled, up
+# to 5 s): about nats-py's own reconnect wait (0.25 s), so a server whose JetStream is still
+# starting is asked again soon, and one refusing is not hammered.
+REOPEN_RETRY_SECONDS = 0.25
+
+
+def _request_turns() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    turns = _turns.get(loop)
+    if turns is None:
+        turns = _turns[loop] = asyncio.Semaphore(REQUESTS_AT_ONCE)
+    return turns
 
 
 def _track(task: asyncio.Future[Any]) -> None:
@@ -252,23 +484,24 @@ def _delete_soon(js: JetStreamContext, stream: str, sub: Any) -> None:
     """Delete the reader's consumer now rather than when the server notices that nobody
     listens (about 5 s later for an ephemeral push consumer): until then it still counts
     against the stream's ``max_consumers``, and a crowd of viewers that came and went would
-    hold the places the next ones need. In the background, so that no reader waits for it, and
-    ``DELETES_AT_ONCE`` at a time; a failed one (NATS away) leaves the server's own clean-up
-    to do it."""
+    hold the places the next ones need."""
     name = getattr(sub, "_consumer", None)  # nats-py's current one (a gap makes another)
-    if not name:
-        return
-    loop = asyncio.get_running_loop()
-    turns = _delete_turns.get(loop)
-    if turns is None:
-        turns = _delete_turns[loop] = asyncio.Semaphore(DELETES_AT_ONCE)
+    if name:
+        delete_consumer_soon(js, stream, name)
+
+
+def delete_consumer_soon(js: JetStreamContext, stream: str, name: str) -> None:
+    """Delete consumer ``name`` in the background, so that no reader waits for it, and
+    ``REQUESTS_AT_ONCE`` at a time; a failed one (NATS away, or gone already) leaves the
+    server's own clean-up to do it (after its inactive threshold)."""
+    turns = _request_turns()
 
     async def delete() -> None:
         async with turns:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(stream, name)
 
-    _track(loop.create_task(delete()))
+    _track(asyncio.get_running_loop().create_task(delete()))
 
 
 def deletes_pending() -> int:

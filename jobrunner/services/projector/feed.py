@@ -26,6 +26,7 @@ FETCH_EVENTS = 10_000  # events per batch (one transaction), at most
 # events stays near 8 MiB (several times that decoded) instead of 10,000 of them.
 FETCH_READS = 8
 QUEUED_BATCHES = 8  # socket reads decoded ahead of Postgres
+RECONNECTED_POLL_SECONDS = 0.05  # how often a feed waiting for nats-py's reconnect looks
 NO_TIME = "MissingField: the event has no occurred_at (its time would be when it is read)"
 
 
@@ -190,8 +191,22 @@ class EventFeed:
                 if self._restart_attempts is not None and failures > self._restart_attempts:
                     raise
                 log.warning("event feed restarts", after=self._reader.last_seq, reason=str(exc))
-                await self._reader.close()
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                await self._reader.close(wait_for_delete=False)
+                await self._before_reopening(failures)
+
+    async def _before_reopening(self, failures: int) -> None:
+        """Wait before the reader opens again. While nats-py's connection (to the same servers)
+        is down, until it is back: it tries every ``reconnect_time_wait`` (0.25 s), so the
+        reader opens as soon as a server answers again instead of at the next step of a backoff
+        grown during the outage (up to 5 s late). Otherwise (a server that answers but refused,
+        a drop nats-py has not noticed yet, or a connection closed for good) the backoff, so a
+        refusing server is not hammered and a closed connection not spun on."""
+        nc = self._js._nc  # nats-py exposes the client only as ``_nc``
+        if nc.is_connected or nc.is_closed:
+            await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            return
+        while not nc.is_connected and not nc.is_closed:  # noqa: ASYNC110
+            await asyncio.sleep(RECONNECTED_POLL_SECONDS)  # nats-py says so in no awaitable
 
     async def close(self) -> None:
         try:

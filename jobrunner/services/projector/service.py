@@ -14,7 +14,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import backendpriority, database, eventstore, heap, retry
+from jobrunner.common import backendpriority, database, eventstore, heap, retry, subscription
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -153,6 +153,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             await looking
         if feed is not None:
             await feed.close()
+        await subscription.forget_deletes()  # a failed link's consumer delete still under way
         await pool.close()
         await eventstore.close(nc)
 

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 import msgspec
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import runnerpool
+from jobrunner.common import eventstore, runnerpool
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import hostname
 from jobrunner.contracts.events import utcnow
@@ -47,7 +48,15 @@ async def heartbeat(
             try:
                 # Looked up here, not before: the runner creates the bucket as it starts.
                 kv = kv or await js.key_value(names.runners_bucket)
-                await kv.put(key, msgspec.json.encode(value))
+                try:
+                    await kv.put(key, msgspec.json.encode(value))
+                except NoStreamResponseError:
+                    # No bucket: it is kept in memory, and nats-server restarted. Made again,
+                    # or every beat would fail until the next service start declares it, and
+                    # ``GET /health`` could no longer tell that no runner is alive.
+                    log.info("runner heartbeat bucket made again after a NATS restart")
+                    await eventstore.create_runners_bucket(js, names, settings)
+                    await kv.put(key, msgspec.json.encode(value))
             except Exception as exc:  # NATS away: the next beat tries again
                 log.warning("runner heartbeat not written", error=repr(exc))
             with contextlib.suppress(TimeoutError):

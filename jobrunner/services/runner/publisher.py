@@ -225,9 +225,12 @@ class LinePublisher:
         self._task: asyncio.Task[None] | None = None
         self._pacing = pacing
         self._pausing: asyncio.Future[None] | None = None
-        # The message published and not yet known stored (its ack's future, the event, its
-        # size) and its lines, the buffer's first ones: at most one a job.
-        self._in_flight: tuple[asyncio.Future[Msg], events.LineLogged, int] | None = None
+        # The message published and not yet known stored (its ack's future, the connection's
+        # next reconnect as it was published, the event, its size) and its lines, the buffer's
+        # first ones: at most one a job.
+        self._in_flight: (
+            tuple[asyncio.Future[Msg], asyncio.Future[None], events.LineLogged, int] | None
+        ) = None
         self._in_flight_lines = 0
         self.messages = 0  # LineLogged messages published
         # A LineLogged's event id: random per publisher (76 random bits: a uuid4's first 20 hex
@@ -453,6 +456,8 @@ class LinePublisher:
         the task waits for the clock's next tick anyway, and takes the ack then (``_settle``),
         one wake-up a message instead of two (the ack's was a resumption of the whole chain of
         awaits down to the inbox's future)."""
+        # Taken before the publish: a reconnect after it may have lost the message's ack.
+        reconnect = self._acks.next_reconnect()
         try:
             future = await self._acks.publish_soon(
                 self._names.subject(event), codec.encode(event), event.event_id
@@ -462,19 +467,29 @@ class LinePublisher:
             await self._publish(event)
             self._stored(count, size)
             return
-        self._in_flight = (future, event, size)
+        self._in_flight = (future, reconnect, event, size)
         self._in_flight_lines = count
 
     async def _settle(self) -> None:
         """Wait until the message in flight, if any, is stored: its ack, or else the retrying
         path (the same event id: JetStream keeps one copy should the first try have been
-        stored after all)."""
+        stored after all).
+
+        The retrying path is taken as soon as the connection is back after a drop, not after
+        the ack timeout (5 s of a silent job for its viewers): a message sent before the drop
+        was stored or lost with the server, and its ack went with the old connection (one
+        nats-py held while it was away went out before the reconnect, so the copy sent again
+        comes after it and is the one dropped). The job's next message still waits for this
+        one's ack: one message of a job in flight, in order."""
         if self._in_flight is None:
             return
-        future, event, size = self._in_flight
-        try:
-            ackinbox.read_ack(await future)
-        except Exception:
+        future, reconnect, event, size = self._in_flight
+        if not future.done():
+            await asyncio.wait((future, reconnect), return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            future.cancel()  # reconnected first: its ack, should it come, has nobody to tell
+            await self._publish(event)
+        elif not _acked(future):
             await self._publish(event)
         count = self._in_flight_lines
         self._in_flight = None
@@ -522,6 +537,15 @@ class LinePublisher:
                 return
             # Not stored in time: the same event (its id too) on the main connection.
         await self._acks.publish_until_stored(self._names, event)
+
+
+def _acked(future: asyncio.Future[Msg]) -> bool:
+    """Whether the finished publish was stored (its ack came and says so)."""
+    try:
+        ackinbox.read_ack(future.result())
+    except Exception:
+        return False
+    return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1,0 +1,84 @@
+"""The parts of nats-py's private state jobrunner reads (see the note at the nats-py pin in
+pyproject.toml): a nats-py release that renames them fails here, not in a reader after a NATS
+restart. Plain objects, no server."""
+
+from __future__ import annotations
+
+import inspect
+
+import nats
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
+
+
+def test_a_jetstream_context_holds_its_client_as_nc() -> None:
+    """``subscription`` and the projector's feed ask the client whether it is connected or
+    closed, and which client a reader reads on (``reopen_after_reconnect``)."""
+    nc = nats.NATS()
+    assert nc.jetstream()._nc is nc
+
+
+def test_a_push_subscription_holds_its_consumer_name_as_consumer() -> None:
+    """The name of a reader's consumer, to delete it or ask whether it is still there."""
+    nc = nats.NATS()
+    sub = Subscription(nc, 1, "deliver")
+    push = JetStreamContext.PushSubscription(nc.jetstream(), sub, "STREAM", "consumer-name")
+    assert push._consumer == "consumer-name"
+
+
+def test_unsubscribe_stops_the_delivery_before_it_waits() -> None:
+    """A reader opened again reads its restart point once its old subscription's ``unsubscribe``
+    returned: nats-py must have stopped that subscription's delivery task and dropped it from
+    the client before its first await, so no message of it reaches the reader after that."""
+    source = inspect.getsource(Subscription.unsubscribe)
+    stop = source.index("self._stop_processing()")
+    remove = source.index("self._conn._remove_sub(self._id)")
+    first_await = source.index("await ")
+    assert stop < first_await
+    assert remove < first_await
+
+
+# --- a KV watch made again after a reconnect (``subscription._reopen_watch_if_gone``)
+
+
+def test_the_client_keeps_its_subscriptions_by_id_in_subs() -> None:
+    """The watches on a connection are found among its subscriptions, and one still subscribed
+    is the one under its own id (``stop`` drops it)."""
+    nc = nats.NATS()
+    assert nc._subs == {}
+    sub = Subscription(nc, 7, "deliver", cb=None)
+    assert sub._id == 7
+    assert sub._jsi is None  # a plain subscription: no ordered-consumer state
+    assert sub._cb is None  # a reader's is its ``_on_message``
+
+
+def test_the_ordered_consumer_state_holds_what_the_watch_reopen_reads() -> None:
+    """``_JSI``: its client, subscription, push subscription, whether it is ordered, and the
+    stream sequence of the last message received."""
+    nc = nats.NATS()
+    js = nc.jetstream()
+    sub = Subscription(nc, 1, "deliver")
+    push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
+    jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    assert (jsi._conn, jsi._sub, jsi._psub, jsi._ordered, jsi._sseq) == (nc, sub, push, True, 0)
+
+
+def test_reset_ordered_consumer_drops_the_old_subject_before_it_waits() -> None:
+    """The watch's start (``_sseq + 1``) is read as ``reset_ordered_consumer`` is called: it must
+    drop the old subscription id before its first await (so no message of the old consumer is
+    taken after the start was read), keep the same subscription object (its queue still delivers
+    what came before), and name the new consumer on the push subscription once made (what the
+    reopen waits for)."""
+    reset = inspect.getsource(JetStreamContext._JSI.reset_ordered_consumer)
+    assert reset.index("self._conn._remove_sub(osid)") < reset.index("await ")
+    assert "self._conn._subs[nsid] = self._sub" in reset
+    assert "opt_start_seq = sseq" in reset
+    recreate = inspect.getsource(JetStreamContext._JSI.recreate_consumer)
+    assert "self._psub._consumer = cinfo.name" in recreate
+
+
+def test_process_msg_counts_an_ordered_message_before_queueing_it() -> None:
+    """``_sseq`` is set as a message is read off the socket, before it is queued for delivery:
+    every message up to it reaches the watch from the queue."""
+    source = inspect.getsource(nats.NATS._process_msg)
+    assert source.index("jsi._sseq = sseq") < source.index("sub._pending_queue.put_nowait(msg)")
