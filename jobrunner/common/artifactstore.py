@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import IO
 
@@ -87,7 +87,7 @@ def stream_name(names: Names) -> str:
     return f"OBJ_{names.artifacts_bucket}"
 
 
-def _chunk_subject(names: Names, nuid: str) -> str:
+def chunk_subject(names: Names, nuid: str) -> str:
     return f"$O.{names.artifacts_bucket}.C.{nuid}"
 
 
@@ -131,6 +131,7 @@ async def put_file(
     size: int,
     should_stop: Callable[[], bool],
     replaces: str | None = None,
+    before_attempt: Callable[[str], Awaitable[None]] | None = None,
 ) -> StoredObject:
     """Store the first ``size`` bytes of ``source`` (a seekable binary file) as ``object_name``.
 
@@ -139,6 +140,9 @@ async def put_file(
     ``replaces``: the nuid of the content this one replaces, kept in the description (the
     ``Jobrunner-Replaces`` header) so that the next upload of the name can purge it should the
     purge scheduled now never run (the API killed before it).
+    ``before_attempt(nuid)``: awaited before an attempt writes its first chunk (the API records
+    the attempt's content as a pending purge there, ``artifactpurges.record``); its failure is
+    the attempt's.
     """
     failures = 0
     while True:
@@ -147,6 +151,8 @@ async def put_file(
         source.seek(0)
         nuid = uuid.uuid4().hex
         try:
+            if before_attempt is not None:
+                await before_attempt(nuid)
             # Pipelined at first; one chunk at a time after a failure: nats-py reports a
             # pipelined publish the server refused only to the error callback (its ack never
             # comes), while a plain publish raises the refusal, which tells a full bucket from
@@ -182,7 +188,7 @@ async def _put_once(
     pipelined: bool,
     replaces: str | None,
 ) -> StoredObject:
-    subject = _chunk_subject(names, nuid)
+    subject = chunk_subject(names, nuid)
     digest = hashlib.sha256()
     in_flight: list[asyncio.Future[api.PubAck]] = []
     total = chunks = 0
@@ -244,10 +250,14 @@ def _own(js: JetStreamContext, task: asyncio.Task[None]) -> None:
 def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     """Best effort, in the background: once NATS answers, the chunks of an attempt that will
     never get a description go."""
-    task = asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
+    task = asyncio.get_running_loop().create_task(_purge_patiently(js, names, nuid))
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
     _own(js, task)
+
+
+async def _purge_patiently(js: JetStreamContext, names: Names, nuid: str) -> None:
+    await _purge(js, names, nuid, patient=True)
 
 
 async def stop_purges(js: JetStreamContext) -> None:
@@ -264,17 +274,19 @@ async def stop_purges(js: JetStreamContext) -> None:
 PURGE_ATTEMPTS = 60  # NATS failures in a row before a purge gives up (a minute or more)
 
 
-async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> None:
-    """Remove the chunks of an attempt that got no description (or of an object replaced)."""
+async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> bool:
+    """Remove the chunks of an attempt that got no description (or of an object replaced);
+    whether that was done."""
     for attempt in range(PURGE_ATTEMPTS if patient else 1):
         try:
-            await js.purge_stream(stream_name(names), subject=_chunk_subject(names, nuid))
-            return
+            await js.purge_stream(stream_name(names), subject=chunk_subject(names, nuid))
+            return True
         except Exception as exc:
             if not patient or _for_good(exc):
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
-                return
+                return False
             await asyncio.sleep(retry.delay_after(attempt + 1, longest=5.0))
+    return False
 
 
 def _for_good(exc: BaseException) -> bool:
@@ -297,7 +309,9 @@ def replaced_grace(idle_seconds: float) -> float:
     return max(idle_seconds, DESCRIPTION_TO_CONSUMER_SECONDS)
 
 
-def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
+def purge_when_unread(
+    js: JetStreamContext, names: Names, nuid: str, grace: float, object_name: str | None = None
+) -> None:
     """In the background: the chunks of replaced content go once nobody can be reading them.
 
     A download reads through a consumer of its own filtered on the content's chunk subject
@@ -313,17 +327,32 @@ def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: floa
     Stops when the consumers cannot be listed for good (a permanent error, the connection
     closed) or ``PURGE_ATTEMPTS`` times in a row, and at the API's shutdown (``stop_purges``);
     what it leaves, like content whose purge died with its API process, the next upload of the
-    name purges (``replaced_nuid``), else the bucket's max age."""
+    name purges (``replaced_nuid``), else the bucket's max age.
+    ``object_name``: the name that no longer serves ``nuid``; its pending-purge record
+    (``artifactpurges``) is confirmed first and deleted once purged, and what this task leaves
+    (the API killed or stopped, NATS away too long) every API's sweep takes up."""
     if nuid in _REPLACED_PURGES:
         return  # already waiting here
-    task = asyncio.get_running_loop().create_task(_purge_when_unread(js, names, nuid, grace))
+    task = asyncio.get_running_loop().create_task(
+        _purge_when_unread(js, names, nuid, grace, object_name)
+    )
     _REPLACED_PURGES[nuid] = task
     task.add_done_callback(lambda _: _REPLACED_PURGES.pop(nuid, None))
     _own(js, task)
 
 
-async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
-    subject = _chunk_subject(names, nuid)
+async def _purge_when_unread(
+    js: JetStreamContext, names: Names, nuid: str, grace: float, object_name: str | None
+) -> None:
+    # Imported here: artifactpurges builds on this module.
+    from jobrunner.common import artifactpurges
+
+    subject = chunk_subject(names, nuid)
+    if object_name is not None:
+        try:
+            await artifactpurges.confirm(js, names, nuid, object_name, grace)
+        except Exception as exc:  # the sweep confirms it after its upload window
+            log.warning("artifact purge not confirmed", nuid=nuid, error=repr(exc))
     failures = 0
     while True:
         await asyncio.sleep(grace)
@@ -338,7 +367,16 @@ async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grac
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return
             log.warning("artifact readers not listed", nuid=nuid, error=repr(exc))
-    await _purge(js, names, nuid, patient=True)
+    if await _purge(js, names, nuid, patient=True) and object_name is not None:
+        try:
+            await artifactpurges.forget(js, names, nuid)
+        except Exception as exc:  # the sweep purges it again (harmless) and forgets it
+            log.warning("artifact purge record not deleted", nuid=nuid, error=repr(exc))
+
+
+async def being_read(js: JetStreamContext, names: Names, nuid: str) -> bool:
+    """Whether any consumer of the bucket reads ``nuid``'s chunks (see ``_being_read``)."""
+    return await _being_read(js, names, chunk_subject(names, nuid))
 
 
 LIST_SCANS = 5  # scans of the consumer list before one that nothing changed under is given up
@@ -424,7 +462,7 @@ async def read_chunks(
     if size == 0 or chunks == 0:
         return
     sub = await js.pull_subscribe(
-        _chunk_subject(names, info.nuid),
+        chunk_subject(names, info.nuid),
         stream=stream_name(names),
         config=api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
@@ -505,7 +543,7 @@ class ReadGuards:
         if not names or len(self._guards[names[-1]]) >= GUARD_SUBJECTS:
             names.append(f"guard-{uuid.uuid4().hex}")
         name = names[-1]
-        subjects = [*self._guards.get(name, []), _chunk_subject(self._names, info.nuid)]
+        subjects = [*self._guards.get(name, []), chunk_subject(self._names, info.nuid)]
         await self._js.add_consumer(
             stream_name(self._names),
             config=api.ConsumerConfig(

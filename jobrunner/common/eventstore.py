@@ -19,7 +19,14 @@ from nats.aio.client import ServerVersion
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
-from jobrunner.common import artifactstore, messagesize, reconfigure, retry, runnerpool
+from jobrunner.common import (
+    artifactpurges,
+    artifactstore,
+    messagesize,
+    reconfigure,
+    retry,
+    runnerpool,
+)
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -346,6 +353,7 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
     else:
         await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
+    await artifactpurges.ensure_bucket(js, names, settings)
     await _bucket_consumer_limit(js, names, settings)
 
 

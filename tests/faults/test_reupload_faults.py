@@ -253,3 +253,38 @@ async def test_nats_paused_where_the_purge_lists_readers(
     assert served.content == new
     unlisted = _log_lines(api, "artifact readers not listed", old_nuid)
     assert unlisted == (1 if pause > 5 else 0)
+
+
+async def test_two_api_deaths_in_a_row_leave_no_replaced_content(
+    cluster: FaultCluster, js: JetStreamContext
+) -> None:
+    """The API SIGKILLed within the grace after each of two re-uploads, and the name never sent
+    again: both replaced contents go anyway (their pending purges are records in JetStream, which
+    the restarted API's sweep takes up), and the content served is whole. On main the first
+    content stayed for ever (the chain named only the second) and the second until the next
+    upload of the name."""
+    names = Names(cluster.settings.prefix)
+    first, second, third = b"1" * MIB, b"2" * MIB, b"3" * MIB
+    api = cluster.services["api"]
+    replaced: list[str] = []
+    try:
+        async with cluster.client() as client:
+            job = await _running_job(client)
+            await _upload(client, job, first)
+        for content in (second, third):
+            replaced.append(await _nuid(js, names, job))
+            async with cluster.client() as client:
+                await _upload(client, job, content)
+            api.kill()  # within the grace: its own purge of the replaced content dies with it
+            assert await _has_chunks(js, names, replaced[-1])
+            await cluster.start_service("api")
+        async with asyncio.timeout(READ_IDLE * 6):
+            while await _any_chunks(js, names, *replaced):  # noqa: ASYNC110
+                await asyncio.sleep(0.5)  # the sweep runs in the API: poll the bucket
+        async with cluster.client() as client:
+            served = await client.get(f"/api/jobs/{job.id}/artifacts/{NAME}")
+            await job.report(client, report_id="end", result={})
+    finally:
+        if not api.alive():
+            await cluster.start_service("api")
+    assert served.content == third
