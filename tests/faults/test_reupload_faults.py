@@ -285,6 +285,6 @@ async def test_two_api_deaths_in_a_row_leave_no_replaced_content(
             served = await client.get(f"/api/jobs/{job.id}/artifacts/{NAME}")
             await job.report(client, report_id="end", result={})
     finally:
-        if not api.alive():
+        if not api.alive:
             await cluster.start_service("api")
     assert served.content == third
