@@ -101,18 +101,24 @@ async def forget(js: JetStreamContext, names: Names, nuid: str) -> None:
 async def sweep(js: JetStreamContext, names: Names, grace: float) -> None:
     """One pass over the pending purges (see the module's docstring)."""
     kv = await _kv(js, names)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return
-    for key in keys:
+    for key in await _keys(js, names):
         try:
             entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:
-            continue  # done by another API meanwhile
+            continue  # done by another API meanwhile (a delete marker: KeyDeletedError)
         if entry.value is None or entry.revision is None:
             continue
         await _settle(js, names, kv, key, entry.revision, entry.value, grace)
+
+
+async def _keys(js: JetStreamContext, names: Names) -> list[str]:
+    """The records' keys, in one request (nats-py's ``KeyValue.keys`` reads a watcher's
+    consumer with no timeout: a NATS restart mid-read would hang the sweep). Deleted records
+    are listed too (their marker), and skipped by ``kv.get``. The server details up to 100,000
+    subjects in one answer: far more pending purges than an installation has."""
+    prefix = f"$KV.{names.artifact_purges_bucket}."
+    info = await js.stream_info(f"KV_{names.artifact_purges_bucket}", subjects_filter=prefix + ">")
+    return [subject.removeprefix(prefix) for subject in info.state.subjects or {}]
 
 
 async def _settle(
@@ -148,6 +154,11 @@ async def _settle(
     if not await _quietly(kv.update(nuid, msgspec.json.encode(claimed), last=revision)):
         return
     log.info("artifact purge taken up", nuid=nuid)
+    if await _served_nuid(js, names, purge.object_name) == nuid:
+        # Its description came after all (stored late by a NATS that was frozen past the upload
+        # window): live content.
+        await kv.delete(nuid)
+        return
     if await artifactstore.being_read(js, names, nuid):
         return  # a grace later, again
     await js.purge_stream(
