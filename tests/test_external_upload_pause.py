@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO
 
 import msgspec
@@ -76,6 +76,7 @@ async def test_nats_frozen_during_an_external_upload(
         size: int,
         should_stop: Callable[[], bool],
         replaces: str | None = None,
+        before_attempt: Callable[[str], Awaitable[None]] | None = None,
     ) -> artifactstore.StoredObject:
         asked = 0
 
@@ -90,7 +91,7 @@ async def test_nats_frozen_during_an_external_upload(
             return should_stop()
 
         return await real_put_file(
-            js, names, object_name, source, size, freezing_should_stop, replaces
+            js, names, object_name, source, size, freezing_should_stop, replaces, before_attempt
         )
 
     system = System(settings)
