@@ -18,8 +18,9 @@ Every API process sweeps the bucket at start and every ``artifact_purge_sweep_se
   record goes); otherwise it is garbage since at least now: confirmed, due a grace from now;
 - a confirmed record a grace past its due (the API that took the upload purges it itself at its
   due, ``artifactstore.purge_when_unread``; the sweep takes over only if it did not): taken with a
-  compare-and-set of its revision (another API's sweep loses and leaves it), then purged if no
-  consumer of the bucket reads it, and the record deleted; else looked at again a grace later.
+  compare-and-set of its revision (another API's sweep loses and leaves it), the name read
+  again (a description stored late makes it live: the record goes), then purged if no consumer
+  of the bucket reads it, and the record deleted; else looked at again a grace later.
 
 A purge done twice is harmless (purging an empty subject), and a record is only ever purged once
 the name serves something else, so the record can be written early and freely.
