@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import IO
 
 import msgspec
@@ -76,7 +76,7 @@ async def test_nats_frozen_during_an_external_upload(
         size: int,
         should_stop: Callable[[], bool],
         replaces: str | None = None,
-        before_attempt: Callable[[str], Awaitable[None]] | None = None,
+        records: artifactstore.AttemptRecords | None = None,
     ) -> artifactstore.StoredObject:
         asked = 0
 
@@ -91,7 +91,7 @@ async def test_nats_frozen_during_an_external_upload(
             return should_stop()
 
         return await real_put_file(
-            js, names, object_name, source, size, freezing_should_stop, replaces, before_attempt
+            js, names, object_name, source, size, freezing_should_stop, replaces, records
         )
 
     system = System(settings)

@@ -4,13 +4,19 @@ An external upload of a name writes content under a new nuid and, with its descr
 name serve it; the content it replaced (and any attempt of its own that never got served) must go
 once no download reads it, and must not stay for ever because the API that took the upload died.
 So every such content gets a record in the KV bucket ``<prefix>_artifact_purges`` (key: its
-nuid) *before* anything could make it garbage:
+nuid) *before* anything could make it garbage (``UploadRecords``):
 
 - before each upload attempt writes a chunk: its own nuid, and the nuid the name serves now (the
   content it is about to replace), both *unconfirmed*: due ``UPLOAD_WINDOW_SECONDS`` later;
-- once the upload's description is stored, the replaced content's record is *confirmed*: due one
-  grace (``artifactstore.replaced_grace``) later, the time a download that read the old
-  description needs to create its consumer.
+- right before the attempt's description is published, its own record is *fenced*: a
+  compare-and-set of the revision it wrote pushes its due a window on. Should a sweep have
+  changed the record first (it confirmed or took it: the API stalled past the window), the
+  compare-and-set fails and the attempt is given up (503): exactly one of the two decides
+  whether that content is served or purged. The replaced content's record is written again, due
+  a window on, too;
+- once the description is stored, the replaced content's record is *confirmed*: due one grace
+  (``artifactstore.replaced_grace``) later, the time a download that read the old description
+  needs to create its consumer.
 
 Every API process sweeps the bucket at start and every ``artifact_purge_sweep_seconds``:
 
@@ -20,7 +26,13 @@ Every API process sweeps the bucket at start and every ``artifact_purge_sweep_se
   due, ``artifactstore.purge_when_unread``; the sweep takes over only if it did not): taken with a
   compare-and-set of its revision (another API's sweep loses and leaves it), the name read
   again (a description stored late makes it live: the record goes), then purged if no consumer
-  of the bucket reads it, and the record deleted; else looked at again a grace later.
+  of the bucket reads it, and the record removed; else looked at again a grace later.
+
+A record done with is *removed* (its subject purged up to its revision: a newer record of the
+same nuid survives), not deleted: a KV delete leaves a marker on the subject for as long as the
+bucket keeps messages (for ever with ``stream_max_age_days`` 0), and every pass would list and
+read every marker ever made. So the bucket holds only pending purges: the uploads of the last
+window or so, and replaced content still being read.
 
 A purge done twice is harmless (purging an empty subject), and a record is only ever purged once
 the name serves something else, so the record can be written early and freely.
@@ -29,16 +41,15 @@ the name serves something else, so the record can be written early and freely.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable
 
 import msgspec
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue
 
-from jobrunner.common import artifactstore
+from jobrunner.common import artifactstore, reconfigure
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 
@@ -47,8 +58,13 @@ log = structlog.get_logger()
 # How long after its record an upload can still store the description that decides whether the
 # recorded nuid is live or garbage: two uploads of one name at once may each take their patience
 # (30 s) and a description's ack (5 s), and the later one may have read the name before the earlier
-# one stored (so its description replaces content it never heard of: the earlier one's).
+# one stored (so its description replaces content it never heard of: the earlier one's). An
+# upload whose API stalls longer loses its attempt to the sweep (the fence), never its content.
 UPLOAD_WINDOW_SECONDS = 80.0
+# JetStream's refusal of a publish whose expected last subject sequence is not the subject's.
+WRONG_LAST_SEQUENCE = 10071
+# The most subjects the server details in one stream info answer (then pages, by offset).
+SUBJECTS_PAGE = 100_000
 
 
 class PendingPurge(msgspec.Struct, frozen=True):
@@ -57,11 +73,23 @@ class PendingPurge(msgspec.Struct, frozen=True):
     confirmed: bool  # the name served other content (or none) at least a grace before ``due``
 
 
+def _stream(names: Names) -> str:
+    return f"KV_{names.artifact_purges_bucket}"
+
+
+def _subject(names: Names, nuid: str) -> str:
+    return f"$KV.{names.artifact_purges_bucket}.{nuid}"
+
+
 async def ensure_bucket(js: JetStreamContext, names: Names, settings: Settings) -> None:
     """File storage (a record outlives a NATS restart), one revision per key, the replicas and
-    max age of the artifacts bucket itself (a record has no use once its chunks aged out)."""
+    max age of the artifacts bucket itself (a record has no use once its chunks aged out): an
+    existing bucket's max age follows a changed ``stream_max_age_days`` at every start, like the
+    artifacts bucket's. Several services may start at once: whichever creates it, the others
+    find it there."""
+    max_age = settings.stream_max_age_days * 86400
     try:
-        await js.stream_info(f"KV_{names.artifact_purges_bucket}")
+        bucket = await js.stream_info(_stream(names))
     except nats.js.errors.NotFoundError:
         try:
             await js.create_key_value(
@@ -69,117 +97,179 @@ async def ensure_bucket(js: JetStreamContext, names: Names, settings: Settings) 
                 history=1,
                 storage=api.StorageType.FILE,
                 replicas=settings.stream_replicas,
-                ttl=settings.stream_max_age_days * 86400 or None,
+                ttl=max_age or None,
             )
+            return
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != artifactstore.STREAM_NAME_IN_USE:
-                raise  # else another service starting now created it
+                raise
+        # Another service starting now created it, maybe with other settings.
+        bucket = await js.stream_info(_stream(names))
+    await reconfigure.bucket_ttl(js, bucket, max_age)
 
 
-async def _kv(js: JetStreamContext, names: Names) -> KeyValue:
-    return await js.key_value(names.artifact_purges_bucket)
+async def _put(
+    js: JetStreamContext,
+    names: Names,
+    nuid: str,
+    entry: PendingPurge,
+    last: int | None = None,
+) -> int | None:
+    """Write ``nuid``'s record; its revision. With ``last``: only if the record is still at
+    that revision (None when it is not: another API changed or removed it first)."""
+    headers = None if last is None else {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
+    try:
+        ack = await js.publish(_subject(names, nuid), msgspec.json.encode(entry), headers=headers)
+    except nats.js.errors.APIError as exc:
+        if last is not None and exc.err_code == WRONG_LAST_SEQUENCE:
+            return None
+        raise
+    return ack.seq
 
 
-async def record(js: JetStreamContext, names: Names, nuid: str, object_name: str) -> None:
-    """Content that is garbage unless ``object_name`` serves it once its upload is over."""
+async def remove(js: JetStreamContext, names: Names, nuid: str, revision: int) -> None:
+    """``nuid``'s record at ``revision`` is done with: its subject is purged up to that revision
+    (no marker left; a record written since, by another upload or sweep, stays)."""
+    await js.purge_stream(_stream(names), seq=revision + 1, subject=_subject(names, nuid))
+
+
+async def record(js: JetStreamContext, names: Names, nuid: str, object_name: str) -> int:
+    """Content that is garbage unless ``object_name`` serves it once its upload is over; the
+    record's revision."""
     entry = PendingPurge(object_name, time.time() + UPLOAD_WINDOW_SECONDS, confirmed=False)
-    await (await _kv(js, names)).put(nuid, msgspec.json.encode(entry))
+    revision = await _put(js, names, nuid, entry)
+    assert revision is not None  # an unconditional write
+    return revision
 
 
 async def confirm(
     js: JetStreamContext, names: Names, nuid: str, object_name: str, grace: float
-) -> None:
-    """``object_name`` no longer serves ``nuid``: it goes a grace from now, once unread."""
-    entry = PendingPurge(object_name, time.time() + grace, confirmed=True)
-    await (await _kv(js, names)).put(nuid, msgspec.json.encode(entry))
+) -> int:
+    """``object_name`` no longer serves ``nuid``: it goes a grace from now, once unread; the
+    record's revision."""
+    revision = await _put(js, names, nuid, PendingPurge(object_name, time.time() + grace, True))
+    assert revision is not None  # an unconditional write
+    return revision
 
 
-async def forget(js: JetStreamContext, names: Names, nuid: str) -> None:
-    """The purge of ``nuid`` is done."""
-    await (await _kv(js, names)).delete(nuid)
+class UploadRecords:
+    """One external upload's records (``artifactstore.put_file`` calls these): each attempt's
+    own content and the content the name served when the upload read it (``replaces``)."""
+
+    def __init__(
+        self, js: JetStreamContext, names: Names, object_name: str, replaces: str | None
+    ) -> None:
+        self._js = js
+        self._names = names
+        self._object_name = object_name
+        self._replaces = replaces
+        self._revisions: dict[str, int] = {}  # attempt nuid -> its record's revision
+
+    async def attempt(self, nuid: str) -> None:
+        """Before the attempt's first chunk."""
+        self._revisions[nuid] = await record(self._js, self._names, nuid, self._object_name)
+        await self._record_replaced()
+
+    async def describing(self, nuid: str) -> None:
+        """Right before the attempt's description is published: fence it against the sweep
+        (module docstring); :class:`artifactstore.AttemptTaken` if the sweep came first, or if
+        the description's publish could no longer end before the new due."""
+        due = time.time() + UPLOAD_WINDOW_SECONDS
+        fenced = PendingPurge(self._object_name, due, confirmed=False)
+        revision = await _put(self._js, self._names, nuid, fenced, last=self._revisions[nuid])
+        if revision is None:
+            raise artifactstore.AttemptTaken(self._object_name)
+        self._revisions[nuid] = revision
+        await self._record_replaced()
+        if time.time() + artifactstore.ACK_WAIT_SECONDS > due:
+            raise artifactstore.AttemptTaken(self._object_name)
+
+    async def abandoned(self, nuid: str) -> None:
+        """The attempt's chunks are purged (it got no description): its record goes."""
+        if nuid in self._revisions:
+            await remove(self._js, self._names, nuid, self._revisions[nuid])
+
+    async def _record_replaced(self) -> None:
+        if self._replaces is not None:
+            await record(self._js, self._names, self._replaces, self._object_name)
 
 
 async def sweep(js: JetStreamContext, names: Names, grace: float) -> None:
-    """One pass over the pending purges (see the module's docstring)."""
-    kv = await _kv(js, names)
-    for key in await _keys(js, names):
+    """One pass over the pending purges (see the module's docstring). A record that fails is
+    logged and left for the next pass; the others are settled all the same."""
+    for nuid in await _keys(js, names):
         try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue  # done by another API meanwhile (a delete marker: KeyDeletedError)
-        if entry.value is None or entry.revision is None:
-            continue
-        await _settle(js, names, kv, key, entry.revision, entry.value, grace)
+            try:
+                message = await js.get_last_msg(_stream(names), _subject(names, nuid))
+            except nats.js.errors.NotFoundError:
+                continue  # done by another API meanwhile
+            await _settle(js, names, nuid, message.seq or 0, message.data or b"", grace)
+        except Exception as exc:
+            log.warning("artifact purge not settled", nuid=nuid, error=repr(exc))
 
 
 async def _keys(js: JetStreamContext, names: Names) -> list[str]:
-    """The records' keys, in one request (nats-py's ``KeyValue.keys`` reads a watcher's
-    consumer with no timeout: a NATS restart mid-read would hang the sweep). Deleted records
-    are listed too (their marker), and skipped by ``kv.get``. The server details up to 100,000
-    subjects in one answer: far more pending purges than an installation has."""
+    """The records' keys, a page of up to ``SUBJECTS_PAGE`` per request (nats-py's
+    ``KeyValue.keys`` reads a watcher's consumer with no timeout: a NATS restart mid-read would
+    hang the sweep; its ``stream_info`` asks for the first page only)."""
     prefix = f"$KV.{names.artifact_purges_bucket}."
-    info = await js.stream_info(f"KV_{names.artifact_purges_bucket}", subjects_filter=prefix + ">")
-    return [subject.removeprefix(prefix) for subject in info.state.subjects or {}]
+    keys: list[str] = []
+    while True:
+        request = {"subjects_filter": prefix + ">", "offset": len(keys)}
+        reply = await js._nc.request(
+            f"{js._prefix}.STREAM.INFO.{_stream(names)}",
+            json.dumps(request).encode(),
+            timeout=js._timeout,
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises the error's own type
+        page = (answer.get("state") or {}).get("subjects") or {}
+        keys.extend(subject.removeprefix(prefix) for subject in page)
+        if not page or len(keys) >= answer.get("total", 0):
+            return keys
 
 
 async def _settle(
-    js: JetStreamContext,
-    names: Names,
-    kv: KeyValue,
-    nuid: str,
-    revision: int,
-    value: bytes,
-    grace: float,
+    js: JetStreamContext, names: Names, nuid: str, revision: int, value: bytes, grace: float
 ) -> None:
     try:
         purge = msgspec.json.decode(value, type=PendingPurge)
     except msgspec.DecodeError:
-        await kv.delete(nuid, last=revision)  # not ours to read: never written by jobrunner
+        await remove(js, names, nuid, revision)  # not ours to read: never written by jobrunner
         return
     now = time.time()
     if not purge.confirmed:
         if purge.due > now:
             return
         if await _served_nuid(js, names, purge.object_name) == nuid:
-            await _quietly(kv.delete(nuid, last=revision))  # live content: nothing to purge
+            await remove(js, names, nuid, revision)  # live content: nothing to purge
             return
         # Garbage since at least now: a download that read its description before has its
-        # consumer within a grace.
+        # consumer within a grace. (An upload fencing its description now loses to this.)
         confirmed = PendingPurge(purge.object_name, now + grace, confirmed=True)
-        await _quietly(kv.update(nuid, msgspec.json.encode(confirmed), last=revision))
+        await _put(js, names, nuid, confirmed, last=revision)
         return
     if purge.due + grace > now:
         return  # the API that took the upload purges it at its due; taken over a grace later
     # Taken: another API's sweep now finds it due a grace later (or loses this compare-and-set).
     claimed = PendingPurge(purge.object_name, now, confirmed=True)
-    if not await _quietly(kv.update(nuid, msgspec.json.encode(claimed), last=revision)):
+    taken = await _put(js, names, nuid, claimed, last=revision)
+    if taken is None:
         return
     log.info("artifact purge taken up", nuid=nuid)
     if await _served_nuid(js, names, purge.object_name) == nuid:
         # Its description came after all (stored late by a NATS that was frozen past the upload
         # window): live content.
-        await kv.delete(nuid)
+        await remove(js, names, nuid, taken)
         return
     if await artifactstore.being_read(js, names, nuid):
         return  # a grace later, again
     await js.purge_stream(
         artifactstore.stream_name(names), subject=artifactstore.chunk_subject(names, nuid)
     )
-    await _quietly(kv.delete(nuid))
+    await remove(js, names, nuid, taken)
     log.info("artifact chunks purged by the sweep", nuid=nuid)
-
-
-async def _quietly(request: Awaitable[object]) -> bool:
-    """A compare-and-set's result: False when another API changed the record first."""
-    try:
-        await request
-    except nats.js.errors.KeyWrongLastSequenceError:
-        return False
-    except nats.js.errors.APIError as exc:
-        if exc.err_code in (10071, 10164):  # wrong last sequence (a delete's, not translated)
-            return False
-        raise
-    return True
 
 
 async def _served_nuid(js: JetStreamContext, names: Names, object_name: str) -> str | None:

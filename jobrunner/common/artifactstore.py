@@ -24,9 +24,9 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Protocol
 
 import msgspec
 import nats.errors
@@ -123,6 +123,26 @@ async def ensure_bucket(js: JetStreamContext, names: Names, settings: Settings) 
                 raise
 
 
+class AttemptRecords(Protocol):
+    """An upload's pending-purge records (``artifactpurges.UploadRecords``), kept by the API for
+    external uploads so that no content is left for ever should the API die."""
+
+    async def attempt(self, nuid: str) -> None:
+        """Before the attempt writes its first chunk."""
+
+    async def describing(self, nuid: str) -> None:
+        """Right before its description is published; :class:`AttemptTaken` if the attempt is
+        no longer this upload's to describe."""
+
+    async def abandoned(self, nuid: str) -> None:
+        """The attempt's chunks were purged (it got no description)."""
+
+
+class AttemptTaken(UploadStopped):
+    """Another API's sweep took the attempt's content as garbage (this API stalled past the
+    upload window): it must not be described (or, described, it has no chunks left)."""
+
+
 async def put_file(
     js: JetStreamContext,
     names: Names,
@@ -131,7 +151,7 @@ async def put_file(
     size: int,
     should_stop: Callable[[], bool],
     replaces: str | None = None,
-    before_attempt: Callable[[str], Awaitable[None]] | None = None,
+    records: AttemptRecords | None = None,
 ) -> StoredObject:
     """Store the first ``size`` bytes of ``source`` (a seekable binary file) as ``object_name``.
 
@@ -140,9 +160,11 @@ async def put_file(
     ``replaces``: the nuid of the content this one replaces, kept in the description (the
     ``Jobrunner-Replaces`` header) so that the next upload of the name can purge it should the
     purge scheduled now never run (the API killed before it).
-    ``before_attempt(nuid)``: awaited before an attempt writes its first chunk (the API records
-    the attempt's content as a pending purge there, ``artifactpurges.record``); its failure is
-    the attempt's.
+    ``records``: told of each attempt before its first chunk and before its description (see
+    :class:`AttemptRecords`); their failure is the attempt's. With records, an attempt whose
+    description was sent but not acknowledged is not purged here: NATS may store it yet (a
+    server that answers late), and the sweep purges the content only if the name does not serve
+    it once the upload window is over.
     """
     failures = 0
     while True:
@@ -150,22 +172,34 @@ async def put_file(
             raise UploadStopped(object_name)
         source.seek(0)
         nuid = uuid.uuid4().hex
+        described = False  # its description sent: it may be stored even without an ack
         try:
-            if before_attempt is not None:
-                await before_attempt(nuid)
+            if records is not None:
+                await records.attempt(nuid)
             # Pipelined at first; one chunk at a time after a failure: nats-py reports a
             # pipelined publish the server refused only to the error callback (its ack never
             # comes), while a plain publish raises the refusal, which tells a full bucket from
             # NATS being away.
-            return await _put_once(
+            stored, info = await _put_chunks(
                 js, names, object_name, source, size, nuid, should_stop, failures == 0, replaces
             )
+            if records is not None:
+                await records.describing(nuid)
+            described = True
+            await _describe(js, names, object_name, info)
         except UploadStopped:
-            purge_later(js, names, nuid)
+            purge_later(js, names, nuid, records)
             raise
         except Exception as exc:
-            if not retry.is_transient(exc) or _bucket_full(exc):
-                await _purge(js, names, nuid)
+            permanent = not retry.is_transient(exc) or _bucket_full(exc)
+            if described and records is not None:
+                log.warning("artifact description not acknowledged", nuid=nuid)
+            elif permanent:
+                if await _purge(js, names, nuid) and records is not None:
+                    await records.abandoned(nuid)
+            else:
+                purge_later(js, names, nuid, records)
+            if permanent:
                 raise
             failures += 1
             log.warning(
@@ -173,11 +207,23 @@ async def put_file(
                 object=object_name,
                 error=repr(exc) or type(exc).__name__,
             )
-            purge_later(js, names, nuid)
             await asyncio.sleep(retry.delay_after(failures))
+            continue
+        if records is not None and stored.size and not await _has_chunks(js, names, nuid):
+            # Described, yet purged: only a sweep whose clock is a window ahead of ours could.
+            raise AttemptTaken(object_name)
+        return stored
 
 
-async def _put_once(
+async def _has_chunks(js: JetStreamContext, names: Names, nuid: str) -> bool:
+    try:
+        await js.get_last_msg(stream_name(names), chunk_subject(names, nuid))
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def _put_chunks(
     js: JetStreamContext,
     names: Names,
     object_name: str,
@@ -187,7 +233,8 @@ async def _put_once(
     should_stop: Callable[[], bool],
     pipelined: bool,
     replaces: str | None,
-) -> StoredObject:
+) -> tuple[StoredObject, api.ObjectInfo]:
+    """Write the attempt's chunks; what it stored and the description to publish."""
     subject = chunk_subject(names, nuid)
     digest = hashlib.sha256()
     in_flight: list[asyncio.Future[api.PubAck]] = []
@@ -225,9 +272,19 @@ async def _put_once(
         options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
         headers={REPLACES_HEADER: [replaces]} if replaces else None,
     )
+    return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid), info
+
+
+async def _describe(
+    js: JetStreamContext, names: Names, object_name: str, info: api.ObjectInfo
+) -> None:
+    """Publish the object's description: from now on the name serves its content."""
     description = json.dumps(info.as_dict()).encode()
     # The description replaces any earlier one of the same name (rollup).
-    meta_headers: dict[str, str] = {api.Header.ROLLUP: "sub", api.Header.MSG_ID: f"{nuid}.meta"}
+    meta_headers: dict[str, str] = {
+        api.Header.ROLLUP: "sub",
+        api.Header.MSG_ID: f"{info.nuid}.meta",
+    }
     messagesize.check_fits(js._nc, description, meta_headers)  # its size follows the name
     await js.publish(
         _meta_subject(names, object_name),
@@ -235,7 +292,6 @@ async def _put_once(
         headers=meta_headers,
         timeout=ACK_WAIT_SECONDS,
     )
-    return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid)
 
 
 _PURGES: set[asyncio.Task[None]] = set()
@@ -247,17 +303,25 @@ def _own(js: JetStreamContext, task: asyncio.Task[None]) -> None:
     task.add_done_callback(lambda done: _OWNERS.pop(done, None))
 
 
-def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
+def purge_later(
+    js: JetStreamContext, names: Names, nuid: str, records: AttemptRecords | None = None
+) -> None:
     """Best effort, in the background: once NATS answers, the chunks of an attempt that will
-    never get a description go."""
-    task = asyncio.get_running_loop().create_task(_purge_patiently(js, names, nuid))
+    never get a description go (and then its record, if it has one)."""
+    task = asyncio.get_running_loop().create_task(_purge_patiently(js, names, nuid, records))
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
     _own(js, task)
 
 
-async def _purge_patiently(js: JetStreamContext, names: Names, nuid: str) -> None:
-    await _purge(js, names, nuid, patient=True)
+async def _purge_patiently(
+    js: JetStreamContext, names: Names, nuid: str, records: AttemptRecords | None
+) -> None:
+    if await _purge(js, names, nuid, patient=True) and records is not None:
+        try:
+            await records.abandoned(nuid)
+        except Exception as exc:  # the sweep finds it and purges again (harmless)
+            log.warning("artifact purge record not removed", nuid=nuid, error=repr(exc))
 
 
 async def stop_purges(js: JetStreamContext) -> None:
@@ -329,7 +393,7 @@ def purge_when_unread(
     what it leaves, like content whose purge died with its API process, the next upload of the
     name purges (``replaced_nuid``), else the bucket's max age.
     ``object_name``: the name that no longer serves ``nuid``; its pending-purge record
-    (``artifactpurges``) is confirmed first and deleted once purged, and what this task leaves
+    (``artifactpurges``) is confirmed first and removed once purged, and what this task leaves
     (the API killed or stopped, NATS away too long) every API's sweep takes up."""
     if nuid in _REPLACED_PURGES:
         return  # already waiting here
@@ -348,9 +412,10 @@ async def _purge_when_unread(
     from jobrunner.common import artifactpurges
 
     subject = chunk_subject(names, nuid)
+    revision = None  # of the record confirmed here
     if object_name is not None:
         try:
-            await artifactpurges.confirm(js, names, nuid, object_name, grace)
+            revision = await artifactpurges.confirm(js, names, nuid, object_name, grace)
         except Exception as exc:  # the sweep confirms it after its upload window
             log.warning("artifact purge not confirmed", nuid=nuid, error=repr(exc))
     failures = 0
@@ -367,11 +432,11 @@ async def _purge_when_unread(
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return
             log.warning("artifact readers not listed", nuid=nuid, error=repr(exc))
-    if await _purge(js, names, nuid, patient=True) and object_name is not None:
+    if await _purge(js, names, nuid, patient=True) and revision is not None:
         try:
-            await artifactpurges.forget(js, names, nuid)
-        except Exception as exc:  # the sweep purges it again (harmless) and forgets it
-            log.warning("artifact purge record not deleted", nuid=nuid, error=repr(exc))
+            await artifactpurges.remove(js, names, nuid, revision)
+        except Exception as exc:  # the sweep purges it again (harmless) and removes it
+            log.warning("artifact purge record not removed", nuid=nuid, error=repr(exc))
 
 
 async def being_read(js: JetStreamContext, names: Names, nuid: str) -> bool:

@@ -101,14 +101,12 @@ async def store_upload(
         previous = None
     deadline = time.monotonic() + UPLOAD_PATIENCE_SECONDS
 
-    async def record_pending(nuid: str) -> None:
-        # Before any chunk: this attempt's content, and the content it is about to replace, are
-        # garbage unless the name serves them once the upload is over (artifactpurges). Recorded
-        # in JetStream, so that neither is left for ever should this process die.
-        await artifactpurges.record(ctx.js, ctx.names, nuid, object_name)
-        if previous is not None:
-            await artifactpurges.record(ctx.js, ctx.names, previous.nuid, object_name)
-
+    # Each attempt's content, and the content it is about to replace, are garbage unless the name
+    # serves them once the upload is over: recorded in JetStream before any chunk, so that
+    # neither is left for ever should this process die (artifactpurges).
+    records = artifactpurges.UploadRecords(
+        ctx.js, ctx.names, object_name, previous.nuid if previous is not None else None
+    )
     try:
         stored = await artifactstore.put_file(
             ctx.js,
@@ -118,7 +116,7 @@ async def store_upload(
             size,
             lambda: time.monotonic() > deadline,
             replaces=previous.nuid if previous is not None else None,
-            before_attempt=record_pending,
+            records=records,
         )
     except Exception as exc:
         if not isinstance(exc, artifactstore.UploadStopped) and not retry.is_transient(exc):
