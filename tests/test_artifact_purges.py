@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
@@ -384,3 +385,59 @@ async def test_the_bucket_follows_a_changed_max_age(system: System, js: JetStrea
         info = await js.stream_info(f"KV_{names.artifact_purges_bucket}")
         assert abs((info.config.max_age or 0.0) - days * 86400) < 1e-3, days
     await js.delete_stream(f"KV_{names.artifact_purges_bucket}")
+
+
+class DescriptionAckLost:
+    """The real JetStreamContext; the description is published for real, but its ack is lost
+    (a NATS that answered after the publish's wait): the publish raises a timeout."""
+
+    def __init__(self, js: JetStreamContext, names: Names) -> None:
+        self._js = js
+        self._meta = f"$O.{names.artifacts_bucket}.M."
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+    async def publish(self, subject: str, *args: Any, **kwargs: Any) -> Any:
+        answer = await self._js.publish(subject, *args, **kwargs)
+        if subject.startswith(self._meta):
+            raise nats.errors.TimeoutError
+        return answer
+
+
+async def test_a_description_stored_without_its_ack_keeps_its_content(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The description's ack never came, but NATS stored it, and the upload's patience is over
+    (503): the name serves that content, so its chunks must stay. They are left to the sweep,
+    which finds the name serving them once the window is over and only drops the record.
+    Before, the attempt was purged at once: the name served content without chunks."""
+    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
+    monkeypatch.setattr(artifactstore, "ACK_WAIT_SECONDS", 1.0)
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/ack-lost"
+    records = RecordsStalledBeforeFence(js, names, object_name, None)
+    records.go.set()
+
+    def stop_once_failed() -> bool:
+        return records.reached.is_set()  # asked again after the description's failure
+
+    data = b"a" * 300_000
+    with pytest.raises(artifactstore.UploadStopped):
+        await artifactstore.put_file(
+            DescriptionAckLost(js, names),  # type: ignore[arg-type]
+            names,
+            object_name,
+            io.BytesIO(data),
+            len(data),
+            stop_once_failed,
+            None,
+            records,
+        )
+    served = await artifactstore.object_info(js, names, object_name)
+    assert served.nuid == records.attempts[-1]
+    async with asyncio.timeout(20):
+        while await _recorded(js, names, served.nuid):
+            await artifactpurges.sweep(js, names, 1.0)
+            await asyncio.sleep(0.5)
+    assert await _has_chunks(js, names, served.nuid), "the served content was purged"
