@@ -196,7 +196,8 @@ async def put_file(
                 log.warning("artifact description not acknowledged", nuid=nuid)
             elif permanent:
                 if await _purge(js, names, nuid) and records is not None:
-                    await records.abandoned(nuid)
+                    with contextlib.suppress(Exception):  # the sweep removes it (harmless)
+                        await records.abandoned(nuid)
             else:
                 purge_later(js, names, nuid, records)
             if permanent:
