@@ -183,10 +183,11 @@ async def put_file(
             stored, info = await _put_chunks(
                 js, names, object_name, source, size, nuid, should_stop, failures == 0, replaces
             )
+            description = _description(js, info)
             if records is not None:
                 await records.describing(nuid)
             described = True
-            await _describe(js, names, object_name, info)
+            await _describe(js, names, object_name, description)
         except UploadStopped:
             purge_later(js, names, nuid, records)
             raise
@@ -276,21 +277,29 @@ async def _put_chunks(
     return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid), info
 
 
+class _Description(msgspec.Struct, frozen=True):
+    payload: bytes
+    headers: dict[str, str]
+
+
+def _description(js: JetStreamContext, info: api.ObjectInfo) -> _Description:
+    """The object's description message, checked to fit NATS's message size (its size follows
+    the name) before anything is sent."""
+    payload = json.dumps(info.as_dict()).encode()
+    # The description replaces any earlier one of the same name (rollup).
+    headers: dict[str, str] = {api.Header.ROLLUP: "sub", api.Header.MSG_ID: f"{info.nuid}.meta"}
+    messagesize.check_fits(js._nc, payload, headers)
+    return _Description(payload, headers)
+
+
 async def _describe(
-    js: JetStreamContext, names: Names, object_name: str, info: api.ObjectInfo
+    js: JetStreamContext, names: Names, object_name: str, description: _Description
 ) -> None:
     """Publish the object's description: from now on the name serves its content."""
-    description = json.dumps(info.as_dict()).encode()
-    # The description replaces any earlier one of the same name (rollup).
-    meta_headers: dict[str, str] = {
-        api.Header.ROLLUP: "sub",
-        api.Header.MSG_ID: f"{info.nuid}.meta",
-    }
-    messagesize.check_fits(js._nc, description, meta_headers)  # its size follows the name
     await js.publish(
         _meta_subject(names, object_name),
-        description,
-        headers=meta_headers,
+        description.payload,
+        headers=description.headers,
         timeout=ACK_WAIT_SECONDS,
     )
 
