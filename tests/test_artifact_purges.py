@@ -284,9 +284,15 @@ async def test_a_purged_replaced_content_leaves_nothing_to_sweep(
     assert await _bucket_messages(js, names) == 0
 
 
-async def test_an_attempt_given_up_leaves_no_record(system: System, js: JetStreamContext) -> None:
-    """An upload stopped mid-chunks (its patience over): the attempt's chunks are purged at
-    once and its record with them, so no sweep purges it again a window later."""
+async def test_a_chunk_stored_after_a_given_up_attempt_was_purged_goes_too(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload stopped mid-chunks (its patience over): its chunks are purged at once, but a
+    chunk that was in flight may be stored after that purge (JetStream orders a stream's
+    messages and its API requests apart: seen here about once in 15 runs). The attempt's record
+    stays, so the sweep purges again once the window is over and nothing is left. (Removing the
+    record with the first purge, as the review's nit asked, left such a chunk for ever.)"""
+    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
     names = Names(system.settings.prefix)
     object_name = "purgetest/given-up"
     records = RecordsStalledBeforeFence(js, names, object_name, None)
@@ -309,10 +315,18 @@ async def test_an_attempt_given_up_leaves_no_record(system: System, js: JetStrea
             None,
             records,
         )
+    attempt = records.attempts[-1]
     async with asyncio.timeout(20):
-        while await _bucket_messages(js, names):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-    assert not await _has_chunks(js, names, records.attempts[-1])
+        while await _has_chunks(js, names, attempt):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # the purge at once
+    # A chunk that was in flight, stored after that purge (made certain here).
+    await js.publish(artifactstore.chunk_subject(names, attempt), b"late")
+    async with asyncio.timeout(20):
+        while await _recorded(js, names, attempt):
+            await artifactpurges.sweep(js, names, 1.0)
+            await asyncio.sleep(0.5)
+    assert not await _has_chunks(js, names, attempt), "a chunk of the attempt was left"
+    assert await _bucket_messages(js, names) == 0
 
 
 async def test_a_pending_purge_past_a_page_of_records_is_listed(

@@ -184,11 +184,6 @@ class UploadRecords:
         if time.time() + artifactstore.ACK_WAIT_SECONDS > due:
             raise artifactstore.AttemptTaken(self._object_name)
 
-    async def abandoned(self, nuid: str) -> None:
-        """The attempt's chunks are purged (it got no description): its record goes."""
-        if nuid in self._revisions:
-            await remove(self._js, self._names, nuid, self._revisions[nuid])
-
     async def _record_replaced(self) -> None:
         if self._replaces is not None:
             await record(self._js, self._names, self._replaces, self._object_name)

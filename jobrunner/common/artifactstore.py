@@ -134,9 +134,6 @@ class AttemptRecords(Protocol):
         """Right before its description is published; :class:`AttemptTaken` if the attempt is
         no longer this upload's to describe."""
 
-    async def abandoned(self, nuid: str) -> None:
-        """The attempt's chunks were purged (it got no description)."""
-
 
 class AttemptTaken(UploadStopped):
     """Another API's sweep took the attempt's content as garbage (this API stalled past the
@@ -189,18 +186,16 @@ async def put_file(
             described = True
             await _describe(js, names, object_name, description)
         except UploadStopped:
-            purge_later(js, names, nuid, records)
+            purge_later(js, names, nuid)
             raise
         except Exception as exc:
             permanent = not retry.is_transient(exc) or _bucket_full(exc)
             if described and records is not None:
                 log.warning("artifact description not acknowledged", nuid=nuid)
             elif permanent:
-                if await _purge(js, names, nuid) and records is not None:
-                    with contextlib.suppress(Exception):  # the sweep removes it (harmless)
-                        await records.abandoned(nuid)
+                await _purge(js, names, nuid)
             else:
-                purge_later(js, names, nuid, records)
+                purge_later(js, names, nuid)
             if permanent:
                 raise
             failures += 1
@@ -313,25 +308,20 @@ def _own(js: JetStreamContext, task: asyncio.Task[None]) -> None:
     task.add_done_callback(lambda done: _OWNERS.pop(done, None))
 
 
-def purge_later(
-    js: JetStreamContext, names: Names, nuid: str, records: AttemptRecords | None = None
-) -> None:
+def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     """Best effort, in the background: once NATS answers, the chunks of an attempt that will
-    never get a description go (and then its record, if it has one)."""
-    task = asyncio.get_running_loop().create_task(_purge_patiently(js, names, nuid, records))
+    never get a description go. Its pending-purge record, if it has one, stays: a chunk that was
+    in flight when the attempt was given up may be stored after this purge (JetStream orders a
+    stream's messages and its API requests apart), and the sweep purges again after the upload
+    window."""
+    task = asyncio.get_running_loop().create_task(_purge_patiently(js, names, nuid))
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
     _own(js, task)
 
 
-async def _purge_patiently(
-    js: JetStreamContext, names: Names, nuid: str, records: AttemptRecords | None
-) -> None:
-    if await _purge(js, names, nuid, patient=True) and records is not None:
-        try:
-            await records.abandoned(nuid)
-        except Exception as exc:  # the sweep finds it and purges again (harmless)
-            log.warning("artifact purge record not removed", nuid=nuid, error=repr(exc))
+async def _purge_patiently(js: JetStreamContext, names: Names, nuid: str) -> None:
+    await _purge(js, names, nuid, patient=True)
 
 
 async def stop_purges(js: JetStreamContext) -> None:
