@@ -26,7 +26,7 @@ async def test_every_member_is_read_until_the_guards_are_dropped(system: System)
         guards = artifactstore.ReadGuards(js, names, 1.0)
         for nuid in nuids:
             await guards.add(api.ObjectInfo(name=nuid, bucket=names.artifacts_bucket, nuid=nuid))
-        subject = artifactstore._chunk_subject
+        subject = artifactstore.chunk_subject
         for nuid in (nuids[0], nuids[artifactstore.GUARD_SUBJECTS - 1], nuids[-1]):
             assert await artifactstore._being_read(js, names, subject(names, nuid)), nuid
         assert not await artifactstore._being_read(js, names, subject(names, "other"))
@@ -47,7 +47,7 @@ async def test_a_reader_moved_onto_a_page_already_read_is_seen(
     must not trust that (the counts before and after differ) and finds it on the next one."""
     names = Names(settings.prefix)
     stream = artifactstore.stream_name(names)
-    subject = artifactstore._chunk_subject
+    subject = artifactstore.chunk_subject
     pads = artifactstore.LIST_PAGE
     for i in range(pads):
         config = api.ConsumerConfig(

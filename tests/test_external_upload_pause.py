@@ -76,6 +76,7 @@ async def test_nats_frozen_during_an_external_upload(
         size: int,
         should_stop: Callable[[], bool],
         replaces: str | None = None,
+        records: artifactstore.AttemptRecords | None = None,
     ) -> artifactstore.StoredObject:
         asked = 0
 
@@ -90,7 +91,7 @@ async def test_nats_frozen_during_an_external_upload(
             return should_stop()
 
         return await real_put_file(
-            js, names, object_name, source, size, freezing_should_stop, replaces
+            js, names, object_name, source, size, freezing_should_stop, replaces, records
         )
 
     system = System(settings)

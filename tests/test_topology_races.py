@@ -1,11 +1,11 @@
 """Every service declares its JetStream topology at start, and in a deployment several start at
 the same moment (compose, the supervisor, a cluster's nodes): the event stream and its consumer
-limit, the lock, heartbeat, Idempotency-Key and token buckets, the artifacts object store and its
-consumer limit and max age, the runners' and the notifiers' durable consumers. Here every one of
-those start-up paths runs at once, several copies each on connections of their own, some on a
-link with latency, on a fresh nats-server with a fresh deployment each time, and each must
-succeed and leave the configuration the settings ask for; then against a server restarted
-holding all of it as an older configuration made it."""
+limit, the lock, heartbeat, Idempotency-Key, token and pending artifact purges buckets, the
+artifacts object store and its consumer limit and max age, the runners' and the notifiers'
+durable consumers. Here every one of those start-up paths runs at once, several copies each on
+connections of their own, some on a link with latency, on a fresh nats-server with a fresh
+deployment each time, and each must succeed and leave the configuration the settings ask for;
+then against a server restarted holding all of it as an older configuration made it."""
 
 from __future__ import annotations
 
@@ -165,6 +165,9 @@ async def assert_configured(nc: NATS, settings: Settings) -> None:
     bucket = (await js.stream_info(artifactstore.stream_name(names))).config
     assert bucket.max_consumers == settings.stream_max_consumers
     assert bucket.max_age == pytest.approx(max_age)
+    purges = (await js.stream_info(f"KV_{names.artifact_purges_bucket}")).config
+    assert purges.max_age == pytest.approx(max_age)
+    assert purges.max_msgs_per_subject == 1
     runners = (await js.stream_info(f"KV_{names.runners_bucket}")).config
     assert runners.max_age == pytest.approx(runnerpool.heartbeat_ttl(settings))
     idempotency = (await js.stream_info(f"KV_{names.idempotency_bucket}")).config

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Protocol
 
 import msgspec
 import nats.errors
@@ -87,7 +87,7 @@ def stream_name(names: Names) -> str:
     return f"OBJ_{names.artifacts_bucket}"
 
 
-def _chunk_subject(names: Names, nuid: str) -> str:
+def chunk_subject(names: Names, nuid: str) -> str:
     return f"$O.{names.artifacts_bucket}.C.{nuid}"
 
 
@@ -123,6 +123,23 @@ async def ensure_bucket(js: JetStreamContext, names: Names, settings: Settings) 
                 raise
 
 
+class AttemptRecords(Protocol):
+    """An upload's pending-purge records (``artifactpurges.UploadRecords``), kept by the API for
+    external uploads so that no content is left for ever should the API die."""
+
+    async def attempt(self, nuid: str) -> None:
+        """Before the attempt writes its first chunk."""
+
+    async def describing(self, nuid: str) -> None:
+        """Right before its description is published; :class:`AttemptTaken` if the attempt is
+        no longer this upload's to describe."""
+
+
+class AttemptTaken(UploadStopped):
+    """Another API's sweep took the attempt's content as garbage (this API stalled past the
+    upload window): it must not be described (or, described, it has no chunks left)."""
+
+
 async def put_file(
     js: JetStreamContext,
     names: Names,
@@ -131,6 +148,7 @@ async def put_file(
     size: int,
     should_stop: Callable[[], bool],
     replaces: str | None = None,
+    records: AttemptRecords | None = None,
 ) -> StoredObject:
     """Store the first ``size`` bytes of ``source`` (a seekable binary file) as ``object_name``.
 
@@ -139,6 +157,11 @@ async def put_file(
     ``replaces``: the nuid of the content this one replaces, kept in the description (the
     ``Jobrunner-Replaces`` header) so that the next upload of the name can purge it should the
     purge scheduled now never run (the API killed before it).
+    ``records``: told of each attempt before its first chunk and before its description (see
+    :class:`AttemptRecords`); their failure is the attempt's. With records, an attempt whose
+    description was sent but not acknowledged is not purged here: NATS may store it yet (a
+    server that answers late), and the sweep purges the content only if the name does not serve
+    it once the upload window is over.
     """
     failures = 0
     while True:
@@ -146,20 +169,34 @@ async def put_file(
             raise UploadStopped(object_name)
         source.seek(0)
         nuid = uuid.uuid4().hex
+        described = False  # its description sent: it may be stored even without an ack
         try:
+            if records is not None:
+                await records.attempt(nuid)
             # Pipelined at first; one chunk at a time after a failure: nats-py reports a
             # pipelined publish the server refused only to the error callback (its ack never
             # comes), while a plain publish raises the refusal, which tells a full bucket from
             # NATS being away.
-            return await _put_once(
+            stored, info = await _put_chunks(
                 js, names, object_name, source, size, nuid, should_stop, failures == 0, replaces
             )
+            description = _description(js, info)
+            if records is not None:
+                await records.describing(nuid)
+            described = True
+            await _describe(js, names, object_name, description)
         except UploadStopped:
             purge_later(js, names, nuid)
             raise
         except Exception as exc:
-            if not retry.is_transient(exc) or _bucket_full(exc):
+            permanent = not retry.is_transient(exc) or _bucket_full(exc)
+            if described and records is not None:
+                log.warning("artifact description not acknowledged", nuid=nuid)
+            elif permanent:
                 await _purge(js, names, nuid)
+            else:
+                purge_later(js, names, nuid)
+            if permanent:
                 raise
             failures += 1
             log.warning(
@@ -167,11 +204,23 @@ async def put_file(
                 object=object_name,
                 error=repr(exc) or type(exc).__name__,
             )
-            purge_later(js, names, nuid)
             await asyncio.sleep(retry.delay_after(failures))
+            continue
+        if records is not None and stored.size and not await _has_chunks(js, names, nuid):
+            # Described, yet purged: only a sweep whose clock is a window ahead of ours could.
+            raise AttemptTaken(object_name)
+        return stored
 
 
-async def _put_once(
+async def _has_chunks(js: JetStreamContext, names: Names, nuid: str) -> bool:
+    try:
+        await js.get_last_msg(stream_name(names), chunk_subject(names, nuid))
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def _put_chunks(
     js: JetStreamContext,
     names: Names,
     object_name: str,
@@ -181,8 +230,9 @@ async def _put_once(
     should_stop: Callable[[], bool],
     pipelined: bool,
     replaces: str | None,
-) -> StoredObject:
-    subject = _chunk_subject(names, nuid)
+) -> tuple[StoredObject, api.ObjectInfo]:
+    """Write the attempt's chunks; what it stored and the description to publish."""
+    subject = chunk_subject(names, nuid)
     digest = hashlib.sha256()
     in_flight: list[asyncio.Future[api.PubAck]] = []
     total = chunks = 0
@@ -219,17 +269,34 @@ async def _put_once(
         options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
         headers={REPLACES_HEADER: [replaces]} if replaces else None,
     )
-    description = json.dumps(info.as_dict()).encode()
+    return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid), info
+
+
+class _Description(msgspec.Struct, frozen=True):
+    payload: bytes
+    headers: dict[str, str]
+
+
+def _description(js: JetStreamContext, info: api.ObjectInfo) -> _Description:
+    """The object's description message, checked to fit NATS's message size (its size follows
+    the name) before anything is sent."""
+    payload = json.dumps(info.as_dict()).encode()
     # The description replaces any earlier one of the same name (rollup).
-    meta_headers: dict[str, str] = {api.Header.ROLLUP: "sub", api.Header.MSG_ID: f"{nuid}.meta"}
-    messagesize.check_fits(js._nc, description, meta_headers)  # its size follows the name
+    headers: dict[str, str] = {api.Header.ROLLUP: "sub", api.Header.MSG_ID: f"{info.nuid}.meta"}
+    messagesize.check_fits(js._nc, payload, headers)
+    return _Description(payload, headers)
+
+
+async def _describe(
+    js: JetStreamContext, names: Names, object_name: str, description: _Description
+) -> None:
+    """Publish the object's description: from now on the name serves its content."""
     await js.publish(
         _meta_subject(names, object_name),
-        description,
-        headers=meta_headers,
+        description.payload,
+        headers=description.headers,
         timeout=ACK_WAIT_SECONDS,
     )
-    return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid)
 
 
 _PURGES: set[asyncio.Task[None]] = set()
@@ -243,11 +310,18 @@ def _own(js: JetStreamContext, task: asyncio.Task[None]) -> None:
 
 def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     """Best effort, in the background: once NATS answers, the chunks of an attempt that will
-    never get a description go."""
-    task = asyncio.get_running_loop().create_task(_purge(js, names, nuid, patient=True))
+    never get a description go. Its pending-purge record, if it has one, stays: a chunk that was
+    in flight when the attempt was given up may be stored after this purge (JetStream orders a
+    stream's messages and its API requests apart), and the sweep purges again after the upload
+    window."""
+    task = asyncio.get_running_loop().create_task(_purge_patiently(js, names, nuid))
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
     _own(js, task)
+
+
+async def _purge_patiently(js: JetStreamContext, names: Names, nuid: str) -> None:
+    await _purge(js, names, nuid, patient=True)
 
 
 async def stop_purges(js: JetStreamContext) -> None:
@@ -264,17 +338,19 @@ async def stop_purges(js: JetStreamContext) -> None:
 PURGE_ATTEMPTS = 60  # NATS failures in a row before a purge gives up (a minute or more)
 
 
-async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> None:
-    """Remove the chunks of an attempt that got no description (or of an object replaced)."""
+async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> bool:
+    """Remove the chunks of an attempt that got no description (or of an object replaced);
+    whether that was done."""
     for attempt in range(PURGE_ATTEMPTS if patient else 1):
         try:
-            await js.purge_stream(stream_name(names), subject=_chunk_subject(names, nuid))
-            return
+            await js.purge_stream(stream_name(names), subject=chunk_subject(names, nuid))
+            return True
         except Exception as exc:
             if not patient or _for_good(exc):
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
-                return
+                return False
             await asyncio.sleep(retry.delay_after(attempt + 1, longest=5.0))
+    return False
 
 
 def _for_good(exc: BaseException) -> bool:
@@ -297,7 +373,9 @@ def replaced_grace(idle_seconds: float) -> float:
     return max(idle_seconds, DESCRIPTION_TO_CONSUMER_SECONDS)
 
 
-def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
+def purge_when_unread(
+    js: JetStreamContext, names: Names, nuid: str, grace: float, object_name: str | None = None
+) -> None:
     """In the background: the chunks of replaced content go once nobody can be reading them.
 
     A download reads through a consumer of its own filtered on the content's chunk subject
@@ -313,17 +391,33 @@ def purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: floa
     Stops when the consumers cannot be listed for good (a permanent error, the connection
     closed) or ``PURGE_ATTEMPTS`` times in a row, and at the API's shutdown (``stop_purges``);
     what it leaves, like content whose purge died with its API process, the next upload of the
-    name purges (``replaced_nuid``), else the bucket's max age."""
+    name purges (``replaced_nuid``), else the bucket's max age.
+    ``object_name``: the name that no longer serves ``nuid``; its pending-purge record
+    (``artifactpurges``) is confirmed first and removed once purged, and what this task leaves
+    (the API killed or stopped, NATS away too long) every API's sweep takes up."""
     if nuid in _REPLACED_PURGES:
         return  # already waiting here
-    task = asyncio.get_running_loop().create_task(_purge_when_unread(js, names, nuid, grace))
+    task = asyncio.get_running_loop().create_task(
+        _purge_when_unread(js, names, nuid, grace, object_name)
+    )
     _REPLACED_PURGES[nuid] = task
     task.add_done_callback(lambda _: _REPLACED_PURGES.pop(nuid, None))
     _own(js, task)
 
 
-async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grace: float) -> None:
-    subject = _chunk_subject(names, nuid)
+async def _purge_when_unread(
+    js: JetStreamContext, names: Names, nuid: str, grace: float, object_name: str | None
+) -> None:
+    # Imported here: artifactpurges builds on this module.
+    from jobrunner.common import artifactpurges
+
+    subject = chunk_subject(names, nuid)
+    revision = None  # of the record confirmed here
+    if object_name is not None:
+        try:
+            revision = await artifactpurges.confirm(js, names, nuid, object_name, grace)
+        except Exception as exc:  # the sweep confirms it after its upload window
+            log.warning("artifact purge not confirmed", nuid=nuid, error=repr(exc))
     failures = 0
     while True:
         await asyncio.sleep(grace)
@@ -338,7 +432,16 @@ async def _purge_when_unread(js: JetStreamContext, names: Names, nuid: str, grac
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return
             log.warning("artifact readers not listed", nuid=nuid, error=repr(exc))
-    await _purge(js, names, nuid, patient=True)
+    if await _purge(js, names, nuid, patient=True) and revision is not None:
+        try:
+            await artifactpurges.remove(js, names, nuid, revision)
+        except Exception as exc:  # the sweep purges it again (harmless) and removes it
+            log.warning("artifact purge record not removed", nuid=nuid, error=repr(exc))
+
+
+async def being_read(js: JetStreamContext, names: Names, nuid: str) -> bool:
+    """Whether any consumer of the bucket reads ``nuid``'s chunks (see ``_being_read``)."""
+    return await _being_read(js, names, chunk_subject(names, nuid))
 
 
 LIST_SCANS = 5  # scans of the consumer list before one that nothing changed under is given up
@@ -424,7 +527,7 @@ async def read_chunks(
     if size == 0 or chunks == 0:
         return
     sub = await js.pull_subscribe(
-        _chunk_subject(names, info.nuid),
+        chunk_subject(names, info.nuid),
         stream=stream_name(names),
         config=api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
@@ -505,7 +608,7 @@ class ReadGuards:
         if not names or len(self._guards[names[-1]]) >= GUARD_SUBJECTS:
             names.append(f"guard-{uuid.uuid4().hex}")
         name = names[-1]
-        subjects = [*self._guards.get(name, []), _chunk_subject(self._names, info.nuid)]
+        subjects = [*self._guards.get(name, []), chunk_subject(self._names, info.nuid)]
         await self._js.add_consumer(
             stream_name(self._names),
             config=api.ConsumerConfig(

@@ -21,6 +21,7 @@ from nats.js.errors import APIError, BadRequestError
 
 from jobrunner.common import (
     ackinbox,
+    artifactpurges,
     artifactstore,
     messagesize,
     reconfigure,
@@ -364,6 +365,7 @@ async def _declare_topology(js: JetStreamContext, names: Names, settings: Settin
         await reconfigure.bucket_ttl(js, idempotency, settings.idempotency_ttl_seconds)
     await artifactstore.ensure_bucket(js, names, settings)
     await _bucket_limits(js, names, settings)
+    await artifactpurges.ensure_bucket(js, names, settings)
 
 
 async def create_runners_bucket(js: JetStreamContext, names: Names, settings: Settings) -> None:

@@ -80,6 +80,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A download (GET .../artifacts/..., .../download-archive) that gets no data from NATS for
     # this long is cut off (the client sees an incomplete body) rather than left hanging.
     artifact_read_idle_seconds: float = 10.0
+    # Every API looks this often for artifact content left to purge by another (killed) API
+    # (README "Artifacts": replaced content); also once at start.
+    artifact_purge_sweep_seconds: float = 5.0
 
     # Event stream limits (0 means unlimited)
     stream_max_age_days: float = 0
@@ -247,6 +250,7 @@ _ABOVE_ZERO = (
     "batch_seal_timeout_seconds",
     "idempotency_ttl_seconds",
     "artifact_read_idle_seconds",
+    "artifact_purge_sweep_seconds",
     "metrics_peer_timeout_seconds",
     "api_read_timeout_seconds",
     "health_postgres_timeout_seconds",

@@ -141,6 +141,12 @@ class Names:
         """Idempotency-Key records: which batch a key made, and a hash of the request it had."""
         return f"{self.prefix}_idempotency"
 
+    @property
+    def artifact_purges_bucket(self) -> str:
+        """Pending purges of replaced or unserved artifact content: one key per nuid, taken up
+        by every API's sweep (artifactpurges)."""
+        return f"{self.prefix}_artifact_purges"
+
     # --- object stores
     @property
     def artifacts_bucket(self) -> str:

@@ -10,16 +10,18 @@ a purge that died with its process is done by the next upload of the name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 
 import httpx
+import msgspec
 import nats
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
-from jobrunner.common import artifactstore
+from jobrunner.common import artifactpurges, artifactstore
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.serverprocess import free_port
 from tests.external_support import ExternalJob
@@ -28,11 +30,15 @@ from tests.faults.services import Service
 
 MIB = 1024 * 1024
 NAME = "data.bin"
-READ_IDLE = 10.0  # Settings.artifact_read_idle_seconds, the cluster's default: the purge's grace
+READ_IDLE = 10.0  # Settings.artifact_read_idle_seconds, the cluster's default
+# The replaced content's purge's grace with that setting (the longer of it and the time a download
+# takes from its description to its consumer): what the waits below are timed from.
+GRACE = artifactstore.replaced_grace(READ_IDLE)
 
 
 @pytest.fixture
 def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
+    assert short_ttl_cluster.settings.artifact_read_idle_seconds == READ_IDLE
     return short_ttl_cluster
 
 
@@ -157,13 +163,13 @@ async def test_a_download_held_past_the_grace_on_another_api_is_whole(
         reader = asyncio.create_task(_held_download(second_api, path, hold, started))
         await started.wait()
         await _upload(client, job, new)
-        await asyncio.sleep(READ_IDLE + 3.0)  # past the grace: the purge has looked for readers
+        await asyncio.sleep(GRACE + 3.0)  # past the grace: the purge has looked for readers
         hold.set()
         body = await asyncio.wait_for(reader, 60)
         await job.report(client, report_id="end", result={})
     assert isinstance(body, bytes), body
     assert body == old
-    async with asyncio.timeout(READ_IDLE * 4):
+    async with asyncio.timeout(GRACE * 4):
         while await _any_chunks(js, names, old_nuid):  # noqa: ASYNC110
             await asyncio.sleep(0.2)  # the purge runs in the API: poll the bucket
 
@@ -199,7 +205,7 @@ async def test_the_api_killed_before_its_purge_leaves_it_to_the_next_upload(
         await cluster.start_service("api")
     async with cluster.client() as client:
         await _upload(client, job, third)
-        async with asyncio.timeout(READ_IDLE * 4):
+        async with asyncio.timeout(GRACE * 4):
             while await _any_chunks(js, names, first_nuid, second_nuid):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)  # the purge runs in another process: poll the bucket
         served = await client.get(path)
@@ -228,7 +234,7 @@ async def test_nats_paused_where_the_purge_lists_readers(
         reader = asyncio.create_task(_held_download(cluster.base_url, path, hold, started))
         await started.wait()
         await _upload(client, job, new)
-        await asyncio.sleep(READ_IDLE - 2.0)
+        await asyncio.sleep(GRACE - 2.0)
         looked = _log_lines(api, "artifact readers looked for", old_nuid)
         assert looked == 0, "looked before the pause"
         cluster.pause_nats()
@@ -243,7 +249,7 @@ async def test_nats_paused_where_the_purge_lists_readers(
             cluster.resume_nats()
         hold.set()
         body = await asyncio.wait_for(reader, 60)
-        async with asyncio.timeout(READ_IDLE * 4):
+        async with asyncio.timeout(GRACE * 4):
             while await _any_chunks(js, names, old_nuid):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)  # the purge runs in the API: poll the bucket
         served = await client.get(path)
@@ -253,3 +259,165 @@ async def test_nats_paused_where_the_purge_lists_readers(
     assert served.content == new
     unlisted = _log_lines(api, "artifact readers not listed", old_nuid)
     assert unlisted == (1 if pause > 5 else 0)
+
+
+@pytest.mark.parametrize("nats_restarted", [False, True], ids=["api-killed", "nats-restarted"])
+async def test_two_api_deaths_in_a_row_leave_no_replaced_content(
+    cluster: FaultCluster, js: JetStreamContext, nats_restarted: bool
+) -> None:
+    """The API SIGKILLed within the grace after each of two re-uploads, and the name never sent
+    again: both replaced contents go anyway (their pending purges are records in JetStream, which
+    the restarted API's sweep takes up), and the content served is whole. On main the first
+    content stayed for ever (the chain named only the second) and the second until the next
+    upload of the name. Also with NATS killed and restarted while the API is down (the records
+    are in file storage)."""
+    names = Names(cluster.settings.prefix)
+    first, second, third = b"1" * MIB, b"2" * MIB, b"3" * MIB
+    api = cluster.services["api"]
+    replaced: list[str] = []
+    try:
+        async with cluster.client() as client:
+            job = await _running_job(client)
+            await _upload(client, job, first)
+        for content in (second, third):
+            replaced.append(await _nuid(js, names, job))
+            async with cluster.client() as client:
+                await _upload(client, job, content)
+            api.kill()  # within the grace: its own purge of the replaced content dies with it
+            assert await _has_chunks(js, names, replaced[-1])
+            if nats_restarted:
+                await cluster.restart_nats()
+            await cluster.start_service("api")
+        async with asyncio.timeout(GRACE * 6):
+            while await _any_chunks(js, names, *replaced):  # noqa: ASYNC110
+                await asyncio.sleep(0.5)  # the sweep runs in the API: poll the bucket
+        async with cluster.client() as client:
+            served = await client.get(f"/api/jobs/{job.id}/artifacts/{NAME}")
+            await job.report(client, report_id="end", result={})
+    finally:
+        if not api.alive:
+            await cluster.start_service("api")
+    assert served.content == third
+
+
+async def _pending_purges(js: JetStreamContext, names: Names) -> dict[str, str]:
+    """The pending-purge records: nuid -> the object name they are about."""
+    kv = await js.key_value(names.artifact_purges_bucket)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    found = {}
+    for key in keys:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            entry = await kv.get(key)
+            found[key] = msgspec.json.decode(entry.value or b"{}")["object_name"]
+    return found
+
+
+async def _attempt_left(js: JetStreamContext, names: Names, nuid: str, object_name: str) -> bool:
+    """The attempt's chunks, or a pending purge about the object, are still there."""
+    pending = await _pending_purges(js, names)
+    return await _has_chunks(js, names, nuid) or object_name in pending.values()
+
+
+async def test_an_upload_killed_mid_chunks_leaves_no_chunks(
+    cluster: FaultCluster, js: JetStreamContext
+) -> None:
+    """The API SIGKILLed after the re-upload's attempt was recorded and some of its chunks
+    stored, before its description: the name still serves the first content (whole, never
+    purged), and the attempt's chunks go once the restarted API's sweep finds the name not
+    serving them (after the upload window). On main they stayed until the bucket's max age."""
+    names = Names(cluster.settings.prefix)
+    first, big = b"1" * MIB, bytes(range(256)) * (512 * 1024)  # 1 MiB, 128 MiB
+    api = cluster.services["api"]
+    try:
+        async with cluster.client() as client:
+            job = await _running_job(client)
+            await _upload(client, job, first)
+        object_name = names.artifact_object(job.id, NAME)
+        first_nuid = await _nuid(js, names, job)
+
+        async def upload_big() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                async with cluster.client() as client:
+                    await client.put(
+                        f"/api/external/jobs/{job.id}/artifacts/{NAME}",
+                        content=big,
+                        headers={"Authorization": f"Bearer {job.token}"},
+                    )
+
+        upload = asyncio.create_task(upload_big())
+        attempt = ""
+        async with asyncio.timeout(60):
+            while not attempt:
+                pending = await _pending_purges(js, names)
+                for nuid, name in pending.items():
+                    if name == object_name and nuid != first_nuid:
+                        attempt = nuid if await _has_chunks(js, names, nuid) else ""
+                await asyncio.sleep(0.01)
+        api.kill()
+        await upload
+        assert await _nuid(js, names, job) == first_nuid, "the upload finished before the kill"
+        await cluster.start_service("api")
+        async with asyncio.timeout(artifactpurges.UPLOAD_WINDOW_SECONDS + GRACE * 6):
+            while await _attempt_left(js, names, attempt, object_name):  # noqa: ASYNC110
+                await asyncio.sleep(0.5)  # the sweep runs in the API: poll the bucket
+        async with cluster.client() as client:
+            served = await client.get(f"/api/jobs/{job.id}/artifacts/{NAME}")
+            await job.report(client, report_id="end", result={})
+    finally:
+        if not api.alive:
+            await cluster.start_service("api")
+    assert served.content == first
+
+
+def _sweep_failures(api: Service) -> int:
+    """Sweep requests that failed: a whole pass's, or one record's (left for the next pass)."""
+    return api.log_count("artifact purges not swept") + api.log_count("artifact purge not settled")
+
+
+@pytest.mark.parametrize("pause", [4.0, 11.0], ids=["4s-below-request", "11s-above-request"])
+async def test_nats_paused_when_the_sweep_takes_a_purge_up(
+    cluster: FaultCluster, js: JetStreamContext, pause: float
+) -> None:
+    """The API SIGKILLed within the grace after a re-upload and started again; NATS paused for
+    4 s or 11 s from 1 s before the sweep may take the purge up (one grace past its due), so the
+    sweep's requests (nats-py's 5 s) wait in it: 4 s, every request answered (no "not swept");
+    11 s, a pass starts within the sweep period (5 s) of the pause's start, so its first request
+    waits 6 s or more: it fails, logged, and a later pass purges. Either way the old chunks go
+    and the new content is served whole."""
+    names = Names(cluster.settings.prefix)
+    old, new = b"o" * MIB, b"n" * MIB
+    api = cluster.services["api"]
+    try:
+        async with cluster.client() as client:
+            job = await _running_job(client)
+            await _upload(client, job, old)
+            old_nuid = await _nuid(js, names, job)
+            await _upload(client, job, new)
+            uploaded = asyncio.get_running_loop().time()
+            api.kill()
+        await cluster.start_service("api")
+        not_swept = _sweep_failures(api)
+        # Confirmed due a grace after the upload, taken up a grace later.
+        takeover = uploaded + 2 * GRACE
+        await asyncio.sleep(max(0.0, takeover - 1.0 - asyncio.get_running_loop().time()))
+        assert await _has_chunks(js, names, old_nuid), "purged before the pause"
+        cluster.pause_nats()
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            cluster.resume_nats()
+        async with asyncio.timeout(GRACE * 4):
+            while await _has_chunks(js, names, old_nuid):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # the sweep runs in the API: poll the bucket
+        async with cluster.client() as client:
+            served = await client.get(f"/api/jobs/{job.id}/artifacts/{NAME}")
+            await job.report(client, report_id="end", result={})
+    finally:
+        if not api.alive:
+            await cluster.start_service("api")
+    assert served.content == new
+    failed = _sweep_failures(api) - not_swept
+    assert (failed >= 1) if pause > 10 else (failed == 0)

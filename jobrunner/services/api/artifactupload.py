@@ -20,7 +20,7 @@ from typing import IO
 import msgspec
 from nats.js import api
 
-from jobrunner.common import artifactnames, artifactstore, eventstore, retry
+from jobrunner.common import artifactnames, artifactpurges, artifactstore, eventstore, retry
 from jobrunner.contracts import events
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.errors import ApiError
@@ -100,6 +100,13 @@ async def store_upload(
     except artifactstore.ObjectMissing:
         previous = None
     deadline = time.monotonic() + UPLOAD_PATIENCE_SECONDS
+
+    # Each attempt's content, and the content it is about to replace, are garbage unless the name
+    # serves them once the upload is over: recorded in JetStream before any chunk, so that
+    # neither is left for ever should this process die (artifactpurges).
+    records = artifactpurges.UploadRecords(
+        ctx.js, ctx.names, object_name, previous.nuid if previous is not None else None
+    )
     try:
         stored = await artifactstore.put_file(
             ctx.js,
@@ -109,6 +116,7 @@ async def store_upload(
             size,
             lambda: time.monotonic() > deadline,
             replaces=previous.nuid if previous is not None else None,
+            records=records,
         )
     except Exception as exc:
         if not isinstance(exc, artifactstore.UploadStopped) and not retry.is_transient(exc):
@@ -135,6 +143,7 @@ async def store_upload(
                     ctx.names,
                     replaced,
                     artifactstore.replaced_grace(ctx.settings.artifact_read_idle_seconds),
+                    object_name,
                 )
     content_type = artifactnames.content_type(name)
     await _announce(ctx, job_id, name, object_name, content_type, stored, by=stored.nuid)
@@ -211,6 +220,7 @@ async def _announce_what_is_served(
                 ctx.names,
                 ours,
                 artifactstore.replaced_grace(ctx.settings.artifact_read_idle_seconds),
+                object_name,
             )
         await _announce(
             ctx,

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from jobrunner.common import (
+    artifactpurges,
     artifactstore,
     database,
     eventstore,
@@ -178,12 +179,18 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         )
         heap.freeze_startup_objects()
         heap.collect_young_less_often()
+        # Artifact content another (killed) API left to purge: at start, then now and then.
+        sweeper = asyncio.get_running_loop().create_task(
+            artifactpurges.sweep_forever(js, names, settings)
+        )
         try:
             with stallwatch.watching():
                 yield
         finally:
             # Purges of replaced content still waiting would only fail once the connection is
             # closed; what they leave, the next upload of the name purges.
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await artifactstore.stop_purges(js)
             await readmodels.close()
             await subscription.forget_deletes()

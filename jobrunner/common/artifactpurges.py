@@ -1,0 +1,286 @@
+"""Pending purges of artifact content, kept in JetStream so that no single API process owns one.
+
+An external upload of a name writes content under a new nuid and, with its description, makes the
+name serve it; the content it replaced (and any attempt of its own that never got served) must go
+once no download reads it, and must not stay for ever because the API that took the upload died.
+So every such content gets a record in the KV bucket ``<prefix>_artifact_purges`` (key: its
+nuid) *before* anything could make it garbage (``UploadRecords``):
+
+- before each upload attempt writes a chunk: its own nuid, and the nuid the name serves now (the
+  content it is about to replace), both *unconfirmed*: due ``UPLOAD_WINDOW_SECONDS`` later;
+- right before the attempt's description is published, its own record is *fenced*: a
+  compare-and-set of the revision it wrote pushes its due a window on. Should a sweep have
+  changed the record first (it confirmed or took it: the API stalled past the window), the
+  compare-and-set fails and the attempt is given up (503): exactly one of the two decides
+  whether that content is served or purged. The replaced content's record is written again, due
+  a window on, too;
+- once the description is stored, the replaced content's record is *confirmed*: due one grace
+  (``artifactstore.replaced_grace``) later, the time a download that read the old description
+  needs to create its consumer.
+
+Every API process sweeps the bucket at start and every ``artifact_purge_sweep_seconds``:
+
+- an unconfirmed record past its due: the name still serves that nuid, so it is live content (the
+  record goes); otherwise it is garbage since at least now: confirmed, due a grace from now;
+- a confirmed record a grace past its due (the API that took the upload purges it itself at its
+  due, ``artifactstore.purge_when_unread``; the sweep takes over only if it did not): taken with a
+  compare-and-set of its revision (another API's sweep loses and leaves it), the name read
+  again (a description stored late makes it live: the record goes), then purged if no consumer
+  of the bucket reads it, and the record removed; else looked at again a grace later.
+
+A record done with is *removed* (its subject purged up to its revision: a newer record of the
+same nuid survives), not deleted: a KV delete leaves a marker on the subject for as long as the
+bucket keeps messages (for ever with ``stream_max_age_days`` 0), and every pass would list and
+read every marker ever made. So the bucket holds only pending purges: the uploads of the last
+window or so, and replaced content still being read.
+
+A purge done twice is harmless (purging an empty subject), and a record is only ever purged once
+the name serves something else, so the record can be written early and freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext, api
+
+from jobrunner.common import artifactstore, reconfigure
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
+
+# How long after its record an upload can still store the description that decides whether the
+# recorded nuid is live or garbage: two uploads of one name at once may each take their patience
+# (30 s) and a description's ack (5 s), and the later one may have read the name before the earlier
+# one stored (so its description replaces content it never heard of: the earlier one's). An
+# upload whose API stalls longer loses its attempt to the sweep (the fence), never its content.
+UPLOAD_WINDOW_SECONDS = 80.0
+# JetStream's refusal of a publish whose expected last subject sequence is not the subject's.
+WRONG_LAST_SEQUENCE = 10071
+# The most subjects the server details in one stream info answer (then pages, by offset).
+SUBJECTS_PAGE = 100_000
+
+
+class PendingPurge(msgspec.Struct, frozen=True):
+    object_name: str  # the name whose description decides whether the content is garbage
+    due: float  # wall clock (epoch seconds): shared by every API process
+    confirmed: bool  # the name served other content (or none) at least a grace before ``due``
+
+
+def _stream(names: Names) -> str:
+    return f"KV_{names.artifact_purges_bucket}"
+
+
+def _subject(names: Names, nuid: str) -> str:
+    return f"$KV.{names.artifact_purges_bucket}.{nuid}"
+
+
+async def ensure_bucket(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """File storage (a record outlives a NATS restart), one revision per key, the replicas and
+    max age of the artifacts bucket itself (a record has no use once its chunks aged out): an
+    existing bucket's max age follows a changed ``stream_max_age_days`` at every start, like the
+    artifacts bucket's. Several services may start at once: whichever creates it, the others
+    find it there."""
+    max_age = settings.stream_max_age_days * 86400
+    try:
+        bucket = await js.stream_info(_stream(names))
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.create_key_value(
+                bucket=names.artifact_purges_bucket,
+                history=1,
+                storage=api.StorageType.FILE,
+                replicas=settings.stream_replicas,
+                ttl=max_age or None,
+            )
+            return
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != artifactstore.STREAM_NAME_IN_USE:
+                raise
+        # Another service starting now created it, maybe with other settings.
+        bucket = await js.stream_info(_stream(names))
+    await reconfigure.bucket_ttl(js, bucket, max_age)
+
+
+async def _put(
+    js: JetStreamContext,
+    names: Names,
+    nuid: str,
+    entry: PendingPurge,
+    last: int | None = None,
+) -> int | None:
+    """Write ``nuid``'s record; its revision. With ``last``: only if the record is still at
+    that revision (None when it is not: another API changed or removed it first)."""
+    headers = None if last is None else {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
+    try:
+        ack = await js.publish(_subject(names, nuid), msgspec.json.encode(entry), headers=headers)
+    except nats.js.errors.APIError as exc:
+        if last is not None and exc.err_code == WRONG_LAST_SEQUENCE:
+            return None
+        raise
+    return ack.seq
+
+
+async def remove(js: JetStreamContext, names: Names, nuid: str, revision: int) -> None:
+    """``nuid``'s record at ``revision`` is done with: its subject is purged up to that revision
+    (no marker left; a record written since, by another upload or sweep, stays)."""
+    await js.purge_stream(_stream(names), seq=revision + 1, subject=_subject(names, nuid))
+
+
+async def record(js: JetStreamContext, names: Names, nuid: str, object_name: str) -> int:
+    """Content that is garbage unless ``object_name`` serves it once its upload is over; the
+    record's revision."""
+    entry = PendingPurge(object_name, time.time() + UPLOAD_WINDOW_SECONDS, confirmed=False)
+    revision = await _put(js, names, nuid, entry)
+    assert revision is not None  # an unconditional write
+    return revision
+
+
+async def confirm(
+    js: JetStreamContext, names: Names, nuid: str, object_name: str, grace: float
+) -> int:
+    """``object_name`` no longer serves ``nuid``: it goes a grace from now, once unread; the
+    record's revision."""
+    revision = await _put(js, names, nuid, PendingPurge(object_name, time.time() + grace, True))
+    assert revision is not None  # an unconditional write
+    return revision
+
+
+class UploadRecords:
+    """One external upload's records (``artifactstore.put_file`` calls these): each attempt's
+    own content and the content the name served when the upload read it (``replaces``)."""
+
+    def __init__(
+        self, js: JetStreamContext, names: Names, object_name: str, replaces: str | None
+    ) -> None:
+        self._js = js
+        self._names = names
+        self._object_name = object_name
+        self._replaces = replaces
+        self._revisions: dict[str, int] = {}  # attempt nuid -> its record's revision
+
+    async def attempt(self, nuid: str) -> None:
+        """Before the attempt's first chunk."""
+        self._revisions[nuid] = await record(self._js, self._names, nuid, self._object_name)
+        await self._record_replaced()
+
+    async def describing(self, nuid: str) -> None:
+        """Right before the attempt's description is published: fence it against the sweep
+        (module docstring); :class:`artifactstore.AttemptTaken` if the sweep came first, or if
+        the description's publish could no longer end before the new due."""
+        due = time.time() + UPLOAD_WINDOW_SECONDS
+        fenced = PendingPurge(self._object_name, due, confirmed=False)
+        revision = await _put(self._js, self._names, nuid, fenced, last=self._revisions[nuid])
+        if revision is None:
+            raise artifactstore.AttemptTaken(self._object_name)
+        self._revisions[nuid] = revision
+        await self._record_replaced()
+        if time.time() + artifactstore.ACK_WAIT_SECONDS > due:
+            raise artifactstore.AttemptTaken(self._object_name)
+
+    async def _record_replaced(self) -> None:
+        if self._replaces is not None:
+            await record(self._js, self._names, self._replaces, self._object_name)
+
+
+async def sweep(js: JetStreamContext, names: Names, grace: float) -> None:
+    """One pass over the pending purges (see the module's docstring). A record that fails is
+    logged and left for the next pass; the others are settled all the same."""
+    for nuid in await _keys(js, names):
+        try:
+            try:
+                message = await js.get_last_msg(_stream(names), _subject(names, nuid))
+            except nats.js.errors.NotFoundError:
+                continue  # done by another API meanwhile
+            await _settle(js, names, nuid, message.seq or 0, message.data or b"", grace)
+        except Exception as exc:
+            log.warning("artifact purge not settled", nuid=nuid, error=repr(exc))
+
+
+async def _keys(js: JetStreamContext, names: Names) -> list[str]:
+    """The records' keys, a page of up to ``SUBJECTS_PAGE`` per request (nats-py's
+    ``KeyValue.keys`` reads a watcher's consumer with no timeout: a NATS restart mid-read would
+    hang the sweep; its ``stream_info`` asks for the first page only)."""
+    prefix = f"$KV.{names.artifact_purges_bucket}."
+    keys: list[str] = []
+    while True:
+        request = {"subjects_filter": prefix + ">", "offset": len(keys)}
+        reply = await js._nc.request(
+            f"{js._prefix}.STREAM.INFO.{_stream(names)}",
+            json.dumps(request).encode(),
+            timeout=js._timeout,
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises the error's own type
+        page = (answer.get("state") or {}).get("subjects") or {}
+        keys.extend(subject.removeprefix(prefix) for subject in page)
+        if not page or len(keys) >= answer.get("total", 0):
+            return keys
+
+
+async def _settle(
+    js: JetStreamContext, names: Names, nuid: str, revision: int, value: bytes, grace: float
+) -> None:
+    try:
+        purge = msgspec.json.decode(value, type=PendingPurge)
+    except msgspec.DecodeError:
+        await remove(js, names, nuid, revision)  # not ours to read: never written by jobrunner
+        return
+    now = time.time()
+    if not purge.confirmed:
+        if purge.due > now:
+            return
+        if await _served_nuid(js, names, purge.object_name) == nuid:
+            await remove(js, names, nuid, revision)  # live content: nothing to purge
+            return
+        # Garbage since at least now: a download that read its description before has its
+        # consumer within a grace. (An upload fencing its description now loses to this.)
+        confirmed = PendingPurge(purge.object_name, now + grace, confirmed=True)
+        await _put(js, names, nuid, confirmed, last=revision)
+        return
+    if purge.due + grace > now:
+        return  # the API that took the upload purges it at its due; taken over a grace later
+    # Taken: another API's sweep now finds it due a grace later (or loses this compare-and-set).
+    claimed = PendingPurge(purge.object_name, now, confirmed=True)
+    taken = await _put(js, names, nuid, claimed, last=revision)
+    if taken is None:
+        return
+    log.info("artifact purge taken up", nuid=nuid)
+    if await _served_nuid(js, names, purge.object_name) == nuid:
+        # Its description came after all (stored late by a NATS that was frozen past the upload
+        # window): live content.
+        await remove(js, names, nuid, taken)
+        return
+    if await artifactstore.being_read(js, names, nuid):
+        return  # a grace later, again
+    await js.purge_stream(
+        artifactstore.stream_name(names), subject=artifactstore.chunk_subject(names, nuid)
+    )
+    await remove(js, names, nuid, taken)
+    log.info("artifact chunks purged by the sweep", nuid=nuid)
+
+
+async def _served_nuid(js: JetStreamContext, names: Names, object_name: str) -> str | None:
+    try:
+        return (await artifactstore.object_info(js, names, object_name)).nuid
+    except artifactstore.ObjectMissing:
+        return None
+
+
+async def sweep_forever(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """The API's sweeper: at start, then every ``artifact_purge_sweep_seconds``; a failed pass
+    (NATS away) is only logged: the records wait for the next one."""
+    grace = artifactstore.replaced_grace(settings.artifact_read_idle_seconds)
+    while True:
+        try:
+            await sweep(js, names, grace)
+        except Exception as exc:
+            log.warning("artifact purges not swept", error=repr(exc))
+        await asyncio.sleep(settings.artifact_purge_sweep_seconds)
