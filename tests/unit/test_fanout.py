@@ -148,6 +148,40 @@ async def test_the_batching_window_counts_the_clients_of_every_job() -> None:
     assert out.coalesce_window() == 0.0
 
 
+async def test_the_batching_window_hands_over_at_once_then_at_most_once_per_window() -> None:
+    """With many viewers in the process, the first event after a quiet spell goes to the clients
+    at once; what follows within the window goes together when the window ends, and the next
+    event a whole window later goes at once again (a busy runner's messages come a window apart:
+    held a whole window each, every one of them was a window late)."""
+    out = fanout()
+    out.clients = 1000
+    window = out.coalesce_window()
+    assert window == pytest.approx(0.05)
+    feed = JobFeed(out, "j")
+    inbox = Subscriber(out)
+    feed.subscribers.add(inbox)
+    inbox.room = feed.room
+    loop = asyncio.get_running_loop()
+
+    def handed_over() -> list[int]:
+        return [item.seq for batch in inbox.batches for item in batch.items]
+
+    await feed._deliver([stored(1, "a")])
+    assert handed_over() == [1]  # at once
+    opened = loop.time()
+    await feed._deliver([stored(2, "b")])
+    await feed._deliver([stored(3, "c")])
+    assert handed_over() == [1]  # held: the window is open
+    while handed_over() == [1]:
+        await asyncio.sleep(0.005)
+    assert loop.time() - opened >= window * 0.9
+    assert handed_over() == [1, 2, 3]
+    assert len(inbox.batches) == 2  # the two held events in one hand-over
+    await asyncio.sleep(window * 1.2)  # a quiet spell longer than the window
+    await feed._deliver([stored(4, "d")])
+    assert handed_over() == [1, 2, 3, 4]  # at once again
+
+
 def test_a_bounded_take_hands_out_whole_batches_and_keeps_the_rest_counted() -> None:
     """An inbox taken a piece at a time: the oldest whole batches, the rest still its backlog."""
     out = fanout()
@@ -323,9 +357,10 @@ async def test_a_batch_held_by_the_window_and_the_next_piece_do_not_cut_a_client
 
     reader = asyncio.create_task(reads())
     try:
-        await feed._deliver([largest_line_message(1)])
+        await feed._deliver([largest_line_message(1)])  # handed over at once: the window opens
+        await feed._deliver([largest_line_message(2)])
         assert feed._pending_bytes > 0  # held for the window
-        await feed._deliver([largest_line_message(2), largest_line_message(3)])
+        await feed._deliver([largest_line_message(3), largest_line_message(4)])
     finally:
         reader.cancel()
     assert not inbox.overflow
