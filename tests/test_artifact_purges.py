@@ -635,3 +635,27 @@ async def test_an_upload_replaced_and_purged_after_its_ack_is_not_refused(
         js, names, object_name, io.BytesIO(data), len(data), lambda: False, None, records
     )
     assert not await has_chunks(js, names, stored.nuid)  # purged as replaced, as it should
+
+
+async def test_replaced_content_is_purged_a_window_after_its_api_died_past_the_ack(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload's description is acknowledged and its API dies before its own purge of the
+    replaced content starts (here: ``put_file`` alone, nothing after it). The fence had made the
+    replaced content's record due an hour on; once acknowledged it is due a window on again,
+    so the sweep purges that content within the window and two graces (3 s and 2 x 1 s here).
+    Without that it waited the hour."""
+    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/died-after-ack"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    records = artifactpurges.UploadRecords(js, names, object_name, first)
+    data = b"X" * 300_000
+    stored = await artifactstore.put_file(
+        js, names, object_name, io.BytesIO(data), len(data), lambda: False, first, records
+    )
+    async with asyncio.timeout(20):
+        while await _has_chunks(js, names, first):
+            await artifactpurges.sweep(js, names, 1.0)
+            await asyncio.sleep(0.5)
+    assert await _has_chunks(js, names, stored.nuid)

@@ -211,9 +211,11 @@ class UploadRecords:
         gone (a sweep took it: the API stalled a describing window between fence and
         description), :class:`artifactstore.AttemptTaken`, the replaced content recorded
         again first (that sweep dropped its record while the name still served it). Content
-        replaced and purged since by a later upload is not this upload's failure. Otherwise the
-        attempt's record is due an upload window from now (a later upload may have read the
-        name before this one stored, and replace content it never heard of: this one's)."""
+        replaced and purged since by a later upload is not this upload's failure. Otherwise
+        both records are due an upload window from now, not an hour: the attempt's (a later
+        upload may have read the name before this one stored, and replace content it never
+        heard of: this one's) and the replaced content's (should the API die before its own
+        purge confirms it, the sweep purges it that soon)."""
         if (
             size
             and not await artifactstore.has_chunks(self._js, self._names, nuid)
@@ -225,8 +227,9 @@ class UploadRecords:
         try:
             # Only if still the fence's revision: a later upload's record of it stands.
             await _put(self._js, self._names, nuid, entry, last=self._revisions[nuid])
-        except Exception as exc:  # the record stays due a describing window on: purged later
-            log.warning("artifact purge record not shortened", nuid=nuid, error=repr(exc))
+            await self._record_replaced()
+        except Exception as exc:  # the records stay due a describing window on: purged later
+            log.warning("artifact purge records not shortened", nuid=nuid, error=repr(exc))
 
     async def _record_replaced(self, window: float | None = None) -> None:
         if self._replaces is not None:
