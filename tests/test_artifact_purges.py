@@ -179,7 +179,6 @@ async def test_an_upload_whose_api_stalls_past_the_window_is_refused_and_the_nam
     worker gets 503 and sends it again) and the name still serves its earlier content, whole.
     Before the fence the description was stored: the name served content without chunks."""
     monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
-    monkeypatch.setattr(artifactstore, "ACK_WAIT_SECONDS", 1.0)  # within the window
     grace = 1.0
     names = Names(system.settings.prefix)
     object_name = "purgetest/stalled"
@@ -218,7 +217,6 @@ async def test_a_stall_before_the_fence_shorter_than_the_window_stores_the_uploa
     fence passes and the name serves the new content, whole; its record goes once the window
     is over (the name serves it)."""
     monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
-    monkeypatch.setattr(artifactstore, "ACK_WAIT_SECONDS", 1.0)  # within the window
     grace = 1.0
     names = Names(system.settings.prefix)
     object_name = "purgetest/stalled-briefly"
@@ -336,7 +334,7 @@ async def test_a_pending_purge_past_a_page_of_records_is_listed(
     page is listed too (the sweep asks page by page)."""
     names = Names(system.settings.prefix)
     subject = f"$KV.{names.artifact_purges_bucket}."
-    count = artifactpurges.SUBJECTS_PAGE + 100
+    count = artifactpurges.SERVER_SUBJECTS_PAGE + 100
     for start in range(0, count, 2000):
         acks = [
             await js.publish_async(subject + f"{i:032x}", b"", headers={"KV-Operation": "DEL"})
@@ -369,7 +367,7 @@ async def test_one_unreadable_record_does_not_stop_the_others(
 
     async def fails_for_one(js: JetStreamContext, names: Names, nuid: str) -> bool:
         if nuid == failing:
-            raise TimeoutError
+            raise RuntimeError("this record's own failure")
         return await being_read(js, names, nuid)
 
     monkeypatch.setattr(artifactstore, "being_read", fails_for_one)
@@ -426,7 +424,7 @@ async def test_a_description_stored_without_its_ack_keeps_its_content(
     (503): the name serves that content, so its chunks must stay. They are left to the sweep,
     which finds the name serving them once the window is over and only drops the record.
     Before, the attempt was purged at once: the name served content without chunks."""
-    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
+    monkeypatch.setattr(artifactpurges, "DESCRIBING_WINDOW_SECONDS", 3.0)
     monkeypatch.setattr(artifactstore, "ACK_WAIT_SECONDS", 1.0)
     names = Names(system.settings.prefix)
     object_name = "purgetest/ack-lost"
@@ -455,3 +453,209 @@ async def test_a_description_stored_without_its_ack_keeps_its_content(
             await artifactpurges.sweep(js, names, 1.0)
             await asyncio.sleep(0.5)
     assert await _has_chunks(js, names, served.nuid), "the served content was purged"
+
+
+async def test_nats_not_answering_ends_the_pass(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request timing out (NATS paused or away) ends the pass at once, raised (the sweeper
+    logs it and tries again next period): the records after it are not each left to wait their
+    own timeout. Before, every remaining record waited its 5 s and logged a warning."""
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/nats-away"
+    first = await _store(js, names, object_name, b"f" * 1000)
+    second = await _store(js, names, object_name, b"s" * 1000)
+    await _store(js, names, object_name, b"n" * 1000)  # the name serves neither
+    first, second = sorted((first, second))
+    for nuid in (first, second):
+        await _put(js, names, nuid, _past(True, object_name))
+    looked_at: list[str] = []
+
+    async def nats_away(js: JetStreamContext, names: Names, nuid: str) -> bool:
+        looked_at.append(nuid)
+        raise nats.errors.TimeoutError
+
+    monkeypatch.setattr(artifactstore, "being_read", nats_away)
+    with pytest.raises(nats.errors.TimeoutError):
+        await artifactpurges.sweep(js, names, GRACE)
+    assert looked_at == [first], "the pass went on after NATS did not answer"
+
+
+async def test_remove_keeps_a_newer_record(system: System, js: JetStreamContext) -> None:
+    """remove(revision) purges the subject up to that revision only: a record written since
+    (an upload's fence writing the replaced content's record again while a sweep found it
+    served) stays. (The reviewer's test.)"""
+    names = Names(system.settings.prefix)
+    nuid = "e" * 32
+    old = await artifactpurges.record(js, names, nuid, "purgetest/newer")
+    new = await artifactpurges.record(js, names, nuid, "purgetest/newer")
+    await artifactpurges.remove(js, names, nuid, old)
+    assert await _recorded(js, names, nuid), "the newer record was removed"
+    await artifactpurges.remove(js, names, nuid, new)
+    assert not await _recorded(js, names, nuid)
+
+
+async def test_a_sweep_that_found_the_replaced_content_served_keeps_the_fence_record(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep reads P's unconfirmed record past due and the name serving P; an upload's fence
+    then writes P's record again; the sweep removes the revision it read. P's newer record
+    stays (its upload may die before its confirm). (The reviewer's test.)"""
+    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", -1.0)  # written past due
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/fence-vs-live"
+    first = await _store(js, names, object_name, b"P" * 1000)
+    await artifactpurges.record(js, names, first, object_name)
+    served_nuid = artifactpurges._served_nuid
+
+    async def fence_meanwhile(js_: Any, names_: Any, object_name_: str) -> Any:
+        answer = await served_nuid(js_, names_, object_name_)
+        await artifactpurges.record(js, names, first, object_name, 80.0)  # the fence's rewrite
+        return answer
+
+    monkeypatch.setattr(artifactpurges, "_served_nuid", fence_meanwhile)
+    await artifactpurges.sweep(js, names, 1.0)
+    assert await _recorded(js, names, first), "the fence's record of the replaced content went"
+
+
+class StalledDescription:
+    """A pass-through of ``artifactstore._describe`` that stalls (``go``) before sending: the
+    API's event loop stalled, or the API SIGSTOPped, after its fence."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+        self._describe = artifactstore._describe
+        monkeypatch.setattr(artifactstore, "_describe", self.describe)
+
+    async def describe(self, *args: Any) -> None:
+        self.reached.set()
+        await self.go.wait()
+        await self._describe(*args)
+
+
+async def _stalled_upload(
+    js: JetStreamContext, names: Names, object_name: str, first: str
+) -> tuple[RecordsStalledBeforeFence, asyncio.Task[Any]]:
+    records = RecordsStalledBeforeFence(js, names, object_name, first)
+    records.go.set()  # no stall before the fence
+    data = b"X" * 400_000
+    upload = asyncio.create_task(
+        artifactstore.put_file(
+            js, names, object_name, io.BytesIO(data), len(data), lambda: False, first, records
+        )
+    )
+    return records, upload
+
+
+async def test_a_stall_after_the_fence_past_the_upload_window_stores_the_upload(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API stalls after its fence, before the description is sent, for longer than the
+    upload window and two graces (3 s and 2 x 1 s here; 100 s with the defaults) while another
+    API sweeps: the fence made both records due a describing window (an hour) on, so the sweep
+    leaves the attempt's chunks and the replaced content's record. Once the API resumes the
+    name serves the new content, whole, and the earlier content is still recorded (purged by
+    the sweep should this API die before its own purge). Before, the sweep purged the attempt
+    and dropped the earlier content's record: the name served content without chunks, and the
+    earlier content leaked."""
+    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
+    grace = 1.0
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/stall-after-fence"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    stall = StalledDescription(monkeypatch)
+    records, upload = await _stalled_upload(js, names, object_name, first)
+    await asyncio.wait_for(stall.reached.wait(), 10)
+    for _ in range(14):  # 7 s: past the window and two graces, another API sweeping
+        await artifactpurges.sweep(js, names, grace)
+        await asyncio.sleep(0.5)
+    stall.go.set()
+    stored = await asyncio.wait_for(upload, 10)
+    served = await artifactstore.object_info(js, names, object_name)
+    assert served.nuid == stored.nuid == records.attempts[-1]
+    assert await _has_chunks(js, names, served.nuid), "the name serves purged content"
+    assert await _recorded(js, names, first), "the earlier content is no longer recorded"
+
+
+async def test_a_stall_after_the_fence_past_the_describing_window_is_refused(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same stall, longer than the describing window (3 s here, an hour with the
+    defaults): the sweep purges the attempt and drops the replaced content's record (the name
+    still served it); the description, sent anyway, is stored. The upload then finds the name
+    serving its attempt with no chunks: 503 (the worker sends the file again), and the earlier
+    content recorded again so the sweep purges it. Before, 201 for a name serving nothing
+    readable, and the earlier content leaked."""
+    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
+    monkeypatch.setattr(artifactpurges, "DESCRIBING_WINDOW_SECONDS", 3.0)
+    grace = 1.0
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/stall-past-describing"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    stall = StalledDescription(monkeypatch)
+    records, upload = await _stalled_upload(js, names, object_name, first)
+    await asyncio.wait_for(stall.reached.wait(), 10)
+    async with asyncio.timeout(20):  # another API sweeps every half second meanwhile
+        while await _has_chunks(js, names, records.attempts[-1]) or await _recorded(
+            js, names, first
+        ):
+            await artifactpurges.sweep(js, names, grace)
+            await asyncio.sleep(0.5)
+    stall.go.set()
+    with pytest.raises(artifactstore.AttemptTaken):
+        await asyncio.wait_for(upload, 10)
+    assert await _recorded(js, names, first), "the earlier content is neither served nor recorded"
+
+
+async def test_an_upload_replaced_and_purged_after_its_ack_is_not_refused(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's description is acknowledged; before A's chunk check runs (its API slowed by more
+    than a grace), B stores the name and purges A's content as replaced (B read A's content as
+    the previous one). A's upload succeeded and was legitimately replaced: it is not refused
+    (a 503 would make the worker's resend overwrite B's newer content with A's). Before, it
+    was. (The reviewer's test.)"""
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/replaced-before-check"
+    has_chunks = artifactstore.has_chunks
+
+    async def replaced_meanwhile(js_: Any, names_: Any, nuid: str) -> bool:
+        await _store(js, names, object_name, b"B" * 1000)  # B: its previous is A's content
+        artifactstore.purge_when_unread(js, names, nuid, 0.1, object_name)
+        async with asyncio.timeout(20):
+            while nuid in artifactstore._REPLACED_PURGES:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        return await has_chunks(js_, names_, nuid)
+
+    monkeypatch.setattr(artifactstore, "has_chunks", replaced_meanwhile)
+    records = artifactpurges.UploadRecords(js, names, object_name, None)
+    data = b"A" * 300_000
+    stored = await artifactstore.put_file(
+        js, names, object_name, io.BytesIO(data), len(data), lambda: False, None, records
+    )
+    assert not await has_chunks(js, names, stored.nuid)  # purged as replaced, as it should
+
+
+async def test_replaced_content_is_purged_a_window_after_its_api_died_past_the_ack(
+    system: System, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload's description is acknowledged and its API dies before its own purge of the
+    replaced content starts (here: ``put_file`` alone, nothing after it). The fence had made the
+    replaced content's record due an hour on; once acknowledged it is due a window on again,
+    so the sweep purges that content within the window and two graces (3 s and 2 x 1 s here).
+    Without that it waited the hour."""
+    monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 3.0)
+    names = Names(system.settings.prefix)
+    object_name = "purgetest/died-after-ack"
+    first = await _store(js, names, object_name, b"P" * 300_000)
+    records = artifactpurges.UploadRecords(js, names, object_name, first)
+    data = b"X" * 300_000
+    stored = await artifactstore.put_file(
+        js, names, object_name, io.BytesIO(data), len(data), lambda: False, first, records
+    )
+    async with asyncio.timeout(20):
+        while await _has_chunks(js, names, first):
+            await artifactpurges.sweep(js, names, 1.0)
+            await asyncio.sleep(0.5)
+    assert await _has_chunks(js, names, stored.nuid)

@@ -171,8 +171,6 @@ async def test_a_losing_upload_done_before_the_winner_wrote_is_purged(
     No one knows A's content but its pending-purge record (``artifactpurges``): the sweep finds
     the name serving B, not A, and purges A's chunks. On main they stayed until the max age."""
     monkeypatch.setattr(artifactpurges, "UPLOAD_WINDOW_SECONDS", 5.0)
-    # A description must be acknowledged well within the window (else the upload is given up).
-    monkeypatch.setattr(artifactstore, "ACK_WAIT_SECONDS", 2.0)
     first, second = b"A" * 300_000, b"B" * 200_000
     a_done = asyncio.Event()
     put_file = artifactstore.put_file

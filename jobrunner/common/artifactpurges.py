@@ -9,11 +9,17 @@ nuid) *before* anything could make it garbage (``UploadRecords``):
 - before each upload attempt writes a chunk: its own nuid, and the nuid the name serves now (the
   content it is about to replace), both *unconfirmed*: due ``UPLOAD_WINDOW_SECONDS`` later;
 - right before the attempt's description is published, its own record is *fenced*: a
-  compare-and-set of the revision it wrote pushes its due a window on. Should a sweep have
-  changed the record first (it confirmed or took it: the API stalled past the window), the
-  compare-and-set fails and the attempt is given up (503): exactly one of the two decides
-  whether that content is served or purged. The replaced content's record is written again, due
-  a window on, too;
+  compare-and-set of the revision it wrote pushes its due ``DESCRIBING_WINDOW_SECONDS`` (an hour)
+  on. Should a sweep have changed the record first (it confirmed or took it: the API stalled past
+  the upload window before its description), the compare-and-set fails and the attempt is given
+  up (503): exactly one of the two decides whether that content is served or purged. The replaced
+  content's record is written again, due as long on. An hour, not a window: the fence cannot be
+  taken back, so a stall between it and the description would otherwise let a sweep purge the
+  attempt (or drop the replaced content's record, the name still serving it) and the description
+  then name purged content; neither content has a reader needing its space back soon. Once the
+  description is acknowledged (``described``) the attempt's record is due an upload window on
+  again; if the name serves it with its chunks gone (a stall of an hour), 503 and the replaced
+  content recorded again;
 - once the description is stored, the replaced content's record is *confirmed*: due one grace
   (``artifactstore.replaced_grace``) later, the time a download that read the old description
   needs to create its consumer.
@@ -45,6 +51,7 @@ import json
 import time
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext, api
@@ -61,10 +68,18 @@ log = structlog.get_logger()
 # one stored (so its description replaces content it never heard of: the earlier one's). An
 # upload whose API stalls longer loses its attempt to the sweep (the fence), never its content.
 UPLOAD_WINDOW_SECONDS = 80.0
+# How long the records stay pending from an attempt's fence to its description's ack: the
+# attempt's own content and the content it replaces (module docstring). Only a stall of the API
+# longer than this between its fence and its description lets a sweep purge the attempt (then
+# the description, sent anyway, names purged content: answered 503, the worker sends the file
+# again). Long on purpose: neither content has a reader waiting for its space back, and a
+# successful upload brings its record back to the upload window at once.
+DESCRIBING_WINDOW_SECONDS = 3600.0
 # JetStream's refusal of a publish whose expected last subject sequence is not the subject's.
 WRONG_LAST_SEQUENCE = 10071
-# The most subjects the server details in one stream info answer (then pages, by offset).
-SUBJECTS_PAGE = 100_000
+# The most subjects the server details in one stream info answer (then pages, by offset): the
+# server's, not set by the request; ``_keys`` asks for pages until the total is listed.
+SERVER_SUBJECTS_PAGE = 100_000
 
 
 class PendingPurge(msgspec.Struct, frozen=True):
@@ -133,10 +148,17 @@ async def remove(js: JetStreamContext, names: Names, nuid: str, revision: int) -
     await js.purge_stream(_stream(names), seq=revision + 1, subject=_subject(names, nuid))
 
 
-async def record(js: JetStreamContext, names: Names, nuid: str, object_name: str) -> int:
-    """Content that is garbage unless ``object_name`` serves it once its upload is over; the
-    record's revision."""
-    entry = PendingPurge(object_name, time.time() + UPLOAD_WINDOW_SECONDS, confirmed=False)
+async def record(
+    js: JetStreamContext,
+    names: Names,
+    nuid: str,
+    object_name: str,
+    window: float | None = None,
+) -> int:
+    """Content that is garbage unless ``object_name`` serves it once its upload is over (due
+    ``window`` from now, by default ``UPLOAD_WINDOW_SECONDS``); the record's revision."""
+    window = UPLOAD_WINDOW_SECONDS if window is None else window
+    entry = PendingPurge(object_name, time.time() + window, confirmed=False)
     revision = await _put(js, names, nuid, entry)
     assert revision is not None  # an unconditional write
     return revision
@@ -172,26 +194,61 @@ class UploadRecords:
 
     async def describing(self, nuid: str) -> None:
         """Right before the attempt's description is published: fence it against the sweep
-        (module docstring); :class:`artifactstore.AttemptTaken` if the sweep came first, or if
-        the description's publish could no longer end before the new due."""
-        due = time.time() + UPLOAD_WINDOW_SECONDS
-        fenced = PendingPurge(self._object_name, due, confirmed=False)
+        (module docstring); :class:`artifactstore.AttemptTaken` if the sweep came first. Both
+        records are then due ``DESCRIBING_WINDOW_SECONDS`` on (an hour): a sweep reaching
+        either before the description is acknowledged needs a stall that long."""
+        fenced = PendingPurge(
+            self._object_name, time.time() + DESCRIBING_WINDOW_SECONDS, confirmed=False
+        )
         revision = await _put(self._js, self._names, nuid, fenced, last=self._revisions[nuid])
         if revision is None:
             raise artifactstore.AttemptTaken(self._object_name)
         self._revisions[nuid] = revision
-        await self._record_replaced()
-        if time.time() + artifactstore.ACK_WAIT_SECONDS > due:
-            raise artifactstore.AttemptTaken(self._object_name)
+        await self._record_replaced(DESCRIBING_WINDOW_SECONDS)
 
-    async def _record_replaced(self) -> None:
+    async def described(self, nuid: str, size: int) -> None:
+        """After the description's ack. Should the name serve the attempt while its chunks are
+        gone (a sweep took it: the API stalled a describing window between fence and
+        description), :class:`artifactstore.AttemptTaken`, the replaced content recorded
+        again first (that sweep dropped its record while the name still served it). Content
+        replaced and purged since by a later upload is not this upload's failure. Otherwise
+        both records are due an upload window from now, not an hour: the attempt's (a later
+        upload may have read the name before this one stored, and replace content it never
+        heard of: this one's) and the replaced content's (should the API die before its own
+        purge confirms it, the sweep purges it that soon)."""
+        if (
+            size
+            and not await artifactstore.has_chunks(self._js, self._names, nuid)
+            and await _served_nuid(self._js, self._names, self._object_name) == nuid
+        ):
+            await self._record_replaced()
+            raise artifactstore.AttemptTaken(self._object_name)
+        entry = PendingPurge(self._object_name, time.time() + UPLOAD_WINDOW_SECONDS, False)
+        try:
+            # Only if still the fence's revision: a later upload's record of it stands.
+            await _put(self._js, self._names, nuid, entry, last=self._revisions[nuid])
+            await self._record_replaced()
+        except Exception as exc:  # the records stay due a describing window on: purged later
+            log.warning("artifact purge records not shortened", nuid=nuid, error=repr(exc))
+
+    async def _record_replaced(self, window: float | None = None) -> None:
         if self._replaces is not None:
-            await record(self._js, self._names, self._replaces, self._object_name)
+            await record(self._js, self._names, self._replaces, self._object_name, window)
+
+
+# NATS itself not answering (paused, away, the connection closed): every remaining record would
+# wait its own request timeout and fail alike, so the pass ends at the first of these.
+_NATS_AWAY = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+)
 
 
 async def sweep(js: JetStreamContext, names: Names, grace: float) -> None:
-    """One pass over the pending purges (see the module's docstring). A record that fails is
-    logged and left for the next pass; the others are settled all the same."""
+    """One pass over the pending purges (see the module's docstring). A record that fails on
+    its own is logged and left for the next pass; the others are settled all the same. NATS
+    not answering ends the pass (raised): the next one starts over."""
     for nuid in await _keys(js, names):
         try:
             try:
@@ -199,14 +256,18 @@ async def sweep(js: JetStreamContext, names: Names, grace: float) -> None:
             except nats.js.errors.NotFoundError:
                 continue  # done by another API meanwhile
             await _settle(js, names, nuid, message.seq or 0, message.data or b"", grace)
+        except _NATS_AWAY:
+            raise
         except Exception as exc:
             log.warning("artifact purge not settled", nuid=nuid, error=repr(exc))
 
 
 async def _keys(js: JetStreamContext, names: Names) -> list[str]:
-    """The records' keys, a page of up to ``SUBJECTS_PAGE`` per request (nats-py's
+    """The records' keys, a page of up to ``SERVER_SUBJECTS_PAGE`` per request (nats-py's
     ``KeyValue.keys`` reads a watcher's consumer with no timeout: a NATS restart mid-read would
-    hang the sweep; its ``stream_info`` asks for the first page only)."""
+    hang the sweep; its ``stream_info`` asks for the first page only). Pages are asked by
+    offset into a list the server sorts anew for each request: a record removed by another API
+    between two pages shifts the rest, so one key may be missed this pass (the next lists it)."""
     prefix = f"$KV.{names.artifact_purges_bucket}."
     keys: list[str] = []
     while True:

@@ -134,10 +134,16 @@ class AttemptRecords(Protocol):
         """Right before its description is published; :class:`AttemptTaken` if the attempt is
         no longer this upload's to describe."""
 
+    async def described(self, nuid: str, size: int) -> None:
+        """Once its description is acknowledged; :class:`AttemptTaken` if the name serves it
+        yet its chunks were purged meanwhile."""
+
 
 class AttemptTaken(UploadStopped):
     """Another API's sweep took the attempt's content as garbage (this API stalled past the
-    upload window): it must not be described (or, described, it has no chunks left)."""
+    upload window before the fence): it must not be described (or, described after a stall of
+    the describing window, the name serves it with no chunks left: the file must be sent
+    again)."""
 
 
 async def put_file(
@@ -161,7 +167,7 @@ async def put_file(
     :class:`AttemptRecords`); their failure is the attempt's. With records, an attempt whose
     description was sent but not acknowledged is not purged here: NATS may store it yet (a
     server that answers late), and the sweep purges the content only if the name does not serve
-    it once the upload window is over.
+    it once its record is due (``artifactpurges.DESCRIBING_WINDOW_SECONDS`` after the fence).
     """
     failures = 0
     while True:
@@ -206,13 +212,12 @@ async def put_file(
             )
             await asyncio.sleep(retry.delay_after(failures))
             continue
-        if records is not None and stored.size and not await _has_chunks(js, names, nuid):
-            # Described, yet purged: only a sweep whose clock is a window ahead of ours could.
-            raise AttemptTaken(object_name)
+        if records is not None:
+            await records.described(nuid, stored.size)
         return stored
 
 
-async def _has_chunks(js: JetStreamContext, names: Names, nuid: str) -> bool:
+async def has_chunks(js: JetStreamContext, names: Names, nuid: str) -> bool:
     try:
         await js.get_last_msg(stream_name(names), chunk_subject(names, nuid))
     except nats.js.errors.NotFoundError:
