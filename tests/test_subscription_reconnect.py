@@ -282,6 +282,48 @@ async def test_a_kv_watch_made_again_gets_nothing_twice_that_arrived_before_its_
     assert revisions == [1, 2, 3, 4, 5, 6, 7], revisions
 
 
+async def test_a_kv_watch_whose_create_is_refused_tries_again_at_the_next_reconnect(
+    js: JetStreamContext,
+) -> None:
+    """A watch's consumer gone and its stream at its consumer limit: each create is refused, and
+    a reconnect meanwhile makes it try again at once, as a reader does, not after the rest of
+    its wait (the create's 5 s request timeout, then up to 5 s of backoff): the runners' lock
+    board blind that long after NATS came back."""
+    bucket = f"refused_{uuid.uuid4().hex[:12]}"
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    stream = f"KV_{bucket}"
+    try:
+        await kv.put("a", b"1")
+        watcher = await kv.watchall()
+        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
+        assert (first.key, first.value) == ("a", b"1")
+        assert await watcher.updates(timeout=5) is None  # type: ignore[no-untyped-call]
+        await js.delete_consumer(stream, watcher._sub._consumer)
+        await js.add_consumer(stream, name="filler")
+        info = await js.stream_info(stream)
+        config = info.config
+        allowed = config.max_consumers
+        config.max_consumers = info.state.consumer_count  # no room for one more
+        await js.update_stream(config)
+        assert subscription.reopen_after_reconnect(js._nc) == 1
+        await kv.put("b", b"2")
+        for _ in range(3):  # NATS away and back again, the create refused each time
+            await asyncio.sleep(0.3)
+            assert subscription.reopen_after_reconnect(js._nc) == 0
+        await asyncio.sleep(0.3)
+        with pytest.raises(nats.errors.TimeoutError):
+            await watcher.updates(timeout=0.1)  # type: ignore[no-untyped-call]
+        config.max_consumers = allowed
+        await js.update_stream(config)
+        assert subscription.reopen_after_reconnect(js._nc) == 0  # under way: tries again now
+        update = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+        assert (update.key, update.value) == ("b", b"2")
+        assert (await js.stream_info(stream)).state.consumer_count == 2  # the filler, the watch
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    finally:
+        await js.delete_key_value(bucket)
+
+
 async def test_a_reader_whose_create_is_refused_tries_again(
     settings: Settings, js: JetStreamContext
 ) -> None:

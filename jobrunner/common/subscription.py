@@ -373,12 +373,13 @@ def reopen_after_reconnect(nc: Any) -> int:
 # go through are nats-py's, only it can move them to a new deliver subject. What is read of it is
 # checked by tests/unit/test_natspy_private_state.py.
 
-# The watches whose check is under way (one at a time each).
-_watches_reopening: weakref.WeakSet[Any] = weakref.WeakSet()
+# The watches whose check is under way (one at a time each), each with the event a reconnect sets
+# to cut its wait before trying again short (``OrderedReader._reconnected``'s, for a watch).
+_watches_reopening: weakref.WeakKeyDictionary[Any, asyncio.Event] = weakref.WeakKeyDictionary()
 # nats-py creates a watch's new consumer in a task of its own and tells only by naming it on the
-# subscription: counted failed (and tried again) when that has not happened within its request's
-# timeout (5 s) and a margin.
-WATCH_CREATE_SECONDS = 6.0
+# subscription (a refused create goes only to the client's error callback): the reopen polls for
+# the name this often, and counts the create failed once its request's timeout has passed (or
+# the connection reconnected meanwhile: its reply may never come).
 WATCH_CREATE_POLL_SECONDS = 0.02
 
 
@@ -401,23 +402,30 @@ def _watching(jsi: Any) -> bool:
 
 
 def _reopen_watch_soon(jsi: Any, turns: asyncio.Semaphore) -> bool:
-    if jsi in _watches_reopening:
+    """``OrderedReader.reopen_if_gone_soon`` for a watch: False when a check is under way (it
+    tries again now, not after the rest of its wait)."""
+    reconnected = _watches_reopening.get(jsi)
+    if reconnected is not None:
+        reconnected.set()
         return False
-    _watches_reopening.add(jsi)
-    _track(asyncio.ensure_future(_reopen_watch_if_gone(jsi, turns)))
+    reconnected = _watches_reopening[jsi] = asyncio.Event()
+    _track(asyncio.ensure_future(_reopen_watch_if_gone(jsi, turns, reconnected)))
     return True
 
 
-async def _reopen_watch_if_gone(jsi: Any, turns: asyncio.Semaphore) -> None:
+async def _reopen_watch_if_gone(
+    jsi: Any, turns: asyncio.Semaphore, reconnected: asyncio.Event
+) -> None:
     """The rule of ``OrderedReader._reopen_if_gone``, for a watch: its consumer made again only
     when the server no longer has it, a failed check or create tried again."""
     failures = 0
     try:
         while _watching(jsi) and not jsi._conn.is_closed:
+            reconnected.clear()  # a reconnect from now on: no wait after a failure
             try:
                 async with turns:
                     if _watching(jsi) and not await _watch_consumer_exists(jsi._psub):
-                        await _reopen_watch(jsi)
+                        await _reopen_watch(jsi, reconnected)
                 return
             except Exception as exc:
                 failures += 1
@@ -425,9 +433,13 @@ async def _reopen_watch_if_gone(jsi: Any, turns: asyncio.Semaphore) -> None:
                     structlog.get_logger().warning(
                         "ordered watch not opened again yet", error=repr(exc)
                     )
-                await asyncio.sleep(min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(
+                        min(REOPEN_RETRY_SECONDS * 2 ** (failures - 1), 5.0)
+                    ):
+                        await reconnected.wait()
     finally:
-        _watches_reopening.discard(jsi)
+        _watches_reopening.pop(jsi, None)
 
 
 async def _watch_consumer_exists(psub: JetStreamContext.PushSubscription) -> bool:
@@ -438,16 +450,36 @@ async def _watch_consumer_exists(psub: JetStreamContext.PushSubscription) -> boo
     return True
 
 
-async def _reopen_watch(jsi: Any) -> None:
-    gone = jsi._psub._consumer
+class WatchNotMadeAgain(Exception):
+    """A watch's new consumer was not made within its create's request timeout (refused, say
+    at the stream's consumer limit, or its reply lost to a reconnect)."""
+
+
+async def _reopen_watch(jsi: Any, reconnected: asyncio.Event) -> None:
     # Its start read in the same step as nats-py drops the old deliver subject (before its first
     # await): every message up to ``_sseq`` is in the subscription's queue already and is still
     # delivered from there, none after it comes from the old consumer. Nothing twice, nothing
     # skipped.
+    reconnected.clear()  # one before the create went out cost it nothing
     await jsi.reset_ordered_consumer(jsi._sseq + 1)
-    async with asyncio.timeout(WATCH_CREATE_SECONDS):
-        while jsi._psub._consumer == gone:  # noqa: ASYNC110 - nats-py says so in no awaitable
-            await asyncio.sleep(WATCH_CREATE_POLL_SECONDS)
+    # The create is this reset's only if it made a consumer on the deliver subject the reset
+    # chose: a create of an earlier attempt, or of nats-py's own activity check, may still name
+    # its consumer on the subscription meanwhile (one on a subject nobody listens to any more).
+    deliver = jsi._ccreq.deliver_subject
+    seen = {jsi._psub._consumer}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(jsi._js._timeout):  # the create's own request timeout
+            while not reconnected.is_set():
+                name = jsi._psub._consumer
+                if name in seen:
+                    await asyncio.sleep(WATCH_CREATE_POLL_SECONDS)
+                    continue
+                seen.add(name)
+                with contextlib.suppress(NotFoundError):
+                    info = await jsi._js.consumer_info(jsi._stream, name)
+                    if info.config.deliver_subject == deliver:
+                        return
+    raise WatchNotMadeAgain(f"{jsi._stream}: no consumer made on {deliver}")
 
 
 # Consumer deletions under way (``delete_consumer_soon``), the readers' background unsubscribes

@@ -59,8 +59,12 @@ def test_the_ordered_consumer_state_holds_what_the_watch_reopen_reads() -> None:
     js = nc.jetstream()
     sub = Subscription(nc, 1, "deliver")
     push = JetStreamContext.PushSubscription(js, sub, "STREAM", "consumer-name")
-    jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    config = api.ConsumerConfig()
+    jsi = JetStreamContext._JSI(js, nc, "STREAM", True, push, sub, config)
     assert (jsi._conn, jsi._sub, jsi._psub, jsi._ordered, jsi._sseq) == (nc, sub, push, True, 0)
+    # What the reopen checks a new consumer against, and for how long it waits for it.
+    assert (jsi._js, jsi._stream, jsi._ccreq) == (js, "STREAM", config)
+    assert js._timeout == 5
 
 
 def test_reset_ordered_consumer_drops_the_old_subject_before_it_waits() -> None:
@@ -73,8 +77,10 @@ def test_reset_ordered_consumer_drops_the_old_subject_before_it_waits() -> None:
     assert reset.index("self._conn._remove_sub(osid)") < reset.index("await ")
     assert "self._conn._subs[nsid] = self._sub" in reset
     assert "opt_start_seq = sseq" in reset
+    assert "config.deliver_subject = new_deliver" in reset  # the subject the reopen checks
     recreate = inspect.getsource(JetStreamContext._JSI.recreate_consumer)
     assert "self._psub._consumer = cinfo.name" in recreate
+    assert "config=self._ccreq, timeout=self._js._timeout" in recreate
 
 
 def test_process_msg_counts_an_ordered_message_before_queueing_it() -> None:

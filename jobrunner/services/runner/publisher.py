@@ -456,7 +456,11 @@ class LinePublisher:
         the task waits for the clock's next tick anyway, and takes the ack then (``_settle``),
         one wake-up a message instead of two (the ack's was a resumption of the whole chain of
         awaits down to the inbox's future)."""
-        # Taken before the publish: a reconnect after it may have lost the message's ack.
+        # Taken before the publish, which can await: a reconnect after it may have lost the
+        # message's ack. One landing during that await resolves it although the message may have
+        # gone out on the new connection: ``_settle`` then sends it again at once, and JetStream
+        # drops the copy (the same Nats-Msg-Id). Taken after the publish, such a reconnect would
+        # go unseen, and a message written to the old socket would wait out the ack timeout.
         reconnect = self._acks.next_reconnect()
         try:
             future = await self._acks.publish_soon(
