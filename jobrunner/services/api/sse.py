@@ -132,32 +132,33 @@ def comment(text: str) -> bytes:
 
 def consumer_limit_reached(retry_ms: int) -> bytes:
     """The last frame of a stream that could not read because JetStream kept refusing it a
-    consumer (the stream's ``max_consumers`` held, err_code 10026) for the reader's patience:
-    a code and a sentence; the stream then ends without ``done`` and the client reconnects.
-    Its ``retry`` is ``retry_ms`` stretched by a random factor of 1 to 2: the clients refused
-    together must not all come back together."""
-    return retry(round(retry_ms * random.uniform(1.0, 2.0))) + frame(
-        {
-            "code": "STREAM_CONSUMER_LIMIT",
-            "detail": "The event stream holds its limit of readers; this stream ends and "
-            "reconnects after the retry interval.",
-        },
-        event="unavailable",
+    consumer (the stream's ``max_consumers`` held, err_code 10026) for the reader's patience;
+    the stream then ends without ``done`` and the client reconnects."""
+    return _unavailable(
+        retry_ms,
+        "STREAM_CONSUMER_LIMIT",
+        "The event stream holds its limit of readers; this stream ends and reconnects after "
+        "the retry interval.",
     )
 
 
 def nats_unavailable(retry_ms: int) -> bytes:
     """The last frame of a stream whose reading met a NATS fault (a request to JetStream timed
-    out: the server paused or unreachable): a code and a sentence; the stream then ends without
-    ``done`` and the client resumes after the last id it got. Its ``retry`` is stretched as
-    ``consumer_limit_reached``'s: the streams cut together must not all come back together."""
+    out: the server paused or unreachable); the stream then ends without ``done`` and the client
+    resumes after the last id it got."""
+    return _unavailable(
+        retry_ms,
+        "NATS_UNAVAILABLE",
+        "The event store did not answer; this stream ends and resumes after the retry interval.",
+    )
+
+
+def _unavailable(retry_ms: int, code: str, detail: str) -> bytes:
+    """An ``unavailable`` frame with a code and a sentence. Its ``retry`` is ``retry_ms``
+    stretched by a random factor of 1 to 2: the clients cut together must not all come back
+    together."""
     return retry(round(retry_ms * random.uniform(1.0, 2.0))) + frame(
-        {
-            "code": "NATS_UNAVAILABLE",
-            "detail": "The event store did not answer; this stream ends and resumes after the "
-            "retry interval.",
-        },
-        event="unavailable",
+        {"code": code, "detail": detail}, event="unavailable"
     )
 
 
