@@ -230,3 +230,37 @@ async def test_services_starting_at_once_after_a_restart_with_older_settings(
             await assert_configured(hosts.near[0], newer)
     finally:
         server.stop()
+
+
+async def test_a_stream_not_found_right_after_its_creation_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a cluster the node that answers may not have applied a stream's creation yet: a
+    meta leader just elected says "stream not found" for the artifacts bucket the start had
+    just created (seen in CI: the runner exited). Here the bucket is made missing by deleting
+    it right after its creation, once; the start declares it again and succeeds."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    created = artifactstore.ensure_bucket
+    removed: list[str] = []
+
+    async def created_then_gone(js: JetStreamContext, names: Names, settings: Settings) -> None:
+        await created(js, names, settings)
+        if not removed:
+            removed.append(artifactstore.stream_name(names))
+            await js.delete_stream(artifactstore.stream_name(names))
+
+    monkeypatch.setattr(artifactstore, "ensure_bucket", created_then_gone)
+    try:
+        settings = settings_for(server.url, f"t{uuid.uuid4().hex[:10]}", tmp_path)
+        nc = await eventstore.connect(settings, "start")
+        try:
+            await eventstore.ensure_topology(nc.jetstream(), Names(settings.prefix), settings)
+            assert removed, "the bucket was never made missing"
+            bucket = (await nc.jetstream().stream_info(removed[0])).config
+        finally:
+            await eventstore.close(nc)
+        assert bucket.max_consumers == settings.stream_max_consumers
+        assert bucket.max_age == pytest.approx(settings.stream_max_age_days * 86400)
+    finally:
+        server.stop()

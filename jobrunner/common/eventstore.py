@@ -246,8 +246,18 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
         log.critical("nats-server too old", code=exc.code, found=exc.found, needed=exc.needed)
         raise
     await retry.until_jetstream_ready(
-        lambda: _declare_topology(js, names, settings), "the event stream and its buckets"
+        lambda: _declare_visible_topology(js, names, settings), "the event stream and its buckets"
     )
+
+
+async def _declare_visible_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
+    """The declaration, with a stream it finds missing after creating it (or finding its name
+    in use) tried again rather than raised: every "not found" it expects is handled inside,
+    by creating what is missing, so one that escapes is a cluster still applying a creation."""
+    try:
+        await _declare_topology(js, names, settings)
+    except nats.js.errors.NotFoundError as exc:
+        raise retry.NotYetVisible(f"a stream just declared is not found yet: {exc}") from exc
 
 
 # nats-server lets an existing stream's MaxConsumers change from 2.12.5 on (nats-server PR

@@ -104,9 +104,18 @@ def refusal(exc: BaseException, what: str) -> PublishRefused:
     return PublishRefused("PUBLISH_REFUSED", f"NATS refused {what}: {exc!r}")
 
 
+class NotYetVisible(Exception):
+    """A start-up step found missing a stream it had just created or found in use. In a
+    cluster the node that answers may not have applied the creation yet (a meta leader just
+    elected answers "stream not found" until it has caught up): the step is tried again."""
+
+
 def is_forming(exc: BaseException) -> bool:
     """True when JetStream may accept the request once its cluster has formed (or a node is
-    back): everything transient, and the refusals of a cluster short of nodes."""
+    back): everything transient, the refusals of a cluster short of nodes, and a creation not
+    yet visible."""
+    if isinstance(exc, NotYetVisible):
+        return True
     # Not every APIError subclass sets err_code (KeyNotFoundError does not).
     if getattr(exc, "err_code", None) in _FORMING_API_ERRORS:
         return True
