@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from nats.js import JetStreamContext
 
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.security import tokens
-from jobrunner.services.api.security.tokens import TokenStore, _name_key
+from jobrunner.services.api.security.tokens import TokenNameTaken, TokenStore, _name_key
 from tests.system import System
 
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
@@ -65,6 +68,27 @@ async def test_a_stale_claim_taken_over_by_several_at_once_makes_one_token(syste
     assert sorted(a.status_code for a in answers) == [201, 409, 409, 409, 409], [
         a.text for a in answers
     ]
+    assert await named(store, "ghost") == 1
+
+
+@pytest.mark.parametrize("skew", [60.0, -60.0], ids=["host-ahead", "host-behind"])
+async def test_a_claims_age_does_not_depend_on_this_hosts_clock(
+    settings: Settings, js: JetStreamContext, skew: float
+) -> None:
+    """This API host's clock a minute ahead of the NATS server's, or a minute behind: a claim
+    left without its token still blocks its name while young and frees it once stale. (Its age
+    was this host's now minus the server's time of the claim: ahead, a fresh claim looked stale
+    and a create under way could lose its name to a second token; behind, a stale claim blocked
+    the name for a minute more.)"""
+    store = await TokenStore.open(
+        js, Names(settings.prefix), clock=lambda: datetime.now(UTC) + timedelta(seconds=skew)
+    )
+    await store.kv.create(_name_key("ghost"), b"0123456789abcdef")
+    with pytest.raises(TokenNameTaken):
+        await store.create("ghost", "viewer")
+    await asyncio.sleep(STALE + 0.2)
+    record, _ = await store.create("ghost", "viewer")
+    assert record.name == "ghost"
     assert await named(store, "ghost") == 1
 
 
