@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats as nats_client
 import pytest
 from nats.js import JetStreamContext
 
@@ -19,7 +20,14 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.security import tokens
-from jobrunner.services.api.security.tokens import TokenNameTaken, TokenStore, _name_key
+from jobrunner.services.api.security.tokens import (
+    Role,
+    TokenNameTaken,
+    TokenRecord,
+    TokenStore,
+    _key,
+    _name_key,
+)
 from tests.system import System
 
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
@@ -169,3 +177,57 @@ async def name_is_usable_or_listed(
         assert listed == 1
     else:
         assert (answer.status_code, listed) in ((201, 1), (409, 1)), (answer.text, listed)
+
+
+class TestNatsPausedAfterTheRecordCheck:
+    """NATS paused right after the record check: the claim's age was measured before it."""
+
+    @pytest.fixture
+    def settings(self, settings: Settings, own_nats: EmbeddedNats) -> Settings:
+        return msgspec.structs.replace(settings, nats_url=own_nats.url)
+
+    async def test_a_record_landing_during_the_pause_keeps_its_name(
+        self, system: System, own_nats: EmbeddedNats
+    ) -> None:
+        """Another API claimed the name and sent its token's record, then died; NATS pauses as
+        this create has just found no record. The record lands as NATS runs again: this create
+        must answer 409, not make a second token of that name."""
+        assert own_nats.proc is not None
+        pid = own_nats.proc.pid
+        store = await system.tokens()
+        held_by = "0123456789abcdef"
+        await store.kv.create(_name_key("ghost"), held_by.encode())
+        other_api = await nats_client.connect(own_nats.url)
+        record = TokenRecord(
+            id=held_by,
+            name="ghost",
+            role=Role.VIEWER,
+            hash="0" * 64,
+            created_at=datetime.now(UTC),
+        )
+
+        class PausedAfterTheCheck(TokenStore):
+            async def _exists(self, token_id: str) -> bool:
+                found = await super()._exists(token_id)
+                os.kill(pid, signal.SIGSTOP)
+                # The other API's record write, in flight as it died: no one awaits its reply.
+                await other_api.publish(
+                    f"{store.kv._pre}{_key(held_by)}",
+                    msgspec.json.encode(record),
+                    headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+                )
+                asyncio.get_running_loop().call_later(STALE + 0.5, os.kill, pid, signal.SIGCONT)
+                return found
+
+        try:
+            outcome = await asyncio.gather(
+                PausedAfterTheCheck(store.kv).create("ghost", "viewer"), return_exceptions=True
+            )
+            async with asyncio.timeout(10):
+                while await store.get(held_by) is None:  # noqa: ASYNC110 - a poll of the bucket
+                    await asyncio.sleep(0.05)
+            assert await named(store, "ghost") == 1, outcome
+            assert isinstance(outcome[0], TokenNameTaken), outcome
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            await other_api.close()

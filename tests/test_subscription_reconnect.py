@@ -364,6 +364,9 @@ async def test_a_kv_watch_whose_create_is_refused_tries_again_soon(
     waited out the create's 5 s request timeout before its first retry.)"""
     bucket = f"refused_soon_{uuid.uuid4().hex[:12]}"
     kv = await js.create_key_value(bucket=bucket, history=1)
+    # A create that waited out its request timeout before the retry would take 30 s: far past
+    # the bound below, however slow the machine.
+    js._timeout = 30.0
     stream = f"KV_{bucket}"
     try:
         await kv.put("a", b"1")
@@ -384,7 +387,7 @@ async def test_a_kv_watch_whose_create_is_refused_tries_again_soon(
         config.max_consumers = allowed
         await js.update_stream(config)
         # Retries 0.25, 0.5, 1, 2 s apart: the third, about 1.75 s after the first, finds room.
-        update = await watcher.updates(timeout=SOON)  # type: ignore[no-untyped-call]
+        update = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
         assert (update.key, update.value) == ("b", b"2")
         assert (await js.stream_info(stream)).state.consumer_count == 2  # the filler, the watch
         await watcher.stop()  # type: ignore[no-untyped-call]

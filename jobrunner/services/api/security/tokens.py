@@ -375,11 +375,13 @@ class TokenStore:
         if claim.headers and claim.headers.get(KV_OP) in (KV_DEL, KV_PURGE):
             raise taken  # deleted after our create was refused: likewise
         held_by = (claim.data or b"").decode(errors="replace")
-        if _TOKEN_ID_RE.match(held_by) and await self._exists(held_by):
-            raise taken
         assert claim.time is not None
         assert claim.seq is not None
+        # Measured before the record is looked for, never after: a NATS pause between the two
+        # would make a claim whose record landed during the pause look old.
         age = (await self._server_now() - claim.time).total_seconds()
+        if _TOKEN_ID_RE.match(held_by) and await self._exists(held_by):
+            raise taken
         if age < NAME_CLAIM_STALE_SECONDS:
             raise taken  # perhaps a create still under way: its record may yet come
         try:
