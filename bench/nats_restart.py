@@ -9,7 +9,8 @@ per run, in seconds after the restart returned: ``/health`` 200, a job's ``GET``
 started, the new job running in the read models, the tool of a job of a lock (its queue type,
 the lock free) submitted then started, and the first line printed after the restart at the
 viewer. Then each service's log lines since the kill, timed the same way. Not part of
-``python -m bench``'s scenarios: it measures a fault, one cluster per call.
+``python -m bench``'s scenarios: it measures a fault, one cluster per call. The run loop is
+``bench/faultruns.py``'s; the fault here is ``restart_and_probe``.
 """
 
 from __future__ import annotations
@@ -17,28 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
-import sys
 import time
 
 import httpx
 
+from bench.faultruns import WatchedJob, down_and_runs, fault_runs
 from tests.faults.cluster import FaultCluster, running_cluster
 from tests.faults.toolrecord import ToolJob
-from tests.faults.viewers import Viewer
 
-INTERVAL = 0.05
 LOG_LINES_SHOWN = 40
-
-
-def printed(job: ToolJob) -> dict[int, float]:
-    """The tool's own record: line number to the wall-clock time it was written."""
-    out = {}
-    for line in job.record.read_text().splitlines():
-        fact = line.split()
-        if fact[0] == "line":
-            out[int(fact[1])] = float(fact[2])
-    return out
 
 
 async def first_ok(
@@ -82,90 +72,56 @@ def logged_since(cluster: FaultCluster, offsets: dict[str, int], t0: float) -> N
                     break
 
 
-async def one_run(cluster: FaultCluster, run: int, down: float) -> None:
-    job = await cluster.submit(cluster.fresh_lock_type(), 100_000, INTERVAL)
-    viewer = Viewer(job.id)
-    received: list[tuple[int, float]] = []
-    sse = httpx.AsyncClient(base_url=cluster.base_url, timeout=httpx.Timeout(30, read=120))
-    following = asyncio.create_task(viewer.follow(sse))
-
-    async def watch() -> None:
-        seen = 0
-        while True:
-            for seq in viewer.lines[seen:]:
-                received.append((seq, time.time()))
-            seen = len(viewer.lines)
-            await asyncio.sleep(0.005)
-
-    watching = asyncio.create_task(watch())
-    try:
-        async with asyncio.timeout(60):
-            await viewer.got_line.wait()
-        await asyncio.sleep(2)
-        offsets = {n: s.log_file.stat().st_size for n, s in cluster.services.items()}
-        await cluster.restart_nats(down)
-        t0 = time.time()
-        label = f"probe-{run}"
-        record = cluster.records / f"{label}.txt"
-        parameters = {"lines": 3, "record": str(record), "label": label}
-        locked_label = f"probe-{run}-locked"
-        locked_record = cluster.records / f"{locked_label}.txt"
-        locked_parameters = {"lines": 3, "record": str(locked_record), "label": locked_label}
-        locked_body = {"job_type": cluster.fresh_lock_type(), "parameters": locked_parameters}
-        (health, _), (read, _), (submit, created), (_, locked_created) = await asyncio.gather(
-            first_ok(cluster, "GET", "/health"),
-            first_ok(cluster, "GET", f"/api/jobs/{job.id}"),
-            first_ok(cluster, "POST", "/api/jobs", {"job_type": "free", "parameters": parameters}),
-            first_ok(cluster, "POST", "/api/jobs", locked_body),
-        )
-        new = ToolJob(created.json()["id"], label, record)
-        row = await cluster.wait_job(new.id, lambda r: r.status in ("running", "completed"), 60)
-        assert row is not None
-        running = time.time()
-        tool_start = await started_at(new)
-        # A job of a lock (queued on it, the lock free): the runners' lock board must see it.
-        locked_start = await started_at(
-            ToolJob(locked_created.json()["id"], locked_label, locked_record)
-        )
-        async with asyncio.timeout(60):
-            while True:
-                times = printed(job)
-                after = [at for seq, at in received if times.get(seq, 0) > t0]
-                if after:
-                    break
-                await asyncio.sleep(0.05)
-        figures = {
-            "run": run,
-            "down": down,
-            "health": health - t0,
-            "read": read - t0,
-            "submit": submit - t0,
-            "new_tool_start": tool_start - t0,
-            "new_running": running - t0,
-            "locked_tool_start": locked_start - t0,
-            "viewer_new_line": after[0] - t0,
-        }
-        print(json.dumps({k: round(v, 2) for k, v in figures.items()}), flush=True)
-        logged_since(cluster, offsets, t0)
-    finally:
-        watching.cancel()
-        following.cancel()
-        await asyncio.gather(watching, following, return_exceptions=True)
-        await sse.aclose()
-        await cluster.cancel(job.id)
+async def restart_and_probe(
+    down: float, cluster: FaultCluster, watched: WatchedJob, run: int
+) -> None:
+    """nats-server killed and started again after ``down`` s; then every probe at once."""
+    offsets = {n: s.log_file.stat().st_size for n, s in cluster.services.items()}
+    await cluster.restart_nats(down)
+    t0 = time.time()
+    label = f"probe-{run}"
+    record = cluster.records / f"{label}.txt"
+    parameters = {"lines": 3, "record": str(record), "label": label}
+    locked_label = f"probe-{run}-locked"
+    locked_record = cluster.records / f"{locked_label}.txt"
+    locked_parameters = {"lines": 3, "record": str(locked_record), "label": locked_label}
+    locked_body = {"job_type": cluster.fresh_lock_type(), "parameters": locked_parameters}
+    (health, _), (read, _), (submit, created), (_, locked_created) = await asyncio.gather(
+        first_ok(cluster, "GET", "/health"),
+        first_ok(cluster, "GET", f"/api/jobs/{watched.job.id}"),
+        first_ok(cluster, "POST", "/api/jobs", {"job_type": "free", "parameters": parameters}),
+        first_ok(cluster, "POST", "/api/jobs", locked_body),
+    )
+    new = ToolJob(created.json()["id"], label, record)
+    row = await cluster.wait_job(new.id, lambda r: r.status in ("running", "completed"), 60)
+    assert row is not None
+    running = time.time()
+    tool_start = await started_at(new)
+    # A job of a lock (queued on it, the lock free): the runners' lock board must see it.
+    locked_start = await started_at(
+        ToolJob(locked_created.json()["id"], locked_label, locked_record)
+    )
+    viewer_new_line = await watched.first_line_after(t0)
+    figures = {
+        "run": run,
+        "down": down,
+        "health": health - t0,
+        "read": read - t0,
+        "submit": submit - t0,
+        "new_tool_start": tool_start - t0,
+        "new_running": running - t0,
+        "locked_tool_start": locked_start - t0,
+        "viewer_new_line": viewer_new_line - t0,
+    }
+    print(json.dumps({k: round(v, 2) for k, v in figures.items()}), flush=True)
+    logged_since(cluster, offsets, t0)
 
 
 async def main(down: float, runs: int) -> None:
     async with running_cluster(lease_ttl=20.0) as cluster:
-        for run in range(runs):
-            await one_run(cluster, run, down)
-            await asyncio.sleep(3)
+        strike = functools.partial(restart_and_probe, down)
+        await fault_runs(cluster, runs, strike, settle=2.0, pause=3.0)
 
 
 if __name__ == "__main__":
-    asyncio.run(
-        main(
-            float(sys.argv[1]) if len(sys.argv) > 1 else 0.0,
-            int(sys.argv[2]) if len(sys.argv) > 2 else 3,
-        )
-    )
+    asyncio.run(main(*down_and_runs()))

@@ -9,84 +9,46 @@ of its next line message, nats-server SIGKILLed once that message is stored, dow
 the restart returned: the first line printed after the restart at the viewer, and whether the
 viewer had every line once, in order, after the job's cancel. ``bench/nats_restart.py``'s
 kill lands where it lands (a message in flight in about one run of seven); this one always
-lands on one.
+lands on one. The run loop is ``bench/faultruns.py``'s; the fault here is ``kill_at_ack``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import sys
 import time
 
-import httpx
-
-from bench.nats_restart import printed
+from bench.faultruns import WatchedJob, down_and_runs, fault_runs
 from tests.ackholding_proxy import AckHoldingProxy
 from tests.faults.cluster import FaultCluster
 from tests.faults.proxied import Fault, proxied_cluster, strike_at_ack
-from tests.faults.viewers import Viewer
-
-INTERVAL = 0.05
 
 
-async def one_run(cluster: FaultCluster, proxy: AckHoldingProxy, run: int, down: float) -> None:
-    job = await cluster.submit(cluster.fresh_lock_type(), 100_000, INTERVAL)
-    viewer = Viewer(job.id)
-    received: list[tuple[int, float]] = []
-    sse = httpx.AsyncClient(base_url=cluster.base_url, timeout=httpx.Timeout(30, read=120))
-    following = asyncio.create_task(viewer.follow(sse))
-
-    async def watch() -> None:
-        seen = 0
-        while True:
-            for seq in viewer.lines[seen:]:
-                received.append((seq, time.time()))
-            seen = len(viewer.lines)
-            await asyncio.sleep(0.005)
-
-    watching = asyncio.create_task(watch())
-    try:
-        async with asyncio.timeout(60):
-            await viewer.got_line.wait()
-        await asyncio.sleep(1)
-        subject = f"{cluster.settings.prefix}.job.{job.id}.lines"
-        failed = await strike_at_ack(cluster, proxy, Fault(True, down), subject)
-        t0 = time.time()
-        assert failed is None, failed
-        async with asyncio.timeout(60):
-            while True:
-                times = printed(job)
-                after = [at for seq, at in received if times.get(seq, 0) > t0]
-                if after:
-                    break
-                await asyncio.sleep(0.02)
-        await cluster.cancel(job.id)
-        async with asyncio.timeout(60):
-            await following
-        stored = [seq for seq, _ in await cluster.stored_lines(job.id)]
-        whole = viewer.lines == stored == list(range(1, len(stored) + 1)) and viewer.dones == 1
-        figures = {"run": run, "down": down, "viewer_new_line": round(after[0] - t0, 2)}
-        print(json.dumps({**figures, "once_in_order": whole}), flush=True)
-    finally:
-        watching.cancel()
-        following.cancel()
-        await asyncio.gather(watching, following, return_exceptions=True)
-        await sse.aclose()
-        await cluster.cancel(job.id)
+async def kill_at_ack(
+    proxy: AckHoldingProxy, down: float, cluster: FaultCluster, watched: WatchedJob, run: int
+) -> None:
+    """nats-server killed once the job's next line message is stored, its ack held back."""
+    subject = f"{cluster.settings.prefix}.job.{watched.job.id}.lines"
+    failed = await strike_at_ack(cluster, proxy, Fault(True, down), subject)
+    t0 = time.time()
+    assert failed is None, failed
+    viewer_new_line = await watched.first_line_after(t0)
+    await cluster.cancel(watched.job.id)
+    async with asyncio.timeout(60):
+        await watched.following
+    stored = [seq for seq, _ in await cluster.stored_lines(watched.job.id)]
+    viewer = watched.viewer
+    whole = viewer.lines == stored == list(range(1, len(stored) + 1)) and viewer.dones == 1
+    figures = {"run": run, "down": down, "viewer_new_line": round(viewer_new_line - t0, 2)}
+    print(json.dumps({**figures, "once_in_order": whole}), flush=True)
 
 
 async def main(down: float, runs: int) -> None:
     async with proxied_cluster(20.0, {"runner"}) as (cluster, proxy):
-        for run in range(runs):
-            await one_run(cluster, proxy, run, down)
-            await asyncio.sleep(2)
+        strike = functools.partial(kill_at_ack, proxy, down)
+        await fault_runs(cluster, runs, strike, settle=1.0, pause=2.0)
 
 
 if __name__ == "__main__":
-    asyncio.run(
-        main(
-            float(sys.argv[1]) if len(sys.argv) > 1 else 0.0,
-            int(sys.argv[2]) if len(sys.argv) > 2 else 3,
-        )
-    )
+    asyncio.run(main(*down_and_runs()))

@@ -71,6 +71,10 @@ class System:
         self._stops[name].set()
         await asyncio.wait_for(self._tasks.pop(name), 30)
 
+    async def exited(self, name: str) -> Any:
+        """What a service returned once it ended by itself (raises what it raised)."""
+        return await asyncio.wait_for(self._tasks.pop(name), 30)
+
     async def tokens(self) -> TokenStore:
         if self._tokens is None:
             self._nc = await eventstore.connect(self.settings, "tests")

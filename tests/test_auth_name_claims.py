@@ -7,16 +7,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats as nats_client
 import pytest
+from nats.js import JetStreamContext
 
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.security import tokens
-from jobrunner.services.api.security.tokens import TokenStore, _name_key
+from jobrunner.services.api.security.tokens import (
+    Role,
+    TokenNameTaken,
+    TokenRecord,
+    TokenStore,
+    _key,
+    _name_key,
+)
 from tests.system import System
 
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
@@ -65,6 +76,27 @@ async def test_a_stale_claim_taken_over_by_several_at_once_makes_one_token(syste
     assert sorted(a.status_code for a in answers) == [201, 409, 409, 409, 409], [
         a.text for a in answers
     ]
+    assert await named(store, "ghost") == 1
+
+
+@pytest.mark.parametrize("skew", [60.0, -60.0], ids=["host-ahead", "host-behind"])
+async def test_a_claims_age_does_not_depend_on_this_hosts_clock(
+    settings: Settings, js: JetStreamContext, skew: float
+) -> None:
+    """This API host's clock a minute ahead of the NATS server's, or a minute behind: a claim
+    left without its token still blocks its name while young and frees it once stale. (Its age
+    was this host's now minus the server's time of the claim: ahead, a fresh claim looked stale
+    and a create under way could lose its name to a second token; behind, a stale claim blocked
+    the name for a minute more.)"""
+    store = await TokenStore.open(
+        js, Names(settings.prefix), clock=lambda: datetime.now(UTC) + timedelta(seconds=skew)
+    )
+    await store.kv.create(_name_key("ghost"), b"0123456789abcdef")
+    with pytest.raises(TokenNameTaken):
+        await store.create("ghost", "viewer")
+    await asyncio.sleep(STALE + 0.2)
+    record, _ = await store.create("ghost", "viewer")
+    assert record.name == "ghost"
     assert await named(store, "ghost") == 1
 
 
@@ -145,3 +177,57 @@ async def name_is_usable_or_listed(
         assert listed == 1
     else:
         assert (answer.status_code, listed) in ((201, 1), (409, 1)), (answer.text, listed)
+
+
+class TestNatsPausedAfterTheRecordCheck:
+    """NATS paused right after the record check: the claim's age was measured before it."""
+
+    @pytest.fixture
+    def settings(self, settings: Settings, own_nats: EmbeddedNats) -> Settings:
+        return msgspec.structs.replace(settings, nats_url=own_nats.url)
+
+    async def test_a_record_landing_during_the_pause_keeps_its_name(
+        self, system: System, own_nats: EmbeddedNats
+    ) -> None:
+        """Another API claimed the name and sent its token's record, then died; NATS pauses as
+        this create has just found no record. The record lands as NATS runs again: this create
+        must answer 409, not make a second token of that name."""
+        assert own_nats.proc is not None
+        pid = own_nats.proc.pid
+        store = await system.tokens()
+        held_by = "0123456789abcdef"
+        await store.kv.create(_name_key("ghost"), held_by.encode())
+        other_api = await nats_client.connect(own_nats.url)
+        record = TokenRecord(
+            id=held_by,
+            name="ghost",
+            role=Role.VIEWER,
+            hash="0" * 64,
+            created_at=datetime.now(UTC),
+        )
+
+        class PausedAfterTheCheck(TokenStore):
+            async def _exists(self, token_id: str) -> bool:
+                found = await super()._exists(token_id)
+                os.kill(pid, signal.SIGSTOP)
+                # The other API's record write, in flight as it died: no one awaits its reply.
+                await other_api.publish(
+                    f"{store.kv._pre}{_key(held_by)}",
+                    msgspec.json.encode(record),
+                    headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+                )
+                asyncio.get_running_loop().call_later(STALE + 0.5, os.kill, pid, signal.SIGCONT)
+                return found
+
+        try:
+            outcome = await asyncio.gather(
+                PausedAfterTheCheck(store.kv).create("ghost", "viewer"), return_exceptions=True
+            )
+            async with asyncio.timeout(10):
+                while await store.get(held_by) is None:  # noqa: ASYNC110 - a poll of the bucket
+                    await asyncio.sleep(0.05)
+            assert await named(store, "ghost") == 1, outcome
+            assert isinstance(outcome[0], TokenNameTaken), outcome
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            await other_api.close()

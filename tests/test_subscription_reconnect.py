@@ -353,3 +353,43 @@ async def test_a_reader_whose_create_is_refused_tries_again(
         await js.update_stream(config)
         await read_until(reader, seen, 2)
     assert seen == [1, 2]
+
+
+async def test_a_kv_watch_whose_create_is_refused_tries_again_soon(
+    js: JetStreamContext,
+) -> None:
+    """A watch's consumer gone and its stream at its consumer limit, no reconnect meanwhile: the
+    refused create is tried again after a short backoff, and the watch gets the next change soon
+    after room is made. (The refusal went only to the client's error callback and the reopen
+    waited out the create's 5 s request timeout before its first retry.)"""
+    bucket = f"refused_soon_{uuid.uuid4().hex[:12]}"
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    # A create that waited out its request timeout before the retry would take 30 s: far past
+    # the bound below, however slow the machine.
+    js._timeout = 30.0
+    stream = f"KV_{bucket}"
+    try:
+        await kv.put("a", b"1")
+        watcher = await kv.watchall()
+        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
+        assert (first.key, first.value) == ("a", b"1")
+        assert await watcher.updates(timeout=5) is None  # type: ignore[no-untyped-call]
+        await js.delete_consumer(stream, watcher._sub._consumer)
+        await js.add_consumer(stream, name="filler")
+        info = await js.stream_info(stream)
+        config = info.config
+        allowed = config.max_consumers
+        config.max_consumers = info.state.consumer_count  # no room for one more
+        await js.update_stream(config)
+        assert subscription.reopen_after_reconnect(js._nc) == 1
+        await kv.put("b", b"2")
+        await asyncio.sleep(1.0)  # refused meanwhile
+        config.max_consumers = allowed
+        await js.update_stream(config)
+        # Retries 0.25, 0.5, 1, 2 s apart: the third, about 1.75 s after the first, finds room.
+        update = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+        assert (update.key, update.value) == ("b", b"2")
+        assert (await js.stream_info(stream)).state.consumer_count == 2  # the filler, the watch
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    finally:
+        await js.delete_key_value(bucket)

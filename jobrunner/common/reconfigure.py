@@ -1,17 +1,23 @@
 """Settings that live in JetStream's own configuration, applied again at every start.
 
-A bucket's TTL (the stream's ``max_age``) and a durable consumer's ack wait are set by whoever
-creates them. Declaring them again with other values is no error and changes nothing, so a
-changed setting (``idempotency_ttl_seconds``, ``notifier_ack_wait_seconds``, the lease TTL the
-runners' ack wait follows) would be silently ignored on the next start. Each start compares
-what the server holds with the settings and updates it, with a log line saying so: the last
-service started wins, so give every instance the same settings.
+A bucket's TTL (the stream's ``max_age``) and a durable consumer's ack wait (with the rest of
+what its service depends on: ``durable_consumer``) are set by whoever creates them. Declaring
+them again with other values is no error and changes nothing, so a changed setting
+(``idempotency_ttl_seconds``, ``notifier_ack_wait_seconds``, the lease TTL the runners' ack wait
+follows) would be silently ignored on the next start. Each start compares what the server holds
+with the settings and updates it, with a log line saying so: the last service started wins, so
+give every instance the same settings.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from jobrunner.common.refusal import StateRefused
 
 log = structlog.get_logger()
 
@@ -33,18 +39,83 @@ async def bucket_ttl(js: JetStreamContext, bucket: api.StreamInfo, ttl: float) -
     log.info("bucket TTL changed to the setting", bucket=config.name, was=was, now=ttl)
 
 
-async def consumer_ack_wait(
-    js: JetStreamContext, stream: str, consumer: str, ack_wait: float
+class ConsumerUnusable(StateRefused):
+    """A shared durable consumer made with what JetStream cannot change and the service cannot
+    work with: deleting it is the remedy, so the service refuses to start (``REFUSED_EXIT``)."""
+
+    code = "consumer_unusable"
+
+    def __init__(self, stream: str, consumer: str, reason: str) -> None:
+        super().__init__(
+            f"{self.code}: the durable consumer {consumer} of stream {stream} {reason}, which "
+            f"JetStream cannot change: delete it (nats consumer rm {stream} {consumer}) and "
+            f"start again; the service makes it anew"
+        )
+
+
+async def durable_consumer(
+    js: JetStreamContext, stream: str, consumer: str, wanted: api.ConsumerConfig
 ) -> None:
-    """Give the existing durable ``consumer`` the ack wait ``ack_wait`` (seconds) if it has
-    another. Messages it handed out already keep the deadline they were given."""
-    info = await js.consumer_info(stream, consumer)
-    if info.config.ack_wait is not None and abs(info.config.ack_wait - ack_wait) < _SAME:
+    """Make the existing durable ``consumer`` what ``wanted`` asks where the service depends on
+    it (there is none yet: whoever creates it gives it ``wanted``).
+
+    An older jobrunner, an operator or a changed setting may have left it otherwise, and the
+    service would bind to it without a word: another filter (requests never delivered, or
+    other events handed out), a bounded ``max_deliver`` (a waiting request dropped after a few
+    deliveries), another ``max_ack_pending`` (requests held back) or ack wait. JetStream lets
+    those change: updated, logged. A consumer that pushes instead of being pulled, or does not
+    take explicit acks, cannot be changed: ``ConsumerUnusable``."""
+    try:
+        info = await js.consumer_info(stream, consumer)
+    except NotFoundError:
         return
-    await js.add_consumer(stream, info.config.evolve(ack_wait=ack_wait))
-    log.info(
-        "consumer ack wait changed to the setting",
-        consumer=consumer,
-        was=info.config.ack_wait,
-        now=ack_wait,
+    have = info.config
+    if have.deliver_subject:
+        raise ConsumerUnusable(stream, consumer, "pushes to a deliver subject, not pulled")
+    if have.ack_policy != wanted.ack_policy:
+        raise ConsumerUnusable(
+            stream,
+            consumer,
+            f"has ack policy {_value(have.ack_policy)!r}, not {_value(wanted.ack_policy)!r}",
+        )
+    was, now = _updatable(have), _updatable(wanted)
+    changed = [field for field in now if not _equal(was[field], now[field])]
+    if not changed:
+        return
+    await js.add_consumer(
+        stream,
+        have.evolve(
+            filter_subject=wanted.filter_subject,
+            filter_subjects=wanted.filter_subjects,
+            ack_wait=wanted.ack_wait,
+            max_deliver=wanted.max_deliver,
+            max_ack_pending=wanted.max_ack_pending,
+        ),
     )
+    log.info(
+        "consumer changed to the setting",
+        consumer=consumer,
+        was={field: was[field] for field in changed},
+        now={field: now[field] for field in changed},
+    )
+
+
+def _updatable(config: api.ConsumerConfig) -> dict[str, Any]:
+    """What ``durable_consumer`` keeps as wanted, in the server's defaults (no limit: -1)."""
+    filters = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+    return {
+        "filter_subjects": sorted(filters),
+        "ack_wait": config.ack_wait,
+        "max_deliver": config.max_deliver or -1,
+        "max_ack_pending": config.max_ack_pending or -1,
+    }
+
+
+def _equal(was: Any, now: Any) -> bool:
+    if isinstance(was, int | float) and isinstance(now, int | float):
+        return abs(was - now) < _SAME
+    return bool(was == now)
+
+
+def _value(policy: Any) -> str:
+    return str(getattr(policy, "value", policy))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -376,11 +377,6 @@ def reopen_after_reconnect(nc: Any) -> int:
 # The watches whose check is under way (one at a time each), each with the event a reconnect sets
 # to cut its wait before trying again short (``OrderedReader._reconnected``'s, for a watch).
 _watches_reopening: weakref.WeakKeyDictionary[Any, asyncio.Event] = weakref.WeakKeyDictionary()
-# nats-py creates a watch's new consumer in a task of its own and tells only by naming it on the
-# subscription (a refused create goes only to the client's error callback): the reopen polls for
-# the name this often, and counts the create failed once its request's timeout has passed (or
-# the connection reconnected meanwhile: its reply may never come).
-WATCH_CREATE_POLL_SECONDS = 0.02
 
 
 def _watches(nc: Any) -> list[Any]:
@@ -451,8 +447,8 @@ async def _watch_consumer_exists(psub: JetStreamContext.PushSubscription) -> boo
 
 
 class WatchNotMadeAgain(Exception):
-    """A watch's new consumer was not made within its create's request timeout (refused, say
-    at the stream's consumer limit, or its reply lost to a reconnect)."""
+    """A watch's new consumer was not made: the connection reconnected before its create's reply
+    came (a reply that may never come), or a later reset moved the watch on meanwhile."""
 
 
 async def _reopen_watch(jsi: Any, reconnected: asyncio.Event) -> None:
@@ -461,25 +457,50 @@ async def _reopen_watch(jsi: Any, reconnected: asyncio.Event) -> None:
     # delivered from there, none after it comes from the old consumer. Nothing twice, nothing
     # skipped.
     reconnected.clear()  # one before the create went out cost it nothing
-    await jsi.reset_ordered_consumer(jsi._sseq + 1)
-    # The create is this reset's only if it made a consumer on the deliver subject the reset
-    # chose: a create of an earlier attempt, or of nats-py's own activity check, may still name
-    # its consumer on the subscription meanwhile (one on a subject nobody listens to any more).
+    made: asyncio.Future[api.ConsumerInfo] = asyncio.get_running_loop().create_future()
+    made.add_done_callback(_retrieved)  # a reply after the wait below gave up is nobody's
+    # nats-py makes the new consumer in a task of its own and hands a refusal only to the
+    # client's error callback: waiting for the consumer to show up, a refused create (the
+    # stream's consumer limit, JetStream not ready) was seen only after the create's request
+    # timeout (5 s). For this one reset the task is ours, and tells its outcome as it comes.
+    jsi.recreate_consumer = functools.partial(_make_watch_consumer, jsi, made)
+    try:
+        await jsi.reset_ordered_consumer(jsi._sseq + 1)
+    finally:
+        del jsi.recreate_consumer  # nats-py's own again, for its activity check's resets
+    cut_short = asyncio.ensure_future(reconnected.wait())
+    try:
+        await asyncio.wait((made, cut_short), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cut_short.cancel()
+    if not made.done():
+        raise WatchNotMadeAgain(f"{jsi._stream}: reconnected before the create's reply")
+    made.result()  # raises the refusal, for the caller's retry
+
+
+async def _make_watch_consumer(jsi: Any, made: asyncio.Future[api.ConsumerInfo]) -> None:
+    """nats-py's ``recreate_consumer``, its outcome set on ``made`` instead of a refusal going
+    to the client's error callback. The new consumer is named on the watch only if no later
+    reset chose another deliver subject meanwhile (its consumer would take the name)."""
     deliver = jsi._ccreq.deliver_subject
-    seen = {jsi._psub._consumer}
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(jsi._js._timeout):  # the create's own request timeout
-            while not reconnected.is_set():
-                name = jsi._psub._consumer
-                if name in seen:
-                    await asyncio.sleep(WATCH_CREATE_POLL_SECONDS)
-                    continue
-                seen.add(name)
-                with contextlib.suppress(NotFoundError):
-                    info = await jsi._js.consumer_info(jsi._stream, name)
-                    if info.config.deliver_subject == deliver:
-                        return
-    raise WatchNotMadeAgain(f"{jsi._stream}: no consumer made on {deliver}")
+    try:
+        info = await jsi._js.add_consumer(jsi._stream, config=jsi._ccreq, timeout=jsi._js._timeout)
+    except Exception as exc:
+        if not made.done():
+            made.set_exception(exc)
+        return
+    if jsi._ccreq.deliver_subject != deliver:
+        if not made.done():
+            made.set_exception(WatchNotMadeAgain(f"{jsi._stream}: moved on from {deliver}"))
+        return
+    jsi._psub._consumer = info.name
+    if not made.done():
+        made.set_result(info)
+
+
+def _retrieved(made: asyncio.Future[Any]) -> None:
+    if not made.cancelled():
+        made.exception()
 
 
 # Consumer deletions under way (``delete_consumer_soon``), the readers' background unsubscribes

@@ -78,8 +78,12 @@ def test_reset_ordered_consumer_drops_the_old_subject_before_it_waits() -> None:
     assert "self._conn._subs[nsid] = self._sub" in reset
     assert "opt_start_seq = sseq" in reset
     assert "config.deliver_subject = new_deliver" in reset  # the subject the reopen checks
+    # The create goes through the attribute, so the reopen's own (set on the instance for its
+    # reset) makes it and hears a refusal; nats-py's would tell only the error callback.
+    assert "asyncio.create_task(self.recreate_consumer())" in reset
+    assert not hasattr(JetStreamContext._JSI, "__slots__")
     recreate = inspect.getsource(JetStreamContext._JSI.recreate_consumer)
-    assert "self._psub._consumer = cinfo.name" in recreate
+    assert "self._psub._consumer = cinfo.name" in recreate  # what the reopen's own does
     assert "config=self._ccreq, timeout=self._js._timeout" in recreate
 
 

@@ -81,8 +81,9 @@ class Notifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._handling: set[str] = set()
 
-    async def subscribe(self) -> JetStreamContext.PullSubscription:
-        config = api.ConsumerConfig(
+    def consumer_config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            filter_subject=self.names.kind_subjects("status"),
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.settings.notifier_ack_wait_seconds,
             max_ack_pending=10_000,
@@ -92,6 +93,9 @@ class Notifier:
             deliver_policy=api.DeliverPolicy.BY_START_TIME,
             opt_start_time=events.utcnow() - timedelta(seconds=self.settings.webhook_retry_seconds),
         )
+
+    async def subscribe(self) -> JetStreamContext.PullSubscription:
+        config = self.consumer_config()
         while True:
             try:
                 return await self.js.pull_subscribe(
@@ -112,19 +116,16 @@ class Notifier:
                 await asyncio.sleep(0.1)
 
     async def open_consumer(self) -> JetStreamContext.PullSubscription:
-        """The notifiers' shared consumer, with the configured ack wait."""
-        sub = await retry.until_jetstream_ready(self.subscribe, "the notifiers' consumer")
-        # A consumer made by an earlier start keeps its ack wait unless told.
+        """The notifiers' shared consumer. One an earlier start left otherwise (another ack
+        wait, an older version's or an operator's filter or limits) is first made what a
+        notifier needs, or refused (``reconfigure.durable_consumer``)."""
         await retry.until_jetstream_ready(
-            lambda: reconfigure.consumer_ack_wait(
-                self.js,
-                self.names.stream,
-                self.names.notifier_consumer,
-                self.settings.notifier_ack_wait_seconds,
+            lambda: reconfigure.durable_consumer(
+                self.js, self.names.stream, self.names.notifier_consumer, self.consumer_config()
             ),
             "the notifiers' consumer",
         )
-        return sub
+        return await retry.until_jetstream_ready(self.subscribe, "the notifiers' consumer")
 
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)

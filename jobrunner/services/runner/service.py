@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from pathlib import Path
 
 import structlog
@@ -158,28 +159,30 @@ async def subscribe_requests(
     js: JetStreamContext, names: Names, ack_wait: float
 ) -> JetStreamContext.PullSubscription:
     """The runners' shared request consumer: created by the first runner, bound by the others
-    (several may start at once: the same configuration is no error)."""
-    sub = await retry.until_jetstream_ready(
+    (several may start at once: the same configuration is no error). One an earlier start left
+    otherwise (another lease TTL's ack wait, an older version's or an operator's filter or
+    limits) is first made what a runner needs, or refused (``reconfigure.durable_consumer``)."""
+    wanted = api.ConsumerConfig(
+        filter_subject=names.kind_subjects("requested"),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=10_000,
+        max_deliver=-1,  # a request waiting for its lock comes back until a runner takes it
+    )
+    what = "the runners' request consumer"
+    await retry.until_jetstream_ready(
+        lambda: reconfigure.durable_consumer(js, names.stream, names.runner_consumer, wanted),
+        what,
+    )
+    return await retry.until_jetstream_ready(
         lambda: js.pull_subscribe(
             names.kind_subjects("requested"),
             durable=names.runner_consumer,
             stream=names.stream,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=ack_wait,
-                max_ack_pending=10_000,
-                max_deliver=-1,
-            ),
+            config=copy.copy(wanted),
         ),
-        "the runners' request consumer",
+        what,
     )
-    # A consumer made by an earlier start keeps its ack wait (twice the lease TTL then) unless
-    # told.
-    await retry.until_jetstream_ready(
-        lambda: reconfigure.consumer_ack_wait(js, names.stream, names.runner_consumer, ack_wait),
-        "the runners' request consumer",
-    )
-    return sub
 
 
 async def run_runner(settings: Settings, stop: asyncio.Event) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -41,6 +42,8 @@ _TOKEN_RE = re.compile(r"^jrt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 _TOKEN_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 _SESSION_KEY = "session-key"
+# Written to learn the server's time now (``_server_now``); its value is never read.
+_CLOCK_KEY = "clock"
 # A name claim with no token record behind it is taken over once it is this old: twice nats-py's
 # JetStream request timeout (5 s), past which the create that made it has given up. A module
 # value so that tests can shorten it.
@@ -137,19 +140,31 @@ async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> 
     )
 
 
-class TokenStore:
-    """Tokens in the KV bucket, with an in-memory copy kept current by a watch."""
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, kv: KeyValue) -> None:
+
+class TokenStore:
+    """Tokens in the KV bucket, with an in-memory copy kept current by a watch. ``clock`` is
+    this host's time (a token's creation, expiry and revocation; tests set it apart)."""
+
+    def __init__(self, kv: KeyValue, clock: Callable[[], datetime] = utc_now) -> None:
         self.kv = kv
+        self._clock = clock
         self._cache: dict[str, TokenRecord] = {}
         self._watch_task: asyncio.Task[None] | None = None
         # Set (and dropped) when a token's record changes: what an open stream waits on.
         self._changed: dict[str, asyncio.Event] = {}
 
     @classmethod
-    async def open(cls, js: JetStreamContext, names: Names, replicas: int = 1) -> TokenStore:
-        return cls(await open_bucket(js, names, replicas))
+    async def open(
+        cls,
+        js: JetStreamContext,
+        names: Names,
+        replicas: int = 1,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> TokenStore:
+        return cls(await open_bucket(js, names, replicas), clock)
 
     # --- the watch (API instances)
     async def start_watch(self) -> None:
@@ -236,12 +251,12 @@ class TokenStore:
             return None
         if not hmac.compare_digest(hash_token(token), record.hash):
             return None
-        return record if record.usable(now) else None
+        return record if record.usable(now or self._clock()) else None
 
     async def usable_record(self, token_id: str) -> TokenRecord | None:
         """A still usable record by id (a session cookie names its token by id)."""
         record = self._cache.get(token_id) or await self.get(token_id)
-        return record if record is not None and record.usable() else None
+        return record if record is not None and record.usable(self._clock()) else None
 
     async def until_unusable(self, token_id: str) -> None:
         """Returns once the token stops counting: revoked (here or, through the watch, anywhere),
@@ -249,7 +264,7 @@ class TokenStore:
         so that it does not outlive its token."""
         while True:
             record = self._cache.get(token_id)
-            now = datetime.now(UTC)
+            now = self._clock()
             if record is None or not record.usable(now):
                 return
             changed = self._changed.setdefault(token_id, asyncio.Event())
@@ -295,7 +310,7 @@ class TokenStore:
             raise TokenError(f"role must be one of {', '.join(r.value for r in Role)}") from None
         if expires_at is not None and expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
-        if expires_at is not None and expires_at <= datetime.now(UTC):
+        if expires_at is not None and expires_at <= self._clock():
             raise TokenError("the expiry lies in the past")
         # Names are the identity recorded in every job's events, so a name is never reused,
         # not even after its token was revoked: the audit trail stays unambiguous.
@@ -317,7 +332,7 @@ class TokenStore:
             name=name,
             role=role,
             hash=hash_token(token),
-            created_at=datetime.now(UTC),
+            created_at=self._clock(),
             expires_at=expires_at,
             own_jobs_only=own_jobs_only,
             created_by=created_by,
@@ -343,9 +358,13 @@ class TokenStore:
         A claim is left without its token when the API dies between the claim and the record,
         or NATS stops answering there (the claim's own write may even time out here and still
         be applied once NATS is back). Such a claim names a token id with no record; once it is
-        older than any create still under way could be (NAME_CLAIM_STALE_SECONDS, by the
-        server's clock), this create takes it over. The update is conditional on the claim's
-        revision, so of several creates taking it over at once one wins; the rest get 409."""
+        older than any create still under way could be (NAME_CLAIM_STALE_SECONDS), this create
+        takes it over. Its age is measured between two of the server's own timestamps, the
+        claim's and a probe's written now (``_server_now``): with this host's clock, a host
+        whose clock ran ahead of the server's took a fresh claim for a stale one (two tokens of
+        one name), one behind kept a stale claim blocking the name longer. The update is
+        conditional on the claim's revision, so of several creates taking it over at once one
+        wins; the rest get 409."""
         key = _name_key(name)
         try:
             claim = await self.kv._js.get_msg(
@@ -356,11 +375,13 @@ class TokenStore:
         if claim.headers and claim.headers.get(KV_OP) in (KV_DEL, KV_PURGE):
             raise taken  # deleted after our create was refused: likewise
         held_by = (claim.data or b"").decode(errors="replace")
-        if _TOKEN_ID_RE.match(held_by) and await self._exists(held_by):
-            raise taken
         assert claim.time is not None
         assert claim.seq is not None
-        age = (datetime.now(UTC) - claim.time).total_seconds()
+        # Measured before the record is looked for, never after: a NATS pause between the two
+        # would make a claim whose record landed during the pause look old.
+        age = (await self._server_now() - claim.time).total_seconds()
+        if _TOKEN_ID_RE.match(held_by) and await self._exists(held_by):
+            raise taken
         if age < NAME_CLAIM_STALE_SECONDS:
             raise taken  # perhaps a create still under way: its record may yet come
         try:
@@ -376,6 +397,16 @@ class TokenStore:
             age_seconds=round(age, 1),
         )
 
+    async def _server_now(self) -> datetime:
+        """The server's time now: the timestamp it gives a probe written to the bucket (its
+        ``clock`` key, the bucket's history deep). In a cluster the stream's leader stamps
+        messages, so a leader change between a claim and the probe mixes two servers' clocks:
+        NTP keeps those well within NAME_CLAIM_STALE_SECONDS, an API host's clock need not."""
+        seq = await self.kv.put(_CLOCK_KEY, b"")
+        probe = await self.kv._js.get_msg(self.kv._stream, seq=seq, direct=self.kv._direct)
+        assert probe.time is not None
+        return probe.time
+
     async def _exists(self, token_id: str) -> bool:
         """Whether a record (usable or not, readable or not) stands under this id."""
         try:
@@ -390,7 +421,7 @@ class TokenStore:
             raise TokenError(f"there is no token {id_or_name!r}")
         if record.revoked_at is not None:
             return record
-        revoked = msgspec.structs.replace(record, revoked_at=datetime.now(UTC))
+        revoked = msgspec.structs.replace(record, revoked_at=self._clock())
         await self.kv.put(_key(record.id), msgspec.json.encode(revoked))
         self._remember(record.id, revoked)
         log.info("token revoked", token_id=record.id, name=record.name)
