@@ -245,8 +245,10 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
     except serverversion.NatsServerTooOld as exc:
         log.critical("nats-server too old", code=exc.code, found=exc.found, needed=exc.needed)
         raise
+    declaring = retry.start_context(js)
     await retry.until_jetstream_ready(
-        lambda: _declare_visible_topology(js, names, settings), "the event stream and its buckets"
+        lambda: _declare_visible_topology(declaring, names, settings),
+        "the event stream and its buckets",
     )
 
 

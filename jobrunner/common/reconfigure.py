@@ -13,6 +13,8 @@ from __future__ import annotations
 import structlog
 from nats.js import JetStreamContext, api
 
+from jobrunner.common import retry
+
 log = structlog.get_logger()
 
 # The server stores durations in nanoseconds; nats-py hands them back as float seconds.
@@ -37,7 +39,9 @@ async def consumer_ack_wait(
     js: JetStreamContext, stream: str, consumer: str, ack_wait: float
 ) -> None:
     """Give the existing durable ``consumer`` the ack wait ``ack_wait`` (seconds) if it has
-    another. Messages it handed out already keep the deadline they were given."""
+    another. Messages it handed out already keep the deadline they were given. A start step:
+    its requests wait the start's short timeout (``retry.start_context``)."""
+    js = retry.start_context(js)
     info = await js.consumer_info(stream, consumer)
     if info.config.ack_wait is not None and abs(info.config.ack_wait - ack_wait) < _SAME:
         return

@@ -23,6 +23,7 @@ import nats.errors
 import nats.js.errors
 import stamina
 import structlog
+from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
 
@@ -63,6 +64,16 @@ _FORMING_API_ERRORS = frozenset(
 )
 # How often "waiting for JetStream" is logged again while the wait goes on.
 WAIT_LOG_SECONDS = 5.0
+# JetStream's "stream not found" and "consumer not found" (nats-py's BucketNotFoundError, for a
+# bucket, has no code). A start step meets one when what it uses was declared a moment before
+# (by ``ensure_topology`` or the step before) and the cluster node that answers has not applied
+# the declaration yet: a meta leader just elected and still catching up, a stream whose
+# replicas have not elected their first leader. That lasts a moment: the step is tried again
+# for this long. Past it the thing is missing for good (deleted by an operator, or never made):
+# waiting would not bring it back, so the error is raised, the service exits and its
+# supervisor runs the whole start again, whose declaration creates it anew.
+NOT_FOUND_GRACE_SECONDS = 10.0
+_NOT_FOUND_API_ERRORS = frozenset({10059, 10014})
 
 
 class PublishRefused(Exception):
@@ -110,6 +121,13 @@ class NotYetVisible(Exception):
     elected answers "stream not found" until it has caught up): the step is tried again."""
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """True for a stream, a bucket or a consumer that JetStream says is not there."""
+    return isinstance(exc, nats.js.errors.BucketNotFoundError) or (
+        getattr(exc, "err_code", None) in _NOT_FOUND_API_ERRORS
+    )
+
+
 def is_forming(exc: BaseException) -> bool:
     """True when JetStream may accept the request once its cluster has formed (or a node is
     back): everything transient, the refusals of a cluster short of nodes, and a creation not
@@ -127,18 +145,31 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
 
     A service started before its NATS cluster has formed, or while a node is down, waits here
     instead of exiting, and says what it waits for (``waiting for JetStream``, at once and every
-    ``WAIT_LOG_SECONDS``); a permanent refusal (a bad configuration) raises at once.
+    ``WAIT_LOG_SECONDS``); a permanent refusal (a bad configuration) raises at once. A stream,
+    bucket or consumer not found is waited for ``NOT_FOUND_GRACE_SECONDS`` (a declaration not
+    yet applied by the node that answers), then raised (see there).
     """
     failures = 0
     logged = 0.0
+    missing_since: float | None = None
     while True:
         try:
             result = await operation()
         except Exception as exc:
-            if not is_forming(exc):
+            now = time.monotonic()
+            if is_not_found(exc):
+                missing_since = now if missing_since is None else missing_since
+                if now - missing_since >= NOT_FOUND_GRACE_SECONDS:
+                    log.error(
+                        "still not found: the start begins again",
+                        waiting_for=what,
+                        reason=str(exc) or type(exc).__name__,
+                        waited=round(now - missing_since, 1),
+                    )
+                    raise
+            elif not is_forming(exc):
                 raise
             failures += 1
-            now = time.monotonic()
             if now - logged >= WAIT_LOG_SECONDS:
                 logged = now
                 log.warning(
@@ -152,6 +183,22 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
         if failures:
             log.info("JetStream ready", waited_for=what, attempts=failures + 1)
         return result
+
+
+# How long a start waits for JetStream's answer to one of its requests before sending it again
+# (nats-py's default is 5 s). On a cluster a request about a replicated stream just created, by
+# this start or by another starting at the same moment, can get no answer at all while the
+# stream's replicas elect their first leader (only a leader answers, the other replicas stay
+# silent): measured on 3 nodes, 1-5 requests of every concurrent start met that, and each waited
+# the whole timeout. The start's requests (a look, a create, an update to the same
+# configuration) are idempotent, so sending one again is safe, and a later one meets the leader.
+START_REQUEST_TIMEOUT = 1.0
+
+
+def start_context(js: JetStreamContext) -> JetStreamContext:
+    """``js`` with the start's request timeout. For a start step's own requests only, never for
+    a handle kept afterwards (a bucket, a subscription), whose requests keep the default."""
+    return JetStreamContext(js._nc, prefix=js._prefix, timeout=START_REQUEST_TIMEOUT)
 
 
 async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:

@@ -24,13 +24,13 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext, api
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from jobrunner.common import retry
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -124,17 +124,20 @@ def _name_key(name: str) -> str:
 async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> KeyValue:
     """The token bucket, created when missing. Several API instances may create it at once:
     creating it with the same configuration as another is no error. JetStream's own errors
-    (a cluster still forming, a timeout) are raised for the caller to retry."""
+    (a cluster still forming, a timeout) are raised for the caller to retry. The look and the
+    create wait the start's short request timeout (``retry.start_context``); the bucket
+    returned keeps ``js`` and its own."""
+    starting = retry.start_context(js)
     try:
-        return await js.key_value(names.tokens_bucket)
-    except BucketNotFoundError:
-        pass
-    return await js.create_key_value(
-        bucket=names.tokens_bucket,
-        history=5,
-        storage=api.StorageType.FILE,
-        replicas=replicas,
-    )
+        await starting.stream_info(f"KV_{names.tokens_bucket}")
+    except NotFoundError:
+        await starting.create_key_value(
+            bucket=names.tokens_bucket,
+            history=5,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+        )
+    return await js.key_value(names.tokens_bucket)
 
 
 class TokenStore:
