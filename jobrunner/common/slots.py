@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import ackinbox, retry
+from jobrunner.common import ackinbox
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -185,9 +185,7 @@ class SlotTable:
         that is held, and a sweeping runner would then end a healthy job RUNNER_LOST."""
         if self._kv is None:
             bucket = self._names.locks_bucket
-            # Raises BucketNotFoundError when it is missing. The look waits the start's short
-            # request timeout; the handle kept below uses ``self._js`` and its own.
-            await retry.start_context(self._js).key_value(bucket)
+            await self._js.key_value(bucket)  # raises BucketNotFoundError when it is missing
             self._kv = KeyValue(
                 name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=self._js, direct=False
             )

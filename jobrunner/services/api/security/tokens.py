@@ -30,7 +30,6 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from jobrunner.common import retry
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -121,23 +120,32 @@ def _name_key(name: str) -> str:
     return f"name.{hashlib.sha256(name.encode()).hexdigest()}"
 
 
-async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> KeyValue:
+async def open_bucket(
+    js: JetStreamContext,
+    names: Names,
+    replicas: int = 1,
+    starting: JetStreamContext | None = None,
+) -> KeyValue:
     """The token bucket, created when missing. Several API instances may create it at once:
     creating it with the same configuration as another is no error. JetStream's own errors
-    (a cluster still forming, a timeout) are raised for the caller to retry. The look and the
-    create wait the start's short request timeout (``retry.start_context``); the bucket
-    returned keeps ``js`` and its own."""
-    starting = retry.start_context(js)
+    (a cluster still forming, a timeout) are raised for the caller to retry. ``starting``: the
+    context for the look and the create, a start's (``retry.start_context``: a short timeout,
+    for a caller that tries again); the bucket returned uses ``js``."""
+    starting = starting or js
+    bucket, stream = names.tokens_bucket, f"KV_{names.tokens_bucket}"
     try:
-        await starting.stream_info(f"KV_{names.tokens_bucket}")
+        info = await starting.stream_info(stream)
     except NotFoundError:
         await starting.create_key_value(
-            bucket=names.tokens_bucket,
+            bucket=bucket,
             history=5,
             storage=api.StorageType.FILE,
             replicas=replicas,
         )
-    return await js.key_value(names.tokens_bucket)
+        info = await starting.stream_info(stream)
+    # What nats-py's ``js.key_value`` makes of the stream, with ``js``.
+    direct = bool(info.config.allow_direct)
+    return KeyValue(name=bucket, stream=stream, pre=f"$KV.{bucket}.", js=js, direct=direct)
 
 
 class TokenStore:
@@ -151,8 +159,14 @@ class TokenStore:
         self._changed: dict[str, asyncio.Event] = {}
 
     @classmethod
-    async def open(cls, js: JetStreamContext, names: Names, replicas: int = 1) -> TokenStore:
-        return cls(await open_bucket(js, names, replicas))
+    async def open(
+        cls,
+        js: JetStreamContext,
+        names: Names,
+        replicas: int = 1,
+        starting: JetStreamContext | None = None,
+    ) -> TokenStore:
+        return cls(await open_bucket(js, names, replicas, starting))
 
     # --- the watch (API instances)
     async def start_watch(self) -> None:
