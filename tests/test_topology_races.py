@@ -275,7 +275,9 @@ NOT_FOUND_GRACE = 2.0
 
 @pytest.mark.parametrize(
     ("missing_for", "waited_for"),
-    [(NOT_FOUND_GRACE - 1.0, True), (NOT_FOUND_GRACE + 1.0, False)],
+    # Tried again at most retry.LONGEST_WAIT apart: missing past the grace plus that, one try
+    # is sure to fall past the grace and find it missing still.
+    [(NOT_FOUND_GRACE - 1.0, True), (NOT_FOUND_GRACE + retry.LONGEST_WAIT + 0.5, False)],
     ids=["shorter", "longer"],
 )
 async def test_a_bucket_missing_after_the_declaration(

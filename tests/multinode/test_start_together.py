@@ -92,6 +92,7 @@ async def test_starting_together_no_request_waits_the_default_timeout(
     the start's timeout, none waited nats-py's 5 s (on main: 1-10 such requests a round, each
     round 5 or 10 s)."""
     await ready_settings(nodes, tmp_path)
+    timed_out.clear()  # the wait for the cluster above is not a start's
     connections = [
         await eventstore.connect(Settings(nats_url=nodes[i % len(nodes)].url), "start")
         for i in range(COPIES * len(STARTS))
