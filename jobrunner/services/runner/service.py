@@ -160,11 +160,12 @@ async def subscribe_requests(
     """The runners' shared request consumer: created by the first runner, bound by the others
     (several may start at once: the same configuration is no error)."""
     sub = await retry.until_jetstream_ready(
-        lambda: js.pull_subscribe(
+        lambda: eventstore.durable_pull_subscription(
+            js,
             names.kind_subjects("requested"),
-            durable=names.runner_consumer,
-            stream=names.stream,
-            config=api.ConsumerConfig(
+            names.stream,
+            names.runner_consumer,
+            api.ConsumerConfig(
                 ack_policy=api.AckPolicy.EXPLICIT,
                 ack_wait=ack_wait,
                 max_ack_pending=10_000,
