@@ -189,7 +189,7 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
 # (nats-py's default is 5 s). On a cluster a request about a replicated stream just created, by
 # this start or by another starting at the same moment, can get no answer at all while the
 # stream's replicas elect their first leader (only a leader answers, the other replicas stay
-# silent): measured on 3 nodes, 1-5 requests of every concurrent start met that, and each waited
+# silent): measured on 3 nodes, 1-10 requests a round of starts together met that, each waiting
 # the whole timeout. The start's requests (a look, a create, an update to the same
 # configuration) are idempotent, so sending one again is safe, and a later one meets the leader.
 START_REQUEST_TIMEOUT = 1.0
