@@ -68,9 +68,9 @@ Start = Callable[[JetStreamContext, NATS, Settings], Awaitable[None]]
 async def api_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
     names = Names(settings.prefix)
     await eventstore.ensure_topology(js, names, settings)
-    starting = retry.start_context(js)  # as the API's own start
     await retry.until_jetstream_ready(
-        lambda: TokenStore.open(js, names, settings.stream_replicas, starting), "the token bucket"
+        lambda: TokenStore.open(js, names, settings.stream_replicas, retry.start_context(js)),
+        "the token bucket",
     )
 
 
@@ -321,5 +321,31 @@ async def test_a_bucket_missing_after_the_declaration(
                 await (await slots.kv()).put("probe", b"1")  # the bucket there now
         finally:
             await asyncio.gather(eventstore.close(runner), eventstore.close(other))
+    finally:
+        server.stop()
+
+
+SLOW_ONE_WAY = 0.55  # a round trip a little over retry.START_REQUEST_TIMEOUT
+
+
+async def test_a_start_over_a_link_slower_than_its_request_timeout_completes(
+    tmp_path: Path,
+) -> None:
+    """Every answer takes a little more than the start's first request timeout (a far-away
+    cluster, one slowed by load): the timeout doubles after each try that timed out, so the
+    start completes (with a fixed 1 s it sent every request again for ever)."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        async with latency_proxy("127.0.0.1", server.port, SLOW_ONE_WAY) as url:
+            settings = settings_for(url, f"t{uuid.uuid4().hex[:10]}", tmp_path)
+            nc = await eventstore.connect(Settings(nats_url=url), "start")
+            try:
+                await asyncio.wait_for(
+                    eventstore.ensure_topology(nc.jetstream(), Names(settings.prefix), settings),
+                    60,
+                )
+            finally:
+                await eventstore.close(nc)
     finally:
         server.stop()

@@ -245,9 +245,8 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
     except serverversion.NatsServerTooOld as exc:
         log.critical("nats-server too old", code=exc.code, found=exc.found, needed=exc.needed)
         raise
-    declaring = retry.start_context(js)
     await retry.until_jetstream_ready(
-        lambda: _declare_visible_topology(declaring, names, settings),
+        lambda: _declare_visible_topology(retry.start_context(js), names, settings),
         "the event stream and its buckets",
     )
 

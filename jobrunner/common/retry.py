@@ -14,6 +14,7 @@ call (the supervisor restarting a service) take their wait from :func:`delay_aft
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -152,7 +153,9 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
     failures = 0
     logged = 0.0
     missing_since: float | None = None
+    request_timeout = START_REQUEST_TIMEOUT
     while True:
+        step = _start_request_timeout.set(request_timeout)
         try:
             result = await operation()
         except Exception as exc:
@@ -169,6 +172,16 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
                     raise
             elif not is_forming(exc):
                 raise
+            else:
+                missing_since = None  # found since, or an outage between: the grace starts anew
+            # A JetStream slower than the timeout (a far cluster, one under load) must still be
+            # served: each timeout in a row doubles it, up to nats-py's default.
+            timed_out = isinstance(exc, TimeoutError)
+            request_timeout = (
+                min(2 * request_timeout, LONGEST_START_REQUEST_TIMEOUT)
+                if timed_out
+                else START_REQUEST_TIMEOUT
+            )
             failures += 1
             if now - logged >= WAIT_LOG_SECONDS:
                 logged = now
@@ -180,6 +193,8 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
                 )
             await asyncio.sleep(delay_after(failures))
             continue
+        finally:
+            _start_request_timeout.reset(step)
         if failures:
             log.info("JetStream ready", waited_for=what, attempts=failures + 1)
         return result
@@ -193,12 +208,23 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
 # the whole timeout. The start's requests (a look, a create, an update to the same
 # configuration) are idempotent, so sending one again is safe, and a later one meets the leader.
 START_REQUEST_TIMEOUT = 1.0
+# nats-py's default: what a start waits at most, after timeouts in a row.
+LONGEST_START_REQUEST_TIMEOUT = 5.0
+# The timeout of the current try of the step ``until_jetstream_ready`` runs (None outside one).
+_start_request_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "start_request_timeout", default=None
+)
 
 
 def start_context(js: JetStreamContext) -> JetStreamContext:
-    """``js`` with the start's request timeout. For a start step's own requests only, never for
-    a handle kept afterwards (a bucket, a subscription), whose requests keep the default."""
-    return JetStreamContext(js._nc, prefix=js._prefix, timeout=START_REQUEST_TIMEOUT)
+    """``js`` with the start's request timeout: in a step run by :func:`until_jetstream_ready`,
+    ``START_REQUEST_TIMEOUT`` on its first try, doubled after each try that timed out; anywhere
+    else ``js`` itself. For a start step's own requests only, never for a handle kept
+    afterwards (a bucket, a subscription), whose requests keep the default."""
+    timeout = _start_request_timeout.get()
+    if timeout is None:
+        return js
+    return JetStreamContext(js._nc, prefix=js._prefix, timeout=timeout)
 
 
 async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:

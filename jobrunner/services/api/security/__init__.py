@@ -93,10 +93,12 @@ def access_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         ctx = app.state.ctx
         # Waited for, not failed on: the token bucket's stream may not answer yet while a
         # NATS cluster forms or a node is down.
-        starting = retry.start_context(ctx.js)
         store = await retry.until_jetstream_ready(
             lambda: TokenStore.open(
-                ctx.js, Names(settings.prefix), settings.stream_replicas, starting
+                ctx.js,
+                Names(settings.prefix),
+                settings.stream_replicas,
+                retry.start_context(ctx.js),
             ),
             "the token bucket",
         )
