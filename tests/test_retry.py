@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import nats.errors
 import nats.js.errors
 import pytest
@@ -94,3 +96,32 @@ def test_restart_delays_double_up_to_a_cap() -> None:
     """A service that keeps dying is restarted after 0.5, 1, 2, 4, 8, then every 10 seconds."""
     delays = [retry.delay_after(n, first=0.5, longest=10.0) for n in range(1, 9)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+
+
+async def test_the_not_found_grace_starts_anew_after_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start step meets "stream not found", then an outage longer than the grace, then "not
+    found" once more as the node catches up: that is waited for too, not raised at once (the
+    grace counts from the first "not found" since the last other error)."""
+    monkeypatch.setattr(retry, "NOT_FOUND_GRACE_SECONDS", 0.3)
+    not_found = nats.js.errors.NotFoundError(code=404, err_code=10059, description="not found")
+    began = time.monotonic()
+    answers: list[Exception | None] = [not_found]
+    calls = 0
+
+    async def operation() -> str:
+        nonlocal calls
+        calls += 1
+        if answers:
+            error = answers.pop(0)
+            if error is not None:
+                raise error
+            return "ready"
+        if time.monotonic() - began < 0.6:  # the outage, past the grace
+            raise nats.errors.TimeoutError()
+        answers.append(None)
+        raise not_found
+
+    assert await retry.until_jetstream_ready(operation, "a test step") == "ready"
+    assert calls >= 4

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
 
 from jobrunner.common import artifactstore, eventstore, retry, runnerpool
 from jobrunner.common.settings import Settings
@@ -71,7 +73,8 @@ async def api_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
     names = Names(settings.prefix)
     await eventstore.ensure_topology(js, names, settings)
     await retry.until_jetstream_ready(
-        lambda: TokenStore.open(js, names, settings.stream_replicas), "the token bucket"
+        lambda: TokenStore.open(js, names, settings.stream_replicas, retry.start_context(js)),
+        "the token bucket",
     )
 
 
@@ -267,5 +270,87 @@ async def test_a_stream_not_found_right_after_its_creation_is_waited_for(
             await eventstore.close(nc)
         assert bucket.max_consumers == settings.stream_max_consumers
         assert bucket.max_age == pytest.approx(settings.stream_max_age_days * 86400)
+    finally:
+        server.stop()
+
+
+# The grace the tests give a stream, bucket or consumer not found (retry.NOT_FOUND_GRACE_SECONDS)
+NOT_FOUND_GRACE = 2.0
+
+
+@pytest.mark.parametrize(
+    ("missing_for", "waited_for"),
+    # Tried again at most retry.LONGEST_WAIT apart: missing past the grace plus that, one try
+    # is sure to fall past the grace and find it missing still.
+    [(NOT_FOUND_GRACE - 1.0, True), (NOT_FOUND_GRACE + retry.LONGEST_WAIT + 0.5, False)],
+    ids=["shorter", "longer"],
+)
+async def test_a_bucket_missing_after_the_declaration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing_for: float, waited_for: bool
+) -> None:
+    """The runner's lock bucket not found right after the start declared it (in a cluster:
+    the node that answers has not applied the creation yet; here it is deleted, then created
+    again from another connection ``missing_for`` seconds later). Missing for less than the
+    grace, the runner's step waits for it and opens it; for longer, the step says so and
+    raises, so that the service exits and its whole start, declaration included, runs again."""
+    monkeypatch.setattr(retry, "NOT_FOUND_GRACE_SECONDS", NOT_FOUND_GRACE)
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        settings = settings_for(server.url, f"t{uuid.uuid4().hex[:10]}", tmp_path)
+        names = Names(settings.prefix)
+        runner, other = await connections(server.url, 2)
+        try:
+            await eventstore.ensure_topology(runner.jetstream(), names, settings)
+            await other.jetstream().delete_stream(f"KV_{names.locks_bucket}")
+
+            async def declared_again_later() -> None:
+                await asyncio.sleep(missing_for)
+                await eventstore.ensure_topology(other.jetstream(), names, settings)
+
+            declaring = asyncio.create_task(declared_again_later())
+            slots = SlotTable(runner.jetstream(), names, settings.lease_ttl_seconds)
+            with structlog.testing.capture_logs() as logs:
+                try:
+                    await retry.until_jetstream_ready(slots.kv, "the lock bucket")
+                except BucketNotFoundError:
+                    opened = False
+                else:
+                    opened = True
+            await declaring
+            events = [entry["event"] for entry in logs]
+            assert "waiting for JetStream" in events
+            assert opened == waited_for, events
+            assert ("still not found: the start begins again" in events) != waited_for, events
+            if opened:
+                await (await slots.kv()).put("probe", b"1")  # the bucket there now
+        finally:
+            await asyncio.gather(eventstore.close(runner), eventstore.close(other))
+    finally:
+        server.stop()
+
+
+SLOW_ONE_WAY = 0.55  # a round trip a little over retry.START_REQUEST_TIMEOUT
+
+
+async def test_a_start_over_a_link_slower_than_its_request_timeout_completes(
+    tmp_path: Path,
+) -> None:
+    """Every answer takes a little more than the start's first request timeout (a far-away
+    cluster, one slowed by load): the timeout doubles after each try that timed out, so the
+    start completes (with a fixed 1 s it sent every request again for ever)."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        async with latency_proxy("127.0.0.1", server.port, SLOW_ONE_WAY) as url:
+            settings = settings_for(url, f"t{uuid.uuid4().hex[:10]}", tmp_path)
+            nc = await eventstore.connect(Settings(nats_url=url), "start")
+            try:
+                await asyncio.wait_for(
+                    eventstore.ensure_topology(nc.jetstream(), Names(settings.prefix), settings),
+                    60,
+                )
+            finally:
+                await eventstore.close(nc)
     finally:
         server.stop()

@@ -246,7 +246,8 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
         log.critical("nats-server too old", code=exc.code, found=exc.found, needed=exc.needed)
         raise
     await retry.until_jetstream_ready(
-        lambda: _declare_visible_topology(js, names, settings), "the event stream and its buckets"
+        lambda: _declare_visible_topology(retry.start_context(js), names, settings),
+        "the event stream and its buckets",
     )
 
 
@@ -258,6 +259,24 @@ async def _declare_visible_topology(js: JetStreamContext, names: Names, settings
         await _declare_topology(js, names, settings)
     except nats.js.errors.NotFoundError as exc:
         raise retry.NotYetVisible(f"a stream just declared is not found yet: {exc}") from exc
+
+
+async def durable_pull_subscription(
+    js: JetStreamContext, subject: str, stream: str, durable: str, config: api.ConsumerConfig
+) -> JetStreamContext.PullSubscription:
+    """nats-py's ``pull_subscribe`` for a shared durable consumer, as a start step: the look and
+    the create wait the start's short request timeout (a consumer just created by another
+    service starting at the same moment answers nothing until its replicas elect a leader), the
+    subscription returned uses ``js``. Errors are the caller's to retry."""
+    starting = retry.start_context(js)
+    try:
+        await starting.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        config = dataclasses.replace(
+            config, name=durable, durable_name=durable, filter_subject=subject
+        )
+        await starting.add_consumer(stream, config=config)
+    return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
 
 # nats-server lets an existing stream's MaxConsumers change from 2.12.5 on (nats-server PR

@@ -17,6 +17,7 @@ import structlog
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
+from jobrunner.common import retry
 from jobrunner.common.refusal import StateRefused
 
 log = structlog.get_logger()
@@ -64,7 +65,9 @@ async def durable_consumer(
     other events handed out), a bounded ``max_deliver`` (a waiting request dropped after a few
     deliveries), another ``max_ack_pending`` (requests held back) or ack wait. JetStream lets
     those change: updated, logged. A consumer that pushes instead of being pulled, or does not
-    take explicit acks, cannot be changed: ``ConsumerUnusable``."""
+    take explicit acks, cannot be changed: ``ConsumerUnusable``. A start step: its requests
+    wait the start's short timeout (``retry.start_context``)."""
+    js = retry.start_context(js)
     try:
         info = await js.consumer_info(stream, consumer)
     except NotFoundError:

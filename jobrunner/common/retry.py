@@ -14,6 +14,7 @@ call (the supervisor restarting a service) take their wait from :func:`delay_aft
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -23,6 +24,7 @@ import nats.errors
 import nats.js.errors
 import stamina
 import structlog
+from nats.js import JetStreamContext
 
 from jobrunner.common import metrics
 
@@ -63,6 +65,16 @@ _FORMING_API_ERRORS = frozenset(
 )
 # How often "waiting for JetStream" is logged again while the wait goes on.
 WAIT_LOG_SECONDS = 5.0
+# JetStream's "stream not found" and "consumer not found" (nats-py's BucketNotFoundError, for a
+# bucket, has no code). A start step meets one when what it uses was declared a moment before
+# (by ``ensure_topology`` or the step before) and the cluster node that answers has not applied
+# the declaration yet: a meta leader just elected and still catching up, a stream whose
+# replicas have not elected their first leader. That lasts a moment: the step is tried again
+# for this long. Past it the thing is missing for good (deleted by an operator, or never made):
+# waiting would not bring it back, so the error is raised, the service exits and its
+# supervisor runs the whole start again, whose declaration creates it anew.
+NOT_FOUND_GRACE_SECONDS = 10.0
+_NOT_FOUND_API_ERRORS = frozenset({10059, 10014})
 
 
 class PublishRefused(Exception):
@@ -110,6 +122,13 @@ class NotYetVisible(Exception):
     elected answers "stream not found" until it has caught up): the step is tried again."""
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """True for a stream, a bucket or a consumer that JetStream says is not there."""
+    return isinstance(exc, nats.js.errors.BucketNotFoundError) or (
+        getattr(exc, "err_code", None) in _NOT_FOUND_API_ERRORS
+    )
+
+
 def is_forming(exc: BaseException) -> bool:
     """True when JetStream may accept the request once its cluster has formed (or a node is
     back): everything transient, the refusals of a cluster short of nodes, and a creation not
@@ -127,18 +146,43 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
 
     A service started before its NATS cluster has formed, or while a node is down, waits here
     instead of exiting, and says what it waits for (``waiting for JetStream``, at once and every
-    ``WAIT_LOG_SECONDS``); a permanent refusal (a bad configuration) raises at once.
+    ``WAIT_LOG_SECONDS``); a permanent refusal (a bad configuration) raises at once. A stream,
+    bucket or consumer not found is waited for ``NOT_FOUND_GRACE_SECONDS`` (a declaration not
+    yet applied by the node that answers), then raised (see there).
     """
     failures = 0
     logged = 0.0
+    missing_since: float | None = None
+    request_timeout = START_REQUEST_TIMEOUT
     while True:
+        step = _start_request_timeout.set(request_timeout)
         try:
             result = await operation()
         except Exception as exc:
-            if not is_forming(exc):
-                raise
-            failures += 1
             now = time.monotonic()
+            if is_not_found(exc):
+                missing_since = now if missing_since is None else missing_since
+                if now - missing_since >= NOT_FOUND_GRACE_SECONDS:
+                    log.error(
+                        "still not found: the start begins again",
+                        waiting_for=what,
+                        reason=str(exc) or type(exc).__name__,
+                        waited=round(now - missing_since, 1),
+                    )
+                    raise
+            elif not is_forming(exc):
+                raise
+            else:
+                missing_since = None  # found since, or an outage between: the grace starts anew
+            # A JetStream slower than the timeout (a far cluster, one under load) must still be
+            # served: each timeout in a row doubles it, up to nats-py's default.
+            timed_out = isinstance(exc, TimeoutError)
+            request_timeout = (
+                min(2 * request_timeout, LONGEST_START_REQUEST_TIMEOUT)
+                if timed_out
+                else START_REQUEST_TIMEOUT
+            )
+            failures += 1
             if now - logged >= WAIT_LOG_SECONDS:
                 logged = now
                 log.warning(
@@ -149,9 +193,38 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
                 )
             await asyncio.sleep(delay_after(failures))
             continue
+        finally:
+            _start_request_timeout.reset(step)
         if failures:
             log.info("JetStream ready", waited_for=what, attempts=failures + 1)
         return result
+
+
+# How long a start waits for JetStream's answer to one of its requests before sending it again
+# (nats-py's default is 5 s). On a cluster a request about a replicated stream just created, by
+# this start or by another starting at the same moment, can get no answer at all while the
+# stream's replicas elect their first leader (only a leader answers, the other replicas stay
+# silent): measured on 3 nodes, 1-10 requests a round of starts together met that, each waiting
+# the whole timeout. The start's requests (a look, a create, an update to the same
+# configuration) are idempotent, so sending one again is safe, and a later one meets the leader.
+START_REQUEST_TIMEOUT = 1.0
+# nats-py's default: what a start waits at most, after timeouts in a row.
+LONGEST_START_REQUEST_TIMEOUT = 5.0
+# The timeout of the current try of the step ``until_jetstream_ready`` runs (None outside one).
+_start_request_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "start_request_timeout", default=None
+)
+
+
+def start_context(js: JetStreamContext) -> JetStreamContext:
+    """``js`` with the start's request timeout: in a step run by :func:`until_jetstream_ready`,
+    ``START_REQUEST_TIMEOUT`` on its first try, doubled after each try that timed out; anywhere
+    else ``js`` itself. For a start step's own requests only, never for a handle kept
+    afterwards (a bucket, a subscription), whose requests keep the default."""
+    timeout = _start_request_timeout.get()
+    if timeout is None:
+        return js
+    return JetStreamContext(js._nc, prefix=js._prefix, timeout=timeout)
 
 
 async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:

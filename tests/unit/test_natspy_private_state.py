@@ -18,6 +18,13 @@ def test_a_jetstream_context_holds_its_client_as_nc() -> None:
     assert nc.jetstream()._nc is nc
 
 
+def test_a_jetstream_context_holds_its_api_prefix_and_timeout() -> None:
+    """``retry.start_context`` makes the same context with the start's request timeout."""
+    nc = nats.NATS()
+    js = nc.jetstream(domain="hub", timeout=2.5)
+    assert (js._prefix, js._timeout) == ("$JS.hub.API", 2.5)
+
+
 def test_a_push_subscription_holds_its_consumer_name_as_consumer() -> None:
     """The name of a reader's consumer, to delete it or ask whether it is still there."""
     nc = nats.NATS()

@@ -98,11 +98,12 @@ class Notifier:
         config = self.consumer_config()
         while True:
             try:
-                return await self.js.pull_subscribe(
+                return await eventstore.durable_pull_subscription(
+                    self.js,
                     self.names.kind_subjects("status"),
-                    durable=self.names.notifier_consumer,
-                    stream=self.names.stream,
-                    config=config,
+                    self.names.stream,
+                    self.names.notifier_consumer,
+                    config,
                 )
             except nats.js.errors.APIError as refused:
                 # Another notifier created it at the same moment: bind to theirs. nats-py's
@@ -110,7 +111,9 @@ class Notifier:
                 # start time (a 500, err_code 10012, on 2.15), not as a conflict. Any other
                 # refusal (the consumer not there) is for good, or for the caller's retry.
                 try:
-                    await self.js.consumer_info(self.names.stream, self.names.notifier_consumer)
+                    await retry.start_context(self.js).consumer_info(
+                        self.names.stream, self.names.notifier_consumer
+                    )
                 except nats.js.errors.NotFoundError:
                     raise refused from None
                 await asyncio.sleep(0.1)

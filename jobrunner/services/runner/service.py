@@ -175,11 +175,12 @@ async def subscribe_requests(
         what,
     )
     return await retry.until_jetstream_ready(
-        lambda: js.pull_subscribe(
+        lambda: eventstore.durable_pull_subscription(
+            js,
             names.kind_subjects("requested"),
-            durable=names.runner_consumer,
-            stream=names.stream,
-            config=copy.copy(wanted),
+            names.stream,
+            names.runner_consumer,
+            copy.copy(wanted),
         ),
         what,
     )

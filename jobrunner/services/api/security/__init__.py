@@ -94,7 +94,12 @@ def access_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         # Waited for, not failed on: the token bucket's stream may not answer yet while a
         # NATS cluster forms or a node is down.
         store = await retry.until_jetstream_ready(
-            lambda: TokenStore.open(ctx.js, Names(settings.prefix), settings.stream_replicas),
+            lambda: TokenStore.open(
+                ctx.js,
+                Names(settings.prefix),
+                settings.stream_replicas,
+                retry.start_context(ctx.js),
+            ),
             "the token bucket",
         )
         await retry.until_jetstream_ready(store.start_watch, "the token bucket's records")

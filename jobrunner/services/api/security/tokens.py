@@ -25,7 +25,6 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext, api
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
@@ -124,20 +123,32 @@ def _name_key(name: str) -> str:
     return f"name.{hashlib.sha256(name.encode()).hexdigest()}"
 
 
-async def open_bucket(js: JetStreamContext, names: Names, replicas: int = 1) -> KeyValue:
+async def open_bucket(
+    js: JetStreamContext,
+    names: Names,
+    replicas: int = 1,
+    starting: JetStreamContext | None = None,
+) -> KeyValue:
     """The token bucket, created when missing. Several API instances may create it at once:
     creating it with the same configuration as another is no error. JetStream's own errors
-    (a cluster still forming, a timeout) are raised for the caller to retry."""
+    (a cluster still forming, a timeout) are raised for the caller to retry. ``starting``: the
+    context for the look and the create, a start's (``retry.start_context``: a short timeout,
+    for a caller that tries again); the bucket returned uses ``js``."""
+    starting = starting or js
+    bucket, stream = names.tokens_bucket, f"KV_{names.tokens_bucket}"
     try:
-        return await js.key_value(names.tokens_bucket)
-    except BucketNotFoundError:
-        pass
-    return await js.create_key_value(
-        bucket=names.tokens_bucket,
-        history=5,
-        storage=api.StorageType.FILE,
-        replicas=replicas,
-    )
+        info = await starting.stream_info(stream)
+    except NotFoundError:
+        await starting.create_key_value(
+            bucket=bucket,
+            history=5,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+        )
+        info = await starting.stream_info(stream)
+    # What nats-py's ``js.key_value`` makes of the stream, with ``js``.
+    direct = bool(info.config.allow_direct)
+    return KeyValue(name=bucket, stream=stream, pre=f"$KV.{bucket}.", js=js, direct=direct)
 
 
 def utc_now() -> datetime:
@@ -162,9 +173,10 @@ class TokenStore:
         js: JetStreamContext,
         names: Names,
         replicas: int = 1,
+        starting: JetStreamContext | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> TokenStore:
-        return cls(await open_bucket(js, names, replicas), clock)
+        return cls(await open_bucket(js, names, replicas, starting), clock)
 
     # --- the watch (API instances)
     async def start_watch(self) -> None:
