@@ -103,7 +103,8 @@ async def test_an_event_whose_ack_a_restart_lost_is_stored_once_and_soon(
     """``publish_until_stored`` (a progress event; status events and the line publisher's
     fallback take the same path) whose ack the kill lost: sent again as soon as nats-py is
     back, not after its 30 s ack timeout; JetStream keeps the first copy (the copy's ack says
-    duplicate). An event published while NATS is down (held by nats-py) is stored once too. One
+    duplicate). An event published while NATS is down (held by nats-py) is stored once, by its
+    first copy (its ack comes on the new connection: not failed, not sent again). One
     published after the reconnect, its ack held past a reconnect callback of its own, is not
     failed: its ack comes."""
     async with restartable(tmp_path) as running:
@@ -126,6 +127,8 @@ async def test_an_event_whose_ack_a_restart_lost_is_stored_once_and_soon(
         assert sending in done, f"not stored {SOON} s after the restart (ack timeout 30 s)"
         assert sending_held in done, "the event published while NATS was down was not stored"
         assert sending.result().duplicate, "the copy sent again should be the duplicate"
+        # Held by nats-py and sent on the new connection: its own ack came, it was not failed.
+        assert not sending_held.result().duplicate, "held for the new connection, sent again"
         assert await running.stored(names.subject(lost)) == (1, codec.encode(lost))
         assert await running.stored(names.subject(held)) == (1, codec.encode(held))
         assert took < SOON

@@ -21,8 +21,11 @@ callback) every publish still waiting that went out on an earlier connection fai
 sends a publish again after a timeout (with the same Nats-Msg-Id, so that JetStream keeps one
 copy), sends it now instead of after the ack timeout. Which connection a publish went out on is
 nats-py's count of connections made (``stats["reconnects"]``, counted once the new server has
-accepted CONNECT, before nats-py sends what it held meanwhile): a publish made once that count
-has moved is on the new connection, its ack will come, and it is left to wait.
+accepted CONNECT, before nats-py sends what it held meanwhile), the next one for a publish made
+while away (nats-py holds it and sends it there): a publish on the new connection, or held for
+it, gets its ack and is left to wait. (A publish made in the instant between a new server's
+CONNECT and nats-py's status turning connected counts one connection ahead: should that
+connection drop too before its callback, the publish waits out its ack timeout, as before.)
 
 An ack resolves its publish from nats-py's parser (``_Handover``), not through a subscription's
 queue and the task that waits on it: that was a queue put, a wake-up of that task and a turn of
@@ -210,10 +213,13 @@ class AckInbox:
         return token, future
 
     def _connection(self) -> int:
-        """Which connection of the client a publish made now goes out on (nats-py's count of
-        reconnects: it moves once a new server has accepted CONNECT, before nats-py sends what
-        it held while away)."""
-        return int(self._nc.stats["reconnects"])
+        """Which connection of the client a publish made now goes out on, by nats-py's count
+        of reconnects (it moves once a new server has accepted CONNECT). While connected, the
+        current one; while away, the next one: nats-py holds the message and sends it there
+        before its reconnected callback, and its ack comes (failing it would only make its
+        caller send it again: a lease renewal then reads the key and writes once more)."""
+        count = int(self._nc.stats["reconnects"])
+        return count if self._nc.is_connected else count + 1
 
     def reconnected(self) -> None:
         """nats-py has connected again (from its reconnected callback: by then it has sent what
