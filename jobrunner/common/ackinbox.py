@@ -23,9 +23,12 @@ copy), sends it now instead of after the ack timeout. Which connection a publish
 nats-py's count of connections made (``stats["reconnects"]``, counted once the new server has
 accepted CONNECT, before nats-py sends what it held meanwhile), the next one for a publish made
 while away (nats-py holds it and sends it there): a publish on the new connection, or held for
-it, gets its ack and is left to wait. (A publish made in the instant between a new server's
-CONNECT and nats-py's status turning connected counts one connection ahead: should that
-connection drop too before its callback, the publish waits out its ack timeout, as before.)
+it, gets its ack and is left to wait. Two edges: a publish made while connected but still in
+nats-py's pending buffer when the connection drops goes out on the new connection and is failed
+all the same (one copy sent again: JetStream drops it by its Nats-Msg-Id, and a conditional KV
+write's copy is refused as already applied, which its callers read as such); and a publish made
+just after the drop was noticed that nats-py's flusher, already woken, writes to the dead socket
+is lost without being failed, and waits out its ack timeout before its caller sends it again.
 
 An ack resolves its publish from nats-py's parser (``_Handover``), not through a subscription's
 queue and the task that waits on it: that was a queue put, a wake-up of that task and a turn of

@@ -394,8 +394,12 @@ class LinePublisher:
             if self._pacing is not None:
                 self._pacing.publishers -= 1
             if self._in_flight is not None:
-                # Cancelled with an ack awaited: its timeout has nobody to tell.
-                self._in_flight[0].cancel()
+                # Cancelled with an ack awaited: its timeout (or its loss with the connection,
+                # already set) has nobody to tell.
+                future = self._in_flight[0]
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: asyncio would log it as never retrieved
+                future.cancel()
 
     async def _publish_until_closed(self) -> None:
         loop = asyncio.get_running_loop()
