@@ -14,6 +14,22 @@ way: no ack within the timeout raises ``nats.errors.TimeoutError``, no stream li
 ``NoStreamResponseError``, JetStream's refusal its ``APIError``. The inbox is subscribed again
 by nats-py after a reconnect, so an ack that crosses a reconnect still arrives.
 
+An ack the connection's drop lost (a NATS restart: the server that would have answered is gone)
+never arrives. When nats-py has connected again (``reconnected``, from its reconnected
+callback) every publish still waiting that went out on an earlier connection fails at once with
+``AckLostWithConnection``, a ``nats.errors.TimeoutError``: each caller's retry, which already
+sends a publish again after a timeout (with the same Nats-Msg-Id, so that JetStream keeps one
+copy), sends it now instead of after the ack timeout. Which connection a publish went out on is
+nats-py's count of connections made (``stats["reconnects"]``, counted once the new server has
+accepted CONNECT, before nats-py sends what it held meanwhile), the next one for a publish made
+while away (nats-py holds it and sends it there): a publish on the new connection, or held for
+it, gets its ack and is left to wait. Two edges: a publish made while connected but still in
+nats-py's pending buffer when the connection drops goes out on the new connection and is failed
+all the same (one copy sent again: JetStream drops it by its Nats-Msg-Id, and a conditional KV
+write's copy is refused as already applied, which its callers read as such); and a publish made
+just after the drop was noticed that nats-py's flusher, already woken, writes to the dead socket
+is lost without being failed, and waits out its ack timeout before its caller sends it again.
+
 An ack resolves its publish from nats-py's parser (``_Handover``), not through a subscription's
 queue and the task that waits on it: that was a queue put, a wake-up of that task and a turn of
 the loop for every message published, before the publisher's own wake-up.
@@ -66,6 +82,20 @@ class PubAck(msgspec.Struct):
 _decoder = msgspec.json.Decoder(PubAck)
 
 _inboxes: weakref.WeakKeyDictionary[NATS, AckInbox] = weakref.WeakKeyDictionary()
+# Every inbox of a connection (``of``'s and those made apart, such as the bulk lane's), told of
+# its reconnects.
+_every_inbox: weakref.WeakKeyDictionary[NATS, weakref.WeakSet[AckInbox]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class AckLostWithConnection(nats.errors.TimeoutError):
+    """The publish went out on a connection that dropped before its ack came: the ack will never
+    come (the message may be stored or not). A timeout that came early: retried as one, with the
+    same Nats-Msg-Id."""
+
+    def __str__(self) -> str:
+        return "nats: the connection dropped before the ack came"
 
 
 def of(nc: NATS) -> AckInbox:
@@ -80,18 +110,19 @@ class AckInbox:
     def __init__(self, nc: NATS, timeout: float = ACK_TIMEOUT) -> None:
         # Weak: the registry above keeps an inbox while its connection lives, not the reverse.
         self._nc = weakref.proxy(nc)
+        _every_inbox.setdefault(nc, weakref.WeakSet()).add(self)
         self._timeout = timeout
         self._prefix = ""  # the inbox subject and a dot, once subscribed
         self._subscription: Subscription | None = None
         self._opening: asyncio.Future[None] | None = None
         self._tokens = itertools.count()
-        # token -> (deadline, future); in the order published, so the oldest come first
-        self._waiting: dict[str, tuple[float, asyncio.Future[Msg]]] = {}
+        # token -> (deadline, future, the connection it went out on: ``_connection``); in the
+        # order published, so the oldest come first
+        self._waiting: dict[str, tuple[float, asyncio.Future[Msg], int]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        # token -> future of a publish with a timeout of its own (and a timer of its own)
-        self._timed: dict[str, asyncio.Future[Msg]] = {}
-        # Resolved when nats-py has connected again after a drop (``reconnected``).
-        self._reconnect: asyncio.Future[None] | None = None
+        # token -> (future, connection) of a publish with a timeout of its own (and a timer of
+        # its own)
+        self._timed: dict[str, tuple[asyncio.Future[Msg], int]] = {}
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> PubAck:
         """Publish with the Nats-Msg-Id ``msg_id`` and wait for JetStream to store it."""
@@ -114,7 +145,7 @@ class AckInbox:
         loop = asyncio.get_running_loop()
         token = str(next(self._tokens))
         future: asyncio.Future[Msg] = loop.create_future()
-        self._timed[token] = future
+        self._timed[token] = (future, self._connection())
         timer = loop.call_later(timeout, _time_out, future)
         try:
             messagesize.check_fits(self._nc, payload, headers)
@@ -170,7 +201,10 @@ class AckInbox:
         loop = asyncio.get_running_loop()
         token = str(next(self._tokens))
         future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = (loop.time() + self._timeout, future)
+        # The connection read before the publish, which can await: one made meanwhile may have
+        # lost it (the message written to the old socket); should it have gone out on the new
+        # one instead, it is sent again and JetStream drops the copy.
+        self._waiting[token] = (loop.time() + self._timeout, future, self._connection())
         try:
             messagesize.check_fits(self._nc, payload, headers)
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
@@ -181,23 +215,33 @@ class AckInbox:
             self._timer = loop.call_later(self._timeout, self._expire)
         return token, future
 
-    def next_reconnect(self) -> asyncio.Future[None]:
-        """A future resolved when the connection is next connected again after a drop: a
-        publish sent before then whose ack has not come may never get one (the server that
-        stored it, or lost it, is gone, and its ack with it), and one with a Nats-Msg-Id can be
-        sent again at once instead of after the ack timeout: JetStream stores it once. Shared by
-        its callers (one future a reconnect); cancel none."""
-        reconnect = self._reconnect
-        if reconnect is None or reconnect.done():
-            reconnect = self._reconnect = asyncio.get_running_loop().create_future()
-        return reconnect
+    def _connection(self) -> int:
+        """Which connection of the client a publish made now goes out on, by nats-py's count
+        of reconnects (it moves once a new server has accepted CONNECT). While connected, the
+        current one; while away, the next one: nats-py holds the message and sends it there
+        before its reconnected callback, and its ack comes (failing it would only make its
+        caller send it again: a lease renewal then reads the key and writes once more)."""
+        count = int(self._nc.stats["reconnects"])
+        return count if self._nc.is_connected else count + 1
 
     def reconnected(self) -> None:
         """nats-py has connected again (from its reconnected callback: by then it has sent what
-        it buffered meanwhile, and the server has read it)."""
-        reconnect, self._reconnect = self._reconnect, None
-        if reconnect is not None and not reconnect.done():
-            reconnect.set_result(None)
+        it held meanwhile, and had the server's PONG). Every publish still waiting that went out
+        on an earlier connection fails at once with ``AckLostWithConnection``: its ack went with
+        that connection. What it held while away went out before this, so a copy sent again by
+        the caller comes after it on the connection and is the one JetStream drops."""
+        current = self._connection()
+        lost = AckLostWithConnection
+        for token, (_, future, connection) in list(self._waiting.items()):
+            if connection < current:
+                del self._waiting[token]
+                if not future.done():
+                    future.set_exception(lost())
+        for token, (future, connection) in list(self._timed.items()):
+            if connection < current:
+                del self._timed[token]
+                if not future.done():
+                    future.set_exception(lost())
 
     def _subscribed(self) -> bool:
         """Whether the inbox's subscription is the connection's. nats-py subscribes it again
@@ -248,8 +292,8 @@ class AckInbox:
         else:
             timed = self._timed.pop(token, None)
             if timed is None:
-                return  # late: its publish timed out
-            future = timed
+                return  # late: its publish timed out, or its connection was lost
+            future = timed[0]
         if not future.done():
             future.set_result(msg)
 
@@ -259,7 +303,7 @@ class AckInbox:
         every one waits the inbox's one timeout."""
         now = asyncio.get_running_loop().time()
         while self._waiting:
-            token, (deadline, future) = next(iter(self._waiting.items()))
+            token, (deadline, future, _) = next(iter(self._waiting.items()))
             if deadline > now:
                 self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
                 return
@@ -298,9 +342,8 @@ def _time_out(future: asyncio.Future[Msg]) -> None:
 
 
 def reconnected(nc: NATS) -> None:
-    """Tell the connection's ack inbox, if it has one, that nats-py has connected again."""
-    inbox = _inboxes.get(nc)
-    if inbox is not None:
+    """Tell the connection's ack inboxes, if it has any, that nats-py has connected again."""
+    for inbox in list(_every_inbox.get(nc, ())):
         inbox.reconnected()
 
 

@@ -158,8 +158,8 @@ async def connect(
         # lost open again at once, not after nats-py's own check finds their heartbeats missing
         # (``reopen_after_reconnect``).
         checking = subscription.reopen_after_reconnect(nc)
-        # A job's line message whose ack the drop lost is sent again now, not after its ack
-        # timeout (``LinePublisher._settle``).
+        # A publish whose ack the drop lost (a job's lines, an event, a lock bucket write) is
+        # sent again by its caller now, not after its ack timeout (``AckInbox.reconnected``).
         ackinbox.reconnected(nc)
         log.info("nats reconnected", service=name, consumers_checked=checking)
 

@@ -225,12 +225,9 @@ class LinePublisher:
         self._task: asyncio.Task[None] | None = None
         self._pacing = pacing
         self._pausing: asyncio.Future[None] | None = None
-        # The message published and not yet known stored (its ack's future, the connection's
-        # next reconnect as it was published, the event, its size) and its lines, the buffer's
-        # first ones: at most one a job.
-        self._in_flight: (
-            tuple[asyncio.Future[Msg], asyncio.Future[None], events.LineLogged, int] | None
-        ) = None
+        # The message published and not yet known stored (its ack's future, the event, its
+        # size) and its lines, the buffer's first ones: at most one a job.
+        self._in_flight: tuple[asyncio.Future[Msg], events.LineLogged, int] | None = None
         self._in_flight_lines = 0
         self.messages = 0  # LineLogged messages published
         # A LineLogged's event id: random per publisher (76 random bits: a uuid4's first 20 hex
@@ -397,8 +394,12 @@ class LinePublisher:
             if self._pacing is not None:
                 self._pacing.publishers -= 1
             if self._in_flight is not None:
-                # Cancelled with an ack awaited: its timeout has nobody to tell.
-                self._in_flight[0].cancel()
+                # Cancelled with an ack awaited: its timeout (or its loss with the connection,
+                # already set) has nobody to tell.
+                future = self._in_flight[0]
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: asyncio would log it as never retrieved
+                future.cancel()
 
     async def _publish_until_closed(self) -> None:
         loop = asyncio.get_running_loop()
@@ -456,12 +457,6 @@ class LinePublisher:
         the task waits for the clock's next tick anyway, and takes the ack then (``_settle``),
         one wake-up a message instead of two (the ack's was a resumption of the whole chain of
         awaits down to the inbox's future)."""
-        # Taken before the publish, which can await: a reconnect after it may have lost the
-        # message's ack. One landing during that await resolves it although the message may have
-        # gone out on the new connection: ``_settle`` then sends it again at once, and JetStream
-        # drops the copy (the same Nats-Msg-Id). Taken after the publish, such a reconnect would
-        # go unseen, and a message written to the old socket would wait out the ack timeout.
-        reconnect = self._acks.next_reconnect()
         try:
             future = await self._acks.publish_soon(
                 self._names.subject(event), codec.encode(event), event.event_id
@@ -471,7 +466,7 @@ class LinePublisher:
             await self._publish(event)
             self._stored(count, size)
             return
-        self._in_flight = (future, reconnect, event, size)
+        self._in_flight = (future, event, size)
         self._in_flight_lines = count
 
     async def _settle(self) -> None:
@@ -479,21 +474,19 @@ class LinePublisher:
         path (the same event id: JetStream keeps one copy should the first try have been
         stored after all).
 
-        The retrying path is taken as soon as the connection is back after a drop, not after
-        the ack timeout (5 s of a silent job for its viewers): a message sent before the drop
-        was stored or lost with the server, and its ack went with the old connection (one
-        nats-py held while it was away went out before the reconnect, so the copy sent again
-        comes after it and is the one dropped). The job's next message still waits for this
-        one's ack: one message of a job in flight, in order."""
+        An ack lost with the connection (a NATS restart) fails as soon as nats-py is connected
+        again, not after the ack timeout (5 s of a silent job for its viewers): the inbox fails
+        it then (``ackinbox.AckLostWithConnection``), and the copy sent again comes after the
+        one nats-py held while away, so it is the one dropped. The job's next message still
+        waits for this one to be stored: one message of a job in flight, in order."""
         if self._in_flight is None:
             return
-        future, reconnect, event, size = self._in_flight
-        if not future.done():
-            await asyncio.wait((future, reconnect), return_when=asyncio.FIRST_COMPLETED)
-        if not future.done():
-            future.cancel()  # reconnected first: its ack, should it come, has nobody to tell
-            await self._publish(event)
-        elif not _acked(future):
+        future, event, size = self._in_flight
+        try:
+            ackinbox.read_ack(await future)
+        except Exception:
+            # No ack in time, the connection lost it, or a refusal (which the retrying path
+            # tells apart and reports).
             await self._publish(event)
         count = self._in_flight_lines
         self._in_flight = None
@@ -541,15 +534,6 @@ class LinePublisher:
                 return
             # Not stored in time: the same event (its id too) on the main connection.
         await self._acks.publish_until_stored(self._names, event)
-
-
-def _acked(future: asyncio.Future[Msg]) -> bool:
-    """Whether the finished publish was stored (its ack came and says so)."""
-    try:
-        ackinbox.read_ack(future.result())
-    except Exception:
-        return False
-    return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
