@@ -99,10 +99,11 @@ class AckLostWithConnection(nats.errors.TimeoutError):
 
 
 def of(nc: NATS) -> AckInbox:
-    """The connection's ack inbox (one per connection, made on first use)."""
+    """The connection's ack inbox (one per connection, made on first use, with the ack timeout
+    ``ACK_TIMEOUT`` says then: a test may lengthen it)."""
     inbox = _inboxes.get(nc)
     if inbox is None:
-        inbox = _inboxes[nc] = AckInbox(nc)
+        inbox = _inboxes[nc] = AckInbox(nc, ACK_TIMEOUT)
     return inbox
 
 
