@@ -16,6 +16,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.client import ServerVersion
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
@@ -496,18 +497,29 @@ async def _pipelined(
     # that event is published again now. A refusal's ack raises here (``read_ack``), and again
     # from ``publish_acked``, the error its caller gets.
     inbox = ackinbox.of(js._nc)
-    futures = [
-        await inbox.publish_headed_soon(names.subject(e), codec.encode(e), codec.headers(e))
-        for e in batch
-    ]
-    acks: list[ackinbox.PubAck] = []
-    for event, future in zip(batch, futures, strict=True):
-        try:
-            acks.append(ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS)))
-        except Exception as exc:
-            log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
-            acks.append(await publish_acked(js, names, event))
-    return acks
+    futures: list[asyncio.Future[Msg]] = []
+    try:
+        for e in batch:
+            subject, data = names.subject(e), codec.encode(e)
+            futures.append(await inbox.publish_headed_soon(subject, data, codec.headers(e)))
+        acks: list[ackinbox.PubAck] = []
+        for event, future in zip(batch, futures, strict=True):
+            try:
+                acks.append(ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS)))
+            except Exception as exc:
+                log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
+                acks.append(await publish_acked(js, names, event))
+        return acks
+    finally:
+        # The acks not awaited (an error or a cancel left the loop early): their failures (a
+        # timeout, a lost connection) are no news, not asyncio's "never retrieved" at exit.
+        for future in futures:
+            future.add_done_callback(_retrieved)
+
+
+def _retrieved(future: asyncio.Future[Msg]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def publish_many_acked(
