@@ -495,13 +495,15 @@ async def _pipelined(
     """Each event's ack, published in a pipeline (see ``publish_many``)."""
     # Through the ack inbox, as ``publish_acked``: an ack a NATS restart lost fails at once and
     # that event is published again now. A refusal's ack raises here (``read_ack``), and again
-    # from ``publish_acked``, the error its caller gets.
+    # from ``publish_acked``, the error its caller gets. Each ack waited ACK_WAIT_SECONDS from
+    # when its wait begins (``publish_pipelined``): after a pause just past it, only the event
+    # being waited for is published again, the others' acks having come meanwhile.
     inbox = ackinbox.of(js._nc)
     futures: list[asyncio.Future[Msg]] = []
     try:
         for e in batch:
             subject, data = names.subject(e), codec.encode(e)
-            futures.append(await inbox.publish_headed_soon(subject, data, codec.headers(e)))
+            futures.append(await inbox.publish_pipelined(subject, data, codec.headers(e)))
         acks: list[ackinbox.PubAck] = []
         for event, future in zip(batch, futures, strict=True):
             try:
@@ -511,15 +513,14 @@ async def _pipelined(
                 acks.append(await publish_acked(js, names, event))
         return acks
     finally:
-        # The acks not awaited (an error or a cancel left the loop early): their failures (a
-        # timeout, a lost connection) are no news, not asyncio's "never retrieved" at exit.
+        # The acks not awaited (an error or a cancel left the loop early) are abandoned: their
+        # futures cancelled (they have no deadline of the inbox's: their entries go with them),
+        # a failure already there read, not asyncio's "never retrieved" at exit.
         for future in futures:
-            future.add_done_callback(_retrieved)
-
-
-def _retrieved(future: asyncio.Future[Msg]) -> None:
-    if not future.cancelled():
-        future.exception()
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()
 
 
 async def publish_many_acked(
