@@ -99,10 +99,11 @@ class AckLostWithConnection(nats.errors.TimeoutError):
 
 
 def of(nc: NATS) -> AckInbox:
-    """The connection's ack inbox (one per connection, made on first use)."""
+    """The connection's ack inbox (one per connection, made on first use, with the ack timeout
+    ``ACK_TIMEOUT`` says then: a test may lengthen it)."""
     inbox = _inboxes.get(nc)
     if inbox is None:
-        inbox = _inboxes[nc] = AckInbox(nc)
+        inbox = _inboxes[nc] = AckInbox(nc, ACK_TIMEOUT)
     return inbox
 
 
@@ -183,6 +184,28 @@ class AckInbox:
         ``publish_soon`` does: for a caller that sends several writes, in an order that matters,
         before it waits for any of their acks."""
         return (await self._send(subject, payload, headers))[1]
+
+    async def publish_pipelined(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> asyncio.Future[Msg]:
+        """As ``publish_headed_soon``, but the future has no deadline of the inbox's: a caller
+        that sends a pipeline of publishes, then waits for each ack in turn, bounds each wait
+        itself (counted from when it begins waiting, not from the send: the acks of a long
+        pipeline come one after another). A cancelled future drops its entry; a reconnect
+        fails it (``AckLostWithConnection``)."""
+        if not self._subscribed():
+            await self._open()
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._timed[token] = (future, self._connection())
+        future.add_done_callback(lambda _: self._timed.pop(token, None))
+        try:
+            messagesize.check_fits(self._nc, payload, headers)
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
 
     async def _reply_to(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
         token, future = await self._send(subject, payload, headers)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import msgspec
 import structlog
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
 from jobrunner.common import ackinbox, eventstore
 from jobrunner.common.lastevent import Scan, first_readable, readable
@@ -168,7 +168,7 @@ def _ends(event: events.Publishable) -> bool:
 
 async def _publish(
     js: JetStreamContext, names: Names, ending: events.StatusChanged, event_id: str, after: int
-) -> api.PubAck | None:
+) -> ackinbox.PubAck | None:
     """JetStream's ack of ``ending`` under ``event_id``, stored only if its subject's last
     message is still ``after``; None when it was not."""
     named = msgspec.structs.replace(ending, event_id=event_id)

@@ -16,6 +16,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.client import ServerVersion
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 
@@ -23,7 +24,6 @@ from jobrunner.common import (
     ackinbox,
     artifactpurges,
     artifactstore,
-    messagesize,
     reconfigure,
     retry,
     runnerpool,
@@ -446,15 +446,18 @@ async def publish_acked(
     names: Names,
     event: events.Publishable,
     expected_last: int | None = None,
-) -> api.PubAck:
+) -> ackinbox.PubAck:
     """As ``publish``, with JetStream's whole answer (``duplicate``: its id was stored before).
     ``expected_last``: stored only if the stream sequence of the last message on the event's
     subject is that (0: the subject holds none), else JetStream refuses it (an ``APIError`` with
     ``err_code`` ``WRONG_LAST_SEQUENCE``); its id is checked for a duplicate first."""
     data, extra = codec.encode(event), headers(event, expected_last)
-    # The server would close the connection for a message over max_payload (messagesize).
-    messagesize.check_fits(js._nc, data, extra)
-    return await js.publish(names.subject(event), data, headers=extra)
+    # Through the connection's ack inbox (the message ``js.publish`` sends, its errors, the
+    # context's ack timeout), so that an ack a NATS restart lost fails at once and the caller's
+    # retry sends it again now, not after the timeout (``AckInbox.reconnected``). The inbox
+    # checks the size: the server would close the connection for a message over max_payload.
+    inbox = ackinbox.of(js._nc)
+    return await inbox.publish_headed(names.subject(event), data, extra, js._timeout)
 
 
 # JetStream's error code for a publish whose Nats-Expected-Last-Subject-Sequence did not hold.
@@ -488,35 +491,50 @@ async def publish_many(
 
 async def _pipelined(
     js: JetStreamContext, names: Names, batch: Sequence[events.Publishable]
-) -> list[api.PubAck]:
+) -> list[ackinbox.PubAck]:
     """Each event's ack, published in a pipeline (see ``publish_many``)."""
-    futures = [
-        await js.publish_async(names.subject(e), codec.encode(e), headers=codec.headers(e))
-        for e in batch
-    ]
-    acks: list[api.PubAck] = []
-    for event, future in zip(batch, futures, strict=True):
-        try:
-            acks.append(await asyncio.wait_for(future, ACK_WAIT_SECONDS))
-        except Exception as exc:
-            log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
-            acks.append(await publish_acked(js, names, event))
-    return acks
+    # Through the ack inbox, as ``publish_acked``: an ack a NATS restart lost fails at once and
+    # that event is published again now. A refusal's ack raises here (``read_ack``), and again
+    # from ``publish_acked``, the error its caller gets. Each ack waited ACK_WAIT_SECONDS from
+    # when its wait begins (``publish_pipelined``): after a pause just past it, only the event
+    # being waited for is published again, the others' acks having come meanwhile.
+    inbox = ackinbox.of(js._nc)
+    futures: list[asyncio.Future[Msg]] = []
+    try:
+        for e in batch:
+            subject, data = names.subject(e), codec.encode(e)
+            futures.append(await inbox.publish_pipelined(subject, data, codec.headers(e)))
+        acks: list[ackinbox.PubAck] = []
+        for event, future in zip(batch, futures, strict=True):
+            try:
+                acks.append(ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS)))
+            except Exception as exc:
+                log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
+                acks.append(await publish_acked(js, names, event))
+        return acks
+    finally:
+        # The acks not awaited (an error or a cancel left the loop early) are abandoned: their
+        # futures cancelled (they have no deadline of the inbox's: their entries go with them),
+        # a failure already there read, not asyncio's "never retrieved" at exit.
+        for future in futures:
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()
 
 
 async def publish_many_acked(
     js: JetStreamContext,
     names: Names,
     batch: Sequence[tuple[events.Publishable, int | None]],
-) -> list[api.PubAck | None]:
+) -> list[ackinbox.PubAck | None]:
     """As ``publish_many``, each event with its condition on its subject's last sequence (see
     ``publish_acked``): each one's ack, None where its condition did not hold.
 
     The events without a condition go in one pipeline; those with one after them (so after
-    every event before them too), at once as requests: nats-py never completes a pipelined
-    publish's future that JetStream refused (its reply handler raises), so a refusal there
-    would cost the whole ack wait and a publish again."""
-    out: list[api.PubAck | None] = [None] * len(batch)
+    every event before them too), at once, each waited for on its own: a refusal there is an
+    answer (None), not a failure to publish again."""
+    out: list[ackinbox.PubAck | None] = [None] * len(batch)
     plain = [i for i, (_, expected) in enumerate(batch) if expected is None]
     plain_acks = await _pipelined(js, names, [batch[i][0] for i in plain])
     for i, ack in zip(plain, plain_acks, strict=True):
@@ -530,7 +548,7 @@ async def publish_many_acked(
 
 async def _conditional(
     js: JetStreamContext, names: Names, event: events.Publishable, expected: int | None
-) -> api.PubAck | None:
+) -> ackinbox.PubAck | None:
     """``publish_acked`` on its condition, once more if unanswered (as ``publish_many``): stored
     the first time, the second is answered a duplicate, its id checked before the condition."""
     try:

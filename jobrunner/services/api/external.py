@@ -27,7 +27,7 @@ import structlog
 from litestar import Request
 from nats.js.errors import APIError
 
-from jobrunner.common import callbacktoken, endings, eventstore, messagesize, metrics
+from jobrunner.common import ackinbox, callbacktoken, endings, eventstore, messagesize, metrics
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.lastevent import (
     JOB_EVENT_OF_KIND,
@@ -338,7 +338,9 @@ async def _publish_lines(
                 "These lines do not fit one message of the NATS server; send fewer per report.",
             )
         try:
-            ack = await ctx.js.publish(subject, data, headers=headers)
+            # Through the ack inbox, as eventstore.publish_acked: a lost ack fails at reconnect.
+            inbox = ackinbox.of(ctx.nc)
+            ack = await inbox.publish_headed(subject, data, headers, ctx.js._timeout)
         except APIError as exc:
             if exc.err_code == eventstore.WRONG_LAST_SEQUENCE:
                 continue  # another report's lines got in first: count again
