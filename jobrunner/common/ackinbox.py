@@ -122,7 +122,7 @@ class AckInbox:
         self._waiting: dict[str, tuple[float, asyncio.Future[Msg], int]] = {}
         self._timer: asyncio.TimerHandle | None = None
         # token -> (future, connection) of a publish with a timeout of its own (and a timer of
-        # its own)
+        # its own), or of a pipeline's publish, whose caller bounds its wait (no timer)
         self._timed: dict[str, tuple[asyncio.Future[Msg], int]] = {}
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> PubAck:

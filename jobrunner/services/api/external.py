@@ -23,11 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
 from litestar import Request
 from nats.js.errors import APIError
 
-from jobrunner.common import ackinbox, callbacktoken, endings, eventstore, messagesize, metrics
+from jobrunner.common import callbacktoken, endings, eventstore, metrics
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.lastevent import (
     JOB_EVENT_OF_KIND,
@@ -36,7 +37,7 @@ from jobrunner.common.lastevent import (
     newest_readable,
 )
 from jobrunner.common.subscription import last_message
-from jobrunner.contracts import codec, events
+from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.services.api import schemas
 from jobrunner.services.api.context import ApiContext
@@ -325,22 +326,18 @@ async def _publish_lines(
                 for i, line in enumerate(lines, 1)
             ],
         )
-        data = codec.encode(event)
-        headers = {
-            **codec.headers(event),
-            "Nats-Expected-Last-Subject-Sequence": str(last.seq if last and last.seq else 0),
-        }
-        # The headers count too: the server closes the connection for a message over it.
-        if not messagesize.fits(ctx.nc.max_payload, data, headers):
+        try:
+            ack = await eventstore.publish_acked(
+                ctx.js, ctx.names, event, last.seq if last and last.seq else 0
+            )
+        except nats.errors.MaxPayloadError:
+            # Refused before it was sent (the headers count too): the server would close the
+            # connection for it.
             raise ApiError(
                 413,
                 "REPORT_TOO_LARGE",
                 "These lines do not fit one message of the NATS server; send fewer per report.",
-            )
-        try:
-            # Through the ack inbox, as eventstore.publish_acked: a lost ack fails at reconnect.
-            inbox = ackinbox.of(ctx.nc)
-            ack = await inbox.publish_headed(subject, data, headers, ctx.js._timeout)
+            ) from None
         except APIError as exc:
             if exc.err_code == eventstore.WRONG_LAST_SEQUENCE:
                 continue  # another report's lines got in first: count again
