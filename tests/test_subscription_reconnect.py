@@ -14,11 +14,12 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import nats.errors
 import pytest
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
 from jobrunner.common import eventstore, subscription
 from jobrunner.common.settings import Settings
@@ -293,18 +294,7 @@ async def test_a_kv_watch_whose_create_is_refused_tries_again_at_the_next_reconn
     kv = await js.create_key_value(bucket=bucket, history=1)
     stream = f"KV_{bucket}"
     try:
-        await kv.put("a", b"1")
-        watcher = await kv.watchall()
-        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
-        assert (first.key, first.value) == ("a", b"1")
-        assert await watcher.updates(timeout=5) is None  # type: ignore[no-untyped-call]
-        await js.delete_consumer(stream, watcher._sub._consumer)
-        await js.add_consumer(stream, name="filler")
-        info = await js.stream_info(stream)
-        config = info.config
-        allowed = config.max_consumers
-        config.max_consumers = info.state.consumer_count  # no room for one more
-        await js.update_stream(config)
+        watcher, config, allowed = await watch_with_no_room_for_its_consumer(js, kv, stream)
         assert subscription.reopen_after_reconnect(js._nc) == 1
         await kv.put("b", b"2")
         for _ in range(3):  # NATS away and back again, the create refused each time
@@ -312,14 +302,14 @@ async def test_a_kv_watch_whose_create_is_refused_tries_again_at_the_next_reconn
             assert subscription.reopen_after_reconnect(js._nc) == 0
         await asyncio.sleep(0.3)
         with pytest.raises(nats.errors.TimeoutError):
-            await watcher.updates(timeout=0.1)  # type: ignore[no-untyped-call]
+            await watcher.updates(timeout=0.1)
         config.max_consumers = allowed
         await js.update_stream(config)
         assert subscription.reopen_after_reconnect(js._nc) == 0  # under way: tries again now
-        update = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+        update = await watcher.updates(timeout=1.0)
         assert (update.key, update.value) == ("b", b"2")
         assert (await js.stream_info(stream)).state.consumer_count == 2  # the filler, the watch
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        await watcher.stop()
     finally:
         await js.delete_key_value(bucket)
 
@@ -369,27 +359,37 @@ async def test_a_kv_watch_whose_create_is_refused_tries_again_soon(
     js._timeout = 30.0
     stream = f"KV_{bucket}"
     try:
-        await kv.put("a", b"1")
-        watcher = await kv.watchall()
-        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
-        assert (first.key, first.value) == ("a", b"1")
-        assert await watcher.updates(timeout=5) is None  # type: ignore[no-untyped-call]
-        await js.delete_consumer(stream, watcher._sub._consumer)
-        await js.add_consumer(stream, name="filler")
-        info = await js.stream_info(stream)
-        config = info.config
-        allowed = config.max_consumers
-        config.max_consumers = info.state.consumer_count  # no room for one more
-        await js.update_stream(config)
+        watcher, config, allowed = await watch_with_no_room_for_its_consumer(js, kv, stream)
         assert subscription.reopen_after_reconnect(js._nc) == 1
         await kv.put("b", b"2")
         await asyncio.sleep(1.0)  # refused meanwhile
         config.max_consumers = allowed
         await js.update_stream(config)
         # Retries 0.25, 0.5, 1, 2 s apart: the third, about 1.75 s after the first, finds room.
-        update = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+        update = await watcher.updates(timeout=10.0)
         assert (update.key, update.value) == ("b", b"2")
         assert (await js.stream_info(stream)).state.consumer_count == 2  # the filler, the watch
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        await watcher.stop()
     finally:
         await js.delete_key_value(bucket)
+
+
+async def watch_with_no_room_for_its_consumer(
+    js: JetStreamContext, kv: Any, stream: str
+) -> tuple[Any, api.StreamConfig, int | None]:
+    """A watch of ``kv`` that has read "a", its consumer then deleted and the stream set to the
+    consumers it has (a filler's): no room to make it again. The watch, the stream's config and
+    the consumer limit it had."""
+    await kv.put("a", b"1")
+    watcher = await kv.watchall()
+    first = await watcher.updates(timeout=5)
+    assert (first.key, first.value) == ("a", b"1")
+    assert await watcher.updates(timeout=5) is None
+    await js.delete_consumer(stream, watcher._sub._consumer)
+    await js.add_consumer(stream, name="filler")
+    info = await js.stream_info(stream)
+    config = info.config
+    allowed = config.max_consumers
+    config.max_consumers = info.state.consumer_count  # no room for one more
+    await js.update_stream(config)
+    return watcher, config, allowed
