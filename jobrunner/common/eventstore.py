@@ -480,13 +480,15 @@ ACK_WAIT_SECONDS = 5.0
 async def publish_many(
     js: JetStreamContext, names: Names, batch: Sequence[events.Publishable]
 ) -> int:
-    """Publish in a pipeline and wait for every ack; returns the last stream sequence.
+    """Publish in a pipeline and wait for every ack; returns the highest stream sequence they
+    were stored at (an event published again is stored after the ones sent behind it).
 
-    An ack lost on the way (NATS restarted meanwhile) is not waited for forever: that event is
-    published again with the same id, which JetStream stores once and answers with its sequence.
+    An ack lost on the way (NATS restarted meanwhile, or a stream without a leader for a moment)
+    is not waited for forever: that event is published again with the same id, which JetStream
+    stores once and answers with its sequence.
     """
     acks = await _pipelined(js, names, batch)
-    return acks[-1].seq if acks else 0
+    return max((ack.seq for ack in acks), default=0)
 
 
 async def _pipelined(
@@ -505,12 +507,14 @@ async def _pipelined(
             subject, data = names.subject(e), codec.encode(e)
             futures.append(await inbox.publish_pipelined(subject, data, codec.headers(e)))
         acks: list[ackinbox.PubAck] = []
-        for event, future in zip(batch, futures, strict=True):
+        for index, (event, future) in enumerate(zip(batch, futures, strict=True)):
             try:
                 acks.append(ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS)))
             except Exception as exc:
                 log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
                 acks.append(await publish_acked(js, names, event))
+                rest = slice(index + 1, len(batch))
+                return acks + await _after_a_lost_ack(js, names, batch[rest], futures[rest])
         return acks
     finally:
         # The acks not awaited (an error or a cancel left the loop early) are abandoned: their
@@ -521,6 +525,30 @@ async def _pipelined(
                 future.cancel()
             elif not future.cancelled():
                 future.exception()
+
+
+async def _after_a_lost_ack(
+    js: JetStreamContext,
+    names: Names,
+    rest: Sequence[events.Publishable],
+    futures: Sequence[asyncio.Future[Msg]],
+) -> list[ackinbox.PubAck]:
+    """The acks of a pipeline's rest, once an event of it whose ack was lost is stored again.
+
+    JetStream reads a connection's messages in order, and it has just answered that event,
+    published after all of these: an ack of theirs not here yet was lost too (a stream without
+    a leader drops a run of publishes with no answer; a reconnect fails every ack at once). They
+    are published again in one pipeline, not each after an ack wait of its own: a batch of
+    10,000 waits the ack wait once, not 10,000 times. Should one's ack only be late, JetStream
+    answers its copy a duplicate, with the first copy's sequence."""
+    answered: dict[int, ackinbox.PubAck] = {}
+    for i, future in enumerate(futures):
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # An answer that is not an ack (a refusal, a 503) goes again, as in the loop above.
+            with contextlib.suppress(Exception):
+                answered[i] = ackinbox.read_ack(future.result())
+    again = iter(await _pipelined(js, names, [e for i, e in enumerate(rest) if i not in answered]))
+    return [answered[i] if i in answered else next(again) for i in range(len(rest))]
 
 
 async def publish_many_acked(
