@@ -17,6 +17,7 @@ class PublishDroppingProxy:
         self.dropped = 0
         self._prefix = b""
         self._to_drop = 0
+        self._to_pass = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
@@ -24,10 +25,12 @@ class PublishDroppingProxy:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def drop(self, prefix: str, count: int) -> None:
-        """Swallow the next ``count`` publishes to a subject that starts with ``prefix``."""
+    def drop(self, prefix: str, count: int, after: int = 0) -> None:
+        """Swallow ``count`` publishes to a subject that starts with ``prefix``, after letting
+        the next ``after`` of them through."""
         self._prefix = prefix.encode()
         self._to_drop = count
+        self._to_pass = after
 
     async def __aenter__(self) -> PublishDroppingProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -93,6 +96,9 @@ class PublishDroppingProxy:
         if self._to_drop <= 0 or frame[:4].upper() not in (b"PUB ", b"HPUB"):
             return False
         if not frame.split(maxsplit=2)[1].startswith(self._prefix):
+            return False
+        if self._to_pass > 0:
+            self._to_pass -= 1
             return False
         self._to_drop -= 1
         self.dropped += 1
