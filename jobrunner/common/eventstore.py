@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import math
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
 import nats
@@ -480,19 +481,21 @@ ACK_WAIT_SECONDS = 5.0
 async def publish_many(
     js: JetStreamContext, names: Names, batch: Sequence[events.Publishable]
 ) -> int:
-    """Publish in a pipeline and wait for every ack; returns the last stream sequence.
+    """Publish in a pipeline and wait for every ack; returns the highest stream sequence they
+    were stored at (an event published again is stored after the ones sent behind it).
 
-    An ack lost on the way (NATS restarted meanwhile) is not waited for forever: that event is
-    published again with the same id, which JetStream stores once and answers with its sequence.
+    An ack lost on the way (NATS restarted meanwhile, or a stream without a leader for a moment)
+    is not waited for forever: that event is published again with the same id, which JetStream
+    stores once and answers with its sequence.
     """
     acks = await _pipelined(js, names, batch)
-    return acks[-1].seq if acks else 0
+    return max((ack.seq for ack in acks), default=0)
 
 
 async def _pipelined(
     js: JetStreamContext, names: Names, batch: Sequence[events.Publishable]
 ) -> list[ackinbox.PubAck]:
-    """Each event's ack, published in a pipeline (see ``publish_many``)."""
+    """Each event's ack, in the batch's order, published in a pipeline (see ``publish_many``)."""
     # Through the ack inbox, as ``publish_acked``: an ack a NATS restart lost fails at once and
     # that event is published again now. A refusal's ack raises here (``read_ack``), and again
     # from ``publish_acked``, the error its caller gets. Each ack waited ACK_WAIT_SECONDS from
@@ -501,17 +504,19 @@ async def _pipelined(
     inbox = ackinbox.of(js._nc)
     futures: list[asyncio.Future[Msg]] = []
     try:
-        for e in batch:
-            subject, data = names.subject(e), codec.encode(e)
-            futures.append(await inbox.publish_pipelined(subject, data, codec.headers(e)))
-        acks: list[ackinbox.PubAck] = []
-        for event, future in zip(batch, futures, strict=True):
+        for event in batch:
+            futures.append(await _send_pipelined(inbox, names, event))
+        acks: dict[int, ackinbox.PubAck] = {}
+        unanswered = collections.deque(range(len(batch)))
+        while unanswered:
+            i = unanswered.popleft()
             try:
-                acks.append(ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS)))
+                acks[i] = ackinbox.read_ack(await asyncio.wait_for(futures[i], ACK_WAIT_SECONDS))
             except Exception as exc:
                 log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
-                acks.append(await publish_acked(js, names, event))
-        return acks
+                acks[i] = await publish_acked(js, names, batch[i])
+                await _resend_unanswered(inbox, names, batch, futures, unanswered)
+        return [acks[i] for i in range(len(batch))]
     finally:
         # The acks not awaited (an error or a cancel left the loop early) are abandoned: their
         # futures cancelled (they have no deadline of the inbox's: their entries go with them),
@@ -521,6 +526,50 @@ async def _pipelined(
                 future.cancel()
             elif not future.cancelled():
                 future.exception()
+
+
+async def _send_pipelined(
+    inbox: ackinbox.AckInbox, names: Names, event: events.Publishable
+) -> asyncio.Future[Msg]:
+    return await inbox.publish_pipelined(
+        names.subject(event), codec.encode(event), codec.headers(event)
+    )
+
+
+async def _resend_unanswered(
+    inbox: ackinbox.AckInbox,
+    names: Names,
+    batch: Sequence[events.Publishable],
+    futures: list[asyncio.Future[Msg]],
+    unanswered: Iterable[int],
+) -> None:
+    """After an event whose ack did not come was stored again: the acks of the rest get one
+    wait together, then every event whose ack is still missing is published again, in one
+    pipeline (its new future in ``futures``).
+
+    A run of publishes goes unanswered together: a stream without a leader for a moment drops
+    what it gets; a reconnect fails every ack still awaited. Waited for one by one, a batch of
+    10,000 such events would wait the ack wait 10,000 times; this way about twice per loss. The
+    shared wait is for acks only late (an R3 stream applying a backlog): JetStream refuses a copy
+    of an event it is still applying (10158), and answers a stored one's copy a duplicate."""
+    waiting = {futures[i] for i in unanswered if not futures[i].done()}
+    if waiting:
+        await asyncio.wait(waiting, timeout=ACK_WAIT_SECONDS)
+    for i in unanswered:
+        if not _acked(futures[i]):
+            futures[i].cancel()
+            futures[i] = await _send_pipelined(inbox, names, batch[i])
+
+
+def _acked(future: asyncio.Future[Msg]) -> bool:
+    """Whether a pipelined publish's answer came and is an ack (not a refusal, not a 503)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    try:
+        ackinbox.read_ack(future.result())
+    except Exception:
+        return False
+    return True
 
 
 async def publish_many_acked(
