@@ -92,10 +92,7 @@ class ToolExecution:
             if transient is not None:
                 reporter.line(stream, transient, at, transient=True)
 
-        publisher = reporter.publisher
-        await self.tool.pump(
-            sink, reporter.room, self.max_line_bytes, publisher.rest, publisher.takes_at_once
-        )
+        await self.tool.pump(sink, reporter.room, self.max_line_bytes, reporter.publisher.rest)
 
     async def wait(self) -> int:
         exit_code = await self.tool.wait()

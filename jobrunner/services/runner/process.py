@@ -124,9 +124,6 @@ class _Pipe:
         self._paused = False
         self.reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
         self.reader.set_transport(self)  # type: ignore[arg-type]  # pause/resume is all it uses
-        # Set by the pump while its read waits on an empty reader: takes a small read here, in
-        # the pipe's callback, and says whether it did (``ToolProcess._read``).
-        self.take: Callable[[bytes], bool] | None = None
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read_ready)
 
@@ -139,27 +136,11 @@ class _Pipe:
             self._close()
             self.reader.set_exception(exc)
             return
-        if data and self._taken(data):
-            return
-        self.take = None  # the pump's read wakes: what comes next goes behind this
         if data:
             self.reader.feed_data(data)
         else:
             self._close()
             self.reader.feed_eof()
-
-    def _taken(self, data: bytes) -> bool:
-        """Whether the pump took ``data`` in this callback (a small read while it waited)."""
-        take = self.take
-        if take is None or len(data) >= REST_BELOW_BYTES:
-            return False
-        try:
-            return take(data)
-        except Exception as exc:
-            # Its sink failed: the pump's read raises it, as the sink would have raised there.
-            self.take = None
-            self.reader.set_exception(exc)
-            return True
 
     def pause_reading(self) -> None:
         if not self._paused and self._fd >= 0:
@@ -191,9 +172,9 @@ class _Child:
         # Kept until the exit is reaped: a Popen dropped while its child runs is reaped by the
         # next Popen made (subprocess._cleanup), which would take the exit status from here.
         self._popen = popen
-        self.pipes = [_Pipe(loop, fd) for fd in pipes]
-        self.stdout = self.pipes[0].reader
-        self.stderr = self.pipes[1].reader
+        self._pipes = [_Pipe(loop, fd) for fd in pipes]
+        self.stdout = self._pipes[0].reader
+        self.stderr = self._pipes[1].reader
         self.returncode: int | None = None
         self._exit: asyncio.Future[int] = loop.create_future()
         try:
@@ -223,7 +204,7 @@ class _Child:
 
     def close(self) -> None:
         """Its pipes closed, unread (a start given up on)."""
-        for pipe in self.pipes:
+        for pipe in self._pipes:
             pipe.close()
 
 
@@ -234,9 +215,6 @@ Room = Callable[[], Awaitable[None]]
 # What a pipe waits for after a read at ``now``, its previous read at ``last``: the end of its
 # rest, or None when it does not rest (see ``pump``).
 Rest = Callable[[float, float], Awaitable[None] | None]
-# Whether a small read at ``now``, the previous at ``last``, may go to the sink in the pipe's
-# own callback: the buffer has room for it and the pipe would not rest after it (see ``pump``).
-AtOnce = Callable[[float, float], bool]
 
 
 class ToolProcess:
@@ -327,12 +305,7 @@ class ToolProcess:
             guard.watch(self._guarded[1], pid, self.started_ticks)
 
     async def pump(
-        self,
-        sink: LineSink,
-        room: Room,
-        max_line_bytes: int,
-        pace: Rest | None = None,
-        at_once: AtOnce | None = None,
+        self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None
     ) -> None:
         """Read stdout and stderr until both close, handing each line to ``sink``.
 
@@ -340,19 +313,13 @@ class ToolProcess:
         the pipe, the pipe rests until what ``pace`` returns is done (the runner's publish
         clock's next tick: the lines printed meanwhile would wait for it in the publisher
         anyway), so that they come in one read then instead of one read, wake-up and hand-over
-        each. (Their timestamp is the read's: up to a rest late.)
-
-        ``at_once`` lets a small read go to ``sink`` in the pipe's own callback while the read
-        waits on an empty pipe, when ``at_once`` says the buffer has room and the pipe would not
-        rest after it: what the read would have done with it, a turn of the loop sooner. Beside
-        a flood every turn holds a slice of the flood's work, and a quiet job's line waited a
-        turn here (the noisy-neighbour row)."""
+        each. (Their timestamp is the read's: up to a rest late.)"""
         assert self.proc is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         reads = [
-            asyncio.ensure_future(self._read(pipe, name, sink, room, max_line_bytes, pace, at_once))
-            for pipe, name in zip(self.proc.pipes, ("stdout", "stderr"), strict=True)
+            asyncio.ensure_future(self._read(reader, name, sink, room, max_line_bytes, pace))
+            for reader, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr"))
         ]
         try:
             await asyncio.gather(*reads)
@@ -366,41 +333,17 @@ class ToolProcess:
 
     @staticmethod
     async def _read(
-        pipe: _Pipe,
+        reader: asyncio.StreamReader,
         name: str,
         sink: LineSink,
         room: Room,
         max_line_bytes: int,
         pace: Rest | None,
-        at_once: AtOnce | None,
     ) -> None:
         splitter = LineSplitter(max_line_bytes)
         loop = asyncio.get_running_loop()
-        reader = pipe.reader
         last_read = -math.inf
-
-        def take(data: bytes) -> bool:
-            # A small read while this read waits on an empty pipe (``_Pipe._taken``): the
-            # sink's, and the pace's bookkeeping, as below.
-            nonlocal last_read
-            now = loop.time()
-            if at_once is None or not at_once(now, last_read):
-                return False
-            sink(name, splitter.feed(data), splitter.transient, datetime.now(UTC))
-            splitter.transient = None
-            last_read = now
-            return True
-
-        while True:
-            # Taken in the pipe's callback only while read() waits: with data in the reader it
-            # answers without a pause, so nothing read later can overtake it.
-            pipe.take = take if at_once is not None else None
-            try:
-                chunk = await reader.read(TURN_BYTES)
-            finally:
-                pipe.take = None
-            if not chunk:
-                break
+        while chunk := await reader.read(TURN_BYTES):
             # A chunk's lines go to the sink at once: the work is done per chunk, not per line.
             sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
             splitter.transient = None

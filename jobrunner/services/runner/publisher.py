@@ -270,12 +270,6 @@ class LinePublisher:
             return None
         return self._pacing.until(now + seconds)
 
-    def takes_at_once(self, now: float, last_read: float) -> bool:
-        """Whether a small read of the job's tool pipe at ``now`` may come to the buffer in the
-        pipe's own callback (``ToolProcess.pump``): the buffer has room, and the pipe would not
-        rest after the read (``read_rest``), so the pump's read would do nothing else with it."""
-        return not self._full() and self.read_rest(now, last_read) == 0
-
     def add(self, stream: str, level: str, text: str, at: datetime) -> None:
         """Buffer a line (plain call: the per-line path stays free of awaits)."""
         self.seq += 1
