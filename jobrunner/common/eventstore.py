@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.client import ServerVersion
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
 from jobrunner.common import (
     ackinbox,
@@ -458,6 +458,17 @@ async def publish_acked(
     # checks the size: the server would close the connection for a message over max_payload.
     inbox = ackinbox.of(js._nc)
     return await inbox.publish_headed(names.subject(event), data, extra, js._timeout)
+
+
+def stored_nothing(exc: BaseException) -> bool:
+    """Whether a publish that raised ``exc`` surely stored nothing: JetStream answered it with a
+    refusal, no stream answered it (nothing listens on its subject), or it was never sent (over
+    max_payload, checked before sending). Any other failure leaves the outcome unknown: a
+    timeout (NATS paused past the ack wait, and may store the message once it runs again), an
+    ack lost with the connection (``AckLostWithConnection``: a NATS restart after it stored the
+    message, or before), a connection that closed with the publish in flight."""
+    refused = APIError | NoStreamResponseError
+    return isinstance(exc, refused | nats.errors.NoRespondersError | nats.errors.MaxPayloadError)
 
 
 # JetStream's error code for a publish whose Nats-Expected-Last-Subject-Sequence did not hold.

@@ -158,10 +158,20 @@ class JobController(Controller):
             await ctx.slots.enqueue(job_type.lock, request_event.job_id, job_type.name)
         try:
             seq = await eventstore.publish(ctx.js, ctx.names, request_event)
-        except Exception:
+        except Exception as exc:
             if reservation is not None:
+                # Released whatever the outcome. Kept for a job that was not stored, it would
+                # answer 409 for the lock until it expired (a minute at least); a job that was
+                # stored finds the slot free and its runner takes it as any runner would, the
+                # lease still one job at a time: what is lost is a 409 to a POST meanwhile.
                 await ctx.slots.release(reservation)
-            if queued and job_type.lock:
+            if queued and job_type.lock and eventstore.stored_nothing(exc):
+                # Taken out only when the request surely was not stored. Its outcome unknown (an
+                # ack lost with a NATS restart, a timeout), the entry stays: a stored job keeps
+                # its place and runs there, with or without the client's retry; the entry of
+                # one that was not stored is dropped by the lock's next waiter once it is
+                # ORPHANED_QUEUE_ENTRY_SECONDS old and its request is still not in the stream
+                # (runner/claim.py), which is all it costs that lock.
                 await ctx.slots.dequeue(job_type.lock, request_event.job_id)
             raise
         if wait_for_read_models:
