@@ -166,6 +166,9 @@ async def test_queued_job_whose_request_ack_was_lost_runs_once_in_its_place(
             # The premise: past the publish timeout (a kill loses the ack) the POST fails.
             expected = 503 if fault.kill or fault.seconds > PUBLISH_TIMEOUT else 201
             assert answer.status_code == expected, f"{fault}: {answer.status_code} {answer.text}"
+            if answer.status_code == 503:
+                code = answer.json()["error"]["code"]
+                assert code == "EVENT_STORE_UNAVAILABLE", answer.text
             third = await _until_answered(lambda: jobs.post(client, "c"))
             assert third.status_code == 201, third.text
             if retried:
@@ -230,4 +233,64 @@ async def test_request_that_never_reached_jetstream_leaves_the_lock_free(
         problems.append(f"C's tool should have started once: {jobs.starts('c')}")
     if left := await jobs.queue_keys():
         problems.append(f"queue entries left: {left}")
+    assert not problems, "\n".join(problems)
+
+
+# A restart publishes its attempt in a pipeline whose ack it waits 5 s for, then once more with
+# the 5 s publish timeout (eventstore.publish_many): it fails only past both.
+RESTART_FAULTS = [
+    pytest.param(2 * PUBLISH_TIMEOUT - 1.0, 201, id="frozen-9s"),
+    pytest.param(2 * PUBLISH_TIMEOUT + 1.0, 503, id="frozen-11s"),
+]
+
+
+@pytest.mark.parametrize(("frozen", "expected"), RESTART_FAULTS)
+async def test_restarted_queued_job_whose_attempt_ack_was_lost_runs_once_in_its_place(
+    setup: Setup, frozen: float, expected: int
+) -> None:
+    """X ran; then A, X restarted under the fault at its new attempt's ack, C: they run A, X's
+    attempt, C, once each (the restart's 503 kept the attempt's queue entry)."""
+    cluster, proxy = setup.cluster, setup.proxy
+    jobs = LockJobs(cluster)
+    problems: list[str] = []
+    async with cluster.client() as client:
+        ran = await jobs.post(client, "x")
+        assert ran.status_code == 201, ran.text
+        x = ran.json()["id"]
+        problems += await _all_ended(cluster, [x], 60)
+    await _runners(cluster, up=False)
+    try:
+        async with cluster.client() as client:
+            first = await jobs.post(client, "a")
+            assert first.status_code == 201, first.text
+            request = asyncio.create_task(client.post(f"/api/jobs/{x}/restart"))
+            fault = Fault(False, frozen)
+            subject = f"{cluster.settings.prefix}.job."
+            failed = await strike_at_ack(cluster, proxy, fault, subject, True)
+            assert failed is None, failed
+            answer = await asyncio.wait_for(request, 60)
+            assert answer.status_code == expected, f"{fault}: {answer.status_code} {answer.text}"
+            if answer.status_code == 503:
+                code = answer.json()["error"]["code"]
+                assert code == "EVENT_STORE_UNAVAILABLE", answer.text
+            again = await _until_answered(lambda: client.post(f"/api/jobs/{x}/restart"))
+            # The attempt is stored: the restart sent again finds it pending.
+            if again.status_code != 409 or again.json()["error"]["code"] != "JOB_ACTIVE":
+                problems.append(f"the restart sent again: {again.status_code} {again.text}")
+            third = await _until_answered(lambda: jobs.post(client, "c"))
+            assert third.status_code == 201, third.text
+        await _runners(cluster, up=True)
+        ids = await jobs.ids()
+        if len(ids) != 4:
+            problems.append(f"{len(ids)} jobs (attempts) stored, not 4: {ids}")
+        problems += await _all_ended(cluster, ids, 60)
+        starts = {label: jobs.starts(label) for label in "axc"}
+        if [len(starts[label]) for label in "axc"] != [1, 2, 1]:
+            problems.append(f"A and C should have started once, X twice: {starts}")
+        elif not starts["a"][0] < starts["x"][1] < starts["c"][0]:
+            problems.append(f"A, X's attempt and C should have run in that order: {starts}")
+        if left := await jobs.queue_keys():
+            problems.append(f"queue entries left: {left}")
+    finally:
+        await _runners(cluster, up=True)
     assert not problems, "\n".join(problems)
