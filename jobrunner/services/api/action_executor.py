@@ -262,7 +262,8 @@ async def restart_job(
             await ctx.slots.release(reservation)  # as POST /api/jobs: whatever the outcome
         if attempt.lock and reservation is None and eventstore.stored_nothing(exc):
             # As POST /api/jobs: only when the attempt surely was not stored (an unknown
-            # outcome keeps its place; a dead entry is dropped by the lock's next waiter).
+            # outcome keeps its place; a dead entry is dropped by the lock's next waiter). Its
+            # queue write timing out is such a case too: not published, the entry left to that.
             await ctx.slots.dequeue(attempt.lock, attempt.job_id)
         raise
     return JobRestarted(
