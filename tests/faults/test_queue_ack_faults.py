@@ -22,17 +22,25 @@ import nats
 import nats.js.errors
 import pytest
 
+from jobrunner.common import eventstore
+from jobrunner.common.settings import API_PUBLISH_TIMEOUT_SECONDS, QUEUE_ORPHAN_MIN_SECONDS
+from jobrunner.common.slots import SlotTable
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
+from jobrunner.services.runner.service import request_ack_wait
 from tests.ackholding_proxy import AckHoldingProxy
 from tests.faults.cluster import is_terminal
 from tests.faults.proxied import Fault, ProxiedCluster, proxied_cluster, strike_at_ack
 from tests.test_running_conditional import statuses
 
-PUBLISH_TIMEOUT = 5.0  # nats-py's JetStream publish timeout, which the API's publish uses
+PUBLISH_TIMEOUT = API_PUBLISH_TIMEOUT_SECONDS  # nats-py's, which the API's publish keeps
 LEASE_TTL = 20.0  # outlasts every fault
-# A dead queue entry (its request never stored) is dropped by the lock's next waiter once it is
-# this old (runner/claim.py ORPHANED_QUEUE_ENTRY_SECONDS): the next job waits at most about this.
-ORPHANED_QUEUE_ENTRY_SECONDS = 30.0
+# A dead queue entry (its request not in the stream) is dropped by the lock's next waiter once
+# it is this old (the cluster's queue_orphan_seconds, short here; 30 s by default): the lowest
+# the setting takes, plus a second.
+QUEUE_ORPHAN_SECONDS = QUEUE_ORPHAN_MIN_SECONDS + 1.0
+# How often a waiting job looks at its queue's head again (runner/service.py).
+RECHECK_SECONDS = request_ack_wait(LEASE_TTL) / 3
 
 
 @dataclass
@@ -43,7 +51,10 @@ class Setup:
 
 @pytest.fixture(scope="module")
 async def setup() -> AsyncIterator[Setup]:
-    async with proxied_cluster(LEASE_TTL, {"api"}) as (cluster, proxy):
+    async with proxied_cluster(LEASE_TTL, {"api"}, queue_orphan_seconds=QUEUE_ORPHAN_SECONDS) as (
+        cluster,
+        proxy,
+    ):
         yield Setup(cluster, proxy)
 
 
@@ -226,7 +237,8 @@ async def test_request_that_never_reached_jetstream_leaves_the_lock_free(
     ids = await jobs.ids()
     if ids != [third.json()["id"]]:
         problems.append(f"the jobs stored should be C's alone: {ids}")
-    problems += await _all_ended(cluster, ids, ORPHANED_QUEUE_ENTRY_SECONDS + 30)
+    orphan = cluster.settings.queue_orphan_seconds
+    problems += await _all_ended(cluster, ids, orphan + RECHECK_SECONDS + 30)
     if jobs.starts("b"):
         problems.append("B's tool ran")
     if len(jobs.starts("c")) != 1:
@@ -294,3 +306,75 @@ async def test_restarted_queued_job_whose_attempt_ack_was_lost_runs_once_in_its_
     finally:
         await _runners(cluster, up=True)
     assert not problems, "\n".join(problems)
+
+
+async def test_a_503_whose_job_may_be_stored_names_the_job(setup: Setup) -> None:
+    """B posted without an Idempotency-Key, its ack lost with a NATS restart after B was
+    stored: B keeps its place and will run, so the 503 names it (``job_id``), or a client doing
+    what a bare 503 says (try again) makes a second job that runs as well."""
+    cluster, proxy = setup.cluster, setup.proxy
+    jobs = LockJobs(cluster)
+    await _runners(cluster, up=False)
+    try:
+        async with cluster.client() as client:
+            request = asyncio.create_task(jobs.post(client, "b"))
+            failed = await strike_at_ack(
+                cluster, proxy, Fault(True, 0.0), f"{cluster.settings.prefix}.job.", True
+            )
+            assert failed is None, failed
+            answer = await asyncio.wait_for(request, 60)
+            assert answer.status_code == 503, answer.text
+        ids = await jobs.ids()
+        assert len(ids) == 1, ids  # B is stored: it will run
+        error = answer.json()["error"]
+        assert error["code"] == "EVENT_STORE_UNAVAILABLE", answer.text
+        assert error.get("job_id") == ids[0], f"the 503 does not name the stored job: {error}"
+        assert f"/api/jobs/{ids[0]}" in error["message"], error
+    finally:
+        await _runners(cluster, up=True)
+
+
+async def test_kept_entry_younger_than_the_orphan_age_is_not_dropped(setup: Setup) -> None:
+    """B's queue entry written, its JobRequested not stored yet (as while the API's publish is
+    slow); C posted behind it with the runners up, so C's runner finds B at the head, not in
+    the stream. B's request stored a little before the entry is queue_orphan_seconds old: B's
+    entry was not dropped, and B runs in its place, before C (the case past the age is
+    ``test_request_that_never_reached_jetstream_leaves_the_lock_free``)."""
+    cluster = setup.cluster
+    jobs = LockJobs(cluster)
+    names = Names(cluster.settings.prefix)
+    parameters = {"lines": 1, "record": str(jobs.record("b")), "label": "b"}
+    b = events.JobRequested(
+        job_id=events.new_job_id(),
+        job_type=jobs.job_type,
+        parameters=parameters,
+        lock=jobs.job_type,
+        requested_by="anonymous",
+    )
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        js = nc.jetstream()
+        await SlotTable(js, names, ttl_seconds=LEASE_TTL).enqueue(
+            jobs.job_type, b.job_id, jobs.job_type
+        )
+        queued = asyncio.get_running_loop().time()
+        async with cluster.client() as client:
+            third = await jobs.post(client, "c")
+            assert third.status_code == 201, third.text
+        await asyncio.sleep(queued + cluster.settings.queue_orphan_seconds - 2.0 - _now())
+        await eventstore.publish(js, names, b)
+    finally:
+        await nc.close()
+    problems = await _all_ended(cluster, [b.job_id, third.json()["id"]], 60)
+    starts = {label: jobs.starts(label) for label in "bc"}
+    if any(len(times) != 1 for times in starts.values()):
+        problems.append(f"each job's tool should have started once: {starts}")
+    elif not starts["b"][0] < starts["c"][0]:
+        problems.append(f"C ran before B: B's entry was dropped while young: {starts}")
+    if left := await jobs.queue_keys():
+        problems.append(f"queue entries left: {left}")
+    assert not problems, "\n".join(problems)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
