@@ -308,6 +308,63 @@ async def test_restarted_queued_job_whose_attempt_ack_was_lost_runs_once_in_its_
     assert not problems, "\n".join(problems)
 
 
+async def test_restart_whose_resend_was_refused_after_its_attempt_was_stored_keeps_its_place(
+    setup: Setup,
+) -> None:
+    """X ran; A posted; X restarted: its attempt stored, the ack held past publish_many's 5 s
+    wait, and the attempt's resend refused by JetStream (the stream's max_msg_size lowered
+    meanwhile: a refusal that, on a single publish, proves nothing stored). The restart fails,
+    yet its attempt is stored: it keeps its place and runs between A and C."""
+    cluster, proxy = setup.cluster, setup.proxy
+    jobs = LockJobs(cluster)
+    problems: list[str] = []
+    async with cluster.client() as client:
+        ran = await jobs.post(client, "x")
+        assert ran.status_code == 201, ran.text
+        x = ran.json()["id"]
+        problems += await _all_ended(cluster, [x], 60)
+    await _runners(cluster, up=False)
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        js = nc.jetstream()
+        stream = Names(cluster.settings.prefix).stream
+        config = (await js.stream_info(stream)).config
+        async with cluster.client() as client:
+            first = await jobs.post(client, "a")
+            assert first.status_code == 201, first.text
+            proxy.arm(f"{cluster.settings.prefix}.job.", prefix=True)
+            request = asyncio.create_task(client.post(f"/api/jobs/{x}/restart"))
+            try:
+                async with asyncio.timeout(30):
+                    await proxy.hit.wait()
+                assert await proxy.stored(), "the attempt was not stored"
+                await js.update_stream(config.evolve(max_msg_size=64))
+                await asyncio.sleep(eventstore.ACK_WAIT_SECONDS + 1.5)  # the resend refused
+            finally:
+                proxy.release()
+            answer = await asyncio.wait_for(request, 60)
+            await js.update_stream(config)
+            assert answer.status_code == 503, f"{answer.status_code} {answer.text}"
+            third = await _until_answered(lambda: jobs.post(client, "c"))
+            assert third.status_code == 201, third.text
+    finally:
+        await js.update_stream(config)
+        await nc.close()
+        await _runners(cluster, up=True)
+    ids = await jobs.ids()
+    if len(ids) != 4:
+        problems.append(f"{len(ids)} jobs (attempts) stored, not 4: {ids}")
+    problems += await _all_ended(cluster, ids, 60)
+    starts = {label: jobs.starts(label) for label in "axc"}
+    if [len(starts[label]) for label in "axc"] != [1, 2, 1]:
+        problems.append(f"A and C should have started once, X twice: {starts}")
+    elif not starts["a"][0] < starts["x"][1] < starts["c"][0]:
+        problems.append(f"A, X's attempt and C should have run in that order: {starts}")
+    if left := await jobs.queue_keys():
+        problems.append(f"queue entries left: {left}")
+    assert not problems, "\n".join(problems)
+
+
 async def test_a_503_whose_job_may_be_stored_names_the_job(setup: Setup) -> None:
     """B posted without an Idempotency-Key, its ack lost with a NATS restart after B was
     stored: B keeps its place and will run, so the 503 names it (``job_id``), or a client doing
