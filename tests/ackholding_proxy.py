@@ -26,6 +26,7 @@ class _Connection:
     tail: bytes = b""  # the end of what the client sent last: a control line split in two
     control: bytes = b""  # the held publish's control line, while its end is not read yet
     reply: bytes | None = None  # the held publish's reply inbox, where its ack comes
+    swallowing: bool = False  # from the armed publish on, nothing more reaches the server
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -36,15 +37,19 @@ class AckHoldingProxy:
         self.hit = asyncio.Event()
         self.held: _Connection | None = None
         self._trigger: bytes | None = None
+        self._swallow = False
         self._connections: list[_Connection] = []
         self._server: asyncio.Server | None = None
 
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def arm(self, subject: str, prefix: bool = False) -> None:
+    def arm(self, subject: str, prefix: bool = False, swallow: bool = False) -> None:
         """Hold the next connection that publishes to exactly ``subject`` (``prefix``: to a
-        subject that starts with it) after this call."""
+        subject that starts with it) after this call. ``swallow``: that publish never reaches
+        the server, nor anything after it on that connection (a publish lost on the way, not
+        stored); end it with ``cut()``, the connection's stream being broken."""
+        self._swallow = swallow
         self.hit.clear()
         self.held = None
         # A publish's control line: ``PUB <subject> ...`` or ``HPUB <subject> ...``.
@@ -129,7 +134,8 @@ class AckHoldingProxy:
     async def _to_server(self, src: asyncio.StreamReader, connection: _Connection) -> None:
         try:
             while chunk := await src.read(1 << 16):
-                self._watch(connection, chunk)  # before the chunk leaves: no ack slips through
+                # Before the chunk leaves: no ack slips through.
+                chunk = self._watch(connection, chunk)
                 connection.up_w.write(chunk)
                 await connection.up_w.drain()
         except ConnectionError:
@@ -137,22 +143,35 @@ class AckHoldingProxy:
         finally:
             connection.up_w.close()
 
-    def _watch(self, connection: _Connection, chunk: bytes) -> None:
+    def _watch(self, connection: _Connection, chunk: bytes) -> bytes:
         """Shut the connection's gate at a publish to the armed subject, and note its reply
-        inbox (from its control line, which may end in a later chunk)."""
+        inbox (from its control line, which may end in a later chunk). What of ``chunk`` goes
+        on to the server: all of it, unless the armed publish is swallowed."""
+        if connection.swallowing:
+            return b""
         seen = connection.tail + chunk
         connection.tail = seen[-256:]
         if connection.control:
             self._read_control(connection, connection.control + chunk)
-            return
+            return chunk
         trigger = self._trigger
         if trigger is None:
-            return
+            return chunk
         # Only a match that ends in this chunk: one wholly in the tail was matched (or not
         # armed for) when it went out.
         at = seen.find(trigger, max(0, len(seen) - len(chunk) - len(trigger) + 1))
         if at < 0:
-            return
+            return chunk
+        if self._swallow:
+            # What came before the publish goes on; the publish's start may be in the tail
+            # (sent already, a control line split in two): then the server never gets its end.
+            if seen[at - 1 : at] == b"H":
+                at -= 1  # HPUB: its H too
+            connection.swallowing = True
+            self._trigger = None
+            self.held = connection
+            self.hit.set()
+            return chunk[: max(0, at - (len(seen) - len(chunk)))]
         connection.gate.clear()
         connection.held.clear()
         connection.reply = None
@@ -160,6 +179,7 @@ class AckHoldingProxy:
         self.held = connection
         self.hit.set()
         self._read_control(connection, seen[at:])
+        return chunk
 
     @staticmethod
     def _read_control(connection: _Connection, data: bytes) -> None:

@@ -50,7 +50,13 @@ async def test_a_job_waiting_for_capacity_asks_nothing_of_nats_and_starts_when_a
     journal = JobJournal(js._nc, counting, names, "runner-test")  # type: ignore[arg-type]
     capacity = asyncio.Semaphore(0)
     claimer = SlotClaimer(
-        slots, LockBoard(), journal, RunnerIdentity.of_this_process(), capacity, RECHECK
+        slots,
+        LockBoard(),
+        journal,
+        RunnerIdentity.of_this_process(),
+        capacity,
+        RECHECK,
+        settings.queue_orphan_seconds,
     )
     job_type = load_job_types(RUNNER_TYPES)["emit"]
     msgs = await delivered_requests(js, settings, 3)

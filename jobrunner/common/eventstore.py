@@ -19,12 +19,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.client import ServerVersion
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
 from jobrunner.common import (
     ackinbox,
     artifactpurges,
     artifactstore,
+    messagesize,
     reconfigure,
     retry,
     runnerpool,
@@ -459,6 +460,35 @@ async def publish_acked(
     # checks the size: the server would close the connection for a message over max_payload.
     inbox = ackinbox.of(js._nc)
     return await inbox.publish_headed(names.subject(event), data, extra, js._timeout)
+
+
+def stored_nothing(exc: BaseException) -> bool:
+    """Whether a publish (``publish``, ``publish_acked``: one send) that raised ``exc`` surely
+    stored nothing: JetStream answered it with a refusal (``APIError``), no stream answered it
+    (``NoStreamResponseError``: nothing takes its subject, or its stream has no leader just
+    now; ``ackinbox.read_ack`` turns the server's 503 into it), or it was never sent (over
+    max_payload, or on a connection closed for good: nats-py raises ``ConnectionClosedError``
+    before it writes anything, and a connection that closes with the publish in flight fails it
+    as a timeout, not as this). Any other failure leaves the outcome unknown: a timeout (NATS
+    paused past the ack wait, and may store the message once it runs again), an ack lost with
+    the connection (``AckLostWithConnection``: a NATS restart after it stored the message, or
+    before). Not for ``publish_many``, which sends an unanswered event again: its error may be
+    the second send's, after the first was stored."""
+    return isinstance(exc, _STORED_NOTHING)
+
+
+_STORED_NOTHING = (
+    APIError,
+    NoStreamResponseError,
+    nats.errors.MaxPayloadError,
+    nats.errors.ConnectionClosedError,
+)
+
+
+def check_fits(js: JetStreamContext, event: events.Publishable) -> None:
+    """Raise ``nats.errors.MaxPayloadError`` now, before anything is written, for an event the
+    server would refuse as larger than its max_payload (its publish would raise the same)."""
+    messagesize.check_fits(js._nc, codec.encode(event), codec.headers(event))
 
 
 # JetStream's error code for a publish whose Nats-Expected-Last-Subject-Sequence did not hold.

@@ -66,6 +66,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_line_bytes: int = 65536
     # Each runner says it is alive this often; it counts as gone after three missed beats.
     runner_heartbeat_seconds: float = 5.0
+    # A lock's queue entry whose job's request is not in the stream (the API died between the
+    # two, or its publish was lost on the way) is dropped by the lock's next waiting job once
+    # it is this old. It must outlast the API's own enqueue-to-stored gap (see
+    # QUEUE_ORPHAN_MIN_SECONDS), or a job whose publish is merely slow loses its place.
+    queue_orphan_seconds: float = 30.0
     # Demo tools: seconds between items; 0 runs them as fast as possible.
     demo_pace: float = 0.4
 
@@ -195,6 +200,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} = {value} must be above 0")
+        if not self.queue_orphan_seconds >= QUEUE_ORPHAN_MIN_SECONDS:
+            raise ValueError(
+                f"queue_orphan_seconds = {self.queue_orphan_seconds} must be at least "
+                f"{QUEUE_ORPHAN_MIN_SECONDS:g}: the API's publish of a queued job may take "
+                f"{API_PUBLISH_TIMEOUT_SECONDS:g} s to give up, and its entry must outlive that"
+            )
         if self.metrics_address:
             parse_address(self.metrics_address)
         parse_peers(self.metrics_peers)
@@ -203,6 +214,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"log_format = {self.log_format!r} must be one of {choices}")
 
 
+# The API's publish of a job's request gives up after this (nats-py's JetStream publish
+# timeout, which the API keeps): a queue entry written just before it must not be found dead
+# while that publish may still be stored, so ``queue_orphan_seconds`` stays above it, with a
+# margin for the clocks of the API (which stamps the entry) and the runners (which read it).
+API_PUBLISH_TIMEOUT_SECONDS = 5.0
+QUEUE_ORPHAN_MIN_SECONDS = API_PUBLISH_TIMEOUT_SECONDS + 2.0
 _NO_LIMIT = float("inf")
 _RANGES: dict[str, tuple[float, float]] = {
     "port": (0, 65535),

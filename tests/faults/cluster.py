@@ -96,9 +96,10 @@ class JobRow:
 class FaultCluster:
     """Servers and services of one test module, and the handles the tests need to hurt them."""
 
-    def __init__(self, root: Path, lease_ttl: float, runners: int = 2) -> None:
+    def __init__(self, root: Path, lease_ttl: float, runners: int = 2, **settings: Any) -> None:
         self.root = root
         self.lease_ttl = lease_ttl
+        self.extra_settings = settings  # other settings of every service, as Settings takes them
         self.records = root / "records"
         self.records.mkdir(parents=True, exist_ok=True)
         self.job_types_file = root / "jobtypes.toml"
@@ -131,6 +132,7 @@ class FaultCluster:
             auth=False,
             log_format="json",
             log_level="info",
+            **self.extra_settings,
         )
 
     def add_service(

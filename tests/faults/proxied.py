@@ -45,10 +45,11 @@ class ProxiedCluster(FaultCluster):
 
 @asynccontextmanager
 async def proxied_cluster(
-    lease_ttl: float, proxied: set[str]
+    lease_ttl: float, proxied: set[str], **settings: Any
 ) -> AsyncIterator[tuple[ProxiedCluster, AckHoldingProxy]]:
+    """``settings``: other settings of every service (``FaultCluster``)."""
     with scratch_dir("jobrunner-test-faults-") as root:
-        cluster = ProxiedCluster(root, lease_ttl)
+        cluster = ProxiedCluster(root, lease_ttl, **settings)
         cluster.proxied = frozenset(proxied)
         async with AckHoldingProxy("127.0.0.1", cluster.nats.port) as proxy:
             cluster.proxy_url = proxy.url()

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from jobrunner.common.settings import DEFAULT_JOB_TYPES, Settings, SettingsError, load_settings
+from jobrunner.common.settings import (
+    DEFAULT_JOB_TYPES,
+    QUEUE_ORPHAN_MIN_SECONDS,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -144,6 +150,8 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("batch_max_body_bytes", "1000"),
         ("batch_seal_timeout_seconds", "0"),
         ("idempotency_ttl_seconds", "-1"),
+        ("queue_orphan_seconds", "6.9"),  # below the API's 5 s publish timeout plus 2 s
+        ("queue_orphan_seconds", "nan"),
     ],
 )
 def test_value_no_service_can_honour_is_refused_at_start(
@@ -161,3 +169,10 @@ def test_zero_means_unlimited_where_documented(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv(f"JOBRUNNER_{field.upper()}", "0")
     monkeypatch.setenv("JOBRUNNER_DEMO_PACE", "0")
     assert load_settings().stream_max_bytes == 0
+
+
+def test_queue_orphan_seconds_takes_its_lowest_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lowest dead-entry age allowed (the API's publish timeout plus a margin) is taken."""
+    monkeypatch.setenv("JOBRUNNER_QUEUE_ORPHAN_SECONDS", str(QUEUE_ORPHAN_MIN_SECONDS))
+    assert load_settings().queue_orphan_seconds == QUEUE_ORPHAN_MIN_SECONDS
+    assert Settings().queue_orphan_seconds == 30.0

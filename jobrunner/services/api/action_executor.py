@@ -246,6 +246,9 @@ async def restart_job(
     issued: list[ExternalCallback] = []
     if callbacks is not None:
         [attempt], issued = callbacks.issue(ctx.job_types, [attempt])
+    # The one failure that surely stores nothing, checked before the attempt is queued: then
+    # the publish's failures below all leave its outcome unknown (see the except).
+    eventstore.check_fits(ctx.js, attempt)
     reservation = None
     if attempt.lock and attempt.batch_id is None and job_type.on_busy == "reject":
         # As POST /api/jobs: a busy lock answers 409 rather than queueing.
@@ -259,9 +262,15 @@ async def restart_job(
         await carry_out(ctx, Plan(attempts=[attempt]), queue_all=False)
     except Exception:
         if reservation is not None:
-            await ctx.slots.release(reservation)
-        if attempt.lock and reservation is None:
-            await ctx.slots.dequeue(attempt.lock, attempt.job_id)
+            await ctx.slots.release(reservation)  # as POST /api/jobs: whatever the outcome
+        # A queued attempt's entry is kept whatever failed, unlike POST /api/jobs, which takes
+        # it out when its one publish surely stored nothing: ``publish_many`` publishes an
+        # attempt whose ack did not come again, so the error it raises may be that second
+        # send's (no stream answering during a leader election, the connection closed) after
+        # the first copy was stored; no error of it proves the attempt absent. A stored
+        # attempt runs in its place; the entry of one never stored is dropped by the lock's
+        # next waiter once it is queue_orphan_seconds old (runner/claim.py). The same holds
+        # when the queue write itself timed out, the attempt not published.
         raise
     return JobRestarted(
         id=attempt.job_id,

@@ -54,11 +54,6 @@ def is_queued(request: events.JobRequested, job_type: JobType) -> bool:
     return bool(request.lock) and (job_type.on_busy == "queue" or request.batch_id is not None)
 
 
-# A queue entry whose JobRequested never reached the stream (its API died in between) is
-# dropped after this long.
-ORPHANED_QUEUE_ENTRY_SECONDS = 30.0
-
-
 class SlotClaimer:
     def __init__(
         self,
@@ -68,6 +63,7 @@ class SlotClaimer:
         identity: RunnerIdentity,
         capacity: asyncio.Semaphore,
         recheck_seconds: float,
+        orphan_seconds: float,
     ) -> None:
         self.slots = slots
         self.board = board
@@ -76,6 +72,9 @@ class SlotClaimer:
         self.capacity = capacity
         # How often a waiting job looks again (and tells NATS it is still in progress).
         self.recheck_seconds = recheck_seconds
+        # A queue entry whose JobRequested is not in the stream (its API died in between, or
+        # the publish was lost) is dropped once this old (``queue_orphan_seconds``).
+        self.orphan_seconds = orphan_seconds
 
     async def claim(
         self, request: events.JobRequested, job_type: JobType, job: RunningJob
@@ -242,6 +241,6 @@ class SlotClaimer:
         status = await self.journal.last_status(entry.job_id)
         if status is not None and status.status != JobStatus.PENDING:
             return True  # started or ended: it should have left the queue
-        if time.time() - entry.queued_at < ORPHANED_QUEUE_ENTRY_SECONDS:
+        if time.time() - entry.queued_at < self.orphan_seconds:
             return False
         return await self.journal.last_event(entry.job_id, "requested") is None

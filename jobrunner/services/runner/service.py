@@ -78,7 +78,13 @@ class Runner:
         self.sweep_interval = max(0.5, settings.lease_ttl_seconds / 3)
         capacity = asyncio.Semaphore(settings.max_concurrent_jobs)
         claimer = SlotClaimer(
-            self.slots, self.board, self.journal, self.identity, capacity, self.ack_wait / 3
+            self.slots,
+            self.board,
+            self.journal,
+            self.identity,
+            capacity,
+            self.ack_wait / 3,
+            settings.queue_orphan_seconds,
         )
         self.ledger = ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
         executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger, bulk)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import nats.errors
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import MultiDict
 from litestar.params import Parameter
@@ -158,11 +159,23 @@ class JobController(Controller):
             await ctx.slots.enqueue(job_type.lock, request_event.job_id, job_type.name)
         try:
             seq = await eventstore.publish(ctx.js, ctx.names, request_event)
-        except Exception:
+        except Exception as exc:
             if reservation is not None:
+                # Released whatever the outcome. Kept for a job that was not stored, it would
+                # answer 409 for the lock until it expired (a minute at least); a job that was
+                # stored finds the slot free and its runner takes it as any runner would, the
+                # lease still one job at a time: what is lost is a 409 to a POST meanwhile.
                 await ctx.slots.release(reservation)
-            if queued and job_type.lock:
+            if queued and job_type.lock and eventstore.stored_nothing(exc):
+                # Taken out only when the request surely was not stored. Its outcome unknown (an
+                # ack lost with a NATS restart, a timeout), the entry stays: a stored job keeps
+                # its place and runs there, with or without the client's retry; the entry of
+                # one that was not stored is dropped by the lock's next waiter once it is
+                # queue_orphan_seconds old and its request is still not in the stream
+                # (runner/claim.py), which is all it costs that lock.
                 await ctx.slots.dequeue(job_type.lock, request_event.job_id)
+            if isinstance(exc, nats.errors.Error) and not eventstore.stored_nothing(exc):
+                raise _maybe_created(request_event.job_id) from exc
             raise
         if wait_for_read_models:
             await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
@@ -282,6 +295,22 @@ def wait_choice(raw: str | None) -> str:
             "wait", f"{raw!r} is not a valid wait; choose from {', '.join(WAIT_CHOICES)}."
         )
     return raw
+
+
+def _maybe_created(job_id: str) -> ApiError:
+    """The 503 of a POST whose JobRequested may be stored all the same (its ack lost with a NATS
+    restart, or NATS paused past the publish timeout): it names the job, which then runs (in
+    its queue place, for a queued lock), so that a client looks it up rather than sending the
+    request again without an Idempotency-Key, which would create a second job."""
+    return ApiError(
+        503,
+        "EVENT_STORE_UNAVAILABLE",
+        "The event store did not confirm the job in time; it may have been created: look it "
+        f"up at /api/jobs/{job_id}, or send the same request again with the same "
+        "Idempotency-Key (without one, a request sent again creates another job).",
+        headers={"Retry-After": "1"},
+        job_id=job_id,
+    )
 
 
 async def already_created(ctx: ApiContext, job_id: str) -> schemas.JobCreated | None:
