@@ -26,6 +26,7 @@ from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from tests.ackholding_proxy import AckHoldingProxy
 from tests.external_support import ExternalJob
+from tests.faults.clients import until_answered
 from tests.faults.cluster import FaultCluster, is_terminal
 from tests.faults.proxied import (
     Fault,
@@ -107,22 +108,8 @@ def _answer_problems(what: str, response: httpx.Response | str, ok: set[int]) ->
     return [f"{what}: {response.status_code} {response.text[:300]}"]
 
 
-async def _until_answered(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-    """As a careful worker does: again after a 5xx or a connection error, until answered."""
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                response = await send()
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)
-                continue
-            if response.status_code < 500:
-                return response
-            await asyncio.sleep(0.2)
-
-
 async def _started(client: httpx.AsyncClient) -> ExternalJob:
-    created = await _until_answered(lambda: client.post("/api/jobs", json={"job_type": "external"}))
+    created = await until_answered(lambda: client.post("/api/jobs", json={"job_type": "external"}))
     assert created.status_code == 201, created.text
     job = ExternalJob(created.json())
     first = await job.report_when_held(client, report_id="r0", lines=[{"text": "line 0"}])
@@ -173,9 +160,9 @@ async def test_report_with_its_ack_lost_is_stored_once(setup: Setup, fault: Faul
         subject = f"{cluster.settings.prefix}.job.{job.id}.lines"
         answer = await _faulted(setup, fault, subject, report)
         problems += _answer_problems("the report under the fault", answer, {200})
-        again = await _until_answered(report)
+        again = await until_answered(report)
         problems += _answer_problems("the report sent again", again, {200})
-        end = await _until_answered(lambda: job.report(client, report_id="end", result={}))
+        end = await until_answered(lambda: job.report(client, report_id="end", result={}))
         problems += _answer_problems("the final report", end, {200})
         problems += await _ends(cluster, job.id, "completed")
         await cluster.wait_stored(job.id, 2, 10)
@@ -197,7 +184,7 @@ async def test_first_report_with_its_running_ack_lost_starts_the_job_once(
     cluster = setup.cluster
     problems: list[str] = []
     async with cluster.client() as client:
-        created = await _until_answered(
+        created = await until_answered(
             lambda: client.post("/api/jobs", json={"job_type": "external"})
         )
         assert created.status_code == 201, created.text
@@ -210,9 +197,9 @@ async def test_first_report_with_its_running_ack_lost_starts_the_job_once(
         subject = f"{cluster.settings.prefix}.job.{job.id}.status"
         answer = await _faulted(setup, fault, subject, first)
         problems += _answer_problems("the first report under the fault", answer, {200})
-        again = await _until_answered(first)
+        again = await until_answered(first)
         problems += _answer_problems("the first report sent again", again, {200})
-        end = await _until_answered(lambda: job.report(client, report_id="end", result={}))
+        end = await until_answered(lambda: job.report(client, report_id="end", result={}))
         problems += _answer_problems("the final report", end, {200})
         problems += await _ends(cluster, job.id, "completed")
         await cluster.wait_stored(job.id, 1, 10)
@@ -238,11 +225,11 @@ async def test_final_report_with_its_ack_lost_ends_the_job_once(setup: Setup, fa
         subject = f"{cluster.settings.prefix}.job.{job.id}.status"
         answer = await _faulted(setup, fault, subject, end)
         problems += _answer_problems("the final report under the fault", answer, {200})
-        again = await _until_answered(end)
+        again = await until_answered(end)
         problems += _answer_problems("the final report sent again", again, {200})
         if again.status_code == 200 and again.json()["status"] != "completed":
             problems.append(f"the final report sent again: {again.text}")
-        later = await _until_answered(
+        later = await until_answered(
             lambda: job.report(client, report_id="late", lines=[{"text": "late"}])
         )
         if later.status_code != 409 or later.json()["error"]["code"] != "JOB_FINISHED":
@@ -271,11 +258,11 @@ async def test_cancel_with_its_ack_lost_ends_the_job_once(setup: Setup, fault: F
         subject = f"{cluster.settings.prefix}.job.{job.id}.cancel"
         answer = await _faulted(setup, fault, subject, cancel, republished=True)
         problems += _answer_problems("the cancel under the fault", answer, {202})
-        again = await _until_answered(cancel)
+        again = await until_answered(cancel)
         if again.status_code not in (202, 409):
             problems.append(f"the cancel sent again: {again.status_code} {again.text}")
         problems += await _ends(cluster, job.id, "cancelled")
-        later = await _until_answered(
+        later = await until_answered(
             lambda: job.report(client, report_id="late", lines=[{"text": "late"}])
         )
         if later.status_code != 409 or later.json()["error"]["code"] != "JOB_FINISHED":
@@ -317,7 +304,7 @@ async def test_submission_with_its_ack_lost_makes_one_job(setup: Setup, fault: F
         subject = f"{cluster.settings.prefix}.job."
         answer = await _faulted(setup, fault, subject, submit, prefix=True)
         problems += _answer_problems("the submission under the fault", answer, {201})
-        again = await _until_answered(submit)
+        again = await until_answered(submit)
         if again.status_code != 201:
             problems.append(f"the submission sent again: {again.status_code} {again.text}")
         elif (
@@ -358,11 +345,11 @@ async def test_report_sent_again_after_the_duplicate_window_is_stored_once(setup
             subject = f"{cluster.settings.prefix}.job.{job.id}.lines"
             answer = await _faulted(setup, Fault(True, 2.0), subject, report)
             problems += _answer_problems("the report under the fault", answer, {200})
-            again = await _until_answered(report)
+            again = await until_answered(report)
             problems += _answer_problems("the report sent again", again, {200})
         finally:
             await duplicate_window(cluster, 120.0)
-        end = await _until_answered(lambda: job.report(client, report_id="end", result={}))
+        end = await until_answered(lambda: job.report(client, report_id="end", result={}))
         problems += _answer_problems("the final report", end, {200})
         problems += await _ends(cluster, job.id, "completed")
         await cluster.wait_stored(job.id, 2, 10)

@@ -21,6 +21,7 @@ import pytest
 
 from jobrunner.contracts.names import Names
 from tests.external_support import ExternalJob
+from tests.faults.clients import until_answered
 from tests.faults.cluster import FaultCluster, is_terminal, running_cluster
 from tests.test_running_conditional import statuses
 
@@ -58,20 +59,6 @@ def _answer_problems(what: str, response: httpx.Response, ok: set[int]) -> list[
     return [f"{what}: {response.status_code} {response.text[:300]}"]
 
 
-async def _until_answered(send: Any) -> httpx.Response:
-    """As a careful worker does: again after a 5xx or a connection error, until answered."""
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                response = await send()
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)
-                continue
-            if response.status_code < 500:
-                return response
-            await asyncio.sleep(0.2)
-
-
 async def _started(cluster: FaultCluster, client: httpx.AsyncClient) -> ExternalJob:
     created = await client.post("/api/jobs", json={"job_type": "external"})
     assert created.status_code == 201, created.text
@@ -102,9 +89,9 @@ async def test_report_under_frozen_nats_is_stored_once(
 
         answer = await _frozen_while(cluster, seconds, report)
         problems += _answer_problems("the report under the freeze", answer, {200})
-        again = await _until_answered(report)
+        again = await until_answered(report)
         problems += _answer_problems("the report sent again", again, {200})
-        end = await _until_answered(lambda: job.report(client, report_id="end", result={}))
+        end = await until_answered(lambda: job.report(client, report_id="end", result={}))
         problems += _answer_problems("the final report", end, {200})
         row = await cluster.wait_job(job.id, is_terminal, 30)
         if row is None or row.status != "completed":
@@ -132,7 +119,7 @@ async def test_final_report_under_frozen_nats_ends_the_job_once(
 
         answer = await _frozen_while(cluster, seconds, end)
         problems += _answer_problems("the final report under the freeze", answer, {200})
-        again = await _until_answered(end)
+        again = await until_answered(end)
         problems += _answer_problems("the final report sent again", again, {200})
         if again.status_code == 200 and again.json()["status"] != "completed":
             problems.append(f"the final report sent again: {again.text}")
@@ -165,7 +152,7 @@ async def test_cancel_under_frozen_nats_ends_the_job_once(
 
         answer = await _frozen_while(cluster, seconds, cancel)
         problems += _answer_problems("the cancel under the freeze", answer, {202})
-        again = await _until_answered(cancel)
+        again = await until_answered(cancel)
         if again.status_code not in (202, 409):
             problems.append(f"the cancel sent again: {again.status_code} {again.text}")
         row = await cluster.wait_job(job.id, is_terminal, 30)

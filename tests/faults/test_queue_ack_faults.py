@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.service import request_ack_wait
 from tests.ackholding_proxy import AckHoldingProxy
+from tests.faults.clients import until_answered
 from tests.faults.cluster import is_terminal
 from tests.faults.proxied import Fault, ProxiedCluster, proxied_cluster, strike_at_ack
 from tests.test_running_conditional import statuses
@@ -105,20 +106,6 @@ class LockJobs:
             await nc.close()
 
 
-async def _until_answered(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-    """As a careful client does: again after a 5xx or a connection error, until answered."""
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                response = await send()
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)
-                continue
-            if response.status_code < 500:
-                return response
-            await asyncio.sleep(0.2)
-
-
 async def _runners(cluster: ProxiedCluster, up: bool) -> None:
     names = [name for name in cluster.services if name.startswith("runner-")]
     if up:
@@ -180,10 +167,10 @@ async def test_queued_job_whose_request_ack_was_lost_runs_once_in_its_place(
             if answer.status_code == 503:
                 code = answer.json()["error"]["code"]
                 assert code == "EVENT_STORE_UNAVAILABLE", answer.text
-            third = await _until_answered(lambda: jobs.post(client, "c"))
+            third = await until_answered(lambda: jobs.post(client, "c"))
             assert third.status_code == 201, third.text
             if retried:
-                again = await _until_answered(lambda: jobs.post(client, "b", key))
+                again = await until_answered(lambda: jobs.post(client, "b", key))
                 if again.status_code != 201:
                     problems.append(f"B sent again: {again.status_code} {again.text}")
         await _runners(cluster, up=True)
@@ -232,7 +219,7 @@ async def test_request_that_never_reached_jetstream_leaves_the_lock_free(
             proxy.cut()
         answer = await asyncio.wait_for(request, 60)
         assert answer.status_code == 503, f"{answer.status_code} {answer.text}"
-        third = await _until_answered(lambda: jobs.post(client, "c"))
+        third = await until_answered(lambda: jobs.post(client, "c"))
         assert third.status_code == 201, third.text
     ids = await jobs.ids()
     if ids != [third.json()["id"]]:
@@ -285,11 +272,11 @@ async def test_restarted_queued_job_whose_attempt_ack_was_lost_runs_once_in_its_
             if answer.status_code == 503:
                 code = answer.json()["error"]["code"]
                 assert code == "EVENT_STORE_UNAVAILABLE", answer.text
-            again = await _until_answered(lambda: client.post(f"/api/jobs/{x}/restart"))
+            again = await until_answered(lambda: client.post(f"/api/jobs/{x}/restart"))
             # The attempt is stored: the restart sent again finds it pending.
             if again.status_code != 409 or again.json()["error"]["code"] != "JOB_ACTIVE":
                 problems.append(f"the restart sent again: {again.status_code} {again.text}")
-            third = await _until_answered(lambda: jobs.post(client, "c"))
+            third = await until_answered(lambda: jobs.post(client, "c"))
             assert third.status_code == 201, third.text
         await _runners(cluster, up=True)
         ids = await jobs.ids()
@@ -345,7 +332,7 @@ async def test_restart_whose_resend_was_refused_after_its_attempt_was_stored_kee
             answer = await asyncio.wait_for(request, 60)
             await js.update_stream(config)
             assert answer.status_code == 503, f"{answer.status_code} {answer.text}"
-            third = await _until_answered(lambda: jobs.post(client, "c"))
+            third = await until_answered(lambda: jobs.post(client, "c"))
             assert third.status_code == 201, third.text
     finally:
         await js.update_stream(config)
