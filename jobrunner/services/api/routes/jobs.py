@@ -37,6 +37,8 @@ MAX_LIST_LIMIT = 500
 # GET right after finds the job), or as soon as it is stored in JetStream (a client that only
 # follows the job's SSE stream, which does not need the read models).
 WAIT_CHOICES = ("projected", "stored")
+# What ``status`` may name (a list request's filter): the enum's values, listed once.
+STATUS_VALUES = [s.value for s in JobStatus]
 LIST_PARAMETERS = (
     "limit",
     "cursor",
@@ -264,7 +266,7 @@ async def job_page(
     path in front of it (``jobs_fastpath.py``) answer with this one function."""
     query = Query(params, LIST_PARAMETERS)
     filters = readmodels.JobFilter(
-        statuses=query.choices("status", [s.value for s in JobStatus]),
+        statuses=query.choices("status", STATUS_VALUES),
         job_types=query.names("job_type"),
         search=query.text("search"),
         batch_id=query.name("batch_id"),
