@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,39 +117,3 @@ def test_a_row_gives_the_job_the_keyword_form_gave(
     now = now or BASE
     values = (*(row[name] for name in readmodels.JOB_COLUMN_NAMES), *extra)
     assert readmodels.job_from_row(values, now) == keyword_job_from_row(row, now)
-
-
-def rounded_seconds(start: datetime, end: datetime) -> bytes:
-    """The duration as the API wrote it before ``duration_seconds``, as the JSON it becomes."""
-    return msgspec.json.encode(round((end - start).total_seconds(), 3))
-
-
-spans = st.one_of(
-    st.integers(-(10**10), 10**13),  # up to about 116 days, and a little backwards
-    # exact half milliseconds, where the seconds' float falls either side of the tie
-    st.integers(-(10**9), 10**9).map(lambda ms: ms * 1000 + 500),
-    st.integers(2**52 - 10**6, 2**52 + 10**6),  # about 142 years, where the shortcut stops
-    st.integers(-999, 999),  # under a millisecond either way: 0.0 and -0.0
-)
-
-
-@settings(deadline=None, max_examples=2000)
-@given(start=st.integers(0, 10**13), micros=spans)
-def test_a_duration_is_the_rounded_seconds_to_the_byte(start: int, micros: int) -> None:
-    """A job's ``duration_seconds`` in the JSON is what ``round(seconds, 3)`` wrote, to the
-    byte (``-0.0`` too), whatever the span: the integer shortcut and its fallbacks agree."""
-    begin = BASE + timedelta(microseconds=start)
-    end = begin + timedelta(microseconds=micros)
-    got = msgspec.json.encode(readmodels.duration_seconds(begin, end))
-    assert got == rounded_seconds(begin, end)
-
-
-def test_a_duration_at_a_tie_is_the_rounded_seconds() -> None:
-    """At an exact half millisecond the seconds' float lies either side of the tie: 2.5 ms
-    rounds up to 0.003, 4.5 ms down to 0.004, 5.5 ms down to 0.005. Neither half up nor half
-    to even on the microseconds gives all three (half up: 0.005, 0.006; half to even: 0.002,
-    0.006), so every tie goes to ``round``; and a span just under zero is -0.0, as before."""
-    for micros, expected in ((2500, b"0.003"), (4500, b"0.004"), (5500, b"0.005"), (-400, b"-0.0")):
-        end = BASE + timedelta(microseconds=micros)
-        assert msgspec.json.encode(readmodels.duration_seconds(BASE, end)) == expected
-        assert rounded_seconds(BASE, end) == expected

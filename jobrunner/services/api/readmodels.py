@@ -49,28 +49,6 @@ JOB_COLUMN_NAMES = (
 JOB_COLUMNS = ", ".join(JOB_COLUMN_NAMES)
 
 
-def duration_seconds(start: datetime, end: datetime) -> float:
-    """``round((end - start).total_seconds(), 3)``, the same float at about 40 % of the cost
-    (a list page computes fifty; ``round`` to decimal places goes through a decimal string).
-
-    The span's whole microseconds are rounded to milliseconds in integers, and one correctly
-    rounded division gives the float nearest that many milliseconds, which is what ``round``
-    returns. Why it is the same: the float of the seconds is within half a unit in its last
-    place of the exact value, under a microsecond for spans below ``_EXACT_MICROS``, so it
-    rounds to the same millisecond unless the exact value is a tie (an odd 500 µs), where it
-    may fall either side. Ties, negative spans (``round`` keeps a -0.0) and longer spans take
-    ``round`` itself."""
-    span = end - start
-    micros = (span.days * 86_400 + span.seconds) * 1_000_000 + span.microseconds
-    if micros % 1000 == 500 or not 0 <= micros < _EXACT_MICROS:
-        return round(span.total_seconds(), 3)
-    return (micros + 500) // 1000 / 1000
-
-
-# 2**52 µs, about 142 years: below it the seconds' float is within 0.48 µs of the exact value.
-_EXACT_MICROS = 2**52
-
-
 def job_from_row(row: Sequence[Any], now: datetime | None = None) -> schemas.Job:
     """The API's view of a row that starts with JOB_COLUMNS (a query may add columns after).
 
@@ -113,7 +91,8 @@ def job_from_row(row: Sequence[Any], now: datetime | None = None) -> schemas.Job
     ) = row
     duration = None
     if started is not None:
-        duration = duration_seconds(started, finished or now or datetime.now(UTC))
+        end = finished or now or datetime.now(UTC)
+        duration = round((end - started).total_seconds(), 3)
     progress = None
     if current is not None or percent is not None or phase is not None or message is not None:
         progress = schemas.Progress(current, total, percent, phase, message)
