@@ -1,7 +1,8 @@
 """``publish_many``'s pipeline when a run of its publishes is lost and the connection stays up
-(a stream electing a leader drops what it gets meanwhile, answering nothing): the ack wait is
-waited once, then every event still unanswered is published again at once. Waiting it once per
-lost event, a batch POST of 10,000 jobs would answer after hours."""
+(a stream electing a leader drops what it gets meanwhile, answering nothing): the awaited
+event's ack wait runs out once, then, after one shared wait for the rest's acks, every event
+still unanswered is published again together. Waiting it once per lost event, a batch POST of
+10,000 jobs would answer after hours."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ BATCH = 40
     [(1, 0), (BATCH // 2, 0), (BATCH, 0), (BATCH // 4, BATCH // 2)],
     ids=["one", "half", "all", "a-run-in-the-middle"],
 )
-async def test_a_batch_whose_publishes_are_lost_waits_once_and_stores_each_event_once(
+async def test_a_batch_whose_publishes_are_lost_resends_them_together_and_stores_each_once(
     own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch, lost: int, after: int
 ) -> None:
     monkeypatch.setattr(ackinbox, "ACK_TIMEOUT", WAIT)

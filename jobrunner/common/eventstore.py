@@ -472,9 +472,17 @@ def stored_nothing(exc: BaseException) -> bool:
     as a timeout, not as this). Any other failure leaves the outcome unknown: a timeout (NATS
     paused past the ack wait, and may store the message once it runs again), an ack lost with
     the connection (``AckLostWithConnection``: a NATS restart after it stored the message, or
-    before). Not for ``publish_many``, which sends an unanswered event again: its error may be
-    the second send's, after the first was stored."""
+    before), and JetStream's 10158 (an R3 stream still applying a copy with the same id: a
+    request sent again while its first copy is on its way, which may yet be stored). Not for
+    ``publish_many``, which sends an unanswered event again: its error may be the second send's,
+    after the first was stored."""
+    if isinstance(exc, APIError) and exc.err_code == DUPLICATE_IN_PROCESS:
+        return False
     return isinstance(exc, _STORED_NOTHING)
+
+
+# JetStream's refusal of a message whose Nats-Msg-Id a clustered stream is still applying.
+DUPLICATE_IN_PROCESS = 10158
 
 
 _STORED_NOTHING = (

@@ -203,8 +203,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not self.queue_orphan_seconds >= QUEUE_ORPHAN_MIN_SECONDS:
             raise ValueError(
                 f"queue_orphan_seconds = {self.queue_orphan_seconds} must be at least "
-                f"{QUEUE_ORPHAN_MIN_SECONDS:g}: the API's publish of a queued job may take "
-                f"{API_PUBLISH_TIMEOUT_SECONDS:g} s to give up, and its entry must outlive that"
+                f"{QUEUE_ORPHAN_MIN_SECONDS:g}: a queued job's request may be stored that long "
+                "after its queue entry (a restart's queue write, then its publish and resend)"
             )
         if self.metrics_address:
             parse_address(self.metrics_address)
@@ -215,11 +215,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 # The API's publish of a job's request gives up after this (nats-py's JetStream publish
-# timeout, which the API keeps): a queue entry written just before it must not be found dead
-# while that publish may still be stored, so ``queue_orphan_seconds`` stays above it, with a
-# margin for the clocks of the API (which stamps the entry) and the runners (which read it).
+# timeout, which the API keeps).
 API_PUBLISH_TIMEOUT_SECONDS = 5.0
-QUEUE_ORPHAN_MIN_SECONDS = API_PUBLISH_TIMEOUT_SECONDS + 2.0
+# A queue entry must not be found dead while its job's request may still be stored. The longest
+# gap between the entry's stamp and that store is a restart's: its entry written in up to
+# ``slots.ENQUEUE_ACK_SECONDS`` (10 s), then ``publish_many``'s ack wait (5 s) and its resend
+# (5 s); a POST's is shorter (one write, one publish). With a margin for the clocks of the API
+# (which stamps the entry) and the runners (which read it).
+QUEUE_ORPHAN_MIN_SECONDS = 10.0 + 2 * API_PUBLISH_TIMEOUT_SECONDS + 2.0
 _NO_LIMIT = float("inf")
 _RANGES: dict[str, tuple[float, float]] = {
     "port": (0, 65535),

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 import nats.errors
+import structlog
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import MultiDict
 from litestar.params import Parameter
@@ -50,6 +51,8 @@ LIST_PARAMETERS = (
     "created_to",
     "archived",
 )
+
+log = structlog.get_logger()
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
@@ -162,21 +165,29 @@ class JobController(Controller):
         try:
             seq = await eventstore.publish(ctx.js, ctx.names, request_event)
         except Exception as exc:
-            if reservation is not None:
-                # Released whatever the outcome. Kept for a job that was not stored, it would
-                # answer 409 for the lock until it expired (a minute at least); a job that was
-                # stored finds the slot free and its runner takes it as any runner would, the
-                # lease still one job at a time: what is lost is a 409 to a POST meanwhile.
-                await ctx.slots.release(reservation)
-            if queued and job_type.lock and eventstore.stored_nothing(exc):
-                # Taken out only when the request surely was not stored. Its outcome unknown (an
-                # ack lost with a NATS restart, a timeout), the entry stays: a stored job keeps
-                # its place and runs there, with or without the client's retry; the entry of
-                # one that was not stored is dropped by the lock's next waiter once it is
-                # queue_orphan_seconds old and its request is still not in the stream
-                # (runner/claim.py), which is all it costs that lock.
-                await ctx.slots.dequeue(job_type.lock, request_event.job_id)
-            if isinstance(exc, nats.errors.Error) and not eventstore.stored_nothing(exc):
+            # Decided first: a clean-up below failing too (NATS away) must not turn the answer
+            # into a 503 that does not name a job that may be stored.
+            maybe_stored = not eventstore.stored_nothing(exc)
+            try:
+                if reservation is not None:
+                    # Released whatever the outcome. Kept for a job that was not stored, it
+                    # would answer 409 for the lock until it expired (a minute at least); a job
+                    # that was stored finds the slot free and its runner takes it as any runner
+                    # would, the lease still one job at a time: what is lost is a 409 to a POST
+                    # meanwhile.
+                    await ctx.slots.release(reservation)
+                if queued and job_type.lock and not maybe_stored:
+                    # Taken out only when the request surely was not stored. Its outcome
+                    # unknown (an ack lost with a NATS restart, a timeout), the entry stays: a
+                    # stored job keeps its place and runs there, with or without the client's
+                    # retry; the entry of one that was not stored is dropped by the lock's next
+                    # waiter once it is queue_orphan_seconds old and its request is still not in
+                    # the stream (runner/claim.py), which is all it costs that lock.
+                    await ctx.slots.dequeue(job_type.lock, request_event.job_id)
+            except Exception as cleanup:
+                # A reservation left expires with its TTL; an entry left is dropped as above.
+                log.warning("a failed job request's clean-up failed too", error=repr(cleanup))
+            if isinstance(exc, nats.errors.Error) and maybe_stored:
                 raise _maybe_created(request_event.job_id) from exc
             raise
         if wait_for_read_models:
