@@ -4,7 +4,9 @@ Each job gets a fresh directory ``<work dir>/jobrunner-<job id>-<random>/out``, 
 tool as ``JOBRUNNER_OUTPUT_DIR``. When the job ends (however it ends, before its terminal
 status is published) every regular file in it is stored in the artifacts object store and
 announced with an ``ArtifactStored`` event; then the whole directory goes. The work dir belongs to
-one runner host: a runner starting removes what a killed predecessor left there.
+one runner host: a runner starting removes what a killed predecessor left there, but not the
+folders of jobs still running (each locked, ``flock``, by its runner while the job lasts), so
+runners on one host may share it.
 
 What is never stored, each named in the job's log as an ERROR line:
 - symbolic links and special files (never followed: a link to /etc/passwd stays a link);
@@ -29,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +56,7 @@ _PREFIX = "jobrunner-"
 _OUT = "out"
 _NO_LINKS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FOLDER = _NO_LINKS | os.O_DIRECTORY
+CREATE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,23 @@ class OutputDirectory:
     @classmethod
     def create(cls, settings: Settings, job_id: str) -> OutputDirectory:
         base = work_dir(settings)
+        for _ in range(CREATE_TRIES - 1):
+            # FileNotFoundError / BlockingIOError: another runner on this work dir, starting,
+            # took the fresh folder for a leftover in the instant before it was locked.
+            with contextlib.suppress(FileNotFoundError, BlockingIOError):
+                return cls._create(base, job_id)
+        return cls._create(base, job_id)
+
+    @classmethod
+    def _create(cls, base: Path, job_id: str) -> OutputDirectory:
         base.mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{job_id[:32]}-", dir=base))
         root_fd = os.open(root, _FOLDER)
         try:
+            # Locked for the job's life (``root_fd`` stays open until ``remove``): a runner
+            # starting beside this one on the same work dir leaves it alone
+            # (``remove_leftovers``); a killed runner's locks go with its descriptors.
+            fcntl.flock(root_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.mkdir(_OUT, mode=0o700, dir_fd=root_fd)
             fd = os.open(_OUT, _FOLDER, dir_fd=root_fd)
         except BaseException:
@@ -221,12 +238,31 @@ def remove_leftovers(settings: Settings) -> int:
     for entry in entries:
         if entry.name.startswith(_PREFIX) and entry.is_dir(follow_symlinks=False):
             try:
-                _remove_folder(base, entry.name)
+                with _locked_unless_in_use(entry.path) as free:
+                    if not free:
+                        continue  # a job of another runner on this work dir
+                    _remove_folder(base, entry.name)
                 removed += 1
             except Exception as exc:
                 # The runner starts all the same; what is left is tried again at the next start.
                 log.warning("output directory not removed", path=entry.path, error=repr(exc))
     return removed
+
+
+@contextlib.contextmanager
+def _locked_unless_in_use(path: str) -> Iterator[bool]:
+    """False when a live runner holds the folder's lock (its job is running), else True with
+    the lock held until the block ends."""
+    fd = os.open(path, _FOLDER)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _remove_folder(parent: Path, name: str) -> None:
