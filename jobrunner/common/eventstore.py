@@ -462,6 +462,10 @@ async def publish_acked(
     return await inbox.publish_headed(names.subject(event), data, extra, js._timeout)
 
 
+# JetStream's refusal of a message whose Nats-Msg-Id a clustered stream is still applying.
+DUPLICATE_IN_PROCESS = 10158
+
+
 def stored_nothing(exc: BaseException) -> bool:
     """Whether a publish (``publish``, ``publish_acked``: one send) that raised ``exc`` surely
     stored nothing: JetStream answered it with a refusal (``APIError``), no stream answered it
@@ -479,10 +483,6 @@ def stored_nothing(exc: BaseException) -> bool:
     if isinstance(exc, APIError) and exc.err_code == DUPLICATE_IN_PROCESS:
         return False
     return isinstance(exc, _STORED_NOTHING)
-
-
-# JetStream's refusal of a message whose Nats-Msg-Id a clustered stream is still applying.
-DUPLICATE_IN_PROCESS = 10158
 
 
 _STORED_NOTHING = (

@@ -115,6 +115,24 @@ async def _runners(cluster: ProxiedCluster, up: bool) -> None:
         await asyncio.gather(*(asyncio.to_thread(cluster.services[n].stop) for n in names))
 
 
+async def _restart_ran_in_its_place(cluster: ProxiedCluster, jobs: LockJobs) -> list[str]:
+    """X ran, A was posted, X restarted, C posted: four jobs (attempts) stored, each ended, A
+    and C started once and X twice, X's attempt between A and C, no queue entry left."""
+    problems: list[str] = []
+    ids = await jobs.ids()
+    if len(ids) != 4:
+        problems.append(f"{len(ids)} jobs (attempts) stored, not 4: {ids}")
+    problems += await _all_ended(cluster, ids, 60)
+    starts = {label: jobs.starts(label) for label in "axc"}
+    if [len(starts[label]) for label in "axc"] != [1, 2, 1]:
+        problems.append(f"A and C should have started once, X twice: {starts}")
+    elif not starts["a"][0] < starts["x"][1] < starts["c"][0]:
+        problems.append(f"A, X's attempt and C should have run in that order: {starts}")
+    if left := await jobs.queue_keys():
+        problems.append(f"queue entries left: {left}")
+    return problems
+
+
 async def _all_ended(cluster: ProxiedCluster, job_ids: list[str], timeout: float) -> list[str]:
     problems = []
     for job_id in job_ids:
@@ -279,17 +297,7 @@ async def test_restarted_queued_job_whose_attempt_ack_was_lost_runs_once_in_its_
             third = await until_answered(lambda: jobs.post(client, "c"))
             assert third.status_code == 201, third.text
         await _runners(cluster, up=True)
-        ids = await jobs.ids()
-        if len(ids) != 4:
-            problems.append(f"{len(ids)} jobs (attempts) stored, not 4: {ids}")
-        problems += await _all_ended(cluster, ids, 60)
-        starts = {label: jobs.starts(label) for label in "axc"}
-        if [len(starts[label]) for label in "axc"] != [1, 2, 1]:
-            problems.append(f"A and C should have started once, X twice: {starts}")
-        elif not starts["a"][0] < starts["x"][1] < starts["c"][0]:
-            problems.append(f"A, X's attempt and C should have run in that order: {starts}")
-        if left := await jobs.queue_keys():
-            problems.append(f"queue entries left: {left}")
+        problems += await _restart_ran_in_its_place(cluster, jobs)
     finally:
         await _runners(cluster, up=True)
     assert not problems, "\n".join(problems)
@@ -338,17 +346,7 @@ async def test_restart_whose_resend_was_refused_after_its_attempt_was_stored_kee
         await js.update_stream(config)
         await nc.close()
         await _runners(cluster, up=True)
-    ids = await jobs.ids()
-    if len(ids) != 4:
-        problems.append(f"{len(ids)} jobs (attempts) stored, not 4: {ids}")
-    problems += await _all_ended(cluster, ids, 60)
-    starts = {label: jobs.starts(label) for label in "axc"}
-    if [len(starts[label]) for label in "axc"] != [1, 2, 1]:
-        problems.append(f"A and C should have started once, X twice: {starts}")
-    elif not starts["a"][0] < starts["x"][1] < starts["c"][0]:
-        problems.append(f"A, X's attempt and C should have run in that order: {starts}")
-    if left := await jobs.queue_keys():
-        problems.append(f"queue entries left: {left}")
+    problems += await _restart_ran_in_its_place(cluster, jobs)
     assert not problems, "\n".join(problems)
 
 
