@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import psutil
 
-from bench import workload
+from bench import natscount, workload
 from bench.httpclient import LeanClient, Response
 from bench.report import summarize
 from bench.sse import open_stream
@@ -125,6 +125,9 @@ async def dispatch(system: RunningSystem, http: httpx.AsyncClient, jobs: int) ->
             await asyncio.wait_for(client.done, 60)
             assert client.first_line_at is not None, "the job's line never arrived"
             totals.append(client.first_line_at - t0)
+            natscount.mark(f"{job}\t{t0}\t{client.first_line_at}")
+            if gap := natscount.gap_seconds():
+                await asyncio.sleep(gap)  # a counted run's tail of each job apart
             frames = _frames_json(client.frames)
             _, running_id, running = next(
                 f for f in frames if f[0] == "status" and f[2]["status"] == "running"

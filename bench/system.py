@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import natscount
 from bench.nativetools import PacedTool, compile_paced
 from jobrunner.embedded.scratch import new_scratch_dir
 from jobrunner.embedded.serverprocess import free_port
@@ -113,6 +114,10 @@ class RunningSystem:
             }
         )
         env.update(self.extra_env)
+        if env.get(natscount.DIR_VARIABLE):
+            # A counted run (bench/natscount): its sitecustomize ahead of the services' path.
+            site = ROOT / "bench" / "natscount" / "site"
+            env["PYTHONPATH"] = os.pathsep.join((str(site), str(ROOT)))
         return env
 
     def start(self, timeout: float = 120.0) -> None:
