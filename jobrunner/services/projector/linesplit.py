@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import os
 import struct
 import sys
 from typing import Any
@@ -74,6 +75,8 @@ async def _helper(job: dict[str, Any]) -> None:
     with __import__("contextlib").suppress(OSError):
         fcntl.fcntl(out.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
     end = job["end"]
+    # The share of line events loaded here (tenths, by sequence); the rest the replay loads.
+    tenths = job["tenths"]
     rows_queue: asyncio.Queue[list[tuple[Any, ...]] | None] = asyncio.Queue(8)
 
     async def copier() -> None:
@@ -93,7 +96,7 @@ async def _helper(job: dict[str, Any]) -> None:
             if seq > end:
                 done = True
                 break
-            if data.startswith(LINE_PREFIX):
+            if data.startswith(LINE_PREFIX) and seq % 10 < tenths:
                 try:
                     event = codec.decode(data)
                 except (msgspec.DecodeError, msgspec.ValidationError):
@@ -155,15 +158,20 @@ class SplitFeed:
             "schema": "readmodel_replay",
             "first": first,
             "end": self._end,
+            "tenths": int(os.environ.get("JOBRUNNER_REPLAY_SPLIT_TENTHS", "10")),
         }
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "jobrunner.services.projector.linesplit",
-            json.dumps(job),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=4 * PIPE_BYTES,
         )
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(job).encode() + b"\n")  # credentials not in argv
+        await self._proc.stdin.drain()
+        self._proc.stdin.close()
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -273,4 +281,4 @@ class SplitFeed:
 
 
 if __name__ == "__main__":
-    asyncio.run(_helper(json.loads(sys.argv[1])))
+    asyncio.run(_helper(json.loads(sys.stdin.readline())))
