@@ -48,14 +48,6 @@ class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     rows: list[tuple[str, int, str, str, datetime, str, int]] = []
 
 
-class LinesCounted(msgspec.Struct, frozen=True, gc=False):
-    """``count`` lines of a job stored by another writer (a replay's line loader): only the
-    job's line count and last sequence change here."""
-
-    job_id: str
-    count: int
-
-
 class WebhookAttemptRecorded(msgspec.Struct, frozen=True, gc=False):
     """One row of a job's webhook delivery log (columns as ``WEBHOOK_COLUMNS``)."""
 
@@ -96,7 +88,6 @@ Change = (
     | JobUpdated
     | BatchChanged
     | LinesAppended
-    | LinesCounted
     | WebhookAttemptRecorded
     | ArtifactRecorded
     | Unreadable

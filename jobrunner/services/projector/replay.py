@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import structlog
@@ -33,7 +31,6 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
-from jobrunner.services.projector.linesplit import SplitFeed
 from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
@@ -161,29 +158,19 @@ async def replay(
                 on_progress(progress)
             return time.monotonic()
 
-        async def load(split: bool = False) -> tuple[EventFeed, int, Batch]:
+        async def load() -> tuple[EventFeed, int, Batch]:
             progress.phase = "loading"
-            feed: Any
-            if split:
-                async with pool.acquire() as conn:
-                    end = await store.checkpoint(conn)
-                feed = SplitFeed(js, names, settings, end)
-            else:
-                feed = EventFeed(
-                    js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS
-                )
+            feed = EventFeed(js, names, settings, name="replay", restart_attempts=RESTART_ATTEMPTS)
             resources.push_async_callback(feed.close)
             await feed.start(first_seq)
             with collector_paused():
                 applied, held = await _load(
                     pool, js, names, feed, progress, on_progress, progress_interval
                 )
-                if split:
-                    await feed.wait_lines()
             phases["loading"] = time.monotonic() - progress.started
             return feed, applied, held
 
-        feed, applied, held = await load(split=os.environ.get("JOBRUNNER_REPLAY_SPLIT") == "1")
+        feed, applied, held = await load()
         mark = begin("indexing")
         # The lines' primary key is built once after the load (Postgres' CPU 12 % less, 0.7 s
         # per million events, than keeping it up to date line by line). Without it a line

@@ -20,7 +20,6 @@ from jobrunner.services.projector.projections import (
     JobCreated,
     JobUpdated,
     LinesAppended,
-    LinesCounted,
     WebhookAttemptRecorded,
 )
 
@@ -139,7 +138,7 @@ async def apply_batch(
             await conn.copy_records_to_table(
                 "jobs", schema_name=schema, columns=columns, records=rows
             )
-        if plan.lines or plan.lines_counted:
+        if plan.lines:
             await _flush_lines(conn, schema, plan.lines, plan.line_counts, bulk)
         bulk()
         if plan.webhook_attempts:
@@ -188,7 +187,6 @@ class Plan:
     updates: list[Change] = field(default_factory=list)
     lines: list[tuple[Any, ...]] = field(default_factory=list)
     line_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
-    lines_counted: bool = False  # a LinesCounted in the batch: counts without rows of their own
     webhook_attempts: list[tuple[Any, ...]] = field(default_factory=list)
     # Batches whose counters the batch changes (by jobs created in it and their status changes);
     # the updates add theirs when applied.
@@ -230,16 +228,6 @@ def fold(
                 else:
                     count, _ = plan.line_counts.get(change.job_id, (0, 0))
                     plan.line_counts[change.job_id] = (count + len(rows), seq)
-            elif isinstance(change, LinesCounted):
-                plan.lines_counted = True
-                row = created_row(change.job_id)
-                if row is not None:
-                    row["log_count"] += change.count
-                    if seq > row["last_seq"]:
-                        row["last_seq"] = seq
-                else:
-                    count, _ = plan.line_counts.get(change.job_id, (0, 0))
-                    plan.line_counts[change.job_id] = (count + change.count, seq)
             elif isinstance(change, JobUpdated):
                 row = created_row(change.job_id)
                 if row is None:
@@ -318,7 +306,7 @@ async def _flush_lines(
     counts: dict[str, tuple[int, int]],
     writing: Callable[[], None],
 ) -> None:
-    copied = not rows or await _copy_lines(conn, schema, rows, writing)
+    copied = await _copy_lines(conn, schema, rows, writing)
     if not copied:
         await _insert_lines(conn, schema, rows)
     await conn.executemany(
