@@ -549,10 +549,10 @@ async def _pipelined(
         while unanswered:
             i = unanswered.popleft()
             try:
-                acks[i] = ackinbox.read_ack(await asyncio.wait_for(futures[i], ACK_WAIT_SECONDS))
+                acks[i] = await _ack_within(futures[i], ACK_WAIT_SECONDS)
             except Exception as exc:
                 log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
-                acks[i] = await publish_acked(js, names, batch[i])
+                acks[i] = await _stored_again(js, names, batch[i], futures[i])
                 await _resend_unanswered(inbox, names, batch, futures, unanswered)
         return [acks[i] for i in range(len(batch))]
     finally:
@@ -564,6 +564,53 @@ async def _pipelined(
                 future.cancel()
             elif not future.cancelled():
                 future.exception()
+
+
+async def _ack_within(future: asyncio.Future[Msg], timeout: float) -> ackinbox.PubAck:
+    """The pipelined publish's ack, waited for ``timeout`` seconds at most (a
+    ``nats.errors.TimeoutError`` then). The future is left as it is, not cancelled: its ack
+    may still come, and is the one ``_stored_again`` takes."""
+    await asyncio.wait((future,), timeout=timeout)
+    if not future.done():
+        raise nats.errors.TimeoutError
+    return ackinbox.read_ack(future.result())
+
+
+# How long _stored_again waits before it asks again about an event JetStream is still
+# applying, when the first copy's ack can no longer come (its future already answered).
+IN_PROCESS_RECHECK_SECONDS = 0.2
+
+
+async def _stored_again(
+    js: JetStreamContext,
+    names: Names,
+    event: events.Publishable,
+    first: asyncio.Future[Msg],
+) -> ackinbox.PubAck:
+    """Publish again an event whose pipelined ack (``first``) did not come in time.
+
+    An R3 stream still applying the first copy (its followers behind, a backlog) refuses the
+    copy with 10158 (``DUPLICATE_IN_PROCESS``): the first copy is on its way, and its ack comes
+    once it is stored. That refusal is no failure: the first copy's ack is waited for, or,
+    when it can no longer come (already answered, or lost with the connection), the event is
+    asked after again a moment later, until its copy is answered a duplicate. For at most
+    ``ACK_WAIT_SECONDS``, then the last copy's answer is the caller's error (an unknown
+    outcome: ``stored_nothing`` says so of 10158)."""
+    deadline = time.monotonic() + ACK_WAIT_SECONDS
+    while True:
+        try:
+            return await publish_acked(js, names, event)
+        except APIError as exc:
+            left = deadline - time.monotonic()
+            if exc.err_code != DUPLICATE_IN_PROCESS or left <= 0:
+                raise
+        log.info("publish still being applied by the stream, waiting for it", left=left)
+        if first.done():
+            await asyncio.sleep(min(IN_PROCESS_RECHECK_SECONDS, left))
+        else:
+            await asyncio.wait((first,), timeout=left)
+        if _acked(first):
+            return ackinbox.read_ack(first.result())
 
 
 async def _send_pipelined(

@@ -1,0 +1,202 @@
+"""``publish_many`` on an R3 stream whose followers are behind: the leader has the batch's
+events staged but cannot store them (no quorum), so their acks come late, not never.
+
+The awaited event's ack wait runs out and it is published again; JetStream refuses that copy
+with 10158 ("duplicate message id is in process") while its first copy is still being applied.
+That is no failure: the first copy's ack is waited for (``_stored_again``), for at most the ack
+wait once more.
+
+Three nats-server nodes of the test's own (``tests/cluster.py``'s ``ClusterNode``; no Postgres,
+no services), the stream on all three, the test's client on the stream's leader. The followers
+are frozen (SIGSTOP) before the publish and thawed after a chosen delay."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats.js.errors
+import pytest
+from nats.js import JetStreamContext
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.scratch import scratch_dir
+from jobrunner.embedded.serverprocess import free_port
+from tests.cluster import NODE_NAMES, REPLICAS, ClusterNode, all_of
+from tests.faults.cluster import in_thread
+from tests.test_ackinbox_restart import progress
+
+pytestmark = pytest.mark.timeout(180)
+
+# The pipeline's ack wait in these tests: the awaited event is published again after it, and
+# its first copy waited for at most as long again (the bound of the wait this file tests).
+WAIT = 2.0
+PREFIX = "inprocess"
+
+
+class Nodes:
+    """Three nodes forming a JetStream cluster; the event stream on all three."""
+
+    def __init__(self, nodes: list[ClusterNode]) -> None:
+        self.nodes = nodes
+        self.names = Names(PREFIX)
+
+    def node(self, name: str) -> ClusterNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    async def leader(self) -> ClusterNode:
+        """The stream's leader, once every replica is current (a test freezes the others)."""
+        nc = await nats.connect([node.url for node in self.nodes])
+        try:
+            js = nc.jetstream(timeout=2)
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        cluster = (await js.stream_info(self.names.stream)).cluster
+                    except Exception:  # no leader yet
+                        cluster = None
+                    peers = (cluster.replicas or []) if cluster else []
+                    if (
+                        cluster is not None
+                        and cluster.leader
+                        and len(peers) == REPLICAS - 1
+                        and all(p.current and not p.offline for p in peers)
+                    ):
+                        return self.node(cluster.leader)
+                    await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[Nodes]:
+    with scratch_dir("jobrunner-test-inprocess-") as root:
+        route_ports = [free_port() for _ in NODE_NAMES]
+        started = [
+            ClusterNode(name, root / "nodes", route_ports, route_port)
+            for name, route_port in zip(NODE_NAMES, route_ports, strict=True)
+        ]
+        try:
+            await all_of(*(in_thread(node.start) for node in started))
+            cluster = Nodes(started)
+            nc = await nats.connect([node.url for node in started])
+            try:
+                settings = Settings(prefix=PREFIX, stream_replicas=REPLICAS)
+                config = eventstore.stream_config(cluster.names, settings)
+                async with asyncio.timeout(60):
+                    while True:  # until JetStream has a meta leader and places the stream
+                        try:
+                            await nc.jetstream(timeout=2).add_stream(config)
+                            break
+                        except Exception:
+                            await asyncio.sleep(0.2)
+            finally:
+                await nc.close()
+            yield cluster
+        finally:
+            for node in started:
+                node.resume()
+            await all_of(*(in_thread(node.stop) for node in started))
+
+
+class Sends:
+    """How many times each event went out: in the pipeline (``_send_pipelined``) and alone
+    (``publish_acked``: the awaited event's copy, asked again while JetStream applies it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pipelined: collections.Counter[str] = collections.Counter()
+        self.alone: collections.Counter[str] = collections.Counter()
+        self.refused_in_process = 0
+        send_pipelined, publish_acked = eventstore._send_pipelined, eventstore.publish_acked
+
+        async def counting_pipelined(inbox: Any, names: Names, event: Any) -> Any:
+            self.pipelined[event.event_id] += 1
+            return await send_pipelined(inbox, names, event)
+
+        async def counting_alone(js: Any, names: Names, event: Any, *args: Any) -> Any:
+            self.alone[event.event_id] += 1
+            try:
+                return await publish_acked(js, names, event, *args)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == eventstore.DUPLICATE_IN_PROCESS:
+                    self.refused_in_process += 1
+                raise
+
+        monkeypatch.setattr(eventstore, "_send_pipelined", counting_pipelined)
+        monkeypatch.setattr(eventstore, "publish_acked", counting_alone)
+
+    def sent_again(self) -> set[str]:
+        """The events sent more than once, whichever way."""
+        total = self.pipelined + self.alone
+        return {event_id for event_id, count in total.items() if count > 1}
+
+
+async def _stored(js: JetStreamContext, names: Names) -> int:
+    return (await js.stream_info(names.stream)).state.messages
+
+
+async def _batch_with_followers_frozen(
+    cluster: Nodes, batch: list[events.ProgressReported], thaw_after: float
+) -> tuple[JetStreamContext, asyncio.Task[int], float]:
+    """Freeze the leader's followers, start ``publish_many`` of ``batch`` on the leader, thaw
+    them ``thaw_after`` seconds after the publish began: the publish's task, its JetStream
+    context (for reading the stream) and when it began."""
+    leader = await cluster.leader()
+    nc = await eventstore.connect(Settings(nats_url=leader.url, prefix=PREFIX), "test")
+    js = nc.jetstream(timeout=WAIT)
+    await eventstore.publish(js, cluster.names, progress("warm", 0))  # the inbox subscribed
+    followers = [node for node in cluster.nodes if node is not leader]
+    for node in followers:
+        node.pause()
+    began = time.monotonic()
+    task = asyncio.create_task(eventstore.publish_many(js, cluster.names, batch))
+    await asyncio.sleep(thaw_after)
+    for node in followers:
+        node.resume()
+    return js, task, began
+
+
+async def test_the_awaited_events_copy_refused_in_process_waits_for_the_first(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The followers thawed after the ack wait ran out and the copy was refused (10158), within
+    the wait for the first copy that follows: the batch is stored, each event once."""
+    monkeypatch.setattr(eventstore, "ACK_WAIT_SECONDS", WAIT)
+    sends = Sends(monkeypatch)
+    batch = [progress("awaited", 1)]
+    js, task, _ = await _batch_with_followers_frozen(nodes, batch, thaw_after=2 * WAIT - 0.8)
+    seq = await asyncio.wait_for(task, 30)
+    assert sends.refused_in_process >= 1, "the copy was not refused in process: no 10158 seen"
+    assert seq == 2  # the warm-up event, then this one
+    assert await _stored(js, nodes.names) == 2
+    await js._nc.close()
+
+
+async def test_a_first_copy_still_in_process_past_the_bound_fails_the_publish(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The followers thawed just after the bound (the ack wait, then as long again for the
+    first copy): the publish fails with the copy's 10158, which ``stored_nothing`` calls an
+    unknown outcome, and the first copy is stored once the stream catches up."""
+    monkeypatch.setattr(eventstore, "ACK_WAIT_SECONDS", WAIT)
+    sends = Sends(monkeypatch)
+    batch = [progress("awaited", 1)]
+    js, task, began = await _batch_with_followers_frozen(nodes, batch, thaw_after=2 * WAIT + 0.8)
+    with pytest.raises(nats.js.errors.APIError) as raised:
+        await asyncio.wait_for(task, 30)
+    failed_after = time.monotonic() - began
+    assert raised.value.err_code == eventstore.DUPLICATE_IN_PROCESS
+    assert failed_after >= 2 * WAIT, f"failed {failed_after:.2f} s in, before the bound"
+    assert not eventstore.stored_nothing(raised.value)
+    assert sends.alone[batch[0].event_id] >= 2, "asked once more at the bound"
+    async with asyncio.timeout(30):
+        while await _stored(js, nodes.names) < 2:  # noqa: ASYNC110  # the server's state: poll
+            await asyncio.sleep(0.1)
+    assert await _stored(js, nodes.names) == 2
+    await js._nc.close()
