@@ -4,7 +4,8 @@ events staged but cannot store them (no quorum), so their acks come late, not ne
 The awaited event's ack wait runs out and it is published again; JetStream refuses that copy
 with 10158 ("duplicate message id is in process") while its first copy is still being applied.
 That is no failure: the first copy's ack is waited for (``_stored_again``), for at most the ack
-wait once more.
+wait once more. And the rest of the batch, applied just behind it, is answered within the
+shared wait of ``_resend_unanswered``: none of it published again.
 
 Three nats-server nodes of the test's own (``tests/cluster.py``'s ``ClusterNode``; no Postgres,
 no services), the stream on all three, the test's client on the stream's leader. The followers
@@ -199,4 +200,28 @@ async def test_a_first_copy_still_in_process_past_the_bound_fails_the_publish(
         while await _stored(js, nodes.names) < 2:  # noqa: ASYNC110  # the server's state: poll
             await asyncio.sleep(0.1)
     assert await _stored(js, nodes.names) == 2
+    await js._nc.close()
+
+
+BACKLOG = 2000
+
+
+async def test_a_backlogs_late_acks_are_taken_in_the_shared_wait_without_a_resend_each(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 2,000 staged behind frozen followers: once they thaw the stream applies them
+    in order, the awaited event first. Its first copy's ack ends its wait; the other events'
+    acks come while the stream applies them, within the one shared wait: none of them is
+    published again (a resend at once would meet most of them still being applied). Each is
+    stored once."""
+    monkeypatch.setattr(eventstore, "ACK_WAIT_SECONDS", WAIT)
+    sends = Sends(monkeypatch)
+    batch = [progress(f"backlog{i}", i) for i in range(BACKLOG)]
+    js, task, _ = await _batch_with_followers_frozen(nodes, batch, thaw_after=WAIT + 0.8)
+    seq = await asyncio.wait_for(task, 60)
+    assert sends.sent_again() == {batch[0].event_id}, (
+        f"{len(sends.sent_again())} events sent again; only the awaited one should be"
+    )
+    assert seq == BACKLOG + 1
+    assert await _stored(js, nodes.names) == BACKLOG + 1
     await js._nc.close()
