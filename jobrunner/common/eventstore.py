@@ -470,13 +470,16 @@ def stored_nothing(exc: BaseException) -> bool:
     """Whether a publish (``publish``, ``publish_acked``: one send) that raised ``exc`` surely
     stored nothing: JetStream answered it with a refusal (``APIError``), no stream answered it
     (``NoStreamResponseError``: nothing takes its subject, or its stream has no leader just
-    now; ``ackinbox.read_ack`` turns the server's 503 into it), or it was never sent (over
-    max_payload, or on a connection closed for good: nats-py raises ``ConnectionClosedError``
-    before it writes anything, and a connection that closes with the publish in flight fails it
-    as a timeout, not as this). Any other failure leaves the outcome unknown: a timeout (NATS
-    paused past the ack wait, and may store the message once it runs again), an ack lost with
-    the connection (``AckLostWithConnection``: a NATS restart after it stored the message, or
-    before), and JetStream's 10158 (an R3 stream still applying a copy with the same id: a
+    now; ``ackinbox.read_ack`` turns the server's 503 into it), or it was never sent. nats-py
+    raises these before it writes anything (its ``publish``, and the ack inbox's ``subscribe``,
+    check first): over max_payload; on a connection closed for good (``ConnectionClosedError``:
+    one that closes with the publish in flight fails it as a timeout, not as this); on one being
+    drained (``ConnectionDrainingError``: a service stopping); and while reconnecting with its
+    buffer for the new connection full (``OutboundBufferLimitError``: NATS away a while). Any
+    other failure leaves the outcome unknown: a timeout (NATS paused past the ack wait, and may
+    store the message once it runs again), an ack lost with the connection
+    (``AckLostWithConnection``: a NATS restart after it stored the message, or before), and
+    JetStream's 10158 (an R3 stream still applying a copy with the same id: a
     request sent again while its first copy is on its way, which may yet be stored). Not for
     ``publish_many``, which sends an unanswered event again: its error may be the second send's,
     after the first was stored."""
@@ -490,6 +493,8 @@ _STORED_NOTHING = (
     NoStreamResponseError,
     nats.errors.MaxPayloadError,
     nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
 )
 
 
