@@ -7,7 +7,9 @@ attempt's chunks purged) and read back whole.
 As ``tests/test_ackinbox_restart.py`` for events: a real nats-server of the test's own,
 SIGKILLed and started again on the same port and store, behind ``tests/ackholding_proxy.py``
 (it holds the publish's ack, then drops it with the connection); every ack wait 30 s, each
-publish over within 10 s of the restart or failed (only the reconnect can have ended it)."""
+publish over within 10 s of the restart or failed (only the reconnect can have ended it). And a
+pipelined chunk's refusal (the bucket full), answered through the inbox, fails the upload at
+once."""
 
 from __future__ import annotations
 
@@ -18,12 +20,16 @@ import time
 import uuid
 from pathlib import Path
 
+import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig
 
 from jobrunner.common import ackinbox, artifactpurges, artifactstore
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from tests.test_ackinbox_restart import ACK_TIMEOUT, SOON, restartable
 
 pytestmark = pytest.mark.timeout(120)
@@ -100,3 +106,41 @@ async def test_a_purge_record_whose_ack_a_restart_lost_fails_soon(tmp_path: Path
         assert isinstance(raised.value, ackinbox.AckLostWithConnection)
         info = await js.stream_info(f"KV_{names.artifact_purges_bucket}", subjects_filter=subject)
         assert (info.state.subjects or {}).get(subject, 0) == 1
+
+
+async def test_a_pipelined_chunk_refused_with_the_bucket_full_fails_the_upload_at_once(
+    own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket too small for the file: JetStream refuses a pipelined chunk ("bucket full"),
+    and that refusal raises from the first (pipelined) attempt, not after the chunk's 30 s ack
+    wait and a second, one-at-a-time attempt; no entry left in the ack inbox."""
+    attempts: list[bool] = []
+    put_chunks = artifactstore._put_chunks
+
+    async def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        attempts.append(args[7])  # pipelined
+        return await put_chunks(*args, **kwargs)
+
+    monkeypatch.setattr(artifactstore, "_put_chunks", counting)
+    names = Names("fullbucket")
+    nc = await nats.connect(own_nats.url)
+    try:
+        js = nc.jetstream(timeout=ACK_TIMEOUT)
+        await js.create_object_store(
+            names.artifacts_bucket, config=ObjectStoreConfig(max_bytes=300_000)
+        )
+        data = os.urandom(20 * artifactstore.CHUNK_BYTES)
+        with pytest.raises(nats.js.errors.APIError) as raised:
+            await asyncio.wait_for(
+                artifactstore.put_file(
+                    js, names, "big.bin", io.BytesIO(data), len(data), lambda: False
+                ),
+                2 * ACK_TIMEOUT,
+            )
+        assert artifactstore._bucket_full(raised.value), raised.value
+        assert attempts == [True], attempts
+        inbox = ackinbox.of(nc)
+        assert inbox._timed == {}, inbox._timed
+        assert inbox._waiting == {}, inbox._waiting
+    finally:
+        await nc.close()

@@ -290,8 +290,8 @@ async def _put_chunks(
 
 
 async def _chunk_acked(future: asyncio.Future[Msg]) -> None:
-    """A pipelined chunk's ack, within ``ACK_WAIT_SECONDS`` (``nats.errors.TimeoutError``);
-    JetStream's refusal raised as its ``APIError``."""
+    """A pipelined chunk's ack, within ``ACK_WAIT_SECONDS`` (then ``asyncio.wait_for``'s
+    built-in ``TimeoutError``, not nats-py's); JetStream's refusal raised as its ``APIError``."""
     ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS))
 
 

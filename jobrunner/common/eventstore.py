@@ -599,15 +599,19 @@ async def _stored_again(
     once it is stored. That refusal is no failure: the first copy's ack is waited for, or,
     when it can no longer come (already answered, or lost with the connection), the event is
     asked after again a moment later, until its copy is answered a duplicate. For at most
-    ``ACK_WAIT_SECONDS``, then the last copy's answer is the caller's error (an unknown
-    outcome: ``stored_nothing`` says so of 10158)."""
+    ``ACK_WAIT_SECONDS`` more, plus the last ask's own timeout (``publish_acked``'s, a NATS
+    pause during it), then the last copy's answer is the caller's error (an unknown outcome:
+    ``stored_nothing`` says so of 10158). Whatever that answer, the first copy's ack, if it
+    came meanwhile, is taken instead."""
     deadline = time.monotonic() + ACK_WAIT_SECONDS
     while True:
         try:
             return await publish_acked(js, names, event)
-        except APIError as exc:
+        except Exception as exc:
+            if _acked(first):  # the first copy's ack came meanwhile: the event is stored
+                return ackinbox.read_ack(first.result())
             left = deadline - time.monotonic()
-            if exc.err_code != DUPLICATE_IN_PROCESS or left <= 0:
+            if not isinstance(exc, APIError) or exc.err_code != DUPLICATE_IN_PROCESS or left <= 0:
                 raise
         log.info("publish still being applied by the stream, waiting for it", left=left)
         if first.done():
