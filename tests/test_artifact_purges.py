@@ -399,22 +399,16 @@ async def test_the_bucket_follows_a_changed_max_age(system: System, js: JetStrea
     await js.delete_stream(f"KV_{names.artifact_purges_bucket}")
 
 
-class DescriptionAckLost:
-    """The real JetStreamContext; the description is published for real, but its ack is lost
-    (a NATS that answered after the publish's wait): the publish raises a timeout."""
+def lose_the_descriptions_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The description is published for real, but its ack is lost (a NATS that answered after
+    the publish's wait): the publish raises a timeout once the description is stored."""
+    describe = artifactstore._describe
 
-    def __init__(self, js: JetStreamContext, names: Names) -> None:
-        self._js = js
-        self._meta = f"$O.{names.artifacts_bucket}.M."
+    async def ack_lost(*args: Any) -> None:
+        await describe(*args)
+        raise nats.errors.TimeoutError
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._js, name)
-
-    async def publish(self, subject: str, *args: Any, **kwargs: Any) -> Any:
-        answer = await self._js.publish(subject, *args, **kwargs)
-        if subject.startswith(self._meta):
-            raise nats.errors.TimeoutError
-        return answer
+    monkeypatch.setattr(artifactstore, "_describe", ack_lost)
 
 
 async def test_a_description_stored_without_its_ack_keeps_its_content(
@@ -430,6 +424,7 @@ async def test_a_description_stored_without_its_ack_keeps_its_content(
     object_name = "purgetest/ack-lost"
     records = RecordsStalledBeforeFence(js, names, object_name, None)
     records.go.set()
+    lose_the_descriptions_ack(monkeypatch)
 
     def stop_once_failed() -> bool:
         return records.reached.is_set()  # asked again after the description's failure
@@ -437,7 +432,7 @@ async def test_a_description_stored_without_its_ack_keeps_its_content(
     data = b"a" * 300_000
     with pytest.raises(artifactstore.UploadStopped):
         await artifactstore.put_file(
-            DescriptionAckLost(js, names),  # type: ignore[arg-type]
+            js,
             names,
             object_name,
             io.BytesIO(data),

@@ -56,7 +56,7 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import artifactstore, reconfigure
+from jobrunner.common import ackinbox, artifactstore, reconfigure
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 
@@ -134,7 +134,11 @@ async def _put(
     that revision (None when it is not: another API changed or removed it first)."""
     headers = None if last is None else {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
     try:
-        ack = await js.publish(_subject(names, nuid), msgspec.json.encode(entry), headers=headers)
+        # Through the connection's ack inbox, as every other publish: an ack a NATS restart
+        # lost fails at the reconnect (``AckLostWithConnection``, a timeout), not after it.
+        inbox = ackinbox.of(js._nc)
+        data = msgspec.json.encode(entry)
+        ack = await inbox.publish_headed(_subject(names, nuid), data, headers, js._timeout)
     except nats.js.errors.APIError as exc:
         if last is not None and exc.err_code == WRONG_LAST_SEQUENCE:
             return None

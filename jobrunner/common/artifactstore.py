@@ -6,9 +6,11 @@ Objects use the layout of NATS object stores (stream ``OBJ_<bucket>``, chunks on
 taken from nats-py's ``ObjectStore``:
 
 - ``put`` waits for each chunk's ack before it sends the next (about one round trip per 128 KiB);
-  here chunks travel in a pipeline. Should any chunk fail (NATS away, a timeout), the whole object
-  starts again under a new nuid (a chunk published again could land after its successors), then
-  one chunk at a time, so that a refusal for good (the bucket full) is told from an outage.
+  here chunks travel in a pipeline, their acks taken by the connection's ack inbox (``ackinbox``:
+  a refusal raises at once; an ack lost with a NATS restart fails at the reconnect). Should any
+  chunk fail (NATS away, a timeout), the whole object starts again under a new nuid (a chunk
+  published again could land after its successors), then one chunk at a time; a refusal for
+  good (the bucket full) is not tried again.
   The object becomes visible only with its description, written last; the chunks of an attempt
   that never got one are purged when possible and otherwise age out with the bucket's max age.
 - ``get`` collects the whole object in memory; here chunks come from a pull consumer a few at a
@@ -32,10 +34,11 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.object_store import ObjectStore
 
-from jobrunner.common import messagesize, retry
+from jobrunner.common import ackinbox, messagesize, retry
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 
@@ -179,10 +182,10 @@ async def put_file(
         try:
             if records is not None:
                 await records.attempt(nuid)
-            # Pipelined at first; one chunk at a time after a failure: nats-py reports a
-            # pipelined publish the server refused only to the error callback (its ack never
-            # comes), while a plain publish raises the refusal, which tells a full bucket from
-            # NATS being away.
+            # Pipelined at first; one chunk at a time after a failure (from when nats-py's
+            # pipeline left a refused publish's ack unanswered: the ack inbox raises the
+            # refusal, a full bucket, in the pipeline too, so this is only fewer chunks sent
+            # into an outage).
             stored, info = await _put_chunks(
                 js, names, object_name, source, size, nuid, should_stop, failures == 0, replaces
             )
@@ -239,7 +242,11 @@ async def _put_chunks(
     """Write the attempt's chunks; what it stored and the description to publish."""
     subject = chunk_subject(names, nuid)
     digest = hashlib.sha256()
-    in_flight: list[asyncio.Future[api.PubAck]] = []
+    # Through the connection's ack inbox, as every other publish: a chunk's ack a NATS restart
+    # lost fails at the reconnect (``AckLostWithConnection``) and the attempt starts again now,
+    # not after its ack wait; a refusal (the bucket full) raises from the pipeline too.
+    inbox = ackinbox.of(js._nc)
+    in_flight: list[asyncio.Future[Msg]] = []
     total = chunks = 0
     try:
         while total < size:
@@ -253,16 +260,21 @@ async def _put_chunks(
             total += len(data)
             chunks += 1
             if not pipelined:
-                await js.publish(subject, data, timeout=ACK_WAIT_SECONDS)
+                await inbox.publish_headed(subject, data, None, ACK_WAIT_SECONDS)
                 continue
-            in_flight.append(await js.publish_async(subject, data))
+            in_flight.append(await inbox.publish_pipelined(subject, data, None))
             if len(in_flight) >= PIPELINE_CHUNKS:
-                await asyncio.wait_for(in_flight.pop(0), ACK_WAIT_SECONDS)
-        for future in in_flight:
-            await asyncio.wait_for(future, ACK_WAIT_SECONDS)
+                await _chunk_acked(in_flight.pop(0))
+        while in_flight:
+            await _chunk_acked(in_flight.pop(0))
     finally:
+        # An attempt given up: the acks not awaited are abandoned (their entries go with their
+        # futures); a failure already there read, not asyncio's "never retrieved" at exit.
         for future in in_flight:
-            future.cancel()
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()
     info = api.ObjectInfo(
         name=object_name,
         bucket=names.artifacts_bucket,
@@ -275,6 +287,12 @@ async def _put_chunks(
         headers={REPLACES_HEADER: [replaces]} if replaces else None,
     )
     return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid), info
+
+
+async def _chunk_acked(future: asyncio.Future[Msg]) -> None:
+    """A pipelined chunk's ack, within ``ACK_WAIT_SECONDS`` (then ``asyncio.wait_for``'s
+    built-in ``TimeoutError``, not nats-py's); JetStream's refusal raised as its ``APIError``."""
+    ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS))
 
 
 class _Description(msgspec.Struct, frozen=True):
@@ -296,11 +314,11 @@ async def _describe(
     js: JetStreamContext, names: Names, object_name: str, description: _Description
 ) -> None:
     """Publish the object's description: from now on the name serves its content."""
-    await js.publish(
+    await ackinbox.of(js._nc).publish_headed(
         _meta_subject(names, object_name),
         description.payload,
-        headers=description.headers,
-        timeout=ACK_WAIT_SECONDS,
+        description.headers,
+        ACK_WAIT_SECONDS,
     )
 
 

@@ -470,13 +470,16 @@ def stored_nothing(exc: BaseException) -> bool:
     """Whether a publish (``publish``, ``publish_acked``: one send) that raised ``exc`` surely
     stored nothing: JetStream answered it with a refusal (``APIError``), no stream answered it
     (``NoStreamResponseError``: nothing takes its subject, or its stream has no leader just
-    now; ``ackinbox.read_ack`` turns the server's 503 into it), or it was never sent (over
-    max_payload, or on a connection closed for good: nats-py raises ``ConnectionClosedError``
-    before it writes anything, and a connection that closes with the publish in flight fails it
-    as a timeout, not as this). Any other failure leaves the outcome unknown: a timeout (NATS
-    paused past the ack wait, and may store the message once it runs again), an ack lost with
-    the connection (``AckLostWithConnection``: a NATS restart after it stored the message, or
-    before), and JetStream's 10158 (an R3 stream still applying a copy with the same id: a
+    now; ``ackinbox.read_ack`` turns the server's 503 into it), or it was never sent. nats-py
+    raises these before it writes anything (its ``publish``, and the ack inbox's ``subscribe``,
+    check first): over max_payload; on a connection closed for good (``ConnectionClosedError``:
+    one that closes with the publish in flight fails it as a timeout, not as this); on one being
+    drained (``ConnectionDrainingError``: a service stopping); and while reconnecting with its
+    buffer for the new connection full (``OutboundBufferLimitError``: NATS away a while). Any
+    other failure leaves the outcome unknown: a timeout (NATS paused past the ack wait, and may
+    store the message once it runs again), an ack lost with the connection
+    (``AckLostWithConnection``: a NATS restart after it stored the message, or before), and
+    JetStream's 10158 (an R3 stream still applying a copy with the same id: a
     request sent again while its first copy is on its way, which may yet be stored). Not for
     ``publish_many``, which sends an unanswered event again: its error may be the second send's,
     after the first was stored."""
@@ -490,6 +493,8 @@ _STORED_NOTHING = (
     NoStreamResponseError,
     nats.errors.MaxPayloadError,
     nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
 )
 
 
@@ -549,10 +554,10 @@ async def _pipelined(
         while unanswered:
             i = unanswered.popleft()
             try:
-                acks[i] = ackinbox.read_ack(await asyncio.wait_for(futures[i], ACK_WAIT_SECONDS))
+                acks[i] = await _ack_within(futures[i], ACK_WAIT_SECONDS)
             except Exception as exc:
                 log.warning("pipelined publish unconfirmed, publishing again", error=repr(exc))
-                acks[i] = await publish_acked(js, names, batch[i])
+                acks[i] = await _stored_again(js, names, batch[i], futures[i])
                 await _resend_unanswered(inbox, names, batch, futures, unanswered)
         return [acks[i] for i in range(len(batch))]
     finally:
@@ -564,6 +569,57 @@ async def _pipelined(
                 future.cancel()
             elif not future.cancelled():
                 future.exception()
+
+
+async def _ack_within(future: asyncio.Future[Msg], timeout: float) -> ackinbox.PubAck:
+    """The pipelined publish's ack, waited for ``timeout`` seconds at most (a
+    ``nats.errors.TimeoutError`` then). The future is left as it is, not cancelled: its ack
+    may still come, and is the one ``_stored_again`` takes."""
+    await asyncio.wait((future,), timeout=timeout)
+    if not future.done():
+        raise nats.errors.TimeoutError
+    return ackinbox.read_ack(future.result())
+
+
+# How long _stored_again waits before it asks again about an event JetStream is still
+# applying, when the first copy's ack can no longer come (its future already answered).
+IN_PROCESS_RECHECK_SECONDS = 0.2
+
+
+async def _stored_again(
+    js: JetStreamContext,
+    names: Names,
+    event: events.Publishable,
+    first: asyncio.Future[Msg],
+) -> ackinbox.PubAck:
+    """Publish again an event whose pipelined ack (``first``) did not come in time.
+
+    An R3 stream still applying the first copy (its followers behind, a backlog) refuses the
+    copy with 10158 (``DUPLICATE_IN_PROCESS``): the first copy is on its way, and its ack comes
+    once it is stored. That refusal is no failure: the first copy's ack is waited for, or,
+    when it can no longer come (already answered, or lost with the connection), the event is
+    asked after again a moment later, until its copy is answered a duplicate. For at most
+    ``ACK_WAIT_SECONDS`` more, plus the last ask's own timeout (``publish_acked``'s, a NATS
+    pause during it), then the last copy's answer is the caller's error (an unknown outcome:
+    ``stored_nothing`` says so of 10158). Whatever that answer, the first copy's ack, if it
+    came meanwhile, is taken instead."""
+    deadline = time.monotonic() + ACK_WAIT_SECONDS
+    while True:
+        try:
+            return await publish_acked(js, names, event)
+        except Exception as exc:
+            if _acked(first):  # the first copy's ack came meanwhile: the event is stored
+                return ackinbox.read_ack(first.result())
+            left = deadline - time.monotonic()
+            if not isinstance(exc, APIError) or exc.err_code != DUPLICATE_IN_PROCESS or left <= 0:
+                raise
+        log.info("publish still being applied by the stream, waiting for it", left=left)
+        if first.done():
+            await asyncio.sleep(min(IN_PROCESS_RECHECK_SECONDS, left))
+        else:
+            await asyncio.wait((first,), timeout=left)
+        if _acked(first):
+            return ackinbox.read_ack(first.result())
 
 
 async def _send_pipelined(
