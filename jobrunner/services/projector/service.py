@@ -272,6 +272,7 @@ async def _checkpoint_holders(pool: asyncpg.Pool) -> list[dict[str, object]] | s
 
 
 async def _remove_durable_consumer(js: JetStreamContext, names: Names) -> None:
-    """Earlier versions followed the stream on a durable consumer: remove it, it is not used."""
+    """Earlier versions followed the stream on a durable consumer: remove it, it is not used.
+    A start step (the start's short timeout): a delete sent again is safe, "not found" is done."""
     with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(names.stream, names.projector_consumer)
+        await retry.start_context(js).delete_consumer(names.stream, names.projector_consumer)
