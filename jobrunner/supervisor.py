@@ -4,8 +4,10 @@ child processes, restarted if they crash, all stopped in order on Ctrl-C or SIGT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import urllib.request
@@ -123,6 +125,55 @@ async def wait_healthy(
     raise RuntimeError(f"the api did not answer on {url}/health within {timeout:.0f} s")
 
 
+# A service's own /metrics says whether it has finished its start (``jobrunner_service_started``).
+STARTED_RE = re.compile(r"^jobrunner_service_started(?:\{[^}]*\})? 1(?:\.0)?$", re.MULTILINE)
+STARTED_POLL_SECONDS = 0.2
+
+
+def has_started(service: Service) -> bool:
+    """Whether ``service`` says on its metrics listener that its start is done. One that does
+    not answer (still importing, paused, gone) has not."""
+    url = f"http://{service.env['JOBRUNNER_METRICS_ADDRESS']}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(STARTED_RE.search(response.read().decode(errors="replace")))
+    except OSError:
+        return False
+
+
+async def wait_started(services: list[Service], timeout: float, stop: asyncio.Event) -> None:
+    """Wait until every one of ``services`` has finished its start, saying which it waits for;
+    past ``timeout``, say which are still not up and where their log is, and return all the
+    same: a late projector or notifier delays read models and webhooks, nothing is lost (they
+    take up the stream where they left it). A service that refuses to start stops everything."""
+    waiting = list(services)
+    said: set[str] = set()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while waiting and not stop.is_set():
+        answers = await asyncio.gather(*(asyncio.to_thread(has_started, s) for s in waiting))
+        waiting = [s for s, started in zip(waiting, answers, strict=True) if not started]
+        for service in waiting:
+            if service.proc is not None and service.proc.returncode == REFUSED_EXIT:
+                raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
+            if service.name not in said:
+                said.add(service.name)
+                print(f"  waiting for the {service.name}…", flush=True)
+        if not waiting:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            for service in waiting:
+                pid = service.proc.pid if service.proc is not None else None
+                print(
+                    f"  the {service.name} (pid {pid}) is not up after {timeout:g} s: its log is"
+                    f" in this output, the lines with service={service.name}; jobrunner serves"
+                    " meanwhile.",
+                    flush=True,
+                )
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STARTED_POLL_SECONDS)
+
+
 async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
     """On the first start (no token exists yet) create the ``admin`` token; else ``None``."""
     import nats
@@ -232,6 +283,14 @@ async def up(settings: Settings, config_file: str | None) -> int:
             services["api"],
             others=tuple(services.values()),
         )
+        # "running at" only once every service does its work: the first jobs' read models and
+        # webhooks would otherwise wait for a projector or notifier still starting (they run at
+        # a lower priority, and take longer to start on a busy machine).
+        await wait_started(
+            [s for s in services.values() if s.name != "api"],
+            settings.up_ready_timeout_seconds,
+            stop,
+        )
         # The token comes first: whoever waits for the "running at" line has it by then.
         if admin_token:
             print(
@@ -242,7 +301,8 @@ async def up(settings: Settings, config_file: str | None) -> int:
             )
         elif not settings.auth:
             print("\n  Authentication is OFF (--no-auth): anyone on this machine can use it.")
-        print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
+        if not stop.is_set():  # else Ctrl-C came during the start: straight to the stop
+            print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
         await _supervise(services, stop)
     except RuntimeError as exc:
         log.error(str(exc))

@@ -14,7 +14,15 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import backendpriority, database, eventstore, heap, retry, subscription
+from jobrunner.common import (
+    backendpriority,
+    database,
+    eventstore,
+    heap,
+    metrics,
+    retry,
+    subscription,
+)
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -104,6 +112,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         feed = EventFeed(js, names, settings, name="projector")
         await feed.start(last + 1)
         log.info("projector started", checkpoint=last)
+        metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
         heap.freeze_startup_objects()
         encoder = msgspec.json.Encoder()
         watch = StallWatch(js, names.stream, settings.projector_stuck_seconds)

@@ -151,6 +151,7 @@ class Runner:
                 runner_id=self.identity.runner_id,
                 job_types=list(self.job_types),
             )
+            metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
             heap.freeze_startup_objects()
             heap.collect_young_less_often()
             await self.requests.run(sub, stop)
