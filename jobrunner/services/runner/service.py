@@ -114,6 +114,7 @@ class Runner:
             self.identity,
             ledger,
             self.requests.running,
+            settings.queue_orphan_seconds,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -1,5 +1,8 @@
 """Ending what dead runners left behind: their tools' process groups and their jobs.
 
+The same periodic sweep drops the queue entries of jobs that were never stored (see
+``sweep_queues``).
+
 Three ways a runner learns of a dead one: at start, from this host's tool ledger and the leases of
 runners on this host that are no longer alive; while it runs, from every lease that expires (its
 runner stopped renewing it); and by a periodic sweep of the running jobs' records, which finds a
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Container
 
 import structlog
@@ -39,6 +43,7 @@ class LostJobSweeper:
         identity: RunnerIdentity,
         ledger: orphans.ToolLedger,
         handling: Container[str],
+        orphan_seconds: float,
     ) -> None:
         self.slots = slots
         self.board = board
@@ -47,6 +52,9 @@ class LostJobSweeper:
         self.ledger = ledger
         # The ids of the jobs this runner is handling (alive, whatever their lease says).
         self.handling = handling
+        self.orphan_seconds = orphan_seconds  # settings.queue_orphan_seconds
+        # Queued jobs whose request the sweep found stored: not looked up again.
+        self._stored_queued: set[str] = set()
 
     async def clean_up_after_crash(self) -> None:
         """Before taking work: end what a dead runner on this host left behind."""
@@ -106,6 +114,32 @@ class LostJobSweeper:
                 # One record the sweep cannot settle must not keep it from the others: it is
                 # tried again next round.
                 log.warning("sweep of a run record failed", job_id=record.job_id, error=repr(exc))
+        await self.sweep_queues()
+
+    async def sweep_queues(self) -> None:
+        """Drop every queue entry older than ``queue_orphan_seconds`` whose job's request is not
+        in the stream: the API kept it after a publish whose outcome it could not know (a lost
+        ack), and the request was not stored after all. The lock's next waiting job drops such
+        an entry when it finds it at the head (``SlotClaimer._is_queue_head``); with no job
+        waiting it would stay in the lock bucket, on the lock board and in
+        ``jobrunner_jobs_queued`` until one came. An entry found stored is not looked up again
+        (a long queue costs one look per job, not one per job per sweep): its job leaves the
+        queue as every queued job does."""
+        if not self.board.ready.is_set():
+            return  # a watch replaying the bucket: its queues are not whole yet
+        now = time.time()
+        queued: set[str] = set()
+        for lock_key, queue in list(self.board.queues.items()):
+            for job_id, (_, entry) in list(queue.items()):
+                queued.add(job_id)
+                if job_id in self._stored_queued or now - entry.queued_at < self.orphan_seconds:
+                    continue
+                if await self.journal.last_event(job_id, "requested") is not None:
+                    self._stored_queued.add(job_id)
+                    continue
+                log.info("dropping a dead queue entry", dead_job_id=job_id)
+                await self.slots.dequeue(lock_key.removeprefix("slot."), job_id)
+        self._stored_queued &= queued
 
     async def sweep_record(self, record: RunRecord) -> None:
         """End the job of ``record``, read by a sweep, if its runner is gone."""
