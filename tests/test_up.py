@@ -329,8 +329,16 @@ def start_with_the_projector_paused(
 ) -> tuple[Up, int]:
     """`up`, and its projector's pid: paused, once the API answers."""
     up = Up(state_dir, port, up_ready_timeout_seconds=str(ready_timeout))
-    projector = pause_when_started(up, "projector")
-    up.wait_for(WAITING_RE)  # the API answers: only the projector is waited for
+    projector = None
+    try:
+        projector = pause_when_started(up, "projector")
+        up.wait_for(WAITING_RE)  # the API answers: only the projector is waited for
+    except BaseException:
+        if projector is not None:
+            stop_it(up, projector)
+        else:
+            up.stop(signal.SIGINT)
+        raise
     return up, projector
 
 
