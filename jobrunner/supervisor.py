@@ -145,7 +145,8 @@ async def wait_started(services: list[Service], timeout: float, stop: asyncio.Ev
     """Wait until every one of ``services`` has finished its start, saying which it waits for;
     past ``timeout``, say which are still not up and where their log is, and return all the
     same: a late projector or notifier delays read models and webhooks, nothing is lost (they
-    take up the stream where they left it). A service that refuses to start stops everything."""
+    take up the stream where they left it). A service that dies meanwhile is the supervisor's
+    (``_supervise``, running alongside): restarted, or everything stopped if it refused."""
     waiting = list(services)
     said: set[str] = set()
     deadline = asyncio.get_running_loop().time() + timeout
@@ -153,8 +154,6 @@ async def wait_started(services: list[Service], timeout: float, stop: asyncio.Ev
         answers = await asyncio.gather(*(asyncio.to_thread(has_started, s) for s in waiting))
         waiting = [s for s, started in zip(waiting, answers, strict=True) if not started]
         for service in waiting:
-            if service.proc is not None and service.proc.returncode == REFUSED_EXIT:
-                raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
             if service.name not in said:
                 said.add(service.name)
                 print(f"  waiting for the {service.name}…", flush=True)
@@ -162,16 +161,28 @@ async def wait_started(services: list[Service], timeout: float, stop: asyncio.Ev
             return
         if asyncio.get_running_loop().time() >= deadline:
             for service in waiting:
-                pid = service.proc.pid if service.proc is not None else None
                 print(
-                    f"  the {service.name} (pid {pid}) is not up after {timeout:g} s: its log is"
-                    f" in this output, the lines with service={service.name}; jobrunner serves"
-                    " meanwhile.",
+                    f"  {not_up(service)} after {timeout:g} s: its log is in this output, the"
+                    f" lines with service={service.name}; jobrunner serves meanwhile.",
                     flush=True,
                 )
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STARTED_POLL_SECONDS)
+
+
+def not_up(service: Service) -> str:
+    """How a service still not up is named: by its pid while it runs; one that exited, by its
+    exit code (the supervisor restarts it)."""
+    proc = service.proc
+    if proc is None:
+        return f"the {service.name} is not started"
+    if proc.returncode is not None:
+        return (
+            f"the {service.name} (pid {proc.pid}) exited with code {proc.returncode}, to be"
+            " restarted; it is not up"
+        )
+    return f"the {service.name} (pid {proc.pid}) is not up"
 
 
 async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
@@ -283,27 +294,19 @@ async def up(settings: Settings, config_file: str | None) -> int:
             services["api"],
             others=tuple(services.values()),
         )
-        # "running at" only once every service does its work: the first jobs' read models and
-        # webhooks would otherwise wait for a projector or notifier still starting (they run at
-        # a lower priority, and take longer to start on a busy machine).
-        await wait_started(
-            [s for s in services.values() if s.name != "api"],
-            settings.up_ready_timeout_seconds,
-            stop,
-        )
-        # The token comes first: whoever waits for the "running at" line has it by then.
-        if admin_token:
-            print(
-                "\n  First start: an admin token was created. It is shown only this once;\n"
-                "  sign in with it and keep it safe (`jobrunner token create` makes more):\n\n"
-                f"    {admin_token}\n",
-                flush=True,
-            )
-        elif not settings.auth:
-            print("\n  Authentication is OFF (--no-auth): anyone on this machine can use it.")
-        if not stop.is_set():  # else Ctrl-C came during the start: straight to the stop
-            print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
-        await _supervise(services, stop)
+        # From here a service that dies is restarted (or, if it refused, stops everything),
+        # also while the start of the others is awaited.
+        supervising = asyncio.create_task(_supervise(services, stop))
+        announcing = asyncio.create_task(_announce(services, settings, stop, admin_token, api_url))
+        try:
+            await asyncio.wait({supervising, announcing}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in (announcing, supervising):
+                if task.done():
+                    task.result()  # raises what ended it (a refusal: RuntimeError)
+        finally:
+            for task in (announcing, supervising):
+                task.cancel()
+            await asyncio.gather(announcing, supervising, return_exceptions=True)
     except RuntimeError as exc:
         log.error(str(exc))
         exit_code = 1
@@ -315,6 +318,35 @@ async def up(settings: Settings, config_file: str | None) -> int:
         await asyncio.to_thread(postgres.stop)
         log.info("stopped")
     return exit_code
+
+
+async def _announce(
+    services: dict[str, Service],
+    settings: Settings,
+    stop: asyncio.Event,
+    admin_token: str | None,
+    api_url: str,
+) -> None:
+    """Say "running at" only once every service does its work: the first jobs' read models and
+    webhooks would otherwise wait for a projector or notifier still starting (they run at a
+    lower priority, and take longer to start on a busy machine)."""
+    await wait_started(
+        [s for s in services.values() if s.name != "api"],
+        settings.up_ready_timeout_seconds,
+        stop,
+    )
+    # The token comes first: whoever waits for the "running at" line has it by then.
+    if admin_token:
+        print(
+            "\n  First start: an admin token was created. It is shown only this once;\n"
+            "  sign in with it and keep it safe (`jobrunner token create` makes more):\n\n"
+            f"    {admin_token}\n",
+            flush=True,
+        )
+    elif not settings.auth:
+        print("\n  Authentication is OFF (--no-auth): anyone on this machine can use it.")
+    if not stop.is_set():  # else Ctrl-C came during the start: straight to the stop
+        print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
 
 
 def metrics_envs(env: dict[str, str]) -> dict[str, dict[str, str]]:

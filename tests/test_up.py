@@ -384,3 +384,46 @@ def test_running_at_comes_once_every_service_has_started(state_dir: Path) -> Non
     finally:
         stop_it(late, projector)
     assert processes_using(state_dir) == []
+
+
+RESTARTED_WITHIN = 30.0  # well under the 60 s default of up_ready_timeout_seconds
+
+
+@pytest.mark.timeout(600)
+def test_a_projector_killed_during_the_start_is_restarted_at_once(state_dir: Path) -> None:
+    """A service that dies while `up` waits for every service's start is restarted at once
+    (the supervisor runs from the moment the API answers), not only once the wait is over
+    (``up_ready_timeout_seconds``, 60 s by default)."""
+    port = free_port()
+    first = Up(state_dir, port)  # makes the read models (the API then answers without a projector)
+    try:
+        first.wait_for(URL_RE)
+    finally:
+        assert first.stop(signal.SIGINT) == 0, first.output
+
+    up = Up(state_dir, port)
+    try:
+        deadline = time.monotonic() + 60
+        killed = None
+        while killed is None and time.monotonic() < deadline:
+            pid = services_of(up.proc.pid).get("projector")
+            if pid is not None:
+                os.kill(int(pid), signal.SIGKILL)  # dies before its start is done
+                killed = pid
+            time.sleep(0.02)
+        assert killed is not None, up.output
+        killed_at = time.monotonic()
+        restarted = None
+        while time.monotonic() - killed_at < RESTARTED_WITHIN:
+            pid = services_of(up.proc.pid).get("projector")
+            if pid is not None and pid != killed:
+                restarted = pid
+                break
+            time.sleep(0.2)
+        assert restarted is not None, (
+            f"the projector killed during the start was not restarted within "
+            f"{RESTARTED_WITHIN:g} s:\n{up.output}"
+        )
+        up.wait_for(URL_RE)  # and the wait then ends with the restarted projector's start
+    finally:
+        assert up.stop(signal.SIGINT) == 0, up.output
