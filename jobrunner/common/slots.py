@@ -616,8 +616,10 @@ class SlotTable:
         async with asyncio.timeout(timeout):
             await asyncio.gather(*futures)
 
-    async def dequeue(self, lock: str, job_id: str) -> None:
-        await self._delete(queue_key(lock, job_id), None)
+    async def dequeue(self, lock: str, job_id: str, revision: int | None = None) -> None:
+        """Take a job out of its lock's queue; with ``revision``, only the entry of that
+        revision (raises ``KeyWrongLastSequenceError`` if the job was queued again since)."""
+        await self._delete(queue_key(lock, job_id), revision)
 
     async def dequeue_many(self, lock: str, job_ids: Sequence[str]) -> None:
         """Take many jobs out of a lock's queue at once (a failed batch's): the deletes are
