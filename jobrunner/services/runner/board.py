@@ -133,7 +133,11 @@ class LockBoard:
         ``first``: the watch to follow first (the runner's start opens it, ``open_watch``)."""
         while not stop.is_set():
             try:
-                watcher, first = first or await kv.watchall(), None
+                # The start's watch the first time round; after a failure, a new one.
+                if first is not None:
+                    watcher, first = first, None
+                else:
+                    watcher = await kv.watchall()
                 # A (re)started watch replays the current state from scratch. A waiter acts only
                 # once its own queue entry is back, and replay runs in revision order, so a
                 # half-replayed queue never names the wrong head.
@@ -167,9 +171,10 @@ class LockBoard:
 async def open_watch(kv: KeyValue) -> KeyValue.KeyWatcher:
     """The watch of every key, as a start step (``retry.until_jetstream_ready``): its consumer's
     create waits the start's short timeout (a stream just created answers nothing until its
-    replicas elect a leader) and is safe to send again (a consumer made after its try gave up
-    has no subscriber: the server removes it after its inactive threshold). The watch then
-    goes on on ``kv``'s own context (its consumer made again after a reconnect)."""
+    replicas elect a leader) and is safe to send again: a consumer made after its try gave up
+    has no subscriber, and the server removes it after its inactive threshold (nats-py's KV
+    watch default, 5 minutes; until then an idle consumer, nothing delivered to anyone). The
+    watch then goes on on ``kv``'s own context (its consumer made again after a reconnect)."""
     watcher = await retry.start_bucket(kv).watchall()
     assert watcher._sub is not None  # set by ``watch``
     subscription.keep_on(watcher._sub, kv._js)

@@ -184,8 +184,9 @@ class TokenStore:
         """Load every record and keep them current; returns once the initial load is done.
 
         Its consumer is created on the start's context (a create of an ephemeral consumer: one
-        made after its try gave up is the server's to remove, after its inactive threshold);
-        the watch then goes on on the bucket's own (its consumer's later re-creations)."""
+        made after its try gave up has no subscriber and is the server's to remove, after its
+        inactive threshold, nats-py's KV watch default of 5 minutes); the watch then goes on on
+        the bucket's own (its consumer's later re-creations)."""
         watcher = await retry.start_bucket(self.kv).watch("token.>")
         loaded = asyncio.get_running_loop().create_future()
 
