@@ -77,7 +77,7 @@ class ServiceClient(NATS):
         await super().__aexit__(*exc_info)
 
 
-def exit_for_good(service: str, reason: str) -> None:
+def exit_for_good(connection: str, reason: str) -> None:
     """End the process now, non-zero, as a crash would: nothing of the service's stop runs.
 
     A connection nats-py closed stays closed, and everything bound to it (subscriptions,
@@ -89,7 +89,7 @@ def exit_for_good(service: str, reason: str) -> None:
     on that dead connection (a runner's drain cannot publish)."""
     log.critical(
         "nats connection closed for good: exiting so that the service is restarted",
-        service=service,
+        connection=connection,
         reason=reason,
         exit_status=NATS_CLOSED_EXIT,
     )
@@ -99,10 +99,10 @@ def exit_for_good(service: str, reason: str) -> None:
     os._exit(NATS_CLOSED_EXIT)
 
 
-def log_closed_for_good(service: str, reason: str) -> None:
+def log_closed_for_good(connection: str, reason: str) -> None:
     """For a service run inside another program (the tests' in-process services): say it, and
     leave the process alone; the service's next NATS call raises ``ConnectionClosedError``."""
-    log.critical("nats connection closed for good", service=service, reason=reason)
+    log.critical("nats connection closed for good", connection=connection, reason=reason)
 
 
 # What a long-running service does when nats-py closes its connection for good. A service
