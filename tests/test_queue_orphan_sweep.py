@@ -8,12 +8,16 @@ only the entry of the revision it saw."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
+import nats.errors
+import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -23,11 +27,13 @@ from jobrunner.common.settings import Settings
 from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
+from tests.freeze import freeze
 
 # The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
 # request in a real start; the sweep's rule is the same at any age).
@@ -161,3 +167,37 @@ async def test_the_sweep_keeps_an_entry_queued_again_since_the_board_saw_it(
         assert board.queues["slot." + lock]["again"][0] == seen  # the board's view is the old
         await sweeper.sweep()
         assert await is_queued(kv, lock, "again")
+
+
+async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """NATS paused past a request's timeout ends a sweep round on a transient error; meanwhile
+    a head's request may have been missing only because its publish could not land. The age
+    counts again from the next sweep: the head is not dropped by the sweep right after, though
+    its first sighting is older than the age, and it is dropped once found missing for the age
+    with NATS answering (from the second review of s26start)."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    nc = await eventstore.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, Names(settings.prefix), settings)
+        async with watched(settings, js, tmp_path) as (kv, board, sweeper, _):
+            await put_entry(kv, "paused", "never-stored", time.time())
+            await board_has(board, "paused", "never-stored")
+            await sweeper.sweep()  # found missing: its age starts
+            assert own_nats.proc is not None
+            freeze(own_nats.proc.pid)
+            try:  # past the JetStream request timeout (5 s), longer than the age
+                with pytest.raises(nats.errors.TimeoutError):
+                    async with asyncio.timeout(30):  # a hang: a plain TimeoutError
+                        await sweeper.sweep()
+            finally:
+                os.kill(own_nats.proc.pid, signal.SIGCONT)
+            await sweeper.sweep()  # NATS answers again: the age starts again here
+            assert await is_queued(kv, "paused", "never-stored")
+            await asyncio.sleep(PAST_THE_AGE)
+            await sweeper.sweep()
+            assert not await is_queued(kv, "paused", "never-stored")
+    finally:
+        await eventstore.close(nc)

@@ -106,7 +106,22 @@ class LostJobSweeper:
                 await asyncio.wait_for(stop.wait(), interval)
 
     async def sweep(self) -> None:
-        """End every job that has started but whose slot holds no lease for it."""
+        """End every job that has started but whose slot holds no lease for it, then drop the
+        queue heads never stored (``sweep_queues``)."""
+        try:
+            await self._sweep_round()
+        except Exception as exc:
+            if retry.is_transient(exc):
+                # NATS away: a head's request may be missing only because its publish could
+                # not land meanwhile. Its age counts again from the next time NATS answers.
+                self._restart_missing_ages()
+            raise
+
+    def _restart_missing_ages(self) -> None:
+        for head in self._heads.values():
+            head.missing_since = None
+
+    async def _sweep_round(self) -> None:
         for record in await self.slots.run_records():
             try:
                 await self.sweep_record(record)
@@ -131,8 +146,8 @@ class LostJobSweeper:
         in order; an outage in the middle of its publish), and they keep their places until
         they come first. The age is counted from when this runner first found the head without
         its request, on this runner's own clock (not the API's ``queued_at``: no two clocks
-        compared), and the delete names the revision the board saw (an entry queued again
-        meanwhile stays)."""
+        compared), and starts again after a round NATS ended (``sweep``); the delete names the
+        revision the board saw (an entry queued again meanwhile stays)."""
         if not self.board.ready.is_set():
             return  # a watch replaying the bucket: its queues are not whole yet
         heads: dict[str, _Head] = {}
