@@ -11,7 +11,9 @@ import re
 import signal
 import sys
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -296,17 +298,9 @@ async def up(settings: Settings, config_file: str | None) -> int:
         )
         # From here a service that dies is restarted (or, if it refused, stops everything),
         # also while the start of the others is awaited.
-        supervising = asyncio.create_task(_supervise(services, stop))
-        announcing = asyncio.create_task(_announce(services, settings, stop, admin_token, api_url))
-        try:
-            await asyncio.wait({supervising, announcing}, return_when=asyncio.FIRST_EXCEPTION)
-            for task in (announcing, supervising):
-                if task.done():
-                    task.result()  # raises what ended it (a refusal: RuntimeError)
-        finally:
-            for task in (announcing, supervising):
-                task.cancel()
-            await asyncio.gather(announcing, supervising, return_exceptions=True)
+        await run_until_stopped(
+            services, stop, _announce(services, settings, stop, admin_token, api_url)
+        )
     except RuntimeError as exc:
         log.error(str(exc))
         exit_code = 1
@@ -318,6 +312,25 @@ async def up(settings: Settings, config_file: str | None) -> int:
         await asyncio.to_thread(postgres.stop)
         log.info("stopped")
     return exit_code
+
+
+async def run_until_stopped(
+    services: dict[str, Service], stop: asyncio.Event, announce: Coroutine[Any, Any, None]
+) -> None:
+    """Supervise ``services`` (``_supervise``) alongside ``announce`` until ``stop`` is set, or
+    until either raises: then raise what ended it (a service that refused: RuntimeError), the
+    other cancelled and awaited, so that nothing is left running when ``up`` stops."""
+    supervising = asyncio.create_task(_supervise(services, stop))
+    announcing = asyncio.create_task(announce)
+    try:
+        await asyncio.wait({supervising, announcing}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in (announcing, supervising):
+            if task.done():
+                task.result()  # raises what ended it (a refusal: RuntimeError)
+    finally:
+        for task in (announcing, supervising):
+            task.cancel()
+        await asyncio.gather(announcing, supervising, return_exceptions=True)
 
 
 async def _announce(
@@ -368,35 +381,42 @@ def _reachable(host: str) -> str:
 
 
 async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
-    """Restart a service that dies (a crashed runner's restart cleans up after it)."""
+    """Restart a service that dies (a crashed runner's restart cleans up after it). Ended by
+    ``stop``, by a refusal (raised) or cancelled, it leaves no task of its own waiting."""
     stopper = asyncio.create_task(stop.wait())
-    while not stop.is_set():
-        waits = {
-            asyncio.create_task(s.proc.wait()): s for s in services.values() if s.proc is not None
-        }
-        done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
-        for task in waits:
-            if task not in done:
-                task.cancel()
-        if stop.is_set():
-            break
-        for task in done:
-            service = waits.get(task)
-            if service is None:
-                continue
-            if task.result() == REFUSED_EXIT:
-                # It refused the stored state (its one sentence is above): a restart would only
-                # refuse again.
-                raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
-            service.restarts += 1
-            delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
-            log.warning(
-                "service exited, restarting",
-                service=service.name,
-                code=task.result(),
-                restart_in=delay,
-            )
+    try:
+        while not stop.is_set():
+            waits = {
+                asyncio.create_task(s.proc.wait()): s
+                for s in services.values()
+                if s.proc is not None
+            }
             try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                await service.start()
+                done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()  # the ones still waiting; a finished one keeps its result
+            if stop.is_set():
+                break
+            for task in done:
+                service = waits.get(task)
+                if service is None:
+                    continue
+                if task.result() == REFUSED_EXIT:
+                    # It refused the stored state (its one sentence is above): a restart would
+                    # only refuse again.
+                    raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
+                service.restarts += 1
+                delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
+                log.warning(
+                    "service exited, restarting",
+                    service=service.name,
+                    code=task.result(),
+                    restart_in=delay,
+                )
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    await service.start()
+    finally:
+        stopper.cancel()
