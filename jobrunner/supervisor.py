@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -111,7 +112,7 @@ async def wait_healthy(
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as response:
                 return bool(response.status == 200)
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
             return False
 
     deadline = asyncio.get_running_loop().time() + timeout
@@ -134,12 +135,13 @@ STARTED_POLL_SECONDS = 0.2
 
 def has_started(service: Service) -> bool:
     """Whether ``service`` says on its metrics listener that its start is done. One that does
-    not answer (still importing, paused, gone) has not."""
+    not answer (still importing, paused, gone), or not in HTTP (another program took its port
+    meanwhile), has not."""
     url = f"http://{service.env['JOBRUNNER_METRICS_ADDRESS']}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return bool(STARTED_RE.search(response.read().decode(errors="replace")))
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
         return False
 
 
