@@ -9,6 +9,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 
+import structlog
+
 from jobrunner.common import stallwatch
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
@@ -39,6 +41,8 @@ def _run_service(
         with stallwatch.watching():
             await main(settings, stop)
 
+    # Every line of its log names it: under `jobrunner up` the four services write to one output.
+    structlog.contextvars.bind_contextvars(service=name)
     with _metrics_listener(name, settings), asyncio.Runner(loop_factory=loop_factory) as loop:
         loop.run(runner())
     return 0
@@ -82,6 +86,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from jobrunner.services.api.app import create_app
 
     settings = _settings(args)
+    structlog.contextvars.bind_contextvars(service="api")
     with _metrics_listener("api", settings):
         uvicorn.run(
             create_app(settings),

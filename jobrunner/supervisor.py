@@ -4,12 +4,17 @@ child processes, restarted if they crash, all stopped in order on Ctrl-C or SIGT
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import os
+import re
 import signal
 import sys
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -107,7 +112,7 @@ async def wait_healthy(
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as response:
                 return bool(response.status == 200)
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
             return False
 
     deadline = asyncio.get_running_loop().time() + timeout
@@ -121,6 +126,67 @@ async def wait_healthy(
                 raise RuntimeError(f"the {other.name} refused to start; jobrunner stops")
         await asyncio.sleep(0.2)
     raise RuntimeError(f"the api did not answer on {url}/health within {timeout:.0f} s")
+
+
+# A service's own /metrics says whether it has finished its start (``jobrunner_service_started``).
+STARTED_RE = re.compile(r"^jobrunner_service_started(?:\{[^}]*\})? 1(?:\.0)?$", re.MULTILINE)
+STARTED_POLL_SECONDS = 0.2
+
+
+def has_started(service: Service) -> bool:
+    """Whether ``service`` says on its metrics listener that its start is done. One that does
+    not answer (still importing, paused, gone), or not in HTTP (another program took its port
+    meanwhile), has not."""
+    url = f"http://{service.env['JOBRUNNER_METRICS_ADDRESS']}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(STARTED_RE.search(response.read().decode(errors="replace")))
+    except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
+        return False
+
+
+async def wait_started(services: list[Service], timeout: float, stop: asyncio.Event) -> None:
+    """Wait until every one of ``services`` has finished its start, saying which it waits for;
+    past ``timeout``, say which are still not up and where their log is, and return all the
+    same: a late projector or notifier delays read models and webhooks, nothing is lost (they
+    take up the stream where they left it). A service that dies meanwhile is the supervisor's
+    (``_supervise``, running alongside): restarted, or everything stopped if it refused."""
+    waiting = list(services)
+    said: set[str] = set()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while waiting and not stop.is_set():
+        answers = await asyncio.gather(*(asyncio.to_thread(has_started, s) for s in waiting))
+        waiting = [s for s, started in zip(waiting, answers, strict=True) if not started]
+        for service in waiting:
+            if service.name not in said:
+                said.add(service.name)
+                print(f"  waiting for the {service.name}…", flush=True)
+        if not waiting:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            for service in waiting:
+                print(
+                    f"  {not_up(service)} after {timeout:g} s: its log is in this output, the"
+                    f" lines with service={service.name}; jobrunner serves meanwhile.",
+                    flush=True,
+                )
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STARTED_POLL_SECONDS)
+
+
+def not_up(service: Service) -> str:
+    """How a service still not up is named: by its pid while it runs; one that exited, by its
+    exit code (the supervisor restarts it)."""
+    proc = service.proc
+    if proc is None:
+        return f"the {service.name} is not started"
+    if proc.returncode is not None:
+        return (
+            f"the {service.name} (pid {proc.pid}) exited with code {proc.returncode}, to be"
+            " restarted; it is not up"
+        )
+    return f"the {service.name} (pid {proc.pid}) is not up"
 
 
 async def first_admin_token(settings: Settings, nats_url: str) -> str | None:
@@ -232,18 +298,11 @@ async def up(settings: Settings, config_file: str | None) -> int:
             services["api"],
             others=tuple(services.values()),
         )
-        # The token comes first: whoever waits for the "running at" line has it by then.
-        if admin_token:
-            print(
-                "\n  First start: an admin token was created. It is shown only this once;\n"
-                "  sign in with it and keep it safe (`jobrunner token create` makes more):\n\n"
-                f"    {admin_token}\n",
-                flush=True,
-            )
-        elif not settings.auth:
-            print("\n  Authentication is OFF (--no-auth): anyone on this machine can use it.")
-        print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
-        await _supervise(services, stop)
+        # From here a service that dies is restarted (or, if it refused, stops everything),
+        # also while the start of the others is awaited.
+        await run_until_stopped(
+            services, stop, _announce(services, settings, stop, admin_token, api_url)
+        )
     except RuntimeError as exc:
         log.error(str(exc))
         exit_code = 1
@@ -255,6 +314,54 @@ async def up(settings: Settings, config_file: str | None) -> int:
         await asyncio.to_thread(postgres.stop)
         log.info("stopped")
     return exit_code
+
+
+async def run_until_stopped(
+    services: dict[str, Service], stop: asyncio.Event, announce: Coroutine[Any, Any, None]
+) -> None:
+    """Supervise ``services`` (``_supervise``) alongside ``announce`` until ``stop`` is set, or
+    until either raises: then raise what ended it (a service that refused: RuntimeError), the
+    other cancelled and awaited, so that nothing is left running when ``up`` stops."""
+    supervising = asyncio.create_task(_supervise(services, stop))
+    announcing = asyncio.create_task(announce)
+    try:
+        await asyncio.wait({supervising, announcing}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in (announcing, supervising):
+            if task.done():
+                task.result()  # raises what ended it (a refusal: RuntimeError)
+    finally:
+        for task in (announcing, supervising):
+            task.cancel()
+        await asyncio.gather(announcing, supervising, return_exceptions=True)
+
+
+async def _announce(
+    services: dict[str, Service],
+    settings: Settings,
+    stop: asyncio.Event,
+    admin_token: str | None,
+    api_url: str,
+) -> None:
+    """Say "running at" only once every service does its work: the first jobs' read models and
+    webhooks would otherwise wait for a projector or notifier still starting (they run at a
+    lower priority, and take longer to start on a busy machine)."""
+    await wait_started(
+        [s for s in services.values() if s.name != "api"],
+        settings.up_ready_timeout_seconds,
+        stop,
+    )
+    # The token comes first: whoever waits for the "running at" line has it by then.
+    if admin_token:
+        print(
+            "\n  First start: an admin token was created. It is shown only this once;\n"
+            "  sign in with it and keep it safe (`jobrunner token create` makes more):\n\n"
+            f"    {admin_token}\n",
+            flush=True,
+        )
+    elif not settings.auth:
+        print("\n  Authentication is OFF (--no-auth): anyone on this machine can use it.")
+    if not stop.is_set():  # else Ctrl-C came during the start: straight to the stop
+        print(f"\n  jobrunner is running at {api_url}/jobs   (Ctrl-C stops it)\n", flush=True)
 
 
 def metrics_envs(env: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -276,35 +383,42 @@ def _reachable(host: str) -> str:
 
 
 async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
-    """Restart a service that dies (a crashed runner's restart cleans up after it)."""
+    """Restart a service that dies (a crashed runner's restart cleans up after it). Ended by
+    ``stop``, by a refusal (raised) or cancelled, it leaves no task of its own waiting."""
     stopper = asyncio.create_task(stop.wait())
-    while not stop.is_set():
-        waits = {
-            asyncio.create_task(s.proc.wait()): s for s in services.values() if s.proc is not None
-        }
-        done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
-        for task in waits:
-            if task not in done:
-                task.cancel()
-        if stop.is_set():
-            break
-        for task in done:
-            service = waits.get(task)
-            if service is None:
-                continue
-            if task.result() == REFUSED_EXIT:
-                # It refused the stored state (its one sentence is above): a restart would only
-                # refuse again.
-                raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
-            service.restarts += 1
-            delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
-            log.warning(
-                "service exited, restarting",
-                service=service.name,
-                code=task.result(),
-                restart_in=delay,
-            )
+    try:
+        while not stop.is_set():
+            waits = {
+                asyncio.create_task(s.proc.wait()): s
+                for s in services.values()
+                if s.proc is not None
+            }
             try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                await service.start()
+                done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()  # the ones still waiting; a finished one keeps its result
+            if stop.is_set():
+                break
+            for task in done:
+                service = waits.get(task)
+                if service is None:
+                    continue
+                if task.result() == REFUSED_EXIT:
+                    # It refused the stored state (its one sentence is above): a restart would
+                    # only refuse again.
+                    raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
+                service.restarts += 1
+                delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
+                log.warning(
+                    "service exited, restarting",
+                    service=service.name,
+                    code=task.result(),
+                    restart_in=delay,
+                )
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    await service.start()
+    finally:
+        stopper.cancel()

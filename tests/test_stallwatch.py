@@ -61,3 +61,25 @@ async def test_a_loop_that_keeps_turning_is_never_reported() -> None:
             watch.stop()
     assert watch.stalls == 0
     assert not [e for e in logs if "stall" in e["event"]]
+
+
+async def test_the_watch_threads_lines_carry_the_fields_bound_for_the_log() -> None:
+    """Its lines come from its own thread, and still name the service (``service=``, bound in
+    ``cli``): under `jobrunner up` four services write to one output."""
+    structlog.contextvars.bind_contextvars(service="runner")
+    try:
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            watch = StallWatch(stall_seconds=0.3, tick=0.05)
+            watch.start()
+            try:
+                time.sleep(1.0)  # noqa: ASYNC251 (the blocking call is what is watched for)
+                await asyncio.sleep(0.3)
+            finally:
+                watch.stop()
+    finally:
+        structlog.contextvars.unbind_contextvars("service")
+    stall_lines = [e for e in logs if e["event"].startswith("event loop stall")]
+    assert len(stall_lines) == 2  # stalled, ended
+    assert all(e.get("service") == "runner" for e in stall_lines), stall_lines

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from jobrunner.common.refusal import REFUSED_EXIT
-from jobrunner.supervisor import Service, _supervise, wait_healthy
+from jobrunner.supervisor import Service, _supervise, run_until_stopped, wait_healthy
 
 
 async def exited_with(code: int, name: str = "projector") -> Service:
@@ -37,3 +37,43 @@ async def test_a_service_that_refused_during_start_up_stops_the_wait_for_health(
     with pytest.raises(RuntimeError, match="the projector refused to start"):
         # Nothing listens there: only the refusal can end the wait before its timeout.
         await wait_healthy("http://127.0.0.1:9", api, timeout=30, others=(api, refused))
+
+
+async def running(name: str, code: str) -> Service:
+    service = Service(name, {})
+    service.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    return service
+
+
+async def test_a_refusal_during_the_wait_for_the_start_ends_up_and_cancels_the_wait() -> None:
+    """`up`'s supervision and its wait for every service's start run side by side
+    (``run_until_stopped``): a service that refuses during a long wait ends both at once, with
+    the refusal's sentence; the wait is cancelled and no task of either is left behind."""
+    api = await running("api", "import time; time.sleep(60)")
+    projector = await running(
+        "projector", f"import time; time.sleep(0.5); raise SystemExit({REFUSED_EXIT})"
+    )
+    announce_cancelled = asyncio.Event()
+
+    async def long_announce() -> None:
+        try:
+            await asyncio.sleep(3600)  # a projector still starting, up_ready_timeout_seconds
+        except asyncio.CancelledError:
+            announce_cancelled.set()
+            raise
+
+    try:
+        with pytest.raises(RuntimeError, match="the projector refused to start; jobrunner stops"):
+            await asyncio.wait_for(
+                run_until_stopped(
+                    {"api": api, "projector": projector}, asyncio.Event(), long_announce()
+                ),
+                30,
+            )
+        assert announce_cancelled.is_set()
+        assert projector.restarts == 0
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+    finally:
+        assert api.proc is not None
+        api.proc.kill()
+        await api.proc.wait()

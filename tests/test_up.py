@@ -28,9 +28,10 @@ TOKEN_RE = re.compile(r"^\s{4}(\S{20,})\s*$", re.MULTILINE)
 class Up:
     """A `jobrunner up` child process whose output is collected as it runs."""
 
-    def __init__(self, state_dir: Path, port: int) -> None:
+    def __init__(self, state_dir: Path, port: int, **settings: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
         env["JOBRUNNER_DEMO_PACE"] = "0"
+        env.update({f"JOBRUNNER_{name.upper()}": value for name, value in settings.items()})
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -302,3 +303,127 @@ def test_the_servers_and_services_die_with_a_killed_up(state_dir: Path) -> None:
         for pid in server_pids(state_dir) + alive(services):  # on failure: ended here
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+WAITING_RE = re.compile(r"waiting for the projector…")
+LATE_RE = re.compile(r"the projector \(pid (\d+)\) is not up after (\S+) s: its log is")
+# Past the API's start, how long the test holds the projector paused before it lets it go.
+HELD_PAST_THE_API = 3.0
+
+
+def pause_when_started(up: Up, name: str, timeout: float = 60) -> int:
+    """SIGSTOP the service ``name`` of ``up`` as soon as it runs (long before it has connected
+    to NATS and Postgres: its imports alone take longer than this poll)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = services_of(up.proc.pid).get(name)
+        if pid is not None:
+            os.kill(int(pid), signal.SIGSTOP)
+            return int(pid)
+        time.sleep(0.02)
+    raise AssertionError(f"no {name} started:\n{up.output}")
+
+
+def start_with_the_projector_paused(
+    state_dir: Path, port: int, ready_timeout: float
+) -> tuple[Up, int]:
+    """`up`, and its projector's pid: paused, once the API answers."""
+    up = Up(state_dir, port, up_ready_timeout_seconds=str(ready_timeout))
+    projector = None
+    try:
+        projector = pause_when_started(up, "projector")
+        up.wait_for(WAITING_RE)  # the API answers: only the projector is waited for
+    except BaseException:
+        if projector is not None:
+            stop_it(up, projector)
+        else:
+            up.stop(signal.SIGINT)
+        raise
+    return up, projector
+
+
+def stop_it(up: Up, projector: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(projector, signal.SIGCONT)
+    code = up.stop(signal.SIGINT)
+    assert code == 0, up.output
+
+
+@pytest.mark.timeout(900)
+def test_running_at_comes_once_every_service_has_started(state_dir: Path) -> None:
+    """On a start after the first (the read models made: the API answers without the
+    projector), the projector paused from its first moment: `up` says which service it waits
+    for, and not "running at" while the API alone answers. Released before
+    ``up_ready_timeout_seconds``: "running at" comes after the projector's own "projector
+    started", nothing called late. Still paused at that deadline: `up` names it, its pid and
+    where its log is, then says "running at" all the same (a late projector is not fatal)."""
+    port = free_port()
+    first = Up(state_dir, port)  # makes the read models (the API waits for them)
+    try:
+        first.wait_for(URL_RE)
+    finally:
+        assert first.stop(signal.SIGINT) == 0, first.output
+
+    released, projector = start_with_the_projector_paused(state_dir, port, 120.0)
+    try:
+        time.sleep(HELD_PAST_THE_API)
+        assert not URL_RE.search(released.output), released.output
+        os.kill(projector, signal.SIGCONT)
+        url = released.wait_for(URL_RE)
+        assert released.output.index('"projector started"') < url.start(), released.output
+        assert not LATE_RE.search(released.output), released.output
+    finally:
+        stop_it(released, projector)
+
+    late, projector = start_with_the_projector_paused(state_dir, port, HELD_PAST_THE_API)
+    try:
+        match = late.wait_for(LATE_RE)
+        assert int(match.group(1)) == projector
+        late.wait_for(URL_RE)
+        assert "projector started" not in late.output  # still paused: served all the same
+    finally:
+        stop_it(late, projector)
+    assert processes_using(state_dir) == []
+
+
+RESTARTED_WITHIN = 30.0  # well under the 60 s default of up_ready_timeout_seconds
+
+
+@pytest.mark.timeout(600)
+def test_a_projector_killed_during_the_start_is_restarted_at_once(state_dir: Path) -> None:
+    """A service that dies while `up` waits for every service's start is restarted at once
+    (the supervisor runs from the moment the API answers), not only once the wait is over
+    (``up_ready_timeout_seconds``, 60 s by default)."""
+    port = free_port()
+    first = Up(state_dir, port)  # makes the read models (the API then answers without a projector)
+    try:
+        first.wait_for(URL_RE)
+    finally:
+        assert first.stop(signal.SIGINT) == 0, first.output
+
+    up = Up(state_dir, port)
+    try:
+        deadline = time.monotonic() + 60
+        killed = None
+        while killed is None and time.monotonic() < deadline:
+            pid = services_of(up.proc.pid).get("projector")
+            if pid is not None:
+                os.kill(int(pid), signal.SIGKILL)  # dies before its start is done
+                killed = pid
+            time.sleep(0.02)
+        assert killed is not None, up.output
+        killed_at = time.monotonic()
+        restarted = None
+        while time.monotonic() - killed_at < RESTARTED_WITHIN:
+            pid = services_of(up.proc.pid).get("projector")
+            if pid is not None and pid != killed:
+                restarted = pid
+                break
+            time.sleep(0.2)
+        assert restarted is not None, (
+            f"the projector killed during the start was not restarted within "
+            f"{RESTARTED_WITHIN:g} s:\n{up.output}"
+        )
+        up.wait_for(URL_RE)  # and the wait then ends with the restarted projector's start
+    finally:
+        assert up.stop(signal.SIGINT) == 0, up.output

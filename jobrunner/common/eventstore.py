@@ -77,7 +77,7 @@ class ServiceClient(NATS):
         await super().__aexit__(*exc_info)
 
 
-def exit_for_good(service: str, reason: str) -> None:
+def exit_for_good(connection: str, reason: str) -> None:
     """End the process now, non-zero, as a crash would: nothing of the service's stop runs.
 
     A connection nats-py closed stays closed, and everything bound to it (subscriptions,
@@ -89,7 +89,7 @@ def exit_for_good(service: str, reason: str) -> None:
     on that dead connection (a runner's drain cannot publish)."""
     log.critical(
         "nats connection closed for good: exiting so that the service is restarted",
-        service=service,
+        connection=connection,
         reason=reason,
         exit_status=NATS_CLOSED_EXIT,
     )
@@ -99,10 +99,10 @@ def exit_for_good(service: str, reason: str) -> None:
     os._exit(NATS_CLOSED_EXIT)
 
 
-def log_closed_for_good(service: str, reason: str) -> None:
+def log_closed_for_good(connection: str, reason: str) -> None:
     """For a service run inside another program (the tests' in-process services): say it, and
     leave the process alone; the service's next NATS call raises ``ConnectionClosedError``."""
-    log.critical("nats connection closed for good", service=service, reason=reason)
+    log.critical("nats connection closed for good", connection=connection, reason=reason)
 
 
 # What a long-running service does when nats-py closes its connection for good. A service
@@ -120,8 +120,10 @@ ERROR_LOG_INTERVAL = 10.0
 class ErrorLog:
     """Logs nats-py's errors of one connection, at most one line per ``interval`` seconds."""
 
-    def __init__(self, service: str, interval: float = ERROR_LOG_INTERVAL) -> None:
-        self.service = service
+    def __init__(self, connection: str, interval: float = ERROR_LOG_INTERVAL) -> None:
+        # The connection's name (``connect``), not the ``service=`` every line of a service
+        # carries (bound in ``cli``): a service has more than one (the API's reader).
+        self.connection = connection
         self.interval = interval
         self.last_logged = -math.inf
         self.left_out = 0
@@ -134,9 +136,11 @@ class ErrorLog:
         # A timeout's message is empty: name its type instead of logging a blank reason.
         error = str(exc) or type(exc).__name__
         if self.left_out:
-            log.warning("nats error", service=self.service, error=error, since_last=self.left_out)
+            log.warning(
+                "nats error", connection=self.connection, error=error, since_last=self.left_out
+            )
         else:
-            log.warning("nats error", service=self.service, error=error)
+            log.warning("nats error", connection=self.connection, error=error)
         self.last_logged = now
         self.left_out = 0
 
@@ -153,7 +157,7 @@ async def connect(
 
     async def on_disconnect() -> None:
         if not nc.is_closed:  # our own close() is no news
-            log.warning("nats disconnected", service=name)
+            log.warning("nats disconnected", connection=name)
 
     async def on_reconnect() -> None:
         # The ordered consumers (our readers, nats-py's KV watches) whose consumers the server
@@ -163,7 +167,7 @@ async def connect(
         # A publish whose ack the drop lost (a job's lines, an event, a lock bucket write) is
         # sent again by its caller now, not after its ack timeout (``AckInbox.reconnected``).
         ackinbox.reconnected(nc)
-        log.info("nats reconnected", service=name, consumers_checked=checking)
+        log.info("nats reconnected", connection=name, consumers_checked=checking)
 
     errors = ErrorLog(name)
 
@@ -178,7 +182,7 @@ async def connect(
         if on_closed_for_good == "exit":
             closed_for_good_action(name, reason)
         else:
-            log.error("nats connection closed for good", service=name, reason=reason)
+            log.error("nats connection closed for good", connection=name, reason=reason)
 
     nc = ServiceClient()
     await nc.connect(

@@ -70,6 +70,11 @@ PROJECTOR_SET_ASIDE = Counter(
     "jobrunner_projector_events_set_aside",
     "Events the projector could not apply and set aside (GET /api/projector/failures).",
 )
+SERVICE_STARTED = Gauge(
+    "jobrunner_service_started",
+    "1 once this service has finished its start (its streams, consumers and read models "
+    "ready) and does its work; 0 while it starts. `jobrunner up` waits for it.",
+)
 # The projector's lag and checkpoint gauges: services/projector/lag.py (only a projector has them).
 SSE_CLIENTS = Gauge(
     "jobrunner_sse_clients",

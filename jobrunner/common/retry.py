@@ -25,6 +25,7 @@ import nats.js.errors
 import stamina
 import structlog
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from jobrunner.common import metrics
 
@@ -153,9 +154,9 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
     failures = 0
     logged = 0.0
     missing_since: float | None = None
-    request_timeout = START_REQUEST_TIMEOUT
+    request_timeout = StartTimeout()
     while True:
-        step = _start_request_timeout.set(request_timeout)
+        step = _start_request_timeout.set(request_timeout.seconds)
         try:
             result = await operation()
         except Exception as exc:
@@ -174,14 +175,7 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
                 raise
             else:
                 missing_since = None  # found since, or an outage between: the grace starts anew
-            # A JetStream slower than the timeout (a far cluster, one under load) must still be
-            # served: each timeout in a row doubles it, up to nats-py's default.
-            timed_out = isinstance(exc, TimeoutError)
-            request_timeout = (
-                min(2 * request_timeout, LONGEST_START_REQUEST_TIMEOUT)
-                if timed_out
-                else START_REQUEST_TIMEOUT
-            )
+            request_timeout.after(exc)
             failures += 1
             if now - logged >= WAIT_LOG_SECONDS:
                 logged = now
@@ -216,6 +210,24 @@ _start_request_timeout: contextvars.ContextVar[float | None] = contextvars.Conte
 )
 
 
+class StartTimeout:
+    """The request timeout of a start's tries: ``START_REQUEST_TIMEOUT`` first; a JetStream
+    slower than that (a far cluster, one under load) must still be served, so each try that
+    timed out doubles it, up to nats-py's default; any other failure sets it back."""
+
+    def __init__(self) -> None:
+        self.seconds = START_REQUEST_TIMEOUT
+
+    def after(self, exc: BaseException) -> None:
+        """The try failed with ``exc`` (or with an error whose cause is ``exc``)."""
+        timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)
+        self.seconds = (
+            min(2 * self.seconds, LONGEST_START_REQUEST_TIMEOUT)
+            if timed_out
+            else START_REQUEST_TIMEOUT
+        )
+
+
 def start_context(js: JetStreamContext) -> JetStreamContext:
     """``js`` with the start's request timeout: in a step run by :func:`until_jetstream_ready`,
     ``START_REQUEST_TIMEOUT`` on its first try, doubled after each try that timed out; anywhere
@@ -225,6 +237,15 @@ def start_context(js: JetStreamContext) -> JetStreamContext:
     if timeout is None:
         return js
     return JetStreamContext(js._nc, prefix=js._prefix, timeout=timeout)
+
+
+def start_bucket(kv: KeyValue) -> KeyValue:
+    """``kv`` on the start's context (:func:`start_context`), for a start step's own requests;
+    ``kv`` itself outside a step."""
+    starting = start_context(kv._js)
+    if starting is kv._js:
+        return kv
+    return KeyValue(name=kv._name, stream=kv._stream, pre=kv._pre, js=starting, direct=kv._direct)
 
 
 async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:

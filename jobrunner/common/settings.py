@@ -47,6 +47,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # `jobrunner up` runs the projector and the notifier this much nicer than the runner and the
     # API (0: all alike), so a job's start and its lines get the cores first.
     background_nice: int = 10
+    # How long `jobrunner up` waits for every service it started to finish its start before it
+    # says it is running all the same, naming the late ones (a late projector is not fatal).
+    up_ready_timeout_seconds: float = 60.0
     # The runner runs the tools this much nicer than itself (0: alike), so that the control
     # plane (runner, API, NATS) keeps its share of the cores whatever a tool does. Off by
     # default: on a machine with cores to spare it costs a flooding tool's throughput and does
@@ -272,6 +275,7 @@ _ABOVE_ZERO = (
     "artifact_read_idle_seconds",
     "artifact_purge_sweep_seconds",
     "metrics_peer_timeout_seconds",
+    "up_ready_timeout_seconds",
     "api_read_timeout_seconds",
     "health_postgres_timeout_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)

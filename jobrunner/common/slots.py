@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import ackinbox
+from jobrunner.common import ackinbox, retry
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -182,10 +182,15 @@ class SlotTable:
     async def kv(self) -> KeyValue:
         """The lock bucket, read from its stream's leader. A direct read may be answered by a
         replica that has not caught up (a node back after a crash): it could show a slot free
-        that is held, and a sweeping runner would then end a healthy job RUNNER_LOST."""
+        that is held, and a sweeping runner would then end a healthy job RUNNER_LOST.
+
+        Its look at the bucket is a start's request in the runner's start (the start's short
+        timeout, ``retry.start_context``: a look, safe to send again); the handle kept uses
+        ``self._js``."""
         if self._kv is None:
             bucket = self._names.locks_bucket
-            await self._js.key_value(bucket)  # raises BucketNotFoundError when it is missing
+            # Raises BucketNotFoundError when it is missing.
+            await retry.start_context(self._js).key_value(bucket)
             self._kv = KeyValue(
                 name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=self._js, direct=False
             )
@@ -611,8 +616,10 @@ class SlotTable:
         async with asyncio.timeout(timeout):
             await asyncio.gather(*futures)
 
-    async def dequeue(self, lock: str, job_id: str) -> None:
-        await self._delete(queue_key(lock, job_id), None)
+    async def dequeue(self, lock: str, job_id: str, revision: int | None = None) -> None:
+        """Take a job out of its lock's queue; with ``revision``, only the entry of that
+        revision (raises ``KeyWrongLastSequenceError`` if the job was queued again since)."""
+        await self._delete(queue_key(lock, job_id), revision)
 
     async def dequeue_many(self, lock: str, job_ids: Sequence[str]) -> None:
         """Take many jobs out of a lock's queue at once (a failed batch's): the deletes are

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import sys
 import threading
@@ -53,7 +54,14 @@ class StallWatch:
         self._beat = time.monotonic()
         self._done = threading.Event()
         self._handle: asyncio.TimerHandle | None = None
-        self._thread = threading.Thread(target=self._watch, name="stall-watch", daemon=True)
+        # Run in a copy of the starting context: its lines carry the fields bound for the log
+        # (``service=``, bound in ``cli``), which a new thread would otherwise start without.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._watch,),
+            name="stall-watch",
+            daemon=True,
+        )
 
     def start(self) -> None:
         self._heartbeat()

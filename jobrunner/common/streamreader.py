@@ -109,8 +109,10 @@ class StreamReader:
         # As delivered (digits): made a number only when asked, a tenth of a message's parse.
         self._pending: bytes | None = None
 
-    async def open(self, start_seq: int) -> None:
-        """Connect and start delivery at ``start_seq``; an open reader is closed first."""
+    async def open(self, start_seq: int, request_timeout: float | None = None) -> None:
+        """Connect and start delivery at ``start_seq``; an open reader is closed first.
+        ``request_timeout``: how long its consumer's create waits for JetStream's answer (None:
+        the context's)."""
         await self.close()
         inbox = f"_INBOX.{uuid.uuid4().hex}"
         await self._connect()
@@ -122,7 +124,7 @@ class StreamReader:
             raise StreamReaderError(f"NATS did not answer: {exc!r}") from exc
         try:
             info = await self._js.add_consumer(
-                self._stream, self._consumer_config(inbox, start_seq)
+                self._stream, self._consumer_config(inbox, start_seq), timeout=request_timeout
             )
         except (nats.errors.Error, TimeoutError) as exc:
             await self.close()

@@ -343,6 +343,17 @@ async def ordered_reader(
             await asyncio.shield(unsubscribe)
 
 
+def keep_on(psub: JetStreamContext.PushSubscription, js: JetStreamContext) -> None:
+    """Make ``psub``, a nats-py subscription (a KV watch) made on a start's context
+    (``retry.start_context``: a short request timeout), send its later requests on ``js``: its
+    consumer info, and the re-creations of its ordered consumer (nats-py's own, and
+    ``_reopen_watch``), which must keep the connection's timeout, not the start's."""
+    psub._js = js
+    jsi = psub._sub._jsi
+    if jsi is not None:
+        jsi._js = js
+
+
 # The ordered readers open now, for ``reopen_after_reconnect``.
 _live_readers: weakref.WeakSet[OrderedReader] = weakref.WeakSet()
 

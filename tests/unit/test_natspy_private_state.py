@@ -9,6 +9,9 @@ import inspect
 import nats
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from jobrunner.common import subscription
 
 
 def test_a_jetstream_context_holds_its_client_as_nc() -> None:
@@ -99,3 +102,27 @@ def test_process_msg_counts_an_ordered_message_before_queueing_it() -> None:
     every message up to it reaches the watch from the queue."""
     source = inspect.getsource(nats.NATS._process_msg)
     assert source.index("jsi._sseq = sseq") < source.index("sub._pending_queue.put_nowait(msg)")
+
+
+# --- a watch made on a start's context, then kept on the connection's (``subscription.keep_on``)
+
+
+def test_keep_on_moves_every_later_request_of_a_watch_to_the_given_context() -> None:
+    """A watch's later requests go through its push subscription's ``_js`` (its consumer info)
+    and its ordered-consumer state's ``_js`` (the consumer made again): ``keep_on`` sets both."""
+    nc = nats.NATS()
+    starting, kept = nc.jetstream(timeout=1.0), nc.jetstream()
+    sub = Subscription(nc, 1, "deliver")
+    push = JetStreamContext.PushSubscription(starting, sub, "STREAM", "consumer-name")
+    sub._jsi = JetStreamContext._JSI(starting, nc, "STREAM", True, push, sub, api.ConsumerConfig())
+    subscription.keep_on(push, kept)
+    assert push._js is kept
+    assert sub._jsi._js is kept
+    assert "self._js._jsm.consumer_info(" in inspect.getsource(push.consumer_info)
+
+
+def test_a_bucket_holds_what_start_bucket_copies() -> None:
+    """``retry.start_bucket`` makes the same bucket on another context from these."""
+    kv = KeyValue(name="b", stream="KV_b", pre="$KV.b.", js=nats.NATS().jetstream(), direct=True)
+    assert (kv._name, kv._stream, kv._pre, kv._direct) == ("b", "KV_b", "$KV.b.", True)
+    assert kv._js._timeout == 5

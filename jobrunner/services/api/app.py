@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
+from jobrunner.common.metrics import SERVICE_STARTED
 from jobrunner.common.settings import Settings
 from jobrunner.services.api import jobs_fastpath, security
 from jobrunner.services.api.context import lifespan
@@ -30,6 +34,13 @@ from jobrunner.services.api.routes.updates import job_updates
 from jobrunner.services.api.routes.webhooks import job_webhooks
 
 MAX_BODY_BYTES = 1024 * 1024
+
+
+@asynccontextmanager
+async def started(app: Litestar) -> AsyncIterator[None]:
+    """The last of the start: ``jobrunner_service_started`` 1 once everything before it is up."""
+    SERVICE_STARTED.set(1)
+    yield
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -58,7 +69,7 @@ def create_app(settings: Settings) -> Litestar:
             # web UI
             *UI_ROUTES,
         ],
-        lifespan=[lifespan(settings), security.access_lifespan(settings)],
+        lifespan=[lifespan(settings), security.access_lifespan(settings), started],
         middleware=[RequestMetrics, *security.MIDDLEWARE],
         before_send=[security.add_security_headers],
         # Read models of another version are never served (README "Upgrading").

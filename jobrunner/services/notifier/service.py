@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import ackinbox, eventstore, reconfigure, retry
+from jobrunner.common import ackinbox, eventstore, metrics, reconfigure, retry
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.lastevent import newest_readable
 from jobrunner.common.settings import Settings, SettingsError
@@ -136,6 +136,7 @@ class Notifier:
         if not self.settings.webhook_secret:
             log.warning("webhook_secret is not set: webhooks go out unsigned")
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)
+        metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
         most = 1
         try:
             while not stop.is_set():

@@ -10,6 +10,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from jobrunner.common import retry
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
@@ -75,13 +76,21 @@ class EventFeed:
 
     async def start(self, seq: int) -> None:
         """Open the reader at ``seq``; while JetStream cannot create its consumer (a cluster
-        forming, its stream without a leader) it is tried again, as the read loop does."""
+        forming, its stream without a leader) it is tried again, as the read loop does.
+
+        Its create waits the start's request timeout (``retry.StartTimeout``), not nats-py's
+        5 s: a stream just created answers nothing until its replicas elect a leader, and the
+        create sent again meets it. Safe to send again: the consumer of a create that timed
+        out is left without a subscriber (its connection closed) and the server removes it
+        after its inactive threshold."""
         failures = 0
+        request_timeout = retry.StartTimeout()
         while True:
             try:
-                await self._reader.open(seq)
+                await self._reader.open(seq, request_timeout.seconds)
                 break
             except StreamReaderError as exc:
+                request_timeout.after(exc)
                 failures += 1
                 if self._restart_attempts is not None and failures > self._restart_attempts:
                     raise

@@ -14,7 +14,15 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import backendpriority, database, eventstore, heap, retry, subscription
+from jobrunner.common import (
+    backendpriority,
+    database,
+    eventstore,
+    heap,
+    metrics,
+    retry,
+    subscription,
+)
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -104,6 +112,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         feed = EventFeed(js, names, settings, name="projector")
         await feed.start(last + 1)
         log.info("projector started", checkpoint=last)
+        metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
         heap.freeze_startup_objects()
         encoder = msgspec.json.Encoder()
         watch = StallWatch(js, names.stream, settings.projector_stuck_seconds)
@@ -272,6 +281,7 @@ async def _checkpoint_holders(pool: asyncpg.Pool) -> list[dict[str, object]] | s
 
 
 async def _remove_durable_consumer(js: JetStreamContext, names: Names) -> None:
-    """Earlier versions followed the stream on a durable consumer: remove it, it is not used."""
+    """Earlier versions followed the stream on a durable consumer: remove it, it is not used.
+    A start step (the start's short timeout): a delete sent again is safe, "not found" is done."""
     with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(names.stream, names.projector_consumer)
+        await retry.start_context(js).delete_consumer(names.stream, names.projector_consumer)

@@ -16,6 +16,7 @@ import structlog
 from nats.errors import BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError
 from nats.js.kv import KV_PURGE, KeyValue
 
+from jobrunner.common import retry, subscription
 from jobrunner.common.slots import QueueEntry, SlotValue, Unreadable, key_safe
 
 log = structlog.get_logger()
@@ -121,11 +122,22 @@ class LockBoard:
         else:
             _drop(queue, job)
 
-    async def watch(self, kv: KeyValue, stop: asyncio.Event, on_expired: OnExpired) -> None:
-        """Follow every key; ``on_expired`` gets the value of a lease whose TTL ran out."""
+    async def watch(
+        self,
+        kv: KeyValue,
+        stop: asyncio.Event,
+        on_expired: OnExpired,
+        first: KeyValue.KeyWatcher | None = None,
+    ) -> None:
+        """Follow every key; ``on_expired`` gets the value of a lease whose TTL ran out.
+        ``first``: the watch to follow first (the runner's start opens it, ``open_watch``)."""
         while not stop.is_set():
             try:
-                watcher = await kv.watchall()
+                # The start's watch the first time round; after a failure, a new one.
+                if first is not None:
+                    watcher, first = first, None
+                else:
+                    watcher = await kv.watchall()
                 # A (re)started watch replays the current state from scratch. A waiter acts only
                 # once its own queue entry is back, and replay runs in revision order, so a
                 # half-replayed queue never names the wrong head.
@@ -154,6 +166,19 @@ class LockBoard:
             except Exception as exc:
                 log.warning("lock watch failed, restarting", error=repr(exc))
                 await asyncio.sleep(1.0)
+
+
+async def open_watch(kv: KeyValue) -> KeyValue.KeyWatcher:
+    """The watch of every key, as a start step (``retry.until_jetstream_ready``): its consumer's
+    create waits the start's short timeout (a stream just created answers nothing until its
+    replicas elect a leader) and is safe to send again: a consumer made after its try gave up
+    has no subscriber, and the server removes it after its inactive threshold (nats-py's KV
+    watch default, 5 minutes; until then an idle consumer, nothing delivered to anyone). The
+    watch then goes on on ``kv``'s own context (its consumer made again after a reconnect)."""
+    watcher = await retry.start_bucket(kv).watchall()
+    assert watcher._sub is not None  # set by ``watch``
+    subscription.keep_on(watcher._sub, kv._js)
+    return watcher
 
 
 # What ``KeyWatcher.stop`` raises once its subscription is gone: unsubscribed already, or the

@@ -38,7 +38,7 @@ from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner import artifacts, orphans, process
 from jobrunner.services.runner import bulk as bulk_lane
-from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.board import LockBoard, open_watch
 from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
@@ -114,12 +114,18 @@ class Runner:
             self.identity,
             ledger,
             self.requests.running,
+            settings.queue_orphan_seconds,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
         locks = await retry.until_jetstream_ready(self.slots.kv, "the lock bucket")
-        watcher = asyncio.create_task(self.board.watch(locks, stop, self.sweeper.on_lease_expired))
+        board_watch = await retry.until_jetstream_ready(
+            lambda: open_watch(locks), "the lock bucket's watch"
+        )
+        watcher = asyncio.create_task(
+            self.board.watch(locks, stop, self.sweeper.on_lease_expired, board_watch)
+        )
         cancel_sub = await self.requests.subscribe_cancels(self.nc)
         seal_sub = await self.seals.subscribe(self.nc)
         sweeping = asyncio.Event()  # set when the runner stops
@@ -127,6 +133,10 @@ class Runner:
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.board.ready.wait(), 10.0)
+            # Stays on the connection's timeout, not the start's: what it sends (a dead local
+            # runner's jobs ended, their leases released) goes through the runner's own paths,
+            # with their own waits and retries, and a lease's release is conditional on the
+            # revision it read: sent again after a first that went through, it is refused.
             await self.sweeper.clean_up_after_crash()
             leftovers = await asyncio.to_thread(artifacts.remove_leftovers, self.settings)
             if leftovers:
@@ -142,6 +152,7 @@ class Runner:
                 runner_id=self.identity.runner_id,
                 job_types=list(self.job_types),
             )
+            metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
             heap.freeze_startup_objects()
             heap.collect_young_less_often()
             await self.requests.run(sub, stop)

@@ -31,6 +31,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from jobrunner.common import retry, subscription
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -180,8 +181,13 @@ class TokenStore:
 
     # --- the watch (API instances)
     async def start_watch(self) -> None:
-        """Load every record and keep them current; returns once the initial load is done."""
-        watcher = await self.kv.watch("token.>")
+        """Load every record and keep them current; returns once the initial load is done.
+
+        Its consumer is created on the start's context (a create of an ephemeral consumer: one
+        made after its try gave up has no subscriber and is the server's to remove, after its
+        inactive threshold, nats-py's KV watch default of 5 minutes); the watch then goes on on
+        the bucket's own (its consumer's later re-creations)."""
+        watcher = await retry.start_bucket(self.kv).watch("token.>")
         loaded = asyncio.get_running_loop().create_future()
 
         async def follow() -> None:
@@ -209,6 +215,8 @@ class TokenStore:
         except BaseException:
             await self.stop_watch()  # started again by a retry: never two watches
             raise
+        assert watcher._sub is not None  # set by ``watch``
+        subscription.keep_on(watcher._sub, self.kv._js)
 
     async def stop_watch(self) -> None:
         if self._watch_task is not None:
@@ -440,15 +448,18 @@ class TokenStore:
         return revoked
 
     async def session_key(self) -> bytes:
-        """The key that signs session cookies, created once and shared by every API instance."""
+        """The key that signs session cookies, created once and shared by every API instance.
+        A start step, on the start's context: the create sent again after its first try stored
+        it is refused as not the first revision, and the key read is the one stored."""
+        kv = retry.start_bucket(self.kv)
         try:
             # Created only if absent (revision 0): every instance then reads the one key.
-            await self.kv.update(_SESSION_KEY, secrets.token_bytes(32), last=0)
+            await kv.update(_SESSION_KEY, secrets.token_bytes(32), last=0)
         except Exception as exc:
             if not _wrong_last_sequence(exc):
                 raise
         try:
-            entry = await self.kv.get(_SESSION_KEY)
+            entry = await kv.get(_SESSION_KEY)
         except KeyNotFoundError:
             # It exists (the create was refused), but the replica that answered the read has
             # not caught up yet (a node restarting in a cluster): not yet, rather than never.

@@ -1,0 +1,203 @@
+"""The runners' periodic sweep drops the queue head of a job that was never stored, once this
+runner has found its request missing for ``queue_orphan_seconds`` (RESULTS s25posted: the API
+keeps the entry when a publish's ack is lost, and before only a waiting job's runner dropped it,
+so it stayed on the lock board and in ``jobrunner_jobs_queued``). It looks at each lock's head
+only, as the claimer does, counts on its own clock (not the API's ``queued_at``), and deletes
+only the entry of the revision it saw."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner import orphans
+from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.running import RunnerIdentity
+from jobrunner.services.runner.sweep import LostJobSweeper
+from tests.freeze import freeze
+
+# The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
+# request in a real start; the sweep's rule is the same at any age).
+ORPHAN_SECONDS = 1.0
+PAST_THE_AGE = ORPHAN_SECONDS + 0.5
+HOUR = 3600.0
+
+
+async def put_entry(kv: KeyValue, lock: str, job_id: str, queued_at: float) -> None:
+    entry = QueueEntry(job_id=job_id, job_type="t", queued_at=queued_at)
+    await kv.put(queue_key(lock, job_id), msgspec.json.encode(entry))
+
+
+async def store_request(js: JetStreamContext, names: Names, lock: str, job_id: str) -> None:
+    await eventstore.publish(js, names, events.JobRequested(job_id=job_id, job_type="t", lock=lock))
+
+
+async def is_queued(kv: KeyValue, lock: str, job_id: str) -> bool:
+    try:
+        return bool((await kv.get(queue_key(lock, job_id))).value)
+    except KeyNotFoundError:
+        return False
+
+
+@asynccontextmanager
+async def watched(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> AsyncIterator[tuple[KeyValue, LockBoard, LostJobSweeper, asyncio.Event]]:
+    """The lock bucket, a board watching it (set the event to stop the watch) and a sweeper."""
+    names = Names(settings.prefix)
+    slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
+    kv = await slots.kv()
+    board, stop = LockBoard(), asyncio.Event()
+
+    async def nothing(value: object) -> None:
+        pass
+
+    watching = asyncio.create_task(board.watch(kv, stop, nothing))
+    try:
+        await asyncio.wait_for(board.ready.wait(), 10)
+        sweeper = LostJobSweeper(
+            slots,
+            board,
+            JobJournal(js._nc, js, names, "runner-test"),
+            RunnerIdentity.of_this_process(),
+            orphans.ToolLedger(tmp_path / "runner-tools"),
+            set(),
+            ORPHAN_SECONDS,
+        )
+        yield kv, board, sweeper, stop
+    finally:
+        stop.set()
+        await asyncio.wait({watching}, timeout=10)
+
+
+async def board_has(board: LockBoard, lock: str, job_id: str) -> None:
+    async with asyncio.timeout(10):
+        while not board.queued("slot." + lock, job_id):
+            await board.wait_change("slot." + lock, 0.1)
+
+
+async def test_the_sweep_drops_a_head_found_never_stored_for_the_age(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """Dropped: a head whose request stays missing from one sweep to one the age later, even
+    stamped an hour ahead (the API's clock ahead of the runner's). Kept: a head whose request
+    is stored, and a head found missing once only, even stamped an hour ago (the API's clock
+    behind)."""
+    names = Names(settings.prefix)
+    now = time.time()
+    async with watched(settings, js, tmp_path) as (kv, board, sweeper, _):
+        await put_entry(kv, "dead", "never-stored", now + HOUR)
+        await put_entry(kv, "kept", "stored", now - HOUR)
+        await store_request(js, names, "kept", "stored")
+        await board_has(board, "dead", "never-stored")
+        await board_has(board, "kept", "stored")
+        await sweeper.sweep()  # finds "never-stored" missing: its age starts here
+
+        await put_entry(kv, "young", "seen-once", now - HOUR)
+        await board_has(board, "young", "seen-once")
+        await asyncio.sleep(PAST_THE_AGE)
+        await sweeper.sweep()  # "seen-once": found missing for the first time
+        assert not await is_queued(kv, "dead", "never-stored")
+        assert await is_queued(kv, "kept", "stored")
+        assert await is_queued(kv, "young", "seen-once")
+
+
+async def test_the_sweep_keeps_the_places_of_a_batch_still_being_published(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """A batch's entries share one stamp, and ``publish_many`` stores its requests in order: an
+    outage in the middle (longer than the age) leaves the head stored and the rest on their
+    way. The sweep looks at the head only, as the claimer: the stored jobs behind it keep their
+    places (from the review of s26start)."""
+    names = Names(settings.prefix)
+    lock = "billing"
+    batch = [f"b{i}" for i in range(5)]
+    async with watched(settings, js, tmp_path) as (kv, board, sweeper, _):
+        stamped = time.time() - HOUR  # an outage ago
+        for job_id in batch:  # enqueue_many: in batch order, one stamp
+            await put_entry(kv, lock, job_id, stamped)
+        await store_request(js, names, lock, batch[0])  # stored before NATS went away
+        await board_has(board, lock, batch[-1])
+        await sweeper.sweep()  # a runner back first sweeps before the API's resend lands
+        await asyncio.sleep(PAST_THE_AGE)
+        await sweeper.sweep()
+        for job_id in batch[1:]:  # the API's resend
+            await store_request(js, names, lock, job_id)
+        queue = board.queues["slot." + lock]
+        order = [job_id for job_id, _ in sorted(queue.items(), key=lambda item: item[1][0])]
+        assert order == batch
+        for job_id in batch:
+            assert await is_queued(kv, lock, job_id), job_id
+
+
+async def test_the_sweep_keeps_an_entry_queued_again_since_the_board_saw_it(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """The drop is conditional on the revision the board saw: the same job queued again
+    meanwhile (its new entry not on this runner's board yet) is a new entry, not dropped."""
+    lock = "reports"
+    async with watched(settings, js, tmp_path) as (kv, board, sweeper, stop):
+        await put_entry(kv, lock, "again", time.time() - HOUR)
+        await board_has(board, lock, "again")
+        await sweeper.sweep()  # found missing: its age starts
+        seen = board.queues["slot." + lock]["again"][0]
+        stop.set()  # the board stops following: it keeps the first entry's revision
+        await asyncio.sleep(0.5)
+        await put_entry(kv, lock, "again", time.time())  # queued again, a new revision
+        await asyncio.sleep(PAST_THE_AGE)
+        assert board.queues["slot." + lock]["again"][0] == seen  # the board's view is the old
+        await sweeper.sweep()
+        assert await is_queued(kv, lock, "again")
+
+
+async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """NATS paused past a request's timeout ends a sweep round on a transient error; meanwhile
+    a head's request may have been missing only because its publish could not land. The age
+    counts again from the next sweep: the head is not dropped by the sweep right after, though
+    its first sighting is older than the age, and it is dropped once found missing for the age
+    with NATS answering (from the second review of s26start)."""
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    nc = await eventstore.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, Names(settings.prefix), settings)
+        async with watched(settings, js, tmp_path) as (kv, board, sweeper, _):
+            await put_entry(kv, "paused", "never-stored", time.time())
+            await board_has(board, "paused", "never-stored")
+            await sweeper.sweep()  # found missing: its age starts
+            assert own_nats.proc is not None
+            freeze(own_nats.proc.pid)
+            try:  # past the JetStream request timeout (5 s), longer than the age
+                with pytest.raises(nats.errors.TimeoutError):
+                    async with asyncio.timeout(30):  # a hang: a plain TimeoutError
+                        await sweeper.sweep()
+            finally:
+                os.kill(own_nats.proc.pid, signal.SIGCONT)
+            await sweeper.sweep()  # NATS answers again: the age starts again here
+            assert await is_queued(kv, "paused", "never-stored")
+            await asyncio.sleep(PAST_THE_AGE)
+            await sweeper.sweep()
+            assert not await is_queued(kv, "paused", "never-stored")
+    finally:
+        await eventstore.close(nc)
