@@ -47,6 +47,7 @@ the name serves something else, so the record can be written early and freely.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -335,13 +336,21 @@ async def _served_nuid(js: JetStreamContext, names: Names, object_name: str) -> 
         return None
 
 
-async def sweep_forever(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """The API's sweeper: at start, then every ``artifact_purge_sweep_seconds``; a failed pass
-    (NATS away) is only logged: the records wait for the next one."""
+async def sweep_forever(
+    js: JetStreamContext, names: Names, settings: Settings, stop: asyncio.Event
+) -> None:
+    """The API's sweeper: at start, then every ``artifact_purge_sweep_seconds``, until ``stop``;
+    a failed pass (NATS away) is only logged: the records wait for the next one.
+
+    Ends on ``stop`` as well as on cancel: nats-py swallows a cancel that arrives while it
+    flushes, and Python 3.11's wait_for loses one that arrives as its reply does; the pass then
+    returns, and a loop that relied on the cancel would sweep on and never let the API stop (a
+    test's teardown: "api did not stop within 30 s", the sweeper cancelled yet asleep)."""
     grace = artifactstore.replaced_grace(settings.artifact_read_idle_seconds)
-    while True:
+    while not stop.is_set():
         try:
             await sweep(js, names, grace)
         except Exception as exc:
             log.warning("artifact purges not swept", error=repr(exc))
-        await asyncio.sleep(settings.artifact_purge_sweep_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.artifact_purge_sweep_seconds)
