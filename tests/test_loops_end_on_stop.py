@@ -1,0 +1,73 @@
+"""Loops that run until their owner stops them end then, even when the cancel is lost in a pass.
+
+nats-py swallows a cancel that arrives while it flushes, and Python 3.11's wait_for one that
+arrives as its reply does: the call returns as if never cancelled. A loop that relied on the
+cancel went on, and whoever waited for it waited for ever (the API's artifact sweeper:
+tests/test_artifact_sweeper_stop.py). Here each loop's pass runs against a real NATS (and
+Postgres) and the cancel is lost after it, the way those two lose it: the API's read-model watch
+(its shutdown waited for ever), and the ZIP download's guard keeper (the download's end waited
+for ever, and the guards were kept alive with it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from jobrunner.services.api import readmodelgate
+from jobrunner.services.api.context import read_pool
+
+PERIOD = 0.2
+
+
+class LosingACancel:
+    """Wraps ``call``: after the real call returns, the next cancel is lost, once, as nats-py's
+    _flush_pending and 3.11's wait_for lose one arriving with the reply."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        self.call = call
+        self.in_pass = asyncio.Event()
+        self.lost = 0
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self.call(*args, **kwargs)
+        if self.lost == 0:
+            self.in_pass.set()
+            try:
+                await asyncio.sleep(0.5)  # (the reply about to come)
+            except asyncio.CancelledError:
+                self.lost += 1
+        return result
+
+
+async def _ends(task: asyncio.Task[Any]) -> bool:
+    done, _ = await asyncio.wait({task}, timeout=10 * PERIOD + 5)
+    if not done:
+        task.cancel()  # (not lost again: the test only loses one)
+        await asyncio.gather(task, return_exceptions=True)
+    return bool(done)
+
+
+async def test_the_read_model_watch_whose_cancel_was_lost_in_a_look_ends_on_close(
+    js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readmodelgate, "CURRENT_CHECK_SECONDS", PERIOD)
+    monkeypatch.setattr(readmodelgate, "RECHECK_SECONDS", PERIOD)
+    pool = await read_pool(settings.database_url, 60.0)
+    try:
+        gate = readmodelgate.ReadModelGate(pool, js, Names(settings.prefix))
+        await gate.start()
+        losing = LosingACancel(gate.check)
+        monkeypatch.setattr(gate, "check", losing)
+        await asyncio.wait_for(losing.in_pass.wait(), 30)  # a look (Postgres) has just ended
+        closing = asyncio.create_task(gate.close())  # as the API's shutdown does
+        ended = await _ends(closing)
+        assert losing.lost == 1
+        assert ended, "the read-model watch went on after the API's stop"
+    finally:
+        await pool.close()
