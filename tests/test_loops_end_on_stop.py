@@ -11,12 +11,13 @@ for ever, and the guards were kept alive with it)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
+from jobrunner.common import artifactstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodelgate
@@ -71,3 +72,32 @@ async def test_the_read_model_watch_whose_cancel_was_lost_in_a_look_ends_on_clos
         assert ended, "the read-model watch went on after the API's stop"
     finally:
         await pool.close()
+
+
+async def test_the_guard_keeper_whose_cancel_was_lost_in_a_bind_ends_with_the_download(
+    js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = Names(settings.prefix)
+    guards = artifactstore.ReadGuards(js, names, 0.0)
+    monkeypatch.setattr(guards, "_threshold", 3 * PERIOD)  # a keep-alive every PERIOD
+    await guards.add(api.ObjectInfo(name="kept", bucket=names.artifacts_bucket, nuid="kepttest"))
+    losing = LosingACancel(js.pull_subscribe_bind)
+    monkeypatch.setattr(js, "pull_subscribe_bind", losing)
+    body_ends = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"member"
+        await body_ends.wait()
+
+    async def download() -> None:
+        async for _ in guards.kept(body()):
+            pass
+
+    downloading = asyncio.create_task(download())
+    await asyncio.wait_for(losing.in_pass.wait(), 30)  # the keeper has just bound the guard
+    body_ends.set()  # the archive ends: the keeper is stopped
+    ended = await _ends(downloading)
+    assert losing.lost == 1
+    assert ended, "the guard keeper went on after the download ended"
+    guards_left = [c for c in await js.consumers_info(artifactstore.stream_name(names))]
+    assert not [c for c in guards_left if c.name.startswith("guard-")]
