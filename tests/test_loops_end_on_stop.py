@@ -5,8 +5,9 @@ arrives as its reply does: the call returns as if never cancelled. A loop that r
 cancel went on, and whoever waited for it waited for ever (the API's artifact sweeper:
 tests/test_artifact_sweeper_stop.py). Here each loop's pass runs against a real NATS (and
 Postgres) and the cancel is lost after it, the way those two lose it: the API's read-model watch
-(its shutdown waited for ever), and the ZIP download's guard keeper (the download's end waited
-for ever, and the guards were kept alive with it)."""
+(its shutdown waited for ever), the ZIP download's guard keeper (the download's end waited
+for ever, and the guards were kept alive with it), and the projector's event feed (a lost
+cancel as its reader opened again: the projector's stop waited for ever)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import artifactstore
+from jobrunner.common import artifactstore, eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import read_pool
+from jobrunner.services.projector.feed import EventFeed
+from tests.history_support import logged_job, publish
 
 PERIOD = 0.2
 
@@ -101,3 +104,26 @@ async def test_the_guard_keeper_whose_cancel_was_lost_in_a_bind_ends_with_the_do
     assert ended, "the guard keeper went on after the download ended"
     guards_left = [c for c in await js.consumers_info(artifactstore.stream_name(names))]
     assert not [c for c in guards_left if c.name.startswith("guard-")]
+
+
+async def test_an_event_feed_whose_cancel_was_lost_as_its_reader_opened_again_ends_on_close(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    last = await publish(settings, logged_job("feed-stop", lines=3, batch=3))
+    nc = await eventstore.connect(settings, "test")
+    feed = EventFeed(nc.jetstream(), Names(settings.prefix), settings, name="test")
+    try:
+        await feed.start(last)
+        assert await feed.fetch(timeout=30)  # reading
+        reader = feed._reader
+        losing = LosingACancel(reader.open)
+        monkeypatch.setattr(reader, "open", losing)
+        assert reader._writer is not None
+        reader._writer.close()  # the link drops: the feed opens its reader again
+        await asyncio.wait_for(losing.in_pass.wait(), 30)  # opened (a real consumer, a PING)
+        closing = asyncio.create_task(feed.close())  # as the projector's stop does
+        ended = await _ends(closing)
+        assert losing.lost == 1
+        assert ended, "the event feed read on after the projector's stop"
+    finally:
+        await eventstore.close(nc)

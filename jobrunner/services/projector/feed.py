@@ -69,6 +69,7 @@ class EventFeed:
         )
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()  # set by ``close``, before its cancel
         self._reads = 0  # socket reads in the batch being gathered
         self._decoding = asyncio.Event()  # clear while the caller holds the decoding
         self._decoding.set()
@@ -160,10 +161,15 @@ class EventFeed:
 
     async def _read(self) -> None:
         failures = 0
-        while True:
+        # Until ``_stop`` as well as a cancel: Python 3.11's wait_for loses one that arrives as
+        # its reply does (the reader's open: its PING, its consumer's creation); the read would
+        # then go on for good, and ``close`` (the projector's stop) wait for it for ever.
+        while not self._stop.is_set():
             try:
                 if self._reader.closed:
                     await self._reader.open(self._reader.last_seq + 1)
+                    if self._stop.is_set():
+                        return
                 async for messages in self._reader.batches():
                     failures = 0
                     if not self._decoding.is_set():
@@ -211,6 +217,7 @@ class EventFeed:
     async def close(self) -> None:
         try:
             if self._task is not None:
+                self._stop.set()  # (a cancel alone can be lost: see ``_read``)
                 self._task.cancel()
                 try:
                     await self._task
