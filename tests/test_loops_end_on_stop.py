@@ -6,8 +6,9 @@ cancel went on, and whoever waited for it waited for ever (the API's artifact sw
 tests/test_artifact_sweeper_stop.py). Here each loop's pass runs against a real NATS (and
 Postgres) and the cancel is lost after it, the way those two lose it: the API's read-model watch
 (its shutdown waited for ever), the ZIP download's guard keeper (the download's end waited
-for ever, and the guards were kept alive with it), and the projector's event feed (a lost
-cancel as its reader opened again: the projector's stop waited for ever)."""
+for ever, and the guards were kept alive with it), the projector's event feed (a lost
+cancel as its reader opened again: the projector's stop waited for ever), and the projector's
+lag look (a projector that failed never exited)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import read_pool
+from jobrunner.services.projector import service as projector_service
 from jobrunner.services.projector.feed import EventFeed
 from tests.history_support import logged_job, publish
 
@@ -127,3 +129,37 @@ async def test_an_event_feed_whose_cancel_was_lost_as_its_reader_opened_again_en
         assert ended, "the event feed read on after the projector's stop"
     finally:
         await eventstore.close(nc)
+
+
+async def test_a_projector_that_fails_as_its_lag_look_gets_its_reply_exits(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure (here at the read-model check) ends the projector with ``stop`` not set, and
+    its lag look is cancelled as its reply comes: the lag's ``wait_for(stream_info)`` returns
+    the reply (3.11), and the look must end on its own stop all the same."""
+    real_stream_info = JetStreamContext.stream_info
+    checking = asyncio.Event()  # the projector is at its read-model check: the lag looks alone
+    replied = asyncio.Event()
+
+    async def stream_info(self: JetStreamContext, *args: Any, **kwargs: Any) -> Any:
+        info = await real_stream_info(self, *args, **kwargs)
+        if checking.is_set():
+            # Wakes the projector before wait_for's own wake-up: its failure's cancel of the
+            # lag comes with the reply, and wait_for returns the reply instead.
+            replied.set()
+        return info
+
+    async def failing(*args: Any) -> None:
+        checking.set()
+        await replied.wait()  # (no wait_for: its own wake-up would come after the lag's)
+        raise RuntimeError("read models unusable")
+
+    await publish(settings, logged_job("lag-stop", lines=1, batch=1))  # (the stream, to look at)
+    monkeypatch.setattr(JetStreamContext, "stream_info", stream_info)
+    monkeypatch.setattr(projector_service.upgrade, "ensure_current_in_place", failing)
+    projecting = asyncio.create_task(projector_service.run_projector(settings, asyncio.Event()))
+    ended = await _ends(projecting)
+    assert replied.is_set()
+    assert ended, "the projector never exited: its lag look went on"
+    with pytest.raises(RuntimeError, match="read models unusable"):
+        projecting.result()
