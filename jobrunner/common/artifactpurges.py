@@ -246,11 +246,16 @@ _NATS_AWAY = (
 )
 
 
-async def sweep(js: JetStreamContext, names: Names, grace: float) -> None:
+async def sweep(
+    js: JetStreamContext, names: Names, grace: float, stop: asyncio.Event | None = None
+) -> None:
     """One pass over the pending purges (see the module's docstring). A record that fails on
     its own is logged and left for the next pass; the others are settled all the same. NATS
-    not answering ends the pass (raised): the next one starts over."""
+    not answering ends the pass (raised): the next one starts over. Once ``stop`` is set the
+    pass ends before its next record: what it leaves, the next pass (of any API) settles."""
     for nuid in await _keys(js, names):
+        if stop is not None and stop.is_set():
+            return
         try:
             try:
                 message = await js.get_last_msg(_stream(names), _subject(names, nuid))
@@ -349,7 +354,7 @@ async def sweep_forever(
     grace = artifactstore.replaced_grace(settings.artifact_read_idle_seconds)
     while not stop.is_set():
         try:
-            await sweep(js, names, grace)
+            await sweep(js, names, grace, stop)
         except Exception as exc:
             log.warning("artifact purges not swept", error=repr(exc))
         with contextlib.suppress(TimeoutError):
