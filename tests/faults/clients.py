@@ -12,16 +12,23 @@ import httpx
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+# The POSTs that create a job or a batch: the same resend hazard (README, "Submitting a batch").
+CREATING_PATHS = frozenset({"/api/jobs", "/api/jobs/batch", "/api/batches"})
+
+
 class UnsafeResend(AssertionError):
-    """A job's POST was about to be sent again without an Idempotency-Key."""
+    """A POST that creates (a job, a batch) was about to be sent again without an
+    Idempotency-Key."""
 
 
 async def until_answered(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
     """Send again after a 5xx or a connection error, until answered (60 s at most).
 
-    A ``POST /api/jobs`` is sent again only with an ``Idempotency-Key``: its 503 may name a job
-    that is stored all the same (``job_id``), and so may a connection lost before the answer;
-    sent again without a key it would create a second job (README, "One job per slot")."""
+    A POST that creates (a job, or a batch: ``CREATING_PATHS``) is sent again only with an
+    ``Idempotency-Key``: a job's 503 may name a job that is stored all the same (``job_id``), a
+    batch's 503 may leave a batch stored in part, and so may a connection lost before the
+    answer; sent again without a key it would create a second one (README, "One job per slot",
+    "Submitting a batch")."""
     async with asyncio.timeout(60):
         while True:
             try:
@@ -39,14 +46,16 @@ async def until_answered(send: Callable[[], Awaitable[httpx.Response]]) -> httpx
 
 
 def _refuse_unkeyed_create(request: httpx.Request, outcome: str) -> None:
+    path = request.url.path.rstrip("/")
     if (
         request.method == "POST"
-        and request.url.path.rstrip("/") == "/api/jobs"
+        and path in CREATING_PATHS
         and IDEMPOTENCY_HEADER not in request.headers
     ):
         raise UnsafeResend(
-            f"POST /api/jobs {outcome}: the job may be stored; sent again without an "
-            f"{IDEMPOTENCY_HEADER} it could be created twice (use create_until_answered)"
+            f"POST {path} {outcome}: what it creates may be stored; sent again without an "
+            f"{IDEMPOTENCY_HEADER} it could be created twice (send one key on every try, as "
+            "create_until_answered does)"
         )
 
 

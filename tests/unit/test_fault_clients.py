@@ -44,6 +44,30 @@ async def test_a_keyless_job_post_whose_connection_failed_is_not_sent_again() ->
     assert len(sent) == 1
 
 
+@pytest.mark.parametrize("path", ["/api/jobs/batch", "/api/batches"])
+async def test_a_keyless_batch_post_answered_503_is_not_sent_again(path: str) -> None:
+    """A batch's 503 may leave it stored in part; sent again without its key, a second batch."""
+    batch = {"batch_name": "b", "jobs": [{"job_type": "t", "parameters": {}}]}
+    client, sent = answering(
+        httpx.Response(503, json={"error": {"code": "EVENT_STORE_UNAVAILABLE"}}),
+        httpx.Response(201),
+    )
+    async with client:
+        with pytest.raises(UnsafeResend, match=path):
+            await until_answered(lambda: client.post(path, json=batch))
+    assert len(sent) == 1
+
+
+async def test_a_keyed_batch_post_is_sent_again() -> None:
+    client, sent = answering(httpx.ConnectError("refused"), httpx.Response(201))
+    async with client:
+        answer = await until_answered(
+            lambda: client.post("/api/batches", json={}, headers={"Idempotency-Key": "k"})
+        )
+    assert answer.status_code == 201
+    assert len(sent) == 2
+
+
 async def test_a_job_created_until_answered_is_sent_again_with_its_first_key() -> None:
     client, sent = answering(
         httpx.Response(503, json=STORED_ANYWAY),
