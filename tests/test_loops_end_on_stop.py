@@ -21,7 +21,9 @@ from nats.js import JetStreamContext, api
 
 from jobrunner.common import artifactstore, eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.common.streamreader import StreamReaderError
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import read_pool
 from jobrunner.services.projector import service as projector_service
@@ -163,3 +165,53 @@ async def test_a_projector_that_fails_as_its_lag_look_gets_its_reply_exits(
     assert ended, "the projector never exited: its lag look went on"
     with pytest.raises(RuntimeError, match="read models unusable"):
         projecting.result()
+
+
+async def test_an_event_feed_whose_cancel_was_lost_in_a_failed_reopen_ends_on_close(
+    own_nats: EmbeddedNats, settings: Settings
+) -> None:
+    """NATS is down; the feed's reopen fails (a refused connection) just as close() cancels:
+    3.11's wait_for(open_connection) returns the refusal instead of the cancel (its
+    ``if fut.done(): return fut.result()``), so the cancel is lost and the read goes on to
+    ``_before_reopening``, which polls until nats-py is connected again: close() waits for as
+    long as NATS is down."""
+    private = Settings(nats_url=own_nats.url, prefix=settings.prefix)
+    last = await publish(private, logged_job("feed-stop-down", lines=3, batch=3))
+    nc = await eventstore.connect(private, "test")
+    feed = EventFeed(nc.jetstream(), Names(settings.prefix), private, name="test")
+    try:
+        await feed.start(last)
+        assert await feed.fetch(timeout=30)
+        reader = feed._reader
+        real_open = reader.open
+        failed = asyncio.Event()
+        lost = 0
+
+        async def open_losing_a_cancel(*args: Any) -> None:
+            nonlocal lost
+            if lost == 0 and not failed.is_set():
+                await asyncio.to_thread(own_nats.stop)  # NATS killed as the reader reopens
+            try:
+                await real_open(*args)
+            except StreamReaderError:
+                if lost == 0:
+                    failed.set()
+                    try:
+                        await asyncio.sleep(0.5)  # (the refusal and the cancel together)
+                    except asyncio.CancelledError:
+                        lost += 1
+                raise
+
+        reader.open = open_losing_a_cancel  # type: ignore[method-assign]
+        assert reader._writer is not None
+        reader._writer.close()  # the link drops: the feed opens its reader again
+        await asyncio.wait_for(failed.wait(), 60)  # a reopen was refused
+        closing = asyncio.create_task(feed.close())  # the projector's stop
+        done, _ = await asyncio.wait({closing}, timeout=10)
+        assert lost == 1
+        if not done:
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+        assert done, "the event feed's close waited for NATS to come back"
+    finally:
+        await eventstore.close(nc)

@@ -7,7 +7,10 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import structlog
+
 T = TypeVar("T")
+log = structlog.get_logger()
 
 
 async def unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:
@@ -45,4 +48,9 @@ async def end_loop(task: asyncio.Task[None], stop: asyncio.Event) -> None:
     cancel would go on, and whoever waits for it would wait for ever."""
     stop.set()
     task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(outcome, Exception):
+        # The loop had ended on an error of its own before the stop: say so, or no one would.
+        log.warning(
+            "a loop ended on an error before its stop", loop=task.get_name(), error=repr(outcome)
+        )

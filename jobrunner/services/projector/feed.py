@@ -10,6 +10,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from jobrunner.common import stopping
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
@@ -107,12 +108,12 @@ class EventFeed:
             getter = asyncio.ensure_future(self._queue.get())
             waits: set[asyncio.Future[Any]] = {getter, self._task}
             if stop is not None:
-                waits.add(stopping := asyncio.ensure_future(stop.wait()))
+                waits.add(stop_waiting := asyncio.ensure_future(stop.wait()))
             done, _ = await asyncio.wait(
                 waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if stop is not None:
-                stopping.cancel()
+                stop_waiting.cancel()
             if getter not in done:
                 getter.cancel()
                 if self._task in done:
@@ -208,11 +209,15 @@ class EventFeed:
         a drop nats-py has not noticed yet, or a connection closed for good) the backoff, so a
         refusing server is not hammered and a closed connection not spun on."""
         nc = self._js._nc  # nats-py exposes the client only as ``_nc``
+        # Both waits end on the stop too: a close whose cancel was lost here (a reopen refused
+        # while NATS is away, the refusal and the cancel in one loop pass) would otherwise wait
+        # for NATS to come back, for ever if it never does.
         if nc.is_connected or nc.is_closed:
-            await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            await stopping.pause(self._stop, min(0.1 * 2**failures, 5.0))
             return
-        while not nc.is_connected and not nc.is_closed:  # noqa: ASYNC110
-            await asyncio.sleep(RECONNECTED_POLL_SECONDS)  # nats-py says so in no awaitable
+        while not nc.is_connected and not nc.is_closed and not self._stop.is_set():
+            # nats-py says it is back in no awaitable
+            await stopping.pause(self._stop, RECONNECTED_POLL_SECONDS)
 
     async def close(self) -> None:
         try:
