@@ -26,7 +26,12 @@ TOOLS = Path(__file__).parent / "tools"
 eventstore.closed_for_good_action = eventstore.log_closed_for_good
 # The headless Chromium fixtures (``browser``, ``page``) of the web UI tests; the tables of
 # figures of the fault and cluster suites, collected from every worker in a parallel run.
-pytest_plugins = ["tests.browser", "tests.faults.figures", "tests.multinode.figures"]
+pytest_plugins = [
+    "tests.browser",
+    "tests.faults.figures",
+    "tests.multinode.figures",
+    "tests.reruns",
+]
 
 
 # The scratch directories of the servers tests start (tests/servers.py, tests/faults/cluster.py).

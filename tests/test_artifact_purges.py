@@ -654,3 +654,23 @@ async def test_replaced_content_is_purged_a_window_after_its_api_died_past_the_a
             await artifactpurges.sweep(js, names, 1.0)
             await asyncio.sleep(0.5)
     assert await _has_chunks(js, names, stored.nuid)
+
+
+async def test_a_pass_ends_before_its_next_record_once_stopped(
+    system: System, js: JetStreamContext
+) -> None:
+    """The API's stop ends a pass between records (its shutdown does not wait for the rest):
+    what the pass leaves stays recorded for the next one."""
+    names = Names(system.settings.prefix)
+    nuids = []
+    for n in range(2):
+        object_name = f"purgetest/stopped-{n}"
+        nuid = await _store(js, names, object_name, b"s" * 1000)
+        await _put(js, names, nuid, _past(False, object_name))
+        nuids.append(nuid)
+    stop = asyncio.Event()
+    stop.set()
+    await artifactpurges.sweep(js, names, GRACE, stop)
+    assert [await _recorded(js, names, nuid) for nuid in nuids] == [True, True]
+    await artifactpurges.sweep(js, names, GRACE)
+    assert [await _recorded(js, names, nuid) for nuid in nuids] == [False, False]

@@ -47,6 +47,7 @@ the name serves something else, so the record can be written early and freely.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -249,11 +250,16 @@ _NATS_AWAY = (
 )
 
 
-async def sweep(js: JetStreamContext, names: Names, grace: float) -> None:
+async def sweep(
+    js: JetStreamContext, names: Names, grace: float, stop: asyncio.Event | None = None
+) -> None:
     """One pass over the pending purges (see the module's docstring). A record that fails on
     its own is logged and left for the next pass; the others are settled all the same. NATS
-    not answering ends the pass (raised): the next one starts over."""
+    not answering ends the pass (raised): the next one starts over. Once ``stop`` is set the
+    pass ends before its next record: what it leaves, the next pass (of any API) settles."""
     for nuid in await _keys(js, names):
+        if stop is not None and stop.is_set():
+            return
         try:
             try:
                 message = await js.get_last_msg(_stream(names), _subject(names, nuid))
@@ -339,13 +345,21 @@ async def _served_nuid(js: JetStreamContext, names: Names, object_name: str) -> 
         return None
 
 
-async def sweep_forever(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    """The API's sweeper: at start, then every ``artifact_purge_sweep_seconds``; a failed pass
-    (NATS away) is only logged: the records wait for the next one."""
+async def sweep_forever(
+    js: JetStreamContext, names: Names, settings: Settings, stop: asyncio.Event
+) -> None:
+    """The API's sweeper: at start, then every ``artifact_purge_sweep_seconds``, until ``stop``;
+    a failed pass (NATS away) is only logged: the records wait for the next one.
+
+    Ends on ``stop`` as well as on cancel: nats-py swallows a cancel that arrives while it
+    flushes, and Python 3.11's wait_for loses one that arrives as its reply does; the pass then
+    returns, and a loop that relied on the cancel would sweep on and never let the API stop (a
+    test's teardown: "api did not stop within 30 s", the sweeper cancelled yet asleep)."""
     grace = artifactstore.replaced_grace(settings.artifact_read_idle_seconds)
-    while True:
+    while not stop.is_set():
         try:
-            await sweep(js, names, grace)
+            await sweep(js, names, grace, stop)
         except Exception as exc:
             log.warning("artifact purges not swept", error=repr(exc))
-        await asyncio.sleep(settings.artifact_purge_sweep_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.artifact_purge_sweep_seconds)

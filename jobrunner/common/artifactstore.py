@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.object_store import ObjectStore
 
-from jobrunner.common import ackinbox, messagesize, retry
+from jobrunner.common import ackinbox, messagesize, retry, stopping
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 
@@ -647,14 +647,14 @@ class ReadGuards:
 
     async def kept(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``stream``'s bytes, the guards kept while it runs and dropped when it ends."""
-        keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+        keeping = asyncio.Event()  # set when the stream ends
+        keeper = asyncio.get_running_loop().create_task(self._keep_alive(keeping))
         try:
             async for part in stream:
                 yield part
         finally:
-            keeper.cancel()
             try:
-                await asyncio.gather(keeper, return_exceptions=True)
+                await stopping.end_loop(keeper, keeping)
             finally:
                 await self.drop()
 
@@ -671,10 +671,14 @@ class ReadGuards:
             for name in guards:
                 await self._js.delete_consumer(stream_name(self._names), name)
 
-    async def _keep_alive(self) -> None:
+    async def _keep_alive(self, stop: asyncio.Event) -> None:
+        # Until ``stop``, not until a cancel: one that arrives as a bind's or a fetch's reply
+        # does is lost, and the keeper would keep the guards (and the download's end) for ever.
         interval = self._threshold / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not stop.is_set():
+            await stopping.pause(stop, interval)
+            if stop.is_set():
+                return
             # The expected answer is a timeout (nothing to deliver); NATS away: next time.
             with contextlib.suppress(Exception):
                 # One at a time into ``_subs``: one that fails leaves the bound ones for

@@ -7,7 +7,10 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import structlog
+
 T = TypeVar("T")
+log = structlog.get_logger()
 
 
 async def unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:
@@ -29,3 +32,25 @@ async def unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | 
     if task.cancelled():
         return None
     return task.result()
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less once ``stop`` is set: a loop's pause between its rounds."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def end_loop(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """End ``task``, a loop run ``while not stop.is_set()`` (its pauses ``pause(stop, ...)``),
+    and wait for it. ``stop`` is set before the cancel, for a cancel alone can be lost: nats-py
+    swallows one that arrives while it flushes, and Python 3.11's wait_for one that arrives as
+    its reply does; the call then returns as if never cancelled, and a loop that relied on the
+    cancel would go on, and whoever waits for it would wait for ever."""
+    stop.set()
+    task.cancel()
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(outcome, Exception):
+        # The loop had ended on an error of its own before the stop: say so, or no one would.
+        log.warning(
+            "a loop ended on an error before its stop", loop=task.get_name(), error=repr(outcome)
+        )

@@ -26,7 +26,7 @@ from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from tests.ackholding_proxy import AckHoldingProxy
 from tests.external_support import ExternalJob
-from tests.faults.clients import until_answered
+from tests.faults.clients import create_until_answered, until_answered
 from tests.faults.cluster import FaultCluster, is_terminal
 from tests.faults.proxied import (
     Fault,
@@ -109,7 +109,7 @@ def _answer_problems(what: str, response: httpx.Response | str, ok: set[int]) ->
 
 
 async def _started(client: httpx.AsyncClient) -> ExternalJob:
-    created = await until_answered(lambda: client.post("/api/jobs", json={"job_type": "external"}))
+    created = await create_until_answered(client, {"job_type": "external"})
     assert created.status_code == 201, created.text
     job = ExternalJob(created.json())
     first = await job.report_when_held(client, report_id="r0", lines=[{"text": "line 0"}])
@@ -184,9 +184,7 @@ async def test_first_report_with_its_running_ack_lost_starts_the_job_once(
     cluster = setup.cluster
     problems: list[str] = []
     async with cluster.client() as client:
-        created = await until_answered(
-            lambda: client.post("/api/jobs", json={"job_type": "external"})
-        )
+        created = await create_until_answered(client, {"job_type": "external"})
         assert created.status_code == 201, created.text
         job = ExternalJob(created.json())
         assert await _held(cluster, job.id), "no runner took the job"

@@ -80,6 +80,10 @@ class LockJobs:
             headers={"Idempotency-Key": key} if key else {},
         )
 
+    def key(self, label: str) -> str:
+        """The Idempotency-Key of the job ``label``, for a POST sent until answered."""
+        return f"{self.tag}-{label}"
+
     def starts(self, label: str) -> list[float]:
         """When the tool of the job ``label`` started, each time it did."""
         record = self.record(label)
@@ -185,7 +189,7 @@ async def test_queued_job_whose_request_ack_was_lost_runs_once_in_its_place(
             if answer.status_code == 503:
                 code = answer.json()["error"]["code"]
                 assert code == "EVENT_STORE_UNAVAILABLE", answer.text
-            third = await until_answered(lambda: jobs.post(client, "c"))
+            third = await until_answered(lambda: jobs.post(client, "c", jobs.key("c")))
             assert third.status_code == 201, third.text
             if retried:
                 again = await until_answered(lambda: jobs.post(client, "b", key))
@@ -237,7 +241,7 @@ async def test_request_that_never_reached_jetstream_leaves_the_lock_free(
             proxy.cut()
         answer = await asyncio.wait_for(request, 60)
         assert answer.status_code == 503, f"{answer.status_code} {answer.text}"
-        third = await until_answered(lambda: jobs.post(client, "c"))
+        third = await until_answered(lambda: jobs.post(client, "c", jobs.key("c")))
         assert third.status_code == 201, third.text
     ids = await jobs.ids()
     if ids != [third.json()["id"]]:
@@ -294,7 +298,7 @@ async def test_restarted_queued_job_whose_attempt_ack_was_lost_runs_once_in_its_
             # The attempt is stored: the restart sent again finds it pending.
             if again.status_code != 409 or again.json()["error"]["code"] != "JOB_ACTIVE":
                 problems.append(f"the restart sent again: {again.status_code} {again.text}")
-            third = await until_answered(lambda: jobs.post(client, "c"))
+            third = await until_answered(lambda: jobs.post(client, "c", jobs.key("c")))
             assert third.status_code == 201, third.text
         await _runners(cluster, up=True)
         problems += await _restart_ran_in_its_place(cluster, jobs)
@@ -340,7 +344,7 @@ async def test_restart_whose_resend_was_refused_after_its_attempt_was_stored_kee
             answer = await asyncio.wait_for(request, 60)
             await js.update_stream(config)
             assert answer.status_code == 503, f"{answer.status_code} {answer.text}"
-            third = await until_answered(lambda: jobs.post(client, "c"))
+            third = await until_answered(lambda: jobs.post(client, "c", jobs.key("c")))
             assert third.status_code == 201, third.text
     finally:
         await js.update_stream(config)

@@ -180,8 +180,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         heap.freeze_startup_objects()
         heap.collect_young_less_often()
         # Artifact content another (killed) API left to purge: at start, then now and then.
+        sweeper_stop = asyncio.Event()
         sweeper = asyncio.get_running_loop().create_task(
-            artifactpurges.sweep_forever(js, names, settings)
+            artifactpurges.sweep_forever(js, names, settings, sweeper_stop)
         )
         try:
             with stallwatch.watching():
@@ -189,6 +190,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         finally:
             # Purges of replaced content still waiting would only fail once the connection is
             # closed; what they leave, the next upload of the name purges.
+            sweeper_stop.set()  # (a cancel alone can be lost: see sweep_forever)
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
             await artifactstore.stop_purges(js)

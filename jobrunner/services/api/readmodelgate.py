@@ -22,7 +22,7 @@ import structlog
 from litestar import Request, Response
 from nats.js import JetStreamContext
 
-from jobrunner.common import readmodelversion
+from jobrunner.common import readmodelversion, stopping
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.errors import error_body
@@ -94,6 +94,7 @@ class ReadModelGate:
         self.state = ReadModelState(READMODEL_VERSION)
         self._checked = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -102,9 +103,7 @@ class ReadModelGate:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stopping.end_loop(self._task, self._stop)
 
     async def check(self) -> ReadModelState:
         """Look at the stored version (and, when it is not current, at the stream's end in
@@ -151,9 +150,14 @@ class ReadModelGate:
         )
 
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(CURRENT_CHECK_SECONDS if self.state.current else RECHECK_SECONDS)
-            await self.check()
+        # Until ``_stop``, not until a cancel: one that arrives as a look's NATS reply does is
+        # lost, and the API's shutdown would wait for this loop for ever (``end_loop``).
+        while not self._stop.is_set():
+            await stopping.pause(
+                self._stop, CURRENT_CHECK_SECONDS if self.state.current else RECHECK_SECONDS
+            )
+            if not self._stop.is_set():
+                await self.check()
 
 
 async def look(conn: Any) -> tuple[int | None, int | None]:

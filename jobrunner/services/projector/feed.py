@@ -10,7 +10,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import retry
+from jobrunner.common import retry, stopping
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
@@ -70,6 +70,7 @@ class EventFeed:
         )
         self._queue: asyncio.Queue[list[tuple[int, list[Change]]]] = asyncio.Queue(QUEUED_BATCHES)
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()  # set by ``close``, before its cancel
         self._reads = 0  # socket reads in the batch being gathered
         self._decoding = asyncio.Event()  # clear while the caller holds the decoding
         self._decoding.set()
@@ -115,12 +116,12 @@ class EventFeed:
             getter = asyncio.ensure_future(self._queue.get())
             waits: set[asyncio.Future[Any]] = {getter, self._task}
             if stop is not None:
-                waits.add(stopping := asyncio.ensure_future(stop.wait()))
+                waits.add(stop_waiting := asyncio.ensure_future(stop.wait()))
             done, _ = await asyncio.wait(
                 waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if stop is not None:
-                stopping.cancel()
+                stop_waiting.cancel()
             if getter not in done:
                 getter.cancel()
                 if self._task in done:
@@ -169,10 +170,15 @@ class EventFeed:
 
     async def _read(self) -> None:
         failures = 0
-        while True:
+        # Until ``_stop`` as well as a cancel: Python 3.11's wait_for loses one that arrives as
+        # its reply does (the reader's open: its PING, its consumer's creation); the read would
+        # then go on for good, and ``close`` (the projector's stop) wait for it for ever.
+        while not self._stop.is_set():
             try:
                 if self._reader.closed:
                     await self._reader.open(self._reader.last_seq + 1)
+                    if self._stop.is_set():
+                        return
                 async for messages in self._reader.batches():
                     failures = 0
                     if not self._decoding.is_set():
@@ -211,15 +217,20 @@ class EventFeed:
         a drop nats-py has not noticed yet, or a connection closed for good) the backoff, so a
         refusing server is not hammered and a closed connection not spun on."""
         nc = self._js._nc  # nats-py exposes the client only as ``_nc``
+        # Both waits end on the stop too: a close whose cancel was lost here (a reopen refused
+        # while NATS is away, the refusal and the cancel in one loop pass) would otherwise wait
+        # for NATS to come back, for ever if it never does.
         if nc.is_connected or nc.is_closed:
-            await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            await stopping.pause(self._stop, min(0.1 * 2**failures, 5.0))
             return
-        while not nc.is_connected and not nc.is_closed:  # noqa: ASYNC110
-            await asyncio.sleep(RECONNECTED_POLL_SECONDS)  # nats-py says so in no awaitable
+        while not nc.is_connected and not nc.is_closed and not self._stop.is_set():
+            # nats-py says it is back in no awaitable
+            await stopping.pause(self._stop, RECONNECTED_POLL_SECONDS)
 
     async def close(self) -> None:
         try:
             if self._task is not None:
+                self._stop.set()  # (a cancel alone can be lost: see ``_read``)
                 self._task.cancel()
                 try:
                     await self._task

@@ -21,6 +21,7 @@ from jobrunner.common import (
     heap,
     metrics,
     retry,
+    stopping,
     subscription,
 )
 from jobrunner.common.settings import Settings
@@ -98,7 +99,10 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     feed: EventFeed | None = None
     lag = Lag()
     lag.publish()
-    looking = asyncio.create_task(lag.follow(js, names.stream, stop), name="projector-lag")
+    # Its own stop, set at every exit (an error too, with ``stop`` not set): a cancel alone
+    # can be lost in a look, and the projector would never exit (``stopping.end_loop``).
+    looking_stop = asyncio.Event()
+    looking = asyncio.create_task(lag.follow(js, names.stream, looking_stop), name="projector-lag")
     try:
         await eventstore.ensure_topology(js, names, settings)
         await retry.until_jetstream_ready(
@@ -157,9 +161,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             lag.progressed(last)
             await nc.publish(names.projected_subject, encoder.encode(events.ProjectedNotice(last)))
     finally:
-        looking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await looking
+        await stopping.end_loop(looking, looking_stop)
         if feed is not None:
             await feed.close()
         await subscription.forget_deletes()  # a failed link's consumer delete still under way
