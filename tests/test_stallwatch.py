@@ -35,17 +35,22 @@ async def test_a_loop_stuck_computing_is_reported_with_its_stack_and_when_it_tur
     assert 0.7 <= ended[0]["seconds"] < 3  # the 1 s computed, give or take the ticks
 
 
+async def _watch_a_blocking_call() -> None:
+    """A watch over a loop blocked 1 s in a call (asleep, not computing), then turning again."""
+    watch = StallWatch(stall_seconds=0.3, tick=0.05)
+    watch.start()
+    try:
+        time.sleep(1.0)  # noqa: ASYNC251 (the blocking call is what is watched for)
+        await asyncio.sleep(0.3)
+    finally:
+        watch.stop()
+
+
 async def test_a_loop_blocked_in_a_call_shows_it_used_little_cpu() -> None:
     with structlog.testing.capture_logs() as logs:
-        watch = StallWatch(stall_seconds=0.3, tick=0.05)
-        watch.start()
-        try:
-            time.sleep(1.0)  # noqa: ASYNC251 (the blocking call is what is watched for)
-            await asyncio.sleep(0.3)
-        finally:
-            watch.stop()
+        await _watch_a_blocking_call()
     (stalled,) = [e for e in logs if e["event"].startswith("event loop stalled")]
-    assert "time.sleep" in stalled["stack"] or "in test_a_loop_blocked" in stalled["stack"]
+    assert "time.sleep" in stalled["stack"] or "in _watch_a_blocking_call" in stalled["stack"]
     assert stalled["loop_cpu_share"] < 0.5  # asleep: no CPU, however loaded the machine
 
 
@@ -71,13 +76,7 @@ async def test_the_watch_threads_lines_carry_the_fields_bound_for_the_log() -> N
         with structlog.testing.capture_logs(
             processors=[structlog.contextvars.merge_contextvars]
         ) as logs:
-            watch = StallWatch(stall_seconds=0.3, tick=0.05)
-            watch.start()
-            try:
-                time.sleep(1.0)  # noqa: ASYNC251 (the blocking call is what is watched for)
-                await asyncio.sleep(0.3)
-            finally:
-                watch.stop()
+            await _watch_a_blocking_call()
     finally:
         structlog.contextvars.unbind_contextvars("service")
     stall_lines = [e for e in logs if e["event"].startswith("event loop stall")]
