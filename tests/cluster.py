@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import nats
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
@@ -372,17 +373,7 @@ class NodeCluster(FaultCluster):
         name = stream or Names(PREFIX).stream
         async with self.nats_client() as nc, asyncio.timeout(timeout):
             js = nc.jetstream()
-            while True:
-                with contextlib.suppress(Exception):
-                    cluster = (await js.stream_info(name)).cluster
-                    peers = (cluster.replicas or []) if cluster else []
-                    if (
-                        cluster is not None
-                        and cluster.leader
-                        and len(peers) == REPLICAS - 1
-                        and all(p.current and not p.offline for p in peers)
-                    ):
-                        return
+            while await leader_with_current_replicas(js, name) is None:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
 
     async def move_leader(self, stream: str, to: str, timeout: float = 30.0) -> None:
@@ -412,6 +403,24 @@ class NodeCluster(FaultCluster):
     async def stop_node(self, name: str) -> None:
         """A clean shutdown (SIGTERM), as a rolling restart does."""
         await asyncio.to_thread(self.node(name).stop)
+
+
+async def leader_with_current_replicas(js: JetStreamContext, stream: str) -> str | None:
+    """The name of ``stream``'s leader when every other node is a current replica of it (a
+    restarted node has caught up), else None (no leader yet, a replica behind or offline)."""
+    try:
+        cluster = (await js.stream_info(stream)).cluster
+    except Exception:  # no leader to answer yet
+        return None
+    peers = (cluster.replicas or []) if cluster else []
+    if (
+        cluster is not None
+        and cluster.leader
+        and len(peers) == REPLICAS - 1
+        and all(p.current and not p.offline for p in peers)
+    ):
+        return cluster.leader
+    return None
 
 
 async def all_of(*steps: Awaitable[Any]) -> None:

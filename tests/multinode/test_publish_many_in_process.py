@@ -31,7 +31,7 @@ from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from tests.cluster import NODE_NAMES, REPLICAS, ClusterNode, all_of
+from tests.cluster import NODE_NAMES, REPLICAS, ClusterNode, all_of, leader_with_current_replicas
 from tests.faults.cluster import in_thread
 from tests.test_ackinbox_restart import progress
 
@@ -60,18 +60,9 @@ class Nodes:
             js = nc.jetstream(timeout=2)
             async with asyncio.timeout(60):
                 while True:
-                    try:
-                        cluster = (await js.stream_info(self.names.stream)).cluster
-                    except Exception:  # no leader yet
-                        cluster = None
-                    peers = (cluster.replicas or []) if cluster else []
-                    if (
-                        cluster is not None
-                        and cluster.leader
-                        and len(peers) == REPLICAS - 1
-                        and all(p.current and not p.offline for p in peers)
-                    ):
-                        return self.node(cluster.leader)
+                    leader = await leader_with_current_replicas(js, self.names.stream)
+                    if leader is not None:
+                        return self.node(leader)
                     await asyncio.sleep(0.1)
         finally:
             await nc.close()
