@@ -388,11 +388,17 @@ async def test_a_stop_ends_the_projector_while_a_statement_waits_on_a_lock(
             await holder.execute("SELECT * FROM readmodel.checkpoint FOR UPDATE")
             last = await publish(settings, job_events("during"))
             async with asyncio.timeout(30):  # until the projector's statement waits on it
-                while not await holder.fetchval(  # noqa: ASYNC110 (Postgres state)
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND pid <> pg_backend_pid()"
-                ):
-                    await asyncio.sleep(0.05)
+                while True:
+                    # The backends pg_stat_activity lists are read once per transaction, and
+                    # the holder's is open: a connection the projector opened since would
+                    # never show without the clear.
+                    await holder.execute("SELECT pg_stat_clear_snapshot()")
+                    if await holder.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND pid <> pg_backend_pid()"
+                    ):
+                        break
+                    await asyncio.sleep(0.05)  # Postgres state: nothing to wait on
             stopping = asyncio.ensure_future(system.stop_service("projector"))
             done, _ = await asyncio.wait({stopping}, timeout=LONG_DEAD / 2)
             assert done, "the stop waits for the lock"

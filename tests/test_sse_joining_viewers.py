@@ -122,6 +122,11 @@ async def test_one_lost_read_connection_fails_one_viewer_not_all(
                 pids: list[int] = []
                 async with asyncio.timeout(30):
                     while not pids:
+                        # pg_stat_activity's backends and their query texts are read once per
+                        # transaction and kept to its end (only wait events are read live), and
+                        # the holder's transaction is open: without the clear, a first poll made
+                        # before the read reached Postgres (a loaded machine) is all it sees.
+                        await holder.execute("SELECT pg_stat_clear_snapshot()")
                         pids = [r["pid"] for r in await holder.fetch(waiting_reads)]
                 # Postgres drops one connection (a backend killed, a restart of one session).
                 assert await holder.fetchval("SELECT pg_terminate_backend($1, 10000)", pids[0])

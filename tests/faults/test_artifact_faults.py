@@ -1,10 +1,11 @@
 """Artifacts under faults: a runner SIGKILLed mid-upload, NATS paused mid-upload (below and
 above the lease TTL, 3 s) and mid-download (below and above artifact_read_idle_seconds, 10 s).
 
-Below the lease: 1 s, not 1.5 s. The keeper gives the lease up TTL - TTL/4 = 2.25 s after the
-last confirmed renewal, which may be a renewal interval (1 s) old when the pause starts: a 1.5 s
-pause ends after that deadline in about a quarter of runs, upload or not (one run of the 1.5 s
-case ended LEASE_LOST).
+Below the lease: 1 s. The keeper gives the lease up TTL - TTL/4 = 2.25 s after the last
+confirmed renewal, which may be a renewal interval (TTL/6, 0.5 s) old when the pause starts: the
+lease survives 1.75 s (``lease.survivable_outage``), and a 1 s pause leaves 0.75 s for the runner
+to read the answer to its first renewal sent into it. (With renewals every TTL/3, a 1.5 s pause
+ended after the deadline in about a quarter of runs, upload or not.)
 
 The invariants: an artifact is listed only once it is whole (its description is written last,
 its ArtifactStored after that); a job whose runner died ends RUNNER_LOST; a runner that lost its

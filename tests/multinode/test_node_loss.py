@@ -11,6 +11,7 @@ import time
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.lease import renewal_interval
 from tests.cluster import PREFIX, Election, NodeCluster
+from tests.faults.renewals import next_renewal
 from tests.multinode.nodeloss import node_loss_scenario
 
 
@@ -82,7 +83,8 @@ async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_loses_no_
     await node_cluster.move_leader(locks, leader)
 
     async def kill_before_renewal() -> Election:
-        renewed = await last_renewal(node_cluster, names)
+        async with node_cluster.nats_client() as nc:
+            renewed = await next_renewal(nc, names)
         # Strike a little before the next renewal is due.
         due = renewed + renewal_interval(node_cluster.lease_ttl) - 0.5
         await asyncio.sleep(max(0.0, due - time.monotonic()))  # the moment is the fault
@@ -101,22 +103,3 @@ async def test_killing_the_leader_of_stream_and_locks_before_a_renewal_loses_no_
         may_lose_lease=True,
     )
     await node_cluster.wait_caught_up()
-
-
-async def last_renewal(cluster: NodeCluster, names: Names) -> float:
-    """When (time.monotonic()) a held lease of the lock bucket was last written: waits for the
-    next write of any held slot and returns its moment."""
-    async with cluster.nats_client() as nc:
-        kv = await nc.jetstream().key_value(names.locks_bucket)
-        watcher = await kv.watch("slot.>", include_history=False)
-        try:
-            live = False  # the current values come first, then None, then new writes
-            async with asyncio.timeout(60):
-                while True:
-                    entry = await watcher.updates(timeout=60)  # type: ignore[no-untyped-call]
-                    if entry is None:
-                        live = True
-                    elif live and entry.value and b'"held"' in entry.value:
-                        return time.monotonic()
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
