@@ -40,17 +40,30 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def end_loop(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+async def end_loop(
+    task: asyncio.Task[None], stop: asyncio.Event, within: float | None = None
+) -> bool:
     """End ``task``, a loop run ``while not stop.is_set()`` (its pauses ``pause(stop, ...)``),
-    and wait for it. ``stop`` is set before the cancel, for a cancel alone can be lost: nats-py
-    swallows one that arrives while it flushes, and Python 3.11's wait_for one that arrives as
-    its reply does; the call then returns as if never cancelled, and a loop that relied on the
-    cancel would go on, and whoever waits for it would wait for ever."""
+    and wait for it: at most ``within`` seconds when given; whether it ended. ``stop`` is set
+    before the cancel, for a cancel alone can be lost: nats-py swallows one that arrives while
+    it flushes, and Python 3.11's wait_for one that arrives as its reply does; the call then
+    returns as if never cancelled, and a loop that relied on the cancel would go on, and
+    whoever waits for it would wait for ever. ``within`` bounds a stop by what a pass takes
+    after the stop: a loop past it is a defect, said in the log, not a service that never
+    stops."""
     stop.set()
     task.cancel()
-    (outcome,) = await asyncio.gather(task, return_exceptions=True)
-    if isinstance(outcome, Exception):
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        log.error(
+            "a loop did not end on its stop: left running", loop=task.get_name(), waited=within
+        )
+        return False
+    if not task.cancelled() and task.exception() is not None:
         # The loop had ended on an error of its own before the stop: say so, or no one would.
         log.warning(
-            "a loop ended on an error before its stop", loop=task.get_name(), error=repr(outcome)
+            "a loop ended on an error before its stop",
+            loop=task.get_name(),
+            error=repr(task.exception()),
         )
+    return True
