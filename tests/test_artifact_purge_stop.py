@@ -60,7 +60,7 @@ async def test_a_purge_whose_cancel_was_lost_in_a_look_ends_on_the_apis_stop(
         if lost == 0:
             looked.set()
             try:
-                await asyncio.sleep(0.5)  # (the reply about to come)
+                await asyncio.sleep(30)  # until the cancel comes: it arrives with the reply
             except asyncio.CancelledError:
                 lost += 1
         return read

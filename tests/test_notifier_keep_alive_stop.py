@@ -49,7 +49,9 @@ async def test_a_keeper_whose_cancel_was_lost_in_in_progress_ends_with_its_handl
             keeper = asyncio.current_task()
             kept_alive.set()
             try:
-                await asyncio.sleep(2.0)  # (the flush about to end; the end's ack comes first)
+                await asyncio.sleep(
+                    30
+                )  # until the cancel comes: the flush ends after the end's ack
             except asyncio.CancelledError:
                 lost += 1
 

@@ -361,10 +361,11 @@ def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     task.add_done_callback(_PURGES.discard)
 
 
-# How long the API's shutdown waits for a purge after its stop: the JetStream requests of the
-# look it may be in (a cancel lost with a reply lets the look finish: a few requests of nats-py's
-# 5 s timeout at worst). Past it the purge is left, and logged; the connection's close ends it.
-PURGE_STOP_SECONDS = 10.0
+# How long the API's shutdown waits for a purge after its stop: the rest of the look it may be in
+# (a cancel lost with a reply lets the look finish: two JetStream requests of nats-py's 5 s
+# timeout when the stream has at most 256 consumers), and 2 s for a loaded event loop. Past it
+# the purge is left, and logged; the connection's close ends it, and the sweep purges later.
+PURGE_STOP_SECONDS = 12.0
 
 
 async def stop_purges(js: JetStreamContext) -> None:

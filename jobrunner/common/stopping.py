@@ -53,17 +53,26 @@ async def end_loop(
     stops."""
     stop.set()
     task.cancel()
+    if within is None:
+        # Unbounded, a cancel of the caller reaches the loop too, and the caller still waits
+        # for it: a download's end (an anyio scope that sends its cancel again every turn)
+        # must not drop what the loop is still binding.
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
+        _said_if_failed(task, outcome)
+        return True
     done, _ = await asyncio.wait({task}, timeout=within)
     if not done:
         log.error(
             "a loop did not end on its stop: left running", loop=task.get_name(), waited=within
         )
         return False
-    if not task.cancelled() and task.exception() is not None:
+    _said_if_failed(task, None if task.cancelled() else task.exception())
+    return True
+
+
+def _said_if_failed(task: asyncio.Task[None], outcome: BaseException | None) -> None:
+    if isinstance(outcome, Exception):
         # The loop had ended on an error of its own before the stop: say so, or no one would.
         log.warning(
-            "a loop ended on an error before its stop",
-            loop=task.get_name(),
-            error=repr(task.exception()),
+            "a loop ended on an error before its stop", loop=task.get_name(), error=repr(outcome)
         )
-    return True
