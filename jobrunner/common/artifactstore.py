@@ -26,9 +26,9 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import IO, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 import msgspec
 import nats.errors
@@ -322,13 +322,28 @@ async def _describe(
     )
 
 
+class _Owner(NamedTuple):
+    js: JetStreamContext  # whose connection the purge uses
+    # Set before the purge's cancel (``stop_purges``): a cancel can be lost with a JetStream
+    # reply (3.11's wait_for), and the purge would look on for as long as someone reads.
+    stop: asyncio.Event
+
+
 _PURGES: set[asyncio.Task[None]] = set()
-_OWNERS: dict[asyncio.Task[None], JetStreamContext] = {}  # every purge task: whose connection
+_OWNERS: dict[asyncio.Task[None], _Owner] = {}  # every purge task
 
 
-def _own(js: JetStreamContext, task: asyncio.Task[None]) -> None:
-    _OWNERS[task] = js
+def _start_purge(
+    js: JetStreamContext,
+    nuid: str,
+    purge: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+) -> asyncio.Task[None]:
+    """``purge(stop)`` in a task of its own, which ``stop_purges`` ends."""
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(purge(stop), name=f"artifact-purge-{nuid}")
+    _OWNERS[task] = _Owner(js, stop)
     task.add_done_callback(lambda done: _OWNERS.pop(done, None))
+    return task
 
 
 def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
@@ -337,34 +352,49 @@ def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
     in flight when the attempt was given up may be stored after this purge (JetStream orders a
     stream's messages and its API requests apart), and the sweep purges again after the upload
     window."""
-    task = asyncio.get_running_loop().create_task(_purge_patiently(js, names, nuid))
+
+    async def purge(stop: asyncio.Event) -> None:
+        await _purge(js, names, nuid, patient=True, stop=stop)
+
+    task = _start_purge(js, nuid, purge)
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
-    _own(js, task)
 
 
-async def _purge_patiently(js: JetStreamContext, names: Names, nuid: str) -> None:
-    await _purge(js, names, nuid, patient=True)
+# How long the API's shutdown waits for a purge after its stop: the rest of the look it may be in
+# (a cancel lost with a reply lets the look finish: two JetStream requests of nats-py's 5 s
+# timeout when the stream has at most 256 consumers), and 2 s for a loaded event loop. Past it
+# the purge is left, and logged; the connection's close ends it, and the sweep purges later.
+PURGE_STOP_SECONDS = 12.0
 
 
 async def stop_purges(js: JetStreamContext) -> None:
-    """Cancel the purges still waiting on ``js`` (its connection is about to close: they could
-    only fail from now on) and wait until they have stopped. What a replaced content's purge
-    leaves: see ``purge_when_unread``. A ``purge_later``'s chunks are orphaned: no description
-    names them, so only the bucket's max age removes them."""
-    tasks = [task for task, owner in list(_OWNERS.items()) if owner is js]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    """Stop the purges still waiting on ``js`` (its connection is about to close: they could
+    only fail from now on) and wait until they have stopped, ``PURGE_STOP_SECONDS`` at most.
+    What a replaced content's purge leaves: see ``purge_when_unread``. A ``purge_later``'s
+    chunks are orphaned: no description names them, so only the bucket's max age removes
+    them."""
+    owned = [(task, owner.stop) for task, owner in list(_OWNERS.items()) if owner.js is js]
+    await asyncio.gather(
+        *(stopping.end_loop(task, stop, within=PURGE_STOP_SECONDS) for task, stop in owned)
+    )
 
 
 PURGE_ATTEMPTS = 60  # NATS failures in a row before a purge gives up (a minute or more)
 
 
-async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = False) -> bool:
+async def _purge(
+    js: JetStreamContext,
+    names: Names,
+    nuid: str,
+    patient: bool = False,
+    stop: asyncio.Event | None = None,
+) -> bool:
     """Remove the chunks of an attempt that got no description (or of an object replaced);
-    whether that was done."""
+    whether that was done. A ``patient`` one tries again until ``stop`` is set."""
     for attempt in range(PURGE_ATTEMPTS if patient else 1):
+        if stop is not None and stop.is_set():
+            return False
         try:
             await js.purge_stream(stream_name(names), subject=chunk_subject(names, nuid))
             return True
@@ -372,7 +402,11 @@ async def _purge(js: JetStreamContext, names: Names, nuid: str, patient: bool = 
             if not patient or _for_good(exc):
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return False
-            await asyncio.sleep(retry.delay_after(attempt + 1, longest=5.0))
+            delay = retry.delay_after(attempt + 1, longest=5.0)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                await stopping.pause(stop, delay)
     return False
 
 
@@ -420,16 +454,20 @@ def purge_when_unread(
     (the API killed or stopped, NATS away too long) every API's sweep takes up."""
     if nuid in _REPLACED_PURGES:
         return  # already waiting here
-    task = asyncio.get_running_loop().create_task(
-        _purge_when_unread(js, names, nuid, grace, object_name)
+    task = _start_purge(
+        js, nuid, lambda stop: _purge_when_unread(js, names, nuid, grace, object_name, stop)
     )
     _REPLACED_PURGES[nuid] = task
     task.add_done_callback(lambda _: _REPLACED_PURGES.pop(nuid, None))
-    _own(js, task)
 
 
 async def _purge_when_unread(
-    js: JetStreamContext, names: Names, nuid: str, grace: float, object_name: str | None
+    js: JetStreamContext,
+    names: Names,
+    nuid: str,
+    grace: float,
+    object_name: str | None,
+    stop: asyncio.Event,
 ) -> None:
     # Imported here: artifactpurges builds on this module.
     from jobrunner.common import artifactpurges
@@ -443,7 +481,9 @@ async def _purge_when_unread(
             log.warning("artifact purge not confirmed", nuid=nuid, error=repr(exc))
     failures = 0
     while True:
-        await asyncio.sleep(grace)
+        await stopping.pause(stop, grace)
+        if stop.is_set():
+            return  # the API's shutdown: what is left here the sweep takes up
         log.info("artifact readers looked for", nuid=nuid)
         try:
             if not await _being_read(js, names, subject):
@@ -455,7 +495,7 @@ async def _purge_when_unread(
                 log.warning("artifact chunks not purged", nuid=nuid, error=repr(exc))
                 return
             log.warning("artifact readers not listed", nuid=nuid, error=repr(exc))
-    if await _purge(js, names, nuid, patient=True) and revision is not None:
+    if await _purge(js, names, nuid, patient=True, stop=stop) and revision is not None:
         try:
             await artifactpurges.remove(js, names, nuid, revision)
         except Exception as exc:  # the sweep purges it again (harmless) and removes it

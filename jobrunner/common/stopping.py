@@ -40,15 +40,37 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def end_loop(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+async def end_loop(
+    task: asyncio.Task[None], stop: asyncio.Event, within: float | None = None
+) -> bool:
     """End ``task``, a loop run ``while not stop.is_set()`` (its pauses ``pause(stop, ...)``),
-    and wait for it. ``stop`` is set before the cancel, for a cancel alone can be lost: nats-py
-    swallows one that arrives while it flushes, and Python 3.11's wait_for one that arrives as
-    its reply does; the call then returns as if never cancelled, and a loop that relied on the
-    cancel would go on, and whoever waits for it would wait for ever."""
+    and wait for it: at most ``within`` seconds when given; whether it ended. ``stop`` is set
+    before the cancel, for a cancel alone can be lost: nats-py swallows one that arrives while
+    it flushes, and Python 3.11's wait_for one that arrives as its reply does; the call then
+    returns as if never cancelled, and a loop that relied on the cancel would go on, and
+    whoever waits for it would wait for ever. ``within`` bounds a stop by what a pass takes
+    after the stop: a loop past it is a defect, said in the log, not a service that never
+    stops."""
     stop.set()
     task.cancel()
-    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    if within is None:
+        # Unbounded, a cancel of the caller reaches the loop too, and the caller still waits
+        # for it: a download's end (an anyio scope that sends its cancel again every turn)
+        # must not drop what the loop is still binding.
+        (outcome,) = await asyncio.gather(task, return_exceptions=True)
+        _said_if_failed(task, outcome)
+        return True
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        log.error(
+            "a loop did not end on its stop: left running", loop=task.get_name(), waited=within
+        )
+        return False
+    _said_if_failed(task, None if task.cancelled() else task.exception())
+    return True
+
+
+def _said_if_failed(task: asyncio.Task[None], outcome: BaseException | None) -> None:
     if isinstance(outcome, Exception):
         # The loop had ended on an error of its own before the stop: say so, or no one would.
         log.warning(

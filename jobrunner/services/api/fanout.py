@@ -352,6 +352,9 @@ class JobFeed:
         try:
             # Inside the try: a feed that cannot even subscribe (NATS away, an API timeout under
             # load) must still release its clients, or they would wait forever.
+            # ``ended`` is the feed's stop, set before its cancel (``stop_if_unwatched``): a
+            # cancel lost in a JetStream request here (3.11's wait_for, with the reply) left a
+            # feed nobody watched holding a consumer and reading until its job ended.
             if self.start_seq is None:
                 info = await fanout.js.stream_info(fanout.names.stream)
                 self.last_seq = info.state.last_seq
@@ -359,11 +362,13 @@ class JobFeed:
                 self.last_seq = self.start_seq - 1
             self.record_from = self.last_seq + 1
             async with AsyncExitStack() as stack:
+                if self.ended:
+                    return
                 # At the consumer limit its joiners wait, silently (``Fanout.join``; README).
                 reader = await fanout.open_reader(stack, self.job_id, self.last_seq + 1)
                 reader.on_arrival = lambda: self._on_arrival(reader)
                 self.ready.set()
-                while not await self._deliver(await self._next(reader)):
+                while not self.ended and not await self._deliver(await self._next(reader)):
                     pass
         except Exception as exc:
             self.failure = exc

@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import ackinbox, eventstore, metrics, reconfigure, retry
+from jobrunner.common import ackinbox, eventstore, metrics, reconfigure, retry, stopping
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.lastevent import newest_readable
 from jobrunner.common.settings import Settings, SettingsError
@@ -158,6 +158,9 @@ class Notifier:
 
     async def _handle(self, msg: Msg, stop: asyncio.Event) -> None:
         keeper: asyncio.Task[None] | None = None
+        # Set before the keeper's cancel: a cancel that comes while ``in_progress`` flushes is
+        # swallowed (nats-py), and the keeper would say "in progress" until the process exits.
+        keeper_stop = asyncio.Event()
         job_id = None
         try:
             end = codec.decode(msg.data)
@@ -174,7 +177,9 @@ class Notifier:
             job_id = end.job_id  # from here on this task owns the job's mark in _handling
             self._handling.add(job_id)
             structlog.contextvars.bind_contextvars(job_id=job_id)
-            keeper = asyncio.create_task(self._keep_alive(msg))
+            keeper = asyncio.create_task(
+                self._keep_alive(msg, keeper_stop), name=f"webhook-keep-alive-{job_id}"
+            )
             if await self._deliver(end, stop):
                 await _ack(msg)
             else:
@@ -189,6 +194,9 @@ class Notifier:
             log.exception("webhook handling crashed")
         finally:
             if keeper is not None:
+                # Not waited for: the keeper ends at its next turn, and a handler that waited
+                # would hold its place in ``capacity`` for a publish that no longer matters.
+                keeper_stop.set()
                 keeper.cancel()
             if job_id is not None:
                 self._handling.discard(job_id)
@@ -246,11 +254,14 @@ class Notifier:
             f"WebhookAttempted {event.event_id}",
         )
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream this end is still being worked on, three times per ack wait."""
+    async def _keep_alive(self, msg: Msg, stop: asyncio.Event) -> None:
+        """Tell JetStream this end is still being worked on, three times per ack wait, until
+        ``stop``."""
         interval = self.settings.notifier_ack_wait_seconds / 3
         while True:
-            await asyncio.sleep(interval)
+            await stopping.pause(stop, interval)
+            if stop.is_set():
+                return
             with contextlib.suppress(Exception):  # NATS away: the next one may pass
                 await msg.in_progress()
 

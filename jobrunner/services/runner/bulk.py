@@ -21,17 +21,20 @@ review). Hence:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from jobrunner.common import ackinbox, retry
+from jobrunner.common import ackinbox, retry, stopping
 from jobrunner.common.settings import Settings
 
 log = structlog.get_logger()
+
+# How long the runner's exit waits for the probe beyond its one flush after the stop: room for a
+# loaded event loop. Past it the probe is left (and logged): the runner's exit goes on.
+PROBE_STOP_MARGIN_SECONDS = 2.0
 
 
 def ack_timeout(settings: Settings) -> float:
@@ -60,6 +63,9 @@ class BulkLane:
         self._acks = ackinbox.AckInbox(nc, timeout)
         self._healthy = True
         self._probe: asyncio.Task[None] | None = None
+        # Set before the probe's cancel (``stopping.end_loop``): a cancel that arrives while
+        # nats-py flushes is swallowed, and the probe would go on for as long as the stall.
+        self._stop = asyncio.Event()
 
     def usable(self) -> bool:
         return self._healthy and self.nc.is_connected
@@ -76,7 +82,7 @@ class BulkLane:
         return True
 
     def _out_of_use(self, exc: BaseException) -> None:
-        if not self._healthy:
+        if not self._healthy or self._stop.is_set():
             return
         self._healthy = False
         log.warning(
@@ -90,11 +96,11 @@ class BulkLane:
 
     async def _until_answered(self) -> None:
         # A PING is answered once everything written before it has been read by the server.
-        while not self.nc.is_closed:
+        while not self.nc.is_closed and not self._stop.is_set():
             try:
                 await self.nc.flush(timeout=self._timeout)  # type: ignore[arg-type]
             except (nats.errors.Error, TimeoutError, ConnectionError):
-                await asyncio.sleep(self._timeout)
+                await stopping.pause(self._stop, self._timeout)
                 continue
             if self.nc.is_connected:
                 self._healthy = True
@@ -102,10 +108,12 @@ class BulkLane:
                 return
             # Reconnecting: flush returns at once, without a turn of the loop, and this loop
             # would hold the event loop (the whole runner, its reconnect too) for ever.
-            await asyncio.sleep(self._timeout)
+            await stopping.pause(self._stop, self._timeout)
 
     async def close(self) -> None:
+        """Stop the probe: after at most one flush (its timeout), or the margin past it."""
+        self._stop.set()
         if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+            await stopping.end_loop(
+                self._probe, self._stop, within=self._timeout + PROBE_STOP_MARGIN_SECONDS
+            )

@@ -1,0 +1,130 @@
+"""A runner's exit ends while its bulk connection is stalled, even when the probe's cancel is lost.
+
+The bulk lane's probe flushes the stalled connection until a PING is answered. nats-py swallows a
+cancel that arrives while it flushes (``_flush_pending``), and 3.11's wait_for one that comes with
+the flush's outcome: the probe flushed on, and the runner's exit (``BulkLane.close``) waited for
+as long as the stall lasted, for ever with NATS gone. Here the server is frozen for real, the
+probe's real flush fails, and the cancel is lost with the failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from structlog.testing import capture_logs
+
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner import bulk
+from jobrunner.services.runner.bulk import BulkLane
+from tests.freeze import freeze
+
+FLUSH_SECONDS = 0.5  # the lane's flush timeout
+
+
+@pytest.fixture
+async def frozen(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
+    """A connection to a server frozen from now on (thawed at the end)."""
+    assert own_nats.proc is not None
+    nc = await nats.connect(own_nats.url, max_reconnect_attempts=-1, connect_timeout=0.5)
+    try:
+        freeze(own_nats.proc.pid)
+        try:
+            yield nc
+        finally:
+            os.kill(own_nats.proc.pid, signal.SIGCONT)
+    finally:
+        await nc.close()
+
+
+async def _stalled_lane(nc: NATS) -> BulkLane:
+    lane = BulkLane(nc, FLUSH_SECONDS)
+    # Not stored in time: the lane goes out of use and its probe starts.
+    assert not await lane.publish("bulk.probe.test", b"x", "probe-1")
+    assert lane._probe is not None
+    return lane
+
+
+async def _finish(lane: BulkLane, *closing: asyncio.Task[None]) -> None:
+    """No probe left on the loop the later tests share: a second cancel ends one whose first
+    was lost (a failed test), a deaf flush ends by its own timeout."""
+    probe = lane._probe
+    assert probe is not None
+    for task in (probe, *closing):
+        task.cancel()
+    await asyncio.wait({probe, *closing}, timeout=30)
+
+
+async def test_a_probe_whose_cancel_was_lost_in_a_failed_flush_ends_on_close(
+    frozen: NATS,
+) -> None:
+    real_flush = frozen.flush
+    failed = asyncio.Event()
+    lost = 0
+
+    async def flush_losing_a_cancel(timeout: float) -> None:
+        nonlocal lost
+        try:
+            await real_flush(timeout=timeout)  # type: ignore[arg-type]
+        except nats.errors.Error:
+            if lost == 0:
+                failed.set()
+                try:
+                    await asyncio.sleep(30)  # until the cancel comes: it arrives with the failure
+                except asyncio.CancelledError:
+                    lost += 1
+            raise
+
+    frozen.flush = flush_losing_a_cancel  # type: ignore[method-assign,assignment]
+    lane = await _stalled_lane(frozen)
+    await asyncio.wait_for(failed.wait(), 30)  # a flush of the probe timed out
+    closing = asyncio.create_task(lane.close())  # the runner's exit
+    try:
+        done, _ = await asyncio.wait({closing}, timeout=10)
+        assert lost == 1
+        assert done, "the runner's exit waited for the stalled bulk connection to answer"
+    finally:
+        await _finish(lane, closing)
+
+
+@pytest.mark.parametrize(
+    ("flush_holds", "ends"),
+    [(1.5, True), (7.0, False)],
+    ids=["within-the-bound", "past-the-bound"],
+)
+async def test_a_probe_deaf_to_its_stop_holds_the_close_at_most_its_bound(
+    frozen: NATS, monkeypatch: pytest.MonkeyPatch, flush_holds: float, ends: bool
+) -> None:
+    """The close's bound (the flush's timeout plus a margin, 3.5 s here): a flush that ignores
+    every cancel and holds 1.5 s is waited for; one that holds 7 s is left, said in the log,
+    and the runner's exit goes on."""
+    monkeypatch.setattr(bulk, "PROBE_STOP_MARGIN_SECONDS", 3.0)
+    real_flush = frozen.flush
+    flushing = asyncio.Event()
+
+    async def flush_deaf_to_cancels(timeout: float) -> None:
+        flushing.set()
+        held = asyncio.ensure_future(real_flush(timeout=flush_holds))  # type: ignore[arg-type]
+        while not held.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({held})
+        held.result()
+
+    frozen.flush = flush_deaf_to_cancels  # type: ignore[method-assign,assignment]
+    lane = await _stalled_lane(frozen)
+    await asyncio.wait_for(flushing.wait(), 30)
+    with capture_logs() as logs:
+        closing = asyncio.create_task(lane.close())
+        done, _ = await asyncio.wait({closing}, timeout=30)
+    assert done, "the close waited past its bound"
+    assert lane._probe is not None
+    assert lane._probe.done() == ends
+    left = [e for e in logs if e["event"] == "a loop did not end on its stop: left running"]
+    assert bool(left) != ends
+    await _finish(lane)
