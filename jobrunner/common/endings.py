@@ -20,9 +20,8 @@ A read cut short by its bounds (more foreign messages than it takes, a NATS paus
 server past its time bound) stores the ending without the condition, as before endings had one
 (``_store_unread``): an ending is never given up for a flood, a pause or a slow server.
 
-The one ending stored without a runner, the API's cancel of a job it saw pending, is stored only
-while the job has not started (``unless_started``): a started job is its runner's to end, with its
-tool's exit code.
+The ending of the API's cancel of a job it saw pending is stored only while the job has not
+started (``unless_started``): a started job is its runner's to end, with its tool's exit code.
 """
 
 from __future__ import annotations
@@ -48,9 +47,9 @@ MOST_READS = 12
 
 
 class Stored(NamedTuple):
-    """Whether the ending was stored here; else the job's ending stored first, or the
-    ``running`` that started a job an ending ``unless_started`` was for (None when none could be
-    found); and the stream sequence of whichever it is (0: none)."""
+    """Whether the ending was stored here; else the job's ending stored first, or, for an ending
+    stored ``unless_started``, the ``running`` of the job that started (None when neither could
+    be found); and the stream sequence of whichever it is (0: none)."""
 
     stored: bool
     first: events.StatusChanged | None
@@ -123,10 +122,10 @@ async def publish_with_endings(
 ) -> tuple[int, dict[str, Stored]]:
     """Publishes ``batch`` in one pipeline (the events of a cancel, say), each job's ending in it
     conditionally on the job's status subject being empty (a job a cancel finds pending has
-    none): only an ending that was refused or a duplicate goes through ``store``, unless the job
-    started (it finds the ending stored first, its runner's say, or the ``running`` of a job
-    that started meanwhile, or stores it under the next id). The last stream sequence (of the
-    batch's events and the statuses stored or found), and each ending's job's ``Stored``.
+    none): only an ending that was refused or a duplicate goes through ``store``, ``unless_started``
+    (it finds the ending stored first, its runner's say, or the ``running`` of a job that started
+    meanwhile, or stores it under the next id). The last stream sequence (of the batch's events
+    and the statuses stored or found), and each ending's job's ``Stored``.
 
     A job the caller saw pending may have started since (the read model lags behind the stream,
     seconds on a loaded machine): its ending is then its runner's, which stops the tool on the
