@@ -82,6 +82,9 @@ async def test_a_cancel_that_sees_a_started_job_as_pending_leaves_its_end_to_the
     try:
         async with system.client() as client:
             job_id = await start_job(client, "family", pidfile=str(pidfile), ignore_term=True)
+            # POST waits at most READ_YOUR_WRITES_TIMEOUT for the read model: a loaded machine's
+            # projector may not have shown the job yet, and the cancel would answer 404.
+            await wait_status(client, job_id, "pending")
             await system.stop_service("projector")  # the read model keeps showing it pending
             await system.start_runner()
             tool, grandchild = await _family_pids(pidfile)  # its ``running`` is stored
