@@ -96,6 +96,10 @@ async def test_cancelling_a_pending_job_that_ended_meanwhile_answers_job_finishe
     async with api_only.client() as client:
         job_id = await start_job(client, "emit", lines=1)
         await api_only.stop_service("projector")  # the read model keeps showing it pending
+        # As a runner ends a job it ran: its running first, then its ending.
+        await eventstore.publish(
+            js, names, events.StatusChanged(job_id=job_id, status=JobStatus.RUNNING)
+        )
         await eventstore.publish(
             js,
             names,

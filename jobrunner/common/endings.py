@@ -75,7 +75,7 @@ async def store(
     found (every id taken by foreign messages, or writers kept getting in first) is logged as an
     error."""
     ids = events.terminal_event_ids(ending.job_id)
-    stops_it = _is_status if unless_started else _is_ending
+    found_by = _any_status if unless_started else _is_ending
     at = 0
     if after is not None:
         ack = await _publish(js, names, ending, ids[at], after)
@@ -84,7 +84,12 @@ async def store(
         if ack is not None:
             at += 1
     for _ in range(MOST_READS):
-        found, complete, last = await first_status(js, names, ending.job_id, stops_it)
+        found, complete, last = await first_status(js, names, ending.job_id, found_by)
+        if found is not None and not found[1].status.is_terminal:
+            # Started: it may have ended since, and its ending is then the answer (a cancel of
+            # a job that ended answers JOB_FINISHED). Read again only in this race.
+            ended = (await first_status(js, names, ending.job_id, _is_ending)).found
+            found = ended or found
         if found is not None:
             return Stored(False, found[1], found[0])
         if not complete:
@@ -195,5 +200,5 @@ def _is_ending(event: events.StatusChanged) -> bool:
     return event.status.is_terminal
 
 
-def _is_status(event: events.StatusChanged) -> bool:
+def _any_status(event: events.StatusChanged) -> bool:
     return True

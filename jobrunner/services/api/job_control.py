@@ -53,8 +53,9 @@ async def cancel(
         if outcome.stored:
             return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
         if first is not None:
-            # Cancelled first by someone else, or started meanwhile: its runner stops it on
-            # the cancel and ends it (see endings.publish_with_endings).
+            # Cancelled first by someone else (its status says so), or started meanwhile: its
+            # runner stops it on the cancel and ends it with its tool's exit code (see
+            # endings.store's unless_started).
             return schemas.CancelAccepted(id=job_id, status=first.status.value)
         # No ending could be stored (see endings.store): its cancel is, so it never starts.
     return schemas.CancelAccepted(id=job_id, status=row["status"])
