@@ -96,6 +96,10 @@ async def test_cancelling_a_pending_job_that_ended_meanwhile_answers_job_finishe
     async with api_only.client() as client:
         job_id = await start_job(client, "emit", lines=1)
         await api_only.stop_service("projector")  # the read model keeps showing it pending
+        # As a runner ends a job it ran: its running first, then its ending.
+        await eventstore.publish(
+            js, names, events.StatusChanged(job_id=job_id, status=JobStatus.RUNNING)
+        )
         await eventstore.publish(
             js,
             names,
@@ -112,6 +116,25 @@ async def test_cancelling_a_pending_job_that_ended_meanwhile_answers_job_finishe
         "completed",
     )
     assert await terminal_statuses(js, names, job_id) == [f"{job_id}-end"]
+
+
+async def test_a_cancel_of_a_job_seen_pending_that_started_meanwhile_stores_no_ending(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The read model showed the job pending, but its runner stored ``running`` since: the
+    cancel stores no ending (the runner ends the job, with its tool's exit code) and learns
+    that the job runs."""
+    names = Names(settings.prefix)
+    await eventstore.publish(
+        js, names, events.StatusChanged(job_id="started1", status=JobStatus.RUNNING)
+    )
+    batch = actions.cancel_events(pending("started1"), "alice", None)
+    _, ended = await endings.publish_with_endings(js, names, batch)
+    outcome = ended["started1"]
+    assert not outcome.stored
+    assert outcome.first is not None
+    assert outcome.first.status == JobStatus.RUNNING
+    assert await terminal_statuses(js, names, "started1") == []
 
 
 async def test_a_batch_fail_ends_a_pending_job_whose_terminal_id_a_foreign_message_took(

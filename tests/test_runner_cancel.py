@@ -69,6 +69,38 @@ async def test_cancel_reaches_a_tool_that_ignores_sigterm_after_the_grace_period
     await wait_dead(grandchild)
 
 
+async def test_a_cancel_that_sees_a_started_job_as_pending_leaves_its_end_to_the_runner(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The read model still shows the job pending while its tool runs (the projector behind,
+    as on a loaded machine): the cancel stops the tool, and the job ends cancelled with the
+    tool's exit code, stored once by its runner."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    pidfile = tmp_path / "pids"
+    try:
+        async with system.client() as client:
+            job_id = await start_job(client, "family", pidfile=str(pidfile), ignore_term=True)
+            # POST waits at most READ_YOUR_WRITES_TIMEOUT for the read model: a loaded machine's
+            # projector may not have shown the job yet, and the cancel would answer 404.
+            await wait_status(client, job_id, "pending")
+            await system.stop_service("projector")  # the read model keeps showing it pending
+            await system.start_runner()
+            tool, grandchild = await _family_pids(pidfile)  # its ``running`` is stored
+            response = await client.post(f"/api/jobs/{job_id}/cancel")
+            assert response.status_code == 202, response.text
+            assert response.json()["status"] == "running"  # its runner stops it
+            await system.start_projector()
+            job = await wait_status(client, job_id, "cancelled", "failed", "completed")
+    finally:
+        await system.stop()
+    assert (job["status"], job["exit_code"]) == ("cancelled", -9)
+    assert await status_events(settings, job_id) == ["running", "cancelled"]
+    await wait_dead(tool)
+    await wait_dead(grandchild)
+
+
 async def test_cancelled_pending_job_never_starts(
     settings: Settings, system: System, tmp_path: Path
 ) -> None:

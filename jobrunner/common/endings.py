@@ -19,6 +19,9 @@ the ending stored, conditionally on the last message that read saw, under the ne
 A read cut short by its bounds (more foreign messages than it takes, a NATS pause or a slow
 server past its time bound) stores the ending without the condition, as before endings had one
 (``_store_unread``): an ending is never given up for a flood, a pause or a slow server.
+
+The ending of the API's cancel of a job it saw pending is stored only while the job has not
+started (``unless_started``): a started job is its runner's to end, with its tool's exit code.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ MOST_READS = 12
 
 
 class Stored(NamedTuple):
-    """Whether the ending was stored here; else the job's ending stored first (None when none
-    could be found); and the stream sequence of whichever is the job's ending (0: none)."""
+    """Whether the ending was stored here; else the job's ending stored first, or, for an ending
+    stored ``unless_started``, the ``running`` of the job that started (None when neither could
+    be found); and the stream sequence of whichever it is (0: none)."""
 
     stored: bool
     first: events.StatusChanged | None
@@ -58,8 +62,11 @@ async def store(
     ending: events.StatusChanged,
     *,
     after: int | None = None,
+    unless_started: bool = False,
 ) -> Stored:
-    """Stores ``ending`` unless the job has one, under the first free terminal id. ``after``:
+    """Stores ``ending`` unless the job has one, under the first free terminal id; with
+    ``unless_started`` (a cancel of a job seen pending) also unless it started: its first status
+    is then the answer, a ``running`` included, and the job is its runner's to end. ``after``:
     the stream sequence the caller knows its status subject's last message has (0: empty): the
     ending is published at once, conditionally on it, and the subject is read only if it was
     refused or a duplicate. A read the bounds cut short (a flood of foreign messages, a NATS
@@ -68,6 +75,7 @@ async def store(
     found (every id taken by foreign messages, or writers kept getting in first) is logged as an
     error."""
     ids = events.terminal_event_ids(ending.job_id)
+    found_by = _any_status if unless_started else _is_ending
     at = 0
     if after is not None:
         ack = await _publish(js, names, ending, ids[at], after)
@@ -76,7 +84,12 @@ async def store(
         if ack is not None:
             at += 1
     for _ in range(MOST_READS):
-        found, complete, last = await first_status(js, names, ending.job_id, _is_ending)
+        found, complete, last = await first_status(js, names, ending.job_id, found_by)
+        if found is not None and not found[1].status.is_terminal:
+            # Started: it may have ended since, and its ending is then the answer (a cancel of
+            # a job that ended answers JOB_FINISHED). Read again only in this race.
+            ended = (await first_status(js, names, ending.job_id, _is_ending)).found
+            found = ended or found
         if found is not None:
             return Stored(False, found[1], found[0])
         if not complete:
@@ -114,10 +127,16 @@ async def publish_with_endings(
 ) -> tuple[int, dict[str, Stored]]:
     """Publishes ``batch`` in one pipeline (the events of a cancel, say), each job's ending in it
     conditionally on the job's status subject being empty (a job a cancel finds pending has
-    none): only an ending that was refused or a duplicate goes through ``store`` (it finds the
-    ending stored first, its runner's say, or stores it under the next id). The last stream
-    sequence (of the batch's events and the endings stored or found), and each ending's job's
-    ``Stored``."""
+    none): only an ending that was refused or a duplicate goes through ``store``, ``unless_started``
+    (it finds the ending stored first, its runner's say, or the ``running`` of a job that started
+    meanwhile, or stores it under the next id). The last stream sequence (of the batch's events
+    and the statuses stored or found), and each ending's job's ``Stored``.
+
+    A job the caller saw pending may have started since (the read model lags behind the stream,
+    seconds on a loaded machine): its ending is then its runner's, which stops the tool on the
+    cancel and reports its exit code. Stored here after the ``running``, this ending would take
+    the job's terminal id first, and the runner's ending, with the exit code, would be dropped
+    as a second one."""
     acks = await eventstore.publish_many_acked(
         js, names, [(e, 0 if _ends(e) else None) for e in batch]
     )
@@ -126,7 +145,7 @@ async def publish_with_endings(
     for event, ack in zip(batch, acks, strict=True):
         if isinstance(event, events.StatusChanged) and _ends(event):
             if ack is None or ack.duplicate:
-                outcome = await store(js, names, event)
+                outcome = await store(js, names, event, unless_started=True)
             else:
                 outcome = Stored(True, None, ack.seq)
             outcomes[event.job_id] = outcome
@@ -179,3 +198,7 @@ async def _publish(
 
 def _is_ending(event: events.StatusChanged) -> bool:
     return event.status.is_terminal
+
+
+def _any_status(event: events.StatusChanged) -> bool:
+    return True

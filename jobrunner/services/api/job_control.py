@@ -40,7 +40,7 @@ async def cancel(
     if job.status == JobStatus.PENDING:
         outcome = ended[job_id]
         first = outcome.first
-        if first is not None and first.status != JobStatus.CANCELLED:
+        if first is not None and first.status.is_terminal and first.status != JobStatus.CANCELLED:
             # It ended another way first (a runner took it meanwhile): as if the read model
             # had shown that already.
             raise ApiError(
@@ -50,8 +50,13 @@ async def cancel(
                 status=first.status.value,
             )
         await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
-        if outcome.stored or first is not None:
+        if outcome.stored:
             return schemas.CancelAccepted(id=job_id, status=JobStatus.CANCELLED.value)
+        if first is not None:
+            # Cancelled first by someone else (its status says so), or started meanwhile: its
+            # runner stops it on the cancel and ends it with its tool's exit code (see
+            # endings.store's unless_started).
+            return schemas.CancelAccepted(id=job_id, status=first.status.value)
         # No ending could be stored (see endings.store): its cancel is, so it never starts.
     return schemas.CancelAccepted(id=job_id, status=row["status"])
 

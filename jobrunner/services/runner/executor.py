@@ -122,8 +122,9 @@ class JobExecutor:
         keeper.start()
         # Where the job's status subject ends as this runner wrote it (its ``running``): its end
         # is stored conditionally on it, at no read's cost (see endings.store). Not for a job
-        # cancelled since: the API's end of it, a cancel that saw it pending and refused on the
-        # empty subject, is stored after this ``running`` (endings.store then reads for it).
+        # cancelled since: the end of a cancel that saw it pending may follow this ``running``
+        # (when its read of the subject was cut short: endings._store_unread), and
+        # endings.store reads for it. (A cancel that read the ``running`` stores no end.)
         running_seq: int | None = None
         try:
             status, cancel, status_last = await self._check(job_id, claimed, keeper)
