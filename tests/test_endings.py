@@ -25,7 +25,7 @@ from tests.batch_actions_support import submit_batch
 from tests.freeze import freeze
 from tests.system import System
 from tests.test_foreign_events import JUNK, pending, terminal_statuses
-from tests.tools.runners import RUNNER_TYPES, start_job
+from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,6 +95,9 @@ async def test_cancelling_a_pending_job_that_ended_meanwhile_answers_job_finishe
     names = Names(api_only.settings.prefix)
     async with api_only.client() as client:
         job_id = await start_job(client, "emit", lines=1)
+        # POST waits at most READ_YOUR_WRITES_TIMEOUT for the read model: on a loaded machine
+        # the projector may not show the job yet, and the cancel would answer 404.
+        await wait_status(client, job_id, "pending")
         await api_only.stop_service("projector")  # the read model keeps showing it pending
         # As a runner ends a job it ran: its running first, then its ending.
         await eventstore.publish(
