@@ -16,6 +16,7 @@ import msgspec
 import nats.errors
 import pytest
 from nats.aio.msg import Msg
+from nats.js.errors import KeyWrongLastSequenceError
 
 from jobrunner.common import ackinbox, eventstore
 from jobrunner.common.ackinbox import ACK_TIMEOUT
@@ -26,6 +27,7 @@ from jobrunner.common.slots import (
     RunRecord,
     SlotTable,
     SlotValue,
+    _deleted,
     run_key,
     same_holder,
 )
@@ -689,6 +691,25 @@ async def _run_subjects(slots: SlotTable) -> dict[str, int]:
     bucket = slots._names.locks_bucket
     info = await slots._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.run.>")
     return info.state.subjects or {}
+
+
+async def test_a_run_records_conditional_removal_leaves_a_record_written_since(
+    settings: Settings,
+) -> None:
+    """A give-back removes the record it read, never one written after it (its purge names
+    the revision read, as its delete did)."""
+    async with slot_table(settings) as slots:
+        record = RunRecord(job_id="rewritten", slot_key="job.rewritten", runner_id="me")
+        await slots.record_run(record)
+        read = await slots.last_revision(run_key("rewritten"))
+        again = msgspec.structs.replace(record, runner_id="another")
+        await slots.record_run(again)
+        with pytest.raises(KeyWrongLastSequenceError):
+            await _deleted(await slots._send_forget("rewritten", read))
+        assert await slots.run_record("rewritten") == again
+        current = await slots.last_revision(run_key("rewritten"))
+        await _deleted(await slots._send_forget("rewritten", current))
+        assert await slots.run_record("rewritten") is None
 
 
 async def test_an_ended_jobs_run_record_leaves_nothing_for_the_sweeps_after_a_moment(
