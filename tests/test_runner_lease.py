@@ -693,11 +693,35 @@ async def _run_subjects(slots: SlotTable) -> dict[str, int]:
     return info.state.subjects or {}
 
 
+async def test_a_give_back_leaves_a_run_record_written_after_it_read_it(
+    settings: Settings,
+) -> None:
+    """A give-back removes the record it read, never one written after it (another runner's
+    claim of the job): its purge names the revision read, as its delete did."""
+    async with slot_table(settings) as slots:
+        mine = RunRecord(job_id="regiven", slot_key="job.regiven", runner_id="me")
+        await slots.record_run(mine)
+        theirs = msgspec.structs.replace(mine, runner_id="another")
+        read_raw = slots._read_raw
+
+        async def rewritten_after_the_read(key: str) -> Any:
+            read = await read_raw(key)
+            if key == run_key("regiven"):
+                await slots.record_run(theirs)
+            return read
+
+        slots._read_raw = rewritten_after_the_read  # type: ignore[method-assign]
+        try:
+            await slots.give_back("job.regiven", held("regiven"))
+        finally:
+            slots._read_raw = read_raw  # type: ignore[method-assign]
+        assert await slots.run_record("regiven") == theirs
+
+
 async def test_a_run_records_conditional_removal_leaves_a_record_written_since(
     settings: Settings,
 ) -> None:
-    """A give-back removes the record it read, never one written after it (its purge names
-    the revision read, as its delete did)."""
+    """The record's purge names a revision: refused once a record was written since."""
     async with slot_table(settings) as slots:
         record = RunRecord(job_id="rewritten", slot_key="job.rewritten", runner_id="me")
         await slots.record_run(record)

@@ -86,13 +86,14 @@ ENQUEUE_ACK_SECONDS = 10.0
 
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
-# A removed run record leaves a purge marker (the record rolled up) that removes itself after
-# this long. Nobody reads it (the sweep skips markers, the board skips ``run.`` keys), but each
-# runner's sweep is handed every marker there is, every round. A delete marker was there 120 s:
-# its own 60 s, then the limit marker the server puts in its place for the bucket's
-# ``limit_marker_ttl``. A purge marker gets no limit marker after it (nats-server 2.11.7 and
-# later; 2.11.2-2.11.6 put one: 61 s), so a removed record is there about a second: at most
-# one sweep of each runner is handed it, not 24 (bench/RESULTS.md, "s27purge").
+# A removed run record leaves a purge marker (it replaces the record: the bucket keeps one
+# message per key) that removes itself after this long. Nobody acts on it (the sweep skips
+# markers, the board skips ``run.`` keys), but each runner's sweep is handed every marker there
+# is, every round. A delete marker was there 120 s: its own 60 s, then the limit marker the
+# server puts in its place for the bucket's ``limit_marker_ttl``. A purge marker gets no limit
+# marker after it on nats-server 2.11.7 and later (2.11.2-2.11.6 put one: a minute more), so a
+# removed record is there about a second: at most one sweep of each runner is handed it, not
+# 24 (bench/RESULTS.md, "s27purge").
 RECORD_MARKER_TTL = "1s"
 # How long a pipelined delete's ack is waited for before it is sent again on its own.
 PIPELINED_ACK_WAIT = 5.0
@@ -558,8 +559,10 @@ class SlotTable:
         """Send the removal of ``job_id``'s run record (conditional on revision ``last`` unless
         None), as ``_send_delete`` does, but as a purge: its marker is gone in a second
         (``RECORD_MARKER_TTL``). A publish like a delete, so ordered with the writes sent
-        before and after it on this connection."""
-        headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-TTL": RECORD_MARKER_TTL}
+        before and after it on this connection. No ``Nats-Rollup`` (nats-py's ``purge`` sends
+        one): the bucket keeps one message per key, so the marker replaces the record anyway,
+        and the purge does not depend on the bucket allowing rollups."""
+        headers = {"KV-Operation": "PURGE", "Nats-TTL": RECORD_MARKER_TTL}
         if last is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
         subject = self._subject(run_key(job_id))
