@@ -31,6 +31,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
 from tests.freeze import freeze
@@ -74,14 +75,15 @@ async def watched(
     watching = asyncio.create_task(board.watch(kv, stop, nothing))
     try:
         await asyncio.wait_for(board.ready.wait(), 10)
+        journal = JobJournal(js._nc, js, names, "runner-test")
         sweeper = LostJobSweeper(
             slots,
             board,
-            JobJournal(js._nc, js, names, "runner-test"),
+            journal,
             RunnerIdentity.of_this_process(),
             orphans.ToolLedger(tmp_path / "runner-tools"),
             set(),
-            ORPHAN_SECONDS,
+            QueueOrphans(slots, journal, ORPHAN_SECONDS),
         )
         yield kv, board, sweeper, stop
     finally:
