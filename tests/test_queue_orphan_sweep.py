@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from unittest import mock
 from urllib.parse import urlsplit
 
 import msgspec
@@ -23,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import eventstore
+from jobrunner.common import ackinbox, eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
 from jobrunner.contracts import events
@@ -214,9 +215,12 @@ async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(
         await eventstore.close(nc)
 
 
-# nats-py's request timeout (the look's): an answer held just shorter than it arrives, one held
-# just longer fails the look.
-REQUEST_TIMEOUT = 5.0
+# The look's timeout (its connection's ack inbox's): an answer held just shorter than it arrives,
+# one held just longer fails the look.
+REQUEST_TIMEOUT = ackinbox.ACK_TIMEOUT
+# The look's timeout where its answer must come: far beyond the hold, so that a loaded machine's
+# stall between the thaw and the answer read cannot time the look out.
+LONG_REQUEST_TIMEOUT = 60.0
 # The age of the held-answer tests: below the held answer's wait (the age would pass while the
 # answer is on its way), well above what a loaded machine takes between two sweeps.
 HELD_AGE = 2.5
@@ -224,15 +228,21 @@ HELD_AGE = 2.5
 
 @asynccontextmanager
 async def answers_held(
-    settings: Settings, js: JetStreamContext, tmp_path: Path
+    settings: Settings,
+    js: JetStreamContext,
+    tmp_path: Path,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> AsyncIterator[tuple[KeyValue, LockBoard, LostJobSweeper, FreezingProxy]]:
-    """``watched``, the sweeper's looks through a proxy that can hold back their answers."""
+    """``watched``, the sweeper's looks through a proxy that can hold back their answers (and
+    time out after ``request_timeout``: its connection's ack inbox is made with it)."""
     target = urlsplit(settings.nats_url)
     assert target.hostname is not None
     assert target.port is not None
     async with FreezingProxy(target.hostname, target.port) as proxy:
         proxied = msgspec.structs.replace(settings, nats_url=proxy.url())
         nc = await eventstore.connect(proxied, "test-sweeper")
+        with mock.patch.object(ackinbox, "ACK_TIMEOUT", request_timeout):
+            ackinbox.of(nc)  # the connection's ack inbox made now, with this timeout
         try:
             async with watched(settings, js, tmp_path, nc.jetstream(), HELD_AGE) as (
                 kv,
@@ -257,12 +267,13 @@ async def test_an_answer_held_up_on_its_way_back_does_not_count_toward_the_age(
     settings: Settings, js: JetStreamContext, tmp_path: Path
 ) -> None:
     """The sweep's look read by the server (the head's request missing), its answer held on the
-    way back just shorter than the request timeout while the request is stored (a relaying NATS
-    node paused, the runner's host stalled). The answer says "missing", and arrives past the
-    age: the head stays, its age counted to when the look was sent (session 27; it was dropped,
-    a stored job, and ran after the jobs behind it)."""
+    way back past the age (within the request timeout) while the request is stored (a relaying
+    NATS node paused, the runner's host stalled). The answer says "missing", and arrives past
+    the age: the head stays, its age counted to when the look was sent (session 27; it was
+    dropped, a stored job, and ran after the jobs behind it)."""
     names = Names(settings.prefix)
-    async with answers_held(settings, js, tmp_path) as (kv, board, sweeper, proxy):
+    held = answers_held(settings, js, tmp_path, LONG_REQUEST_TIMEOUT)
+    async with held as (kv, board, sweeper, proxy):
         await put_entry(kv, "held", "live", time.time())
         await board_has(board, "held", "live")
         await sweeper.sweep_queues()  # found missing: its age starts
@@ -271,7 +282,7 @@ async def test_an_answer_held_up_on_its_way_back_does_not_count_toward_the_age(
         sweeping = asyncio.create_task(sweeper.sweep_queues())
         await held_until_read(proxy, sweeping)
         await store_request(js, names, "held", "live")  # its API's publish lands meanwhile
-        await asyncio.sleep(sent + REQUEST_TIMEOUT - 1.0 - time.monotonic())
+        await asyncio.sleep(sent + HELD_AGE + 1.0 - time.monotonic())
         proxy.thaw(0)
         await asyncio.wait_for(sweeping, 30)  # answered within the timeout: no error
         assert time.monotonic() - sent > HELD_AGE  # the answer came past the age
