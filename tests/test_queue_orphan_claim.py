@@ -27,10 +27,11 @@ from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 from tests.test_queue_orphan_sweep import HOUR, board_has, is_queued, put_entry, store_request
 
-# The age: short where the test waits it out; long where it must not pass (a loaded machine's
-# stalls included) before the test is done.
+# The age: short where the test waits for the head to be dropped; longer where the head's
+# request is stored right after the waiter's first looks (well within the age, a loaded
+# machine's stalls included) and the test then waits the age out.
 SHORT_AGE = 3.0
-LONG_AGE = 60.0
+MID_AGE = 8.0
 RECHECK = 0.1  # seconds: the waiter looks at its queue's head this often
 LOCK = "printer"
 QUEUED = JobType(name="t", lock=LOCK, on_busy="queue")
@@ -113,11 +114,12 @@ async def test_a_waiter_keeps_a_head_stamped_long_ago_whose_request_comes_within
     names = Names(settings.prefix)
     kv = await SlotTable(js, names, settings.lease_ttl_seconds).kv()
     stamped = time.time() - HOUR
-    async with waiter_behind(settings, js, "late", stamped, LONG_AGE) as (journal, claiming):
+    async with waiter_behind(settings, js, "late", stamped, MID_AGE) as (journal, claiming):
         # The waiter looks at the head three times, finding its request missing.
         await looked_at(journal, "late", 3, claiming)
         assert await is_queued(kv, LOCK, "late")
         await store_request(js, names, LOCK, "late")  # its API's publish lands
+        await asyncio.sleep(MID_AGE)  # the age since the waiter's first look passes
         await looked_at(journal, "late", journal.looked["late", "status"] + 3, claiming)
         assert await is_queued(kv, LOCK, "late")
         assert not claiming.done()
