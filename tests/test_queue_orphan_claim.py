@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable
+from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.board import LockBoard
@@ -139,3 +139,23 @@ async def test_a_waiter_drops_a_head_stamped_ahead_once_found_missing_for_the_ag
         claimed = await asyncio.wait_for(claiming, SHORT_AGE + 30)
         assert claimed is not None
         assert not await is_queued(kv, LOCK, "never")
+
+
+async def test_a_lock_named_with_dots_has_one_head_for_the_waiter_and_the_sweep(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """A lock named ``print.er`` is ``slot.print_er`` on the board: the waiter names the lock as
+    its job does, the sweep as the board does, and both count one head's age. (Counted twice,
+    each sweep's round forgot the waiter's count: the age started again every 5 s.)"""
+    names = Names(settings.prefix)
+    slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
+    kv = await slots.kv()
+    await put_entry(kv, "print.er", "never-stored", time.time())
+    revision = (await kv.get(queue_key("print.er", "never-stored"))).revision
+    assert revision is not None
+    entry = QueueEntry(job_id="never-stored", job_type="t", queued_at=time.time())
+    orphans = QueueOrphans(slots, JobJournal(js._nc, js, names, "runner-test"), SHORT_AGE)
+    assert not await orphans.drop_if_orphan("print.er", revision, entry)  # the waiter's look
+    await asyncio.sleep(SHORT_AGE + 0.1)
+    assert await orphans.drop_if_orphan("print_er", revision, entry)  # the sweep's, the age on
+    assert not await is_queued(kv, "print.er", "never-stored")

@@ -7,10 +7,12 @@ A busy slot is waited for without holding capacity (other jobs may run meanwhile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import structlog
+from nats.js.errors import KeyWrongLastSequenceError
 
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import Lease, SlotTable, SlotValue, slot_key
@@ -234,9 +236,11 @@ class SlotClaimer:
         revision, head = first
         status = await self.journal.last_status(head.job_id)
         if status is not None and status.status != JobStatus.PENDING:
-            # Started or ended: it should have left the queue.
-            log.info("dropping a dead queue entry", dead_job_id=head.job_id)
-            await self.slots.dequeue(request.lock, head.job_id)
+            # Started or ended: it should have left the queue. Only the entry the board saw,
+            # as an orphan's drop: a newer write of the key is not this one's to remove.
+            log.info("dropping a queue entry whose job started", dead_job_id=head.job_id)
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self.slots.dequeue(request.lock, head.job_id, revision)
         else:
             await self.queue_orphans.drop_if_orphan(request.lock, revision, head)
         return False

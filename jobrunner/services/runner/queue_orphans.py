@@ -31,7 +31,7 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 
 from jobrunner.common import retry
-from jobrunner.common.slots import QueueEntry, SlotTable
+from jobrunner.common.slots import QueueEntry, SlotTable, slot_key
 from jobrunner.services.runner.journal import JobJournal
 
 log = structlog.get_logger()
@@ -62,9 +62,16 @@ class QueueOrphans:
         """Drop ``entry``, the head of ``lock``'s queue at ``revision`` as the board saw it, if
         it is an orphan (True). The delete names the revision: the job queued again meanwhile
         (not on the board yet) is a new entry with its own age, and stays."""
-        if not await self.is_orphan("slot." + lock, revision, entry.job_id):
+        # The board's key for the lock (``key_safe``): the claimer names the lock as the job
+        # did, the sweep as the board does, and both must find the one head.
+        lock_key = slot_key(lock, entry.job_id)
+        if not await self.is_orphan(lock_key, revision, entry.job_id):
             return False
-        log.info("dropping a dead queue entry", dead_job_id=entry.job_id)
+        log.info(
+            "dropping a queue entry whose job was never stored",
+            dead_job_id=entry.job_id,
+            missing_for=round(self._missing_for(lock_key), 1),
+        )
         with contextlib.suppress(KeyWrongLastSequenceError):
             await self.slots.dequeue(lock, entry.job_id, revision)
         return True
@@ -93,11 +100,16 @@ class QueueOrphans:
             head.missing_since = sent_at
         return sent_at - head.missing_since >= self.orphan_seconds
 
+    def _missing_for(self, lock_key: str) -> float:
+        since = self._heads[lock_key].missing_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def restart(self) -> None:
         """NATS ended a look: every head's age counts again from its next look."""
         self._restarted_at = time.monotonic()
 
     def keep_only(self, lock_keys: Collection[str]) -> None:
         """Forget the heads of the locks not in ``lock_keys`` (their queues emptied)."""
-        for lock_key in [key for key in self._heads if key not in lock_keys]:
+        kept = set(lock_keys)
+        for lock_key in [key for key in self._heads if key not in kept]:
             del self._heads[lock_key]
