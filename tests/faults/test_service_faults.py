@@ -5,6 +5,8 @@ is stored twice or out of order, nothing the runner published is lost, no job st
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 
@@ -34,15 +36,20 @@ async def finish(
     fault_end: float,
     problems: list[str],
     expect_codes: tuple[str, ...] | None = None,
+    expect_cancelled: bool = False,
     prefix_only: bool = False,
     timeout: float = 60.0,
     note: str = "",
 ) -> None:
-    """Wait for the job's end and its lines, check them, record the figures, assert."""
+    """Wait for the job's end and its lines, check them, record the figures, assert. The job
+    should complete, unless ``expect_codes`` (failed with one of them) or ``expect_cancelled``."""
     row, recovery, terminal_s = await follow_job(cluster, job, fault_end, timeout)
     try:
         if row is None or not is_terminal(row):
             problems.append(f"job still {outcome(row)} {timeout:.0f} s after the fault")
+        elif expect_cancelled:
+            if row.status != "cancelled":
+                problems.append(f"job should end cancelled, ended {outcome(row)}")
         elif expect_codes is None and row.status != "completed":
             problems.append(f"job should complete, ended {outcome(row)}")
         elif expect_codes is not None and (
@@ -184,6 +191,50 @@ async def test_runner_killed_with_none_alive_ends_the_job_once_a_runner_starts(
             fault_end,
             [],
             expect_codes=("RUNNER_LOST",),
+            prefix_only=True,
+            timeout=LEASE_TTL + END_GRACE,
+        )
+    finally:
+        for name in runners:
+            await cluster.start_service(name)
+        await asyncio.to_thread(newcomer.stop)
+        del cluster.services[newcomer.name]
+
+
+async def test_runner_frozen_through_a_cancel_then_killed_ends_the_job_cancelled(
+    cluster: FaultCluster,
+) -> None:
+    """A job cancelled while its runner is frozen (SIGSTOP), the runner then SIGKILLed and no
+    runner alive past the lease: the job ends cancelled once a runner starts, not RUNNER_LOST."""
+    runners = sorted(name for name in cluster.services if name.startswith("runner-"))
+    job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
+    assert await cluster.wait_stored(job.id, 20, 60) >= 20
+    victim = await running_on(cluster, job)
+    # None other alive: no runner can find the job lost before its cancel is stored.
+    for name in runners:
+        if name != victim:
+            await asyncio.to_thread(cluster.services[name].stop)
+    frozen = cluster.services[victim]
+    assert frozen.proc is not None
+    os.kill(frozen.proc.pid, signal.SIGSTOP)  # it cannot act on the cancel
+    async with cluster.client() as client:
+        cancel = await client.post(f"/api/jobs/{job.id}/cancel")
+    assert cancel.status_code == 202, cancel.text
+    frozen.kill()
+    # The fault: no runner at all for longer than the lease TTL, so the lease expires unwatched.
+    await asyncio.sleep(LEASE_TTL + 2)
+    newcomer = cluster.add_runner("runner-new")
+    await cluster.start_service(newcomer.name)
+    fault_end = now()
+    try:
+        await finish(
+            cluster,
+            "runner SIGSTOPped, job cancelled, runner SIGKILLed, none alive for TTL+2 s, "
+            "then a new runner",
+            job,
+            fault_end,
+            [],
+            expect_cancelled=True,
             prefix_only=True,
             timeout=LEASE_TTL + END_GRACE,
         )
