@@ -8,11 +8,12 @@ runners on this host that are no longer alive; while it runs, from every lease t
 runner stopped renewing it); and by a periodic sweep of the running jobs' records, which finds a
 job without a live lease whatever died and whenever (every runner down while the lease expired, a
 crashed watcher, an internal job that no ledger knows). A lost job ends FAILED (``RUNNER_LOST``),
-or CANCELLED when a cancel of it is stored: its runner died before acting on it. Ending a job is idempotent: every end of
-one job carries its one terminal event id, and a job whose last status is already terminal is not
-ended again (its runner stored the end and died, or NATS paused, before the lease was released):
-the stream drops an id it stored before only within its duplicate window (2 minutes), and a lease
-or a record may be found long after the end.
+or CANCELLED when a cancel of it is stored: its runner died before acting on it.
+
+Ending a job is idempotent: every end of one job carries its one terminal event id, and a job
+whose last status is already terminal is not ended again (its runner stored the end and died, or
+NATS paused, before the lease was released): the stream drops an id it stored before only within
+its duplicate window (2 minutes), and a lease or a record may be found long after the end.
 """
 
 from __future__ import annotations
