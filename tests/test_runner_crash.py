@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -32,6 +32,10 @@ from tests.tools.runners import (
     wait_job,
     wait_status,
 )
+
+if TYPE_CHECKING:
+    from jobrunner.common.slots import RunRecord, SlotValue
+    from jobrunner.services.runner.service import Runner
 
 
 @pytest.fixture
@@ -432,10 +436,10 @@ class DeadRunnersJob:
     """A job ``running`` under the lease and run record of a runner that is dead, and the live
     runner (in this process, not started) that is to find it."""
 
-    runner: Any  # jobrunner.services.runner.service.Runner
+    runner: Runner
     job_id: str
-    held: Any  # SlotValue
-    record: Any  # RunRecord
+    held: SlotValue
+    record: RunRecord
 
 
 @contextlib.asynccontextmanager
@@ -472,7 +476,11 @@ async def a_dead_runners_job(settings: Settings, job_id: str) -> AsyncIterator[D
 
 async def _find_lost(job: DeadRunnersJob, settings: Settings, found: str) -> None:
     """Let the live runner find the dead runner's job the way ``found`` names."""
+    from nats.aio.msg import Msg
+
+    from jobrunner.contracts import events
     from jobrunner.services.runner.orphans import ToolRecord
+    from jobrunner.services.runner.running import RunningJob
 
     sweeper = job.runner.sweeper
     if found == "lease expired":
@@ -481,6 +489,13 @@ async def _find_lost(job: DeadRunnersJob, settings: Settings, found: str) -> Non
     elif found == "sweep":
         await _wait_lease_gone(settings, job.job_id)
         await sweeper.sweep_record(job.record)
+    elif found == "redelivered request":
+        # Its runner died between storing ``running`` and acking the request: delivered again
+        # (not a first delivery: a plain message, whose JetStream metadata cannot be read).
+        await _wait_lease_gone(settings, job.job_id)
+        request = events.JobRequested(job_id=job.job_id, job_type="emit")
+        again = Msg(job.runner.nc, subject="redelivered", reply=f"_INBOX.{job.job_id}")
+        await job.runner.requests._handle_request(request, RunningJob(job.job_id, again))
     elif found == "dead runner's lease at start":
         job.runner.board.slots[job.record.slot_key] = job.held
         await sweeper.clean_up_after_crash()
@@ -500,7 +515,13 @@ async def _find_lost(job: DeadRunnersJob, settings: Settings, found: str) -> Non
         await sweeper.clean_up_after_crash()
 
 
-LOST_JOB_FINDINGS = ["lease expired", "sweep", "dead runner's lease at start", "tool ledger"]
+LOST_JOB_FINDINGS = [
+    "lease expired",
+    "sweep",
+    "redelivered request",
+    "dead runner's lease at start",
+    "tool ledger",
+]
 
 
 @pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "not-cancelled"])
@@ -573,4 +594,6 @@ async def test_a_cancel_stored_after_the_sweep_decided_adds_no_second_ending(
     assert isinstance(cancel, events.CancelRequested)
     assert ending is not None
     assert ending.status == events.JobStatus.FAILED
+    assert ending.error is not None
+    assert ending.error.code == events.ErrorCode.RUNNER_LOST
     assert await status_events(settings, job_id) == ["running", "failed"]

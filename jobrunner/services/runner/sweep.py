@@ -7,8 +7,10 @@ Three ways a runner learns of a dead one: at start, from this host's tool ledger
 runners on this host that are no longer alive; while it runs, from every lease that expires (its
 runner stopped renewing it); and by a periodic sweep of the running jobs' records, which finds a
 job without a live lease whatever died and whenever (every runner down while the lease expired, a
-crashed watcher, an internal job that no ledger knows). A lost job ends FAILED (``RUNNER_LOST``),
-or CANCELLED when a cancel of it is stored: its runner died before acting on it.
+crashed watcher, an internal job that no ledger knows). A fourth is in ``requests``: a started
+job's request delivered again while no lease holds it. However found, a lost job ends FAILED
+(``RUNNER_LOST``), or CANCELLED when a cancel of it is stored: its runner died before acting on
+it (``JobJournal.end_lost``).
 
 Ending a job is idempotent: every end of one job carries its one terminal event id, and a job
 whose last status is already terminal is not ended again (its runner stored the end and died, or
@@ -29,8 +31,14 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from jobrunner.common import retry
 from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
-from jobrunner.contracts import events
-from jobrunner.contracts.events import TERMINAL_STATUSES, ErrorCode, ErrorInfo, JobStatus
+from jobrunner.contracts.events import (
+    TERMINAL_STATUSES,
+    CancelRequested,
+    ErrorCode,
+    ErrorInfo,
+    JobStatus,
+    StatusChanged,
+)
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
@@ -71,9 +79,9 @@ class LostJobSweeper:
         for job_id in self.ledger.end_orphans():
             log.warning("orphaned tool ended at start", orphan_job_id=job_id)
             # Its lease may have expired while no runner was watching: end the job here.
-            status = await self.journal.last_status(job_id)
+            status, cancel = await self._lost_job_state(job_id)
             if status is not None and status.status == JobStatus.RUNNING:
-                await self._store_lost_ending(job_id, lost)
+                await self.journal.end_lost(job_id, cancel, lost)
                 await self.slots.forget_run(job_id)
         for key, value in list(self.board.slots.items()):
             if value.phase != "held" or not self.identity.is_dead_local_runner(value):
@@ -206,30 +214,24 @@ class LostJobSweeper:
         return lease is not None and lease.value.job_id == record.job_id
 
     async def _end_lost(self, job_id: str, error: ErrorInfo, job_type: str = "") -> bool:
-        """End the job of a gone runner (True; ``_store_lost_ending``), unless it ended already
-        (its runner died, or NATS paused, after storing the end and before removing the record
-        and the lease): then only its record goes."""
-        status = await self.journal.last_status(job_id)
+        """End the job of a gone runner (True; ``JobJournal.end_lost``), unless it ended
+        already (its runner died, or NATS paused, after storing the end and before removing
+        the record and the lease): then only its record goes."""
+        status, cancel = await self._lost_job_state(job_id)
         ending = status is None or status.status not in TERMINAL_STATUSES
         if ending:
-            await self._store_lost_ending(job_id, error, job_type)
+            await self.journal.end_lost(job_id, cancel, error, job_type)
         await self.slots.forget_run(job_id)
         return ending
 
-    async def _store_lost_ending(self, job_id: str, error: ErrorInfo, job_type: str = "") -> None:
-        """Store the ending of a job whose runner is gone: CANCELLED, by whoever asked, when a
-        cancel of the job is stored (the user asked for the end, and the tool is gone: its exit
-        code is unknown), as its runner would have ended it had it lived to act on the cancel;
-        else FAILED with ``error``. A cancel stored after this read finds the ending stored
-        here, or comes after it: the first ending stays (``endings.store``)."""
-        cancel = await self.journal.last_event(job_id, "cancel")
-        if isinstance(cancel, events.CancelRequested):
-            log.info("lost job was cancelled", lost_job_id=job_id, cancelled_by=cancel.requested_by)
-            await self.journal.end(
-                job_id, JobStatus.CANCELLED, cancelled_by=cancel.requested_by, job_type=job_type
-            )
-        else:
-            await self.journal.end(job_id, JobStatus.FAILED, error=error, job_type=job_type)
+    async def _lost_job_state(
+        self, job_id: str
+    ) -> tuple[StatusChanged | None, CancelRequested | None]:
+        """A lost job's last status and its cancel, read together: on an expired lease this
+        runs inline in the lock board's watch."""
+        return await asyncio.gather(
+            self.journal.last_status(job_id), self.journal.cancel_of(job_id)
+        )
 
 
 @dataclass
