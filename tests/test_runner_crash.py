@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -32,6 +32,10 @@ from tests.tools.runners import (
     wait_job,
     wait_status,
 )
+
+if TYPE_CHECKING:
+    from jobrunner.common.slots import RunRecord, SlotValue
+    from jobrunner.services.runner.service import Runner
 
 
 @pytest.fixture
@@ -386,3 +390,210 @@ async def test_job_of_a_lost_runner_ends_even_when_the_lock_watcher_died(
         doomed.stop()
         await system.stop()
     assert lost["error"]["code"] == "RUNNER_LOST"
+
+
+async def test_cancelled_job_whose_runner_died_before_ending_it_ends_cancelled(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Cancel a job, and its runner dies before it could stop the tool: the job ends cancelled,
+    by whoever cancelled it, not failed."""
+    system = System(settings)
+    await system.start_projector()
+    await system.start_api()
+    doomed = RunnerProcess(settings, tmp_path / "doomed.log", runner_id="doomed")
+    # Another machine, as far as the tool ledger goes: the sweep ends the job.
+    elsewhere = RunnerProcess(
+        settings,
+        tmp_path / "elsewhere.log",
+        runner_id="elsewhere",
+        state_dir=str(tmp_path / "elsewhere"),
+    )
+    await doomed.start()
+    try:
+        async with system.client() as client:
+            job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
+            await wait_status(client, job_id, "running")
+            # Frozen, it cannot act on the cancel; no other runner is up to find it lost yet.
+            os.kill(doomed.pid, signal.SIGSTOP)
+            cancel = await client.delete(f"/api/jobs/{job_id}")
+            assert cancel.status_code == 202, cancel.text
+            doomed.kill()
+            await _wait_lease_gone(settings, job_id)
+            await elsewhere.start()
+            ended = await wait_status(client, job_id, "failed", "completed", "cancelled")
+    finally:
+        doomed.stop()
+        elsewhere.stop()
+        await system.stop()
+    assert ended["status"] == "cancelled"
+    assert ended["cancelled_by"] == "test-admin"
+    assert ended["exit_code"] is None
+    assert await status_events(settings, job_id) == ["running", "cancelled"]
+
+
+@dataclasses.dataclass
+class DeadRunnersJob:
+    """A job ``running`` under the lease and run record of a runner that is dead, and the live
+    runner (in this process, not started) that is to find it."""
+
+    runner: Runner
+    job_id: str
+    held: SlotValue
+    record: RunRecord
+
+
+@contextlib.asynccontextmanager
+async def a_dead_runners_job(settings: Settings, job_id: str) -> AsyncIterator[DeadRunnersJob]:
+    from jobrunner.common import eventstore
+    from jobrunner.common.slots import slot_key
+    from jobrunner.contracts import events
+    from jobrunner.services.runner.running import RunnerIdentity
+    from jobrunner.services.runner.service import Runner
+
+    nc = await eventstore.connect(settings, "test-runner")
+    try:
+        runner = Runner(settings, nc)
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
+        me = runner.identity
+        ended = await asyncio.create_subprocess_exec("true")
+        await ended.wait()  # a pid no longer alive
+        dead = RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
+        key = slot_key(None, job_id)
+        held = dead.held_value(job_id, "emit")
+        record = dead.run_record(job_id, key)
+        lease, recorded = await runner.slots.create_recorded(key, held, record)
+        assert lease is not None
+        assert recorded
+        await runner.journal.publish(
+            events.StatusChanged(
+                job_id=job_id, status=events.JobStatus.RUNNING, runner_id=dead.runner_id
+            )
+        )
+        yield DeadRunnersJob(runner, job_id, held, record)
+    finally:
+        await eventstore.close(nc)
+
+
+async def _find_lost(job: DeadRunnersJob, settings: Settings, found: str) -> None:
+    """Let the live runner find the dead runner's job the way ``found`` names."""
+    from nats.aio.msg import Msg
+
+    from jobrunner.contracts import events
+    from jobrunner.services.runner.orphans import ToolRecord
+    from jobrunner.services.runner.running import RunningJob
+
+    sweeper = job.runner.sweeper
+    if found == "lease expired":
+        await _wait_lease_gone(settings, job.job_id)
+        await sweeper.on_lease_expired(job.held)
+    elif found == "sweep":
+        await _wait_lease_gone(settings, job.job_id)
+        await sweeper.sweep_record(job.record)
+    elif found == "redelivered request":
+        # Its runner died between storing ``running`` and acking the request: delivered again
+        # (not a first delivery: a plain message, whose JetStream metadata cannot be read).
+        await _wait_lease_gone(settings, job.job_id)
+        request = events.JobRequested(job_id=job.job_id, job_type="emit")
+        again = Msg(job.runner.nc, subject="redelivered", reply=f"_INBOX.{job.job_id}")
+        await job.runner.requests._handle_request(request, RunningJob(job.job_id, again))
+    elif found == "dead runner's lease at start":
+        job.runner.board.slots[job.record.slot_key] = job.held
+        await sweeper.clean_up_after_crash()
+    else:  # its tool in this host's ledger, its lease expired while no runner watched
+        await _wait_lease_gone(settings, job.job_id)
+        job.runner.ledger.record(
+            # A group that cannot match a live process: its leader started at the end of time.
+            ToolRecord(
+                job_id=job.job_id,
+                pgid=job.held.runner_pid,
+                started=2**62,
+                boot_id=job.held.boot_id or "",
+                runner_pid=job.held.runner_pid,
+                runner_started=1,
+            )
+        )
+        await sweeper.clean_up_after_crash()
+
+
+LOST_JOB_FINDINGS = [
+    "lease expired",
+    "sweep",
+    "redelivered request",
+    "dead runner's lease at start",
+    "tool ledger",
+]
+
+
+@pytest.mark.parametrize("cancelled", [True, False], ids=["cancelled", "not-cancelled"])
+@pytest.mark.parametrize("found", LOST_JOB_FINDINGS)
+async def test_a_lost_runners_job_ends_cancelled_when_a_cancel_is_stored(
+    settings: Settings, found: str, cancelled: bool
+) -> None:
+    """However a dead runner's job is found, it ends cancelled (by whoever asked, no exit code)
+    when a cancel of it is stored, else failed RUNNER_LOST; one ending either way."""
+    from jobrunner.contracts import events
+
+    job_id = (
+        "lost-" + "".join(c for c in found if c.isalpha()) + ("-cancelled" if cancelled else "")
+    )
+    async with a_dead_runners_job(settings, job_id) as job:
+        if cancelled:
+            await job.runner.journal.publish(
+                events.CancelRequested(job_id=job_id, requested_by="alice")
+            )
+        await _find_lost(job, settings, found)
+        ending = await job.runner.journal.last_status(job_id)
+        assert await job.runner.slots.run_record(job_id) is None
+    assert ending is not None
+    if cancelled:
+        assert ending.status == events.JobStatus.CANCELLED
+        assert ending.cancelled_by == "alice"
+        assert ending.exit_code is None
+        assert ending.error is None
+    else:
+        assert ending.status == events.JobStatus.FAILED
+        assert ending.error is not None
+        assert ending.error.code == events.ErrorCode.RUNNER_LOST
+    assert await status_events(settings, job_id) == ["running", ending.status.value]
+
+
+async def test_a_cancel_stored_after_the_sweep_decided_adds_no_second_ending(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel (with the ending of a job the API saw pending) stored just after the sweep
+    found none: the job ends failed RUNNER_LOST, once."""
+    from jobrunner.common import endings
+    from jobrunner.contracts import events
+    from jobrunner.services.api.actions import Attempt, cancel_events
+    from jobrunner.services.runner.journal import JobJournal
+
+    job_id = "lost-cancel-too-late"
+    async with a_dead_runners_job(settings, job_id) as job:
+        journal = job.runner.journal
+        read = JobJournal.last_event
+        late: list[dict[str, endings.Stored]] = []
+
+        async def cancel_right_after_the_read(
+            self: JobJournal, read_job_id: str, kind: str
+        ) -> events.AnyEvent | None:
+            found = await read(self, read_job_id, kind)
+            if kind == "cancel" and not late:
+                pending = Attempt(id=job_id, job_type="emit", status="pending")
+                batch = cancel_events(pending, "bob", None)
+                late.append((await endings.publish_with_endings(self.js, self.names, batch))[1])
+            return found
+
+        monkeypatch.setattr(JobJournal, "last_event", cancel_right_after_the_read)
+        await _find_lost(job, settings, "sweep")
+        monkeypatch.undo()
+        ending = await journal.last_status(job_id)
+        cancel = await journal.last_event(job_id, "cancel")
+    assert late, "the sweep never read the job's cancel"
+    # The cancel's own ending found the job started: its runner's (here the sweep's) to end.
+    assert not late[0][job_id].stored
+    assert isinstance(cancel, events.CancelRequested)
+    assert ending is not None
+    assert ending.status == events.JobStatus.FAILED
+    assert ending.error is not None
+    assert ending.error.code == events.ErrorCode.RUNNER_LOST
+    assert await status_events(settings, job_id) == ["running", "failed"]

@@ -5,6 +5,8 @@ is stored twice or out of order, nothing the runner published is lost, no job st
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 
@@ -34,15 +36,20 @@ async def finish(
     fault_end: float,
     problems: list[str],
     expect_codes: tuple[str, ...] | None = None,
+    expect_cancelled: bool = False,
     prefix_only: bool = False,
     timeout: float = 60.0,
     note: str = "",
 ) -> None:
-    """Wait for the job's end and its lines, check them, record the figures, assert."""
+    """Wait for the job's end and its lines, check them, record the figures, assert. The job
+    should complete, unless ``expect_codes`` (failed with one of them) or ``expect_cancelled``."""
     row, recovery, terminal_s = await follow_job(cluster, job, fault_end, timeout)
     try:
         if row is None or not is_terminal(row):
             problems.append(f"job still {outcome(row)} {timeout:.0f} s after the fault")
+        elif expect_cancelled:
+            if row.status != "cancelled":
+                problems.append(f"job should end cancelled, ended {outcome(row)}")
         elif expect_codes is None and row.status != "completed":
             problems.append(f"job should complete, ended {outcome(row)}")
         elif expect_codes is not None and (
@@ -159,24 +166,41 @@ async def test_runner_killed_mid_job_ends_it_runner_lost_with_another_runner_ali
         await cluster.start_service(victim)
 
 
+async def bring_runners_back(
+    cluster: FaultCluster, runners: list[str], frozen: str | None, newcomer: str | None
+) -> None:
+    """Undo a test's runner faults, however far it got: the cluster is shared by the tests
+    after it. The frozen runner is SIGKILLed (that ends a stopped process too)."""
+    if frozen is not None:
+        cluster.services[frozen].kill()
+    for name in runners:
+        if not cluster.services[name].alive:
+            await cluster.start_service(name)
+    if newcomer is not None:
+        await asyncio.to_thread(cluster.services[newcomer].stop)
+        del cluster.services[newcomer]
+
+
 async def test_runner_killed_with_none_alive_ends_the_job_once_a_runner_starts(
     cluster: FaultCluster,
 ) -> None:
     """All runners dead past the lease, then one starts: the job ends RUNNER_LOST."""
     runners = sorted(name for name in cluster.services if name.startswith("runner-"))
-    job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
-    assert await cluster.wait_stored(job.id, 20, 60) >= 20
-    victim = await running_on(cluster, job)
-    for name in runners:
-        if name != victim:
-            await asyncio.to_thread(cluster.services[name].stop)
-    cluster.services[victim].kill()
-    # The fault: no runner at all for longer than the lease TTL, so the lease expires unwatched.
-    await asyncio.sleep(LEASE_TTL + 2)
-    newcomer = cluster.add_runner("runner-new")
-    await cluster.start_service(newcomer.name)
-    fault_end = now()
+    newcomer = None
     try:
+        job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
+        assert await cluster.wait_stored(job.id, 20, 60) >= 20
+        victim = await running_on(cluster, job)
+        for name in runners:
+            if name != victim:
+                await asyncio.to_thread(cluster.services[name].stop)
+        cluster.services[victim].kill()
+        # The fault: no runner at all for longer than the lease TTL, so the lease expires
+        # unwatched.
+        await asyncio.sleep(LEASE_TTL + 2)
+        newcomer = cluster.add_runner("runner-new").name
+        await cluster.start_service(newcomer)
+        fault_end = now()
         await finish(
             cluster,
             "runner SIGKILLed mid-job, none alive for TTL+2 s, then a new runner",
@@ -188,7 +212,53 @@ async def test_runner_killed_with_none_alive_ends_the_job_once_a_runner_starts(
             timeout=LEASE_TTL + END_GRACE,
         )
     finally:
+        await bring_runners_back(cluster, runners, None, newcomer)
+
+
+async def test_runner_frozen_through_a_cancel_then_killed_ends_the_job_cancelled(
+    cluster: FaultCluster,
+) -> None:
+    """A job cancelled while its runner is frozen (SIGSTOP), the runner then SIGKILLed and no
+    runner alive past the lease: the job ends cancelled once a runner starts, not RUNNER_LOST,
+    with no exit code."""
+    runners = sorted(name for name in cluster.services if name.startswith("runner-"))
+    frozen = newcomer = None
+    try:
+        job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
+        assert await cluster.wait_stored(job.id, 20, 60) >= 20
+        victim = await running_on(cluster, job)
+        # None other alive: no runner can find the job lost before its cancel is stored.
         for name in runners:
-            await cluster.start_service(name)
-        await asyncio.to_thread(newcomer.stop)
-        del cluster.services[newcomer.name]
+            if name != victim:
+                await asyncio.to_thread(cluster.services[name].stop)
+        process = cluster.services[victim].proc
+        assert process is not None
+        frozen = victim
+        os.kill(process.pid, signal.SIGSTOP)  # it cannot act on the cancel
+        async with cluster.client() as client:
+            cancel = await client.post(f"/api/jobs/{job.id}/cancel")
+        assert cancel.status_code == 202, cancel.text
+        cluster.services[victim].kill()
+        # The fault: no runner at all for longer than the lease TTL, so the lease expires
+        # unwatched.
+        await asyncio.sleep(LEASE_TTL + 2)
+        newcomer = cluster.add_runner("runner-new").name
+        await cluster.start_service(newcomer)
+        fault_end = now()
+        await finish(
+            cluster,
+            "runner SIGSTOPped, job cancelled, runner SIGKILLed, none alive for TTL+2 s, "
+            "then a new runner",
+            job,
+            fault_end,
+            [],
+            expect_cancelled=True,
+            prefix_only=True,
+            timeout=LEASE_TTL + END_GRACE,
+        )
+        # The tool is gone with its runner: its exit code is unknown. (Who cancelled is not
+        # checked: the cluster's API runs without auth, so no one is named.)
+        ended = await cluster.query("SELECT exit_code FROM readmodel.jobs WHERE id = $1", job.id)
+        assert ended[0]["exit_code"] is None
+    finally:
+        await bring_runners_back(cluster, runners, frozen, newcomer)

@@ -455,8 +455,8 @@ class JobExecutor:
         async def check() -> None:
             if not job.cancel_event.is_set():
                 # A cancel sent while we were cut off from NATS is still in the stream.
-                cancel = await self.journal.last_event(job.job_id, "cancel")
-                if isinstance(cancel, events.CancelRequested):
+                cancel = await self.journal.cancel_of(job.job_id)
+                if cancel is not None:
                     job.cancel(cancel.requested_by)
 
         return check

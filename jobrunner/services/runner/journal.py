@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, cast
 
+import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -13,6 +14,8 @@ from jobrunner.common.subscription import last_stored
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
+
+log = structlog.get_logger()
 
 
 class Newest(NamedTuple):
@@ -86,6 +89,32 @@ class JobJournal:
     async def last_status(self, job_id: str) -> events.StatusChanged | None:
         status = await self.last_event(job_id, "status")
         return status if isinstance(status, events.StatusChanged) else None
+
+    async def cancel_of(self, job_id: str) -> events.CancelRequested | None:
+        """The job's stored cancel, if anyone asked for one."""
+        cancel = await self.last_event(job_id, "cancel")
+        return cancel if isinstance(cancel, events.CancelRequested) else None
+
+    async def end_lost(
+        self,
+        job_id: str,
+        cancel: events.CancelRequested | None,
+        error: ErrorInfo,
+        job_type: str = "",
+    ) -> None:
+        """End a job whose runner is gone: CANCELLED by whoever asked when ``cancel`` (its
+        ``cancel_of``, read just before) was stored, as its runner would have ended it had it
+        lived to act on it (the tool is gone: no exit code); else FAILED with ``error``
+        (``RUNNER_LOST``). Every way a runner finds a dead one's job ends it here. A cancel
+        stored after that read is still accepted (the API answers 202 until its read model
+        shows the end) and leaves the job FAILED: the first ending stays (``endings.store``)."""
+        if cancel is not None:
+            log.info("lost job was cancelled", lost_job_id=job_id, cancelled_by=cancel.requested_by)
+            await self.end(
+                job_id, JobStatus.CANCELLED, cancelled_by=cancel.requested_by, job_type=job_type
+            )
+        else:
+            await self.end(job_id, JobStatus.FAILED, error=error, job_type=job_type)
 
     async def publish(self, event: events.Publishable) -> None:
         """Publish until stored (see ``AckInbox.publish_until_stored``)."""

@@ -170,15 +170,16 @@ class RequestLoop:
                     # after a lost ack); should that runner die, the expiring lease tells.
                     await job.ack()
                     return
-                # Delivered again after it started, and nobody holds it: its runner died.
-                await self.journal.end(
+                # Delivered again after it started, and nobody holds it: its runner died
+                # (between storing ``running`` and the ack, say, while a cancel was stored).
+                await self.journal.end_lost(
                     job_id,
-                    JobStatus.FAILED,
-                    error=ErrorInfo(
+                    await self.journal.cancel_of(job_id),
+                    ErrorInfo(
                         code=ErrorCode.RUNNER_LOST,
                         message="The runner running this job stopped; the job did not finish.",
                     ),
-                    job_type=request.job_type,
+                    request.job_type,
                 )
                 await self.slots.forget_run(job_id)
             elif request.lock:

@@ -7,11 +7,15 @@ Three ways a runner learns of a dead one: at start, from this host's tool ledger
 runners on this host that are no longer alive; while it runs, from every lease that expires (its
 runner stopped renewing it); and by a periodic sweep of the running jobs' records, which finds a
 job without a live lease whatever died and whenever (every runner down while the lease expired, a
-crashed watcher, an internal job that no ledger knows). Ending a job is idempotent: every end of
-one job carries its one terminal event id, and a job whose last status is already terminal is not
-ended again (its runner stored the end and died, or NATS paused, before the lease was released):
-the stream drops an id it stored before only within its duplicate window (2 minutes), and a lease
-or a record may be found long after the end.
+crashed watcher, an internal job that no ledger knows). A fourth is in ``requests``: a started
+job's request delivered again while no lease holds it. However found, a lost job ends FAILED
+(``RUNNER_LOST``), or CANCELLED when a cancel of it is stored: its runner died before acting on
+it (``JobJournal.end_lost``).
+
+Ending a job is idempotent: every end of one job carries its one terminal event id, and a job
+whose last status is already terminal is not ended again (its runner stored the end and died, or
+NATS paused, before the lease was released): the stream drops an id it stored before only within
+its duplicate window (2 minutes), and a lease or a record may be found long after the end.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ import structlog
 
 from jobrunner.common import retry
 from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
-from jobrunner.contracts.events import TERMINAL_STATUSES, ErrorCode, ErrorInfo, JobStatus
+from jobrunner.contracts.events import (
+    TERMINAL_STATUSES,
+    CancelRequested,
+    ErrorCode,
+    ErrorInfo,
+    JobStatus,
+    StatusChanged,
+)
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
@@ -65,9 +76,9 @@ class LostJobSweeper:
         for job_id in self.ledger.end_orphans():
             log.warning("orphaned tool ended at start", orphan_job_id=job_id)
             # Its lease may have expired while no runner was watching: end the job here.
-            status = await self.journal.last_status(job_id)
+            status, cancel = await self._lost_job_state(job_id)
             if status is not None and status.status == JobStatus.RUNNING:
-                await self.journal.end(job_id, JobStatus.FAILED, error=lost)
+                await self.journal.end_lost(job_id, cancel, lost)
                 await self.slots.forget_run(job_id)
         for key, value in list(self.board.slots.items()):
             if value.phase != "held" or not self.identity.is_dead_local_runner(value):
@@ -173,15 +184,24 @@ class LostJobSweeper:
         return lease is not None and lease.value.job_id == record.job_id
 
     async def _end_lost(self, job_id: str, error: ErrorInfo, job_type: str = "") -> bool:
-        """End the job of a gone runner FAILED (True), unless it ended already (its runner
-        died, or NATS paused, after storing the end and before removing the record and the
-        lease): then only its record goes."""
-        status = await self.journal.last_status(job_id)
+        """End the job of a gone runner (True; ``JobJournal.end_lost``), unless it ended
+        already (its runner died, or NATS paused, after storing the end and before removing
+        the record and the lease): then only its record goes."""
+        status, cancel = await self._lost_job_state(job_id)
         ending = status is None or status.status not in TERMINAL_STATUSES
         if ending:
-            await self.journal.end(job_id, JobStatus.FAILED, error=error, job_type=job_type)
+            await self.journal.end_lost(job_id, cancel, error, job_type)
         await self.slots.forget_run(job_id)
         return ending
+
+    async def _lost_job_state(
+        self, job_id: str
+    ) -> tuple[StatusChanged | None, CancelRequested | None]:
+        """A lost job's last status and its cancel, read together: on an expired lease this
+        runs inline in the lock board's watch."""
+        return await asyncio.gather(
+            self.journal.last_status(job_id), self.journal.cancel_of(job_id)
+        )
 
 
 def _lost_error(runner_id: str | None) -> ErrorInfo:
