@@ -49,8 +49,10 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
 
     async def on_message(msg: Msg) -> None:
         # As nats-py's watch: no entry before the consumer's pending count is known below.
+        # Without nats-py's timeout here: ``set_up`` is always settled, set once the count is
+        # known or cancelled when the watch is not made (its subscription dropped with it).
         if not set_up.done():
-            await asyncio.wait_for(set_up, timeout=kv._js._timeout)
+            await set_up
         # The stream sequence and the count pending from the reply subject: ``msg.metadata``
         # builds five objects and a datetime a message for the same.
         revision, pending = position(msg)
