@@ -121,12 +121,15 @@ class FreezingProxy:
     """Forwards to ``target``; ``freeze(n)`` holds back everything either side sends on its
     ``n``-th connection (0: the first accepted), as a peer that stopped reading and a network
     path that stopped would, until ``thaw(n)`` (what was held is then delivered, in order, as TCP
-    would once the path is back). The other connections flow on."""
+    would once the path is back). The other connections flow on. ``hold_replies(n)`` holds back
+    only what the server sends: the client's requests reach the server, their answers wait on the
+    way back (a relaying node paused after the leader answered, a client's host stalled)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self.gates: list[asyncio.Event] = []
+        self.reply_gates: list[asyncio.Event] = []
         self.held: list[int] = []  # bytes each connection had to hold back while frozen
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,8 +147,12 @@ class FreezingProxy:
     def freeze(self, connection: int) -> None:
         self.gates[connection].clear()
 
+    def hold_replies(self, connection: int) -> None:
+        self.reply_gates[connection].clear()
+
     def thaw(self, connection: int) -> None:
         self.gates[connection].set()
+        self.reply_gates[connection].set()
 
     async def quiet(self) -> None:
         """Wait until every connection has ended and what it held has been delivered."""
@@ -160,7 +167,7 @@ class FreezingProxy:
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
-        for gate in self.gates:
+        for gate in self.gates + self.reply_gates:
             gate.set()
         for task in list(self._tasks):
             task.cancel()
@@ -169,26 +176,32 @@ class FreezingProxy:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         number = len(self.gates)
-        gate = asyncio.Event()
+        gate, reply_gate = asyncio.Event(), asyncio.Event()
         gate.set()
+        reply_gate.set()
         self.gates.append(gate)
+        self.reply_gates.append(reply_gate)
         self.held.append(0)
         self._accepted.set()
         up_r, up_w = await asyncio.open_connection(*self.target)
-        for src, dst in ((client_r, up_w), (up_r, client_w)):
-            task = asyncio.create_task(self._pump(src, dst, number))
+        for src, dst, gates in ((client_r, up_w, [gate]), (up_r, client_w, [gate, reply_gate])):
+            task = asyncio.create_task(self._pump(src, dst, number, gates))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _pump(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, number: int
+        self,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        number: int,
+        gates: list[asyncio.Event],
     ) -> None:
-        gate = self.gates[number]
         try:
             while chunk := await src.read(1 << 16):
-                if not gate.is_set():
+                if not all(gate.is_set() for gate in gates):
                     self.held[number] += len(chunk)
-                    await gate.wait()
+                    for gate in gates:
+                        await gate.wait()
                 dst.write(chunk)
                 await dst.drain()
         except ConnectionError:

@@ -19,6 +19,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 from tests.tools.counting_jetstream import CountingJetStream
 from tests.tools.runners import RUNNER_TYPES
@@ -56,7 +57,7 @@ async def test_a_job_waiting_for_capacity_asks_nothing_of_nats_and_starts_when_a
         RunnerIdentity.of_this_process(),
         capacity,
         RECHECK,
-        settings.queue_orphan_seconds,
+        QueueOrphans(slots, journal, settings.queue_orphan_seconds),
     )
     job_type = load_job_types(RUNNER_TYPES)["emit"]
     msgs = await delivered_requests(js, settings, 3)

@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from unittest import mock
+from urllib.parse import urlsplit
 
 import msgspec
 import nats.errors
@@ -22,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import eventstore
+from jobrunner.common import ackinbox, eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
 from jobrunner.contracts import events
@@ -31,9 +33,11 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
 from tests.freeze import freeze
+from tests.stalling_proxy import FreezingProxy
 
 # The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
 # request in a real start; the sweep's rule is the same at any age).
@@ -60,12 +64,19 @@ async def is_queued(kv: KeyValue, lock: str, job_id: str) -> bool:
 
 @asynccontextmanager
 async def watched(
-    settings: Settings, js: JetStreamContext, tmp_path: Path
+    settings: Settings,
+    js: JetStreamContext,
+    tmp_path: Path,
+    sweeper_js: JetStreamContext | None = None,
+    age: float = ORPHAN_SECONDS,
 ) -> AsyncIterator[tuple[KeyValue, LockBoard, LostJobSweeper, asyncio.Event]]:
-    """The lock bucket, a board watching it (set the event to stop the watch) and a sweeper."""
+    """The lock bucket, a board watching it (set the event to stop the watch) and a sweeper
+    (its looks and drops on ``sweeper_js``, else on ``js``; ``age``: its
+    ``queue_orphan_seconds``)."""
     names = Names(settings.prefix)
-    slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
-    kv = await slots.kv()
+    kv = await SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds).kv()
+    sweeper_js = sweeper_js or js
+    slots = SlotTable(sweeper_js, names, ttl_seconds=settings.lease_ttl_seconds)
     board, stop = LockBoard(), asyncio.Event()
 
     async def nothing(value: object) -> None:
@@ -74,14 +85,15 @@ async def watched(
     watching = asyncio.create_task(board.watch(kv, stop, nothing))
     try:
         await asyncio.wait_for(board.ready.wait(), 10)
+        journal = JobJournal(sweeper_js._nc, sweeper_js, names, "runner-test")
         sweeper = LostJobSweeper(
             slots,
             board,
-            JobJournal(js._nc, js, names, "runner-test"),
+            journal,
             RunnerIdentity.of_this_process(),
             orphans.ToolLedger(tmp_path / "runner-tools"),
             set(),
-            ORPHAN_SECONDS,
+            QueueOrphans(slots, journal, age),
         )
         yield kv, board, sweeper, stop
     finally:
@@ -201,3 +213,103 @@ async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(
             assert not await is_queued(kv, "paused", "never-stored")
     finally:
         await eventstore.close(nc)
+
+
+# The look's timeout (its connection's ack inbox's): an answer held just shorter than it arrives,
+# one held just longer fails the look.
+REQUEST_TIMEOUT = ackinbox.ACK_TIMEOUT
+# The look's timeout where its answer must come: far beyond the hold, so that a loaded machine's
+# stall between the thaw and the answer read cannot time the look out.
+LONG_REQUEST_TIMEOUT = 60.0
+# The age of the held-answer tests: below the held answer's wait (the age would pass while the
+# answer is on its way), well above what a loaded machine takes between two sweeps.
+HELD_AGE = 2.5
+
+
+@asynccontextmanager
+async def answers_held(
+    settings: Settings,
+    js: JetStreamContext,
+    tmp_path: Path,
+    request_timeout: float = REQUEST_TIMEOUT,
+) -> AsyncIterator[tuple[KeyValue, LockBoard, LostJobSweeper, FreezingProxy]]:
+    """``watched``, the sweeper's looks through a proxy that can hold back their answers (and
+    time out after ``request_timeout``: its connection's ack inbox is made with it)."""
+    target = urlsplit(settings.nats_url)
+    assert target.hostname is not None
+    assert target.port is not None
+    async with FreezingProxy(target.hostname, target.port) as proxy:
+        proxied = msgspec.structs.replace(settings, nats_url=proxy.url())
+        nc = await eventstore.connect(proxied, "test-sweeper")
+        with mock.patch.object(ackinbox, "ACK_TIMEOUT", request_timeout):
+            ackinbox.of(nc)  # the connection's ack inbox made now, with this timeout
+        try:
+            async with watched(settings, js, tmp_path, nc.jetstream(), HELD_AGE) as (
+                kv,
+                board,
+                sweeper,
+                _,
+            ):
+                yield kv, board, sweeper, proxy
+        finally:
+            await eventstore.close(nc)
+
+
+async def held_until_read(proxy: FreezingProxy, sweeping: asyncio.Task[None]) -> None:
+    """Until the server has answered the sweep's look (the answer held by the proxy)."""
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        while not proxy.held[0]:  # noqa: ASYNC110 - the proxy's count, polled
+            await asyncio.sleep(0.01)
+    assert not sweeping.done()
+
+
+async def test_an_answer_held_up_on_its_way_back_does_not_count_toward_the_age(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """The sweep's look read by the server (the head's request missing), its answer held on the
+    way back past the age (within the request timeout) while the request is stored (a relaying
+    NATS node paused, the runner's host stalled). The answer says "missing", and arrives past
+    the age: the head stays, its age counted to when the look was sent (session 27; it was
+    dropped, a stored job, and ran after the jobs behind it)."""
+    names = Names(settings.prefix)
+    held = answers_held(settings, js, tmp_path, LONG_REQUEST_TIMEOUT)
+    async with held as (kv, board, sweeper, proxy):
+        await put_entry(kv, "held", "live", time.time())
+        await board_has(board, "held", "live")
+        await sweeper.sweep_queues()  # found missing: its age starts
+        proxy.hold_replies(0)
+        sent = time.monotonic()
+        sweeping = asyncio.create_task(sweeper.sweep_queues())
+        await held_until_read(proxy, sweeping)
+        await store_request(js, names, "held", "live")  # its API's publish lands meanwhile
+        await asyncio.sleep(sent + HELD_AGE + 1.0 - time.monotonic())
+        proxy.thaw(0)
+        await asyncio.wait_for(sweeping, 30)  # answered within the timeout: no error
+        assert time.monotonic() - sent > HELD_AGE  # the answer came past the age
+        assert await is_queued(kv, "held", "live")
+        await sweeper.sweep_queues()  # its request found
+        assert await is_queued(kv, "held", "live")
+
+
+async def test_a_look_whose_answer_is_held_past_the_request_timeout_restarts_the_age(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """The sweep's look answered just longer than the request timeout fails: the head's age
+    counts again from the next look (the request may have been stored meanwhile), so the look
+    right after keeps the head though its first sighting is older than the age, and the head is
+    dropped once found missing for the age again."""
+    async with answers_held(settings, js, tmp_path) as (kv, board, sweeper, proxy):
+        await put_entry(kv, "timed-out", "never-stored", time.time())
+        await board_has(board, "timed-out", "never-stored")
+        await sweeper.sweep_queues()  # found missing: its age starts
+        proxy.hold_replies(0)
+        sweeping = asyncio.create_task(sweeper.sweep_queues())
+        await held_until_read(proxy, sweeping)
+        with pytest.raises(nats.errors.TimeoutError):
+            await asyncio.wait_for(sweeping, REQUEST_TIMEOUT + 30)
+        proxy.thaw(0)
+        await sweeper.sweep_queues()  # the age starts again here
+        assert await is_queued(kv, "timed-out", "never-stored")
+        await asyncio.sleep(HELD_AGE + 0.5)
+        await sweeper.sweep_queues()
+        assert not await is_queued(kv, "timed-out", "never-stored")

@@ -15,8 +15,10 @@ from typing import Any
 import msgspec
 import nats.errors
 import pytest
+from nats.aio.msg import Msg
+from nats.js.errors import KeyWrongLastSequenceError
 
-from jobrunner.common import eventstore
+from jobrunner.common import ackinbox, eventstore
 from jobrunner.common.ackinbox import ACK_TIMEOUT
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import (
@@ -25,6 +27,7 @@ from jobrunner.common.slots import (
     RunRecord,
     SlotTable,
     SlotValue,
+    _deleted,
     run_key,
     same_holder,
 )
@@ -656,14 +659,98 @@ async def test_an_ended_jobs_record_and_lease_go_in_one_round_trip_the_record_fi
     async with slot_table(settings) as slots:
         lease = await _ended(slots, "ending")
         sent = _sends_counted(slots)
+        stored = _acks_kept(slots)
         assert await slots.end_run("ending", lease, RETRY_PAUSE)
         subject = slots._subject
         assert sent == [(subject(run_key("ending")), 1), (subject(lease.key), 2)]
         assert await _gone(slots, "ending", lease)
-        # A key's last revision is its delete marker's sequence in the bucket's one stream.
-        forgotten = await slots.last_revision(run_key("ending"))
-        released = await slots.last_revision(lease.key)
+        # Each write's sequence in the bucket's one stream, from its ack (the record's marker
+        # removes itself in a second: read back, it may be gone already).
+        [forgotten, released] = [ackinbox.read_ack(ack.result()).seq for ack in stored]
         assert forgotten < released
+
+
+def _acks_kept(slots: SlotTable) -> list[asyncio.Future[Msg]]:
+    """The ack futures of the writes the table sends from now on without waiting for their
+    ack at once (``publish_headed_soon``), in the order sent."""
+    acks = slots._acks
+    send = acks.publish_headed_soon
+    kept: list[asyncio.Future[Msg]] = []
+
+    async def keeping(*args: Any) -> asyncio.Future[Msg]:
+        kept.append(await send(*args))
+        return kept[-1]
+
+    acks.publish_headed_soon = keeping  # type: ignore[method-assign]
+    return kept
+
+
+async def _run_subjects(slots: SlotTable) -> dict[str, int]:
+    """The bucket's ``run.`` subjects holding a message (a record, or a removed one's marker),
+    each handed to every runner's sweep, every round."""
+    bucket = slots._names.locks_bucket
+    info = await slots._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.run.>")
+    return info.state.subjects or {}
+
+
+async def test_a_give_back_leaves_a_run_record_written_after_it_read_it(
+    settings: Settings,
+) -> None:
+    """A give-back removes the record it read, never one written after it (another runner's
+    claim of the job): its purge names the revision read, as its delete did."""
+    async with slot_table(settings) as slots:
+        mine = RunRecord(job_id="regiven", slot_key="job.regiven", runner_id="me")
+        await slots.record_run(mine)
+        theirs = msgspec.structs.replace(mine, runner_id="another")
+        read_raw = slots._read_raw
+
+        async def rewritten_after_the_read(key: str) -> Any:
+            read = await read_raw(key)
+            if key == run_key("regiven"):
+                await slots.record_run(theirs)
+            return read
+
+        slots._read_raw = rewritten_after_the_read  # type: ignore[method-assign]
+        try:
+            await slots.give_back("job.regiven", held("regiven"))
+        finally:
+            slots._read_raw = read_raw  # type: ignore[method-assign]
+        assert await slots.run_record("regiven") == theirs
+
+
+async def test_a_run_records_conditional_removal_leaves_a_record_written_since(
+    settings: Settings,
+) -> None:
+    """The record's purge names a revision: refused once a record was written since."""
+    async with slot_table(settings) as slots:
+        record = RunRecord(job_id="rewritten", slot_key="job.rewritten", runner_id="me")
+        await slots.record_run(record)
+        read = await slots.last_revision(run_key("rewritten"))
+        again = msgspec.structs.replace(record, runner_id="another")
+        await slots.record_run(again)
+        with pytest.raises(KeyWrongLastSequenceError):
+            await _deleted(await slots._send_forget("rewritten", read))
+        assert await slots.run_record("rewritten") == again
+        current = await slots.last_revision(run_key("rewritten"))
+        await _deleted(await slots._send_forget("rewritten", current))
+        assert await slots.run_record("rewritten") is None
+
+
+async def test_an_ended_jobs_run_record_leaves_nothing_for_the_sweeps_after_a_moment(
+    settings: Settings,
+) -> None:
+    """An ended job's record is gone from what a sweep lists within seconds, marker and all:
+    no runner's sweep is handed it round after round (a delete marker stayed 120 s)."""
+    async with slot_table(settings) as slots:
+        lease = await _ended(slots, "marked")
+        assert await slots.end_run("marked", lease, RETRY_PAUSE)
+        subject = slots._subject(run_key("marked"))
+        async with asyncio.timeout(30):  # the marker's 1 s, on a loaded machine
+            while subject in await _run_subjects(slots):  # noqa: ASYNC110 - the server's TTL
+                await asyncio.sleep(0.2)
+        # Gone, not replaced by the limit marker the server puts where a delete marker expires.
+        assert await slots.last_revision(run_key("marked")) == 0
+        assert await slots.run_record("marked") is None
 
 
 async def test_an_ended_job_sent_into_a_pause_shorter_than_a_writes_timeout_is_cleared(

@@ -223,8 +223,9 @@ API_PUBLISH_TIMEOUT_SECONDS = 5.0
 # A queue entry must not be found dead while its job's request may still be stored. The longest
 # gap between the entry's stamp and that store is a restart's: its entry written in up to
 # ``slots.ENQUEUE_ACK_SECONDS`` (10 s), then ``publish_many``'s ack wait (5 s) and its resend
-# (5 s); a POST's is shorter (one write, one publish). With a margin for the clocks of the API
-# (which stamps the entry) and the runners (which read it).
+# (5 s); a POST's is shorter (one write, one publish). Plus 2 s, once a margin for the clocks of
+# the API (which stamps the entry) and the runners; they compare no clocks now (a runner counts
+# the age on its own, from its first look: runner/queue_orphans.py), and it stays a margin.
 QUEUE_ORPHAN_MIN_SECONDS = 10.0 + 2 * API_PUBLISH_TIMEOUT_SECONDS + 2.0
 _NO_LIMIT = float("inf")
 _RANGES: dict[str, tuple[float, float]] = {

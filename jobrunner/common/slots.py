@@ -86,6 +86,15 @@ ENQUEUE_ACK_SECONDS = 10.0
 
 # Markers (a released lease, a left queue) remove themselves after this long.
 MARKER_TTL = "60s"
+# A removed run record leaves a purge marker (it replaces the record: the bucket keeps one
+# message per key) that removes itself after this long. Nobody acts on it (the sweep skips
+# markers, the board skips ``run.`` keys), but each runner's sweep is handed every marker there
+# is, every round. A delete marker was there 120 s: its own 60 s, then the limit marker the
+# server puts in its place for the bucket's ``limit_marker_ttl``. A purge marker gets no limit
+# marker after it on nats-server 2.11.7 and later (2.11.2-2.11.6 put one: a minute more), so a
+# removed record is there about a second: at most one sweep of each runner is handed it, not
+# 24 (bench/RESULTS.md, "s27purge").
+RECORD_MARKER_TTL = "1s"
 # How long a pipelined delete's ack is waited for before it is sent again on its own.
 PIPELINED_ACK_WAIT = 5.0
 # A renewal refused while the key still reads as the revision it named (a cluster replicating
@@ -424,7 +433,7 @@ class SlotTable:
         record = None if raw is None else self._record(run_key(holder.job_id), raw)
         if record is not None and record.runner_id == holder.runner_id and record.slot_key == key:
             with contextlib.suppress(KeyWrongLastSequenceError):
-                await self._delete(run_key(holder.job_id), revision)
+                await _deleted(await self._send_forget(holder.job_id, revision))
         lease, _ = await self._read(key)
         if lease is None or not same_holder(lease.value, holder):
             return
@@ -488,10 +497,11 @@ class SlotTable:
 
     async def end_run(self, job_id: str, lease: Lease, retry_pause: float) -> bool:
         """An ended job's run record removed and its lease released (see ``release``; its
-        result) in one round trip instead of two: both deletes are sent, the record's first,
-        before either ack is awaited. Sent from this one coroutine, one after the other, they
-        go out in that order whatever a send may wait for, on one connection into one stream,
-        which stores them in the order sent: the record is still removed before the lease.
+        result) in one round trip instead of two: both removals are sent, the record's first
+        (a purge: ``_send_forget``), before either ack is awaited. Sent from this one
+        coroutine, one after the other, they go out in that order whatever a send may wait
+        for, on one connection into one stream, which stores them in the order sent: the
+        record is still removed before the lease.
 
         Whichever fails for NATS being away (the pair sent into a pause: no ack within a
         write's 5 s timeout) is sent again, the record first, ``retry_pause`` after that
@@ -506,7 +516,7 @@ class SlotTable:
             freed: asyncio.Future[Msg] | None = None
             try:
                 if forgetting:
-                    forgot = await self._send_delete(run_key(job_id), None)
+                    forgot = await self._send_forget(job_id, None)
                 if releasing:
                     freed = await self._send_delete(lease.key, lease.revision)
             except Exception as exc:  # not sent (the connection closed): not the lease alone
@@ -545,13 +555,26 @@ class SlotTable:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
         return await self._acks.publish_headed_soon(self._subject(key), b"", headers)
 
+    async def _send_forget(self, job_id: str, last: int | None) -> asyncio.Future[Msg]:
+        """Send the removal of ``job_id``'s run record (conditional on revision ``last`` unless
+        None), as ``_send_delete`` does, but as a purge: its marker is gone in a second
+        (``RECORD_MARKER_TTL``). A publish like a delete, so ordered with the writes sent
+        before and after it on this connection. No ``Nats-Rollup`` (nats-py's ``purge`` sends
+        one): the bucket keeps one message per key, so the marker replaces the record anyway,
+        and the purge does not depend on the bucket allowing rollups."""
+        headers = {"KV-Operation": "PURGE", "Nats-TTL": RECORD_MARKER_TTL}
+        if last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
+        subject = self._subject(run_key(job_id))
+        return await self._acks.publish_headed_soon(subject, b"", headers)
+
     # --- records of running jobs
     async def record_run(self, record: RunRecord, timeout: float | None = None) -> None:
         subject = self._subject(run_key(record.job_id))
         await self._acks.publish_headed(subject, msgspec.json.encode(record), None, timeout)
 
     async def forget_run(self, job_id: str) -> None:
-        await self._delete(run_key(job_id), None)
+        await _deleted(await self._send_forget(job_id, None))
 
     async def run_record(self, job_id: str) -> RunRecord | None:
         """One running job's record, if it has one."""

@@ -269,7 +269,8 @@ async def restart_job(
         # send's (no stream answering during a leader election, the connection closed) after
         # the first copy was stored; no error of it proves the attempt absent. A stored
         # attempt runs in its place; the entry of one never stored is dropped by the lock's
-        # next waiter once it is queue_orphan_seconds old (runner/claim.py). The same holds
+        # next waiter or a sweep once its request has been missing for queue_orphan_seconds
+        # (runner/queue_orphans.py). The same holds
         # when the queue write itself timed out, the attempt not published.
         raise
     return JobRestarted(

@@ -45,10 +45,15 @@ class LockBoard:
 
     # --- reading
     def head(self, lock_key: str) -> QueueEntry | None:
+        first = self.first(lock_key)
+        return None if first is None else first[1]
+
+    def first(self, lock_key: str) -> tuple[int, QueueEntry] | None:
+        """The head of the lock's queue with its revision (its place)."""
         queue = self.queues.get(lock_key)
         if not queue:
             return None
-        return min(queue.values(), key=lambda item: item[0])[1]
+        return min(queue.values(), key=lambda item: item[0])
 
     def queued(self, lock_key: str, job_id: str) -> bool:
         return job_id in self.queues.get(lock_key, {})

@@ -7,18 +7,20 @@ A busy slot is waited for without holding capacity (other jobs may run meanwhile
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import structlog
+from nats.js.errors import KeyWrongLastSequenceError
 
 from jobrunner.common.jobtypes import JobType
-from jobrunner.common.slots import Lease, QueueEntry, SlotTable, SlotValue, slot_key
+from jobrunner.common.slots import Lease, SlotTable, SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
 log = structlog.get_logger()
@@ -63,7 +65,7 @@ class SlotClaimer:
         identity: RunnerIdentity,
         capacity: asyncio.Semaphore,
         recheck_seconds: float,
-        orphan_seconds: float,
+        queue_orphans: QueueOrphans,
     ) -> None:
         self.slots = slots
         self.board = board
@@ -72,9 +74,8 @@ class SlotClaimer:
         self.capacity = capacity
         # How often a waiting job looks again (and tells NATS it is still in progress).
         self.recheck_seconds = recheck_seconds
-        # A queue entry whose JobRequested is not in the stream (its API died in between, or
-        # the publish was lost) is dropped once this old (``queue_orphan_seconds``).
-        self.orphan_seconds = orphan_seconds
+        # Drops the head of a job's queue whose request never came (shared with the sweep).
+        self.queue_orphans = queue_orphans
 
     async def claim(
         self, request: events.JobRequested, job_type: JobType, job: RunningJob
@@ -229,18 +230,17 @@ class SlotClaimer:
             # Not (yet) seen by our watcher; put it there if nobody did (idempotent).
             await self.slots.enqueue(request.lock, request.job_id, request.job_type)
             return False
-        head = self.board.head(key)
-        if head is None or head.job_id == request.job_id:
+        first = self.board.first(key)
+        if first is None or first[1].job_id == request.job_id:
             return True
-        if await self._queue_entry_is_dead(head):
-            log.info("dropping a dead queue entry", dead_job_id=head.job_id)
-            await self.slots.dequeue(request.lock, head.job_id)
-        return False
-
-    async def _queue_entry_is_dead(self, entry: QueueEntry) -> bool:
-        status = await self.journal.last_status(entry.job_id)
+        revision, head = first
+        status = await self.journal.last_status(head.job_id)
         if status is not None and status.status != JobStatus.PENDING:
-            return True  # started or ended: it should have left the queue
-        if time.time() - entry.queued_at < self.orphan_seconds:
-            return False
-        return await self.journal.last_event(entry.job_id, "requested") is None
+            # Started or ended: it should have left the queue. Only the entry the board saw,
+            # as an orphan's drop: a newer write of the key is not this one's to remove.
+            log.info("dropping a queue entry whose job started", dead_job_id=head.job_id)
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self.slots.dequeue(request.lock, head.job_id, revision)
+        else:
+            await self.queue_orphans.drop_if_orphan(request.lock, revision, head)
+        return False

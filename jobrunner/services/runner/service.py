@@ -47,6 +47,7 @@ from jobrunner.services.runner.heartbeat import heartbeat
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.lockmetrics import LOCKS
 from jobrunner.services.runner.publisher import check_line_fits
+from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.requests import RequestLoop
 from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.seals import BatchSeals, SealWaiter
@@ -77,6 +78,8 @@ class Runner:
         # A job whose runner died ends within the lease TTL plus this, once any runner is alive.
         self.sweep_interval = max(0.5, settings.lease_ttl_seconds / 3)
         capacity = asyncio.Semaphore(settings.max_concurrent_jobs)
+        # One definition of an orphaned queue head, and one age per head, for both droppers.
+        queue_orphans = QueueOrphans(self.slots, self.journal, settings.queue_orphan_seconds)
         claimer = SlotClaimer(
             self.slots,
             self.board,
@@ -84,7 +87,7 @@ class Runner:
             self.identity,
             capacity,
             self.ack_wait / 3,
-            settings.queue_orphan_seconds,
+            queue_orphans,
         )
         self.ledger = ledger = orphans.ToolLedger(Path(settings.state_dir) / "runner-tools")
         executor = JobExecutor(settings, nc, self.slots, self.journal, self.identity, ledger, bulk)
@@ -114,7 +117,7 @@ class Runner:
             self.identity,
             ledger,
             self.requests.running,
-            settings.queue_orphan_seconds,
+            queue_orphans,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

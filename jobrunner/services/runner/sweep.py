@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Container
-from dataclasses import dataclass
 
 import structlog
-from nats.js.errors import KeyWrongLastSequenceError
 
 from jobrunner.common import retry
 from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
@@ -31,6 +28,7 @@ from jobrunner.contracts.events import TERMINAL_STATUSES, ErrorCode, ErrorInfo, 
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity
 
 log = structlog.get_logger()
@@ -45,7 +43,7 @@ class LostJobSweeper:
         identity: RunnerIdentity,
         ledger: orphans.ToolLedger,
         handling: Container[str],
-        orphan_seconds: float,
+        queue_orphans: QueueOrphans,
     ) -> None:
         self.slots = slots
         self.board = board
@@ -54,9 +52,8 @@ class LostJobSweeper:
         self.ledger = ledger
         # The ids of the jobs this runner is handling (alive, whatever their lease says).
         self.handling = handling
-        self.orphan_seconds = orphan_seconds  # settings.queue_orphan_seconds
-        # Each lock's queue head as the sweep last found it (by lock key).
-        self._heads: dict[str, _Head] = {}
+        # Drops the queue heads never stored (shared with the claimer).
+        self.queue_orphans = queue_orphans
 
     async def clean_up_after_crash(self) -> None:
         """Before taking work: end what a dead runner on this host left behind."""
@@ -114,12 +111,8 @@ class LostJobSweeper:
             if retry.is_transient(exc):
                 # NATS away: a head's request may be missing only because its publish could
                 # not land meanwhile. Its age counts again from the next time NATS answers.
-                self._restart_missing_ages()
+                self.queue_orphans.restart()
             raise
-
-    def _restart_missing_ages(self) -> None:
-        for head in self._heads.values():
-            head.missing_since = None
 
     async def _sweep_round(self) -> None:
         for record in await self.slots.run_records():
@@ -134,55 +127,32 @@ class LostJobSweeper:
         await self.sweep_queues()
 
     async def sweep_queues(self) -> None:
-        """Drop the head of each lock's queue whose job's request has not been in the stream
-        for ``queue_orphan_seconds``: the API kept the entry after a publish whose outcome it
-        could not know (a lost ack), and the request was not stored after all. The lock's next
-        waiting job drops such a head (``SlotClaimer._is_queue_head``); with no job waiting it
-        would stay in the lock bucket, on the lock board and in ``jobrunner_jobs_queued`` until
-        one came.
+        """Drop the head of each lock's queue that is an orphan (``QueueOrphans``): the API kept
+        the entry after a publish whose outcome it could not know (a lost ack), and the request
+        was not stored after all. The lock's next waiting job drops such a head
+        (``SlotClaimer._is_queue_head``); with no job waiting it would stay in the lock bucket,
+        on the lock board and in ``jobrunner_jobs_queued`` until one came.
 
         The head only, as the claimer: the entries behind it may belong to jobs whose requests
         are still on their way (a batch's entries share one stamp and its requests are stored
         in order; an outage in the middle of its publish), and they keep their places until
-        they come first. The age is counted from when this runner first found the head without
-        its request, on this runner's own clock (not the API's ``queued_at``: no two clocks
-        compared), and starts again after a round NATS ended (``sweep``); the delete names the
-        revision the board saw (an entry queued again meanwhile stays)."""
+        they come first."""
         if not self.board.ready.is_set():
             return  # a watch replaying the bucket: its queues are not whole yet
-        heads: dict[str, _Head] = {}
-        for lock_key, queue in list(self.board.queues.items()):
-            if not queue:
+        heads = {lock_key: self.board.first(lock_key) for lock_key in list(self.board.queues)}
+        self.queue_orphans.keep_only([lock_key for lock_key, first in heads.items() if first])
+        for lock_key, first in heads.items():
+            if first is None:
                 continue
-            revision, entry = min(queue.values(), key=lambda item: item[0])
-            head = self._heads.get(lock_key)
-            if head is None or (head.job_id, head.revision) != (entry.job_id, revision):
-                head = _Head(entry.job_id, revision)
-            heads[lock_key] = head
+            revision, entry = first
+            lock = lock_key.removeprefix("slot.")
             try:
-                await self._sweep_head(lock_key.removeprefix("slot."), head)
+                await self.queue_orphans.drop_if_orphan(lock, revision, entry)
             except Exception as exc:
                 if retry.is_transient(exc):
                     raise  # NATS away: the round stops, as it would for every lock
                 # One lock the sweep cannot settle must not keep it from the others.
                 log.warning("sweep of a lock's queue failed", lock=lock_key, error=repr(exc))
-        self._heads = heads
-
-    async def _sweep_head(self, lock: str, head: _Head) -> None:
-        if head.stored:
-            return  # its job leaves the queue as every queued job does
-        if await self.journal.last_event(head.job_id, "requested") is not None:
-            head.stored = True
-            return
-        now = time.monotonic()
-        if head.missing_since is None:
-            head.missing_since = now
-        if now - head.missing_since < self.orphan_seconds:
-            return
-        log.info("dropping a dead queue entry", dead_job_id=head.job_id)
-        # Refused if the job was queued again since the board saw it: a new entry, its own age.
-        with contextlib.suppress(KeyWrongLastSequenceError):
-            await self.slots.dequeue(lock, head.job_id, head.revision)
 
     async def sweep_record(self, record: RunRecord) -> None:
         """End the job of ``record``, read by a sweep, if its runner is gone."""
@@ -212,17 +182,6 @@ class LostJobSweeper:
             await self.journal.end(job_id, JobStatus.FAILED, error=error, job_type=job_type)
         await self.slots.forget_run(job_id)
         return ending
-
-
-@dataclass
-class _Head:
-    """A lock's queue head, as the sweep knows it: its request found stored (not looked up
-    again), or since when (this runner's monotonic clock) it has been found missing."""
-
-    job_id: str
-    revision: int
-    stored: bool = False
-    missing_since: float | None = None
 
 
 def _lost_error(runner_id: str | None) -> ErrorInfo:

@@ -181,8 +181,8 @@ class JobController(Controller):
                     # unknown (an ack lost with a NATS restart, a timeout), the entry stays: a
                     # stored job keeps its place and runs there, with or without the client's
                     # retry; the entry of one that was not stored is dropped by the lock's next
-                    # waiter once it is queue_orphan_seconds old and its request is still not in
-                    # the stream (runner/claim.py), which is all it costs that lock.
+                    # waiter or a sweep once its request has been missing from the stream for
+                    # queue_orphan_seconds (runner/queue_orphans.py), all it costs that lock.
                     await ctx.slots.dequeue(job_type.lock, request_event.job_id)
             except Exception as cleanup:
                 # A reservation left expires with its TTL; an entry left is dropped as above.

@@ -1,0 +1,115 @@
+"""When a lock's queue head is an orphan: its entry is on the lock board, and its job's
+``JobRequested`` has been missing from the stream for ``queue_orphan_seconds``. The API keeps an
+entry after a publish whose outcome it could not know (a lost ack, its own death in between),
+and the request may never be stored. One definition for the runner's two droppers: a queued
+job waiting behind the head (``SlotClaimer``) and the periodic sweep (``LostJobSweeper``); they
+share one instance, so a head's age counts from whichever looked first.
+
+The age is counted on this runner's monotonic clock, never from the API's ``queued_at`` (another
+host's wall clock: ahead of the runner's by more than the age, a live head would be dropped at
+once and the jobs behind it run first; behind, an orphan would block the lock for longer).
+
+It counts from the first look that found the request missing, and each look's time is taken
+when the look is sent, not when its answer comes: the server reads the look no earlier, and an
+answer held up on its way back (a NATS node relaying it paused, this runner's loop stalled on a
+loaded host) may arrive after the request was stored meanwhile. So a look sent the age after the
+first and answered "missing" means the request was not stored within the age of the entry
+(which is stored before this runner can see it): what ``queue_orphan_seconds`` bounds (see
+``QUEUE_ORPHAN_MIN_SECONDS``). Time the server spent paused does count: the API's timeouts run
+through it too. A look NATS ended (a timeout, no JetStream) restarts every age: a request whose
+publish was given up in the outage may still be stored when NATS answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import structlog
+from nats.js.errors import KeyWrongLastSequenceError
+
+from jobrunner.common import retry
+from jobrunner.common.slots import QueueEntry, SlotTable, slot_key
+from jobrunner.services.runner.journal import JobJournal
+
+log = structlog.get_logger()
+
+
+@dataclass
+class _Head:
+    """A lock's queue head as this runner knows it: its request found stored (not looked up
+    again), or since when (the monotonic clock, at a look's send) it has been found missing."""
+
+    job_id: str
+    revision: int
+    stored: bool = False
+    missing_since: float | None = None
+
+
+class QueueOrphans:
+    def __init__(self, slots: SlotTable, journal: JobJournal, orphan_seconds: float) -> None:
+        self.slots = slots
+        self.journal = journal
+        self.orphan_seconds = orphan_seconds  # settings.queue_orphan_seconds
+        # Each lock's head as last looked at (by lock key).
+        self._heads: dict[str, _Head] = {}
+        # Ages found missing before this (the monotonic clock) count again from the next look.
+        self._restarted_at = -float("inf")
+
+    async def drop_if_orphan(self, lock: str, revision: int, entry: QueueEntry) -> bool:
+        """Drop ``entry``, the head of ``lock``'s queue at ``revision`` as the board saw it, if
+        it is an orphan (True). The delete names the revision: the job queued again meanwhile
+        (not on the board yet) is a new entry with its own age, and stays."""
+        # The board's key for the lock (``key_safe``): the claimer names the lock as the job
+        # did, the sweep as the board does, and both must find the one head.
+        lock_key = slot_key(lock, entry.job_id)
+        if not await self.is_orphan(lock_key, revision, entry.job_id):
+            return False
+        log.info(
+            "dropping a queue entry whose job was never stored",
+            dead_job_id=entry.job_id,
+            missing_for=round(self._missing_for(lock_key), 1),
+        )
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.slots.dequeue(lock, entry.job_id, revision)
+        return True
+
+    async def is_orphan(self, lock_key: str, revision: int, job_id: str) -> bool:
+        """Has the head (``job_id`` at ``revision``) of ``lock_key``'s queue had its request
+        missing for the age? Each call is one look, unless the request was found before."""
+        head = self._heads.get(lock_key)
+        if head is None or (head.job_id, head.revision) != (job_id, revision):
+            head = self._heads[lock_key] = _Head(job_id, revision)
+        if head.stored:
+            return False
+        sent_at = time.monotonic()
+        try:
+            stored = await self.journal.last_event(job_id, "requested") is not None
+        except Exception as exc:
+            if retry.is_transient(exc):
+                self.restart()
+            raise
+        if stored:
+            head.stored = True
+            return False
+        if head.missing_since is None or head.missing_since < self._restarted_at:
+            # The first look, or the first since NATS ended one (a look sent before the
+            # restart and answered after it starts nothing: its age restarts next time).
+            head.missing_since = sent_at
+        return sent_at - head.missing_since >= self.orphan_seconds
+
+    def _missing_for(self, lock_key: str) -> float:
+        since = self._heads[lock_key].missing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def restart(self) -> None:
+        """NATS ended a look: every head's age counts again from its next look."""
+        self._restarted_at = time.monotonic()
+
+    def keep_only(self, lock_keys: Collection[str]) -> None:
+        """Forget the heads of the locks not in ``lock_keys`` (their queues emptied)."""
+        kept = set(lock_keys)
+        for lock_key in [key for key in self._heads if key not in kept]:
+            del self._heads[lock_key]
