@@ -48,6 +48,8 @@ class CountingBoard(LockBoard):
 
     def _apply(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
         self.handed += 1
+        if key.startswith(("run.", "fence.")):
+            return  # as the board before session 27 did with the keys it now never sees
         super()._apply(key, value, operation, revision)
 
 

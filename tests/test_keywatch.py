@@ -4,9 +4,11 @@ one jobrunner supports (several filters on one consumer need the server's ``filt
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -159,3 +161,30 @@ async def test_a_key_watch_hands_over_the_marker_of_an_expired_value(bucket: Key
     finally:
         await every.stop()  # type: ignore[no-untyped-call]
         await some.stop()  # type: ignore[no-untyped-call]
+
+
+async def test_a_key_watch_cancelled_as_it_subscribes_leaves_no_subscription(
+    bucket: KeyValue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel right after the subscription is made (a start step's timeout, a runner
+    stopping while its board reopens the watch) unsubscribes it: no consumer and no callback
+    left waiting for a set-up that never comes."""
+    js = bucket._js
+    nc = js._nc
+    subscribe = js.subscribe
+    made: list[Any] = []
+
+    async def subscribe_then_cancelled(*args: Any, **kwargs: Any) -> Any:
+        sub = await subscribe(*args, **kwargs)
+        made.append(sub)
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # lands at the caller's next await
+        return sub
+
+    before = len(nc._subs)
+    monkeypatch.setattr(js, "subscribe", subscribe_then_cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        await watch_keys(bucket, ["slot.>"])
+    assert made, "the watch never subscribed"
+    assert len(nc._subs) == before, "subscription left behind"

@@ -33,7 +33,9 @@ _MARKER_OPERATIONS = {"MaxAge": KV_PURGE, "Purge": KV_PURGE, "Remove": KV_DEL}
 
 async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
     """A watch of the keys matching any of ``keys`` (KV key filters: ``slot.>``), as
-    ``kv.watch`` watches one filter (its defaults: no history, values and deletes)."""
+    ``kv.watch`` watches one filter (its defaults: no history, values and deletes); its entries
+    are nats-py's but for ``created`` (None)."""
+    assert not isinstance(keys, str), "a sequence of filters, not one"
     # nats-py's bucket exposes its name, stream, subject prefix and context only as private
     # attributes (checked by tests/unit/test_natspy_private_state.py).
     pre = kv._pre
@@ -93,8 +95,8 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
         ordered_consumer=True,
         config=config,
     )
-    await asyncio.sleep(0)
     try:
+        await asyncio.sleep(0)  # (in the try: a cancel here must not leave the subscription)
         # Nothing stored under the filters: no message will say so, the consumer's info does.
         info = await watcher._sub.consumer_info()
         set_up.set_result(True)
