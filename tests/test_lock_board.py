@@ -8,9 +8,9 @@ import msgspec
 import nats
 
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import QueueEntry, SlotValue, queue_key
+from jobrunner.common.slots import QueueEntry, RunRecord, SlotValue, queue_key, run_key
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.board import LockBoard, open_watch
 
 
 async def _nothing(_: SlotValue) -> None:
@@ -95,6 +95,37 @@ async def test_a_queue_key_without_a_job_does_not_stop_the_board(settings: Setti
         assert head is not None
         assert head.job_id == "j1"
         assert not watching.done(), "the watch failed"
+    finally:
+        stop.set()
+        await nc.close()
+    await asyncio.wait({watching}, timeout=30)
+    watching.cancel()
+
+
+async def test_the_board_is_handed_no_running_jobs_record(settings: Settings) -> None:
+    """Run records (``run.``, five messages a job with their markers) stay at the server: the
+    board's watch is handed the leases and queue places only. Every runner's watch used to be
+    handed each of them, and drop it."""
+    nc = await nats.connect(settings.nats_url)
+    board, stop = LockBoard(), asyncio.Event()
+    try:
+        kv = await nc.jetstream().create_key_value(bucket=Names(settings.prefix).locks_bucket)
+        await kv.put(run_key("j0"), msgspec.json.encode(RunRecord(job_id="j0", slot_key="job.j0")))
+        first = await open_watch(kv)
+        watching = asyncio.create_task(board.watch(kv, stop, _nothing, first))
+        await asyncio.wait_for(board.ready.wait(), 30)
+        for n in range(1, 4):
+            record = RunRecord(job_id=f"j{n}", slot_key=f"job.j{n}")
+            await kv.put(run_key(record.job_id), msgspec.json.encode(record))
+            await kv.delete(run_key(record.job_id))
+        value = SlotValue(job_id="j4", phase="held", job_type="t")
+        await kv.put("job.j4", msgspec.json.encode(value))
+        async with asyncio.timeout(30):
+            while "job.j4" not in board.slots:  # noqa: ASYNC110 - the board's state, polled
+                await asyncio.sleep(0.01)
+        assert first._sub is not None
+        info = await first._sub.consumer_info()
+        assert info.delivered.consumer_seq == 1, "handed more than the lease"
     finally:
         stop.set()
         await nc.close()

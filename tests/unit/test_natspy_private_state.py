@@ -126,3 +126,26 @@ def test_a_bucket_holds_what_start_bucket_copies() -> None:
     kv = KeyValue(name="b", stream="KV_b", pre="$KV.b.", js=nats.NATS().jetstream(), direct=True)
     assert (kv._name, kv._stream, kv._pre, kv._direct) == ("b", "KV_b", "$KV.b.", True)
     assert kv._js._timeout == 5
+
+
+# --- a watch of several key filters (``keywatch.watch_keys``), nats-py's watch with a config
+
+
+def test_a_key_watcher_holds_what_watch_keys_fills() -> None:
+    """``watch_keys`` makes nats-py's watcher and fills it as ``KeyValue.watch`` does: its
+    subscription, its queue of updates and whether the ``None`` after the current state went."""
+    watcher = KeyValue.KeyWatcher(None)
+    assert (watcher._sub, watcher._init_done) == (None, False)
+    assert watcher._updates.maxsize > 0
+    watch = inspect.getsource(KeyValue.watch)
+    assert "watcher._init_done = True" in watch
+    assert "await watcher._updates.put(None)" in watch
+
+
+def test_subscribe_keeps_a_configs_filter_subjects() -> None:
+    """An ordered subscription made with a config of several filters keeps them (no single
+    ``filter_subject`` beside them, which the server refuses) in the config nats-py sends again
+    to make the consumer again (``_ccreq``)."""
+    source = inspect.getsource(JetStreamContext.subscribe)
+    assert "if not config.filter_subjects:" in source
+    assert "config.filter_subject = subject" in source

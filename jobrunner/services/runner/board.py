@@ -1,4 +1,4 @@
-"""The runner's view of the lock bucket, kept current by one watcher over every key.
+"""The runner's view of the lock bucket, kept current by one watcher over its leases and queues.
 
 It knows each slot's lease value (so that when a lease expires, the runner knows whose job and
 which process group it was) and each lock's queue: queued jobs waiting for a slot, ordered by the
@@ -16,12 +16,17 @@ import structlog
 from nats.errors import BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError
 from nats.js.kv import KV_PURGE, KeyValue
 
-from jobrunner.common import retry, subscription
+from jobrunner.common import keywatch, retry, subscription
 from jobrunner.common.slots import QueueEntry, SlotValue, Unreadable, key_safe
 
 log = structlog.get_logger()
 
 OnExpired = Callable[[SlotValue], Awaitable[None]]
+
+# The keys the board reads: leases (a lock's slot, or a job's own) and queue places. Not the
+# running jobs' records (``run.``: read by the sweep from the server) nor the runners' give-back
+# barriers (``fence.``), whose writes and markers every runner's watch was handed to drop.
+WATCHED_KEYS = ("slot.>", "job.>", "queue.>")
 
 
 class UnreadableEntry(ValueError):
@@ -83,10 +88,6 @@ class LockBoard:
         self, key: str, value: bytes | None, operation: str | None, revision: int
     ) -> None:
         kind, _, rest = key.partition(".")
-        if kind in ("run", "fence"):
-            # A running job's record (read by the sweep from the server, not from here), or a
-            # runner's give-back barrier.
-            return
         if kind == "queue":
             self._apply_queued(key, rest, value, operation, revision)
             return
@@ -134,7 +135,7 @@ class LockBoard:
         on_expired: OnExpired,
         first: KeyValue.KeyWatcher | None = None,
     ) -> None:
-        """Follow every key; ``on_expired`` gets the value of a lease whose TTL ran out.
+        """Follow the ``WATCHED_KEYS``; ``on_expired`` gets the value of a lease whose TTL ran out.
         ``first``: the watch to follow first (the runner's start opens it, ``open_watch``)."""
         while not stop.is_set():
             try:
@@ -142,7 +143,7 @@ class LockBoard:
                 if first is not None:
                     watcher, first = first, None
                 else:
-                    watcher = await kv.watchall()
+                    watcher = await keywatch.watch_keys(kv, WATCHED_KEYS)
                 # A (re)started watch replays the current state from scratch. A waiter acts only
                 # once its own queue entry is back, and replay runs in revision order, so a
                 # half-replayed queue never names the wrong head.
@@ -174,14 +175,15 @@ class LockBoard:
 
 
 async def open_watch(kv: KeyValue) -> KeyValue.KeyWatcher:
-    """The watch of every key, as a start step (``retry.until_jetstream_ready``): its consumer's
-    create waits the start's short timeout (a stream just created answers nothing until its
-    replicas elect a leader) and is safe to send again: a consumer made after its try gave up
-    has no subscriber, and the server removes it after its inactive threshold (nats-py's KV
-    watch default, 5 minutes; until then an idle consumer, nothing delivered to anyone). The
-    watch then goes on on ``kv``'s own context (its consumer made again after a reconnect)."""
-    watcher = await retry.start_bucket(kv).watchall()
-    assert watcher._sub is not None  # set by ``watch``
+    """The board's watch (``WATCHED_KEYS``), as a start step (``retry.until_jetstream_ready``):
+    its consumer's create waits the start's short timeout (a stream just created answers nothing
+    until its replicas elect a leader) and is safe to send again: a consumer made after its try
+    gave up has no subscriber, and the server removes it after its inactive threshold
+    (``keywatch.INACTIVE_THRESHOLD``, nats-py's KV watch default, 5 minutes; until then an idle
+    consumer, nothing delivered to anyone). The watch then goes on on ``kv``'s own context (its
+    consumer made again after a reconnect)."""
+    watcher = await keywatch.watch_keys(retry.start_bucket(kv), WATCHED_KEYS)
+    assert watcher._sub is not None  # set by ``watch_keys``
     subscription.keep_on(watcher._sub, kv._js)
     return watcher
 

@@ -1,9 +1,9 @@
 """Running and queued jobs per lock, read from the runner's view of the lock bucket at scrape.
 
-Every runner watches the whole bucket (``board.py``), so each reports the installation's
-figures, not its own share: aggregate several runners with ``max``, not ``sum``. Reading the
-board is a walk over in-memory dicts, no NATS request: a scrape answers while NATS is away
-(with the last state the watch saw).
+Every runner watches every lease and queue of the bucket (``board.py``), so each reports the
+installation's figures, not its own share: aggregate several runners with ``max``, not ``sum``.
+Reading the board is a walk over in-memory dicts, no NATS request: a scrape answers while NATS
+is away (with the last state the watch saw).
 """
 
 from __future__ import annotations
