@@ -719,6 +719,13 @@ async def unless_wrong_last(acked: Awaitable[Ack]) -> Ack | None:
         raise
 
 
+# How long a close waits for the socket to take what nats-py still holds once the flush has
+# failed: the kernel takes a few MB at once, a live server the rest in milliseconds. A frozen
+# server takes nothing, and nats-py's close then waits in its drain (and for the socket to
+# close) with no bound: past this the connection is dropped, and logged.
+CLOSE_SECONDS = 5.0
+
+
 async def close(nc: NATS) -> None:
     """Flush what we sent, then close. (``drain`` would wait on watchers nobody reads any more.)"""
     try:
@@ -726,4 +733,22 @@ async def close(nc: NATS) -> None:
             await nc.flush(timeout=2)
     except Exception as exc:
         log.warning("nats flush on close failed", error=repr(exc))
-    await nc.close()
+    # Not cancelled at its bound: nats-py swallows a cancel while it flushes, and a close cut
+    # short would skip its clean-up. The socket's abort ends its wait instead.
+    closing = asyncio.ensure_future(nc.close())
+    done, _ = await asyncio.wait({closing}, timeout=CLOSE_SECONDS)
+    if not done:
+        log.error("nats took nothing more: connection dropped", waited=CLOSE_SECONDS)
+        _abort_socket(nc)
+    try:
+        await closing
+    except ConnectionError as exc:  # the abort, met in nats-py's drain
+        log.warning("nats connection closed by its abort", error=repr(exc))
+
+
+def _abort_socket(nc: NATS) -> None:
+    """Drop ``nc``'s socket and what is still buffered for it (nats-py's transport's stream)."""
+    writer = getattr(nc._transport, "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None:
+        transport.abort()
