@@ -90,3 +90,31 @@ async def test_a_connection_closes_within_its_bound_while_nats_is_frozen(
     closing.result()
     assert nc.is_closed
     assert len([e for e in logs if e["event"] == DROPPED]) == (0 if graceful else 1)
+
+
+async def test_a_close_whose_flush_cannot_even_be_queued_ends_within_its_bounds(
+    nc: NATS, own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS frozen with MBs unsent holds nats-py's flusher; subscribes made meanwhile fill its
+    queue (1,024 places), where the close's flush must queue its ping first, a wait nats-py does
+    not bound: the flush is left after its bound, and the close goes on to its own."""
+    assert own_nats.proc is not None
+    monkeypatch.setattr(eventstore, "CLOSE_SECONDS", BOUND)
+    freeze(own_nats.proc.pid)
+    await publish_until_unsent(nc)
+    subscribing = [asyncio.ensure_future(nc.subscribe(f"close.queued.{i}")) for i in range(1100)]
+    try:
+        async with asyncio.timeout(30):
+            while nc._flush_queue.qsize() < nc._flush_queue.maxsize:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        with capture_logs() as logs:
+            closing = asyncio.ensure_future(eventstore.close(nc))
+            done, _ = await asyncio.wait({closing}, timeout=FLUSH_SECONDS + 1 + BOUND + 20)
+        assert done, "the close waited for ever to queue its flush"
+        closing.result()
+        assert nc.is_closed
+        assert len([e for e in logs if e["event"] == DROPPED]) == 1
+    finally:
+        for task in subscribing:
+            task.cancel()
+        await asyncio.wait(subscribing, timeout=10)

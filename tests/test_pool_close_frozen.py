@@ -24,7 +24,10 @@ from tests import servers
 from tests.freeze import freeze
 
 BOUND = 3.0  # POOL_CLOSE_SECONDS here
-DROPPED = "postgres did not close the pool's connections: dropped"
+DROPPED = (
+    "pool not closed in time (a connection not given back, or postgres not answering):"
+    " its connections dropped"
+)
 
 
 @pytest.fixture

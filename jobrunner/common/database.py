@@ -106,5 +106,7 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
     except TimeoutError:
         log.error(
-            "postgres did not close the pool's connections: dropped", waited=POOL_CLOSE_SECONDS
+            "pool not closed in time (a connection not given back, or postgres not answering):"
+            " its connections dropped",
+            waited=POOL_CLOSE_SECONDS,
         )
