@@ -345,6 +345,13 @@ async def _served_nuid(js: JetStreamContext, names: Names, object_name: str) -> 
         return None
 
 
+# How long the API's shutdown waits for the sweeper after its stop: the request of a pass whose
+# cancel was lost (see sweep_forever) ends by nats-py's request timeout (5 s; with NATS away its
+# failure ends the pass, and the stop is seen), and 2 s for a loaded event loop. Past it the
+# sweeper is left, and logged: the connection's close, which follows, ends its pass.
+SWEEPER_STOP_SECONDS = 7.0
+
+
 async def sweep_forever(
     js: JetStreamContext, names: Names, settings: Settings, stop: asyncio.Event
 ) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import msgspec
+import structlog
+
+log = structlog.get_logger()
 
 # The schema that holds the live read models.
 READ_SCHEMA = "readmodel"
@@ -86,3 +90,23 @@ async def create_pool(
         connect=connect,
         server_settings=settings,
     )
+
+
+# How long a stopping service waits for its pool's graceful close: each connection sends its
+# Terminate and waits until Postgres closes the socket (milliseconds), and a loaded machine's
+# seconds. A frozen Postgres never closes it, and asyncpg's close has no bound of its own (no
+# command timeout on our pools): past this the connections are dropped, and logged.
+POOL_CLOSE_SECONDS = 5.0
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close ``pool`` gracefully within ``POOL_CLOSE_SECONDS``, else drop its connections
+    (asyncpg's ``close`` terminates the pool when it is cancelled)."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+    except TimeoutError:
+        log.error(
+            "pool not closed in time (a connection not given back, or postgres not answering):"
+            " its connections dropped",
+            waited=POOL_CLOSE_SECONDS,
+        )

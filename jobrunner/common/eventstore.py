@@ -719,11 +719,59 @@ async def unless_wrong_last(acked: Awaitable[Ack]) -> Ack | None:
         raise
 
 
+# How long a close waits for the socket to take what nats-py still holds once the flush has
+# failed: the kernel takes a few MB at once, a live server the rest in milliseconds. A frozen
+# server takes nothing, and nats-py's close then waits in its drain (and for the socket to
+# close) with no bound: past this the connection is dropped, and logged.
+CLOSE_SECONDS = 5.0
+
+
+# The flush before the close: its wait for the server's answer. nats-py bounds only that
+# wait; the flush first queues its ping for the flusher, and that queue (1,024 places) can be
+# full with a frozen server holding the flusher (subscribes and unsubscribes queue there too):
+# the whole flush is bounded a second later, and left.
+FLUSH_SECONDS = 2.0
+
+
 async def close(nc: NATS) -> None:
     """Flush what we sent, then close. (``drain`` would wait on watchers nobody reads any more.)"""
+    if nc.is_connected:
+        flushing = asyncio.ensure_future(nc.flush(timeout=FLUSH_SECONDS))  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({flushing}, timeout=FLUSH_SECONDS + 1)
+        if not done:
+            # Its cancel may be swallowed (nats-py's flush queue): the close ends it.
+            flushing.cancel()
+            flushing.add_done_callback(_unheeded)
+            log.warning("nats flush on close failed", error="its ping was never queued")
+        elif not flushing.cancelled() and flushing.exception() is not None:
+            log.warning("nats flush on close failed", error=repr(flushing.exception()))
+    # Not cancelled at its bound: nats-py swallows a cancel while it flushes, and a close cut
+    # short would skip its clean-up. The socket's abort ends its wait instead.
+    closing = asyncio.ensure_future(nc.close())
+    done, _ = await asyncio.wait({closing}, timeout=CLOSE_SECONDS)
+    if not done:
+        log.error("nats took nothing more: connection dropped", waited=CLOSE_SECONDS)
+        _abort_socket(nc)
     try:
-        if nc.is_connected:
-            await nc.flush(timeout=2)
-    except Exception as exc:
-        log.warning("nats flush on close failed", error=repr(exc))
-    await nc.close()
+        await closing
+    except ConnectionError as exc:
+        # The connection was lost under the close (the server killed or restarting, a
+        # reconnect under way with publishes buffered): nats-py's close stopped there.
+        log.warning("nats connection lost during its close", error=repr(exc))
+
+
+def _unheeded(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # read: a flush left behind ends in an error nobody waits for
+
+
+def _abort_socket(nc: NATS) -> None:
+    """Drop ``nc``'s socket and what is still buffered for it (nats-py's transport's stream)."""
+    writer = getattr(nc._transport, "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None:
+        # nats-py's internals changed (tests/test_nats_close_frozen.py reads them too): the
+        # close goes on waiting for the socket.
+        log.error("nats socket not found to drop: the close may wait for a frozen server")
+        return
+    transport.abort()

@@ -572,14 +572,35 @@ def deletes_pending() -> int:
     return len(_deleting)
 
 
+# How long a stopping process waits for its background requests after their cancel: a request
+# in flight whose cancel was lost (nats-py swallows one that arrives while it flushes, 3.11's
+# wait_for one that comes with the reply) ends by nats-py's request timeout (5 s), and 2 s for a
+# loaded event loop. A check after a reconnect that lost its cancel would retry for as long as
+# NATS stays away: past the bound it is left, and logged; the connection's close, which follows,
+# ends it (its loop stops on a closed connection).
+FORGET_DELETES_SECONDS = 7.0
+
+
 async def forget_deletes() -> None:
     """Cancel the deletions still waiting (a process stopping: the server removes the
-    consumers itself, about 5 s after their subscriptions went)."""
+    consumers itself, about 5 s after their subscriptions went) and the checks after a
+    reconnect, and wait for them at most ``FORGET_DELETES_SECONDS``."""
     loop = asyncio.get_running_loop()
     pending = [task for task in _deleting if task.get_loop() is loop]
     for task in pending:
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    if not pending:
+        return
+    _, left = await asyncio.wait(pending, timeout=FORGET_DELETES_SECONDS)
+    for task in pending:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an error after the stop is nobody's to report
+    if left:
+        structlog.get_logger().error(
+            "background NATS requests did not end on their cancel: left running",
+            left=len(left),
+            waited=FORGET_DELETES_SECONDS,
+        )
 
 
 async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.RawStreamMsg | None:

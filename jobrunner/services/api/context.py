@@ -23,6 +23,7 @@ from jobrunner.common import (
     heap,
     metrics,
     stallwatch,
+    stopping,
     subscription,
 )
 from jobrunner.common.jobtypes import JobType, load_job_types
@@ -182,7 +183,8 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         # Artifact content another (killed) API left to purge: at start, then now and then.
         sweeper_stop = asyncio.Event()
         sweeper = asyncio.get_running_loop().create_task(
-            artifactpurges.sweep_forever(js, names, settings, sweeper_stop)
+            artifactpurges.sweep_forever(js, names, settings, sweeper_stop),
+            name="artifact-sweeper",
         )
         try:
             with stallwatch.watching():
@@ -190,9 +192,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         finally:
             # Purges of replaced content still waiting would only fail once the connection is
             # closed; what they leave, the next upload of the name purges.
-            sweeper_stop.set()  # (a cancel alone can be lost: see sweep_forever)
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            await stopping.end_loop(
+                sweeper, sweeper_stop, within=artifactpurges.SWEEPER_STOP_SECONDS
+            )
             await artifactstore.stop_purges(js)
             await readmodels.close()
             await subscription.forget_deletes()

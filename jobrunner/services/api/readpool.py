@@ -24,6 +24,8 @@ from typing import Any
 
 import asyncpg
 
+from jobrunner.common import database
+
 
 class ReadModelsTimeout(Exception):
     """A read of the read models did not finish within its deadline (Postgres frozen, or
@@ -227,4 +229,4 @@ class ReadPool:
             return await conn.fetchval(query, *args)
 
     async def close(self) -> None:
-        await self.pool.close()
+        await database.close_pool(self.pool)

@@ -139,7 +139,7 @@ async def replay(
             init=timestamps.init_connection,
             synchronous_commit="off",
         )
-        resources.push_async_callback(pool.close)
+        resources.push_async_callback(database.close_pool, pool)
         lock_holder = await connect_lock_holder(settings.database_url)
         resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):

@@ -165,7 +165,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         if feed is not None:
             await feed.close()
         await subscription.forget_deletes()  # a failed link's consumer delete still under way
-        await pool.close()
+        await database.close_pool(pool)
         await eventstore.close(nc)
 
 

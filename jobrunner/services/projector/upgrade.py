@@ -191,7 +191,7 @@ async def rebuild(
             init=timestamps.init_connection,
             synchronous_commit="off",
         )
-        resources.push_async_callback(pool.close)
+        resources.push_async_callback(database.close_pool, pool)
         await eventstore.ensure_topology(js, names, settings)
         info = await js.stream_info(names.stream)
         first_seq = max(info.state.first_seq, 1)

@@ -1,0 +1,87 @@
+"""A service's stop closes its Postgres pool within ``POOL_CLOSE_SECONDS`` even when Postgres is
+frozen: the API's and the projector's stop waited for ever.
+
+asyncpg's graceful close sends each connection's Terminate and waits until Postgres closes the
+socket, with no bound when the pool has no command timeout (ours have none); a frozen backend
+never closes it. Here Postgres (the postmaster and every backend) is frozen for real, for just
+less or longer than the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from jobrunner.common import database
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from tests import servers
+from tests.freeze import freeze
+
+BOUND = 3.0  # POOL_CLOSE_SECONDS here
+DROPPED = (
+    "pool not closed in time (a connection not given back, or postgres not answering):"
+    " its connections dropped"
+)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
+    async with servers.own_postgres("jobrunner-test-pool-close-") as server:
+        yield server
+
+
+def postgres_pids(server: EmbeddedPostgres) -> list[int]:
+    """The postmaster and every process it started (each backend leads a group of its own)."""
+    assert server.proc is not None
+    postmaster = server.proc.pid
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid ...": the comm may hold spaces, not a closing parenthesis.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+@pytest.mark.parametrize(
+    ("frozen_for", "graceful"),
+    [(BOUND - 2, True), (BOUND + 30, False)],
+    ids=["freeze-within-the-bound", "freeze-past-the-bound"],
+)
+async def test_a_pool_closes_within_its_bound_while_postgres_is_frozen(
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    frozen_for: float,
+    graceful: bool,
+) -> None:
+    """Frozen 1 s, the pool's connections close gracefully once Postgres answers; frozen past
+    the bound, they are dropped after it, said in the log, and the stop goes on."""
+    monkeypatch.setattr(database, "POOL_CLOSE_SECONDS", BOUND)
+    pool = await database.create_pool(own_postgres.url, min_size=2, max_size=2)
+    pids = postgres_pids(own_postgres)
+    try:
+        for pid in pids:
+            freeze(pid)
+        asyncio.get_running_loop().call_later(
+            frozen_for, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids]
+        )
+        with capture_logs() as logs:
+            closing = asyncio.ensure_future(database.close_pool(pool))
+            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
+        assert done, "the pool's close waited for a frozen Postgres past its bound"
+        closing.result()
+        dropped = [e for e in logs if e["event"] == DROPPED]
+        assert len(dropped) == (0 if graceful else 1)
+        assert pool._closed
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        pool.terminate()
