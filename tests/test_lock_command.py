@@ -7,10 +7,20 @@ import asyncio
 import os
 import sys
 
+import msgspec
+import pytest
+
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import UNKNOWN_HOLDER
 from tests.cli_support import cli_env
 from tests.test_runner_lease import held, slot_table
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # A lease that outlives the command's start (a Python process importing jobrunner: seconds
+    # on a loaded machine; the suite's 3 s lease expired before the command read it in CI).
+    return msgspec.structs.replace(settings, lease_ttl_seconds=120.0)
 
 
 async def clear_unreadable(settings: Settings, lock: str) -> tuple[int, str]:
