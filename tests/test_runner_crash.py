@@ -428,6 +428,7 @@ async def test_cancelled_job_whose_runner_died_before_ending_it_ends_cancelled(
     assert ended["status"] == "cancelled"
     assert ended["cancelled_by"] == "test-admin"
     assert ended["exit_code"] is None
+    assert ended["error"]["code"] == "RUNNER_LOST"
     assert await status_events(settings, job_id) == ["running", "cancelled"]
 
 
@@ -549,7 +550,9 @@ async def test_a_lost_runners_job_ends_cancelled_when_a_cancel_is_stored(
         assert ending.status == events.JobStatus.CANCELLED
         assert ending.cancelled_by == "alice"
         assert ending.exit_code is None
-        assert ending.error is None
+        # Cancelled, and the record says the tool's end was never seen: its runner was lost.
+        assert ending.error is not None
+        assert ending.error.code == events.ErrorCode.RUNNER_LOST
     else:
         assert ending.status == events.JobStatus.FAILED
         assert ending.error is not None

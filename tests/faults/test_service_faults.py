@@ -42,13 +42,16 @@ async def finish(
     note: str = "",
 ) -> None:
     """Wait for the job's end and its lines, check them, record the figures, assert. The job
-    should complete, unless ``expect_codes`` (failed with one of them) or ``expect_cancelled``."""
+    should complete, unless ``expect_codes`` (failed with one of them) or ``expect_cancelled``
+    (cancelled; with ``expect_codes`` too, carrying one of them as its error)."""
     row, recovery, terminal_s = await follow_job(cluster, job, fault_end, timeout)
     try:
         if row is None or not is_terminal(row):
             problems.append(f"job still {outcome(row)} {timeout:.0f} s after the fault")
         elif expect_cancelled:
-            if row.status != "cancelled":
+            if row.status != "cancelled" or (
+                expect_codes is not None and row.error_code not in expect_codes
+            ):
                 problems.append(f"job should end cancelled, ended {outcome(row)}")
         elif expect_codes is None and row.status != "completed":
             problems.append(f"job should complete, ended {outcome(row)}")
@@ -219,8 +222,8 @@ async def test_runner_frozen_through_a_cancel_then_killed_ends_the_job_cancelled
     cluster: FaultCluster,
 ) -> None:
     """A job cancelled while its runner is frozen (SIGSTOP), the runner then SIGKILLed and no
-    runner alive past the lease: the job ends cancelled once a runner starts, not RUNNER_LOST,
-    with no exit code."""
+    runner alive past the lease: the job ends cancelled once a runner starts, not failed, with
+    no exit code and RUNNER_LOST as its error (why no exit code was seen)."""
     runners = sorted(name for name in cluster.services if name.startswith("runner-"))
     frozen = newcomer = None
     try:
@@ -253,6 +256,7 @@ async def test_runner_frozen_through_a_cancel_then_killed_ends_the_job_cancelled
             fault_end,
             [],
             expect_cancelled=True,
+            expect_codes=("RUNNER_LOST",),
             prefix_only=True,
             timeout=LEASE_TTL + END_GRACE,
         )

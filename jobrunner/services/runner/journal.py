@@ -102,16 +102,22 @@ class JobJournal:
         error: ErrorInfo,
         job_type: str = "",
     ) -> None:
-        """End a job whose runner is gone: CANCELLED by whoever asked when ``cancel`` (its
-        ``cancel_of``, read just before) was stored, as its runner would have ended it had it
-        lived to act on it (the tool is gone: no exit code); else FAILED with ``error``
-        (``RUNNER_LOST``). Every way a runner finds a dead one's job ends it here. A cancel
-        stored after that read is still accepted (the API answers 202 until its read model
-        shows the end) and leaves the job FAILED: the first ending stays (``endings.store``)."""
+        """End a job whose runner is gone with ``error`` (``RUNNER_LOST``): CANCELLED by whoever
+        asked when ``cancel`` (its ``cancel_of``, read just before) was stored, as its runner
+        would have ended it had it lived to act on it; else FAILED. The error rides on the
+        cancelled ending too: the tool's end was never seen (no exit code), and the job's record
+        is where an operator reads why. Every way a runner finds a dead one's job ends it here.
+        A cancel stored after that read is still accepted (the API answers 202 until its read
+        model shows the end) and leaves the job FAILED: the first ending stays
+        (``endings.store``)."""
         if cancel is not None:
             log.info("lost job was cancelled", lost_job_id=job_id, cancelled_by=cancel.requested_by)
             await self.end(
-                job_id, JobStatus.CANCELLED, cancelled_by=cancel.requested_by, job_type=job_type
+                job_id,
+                JobStatus.CANCELLED,
+                cancelled_by=cancel.requested_by,
+                error=error,
+                job_type=job_type,
             )
         else:
             await self.end(job_id, JobStatus.FAILED, error=error, job_type=job_type)
