@@ -156,7 +156,7 @@ async def test_the_oldest_supported_server_tells_a_runner_when_a_dead_runners_le
             await system.start_runner(state_dir=str(tmp_path / "survivor"))
             await asyncio.wait_for(swept_off.wait(), 60)
             (board,) = boards
-            assert board.ready.is_set()
+            await asyncio.wait_for(board.ready.wait(), 60)  # the runner waits 10 s at most
             assert board.slots["slot.shared_sheet"].runner_id == "doomed"
             doomed.kill()
             lost = await wait_status(client, job_id, "failed", "completed", "cancelled", timeout=60)
