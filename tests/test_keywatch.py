@@ -135,9 +135,6 @@ async def test_a_key_watch_of_keys_with_no_value_yet_says_so_at_once(bucket: Key
         await watcher.stop()  # type: ignore[no-untyped-call]
 
 
-# nats-server 2.11.0 leaves no marker when a message's own TTL runs out (later ones do): only the
-# suite's server shows the board's "lease expired".
-@pytest.mark.parametrize("server_url", ["suite"], indirect=True)
 async def test_a_key_watch_hands_over_the_marker_of_an_expired_value(bucket: KeyValue) -> None:
     """A lease whose TTL ran out comes as a purge (the server's marker), as in nats-py's watch;
     an expired value of a key not watched does not come at all."""

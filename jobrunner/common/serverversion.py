@@ -1,11 +1,14 @@
 """The oldest nats-server jobrunner runs on, checked as every service declares its topology.
 
-2.11.0: the slot leases are messages with their own TTL (``Nats-TTL``) in a bucket that leaves
-a marker when one expires (``limit_marker_ttl``), and both came in 2.11 (JetStream API level 1).
-On 2.10 the lock bucket cannot be made (nats-py refuses it with "limit marker TTLs not supported
-by server"), and a bucket that ignored the TTLs would keep a dead runner's lease for ever. Run
-against 2.10.26 (refused here), 2.11.0, 2.11.11 and 2.12.4 (the services start and run jobs,
-artifacts and replays): bench/RESULTS.md, "Older nats-server, session 22".
+2.11.2: the slot leases are messages with their own TTL (``Nats-TTL``) in a bucket that leaves
+a marker where one runs out (``limit_marker_ttl``), and every runner's lock board hears a dead
+runner's lease expire by that marker. Per-message TTLs came in 2.11 (JetStream API level 1), but
+2.11.0 and 2.11.1 leave a marker only where the bucket's own age limit removes a message, not
+where a message's TTL does (nats-io/nats-server#6710, fixed in 2.11.2): there a dead runner's
+job would end only by the sweep, and its expired lease would stay on every board. Measured with
+every 2.11 release (bench/RESULTS.md, "Lease expiry markers by nats-server release, session
+28"); on 2.10 the lock bucket cannot be made at all (nats-py refuses it with "limit marker TTLs
+not supported by server").
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from nats.aio.client import ServerVersion
 
 from jobrunner.common.refusal import StateRefused
 
-OLDEST_SUPPORTED = (2, 11, 0)
+OLDEST_SUPPORTED = (2, 11, 2)
 
 
 class NatsServerTooOld(StateRefused):
@@ -28,7 +31,8 @@ class NatsServerTooOld(StateRefused):
         self.needed = ".".join(map(str, OLDEST_SUPPORTED))
         super().__init__(
             f"{self.code}: nats-server {found} is too old; jobrunner needs nats-server "
-            f"{self.needed} or newer (its slot leases use per-message TTLs): upgrade the server"
+            f"{self.needed} or newer (its slot leases need a marker where a per-message TTL "
+            "runs out): upgrade the server"
         )
 
 

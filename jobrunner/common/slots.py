@@ -91,9 +91,9 @@ MARKER_TTL = "60s"
 # markers, the board skips ``run.`` keys), but each runner's sweep is handed every marker there
 # is, every round. A delete marker was there 120 s: its own 60 s, then the limit marker the
 # server puts in its place for the bucket's ``limit_marker_ttl``. A purge marker gets no limit
-# marker after it on nats-server 2.11.7 and later (2.11.2-2.11.6 put one: a minute more), so a
-# removed record is there about a second: at most one sweep of each runner is handed it, not
-# 24 (bench/RESULTS.md, "s27purge").
+# marker after it on nats-server 2.11.7 and later (2.11.2-2.11.6, measured, put one: a minute
+# more), so a removed record is there about a second: at most one sweep of each runner is handed
+# it, not 24 (bench/RESULTS.md, "s27purge" and "s28oldnats").
 RECORD_MARKER_TTL = "1s"
 # How long a pipelined delete's ack is waited for before it is sent again on its own.
 PIPELINED_ACK_WAIT = 5.0

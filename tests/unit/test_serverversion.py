@@ -8,18 +8,20 @@ from nats.aio.client import ServerVersion
 from jobrunner.common.serverversion import NatsServerTooOld, require_supported
 
 
-@pytest.mark.parametrize("version", ["2.10.26", "2.9.25", "1.4.1", "2.10.99-RC.1"])
-def test_a_version_before_2_11_0_is_refused_naming_it_and_the_one_needed(version: str) -> None:
+@pytest.mark.parametrize(
+    "version", ["2.11.1", "2.11.0", "2.11.1-RC.1", "2.10.26", "2.9.25", "1.4.1", "2.10.99-RC.1"]
+)
+def test_a_version_before_2_11_2_is_refused_naming_it_and_the_one_needed(version: str) -> None:
     with pytest.raises(NatsServerTooOld) as refused:
         require_supported(ServerVersion(version))
     assert refused.value.code == "nats_server_too_old"
     assert refused.value.found == version.split("-")[0]
-    assert refused.value.needed == "2.11.0"
+    assert refused.value.needed == "2.11.2"
     assert str(refused.value).startswith(f"nats_server_too_old: nats-server {refused.value.found}")
 
 
-@pytest.mark.parametrize("version", ["2.11.0", "2.11.0-RC.1", "2.12.4", "2.15.1", "3.0.0"])
-def test_2_11_0_and_later_start(version: str) -> None:
+@pytest.mark.parametrize("version", ["2.11.2", "2.11.11", "2.12.0-RC.1", "2.15.1", "3.0.0"])
+def test_2_11_2_and_later_start(version: str) -> None:
     require_supported(ServerVersion(version))
 
 
