@@ -7,8 +7,8 @@ second it stores when every write must reach two of three nodes before it is ack
 to one node; and how long one small event takes from publish to a consumer in each. Starts a
 single nats-server and three clustered ones (``tests/cluster.py``'s nodes) on loopback, and runs
 the main bench's JetStream limit (``bench.limits.jetstream``: 1000-line messages, 16 in flight)
-against each, then the same with one line per message (a job printing slowly: the runner flushes
-every ``line_flush_interval_ms``, one line at a time). Prints JSON and writes
+against each, then the same with one line per message (a job printing slowly: the runner sends
+each line as soon as the previous message is acknowledged). Prints JSON and writes
 ``bench/results/cluster_stream.json``.
 """
 

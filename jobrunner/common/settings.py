@@ -6,6 +6,7 @@ or by an environment variable ``JOBRUNNER_<FIELD>`` (upper case), which wins ove
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -64,7 +65,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     runner_id: str = ""
     max_concurrent_jobs: int = 8
     lease_ttl_seconds: float = 15.0
-    line_flush_interval_ms: float = 10.0
     line_batch_max: int = 1000
     max_line_bytes: int = 65536
     # Each runner says it is alive this often; it counts as gone after three missed beats.
@@ -231,7 +231,6 @@ _NO_LIMIT = float("inf")
 _RANGES: dict[str, tuple[float, float]] = {
     "port": (0, 65535),
     "max_concurrent_jobs": (1, _NO_LIMIT),
-    "line_flush_interval_ms": (0, _NO_LIMIT),
     "line_batch_max": (1, _NO_LIMIT),
     "max_line_bytes": (1, _NO_LIMIT),
     "demo_pace": (0, _NO_LIMIT),
@@ -281,6 +280,25 @@ _ABOVE_ZERO = (
     "health_postgres_timeout_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
+# Settings that no service reads any more, still accepted in a config file so that one written
+# for an older jobrunner loads; what each became.
+RETIRED = {
+    "line_flush_interval_ms": "a runner sends a job's lines as soon as its previous message is "
+    "acknowledged, and when many jobs print, on the ticks of one clock for all of them",
+}
+
+
+def _refuse_unknown(values: dict[str, Any], path: Path) -> None:
+    """A key the config file has that is no setting (a typo, say) would be dropped silently and
+    its default used instead: name it, with the closest setting. Retired ones are dropped."""
+    fields = Settings.__struct_fields__
+    for key in list(values):
+        if key in RETIRED:
+            del values[key]
+        elif key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SettingsError(f"config file {path} has {key!r}, which is no setting{hint}")
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -297,6 +315,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(f"config file {path} cannot be read: {exc}") from None
+        _refuse_unknown(values, path)
         # A job-types file named relative to the config file is relative to that file.
         if "job_types_file" in values:
             values["job_types_file"] = str(path.parent / values["job_types_file"])

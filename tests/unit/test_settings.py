@@ -131,7 +131,6 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("lease_ttl_seconds", "nan"),
         ("line_batch_max", "0"),
         ("max_line_bytes", "0"),
-        ("line_flush_interval_ms", "-1"),
         ("stream_replicas", "0"),
         ("sse_keepalive_seconds", "0"),
         ("sse_retry_ms", "-1"),
@@ -176,3 +175,20 @@ def test_queue_orphan_seconds_takes_its_lowest_value(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("JOBRUNNER_QUEUE_ORPHAN_SECONDS", str(QUEUE_ORPHAN_MIN_SECONDS))
     assert load_settings().queue_orphan_seconds == QUEUE_ORPHAN_MIN_SECONDS
     assert Settings().queue_orphan_seconds == 30.0
+
+
+def test_a_config_file_key_that_is_no_setting_is_named_with_the_closest_one(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, "lease_ttl_secods = 30\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config)
+    assert str(raised.value) == (
+        f"config file {config} has 'lease_ttl_secods', which is no setting; "
+        "did you mean 'lease_ttl_seconds'?"
+    )
+
+
+def test_a_retired_setting_in_an_older_config_file_still_loads(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "line_flush_interval_ms = 100\nport = 8123\n")
+    assert load_settings(config).port == 8123

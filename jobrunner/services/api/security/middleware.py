@@ -27,7 +27,8 @@ import contextlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 from urllib.parse import quote
 
 import structlog
@@ -184,7 +185,15 @@ def is_streaming_response(handler: Any) -> bool:
     if not isinstance(handler, HTTPRouteHandler):
         return False
     annotation = handler.parsed_fn_signature.return_type.annotation
-    return isinstance(annotation, type) and issubclass(annotation, Stream | ServerSentEvent)
+    # A union counts when a stream is one of its answers (an artifact's download answers
+    # ``Stream | Response[bytes]``: its bytes, or a 304).
+    answers = (
+        get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    )
+    return any(
+        isinstance(answer, type) and issubclass(answer, Stream | ServerSentEvent)
+        for answer in answers
+    )
 
 
 # Keyed by id() but holding the handler too: an id is reused once a handler (of an app built
