@@ -289,8 +289,9 @@ RETIRED = {
 
 
 def _refuse_unknown(values: dict[str, Any], path: Path) -> None:
-    """A key the config file has that is no setting (a typo, say) would be dropped silently and
-    its default used instead: name it, with the closest setting. Retired ones are dropped."""
+    """A key the config file has that is no setting (a typo, say) stops the service: named,
+    with the closest setting (msgspec's own refusal names only the key). Retired ones are
+    dropped."""
     fields = Settings.__struct_fields__
     for key in list(values):
         if key in RETIRED:
