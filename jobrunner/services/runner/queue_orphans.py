@@ -18,10 +18,15 @@ first and answered "missing" means the request was not stored within the age of 
 ``QUEUE_ORPHAN_MIN_SECONDS``). Time the server spent paused does count: the API's timeouts run
 through it too. A look NATS ended (a timeout, no JetStream) restarts every age: a request whose
 publish was given up in the outage may still be stored when NATS answers again.
+
+Every job waiting behind a head checks it again and again (``SlotClaimer``): the looks of one
+head in flight at once are one look, whose answer (or error) each of them takes. Only while it
+is in flight: a check after it has ended looks again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Collection
@@ -48,6 +53,14 @@ class _Head:
     missing_since: float | None = None
 
 
+@dataclass
+class _Look:
+    """A look for a head's request in flight, and how many checks are waiting for it."""
+
+    task: asyncio.Future[tuple[float, bool]]
+    waiters: int = 0
+
+
 class QueueOrphans:
     def __init__(self, slots: SlotTable, journal: JobJournal, orphan_seconds: float) -> None:
         self.slots = slots
@@ -55,6 +68,8 @@ class QueueOrphans:
         self.orphan_seconds = orphan_seconds  # settings.queue_orphan_seconds
         # Each lock's head as last looked at (by lock key).
         self._heads: dict[str, _Head] = {}
+        # The look in flight for each head's request (by job id), shared by its checks.
+        self._looks: dict[str, _Look] = {}
         # Ages found missing before this (the monotonic clock) count again from the next look.
         self._restarted_at = -float("inf")
 
@@ -84,13 +99,7 @@ class QueueOrphans:
             head = self._heads[lock_key] = _Head(job_id, revision)
         if head.stored:
             return False
-        sent_at = time.monotonic()
-        try:
-            stored = await self.journal.last_event(job_id, "requested") is not None
-        except Exception as exc:
-            if retry.is_transient(exc):
-                self.restart()
-            raise
+        sent_at, stored = await self._shared_look(job_id)
         if stored:
             head.stored = True
             return False
@@ -99,6 +108,37 @@ class QueueOrphans:
             # restart and answered after it starts nothing: its age restarts next time).
             head.missing_since = sent_at
         return sent_at - head.missing_since >= self.orphan_seconds
+
+    async def _shared_look(self, job_id: str) -> tuple[float, bool]:
+        """The look in flight for ``job_id``'s request, or a new one: when it was sent, and
+        whether the request is stored. One waiter's cancel leaves the look to the others; the
+        last one's cancels it."""
+        look = self._looks.get(job_id)
+        if look is None or look.task.done():  # an ended look's answer is not taken again
+            look = self._looks[job_id] = _Look(asyncio.ensure_future(self._look(job_id)))
+            look.task.add_done_callback(lambda task: self._forget_look(job_id, task))
+        look.waiters += 1
+        try:
+            return await asyncio.shield(look.task)
+        finally:
+            look.waiters -= 1
+            if look.waiters == 0:
+                look.task.cancel()  # no-op once it has ended
+
+    async def _look(self, job_id: str) -> tuple[float, bool]:
+        sent_at = time.monotonic()
+        try:
+            stored = await self.journal.last_event(job_id, "requested") is not None
+        except Exception as exc:
+            if retry.is_transient(exc):
+                self.restart()
+            raise
+        return sent_at, stored
+
+    def _forget_look(self, job_id: str, task: asyncio.Future[tuple[float, bool]]) -> None:
+        look = self._looks.get(job_id)
+        if look is not None and look.task is task:
+            del self._looks[job_id]
 
     def _missing_for(self, lock_key: str) -> float:
         since = self._heads[lock_key].missing_since
