@@ -181,6 +181,41 @@ async def test_the_sweep_keeps_an_entry_queued_again_since_the_board_saw_it(
         assert await is_queued(kv, lock, "again")
 
 
+class FailingLock(QueueOrphans):
+    """Cannot settle ``failing``'s head: an error that is no NATS outage (no per-lock one could
+    be made for real: a look for a malformed job id is answered "none", a huge stored message
+    is read, a lone surrogate never decodes from an entry, a permission refusal is a timeout)."""
+
+    def __init__(self, sweeper: LostJobSweeper, failing: str) -> None:
+        super().__init__(sweeper.slots, sweeper.journal, ORPHAN_SECONDS)
+        self.failing = failing
+
+    async def drop_if_orphan(self, lock: str, revision: int, entry: QueueEntry) -> bool:
+        if lock == self.failing:
+            raise RuntimeError(f"the head of {lock} cannot be settled")
+        return await super().drop_if_orphan(lock, revision, entry)
+
+
+async def test_a_lock_the_sweep_cannot_settle_does_not_keep_it_from_the_others(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """One lock's head fails the sweep with an error that is no NATS outage: it is logged and
+    tried again next round, and the orphan heads of the locks swept after it are dropped."""
+    now = time.time()
+    async with watched(settings, js, tmp_path) as (kv, board, sweeper, _):
+        await put_entry(kv, "failing", "never-stored", now)
+        await put_entry(kv, "dead", "never-stored", now)
+        await board_has(board, "failing", "never-stored")
+        await board_has(board, "dead", "never-stored")
+        assert list(board.queues) == ["slot.failing", "slot.dead"]  # swept in this order
+        sweeper.queue_orphans = FailingLock(sweeper, "failing")
+        await sweeper.sweep()  # "dead" found missing: its age starts
+        await asyncio.sleep(PAST_THE_AGE)
+        await sweeper.sweep()
+        assert not await is_queued(kv, "dead", "never-stored")
+        assert await is_queued(kv, "failing", "never-stored")
+
+
 async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(
     settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
 ) -> None:
