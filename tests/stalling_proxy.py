@@ -10,6 +10,13 @@ import math
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
 
 
 @asynccontextmanager
@@ -227,3 +234,23 @@ class FreezingProxy:
             pass
         finally:
             dst.close()
+
+
+@asynccontextmanager
+async def connected_through_a_freezing_proxy(
+    settings: Settings, name: str
+) -> AsyncIterator[tuple[NATS, FreezingProxy]]:
+    """A service's connection (``eventstore.connect``, named ``name``) to the server of
+    ``settings`` through a ``FreezingProxy``, whose connection 0 it is; thawed and closed at the
+    end."""
+    target = urlsplit(settings.nats_url)
+    assert target.hostname is not None
+    assert target.port is not None
+    async with FreezingProxy(target.hostname, target.port) as proxy:
+        proxied = msgspec.structs.replace(settings, nats_url=proxy.url())
+        nc = await eventstore.connect(proxied, name)
+        try:
+            yield nc, proxy
+        finally:
+            proxy.thaw(0)
+            await eventstore.close(nc)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 import msgspec
 import nats.errors
@@ -24,7 +23,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
-from tests.stalling_proxy import FreezingProxy
+from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
 
 LOCK = "exports"
 JOB_ID = "head-job"
@@ -120,19 +119,10 @@ async def test_a_failed_look_ends_every_check_of_it_and_is_not_reused(
 @asynccontextmanager
 async def answers_held(settings: Settings) -> AsyncIterator[tuple[QueueOrphans, FreezingProxy]]:
     """A ``QueueOrphans`` whose looks' answers a proxy can hold back."""
-    target = urlsplit(settings.nats_url)
-    assert target.hostname is not None
-    assert target.port is not None
-    async with FreezingProxy(target.hostname, target.port) as proxy:
-        proxied = msgspec.structs.replace(settings, nats_url=proxy.url())
-        nc = await eventstore.connect(proxied, "looks")
-        try:
-            orphans = queue_orphans(settings, nc.jetstream())
-            assert await check(orphans) is True  # the ack inbox subscribed
-            yield orphans, proxy
-        finally:
-            proxy.thaw(0)
-            await eventstore.close(nc)
+    async with connected_through_a_freezing_proxy(settings, "looks") as (nc, proxy):
+        orphans = queue_orphans(settings, nc.jetstream())
+        assert await check(orphans) is True  # the ack inbox subscribed
+        yield orphans, proxy
 
 
 async def look_held(proxy: FreezingProxy) -> None:

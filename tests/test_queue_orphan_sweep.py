@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from unittest import mock
-from urllib.parse import urlsplit
 
 import msgspec
 import nats.errors
@@ -37,7 +36,7 @@ from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
 from tests.freeze import freeze
-from tests.stalling_proxy import FreezingProxy
+from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
 
 # The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
 # request in a real start; the sweep's rule is the same at any age).
@@ -270,24 +269,16 @@ async def answers_held(
 ) -> AsyncIterator[tuple[KeyValue, LockBoard, LostJobSweeper, FreezingProxy]]:
     """``watched``, the sweeper's looks through a proxy that can hold back their answers (and
     time out after ``request_timeout``: its connection's ack inbox is made with it)."""
-    target = urlsplit(settings.nats_url)
-    assert target.hostname is not None
-    assert target.port is not None
-    async with FreezingProxy(target.hostname, target.port) as proxy:
-        proxied = msgspec.structs.replace(settings, nats_url=proxy.url())
-        nc = await eventstore.connect(proxied, "test-sweeper")
+    async with connected_through_a_freezing_proxy(settings, "test-sweeper") as (nc, proxy):
         with mock.patch.object(ackinbox, "ACK_TIMEOUT", request_timeout):
             ackinbox.of(nc)  # the connection's ack inbox made now, with this timeout
-        try:
-            async with watched(settings, js, tmp_path, nc.jetstream(), HELD_AGE) as (
-                kv,
-                board,
-                sweeper,
-                _,
-            ):
-                yield kv, board, sweeper, proxy
-        finally:
-            await eventstore.close(nc)
+        async with watched(settings, js, tmp_path, nc.jetstream(), HELD_AGE) as (
+            kv,
+            board,
+            sweeper,
+            _,
+        ):
+            yield kv, board, sweeper, proxy
 
 
 async def held_until_read(proxy: FreezingProxy, sweeping: asyncio.Task[None]) -> None:
