@@ -171,3 +171,21 @@ async def test_the_look_ends_with_the_last_check_waiting_for_it(
         await asyncio.wait(checks)
         await asyncio.sleep(0)  # the look's cancel takes effect at its next step
         assert looks_running() == []
+
+
+async def test_a_check_right_after_the_last_one_was_cancelled_looks_again(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """The last check waiting for a look is cancelled, and another check of the head comes
+    before the look's cancel has taken effect: it looks again, and is not cancelled with the
+    abandoned look (its job's claim would end "cancelled", with nobody having cancelled it)."""
+    async with answers_held(settings) as (orphans, proxy):
+        proxy.hold_replies(0)
+        first = asyncio.create_task(check(orphans))
+        await look_held(proxy)
+        first.cancel()
+        second = asyncio.create_task(check(orphans))  # its first step runs after first's finally
+        await asyncio.wait([first])
+        proxy.thaw(0)
+        assert await asyncio.wait_for(second, 30) is True
+        assert first.cancelled()

@@ -123,6 +123,10 @@ class QueueOrphans:
         finally:
             look.waiters -= 1
             if look.waiters == 0:
+                # Forgotten before it is cancelled: the cancel takes effect at the look's next
+                # step, and a check coming before that must start a look of its own, not wait
+                # for this one (its shield would raise the cancel in a task nobody cancelled).
+                self._forget_look(job_id, look.task)
                 look.task.cancel()  # no-op once it has ended
 
     async def _look(self, job_id: str) -> tuple[float, bool]:
