@@ -31,15 +31,16 @@ REVISION = 1
 CHECKS = 8  # the jobs waiting behind the head
 
 
-def queue_orphans(settings: Settings, js: JetStreamContext) -> QueueOrphans:
-    """Age 0: a head found missing once is an orphan, so every check answers at its first look."""
+def queue_orphans(settings: Settings, js: JetStreamContext, age: float = 0.0) -> QueueOrphans:
+    """Age 0 unless told: a head found missing once is an orphan, so every check answers at its
+    first look."""
     names = Names(settings.prefix)
     slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
-    return QueueOrphans(slots, JobJournal(js._nc, js, names, "runner-test"), 0.0)
+    return QueueOrphans(slots, JobJournal(js._nc, js, names, "runner-test"), age)
 
 
-async def check(orphans: QueueOrphans) -> bool:
-    return await orphans.is_orphan(slot_key(LOCK, JOB_ID), REVISION, JOB_ID)
+async def check(orphans: QueueOrphans, revision: int = REVISION) -> bool:
+    return await orphans.is_orphan(slot_key(LOCK, JOB_ID), revision, JOB_ID)
 
 
 async def checks_at_once(orphans: QueueOrphans) -> list[bool]:
@@ -117,11 +118,13 @@ async def test_a_failed_look_ends_every_check_of_it_and_is_not_reused(
 
 
 @asynccontextmanager
-async def answers_held(settings: Settings) -> AsyncIterator[tuple[QueueOrphans, FreezingProxy]]:
-    """A ``QueueOrphans`` whose looks' answers a proxy can hold back."""
+async def answers_held(
+    settings: Settings, age: float = 0.0
+) -> AsyncIterator[tuple[QueueOrphans, FreezingProxy]]:
+    """A ``QueueOrphans`` (of ``age``) whose looks' answers a proxy can hold back."""
     async with connected_through_a_freezing_proxy(settings, "looks") as (nc, proxy):
-        orphans = queue_orphans(settings, nc.jetstream())
-        assert await check(orphans) is True  # the ack inbox subscribed
+        orphans = queue_orphans(settings, nc.jetstream(), age)
+        assert await orphans.journal.last_event(JOB_ID, "requested") is None  # ack inbox made
         yield orphans, proxy
 
 
@@ -189,3 +192,29 @@ async def test_a_check_right_after_the_last_one_was_cancelled_looks_again(
         proxy.thaw(0)
         assert await asyncio.wait_for(second, 30) is True
         assert first.cancelled()
+
+
+# The age of the test below, and how long the look for the head's first revision is held: longer
+# than the age, so that an age counted from that look is up at once.
+AGE = 2.0
+HELD = AGE + 0.5
+
+
+async def test_a_check_of_a_new_revision_does_not_take_a_look_sent_before_it(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """The head queued again (a new revision) while the look for its first revision is on its
+    way: the new revision's check looks for itself. Had it taken that look, sent before the new
+    revision existed, its age would count from then and be up ``HELD`` early: the next check,
+    right after, would drop it."""
+    async with answers_held(settings, AGE) as (orphans, proxy):
+        proxy.hold_replies(0)
+        first = asyncio.create_task(check(orphans, REVISION))
+        await look_held(proxy)
+        await asyncio.sleep(HELD)
+        again = asyncio.create_task(check(orphans, REVISION + 1))
+        await asyncio.sleep(0)  # its first step: a look of its own, or the one in flight
+        proxy.thaw(0)
+        assert await asyncio.wait_for(again, 30) is False  # found missing: its age starts
+        assert await check(orphans, REVISION + 1) is False
+        await asyncio.wait_for(first, 30)

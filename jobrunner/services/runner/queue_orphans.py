@@ -20,8 +20,9 @@ through it too. A look NATS ended (a timeout, no JetStream) restarts every age: 
 publish was given up in the outage may still be stored when NATS answers again.
 
 Every job waiting behind a head checks it again and again (``SlotClaimer``): the looks of one
-head in flight at once are one look, whose answer (or error) each of them takes. Only while it
-is in flight: a check after it has ended looks again.
+head (one revision of it) in flight at once are one look, whose answer (or error) each of them
+takes. Only while it is in flight: a check after it has ended looks again, and a check of a new
+revision does not take a look sent before that revision was there (its age would start early).
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ class QueueOrphans:
         self.orphan_seconds = orphan_seconds  # settings.queue_orphan_seconds
         # Each lock's head as last looked at (by lock key).
         self._heads: dict[str, _Head] = {}
-        # The look in flight for each head's request (by job id), shared by its checks.
-        self._looks: dict[str, _Look] = {}
+        # The look in flight for each head's request, shared by its checks. By revision too: a
+        # look sent before a head's new revision existed must not start that revision's age.
+        self._looks: dict[tuple[str, int], _Look] = {}
         # Ages found missing before this (the monotonic clock) count again from the next look.
         self._restarted_at = -float("inf")
 
@@ -99,7 +101,7 @@ class QueueOrphans:
             head = self._heads[lock_key] = _Head(job_id, revision)
         if head.stored:
             return False
-        sent_at, stored = await self._shared_look(job_id)
+        sent_at, stored = await self._shared_look((job_id, revision))
         if stored:
             head.stored = True
             return False
@@ -109,14 +111,15 @@ class QueueOrphans:
             head.missing_since = sent_at
         return sent_at - head.missing_since >= self.orphan_seconds
 
-    async def _shared_look(self, job_id: str) -> tuple[float, bool]:
-        """The look in flight for ``job_id``'s request, or a new one: when it was sent, and
-        whether the request is stored. One waiter's cancel leaves the look to the others; the
-        last one's cancels it."""
-        look = self._looks.get(job_id)
+    async def _shared_look(self, head: tuple[str, int]) -> tuple[float, bool]:
+        """The look in flight for the request of ``head`` (its job id and revision), or a new
+        one: when it was sent, and whether the request is stored. One waiter's cancel leaves the
+        look to the others; the last one's cancels it."""
+        look = self._looks.get(head)
         if look is None or look.task.done():  # an ended look's answer is not taken again
-            look = self._looks[job_id] = _Look(asyncio.ensure_future(self._look(job_id)))
-            look.task.add_done_callback(lambda task: self._forget_look(job_id, task))
+            job_id, _ = head
+            look = self._looks[head] = _Look(asyncio.ensure_future(self._look(job_id)))
+            look.task.add_done_callback(lambda task: self._forget_look(head, task))
         look.waiters += 1
         try:
             return await asyncio.shield(look.task)
@@ -126,7 +129,7 @@ class QueueOrphans:
                 # Forgotten before it is cancelled: the cancel takes effect at the look's next
                 # step, and a check coming before that must start a look of its own, not wait
                 # for this one (its shield would raise the cancel in a task nobody cancelled).
-                self._forget_look(job_id, look.task)
+                self._forget_look(head, look.task)
                 look.task.cancel()  # no-op once it has ended
 
     async def _look(self, job_id: str) -> tuple[float, bool]:
@@ -139,10 +142,10 @@ class QueueOrphans:
             raise
         return sent_at, stored
 
-    def _forget_look(self, job_id: str, task: asyncio.Future[tuple[float, bool]]) -> None:
-        look = self._looks.get(job_id)
+    def _forget_look(self, head: tuple[str, int], task: asyncio.Future[tuple[float, bool]]) -> None:
+        look = self._looks.get(head)
         if look is not None and look.task is task:
-            del self._looks[job_id]
+            del self._looks[head]
 
     def _missing_for(self, lock_key: str) -> float:
         since = self._heads[lock_key].missing_since
