@@ -49,8 +49,9 @@ async def checks_at_once(orphans: QueueOrphans) -> list[bool]:
 
 @asynccontextmanager
 async def looks_counted(nc: NATS, names: Names) -> AsyncIterator[list[Msg]]:
-    """The looks for ``JOB_ID``'s request the server receives (on ``nc``, another connection
-    than the looks'), as they arrive; read after ``nc.flush()``."""
+    """The looks for ``JOB_ID``'s request the server receives, as they arrive; counted on
+    ``nc``, another connection than the looks' (a look is answered after the server has routed
+    it here, so one answered is counted once ``nc.flush()`` has returned)."""
     wanted = names.job_kind_subject(JOB_ID, "requested")
     looks: list[Msg] = []
 
@@ -73,16 +74,20 @@ async def test_checks_of_a_head_at_once_make_one_look_and_an_ended_one_is_not_re
     reaches NATS, and each check takes its answer. A check after it has ended looks again, and
     sees the request stored meanwhile."""
     names = Names(settings.prefix)
-    orphans = queue_orphans(settings, js)
-    async with looks_counted(js._nc, names) as looks:
-        # gather starts every check before the look's task runs: all of them find it in flight.
-        assert await checks_at_once(orphans) == [True] * CHECKS
-        await js._nc.flush()
-        assert len(looks) == 1
-        await eventstore.publish(js, names, events.JobRequested(job_id=JOB_ID, job_type="t"))
-        assert await check(orphans) is False
-        await js._nc.flush()
-        assert len(looks) == 2
+    nc = await eventstore.connect(settings, "looks")
+    try:
+        orphans = queue_orphans(settings, nc.jetstream())
+        async with looks_counted(js._nc, names) as looks:
+            # gather starts every check before the look's task runs: all find it in flight.
+            assert await checks_at_once(orphans) == [True] * CHECKS
+            await js._nc.flush()
+            assert len(looks) == 1
+            await eventstore.publish(js, names, events.JobRequested(job_id=JOB_ID, job_type="t"))
+            assert await check(orphans) is False
+            await js._nc.flush()
+            assert len(looks) == 2
+    finally:
+        await eventstore.close(nc)
 
 
 async def test_a_failed_look_ends_every_check_of_it_and_is_not_reused(

@@ -19,6 +19,7 @@ from unittest import mock
 import msgspec
 import nats.errors
 import pytest
+import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -188,9 +189,11 @@ class FailingLock(QueueOrphans):
     def __init__(self, sweeper: LostJobSweeper, failing: str) -> None:
         super().__init__(sweeper.slots, sweeper.journal, ORPHAN_SECONDS)
         self.failing = failing
+        self.tries = 0  # of the failing lock's head
 
     async def drop_if_orphan(self, lock: str, revision: int, entry: QueueEntry) -> bool:
         if lock == self.failing:
+            self.tries += 1
             raise RuntimeError(f"the head of {lock} cannot be settled")
         return await super().drop_if_orphan(lock, revision, entry)
 
@@ -207,12 +210,17 @@ async def test_a_lock_the_sweep_cannot_settle_does_not_keep_it_from_the_others(
         await board_has(board, "failing", "never-stored")
         await board_has(board, "dead", "never-stored")
         assert list(board.queues) == ["slot.failing", "slot.dead"]  # swept in this order
-        sweeper.queue_orphans = FailingLock(sweeper, "failing")
-        await sweeper.sweep()  # "dead" found missing: its age starts
-        await asyncio.sleep(PAST_THE_AGE)
-        await sweeper.sweep()
+        failing = sweeper.queue_orphans = FailingLock(sweeper, "failing")
+        with structlog.testing.capture_logs() as logs:
+            await sweeper.sweep()  # "dead" found missing: its age starts
+            await asyncio.sleep(PAST_THE_AGE)
+            await sweeper.sweep()
         assert not await is_queued(kv, "dead", "never-stored")
         assert await is_queued(kv, "failing", "never-stored")
+        assert failing.tries == 2  # once a round
+        failed = [e for e in logs if e["event"] == "sweep of a lock's queue failed"]
+        assert [e["lock"] for e in failed] == ["slot.failing"] * 2, logs
+        assert all("cannot be settled" in e["error"] for e in failed)
 
 
 async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(

@@ -95,7 +95,9 @@ class QueueOrphans:
 
     async def is_orphan(self, lock_key: str, revision: int, job_id: str) -> bool:
         """Has the head (``job_id`` at ``revision``) of ``lock_key``'s queue had its request
-        missing for the age? Each call is one look, unless the request was found before."""
+        missing for the age? Each call waits for a look: the one in flight for this revision of
+        the head (shared with the other checks), else a new one; none once the request was
+        found."""
         head = self._heads.get(lock_key)
         if head is None or (head.job_id, head.revision) != (job_id, revision):
             head = self._heads[lock_key] = _Head(job_id, revision)
