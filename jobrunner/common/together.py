@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -20,9 +20,28 @@ async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
     try:
         a, b = await asyncio.gather(*tasks)
     except BaseException:
-        for task in tasks:
-            task.cancel()
-        # gather has read whatever the other one ends in: no "exception never retrieved".
-        await asyncio.wait(tasks)
+        await _cancelled_and_ended(tasks)
         raise
     return a, b
+
+
+async def _cancelled_and_ended(tasks: tuple[asyncio.Future[Any], ...]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, even if the caller is cancelled
+    meanwhile: it then gets the cancel, once they have."""
+    caller = asyncio.current_task()
+    assert caller is not None  # an await runs in a task
+    cancels = caller.cancelling()
+    for task in tasks:
+        task.cancel()
+    while True:
+        try:
+            # gather has read whatever the other one ends in: no "exception never retrieved".
+            await asyncio.wait(tasks)
+            break
+        except asyncio.CancelledError:
+            # Passed on: one may have swallowed its cancel (3.11's wait_for can) and run on.
+            for task in tasks:
+                task.cancel()  # no-op once it has ended
+    if caller.cancelling() > cancels:
+        # Cancelled while waiting: that wins over the error that began the wait.
+        raise asyncio.CancelledError
