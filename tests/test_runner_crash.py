@@ -334,8 +334,8 @@ async def test_job_left_running_while_no_runner_was_up_is_swept_by_any_runner(
     settings: Settings, tmp_path: Path
 ) -> None:
     """Every runner down while the lease expired, then a runner elsewhere starts: the job ends."""
-    started = a_doomed_runner_and_one_elsewhere(settings, tmp_path)
-    async with started as (system, doomed, elsewhere), system.client() as client:
+    runners = a_doomed_runner_and_one_elsewhere(settings, tmp_path)
+    async with runners as (system, doomed, elsewhere), system.client() as client:
         job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
         await wait_status(client, job_id, "running")
         doomed.kill()
@@ -404,8 +404,8 @@ async def test_cancelled_job_whose_runner_died_before_ending_it_ends_cancelled(
 ) -> None:
     """Cancel a job, and its runner dies before it could stop the tool: the job ends cancelled,
     by whoever cancelled it, not failed."""
-    started = a_doomed_runner_and_one_elsewhere(settings, tmp_path)
-    async with started as (system, doomed, elsewhere), system.client() as client:
+    runners = a_doomed_runner_and_one_elsewhere(settings, tmp_path)
+    async with runners as (system, doomed, elsewhere), system.client() as client:
         job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
         await wait_status(client, job_id, "running")
         # Frozen, it cannot act on the cancel; no other runner is up to find it lost yet.
