@@ -201,7 +201,7 @@ async def test_a_check_right_after_the_last_one_was_cancelled_looks_again(
 
 # The age of the test below, and how long the look for the head's first revision is held: longer
 # than the age, so that an age counted from that look is up at once.
-AGE = 2.0
+AGE = 3.0  # under the 5 s look timeout with HELD, and room for the check right after
 HELD = AGE + 0.5
 
 
