@@ -10,6 +10,13 @@ import math
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
 
 
 @asynccontextmanager
@@ -123,14 +130,18 @@ class FreezingProxy:
     path that stopped would, until ``thaw(n)`` (what was held is then delivered, in order, as TCP
     would once the path is back). The other connections flow on. ``hold_replies(n)`` holds back
     only what the server sends: the client's requests reach the server, their answers wait on the
-    way back (a relaying node paused after the leader answered, a client's host stalled)."""
+    way back (a relaying node paused after the leader answered, a client's host stalled).
+    ``hold_requests(n)`` holds back only what the client sends, and ``pass_replies(n)`` lets the
+    server's side flow again while the client's stays held."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self.gates: list[asyncio.Event] = []
         self.reply_gates: list[asyncio.Event] = []
+        self.request_gates: list[asyncio.Event] = []
         self.held: list[int] = []  # bytes each connection had to hold back while frozen
+        self.held_requests: list[int] = []  # of them, the client's
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = asyncio.Event()
@@ -150,9 +161,16 @@ class FreezingProxy:
     def hold_replies(self, connection: int) -> None:
         self.reply_gates[connection].clear()
 
+    def hold_requests(self, connection: int) -> None:
+        self.request_gates[connection].clear()
+
+    def pass_replies(self, connection: int) -> None:
+        self.reply_gates[connection].set()
+
     def thaw(self, connection: int) -> None:
         self.gates[connection].set()
         self.reply_gates[connection].set()
+        self.request_gates[connection].set()
 
     async def quiet(self) -> None:
         """Wait until every connection has ended and what it held has been delivered."""
@@ -167,7 +185,7 @@ class FreezingProxy:
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.close()
-        for gate in self.gates + self.reply_gates:
+        for gate in self.gates + self.reply_gates + self.request_gates:
             gate.set()
         for task in list(self._tasks):
             task.cancel()
@@ -176,16 +194,22 @@ class FreezingProxy:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         number = len(self.gates)
-        gate, reply_gate = asyncio.Event(), asyncio.Event()
+        gate, reply_gate, request_gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
         gate.set()
         reply_gate.set()
+        request_gate.set()
         self.gates.append(gate)
         self.reply_gates.append(reply_gate)
+        self.request_gates.append(request_gate)
         self.held.append(0)
+        self.held_requests.append(0)
         self._accepted.set()
         up_r, up_w = await asyncio.open_connection(*self.target)
-        for src, dst, gates in ((client_r, up_w, [gate]), (up_r, client_w, [gate, reply_gate])):
-            task = asyncio.create_task(self._pump(src, dst, number, gates))
+        for src, dst, gates, counts in (
+            (client_r, up_w, [gate, request_gate], [self.held, self.held_requests]),
+            (up_r, client_w, [gate, reply_gate], [self.held]),
+        ):
+            task = asyncio.create_task(self._pump(src, dst, number, gates, counts))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -195,11 +219,13 @@ class FreezingProxy:
         dst: asyncio.StreamWriter,
         number: int,
         gates: list[asyncio.Event],
+        counts: list[list[int]],
     ) -> None:
         try:
             while chunk := await src.read(1 << 16):
                 if not all(gate.is_set() for gate in gates):
-                    self.held[number] += len(chunk)
+                    for held in counts:
+                        held[number] += len(chunk)
                     for gate in gates:
                         await gate.wait()
                 dst.write(chunk)
@@ -208,3 +234,23 @@ class FreezingProxy:
             pass
         finally:
             dst.close()
+
+
+@asynccontextmanager
+async def connected_through_a_freezing_proxy(
+    settings: Settings, name: str
+) -> AsyncIterator[tuple[NATS, FreezingProxy]]:
+    """A service's connection (``eventstore.connect``, named ``name``) to the server of
+    ``settings`` through a ``FreezingProxy``, whose connection 0 it is; thawed and closed at the
+    end."""
+    target = urlsplit(settings.nats_url)
+    assert target.hostname is not None
+    assert target.port is not None
+    async with FreezingProxy(target.hostname, target.port) as proxy:
+        proxied = msgspec.structs.replace(settings, nats_url=proxy.url())
+        nc = await eventstore.connect(proxied, name)
+        try:
+            yield nc, proxy
+        finally:
+            proxy.thaw(0)
+            await eventstore.close(nc)

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from jobrunner.common import artifactstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from tests.lostcancel import CancelLostInAPause
 
 GRACE = 0.2
 
@@ -51,28 +52,21 @@ async def test_a_purge_whose_cancel_was_lost_in_a_look_ends_on_the_apis_stop(
     js: JetStreamContext, settings: Settings, read_nuid: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_being_read = artifactstore._being_read
-    looked = asyncio.Event()
-    lost = 0
+    losing = CancelLostInAPause()
 
     async def being_read_losing_a_cancel(*args: Any) -> bool:
-        nonlocal lost
         read = await real_being_read(*args)
-        if lost == 0:
-            looked.set()
-            try:
-                await asyncio.sleep(30)  # until the cancel comes: it arrives with the reply
-            except asyncio.CancelledError:
-                lost += 1
+        await losing.pause(30)  # until the cancel comes: it arrives with the reply
         return read
 
     monkeypatch.setattr(artifactstore, "_being_read", being_read_losing_a_cancel)
     artifactstore.purge_when_unread(js, Names(settings.prefix), read_nuid, GRACE)
     purge = artifactstore._REPLACED_PURGES[read_nuid]
     try:
-        await asyncio.wait_for(looked.wait(), 30)  # a look (a real consumer found) has ended
+        await asyncio.wait_for(losing.reached.wait(), 30)  # a look (a real consumer found) ended
         stopping = asyncio.create_task(artifactstore.stop_purges(js))  # the API's shutdown
         done, _ = await asyncio.wait({stopping}, timeout=10)
-        assert lost == 1
+        assert losing.lost == 1
         assert done, "the API's shutdown waited for a purge whose content is still read"
         assert purge.done()
     finally:

@@ -25,34 +25,25 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import context
 from tests.freeze import freeze
+from tests.lostcancel import CancelLost
 
 REQUEST_SECONDS = 5.0  # nats-py's JetStream request timeout, the API's (nc.jetstream())
 
 
-class CancelLostInARequest:
+class CancelLostInARequest(CancelLost):
     """``artifactpurges.sweep`` run for real; the first cancel arriving while it runs is lost:
-    the pass goes on until its request ends, as after a cancel nats-py swallowed. Only the
-    first: a later cancel (the test's clean-up) ends the pass."""
+    the pass goes on until its request ends, as after a cancel nats-py swallowed (``CancelLost``;
+    ``under_way``: a pass has begun). ``sweeper``: the task running the pass."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.passing = asyncio.Event()
+        super().__init__()
         self.sweeper: asyncio.Task[object] | None = None
-        self.lost = 0
         self._real_sweep: Callable[..., Awaitable[None]] = artifactpurges.sweep
         monkeypatch.setattr(artifactpurges, "sweep", self._sweep)
 
     async def _sweep(self, *args: object) -> None:
         self.sweeper = asyncio.current_task()
-        sweeping = asyncio.ensure_future(self._real_sweep(*args))
-        self.passing.set()
-        try:
-            await asyncio.shield(sweeping)
-        except asyncio.CancelledError:
-            self.lost += 1
-            if self.lost > 1:
-                sweeping.cancel()
-                raise
-            await sweeping
+        await self.run(self._real_sweep(*args))
 
 
 @pytest.mark.parametrize(
@@ -88,8 +79,8 @@ async def test_the_apis_shutdown_waits_for_a_sweeper_deaf_to_its_cancel_at_most_
     try:
         freeze(own_nats.proc.pid)
         frozen = True
-        losing.passing.clear()  # a pass begun after the freeze: its request is not answered
-        await asyncio.wait_for(losing.passing.wait(), 30)
+        losing.under_way.clear()  # a pass begun after the freeze: its request is not answered
+        await asyncio.wait_for(losing.under_way.wait(), 30)
         with capture_logs() as logs:
             exited = True
             await asyncio.wait_for(running.__aexit__(None, None, None), 60)

@@ -24,6 +24,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import bulk
 from jobrunner.services.runner.bulk import BulkLane
 from tests.freeze import freeze
+from tests.lostcancel import CancelLostInAPause
 
 FLUSH_SECONDS = 0.5  # the lane's flush timeout
 
@@ -65,29 +66,22 @@ async def test_a_probe_whose_cancel_was_lost_in_a_failed_flush_ends_on_close(
     frozen: NATS,
 ) -> None:
     real_flush = frozen.flush
-    failed = asyncio.Event()
-    lost = 0
+    losing = CancelLostInAPause()
 
     async def flush_losing_a_cancel(timeout: float) -> None:
-        nonlocal lost
         try:
             await real_flush(timeout=timeout)  # type: ignore[arg-type]
         except nats.errors.Error:
-            if lost == 0:
-                failed.set()
-                try:
-                    await asyncio.sleep(30)  # until the cancel comes: it arrives with the failure
-                except asyncio.CancelledError:
-                    lost += 1
+            await losing.pause(30)  # until the cancel comes: it arrives with the failure
             raise
 
     frozen.flush = flush_losing_a_cancel  # type: ignore[method-assign,assignment]
     lane = await _stalled_lane(frozen)
-    await asyncio.wait_for(failed.wait(), 30)  # a flush of the probe timed out
+    await asyncio.wait_for(losing.reached.wait(), 30)  # a flush of the probe timed out
     closing = asyncio.create_task(lane.close())  # the runner's exit
     try:
         done, _ = await asyncio.wait({closing}, timeout=10)
-        assert lost == 1
+        assert losing.lost == 1
         assert done, "the runner's exit waited for the stalled bulk connection to answer"
     finally:
         await _finish(lane, closing)

@@ -25,31 +25,11 @@ from structlog.testing import capture_logs
 from jobrunner.common import subscription
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
+from tests.lostcancel import CancelLost
 
 T = TypeVar("T")
 BOUND = 3.0  # FORGET_DELETES_SECONDS here
 LEFT = "background NATS requests did not end on their cancel: left running"
-
-
-class CancelLost:
-    """``work`` run for real; the first cancel arriving while it runs is lost (the work goes on
-    to its end, as after a cancel nats-py swallowed). Only the first: a later one ends it."""
-
-    def __init__(self) -> None:
-        self.under_way = asyncio.Event()
-        self.lost = 0
-
-    async def run(self, work: Awaitable[T]) -> T:
-        running = asyncio.ensure_future(work)
-        self.under_way.set()
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            self.lost += 1
-            if self.lost > 1:
-                running.cancel()
-                raise
-            return await running
 
 
 @pytest.fixture

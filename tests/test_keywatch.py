@@ -5,8 +5,10 @@ one jobrunner supports (several filters on one consumer need the server's ``filt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,31 @@ async def put_expiring(kv: KeyValue, key: str, value: bytes, ttl: str) -> None:
     await kv._js.publish(kv._pre + key, value, headers={"Nats-TTL": ttl})
 
 
+@dataclasses.dataclass
+class Watches:
+    """nats-py's watch of every key and ``watch_keys``' of the ``WATCHED`` ones, each with what
+    it has handed over so far."""
+
+    every: KeyValue.KeyWatcher
+    all_seen: list[Seen]
+    some: KeyValue.KeyWatcher
+    some_seen: list[Seen]
+
+
+@asynccontextmanager
+async def both_watches(kv: KeyValue) -> AsyncIterator[Watches]:
+    """Both watches of ``kv``, each read up to the ``None`` after the current state; stopped at
+    the end."""
+    watches = Watches(await kv.watchall(), [], await watch_keys(kv, WATCHED), [])
+    try:
+        await until_none(watches.every, watches.all_seen)
+        await until_none(watches.some, watches.some_seen)
+        yield watches
+    finally:
+        await watches.every.stop()  # type: ignore[no-untyped-call]
+        await watches.some.stop()  # type: ignore[no-untyped-call]
+
+
 async def test_a_key_watch_hands_over_what_a_watch_of_every_key_does_for_its_keys(
     bucket: KeyValue,
 ) -> None:
@@ -96,15 +123,9 @@ async def test_a_key_watch_hands_over_what_a_watch_of_every_key_does_for_its_key
     await kv.put("slot.b", b"1")
     await kv.delete("slot.b")
     await kv.put("run.j2", b"record")
-    every = await kv.watchall()
-    some = await watch_keys(kv, WATCHED)
-    try:
-        all_seen: list[Seen] = []
-        some_seen: list[Seen] = []
-        await until_none(every, all_seen)
-        await until_none(some, some_seen)
-        assert some_seen == watched(all_seen)
-        assert [s[0] for s in some_seen] == ["slot.a", "queue.a.j1", "slot.b"]
+    async with both_watches(kv) as w:
+        assert w.some_seen == watched(w.all_seen)
+        assert [s[0] for s in w.some_seen] == ["slot.a", "queue.a.j1", "slot.b"]
         await kv.put("run.j3", b"record")
         await kv.put("queue.a.j2", b"q")
         await kv.delete("run.j3")
@@ -112,14 +133,11 @@ async def test_a_key_watch_hands_over_what_a_watch_of_every_key_does_for_its_key
         await kv.purge("slot.a")
         # A last put: delivered in stream order, so after anything else either would hand over.
         await kv.put("slot.end", b"")
-        await until_key(every, all_seen, "slot.end", None)
-        await until_key(some, some_seen, "slot.end", None)
-        assert some_seen == watched(all_seen)
-        assert not [s for s in some_seen if s[0].startswith("run.")]
-        assert (await some._sub.consumer_info()).delivered.consumer_seq == len(some_seen)
-    finally:
-        await every.stop()  # type: ignore[no-untyped-call]
-        await some.stop()  # type: ignore[no-untyped-call]
+        await until_key(w.every, w.all_seen, "slot.end", None)
+        await until_key(w.some, w.some_seen, "slot.end", None)
+        assert w.some_seen == watched(w.all_seen)
+        assert not [s for s in w.some_seen if s[0].startswith("run.")]
+        assert (await w.some._sub.consumer_info()).delivered.consumer_seq == len(w.some_seen)
 
 
 async def test_a_key_watch_of_keys_with_no_value_yet_says_so_at_once(bucket: KeyValue) -> None:
@@ -139,25 +157,16 @@ async def test_a_key_watch_hands_over_the_marker_of_an_expired_value(bucket: Key
     """A lease whose TTL ran out comes as a purge (the server's marker), as in nats-py's watch;
     an expired value of a key not watched does not come at all."""
     kv = bucket
-    every = await kv.watchall()
-    some = await watch_keys(kv, WATCHED)
-    try:
-        all_seen: list[Seen] = []
-        some_seen: list[Seen] = []
-        await until_none(every, all_seen)
-        await until_none(some, some_seen)
+    async with both_watches(kv) as w:
         await put_expiring(kv, "slot.c", b"lease", "1s")
         await put_expiring(kv, "run.j4", b"record", "1s")
-        await until_key(every, all_seen, "slot.c", "PURGE")
-        await until_key(every, all_seen, "run.j4", "PURGE")
+        await until_key(w.every, w.all_seen, "slot.c", "PURGE")
+        await until_key(w.every, w.all_seen, "run.j4", "PURGE")
         await kv.put("slot.end", b"")
-        await until_key(every, all_seen, "slot.end", None)
-        await until_key(some, some_seen, "slot.end", None)
-        assert some_seen == watched(all_seen)
-        assert [s[0] for s in some_seen] == ["slot.c", "slot.c", "slot.end"]
-    finally:
-        await every.stop()  # type: ignore[no-untyped-call]
-        await some.stop()  # type: ignore[no-untyped-call]
+        await until_key(w.every, w.all_seen, "slot.end", None)
+        await until_key(w.some, w.some_seen, "slot.end", None)
+        assert w.some_seen == watched(w.all_seen)
+        assert [s[0] for s in w.some_seen] == ["slot.c", "slot.c", "slot.end"]
 
 
 async def test_a_key_watch_cancelled_as_it_subscribes_leaves_no_subscription(

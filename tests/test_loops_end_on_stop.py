@@ -29,27 +29,22 @@ from jobrunner.services.api.context import read_pool
 from jobrunner.services.projector import service as projector_service
 from jobrunner.services.projector.feed import EventFeed
 from tests.history_support import logged_job, publish
+from tests.lostcancel import CancelLostInAPause
 
 PERIOD = 0.2
 
 
-class LosingACancel:
-    """Wraps ``call``: after the real call returns, the next cancel is lost, once, as nats-py's
-    _flush_pending and 3.11's wait_for lose one arriving with the reply."""
+class LosingACancel(CancelLostInAPause):
+    """Wraps ``call``: after the real call returns, the next cancel is lost, once
+    (``pause``)."""
 
     def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        super().__init__()
         self.call = call
-        self.in_pass = asyncio.Event()
-        self.lost = 0
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = await self.call(*args, **kwargs)
-        if self.lost == 0:
-            self.in_pass.set()
-            try:
-                await asyncio.sleep(0.5)  # (the reply about to come)
-            except asyncio.CancelledError:
-                self.lost += 1
+        await self.pause(0.5)  # (the reply about to come)
         return result
 
 
@@ -72,7 +67,7 @@ async def test_the_read_model_watch_whose_cancel_was_lost_in_a_look_ends_on_clos
         await gate.start()
         losing = LosingACancel(gate.check)
         monkeypatch.setattr(gate, "check", losing)
-        await asyncio.wait_for(losing.in_pass.wait(), 30)  # a look (Postgres) has just ended
+        await asyncio.wait_for(losing.reached.wait(), 30)  # a look (Postgres) has just ended
         closing = asyncio.create_task(gate.close())  # as the API's shutdown does
         ended = await _ends(closing)
         assert losing.lost == 1
@@ -101,7 +96,7 @@ async def test_the_guard_keeper_whose_cancel_was_lost_in_a_bind_ends_with_the_do
             pass
 
     downloading = asyncio.create_task(download())
-    await asyncio.wait_for(losing.in_pass.wait(), 30)  # the keeper has just bound the guard
+    await asyncio.wait_for(losing.reached.wait(), 30)  # the keeper has just bound the guard
     body_ends.set()  # the archive ends: the keeper is stopped
     ended = await _ends(downloading)
     assert losing.lost == 1
@@ -124,7 +119,7 @@ async def test_an_event_feed_whose_cancel_was_lost_as_its_reader_opened_again_en
         monkeypatch.setattr(reader, "open", losing)
         assert reader._writer is not None
         reader._writer.close()  # the link drops: the feed opens its reader again
-        await asyncio.wait_for(losing.in_pass.wait(), 30)  # opened (a real consumer, a PING)
+        await asyncio.wait_for(losing.reached.wait(), 30)  # opened (a real consumer, a PING)
         closing = asyncio.create_task(feed.close())  # as the projector's stop does
         ended = await _ends(closing)
         assert losing.lost == 1
@@ -184,31 +179,24 @@ async def test_an_event_feed_whose_cancel_was_lost_in_a_failed_reopen_ends_on_cl
         assert await feed.fetch(timeout=30)
         reader = feed._reader
         real_open = reader.open
-        failed = asyncio.Event()
-        lost = 0
+        losing = CancelLostInAPause()
 
         async def open_losing_a_cancel(*args: Any) -> None:
-            nonlocal lost
-            if lost == 0 and not failed.is_set():
+            if not losing.reached.is_set():
                 await asyncio.to_thread(own_nats.stop)  # NATS killed as the reader reopens
             try:
                 await real_open(*args)
             except StreamReaderError:
-                if lost == 0:
-                    failed.set()
-                    try:
-                        await asyncio.sleep(0.5)  # (the refusal and the cancel together)
-                    except asyncio.CancelledError:
-                        lost += 1
+                await losing.pause(0.5)  # (the refusal and the cancel together)
                 raise
 
         reader.open = open_losing_a_cancel  # type: ignore[method-assign]
         assert reader._writer is not None
         reader._writer.close()  # the link drops: the feed opens its reader again
-        await asyncio.wait_for(failed.wait(), 60)  # a reopen was refused
+        await asyncio.wait_for(losing.reached.wait(), 60)  # a reopen was refused
         closing = asyncio.create_task(feed.close())  # the projector's stop
         done, _ = await asyncio.wait({closing}, timeout=10)
-        assert lost == 1
+        assert losing.lost == 1
         if not done:
             closing.cancel()
             await asyncio.gather(closing, return_exceptions=True)

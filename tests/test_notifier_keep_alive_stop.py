@@ -22,6 +22,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.notifier.service import Notifier
+from tests.lostcancel import CancelLostInAPause
 from tests.webhook_support import webhook_settings
 
 
@@ -38,25 +39,18 @@ async def test_a_keeper_whose_cancel_was_lost_in_in_progress_ends_with_its_handl
     (msg,) = await (await notifier.open_consumer()).fetch(1, timeout=30)
 
     real_in_progress = Msg.in_progress
-    kept_alive = asyncio.Event()
+    losing = CancelLostInAPause()
     keeper: asyncio.Task[object] | None = None
-    lost = 0
 
     async def in_progress_losing_a_cancel(self: Msg) -> None:
-        nonlocal keeper, lost
+        nonlocal keeper
         await real_in_progress(self)
-        if lost == 0:
+        if not losing.lost:
             keeper = asyncio.current_task()
-            kept_alive.set()
-            try:
-                await asyncio.sleep(
-                    30
-                )  # until the cancel comes: the flush ends after the end's ack
-            except asyncio.CancelledError:
-                lost += 1
+        await losing.pause(30)  # until the cancel comes: the flush ends after the end's ack
 
     async def delivered_once_kept_alive(*args: object) -> bool:
-        await kept_alive.wait()
+        await losing.reached.wait()
         return True
 
     monkeypatch.setattr(Msg, "in_progress", in_progress_losing_a_cancel)
@@ -66,7 +60,7 @@ async def test_a_keeper_whose_cancel_was_lost_in_in_progress_ends_with_its_handl
     assert keeper is not None
     try:
         done, _ = await asyncio.wait({keeper}, timeout=5)
-        assert lost == 1
+        assert losing.lost == 1
         assert done, "the keeper went on saying 'in progress' for an end already acknowledged"
     finally:
         keeper.cancel()  # (not lost again: the test loses one)

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from unittest import mock
-from urllib.parse import urlsplit
 
 import msgspec
 import nats.errors
 import pytest
+import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -37,7 +37,7 @@ from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
 from tests.freeze import freeze
-from tests.stalling_proxy import FreezingProxy
+from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
 
 # The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
 # request in a real start; the sweep's rule is the same at any age).
@@ -181,6 +181,48 @@ async def test_the_sweep_keeps_an_entry_queued_again_since_the_board_saw_it(
         assert await is_queued(kv, lock, "again")
 
 
+class FailingLock(QueueOrphans):
+    """Cannot settle ``failing``'s head: an error that is no NATS outage (no per-lock one could
+    be made for real: a look for a malformed job id is answered "none", a huge stored message
+    is read, a lone surrogate never decodes from an entry, a permission refusal is a timeout)."""
+
+    def __init__(self, sweeper: LostJobSweeper, failing: str) -> None:
+        super().__init__(sweeper.slots, sweeper.journal, ORPHAN_SECONDS)
+        self.failing = failing
+        self.tries = 0  # of the failing lock's head
+
+    async def drop_if_orphan(self, lock: str, revision: int, entry: QueueEntry) -> bool:
+        if lock == self.failing:
+            self.tries += 1
+            raise RuntimeError(f"the head of {lock} cannot be settled")
+        return await super().drop_if_orphan(lock, revision, entry)
+
+
+async def test_a_lock_the_sweep_cannot_settle_does_not_keep_it_from_the_others(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """One lock's head fails the sweep with an error that is no NATS outage: it is logged and
+    tried again next round, and the orphan heads of the locks swept after it are dropped."""
+    now = time.time()
+    async with watched(settings, js, tmp_path) as (kv, board, sweeper, _):
+        await put_entry(kv, "failing", "never-stored", now)
+        await put_entry(kv, "dead", "never-stored", now)
+        await board_has(board, "failing", "never-stored")
+        await board_has(board, "dead", "never-stored")
+        assert list(board.queues) == ["slot.failing", "slot.dead"]  # swept in this order
+        failing = sweeper.queue_orphans = FailingLock(sweeper, "failing")
+        with structlog.testing.capture_logs() as logs:
+            await sweeper.sweep()  # "dead" found missing: its age starts
+            await asyncio.sleep(PAST_THE_AGE)
+            await sweeper.sweep()
+        assert not await is_queued(kv, "dead", "never-stored")
+        assert await is_queued(kv, "failing", "never-stored")
+        assert failing.tries == 2  # once a round
+        failed = [e for e in logs if e["event"] == "sweep of a lock's queue failed"]
+        assert [e["lock"] for e in failed] == ["slot.failing"] * 2, logs
+        assert all("cannot be settled" in e["error"] for e in failed)
+
+
 async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(
     settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
 ) -> None:
@@ -235,24 +277,16 @@ async def answers_held(
 ) -> AsyncIterator[tuple[KeyValue, LockBoard, LostJobSweeper, FreezingProxy]]:
     """``watched``, the sweeper's looks through a proxy that can hold back their answers (and
     time out after ``request_timeout``: its connection's ack inbox is made with it)."""
-    target = urlsplit(settings.nats_url)
-    assert target.hostname is not None
-    assert target.port is not None
-    async with FreezingProxy(target.hostname, target.port) as proxy:
-        proxied = msgspec.structs.replace(settings, nats_url=proxy.url())
-        nc = await eventstore.connect(proxied, "test-sweeper")
+    async with connected_through_a_freezing_proxy(settings, "test-sweeper") as (nc, proxy):
         with mock.patch.object(ackinbox, "ACK_TIMEOUT", request_timeout):
             ackinbox.of(nc)  # the connection's ack inbox made now, with this timeout
-        try:
-            async with watched(settings, js, tmp_path, nc.jetstream(), HELD_AGE) as (
-                kv,
-                board,
-                sweeper,
-                _,
-            ):
-                yield kv, board, sweeper, proxy
-        finally:
-            await eventstore.close(nc)
+        async with watched(settings, js, tmp_path, nc.jetstream(), HELD_AGE) as (
+            kv,
+            board,
+            sweeper,
+            _,
+        ):
+            yield kv, board, sweeper, proxy
 
 
 async def held_until_read(proxy: FreezingProxy, sweeping: asyncio.Task[None]) -> None:

@@ -23,6 +23,7 @@ from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
     RunnerProcess,
+    dead_runner_beside,
     lines_of,
     pid_alive,
     start_job,
@@ -271,7 +272,6 @@ async def test_a_lost_runners_job_that_had_ended_is_not_ended_again_past_the_dup
     from jobrunner.common import eventstore
     from jobrunner.common.slots import slot_key
     from jobrunner.contracts.events import JobStatus
-    from jobrunner.services.runner.running import RunnerIdentity
     from jobrunner.services.runner.service import Runner
 
     nc = await eventstore.connect(settings, "test-runner")
@@ -281,10 +281,7 @@ async def test_a_lost_runners_job_that_had_ended_is_not_ended_again_past_the_dup
         stream = (await runner.js.stream_info(runner.names.stream)).config
         stream.duplicate_window = 0.5
         await runner.js.update_stream(stream)
-        me = runner.identity
-        ended = await asyncio.create_subprocess_exec("true")
-        await ended.wait()  # a pid no longer alive
-        dead = RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
+        dead = await dead_runner_beside(runner.identity)
         job_id = "ended-then-lost"
         key = slot_key(None, job_id)
         held = dead.held_value(job_id, "emit")
@@ -307,15 +304,17 @@ async def test_a_lost_runners_job_that_had_ended_is_not_ended_again_past_the_dup
         await eventstore.close(nc)
 
 
-async def test_job_left_running_while_no_runner_was_up_is_swept_by_any_runner(
+@contextlib.asynccontextmanager
+async def a_doomed_runner_and_one_elsewhere(
     settings: Settings, tmp_path: Path
-) -> None:
-    """Every runner down while the lease expired, then a runner elsewhere starts: the job ends."""
+) -> AsyncIterator[tuple[System, RunnerProcess, RunnerProcess]]:
+    """The API and the projector, a runner ("doomed") started, and a runner not started yet on
+    another machine as far as the tool ledger goes: only a sweep of it can find the doomed
+    runner's job. All stopped at the end."""
     system = System(settings)
     await system.start_projector()
     await system.start_api()
     doomed = RunnerProcess(settings, tmp_path / "doomed.log", runner_id="doomed")
-    # Another machine, as far as the tool ledger goes: only the sweep can find the job.
     elsewhere = RunnerProcess(
         settings,
         tmp_path / "elsewhere.log",
@@ -324,17 +323,25 @@ async def test_job_left_running_while_no_runner_was_up_is_swept_by_any_runner(
     )
     await doomed.start()
     try:
-        async with system.client() as client:
-            job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
-            await wait_status(client, job_id, "running")
-            doomed.kill()
-            await _wait_lease_gone(settings, job_id)
-            await elsewhere.start()
-            lost = await wait_status(client, job_id, "failed", "completed", "cancelled")
+        yield system, doomed, elsewhere
     finally:
         doomed.stop()
         elsewhere.stop()
         await system.stop()
+
+
+async def test_job_left_running_while_no_runner_was_up_is_swept_by_any_runner(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Every runner down while the lease expired, then a runner elsewhere starts: the job ends."""
+    runners = a_doomed_runner_and_one_elsewhere(settings, tmp_path)
+    async with runners as (system, doomed, elsewhere), system.client() as client:
+        job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
+        await wait_status(client, job_id, "running")
+        doomed.kill()
+        await _wait_lease_gone(settings, job_id)
+        await elsewhere.start()
+        lost = await wait_status(client, job_id, "failed", "completed", "cancelled")
     assert lost["error"]["code"] == "RUNNER_LOST"
     assert await status_events(settings, job_id) == ["running", "failed"]
 
@@ -397,34 +404,18 @@ async def test_cancelled_job_whose_runner_died_before_ending_it_ends_cancelled(
 ) -> None:
     """Cancel a job, and its runner dies before it could stop the tool: the job ends cancelled,
     by whoever cancelled it, not failed."""
-    system = System(settings)
-    await system.start_projector()
-    await system.start_api()
-    doomed = RunnerProcess(settings, tmp_path / "doomed.log", runner_id="doomed")
-    # Another machine, as far as the tool ledger goes: the sweep ends the job.
-    elsewhere = RunnerProcess(
-        settings,
-        tmp_path / "elsewhere.log",
-        runner_id="elsewhere",
-        state_dir=str(tmp_path / "elsewhere"),
-    )
-    await doomed.start()
-    try:
-        async with system.client() as client:
-            job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
-            await wait_status(client, job_id, "running")
-            # Frozen, it cannot act on the cancel; no other runner is up to find it lost yet.
-            os.kill(doomed.pid, signal.SIGSTOP)
-            cancel = await client.delete(f"/api/jobs/{job_id}")
-            assert cancel.status_code == 202, cancel.text
-            doomed.kill()
-            await _wait_lease_gone(settings, job_id)
-            await elsewhere.start()
-            ended = await wait_status(client, job_id, "failed", "completed", "cancelled")
-    finally:
-        doomed.stop()
-        elsewhere.stop()
-        await system.stop()
+    runners = a_doomed_runner_and_one_elsewhere(settings, tmp_path)
+    async with runners as (system, doomed, elsewhere), system.client() as client:
+        job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
+        await wait_status(client, job_id, "running")
+        # Frozen, it cannot act on the cancel; no other runner is up to find it lost yet.
+        os.kill(doomed.pid, signal.SIGSTOP)
+        cancel = await client.delete(f"/api/jobs/{job_id}")
+        assert cancel.status_code == 202, cancel.text
+        doomed.kill()
+        await _wait_lease_gone(settings, job_id)
+        await elsewhere.start()
+        ended = await wait_status(client, job_id, "failed", "completed", "cancelled")
     assert ended["status"] == "cancelled"
     assert ended["cancelled_by"] == "test-admin"
     assert ended["exit_code"] is None
@@ -448,17 +439,13 @@ async def a_dead_runners_job(settings: Settings, job_id: str) -> AsyncIterator[D
     from jobrunner.common import eventstore
     from jobrunner.common.slots import slot_key
     from jobrunner.contracts import events
-    from jobrunner.services.runner.running import RunnerIdentity
     from jobrunner.services.runner.service import Runner
 
     nc = await eventstore.connect(settings, "test-runner")
     try:
         runner = Runner(settings, nc)
         await eventstore.ensure_topology(runner.js, runner.names, settings)
-        me = runner.identity
-        ended = await asyncio.create_subprocess_exec("true")
-        await ended.wait()  # a pid no longer alive
-        dead = RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
+        dead = await dead_runner_beside(runner.identity)
         key = slot_key(None, job_id)
         held = dead.held_value(job_id, "emit")
         record = dead.run_record(job_id, key)

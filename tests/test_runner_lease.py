@@ -36,7 +36,14 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
 from tests.freeze import freeze
 from tests.system import System
-from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_file, wait_status
+from tests.tools.runners import (
+    RUNNER_TYPES,
+    dead_runner_beside,
+    lines_of,
+    start_job,
+    wait_file,
+    wait_status,
+)
 
 # Long enough that a loaded machine keeps a live lease; the pauses below are chosen around it.
 TTL = 6.0
@@ -1019,10 +1026,7 @@ async def test_a_restarted_runner_leaves_alone_the_lease_another_runner_took_for
     try:
         runner = Runner(settings, nc)
         await eventstore.ensure_topology(runner.js, runner.names, settings)
-        me = runner.identity
-        ended = await asyncio.create_subprocess_exec("true")
-        await ended.wait()  # a pid no longer alive
-        dead = RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
+        dead = await dead_runner_beside(runner.identity)
         alive = RunnerIdentity("elsewhere", "another-host", "another-boot", 4242, 99)
         key = slot_key(None, "taken-again")
         taken = await runner.slots.try_acquire(key, alive.held_value("taken-again", "emit"))

@@ -184,6 +184,26 @@ async def bring_runners_back(
         del cluster.services[newcomer]
 
 
+async def a_job_on_the_one_runner_alive(
+    cluster: FaultCluster, runners: list[str]
+) -> tuple[ToolJob, str]:
+    """A job printing on one of ``runners`` (its name returned with it), every other one of
+    them stopped."""
+    job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
+    assert await cluster.wait_stored(job.id, 20, 60) >= 20
+    victim = await running_on(cluster, job)
+    for name in runners:
+        if name != victim:
+            await asyncio.to_thread(cluster.services[name].stop)
+    return job, victim
+
+
+async def none_alive_past_the_lease() -> None:
+    """The fault: no runner at all for longer than the lease TTL, so the lease expires
+    unwatched."""
+    await asyncio.sleep(LEASE_TTL + 2)
+
+
 async def test_runner_killed_with_none_alive_ends_the_job_once_a_runner_starts(
     cluster: FaultCluster,
 ) -> None:
@@ -191,16 +211,9 @@ async def test_runner_killed_with_none_alive_ends_the_job_once_a_runner_starts(
     runners = sorted(name for name in cluster.services if name.startswith("runner-"))
     newcomer = None
     try:
-        job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
-        assert await cluster.wait_stored(job.id, 20, 60) >= 20
-        victim = await running_on(cluster, job)
-        for name in runners:
-            if name != victim:
-                await asyncio.to_thread(cluster.services[name].stop)
+        job, victim = await a_job_on_the_one_runner_alive(cluster, runners)
         cluster.services[victim].kill()
-        # The fault: no runner at all for longer than the lease TTL, so the lease expires
-        # unwatched.
-        await asyncio.sleep(LEASE_TTL + 2)
+        await none_alive_past_the_lease()
         newcomer = cluster.add_runner("runner-new").name
         await cluster.start_service(newcomer)
         fault_end = now()
@@ -227,13 +240,8 @@ async def test_runner_frozen_through_a_cancel_then_killed_ends_the_job_cancelled
     runners = sorted(name for name in cluster.services if name.startswith("runner-"))
     frozen = newcomer = None
     try:
-        job = await cluster.submit(cluster.fresh_lock_type(), lines=1200, interval=INTERVAL)
-        assert await cluster.wait_stored(job.id, 20, 60) >= 20
-        victim = await running_on(cluster, job)
         # None other alive: no runner can find the job lost before its cancel is stored.
-        for name in runners:
-            if name != victim:
-                await asyncio.to_thread(cluster.services[name].stop)
+        job, victim = await a_job_on_the_one_runner_alive(cluster, runners)
         process = cluster.services[victim].proc
         assert process is not None
         frozen = victim
@@ -242,9 +250,7 @@ async def test_runner_frozen_through_a_cancel_then_killed_ends_the_job_cancelled
             cancel = await client.post(f"/api/jobs/{job.id}/cancel")
         assert cancel.status_code == 202, cancel.text
         cluster.services[victim].kill()
-        # The fault: no runner at all for longer than the lease TTL, so the lease expires
-        # unwatched.
-        await asyncio.sleep(LEASE_TTL + 2)
+        await none_alive_past_the_lease()
         newcomer = cluster.add_runner("runner-new").name
         await cluster.start_service(newcomer)
         fault_end = now()

@@ -15,9 +15,18 @@ import httpx
 import msgspec
 
 from jobrunner.common.settings import ENV_PREFIX, Settings
+from jobrunner.services.runner.running import RunnerIdentity
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER_TYPES = str(Path(__file__).with_name("runner_jobtypes.toml"))
+
+
+async def dead_runner_beside(me: RunnerIdentity) -> RunnerIdentity:
+    """A runner on ``me``'s host, since its boot, whose process is gone (a pid no longer
+    alive): what a runner starting there finds of one that crashed."""
+    ended = await asyncio.create_subprocess_exec("true")
+    await ended.wait()
+    return RunnerIdentity(f"{me.runner_id}-dead", me.host, me.boot_id, ended.pid, 1)
 
 
 async def wait_job(

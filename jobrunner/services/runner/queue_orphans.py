@@ -18,10 +18,16 @@ first and answered "missing" means the request was not stored within the age of 
 ``QUEUE_ORPHAN_MIN_SECONDS``). Time the server spent paused does count: the API's timeouts run
 through it too. A look NATS ended (a timeout, no JetStream) restarts every age: a request whose
 publish was given up in the outage may still be stored when NATS answers again.
+
+Every job waiting behind a head checks it again and again (``SlotClaimer``): the looks of one
+head (one revision of it) in flight at once are one look, whose answer (or error) each of them
+takes. Only while it is in flight: a check after it has ended looks again, and a check of a new
+revision does not take a look sent before that revision was there (its age would start early).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Collection
@@ -48,6 +54,14 @@ class _Head:
     missing_since: float | None = None
 
 
+@dataclass
+class _Look:
+    """A look for a head's request in flight, and how many checks are waiting for it."""
+
+    task: asyncio.Future[tuple[float, bool]]
+    waiters: int = 0
+
+
 class QueueOrphans:
     def __init__(self, slots: SlotTable, journal: JobJournal, orphan_seconds: float) -> None:
         self.slots = slots
@@ -55,6 +69,9 @@ class QueueOrphans:
         self.orphan_seconds = orphan_seconds  # settings.queue_orphan_seconds
         # Each lock's head as last looked at (by lock key).
         self._heads: dict[str, _Head] = {}
+        # The look in flight for each head's request, shared by its checks. By revision too: a
+        # look sent before a head's new revision existed must not start that revision's age.
+        self._looks: dict[tuple[str, int], _Look] = {}
         # Ages found missing before this (the monotonic clock) count again from the next look.
         self._restarted_at = -float("inf")
 
@@ -78,19 +95,15 @@ class QueueOrphans:
 
     async def is_orphan(self, lock_key: str, revision: int, job_id: str) -> bool:
         """Has the head (``job_id`` at ``revision``) of ``lock_key``'s queue had its request
-        missing for the age? Each call is one look, unless the request was found before."""
+        missing for the age? Each call waits for a look: the one in flight for this revision of
+        the head (shared with the other checks), else a new one; none once the request was
+        found."""
         head = self._heads.get(lock_key)
         if head is None or (head.job_id, head.revision) != (job_id, revision):
             head = self._heads[lock_key] = _Head(job_id, revision)
         if head.stored:
             return False
-        sent_at = time.monotonic()
-        try:
-            stored = await self.journal.last_event(job_id, "requested") is not None
-        except Exception as exc:
-            if retry.is_transient(exc):
-                self.restart()
-            raise
+        sent_at, stored = await self._shared_look((job_id, revision))
         if stored:
             head.stored = True
             return False
@@ -99,6 +112,42 @@ class QueueOrphans:
             # restart and answered after it starts nothing: its age restarts next time).
             head.missing_since = sent_at
         return sent_at - head.missing_since >= self.orphan_seconds
+
+    async def _shared_look(self, head: tuple[str, int]) -> tuple[float, bool]:
+        """The look in flight for the request of ``head`` (its job id and revision), or a new
+        one: when it was sent, and whether the request is stored. One waiter's cancel leaves the
+        look to the others; the last one's cancels it."""
+        look = self._looks.get(head)
+        if look is None or look.task.done():  # an ended look's answer is not taken again
+            job_id, _ = head
+            look = self._looks[head] = _Look(asyncio.ensure_future(self._look(job_id)))
+            look.task.add_done_callback(lambda task: self._forget_look(head, task))
+        look.waiters += 1
+        try:
+            return await asyncio.shield(look.task)
+        finally:
+            look.waiters -= 1
+            if look.waiters == 0:
+                # Forgotten before it is cancelled: the cancel takes effect at the look's next
+                # step, and a check coming before that must start a look of its own, not wait
+                # for this one (its shield would raise the cancel in a task nobody cancelled).
+                self._forget_look(head, look.task)
+                look.task.cancel()  # no-op once it has ended
+
+    async def _look(self, job_id: str) -> tuple[float, bool]:
+        sent_at = time.monotonic()
+        try:
+            stored = await self.journal.last_event(job_id, "requested") is not None
+        except Exception as exc:
+            if retry.is_transient(exc):
+                self.restart()
+            raise
+        return sent_at, stored
+
+    def _forget_look(self, head: tuple[str, int], task: asyncio.Future[tuple[float, bool]]) -> None:
+        look = self._looks.get(head)
+        if look is not None and look.task is task:
+            del self._looks[head]
 
     def _missing_for(self, lock_key: str) -> float:
         since = self._heads[lock_key].missing_since

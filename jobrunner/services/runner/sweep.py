@@ -26,7 +26,7 @@ from collections.abc import Container
 
 import structlog
 
-from jobrunner.common import retry
+from jobrunner.common import retry, together
 from jobrunner.common.slots import RunRecord, SlotTable, SlotValue, same_holder
 from jobrunner.contracts.events import (
     TERMINAL_STATUSES,
@@ -199,9 +199,7 @@ class LostJobSweeper:
     ) -> tuple[StatusChanged | None, CancelRequested | None]:
         """A lost job's last status and its cancel, read together: on an expired lease this
         runs inline in the lock board's watch."""
-        return await asyncio.gather(
-            self.journal.last_status(job_id), self.journal.cancel_of(job_id)
-        )
+        return await together.both(self.journal.last_status(job_id), self.journal.cancel_of(job_id))
 
 
 def _lost_error(runner_id: str | None) -> ErrorInfo:
