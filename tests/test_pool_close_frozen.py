@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
@@ -85,3 +86,40 @@ async def test_a_pool_closes_within_its_bound_while_postgres_is_frozen(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         pool.terminate()
+
+
+CONNECTION_DROPPED = "connection not closed in time (postgres not answering): dropped"
+
+
+@pytest.mark.parametrize(
+    ("frozen_for", "graceful"),
+    [(BOUND - 2, True), (BOUND + 30, False)],
+    ids=["freeze-within-the-bound", "freeze-past-the-bound"],
+)
+async def test_a_single_connection_closes_within_its_bound_while_postgres_is_frozen(
+    own_postgres: EmbeddedPostgres, frozen_for: float, graceful: bool
+) -> None:
+    """The projector's own connections (the schema's check, the replay lock's holder) close as
+    a pool does: gracefully once Postgres answers within the bound, dropped and logged past it
+    (asyncpg's close waits for the socket's close with no bound)."""
+    conn = await asyncpg.connect(own_postgres.url)
+    pids = postgres_pids(own_postgres)
+    try:
+        for pid in pids:
+            freeze(pid)
+        asyncio.get_running_loop().call_later(
+            frozen_for, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids]
+        )
+        with capture_logs() as logs:
+            closing = asyncio.ensure_future(database.close_connection(conn, within=BOUND))
+            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
+        assert done, "the connection's close waited for a frozen Postgres past its bound"
+        closing.result()
+        dropped = [e for e in logs if e["event"] == CONNECTION_DROPPED]
+        assert len(dropped) == (0 if graceful else 1)
+        assert conn.is_closed()
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        conn.terminate()

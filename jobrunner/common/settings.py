@@ -190,6 +190,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_peer_timeout_seconds: float = 2.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
+    # A service's whole stop, from its SIGTERM to its exit, with NATS or Postgres not answering:
+    # what it still waits for is given up (and logged) at this end. Below the 20 s after which
+    # `jobrunner up` kills a service (supervisor.py): a killed service is not a clean stop.
+    stop_seconds: float = 15.0
 
     def __post_init__(self) -> None:
         # A value no service can honour stops every service at start, naming the setting,
@@ -258,6 +262,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "batch_max_jobs": (1, 1_000_000),
     # At least the app-wide 1 MiB: a batch may always be as large as a single-job request.
     "batch_max_body_bytes": (1024 * 1024, 2**31 - 1),
+    # Above 19 the supervisor's 20 s grace would end first (supervisor.STOP_GRACE_SECONDS).
+    "stop_seconds": (1, 19),
 }
 _ABOVE_ZERO = (
     "lease_ttl_seconds",

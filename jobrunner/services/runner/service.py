@@ -31,7 +31,15 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import deathsignal, eventstore, heap, metrics, reconfigure, retry
+from jobrunner.common import (
+    deathsignal,
+    eventstore,
+    heap,
+    metrics,
+    reconfigure,
+    retry,
+    stopping,
+)
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -64,6 +72,8 @@ class Runner:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.nc = nc
+        # Set when its run ends: the whole stop's deadline, the connections' closes included.
+        self.stop_deadline: stopping.Deadline | None = None
         self.js = nc.jetstream()
         self.identity = RunnerIdentity.of_this_process(settings.runner_id)
         self.job_types = load_job_types(settings.job_types_file)
@@ -160,12 +170,24 @@ class Runner:
             heap.collect_young_less_often()
             await self.requests.run(sub, stop)
         finally:
+            # One deadline for the whole stop from here (run_runner's closes too): bounds
+            # that each hold would add up, in series, past the supervisor's grace.
+            self.stop_deadline = stopping.Deadline(self.settings.stop_seconds)
             await cancel_sub.unsubscribe()
             await seal_sub.unsubscribe()
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
-            await asyncio.wait(background, timeout=WATCHER_STOP_SECONDS)
+            # The NATS connections' close keeps its part of the stop.
+            keep = eventstore.CLOSE_KEEP_SECONDS
+            within = self.stop_deadline.keeping(keep).left(WATCHER_STOP_SECONDS)
+            _, left = await asyncio.wait(background, timeout=within)
+            if left:
+                log.error(
+                    "lock watcher or sweeper did not end on its stop: left running",
+                    loops=sorted(task.get_name() for task in left),
+                    waited=round(within, 3),
+                )
             await asyncio.to_thread(self.ledger.close)
 
 
@@ -214,6 +236,7 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     # A fast path only: a message it does not store in time goes on the main one (see bulk).
     bulk_nc: NATS | None = None
     bulk: BulkLane | None = None
+    runner: Runner | None = None
     try:
         bulk_nc = await eventstore.connect(
             settings,
@@ -228,8 +251,13 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
         async with heartbeat(nc.jetstream(), Names(settings.prefix), settings, runner_id):
             await runner.run(stop)
     finally:
+        deadline = runner.stop_deadline if runner and runner.stop_deadline else None
+        if deadline is None:  # stopped before its run's end: the deadline starts now
+            deadline = stopping.Deadline(settings.stop_seconds)
         if bulk is not None:
-            await bulk.close()
+            await bulk.close(deadline.keeping(eventstore.CLOSE_KEEP_SECONDS).left())
+        # Both connections at once: nothing publishes any more, and neither waits on the other.
+        closing = [eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS))]
         if bulk_nc is not None:
-            await eventstore.close(bulk_nc)
-        await eventstore.close(nc)
+            closing.append(eventstore.close(bulk_nc, deadline.left(eventstore.CLOSE_MOST_SECONDS)))
+        await asyncio.gather(*closing)
