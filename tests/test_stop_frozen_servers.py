@@ -17,12 +17,16 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.serverprocess import free_port
@@ -30,7 +34,7 @@ from jobrunner.supervisor import STARTED_RE
 from tests import servers
 from tests.freeze import freeze
 from tests.test_pool_close_frozen import postgres_pids
-from tests.tools.runners import REPO, RUNNER_TYPES, runner_env
+from tests.tools.runners import REPO, RUNNER_TYPES, runner_env, wait_dead
 
 # The services' stop_seconds here (15 s by default): the test's stops are short, and the
 # figures before the deadline (2.6 s to 12.5 s for an idle service) are past it.
@@ -67,16 +71,47 @@ def _thawed_after(pids: list[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
-@pytest.mark.parametrize("service", ["api", "runner", "projector", "notifier"])
+async def _run_a_job(settings: Settings, pidfile: Path) -> list[int]:
+    """A job of a tool whose grandchild ignores SIGTERM, running on the runner: their pids."""
+    nc = await eventstore.connect(settings, "test")
+    try:
+        request = events.JobRequested(
+            job_id="running-at-the-stop",
+            job_type="family",
+            parameters={"pidfile": str(pidfile)},
+            occurred_at=datetime.now(UTC),
+        )
+        await eventstore.publish(nc.jetstream(), Names(settings.prefix), request)
+    finally:
+        await eventstore.close(nc)
+    async with asyncio.timeout(60):
+        while len(pids := pidfile.read_text().split() if pidfile.exists() else []) < 2:  # noqa: ASYNC110 - another process writes it
+            await asyncio.sleep(0.05)
+    return [int(pid) for pid in pids]
+
+
+@pytest.mark.parametrize(
+    ("service", "with_a_job"),
+    [
+        ("api", False),
+        ("runner", False),
+        ("runner", True),
+        ("projector", False),
+        ("notifier", False),
+    ],
+    ids=["api", "runner", "runner-with-a-job", "projector", "notifier"],
+)
 async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
     settings: Settings,
     own_nats: EmbeddedNats,
     own_postgres: EmbeddedPostgres,
     tmp_path: Path,
     service: str,
+    with_a_job: bool,
 ) -> None:
     """`jobrunner up` stopping a service while both servers are frozen sees it exit cleanly
-    within its stop_seconds (so before the supervisor's grace ends), not killed."""
+    within its stop_seconds (so before the supervisor's grace ends), not killed; a runner's
+    job's tool dies with it (its ending could not be stored: the job ends RUNNER_LOST)."""
     settings = msgspec.structs.replace(
         settings,
         nats_url=own_nats.url,
@@ -101,6 +136,7 @@ async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
             while not await asyncio.to_thread(_started, settings.metrics_address):
                 assert proc.poll() is None, log_file.read_text()
                 await asyncio.sleep(0.1)
+        tools = await _run_a_job(settings, tmp_path / "pids") if with_a_job else []
         assert own_nats.proc is not None
         frozen = [own_nats.proc.pid, *postgres_pids(own_postgres)]
         with _thawed_after(frozen):
@@ -118,6 +154,8 @@ async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
         assert took < STOP_SECONDS + EXIT_SECONDS, told
         # uvicorn ends the API by raising the SIGTERM it caught again, once its stop is done.
         assert code == (-signal.SIGTERM if service == "api" else 0), told
+        for pid in tools:
+            await wait_dead(pid)
     finally:
         if proc.poll() is None:
             proc.kill()

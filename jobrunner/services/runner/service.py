@@ -173,13 +173,14 @@ class Runner:
             # One deadline for the whole stop from here (run_runner's closes too): bounds
             # that each hold would add up, in series, past the supervisor's grace.
             self.stop_deadline = stopping.Deadline(self.settings.stop_seconds)
+            # The NATS connections' close keeps its part of the stop.
+            keep = eventstore.CLOSE_KEEP_SECONDS
+            await self.requests.end_jobs(self.stop_deadline.keeping(keep).left())
             await cancel_sub.unsubscribe()
             await seal_sub.unsubscribe()
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
-            # The NATS connections' close keeps its part of the stop.
-            keep = eventstore.CLOSE_KEEP_SECONDS
             within = self.stop_deadline.keeping(keep).left(WATCHER_STOP_SECONDS)
             _, left = await asyncio.wait(background, timeout=within)
             if left:
