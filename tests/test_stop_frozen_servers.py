@@ -71,6 +71,23 @@ def _thawed_after(pids: list[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
+async def _heartbeat_written(settings: Settings) -> None:
+    """Until the runner's heartbeat is in its bucket: its stop then deletes the key (a request
+    NATS, frozen, does not answer), and waits for the beat's end, which a first beat before the
+    bucket was made leaves out."""
+    nc = await eventstore.connect(settings, "test")
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(Exception):  # no bucket or no key yet
+                    kv = await nc.jetstream().key_value(Names(settings.prefix).runners_bucket)
+                    if await kv.keys():
+                        return
+                await asyncio.sleep(0.1)
+    finally:
+        await eventstore.close(nc)
+
+
 async def _run_a_job(settings: Settings, pidfile: Path) -> list[int]:
     """A job of a tool whose grandchild ignores SIGTERM, running on the runner: their pids."""
     nc = await eventstore.connect(settings, "test")
@@ -117,6 +134,8 @@ async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
         nats_url=own_nats.url,
         database_url=own_postgres.url,
         job_types_file=RUNNER_TYPES,
+        # A beat each second: the first one, before the runner made the bucket, is not written.
+        runner_heartbeat_seconds=1.0,
         port=free_port(),
         metrics_address=f"127.0.0.1:{free_port()}",
         stop_seconds=STOP_SECONDS,
@@ -136,6 +155,8 @@ async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
             while not await asyncio.to_thread(_started, settings.metrics_address):
                 assert proc.poll() is None, log_file.read_text()
                 await asyncio.sleep(0.1)
+        if service == "runner":
+            await _heartbeat_written(settings)
         tools = await _run_a_job(settings, tmp_path / "pids") if with_a_job else []
         assert own_nats.proc is not None
         frozen = [own_nats.proc.pid, *postgres_pids(own_postgres)]

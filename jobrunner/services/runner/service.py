@@ -72,8 +72,9 @@ class Runner:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.nc = nc
-        # Set when its run ends: the whole stop's deadline, the connections' closes included.
-        self.stop_deadline: stopping.Deadline | None = None
+        # Set when its stop begins (stop_deadlines), once: bounds that each hold would add up,
+        # in series, past the supervisor's grace.
+        self._stop_deadlines: tuple[stopping.Deadline, stopping.Deadline] | None = None
         self.js = nc.jetstream()
         self.identity = RunnerIdentity.of_this_process(settings.runner_id)
         self.job_types = load_job_types(settings.job_types_file)
@@ -130,6 +131,21 @@ class Runner:
             queue_orphans,
         )
 
+    def stop_deadlines(self) -> tuple[stopping.Deadline, stopping.Deadline]:
+        """The stop's two ends, fixed at its first call: the whole stop's (stop_seconds, the NATS
+        connections' closes included), and the one before it for what still uses them (the
+        jobs' ends, the watcher and sweeper, the heartbeat, the bulk lane), which keeps the
+        closes their CLOSE_KEEP_SECONDS. Computed once: asked again at each step, the keep
+        would be taken again from what is left, and shrink step by step."""
+        if self._stop_deadlines is None:
+            whole = stopping.Deadline(self.settings.stop_seconds)
+            self._stop_deadlines = (whole, whole.keeping(eventstore.CLOSE_KEEP_SECONDS))
+        return self._stop_deadlines
+
+    def users_deadline(self) -> stopping.Deadline:
+        """The stop's end for what still uses the NATS connections (see stop_deadlines)."""
+        return self.stop_deadlines()[1]
+
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
         locks = await retry.until_jetstream_ready(self.slots.kv, "the lock bucket")
@@ -170,18 +186,15 @@ class Runner:
             heap.collect_young_less_often()
             await self.requests.run(sub, stop)
         finally:
-            # One deadline for the whole stop from here (run_runner's closes too): bounds
-            # that each hold would add up, in series, past the supervisor's grace.
-            self.stop_deadline = stopping.Deadline(self.settings.stop_seconds)
-            # The NATS connections' close keeps its part of the stop.
-            keep = eventstore.CLOSE_KEEP_SECONDS
-            await self.requests.end_jobs(self.stop_deadline.keeping(keep).left())
+            # The stop's deadline starts here (run_runner's closes keep their part of it).
+            users = self.users_deadline()
+            await self.requests.end_jobs(users.left())
             await cancel_sub.unsubscribe()
             await seal_sub.unsubscribe()
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
-            within = self.stop_deadline.keeping(keep).left(WATCHER_STOP_SECONDS)
+            within = users.left(WATCHER_STOP_SECONDS)
             _, left = await asyncio.wait(background, timeout=within)
             if left:
                 log.error(
@@ -249,14 +262,18 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
         bulk = BulkLane(bulk_nc, bulk_lane.ack_timeout(settings))
         runner = Runner(settings, nc, bulk)
         runner_id = runner.identity.runner_id
-        async with heartbeat(nc.jetstream(), Names(settings.prefix), settings, runner_id):
+        async with heartbeat(
+            nc.jetstream(), Names(settings.prefix), settings, runner_id, runner.users_deadline
+        ):
             await runner.run(stop)
     finally:
-        deadline = runner.stop_deadline if runner and runner.stop_deadline else None
-        if deadline is None:  # stopped before its run's end: the deadline starts now
+        if runner is None:  # failed before there was a runner: its stop starts now
             deadline = stopping.Deadline(settings.stop_seconds)
+            users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
+        else:
+            deadline, users = runner.stop_deadlines()
         if bulk is not None:
-            await bulk.close(deadline.keeping(eventstore.CLOSE_KEEP_SECONDS).left())
+            await bulk.close(users.left())
         # Both connections at once: nothing publishes any more, and neither waits on the other.
         closing = [eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS))]
         if bulk_nc is not None:
