@@ -40,7 +40,7 @@ from jobrunner.common import (
     retry,
     stopping,
 )
-from jobrunner.common.jobtypes import load_job_types
+from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
@@ -49,7 +49,7 @@ from jobrunner.services.runner import bulk as bulk_lane
 from jobrunner.services.runner.board import LockBoard, open_watch
 from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.claim import SlotClaimer
-from jobrunner.services.runner.executor import JobExecutor
+from jobrunner.services.runner.executor import PUMP_DRAIN_SECONDS, JobExecutor
 from jobrunner.services.runner.guardian import GUARDIAN
 from jobrunner.services.runner.heartbeat import heartbeat
 from jobrunner.services.runner.journal import JobJournal
@@ -65,6 +65,38 @@ log = structlog.get_logger()
 
 # How long the lock watcher may take to notice it should stop (it may be inside a NATS call).
 WATCHER_STOP_SECONDS = 10.0
+
+
+# What a job stopped by the runner's stop still needs after its cancel grace, within the
+# stop's deadline before the connections' close: the SIGKILL, its output's drain
+# (PUMP_DRAIN_SECONDS at most, the longest part), its ending's publish, its lease's release.
+AFTER_GRACE_SECONDS = PUMP_DRAIN_SECONDS
+
+
+def stop_needed_seconds(job_type: JobType) -> float:
+    """The stop_seconds a runner needs to end a job of ``job_type`` cancelled at its stop
+    (one whose tool ignores SIGTERM uses its whole grace), the NATS connections' close kept."""
+    return job_type.cancel_grace_seconds + AFTER_GRACE_SECONDS + eventstore.CLOSE_KEEP_SECONDS
+
+
+def warn_if_stop_too_short(job_types: dict[str, JobType], stop_seconds: float) -> None:
+    """Say at start which job types a stop of ``stop_seconds`` may cut short: a job of theirs
+    still running at the stop is then left to end with the runner, RUNNER_LOST once its lease
+    runs out, instead of cancelled."""
+    short = {
+        name: stop_needed_seconds(job_type)
+        for name, job_type in job_types.items()
+        if not job_type.external and stop_needed_seconds(job_type) > stop_seconds
+    }
+    if short:
+        log.warning(
+            "stop_seconds is too short for these job types' cancel_grace_seconds: a job of"
+            " theirs running at the runner's stop may end RUNNER_LOST instead of cancelled;"
+            " lower their cancel_grace_seconds, or raise stop_seconds (15 at most)",
+            job_types=sorted(short),
+            stop_seconds=stop_seconds,
+            stop_seconds_needed=max(short.values()),
+        )
 
 
 class Runner:
@@ -176,6 +208,7 @@ class Runner:
                 await deathsignal.probe()
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await subscribe_requests(self.js, self.names, self.ack_wait)
+            warn_if_stop_too_short(self.job_types, self.settings.stop_seconds)
             log.info(
                 "runner started",
                 runner_id=self.identity.runner_id,
