@@ -152,6 +152,8 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("idempotency_ttl_seconds", "-1"),
         ("queue_orphan_seconds", "21.9"),  # below a restart's queue write, publish and resend
         ("queue_orphan_seconds", "nan"),
+        ("stop_seconds", "0.5"),
+        ("stop_seconds", "15.5"),  # waits past its deadline need the margin to the 20 s grace
     ],
 )
 def test_value_no_service_can_honour_is_refused_at_start(
@@ -176,3 +178,10 @@ def test_queue_orphan_seconds_takes_its_lowest_value(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("JOBRUNNER_QUEUE_ORPHAN_SECONDS", str(QUEUE_ORPHAN_MIN_SECONDS))
     assert load_settings().queue_orphan_seconds == QUEUE_ORPHAN_MIN_SECONDS
     assert Settings().queue_orphan_seconds == 30.0
+
+
+def test_stop_seconds_takes_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop of 1 s and one of 15 s (the most: the supervisor kills at 20 s) are accepted."""
+    for raw in ("1", "15"):
+        monkeypatch.setenv("JOBRUNNER_STOP_SECONDS", raw)
+        assert load_settings().stop_seconds == float(raw)
