@@ -745,8 +745,7 @@ async def close(nc: NATS, within: float | None = None) -> None:
     """Flush what we sent, then close, in ``within`` seconds at most (the flush in half of them
     at most): what a service's stop has left for it, ``CLOSE_MOST_SECONDS`` when not given.
     (``drain`` would wait on watchers nobody reads any more.)"""
-    if within is None:  # CLOSE_MOST_SECONDS, of the bounds as they are now (tests lower them)
-        within = FLUSH_SECONDS + 1 + CLOSE_SECONDS
+    within = CLOSE_MOST_SECONDS if within is None else within
     deadline = stopping.Deadline(within)
     flush_wait = min(FLUSH_SECONDS + 1, within / 2)
     if nc.is_connected and flush_wait > 0:

@@ -207,23 +207,28 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                 pool.close(deadline.left(database.POOL_CLOSE_SECONDS)),
                 probe_pool.close(deadline.left(database.POOL_CLOSE_SECONDS)),
             )
-            # What still uses the NATS connection ends first, all at once; the connections
-            # close in the rest. Purges of replaced content still waiting would only fail once
-            # the connection is closed; what they leave, the next upload of the name purges.
-            users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
-            await asyncio.gather(
-                stopping.end_loop(
-                    sweeper, sweeper_stop, within=users.left(artifactpurges.SWEEPER_STOP_SECONDS)
-                ),
-                artifactstore.stop_purges(js, users.left(artifactstore.PURGE_STOP_SECONDS)),
-                readmodels.close(users.left(readmodelgate.STOP_SECONDS)),
-                subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS)),
-            )
-            await sub.unsubscribe()
-            await asyncio.gather(
-                readers.close(deadline.left(eventstore.CLOSE_MOST_SECONDS)),
-                eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS)),
-            )
-            await pools
+            try:
+                # What still uses the NATS connection ends first, all at once; the connections
+                # close in the rest. Purges of replaced content still waiting would only fail once
+                # the connection is closed; what they leave, the next upload of the name purges.
+                users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
+                await asyncio.gather(
+                    stopping.end_loop(
+                        sweeper,
+                        sweeper_stop,
+                        within=users.left(artifactpurges.SWEEPER_STOP_SECONDS),
+                    ),
+                    artifactstore.stop_purges(js, users.left(artifactstore.PURGE_STOP_SECONDS)),
+                    readmodels.close(users.left(readmodelgate.STOP_SECONDS)),
+                    subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS)),
+                )
+                await sub.unsubscribe()
+                await asyncio.gather(
+                    readers.close(deadline.left(eventstore.CLOSE_MOST_SECONDS)),
+                    eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS)),
+                )
+            finally:
+                # Also when a step raised: the pools' close is bounded, and not left unawaited.
+                await pools
 
     return _lifespan

@@ -168,16 +168,19 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         pool_closing = asyncio.ensure_future(
             database.close_pool(pool, deadline.left(database.POOL_CLOSE_SECONDS))
         )
-        # What still uses the NATS connection ends first; the connection closes in the rest.
-        users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
-        await asyncio.gather(
-            stopping.end_loop(looking, looking_stop, within=users.left()),
-            _close_feed(feed, users.left(FEED_CLOSE_SECONDS)),
-        )
-        # After the feed's close: a failed link's consumer delete still under way.
-        await subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS))
-        await eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS))
-        await pool_closing
+        try:
+            # What still uses the NATS connection ends first; the connection closes in the rest.
+            users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
+            await asyncio.gather(
+                stopping.end_loop(looking, looking_stop, within=users.left()),
+                _close_feed(feed, users.left(FEED_CLOSE_SECONDS)),
+            )
+            # After the feed's close: a failed link's consumer delete still under way.
+            await subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS))
+            await eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS))
+        finally:
+            # Also when a step raised: the pool's close is bounded, and not left unawaited.
+            await pool_closing
 
 
 async def _close_feed(feed: EventFeed | None, within: float) -> None:
