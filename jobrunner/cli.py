@@ -84,6 +84,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from jobrunner.services.api.app import create_app
+    from jobrunner.services.api.context import requests_stop_seconds
 
     settings = _settings(args)
     structlog.contextvars.bind_contextvars(service="api")
@@ -94,7 +95,8 @@ def cmd_api(args: argparse.Namespace) -> int:
             port=settings.port,
             log_level="warning",
             access_log=False,
-            timeout_graceful_shutdown=5,
+            # Part of the API's whole stop (stop_seconds); the lifespan's end has the rest.
+            timeout_graceful_shutdown=requests_stop_seconds(settings),  # type: ignore[arg-type]
         )
     return 0
 

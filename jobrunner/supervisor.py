@@ -43,6 +43,9 @@ STOP_ORDER = ("runner", "notifier", "api", "projector")
 # They run at a lower CPU priority (`background_nice`); when the cores are free they get them.
 BACKGROUND = ("projector", "notifier")
 AUTOGROUP_TRIES = 5
+# A service still stopping this long after its SIGTERM is killed (each bounds its own stop by
+# the stop_seconds setting, below this).
+STOP_GRACE_SECONDS = 20.0
 
 
 class Service:
@@ -71,7 +74,7 @@ class Service:
             await lower_priority(self.proc.pid, self.nice)
         log.info("service started", service=self.name, pid=self.proc.pid)
 
-    async def stop(self, timeout: float = 20.0) -> None:
+    async def stop(self, timeout: float = STOP_GRACE_SECONDS) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return
         self.proc.send_signal(signal.SIGTERM)

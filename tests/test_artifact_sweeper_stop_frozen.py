@@ -17,10 +17,9 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import pytest
 from litestar import Litestar
-from nats.js import JetStreamContext
 from structlog.testing import capture_logs
 
-from jobrunner.common import artifactpurges, artifactstore
+from jobrunner.common import artifactpurges
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import context
@@ -64,15 +63,6 @@ async def test_the_apis_shutdown_waits_for_a_sweeper_deaf_to_its_cancel_at_most_
     monkeypatch.setattr(artifactpurges, "SWEEPER_STOP_SECONDS", bound)
     losing = CancelLostInARequest(monkeypatch)
     api = msgspec.structs.replace(settings, nats_url=own_nats.url, artifact_purge_sweep_seconds=0.2)
-    real_stop_purges = artifactstore.stop_purges
-    sweeper_done_after_its_wait: list[bool] = []
-
-    async def stop_purges(js: JetStreamContext) -> None:  # the shutdown's next step
-        assert losing.sweeper is not None
-        sweeper_done_after_its_wait.append(losing.sweeper.done())
-        await real_stop_purges(js)
-
-    monkeypatch.setattr(artifactstore, "stop_purges", stop_purges)
     running = context.lifespan(api)(Litestar())
     await running.__aenter__()
     frozen = exited = False
@@ -85,7 +75,8 @@ async def test_the_apis_shutdown_waits_for_a_sweeper_deaf_to_its_cancel_at_most_
             exited = True
             await asyncio.wait_for(running.__aexit__(None, None, None), 60)
         assert losing.lost == 1
-        assert sweeper_done_after_its_wait == [waited_for]
+        assert losing.sweeper is not None
+        assert losing.sweeper.done() == waited_for
         left = [e for e in logs if e["event"] == "a loop did not end on its stop: left running"]
         assert [e["loop"] for e in left] == ([] if waited_for else ["artifact-sweeper"])
     finally:

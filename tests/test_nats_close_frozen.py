@@ -118,3 +118,36 @@ async def test_a_close_whose_flush_cannot_even_be_queued_ends_within_its_bounds(
         for task in subscribing:
             task.cancel()
         await asyncio.wait(subscribing, timeout=10)
+
+
+WITHIN = 4.0  # what a service's stop has left for the close (eventstore.close's within)
+
+
+@pytest.mark.parametrize(
+    ("frozen_for", "graceful"),
+    [(WITHIN - 1, True), (WITHIN + 60, False)],
+    ids=["freeze-within-the-deadline", "freeze-past-the-deadline"],
+)
+async def test_a_close_ends_within_what_the_stop_left_it_while_nats_is_frozen(
+    nc: NATS, own_nats: EmbeddedNats, frozen_for: float, graceful: bool
+) -> None:
+    """Given 4 s of a stop (less than its own bounds, 2 + 1 + 5 s), the close flushes in half of
+    them and closes in the rest: NATS thawed 1 s before their end, it closes gracefully; frozen
+    past them, the connection is dropped at their end, said in the log."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    freeze(pid)
+    await publish_until_unsent(nc)
+    asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+    began = time.monotonic()
+    with capture_logs() as logs:
+        closing = asyncio.ensure_future(eventstore.close(nc, within=WITHIN))
+        done, _ = await asyncio.wait({closing}, timeout=WITHIN + 20)
+    took = time.monotonic() - began
+    assert done, "the close waited for a frozen NATS past its deadline"
+    closing.result()
+    assert nc.is_closed
+    assert len([e for e in logs if e["event"] == DROPPED]) == (0 if graceful else 1)
+    if not graceful:
+        # Its deadline, and the moment the dropped socket's close takes: not its own 8 s.
+        assert took < WITHIN + 2, f"closed after {took:.1f} s"

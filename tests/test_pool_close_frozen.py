@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
@@ -85,3 +87,45 @@ async def test_a_pool_closes_within_its_bound_while_postgres_is_frozen(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         pool.terminate()
+
+
+CONNECTION_DROPPED = "connection not closed in time (postgres not answering): dropped"
+
+
+@pytest.mark.parametrize(
+    ("frozen_for", "graceful"),
+    [(BOUND - 2, True), (BOUND + 30, False)],
+    ids=["freeze-within-the-bound", "freeze-past-the-bound"],
+)
+async def test_a_single_connection_closes_within_its_bound_while_postgres_is_frozen(
+    own_postgres: EmbeddedPostgres, frozen_for: float, graceful: bool
+) -> None:
+    """The projector's own connections (the schema's check, the replay lock's holder) close as
+    a pool does: gracefully once Postgres answers within the bound, dropped and logged past it
+    (asyncpg's close waits for the socket's close with no bound)."""
+    conn = await asyncpg.connect(own_postgres.url)
+    pids = postgres_pids(own_postgres)
+    try:
+        for pid in pids:
+            freeze(pid)
+        asyncio.get_running_loop().call_later(
+            frozen_for, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids]
+        )
+        began = time.monotonic()
+        with capture_logs() as logs:
+            closing = asyncio.ensure_future(database.close_connection(conn, within=BOUND))
+            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
+        took = time.monotonic() - began
+        assert done, "the connection's close waited for a frozen Postgres past its bound"
+        closing.result()
+        dropped = [e for e in logs if e["event"] == CONNECTION_DROPPED]
+        assert len(dropped) == (0 if graceful else 1)
+        if not graceful:
+            # Dropped at the bound (a loaded machine's margin), not at some later timeout.
+            assert took < BOUND + 2, f"closed after {took:.1f} s"
+        assert conn.is_closed()
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        conn.terminate()

@@ -368,16 +368,16 @@ def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
 PURGE_STOP_SECONDS = 12.0
 
 
-async def stop_purges(js: JetStreamContext) -> None:
+async def stop_purges(js: JetStreamContext, within: float | None = None) -> None:
     """Stop the purges still waiting on ``js`` (its connection is about to close: they could
-    only fail from now on) and wait until they have stopped, ``PURGE_STOP_SECONDS`` at most.
+    only fail from now on) and wait until they have stopped, ``within`` seconds at most
+    (``PURGE_STOP_SECONDS``).
     What a replaced content's purge leaves: see ``purge_when_unread``. A ``purge_later``'s
     chunks are orphaned: no description names them, so only the bucket's max age removes
     them."""
+    within = PURGE_STOP_SECONDS if within is None else within
     owned = [(task, owner.stop) for task, owner in list(_OWNERS.items()) if owner.js is js]
-    await asyncio.gather(
-        *(stopping.end_loop(task, stop, within=PURGE_STOP_SECONDS) for task, stop in owned)
-    )
+    await asyncio.gather(*(stopping.end_loop(task, stop, within=within) for task, stop in owned))
 
 
 PURGE_ATTEMPTS = 60  # NATS failures in a row before a purge gives up (a minute or more)

@@ -99,14 +99,29 @@ async def create_pool(
 POOL_CLOSE_SECONDS = 5.0
 
 
-async def close_pool(pool: asyncpg.Pool) -> None:
-    """Close ``pool`` gracefully within ``POOL_CLOSE_SECONDS``, else drop its connections
-    (asyncpg's ``close`` terminates the pool when it is cancelled)."""
+async def close_pool(pool: asyncpg.Pool, within: float | None = None) -> None:
+    """Close ``pool`` gracefully within ``within`` seconds (``POOL_CLOSE_SECONDS``), else drop
+    its connections (asyncpg's ``close`` terminates the pool when it is cancelled)."""
+    within = POOL_CLOSE_SECONDS if within is None else within
     try:
-        await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+        await asyncio.wait_for(pool.close(), within)
     except TimeoutError:
         log.error(
             "pool not closed in time (a connection not given back, or postgres not answering):"
             " its connections dropped",
-            waited=POOL_CLOSE_SECONDS,
+            waited=round(within, 3),
+        )
+
+
+async def close_connection(conn: asyncpg.Connection, within: float | None = None) -> None:
+    """Close one connection gracefully within ``within`` seconds (``POOL_CLOSE_SECONDS``),
+    else drop it: its close waits, as a pool's does, for Postgres to close the socket after
+    its Terminate (asyncpg aborts the connection when the close is cancelled)."""
+    within = POOL_CLOSE_SECONDS if within is None else within
+    try:
+        await asyncio.wait_for(conn.close(), within)
+    except TimeoutError:
+        log.error(
+            "connection not closed in time (postgres not answering): dropped",
+            waited=round(within, 3),
         )

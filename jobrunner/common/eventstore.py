@@ -30,6 +30,7 @@ from jobrunner.common import (
     retry,
     runnerpool,
     serverversion,
+    stopping,
     subscription,
 )
 from jobrunner.common.natsconnection import NatsConnection, server_urls
@@ -733,11 +734,25 @@ CLOSE_SECONDS = 5.0
 FLUSH_SECONDS = 2.0
 
 
-async def close(nc: NATS) -> None:
-    """Flush what we sent, then close. (``drain`` would wait on watchers nobody reads any more.)"""
-    if nc.is_connected:
-        flushing = asyncio.ensure_future(nc.flush(timeout=FLUSH_SECONDS))  # type: ignore[arg-type]
-        done, _ = await asyncio.wait({flushing}, timeout=FLUSH_SECONDS + 1)
+# The most a close takes: the flush's bound and a second, then the close's.
+CLOSE_MOST_SECONDS = FLUSH_SECONDS + 1 + CLOSE_SECONDS
+# What a service's stop keeps for its NATS connections' close, after what still publishes on
+# them: the flush's answer (1 s of it), the rest for what the socket still holds.
+CLOSE_KEEP_SECONDS = 3.0
+
+
+async def close(nc: NATS, within: float | None = None) -> None:
+    """Flush what we sent, then close, in ``within`` seconds at most (the flush in half of them
+    at most): what a service's stop has left for it, ``CLOSE_MOST_SECONDS`` when not given.
+    (``drain`` would wait on watchers nobody reads any more.)"""
+    within = CLOSE_MOST_SECONDS if within is None else within
+    deadline = stopping.Deadline(within)
+    flush_wait = min(FLUSH_SECONDS + 1, within / 2)
+    if nc.is_connected and flush_wait > 0:
+        # nats-py's own bound a third shorter: a flush past ours never queued its ping.
+        answer = min(FLUSH_SECONDS, flush_wait * 2 / 3)
+        flushing = asyncio.ensure_future(nc.flush(timeout=answer))  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({flushing}, timeout=flush_wait)
         if not done:
             # Its cancel may be swallowed (nats-py's flush queue): the close ends it.
             flushing.cancel()
@@ -748,9 +763,10 @@ async def close(nc: NATS) -> None:
     # Not cancelled at its bound: nats-py swallows a cancel while it flushes, and a close cut
     # short would skip its clean-up. The socket's abort ends its wait instead.
     closing = asyncio.ensure_future(nc.close())
-    done, _ = await asyncio.wait({closing}, timeout=CLOSE_SECONDS)
+    close_wait = deadline.left(CLOSE_SECONDS)
+    done, _ = await asyncio.wait({closing}, timeout=close_wait)
     if not done:
-        log.error("nats took nothing more: connection dropped", waited=CLOSE_SECONDS)
+        log.error("nats took nothing more: connection dropped", waited=round(close_wait, 3))
         _abort_socket(nc)
     try:
         await closing

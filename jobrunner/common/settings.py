@@ -190,6 +190,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_peer_timeout_seconds: float = 2.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
+    # A service's whole stop, from its SIGTERM to its exit, with NATS or Postgres not answering:
+    # what it still waits for is given up (and logged) at this end, and the exit follows within
+    # a few seconds. Well below the 20 s after which `jobrunner up` kills a service
+    # (supervisor.py): a killed service is not a clean stop.
+    stop_seconds: float = 15.0
 
     def __post_init__(self) -> None:
         # A value no service can honour stops every service at start, naming the setting,
@@ -257,6 +262,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "batch_max_jobs": (1, 1_000_000),
     # At least the app-wide 1 MiB: a batch may always be as large as a single-job request.
     "batch_max_body_bytes": (1024 * 1024, 2**31 - 1),
+    # 5 s below the supervisor's 20 s grace (supervisor.STOP_GRACE_SECONDS): a few waits run
+    # past the deadline (the feed close's second after its abort, uvicorn's tick, a NATS
+    # close's end after its abort, the interpreter's exit).
+    "stop_seconds": (1, 15),
 }
 _ABOVE_ZERO = (
     "lease_ttl_seconds",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -11,6 +13,25 @@ import structlog
 
 T = TypeVar("T")
 log = structlog.get_logger()
+
+
+class Deadline:
+    """One end for a whole stop: its steps each wait at most what is left of it, so that
+    bounds that hold one by one cannot add up, in series, past the supervisor's grace."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + max(0.0, seconds)
+
+    def left(self, at_most: float = math.inf) -> float:
+        """Seconds a step may wait: ``at_most`` (its own bound), or what is left if less."""
+        return max(0.0, min(at_most, self._end - time.monotonic()))
+
+    def keeping(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` before this one (half-way when less than twice that is
+        left): for what must end before a later step has its time (the NATS connection's
+        close, after everything that still publishes on it)."""
+        left = self.left()
+        return Deadline(max(left - seconds, left / 2))
 
 
 async def unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:

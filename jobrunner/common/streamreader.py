@@ -182,6 +182,12 @@ class StreamReader:
     def closed(self) -> bool:
         return self._writer is None
 
+    def abort(self) -> None:
+        """Drop the socket and what is still buffered for it (a close waits for a frozen
+        server to take it)."""
+        if self._writer is not None:
+            self._writer.transport.abort()
+
     async def close(self, wait_for_delete: bool = True) -> None:
         """Close the connection and delete the consumer. ``wait_for_delete=False`` (a link
         that failed): the delete goes on in the background (``subscription.delete_consumer_soon``,

@@ -581,17 +581,18 @@ def deletes_pending() -> int:
 FORGET_DELETES_SECONDS = 7.0
 
 
-async def forget_deletes() -> None:
+async def forget_deletes(within: float | None = None) -> None:
     """Cancel the deletions still waiting (a process stopping: the server removes the
     consumers itself, about 5 s after their subscriptions went) and the checks after a
-    reconnect, and wait for them at most ``FORGET_DELETES_SECONDS``."""
+    reconnect, and wait for them ``within`` seconds at most (``FORGET_DELETES_SECONDS``)."""
+    within = FORGET_DELETES_SECONDS if within is None else within
     loop = asyncio.get_running_loop()
     pending = [task for task in _deleting if task.get_loop() is loop]
     for task in pending:
         task.cancel()
     if not pending:
         return
-    _, left = await asyncio.wait(pending, timeout=FORGET_DELETES_SECONDS)
+    _, left = await asyncio.wait(pending, timeout=within)
     for task in pending:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: an error after the stop is nobody's to report
@@ -599,7 +600,7 @@ async def forget_deletes() -> None:
         structlog.get_logger().error(
             "background NATS requests did not end on their cancel: left running",
             left=len(left),
-            waited=FORGET_DELETES_SECONDS,
+            waited=round(within, 3),
         )
 
 

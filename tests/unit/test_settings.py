@@ -151,6 +151,8 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("idempotency_ttl_seconds", "-1"),
         ("queue_orphan_seconds", "21.9"),  # below a restart's queue write, publish and resend
         ("queue_orphan_seconds", "nan"),
+        ("stop_seconds", "0.5"),
+        ("stop_seconds", "15.5"),  # waits past its deadline need the margin to the 20 s grace
     ],
 )
 def test_value_no_service_can_honour_is_refused_at_start(
@@ -192,3 +194,10 @@ def test_a_config_file_key_that_is_no_setting_is_named_with_the_closest_one(
 def test_a_retired_setting_in_an_older_config_file_still_loads(tmp_path: Path) -> None:
     config = write_config(tmp_path, "line_flush_interval_ms = 100\nport = 8123\n")
     assert load_settings(config).port == 8123
+
+
+def test_stop_seconds_takes_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop of 1 s and one of 15 s (the most: the supervisor kills at 20 s) are accepted."""
+    for raw in ("1", "15"):
+        monkeypatch.setenv("JOBRUNNER_STOP_SECONDS", raw)
+        assert load_settings().stop_seconds == float(raw)

@@ -31,7 +31,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.api import sse
+from jobrunner.services.api import readmodelgate, sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
 from jobrunner.services.api.posted import PostedJobs
@@ -45,6 +45,15 @@ log = structlog.get_logger()
 
 # How long a write (a POST) waits for the projector so that an immediate GET finds what it wrote.
 READ_YOUR_WRITES_TIMEOUT = 2.0
+# uvicorn's wait for open requests (SSE streams among them) at a stop, before the lifespan's
+# end: a third of the whole stop (stop_seconds), 5 s at most.
+REQUESTS_STOP_SECONDS = 5.0
+
+
+def requests_stop_seconds(settings: Settings) -> float:
+    """How long uvicorn waits for open requests when the API stops (its
+    ``timeout_graceful_shutdown``); the lifespan's end has the rest of ``stop_seconds``."""
+    return min(REQUESTS_STOP_SECONDS, settings.stop_seconds / 3)
 
 
 @dataclass
@@ -190,18 +199,36 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             with stallwatch.watching():
                 yield
         finally:
-            # Purges of replaced content still waiting would only fail once the connection is
-            # closed; what they leave, the next upload of the name purges.
-            await stopping.end_loop(
-                sweeper, sweeper_stop, within=artifactpurges.SWEEPER_STOP_SECONDS
+            # One deadline for the whole stop, after uvicorn's wait for open requests (cli.py):
+            # bounds that each hold would add up, in series, past the supervisor's grace.
+            deadline = stopping.Deadline(settings.stop_seconds - requests_stop_seconds(settings))
+            # Postgres is apart from NATS: the pools close meanwhile.
+            pools = asyncio.gather(
+                pool.close(deadline.left(database.POOL_CLOSE_SECONDS)),
+                probe_pool.close(deadline.left(database.POOL_CLOSE_SECONDS)),
             )
-            await artifactstore.stop_purges(js)
-            await readmodels.close()
-            await subscription.forget_deletes()
-            await readers.close()
-            await sub.unsubscribe()
-            await pool.close()
-            await probe_pool.close()
-            await eventstore.close(nc)
+            try:
+                # What still uses the NATS connection ends first, all at once; the connections
+                # close in the rest. Purges of replaced content still waiting would only fail once
+                # the connection is closed; what they leave, the next upload of the name purges.
+                users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
+                await asyncio.gather(
+                    stopping.end_loop(
+                        sweeper,
+                        sweeper_stop,
+                        within=users.left(artifactpurges.SWEEPER_STOP_SECONDS),
+                    ),
+                    artifactstore.stop_purges(js, users.left(artifactstore.PURGE_STOP_SECONDS)),
+                    readmodels.close(users.left(readmodelgate.STOP_SECONDS)),
+                    subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS)),
+                )
+                await sub.unsubscribe()
+                await asyncio.gather(
+                    readers.close(deadline.left(eventstore.CLOSE_MOST_SECONDS)),
+                    eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS)),
+                )
+            finally:
+                # Also when a step raised: the pools' close is bounded, and not left unawaited.
+                await pools
 
     return _lifespan

@@ -91,15 +91,17 @@ class ReaderConnections:
             else:
                 self._give_back(nc)
 
-    async def close(self) -> None:
-        """Close every connection, lent ones included (their readers end with an error)."""
+    async def close(self, within: float | None = None) -> None:
+        """Close every connection, lent ones included (their readers end with an error), all
+        at once, in ``within`` seconds at most: one closed earlier and still closing, with a
+        bound of its own, is left to it."""
         self._closed = True
         every = [*self._idle, *self._lent]
         self._idle.clear()
         for nc in every:
-            self._close_later(nc)
+            self._close_later(nc, within)
         if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+            await asyncio.wait(self._closing, timeout=within)  # None: each close's own bound
 
     async def _take(self) -> NATS:
         while self._idle:
@@ -127,14 +129,14 @@ class ReaderConnections:
         else:
             self._close_later(nc)
 
-    def _close_later(self, nc: NATS) -> None:
+    def _close_later(self, nc: NATS, within: float | None = None) -> None:
         # Handed back from a cancelled reader too: the close must not wait in its ``finally``.
-        task = asyncio.create_task(self._close(nc))
+        task = asyncio.create_task(self._close(nc, within))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     @staticmethod
-    async def _close(nc: NATS) -> None:
+    async def _close(nc: NATS, within: float | None) -> None:
         with contextlib.suppress(Exception):
             if not nc.is_closed:
-                await eventstore.close(nc)
+                await eventstore.close(nc, within)

@@ -35,6 +35,9 @@ log = structlog.get_logger()
 CURRENT_CHECK_SECONDS = 5.0
 RECHECK_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 5
+# The watch's stop: a look under way when its cancel was lost ends within its NATS request's
+# timeout (5 s), or the read pool's deadline. Past this it is left, and logged.
+STOP_SECONDS = 7.0
 # What answers without the read models: health, metrics (what the services hold in memory, to
 # be read during a rebuild and while Postgres is away), static files, signing in, tokens (in
 # NATS), the job types (configuration) and the OpenAPI document.
@@ -101,9 +104,12 @@ class ReadModelGate:
         await self.check()
         self._task = asyncio.create_task(self._watch())
 
-    async def close(self) -> None:
+    async def close(self, within: float | None = None) -> None:
+        """End the watch, waiting ``within`` seconds at most (``STOP_SECONDS``: a look that
+        lost its cancel)."""
         if self._task is not None:
-            await stopping.end_loop(self._task, self._stop)
+            within = STOP_SECONDS if within is None else within
+            await stopping.end_loop(self._task, self._stop, within=within)
 
     async def check(self) -> ReadModelState:
         """Look at the stored version (and, when it is not current, at the stream's end in

@@ -228,5 +228,5 @@ class ReadPool:
         async with self.acquire(deadline_seconds) as conn:
             return await conn.fetchval(query, *args)
 
-    async def close(self) -> None:
-        await database.close_pool(self.pool)
+    async def close(self, within: float | None = None) -> None:
+        await database.close_pool(self.pool, within)

@@ -51,6 +51,8 @@ T = TypeVar("T", bound=events.Event)
 class Notifier:
     def __init__(self, settings: Settings, nc: NATS) -> None:
         self.settings = settings
+        # Set when its run ends: the whole stop's deadline, the connection's close included.
+        self.stop_deadline: stopping.Deadline | None = None
         self.names = Names(settings.prefix)
         self.js = nc.jetstream()
         # Its reads (every ended job's request) through the connection's ack inbox: the
@@ -152,8 +154,21 @@ class Notifier:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         finally:
+            # One deadline for the whole stop (run_notifier's close too): bounds that each
+            # hold would add up, in series, past the supervisor's grace.
+            self.stop_deadline = stopping.Deadline(self.settings.stop_seconds)
             if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                # A handler whose publish or acknowledgement waits on a frozen NATS is left:
+                # its job's end, not acknowledged, is delivered again to the next notifier.
+                keep = eventstore.CLOSE_KEEP_SECONDS
+                within = self.stop_deadline.keeping(keep).left()
+                _, left = await asyncio.wait(self._tasks, timeout=within)
+                if left:
+                    log.error(
+                        "webhook handlers did not end on their stop: left running",
+                        left=len(left),
+                        waited=round(within, 3),
+                    )
             await self.sender.close()
 
     async def _handle(self, msg: Msg, stop: asyncio.Event) -> None:
@@ -274,7 +289,9 @@ async def _ack(msg: Msg) -> None:
 
 async def run_notifier(settings: Settings, stop: asyncio.Event) -> None:
     nc = await eventstore.connect(settings, "notifier", on_closed_for_good="exit")
+    notifier = Notifier(settings, nc)
     try:
-        await Notifier(settings, nc).run(stop)
+        await notifier.run(stop)
     finally:
-        await eventstore.close(nc)
+        deadline = notifier.stop_deadline or stopping.Deadline(settings.stop_seconds)
+        await eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS))

@@ -28,6 +28,9 @@ FETCH_EVENTS = 10_000  # events per batch (one transaction), at most
 FETCH_READS = 8
 QUEUED_BATCHES = 8  # socket reads decoded ahead of Postgres
 RECONNECTED_POLL_SECONDS = 0.05  # how often a feed waiting for nats-py's reconnect looks
+# A close: the consumer's delete is a JetStream request (5 s timeout), and a second for the
+# socket to take what it still holds. Past this the socket is dropped.
+CLOSE_SECONDS = 6.0
 NO_TIME = "MissingField: the event has no occurred_at (its time would be when it is read)"
 
 
@@ -227,7 +230,28 @@ class EventFeed:
             # nats-py says it is back in no awaitable
             await stopping.pause(self._stop, RECONNECTED_POLL_SECONDS)
 
-    async def close(self) -> None:
+    async def close(self, within: float | None = None) -> None:
+        """End the reading and close the reader, ``within`` seconds at most: past it (NATS not
+        answering the consumer's delete, or not taking what the reader's socket still holds)
+        the socket is dropped, logged: the consumer expires by itself."""
+        within = CLOSE_SECONDS if within is None else within
+        closing = asyncio.ensure_future(self._close())
+        done, _ = await asyncio.wait({closing}, timeout=within)
+        if done:
+            closing.result()
+            return
+        log.error(
+            "event feed not closed in time (nats not answering): its socket dropped",
+            waited=round(within, 3),
+        )
+        self._reader.abort()
+        closing.cancel()
+        # Dropped, the socket's close ends at once and the delete takes its cancel.
+        done, _ = await asyncio.wait({closing}, timeout=1.0)
+        if not done:
+            log.error("event feed's close left running")
+
+    async def _close(self) -> None:
         try:
             if self._task is not None:
                 self._stop.set()  # (a cancel alone can be lost: see ``_read``)

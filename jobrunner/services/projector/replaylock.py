@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from jobrunner.common import database
 from jobrunner.services.projector import store, timestamps
 
 # A session lock, held on a connection of its own for the whole replay (a pooled connection
@@ -43,7 +44,7 @@ async def connect_lock_holder(database_url: str) -> asyncpg.Connection:
     try:
         await timestamps.init_connection(conn)
     except BaseException:
-        await conn.close()
+        await database.close_connection(conn)
         raise
     return conn
 

@@ -35,6 +35,7 @@ from jobrunner.services.projector import (
     timestamps,
     upgrade,
 )
+from jobrunner.services.projector.feed import CLOSE_SECONDS as FEED_CLOSE_SECONDS
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
@@ -161,12 +162,30 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             lag.progressed(last)
             await nc.publish(names.projected_subject, encoder.encode(events.ProjectedNotice(last)))
     finally:
-        await stopping.end_loop(looking, looking_stop)
-        if feed is not None:
-            await feed.close()
-        await subscription.forget_deletes()  # a failed link's consumer delete still under way
-        await database.close_pool(pool)
-        await eventstore.close(nc)
+        # One deadline for the whole stop: bounds that each hold would add up, in series,
+        # past the supervisor's grace. Postgres is apart from NATS: the pool closes meanwhile.
+        deadline = stopping.Deadline(settings.stop_seconds)
+        pool_closing = asyncio.ensure_future(
+            database.close_pool(pool, deadline.left(database.POOL_CLOSE_SECONDS))
+        )
+        try:
+            # What still uses the NATS connection ends first; the connection closes in the rest.
+            users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
+            await asyncio.gather(
+                stopping.end_loop(looking, looking_stop, within=users.left()),
+                _close_feed(feed, users.left(FEED_CLOSE_SECONDS)),
+            )
+            # After the feed's close: a failed link's consumer delete still under way.
+            await subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS))
+            await eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS))
+        finally:
+            # Also when a step raised: the pool's close is bounded, and not left unawaited.
+            await pool_closing
+
+
+async def _close_feed(feed: EventFeed | None, within: float) -> None:
+    if feed is not None:
+        await feed.close(within)
 
 
 async def _apply_until_done(

@@ -95,7 +95,7 @@ async def ensure_current(
                     await readmodelversion.record(conn, READ_SCHEMA, by="projector")
             return Outcome(found, rebuilt=False)
     finally:
-        await conn.close()
+        await database.close_connection(conn)
     if found == READMODEL_VERSION:
         return Outcome(found, rebuilt=False)
     if found > READMODEL_VERSION:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 
 import nats.errors
 import structlog
@@ -110,10 +111,13 @@ class BulkLane:
             # would hold the event loop (the whole runner, its reconnect too) for ever.
             await stopping.pause(self._stop, self._timeout)
 
-    async def close(self) -> None:
-        """Stop the probe: after at most one flush (its timeout), or the margin past it."""
+    async def close(self, within: float = math.inf) -> None:
+        """Stop the probe: after at most one flush (its timeout), or the margin past it, or
+        ``within`` seconds if less (what the stop has left for it)."""
         self._stop.set()
         if self._probe is not None:
             await stopping.end_loop(
-                self._probe, self._stop, within=self._timeout + PROBE_STOP_MARGIN_SECONDS
+                self._probe,
+                self._stop,
+                within=min(within, self._timeout + PROBE_STOP_MARGIN_SECONDS),
             )

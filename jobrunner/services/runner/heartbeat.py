@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import structlog
@@ -15,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import eventstore, runnerpool
+from jobrunner.common import eventstore, runnerpool, stopping
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import hostname
 from jobrunner.contracts.events import utcnow
@@ -26,24 +27,30 @@ log = structlog.get_logger()
 
 @contextlib.asynccontextmanager
 async def heartbeat(
-    js: JetStreamContext, names: Names, settings: Settings, runner_id: str
+    js: JetStreamContext,
+    names: Names,
+    settings: Settings,
+    runner_id: str,
+    stop_deadline: Callable[[], stopping.Deadline],
 ) -> AsyncIterator[None]:
     """Beat while the block runs; on the way out the key is deleted (a runner that stops cleanly
-    is gone from ``/health`` at once, not only after the TTL)."""
+    is gone from ``/health`` at once, not only after the TTL). The way out waits for the last
+    beat and the delete within ``stop_deadline()`` (the runner's stop's, asked on the way out):
+    with NATS frozen each would take a request's timeout, past the stop's end."""
     key = runnerpool.key_of(runner_id)
     host, pid = hostname(), os.getpid()
     kv: KeyValue | None = None
 
-    stopping = asyncio.Event()
+    ending = asyncio.Event()
 
     async def beat() -> None:
         nonlocal kv
-        # Ends on ``stopping`` as well as on cancel: nats-py swallows a cancel that arrives while
+        # Ends on ``ending`` as well as on cancel: nats-py swallows a cancel that arrives while
         # it flushes (Client._flush_pending catches CancelledError), and Python 3.11's
         # wait_for loses one that arrives as its reply does; kv.put then returns (an ack or its
         # timeout), and a loop that relied on the cancel would beat on and never let the runner
         # stop.
-        while not stopping.is_set():
+        while not ending.is_set():
             value = runnerpool.RunnerHeartbeat(runner_id, host, pid, utcnow())
             try:
                 # Looked up here, not before: the runner creates the bucket as it starts.
@@ -60,16 +67,32 @@ async def heartbeat(
             except Exception as exc:  # NATS away: the next beat tries again
                 log.warning("runner heartbeat not written", error=repr(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), settings.runner_heartbeat_seconds)
+                await asyncio.wait_for(ending.wait(), settings.runner_heartbeat_seconds)
 
     task = asyncio.create_task(beat(), name="runner-heartbeat")
     try:
         yield
     finally:
-        stopping.set()
+        ending.set()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        deadline = stop_deadline()
+        # Not awaited past the deadline: nats-py may swallow the cancel (see beat), and the
+        # beat's put then waits for its timeout.
+        await _within(task, deadline, "runner heartbeat did not end on the stop: left running")
         if kv is not None:
-            with contextlib.suppress(Exception):
-                await kv.delete(key)
+            deleting = asyncio.ensure_future(kv.delete(key))
+            await _within(
+                deleting, deadline, "runner heartbeat key not deleted: the bucket's TTL drops it"
+            )
+
+
+async def _within(work: asyncio.Future[Any], deadline: stopping.Deadline, given_up: str) -> None:
+    """Wait for ``work`` until ``deadline``; past it, cancel it and log ``given_up``. Its failure
+    is no one's to report (NATS away: the key's TTL ends it)."""
+    waited = deadline.left()
+    done, _ = await asyncio.wait({work}, timeout=waited)
+    if not done:
+        work.cancel()
+        log.warning(given_up, waited=round(waited, 3))
+    elif not work.cancelled():
+        work.exception()  # retrieved

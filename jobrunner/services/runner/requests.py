@@ -60,7 +60,8 @@ class RequestLoop:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def run(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
-        """Take requests until ``stop``; then stop every job and wait for their ends."""
+        """Take requests until ``stop``; then stop every job (``end_jobs`` waits for their
+        ends: the runner's stop gives them what its deadline leaves)."""
         most = 1
         try:
             while not stop.is_set():
@@ -78,8 +79,21 @@ class RequestLoop:
         finally:
             for job in self.running.values():
                 job.cancel("runner shutdown")
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def end_jobs(self, within: float) -> None:
+        """Wait for the stopped jobs' ends, ``within`` seconds at most. A job's ending is
+        published until stored: with NATS away the wait had no end, and `jobrunner up` killed
+        the runner. One left here ends with the process: its tool with it (the guardian), its
+        job RUNNER_LOST once its lease runs out, as after a crash."""
+        if not self._tasks:
+            return
+        _, left = await asyncio.wait(self._tasks, timeout=within)
+        if left:
+            log.error(
+                "jobs did not end on the runner's stop: left to end with it",
+                jobs=len(left),
+                waited=round(within, 3),
+            )
 
     async def subscribe_cancels(self, nc: NATS) -> Any:
         return await nc.subscribe(self.journal.names.kind_subjects("cancel"), cb=self._on_cancel)

@@ -31,8 +31,16 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
-from jobrunner.common import deathsignal, eventstore, heap, metrics, reconfigure, retry
-from jobrunner.common.jobtypes import load_job_types
+from jobrunner.common import (
+    deathsignal,
+    eventstore,
+    heap,
+    metrics,
+    reconfigure,
+    retry,
+    stopping,
+)
+from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
@@ -59,11 +67,48 @@ log = structlog.get_logger()
 WATCHER_STOP_SECONDS = 10.0
 
 
+# What a job stopped by the runner's stop still needs after its cancel grace, within the
+# stop's deadline before the connections' close: the SIGKILL, its output's drain, its ending's
+# publish, its lease's release: well under this with NATS answering. (The drain may take up to
+# PUMP_DRAIN_SECONDS when a tool's descendant outside its process group holds its output open:
+# a rare tool, not worth a warning at every default start.)
+AFTER_GRACE_SECONDS = 2.0
+
+
+def stop_needed_seconds(job_type: JobType) -> float:
+    """The stop_seconds a runner needs to end a job of ``job_type`` cancelled at its stop
+    (one whose tool ignores SIGTERM uses its whole grace), the NATS connections' close kept."""
+    return job_type.cancel_grace_seconds + AFTER_GRACE_SECONDS + eventstore.CLOSE_KEEP_SECONDS
+
+
+def warn_if_stop_too_short(job_types: dict[str, JobType], stop_seconds: float) -> None:
+    """Say at start which job types a stop of ``stop_seconds`` may cut short: a job of theirs
+    still running at the stop is then left to end with the runner, RUNNER_LOST once its lease
+    runs out, instead of cancelled."""
+    short = {
+        name: stop_needed_seconds(job_type)
+        for name, job_type in job_types.items()
+        if not job_type.external and stop_needed_seconds(job_type) > stop_seconds
+    }
+    if short:
+        log.warning(
+            "stop_seconds is too short for these job types' cancel_grace_seconds: a job of"
+            " theirs running at the runner's stop may end RUNNER_LOST instead of cancelled;"
+            " lower their cancel_grace_seconds, or raise stop_seconds (15 at most)",
+            job_types=sorted(short),
+            stop_seconds=stop_seconds,
+            stop_seconds_needed=max(short.values()),
+        )
+
+
 class Runner:
     def __init__(self, settings: Settings, nc: NATS, bulk: BulkLane | None = None) -> None:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.nc = nc
+        # Set when its stop begins (stop_deadlines), once: bounds that each hold would add up,
+        # in series, past the supervisor's grace.
+        self._stop_deadlines: tuple[stopping.Deadline, stopping.Deadline] | None = None
         self.js = nc.jetstream()
         self.identity = RunnerIdentity.of_this_process(settings.runner_id)
         self.job_types = load_job_types(settings.job_types_file)
@@ -120,6 +165,21 @@ class Runner:
             queue_orphans,
         )
 
+    def stop_deadlines(self) -> tuple[stopping.Deadline, stopping.Deadline]:
+        """The stop's two ends, fixed at its first call: the whole stop's (stop_seconds, the NATS
+        connections' closes included), and the one before it for what still uses them (the
+        jobs' ends, the watcher and sweeper, the heartbeat, the bulk lane), which keeps the
+        closes their CLOSE_KEEP_SECONDS. Computed once: asked again at each step, the keep
+        would be taken again from what is left, and shrink step by step."""
+        if self._stop_deadlines is None:
+            whole = stopping.Deadline(self.settings.stop_seconds)
+            self._stop_deadlines = (whole, whole.keeping(eventstore.CLOSE_KEEP_SECONDS))
+        return self._stop_deadlines
+
+    def users_deadline(self) -> stopping.Deadline:
+        """The stop's end for what still uses the NATS connections (see stop_deadlines)."""
+        return self.stop_deadlines()[1]
+
     async def run(self, stop: asyncio.Event) -> None:
         await eventstore.ensure_topology(self.js, self.names, self.settings)
         locks = await retry.until_jetstream_ready(self.slots.kv, "the lock bucket")
@@ -150,6 +210,7 @@ class Runner:
                 await deathsignal.probe()
             sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
             sub = await subscribe_requests(self.js, self.names, self.ack_wait)
+            warn_if_stop_too_short(self.job_types, self.settings.stop_seconds)
             log.info(
                 "runner started",
                 runner_id=self.identity.runner_id,
@@ -160,12 +221,22 @@ class Runner:
             heap.collect_young_less_often()
             await self.requests.run(sub, stop)
         finally:
+            # The stop's deadline starts here (run_runner's closes keep their part of it).
+            users = self.users_deadline()
+            await self.requests.end_jobs(users.left())
             await cancel_sub.unsubscribe()
             await seal_sub.unsubscribe()
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
-            await asyncio.wait(background, timeout=WATCHER_STOP_SECONDS)
+            within = users.left(WATCHER_STOP_SECONDS)
+            _, left = await asyncio.wait(background, timeout=within)
+            if left:
+                log.error(
+                    "lock watcher or sweeper did not end on its stop: left running",
+                    loops=sorted(task.get_name() for task in left),
+                    waited=round(within, 3),
+                )
             await asyncio.to_thread(self.ledger.close)
 
 
@@ -214,6 +285,7 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
     # A fast path only: a message it does not store in time goes on the main one (see bulk).
     bulk_nc: NATS | None = None
     bulk: BulkLane | None = None
+    runner: Runner | None = None
     try:
         bulk_nc = await eventstore.connect(
             settings,
@@ -225,11 +297,20 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
         bulk = BulkLane(bulk_nc, bulk_lane.ack_timeout(settings))
         runner = Runner(settings, nc, bulk)
         runner_id = runner.identity.runner_id
-        async with heartbeat(nc.jetstream(), Names(settings.prefix), settings, runner_id):
+        async with heartbeat(
+            nc.jetstream(), Names(settings.prefix), settings, runner_id, runner.users_deadline
+        ):
             await runner.run(stop)
     finally:
+        if runner is None:  # failed before there was a runner: its stop starts now
+            deadline = stopping.Deadline(settings.stop_seconds)
+            users = deadline.keeping(eventstore.CLOSE_KEEP_SECONDS)
+        else:
+            deadline, users = runner.stop_deadlines()
         if bulk is not None:
-            await bulk.close()
+            await bulk.close(users.left())
+        # Both connections at once: nothing publishes any more, and neither waits on the other.
+        closing = [eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS))]
         if bulk_nc is not None:
-            await eventstore.close(bulk_nc)
-        await eventstore.close(nc)
+            closing.append(eventstore.close(bulk_nc, deadline.left(eventstore.CLOSE_MOST_SECONDS)))
+        await asyncio.gather(*closing)

@@ -1,0 +1,109 @@
+"""The API's read-model watch is waited for within its bound even when Postgres is frozen in a
+look that lost its cancel: its close waited with no bound, in series with the rest of the API's
+stop (a look that takes its cancel ends at once, frozen Postgres or not).
+
+Postgres (the postmaster and every backend) is frozen for real while the look reads from it,
+for just less or longer than the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+from structlog.testing import capture_logs
+
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.api import readmodelgate
+from jobrunner.services.api.context import read_pool
+from tests import servers
+from tests.freeze import freeze
+from tests.test_pool_close_frozen import postgres_pids
+
+BOUND = 3.0
+LEFT = "a loop did not end on its stop: left running"
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
+    async with servers.own_postgres("jobrunner-test-readmodel-watch-") as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("frozen_for", "ended"),
+    [(BOUND - 2, True), (BOUND + 30, False)],
+    ids=["freeze-within-the-bound", "freeze-past-the-bound"],
+)
+async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_frozen(
+    js: JetStreamContext,
+    settings: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    frozen_for: float,
+    ended: bool,
+) -> None:
+    """Frozen 1 s, the look deaf to its cancel ends once Postgres answers and the watch with it;
+    frozen past the bound, the watch is left after it, said in the log, and the stop goes on."""
+    monkeypatch.setattr(readmodelgate, "RECHECK_SECONDS", 0.1)
+    monkeypatch.setattr(readmodelgate, "CURRENT_CHECK_SECONDS", 0.1)
+    pool = await read_pool(own_postgres.url, 60.0)
+    gate = readmodelgate.ReadModelGate(pool, js, Names(settings.prefix))
+    pids = postgres_pids(own_postgres)
+    thawed = False
+
+    def thaw() -> None:
+        nonlocal thawed
+        thawed = True
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    try:
+        await gate.start()
+        looking = asyncio.Event()
+        real_check = gate.check
+        lost = 0
+
+        async def check_deaf_to_a_cancel() -> Any:
+            # A look that lost its cancel (as 3.11's wait_for loses one arriving with its
+            # reply) and reads again: it waits on the frozen Postgres for the read pool's
+            # deadline (60 s), or until Postgres answers.
+            nonlocal lost
+            looking.set()
+            try:
+                return await real_check()
+            except asyncio.CancelledError:
+                lost += 1
+                return await real_check()
+
+        for pid in pids:
+            freeze(pid)
+        monkeypatch.setattr(gate, "check", check_deaf_to_a_cancel)
+        await asyncio.wait_for(looking.wait(), 30)  # a look begun with Postgres frozen
+        await asyncio.sleep(0.2)
+        asyncio.get_running_loop().call_later(frozen_for, thaw)
+        began = time.monotonic()
+        with capture_logs() as logs:
+            closing = asyncio.ensure_future(gate.close(within=BOUND))
+            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
+        took = time.monotonic() - began
+        assert done, "the watch's close waited for a frozen Postgres past its bound"
+        assert lost == 1
+        left = [e for e in logs if e["event"] == LEFT]
+        assert len(left) == (0 if ended else 1)
+        if not ended:
+            # Left at the bound (a loaded machine's margin), not at the read's 60 s deadline.
+            assert took < BOUND + 2, f"closed after {took:.1f} s"
+    finally:
+        thaw()
+        await pool.close()

@@ -1,0 +1,183 @@
+"""A service's stop ends within the supervisor's SIGTERM grace even when NATS and Postgres are
+both frozen at once: `jobrunner up` SIGKILLs a service still stopping after 20 s, and a killed
+service is not a clean stop.
+
+Each service runs as a real process (``python -m jobrunner.cli <service>``) on a NATS and a
+Postgres of the test's own; both are frozen for real (SIGSTOP of nats-server, the postmaster
+and every backend), then the service gets its SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.embedded.serverprocess import free_port
+from jobrunner.supervisor import STARTED_RE
+from tests import servers
+from tests.freeze import freeze
+from tests.test_pool_close_frozen import postgres_pids
+from tests.tools.runners import REPO, RUNNER_TYPES, runner_env, wait_dead
+
+# The services' stop_seconds here (15 s by default): the test's stops are short, and the
+# figures before the deadline (2.6 s to 12.5 s for an idle service) are past it.
+STOP_SECONDS = 1.5
+# What a process takes past its stop's deadline to exit (the interpreter's own end, threads
+# joined) on a loaded machine: the test sees a stop past the deadline by more as a failure.
+EXIT_SECONDS = 2.5
+# How long the test waits for an exit at most: long enough to measure a stop that overruns.
+PATIENCE = 60.0
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
+    async with servers.own_postgres("jobrunner-test-stop-frozen-") as server:
+        yield server
+
+
+def _started(metrics_address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=2) as response:
+            return bool(STARTED_RE.search(response.read().decode(errors="replace")))
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _thawed_after(pids: list[int]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+async def _heartbeat_written(settings: Settings) -> None:
+    """Until the runner's heartbeat is in its bucket: its stop then deletes the key (a request
+    NATS, frozen, does not answer), and waits for the beat's end, which a first beat before the
+    bucket was made leaves out."""
+    nc = await eventstore.connect(settings, "test")
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(Exception):  # no bucket or no key yet
+                    kv = await nc.jetstream().key_value(Names(settings.prefix).runners_bucket)
+                    if await kv.keys():
+                        return
+                await asyncio.sleep(0.1)
+    finally:
+        await eventstore.close(nc)
+
+
+async def _run_a_job(settings: Settings, pidfile: Path) -> list[int]:
+    """A job of a tool whose grandchild ignores SIGTERM, running on the runner: their pids."""
+    nc = await eventstore.connect(settings, "test")
+    try:
+        request = events.JobRequested(
+            job_id="running-at-the-stop",
+            job_type="family",
+            parameters={"pidfile": str(pidfile)},
+            occurred_at=datetime.now(UTC),
+        )
+        await eventstore.publish(nc.jetstream(), Names(settings.prefix), request)
+    finally:
+        await eventstore.close(nc)
+    async with asyncio.timeout(60):
+        while len(pids := pidfile.read_text().split() if pidfile.exists() else []) < 2:  # noqa: ASYNC110 - another process writes it
+            await asyncio.sleep(0.05)
+    return [int(pid) for pid in pids]
+
+
+@pytest.mark.parametrize(
+    ("service", "with_a_job"),
+    [
+        ("api", False),
+        ("runner", False),
+        ("runner", True),
+        ("projector", False),
+        ("notifier", False),
+    ],
+    ids=["api", "runner", "runner-with-a-job", "projector", "notifier"],
+)
+async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
+    settings: Settings,
+    own_nats: EmbeddedNats,
+    own_postgres: EmbeddedPostgres,
+    tmp_path: Path,
+    service: str,
+    with_a_job: bool,
+) -> None:
+    """`jobrunner up` stopping a service while both servers are frozen sees it exit cleanly
+    within its stop_seconds (so before the supervisor's grace ends), not killed; a runner's
+    job's tool dies with it (its ending could not be stored: the job ends RUNNER_LOST)."""
+    settings = msgspec.structs.replace(
+        settings,
+        nats_url=own_nats.url,
+        database_url=own_postgres.url,
+        job_types_file=RUNNER_TYPES,
+        # A beat each second: the first one, before the runner made the bucket, is not written.
+        runner_heartbeat_seconds=1.0,
+        port=free_port(),
+        metrics_address=f"127.0.0.1:{free_port()}",
+        stop_seconds=STOP_SECONDS,
+    )
+    log_file = tmp_path / f"{service}.log"
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - starting is quick
+            [sys.executable, "-m", "jobrunner.cli", service],
+            cwd=REPO,
+            env=runner_env(settings),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        async with asyncio.timeout(90):
+            while not await asyncio.to_thread(_started, settings.metrics_address):
+                assert proc.poll() is None, log_file.read_text()
+                await asyncio.sleep(0.1)
+        if service == "runner":
+            await _heartbeat_written(settings)
+        tools = await _run_a_job(settings, tmp_path / "pids") if with_a_job else []
+        assert own_nats.proc is not None
+        frozen = [own_nats.proc.pid, *postgres_pids(own_postgres)]
+        with _thawed_after(frozen):
+            for pid in frozen:
+                freeze(pid)
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = await asyncio.to_thread(proc.wait, PATIENCE)
+            except subprocess.TimeoutExpired:
+                code = None
+            took = time.monotonic() - began
+        print(f"{service}: stop took {took:.1f} s, exit {code}")  # the figures, with -s
+        told = f"stop took {took:.1f} s, exit {code}:\n{log_file.read_text()}"
+        assert took < STOP_SECONDS + EXIT_SECONDS, told
+        # uvicorn ends the API by raising the SIGTERM it caught again, once its stop is done.
+        assert code == (-signal.SIGTERM if service == "api" else 0), told
+        for pid in tools:
+            await wait_dead(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
