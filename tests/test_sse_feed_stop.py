@@ -30,7 +30,7 @@ async def test_a_feed_whose_cancel_was_lost_as_it_started_ends_when_its_client_l
     losing = LosingACancel(js.stream_info)
     monkeypatch.setattr(js, "stream_info", losing)
     joining = asyncio.create_task(fanout.join("left-early"))
-    await asyncio.wait_for(losing.in_pass.wait(), 30)  # the feed has the stream's end
+    await asyncio.wait_for(losing.reached.wait(), 30)  # the feed has the stream's end
     feed = fanout.feeds["left-early"]
     assert feed.task is not None
     joining.cancel()  # the client goes away while its feed starts: the feed is cancelled
