@@ -128,3 +128,39 @@ def test_every_event_and_field_is_in_the_contracts_section(
     fields = [f for f in event.__struct_fields__ if f not in common]
     missing = [f for f in fields if not re.search(rf"\b{f}\b", row)]
     assert not missing, f"{event.__name__} fields the README does not give: {missing}"
+
+
+def _job_error_table() -> set[str]:
+    """The codes in the first column of the README's table of a failed job's ``error``."""
+    api = section("HTTP API")
+    start = api.index("A failed job carries `error: {code, message}`")
+    table = api[start:].split("\n\n")[1]
+    codes: set[str] = set()
+    for line in table.splitlines()[2:]:
+        codes |= set(re.findall(r"`([A-Z_]+)`", line.split("|")[1]))
+    return codes
+
+
+def test_the_job_error_table_gives_every_job_error_code() -> None:
+    """The README's table of a job's error codes names each ErrorCode, and only those (a code
+    listed there that jobrunner never writes would have consumers handle a case that never
+    comes)."""
+    assert _job_error_table() == {code.value for code in events.ErrorCode}
+
+
+def test_every_job_error_code_is_written_somewhere() -> None:
+    """Each ErrorCode is used by a service (one never written is a dead promise to consumers:
+    CANCELLED and INTERNAL_ERROR were, until session 29)."""
+    used: set[str] = set()
+    for path in (ROOT / "jobrunner").rglob("*.py"):
+        if path.parent.name == "contracts":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "ErrorCode"
+            ):
+                used.add(node.attr)
+    unused = [code.name for code in events.ErrorCode if code.name not in used]
+    assert not unused, f"job error codes nothing writes: {unused}"
