@@ -39,11 +39,21 @@ def test_every_setting_is_documented() -> None:
 
 
 def _api_errors() -> set[tuple[int, str]]:
-    """(status, code) of every ``ApiError(<status>, "<CODE>", ...)`` written in the API."""
+    """(status, code) of every ``ApiError(<status>, "<CODE>", ...)`` written in the API, and
+    the 422 of every ``jsonbody.decode(body, <type>, "<CODE>", ...)``."""
     found: set[tuple[int, str]] = set()
     for path in API_CODE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and (node.func.value.id, node.func.attr) == ("jsonbody", "decode")
+            ):
+                code = getattr(node.args[2], "value", None)
+                if isinstance(code, str):
+                    found.add((422, code))
+            elif (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Name)
                 and node.func.id == "ApiError"
@@ -60,6 +70,7 @@ def test_the_error_scan_finds_the_api_errors() -> None:
     found = _api_errors()
     assert (404, "JOB_NOT_FOUND") in found
     assert (409, "TOKEN_IN_USE") in found
+    assert (422, "INVALID_REQUEST") in found  # a job request of the wrong shape
 
 
 # What the framework's own refusals answer (errors.http_error_handler: every status it maps, and
