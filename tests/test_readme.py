@@ -10,6 +10,7 @@ import ast
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings, load_settings
@@ -163,3 +164,47 @@ def test_every_job_error_code_is_written_somewhere() -> None:
                 used.add(node.attr)
     unused = [code.name for code in events.ErrorCode if code.name not in used]
     assert not unused, f"job error codes nothing writes: {unused}"
+
+
+def _shown(value: object) -> str:
+    """A default as the README's settings table writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _settings_rows() -> list[tuple[list[str], str]]:
+    """(names, default column) of each row of the settings table naming settings only."""
+    fields = set(Settings.__struct_fields__)
+    rows = []
+    for line in README.splitlines():
+        row = re.match(r"\| ((?:`\w+`(?:, )?)+) \| ([^|]*) \|", line)
+        if row is not None:
+            names = re.findall(r"`(\w+)`", row.group(1))
+            if set(names) <= fields:
+                rows.append((names, row.group(2)))
+    return rows
+
+
+def test_every_settings_default_is_the_readmes() -> None:
+    """The settings table gives each setting's default as the code has it (a row naming two
+    settings gives theirs in order, or one for both; an empty string is written "empty")."""
+    defaults = {f.name: f.default for f in msgspec.structs.fields(Settings)}
+    rows = _settings_rows()
+    assert len(rows) > 50  # the table was found
+    wrong = []
+    for names, column in rows:
+        given = re.findall(r"`([^`]*)`", column)
+        for i, name in enumerate(names):
+            default = defaults[name]
+            if name == "job_types_file":  # an absolute path in the code, the file's name here
+                ok = f"`{Path(str(default)).name}`" in column
+            elif default == "":
+                ok = column.startswith("empty")
+            else:
+                ok = bool(given) and given[min(i, len(given) - 1)] == _shown(default)
+            if not ok:
+                wrong.append(f"{name}: code {default!r}, README {column[:60]!r}")
+    assert not wrong, "\n".join(wrong)
