@@ -208,3 +208,12 @@ def test_every_settings_default_is_the_readmes() -> None:
             if not ok:
                 wrong.append(f"{name}: code {default!r}, README {column[:60]!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_fault_test_file_is_in_the_faults_table() -> None:
+    """Each module of tests/faults/ is named in "Faults we test" (six were not, until s29)."""
+    faults = section("Faults we test")
+    files = sorted(p.name for p in (ROOT / "tests" / "faults").glob("test_*.py"))
+    assert files  # the folder was found
+    missing = [name for name in files if f"`{name}`" not in faults]
+    assert not missing, f"fault tests the README does not name: {missing}"
