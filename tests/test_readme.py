@@ -217,3 +217,14 @@ def test_every_fault_test_file_is_in_the_faults_table() -> None:
     assert files  # the folder was found
     missing = [name for name in files if f"`{name}`" not in faults]
     assert not missing, f"fault tests the README does not name: {missing}"
+
+
+def test_the_webhook_bounds_are_the_contracts() -> None:
+    """The Webhooks section gives the bounds a webhook is checked against."""
+    webhooks = section("Webhooks")
+    for bound in (
+        events.MAX_WEBHOOK_URL_CHARS,
+        events.MAX_WEBHOOK_HEADERS,
+        events.MAX_WEBHOOK_HEADER_CHARS,
+    ):
+        assert f"at most {bound:,}" in webhooks, f"the Webhooks section does not give {bound:,}"
