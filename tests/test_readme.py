@@ -13,10 +13,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from jobrunner.common import artifactnames, artifactpurges, artifactstore
 from jobrunner.common.settings import Settings, load_settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import KIND_BY_EVENT
-from jobrunner.services.api import errors
+from jobrunner.services.api import artifactupload, errors
 from jobrunner.services.api.app import create_app
 
 ROOT = Path(__file__).parent.parent
@@ -228,3 +229,32 @@ def test_the_webhook_bounds_are_the_contracts() -> None:
         events.MAX_WEBHOOK_HEADER_CHARS,
     ):
         assert f"at most {bound:,}" in webhooks, f"the Webhooks section does not give {bound:,}"
+
+
+def test_the_artifacts_section_gives_the_codes_figures() -> None:
+    """Each figure the Artifacts section states is the constant the code uses."""
+    text = " ".join(section("Artifacts").split())
+    kib = artifactstore.CHUNK_BYTES // 1024
+    expected = {
+        "CHUNK_BYTES": f"{kib} KiB chunks",
+        "READ_BATCH_CHUNKS": f"{kib} KiB chunks from an ephemeral pull consumer, "
+        + {8: "eight"}.get(artifactstore.READ_BATCH_CHUNKS, "?")
+        + " at a time",
+        "PIPELINE_CHUNKS": f"{artifactstore.PIPELINE_CHUNKS} in flight",
+        "MAX_ARTIFACT_NAME_CHARS": f"more than {events.MAX_ARTIFACT_NAME_CHARS:,} characters",
+        "MAX_NAME_BYTES": f"more than {artifactnames.MAX_NAME_BYTES:,} bytes in UTF-8",
+        "MAX_PART_BYTES": f"a part over {artifactnames.MAX_PART_BYTES} bytes",
+        "DESCRIPTION_TO_CONSUMER_SECONDS": (
+            f"at least {artifactstore.DESCRIPTION_TO_CONSUMER_SECONDS:g} s"
+        ),
+        "PURGE_ATTEMPTS": f"{artifactstore.PURGE_ATTEMPTS} times in a row",
+        "GUARD_SUBJECTS": f"a consumer of the bucket per {artifactstore.GUARD_SUBJECTS} members",
+        "UPLOAD_PATIENCE_SECONDS": f"({artifactupload.UPLOAD_PATIENCE_SECONDS:g} s,",
+        "UPLOAD_WINDOW_SECONDS": f"within {artifactpurges.UPLOAD_WINDOW_SECONDS:g} s",
+        "SERVER_SUBJECTS_PAGE": f"a page of {artifactpurges.SERVER_SUBJECTS_PAGE:,}",
+        "DESCRIBING_WINDOW_SECONDS": {3600.0: "an hour"}.get(
+            artifactpurges.DESCRIBING_WINDOW_SECONDS, "?"
+        ),
+    }
+    wrong = {name: phrase for name, phrase in expected.items() if phrase not in text}
+    assert not wrong, f"the Artifacts section does not say: {wrong}"
