@@ -19,6 +19,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import KIND_BY_EVENT
 from jobrunner.services.api import artifactupload, errors
 from jobrunner.services.api.app import create_app
+from jobrunner.services.notifier import sender
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -258,3 +259,25 @@ def test_the_artifacts_section_gives_the_codes_figures() -> None:
     }
     wrong = {name: phrase for name, phrase in expected.items() if phrase not in text}
     assert not wrong, f"the Artifacts section does not say: {wrong}"
+
+
+def test_the_webhook_attempt_table_gives_every_code_the_notifier_writes() -> None:
+    """Each attempt error code written in jobrunner is a row of the Webhooks section's table,
+    and each row one that is written."""
+    written: set[str] = set()
+    for path in (ROOT / "jobrunner").rglob("*.py"):
+        written |= set(re.findall(r'"(WEBHOOK_[A-Z_]+)"', path.read_text()))
+    rows = set(re.findall(r"^\| `(WEBHOOK_[A-Z_]+)` \|", section("Webhooks"), re.M))
+    assert written  # the scan found the codes
+    assert rows == written
+
+
+def test_the_retried_statuses_are_the_readmes() -> None:
+    """The Webhooks section's retried statuses are those the sender retries."""
+    retried = [s for s in range(300, 600) if sender._classify(s)[2]]
+    named = [s for s in retried if s < 500]
+    assert retried == named + list(range(500, 600))  # every 5xx, and some 4xx
+    phrase = ", ".join(str(s) for s in named) + " or 5xx"
+    given = re.findall(r"(?:\d{3}, )*\d{3} or 5xx", " ".join(section("Webhooks").split()))
+    assert given  # the section names them
+    assert set(given) == {phrase}
