@@ -281,3 +281,36 @@ def test_the_retried_statuses_are_the_readmes() -> None:
     given = re.findall(r"(?:\d{3}, )*\d{3} or 5xx", " ".join(section("Webhooks").split()))
     assert given  # the section names them
     assert set(given) == {phrase}
+
+
+def _defined_names(path: Path) -> set[str]:
+    """Functions, classes and assigned names anywhere in a module (methods and attributes too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_every_code_reference_names_something_that_exists() -> None:
+    """Each `module.name` the README cites (``fanout.TAKE_BYTES``, ``retry.until_done``) names a
+    module of jobrunner that defines it: a renamed constant leaves no stale pointer."""
+    modules: dict[str, list[Path]] = {}
+    for path in (ROOT / "jobrunner").rglob("*.py"):
+        modules.setdefault(path.stem, []).append(path)
+    cited = set(re.findall(r"`(\w+)\.(\w+)(?:\.\w+)?(?:\(\))?`", README))
+    checked = 0
+    stale = []
+    for module, name in sorted(cited):
+        if module not in modules or name in ("json", "py", "toml", "md", "sql"):
+            continue  # not a module of jobrunner, or a file's name (`runtime.json`)
+        checked += 1
+        # A module name may be several modules' (runner/artifacts.py, api/routes/artifacts.py).
+        if not any(name in _defined_names(path) for path in modules[module]):
+            stale.append(f"{module}.{name}")
+    assert checked > 10  # the scan found the references
+    assert not stale, f"the README cites what does not exist: {stale}"
