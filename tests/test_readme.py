@@ -27,12 +27,24 @@ API_CODE = ROOT / "jobrunner" / "services" / "api"
 
 
 def section(title: str) -> str:
-    """The README's text from the heading ``title`` to the next heading of its level or above."""
-    heading = re.search(rf"^(#+) {re.escape(title)}$", README, re.M)
-    assert heading is not None, f"README has no section {title!r}"
-    level = len(heading.group(1))
-    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(README, heading.end())
-    return README[heading.end() : end.start() if end else len(README)]
+    """The README's text from the heading ``title`` to the next heading of its level or above
+    (a ``# comment`` line in a fenced code block is no heading)."""
+    lines = README.splitlines(keepends=True)
+    start = next(
+        (i for i, line in enumerate(lines) if re.fullmatch(rf"(#+) {re.escape(title)}\n?", line)),
+        None,
+    )
+    assert start is not None, f"README has no section {title!r}"
+    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    fenced = False
+    for end in range(start + 1, len(lines)):
+        if lines[end].startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(rf"#{{1,{level}}} ", lines[end]):
+            break
+    else:
+        end = len(lines)
+    return "".join(lines[start + 1 : end])
 
 
 def test_every_setting_is_documented() -> None:
@@ -314,3 +326,28 @@ def test_every_code_reference_names_something_that_exists() -> None:
             stale.append(f"{module}.{name}")
     assert checked > 10  # the scan found the references
     assert not stale, f"the README cites what does not exist: {stale}"
+
+
+# Names of jobrunner's that are not metrics: the session cookie, a stream's metadata key.
+NOT_METRICS = {"jobrunner_session", "jobrunner_contract"}
+
+
+def test_the_metrics_table_gives_every_metric_and_only_those() -> None:
+    """Each metric name written in jobrunner (prometheus_client's and the custom collectors')
+    is a row of the Metrics table, and each name there is one of them."""
+
+    def base(name: str) -> str:
+        return name.removesuffix("_total")  # prometheus_client adds it to a counter's name
+
+    written: set[str] = set()
+    for path in (ROOT / "jobrunner").rglob("*.py"):
+        written |= {base(n) for n in re.findall(r'"(jobrunner_[a-z_]+)"', path.read_text())}
+    written -= NOT_METRICS
+    table = {
+        base(name)
+        for line in section("Metrics").splitlines()
+        if line.startswith("| `jobrunner_")
+        for name in re.findall(r"`(jobrunner_[a-z_]+)`", line.split("|")[1])
+    }
+    assert len(written) > 10  # the scan found them
+    assert table == written
