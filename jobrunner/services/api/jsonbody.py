@@ -4,6 +4,8 @@
 the route's own ``422`` when it is JSON of the wrong shape. msgspec checks the shape while it
 parses, so a body that breaks off after an unknown field is first reported as a shape error:
 such a body is parsed once more, without a type, to tell the two apart (only on that error).
+A number no float holds (``1e999``) is not JSON here either: msgspec cannot read it (a batch's
+untyped body always answered so).
 """
 
 from __future__ import annotations
