@@ -1,7 +1,7 @@
 """``python -m bench``: start jobrunner, measure, print the table, write bench/results/latest.json.
 
-``--quick`` runs the measurements smaller (``QUICK``: a tenth of most sizes) (a smoke test of the suite itself);
-``--only latency,dispatch`` runs a subset.
+``--quick`` runs the measurements smaller (``QUICK``: a tenth of most sizes), a smoke test of
+the suite itself; ``--only latency,dispatch`` runs a subset.
 """
 
 from __future__ import annotations
