@@ -351,3 +351,12 @@ def test_the_metrics_table_gives_every_metric_and_only_those() -> None:
     }
     assert len(written) > 10  # the scan found them
     assert table == written
+
+
+def test_every_health_problem_code_is_in_the_health_section() -> None:
+    """Each code ``GET /health`` lists a problem with (``Problem("CODE", ...)``) is named there."""
+    codes = set(re.findall(r'Problem\(\s*"([A-Z_]+)"', (API_CODE / "health.py").read_text()))
+    assert len(codes) > 3  # the scan found them
+    health = section("Health")
+    missing = sorted(code for code in codes if f"`{code}`" not in health)
+    assert not missing, f"health codes the README does not name: {missing}"
