@@ -66,7 +66,7 @@ def test_json_nested_too_deeply_is_malformed() -> None:
     )
 
 
-@settings(max_examples=300)
+@settings(deadline=None, max_examples=300)
 @given(
     st.one_of(
         st.binary(max_size=64),
