@@ -1,6 +1,6 @@
 """``python -m bench``: start jobrunner, measure, print the table, write bench/results/latest.json.
 
-``--quick`` runs the measurements smaller (``QUICK``: a tenth of most sizes), a smoke test of
+``--quick`` runs the measurements smaller (``QUICK``), a smoke test of
 the suite itself; ``--only latency,dispatch`` runs a subset.
 """
 

@@ -165,6 +165,13 @@ async def test_a_token_request_of_the_wrong_shape_is_refused_with_its_code(
         unknown_field = await client.post(
             "/api/tokens", json={"name": "ci", "role": "viewer", "surprise": 1}
         )
-    for response in (unknown_role, unknown_field):
+        # Read strictly, as every JSON body is (the framework converted these loosely).
+        boolean_as_text = await client.post(
+            "/api/tokens", json={"name": "ci", "role": "viewer", "own_jobs_only": "true"}
+        )
+        unix_time = await client.post(
+            "/api/tokens", json={"name": "ci", "role": "viewer", "expires_at": 1893456000}
+        )
+    for response in (unknown_role, unknown_field, boolean_as_text, unix_time):
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "INVALID_TOKEN_REQUEST"
