@@ -17,14 +17,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
-import msgspec
 import nats.errors
 
 from jobrunner.common import endings, eventstore
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
-from jobrunner.services.api import attempt_rows
+from jobrunner.services.api import attempt_rows, jsonbody
 from jobrunner.services.api.action_schemas import (
     ActionOptions,
     BatchActionAccepted,
@@ -77,18 +76,9 @@ def decode_options(body: bytes) -> ActionOptions:
     """The optional JSON body of an action: empty means no options."""
     if not body.strip():
         return ActionOptions()
-    try:
-        return msgspec.json.decode(body, type=ActionOptions)
-    except msgspec.ValidationError as exc:
-        raise ApiError(
-            422, "INVALID_OPTIONS", f"The request body is not valid action options: {exc}."
-        ) from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
-    except RecursionError:
-        raise ApiError(
-            400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
-        ) from None
+    return jsonbody.decode(
+        body, ActionOptions, "INVALID_OPTIONS", "The request body is not valid action options"
+    )
 
 
 def check_options(action: Action, options: ActionOptions, *, on_job: bool = False) -> None:

@@ -208,7 +208,7 @@ class RequestLoop:
                 job_id,
                 JobStatus.FAILED,
                 error=ErrorInfo(
-                    code="UNKNOWN_JOB_TYPE",
+                    code=ErrorCode.UNKNOWN_JOB_TYPE,
                     message=f"This runner has no job type {request.job_type!r}; "
                     "check job_types_file.",
                 ),
