@@ -207,12 +207,11 @@ async def test_the_runner_helper_ends_with_its_test_and_takes_its_tools_along() 
             await wait_dead(runner.pids[name])
 
 
-@pytest.mark.parametrize("mode", ["unwritten", "unwritten-closed", "unwritten-second"])
+@pytest.mark.parametrize("mode", ["unwritten", "unwritten-closed"])
 async def test_a_tool_the_runner_died_before_writing_down_dies_too(mode: str) -> None:
     """A runner killed right after a spawn, before it wrote the group down: the guardian finds
     the tool by the runner's tag it inherited, or (the tag closed at once) by the token in its
-    environment, and a child of its group that has neither by the group; also a tool whose
-    serial was written down ahead, with the group of the tool before it."""
+    environment, and a child of its group that has neither by the group."""
     async with GuardedRunner.start(mode) as runner:
         family = [pid for name, pid in runner.pids.items() if name in ("tool", "child")]
         assert all(map(pid_alive, family))

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import resource
 import signal
-import subprocess
 import sys
 from datetime import datetime
 
@@ -114,43 +112,3 @@ async def test_a_pump_whose_sink_fails_leaves_no_read_waiting() -> None:
     finally:
         tool.end_group()
         await tool.wait()
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="a guardian needs pidfds and memfds")
-async def test_a_spawn_after_the_first_writes_nothing_to_the_guardian_before_its_clone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Each tool's serial is written down before its clone, from the second tool on with the
-    group of the tool before it: a dispatch wakes the guardian once, after the spawn, not also
-    just before the clone, when the new tool needs a core."""
-    guard = guardian.Guardian()
-    monkeypatch.setattr(process, "GUARDIAN", guard)
-    assert guard.start()
-    seen: list[bytes] = []
-    write, popen = guard._write, subprocess.Popen
-
-    def written(line: bytes) -> None:
-        seen.append(re.sub(rb"\+(\d+) \d+ \d+", rb"+\1 group", line))
-        write(line)
-
-    def cloned(*args: object, **options: object) -> object:
-        seen.append(b"clone")
-        return popen(*args, **options)  # type: ignore[call-overload]
-
-    monkeypatch.setattr(guard, "_write", written)
-    monkeypatch.setattr(subprocess, "Popen", cloned)
-    try:
-        for _ in range(3):
-            tool = ToolProcess(["true"], None, None)
-            await tool.start()
-            assert await tool.wait() == 0
-            tool.end_group()
-            assert tool.proc is not None
-            tool.proc.close()
-    finally:
-        guard.stop()
-    assert seen == [
-        b"s1\n", b"clone", b"+1 group\ns2\n", b"-1\n",
-        b"clone", b"+2 group\ns3\n", b"-2\n",
-        b"clone", b"+3 group\ns4\n", b"-3\n",
-    ]  # fmt: skip

@@ -9,8 +9,6 @@ standard input (its test ended, however: nothing left running). Modes:
 - ``unwritten``: a tool the runner died before writing down (``tool``);
 - ``unwritten-closed``: the same, and the tool closed the runner's tag at once and started a
   child in its group with an empty environment (``tool``, ``child``);
-- ``unwritten-second``: as ``unwritten-closed``, after a first tool ran and ended (the second's
-  serial was written down with the first's group, not just before its own spawn);
 - ``before-exec``: a spawn held between its clone and its exec (``spawn``, printed by the child;
   ``ready`` does not follow: the runner is still in the spawn);
 - ``strangers``: the processes whose pids follow written down as a reused pid would be (their
@@ -162,20 +160,15 @@ async def main(mode: str, pids: list[int]) -> None:
             assert running is not None
             lost, running.fd = running.fd, os.open(os.devnull, os.O_WRONLY)
             os.close(lost)
-    elif mode in ("unwritten", "unwritten-closed", "unwritten-second"):
-        if mode == "unwritten-second":
-            first = ToolProcess(["true"], None, None)
-            await first.start()
-            await first.wait()
-            first.end_group()
+    elif mode in ("unwritten", "unwritten-closed"):
         GUARDIAN.watch = lambda serial, pgid, started: None  # type: ignore[method-assign]
         argv = ["sleep", "60"]
-        if mode != "unwritten":
+        if mode == "unwritten-closed":
             argv = [sys.executable, "-c", CLOSES_TAG, str(GUARDIAN.tag)]
         tool = ToolProcess(argv, None, None)
         await tool.start()
         say("tool", tool.pid)
-        if mode != "unwritten":
+        if mode == "unwritten-closed":
             assert tool.proc is not None
             assert tool.proc.stdout is not None
             say("child", int(await tool.proc.stdout.readline()))

@@ -10,9 +10,7 @@ a guardian, a tool starts directly (vfork, one exec) and the guarantee lives in 
   runner. Before each spawn the runner writes the tool's serial, after it the tool's process
   group and its leader's start ticks (what tells it from a process that got its pid later);
   once the group is killed, that it is gone. One small ``write`` each: the guardian's CPU, not
-  the runner's, does the rest. The next tool's serial goes in the same write as a tool's
-  group: a write just before the clone woke the guardian when the new tool needed a core
-  (and at times took the runner's for 0.2-0.6 ms, session 29).
+  the runner's, does the rest.
 - When the runner dies, SIGKILL included, the kernel closes its end: at the end of file the
   guardian kills every group still written down, checked against pid reuse as
   ``orphans.kill_group`` does, and exits.
@@ -137,8 +135,6 @@ class Guardian:
         # group and leader's start ticks once known, None while its spawn is under way.
         self._tools: dict[int, tuple[int, int] | None] = {}
         self._serial = 0
-        # Written down with the last tool's group, for the next spawn to take without a write.
-        self._ahead: int | None = None
         self._failures = 0  # failed starts and quick deaths in a row
         self._retry: asyncio.TimerHandle | None = None
 
@@ -166,18 +162,10 @@ class Guardian:
         return self._restart()
 
     def reserve(self) -> int:
-        """A spawn beside the guardian begins: its serial, written down before the clone (by
-        the last ``watch``, else now)."""
-        serial, self._ahead = self._ahead, None
-        if serial is not None:
-            return serial
-        serial = self._next_serial()
-        self._write(b"s%d\n" % serial)
-        return serial
-
-    def _next_serial(self) -> int:
+        """A spawn beside the guardian begins: its serial, written down before the clone."""
         self._serial += 1
         self._tools[self._serial] = None
+        self._write(b"s%d\n" % self._serial)
         return self._serial
 
     def environment(self, env: dict[str, str] | None, serial: int) -> dict[str, str]:
@@ -188,11 +176,7 @@ class Guardian:
     def watch(self, serial: int, pgid: int, started: int) -> None:
         """The tool of this group was started: killed should the runner die."""
         self._tools[serial] = (pgid, started)
-        if self._ahead is None:
-            self._ahead = self._next_serial()
-            self._write(b"+%d %d %d\ns%d\n" % (serial, pgid, started, self._ahead))
-        else:
-            self._write(b"+%d %d %d\n" % (serial, pgid, started))
+        self._write(b"+%d %d %d\n" % (serial, pgid, started))
 
     def forget(self, serial: int) -> None:
         """The tool's group was killed (or never started): nothing left to kill, and what
@@ -264,7 +248,7 @@ class Guardian:
         log.error(
             "no tool guardian: tools start with the kernel's parent-death signal meanwhile",
             retry_in=delay,
-            running_tools=len(self._tools) - (self._ahead is not None),
+            running_tools=len(self._tools),
         )
         with contextlib.suppress(RuntimeError):  # no loop: the next start() tries again
             self._retry = asyncio.get_running_loop().call_later(delay, self._restart)
