@@ -229,14 +229,11 @@ class Runner:
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
-            within = users.left(WATCHER_STOP_SECONDS)
-            _, left = await asyncio.wait(background, timeout=within)
-            if left:
-                log.error(
-                    "lock watcher or sweeper did not end on its stop: left running",
-                    loops=sorted(task.get_name() for task in left),
-                    waited=round(within, 3),
-                )
+            await stopping.wait_within(
+                background,
+                users.left(WATCHER_STOP_SECONDS),
+                "lock watcher or sweeper did not end on its stop: left running",
+            )
             await asyncio.to_thread(self.ledger.close)
 
 
