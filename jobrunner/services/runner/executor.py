@@ -28,7 +28,7 @@ from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
 from jobrunner.services.runner.bulk import BulkLane
-from jobrunner.services.runner.claim import Claimed, StartCheck, is_queued
+from jobrunner.services.runner.claim import Claimed, StartCheck, is_queued, read_start_check
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
@@ -232,12 +232,7 @@ class JobExecutor:
             if claimed.seen is not None:
                 seen = claimed.seen
             else:
-                # Both read at once, while we hold the slot.
-                status, cancel = await asyncio.gather(
-                    self.journal.newest(job_id, "status"),
-                    self.journal.last_event(job_id, "cancel"),
-                )
-                seen = StartCheck(status.event, cancel, status.condition)
+                seen = await read_start_check(self.journal, job_id)  # while we hold the slot
             if recording is not None:
                 await recording
         except BaseException:

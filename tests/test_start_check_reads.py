@@ -1,0 +1,74 @@
+"""A job's start check reads its last status and its cancel at once: when one read fails, the
+other is not left running after the job's handling has given up (``together.both``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import msgspec
+import nats.errors
+import pytest
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotTable
+from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.claim import SlotClaimer
+from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.queue_orphans import QueueOrphans
+from jobrunner.services.runner.running import RunnerIdentity, RunningJob
+
+_READS = {JobJournal.newest.__qualname__, JobJournal.last_event.__qualname__}
+
+
+def _reads_running() -> list[asyncio.Task[Any]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") in _READS
+    ]
+
+
+async def test_a_failed_start_check_read_leaves_no_other_read_running(
+    own_nats: EmbeddedNats,
+) -> None:
+    """NATS away, nats-py's buffer for the next connection holding exactly one read: the status
+    read is held for the new connection, the cancel read is refused at once
+    (``OutboundBufferLimitError``). The start check fails with that error, and the held read is
+    withdrawn with it (``asyncio.gather`` left it waiting for NATS to come back)."""
+    settings = Settings(nats_url=own_nats.url, prefix="startreads")
+    names = Names(settings.prefix)
+    job_id = "starting-job"
+    # The message-get request each read sends (the two differ only in the kind, of one length).
+    read = msgspec.json.encode({"last_by_subj": names.job_kind_subject(job_id, "status")})
+    nc = await eventstore.connect(settings, "runner", pending_size=len(read))
+    try:
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        journal = JobJournal(nc, js, names, "runner-test")
+        assert await journal.last_status(job_id) is None  # the ack inbox subscribed
+        slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
+        claimer = SlotClaimer(
+            slots,
+            LockBoard(),
+            journal,
+            RunnerIdentity.of_this_process(),
+            asyncio.Semaphore(1),
+            1.0,
+            QueueOrphans(slots, journal, 60.0),
+        )
+        # Not a JetStream delivery: its stream sequence unknown, both reads are made.
+        job = RunningJob(job_id, cast("Any", None))
+        own_nats.stop()
+        async with asyncio.timeout(10):
+            while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
+                await asyncio.sleep(0.01)
+        assert nc.pending_data_size == 0  # room for the first read only
+        with pytest.raises(nats.errors.OutboundBufferLimitError):
+            await claimer._seen_at_first_delivery(job)
+        assert _reads_running() == []
+    finally:
+        await eventstore.close(nc)
