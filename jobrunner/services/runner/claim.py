@@ -240,8 +240,7 @@ class SlotClaimer:
         if first is None or first[1].job_id == request.job_id:
             return True
         revision, head = first
-        status = await self.journal.last_status(head.job_id)
-        if status is not None and status.status != JobStatus.PENDING:
+        if await self.queue_orphans.has_started(head.job_id, revision):
             # Started or ended: it should have left the queue. Only the entry the board saw,
             # as an orphan's drop: a newer write of the key is not this one's to remove.
             log.info("dropping a queue entry whose job started", dead_job_id=head.job_id)
