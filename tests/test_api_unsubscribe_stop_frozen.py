@@ -1,0 +1,91 @@
+"""The API's stop unsubscribes from the projector's notices within ``UNSUBSCRIBE_STOP_SECONDS``,
+even when nats-py cannot take the UNSUB: NATS froze while requests were publishing, its flusher
+is stuck on a full socket and its flush queue is full (1,024 flushes asked), and every call that
+asks for one more (an unsubscribe does) waits until NATS answers again. The stop waited for it
+with no bound. Here NATS is frozen for real, its connection clogged by real publishes, and it
+thaws just before or just after the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import msgspec
+import pytest
+from litestar import Litestar
+from structlog.testing import capture_logs
+
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.api import context
+from tests.freeze import freeze
+
+BOUND = 3.0  # UNSUBSCRIBE_STOP_SECONDS here: room on a loaded machine either side of the thaw
+NOT_UNSUBSCRIBED = "the projector's notices not unsubscribed: the close ends them"
+# Publishes in flight when NATS froze: past the socket's buffers, and more than nats-py's flush
+# queue holds (1,024), so that the queue is full.
+PUBLISHES = 4000
+PAYLOAD = b"x" * 8000
+
+
+async def _clogged(nc: object) -> None:
+    """Requests publishing on ``nc`` while NATS is frozen, then cancelled (as uvicorn's stop
+    cancels open requests): their flushes are left in nats-py's queue, which stays full."""
+    publishing = [
+        asyncio.ensure_future(nc.publish("clog.requests", PAYLOAD))  # type: ignore[attr-defined]
+        for _ in range(PUBLISHES)
+    ]
+    async with asyncio.timeout(30):
+        while not nc._flush_queue.full():  # type: ignore[attr-defined]  # noqa: ASYNC110 - nats-py's state
+            await asyncio.sleep(0.05)
+    for task in publishing:
+        task.cancel()
+    await asyncio.wait(publishing)
+    assert nc._flush_queue.full()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("frozen_for", "unsubscribed"),
+    [(BOUND - 2, True), (BOUND + 2, False)],
+    ids=["thawed-within-the-bound", "thawed-past-the-bound"],
+)
+async def test_the_apis_stop_unsubscribes_its_notices_within_the_bound(
+    settings: Settings,
+    own_nats: EmbeddedNats,
+    monkeypatch: pytest.MonkeyPatch,
+    frozen_for: float,
+    unsubscribed: bool,
+) -> None:
+    """NATS thawed 1 s into the stop: the notices are unsubscribed and nothing is said. Thawed
+    5 s into it, past the 3 s bound: the unsubscribe is left (the close ends it), said in the
+    log, and the stop goes on; it used to wait for the thaw."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    monkeypatch.setattr(context, "UNSUBSCRIBE_STOP_SECONDS", BOUND)
+    api = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    app = Litestar()
+    running = context.lifespan(api)(app)
+    await running.__aenter__()
+    frozen = exited = False
+    thaw: asyncio.TimerHandle | None = None
+    try:
+        freeze(pid)
+        frozen = True
+        await _clogged(app.state.ctx.nc)
+        with capture_logs() as logs:
+            exited = True
+            thaw = asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+            began = time.monotonic()
+            await asyncio.wait_for(running.__aexit__(None, None, None), 60)
+            print(f"stop took {time.monotonic() - began:.2f} s")
+        said = [e for e in logs if e["event"] == NOT_UNSUBSCRIBED]
+        assert len(said) == (0 if unsubscribed else 1), said
+    finally:
+        if thaw is not None:
+            thaw.cancel()
+        if frozen:
+            os.kill(pid, signal.SIGCONT)
+        if not exited:
+            await running.__aexit__(None, None, None)
