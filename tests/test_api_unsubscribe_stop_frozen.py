@@ -17,6 +17,7 @@ import pytest
 from litestar import Litestar
 from structlog.testing import capture_logs
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import context
@@ -30,7 +31,7 @@ PUBLISHES = 4000
 PAYLOAD = b"x" * 8000
 
 
-async def _clogged(nc: object) -> None:
+async def clogged(nc: object) -> None:
     """Requests publishing on ``nc`` while NATS is frozen, then cancelled (as uvicorn's stop
     cancels open requests): their flushes are left in nats-py's queue, which stays full."""
     publishing = [
@@ -63,7 +64,7 @@ async def test_the_apis_stop_unsubscribes_its_notices_within_the_bound(
     log, and the stop goes on; it used to wait for the thaw."""
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
-    monkeypatch.setattr(context, "UNSUBSCRIBE_STOP_SECONDS", BOUND)
+    monkeypatch.setattr(eventstore, "UNSUBSCRIBE_STOP_SECONDS", BOUND)
     api = msgspec.structs.replace(settings, nats_url=own_nats.url)
     app = Litestar()
     running = context.lifespan(api)(app)
@@ -73,7 +74,7 @@ async def test_the_apis_stop_unsubscribes_its_notices_within_the_bound(
     try:
         freeze(pid)
         frozen = True
-        await _clogged(app.state.ctx.nc)
+        await clogged(app.state.ctx.nc)
         with capture_logs() as logs:
             exited = True
             thaw = asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)

@@ -48,10 +48,6 @@ READ_YOUR_WRITES_TIMEOUT = 2.0
 # uvicorn's wait for open requests (SSE streams among them) at a stop, before the lifespan's
 # end: a third of the whole stop (stop_seconds), 5 s at most.
 REQUESTS_STOP_SECONDS = 5.0
-# The projector's notices unsubscribed at a stop: an UNSUB queued, no round trip, so at once on
-# a connection that works. Bounded all the same: with NATS frozen while requests published
-# (nats-py's flush queue full behind a flusher stuck on the socket), it waited for NATS.
-UNSUBSCRIBE_STOP_SECONDS = 1.0
 
 
 def requests_stop_seconds(settings: Settings) -> float:
@@ -225,13 +221,10 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                     artifactstore.stop_purges(js, users.left(artifactstore.PURGE_STOP_SECONDS)),
                     readmodels.close(users.left(readmodelgate.STOP_SECONDS)),
                     subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS)),
-                    # Its failure is no one's to report: the close ends the subscription too.
-                    stopping.wait_within(
-                        {asyncio.ensure_future(sub.unsubscribe())},
-                        users.left(UNSUBSCRIBE_STOP_SECONDS),
-                        "the projector's notices not unsubscribed: the close ends them",
-                        cancel_left=True,
-                        errors_retrieved=True,
+                    eventstore.unsubscribe_within(
+                        [sub],
+                        users.left(eventstore.UNSUBSCRIBE_STOP_SECONDS),
+                        "the projector's notices",
                     ),
                 )
                 await asyncio.gather(

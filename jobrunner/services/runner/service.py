@@ -224,8 +224,11 @@ class Runner:
             # The stop's deadline starts here (run_runner's closes keep their part of it).
             users = self.users_deadline()
             await self.requests.end_jobs(users.left())
-            await cancel_sub.unsubscribe()
-            await seal_sub.unsubscribe()
+            await eventstore.unsubscribe_within(
+                [cancel_sub, seal_sub],
+                users.left(eventstore.UNSUBSCRIBE_STOP_SECONDS),
+                "the runner's cancel and seal subscriptions",
+            )
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
