@@ -90,3 +90,40 @@ async def test_the_apis_stop_unsubscribes_its_notices_within_the_bound(
             os.kill(pid, signal.SIGCONT)
         if not exited:
             await running.__aexit__(None, None, None)
+
+
+# NATS frozen through the whole stop: the stop must end by its own deadline (stop_seconds, 8 s
+# here), long before the thaw. Outer bounds with room for a loaded machine, all below the freeze.
+STOP_SECONDS = 8.0
+STOP_ENDS_WITHIN = 20.0
+STOP_GIVEN_UP_AFTER = 25.0
+
+
+async def test_the_apis_stop_ends_by_its_deadline_with_nats_frozen_throughout(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS frozen, its connection clogged, and not thawed until the stop is over: the stop
+    ends within its deadline (a log line at the bound alone would not show it: a stop that
+    logged and then waited for NATS all the same passed)."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    api = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
+    app = Litestar()
+    running = context.lifespan(api)(app)
+    await running.__aenter__()
+    frozen = exited = False
+    try:
+        freeze(pid)
+        frozen = True
+        await clogged(app.state.ctx.nc)
+        exited = True
+        began = time.monotonic()
+        await asyncio.wait_for(running.__aexit__(None, None, None), STOP_GIVEN_UP_AFTER)
+        took = time.monotonic() - began
+        print(f"stop took {took:.2f} s")
+        assert took < STOP_ENDS_WITHIN
+    finally:
+        if frozen:
+            os.kill(pid, signal.SIGCONT)
+        if not exited:
+            await running.__aexit__(None, None, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import msgspec
 import pytest
@@ -17,7 +18,13 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.service import Runner
 from tests.freeze import freeze
-from tests.test_api_unsubscribe_stop_frozen import BOUND, clogged
+from tests.test_api_unsubscribe_stop_frozen import (
+    BOUND,
+    STOP_ENDS_WITHIN,
+    STOP_GIVEN_UP_AFTER,
+    STOP_SECONDS,
+    clogged,
+)
 
 NOT_UNSUBSCRIBED = (
     "the runner's cancel and seal subscriptions not unsubscribed: the close ends them"
@@ -65,6 +72,44 @@ async def test_the_runners_stop_unsubscribes_within_the_bound(
     finally:
         if thaw is not None:
             thaw.cancel()
+        if frozen:
+            os.kill(pid, signal.SIGCONT)
+        stop.set()
+        if running is not None and not running.done():
+            running.cancel()
+            await asyncio.wait({running}, timeout=30)
+        await eventstore.close(nc)
+
+
+async def test_the_runners_stop_ends_by_its_deadline_with_nats_frozen_throughout(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS frozen, its connection clogged, and not thawed until the stop is over: the
+    runner's run ends within its stop's deadline, not at the thaw."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    private = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
+    nc = await eventstore.connect(private, "runner")
+    stop = asyncio.Event()
+    running: asyncio.Task[None] | None = None
+    frozen = False
+    try:
+        with capture_logs() as logs:
+            running = asyncio.create_task(Runner(private, nc).run(stop))
+            async with asyncio.timeout(60):
+                while not any(e["event"] == "runner started" for e in logs):
+                    assert not running.done()
+                    await asyncio.sleep(0.05)
+        freeze(pid)
+        frozen = True
+        await clogged(nc)
+        stop.set()
+        began = time.monotonic()
+        await asyncio.wait_for(asyncio.shield(running), STOP_GIVEN_UP_AFTER)
+        took = time.monotonic() - began
+        print(f"stop took {took:.2f} s")
+        assert took < STOP_ENDS_WITHIN
+    finally:
         if frozen:
             os.kill(pid, signal.SIGCONT)
         stop.set()
