@@ -4,6 +4,7 @@ other is not left running after the job's handling has given up (``together.both
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
@@ -12,24 +13,32 @@ import pytest
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable
+from jobrunner.common.slots import Lease, SlotTable, SlotValue, slot_key
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.board import LockBoard
-from jobrunner.services.runner.claim import SlotClaimer
+from jobrunner.services.runner.claim import Claimed, SlotClaimer
+from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.lease import LeaseKeeper
+from jobrunner.services.runner.orphans import ToolLedger
 from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
 _READS = {JobJournal.newest.__qualname__, JobJournal.last_event.__qualname__}
+_RECORDING = {JobExecutor._retry.__qualname__}
 
 
-def _reads_running() -> list[asyncio.Task[Any]]:
+def _running(coroutines: set[str]) -> list[asyncio.Task[Any]]:
     return [
         task
         for task in asyncio.all_tasks()
-        if not task.done() and getattr(task.get_coro(), "__qualname__", "") in _READS
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") in coroutines
     ]
+
+
+def _reads_running() -> list[asyncio.Task[Any]]:
+    return _running(_READS)
 
 
 async def test_a_failed_start_check_read_leaves_no_other_read_running(
@@ -74,3 +83,48 @@ async def test_a_failed_start_check_read_leaves_no_other_read_running(
         assert _reads_running() == []
     finally:
         await eventstore.close(nc)
+
+
+async def test_a_failed_start_check_leaves_no_run_record_write_running(
+    own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    """NATS away and nats-py's buffer for the next connection full: the executor's start check
+    (its reads beside the run record's write) fails, and the record's write, retrying while
+    the lease lasts, has ended with it. Left running (cancelled, not waited for), a write that
+    swallowed its cancel could store the record after the job was given back: a record
+    without a lease, which the sweep takes for a lost job."""
+    settings = Settings(nats_url=own_nats.url, prefix="startrecord")
+    names = Names(settings.prefix)
+    job_id = "starting-job"
+    nc = await eventstore.connect(settings, "runner", pending_size=1)  # nothing fits
+    try:
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        journal = JobJournal(nc, js, names, "runner-test")
+        slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
+        executor = JobExecutor(
+            settings,
+            nc,
+            slots,
+            journal,
+            RunnerIdentity.of_this_process(),
+            ToolLedger(tmp_path / "ledger"),
+        )
+        lease = Lease(
+            key=slot_key(None, job_id), revision=1, value=SlotValue(job_id=job_id, phase="held")
+        )
+        # Not started: the lease stays "not lost", so the record's write retries on.
+        keeper = LeaseKeeper(slots, lease, settings.lease_ttl_seconds, _nothing)
+        own_nats.stop()
+        async with asyncio.timeout(10):
+            while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
+                await asyncio.sleep(0.01)
+        with pytest.raises(nats.errors.OutboundBufferLimitError):
+            await executor._check(job_id, Claimed(lease), keeper)
+        assert _running(_RECORDING) == []
+    finally:
+        await eventstore.close(nc)
+
+
+async def _nothing() -> None:
+    pass
