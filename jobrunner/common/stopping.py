@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 from collections.abc import Awaitable, Collection
 from typing import Any, Literal, TypeVar
@@ -13,6 +14,11 @@ import structlog
 
 T = TypeVar("T")
 log = structlog.get_logger()
+
+# Task names a stop's log line gives at most: a big stop leaves hundreds of tasks, most with
+# asyncio's own names ("Task-1234"), which say nothing; the line counts them all (``left``).
+NAMES_LOGGED_MOST = 10
+_ASYNCIO_NAME = re.compile(r"Task-\d+")
 
 
 class Deadline:
@@ -122,10 +128,17 @@ async def wait_within(
         say(
             left_running,
             left=len(left),
-            tasks=sorted(task.get_name() for task in left if isinstance(task, asyncio.Task)),
+            tasks=_names_logged(left),
             waited=round(within, 3),
         )
     return left
+
+
+def _names_logged(tasks: Collection[asyncio.Future[Any]]) -> list[str]:
+    """The first ``NAMES_LOGGED_MOST`` of ``tasks``' names, the names given by the code first."""
+    names = [task.get_name() for task in tasks if isinstance(task, asyncio.Task)]
+    names.sort(key=lambda name: (_ASYNCIO_NAME.fullmatch(name) is not None, name))
+    return names[:NAMES_LOGGED_MOST]
 
 
 def _said_if_failed(task: asyncio.Task[None], outcome: BaseException | None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from jobrunner.common.stopping import wait_within
+from jobrunner.common.stopping import NAMES_LOGGED_MOST, wait_within
 
 LEFT = "tasks did not end on their stop: left running"
 # Long enough for a task that ends at once, on a loaded machine; the tasks that do not end
@@ -119,3 +119,20 @@ async def test_errors_retrieved_silences_never_retrieved() -> None:
             assert len(reported) == (0 if retrieved else 1)
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_a_big_stop_names_a_few_of_its_left_tasks_and_counts_them_all() -> None:
+    """Hundreds of tasks left: the log line names ten, the named ones first, and counts all."""
+    stuck = [asyncio.create_task(_never(), name=f"named-{i}") for i in range(3)]
+    stuck += [asyncio.ensure_future(_never()) for _ in range(500)]  # asyncio's own names
+    try:
+        with capture_logs() as logs:
+            await wait_within(stuck, 0.05, LEFT, cancel_left=True)
+        (said,) = [e for e in logs if e["event"] == LEFT]
+        assert said["left"] == 503
+        assert len(said["tasks"]) == NAMES_LOGGED_MOST
+        assert said["tasks"][:3] == ["named-0", "named-1", "named-2"]
+    finally:
+        for task in stuck:
+            task.cancel()
+        await asyncio.wait(stuck)
