@@ -22,36 +22,19 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import context
 from tests.freeze import freeze
-
-BOUND = 3.0  # UNSUBSCRIBE_STOP_SECONDS here: room on a loaded machine either side of the thaw
-NOT_UNSUBSCRIBED = "the projector's notices not unsubscribed: the close ends them"
-# Publishes in flight when NATS froze: past the socket's buffers, and more than nats-py's flush
-# queue holds (1,024), so that the queue is full.
-PUBLISHES = 4000
-PAYLOAD = b"x" * 8000
-
-
-async def clogged(nc: object) -> None:
-    """Requests publishing on ``nc`` while NATS is frozen, then cancelled (as uvicorn's stop
-    cancels open requests): their flushes are left in nats-py's queue, which stays full."""
-    publishing = [
-        asyncio.ensure_future(nc.publish("clog.requests", PAYLOAD))  # type: ignore[attr-defined]
-        for _ in range(PUBLISHES)
-    ]
-    async with asyncio.timeout(30):
-        while not nc._flush_queue.full():  # type: ignore[attr-defined]  # noqa: ASYNC110 - nats-py's state
-            await asyncio.sleep(0.05)
-    for task in publishing:
-        task.cancel()
-    await asyncio.wait(publishing)
-    assert nc._flush_queue.full()  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize(
-    ("frozen_for", "unsubscribed"),
-    [(BOUND - 2, True), (BOUND + 2, False)],
-    ids=["thawed-within-the-bound", "thawed-past-the-bound"],
+from tests.tools.clogged_nats import (
+    BOUND,
+    STOP_ENDS_WITHIN,
+    STOP_GIVEN_UP_AFTER,
+    STOP_SECONDS,
+    THAWED_EITHER_SIDE_OF_THE_BOUND,
+    clogged,
 )
+
+NOT_UNSUBSCRIBED = "the projector's notices not unsubscribed: the close ends them"
+
+
+@THAWED_EITHER_SIDE_OF_THE_BOUND
 async def test_the_apis_stop_unsubscribes_its_notices_within_the_bound(
     settings: Settings,
     own_nats: EmbeddedNats,
@@ -90,13 +73,6 @@ async def test_the_apis_stop_unsubscribes_its_notices_within_the_bound(
             os.kill(pid, signal.SIGCONT)
         if not exited:
             await running.__aexit__(None, None, None)
-
-
-# NATS frozen through the whole stop: the stop must end by its own deadline (stop_seconds, 8 s
-# here), long before the thaw. Outer bounds with room for a loaded machine, all below the freeze.
-STOP_SECONDS = 8.0
-STOP_ENDS_WITHIN = 20.0
-STOP_GIVEN_UP_AFTER = 25.0
 
 
 async def test_the_apis_stop_ends_by_its_deadline_with_nats_frozen_throughout(
