@@ -4,6 +4,7 @@ other is not left running after the job's handling has given up (``together.both
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,6 +15,7 @@ import pytest
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import Lease, SlotTable, SlotValue, slot_key
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.board import LockBoard
@@ -27,6 +29,7 @@ from jobrunner.services.runner.running import RunnerIdentity, RunningJob
 
 _READS = {JobJournal.newest.__qualname__, JobJournal.last_event.__qualname__}
 _RECORDING = {JobExecutor._retry.__qualname__}
+_CLAIM_WRITES = {SlotTable.create_recorded.__qualname__, SlotTable._write.__qualname__}
 
 
 def _running(coroutines: set[str]) -> list[asyncio.Task[Any]]:
@@ -128,3 +131,44 @@ async def test_a_failed_start_check_leaves_no_run_record_write_running(
 
 async def _nothing() -> None:
     pass
+
+
+async def test_a_failed_read_beside_a_claim_at_once_leaves_no_lease_write_running(
+    own_nats: EmbeddedNats,
+) -> None:
+    """NATS away, nats-py's buffer for the next connection holding the lease's write alone: the
+    claim at a first delivery writes the lease (held for the new connection) while its reads
+    are refused at once. The claim fails with that error, and the lease's write is withdrawn
+    with it (left running, it could store the lease while give_back undoes the claim)."""
+    settings = Settings(nats_url=own_nats.url, prefix="claimwrites")
+    names = Names(settings.prefix)
+    job_id = "claimed-job"
+    value = SlotValue(job_id=job_id, phase="held")
+    # Room for the lease's write only: the run record's and the reads' are refused.
+    nc = await eventstore.connect(settings, "runner", pending_size=len(msgspec.json.encode(value)))
+    try:
+        js = nc.jetstream()
+        await eventstore.ensure_topology(js, names, settings)
+        journal = JobJournal(nc, js, names, "runner-test")
+        slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
+        claimer = SlotClaimer(
+            slots,
+            LockBoard(),
+            journal,
+            RunnerIdentity.of_this_process(),
+            asyncio.Semaphore(1),
+            1.0,
+            QueueOrphans(slots, journal, 60.0),
+        )
+        request = events.JobRequested(job_id=job_id, job_type="t", occurred_at=datetime.now(UTC))
+        job = RunningJob(job_id, cast("Any", None))
+        own_nats.stop()
+        async with asyncio.timeout(10):
+            while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
+                await asyncio.sleep(0.01)
+        with pytest.raises(nats.errors.OutboundBufferLimitError):
+            await claimer._claim_at_once(request, job, slot_key(None, job_id), value)
+        assert nc.pending_data_size > 0, "no lease write held"
+        assert _running(_CLAIM_WRITES) == []
+    finally:
+        await eventstore.close(nc)
