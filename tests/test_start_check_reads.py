@@ -1,5 +1,6 @@
-"""A job's start check reads its last status and its cancel at once: when one read fails, the
-other is not left running after the job's handling has given up (``together.both``)."""
+"""A job's start check reads its last status and its cancel at once, beside the writes of its
+lease or run record: when one of them fails, nothing of the others is left running after the
+job's handling has given up (``together.both``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, cast
 import msgspec
 import nats.errors
 import pytest
+from nats.aio.client import Client as NATS
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
@@ -38,6 +40,14 @@ def _running(coroutines: set[str]) -> list[asyncio.Task[Any]]:
         for task in asyncio.all_tasks()
         if not task.done() and getattr(task.get_coro(), "__qualname__", "") in coroutines
     ]
+
+
+async def _stopped_under(nc: NATS, server: EmbeddedNats) -> None:
+    """``server`` stopped, and ``nc`` knows it: what it sends now waits in its buffer."""
+    server.stop()
+    async with asyncio.timeout(10):
+        while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
+            await asyncio.sleep(0.01)
 
 
 def _reads_running() -> list[asyncio.Task[Any]]:
@@ -74,10 +84,7 @@ async def test_a_failed_start_check_read_leaves_no_other_read_running(
         )
         # Not a JetStream delivery: its stream sequence unknown, both reads are made.
         job = RunningJob(job_id, cast("Any", None))
-        own_nats.stop()
-        async with asyncio.timeout(10):
-            while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
-                await asyncio.sleep(0.01)
+        await _stopped_under(nc, own_nats)
         assert nc.pending_data_size == 0  # room for the first read only
         with pytest.raises(nats.errors.OutboundBufferLimitError):
             await claimer._seen_at_first_delivery(job)
@@ -118,10 +125,7 @@ async def test_a_failed_start_check_leaves_no_run_record_write_running(
         )
         # Not started: the lease stays "not lost", so the record's write retries on.
         keeper = LeaseKeeper(slots, lease, settings.lease_ttl_seconds, _nothing)
-        own_nats.stop()
-        async with asyncio.timeout(10):
-            while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
-                await asyncio.sleep(0.01)
+        await _stopped_under(nc, own_nats)
         with pytest.raises(nats.errors.OutboundBufferLimitError):
             await executor._check(job_id, Claimed(lease), keeper)
         assert _running(_RECORDING) == []
@@ -162,10 +166,7 @@ async def test_a_failed_read_beside_a_claim_at_once_leaves_no_lease_write_runnin
         )
         request = events.JobRequested(job_id=job_id, job_type="t", occurred_at=datetime.now(UTC))
         job = RunningJob(job_id, cast("Any", None))
-        own_nats.stop()
-        async with asyncio.timeout(10):
-            while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
-                await asyncio.sleep(0.01)
+        await _stopped_under(nc, own_nats)
         with pytest.raises(nats.errors.OutboundBufferLimitError):
             await claimer._claim_at_once(request, job, slot_key(None, job_id), value)
         assert nc.pending_data_size > 0, "no lease write held"
