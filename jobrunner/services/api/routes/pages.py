@@ -6,6 +6,7 @@ handlers only render HTML from the read models.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,22 @@ LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
 BATCH_FORM_PREFIX = "batch-param"
 
 
+def readable_json(value: Any) -> str:
+    """JSON for people (a job's result on its page), written as the page's script writes it
+    live (``JSON.stringify(value, null, 2)``): letters as they are, not ``\\u00e4`` as
+    Jinja's ``tojson`` (made for scripts) writes them. Escaped by the template as any text."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
 def template_config() -> TemplateConfig:  # type: ignore[type-arg]
     from litestar.contrib.jinja import JinjaTemplateEngine
 
-    return TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine)
+    def add_filters(engine: JinjaTemplateEngine) -> None:
+        engine.engine.filters["readable_json"] = readable_json
+
+    return TemplateConfig(
+        directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=add_filters
+    )
 
 
 static_router = create_static_files_router(
