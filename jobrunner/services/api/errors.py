@@ -12,6 +12,8 @@ import nats.errors
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers import HTTPRouteHandler
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 from jobrunner.common import database
@@ -69,7 +71,7 @@ _CODES_BY_STATUS = {
 }
 
 
-def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = _CODES_BY_STATUS.get(exc.status_code, "HTTP_ERROR")
     message = str(exc.detail)
     extra: dict[str, Any] = {}
@@ -79,6 +81,18 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
             extra["fields"] = exc.extra
     elif isinstance(exc, NotFoundException):
         message = "There is nothing at this address."
+    elif isinstance(exc, RequestEntityTooLarge):
+        # The framework says only "Request Entity Too Large": name the limit of this address
+        # (1 MiB, a report's 256 KiB, ...), so that a client knows how much it may send.
+        handler = request.scope.get("route_handler")
+        limit = (
+            handler.resolve_request_max_body_size()
+            if isinstance(handler, HTTPRouteHandler)
+            else None
+        )
+        if limit is not None:
+            message = f"The request body may be at most {limit} bytes here; send less at once."
+            extra["limit"] = limit
     return Response(
         error_body(code, message, **extra),
         status_code=exc.status_code,
