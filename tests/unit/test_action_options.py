@@ -41,6 +41,10 @@ def test_reason_with_control_characters_is_refused(text: str) -> None:
     """Control characters anywhere in the reason (also a final line break) are refused."""
     error = refused(b'{"reason": "%b"}' % text.encode())
     assert (error.status, error.code) == (422, "INVALID_OPTIONS")
+    # A sentence and the option's name, not msgspec's regex.
+    assert error.extra["field"] == "reason"
+    assert "without control characters" in error.message
+    assert "regex" not in error.message
 
 
 def test_unknown_option_is_refused() -> None:
@@ -48,6 +52,7 @@ def test_unknown_option_is_refused() -> None:
     error = refused(b'{"force": true}')
     assert (error.status, error.code) == (422, "INVALID_OPTIONS")
     assert "force" in error.message
+    assert error.extra["field"] == "force"
 
 
 def test_body_that_is_not_json_is_400() -> None:

@@ -13,6 +13,7 @@ their lock in batch order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import NoReturn
@@ -26,6 +27,9 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
 from jobrunner.services.api import attempt_rows
 from jobrunner.services.api.action_schemas import (
+    MAX_JOB_ID_CHARS,
+    MAX_JOB_IDS,
+    MAX_REASON_CHARS,
     ActionOptions,
     BatchActionAccepted,
     JobArchiveChanged,
@@ -80,15 +84,51 @@ def decode_options(body: bytes) -> ActionOptions:
     try:
         return msgspec.json.decode(body, type=ActionOptions)
     except msgspec.ValidationError as exc:
-        raise ApiError(
-            422, "INVALID_OPTIONS", f"The request body is not valid action options: {exc}."
-        ) from None
+        raise options_refused(str(exc)) from None
     except msgspec.DecodeError:
         raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
     except RecursionError:
         raise ApiError(
             400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
         ) from None
+
+
+# What each option must be: msgspec's own words name the pattern ("Expected `str` matching
+# regex '^[^\\x00-...'"), which tells a person nothing.
+_OPTION_RULES = {
+    "reason": f"a reason is 1 to {MAX_REASON_CHARS} characters without control characters",
+    "job_ids": (
+        f"job_ids is a list of at most {MAX_JOB_IDS} job ids, each 1 to {MAX_JOB_ID_CHARS} "
+        "characters without control characters"
+    ),
+}
+_AT_OPTION = re.compile(r"at `\$\.(\w+)")
+_UNKNOWN_OPTION = re.compile(r"unknown field `(.*)`")
+
+
+def options_refused(detail: str) -> ApiError:
+    """422 INVALID_OPTIONS for a body msgspec refused (``detail``), naming the option in
+    ``field`` with a sentence; a body that is no object keeps msgspec's words."""
+    if unknown := _UNKNOWN_OPTION.search(detail):
+        name = unknown.group(1)
+        return ApiError(
+            422,
+            "INVALID_OPTIONS",
+            f"No action takes the option {name!r}; the options are reason and job_ids.",
+            field=name,
+        )
+    at = _AT_OPTION.search(detail)
+    if at is not None and at.group(1) in _OPTION_RULES:
+        name = at.group(1)
+        return ApiError(
+            422,
+            "INVALID_OPTIONS",
+            f"The action's {name} is not valid: {_OPTION_RULES[name]}.",
+            field=name,
+        )
+    return ApiError(
+        422, "INVALID_OPTIONS", f"The request body is not valid action options: {detail}."
+    )
 
 
 def check_options(action: Action, options: ActionOptions, *, on_job: bool = False) -> None:
