@@ -52,7 +52,16 @@ class FailedJobs:
 
 async def follow(nats_url: str, prefix: str, durable: str, stop: asyncio.Event) -> None:
     names = Names(prefix)
-    nc = await nats.connect(nats_url, max_reconnect_attempts=-1)
+    # nats-py tries a first connect for ever too (max_reconnect_attempts=-1): a server not up
+    # yet is waited for, and a stop meanwhile (Ctrl-C, SIGTERM) ends the wait.
+    connecting = asyncio.ensure_future(nats.connect(nats_url, max_reconnect_attempts=-1))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        return
+    nc = connecting.result()
     js = nc.jetstream()
     sub = await js.pull_subscribe(
         "",
