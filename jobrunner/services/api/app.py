@@ -75,6 +75,9 @@ def create_app(settings: Settings) -> Litestar:
         # Read models of another version are never served (README "Upgrading").
         before_request=refuse_unready,
         exception_handlers=EXCEPTION_HANDLERS,
+        # Litestar's default would put a plain-text handler on the root logger, beside the
+        # services' JSON (configure_logging routes every library's records itself).
+        logging_config=None,
         request_max_body_size=MAX_BODY_BYTES,
         template_config=template_config(),
         openapi_config=OpenAPIConfig(
