@@ -135,6 +135,10 @@ TEXT: dict[str, dict[str, str]] = {
         "bool.true": "ja",
         "bool.false": "nein",
         "error.not_found": "Diesen Job gibt es nicht.",
+        "notfound.title": "Nicht gefunden",
+        "notfound.page": "Unter dieser Adresse gibt es nichts.",
+        "notfound.back_jobs": "Zurück zu den Jobs",
+        "notfound.back_batches": "Zurück zu den Batches",
         # Batches, the job center (issue 13).
         "nav.batches": "Batches",
         "nav.main": "Bereiche",
@@ -392,6 +396,10 @@ TEXT: dict[str, dict[str, str]] = {
         "bool.true": "yes",
         "bool.false": "no",
         "error.not_found": "There is no such job.",
+        "notfound.title": "Not found",
+        "notfound.page": "There is nothing at this address.",
+        "notfound.back_jobs": "Back to the jobs",
+        "notfound.back_batches": "Back to the batches",
         # Batches, the job center (issue 13).
         "nav.batches": "Batches",
         "nav.main": "Sections",
