@@ -139,6 +139,17 @@ TEXT: dict[str, dict[str, str]] = {
         "notfound.page": "Unter dieser Adresse gibt es nichts.",
         "notfound.back_jobs": "Zurück zu den Jobs",
         "notfound.back_batches": "Zurück zu den Batches",
+        # The sign-in page (its own template, security/templates/login.html). login.intro is
+        # markup: the commands are set as code.
+        "login.title": "Anmelden",
+        "login.intro": "Melden Sie sich mit einem API-Token an. <code>jobrunner up</code> hat "
+        "den Admin-Token beim ersten Start ausgegeben; <code>jobrunner token create</code> "
+        "erstellt weitere.",
+        "login.signed_in_as": "Angemeldet als",
+        "login.token": "Token",
+        "login.submit": "Anmelden",
+        "login.unknown_token": "Diesen Token gibt es nicht, oder er ist widerrufen oder "
+        "abgelaufen.",
         # Batches, the job center (issue 13).
         "nav.batches": "Batches",
         "nav.main": "Bereiche",
@@ -400,6 +411,13 @@ TEXT: dict[str, dict[str, str]] = {
         "notfound.page": "There is nothing at this address.",
         "notfound.back_jobs": "Back to the jobs",
         "notfound.back_batches": "Back to the batches",
+        "login.title": "Sign in",
+        "login.intro": "Sign in with an API token. <code>jobrunner up</code> printed the admin "
+        "token on its first start; <code>jobrunner token create</code> makes more.",
+        "login.signed_in_as": "Signed in as",
+        "login.token": "Token",
+        "login.submit": "Sign in",
+        "login.unknown_token": "That token is unknown, revoked or expired.",
         # Batches, the job center (issue 13).
         "nav.batches": "Batches",
         "nav.main": "Sections",
