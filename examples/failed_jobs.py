@@ -6,6 +6,9 @@ again without missing a failure, and it depends on nothing of jobrunner but the 
 
     python examples/failed_jobs.py --nats-url nats://127.0.0.1:4222 --prefix jobrunner
 
+Beside ``jobrunner up`` the URL (its own port, with a password) is only in
+``<state_dir>/runtime.json``: see the README's "Event contracts" for the command that reads it.
+
 The first start reads the whole history (every failure ever); later starts continue where the
 consumer stopped. Event types and fields newer than this code are skipped without complaint.
 """

@@ -128,3 +128,19 @@ def test_every_event_and_field_is_in_the_contracts_section(
     fields = [f for f in event.__struct_fields__ if f not in common]
     missing = [f for f in fields if not re.search(rf"\b{f}\b", row)]
     assert not missing, f"{event.__name__} fields the README does not give: {missing}"
+
+
+def test_the_example_consumer_beside_up_reads_its_nats_url_from_runtime_json() -> None:
+    """The consumer example's command works beside `jobrunner up`: it takes the URL (own port,
+    password) from the file and key `jobrunner up` writes, not the default 4222."""
+    from jobrunner.common.runtime import RUNTIME_FILE
+    from jobrunner.common.settings import Settings
+
+    text = section("Event contracts")
+    command = re.search(r"```bash\n(python examples/failed_jobs\.py[^`]*)```", text)
+    assert command, "the section shows no command for examples/failed_jobs.py"
+    reading = f'open("{Settings().state_dir}/{RUNTIME_FILE}"))["nats_url"]'
+    assert reading in command.group(1)
+    assert "nats://127.0.0.1:4222" not in command.group(1)
+    supervisor = (ROOT / "jobrunner" / "supervisor.py").read_text()
+    assert '"nats_url": nats_server.url' in supervisor, "jobrunner up writes the URL elsewhere"
