@@ -105,6 +105,27 @@ async def test_the_login_page_follows_a_german_browser(
 
 
 @pytest.mark.browser
+async def test_the_login_language_chosen_with_lang_stays_after_a_wrong_token(
+    browser: Browser,  # noqa: F811
+    system: System,
+) -> None:
+    """A German browser opening /login?lang=en gets the wrong-token error in English too."""
+    context = await browser.new_context(base_url=system.base_url, locale="de-DE")
+    try:
+        page = await context.new_page()
+        await page.goto("/login?lang=en")
+        assert await page.locator("html").get_attribute("lang") == "en"
+        await page.get_by_label("Token").fill("jrt_0000000000000000_" + "x" * 43)
+        await page.get_by_role("button", name="Sign in").click()
+        alert = page.get_by_role("alert")
+        await alert.wait_for()
+        assert await alert.text_content() == ("That token is unknown, revoked or expired.")
+        assert await page.locator("html").get_attribute("lang") == "en"
+    finally:
+        await context.close()
+
+
+@pytest.mark.browser
 async def test_cookie_requests_that_change_state_need_the_csrf_token(
     context: BrowserContext, system: System
 ) -> None:

@@ -7,9 +7,15 @@ language and the reader's time zone.
 
 from __future__ import annotations
 
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import Cookie
+
 LANGUAGES = ("de", "en")
 DEFAULT_LANGUAGE = "de"
 COOKIE = "lang"
+COOKIE_MAX_AGE = 365 * 24 * 3600
 
 TEXT: dict[str, dict[str, str]] = {
     "de": {
@@ -569,6 +575,24 @@ def negotiate(query: str | None, cookie: str | None, accept_language: str | None
         if primary in LANGUAGES and quality > 0:
             ranked.append((-quality, i, primary))
     return min(ranked)[2] if ranked else DEFAULT_LANGUAGE
+
+
+def language_of(request: Request[Any, Any, Any]) -> str:
+    """The language of a page (the UI's and the sign-in page's alike)."""
+    return negotiate(
+        request.query_params.get("lang"),
+        request.cookies.get(COOKIE),
+        request.headers.get("accept-language"),
+    )
+
+
+def remembered_choice(request: Request[Any, Any, Any]) -> list[Cookie]:
+    """The cookie that keeps a ``?lang=`` choice for the next requests (a form's POST has no
+    ``?lang=``), or none when the request made no choice."""
+    chosen = request.query_params.get("lang")
+    if chosen not in LANGUAGES:
+        return []
+    return [Cookie(key=COOKIE, value=chosen, max_age=COOKIE_MAX_AGE, samesite="lax")]
 
 
 def translator(lang: str):  # type: ignore[no-untyped-def]

@@ -13,7 +13,6 @@ from litestar.response import Template
 
 from jobrunner.services.api import i18n
 from jobrunner.services.api.errors import ApiError
-from jobrunner.services.api.routes.pages import language_of
 
 # The sentence (an i18n key) and the way back for each code; any other 404 is an address
 # where nothing is.
@@ -33,7 +32,7 @@ def wants_a_page(request: Request[Any, Any, Any]) -> bool:
 
 
 def not_found_page(request: Request[Any, Any, Any], code: str) -> Template:
-    lang = language_of(request)
+    lang = i18n.language_of(request)
     t = i18n.translator(lang)
     message_key, back_href, back_key = _WHAT_WAS_NOT_FOUND.get(code, _NOTHING_HERE)
     return Template(

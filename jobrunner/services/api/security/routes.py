@@ -48,11 +48,7 @@ def login_page(
 ) -> Response[str]:
     """The sign-in page in the language the other pages take (``?lang=``, the cookie, then
     ``Accept-Language``); ``error`` is an i18n key."""
-    lang = i18n.negotiate(
-        request.query_params.get("lang"),
-        request.cookies.get(i18n.COOKIE),
-        request.headers.get("accept-language"),
-    )
+    lang = i18n.language_of(request)
     html = _jinja.get_template("login.html").render(
         lang=lang,
         t=i18n.translator(lang),
@@ -65,6 +61,8 @@ def login_page(
         status_code=status,
         media_type="text/html",
         headers={"Cache-Control": "no-store"},
+        # The form posts to plain /login: the cookie keeps a ?lang= choice for its answer.
+        cookies=i18n.remembered_choice(request),
     )
 
 
@@ -77,6 +75,8 @@ class LoginForm(msgspec.Struct, forbid_unknown_fields=True):
 async def show_login(
     request: Request[Any, Any, Any], next: str | None = None, lang: str | None = None
 ) -> Response[str]:
+    """``lang`` is declared so the access middleware lets ``?lang=`` through (it refuses query
+    parameters a handler does not declare); ``login_page`` reads it with the cookie."""
     return login_page(request, next or DEFAULT_LANDING)
 
 
