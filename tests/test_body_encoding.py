@@ -49,3 +49,17 @@ async def test_an_identity_encoded_body_is_taken(system: System) -> None:
     async with system.client() as client:
         answer = await client.post("/api/jobs", content=JOB, headers=headers)
     assert answer.status_code == 201, answer.text
+
+
+async def test_a_second_content_encoding_line_is_read_too(system: System) -> None:
+    """`Content-Encoding: identity` then a second line `gzip` is still refused (415)."""
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Encoding", "identity"),
+        ("Content-Encoding", "gzip"),
+    ]
+    async with system.client() as client:
+        answer = await client.post("/api/jobs", content=JOB, headers=headers)
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["error"]["code"] == "UNSUPPORTED_CONTENT_ENCODING"
+    assert await job_count(system) == 0

@@ -136,7 +136,8 @@ def check_body_encoding(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     would be taken as if the label were not there."""
     if not has_body(connection):
         return
-    header = connection.headers.get("content-encoding", "")
+    # Every line of the header: a second ``Content-Encoding`` line counts as much as the first.
+    header = ",".join(connection.headers.getall("content-encoding", []))
     named = [e.strip() for e in header.split(",") if e.strip().lower() not in ("", "identity")]
     if named:
         raise ApiError(
