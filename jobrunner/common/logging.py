@@ -1,7 +1,7 @@
 """structlog set-up shared by every service: JSON off a terminal, pretty on one.
 
 The libraries' standard-library loggers (uvicorn, httpx, asyncio, litestar) go through the same
-renderer, so every line a service writes has one format (ARCHITECTURE.md, invariant 8)."""
+renderer, so every line a service writes has one format (the README's `log_format` setting)."""
 
 from __future__ import annotations
 
