@@ -1,7 +1,7 @@
 """``python -m bench``: start jobrunner, measure, print the table, write bench/results/latest.json.
 
-``--quick`` runs every measurement at a tenth of its size (a smoke test of the suite itself);
-``--only latency,dispatch`` runs a subset.
+``--quick`` runs the measurements smaller (``QUICK``), a smoke test of
+the suite itself; ``--only latency,dispatch`` runs a subset.
 """
 
 from __future__ import annotations
@@ -491,7 +491,7 @@ def git_head() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a tenth of every size")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (QUICK), a smoke test")
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated of {ALL}")
     args = parser.parse_args()
     only = set(args.only.split(","))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from jobrunner.common.settings import load_settings
+from jobrunner.services.api.app import create_app
 from tests.system import System
 
 
@@ -103,3 +107,71 @@ async def test_job_types_are_listed_with_their_parameter_schemas(system: System)
         "serpapi",
     ]
     assert "argv" not in types["scraper"]
+
+
+# POST routes under /api that read no body (whatever is sent is ignored).
+TAKES_NO_BODY = {"/api/jobs/{job_id}/cancel"}
+
+
+def _json_post_routes() -> list[str]:
+    """Every POST route of the API that reads a JSON body, its parameters filled with ``x``."""
+    app = create_app(load_settings())
+    paths = []
+    for route in app.routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        posted = "POST" in getattr(route, "methods", ())
+        if posted and path.startswith("/api/") and path not in TAKES_NO_BODY:
+            paths.append(path)
+    return sorted(paths)
+
+
+@pytest.mark.parametrize(
+    "body",
+    # A truncated body whose first field no route knows: msgspec reports the field first.
+    [b"{not json", b"\xff\xfe", b'{"surprise": 1', b"[" * 100_000],
+    ids=["garbage", "binary", "truncated", "nested"],
+)
+async def test_every_json_route_answers_malformed_json_alike(system: System, body: bytes) -> None:
+    """Every address that takes a JSON body answers one that is not JSON with 400
+    MALFORMED_JSON. Before: POST /api/tokens (read by the framework) answered 400 BAD_REQUEST
+    (500 when nested deeply), and a truncated body after an unknown field was a route's 422."""
+    paths = _json_post_routes()
+    assert "/api/tokens" in paths  # the scan sees the routes
+    assert "/api/jobs" in paths
+    answers = {}
+    async with system.client() as client:
+        for path in paths:
+            url = re.sub(r"\{\w+\}", "x", path)
+            response = await client.post(
+                url,
+                content=body,
+                # The external report's token is checked only after its body is read.
+                headers={"content-type": "application/json", "authorization": "Bearer x"}
+                if path.startswith("/api/external/")
+                else {"content-type": "application/json"},
+            )
+            answers[path] = (response.status_code, response.json()["error"]["code"])
+    wrong = {path: got for path, got in answers.items() if got != (400, "MALFORMED_JSON")}
+    assert not wrong, f"routes answering otherwise: {wrong}"
+
+
+async def test_a_token_request_of_the_wrong_shape_is_refused_with_its_code(
+    system: System,
+) -> None:
+    """JSON that is not a token request answers 422 INVALID_TOKEN_REQUEST, as a bad name does
+    (read by the framework it answered 400 INVALID_REQUEST)."""
+    async with system.client() as client:
+        unknown_role = await client.post("/api/tokens", json={"name": "ci", "role": "root"})
+        unknown_field = await client.post(
+            "/api/tokens", json={"name": "ci", "role": "viewer", "surprise": 1}
+        )
+        # Read strictly, as every JSON body is (the framework converted these loosely).
+        boolean_as_text = await client.post(
+            "/api/tokens", json={"name": "ci", "role": "viewer", "own_jobs_only": "true"}
+        )
+        unix_time = await client.post(
+            "/api/tokens", json={"name": "ci", "role": "viewer", "expires_at": 1893456000}
+        )
+    for response in (unknown_role, unknown_field, boolean_as_text, unix_time):
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "INVALID_TOKEN_REQUEST"

@@ -6,6 +6,7 @@ API subject the looks are sent to sees each one."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,9 +22,13 @@ from jobrunner.common.slots import SlotTable, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner.board import LockBoard
+from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
+from jobrunner.services.runner.running import RunnerIdentity
 from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
+from tests.test_queue_orphan_sweep import HOUR, board_has, put_entry
 
 LOCK = "exports"
 JOB_ID = "head-job"
@@ -48,11 +53,13 @@ async def checks_at_once(orphans: QueueOrphans) -> list[bool]:
 
 
 @asynccontextmanager
-async def looks_counted(nc: NATS, names: Names) -> AsyncIterator[list[Msg]]:
-    """The looks for ``JOB_ID``'s request the server receives, as they arrive; counted on
-    ``nc``, another connection than the looks' (a look is answered after the server has routed
-    it here, so one answered is counted once ``nc.flush()`` has returned)."""
-    wanted = names.job_kind_subject(JOB_ID, "requested")
+async def looks_counted(
+    nc: NATS, names: Names, kind: str = "requested"
+) -> AsyncIterator[list[Msg]]:
+    """The looks for ``JOB_ID``'s event of ``kind`` the server receives, as they arrive; counted
+    on ``nc``, another connection than the looks' (a look is answered after the server has
+    routed it here, so one answered is counted once ``nc.flush()`` has returned)."""
+    wanted = names.job_kind_subject(JOB_ID, kind)
     looks: list[Msg] = []
 
     async def seen(msg: Msg) -> None:
@@ -223,3 +230,47 @@ async def test_a_check_of_a_new_revision_does_not_take_a_look_sent_before_it(
         assert await asyncio.wait_for(again, 30) is False  # found missing: its age starts
         assert await check(orphans, REVISION + 1) is False
         await asyncio.wait_for(first, 30)
+
+
+async def test_jobs_waiting_behind_a_head_at_once_read_its_status_once(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    """Eight jobs queued behind a head ask at once whether it started already (it should then
+    have left the queue): one status read reaches NATS, not one per waiting job."""
+    names = Names(settings.prefix)
+    slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
+    kv = await slots.kv()
+    board, stop = LockBoard(), asyncio.Event()
+
+    async def nothing(value: object) -> None:
+        pass
+
+    watching = asyncio.create_task(board.watch(kv, stop, nothing))
+    try:
+        await asyncio.wait_for(board.ready.wait(), 10)
+        waiters = [f"waiter-{i}" for i in range(CHECKS)]
+        for job_id in [JOB_ID, *waiters]:
+            await put_entry(kv, LOCK, job_id, time.time())
+        for job_id in waiters:
+            await board_has(board, LOCK, job_id)
+        journal = JobJournal(js._nc, js, names, "runner-test")
+        claimer = SlotClaimer(
+            slots,
+            board,
+            journal,
+            RunnerIdentity.of_this_process(),
+            asyncio.Semaphore(1),
+            1.0,
+            QueueOrphans(slots, journal, HOUR),
+        )
+        assert await journal.last_status(JOB_ID) is None  # the ack inbox subscribed
+        requests = [events.JobRequested(job_id=j, job_type="t", lock=LOCK) for j in waiters]
+        key = slot_key(LOCK, JOB_ID)
+        async with looks_counted(js._nc, names, "status") as reads:
+            heads = await asyncio.gather(*(claimer._is_queue_head(r, key) for r in requests))
+            assert heads == [False] * CHECKS  # the head, pending, keeps its place
+            await js._nc.flush()
+            assert len(reads) == 1
+    finally:
+        stop.set()
+        await asyncio.wait({watching}, timeout=10)

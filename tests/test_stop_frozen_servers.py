@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,45 +24,15 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.serverprocess import free_port
-from jobrunner.supervisor import STARTED_RE
-from tests import servers
-from tests.freeze import freeze
 from tests.test_pool_close_frozen import postgres_pids
-from tests.tools.runners import REPO, RUNNER_TYPES, runner_env, wait_dead
-
-# The services' stop_seconds here (15 s by default): the test's stops are short, and the
-# figures before the deadline (2.6 s to 12.5 s for an idle service) are past it.
-STOP_SECONDS = 1.5
-# What a process takes past its stop's deadline to exit (the interpreter's own end, threads
-# joined) on a loaded machine: the test sees a stop past the deadline by more as a failure.
-EXIT_SECONDS = 2.5
-# How long the test waits for an exit at most: long enough to measure a stop that overruns.
-PATIENCE = 60.0
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-stop-frozen-") as server:
-        yield server
-
-
-def _started(metrics_address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=2) as response:
-            return bool(STARTED_RE.search(response.read().decode(errors="replace")))
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _thawed_after(pids: list[int]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+from tests.tools.frozen_stop import (
+    EXIT_SECONDS,
+    STOP_SECONDS,
+    own_postgres,  # noqa: F401 - a fixture
+    started_service,
+    stopped_frozen,
+)
+from tests.tools.runners import RUNNER_TYPES, wait_dead
 
 
 async def _heartbeat_written(settings: Settings) -> None:
@@ -121,7 +85,7 @@ async def _run_a_job(settings: Settings, pidfile: Path) -> list[int]:
 async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
     settings: Settings,
     own_nats: EmbeddedNats,
-    own_postgres: EmbeddedPostgres,
+    own_postgres: EmbeddedPostgres,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
     service: str,
     with_a_job: bool,
@@ -140,36 +104,15 @@ async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
         metrics_address=f"127.0.0.1:{free_port()}",
         stop_seconds=STOP_SECONDS,
     )
+    proc = await started_service(service, settings, tmp_path)
     log_file = tmp_path / f"{service}.log"
-    with log_file.open("ab") as log:
-        proc = subprocess.Popen(  # noqa: ASYNC220 - starting is quick
-            [sys.executable, "-m", "jobrunner.cli", service],
-            cwd=REPO,
-            env=runner_env(settings),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        async with asyncio.timeout(90):
-            while not await asyncio.to_thread(_started, settings.metrics_address):
-                assert proc.poll() is None, log_file.read_text()
-                await asyncio.sleep(0.1)
         if service == "runner":
             await _heartbeat_written(settings)
         tools = await _run_a_job(settings, tmp_path / "pids") if with_a_job else []
         assert own_nats.proc is not None
         frozen = [own_nats.proc.pid, *postgres_pids(own_postgres)]
-        with _thawed_after(frozen):
-            for pid in frozen:
-                freeze(pid)
-            began = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = await asyncio.to_thread(proc.wait, PATIENCE)
-            except subprocess.TimeoutExpired:
-                code = None
-            took = time.monotonic() - began
+        took, code = await stopped_frozen(proc, frozen)
         print(f"{service}: stop took {took:.1f} s, exit {code}")  # the figures, with -s
         told = f"stop took {took:.1f} s, exit {code}:\n{log_file.read_text()}"
         assert took < STOP_SECONDS + EXIT_SECONDS, told

@@ -18,6 +18,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.client import ServerVersion
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
@@ -739,6 +740,23 @@ CLOSE_MOST_SECONDS = FLUSH_SECONDS + 1 + CLOSE_SECONDS
 # What a service's stop keeps for its NATS connections' close, after what still publishes on
 # them: the flush's answer (1 s of it), the rest for what the socket still holds.
 CLOSE_KEEP_SECONDS = 3.0
+# An unsubscribe at a stop: an UNSUB queued, no round trip, so at once on a connection that
+# works. Bounded all the same: it asks the flusher too (see FLUSH_SECONDS), and with NATS
+# frozen while much was being sent, it waited for NATS.
+UNSUBSCRIBE_STOP_SECONDS = 1.0
+
+
+async def unsubscribe_within(subs: Iterable[Subscription], within: float, what: str) -> None:
+    """Unsubscribe ``subs`` (``what``: for the log) at a stop, ``within`` seconds at most; past
+    it they are left to the connection's close, which ends them too. Their errors are no one's
+    to report: the close follows."""
+    await stopping.wait_within(
+        {asyncio.ensure_future(sub.unsubscribe()) for sub in subs},
+        within,
+        f"{what} not unsubscribed: the close ends them",
+        cancel_left=True,
+        errors_retrieved=True,
+    )
 
 
 async def close(nc: NATS, within: float | None = None) -> None:

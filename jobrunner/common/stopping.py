@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Collection
+from typing import Any, Literal, TypeVar
 
 import structlog
 
 T = TypeVar("T")
 log = structlog.get_logger()
+
+# Task names a stop's log line gives at most: a big stop leaves hundreds of tasks, most with
+# asyncio's own names ("Task-1234"), which say nothing; the line counts them all (``left``).
+NAMES_LOGGED_MOST = 10
+_ASYNCIO_NAME = re.compile(r"Task-\d+")
 
 
 class Deadline:
@@ -89,6 +95,50 @@ async def end_loop(
         return False
     _said_if_failed(task, None if task.cancelled() else task.exception())
     return True
+
+
+async def wait_within(
+    tasks: Collection[asyncio.Future[Any]],
+    within: float,
+    left_running: str,
+    *,
+    cancel_left: bool = False,
+    errors_retrieved: bool = False,
+    level: Literal["error", "warning"] = "error",
+) -> set[asyncio.Future[Any]]:
+    """Wait for ``tasks`` ``within`` seconds at most; those still running then are logged
+    (``left_running``) and returned, and cancelled with ``cancel_left``, but not waited for: a
+    cancel can be lost (see end_loop), and a stop past its deadline is killed by `jobrunner up`.
+    ``errors_retrieved``: the errors of those that ended are no one's to report (NATS away at
+    a stop), and asyncio would otherwise log each as "never retrieved". A cancel of the caller
+    while it waits reaches the caller alone, as with ``asyncio.wait``."""
+    waited_for = set(tasks)  # a caller's own set may lose its ended tasks meanwhile
+    if not waited_for:
+        return set()  # asyncio.wait refuses an empty set
+    _, left = await asyncio.wait(waited_for, timeout=within)
+    if errors_retrieved:
+        for task in waited_for:
+            if task.done() and not task.cancelled():
+                task.exception()
+    if left:
+        if cancel_left:
+            for task in left:
+                task.cancel()
+        say = log.error if level == "error" else log.warning
+        say(
+            left_running,
+            left=len(left),
+            tasks=_names_logged(left),
+            waited=round(within, 3),
+        )
+    return left
+
+
+def _names_logged(tasks: Collection[asyncio.Future[Any]]) -> list[str]:
+    """The first ``NAMES_LOGGED_MOST`` of ``tasks``' names, the names given by the code first."""
+    names = [task.get_name() for task in tasks if isinstance(task, asyncio.Task)]
+    names.sort(key=lambda name: (_ASYNCIO_NAME.fullmatch(name) is not None, name))
+    return names[:NAMES_LOGGED_MOST]
 
 
 def _said_if_failed(task: asyncio.Task[None], outcome: BaseException | None) -> None:

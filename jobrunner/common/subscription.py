@@ -34,7 +34,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from nats.nuid import NUID
 
-from jobrunner.common.stopping import unless_stopped
+from jobrunner.common.stopping import unless_stopped, wait_within
 
 if TYPE_CHECKING:
     from jobrunner.common.ackinbox import AckInbox
@@ -590,18 +590,13 @@ async def forget_deletes(within: float | None = None) -> None:
     pending = [task for task in _deleting if task.get_loop() is loop]
     for task in pending:
         task.cancel()
-    if not pending:
-        return
-    _, left = await asyncio.wait(pending, timeout=within)
-    for task in pending:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: an error after the stop is nobody's to report
-    if left:
-        structlog.get_logger().error(
-            "background NATS requests did not end on their cancel: left running",
-            left=len(left),
-            waited=round(within, 3),
-        )
+    # An error after the stop is nobody's to report.
+    await wait_within(
+        pending,
+        within,
+        "background NATS requests did not end on their cancel: left running",
+        errors_retrieved=True,
+    )
 
 
 async def last_message(js: JetStreamContext, stream: str, subject: str) -> api.RawStreamMsg | None:

@@ -143,16 +143,23 @@ TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.
 
 
 class ErrorCode(StrEnum):
-    """Codes a client can act on; each comes with a human sentence in ``ErrorInfo.message``."""
+    """The codes jobrunner writes in a job's ``ErrorInfo`` (README "HTTP API" lists each);
+    each comes with a human sentence in ``ErrorInfo.message``.
+
+    Every member is written by a service (a test holds it). ``ErrorInfo.code`` is a ``str``,
+    not this enum, because an external worker reports codes of its own: so a member removed
+    here (CANCELLED and INTERNAL_ERROR, never written by any version) leaves every stored
+    event readable.
+    """
 
     EXIT_NONZERO = "EXIT_NONZERO"
     SPAWN_FAILED = "SPAWN_FAILED"
     PROCESSING_TIMEOUT = "PROCESSING_TIMEOUT"
     RUNNER_LOST = "RUNNER_LOST"
-    CANCELLED = "CANCELLED"
     LEASE_LOST = "LEASE_LOST"
     CALLABLE_FAILED = "CALLABLE_FAILED"  # an internal job's callable raised
-    INTERNAL_ERROR = "INTERNAL_ERROR"
+    # The runner has no such job type (its job types file differs from the API's).
+    UNKNOWN_JOB_TYPE = "UNKNOWN_JOB_TYPE"
     # A job of a batch whose submission never completed (no BatchSealed in time); it never ran.
     BATCH_INCOMPLETE = "BATCH_INCOMPLETE"
     # A file the job left in its output directory was over a size limit and not stored (the

@@ -1,9 +1,10 @@
 """NATS unresponsive (SIGSTOP ... SIGCONT) while a batch is failed, for pauses on both sides of
 nats-py's 5 s request timeout (what the action's stream lookup and publishes wait for), with a
 20 s lease TTL so the running job keeps its lease throughout: a runner gives its lease up three
-quarters of the TTL after its last confirmed renewal (every TTL/3), so a pause is survived for
-sure only below 20 - 5 - 6.7 = 8.3 s; with 12 s (sure only below 5 s) a 6.5 s pause cost the
-running job its lease whenever it began late in a renewal interval, as on a loaded machine.
+quarters of the TTL after its last confirmed renewal (every TTL/6), so a pause is survived for
+sure only below 20 - 5 - 3.3 = 11.7 s; with 12 s and renewals every TTL/3 (sure only below 5 s)
+a 6.5 s pause cost the running job its lease whenever it began late in a renewal interval, as
+on a loaded machine.
 
 Below the timeout the action waits the pause out and answers 202. Above it, it may answer
 ``503 EVENT_STORE_UNAVAILABLE`` with part of it stored; the same action sent again finishes it.

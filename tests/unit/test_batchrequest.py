@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.common.jobtypes import load_job_types
-from jobrunner.services.api.batchrequest import MAX_LISTED_ERRORS, decode_body, plan_batch
+from jobrunner.services.api.batchrequest import MAX_LISTED_ERRORS, plan_batch
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.jsonbody import decode_any as decode_body
 
 TYPES = load_job_types(Path(__file__).parents[1] / "tools" / "runner_jobtypes.toml")
 

@@ -25,7 +25,7 @@ from jobrunner.common import endings, eventstore
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
-from jobrunner.services.api import attempt_rows
+from jobrunner.services.api import attempt_rows, jsonbody
 from jobrunner.services.api.action_schemas import (
     MAX_JOB_ID_CHARS,
     MAX_JOB_IDS,
@@ -83,14 +83,13 @@ def decode_options(body: bytes) -> ActionOptions:
         return ActionOptions()
     try:
         return msgspec.json.decode(body, type=ActionOptions)
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # before DecodeError: it is one
+        jsonbody.decode_any(body)  # a body that is no JSON at all is MALFORMED_JSON
         raise options_refused(str(exc)) from None
     except msgspec.DecodeError:
-        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
+        raise jsonbody.malformed() from None
     except RecursionError:
-        raise ApiError(
-            400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
-        ) from None
+        raise jsonbody.malformed(nested=True) from None
 
 
 # What each option must be: msgspec's own words name the pattern ("Expected `str` matching

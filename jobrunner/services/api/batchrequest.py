@@ -73,17 +73,6 @@ class BatchPlan(msgspec.Struct, frozen=True):
         return hashlib.sha256(canonical).hexdigest()
 
 
-def decode_body(body: bytes) -> Any:
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
-    except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
-        raise ApiError(
-            400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
-        ) from None
-
-
 def plan_batch(raw: Any, job_types: dict[str, JobType], max_jobs: int) -> BatchPlan:
     """Check a decoded request body; raises ApiError ``422 INVALID_BATCH`` naming every problem."""
     problems: list[BatchProblem] = []

@@ -221,8 +221,12 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                     artifactstore.stop_purges(js, users.left(artifactstore.PURGE_STOP_SECONDS)),
                     readmodels.close(users.left(readmodelgate.STOP_SECONDS)),
                     subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS)),
+                    eventstore.unsubscribe_within(
+                        [sub],
+                        users.left(eventstore.UNSUBSCRIBE_STOP_SECONDS),
+                        "the projector's notices",
+                    ),
                 )
-                await sub.unsubscribe()
                 await asyncio.gather(
                     readers.close(deadline.left(eventstore.CLOSE_MOST_SECONDS)),
                     eventstore.close(nc, deadline.left(eventstore.CLOSE_MOST_SECONDS)),

@@ -20,6 +20,7 @@ from jobrunner.contracts.events import (
     Percent,
     Phase,
 )
+from jobrunner.services.api import jsonbody
 from jobrunner.services.api.errors import ApiError
 
 # A report's body, whole; far below the API's 1 MiB so that one report's lines always fit one
@@ -104,9 +105,6 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return ReportedProgress(phase=self.phase, message=self.message, percent=given)
 
 
-_decoder = msgspec.json.Decoder(Report)
-
-
 def decode_report(body: bytes) -> Report:
     """The report in ``body``, or ApiError 413/400/422 with a sentence naming what is wrong."""
     if len(body) > MAX_REPORT_BYTES:
@@ -116,16 +114,7 @@ def decode_report(body: bytes) -> Report:
             f"A report is at most {MAX_REPORT_BYTES} bytes; send its lines in several reports.",
             limit=MAX_REPORT_BYTES,
         )
-    try:
-        report = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise ApiError(422, "INVALID_REPORT", f"The report is not valid: {exc}.") from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
-    except RecursionError:
-        raise ApiError(
-            400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
-        ) from None
+    report = jsonbody.decode(body, Report, "INVALID_REPORT", "The report is not valid")
     if report.error is not None and report.final_result is not None:
         raise ApiError(
             422,

@@ -157,18 +157,13 @@ class Notifier:
             # One deadline for the whole stop (run_notifier's close too): bounds that each
             # hold would add up, in series, past the supervisor's grace.
             self.stop_deadline = stopping.Deadline(self.settings.stop_seconds)
-            if self._tasks:
-                # A handler whose publish or acknowledgement waits on a frozen NATS is left:
-                # its job's end, not acknowledged, is delivered again to the next notifier.
-                keep = eventstore.CLOSE_KEEP_SECONDS
-                within = self.stop_deadline.keeping(keep).left()
-                _, left = await asyncio.wait(self._tasks, timeout=within)
-                if left:
-                    log.error(
-                        "webhook handlers did not end on their stop: left running",
-                        left=len(left),
-                        waited=round(within, 3),
-                    )
+            # A handler whose publish or acknowledgement waits on a frozen NATS is left: its
+            # job's end, not acknowledged, is delivered again to the next notifier.
+            await stopping.wait_within(
+                self._tasks,
+                self.stop_deadline.keeping(eventstore.CLOSE_KEEP_SECONDS).left(),
+                "webhook handlers did not end on their stop: left running",
+            )
             await self.sender.close()
 
     async def _handle(self, msg: Msg, stop: asyncio.Event) -> None:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 
+from jobrunner.common import together
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import Lease, SlotTable, SlotValue, slot_key
 from jobrunner.contracts import events
@@ -35,6 +36,15 @@ class StartCheck(NamedTuple):
     status: events.AnyEvent | None
     cancel: events.AnyEvent | None
     status_last: int | None
+
+
+async def read_start_check(journal: JobJournal, job_id: str) -> StartCheck:
+    """The job's last status and cancel, read at once; neither left running when the other
+    fails (a read held for NATS's return after its job's handling gave up)."""
+    status, cancel = await together.both(
+        journal.newest(job_id, "status"), journal.last_event(job_id, "cancel")
+    )
+    return StartCheck(status.event, cancel, status.condition)
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,7 @@ class SlotClaimer:
         the job, so what the reads look for (the API cancelled it while pending) is all there
         is, and a cancel stored after them reaches the job as it runs."""
         job_id = request.job_id
-        (lease, recorded), seen = await asyncio.gather(
+        (lease, recorded), seen = await together.both(
             self.slots.create_recorded(key, value, self.identity.run_record(job_id, key)),
             self._seen_at_first_delivery(job),
         )
@@ -194,11 +204,7 @@ class SlotClaimer:
         seq = job.stream_seq
         if seq is not None and await self.journal.is_latest(job.job_id, seq):
             return StartCheck(None, None, 0)
-        status, cancel = await asyncio.gather(
-            self.journal.newest(job.job_id, "status"),
-            self.journal.last_event(job.job_id, "cancel"),
-        )
-        return StartCheck(status.event, cancel, status.condition)
+        return await read_start_check(self.journal, job.job_id)
 
     async def _take_capacity(self, job: RunningJob) -> bool:
         """A unit of capacity for the job; False when none came within ``recheck_seconds`` or
@@ -234,8 +240,7 @@ class SlotClaimer:
         if first is None or first[1].job_id == request.job_id:
             return True
         revision, head = first
-        status = await self.journal.last_status(head.job_id)
-        if status is not None and status.status != JobStatus.PENDING:
+        if await self.queue_orphans.has_started(head.job_id, revision):
             # Started or ended: it should have left the queue. Only the entry the board saw,
             # as an orphan's drop: a newer write of the key is not this one's to remove.
             log.info("dropping a queue entry whose job started", dead_job_id=head.job_id)

@@ -19,7 +19,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from jobrunner.common import metrics, retry
+from jobrunner.common import metrics, retry, together
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -28,7 +28,7 @@ from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirectory
 from jobrunner.services.runner.bulk import BulkLane
-from jobrunner.services.runner.claim import Claimed, StartCheck, is_queued
+from jobrunner.services.runner.claim import Claimed, StartCheck, is_queued, read_start_check
 from jobrunner.services.runner.execution import (
     Execution,
     Outcome,
@@ -215,36 +215,31 @@ class JobExecutor:
         The record is written before the job starts: should this runner die, the sweep of every
         runner finds the job by it, whether or not anyone saw its lease expire. Written while
         the checks are read (one round trip of waiting, not two): a job that must not start
-        after all has it removed again, or kept for the sweep (see _not_started)."""
-        recording: asyncio.Future[None] | None = None
-        if not claimed.recorded:
-            recording = asyncio.ensure_future(
-                self._retry(
-                    "record the running job",
-                    keeper,
-                    lambda: self.slots.record_run(
-                        self.identity.run_record(job_id, claimed.lease.key),
-                        timeout=keeper.request_timeout,
-                    ),
-                )
-            )
-        try:
-            if claimed.seen is not None:
-                seen = claimed.seen
-            else:
-                # Both read at once, while we hold the slot.
-                status, cancel = await asyncio.gather(
-                    self.journal.newest(job_id, "status"),
-                    self.journal.last_event(job_id, "cancel"),
-                )
-                seen = StartCheck(status.event, cancel, status.condition)
-            if recording is not None:
-                await recording
-        except BaseException:
-            if recording is not None:
-                recording.cancel()
-            raise
+        after all has it removed again, or kept for the sweep (see _not_started). Neither is
+        left running when the other fails: a record's write that went on (it retries, and a
+        cancel can be swallowed) could store the record again after the slot was given back, a
+        record without a lease, which the sweep takes for a lost job."""
+        reading = self._start_check(job_id, claimed)
+        if claimed.recorded:
+            return await reading
+        seen, _ = await together.both(
+            reading,
+            self._retry(
+                "record the running job",
+                keeper,
+                lambda: self.slots.record_run(
+                    self.identity.run_record(job_id, claimed.lease.key),
+                    timeout=keeper.request_timeout,
+                ),
+            ),
+        )
         return seen
+
+    async def _start_check(self, job_id: str, claimed: Claimed) -> StartCheck:
+        """The claim's start check, or one read now, while we hold the slot."""
+        if claimed.seen is not None:
+            return claimed.seen
+        return await read_start_check(self.journal, job_id)
 
     async def _publish_running(
         self, request: events.JobRequested, job: RunningJob, status_last: int | None

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import msgspec
 import structlog
@@ -78,21 +77,21 @@ async def heartbeat(
         deadline = stop_deadline()
         # Not awaited past the deadline: nats-py may swallow the cancel (see beat), and the
         # beat's put then waits for its timeout.
-        await _within(task, deadline, "runner heartbeat did not end on the stop: left running")
+        # Their failures are no one's to report (NATS away: the key's TTL ends it).
+        await stopping.wait_within(
+            {task},
+            deadline.left(),
+            "runner heartbeat did not end on the stop: left running",
+            cancel_left=True,
+            errors_retrieved=True,
+            level="warning",
+        )
         if kv is not None:
-            deleting = asyncio.ensure_future(kv.delete(key))
-            await _within(
-                deleting, deadline, "runner heartbeat key not deleted: the bucket's TTL drops it"
+            await stopping.wait_within(
+                {asyncio.ensure_future(kv.delete(key))},
+                deadline.left(),
+                "runner heartbeat key not deleted: the bucket's TTL drops it",
+                cancel_left=True,
+                errors_retrieved=True,
+                level="warning",
             )
-
-
-async def _within(work: asyncio.Future[Any], deadline: stopping.Deadline, given_up: str) -> None:
-    """Wait for ``work`` until ``deadline``; past it, cancel it and log ``given_up``. Its failure
-    is no one's to report (NATS away: the key's TTL ends it)."""
-    waited = deadline.left()
-    done, _ = await asyncio.wait({work}, timeout=waited)
-    if not done:
-        work.cancel()
-        log.warning(given_up, waited=round(waited, 3))
-    elif not work.cancelled():
-        work.exception()  # retrieved

@@ -23,6 +23,9 @@ Every job waiting behind a head checks it again and again (``SlotClaimer``): the
 head (one revision of it) in flight at once are one look, whose answer (or error) each of them
 takes. Only while it is in flight: a check after it has ended looks again, and a check of a new
 revision does not take a look sent before that revision was there (its age would start early).
+The same for the claimer's first question of a head, whether its job started or ended already
+(``has_started``): a status, once past pending, never goes back, so an answer sent a moment
+before a check asked is at worst a recheck late.
 """
 
 from __future__ import annotations
@@ -30,17 +33,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 
 from jobrunner.common import retry
 from jobrunner.common.slots import QueueEntry, SlotTable, slot_key
+from jobrunner.contracts.events import JobStatus
 from jobrunner.services.runner.journal import JobJournal
 
 log = structlog.get_logger()
+T = TypeVar("T")
+# A head: its job id and the revision of its queue entry the board saw.
+HeadKey = tuple[str, int]
 
 
 @dataclass
@@ -55,11 +63,44 @@ class _Head:
 
 
 @dataclass
-class _Look:
-    """A look for a head's request in flight, and how many checks are waiting for it."""
+class _Look(Generic[T]):
+    """A look at a head in flight, and how many checks are waiting for it."""
 
-    task: asyncio.Future[tuple[float, bool]]
+    task: asyncio.Future[T]
     waiters: int = 0
+
+
+class _SharedLooks(Generic[T]):
+    """One look in flight per head, shared by the checks of it; one waiter's cancel leaves the
+    look to the others, the last one's cancels it."""
+
+    def __init__(self) -> None:
+        # By revision too: a look sent before a head's new revision existed must not start
+        # that revision's age.
+        self._looks: dict[HeadKey, _Look[T]] = {}
+
+    async def take(self, head: HeadKey, look: Callable[[], Awaitable[T]]) -> T:
+        """The look in flight at ``head``, or a new one (``look()``): its answer or error."""
+        shared = self._looks.get(head)
+        if shared is None or shared.task.done():  # an ended look's answer is not taken again
+            shared = self._looks[head] = _Look(asyncio.ensure_future(look()))
+            shared.task.add_done_callback(lambda task: self._forget(head, task))
+        shared.waiters += 1
+        try:
+            return await asyncio.shield(shared.task)
+        finally:
+            shared.waiters -= 1
+            if shared.waiters == 0:
+                # Forgotten before it is cancelled: the cancel takes effect at the look's next
+                # step, and a check coming before that must start a look of its own, not wait
+                # for this one (its shield would raise the cancel in a task nobody cancelled).
+                self._forget(head, shared.task)
+                shared.task.cancel()  # no-op once it has ended
+
+    def _forget(self, head: HeadKey, task: asyncio.Future[T]) -> None:
+        shared = self._looks.get(head)
+        if shared is not None and shared.task is task:
+            del self._looks[head]
 
 
 class QueueOrphans:
@@ -69,9 +110,9 @@ class QueueOrphans:
         self.orphan_seconds = orphan_seconds  # settings.queue_orphan_seconds
         # Each lock's head as last looked at (by lock key).
         self._heads: dict[str, _Head] = {}
-        # The look in flight for each head's request, shared by its checks. By revision too: a
-        # look sent before a head's new revision existed must not start that revision's age.
-        self._looks: dict[tuple[str, int], _Look] = {}
+        # The looks in flight for each head's request and for its status, shared by its checks.
+        self._request_looks: _SharedLooks[tuple[float, bool]] = _SharedLooks()
+        self._status_looks: _SharedLooks[bool] = _SharedLooks()
         # Ages found missing before this (the monotonic clock) count again from the next look.
         self._restarted_at = -float("inf")
 
@@ -103,7 +144,9 @@ class QueueOrphans:
             head = self._heads[lock_key] = _Head(job_id, revision)
         if head.stored:
             return False
-        sent_at, stored = await self._shared_look((job_id, revision))
+        sent_at, stored = await self._request_looks.take(
+            (job_id, revision), lambda: self._look(job_id)
+        )
         if stored:
             head.stored = True
             return False
@@ -113,28 +156,17 @@ class QueueOrphans:
             head.missing_since = sent_at
         return sent_at - head.missing_since >= self.orphan_seconds
 
-    async def _shared_look(self, head: tuple[str, int]) -> tuple[float, bool]:
-        """The look in flight for the request of ``head`` (its job id and revision), or a new
-        one: when it was sent, and whether the request is stored. One waiter's cancel leaves the
-        look to the others; the last one's cancels it."""
-        look = self._looks.get(head)
-        if look is None or look.task.done():  # an ended look's answer is not taken again
-            job_id, _ = head
-            look = self._looks[head] = _Look(asyncio.ensure_future(self._look(job_id)))
-            look.task.add_done_callback(lambda task: self._forget_look(head, task))
-        look.waiters += 1
-        try:
-            return await asyncio.shield(look.task)
-        finally:
-            look.waiters -= 1
-            if look.waiters == 0:
-                # Forgotten before it is cancelled: the cancel takes effect at the look's next
-                # step, and a check coming before that must start a look of its own, not wait
-                # for this one (its shield would raise the cancel in a task nobody cancelled).
-                self._forget_look(head, look.task)
-                look.task.cancel()  # no-op once it has ended
+    async def has_started(self, job_id: str, revision: int) -> bool:
+        """Has the head (``job_id`` at ``revision``) started or ended? It should then have left
+        its queue. One status read in flight per head, shared by its checks."""
+        return await self._status_looks.take((job_id, revision), lambda: self._status_look(job_id))
+
+    async def _status_look(self, job_id: str) -> bool:
+        status = await self.journal.last_status(job_id)
+        return status is not None and status.status != JobStatus.PENDING
 
     async def _look(self, job_id: str) -> tuple[float, bool]:
+        """When the look was sent, and whether the head's request is stored."""
         sent_at = time.monotonic()
         try:
             stored = await self.journal.last_event(job_id, "requested") is not None
@@ -143,11 +175,6 @@ class QueueOrphans:
                 self.restart()
             raise
         return sent_at, stored
-
-    def _forget_look(self, head: tuple[str, int], task: asyncio.Future[tuple[float, bool]]) -> None:
-        look = self._looks.get(head)
-        if look is not None and look.task is task:
-            del self._looks[head]
 
     def _missing_for(self, lock_key: str) -> float:
         since = self._heads[lock_key].missing_since

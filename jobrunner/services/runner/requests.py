@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jobrunner.common import retry
+from jobrunner.common import retry, stopping
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
 from jobrunner.common.subscription import FETCH_MOST, fetch_some, waiting_after
@@ -85,15 +85,9 @@ class RequestLoop:
         published until stored: with NATS away the wait had no end, and `jobrunner up` killed
         the runner. One left here ends with the process: its tool with it (the guardian), its
         job RUNNER_LOST once its lease runs out, as after a crash."""
-        if not self._tasks:
-            return
-        _, left = await asyncio.wait(self._tasks, timeout=within)
-        if left:
-            log.error(
-                "jobs did not end on the runner's stop: left to end with it",
-                jobs=len(left),
-                waited=round(within, 3),
-            )
+        await stopping.wait_within(
+            self._tasks, within, "jobs did not end on the runner's stop: left to end with it"
+        )
 
     async def subscribe_cancels(self, nc: NATS) -> Any:
         return await nc.subscribe(self.journal.names.kind_subjects("cancel"), cb=self._on_cancel)
@@ -208,7 +202,7 @@ class RequestLoop:
                 job_id,
                 JobStatus.FAILED,
                 error=ErrorInfo(
-                    code="UNKNOWN_JOB_TYPE",
+                    code=ErrorCode.UNKNOWN_JOB_TYPE,
                     message=f"This runner has no job type {request.job_type!r}; "
                     "check job_types_file.",
                 ),

@@ -224,19 +224,19 @@ class Runner:
             # The stop's deadline starts here (run_runner's closes keep their part of it).
             users = self.users_deadline()
             await self.requests.end_jobs(users.left())
-            await cancel_sub.unsubscribe()
-            await seal_sub.unsubscribe()
+            await eventstore.unsubscribe_within(
+                [cancel_sub, seal_sub],
+                users.left(eventstore.UNSUBSCRIBE_STOP_SECONDS),
+                "the runner's cancel and seal subscriptions",
+            )
             sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
-            within = users.left(WATCHER_STOP_SECONDS)
-            _, left = await asyncio.wait(background, timeout=within)
-            if left:
-                log.error(
-                    "lock watcher or sweeper did not end on its stop: left running",
-                    loops=sorted(task.get_name() for task in left),
-                    waited=round(within, 3),
-                )
+            await stopping.wait_within(
+                background,
+                users.left(WATCHER_STOP_SECONDS),
+                "lock watcher or sweeper did not end on its stop: left running",
+            )
             await asyncio.to_thread(self.ledger.close)
 
 

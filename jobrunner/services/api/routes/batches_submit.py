@@ -16,9 +16,9 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from jobrunner.common import batchids
 from jobrunner.common.settings import Settings
-from jobrunner.services.api import schemas
+from jobrunner.services.api import jsonbody, schemas
 from jobrunner.services.api.batchpublish import BatchEvents, publish_batch
-from jobrunner.services.api.batchrequest import decode_body, plan_batch
+from jobrunner.services.api.batchrequest import plan_batch
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT
 from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.errors import ApiError
@@ -49,7 +49,7 @@ async def submit_batch(request: Request[Any, Any, Any]) -> schemas.BatchCreated:
             "split the jobs into several batches.",
             limit=limit,
         ) from None
-    plan = plan_batch(decode_body(body), ctx.job_types, ctx.settings.batch_max_jobs)
+    plan = plan_batch(jsonbody.decode_any(body), ctx.job_types, ctx.settings.batch_max_jobs)
     principal = principal_of(request)
     key = request.headers.get(HEADER)
     try:

@@ -18,7 +18,7 @@ from jobrunner.common.lastevent import last_readable
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
-from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api import jsonbody, readmodels, schemas
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
@@ -56,18 +56,9 @@ log = structlog.get_logger()
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
-    try:
-        return msgspec.json.decode(body, type=schemas.CreateJob)
-    except msgspec.ValidationError as exc:
-        raise ApiError(
-            422, "INVALID_REQUEST", f"The request body is not a job request: {exc}."
-        ) from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "MALFORMED_JSON", "The request body is not valid JSON.") from None
-    except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
-        raise ApiError(
-            400, "MALFORMED_JSON", "The request body is JSON nested too deeply to read."
-        ) from None
+    return jsonbody.decode(
+        body, schemas.CreateJob, "INVALID_REQUEST", "The request body is not a job request"
+    )
 
 
 class JobController(Controller):

@@ -1,0 +1,135 @@
+"""The runner's stop unsubscribes its cancel and seal subscriptions within
+``UNSUBSCRIBE_STOP_SECONDS``, even when nats-py cannot take the UNSUB (NATS frozen while much
+was being sent: see tests/tools/clogged_nats.py). Its stop waited for the thaw."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+from structlog.testing import capture_logs
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner.service import Runner
+from tests.freeze import freeze
+from tests.tools.clogged_nats import (
+    BOUND,
+    STOP_ENDS_WITHIN,
+    STOP_GIVEN_UP_AFTER,
+    STOP_SECONDS,
+    THAWED_EITHER_SIDE_OF_THE_BOUND,
+    clogged,
+)
+
+NOT_UNSUBSCRIBED = (
+    "the runner's cancel and seal subscriptions not unsubscribed: the close ends them"
+)
+
+
+class RunningRunner:
+    """A runner running on ``nc`` until ``stop`` is set; what it logged so far in ``logs``."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        stop: asyncio.Event,
+        task: asyncio.Task[None],
+        logs: list[dict[str, Any]],
+    ) -> None:
+        self.nc = nc
+        self.stop = stop
+        self.task = task
+        self.logs = logs
+
+
+@contextlib.asynccontextmanager
+async def _runner(settings: Settings) -> AsyncIterator[RunningRunner]:
+    """A runner that has started, its log captured; stopped (or cancelled) and its
+    connection closed after."""
+    nc = await eventstore.connect(settings, "runner")
+    stop = asyncio.Event()
+    try:
+        with capture_logs() as logs:
+            running = asyncio.create_task(Runner(settings, nc).run(stop))
+            runner = RunningRunner(nc, stop, running, logs)
+            try:
+                async with asyncio.timeout(60):
+                    while not any(e["event"] == "runner started" for e in logs):
+                        assert not runner.task.done()
+                        await asyncio.sleep(0.05)
+                yield runner
+            finally:
+                stop.set()
+                if not runner.task.done():
+                    runner.task.cancel()
+                    await asyncio.wait({runner.task}, timeout=30)
+    finally:
+        await eventstore.close(nc)
+
+
+@THAWED_EITHER_SIDE_OF_THE_BOUND
+async def test_the_runners_stop_unsubscribes_within_the_bound(
+    settings: Settings,
+    own_nats: EmbeddedNats,
+    monkeypatch: pytest.MonkeyPatch,
+    frozen_for: float,
+    unsubscribed: bool,
+) -> None:
+    """NATS thawed 1 s into the stop: unsubscribed, nothing said. Thawed 5 s into it, past the
+    3 s bound: left to the close, said in the log; the stop used to wait for the thaw."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    monkeypatch.setattr(eventstore, "UNSUBSCRIBE_STOP_SECONDS", BOUND)
+    private = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    async with _runner(private) as runner:
+        frozen = False
+        thaw: asyncio.TimerHandle | None = None
+        try:
+            freeze(pid)
+            frozen = True
+            await clogged(runner.nc)
+            thaw = asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+            runner.stop.set()
+            await asyncio.wait_for(asyncio.shield(runner.task), 60)
+        finally:
+            if thaw is not None:
+                thaw.cancel()
+            if frozen:
+                os.kill(pid, signal.SIGCONT)
+        said = [e for e in runner.logs if e["event"] == NOT_UNSUBSCRIBED]
+        assert len(said) == (0 if unsubscribed else 1), said
+
+
+async def test_the_runners_stop_ends_by_its_deadline_with_nats_frozen_throughout(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS frozen, its connection clogged, and not thawed until the stop is over: the
+    runner's run ends within its stop's deadline, not at the thaw."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    private = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
+    async with _runner(private) as runner:
+        frozen = False
+        try:
+            freeze(pid)
+            frozen = True
+            await clogged(runner.nc)
+            runner.stop.set()
+            began = time.monotonic()
+            await asyncio.wait_for(asyncio.shield(runner.task), STOP_GIVEN_UP_AFTER)
+            took = time.monotonic() - began
+            print(f"stop took {took:.2f} s")
+            assert took < STOP_ENDS_WITHIN
+        finally:
+            if frozen:
+                os.kill(pid, signal.SIGCONT)

@@ -1,0 +1,45 @@
+"""A NATS connection clogged while its server is frozen: nats-py's flusher stuck on a full
+socket and its flush queue full (1,024 flushes asked), so that every call asking for one more
+flush (an unsubscribe does) waits until NATS answers again. The unsubscribe-at-stop tests'
+fault, and the bounds they hold the stops to."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client as NATS
+
+# UNSUBSCRIBE_STOP_SECONDS in the thaw tests: room on a loaded machine either side of the thaw.
+BOUND = 3.0
+# The thaw tests' cases: NATS thawed 1 s into the stop (all unsubscribed) and 5 s into it (past
+# the bound: the unsubscribes left to the close, and said).
+THAWED_EITHER_SIDE_OF_THE_BOUND = pytest.mark.parametrize(
+    ("frozen_for", "unsubscribed"),
+    [(BOUND - 2, True), (BOUND + 2, False)],
+    ids=["thawed-within-the-bound", "thawed-past-the-bound"],
+)
+# NATS frozen through the whole stop: the stop must end by its own deadline (stop_seconds, 8 s
+# here), long before the thaw. Outer bounds with room for a loaded machine.
+STOP_SECONDS = 8.0
+STOP_ENDS_WITHIN = 20.0
+STOP_GIVEN_UP_AFTER = 25.0
+# Publishes in flight when NATS froze: past the socket's buffers, and more than nats-py's flush
+# queue holds (1,024), so that the queue is full.
+PUBLISHES = 4000
+PAYLOAD = b"x" * 8000
+
+
+async def clogged(nc: NATS) -> None:
+    """Requests publishing on ``nc`` while NATS is frozen, then cancelled (as uvicorn's stop
+    cancels open requests): their flushes are left in nats-py's queue, which stays full."""
+    publishing = [
+        asyncio.ensure_future(nc.publish("clog.requests", PAYLOAD)) for _ in range(PUBLISHES)
+    ]
+    async with asyncio.timeout(30):
+        while not nc._flush_queue.full():  # type: ignore[union-attr]  # noqa: ASYNC110 - nats-py's state
+            await asyncio.sleep(0.05)
+    for task in publishing:
+        task.cancel()
+    await asyncio.wait(publishing)
+    assert nc._flush_queue.full()  # type: ignore[union-attr]

@@ -1,0 +1,100 @@
+"""Reading a JSON request body (services/api/jsonbody.py): not JSON is 400 MALFORMED_JSON on every
+route, JSON of the wrong shape the route's own 422."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobrunner.services.api import jsonbody
+from jobrunner.services.api.errors import ApiError
+
+
+class Shape(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    count: int = 0
+
+
+def answer(body: bytes) -> tuple[int, str] | Shape:
+    try:
+        return jsonbody.decode(body, Shape, "INVALID_SHAPE", "The body is not a shape")
+    except ApiError as exc:
+        return exc.status, exc.code
+
+
+def _refused(text: str) -> float:
+    raise ValueError(text)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    return number if math.isfinite(number) else _refused(text)
+
+
+def is_json(body: bytes) -> bool:
+    """Python's json module's judgement of UTF-8 JSON, without what it accepts beyond the
+    standard (NaN, Infinity) and what no float holds (1e999), which msgspec refuses; and a lone
+    surrogate escape, which no string holds either."""
+    try:
+        # Decoded first: given bytes, json guesses UTF-16 or -32 from NULs (b"\x000" is "0").
+        value = json.loads(body.decode(), parse_constant=_refused, parse_float=_finite)
+        json.dumps(value, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def test_a_body_cut_after_an_unknown_field_is_malformed_not_the_wrong_shape() -> None:
+    """msgspec reports the unknown field before the missing end; the answer is still that the
+    body is not JSON (it was the route's 422)."""
+    assert answer(b'{"surprise": 1') == (400, "MALFORMED_JSON")
+    assert answer(b'{"surprise": 1}') == (422, "INVALID_SHAPE")
+
+
+def test_json_nested_too_deeply_is_malformed() -> None:
+    """Nesting past msgspec's depth is a 400, not a RecursionError (a 500)."""
+    assert answer(b"[" * 100_000) == (400, "MALFORMED_JSON")
+    assert answer(b'{"count": 1e999}') == (400, "MALFORMED_JSON")  # a number no float holds
+    assert answer(b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}") == (
+        400,
+        "MALFORMED_JSON",
+    )
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.one_of(
+        st.binary(max_size=64),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.sampled_from(["name", "count", "x"]), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ).map(lambda value: json.dumps(value).encode()),
+    ).flatmap(lambda body: st.integers(0, len(body)).map(lambda cut: body[:cut] or body))
+)
+def test_every_body_is_a_shape_a_malformed_json_or_the_wrong_shape(body: bytes) -> None:
+    """Any bytes: decoded, or 400 MALFORMED_JSON exactly when they are not JSON (Python's json
+    module says), else the route's 422."""
+    got = answer(body)
+    if isinstance(got, Shape):
+        assert is_json(body)
+    elif not is_json(body):
+        assert got == (400, "MALFORMED_JSON"), body
+    else:
+        assert got == (422, "INVALID_SHAPE"), body
+
+
+@pytest.mark.parametrize("body", [b"", b" ", b"{", b"\xff\xfe", b"nul"])
+def test_decode_any_refuses_what_is_not_json(body: bytes) -> None:
+    """The untyped read (a batch's body) answers MALFORMED_JSON too."""
+    with pytest.raises(ApiError) as exc:
+        jsonbody.decode_any(body)
+    assert (exc.value.status, exc.value.code) == (400, "MALFORMED_JSON")
