@@ -60,6 +60,20 @@ def test_body_that_is_not_json_is_400() -> None:
     assert refused(b"{reason").code == "MALFORMED_JSON"
 
 
+@pytest.mark.parametrize("body", [b'{"force": 1', b'{"reason": "x"'])
+def test_body_cut_off_after_an_option_is_400(body: bytes) -> None:
+    """A body that breaks off after an option (known or not) is not JSON: 400 MALFORMED_JSON,
+    not a 422 about the option msgspec saw first."""
+    error = refused(body)
+    assert (error.status, error.code) == (400, "MALFORMED_JSON")
+
+
+def test_unknown_option_in_whole_json_is_422_naming_it() -> None:
+    """The same option in a whole JSON body answers 422 INVALID_OPTIONS with its field."""
+    error = refused(b'{"force": 1}')
+    assert (error.status, error.code, error.extra["field"]) == (422, "INVALID_OPTIONS", "force")
+
+
 def test_job_ids_on_fail_are_refused() -> None:
     """Fail acts on the whole batch: job_ids answer 422 naming the option."""
     with pytest.raises(ApiError) as exc:
