@@ -156,9 +156,15 @@ async def test_example_consumer_stops_on_sigterm_while_no_server_answers() -> No
     assert proc.stderr is not None
     try:
         # Its first refused connect is reported on stderr: it is trying by then.
+        written = b""
         async with asyncio.timeout(60):
-            while b"Connect call failed" not in await proc.stderr.readline():
-                pass
+            while b"Connect call failed" not in written:
+                line = await proc.stderr.readline()
+                # b"": it ended (or closed stderr) before trying; its words say why.
+                assert line, (
+                    f"it ended before trying to connect: {written.decode(errors='replace')}"
+                )
+                written += line
         proc.terminate()
         async with asyncio.timeout(60):  # a bound for a loaded machine, far below "for ever"
             code = await proc.wait()
