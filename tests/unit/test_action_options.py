@@ -133,3 +133,23 @@ def test_job_id_with_nul_is_refused() -> None:
     """A job id holding NUL (which no stored id holds) answers 422, never reaches Postgres."""
     error = refused(b'{"job_ids": ["a\\u0000b"]}')
     assert (error.status, error.code) == (422, "INVALID_OPTIONS")
+
+
+def test_bad_job_id_is_named_by_its_index() -> None:
+    """An empty fourth job id answers 422 naming job_ids[3], so the client knows which one."""
+    error = refused(b'{"job_ids": ["a", "b", "c", ""]}')
+    assert (error.status, error.code, error.extra["field"]) == (
+        422,
+        "INVALID_OPTIONS",
+        "job_ids[3]",
+    )
+    assert "job_ids[3]" in error.message
+
+
+def test_long_unknown_option_is_echoed_cut_short() -> None:
+    """An unknown option named with 5000 characters is echoed by its first 100 only."""
+    error = refused(b'{"%b": 1}' % (b"x" * 5000))
+    assert error.code == "INVALID_OPTIONS"
+    assert error.extra["field"] == "x" * 100 + "\u2026"
+    assert "x" * 100 + "\u2026" in error.message
+    assert "x" * 101 not in error.message

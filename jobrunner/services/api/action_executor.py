@@ -101,15 +101,24 @@ _OPTION_RULES = {
         "characters without control characters"
     ),
 }
-_AT_OPTION = re.compile(r"at `\$\.(\w+)")
+# The option, and which of its items when msgspec names one (`$.job_ids[3]`).
+_AT_OPTION = re.compile(r"at `\$\.(\w+)((?:\[\d+\])?)")
 _UNKNOWN_OPTION = re.compile(r"unknown field `(.*)`")
+# An unknown option's name is the client's text, of any length: echo its start only.
+MAX_ECHOED_NAME_CHARS = 100
+
+
+def _echoed(name: str) -> str:
+    if len(name) <= MAX_ECHOED_NAME_CHARS:
+        return name
+    return name[:MAX_ECHOED_NAME_CHARS] + "\u2026"
 
 
 def options_refused(detail: str) -> ApiError:
     """422 INVALID_OPTIONS for a body msgspec refused (``detail``), naming the option in
     ``field`` with a sentence; a body that is no object keeps msgspec's words."""
     if unknown := _UNKNOWN_OPTION.search(detail):
-        name = unknown.group(1)
+        name = _echoed(unknown.group(1))
         return ApiError(
             422,
             "INVALID_OPTIONS",
@@ -118,12 +127,12 @@ def options_refused(detail: str) -> ApiError:
         )
     at = _AT_OPTION.search(detail)
     if at is not None and at.group(1) in _OPTION_RULES:
-        name = at.group(1)
+        name, item = at.groups()
         return ApiError(
             422,
             "INVALID_OPTIONS",
-            f"The action's {name} is not valid: {_OPTION_RULES[name]}.",
-            field=name,
+            f"The action's {name}{item} is not valid: {_OPTION_RULES[name]}.",
+            field=name + item,
         )
     return ApiError(
         422, "INVALID_OPTIONS", f"The request body is not valid action options: {detail}."
