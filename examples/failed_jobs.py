@@ -6,6 +6,9 @@ again without missing a failure, and it depends on nothing of jobrunner but the 
 
     python examples/failed_jobs.py --nats-url nats://127.0.0.1:4222 --prefix jobrunner
 
+Beside ``jobrunner up`` the URL (its own port, with a password) is only in
+``<state_dir>/runtime.json``: see the README's "Event contracts" for the command that reads it.
+
 The first start reads the whole history (every failure ever); later starts continue where the
 consumer stopped. Event types and fields newer than this code are skipped without complaint.
 """
@@ -52,7 +55,16 @@ class FailedJobs:
 
 async def follow(nats_url: str, prefix: str, durable: str, stop: asyncio.Event) -> None:
     names = Names(prefix)
-    nc = await nats.connect(nats_url, max_reconnect_attempts=-1)
+    # nats-py tries a first connect for ever too (max_reconnect_attempts=-1): a server not up
+    # yet is waited for, and a stop meanwhile (Ctrl-C, SIGTERM) ends the wait.
+    connecting = asyncio.ensure_future(nats.connect(nats_url, max_reconnect_attempts=-1))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        return
+    nc = connecting.result()
     js = nc.jetstream()
     sub = await js.pull_subscribe(
         "",

@@ -95,6 +95,8 @@ def cmd_api(args: argparse.Namespace) -> int:
             port=settings.port,
             log_level="warning",
             access_log=False,
+            # uvicorn's records go to the root logger, written as every other line (JSON).
+            log_config=None,
             # Part of the API's whole stop (stop_seconds); the lifespan's end has the rest.
             timeout_graceful_shutdown=requests_stop_seconds(settings),  # type: ignore[arg-type]
         )

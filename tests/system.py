@@ -176,7 +176,9 @@ class System:
         await self.wait_healthy()
 
     async def wait_healthy(self) -> None:
-        """Until /health says ok (the projector has created the read models)."""
+        """Until /health answers 200: the API serves. Not necessarily ok: before the projector
+        has made the read models it is degraded (READ_MODELS_REBUILDING), and requests that
+        read them answer 503 until it has."""
         async with self.client(token=None) as client, asyncio.timeout(30):
             while True:
                 if (await client.get("/health")).status_code == 200:

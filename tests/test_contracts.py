@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -135,6 +136,43 @@ async def test_example_consumer_prints_failed_jobs_with_their_last_lines(
     assert "EXIT_NONZERO" in header
     assert [int(seq) for seq, _, _ in tail] == list(range(6, 16))
     assert tail[-1][2].strip() == "INFO line 15 [15/15]"
+
+
+async def test_example_consumer_stops_on_sigterm_while_no_server_answers() -> None:
+    """examples/failed_jobs.py pointed at an address where no NATS runs (a typo, the server not
+    up yet) keeps trying, and a SIGTERM still ends it (it used to be left only to SIGKILL)."""
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "examples" / "failed_jobs.py"),
+        "--nats-url",
+        f"nats://127.0.0.1:{port}",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        # Its first refused connect is reported on stderr: it is trying by then.
+        written = b""
+        async with asyncio.timeout(60):
+            while b"Connect call failed" not in written:
+                line = await proc.stderr.readline()
+                # b"": it ended (or closed stderr) before trying; its words say why.
+                assert line, (
+                    f"it ended before trying to connect: {written.decode(errors='replace')}"
+                )
+                written += line
+        proc.terminate()
+        async with asyncio.timeout(60):  # a bound for a loaded machine, far below "for ever"
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
 
 
 def test_schema_states_the_bounds_of_progress_and_results() -> None:

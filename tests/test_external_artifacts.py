@@ -4,6 +4,7 @@ token, then listed and served like a tool's artifacts."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import os
 import sys
@@ -82,6 +83,34 @@ async def test_upload_over_the_file_limit_is_refused(system: System) -> None:
         listed = (await client.get(f"/api/jobs/{job.id}/artifacts")).json()
     assert (refused.status_code, refused.json()["error"]["code"]) == (413, "ARTIFACT_TOO_LARGE")
     assert listed["items"] == []
+
+
+async def test_a_gz_file_is_stored_as_sent_and_a_content_encoding_is_refused(
+    system: System,
+) -> None:
+    """A .gz file sent as application/gzip is stored byte for byte; the same bytes under
+    `Content-Encoding: gzip` answer 415 UNSUPPORTED_CONTENT_ENCODING and store nothing."""
+    packed = gzip.compress(DATA)
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=10)
+        url, headers = _put(job, "encoded.bin")
+        encoded = await worker.put(
+            url, content=packed, headers={**headers, "Content-Encoding": "gzip"}
+        )
+        url, headers = _put(job, "pages.gz")
+        as_file = await worker.put(
+            url, content=packed, headers={**headers, "Content-Type": "application/gzip"}
+        )
+        listed = (await client.get(f"/api/jobs/{job.id}/artifacts")).json()
+        body = (await client.get(listed["items"][0]["url"])).content
+    assert (encoded.status_code, encoded.json()["error"]["code"]) == (
+        415,
+        "UNSUPPORTED_CONTENT_ENCODING",
+    )
+    assert as_file.status_code == 201, as_file.text
+    assert [a["name"] for a in listed["items"]] == ["pages.gz"]
+    assert body == packed
 
 
 async def test_unsafe_name_and_ended_job_are_refused(system: System) -> None:

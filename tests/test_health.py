@@ -109,3 +109,21 @@ async def test_health_says_projector_stuck_when_events_wait_past_the_limit(
     await wait_projected(system.settings, last)
     body = await health_until(system, lambda b: "PROJECTOR_STUCK" not in codes(b))
     assert body["projector"]["state"] == "caught_up"
+
+
+async def test_health_before_the_first_read_models_says_so_not_postgres_away(
+    settings: Settings,
+) -> None:
+    """On a first start, before the projector made its tables, /health says the read models are
+    being created (READ_MODELS_REBUILDING), with Postgres reachable; it used to report
+    POSTGRES_UNREACHABLE, "cannot reach Postgres", at every first start."""
+    api_only = System(msgspec.structs.replace(settings, auth=False))
+    await api_only.start_api()
+    try:
+        body = await health(api_only)
+    finally:
+        await api_only.stop()
+    assert "POSTGRES_UNREACHABLE" not in codes(body), body
+    assert "READ_MODELS_REBUILDING" in codes(body)
+    assert body["postgres"] is True
+    assert body["read_models"]["state"] == "rebuilding"

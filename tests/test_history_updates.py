@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from jobrunner.common.settings import Settings
@@ -150,6 +151,36 @@ async def test_a_job_not_projected_yet_is_never_shown_running(settings: Settings
     assert [(u["jobId"], u["status"]) for u in updates] == [("q", "pending"), ("s", "pending")]
     assert updates[0]["cancelRequested"] is True
     assert updates[1]["progress"] == 30.0
+
+
+async def opening(
+    client: httpx.AsyncClient, headers: dict[str, str], params: dict[str, int]
+) -> httpx.Response:
+    """The update stream's answer as it opens: its status and, for a refusal, its body."""
+    async with client.stream("GET", "/api/jobs/stream", headers=headers, params=params) as response:
+        if response.status_code != 200:
+            await response.aread()
+        return response
+
+
+async def test_a_resume_point_ahead_of_the_stream_is_refused(watched: System) -> None:
+    """A Last-Event-ID or ?after= no stream handed out (another installation's) is a 400, not a
+    stream that stays silent until the event stream reaches it (the per-job stream's answer)."""
+    async with watched.client() as client:
+        info = (await client.get("/api/jobs")).json()
+        last = info["projected_seq"]
+        # Read as streams: before the fix the refused ones opened and never ended.
+        by_id = await opening(client, {"Last-Event-ID": str(last + 1000)}, {})
+        by_after = await opening(client, {}, {"after": last + 1000})
+        # The last stored event itself is a fine place to resume: the stream opens.
+        at_the_end = await opening(client, {"Last-Event-ID": str(last)}, {})
+    assert at_the_end.status_code == 200
+    assert by_id.status_code == 400
+    assert by_id.json()["error"]["code"] == "LAST_EVENT_ID_AHEAD", by_id.text
+    assert by_id.json()["error"]["stream_last_seq"] == last
+    assert by_after.status_code == 400
+    assert by_after.json()["error"]["code"] == "INVALID_QUERY"
+    assert by_after.json()["error"]["field"] == "after"
 
 
 async def test_stream_path_is_not_taken_for_a_job_id(watched: System) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -142,6 +144,40 @@ def test_every_event_and_field_is_in_the_contracts_section(
     fields = [f for f in event.__struct_fields__ if f not in common]
     missing = [f for f in fields if not re.search(rf"\b{f}\b", row)]
     assert not missing, f"{event.__name__} fields the README does not give: {missing}"
+
+
+def test_the_example_consumer_beside_up_reads_its_nats_url_from_runtime_json(
+    tmp_path: Path,
+) -> None:
+    """The consumer example's command works beside `jobrunner up`: it takes the URL (own port,
+    password) from the runtime.json `jobrunner up` writes, where `jobrunner events` finds it,
+    and hands it over in the environment, not on the command line (`ps` shows that)."""
+    from jobrunner.common.runtime import with_runtime
+    from jobrunner.supervisor import write_runtime
+
+    text = section("Event contracts")
+    command = re.search(
+        r"```bash\nJOBRUNNER_NATS_URL=\"\$\(python -c '([^']*)'\)\" \\\n"
+        r"  python examples/failed_jobs\.py [^`]*```",
+        text,
+    )
+    assert command, "the section shows no JOBRUNNER_NATS_URL=... examples/failed_jobs.py command"
+    assert "--nats-url" not in command.group(0)
+    url = "nats://jobrunner:secret@127.0.0.1:40123"
+    state_dir = tmp_path / Settings().state_dir
+    state_dir.mkdir()
+    write_runtime(state_dir, {"nats_url": url, "prefix": "jobrunner"})
+    printed = subprocess.run(
+        [sys.executable, "-c", command.group(1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert printed.strip() == url
+    # The key the command reads is the one the product's own tools read.
+    settings = msgspec.structs.replace(Settings(), state_dir=str(state_dir))
+    assert with_runtime(settings, {}).nats_url == url
 
 
 def _job_error_table() -> set[str]:

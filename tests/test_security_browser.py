@@ -81,6 +81,51 @@ async def test_wrong_token_keeps_the_login_page(context: BrowserContext, system:
 
 
 @pytest.mark.browser
+async def test_the_login_page_follows_a_german_browser(
+    browser: Browser,  # noqa: F811
+    system: System,
+) -> None:
+    """With Accept-Language de-DE the sign-in page, and its error, are German (lang="de")."""
+    context = await browser.new_context(base_url=system.base_url, locale="de-DE")
+    try:
+        page = await context.new_page()
+        await page.goto("/jobs")
+        assert "/login?next=%2Fjobs" in page.url
+        assert await page.locator("html").get_attribute("lang") == "de"
+        await page.get_by_label("Token").fill("jrt_0000000000000000_" + "x" * 43)
+        await page.get_by_role("button", name="Anmelden").click()
+        alert = page.get_by_role("alert")
+        await alert.wait_for()
+        assert await alert.text_content() == (
+            "Diesen Token gibt es nicht, oder er ist widerrufen oder abgelaufen."
+        )
+        assert await page.locator("html").get_attribute("lang") == "de"
+    finally:
+        await context.close()
+
+
+@pytest.mark.browser
+async def test_the_login_language_chosen_with_lang_stays_after_a_wrong_token(
+    browser: Browser,  # noqa: F811
+    system: System,
+) -> None:
+    """A German browser opening /login?lang=en gets the wrong-token error in English too."""
+    context = await browser.new_context(base_url=system.base_url, locale="de-DE")
+    try:
+        page = await context.new_page()
+        await page.goto("/login?lang=en")
+        assert await page.locator("html").get_attribute("lang") == "en"
+        await page.get_by_label("Token").fill("jrt_0000000000000000_" + "x" * 43)
+        await page.get_by_role("button", name="Sign in").click()
+        alert = page.get_by_role("alert")
+        await alert.wait_for()
+        assert await alert.text_content() == ("That token is unknown, revoked or expired.")
+        assert await page.locator("html").get_attribute("lang") == "en"
+    finally:
+        await context.close()
+
+
+@pytest.mark.browser
 async def test_cookie_requests_that_change_state_need_the_csrf_token(
     context: BrowserContext, system: System
 ) -> None:

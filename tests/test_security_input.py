@@ -181,14 +181,18 @@ async def test_download_file_name_is_safe(system: System, tmp_path: Path) -> Non
 
 
 async def test_oversized_body_gets_413_with_a_json_error(system: System) -> None:
-    """A body over 1 MiB is refused with BODY_TOO_LARGE in the usual error shape."""
+    """A body over 1 MiB is refused with BODY_TOO_LARGE in the usual error shape: a sentence
+    naming the limit, and the limit in bytes (not the framework's "Request Entity Too Large")."""
     body = json.dumps({"job_type": "record", "parameters": {"text": "x" * 2_000_000}})
     async with system.client() as client:
         response = await client.post(
             "/api/jobs", content=body, headers={"Content-Type": "application/json"}
         )
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "BODY_TOO_LARGE"
+    error = response.json()["error"]
+    assert error["code"] == "BODY_TOO_LARGE"
+    assert error["limit"] == 1024 * 1024
+    assert "at most 1048576 bytes" in error["message"]
 
 
 @pytest.mark.parametrize(

@@ -100,10 +100,13 @@ async def test_an_unknown_parameter_is_one_sentence_naming_the_known_ones(system
 
 
 async def test_a_value_the_server_refuses_is_its_sentence_and_code(system: System) -> None:
-    """A number out of the type's range is refused by the server; the client says why."""
+    """A number out of the type's range is refused by the server; the client says why, naming
+    the parameter and its problem (not only "Some parameters are not valid")."""
     run = await jobrunner(system, "submit", "emit", "-p", "exit_code=999")
     assert run.code == 2
     assert "INVALID_PARAMETERS" in run.err
+    assert "parameters.exit_code: " in run.err
+    assert "(OUT_OF_RANGE)" in run.err
 
 
 async def test_without_a_token_the_client_says_how_to_get_one(system: System) -> None:

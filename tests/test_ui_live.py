@@ -88,3 +88,30 @@ async def test_reconnect_after_restart_loses_and_repeats_no_line(
     await page.wait_for_function(f"window.seenSeqs.includes({total})")
     seen = await page.evaluate("window.seenSeqs")
     assert seen == list(range(1, total + 1))
+
+
+# An EventStream on the jobs-list updates, resuming from an id no stream handed out; it records
+# its reconnects (the page's re-read of the list) and the events it reads.
+RESUME_FROM_AN_ID_AHEAD = """async () => {
+  const { EventStream } = await import("/static/js/sse.js");
+  window.resyncs = 0;
+  window.streamEvents = 0;
+  window.aheadStream = new EventStream("/api/jobs/stream", {
+    lastEventId: "1000000000",
+    onEvent: () => { window.streamEvents += 1; },
+    onReconnect: () => { window.resyncs += 1; },
+  }).start();
+}"""
+
+
+async def test_update_stream_made_anew_is_read_from_the_start(page: Page, system: System) -> None:
+    """A tab holding an id from before the installation was made anew (400 LAST_EVENT_ID_AHEAD)
+    re-reads the list and follows the new stream, not "connection lost" for ever."""
+    await page.goto("/jobs")
+    await page.evaluate(RESUME_FROM_AN_ID_AHEAD)
+    await page.wait_for_function("() => window.resyncs === 1", timeout=30_000)
+    # Connected without the id: a job started now reaches it.
+    await start_job(system, "emit", lines=0)
+    await page.wait_for_function("() => window.streamEvents > 0", timeout=30_000)
+    assert await page.evaluate("() => window.aheadStream.lastEventId") != "1000000000"
+    await expect(page.locator("#conn-banner")).to_be_hidden()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+from html import unescape
 
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.events import JobStatus
+from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 
 
@@ -65,3 +70,19 @@ async def test_assets_are_served_from_the_package(system: System) -> None:
             response = await client.get(path)
             assert response.status_code == 200, path
             assert len(response.content) > 1000 or path.endswith("app.js")
+
+
+async def test_a_result_reads_as_written_on_the_job_page(settings: Settings) -> None:
+    """A finished job's result shows its letters as they are ("unvollständig", not
+    "unvollst\\u00e4ndig"), as the page's script shows it live, and stays escaped HTML."""
+    result = {"summary": "67 gespeichert, 8 unvollständig", "note": "<b>Größe</b> & Co."}
+    seq = await publish(settings, job_events("r", status=JobStatus.COMPLETED, result=result))
+    async with reading_system(settings) as system:
+        await wait_projected(settings, seq)
+        async with system.client() as client:
+            page = (await client.get("/jobs/r")).text
+    shown = re.search(r"<pre [^>]*data-result>(.*?)</pre>", page, re.DOTALL)
+    assert shown is not None
+    assert json.loads(unescape(shown.group(1))) == result
+    assert "8 unvollständig" in shown.group(1)
+    assert "&lt;b&gt;Größe&lt;/b&gt; &amp; Co." in shown.group(1)

@@ -1,4 +1,7 @@
-"""structlog set-up shared by every service: JSON off a terminal, pretty on one."""
+"""structlog set-up shared by every service: JSON off a terminal, pretty on one.
+
+The libraries' standard-library loggers (uvicorn, httpx, asyncio, litestar) go through the same
+renderer, so every line a service writes has one format (the README's `log_format` setting)."""
 
 from __future__ import annotations
 
@@ -8,26 +11,49 @@ import sys
 
 import structlog
 
+# Libraries whose INFO lines are one per request they make (each /metrics scrape of a peer):
+# noise beside the services' own lines, so only their warnings are written.
+CHATTY_LIBRARIES = ("httpx", "httpcore")
+
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else console_renderer()
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    route_stdlib_logging(shared, renderer, threshold)
+
+
+def route_stdlib_logging(
+    shared: list[structlog.typing.Processor], renderer: structlog.typing.Processor, threshold: int
+) -> None:
+    """One root handler rendering standard-library records as structlog renders its own events
+    (with the logger's name), replacing any handler set before."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(threshold)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(threshold, logging.WARNING))
 
 
 def console_renderer() -> structlog.dev.ConsoleRenderer:

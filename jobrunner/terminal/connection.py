@@ -117,19 +117,34 @@ class Api:
             code, message = str(error["code"]), str(error["message"])
         except (ValueError, KeyError, TypeError):
             code, message = f"HTTP {response.status_code}", response.text[:200]
-        hint = ""
+            error = {}
+        hint = "".join(field_problems(error.get("fields")))
         if response.status_code == 401:
-            hint = (
+            hint += (
                 " Pass a token with --token or JOBRUNNER_TOKEN "
                 "(`jobrunner token create NAME` makes one)."
             )
         elif response.status_code == 403:
-            hint = " The token's role is too small: ask an admin for an operator token."
+            hint += " The token's role is too small: ask an admin for an operator token."
         return ClientError(f"{message} ({code}){hint}", EXIT_USAGE)
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:
         return response.json() if response.content else None
+
+
+def field_problems(fields: Any) -> list[str]:
+    """One line per field the server named (INVALID_PARAMETERS' ``field``/``code``, the
+    framework's ``key``): the sentence alone does not say which ``-p`` was wrong."""
+    if not isinstance(fields, list):
+        return []
+    lines = []
+    for problem in fields:
+        if isinstance(problem, dict):
+            name = problem.get("field") or problem.get("key") or "?"
+            code = f" ({problem['code']})" if problem.get("code") else ""
+            lines.append(f"\n  {name}: {problem.get('message', '')}{code}")
+    return lines
 
 
 def environ() -> dict[str, str]:

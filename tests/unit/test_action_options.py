@@ -41,6 +41,10 @@ def test_reason_with_control_characters_is_refused(text: str) -> None:
     """Control characters anywhere in the reason (also a final line break) are refused."""
     error = refused(b'{"reason": "%b"}' % text.encode())
     assert (error.status, error.code) == (422, "INVALID_OPTIONS")
+    # A sentence and the option's name, not msgspec's regex.
+    assert error.extra["field"] == "reason"
+    assert "without control characters" in error.message
+    assert "regex" not in error.message
 
 
 def test_unknown_option_is_refused() -> None:
@@ -48,11 +52,26 @@ def test_unknown_option_is_refused() -> None:
     error = refused(b'{"force": true}')
     assert (error.status, error.code) == (422, "INVALID_OPTIONS")
     assert "force" in error.message
+    assert error.extra["field"] == "force"
 
 
 def test_body_that_is_not_json_is_400() -> None:
     """A body that is not JSON answers 400 MALFORMED_JSON."""
     assert refused(b"{reason").code == "MALFORMED_JSON"
+
+
+@pytest.mark.parametrize("body", [b'{"force": 1', b'{"reason": "x"'])
+def test_body_cut_off_after_an_option_is_400(body: bytes) -> None:
+    """A body that breaks off after an option (known or not) is not JSON: 400 MALFORMED_JSON,
+    not a 422 about the option msgspec saw first."""
+    error = refused(body)
+    assert (error.status, error.code) == (400, "MALFORMED_JSON")
+
+
+def test_unknown_option_in_whole_json_is_422_naming_it() -> None:
+    """The same option in a whole JSON body answers 422 INVALID_OPTIONS with its field."""
+    error = refused(b'{"force": 1}')
+    assert (error.status, error.code, error.extra["field"]) == (422, "INVALID_OPTIONS", "force")
 
 
 def test_job_ids_on_fail_are_refused() -> None:
@@ -114,3 +133,23 @@ def test_job_id_with_nul_is_refused() -> None:
     """A job id holding NUL (which no stored id holds) answers 422, never reaches Postgres."""
     error = refused(b'{"job_ids": ["a\\u0000b"]}')
     assert (error.status, error.code) == (422, "INVALID_OPTIONS")
+
+
+def test_bad_job_id_is_named_by_its_index() -> None:
+    """An empty fourth job id answers 422 naming job_ids[3], so the client knows which one."""
+    error = refused(b'{"job_ids": ["a", "b", "c", ""]}')
+    assert (error.status, error.code, error.extra["field"]) == (
+        422,
+        "INVALID_OPTIONS",
+        "job_ids[3]",
+    )
+    assert "job_ids[3]" in error.message
+
+
+def test_long_unknown_option_is_echoed_cut_short() -> None:
+    """An unknown option named with 5000 characters is echoed by its first 100 only."""
+    error = refused(b'{"%b": 1}' % (b"x" * 5000))
+    assert error.code == "INVALID_OPTIONS"
+    assert error.extra["field"] == "x" * 100 + "\u2026"
+    assert "x" * 100 + "\u2026" in error.message
+    assert "x" * 101 not in error.message

@@ -13,10 +13,12 @@ their lock in batch order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
+import msgspec
 import nats.errors
 
 from jobrunner.common import endings, eventstore
@@ -25,6 +27,9 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
 from jobrunner.services.api import attempt_rows, jsonbody
 from jobrunner.services.api.action_schemas import (
+    MAX_JOB_ID_CHARS,
+    MAX_JOB_IDS,
+    MAX_REASON_CHARS,
     ActionOptions,
     BatchActionAccepted,
     JobArchiveChanged,
@@ -76,8 +81,61 @@ def decode_options(body: bytes) -> ActionOptions:
     """The optional JSON body of an action: empty means no options."""
     if not body.strip():
         return ActionOptions()
-    return jsonbody.decode(
-        body, ActionOptions, "INVALID_OPTIONS", "The request body is not valid action options"
+    try:
+        return msgspec.json.decode(body, type=ActionOptions)
+    except msgspec.ValidationError as exc:  # before DecodeError: it is one
+        jsonbody.decode_any(body)  # a body that is no JSON at all is MALFORMED_JSON
+        raise options_refused(str(exc)) from None
+    except msgspec.DecodeError:
+        raise jsonbody.malformed() from None
+    except RecursionError:
+        raise jsonbody.malformed(nested=True) from None
+
+
+# What each option must be: msgspec's own words name the pattern ("Expected `str` matching
+# regex '^[^\\x00-...'"), which tells a person nothing.
+_OPTION_RULES = {
+    "reason": f"a reason is 1 to {MAX_REASON_CHARS} characters without control characters",
+    "job_ids": (
+        f"job_ids is a list of at most {MAX_JOB_IDS} job ids, each 1 to {MAX_JOB_ID_CHARS} "
+        "characters without control characters"
+    ),
+}
+# The option, and which of its items when msgspec names one (`$.job_ids[3]`).
+_AT_OPTION = re.compile(r"at `\$\.(\w+)((?:\[\d+\])?)")
+_UNKNOWN_OPTION = re.compile(r"unknown field `(.*)`")
+# An unknown option's name is the client's text, of any length: echo its start only.
+MAX_ECHOED_NAME_CHARS = 100
+
+
+def _echoed(name: str) -> str:
+    if len(name) <= MAX_ECHOED_NAME_CHARS:
+        return name
+    return name[:MAX_ECHOED_NAME_CHARS] + "\u2026"
+
+
+def options_refused(detail: str) -> ApiError:
+    """422 INVALID_OPTIONS for a body msgspec refused (``detail``), naming the option in
+    ``field`` with a sentence; a body that is no object keeps msgspec's words."""
+    if unknown := _UNKNOWN_OPTION.search(detail):
+        name = _echoed(unknown.group(1))
+        return ApiError(
+            422,
+            "INVALID_OPTIONS",
+            f"No action takes the option {name!r}; the options are reason and job_ids.",
+            field=name,
+        )
+    at = _AT_OPTION.search(detail)
+    if at is not None and at.group(1) in _OPTION_RULES:
+        name, item = at.groups()
+        return ApiError(
+            422,
+            "INVALID_OPTIONS",
+            f"The action's {name}{item} is not valid: {_OPTION_RULES[name]}.",
+            field=name + item,
+        )
+    return ApiError(
+        422, "INVALID_OPTIONS", f"The request body is not valid action options: {detail}."
     )
 
 

@@ -15,6 +15,7 @@ from jobrunner.services.api import jobs_fastpath, security
 from jobrunner.services.api.context import lifespan
 from jobrunner.services.api.directwrite import App
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.services.api.notfoundpage import with_not_found_pages
 from jobrunner.services.api.readmodelgate import refuse_unready
 from jobrunner.services.api.requestmetrics import RequestMetrics, time_unmatched
 from jobrunner.services.api.routes import artifacts
@@ -74,7 +75,10 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[security.add_security_headers],
         # Read models of another version are never served (README "Upgrading").
         before_request=refuse_unready,
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=with_not_found_pages(EXCEPTION_HANDLERS),
+        # Litestar's default would put a plain-text handler on the root logger, beside the
+        # services' JSON (configure_logging routes every library's records itself).
+        logging_config=None,
         request_max_body_size=MAX_BODY_BYTES,
         template_config=template_config(),
         openapi_config=OpenAPIConfig(

@@ -11,7 +11,14 @@ import asyncpg
 import nats.errors
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers import HTTPRouteHandler
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 from jobrunner.common import database
@@ -72,7 +79,7 @@ _CODES_BY_STATUS = {
 }
 
 
-def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = _CODES_BY_STATUS.get(exc.status_code, "HTTP_ERROR")
     message = str(exc.detail)
     extra: dict[str, Any] = {}
@@ -82,11 +89,33 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
             extra["fields"] = exc.extra
     elif isinstance(exc, NotFoundException):
         message = "There is nothing at this address."
+    elif isinstance(exc, MethodNotAllowedException):
+        message = method_not_allowed_message(request.method, (exc.headers or {}).get("allow"))
+    elif isinstance(exc, RequestEntityTooLarge):
+        # The framework says only "Request Entity Too Large": name the limit of this address
+        # (1 MiB, a report's 256 KiB, ...), so that a client knows how much it may send.
+        handler = request.scope.get("route_handler")
+        limit = (
+            handler.resolve_request_max_body_size()
+            if isinstance(handler, HTTPRouteHandler)
+            else None
+        )
+        if limit is not None:
+            message = f"The request body may be at most {limit} bytes here; send less at once."
+            extra["limit"] = limit
     return Response(
         error_body(code, message, **extra),
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )
+
+
+def method_not_allowed_message(method: str, allowed: str | None) -> str:
+    """The framework says only "Method Not Allowed": name the methods the address takes (its
+    Allow header). HEAD is one only where a route says so: ask such an address with GET."""
+    if not allowed:
+        return f"This address does not take {method}."
+    return f"This address does not take {method}; it takes {allowed}."
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

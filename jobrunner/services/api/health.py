@@ -102,14 +102,18 @@ async def _postgres(ctx: ApiContext) -> PostgresFacts:
     facts = PostgresFacts(readmodels=ctx.readmodels.state)
     try:
         async with ctx.health_pool.acquire(seconds) as conn:
-            query = f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"
-            facts.applied = int(await conn.fetchval(query))
             if not facts.readmodels.current:
                 # In a rebuild: look again, Postgres only (not the gate's check: it asks NATS
                 # too, and waits on its lock while another look waits for a pooled connection;
                 # either would make a working Postgres look frozen here).
                 found, rebuilt = await readmodelgate.look(conn)
                 facts.readmodels = readmodelgate.ReadModelState(found, rebuilt)
+            if facts.readmodels.found is None:
+                # None made yet (a first start, the projector not through its own): no table to
+                # read, and Postgres is not away (it was called unreachable at every first start).
+                return facts
+            query = f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"
+            facts.applied = int(await conn.fetchval(query))
             facts.set_aside = await _set_aside_rows(conn)
     except ReadModelsTimeout:
         sentence = f"Postgres did not answer this API instance within {seconds:g} s."

@@ -7,9 +7,15 @@ language and the reader's time zone.
 
 from __future__ import annotations
 
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import Cookie
+
 LANGUAGES = ("de", "en")
 DEFAULT_LANGUAGE = "de"
 COOKIE = "lang"
+COOKIE_MAX_AGE = 365 * 24 * 3600
 
 TEXT: dict[str, dict[str, str]] = {
     "de": {
@@ -135,6 +141,21 @@ TEXT: dict[str, dict[str, str]] = {
         "bool.true": "ja",
         "bool.false": "nein",
         "error.not_found": "Diesen Job gibt es nicht.",
+        "notfound.title": "Nicht gefunden",
+        "notfound.page": "Unter dieser Adresse gibt es nichts.",
+        "notfound.back_jobs": "Zurück zu den Jobs",
+        "notfound.back_batches": "Zurück zu den Batches",
+        # The sign-in page (its own template, security/templates/login.html). login.intro is
+        # markup: the commands are set as code.
+        "login.title": "Anmelden",
+        "login.intro": "Melden Sie sich mit einem API-Token an. <code>jobrunner up</code> hat "
+        "den Admin-Token beim ersten Start ausgegeben; <code>jobrunner token create</code> "
+        "erstellt weitere.",
+        "login.signed_in_as": "Angemeldet als",
+        "login.token": "Token",
+        "login.submit": "Anmelden",
+        "login.unknown_token": "Diesen Token gibt es nicht, oder er ist widerrufen oder "
+        "abgelaufen.",
         # Batches, the job center (issue 13).
         "nav.batches": "Batches",
         "nav.main": "Bereiche",
@@ -392,6 +413,17 @@ TEXT: dict[str, dict[str, str]] = {
         "bool.true": "yes",
         "bool.false": "no",
         "error.not_found": "There is no such job.",
+        "notfound.title": "Not found",
+        "notfound.page": "There is nothing at this address.",
+        "notfound.back_jobs": "Back to the jobs",
+        "notfound.back_batches": "Back to the batches",
+        "login.title": "Sign in",
+        "login.intro": "Sign in with an API token. <code>jobrunner up</code> printed the admin "
+        "token on its first start; <code>jobrunner token create</code> makes more.",
+        "login.signed_in_as": "Signed in as",
+        "login.token": "Token",
+        "login.submit": "Sign in",
+        "login.unknown_token": "That token is unknown, revoked or expired.",
         # Batches, the job center (issue 13).
         "nav.batches": "Batches",
         "nav.main": "Sections",
@@ -543,6 +575,24 @@ def negotiate(query: str | None, cookie: str | None, accept_language: str | None
         if primary in LANGUAGES and quality > 0:
             ranked.append((-quality, i, primary))
     return min(ranked)[2] if ranked else DEFAULT_LANGUAGE
+
+
+def language_of(request: Request[Any, Any, Any]) -> str:
+    """The language of a page (the UI's and the sign-in page's alike)."""
+    return negotiate(
+        request.query_params.get("lang"),
+        request.cookies.get(COOKIE),
+        request.headers.get("accept-language"),
+    )
+
+
+def remembered_choice(request: Request[Any, Any, Any]) -> list[Cookie]:
+    """The cookie that keeps a ``?lang=`` choice for the next requests (a form's POST has no
+    ``?lang=``), or none when the request made no choice."""
+    chosen = request.query_params.get("lang")
+    if chosen not in LANGUAGES:
+        return []
+    return [Cookie(key=COOKIE, value=chosen, max_age=COOKIE_MAX_AGE, samesite="lax")]
 
 
 def translator(lang: str):  # type: ignore[no-untyped-def]

@@ -113,7 +113,8 @@ async def raise_busy(ctx: ApiContext, key: str, lock: str, principal: Principal)
             "id": holder.value.job_id,
             "job_type": row["job_type"] if row else holder.value.job_type,
             "status": row["status"] if row else "pending",
-            "started_at": row["started_at"].isoformat() if row and row["started_at"] else None,
+            # Encoded as every time of the API is ("...Z"), not isoformat's "+00:00".
+            "started_at": row["started_at"] if row else None,
         }
     raise ApiError(
         409,

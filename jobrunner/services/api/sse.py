@@ -26,6 +26,7 @@ from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.directwrite import ChunkWriter
+from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.fanout import (
     TAKE_BYTES,
     Fanout,
@@ -87,6 +88,31 @@ class ResumePoint:
     def next_seq(self) -> int:
         # Mid-batch: that message again (its earlier lines are skipped); else the one after.
         return self.stream_seq if self.line_index is not None else self.stream_seq + 1
+
+
+async def refuse_an_id_ahead(js: JetStreamContext, names: Names, seq: int, source: str) -> None:
+    """400 when ``seq`` (from ``Last-Event-ID``, or ``?after=`` when ``source`` names it) lies
+    beyond the stream's last event: no stream handed it out (another installation's, a stream
+    made anew), and a stream resumed there would stay silent until the stream reached it."""
+    last = (await js.stream_info(names.stream)).state.last_seq
+    if seq <= last:
+        return
+    if source == "last-event-id":
+        raise ApiError(
+            400,
+            "LAST_EVENT_ID_AHEAD",
+            f"Last-Event-ID {seq} is beyond the last stored event ({last}); "
+            "reconnect without it to read the stream from the start.",
+            last_event_id=seq,
+            stream_last_seq=last,
+        )
+    raise ApiError(
+        400,
+        "INVALID_QUERY",
+        f"{source!r} ({seq}) is beyond the last stored event ({last}).",
+        field=source,
+        stream_last_seq=last,
+    )
 
 
 # A line's SSE frame at its largest: JSON may write a byte of text as six (\u00XX), plus the

@@ -181,7 +181,7 @@ class Runner:
         return self.stop_deadlines()[1]
 
     async def run(self, stop: asyncio.Event) -> None:
-        await eventstore.ensure_topology(self.js, self.names, self.settings)
+        """Runs jobs until ``stop``; the streams and buckets are declared already (run_runner)."""
         locks = await retry.until_jetstream_ready(self.slots.kv, "the lock bucket")
         board_watch = await retry.until_jetstream_ready(
             lambda: open_watch(locks), "the lock bucket's watch"
@@ -296,6 +296,9 @@ async def run_runner(settings: Settings, stop: asyncio.Event) -> None:
         check_line_fits(settings.max_line_bytes, min(nc.max_payload, bulk_nc.max_payload))
         bulk = BulkLane(bulk_nc, bulk_lane.ack_timeout(settings))
         runner = Runner(settings, nc, bulk)
+        # Streams and buckets before the heartbeat: its first beat writes to the runners
+        # bucket, which a first start has not made yet (it warned BucketNotFoundError).
+        await eventstore.ensure_topology(runner.js, runner.names, settings)
         runner_id = runner.identity.runner_id
         async with heartbeat(
             nc.jetstream(), Names(settings.prefix), settings, runner_id, runner.users_deadline

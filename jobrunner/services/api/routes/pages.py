@@ -6,12 +6,12 @@ handlers only render HTML from the read models.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from litestar import Request, get
-from litestar.datastructures import Cookie
 from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -36,30 +36,31 @@ FIRST_LINES = 200
 FIRST_LINES_MAX_CHARS = 200_000
 ACTIVE = (JobStatus.RUNNING.value, JobStatus.PENDING.value)
 FINISHED = tuple(s.value for s in JobStatus if s.is_terminal)
-LANG_COOKIE_MAX_AGE = 365 * 24 * 3600
 # The batch dialog's fields sit beside the New job dialog's on one page: their own ids.
 BATCH_FORM_PREFIX = "batch-param"
+
+
+def readable_json(value: Any) -> str:
+    """JSON for people (a job's result on its page), written as the page's script writes it
+    live (``JSON.stringify(value, null, 2)``): letters as they are, not ``\\u00e4`` as
+    Jinja's ``tojson`` (made for scripts) writes them. Escaped by the template as any text."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 def template_config() -> TemplateConfig:  # type: ignore[type-arg]
     from litestar.contrib.jinja import JinjaTemplateEngine
 
-    return TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine)
+    def add_filters(engine: JinjaTemplateEngine) -> None:
+        engine.engine.filters["readable_json"] = readable_json
+
+    return TemplateConfig(
+        directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=add_filters
+    )
 
 
 static_router = create_static_files_router(
     path="/static", directories=[STATIC], include_in_schema=False, name="static"
 )
-
-
-# Every page takes ``?lang=de|en`` (declared on the handlers, which the access middleware
-# checks query parameters against); the choice is remembered in a cookie.
-def language_of(request: Request[Any, Any, Any]) -> str:
-    return i18n.negotiate(
-        request.query_params.get("lang"),
-        request.cookies.get(i18n.COOKIE),
-        request.headers.get("accept-language"),
-    )
 
 
 def in_schema_order(job: schemas.Job, job_type: JobType | None) -> list[tuple[str, Any]]:
@@ -116,15 +117,13 @@ def parameter_schemas(job_types: dict[str, JobType]) -> dict[str, Any]:
 
 
 def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template:
-    """Render a template with the language, the translator and the job types at hand."""
+    """Render a template with the language, the translator and the job types at hand.
+
+    Every page takes ``?lang=de|en`` (declared on the handlers, which the access middleware
+    checks query parameters against); the choice is remembered in a cookie."""
     ctx = ctx_of(request)
-    lang = language_of(request)
+    lang = i18n.language_of(request)
     t = i18n.translator(lang)
-    cookies = []
-    if request.query_params.get("lang") in i18n.LANGUAGES:
-        cookies.append(
-            Cookie(key=i18n.COOKIE, value=lang, max_age=LANG_COOKIE_MAX_AGE, samesite="lax")
-        )
     titles = {n: jt.title or n for n, jt in ctx.job_types.items()}
     return Template(
         template_name=name,
@@ -141,7 +140,7 @@ def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template
             "csrf_token": security.csrf_token_for(request),
             **context,
         },
-        cookies=cookies,
+        cookies=i18n.remembered_choice(request),
     )
 
 
@@ -247,7 +246,7 @@ async def job_page(
     """PRD-005 2.3: one job with its whole log, live while it runs."""
     ctx = ctx_of(request)
     job = readmodels.job_from_row(await find_job(ctx, job_id, optional_principal(request)))
-    t = i18n.translator(language_of(request))
+    t = i18n.translator(i18n.language_of(request))
     attempts = []
     # Attempt fields come with the batch read model; a job of an older read model has none.
     if getattr(job, "attempt", None) is not None:
@@ -267,7 +266,7 @@ async def job_page(
             {
                 "name": r["name"],
                 "size": r["size"],
-                "size_text": links.size_text(r["size"], language_of(request)),
+                "size_text": links.size_text(r["size"], i18n.language_of(request)),
                 "url": links.artifact_url(job_id, r["name"]),
             }
             for r in await readmodels.list_artifacts(ctx.pool, job_id)

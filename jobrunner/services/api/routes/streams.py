@@ -14,7 +14,7 @@ from jobrunner.contracts import events
 from jobrunner.services.api import directwrite, readmodels, sse
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored, ctx_of
-from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.errors import job_not_found
 from jobrunner.services.api.security import Principal, principal_of
 
 
@@ -53,16 +53,7 @@ async def _stream(
     if resume is not None:
         # No event has that id yet: the client did not get it from us. Refused, so that no
         # client ever waits for events that may never be its job's.
-        last = (await ctx.js.stream_info(ctx.names.stream)).state.last_seq
-        if resume.stream_seq > last:
-            raise ApiError(
-                400,
-                "LAST_EVENT_ID_AHEAD",
-                f"Last-Event-ID {resume.stream_seq} is beyond the last stored event ({last}); "
-                "reconnect without it to read the stream from the start.",
-                last_event_id=resume.stream_seq,
-                stream_last_seq=last,
-            )
+        await sse.refuse_an_id_ahead(ctx.js, ctx.names, resume.stream_seq, "last-event-id")
     start = max(resume.next_seq, row["first_seq"]) if resume else row["first_seq"]
     # Whether the stream already ended before the resume point is asked of JetStream itself:
     # the read model may not have caught up with the end a client has just seen.

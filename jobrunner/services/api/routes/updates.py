@@ -36,9 +36,12 @@ async def job_updates(
     ctx = ctx_of(request)
     after_seq = Query(request.query_params, ("after",)).integer("after", None, 0)
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
+    # A start the stream has not reached would hold the stream silent until it did.
     if resume is not None:
+        await sse.refuse_an_id_ahead(ctx.js, ctx.names, resume.stream_seq, "last-event-id")
         start = resume.next_seq
     elif after_seq is not None:
+        await sse.refuse_an_id_ahead(ctx.js, ctx.names, after_seq, "after")
         start = after_seq + 1
     else:
         applied = await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")

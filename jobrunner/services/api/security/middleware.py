@@ -53,6 +53,7 @@ from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import reject_unknown
 from jobrunner.services.api.security.origin import (
     HostPolicy,
+    check_body_encoding,
     check_host,
     check_json_body,
     check_same_origin,
@@ -248,8 +249,10 @@ def takes_form(handler: Any) -> bool:
 
 
 def check_write(connection: ASGIConnection[Any, Any, Any, Any], handler: Any) -> None:
-    """A request that changes state: from this origin, and JSON unless the route takes a form."""
+    """A request that changes state: from this origin, its body not encoded (compressed), and
+    JSON unless the route takes a form."""
     check_same_origin(connection)
+    check_body_encoding(connection)
     if not takes_form(handler):
         check_json_body(connection)
 
@@ -341,6 +344,8 @@ class AccessMiddleware:
             # that: no API token or session is looked at (so none opens it, and no cookie means
             # no CSRF to guard against). The body must still be JSON, but for a file upload
             # (``opt["binary_body"]``), which only the token opens.
+            if writes:
+                check_body_encoding(connection)
             if writes and not handler.opt.get("binary_body"):
                 check_json_body(connection)
             scope["user"] = None

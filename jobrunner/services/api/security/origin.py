@@ -130,6 +130,24 @@ def has_body(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
     return "transfer-encoding" in connection.headers
 
 
+def check_body_encoding(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """ApiError 415 for a body under a Content-Encoding other than identity: no route decodes
+    one, so a gzip body would be read as its compressed bytes, and a plain body labelled gzip
+    would be taken as if the label were not there."""
+    if not has_body(connection):
+        return
+    # Every line of the header: a second ``Content-Encoding`` line counts as much as the first.
+    header = ",".join(connection.headers.getall("content-encoding", []))
+    named = [e.strip() for e in header.split(",") if e.strip().lower() not in ("", "identity")]
+    if named:
+        raise ApiError(
+            415,
+            "UNSUPPORTED_CONTENT_ENCODING",
+            f"Request bodies are read as they are sent: send this one uncompressed, without "
+            f"'Content-Encoding: {', '.join(named)}'.",
+        )
+
+
 def check_json_body(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     """ApiError 415 when a body that is not declared JSON is sent to a JSON route. (A body
     without a content type counts too: ``fetch`` sends a typeless Blob without a preflight.)"""

@@ -14,7 +14,7 @@ from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_303_SEE_OTHER
 from litestar.types import ControllerRouterHandler
 
-from jobrunner.services.api import jsonbody
+from jobrunner.services.api import i18n, jsonbody
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.security.middleware import Access, same_origin
 from jobrunner.services.api.security.openapi import error_spec
@@ -46,14 +46,23 @@ def safe_next(target: str | None) -> str:
 def login_page(
     request: Request[Any, Any, Any], next: str, error: str | None = None, status: int = 200
 ) -> Response[str]:
+    """The sign-in page in the language the other pages take (``?lang=``, the cookie, then
+    ``Accept-Language``); ``error`` is an i18n key."""
+    lang = i18n.language_of(request)
     html = _jinja.get_template("login.html").render(
-        next=safe_next(next), error=error, principal=optional_principal(request)
+        lang=lang,
+        t=i18n.translator(lang),
+        next=safe_next(next),
+        error=error,
+        principal=optional_principal(request),
     )
     return Response(
         html,
         status_code=status,
         media_type="text/html",
         headers={"Cache-Control": "no-store"},
+        # The form posts to plain /login: the cookie keeps a ?lang= choice for its answer.
+        cookies=i18n.remembered_choice(request),
     )
 
 
@@ -63,7 +72,11 @@ class LoginForm(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @get("/login", opt={"public": True}, include_in_schema=False)
-async def show_login(request: Request[Any, Any, Any], next: str | None = None) -> Response[str]:
+async def show_login(
+    request: Request[Any, Any, Any], next: str | None = None, lang: str | None = None
+) -> Response[str]:
+    """``lang`` is declared so the access middleware lets ``?lang=`` through (it refuses query
+    parameters a handler does not declare); ``login_page`` reads it with the cookie."""
     return login_page(request, next or DEFAULT_LANDING)
 
 
@@ -92,9 +105,7 @@ async def sign_in(
     assert access.signer is not None
     record = await access.store.authenticate(data.token.strip())
     if record is None:
-        return login_page(
-            request, data.next, error="That token is unknown, revoked or expired.", status=401
-        )
+        return login_page(request, data.next, error="login.unknown_token", status=401)
     response: Response[Any] = Response(
         None, status_code=HTTP_303_SEE_OTHER, headers={"Location": safe_next(data.next)}
     )

@@ -10,6 +10,10 @@ function showConnection() {
   if (banner) banner.hidden = lost.size === 0;
 }
 
+async function errorCode(response) {
+  try { return (await response.json())?.error?.code ?? null; } catch { return null; }
+}
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class EventStream {
@@ -61,6 +65,15 @@ export class EventStream {
           this.markLost(false);
           this.options.onGone?.(response.status);
           return;
+        }
+        if (response.status === 400 && this.lastEventId
+            && (await errorCode(response)) === "LAST_EVENT_ID_AHEAD") {
+          // No event of this stream has that id: the stream was made anew (a tab left open while
+          // the installation was made again). Read it from the start, and have the page re-read
+          // what it shows once connected (onReconnect), rather than retrying the id for ever.
+          this.lastEventId = null;
+          this.wasLost = true;
+          continue;
         }
         if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
         attempt = 0;
