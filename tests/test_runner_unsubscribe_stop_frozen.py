@@ -60,7 +60,11 @@ async def _runner(settings: Settings) -> AsyncIterator[RunningRunner]:
     stop = asyncio.Event()
     try:
         with capture_logs() as logs:
-            running = asyncio.create_task(Runner(settings, nc).run(stop))
+            made = Runner(settings, nc)
+            # The streams and buckets are made by run_runner before Runner.run (as a service
+            # starts): a runner run on its own needs them made first.
+            await eventstore.ensure_topology(made.js, made.names, settings)
+            running = asyncio.create_task(made.run(stop))
             runner = RunningRunner(nc, stop, running, logs)
             try:
                 async with asyncio.timeout(60):
