@@ -70,8 +70,9 @@ def count(directory: Path, skip: int) -> tuple[int, Counter[Key], Counter[Key], 
             direction, connection, op, subject, reply, _, kind = fields[1:8]
             if op == "UNSUB":
                 subject = "<sid>"
-            key = (names.get(log.stem, log.stem), connection, direction, op)
-            key += (folded(subject, jobs), "reply" if reply else "", kind)
+            process = names.get(log.stem, log.stem)
+            shown = folded(subject, jobs)
+            key: Key = (process, connection, direction, op, shown, "reply" if reply else "", kind)
             if window and window[0] <= at <= window[1]:
                 idle[key] += 1
                 continue
