@@ -145,6 +145,7 @@ async def dispatch(system: RunningSystem, http: httpx.AsyncClient, jobs: int) ->
             parts["line_stored"].append(await stored_at(seq=line_seq) - wall0)
         cpu1, own1 = system.cpu_seconds(), time.process_time()
         tools1 = system.tools_cpu_seconds()
+        await natscount.idle()  # a counted run's window after the jobs (none otherwise)
     finally:
         await eventstore.close(nc)
     cpu = {part: used - cpu0.get(part, 0.0) for part, used in cpu1.items()}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -154,11 +155,29 @@ class RunningSystem:
             raise RuntimeError(f"jobrunner up did not answer within {timeout} s")
         self.runtime = json.loads((self.state_dir / "runtime.json").read_text())
         self.token = self.create_token(self.env | self.runtime_env())
+        # /health answers 200 on a first start before the projector has made the read models;
+        # until then every read or POST answers 503 READ_MODELS_REBUILDING.
+        while not self._read_models_ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the read models were not made within {timeout} s")
+            time.sleep(0.2)
 
     def _healthy(self) -> bool:
         try:
             with urllib.request.urlopen(self.base_url + "/health", timeout=2) as response:
                 return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def _read_models_ready(self) -> bool:
+        request = urllib.request.Request(self.base_url + "/api/jobs?limit=1", headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as error:
+            if error.code == 503:
+                return False
+            raise
         except OSError:
             return False
 

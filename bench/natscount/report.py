@@ -1,6 +1,7 @@
 """``python -m bench.natscount.report <dir> [--skip N]``: a counted dispatch run's NATS ops per
 job, by process, connection, direction, op and subject (job ids, inboxes and ack subjects
-folded), split at the moment the job's first line reached the client."""
+folded), split at the moment the job's first line reached the client; and the run's idle window
+after its jobs, if it had one (``JOBRUNNER_BENCH_NATSCOUNT_IDLE``), in all and per job run."""
 
 from __future__ import annotations
 
@@ -40,32 +41,47 @@ def folded(subject: str, jobs: set[str]) -> str:
     return re.sub(r"\b[A-Za-z0-9]{22}\b", "<nuid>", subject)
 
 
-def count(directory: Path, skip: int) -> tuple[int, Counter[Key], Counter[Key]]:
+def read_idle(directory: Path) -> tuple[float, float] | None:
+    """The idle window after the jobs (monotonic seconds), if the run had one."""
+    path = directory / "idle.tsv"
+    if not path.exists():
+        return None
+    start, end = path.read_text().split()
+    return float(start), float(end)
+
+
+def count(directory: Path, skip: int) -> tuple[int, Counter[Key], Counter[Key], Counter[Key]]:
     names = process_names(directory)
     marks = read_marks(directory)
     jobs = {job for job, _, _ in marks}
     starts = [started for _, started, _ in marks]
+    window = read_idle(directory)
     before: Counter[Key] = Counter()
     after: Counter[Key] = Counter()
+    idle: Counter[Key] = Counter()
     for log in directory.glob("*.tsv"):
-        if log.name == "marks.tsv":
+        if log.name in ("marks.tsv", "idle.tsv"):
             continue
         for line in log.read_text().splitlines():
             fields = line.split("\t")
             if len(fields) < 8:
                 continue
             at = int(fields[0]) / 1e9
+            direction, connection, op, subject, reply, _, kind = fields[1:8]
+            if op == "UNSUB":
+                subject = "<sid>"
+            process = names.get(log.stem, log.stem)
+            shown = folded(subject, jobs)
+            key: Key = (process, connection, direction, op, shown, "reply" if reply else "", kind)
+            if window and window[0] <= at <= window[1]:
+                idle[key] += 1
+                continue
             index = bisect.bisect_right(starts, at) - 1
             # Up to the next job's POST (the last job: not counted, its tail is cut short).
             if index < skip or index >= len(marks) - 1:
                 continue
-            direction, connection, op, subject, reply, _, kind = fields[1:8]
-            if op == "UNSUB":
-                subject = "<sid>"
-            key = (names.get(log.stem, log.stem), connection, direction, op)
-            key += (folded(subject, jobs), "reply" if reply else "", kind)
             (before if at <= marks[index][2] else after)[key] += 1
-    return len(marks) - 1 - skip, before, after
+    return len(marks) - 1 - skip, before, after, idle
 
 
 def main() -> None:
@@ -73,10 +89,19 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--skip", type=int, default=10, help="first jobs left out (warm-up)")
     args = parser.parse_args()
-    jobs, before, after = count(args.directory, args.skip)
+    jobs, before, after, idle = count(args.directory, args.skip)
     print(f"{jobs} jobs; per job: before the first line reached the client | after")
     for key in sorted(set(before) | set(after)):
         print("\t".join(key) + f"\t{before[key] / jobs:.2f}\t{after[key] / jobs:.2f}")
+    window = read_idle(args.directory)
+    if window:
+        run = len(read_marks(args.directory))
+        print(
+            f"\nidle window of {window[1] - window[0]:.1f} s after the {run} jobs:"
+            " in all | per job run"
+        )
+        for key in sorted(idle):
+            print("\t".join(key) + f"\t{idle[key]}\t{idle[key] / run:.2f}")
 
 
 if __name__ == "__main__":
