@@ -20,12 +20,12 @@ from jobrunner.common.settings import Settings
 from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import Claimed, SlotClaimer
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
-from tests.test_queue_orphan_sweep import HOUR, board_has, is_queued, put_entry, store_request
+from tests.test_queue_orphan_sweep import HOUR, is_queued, put_entry, store_request
+from tests.tools.lock_board import board_has, watching_board
 
 # The age: short where the test waits for the head to be dropped; longer where the head's
 # request is stored right after the waiter's first looks (well within the age, a loaded
@@ -59,15 +59,7 @@ async def waiter_behind(
     names = Names(settings.prefix)
     slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
     kv = await slots.kv()
-    board, stop = LockBoard(), asyncio.Event()
-
-    async def nothing(value: object) -> None:
-        pass
-
-    watching = asyncio.create_task(board.watch(kv, stop, nothing))
-    claiming: asyncio.Task[Claimed | None] | None = None
-    try:
-        await asyncio.wait_for(board.ready.wait(), 10)
+    async with watching_board(kv) as (board, _):
         await put_entry(kv, LOCK, head, stamped)
         await put_entry(kv, LOCK, "waiter", time.time())
         await store_request(js, names, LOCK, "waiter")
@@ -86,13 +78,11 @@ async def waiter_behind(
         )
         request = events.JobRequested(job_id="waiter", job_type="t", lock=LOCK)
         claiming = asyncio.create_task(claimer.claim(request, QUEUED, RunningJob("waiter", msg)))
-        yield journal, claiming
-    finally:
-        if claiming is not None:
+        try:
+            yield journal, claiming
+        finally:
             claiming.cancel()
             await asyncio.wait({claiming}, timeout=10)
-        stop.set()
-        await asyncio.wait({watching}, timeout=10)
 
 
 async def looked_at(

@@ -38,6 +38,7 @@ from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
 from tests.freeze import freeze
 from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
+from tests.tools.lock_board import board_has, watching_board
 
 # The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
 # request in a real start; the sweep's rule is the same at any age).
@@ -77,14 +78,7 @@ async def watched(
     kv = await SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds).kv()
     sweeper_js = sweeper_js or js
     slots = SlotTable(sweeper_js, names, ttl_seconds=settings.lease_ttl_seconds)
-    board, stop = LockBoard(), asyncio.Event()
-
-    async def nothing(value: object) -> None:
-        pass
-
-    watching = asyncio.create_task(board.watch(kv, stop, nothing))
-    try:
-        await asyncio.wait_for(board.ready.wait(), 10)
+    async with watching_board(kv) as (board, stop):
         journal = JobJournal(sweeper_js._nc, sweeper_js, names, "runner-test")
         sweeper = LostJobSweeper(
             slots,
@@ -96,15 +90,6 @@ async def watched(
             QueueOrphans(slots, journal, age),
         )
         yield kv, board, sweeper, stop
-    finally:
-        stop.set()
-        await asyncio.wait({watching}, timeout=10)
-
-
-async def board_has(board: LockBoard, lock: str, job_id: str) -> None:
-    async with asyncio.timeout(10):
-        while not board.queued("slot." + lock, job_id):
-            await board.wait_change("slot." + lock, 0.1)
 
 
 async def test_the_sweep_drops_a_head_found_never_stored_for_the_age(
