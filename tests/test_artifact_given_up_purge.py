@@ -1,0 +1,111 @@
+"""An upload given up mid-chunks (the runner's lease lost, an external upload's patience over)
+leaves none of its chunks: the purge of the attempt waits for the chunks still in flight to be
+stored (their acks) before it is sent, ``ACK_WAIT_SECONDS`` at most.
+
+JetStream stores a stream's messages apart from its API requests: a purge sent while chunks
+are in flight often ran before the last of them was stored, and a runner's attempt has no
+pending-purge record for the sweep to purge again, so that chunk stayed for the bucket's max
+age (by default for ever)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from jobrunner.common import artifactstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from tests.test_ackinbox_restart import restartable
+
+# Five chunks: three are sent, their acks not yet awaited (the pipeline holds 16), when the
+# upload is stopped.
+CONTENT = b"g" * (5 * artifactstore.CHUNK_BYTES)
+CHUNKS_SENT = 3
+# Far above any honest pace of a purge that is not held (a few requests on a loaded machine).
+PURGE_ENDS_WITHIN = 60.0
+
+
+def stopped_after_chunks_sent() -> Callable[[], bool]:
+    """``should_stop`` for ``put_file``: true once ``CHUNKS_SENT`` chunks were sent (it is asked
+    once before the attempt, then before each chunk)."""
+    asked = 0
+
+    def should_stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > CHUNKS_SENT + 1
+
+    return should_stop
+
+
+async def _upload_given_up(js: JetStreamContext, names: Names, object_name: str) -> None:
+    with pytest.raises(artifactstore.UploadStopped):
+        await artifactstore.put_file(
+            js, names, object_name, io.BytesIO(CONTENT), len(CONTENT), stopped_after_chunks_sent()
+        )
+
+
+async def _purges_ended() -> None:
+    async with asyncio.timeout(PURGE_ENDS_WITHIN):
+        await asyncio.gather(*artifactstore._PURGES)
+
+
+async def _chunks_stored(js: JetStreamContext, names: Names) -> int:
+    """The bucket's messages: only chunks here (no upload got a description)."""
+    return (await js.stream_info(artifactstore.stream_name(names))).state.messages
+
+
+async def test_an_upload_given_up_mid_pipeline_leaves_no_chunk(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """Twenty uploads, each stopped with three chunks in flight: once their purges are over,
+    the bucket holds nothing. Before, about half of them left a chunk or more."""
+    names = Names(settings.prefix)
+    for n in range(20):
+        await _upload_given_up(js, names, f"out/given-up-{n}.bin")
+        await _purges_ended()
+        assert await _chunks_stored(js, names) == 0, f"upload {n} left chunks"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("held", "waited_for"),
+    [(artifactstore.ACK_WAIT_SECONDS / 2, True), (artifactstore.ACK_WAIT_SECONDS * 3, False)],
+    ids=["acks-held-shorter-than-the-bound", "acks-held-longer"],
+)
+async def test_the_purge_waits_for_the_chunks_acks_at_most_its_bound(
+    tmp_path: Path, held: float, waited_for: bool
+) -> None:
+    """The acks of the chunks in flight held (the server stored them; a real nats-server behind
+    a proxy that holds what it sends): for less than ``ACK_WAIT_SECONDS`` (5 s) the purge waits
+    for them and then leaves nothing; for longer it is sent once the bound is over (the chunks
+    gone while the acks are still held), not left waiting for ever."""
+    async with restartable(tmp_path) as running:
+        names: Names = running.names
+        js = running.nc.jetstream()
+        direct = await nats.connect(f"nats://127.0.0.1:{running.server.port}")
+        try:
+            seen = direct.jetstream()  # the bucket as seen past the proxy
+            running.proxy.arm(artifactstore.chunk_subject(names, ""), prefix=True)
+            await _upload_given_up(js, names, "out/held.bin")
+            assert await running.proxy.stored(), "no chunk stored"
+            if waited_for:
+                await asyncio.sleep(held)  # the fault: the acks held this long
+                stored = await _chunks_stored(seen, names)
+                assert stored == CHUNKS_SENT, "the purge was sent before the chunks' acks came"
+                running.proxy.release()
+            else:
+                async with asyncio.timeout(held):
+                    while await _chunks_stored(seen, names):  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)  # purged, the acks still held
+                running.proxy.release()
+            await _purges_ended()
+            assert await _chunks_stored(seen, names) == 0
+        finally:
+            await direct.close()
