@@ -22,7 +22,7 @@ from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.lease import LeaseKeeper
 from jobrunner.services.runner.orphans import ToolLedger
 from jobrunner.services.runner.running import RunnerIdentity, RunningJob
-from tests.tools.runner_parts import claimer, one_read, runner_parts, running, stopped_under
+from tests.tools.runner_parts import one_read, runner_parts, running, slot_claimer, stopped_under
 
 _READS = {JobJournal.newest.__qualname__, JobJournal.last_event.__qualname__}
 _RECORDING = {JobExecutor._retry.__qualname__}
@@ -40,13 +40,13 @@ async def test_a_failed_start_check_read_leaves_no_other_read_running(
     room = one_read(Names("startreads"), job_id)
     async with runner_parts(own_nats, "startreads", pending_size=room) as parts:
         assert await parts.journal.last_status(job_id) is None  # the ack inbox subscribed
-        slot_claimer = claimer(parts)
+        claimer = slot_claimer(parts.slots, parts.journal)
         # Not a JetStream delivery: its stream sequence unknown, both reads are made.
         job = RunningJob(job_id, cast("Any", None))
         await stopped_under(parts.nc, own_nats)
         assert parts.nc.pending_data_size == 0  # room for the first read only
         with pytest.raises(nats.errors.OutboundBufferLimitError):
-            await slot_claimer._seen_at_first_delivery(job)
+            await claimer._seen_at_first_delivery(job)
         # The status read got into the buffer: a read was held, so the check below means something.
         assert parts.nc.pending_data_size > 0, "no read held"
         assert running(_READS) == []
@@ -98,11 +98,11 @@ async def test_a_failed_read_beside_a_claim_at_once_leaves_no_lease_write_runnin
     # Room for the lease's write only: the run record's and the reads' are refused.
     room = len(msgspec.json.encode(value))
     async with runner_parts(own_nats, "claimwrites", pending_size=room) as parts:
-        slot_claimer = claimer(parts)
+        claimer = slot_claimer(parts.slots, parts.journal)
         request = events.JobRequested(job_id=job_id, job_type="t", occurred_at=datetime.now(UTC))
         job = RunningJob(job_id, cast("Any", None))
         await stopped_under(parts.nc, own_nats)
         with pytest.raises(nats.errors.OutboundBufferLimitError):
-            await slot_claimer._claim_at_once(request, job, slot_key(None, job_id), value)
+            await claimer._claim_at_once(request, job, slot_key(None, job_id), value)
         assert parts.nc.pending_data_size > 0, "no lease write held"
         assert running(_CLAIM_WRITES) == []

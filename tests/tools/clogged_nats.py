@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -71,3 +72,13 @@ async def frozen_and_clogged(
         if thaw is not None:
             thaw.cancel()
         os.kill(pid, signal.SIGCONT)
+
+
+async def ends_by_its_deadline(stop: Awaitable[object]) -> None:
+    """``stop`` (a service's stop, NATS frozen throughout) is over within ``STOP_ENDS_WITHIN``,
+    not at the thaw."""
+    began = time.monotonic()
+    await asyncio.wait_for(stop, STOP_GIVEN_UP_AFTER)
+    took = time.monotonic() - began
+    print(f"stop took {took:.2f} s")
+    assert took < STOP_ENDS_WITHIN

@@ -1,12 +1,14 @@
-"""A runner's parts (its journal and slot table) on a connection of their own to the test's own
-nats-server, whose buffer for the next connection holds only ``pending_size`` bytes: for the
-tests that stop NATS and then check what a failed read or write left running."""
+"""A runner's parts for the tests that drive them one by one: its journal and slot table on a
+connection of their own to the test's own nats-server, whose buffer for the next connection holds
+only ``pending_size`` bytes (for the tests that stop NATS and then check what a failed read or
+write left running); a claimer and a lost-job sweeper made as the runner makes them."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
@@ -21,8 +23,10 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.orphans import ToolLedger
 from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunnerIdentity
+from jobrunner.services.runner.sweep import LostJobSweeper
 
 
 class RunnerParts(NamedTuple):
@@ -58,16 +62,44 @@ def one_read(names: Names, job_id: str) -> int:
     return len(msgspec.json.encode({"last_by_subj": names.job_kind_subject(job_id, "status")}))
 
 
-def claimer(parts: RunnerParts) -> SlotClaimer:
-    """A claimer of one slot, rechecking every second, with a board that is not watching."""
+def slot_claimer(
+    slots: SlotTable,
+    journal: JobJournal,
+    board: LockBoard | None = None,
+    recheck: float = 1.0,
+    orphan_age: float = 60.0,
+) -> SlotClaimer:
+    """A claimer of one slot at a time, as the runner's: it looks at a queue's head again every
+    ``recheck`` seconds and drops a head whose request stays missing for ``orphan_age``; a
+    ``board`` that is not watching unless given."""
     return SlotClaimer(
-        parts.slots,
-        LockBoard(),
-        parts.journal,
+        slots,
+        board or LockBoard(),
+        journal,
         RunnerIdentity.of_this_process(),
         asyncio.Semaphore(1),
-        1.0,
-        QueueOrphans(parts.slots, parts.journal, 60.0),
+        recheck,
+        QueueOrphans(slots, journal, orphan_age),
+    )
+
+
+def lost_job_sweeper(
+    slots: SlotTable,
+    journal: JobJournal,
+    tools: Path,
+    board: LockBoard | None = None,
+    orphan_age: float = 60.0,
+) -> LostJobSweeper:
+    """The runner's sweep of lost jobs and orphaned queue heads (``orphan_age``), its ledger of
+    tools in ``tools``; a ``board`` that is not watching unless given."""
+    return LostJobSweeper(
+        slots,
+        board or LockBoard(),
+        journal,
+        RunnerIdentity.of_this_process(),
+        ToolLedger(tools),
+        set(),
+        QueueOrphans(slots, journal, orphan_age),
     )
 
 
