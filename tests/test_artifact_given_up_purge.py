@@ -80,19 +80,26 @@ async def test_an_upload_given_up_mid_pipeline_leaves_no_chunk(
         assert await _chunks_stored(js, names) == 0, f"upload {n} left chunks"
 
 
+# The purge's wait for the acks in this test (``ACK_WAIT_SECONDS``), and the acks held 5 s under
+# and over it: margins a loaded machine's pauses fit in, and a purge that waits for nothing, or
+# for ever, does not.
+ACKS_WAITED_FOR = 10.0
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("held", "waited_for"),
-    [(artifactstore.ACK_WAIT_SECONDS / 2, True), (artifactstore.ACK_WAIT_SECONDS * 3, False)],
+    [(ACKS_WAITED_FOR - 5.0, True), (ACKS_WAITED_FOR + 5.0, False)],
     ids=["acks-held-shorter-than-the-bound", "acks-held-longer"],
 )
 async def test_the_purge_waits_for_the_chunks_acks_at_most_its_bound(
-    tmp_path: Path, held: float, waited_for: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: float, waited_for: bool
 ) -> None:
     """The acks of the chunks in flight held (the server stored them; a real nats-server behind
-    a proxy that holds what it sends): for less than ``ACK_WAIT_SECONDS`` (5 s) the purge waits
-    for them and then leaves nothing; for longer it is sent once the bound is over (the chunks
-    gone while the acks are still held), not left waiting for ever."""
+    a proxy that holds what it sends): for less than ``ACK_WAIT_SECONDS`` (10 s here) the purge
+    waits for them and then leaves nothing; for longer it is sent once the bound is over (the
+    chunks gone while the acks are still held), not left waiting for ever."""
+    monkeypatch.setattr(artifactstore, "ACK_WAIT_SECONDS", ACKS_WAITED_FOR)
     async with restartable(tmp_path) as running:
         names: Names = running.names
         js = running.nc.jetstream()
