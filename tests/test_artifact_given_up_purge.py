@@ -18,7 +18,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
-from jobrunner.common import artifactstore
+from jobrunner.common import ackinbox, artifactstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from tests.test_ackinbox_restart import restartable
@@ -78,6 +78,28 @@ async def test_an_upload_given_up_mid_pipeline_leaves_no_chunk(
         await _upload_given_up(js, names, f"out/given-up-{n}.bin")
         await _purges_ended(before)
         assert await _chunks_stored(js, names) == 0, f"upload {n} left chunks"
+
+
+async def test_a_purge_cancelled_before_it_began_abandons_the_acks_it_was_to_wait_for(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A given-up upload's purge cancelled before its task ran a step (in the step that
+    started it, as ``asyncio.run``'s end cancels every task): the acks of the chunks in flight
+    are abandoned all the same (their ack inbox entries go), not left waiting with the
+    connection for as long as it lives. (``stop_purges`` yields once before its cancel: the
+    task has begun by then.)"""
+    names = Names(settings.prefix)
+    subject = f"unanswered.{settings.prefix}"  # in no stream: a subscriber takes it, no ack
+    unanswering = await js._nc.subscribe(subject)
+    inbox = ackinbox.of(js._nc)
+    acks = [await inbox.publish_pipelined(subject, b"chunk", None) for _ in range(CHUNKS_SENT)]
+    before = set(artifactstore._PURGES)
+    artifactstore.purge_later(js, names, "cancelledbeforeitbegan", list(acks))
+    (purge,) = artifactstore._PURGES - before
+    purge.cancel()
+    await asyncio.gather(purge, return_exceptions=True)
+    await unanswering.unsubscribe()
+    assert all(ack.cancelled() for ack in acks), "an ack left waiting after its purge ended"
 
 
 # The purge's wait for the acks in this test (``ACK_WAIT_SECONDS``), and the acks held 5 s under

@@ -395,6 +395,8 @@ def purge_later(
     task = _start_purge(js, nuid, purge)
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
+    # A task cancelled before its first step never enters ``_settled``'s ``finally``.
+    task.add_done_callback(lambda _: _settled_now(in_flight))
 
 
 # How long the API's shutdown waits for a purge after its stop: the rest of the look it may be in
