@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import ackinbox, artifactstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from tests.test_ackinbox_restart import restartable
+from tests.tools.restartable_nats import restartable
 
 # Five chunks: three are sent, their acks not yet awaited (the pipeline holds 16), when the
 # upload is stopped.
