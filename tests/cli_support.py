@@ -18,6 +18,23 @@ def cli_env(settings: Settings) -> dict[str, str]:
     }
 
 
+async def start_cli(
+    *args: str, env: dict[str, str], output: int | None = None
+) -> asyncio.subprocess.Process:
+    """``jobrunner <args>`` started as a child process with ``env`` over this process's
+    environment; its standard output and error both to ``output`` (a pipe, DEVNULL, or
+    inherited: None)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        *args,
+        env={**os.environ, **env},
+        stdout=output,
+        stderr=asyncio.subprocess.STDOUT if output == asyncio.subprocess.PIPE else output,
+    )
+
+
 async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[str, str]:
     """``jobrunner <args>`` with ``env`` over this process's environment: its standard output and
     standard error. A non-zero exit fails the test, showing what the command said."""

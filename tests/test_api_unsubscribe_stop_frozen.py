@@ -8,8 +8,6 @@ thaws just before or just after the bound."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 
 import msgspec
@@ -21,14 +19,12 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import context
-from tests.freeze import freeze
 from tests.tools.clogged_nats import (
     BOUND,
-    STOP_ENDS_WITHIN,
-    STOP_GIVEN_UP_AFTER,
     STOP_SECONDS,
     THAWED_EITHER_SIDE_OF_THE_BOUND,
-    clogged,
+    ends_by_its_deadline,
+    frozen_and_clogged,
 )
 
 NOT_UNSUBSCRIBED = "the projector's notices not unsubscribed: the close ends them"
@@ -45,32 +41,22 @@ async def test_the_apis_stop_unsubscribes_its_notices_within_the_bound(
     """NATS thawed 1 s into the stop: the notices are unsubscribed and nothing is said. Thawed
     5 s into it, past the 3 s bound: the unsubscribe is left (the close ends it), said in the
     log, and the stop goes on; it used to wait for the thaw."""
-    assert own_nats.proc is not None
-    pid = own_nats.proc.pid
     monkeypatch.setattr(eventstore, "UNSUBSCRIBE_STOP_SECONDS", BOUND)
     api = msgspec.structs.replace(settings, nats_url=own_nats.url)
     app = Litestar()
     running = context.lifespan(api)(app)
     await running.__aenter__()
-    frozen = exited = False
-    thaw: asyncio.TimerHandle | None = None
+    exited = False
     try:
-        freeze(pid)
-        frozen = True
-        await clogged(app.state.ctx.nc)
-        with capture_logs() as logs:
-            exited = True
-            thaw = asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
-            began = time.monotonic()
-            await asyncio.wait_for(running.__aexit__(None, None, None), 60)
-            print(f"stop took {time.monotonic() - began:.2f} s")
+        async with frozen_and_clogged(own_nats, app.state.ctx.nc, thawed_after=frozen_for):
+            with capture_logs() as logs:
+                exited = True
+                began = time.monotonic()
+                await asyncio.wait_for(running.__aexit__(None, None, None), 60)
+                print(f"stop took {time.monotonic() - began:.2f} s")
         said = [e for e in logs if e["event"] == NOT_UNSUBSCRIBED]
         assert len(said) == (0 if unsubscribed else 1), said
     finally:
-        if thaw is not None:
-            thaw.cancel()
-        if frozen:
-            os.kill(pid, signal.SIGCONT)
         if not exited:
             await running.__aexit__(None, None, None)
 
@@ -81,25 +67,15 @@ async def test_the_apis_stop_ends_by_its_deadline_with_nats_frozen_throughout(
     """NATS frozen, its connection clogged, and not thawed until the stop is over: the stop
     ends within its deadline (a log line at the bound alone would not show it: a stop that
     logged and then waited for NATS all the same passed)."""
-    assert own_nats.proc is not None
-    pid = own_nats.proc.pid
     api = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
     app = Litestar()
     running = context.lifespan(api)(app)
     await running.__aenter__()
-    frozen = exited = False
+    exited = False
     try:
-        freeze(pid)
-        frozen = True
-        await clogged(app.state.ctx.nc)
-        exited = True
-        began = time.monotonic()
-        await asyncio.wait_for(running.__aexit__(None, None, None), STOP_GIVEN_UP_AFTER)
-        took = time.monotonic() - began
-        print(f"stop took {took:.2f} s")
-        assert took < STOP_ENDS_WITHIN
+        async with frozen_and_clogged(own_nats, app.state.ctx.nc):
+            exited = True
+            await ends_by_its_deadline(running.__aexit__(None, None, None))
     finally:
-        if frozen:
-            os.kill(pid, signal.SIGCONT)
         if not exited:
             await running.__aexit__(None, None, None)

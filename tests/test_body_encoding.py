@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
-import msgspec
 import pytest
 
-from jobrunner.common.settings import Settings
 from tests.system import System
+from tests.ui_support import settings  # noqa: F401  (the fixture: the test job types)
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 JOB = b'{"job_type": "emit", "parameters": {"lines": 1}}'
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
 
 
 async def job_count(system: System) -> int:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 
 import httpx
@@ -15,7 +13,7 @@ import prometheus_client
 from jobrunner.common.logging import CHATTY_LIBRARIES
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.serverprocess import free_port
-from tests.cli_support import cli_env
+from tests.cli_support import cli_env, start_cli
 
 
 async def answering(url: str, timeout: float = 90) -> httpx.Response:
@@ -49,7 +47,6 @@ async def test_the_api_writes_only_json_lines_after_a_metrics_scrape(settings: S
     peer, _ = prometheus_client.start_http_server(0, "127.0.0.1")
     port = free_port()
     env = {
-        **os.environ,
         **cli_env(settings),
         "JOBRUNNER_PORT": str(port),
         "JOBRUNNER_AUTH": "false",
@@ -59,15 +56,7 @@ async def test_the_api_writes_only_json_lines_after_a_metrics_scrape(settings: S
         # out (peer_up 0), which is not what this test is about.
         "JOBRUNNER_METRICS_PEER_TIMEOUT_SECONDS": "10",
     }
-    api = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobrunner.cli",
-        "api",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    api = await start_cli("api", env=env, output=asyncio.subprocess.PIPE)
     try:
         metrics = await answering(f"http://127.0.0.1:{port}/metrics")
         assert 'jobrunner_metrics_peer_up{service="peer"} 1.0' in metrics.text

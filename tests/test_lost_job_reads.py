@@ -3,34 +3,24 @@ other is not left running after the sweeper has given up on the job (``together.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-import msgspec
 import nats.errors
 import pytest
 
-from jobrunner.common import eventstore
-from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable, SlotValue
+from jobrunner.common.slots import SlotValue
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from jobrunner.services.runner import orphans
-from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
-from jobrunner.services.runner.queue_orphans import QueueOrphans
-from jobrunner.services.runner.running import RunnerIdentity
-from jobrunner.services.runner.sweep import LostJobSweeper
+from tests.tools.runner_parts import (
+    lost_job_sweeper,
+    one_read,
+    runner_parts,
+    running,
+    stopped_under,
+)
 
 _READS = {JobJournal.last_status.__qualname__, JobJournal.cancel_of.__qualname__}
-
-
-def _reads_running() -> list[asyncio.Task[object]]:
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if not task.done() and getattr(task.get_coro(), "__qualname__", "") in _READS
-    ]
 
 
 async def test_a_failed_read_of_a_lost_job_leaves_no_other_read_running(
@@ -40,35 +30,14 @@ async def test_a_failed_read_of_a_lost_job_leaves_no_other_read_running(
     read is held for the new connection, the cancel read is refused at once
     (``OutboundBufferLimitError``). The sweep of the expired lease fails with that error, and the
     held read is withdrawn with it (it was left waiting for NATS to come back)."""
-    settings = Settings(nats_url=own_nats.url, prefix="lostreads")
-    names = Names(settings.prefix)
     job_id = "lost-job"
-    # The message-get request each read sends (the two differ only in the kind, of one length).
-    read = msgspec.json.encode({"last_by_subj": names.job_kind_subject(job_id, "status")})
-    nc = await eventstore.connect(settings, "sweeper", pending_size=len(read))
-    try:
-        js = nc.jetstream()
-        await eventstore.ensure_topology(js, names, settings)
-        journal = JobJournal(nc, js, names, "runner-test")
-        assert await journal.last_status(job_id) is None  # the ack inbox subscribed
-        slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
-        sweeper = LostJobSweeper(
-            slots,
-            LockBoard(),
-            journal,
-            RunnerIdentity.of_this_process(),
-            orphans.ToolLedger(tmp_path / "runner-tools"),
-            set(),
-            QueueOrphans(slots, journal, 60.0),
-        )
-        own_nats.stop()
-        async with asyncio.timeout(10):
-            while nc.is_connected:  # noqa: ASYNC110  # nats-py's state: no event to wait on
-                await asyncio.sleep(0.01)
-        assert nc.pending_data_size == 0  # room for the first read only
+    room = one_read(Names("lostreads"), job_id)
+    async with runner_parts(own_nats, "lostreads", pending_size=room, name="sweeper") as parts:
+        assert await parts.journal.last_status(job_id) is None  # the ack inbox subscribed
+        sweeper = lost_job_sweeper(parts.slots, parts.journal, tmp_path / "runner-tools")
+        await stopped_under(parts.nc, own_nats)
+        assert parts.nc.pending_data_size == 0  # room for the first read only
         expired = SlotValue(job_id=job_id, phase="held", runner_id="gone", host="elsewhere")
         with pytest.raises(nats.errors.OutboundBufferLimitError):
             await sweeper.on_lease_expired(expired)
-        assert _reads_running() == []
-    finally:
-        await eventstore.close(nc)
+        assert running(_READS) == []

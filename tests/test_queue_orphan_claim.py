@@ -20,12 +20,13 @@ from jobrunner.common.settings import Settings
 from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner.board import LockBoard
-from jobrunner.services.runner.claim import Claimed, SlotClaimer
+from jobrunner.services.runner.claim import Claimed
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
-from jobrunner.services.runner.running import RunnerIdentity, RunningJob
-from tests.test_queue_orphan_sweep import HOUR, board_has, is_queued, put_entry, store_request
+from jobrunner.services.runner.running import RunningJob
+from tests.test_queue_orphan_sweep import HOUR, is_queued, put_entry, store_request
+from tests.tools.lock_board import board_has, watching_board
+from tests.tools.runner_parts import slot_claimer
 
 # The age: short where the test waits for the head to be dropped; longer where the head's
 # request is stored right after the waiter's first looks (well within the age, a loaded
@@ -59,15 +60,7 @@ async def waiter_behind(
     names = Names(settings.prefix)
     slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
     kv = await slots.kv()
-    board, stop = LockBoard(), asyncio.Event()
-
-    async def nothing(value: object) -> None:
-        pass
-
-    watching = asyncio.create_task(board.watch(kv, stop, nothing))
-    claiming: asyncio.Task[Claimed | None] | None = None
-    try:
-        await asyncio.wait_for(board.ready.wait(), 10)
+    async with watching_board(kv) as (board, _):
         await put_entry(kv, LOCK, head, stamped)
         await put_entry(kv, LOCK, "waiter", time.time())
         await store_request(js, names, LOCK, "waiter")
@@ -75,24 +68,14 @@ async def waiter_behind(
         sub = await js.pull_subscribe(names.kind_subjects("requested"), "claim-test", names.stream)
         [msg] = await sub.fetch(1, timeout=10)
         journal = CountingJournal(js, names)
-        claimer = SlotClaimer(
-            slots,
-            board,
-            journal,
-            RunnerIdentity.of_this_process(),
-            asyncio.Semaphore(1),
-            RECHECK,
-            QueueOrphans(slots, journal, age),
-        )
+        claimer = slot_claimer(slots, journal, board, recheck=RECHECK, orphan_age=age)
         request = events.JobRequested(job_id="waiter", job_type="t", lock=LOCK)
         claiming = asyncio.create_task(claimer.claim(request, QUEUED, RunningJob("waiter", msg)))
-        yield journal, claiming
-    finally:
-        if claiming is not None:
+        try:
+            yield journal, claiming
+        finally:
             claiming.cancel()
             await asyncio.wait({claiming}, timeout=10)
-        stop.set()
-        await asyncio.wait({watching}, timeout=10)
 
 
 async def looked_at(

@@ -22,13 +22,12 @@ from jobrunner.common.slots import SlotTable, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from jobrunner.services.runner.board import LockBoard
-from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
-from jobrunner.services.runner.running import RunnerIdentity
 from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
-from tests.test_queue_orphan_sweep import HOUR, board_has, put_entry
+from tests.test_queue_orphan_sweep import HOUR, put_entry
+from tests.tools.lock_board import board_has, watching_board
+from tests.tools.runner_parts import slot_claimer
 
 LOCK = "exports"
 JOB_ID = "head-job"
@@ -240,29 +239,14 @@ async def test_jobs_waiting_behind_a_head_at_once_read_its_status_once(
     names = Names(settings.prefix)
     slots = SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds)
     kv = await slots.kv()
-    board, stop = LockBoard(), asyncio.Event()
-
-    async def nothing(value: object) -> None:
-        pass
-
-    watching = asyncio.create_task(board.watch(kv, stop, nothing))
-    try:
-        await asyncio.wait_for(board.ready.wait(), 10)
+    async with watching_board(kv) as (board, _):
         waiters = [f"waiter-{i}" for i in range(CHECKS)]
         for job_id in [JOB_ID, *waiters]:
             await put_entry(kv, LOCK, job_id, time.time())
         for job_id in waiters:
             await board_has(board, LOCK, job_id)
         journal = JobJournal(js._nc, js, names, "runner-test")
-        claimer = SlotClaimer(
-            slots,
-            board,
-            journal,
-            RunnerIdentity.of_this_process(),
-            asyncio.Semaphore(1),
-            1.0,
-            QueueOrphans(slots, journal, HOUR),
-        )
+        claimer = slot_claimer(slots, journal, board, orphan_age=HOUR)
         assert await journal.last_status(JOB_ID) is None  # the ack inbox subscribed
         requests = [events.JobRequested(job_id=j, job_type="t", lock=LOCK) for j in waiters]
         key = slot_key(LOCK, JOB_ID)
@@ -271,6 +255,3 @@ async def test_jobs_waiting_behind_a_head_at_once_read_its_status_once(
             assert heads == [False] * CHECKS  # the head, pending, keeps its place
             await js._nc.flush()
             assert len(reads) == 1
-    finally:
-        stop.set()
-        await asyncio.wait({watching}, timeout=10)

@@ -30,14 +30,14 @@ from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from jobrunner.services.runner import orphans
 from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
-from jobrunner.services.runner.running import RunnerIdentity
 from jobrunner.services.runner.sweep import LostJobSweeper
 from tests.freeze import freeze
 from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
+from tests.tools.lock_board import board_has, watching_board
+from tests.tools.runner_parts import lost_job_sweeper
 
 # The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
 # request in a real start; the sweep's rule is the same at any age).
@@ -77,34 +77,10 @@ async def watched(
     kv = await SlotTable(js, names, ttl_seconds=settings.lease_ttl_seconds).kv()
     sweeper_js = sweeper_js or js
     slots = SlotTable(sweeper_js, names, ttl_seconds=settings.lease_ttl_seconds)
-    board, stop = LockBoard(), asyncio.Event()
-
-    async def nothing(value: object) -> None:
-        pass
-
-    watching = asyncio.create_task(board.watch(kv, stop, nothing))
-    try:
-        await asyncio.wait_for(board.ready.wait(), 10)
+    async with watching_board(kv) as (board, stop):
         journal = JobJournal(sweeper_js._nc, sweeper_js, names, "runner-test")
-        sweeper = LostJobSweeper(
-            slots,
-            board,
-            journal,
-            RunnerIdentity.of_this_process(),
-            orphans.ToolLedger(tmp_path / "runner-tools"),
-            set(),
-            QueueOrphans(slots, journal, age),
-        )
+        sweeper = lost_job_sweeper(slots, journal, tmp_path / "runner-tools", board, age)
         yield kv, board, sweeper, stop
-    finally:
-        stop.set()
-        await asyncio.wait({watching}, timeout=10)
-
-
-async def board_has(board: LockBoard, lock: str, job_id: str) -> None:
-    async with asyncio.timeout(10):
-        while not board.queued("slot." + lock, job_id):
-            await board.wait_change("slot." + lock, 0.1)
 
 
 async def test_the_sweep_drops_a_head_found_never_stored_for_the_age(

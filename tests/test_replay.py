@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -36,7 +34,7 @@ from jobrunner.services.projector.replaylock import (
     connect_lock_holder,
     swap_transaction,
 )
-from tests.cli_support import cli_env, run_cli
+from tests.cli_support import cli_env, run_cli, start_cli
 from tests.history_support import (
     job_events,
     logged_job,
@@ -344,18 +342,10 @@ async def test_projector_killed_mid_batch_resumes_without_duplicate_or_gap(
     """SIGKILL during projection, then a restart: every line exactly once, counts exact."""
     lines = 40_000  # one line an event: several batches of the projector's, so a kill lands mid-way
     last = await publish(settings, logged_job("big", lines=lines, batch=1))
-    env = {**os.environ, **cli_env(settings), "JOBRUNNER_LOG_FORMAT": "json"}
+    env = {**cli_env(settings), "JOBRUNNER_LOG_FORMAT": "json"}
 
     async def start() -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "jobrunner.cli",
-            "projector",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        return await start_cli("projector", env=env, output=asyncio.subprocess.DEVNULL)
 
     first = await start()
     async with asyncio.timeout(60):

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,14 +18,12 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.service import Runner
-from tests.freeze import freeze
 from tests.tools.clogged_nats import (
     BOUND,
-    STOP_ENDS_WITHIN,
-    STOP_GIVEN_UP_AFTER,
     STOP_SECONDS,
     THAWED_EITHER_SIDE_OF_THE_BOUND,
-    clogged,
+    ends_by_its_deadline,
+    frozen_and_clogged,
 )
 
 NOT_UNSUBSCRIBED = (
@@ -91,25 +86,12 @@ async def test_the_runners_stop_unsubscribes_within_the_bound(
 ) -> None:
     """NATS thawed 1 s into the stop: unsubscribed, nothing said. Thawed 5 s into it, past the
     3 s bound: left to the close, said in the log; the stop used to wait for the thaw."""
-    assert own_nats.proc is not None
-    pid = own_nats.proc.pid
     monkeypatch.setattr(eventstore, "UNSUBSCRIBE_STOP_SECONDS", BOUND)
     private = msgspec.structs.replace(settings, nats_url=own_nats.url)
     async with _runner(private) as runner:
-        frozen = False
-        thaw: asyncio.TimerHandle | None = None
-        try:
-            freeze(pid)
-            frozen = True
-            await clogged(runner.nc)
-            thaw = asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+        async with frozen_and_clogged(own_nats, runner.nc, thawed_after=frozen_for):
             runner.stop.set()
             await asyncio.wait_for(asyncio.shield(runner.task), 60)
-        finally:
-            if thaw is not None:
-                thaw.cancel()
-            if frozen:
-                os.kill(pid, signal.SIGCONT)
         said = [e for e in runner.logs if e["event"] == NOT_UNSUBSCRIBED]
         assert len(said) == (0 if unsubscribed else 1), said
 
@@ -119,21 +101,7 @@ async def test_the_runners_stop_ends_by_its_deadline_with_nats_frozen_throughout
 ) -> None:
     """NATS frozen, its connection clogged, and not thawed until the stop is over: the
     runner's run ends within its stop's deadline, not at the thaw."""
-    assert own_nats.proc is not None
-    pid = own_nats.proc.pid
     private = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
-    async with _runner(private) as runner:
-        frozen = False
-        try:
-            freeze(pid)
-            frozen = True
-            await clogged(runner.nc)
-            runner.stop.set()
-            began = time.monotonic()
-            await asyncio.wait_for(asyncio.shield(runner.task), STOP_GIVEN_UP_AFTER)
-            took = time.monotonic() - began
-            print(f"stop took {took:.2f} s")
-            assert took < STOP_ENDS_WITHIN
-        finally:
-            if frozen:
-                os.kill(pid, signal.SIGCONT)
+    async with _runner(private) as runner, frozen_and_clogged(own_nats, runner.nc):
+        runner.stop.set()
+        await ends_by_its_deadline(asyncio.shield(runner.task))

@@ -32,6 +32,29 @@ async def context(browser: Browser, system: System) -> AsyncIterator[BrowserCont
     await ctx.close()
 
 
+@pytest.fixture
+async def german_context(
+    browser: Browser,  # noqa: F811
+    system: System,
+) -> AsyncIterator[BrowserContext]:
+    """A fresh browser context of a German browser (Accept-Language de-DE), not signed in."""
+    ctx = await browser.new_context(base_url=system.base_url, locale="de-DE")
+    yield ctx
+    await ctx.close()
+
+
+WRONG_TOKEN = "jrt_0000000000000000_" + "x" * 43  # of a token's form, but none issued
+
+
+async def sign_in_wrongly(page: Page, button: str = "Sign in") -> str | None:
+    """Send a wrong token with the sign-in form (its button named ``button``): the error said."""
+    await page.get_by_label("Token").fill(WRONG_TOKEN)
+    await page.get_by_role("button", name=button).click()
+    alert = page.get_by_role("alert")
+    await alert.wait_for()
+    return await alert.text_content()
+
+
 async def sign_in_with_form(page: Page, token: str, target: str = "/jobs") -> None:
     await page.goto(target)
     await page.get_by_label("Token").fill(token)
@@ -74,55 +97,32 @@ async def test_wrong_token_keeps_the_login_page(context: BrowserContext, system:
     """A wrong token shows an error on the sign-in page and sets no cookie."""
     page = await context.new_page()
     await page.goto("/login")
-    await page.get_by_label("Token").fill("jrt_0000000000000000_" + "x" * 43)
-    await page.get_by_role("button", name="Sign in").click()
-    await page.get_by_role("alert").wait_for()
+    await sign_in_wrongly(page)
     assert not [c for c in await context.cookies() if c["name"] == COOKIE_NAME]
 
 
 @pytest.mark.browser
-async def test_the_login_page_follows_a_german_browser(
-    browser: Browser,  # noqa: F811
-    system: System,
-) -> None:
+async def test_the_login_page_follows_a_german_browser(german_context: BrowserContext) -> None:
     """With Accept-Language de-DE the sign-in page, and its error, are German (lang="de")."""
-    context = await browser.new_context(base_url=system.base_url, locale="de-DE")
-    try:
-        page = await context.new_page()
-        await page.goto("/jobs")
-        assert "/login?next=%2Fjobs" in page.url
-        assert await page.locator("html").get_attribute("lang") == "de"
-        await page.get_by_label("Token").fill("jrt_0000000000000000_" + "x" * 43)
-        await page.get_by_role("button", name="Anmelden").click()
-        alert = page.get_by_role("alert")
-        await alert.wait_for()
-        assert await alert.text_content() == (
-            "Diesen Token gibt es nicht, oder er ist widerrufen oder abgelaufen."
-        )
-        assert await page.locator("html").get_attribute("lang") == "de"
-    finally:
-        await context.close()
+    page = await german_context.new_page()
+    await page.goto("/jobs")
+    assert "/login?next=%2Fjobs" in page.url
+    assert await page.locator("html").get_attribute("lang") == "de"
+    said = await sign_in_wrongly(page, "Anmelden")
+    assert said == "Diesen Token gibt es nicht, oder er ist widerrufen oder abgelaufen."
+    assert await page.locator("html").get_attribute("lang") == "de"
 
 
 @pytest.mark.browser
 async def test_the_login_language_chosen_with_lang_stays_after_a_wrong_token(
-    browser: Browser,  # noqa: F811
-    system: System,
+    german_context: BrowserContext,
 ) -> None:
     """A German browser opening /login?lang=en gets the wrong-token error in English too."""
-    context = await browser.new_context(base_url=system.base_url, locale="de-DE")
-    try:
-        page = await context.new_page()
-        await page.goto("/login?lang=en")
-        assert await page.locator("html").get_attribute("lang") == "en"
-        await page.get_by_label("Token").fill("jrt_0000000000000000_" + "x" * 43)
-        await page.get_by_role("button", name="Sign in").click()
-        alert = page.get_by_role("alert")
-        await alert.wait_for()
-        assert await alert.text_content() == ("That token is unknown, revoked or expired.")
-        assert await page.locator("html").get_attribute("lang") == "en"
-    finally:
-        await context.close()
+    page = await german_context.new_page()
+    await page.goto("/login?lang=en")
+    assert await page.locator("html").get_attribute("lang") == "en"
+    assert await sign_in_wrongly(page) == "That token is unknown, revoked or expired."
+    assert await page.locator("html").get_attribute("lang") == "en"
 
 
 @pytest.mark.browser

@@ -7,17 +7,12 @@ import json
 import re
 from typing import Any
 
-import msgspec
-import pytest
-
-from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.ui_support import TEST_TYPES, start_job, wait_for_status
-
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+from tests.ui_support import (
+    settings,  # noqa: F401  (the fixture: the test job types)
+    start_job,
+    wait_for_status,
+)
 
 
 async def test_batches_page_speaks_german_and_english(system: System) -> None:

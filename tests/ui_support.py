@@ -6,9 +6,22 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
 from tests.system import System
 
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The test's settings with the test job types (``TEST_TYPES``): a module that imports this
+    fixture runs its system with them."""
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+
 TERMINAL = {"completed", "failed", "cancelled"}
 
 

@@ -179,6 +179,7 @@ async def put_file(
         source.seek(0)
         nuid = uuid.uuid4().hex
         described = False  # its description sent: it may be stored even without an ack
+        in_flight: list[asyncio.Future[Msg]] = []  # its chunks sent, their acks not yet read
         try:
             if records is not None:
                 await records.attempt(nuid)
@@ -187,7 +188,16 @@ async def put_file(
             # refusal, a full bucket, in the pipeline too, so this is only fewer chunks sent
             # into an outage).
             stored, info = await _put_chunks(
-                js, names, object_name, source, size, nuid, should_stop, failures == 0, replaces
+                js,
+                names,
+                object_name,
+                source,
+                size,
+                nuid,
+                should_stop,
+                failures == 0,
+                replaces,
+                in_flight,
             )
             description = _description(js, info)
             if records is not None:
@@ -195,16 +205,17 @@ async def put_file(
             described = True
             await _describe(js, names, object_name, description)
         except UploadStopped:
-            purge_later(js, names, nuid)
+            purge_later(js, names, nuid, in_flight)
             raise
         except Exception as exc:
             permanent = not retry.is_transient(exc) or _bucket_full(exc)
             if described and records is not None:
                 log.warning("artifact description not acknowledged", nuid=nuid)
             elif permanent:
+                await _settled(in_flight)
                 await _purge(js, names, nuid)
             else:
-                purge_later(js, names, nuid)
+                purge_later(js, names, nuid, in_flight)
             if permanent:
                 raise
             failures += 1
@@ -215,6 +226,9 @@ async def put_file(
             )
             await asyncio.sleep(retry.delay_after(failures))
             continue
+        except BaseException:
+            _settled_now(in_flight)  # cancelled: no purge, the acks abandoned
+            raise
         if records is not None:
             await records.described(nuid, stored.size)
         return stored
@@ -238,43 +252,36 @@ async def _put_chunks(
     should_stop: Callable[[], bool],
     pipelined: bool,
     replaces: str | None,
+    in_flight: list[asyncio.Future[Msg]],
 ) -> tuple[StoredObject, api.ObjectInfo]:
-    """Write the attempt's chunks; what it stored and the description to publish."""
+    """Write the attempt's chunks; what it stored and the description to publish.
+    ``in_flight``: the acks of the chunks sent and not yet acknowledged; what it holds when
+    this raises is the caller's to settle (``_settled``) before the attempt's purge."""
     subject = chunk_subject(names, nuid)
     digest = hashlib.sha256()
     # Through the connection's ack inbox, as every other publish: a chunk's ack a NATS restart
     # lost fails at the reconnect (``AckLostWithConnection``) and the attempt starts again now,
     # not after its ack wait; a refusal (the bucket full) raises from the pipeline too.
     inbox = ackinbox.of(js._nc)
-    in_flight: list[asyncio.Future[Msg]] = []
     total = chunks = 0
-    try:
-        while total < size:
-            if should_stop():
-                # Checked at every chunk: NATS may answer again after the lease has lapsed.
-                raise UploadStopped(object_name)
-            data = await asyncio.to_thread(source.read, min(CHUNK_BYTES, size - total))
-            if not data:
-                break  # the file got shorter since its size was taken: store what is there
-            digest.update(data)
-            total += len(data)
-            chunks += 1
-            if not pipelined:
-                await inbox.publish_headed(subject, data, None, ACK_WAIT_SECONDS)
-                continue
-            in_flight.append(await inbox.publish_pipelined(subject, data, None))
-            if len(in_flight) >= PIPELINE_CHUNKS:
-                await _chunk_acked(in_flight.pop(0))
-        while in_flight:
+    while total < size:
+        if should_stop():
+            # Checked at every chunk: NATS may answer again after the lease has lapsed.
+            raise UploadStopped(object_name)
+        data = await asyncio.to_thread(source.read, min(CHUNK_BYTES, size - total))
+        if not data:
+            break  # the file got shorter since its size was taken: store what is there
+        digest.update(data)
+        total += len(data)
+        chunks += 1
+        if not pipelined:
+            await inbox.publish_headed(subject, data, None, ACK_WAIT_SECONDS)
+            continue
+        in_flight.append(await inbox.publish_pipelined(subject, data, None))
+        if len(in_flight) >= PIPELINE_CHUNKS:
             await _chunk_acked(in_flight.pop(0))
-    finally:
-        # An attempt given up: the acks not awaited are abandoned (their entries go with their
-        # futures); a failure already there read, not asyncio's "never retrieved" at exit.
-        for future in in_flight:
-            if not future.done():
-                future.cancel()
-            elif not future.cancelled():
-                future.exception()
+    while in_flight:
+        await _chunk_acked(in_flight.pop(0))
     info = api.ObjectInfo(
         name=object_name,
         bucket=names.artifacts_bucket,
@@ -287,6 +294,33 @@ async def _put_chunks(
         headers={REPLACES_HEADER: [replaces]} if replaces else None,
     )
     return StoredObject(size=total, sha256=digest.hexdigest(), nuid=nuid), info
+
+
+async def _settled(in_flight: list[asyncio.Future[Msg]]) -> None:
+    """Wait until each chunk still in flight is stored (its ack came) or refused, for
+    ``ACK_WAIT_SECONDS`` at most, then abandon the rest. A given-up attempt's purge waits for
+    this: JetStream stores a stream's messages apart from its API requests, so a purge sent
+    while a chunk is in flight may run before that chunk is stored and leave it (seen in about
+    half the attempts stopped mid-pipeline), and a runner's attempt has no record for the sweep
+    to purge it again: it stayed for the bucket's max age (by default for ever). A chunk whose
+    ack does not come in time (NATS away) may still land after the purge: an external upload's
+    record has the sweep purge again; a runner's is left to the max age."""
+    try:
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=ACK_WAIT_SECONDS)
+    finally:
+        _settled_now(in_flight)
+
+
+def _settled_now(in_flight: list[asyncio.Future[Msg]]) -> None:
+    """The acks not come are abandoned (their inbox entries go with their futures); a failure
+    already there read, not asyncio's "never retrieved" at exit."""
+    for future in in_flight:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+    in_flight.clear()
 
 
 async def _chunk_acked(future: asyncio.Future[Msg]) -> None:
@@ -346,19 +380,23 @@ def _start_purge(
     return task
 
 
-def purge_later(js: JetStreamContext, names: Names, nuid: str) -> None:
-    """Best effort, in the background: once NATS answers, the chunks of an attempt that will
-    never get a description go. Its pending-purge record, if it has one, stays: a chunk that was
-    in flight when the attempt was given up may be stored after this purge (JetStream orders a
-    stream's messages and its API requests apart), and the sweep purges again after the upload
-    window."""
+def purge_later(
+    js: JetStreamContext, names: Names, nuid: str, in_flight: list[asyncio.Future[Msg]]
+) -> None:
+    """Best effort, in the background: once the chunks ``in_flight`` are stored or lost
+    (``_settled``) and NATS answers, the chunks of an attempt that will never get a description
+    go. Its pending-purge record, if it has one, stays: a chunk whose ack did not come in time
+    may be stored after this purge, and the sweep purges again after the upload window."""
 
     async def purge(stop: asyncio.Event) -> None:
+        await _settled(in_flight)
         await _purge(js, names, nuid, patient=True, stop=stop)
 
     task = _start_purge(js, nuid, purge)
     _PURGES.add(task)  # a task nobody references may be collected before it ran
     task.add_done_callback(_PURGES.discard)
+    # A task cancelled before its first step never enters ``_settled``'s ``finally``.
+    task.add_done_callback(lambda _: _settled_now(in_flight))
 
 
 # How long the API's shutdown waits for a purge after its stop: the rest of the look it may be in

@@ -6,9 +6,17 @@ fault, and the bounds they hold the stops to."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 import pytest
 from nats.aio.client import Client as NATS
+
+from jobrunner.embedded.nats import EmbeddedNats
+from tests.freeze import freeze
 
 # UNSUBSCRIBE_STOP_SECONDS in the thaw tests: room on a loaded machine either side of the thaw.
 BOUND = 3.0
@@ -43,3 +51,34 @@ async def clogged(nc: NATS) -> None:
         task.cancel()
     await asyncio.wait(publishing)
     assert nc._flush_queue.full()  # type: ignore[union-attr]
+
+
+@asynccontextmanager
+async def frozen_and_clogged(
+    server: EmbeddedNats, nc: NATS, thawed_after: float | None = None
+) -> AsyncIterator[None]:
+    """``server`` frozen and ``nc`` clogged (``clogged``); thawed ``thawed_after`` seconds after
+    that (None: not before the end), and at the end in any case."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    freeze(pid)
+    thaw: asyncio.TimerHandle | None = None
+    try:
+        await clogged(nc)
+        if thawed_after is not None:
+            thaw = asyncio.get_running_loop().call_later(thawed_after, os.kill, pid, signal.SIGCONT)
+        yield
+    finally:
+        if thaw is not None:
+            thaw.cancel()
+        os.kill(pid, signal.SIGCONT)
+
+
+async def ends_by_its_deadline(stop: Awaitable[object]) -> None:
+    """``stop`` (a service's stop, NATS frozen throughout) is over within ``STOP_ENDS_WITHIN``,
+    not at the thaw."""
+    began = time.monotonic()
+    await asyncio.wait_for(stop, STOP_GIVEN_UP_AFTER)
+    took = time.monotonic() - began
+    print(f"stop took {took:.2f} s")
+    assert took < STOP_ENDS_WITHIN
