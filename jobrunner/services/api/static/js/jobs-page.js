@@ -13,6 +13,9 @@ const followed = new Map(); // job id -> {stream, terminal}
 // "running" for a moment (the projector writes a little after the stream has the event).
 const ended = new Set();
 let refreshTimer = 0;
+// How soon a failed re-render of the sections is asked again: one request per page every 2 s
+// while the server cannot answer, and the page right again within 2 s of it answering.
+const REFRESH_RETRY_MS = 2000;
 
 // Ask both sections to re-render (htmx listens for "jobs-changed" on the body).
 export function refreshSoon(delay = 150) {
@@ -108,4 +111,14 @@ export function initJobsPage() {
     refreshSoon();
   });
   document.addEventListener("updates-resync", () => refreshSoon(0));
+
+  // A re-render that failed (the read models away: 503 while Postgres is down; the API gone)
+  // would leave a finished job on its running card, its clock ticking, until some other job
+  // changed: nothing else asks again. Ask again until one succeeds.
+  const retryFailedRefresh = (event) => {
+    const id = event.detail?.elt?.id;
+    if (id === "active" || id === "recent") refreshSoon(REFRESH_RETRY_MS);
+  };
+  document.body.addEventListener("htmx:responseError", retryFailedRefresh);
+  document.body.addEventListener("htmx:sendError", retryFailedRefresh);
 }
