@@ -13,9 +13,12 @@ const followed = new Map(); // job id -> {stream, terminal}
 // "running" for a moment (the projector writes a little after the stream has the event).
 const ended = new Set();
 let refreshTimer = 0;
-// How soon a failed re-render of the sections is asked again: one request per page every 2 s
-// while the server cannot answer, and the page right again within 2 s of it answering.
-const REFRESH_RETRY_MS = 2000;
+// How soon a failed re-render of the sections is asked again: 2 s after the first failure,
+// doubling up to 30 s (a page left open through a long outage asks twice a minute, not every
+// 2 s: each refused request is a warning line in the API's log), back to 2 s once one succeeds.
+const REFRESH_RETRY_FIRST_MS = 2000;
+const REFRESH_RETRY_LONGEST_MS = 30000;
+let refreshRetryMs = REFRESH_RETRY_FIRST_MS;
 
 // Ask both sections to re-render (htmx listens for "jobs-changed" on the body).
 export function refreshSoon(delay = 150) {
@@ -97,6 +100,7 @@ export function initJobsPage() {
     if (!target) return;
     formatIn(target);
     tickClocks(target);
+    if (target.id === "active" || target.id === "recent") refreshRetryMs = REFRESH_RETRY_FIRST_MS;
     if (target.id === "active") syncCards();
   });
 
@@ -114,10 +118,13 @@ export function initJobsPage() {
 
   // A re-render that failed (the read models away: 503 while Postgres is down; the API gone)
   // would leave a finished job on its running card, its clock ticking, until some other job
-  // changed: nothing else asks again. Ask again until one succeeds.
+  // changed: nothing else asks again. Ask again, backing off, until one succeeds.
   const retryFailedRefresh = (event) => {
     const id = event.detail?.elt?.id;
-    if (id === "active" || id === "recent") refreshSoon(REFRESH_RETRY_MS);
+    if (id !== "active" && id !== "recent") return;
+    refreshSoon(refreshRetryMs);
+    // Both sections fail together: one round doubles the wait once.
+    if (id === "active") refreshRetryMs = Math.min(refreshRetryMs * 2, REFRESH_RETRY_LONGEST_MS);
   };
   document.body.addEventListener("htmx:responseError", retryFailedRefresh);
   document.body.addEventListener("htmx:sendError", retryFailedRefresh);
