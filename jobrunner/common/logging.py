@@ -9,11 +9,39 @@ import importlib.util
 import logging
 import sys
 
+import asyncpg
 import structlog
 
 # Libraries whose INFO lines are one per request they make (each /metrics scrape of a peer):
 # noise beside the services' own lines, so only their warnings are written.
 CHATTY_LIBRARIES = ("httpx", "httpcore")
+
+# What a Postgres that is down, restarting or shutting down raises at a connect: expected faults,
+# each retried by whoever met it. OSError covers a refused or timed-out connect
+# (database.PostgresUnreachable is one).
+POSTGRES_AWAY = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+)
+
+
+class PostgresAwayInOneLine(logging.Filter):
+    """asyncpg's pool logs each failed attempt to reopen its minimum of connections with a whole
+    traceback ("Failed to restore the pool connection floor; retrying", once a second, then
+    backing off to a minute): a dozen tracebacks for a 30 s Postgres restart, for a fault the
+    pool retries by itself. Postgres away is said in one line, with the error; anything else
+    keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, POSTGRES_AWAY):
+            record.msg = f"{record.getMessage()} (Postgres away: {type(error).__name__}: {error})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -54,6 +82,9 @@ def route_stdlib_logging(
     root.setLevel(threshold)
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(threshold, logging.WARNING))
+    pool_logger = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, PostgresAwayInOneLine) for f in pool_logger.filters):
+        pool_logger.addFilter(PostgresAwayInOneLine())
 
 
 def console_renderer() -> structlog.dev.ConsoleRenderer:
