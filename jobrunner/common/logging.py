@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import sys
+import time
 
 import asyncpg
 import structlog
@@ -94,3 +96,23 @@ def console_renderer() -> structlog.dev.ConsoleRenderer:
     if importlib.util.find_spec("rich") is not None:
         formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
     return structlog.dev.ConsoleRenderer(exception_formatter=formatter)
+
+
+class LogThrottle:
+    """At most one line per ``interval`` seconds for one kind of repeated warning (one per
+    request or per retry while a server is away), counting the ones left out in between."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last_logged = -math.inf
+        self.left_out = 0
+
+    def admit(self) -> int | None:
+        """None: leave this line out. Otherwise log it, with this many left out since the last
+        (0: none)."""
+        now = time.monotonic()
+        if now - self.last_logged < self.interval:
+            self.left_out += 1
+            return None
+        left_out, self.left_out, self.last_logged = self.left_out, 0, now
+        return left_out
