@@ -19,13 +19,14 @@ import structlog
 CHATTY_LIBRARIES = ("httpx", "httpcore")
 
 # What a Postgres that is down, restarting or shutting down raises at a connect: expected faults,
-# each retried by whoever met it. OSError covers a refused or timed-out connect
-# (database.PostgresUnreachable is one).
-POSTGRES_AWAY = (
+# each retried by whoever met it. A bare OSError is one here (a refused or timed-out connect;
+# database.PostgresUnreachable is one too), unlike in the API's errors.POSTGRES_AWAY, which
+# judges any error of a request.
+POSTGRES_AWAY_AT_CONNECT = (
     OSError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
     asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
 )
 
 
@@ -38,7 +39,7 @@ class PostgresAwayInOneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, POSTGRES_AWAY):
+        if isinstance(error, POSTGRES_AWAY_AT_CONNECT):
             record.msg = f"{record.getMessage()} (Postgres away: {type(error).__name__}: {error})"
             record.args = ()
             record.exc_info = None
