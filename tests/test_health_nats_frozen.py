@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from jobrunner.common import runnerpool
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
@@ -88,3 +89,62 @@ async def test_health_waits_out_a_nats_freeze_shorter_than_its_deadline(
     assert "NATS_TIMEOUT" not in codes(body), body
     assert status == 200, body
     assert isinstance(body["stream_last_seq"], int), body
+
+
+def freeze_at_runners_read(
+    monkeypatch: pytest.MonkeyPatch, server: EmbeddedNats, thaw_after: float | None = None
+) -> list[bool]:
+    """Freeze NATS when health's next runners read starts (its stream-end read answered), and
+    thaw it ``thaw_after`` seconds later (None: the test thaws it); the list says it froze."""
+    real = runnerpool.alive_runners
+    assert server.proc is not None
+    pid = server.proc.pid
+    froze: list[bool] = []
+
+    async def frozen_first(*args: Any) -> list[runnerpool.RunnerHeartbeat]:
+        monkeypatch.setattr(runnerpool, "alive_runners", real)  # once
+        freeze(pid)
+        froze.append(True)
+        if thaw_after is not None:
+            asyncio.get_running_loop().call_later(thaw_after, thaw, server)
+        return await real(*args)
+
+    monkeypatch.setattr(runnerpool, "alive_runners", frozen_first)
+    return froze
+
+
+async def test_health_is_degraded_when_only_the_runners_read_times_out(
+    system: System, own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS answered the stream's end, then froze past the bound: 200 degraded with NATS_SLOW
+    and the runners unknown, not 503 (that first read says whether NATS answers at all)."""
+    await health(system)
+    froze = freeze_at_runners_read(monkeypatch, own_nats)
+    try:
+        status, body = await health(system)
+    finally:
+        thaw(own_nats)
+    assert froze, "the runners read was not frozen"
+    assert (status, body["status"]) == (200, "degraded"), body
+    assert "NATS_SLOW" in codes(body), body
+    assert "NATS_TIMEOUT" not in codes(body), body
+    assert body["runners"]["alive"] is None, body
+    assert isinstance(body["stream_last_seq"], int), body
+    status, body = await health(system)  # back by itself
+    assert "NATS_SLOW" not in codes(body), body
+
+
+async def test_health_waits_out_a_freeze_of_its_runners_read_shorter_than_the_bound(
+    system: System, own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runners read frozen for half the bound: waited out, the runners known."""
+    await health(system)
+    froze = freeze_at_runners_read(monkeypatch, own_nats, thaw_after=SHORTER)
+    try:
+        status, body = await health(system)
+    finally:
+        thaw(own_nats)
+    assert froze, "the runners read was not frozen"
+    assert status == 200, body
+    assert codes(body) == ["NO_RUNNER"], body
+    assert body["runners"]["alive"] == 0, body  # no runner in this system

@@ -2,12 +2,13 @@
 cannot see from here are working (invariant "Health tells the truth").
 
 - ``unavailable`` (HTTP 503): this instance cannot reach NATS or Postgres (or Postgres does not
-  answer within ``health_postgres_timeout_seconds``, or NATS within
+  answer within ``health_postgres_timeout_seconds``, or NATS the stream's end within
   ``health_nats_timeout_seconds``); a load balancer should send requests elsewhere.
 - ``degraded`` (HTTP 200: the instance serves, and taking every API instance out of a load
   balancer would not help): events set aside by the projector, a projector that does not keep up
   (the oldest event waiting for it was stored more than ``projector_stuck_seconds`` ago: a stopped
-  or stuck projector and a stalled stream reader look alike from here), or no runner alive.
+  or stuck projector and a stalled stream reader look alike from here), no runner alive, or NATS
+  too slow for health's later reads (NATS_SLOW: the projector's progress or the runners unknown).
 - ``ok`` (HTTP 200) otherwise.
 
 Each problem comes with a machine-readable code and a sentence in ``problems``.
@@ -51,6 +52,9 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     body["postgres"] = postgres.problem is None
     nats = NatsBound(asyncio.get_running_loop().time() + ctx.settings.health_nats_timeout_seconds)
     last = await _stream_last_seq(ctx, nats)
+    # Only this first read decides "unavailable": NATS did not answer at all. A later read cut
+    # off (a NATS slow under load, a bound nearly spent) leaves its part unknown, degraded.
+    stream_end_missed = nats.missed
     readmodels = postgres.readmodels
     if not readmodels.current:  # the stream's end, read here outside the Postgres bound
         readmodels = dataclasses.replace(readmodels, stream_last_seq=last)
@@ -79,11 +83,17 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
         body["set_aside"] = _set_aside(postgres.set_aside, problems)
     if body["nats"]:
         body["runners"] = await _runners(ctx, nats, problems)
-        if nats.missed:  # connected, but frozen or overloaded: this instance cannot serve
-            seconds = ctx.settings.health_nats_timeout_seconds
+        seconds = ctx.settings.health_nats_timeout_seconds
+        if stream_end_missed:  # connected, but frozen or overloaded: this instance cannot serve
             sentence = f"NATS did not answer this API instance within {seconds:g} s."
             problems.append(Problem("NATS_TIMEOUT", sentence + " Is it frozen or overloaded?"))
             unavailable = True
+        elif nats.missed:
+            sentence = (
+                f"NATS answered this API instance slowly: not all of health's reads within "
+                f"{seconds:g} s; the projector's progress or the runners are unknown."
+            )
+            problems.append(Problem("NATS_SLOW", sentence + " Is it overloaded?"))
     status = "unavailable" if unavailable else "degraded" if problems else "ok"
     body = {"status": status, **body, "problems": [msgspec.to_builtins(p) for p in problems]}
     if problems:
