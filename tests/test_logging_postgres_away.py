@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import sys
 from collections.abc import AsyncIterator, Iterator
 
@@ -80,3 +81,38 @@ def test_any_other_error_keeps_its_traceback() -> None:
     assert PostgresAwayInOneLine().filter(record)
     assert record.exc_info is not None
     assert record.getMessage() == "m"
+
+
+def logged_with(error: BaseException) -> logging.LogRecord:
+    """asyncpg's pool retry record for ``error``, through the filter."""
+    try:
+        raise error
+    except BaseException:
+        record = logging.LogRecord("asyncpg.pool", logging.WARNING, "", 0, "m", (), sys.exc_info())
+    assert PostgresAwayInOneLine().filter(record)
+    return record
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ssl.SSLCertVerificationError(1, "certificate verify failed"),
+        FileNotFoundError(2, "No such file or directory", "/etc/jobrunner/root.crt"),
+        PermissionError(13, "Permission denied", "/etc/jobrunner/client.key"),
+    ],
+    ids=["certificate", "missing-file", "unreadable-file"],
+)
+def test_a_configuration_error_is_not_postgres_away(error: OSError) -> None:
+    """OSErrors of the installation's own making keep their traceback, unlabelled."""
+    record = logged_with(error)
+    assert record.exc_info is not None
+    assert record.getMessage() == "m"
+
+
+def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    assert (
+        logged_with(ConnectionResetError()).getMessage()
+        == "m (Postgres away: ConnectionResetError)"
+    )
+    said = logged_with(ConnectionRefusedError(111, "refused")).getMessage()
+    assert said == "m (Postgres away: ConnectionRefusedError: [Errno 111] refused)"

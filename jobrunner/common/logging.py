@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import ssl
 import sys
 import time
 
@@ -28,6 +29,10 @@ POSTGRES_AWAY_AT_CONNECT = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
 )
+# OSErrors that are the installation's own mistakes, not a Postgres away (a certificate that does
+# not verify, a certificate or socket file that is missing or unreadable): the retries will not
+# mend them, and their traceback says where to look.
+CONFIG_ERRORS_AT_CONNECT = (ssl.SSLCertVerificationError, FileNotFoundError, PermissionError)
 
 
 class PostgresAwayInOneLine(logging.Filter):
@@ -39,8 +44,11 @@ class PostgresAwayInOneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, POSTGRES_AWAY_AT_CONNECT):
-            record.msg = f"{record.getMessage()} (Postgres away: {type(error).__name__}: {error})"
+        if isinstance(error, POSTGRES_AWAY_AT_CONNECT) and not isinstance(
+            error, CONFIG_ERRORS_AT_CONNECT
+        ):
+            said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            record.msg = f"{record.getMessage()} (Postgres away: {said})"
             record.args = ()
             record.exc_info = None
             record.exc_text = None
