@@ -131,7 +131,7 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
 # one a request (45 in a 37 s Postgres restart with two pages open) said nothing the first did
 # not. One line per interval per kind, with the count of those left out (``since_last``).
 REFUSAL_LOG_INTERVAL = 10.0
-NATS_SILENT = LogThrottle(REFUSAL_LOG_INTERVAL)
+NATS_SILENT_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 POSTGRES_AWAY_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 
@@ -156,7 +156,7 @@ def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
             ),
             status_code=413,
         )
-    _warn_throttled(NATS_SILENT, "nats did not answer", path=request.url.path, error=repr(exc))
+    _warn_throttled(NATS_SILENT_LOG, "nats did not answer", path=request.url.path, error=repr(exc))
     return Response(
         error_body(
             "EVENT_STORE_UNAVAILABLE", "The event store did not answer in time; try again shortly."
