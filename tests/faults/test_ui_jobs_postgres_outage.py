@@ -80,7 +80,9 @@ async def test_jobs_page_moves_a_job_that_ended_while_postgres_was_down(
         row = await cluster.wait_job(job_id, is_terminal, 60)
         assert row is not None
         assert row.status == "completed", outcome(row)
-        await expect(card).to_have_count(0, timeout=30_000)
+        # The page's retry waits up to REFRESH_RETRY_LONGEST_MS (30 s, jobs-page.js) after a
+        # long outage: 60 s is that and as much again for a loaded machine.
+        await expect(card).to_have_count(0, timeout=60_000)
         recent = page.locator(f'#recent [data-job-row][data-job-id="{job_id}"]')
         await expect(recent).to_have_attribute("data-status", "completed")
         assert await page.evaluate("window.sameDocument") is True
