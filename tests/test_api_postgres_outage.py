@@ -19,13 +19,15 @@ import asyncpg
 import msgspec
 import nats
 import pytest
+from structlog.testing import capture_logs
 
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.logging import LogThrottle
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.services.api import health
+from jobrunner.services.api import errors, health
 from jobrunner.services.api.context import health_pool, read_pool
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout, ReadPool
@@ -158,6 +160,28 @@ async def test_postgres_stopped_reads_answer_503_with_a_code_then_recover(
     await asyncio.to_thread(own_postgres.stop)
     assert_unavailable(*await read_job(system))
     await asyncio.to_thread(own_postgres.start)
+    await served_again(system)
+
+
+async def test_requests_refused_while_postgres_is_stopped_log_one_line_with_a_count(
+    system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty reads refused while Postgres is stopped: one "read models unavailable" line, not
+    twenty (the operator's audit, s30: 45 lines in a 37 s restart); the lines left out are
+    counted into the next one after the interval."""
+    throttle = LogThrottle(errors.REFUSAL_LOG_INTERVAL)  # fresh: no earlier test's line counts
+    monkeypatch.setattr(errors, "POSTGRES_AWAY_LOG", throttle)
+    await asyncio.to_thread(own_postgres.stop)
+    try:
+        with capture_logs() as logs:
+            for _ in range(20):
+                assert_unavailable(*await read_job(system))
+            throttle.last_logged -= errors.REFUSAL_LOG_INTERVAL  # the interval has passed
+            assert_unavailable(*await read_job(system))
+    finally:
+        await asyncio.to_thread(own_postgres.start)
+    lines = [line for line in logs if line["event"] == "read models unavailable"]
+    assert [line.get("since_last") for line in lines] == [None, 19], lines
     await served_again(system)
 
 

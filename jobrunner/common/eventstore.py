@@ -6,7 +6,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from jobrunner.common import (
     stopping,
     subscription,
 )
+from jobrunner.common.logging import LogThrottle
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -126,25 +126,18 @@ class ErrorLog:
         # The connection's name (``connect``), not the ``service=`` every line of a service
         # carries (bound in ``cli``): a service has more than one (the API's reader).
         self.connection = connection
-        self.interval = interval
-        self.last_logged = -math.inf
-        self.left_out = 0
+        self.throttle = LogThrottle(interval)
 
     def __call__(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self.last_logged < self.interval:
-            self.left_out += 1
+        left_out = self.throttle.admit()
+        if left_out is None:
             return
         # A timeout's message is empty: name its type instead of logging a blank reason.
         error = str(exc) or type(exc).__name__
-        if self.left_out:
-            log.warning(
-                "nats error", connection=self.connection, error=error, since_last=self.left_out
-            )
+        if left_out:
+            log.warning("nats error", connection=self.connection, error=error, since_last=left_out)
         else:
             log.warning("nats error", connection=self.connection, error=error)
-        self.last_logged = now
-        self.left_out = 0
 
 
 async def connect(

@@ -7,13 +7,52 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
+import ssl
 import sys
+import time
 
+import asyncpg
 import structlog
 
 # Libraries whose INFO lines are one per request they make (each /metrics scrape of a peer):
 # noise beside the services' own lines, so only their warnings are written.
 CHATTY_LIBRARIES = ("httpx", "httpcore")
+
+# What a Postgres that is down, restarting or shutting down raises at a connect: expected faults,
+# each retried by whoever met it. A bare OSError is one here (a refused or timed-out connect;
+# database.PostgresUnreachable is one too), unlike in the API's errors.POSTGRES_AWAY, which
+# judges any error of a request.
+POSTGRES_AWAY_AT_CONNECT = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+)
+# OSErrors that are the installation's own mistakes, not a Postgres away (a certificate that does
+# not verify, a certificate or socket file that is missing or unreadable): the retries will not
+# mend them, and their traceback says where to look.
+CONFIG_ERRORS_AT_CONNECT = (ssl.SSLCertVerificationError, FileNotFoundError, PermissionError)
+
+
+class PostgresAwayInOneLine(logging.Filter):
+    """asyncpg's pool logs each failed attempt to reopen its minimum of connections with a whole
+    traceback ("Failed to restore the pool connection floor; retrying", once a second, then
+    backing off to a minute): a dozen tracebacks for a 30 s Postgres restart, for a fault the
+    pool retries by itself. Postgres away is said in one line, with the error; anything else
+    keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, POSTGRES_AWAY_AT_CONNECT) and not isinstance(
+            error, CONFIG_ERRORS_AT_CONNECT
+        ):
+            said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            record.msg = f"{record.getMessage()} (Postgres away: {said})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -54,6 +93,9 @@ def route_stdlib_logging(
     root.setLevel(threshold)
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(threshold, logging.WARNING))
+    pool_logger = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, PostgresAwayInOneLine) for f in pool_logger.filters):
+        pool_logger.addFilter(PostgresAwayInOneLine())
 
 
 def console_renderer() -> structlog.dev.ConsoleRenderer:
@@ -63,3 +105,23 @@ def console_renderer() -> structlog.dev.ConsoleRenderer:
     if importlib.util.find_spec("rich") is not None:
         formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
     return structlog.dev.ConsoleRenderer(exception_formatter=formatter)
+
+
+class LogThrottle:
+    """At most one line per ``interval`` seconds for one kind of repeated warning (one per
+    request or per retry while a server is away), counting the ones left out in between."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last_logged = -math.inf
+        self.left_out = 0
+
+    def admit(self) -> int | None:
+        """None: leave this line out. Otherwise log it, with this many left out since the last
+        (0: none)."""
+        now = time.monotonic()
+        if now - self.last_logged < self.interval:
+            self.left_out += 1
+            return None
+        left_out, self.left_out, self.last_logged = self.left_out, 0, now
+        return left_out

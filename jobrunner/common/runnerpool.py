@@ -9,7 +9,7 @@ from datetime import datetime
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
@@ -35,13 +35,20 @@ def key_of(runner_id: str) -> str:
 
 
 async def alive_runners(js: JetStreamContext, names: Names) -> list[RunnerHeartbeat]:
-    """The runners whose heartbeat has not expired, by id."""
+    """The runners whose heartbeat has not expired, by id.
+
+    Requests and replies only: the keys come from the bucket's stream info (its subjects), not
+    from nats-py's ``kv.keys()``, which watches the bucket through an ordered consumer and a
+    subscription that it does not remove when cancelled (``/health`` cuts its reads off at
+    ``health_nats_timeout_seconds``: each cut left both behind)."""
     kv = await js.key_value(names.runners_bucket)
+    prefix = f"$KV.{names.runners_bucket}."
+    info = await js.stream_info(f"KV_{names.runners_bucket}", subjects_filter=f"{prefix}>")
     found: list[RunnerHeartbeat] = []
-    with contextlib.suppress(NoKeysError):
-        for key in await kv.keys():
-            with contextlib.suppress(NotFoundError, msgspec.MsgspecError):
-                entry = await kv.get(key)
-                if entry.value:
-                    found.append(msgspec.json.decode(entry.value, type=RunnerHeartbeat))
+    for subject in sorted(info.state.subjects or {}):
+        # A deleted key's subject stays (its delete marker): get says not found.
+        with contextlib.suppress(NotFoundError, msgspec.MsgspecError):
+            entry = await kv.get(subject.removeprefix(prefix))
+            if entry.value:
+                found.append(msgspec.json.decode(entry.value, type=RunnerHeartbeat))
     return sorted(found, key=lambda beat: beat.runner_id)

@@ -124,6 +124,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_read_timeout_seconds: float = 60.0
     # GET /health's read of Postgres, shorter: an orchestrator's probe must get an answer.
     health_postgres_timeout_seconds: float = 1.0
+    # GET /health's reads of NATS (the stream's end, the oldest waiting event, the runners), one
+    # bound for all: a frozen NATS keeps the connection up, and each read used to wait out
+    # nats-py's 5 s request timeout, then health said "ok".
+    health_nats_timeout_seconds: float = 2.0
 
     # SSE
     sse_keepalive_seconds: float = 15.0
@@ -287,6 +291,7 @@ _ABOVE_ZERO = (
     "up_ready_timeout_seconds",
     "api_read_timeout_seconds",
     "health_postgres_timeout_seconds",
+    "health_nats_timeout_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 # Settings that no service reads any more, still accepted in a config file so that one written

@@ -258,6 +258,10 @@ class FaultCluster:
             self.postgres.kill()
         else:
             await asyncio.to_thread(self.postgres.stop)
+        await self.start_postgres()
+
+    async def start_postgres(self) -> None:
+        """Start Postgres again on its port and data after a stop (``postgres.stop``)."""
         self.postgres = EmbeddedPostgres(
             self.postgres.data_dir,
             port=self.postgres.port,

@@ -12,7 +12,7 @@ def test_errors_within_the_interval_are_counted_into_the_next_line() -> None:
     with capture_logs() as logs:
         for _ in range(40):  # 10 s of a refused connect, tried 4 times a second
             errors(ConnectionRefusedError("refused"))
-        errors.last_logged -= 3600.0  # the interval has passed
+        errors.throttle.last_logged -= 3600.0  # the interval has passed
         errors(TimeoutError())
     assert [(line["event"], line.get("since_last")) for line in logs] == [
         ("nats error", None),

@@ -2,12 +2,13 @@
 cannot see from here are working (invariant "Health tells the truth").
 
 - ``unavailable`` (HTTP 503): this instance cannot reach NATS or Postgres (or Postgres does not
-  answer within ``health_postgres_timeout_seconds``); a load balancer should
-  send requests elsewhere.
+  answer within ``health_postgres_timeout_seconds``, or NATS the stream's end within
+  ``health_nats_timeout_seconds``); a load balancer should send requests elsewhere.
 - ``degraded`` (HTTP 200: the instance serves, and taking every API instance out of a load
   balancer would not help): events set aside by the projector, a projector that does not keep up
   (the oldest event waiting for it was stored more than ``projector_stuck_seconds`` ago: a stopped
-  or stuck projector and a stalled stream reader look alike from here), or no runner alive.
+  or stuck projector and a stalled stream reader look alike from here), no runner alive, or NATS
+  too slow for health's later reads (NATS_SLOW: the projector's progress or the runners unknown).
 - ``ok`` (HTTP 200) otherwise.
 
 Each problem comes with a machine-readable code and a sentence in ``problems``.
@@ -15,10 +16,12 @@ Each problem comes with a machine-readable code and a sentence in ``problems``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -32,6 +35,7 @@ from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.readpool import ReadModelsTimeout
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -46,7 +50,11 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     postgres = await _postgres(ctx)
     applied = postgres.applied
     body["postgres"] = postgres.problem is None
-    last = await _stream_last_seq(ctx)
+    nats = NatsBound(asyncio.get_running_loop().time() + ctx.settings.health_nats_timeout_seconds)
+    last = await _stream_last_seq(ctx, nats)
+    # Only this first read decides "unavailable": NATS did not answer at all. A later read cut
+    # off (a NATS slow under load, a bound nearly spent) leaves its part unknown, degraded.
+    stream_end_missed = nats.missed
     readmodels = postgres.readmodels
     if not readmodels.current:  # the stream's end, read here outside the Postgres bound
         readmodels = dataclasses.replace(readmodels, stream_last_seq=last)
@@ -70,11 +78,22 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
         # serves as soon as the projector swaps the rebuilt tables in.
         unavailable = unavailable or readmodels.newer
     if last is not None and applied is not None and readmodels.current:
-        body["projector"] = await _projector(ctx, applied, last, problems)
+        body["projector"] = await _projector(ctx, nats, applied, last, problems)
     if applied is not None:
         body["set_aside"] = _set_aside(postgres.set_aside, problems)
     if body["nats"]:
-        body["runners"] = await _runners(ctx, problems)
+        body["runners"] = await _runners(ctx, nats, problems)
+        seconds = ctx.settings.health_nats_timeout_seconds
+        if stream_end_missed:  # connected, but frozen or overloaded: this instance cannot serve
+            sentence = f"NATS did not answer this API instance within {seconds:g} s."
+            problems.append(Problem("NATS_TIMEOUT", sentence + " Is it frozen or overloaded?"))
+            unavailable = True
+        elif nats.missed:
+            sentence = (
+                f"NATS answered this API instance slowly: not all of health's reads within "
+                f"{seconds:g} s; the projector's progress or the runners are unknown."
+            )
+            problems.append(Problem("NATS_SLOW", sentence + " Is it overloaded?"))
     status = "unavailable" if unavailable else "degraded" if problems else "ok"
     body = {"status": status, **body, "problems": [msgspec.to_builtins(p) for p in problems]}
     if problems:
@@ -137,22 +156,48 @@ async def _set_aside_rows(conn: Any) -> tuple[int, asyncpg.Record | None]:
     return int(count), row
 
 
-async def _stream_last_seq(ctx: ApiContext) -> int | None:
+@dataclass
+class NatsBound:
+    """One deadline over all of health's reads of NATS; ``missed`` once a read ran past it (the
+    reads after it are not tried: each would only wait out what is left)."""
+
+    deadline: float  # on the event loop's clock
+    missed: bool = False
+
+
+async def _read_nats(nats: NatsBound, read: Callable[[], Awaitable[T]]) -> T:
+    """``read()`` within ``nats``'s deadline; TimeoutError past it (nats-py's own request timeout
+    counts too), and at once, without reading, when an earlier read missed it."""
+    if nats.missed:
+        raise TimeoutError
     try:
-        return int((await ctx.js.stream_info(ctx.names.stream)).state.last_seq)
+        async with asyncio.timeout_at(nats.deadline):
+            return await read()
+    except TimeoutError:
+        nats.missed = True
+        raise
+
+
+async def _stream_last_seq(ctx: ApiContext, nats: NatsBound) -> int | None:
+    try:
+        return int(
+            (await _read_nats(nats, lambda: ctx.js.stream_info(ctx.names.stream))).state.last_seq
+        )
     except Exception:
         return None
 
 
 async def _projector(
-    ctx: ApiContext, applied: int, last: int, problems: list[Problem]
+    ctx: ApiContext, nats: NatsBound, applied: int, last: int, problems: list[Problem]
 ) -> dict[str, Any]:
     """How long the oldest event not yet applied has waited: the stream stores each message's
     time, so one look tells a projector that stopped from one that is merely busy."""
     if applied >= last:
         return {"state": "caught_up", "oldest_waiting_seconds": 0.0}
     try:
-        waiting = await ctx.js.get_msg(ctx.names.stream, applied + 1, next=True)
+        waiting = await _read_nats(
+            nats, lambda: ctx.js.get_msg(ctx.names.stream, applied + 1, next=True)
+        )
     except Exception:
         return {"state": "unknown", "oldest_waiting_seconds": None}
     seconds = (datetime.now(UTC) - waiting.time).total_seconds() if waiting.time else 0.0
@@ -190,9 +235,9 @@ def _set_aside(
     return {"count": int(count), "last": last}
 
 
-async def _runners(ctx: ApiContext, problems: list[Problem]) -> dict[str, Any]:
+async def _runners(ctx: ApiContext, nats: NatsBound, problems: list[Problem]) -> dict[str, Any]:
     try:
-        alive = await runnerpool.alive_runners(ctx.js, ctx.names)
+        alive = await _read_nats(nats, lambda: runnerpool.alive_runners(ctx.js, ctx.names))
     except Exception:
         return {"alive": None, "ids": []}
     if not alive:

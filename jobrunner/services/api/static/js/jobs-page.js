@@ -13,11 +13,30 @@ const followed = new Map(); // job id -> {stream, terminal}
 // "running" for a moment (the projector writes a little after the stream has the event).
 const ended = new Set();
 let refreshTimer = 0;
+let refreshDueAt = Infinity; // when the pending re-render is due (performance.now()); none: Infinity
+let refreshRound = 0; // re-renders of both sections asked for so far
+// How soon a failed re-render of the sections is asked again: 2 s after the first failure,
+// doubling each failed round up to 30 s (a page left open through a long outage asks twice a
+// minute, not every 2 s: each refused request is a warning line in the API's log), back to 2 s
+// once both sections have re-rendered.
+const REFRESH_RETRY_FIRST_MS = 2000;
+const REFRESH_RETRY_LONGEST_MS = 30000;
+let refreshRetryMs = REFRESH_RETRY_FIRST_MS;
+let roundBackedOff = -1; // the round whose failure last asked again and doubled the wait
+const renderedSinceFailure = new Set(); // the sections re-rendered since the last failure
 
-// Ask both sections to re-render (htmx listens for "jobs-changed" on the body).
+// Ask both sections to re-render (htmx listens for "jobs-changed" on the body), at the latest in
+// `delay` ms: one asked for sooner stands (it re-renders both).
 export function refreshSoon(delay = 150) {
+  const due = performance.now() + delay;
+  if (due >= refreshDueAt) return;
   clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => document.body.dispatchEvent(new CustomEvent("jobs-changed")), delay);
+  refreshDueAt = due;
+  refreshTimer = setTimeout(() => {
+    refreshDueAt = Infinity;
+    refreshRound += 1;
+    document.body.dispatchEvent(new CustomEvent("jobs-changed"));
+  }, delay);
 }
 
 function card(jobId) {
@@ -94,6 +113,10 @@ export function initJobsPage() {
     if (!target) return;
     formatIn(target);
     tickClocks(target);
+    if (target.id === "active" || target.id === "recent") {
+      renderedSinceFailure.add(target.id);
+      if (renderedSinceFailure.size === 2) refreshRetryMs = REFRESH_RETRY_FIRST_MS;
+    }
     if (target.id === "active") syncCards();
   });
 
@@ -108,4 +131,22 @@ export function initJobsPage() {
     refreshSoon();
   });
   document.addEventListener("updates-resync", () => refreshSoon(0));
+
+  // A re-render that failed (the read models away: 503 while Postgres is down; the API gone)
+  // would leave a finished job on its running card, its clock ticking, until some other job
+  // changed: nothing else asks again. Ask again, backing off, until one succeeds. Not after a
+  // 4xx: asking again gets the same answer (a session ended, a page gone).
+  const retryFailedRefresh = (event) => {
+    const id = event.detail?.elt?.id;
+    if (id !== "active" && id !== "recent") return;
+    if (event.type === "htmx:responseError" && !(event.detail.xhr?.status >= 500)) return;
+    renderedSinceFailure.clear();
+    // Both sections fail together: one round asks again once and doubles the wait once.
+    if (roundBackedOff === refreshRound) return;
+    roundBackedOff = refreshRound;
+    refreshSoon(refreshRetryMs);
+    refreshRetryMs = Math.min(refreshRetryMs * 2, REFRESH_RETRY_LONGEST_MS);
+  };
+  document.body.addEventListener("htmx:responseError", retryFailedRefresh);
+  document.body.addEventListener("htmx:sendError", retryFailedRefresh);
 }

@@ -1,0 +1,93 @@
+"""Postgres stopped while a browser shows /jobs and the running job ends meanwhile: once Postgres
+is back, the page moves the job from its running card to the recent jobs by itself (no reload).
+The page's re-render after the job's end failed with 503 and used to be asked for only at the
+next change of some job: the finished job stayed on a "running" card, its clock ticking."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.browser import launch, open_page
+from tests.faults.cluster import FaultCluster, is_terminal
+from tests.faults.invariants import outcome
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
+    return short_ttl_cluster
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
+    system: Any = cluster  # open_page needs only base_url and settings
+    opened = await open_page(chromium, system)
+    yield opened
+    await opened.context.close()
+
+
+async def test_jobs_page_moves_a_job_that_ended_while_postgres_was_down(
+    cluster: FaultCluster, page: Page
+) -> None:
+    """A job ends while Postgres is down; back up, /jobs lists it as completed, no reload."""
+    # The page is open before the job is requested: its update stream then knows the job from
+    # its request and needs no Postgres to follow it, so no reconnect of it re-renders the page.
+    await page.goto("/jobs")
+    await expect(page.locator("#active")).to_be_attached()
+    gate = cluster.records / "ui-jobs-pg-gate"  # the job ends only once Postgres is down
+    parameters = {"lines": 5, "record": str(cluster.records / "ui-jobs-pg.txt"), "label": "ui-pg"}
+    async with cluster.client() as client:
+        created = await client.post(
+            "/api/jobs",
+            json={
+                "job_type": cluster.fresh_lock_type(),
+                "parameters": parameters | {"hold_until": str(gate)},
+            },
+        )
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    postgres_stopped = False
+    try:
+        card = page.locator(f'#active [data-job-card][data-job-id="{job_id}"]')
+        await expect(card).to_have_attribute("data-status", "running", timeout=30_000)
+        await page.evaluate("window.sameDocument = true")
+
+        # The job's end reaches the page through NATS; its re-render needs Postgres and fails.
+        async with page.expect_response(
+            lambda r: r.url.endswith("/ui/active") and r.status == 503, timeout=60_000
+        ):
+            await asyncio.to_thread(cluster.postgres.stop)
+            postgres_stopped = True
+            gate.touch()
+        await expect(card).to_have_attribute("data-status", "completed")
+        await cluster.start_postgres()
+        postgres_stopped = False
+
+        row = await cluster.wait_job(job_id, is_terminal, 60)
+        assert row is not None
+        assert row.status == "completed", outcome(row)
+        # The page's retry waits up to REFRESH_RETRY_LONGEST_MS (30 s, jobs-page.js) after a
+        # long outage: 60 s is that and as much again for a loaded machine.
+        await expect(card).to_have_count(0, timeout=60_000)
+        recent = page.locator(f'#recent [data-job-row][data-job-id="{job_id}"]')
+        await expect(recent).to_have_attribute("data-status", "completed")
+        assert await page.evaluate("window.sameDocument") is True
+    finally:
+        gate.touch()
+        if postgres_stopped:
+            await cluster.start_postgres()
+        await cluster.cancel(job_id)
