@@ -61,6 +61,17 @@ async def unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | 
     return task.result()
 
 
+def raise_if_cancel_swallowed() -> None:
+    """Raise ``CancelledError`` when the running task was cancelled and the cancel did not
+    reach it: nats-py catches one that arrives while it flushes (``Client._flush_pending``),
+    and the call returns as if never cancelled; the task's ``cancelling()`` count still says
+    so. A loop that retries for ever asks before each retry: it would otherwise retry on, and
+    the process's exit (``asyncio.run`` cancels what is left once, then waits for it) with it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Wait ``seconds``, or less once ``stop`` is set: a loop's pause between its rounds."""
     with contextlib.suppress(TimeoutError):
