@@ -24,20 +24,11 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
-from tests.tools.clogged_nats import PAYLOAD, clogged
+from tests.tools.clogged_nats import PAST_PENDING_SIZE, PAYLOAD, clogged, forced_flush_waiting
 
-# Past nats-py's pending_size (2 MiB) in messages of PAYLOAD's size.
-PAST_PENDING_SIZE = 2 * 1024 * 1024 // len(PAYLOAD) + 20
 # How long the test waits for the cancelled publish to end: its ack's timeout (5 s, what it may
 # wait after the swallowed cancel) with room for a loaded machine.
 PATIENCE = ackinbox.ACK_TIMEOUT + 15
-
-
-async def _forced_flush_waiting(nc: object) -> None:
-    """Until a publish waits in nats-py's forced flush (the pending bytes past pending_size)."""
-    async with asyncio.timeout(30):
-        while nc._pending_data_size <= nc._max_pending_size:  # type: ignore[attr-defined]  # noqa: ASYNC110 - nats-py's state
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("cancelled", ["before-the-close", "after-the-close"])
@@ -64,7 +55,7 @@ async def test_a_publish_until_stored_ends_on_a_cancel_nats_py_swallowed(
             asyncio.ensure_future(nc.publish("clog.more", PAYLOAD))
             for _ in range(PAST_PENDING_SIZE)
         ]
-        await _forced_flush_waiting(nc)
+        await forced_flush_waiting(nc)
         ending = events.StatusChanged(job_id="j", status=events.JobStatus.FAILED)
         publishing = asyncio.ensure_future(inbox.publish_until_stored(names, ending))
         await asyncio.sleep(0.5)
