@@ -185,6 +185,7 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
                     reason=str(exc) or type(exc).__name__,
                     attempts=failures,
                 )
+            stopping.raise_if_cancel_swallowed()  # (see until_done)
             await asyncio.sleep(delay_after(failures))
             continue
         finally:

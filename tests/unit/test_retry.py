@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import structlog
@@ -116,3 +117,25 @@ async def test_a_retry_goes_on_without_a_cancel() -> None:
 
     assert await retry.until_done(publish, "an event") == "stored"
     assert tries == 3
+
+
+async def test_a_start_steps_wait_ends_on_a_cancel_the_step_swallowed() -> None:
+    """The start's wait for JetStream, too: a cancel caught inside a step ends the waiting."""
+    tries = 0
+
+    async def declare() -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            # nats-py's _flush_pending: caught, and the call returns
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+        raise ConnectionClosedError  # transient: waited out
+
+    waiting = asyncio.ensure_future(retry.until_jetstream_ready(declare, "the stream"))
+    while tries == 0:  # noqa: ASYNC110 - the first try started
+        await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.wait({waiting}, timeout=30)
+    assert waiting.cancelled()
+    assert tries == 1
