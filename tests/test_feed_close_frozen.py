@@ -114,6 +114,9 @@ async def test_an_event_feed_left_closing_ends_on_the_exits_cancel(
             task.cancel()  # once, as asyncio.run does at the exit
         done, _ = await asyncio.wait(left, timeout=20)
         assert done == left, "a task left by the feed's close survived the exit's cancel"
+        # Ended by that cancel, not by the consumer delete's own timeout, which ends it anyway
+        # a moment later (without this, the test passed with no cancel at all).
+        assert all(task.cancelled() for task in left), "the exit's cancel did not end it"
         gc.collect()
         await asyncio.sleep(0)
         assert unreported == []
