@@ -185,7 +185,7 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
                     reason=str(exc) or type(exc).__name__,
                     attempts=failures,
                 )
-            stopping.raise_if_cancel_swallowed()  # (see until_done)
+            stopping.raise_if_being_cancelled()  # (see until_done)
             await asyncio.sleep(delay_after(failures))
             continue
         finally:
@@ -272,7 +272,7 @@ async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
             with attempt:
                 # Never a retry after a cancel nats-py swallowed (not transient: it raises
                 # through stamina): the stop's connection close made every retry fail for ever.
-                stopping.raise_if_cancel_swallowed()
+                stopping.raise_if_being_cancelled()
                 if failed is not None:
                     # The bare try's failure, handed to stamina as its first attempt's: the
                     # backoff and the ``stamina.retry_scheduled`` log are as before.

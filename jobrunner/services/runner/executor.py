@@ -445,7 +445,7 @@ class JobExecutor:
                 if keeper.lost.is_set():
                     log.warning("lock bucket write failed", write=what, error=repr(exc))
                     return
-                stopping.raise_if_cancel_swallowed()
+                stopping.raise_if_being_cancelled()
                 log.warning("lock bucket write failed, retrying", write=what, error=repr(exc))
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
