@@ -32,7 +32,10 @@ from tests.tools.clogged_nats import (
     clogged,
 )
 
-NOT_UNSUBSCRIBED = "an external job's subscriptions not unsubscribed: the close ends them"
+NOT_UNSUBSCRIBED = (
+    "an external job's subscriptions not unsubscribed in time: the UNSUB is queued, sent when "
+    "NATS takes it"
+)
 EXTERNAL = JobType(name="worker", external=True, heartbeat_seconds=3600)
 
 
@@ -79,6 +82,7 @@ async def test_an_external_jobs_end_unsubscribes_within_the_bound(
         assert waiting.result() == STOPPED
         said = [e for e in logs if e["event"] == NOT_UNSUBSCRIBED]
         assert len(said) == (0 if unsubscribed else 1), (said, f"ended after {took:.1f} s")
+        assert all(e["log_level"] == "warning" for e in said), said
         assert took < STOP_ENDS_WITHIN, f"ended after {took:.1f} s"
     finally:
         if thaw is not None:

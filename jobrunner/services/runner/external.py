@@ -114,6 +114,7 @@ class ExternalExecution:
                 self._subs,
                 eventstore.UNSUBSCRIBE_STOP_SECONDS,
                 "an external job's subscriptions",
+                closing=False,  # a job's end: the runner and its connection go on
             )
 
     async def _stored_report_since(self) -> bool:
