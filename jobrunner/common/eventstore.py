@@ -739,16 +739,26 @@ CLOSE_KEEP_SECONDS = 3.0
 UNSUBSCRIBE_STOP_SECONDS = 1.0
 
 
-async def unsubscribe_within(subs: Iterable[Subscription], within: float, what: str) -> None:
-    """Unsubscribe ``subs`` (``what``: for the log) at a stop, ``within`` seconds at most; past
-    it they are left to the connection's close, which ends them too. Their errors are no one's
-    to report: the close follows."""
+async def unsubscribe_within(
+    subs: Iterable[Subscription], within: float, what: str, *, closing: bool = True
+) -> None:
+    """Unsubscribe ``subs`` (``what``: for the log) ``within`` seconds at most. ``closing``: at
+    a stop, the connection's close follows and ends those left, and their errors are no one's
+    to report. Otherwise (an external job's end, the connection staying open) those left are
+    a warning: nats-py queues the UNSUB before it waits for the flusher (``_send_command``),
+    so it goes out when NATS takes what is queued."""
+    left_running = (
+        f"{what} not unsubscribed: the close ends them"
+        if closing
+        else f"{what} not unsubscribed in time: the UNSUB is queued, sent when NATS takes it"
+    )
     await stopping.wait_within(
         {asyncio.ensure_future(sub.unsubscribe()) for sub in subs},
         within,
-        f"{what} not unsubscribed: the close ends them",
+        left_running,
         cancel_left=True,
         errors_retrieved=True,
+        level="error" if closing else "warning",
     )
 
 

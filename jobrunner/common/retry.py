@@ -27,7 +27,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from jobrunner.common import metrics
+from jobrunner.common import metrics, stopping
 
 log = structlog.get_logger()
 
@@ -185,6 +185,7 @@ async def until_jetstream_ready(operation: Callable[[], Awaitable[T]], what: str
                     reason=str(exc) or type(exc).__name__,
                     attempts=failures,
                 )
+            stopping.raise_if_being_cancelled()  # (see until_done)
             await asyncio.sleep(delay_after(failures))
             continue
         finally:
@@ -269,6 +270,9 @@ async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
             wait_jitter=JITTER,
         ):
             with attempt:
+                # Never a retry after a cancel nats-py swallowed (not transient: it raises
+                # through stamina): the stop's connection close made every retry fail for ever.
+                stopping.raise_if_being_cancelled()
                 if failed is not None:
                     # The bare try's failure, handed to stamina as its first attempt's: the
                     # backoff and the ``stamina.retry_scheduled`` log are as before.

@@ -61,6 +61,20 @@ async def unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | 
     return task.result()
 
 
+def raise_if_being_cancelled() -> None:
+    """Raise ``CancelledError`` when the running task has a cancel request pending: its
+    ``cancelling()`` counts the ``cancel()`` calls not ``uncancel()``ed, whether or not the
+    ``CancelledError`` reached the task. nats-py catches one that arrives while it flushes
+    (``Client._flush_pending``) and returns as if never cancelled, without ``uncancel()``; the
+    count still says so. A loop that retries for ever asks before each retry: it would
+    otherwise retry on, and the process's exit (``asyncio.run`` cancels what is left once,
+    then waits for it) with it. Code that catches a cancel on purpose and means to carry on
+    must ``uncancel()`` it, or this ends it at its next retry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Wait ``seconds``, or less once ``stop`` is set: a loop's pause between its rounds."""
     with contextlib.suppress(TimeoutError):

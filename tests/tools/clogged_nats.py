@@ -36,6 +36,8 @@ STOP_GIVEN_UP_AFTER = 25.0
 # queue holds (1,024), so that the queue is full.
 PUBLISHES = 4000
 PAYLOAD = b"x" * 8000
+# Past nats-py's pending_size (2 MiB) in messages of PAYLOAD's size.
+PAST_PENDING_SIZE = 2 * 1024 * 1024 // len(PAYLOAD) + 20
 
 
 async def clogged(nc: NATS) -> None:
@@ -82,3 +84,10 @@ async def ends_by_its_deadline(stop: Awaitable[object]) -> None:
     took = time.monotonic() - began
     print(f"stop took {took:.2f} s")
     assert took < STOP_ENDS_WITHIN
+
+
+async def forced_flush_waiting(nc: NATS) -> None:
+    """Until a publish waits in nats-py's forced flush (the pending bytes past pending_size)."""
+    async with asyncio.timeout(30):
+        while nc._pending_data_size <= nc._max_pending_size:  # noqa: ASYNC110 - nats-py's state
+            await asyncio.sleep(0.01)

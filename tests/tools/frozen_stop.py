@@ -77,13 +77,15 @@ async def started_service(
 
 
 async def stopped_frozen(
-    proc: subprocess.Popen[bytes], frozen: list[int]
+    proc: subprocess.Popen[bytes], frozen: list[int], frozen_before_stop: float = 0.0
 ) -> tuple[float, int | None]:
     """``proc`` sent SIGTERM with every one of ``frozen`` frozen (thawed after, whatever
-    happens): how long it took to exit, and its exit code (None: not within ``PATIENCE``)."""
+    happens), ``frozen_before_stop`` seconds after the freeze: how long it took to exit, and
+    its exit code (None: not within ``PATIENCE``)."""
     with _thawed_after(frozen):
         for pid in frozen:
             freeze(pid)
+        await asyncio.sleep(frozen_before_stop)
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 import structlog
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 
 from jobrunner.common import retry
@@ -73,3 +76,66 @@ async def test_start_up_step_refused_for_good_raises_at_once() -> None:
     with pytest.raises(BadRequestError):
         await retry.until_jetstream_ready(step, "the event stream")
     assert calls == 1
+
+
+async def test_a_retry_ends_on_a_cancel_the_operation_swallowed() -> None:
+    """A cancel caught inside a try (as nats-py's flush does) ends the retrying at the next
+    retry: it went on for ever, and a process's exit waited on it."""
+    tries = 0
+    swallowed = asyncio.Event()
+
+    async def publish() -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed.set()  # nats-py's _flush_pending: caught, and the call returns
+        raise ConnectionClosedError  # transient: retried (the stop closed the connection)
+
+    retrying = asyncio.ensure_future(retry.until_done(publish, "an event"))
+    while tries == 0:  # noqa: ASYNC110 - the first try started
+        await asyncio.sleep(0)
+    retrying.cancel()
+    await asyncio.wait({retrying}, timeout=30)
+    assert retrying.cancelled()
+    assert swallowed.is_set()
+    assert tries == 1
+
+
+async def test_a_retry_goes_on_without_a_cancel() -> None:
+    """Without a cancel the transient failures are retried until the operation succeeds."""
+    tries = 0
+
+    async def publish() -> str:
+        nonlocal tries
+        tries += 1
+        if tries < 3:
+            raise ConnectionClosedError
+        return "stored"
+
+    assert await retry.until_done(publish, "an event") == "stored"
+    assert tries == 3
+
+
+async def test_a_start_steps_wait_ends_on_a_cancel_the_step_swallowed() -> None:
+    """The start's wait for JetStream, too: a cancel caught inside a step ends the waiting."""
+    tries = 0
+
+    async def declare() -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            # nats-py's _flush_pending: caught, and the call returns
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+        raise ConnectionClosedError  # transient: waited out
+
+    waiting = asyncio.ensure_future(retry.until_jetstream_ready(declare, "the stream"))
+    while tries == 0:  # noqa: ASYNC110 - the first try started
+        await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.wait({waiting}, timeout=30)
+    assert waiting.cancelled()
+    assert tries == 1

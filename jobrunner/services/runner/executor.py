@@ -19,7 +19,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from jobrunner.common import metrics, retry, together
+from jobrunner.common import metrics, retry, stopping, together
 from jobrunner.common.jobtypes import JobType, expand_env
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
@@ -434,7 +434,9 @@ class JobExecutor:
 
     @staticmethod
     async def _retry(what: str, keeper: LeaseKeeper, write: Callable[[], Awaitable[None]]) -> None:
-        """A write to the lock bucket, retried while the lease lasts (NATS may be away)."""
+        """A write to the lock bucket, retried while the lease lasts (NATS may be away), or
+        until the task is cancelled: at the exit the keeper is cancelled too, so its ``lost``
+        never comes, and a cancel nats-py swallowed would leave this retrying for ever."""
         while True:
             try:
                 await write()
@@ -443,6 +445,7 @@ class JobExecutor:
                 if keeper.lost.is_set():
                     log.warning("lock bucket write failed", write=what, error=repr(exc))
                     return
+                stopping.raise_if_being_cancelled()
                 log.warning("lock bucket write failed, retrying", write=what, error=repr(exc))
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
 

@@ -24,6 +24,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from jobrunner.common import eventstore
 from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
@@ -107,9 +108,14 @@ class ExternalExecution:
                     # A poll: a terminal status may have been stored while NATS was away.
                     self._take_status(await self._quietly(self.journal.last_status(self.job_id)))
         finally:
-            for sub in self._subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            # Bounded: with NATS frozen while much was being sent, an unsubscribe waits for it
+            # (eventstore.UNSUBSCRIBE_STOP_SECONDS), and the job's end (its stop) with it.
+            await eventstore.unsubscribe_within(
+                self._subs,
+                eventstore.UNSUBSCRIBE_STOP_SECONDS,
+                "an external job's subscriptions",
+                closing=False,  # a job's end: the runner and its connection go on
+            )
 
     async def _stored_report_since(self) -> bool:
         """Whether the stream holds a report newer than the last sign we saw (one we missed)."""
