@@ -126,9 +126,7 @@ OLD_STREAM = (
 )
 
 
-async def test_job_page_recovers_when_its_stream_was_made_anew(
-    page: Page, system: System
-) -> None:
+async def test_job_page_recovers_when_its_stream_was_made_anew(page: Page, system: System) -> None:
     """A job page following a stream made anew (400 LAST_EVENT_ID_AHEAD on its reconnect)
     shows the job's lines again and follows them, not the old stream's count for ever."""
     job_id = await start_job(system, "emit", lines=300, interval="0.1")
