@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 import structlog
-from litestar import Request, Response, get, put
+from litestar import Request, Response, put
 from litestar.response import Stream
 from litestar.status_codes import HTTP_201_CREATED
 from nats.errors import Error as NatsError
@@ -28,6 +28,7 @@ from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.links import archive_url, artifact_url
 from jobrunner.services.api.queryparams import Query
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.ziparchive import Member, zip_stream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from litestar import Request, get
+from litestar import Request
 from litestar.datastructures import MultiDict
 from litestar.params import Parameter
 from litestar.response import Stream
@@ -15,6 +15,7 @@ from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import Query
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import Principal, principal_of
 
 MAX_LOG_PAGE = 5000

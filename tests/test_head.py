@@ -1,0 +1,98 @@
+"""HEAD on every read route of the app: the GET's status and headers, no body (``curl -I``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from urllib.parse import urlsplit
+
+import msgspec
+import pytest
+from litestar.routes import HTTPRoute
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.api.app import create_app
+from tests.system import System
+from tests.ui_support import TEST_TYPES, start_job, wait_for_status
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+
+
+def read_routes(settings: Settings) -> dict[str, bool]:
+    """Every path template of the app that takes GET, and whether it is an event stream."""
+    out: dict[str, bool] = {}
+    for route in create_app(settings).routes:
+        if isinstance(route, HTTPRoute) and "GET" in route.methods:
+            handler = route.route_handler_map["GET"][0]
+            out[route.path] = handler.media_type == "text/event-stream"
+    return out
+
+
+def filled(template: str, values: dict[str, str]) -> str:
+    """The template with a value for each of its path parameters (one missing fails)."""
+    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m[1]], template)
+
+
+async def raw_head(system: System, path: str) -> tuple[int, dict[str, str], bytes]:
+    """HEAD over a plain connection: status, headers, and every byte after the headers until
+    the server closes (Connection: close), which must be none."""
+    async with system.client() as client:
+        authorization = client.headers["authorization"]
+    host = urlsplit(system.base_url)
+    reader, writer = await asyncio.open_connection(host.hostname, host.port)
+    try:
+        writer.write(
+            f"HEAD {path} HTTP/1.1\r\nHost: {host.netloc}\r\nAccept: */*\r\n"
+            f"Authorization: {authorization}\r\nConnection: close\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(30):
+            received = await reader.read(-1)  # until the server closes
+    finally:
+        writer.close()
+    head, _, after = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, after
+
+
+async def test_head_answers_every_read_route_as_get_without_a_body(
+    system: System, settings: Settings
+) -> None:
+    """``curl -I`` on any page, API read, static file or download gets what GET would say
+    (status, Content-Type, Content-Length) and no body; an event stream answers 405 at once."""
+    job_id = await start_job(system, "emit", lines=3)
+    await wait_for_status(system, job_id, {"completed"})
+    values = {
+        "job_id": job_id,
+        "batch_id": "no-such-batch",
+        "job_type": "emit",
+        "name": "no-such-artifact",
+        "file_path": "js/sse.js",
+        "path": "no-such-document",
+    }
+    routes = read_routes(settings)
+    assert "/api/jobs/{job_id:str}/logs/download" in routes  # the route list is the app's
+    async with system.client() as client:
+        for template, is_stream in routes.items():
+            path = filled(template, values)
+            status, headers, body = await raw_head(system, path)
+            assert body == b"", (path, body[:200])
+            if is_stream:
+                assert status == 405, path
+                assert "GET" in headers["allow"], path
+                continue
+            got = await client.get(path)
+            again = await client.get(path)
+            assert status == got.status_code, (path, status, got.status_code)
+            assert headers.get("content-type") == got.headers.get("content-type"), path
+            if got.content == again.content and "content-length" in got.headers:
+                # A body that is the same on every read: HEAD states its exact length.
+                assert headers.get("content-length") == str(len(got.content)), path
+            else:  # /metrics, /health: their figures move between reads
+                assert ("content-length" in headers) == ("content-length" in got.headers), path
