@@ -89,6 +89,40 @@ class ReadModelState:
         )
 
 
+class UnbuiltReadModels:
+    """How long this API instance has seen the read models missing, or older with no rebuild
+    begun, unchanged: the projector makes its tables, or begins a rebuild, within moments of
+    its start, so past ``projector_stuck_seconds`` of that no projector is at work. A rebuild
+    under way (its own checkpoint exists) is left alone: its index builds may take minutes."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[int | None, int | None] | None = None  # (found, rebuilt_seq)
+        self._since = 0.0
+
+    def absent_projector(
+        self, state: ReadModelState, limit: float, now: float | None = None
+    ) -> str | None:
+        """What health says (``PROJECTOR_ABSENT``) once ``state``, not current, has not changed
+        for ``limit`` seconds; None before."""
+        now = time.monotonic() if now is None else now
+        seen = (state.found, state.rebuilt_seq)
+        if seen != self._seen:
+            self._seen, self._since = seen, now
+        waited = now - self._since
+        if state.newer or state.rebuilt_seq is not None or waited <= limit:
+            return None
+        made = (
+            "no read models have been made"
+            if state.found is None
+            else f"no rebuild of the read models (version {state.found}) has begun"
+        )
+        return (
+            f"No projector is at work: {made} in the {waited:.0f} s this API instance has "
+            f"looked (limit {limit:g} s). Start the projector (`jobrunner projector`, or "
+            "`jobrunner up`), pointed at this database and this NATS, and see its log."
+        )
+
+
 class ReadModelGate:
     def __init__(self, pool: ReadPool, js: JetStreamContext, names: Names) -> None:
         self._pool = pool

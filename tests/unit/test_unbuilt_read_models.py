@@ -1,0 +1,40 @@
+"""PROJECTOR_ABSENT's bound: the read models missing, unchanged, for longer than the limit."""
+
+from __future__ import annotations
+
+from jobrunner.services.api.readmodelgate import ReadModelState, UnbuiltReadModels
+
+LIMIT = 10.0
+MISSING = ReadModelState(None)
+
+
+def test_missing_read_models_name_the_projector_just_after_the_limit_not_at_it() -> None:
+    """Seen missing at 100 s: nothing at 110 s (the limit), the sentence at 110.01 s."""
+    seen = UnbuiltReadModels()
+    assert seen.absent_projector(MISSING, LIMIT, now=100.0) is None
+    assert seen.absent_projector(MISSING, LIMIT, now=100.0 + LIMIT) is None
+    sentence = seen.absent_projector(MISSING, LIMIT, now=100.01 + LIMIT)
+    assert sentence is not None
+    assert sentence.startswith("No projector is at work: no read models have been made")
+
+
+def test_a_change_starts_the_count_again() -> None:
+    """An older version found (the projector at work on it) counts from when it was seen."""
+    seen = UnbuiltReadModels()
+    seen.absent_projector(MISSING, LIMIT, now=0.0)
+    older = ReadModelState(0)
+    assert seen.absent_projector(older, LIMIT, now=LIMIT + 1) is None
+    sentence = seen.absent_projector(older, LIMIT, now=2 * LIMIT + 2)
+    assert sentence is not None
+    assert "no rebuild of the read models (version 0) has begun" in sentence
+
+
+def test_a_rebuild_under_way_or_newer_tables_are_never_called_absent() -> None:
+    """A rebuild with its own checkpoint (index builds may take minutes) and newer tables."""
+    seen = UnbuiltReadModels()
+    rebuilding = ReadModelState(0, rebuilt_seq=500)
+    seen.absent_projector(rebuilding, LIMIT, now=0.0)
+    assert seen.absent_projector(rebuilding, LIMIT, now=1000.0) is None
+    newer = ReadModelState(10**6)
+    seen.absent_projector(newer, LIMIT, now=0.0)
+    assert seen.absent_projector(newer, LIMIT, now=1000.0) is None
