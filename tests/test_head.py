@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import msgspec
@@ -13,12 +14,15 @@ from litestar.routes import HTTPRoute
 from jobrunner.common.settings import Settings
 from jobrunner.services.api.app import create_app
 from tests.system import System
-from tests.ui_support import TEST_TYPES, start_job, wait_for_status
+from tests.ui_support import start_job, wait_for_status
+
+# A job type that leaves files: its job has a log, artifacts and an archive to download.
+ARTIFACT_TYPES = str(Path(__file__).parent / "tools" / "artifact_jobtypes.toml")
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
+    return msgspec.structs.replace(settings, job_types_file=ARTIFACT_TYPES)
 
 
 def read_routes(settings: Settings) -> dict[str, bool]:
@@ -66,17 +70,23 @@ async def test_head_answers_every_read_route_as_get_without_a_body(
 ) -> None:
     """``curl -I`` on any page, API read, static file or download gets what GET would say
     (status, Content-Type, Content-Length) and no body; an event stream answers 405 at once."""
-    job_id = await start_job(system, "emit", lines=3)
+    job_id = await start_job(system, "artifacts", mode="several")
     await wait_for_status(system, job_id, {"completed"})
     values = {
         "job_id": job_id,
         "batch_id": "no-such-batch",
-        "job_type": "emit",
-        "name": "no-such-artifact",
+        "job_type": "artifacts",
+        "name": "data.bin",
         "file_path": "js/sse.js",
         "path": "no-such-document",
     }
+    async with system.client() as client, asyncio.timeout(30):
+        while True:  # the artifacts' rows come a moment after the status
+            if (await client.get(f"/api/jobs/{job_id}/artifacts")).json()["items"]:
+                break
+            await asyncio.sleep(0.1)
     routes = read_routes(settings)
+    statuses: dict[str, int] = {}
     assert "/api/jobs/{job_id:str}/logs/download" in routes  # the route list is the app's
     async with system.client() as client:
         for template, is_stream in routes.items():
@@ -89,6 +99,7 @@ async def test_head_answers_every_read_route_as_get_without_a_body(
                 continue
             got = await client.get(path)
             again = await client.get(path)
+            statuses[template] = status
             assert status == got.status_code, (path, status, got.status_code)
             assert headers.get("content-type") == got.headers.get("content-type"), path
             if got.content == again.content and "content-length" in got.headers:
@@ -96,3 +107,6 @@ async def test_head_answers_every_read_route_as_get_without_a_body(
                 assert headers.get("content-length") == str(len(got.content)), path
             else:  # /metrics, /health: their figures move between reads
                 assert ("content-length" in headers) == ("content-length" in got.headers), path
+    downloads = [t for t in statuses if "download" in t or t.endswith("{name:path}")]
+    assert len(downloads) == 3
+    assert all(statuses[t] == 200 for t in downloads), statuses

@@ -12,11 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from litestar import Router, route
+from litestar import Request, Router, route
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import Method
 
 READ_METHODS: tuple[Method, ...] = ("GET", "HEAD")
+
+
+def is_head(request: Request[Any, Any, Any]) -> bool:
+    """A HEAD: a download then answers its headers with no body to read (the server would
+    drop it only after the handler had read it all, from Postgres or the object store)."""
+    return request.scope["method"] == "HEAD"
 
 
 def get(path: str | Sequence[str] | None = None, **kwargs: Any) -> HTTPRouteHandler:

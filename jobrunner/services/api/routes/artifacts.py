@@ -28,7 +28,7 @@ from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.links import archive_url, artifact_url
 from jobrunner.services.api.queryparams import Query
-from jobrunner.services.api.reads import get
+from jobrunner.services.api.reads import get, is_head
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.ziparchive import Member, zip_stream
@@ -181,7 +181,7 @@ async def download_artifact(
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     return Stream(
-        _chunks(ctx, info),
+        () if is_head(request) else _chunks(ctx, info),
         media_type=row["content_type"],
         headers={
             **headers,
@@ -231,8 +231,10 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     def contents(member: Member) -> AsyncIterator[bytes]:
         return _chunks(ctx, infos[member.name])
 
+    if is_head(request):  # checked as a GET is; nothing to read
+        await guards.drop()
     return Stream(
-        guards.kept(zip_stream(members, contents)),
+        () if is_head(request) else guards.kept(zip_stream(members, contents)),
         media_type="application/zip",
         headers={**_DOWNLOAD_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'},
     )
