@@ -160,9 +160,10 @@ async def test_health_names_an_absent_projector_once_no_read_models_came_within_
         assert shorter
         assert longer
         for body in shorter:
-            assert codes(body) == ["READ_MODELS_REBUILDING", "NO_RUNNER"], body
+            assert "READ_MODELS_REBUILDING" in codes(body), body
+            assert "PROJECTOR_ABSENT" not in codes(body), body
         for body in longer:
-            assert codes(body) == ["READ_MODELS_REBUILDING", "PROJECTOR_ABSENT", "NO_RUNNER"]
+            assert {"READ_MODELS_REBUILDING", "PROJECTOR_ABSENT"} <= set(codes(body)), body
             assert (body["http_status"], body["status"]) == (200, "degraded")
         message = next(p["message"] for p in longer[-1]["problems"] if "ABSENT" in p["code"])
         assert "No projector is at work" in message
