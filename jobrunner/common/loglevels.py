@@ -59,7 +59,7 @@ def shows_level(text: str, level: str) -> bool:
 def shows_level_sql(text: str, level: str) -> str:
     """``shows_level`` as a Postgres condition on the SQL expressions ``text`` (colour codes
     removed) and ``level``: string comparisons only, about a microsecond a line."""
-    after = "E'\\t :|-])'"
+    after = "E'" + AFTER_LEVEL_WORD.replace("\t", "\\t") + "'"
     by_level = " ".join(
         f"WHEN '{named}' THEN "
         + " OR ".join(
