@@ -142,20 +142,24 @@ async def test_download_is_the_printed_log_line_by_line(system: System) -> None:
 
 
 # (stored level, text as stored) -> the download's line after its time: the level column only
-# where the text does not start with that level itself.
+# where the text does not start with exactly that level, then a space, tab or its end.
 LEVEL_SHOWN_ONCE = [
     ("INFO", "INFO    Starte DATEV Scraper...", "INFO    Starte DATEV Scraper..."),
-    ("WARNING", "WARN disk almost full", "WARN disk almost full"),
-    ("SUCCESS", "\x1b[32mSUCCESS\x1b[0m 12 gespeichert", "SUCCESS 12 gespeichert"),
-    ("ERROR", "error: gone", "error: gone"),
-    # Only the word first counts (Postgres' regular expressions cost too much a line).
+    ("ERROR", "ERROR\tgone", "ERROR\tgone"),
+    ("SUCCESS", "SUCCESS", "SUCCESS"),
+    ("WARNING", "WARN disk almost full", "WARNING WARN disk almost full"),
+    ("ERROR", "error: gone", "ERROR   error: gone"),
+    ("SUCCESS", "\x1b[32mSUCCESS\x1b[0m 12 gespeichert", "SUCCESS SUCCESS 12 gespeichert"),
     ("ERROR", "2025-12-27 12:15:00 ERROR gone", "ERROR   2025-12-27 12:15:00 ERROR gone"),
     ("INFO", "plain text", "INFO    plain text"),
+    ("INFO", "", "INFO    "),
     ("INFO", "the INFO is not at the start", "INFO    the INFO is not at the start"),
     # A job type's own level_pattern read another level than the text's first word.
     ("ERROR", "INFO request failed: code=E42", "ERROR   INFO request failed: code=E42"),
     ("ERROR", "jobrunner: the tool could not start", "ERROR   jobrunner: the tool could not start"),
 ]
+# Every downloaded line, with or without its level column, parses alike: time, level, text.
+DOWNLOAD_LINE = re.compile(r"^(\S+) (\S+)\s+(.*)")
 
 
 async def test_download_shows_each_lines_level_once(settings: Settings) -> None:
@@ -178,6 +182,12 @@ async def test_download_shows_each_lines_level_once(settings: Settings) -> None:
     assert response.status_code == 200, response.text
     shown = [line.split(" ", 1)[1] for line in response.text.splitlines()]
     assert shown == [want for _, _, want in LEVEL_SHOWN_ONCE]
+    for line, (level, _, _) in zip(
+        response.text.splitlines(keepends=True), LEVEL_SHOWN_ONCE, strict=True
+    ):
+        match = DOWNLOAD_LINE.match(line)
+        assert match, line
+        assert match.group(2) == level
 
 
 async def test_download_of_an_unknown_job_is_404(logs: System) -> None:

@@ -12,11 +12,13 @@ from jobrunner.terminal.follow import level_column
     ("text", "level", "shown"),
     [
         ("INFO    Starte DATEV Scraper...", "INFO", True),
-        ("warn: disk almost full", "WARNING", True),
-        ("CRITICAL| gone", "ERROR", True),
-        ("[12:15:00] ERROR gone", "ERROR", False),  # a timestamp first: the column stays
+        ("ERROR\tgone", "ERROR", True),
         ("INFO", "INFO", True),
-        ("\x1b[31mERROR\x1b[0m failed", "ERROR", True),
+        ("WARN disk almost full", "WARNING", False),  # an alias: the column stays
+        ("warning: disk almost full", "WARNING", False),  # another case
+        ("ERROR: gone", "ERROR", False),  # not followed by a space or tab
+        ("[12:15:00] ERROR gone", "ERROR", False),  # a timestamp first
+        ("\x1b[31mERROR\x1b[0m failed", "ERROR", False),  # a colour code first
         ("INFO request failed", "ERROR", False),  # a job type's level_pattern read another
         ("plain text", "INFO", False),
         ("INFOS are words too", "INFO", False),
@@ -24,7 +26,7 @@ from jobrunner.terminal.follow import level_column
     ],
 )
 def test_shows_level(text: str, level: str, shown: bool) -> None:
-    """A line starting with its level word (any spelling the runner reads) shows its level."""
+    """Only a line starting with exactly its stored level, then a space, tab or end, shows it."""
     assert shows_level(text, level) is shown
 
 
