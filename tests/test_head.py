@@ -10,8 +10,11 @@ from urllib.parse import urlsplit
 import msgspec
 import pytest
 from litestar.routes import HTTPRoute
+from nats.js import api
 
+from jobrunner.common import artifactstore, eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.services.api.app import create_app
 from tests.system import System
 from tests.ui_support import start_job, wait_for_status
@@ -23,6 +26,17 @@ ARTIFACT_TYPES = str(Path(__file__).parent / "tools" / "artifact_jobtypes.toml")
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=ARTIFACT_TYPES)
+
+
+async def job_with_artifacts(system: System) -> str:
+    """A finished job whose files are listed."""
+    job_id = await start_job(system, "artifacts", mode="several")
+    await wait_for_status(system, job_id, {"completed"})
+    async with system.client() as client, asyncio.timeout(30):
+        while True:  # the artifacts' rows come a moment after the status
+            if (await client.get(f"/api/jobs/{job_id}/artifacts")).json()["items"]:
+                return job_id
+            await asyncio.sleep(0.1)
 
 
 def read_routes(settings: Settings) -> dict[str, bool]:
@@ -70,8 +84,7 @@ async def test_head_answers_every_read_route_as_get_without_a_body(
 ) -> None:
     """``curl -I`` on any page, API read, static file or download gets what GET would say
     (status, Content-Type, Content-Length) and no body; an event stream answers 405 at once."""
-    job_id = await start_job(system, "artifacts", mode="several")
-    await wait_for_status(system, job_id, {"completed"})
+    job_id = await job_with_artifacts(system)
     values = {
         "job_id": job_id,
         "batch_id": "no-such-batch",
@@ -80,11 +93,6 @@ async def test_head_answers_every_read_route_as_get_without_a_body(
         "file_path": "js/sse.js",
         "path": "no-such-document",
     }
-    async with system.client() as client, asyncio.timeout(30):
-        while True:  # the artifacts' rows come a moment after the status
-            if (await client.get(f"/api/jobs/{job_id}/artifacts")).json()["items"]:
-                break
-            await asyncio.sleep(0.1)
     routes = read_routes(settings)
     statuses: dict[str, int] = {}
     assert "/api/jobs/{job_id:str}/logs/download" in routes  # the route list is the app's
@@ -110,3 +118,40 @@ async def test_head_answers_every_read_route_as_get_without_a_body(
     downloads = [t for t in statuses if "download" in t or t.endswith("{name:path}")]
     assert len(downloads) == 3
     assert all(statuses[t] == 200 for t in downloads), statuses
+
+
+async def consumers_made_by_head(system: System, path: str) -> list[str]:
+    """The consumers made on the artifacts' stream while a HEAD of ``path`` was answered (each
+    read of a file and each guard of an archive's members is one)."""
+    names = Names(system.settings.prefix)
+    stream = artifactstore.stream_name(names)
+    nc = await eventstore.connect(system.settings, "tests-head")
+    try:
+        created = await nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.CREATED.{stream}.>")
+        await nc.flush()
+        status, _, _ = await raw_head(system, path)
+        assert status == 200, path
+        # A consumer of our own after it: advisories of one server arrive in order, so every
+        # one before ours is the HEAD's.
+        js = nc.jetstream()
+        marker = api.ConsumerConfig(
+            name="head-marker", ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0
+        )
+        await js.add_consumer(stream, marker)
+        made: list[str] = []
+        while True:
+            advisory = msgspec.json.decode((await created.next_msg(timeout=30)).data)
+            if advisory["consumer"] == "head-marker":
+                break
+            made.append(advisory["consumer"])
+        await js.delete_consumer(stream, "head-marker")
+        return made
+    finally:
+        await nc.close()
+
+
+async def test_head_of_the_archive_makes_no_read_guard(system: System) -> None:
+    """``curl -I`` on the ZIP archive creates no consumer on the artifacts' stream (a GET
+    guards each member it will read with one)."""
+    job_id = await job_with_artifacts(system)
+    assert await consumers_made_by_head(system, f"/api/jobs/{job_id}/download-archive") == []

@@ -214,12 +214,14 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     # Looked up before the first byte: a missing object answers an error, not a cut archive.
     # Each member is marked as read as soon as its description is read (a guard consumer): a
     # name sent again while earlier members stream keeps its old content until the archive ends.
+    # A HEAD reads no member: it looks each one up (404/410 as a GET) and guards none.
     guards = artifactstore.ReadGuards(ctx.js, ctx.names, ctx.settings.artifact_read_idle_seconds)
     infos: dict[str, api.ObjectInfo] = {}
     try:
         for row in rows:
             infos[row["name"]] = info = await _object(ctx, job_id, row)
-            await guards.add(info)
+            if not is_head(request):
+                await guards.add(info)
     except BaseException as exc:
         await guards.drop()
         if isinstance(exc, Exception) and not isinstance(exc, ApiError):
@@ -231,8 +233,6 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     def contents(member: Member) -> AsyncIterator[bytes]:
         return _chunks(ctx, infos[member.name])
 
-    if is_head(request):  # checked as a GET is; nothing to read
-        await guards.drop()
     return Stream(
         () if is_head(request) else guards.kept(zip_stream(members, contents)),
         media_type="application/zip",
