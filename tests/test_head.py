@@ -7,12 +7,14 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import msgspec
 import pytest
 from litestar.routes import HTTPRoute
 from nats.js import api
 
 from jobrunner.common import artifactstore, eventstore
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.app import create_app
@@ -155,3 +157,26 @@ async def test_head_of_the_archive_makes_no_read_guard(system: System) -> None:
     guards each member it will read with one)."""
     job_id = await job_with_artifacts(system)
     assert await consumers_made_by_head(system, f"/api/jobs/{job_id}/download-archive") == []
+
+
+async def test_head_of_a_log_download_reads_no_line(system: System, settings: Settings) -> None:
+    """``curl -I`` on a log download answers at once while the log's table is locked, where a
+    GET waits for the lock to read the lines."""
+    job_id = await job_with_artifacts(system)
+    locker = await asyncpg.connect(settings.database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {READ_SCHEMA}.log_lines IN ACCESS EXCLUSIVE MODE")
+            status, headers, body = await raw_head(system, f"/api/jobs/{job_id}/logs/download")
+    finally:
+        await locker.close()
+    assert (status, body) == (200, b"")
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+
+
+async def test_head_of_a_file_reads_no_chunk(system: System) -> None:
+    """``curl -I`` on a file answers from its description: no reader of its content is made
+    (a HEAD answered through the GET's stream read the whole file for nothing)."""
+    job_id = await job_with_artifacts(system)
+    path = f"/api/jobs/{job_id}/artifacts/data.bin"
+    assert await consumers_made_by_head(system, path) == []
