@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.services.api.readmodelgate import ReadModelState, UnbuiltReadModels
 
 LIMIT = 10.0
@@ -38,3 +41,18 @@ def test_a_rebuild_under_way_or_newer_tables_are_never_called_absent() -> None:
     newer = ReadModelState(10**6)
     seen.absent_projector(newer, LIMIT, now=0.0)
     assert seen.absent_projector(newer, LIMIT, now=1000.0) is None
+
+
+@pytest.mark.parametrize(
+    "between", [ReadModelState(READMODEL_VERSION), None], ids=["current", "postgres-unread"]
+)
+def test_current_read_models_or_an_unread_postgres_forget_the_first_look(
+    between: ReadModelState | None,
+) -> None:
+    """Missing at 0 s, then current (or Postgres unread), missing again at 1000 s: the count
+    starts at 1000 s, so no PROJECTOR_ABSENT at once."""
+    seen = UnbuiltReadModels()
+    seen.absent_projector(MISSING, LIMIT, now=0.0)
+    assert seen.absent_projector(between, LIMIT, now=5.0) is None
+    assert seen.absent_projector(MISSING, LIMIT, now=1000.0) is None
+    assert seen.absent_projector(MISSING, LIMIT, now=1001.0 + LIMIT) is not None

@@ -62,15 +62,15 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     if postgres.problem is not None:
         problems.append(postgres.problem)
     unavailable = bool(problems)
+    absent = ctx.unbuilt_read_models.absent_projector(
+        readmodels if body["postgres"] else None, ctx.settings.projector_stuck_seconds
+    )
     if body["postgres"] and not readmodels.current:
         body["read_models"] = {
             "state": "newer" if readmodels.newer else "rebuilding",
             **readmodelgate.progress(readmodels),
         }
         problems.append(Problem(readmodels.code, readmodels.sentence()))
-        absent = ctx.unbuilt_read_models.absent_projector(
-            readmodels, ctx.settings.projector_stuck_seconds
-        )
         if absent is not None:
             problems.append(Problem("PROJECTOR_ABSENT", absent))
         # Newer tables: this instance cannot serve them (another one may). Rebuilding: it

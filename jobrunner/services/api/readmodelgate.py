@@ -100,10 +100,15 @@ class UnbuiltReadModels:
         self._since = 0.0
 
     def absent_projector(
-        self, state: ReadModelState, limit: float, now: float | None = None
+        self, state: ReadModelState | None, limit: float, now: float | None = None
     ) -> str | None:
         """What health says (``PROJECTOR_ABSENT``) once ``state``, not current, has not changed
-        for ``limit`` seconds; None before."""
+        for ``limit`` seconds; None before. Asked at every look: ``state`` None (Postgres not
+        read) or current forgets the first look, so tables missing again later (a database
+        made anew) are counted from then, not from long ago."""
+        if state is None or state.current:
+            self._seen = None
+            return None
         now = time.monotonic() if now is None else now
         seen = (state.found, state.rebuilt_seq)
         if seen != self._seen:
