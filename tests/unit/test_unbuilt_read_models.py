@@ -29,7 +29,10 @@ def test_a_change_starts_the_count_again() -> None:
     assert seen.absent_projector(older, LIMIT, now=LIMIT + 1) is None
     sentence = seen.absent_projector(older, LIMIT, now=2 * LIMIT + 2)
     assert sentence is not None
-    assert "no rebuild of the read models (version 0) has begun" in sentence
+    # An upgrade whose new API starts first: an older projector may well be at work.
+    assert sentence.startswith(
+        "No projector of this version has begun the rebuild of the read models (version 0 found"
+    )
 
 
 def test_a_rebuild_under_way_or_newer_tables_are_never_called_absent() -> None:

@@ -116,15 +116,18 @@ class UnbuiltReadModels:
         waited = now - self._since
         if state.newer or state.rebuilt_seq is not None or waited <= limit:
             return None
-        made = (
-            "no read models have been made"
-            if state.found is None
-            else f"no rebuild of the read models (version {state.found}) has begun"
-        )
+        looked = f"in the {waited:.0f} s this API instance has looked (limit {limit:g} s)"
+        where = "pointed at this database and this NATS, and see its log."
+        if state.found is None:
+            return (
+                f"No projector is at work: no read models have been made {looked}. Start the "
+                f"projector (`jobrunner projector`, or `jobrunner up`), {where}"
+            )
+        # Older tables: an upgrade whose new API started before its new projector.
         return (
-            f"No projector is at work: {made} in the {waited:.0f} s this API instance has "
-            f"looked (limit {limit:g} s). Start the projector (`jobrunner projector`, or "
-            "`jobrunner up`), pointed at this database and this NATS, and see its log."
+            "No projector of this version has begun the rebuild of the read models "
+            f"(version {state.found} found, {READMODEL_VERSION} read here) {looked}. Start this "
+            f"version's projector (`jobrunner projector`, or `jobrunner up`), {where}"
         )
 
 
