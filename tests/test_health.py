@@ -130,7 +130,7 @@ async def test_health_before_the_first_read_models_says_so_not_postgres_away(
     assert body["read_models"]["state"] == "rebuilding"
 
 
-ABSENT_LIMIT = 3.0  # projector_stuck_seconds in the next test
+ABSENT_LIMIT = 5.0  # projector_stuck_seconds in the next test: margin for a loaded machine
 
 
 async def test_health_names_an_absent_projector_once_no_read_models_came_within_the_limit(
