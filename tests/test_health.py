@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -127,3 +128,49 @@ async def test_health_before_the_first_read_models_says_so_not_postgres_away(
     assert "READ_MODELS_REBUILDING" in codes(body)
     assert body["postgres"] is True
     assert body["read_models"]["state"] == "rebuilding"
+
+
+ABSENT_LIMIT = 5.0  # projector_stuck_seconds in the next test: margin for a loaded machine
+
+
+async def test_health_names_an_absent_projector_once_no_read_models_came_within_the_limit(
+    settings: Settings,
+) -> None:
+    """An API on a database the projector never built: READ_MODELS_REBUILDING at first (a first
+    start), and once none came for projector_stuck_seconds also PROJECTOR_ABSENT, naming the
+    projector; it goes once a projector has made the read models."""
+    api_only = System(
+        msgspec.structs.replace(settings, projector_stuck_seconds=ABSENT_LIMIT, auth=False)
+    )
+    await api_only.start_api()
+    try:
+        # (asked at, answered at, absent said): the instance starts counting within the first
+        # request, so an answer before LIMIT from its asking cannot say absent, and one asked
+        # LIMIT after the first answer must.
+        seen: list[tuple[float, float, dict[str, Any]]] = []
+        async with asyncio.timeout(60):
+            while not seen or seen[-1][0] - seen[0][1] <= ABSENT_LIMIT + 1:
+                asked = time.monotonic()
+                body = await health(api_only)
+                seen.append((asked, time.monotonic(), body))
+                await asyncio.sleep(0.2)
+        first_asked, first_answered = seen[0][0], seen[0][1]
+        shorter = [b for _, answered, b in seen if answered - first_asked < ABSENT_LIMIT]
+        longer = [b for asked, _, b in seen if asked - first_answered > ABSENT_LIMIT]
+        assert shorter
+        assert longer
+        for body in shorter:
+            assert "READ_MODELS_REBUILDING" in codes(body), body
+            assert "PROJECTOR_ABSENT" not in codes(body), body
+        for body in longer:
+            assert {"READ_MODELS_REBUILDING", "PROJECTOR_ABSENT"} <= set(codes(body)), body
+            assert (body["http_status"], body["status"]) == (200, "degraded")
+        message = next(p["message"] for p in longer[-1]["problems"] if "ABSENT" in p["code"])
+        assert "No projector is at work" in message
+        assert "jobrunner projector" in message
+
+        await api_only.start_projector()
+        body = await health_until(api_only, lambda b: "read_models" not in b)
+        assert "PROJECTOR_ABSENT" not in codes(body)
+    finally:
+        await api_only.stop()

@@ -11,7 +11,17 @@ import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
-from tests.history_support import logged_job, publish, reading_system, wait_projected, without_auth
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from tests.history_support import (
+    BASE_TIME,
+    job_events,
+    logged_job,
+    publish,
+    reading_system,
+    wait_projected,
+    without_auth,
+)
 from tests.system import System
 
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
@@ -110,7 +120,8 @@ async def test_bad_log_query_answers_400_naming_the_field(
 
 
 async def test_download_is_the_printed_log_line_by_line(system: System) -> None:
-    """A tool's downloaded log has one line per printed line: time, level, the text printed."""
+    """A tool's downloaded log has one line per printed line: time and the text printed, which
+    starts with its level (the level is not written twice)."""
     job = await finished_job(system, lines=LINES)
     async with (
         system.client() as client,
@@ -123,12 +134,60 @@ async def test_download_is_the_printed_log_line_by_line(system: System) -> None:
     assert disposition == f'attachment; filename="emit-{job["id"]}.log"'
     lines = body.splitlines()
     assert len(lines) == LINES
-    pattern = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (\w+) +(.*)$")
+    pattern = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (.*)$")
     for got, want in zip(lines, printed(LINES), strict=True):
         match = pattern.match(got)
         assert match, got
-        assert match.group(1) == "INFO"
-        assert match.group(2) == want
+        assert match.group(1) == want
+
+
+# (stored level, text as stored) -> the download's line after its time: the level column only
+# where the text does not start with exactly that level, then a space, tab or its end.
+LEVEL_SHOWN_ONCE = [
+    ("INFO", "INFO    Starte DATEV Scraper...", "INFO    Starte DATEV Scraper..."),
+    ("ERROR", "ERROR\tgone", "ERROR\tgone"),
+    ("SUCCESS", "SUCCESS", "SUCCESS"),
+    ("WARNING", "WARN disk almost full", "WARNING WARN disk almost full"),
+    ("ERROR", "error: gone", "ERROR   error: gone"),
+    ("SUCCESS", "\x1b[32mSUCCESS\x1b[0m 12 gespeichert", "SUCCESS SUCCESS 12 gespeichert"),
+    ("ERROR", "2025-12-27 12:15:00 ERROR gone", "ERROR   2025-12-27 12:15:00 ERROR gone"),
+    ("INFO", "plain text", "INFO    plain text"),
+    ("INFO", "", "INFO    "),
+    ("INFO", "the INFO is not at the start", "INFO    the INFO is not at the start"),
+    # A job type's own level_pattern read another level than the text's first word.
+    ("ERROR", "INFO request failed: code=E42", "ERROR   INFO request failed: code=E42"),
+    ("ERROR", "jobrunner: the tool could not start", "ERROR   jobrunner: the tool could not start"),
+]
+# Every downloaded line, with or without its level column, parses alike: time, level, text.
+DOWNLOAD_LINE = re.compile(r"^(\S+) (\S+)\s+(.*)")
+
+
+async def test_download_shows_each_lines_level_once(settings: Settings) -> None:
+    """A line that starts with its level (``INFO    Starte ...``) is downloaded without a second
+    level column; a line without its level, or with another one, keeps the column."""
+    job = job_events("levels", "emit", status=JobStatus.RUNNING)
+    job.append(
+        events.LineLogged(
+            job_id="levels",
+            lines=[
+                events.LogLine(i, "stdout", level, BASE_TIME, text)
+                for i, (level, text, _) in enumerate(LEVEL_SHOWN_ONCE, 1)
+            ],
+        )
+    )
+    last = await publish(settings, job)
+    async with reading_system(settings) as system, system.client() as client:
+        await wait_projected(settings, last)
+        response = await client.get("/api/jobs/levels/logs/download")
+    assert response.status_code == 200, response.text
+    shown = [line.split(" ", 1)[1] for line in response.text.splitlines()]
+    assert shown == [want for _, _, want in LEVEL_SHOWN_ONCE]
+    for line, (level, _, _) in zip(
+        response.text.splitlines(keepends=True), LEVEL_SHOWN_ONCE, strict=True
+    ):
+        match = DOWNLOAD_LINE.match(line)
+        assert match, line
+        assert match.group(2) == level
 
 
 async def test_download_of_an_unknown_job_is_404(logs: System) -> None:

@@ -18,10 +18,13 @@ async def test_a_405_names_the_methods_the_address_takes(system: System) -> None
         assert method in answer.headers["allow"]
 
 
-async def test_head_is_refused_with_the_methods_to_use(system: System) -> None:
-    """`curl -I /api/jobs` answers 405 without a body, its Allow header naming GET."""
+async def test_head_on_an_event_stream_is_refused_with_the_methods_to_use(
+    system: System,
+) -> None:
+    """`curl -I /api/jobs/stream` answers 405 without a body, its Allow header naming GET (an
+    event stream never ends; every other read route answers HEAD: test_head.py)."""
     async with system.client() as client:
-        answer = await client.head("/api/jobs")
+        answer = await client.head("/api/jobs/stream")
     assert answer.status_code == 405
     assert answer.content == b""
     assert "GET" in answer.headers["allow"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from jobrunner.common.settings import Settings
 from tests.system import System
@@ -115,3 +115,62 @@ async def test_update_stream_made_anew_is_read_from_the_start(page: Page, system
     await page.wait_for_function("() => window.streamEvents > 0", timeout=30_000)
     assert await page.evaluate("() => window.aheadStream.lastEventId") != "1000000000"
     await expect(page.locator("#conn-banner")).to_be_hidden()
+
+
+# The job page's stream as another installation's would have left it: one line far beyond this
+# job's, under an id beyond anything this stream handed out; then the body ends (a lost
+# connection), so the page resumes from that id.
+OLD_STREAM = (
+    "id: 1000000000\n"
+    'data: {"seq": 1000000, "text": "from the old stream", "level": "INFO", "ts": 0}\n\n'
+)
+
+
+async def test_job_page_recovers_when_its_stream_was_made_anew(page: Page, system: System) -> None:
+    """A job page following a stream made anew (400 LAST_EVENT_ID_AHEAD on its reconnect)
+    shows the job's lines again and follows them, not the old stream's count for ever."""
+    job_id = await start_job(system, "emit", lines=300, interval="0.1")
+    await wait_for_status(system, job_id, {"running"})
+    old_stream_served = False
+
+    async def serve_the_old_stream_once(route: Route) -> None:
+        nonlocal old_stream_served
+        if old_stream_served:
+            await route.continue_()
+            return
+        old_stream_served = True
+        await route.fulfill(status=200, content_type="text/event-stream", body=OLD_STREAM)
+
+    await page.route(f"**/jobs/stream/{job_id}", serve_the_old_stream_once)
+    await page.goto(f"/jobs/{job_id}")
+    # Recovered: the count is this job's again, and grows with its live lines.
+    await page.wait_for_function(
+        "() => window.logView?.total > 0 && window.logView.total < 1000000", timeout=30_000
+    )
+    shown = await page.evaluate("window.logView.total")
+    await page.wait_for_function(f"() => window.logView.total > {shown}", timeout=30_000)
+    assert old_stream_served
+    await expect(page.locator("#log-viewport")).not_to_contain_text("from the old stream")
+
+
+async def test_job_card_recovers_when_its_stream_was_made_anew(page: Page, system: System) -> None:
+    """A running job's card on /jobs whose stream was made anew drops the old stream's lines
+    and shows the job's own, live."""
+    job_id = await start_job(system, "emit", lines=300, interval="0.1")
+    await wait_for_status(system, job_id, {"running"})
+    old_stream_served = False
+
+    async def serve_the_old_stream_once(route: Route) -> None:
+        nonlocal old_stream_served
+        if old_stream_served:
+            await route.continue_()
+            return
+        old_stream_served = True
+        await route.fulfill(status=200, content_type="text/event-stream", body=OLD_STREAM)
+
+    await page.route(f"**/jobs/stream/{job_id}", serve_the_old_stream_once)
+    await page.goto("/jobs")
+    terminal = page.locator(f'[data-terminal][data-job-id="{job_id}"]')
+    await expect(terminal).to_contain_text("[20/300]", timeout=30_000)
+    assert old_stream_served
+    await expect(terminal).not_to_contain_text("from the old stream")

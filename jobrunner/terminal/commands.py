@@ -23,7 +23,7 @@ from jobrunner.terminal.connection import (
     environ,
     find_target,
 )
-from jobrunner.terminal.follow import Follower, check_job_id, outcome_line
+from jobrunner.terminal.follow import Follower, check_job_id, level_column, outcome_line
 from jobrunner.terminal.parameters import parse_parameters
 
 
@@ -253,7 +253,7 @@ def _print_logs(api: Api, job_id: str, tail: int | None) -> int:
         for line in page["items"]:
             last_seq = max(last_seq, int(line["seq"]))
             console.print(
-                f"{str(line['timestamp'])[11:19]} {line['level']:<7} {line['text']}",
+                f"{str(line['timestamp'])[11:19]} {level_column(line)}{line['text']}",
                 markup=False,
                 soft_wrap=True,
             )

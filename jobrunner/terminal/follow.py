@@ -24,6 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from jobrunner.common.loglevels import shows_level
 from jobrunner.terminal.connection import Api, ClientError
 
 LEVEL_STYLES = {
@@ -33,6 +34,15 @@ LEVEL_STYLES = {
     "WARNING": "yellow",
     "ERROR": "bold red",
 }
+
+
+def level_column(line: dict[str, Any]) -> str:
+    """A log line's level column, padded; empty where its text starts with the level (a tool's
+    own ``INFO    ...``), which would show it twice."""
+    level = str(line.get("level", "INFO"))
+    return "" if shows_level(str(line.get("text", "")), level) else f"{level:<7} "
+
+
 # How long a dropped stream is retried before the client gives up (a restarting server is back
 # well within it).
 RECONNECT_FOR_SECONDS = 60.0
@@ -169,12 +179,12 @@ class Follower:
         stamp = str(line.get("timestamp", ""))[11:19]
         if self.console.is_terminal:
             text = Text(f"{stamp} ", style="dim")
-            text.append(f"{level:<7} ", style=LEVEL_STYLES.get(level, "") or "bold")
+            text.append(level_column(line), style=LEVEL_STYLES.get(level, "") or "bold")
             text.append(str(line.get("text", "")), style=LEVEL_STYLES.get(level, ""))
             self._print(text)
         else:
             self.console.print(
-                f"{stamp} {level:<7} {line.get('text', '')}",
+                f"{stamp} {level_column(line)}{line.get('text', '')}",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,

@@ -17,6 +17,7 @@ from jobrunner.services.api.directwrite import App
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.notfoundpage import with_not_found_pages
 from jobrunner.services.api.readmodelgate import refuse_unready
+from jobrunner.services.api.reads import ReadRouter
 from jobrunner.services.api.requestmetrics import RequestMetrics, time_unmatched
 from jobrunner.services.api.routes import artifacts
 from jobrunner.services.api.routes.audit import job_events
@@ -85,6 +86,10 @@ def create_app(settings: Settings) -> Litestar:
             title="jobrunner",
             version="0.1.0",
             path="/api/schema",
+            # Litestar's routes for the documents, answering HEAD as every read route does.
+            openapi_router=ReadRouter(
+                "/api/schema", route_handlers=[], include_in_schema=False, dto=None, return_dto=None
+            ),
             components=security.OPENAPI_COMPONENTS,
             security=security.OPENAPI_SECURITY,
             # Only the documents themselves: the interactive viewers load scripts from CDNs,

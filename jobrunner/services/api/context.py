@@ -36,7 +36,7 @@ from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
 from jobrunner.services.api.posted import PostedJobs
 from jobrunner.services.api.readerconnections import ReaderConnections
-from jobrunner.services.api.readmodelgate import ReadModelGate
+from jobrunner.services.api.readmodelgate import ReadModelGate, UnbuiltReadModels
 from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.sharedreads import SharedReads
 
@@ -103,6 +103,8 @@ class ApiContext:
     posted: PostedJobs = field(default_factory=PostedJobs)
     # Job rows being read for SSE streams, one read per job shared by its arriving viewers.
     job_rows: SharedReads[asyncpg.Record | None] = field(default_factory=SharedReads)
+    # What /health has seen of read models not made yet (readmodelgate.UnbuiltReadModels).
+    unbuilt_read_models: UnbuiltReadModels = field(default_factory=UnbuiltReadModels)
 
 
 async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:

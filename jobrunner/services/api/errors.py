@@ -113,7 +113,7 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 def method_not_allowed_message(method: str, allowed: str | None) -> str:
     """The framework says only "Method Not Allowed": name the methods the address takes (its
-    Allow header). HEAD is one only where a route says so: ask such an address with GET."""
+    Allow header). Every read route takes HEAD but the event streams (``reads``)."""
     if not allowed:
         return f"This address does not take {method}."
     return f"This address does not take {method}; it takes {allowed}."

@@ -7,8 +7,10 @@ cannot see from here are working (invariant "Health tells the truth").
 - ``degraded`` (HTTP 200: the instance serves, and taking every API instance out of a load
   balancer would not help): events set aside by the projector, a projector that does not keep up
   (the oldest event waiting for it was stored more than ``projector_stuck_seconds`` ago: a stopped
-  or stuck projector and a stalled stream reader look alike from here), no runner alive, or NATS
-  too slow for health's later reads (NATS_SLOW: the projector's progress or the runners unknown).
+  or stuck projector and a stalled stream reader look alike from here), read models still
+  missing after as long (no projector at work: ``readmodelgate.UnbuiltReadModels``), no runner
+  alive, or NATS too slow for health's later reads (NATS_SLOW: the projector's progress or the
+  runners unknown).
 - ``ok`` (HTTP 200) otherwise.
 
 Each problem comes with a machine-readable code and a sentence in ``problems``.
@@ -39,7 +41,7 @@ T = TypeVar("T")
 
 
 class Problem(msgspec.Struct, frozen=True):
-    code: str  # EVENTS_SET_ASIDE | PROJECTOR_STUCK | NO_RUNNER | NATS_UNREACHABLE | ...
+    code: str  # EVENTS_SET_ASIDE | PROJECTOR_STUCK | PROJECTOR_ABSENT | NO_RUNNER | ...
     message: str
 
 
@@ -68,12 +70,17 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     if postgres.problem is not None:
         problems.append(postgres.problem)
     unavailable = bool(problems)
+    absent = ctx.unbuilt_read_models.absent_projector(
+        readmodels if body["postgres"] else None, ctx.settings.projector_stuck_seconds
+    )
     if body["postgres"] and not readmodels.current:
         body["read_models"] = {
             "state": "newer" if readmodels.newer else "rebuilding",
             **readmodelgate.progress(readmodels),
         }
         problems.append(Problem(readmodels.code, readmodels.sentence()))
+        if absent is not None:
+            problems.append(Problem("PROJECTOR_ABSENT", absent))
         # Newer tables: this instance cannot serve them (another one may). Rebuilding: it
         # serves as soon as the projector swaps the rebuilt tables in.
         unavailable = unavailable or readmodels.newer

@@ -89,6 +89,48 @@ class ReadModelState:
         )
 
 
+class UnbuiltReadModels:
+    """How long this API instance has seen the read models missing, or older with no rebuild
+    begun, unchanged: the projector makes its tables, or begins a rebuild, within moments of
+    its start, so past ``projector_stuck_seconds`` of that no projector is at work. A rebuild
+    under way (its own checkpoint exists) is left alone: its index builds may take minutes."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[int | None, int | None] | None = None  # (found, rebuilt_seq)
+        self._since = 0.0
+
+    def absent_projector(
+        self, state: ReadModelState | None, limit: float, now: float | None = None
+    ) -> str | None:
+        """What health says (``PROJECTOR_ABSENT``) once ``state``, not current, has not changed
+        for ``limit`` seconds; None before. Asked at every look: ``state`` None (Postgres not
+        read) or current forgets the first look, so tables missing again later (a database
+        made anew) are counted from then, not from long ago."""
+        if state is None or state.current:
+            self._seen = None
+            return None
+        now = time.monotonic() if now is None else now
+        seen = (state.found, state.rebuilt_seq)
+        if seen != self._seen:
+            self._seen, self._since = seen, now
+        waited = now - self._since
+        if state.newer or state.rebuilt_seq is not None or waited <= limit:
+            return None
+        looked = f"in the {waited:.0f} s this API instance has looked (limit {limit:g} s)"
+        where = "pointed at this database and this NATS, and see its log."
+        if state.found is None:
+            return (
+                f"No projector is at work: no read models have been made {looked}. Start the "
+                f"projector (`jobrunner projector`, or `jobrunner up`), {where}"
+            )
+        # Older tables: an upgrade whose new API started before its new projector.
+        return (
+            "No projector of this version has begun the rebuild of the read models "
+            f"(version {state.found} found, {READMODEL_VERSION} read here) {looked}. Start this "
+            f"version's projector (`jobrunner projector`, or `jobrunner up`), {where}"
+        )
+
+
 class ReadModelGate:
     def __init__(self, pool: ReadPool, js: JetStreamContext, names: Names) -> None:
         self._pool = pool

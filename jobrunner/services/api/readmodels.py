@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.loglevels import shows_level_sql
 from jobrunner.services.api import schemas
 from jobrunner.services.api.readpool import ReadPool
 
@@ -298,11 +299,14 @@ _PLAIN_TEXT = (
     "CASE WHEN strpos(text, E'\\x1b') > 0 "
     "THEN regexp_replace(text, E'\\x1b\\[[0-9;]*m', '', 'g') ELSE text END"
 )
-# One line of a downloaded log: ISO 8601 UTC time, level, text. Formatted by Postgres, a chunk at
-# a time, so a million-line log never sits in the API's memory.
+# One line of a downloaded log: ISO 8601 UTC time, level, text. The level column is left out
+# where the stored text starts with exactly that level (``INFO    Starte ...``), which would show
+# it twice; the second field of every line is then still its level. Formatted by Postgres, a chunk
+# at a time, so a million-line log never sits in the API's memory.
 _DOWNLOAD_LINE = (
-    "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
-    f"|| ' ' || rpad(level, 7) || ' ' || {_PLAIN_TEXT} || E'\\n'"
+    "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || ' ' "
+    f"|| CASE WHEN {shows_level_sql('text', 'level')} THEN '' ELSE rpad(level, 7) || ' ' END "
+    f"|| {_PLAIN_TEXT} || E'\\n'"
 )
 
 

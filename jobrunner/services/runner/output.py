@@ -7,15 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from jobrunner.common.loglevels import LEVEL_RE, LEVEL_SCAN_CHARS, level_of_word
+
 ANSI_RE = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-LEVEL_RE = re.compile(
-    r"^\s*"
-    # an optional timestamp: 2025-12-27 12:15:00[,123], 2025-12-27T12:15:00Z, [12:15:00], 12:15:00
-    r"(?:\[?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\]?\s+"
-    r"|\[?\d{2}:\d{2}:\d{2}(?:[.,]\d+)?\]?\s+)?"
-    r"[\[(]?(?P<level>DEBUG|INFO|SUCCESS|WARNING|WARN|ERROR|CRITICAL|FATAL)[\])]?(?=[\s:|-]|$)",
-    re.IGNORECASE,
-)
 # LEVEL_RE over a block of lines at once (MULTILINE; no whitespace run crosses a line break):
 # one match per line, whose group is the level word where the line has one, else empty.
 _LEVEL_PER_LINE_RE = re.compile(
@@ -25,9 +19,6 @@ _LEVEL_PER_LINE_RE = re.compile(
     r"[\[(]?(DEBUG|INFO|SUCCESS|WARNING|WARN|ERROR|CRITICAL|FATAL)[\])]?(?=[\s:|-]|$))?[^\n]*",
     re.IGNORECASE | re.MULTILINE,
 )
-LEVEL_SCAN_CHARS = 200  # parse_level looks at a line's first 200 characters
-LEVEL_ALIASES = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}
-LEVELS = ("DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*\]")
 # Colour and style codes (SGR: ESC [ ... m) are kept, for the web UI renders them safely;
 # every other escape sequence (cursor movement, titles, ...) is removed.
@@ -52,13 +43,6 @@ def parse_level(text: str, default: str = "INFO", pattern: re.Pattern[str] | Non
     if not match:
         return default
     return level_of_word(match.group("level") or "", default)
-
-
-def level_of_word(word: str, default: str = "INFO") -> str:
-    """The level a matched level word names (any case, aliases folded), else ``default``."""
-    level = word.upper()
-    level = LEVEL_ALIASES.get(level, level)
-    return level if level in LEVELS else default
 
 
 class _LevelWords(dict[str, str]):

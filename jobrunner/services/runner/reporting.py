@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from jobrunner.common import loglevels
 from jobrunner.common.jobtypes import JobType
 from jobrunner.services.runner import output, protocol
 from jobrunner.services.runner.bounds import BoundedResult
@@ -72,7 +73,7 @@ class JobReporter:
             if isinstance(message, dict):
                 self.add_result(message)
                 return
-        if level is None or level not in output.LEVELS:
+        if level is None or level not in loglevels.LEVELS:
             level = output.parse_level(plain, pattern=self.level_re)
         self.publisher.add(stream, level, text, at)
         progress = output.parse_progress(plain, self.progress_re)

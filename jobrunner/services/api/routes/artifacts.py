@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 import structlog
-from litestar import Request, Response, get, put
+from litestar import Request, Response, put
 from litestar.response import Stream
 from litestar.status_codes import HTTP_201_CREATED
 from nats.errors import Error as NatsError
@@ -28,6 +28,7 @@ from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.links import archive_url, artifact_url
 from jobrunner.services.api.queryparams import Query
+from jobrunner.services.api.reads import get, is_head
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.ziparchive import Member, zip_stream
@@ -180,7 +181,7 @@ async def download_artifact(
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     return Stream(
-        _chunks(ctx, info),
+        () if is_head(request) else _chunks(ctx, info),
         media_type=row["content_type"],
         headers={
             **headers,
@@ -213,12 +214,14 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
     # Looked up before the first byte: a missing object answers an error, not a cut archive.
     # Each member is marked as read as soon as its description is read (a guard consumer): a
     # name sent again while earlier members stream keeps its old content until the archive ends.
+    # A HEAD reads no member: it looks each one up (404/410 as a GET) and guards none.
     guards = artifactstore.ReadGuards(ctx.js, ctx.names, ctx.settings.artifact_read_idle_seconds)
     infos: dict[str, api.ObjectInfo] = {}
     try:
         for row in rows:
             infos[row["name"]] = info = await _object(ctx, job_id, row)
-            await guards.add(info)
+            if not is_head(request):
+                await guards.add(info)
     except BaseException as exc:
         await guards.drop()
         if isinstance(exc, Exception) and not isinstance(exc, ApiError):
@@ -231,7 +234,7 @@ async def download_archive(request: Request[Any, Any, Any], job_id: str) -> Stre
         return _chunks(ctx, infos[member.name])
 
     return Stream(
-        guards.kept(zip_stream(members, contents)),
+        () if is_head(request) else guards.kept(zip_stream(members, contents)),
         media_type="application/zip",
         headers={**_DOWNLOAD_HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get
+from litestar import Request
 from litestar.params import Parameter
 
 from jobrunner.common import audit
@@ -13,6 +13,7 @@ from jobrunner.services.api import readmodels
 from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.errors import job_not_found
 from jobrunner.services.api.queryparams import Query
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
 
 MAX_EVENTS_PAGE = 1000

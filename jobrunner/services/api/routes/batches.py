@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get
+from litestar import Controller, Request
 from litestar.params import Parameter
 
 from jobrunner.services.api import batch_readmodels, readmodels, schemas
 from jobrunner.services.api.batch_readmodels import BATCH_STATUSES
 from jobrunner.services.api.dependencies import ctx_of, find_batch
 from jobrunner.services.api.queryparams import Query, keyset_page
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
 
 MAX_LIST_LIMIT = 500

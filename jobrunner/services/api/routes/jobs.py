@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 import nats.errors
 import structlog
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, post
 from litestar.datastructures import MultiDict
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
@@ -28,6 +28,7 @@ from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
 from jobrunner.services.api.posted import PostedJob
 from jobrunner.services.api.queryparams import Query, invalid, keyset_page
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import Principal, principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.submission import UnknownJobType, check_job, job_fingerprint

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from litestar import Request, get
+from litestar import Request
 from litestar.datastructures import MultiDict
 from litestar.params import Parameter
 from litestar.response import Stream
@@ -15,6 +15,7 @@ from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.queryparams import Query
+from jobrunner.services.api.reads import get, is_head
 from jobrunner.services.api.security import Principal, principal_of
 
 MAX_LOG_PAGE = 5000
@@ -113,7 +114,7 @@ async def download_job_log(request: Request[Any, Any, Any], job_id: str) -> Stre
     row = await find_job(ctx, job_id, principal_of(request))
     filename = download_filename(row["job_type"], job_id)
     return Stream(
-        readmodels.log_text_chunks(ctx.pool, job_id),
+        () if is_head(request) else readmodels.log_text_chunks(ctx.pool, job_id),
         media_type="text/plain; charset=utf-8",
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',

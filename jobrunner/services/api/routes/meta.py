@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request
 from litestar.response import Response
 
 from jobrunner.common.jobtypes import public_schema
 from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.health import report, set_aside_events
+from jobrunner.services.api.reads import get
 
 
 @get("/api/job-types", tags=["job types"], summary="Job types and their parameter schemas")

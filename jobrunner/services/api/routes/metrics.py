@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request
 from litestar.response import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -18,6 +18,7 @@ from jobrunner.common.metricsconfig import parse_peers
 from jobrunner.common.metricsexposition import all_families, render
 from jobrunner.services.api.dependencies import ctx_of
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
 
 

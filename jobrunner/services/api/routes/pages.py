@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Request, get
+from litestar import Request
 from litestar.exceptions import NotFoundException
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -23,6 +23,7 @@ from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import i18n, links, readmodels, schemas, security
 from jobrunner.services.api.attempts import attempts_of
 from jobrunner.services.api.dependencies import ctx_of, find_batch, find_job
+from jobrunner.services.api.reads import ReadRouter, get
 from jobrunner.services.api.security.principal import optional_principal
 
 HERE = Path(__file__).resolve().parent.parent
@@ -59,7 +60,11 @@ def template_config() -> TemplateConfig:  # type: ignore[type-arg]
 
 
 static_router = create_static_files_router(
-    path="/static", directories=[STATIC], include_in_schema=False, name="static"
+    path="/static",
+    directories=[STATIC],
+    include_in_schema=False,
+    name="static",
+    router_class=ReadRouter,
 )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request
 
 from jobrunner.services.api import readmodels, schemas
 from jobrunner.services.api.dependencies import ctx_of, find_job
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security import principal_of
 
 # A job's attempts are few (backoff over the retry window); a page would only hide the newest.

@@ -283,7 +283,7 @@ async def check_csrf(
 
 def wants_login_page(connection: ASGIConnection[Any, Any, Any, Any], method: str) -> bool:
     """A browser navigating to a page (not an API call, not an EventSource)."""
-    if method != "GET" or connection.url.path.startswith("/api/"):
+    if method not in ("GET", "HEAD") or connection.url.path.startswith("/api/"):
         return False
     accept = connection.headers.get("accept", "")
     return "text/html" in accept

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import jinja2
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_303_SEE_OTHER
@@ -16,6 +16,7 @@ from litestar.types import ControllerRouterHandler
 
 from jobrunner.services.api import i18n, jsonbody
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.reads import get
 from jobrunner.services.api.security.middleware import Access, same_origin
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.security.principal import optional_principal, principal_of

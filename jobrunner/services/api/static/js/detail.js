@@ -94,6 +94,9 @@ export function initDetailPage() {
   view.toEnd();
   followJob(jobId, {
     line: (line) => view.append(line),
+    // The job's stream was made anew: the page as the server renders it now (facts, first
+    // lines, line count), then following the new stream.
+    reset: () => window.location.reload(),
     progress: (progress) => setProgress(root.querySelector("[data-progress]"), progress, root.dataset.status),
     cancelRequested: () => markCancelRequested(jobId),
     status: (status) => {

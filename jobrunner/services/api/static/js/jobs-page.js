@@ -52,6 +52,7 @@ function follow(cardEl) {
   const title = cardEl.querySelector("h3")?.firstChild?.textContent.trim() ?? jobId;
   const stream = followJob(jobId, {
     line: (line) => terminal.push(line),
+    reset: () => terminal.clear(), // the new stream sends the job's lines from its first
     progress: (progress) => {
       const c = card(jobId);
       if (c) setProgress(c.querySelector("[data-progress]"), progress, c.dataset.status);

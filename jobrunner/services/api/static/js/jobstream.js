@@ -4,11 +4,18 @@ import { EventStream } from "./sse.js";
 /**
  * @param {string} jobId
  * @param {{line?: Function, progress?: Function, status?: Function, done?: Function,
- *          cancelRequested?: Function}} on
+ *          cancelRequested?: Function, reset?: Function}} on  reset: the stream was made anew
+ *          (400 LAST_EVENT_ID_AHEAD) and is read from its start; what the page shows of the
+ *          old one may not be the job's any more.
  */
 export function followJob(jobId, on) {
   let lastSeq = 0;
   const stream = new EventStream(`/jobs/stream/${encodeURIComponent(jobId)}`, {
+    onReset() {
+      // The new stream numbers its lines from 1 again: the old count would drop them all.
+      lastSeq = 0;
+      on.reset?.();
+    },
     onEvent(type, data) {
       switch (type) {
         case "message":

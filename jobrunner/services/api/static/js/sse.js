@@ -20,8 +20,8 @@ export class EventStream {
   /**
    * @param {string} url
    * @param {{onEvent: (type: string, data: any, id: string|null) => void,
-   *          onReconnect?: () => void, onGone?: (status: number) => void,
-   *          lastEventId?: string|null}} options
+   *          onReconnect?: () => void, onReset?: () => void,
+   *          onGone?: (status: number) => void, lastEventId?: string|null}} options
    */
   constructor(url, options) {
     this.url = url;
@@ -71,8 +71,11 @@ export class EventStream {
           // No event of this stream has that id: the stream was made anew (a tab left open while
           // the installation was made again). Read it from the start, and have the page re-read
           // what it shows once connected (onReconnect), rather than retrying the id for ever.
+          // onReset first: what the page counted from the old stream (a job's line sequence)
+          // does not hold for the new one.
           this.lastEventId = null;
           this.wasLost = true;
+          this.options.onReset?.();
           continue;
         }
         if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);

@@ -41,6 +41,11 @@ export class Terminal {
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
 
+  clear() {
+    this.pending.length = 0;
+    this.view.querySelectorAll(".log-row").forEach((row) => row.remove());
+  }
+
   flush() {
     this.frame = 0;
     const lines = this.pending.splice(0, this.pending.length).slice(-MAX_ROWS);
