@@ -138,6 +138,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Catch-up reads from JetStream one API process runs at once (each holds a consumer of the
     # event stream, ``stream_max_consumers``); more viewers wait their turn.
     sse_history_reads: int = 256
+    # The API tells its live viewers (SSE ``stale``) once NATS has not answered its probe for
+    # this long, and again when it answers: above the round trip of a healthy server on a loaded
+    # machine (milliseconds; an event loop stalled a second is already reported as a fault,
+    # stallwatch.STALL_SECONDS), well below the 15 s lease a frozen NATS costs the job.
+    nats_silence_seconds: float = 3.0
 
     # Access (README "Security and access")
     auth: bool = True  # off only with --no-auth on a loopback address
@@ -271,6 +276,7 @@ _ABOVE_ZERO = (
     "lease_ttl_seconds",
     "sse_keepalive_seconds",
     "sse_history_idle_seconds",
+    "nats_silence_seconds",
     "runner_heartbeat_seconds",
     "projector_stuck_seconds",
     "projector_postgres_dead_seconds",

@@ -167,3 +167,9 @@ class Names:
         """The API says an external job's worker reported (a sign of life, even when the report
         carried nothing to store); the runner holding the job counts its silence from it."""
         return f"_jobrunner.{self.prefix}.external.{job_id}.reported"
+
+    @property
+    def answer_probe_subject(self) -> str:
+        """Nobody subscribes: the API's request here is answered by the server itself ("no
+        responders"), a round trip that tells whether NATS answers (api/natswatch.py)."""
+        return f"_jobrunner.{self.prefix}.api.answer-probe"
