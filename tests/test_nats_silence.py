@@ -60,7 +60,8 @@ async def answered_after_thaw(watch: NatsWatch, thawed: asyncio.Event) -> None:
     async with asyncio.timeout(30):
         await thawed.wait()
         answers = watch.answers
-        while watch.answers < answers + 2:  # the one in flight at the thaw, then a new one
+        # The one in flight at the thaw, then a new one (a count: no event to wait on).
+        while watch.answers < answers + 2:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
 
@@ -85,9 +86,10 @@ async def test_freeze_longer_than_the_bound_is_told_and_its_end_too(
     thawed = asyncio.Event()
     thaw_after(own_nats, LONGER)
     asyncio.get_running_loop().call_later(LONGER, thawed.set)
+    first_told = asyncio.Event()
+    nats_watch.listeners.append(lambda _: first_told.set())
     async with asyncio.timeout(30):
-        while not told:
-            await asyncio.sleep(0.05)
+        await first_told.wait()
     assert told == [True]
     assert not thawed.is_set()  # told while it lasted
     await answered_after_thaw(nats_watch, thawed)
@@ -118,7 +120,11 @@ async def followed(
     async with client.stream("GET", f"/api/jobs/{job_id}/stream") as response:
         assert response.status_code == 200
         async for event in iter_events(response):
-            if freeze_for and event.event == "message" and not any(e.event == "message" for e in seen):
+            if (
+                freeze_for
+                and event.event == "message"
+                and not any(e.event == "message" for e in seen)
+            ):
                 thaw_after(own_nats, freeze_for)
             seen.append(event)
             if event.event in {"done", "unavailable"}:

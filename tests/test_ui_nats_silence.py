@@ -14,7 +14,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
 from tests.test_nats_silence import BOUND, LONGER, SHORTER, thaw_after
 from tests.test_ui_live import RECORD_ROWS
-from tests.ui_support import TEST_TYPES, TERMINAL, start_job, wait_for_status
+from tests.ui_support import TERMINAL, TEST_TYPES, start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
 
