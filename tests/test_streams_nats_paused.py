@@ -61,6 +61,7 @@ class Resumed:
     def __init__(self, on_open: Any = None) -> None:
         self.events: list[SseEvent] = []
         self.endings: list[str] = []  # "unavailable" per clean end
+        self.stale: list[bool] = []  # what ``stale`` events said, in order
         self.on_open = on_open  # called once, as the stream first answers 200
 
     async def follow(
@@ -80,6 +81,11 @@ class Resumed:
                         assert event.json["code"] == "NATS_UNAVAILABLE", event.data
                         self.endings.append(event.event)
                         break
+                    if event.event == "stale":
+                        # NATS silent past nats_silence_seconds and back: said, not an event of
+                        # the job (test_nats_silence.py).
+                        self.stale.append(event.json["stale"])
+                        continue
                     self.events.append(event)
                     last_id = event.id or last_id
                     if done(self.events):
