@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def thaw_after(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
 async def watch(own_nats: EmbeddedNats) -> AsyncIterator[tuple[NatsWatch, list[bool]]]:
     """A watch of its own connection to ``own_nats``, and what it told, in order."""
     nc = await nats.connect(own_nats.url)
-    watch = NatsWatch(nc, "_test.answer-probe", BOUND)
+    watch = NatsWatch(nc, f"_test.probe.{uuid.uuid4().hex}", BOUND)
     told: list[bool] = []
     watch.listeners.append(told.append)
     watch.start()
@@ -94,6 +95,26 @@ async def test_freeze_longer_than_the_bound_is_told_and_its_end_too(
     assert not thawed.is_set()  # told while it lasted
     await answered_after_thaw(nats_watch, thawed)
     assert told == [True, False]
+
+
+async def test_a_wildcard_tap_on_a_healthy_server_tells_nothing(
+    own_nats: EmbeddedNats, watch: tuple[NatsWatch, list[bool]]
+) -> None:
+    """A monitoring tap on ``>`` (it hears the probe and answers nothing): NATS is not silent."""
+    nats_watch, told = watch
+    tap = await nats.connect(own_nats.url)
+    try:
+        await tap.subscribe(">")
+        await tap.flush()
+        answers = nats_watch.answers
+        # Probes sent after the tap came: each would time out in BOUND if the tap took them.
+        async with asyncio.timeout(30):
+            while nats_watch.answers < answers + 2 and not told:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        await tap.close()
+    assert told == []
+    assert not nats_watch.silent
 
 
 @pytest.fixture

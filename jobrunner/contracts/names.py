@@ -168,8 +168,8 @@ class Names:
         carried nothing to store); the runner holding the job counts its silence from it."""
         return f"_jobrunner.{self.prefix}.external.{job_id}.reported"
 
-    @property
-    def answer_probe_subject(self) -> str:
-        """Nobody subscribes: the API's request here is answered by the server itself ("no
-        responders"), a round trip that tells whether NATS answers (api/natswatch.py)."""
-        return f"_jobrunner.{self.prefix}.api.answer-probe"
+    def api_probe_subject(self, process_id: str) -> str:
+        """One API process's probe of NATS: it subscribes here and publishes to itself, a round
+        trip through the server that tells whether NATS answers (api/natswatch.py). Its own
+        subject per process (``process_id``, a nuid), so no other process's probe is heard."""
+        return f"_jobrunner.{self.prefix}.api.probe.{process_id}"

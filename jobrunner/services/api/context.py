@@ -14,6 +14,7 @@ from litestar import Litestar
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.nuid import NUID
 
 from jobrunner.common import (
     artifactpurges,
@@ -189,7 +190,8 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             readmodels=readmodels,
         )
         # One probe of NATS for the process; its live viewers are told when it goes silent.
-        nats_watch = NatsWatch(nc, names.answer_probe_subject, settings.nats_silence_seconds)
+        probe_subject = names.api_probe_subject(NUID().next().decode())
+        nats_watch = NatsWatch(nc, probe_subject, settings.nats_silence_seconds)
         nats_watch.listeners.append(app.state.ctx.fanout.tell_nats_silence)
         nats_watch.start()
         heap.freeze_startup_objects()
