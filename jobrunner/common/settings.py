@@ -260,6 +260,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     # A client buffer must hold at least one full message batch, or every live client is cut.
     "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
     "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
+    # Below 1 s, an event loop stalled that long on a loaded machine (which stallwatch reports
+    # as a fault of its own) would be told to every live viewer as NATS gone silent.
+    "nats_silence_seconds": (1, _NO_LIMIT),
     "webhook_retry_seconds": (0, _NO_LIMIT),
     "notifier_max_concurrent": (1, _NO_LIMIT),
     # One event per job: the bound keeps a batch's submission (and the runners' waiting for its
@@ -276,7 +279,6 @@ _ABOVE_ZERO = (
     "lease_ttl_seconds",
     "sse_keepalive_seconds",
     "sse_history_idle_seconds",
-    "nats_silence_seconds",
     "runner_heartbeat_seconds",
     "projector_stuck_seconds",
     "projector_postgres_dead_seconds",
