@@ -146,6 +146,24 @@ def test_every_event_and_field_is_in_the_contracts_section(
     assert not missing, f"{event.__name__} fields the README does not give: {missing}"
 
 
+def plain_subjects() -> list[str]:
+    """Every plain NATS subject (outside the stream) ``contracts/names.py`` builds, written as
+    the README writes it: ``{self.prefix}`` as ``<prefix>``, ``{job_id}`` as ``<job id>``."""
+    source = (ROOT / "jobrunner" / "contracts" / "names.py").read_text()
+    templates = re.findall(r'f"(_jobrunner\.[^"]*)"', source)
+    assert templates, "names.py builds no plain subject: the pattern above is out of date"
+    return [
+        re.sub(r"\{(?:self\.)?(\w+)\}", lambda m: f"<{m[1].replace('_', ' ')}>", template)
+        for template in templates
+    ]
+
+
+@pytest.mark.parametrize("subject", plain_subjects())
+def test_every_plain_nats_subject_is_in_the_contracts_section(subject: str) -> None:
+    """A NATS administrator finds every subject jobrunner uses outside its stream."""
+    assert f"`{subject}`" in section("Event contracts")
+
+
 def test_the_example_consumer_beside_up_reads_its_nats_url_from_runtime_json(
     tmp_path: Path,
 ) -> None:

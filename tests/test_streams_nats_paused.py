@@ -75,11 +75,20 @@ class Resumed:
                 if self.on_open is not None:
                     self.on_open()
                     self.on_open = None
+                said: list[bool] = []  # what this connection's ``stale`` events said
                 async for event in iter_events(response):
                     if event.event == "unavailable":
                         assert event.json["code"] == "NATS_UNAVAILABLE", event.data
                         self.endings.append(event.event)
                         break
+                    if event.event == "stale":
+                        # NATS silent past nats_silence_seconds and back: said, not an event of
+                        # the job (test_nats_silence.py).
+                        said.append(event.json["stale"])
+                        # Each change once, silent first (a connection cut while NATS is
+                        # silent may end before the word that it answers again).
+                        assert said == [i % 2 == 0 for i in range(len(said))], said
+                        continue
                     self.events.append(event)
                     last_id = event.id or last_id
                     if done(self.events):

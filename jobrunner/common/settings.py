@@ -142,6 +142,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Catch-up reads from JetStream one API process runs at once (each holds a consumer of the
     # event stream, ``stream_max_consumers``); more viewers wait their turn.
     sse_history_reads: int = 256
+    # The API tells its live viewers (SSE ``stale``) once NATS has not answered its probe for
+    # this long, and again when it answers: above the round trip of a healthy server on a loaded
+    # machine (milliseconds; an event loop stalled a second is already reported as a fault,
+    # stallwatch.STALL_SECONDS), well below the 15 s lease a frozen NATS costs the job.
+    nats_silence_seconds: float = 3.0
 
     # Access (README "Security and access")
     auth: bool = True  # off only with --no-auth on a loopback address
@@ -259,6 +264,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     # A client buffer must hold at least one full message batch, or every live client is cut.
     "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
     "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
+    # Below 1 s, an event loop stalled that long on a loaded machine (which stallwatch reports
+    # as a fault of its own) would be told to every live viewer as NATS gone silent.
+    "nats_silence_seconds": (1, _NO_LIMIT),
     "webhook_retry_seconds": (0, _NO_LIMIT),
     "notifier_max_concurrent": (1, _NO_LIMIT),
     # One event per job: the bound keeps a batch's submission (and the runners' waiting for its

@@ -167,3 +167,9 @@ class Names:
         """The API says an external job's worker reported (a sign of life, even when the report
         carried nothing to store); the runner holding the job counts its silence from it."""
         return f"_jobrunner.{self.prefix}.external.{job_id}.reported"
+
+    def api_probe_subject(self, process_id: str) -> str:
+        """One API process's probe of NATS: it subscribes here and publishes to itself, a round
+        trip through the server that tells whether NATS answers (api/natswatch.py). Its own
+        subject per process (``process_id``, a nuid), so no other process's probe is heard."""
+        return f"_jobrunner.{self.prefix}.api.probe.{process_id}"

@@ -151,6 +151,7 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("idempotency_ttl_seconds", "-1"),
         ("queue_orphan_seconds", "21.9"),  # below a restart's queue write, publish and resend
         ("queue_orphan_seconds", "nan"),
+        ("nats_silence_seconds", "0.9"),  # a loop stalled a second is no silent NATS
         ("stop_seconds", "0.5"),
         ("stop_seconds", "15.5"),  # waits past its deadline need the margin to the 20 s grace
     ],
@@ -194,6 +195,12 @@ def test_a_config_file_key_that_is_no_setting_is_named_with_the_closest_one(
 def test_a_retired_setting_in_an_older_config_file_still_loads(tmp_path: Path) -> None:
     config = write_config(tmp_path, "line_flush_interval_ms = 100\nport = 8123\n")
     assert load_settings(config).port == 8123
+
+
+def test_nats_silence_seconds_takes_its_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NATS silence bound of 1 s, the least, is accepted."""
+    monkeypatch.setenv("JOBRUNNER_NATS_SILENCE_SECONDS", "1")
+    assert load_settings().nats_silence_seconds == 1.0
 
 
 def test_stop_seconds_takes_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:

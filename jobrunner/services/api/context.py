@@ -14,6 +14,7 @@ from litestar import Litestar
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.nuid import NUID
 
 from jobrunner.common import (
     artifactpurges,
@@ -34,6 +35,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodelgate, sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.idempotency import IdempotencyKeys
+from jobrunner.services.api.natswatch import NatsWatch
 from jobrunner.services.api.posted import PostedJobs
 from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.readmodelgate import ReadModelGate, UnbuiltReadModels
@@ -189,6 +191,11 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
         )
+        # One probe of NATS for the process; its live viewers are told when it goes silent.
+        probe_subject = names.api_probe_subject(NUID().next().decode())
+        nats_watch = NatsWatch(nc, probe_subject, settings.nats_silence_seconds)
+        nats_watch.listeners.append(app.state.ctx.fanout.tell_nats_silence)
+        nats_watch.start()
         heap.freeze_startup_objects()
         heap.collect_young_less_often()
         # Artifact content another (killed) API left to purge: at start, then now and then.
@@ -222,6 +229,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
                     ),
                     artifactstore.stop_purges(js, users.left(artifactstore.PURGE_STOP_SECONDS)),
                     readmodels.close(users.left(readmodelgate.STOP_SECONDS)),
+                    nats_watch.stop(users.left(nats_watch.silence_seconds)),
                     subscription.forget_deletes(users.left(subscription.FORGET_DELETES_SECONDS)),
                     eventstore.unsubscribe_within(
                         [sub],

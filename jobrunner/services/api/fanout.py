@@ -759,6 +759,19 @@ class Fanout:
         self.consumer_limit_waits = 0  # reader attempts (history, feeds) refused at the limit
         # History reads whose client left an item untaken for ``history_idle`` (``HistoryTurn``).
         self.history_turns_given_back = 0
+        # NATS has not answered the API's probe for its bound (``natswatch``): each client's
+        # stream tells its viewer when this changes (SSE ``stale``).
+        self.nats_silent = False
+
+    def tell_nats_silence(self, silent: bool) -> None:
+        """NATS went silent or answers again: every client waiting for events is woken to say
+        so. Not one in line for a history read (``on_hold``): its wake-up means a cut there, and
+        it says so at its next keep-alive."""
+        self.nats_silent = silent
+        for feed in self.feeds.values():
+            for subscriber in feed.subscribers:
+                if not subscriber.on_hold and not subscriber.overflow:
+                    subscriber.wakeup.set()
 
     def known_row(self, job_id: str) -> dict[str, Any] | None:
         """``JobFeed.row`` of the job's running feed, if there is one."""

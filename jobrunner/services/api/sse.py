@@ -179,6 +179,23 @@ def nats_unavailable(retry_ms: int) -> bytes:
     )
 
 
+def stale(silent: bool) -> bytes:
+    """The frame telling a viewer that NATS does not answer the API (``silent``: its live events
+    stop meanwhile, and resume where they stopped) or answers again. No ``id``: the stream's
+    resume point stays that of its last event."""
+    if not silent:
+        return frame({"stale": False}, event="stale")
+    return frame(
+        {
+            "stale": True,
+            "code": "NATS_SILENT",
+            "detail": "The event store does not answer; live events resume where they stopped "
+            "once it does.",
+        },
+        event="stale",
+    )
+
+
 def _unavailable(retry_ms: int, code: str, detail: str) -> bytes:
     """An ``unavailable`` frame with a code and a sentence. Its ``retry`` is ``retry_ms``
     stretched by a random factor of 1 to 2: the clients cut together must not all come back
@@ -342,6 +359,7 @@ async def job_stream(
     else:
         inbox.reads_live()
     sent = start_seq - 1
+    told_silent = False  # what the viewer was last told of NATS (``stale``)
     try:
         if recorded is not None and not inbox.overflow:
             # The feed kept what it handed on since our start: no read from JetStream.
@@ -361,6 +379,9 @@ async def job_stream(
                             if failed_by_nats():
                                 yield nats_unavailable(retry_ms)
                             return  # the feed failed, or the client left
+                        if told_silent != fanout.nats_silent:
+                            told_silent = fanout.nats_silent
+                            yield stale(told_silent)
                         yield comment("keep-alive")
                     if inbox.overflow or (writer is not None and writer.gone):
                         return  # in the same step as the turn: no read for nobody
@@ -418,6 +439,9 @@ async def job_stream(
 
         direct = write_direct if writer is not None else None
         while True:
+            if told_silent != fanout.nats_silent:
+                told_silent = fanout.nats_silent
+                yield stale(told_silent)
             if not inbox.has_items and not inbox.overflow and not inbox.idle:
                 # Everything before is written (a yield returns once the server wrote it), so
                 # the feed may write what comes next itself until this stream is woken.

@@ -135,6 +135,13 @@ export class EventStream {
     if (!data.length) return;
     let parsed;
     try { parsed = JSON.parse(data.join("\n")); } catch { parsed = data.join("\n"); }
+    if (type === "stale") {
+      // The API is there but NATS does not answer it: live events stop meanwhile, as when the
+      // API is away, and resume where they stopped (no reconnect needed).
+      this.markLost(parsed?.stale === true);
+      if (parsed?.stale !== true && lost.size === 0) announce(t("conn.back"));
+      return;
+    }
     this.options.onEvent(type, parsed, id);
   }
 }
