@@ -251,8 +251,9 @@ def request_ack_wait(lease_ttl_seconds: float) -> float:
     through a stall of two thirds of the TTL, longer than the stall its running jobs' leases
     survive (``lease.survivable_outage``). Should one come back all the same (a stall past
     that), the job still runs once: its slot's lease and its conditional ``running`` admit one
-    runner (``claim``, ``executor``). The price: a held request's "in progress" every third
-    of the TTL instead of every two thirds."""
+    runner (``claim``, ``executor``). The price: "in progress" every third of the TTL instead
+    of every two thirds from a job waiting for capacity or for its batch's seal (one queued
+    behind a held slot says it at each renewal of that lease anyway: the renewal wakes it)."""
     return max(2.0, lease_ttl_seconds)
 
 
