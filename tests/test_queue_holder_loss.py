@@ -123,11 +123,16 @@ async def test_queued_job_of_a_killed_runner_starts_elsewhere_as_its_lease_expir
     assert started_after < ttl * 1.25, started_after
 
 
-# The stall tests' TTL: their request ack wait (``request_ack_wait``) and its "in progress"
-# every third of it.
+# The stall tests' TTL and the runners' request ack wait, pinned: the stalls below are written
+# out, not derived from ``request_ack_wait``, so that a change of the wait (twice the TTL
+# before) fails them rather than moving them along. "In progress" every third of the wait.
 STALL_TTL = 12.0
-ACK_WAIT = request_ack_wait(STALL_TTL)
+ACK_WAIT = STALL_TTL
 KEEP_ALIVE = ACK_WAIT / 3
+
+
+def test_the_stall_tests_ack_wait_is_the_runners() -> None:
+    assert request_ack_wait(STALL_TTL) == ACK_WAIT
 
 
 async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> str:
@@ -164,6 +169,9 @@ async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> 
                 await asyncio.sleep(max(0.0, stall - (time.monotonic() - stopped_at)))
             finally:
                 os.kill(holder.pid, signal.SIGCONT)
+            # Stalled as long as asked, not much longer (a slow cancel on a loaded machine):
+            # past that the test would no longer tell the two cases apart.
+            assert time.monotonic() - stopped_at < stall + 1, time.monotonic() - stopped_at
             after = await wait_status(client, second, "completed", "failed", timeout=60)
             assert after["status"] == "completed"
             # Whichever ran B, the other lets its delivery go without running it.
@@ -180,7 +188,8 @@ async def test_a_runner_stalled_for_less_than_the_ack_wait_keeps_its_queued_job(
 ) -> None:
     """A runner stopped for less than the ack wait less one "in progress" interval (and 2 s for
     its claim once it runs again) keeps the job it holds queued: it runs it, once."""
-    second = await stall_the_holder(settings, tmp_path, ACK_WAIT - KEEP_ALIVE - 2.0)
+    # The ack wait (12 s) less one "in progress" interval (4 s) and 2 s.
+    second = await stall_the_holder(settings, tmp_path, 6.0)
     assert await running_runners(settings, second) == ["holder"]
     assert starts(tmp_path / "starts2") == 1
     assert await status_events(settings, second) == ["running", "completed"]
@@ -191,7 +200,9 @@ async def test_a_runner_stalled_past_the_ack_wait_loses_its_queued_job_which_run
 ) -> None:
     """A runner stopped for longer than the ack wait has the job it held queued run by another
     runner; once it runs again it does not run that job a second time."""
-    second = await stall_the_holder(settings, tmp_path, ACK_WAIT + 1.5)
+    # The ack wait (12 s) and 1.5 s: with the old wait of twice the TTL (24 s), the stalled
+    # runner kept B and ran it.
+    second = await stall_the_holder(settings, tmp_path, 13.5)
     assert await running_runners(settings, second) == ["busy"]
     assert starts(tmp_path / "starts2") == 1
     assert await status_events(settings, second) == ["running", "completed"]
