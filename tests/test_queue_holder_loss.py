@@ -10,12 +10,15 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.common.slots import queue_key
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.service import request_ack_wait
@@ -135,15 +138,23 @@ def test_the_stall_tests_ack_wait_is_the_runners() -> None:
     assert request_ack_wait(STALL_TTL) == ACK_WAIT
 
 
-async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> str:
+class Stalled(NamedTuple):
+    job_id: str  # B's
+    requeued: int  # B's queue entries written after the stall began (none: it had one)
+
+
+async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> Stalled:
     """A runner ("busy", room for one job) runs A; the other ("holder") holds B queued behind
     it. The holder is stopped (SIGSTOP) for ``stall`` seconds, A cancelled meanwhile. Returns
-    B's id once it completed and nothing holds a request any more."""
+    B's id once it completed and nothing holds a request any more, and how many times its
+    queue entry was written again from the stall on."""
     settings = msgspec.structs.replace(settings, lease_ttl_seconds=STALL_TTL)
     system = System(settings)
     busy = RunnerProcess(settings, tmp_path / "busy.log", runner_id="busy", max_concurrent_jobs=1)
     holder = RunnerProcess(settings, tmp_path / "holder.log", runner_id="holder")
     await asyncio.gather(busy.start(), system.start_projector(), system.start_api())
+    names = Names(settings.prefix)
+    watcher = await eventstore.connect(settings, "test-queue-watcher")
     try:
         async with system.client() as client:
             first = await start_job(client, "locked_family", pidfile=str(tmp_path / "pids1"))
@@ -159,6 +170,17 @@ async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> 
                 seconds="0",
             )
             await wait_held(settings, 1)
+            # Every write of B's queue entry from here on (a put has no KV-Operation header;
+            # a delete has one).
+            entry_subject = f"$KV.{names.locks_bucket}.{queue_key('crash_sheet', second)}"
+            puts: list[Msg] = []
+
+            async def count_put(msg: Msg) -> None:
+                if not (msg.headers or {}).get("KV-Operation"):
+                    puts.append(msg)
+
+            await watcher.subscribe(entry_subject, cb=count_put)
+            await watcher.flush()
             os.kill(holder.pid, signal.SIGSTOP)
             stopped_at = time.monotonic()
             try:
@@ -176,11 +198,13 @@ async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> 
             assert after["status"] == "completed"
             # Whichever ran B, the other lets its delivery go without running it.
             await wait_held(settings, 0)
+            await watcher.flush()
     finally:
         busy.stop()
         holder.stop()
+        await eventstore.close(watcher)
         await system.stop()
-    return second
+    return Stalled(second, len(puts))
 
 
 async def test_a_runner_stalled_for_less_than_the_ack_wait_keeps_its_queued_job(
@@ -189,8 +213,9 @@ async def test_a_runner_stalled_for_less_than_the_ack_wait_keeps_its_queued_job(
     """A runner stopped for less than the ack wait less one "in progress" interval (and 2 s for
     its claim once it runs again) keeps the job it holds queued: it runs it, once."""
     # The ack wait (12 s) less one "in progress" interval (4 s) and 2 s.
-    second = await stall_the_holder(settings, tmp_path, 6.0)
+    second, requeued = await stall_the_holder(settings, tmp_path, 6.0)
     assert await running_runners(settings, second) == ["holder"]
+    assert requeued == 0
     assert starts(tmp_path / "starts2") == 1
     assert await status_events(settings, second) == ["running", "completed"]
 
@@ -202,7 +227,10 @@ async def test_a_runner_stalled_past_the_ack_wait_loses_its_queued_job_which_run
     runner; once it runs again it does not run that job a second time."""
     # The ack wait (12 s) and 1.5 s: with the old wait of twice the TTL (24 s), the stalled
     # runner kept B and ran it.
-    second = await stall_the_holder(settings, tmp_path, 13.5)
+    second, requeued = await stall_the_holder(settings, tmp_path, 13.5)
     assert await running_runners(settings, second) == ["busy"]
+    # Running again, the stalled runner found B off its lock's queue (the busy runner took it
+    # out as B started) and did not queue it again: B had started (it did before the look).
+    assert requeued == 0
     assert starts(tmp_path / "starts2") == 1
     assert await status_events(settings, second) == ["running", "completed"]
