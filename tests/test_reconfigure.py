@@ -76,15 +76,15 @@ async def test_changed_lease_ttl_applies_to_the_runners_consumer(
     settings: Settings, js: JetStreamContext
 ) -> None:
     """lease_ttl_seconds changed between two starts: a request whose runner died comes back
-    after twice the new TTL."""
+    after the new TTL."""
     names = Names(settings.prefix)
     system = System(settings)
     try:
         await system.start_runner("first", lease_ttl_seconds=5.0)
-        await ack_wait_becomes(js, names.stream, names.runner_consumer, 10.0)
+        await ack_wait_becomes(js, names.stream, names.runner_consumer, 5.0)
         await system.stop_service("first")
         await system.start_runner("second", lease_ttl_seconds=4.0)
-        await ack_wait_becomes(js, names.stream, names.runner_consumer, 8.0)
+        await ack_wait_becomes(js, names.stream, names.runner_consumer, 4.0)
     finally:
         await system.stop()
 
@@ -132,7 +132,7 @@ async def test_a_consumer_left_with_another_filter_and_limits_is_made_what_the_s
             await system.start_notifier(notifier_ack_wait_seconds=12.0)
         config = await consumer_becomes(js, names.stream, consumer, names.kind_subjects(kind))
         assert config.ack_policy == api.AckPolicy.EXPLICIT
-        assert config.ack_wait == pytest.approx(8.0 if service == "runner" else 12.0)
+        assert config.ack_wait == pytest.approx(4.0 if service == "runner" else 12.0)
         assert config.max_deliver == -1
         assert config.max_ack_pending == 10_000
     finally:

@@ -93,8 +93,8 @@ async def test_every_request_is_acknowledged_however_its_job_started(
             client, "timed", times_dir=str(times), label="a", lines=100_000, interval="0.02"
         )
         await wait_file(times / "a.start")
-        # While its tool runs, within half the ack wait (twice the lease TTL): a request
-        # whose ack never went out would only be acknowledged when delivered again.
+        # While its tool runs, within the ack wait (the lease TTL): a request whose ack never
+        # went out would only be acknowledged when delivered again (counted twice).
         assert await _requests_acknowledged(settings, timeout=settings.lease_ttl_seconds) == 1
         assert (await client.delete(f"/api/jobs/{running}")).status_code in (200, 202)
         others = [

@@ -184,7 +184,7 @@ async def assert_configured(nc: NATS, settings: Settings) -> None:
     tokens = (await js.stream_info(f"KV_{names.tokens_bucket}")).config
     assert tokens.max_msgs_per_subject == 5
     runner = await js.consumer_info(names.stream, names.runner_consumer)
-    assert runner.config.ack_wait == pytest.approx(2 * settings.lease_ttl_seconds)
+    assert runner.config.ack_wait == pytest.approx(request_ack_wait(settings.lease_ttl_seconds))
     notifier = await js.consumer_info(names.stream, names.notifier_consumer)
     assert notifier.config.ack_wait == pytest.approx(settings.notifier_ack_wait_seconds)
 

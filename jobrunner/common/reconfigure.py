@@ -6,7 +6,9 @@ them again with other values is no error and changes nothing, so a changed setti
 (``idempotency_ttl_seconds``, ``notifier_ack_wait_seconds``, the lease TTL the runners' ack wait
 follows) would be silently ignored on the next start. Each start compares what the server holds
 with the settings and updates it, with a log line saying so: the last service started wins, so
-give every instance the same settings.
+give every instance the same settings. So also across versions: during a rolling upgrade the
+runners' consumer's ack wait is the last runner started's (twice the lease TTL before session 30,
+one TTL since); the short wait holds once every runner is upgraded.
 """
 
 from __future__ import annotations

@@ -406,7 +406,7 @@ async def in_thread(call: Callable[[], None]) -> None:
 # clean-up in the fixture's ``finally``, and every server and service started is left running.
 START_TIMEOUT = 150.0
 
-# The lease TTL of the shared cluster: short, so the suite is fast (ack wait 6 s, renewal 1 s).
+# The lease TTL of the shared cluster: short, so the suite is fast (ack wait 3 s, renewal 0.5 s).
 SHORT_TTL = 3.0
 
 

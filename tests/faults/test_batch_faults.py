@@ -216,9 +216,9 @@ async def test_api_killed_mid_batch_starts_nothing_until_a_retry_seals_it(
         with contextlib.suppress(httpx.HTTPError):
             await answer
         assert not sealed_before_kill, "the batch was sealed before the API was killed: no fault"
-        # While nobody seals the batch, no job of it starts (watched for one ack wait of the
-        # runners' consumer, twice the lease TTL: the runners have its stored jobs and look
-        # again every third of it).
+        # While nobody seals the batch, no job of it starts (watched for twice the lease TTL,
+        # two ack waits of the runners' consumer, one TTL each: the runners have its stored
+        # jobs and look again every third of it).
         deadline = time.monotonic() + 2 * BATCH_LEASE_TTL
         while time.monotonic() < deadline:
             seen = await statuses(cluster, batch_id)

@@ -1,6 +1,6 @@
 """NATS unresponsive (SIGSTOP ... SIGCONT) while a job holds a lock, for pauses on both sides of
-the lease TTL (3 s), the publish timeout (nats-py's 5 s request timeout) and the runner
-consumer's ack wait (2 x TTL = 6 s).
+the lease TTL (3 s) and the runner consumer's ack wait (one TTL, 3 s), and of the publish
+timeout (nats-py's 5 s request timeout).
 
 Below the TTL (less the keeper's safety margin, TTL/4, and one renewal interval, TTL/6: the
 last confirmed renewal may be that old when the pause starts; 1.75 s with a 3 s TTL) the job goes
@@ -37,9 +37,9 @@ async def pause_nats(cluster: FaultCluster, seconds: float) -> None:
     ("seconds", "completes"),
     [
         pytest.param(1.0, True, id="1s-below-ttl-less-margin-and-renewal"),
-        pytest.param(4.0, False, id="4s-above-ttl-below-publish-timeout"),
-        pytest.param(5.5, False, id="5.5s-above-publish-timeout-below-ack-wait"),
-        pytest.param(7.0, False, id="7s-above-ack-wait"),
+        pytest.param(4.0, False, id="4s-above-ttl-and-ack-wait-below-publish-timeout"),
+        pytest.param(5.5, False, id="5.5s-above-publish-timeout"),
+        pytest.param(7.0, False, id="7s-above-twice-the-ack-wait"),
     ],
 )
 async def test_nats_pause_keeps_lines_and_one_lock_holder(

@@ -112,6 +112,9 @@ class SlotClaimer:
         # the job starts. Should the slot be taken after all, the loop looks for a cancel before
         # it waits.
         look_for_cancel = not fresh
+        # Whether the job has waited in this handling: its request may have come back to
+        # another runner meanwhile (a stall past the ack wait), which may have run it.
+        waited = False
         while True:
             cancelled = job.cancel_event.is_set() or (
                 look_for_cancel and await self.journal.last_event(job_id, "cancel") is not None
@@ -129,6 +132,9 @@ class SlotClaimer:
                         await self.slots.drop_reservation(key, job_id)
                 await job.ack()
                 return None
+            if queued and await self._taken_elsewhere(request, key, job, waited):
+                await job.ack()
+                return None
             may_take = not queued or await self._is_queue_head(request, key)
             if may_take and not job.holds_capacity and not await self._take_capacity(job):
                 # Only capacity is missing: the job waits on for it, its request kept in
@@ -137,6 +143,7 @@ class SlotClaimer:
                 # lease renewals up behind them. A cancel reaches a waiting job through
                 # cancel_event, and one missed is found once its slot is held (executor).
                 await job.msg.in_progress()
+                waited = True
                 continue
             if may_take:
                 lease = await self.slots.try_acquire(key, value, fresh=fresh)
@@ -153,6 +160,7 @@ class SlotClaimer:
                 self.capacity.release()
                 job.holds_capacity = False
             await job.msg.in_progress()
+            waited = True
             waits = [
                 asyncio.ensure_future(self.board.wait_change(key, self.recheck_seconds)),
                 asyncio.ensure_future(job.cancel_event.wait()),
@@ -226,6 +234,24 @@ class SlotClaimer:
             return False
         job.holds_capacity = True
         return True
+
+    async def _taken_elsewhere(
+        self, request: events.JobRequested, key: str, job: RunningJob, waited: bool
+    ) -> bool:
+        """Has another runner started (or ended) this queued job, which has left its queue?
+
+        Its request came back there after this runner held it past the ack wait (a stall), and
+        the runner that started it removed the queue entry: without this look the job, no
+        longer on the board, would be queued again here (``_is_queue_head``), an entry for a
+        job that started, and take the slot for nothing. Read only when it could be so: off
+        the board, and at a redelivery or after a wait (a first delivery just received is
+        only not seen by the board yet)."""
+        if not self.board.ready.is_set() or self.board.queued(key, request.job_id):
+            return False
+        if job.first_delivery and not waited:
+            return False
+        status = await self.journal.last_status(request.job_id)
+        return status is not None and status.status != JobStatus.PENDING
 
     async def _is_queue_head(self, request: events.JobRequested, key: str) -> bool:
         """Is this job first in its lock's queue? Drops a head that will never come."""

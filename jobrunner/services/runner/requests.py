@@ -226,6 +226,14 @@ class RequestLoop:
             if early is not None:
                 await self.executor.discard_output(job_id, early)
             return
+        if claimed.seen is None or request.batch_id is not None:
+            # The request is acknowledged only once the job started (executor): after its
+            # start check, run record, ``running`` and the tool's start. A job that waited (for
+            # its slot, capacity or batch's seal) last said "in progress" up to a re-check
+            # interval ago, a third of the ack wait: said again here, its start has a whole
+            # ack wait before the request comes back to another runner. One whose slot was
+            # taken at once at its first delivery (``seen``, outside a batch) did not wait.
+            await job.msg.in_progress()
         making_output = early or self.executor.output_directory(job_id)
         await self.executor.run(request, job_type, job, claimed, making_output)
 

@@ -242,8 +242,19 @@ class Runner:
 
 def request_ack_wait(lease_ttl_seconds: float) -> float:
     """Unacknowledged requests (jobs waiting for a slot) come back to another runner this long
-    after their runner stopped saying "in progress"."""
-    return max(2.0, 2 * lease_ttl_seconds)
+    after their runner stopped saying "in progress" (every third of it).
+
+    One lease TTL: the requests a killed runner held queued come back (between two thirds of
+    the TTL and the TTL after its death) as its running job's lease expires, so the lock's next
+    job starts on another runner then, not a whole longer ack wait later (twice the TTL made
+    the queue stand still up to 30 s behind a killed runner). A live runner keeps its requests
+    through a stall of two thirds of the TTL, longer than the stall its running jobs' leases
+    survive (``lease.survivable_outage``). Should one come back all the same (a stall past
+    that), the job still runs once: its slot's lease and its conditional ``running`` admit one
+    runner (``claim``, ``executor``). The price: "in progress" every third of the TTL instead
+    of every two thirds from a job waiting for capacity or for its batch's seal (one queued
+    behind a held slot says it at each renewal of that lease anyway: the renewal wakes it)."""
+    return max(2.0, lease_ttl_seconds)
 
 
 async def subscribe_requests(
