@@ -42,9 +42,9 @@ async def test_after_a_freeze_the_lane_answers_and_its_connection_reads(
             await asyncio.sleep(frozen_for)  # the fault's length, not a wait for a condition
         finally:
             os.kill(own_nats.proc.pid, signal.SIGCONT)
-        async with asyncio.timeout(20):
-            while not lane.usable():
-                await asyncio.sleep(0.05)
+        assert lane._probe is not None
+        await asyncio.wait_for(asyncio.shield(lane._probe), 20)  # it ends once answered
+        assert lane.usable(), "the lane stayed out of use after the thaw"
         assert nc._reading_task is not None
         assert not nc._reading_task.done(), "the connection's read loop ended"
         heard = asyncio.Event()
