@@ -13,10 +13,10 @@ review). Hence:
   event, with the same Nats-Msg-Id, on the main connection until stored: JetStream drops the bulk
   copy should it arrive later (within the stream's duplicate window), and the job's next message
   still leaves only once this one is stored, so order holds;
-- after such a failure the lane is out of use until a probe message sent to itself on it comes
-  back again (not a PING: see ``_probe_came_back``), so a stalled
-  connection holds at most the one message each job had in flight (memory stays bounded) and a
-  flood is not held an ack timeout per message.
+- after such a failure the lane is out of use until a message it sends to itself on that
+  connection comes back (not a PING: see ``_probe_came_back``), so a stalled connection holds
+  at most the one message each job had in flight (memory stays bounded) and a flood is not
+  held an ack timeout per message.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class BulkLane:
             # subscribes again after a reconnect). A SUB is only buffered, as a publish is.
             try:
                 self._answers = await self.nc.subscribe(self.nc.new_inbox(), cb=self._heard)
-            except nats.errors.Error as exc:  # closed meanwhile: the lane is done with
+            except nats.errors.Error as exc:  # closed meanwhile: nothing left to probe
                 log.info("bulk probe not started: connection closed", error=repr(exc))
                 return
         while not self.nc.is_closed and not self._stop.is_set():
@@ -130,7 +130,7 @@ class BulkLane:
         PING's PONG does. Not ``nc.flush`` (a PING): one that times out leaves its cancelled
         future in nats-py's queue of PONG waiters, and the PONG that comes after the thaw then
         fails in nats-py's read loop (``InvalidStateError``), which stops reading the
-        connection: no ack on it would arrive, nor this probe's answer."""
+        connection: the lane was then taken back into use while no ack on it could arrive."""
         assert self._answers is not None
         self._sent += 1
         self._came_back.clear()
