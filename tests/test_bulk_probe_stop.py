@@ -1,10 +1,11 @@
 """A runner's exit ends while its bulk connection is stalled, even when the probe's cancel is lost.
 
-The bulk lane's probe flushes the stalled connection until a PING is answered. nats-py swallows a
-cancel that arrives while it flushes (``_flush_pending``), and 3.11's wait_for one that comes with
-the flush's outcome: the probe flushed on, and the runner's exit (``BulkLane.close``) waited for
-as long as the stall lasted, for ever with NATS gone. Here the server is frozen for real, the
-probe's real flush fails, and the cancel is lost with the failure."""
+The bulk lane's probe sends a message to itself on the stalled connection until it comes back.
+nats-py swallows a cancel that arrives while it flushes (``_flush_pending``, which a publish
+calls), and 3.11's wait_for one that comes with an outcome: a probe that relied on its cancel
+went on, and the runner's exit (``BulkLane.close``) waited for as long as the stall lasted, for
+ever with NATS gone. Here the server is frozen for real, the probe's real publish goes out, and
+the cancel is lost as it returns."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import nats
-import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
@@ -26,7 +27,7 @@ from jobrunner.services.runner.bulk import BulkLane
 from tests.freeze import freeze
 from tests.lostcancel import CancelLostInAPause
 
-FLUSH_SECONDS = 0.5  # the lane's flush timeout
+PROBE_SECONDS = 0.5  # the lane's timeout: how long one probe waits for its message
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ async def frozen(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
 
 
 async def _stalled_lane(nc: NATS) -> BulkLane:
-    lane = BulkLane(nc, FLUSH_SECONDS)
+    lane = BulkLane(nc, PROBE_SECONDS)
     # Not stored in time: the lane goes out of use and its probe starts.
     assert not await lane.publish("bulk.probe.test", b"x", "probe-1")
     assert lane._probe is not None
@@ -54,7 +55,7 @@ async def _stalled_lane(nc: NATS) -> BulkLane:
 
 async def _finish(lane: BulkLane, *closing: asyncio.Task[None]) -> None:
     """No probe left on the loop the later tests share: a second cancel ends one whose first
-    was lost (a failed test), a deaf flush ends by its own timeout."""
+    was lost (a failed test), a deaf publish ends by its own hold."""
     probe = lane._probe
     assert probe is not None
     for task in (probe, *closing):
@@ -62,22 +63,33 @@ async def _finish(lane: BulkLane, *closing: asyncio.Task[None]) -> None:
     await asyncio.wait({probe, *closing}, timeout=30)
 
 
-async def test_a_probe_whose_cancel_was_lost_in_a_failed_flush_ends_on_close(
-    frozen: NATS,
-) -> None:
-    real_flush = frozen.flush
+def _probe_publishes(nc: NATS, publish: Callable[..., Awaitable[None]]) -> None:
+    """``publish`` stands in for the probe's publishes (the only ones without a reply subject:
+    every JetStream publish has one), the others go out as they are."""
+    real_publish = nc.publish
+
+    async def publishing(subject: str, payload: bytes = b"", reply: str = "", **kw: Any) -> None:
+        if reply:
+            await real_publish(subject, payload, reply, **kw)
+        else:
+            await publish(real_publish, subject, payload)
+
+    nc.publish = publishing  # type: ignore[method-assign]
+
+
+async def test_a_probe_whose_cancel_was_lost_in_its_publish_ends_on_close(frozen: NATS) -> None:
+    """The runner's exit ends within seconds although the probe's publish lost its cancel."""
     losing = CancelLostInAPause()
 
-    async def flush_losing_a_cancel(timeout: float) -> None:
-        try:
-            await real_flush(timeout=timeout)  # type: ignore[arg-type]
-        except nats.errors.Error:
-            await losing.pause(30)  # until the cancel comes: it arrives with the failure
-            raise
+    async def publish_losing_a_cancel(
+        real: Callable[..., Awaitable[None]], subject: str, payload: bytes
+    ) -> None:
+        await real(subject, payload)
+        await losing.pause(30)  # until the cancel comes: it is lost, the publish returns
 
-    frozen.flush = flush_losing_a_cancel  # type: ignore[method-assign,assignment]
+    _probe_publishes(frozen, publish_losing_a_cancel)
     lane = await _stalled_lane(frozen)
-    await asyncio.wait_for(losing.reached.wait(), 30)  # a flush of the probe timed out
+    await asyncio.wait_for(losing.reached.wait(), 30)  # the probe's publish is under way
     closing = asyncio.create_task(lane.close())  # the runner's exit
     try:
         done, _ = await asyncio.wait({closing}, timeout=10)
@@ -88,31 +100,32 @@ async def test_a_probe_whose_cancel_was_lost_in_a_failed_flush_ends_on_close(
 
 
 @pytest.mark.parametrize(
-    ("flush_holds", "ends"),
+    ("publish_holds", "ends"),
     [(1.5, True), (7.0, False)],
     ids=["within-the-bound", "past-the-bound"],
 )
 async def test_a_probe_deaf_to_its_stop_holds_the_close_at_most_its_bound(
-    frozen: NATS, monkeypatch: pytest.MonkeyPatch, flush_holds: float, ends: bool
+    frozen: NATS, monkeypatch: pytest.MonkeyPatch, publish_holds: float, ends: bool
 ) -> None:
-    """The close's bound (the flush's timeout plus a margin, 3.5 s here): a flush that ignores
+    """The close's bound (the probe's timeout plus a margin, 3.5 s here): a publish that ignores
     every cancel and holds 1.5 s is waited for; one that holds 7 s is left, said in the log,
     and the runner's exit goes on."""
     monkeypatch.setattr(bulk, "PROBE_STOP_MARGIN_SECONDS", 3.0)
-    real_flush = frozen.flush
-    flushing = asyncio.Event()
+    publishing = asyncio.Event()
 
-    async def flush_deaf_to_cancels(timeout: float) -> None:
-        flushing.set()
-        held = asyncio.ensure_future(real_flush(timeout=flush_holds))  # type: ignore[arg-type]
+    async def publish_deaf_to_cancels(
+        real: Callable[..., Awaitable[None]], subject: str, payload: bytes
+    ) -> None:
+        publishing.set()
+        await real(subject, payload)
+        held = asyncio.ensure_future(asyncio.sleep(publish_holds))
         while not held.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({held})
-        held.result()
 
-    frozen.flush = flush_deaf_to_cancels  # type: ignore[method-assign,assignment]
+    _probe_publishes(frozen, publish_deaf_to_cancels)
     lane = await _stalled_lane(frozen)
-    await asyncio.wait_for(flushing.wait(), 30)
+    await asyncio.wait_for(publishing.wait(), 30)
     with capture_logs() as logs:
         closing = asyncio.create_task(lane.close())
         done, _ = await asyncio.wait({closing}, timeout=30)

@@ -771,6 +771,10 @@ async def close(nc: NATS, within: float | None = None) -> None:
     flush_wait = min(FLUSH_SECONDS + 1, within / 2)
     if nc.is_connected and flush_wait > 0:
         # nats-py's own bound a third shorter: a flush past ours never queued its ping.
+        # A flush that times out leaves its cancelled future in nats-py's PONG waiters, and a
+        # late PONG then ends the read loop (InvalidStateError; bulk.py probes otherwise for
+        # that). Harmless here: the close below follows at once, cancels the read loop itself
+        # and waits on no read (its flush only writes what is pending).
         answer = min(FLUSH_SECONDS, flush_wait * 2 / 3)
         flushing = asyncio.ensure_future(nc.flush(timeout=answer))  # type: ignore[arg-type]
         done, _ = await asyncio.wait({flushing}, timeout=flush_wait)
