@@ -14,7 +14,7 @@ review). Hence:
   copy should it arrive later (within the stream's duplicate window), and the job's next message
   still leaves only once this one is stored, so order holds;
 - after such a failure the lane is out of use until a message it sends to itself on that
-  connection comes back (not a PING: see ``_probe_came_back``), so a stalled connection holds
+  connection comes back (not a PING: ``common.echoprobe``), so a stalled connection holds
   at most the one message each job had in flight (memory stays bounded) and a flood is not
   held an ack timeout per message.
 """
@@ -28,10 +28,9 @@ import math
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from jobrunner.common import ackinbox, retry, stopping
+from jobrunner.common.echoprobe import EchoProbe
 from jobrunner.common.settings import Settings
 
 log = structlog.get_logger()
@@ -70,9 +69,7 @@ class BulkLane:
         # Set before the probe's cancel (``stopping.end_loop``): a cancel that arrives while
         # nats-py flushes is swallowed, and the probe would go on for as long as the stall.
         self._stop = asyncio.Event()
-        self._answers: Subscription | None = None  # the probe's inbox, once a probe started
-        self._sent = 0  # the counter of the probe in flight
-        self._came_back = asyncio.Event()
+        self._echo: EchoProbe | None = None  # the probe's inbox, once a probe started
 
     def usable(self) -> bool:
         return self._healthy and self.nc.is_connected
@@ -102,49 +99,24 @@ class BulkLane:
         )
 
     async def _until_answered(self) -> None:
-        if self._answers is None:
-            # The probe's own inbox on this connection, kept for later stalls (nats-py
-            # subscribes again after a reconnect). A SUB is only buffered, as a publish is.
+        if self._echo is None:
+            # A message sent to itself on this connection, not a PING (``common.echoprobe``):
+            # its inbox kept for later stalls.
+            echo = EchoProbe(self.nc, self.nc.new_inbox())
             try:
-                self._answers = await self.nc.subscribe(self.nc.new_inbox(), cb=self._heard)
+                await echo.open()
             except nats.errors.Error as exc:  # closed meanwhile: nothing left to probe
                 log.info("bulk probe not started: connection closed", error=repr(exc))
                 return
+            self._echo = echo
         while not self.nc.is_closed and not self._stop.is_set():
-            if await self._probe_came_back() and self.nc.is_connected:
+            if await self._echo.came_back(self._timeout) and self.nc.is_connected:
                 self._healthy = True
                 log.info("bulk connection answers again")
                 return
             # Not back in time, or reconnecting (a publish is then only buffered): pause, so
             # that the loop never holds the event loop and probes at most once a timeout.
             await stopping.pause(self._stop, self._timeout)
-
-    async def _heard(self, msg: Msg) -> None:
-        if msg.data == str(self._sent).encode():
-            self._came_back.set()
-        # else an older probe's counter, come back after its round gave up: nothing to say.
-
-    async def _probe_came_back(self) -> bool:
-        """Did a message to the probe's inbox come back within the timeout? A message on this
-        connection comes back once the server has read everything written before it, as a
-        PING's PONG does. Not ``nc.flush`` (a PING): one that times out leaves its cancelled
-        future in nats-py's queue of PONG waiters, and the PONG that comes after the thaw then
-        fails in nats-py's read loop (``InvalidStateError``), which stops reading the
-        connection: the lane was then taken back into use while no ack on it could arrive."""
-        assert self._answers is not None
-        self._sent += 1
-        self._came_back.clear()
-        # On the loop's clock, publish included: a full flusher queue makes a publish wait.
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self.nc.publish(self._answers.subject, str(self._sent).encode())
-            # A wait of its own, should nats-py have swallowed the cancel above (end_loop).
-            async with asyncio.timeout_at(deadline):
-                await self._came_back.wait()
-        except (nats.errors.Error, TimeoutError, ConnectionError):
-            return False
-        return True
 
     async def close(self, within: float = math.inf) -> None:
         """Stop the probe: after at most one probe (its timeout), or the margin past it, or

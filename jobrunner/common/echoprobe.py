@@ -1,0 +1,64 @@
+"""Does NATS read what a connection writes? A message the connection sends to itself through the
+server, and whether it comes back within a bound.
+
+A message on a connection comes back once the server has read everything written before it, as
+a PING's PONG does. Not nats-py's ``flush`` (a PING) all the same: a flush that times out leaves
+its cancelled future in nats-py's queue of PONG waiters, and the PONG that comes after a stall
+then fails in its read loop (``InvalidStateError``), which stops reading the connection for good.
+Nor a request the server answers "no responders": any subscriber on a matching wildcard (``nats
+sub '>'``, a monitoring tap) takes it and answers nothing. Each round publishes a counter and
+waits for that counter; an older one that comes back late is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+
+class EchoProbe:
+    """Rounds of a counter sent to ``subject`` (this probe's alone) and heard back."""
+
+    def __init__(self, nc: NATS, subject: str) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._sub: Subscription | None = None
+        self._sent = 0  # the counter of the round in flight
+        self._came_back = asyncio.Event()
+
+    async def open(self) -> None:
+        """Subscribe (nats-py subscribes again by itself after a reconnect; while reconnecting
+        the SUB is only buffered). Raises nats-py's error on a closed connection."""
+        self._sub = await self._nc.subscribe(self._subject, cb=self._heard)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    async def came_back(self, within: float) -> bool:
+        """Did a new counter come back within ``within`` seconds?"""
+        self._sent += 1
+        self._came_back.clear()
+        # On the loop's clock, the publish included: a publish while reconnecting is only
+        # buffered, and a full flusher queue makes it wait.
+        deadline = asyncio.get_running_loop().time() + within
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._nc.publish(self._subject, str(self._sent).encode())
+            # A wait of its own, should nats-py have swallowed the cancel above.
+            async with asyncio.timeout_at(deadline):
+                await self._came_back.wait()
+        except (nats.errors.Error, TimeoutError, ConnectionError):
+            return False
+        return True
+
+    async def _heard(self, msg: Msg) -> None:
+        if msg.data == str(self._sent).encode():
+            self._came_back.set()
+        # else an older round's counter, come back after that round gave up: nothing to say.
