@@ -53,6 +53,10 @@ REPLICAS = 3
 DEFAULT_TTL = 15.0
 
 
+# A node's client address on its command line; the port follows.
+_CLIENT_ADDRESS = ("-a", "127.0.0.1", "--port")
+
+
 class ClusterNode(ServerProcess):
     """One nats-server of the cluster: its client, route and monitoring ports and its store
     stay the same across restarts, as a node's would."""
@@ -68,7 +72,6 @@ class ClusterNode(ServerProcess):
         route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes)
         config.write_text(
             f'server_name: "{name}"\n'
-            f"listen: 127.0.0.1:{self.port}\n"
             f"http: 127.0.0.1:{self.monitor_port}\n"
             f'jetstream {{ store_dir: "{self.store_dir / "js"}" }}\n'
             f'cluster {{\n  name: "{CLUSTER_NAME}"\n  listen: 127.0.0.1:{route_port}\n'
@@ -76,9 +79,12 @@ class ClusterNode(ServerProcess):
         )
         super().__init__(
             name,
-            [nats_server_binary(), "--config", str(config)],
+            # The client port on the command line, not in the file: one another process took
+            # between its choice and the bind is chosen again (``ServerProcess.start``).
+            [nats_server_binary(), "--config", str(config), *_CLIENT_ADDRESS, str(self.port)],
             log_file=self.store_dir / "nats-server.log",
             ready_text="Server is ready",
+            port_flag="--port",
         )
         self.paused = False
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import nats.js.errors
@@ -107,6 +107,8 @@ class Sends:
         self.pipelined: collections.Counter[str] = collections.Counter()
         self.alone: collections.Counter[str] = collections.Counter()
         self.refused_in_process = 0
+        # Set when an event of the pipeline is sent alone (its ack wait ran out).
+        self.pipelined_sent_alone = asyncio.Event()
         send_pipelined, publish_acked = eventstore._send_pipelined, eventstore.publish_acked
 
         async def counting_pipelined(inbox: Any, names: Names, event: Any) -> Any:
@@ -115,6 +117,8 @@ class Sends:
 
         async def counting_alone(js: Any, names: Names, event: Any, *args: Any) -> Any:
             self.alone[event.event_id] += 1
+            if self.pipelined[event.event_id]:
+                self.pipelined_sent_alone.set()
             try:
                 return await publish_acked(js, names, event, *args)
             except nats.js.errors.APIError as exc:
@@ -136,11 +140,12 @@ async def _stored(js: JetStreamContext, names: Names) -> int:
 
 
 async def _batch_with_followers_frozen(
-    cluster: Nodes, batch: list[events.ProgressReported], thaw_after: float
+    cluster: Nodes, batch: list[events.ProgressReported], thaw: Awaitable[Any]
 ) -> tuple[JetStreamContext, asyncio.Task[int], float]:
     """Freeze the leader's followers, start ``publish_many`` of ``batch`` on the leader, thaw
-    them ``thaw_after`` seconds after the publish began: the publish's task, its JetStream
-    context (for reading the stream) and when it began."""
+    them once ``thaw`` is done (a sleep from when the publish began, or a moment of the
+    publish's own): the publish's task, its JetStream context (for reading the stream) and
+    when it began."""
     leader = await cluster.leader()
     nc = await eventstore.connect(Settings(nats_url=leader.url, prefix=PREFIX), "test")
     js = nc.jetstream(timeout=WAIT)
@@ -150,7 +155,7 @@ async def _batch_with_followers_frozen(
         node.pause()
     began = time.monotonic()
     task = asyncio.create_task(eventstore.publish_many(js, cluster.names, batch))
-    await asyncio.sleep(thaw_after)
+    await thaw
     for node in followers:
         node.resume()
     return js, task, began
@@ -164,7 +169,7 @@ async def test_the_awaited_events_copy_refused_in_process_waits_for_the_first(
     monkeypatch.setattr(eventstore, "ACK_WAIT_SECONDS", WAIT)
     sends = Sends(monkeypatch)
     batch = [progress("awaited", 1)]
-    js, task, _ = await _batch_with_followers_frozen(nodes, batch, thaw_after=2 * WAIT - 0.8)
+    js, task, _ = await _batch_with_followers_frozen(nodes, batch, asyncio.sleep(2 * WAIT - 0.8))
     seq = await asyncio.wait_for(task, 30)
     assert sends.refused_in_process >= 1, "the copy was not refused in process: no 10158 seen"
     # REVIEW: the first copy's own ack answered the wait: the event was not asked after again.
@@ -183,7 +188,9 @@ async def test_a_first_copy_still_in_process_past_the_bound_fails_the_publish(
     monkeypatch.setattr(eventstore, "ACK_WAIT_SECONDS", WAIT)
     sends = Sends(monkeypatch)
     batch = [progress("awaited", 1)]
-    js, task, began = await _batch_with_followers_frozen(nodes, batch, thaw_after=2 * WAIT + 0.8)
+    js, task, began = await _batch_with_followers_frozen(
+        nodes, batch, asyncio.sleep(2 * WAIT + 0.8)
+    )
     with pytest.raises(nats.js.errors.APIError) as raised:
         await asyncio.wait_for(task, 30)
     failed_after = time.monotonic() - began
@@ -212,7 +219,12 @@ async def test_a_backlogs_late_acks_are_taken_in_the_shared_wait_without_a_resen
     monkeypatch.setattr(eventstore, "ACK_WAIT_SECONDS", WAIT)
     sends = Sends(monkeypatch)
     batch = [progress(f"backlog{i}", i) for i in range(BACKLOG)]
-    js, task, _ = await _batch_with_followers_frozen(nodes, batch, thaw_after=WAIT + 0.8)
+    # Thawed once the awaited event's wait ran out and it was sent again, not at a time from
+    # the publish's start: sending 2,000 events first may take longer than the margin on a
+    # loaded machine, and a thaw within the wait answers every ack at once (none sent again).
+    js, task, _ = await _batch_with_followers_frozen(
+        nodes, batch, sends.pipelined_sent_alone.wait()
+    )
     seq = await asyncio.wait_for(task, 60)
     assert sends.sent_again() == {batch[0].event_id}, (
         f"{len(sends.sent_again())} events sent again; only the awaited one should be"
