@@ -4,13 +4,10 @@ the jobs' real states in the read model."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from tests.browser import launch, open_page
+from tests.faults.browser import chromium, cluster, page  # noqa: F401  (fixtures)
 from tests.faults.cluster import FaultCluster, is_terminal
 from tests.faults.invariants import outcome
 
@@ -19,28 +16,10 @@ pytestmark = pytest.mark.browser
 JOBS = 3
 
 
-@pytest.fixture
-def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
-    return short_ttl_cluster
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        yield browser
-        await browser.close()
-
-
-@pytest.fixture
-async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
-    system: Any = cluster  # open_page needs only base_url and settings
-    opened = await open_page(chromium, system)
-    yield opened
-    await opened.context.close()
-
-
-async def test_batch_page_catches_up_after_an_api_kill(cluster: FaultCluster, page: Page) -> None:
+async def test_batch_page_catches_up_after_an_api_kill(
+    cluster: FaultCluster,  # noqa: F811
+    page: Page,  # noqa: F811
+) -> None:
     """Jobs end while the API is down; back up, the page shows them all completed, no reload."""
     # Each job prints its lines, then holds until the gate file exists: it ends only once the API
     # is down, however long the page takes to load on a loaded machine.

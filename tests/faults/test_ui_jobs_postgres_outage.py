@@ -6,42 +6,20 @@ next change of some job: the finished job stayed on a "running" card, its clock 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from tests.browser import launch, open_page
+from tests.faults.browser import chromium, cluster, page  # noqa: F401  (fixtures)
 from tests.faults.cluster import FaultCluster, is_terminal
 from tests.faults.invariants import outcome
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
-    return short_ttl_cluster
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        yield browser
-        await browser.close()
-
-
-@pytest.fixture
-async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
-    system: Any = cluster  # open_page needs only base_url and settings
-    opened = await open_page(chromium, system)
-    yield opened
-    await opened.context.close()
-
-
 async def test_jobs_page_moves_a_job_that_ended_while_postgres_was_down(
-    cluster: FaultCluster, page: Page
+    cluster: FaultCluster,  # noqa: F811
+    page: Page,  # noqa: F811
 ) -> None:
     """A job ends while Postgres is down; back up, /jobs lists it as completed, no reload."""
     # The page is open before the job is requested: its update stream then knows the job from

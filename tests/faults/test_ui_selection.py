@@ -4,41 +4,20 @@ same confirmation after the restart cancels every selected job, each tool stoppe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from tests.browser import launch, open_page
+from tests.faults.browser import chromium, cluster, page  # noqa: F401  (fixtures)
 from tests.faults.cluster import FaultCluster
 from tests.faults.invariants import alive_problems, outcome
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def cluster(short_ttl_cluster: FaultCluster) -> FaultCluster:
-    return short_ttl_cluster
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        yield browser
-        await browser.close()
-
-
-@pytest.fixture
-async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
-    system: Any = cluster  # open_page needs only base_url and settings
-    opened = await open_page(chromium, system)
-    yield opened
-    await opened.context.close()
-
-
-async def test_selection_cancel_survives_an_api_kill(cluster: FaultCluster, page: Page) -> None:
+async def test_selection_cancel_survives_an_api_kill(
+    cluster: FaultCluster,  # noqa: F811
+    page: Page,  # noqa: F811
+) -> None:
     """API killed: the dialog says so and stays; after the restart both jobs end cancelled."""
     jobs = [await cluster.submit("free", lines=100_000, interval=0.05) for _ in range(2)]
     try:
