@@ -126,22 +126,33 @@ OLD_STREAM = (
 )
 
 
+class OldStreamOnce:
+    """Answers a job's first stream request with a stream made before (ids far ahead of the
+    job's), then lets every later request through to the API."""
+
+    def __init__(self) -> None:
+        self.served = False
+
+    async def route(self, route: Route) -> None:
+        if self.served:
+            await route.continue_()
+            return
+        self.served = True
+        await route.fulfill(status=200, content_type="text/event-stream", body=OLD_STREAM)
+
+
+async def serve_an_old_stream_once(page: Page, job_id: str) -> OldStreamOnce:
+    old_stream = OldStreamOnce()
+    await page.route(f"**/jobs/stream/{job_id}", old_stream.route)
+    return old_stream
+
+
 async def test_job_page_recovers_when_its_stream_was_made_anew(page: Page, system: System) -> None:
     """A job page following a stream made anew (400 LAST_EVENT_ID_AHEAD on its reconnect)
     shows the job's lines again and follows them, not the old stream's count for ever."""
     job_id = await start_job(system, "emit", lines=300, interval="0.1")
     await wait_for_status(system, job_id, {"running"})
-    old_stream_served = False
-
-    async def serve_the_old_stream_once(route: Route) -> None:
-        nonlocal old_stream_served
-        if old_stream_served:
-            await route.continue_()
-            return
-        old_stream_served = True
-        await route.fulfill(status=200, content_type="text/event-stream", body=OLD_STREAM)
-
-    await page.route(f"**/jobs/stream/{job_id}", serve_the_old_stream_once)
+    old_stream = await serve_an_old_stream_once(page, job_id)
     await page.goto(f"/jobs/{job_id}")
     # Recovered: the count is this job's again, and grows with its live lines.
     await page.wait_for_function(
@@ -149,7 +160,7 @@ async def test_job_page_recovers_when_its_stream_was_made_anew(page: Page, syste
     )
     shown = await page.evaluate("window.logView.total")
     await page.wait_for_function(f"() => window.logView.total > {shown}", timeout=30_000)
-    assert old_stream_served
+    assert old_stream.served
     await expect(page.locator("#log-viewport")).not_to_contain_text("from the old stream")
 
 
@@ -158,19 +169,9 @@ async def test_job_card_recovers_when_its_stream_was_made_anew(page: Page, syste
     and shows the job's own, live."""
     job_id = await start_job(system, "emit", lines=300, interval="0.1")
     await wait_for_status(system, job_id, {"running"})
-    old_stream_served = False
-
-    async def serve_the_old_stream_once(route: Route) -> None:
-        nonlocal old_stream_served
-        if old_stream_served:
-            await route.continue_()
-            return
-        old_stream_served = True
-        await route.fulfill(status=200, content_type="text/event-stream", body=OLD_STREAM)
-
-    await page.route(f"**/jobs/stream/{job_id}", serve_the_old_stream_once)
+    old_stream = await serve_an_old_stream_once(page, job_id)
     await page.goto("/jobs")
     terminal = page.locator(f'[data-terminal][data-job-id="{job_id}"]')
     await expect(terminal).to_contain_text("[20/300]", timeout=30_000)
-    assert old_stream_served
+    assert old_stream.served
     await expect(terminal).not_to_contain_text("from the old stream")
