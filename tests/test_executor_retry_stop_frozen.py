@@ -25,7 +25,7 @@ from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.lease import LeaseKeeper
 from jobrunner.services.runner.running import RunnerIdentity
 from tests.freeze import freeze
-from tests.tools.clogged_nats import PAST_PENDING_SIZE, PAYLOAD, clogged, forced_flush_waiting
+from tests.tools.clogged_nats import clogged_past_pending_size
 
 # A lease far longer than the test: its deadline (which would set ``lost`` and end the retry
 # however the cancel went) cannot come while the test waits.
@@ -63,12 +63,7 @@ async def test_a_lock_bucket_write_retried_ends_on_a_cancel_nats_py_swallowed(
         keeper = LeaseKeeper(slots, lease, private.lease_ttl_seconds, nothing)
         keeper.start()
         freeze(pid)
-        await clogged(nc)
-        filling = [
-            asyncio.ensure_future(nc.publish("clog.more", PAYLOAD))
-            for _ in range(PAST_PENDING_SIZE)
-        ]
-        await forced_flush_waiting(nc)
+        await clogged_past_pending_size(nc, filling)
         writing = asyncio.ensure_future(
             JobExecutor._retry("forget the job", keeper, lambda: slots.forget_run("j"))
         )

@@ -22,7 +22,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.projector.feed import EventFeed
 from tests.freeze import freeze
 from tests.history_support import logged_job, publish
-from tests.tools.clogged_nats import PAST_PENDING_SIZE, PAYLOAD, clogged, forced_flush_waiting
+from tests.tools.clogged_nats import clogged_past_pending_size
 
 BOUND = 2.0  # below the consumer delete's 5 s request timeout
 DROPPED = "event feed not closed in time (nats not answering): its socket dropped"
@@ -94,12 +94,7 @@ async def test_an_event_feed_left_closing_ends_on_the_exits_cancel(
         await feed.start(last)
         assert await feed.fetch(timeout=30)
         freeze(pid)
-        await clogged(nc)
-        filling = [
-            asyncio.ensure_future(nc.publish("clog.more", PAYLOAD))
-            for _ in range(PAST_PENDING_SIZE)
-        ]
-        await forced_flush_waiting(nc)
+        await clogged_past_pending_size(nc, filling)
         before = asyncio.all_tasks()
         began = time.monotonic()
         with capture_logs() as logs:

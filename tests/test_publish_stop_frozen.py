@@ -24,7 +24,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
-from tests.tools.clogged_nats import PAST_PENDING_SIZE, PAYLOAD, clogged, forced_flush_waiting
+from tests.tools.clogged_nats import clogged_past_pending_size
 
 # How long the test waits for the cancelled publish to end: its ack's timeout (5 s, what it may
 # wait after the swallowed cancel) with room for a loaded machine.
@@ -50,12 +50,7 @@ async def test_a_publish_until_stored_ends_on_a_cancel_nats_py_swallowed(
         inbox = ackinbox.of(nc)
         await inbox.publish_until_stored(names, events.JobRequested(job_id="j", job_type="t"))
         freeze(pid)
-        await clogged(nc)
-        filling = [
-            asyncio.ensure_future(nc.publish("clog.more", PAYLOAD))
-            for _ in range(PAST_PENDING_SIZE)
-        ]
-        await forced_flush_waiting(nc)
+        await clogged_past_pending_size(nc, filling)
         ending = events.StatusChanged(job_id="j", status=events.JobStatus.FAILED)
         publishing = asyncio.ensure_future(inbox.publish_until_stored(names, ending))
         await asyncio.sleep(0.5)

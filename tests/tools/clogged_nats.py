@@ -86,6 +86,17 @@ async def ends_by_its_deadline(stop: Awaitable[object]) -> None:
     assert took < STOP_ENDS_WITHIN
 
 
+async def clogged_past_pending_size(nc: NATS, filling: list[asyncio.Future[None]]) -> None:
+    """``clogged``, then publishes past nats-py's pending_size (put in ``filling``, for the
+    caller to cancel at its end) until one of them waits in nats-py's forced flush, which
+    swallows a cancel."""
+    await clogged(nc)
+    filling.extend(
+        asyncio.ensure_future(nc.publish("clog.more", PAYLOAD)) for _ in range(PAST_PENDING_SIZE)
+    )
+    await forced_flush_waiting(nc)
+
+
 async def forced_flush_waiting(nc: NATS) -> None:
     """Until a publish waits in nats-py's forced flush (the pending bytes past pending_size)."""
     async with asyncio.timeout(30):
