@@ -11,32 +11,21 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import structlog
 
 from jobrunner.common import database
-from jobrunner.common.logging import CHATTY_LIBRARIES, PostgresAwayInOneLine, configure_logging
+from jobrunner.common.logging import PostgresAwayInOneLine, configure_logging
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests import servers
+from tests.tools.logging_state import logging_put_back
 
 POOL_RETRY = "Failed to restore the pool connection floor"
 
 
 @pytest.fixture
 def json_logging() -> Iterator[None]:
-    """configure_logging replaces the root handlers and filters asyncpg's pool logger: put back
-    what the other tests had."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    chatty = {name: logging.getLogger(name).level for name in CHATTY_LIBRARIES}
-    pool_logger = logging.getLogger("asyncpg.pool")
-    filters = pool_logger.filters[:]
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, was in chatty.items():
-        logging.getLogger(name).setLevel(was)
-    pool_logger.filters[:] = filters
+    """configure_logging's changes put back for the other tests."""
+    with logging_put_back():
+        yield
 
 
 @pytest.fixture

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from jobrunner.common.logging import CHATTY_LIBRARIES, configure_logging
+from jobrunner.common.logging import configure_logging
+from tests.tools.logging_state import logging_put_back
 
 
 @pytest.fixture
 def console_logging() -> Iterator[None]:
-    # configure_logging replaces the root logger's handlers (with one on this test's captured
-    # stderr, closed after it): the next tests' library records must not be written there.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    chatty = {name: logging.getLogger(name).level for name in CHATTY_LIBRARIES}
-    configure_logging("info", "console")
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, was in chatty.items():
-        logging.getLogger(name).setLevel(was)
+    with logging_put_back():
+        configure_logging("info", "console")
+        yield
 
 
 def test_console_traceback_never_shows_local_variables(
