@@ -22,7 +22,6 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.serverprocess import free_port
-from tests.test_pool_close_frozen import postgres_pids
 from tests.tools.frozen_stop import (
     EXIT_SECONDS,
     STOP_SECONDS,
@@ -30,6 +29,7 @@ from tests.tools.frozen_stop import (
     started_service,
     stopped_frozen,
 )
+from tests.tools.postgres_processes import postgres_pids
 from tests.tools.runners import RUNNER_TYPES
 
 JOB_ID = "watched-at-the-stop"

@@ -15,8 +15,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
-from tests.test_running_conditional import statuses
 from tests.tools.runners import wait_status
+from tests.tools.status_history import statuses
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

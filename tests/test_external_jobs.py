@@ -33,8 +33,8 @@ from tests.external_support import (
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.test_endings import shrink_window, window_passed
-from tests.test_running_conditional import statuses
 from tests.tools.runners import REPO, lines_of, start_job, wait_status
+from tests.tools.status_history import statuses
 
 WORKER = str(REPO / "examples" / "external_worker.py")
 

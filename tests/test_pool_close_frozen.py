@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -24,6 +23,7 @@ from jobrunner.common import database
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests import servers
 from tests.freeze import freeze
+from tests.tools.postgres_processes import postgres_pids
 
 BOUND = 3.0  # POOL_CLOSE_SECONDS here
 DROPPED = (
@@ -37,19 +37,6 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
     async with servers.own_postgres("jobrunner-test-pool-close-") as server:
         yield server
-
-
-def postgres_pids(server: EmbeddedPostgres) -> list[int]:
-    """The postmaster and every process it started (each backend leads a group of its own)."""
-    assert server.proc is not None
-    postmaster = server.proc.pid
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # "pid (comm) state ppid ...": the comm may hold spaces, not a closing parenthesis.
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                children.append(int(stat.parent.name))
-    return [postmaster, *children]
 
 
 @pytest.mark.parametrize(

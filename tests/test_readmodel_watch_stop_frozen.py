@@ -26,7 +26,7 @@ from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import read_pool
 from tests import servers
 from tests.freeze import freeze
-from tests.test_pool_close_frozen import postgres_pids
+from tests.tools.postgres_processes import postgres_pids
 
 BOUND = 3.0
 LEFT = "a loop did not end on its stop: left running"

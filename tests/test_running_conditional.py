@@ -32,6 +32,7 @@ from tests.system import System
 from tests.test_endings import shrink_window, window_passed
 from tests.test_foreign_events import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
+from tests.tools.status_history import statuses
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -103,22 +104,6 @@ async def start_family(client: Any, tmp_path: Path, seconds: str) -> str:
         count_file=str(tmp_path / "starts"),
         seconds=seconds,
     )
-
-
-async def statuses(js: JetStreamContext, names: Names, job_id: str) -> list[str]:
-    """Every message on the job's status subject, oldest first: its status, or "foreign"."""
-    subject = names.job_kind_subject(job_id, "status")
-    out: list[str] = []
-    at = 1
-    while True:
-        try:
-            msg = await js.get_msg(names.stream, seq=at, subject=subject, next=True)
-        except NotFoundError:
-            return out
-        assert msg.seq is not None
-        event = lastevent.readable(msg.data or b"", events.StatusChanged, job_id)
-        out.append(event.status.value if isinstance(event, events.StatusChanged) else "foreign")
-        at = msg.seq + 1
 
 
 async def slot_given_up(js: JetStreamContext, names: Names, job_id: str) -> None:

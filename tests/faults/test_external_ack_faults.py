@@ -35,7 +35,7 @@ from tests.faults.proxied import (
     proxied_cluster,
     strike_at_ack,
 )
-from tests.test_running_conditional import statuses
+from tests.tools.status_history import statuses
 
 PUBLISH_TIMEOUT = 5.0  # nats-py's JetStream publish timeout, which the API's publishes use
 LEASE_TTL = 20.0  # outlasts every fault: the request's own timeout decides

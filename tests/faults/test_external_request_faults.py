@@ -23,7 +23,7 @@ from jobrunner.contracts.names import Names
 from tests.external_support import ExternalJob
 from tests.faults.clients import until_answered
 from tests.faults.cluster import FaultCluster, is_terminal, running_cluster
-from tests.test_running_conditional import statuses
+from tests.tools.status_history import statuses
 
 REQUEST_TIMEOUT = 5.0
 LEASE_TTL = 20.0

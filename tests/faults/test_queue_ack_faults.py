@@ -32,7 +32,7 @@ from tests.ackholding_proxy import AckHoldingProxy
 from tests.faults.clients import until_answered
 from tests.faults.cluster import is_terminal
 from tests.faults.proxied import Fault, ProxiedCluster, proxied_cluster, strike_at_ack
-from tests.test_running_conditional import statuses
+from tests.tools.status_history import statuses
 
 PUBLISH_TIMEOUT = API_PUBLISH_TIMEOUT_SECONDS  # nats-py's, which the API's publish keeps
 LEASE_TTL = 20.0  # outlasts every fault

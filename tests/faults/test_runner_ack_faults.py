@@ -31,7 +31,7 @@ from tests.ackholding_proxy import AckHoldingProxy
 from tests.faults.cluster import FaultCluster, is_terminal
 from tests.faults.invariants import alive_problems, lines_problems, outcome, settle_lines
 from tests.faults.proxied import Fault, duplicate_window, proxied_cluster, strike_at_ack
-from tests.test_running_conditional import statuses
+from tests.tools.status_history import statuses
 
 ACK_WAIT = 5.0
 LEASE_TTL = 20.0
