@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from jobrunner.terminal import health
 from jobrunner.terminal.connection import (
     EXIT_CANCELLED,
     EXIT_FAILED_WITHOUT_CODE,
@@ -94,6 +95,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("cancel", parents=[common], help="cancel a pending or running job")
     p.add_argument("job_id")
     p.set_defaults(func=guarded(cancel))
+
+    p = sub.add_parser(
+        "health",
+        parents=[common],
+        help="the server's health: its status and each problem "
+        "(exit 0 ok, 1 degraded, 2 unavailable or unreachable)",
+    )
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.set_defaults(func=guarded(show_health))
 
 
 def _seconds(raw: str) -> float:
@@ -295,6 +305,11 @@ def _print_logs(api: Api, job_id: str, tail: int | None) -> int:
         if tail is not None or page.get("next_after") is None:
             return last_seq
         params = {"after": page["next_after"], "limit": 5000}
+
+
+def show_health(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        return health.health(api, args.json)
 
 
 def cancel(args: argparse.Namespace) -> int:
