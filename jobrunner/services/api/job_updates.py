@@ -245,98 +245,77 @@ async def update_stream(
         patience=ctx.settings.sse_history_idle_seconds,
     )
     teller = StaleTeller(ctx.fanout)
-    async with aclosing(messages):
-        # The next read of ``messages``, in a task of its own: waited for along with NATS's
-        # state (``staletelling``), and waited for again after a ``stale`` frame.
-        pending: asyncio.Future[list[tuple[int, bytes]]] | None = None
-        try:
-            while True:
-                told = teller.news()
-                if told is not None:
-                    yield told
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(messages))
-                await teller.wait(pending)
-                if not pending.done():
-                    continue  # NATS's state changed: told at the top
-                read_now, pending = pending, None
+    # Closed in this order: a read under way (``between``) ends before ``messages`` closes.
+    async with aclosing(messages), aclosing(teller.between(messages)) as reads:
+        while True:
+            try:
+                msgs = await anext(reads)
+            except BadRequestError as exc:
+                if not at_consumer_limit(exc):
+                    raise
+                # Still at the limit after the retries: say so, and end; the client reconnects
+                # after ``retry`` (with ``Last-Event-ID``), when places may have freed.
+                log.warning("update stream refused at the stream's consumer limit", detail=str(exc))
+                yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
+                return
+            except Exception as exc:
+                if not sse.is_nats_fault(exc):
+                    raise
+                # NATS did not answer (paused, unreachable) as the stream opened a consumer or
+                # asked for the stream's state. Every frame sent went whole, so the client
+                # resumes exactly after the last one; a live consumer nats-py makes again by
+                # itself, so this is met only at those requests.
+                log.warning("update stream ended by a NATS fault", error=repr(exc))
+                yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
+                return
+            if isinstance(msgs, bytes):  # a ``stale`` frame: NATS went silent, or is back
+                yield msgs
+                continue
+            if not msgs:
+                yield sse.comment("keep-alive")
+                continue
+            frames: list[tuple[int, bytes]] = []
+            read: list[tuple[int, events.AnyEvent]] = []
+            for seq, data in msgs:
                 try:
-                    msgs = read_now.result()
-                except BadRequestError as exc:
-                    if not at_consumer_limit(exc):
-                        raise
-                    # Still at the limit after the retries: say so, and end; the client
-                    # reconnects after ``retry`` (with ``Last-Event-ID``), when places may have
-                    # freed.
-                    log.warning(
-                        "update stream refused at the stream's consumer limit", detail=str(exc)
-                    )
-                    yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
-                    return
-                except Exception as exc:
-                    if not sse.is_nats_fault(exc):
-                        raise
-                    # NATS did not answer (paused, unreachable) as the stream opened a consumer
-                    # or asked for the stream's state. Every frame sent went whole, so the
-                    # client resumes exactly after the last one; a live consumer nats-py makes
-                    # again by itself, so this is met only at those requests.
-                    log.warning("update stream ended by a NATS fault", error=repr(exc))
-                    yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
-                    return
-                if not msgs:
-                    yield sse.comment("keep-alive")
+                    event = codec.decode(data)
+                except msgspec.MsgspecError:
                     continue
-                frames: list[tuple[int, bytes]] = []
-                read: list[tuple[int, events.AnyEvent]] = []
-                for seq, data in msgs:
-                    try:
-                        event = codec.decode(data)
-                    except msgspec.MsgspecError:
-                        continue
-                    if event is not None:
-                        read.append((seq, event))
-                await read_ahead(ctx, read, states, batches)
-                for seq, event in read:
-                    # Before the job's own scope check: another's new attempt changes my
-                    # batch's counters.
-                    if batches.needs_lookup(event):
-                        await batches.note(event, seq)
-                    else:
-                        batches.note_known(event, seq)
-                    if isinstance(event, events.BatchEvent):
-                        continue
-                    if isinstance(event, events.WebhookAttempted):
-                        # Nothing a job update shows; skipped before the scope and state
-                        # look-ups, which would cost a query per attempt of a job no longer
-                        # remembered.
-                        continue
-                    if visible is not None and not await visible(event):
-                        continue
-                    if states.needs_lookup(event):
-                        state = await states.update(event)
-                    else:
-                        state = states.update_known(event)
-                    if state is not None:
-                        frames.append((seq, update_frame(seq, state)))
-                # Held until the projector has applied this read: frames leave in sequence
-                # order. The wait may be NATS's silence itself (the projector's notices).
-                async for _ in batches.wait_applied():
-                    told = teller.news()
-                    if told is not None:
-                        yield told
-                    yield sse.comment("keep-alive")
-                frames += await batches.frames()
-                if frames:
-                    # Stable: a batch's frame follows the job frame of the same event.
-                    frames.sort(key=lambda f: f[0])
-                    yield b"".join(frame for _, frame in frames)
-        finally:
-            teller.close()
-            # Ended before ``messages`` is closed: a generator still running cannot be.
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
+                if event is not None:
+                    read.append((seq, event))
+            await read_ahead(ctx, read, states, batches)
+            for seq, event in read:
+                # Before the job's own scope check: another's new attempt changes my batch's
+                # counters.
+                if batches.needs_lookup(event):
+                    await batches.note(event, seq)
+                else:
+                    batches.note_known(event, seq)
+                if isinstance(event, events.BatchEvent):
+                    continue
+                if isinstance(event, events.WebhookAttempted):
+                    # Nothing a job update shows; skipped before the scope and state look-ups,
+                    # which would cost a query per attempt of a job no longer remembered.
+                    continue
+                if visible is not None and not await visible(event):
+                    continue
+                if states.needs_lookup(event):
+                    state = await states.update(event)
+                else:
+                    state = states.update_known(event)
+                if state is not None:
+                    frames.append((seq, update_frame(seq, state)))
+            # Held until the projector has applied this read: frames leave in sequence order.
+            # The wait may be NATS's silence itself (the projector's notices come through it).
+            async for _ in batches.wait_applied():
+                if (told := teller.news()) is not None:
+                    yield told
+                yield sse.comment("keep-alive")
+            frames += await batches.frames()
+            if frames:
+                # Stable: a batch's frame follows the job frame of the same event.
+                frames.sort(key=lambda f: f[0])
+                yield b"".join(frame for _, frame in frames)
 
 
 async def read_ahead(
