@@ -1,5 +1,6 @@
 """``jobrunner health`` against a real server: the status and each problem's code and sentence
-for a person, and an exit code for a script: 0 ok, 1 degraded, 2 unavailable or unreachable."""
+for a person, and an exit code for a script: 0 ok, 1 degraded, 2 unavailable, 69 no jobrunner
+answering (as for every other command)."""
 
 from __future__ import annotations
 
@@ -77,9 +78,36 @@ async def test_nats_frozen_is_unavailable_with_its_sentence_and_exit_2(
     assert "NATS_TIMEOUT" in [p["code"] for p in body["problems"]]
 
 
-async def test_no_server_at_the_address_is_a_sentence_and_exit_2(system: System) -> None:
+async def test_no_server_at_the_address_is_a_sentence_and_exit_69(system: System) -> None:
+    """No answer is 69, as for every other command: not 2, a server's ``unavailable``."""
     run = await jobrunner(system, "health", "--url", "http://127.0.0.1:9")
-    assert run.code == 2
+    assert run.code == 69
     assert run.out == ""
     assert "cannot reach jobrunner at http://127.0.0.1:9" in run.err
+    assert "Traceback" not in run.err
+
+
+async def test_a_proxys_error_page_instead_of_the_report_is_a_sentence_and_exit_69(
+    system: System,
+) -> None:
+    """A proxy in front of a stopped API answers 502 with a page of its own: no jobrunner
+    answered, so 69 (not 2, which says jobrunner answered ``unavailable``)."""
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        page = b"<html><body>502 Bad Gateway</body></html>"
+        writer.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(page), page)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        run = await jobrunner(system, "health", "--url", f"http://127.0.0.1:{port}")
+    assert run.code == 69, (run.out, run.err)
+    assert run.out == ""
+    assert "answered HTTP 502 without jobrunner's health report" in run.err
     assert "Traceback" not in run.err

@@ -100,7 +100,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "health",
         parents=[common],
         help="the server's health: its status and each problem "
-        "(exit 0 ok, 1 degraded, 2 unavailable or unreachable)",
+        "(exit 0 ok, 1 degraded, 2 unavailable, 69 no jobrunner answering)",
     )
     p.add_argument("--json", action="store_true", help="the API's JSON")
     p.set_defaults(func=guarded(show_health))

@@ -1,6 +1,7 @@
 """``jobrunner health``: ``GET /health`` for a person at a shell, and an exit code for a script
-or a cron job: 0 ok, 1 degraded (it serves; something behind it needs attention), 2 not serving
-(``unavailable``: it cannot reach NATS or Postgres) or not reachable at all."""
+or a cron job: 0 ok, 1 degraded (it serves; something behind it needs attention), 2 unavailable
+(it answered, but cannot reach NATS or Postgres), and 69 when no jobrunner answers at all, as
+for every other command (``EXIT_UNREACHABLE``)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
-from jobrunner.terminal.connection import Api, ClientError
+from jobrunner.terminal.connection import EXIT_UNREACHABLE, Api, ClientError
 
 EXIT_OK = 0
 EXIT_DEGRADED = 1
-EXIT_NOT_SERVING = 2  # unavailable, or no answer
+EXIT_UNAVAILABLE = 2  # the server answered: it cannot reach NATS or Postgres
 
 STATUS_STYLES = {"ok": "bold green", "degraded": "bold yellow", "unavailable": "bold red"}
-EXIT_CODES = {"ok": EXIT_OK, "degraded": EXIT_DEGRADED, "unavailable": EXIT_NOT_SERVING}
+EXIT_CODES = {"ok": EXIT_OK, "degraded": EXIT_DEGRADED, "unavailable": EXIT_UNAVAILABLE}
 
 
 def health(api: Api, as_json: bool) -> int:
@@ -29,17 +30,16 @@ def health(api: Api, as_json: bool) -> int:
         print(json.dumps(body, indent=2))
     else:
         show(api.target.url, body)
-    return EXIT_CODES.get(status, EXIT_NOT_SERVING)
+    return EXIT_CODES[status]  # ``answer`` let no other status through
 
 
 def answer(api: Api) -> dict[str, Any]:
     """``/health``'s body: a 503 carries one too (unavailable). No answer, or one that is not
-    jobrunner's health (a proxy's error page): ``ClientError`` with exit code 2."""
+    jobrunner's health (a proxy's error page): ``ClientError`` with exit code 69."""
     try:
         response = api.http.get("/health")  # needs no token; a 503 is an answer too
     except httpx.TransportError as exc:
-        error = api.unreachable(exc)
-        raise ClientError(str(error), EXIT_NOT_SERVING) from None
+        raise api.unreachable(exc) from None
     try:
         body = response.json()
     except ValueError:
@@ -48,7 +48,7 @@ def answer(api: Api) -> dict[str, Any]:
         raise ClientError(
             f"{api.target.url}/health answered HTTP {response.status_code} without jobrunner's "
             "health report: is this the jobrunner server (not a proxy's error page)?",
-            EXIT_NOT_SERVING,
+            EXIT_UNREACHABLE,
         )
     return body
 
