@@ -84,14 +84,16 @@ async def test_health_while_nats_is_frozen_logs_a_line_per_period_with_a_count(
             await unavailable(system)  # a new outage, within the period: logged at once
         finally:
             thaw(own_nats)
-        await ok(system)
+        # Counted like after the first thaw: on a loaded machine the first answer after a
+        # thaw may still be unavailable, and is then left out into the "ok again" line.
+        after_second_thaw = await ok(system)
     lines = health_lines(logs)
     assert [(line["event"], line.get("since_last")) for line in lines] == [
         ("health is not ok", None),
         ("health is not ok", within),
         ("health is ok again", after_thaw or None),
         ("health is not ok", None),
-        ("health is ok again", None),
+        ("health is ok again", after_second_thaw or None),
     ], lines
     assert lines[0]["problems"] == ["NATS_TIMEOUT"]
     assert lines[0]["status"] == "unavailable"
