@@ -128,6 +128,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # bound for all: a frozen NATS keeps the connection up, and each read used to wait out
     # nats-py's 5 s request timeout, then health said "ok".
     health_nats_timeout_seconds: float = 2.0
+    # While GET /health is not ok, it logs its first answer at once, then at most one line per
+    # this long (with the count of answers left out), and a line when it is ok again: a load
+    # balancer polling every second filled the log with one line a second.
+    health_log_seconds: float = 60.0
 
     # SSE
     sse_keepalive_seconds: float = 15.0
@@ -300,6 +304,7 @@ _ABOVE_ZERO = (
     "api_read_timeout_seconds",
     "health_postgres_timeout_seconds",
     "health_nats_timeout_seconds",
+    "health_log_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 # Settings that no service reads any more, still accepted in a config file so that one written

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from jobrunner.terminal import health
 from jobrunner.terminal.connection import (
     EXIT_CANCELLED,
     EXIT_FAILED_WITHOUT_CODE,
@@ -23,7 +24,13 @@ from jobrunner.terminal.connection import (
     environ,
     find_target,
 )
-from jobrunner.terminal.follow import Follower, check_job_id, level_column, outcome_line
+from jobrunner.terminal.follow import (
+    RECONNECT_FOR_SECONDS,
+    Follower,
+    check_job_id,
+    level_column,
+    outcome_line,
+)
 from jobrunner.terminal.parameters import parse_parameters
 
 
@@ -35,9 +42,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "--state-dir", help="find the server of a running `jobrunner up` by its state directory"
     )
 
+    # For the commands that follow a job's stream.
+    following = argparse.ArgumentParser(add_help=False)
+    following.add_argument(
+        "--reconnect-for",
+        type=_seconds,
+        default=RECONNECT_FOR_SECONDS,
+        metavar="SECONDS",
+        help="how long a dropped stream is retried before giving up (exit 69; default "
+        f"{RECONNECT_FOR_SECONDS:g})",
+    )
+
     p = sub.add_parser(
         "submit",
-        parents=[common],
+        parents=[common, following],
         help="start a job through the HTTP API (and follow it with --follow)",
     )
     p.add_argument("job_type", help="the job type (a wrong one lists those there are)")
@@ -66,7 +84,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--json", action="store_true", help="the API's JSON")
     p.set_defaults(func=guarded(show))
 
-    p = sub.add_parser("logs", parents=[common], help="a job's log (and more with --follow)")
+    p = sub.add_parser(
+        "logs", parents=[common, following], help="a job's log (and more with --follow)"
+    )
     p.add_argument("job_id")
     p.add_argument("--tail", type=int, help="only the last N lines")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
@@ -75,6 +95,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("cancel", parents=[common], help="cancel a pending or running job")
     p.add_argument("job_id")
     p.set_defaults(func=guarded(cancel))
+
+    p = sub.add_parser(
+        "health",
+        parents=[common],
+        help="the server's health: its status and each problem "
+        "(exit 0 ok, 1 degraded, 2 unavailable, 69 no jobrunner answering)",
+    )
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    p.set_defaults(func=guarded(show_health))
+
+
+def _seconds(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds (0 or more)")
+    return seconds
 
 
 def _api(args: argparse.Namespace) -> Api:
@@ -118,12 +157,16 @@ def submit(args: argparse.Namespace) -> int:
         if not args.follow:
             print(job_id)
             return 0
-        return _follow(api, job_id)
+        return _follow(api, job_id, reconnect_for=args.reconnect_for)
 
 
-def _follow(api: Api, job_id: str, skip_lines_upto: int = 0) -> int:
+def _follow(
+    api: Api, job_id: str, skip_lines_upto: int = 0, reconnect_for: float = RECONNECT_FOR_SECONDS
+) -> int:
     console = Console(highlight=False)
-    follower = Follower(api, job_id, console, skip_lines_upto=skip_lines_upto)
+    follower = Follower(
+        api, job_id, console, skip_lines_upto=skip_lines_upto, reconnect_for=reconnect_for
+    )
     while True:
         try:
             done = follower.run()
@@ -240,7 +283,9 @@ def logs(args: argparse.Namespace) -> int:
             return 0
         job = api.get(f"/api/jobs/{job_id}")
         # Lines printed above are not printed again; the stream shows the rest and the end.
-        return _follow(api, job_id, skip_lines_upto=last_seq if job else 0)
+        return _follow(
+            api, job_id, skip_lines_upto=last_seq if job else 0, reconnect_for=args.reconnect_for
+        )
 
 
 def _print_logs(api: Api, job_id: str, tail: int | None) -> int:
@@ -260,6 +305,11 @@ def _print_logs(api: Api, job_id: str, tail: int | None) -> int:
         if tail is not None or page.get("next_after") is None:
             return last_seq
         params = {"after": page["next_after"], "limit": 5000}
+
+
+def show_health(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        return health.health(api, args.json)
 
 
 def cancel(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.text import Text
 
 from jobrunner.common.loglevels import shows_level
-from jobrunner.terminal.connection import Api, ClientError
+from jobrunner.terminal.connection import EXIT_UNREACHABLE, Api, ClientError
 
 LEVEL_STYLES = {
     "DEBUG": "dim",
@@ -44,7 +44,7 @@ def level_column(line: dict[str, Any]) -> str:
 
 
 # How long a dropped stream is retried before the client gives up (a restarting server is back
-# well within it).
+# well within it); ``--reconnect-for`` sets another.
 RECONNECT_FOR_SECONDS = 60.0
 RECONNECT_PAUSE_SECONDS = 1.0
 PLAIN_PROGRESS_EVERY_SECONDS = 1.0
@@ -98,8 +98,13 @@ class Follower:
     job_id: str
     console: Console
     skip_lines_upto: int = 0  # lines already shown (``logs --tail``): not printed again
+    reconnect_for: float = RECONNECT_FOR_SECONDS
+    # Where the connection's loss and return are told: stderr, apart from the job's output.
+    notices: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     last_event_id: str | None = None
     done: dict[str, Any] | None = None
+    # Why the server ended the stream without ``done`` (its ``unavailable`` event), if it said.
+    _ended_because: str | None = field(default=None, repr=False)
     _progress: Progress | None = field(default=None, repr=False)
     _task: Any = field(default=None, repr=False)
     _last_plain_progress: float = 0.0
@@ -129,9 +134,14 @@ class Follower:
         return self.done
 
     def _follow(self) -> None:
-        failing_since: float | None = None
+        """Read the stream until ``done``; when it drops, say so on stderr, connect again every
+        ``RECONNECT_PAUSE_SECONDS`` resuming after the last event shown (``Last-Event-ID``: no
+        line lost or repeated), say when it is back, and give up after ``reconnect_for``.
+        (It used to retry in silence: a restart looked like a job printing nothing.)"""
+        lost_since: float | None = None
         while self.done is None:
             headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+            self._ended_because = None
             try:
                 with self.api.http.stream(
                     "GET",
@@ -141,19 +151,48 @@ class Follower:
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
-                        raise self.api.refused(response)
-                    failing_since = None
+                        refusal = self.api.refused(response)
+                        if response.status_code < 500:
+                            raise refusal
+                        # A server starting or behind a proxy that lost it (502, 503): away.
+                        raise _Away(str(refusal))
+                    if lost_since is not None:
+                        self._notice(
+                            f"connection back after {time.monotonic() - lost_since:.0f} s; "
+                            f"resuming after {self._resume_point()}"
+                        )
+                        lost_since = None
                     for event in sse_events(response.iter_lines()):
                         self._show(event)
                         if self.done is not None:
                             return
-            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
-                failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > RECONNECT_FOR_SECONDS:
-                    raise self.api.unreachable(exc) from None
-            # The stream ended without `done` (the server dropped it) or the connection broke:
-            # resume after the last event shown.
+                why = self._ended_because or "the server ended the stream"
+            except httpx.TransportError as exc:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except _Away as exc:
+                why = str(exc)
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+                self._notice(
+                    f"connection to {self.api.target.url} lost ({why}); retrying for up to "
+                    f"{self.reconnect_for:g} s, resuming after {self._resume_point()}"
+                )
+            elif now - lost_since > self.reconnect_for:
+                raise ClientError(
+                    f"gave up following job {self.job_id}: jobrunner at {self.api.target.url} "
+                    f"did not come back within {self.reconnect_for:g} s ({why}); the job goes "
+                    f"on (`jobrunner logs {self.job_id} --follow` follows it again)",
+                    EXIT_UNREACHABLE,
+                )
             time.sleep(RECONNECT_PAUSE_SECONDS)
+
+    def _resume_point(self) -> str:
+        return f"event {self.last_event_id}" if self.last_event_id else "the stream's start"
+
+    def _notice(self, sentence: str) -> None:
+        """A line on stderr, above the progress bar on a terminal (it redirects stderr)."""
+        self.notices.print(f"jobrunner: {sentence}", markup=False, soft_wrap=True)
 
     def _show(self, event: SseEvent) -> None:
         try:
@@ -173,6 +212,8 @@ class Follower:
             self._print(Text(f"cancel requested by {data.get('requested_by') or '?'}", "yellow"))
         elif event.event == "done":
             self.done = data
+        elif event.event == "unavailable":
+            self._ended_because = f"{data.get('code')}: {data.get('detail')}"
 
     def _line(self, line: dict[str, Any]) -> None:
         level = str(line.get("level", "INFO"))
@@ -222,6 +263,11 @@ class Follower:
         (self._progress.console if self._progress is not None else self.console).print(
             text, soft_wrap=True
         )
+
+
+class _Away(Exception):
+    """The server answered the stream with a 5xx: away for now, tried again like a dropped
+    connection."""
 
 
 def outcome_line(done: dict[str, Any]) -> str:

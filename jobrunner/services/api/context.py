@@ -34,6 +34,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodelgate, sse
 from jobrunner.services.api.fanout import Fanout, Limits
+from jobrunner.services.api.healthlog import HealthLog
 from jobrunner.services.api.idempotency import IdempotencyKeys
 from jobrunner.services.api.natswatch import NatsWatch
 from jobrunner.services.api.posted import PostedJobs
@@ -101,6 +102,8 @@ class ApiContext:
     fanout: Fanout
     idempotency: IdempotencyKeys
     readmodels: ReadModelGate
+    # What /health logged of its answers (at most a line per ``health_log_seconds``).
+    health_log: HealthLog
     # Jobs started here with ``wait=stored`` that the read models do not show yet.
     posted: PostedJobs = field(default_factory=PostedJobs)
     # Job rows being read for SSE streams, one read per job shared by its arriving viewers.
@@ -190,6 +193,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             ),
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
+            health_log=HealthLog(settings.health_log_seconds),
         )
         # One probe of NATS for the process; its live viewers are told when it goes silent.
         probe_subject = names.api_probe_subject(NUID().next().decode())

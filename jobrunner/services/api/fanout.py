@@ -762,12 +762,17 @@ class Fanout:
         # NATS has not answered the API's probe for its bound (``natswatch``): each client's
         # stream tells its viewer when this changes (SSE ``stale``).
         self.nats_silent = False
+        # Set at each change of ``nats_silent``: one per all-jobs stream (``job_updates``), which
+        # waits on its own reader, not on a feed's subscriber.
+        self.silence_watchers: set[asyncio.Event] = set()
 
     def tell_nats_silence(self, silent: bool) -> None:
         """NATS went silent or answers again: every client waiting for events is woken to say
         so. Not one in line for a history read (``on_hold``): its wake-up means a cut there, and
         it says so at its next keep-alive."""
         self.nats_silent = silent
+        for watcher in self.silence_watchers:
+            watcher.set()
         for feed in self.feeds.values():
             for subscriber in feed.subscribers:
                 if not subscriber.on_hold and not subscriber.overflow:

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
-import structlog
 
 from jobrunner.common import runnerpool
 from jobrunner.common.database import READ_SCHEMA
@@ -36,7 +35,6 @@ from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.readpool import ReadModelsTimeout
 
-log = structlog.get_logger()
 T = TypeVar("T")
 
 
@@ -103,8 +101,7 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
             problems.append(Problem("NATS_SLOW", sentence + " Is it overloaded?"))
     status = "unavailable" if unavailable else "degraded" if problems else "ok"
     body = {"status": status, **body, "problems": [msgspec.to_builtins(p) for p in problems]}
-    if problems:
-        log.warning("health is not ok", status=status, problems=[p.code for p in problems])
+    ctx.health_log.answered(status, [p.code for p in problems])
     return body, 503 if unavailable else 200
 
 

@@ -33,6 +33,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.staletelling import StaleTeller
 
 log = structlog.get_logger()
 
@@ -243,10 +244,12 @@ async def update_stream(
         connection,
         patience=ctx.settings.sse_history_idle_seconds,
     )
-    async with aclosing(messages):
+    teller = StaleTeller(ctx.fanout)
+    # Closed in this order: a read under way (``between``) ends before ``messages`` closes.
+    async with aclosing(messages), aclosing(teller.between(messages)) as reads:
         while True:
             try:
-                msgs = await anext(messages)
+                msgs = await anext(reads)
             except BadRequestError as exc:
                 if not at_consumer_limit(exc):
                     raise
@@ -265,6 +268,9 @@ async def update_stream(
                 log.warning("update stream ended by a NATS fault", error=repr(exc))
                 yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
                 return
+            if isinstance(msgs, bytes):  # a ``stale`` frame: NATS went silent, or is back
+                yield msgs
+                continue
             if not msgs:
                 yield sse.comment("keep-alive")
                 continue
@@ -300,7 +306,10 @@ async def update_stream(
                 if state is not None:
                     frames.append((seq, update_frame(seq, state)))
             # Held until the projector has applied this read: frames leave in sequence order.
+            # The wait may be NATS's silence itself (the projector's notices come through it).
             async for _ in batches.wait_applied():
+                if (told := teller.news()) is not None:
+                    yield told
                 yield sse.comment("keep-alive")
             frames += await batches.frames()
             if frames:

@@ -1,0 +1,99 @@
+"""What ``GET /health`` logs while something is wrong, polled as a load balancer does (a real
+nats-server SIGSTOPped: every answer 503 NATS_TIMEOUT). The first answer that is not ok is
+logged at once; answers within ``health_log_seconds`` of that line are counted, not logged; the
+first past it is logged with their count (``since_last``); one line says when health is ok again,
+and the next outage's first answer is logged at once. (Before: a line per answer, a line a
+second for as long as the outage lasted.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.nats import EmbeddedNats
+from tests.freeze import freeze
+from tests.system import System
+from tests.test_health_nats_frozen import health, thaw
+
+PERIOD = 3.0  # health_log_seconds here
+NATS_DEADLINE = 0.5  # health_nats_timeout_seconds here: a frozen NATS answered fast
+
+
+@pytest.fixture
+def settings(settings: Settings, own_nats: EmbeddedNats) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        nats_url=own_nats.url,
+        health_log_seconds=PERIOD,
+        health_nats_timeout_seconds=NATS_DEADLINE,
+    )
+
+
+async def ok(system: System) -> int:
+    """Poll /health until it is ok; how many answers were not."""
+    bad = 0
+    async with asyncio.timeout(30):
+        while (await health(system))[1]["status"] != "ok":
+            bad += 1
+            await asyncio.sleep(0.05)
+    return bad
+
+
+async def unavailable(system: System) -> None:
+    status, body = await health(system)
+    assert (status, body["status"]) == (503, "unavailable"), body
+
+
+def health_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in logs if line["event"].startswith("health is")]
+
+
+async def test_health_while_nats_is_frozen_logs_a_line_per_period_with_a_count(
+    system: System, own_nats: EmbeddedNats
+) -> None:
+    assert own_nats.proc is not None
+    await ok(system)
+    with capture_logs() as logs:
+        freeze(own_nats.proc.pid)
+        try:
+            started = time.monotonic()
+            await unavailable(system)  # logged at once
+            first_answered = time.monotonic()
+            within = 0
+            # Answers surely within the period of the first line: counted, not logged.
+            while time.monotonic() + 2 * NATS_DEADLINE < started + PERIOD:
+                await unavailable(system)
+                within += 1
+            assert within >= 2
+            assert [line["event"] for line in health_lines(logs)] == ["health is not ok"]
+            # Just past the period (the fault's schedule, not a proof): logged, with the count.
+            await asyncio.sleep(max(0.0, first_answered + PERIOD + 0.1 - time.monotonic()))
+            await unavailable(system)
+        finally:
+            thaw(own_nats)
+        after_thaw = await ok(system)
+        await ok(system)  # ok again and again: nothing more logged
+        freeze(own_nats.proc.pid)
+        try:
+            await unavailable(system)  # a new outage, within the period: logged at once
+        finally:
+            thaw(own_nats)
+        # Counted like after the first thaw: on a loaded machine the first answer after a
+        # thaw may still be unavailable, and is then left out into the "ok again" line.
+        after_second_thaw = await ok(system)
+    lines = health_lines(logs)
+    assert [(line["event"], line.get("since_last")) for line in lines] == [
+        ("health is not ok", None),
+        ("health is not ok", within),
+        ("health is ok again", after_thaw or None),
+        ("health is not ok", None),
+        ("health is ok again", after_second_thaw or None),
+    ], lines
+    assert lines[0]["problems"] == ["NATS_TIMEOUT"]
+    assert lines[0]["status"] == "unavailable"
