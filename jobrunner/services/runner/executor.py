@@ -30,6 +30,7 @@ from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirecto
 from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.claim import Claimed, StartCheck, is_queued, read_start_check
 from jobrunner.services.runner.execution import (
+    LEASE_LOST,
     Execution,
     Outcome,
     ProcessGroup,
@@ -55,12 +56,6 @@ DRAIN_ROOM_MOST = 60.0
 # Refusals of a job's ``running`` by foreign messages stored on its status subject, and reads of
 # it cut short by their bounds, before it is stored without its condition (``_publish_running``).
 MOST_REFUSALS = 12
-
-LEASE_LOST = ErrorInfo(
-    code=ErrorCode.LEASE_LOST,
-    message="The runner could not renew the job's slot lease in time (NATS unreachable or the "
-    "runner stalled); the job was stopped so that it never runs beside another.",
-)
 
 
 def output_not_stored() -> ErrorInfo:
@@ -496,6 +491,8 @@ class JobExecutor:
             return Outcome(
                 JobStatus.FAILED, error=ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc))
             )
+        # From here on the tool dies by the lease's deadline even should the runner stall.
+        keeper.hold(execution.hold_until)
         group = execution.process_group
         if group is None:
             await self._send_due_ack(job)  # a callable: no lease rewrite to send it with

@@ -4,7 +4,13 @@ Run as ``python -I -S guardian_main.py <token>`` with the runner's pipe as stdin
 nothing of jobrunner (nor anything outside the standard library's core): it starts in a few
 milliseconds and holds a few MB. The runner writes ``s<serial>`` before each spawn beside the
 guardian, ``+<serial> <pgid> <start ticks>`` once the tool runs, and ``-<serial>`` once the
-tool's group is killed. At the pipe's end of file (the runner died, SIGKILL included, or exited)
+tool's group is killed. ``d<serial> <deadline>`` (a CLOCK_MONOTONIC time, ``time.monotonic()``:
+one clock for every process of the host) says until when the tool's job surely holds its slot
+lease; once it passes with no later one written, the tool's group is SIGKILLed, with the same
+checks against pid reuse, while the runner lives (stalled: stopped, frozen or its event loop
+blocked past its lease), so that no other runner starts the lock's next job beside it. The
+guardian sleeps in ``poll`` until its pipe is readable or the nearest deadline comes. At the
+pipe's end of file (the runner died, SIGKILL included, or exited)
 every group still written down is killed, and so is every process of a live tool found by the
 runner's token: ``JOBRUNNER_GUARDIAN=<token>.<serial>`` in its environment (which a process
 cannot close) for a serial not yet ended, or, without the token, the runner's tag (the memfd
@@ -15,7 +21,9 @@ spared; so are the guardian and its parent. Then the guardian exits.
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import signal
 import sys
 import time
@@ -68,6 +76,54 @@ def _claimed(pid: str, tag: str, token: bytes, live: set[int]) -> bool:
     return False
 
 
+def _in_group(pid: str, pgid: int, started: int, groups: dict[int, int]) -> bool:
+    """Is the process (``pgid`` and ``started`` from its stat) of a written group? Its leader, the
+    very process (its start ticks), or a member started after it while no other process has the
+    leader's pid (as orphans.kill_group)."""
+    leader_started = groups.get(pgid)
+    if leader_started is None:
+        return False
+    if pgid == int(pid):
+        return started == leader_started
+    leader = _stat(str(pgid))
+    return started >= leader_started and (leader is None or leader[2] == leader_started)
+
+
+def _kill_groups(groups: dict[int, int]) -> None:
+    """SIGKILL every process of the written groups (nothing else: the other tools run on),
+    scanned again until a scan finds none alive (a fork between two scans is found by the next)."""
+    for _ in range(SCAN_ROUNDS):
+        hit = 0
+        for pid in os.listdir("/proc"):
+            stat = _stat(pid) if pid.isdigit() else None
+            if (
+                stat is None
+                or stat[0] in ("Z", "X")
+                or not _in_group(pid, stat[1], stat[2], groups)
+            ):
+                continue
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                hit += 1
+            except OSError:
+                pass
+        if not hit:
+            return
+        time.sleep(SCAN_PAUSE)
+
+
+def _expire(tools: dict[int, tuple[int, int] | None], deadlines: dict[int, float]) -> float | None:
+    """Kill the group of every tool whose deadline passed; the nearest deadline still to come."""
+    now = time.monotonic()
+    due = [serial for serial, at in deadlines.items() if at <= now and tools.get(serial)]
+    if due:
+        _kill_groups({group[0]: group[1] for serial in due if (group := tools.get(serial))})
+        for serial in due:
+            del deadlines[serial]  # killed once: a deadline written later counts again
+    waiting = [at for serial, at in deadlines.items() if tools.get(serial)]
+    return min(waiting) if waiting else None
+
+
 def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared: set[str]) -> int:
     """SIGKILL what is ours of every live process but the ``spared``; returns how many were hit."""
     hit = 0
@@ -78,17 +134,7 @@ def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared
         if stat is None or stat[0] in ("Z", "X"):
             continue
         _, pgid, started = stat
-        # A registered group (as orphans.kill_group): its leader, the very process (its start
-        # ticks), or members started after it while no other process has the leader's pid.
-        leader_started = groups.get(pgid)
-        if leader_started is None:
-            ours = False
-        elif pgid == int(pid):
-            ours = started == leader_started
-        else:
-            leader = _stat(str(pgid))
-            ours = started >= leader_started and (leader is None or leader[2] == leader_started)
-        if ours or _claimed(pid, tag, token, live):
+        if _in_group(pid, pgid, started, groups) or _claimed(pid, tag, token, live):
             if pgid == int(pid):
                 # A tool not written down (yet): its group goes too, at the next scan.
                 groups[pgid] = started
@@ -110,17 +156,33 @@ def main() -> None:
     parent_stat = _stat(str(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tools: dict[int, tuple[int, int] | None] = {}  # by serial, as guardian.py keeps them
+    deadlines: dict[int, float] = {}  # by serial: until when the tool's job holds its lease
     pending = b""
-    while chunk := os.read(0, 65536):
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            kind, numbers = line[:1], [int(n) for n in line[1:].split()]
-            if kind == b"s":
-                tools[numbers[0]] = None
-            elif kind == b"+":
-                tools[numbers[0]] = (numbers[1], numbers[2])
-            else:
-                tools.pop(numbers[0], None)
+    pipe = select.poll()
+    pipe.register(0, select.POLLIN)
+    nearest: float | None = None
+    while True:
+        # Asleep until the runner writes or the nearest deadline comes: no polling of the clock.
+        wait = None if nearest is None else max(0, math.ceil((nearest - time.monotonic()) * 1000))
+        if pipe.poll(wait):
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                kind, fields = line[:1], line[1:].split()
+                serial = int(fields[0])
+                if kind == b"s":
+                    tools[serial] = None
+                elif kind == b"+":
+                    tools[serial] = (int(fields[1]), int(fields[2]))
+                elif kind == b"d":
+                    if serial in tools:
+                        deadlines[serial] = float(fields[1])
+                else:
+                    tools.pop(serial, None)
+                    deadlines.pop(serial, None)
+        nearest = _expire(tools, deadlines)
     groups = {pgid: started for pgid, started in filter(None, tools.values())}
     live = set(tools)
     spared = {str(os.getpid())}

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -235,6 +236,8 @@ class ToolProcess:
         self.started_ticks: int | None = None
         # The guardian told of the tool, and the tool's serial there.
         self._guarded: tuple[Guardian, int] | None = None
+        # The last deadline the guardian was told (``hold_until``); None: none told.
+        self._held_until: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -370,6 +373,19 @@ class ToolProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
+
+    def hold_until(self, deadline: float) -> None:
+        """Have the guardian kill the tool's group at ``deadline`` (time.monotonic()) unless a
+        later one comes first (the job's lease was renewed). Without a guardian, nothing."""
+        if self._guarded is not None and self.proc is not None:
+            self._held_until = deadline
+            self._guarded[0].hold_until(self._guarded[1], deadline)
+
+    def killed_at_deadline(self, returncode: int) -> bool:
+        """Did the tool end as the guardian ends it at a deadline passed (SIGKILLed, the last
+        deadline told over)? The runner stalled past its lease."""
+        held = self._held_until
+        return returncode == -signal.SIGKILL and held is not None and time.monotonic() >= held
 
     def end_group(self) -> None:
         """SIGKILL whatever is left of the tool's group: nothing for the guardian to kill."""
