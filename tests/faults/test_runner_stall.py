@@ -11,12 +11,25 @@ import contextlib
 import json
 import os
 import signal
+import time
 
 import pytest
 
 from jobrunner.services.runner.lease import survivable_outage
-from tests.faults.cluster import SHORT_TTL, FaultCluster
-from tests.faults.scenarios import Expect, lock_scenario, running_on
+from tests.faults import figures
+from tests.faults.cluster import SHORT_TTL, FaultCluster, is_terminal, now
+from tests.faults.invariants import alive_problems, lines_problems, outcome, settle_lines
+from tests.faults.scenarios import (
+    END_GRACE,
+    INTERVAL,
+    LINES_BEFORE_FAULT,
+    LOST,
+    SETTLE_SECONDS,
+    Expect,
+    follow_job,
+    lock_scenario,
+    running_on,
+)
 from tests.faults.toolrecord import ToolJob
 from tests.freeze import freeze
 
@@ -37,12 +50,14 @@ class StalledRunner:
         self.cluster = cluster
         self.seconds = seconds
         self.name: str | None = None
+        self.frozen_at: float | None = None  # wall clock, as the tool's own record
 
     async def __call__(self, job: ToolJob) -> None:
         self.name = await running_on(self.cluster, job)
         proc = self.cluster.services[self.name].proc
         assert proc is not None
         await asyncio.to_thread(freeze, proc.pid)  # every thread stopped; the guardian runs on
+        self.frozen_at = time.time()
         try:
             await asyncio.sleep(self.seconds)  # the fault itself
         finally:
@@ -103,3 +118,47 @@ async def test_runner_stalled_shorter_than_its_lease_keeps_its_tool_and_complete
         Expect(completes=True),
         seconds,
     )
+
+
+async def test_runner_stalled_past_its_lease_has_the_tool_of_a_job_without_a_lock_killed(
+    cluster: FaultCluster,
+) -> None:
+    """A job without a lock, its runner stopped for more than twice the TTL: its tool is dead
+    before the job's lease could expire (when another runner ends the job RUNNER_LOST: no tool
+    of an ended job runs on), the job ends failed, every line it printed is stored once."""
+    seconds = 2 * LEASE_TTL + 2
+    job = await cluster.submit("free", lines=int((seconds + 60) / INTERVAL), interval=INTERVAL)
+    reached = await cluster.wait_stored(job.id, LINES_BEFORE_FAULT, 60)
+    assert reached >= LINES_BEFORE_FAULT, f"the job never got going: {await cluster.job(job.id)}"
+    stall = StalledRunner(cluster, seconds)
+    await stall(job)
+    fault_end = now()
+    problems: list[str] = []
+    row, recovery, terminal_s = await follow_job(cluster, job, fault_end, LEASE_TTL + END_GRACE)
+    try:
+        if row is None or (row.status, row.error_code) not in {("failed", c) for c in LOST}:
+            problems.append(f"the job should end failed LEASE_LOST/RUNNER_LOST, is {outcome(row)}")
+        run = job.run()
+        assert stall.frozen_at is not None
+        if run.active_until is None or run.active_until >= stall.frozen_at + LEASE_TTL:
+            problems.append("the tool ran on past the lease's expiry while its runner stalled")
+        problems += lines_problems(job, run, await settle_lines(cluster, job, SETTLE_SECONDS))
+        problems += await alive_problems([job])
+        problems += await stall.ended_lease_lost(job)
+    finally:
+        figures.record(
+            figures.Figure(
+                fault=f"runner SIGSTOPped {seconds:g} s mid-job (TTL {LEASE_TTL:g} s), "
+                "job without a lock",
+                outcome=outcome(row),
+                printed=len(job.run().lines),
+                stored=await cluster.stored_count(job.id),
+                recovery_s=recovery,
+                terminal_s=terminal_s,
+                holds=not problems,
+                note="; ".join(problems),
+            )
+        )
+        if row is None or not is_terminal(row):
+            await cluster.cancel(job.id)
+    assert not problems, "\n".join(problems)

@@ -28,6 +28,10 @@ import signal
 import sys
 import time
 
+TYPE_CHECKING = False  # (typing itself is not imported: the guardian starts in milliseconds)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MARKER = "JOBRUNNER_GUARDIAN"
 # Killed processes leave /proc a moment after their SIGKILL: scans are repeated until one finds
 # nothing of ours alive (a tool's fork between two scans is found by the next), this long at most.
@@ -89,43 +93,23 @@ def _in_group(pid: str, pgid: int, started: int, groups: dict[int, int]) -> bool
     return started >= leader_started and (leader is None or leader[2] == leader_started)
 
 
-def _kill_groups(groups: dict[int, int]) -> None:
-    """SIGKILL every process of the written groups (nothing else: the other tools run on),
-    scanned again until a scan finds none alive (a fork between two scans is found by the next)."""
-    for _ in range(SCAN_ROUNDS):
-        hit = 0
-        for pid in os.listdir("/proc"):
-            stat = _stat(pid) if pid.isdigit() else None
-            if (
-                stat is None
-                or stat[0] in ("Z", "X")
-                or not _in_group(pid, stat[1], stat[2], groups)
-            ):
-                continue
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                hit += 1
-            except OSError:
-                pass
-        if not hit:
-            return
-        time.sleep(SCAN_PAUSE)
-
-
 def _expire(tools: dict[int, tuple[int, int] | None], deadlines: dict[int, float]) -> float | None:
     """Kill the group of every tool whose deadline passed; the nearest deadline still to come."""
     now = time.monotonic()
     due = [serial for serial, at in deadlines.items() if at <= now and tools.get(serial)]
     if due:
-        _kill_groups({group[0]: group[1] for serial in due if (group := tools.get(serial))})
+        groups = {group[0]: group[1] for serial in due if (group := tools.get(serial))}
+        # These groups alone: the other tools run on, and so does the runner.
+        _kill_until_none(groups, lambda pid: False, {str(os.getpid())})
         for serial in due:
             del deadlines[serial]  # killed once: a deadline written later counts again
     waiting = [at for serial, at in deadlines.items() if tools.get(serial)]
     return min(waiting) if waiting else None
 
 
-def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared: set[str]) -> int:
-    """SIGKILL what is ours of every live process but the ``spared``; returns how many were hit."""
+def _scan(groups: dict[int, int], claimed: Callable[[str], bool], spared: set[str]) -> int:
+    """SIGKILL every live process but the ``spared`` that is of a written group or ``claimed``;
+    returns how many were hit."""
     hit = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or pid in spared:
@@ -134,7 +118,7 @@ def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared
         if stat is None or stat[0] in ("Z", "X"):
             continue
         _, pgid, started = stat
-        if _in_group(pid, pgid, started, groups) or _claimed(pid, tag, token, live):
+        if _in_group(pid, pgid, started, groups) or claimed(pid):
             if pgid == int(pid):
                 # A tool not written down (yet): its group goes too, at the next scan.
                 groups[pgid] = started
@@ -144,6 +128,17 @@ def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared
             except OSError:
                 pass
     return hit
+
+
+def _kill_until_none(
+    groups: dict[int, int], claimed: Callable[[str], bool], spared: set[str]
+) -> None:
+    """``_scan`` again until a scan finds nothing alive (a fork between two scans is found by
+    the next; killed processes leave /proc a moment after their SIGKILL), SCAN_ROUNDS at most."""
+    for _ in range(SCAN_ROUNDS):
+        if not _scan(groups, claimed, spared):
+            return
+        time.sleep(SCAN_PAUSE)
 
 
 def main() -> None:
@@ -189,10 +184,7 @@ def main() -> None:
     now = _stat(str(parent))
     if parent_stat is not None and now is not None and now[2] == parent_stat[2]:
         spared.add(str(parent))
-    for _ in range(SCAN_ROUNDS):
-        if not _scan(groups, tag, marker, live, spared):
-            break
-        time.sleep(SCAN_PAUSE)
+    _kill_until_none(groups, lambda pid: _claimed(pid, tag, marker, live), spared)
 
 
 if __name__ == "__main__":
