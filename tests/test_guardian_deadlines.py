@@ -176,3 +176,22 @@ async def test_a_guardian_started_after_anothers_death_is_told_the_deadlines(
         assert tool.killed_at_deadline(exit_code)
     finally:
         tool.end_group()
+
+
+async def test_a_deadline_given_before_the_start_goes_to_the_guardian_with_the_tool(
+    guard: guardian.Guardian,
+) -> None:
+    """The lease's deadline given before the tool starts (the runner's order) is written with
+    the tool's group: the tool dies at it, not before."""
+    assert guard.start()
+    tool = ToolProcess(["sleep", "60"], None, None)
+    at = time.monotonic() + DEADLINE
+    tool.hold_until(at)
+    await tool.start()
+    assert tool.pid is not None
+    try:
+        await alive_until((tool.pid,), at)
+        exit_code = await asyncio.wait_for(tool.wait(), 15)
+        assert tool.killed_at_deadline(exit_code)
+    finally:
+        tool.end_group()

@@ -485,14 +485,15 @@ class JobExecutor:
         if not await keeper.confirm():
             # The lease could not be confirmed in time: the slot may be someone else's.
             return Outcome(JobStatus.FAILED, error=LEASE_LOST)
+        # The tool dies by the lease's deadline even should the runner stall (guardian.py): the
+        # first deadline goes to the guardian with the tool's group, in the start's one write.
+        keeper.hold(execution.hold_until)
         try:
             await execution.start()
         except StartFailed as exc:
             return Outcome(
                 JobStatus.FAILED, error=ErrorInfo(code=ErrorCode.SPAWN_FAILED, message=str(exc))
             )
-        # From here on the tool dies by the lease's deadline even should the runner stall.
-        keeper.hold(execution.hold_until)
         group = execution.process_group
         if group is None:
             await self._send_due_ack(job)  # a callable: no lease rewrite to send it with

@@ -182,10 +182,15 @@ class Guardian:
         for None)."""
         return {**(os.environ if env is None else env), MARKER: f"{self._token}.{serial}"}
 
-    def watch(self, serial: int, pgid: int, started: int) -> None:
-        """The tool of this group was started: killed should the runner die."""
+    def watch(self, serial: int, pgid: int, started: int, deadline: float | None = None) -> None:
+        """The tool of this group was started: killed should the runner die, and at
+        ``deadline`` (see hold_until) if one is given (in the same write: one per start)."""
         self._tools[serial] = (pgid, started)
-        self._write(b"+%d %d %d\n" % (serial, pgid, started))
+        line = b"+%d %d %d\n" % (serial, pgid, started)
+        if deadline is not None:
+            self._deadlines[serial] = deadline
+            line += b"d%d %.6f\n" % (serial, deadline)
+        self._write(line)
 
     def hold_until(self, serial: int, deadline: float) -> None:
         """The tool's group is killed at ``deadline`` (``time.monotonic()``) unless a later one
