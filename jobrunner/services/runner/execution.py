@@ -173,7 +173,7 @@ class InternalExecution:
         await self.call.stop(grace_seconds)
 
     def hold_until(self, deadline: float) -> None:
-        pass  # it runs inside the runner: it stalls with it, and dies with it
+        pass  # it runs in the runner's process: no process of its own for the guardian to kill
 
     def outcome(self, exit_code: int) -> Outcome:
         if exit_code == 0:
