@@ -142,6 +142,26 @@ async def test_a_tool_forgotten_before_its_deadline_is_left_alone() -> None:
         assert pid_alive(kept)
 
 
+async def test_a_deadline_weeks_away_leaves_the_guardian_killing_at_the_others() -> None:
+    """A lease TTL of weeks puts a tool's deadline further off than one poll can sleep: the
+    guardian sleeps towards it in steps, and kills another tool at its deadline meanwhile."""
+    async with (
+        guardian_program() as write,
+        tool_group() as (far, _),
+        tool_group() as (first, _),
+        tool_group() as (second, _),
+    ):
+        weeks = time.monotonic() + 40 * 86400
+        soon = time.monotonic() + DEADLINE / 2
+        write(
+            written(1, far) + deadline_line(1, weeks) + written(2, first) + deadline_line(2, soon)
+        )
+        await wait_dead(first)  # the guardian's nearest deadline is now weeks away
+        write(written(3, second) + deadline_line(3, time.monotonic() + DEADLINE / 2))
+        await wait_dead(second)
+        assert pid_alive(far)
+
+
 @pytest.fixture
 def guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[guardian.Guardian]:
     """A guardian of this test's own, as the runner's, for the tools started here."""

@@ -37,6 +37,10 @@ MARKER = "JOBRUNNER_GUARDIAN"
 # nothing of ours alive (a tool's fork between two scans is found by the next), this long at most.
 SCAN_PAUSE = 0.02
 SCAN_ROUNDS = 250
+# The longest one poll sleeps towards a deadline: its timeout is a C int of milliseconds (24.8
+# days), and a deadline further off (a lease TTL of a month: any above zero is accepted) made it
+# raise OverflowError, ending the guardian, and every guardian started in its place, at once.
+LONGEST_WAIT = 3600.0
 
 
 def tag_name(token: str) -> str:
@@ -158,7 +162,9 @@ def main() -> None:
     nearest: float | None = None
     while True:
         # Asleep until the runner writes or the nearest deadline comes: no polling of the clock.
-        wait = None if nearest is None else max(0, math.ceil((nearest - time.monotonic()) * 1000))
+        wait = None
+        if nearest is not None:
+            wait = max(0, math.ceil(min(nearest - time.monotonic(), LONGEST_WAIT) * 1000))
         if pipe.poll(wait):
             chunk = os.read(0, 65536)
             if not chunk:
