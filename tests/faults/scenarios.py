@@ -56,16 +56,26 @@ async def follow_job(
     return row, recovery, None
 
 
+async def running_on(cluster: FaultCluster, job: ToolJob) -> str:
+    """The name of the runner the job runs on, once the read model says."""
+    row = await cluster.wait_job(job.id, lambda r: r.runner_id is not None, 30)
+    assert row is not None, "the job never reached the read model"
+    assert row.runner_id, f"no runner took the job: {row}"
+    return row.runner_id
+
+
 async def lock_scenario(
     cluster: FaultCluster,
     fault: str,
-    inject: Callable[[], Awaitable[None]],
+    inject: Callable[[ToolJob], Awaitable[None]],
     expect: Expect,
     fault_seconds: float,
+    checks: Callable[[ToolJob], Awaitable[list[str]]] | None = None,
 ) -> None:
-    """Run A and B on one lock, ``inject`` the fault once A has stored some lines, then check:
-    A's expected end, every printed line stored once in order (A and B), B completed after A,
-    no overlap on the lock, no tool left running. Figures are recorded whatever happens."""
+    """Run A and B on one lock, ``inject`` the fault (given A) once A has stored some lines, then
+    check: A's expected end, every printed line stored once in order (A and B), B completed
+    after A, no overlap on the lock, no tool left running, and what ``checks`` finds wrong once
+    A ended. Figures are recorded whatever happens."""
     job_type = cluster.fresh_lock_type()
     # Long enough to be running when the fault ends; when it should complete, not much longer.
     a_seconds = LINES_BEFORE_FAULT * INTERVAL + fault_seconds + (3 if expect.completes else 60)
@@ -74,7 +84,7 @@ async def lock_scenario(
     assert reached >= LINES_BEFORE_FAULT, f"A never got going: {await cluster.job(a.id)}"
     b = await cluster.submit(job_type, lines=10, interval=INTERVAL)
 
-    await inject()
+    await inject(a)
     fault_end = now()
     problems: list[str] = []
     a_timeout = (a_seconds if expect.completes else cluster.lease_ttl) + END_GRACE
@@ -98,6 +108,8 @@ async def lock_scenario(
         problems += lines_problems(b, b.run(), await settle_lines(cluster, b, SETTLE_SECONDS))
         problems += overlap_problems([a, b])
         problems += await alive_problems([a, b])
+        if checks is not None:
+            problems += await checks(a)
     finally:
         figures.record(
             figures.Figure(

@@ -48,7 +48,7 @@ async def test_nats_pause_shorter_than_ttl_completes_the_job(
     await lock_scenario(
         cluster,
         f"NATS paused {seconds:g} s (TTL {LEASE_TTL:g} s)",
-        lambda: pause_nats(cluster, seconds),
+        lambda _a: pause_nats(cluster, seconds),
         Expect(completes=True),
         seconds,
     )
@@ -68,7 +68,7 @@ async def test_nats_killed_and_restarted_completes_the_job(
     await lock_scenario(
         cluster,
         f"NATS SIGKILLed, down {down:g} s, restarted (TTL {LEASE_TTL:g} s)",
-        lambda: cluster.restart_nats(down),
+        lambda _a: cluster.restart_nats(down),
         Expect(completes=True),
         down + 2.0,
     )

@@ -49,7 +49,7 @@ async def test_nats_pause_keeps_lines_and_one_lock_holder(
     await lock_scenario(
         cluster,
         f"NATS paused {seconds:g} s (TTL {LEASE_TTL:g} s)",
-        lambda: pause_nats(cluster, seconds),
+        lambda _a: pause_nats(cluster, seconds),
         Expect(completes=completes),
         seconds,
     )

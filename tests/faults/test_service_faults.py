@@ -13,7 +13,14 @@ import pytest
 from tests.faults import figures
 from tests.faults.cluster import SHORT_TTL, FaultCluster, is_terminal, now
 from tests.faults.invariants import alive_problems, lines_problems, outcome, settle_lines
-from tests.faults.scenarios import END_GRACE, INTERVAL, LOST, SETTLE_SECONDS, follow_job
+from tests.faults.scenarios import (
+    END_GRACE,
+    INTERVAL,
+    LOST,
+    SETTLE_SECONDS,
+    follow_job,
+    running_on,
+)
 from tests.faults.toolrecord import ToolJob
 
 LEASE_TTL = SHORT_TTL
@@ -131,13 +138,6 @@ async def test_projector_killed_repeatedly_during_a_flood_stores_each_line_once(
         [] if kills >= 2 else [f"the flood was stored before 2 kills ({kills})"],
         note="restart to first line applied: " + ", ".join(f"{s:.1f}" for s in back_after) + " s",
     )
-
-
-async def running_on(cluster: FaultCluster, job: ToolJob) -> str:
-    row = await cluster.wait_job(job.id, lambda r: r.runner_id is not None, 30)
-    assert row is not None, "the job never reached the read model"
-    assert row.runner_id, f"no runner took the job: {row}"
-    return row.runner_id
 
 
 # A job without a lock is claimed in one round trip (lease and run record pipelined) and its

@@ -161,7 +161,7 @@ async def main(mode: str, pids: list[int]) -> None:
             lost, running.fd = running.fd, os.open(os.devnull, os.O_WRONLY)
             os.close(lost)
     elif mode in ("unwritten", "unwritten-closed"):
-        GUARDIAN.watch = lambda serial, pgid, started: None  # type: ignore[method-assign]
+        GUARDIAN.watch = lambda *_: None  # type: ignore[method-assign]
         argv = ["sleep", "60"]
         if mode == "unwritten-closed":
             argv = [sys.executable, "-c", CLOSES_TAG, str(GUARDIAN.tag)]

@@ -23,6 +23,12 @@ from jobrunner.services.runner.priority import ToolPriority
 from jobrunner.services.runner.process import SpawnError, ToolProcess
 from jobrunner.services.runner.reporting import JobReporter
 
+LEASE_LOST = ErrorInfo(
+    code=ErrorCode.LEASE_LOST,
+    message="The runner could not renew the job's slot lease in time (NATS unreachable or the "
+    "runner stalled); the job was stopped so that it never runs beside another.",
+)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -63,6 +69,10 @@ class Execution(Protocol):
 
     def outcome(self, exit_code: int) -> Outcome:
         """How the job ended when it ended by itself with ``exit_code``."""
+
+    def hold_until(self, deadline: float) -> None:
+        """End the job's processes at ``deadline`` (time.monotonic()), even should the runner
+        stall, unless a later deadline comes first (its lease renewed)."""
 
     def reported_exit_code(self, exit_code: int) -> int | None:
         """The exit code a stopped job's end reports (a callable has none)."""
@@ -106,7 +116,13 @@ class ToolExecution:
         self._stopping = True
         await self.tool.stop(grace_seconds)
 
+    def hold_until(self, deadline: float) -> None:
+        self.tool.hold_until(deadline)
+
     def outcome(self, exit_code: int) -> Outcome:
+        if self.tool.killed_at_deadline(exit_code):
+            # The guardian killed it: the runner stalled past its lease (guardian.py).
+            return Outcome(JobStatus.FAILED, exit_code=exit_code, error=LEASE_LOST)
         if exit_code == 0:
             return Outcome(JobStatus.COMPLETED, exit_code=0)
         return Outcome(
@@ -155,6 +171,9 @@ class InternalExecution:
 
     async def stop(self, grace_seconds: float) -> None:
         await self.call.stop(grace_seconds)
+
+    def hold_until(self, deadline: float) -> None:
+        pass  # it runs in the runner's process: no process of its own for the guardian to kill
 
     def outcome(self, exit_code: int) -> Outcome:
         if exit_code == 0:

@@ -30,6 +30,7 @@ from jobrunner.services.runner.artifacts import ArtifactCollector, OutputDirecto
 from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.claim import Claimed, StartCheck, is_queued, read_start_check
 from jobrunner.services.runner.execution import (
+    LEASE_LOST,
     Execution,
     Outcome,
     ProcessGroup,
@@ -55,12 +56,6 @@ DRAIN_ROOM_MOST = 60.0
 # Refusals of a job's ``running`` by foreign messages stored on its status subject, and reads of
 # it cut short by their bounds, before it is stored without its condition (``_publish_running``).
 MOST_REFUSALS = 12
-
-LEASE_LOST = ErrorInfo(
-    code=ErrorCode.LEASE_LOST,
-    message="The runner could not renew the job's slot lease in time (NATS unreachable or the "
-    "runner stalled); the job was stopped so that it never runs beside another.",
-)
 
 
 def output_not_stored() -> ErrorInfo:
@@ -490,6 +485,9 @@ class JobExecutor:
         if not await keeper.confirm():
             # The lease could not be confirmed in time: the slot may be someone else's.
             return Outcome(JobStatus.FAILED, error=LEASE_LOST)
+        # The tool dies by the lease's deadline even should the runner stall (guardian.py): the
+        # first deadline goes to the guardian with the tool's group, in the start's one write.
+        keeper.hold(execution.hold_until)
         try:
             await execution.start()
         except StartFailed as exc:

@@ -34,6 +34,13 @@ a guardian, a tool starts directly (vfork, one exec) and the guarantee lives in 
   again after a pause that doubles each time (0.1 s to 30 s); meanwhile, and where none can run
   at all (no /proc, ``pidfd_open``, ``memfd_create`` or its seals), tools start as before,
   through setpriv or the ``preexec_fn`` (deathsignal.py).
+- A runner that stalls (SIGSTOP, a frozen VM or cgroup, a long-blocked event loop) cannot stop
+  its tools when their leases run out: the lease would pass to another runner while the tool
+  runs on. So the runner writes, per tool whose job holds a lease, until when the lease is
+  surely its own (``hold_until``: at the tool's start and at each confirmed renewal, one line);
+  the guardian kills the tool's group once that passes with no later one written. The runner
+  chooses the time (``lease.guardian_deadline``) after its own stop on a lost lease and before
+  the lease can expire in NATS.
 - Runner and guardian killed together: the tools run on until a runner starts on the host and
   ends them from its ledger (orphans.py), as it does for their descendants today.
 """
@@ -134,6 +141,8 @@ class Guardian:
         # Every tool started beside a guardian, by serial (in its environment's token): its
         # group and leader's start ticks once known, None while its spawn is under way.
         self._tools: dict[int, tuple[int, int] | None] = {}
+        # The deadline last written for a tool (CLOCK_MONOTONIC): told again to a new guardian.
+        self._deadlines: dict[int, float] = {}
         self._serial = 0
         self._failures = 0  # failed starts and quick deaths in a row
         self._retry: asyncio.TimerHandle | None = None
@@ -173,14 +182,27 @@ class Guardian:
         for None)."""
         return {**(os.environ if env is None else env), MARKER: f"{self._token}.{serial}"}
 
-    def watch(self, serial: int, pgid: int, started: int) -> None:
-        """The tool of this group was started: killed should the runner die."""
+    def watch(self, serial: int, pgid: int, started: int, deadline: float | None = None) -> None:
+        """The tool of this group was started: killed should the runner die, and at
+        ``deadline`` (see hold_until) if one is given (in the same write: one per start)."""
         self._tools[serial] = (pgid, started)
-        self._write(b"+%d %d %d\n" % (serial, pgid, started))
+        line = b"+%d %d %d\n" % (serial, pgid, started)
+        if deadline is not None:
+            self._deadlines[serial] = deadline
+            line += b"d%d %.6f\n" % (serial, deadline)
+        self._write(line)
+
+    def hold_until(self, serial: int, deadline: float) -> None:
+        """The tool's group is killed at ``deadline`` (``time.monotonic()``) unless a later one
+        is written first: its job's lease may no longer be the runner's after it."""
+        if serial in self._tools:
+            self._deadlines[serial] = deadline
+            self._write(b"d%d %.6f\n" % (serial, deadline))
 
     def forget(self, serial: int) -> None:
         """The tool's group was killed (or never started): nothing left to kill, and what
         escaped its group (a detached descendant) is spared."""
+        self._deadlines.pop(serial, None)
         if self._tools.pop(serial, False) is not False:
             self._write(b"-%d\n" % serial)
 
@@ -229,7 +251,7 @@ class Guardian:
         lines = b"".join(
             b"s%d\n" % serial if tool is None else b"+%d %d %d\n" % (serial, *tool)
             for serial, tool in self._tools.items()
-        )
+        ) + b"".join(b"d%d %.6f\n" % item for item in self._deadlines.items())
         try:
             running.pidfd = os.pidfd_open(proc.pid)
             while lines:  # more than PIPE_BUF, perhaps: blocking, until all of it is written

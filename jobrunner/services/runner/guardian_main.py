@@ -4,7 +4,13 @@ Run as ``python -I -S guardian_main.py <token>`` with the runner's pipe as stdin
 nothing of jobrunner (nor anything outside the standard library's core): it starts in a few
 milliseconds and holds a few MB. The runner writes ``s<serial>`` before each spawn beside the
 guardian, ``+<serial> <pgid> <start ticks>`` once the tool runs, and ``-<serial>`` once the
-tool's group is killed. At the pipe's end of file (the runner died, SIGKILL included, or exited)
+tool's group is killed. ``d<serial> <deadline>`` (a CLOCK_MONOTONIC time, ``time.monotonic()``:
+one clock for every process of the host) says until when the tool's job surely holds its slot
+lease; once it passes with no later one written, the tool's group is SIGKILLed, with the same
+checks against pid reuse, while the runner lives (stalled: stopped, frozen or its event loop
+blocked past its lease), so that no other runner starts the lock's next job beside it. The
+guardian sleeps in ``poll`` until its pipe is readable or the nearest deadline comes. At the
+pipe's end of file (the runner died, SIGKILL included, or exited)
 every group still written down is killed, and so is every process of a live tool found by the
 runner's token: ``JOBRUNNER_GUARDIAN=<token>.<serial>`` in its environment (which a process
 cannot close) for a serial not yet ended, or, without the token, the runner's tag (the memfd
@@ -15,16 +21,26 @@ spared; so are the guardian and its parent. Then the guardian exits.
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import signal
 import sys
 import time
+
+TYPE_CHECKING = False  # (typing itself is not imported: the guardian starts in milliseconds)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MARKER = "JOBRUNNER_GUARDIAN"
 # Killed processes leave /proc a moment after their SIGKILL: scans are repeated until one finds
 # nothing of ours alive (a tool's fork between two scans is found by the next), this long at most.
 SCAN_PAUSE = 0.02
 SCAN_ROUNDS = 250
+# The longest one poll sleeps towards a deadline: its timeout is a C int of milliseconds (24.8
+# days), and a deadline further off (a lease TTL of a month: any above zero is accepted) made it
+# raise OverflowError, ending the guardian, and every guardian started in its place, at once.
+LONGEST_WAIT = 3600.0
 
 
 def tag_name(token: str) -> str:
@@ -68,8 +84,36 @@ def _claimed(pid: str, tag: str, token: bytes, live: set[int]) -> bool:
     return False
 
 
-def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared: set[str]) -> int:
-    """SIGKILL what is ours of every live process but the ``spared``; returns how many were hit."""
+def _in_group(pid: str, pgid: int, started: int, groups: dict[int, int]) -> bool:
+    """Is the process (``pgid`` and ``started`` from its stat) of a written group? Its leader, the
+    very process (its start ticks), or a member started after it while no other process has the
+    leader's pid (as orphans.kill_group)."""
+    leader_started = groups.get(pgid)
+    if leader_started is None:
+        return False
+    if pgid == int(pid):
+        return started == leader_started
+    leader = _stat(str(pgid))
+    return started >= leader_started and (leader is None or leader[2] == leader_started)
+
+
+def _expire(tools: dict[int, tuple[int, int] | None], deadlines: dict[int, float]) -> float | None:
+    """Kill the group of every tool whose deadline passed; the nearest deadline still to come."""
+    now = time.monotonic()
+    due = [serial for serial, at in deadlines.items() if at <= now and tools.get(serial)]
+    if due:
+        groups = {group[0]: group[1] for serial in due if (group := tools.get(serial))}
+        # These groups alone: the other tools run on, and so does the runner.
+        _kill_until_none(groups, lambda pid: False, {str(os.getpid())})
+        for serial in due:
+            del deadlines[serial]  # killed once: a deadline written later counts again
+    waiting = [at for serial, at in deadlines.items() if tools.get(serial)]
+    return min(waiting) if waiting else None
+
+
+def _scan(groups: dict[int, int], claimed: Callable[[str], bool], spared: set[str]) -> int:
+    """SIGKILL every live process but the ``spared`` that is of a written group or ``claimed``;
+    returns how many were hit."""
     hit = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or pid in spared:
@@ -78,17 +122,7 @@ def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared
         if stat is None or stat[0] in ("Z", "X"):
             continue
         _, pgid, started = stat
-        # A registered group (as orphans.kill_group): its leader, the very process (its start
-        # ticks), or members started after it while no other process has the leader's pid.
-        leader_started = groups.get(pgid)
-        if leader_started is None:
-            ours = False
-        elif pgid == int(pid):
-            ours = started == leader_started
-        else:
-            leader = _stat(str(pgid))
-            ours = started >= leader_started and (leader is None or leader[2] == leader_started)
-        if ours or _claimed(pid, tag, token, live):
+        if _in_group(pid, pgid, started, groups) or claimed(pid):
             if pgid == int(pid):
                 # A tool not written down (yet): its group goes too, at the next scan.
                 groups[pgid] = started
@@ -98,6 +132,17 @@ def _scan(groups: dict[int, int], tag: str, token: bytes, live: set[int], spared
             except OSError:
                 pass
     return hit
+
+
+def _kill_until_none(
+    groups: dict[int, int], claimed: Callable[[str], bool], spared: set[str]
+) -> None:
+    """``_scan`` again until a scan finds nothing alive (a fork between two scans is found by
+    the next; killed processes leave /proc a moment after their SIGKILL), SCAN_ROUNDS at most."""
+    for _ in range(SCAN_ROUNDS):
+        if not _scan(groups, claimed, spared):
+            return
+        time.sleep(SCAN_PAUSE)
 
 
 def main() -> None:
@@ -110,27 +155,42 @@ def main() -> None:
     parent_stat = _stat(str(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tools: dict[int, tuple[int, int] | None] = {}  # by serial, as guardian.py keeps them
+    deadlines: dict[int, float] = {}  # by serial: until when the tool's job holds its lease
     pending = b""
-    while chunk := os.read(0, 65536):
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            kind, numbers = line[:1], [int(n) for n in line[1:].split()]
-            if kind == b"s":
-                tools[numbers[0]] = None
-            elif kind == b"+":
-                tools[numbers[0]] = (numbers[1], numbers[2])
-            else:
-                tools.pop(numbers[0], None)
+    pipe = select.poll()
+    pipe.register(0, select.POLLIN)
+    nearest: float | None = None
+    while True:
+        # Asleep until the runner writes or the nearest deadline comes: no polling of the clock.
+        wait = None
+        if nearest is not None:
+            wait = max(0, math.ceil(min(nearest - time.monotonic(), LONGEST_WAIT) * 1000))
+        if pipe.poll(wait):
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                kind, fields = line[:1], line[1:].split()
+                serial = int(fields[0])
+                if kind == b"s":
+                    tools[serial] = None
+                elif kind == b"+":
+                    tools[serial] = (int(fields[1]), int(fields[2]))
+                elif kind == b"d":
+                    if serial in tools:
+                        deadlines[serial] = float(fields[1])
+                else:
+                    tools.pop(serial, None)
+                    deadlines.pop(serial, None)
+        nearest = _expire(tools, deadlines)
     groups = {pgid: started for pgid, started in filter(None, tools.values())}
     live = set(tools)
     spared = {str(os.getpid())}
     now = _stat(str(parent))
     if parent_stat is not None and now is not None and now[2] == parent_stat[2]:
         spared.add(str(parent))
-    for _ in range(SCAN_ROUNDS):
-        if not _scan(groups, tag, marker, live, spared):
-            break
-        time.sleep(SCAN_PAUSE)
+    _kill_until_none(groups, lambda pid: _claimed(pid, tag, marker, live), spared)
 
 
 if __name__ == "__main__":

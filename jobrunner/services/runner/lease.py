@@ -13,6 +13,12 @@ timeout is sent again, the earlier attempts still awaited: after an outage the f
 answered first, whatever the runner sent since, so an outage well shorter than the TTL costs
 nothing however much the runner has to send once NATS is back.
 
+A runner that stalls itself (stopped, frozen, its event loop blocked) cannot give the lease up
+or stop its tool: its guardian process does (guardian.py). The keeper tells it, at the tool's
+start and at each confirmed renewal, ``guardian_deadline``: after the keeper's own stop (its
+give-up point plus the stop's grace), so a healthy runner acts first, and before the lease can
+expire on the server, so the tool is dead before another runner can take the slot.
+
 Why a sixth: an outage (a NATS restart, a cluster's election of the lock bucket's leader) that
 starts just before a renewal is due has only the deadline less the renewal interval left, since
 the last confirmed renewal is already an interval old. At a third (5 s of a 15 s TTL) that was
@@ -52,6 +58,15 @@ def safety_margin(ttl_seconds: float) -> float:
     loaded machine between noticing the deadline and the tool's end.
     """
     return ttl_seconds / 4
+
+
+def guardian_deadline(sent_at: float, ttl_seconds: float) -> float:
+    """When the guardian kills the tool of a lease last confirmed by a renewal sent at
+    ``sent_at`` (time.monotonic()): an eighth of the margin after the keeper's stop is over (its
+    give-up point, ``margin`` before the expiry, plus a grace of half the margin), so three
+    eighths of the margin before the lease can expire on the server (0.28 s of a 3 s TTL, 1.4 s
+    of 15 s): the slack for the guardian's wake-up and kill on a loaded machine."""
+    return sent_at + ttl_seconds - safety_margin(ttl_seconds) * 3 / 8
 
 
 def renewal_interval(ttl_seconds: float) -> float:
@@ -94,11 +109,18 @@ class LeaseKeeper:
         self._missed = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._holders: list[Callable[[float], None]] = []  # see hold()
 
     @property
     def deadline(self) -> float:
         """When (time.monotonic()) the lease is given up unless a renewal is confirmed first."""
         return self.lease.sent_at + self.ttl - self.margin
+
+    def hold(self, until: Callable[[float], None]) -> None:
+        """Have ``until`` told the guardian's deadline of the lease now and at each confirmed
+        renewal (the tool's group is killed then, should the runner stall: guardian.py)."""
+        self._holders.append(until)
+        until(guardian_deadline(self.lease.sent_at, self.ttl))
 
     def stop_grace(self, grace_seconds: float) -> float:
         """The grace period of a stop on a lost lease: within half the safety margin."""
@@ -222,6 +244,9 @@ class LeaseKeeper:
                     return False
                 if isinstance(outcome, Lease):
                     self.lease = outcome
+                    deadline = guardian_deadline(outcome.sent_at, self.ttl)
+                    for until in self._holders:
+                        until(deadline)
                     return True
                 if outcome == "failed":  # NATS unreachable: sent again until the deadline
                     failed = True

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -235,6 +236,9 @@ class ToolProcess:
         self.started_ticks: int | None = None
         # The guardian told of the tool, and the tool's serial there.
         self._guarded: tuple[Guardian, int] | None = None
+        # The last deadline given (``hold_until``), and whether a guardian was told it.
+        self._held_until: float | None = None
+        self._held_by_guardian = False
 
     @property
     def pid(self) -> int | None:
@@ -302,7 +306,8 @@ class ToolProcess:
         if self.priority is not None:
             self.priority.lower(self.proc)
         if self._guarded is not None and self.started_ticks is not None:
-            guard.watch(self._guarded[1], pid, self.started_ticks)
+            guard.watch(self._guarded[1], pid, self.started_ticks, self._held_until)
+            self._held_by_guardian = self._held_until is not None
 
     async def pump(
         self, sink: LineSink, room: Room, max_line_bytes: int, pace: Rest | None = None
@@ -370,6 +375,26 @@ class ToolProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
+
+    def hold_until(self, deadline: float) -> None:
+        """Have the guardian kill the tool's group at ``deadline`` (time.monotonic()) unless a
+        later one comes first (the job's lease was renewed). Given before the start, it goes to
+        the guardian with the tool's group. Without a guardian, nothing."""
+        self._held_until = deadline
+        if self._guarded is not None and self.proc is not None:
+            self._guarded[0].hold_until(self._guarded[1], deadline)
+            self._held_by_guardian = True
+
+    def killed_at_deadline(self, returncode: int) -> bool:
+        """Did the tool end as the guardian ends it at a deadline passed (SIGKILLed, the last
+        deadline told over)? The runner stalled past its lease."""
+        held = self._held_until
+        return (
+            returncode == -signal.SIGKILL
+            and self._held_by_guardian
+            and held is not None
+            and time.monotonic() >= held
+        )
 
     def end_group(self) -> None:
         """SIGKILL whatever is left of the tool's group: nothing for the guardian to kill."""
