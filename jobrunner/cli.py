@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "up", help="start everything: embedded NATS and Postgres, api, runner, projector"
+        "up",
+        help="start everything: embedded NATS and Postgres, api, runner, projector, notifier",
     )
     p.add_argument("--host", help="address the web UI and API listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the web UI and API (default 8000)")

@@ -7,6 +7,7 @@ problem and the fix; ``main`` prints it as one line (never a traceback) and noth
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -103,12 +104,41 @@ def missing_tools(job_types: dict[str, JobType]) -> list[str]:
     return problems
 
 
+UP_LOCK = "up.lock"
+# The claim on the state directory, held (by its open file) for as long as this process lives.
+_claims: list[int] = []
+
+
+def claim_state_dir(state: Path) -> None:
+    """Refuse a state directory another `jobrunner up` runs on. Without this the second one
+    started a NATS server on the first one's store and then stopped with Postgres's own log
+    ("lock file postmaster.pid already exists"). An flock, not a pid file: the kernel drops it
+    with its process however that ends (SIGKILL included), so no stale claim is left behind."""
+    fd = os.open(state / UP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        try:
+            at = f" (its API at {json.loads((state / 'runtime.json').read_text())['api_url']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            at = ""
+        raise SettingsError(
+            f"another `jobrunner up` runs on the state directory {state}{at}: use that one, "
+            "stop it first, or give this one its own --state-dir"
+        ) from None
+    _claims.append(fd)
+
+
 def preflight(settings: Settings, state: Path, version: str) -> dict[str, JobType]:
     """Every check of a first start; returns the job types (loaded once, checked)."""
     from jobrunner.common.jobtypes import load_job_types
 
     check_port_free(settings.host, settings.port)
     check_state_dir(state, version)
+    claim_state_dir(state)
     # A job types file with an error stops the start here (JobTypeConfigError, one line) rather
     # than in a service that the supervisor would restart forever.
     return load_job_types(settings.job_types_file)

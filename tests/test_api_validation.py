@@ -175,3 +175,17 @@ async def test_a_token_request_of_the_wrong_shape_is_refused_with_its_code(
     for response in (unknown_role, unknown_field, boolean_as_text, unix_time):
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "INVALID_TOKEN_REQUEST"
+
+
+async def test_a_role_that_does_not_exist_is_refused_naming_the_roles_there_are(
+    system: System,
+) -> None:
+    """`"role": "root"` answers with the roles to choose from, not only msgspec's "Invalid
+    enum value 'root'", which left the admin guessing what to send."""
+    async with system.client() as client:
+        response = await client.post("/api/tokens", json={"name": "ci", "role": "root"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_TOKEN_REQUEST"
+    assert "'root'" in error["message"]
+    assert error["message"].endswith("; choose one of viewer, operator, admin.")

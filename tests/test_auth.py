@@ -411,6 +411,30 @@ async def test_busy_lock_does_not_name_another_tokens_job(system: System) -> Non
     assert told.json()["error"]["running_job"]["id"] == holder.json()["id"]
 
 
+async def test_a_busy_lock_names_its_holder_as_it_is(system: System) -> None:
+    """SLOT_BUSY's sentence names the job holding the lock with its status (it said "A job is
+    already running" also while the holder was still pending); an own-jobs token hears only
+    that another job holds it."""
+    store = await system.tokens()
+    _, mine = await store.create("mine", "operator", own_jobs_only=True)
+    busy_request = {"job_type": "exclusive", "parameters": {"lines": 100000, "interval": "0.01"}}
+    async with system.client() as admin, system.client(token=mine) as me:
+        holder = await admin.post("/api/jobs", json=busy_request)
+        assert holder.status_code == 201, holder.text
+        told = (await admin.post("/api/jobs", json=busy_request)).json()["error"]
+        refused = (await me.post("/api/jobs", json=busy_request)).json()["error"]
+        await admin.delete(f"/api/jobs/{holder.json()['id']}")
+    held_by = told["running_job"]
+    assert told["message"] == (
+        f"Job {held_by['id']} (exclusive, {held_by['status']}) holds lock 'shared_sheet'; "
+        "wait for it to end or cancel it."
+    )
+    assert (
+        refused["message"]
+        == "Another job holds lock 'shared_sheet'; wait for it to end or cancel it."
+    )
+
+
 async def test_one_name_asked_for_at_once_makes_one_token(system: System) -> None:
     """Token names are never reused (they are the identity in the events), also when several
     admins (or API instances) create the same name at the same moment: one 201, the rest 409

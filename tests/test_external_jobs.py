@@ -106,6 +106,19 @@ async def test_worker_error_fails_the_job_with_its_code(system: System) -> None:
     assert done["error"] == {"code": "UNSUPPORTED_FILE", "message": "not a PDF"}
 
 
+async def test_a_line_level_that_does_not_exist_is_refused_naming_the_levels(
+    system: System,
+) -> None:
+    """A worker's line with `"level": "LOUD"` is told which levels there are, at which line."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client)
+        response = await job.report(worker, lines=[{"text": "a"}, {"text": "b", "level": "LOUD"}])
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "`$.lines[1].level`" in message
+    assert message.endswith("; choose one of DEBUG, ERROR, INFO, SUCCESS, WARNING.")
+
+
 async def test_token_of_another_job_is_refused_like_an_unknown_job(system: System) -> None:
     """Job B's token on job A's address, and any token on a job that does not exist, get the
     same 401: nothing tells which jobs exist."""

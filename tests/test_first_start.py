@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +86,47 @@ def test_a_state_dir_of_a_newer_version_stops_the_start(private_dir: Path) -> No
     result = up(state)
     assert_one_sentence(result, "newer jobrunner (99.0")
     assert nothing_started(state)
+
+
+UP = [sys.executable, "-m", "jobrunner.cli", "up"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_state_dir_another_up_runs_on_stops_the_start(private_dir: Path) -> None:
+    """A second `jobrunner up` on the state directory of a running one (another port) is one
+    sentence naming the directory, the first one's address and --state-dir; it started a NATS
+    server on the first one's store and then failed with Postgres's "postmaster.pid" log."""
+    private_dir.chmod(0o711)  # Postgres, run as 'postgres' under root, passes through
+    state = private_dir / "state"
+    first_port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
+    first = subprocess.Popen(
+        [*UP, "--no-auth", "--state-dir", str(state), "--port", str(first_port)],
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:  # bounded by the first one's own up_ready_timeout_seconds
+            if "jobrunner is running at" in line:
+                break
+        else:
+            pytest.fail(f"the first jobrunner up ended with {first.wait()}")
+        result = up(state, "--no-auth", "--port", str(free_port()))
+        assert_one_sentence(
+            result, f"state directory {state}", f"http://127.0.0.1:{first_port}", "--state-dir"
+        )
+        assert first.poll() is None  # the first one is untouched
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
 
 
 @pytest.mark.skipif(not ROOT_WITH_POSTGRES_USER, reason="needs root and a 'postgres' user")

@@ -414,3 +414,20 @@ def test_every_health_problem_code_is_in_the_health_section() -> None:
     health = section("Health")
     missing = sorted(code for code in codes if f"`{code}`" not in health)
     assert not missing, f"health codes the README does not name: {missing}"
+
+
+def test_every_command_the_readme_names_is_one_jobrunner_has() -> None:
+    """`jobrunner NAME` in the README (in backticks or at the start of a code block's line) is
+    a command of `jobrunner --help`: it once named a `jobrunner follow` that never existed."""
+    from jobrunner.cli import build_parser
+
+    commands = next(
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action.choices, dict)  # the subcommands' action
+    )
+    named = set(re.findall(r"`jobrunner ([a-z][a-z-]*)", README))
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", README, re.MULTILINE | re.DOTALL):
+        named |= set(re.findall(r"^(?:\$ )?jobrunner ([a-z][a-z-]*)", block, re.MULTILINE))
+    assert named, "the scan found no command"
+    assert sorted(named - set(commands)) == []

@@ -102,6 +102,23 @@ async def test_wrong_token_keeps_the_login_page(context: BrowserContext, system:
 
 
 @pytest.mark.browser
+async def test_the_login_page_loads_without_a_failed_request(context: BrowserContext) -> None:
+    """The sign-in page names the app's icon as every other page does: without it Chromium asked
+    for /favicon.ico, got a 404, and logged "Failed to load resource" on every sign-in."""
+    page = await context.new_page()
+    failed: list[str] = []
+    page.on("console", lambda msg: failed.append(msg.text) if msg.type == "error" else None)
+    await page.goto("/login")
+    icon = page.locator("link[rel=icon]")
+    href = await icon.get_attribute("href")
+    assert href is not None
+    served = await page.request.get(href)
+    assert served.status == 200
+    assert served.headers["content-type"].startswith("image/svg+xml")
+    assert failed == []
+
+
+@pytest.mark.browser
 async def test_the_login_page_follows_a_german_browser(german_context: BrowserContext) -> None:
     """With Accept-Language de-DE the sign-in page, and its error, are German (lang="de")."""
     page = await german_context.new_page()

@@ -219,6 +219,23 @@ async def test_unknown_query_parameter_is_rejected(system: System, path: str) ->
     assert response.json()["error"]["code"] in ("UNKNOWN_QUERY_PARAMETER", "INVALID_QUERY")
 
 
+async def test_a_huge_unknown_id_is_not_echoed_whole(system: System) -> None:
+    """A 10,000-character job or batch id answers 404 with its start only (it came back whole,
+    10 KB of whatever the caller sent, in the sentence)."""
+    huge = "a" * 10_000
+    async with system.client() as client:
+        answers = [
+            await client.get(f"/api/jobs/{huge}"),
+            await client.get(f"/api/jobs/{huge}/logs"),
+            await client.get(f"/api/batches/{huge}"),
+        ]
+    for answer in answers:
+        assert answer.status_code == 404, answer.text
+        message = answer.json()["error"]["message"]
+        assert len(message) < 200, message
+        assert message.endswith(f"id {'a' * 64!r}….")
+
+
 async def test_unknown_body_field_is_rejected(system: System) -> None:
     """A job request with a field it does not know is refused with 422."""
     async with system.client() as client:

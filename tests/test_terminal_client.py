@@ -135,6 +135,19 @@ async def test_no_server_at_the_address_is_exit_69(system: System) -> None:
     assert "cannot reach jobrunner at http://127.0.0.1:9" in run.err
 
 
+async def test_an_address_without_http_says_how_to_write_it(system: System) -> None:
+    """`--url 127.0.0.1:PORT` (or JOBRUNNER_URL so), as a browser's address bar takes it, is a
+    bad argument (exit 2) naming the address to write, not "cannot reach jobrunner" (69) while
+    the server runs there; written so, the same address lists the jobs."""
+    host_port = system.base_url.split("://", 1)[1]
+    run = await jobrunner(system, "jobs", "--url", host_port)
+    assert run.code == 2, run.err
+    assert f"write it as http://{host_port}" in run.err
+    assert "cannot reach" not in run.err
+    fixed = await jobrunner(system, "jobs", "--url", f"http://{host_port}")
+    assert fixed.code == 0, fixed.err
+
+
 async def test_follow_resumes_after_the_server_drops_the_connection(system: System) -> None:
     """The API restarting mid-follow loses no line and repeats none: Last-Event-ID resumes."""
     follower = await start_client(

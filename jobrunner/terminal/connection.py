@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -46,9 +47,11 @@ def find_target(
 ) -> Target:
     token = token or environ.get("JOBRUNNER_TOKEN") or None
     if url:
-        return Target(url.rstrip("/"), token, "--url")
+        return Target(web_address(url, "--url"), token, "--url")
     if environ.get("JOBRUNNER_URL"):
-        return Target(environ["JOBRUNNER_URL"].rstrip("/"), token, "JOBRUNNER_URL")
+        return Target(
+            web_address(environ["JOBRUNNER_URL"], "JOBRUNNER_URL"), token, "JOBRUNNER_URL"
+        )
     state = Path(state_dir or environ.get("JOBRUNNER_STATE_DIR") or DEFAULT_STATE_DIR)
     runtime = state / "runtime.json"
     try:
@@ -68,6 +71,25 @@ def find_target(
         if host_port.startswith(wildcard + ":"):
             api_url = "http://127.0.0.1" + host_port[len(wildcard) :]
     return Target(api_url.rstrip("/"), token, str(runtime))
+
+
+def web_address(url: str, found_in: str) -> str:
+    """The server's address as given, without a trailing slash; one an operator typed without
+    its scheme (``localhost:8000``, the way a browser's address bar takes it) is refused with
+    the address to write instead. httpx would call it an unsupported protocol, which read as
+    "cannot reach jobrunner ... is it running?" (exit 69) while the server was running."""
+    parts = urlsplit(url.strip())
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return url.strip().rstrip("/")
+    if parts.scheme in ("http", "https"):
+        fix = "name the server's host, e.g. http://127.0.0.1:8000"
+    elif "://" in url:
+        fix = "jobrunner serves http:// or https:// only"
+    else:
+        fix = f"write it as http://{url.strip()}"
+    raise ClientError(
+        f"{found_in} {url!r} is not a web address with http:// or https://: {fix}", EXIT_USAGE
+    )
 
 
 class Api:

@@ -46,12 +46,21 @@ class ApiError(Exception):
         self.extra = extra
 
 
+# An id echoed in a 404's sentence is cut here: an address may carry kilobytes of it, which the
+# answer (and every log line quoting it) repeated whole. Real ids are 32 hex digits.
+MAX_ECHOED_ID = 64
+
+
+def echoed_id(given: str) -> str:
+    return repr(given) if len(given) <= MAX_ECHOED_ID else f"{given[:MAX_ECHOED_ID]!r}…"
+
+
 def job_not_found(job_id: str) -> ApiError:
-    return ApiError(404, "JOB_NOT_FOUND", f"There is no job with id {job_id!r}.")
+    return ApiError(404, "JOB_NOT_FOUND", f"There is no job with id {echoed_id(job_id)}.")
 
 
 def batch_not_found(batch_id: str) -> ApiError:
-    return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {batch_id!r}.")
+    return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {echoed_id(batch_id)}.")
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

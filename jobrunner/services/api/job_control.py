@@ -116,9 +116,16 @@ async def raise_busy(ctx: ApiContext, key: str, lock: str, principal: Principal)
             # Encoded as every time of the API is ("...Z"), not isoformat's "+00:00".
             "started_at": row["started_at"] if row else None,
         }
+    # The holder may still be pending (just accepted, or its runner starting it): the sentence
+    # says what the caller may know of it, never "running" when it is not.
+    holder_text = (
+        f"Job {running['id']} ({running['job_type']}, {running['status']})"
+        if running
+        else "Another job"
+    )
     raise ApiError(
         409,
         "SLOT_BUSY",
-        f"A job is already running on lock {lock!r}; wait for it to finish or cancel it.",
+        f"{holder_text} holds lock {lock!r}; wait for it to end or cancel it.",
         running_job=running,
     )

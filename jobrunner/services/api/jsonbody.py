@@ -10,9 +10,11 @@ untyped body always answered so).
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from jobrunner.services.api.errors import ApiError
 
@@ -31,7 +33,7 @@ def decode(body: bytes, of: type[T], code: str, what: str) -> T:
         return msgspec.json.decode(body, type=of)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
         decode_any(body)  # raises MALFORMED_JSON for a body that is no JSON at all
-        raise ApiError(422, code, f"{what}: {exc}.") from None
+        raise ApiError(422, code, f"{what}: {exc}{choices_hint(of, str(exc))}.") from None
     except msgspec.DecodeError:
         raise malformed() from None
     except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
@@ -46,3 +48,39 @@ def decode_any(body: bytes) -> Any:
         raise malformed() from None
     except RecursionError:
         raise malformed(nested=True) from None
+
+
+# msgspec's sentence for a value outside an enum or Literal: "Invalid enum value 'god' - at
+# `$.role`". It names neither the field's choices nor what to send instead.
+_BAD_CHOICE = re.compile(r"^Invalid enum value .* - at `(\$[^`]*)`$")
+_PATH_STEP = re.compile(r"\.([^.\[]+)|\[\d+\]")
+
+
+def choices_hint(of: type, error: str) -> str:
+    """ "; choose one of viewer, operator, admin" for msgspec's enum error, else nothing."""
+    found = _BAD_CHOICE.match(error)
+    choices = choices_at(msgspec.inspect.type_info(of), found.group(1)[1:]) if found else []
+    return f"; choose one of {', '.join(choices)}" if choices else ""
+
+
+def choices_at(info: msgspec.inspect.Type, path: str) -> list[str]:
+    """The enum or Literal values of the field ``path`` (``.role``, ``.lines[0].level``) names
+    in ``info``; [] where the path leads elsewhere."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        return next(filter(None, (choices_at(each, path) for each in info.types)), [])
+    step = _PATH_STEP.match(path)
+    if step is None:
+        if isinstance(info, msgspec.inspect.EnumType):
+            return [str(member.value) for member in info.cls]
+        if isinstance(info, msgspec.inspect.LiteralType):
+            return [str(value) for value in info.values]
+        return []
+    rest = path[step.end() :]
+    if step.group(1) is not None and isinstance(info, msgspec.inspect.StructType):
+        field = next((f for f in info.fields if f.encode_name == step.group(1)), None)
+        return choices_at(field.type, rest) if field else []
+    if step.group(1) is None and isinstance(
+        info, msgspec.inspect.ListType | msgspec.inspect.SetType | msgspec.inspect.VarTupleType
+    ):
+        return choices_at(info.item_type, rest)
+    return []

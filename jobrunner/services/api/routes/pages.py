@@ -165,12 +165,20 @@ async def active_and_recent(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"active": active, "recent": [readmodels.job_from_row(r) for r in rows]}
 
 
+# The addresses people open, paste and share. A link passed on by mail or chat often comes back
+# with parameters of its own (utm_source, fbclid): such a page shows itself instead of the API's
+# 400 UNKNOWN_QUERY_PARAMETER as raw JSON (the access middleware reads this flag). The
+# parameters a page takes (lang, the batch filters) are still checked; the fragments under /ui/
+# and every /api route stay strict.
+PAGE_OPT = {"ignores_unknown_query": True}
+
+
 @get("/", include_in_schema=False)
 async def index() -> Redirect:
     return Redirect("/jobs")
 
 
-@get("/jobs", include_in_schema=False, name="jobs_page")
+@get("/jobs", include_in_schema=False, name="jobs_page", opt=PAGE_OPT)
 async def jobs_page(request: Request[Any, Any, Any], lang: str | None = None) -> Template:
     """PRD-005 2.1: the running job on top, the recent jobs below."""
     return page(request, "jobs.html", **await active_and_recent(request))
@@ -204,7 +212,7 @@ async def batch_job_form_fragment(request: Request[Any, Any, Any], job_type: str
     return page(request, "_job_form.html", job_type=found, id_prefix=BATCH_FORM_PREFIX)
 
 
-@get("/batches", include_in_schema=False, name="batches_page")
+@get("/batches", include_in_schema=False, name="batches_page", opt=PAGE_OPT)
 async def batches_page(
     request: Request[Any, Any, Any],
     lang: str | None = None,
@@ -231,7 +239,7 @@ async def batches_page(
     return page(request, "batches.html", filters=filters)
 
 
-@get("/batches/{batch_id:str}", include_in_schema=False, name="batch_page")
+@get("/batches/{batch_id:str}", include_in_schema=False, name="batch_page", opt=PAGE_OPT)
 async def batch_page(
     request: Request[Any, Any, Any], batch_id: str, lang: str | None = None
 ) -> Template:
@@ -244,7 +252,7 @@ async def batch_page(
     return page(request, "batch_detail.html", batch_id=batch_id, batch_name=row["name"])
 
 
-@get("/jobs/{job_id:str}", include_in_schema=False, name="job_page")
+@get("/jobs/{job_id:str}", include_in_schema=False, name="job_page", opt=PAGE_OPT)
 async def job_page(
     request: Request[Any, Any, Any], job_id: str, lang: str | None = None
 ) -> Template:

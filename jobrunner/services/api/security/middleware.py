@@ -388,7 +388,7 @@ class AccessMiddleware:
                 required_role=needed.value,
             )
         known = known_query_parameters(handler)
-        if known is not None:
+        if known is not None and not getattr(handler, "opt", {}).get("ignores_unknown_query"):
             reject_unknown(connection.query_params.keys(), known)
         if not is_streaming_response(handler):
             await self.app(scope, receive, send)
