@@ -34,7 +34,7 @@ a guardian, a tool starts directly (vfork, one exec) and the guarantee lives in 
   again after a pause that doubles each time (0.1 s to 30 s); meanwhile, and where none can run
   at all (no /proc, ``pidfd_open``, ``memfd_create`` or its seals), tools start as before,
   through setpriv or the ``preexec_fn`` (deathsignal.py).
-- A runner that stalls (SIGSTOP, a frozen VM or cgroup, a long-blocked event loop) cannot stop
+- A runner whose own process stalls (SIGSTOP, a long-blocked event loop) cannot stop
   its tools when their leases run out: the lease would pass to another runner while the tool
   runs on. So the runner writes, per tool whose job holds a lease, until when the lease is
   surely its own (``hold_until``: at the tool's start and at each confirmed renewal, one line);
