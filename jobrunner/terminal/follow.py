@@ -47,6 +47,10 @@ def level_column(line: dict[str, Any]) -> str:
 # well within it); ``--reconnect-for`` sets another.
 RECONNECT_FOR_SECONDS = 60.0
 RECONNECT_PAUSE_SECONDS = 1.0
+# A stream that sends nothing for this long is taken for lost: the API sends a keep-alive every
+# sse_keepalive_seconds (15 s by default), so four missed mean a frozen API or a peer gone without
+# closing the connection, which would otherwise be followed in silence for ever.
+SILENT_STREAM_SECONDS = 60.0
 PLAIN_PROGRESS_EVERY_SECONDS = 1.0
 
 
@@ -105,6 +109,7 @@ class Follower:
     done: dict[str, Any] | None = None
     # Why the server ended the stream without ``done`` (its ``unavailable`` event), if it said.
     _ended_because: str | None = field(default=None, repr=False)
+    _lost_since: float | None = field(default=None, repr=False)  # when the stream was lost
     _progress: Progress | None = field(default=None, repr=False)
     _task: Any = field(default=None, repr=False)
     _last_plain_progress: float = 0.0
@@ -138,7 +143,7 @@ class Follower:
         ``RECONNECT_PAUSE_SECONDS`` resuming after the last event shown (``Last-Event-ID``: no
         line lost or repeated), say when it is back, and give up after ``reconnect_for``.
         (It used to retry in silence: a restart looked like a job printing nothing.)"""
-        lost_since: float | None = None
+        self._lost_since = None
         while self.done is None:
             headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
             self._ended_because = None
@@ -147,7 +152,7 @@ class Follower:
                     "GET",
                     f"/api/jobs/{self.job_id}/stream",
                     headers={**headers, "Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(30.0, read=None),
+                    timeout=httpx.Timeout(30.0, read=SILENT_STREAM_SECONDS),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
@@ -156,13 +161,10 @@ class Follower:
                             raise refusal
                         # A server starting or behind a proxy that lost it (502, 503): away.
                         raise _Away(str(refusal))
-                    if lost_since is not None:
-                        self._notice(
-                            f"connection back after {time.monotonic() - lost_since:.0f} s; "
-                            f"resuming after {self._resume_point()}"
-                        )
-                        lost_since = None
-                    for event in sse_events(response.iter_lines()):
+                    # Back once the stream says something (a keep-alive will do), not at its
+                    # headers: an API that stalls at once answers 200 and then nothing, which
+                    # is no connection back (its give-up clock must run on).
+                    for event in sse_events(self._telling_back(response.iter_lines())):
                         self._show(event)
                         if self.done is not None:
                             return
@@ -172,13 +174,13 @@ class Follower:
             except _Away as exc:
                 why = str(exc)
             now = time.monotonic()
-            if lost_since is None:
-                lost_since = now
+            if self._lost_since is None:
+                self._lost_since = now
                 self._notice(
                     f"connection to {self.api.target.url} lost ({why}); retrying for up to "
                     f"{self.reconnect_for:g} s, resuming after {self._resume_point()}"
                 )
-            elif now - lost_since > self.reconnect_for:
+            elif now - self._lost_since > self.reconnect_for:
                 raise ClientError(
                     f"gave up following job {self.job_id}: jobrunner at {self.api.target.url} "
                     f"did not come back within {self.reconnect_for:g} s ({why}); the job goes "
@@ -186,6 +188,17 @@ class Follower:
                     EXIT_UNREACHABLE,
                 )
             time.sleep(RECONNECT_PAUSE_SECONDS)
+
+    def _telling_back(self, lines: Iterator[str]) -> Iterator[str]:
+        """``lines``, saying on stderr at the first that the connection is back (when lost)."""
+        for line in lines:
+            if self._lost_since is not None:
+                self._notice(
+                    f"connection back after {time.monotonic() - self._lost_since:.0f} s; "
+                    f"resuming after {self._resume_point()}"
+                )
+                self._lost_since = None
+            yield line
 
     def _resume_point(self) -> str:
         return f"event {self.last_event_id}" if self.last_event_id else "the stream's start"
