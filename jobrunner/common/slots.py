@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import ackinbox, retry
+from jobrunner.common import ackinbox, keywatch, retry
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -595,16 +595,15 @@ class SlotTable:
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()
-        watcher = await kv.watch("run.>", ignore_deletes=True)
         records: list[RunRecord] = []
-        try:
+        # Its consumer and subscription go however the read ends: nats-py's watch left both
+        # when cancelled while it was made, and its ``stop`` waited for the UNSUB unbounded.
+        async with keywatch.watching(kv, ("run.>",)) as watcher:
             while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                 if entry.value and entry.operation is None:
                     record = self._record(entry.key, entry.value)
                     if record is not None:
                         records.append(record)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
         return records
 
     # --- the queue of a lock (busy policy "queue")
