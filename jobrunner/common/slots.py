@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import ackinbox, keywatch, retry
+from jobrunner.common import ackinbox, keywatch, retry, stopping
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -507,7 +507,9 @@ class SlotTable:
         write's 5 s timeout) is sent again, the record first, ``retry_pause`` after that
         attempt failed, while the lease lasts: the lease keeper is stopped, so until
         ``lease.sent_at`` + TTL, when the server lets it expire anyway and the sweep removes
-        the record of the ended job. A release still failing then raises, as it did."""
+        the record of the ended job. A release still failing then raises, as it did. A cancel
+        of the caller ends the retries (``stopping.raise_if_being_cancelled``), even one
+        nats-py swallowed."""
         deadline = lease.sent_at + self.ttl
         forgetting, releasing, released = True, True, False
         while True:
@@ -540,6 +542,10 @@ class SlotTable:
                     raise failed
                 log.warning("ended job's run record left to the sweep", error=repr(failed))
                 return released
+            # Never a retry after a cancel nats-py swallowed (a runner's exit with NATS frozen:
+            # the cancel lost in a forced flush, the connection closed after it): every retry
+            # failed on, until the lease's end, up to a TTL past the stop.
+            stopping.raise_if_being_cancelled()
             log.warning("lock bucket write failed, retrying", write="end run", error=repr(failed))
             await asyncio.sleep(retry_pause)
 
