@@ -15,16 +15,22 @@ whenever it makes the consumer again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
+from jobrunner.common import eventstore, subscription
 from jobrunner.common.subscription import position
 
 # How long the server keeps a watch's consumer once nobody listens: nats-py's watch default.
 INACTIVE_THRESHOLD = 5 * 60.0  # seconds
+# How long a watch's end waits for its UNSUB: queued at once, it goes out when NATS takes what
+# is queued; a frozen NATS must not hold the read (or the stop) that ended the watch.
+END_SECONDS = 2.0
 
 # The operation of a marker the server itself left (nats-server >= 2.11), as nats-py reads it: an
 # expired value or a purge is a purge, a removal a delete.
@@ -83,27 +89,130 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
         if settled(pending):
             await watcher._updates.put(None)
 
+    nc = kv._js._nc
+    # Named and delivered here, not by nats-py or the server: a cancel while the consumer is
+    # created (its request sent, its reply not come) or while the client subscribes leaves a
+    # consumer and a subscription whose names only we then know (``_unmade``).
+    name = nc._nuid.next().decode()
+    deliver = nc.new_inbox()
     config = api.ConsumerConfig(
+        name=name,
+        deliver_subject=deliver,
         filter_subjects=[pre + key for key in keys],
         deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
         inactive_threshold=INACTIVE_THRESHOLD,
     )
-    watcher._sub = await kv._js.subscribe(
-        pre + ">",  # not the filter: the config's filter_subjects are
-        stream=kv._stream,
-        cb=on_message,
-        ordered_consumer=True,
-        config=config,
+    # The creation runs on its own and is never cut short: a delete sent while its create is
+    # unanswered may reach JetStream's API first (it serves them concurrently), answer "not
+    # found", and the consumer made next would stay. A caller cancelled meanwhile returns at
+    # once; the watch made after it is ended then (``_end_once_made``).
+    making = asyncio.ensure_future(
+        kv._js.subscribe(
+            pre + ">",  # not the filter: the config's filter_subjects are
+            stream=kv._stream,
+            cb=on_message,
+            ordered_consumer=True,
+            config=config,
+        )
     )
+    try:
+        psub = await asyncio.shield(making)
+    except BaseException:
+        set_up.cancel()
+        if making.done():
+            making.cancelled() or making.exception()  # raised here already: retrieved
+            await _unmade(kv, name, deliver)
+        else:
+            subscription.track(asyncio.ensure_future(_end_once_made(making, kv, name, deliver)))
+        raise
+    # nats-py makes the ordered consumer again from this same config after a gap (its
+    # ``reset_ordered_consumer``): under a new name each time, the server's.
+    config.name = None
+    watcher._sub = psub
     try:
         await asyncio.sleep(0)  # (in the try: a cancel here must not leave the subscription)
         # Nothing stored under the filters: no message will say so, the consumer's info does.
-        info = await watcher._sub.consumer_info()
+        info = await psub.consumer_info()
         set_up.set_result(True)
-        if info.num_pending == 0 and watcher._sub.delivered == 0 and settled(0):
+        if info.num_pending == 0 and psub.delivered == 0 and settled(0):
             await watcher._updates.put(None)
     except BaseException:
         set_up.cancel()
-        await watcher._sub.unsubscribe()
+        await end_watch(watcher)
         raise
     return watcher
+
+
+@asynccontextmanager
+async def watching(
+    kv: KeyValue, keys: Sequence[str], within: float = END_SECONDS
+) -> AsyncIterator[KeyValue.KeyWatcher]:
+    """``watch_keys`` for a read that ends: whichever way it ends (read through, failed, or
+    cancelled midway: a request's timeout, a stop), the watch's subscription and its consumer
+    go (``end_watch``)."""
+    watcher = await watch_keys(kv, keys)
+    try:
+        yield watcher
+    finally:
+        await end_watch(watcher, within)
+
+
+async def end_watch(watcher: KeyValue.KeyWatcher, within: float = END_SECONDS) -> None:
+    """End a watch, waiting ``within`` seconds at most: its subscription unsubscribed, its
+    consumer deleted (in the background, ``subscription.delete_consumer_soon``) rather than
+    left to the server for ``INACTIVE_THRESHOLD``, and its iteration ended. nats-py's
+    ``KeyWatcher.stop`` waits for its UNSUB unbounded (a frozen NATS held a stop), and leaves
+    the consumer. Also when the caller is being cancelled: the cancel reaches the caller, the
+    unsubscribe and the delete go on."""
+    if watcher._sub is not None:
+        await _end_subscription(watcher._sub, within)
+    _end_iteration(watcher)
+
+
+async def _end_subscription(psub: JetStreamContext.PushSubscription, within: float) -> None:
+    jsi = psub._sub._jsi
+    if jsi is not None:
+        # The activity check would make a consumer again (a reset) for a watch whose consumer
+        # is deleted and whose UNSUB waits on a frozen NATS; its flow-control task goes too.
+        for task in (jsi._hbtask, jsi._fctask):
+            if task is not None:
+                task.cancel()
+    if psub._consumer:
+        subscription.delete_consumer_soon(psub._js, psub._stream, psub._consumer)
+    if not psub._closed and not psub._conn.is_closed:
+        await eventstore.unsubscribe_within([psub], within, "a bucket watch", closing=False)
+
+
+async def _end_once_made(
+    making: asyncio.Future[JetStreamContext.PushSubscription],
+    kv: KeyValue,
+    name: str,
+    deliver: str,
+) -> None:
+    """End the watch whose creation its caller gave up on, once the creation has ended (at
+    most nats-py's request timeout: its create is a request)."""
+    try:
+        psub = await making
+    except Exception:
+        await _unmade(kv, name, deliver)
+    else:
+        await _end_subscription(psub, END_SECONDS)
+
+
+async def _unmade(kv: KeyValue, name: str, deliver: str) -> None:
+    """Undo what a watch's creation cut short may have left: consumer ``name`` (created
+    unless its request never went out), and the client's subscription to ``deliver`` (nats-py
+    keeps it from before its SUB is written)."""
+    subscription.delete_consumer_soon(kv._js, kv._stream, name)
+    nc = kv._js._nc
+    left = [sub for sub in list(nc._subs.values()) if sub.subject == deliver]
+    if left and not nc.is_closed:
+        await eventstore.unsubscribe_within(left, END_SECONDS, "a bucket watch", closing=False)
+
+
+def _end_iteration(watcher: KeyValue.KeyWatcher) -> None:
+    """Whoever iterates the watch stops (the queue is bounded: room is made if it is full)."""
+    with contextlib.suppress(asyncio.QueueEmpty):
+        if watcher._updates.full():
+            watcher._updates.get_nowait()
+    watcher._updates.put_nowait(KeyValue.KeyWatcher.STOP_ITER)

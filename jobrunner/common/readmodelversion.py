@@ -30,6 +30,11 @@ VERSION_TABLE = "schema_version"
 # tells the API how far it has come).
 UPGRADE_SCHEMA = f"{READ_SCHEMA}_upgrade"
 REBUILD_COMMAND = "jobrunner replay"
+# The Postgres session lock a rebuild (the projector's, or ``jobrunner replay``) holds from its
+# start to its swap (services/projector/replaylock.py): a session's lock goes with its session,
+# so a rebuilder that dies (SIGKILL, its host gone) lets go of it. The API reads it to tell a
+# rebuild under way from one abandoned. Next to the projector's swap lock ("jobrun").
+REBUILD_LOCK = 0x6A6F6272756E + 1
 
 
 async def stored_version(conn: asyncpg.Connection, schema: str = READ_SCHEMA) -> int | None:
@@ -85,4 +90,17 @@ def rebuild_sentence(found: int) -> str:
         f"the read models in Postgres are older than this jobrunner (version {describe(found)}, "
         f"it needs v{READMODEL_VERSION}) and readmodel_auto_rebuild is off: run "
         f"`{REBUILD_COMMAND}` to rebuild them from the event stream, then start again"
+    )
+
+
+async def rebuild_held(conn: asyncpg.Connection) -> bool:
+    """Whether a session holds ``REBUILD_LOCK`` in this database: a rebuild is at work (a
+    bigint advisory lock: its high half in ``classid``, its low half in ``objid``)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1)",
+            REBUILD_LOCK,
+        )
     )

@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jobrunner.common import ackinbox, retry
+from jobrunner.common import ackinbox, keywatch, retry, stopping
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -507,7 +507,9 @@ class SlotTable:
         write's 5 s timeout) is sent again, the record first, ``retry_pause`` after that
         attempt failed, while the lease lasts: the lease keeper is stopped, so until
         ``lease.sent_at`` + TTL, when the server lets it expire anyway and the sweep removes
-        the record of the ended job. A release still failing then raises, as it did."""
+        the record of the ended job. A release still failing then raises, as it did. A cancel
+        of the caller ends the retries (``stopping.raise_if_being_cancelled``), even one
+        nats-py swallowed."""
         deadline = lease.sent_at + self.ttl
         forgetting, releasing, released = True, True, False
         while True:
@@ -540,6 +542,10 @@ class SlotTable:
                     raise failed
                 log.warning("ended job's run record left to the sweep", error=repr(failed))
                 return released
+            # Never a retry after a cancel nats-py swallowed (a runner's exit with NATS frozen:
+            # the cancel lost in a forced flush, the connection closed after it): every retry
+            # failed on, until the lease's end, up to a TTL past the stop.
+            stopping.raise_if_being_cancelled()
             log.warning("lock bucket write failed, retrying", write="end run", error=repr(failed))
             await asyncio.sleep(retry_pause)
 
@@ -595,16 +601,15 @@ class SlotTable:
     async def run_records(self) -> list[RunRecord]:
         """Every running job's record, read from the server (not from a watcher's memory)."""
         kv = await self.kv()
-        watcher = await kv.watch("run.>", ignore_deletes=True)
         records: list[RunRecord] = []
-        try:
+        # Its consumer and subscription go however the read ends: nats-py's watch left both
+        # when cancelled while it was made, and its ``stop`` waited for the UNSUB unbounded.
+        async with keywatch.watching(kv, ("run.>",)) as watcher:
             while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                 if entry.value and entry.operation is None:
                     record = self._record(entry.key, entry.value)
                     if record is not None:
                         records.append(record)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
         return records
 
     # --- the queue of a lock (busy policy "queue")

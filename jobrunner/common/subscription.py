@@ -144,7 +144,7 @@ class OrderedReader:
         if self._closed or self.sub is None:
             return False
         self._reopening = asyncio.ensure_future(self._reopen_if_gone(turns))
-        _track(self._reopening)
+        track(self._reopening)
         return True
 
     async def _reopen_if_gone(self, turns: asyncio.Semaphore) -> None:
@@ -227,7 +227,7 @@ class OrderedReader:
         the task reading it comes back."""
         unsubscribe = self.close(stream)
         if unsubscribe is not None:
-            _track(asyncio.ensure_future(unsubscribe))
+            track(asyncio.ensure_future(unsubscribe))
 
     @property
     def buffered_bytes(self) -> int:
@@ -416,7 +416,7 @@ def _reopen_watch_soon(jsi: Any, turns: asyncio.Semaphore) -> bool:
         reconnected.set()
         return False
     reconnected = _watches_reopening[jsi] = asyncio.Event()
-    _track(asyncio.ensure_future(_reopen_watch_if_gone(jsi, turns, reconnected)))
+    track(asyncio.ensure_future(_reopen_watch_if_gone(jsi, turns, reconnected)))
     return True
 
 
@@ -539,7 +539,9 @@ def _request_turns() -> asyncio.Semaphore:
     return turns
 
 
-def _track(task: asyncio.Future[Any]) -> None:
+def track(task: asyncio.Future[Any]) -> None:
+    """Keep ``task``, a background NATS request (a clean-up), until it ends; a stopping
+    process cancels it (``forget_deletes``)."""
     _deleting.add(task)
     task.add_done_callback(_deleting.discard)
 
@@ -565,7 +567,7 @@ def delete_consumer_soon(js: JetStreamContext, stream: str, name: str) -> None:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(stream, name)
 
-    _track(asyncio.get_running_loop().create_task(delete()))
+    track(asyncio.get_running_loop().create_task(delete()))
 
 
 def deletes_pending() -> int:

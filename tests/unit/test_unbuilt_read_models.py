@@ -1,11 +1,16 @@
-"""PROJECTOR_ABSENT's bound: the read models missing, unchanged, for longer than the limit."""
+"""PROJECTOR_ABSENT's bound: the read models missing, unchanged, for longer than the limit;
+REBUILD_ABANDONED's: a rebuild begun that no projector holds, unchanged, for as long."""
 
 from __future__ import annotations
 
 import pytest
 
 from jobrunner.common.readmodelversion import READMODEL_VERSION
-from jobrunner.services.api.readmodelgate import ReadModelState, UnbuiltReadModels
+from jobrunner.services.api.readmodelgate import (
+    AbandonedRebuild,
+    ReadModelState,
+    UnbuiltReadModels,
+)
 
 LIMIT = 10.0
 MISSING = ReadModelState(None)
@@ -59,3 +64,59 @@ def test_current_read_models_or_an_unread_postgres_forget_the_first_look(
     assert seen.absent_projector(between, LIMIT, now=5.0) is None
     assert seen.absent_projector(MISSING, LIMIT, now=1000.0) is None
     assert seen.absent_projector(MISSING, LIMIT, now=1001.0 + LIMIT) is not None
+
+
+# --- REBUILD_ABANDONED's bound: a rebuild begun, nobody holding its lock, no progress
+
+ABANDONED = ReadModelState(0, rebuilt_seq=500, rebuilder=False)
+
+
+def test_an_abandoned_rebuild_is_said_just_after_the_limit_not_at_it() -> None:
+    """Seen unheld at 100 s: nothing at 110 s (the limit), the sentence at 110.01 s, naming
+    where the rebuild stopped and the command that resumes it."""
+    seen = AbandonedRebuild()
+    assert seen.abandoned(ABANDONED, LIMIT, now=100.0) is None
+    assert seen.abandoned(ABANDONED, LIMIT, now=100.0 + LIMIT) is None
+    sentence = seen.abandoned(ABANDONED, LIMIT, now=100.01 + LIMIT)
+    assert sentence is not None
+    assert sentence.startswith("The rebuild of the read models stopped at event 500")
+    assert "`jobrunner projector`" in sentence
+
+
+@pytest.mark.parametrize(
+    "back",
+    [
+        ReadModelState(0, rebuilt_seq=500, rebuilder=True),
+        ReadModelState(READMODEL_VERSION),
+        None,
+    ],
+    ids=["held-again", "current", "postgres-unread"],
+)
+def test_a_rebuilder_back_ends_it_at_once_and_the_count_starts_again(
+    back: ReadModelState | None,
+) -> None:
+    """A projector holding the rebuild again (or the tables current, or Postgres unread) ends
+    REBUILD_ABANDONED at the next look; unheld again later, it is counted from then."""
+    seen = AbandonedRebuild()
+    seen.abandoned(ABANDONED, LIMIT, now=0.0)
+    assert seen.abandoned(ABANDONED, LIMIT, now=LIMIT + 1) is not None
+    assert seen.abandoned(back, LIMIT, now=LIMIT + 2) is None
+    assert seen.abandoned(ABANDONED, LIMIT, now=1000.0) is None
+    assert seen.abandoned(ABANDONED, LIMIT, now=1001.0 + LIMIT) is not None
+
+
+def test_progress_or_a_held_lock_or_no_rebuild_is_never_abandoned() -> None:
+    """Progress (a rebuilder between its lock's sessions) counts anew; a held lock (index
+    builds of minutes), no rebuild begun, or the lock unknown are never abandoned."""
+    seen = AbandonedRebuild()
+    seen.abandoned(ABANDONED, LIMIT, now=0.0)
+    further = ReadModelState(0, rebuilt_seq=900, rebuilder=False)
+    assert seen.abandoned(further, LIMIT, now=LIMIT + 1) is None
+    for state in (
+        ReadModelState(0, rebuilt_seq=500, rebuilder=True),
+        ReadModelState(0),
+        ReadModelState(0, rebuilt_seq=500),
+    ):
+        fresh = AbandonedRebuild()
+        fresh.abandoned(state, LIMIT, now=0.0)
+        assert fresh.abandoned(state, LIMIT, now=1000.0) is None

@@ -8,7 +8,8 @@ cannot see from here are working (invariant "Health tells the truth").
   balancer would not help): events set aside by the projector, a projector that does not keep up
   (the oldest event waiting for it was stored more than ``projector_stuck_seconds`` ago: a stopped
   or stuck projector and a stalled stream reader look alike from here), read models still
-  missing after as long (no projector at work: ``readmodelgate.UnbuiltReadModels``), no runner
+  missing after as long (no projector at work: ``readmodelgate.UnbuiltReadModels``), a rebuild
+  of them with no projector at it for as long (``readmodelgate.AbandonedRebuild``), no runner
   alive, or NATS too slow for health's later reads (NATS_SLOW: the projector's progress or the
   runners unknown).
 - ``ok`` (HTTP 200) otherwise.
@@ -39,7 +40,8 @@ T = TypeVar("T")
 
 
 class Problem(msgspec.Struct, frozen=True):
-    code: str  # EVENTS_SET_ASIDE | PROJECTOR_STUCK | PROJECTOR_ABSENT | NO_RUNNER | ...
+    # EVENTS_SET_ASIDE | PROJECTOR_STUCK | PROJECTOR_ABSENT | REBUILD_ABANDONED | NO_RUNNER | ...
+    code: str
     message: str
 
 
@@ -71,6 +73,9 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     absent = ctx.unbuilt_read_models.absent_projector(
         readmodels if body["postgres"] else None, ctx.settings.projector_stuck_seconds
     )
+    abandoned = ctx.abandoned_rebuild.abandoned(
+        readmodels if body["postgres"] else None, ctx.settings.projector_stuck_seconds
+    )
     if body["postgres"] and not readmodels.current:
         body["read_models"] = {
             "state": "newer" if readmodels.newer else "rebuilding",
@@ -79,6 +84,8 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
         problems.append(Problem(readmodels.code, readmodels.sentence()))
         if absent is not None:
             problems.append(Problem("PROJECTOR_ABSENT", absent))
+        if abandoned is not None:
+            problems.append(Problem("REBUILD_ABANDONED", abandoned))
         # Newer tables: this instance cannot serve them (another one may). Rebuilding: it
         # serves as soon as the projector swaps the rebuilt tables in.
         unavailable = unavailable or readmodels.newer
@@ -129,8 +136,8 @@ async def _postgres(ctx: ApiContext) -> PostgresFacts:
                 # In a rebuild: look again, Postgres only (not the gate's check: it asks NATS
                 # too, and waits on its lock while another look waits for a pooled connection;
                 # either would make a working Postgres look frozen here).
-                found, rebuilt = await readmodelgate.look(conn)
-                facts.readmodels = readmodelgate.ReadModelState(found, rebuilt)
+                found, rebuilt, rebuilder = await readmodelgate.look(conn)
+                facts.readmodels = readmodelgate.ReadModelState(found, rebuilt, rebuilder=rebuilder)
             if facts.readmodels.found is None:
                 # None made yet (a first start, the projector not through its own): no table to
                 # read, and Postgres is not away (it was called unreachable at every first start).

@@ -61,6 +61,8 @@ class ReadModelState:
     found: int | None  # the version in Postgres (None: no read models yet)
     rebuilt_seq: int | None = None  # how far a rebuild has come (its own checkpoint)
     stream_last_seq: int | None = None  # where the stream ended when this was looked at
+    # Whether a rebuilder holds the rebuild's lock (None: not looked at, no rebuild begun).
+    rebuilder: bool | None = None
 
     @property
     def current(self) -> bool:
@@ -131,6 +133,44 @@ class UnbuiltReadModels:
         )
 
 
+class AbandonedRebuild:
+    """How long this API instance has seen a rebuild begun (its own checkpoint exists) with no
+    rebuilder at it (nobody holds its lock: ``readmodelversion.REBUILD_LOCK``) and no progress.
+    A rebuilding projector holds the lock from its rebuild's start to its swap, through index
+    builds that may take minutes; one that died (SIGKILL, its host gone) let go of it with its
+    Postgres session. Past ``projector_stuck_seconds`` of that (a projector retrying a failed
+    rebuild takes the lock again within a pause of seconds), ``GET /health`` says
+    ``REBUILD_ABANDONED``: the rebuild waits for a projector, which resumes it from its
+    checkpoint."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[int | None, int | None] | None = None  # (found, rebuilt_seq)
+        self._since = 0.0
+
+    def abandoned(
+        self, state: ReadModelState | None, limit: float, now: float | None = None
+    ) -> str | None:
+        """The sentence once a rebuild has had no rebuilder, unchanged, for ``limit`` seconds;
+        None before, and as soon as one holds the lock again."""
+        if state is None or state.rebuilt_seq is None or state.rebuilder is not False:
+            self._seen = None
+            return None
+        now = time.monotonic() if now is None else now
+        seen = (state.found, state.rebuilt_seq)
+        if seen != self._seen:
+            self._seen, self._since = seen, now
+        waited = now - self._since
+        if waited <= limit:
+            return None
+        return (
+            f"The rebuild of the read models stopped at event {state.rebuilt_seq}: no projector "
+            f"has been rebuilding them in the {waited:.0f} s this API instance has looked (limit "
+            f"{limit:g} s); the last one ended midway (killed, or its host gone). Start the "
+            "projector (`jobrunner projector`, or `jobrunner up`): it resumes the rebuild where "
+            "it stopped. If one is running, see its log."
+        )
+
+
 class ReadModelGate:
     def __init__(self, pool: ReadPool, js: JetStreamContext, names: Names) -> None:
         self._pool = pool
@@ -166,7 +206,7 @@ class ReadModelGate:
             began = time.monotonic()
             try:
                 async with self._pool.acquire() as conn:
-                    found, rebuilt = await look(conn)
+                    found, rebuilt, rebuilder = await look(conn)
             except Exception as exc:
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
@@ -176,7 +216,7 @@ class ReadModelGate:
             if found != READMODEL_VERSION:
                 with contextlib.suppress(Exception):  # NATS away: progress unknown
                     last = (await self._js.stream_info(self._names.stream)).state.last_seq
-            state = ReadModelState(found, rebuilt, last)
+            state = ReadModelState(found, rebuilt, last, rebuilder)
             if state.found != self.state.found:
                 if state.current:
                     log.info("the read models are current", version=found)
@@ -208,18 +248,20 @@ class ReadModelGate:
                 await self.check()
 
 
-async def look(conn: Any) -> tuple[int | None, int | None]:
-    """The stored version, and how far a rebuild has come when it is not this one: Postgres
-    only, on the caller's connection."""
+async def look(conn: Any) -> tuple[int | None, int | None, bool | None]:
+    """The stored version; when it is not this one, how far a rebuild has come and whether a
+    rebuilder holds its lock (None: no rebuild begun). Postgres only, on the caller's
+    connection."""
     found = await readmodelversion.stored_version(conn)
-    rebuilt = None
+    rebuilt = rebuilder = None
     if found != READMODEL_VERSION and await conn.fetchval(
         "SELECT to_regclass($1) IS NOT NULL", f"{UPGRADE_SCHEMA}.checkpoint"
     ):
         rebuilt = await conn.fetchval(
             f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
         )
-    return found, rebuilt
+        rebuilder = await readmodelversion.rebuild_held(conn)
+    return found, rebuilt, rebuilder
 
 
 def progress(state: ReadModelState) -> dict[str, Any]:

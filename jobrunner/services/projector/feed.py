@@ -78,7 +78,7 @@ class EventFeed:
         self._decoding = asyncio.Event()  # clear while the caller holds the decoding
         self._decoding.set()
 
-    async def start(self, seq: int) -> None:
+    async def start(self, seq: int, stop: asyncio.Event | None = None) -> bool:
         """Open the reader at ``seq``; while JetStream cannot create its consumer (a cluster
         forming, its stream without a leader) it is tried again, as the read loop does.
 
@@ -86,7 +86,11 @@ class EventFeed:
         5 s: a stream just created answers nothing until its replicas elect a leader, and the
         create sent again meets it. Safe to send again: the consumer of a create that timed
         out is left without a subscriber (its connection closed) and the server removes it
-        after its inactive threshold."""
+        after its inactive threshold.
+
+        False, the reader not opened, once ``stop`` is set (a service's stop while NATS is
+        away or frozen: the tries went on until NATS answered, and the stop waited for it) or
+        once the caller is cancelled, even by a cancel the open lost."""
         failures = 0
         request_timeout = retry.StartTimeout()
         while True:
@@ -103,8 +107,15 @@ class EventFeed:
                     waiting_for="the event stream's reader",
                     reason=str(exc),
                 )
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                stopping.raise_if_being_cancelled()
+                if stop is None:
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                else:
+                    await stopping.pause(stop, min(0.1 * 2**failures, 5.0))
+            if stop is not None and stop.is_set():
+                return False
         self._task = asyncio.create_task(self._read())
+        return True
 
     async def fetch(
         self, timeout: float = 0.5, stop: asyncio.Event | None = None

@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from jobrunner.common import database
+from jobrunner.common import database, readmodelversion
 from jobrunner.services.projector import store, timestamps
 
 # A session lock, held on a connection of its own for the whole replay (a pooled connection
 # drops its session locks when it goes back to the pool).
-REPLAY_LOCK = store.SWAP_LOCK + 1
+# (Defined in common: the API reads whether it is held, an abandoned rebuild's sign.)
+REPLAY_LOCK = readmodelversion.REBUILD_LOCK
+assert REPLAY_LOCK != store.SWAP_LOCK
 
 
 class ReplayLockLost(RuntimeError):

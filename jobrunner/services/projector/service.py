@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -41,6 +43,7 @@ from jobrunner.services.projector.lag import Lag
 from jobrunner.services.projector.watchdog import StallWatch
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 # How long a stop waits for a cancelled batch to roll back and give its connection back before
 # terminating the connection (Postgres frozen: the cancel and the ROLLBACK are never answered).
@@ -115,7 +118,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         async with pool.acquire() as conn:
             last = await store.checkpoint(conn)
         feed = EventFeed(js, names, settings, name="projector")
-        await feed.start(last + 1)
+        if not await feed.start(last + 1, stop):
+            return  # stopped while the reader could not open (NATS away or frozen)
         log.info("projector started", checkpoint=last)
         metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
         heap.freeze_startup_objects()
@@ -130,8 +134,12 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
             if settings.readmodel_retention_days > 0 and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_INTERVAL
                 cutoff = datetime.now(UTC) - timedelta(days=settings.readmodel_retention_days)
-                async with pool.acquire() as conn:
-                    pruned = await store.prune(conn, cutoff)
+                # Cut short by a stop, as a batch is: a frozen Postgres held the stop for ever.
+                pruned = await _pooled_unless_stopped(
+                    pool, stop, functools.partial(store.prune, cutoff=cutoff)
+                )
+                if pruned is None:
+                    break  # stopped: the next start prunes
                 if pruned:
                     log.info("read-model retention pruned jobs", jobs=pruned, before=cutoff)
             batch = await feed.fetch(timeout=1.0, stop=stop)
@@ -152,7 +160,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
                 log.warning("projector reads again from the stored checkpoint", **behind.fields)
                 await feed.close()
                 feed = EventFeed(js, names, settings, name="projector")
-                await feed.start(behind.stored + 1)
+                if not await feed.start(behind.stored + 1, stop):
+                    break
                 last = behind.stored
                 continue
             if applied is None:
@@ -252,24 +261,39 @@ async def _apply_unless_stopped(
     acknowledges, so the liveness probe stays quiet) never answers; after STOP_GRACE_SECONDS the
     connection is terminated. Either way the transaction rolls back with the checkpoint, so the
     next start applies the batch again from there: nothing lost, nothing twice."""
+    return await _pooled_unless_stopped(
+        pool,
+        stop,
+        lambda conn: setaside.apply(
+            conn, batch, feed.lookup, writing=feed.resume, committed=committed
+        ),
+    )
+
+
+async def _pooled_unless_stopped(
+    pool: asyncpg.Pool, stop: asyncio.Event, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T | None:
+    """``work`` on a pooled connection: its result, or None when ``stop`` is set first (see
+    ``_apply_unless_stopped``: cancelled, its connection terminated after
+    ``STOP_GRACE_SECONDS``)."""
     held: list[asyncpg.Connection] = []
 
-    async def apply() -> int:
-        async with pool.acquire() as conn:
-            held.append(conn)
-            try:
-                return await setaside.apply(
-                    conn, batch, feed.lookup, writing=feed.resume, committed=committed
-                )
-            finally:
-                held.remove(conn)
+    async def on_connection() -> T:
+        try:
+            async with pool.acquire() as conn:
+                held.append(conn)
+                return await work(conn)
+        finally:
+            # Held until given back: the pool's release (a reset, round trips) waits on a
+            # frozen Postgres as the work did, and the stop must terminate it there too.
+            held.clear()
 
-    task = asyncio.ensure_future(apply())
-    stopping = asyncio.ensure_future(stop.wait())
+    task = asyncio.ensure_future(on_connection())
+    stop_waited = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, stop_waited}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopping.cancel()
+        stop_waited.cancel()
         stopped = not task.done()  # or the caller cancelled
         if stopped:
             task.cancel()
@@ -277,9 +301,16 @@ async def _apply_unless_stopped(
             if not done:
                 for conn in held:
                     conn.terminate()
-            # Its outcome (cancelled, or the error of a terminated connection) is the stop's.
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+                # A connection still being made (the pool's, to a frozen Postgres) is not
+                # ours to terminate: past one more grace it is left, and said.
+                await stopping.wait_within(
+                    {task},
+                    STOP_GRACE_SECONDS,
+                    "projector: Postgres work left running at the stop",
+                    errors_retrieved=True,
+                )
+            if task.done() and not task.cancelled():
+                task.exception()  # its error (a terminated connection) is the stop's
     if stopped:
         return None
     return task.result()

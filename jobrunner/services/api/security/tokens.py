@@ -31,7 +31,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from jobrunner.common import retry, subscription
+from jobrunner.common import keywatch, retry, subscription
 from jobrunner.contracts.names import Names
 
 log = structlog.get_logger()
@@ -48,6 +48,11 @@ _CLOCK_KEY = "clock"
 # JetStream request timeout (5 s), past which the create that made it has given up. A module
 # value so that tests can shorten it.
 NAME_CLAIM_STALE_SECONDS = 10.0
+# The records' keys in the bucket (its other keys: the session key, the clock, name claims).
+TOKEN_KEYS = ("token.>",)
+# How long a listing waits for the watch's next record: nats-py's request timeout (a NATS that
+# does not deliver fails the listing, its watch ended, rather than holding it).
+ALL_ENTRY_SECONDS = 5.0
 
 
 class Role(StrEnum):
@@ -186,8 +191,9 @@ class TokenStore:
         Its consumer is created on the start's context (a create of an ephemeral consumer: one
         made after its try gave up has no subscriber and is the server's to remove, after its
         inactive threshold, nats-py's KV watch default of 5 minutes); the watch then goes on on
-        the bucket's own (its consumer's later re-creations)."""
-        watcher = await retry.start_bucket(self.kv).watch("token.>")
+        the bucket's own (its consumer's later re-creations). Cut short (the start's try timed
+        out, a stop), its consumer and subscription go with it (``keywatch``)."""
+        watcher = await keywatch.watch_keys(retry.start_bucket(self.kv), TOKEN_KEYS)
         loaded = asyncio.get_running_loop().create_future()
 
         async def follow() -> None:
@@ -219,12 +225,13 @@ class TokenStore:
         subscription.keep_on(watcher._sub, self.kv._js)
 
     async def stop_watch(self) -> None:
+        """End the watch, within ``keywatch.END_SECONDS`` (NATS frozen or away at a stop)."""
         if self._watch_task is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
-            self._watch_task.cancel()
+            task, self._watch_task = self._watch_task, None
+            task.cancel()
+            await keywatch.end_watch(self._watcher)
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch_task
+                await task  # waits on the watch's queue alone: ends on its cancel
 
     # --- reading
     async def get(self, token_id: str) -> TokenRecord | None:
@@ -232,10 +239,14 @@ class TokenStore:
             entry = await self.kv.get(_key(token_id))
         except KeyNotFoundError:
             return None
-        if not entry.value:
+        return self._read(token_id, entry.value)
+
+    def _read(self, token_id: str, value: bytes | None) -> TokenRecord | None:
+        """The record stored as ``value`` (None: deleted or unreadable), remembered."""
+        if not value:
             return None
         try:
-            record = msgspec.json.decode(entry.value, type=TokenRecord)
+            record = msgspec.json.decode(value, type=TokenRecord)
         except msgspec.MsgspecError:
             # Not written by jobrunner (by hand, or corrupt): no token stands behind it, so it
             # opens nothing, as the watch's cache already treats it.
@@ -245,14 +256,17 @@ class TokenStore:
         return record
 
     async def all(self) -> list[TokenRecord]:
-        """Every record, revoked ones included, oldest first (read from the bucket)."""
-        try:
-            keys = [k for k in await self.kv.keys() if k.startswith("token.")]
-        except Exception as exc:  # nats-py raises NoKeysError on an empty bucket
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
-        records = [r for k in keys if (r := await self.get(k.removeprefix("token."))) is not None]
+        """Every record, revoked ones included, oldest first (read from the bucket). A watch of
+        the records read through, not nats-py's ``kv.keys()``: that one left its consumer and
+        its subscription behind when a listing was cancelled midway (a request's timeout, a
+        stop); this watch ends on every path (``keywatch.watching``)."""
+        records: list[TokenRecord] = []
+        async with keywatch.watching(self.kv, TOKEN_KEYS) as watcher:
+            while (entry := await watcher.updates(timeout=ALL_ENTRY_SECONDS)) is not None:  # type: ignore[no-untyped-call]
+                if entry.operation is None:
+                    token_id = entry.key.removeprefix("token.")
+                    if (record := self._read(token_id, entry.value)) is not None:
+                        records.append(record)
         return sorted(records, key=lambda r: r.created_at)
 
     async def find(self, id_or_name: str) -> TokenRecord | None:

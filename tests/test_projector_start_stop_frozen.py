@@ -1,0 +1,60 @@
+"""A projector stopped while its event feed cannot open (NATS frozen or away as it starts to
+read, after its checkpoint was read) ends within its stop: the feed's tries to open end on the
+stop. They went on until NATS answered again, and the stop waited for them, for ever if NATS
+never came back (until `jobrunner up` SIGKILLed the projector).
+
+NATS is the test's own, frozen for real (SIGSTOP); the projector runs in the test's process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.projector import service
+from jobrunner.services.projector.feed import EventFeed
+from tests.freeze import freeze
+
+STOP_SECONDS = 1.5
+# What the stop may take: the open under way (its request timeout, 5 s at most), the stop's
+# own bound, and a loaded machine's room.
+ENDS_WITHIN = 5.0 + STOP_SECONDS + 5.0
+
+
+async def test_a_projector_stopped_while_its_feed_cannot_open_ends(
+    settings: Settings, own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS frozen as the projector's feed begins to open, the projector stopped: it ends within
+    its bound with NATS still frozen, not when NATS thaws."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    real_start = EventFeed.start
+    starting = asyncio.Event()
+
+    async def start_on_a_frozen_nats(self: EventFeed, *args: Any, **kwargs: Any) -> Any:
+        freeze(pid)
+        starting.set()
+        return await real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(EventFeed, "start", start_on_a_frozen_nats)
+    private = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
+    stop = asyncio.Event()
+    projector = asyncio.create_task(service.run_projector(private, stop))
+    try:
+        await asyncio.wait_for(starting.wait(), 60)
+        stop.set()
+        done, _ = await asyncio.wait({projector}, timeout=ENDS_WITHIN)
+        assert done, "the projector's stop waited for its feed to open on a frozen NATS"
+        assert projector.exception() is None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        stop.set()
+        if not projector.done():
+            projector.cancel()
+            await asyncio.wait({projector}, timeout=30)

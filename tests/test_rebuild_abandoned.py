@@ -1,0 +1,111 @@
+"""A projector killed midway through rebuilding older read models leaves a rebuild nobody is at:
+``GET /health`` says so (REBUILD_ABANDONED, naming what to start) once no projector has held the
+rebuild for ``projector_stuck_seconds``, instead of READ_MODELS_REBUILDING alone for ever; a
+projector started again resumes the rebuild, and the problem goes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from tests.cli_support import cli_env, start_cli
+from tests.system import System
+from tests.upgrade_support import older_state
+
+pytestmark = pytest.mark.timeout(300)
+
+LIMIT = 3.0  # projector_stuck_seconds here
+# Jobs and lines of the older state: a rebuild of some seconds, so that the kill lands midway.
+JOBS, LINES, PER_EVENT = 40, 1500, 2
+
+
+async def health(system: System) -> dict[str, Any]:
+    async with system.client(token=None) as client:
+        response = await client.get("/health")
+    body: dict[str, Any] = response.json()
+    body["http_status"] = response.status_code
+    return body
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [p["code"] for p in body["problems"]]
+
+
+def applied(body: dict[str, Any]) -> int | None:
+    rebuild = body.get("read_models", {}).get("rebuild") or {}
+    return rebuild.get("events_applied_upto")
+
+
+async def health_until(system: System, condition: Any, timeout: float) -> list[dict[str, Any]]:
+    """Every answer up to the first that meets ``condition`` (its last), each with its time."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            asked = time.monotonic()
+            body = await health(system)
+            body["asked_at"] = asked
+            seen.append(body)
+            if condition(body):
+                return seen
+            await asyncio.sleep(0.1)
+
+
+async def start_projector(settings: Settings) -> asyncio.subprocess.Process:
+    env = {**cli_env(settings), "JOBRUNNER_PROJECTOR_STUCK_SECONDS": str(LIMIT)}
+    return await start_cli("projector", env=env, output=asyncio.subprocess.DEVNULL)
+
+
+async def test_a_rebuild_whose_projector_was_killed_is_reported_and_resumed_by_the_next(
+    settings: Settings,
+) -> None:
+    """The projector SIGKILLed mid-rebuild: health keeps READ_MODELS_REBUILDING and adds
+    REBUILD_ABANDONED (a sentence naming `jobrunner projector`) once none has held the rebuild
+    for LIMIT, never before; a projector started again resumes it, REBUILD_ABANDONED goes at
+    once, and the rebuilt read models are swapped in."""
+    made = await older_state(settings, jobs=JOBS, lines=LINES, per_event=PER_EVENT)
+    api = System(msgspec.structs.replace(settings, projector_stuck_seconds=LIMIT, auth=False))
+    await api.start_api()
+    projector = await start_projector(settings)
+    try:
+        # A rebuild under way: its checkpoint is there, and it is held.
+        begun = await health_until(api, lambda b: applied(b) is not None, timeout=60)
+        assert "REBUILD_ABANDONED" not in codes(begun[-1])
+        projector.send_signal(signal.SIGKILL)
+        await projector.wait()
+        killed_at = time.monotonic()
+
+        seen = await health_until(api, lambda b: "REBUILD_ABANDONED" in codes(b), timeout=30)
+        stopped_at = applied(seen[-1])
+        assert stopped_at is not None
+        assert stopped_at < made.last_seq, "the rebuild ended before the kill: make it bigger"
+        for body in seen[:-1]:
+            assert "READ_MODELS_REBUILDING" in codes(body), body
+        # The API counts from its first look after the kill: never abandoned before LIMIT.
+        assert seen[-1]["asked_at"] - killed_at > LIMIT
+        abandoned = seen[-1]
+        assert abandoned["http_status"] == 200, abandoned  # this instance serves what it can
+        assert "READ_MODELS_REBUILDING" in codes(abandoned)
+        message = next(p["message"] for p in abandoned["problems"] if "ABANDONED" in p["code"])
+        assert f"stopped at event {stopped_at}" in message
+        assert "jobrunner projector" in message
+
+        projector = await start_projector(settings)
+        resumed = await health_until(api, lambda b: "REBUILD_ABANDONED" not in codes(b), timeout=30)
+        assert "read_models" in resumed[-1], "resumed, not over before the next look"
+        current = await health_until(api, lambda b: "read_models" not in b, timeout=120)
+        assert not any("REBUILD_ABANDONED" in codes(b) for b in current)
+    finally:
+        if projector.returncode is None:
+            projector.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(projector.wait(), 20)
+            except TimeoutError:
+                projector.kill()
+                await projector.wait()
+        await api.stop()
