@@ -23,8 +23,8 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import service, store
 from tests.freeze import freeze
-from tests.test_pool_close_frozen import postgres_pids
 from tests.tools.frozen_stop import own_postgres  # noqa: F401 - a fixture
+from tests.tools.postgres_processes import postgres_pids
 
 STOP_SECONDS = 1.5
 # What the stop may take: its stop_seconds, the prune's grace and a loaded machine's room.
