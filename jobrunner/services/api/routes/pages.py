@@ -212,7 +212,7 @@ async def batch_job_form_fragment(request: Request[Any, Any, Any], job_type: str
     return page(request, "_job_form.html", job_type=found, id_prefix=BATCH_FORM_PREFIX)
 
 
-@get("/batches", include_in_schema=False, name="batches_page", opt=PAGE_OPT)
+@get("/batches", include_in_schema=False, name="batches_page")
 async def batches_page(
     request: Request[Any, Any, Any],
     lang: str | None = None,
