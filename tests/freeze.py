@@ -25,9 +25,11 @@ def freeze(pid: int, within: float = 30.0) -> None:
 
 
 def stopped(pid: int) -> bool:
-    """Every thread of ``pid`` stopped (state T in /proc/<pid>/task/<tid>/stat)."""
+    """Every thread of ``pid`` stopped (state T in /proc/<pid>/task/<tid>/stat), or ended: a
+    process that was exiting when SIGSTOP came (a Postgres backend whose client just left)
+    never stops, it turns zombie (Z), and it never runs again either."""
     states = []
     for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-    return bool(states) and all(state in "tT" for state in states)
+    return bool(states) and all(state in "tTZX" for state in states)

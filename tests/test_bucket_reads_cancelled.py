@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import nats
@@ -170,3 +171,50 @@ async def test_a_read_cut_off_while_nats_is_frozen_ends_within_its_bound_and_lea
             assert await until_back_to(bucket, before) == before, f"cut after send {sent}"
             sent += 1
         assert sent > 2, "no read was cut off"
+
+
+async def test_a_read_cancelled_as_its_watch_is_made_leaves_nothing_behind_for_good(
+    own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's cancel lands just as the watch's consumer and subscription are made (a
+    request's timeout at that moment): the consumer and the subscription go, and so do
+    nats-py's heartbeat check and flow control of the watch. Left running, the heartbeat check
+    took the silence of the unsubscribed watch for a gap and made its consumer and subscription
+    again about 20 s later (its second look, each twice the 5 s idle heartbeat), kept for good."""
+    nc = await nats.connect(own_nats.url)
+    try:
+        js = nc.jetstream()
+        kv = await js.create_key_value(bucket=f"b{uuid.uuid4().hex[:8]}", history=1)
+        await kv.put("run.a", b"1")
+        bucket = Bucket(nc, js, kv._stream, lambda: asyncio.sleep(0, 0))
+        before = await consumers_and_subscriptions(bucket)
+        made: list[JetStreamContext.PushSubscription] = []
+        real_subscribe = js.subscribe
+        reader: asyncio.Future[Any] | None = None
+
+        async def subscribe_as_the_caller_gives_up(*args: Any, **kwargs: Any) -> Any:
+            psub = await real_subscribe(*args, **kwargs)
+            made.append(psub)
+            assert reader is not None
+            reader.cancel()  # reaches the caller before the made watch does
+            return psub
+
+        monkeypatch.setattr(js, "subscribe", subscribe_as_the_caller_gives_up)
+        reader = asyncio.ensure_future(keywatch.watch_keys(kv, ["run.>"]))
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        assert reader.cancelled()
+        (psub,) = made
+        jsi = psub._sub._jsi
+        assert jsi is not None
+
+        def checks_ended() -> bool:
+            return all(task is None or task.done() for task in (jsi._hbtask, jsi._fctask))
+
+        deadline = time.monotonic() + SETTLED_SECONDS
+        while not checks_ended() and time.monotonic() < deadline:  # noqa: ASYNC110 - nats-py's tasks, in this process
+            await asyncio.sleep(0.05)
+        assert checks_ended(), "the unmade watch's heartbeat check runs on: it makes it again"
+        assert await until_back_to(bucket, before) == before
+    finally:
+        await nc.close()

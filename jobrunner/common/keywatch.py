@@ -119,11 +119,15 @@ async def watch_keys(kv: KeyValue, keys: Sequence[str]) -> KeyValue.KeyWatcher:
         psub = await asyncio.shield(making)
     except BaseException:
         set_up.cancel()
-        if making.done():
-            making.cancelled() or making.exception()  # raised here already: retrieved
+        if not making.done():
+            subscription.track(asyncio.ensure_future(_end_once_made(making, kv, name, deliver)))
+        elif making.cancelled() or making.exception() is not None:  # raised here: retrieved
             await _unmade(kv, name, deliver)
         else:
-            subscription.track(asyncio.ensure_future(_end_once_made(making, kv, name, deliver)))
+            # Made as the caller's cancel came: ended as a made watch is, its heartbeat check
+            # with it (left running, it took the unsubscribed watch's silence for a gap and
+            # made its consumer and subscription again, for good).
+            await _end_subscription(making.result(), END_SECONDS)
         raise
     # nats-py makes the ordered consumer again from this same config after a gap (its
     # ``reset_ordered_consumer``): under a new name each time, the server's.
