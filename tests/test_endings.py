@@ -24,8 +24,9 @@ from jobrunner.services.runner.journal import JobJournal
 from tests.batch_actions_support import submit_batch
 from tests.freeze import freeze
 from tests.system import System
-from tests.test_foreign_events import JUNK, pending, terminal_statuses
+from tests.test_foreign_events import JUNK, pending
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
+from tests.tools.status_history import terminal_statuses
 
 pytestmark = pytest.mark.timeout(180)
 

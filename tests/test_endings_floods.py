@@ -22,8 +22,9 @@ from jobrunner.services.notifier.service import Notifier
 from jobrunner.services.runner.journal import JobJournal
 from tests.freeze import freeze
 from tests.system import System
-from tests.test_foreign_events import JUNK, terminal_statuses
+from tests.test_foreign_events import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
+from tests.tools.status_history import terminal_statuses
 
 pytestmark = pytest.mark.timeout(120)
 

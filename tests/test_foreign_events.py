@@ -40,6 +40,7 @@ from tests.sse_client import read_stream
 from tests.system import System
 from tests.test_batch_hostile import examples
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
+from tests.tools.status_history import terminal_statuses
 from tests.webhook_receiver import running_receiver
 from tests.webhook_support import webhook_settings
 
@@ -558,23 +559,6 @@ async def test_another_jobs_ending_on_an_external_jobs_subject_keeps_its_lock_he
 
 
 # One ending per job, whoever races to end it
-
-
-async def terminal_statuses(js: JetStreamContext, names: Names, job_id: str) -> list[str]:
-    """The event ids of the job's readable endings on its status subject, oldest first."""
-    subject = names.job_kind_subject(job_id, "status")
-    out: list[str] = []
-    at = 1
-    while True:
-        try:
-            msg = await js.get_msg(names.stream, seq=at, subject=subject, next=True)
-        except NotFoundError:
-            return out
-        assert msg.seq is not None
-        event = lastevent.readable(msg.data or b"", events.StatusChanged, job_id)
-        if isinstance(event, events.StatusChanged) and event.status.is_terminal:
-            out.append(event.event_id)
-        at = msg.seq + 1
 
 
 async def test_a_runners_end_after_a_cancel_of_the_pending_job_is_not_a_second_ending(
