@@ -91,6 +91,26 @@ class ReadModelState:
         )
 
 
+class UnchangedSince:
+    """How long the looks have found the read models' version and a rebuild's progress the
+    same (``found``, ``rebuilt_seq``): counted from the first look that found them so."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[int | None, int | None] | None = None
+        self._since = 0.0
+
+    def forget(self) -> None:
+        """The next look counts from itself."""
+        self._seen = None
+
+    def seconds(self, state: ReadModelState, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        seen = (state.found, state.rebuilt_seq)
+        if seen != self._seen:
+            self._seen, self._since = seen, now
+        return now - self._since
+
+
 class UnbuiltReadModels:
     """How long this API instance has seen the read models missing, or older with no rebuild
     begun, unchanged: the projector makes its tables, or begins a rebuild, within moments of
@@ -98,8 +118,7 @@ class UnbuiltReadModels:
     under way (its own checkpoint exists) is left alone: its index builds may take minutes."""
 
     def __init__(self) -> None:
-        self._seen: tuple[int | None, int | None] | None = None  # (found, rebuilt_seq)
-        self._since = 0.0
+        self._unchanged = UnchangedSince()
 
     def absent_projector(
         self, state: ReadModelState | None, limit: float, now: float | None = None
@@ -109,13 +128,9 @@ class UnbuiltReadModels:
         read) or current forgets the first look, so tables missing again later (a database
         made anew) are counted from then, not from long ago."""
         if state is None or state.current:
-            self._seen = None
+            self._unchanged.forget()
             return None
-        now = time.monotonic() if now is None else now
-        seen = (state.found, state.rebuilt_seq)
-        if seen != self._seen:
-            self._seen, self._since = seen, now
-        waited = now - self._since
+        waited = self._unchanged.seconds(state, now)
         if state.newer or state.rebuilt_seq is not None or waited <= limit:
             return None
         looked = f"in the {waited:.0f} s this API instance has looked (limit {limit:g} s)"
@@ -144,8 +159,7 @@ class AbandonedRebuild:
     checkpoint."""
 
     def __init__(self) -> None:
-        self._seen: tuple[int | None, int | None] | None = None  # (found, rebuilt_seq)
-        self._since = 0.0
+        self._unchanged = UnchangedSince()
 
     def abandoned(
         self, state: ReadModelState | None, limit: float, now: float | None = None
@@ -153,13 +167,9 @@ class AbandonedRebuild:
         """The sentence once a rebuild has had no rebuilder, unchanged, for ``limit`` seconds;
         None before, and as soon as one holds the lock again."""
         if state is None or state.rebuilt_seq is None or state.rebuilder is not False:
-            self._seen = None
+            self._unchanged.forget()
             return None
-        now = time.monotonic() if now is None else now
-        seen = (state.found, state.rebuilt_seq)
-        if seen != self._seen:
-            self._seen, self._since = seen, now
-        waited = now - self._since
+        waited = self._unchanged.seconds(state, now)
         if waited <= limit:
             return None
         return (
