@@ -18,6 +18,7 @@ from jobrunner.contracts.events import utcnow
 from jobrunner.contracts.names import Names
 from tests.history_support import job_events, publish, publisher, wait_projected
 from tests.system import System
+from tests.tools.health_reports import codes, health
 
 BEAT = 0.5  # seconds between runner heartbeats in these tests; gone after 3 missed (1.5 s)
 
@@ -34,14 +35,6 @@ async def system(settings: Settings) -> AsyncIterator[System]:
     await running.stop()
 
 
-async def health(system: System) -> dict[str, Any]:
-    async with system.client(token=None) as client:
-        response = await client.get("/health")
-    body: dict[str, Any] = response.json()
-    body["http_status"] = response.status_code
-    return body
-
-
 async def health_until(system: System, condition: Any, timeout: float = 20.0) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
@@ -49,10 +42,6 @@ async def health_until(system: System, condition: Any, timeout: float = 20.0) ->
             if condition(body):
                 return body
             await asyncio.sleep(0.1)
-
-
-def codes(body: dict[str, Any]) -> list[str]:
-    return [p["code"] for p in body["problems"]]
 
 
 async def test_health_is_ok_with_a_runner_and_a_caught_up_projector(system: System) -> None:

@@ -16,6 +16,7 @@ import pytest
 from jobrunner.common.settings import Settings
 from tests.cli_support import cli_env, start_cli
 from tests.system import System
+from tests.tools.health_reports import codes, health
 from tests.upgrade_support import older_state
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,18 +24,6 @@ pytestmark = pytest.mark.timeout(300)
 LIMIT = 3.0  # projector_stuck_seconds here
 # Jobs and lines of the older state: a rebuild of some seconds, so that the kill lands midway.
 JOBS, LINES, PER_EVENT = 40, 1500, 2
-
-
-async def health(system: System) -> dict[str, Any]:
-    async with system.client(token=None) as client:
-        response = await client.get("/health")
-    body: dict[str, Any] = response.json()
-    body["http_status"] = response.status_code
-    return body
-
-
-def codes(body: dict[str, Any]) -> list[str]:
-    return [p["code"] for p in body["problems"]]
 
 
 def applied(body: dict[str, Any]) -> int | None:
