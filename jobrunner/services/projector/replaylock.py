@@ -22,7 +22,7 @@ from jobrunner.services.projector import store, timestamps
 # drops its session locks when it goes back to the pool).
 # (Defined in common: the API reads whether it is held, an abandoned rebuild's sign.)
 REPLAY_LOCK = readmodelversion.REBUILD_LOCK
-assert REPLAY_LOCK != store.SWAP_LOCK
+assert REPLAY_LOCK == store.SWAP_LOCK + 1  # the value a rebuild of any version holds: never moved
 
 
 class ReplayLockLost(RuntimeError):
