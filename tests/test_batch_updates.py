@@ -134,11 +134,13 @@ async def test_resume_after_a_batch_update_repeats_nothing(
             rest = await watcher.until(batch_done)
     assert first[-1].json["completed_jobs"] == 1
     assert all(int(e.id or 0) > last for e in rest)
-    assert [(e.event, e.json.get("status")) for e in rest] == [
-        ("job_update", "running"),
-        ("job_update", "completed"),
-        ("batch_update", "completed"),
-    ]
+    assert len({(e.event, e.id) for e in rest}) == len(rest)
+    jobs = [e.json["status"] for e in rest if e.event == "job_update"]
+    assert jobs == ["running", "completed"]
+    # The batch's frame follows each read of the stream that changed it: one for b1-1's start and
+    # end read together, or one for each (its running count changes) when they come apart.
+    batches = [e.json["status"] for e in rest if e.event == "batch_update"]
+    assert batches in (["completed"], ["running", "completed"])
 
 
 async def test_own_jobs_token_gets_batch_updates_only_of_its_batches(
