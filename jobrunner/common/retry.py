@@ -6,9 +6,10 @@ stream leader moving) all pass; a message over the server's ``max_payload``, a r
 calls bad, a permission it denies, an event that cannot be encoded never will, so they raise at
 once instead of blocking a job forever.
 
-Backoff comes from ``stamina`` (exponential with jitter, capped); structlog logs each retry as
-``stamina.retry_scheduled`` with its cause. Loops that restart something rather than retry one
-call (the supervisor restarting a service) take their wait from :func:`delay_after`.
+Backoff comes from ``stamina`` (exponential with jitter, capped); each retry is logged as
+``stamina.retry_scheduled`` with what is retried and its cause (:func:`log_retry`). Loops that
+restart something rather than retry one call (the supervisor restarting a service) take their wait
+from :func:`delay_after`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import stamina
+import stamina.instrumentation
 import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -30,6 +32,29 @@ from nats.js.kv import KeyValue
 from jobrunner.common import metrics, stopping
 
 log = structlog.get_logger()
+
+# What the retry under way in this task is for (``until_done``'s ``what``): stamina names a
+# ``retry_context`` block "<context block>", which tells an operator nothing.
+_retrying: contextvars.ContextVar[str | None] = contextvars.ContextVar("retrying", default=None)
+
+
+def log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    """stamina's retry log line, naming what is retried rather than "<context block>"."""
+    what = _retrying.get() if details.name == "<context block>" else details.name
+    log.warning(
+        "stamina.retry_scheduled",
+        retrying=what or details.name,
+        retry_num=details.retry_num,
+        caused_by=repr(details.caused_by),
+        wait_for=round(details.wait_for, 2),
+        waited_so_far=round(details.waited_so_far, 2),
+    )
+
+
+# Instead of stamina's structlog hook (its Prometheus counter stays).
+stamina.instrumentation.set_on_retry_hooks(
+    [stamina.instrumentation.PrometheusOnRetryHook, log_retry]
+)
 
 T = TypeVar("T")
 
@@ -260,6 +285,7 @@ async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
         if not is_transient(exc):
             raise refusal(exc, what) from exc
         failed: Exception | None = exc
+    named = _retrying.set(what)
     try:
         async for attempt in stamina.retry_context(
             on=is_transient,
@@ -284,4 +310,6 @@ async def until_done(operation: Callable[[], Awaitable[T]], what: str) -> T:
         if is_transient(exc):  # pragma: no cover - stamina never gives up with no limits
             raise
         raise refusal(exc, what) from exc
+    finally:
+        _retrying.reset(named)
     raise AssertionError("unreachable: stamina retries forever")  # pragma: no cover

@@ -139,3 +139,22 @@ async def test_a_start_steps_wait_ends_on_a_cancel_the_step_swallowed() -> None:
     await asyncio.wait({waiting}, timeout=30)
     assert waiting.cancelled()
     assert tries == 1
+
+
+async def test_a_retry_log_line_names_what_is_retried() -> None:
+    """Each retry's log line says what is retried (stamina alone says "<context block>")."""
+    tries = 0
+
+    async def publish() -> str:
+        nonlocal tries
+        tries += 1
+        if tries < 3:
+            raise ConnectionClosedError
+        return "stored"
+
+    with structlog.testing.capture_logs() as logs:
+        assert await retry.until_done(publish, "job 7's StatusChanged") == "stored"
+    retries = [e for e in logs if e["event"] == "stamina.retry_scheduled"]
+    assert [e["retrying"] for e in retries] == ["job 7's StatusChanged"] * 2
+    assert [e["retry_num"] for e in retries] == [1, 2]
+    assert all("ConnectionClosedError" in e["caused_by"] for e in retries)
