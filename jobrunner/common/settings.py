@@ -248,6 +248,11 @@ QUEUE_ORPHAN_MIN_SECONDS = 10.0 + 2 * API_PUBLISH_TIMEOUT_SECONDS + 2.0
 _NO_LIMIT = float("inf")
 _RANGES: dict[str, tuple[float, float]] = {
     "port": (0, 65535),
+    # The shortest the fault suite proves (tests/faults, SHORT_TTL). Below it the keeper's
+    # margin (a quarter), the renewals (every sixth, at least 0.3 s apart) and the guardian's
+    # slack before the expiry (3/32: 0.28 s of 3 s) are shorter than a loaded machine's pauses:
+    # a healthy runner would lose its leases, and a stalled one's tool outlive its lease.
+    "lease_ttl_seconds": (3, _NO_LIMIT),
     "max_concurrent_jobs": (1, _NO_LIMIT),
     "line_batch_max": (1, _NO_LIMIT),
     "max_line_bytes": (1, _NO_LIMIT),
@@ -284,7 +289,6 @@ _RANGES: dict[str, tuple[float, float]] = {
     "stop_seconds": (1, 15),
 }
 _ABOVE_ZERO = (
-    "lease_ttl_seconds",
     "sse_keepalive_seconds",
     "sse_history_idle_seconds",
     "runner_heartbeat_seconds",

@@ -129,6 +129,7 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("lease_ttl_seconds", "0"),
         ("lease_ttl_seconds", "-15"),
         ("lease_ttl_seconds", "nan"),
+        ("lease_ttl_seconds", "2.9"),  # below the shortest the fault suite proves
         ("line_batch_max", "0"),
         ("max_line_bytes", "0"),
         ("stream_replicas", "0"),
