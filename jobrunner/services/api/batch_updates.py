@@ -11,6 +11,7 @@ sequence of the last event that touched it as the frame's ``id``. Frames leave i
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
@@ -70,14 +71,15 @@ class BatchUpdates:
         if job_id not in self._batch_of:
             self._remember(job_id, batch_id)
 
-    async def wait_applied(self) -> AsyncIterator[None]:
+    async def wait_applied(self, wake: asyncio.Event) -> AsyncIterator[None]:
         """Until the projector has applied every pending touch; yields once per keep-alive
-        interval it waits longer (the caller sends a keep-alive comment)."""
+        interval it waits longer (the caller sends a keep-alive comment), and as soon as
+        ``wake`` is set (the caller has news for its viewer: NATS went silent, or is back)."""
         if not self.pending:
             return
         target = max(self.pending.values())
         keepalive = self._ctx.settings.sse_keepalive_seconds
-        while not await self._applied(target, keepalive):
+        while not await self._applied(target, keepalive, wake):
             yield
 
     async def frames(self) -> list[tuple[int, bytes]]:
@@ -100,7 +102,7 @@ class BatchUpdates:
             out.append((seq, sse.frame(batch, event=EVENT_NAME, id=str(seq))))
         return out
 
-    async def _applied(self, seq: int, wait: float) -> bool:
+    async def _applied(self, seq: int, wait: float, wake: asyncio.Event) -> bool:
         projection = self._ctx.projection
         if projection.applied >= seq:
             return True
@@ -108,7 +110,16 @@ class BatchUpdates:
         stored = await self._ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
         if stored is not None and stored >= seq:
             return True
-        return await projection.wait_for(seq, wait)
+        # The projector's notices come through NATS: a silent NATS holds this wait, which is
+        # when the viewer most needs telling (``wake``), not a keep-alive interval later.
+        applied = asyncio.ensure_future(projection.wait_for(seq, wait))
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait([applied, woken], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            applied.cancel()  # done already, or given up for the news: asked again after it
+        return applied.done() and not applied.cancelled() and applied.result()
 
     async def _batch_of_job(self, job_id: str) -> str | None:
         if job_id in self._batch_of:

@@ -307,7 +307,7 @@ async def update_stream(
                     frames.append((seq, update_frame(seq, state)))
             # Held until the projector has applied this read: frames leave in sequence order.
             # The wait may be NATS's silence itself (the projector's notices come through it).
-            async for _ in batches.wait_applied():
+            async for _ in batches.wait_applied(teller.changed):
                 if (told := teller.news()) is not None:
                     yield told
                 yield sse.comment("keep-alive")

@@ -28,6 +28,12 @@ class StaleTeller:
         self._changed = asyncio.Event()  # set by the fanout at each change of NATS's state
         self.told_silent = False
 
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at each change of NATS's state until ``news`` is next asked: a wait other than
+        ``between``'s (the all-jobs stream's for the projector) ends on it to tell the viewer."""
+        return self._changed
+
     def news(self) -> bytes | None:
         """The ``stale`` frame to send when NATS's state is not what the viewer was told."""
         # Cleared before the look: a change after it sets the event again, and ends the wait.
