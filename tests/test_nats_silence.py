@@ -6,8 +6,6 @@ nothing, a longer one tells both, and the job's lines go on across it, none lost
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,26 +17,12 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
-from jobrunner.services.api.natswatch import PROBES_PER_BOUND, NatsWatch
-from tests.freeze import freeze
+from jobrunner.services.api.natswatch import NatsWatch
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
+from tests.tools.nats_silence import BOUND, LONGER, SHORTER, started_job, thaw_after
 
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
-BOUND = 3.0
-# A probe sent during a freeze is answered as the server thaws: it waits the freeze at most,
-# plus the time to read the answer on a loaded machine (the second of margin).
-SHORTER = BOUND - 1.0
-# Past the bound, and past the probe that may be sent up to an interval after the freeze began.
-LONGER = BOUND + BOUND / PROBES_PER_BOUND + 1.5
-
-
-def thaw_after(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
-    """Freeze the server now (every thread stopped) and let it run again ``seconds`` later."""
-    assert own_nats.proc is not None
-    pid = own_nats.proc.pid
-    freeze(pid)
-    return asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -122,14 +106,6 @@ def settings(settings: Settings, own_nats: EmbeddedNats) -> Settings:
     return msgspec.structs.replace(
         settings, job_types_file=TEST_TYPES, nats_url=own_nats.url, nats_silence_seconds=BOUND
     )
-
-
-async def started_job(client: httpx.AsyncClient, lines: int) -> str:
-    created = await client.post(
-        "/api/jobs", json={"job_type": "emit", "parameters": {"lines": lines, "interval": "0.05"}}
-    )
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
 
 
 async def followed(

@@ -12,8 +12,8 @@ from playwright.async_api import Page, expect
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
-from tests.test_nats_silence import BOUND, LONGER, SHORTER, thaw_after
 from tests.test_ui_live import RECORD_ROWS
+from tests.tools.nats_silence import BOUND, LONGER, SHORTER, thaw_after
 from tests.ui_support import TERMINAL, TEST_TYPES, start_job, wait_for_status
 
 pytestmark = pytest.mark.browser

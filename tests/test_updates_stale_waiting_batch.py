@@ -17,7 +17,7 @@ from tests.batch_support import batch_events
 from tests.history_support import publish
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
-from tests.test_nats_silence import BOUND, LONGER, thaw_after
+from tests.tools.nats_silence import BOUND, LONGER, thaw_after
 
 # Far longer than the silence bound: a ``stale`` told only at the keep-alive comes this late.
 KEEPALIVE = 60.0
