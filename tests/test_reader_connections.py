@@ -21,7 +21,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.readerconnections import ReaderConnections
-from tests.test_sse_memory import wait_until
+from tests.tools.wide_viewers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

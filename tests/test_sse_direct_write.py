@@ -19,7 +19,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.directwrite import ChunkWriter, chunk_writer
 from tests.sse_client import SseStream, read_stream
 from tests.system import System
-from tests.test_sse_memory import (
+from tests.tools.wide_viewers import (
     CLIENT_BYTES,
     EXPECTED,
     FLOOD_LEASE_TTL,

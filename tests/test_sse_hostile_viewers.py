@@ -21,16 +21,18 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api.sse import ResumePoint
 from tests.sse_client import SseStream, iter_events, read_stream
 from tests.system import System
-from tests.test_sse_memory import (
+from tests.tools.wide_viewers import (
     CLIENT_BYTES,
     FLOOD_LEASE_TTL,
+    emit_job,
     fanout_of,
     read_to_the_end,
     stalling_client,
+    stream_texts,
     wait_until,
 )
-from tests.test_sse_memory import EXPECTED as WIDE_EXPECTED
-from tests.test_sse_memory import JOB_TYPES as WIDE_TYPES
+from tests.tools.wide_viewers import EXPECTED as WIDE_EXPECTED
+from tests.tools.wide_viewers import JOB_TYPES as WIDE_TYPES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,15 +49,6 @@ def settings(settings: Settings) -> Settings:
         sse_keepalive_seconds=0.5,
         max_streams_per_token=10_000,
     )
-
-
-async def start(system: System, **parameters: object) -> str:
-    async with system.client() as client:
-        response = await client.post(
-            "/api/jobs", json={"job_type": "emit", "parameters": parameters}
-        )
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
 
 
 async def raw_viewer(system: System, path: str, how: str, rng: random.Random) -> None:
@@ -101,14 +94,10 @@ def feed_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("sse-feed-")]
 
 
-def texts(stream: object) -> list[str]:
-    return [e.json["text"] for e in stream.events if e.event == "message"]  # type: ignore[attr-defined]
-
-
 async def test_viewers_joining_and_leaving_badly_during_a_flood_leave_the_readers_whole(
     system: System,
 ) -> None:
-    job_id = await start(system, lines=LINES, interval="0.0005")
+    job_id = await emit_job(system, lines=LINES, interval="0.0005")
     path = f"/jobs/stream/{job_id}"
     fanout = fanout_of(system)
     rng = random.Random(19)
@@ -130,7 +119,7 @@ async def test_viewers_joining_and_leaving_badly_during_a_flood_leave_the_reader
         streams = await asyncio.gather(*readers)
     expected = [f"INFO line {i} [{i}/{LINES}]" for i in range(1, LINES + 1)]
     for stream in streams:
-        assert texts(stream) == expected
+        assert stream_texts(stream) == expected
         assert stream.events[-1].event == "done"
     await wait_until(lambda: not fanout.clients and not fanout.feeds, 30)
     assert fanout.buffered_bytes == 0
@@ -155,7 +144,7 @@ def test_any_last_event_id_parses_or_is_ignored(raw: str) -> None:
     ids=["past-u64", "u64-with-index", "4300-digits", "negative", "bad-index"],
 )
 async def test_a_hostile_last_event_id_is_answered_not_failed(system: System, hostile: str) -> None:
-    job_id = await start(system, lines=3)
+    job_id = await emit_job(system, lines=3)
     async with system.client() as client:
         response = await client.get(f"/jobs/stream/{job_id}", headers={"Last-Event-ID": hostile})
     assert response.status_code in (200, 400), response.text

@@ -21,8 +21,7 @@ from jobrunner.services.api.routes import streams
 from jobrunner.services.api.security import Principal
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.test_sse_hostile_viewers import start, texts
-from tests.test_sse_memory import fanout_of, wait_until
+from tests.tools.wide_viewers import emit_job, fanout_of, stream_texts, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +44,7 @@ async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
     leaving meanwhile does not fail the others, and each gets every line once. (Whether the
     read's starter leaving cancels it for the others is the unit tests' to show: uvicorn does
     not cancel a request's handler when its client goes.)"""
-    job_id = await start(system, lines=LINES, interval="0.002")  # applied: no longer "posted"
+    job_id = await emit_job(system, lines=LINES, interval="0.002")  # applied: no longer "posted"
     reads: list[str] = []
     arrived: list[str] = []
     get_job_row = readmodels.get_job_row
@@ -84,7 +83,7 @@ async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
     assert len(reads) == 1
     expected = [f"INFO line {i} [{i}/{LINES}]" for i in range(1, LINES + 1)]
     for stream in streams_read:
-        assert texts(stream) == expected
+        assert stream_texts(stream) == expected
         assert [e.event for e in stream.events].count("done") == 1
         assert stream.events[-1].event == "done"
 
@@ -102,7 +101,7 @@ async def test_one_lost_read_connection_fails_one_viewer_not_all(
         return await streamable_job(ctx, job_id, who)
 
     monkeypatch.setattr(streams, "streamable_job", counted_arrival)
-    job_id = await start(system, lines=20, interval="0.002")
+    job_id = await emit_job(system, lines=20, interval="0.002")
     path = f"/jobs/stream/{job_id}"
     holder = await asyncpg.connect(system.settings.database_url)
     waiting_reads = (
