@@ -19,17 +19,11 @@ import nats.errors
 import pytest
 
 from jobrunner.common import ackinbox, retry
-from jobrunner.contracts import codec, events
+from jobrunner.contracts import codec
 from jobrunner.contracts.codec import MSG_ID_HEADER
-from tests.tools.restartable_nats import SOON, restartable
+from tests.tools.restartable_nats import ACK_TIMEOUT, SOON, progress, restartable
 
 pytestmark = pytest.mark.timeout(120)
-
-ACK_TIMEOUT = 30.0
-
-
-def progress(job_id: str, current: int) -> events.ProgressReported:
-    return events.ProgressReported(job_id=job_id, current=current, total=10)
 
 
 @pytest.mark.parametrize("down", [0.0, 1.0], ids=["restarted-at-once", "down-1s"])

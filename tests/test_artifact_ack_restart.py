@@ -30,8 +30,7 @@ from nats.js.api import ObjectStoreConfig
 from jobrunner.common import ackinbox, artifactpurges, artifactstore
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.test_ackinbox_restart import ACK_TIMEOUT
-from tests.tools.restartable_nats import SOON, restartable
+from tests.tools.restartable_nats import ACK_TIMEOUT, SOON, restartable
 
 pytestmark = pytest.mark.timeout(120)
 

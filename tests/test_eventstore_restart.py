@@ -21,8 +21,7 @@ import pytest
 from jobrunner.common import ackinbox, endings, eventstore, retry
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import JobStatus
-from tests.test_ackinbox_restart import ACK_TIMEOUT, progress
-from tests.tools.restartable_nats import SOON, restartable
+from tests.tools.restartable_nats import ACK_TIMEOUT, SOON, progress, restartable
 
 pytestmark = pytest.mark.timeout(120)
 

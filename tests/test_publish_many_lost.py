@@ -17,7 +17,7 @@ from jobrunner.contracts import codec
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.dropping_proxy import PublishDroppingProxy
-from tests.test_ackinbox_restart import progress
+from tests.tools.restartable_nats import progress
 
 WAIT = 2.0  # long enough for a real ack on a loaded machine: one more wait fails the test
 BATCH = 40

@@ -19,7 +19,7 @@ from jobrunner.contracts import codec
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
-from tests.test_ackinbox_restart import progress
+from tests.tools.restartable_nats import progress
 
 WAIT = 1.0
 BATCH = 40

@@ -33,7 +33,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.cluster import NODE_NAMES, REPLICAS, ClusterNode, all_of, leader_with_current_replicas
 from tests.faults.cluster import in_thread
-from tests.test_ackinbox_restart import progress
+from tests.tools.restartable_nats import progress
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.ackholding_proxy import AckHoldingProxy
@@ -24,6 +25,14 @@ from tests.ackholding_proxy import AckHoldingProxy
 # What the tests allow for a publish to be over after a restart, and for the armed publish to
 # reach the proxy: far above what it takes, even on a loaded machine.
 SOON = 10.0
+# nats-py's own ack wait in these tests: far longer than a restart, so an ack sent again after a
+# reconnect is told apart from one that timed out.
+ACK_TIMEOUT = 30.0
+
+
+def progress(job_id: str, current: int) -> events.ProgressReported:
+    """A small event to publish (any kind takes the same path)."""
+    return events.ProgressReported(job_id=job_id, current=current, total=10)
 
 
 @dataclass
