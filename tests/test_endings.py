@@ -24,33 +24,16 @@ from jobrunner.services.runner.journal import JobJournal
 from tests.batch_actions_support import submit_batch
 from tests.freeze import freeze
 from tests.system import System
-from tests.test_foreign_events import JUNK, pending
+from tests.tools.dedup_window import shrink_window, window_passed
+from tests.tools.foreign_messages import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 from tests.tools.status_history import terminal_statuses
 
 pytestmark = pytest.mark.timeout(180)
 
-WINDOW = 1.0  # seconds: the stream's duplicate window in the tests that outlast it
 
-
-async def shrink_window(js: JetStreamContext, names: Names, settings: Settings) -> None:
-    config = eventstore.stream_config(names, settings)
-    config.duplicate_window = WINDOW
-    await js.update_stream(config)
-
-
-async def window_passed(js: JetStreamContext, names: Names) -> None:
-    """Until an event id stored now is no longer a duplicate: the window has passed for every
-    id stored before this call."""
-    subject = names.job_kind_subject("window-probe", "status")
-    msg_id = f"probe-{events.new_event_id()}"
-    await js.publish(subject, b"probe", headers={"Nats-Msg-Id": msg_id})
-    async with asyncio.timeout(60):
-        while True:
-            await asyncio.sleep(WINDOW / 4)
-            ack = await js.publish(subject, b"probe", headers={"Nats-Msg-Id": msg_id})
-            if not ack.duplicate:
-                return
+def pending(job_id: str) -> actions.Attempt:
+    return actions.Attempt(id=job_id, job_type="emit", status=JobStatus.PENDING)
 
 
 # 1. The API's cancel of a pending job

@@ -22,7 +22,7 @@ from jobrunner.services.notifier.service import Notifier
 from jobrunner.services.runner.journal import JobJournal
 from tests.freeze import freeze
 from tests.system import System
-from tests.test_foreign_events import JUNK
+from tests.tools.foreign_messages import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 from tests.tools.status_history import terminal_statuses
 

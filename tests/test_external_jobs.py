@@ -32,7 +32,7 @@ from tests.external_support import (
 )
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.test_endings import shrink_window, window_passed
+from tests.tools.dedup_window import shrink_window, window_passed
 from tests.tools.runners import REPO, lines_of, start_job, wait_status
 from tests.tools.status_history import statuses
 

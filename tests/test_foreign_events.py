@@ -39,6 +39,7 @@ from tests.history_support import job_events, publish, publisher, reading_system
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.test_batch_hostile import examples
+from tests.tools.foreign_messages import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 from tests.tools.status_history import terminal_statuses
 from tests.webhook_receiver import running_receiver
@@ -46,7 +47,6 @@ from tests.webhook_support import webhook_settings
 
 pytestmark = pytest.mark.timeout(180)
 
-JUNK = b"{not json"
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),

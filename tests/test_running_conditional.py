@@ -29,8 +29,8 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import executor
 from tests.freeze import freeze
 from tests.system import System
-from tests.test_endings import shrink_window, window_passed
-from tests.test_foreign_events import JUNK
+from tests.tools.dedup_window import shrink_window, window_passed
+from tests.tools.foreign_messages import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 from tests.tools.status_history import statuses
 
