@@ -24,8 +24,8 @@ from jobrunner.services.runner.claim import Claimed
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.running import RunningJob
-from tests.test_queue_orphan_sweep import HOUR, is_queued, put_entry, store_request
 from tests.tools.lock_board import board_has, watching_board
+from tests.tools.queue_entries import HOUR, is_queued, put_entry, store_request
 from tests.tools.runner_parts import slot_claimer
 
 # The age: short where the test waits for the head to be dropped; longer where the head's

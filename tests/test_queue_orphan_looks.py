@@ -25,8 +25,8 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
 from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
-from tests.test_queue_orphan_sweep import HOUR, put_entry
 from tests.tools.lock_board import board_has, watching_board
+from tests.tools.queue_entries import HOUR, put_entry
 from tests.tools.runner_parts import slot_claimer
 
 LOCK = "exports"

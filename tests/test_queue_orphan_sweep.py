@@ -21,13 +21,11 @@ import nats.errors
 import pytest
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from jobrunner.common import ackinbox, eventstore
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import QueueEntry, SlotTable, queue_key
-from jobrunner.contracts import events
+from jobrunner.common.slots import QueueEntry, SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.board import LockBoard
@@ -37,29 +35,13 @@ from jobrunner.services.runner.sweep import LostJobSweeper
 from tests.freeze import freeze
 from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
 from tests.tools.lock_board import board_has, watching_board
+from tests.tools.queue_entries import HOUR, is_queued, put_entry, store_request
 from tests.tools.runner_parts import lost_job_sweeper
 
 # The sweeper's age, short (the setting's floor, 22 s, is for the gap between an entry and its
 # request in a real start; the sweep's rule is the same at any age).
 ORPHAN_SECONDS = 1.0
 PAST_THE_AGE = ORPHAN_SECONDS + 0.5
-HOUR = 3600.0
-
-
-async def put_entry(kv: KeyValue, lock: str, job_id: str, queued_at: float) -> None:
-    entry = QueueEntry(job_id=job_id, job_type="t", queued_at=queued_at)
-    await kv.put(queue_key(lock, job_id), msgspec.json.encode(entry))
-
-
-async def store_request(js: JetStreamContext, names: Names, lock: str, job_id: str) -> None:
-    await eventstore.publish(js, names, events.JobRequested(job_id=job_id, job_type="t", lock=lock))
-
-
-async def is_queued(kv: KeyValue, lock: str, job_id: str) -> bool:
-    try:
-        return bool((await kv.get(queue_key(lock, job_id))).value)
-    except KeyNotFoundError:
-        return False
 
 
 @asynccontextmanager
