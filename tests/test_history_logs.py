@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,30 +21,14 @@ from tests.history_support import (
     without_auth,
 )
 from tests.system import System
+from tests.tools.emit_jobs import TEST_TYPES, finished_job
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 LINES = 1200
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return without_auth(msgspec.structs.replace(settings, job_types_file=TEST_TYPES))
-
-
-async def finished_job(system: System, **parameters: object) -> dict:
-    """Run the emit tool to the end; the job as the API shows it afterwards."""
-    async with system.client() as client:
-        created = await client.post(
-            "/api/jobs", json={"job_type": "emit", "parameters": parameters}
-        )
-        assert created.status_code == 201, created.text
-        job_id = created.json()["id"]
-        async with asyncio.timeout(60):
-            while True:
-                job = (await client.get(f"/api/jobs/{job_id}")).json()
-                if job["status"] == "completed" and job["log_count"] == parameters["lines"]:
-                    return job
-                await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api.sse import ResumePoint
 from tests.sse_client import SseStream, iter_events, read_stream
 from tests.system import System
+from tests.tools.emit_jobs import emit_job
 from tests.tools.wide_viewers import (
     CLIENT_BYTES,
     FLOOD_LEASE_TTL,
-    emit_job,
     fanout_of,
     read_to_the_end,
     stalling_client,

@@ -21,7 +21,8 @@ from jobrunner.services.api.routes import streams
 from jobrunner.services.api.security import Principal
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.tools.wide_viewers import emit_job, fanout_of, stream_texts, wait_until
+from tests.tools.emit_jobs import emit_job
+from tests.tools.wide_viewers import fanout_of, stream_texts, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -28,7 +28,7 @@ from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, HistoryStalled, Limits
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.test_history_logs import TEST_TYPES, finished_job
+from tests.tools.emit_jobs import TEST_TYPES, finished_job
 from tests.tools.wide_viewers import fanout_of
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,7 +11,7 @@ import pytest
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.test_history_logs import TEST_TYPES, finished_job
+from tests.tools.emit_jobs import TEST_TYPES, finished_job
 
 
 class TestAnUpdateStreamsClientLeaving:

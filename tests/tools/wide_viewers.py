@@ -85,16 +85,6 @@ async def read_to_the_end(client: httpx.AsyncClient, path: str) -> list[SseEvent
     return events
 
 
-async def emit_job(system: System, **parameters: object) -> str:
-    """An ``emit`` job (tests/tools/jobtypes.toml) with ``parameters``."""
-    async with system.client() as client:
-        response = await client.post(
-            "/api/jobs", json={"job_type": "emit", "parameters": parameters}
-        )
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
 def stream_texts(stream: object) -> list[str]:
     """The lines' texts of a read stream (``tests.sse_client.read_stream``)."""
     return [e.json["text"] for e in stream.events if e.event == "message"]  # type: ignore[attr-defined]
