@@ -13,7 +13,7 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import UNKNOWN_HOLDER
 from tests.cli_support import cli_env
-from tests.test_runner_lease import held, slot_table
+from tests.tools.slot_leases import held, slot_table
 
 
 @pytest.fixture

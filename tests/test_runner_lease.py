@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tests.tools.runners import (
     wait_file,
     wait_status,
 )
+from tests.tools.slot_leases import held, slot_table
 
 # Long enough that a loaded machine keeps a live lease; the pauses below are chosen around it.
 TTL = 6.0
@@ -75,21 +76,6 @@ def resume(server: EmbeddedNats) -> None:
     assert server.proc is not None
     if server.proc.poll() is None:
         os.kill(server.proc.pid, signal.SIGCONT)
-
-
-@contextlib.asynccontextmanager
-async def slot_table(settings: Settings) -> AsyncIterator[SlotTable]:
-    nc = await eventstore.connect(settings, "test-lease")
-    try:
-        names = Names(settings.prefix)
-        await eventstore.ensure_topology(nc.jetstream(), names, settings)
-        yield SlotTable(nc.jetstream(), names, settings.lease_ttl_seconds)
-    finally:
-        await eventstore.close(nc)
-
-
-def held(job_id: str, runner_id: str = "me") -> SlotValue:
-    return RunnerIdentity.of_this_process(runner_id).held_value(job_id, "emit")
 
 
 def test_only_the_same_runner_process_counts_as_the_same_holder() -> None:
