@@ -22,7 +22,7 @@ from jobrunner.contracts import events
 from jobrunner.services.runner import artifacts
 from jobrunner.services.runner.artifacts import OutputDirectory
 from tests.system import System
-from tests.test_artifacts import ARTIFACT_TYPES, _finished, _listed
+from tests.tools.artifact_listing import ARTIFACT_TYPES, artifacts_of, finished_artifact_job
 
 DEPTH = 1200
 
@@ -81,8 +81,8 @@ async def test_a_very_deep_folder_ends_the_job_and_is_removed(
     """The job ends once, completed, its good file stored, and nothing of its folder stays on
     the runner's disk (before: FAILED RUNNER_LOST, the folder left)."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="deep")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "artifacts", mode="deep")
+        listed = await artifacts_of(client, job["id"])
     assert job["status"] == "completed", job.get("error")
     assert [a["name"] for a in listed["items"]] == ["kept.txt"]
     assert list(Path(settings.artifact_work_dir).iterdir()) == []

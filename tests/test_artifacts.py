@@ -6,9 +6,7 @@ import hashlib
 import io
 import zipfile
 from pathlib import Path
-from typing import Any
 
-import httpx
 import msgspec
 import nats
 import pytest
@@ -19,10 +17,10 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.replay import replay
 from tests.system import System
+from tests.tools.artifact_listing import ARTIFACT_TYPES, artifacts_of, finished_artifact_job
 from tests.tools.artifacts import pattern
-from tests.tools.runners import lines_of, start_job, wait_status
+from tests.tools.runners import lines_of
 
-ARTIFACT_TYPES = str(Path(__file__).parent / "tools" / "artifact_jobtypes.toml")
 MIB = 1024 * 1024
 
 SEVERAL = {
@@ -44,24 +42,12 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
     )
 
 
-async def _finished(client: httpx.AsyncClient, job_type: str, **parameters: Any) -> dict[str, Any]:
-    job_id = await start_job(client, job_type, **parameters)
-    return await wait_status(client, job_id, "completed", "failed", "cancelled", timeout=90)
-
-
-async def _listed(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/api/jobs/{job_id}/artifacts")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 async def test_tool_files_are_listed_with_size_type_and_checksum(system: System) -> None:
     """Every file the tool wrote, subfolders too, is listed by name with size, type and SHA-256."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="several")
+        job = await finished_artifact_job(client, "artifacts", mode="several")
         assert job["status"] == "completed"
-        listed = await _listed(client, job["id"])
+        listed = await artifacts_of(client, job["id"])
     by_name = {a["name"]: a for a in listed["items"]}
     assert list(by_name) == sorted(SEVERAL)
     for name, data in SEVERAL.items():
@@ -77,8 +63,8 @@ async def test_tool_files_are_listed_with_size_type_and_checksum(system: System)
 async def test_each_artifact_downloads_byte_identical(system: System) -> None:
     """Each file downloads with its exact bytes, length, ETag and an attachment filename."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="several")
-        for item in (await _listed(client, job["id"]))["items"]:
+        job = await finished_artifact_job(client, "artifacts", mode="several")
+        for item in (await artifacts_of(client, job["id"]))["items"]:
             response = await client.get(item["url"])
             assert response.status_code == 200, response.text
             assert response.content == SEVERAL[item["name"]]
@@ -95,7 +81,7 @@ async def test_each_artifact_downloads_byte_identical(system: System) -> None:
 async def test_archive_unzips_to_the_same_files(system: System) -> None:
     """The download-archive ZIP holds every artifact under its name, byte for byte."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="several")
+        job = await finished_artifact_job(client, "artifacts", mode="several")
         response = await client.get(f"/api/jobs/{job['id']}/download-archive")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
@@ -107,8 +93,8 @@ async def test_archive_unzips_to_the_same_files(system: System) -> None:
 async def test_a_failed_job_keeps_its_artifacts(system: System) -> None:
     """A tool that exits non-zero still has what it wrote stored (for the post-mortem)."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="several", exit_code=3)
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "artifacts", mode="several", exit_code=3)
+        listed = await artifacts_of(client, job["id"])
     assert job["error"]["code"] == "EXIT_NONZERO"
     assert len(listed["items"]) == len(SEVERAL)
 
@@ -116,8 +102,8 @@ async def test_a_failed_job_keeps_its_artifacts(system: System) -> None:
 async def test_internal_job_files_become_artifacts(system: System) -> None:
     """A callable's files in ctx.output_dir are listed and served like a tool's."""
     async with system.client() as client:
-        job = await _finished(client, "internal_artifacts")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "internal_artifacts")
+        listed = await artifacts_of(client, job["id"])
         body = (await client.get(listed["items"][0]["url"])).content
     assert job["status"] == "completed"
     assert [a["name"] for a in listed["items"]] == ["nested/result.txt"]
@@ -128,8 +114,8 @@ async def test_links_escapes_and_unsafe_names_are_not_stored_but_logged(system: 
     """A symlink to /etc/passwd, a file written to ../x, a FIFO and unsafe names are refused,
     each named in the log; the good file is stored and the job completes."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="hostile")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "artifacts", mode="hostile")
+        listed = await artifacts_of(client, job["id"])
         errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
     assert job["status"] == "completed"
     assert [a["name"] for a in listed["items"]] == ["kept.txt"]
@@ -149,8 +135,8 @@ async def test_output_directory_swapped_for_a_link_is_not_followed(
     nothing in that folder is read or stored, the log says why, the job still completes. On main
     the runner listed the folder through the link and stored ``secret.txt``."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="output_dir_link")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "artifacts", mode="output_dir_link")
+        listed = await artifacts_of(client, job["id"])
         errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
     assert (Path(settings.artifact_work_dir).parent / "outside" / "secret.txt").exists()
     assert job["status"] == "completed", job
@@ -165,8 +151,8 @@ async def test_file_over_the_per_file_limit_fails_the_job(
     await system.stop_service("runner")
     await system.start_runner("limited", artifact_max_file_bytes=1000)
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="sized", sizes="1000,1001")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "artifacts", mode="sized", sizes="1000,1001")
+        listed = await artifacts_of(client, job["id"])
         errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
     assert job["status"] == "failed"
     assert job["error"]["code"] == "ARTIFACT_TOO_LARGE"
@@ -182,8 +168,10 @@ async def test_files_over_the_per_job_limit_fail_the_job(
     await system.stop_service("runner")
     await system.start_runner("limited", artifact_max_job_bytes=2500)
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="sized", sizes="1000,1000,1000,100")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(
+            client, "artifacts", mode="sized", sizes="1000,1000,1000,100"
+        )
+        listed = await artifacts_of(client, job["id"])
     assert job["error"]["code"] == "ARTIFACT_TOO_LARGE"
     assert [a["name"] for a in listed["items"]] == ["file0.bin", "file1.bin", "file3.bin"]
 
@@ -194,8 +182,8 @@ async def test_output_directory_is_removed_after_the_job(
     """Nothing of a job's output directory stays on the runner's disk, whether the job left
     files in it or nothing."""
     async with system.client() as client:
-        await _finished(client, "artifacts", mode="several")
-        await _finished(client, "artifacts", mode="sized", sizes="")
+        await finished_artifact_job(client, "artifacts", mode="several")
+        await finished_artifact_job(client, "artifacts", mode="sized", sizes="")
     assert list(Path(settings.artifact_work_dir).iterdir()) == []
 
 
@@ -203,10 +191,10 @@ async def test_unknown_artifact_and_unsafe_name_answer_clear_errors(system: Syst
     """A name the job does not have is 404 ARTIFACT_NOT_FOUND; a '..' name 400; no artifacts
     means no archive (404 NO_ARTIFACTS)."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="several")
+        job = await finished_artifact_job(client, "artifacts", mode="several")
         missing = await client.get(f"/api/jobs/{job['id']}/artifacts/nope.txt")
         unsafe = await client.get(f"/api/jobs/{job['id']}/artifacts/sub/%2E%2E/x")
-        empty = await _finished(client, "artifacts", mode="sized", sizes="")
+        empty = await finished_artifact_job(client, "artifacts", mode="sized", sizes="")
         no_archive = await client.get(f"/api/jobs/{empty['id']}/download-archive")
         no_job = await client.get("/api/jobs/nojob/artifacts")
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "ARTIFACT_NOT_FOUND")
@@ -219,7 +207,7 @@ async def test_artifacts_are_scoped_like_their_job(system: System) -> None:
     """A token limited to its own jobs cannot list or download another's artifacts."""
     own = await system.create_token("own", "operator", own_jobs_only=True)
     async with system.client() as admin:
-        job = await _finished(admin, "artifacts", mode="several")
+        job = await finished_artifact_job(admin, "artifacts", mode="several")
     async with system.client(token=own) as client:
         paths = [
             f"/api/jobs/{job['id']}/artifacts",
@@ -233,9 +221,9 @@ async def test_artifacts_are_scoped_like_their_job(system: System) -> None:
 async def test_two_hundred_megabyte_artifact_round_trips(system: System) -> None:
     """A 200 MB file is stored and downloads with the same SHA-256, streamed both ways."""
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="big", mib=200)
+        job = await finished_artifact_job(client, "artifacts", mode="big", mib=200)
         assert job["status"] == "completed", job
-        (item,) = (await _listed(client, job["id"]))["items"]
+        (item,) = (await artifacts_of(client, job["id"]))["items"]
         digest = hashlib.sha256()
         size = 0
         async with client.stream("GET", item["url"]) as response:
@@ -249,8 +237,8 @@ async def test_two_hundred_megabyte_artifact_round_trips(system: System) -> None
 async def test_replay_rebuilds_the_same_artifact_rows(settings: Settings, system: System) -> None:
     """A replay from the stream rebuilds the artifacts table row for row."""
     async with system.client() as client:
-        await _finished(client, "artifacts", mode="several")
-        await _finished(client, "artifacts", mode="hostile")
+        await finished_artifact_job(client, "artifacts", mode="several")
+        await finished_artifact_job(client, "artifacts", mode="hostile")
     report = await replay(settings)
     assert report.differences == {}
     assert report.tables["artifacts"] == len(SEVERAL) + 1
@@ -270,7 +258,7 @@ async def test_runner_start_removes_output_directories_a_killed_runner_left(
     await system.start_runner()
     async with system.client() as client:
         # A job through the new runner: by its end the runner has long finished starting.
-        await _finished(client, "artifacts", mode="sized", sizes="1")
+        await finished_artifact_job(client, "artifacts", mode="sized", sizes="1")
     assert not leftover.parent.exists()
     assert unrelated.read_text() == "kept"
 
@@ -286,7 +274,7 @@ async def test_runner_starts_on_a_work_dir_under_a_file_and_its_jobs_say_why_the
     blocker.write_text("a file, not a directory")
     await system.start_runner(artifact_work_dir=str(blocker / "outputs"))
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="sized", sizes="1")
+        job = await finished_artifact_job(client, "artifacts", mode="sized", sizes="1")
     assert job["status"] == "failed"
     assert job["error"]["code"] == "SPAWN_FAILED"
     assert "artifact_work_dir" in job["error"]["message"]
@@ -307,8 +295,8 @@ async def test_bucket_refusing_a_file_fails_the_job_instead_of_retrying_forever(
     finally:
         await nc.close()
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="sized", sizes="1000,400000")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "artifacts", mode="sized", sizes="1000,400000")
+        listed = await artifacts_of(client, job["id"])
         errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
     assert job["error"]["code"] == "ARTIFACT_NOT_STORED", job
     assert [a["name"] for a in listed["items"]] == ["file0.bin"]
@@ -323,8 +311,8 @@ async def test_a_name_too_long_for_a_nats_subject_is_refused_not_hung(system: Sy
     ~2,900 bytes were stored before the limit and still download): it is just not there."""
     long_name = "/".join(["\U0001d538" * 63] * 13 + ["f.txt"])
     async with system.client() as client:
-        job = await _finished(client, "artifacts", mode="long_name")
-        listed = await _listed(client, job["id"])
+        job = await finished_artifact_job(client, "artifacts", mode="long_name")
+        listed = await artifacts_of(client, job["id"])
         errors = [ln["text"] for ln in await lines_of(client, job["id"]) if ln["level"] == "ERROR"]
         missing = await client.get(f"/api/jobs/{job['id']}/artifacts/{long_name}")
         kept = await client.get(listed["items"][0]["url"])
