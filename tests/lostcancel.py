@@ -5,8 +5,8 @@ cancel. Only the first is lost: a later one (a failed test's clean-up) goes thro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -49,3 +49,17 @@ class CancelLostInAPause:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             self.lost += 1
+
+
+class LosingACancel(CancelLostInAPause):
+    """Wraps ``call``: after the real call returns, the next cancel is lost, once
+    (``pause``)."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
+        super().__init__()
+        self.call = call
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self.call(*args, **kwargs)
+        await self.pause(0.5)  # (the reply about to come)
+        return result

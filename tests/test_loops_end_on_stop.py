@@ -13,7 +13,7 @@ lag look (a projector that failed never exited)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,23 +29,9 @@ from jobrunner.services.api.context import read_pool
 from jobrunner.services.projector import service as projector_service
 from jobrunner.services.projector.feed import EventFeed
 from tests.history_support import logged_job, publish
-from tests.lostcancel import CancelLostInAPause
+from tests.lostcancel import CancelLostInAPause, LosingACancel
 
 PERIOD = 0.2
-
-
-class LosingACancel(CancelLostInAPause):
-    """Wraps ``call``: after the real call returns, the next cancel is lost, once
-    (``pause``)."""
-
-    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
-        super().__init__()
-        self.call = call
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = await self.call(*args, **kwargs)
-        await self.pause(0.5)  # (the reply about to come)
-        return result
 
 
 async def _ends(task: asyncio.Task[Any]) -> bool:

@@ -17,7 +17,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
-from tests.test_loops_end_on_stop import LosingACancel
+from tests.lostcancel import LosingACancel
 
 
 async def test_a_feed_whose_cancel_was_lost_as_it_started_ends_when_its_client_left(

@@ -16,8 +16,7 @@ from playwright.async_api import Page, expect
 
 from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.test_ui_a11y import LOW_CONTRAST
-from tests.ui_support import TEST_TYPES, start_job, wait_for_status
+from tests.ui_support import LOW_CONTRAST, TEST_TYPES, start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
 
