@@ -8,13 +8,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from jobrunner.common.settings import Settings
 from tests.batch_submit_support import batch_body, post_batch, stored_count, wait_rows
 from tests.system import System
+from tests.tools.drawn_examples import examples
 from tests.tools.runners import RUNNER_TYPES
 
 json_values = st.recursive(
@@ -43,24 +42,6 @@ bodies = st.one_of(
     json_values,
 ).map(lambda body: json.dumps(body).encode())
 raw_bytes = st.binary(max_size=300) | st.just(b"[" * 50_000) | st.just(b'{"jobs": "\\ud800"}')
-
-
-def examples(strategy: st.SearchStrategy[bytes], count: int) -> list[bytes]:
-    """``count`` generated request bodies (a fixed seed: the same ones every run)."""
-    drawn: list[bytes] = []
-
-    @hypothesis_settings(
-        max_examples=count,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(strategy)
-    def draw(body: bytes) -> None:
-        drawn.append(body)
-
-    draw()
-    return drawn
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from tests.freeze import freeze
 from tests.history_support import job_events, publish, publisher, reading_system, wait_projected
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.test_batch_hostile import examples
+from tests.tools.drawn_examples import examples
 from tests.tools.foreign_messages import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
 from tests.tools.status_history import terminal_statuses
