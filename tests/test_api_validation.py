@@ -189,3 +189,19 @@ async def test_a_role_that_does_not_exist_is_refused_naming_the_roles_there_are(
     assert error["code"] == "INVALID_TOKEN_REQUEST"
     assert "'root'" in error["message"]
     assert error["message"].endswith("; choose one of viewer, operator, admin.")
+
+
+@pytest.mark.parametrize("path", ["/api/jobs", "/api/batches"])
+async def test_a_time_range_that_ends_before_it_begins_is_a_400_naming_both(
+    system: System, path: str
+) -> None:
+    """created_from after created_to answers 400 INVALID_TIME_RANGE quoting both values, not an
+    empty list that looks like "no jobs then"."""
+    later, earlier = "2026-03-02T00:00:00Z", "2026-03-01T00:00:00Z"
+    async with system.client() as client:
+        response = await client.get(path, params={"created_from": later, "created_to": earlier})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_TIME_RANGE"
+    assert later in error["message"]
+    assert earlier in error["message"]
