@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -52,7 +53,7 @@ async def unavailable(system: System) -> None:
     assert (status, body["status"]) == (503, "unavailable"), body
 
 
-def health_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def health_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [line for line in logs if line["event"].startswith("health is")]
 
 
@@ -109,9 +110,7 @@ async def test_health_while_nats_is_frozen_logs_a_line_per_period_with_a_count(
         await asyncio.sleep(max(0.0, last_line_at + PERIOD + 0.1 - time.monotonic()))
         await ok(system)
     lines = health_lines(logs)
-    assert [
-        (line["event"], line.get("since_last"), line.get("flaps")) for line in lines
-    ] == [
+    assert [(line["event"], line.get("since_last"), line.get("flaps")) for line in lines] == [
         ("health is not ok", None, None),
         ("health is not ok", within, None),
         ("health is ok again", after_thaw or None, None),

@@ -5,6 +5,7 @@ takes one, and nothing is created: a client that meant to send a key learns it s
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
@@ -33,12 +34,12 @@ def settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-async def system(settings: Settings) -> System:  # type: ignore[misc]
+async def system(settings: Settings) -> AsyncIterator[System]:
     """API and projector only: nothing runs, the stream holds only what was submitted."""
     running = System(settings)
     await running.start_projector()
     await running.start_api()
-    yield running  # type: ignore[misc]
+    yield running
     await running.stop()
 
 

@@ -157,9 +157,7 @@ class Follower:
                     "GET",
                     f"/api/jobs/{self.job_id}/stream",
                     headers={**headers, "Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(
-                        self._connect_seconds(), read=SILENT_STREAM_SECONDS
-                    ),
+                    timeout=httpx.Timeout(self._connect_seconds(), read=SILENT_STREAM_SECONDS),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()

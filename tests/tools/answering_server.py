@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 
 class AnsweringServer:
@@ -23,7 +24,8 @@ class AnsweringServer:
             path = head.split(b" ", 2)[1].decode()
             if path.endswith("/stream"):
                 self.stream_requests += 1
-                status, body = self.stream_status, {"error": self.stream_error}
+                body: dict[str, Any] = {"error": self.stream_error}
+                status = self.stream_status
             else:
                 job_id = path.rsplit("/", 1)[-1]
                 status, body = 200, {"id": job_id, "status": "running", "job_type": "emit"}

@@ -3,6 +3,7 @@ clock the test moves): a probe's answer a second, ``health_log_seconds`` 60."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -20,7 +21,10 @@ class Clock:
         return self.now
 
 
-def told(logs: list[dict[str, Any]]) -> list[tuple[str, str | None, int | None, int | None]]:
+Told = tuple[str, str | None, int | None, int | None]  # event, status, since_last, flaps
+
+
+def told(logs: list[MutableMapping[str, Any]]) -> list[Told]:
     return [
         (line["event"], line.get("status"), line.get("since_last"), line.get("flaps"))
         for line in logs

@@ -138,11 +138,11 @@ def test_a_latin_1_body_is_said_to_be_not_utf8_not_not_json(
         lambda: jsonbody.decode(raw, Shape, "INVALID_SHAPE", "The body is not a shape"),
         lambda: jsonbody.decode_any(raw),
     ):
-        with pytest.raises(ApiError) as exc:
+        with pytest.raises(ApiError) as refused:
             read()
-        assert (exc.value.status, exc.value.code) == (400, "BODY_NOT_UTF8")
-        assert "UTF-8" in exc.value.message
-        assert f"byte {at}" in exc.value.message
+        assert (refused.value.status, refused.value.code) == (400, "BODY_NOT_UTF8")
+        assert "UTF-8" in refused.value.message
+        assert f"byte {at}" in refused.value.message
 
 
 @pytest.mark.parametrize("body", [b"\xff\xfe{\x00}\x00", b"\xff\xfe"])

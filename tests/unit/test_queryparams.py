@@ -266,4 +266,3 @@ def test_a_time_range_that_ends_before_it_begins_is_refused_naming_both(
     assert raw_from in error.message
     assert raw_to in error.message
     assert error.extra["field"] == "created_from"
-

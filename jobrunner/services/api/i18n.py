@@ -174,10 +174,19 @@ TEXT: dict[str, dict[str, str]] = {
         "batches.created_to": "Angelegt bis",
         "batches.apply": "Filtern",
         "batches.reset": "Zurücksetzen",
-        "filters.bad_choice": "„{value}“ ist kein möglicher Wert für {name}: möglich sind {choices}.",
-        "filters.bad_date": "„{value}“ ist kein Datum für {name}: bitte als JJJJ-MM-TT (YYYY-MM-DD).",
-        "filters.bad_range": "created_from {start} liegt nach created_to {end}: nichts könnte passen; bitte tauschen.",
-        "filters.fix": "Die Liste bleibt leer, bis der Filter berichtigt ist (oder „Zurücksetzen“).",
+        "filters.bad_choice": (
+            "„{value}“ ist kein möglicher Wert für {name}: möglich sind {choices}."
+        ),
+        "filters.bad_date": (
+            "„{value}“ ist kein Datum für {name}: bitte als JJJJ-MM-TT (YYYY-MM-DD)."
+        ),
+        "filters.bad_range": (
+            "created_from {start} liegt nach created_to {end}: nichts könnte passen; "
+            "bitte tauschen."
+        ),
+        "filters.fix": (
+            "Die Liste bleibt leer, bis der Filter berichtigt ist (oder „Zurücksetzen“)."
+        ),
         "batches.more": "Weitere laden",
         "batches.end": "Keine weiteren Batches.",
         "batches.unavailable": "Die Batches können gerade nicht geladen werden.",
@@ -448,7 +457,9 @@ TEXT: dict[str, dict[str, str]] = {
         "batches.reset": "Reset",
         "filters.bad_choice": "“{value}” is not a possible {name}: choose one of {choices}.",
         "filters.bad_date": "“{value}” is not a date for {name}: write it as YYYY-MM-DD.",
-        "filters.bad_range": "created_from {start} is later than created_to {end}: nothing could match; swap them.",
+        "filters.bad_range": (
+            "created_from {start} is later than created_to {end}: nothing could match; swap them."
+        ),
         "filters.fix": "The list stays empty until the filter is fixed (or Reset).",
         "batches.more": "Load more",
         "batches.end": "No more batches.",

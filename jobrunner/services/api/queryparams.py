@@ -141,9 +141,7 @@ class Query:
             ) from None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    def time_range(
-        self, from_field: str, to_field: str
-    ) -> tuple[datetime | None, datetime | None]:
+    def time_range(self, from_field: str, to_field: str) -> tuple[datetime | None, datetime | None]:
         """Two ``timestamp`` fields that bound one range; a range that ends before it begins
         is a 400 INVALID_TIME_RANGE (it could only ever list nothing: a swapped pair, most
         likely, which an empty page would hide)."""
