@@ -50,7 +50,7 @@ async def test_every_bad_parameter_is_named(system: System) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"", b"\xff\xfe", b'{"job_type": "scraper"'],
+    [b"{not json", b"", b"\x00\x01", b'{"job_type": "scraper"'],
     ids=["garbage", "empty", "binary", "truncated"],
 )
 async def test_malformed_json_is_a_400(system: System, body: bytes) -> None:
@@ -128,7 +128,7 @@ def _json_post_routes() -> list[str]:
 @pytest.mark.parametrize(
     "body",
     # A truncated body whose first field no route knows: msgspec reports the field first.
-    [b"{not json", b"\xff\xfe", b'{"surprise": 1', b"[" * 100_000],
+    [b"{not json", b"\x00\x01", b'{"surprise": 1', b"[" * 100_000],
     ids=["garbage", "binary", "truncated", "nested"],
 )
 async def test_every_json_route_answers_malformed_json_alike(system: System, body: bytes) -> None:
@@ -189,3 +189,39 @@ async def test_a_role_that_does_not_exist_is_refused_naming_the_roles_there_are(
     assert error["code"] == "INVALID_TOKEN_REQUEST"
     assert "'root'" in error["message"]
     assert error["message"].endswith("; choose one of viewer, operator, admin.")
+
+
+@pytest.mark.parametrize("path", ["/api/jobs", "/api/batches"])
+async def test_a_time_range_that_ends_before_it_begins_is_a_400_naming_both(
+    system: System, path: str
+) -> None:
+    """created_from after created_to answers 400 INVALID_TIME_RANGE quoting both values, not an
+    empty list that looks like "no jobs then"."""
+    later, earlier = "2026-03-02T00:00:00Z", "2026-03-01T00:00:00Z"
+    async with system.client() as client:
+        response = await client.get(path, params={"created_from": later, "created_to": earlier})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_TIME_RANGE"
+    assert later in error["message"]
+    assert earlier in error["message"]
+
+
+async def test_every_json_route_says_a_latin_1_body_is_not_utf8(system: System) -> None:
+    """Every address that takes a JSON body answers JSON written in Latin-1 with 400
+    BODY_NOT_UTF8, not MALFORMED_JSON ("not valid JSON", which the sender's JSON is)."""
+    body = '{"name": "Müller", "job_type": "scraper"}'.encode("latin-1")
+    answers = {}
+    async with system.client() as client:
+        for path in _json_post_routes():
+            response = await client.post(
+                re.sub(r"\{\w+\}", "x", path),
+                content=body,
+                headers={"content-type": "application/json", "authorization": "Bearer x"}
+                if path.startswith("/api/external/")
+                else {"content-type": "application/json"},
+            )
+            error = response.json()["error"]
+            answers[path] = (response.status_code, error["code"], "UTF-8" in error["message"])
+    wrong = {path: got for path, got in answers.items() if got != (400, "BODY_NOT_UTF8", True)}
+    assert not wrong, f"routes answering otherwise: {wrong}"

@@ -1,14 +1,17 @@
 """What ``GET /health`` logs while something is wrong, polled as a load balancer does (a real
 nats-server SIGSTOPped: every answer 503 NATS_TIMEOUT). The first answer that is not ok is
 logged at once; answers within ``health_log_seconds`` of that line are counted, not logged; the
-first past it is logged with their count (``since_last``); one line says when health is ok again,
-and the next outage's first answer is logged at once. (Before: a line per answer, a line a
-second for as long as the outage lasted.)"""
+first past it is logged with their count (``since_last``); one line says when health is ok again
+after that long outage. Flapping (NATS frozen and thawed again and again) within the period is
+counted, not logged, into the next line past it (``flaps``); a blip's "ok again" waits for the
+period. (Before: a line per answer, a line a second for as long as the outage lasted; later a
+line at each "not ok" and each "ok again" of a flapping health.)"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -21,7 +24,7 @@ from tests.freeze import freeze
 from tests.system import System
 from tests.test_health_nats_frozen import health, thaw
 
-PERIOD = 3.0  # health_log_seconds here
+PERIOD = 5.0  # health_log_seconds here
 NATS_DEADLINE = 0.5  # health_nats_timeout_seconds here: a frozen NATS answered fast
 
 
@@ -50,7 +53,7 @@ async def unavailable(system: System) -> None:
     assert (status, body["status"]) == (503, "unavailable"), body
 
 
-def health_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def health_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [line for line in logs if line["event"].startswith("health is")]
 
 
@@ -77,23 +80,42 @@ async def test_health_while_nats_is_frozen_logs_a_line_per_period_with_a_count(
             await unavailable(system)
         finally:
             thaw(own_nats)
-        after_thaw = await ok(system)
+        after_thaw = await ok(system)  # an outage longer than the period: ok again at once
+        ok_again_at = time.monotonic()
         await ok(system)  # ok again and again: nothing more logged
+        # Flapping within the period of the "ok again" line: counted, not logged (before: a
+        # line at each "not ok" and at each "ok again").
+        left_out = flaps = 0
+        while time.monotonic() + 6 * NATS_DEADLINE < ok_again_at + PERIOD:
+            freeze(own_nats.proc.pid)
+            try:
+                await unavailable(system)
+            finally:
+                thaw(own_nats)
+            left_out += 1 + await ok(system) + 1
+            flaps += 1
+        assert flaps >= 1
+        assert len(health_lines(logs)) == 3, health_lines(logs)
+        # Past the period: the next "not ok" is logged, with the flaps left out.
+        await asyncio.sleep(max(0.0, ok_again_at + PERIOD + 0.1 - time.monotonic()))
         freeze(own_nats.proc.pid)
         try:
-            await unavailable(system)  # a new outage, within the period: logged at once
+            await unavailable(system)
+            last_line_at = time.monotonic()
         finally:
             thaw(own_nats)
-        # Counted like after the first thaw: on a loaded machine the first answer after a
-        # thaw may still be unavailable, and is then left out into the "ok again" line.
-        after_second_thaw = await ok(system)
+        # A blip shorter than the period: its "ok again" waits for the period to end.
+        after_blip = await ok(system)
+        assert len(health_lines(logs)) == 4, health_lines(logs)
+        await asyncio.sleep(max(0.0, last_line_at + PERIOD + 0.1 - time.monotonic()))
+        await ok(system)
     lines = health_lines(logs)
-    assert [(line["event"], line.get("since_last")) for line in lines] == [
-        ("health is not ok", None),
-        ("health is not ok", within),
-        ("health is ok again", after_thaw or None),
-        ("health is not ok", None),
-        ("health is ok again", after_second_thaw or None),
+    assert [(line["event"], line.get("since_last"), line.get("flaps")) for line in lines] == [
+        ("health is not ok", None, None),
+        ("health is not ok", within, None),
+        ("health is ok again", after_thaw or None, None),
+        ("health is not ok", left_out, flaps),
+        ("health is ok again", after_blip + 1, 1),
     ], lines
     assert lines[0]["problems"] == ["NATS_TIMEOUT"]
     assert lines[0]["status"] == "unavailable"

@@ -57,6 +57,9 @@ class Parameter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     default: Any = None
     # string
     pattern: str | None = None
+    # The pattern in words for the people filling in the form ("up to five digits"): shown
+    # instead of the regex, which only its author reads as a format.
+    pattern_help: str = ""
     max_length: int = 256
     allow_leading_dash: bool = False
     # enum, multi_enum

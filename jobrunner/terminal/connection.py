@@ -32,6 +32,7 @@ class ClientError(Exception):
 EXIT_USAGE = 2  # a bad argument, or the server refused the request
 EXIT_FAILED_WITHOUT_CODE = 75  # the job failed with no exit code (timeout, runner lost, ...)
 EXIT_UNREACHABLE = 69  # no server at the address
+EXIT_SERVER_ERROR = 70  # the server failed on the request (a 500: its bug, no retry mends it)
 EXIT_CANCELLED = 130  # the job was cancelled (or following was interrupted)
 
 

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.text import Text
 
 from jobrunner.common.loglevels import shows_level
-from jobrunner.terminal.connection import EXIT_UNREACHABLE, Api, ClientError
+from jobrunner.terminal.connection import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, Api, ClientError
 
 LEVEL_STYLES = {
     "DEBUG": "dim",
@@ -52,6 +52,11 @@ RECONNECT_PAUSE_SECONDS = 1.0
 # closing the connection, which would otherwise be followed in silence for ever.
 SILENT_STREAM_SECONDS = 60.0
 PLAIN_PROGRESS_EVERY_SECONDS = 1.0
+# How long one connect may take; while the stream is lost, at most the time left to reconnect.
+CONNECT_SECONDS = 30.0
+# Answers of a server that is away (starting, or a proxy that lost it): tried again. Any other
+# 5xx is the server failing on this request, which the same request again would meet too.
+AWAY_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass
@@ -152,15 +157,21 @@ class Follower:
                     "GET",
                     f"/api/jobs/{self.job_id}/stream",
                     headers={**headers, "Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(30.0, read=SILENT_STREAM_SECONDS),
+                    timeout=httpx.Timeout(self._connect_seconds(), read=SILENT_STREAM_SECONDS),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
                         refusal = self.api.refused(response)
-                        if response.status_code < 500:
-                            raise refusal
-                        # A server starting or behind a proxy that lost it (502, 503): away.
-                        raise _Away(str(refusal))
+                        if response.status_code in AWAY_STATUSES:
+                            raise _Away(str(refusal))
+                        if response.status_code >= 500:
+                            raise ClientError(
+                                f"jobrunner at {self.api.target.url} failed on job "
+                                f"{self.job_id}'s stream: {refusal}; a server error, which "
+                                "following again would meet too: see the server's log",
+                                EXIT_SERVER_ERROR,
+                            )
+                        raise refusal
                     # Back once the stream says something (a keep-alive will do), not at its
                     # headers: an API that stalls at once answers 200 and then nothing, which
                     # is no connection back (its give-up clock must run on).
@@ -188,6 +199,14 @@ class Follower:
                     EXIT_UNREACHABLE,
                 )
             time.sleep(RECONNECT_PAUSE_SECONDS)
+
+    def _connect_seconds(self) -> float:
+        """``CONNECT_SECONDS``, or less while the stream is lost: the time left of
+        ``reconnect_for`` (a connect that hangs must not outlast the give-up by 30 s)."""
+        if self._lost_since is None:
+            return CONNECT_SECONDS
+        left = self.reconnect_for - (time.monotonic() - self._lost_since)
+        return max(0.1, min(CONNECT_SECONDS, left))
 
     def _telling_back(self, lines: Iterator[str]) -> Iterator[str]:
         """``lines``, saying on stderr at the first that the connection is back (when lost)."""

@@ -75,10 +75,16 @@ def test_any_body_is_planned_or_refused_with_a_422(raw: Any) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_answer_400(raw: bytes) -> None:
-    """Bytes that are not JSON answer 400 MALFORMED_JSON, never an unexpected error."""
+    """Bytes that are not JSON answer 400 MALFORMED_JSON (BODY_NOT_UTF8 when they are not
+    UTF-8), never an unexpected error."""
     decoded = refused_or(decode_body, raw)
     if isinstance(decoded, ApiError):
-        assert (decoded.status, decoded.code) == (400, "MALFORMED_JSON")
+        try:
+            raw.decode()
+        except UnicodeDecodeError:
+            assert (decoded.status, decoded.code) == (400, "BODY_NOT_UTF8")
+        else:
+            assert (decoded.status, decoded.code) == (400, "MALFORMED_JSON")
 
 
 def test_deeply_nested_json_answers_400() -> None:

@@ -8,7 +8,7 @@ import math
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jobrunner.services.api import jsonbody
@@ -18,6 +18,14 @@ from jobrunner.services.api.errors import ApiError
 class Shape(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     count: int = 0
+
+
+def is_utf8(body: bytes) -> bool:
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def answer(body: bytes) -> tuple[int, str] | Shape:
@@ -86,15 +94,60 @@ def test_every_body_is_a_shape_a_malformed_json_or_the_wrong_shape(body: bytes) 
     got = answer(body)
     if isinstance(got, Shape):
         assert is_json(body)
+    elif not is_utf8(body):
+        assert got == (400, "BODY_NOT_UTF8"), body
     elif not is_json(body):
         assert got == (400, "MALFORMED_JSON"), body
     else:
         assert got == (422, "INVALID_SHAPE"), body
 
 
-@pytest.mark.parametrize("body", [b"", b" ", b"{", b"\xff\xfe", b"nul"])
+@pytest.mark.parametrize("body", [b"", b" ", b"{", b"nul"])
 def test_decode_any_refuses_what_is_not_json(body: bytes) -> None:
     """The untyped read (a batch's body) answers MALFORMED_JSON too."""
     with pytest.raises(ApiError) as exc:
         jsonbody.decode_any(body)
     assert (exc.value.status, exc.value.code) == (400, "MALFORMED_JSON")
+
+
+LATIN_1_ONLY = st.characters(min_codepoint=0x80, max_codepoint=0xFF)
+
+
+@settings(max_examples=200)
+@given(
+    before=st.text(st.characters(max_codepoint=0xFF), max_size=10),
+    accented=st.text(LATIN_1_ONLY, min_size=1, max_size=5),
+    shaped=st.booleans(),
+)
+def test_a_latin_1_body_is_said_to_be_not_utf8_not_not_json(
+    before: str, accented: str, shaped: bool
+) -> None:
+    """JSON written in Latin-1 (``{"name": "Müller"}`` from a Windows tool) answers 400
+    BODY_NOT_UTF8 with a sentence naming UTF-8 and where the first bad byte is, typed or not,
+    whatever field it is in (before: MALFORMED_JSON, "not valid JSON")."""
+    value = before + accented
+    body = json.dumps({"name": value} if shaped else {"other": value}, ensure_ascii=False)
+    raw = body.encode("latin-1")
+    try:
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        at = exc.start  # where a reader of UTF-8 stops
+    else:
+        assume(False)  # some Latin-1 ("Ã©") happens to be UTF-8 as well
+    for read in (
+        lambda: jsonbody.decode(raw, Shape, "INVALID_SHAPE", "The body is not a shape"),
+        lambda: jsonbody.decode_any(raw),
+    ):
+        with pytest.raises(ApiError) as refused:
+            read()
+        assert (refused.value.status, refused.value.code) == (400, "BODY_NOT_UTF8")
+        assert "UTF-8" in refused.value.message
+        assert f"byte {at}" in refused.value.message
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe{\x00}\x00", b"\xff\xfe"])
+def test_a_utf16_body_is_not_utf8_either(body: bytes) -> None:
+    """UTF-16 (with its byte order mark) is refused as not UTF-8 too."""
+    with pytest.raises(ApiError) as exc:
+        jsonbody.decode_any(body)
+    assert (exc.value.status, exc.value.code) == (400, "BODY_NOT_UTF8")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from jobrunner.terminal.commands import exit_code_of
 from jobrunner.terminal.connection import ClientError, find_target
-from jobrunner.terminal.follow import sse_events
+from jobrunner.terminal.follow import CONNECT_SECONDS, Follower, sse_events
 from jobrunner.terminal.parameters import parse_parameters
 
 TYPE: dict[str, Any] = {
@@ -119,3 +121,25 @@ def test_no_server_anywhere_says_what_to_pass(tmp_path: Path) -> None:
     """Without --url, JOBRUNNER_URL or a runtime.json the sentence names all three."""
     with pytest.raises(ClientError, match=r"pass --url.*JOBRUNNER_URL.*runtime\.json"):
         find_target(None, None, str(tmp_path), {})
+
+
+@settings(max_examples=100)
+@given(
+    reconnect_for=st.floats(min_value=0.5, max_value=600),
+    lost_ago=st.floats(min_value=0, max_value=700),
+)
+def test_a_connect_while_the_stream_is_lost_waits_at_most_the_time_left(
+    reconnect_for: float, lost_ago: float
+) -> None:
+    """`logs --follow --reconnect-for N`: a connect attempt never outlasts the time left of N
+    (it took 30 s whatever was left, so a 2 s bound could give up 30 s late)."""
+    follower = Follower(
+        api=None,  # type: ignore[arg-type]  # a connect's bound reads no connection
+        job_id="x",
+        console=Console(),
+        reconnect_for=reconnect_for,
+    )
+    assert follower._connect_seconds() == CONNECT_SECONDS  # not lost: an ordinary connect
+    follower._lost_since = time.monotonic() - lost_ago
+    left = reconnect_for - lost_ago
+    assert 0.1 <= follower._connect_seconds() <= max(0.1, min(CONNECT_SECONDS, left))

@@ -87,9 +87,9 @@ def decode_options(body: bytes) -> ActionOptions:
         jsonbody.decode_any(body)  # a body that is no JSON at all is MALFORMED_JSON
         raise options_refused(str(exc)) from None
     except msgspec.DecodeError:
-        raise jsonbody.malformed() from None
+        raise jsonbody.not_json(body) from None
     except RecursionError:
-        raise jsonbody.malformed(nested=True) from None
+        raise jsonbody.not_json(body, nested=True) from None
 
 
 # What each option must be: msgspec's own words name the pattern ("Expected `str` matching

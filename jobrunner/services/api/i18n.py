@@ -122,7 +122,7 @@ TEXT: dict[str, dict[str, str]] = {
         "new.none_selected": "Bitte einen Job-Typ wählen.",
         "new.required": "Pflichtfeld",
         "new.range": "Bereich",
-        "new.pattern": "Format",
+        "new.pattern": "muss passen auf",
         "status.pending": "Wartend",
         "status.running": "Läuft",
         "status.completed": "Erfolgreich",
@@ -174,6 +174,19 @@ TEXT: dict[str, dict[str, str]] = {
         "batches.created_to": "Angelegt bis",
         "batches.apply": "Filtern",
         "batches.reset": "Zurücksetzen",
+        "filters.bad_choice": (
+            "„{value}“ ist kein möglicher Wert für {name}: möglich sind {choices}."
+        ),
+        "filters.bad_date": (
+            "„{value}“ ist kein Datum für {name}: bitte als JJJJ-MM-TT (YYYY-MM-DD)."
+        ),
+        "filters.bad_range": (
+            "created_from {start} liegt nach created_to {end}: nichts könnte passen; "
+            "bitte tauschen."
+        ),
+        "filters.fix": (
+            "Die Liste bleibt leer, bis der Filter berichtigt ist (oder „Zurücksetzen“)."
+        ),
         "batches.more": "Weitere laden",
         "batches.end": "Keine weiteren Batches.",
         "batches.unavailable": "Die Batches können gerade nicht geladen werden.",
@@ -394,7 +407,7 @@ TEXT: dict[str, dict[str, str]] = {
         "new.none_selected": "Please choose a job type.",
         "new.required": "required",
         "new.range": "range",
-        "new.pattern": "format",
+        "new.pattern": "must match",
         "status.pending": "Pending",
         "status.running": "Running",
         "status.completed": "Completed",
@@ -442,6 +455,12 @@ TEXT: dict[str, dict[str, str]] = {
         "batches.created_to": "Created until",
         "batches.apply": "Apply",
         "batches.reset": "Reset",
+        "filters.bad_choice": "“{value}” is not a possible {name}: choose one of {choices}.",
+        "filters.bad_date": "“{value}” is not a date for {name}: write it as YYYY-MM-DD.",
+        "filters.bad_range": (
+            "created_from {start} is later than created_to {end}: nothing could match; swap them."
+        ),
+        "filters.fix": "The list stays empty until the filter is fixed (or Reset).",
         "batches.more": "Load more",
         "batches.end": "No more batches.",
         "batches.unavailable": "The batches cannot be loaded right now.",

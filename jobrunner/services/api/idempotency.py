@@ -45,13 +45,18 @@ class Claim(msgspec.Struct, frozen=True):
 
 
 def check_key(key: str) -> str:
-    if not _KEY.match(key):
-        raise ApiError(
-            400,
-            "INVALID_IDEMPOTENCY_KEY",
-            f"The {HEADER} header must be 1 to {MAX_KEY_CHARS} printable ASCII characters.",
-        )
-    return key
+    """``key`` when it can name a request; else 400 INVALID_IDEMPOTENCY_KEY saying what is wrong
+    with it. An empty key (the HTTP server strips the spaces around a value, so a blank one too)
+    is refused, not taken for no key: its sender meant retries to be safe, and they would not."""
+    if _KEY.match(key):
+        return key
+    if not key.strip():
+        why = "is empty; send a key (1 to 200 printable ASCII characters) or leave the header out"
+    elif len(key) > MAX_KEY_CHARS:
+        why = f"is {len(key)} characters long; a key may have at most {MAX_KEY_CHARS}"
+    else:
+        why = f"must be printable ASCII characters only (at most {MAX_KEY_CHARS})"
+    raise ApiError(400, "INVALID_IDEMPOTENCY_KEY", f"The {HEADER} header {why}.", header=HEADER)
 
 
 def record_key(principal: str, key: str) -> str:

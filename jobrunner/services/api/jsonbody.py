@@ -5,7 +5,10 @@ the route's own ``422`` when it is JSON of the wrong shape. msgspec checks the s
 parses, so a body that breaks off after an unknown field is first reported as a shape error:
 such a body is parsed once more, without a type, to tell the two apart (only on that error).
 A number no float holds (``1e999``) is not JSON here either: msgspec cannot read it (a batch's
-untyped body always answered so).
+untyped body always answered so). ``400 BODY_NOT_UTF8`` when the body is not UTF-8 (JSON written
+in Latin-1 or UTF-16 by a Windows tool): "not valid JSON" sent its sender looking for a syntax
+error in JSON that has none. Checked only once msgspec has refused the body: a good body pays
+nothing.
 """
 
 from __future__ import annotations
@@ -26,18 +29,35 @@ def malformed(nested: bool = False) -> ApiError:
     return ApiError(400, "MALFORMED_JSON", f"The request body is {why}.")
 
 
+def not_json(body: bytes, nested: bool = False) -> ApiError:
+    """The 400 for a ``body`` msgspec refused: BODY_NOT_UTF8 when it is not UTF-8 at all (its
+    JSON may be fine), else MALFORMED_JSON."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as exc:
+        return ApiError(
+            400,
+            "BODY_NOT_UTF8",
+            f"The request body is not UTF-8 (byte {exc.start} is 0x{body[exc.start]:02x}, "
+            "which no UTF-8 text holds there): send JSON encoded as UTF-8; a Latin-1 or "
+            "Windows-1252 text must be converted first.",
+            byte=exc.start,
+        )
+    return malformed(nested)
+
+
 def decode(body: bytes, of: type[T], code: str, what: str) -> T:
     """``body`` as ``of``; for JSON that is not one ``422 <code>``, ``what`` and msgspec's
     sentence ("The report is not valid: Expected `int`, got `str` - at `$.progress`.")."""
     try:
         return msgspec.json.decode(body, type=of)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
-        decode_any(body)  # raises MALFORMED_JSON for a body that is no JSON at all
+        decode_any(body)  # raises MALFORMED_JSON (or BODY_NOT_UTF8) for a body that is no JSON
         raise ApiError(422, code, f"{what}: {exc}{choices_hint(of, str(exc))}.") from None
     except msgspec.DecodeError:
-        raise malformed() from None
+        raise not_json(body) from None
     except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
-        raise malformed(nested=True) from None
+        raise not_json(body, nested=True) from None
 
 
 def decode_any(body: bytes) -> Any:
@@ -45,9 +65,9 @@ def decode_any(body: bytes) -> Any:
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
-        raise malformed() from None
+        raise not_json(body) from None
     except RecursionError:
-        raise malformed(nested=True) from None
+        raise not_json(body, nested=True) from None
 
 
 # msgspec's sentence for a value outside an enum or Literal: "Invalid enum value 'god' - at

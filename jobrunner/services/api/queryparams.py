@@ -141,6 +141,21 @@ class Query:
             ) from None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
+    def time_range(self, from_field: str, to_field: str) -> tuple[datetime | None, datetime | None]:
+        """Two ``timestamp`` fields that bound one range; a range that ends before it begins
+        is a 400 INVALID_TIME_RANGE (it could only ever list nothing: a swapped pair, most
+        likely, which an empty page would hide)."""
+        start, end = self.timestamp(from_field), self.timestamp(to_field)
+        if start is not None and end is not None and start > end:
+            raise ApiError(
+                400,
+                "INVALID_TIME_RANGE",
+                f"{from_field!r} ({self._one(from_field)}) is later than {to_field!r} "
+                f"({self._one(to_field)}), so nothing could match; swap them or widen the range.",
+                field=from_field,
+            )
+        return start, end
+
     def cursor(self, field: str, kind: type[Any]) -> Any:
         raw = self._one(field)
         if raw is None or raw == "":

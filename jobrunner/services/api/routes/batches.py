@@ -66,13 +66,14 @@ class BatchController(Controller):
         """
         ctx = ctx_of(request)
         query = Query(request.query_params, LIST_PARAMETERS)
+        since, until = query.time_range("created_from", "created_to")
         filters = batch_readmodels.BatchFilter(
             statuses=query.choices("status", BATCH_STATUSES),
             archived=query.archived(),
             job_types=query.names("job_type"),
             search=query.text("search"),
-            created_from=query.timestamp("created_from"),
-            created_to=query.timestamp("created_to"),
+            created_from=since,
+            created_to=until,
             requested_by=principal_of(request).owner,
         )
         page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50

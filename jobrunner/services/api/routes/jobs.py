@@ -268,13 +268,14 @@ async def job_page(
     """One page of ``GET /api/jobs`` for ``principal``: Litestar's handler above and the fast
     path in front of it (``jobs_fastpath.py``) answer with this one function."""
     query = Query(params, LIST_PARAMETERS)
+    since, until = query.time_range("created_from", "created_to")
     filters = readmodels.JobFilter(
         statuses=query.choices("status", STATUS_VALUES),
         job_types=query.names("job_type"),
         search=query.text("search"),
         batch_id=query.name("batch_id"),
-        created_from=query.timestamp("created_from"),
-        created_to=query.timestamp("created_to"),
+        created_from=since,
+        created_to=until,
         requested_by=principal.owner,
         archived=query.archived(),
     )

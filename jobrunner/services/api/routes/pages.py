@@ -22,6 +22,7 @@ from jobrunner.common.jobtypes import JobType
 from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import i18n, links, readmodels, schemas, security
 from jobrunner.services.api.attempts import attempts_of
+from jobrunner.services.api.batch_page_filters import filter_problems
 from jobrunner.services.api.dependencies import ctx_of, find_batch, find_job
 from jobrunner.services.api.reads import ReadRouter, get
 from jobrunner.services.api.security.principal import optional_principal
@@ -121,7 +122,9 @@ def parameter_schemas(job_types: dict[str, JobType]) -> dict[str, Any]:
     }
 
 
-def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template:
+def page(
+    request: Request[Any, Any, Any], name: str, status_code: int = 200, **context: Any
+) -> Template:
     """Render a template with the language, the translator and the job types at hand.
 
     Every page takes ``?lang=de|en`` (declared on the handlers, which the access middleware
@@ -146,6 +149,7 @@ def page(request: Request[Any, Any, Any], name: str, **context: Any) -> Template
             **context,
         },
         cookies=i18n.remembered_choice(request),
+        status_code=status_code,
     )
 
 
@@ -212,7 +216,7 @@ async def batch_job_form_fragment(request: Request[Any, Any, Any], job_type: str
     return page(request, "_job_form.html", job_type=found, id_prefix=BATCH_FORM_PREFIX)
 
 
-@get("/batches", include_in_schema=False, name="batches_page")
+@get("/batches", include_in_schema=False, name="batches_page", opt=PAGE_OPT)
 async def batches_page(
     request: Request[Any, Any, Any],
     lang: str | None = None,
@@ -226,7 +230,8 @@ async def batches_page(
     """Seed 003's job center: every batch with its counters, filtered, live.
 
     The rows come from ``GET /api/batches`` in the browser (the filters are that API's), so the
-    first page and every live update take one path; the page carries the filters' values.
+    first page and every live update take one path; the page carries the filters' values. A value
+    the page cannot show answers 400 with the page saying so (batch_page_filters.py).
     """
     filters = {
         "status": status or "",
@@ -236,7 +241,15 @@ async def batches_page(
         "created_from": created_from or "",
         "created_to": created_to or "",
     }
-    return page(request, "batches.html", filters=filters)
+    t = i18n.translator(i18n.language_of(request))
+    problems = filter_problems(filters, ctx_of(request).job_types, t)
+    return page(
+        request,
+        "batches.html",
+        status_code=400 if problems else 200,
+        filters=filters,
+        filter_problems=problems,
+    )
 
 
 @get("/batches/{batch_id:str}", include_in_schema=False, name="batch_page", opt=PAGE_OPT)

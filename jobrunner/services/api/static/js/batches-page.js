@@ -63,6 +63,9 @@ function newRow(batch) {
 }
 
 async function load(form, { append, limit = PAGE }) {
+  // A filter the page could not show (its alert says which): listing what the form holds
+  // instead would be a wider list than the address asked for. Applying the form clears it.
+  if (form.hasAttribute("data-filter-error")) return;
   const mine = ++generation;
   const params = query(form);
   params.set("limit", String(limit));
@@ -106,6 +109,8 @@ export function initBatchesPage() {
     event.preventDefault();
     history.replaceState(null, "", pageAddress(form));
     cursor = null;
+    form.removeAttribute("data-filter-error");
+    document.getElementById("batches-filter-error")?.remove();
     load(form, { append: false });
   });
   document.getElementById("batches-more").addEventListener("click", () => load(form, { append: true }));

@@ -1,0 +1,84 @@
+"""An ``Idempotency-Key`` header that could stand for no request (empty, only whitespace, too
+long, not printable ASCII) is refused with 400 INVALID_IDEMPOTENCY_KEY on every route that
+takes one, and nothing is created: a client that meant to send a key learns it sent none."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import strategies as st
+
+from jobrunner.common.settings import Settings
+from jobrunner.services.api.idempotency import MAX_KEY_CHARS
+from tests.batch_submit_support import batch_body, stored_count
+from tests.system import System
+from tests.tools.drawn import examples
+from tests.tools.raw_http import raw_request
+from tests.tools.runners import RUNNER_TYPES
+
+BLANK = examples(st.text(alphabet=" \t", min_size=0, max_size=20), 8)
+TOO_LONG = examples(st.text(alphabet="abcXYZ-_:09", min_size=MAX_KEY_CHARS + 1, max_size=5000), 3)
+ROUTES = {
+    "/api/jobs": {"job_type": "emit", "parameters": {"lines": 1}},
+    "/api/jobs/batch": batch_body(("emit", {"lines": 1})),
+}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
+
+
+@pytest.fixture
+async def system(settings: Settings) -> AsyncIterator[System]:
+    """API and projector only: nothing runs, the stream holds only what was submitted."""
+    running = System(settings)
+    await running.start_projector()
+    await running.start_api()
+    yield running
+    await running.stop()
+
+
+def refused(response: httpx.Response) -> str:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_IDEMPOTENCY_KEY"
+    return str(error["message"])
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+async def test_an_empty_or_blank_idempotency_key_is_refused(system: System, path: str) -> None:
+    """``Idempotency-Key:`` with nothing (or only spaces and tabs) is a 400, not a request
+    without a key that a retry would send twice."""
+    async with system.client() as client:
+        authorization = client.headers["authorization"]
+    before = await stored_count(system.settings)
+    body = json.dumps(ROUTES[path]).encode()
+    for key in BLANK:
+        headers = [
+            ("Authorization", f" {authorization}"),
+            ("Content-Type", " application/json"),
+            ("Idempotency-Key", key),
+        ]
+        status, answer = await raw_request(system.base_url, "POST", path, headers, body)
+        assert status == 400, (key, answer)
+        assert answer["error"]["code"] == "INVALID_IDEMPOTENCY_KEY"
+        assert "empty" in answer["error"]["message"], key
+    assert await stored_count(system.settings) == before
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+async def test_an_idempotency_key_too_long_is_refused_naming_the_limit(
+    system: System, path: str
+) -> None:
+    """A key over 200 characters is a 400 whose sentence says the limit and the length sent."""
+    async with system.client() as client:
+        for key in TOO_LONG:
+            response = await client.post(path, json=ROUTES[path], headers={"Idempotency-Key": key})
+            message = refused(response)
+            assert str(MAX_KEY_CHARS) in message
+            assert str(len(key)) in message

@@ -1,0 +1,62 @@
+"""``jobrunner logs --follow`` when the server answers the job's stream with an error: a 500
+(a bug in the server, which no retry mends) ends the follow at once with the server's code and
+sentence and exit code 70; a 502, 503 or 504 (a server starting, a proxy that lost it) is
+retried until ``--reconnect-for``, then exit 69. (Before, a 500 was retried as a restart for the
+whole ``--reconnect-for`` and ended "did not come back", exit 69.)"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from tests.tools.answering_server import AnsweringServer
+
+JOB_ID = "0123456789abcdef0123456789abcdef"
+BUG = {"code": "INTERNAL_ERROR", "message": "The server failed on this request."}
+
+
+async def follow(url: str, reconnect_for: float) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
+    env["JOBRUNNER_URL"] = url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jobrunner.cli",
+        "logs",
+        JOB_ID,
+        "--follow",
+        "--reconnect-for",
+        str(reconnect_for),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_a_server_error_ends_the_follow_at_once_with_its_code() -> None:
+    """A 500 on the stream: one request, the server's sentence and code, exit 70, no retry."""
+    async with AnsweringServer(500, BUG).running() as server:
+        code, err = await follow(server.url, reconnect_for=3)
+    assert code == 70, err
+    assert server.stream_requests == 1, err
+    assert "INTERNAL_ERROR" in err
+    assert "The server failed on this request." in err
+    assert "did not come back" not in err
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_a_server_away_behind_a_proxy_is_retried_until_the_bound(status: int) -> None:
+    """A 502/503/504 on the stream: retried, then "did not come back", exit 69."""
+    away = {"code": "UNAVAILABLE", "message": "The server is starting."}
+    async with AnsweringServer(status, away).running() as server:
+        code, err = await follow(server.url, reconnect_for=2)
+    assert code == 69, err
+    assert server.stream_requests >= 2, err
+    assert "did not come back within 2 s" in err
