@@ -10,14 +10,13 @@ from urllib.parse import quote
 import httpx
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from jobrunner.common import artifactnames
 from jobrunner.common.settings import Settings
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
+from tests.tools.drawn_examples import examples
 
 parts = st.text(min_size=0, max_size=40) | st.sampled_from(
     [
@@ -44,20 +43,6 @@ raw_paths = st.lists(
     min_size=1,
     max_size=5,
 ).map("/".join)
-
-
-def examples(strategy: st.SearchStrategy[str], count: int) -> list[str]:
-    drawn: list[str] = []
-
-    @hypothesis_settings(
-        max_examples=count, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
-    )
-    @given(strategy)
-    def draw(value: str) -> None:
-        drawn.append(value)
-
-    draw()
-    return drawn
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api.idempotency import MAX_KEY_CHARS
 from tests.batch_submit_support import batch_body, stored_count
 from tests.system import System
-from tests.tools.drawn import examples
+from tests.tools.drawn_examples import examples
 from tests.tools.raw_http import raw_request
 from tests.tools.runners import RUNNER_TYPES
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from jobrunner.common.loglevels import LEVELS, shows_level, shows_level_sql
 from tests.servers import PostgresCluster
+from tests.tools.drawn_examples import examples
 
 # Text Postgres can store: no NUL, no lone surrogates.
 stored_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
@@ -24,26 +23,11 @@ level_first = st.builds(
 pairs = st.tuples(stored_text | level_first, st.sampled_from(LEVELS))
 
 
-def examples(count: int) -> list[tuple[str, str]]:
-    """``count`` generated (text, level) pairs (a fixed seed: the same ones every run)."""
-    drawn: list[tuple[str, str]] = []
-
-    @hypothesis_settings(
-        max_examples=count, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
-    )
-    @given(pairs)
-    def draw(pair: tuple[str, str]) -> None:
-        drawn.append(pair)
-
-    draw()
-    return drawn
-
-
 async def test_postgres_and_python_agree_on_which_lines_show_their_level(
     pg_cluster: PostgresCluster,
 ) -> None:
     """The download (Postgres) and the terminal client (Python) leave out the same level columns."""
-    drawn = examples(2000)
+    drawn = examples(pairs, 2000)
     url = await pg_cluster.fresh_database()
     try:
         conn = await asyncpg.connect(url)
