@@ -74,7 +74,8 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     }
     return await database.create_pool(
         settings.database_url,
-        min_size=1,
+        # No connection made here: the start waits for Postgres first (outage.py).
+        min_size=0,
         max_size=2,
         init=backendpriority.at_own_niceness(init),
         **server_settings,
@@ -112,6 +113,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         await retry.until_jetstream_ready(
             lambda: _remove_durable_consumer(js, names), "the event stream's consumers"
         )
+        # Postgres away (not started yet, restarting, frozen): wait, saying so once.
+        if not await outage.until_postgres_answers(settings.database_url, stop):
+            return
         # Read models of an older layout are rebuilt (or refused) before the first write.
         if await upgrade.ensure_current_in_place(settings, stop) is None:
             return  # stopped while a rebuild waited out an outage
