@@ -271,3 +271,26 @@ async def test_the_projector_waits_out_a_freeze_just_shorter_than_its_connect_bo
             await asyncio.sleep(1.0)  # the fault's length
         await until_logged(logs, "projector started")
     assert not lines_of(logs, outage.WAITING_EVENT)
+
+
+async def test_a_running_projector_says_an_outage_once_and_when_it_is_over(
+    system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres stopped under a running projector while a job is posted: the batch is retried
+    again and again, said in one line (with what to do), and one line once it is applied.
+    (Before: one error line per attempt.)"""
+    monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", 0.2)  # many tries during the outage
+    await system.start_projector()
+    await system.start_api()
+    await asyncio.to_thread(own_postgres.stop)
+    with capture_logs() as logs:
+        job_id = await post_job(system)
+        await until_logged(logs, "projector cannot apply a batch; retrying it")
+        await asyncio.sleep(2)  # tried again and again meanwhile
+        await start_postgres(own_postgres)
+        await until_logged(logs, "projector applied the batch after an outage")
+    retries = lines_of(logs, "projector cannot apply a batch; retrying it")
+    assert len(retries) == 1, retries
+    assert "database_url" in retries[0]["what_to_do"]
+    assert lines_of(logs, "projector applied the batch after an outage")[0]["attempts"] > 2
+    await served_again(system, job_id)

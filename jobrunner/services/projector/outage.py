@@ -25,6 +25,12 @@ RETRY_PAUSE_MAX = 5.0  # seconds, at most, before what met an outage is tried ag
 # start for asyncpg's default 60 s, then ended it. A working Postgres answers a connect in
 # milliseconds, a loaded one in a second or two.
 CONNECT_SECONDS = 10.0
+# While a batch waits out an outage, at most one line per this long after the first.
+RETRY_LOG_SECONDS = 60.0
+WHAT_TO_DO = (
+    "start Postgres (or wait for its restart), or check database_url; the projector applies the "
+    "events stored meanwhile once it answers"
+)
 WAITING_EVENT = "projector waits for Postgres"
 BACK_EVENT = "Postgres answers: projector goes on"
 
@@ -81,10 +87,7 @@ async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool
                     postgres=server_of(database_url),
                     error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                     retry_every_seconds=RETRY_PAUSE_MAX,
-                    what_to_do=(
-                        "start Postgres (or wait for its restart), or check database_url; the "
-                        "projector applies the events stored meanwhile once it answers"
-                    ),
+                    what_to_do=WHAT_TO_DO,
                 )
             if await wait_or_stop(stop, pause):
                 return False
