@@ -58,7 +58,7 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
     monkeypatch.setattr(readmodelgate, "CURRENT_CHECK_SECONDS", 0.1)
     pool = await read_pool(own_postgres.url, 60.0)
     gate = readmodelgate.ReadModelGate(pool, js, Names(settings.prefix))
-    pids = postgres_pids(own_postgres)
+    pids: list[int] = []
     thawed = False
 
     def thaw() -> None:
@@ -86,6 +86,9 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
                 lost += 1
                 return await real_check()
 
+        # Listed once the start's look has opened the pool's connection (none is opened
+        # before: read_pool's min_size is 0), so that its backend is frozen too.
+        pids.extend(postgres_pids(own_postgres))
         for pid in pids:
             freeze(pid)
         monkeypatch.setattr(gate, "check", check_deaf_to_a_cancel)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from tests.freeze import freeze
 
 
 def postgres_pids(server: EmbeddedPostgres) -> list[int]:
@@ -19,3 +23,20 @@ def postgres_pids(server: EmbeddedPostgres) -> list[int]:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
                 children.append(int(stat.parent.name))
     return [postmaster, *children]
+
+
+@contextlib.contextmanager
+def frozen_postgres(server: EmbeddedPostgres) -> Iterator[None]:
+    """All of ``server`` SIGSTOPped (connects then hang: the kernel still accepts them), and
+    SIGCONTinued at the end. The postmaster first, so that it starts no backend in between; a
+    backend that ended meanwhile is passed over."""
+    pids = postgres_pids(server)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            freeze(pid)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

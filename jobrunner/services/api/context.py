@@ -121,7 +121,9 @@ async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
     ``deadline_seconds`` is ``ReadModelsTimeout`` (503 READ_MODELS_TIMEOUT, readpool.py)."""
     pool = await database.create_pool(
         database_url,
-        min_size=1,
+        # No connection made here: Postgres away at the start must not stop the API (it serves
+        # what needs no read model, readmodelgate.py); the first read opens one.
+        min_size=0,
         max_size=10,
         reset=database.keep_session,
         connect=database.connect_or_unreachable,
@@ -171,7 +173,9 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             settings.database_url, settings.health_postgres_timeout_seconds
         )
         tracker = ProjectionTracker()
-        readmodels = ReadModelGate(pool, js, names)
+        readmodels = ReadModelGate(
+            pool, js, names, look_seconds=settings.health_postgres_timeout_seconds
+        )
         await readmodels.start()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
         readers = ReaderConnections(

@@ -142,6 +142,7 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
 REFUSAL_LOG_INTERVAL = 10.0
 NATS_SILENT_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 POSTGRES_AWAY_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+POSTGRES_TIMEOUT_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 
 def _warn_throttled(throttle: LogThrottle, event: str, **fields: Any) -> None:
@@ -203,12 +204,20 @@ def read_models_timeout_body(exc: ReadModelsTimeout) -> dict[str, Any]:
     )
 
 
+def warn_read_models_timeout(path: str, exc: ReadModelsTimeout) -> None:
+    """One line per interval for every read past its deadline (a frozen Postgres times out
+    each request in turn), with the count of those left out."""
+    _warn_throttled(
+        POSTGRES_TIMEOUT_LOG, "read models did not answer in time", path=path, error=repr(exc)
+    )
+
+
 def postgres_timeout_handler(
     request: Request[Any, Any, Any], exc: ReadModelsTimeout
 ) -> Response[Any]:
     """A read of the read models passed ``api_read_timeout_seconds`` (readpool.py): Postgres
     does not answer (frozen, overloaded); its connection has been terminated."""
-    log.warning("read models did not answer in time", path=request.url.path, error=repr(exc))
+    warn_read_models_timeout(request.url.path, exc)
     return Response(
         read_models_timeout_body(exc),
         status_code=HTTP_503_SERVICE_UNAVAILABLE,

@@ -132,7 +132,7 @@ async def _postgres(ctx: ApiContext) -> PostgresFacts:
     facts = PostgresFacts(readmodels=ctx.readmodels.state)
     try:
         async with ctx.health_pool.acquire(seconds) as conn:
-            if not facts.readmodels.current:
+            if not ctx.readmodels.serving:
                 # In a rebuild: look again, Postgres only (not the gate's check: it asks NATS
                 # too, and waits on its lock while another look waits for a pooled connection;
                 # either would make a working Postgres look frozen here).

@@ -123,13 +123,13 @@ class JobReadsFastPath:
             if not principal.has_role(Role.VIEWER):  # what a GET needs (security/middleware.py)
                 return None
             ctx = app.state.ctx
-            if not ctx.readmodels.state.current:  # the gate (readmodelgate.refuse_unready)
+            if not ctx.readmodels.serving:  # the gate (readmodelgate.refuse_unready)
                 return None
             try:
                 page = await answer(ctx, connection.query_params, principal, path_params)
             except ReadModelsTimeout as exc:
                 # Answered here: handed over, the same read would wait its deadline again.
-                log.warning("read models did not answer in time", path=scope["path"])
+                errors.warn_read_models_timeout(scope["path"], exc)
                 retry = (b"retry-after", str(errors.READ_TIMEOUT_RETRY_AFTER).encode())
                 body = _ENCODER.encode(errors.read_models_timeout_body(exc))
                 return template, 503, body, [retry]

@@ -8,6 +8,16 @@ column that is not there, never a page from half-migrated tables.
 The version is looked up once at start and then in the background; while the tables are not
 current each request looks again (concurrent ones share one look), so the first request after
 the swap is served.
+
+Postgres away at the API's start (stopped, or frozen: a connect that hangs) does not stop the
+start: the first look is bounded (``look_seconds``, ``health_postgres_timeout_seconds``) and the
+API serves without knowing the version (``known`` false). Meanwhile every request that is not
+exempt looks again within that bound (concurrent ones share a look, failed or not) and, still
+unknown, goes on: a read meets the same Postgres the look could not reach and answers 503 with
+its own code (``READ_MODELS_UNAVAILABLE``, ``READ_MODELS_TIMEOUT``: errors.py), while what needs
+no read model (``POST /api/jobs``, the streams of jobs just posted) is served from NATS. The
+background watch looks every ``RECHECK_SECONDS`` until a look answers, and from then on the
+version gates requests as above.
 """
 
 from __future__ import annotations
@@ -182,18 +192,42 @@ class AbandonedRebuild:
 
 
 class ReadModelGate:
-    def __init__(self, pool: ReadPool, js: JetStreamContext, names: Names) -> None:
+    def __init__(
+        self,
+        pool: ReadPool,
+        js: JetStreamContext,
+        names: Names,
+        look_seconds: float | None = None,
+    ) -> None:
         self._pool = pool
         self._js = js
         self._names = names
+        # The bound of a look while the version is not known (None: the pool's read deadline).
+        self._look_seconds = look_seconds
         self.state = ReadModelState(READMODEL_VERSION)
+        # Whether a look has answered since the start: until then ``state`` is a guess.
+        self.known = False
+        self._failed_looks = 0
         self._checked = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
 
+    @property
+    def serving(self) -> bool:
+        """Whether the read models are known to be this version: requests read them at once."""
+        return self.known and self.state.current
+
     async def start(self) -> None:
+        """Look once (within ``look_seconds``), then watch in the background. Postgres away
+        does not hold the start: the API serves what needs no read model meanwhile."""
         await self.check()
+        if not self.known:
+            log.warning(
+                "read models not reached at start (Postgres away or not answering): requests "
+                "that read them answer 503 until Postgres answers; jobs can be started",
+                looked_within=self._look_seconds,
+            )
         self._task = asyncio.create_task(self._watch())
 
     async def close(self, within: float | None = None) -> None:
@@ -215,19 +249,25 @@ class ReadModelGate:
                 return self.state
             began = time.monotonic()
             try:
-                async with self._pool.acquire() as conn:
+                async with self._pool.acquire(None if self.known else self._look_seconds) as conn:
                     found, rebuilt, rebuilder = await look(conn)
             except Exception as exc:
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
+                # Callers that asked before this look began take its answer too: with Postgres
+                # frozen, each waits one look's bound, not one per caller ahead of it.
                 log.debug("read-model version unknown", error=str(exc))
+                self._failed_looks += 1
+                self._checked = began
                 return self.state
             last = None
             if found != READMODEL_VERSION:
                 with contextlib.suppress(Exception):  # NATS away: progress unknown
                     last = (await self._js.stream_info(self._names.stream)).state.last_seq
             state = ReadModelState(found, rebuilt, last, rebuilder)
-            if state.found != self.state.found:
+            learned = not self.known and self._failed_looks > 0  # Postgres reached at last
+            self.known = True
+            if state.found != self.state.found or learned:
                 if state.current:
                     log.info("the read models are current", version=found)
                 else:
@@ -237,9 +277,13 @@ class ReadModelGate:
             return state
 
     async def refusal(self) -> Response[Any] | None:
-        """The 503 answer while the read models are not this version; None when they are."""
-        state = self.state if self.state.current else await self.check()
-        if state.current:
+        """The 503 answer while the read models are not this version; None when they are, and
+        while Postgres has not answered a look since the start (the request's own reads then
+        say what is wrong, and what needs no read model is served)."""
+        if self.serving:
+            return None
+        state = await self.check()
+        if state.current or not self.known:
             return None
         return Response(
             error_body(state.code, state.sentence(), **progress(state)),
@@ -252,7 +296,7 @@ class ReadModelGate:
         # lost, and the API's shutdown would wait for this loop for ever (``end_loop``).
         while not self._stop.is_set():
             await stopping.pause(
-                self._stop, CURRENT_CHECK_SECONDS if self.state.current else RECHECK_SECONDS
+                self._stop, CURRENT_CHECK_SECONDS if self.serving else RECHECK_SECONDS
             )
             if not self._stop.is_set():
                 await self.check()

@@ -1,12 +1,48 @@
 """How the projector waits out an outage (Postgres restarting, NATS away): the same thing is
-tried again after a growing pause, cut short by a stop."""
+tried again after a growing pause, cut short by a stop.
+
+At its start it waits for Postgres the same way (``until_postgres_answers``): a projector started
+before Postgres (compose, k8s: any order), or while it restarts, fails over or is frozen, waits
+with one line per outage instead of exiting with a traceback and being restarted in a loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from urllib.parse import urlsplit
+
+import asyncpg
+import structlog
+
+from jobrunner.common import database, stopping
+
+log = structlog.get_logger()
 
 RETRY_PAUSE_MAX = 5.0  # seconds, at most, before what met an outage is tried again
+# One connect's bound while the projector waits for Postgres at its start: a frozen Postgres
+# (the kernel still accepts the connection, nothing answers the startup message) held the
+# start for asyncpg's default 60 s, then ended it. A working Postgres answers a connect in
+# milliseconds, a loaded one in a second or two.
+CONNECT_SECONDS = 10.0
+# While a batch waits out an outage, at most one line per this long after the first.
+RETRY_LOG_SECONDS = 60.0
+WHAT_TO_DO = (
+    "start Postgres (or wait for its restart), or check database_url; the projector applies the "
+    "events stored meanwhile once it answers"
+)
+WAITING_EVENT = "projector waits for Postgres"
+BACK_EVENT = "Postgres answers: projector goes on"
+
+# A connect that may succeed later: refused, reset, timed out, Postgres starting up or shutting
+# down, its connections all taken. A refusal (a wrong password, no such database) is raised.
+PASSING_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # TimeoutError among them
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 def pause_after(failures: int) -> float:
@@ -19,3 +55,52 @@ async def wait_or_stop(stop: asyncio.Event, pause: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), pause)
     return stop.is_set()
+
+
+def server_of(database_url: str) -> str:
+    """``host:port/database`` of a Postgres URL, for logs: never its user or password."""
+    url = urlsplit(database_url)
+    try:
+        port = url.port or 5432
+    except ValueError:
+        port = 5432
+    return f"{url.hostname or 'localhost'}:{port}{url.path}"
+
+
+async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool:
+    """Connect (each try within ``CONNECT_SECONDS``) until Postgres answers: True then, False
+    once ``stop`` is set first. Says so once when the first try fails (where, why, what to do)
+    and once when Postgres answers again (after how long, how many tries)."""
+    began = time.monotonic()
+    failures = 0
+    while not stop.is_set():
+        try:
+            conn = await stopping.unless_stopped(
+                asyncpg.connect(database_url, timeout=CONNECT_SECONDS), stop
+            )
+        except PASSING_CONNECT_ERRORS as exc:
+            failures += 1
+            pause = pause_after(failures)
+            if failures == 1:
+                log.warning(
+                    WAITING_EVENT,
+                    postgres=server_of(database_url),
+                    error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                    retry_every_seconds=RETRY_PAUSE_MAX,
+                    what_to_do=WHAT_TO_DO,
+                )
+            if await wait_or_stop(stop, pause):
+                return False
+            continue
+        if conn is None:
+            return False  # stopped during the try
+        await database.close_connection(conn)
+        if failures:
+            log.info(
+                BACK_EVENT,
+                postgres=server_of(database_url),
+                attempts=failures + 1,
+                waited_seconds=round(time.monotonic() - began, 1),
+            )
+        return True
+    return False

@@ -26,6 +26,7 @@ from jobrunner.common import (
     stopping,
     subscription,
 )
+from jobrunner.common.logging import LogThrottle
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -74,7 +75,8 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     }
     return await database.create_pool(
         settings.database_url,
-        min_size=1,
+        # No connection made here: the start waits for Postgres first (outage.py).
+        min_size=0,
         max_size=2,
         init=backendpriority.at_own_niceness(init),
         **server_settings,
@@ -112,6 +114,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         await retry.until_jetstream_ready(
             lambda: _remove_durable_consumer(js, names), "the event stream's consumers"
         )
+        # Postgres away (not started yet, restarting, frozen): wait, saying so once.
+        if not await outage.until_postgres_answers(settings.database_url, stop):
+            return
         # Read models of an older layout are rebuilt (or refused) before the first write.
         if await upgrade.ensure_current_in_place(settings, stop) is None:
             return  # stopped while a rebuild waited out an outage
@@ -212,11 +217,22 @@ async def _apply_until_done(
     inside every batch's transaction, not only after a failed one: the pool replaces a dead
     connection without a failure, and the batch would move the checkpoint past the lost ones."""
     failures = 0
+    # One line when the outage begins, then at most one per interval (with the attempts left
+    # out), and one when the batch is applied: a Postgres restart wrote a line per attempt.
+    retries_said = LogThrottle(outage.RETRY_LOG_SECONDS)
+    began = time.monotonic()
     while True:
         try:
             applied = await _apply_unless_stopped(pool, batch, feed, stop, committed)
             if applied is None:
                 log.info("projector stopped during a batch; it is applied at the next start")
+            elif failures:
+                log.info(
+                    "projector applied the batch after an outage",
+                    first_seq=batch[0][0],
+                    attempts=failures + 1,
+                    waited_seconds=round(time.monotonic() - began, 1),
+                )
             return applied
         except store.CheckpointBehind:
             raise
@@ -233,14 +249,18 @@ async def _apply_until_done(
         except Exception as exc:
             failures += 1
             pause = outage.pause_after(failures)
-            log.error(
-                "projector cannot apply a batch; retrying it",
-                first_seq=batch[0][0],
-                last_seq=batch[-1][0],
-                attempt=failures,
-                retry_in=pause,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            left_out = retries_said.admit()
+            if left_out is not None:
+                log.error(
+                    "projector cannot apply a batch; retrying it",
+                    first_seq=batch[0][0],
+                    last_seq=batch[-1][0],
+                    attempt=failures,
+                    retry_in=pause,
+                    error=f"{type(exc).__name__}: {exc}",
+                    what_to_do=outage.WHAT_TO_DO,
+                    **({"since_last": left_out} if left_out else {}),
+                )
         if await outage.wait_or_stop(stop, pause):
             return None
 
