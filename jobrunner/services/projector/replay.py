@@ -268,16 +268,18 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
     the first request. Shared with the upgrade's rebuild.
 
     Three builds run at once on three connections of ``pool`` (the lines' key, the trigram
-    search index, the others), none waiting for a lock another holds (each ``CREATE INDEX``
+    search indexes, the others), none waiting for a lock another holds (each ``CREATE INDEX``
     shares its table): the trigram (GIN) index is built by one process, while Postgres may give
-    a btree build parallel workers (``max_parallel_maintenance_workers``). The statistics and
-    autovacuum, which would wait for the builds of their table, come once all of them are done.
+    a btree build parallel workers (``max_parallel_maintenance_workers``). Each table's
+    statistics and autovacuum, which wait for the builds of that table, come as soon as those
+    are done: the jobs' ``ANALYZE`` (a third of a second a million events, one core) runs
+    beside the lines' key, the longest build, instead of after it on an otherwise idle machine.
 
     With ``line_key`` the lines' primary key too: False when two lines have the same key (the
     other builds are cancelled: their tables are about to be dropped). Any other failure is
     raised as itself, the other builds cancelled."""
 
-    async def lines_key() -> None:
+    async def lines() -> None:
         async with pool.acquire() as conn:
             if line_key:
                 # The unique index first, then the key takes it: the index is built sharing the
@@ -293,6 +295,7 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
                     f"PRIMARY KEY USING INDEX {LINE_KEY}"
                 )
             await conn.execute(f"ANALYZE {schema}.log_lines")
+            await set_autovacuum(conn, schema, enabled=True, tables=("log_lines",))
 
     async def search_index() -> None:
         async with pool.acquire() as conn:
@@ -302,24 +305,39 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
         async with pool.acquire() as conn:
             await store.create_indexes(conn, schema, search=False)
 
+    async def jobs_and_batches() -> None:
+        async with asyncio.TaskGroup() as builds:
+            builds.create_task(search_index())
+            builds.create_task(other_indexes())
+        async with pool.acquire() as conn:
+            # After the search indexes: the statistics of their expressions are gathered with
+            # the tables'.
+            await conn.execute(f"ANALYZE {schema}.jobs")
+            await conn.execute(f"ANALYZE {schema}.batches")
+            await set_autovacuum(conn, schema, enabled=True, tables=("jobs", "batches"))
+
     try:
         # The first failure cancels the other builds.
         async with asyncio.TaskGroup() as builds:
-            builds.create_task(lines_key())
-            builds.create_task(search_index())
-            builds.create_task(other_indexes())
+            builds.create_task(lines())
+            builds.create_task(jobs_and_batches())
     except ExceptionGroup as group:
-        # The error itself, as a single build would raise it, not the group.
-        errors = [e for e in group.exceptions if not isinstance(e, _LineStoredTwice)]
+        # The error itself, as a single build would raise it, not the group (nor the group of
+        # the jobs' and batches' builds inside it).
+        errors = [e for e in _leaves(group) if not isinstance(e, _LineStoredTwice)]
         if errors:
             raise errors[0] from None
         return False
-    async with pool.acquire() as conn:
-        # After the search index: the statistics of its expression are gathered with the table's.
-        await conn.execute(f"ANALYZE {schema}.jobs")
-        await conn.execute(f"ANALYZE {schema}.batches")
-        await set_autovacuum(conn, schema, enabled=True)
     return True
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    """The exceptions of ``group`` and of the groups inside it, in order."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 class _LineStoredTwice(Exception):
@@ -335,11 +353,16 @@ async def analyze(conn: asyncpg.Connection, schema: str) -> None:
     await conn.execute(f"ANALYZE {schema}.jobs (id, attempt_of, batch_id), {schema}.batches (id)")
 
 
-async def set_autovacuum(conn: asyncpg.Connection, schema: str, enabled: bool) -> None:
+BULK_TABLES = ("jobs", "log_lines", "batches")
+
+
+async def set_autovacuum(
+    conn: asyncpg.Connection, schema: str, enabled: bool, tables: tuple[str, ...] = BULK_TABLES
+) -> None:
     """Autovacuum off for a bulk load into ``schema``'s big tables (a million new rows set it
     off, and it would chase the load for the second core), or back to the server's setting."""
     change = "RESET (autovacuum_enabled)" if enabled else "SET (autovacuum_enabled = off)"
-    for table in ("jobs", "log_lines", "batches"):
+    for table in tables:
         await conn.execute(f"ALTER TABLE {schema}.{table} {change}")
 
 
