@@ -162,7 +162,9 @@ async def rebuild(
     """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring)."""
     names = Names(settings.prefix)
     async with contextlib.AsyncExitStack() as resources:
-        lock_holder = await connect_lock_holder(settings.database_url)
+        lock_holder = await connect_lock_holder(
+            settings.database_url, settings.projector_postgres_dead_seconds
+        )
         resources.push_async_callback(lock_holder.close)
         # One rebuild (or replay) at a time; a second projector waits here, then finds the
         # read models current.
