@@ -57,7 +57,9 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
     monkeypatch.setattr(readmodelgate, "RECHECK_SECONDS", 0.1)
     monkeypatch.setattr(readmodelgate, "CURRENT_CHECK_SECONDS", 0.1)
     pool = await read_pool(own_postgres.url, 60.0)
-    gate = readmodelgate.ReadModelGate(pool, js, Names(settings.prefix))
+    gate = readmodelgate.ReadModelGate(
+        pool, js, Names(settings.prefix), settings.projector_stuck_seconds
+    )
     pids = postgres_pids(own_postgres)
     thawed = False
 
