@@ -105,3 +105,20 @@ async def test_the_runners_stop_ends_by_its_deadline_with_nats_frozen_throughout
     async with _runner(private) as runner, frozen_and_clogged(own_nats, runner.nc):
         runner.stop.set()
         await ends_by_its_deadline(asyncio.shield(runner.task))
+
+
+LEFT_RUNNING = "lock watcher or sweeper did not end on its stop: left running"
+
+
+async def test_the_lock_boards_watch_ends_on_a_stop_with_nats_frozen(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS frozen and the connection clogged through the stop: the lock board's watch ends
+    within its own bound (keywatch.END_SECONDS) and the runner's stop says nothing was left
+    running; its unsubscribe used to wait for the thaw, past the stop, the watch left behind."""
+    private = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
+    async with _runner(private) as runner, frozen_and_clogged(own_nats, runner.nc):
+        runner.stop.set()
+        await ends_by_its_deadline(asyncio.shield(runner.task))
+        left = [e for e in runner.logs if e["event"] == LEFT_RUNNING]
+        assert not left, left
