@@ -61,6 +61,12 @@ from jobrunner.services.projector.replaylock import (
 
 log = structlog.get_logger()
 
+# How long a stop waits for a cancelled rebuild to let go of its connections (its ROLLBACK and
+# closes are round trips a frozen Postgres never answers): past it the rebuild is left, said in
+# the log, and the projector's stop goes on; the next start resumes from the rebuilt schema's
+# checkpoint, which commits with its rows.
+REBUILD_STOP_SECONDS = 3.0
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -119,7 +125,12 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
     failures = 0
     while not stop.is_set():
         try:
-            return await unless_stopped(ensure_current(settings), stop)
+            return await unless_stopped(
+                ensure_current(settings),
+                stop,
+                within=REBUILD_STOP_SECONDS,
+                what="the read-model rebuild (resumed from its checkpoint at the next start)",
+            )
         except StateRefused:
             raise
         except Exception as exc:
