@@ -162,8 +162,11 @@ class LockBoard:
                         if self.ready.is_set() and entry.operation == KV_PURGE and previous:
                             await on_expired(previous)
                 finally:
+                    # Ended by _stop_at only if it ran to its end: a stop set after the watch
+                    # failed (or while _stop_at's end_watch was under way) finds it cancelled.
+                    ended = stopping.done() and not stopping.cancelled()
                     stopping.cancel()
-                    if not stop.is_set():  # a failed watch; a stop's is ended by _stop_at
+                    if not ended:
                         await keywatch.end_watch(watcher)
             except asyncio.CancelledError:
                 raise
