@@ -2,7 +2,8 @@
 
 While the projector rebuilds older tables (services/projector/upgrade.py), or before it created
 them, every request that would read them gets 503 ``READ_MODELS_REBUILDING`` with the rebuild's
-progress; tables written by a newer jobrunner get 503 ``READ_MODELS_NEWER``. Never a 500 from a
+progress (``REBUILD_ABANDONED`` instead, with what to do, once the watch or ``/health`` found the
+rebuild without a rebuilder for ``projector_stuck_seconds``); tables written by a newer jobrunner get 503 ``READ_MODELS_NEWER``. Never a 500 from a
 column that is not there, never a page from half-migrated tables.
 
 The version is looked up once at start and then in the background; while the tables are not
@@ -205,6 +206,7 @@ class ReadModelGate:
         # REBUILD_ABANDONED's sentence, as the last look at the rebuild's lock found it.
         self.abandoned: str | None = None
         self._checked = 0.0
+        self._lock_checked = 0.0  # when the last look that read the rebuild's lock began
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -226,25 +228,27 @@ class ReadModelGate:
         self.abandoned = self._abandoned_rebuild.abandoned(state, self._stuck_seconds)
         return self.abandoned
 
-    async def check(self, rebuilder: bool = False) -> ReadModelState:
+    async def check(self, read_lock: bool = False) -> ReadModelState:
         """Look at the stored version (and, when it is not current, at the stream's end in
         NATS). One look at a time: a caller that waited for another's look takes its answer
         when that look began after the caller asked. Health does not come here (health.py): it
         must not wait on this lock, held while a look waits for a pooled connection, nor on
-        NATS within its Postgres bound."""
+        NATS within its Postgres bound. ``read_lock`` (the watch's): whether a rebuilder holds
+        the rebuild's lock is read too, and judged (REBUILD_ABANDONED); such a caller takes
+        another's answer only when that look read the lock too (a request's does not)."""
         asked = time.monotonic()
         async with self._lock:
-            if self._checked >= asked:
+            if self._checked >= asked and (not read_lock or self._lock_checked >= asked):
                 return self.state
             began = time.monotonic()
             try:
                 async with self._pool.acquire() as conn:
-                    found, rebuilt, holder = await look(conn, rebuilder)
+                    found, rebuilt, holder = await look(conn, read_lock)
             except Exception as exc:
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
                 log.debug("read-model version unknown", error=str(exc))
-                if rebuilder:
+                if read_lock:
                     self.judge_rebuild(None)
                 return self.state
             last = None
@@ -259,7 +263,8 @@ class ReadModelGate:
                     log.warning(state.sentence(), found=found, understood=READMODEL_VERSION)
             self.state = state
             self._checked = began
-            if rebuilder:
+            if read_lock:
+                self._lock_checked = began
                 self.judge_rebuild(state)
             elif state.current:
                 self.abandoned = None
@@ -291,12 +296,12 @@ class ReadModelGate:
                 self._stop, CURRENT_CHECK_SECONDS if self.state.current else RECHECK_SECONDS
             )
             if not self._stop.is_set():
-                await self.check(rebuilder=True)
+                await self.check(read_lock=True)
 
 
-async def look(conn: Any, rebuilder: bool = True) -> tuple[int | None, int | None, bool | None]:
+async def look(conn: Any, read_lock: bool = True) -> tuple[int | None, int | None, bool | None]:
     """The stored version; when it is not this one, how far a rebuild has come and, when
-    ``rebuilder``, whether a rebuilder holds its lock (None: not looked at, or no rebuild
+    ``read_lock``, whether a rebuilder holds its lock (None: not looked at, or no rebuild
     begun). Postgres only, on the caller's connection."""
     found = await readmodelversion.stored_version(conn)
     rebuilt = holder = None
@@ -306,7 +311,7 @@ async def look(conn: Any, rebuilder: bool = True) -> tuple[int | None, int | Non
         rebuilt = await conn.fetchval(
             f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
         )
-        if rebuilder:
+        if read_lock:
             holder = await readmodelversion.rebuild_held(conn)
     return found, rebuilt, holder
 
