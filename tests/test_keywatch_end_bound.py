@@ -24,13 +24,13 @@ NOT_UNSUBSCRIBED = (
 
 @pytest.mark.parametrize(
     ("thawed_after", "unsubscribed"),
-    [(keywatch.END_SECONDS / 4, True), (keywatch.END_SECONDS + 3.0, False)],
+    [(keywatch.END_SECONDS - 0.7, True), (keywatch.END_SECONDS + 3.0, False)],
     ids=["thawed-within-the-bound", "thawed-past-the-bound"],
 )
 async def test_a_watchs_end_waits_for_its_unsubscribe_within_its_bound(
     own_nats: EmbeddedNats, thawed_after: float, unsubscribed: bool
 ) -> None:
-    """Thawed a moment into the end: unsubscribed, nothing said. Thawed past END_SECONDS: the
+    """Thawed just within END_SECONDS: unsubscribed, nothing said. Thawed past END_SECONDS: the
     end is over before the thaw, the UNSUB left queued and said."""
     nc = await nats.connect(own_nats.url)
     try:

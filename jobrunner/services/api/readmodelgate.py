@@ -2,9 +2,10 @@
 
 While the projector rebuilds older tables (services/projector/upgrade.py), or before it created
 them, every request that would read them gets 503 ``READ_MODELS_REBUILDING`` with the rebuild's
-progress (``REBUILD_ABANDONED`` instead, with what to do, once the watch or ``/health`` found the
-rebuild without a rebuilder for ``projector_stuck_seconds``); tables written by a newer jobrunner get 503 ``READ_MODELS_NEWER``. Never a 500 from a
-column that is not there, never a page from half-migrated tables.
+progress (``REBUILD_ABANDONED`` instead, with what to do, once the watch or ``/health`` found
+the rebuild without a rebuilder for ``projector_stuck_seconds``); tables written by a newer
+jobrunner get 503 ``READ_MODELS_NEWER``. Never a 500 from a column that is not there, never a
+page from half-migrated tables.
 
 The version is looked up once at start and then in the background; while the tables are not
 current each request looks again (concurrent ones share one look), so the first request after
