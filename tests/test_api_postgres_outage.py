@@ -468,7 +468,7 @@ async def in_a_rebuild(
     probe = await health_pool(own_postgres.url, HEALTH_DEADLINE)
     pool = await read_pool(own_postgres.url, 60.0)
     try:
-        gate = ReadModelGate(pool, nc.jetstream(), Names("rebuild"))
+        gate = ReadModelGate(pool, nc.jetstream(), Names("rebuild"), stuck_seconds=10.0)
         assert not (await gate.check()).current  # as the API's start() finds it
         ctx = types.SimpleNamespace(
             settings=types.SimpleNamespace(health_postgres_timeout_seconds=HEALTH_DEADLINE),

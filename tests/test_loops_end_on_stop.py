@@ -49,7 +49,9 @@ async def test_the_read_model_watch_whose_cancel_was_lost_in_a_look_ends_on_clos
     monkeypatch.setattr(readmodelgate, "RECHECK_SECONDS", PERIOD)
     pool = await read_pool(settings.database_url, 60.0)
     try:
-        gate = readmodelgate.ReadModelGate(pool, js, Names(settings.prefix))
+        gate = readmodelgate.ReadModelGate(
+            pool, js, Names(settings.prefix), settings.projector_stuck_seconds
+        )
         await gate.start()
         losing = LosingACancel(gate.check)
         monkeypatch.setattr(gate, "check", losing)

@@ -14,10 +14,12 @@ import msgspec
 import pytest
 import structlog
 
+from jobrunner.common import readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
+from jobrunner.services.projector.replaylock import REPLAY_LOCK, connect_lock_holder
 from tests import netpartition, servers
 from tests.history_support import job_events, logged_job, publish, wait_projected
 from tests.netpartition import CuttableLink, cuttable_link, vanish_and_return
@@ -468,3 +470,40 @@ async def test_stops_mid_copy_then_restarts_store_every_line_once(
         await check_caught_up(settings, system, await publishing)
     finally:
         await system.stop()
+
+
+@pytest.mark.parametrize("cut_for", [DEAD * 0.5, None], ids=["shorter", "longer"])
+async def test_a_rebuilder_whose_host_went_silent_lets_go_of_the_rebuild_lock(
+    settings: Settings,
+    postgres_behind_a_link: tuple[EmbeddedPostgres, CuttableLink],
+    cut_for: float | None,
+) -> None:
+    """A rebuild's lock holder cut off from Postgres (its host gone: no reset, nothing) keeps
+    the rebuild lock through a cut shorter than ``projector_postgres_dead_seconds``; past it
+    Postgres lets the lock go, so another projector can take the rebuild over (it used to keep
+    it until Postgres' own TCP keepalive, about 2 h)."""
+    server, link = postgres_behind_a_link
+    settings = through_the_link(settings, server, link)
+    holder = await connect_lock_holder(
+        settings.database_url, settings.projector_postgres_dead_seconds
+    )
+    observer = await asyncpg.connect(server.url)  # not through the link
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
+        pid = holder.get_server_pid()
+        assert await readmodelversion.rebuild_held(observer, pid)
+        link.cut()
+        if cut_for is not None:
+            await asyncio.sleep(cut_for)
+            await asyncio.to_thread(link.heal)
+            assert await holder.fetchval("SELECT 1") == 1, "the holder's session lives on"
+            assert await readmodelversion.rebuild_held(observer, pid)
+        else:
+            async with asyncio.timeout(60):  # two hours before
+                while await readmodelversion.rebuild_held(observer, pid):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            await asyncio.to_thread(link.heal)
+            assert await observer.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK)
+    finally:
+        holder.terminate()
+        await observer.close()

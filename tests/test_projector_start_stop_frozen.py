@@ -15,7 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.projector import service
 from jobrunner.services.projector.feed import EventFeed
@@ -58,3 +60,40 @@ async def test_a_projector_stopped_while_its_feed_cannot_open_ends(
         if not projector.done():
             projector.cancel()
             await asyncio.wait({projector}, timeout=30)
+
+
+# nats_connect_timeout_seconds in the next test: what an open under way waits on a frozen NATS
+# (its INFO, per server). The stop must end the open long before it.
+CONNECT_TIMEOUT = 60.0
+
+
+async def test_a_stop_during_the_feeds_open_ends_the_open(
+    settings: Settings, own_nats: EmbeddedNats
+) -> None:
+    """NATS frozen while the feed's reader waits for the server's first line, then the stop:
+    the feed's start says not opened at once, not after the open's connect timeout (60 s here;
+    the stop used to wait for it)."""
+    assert own_nats.proc is not None
+    pid = own_nats.proc.pid
+    private = msgspec.structs.replace(
+        settings, nats_url=own_nats.url, nats_connect_timeout_seconds=CONNECT_TIMEOUT
+    )
+    nc = await eventstore.connect(private, "projector")
+    try:
+        js = nc.jetstream()
+        names = Names(private.prefix)
+        await eventstore.ensure_topology(js, names, private)
+        feed = EventFeed(js, names, private, name="projector")
+        stop = asyncio.Event()
+        freeze(pid)
+        starting = asyncio.create_task(feed.start(1, stop))
+        async with asyncio.timeout(30):  # the reader's socket made: the open waits for INFO
+            while feed._reader._writer is None:
+                assert not starting.done(), starting
+                await asyncio.sleep(0.01)
+        stop.set()
+        async with asyncio.timeout(CONNECT_TIMEOUT / 2):
+            assert await starting is False
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await eventstore.close(nc)

@@ -57,7 +57,9 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
     monkeypatch.setattr(readmodelgate, "RECHECK_SECONDS", 0.1)
     monkeypatch.setattr(readmodelgate, "CURRENT_CHECK_SECONDS", 0.1)
     pool = await read_pool(own_postgres.url, 60.0)
-    gate = readmodelgate.ReadModelGate(pool, js, Names(settings.prefix))
+    gate = readmodelgate.ReadModelGate(
+        pool, js, Names(settings.prefix), settings.projector_stuck_seconds
+    )
     pids: list[int] = []
     thawed = False
 
@@ -74,17 +76,17 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
         real_check = gate.check
         lost = 0
 
-        async def check_deaf_to_a_cancel() -> Any:
+        async def check_deaf_to_a_cancel(**how: Any) -> Any:
             # A look that lost its cancel (as 3.11's wait_for loses one arriving with its
             # reply) and reads again: it waits on the frozen Postgres for the read pool's
             # deadline (60 s), or until Postgres answers.
             nonlocal lost
             looking.set()
             try:
-                return await real_check()
+                return await real_check(**how)
             except asyncio.CancelledError:
                 lost += 1
-                return await real_check()
+                return await real_check(**how)
 
         # Listed once the start's look has opened the pool's connection (none is opened
         # before: read_pool's min_size is 0), so that its backend is frozen too.

@@ -252,9 +252,15 @@ async def test_a_replay_that_lost_its_lock_leaves_what_another_swap_made_live(
     queued behind that swap, dropped the schema the swap had just renamed live. Now it waits
     for the swap, finds the lock gone and drops nothing."""
     setup = await asyncpg.connect(settings.database_url)
-    lost = await connect_lock_holder(settings.database_url)
-    holder = await connect_lock_holder(settings.database_url)
-    pool_conn = await connect_lock_holder(settings.database_url)
+    lost = await connect_lock_holder(
+        settings.database_url, settings.projector_postgres_dead_seconds
+    )
+    holder = await connect_lock_holder(
+        settings.database_url, settings.projector_postgres_dead_seconds
+    )
+    pool_conn = await connect_lock_holder(
+        settings.database_url, settings.projector_postgres_dead_seconds
+    )
     try:
         await store.create_schema(setup)  # the live read models
         lost_pid = lost.get_server_pid()

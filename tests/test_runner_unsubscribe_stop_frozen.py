@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
@@ -17,6 +19,7 @@ from structlog.testing import capture_logs
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.service import Runner
 from tests.tools.clogged_nats import (
     BOUND,
@@ -105,3 +108,31 @@ async def test_the_runners_stop_ends_by_its_deadline_with_nats_frozen_throughout
     async with _runner(private) as runner, frozen_and_clogged(own_nats, runner.nc):
         runner.stop.set()
         await ends_by_its_deadline(asyncio.shield(runner.task))
+
+
+async def _nothing(value: object) -> None:
+    pass
+
+
+async def test_the_lock_boards_watch_ends_on_its_stop_with_nats_frozen(
+    own_nats: EmbeddedNats,
+) -> None:
+    """NATS frozen and the connection clogged, then the board's stop: its watch ends on the stop
+    alone (no cancel), within keywatch's bound, NATS still frozen. nats-py's
+    ``KeyWatcher.stop``, which it called, waited for its UNSUB until the thaw."""
+    nc = await nats.connect(own_nats.url)
+    try:
+        kv = await nc.jetstream().create_key_value(bucket=f"b{uuid.uuid4().hex[:8]}")
+        board, stop = LockBoard(), asyncio.Event()
+        watching = asyncio.create_task(board.watch(kv, stop, _nothing))
+        try:
+            await asyncio.wait_for(board.ready.wait(), 10)
+            async with frozen_and_clogged(own_nats, nc):
+                stop.set()
+                await ends_by_its_deadline(asyncio.shield(watching))
+        finally:
+            if not watching.done():
+                watching.cancel()
+                await asyncio.wait({watching}, timeout=10)
+    finally:
+        await nc.close()

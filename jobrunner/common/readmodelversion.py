@@ -93,14 +93,17 @@ def rebuild_sentence(found: int) -> str:
     )
 
 
-async def rebuild_held(conn: asyncpg.Connection) -> bool:
-    """Whether a session holds ``REBUILD_LOCK`` in this database: a rebuild is at work (a
-    bigint advisory lock: its high half in ``classid``, its low half in ``objid``)."""
+async def rebuild_held(conn: asyncpg.Connection, pid: int | None = None) -> bool:
+    """Whether a session of this database holds ``REBUILD_LOCK`` (a rebuild is at work), or,
+    given ``pid``, whether that backend does (a rebuild's own check that it still holds it). A
+    bigint advisory lock: its high half in ``classid``, its low half in ``objid``."""
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ($2::int IS NULL OR pid = $2) "
             "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $1)",
             REBUILD_LOCK,
+            pid,
         )
     )

@@ -7,7 +7,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Literal, TypeVar
 
 import structlog
@@ -40,25 +40,51 @@ class Deadline:
         return Deadline(max(left - seconds, left / 2))
 
 
-async def unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T | None:
+async def unless_stopped(
+    work: Awaitable[T],
+    stop: asyncio.Event | None,
+    *,
+    within: float | None = None,
+    what: str = "work cut short by a stop",
+    on_left: Callable[[], None] | None = None,
+) -> T | None:
     """``work``'s result (or its exception), or None once ``stop`` is set first: ``work`` is
     then cancelled, as it is when the caller itself is cancelled meanwhile (a semaphore's
-    ``acquire`` left running would take a unit no one gives back)."""
+    ``acquire`` left running would take a unit no one gives back), and waited for ``within``
+    seconds at most when given: work whose cancel waits on a server that answers nothing (a
+    rebuild mid-statement on a frozen Postgres) is left running past it, ``what`` said in the
+    log, rather than holding the stop until the server thaws. ``on_left`` is then called to end
+    it without a round trip (its connections terminated): a task left running would otherwise
+    hold the process's exit, ``asyncio.Runner``'s close waiting for it without a bound."""
     if stop is None:
         return await work
     task = asyncio.ensure_future(work)
     stopping = asyncio.ensure_future(stop.wait())
+    left = False
     try:
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
+            if within is None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            else:
+                left = bool(await wait_within({task}, within, f"{what}: left running"))
+                if left:
+                    # Its error, when it ends (a terminated connection), is the stop's.
+                    task.add_done_callback(_error_retrieved)
+                    if on_left is not None:
+                        on_left()
+    if left or task.cancelled():
         return None
     return task.result()
+
+
+def _error_retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def raise_if_being_cancelled() -> None:

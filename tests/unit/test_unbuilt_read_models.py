@@ -7,10 +7,12 @@ import pytest
 
 from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.services.api.readmodelgate import (
+    REBUILD_RETRY_GAP_SECONDS,
     AbandonedRebuild,
     ReadModelState,
     UnbuiltReadModels,
 )
+from jobrunner.services.projector.outage import RETRY_PAUSE_MAX
 
 LIMIT = 10.0
 MISSING = ReadModelState(None)
@@ -120,3 +122,19 @@ def test_progress_or_a_held_lock_or_no_rebuild_is_never_abandoned() -> None:
         fresh = AbandonedRebuild()
         fresh.abandoned(state, LIMIT, now=0.0)
         assert fresh.abandoned(state, LIMIT, now=1000.0) is None
+
+
+@pytest.mark.parametrize("limit", [0.5, 2.0])
+def test_a_short_limit_never_calls_a_retry_pause_abandoned(limit: float) -> None:
+    """``projector_stuck_seconds`` shorter than a projector's pause between two attempts at a
+    rebuild: unheld just under REBUILD_RETRY_GAP_SECONDS is no abandoned rebuild (it used to be,
+    past ``limit``); just over it, it is."""
+    seen = AbandonedRebuild()
+    seen.abandoned(ABANDONED, limit, now=0.0)
+    assert seen.abandoned(ABANDONED, limit, now=REBUILD_RETRY_GAP_SECONDS - 0.01) is None
+    assert seen.abandoned(ABANDONED, limit, now=REBUILD_RETRY_GAP_SECONDS + 0.01) is not None
+
+
+def test_the_retry_gap_covers_the_projectors_longest_pause() -> None:
+    """REBUILD_RETRY_GAP_SECONDS stays above the projector's longest pause between attempts."""
+    assert REBUILD_RETRY_GAP_SECONDS > RETRY_PAUSE_MAX

@@ -39,7 +39,7 @@ from jobrunner.services.api.idempotency import IdempotencyKeys
 from jobrunner.services.api.natswatch import NatsWatch
 from jobrunner.services.api.posted import PostedJobs
 from jobrunner.services.api.readerconnections import ReaderConnections
-from jobrunner.services.api.readmodelgate import AbandonedRebuild, ReadModelGate, UnbuiltReadModels
+from jobrunner.services.api.readmodelgate import ReadModelGate, UnbuiltReadModels
 from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.sharedreads import SharedReads
 
@@ -110,8 +110,6 @@ class ApiContext:
     job_rows: SharedReads[asyncpg.Record | None] = field(default_factory=SharedReads)
     # What /health has seen of read models not made yet (readmodelgate.UnbuiltReadModels).
     unbuilt_read_models: UnbuiltReadModels = field(default_factory=UnbuiltReadModels)
-    # And of a rebuild no projector is at (readmodelgate.AbandonedRebuild).
-    abandoned_rebuild: AbandonedRebuild = field(default_factory=AbandonedRebuild)
 
 
 async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
@@ -174,7 +172,11 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         )
         tracker = ProjectionTracker()
         readmodels = ReadModelGate(
-            pool, js, names, look_seconds=settings.health_postgres_timeout_seconds
+            pool,
+            js,
+            names,
+            settings.projector_stuck_seconds,
+            look_seconds=settings.health_postgres_timeout_seconds,
         )
         await readmodels.start()
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)

@@ -73,9 +73,7 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     absent = ctx.unbuilt_read_models.absent_projector(
         readmodels if body["postgres"] else None, ctx.settings.projector_stuck_seconds
     )
-    abandoned = ctx.abandoned_rebuild.abandoned(
-        readmodels if body["postgres"] else None, ctx.settings.projector_stuck_seconds
-    )
+    abandoned = ctx.readmodels.judge_rebuild(readmodels if body["postgres"] else None)
     if body["postgres"] and not readmodels.current:
         body["read_models"] = {
             "state": "newer" if readmodels.newer else "rebuilding",

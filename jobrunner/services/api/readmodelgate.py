@@ -2,8 +2,10 @@
 
 While the projector rebuilds older tables (services/projector/upgrade.py), or before it created
 them, every request that would read them gets 503 ``READ_MODELS_REBUILDING`` with the rebuild's
-progress; tables written by a newer jobrunner get 503 ``READ_MODELS_NEWER``. Never a 500 from a
-column that is not there, never a page from half-migrated tables.
+progress (``REBUILD_ABANDONED`` instead, with what to do, once the watch or ``/health`` found
+the rebuild without a rebuilder for ``projector_stuck_seconds``); tables written by a newer
+jobrunner get 503 ``READ_MODELS_NEWER``. Never a 500 from a column that is not there, never a
+page from half-migrated tables.
 
 The version is looked up once at start and then in the background; while the tables are not
 current each request looks again (concurrent ones share one look), so the first request after
@@ -45,6 +47,11 @@ log = structlog.get_logger()
 CURRENT_CHECK_SECONDS = 5.0
 RECHECK_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 5
+# The longest a working projector leaves a rebuild begun with nobody holding its lock: its pause
+# before the next attempt after a failed one (projector/outage.py RETRY_PAUSE_MAX, 5 s) and its
+# new connection's lock. ``projector_stuck_seconds`` shorter than this (a test's 2 s, say) would
+# call every retried rebuild abandoned, so REBUILD_ABANDONED waits at least this long.
+REBUILD_RETRY_GAP_SECONDS = 7.0
 # The watch's stop: a look under way when its cancel was lost ends within its NATS request's
 # timeout (5 s), or the read pool's deadline. Past this it is left, and logged.
 STOP_SECONDS = 7.0
@@ -163,10 +170,10 @@ class AbandonedRebuild:
     rebuilder at it (nobody holds its lock: ``readmodelversion.REBUILD_LOCK``) and no progress.
     A rebuilding projector holds the lock from its rebuild's start to its swap, through index
     builds that may take minutes; one that died (SIGKILL, its host gone) let go of it with its
-    Postgres session. Past ``projector_stuck_seconds`` of that (a projector retrying a failed
-    rebuild takes the lock again within a pause of seconds), ``GET /health`` says
-    ``REBUILD_ABANDONED``: the rebuild waits for a projector, which resumes it from its
-    checkpoint."""
+    Postgres session. Past ``projector_stuck_seconds`` of that, and never within
+    ``REBUILD_RETRY_GAP_SECONDS`` (a projector retrying a failed rebuild takes the lock again
+    after a pause of up to 5 s), ``GET /health`` and the API's 503s say ``REBUILD_ABANDONED``:
+    the rebuild waits for a projector, which resumes it from its checkpoint."""
 
     def __init__(self) -> None:
         self._unchanged = UnchangedSince()
@@ -179,6 +186,7 @@ class AbandonedRebuild:
         if state is None or state.rebuilt_seq is None or state.rebuilder is not False:
             self._unchanged.forget()
             return None
+        limit = max(limit, REBUILD_RETRY_GAP_SECONDS)
         waited = self._unchanged.seconds(state, now)
         if waited <= limit:
             return None
@@ -192,23 +200,34 @@ class AbandonedRebuild:
 
 
 class ReadModelGate:
+    """The read models' version as this API instance last saw it, and what its requests are
+    told while it is not this one's. Whether a rebuild has been abandoned (``pg_locks``) is
+    looked at by the background watch and by ``GET /health`` only, never on a request's path:
+    requests are told what those looks last found (``abandoned``)."""
+
     def __init__(
         self,
         pool: ReadPool,
         js: JetStreamContext,
         names: Names,
+        stuck_seconds: float,
         look_seconds: float | None = None,
     ) -> None:
         self._pool = pool
         self._js = js
         self._names = names
+        self._stuck_seconds = stuck_seconds  # projector_stuck_seconds
         # The bound of a look while the version is not known (None: the pool's read deadline).
         self._look_seconds = look_seconds
         self.state = ReadModelState(READMODEL_VERSION)
         # Whether a look has answered since the start: until then ``state`` is a guess.
         self.known = False
         self._failed_looks = 0
+        self._abandoned_rebuild = AbandonedRebuild()
+        # REBUILD_ABANDONED's sentence, as the last look at the rebuild's lock found it.
+        self.abandoned: str | None = None
         self._checked = 0.0
+        self._lock_checked = 0.0  # when the last look that read the rebuild's lock began
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -237,20 +256,28 @@ class ReadModelGate:
             within = STOP_SECONDS if within is None else within
             await stopping.end_loop(self._task, self._stop, within=within)
 
-    async def check(self) -> ReadModelState:
+    def judge_rebuild(self, state: ReadModelState | None) -> str | None:
+        """REBUILD_ABANDONED's sentence for ``state``, a look that read the rebuild's lock (None:
+        Postgres not read), or None; what requests are told from now on."""
+        self.abandoned = self._abandoned_rebuild.abandoned(state, self._stuck_seconds)
+        return self.abandoned
+
+    async def check(self, read_lock: bool = False) -> ReadModelState:
         """Look at the stored version (and, when it is not current, at the stream's end in
         NATS). One look at a time: a caller that waited for another's look takes its answer
         when that look began after the caller asked. Health does not come here (health.py): it
         must not wait on this lock, held while a look waits for a pooled connection, nor on
-        NATS within its Postgres bound."""
+        NATS within its Postgres bound. ``read_lock`` (the watch's): whether a rebuilder holds
+        the rebuild's lock is read too, and judged (REBUILD_ABANDONED); such a caller takes
+        another's answer only when that look read the lock too (a request's does not)."""
         asked = time.monotonic()
         async with self._lock:
-            if self._checked >= asked:
+            if self._checked >= asked and (not read_lock or self._lock_checked >= asked):
                 return self.state
             began = time.monotonic()
             try:
                 async with self._pool.acquire(None if self.known else self._look_seconds) as conn:
-                    found, rebuilt, rebuilder = await look(conn)
+                    found, rebuilt, holder = await look(conn, read_lock)
             except Exception as exc:
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
@@ -259,12 +286,14 @@ class ReadModelGate:
                 log.debug("read-model version unknown", error=str(exc))
                 self._failed_looks += 1
                 self._checked = began
+                if read_lock:
+                    self.judge_rebuild(None)
                 return self.state
             last = None
             if found != READMODEL_VERSION:
                 with contextlib.suppress(Exception):  # NATS away: progress unknown
                     last = (await self._js.stream_info(self._names.stream)).state.last_seq
-            state = ReadModelState(found, rebuilt, last, rebuilder)
+            state = ReadModelState(found, rebuilt, last, holder)
             learned = not self.known and self._failed_looks > 0  # Postgres reached at last
             self.known = True
             if state.found != self.state.found or learned:
@@ -274,6 +303,11 @@ class ReadModelGate:
                     log.warning(state.sentence(), found=found, understood=READMODEL_VERSION)
             self.state = state
             self._checked = began
+            if read_lock:
+                self._lock_checked = began
+                self.judge_rebuild(state)
+            elif state.current:
+                self.abandoned = None
             return state
 
     async def refusal(self) -> Response[Any] | None:
@@ -285,11 +319,18 @@ class ReadModelGate:
         state = await self.check()
         if state.current or not self.known:
             return None
+        code, sentence = self.reason(state)
         return Response(
-            error_body(state.code, state.sentence(), **progress(state)),
+            error_body(code, sentence, **progress(state)),
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+
+    def reason(self, state: ReadModelState) -> tuple[str, str]:
+        """The code and sentence a request is refused with while ``state`` is not current."""
+        if self.abandoned is not None and not state.newer and state.rebuilt_seq is not None:
+            return "REBUILD_ABANDONED", self.abandoned
+        return state.code, state.sentence()
 
     async def _watch(self) -> None:
         # Until ``_stop``, not until a cancel: one that arrives as a look's NATS reply does is
@@ -299,23 +340,24 @@ class ReadModelGate:
                 self._stop, CURRENT_CHECK_SECONDS if self.serving else RECHECK_SECONDS
             )
             if not self._stop.is_set():
-                await self.check()
+                await self.check(read_lock=True)
 
 
-async def look(conn: Any) -> tuple[int | None, int | None, bool | None]:
-    """The stored version; when it is not this one, how far a rebuild has come and whether a
-    rebuilder holds its lock (None: no rebuild begun). Postgres only, on the caller's
-    connection."""
+async def look(conn: Any, read_lock: bool = True) -> tuple[int | None, int | None, bool | None]:
+    """The stored version; when it is not this one, how far a rebuild has come and, when
+    ``read_lock``, whether a rebuilder holds its lock (None: not looked at, or no rebuild
+    begun). Postgres only, on the caller's connection."""
     found = await readmodelversion.stored_version(conn)
-    rebuilt = rebuilder = None
+    rebuilt = holder = None
     if found != READMODEL_VERSION and await conn.fetchval(
         "SELECT to_regclass($1) IS NOT NULL", f"{UPGRADE_SCHEMA}.checkpoint"
     ):
         rebuilt = await conn.fetchval(
             f"SELECT last_seq FROM {UPGRADE_SCHEMA}.checkpoint WHERE id = 1"
         )
-        rebuilder = await readmodelversion.rebuild_held(conn)
-    return found, rebuilt, rebuilder
+        if read_lock:
+            holder = await readmodelversion.rebuild_held(conn)
+    return found, rebuilt, holder
 
 
 def progress(state: ReadModelState) -> dict[str, Any]:
@@ -342,7 +384,7 @@ async def refuse_unready(request: Request[Any, Any, Any]) -> Response[Any] | Non
     if refusal is not None and is_page_visit(request.headers.get("accept", "")):
         # A browser opening a page gets the sentence, not a JSON document; scripts keep JSON.
         return Response(
-            gate.state.sentence(),
+            gate.reason(gate.state)[1],
             status_code=503,
             media_type="text/plain",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},

@@ -88,14 +88,26 @@ class EventFeed:
         out is left without a subscriber (its connection closed) and the server removes it
         after its inactive threshold.
 
-        False, the reader not opened, once ``stop`` is set (a service's stop while NATS is
-        away or frozen: the tries went on until NATS answered, and the stop waited for it) or
-        once the caller is cancelled, even by a cancel the open lost."""
+        False, the reader not opened, once ``stop`` is set, during an open too (a service's
+        stop while NATS is away or frozen: the tries went on until NATS answered, and the stop
+        waited for it; then for the open under way, up to its timeouts) or once the caller is
+        cancelled, even by a cancel the open lost."""
         failures = 0
         request_timeout = retry.StartTimeout()
+
+        async def opened() -> bool:
+            await self._reader.open(seq, request_timeout.seconds)
+            return True
+
         while True:
             try:
-                await self._reader.open(seq, request_timeout.seconds)
+                # Raced against the stop: an open waits its connect and request timeouts on a
+                # frozen NATS (``nats_connect_timeout_seconds`` each), and the stop with it.
+                if not await stopping.unless_stopped(opened(), stop):
+                    # Cut short: its socket dropped; a consumer it made has no subscriber and
+                    # expires after its inactive threshold (StreamReader's, 60 s).
+                    self._reader.abort()
+                    return False
                 break
             except StreamReaderError as exc:
                 request_timeout.after(exc)

@@ -140,7 +140,9 @@ async def replay(
             synchronous_commit="off",
         )
         resources.push_async_callback(database.close_pool, pool)
-        lock_holder = await connect_lock_holder(settings.database_url)
+        lock_holder = await connect_lock_holder(
+            settings.database_url, settings.projector_postgres_dead_seconds
+        )
         resources.push_async_callback(lock_holder.close)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")

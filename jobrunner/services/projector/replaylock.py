@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from jobrunner.common import database, readmodelversion
-from jobrunner.services.projector import store, timestamps
+from jobrunner.services.projector import peerliveness, store, timestamps
 
 # A session lock, held on a connection of its own for the whole replay (a pooled connection
 # drops its session locks when it goes back to the pool).
@@ -38,30 +38,30 @@ class ReplayLockLost(RuntimeError):
         )
 
 
-async def connect_lock_holder(database_url: str) -> asyncpg.Connection:
+async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.Connection:
     """The connection that takes ``REPLAY_LOCK`` and later runs the swap: set up as the load's
     pooled connections are (the swap applies the last events and compares rows with them), and
-    idle for most of the replay, so a server-wide ``idle_session_timeout`` must not end it."""
-    conn = await asyncpg.connect(database_url, server_settings={"idle_session_timeout": "0"})
+    idle for most of the replay, so a server-wide ``idle_session_timeout`` must not end it.
+
+    Its backend gives up a client that has acknowledged nothing for ``dead_after`` seconds
+    (``projector_postgres_dead_seconds``; peerliveness.py): a rebuilder whose host vanished
+    would otherwise keep the lock, and the rebuild from every other projector, for Postgres'
+    own keepalive default (about 2 h). The client side gets the same bound: a rebuilder cut
+    off from Postgres learns it lost the lock instead of waiting for the swap's answer."""
+    conn = await asyncpg.connect(
+        database_url,
+        server_settings={
+            "idle_session_timeout": "0",
+            **peerliveness.server_settings(dead_after),
+        },
+    )
+    peerliveness.watch_peer(conn, dead_after)
     try:
         await timestamps.init_connection(conn)
     except BaseException:
         await database.close_connection(conn)
         raise
     return conn
-
-
-async def holds_replay_lock(conn: asyncpg.Connection, pid: int) -> bool:
-    """Whether the backend ``pid`` holds ``REPLAY_LOCK`` (a bigint advisory lock: its high half
-    in ``classid``, its low half in ``objid``)."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND pid = $1 AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $2)",
-            pid,
-            REPLAY_LOCK,
-        )
-    )
 
 
 @contextlib.asynccontextmanager
@@ -77,7 +77,7 @@ async def swap_transaction(lock_holder: asyncpg.Connection) -> AsyncIterator[asy
         await transaction.start()
         try:
             await lock_holder.execute("SET LOCAL synchronous_commit = on")
-            if not await holds_replay_lock(lock_holder, lock_holder.get_server_pid()):
+            if not await readmodelversion.rebuild_held(lock_holder, lock_holder.get_server_pid()):
                 raise ReplayLockLost()
             yield lock_holder
         except BaseException:
@@ -108,6 +108,6 @@ async def rebuilt_schema_transaction(
     whether that swap could have been another replay's."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", store.SWAP_LOCK)
-        if not await holds_replay_lock(conn, lock_holder_pid):
+        if not await readmodelversion.rebuild_held(conn, lock_holder_pid):
             raise ReplayLockLost()
         yield conn

@@ -61,6 +61,34 @@ from jobrunner.services.projector.replaylock import (
 
 log = structlog.get_logger()
 
+# How long a stop waits for a cancelled rebuild to let go of its connections (its ROLLBACK and
+# closes are round trips a frozen Postgres never answers): past it the rebuild is left, said in
+# the log, and the projector's stop goes on; the next start resumes from the rebuilt schema's
+# checkpoint, which commits with its rows. Its connections are then terminated (no round trip),
+# so that the left rebuild ends and does not hold the process's exit. Half the stop's
+# stop_seconds at most: the rest of the stop (the feed, NATS, the pool) has the other half.
+REBUILD_STOP_SECONDS = 3.0
+
+
+def rebuild_stop_seconds(settings: Settings) -> float:
+    """How long a stop waits for a cancelled rebuild: REBUILD_STOP_SECONDS, within the stop's
+    own bound (``stop_seconds``)."""
+    return min(REBUILD_STOP_SECONDS, settings.stop_seconds / 2)
+
+
+class Connections:
+    """A rebuild's Postgres connections and pools, to terminate when a stop leaves it."""
+
+    def __init__(self) -> None:
+        self._held: list[asyncpg.Connection | asyncpg.Pool] = []
+
+    def add(self, held: asyncpg.Connection | asyncpg.Pool) -> None:
+        self._held.append(held)
+
+    def terminate(self) -> None:
+        for held in self._held:
+            held.terminate()
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -75,12 +103,15 @@ async def ensure_current(
     allow_rebuild: bool | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 1.0,
+    held: Connections | None = None,
 ) -> Outcome:
     """Make the live read models this code's version, or raise ``StateRefused``; see the module
     docstring. ``allow_rebuild`` overrides ``settings.readmodel_auto_rebuild``."""
     if allow_rebuild is None:
         allow_rebuild = settings.readmodel_auto_rebuild
+    held = held or Connections()
     conn = await asyncpg.connect(settings.database_url)
+    held.add(conn)
     try:
         found = await readmodelversion.stored_version(conn)
         if found is None:
@@ -102,7 +133,7 @@ async def ensure_current(
         raise StateRefused(readmodelversion.newer_sentence(found))
     if not allow_rebuild:
         raise StateRefused(readmodelversion.rebuild_sentence(found))
-    return await rebuild(settings, found, on_progress or log_progress, progress_interval)
+    return await rebuild(settings, found, on_progress or log_progress, progress_interval, held)
 
 
 async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Outcome | None:
@@ -118,8 +149,15 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
     """
     failures = 0
     while not stop.is_set():
+        held = Connections()
         try:
-            return await unless_stopped(ensure_current(settings), stop)
+            return await unless_stopped(
+                ensure_current(settings, held=held),
+                stop,
+                within=rebuild_stop_seconds(settings),
+                what="the read-model rebuild (resumed from its checkpoint at the next start)",
+                on_left=held.terminate,
+            )
         except StateRefused:
             raise
         except Exception as exc:
@@ -158,11 +196,16 @@ async def rebuild(
     found: int,
     on_progress: Callable[[Progress], None],
     progress_interval: float = 1.0,
+    held: Connections | None = None,
 ) -> Outcome:
     """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring)."""
     names = Names(settings.prefix)
+    held = held or Connections()
     async with contextlib.AsyncExitStack() as resources:
-        lock_holder = await connect_lock_holder(settings.database_url)
+        lock_holder = await connect_lock_holder(
+            settings.database_url, settings.projector_postgres_dead_seconds
+        )
+        held.add(lock_holder)
         resources.push_async_callback(lock_holder.close)
         # One rebuild (or replay) at a time; a second projector waits here, then finds the
         # read models current.
@@ -191,6 +234,7 @@ async def rebuild(
             init=timestamps.init_connection,
             synchronous_commit="off",
         )
+        held.add(pool)
         resources.push_async_callback(database.close_pool, pool)
         await eventstore.ensure_topology(js, names, settings)
         info = await js.stream_info(names.stream)

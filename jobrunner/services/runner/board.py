@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
-from nats.errors import BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError
 from nats.js.kv import KV_PURGE, KeyValue
 
 from jobrunner.common import keywatch, retry, subscription
@@ -163,10 +162,12 @@ class LockBoard:
                         if self.ready.is_set() and entry.operation == KV_PURGE and previous:
                             await on_expired(previous)
                 finally:
+                    # Ended by _stop_at only if it ran to its end: a stop set after the watch
+                    # failed (or while _stop_at's end_watch was under way) finds it cancelled.
+                    ended = stopping.done() and not stopping.cancelled()
                     stopping.cancel()
-                    # Stopped already by _stop_at, or its subscription gone with the connection.
-                    with contextlib.suppress(*_GONE):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                    if not ended:
+                        await keywatch.end_watch(watcher)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -188,22 +189,13 @@ async def open_watch(kv: KeyValue) -> KeyValue.KeyWatcher:
     return watcher
 
 
-# What ``KeyWatcher.stop`` raises once its subscription is gone: unsubscribed already, or the
-# connection closed or draining.
-_GONE = (BadSubscriptionError, ConnectionClosedError, ConnectionDrainingError)
-
-
 async def _stop_at(stop: asyncio.Event, watcher: KeyValue.KeyWatcher) -> None:
+    """End the watch at ``stop``, its unsubscribe bounded (``keywatch.end_watch``: nats-py's
+    ``KeyWatcher.stop`` waited for it unbounded, a frozen NATS holding the watch past the
+    runner's stop); its iteration ends whatever the unsubscribe met (a subscription gone with
+    the connection already, say)."""
     await stop.wait()
-    try:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    except _GONE:
-        # ``stop`` unsubscribes before it queues the end of the iteration, so when that raises the
-        # iteration would wait forever: end it here (the queue is bounded: make room if full).
-        with contextlib.suppress(asyncio.QueueEmpty):
-            if watcher._updates.full():
-                watcher._updates.get_nowait()
-        watcher._updates.put_nowait(KeyValue.KeyWatcher.STOP_ITER)
+    await keywatch.end_watch(watcher)
 
 
 def _safe(job_id: str) -> str:

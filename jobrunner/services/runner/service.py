@@ -187,7 +187,8 @@ class Runner:
             lambda: open_watch(locks), "the lock bucket's watch"
         )
         watcher = asyncio.create_task(
-            self.board.watch(locks, stop, self.sweeper.on_lease_expired, board_watch)
+            self.board.watch(locks, stop, self.sweeper.on_lease_expired, board_watch),
+            name="lock board watch",
         )
         cancel_sub = await self.requests.subscribe_cancels(self.nc)
         seal_sub = await self.seals.subscribe(self.nc)
@@ -208,7 +209,9 @@ class Runner:
             # they start so that the kernel kills them (deathsignal.py, asked once).
             if not GUARDIAN.start():
                 await deathsignal.probe()
-            sweeper = asyncio.create_task(self.sweeper.sweep_every(self.sweep_interval, sweeping))
+            sweeper = asyncio.create_task(
+                self.sweeper.sweep_every(self.sweep_interval, sweeping), name="lost-job sweeper"
+            )
             sub = await subscribe_requests(self.js, self.names, self.ack_wait)
             warn_if_stop_too_short(self.job_types, self.settings.stop_seconds)
             log.info(
