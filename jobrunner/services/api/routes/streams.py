@@ -14,7 +14,7 @@ from jobrunner.contracts import events
 from jobrunner.services.api import directwrite, readmodels, sse
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored, ctx_of
-from jobrunner.services.api.errors import job_not_found
+from jobrunner.services.api.errors import POSTGRES_AWAY, job_not_found
 from jobrunner.services.api.security import Principal, principal_of
 
 
@@ -95,7 +95,9 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
     row, or, for a job whose request the projector has not applied yet (a client that asked
     its POST not to wait for the read models), its JobRequested in JetStream. 404 when there
     is neither, or ``principal`` may not see it. A job this API follows already (a viewer
-    arriving after its first) is known from its feed (``Fanout.known_row``), without a read."""
+    arriving after its first) is known from its feed (``Fanout.known_row``), without a read.
+    With Postgres away, the job is known from its JobRequested alone: a live job is followed
+    through NATS, and its viewers' reconnects must not wait for the read models to return."""
     row: Mapping[str, Any] | None = ctx.fanout.known_row(job_id)
     if row is None:
         posted = ctx.posted.get(job_id, ctx.projection.applied)
@@ -107,22 +109,57 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
             # The first viewers of a job arrive together, before its feed keeps the row:
             # one read for all of them, not one each (sharedreads).
             stored = as_stored(job_id)
-            row = await ctx.job_rows.read(stored, lambda: readmodels.get_job_row(ctx.pool, stored))
+            try:
+                row = await ctx.job_rows.read(
+                    stored, lambda: readmodels.get_job_row(ctx.pool, stored)
+                )
+            except POSTGRES_AWAY:
+                return _visible_to(principal, job_id, await _requested_in_stream(ctx, job_id))
         if row is None:
             row = await _requested(ctx, job_id)
+    return _visible_to(principal, job_id, row)
+
+
+def _visible_to(
+    principal: Principal, job_id: str, row: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
     if row is None or not principal.can_see(row):
         raise job_not_found(job_id)
     return row
 
 
 async def _requested(ctx: ApiContext, job_id: str) -> Mapping[str, Any] | None:
-    # The id must be the event's own (a subject wildcard in the path finds another job's).
-    subject = ctx.names.job_kind_subject(job_id, "requested")
-    stored = await last_readable(ctx.js, ctx.names.stream, subject, events.JobRequested, job_id)
+    stored = await _job_request(ctx, job_id)
     if stored is None:
         return None
     seq, event = stored
-    if seq <= await readmodels.applied_seq(ctx.pool):
-        # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
-        return await readmodels.get_job_row(ctx.pool, as_stored(job_id))
-    return {"first_seq": seq, "log_count": 0, "requested_by": event.requested_by}
+    try:
+        applied = await readmodels.applied_seq(ctx.pool)
+        if seq <= applied:
+            # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
+            return await readmodels.get_job_row(ctx.pool, as_stored(job_id))
+    except POSTGRES_AWAY:
+        return _row_of_request(seq, event, log_count=None)
+    return _row_of_request(seq, event, log_count=0)
+
+
+async def _requested_in_stream(ctx: ApiContext, job_id: str) -> Mapping[str, Any] | None:
+    """The job as its JobRequested tells it, for when the read models cannot be asked. Its
+    past is unknown (no count): the stream reads it before following the job live."""
+    stored = await _job_request(ctx, job_id)
+    return None if stored is None else _row_of_request(*stored, log_count=None)
+
+
+async def _job_request(ctx: ApiContext, job_id: str) -> tuple[int, events.JobRequested] | None:
+    # The id must be the event's own (a subject wildcard in the path finds another job's).
+    subject = ctx.names.job_kind_subject(job_id, "requested")
+    return await last_readable(ctx.js, ctx.names.stream, subject, events.JobRequested, job_id)
+
+
+def _row_of_request(
+    seq: int, event: events.JobRequested, log_count: int | None
+) -> Mapping[str, Any]:
+    row: dict[str, Any] = {"first_seq": seq, "requested_by": event.requested_by}
+    if log_count is not None:
+        row["log_count"] = log_count  # nothing of the job projected yet: no past to speak of
+    return row

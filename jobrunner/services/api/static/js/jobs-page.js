@@ -12,6 +12,25 @@ const followed = new Map(); // job id -> {stream, terminal}
 // Jobs whose stream said "done": never followed again, even while the read model still says
 // "running" for a moment (the projector writes a little after the stream has the event).
 const ended = new Set();
+// The latest status each job's stream has said. A re-render asked before a status arrived may be
+// answered after it (the request was in flight, or htmx queued the next one behind it): its card
+// would show the older status, and the stream says each status once, so nothing would correct
+// it while the re-render after the job's end fails (Postgres down). syncCards puts it back.
+const streamStatus = new Map(); // job id -> status
+const STATUS_ORDER = { pending: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
+
+function showStatus(c, status) {
+  c.dataset.status = status;
+  replaceBadges(c, status);
+}
+
+// A card rendered before the stream's latest status gets that status; one rendered later keeps
+// its own (the stream will say it too).
+function catchUpStatus(c) {
+  const status = streamStatus.get(c.dataset.jobId);
+  if (status === undefined || c.dataset.status === status) return;
+  if ((STATUS_ORDER[c.dataset.status] ?? -1) < STATUS_ORDER[status]) showStatus(c, status);
+}
 let refreshTimer = 0;
 let refreshDueAt = Infinity; // when the pending re-render is due (performance.now()); none: Infinity
 let refreshRound = 0; // re-renders of both sections asked for so far
@@ -58,14 +77,15 @@ function follow(cardEl) {
       if (c) setProgress(c.querySelector("[data-progress]"), progress, c.dataset.status);
     },
     status: (status) => {
+      streamStatus.set(jobId, status.status);
       const c = card(jobId);
       if (!c || c.dataset.status === status.status) return;
-      c.dataset.status = status.status;
-      replaceBadges(c, status.status);
+      showStatus(c, status.status);
       if (status.status === "running") refreshSoon(); // started: show its start time and clock
     },
     cancelRequested: () => markCancelRequested(jobId),
     done: (done) => {
+      streamStatus.set(jobId, done.status);
       terminal.flush();
       announce(t("live.finished", { title, status: t(`status.${done.status}`) }));
       followed.delete(jobId);
@@ -81,6 +101,7 @@ function syncCards() {
   for (const c of document.querySelectorAll("[data-job-card]")) {
     present.add(c.dataset.jobId);
     follow(c);
+    catchUpStatus(c);
     if (ended.has(c.dataset.jobId)) refreshSoon(500); // the read model has not caught up yet
   }
   for (const [jobId, { stream }] of followed) {
