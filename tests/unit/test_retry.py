@@ -104,19 +104,24 @@ async def test_a_retry_ends_on_a_cancel_the_operation_swallowed() -> None:
     assert tries == 1
 
 
-async def test_a_retry_goes_on_without_a_cancel() -> None:
-    """Without a cancel the transient failures are retried until the operation succeeds."""
-    tries = 0
+class FailsTwice:
+    """A publish whose first two tries fail as a dropped connection does; the third stores."""
 
-    async def publish() -> str:
-        nonlocal tries
-        tries += 1
-        if tries < 3:
+    def __init__(self) -> None:
+        self.tries = 0
+
+    async def __call__(self) -> str:
+        self.tries += 1
+        if self.tries < 3:
             raise ConnectionClosedError
         return "stored"
 
+
+async def test_a_retry_goes_on_without_a_cancel() -> None:
+    """Without a cancel the transient failures are retried until the operation succeeds."""
+    publish = FailsTwice()
     assert await retry.until_done(publish, "an event") == "stored"
-    assert tries == 3
+    assert publish.tries == 3
 
 
 async def test_a_start_steps_wait_ends_on_a_cancel_the_step_swallowed() -> None:
@@ -143,17 +148,8 @@ async def test_a_start_steps_wait_ends_on_a_cancel_the_step_swallowed() -> None:
 
 async def test_a_retry_log_line_names_what_is_retried() -> None:
     """Each retry's log line says what is retried (stamina alone says "<context block>")."""
-    tries = 0
-
-    async def publish() -> str:
-        nonlocal tries
-        tries += 1
-        if tries < 3:
-            raise ConnectionClosedError
-        return "stored"
-
     with structlog.testing.capture_logs() as logs:
-        assert await retry.until_done(publish, "job 7's StatusChanged") == "stored"
+        assert await retry.until_done(FailsTwice(), "job 7's StatusChanged") == "stored"
     retries = [e for e in logs if e["event"] == "stamina.retry_scheduled"]
     assert [e["retrying"] for e in retries] == ["job 7's StatusChanged"] * 2
     assert [e["retry_num"] for e in retries] == [1, 2]
