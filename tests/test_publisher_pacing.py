@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
+from jobrunner.services.runner import process
 from jobrunner.services.runner.process import ToolProcess
 from jobrunner.services.runner.publisher import (
     FLOOD_BYTES,
@@ -124,10 +125,12 @@ def test_a_pipe_rests_until_the_next_tick_only_while_its_tool_prints_often() -> 
 
 
 async def reads(script: str, rest: float) -> list[list[str]]:
-    """The lines of each read of a tool running ``script`` whose pipe rests ``rest`` seconds."""
+    """The lines of each read of a tool running ``script`` whose pipe rests ``rest`` seconds
+    (an unpolled pipe is polled again a tenth of the rest before its end)."""
     tool = ToolProcess([sys.executable, "-c", script], None, None)
     await tool.start()
     got: list[list[str]] = []
+    loop = asyncio.get_running_loop()
 
     async def room() -> None:
         pass
@@ -136,8 +139,14 @@ async def reads(script: str, rest: float) -> list[list[str]]:
         if lines:
             got.append(lines)
 
-    def pace(now: float, last: float) -> Awaitable[None] | None:
-        return asyncio.sleep(rest) if rest else None
+    def pace(
+        now: float, last: float, poll_again: Callable[[], None] | None = None
+    ) -> Awaitable[None] | None:
+        if not rest:
+            return None
+        if poll_again is not None:
+            loop.call_later(rest * 0.9, poll_again)
+        return asyncio.sleep(rest)
 
     await asyncio.wait_for(tool.pump(sink, room, 65536, pace), 30)
     await tool.wait()
@@ -151,6 +160,51 @@ async def test_lines_printed_while_the_pipe_rests_come_in_one_read() -> None:
     rested = await reads(script, 1.0)
     assert [line for lines in rested for line in lines] == ["a", "b", "c"]
     assert rested[-1][-2:] == ["b", "c"]
+
+
+async def test_a_busy_pipe_is_not_read_while_it_rests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tool printing two lines at once, then three lines 200 ms apart under a two-second
+    rest: the three wait in the pipe and are read in one read (not one read and wake-up of the
+    runner's loop each), in order, none lost."""
+    pipe_reads = 0
+    read_ready = process._Pipe._read_ready
+
+    def counting(pipe: Any) -> None:
+        nonlocal pipe_reads
+        pipe_reads += 1
+        read_ready(pipe)
+
+    script = (
+        "import time\ntime.sleep(0.2)\nprint('a\\nb', flush=True)\n"
+        "for t in 'cde':\n    time.sleep(0.2)\n    print(t, flush=True)\n"
+    )
+    monkeypatch.setattr(process._Pipe, "_read_ready", counting)
+    rested = await reads(script, 2.0)
+    assert rested == [["a", "b"], ["c", "d", "e"]]
+    # a and b; c, d and e; the end of each of the two pipes.
+    assert pipe_reads == 4
+
+
+async def test_an_unpolled_pipe_is_polled_again_before_the_tick_it_rests_for(
+    nats: NATS, settings: Settings
+) -> None:
+    """A busy job's pipe rests until the publish clock's tick; unpolled, it is polled again
+    before that tick, so that what its tool printed meanwhile is read by the time the tick's
+    message leaves."""
+    names = Names(settings.prefix)
+    publisher = LinePublisher(nats, names, JOB, pacing=PublishPacing(per_job=0.05, cap=0.05))
+    publisher.start()
+    try:
+        loop = asyncio.get_running_loop()
+        polled_before_the_tick: list[bool] = []
+        now = loop.time()
+        resting = publisher.rest(now, now - 0.01, lambda: polled_before_the_tick.append(True))
+        assert resting is not None
+        resting.add_done_callback(lambda _: polled_before_the_tick.append(False))
+        await asyncio.wait_for(resting, 5)
+        assert polled_before_the_tick == [True, False]
+    finally:
+        await publisher.close()
 
 
 async def test_a_flood_pipe_never_rests() -> None:
