@@ -197,6 +197,8 @@ class _Child:
         # next Popen made (subprocess._cleanup), which would take the exit status from here.
         self._popen = popen
         self.pipes = [_Pipe(loop, fd) for fd in pipes]  # stdout, stderr
+        self.stdout = self.pipes[0].reader
+        self.stderr = self.pipes[1].reader
         self.returncode: int | None = None
         self._exit: asyncio.Future[int] = loop.create_future()
         try:
