@@ -18,7 +18,6 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
-from jobrunner.services.runner import process
 from jobrunner.services.runner.process import ToolProcess
 from jobrunner.services.runner.publisher import (
     FLOOD_BYTES,
@@ -166,23 +165,21 @@ async def test_a_busy_pipe_is_not_read_while_it_rests(monkeypatch: pytest.Monkey
     """A tool printing two lines at once, then three lines 200 ms apart under a two-second
     rest: the three wait in the pipe and are read in one read (not one read and wake-up of the
     runner's loop each), in order, none lost."""
-    pipe_reads = 0
-    read_ready = process._Pipe._read_ready
+    pieces_read: list[bytes] = []  # each read of the pipes that brought output
+    feed_data = asyncio.StreamReader.feed_data
 
-    def counting(pipe: Any) -> None:
-        nonlocal pipe_reads
-        pipe_reads += 1
-        read_ready(pipe)
+    def counting(reader: asyncio.StreamReader, data: bytes) -> None:
+        pieces_read.append(bytes(data))
+        feed_data(reader, data)
 
     script = (
         "import time\ntime.sleep(0.2)\nprint('a\\nb', flush=True)\n"
         "for t in 'cde':\n    time.sleep(0.2)\n    print(t, flush=True)\n"
     )
-    monkeypatch.setattr(process._Pipe, "_read_ready", counting)
+    monkeypatch.setattr(asyncio.StreamReader, "feed_data", counting)
     rested = await reads(script, 2.0)
-    assert rested == [["a", "b"], ["c", "d", "e"]]
-    # a and b; c, d and e; the end of each of the two pipes.
-    assert pipe_reads == 4
+    assert rested == [["a", "b"], ["c", "d", "e"]], rested
+    assert pieces_read == [b"a\nb\n", b"c\nd\ne\n"]
 
 
 async def test_an_unpolled_pipe_is_polled_again_before_the_tick_it_rests_for(
