@@ -5,8 +5,10 @@ spell, and a job's last lines, are never held back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,12 +126,10 @@ def test_a_pipe_rests_until_the_next_tick_only_while_its_tool_prints_often() -> 
 
 
 async def reads(script: str, rest: float) -> list[list[str]]:
-    """The lines of each read of a tool running ``script`` whose pipe rests ``rest`` seconds
-    (an unpolled pipe is polled again a tenth of the rest before its end)."""
+    """The lines of each read of a tool running ``script`` whose pipe rests ``rest`` seconds."""
     tool = ToolProcess([sys.executable, "-c", script], None, None)
     await tool.start()
     got: list[list[str]] = []
-    loop = asyncio.get_running_loop()
 
     async def room() -> None:
         pass
@@ -138,13 +138,9 @@ async def reads(script: str, rest: float) -> list[list[str]]:
         if lines:
             got.append(lines)
 
-    def pace(
-        now: float, last: float, poll_again: Callable[[], None] | None = None
-    ) -> Awaitable[None] | None:
+    def pace(now: float, last: float) -> Awaitable[None] | None:
         if not rest:
             return None
-        if poll_again is not None:
-            loop.call_later(rest * 0.9, poll_again)
         return asyncio.sleep(rest)
 
     await asyncio.wait_for(tool.pump(sink, room, 65536, pace), 30)
@@ -172,9 +168,10 @@ async def test_a_busy_pipe_is_not_read_while_it_rests(monkeypatch: pytest.Monkey
         pieces_read.append(bytes(data))
         feed_data(reader, data)
 
+    # (One write each: print() under PYTHONUNBUFFERED=1 writes "a\nb" and "\n" apart.)
     script = (
-        "import time\ntime.sleep(0.2)\nprint('a\\nb', flush=True)\n"
-        "for t in 'cde':\n    time.sleep(0.2)\n    print(t, flush=True)\n"
+        "import os, time\ntime.sleep(0.2)\nos.write(1, b'a\\nb\\n')\n"
+        "for t in b'cde':\n    time.sleep(0.2)\n    os.write(1, bytes([t]) + b'\\n')\n"
     )
     monkeypatch.setattr(asyncio.StreamReader, "feed_data", counting)
     rested = await reads(script, 2.0)
@@ -182,26 +179,80 @@ async def test_a_busy_pipe_is_not_read_while_it_rests(monkeypatch: pytest.Monkey
     assert pieces_read == [b"a\nb\n", b"c\nd\ne\n"]
 
 
-async def test_an_unpolled_pipe_is_polled_again_before_the_tick_it_rests_for(
-    nats: NATS, settings: Settings
-) -> None:
-    """A busy job's pipe rests until the publish clock's tick; unpolled, it is polled again
-    before that tick, so that what its tool printed meanwhile is read by the time the tick's
-    message leaves."""
-    names = Names(settings.prefix)
-    publisher = LinePublisher(nats, names, JOB, pacing=PublishPacing(per_job=0.05, cap=0.05))
-    publisher.start()
-    try:
-        loop = asyncio.get_running_loop()
-        polled_before_the_tick: list[bool] = []
-        now = loop.time()
-        resting = publisher.rest(now, now - 0.01, lambda: polled_before_the_tick.append(True))
-        assert resting is not None
-        resting.add_done_callback(lambda _: polled_before_the_tick.append(False))
-        await asyncio.wait_for(resting, 5)
-        assert polled_before_the_tick == [True, False]
-    finally:
-        await publisher.close()
+async def paced_pump(
+    script: str, rest: float, block_at_tick: float = 0.0, cancel: bool = False
+) -> tuple[list[str], list[list[str]], int]:
+    """A tool running ``script`` pumped under the publish clock as the runner paces it: each
+    read rests until a tick ``rest`` seconds on, and a publisher waits for the same tick after
+    the pipe (its message leaves on it). ``block_at_tick``: the loop is busy with other work
+    from 3 ms before each tick until that long after it. ``cancel``: the pump is given up on
+    in its first rest. The lines handed on, in order; what had been handed on when each tick's
+    message left; the selector's entries left once the tool ended that are none of the test's."""
+    loop = asyncio.get_running_loop()
+    pacing = PublishPacing()
+    got: list[str] = []
+    at_ticks: list[list[str]] = []
+    before = set(loop._selector.get_map())  # type: ignore[attr-defined]
+    tool = ToolProcess([sys.executable, "-c", script], None, None)
+    await tool.start()
+
+    async def room() -> None:
+        pass
+
+    def sink(stream: str, lines: list[str], transient: str | None, at: datetime) -> None:
+        got.extend(lines)
+        if cancel and lines:
+            loop.call_soon(pump.cancel)  # (once the pipe rests: the sink comes before the rest)
+
+    def pace(now: float, last: float) -> Awaitable[None] | None:
+        tick = now + rest
+        resting = pacing.until(tick)
+        pacing.until(tick).add_done_callback(lambda _: at_ticks.append(list(got)))
+        if block_at_tick:
+            loop.call_at(tick - 0.003, time.sleep, 0.003 + block_at_tick)
+        return resting
+
+    pump = asyncio.ensure_future(tool.pump(sink, room, 65536, pace))
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(pump, 30)
+    await asyncio.wait_for(tool.wait(), 30)
+    left = set(loop._selector.get_map()) - before  # type: ignore[attr-defined]
+    return got, at_ticks, len(left)
+
+
+async def test_a_busy_pipes_lines_leave_on_its_tick_when_the_loop_is_late() -> None:
+    """A tool prints two lines at once (its pipe is unpolled while it rests until the tick),
+    then one more during the rest. The loop is busy with other jobs' work from 3 ms before the
+    tick to 7 ms after: the line printed during the rest is still handed on before the message
+    leaving on that tick is made, not a window later."""
+    script = "import os, time\nos.write(1, b'a\\nb\\n')\ntime.sleep(0.05)\nos.write(1, b'c\\n')\n"
+    script += "time.sleep(0.5)\n"
+    got, at_ticks, _ = await paced_pump(script, rest=0.2, block_at_tick=0.007)
+    assert got == ["a", "b", "c"]
+    assert at_ticks[0] == ["a", "b", "c"]
+
+
+async def test_a_tool_ending_while_its_pipe_rests_unpolled_loses_no_line() -> None:
+    """A tool printing on stdout and stderr and exiting at once, its pipes resting unpolled:
+    every line arrives, in order per stream, and the pump ends."""
+    script = (
+        "import os\nos.write(1, b'a\\nb\\n')\nos.write(1, b'c\\n')\n"
+        "os.write(2, b'e1\\ne2\\n')\nos.write(1, b'd')\n"
+    )
+    got, _, left = await paced_pump(script, rest=0.3)
+    assert [line for line in got if not line.startswith("e")] == ["a", "b", "c", "d"]
+    assert [line for line in got if line.startswith("e")] == ["e1", "e2"]
+    assert left == 0
+
+
+async def test_a_pump_given_up_on_while_its_pipe_rests_leaves_no_watch_on_the_pipe() -> None:
+    """The pump is cancelled while the pipe rests unpolled: the lines read before arrive, and
+    no watch of the closed pipe is left in the loop (a number the next pipe may reuse)."""
+    script = "import os, time\nos.write(1, b'a\\nb\\n')\ntime.sleep(0.05)\n"
+    script += "os.write(1, b'c\\n')\ntime.sleep(1)\n"
+    got, _, left = await paced_pump(script, rest=0.3, cancel=True)
+    assert got == ["a", "b"]
+    assert left == 0
 
 
 async def test_a_flood_pipe_never_rests() -> None:

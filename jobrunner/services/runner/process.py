@@ -165,11 +165,16 @@ class _Pipe:
         return True
 
     def end_rest(self) -> None:
-        """Poll again after a rest; only a pipe the rest unpolled (called twice, or after the
-        reader paused it for a full buffer, it changes nothing)."""
+        """Poll again after a rest, and read what the tool printed meanwhile at once: in the
+        turn of the loop that ends the rest (its tick's), not a turn later, when the message
+        leaving on that tick would have gone without it (and its lines waited a window more).
+        Only a pipe the rest unpolled: called twice, or after the reader paused it for a full
+        buffer, it changes nothing."""
         if self._resting:
             self._resting = False
             self.resume_reading()
+            if not self._paused and self._fd >= 0:
+                self._read_ready()
 
     def resume_reading(self) -> None:
         if self._paused and self._fd >= 0:
@@ -237,9 +242,8 @@ class _Child:
 LineSink = Callable[[str, list[str], str | None, datetime], None]
 Room = Callable[[], Awaitable[None]]
 # What a pipe waits for after a read at ``now``, its previous read at ``last``: the end of its
-# rest, or None when it does not rest (see ``pump``). Given a callable, the rest calls it a
-# little before it ends (an unpolled pipe is then read in time for the tick its lines leave on).
-Rest = Callable[[float, float, Callable[[], None] | None], Awaitable[None] | None]
+# rest, or None when it does not rest (see ``pump``).
+Rest = Callable[[float, float], Awaitable[None] | None]
 
 
 class ToolProcess:
@@ -373,7 +377,9 @@ class ToolProcess:
         last_read = -math.inf
         while chunk := await reader.read(TURN_BYTES):
             # A chunk's lines go to the sink at once: the work is done per chunk, not per line.
-            sink(name, splitter.feed(chunk), splitter.transient, datetime.now(UTC))
+            lines = splitter.feed(chunk)
+            read_lines = len(lines)  # (counted before the sink, which may take the list)
+            sink(name, lines, splitter.transient, datetime.now(UTC))
             splitter.transient = None
             await room()
             if len(chunk) == TURN_BYTES:
@@ -383,14 +389,14 @@ class ToolProcess:
                 await asyncio.sleep(0)
             elif pace is not None and len(chunk) < REST_BELOW_BYTES:
                 now = loop.time()
-                unpolled = chunk.count(b"\n") > UNPOLLED_REST_ABOVE_LINES
-                resting = pace(now, last_read, pipe.end_rest if unpolled else None)
+                resting = pace(now, last_read)
                 last_read = now
                 if resting is None:
                     continue
                 # (A flood starting meanwhile blocks on the full pipe for the rest at most:
                 # the publisher would hold its lines as long.)
-                unpolled = unpolled and pipe.rest_unpolled()
+                # (The pipe is read again as its rest ends: ``end_rest``.)
+                unpolled = read_lines > UNPOLLED_REST_ABOVE_LINES and pipe.rest_unpolled()
                 try:
                     await resting
                 finally:

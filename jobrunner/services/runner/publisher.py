@@ -31,7 +31,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from itertools import repeat
 from operator import add
@@ -76,11 +76,6 @@ PACE_MAX = 0.05  # seconds: what pacing can add to a line's delay at most
 # longer made its neighbours' lines later (the noisy-neighbour row, session 10).
 FLOOD_BYTES = 4096
 FLOOD_PACE = 0.4
-# An unpolled pipe's rest (process.UNPOLLED_REST_ABOVE_LINES) polls it again this long before
-# its tick, at most half the rest: what the tool printed meanwhile is read before the tick its
-# message leaves on (polled again at the tick, the lines were read a turn after the publisher's
-# and waited a window more: session 12, median 48 against 31 ms at 60 jobs).
-POLL_AHEAD = 0.002
 # A message this large goes on the bulk connection: a flood's (up to MAX_BATCH_BYTES), never a
 # job's printing a line at a time (100 jobs at 200 lines/s gathered at most 220 lines, 22 KiB).
 BULK_BYTES = 64 * 1024
@@ -97,7 +92,6 @@ class PublishPacing:
         self.publishers = 0
         # The futures waiting for each tick (by its loop time in whole microseconds).
         self._ticks: dict[int, list[asyncio.Future[None]]] = {}
-        self._calls: dict[int, list[Callable[[], None]]] = {}  # by time, as ``_ticks``
 
     def window(self, flooding: bool = False) -> float:
         window = min(self.cap, self.per_job * self.publishers)
@@ -118,23 +112,9 @@ class PublishPacing:
         waiting.append(future)
         return future
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> None:
-        """``callback`` at loop time ``when``: one timer for all the callbacks of that time
-        (the unpolled pipes' polls before a tick)."""
-        key = round(when * 1e6)
-        waiting = self._calls.get(key)
-        if waiting is None:
-            waiting = self._calls[key] = []
-            asyncio.get_running_loop().call_at(when, self._call, key)
-        waiting.append(callback)
-
     def _ring(self, key: int) -> None:
         for future in self._ticks.pop(key):
             _resolve(future)
-
-    def _call(self, key: int) -> None:
-        for callback in self._calls.pop(key):
-            callback()
 
 
 def pacing_wait(now: float, last_publish: float, window: float) -> float:
@@ -283,16 +263,12 @@ class LinePublisher:
             return 0.0
         return read_rest(now, last_read, self._pacing.window(self._flooding()))
 
-    def rest(
-        self, now: float, last_read: float, poll_again: Callable[[], None] | None = None
-    ) -> asyncio.Future[None] | None:
+    def rest(self, now: float, last_read: float) -> asyncio.Future[None] | None:
         """What the job's tool pipe waits for after a read at ``now``: the clock's tick when
-        it rests (``read_rest``), else nothing. ``poll_again`` (an unpolled pipe's) is called
-        ``POLL_AHEAD`` before the tick."""
+        it rests (``read_rest``), else nothing. (An unpolled pipe is read as its rest ends, in
+        the tick's turn of the loop, before the message leaving on the tick is made.)"""
         if self._pacing is None or not (seconds := self.read_rest(now, last_read)):
             return None
-        if poll_again is not None:
-            self._pacing.call_at(now + seconds - min(POLL_AHEAD, seconds / 2), poll_again)
         return self._pacing.until(now + seconds)
 
     def add(self, stream: str, level: str, text: str, at: datetime) -> None:
