@@ -106,6 +106,9 @@ class Deadlines:
     tool (None only when there is none): a deadline written or a tool started can only lower
     it, and one raised (a renewal) or dropped leaves it early, so the guardian wakes early, once,
     and the full pass it then makes finds nothing due and sets it exactly.
+
+    A ``+`` after the tool's ``d`` lines is handled (``started``) defensively: the runner writes
+    a tool's ``+`` before any of its ``d`` lines, but the bound must hold whatever the order.
     """
 
     def __init__(self, tools: dict[int, tuple[int, int] | None]) -> None:
