@@ -5,7 +5,9 @@ spell, and a job's last lines, are never held back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
@@ -137,7 +139,9 @@ async def reads(script: str, rest: float) -> list[list[str]]:
             got.append(lines)
 
     def pace(now: float, last: float) -> Awaitable[None] | None:
-        return asyncio.sleep(rest) if rest else None
+        if not rest:
+            return None
+        return asyncio.sleep(rest)
 
     await asyncio.wait_for(tool.pump(sink, room, 65536, pace), 30)
     await tool.wait()
@@ -151,6 +155,104 @@ async def test_lines_printed_while_the_pipe_rests_come_in_one_read() -> None:
     rested = await reads(script, 1.0)
     assert [line for lines in rested for line in lines] == ["a", "b", "c"]
     assert rested[-1][-2:] == ["b", "c"]
+
+
+async def test_a_busy_pipe_is_not_read_while_it_rests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tool printing two lines at once, then three lines 200 ms apart under a two-second
+    rest: the three wait in the pipe and are read in one read (not one read and wake-up of the
+    runner's loop each), in order, none lost."""
+    pieces_read: list[bytes] = []  # each read of the pipes that brought output
+    feed_data = asyncio.StreamReader.feed_data
+
+    def counting(reader: asyncio.StreamReader, data: bytes) -> None:
+        pieces_read.append(bytes(data))
+        feed_data(reader, data)
+
+    # (One write each: print() under PYTHONUNBUFFERED=1 writes "a\nb" and "\n" apart.)
+    script = (
+        "import os, time\ntime.sleep(0.2)\nos.write(1, b'a\\nb\\n')\n"
+        "for t in b'cde':\n    time.sleep(0.2)\n    os.write(1, bytes([t]) + b'\\n')\n"
+    )
+    monkeypatch.setattr(asyncio.StreamReader, "feed_data", counting)
+    rested = await reads(script, 2.0)
+    assert rested == [["a", "b"], ["c", "d", "e"]], rested
+    assert pieces_read == [b"a\nb\n", b"c\nd\ne\n"]
+
+
+async def paced_pump(
+    script: str, rest: float, block_at_tick: float = 0.0, cancel: bool = False
+) -> tuple[list[str], list[list[str]], int]:
+    """A tool running ``script`` pumped under the publish clock as the runner paces it: each
+    read rests until a tick ``rest`` seconds on, and a publisher waits for the same tick after
+    the pipe (its message leaves on it). ``block_at_tick``: the loop is busy with other work
+    from 3 ms before each tick until that long after it. ``cancel``: the pump is given up on
+    in its first rest. The lines handed on, in order; what had been handed on when each tick's
+    message left; the selector's entries left once the tool ended that are none of the test's."""
+    loop = asyncio.get_running_loop()
+    pacing = PublishPacing()
+    got: list[str] = []
+    at_ticks: list[list[str]] = []
+    before = set(loop._selector.get_map())  # type: ignore[attr-defined]
+    tool = ToolProcess([sys.executable, "-c", script], None, None)
+    await tool.start()
+
+    async def room() -> None:
+        pass
+
+    def sink(stream: str, lines: list[str], transient: str | None, at: datetime) -> None:
+        got.extend(lines)
+        if cancel and lines:
+            loop.call_soon(pump.cancel)  # (once the pipe rests: the sink comes before the rest)
+
+    def pace(now: float, last: float) -> Awaitable[None] | None:
+        tick = now + rest
+        resting = pacing.until(tick)
+        pacing.until(tick).add_done_callback(lambda _: at_ticks.append(list(got)))
+        if block_at_tick:
+            loop.call_at(tick - 0.003, time.sleep, 0.003 + block_at_tick)
+        return resting
+
+    pump = asyncio.ensure_future(tool.pump(sink, room, 65536, pace))
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(pump, 30)
+    await asyncio.wait_for(tool.wait(), 30)
+    left = set(loop._selector.get_map()) - before  # type: ignore[attr-defined]
+    return got, at_ticks, len(left)
+
+
+async def test_a_busy_pipes_lines_leave_on_its_tick_when_the_loop_is_late() -> None:
+    """A tool prints two lines at once (its pipe is unpolled while it rests until the tick),
+    then one more during the rest. The loop is busy with other jobs' work from 3 ms before the
+    tick to 7 ms after: the line printed during the rest is still handed on before the message
+    leaving on that tick is made, not a window later."""
+    script = "import os, time\nos.write(1, b'a\\nb\\n')\ntime.sleep(0.05)\nos.write(1, b'c\\n')\n"
+    script += "time.sleep(0.5)\n"
+    got, at_ticks, _ = await paced_pump(script, rest=0.2, block_at_tick=0.007)
+    assert got == ["a", "b", "c"]
+    assert at_ticks[0] == ["a", "b", "c"]
+
+
+async def test_a_tool_ending_while_its_pipe_rests_unpolled_loses_no_line() -> None:
+    """A tool printing on stdout and stderr and exiting at once, its pipes resting unpolled:
+    every line arrives, in order per stream, and the pump ends."""
+    script = (
+        "import os\nos.write(1, b'a\\nb\\n')\nos.write(1, b'c\\n')\n"
+        "os.write(2, b'e1\\ne2\\n')\nos.write(1, b'd')\n"
+    )
+    got, _, left = await paced_pump(script, rest=0.3)
+    assert [line for line in got if not line.startswith("e")] == ["a", "b", "c", "d"]
+    assert [line for line in got if line.startswith("e")] == ["e1", "e2"]
+    assert left == 0
+
+
+async def test_a_pump_given_up_on_while_its_pipe_rests_leaves_no_watch_on_the_pipe() -> None:
+    """The pump is cancelled while the pipe rests unpolled: the lines read before arrive, and
+    no watch of the closed pipe is left in the loop (a number the next pipe may reuse)."""
+    script = "import os, time\nos.write(1, b'a\\nb\\n')\ntime.sleep(0.05)\n"
+    script += "os.write(1, b'c\\n')\ntime.sleep(1)\n"
+    got, _, left = await paced_pump(script, rest=0.3, cancel=True)
+    assert got == ["a", "b"]
+    assert left == 0
 
 
 async def test_a_flood_pipe_never_rests() -> None:

@@ -97,18 +97,65 @@ def _in_group(pid: str, pgid: int, started: int, groups: dict[int, int]) -> bool
     return started >= leader_started and (leader is None or leader[2] == leader_started)
 
 
-def _expire(tools: dict[int, tuple[int, int] | None], deadlines: dict[int, float]) -> float | None:
-    """Kill the group of every tool whose deadline passed; the nearest deadline still to come."""
-    now = time.monotonic()
-    due = [serial for serial, at in deadlines.items() if at <= now and tools.get(serial)]
+class Deadlines:
+    """Until when each tool's job holds its lease, and when the guardian must look next.
+
+    A ``d`` line comes with every lease renewal of every job: a pass over all deadlines at each
+    (as before) made the guardian's work per line grow with the jobs running, quadratic in all.
+    ``nearest`` is kept instead as a bound never later than the nearest deadline of a started
+    tool (None only when there is none): a deadline written or a tool started can only lower
+    it, and one raised (a renewal) or dropped leaves it early, so the guardian wakes early, once,
+    and the full pass it then makes finds nothing due and sets it exactly.
+
+    A ``+`` after the tool's ``d`` lines is handled (``started``) defensively: the runner writes
+    a tool's ``+`` before any of its ``d`` lines, but the bound must hold whatever the order.
+    """
+
+    def __init__(self, tools: dict[int, tuple[int, int] | None]) -> None:
+        self._tools = tools  # by serial, the tools' groups (None before the tool's ``+``)
+        self._at: dict[int, float] = {}  # by serial: until when the tool's job holds its lease
+        self.nearest: float | None = None
+
+    def write(self, serial: int, at: float) -> None:
+        """A ``d`` line: counted once the tool is written (``s``), waited for once it runs."""
+        if serial in self._tools:
+            self._at[serial] = at
+            if self._tools[serial]:
+                self._lower(at)
+
+    def started(self, serial: int) -> None:
+        """The tool's ``+`` line (after its group was written): a deadline it had now counts."""
+        at = self._at.get(serial)
+        if at is not None and self._tools.get(serial):
+            self._lower(at)
+
+    def forget(self, serial: int) -> None:
+        self._at.pop(serial, None)
+
+    def due(self, now: float) -> list[int]:
+        """The started tools whose deadline passed by ``now``, forgotten (killed once: a deadline
+        written later counts again); a full pass only when the nearest may have come."""
+        if self.nearest is None or self.nearest > now:
+            return []
+        due = [serial for serial, at in self._at.items() if at <= now and self._tools.get(serial)]
+        for serial in due:
+            del self._at[serial]
+        waiting = [at for serial, at in self._at.items() if self._tools.get(serial)]
+        self.nearest = min(waiting) if waiting else None
+        return due
+
+    def _lower(self, at: float) -> None:
+        if self.nearest is None or at < self.nearest:
+            self.nearest = at
+
+
+def _expire(tools: dict[int, tuple[int, int] | None], deadlines: Deadlines) -> None:
+    """Kill the group of every tool whose deadline passed."""
+    due = deadlines.due(time.monotonic())
     if due:
         groups = {group[0]: group[1] for serial in due if (group := tools.get(serial))}
         # These groups alone: the other tools run on, and so does the runner.
         _kill_until_none(groups, lambda pid: False, {str(os.getpid())})
-        for serial in due:
-            del deadlines[serial]  # killed once: a deadline written later counts again
-    waiting = [at for serial, at in deadlines.items() if tools.get(serial)]
-    return min(waiting) if waiting else None
 
 
 def _scan(groups: dict[int, int], claimed: Callable[[str], bool], spared: set[str]) -> int:
@@ -155,16 +202,16 @@ def main() -> None:
     parent_stat = _stat(str(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tools: dict[int, tuple[int, int] | None] = {}  # by serial, as guardian.py keeps them
-    deadlines: dict[int, float] = {}  # by serial: until when the tool's job holds its lease
+    deadlines = Deadlines(tools)
     pending = b""
     pipe = select.poll()
     pipe.register(0, select.POLLIN)
-    nearest: float | None = None
     while True:
         # Asleep until the runner writes or the nearest deadline comes: no polling of the clock.
         wait = None
-        if nearest is not None:
-            wait = max(0, math.ceil(min(nearest - time.monotonic(), LONGEST_WAIT) * 1000))
+        if deadlines.nearest is not None:
+            left = deadlines.nearest - time.monotonic()
+            wait = max(0, math.ceil(min(left, LONGEST_WAIT) * 1000))
         if pipe.poll(wait):
             chunk = os.read(0, 65536)
             if not chunk:
@@ -177,13 +224,13 @@ def main() -> None:
                     tools[serial] = None
                 elif kind == b"+":
                     tools[serial] = (int(fields[1]), int(fields[2]))
+                    deadlines.started(serial)
                 elif kind == b"d":
-                    if serial in tools:
-                        deadlines[serial] = float(fields[1])
+                    deadlines.write(serial, float(fields[1]))
                 else:
                     tools.pop(serial, None)
-                    deadlines.pop(serial, None)
-        nearest = _expire(tools, deadlines)
+                    deadlines.forget(serial)
+        _expire(tools, deadlines)
     groups = {pgid: started for pgid, started in filter(None, tools.values())}
     live = set(tools)
     spared = {str(os.getpid())}

@@ -265,7 +265,8 @@ class LinePublisher:
 
     def rest(self, now: float, last_read: float) -> asyncio.Future[None] | None:
         """What the job's tool pipe waits for after a read at ``now``: the clock's tick when
-        it rests (``read_rest``), else nothing."""
+        it rests (``read_rest``), else nothing. (An unpolled pipe is read as its rest ends, in
+        the tick's turn of the loop, before the message leaving on the tick is made.)"""
         if self._pacing is None or not (seconds := self.read_rest(now, last_read)):
             return None
         return self._pacing.until(now + seconds)
