@@ -90,3 +90,13 @@ async def test_a_host_that_answers_within_the_time_left_is_followed_to_the_end()
         code, err = await follow(server.url, reconnect_for=4)
     assert code == 0, err
     assert "connection back after" in err
+
+
+async def test_too_many_streams_while_reconnecting_is_retried_like_a_server_away() -> None:
+    """A 503, then 429 TOO_MANY_STREAMS (the lost stream still counted by the server), then the
+    stream: the follow goes on to the job's end, exit 0. (Before, the 429 ended it, exit 2.)"""
+    away = {"code": "TOO_MANY_STREAMS", "message": "Too many streams are open."}
+    async with AnsweringServer((503, 429), away, then="stream").running() as server:
+        code, err = await follow(server.url, reconnect_for=10)
+    assert code == 0, err
+    assert server.stream_requests == 3, err

@@ -28,7 +28,13 @@ from rich.progress import (
 from rich.text import Text
 
 from jobrunner.common.loglevels import shows_level
-from jobrunner.terminal.connection import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, Api, ClientError
+from jobrunner.terminal.connection import (
+    AWAY_STATUSES,
+    EXIT_SERVER_ERROR,
+    EXIT_UNREACHABLE,
+    Api,
+    ClientError,
+)
 
 LEVEL_STYLES = {
     "DEBUG": "dim",
@@ -57,9 +63,6 @@ SILENT_STREAM_SECONDS = 60.0
 PLAIN_PROGRESS_EVERY_SECONDS = 1.0
 # How long one connect may take; while the stream is lost, at most the time left to reconnect.
 CONNECT_SECONDS = 30.0
-# Answers of a server that is away (starting, or a proxy that lost it): tried again. Any other
-# 5xx is the server failing on this request, which the same request again would meet too.
-AWAY_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass
@@ -169,7 +172,10 @@ class Follower:
                     if response.status_code >= 400:
                         response.read()
                         refusal = self.api.refused(response)
-                        if response.status_code in AWAY_STATUSES:
+                        if response.status_code in AWAY_STATUSES or (
+                            # The lost stream may still count on the server for a while.
+                            response.status_code == 429 and self._lost_since is not None
+                        ):
                             raise _Away(str(refusal))
                         if response.status_code >= 500:
                             raise ClientError(

@@ -1,9 +1,9 @@
 """An HTTP server that answers a job's read with a running job and its event stream with one
 fixed status: what ``jobrunner logs --follow`` meets when the API has a bug (500) or a proxy
-in front of it has lost it (502, 503, 504). With ``then`` it answers the stream that way once and
-afterwards as ``then`` says: ``"silent"`` accepts and never answers (a host that hangs),
-``"headers"`` answers the stream's headers and then nothing, ``"stream"`` answers the stream
-after ``stream_after`` s with a keep-alive and the job's ``done``."""
+in front of it has lost it (502, 503, 504). With ``then`` it answers the stream with each of the
+statuses once and afterwards as ``then`` says: ``"silent"`` accepts and never answers (a host
+that hangs), ``"headers"`` answers the stream's headers and then nothing, ``"stream"`` answers
+the stream after ``stream_after`` s with a keep-alive and the job's ``done``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from typing import Any
 class AnsweringServer:
     def __init__(
         self,
-        stream_status: int,
+        stream_status: int | tuple[int, ...],
         stream_error: dict[str, str],
         then: str | None = None,
         stream_after: float = 0.0,
     ) -> None:
-        self.stream_status = stream_status
+        # One status for every stream, or these in turn and then ``then``.
+        self.stream_statuses = (stream_status,) if isinstance(stream_status, int) else stream_status
         self.stream_error = stream_error
         self.then = then
         self.stream_after = stream_after
@@ -34,7 +35,11 @@ class AnsweringServer:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             path = head.split(b" ", 2)[1].decode()
-            if path.endswith("/stream") and self.then and self.stream_requests >= 1:
+            if (
+                path.endswith("/stream")
+                and self.then
+                and self.stream_requests >= len(self.stream_statuses)
+            ):
                 self.stream_requests += 1
                 if self.then != "silent":
                     await asyncio.sleep(self.stream_after)
@@ -51,7 +56,9 @@ class AnsweringServer:
             if path.endswith("/stream"):
                 self.stream_requests += 1
                 body: dict[str, Any] = {"error": self.stream_error}
-                status = self.stream_status
+                status = self.stream_statuses[
+                    min(self.stream_requests, len(self.stream_statuses)) - 1
+                ]
             else:
                 job_id = path.rsplit("/", 1)[-1]
                 status, body = 200, {"id": job_id, "status": "running", "job_type": "emit"}
