@@ -122,7 +122,7 @@ TEXT: dict[str, dict[str, str]] = {
         "new.none_selected": "Bitte einen Job-Typ wählen.",
         "new.required": "Pflichtfeld",
         "new.range": "Bereich",
-        "new.pattern": "muss passen auf",
+        "new.pattern": "muss dem Muster entsprechen:",
         "status.pending": "Wartend",
         "status.running": "Läuft",
         "status.completed": "Erfolgreich",
