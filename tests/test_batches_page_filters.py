@@ -20,6 +20,10 @@ from tests.system import System
         ("job_type=nope", ["nope", "scraper"]),
         ("created_from=yesterday", ["yesterday", "YYYY-MM-DD"]),
         ("created_from=2026-03-02&created_to=2026-03-01", ["2026-03-02", "2026-03-01"]),
+        # The API's bound on search (before: a 200 page, then "cannot be loaded right now").
+        ("search=" + "x" * 201, ["search", "200"]),
+        ("search=a%00b", ["search", "NUL"]),
+        ("status=running,bogus", ["bogus", "pending, running"]),
     ],
 )
 async def test_a_bad_filter_value_is_said_on_the_page(
@@ -42,6 +46,9 @@ async def test_good_filters_and_unknown_parameters_show_the_page(system: System)
         for query in (
             "status=running&archived=all&created_from=2026-03-01&created_to=2026-03-02",
             "utm_source=newsletter",
+            # Lists, as GET /api/batches takes them (before: 400 on the page).
+            "status=running,failed&job_type=scraper,enrich_email",
+            "search=" + "x" * 200,
         ):
             response = await client.get(f"/batches?{query}")
             assert response.status_code == 200, (query, response.text[:300])

@@ -51,3 +51,18 @@ async def test_a_pattern_without_words_is_shown_as_must_match(runner_settings: S
     said = help_text(form, "interval")
     assert "format" not in said.lower(), said
     assert "must match ^[0-9.]+$" in said, said
+
+
+async def test_a_value_not_matching_the_pattern_is_told_in_the_types_words(system: System) -> None:
+    """A bad PLZ posted to the API: the field error says what the value must be in the job
+    type's words, then the pattern. (Before: the bare regex, "must match ^[0-9]{0,5}$".)"""
+    async with system.client() as client:
+        response = await client.post(
+            "/api/jobs", json={"job_type": "scraper", "parameters": {"plz_filter": "4x"}}
+        )
+    assert response.status_code == 422, response.text
+    (field,) = response.json()["error"]["fields"]
+    assert field["code"] == "PATTERN_MISMATCH"
+    assert field["message"] == (
+        "must be bis zu fünf Ziffern (der Anfang einer Postleitzahl) (must match ^[0-9]{0,5}$)"
+    )

@@ -18,7 +18,7 @@ JOB_ID = "0123456789abcdef0123456789abcdef"
 BUG = {"code": "INTERNAL_ERROR", "message": "The server failed on this request."}
 
 
-async def follow(url: str, reconnect_for: float) -> tuple[int, str]:
+async def follow(url: str, reconnect_for: float, within: float = 120) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
     env["JOBRUNNER_URL"] = url
     proc = await asyncio.create_subprocess_exec(
@@ -35,7 +35,12 @@ async def follow(url: str, reconnect_for: float) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     assert proc.returncode is not None
     return proc.returncode, err.decode()
 
@@ -60,3 +65,38 @@ async def test_a_server_away_behind_a_proxy_is_retried_until_the_bound(status: i
     assert code == 69, err
     assert server.stream_requests >= 2, err
     assert "did not come back within 2 s" in err
+
+
+@pytest.mark.parametrize("then", ["silent", "headers"])
+async def test_a_host_that_accepts_and_stays_silent_is_given_up_within_the_bound(
+    then: str,
+) -> None:
+    """A 503, then a host that accepts the connection and never answers (or answers the headers
+    and then nothing): the give-up comes after ``--reconnect-for``, not after the minute the
+    client waits for a silent stream. (Before, only the connect was bounded by the time left:
+    ``--reconnect-for 2`` exited after 61.9 s, here a TimeoutError.)"""
+    away = {"code": "UNAVAILABLE", "message": "The server is starting."}
+    async with AnsweringServer(503, away, then=then).running() as server:
+        code, err = await follow(server.url, reconnect_for=2, within=30)
+    assert code == 69, err
+    assert "did not come back within 2 s" in err
+
+
+async def test_a_host_that_answers_within_the_time_left_is_followed_to_the_end() -> None:
+    """A 503, then the stream after a second, with two seconds of ``--reconnect-for`` left:
+    the follow resumes and ends with the job (exit 0)."""
+    away = {"code": "UNAVAILABLE", "message": "The server is starting."}
+    async with AnsweringServer(503, away, then="stream", stream_after=1).running() as server:
+        code, err = await follow(server.url, reconnect_for=4)
+    assert code == 0, err
+    assert "connection back after" in err
+
+
+async def test_too_many_streams_while_reconnecting_is_retried_like_a_server_away() -> None:
+    """A 503, then 429 TOO_MANY_STREAMS (the lost stream still counted by the server), then the
+    stream: the follow goes on to the job's end, exit 0. (Before, the 429 ended it, exit 2.)"""
+    away = {"code": "TOO_MANY_STREAMS", "message": "Too many streams are open."}
+    async with AnsweringServer((503, 429), away, then="stream").running() as server:
+        code, err = await follow(server.url, reconnect_for=10)
+    assert code == 0, err
+    assert server.stream_requests == 3, err

@@ -141,6 +141,7 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
         if not isinstance(body, dict):
             raise JobTypeConfigError(f"job type {name!r} in {path} must be a table")
         _expand_plain_choices(body)
+        _check_pattern_help_type(name, body)
         try:
             job_type = msgspec.convert({**body, "name": name}, JobType)
         except msgspec.ValidationError as exc:
@@ -179,6 +180,11 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
                     raise JobTypeConfigError(
                         f"job type {name!r}, parameter {pname!r}: bad pattern: {exc}"
                     ) from None
+            if param.pattern_help and param.pattern is None:
+                raise JobTypeConfigError(
+                    f"job type {name!r}, parameter {pname!r}: pattern_help needs a pattern "
+                    "(it is the pattern in words): add the pattern or drop pattern_help"
+                )
             if param.type in ("enum", "multi_enum") and not param.choices:
                 raise JobTypeConfigError(f"job type {name!r}, parameter {pname!r} needs choices")
             error = None if param.default is None else _check_value(param, param.default)
@@ -191,6 +197,20 @@ def load_job_types(path: str | Path) -> dict[str, JobType]:
     if not types:
         raise JobTypeConfigError(f"job types file {path} defines no [job_types.*] table")
     return types
+
+
+def _check_pattern_help_type(name: str, body: dict[str, Any]) -> None:
+    """``pattern_help`` that is not a string, refused naming its parameter (msgspec's own
+    error says only ``$.parameters[...]``)."""
+    parameters = body.get("parameters")
+    if not isinstance(parameters, dict):
+        return
+    for pname, param in parameters.items():
+        if isinstance(param, dict) and not isinstance(param.get("pattern_help", ""), str):
+            raise JobTypeConfigError(
+                f"job type {name!r}, parameter {pname!r}: pattern_help must be a string "
+                "(the pattern in words)"
+            )
 
 
 def _check_kind(job_type: JobType) -> None:
@@ -329,6 +349,10 @@ def _check_value(param: Parameter, value: Any) -> tuple[str, str] | None:
             if value.startswith("-") and not param.allow_leading_dash:
                 return "LEADING_DASH", "must not start with '-'"
             if param.pattern and not re.fullmatch(param.pattern, value):
+                if param.pattern_help:  # the type's words first: few read a regex
+                    return "PATTERN_MISMATCH", (
+                        f"must be {param.pattern_help} (must match {param.pattern})"
+                    )
                 return "PATTERN_MISMATCH", f"must match {param.pattern}"
         case "bool":
             if not isinstance(value, bool):

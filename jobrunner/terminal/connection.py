@@ -35,6 +35,11 @@ EXIT_UNREACHABLE = 69  # no server at the address
 EXIT_SERVER_ERROR = 70  # the server failed on the request (a 500: its bug, no retry mends it)
 EXIT_CANCELLED = 130  # the job was cancelled (or following was interrupted)
 
+# Answers of a server that is away (starting, or a proxy that lost it): ``logs --follow`` tries
+# again. Any other 5xx is the server failing on this request, which the same request again would
+# meet too.
+AWAY_STATUSES = frozenset({502, 503, 504})
+
 
 @dataclass(frozen=True)
 class Target:
@@ -149,7 +154,12 @@ class Api:
             )
         elif response.status_code == 403:
             hint += " The token's role is too small: ask an admin for an operator token."
-        return ClientError(f"{message} ({code}){hint}", EXIT_USAGE)
+        # A 5xx but a server away (502/503/504, which ``logs --follow`` retries) is the server
+        # failing on the request: no argument of the user's to mend (exit 2 said there was).
+        server_failed = response.status_code >= 500 and response.status_code not in AWAY_STATUSES
+        return ClientError(
+            f"{message} ({code}){hint}", EXIT_SERVER_ERROR if server_failed else EXIT_USAGE
+        )
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:

@@ -120,3 +120,30 @@ def test_a_new_outage_long_after_the_last_line_is_logged_at_once() -> None:
         ("health is ok again", None, None, None),
         ("health is not ok", "degraded", None, None),
     ]
+
+
+def test_an_outage_of_another_kind_within_the_period_is_logged_by_name() -> None:
+    """NATS_TIMEOUT (logged), ok, POSTGRES_TIMEOUT 20 s later, ok: the second outage's problem
+    is logged at once, once; the same problem again within the period is counted. (Before,
+    POSTGRES_TIMEOUT never appeared in the log: its outage began and ended in the period.)"""
+    clock = Clock()
+    health_log = HealthLog(PERIOD, clock=clock)
+    with capture_logs() as logs:
+        health_log.answered("unavailable", ["NATS_TIMEOUT"])
+        clock.now += 1
+        health_log.answered("ok", [])
+        clock.now += 20
+        health_log.answered("unavailable", ["POSTGRES_TIMEOUT"])
+        clock.now += 1
+        health_log.answered("ok", [])
+        clock.now += 1
+        health_log.answered("unavailable", ["POSTGRES_TIMEOUT"])  # told already: counted
+        clock.now += 1
+        health_log.answered("unavailable", ["NATS_TIMEOUT", "POSTGRES_TIMEOUT"])  # counted
+    lines = [line for line in logs if line["event"].startswith("health is")]
+    assert [(line["event"], line.get("problems")) for line in lines] == [
+        ("health is not ok", ["NATS_TIMEOUT"]),
+        ("health is not ok", ["POSTGRES_TIMEOUT"]),
+    ], lines
+    assert lines[1].get("since_last") == 1, lines[1]
+    assert lines[1].get("flaps") == 1, lines[1]

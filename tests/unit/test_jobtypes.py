@@ -513,3 +513,20 @@ def test_timeout_must_be_positive(tmp_path: Path) -> None:
     """timeout_seconds of 0 is refused at load, not found out when a job never runs."""
     with pytest.raises(JobTypeConfigError, match="timeout_seconds must be above 0"):
         load_text(tmp_path, '[job_types.x]\nargv = ["x"]\ntimeout_seconds = 0\n')
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        ('pattern_help = "five digits"', "pattern_help needs a pattern"),
+        ('pattern = "^[0-9]+$"\npattern_help = 5', "pattern_help"),
+    ],
+    ids=["without-pattern", "not-a-string"],
+)
+def test_bad_pattern_help_is_refused(tmp_path: Path, lines: str, says: str) -> None:
+    """Words for a pattern without a pattern, or that are not a string, are refused at load,
+    naming the parameter. (Before, words without a pattern loaded and were never shown.)"""
+    text = f'[job_types.x]\nargv = ["x"]\n[job_types.x.parameters.p]\ntype = "string"\n{lines}\n'
+    with pytest.raises(JobTypeConfigError, match=says) as raised:
+        load_text(tmp_path, text)
+    assert "'p'" in str(raised.value) or "parameters.p" in str(raised.value), raised.value

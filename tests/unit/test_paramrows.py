@@ -175,3 +175,16 @@ def test_a_row_with_too_many_cells_is_named(node: Node) -> None:
     rows = node.ask(op="file", name="x.csv", text="a,b\n1,2\n1,2,3\n", type="t", schema=schema)
     assert rows["ok"][0]["errors"] == []
     assert rows["ok"][1]["errors"][0]["code"] == "INVALID_ROW"
+
+
+def test_a_bad_plz_is_told_as_the_api_tells_it(node: Node) -> None:
+    """A PLZ that is not up to five digits: the browser's field error is the API's, the job
+    type's words for the pattern first. (Before, the browser showed only the bare regex.)"""
+    given_ = {"plz_filter": "4x"}
+    answer = node.ask(op="check", type="scraper", schema=SCHEMAS["scraper"], given=given_)
+    try:
+        validate_parameters(TYPES["scraper"], given_)
+    except ParameterError as error:
+        api = [(e.code, e.message) for e in error.errors]
+    assert [(e["code"], e["message"]) for e in answer["ok"]] == api
+    assert api[0][1].startswith("must be bis zu fünf Ziffern"), api

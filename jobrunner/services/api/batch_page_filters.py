@@ -13,8 +13,10 @@ from collections.abc import Callable, Collection
 from datetime import date
 
 from jobrunner.services.api.batch_readmodels import BATCH_STATUSES
+from jobrunner.services.api.queryparams import ARCHIVED_CHOICES, search_problem
 
-ARCHIVED_CHOICES = ("false", "true", "all")
+# Filters GET /api/batches takes as a comma-separated list (``status=running,failed``).
+LISTS = frozenset({"status", "job_type"})
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")  # what an <input type="date"> holds
 
 
@@ -39,11 +41,15 @@ def filter_problems(
         "job_type": tuple(sorted(job_types)),
     }
     for name, allowed in choices.items():
-        value = filters[name]
-        if value and value not in allowed:
-            problems.append(
-                t("filters.bad_choice", value=value, name=name, choices=", ".join(allowed))
-            )
+        values = filters[name].split(",") if name in LISTS else [filters[name]]
+        for value in (v.strip() for v in values):
+            if value and value not in allowed:
+                problems.append(
+                    t("filters.bad_choice", value=value, name=name, choices=", ".join(allowed))
+                )
+    search = search_problem("search", filters["search"])
+    if search:  # the API's bound: else a page, then "cannot be loaded right now"
+        problems.append(t("filters.bad_search", problem=search))
     days = {}
     for name in ("created_from", "created_to"):
         value = filters[name]

@@ -5,9 +5,11 @@ nothing the first did not. So at most one line per ``health_log_seconds``, with 
 out since the last line (``since_last``) and how many times health came back among them
 (``flaps``). The period's clock runs on across recoveries: a health that flaps (bad, ok, bad, ok
 each second) would otherwise log every "ok again" and every next "not ok" at once, a line a
-second again. Two lines do not wait for the period: a status worse than any told since the last
-full period (``degraded`` then ``unavailable``: an operator must hear of it now), and "ok again"
-after an outage that lasted at least the period (no flap: the log should say when it ended).
+second again. Three lines do not wait for the period: a status worse than any told since the
+last full period (``degraded`` then ``unavailable``: an operator must hear of it now), a problem
+code not told since then (NATS_TIMEOUT logged, ok, POSTGRES_TIMEOUT 20 s later: an outage that
+begins and ends within the period would otherwise never be named), and "ok again" after an
+outage that lasted at least the period (no flap: the log should say when it ended).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class HealthLog:
         self._last_line_at = -math.inf
         self._told_ok = True  # the last line said ok (or none was logged yet)
         self._worst_told = 0  # the worst severity a line told since the last full period
+        self._problems_told: set[str] = set()  # the problem codes told since then
         self._bad_since: float | None = None  # when the current outage's first answer came
         self._left_out = 0
         self._flaps = 0  # recoveries among the answers left out
@@ -57,10 +60,15 @@ class HealthLog:
         if self._bad_since is None:
             self._bad_since = now
         severity = _SEVERITY.get(status, _SEVERITY["unavailable"])
-        if not (due or severity > self._worst_told):
+        news = severity > self._worst_told or not self._problems_told.issuperset(problems)
+        if not (due or news):
             self._left_out += 1
             return
         log.warning("health is not ok", status=status, problems=problems, **self._counts())
+        if due:
+            self._problems_told = set(problems)
+        else:
+            self._problems_told.update(problems)
         self._told(now, ok=False, severity=severity if due else max(severity, self._worst_told))
 
     def _counts(self) -> dict[str, Any]:

@@ -122,7 +122,7 @@ TEXT: dict[str, dict[str, str]] = {
         "new.none_selected": "Bitte einen Job-Typ wählen.",
         "new.required": "Pflichtfeld",
         "new.range": "Bereich",
-        "new.pattern": "muss passen auf",
+        "new.pattern": "muss dem Muster entsprechen:",
         "status.pending": "Wartend",
         "status.running": "Läuft",
         "status.completed": "Erfolgreich",
@@ -177,6 +177,7 @@ TEXT: dict[str, dict[str, str]] = {
         "filters.bad_choice": (
             "„{value}“ ist kein möglicher Wert für {name}: möglich sind {choices}."
         ),
+        "filters.bad_search": "Die Suche geht nicht: {problem}",
         "filters.bad_date": (
             "„{value}“ ist kein Datum für {name}: bitte als JJJJ-MM-TT (YYYY-MM-DD)."
         ),
@@ -456,6 +457,7 @@ TEXT: dict[str, dict[str, str]] = {
         "batches.apply": "Apply",
         "batches.reset": "Reset",
         "filters.bad_choice": "“{value}” is not a possible {name}: choose one of {choices}.",
+        "filters.bad_search": "The search cannot be used: {problem}",
         "filters.bad_date": "“{value}” is not a date for {name}: write it as YYYY-MM-DD.",
         "filters.bad_range": (
             "created_from {start} is later than created_to {end}: nothing could match; swap them."

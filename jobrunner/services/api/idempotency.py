@@ -30,7 +30,7 @@ from jobrunner.services.api.errors import ApiError
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 200
-_KEY = re.compile(r"[\x20-\x7e]{1,200}\Z")
+_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_CHARS}}}\Z")
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +51,10 @@ def check_key(key: str) -> str:
     if _KEY.match(key):
         return key
     if not key.strip():
-        why = "is empty; send a key (1 to 200 printable ASCII characters) or leave the header out"
+        why = (
+            f"is empty; send a key (1 to {MAX_KEY_CHARS} printable ASCII characters) or leave "
+            "the header out"
+        )
     elif len(key) > MAX_KEY_CHARS:
         why = f"is {len(key)} characters long; a key may have at most {MAX_KEY_CHARS}"
     else:

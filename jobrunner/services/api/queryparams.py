@@ -20,6 +20,17 @@ from jobrunner.services.api.errors import ApiError
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}\Z")  # \Z: "$" lets a final "\n" through
 _SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d:?\d\d)$")
 MAX_SEARCH_LENGTH = 200
+# ``archived``: ``false`` (the default: archived rows left out), ``true`` (only them), ``all``.
+ARCHIVED_CHOICES = ("false", "true", "all")
+
+
+def search_problem(field: str, value: str) -> str | None:
+    """Why ``value`` is no search text (too long, a NUL), or None: one rule for API and pages."""
+    if len(value) > MAX_SEARCH_LENGTH:
+        return f"{field!r} is longer than {MAX_SEARCH_LENGTH} characters."
+    if "\x00" in value:
+        return f"{field!r} contains a NUL character."
+    return None
 
 
 def invalid(field: str, message: str) -> ApiError:
@@ -94,10 +105,9 @@ class Query:
         value = self._one(field)
         if value is None or value == "":
             return None
-        if len(value) > MAX_SEARCH_LENGTH:
-            raise invalid(field, f"{field!r} is longer than {MAX_SEARCH_LENGTH} characters.")
-        if "\x00" in value:
-            raise invalid(field, f"{field!r} contains a NUL character.")
+        problem = search_problem(field, value)
+        if problem:
+            raise invalid(field, problem)
         return value
 
     def archived(self, field: str = "archived") -> bool | None:
@@ -109,7 +119,8 @@ class Query:
             return True
         if raw == "all":
             return None
-        raise invalid(field, f"{field!r} must be false, true or all, not {raw!r}.")
+        choices = f"{', '.join(ARCHIVED_CHOICES[:-1])} or {ARCHIVED_CHOICES[-1]}"
+        raise invalid(field, f"{field!r} must be {choices}, not {raw!r}.")
 
     def integer(
         self, field: str, default: int | None, minimum: int, maximum: int | None = None

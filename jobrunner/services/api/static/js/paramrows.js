@@ -121,7 +121,11 @@ function checkValue(param, value) {
       if (value.startsWith("-") && !param.allow_leading_dash) return ["LEADING_DASH", "must not start with '-'"];
       if (param.pattern) {
         const re = compiled(param.pattern);
-        if (re && !re.test(value)) return ["PATTERN_MISMATCH", `must match ${param.pattern}`];
+        if (re && !re.test(value)) {
+          // The type's words first, as the server says it (few read a regex).
+          const rule = `must match ${param.pattern}`;
+          return ["PATTERN_MISMATCH", param.pattern_help ? `must be ${param.pattern_help} (${rule})` : rule];
+        }
       }
       return null;
     }
