@@ -85,8 +85,10 @@ async def test_health_while_nats_is_frozen_logs_a_line_per_period_with_a_count(
         await ok(system)  # ok again and again: nothing more logged
         # Flapping within the period of the "ok again" line: counted, not logged (before: a
         # line at each "not ok" and at each "ok again").
+        # One flap, well inside the period (each more would risk crossing its end on a loaded
+        # machine, and then be logged as it should: the unit tests cover many flaps).
         left_out = flaps = 0
-        while time.monotonic() + 6 * NATS_DEADLINE < ok_again_at + PERIOD:
+        while flaps < 1 and time.monotonic() + 6 * NATS_DEADLINE < ok_again_at + PERIOD:
             freeze(own_nats.proc.pid)
             try:
                 await unavailable(system)
