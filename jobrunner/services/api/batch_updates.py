@@ -111,9 +111,7 @@ class BatchUpdates:
             return True
         # The projector's notices only come when it applies something: ask Postgres too.
         try:
-            stored = await self._ctx.pool.fetchval(
-                f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint"
-            )
+            stored = await self._ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
         except POSTGRES_AWAY:
             stored = None  # nor can the projector apply anything: its notice is waited for
         if stored is not None and stored >= seq:
