@@ -34,9 +34,12 @@ async def page(chromium: Browser, cluster: FaultCluster) -> AsyncIterator[Page]:
     opened = await open_page(chromium, system)
     seen = watch(opened)
     yield opened
-    await opened.context.close()
-    # pytest shows a test's captured output only when it fails: there, what the page saw.
-    print("What the page saw (seconds since it opened):", *seen, sep="\n  ")
+    try:
+        await opened.context.close()
+    finally:
+        # pytest shows a test's captured output only when it fails: there, what the page saw
+        # (printed even when closing the page fails, which would otherwise lose it).
+        print("What the page saw (seconds since it opened):", *seen, sep="\n  ")
 
 
 def watch(page: Page) -> list[str]:

@@ -6,6 +6,7 @@ outage (a re-render, a dropped connection) saw the job "running" until then."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from tests.faults.cluster import FaultCluster, is_terminal
 from tests.faults.invariants import outcome
@@ -67,3 +68,21 @@ async def test_a_job_stream_opened_while_postgres_is_down_follows_the_job_to_its
         if postgres_stopped:
             await cluster.start_postgres()
         await cluster.cancel(job_id)
+
+
+async def test_a_job_stream_of_a_job_nats_does_not_know_while_postgres_is_down_is_unavailable(
+    short_ttl_cluster: FaultCluster,
+) -> None:
+    """With Postgres down, the stream of a job whose request is not in JetStream (aged out, or
+    never there) answers 503, not 404: the read models may still hold the job, and a browser
+    takes a 404 as the job gone for good and stops following it."""
+    cluster = short_ttl_cluster
+    job_id = f"job{uuid.uuid4().hex[:10]}"
+    await asyncio.to_thread(cluster.postgres.stop)
+    try:
+        async with cluster.client() as client:
+            response = await client.get(f"/jobs/stream/{job_id}")
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "READ_MODELS_UNAVAILABLE", response.text
+    finally:
+        await cluster.start_postgres()

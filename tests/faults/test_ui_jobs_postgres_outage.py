@@ -6,8 +6,8 @@ next change of some job: the finished job stayed on a "running" card, its clock 
 A re-render asked just before the job's end (another job changed) and answered after it brought
 back the card as the read model had it, "running"; the stream says each status once, and every
 re-render after it failed while Postgres was down, so the card said "running" until Postgres
-returned (CI, loaded machine). The second test holds such an answer back (page.route) to make
-that order certain."""
+returned: a cause that fits CI's symptom (a loaded machine; CI's logs of it are lost). The
+second test holds such an answer back (page.route) to make that order certain."""
 
 from __future__ import annotations
 

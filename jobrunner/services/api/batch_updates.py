@@ -19,6 +19,7 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.contracts import events
 from jobrunner.services.api import batch_readmodels, sse
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.errors import POSTGRES_AWAY
 
 EVENT_NAME = "batch_update"
 # Jobs whose batch one connection remembers (a job first seen through a later event is looked up).
@@ -83,16 +84,18 @@ class BatchUpdates:
             yield
 
     async def frames(self) -> list[tuple[int, bytes]]:
-        """``(stream sequence, frame)`` for every pending batch the caller may see; clears them.
-        Call once ``wait_applied`` is through."""
+        """``(stream sequence, frame)`` for every pending batch the caller may see; clears them
+        once read (a read that fails, Postgres away, keeps them for the next try). Call once
+        ``wait_applied`` is through."""
         if not self.pending:
             return []
-        touched, self.pending = self.pending, {}
+        touched = self.pending
         rows = await self._ctx.pool.fetch(
             f"SELECT {batch_readmodels.BATCH_COLUMNS} FROM {READ_SCHEMA}.batches "
             "WHERE id = ANY($1::text[])",
             list(touched),
         )
+        self.pending = {}
         out = []
         for row in rows:
             if self._owner is not None and row["requested_by"] != self._owner:
@@ -107,7 +110,10 @@ class BatchUpdates:
         if projection.applied >= seq:
             return True
         # The projector's notices only come when it applies something: ask Postgres too.
-        stored = await self._ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        try:
+            stored = await self._ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        except POSTGRES_AWAY:
+            stored = None  # nor can the projector apply anything: its notice is waited for
         if stored is not None and stored >= seq:
             return True
         # The projector's notices come through NATS: a silent NATS holds this wait, which is
@@ -125,9 +131,12 @@ class BatchUpdates:
         if job_id in self._batch_of:
             self._batch_of.move_to_end(job_id)
             return self._batch_of[job_id]
-        row = await self._ctx.pool.fetchrow(
-            f"SELECT batch_id FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
-        )
+        try:
+            row = await self._ctx.pool.fetchrow(
+                f"SELECT batch_id FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
+            )
+        except POSTGRES_AWAY:
+            return None  # asked again at its next event, as a job not projected yet
         if row is None:
             return None  # not projected yet: asked again at its next event, not remembered
         batch_id: str | None = row["batch_id"]

@@ -33,6 +33,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.staletelling import StaleTeller
 
 log = structlog.get_logger()
@@ -204,7 +205,14 @@ class JobStates:
     async def update(self, event: events.Event) -> JobState | None:
         state = self._states.get(event.job_id)
         if state is None and not isinstance(event, events.JobRequested):
-            state = await self._lookup(event.job_id)
+            try:
+                state = await self._lookup(event.job_id)
+            except POSTGRES_AWAY:
+                # The read models are away: a stream must not end for one job it cannot look
+                # up. A status change tells the status by itself (a job ending while Postgres
+                # is down still shows so); any other event is skipped. Neither is remembered:
+                # the job is looked up again at its next event, for all the row tells.
+                return apply(None, event) if isinstance(event, events.StatusChanged) else None
         state = apply(state, event)
         if state is None:
             return None
@@ -311,7 +319,14 @@ async def update_stream(
                 if (told := teller.news()) is not None:
                     yield told
                 yield sse.comment("keep-alive")
-            frames += await batches.frames()
+            while True:
+                try:
+                    frames += await batches.frames()
+                    break
+                except POSTGRES_AWAY:
+                    # The rows to send are Postgres's alone: waited for, the stream kept open.
+                    yield sse.comment("keep-alive")
+                    await asyncio.sleep(keepalive)
             if frames:
                 # Stable: a batch's frame follows the job frame of the same event.
                 frames.sort(key=lambda f: f[0])
@@ -339,10 +354,13 @@ async def read_ahead(
     }
     if not unknown:
         return
-    rows = await ctx.pool.fetch(
-        f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = ANY($1::text[])",
-        list(unknown),
-    )
+    try:
+        rows = await ctx.pool.fetch(
+            f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = ANY($1::text[])",
+            list(unknown),
+        )
+    except POSTGRES_AWAY:
+        return  # only a saving: each job's own look-up copes with the read models away
     for row in rows:
         states.seed(state_from_row(row))
         batches.seed(row["id"], row["batch_id"])

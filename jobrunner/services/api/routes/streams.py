@@ -97,7 +97,9 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
     is neither, or ``principal`` may not see it. A job this API follows already (a viewer
     arriving after its first) is known from its feed (``Fanout.known_row``), without a read.
     With Postgres away, the job is known from its JobRequested alone: a live job is followed
-    through NATS, and its viewers' reconnects must not wait for the read models to return."""
+    through NATS, and its viewers' reconnects must not wait for the read models to return. A
+    job without one then is 503 (Postgres' error), not 404: only a row or a JobRequested shows
+    that the caller may not see the job."""
     row: Mapping[str, Any] | None = ctx.fanout.known_row(job_id)
     if row is None:
         posted = ctx.posted.get(job_id, ctx.projection.applied)
@@ -114,7 +116,12 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
                     stored, lambda: readmodels.get_job_row(ctx.pool, stored)
                 )
             except POSTGRES_AWAY:
-                return _visible_to(principal, job_id, await _requested_in_stream(ctx, job_id))
+                requested = await _requested_in_stream(ctx, job_id)
+                if requested is None:
+                    # Neither source can tell: the read models may hold the job (its request
+                    # aged out of JetStream). 503, not 404: a browser gives a 404'd job up.
+                    raise
+                return _visible_to(principal, job_id, requested)
         if row is None:
             row = await _requested(ctx, job_id)
     return _visible_to(principal, job_id, row)

@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.contracts import events
+from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.readpool import ReadPool
 
 REMEMBERED_OWNERS = 10_000
@@ -15,7 +16,8 @@ class OwnerFilter:
     """Passes only events of jobs requested by ``owner`` (``None``: every event passes).
 
     A job's owner comes from its JobRequested event when the stream shows it, else from the read
-    model, asked once per job; a job the read model does not know yet is not shown.
+    model, asked once per job; a job the read model does not know yet, or cannot tell (Postgres
+    away), is not shown.
     """
 
     def __init__(self, pool: ReadPool, owner: str | None) -> None:
@@ -35,8 +37,13 @@ class OwnerFilter:
         if isinstance(event, events.JobRequested):
             self._remember(event.job_id, event.requested_by)
         if event.job_id not in self._owners:
-            owner = await self.pool.fetchval(
-                f"SELECT requested_by FROM {READ_SCHEMA}.jobs WHERE id = $1", event.job_id
-            )
+            try:
+                owner = await self.pool.fetchval(
+                    f"SELECT requested_by FROM {READ_SCHEMA}.jobs WHERE id = $1", event.job_id
+                )
+            except POSTGRES_AWAY:
+                # Fail closed: an event whose job's owner cannot be read is not shown (and the
+                # owner asked again at the job's next event), rather than the stream ending.
+                return False
             self._remember(event.job_id, owner)
         return self._owners[event.job_id] == self.owner

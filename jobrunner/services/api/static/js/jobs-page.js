@@ -17,6 +17,8 @@ const ended = new Set();
 // would show the older status, and the stream says each status once, so nothing would correct
 // it while the re-render after the job's end fails (Postgres down). syncCards puts it back.
 const streamStatus = new Map(); // job id -> status
+// How far along each of contracts/events.py's JobStatus is: keep the two in step. A status
+// missing here (added there since) is taken as the stream says it: the stream is the later word.
 const STATUS_ORDER = { pending: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
 
 function showStatus(c, status) {
@@ -29,7 +31,9 @@ function showStatus(c, status) {
 function catchUpStatus(c) {
   const status = streamStatus.get(c.dataset.jobId);
   if (status === undefined || c.dataset.status === status) return;
-  if ((STATUS_ORDER[c.dataset.status] ?? -1) < STATUS_ORDER[status]) showStatus(c, status);
+  const shown = STATUS_ORDER[c.dataset.status];
+  const said = STATUS_ORDER[status];
+  if (shown === undefined || said === undefined || shown < said) showStatus(c, status);
 }
 let refreshTimer = 0;
 let refreshDueAt = Infinity; // when the pending re-render is due (performance.now()); none: Infinity
@@ -106,6 +110,13 @@ function syncCards() {
   }
   for (const [jobId, { stream }] of followed) {
     if (!present.has(jobId)) { stream.close(); followed.delete(jobId); }
+  }
+  // What the streams said of jobs no longer shown is not needed again (a page left open on
+  // /jobs would otherwise keep every job it ever saw end); a card of one shown again later is
+  // followed afresh, and its stream says its status again.
+  for (const jobId of ended) if (!present.has(jobId)) ended.delete(jobId);
+  for (const jobId of streamStatus.keys()) {
+    if (!present.has(jobId) && !followed.has(jobId)) streamStatus.delete(jobId);
   }
 }
 
