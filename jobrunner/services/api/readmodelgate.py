@@ -20,6 +20,10 @@ its own code (``READ_MODELS_UNAVAILABLE``, ``READ_MODELS_TIMEOUT``: errors.py), 
 no read model (``POST /api/jobs``, the streams of jobs just posted) is served from NATS. The
 background watch looks every ``RECHECK_SECONDS`` until a look answers, and from then on the
 version gates requests as above.
+
+Postgres refusing the API's ``database_url`` (a wrong password or user, no such database) is not
+an outage: the first look raises it and the API's start ends with it, as the projector's does;
+met later (a database dropped, a password changed), requests answer 503 ``POSTGRES_REFUSED``.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ import structlog
 from litestar import Request, Response
 from nats.js import JetStreamContext
 
-from jobrunner.common import readmodelversion, stopping
+from jobrunner.common import postgresconnect, readmodelversion, stopping
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.errors import error_body
+from jobrunner.services.api.errors import error_body, warn_postgres_refused
 from jobrunner.services.api.readpool import ReadPool
 
 log = structlog.get_logger()
@@ -240,7 +244,7 @@ class ReadModelGate:
     async def start(self) -> None:
         """Look once (within ``look_seconds``), then watch in the background. Postgres away
         does not hold the start: the API serves what needs no read model meanwhile."""
-        await self.check()
+        await self.check()  # a refusal (wrong password, no such database) ends the start
         if not self.known:
             log.warning(
                 "read models not reached at start (Postgres away or not answering): requests "
@@ -279,6 +283,11 @@ class ReadModelGate:
                 async with self._pool.acquire(None if self.known else self._look_seconds) as conn:
                     found, rebuilt, holder = await look(conn, read_lock)
             except Exception as exc:
+                if postgresconnect.refused(exc):
+                    # Postgres answered and refused this database_url: no look will pass. The
+                    # start ends with it; later (a database dropped, a password changed) the
+                    # request is answered 503 POSTGRES_REFUSED (errors.py), the watch logs it.
+                    raise
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
                 # Callers that asked before this look began take its answer too: with Postgres
@@ -340,7 +349,10 @@ class ReadModelGate:
                 self._stop, CURRENT_CHECK_SECONDS if self.serving else RECHECK_SECONDS
             )
             if not self._stop.is_set():
-                await self.check(read_lock=True)
+                try:
+                    await self.check(read_lock=True)
+                except postgresconnect.REFUSING_CONNECT_ERRORS as exc:
+                    warn_postgres_refused("the read models' watch", exc)
 
 
 async def look(conn: Any, read_lock: bool = True) -> tuple[int | None, int | None, bool | None]:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from jobrunner.common import database, stopping
+from jobrunner.common import database, postgresconnect, stopping
 
 log = structlog.get_logger()
 
@@ -33,16 +33,6 @@ WHAT_TO_DO = (
 )
 WAITING_EVENT = "projector waits for Postgres"
 BACK_EVENT = "Postgres answers: projector goes on"
-
-# A connect that may succeed later: refused, reset, timed out, Postgres starting up or shutting
-# down, its connections all taken. A refusal (a wrong password, no such database) is raised.
-PASSING_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # TimeoutError among them
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
 
 
 def pause_after(failures: int) -> float:
@@ -70,7 +60,9 @@ def server_of(database_url: str) -> str:
 async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool:
     """Connect (each try within ``CONNECT_SECONDS``) until Postgres answers: True then, False
     once ``stop`` is set first. Says so once when the first try fails (where, why, what to do)
-    and once when Postgres answers again (after how long, how many tries)."""
+    and once when Postgres answers again (after how long, how many tries). A refusal (wrong
+    password, no such database: ``postgresconnect.REFUSING_CONNECT_ERRORS``) is raised: the
+    start ends with it rather than waiting on a configuration that never works."""
     began = time.monotonic()
     failures = 0
     while not stop.is_set():
@@ -78,7 +70,7 @@ async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool
             conn = await stopping.unless_stopped(
                 asyncpg.connect(database_url, timeout=CONNECT_SECONDS), stop
             )
-        except PASSING_CONNECT_ERRORS as exc:
+        except postgresconnect.PASSING_CONNECT_ERRORS as exc:
             failures += 1
             pause = pause_after(failures)
             if failures == 1:
