@@ -18,7 +18,7 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.services.projector import outage
+from jobrunner.services.projector import outage, upgrade
 from tests import servers
 from tests.sse_client import read_stream
 from tests.system import System
@@ -280,7 +280,10 @@ async def test_a_running_projector_says_an_outage_once_and_when_it_is_over(
     again and again, said in one line (with what to do), and one line once it is applied.
     (Before: one error line per attempt.)"""
     monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", 0.2)  # many tries during the outage
-    await system.start_projector()
+    with capture_logs() as started:
+        await system.start_projector()
+        # Stopped once the projector runs, not within its start (the test below).
+        await until_logged(started, "projector started")
     await system.start_api()
     await asyncio.to_thread(own_postgres.stop)
     with capture_logs() as logs:
@@ -293,4 +296,37 @@ async def test_a_running_projector_says_an_outage_once_and_when_it_is_over(
     assert len(retries) == 1, retries
     assert "database_url" in retries[0]["what_to_do"]
     assert lines_of(logs, "projector applied the batch after an outage")[0]["attempts"] > 2
+    await served_again(system, job_id)
+
+
+async def test_the_projector_waits_out_postgres_stopping_just_after_its_upgrade_check(
+    system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres stopped within the projector's start, after it answered (its read models made
+    current) and before the checkpoint is read: the projector waits, says so once, and starts
+    once Postgres is back; a job posted meanwhile is served. (Before: the checkpoint's read was
+    not retried, and the projector died with the connection refused.)"""
+    monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", 0.2)  # many tries during the outage
+    made_current = upgrade.ensure_current_in_place
+
+    async def then_postgres_stops(*args: Any, **kwargs: Any) -> Any:
+        result = await made_current(*args, **kwargs)
+        await asyncio.to_thread(own_postgres.stop)
+        return result
+
+    monkeypatch.setattr(upgrade, "ensure_current_in_place", then_postgres_stops)
+    await system.start_runner()
+    with capture_logs() as logs:
+        await system.start_projector()
+        await until_logged(logs, outage.WAITING_EVENT)
+        await asyncio.sleep(2)  # tried again and again meanwhile
+        assert not system._tasks["projector"].done(), system._tasks["projector"]
+        await start_postgres(own_postgres)
+        await until_logged(logs, "projector started")
+    waiting = lines_of(logs, outage.WAITING_EVENT)
+    assert len(waiting) == 1, waiting
+    assert waiting[0]["reading"] == "the checkpoint", waiting
+    assert len(lines_of(logs, outage.BACK_EVENT)) == 1
+    await system.start_api()
+    job_id = await post_job(system)
     await served_again(system, job_id)
