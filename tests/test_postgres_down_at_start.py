@@ -18,6 +18,7 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.projector import outage, upgrade
 from tests import servers
 from tests.sse_client import read_stream
@@ -107,6 +108,20 @@ def gate_of(system: System) -> Any:
     return system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr]
 
 
+def began_event(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> asyncio.Event:
+    """An event set when ``owner.name`` (a coroutine function) is first called: a fault can then
+    be timed from when a look or a connect began, not from when the service began starting."""
+    began = asyncio.Event()
+    original = getattr(owner, name)
+
+    async def noting(*args: Any, **kwargs: Any) -> Any:
+        began.set()
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, noting)
+    return began
+
+
 async def start_postgres(server: EmbeddedPostgres) -> None:
     await asyncio.to_thread(server.start)
 
@@ -178,14 +193,19 @@ async def test_the_api_starts_while_postgres_is_frozen_and_recovers_after_the_th
 
 
 async def test_a_freeze_just_shorter_than_the_first_look_is_waited_out(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Postgres frozen at the API's start for less than the first look at the read models'
     version may take (``health_postgres_timeout_seconds``): the API knows the version when it
-    starts serving."""
+    starts serving. The thaw is timed from the look's beginning (a loaded machine may take
+    longer than the freeze to reach it), at 0.7 of its bound."""
+    looking = began_event(monkeypatch, ReadModelGate, "check")
     with frozen_postgres(own_postgres):
         starting = asyncio.create_task(system.start_api())
-        await asyncio.sleep(HEALTH_BOUND / 3)  # the fault's length
+        async with asyncio.timeout(30):
+            await looking.wait()  # the look began during the freeze
+        await asyncio.sleep(HEALTH_BOUND * 0.7)  # the fault's length, from the look's beginning
+        assert not starting.done()  # the look waits for the frozen Postgres
     await starting
     assert gate_of(system).known
 
@@ -263,12 +283,17 @@ async def test_the_projector_waits_out_a_freeze_just_shorter_than_its_connect_bo
     system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Frozen for less than the connect bound: the first connect waits it out; no line says
-    the projector waits for Postgres."""
+    the projector waits for Postgres. The thaw is timed from the connect's beginning, at 0.7 of
+    its bound."""
     monkeypatch.setattr(outage, "CONNECT_SECONDS", 4.0)
+    connecting = began_event(monkeypatch, outage, "until_postgres_answers")
     with capture_logs() as logs:
         with frozen_postgres(own_postgres):
             await system.start_projector()
-            await asyncio.sleep(1.0)  # the fault's length
+            async with asyncio.timeout(30):
+                await connecting.wait()  # the connect began during the freeze
+            await asyncio.sleep(outage.CONNECT_SECONDS * 0.7)  # the fault, from the connect on
+            assert not lines_of(logs, "projector started")
         await until_logged(logs, "projector started")
     assert not lines_of(logs, outage.WAITING_EVENT)
 
