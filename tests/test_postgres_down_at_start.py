@@ -355,3 +355,36 @@ async def test_the_projector_waits_out_postgres_stopping_just_after_its_upgrade_
     await system.start_api()
     job_id = await post_job(system)
     await served_again(system, job_id)
+
+
+async def test_a_job_posted_while_postgres_is_frozen_waits_for_no_look_of_its_own(
+    down_settings: Settings, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen, with the version not known: a POST (``wait=stored``) that arrives while the
+    watch's look is under way takes that look's answer and makes no look of its own, so it
+    waits one look's bound at most, not two. (Before: it waited for the watch's look, then
+    looked itself.)"""
+    settings = msgspec.structs.replace(down_settings, health_postgres_timeout_seconds=3.0)
+    running = System(settings)
+    try:
+        with frozen_postgres(own_postgres):
+            await running.start_api()
+            gate = gate_of(running)
+            looks: list[bool] = []  # one per look, whether the watch made it
+            acquire = gate._pool.acquire
+
+            def counted(deadline_seconds: float | None = None) -> Any:
+                if deadline_seconds == settings.health_postgres_timeout_seconds:
+                    looks.append(asyncio.current_task() is gate._task)
+                return acquire(deadline_seconds)
+
+            monkeypatch.setattr(gate._pool, "acquire", counted)
+            async with asyncio.timeout(30):
+                while not gate._lock.locked():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the watch's next look, under its lock
+            await post_job(running)
+        assert not gate.known
+        assert looks, "the watch looked meanwhile"
+        assert all(looks), looks  # the watch's looks only: the POST made none
+    finally:
+        await running.stop()
