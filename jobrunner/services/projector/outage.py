@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
@@ -48,13 +48,17 @@ async def wait_or_stop(stop: asyncio.Event, pause: float) -> bool:
 
 
 def server_of(database_url: str) -> str:
-    """``host:port/database`` of a Postgres URL, for logs: never its user or password."""
+    """``host:port/database`` of a Postgres URL, for logs: never its user or password. A host
+    given as ``?host=`` (a Unix socket's directory, ``?host=/run/postgresql``) is the one
+    connected to, and named; so is ``?port=``."""
     url = urlsplit(database_url)
+    query = parse_qs(url.query)
     try:
-        port = url.port or 5432
+        port: int | str = query["port"][0] if "port" in query else url.port or 5432
     except ValueError:
         port = 5432
-    return f"{url.hostname or 'localhost'}:{port}{url.path}"
+    host = query["host"][0] if "host" in query else url.hostname or "localhost"
+    return f"{host}:{port}{url.path}"
 
 
 async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool:
