@@ -12,7 +12,6 @@ import random
 import signal
 import types
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,6 +34,7 @@ from tests import servers
 from tests.freeze import freeze
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
+from tests.tools.postgres_processes import frozen_postgres
 
 
 @pytest.fixture
@@ -63,30 +63,6 @@ async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIte
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
         yield running
-
-
-def signal_postgres(server: EmbeddedPostgres, sig: signal.Signals) -> None:
-    """To the postmaster, then every process it started (each backend leads a process group of
-    its own, so the postmaster's group alone would leave the open sessions answering). Stopped
-    first, the postmaster starts no backend in between."""
-    assert server.proc is not None
-    postmaster = server.proc.pid
-    os.kill(postmaster, sig)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # "pid (comm) state ppid ...": the comm may hold spaces, not a closing parenthesis.
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == postmaster:
-                os.kill(int(stat.parent.name), sig)
-
-
-@contextlib.asynccontextmanager
-async def frozen(server: EmbeddedPostgres) -> AsyncIterator[None]:
-    signal_postgres(server, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        signal_postgres(server, signal.SIGCONT)
 
 
 async def read_job(system: System, path: str = "/api/jobs/before") -> tuple[int, dict[str, Any]]:
@@ -190,7 +166,7 @@ async def test_postgres_frozen_just_shorter_than_the_deadline_is_waited_out(
 ) -> None:
     """A freeze shorter than the read deadline: the reads wait for Postgres and answer 200
     (guards the deadline from answering early; passes without it too)."""
-    async with frozen(own_postgres):
+    with frozen_postgres(own_postgres):
         reading = asyncio.create_task(read_many(system, len(READ_PATHS)))
         await asyncio.sleep(DEADLINE - 0.5)  # the fault's length: how long Postgres stays frozen
     for status, body in await reading:
@@ -205,7 +181,7 @@ async def test_postgres_frozen_longer_than_the_deadline_answers_every_reader_in_
     waited for the thaw). After the thaw all answer 200, with no connection left wedged."""
     pool = read_pool_of(system)
     assert pool.pool.get_max_size() == POOL_SIZE < READERS
-    async with frozen(own_postgres):
+    with frozen_postgres(own_postgres):
         try:
             async with asyncio.timeout(DEADLINE + 5):  # answered while frozen, not after
                 answers = await read_many(system, READERS)
@@ -225,7 +201,7 @@ async def test_health_answers_within_its_own_bound_while_readers_wait(
     """Postgres frozen and every pooled connection taken by readers: ``GET /health`` says so
     (503, POSTGRES_TIMEOUT) after its own short bound, while the readers still wait for
     theirs (before the fix it waited for the thaw)."""
-    async with frozen(own_postgres):
+    with frozen_postgres(own_postgres):
         readers = asyncio.create_task(read_many(system, READERS))
         await asyncio.sleep(0.2)  # the readers hold or wait for every connection
         async with system.client() as client:
@@ -268,7 +244,7 @@ async def test_a_read_on_a_frozen_postgres_ends_at_the_deadline_and_terminates_i
     pool = await read_pool(own_postgres.url, 1.0)
     try:
         assert await pool.fetchval("SELECT 1") == 1  # a connection open before the freeze
-        async with frozen(own_postgres):
+        with frozen_postgres(own_postgres):
             async with asyncio.timeout(5):  # answered while frozen, not after
                 with pytest.raises(ReadModelsTimeout):
                     await pool.fetchval("SELECT 1")
@@ -352,7 +328,7 @@ async def test_a_reader_cancelled_on_a_frozen_postgres_ends_by_its_deadline(
     pool = await read_pool(own_postgres.url, 1.0)
     try:
         assert await pool.fetchval("SELECT 1") == 1
-        async with frozen(own_postgres):
+        with frozen_postgres(own_postgres):
             async with asyncio.timeout(3):  # ended while frozen, not at the thaw
                 task = asyncio.ensure_future(pool.fetchval("SELECT 1"))
                 await asyncio.sleep(0.2)
@@ -531,12 +507,12 @@ async def test_health_s_own_connection_on_a_frozen_postgres_is_bounded_and_reads
             return await conn.fetchval("SELECT 1")
 
     try:
-        async with frozen(own_postgres):
+        with frozen_postgres(own_postgres):
             async with asyncio.timeout(HEALTH_DEADLINE + 1.0):  # answered while frozen
                 with pytest.raises(ReadModelsTimeout):
                     await one()
             assert_no_connection_held(probe)
-        async with frozen(own_postgres):  # just shorter than the bound: answered
+        with frozen_postgres(own_postgres):  # just shorter than the bound: answered
             task = asyncio.ensure_future(one())
             await asyncio.sleep(HEALTH_DEADLINE / 2)
         assert await task == 1
@@ -685,7 +661,7 @@ async def test_a_single_cancel_on_a_frozen_postgres_frees_the_read_within_the_gr
     pool = ReadPool(base.pool, LONG_DEADLINE, cancel_grace_seconds=GRACE)
     try:
         before = await pool.fetchval("SELECT pg_backend_pid()")
-        async with frozen(own_postgres):
+        with frozen_postgres(own_postgres):
             task = asyncio.ensure_future(pool.fetchval("SELECT 1"))
             await asyncio.sleep(1.0)  # the client leaves after 1 s
             task.cancel()
@@ -711,7 +687,7 @@ async def test_a_cancel_answered_within_the_grace_keeps_the_connection(
         before = await pool.fetchval("SELECT pg_backend_pid()")
         task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(10)"))
         await asyncio.sleep(0.2)
-        async with frozen(own_postgres):
+        with frozen_postgres(own_postgres):
             task.cancel()
             await asyncio.sleep(GRACE * 0.3)
         with pytest.raises(asyncio.CancelledError):

@@ -15,10 +15,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from jobrunner.common import eventstore
+from jobrunner.common.logging import LogThrottle
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.services.projector import outage
+from jobrunner.services.api import errors
+from jobrunner.services.api.readmodelgate import ReadModelGate
+from jobrunner.services.projector import outage, upgrade
 from tests import servers
 from tests.sse_client import read_stream
 from tests.system import System
@@ -107,6 +110,20 @@ def gate_of(system: System) -> Any:
     return system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr]
 
 
+def began_event(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> asyncio.Event:
+    """An event set when ``owner.name`` (a coroutine function) is first called: a fault can then
+    be timed from when a look or a connect began, not from when the service began starting."""
+    began = asyncio.Event()
+    original = getattr(owner, name)
+
+    async def noting(*args: Any, **kwargs: Any) -> Any:
+        began.set()
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, noting)
+    return began
+
+
 async def start_postgres(server: EmbeddedPostgres) -> None:
     await asyncio.to_thread(server.start)
 
@@ -153,12 +170,14 @@ async def test_the_api_starts_while_postgres_is_stopped_and_recovers_when_it_is_
 
 
 async def test_the_api_starts_while_postgres_is_frozen_and_recovers_after_the_thaw(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Postgres frozen at the API's start, longer than any bound: the API starts while it is
     still frozen; health says 503 POSTGRES_TIMEOUT, a read 503 READ_MODELS_TIMEOUT; a job is
     started. After the thaw the API learns the read models' version and serves them. (Before:
     the read pool's first connect hung, then failed the start.)"""
+    # A throttle of its own: another test's line within the interval would leave this one out.
+    monkeypatch.setattr(errors, "POSTGRES_TIMEOUT_LOG", LogThrottle(errors.REFUSAL_LOG_INTERVAL))
     await system.start_runner()
     with frozen_postgres(own_postgres):
         await system.start_api()  # while frozen: the start does not wait for Postgres
@@ -167,9 +186,13 @@ async def test_the_api_starts_while_postgres_is_frozen_and_recovers_after_the_th
         assert report["http_status"] == 503, report
         assert "POSTGRES_TIMEOUT" in codes(report), report
         job_id = await post_job(system)
-        status, body = await read(system, "/api/jobs")
-        assert status == 503, body
-        assert body["error"]["code"] == "READ_MODELS_TIMEOUT", body
+        with capture_logs() as logs:
+            for _ in range(3):  # each past the read deadline: the lines say it once
+                status, body = await read(system, "/api/jobs")
+                assert status == 503, body
+                assert body["error"]["code"] == "READ_MODELS_TIMEOUT", body
+        timeouts = lines_of(logs, "read models did not answer in time")
+        assert len(timeouts) == 1, timeouts
         await until_completed_in_the_stream(system.settings, job_id)
     await system.start_projector()
     row = await served_again(system, job_id)
@@ -178,14 +201,19 @@ async def test_the_api_starts_while_postgres_is_frozen_and_recovers_after_the_th
 
 
 async def test_a_freeze_just_shorter_than_the_first_look_is_waited_out(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Postgres frozen at the API's start for less than the first look at the read models'
     version may take (``health_postgres_timeout_seconds``): the API knows the version when it
-    starts serving."""
+    starts serving. The thaw is timed from the look's beginning (a loaded machine may take
+    longer than the freeze to reach it), at 0.7 of its bound."""
+    looking = began_event(monkeypatch, ReadModelGate, "check")
     with frozen_postgres(own_postgres):
         starting = asyncio.create_task(system.start_api())
-        await asyncio.sleep(HEALTH_BOUND / 3)  # the fault's length
+        async with asyncio.timeout(30):
+            await looking.wait()  # the look began during the freeze
+        await asyncio.sleep(HEALTH_BOUND * 0.7)  # the fault's length, from the look's beginning
+        assert not starting.done()  # the look waits for the frozen Postgres
     await starting
     assert gate_of(system).known
 
@@ -263,12 +291,17 @@ async def test_the_projector_waits_out_a_freeze_just_shorter_than_its_connect_bo
     system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Frozen for less than the connect bound: the first connect waits it out; no line says
-    the projector waits for Postgres."""
+    the projector waits for Postgres. The thaw is timed from the connect's beginning, at 0.7 of
+    its bound."""
     monkeypatch.setattr(outage, "CONNECT_SECONDS", 4.0)
+    connecting = began_event(monkeypatch, outage, "until_postgres_answers")
     with capture_logs() as logs:
         with frozen_postgres(own_postgres):
             await system.start_projector()
-            await asyncio.sleep(1.0)  # the fault's length
+            async with asyncio.timeout(30):
+                await connecting.wait()  # the connect began during the freeze
+            await asyncio.sleep(outage.CONNECT_SECONDS * 0.7)  # the fault, from the connect on
+            assert not lines_of(logs, "projector started")
         await until_logged(logs, "projector started")
     assert not lines_of(logs, outage.WAITING_EVENT)
 
@@ -280,7 +313,10 @@ async def test_a_running_projector_says_an_outage_once_and_when_it_is_over(
     again and again, said in one line (with what to do), and one line once it is applied.
     (Before: one error line per attempt.)"""
     monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", 0.2)  # many tries during the outage
-    await system.start_projector()
+    with capture_logs() as started:
+        await system.start_projector()
+        # Stopped once the projector runs, not within its start (the test below).
+        await until_logged(started, "projector started")
     await system.start_api()
     await asyncio.to_thread(own_postgres.stop)
     with capture_logs() as logs:
@@ -294,3 +330,68 @@ async def test_a_running_projector_says_an_outage_once_and_when_it_is_over(
     assert "database_url" in retries[0]["what_to_do"]
     assert lines_of(logs, "projector applied the batch after an outage")[0]["attempts"] > 2
     await served_again(system, job_id)
+
+
+async def test_the_projector_waits_out_postgres_stopping_just_after_its_upgrade_check(
+    system: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres stopped within the projector's start, after it answered (its read models made
+    current) and before the checkpoint is read: the projector waits, says so once, and starts
+    once Postgres is back; a job posted meanwhile is served. (Before: the checkpoint's read was
+    not retried, and the projector died with the connection refused.)"""
+    monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", 0.2)  # many tries during the outage
+    made_current = upgrade.ensure_current_in_place
+
+    async def then_postgres_stops(*args: Any, **kwargs: Any) -> Any:
+        result = await made_current(*args, **kwargs)
+        await asyncio.to_thread(own_postgres.stop)
+        return result
+
+    monkeypatch.setattr(upgrade, "ensure_current_in_place", then_postgres_stops)
+    await system.start_runner()
+    with capture_logs() as logs:
+        await system.start_projector()
+        await until_logged(logs, outage.WAITING_EVENT)
+        await asyncio.sleep(2)  # tried again and again meanwhile
+        assert not system._tasks["projector"].done(), system._tasks["projector"]
+        await start_postgres(own_postgres)
+        await until_logged(logs, "projector started")
+    waiting = lines_of(logs, outage.WAITING_EVENT)
+    assert len(waiting) == 1, waiting
+    assert waiting[0]["reading"] == "the checkpoint", waiting
+    assert len(lines_of(logs, outage.BACK_EVENT)) == 1
+    await system.start_api()
+    job_id = await post_job(system)
+    await served_again(system, job_id)
+
+
+async def test_a_job_posted_while_postgres_is_frozen_waits_for_no_look_of_its_own(
+    down_settings: Settings, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen, with the version not known: a POST (``wait=stored``) that arrives while the
+    watch's look is under way takes that look's answer and makes no look of its own, so it
+    waits one look's bound at most, not two. (Before: it waited for the watch's look, then
+    looked itself.)"""
+    settings = msgspec.structs.replace(down_settings, health_postgres_timeout_seconds=3.0)
+    running = System(settings)
+    try:
+        with frozen_postgres(own_postgres):
+            await running.start_api()
+            gate = gate_of(running)
+            looks: list[bool] = []  # one per look, whether the watch made it
+            acquire = gate._pool.acquire
+
+            def counted(deadline_seconds: float | None = None) -> Any:
+                if deadline_seconds == settings.health_postgres_timeout_seconds:
+                    looks.append(asyncio.current_task() is gate._task)
+                return acquire(deadline_seconds)
+
+            monkeypatch.setattr(gate._pool, "acquire", counted)
+            async with asyncio.timeout(30):
+                while not gate._lock.locked():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the watch's next look, under its lock
+            await post_job(running)
+        assert not gate.known
+        assert all(looks), looks  # the watch's looks only (if any began): the POST made none
+    finally:
+        await running.stop()

@@ -178,7 +178,13 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             settings.projector_stuck_seconds,
             look_seconds=settings.health_postgres_timeout_seconds,
         )
-        await readmodels.start()
+        try:
+            await readmodels.start()
+        except BaseException:
+            # Postgres refused database_url (ReadModelGate.start): the start ends, and with it
+            # what it opened.
+            await asyncio.gather(pool.close(), probe_pool.close(), eventstore.close(nc))
+            raise
         sub = await nc.subscribe(names.projected_subject, cb=tracker.on_notice)
         readers = ReaderConnections(
             lambda: eventstore.connect(settings, "api-reader", on_closed_for_good="exit")

@@ -21,7 +21,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
-from jobrunner.common import database
+from jobrunner.common import database, postgresconnect
 from jobrunner.common.logging import LogThrottle
 from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout
 
@@ -192,6 +192,36 @@ def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
+POSTGRES_REFUSED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+
+
+def warn_postgres_refused(where: str, exc: Exception) -> None:
+    """One line per interval while Postgres refuses this database_url, with what to do."""
+    _warn_throttled(
+        POSTGRES_REFUSED_LOG,
+        "Postgres refuses the API's database_url",
+        path=where,
+        error=f"{type(exc).__name__}: {exc}",
+        what_to_do=postgresconnect.WHAT_TO_DO_ON_REFUSAL,
+    )
+
+
+def postgres_refused_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Postgres answered and refused the API's database_url (wrong user or password, no such
+    database): no retry helps until the configuration (or the database) is put right."""
+    warn_postgres_refused(request.url.path, exc)
+    return Response(
+        error_body(
+            "POSTGRES_REFUSED",
+            "The read models' database (Postgres) refuses this API's connection "
+            f"({type(exc).__name__}): check database_url (its user, password and database "
+            "name) and that the database exists; tell the operator.",
+        ),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "30"},
+    )
+
+
 # Seconds a client is asked to wait after READ_MODELS_TIMEOUT.
 READ_TIMEOUT_RETRY_AFTER = 5
 
@@ -244,5 +274,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     nats.errors.Error: nats_error_handler,
     **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
     ReadModelsTimeout: postgres_timeout_handler,
+    **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),
     Exception: internal_error_handler,
 }

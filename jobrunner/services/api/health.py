@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from jobrunner.common import runnerpool
+from jobrunner.common import postgresconnect, runnerpool
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.services.api import readmodelgate
@@ -146,6 +146,12 @@ async def _postgres(ctx: ApiContext) -> PostgresFacts:
     except ReadModelsTimeout:
         sentence = f"Postgres did not answer this API instance within {seconds:g} s."
         facts.problem = Problem("POSTGRES_TIMEOUT", sentence + " Is it frozen or overloaded?")
+    except postgresconnect.REFUSING_CONNECT_ERRORS as exc:
+        # Postgres answers, and refuses this database_url: not an outage that passes.
+        sentence = f"Postgres refuses this API instance's connection ({type(exc).__name__}): "
+        facts.problem = Problem(
+            "POSTGRES_REFUSED", sentence + postgresconnect.WHAT_TO_DO_ON_REFUSAL
+        )
     except Exception:
         problem = Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres.")
         facts.problem = problem

@@ -14,12 +14,16 @@ the swap is served.
 Postgres away at the API's start (stopped, or frozen: a connect that hangs) does not stop the
 start: the first look is bounded (``look_seconds``, ``health_postgres_timeout_seconds``) and the
 API serves without knowing the version (``known`` false). Meanwhile every request that is not
-exempt looks again within that bound (concurrent ones share a look, failed or not) and, still
-unknown, goes on: a read meets the same Postgres the look could not reach and answers 503 with
-its own code (``READ_MODELS_UNAVAILABLE``, ``READ_MODELS_TIMEOUT``: errors.py), while what needs
-no read model (``POST /api/jobs``, the streams of jobs just posted) is served from NATS. The
-background watch looks every ``RECHECK_SECONDS`` until a look answers, and from then on the
-version gates requests as above.
+exempt looks again within that bound (or takes the answer of a look under way, the watch's too,
+failed or not) and, still unknown, goes on: a read meets the same Postgres the look could not
+reach and answers 503 with its own code (``READ_MODELS_UNAVAILABLE``, ``READ_MODELS_TIMEOUT``:
+errors.py), while what needs no read model (``POST /api/jobs``, the streams of jobs just posted)
+is served from NATS. The background watch looks every ``RECHECK_SECONDS`` until a look answers,
+and from then on the version gates requests as above.
+
+Postgres refusing the API's ``database_url`` (a wrong password or user, no such database) is not
+an outage: the first look raises it and the API's start ends with it, as the projector's does;
+met later (a database dropped, a password changed), requests answer 503 ``POSTGRES_REFUSED``.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ import structlog
 from litestar import Request, Response
 from nats.js import JetStreamContext
 
-from jobrunner.common import readmodelversion, stopping
+from jobrunner.common import postgresconnect, readmodelversion, stopping
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.errors import error_body
+from jobrunner.services.api.errors import error_body, warn_postgres_refused
 from jobrunner.services.api.readpool import ReadPool
 
 log = structlog.get_logger()
@@ -240,7 +244,7 @@ class ReadModelGate:
     async def start(self) -> None:
         """Look once (within ``look_seconds``), then watch in the background. Postgres away
         does not hold the start: the API serves what needs no read model meanwhile."""
-        await self.check()
+        await self.check()  # a refusal (wrong password, no such database) ends the start
         if not self.known:
             log.warning(
                 "read models not reached at start (Postgres away or not answering): requests "
@@ -265,11 +269,18 @@ class ReadModelGate:
     async def check(self, read_lock: bool = False) -> ReadModelState:
         """Look at the stored version (and, when it is not current, at the stream's end in
         NATS). One look at a time: a caller that waited for another's look takes its answer
-        when that look began after the caller asked. Health does not come here (health.py): it
+        when that look began after the caller asked, or, while the version is not known, whenever
+        it asked (a request, not the watch). Health does not come here (health.py): it
         must not wait on this lock, held while a look waits for a pooled connection, nor on
         NATS within its Postgres bound. ``read_lock`` (the watch's): whether a rebuilder holds
         the rebuild's lock is read too, and judged (REBUILD_ABANDONED); such a caller takes
         another's answer only when that look read the lock too (a request's does not)."""
+        if not self.known and not read_lock and self._lock.locked():
+            # Postgres not reached yet, and a look is under way (the watch's, most often): its
+            # answer is as new as any, whenever this caller asked. Frozen, a request then waits
+            # one look's bound at most, not that look's rest and a look of its own.
+            async with self._lock:
+                return self.state
         asked = time.monotonic()
         async with self._lock:
             if self._checked >= asked and (not read_lock or self._lock_checked >= asked):
@@ -279,6 +290,11 @@ class ReadModelGate:
                 async with self._pool.acquire(None if self.known else self._look_seconds) as conn:
                     found, rebuilt, holder = await look(conn, read_lock)
             except Exception as exc:
+                if postgresconnect.refused(exc):
+                    # Postgres answered and refused this database_url: no look will pass. The
+                    # start ends with it; later (a database dropped, a password changed) the
+                    # request is answered 503 POSTGRES_REFUSED (errors.py), the watch logs it.
+                    raise
                 # Postgres away (refused, timed out, a connection lost half-way): the requests
                 # themselves report it as before, and the watch goes on; keep what we knew.
                 # Callers that asked before this look began take its answer too: with Postgres
@@ -340,7 +356,10 @@ class ReadModelGate:
                 self._stop, CURRENT_CHECK_SECONDS if self.serving else RECHECK_SECONDS
             )
             if not self._stop.is_set():
-                await self.check(read_lock=True)
+                try:
+                    await self.check(read_lock=True)
+                except postgresconnect.REFUSING_CONNECT_ERRORS as exc:
+                    warn_postgres_refused("the read models' watch", exc)
 
 
 async def look(conn: Any, read_lock: bool = True) -> tuple[int | None, int | None, bool | None]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
 
-from jobrunner.common import database, stopping
+from jobrunner.common import database, postgresconnect, stopping
 
 log = structlog.get_logger()
 
@@ -34,16 +34,6 @@ WHAT_TO_DO = (
 WAITING_EVENT = "projector waits for Postgres"
 BACK_EVENT = "Postgres answers: projector goes on"
 
-# A connect that may succeed later: refused, reset, timed out, Postgres starting up or shutting
-# down, its connections all taken. A refusal (a wrong password, no such database) is raised.
-PASSING_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # TimeoutError among them
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
-
 
 def pause_after(failures: int) -> float:
     """The pause after ``failures`` failures in a row: 0.2 s, doubling, at most RETRY_PAUSE_MAX."""
@@ -58,19 +48,25 @@ async def wait_or_stop(stop: asyncio.Event, pause: float) -> bool:
 
 
 def server_of(database_url: str) -> str:
-    """``host:port/database`` of a Postgres URL, for logs: never its user or password."""
+    """``host:port/database`` of a Postgres URL, for logs: never its user or password. A host
+    given as ``?host=`` (a Unix socket's directory, ``?host=/run/postgresql``) is the one
+    connected to, and named; so is ``?port=``."""
     url = urlsplit(database_url)
+    query = parse_qs(url.query)
     try:
-        port = url.port or 5432
+        port: int | str = query["port"][0] if "port" in query else url.port or 5432
     except ValueError:
         port = 5432
-    return f"{url.hostname or 'localhost'}:{port}{url.path}"
+    host = query["host"][0] if "host" in query else url.hostname or "localhost"
+    return f"{host}:{port}{url.path}"
 
 
 async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool:
     """Connect (each try within ``CONNECT_SECONDS``) until Postgres answers: True then, False
     once ``stop`` is set first. Says so once when the first try fails (where, why, what to do)
-    and once when Postgres answers again (after how long, how many tries)."""
+    and once when Postgres answers again (after how long, how many tries). A refusal (wrong
+    password, no such database: ``postgresconnect.REFUSING_CONNECT_ERRORS``) is raised: the
+    start ends with it rather than waiting on a configuration that never works."""
     began = time.monotonic()
     failures = 0
     while not stop.is_set():
@@ -78,7 +74,7 @@ async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool
             conn = await stopping.unless_stopped(
                 asyncpg.connect(database_url, timeout=CONNECT_SECONDS), stop
             )
-        except PASSING_CONNECT_ERRORS as exc:
+        except postgresconnect.PASSING_CONNECT_ERRORS as exc:
             failures += 1
             pause = pause_after(failures)
             if failures == 1:

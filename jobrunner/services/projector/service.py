@@ -22,6 +22,7 @@ from jobrunner.common import (
     eventstore,
     heap,
     metrics,
+    postgresconnect,
     retry,
     stopping,
     subscription,
@@ -120,8 +121,9 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         # Read models of an older layout are rebuilt (or refused) before the first write.
         if await upgrade.ensure_current_in_place(settings, stop) is None:
             return  # stopped while a rebuild waited out an outage
-        async with pool.acquire() as conn:
-            last = await store.checkpoint(conn)
+        last = await _checkpoint_at_start(pool, settings.database_url, stop)
+        if last is None:
+            return  # stopped while Postgres was away
         feed = EventFeed(js, names, settings, name="projector")
         if not await feed.start(last + 1, stop):
             return  # stopped while the reader could not open (NATS away or frozen)
@@ -195,6 +197,44 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         finally:
             # Also when a step raised: the pool's close is bounded, and not left unawaited.
             await pool_closing
+
+
+async def _checkpoint_at_start(
+    pool: asyncpg.Pool, database_url: str, stop: asyncio.Event
+) -> int | None:
+    """The stored checkpoint, or None when stopped first. Postgres may go away between the
+    start's wait for it and this read (a restart just then): the read is tried again after the
+    batches' growing pause until it answers, said once when it fails and once when it answers;
+    a refusal (``postgresconnect``: wrong password, no such database) ends the start."""
+    failures = 0
+    began = time.monotonic()
+    while True:
+        try:
+            last = await _pooled_unless_stopped(pool, stop, store.checkpoint)
+        except Exception as exc:
+            if postgresconnect.refused(exc):
+                raise
+            failures += 1
+            if failures == 1:
+                log.warning(
+                    outage.WAITING_EVENT,
+                    postgres=outage.server_of(database_url),
+                    reading="the checkpoint",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_every_seconds=outage.RETRY_PAUSE_MAX,
+                    what_to_do=outage.WHAT_TO_DO,
+                )
+            if await outage.wait_or_stop(stop, outage.pause_after(failures)):
+                return None
+            continue
+        if failures and last is not None:
+            log.info(
+                outage.BACK_EVENT,
+                postgres=outage.server_of(database_url),
+                attempts=failures + 1,
+                waited_seconds=round(time.monotonic() - began, 1),
+            )
+        return last
 
 
 async def _close_feed(feed: EventFeed | None, within: float) -> None:
