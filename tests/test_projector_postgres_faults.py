@@ -25,7 +25,7 @@ from tests.history_support import job_events, logged_job, publish, wait_projecte
 from tests.netpartition import CuttableLink, cuttable_link, vanish_and_return
 from tests.readmodel_support import replay_differences
 from tests.system import System
-from tests.test_api_postgres_outage import signal_postgres
+from tests.tools.postgres_processes import frozen_postgres
 
 STUCK = 2.0  # projector_stuck_seconds in these tests: the freezes go just under and over it
 JOBS = 6
@@ -116,11 +116,8 @@ async def test_postgres_frozen_under_a_flood_is_waited_out(
     try:
         publishing = await flood(settings, "j")
         await copy_in_flight(settings.database_url)
-        signal_postgres(own_postgres, signal.SIGSTOP)
-        try:
+        with frozen_postgres(own_postgres):
             await asyncio.sleep(frozen)
-        finally:
-            signal_postgres(own_postgres, signal.SIGCONT)
         await check_caught_up(settings, system, await publishing)
     finally:
         await system.stop()
@@ -233,13 +230,10 @@ async def test_postgres_host_gone_silently_is_given_up_and_the_new_one_used(
     await system.start_projector()
     try:
         await wait_projected(settings, await publish(settings, job_events("before")))
-        signal_postgres(server, signal.SIGSTOP)
-        try:
+        with frozen_postgres(server):
             last = await publish(settings, job_events("during"))
             await asyncio.sleep(0.5)  # the projector's batch is sent and acknowledged
             await asyncio.to_thread(vanish_and_return, link)
-        finally:
-            signal_postgres(server, signal.SIGCONT)
         await wait_projected(settings, last, timeout=DEAD * 8)
         assert await count_jobs(server.url) == 2
         await system.stop()
@@ -436,13 +430,10 @@ async def test_a_stop_with_postgres_frozen_mid_copy_ends_the_projector(
     try:
         publishing = await flood(settings, "j")
         await copy_in_flight(settings.database_url)
-        signal_postgres(own_postgres, signal.SIGSTOP)
-        try:
+        with frozen_postgres(own_postgres):
             stopping = asyncio.ensure_future(system.stop_service("projector"))
             done, _ = await asyncio.wait({stopping}, timeout=LONG_DEAD / 3)
             assert done, "the stop still waits with Postgres frozen"
-        finally:
-            signal_postgres(own_postgres, signal.SIGCONT)
         await stopping
         await system.start_projector()
         await check_caught_up(settings, system, await publishing)

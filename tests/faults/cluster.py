@@ -308,6 +308,23 @@ class FaultCluster:
         assert response.status_code == 201, response.text
         return ToolJob(str(response.json()["id"]), label, record)
 
+    async def submit_held(self, name: str, lines: int) -> tuple[str, Path]:
+        """Start the tool on a lock of its own: it prints ``lines`` lines, then waits until its
+        gate file exists (the test touches it when the job may end). The job's id and the gate."""
+        gate = self.records / f"{name}-gate"
+        parameters = {
+            "lines": lines,
+            "record": str(self.records / f"{name}.txt"),
+            "label": name,
+            "hold_until": str(gate),
+        }
+        async with self.client() as client:
+            response = await client.post(
+                "/api/jobs", json={"job_type": self.fresh_lock_type(), "parameters": parameters}
+            )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"]), gate
+
     async def cancel(self, job_id: str) -> None:
         """Clean-up after a failed test: stop a job that would otherwise run on."""
         with contextlib.suppress(httpx.HTTPError):

@@ -18,18 +18,7 @@ async def test_a_job_stream_opened_while_postgres_is_down_follows_the_job_to_its
 ) -> None:
     """With Postgres down, a new viewer of a running job gets its lines and its end."""
     cluster = short_ttl_cluster
-    gate = cluster.records / "stream-pg-gate"
-    parameters = {"lines": 3, "record": str(cluster.records / "stream-pg.txt")}
-    async with cluster.client() as client:
-        created = await client.post(
-            "/api/jobs",
-            json={
-                "job_type": cluster.fresh_lock_type(),
-                "parameters": parameters | {"label": "stream-pg", "hold_until": str(gate)},
-            },
-        )
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
+    job_id, gate = await cluster.submit_held("stream-pg", lines=3)
     postgres_stopped = False
     try:
         # Projected as running: the API knows the job from its read model, not from its POST.

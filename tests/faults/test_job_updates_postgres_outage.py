@@ -16,18 +16,7 @@ async def test_the_all_jobs_stream_keeps_going_through_an_unknown_jobs_end_while
     """A job that ends while Postgres is down shows as completed on an all-jobs stream that
     opened after its request, and the stream stays open."""
     cluster = short_ttl_cluster
-    gate = cluster.records / "updates-pg-gate"
-    parameters = {"lines": 1, "record": str(cluster.records / "updates-pg.txt")}
-    async with cluster.client() as client:
-        created = await client.post(
-            "/api/jobs",
-            json={
-                "job_type": cluster.fresh_lock_type(),
-                "parameters": parameters | {"label": "updates-pg", "hold_until": str(gate)},
-            },
-        )
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
+    job_id, gate = await cluster.submit_held("updates-pg", lines=1)
     postgres_stopped = False
     try:
         running = await cluster.wait_job(job_id, lambda row: row.status == "running", 60)

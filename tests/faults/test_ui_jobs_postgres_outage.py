@@ -32,18 +32,7 @@ async def test_jobs_page_moves_a_job_that_ended_while_postgres_was_down(
     # its request and needs no Postgres to follow it, so no reconnect of it re-renders the page.
     await page.goto("/jobs")
     await expect(page.locator("#active")).to_be_attached()
-    gate = cluster.records / "ui-jobs-pg-gate"  # the job ends only once Postgres is down
-    parameters = {"lines": 5, "record": str(cluster.records / "ui-jobs-pg.txt"), "label": "ui-pg"}
-    async with cluster.client() as client:
-        created = await client.post(
-            "/api/jobs",
-            json={
-                "job_type": cluster.fresh_lock_type(),
-                "parameters": parameters | {"hold_until": str(gate)},
-            },
-        )
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
+    job_id, gate = await cluster.submit_held("ui-jobs-pg", lines=5)  # it ends once Postgres is down
     postgres_stopped = False
     try:
         card = page.locator(f'#active [data-job-card][data-job-id="{job_id}"]')
@@ -84,18 +73,7 @@ async def test_jobs_page_keeps_the_end_its_stream_said_when_an_older_render_arri
     """A re-render answered before the job ended lands after its end: the card stays completed."""
     await page.goto("/jobs")
     await expect(page.locator("#active")).to_be_attached()
-    gate = cluster.records / "ui-jobs-pg-older-gate"
-    parameters = {"lines": 5, "record": str(cluster.records / "ui-jobs-pg-older.txt")}
-    async with cluster.client() as client:
-        created = await client.post(
-            "/api/jobs",
-            json={
-                "job_type": cluster.fresh_lock_type(),
-                "parameters": parameters | {"label": "ui-pg-older", "hold_until": str(gate)},
-            },
-        )
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
+    job_id, gate = await cluster.submit_held("ui-jobs-pg-older", lines=5)
     rendered_running = asyncio.Event()
     release = asyncio.Event()
     held = 0
