@@ -86,6 +86,16 @@ SSE_STREAMS_CUT = Counter(
     "Job event streams the API ended without their job's end (the client resumes), by reason.",
     ["reason"],
 )
+# What the fan-out's cost is counted in (bench/fanout_cost.py): a feed's hand-over of a batch,
+# and each client handed one (written to its connection at once, or queued for its stream).
+SSE_HAND_OVERS = Counter(
+    "jobrunner_sse_hand_overs",
+    "Batches of a job's events handed over by its feed to the job's SSE clients.",
+)
+SSE_CLIENT_DELIVERIES = Counter(
+    "jobrunner_sse_client_deliveries",
+    "Batches handed to one SSE client (one per client of the feed per hand-over).",
+)
 HTTP_DURATION = Histogram(
     "jobrunner_http_request_duration_seconds",
     "API request durations until the answer's last byte, by route template (SSE excluded).",

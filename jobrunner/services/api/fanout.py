@@ -839,9 +839,11 @@ class Fanout:
         limit = self.limits.client_bytes
         # Small batches only: a larger one goes through the clients' tasks a take at a time.
         small = batch.size <= TAKE_BYTES
+        delivered = 0
         for subscriber in list(subscribers):
             if subscriber.overflow or subscriber.on_hold:
                 continue
+            delivered += 1
             # Straight to a waiting client's connection: no wake-up of its task (directwrite.py).
             # Not once its task is woken (a keep-alive, a cut): what it then sends comes first.
             write = subscriber.direct if small and not subscriber.wakeup.is_set() else None
@@ -857,6 +859,8 @@ class Fanout:
             subscriber.batches.append(batch)
             subscriber.bytes += batch.size
             subscriber.wakeup.set()
+        metrics.SSE_HAND_OVERS.inc()
+        metrics.SSE_CLIENT_DELIVERIES.inc(delivered)
         while self.buffered_bytes > self.limits.total_bytes:
             largest = self._largest_backlog()
             if largest is None:
