@@ -25,10 +25,11 @@ from jobrunner.common.consumerlimit import at_consumer_limit
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.directwrite import ChunkWriter
+from jobrunner.services.api.directwrite import ChunkWriter, http_chunk
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.fanout import (
     TAKE_BYTES,
+    Batch,
     Fanout,
     HistoryStalled,
     Item,
@@ -426,13 +427,27 @@ async def job_stream(
                     yield nats_unavailable(retry_ms)
                 return
 
-        def write_direct(items: list[Item]) -> bool:
+        def write_direct(batch: Batch) -> bool:
             nonlocal sent
             assert writer is not None
-            parts, last, ended = _unsent(items, sent, skip, skip_seq)
-            if ended:
+            if batch.terminal:
                 return False  # the end goes out here, and ends the stream
-            if parts and not writer.write(b"".join(parts)):
+            items = batch.items
+            first = items[0].seq
+            if first > sent and (skip_seq is None or first > skip_seq):
+                # Every item unsent, none to cut (the usual case): the batch's own bytes, framed
+                # once for every client of the feed (its non-terminal items are in stream order).
+                if batch.size:
+                    wire = batch.wire
+                    if wire is None:
+                        wire = batch.wire = http_chunk(b"".join(item.chunk for item in items))
+                    if not writer.write(wire):
+                        return False
+                sent = items[-1].seq
+                return True
+            parts, last, _ = _unsent(items, sent, skip, skip_seq)
+            body = b"".join(parts)
+            if body and not writer.write(http_chunk(body)):
                 return False
             sent = last
             return True
