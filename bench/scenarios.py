@@ -244,7 +244,7 @@ async def streams_cut(http: httpx.AsyncClient) -> dict[str, int]:
 
 
 HAND_OVER_METRICS = re.compile(
-    r"^jobrunner_sse_(hand_overs|client_deliveries)_total (\S+)$", re.MULTILINE
+    r"^jobrunner_sse_(hand_overs|client_deliveries)_total(?:\{[^}]*\})? (\S+)$", re.MULTILINE
 )
 
 
