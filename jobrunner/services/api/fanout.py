@@ -878,8 +878,9 @@ class Fanout:
             subscriber.wakeup.set()
         batch.wire = None
         self.direct_writes += written
-        metrics.SSE_HAND_OVERS.inc()
-        metrics.SSE_CLIENT_DELIVERIES.inc(delivered)
+        counts = metrics.SSE_HAND_OVERS
+        counts.hand_overs += 1
+        counts.client_deliveries += delivered
         while self.buffered_bytes > self.limits.total_bytes:
             largest = self._largest_backlog()
             if largest is None:
