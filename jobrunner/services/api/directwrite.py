@@ -45,8 +45,8 @@ def http_chunk(body: bytes) -> bytes:
     """``body`` as one chunk of a chunked response, framed as uvicorn's httptools protocol
     frames it (``<size in hex>\\r\\n<body>\\r\\n``). Never of an empty body: that chunk
     would end the response. A feed frames each batch once, and every viewer it writes the batch
-    to straight gets the same bytes (a copy and a framing per viewer were a fifth of the Python
-    work of a write)."""
+    to straight gets the same bytes object (before, each viewer's write joined the batch's
+    items and framed them again: two copies of the batch a viewer)."""
     return b"%x\r\n%b\r\n" % (len(body), body)
 
 
