@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import uvloop
 
@@ -48,6 +50,7 @@ async def main() -> None:
         srv.close()
         drains.append(subprocess.Popen([sys.executable, "-c", DRAIN], stdin=s.fileno()))  # noqa: ASYNC220 - before the clock
         s.close()
+        transport: Any
         transport, _ = await loop.create_connection(asyncio.Protocol, sock=c)
         if PYTHON_ONLY:
             # The Python work alone: a C no-op for the send (the kernel's share is the same
@@ -68,7 +71,7 @@ async def main() -> None:
         gen = sse.job_stream(3000, fanout, "j", 1, None, None, writer=ChunkWriter(cycle))
         gens.append(gen)
 
-        async def consume(gen=gen):
+        async def consume(gen: AsyncIterator[bytes] = gen) -> None:
             async for _ in gen:
                 pass
 
