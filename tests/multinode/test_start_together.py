@@ -5,8 +5,8 @@ request timeout (``retry.START_REQUEST_TIMEOUT``), not after nats-py's 5 s. Then
 talks to paused just shorter and just longer than that timeout: the start waits for it, or sends
 again, and leaves everything configured either way.
 
-Only the nodes run here (the services' start functions run in this process, as in
-``tests/test_topology_races.py``): one cluster for the module."""
+Only the nodes run here (the services' start functions, ``tests/tools/service_starts.py``, run
+in this process, as in ``tests/test_topology_races.py``): one cluster for the module."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.serverprocess import free_port
 from tests.cluster import NODE_NAMES, REPLICAS, ClusterNode
 from tests.servers import delete_streams
-from tests.test_topology_races import STARTS, assert_configured, settings_for
+from tests.tools.service_starts import STARTS, assert_configured, settings_for
 
 COPIES = 3  # of each service's start, spread over the nodes
 ROUNDS = 3
