@@ -17,6 +17,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import sweep_stale
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
+from tests.tools.timed_out_requests import TimedOut, record_timed_out_requests
 
 TOOLS = Path(__file__).parent / "tools"
 
@@ -134,3 +135,9 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
+
+
+@pytest.fixture
+def timed_out(monkeypatch: pytest.MonkeyPatch) -> TimedOut:
+    """Records the requests that timed out; each is still sent to the real server as is."""
+    return record_timed_out_requests(monkeypatch)
