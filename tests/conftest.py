@@ -14,7 +14,9 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import sweep_stale
+from tests import servers
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
 from tests.tools.timed_out_requests import TimedOut, record_timed_out_requests
@@ -141,3 +143,11 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def timed_out(monkeypatch: pytest.MonkeyPatch) -> TimedOut:
     """Records the requests that timed out; each is still sent to the real server as is."""
     return record_timed_out_requests(monkeypatch)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own: the test stops, freezes or kills it, so it must not be the
+    shared one."""
+    async with servers.own_postgres(f"{SCRATCH_PREFIX}own-pg-") as server:
+        yield server

@@ -15,20 +15,12 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests import servers
 from tests.batch_support import batch_events, ended
 from tests.history_support import publish, wait_projected
 from tests.sse_client import SseStream, iter_events
 from tests.system import System
 
 KEEPALIVE = 0.5
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-batch-updates-outage-") as server:
-        yield server
 
 
 @pytest.fixture

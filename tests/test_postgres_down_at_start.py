@@ -22,7 +22,6 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import errors
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.projector import outage, upgrade
-from tests import servers
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.health_reports import codes, health
@@ -36,13 +35,6 @@ TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 # models' version while it has not learned it), short so that the tests stay fast.
 READ_DEADLINE = 2.5
 HEALTH_BOUND = 1.0
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped or frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-pg-down-at-start-") as server:
-        yield server
 
 
 @pytest.fixture
