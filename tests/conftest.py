@@ -126,6 +126,17 @@ async def system(settings: Settings) -> AsyncIterator[System]:
 
 
 @pytest.fixture
+async def projector_and_api(settings: Settings) -> AsyncIterator[System]:
+    """Projector and API, no runner: a job the test publishes keeps the status it gives; yielded
+    once /health answers."""
+    async with System(settings) as running:
+        await running.start_projector()
+        await running.start_api()
+        await running.wait_healthy()
+        yield running
+
+
+@pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of this test's own: pausing it disturbs no other test."""
     server = EmbeddedNats(tmp_path / "nats")
