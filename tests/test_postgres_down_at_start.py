@@ -50,11 +50,9 @@ def down_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Setting
 
 @pytest.fixture
 async def system(down_settings: Settings) -> AsyncIterator[System]:
-    running = System(down_settings)
-    try:
+    """Nothing started yet: each test starts the services it means to, and when."""
+    async with System(down_settings) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def post_job(system: System) -> str:
