@@ -19,7 +19,6 @@ from jobrunner.common import deathsignal
 from jobrunner.services.runner import orphans
 from jobrunner.services.runner.guardian import GUARDIAN, Guardian
 from jobrunner.services.runner.output import LineSplitter
-from jobrunner.services.runner.pipepoll import PipePoll
 from jobrunner.services.runner.priority import ToolPriority
 
 READ_CHUNK = 256 * 1024  # the pipe's buffer in the runner
@@ -134,8 +133,7 @@ class _Pipe:
         self.reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
         self.reader.set_transport(self)  # type: ignore[arg-type]  # pause/resume is all it uses
         os.set_blocking(fd, False)
-        self._poll = PipePoll(loop, fd, self._read_ready)
-        self._poll.on()
+        loop.add_reader(fd, self._read_ready)
 
     def _read_ready(self) -> None:
         try:
@@ -155,7 +153,7 @@ class _Pipe:
     def pause_reading(self) -> None:
         if not self._paused and self._fd >= 0:
             self._paused = True
-            self._poll.off()
+            self._loop.remove_reader(self._fd)
 
     def rest_unpolled(self) -> bool:
         """Stop polling for a rest (``pump``); False when the pipe is not polled anyway (its
@@ -181,7 +179,7 @@ class _Pipe:
     def resume_reading(self) -> None:
         if self._paused and self._fd >= 0:
             self._paused = False
-            self._poll.on()
+            self._loop.add_reader(self._fd, self._read_ready)
 
     def _close(self) -> None:
         if self._fd >= 0:
