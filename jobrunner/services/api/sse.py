@@ -310,6 +310,26 @@ def _unsent(
     return parts, sent, False
 
 
+def _batch_wire(
+    batch: Batch, sent: int, skip: int | None, skip_seq: int | None
+) -> tuple[bytes, int]:
+    """What a client written to straight is sent of a non-terminal ``batch``: the frames of its
+    items after ``sent`` (``_unsent``'s) as one HTTP chunk, b"" when none; and the last
+    sequence sent. The usual case, every item unsent and none cut by a resume inside a batch,
+    is the batch's own chunk, framed once and shared by every client of the feed (its items are
+    in stream order, so the first one's sequence says whether all are unsent)."""
+    items = batch.items
+    first = items[0].seq
+    if first > sent and (skip_seq is None or first > skip_seq):
+        wire = batch.wire
+        if wire is None and batch.size:
+            wire = batch.wire = http_chunk(b"".join(item.chunk for item in items))
+        return wire or b"", items[-1].seq
+    parts, last, _ = _unsent(items, sent, skip, skip_seq)
+    body = b"".join(parts)
+    return (http_chunk(body) if body else b""), last
+
+
 async def job_stream(
     retry_ms: int,
     fanout: Fanout,
@@ -432,22 +452,8 @@ async def job_stream(
             assert writer is not None
             if batch.terminal:
                 return False  # the end goes out here, and ends the stream
-            items = batch.items
-            first = items[0].seq
-            if first > sent and (skip_seq is None or first > skip_seq):
-                # Every item unsent, none to cut (the usual case): the batch's own bytes, framed
-                # once for every client of the feed (its non-terminal items are in stream order).
-                if batch.size:
-                    wire = batch.wire
-                    if wire is None:
-                        wire = batch.wire = http_chunk(b"".join(item.chunk for item in items))
-                    if not writer.write(wire):
-                        return False
-                sent = items[-1].seq
-                return True
-            parts, last, _ = _unsent(items, sent, skip, skip_seq)
-            body = b"".join(parts)
-            if body and not writer.write(http_chunk(body)):
+            wire, last = _batch_wire(batch, sent, skip, skip_seq)
+            if wire and not writer.write(wire):
                 return False
             sent = last
             return True
