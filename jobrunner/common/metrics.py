@@ -107,7 +107,7 @@ class HandOverCounts:
         )
         yield CounterMetricFamily(
             "jobrunner_sse_client_deliveries",
-            "Batches handed to one SSE client (one per client of the feed per hand-over).",
+            "Batches handed to one SSE client (written or queued; a client cut is not handed it).",
             value=self.client_deliveries,
         )
 

@@ -92,6 +92,22 @@ def test_each_hand_over_and_each_viewer_handed_it_count_in_the_metrics() -> None
     assert hand_over_count("client_deliveries") == before[1] + 4
 
 
+def test_a_viewer_cut_for_its_backlog_at_a_hand_over_is_not_counted_as_handed_it() -> None:
+    """A viewer whose backlog would pass its limit with this batch is cut, not handed it:
+    jobrunner_sse_client_deliveries_total counts only the viewers that got the batch."""
+    out = fanout(client_bytes=300)
+    feed = JobFeed(out, "j")
+    slow, keeping_up = Subscriber(out), Subscriber(out)
+    feed.subscribers.update([slow, keeping_up])
+    out.hand_over(feed.subscribers, Batch([line_item(1, "y" * 100)]))
+    keeping_up.take()  # the other viewer's task has taken its backlog; the slow one has not
+    before = hand_over_count("client_deliveries")
+    out.hand_over(feed.subscribers, Batch([line_item(2, "y" * 100)]))
+    assert slow.overflow
+    assert not keeping_up.overflow
+    assert hand_over_count("client_deliveries") == before + 1
+
+
 def test_a_client_joining_inside_the_record_gets_every_event_since_its_start() -> None:
     """A viewer arriving after the feed started gets the events since its start from memory."""
     feed = JobFeed(fanout(), "j", start_seq=5)

@@ -844,11 +844,10 @@ class Fanout:
         limit = self.limits.client_bytes
         # Small batches only: a larger one goes through the clients' tasks a take at a time.
         direct = self.direct_enabled and batch.size <= TAKE_BYTES
-        delivered = written = 0
+        queued = written = 0
         for subscriber in list(subscribers):
             if subscriber.overflow or subscriber.on_hold:
                 continue
-            delivered += 1
             # Straight to a waiting client's connection: no wake-up of its task (directwrite.py).
             # Not once its task is woken (a keep-alive, a cut): what it then sends comes first.
             write = subscriber.direct if direct else None
@@ -876,11 +875,13 @@ class Fanout:
             subscriber.batches.append(batch)
             subscriber.bytes += batch.size
             subscriber.wakeup.set()
+            queued += 1
         batch.wire = None
         self.direct_writes += written
         counts = metrics.SSE_HAND_OVERS
         counts.hand_overs += 1
-        counts.client_deliveries += delivered
+        # Written straight or queued; a viewer cut here was not handed the batch.
+        counts.client_deliveries += written + queued
         while self.buffered_bytes > self.limits.total_bytes:
             largest = self._largest_backlog()
             if largest is None:
