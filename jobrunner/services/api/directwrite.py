@@ -43,10 +43,13 @@ class App(Litestar):
 
 def http_chunk(body: bytes) -> bytes:
     """``body`` as one chunk of a chunked response, framed as uvicorn's httptools protocol
-    frames it (``<size in hex>\\r\\n<body>\\r\\n``). Never of an empty body: that chunk
-    would end the response. A feed frames each batch once, and every viewer it writes the batch
-    to straight gets the same bytes object (before, each viewer's write joined the batch's
-    items and framed them again: two copies of the batch a viewer)."""
+    frames it (``<size in hex>\\r\\n<body>\\r\\n``). An empty body is refused (ValueError):
+    its chunk would end the response. A feed frames each batch once, and every viewer it
+    writes the batch to straight gets the same bytes object (before, each viewer's write
+    joined the batch's items and framed them again: two copies of the batch a viewer)."""
+    if not body:
+        # Callers skip an empty body; one that does not would end the viewer's stream silently.
+        raise ValueError("an empty HTTP chunk would end the response")
     return b"%x\r\n%b\r\n" % (len(body), body)
 
 
