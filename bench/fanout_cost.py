@@ -55,6 +55,12 @@ def per_unit(row: dict[str, Any]) -> dict[str, Any]:
         "us_per_line": per_line,
         "us_per_message": {k: round(v * lines / messages, 1) for k, v in per_line.items()},
     }
+    delivered = row["clients"] * row["lines_per_client"] - row["lines_lost"]
+    if delivered > 0 and not handed.get("hand_overs"):
+        # Lines reached the clients but the count did not move: a tree without the counters, or
+        # /metrics not read. A figure a hand-over would divide by nothing (or by a stale count).
+        out["hand_overs_unchanged"] = True
+        return out
     for unit, counted in (("hand_over", "hand_overs"), ("client_delivery", "client_deliveries")):
         count = handed.get(counted)
         if count:
@@ -161,9 +167,17 @@ def summary(results: dict[str, Any]) -> str:
         f"{cost['hand_overs']}, client deliveries {cost['client_deliveries']}",
         "µs a line:    " + _by_process(cost["us_per_line"]),
         "µs a message: " + _by_process(cost["us_per_message"]),
-        f"api µs a hand-over {cost.get('api_us_per_hand_over')}, "
-        f"a client delivery {cost.get('api_us_per_client_delivery')}",
     ]
+    if cost.get("hand_overs_unchanged"):
+        lines.append(
+            "WARNING: no change in the API's hand-over counts while lines were delivered "
+            "(a tree without jobrunner_sse_hand_overs_total?): no figure a hand-over"
+        )
+    else:
+        lines.append(
+            f"api µs a hand-over {cost.get('api_us_per_hand_over')}, "
+            f"a client delivery {cost.get('api_us_per_client_delivery')}"
+        )
     if "noisy" in results:
         beside = results["noisy"].get("beside_flood") or {}
         alone = results["noisy"].get("alone") or {}
