@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 
 from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.logging import LogThrottle
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -148,10 +149,15 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
     start) or during a pause. (``jobrunner replay`` stops at a lost replay lock: exit 4.)
     """
     failures = 0
+    # The first failure said at once, then at most one line per RETRY_LOG_SECONDS (with the
+    # failures left out), and one when an attempt succeeds, as a batch's retries are
+    # (service.py): a Postgres down for long wrote a line per attempt, every 5 s.
+    retries_said = LogThrottle(outage.RETRY_LOG_SECONDS)
+    began = time.monotonic()
     while not stop.is_set():
         held = Connections()
         try:
-            return await unless_stopped(
+            outcome = await unless_stopped(
                 ensure_current(settings, held=held),
                 stop,
                 within=rebuild_stop_seconds(settings),
@@ -163,20 +169,39 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
         except Exception as exc:
             failures += 1
             pause = outage.pause_after(failures)
-            lost = isinstance(exc, ReplayLockLost)
-            log.error(
-                "read-model rebuild lost its replay lock: the Postgres session holding it ended "
-                "before the swap, nothing was swapped; rebuilding again"
-                if lost
-                else "read-model rebuild cannot go on; rebuilding again",
-                error_code="REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED",
-                attempt=failures,
-                retry_in=pause,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            left_out = retries_said.admit()
+            if left_out is not None:
+                _say_rebuild_failed(exc, failures, pause, left_out)
             if await outage.wait_or_stop(stop, pause):
                 break
+            continue
+        if failures and outcome is not None:
+            log.info(
+                REBUILD_BACK_EVENT,
+                attempts=failures + 1,
+                waited_seconds=round(time.monotonic() - began, 1),
+                rebuilt=outcome.rebuilt,
+            )
+        return outcome
     return None
+
+
+REBUILD_BACK_EVENT = "read models current again after failed attempts"
+
+
+def _say_rebuild_failed(exc: Exception, failures: int, pause: float, left_out: int) -> None:
+    lost = isinstance(exc, ReplayLockLost)
+    log.error(
+        "read-model rebuild lost its replay lock: the Postgres session holding it ended "
+        "before the swap, nothing was swapped; rebuilding again"
+        if lost
+        else "read-model rebuild cannot go on; rebuilding again",
+        error_code="REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED",
+        attempt=failures,
+        retry_in=pause,
+        error=f"{type(exc).__name__}: {exc}",
+        **({"since_last": left_out} if left_out else {}),
+    )
 
 
 def log_progress(progress: Progress) -> None:
