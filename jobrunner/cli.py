@@ -147,12 +147,20 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
+    from jobrunner.common import postgresconnect
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
     from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
     from jobrunner.services.projector.replaylock import ReplayLockLost
 
     settings = with_runtime(_settings(args), dict(os.environ))
+    # Postgres not answering or refusing: one sentence and an exit code, within a bound (the
+    # first connect below would wait asyncpg's 60 s on a frozen one, then end in a traceback).
+    try:
+        asyncio.run(postgresconnect.check_answers(settings.database_url))
+    except postgresconnect.PostgresUnusable as exc:
+        print(f"jobrunner replay: {exc}", file=sys.stderr)
+        return exc.exit_code
 
     def show(progress: Progress) -> None:
         if progress.phase == "indexing":

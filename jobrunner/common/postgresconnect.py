@@ -1,11 +1,16 @@
 """What a failed connect to Postgres means: an outage that may pass (waited out, retried) or a
 refusal that will not (a wrong password or user, no such database: the configuration is wrong,
 and waiting would hide it). Shared by the projector's start (services/projector/outage.py) and
-the API's (services/api/readmodelgate.py), which end their start with a refusal."""
+the API's (services/api/readmodelgate.py), which end their start with a refusal; and a
+command's check at its start (``check_answers``: `jobrunner replay`), which ends at either."""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import asyncpg
+
+from jobrunner.common.refusal import REFUSED_EXIT
 
 # A connect that may succeed later: refused, reset, timed out, Postgres starting up or shutting
 # down, its connections all taken. A refusal (below) is raised.
@@ -32,3 +37,63 @@ WHAT_TO_DO_ON_REFUSAL = (
 def refused(exc: BaseException) -> bool:
     """Whether ``exc`` is Postgres refusing this database_url (no waiting makes it pass)."""
     return isinstance(exc, REFUSING_CONNECT_ERRORS)
+
+
+# sysexits' EX_UNAVAILABLE: a command's Postgres does not answer (stopped, frozen, unreachable).
+UNAVAILABLE_EXIT = 69
+# A command's connect at its start: past it, a Postgres that accepts the connection and answers
+# nothing (frozen) is given up, as asyncpg would only after 60 s. A working Postgres answers a
+# connect in milliseconds, a loaded one in a second or two.
+CHECK_CONNECT_SECONDS = 10.0
+WHAT_TO_DO_WHEN_UNAVAILABLE = "start Postgres or check database_url"
+
+
+class PostgresUnusable(Exception):
+    """A command's Postgres did not answer, or refused its database_url: its sentence starts
+    with the code (``POSTGRES_UNAVAILABLE``, ``POSTGRES_REFUSED``), and ``exit_code`` is the
+    command's."""
+
+    def __init__(self, code: str, sentence: str, exit_code: int) -> None:
+        super().__init__(f"{code}: {sentence}")
+        self.code = code
+        self.exit_code = exit_code
+
+
+async def check_answers(database_url: str, within: float = CHECK_CONNECT_SECONDS) -> None:
+    """Connect once (within ``within`` seconds) and close: ``PostgresUnusable`` when Postgres
+    does not answer or refuses, so that a command says so in one sentence before it starts."""
+    where = server_of(database_url)
+    try:
+        conn = await asyncpg.connect(database_url, timeout=within)
+    except REFUSING_CONNECT_ERRORS as exc:
+        raise PostgresUnusable(
+            "POSTGRES_REFUSED",
+            f"Postgres at {where} refused database_url ({_told(exc)}): {WHAT_TO_DO_ON_REFUSAL}",
+            REFUSED_EXIT,
+        ) from None
+    except PASSING_CONNECT_ERRORS as exc:
+        raise PostgresUnusable(
+            "POSTGRES_UNAVAILABLE",
+            f"Postgres at {where} does not answer ({_told(exc)}, within {within:g} s): "
+            f"{WHAT_TO_DO_WHEN_UNAVAILABLE}",
+            UNAVAILABLE_EXIT,
+        ) from None
+    conn.terminate()  # nothing to close gracefully: no round trip to wait on
+
+
+def _told(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def server_of(database_url: str) -> str:
+    """``host:port/database`` of a Postgres URL, for logs: never its user or password. A host
+    given as ``?host=`` (a Unix socket's directory, ``?host=/run/postgresql``) is the one
+    connected to, and named; so is ``?port=``."""
+    url = urlsplit(database_url)
+    query = parse_qs(url.query)
+    try:
+        port: int | str = query["port"][0] if "port" in query else url.port or 5432
+    except ValueError:
+        port = 5432
+    host = query["host"][0] if "host" in query else url.hostname or "localhost"
+    return f"{host}:{port}{url.path}"

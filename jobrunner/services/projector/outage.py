@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
 
 from jobrunner.common import database, postgresconnect, stopping
+from jobrunner.common.postgresconnect import server_of
 
 log = structlog.get_logger()
 
@@ -45,20 +45,6 @@ async def wait_or_stop(stop: asyncio.Event, pause: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), pause)
     return stop.is_set()
-
-
-def server_of(database_url: str) -> str:
-    """``host:port/database`` of a Postgres URL, for logs: never its user or password. A host
-    given as ``?host=`` (a Unix socket's directory, ``?host=/run/postgresql``) is the one
-    connected to, and named; so is ``?port=``."""
-    url = urlsplit(database_url)
-    query = parse_qs(url.query)
-    try:
-        port: int | str = query["port"][0] if "port" in query else url.port or 5432
-    except ValueError:
-        port = 5432
-    host = query["host"][0] if "host" in query else url.hostname or "localhost"
-    return f"{host}:{port}{url.path}"
 
 
 async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool:

@@ -218,7 +218,7 @@ async def _checkpoint_at_start(
             if failures == 1:
                 log.warning(
                     outage.WAITING_EVENT,
-                    postgres=outage.server_of(database_url),
+                    postgres=postgresconnect.server_of(database_url),
                     reading="the checkpoint",
                     error=f"{type(exc).__name__}: {exc}",
                     retry_every_seconds=outage.RETRY_PAUSE_MAX,
@@ -230,7 +230,7 @@ async def _checkpoint_at_start(
         if failures and last is not None:
             log.info(
                 outage.BACK_EVENT,
-                postgres=outage.server_of(database_url),
+                postgres=postgresconnect.server_of(database_url),
                 attempts=failures + 1,
                 waited_seconds=round(time.monotonic() - began, 1),
             )
