@@ -14,10 +14,6 @@ Postgres (every process, for real) before it sends its first query."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
@@ -27,9 +23,7 @@ from structlog.testing import capture_logs
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import timestamps, upgrade
-from tests import servers
-from tests.freeze import freeze
-from tests.tools.postgres_processes import postgres_pids
+from tests.tools.postgres_processes import freeze_postgres, thaw
 from tests.upgrade_support import older_state
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,13 +34,6 @@ NOT_CLOSED = "connection not closed in time (postgres not answering): dropped"
 PAST_THE_BOUND = 4.0
 # The rebuild's connections set up in turn: the replay lock's, then its pool's two.
 LOCK_HOLDER, POOLED = 1, 2
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-rebuild-connect-frozen-") as server:
-        yield server
 
 
 @pytest.mark.parametrize("nth", [LOCK_HOLDER, POOLED], ids=["lock-holder", "pooled"])
@@ -74,9 +61,7 @@ async def test_a_stop_while_the_rebuild_sets_up_a_connection_ends_within_its_bou
         nonlocal count
         count += 1
         if count == nth:
-            pids.extend(postgres_pids(own_postgres))
-            for pid in pids:
-                freeze(pid)
+            pids.extend(freeze_postgres(own_postgres))
             frozen.set()
         await set_up(conn)
 
@@ -88,7 +73,7 @@ async def test_a_stop_while_the_rebuild_sets_up_a_connection_ends_within_its_bou
         try:
             await asyncio.wait_for(frozen.wait(), 60)
             loop = asyncio.get_running_loop()
-            thaw = loop.call_later(
+            thawing = loop.call_later(
                 bound + PAST_THE_BOUND if left else bound / 3, _thaw, pids, thawed
             )
             stop.set()
@@ -98,7 +83,7 @@ async def test_a_stop_while_the_rebuild_sets_up_a_connection_ends_within_its_bou
                 await asyncio.wait({rebuild}, timeout=60)
             if left:
                 assert not thawed, "the stop, or the rebuild it left, waited for the thaw"
-            thaw.cancel()
+            thawing.cancel()
         finally:
             _thaw(pids)
             if not rebuilding.done():
@@ -120,6 +105,4 @@ def _the_rebuild() -> asyncio.Task[object] | None:
 def _thaw(pids: list[int], thawed: list[bool] | None = None) -> None:
     if thawed is not None:
         thawed.append(True)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+    thaw(pids)

@@ -7,21 +7,18 @@ only after asyncpg's own 60 s."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 
+from jobrunner import cli
 from jobrunner.common import postgresconnect
+from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests import servers
 from tests.cli_support import cli_env, start_cli
-from tests.freeze import freeze
-from tests.tools.postgres_processes import postgres_pids
+from tests.tools.logging_state import logging_put_back
+from tests.tools.postgres_processes import freeze_postgres, thaw
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,13 +26,6 @@ UNAVAILABLE = "POSTGRES_UNAVAILABLE"
 START_IT = "start Postgres or check database_url"
 # How long the test waits for the command at most: well past its bound, to see one that overruns.
 PATIENCE = 120.0
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped or frozen."""
-    async with servers.own_postgres("jobrunner-test-replay-postgres-down-") as server:
-        yield server
 
 
 async def _replay(settings: Settings) -> tuple[int | None, str]:
@@ -79,24 +69,20 @@ async def test_replay_with_postgres_frozen_gives_up_at_its_connect_bound(
     """Postgres thawed 5 s into the connect's 10 s bound: the replay runs (exit 0). Frozen
     20 s past it: the command has said POSTGRES_UNAVAILABLE and exited 69 before the thaw."""
     private = msgspec.structs.replace(settings, database_url=own_postgres.url)
-    pids = postgres_pids(own_postgres)
     thawed: list[bool] = []
+    pids = freeze_postgres(own_postgres)
 
-    def thaw() -> None:
+    def thaw_now() -> None:
         thawed.append(True)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        thaw(pids)
 
-    for pid in pids:
-        freeze(pid)
-    thawing = asyncio.get_running_loop().call_later(frozen_for, thaw)
+    thawing = asyncio.get_running_loop().call_later(frozen_for, thaw_now)
     try:
         code, out = await _replay(private)
         ended_frozen = not thawed
     finally:
         thawing.cancel()
-        thaw()
+        thaw(pids)
     assert "Traceback" not in out, out
     if answered:
         assert code == 0, out
@@ -114,8 +100,43 @@ async def test_replay_with_a_refused_database_url_says_so_and_exits(
     wrong = own_postgres.url.replace(own_postgres.password, "not-the-password")
     private = msgspec.structs.replace(settings, database_url=wrong)
     code, out = await _replay(private)
-    assert code == postgresconnect.REFUSED_EXIT, out
+    assert code == REFUSED_EXIT, out
     assert "Traceback" not in out, out
     assert "POSTGRES_REFUSED" in out, out
     assert postgresconnect.WHAT_TO_DO_ON_REFUSAL in out, out
     assert "not-the-password" not in out, out
+
+
+async def test_replay_with_postgres_frozen_after_its_check_says_so_and_exits(
+    settings: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres answers the command's check at its start, then freezes: the rebuild's first
+    connect gives up at its bound and the command says POSTGRES_UNAVAILABLE, exit 69. It waited
+    asyncpg's 60 s, then main() re-raised the TimeoutError: a traceback, exit 1. (In-process, so
+    that the freeze comes right after the check: ``check_answers`` freezes Postgres as it
+    returns.)"""
+    private = msgspec.structs.replace(settings, database_url=own_postgres.url)
+    for name, value in cli_env(private).items():
+        monkeypatch.setenv(name, value)
+    checked = postgresconnect.check_answers
+    pids: list[int] = []
+
+    async def frozen_once_answered(database_url: str, within: float = 10.0) -> None:
+        await checked(database_url, within)
+        pids.extend(freeze_postgres(own_postgres))
+
+    monkeypatch.setattr(postgresconnect, "check_answers", frozen_once_answered)
+    try:
+        with logging_put_back():
+            code = await asyncio.wait_for(asyncio.to_thread(cli.main, ["replay"]), PATIENCE)
+    finally:
+        thaw(pids)
+    err = capsys.readouterr().err
+    assert pids, "the check did not answer: " + err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "Traceback" not in err, err
+    assert UNAVAILABLE in err, err
+    assert START_IT in err, err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -24,7 +24,7 @@ class RunningRunner:
         nc: NATS,
         stop: asyncio.Event,
         task: asyncio.Task[None],
-        logs: list[dict[str, Any]],
+        logs: list[MutableMapping[str, Any]],
     ) -> None:
         self.nc = nc
         self.stop = stop

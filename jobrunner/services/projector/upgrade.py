@@ -36,6 +36,7 @@ from nats.js.errors import NotFoundError
 from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.logging import LogThrottle
+from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -111,7 +112,11 @@ async def ensure_current(
     if allow_rebuild is None:
         allow_rebuild = settings.readmodel_auto_rebuild
     held = held or Connections()
-    conn = await asyncpg.connect(settings.database_url)
+    # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres'
+    # (`jobrunner replay` says it as its start's check does: cli.py).
+    conn = await database.connect_or_unreachable(
+        settings.database_url, timeout=CHECK_CONNECT_SECONDS
+    )
     held.add(conn)
     try:
         found = await readmodelversion.stored_version(conn)
@@ -151,8 +156,9 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
     failures = 0
     # The first failure said at once, then at most one line per RETRY_LOG_SECONDS (with the
     # failures left out), and one when an attempt succeeds, as a batch's retries are
-    # (service.py): a Postgres down for long wrote a line per attempt, every 5 s.
-    retries_said = LogThrottle(outage.RETRY_LOG_SECONDS)
+    # (service.py): a Postgres down for long wrote a line per attempt, every 5 s. One throttle
+    # per error_code: a lost replay lock just after an interruption is news, not a repeat.
+    retries_said: dict[str, LogThrottle] = {}
     began = time.monotonic()
     while not stop.is_set():
         held = Connections()
@@ -169,9 +175,11 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
         except Exception as exc:
             failures += 1
             pause = outage.pause_after(failures)
-            left_out = retries_said.admit()
+            code = _rebuild_error_code(exc)
+            throttle = retries_said.setdefault(code, LogThrottle(outage.RETRY_LOG_SECONDS))
+            left_out = throttle.admit()
             if left_out is not None:
-                _say_rebuild_failed(exc, failures, pause, left_out)
+                _say_rebuild_failed(exc, code, failures, pause, left_out)
             if await outage.wait_or_stop(stop, pause):
                 break
             continue
@@ -189,14 +197,19 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
 REBUILD_BACK_EVENT = "read models current again after failed attempts"
 
 
-def _say_rebuild_failed(exc: Exception, failures: int, pause: float, left_out: int) -> None:
-    lost = isinstance(exc, ReplayLockLost)
+def _rebuild_error_code(exc: Exception) -> str:
+    return "REPLAY_LOCK_LOST" if isinstance(exc, ReplayLockLost) else "REBUILD_INTERRUPTED"
+
+
+def _say_rebuild_failed(
+    exc: Exception, code: str, failures: int, pause: float, left_out: int
+) -> None:
     log.error(
         "read-model rebuild lost its replay lock: the Postgres session holding it ended "
         "before the swap, nothing was swapped; rebuilding again"
-        if lost
+        if code == "REPLAY_LOCK_LOST"
         else "read-model rebuild cannot go on; rebuilding again",
-        error_code="REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED",
+        error_code=code,
         attempt=failures,
         retry_in=pause,
         error=f"{type(exc).__name__}: {exc}",
@@ -257,6 +270,8 @@ async def rebuild(
             min_size=2,
             max_size=2,
             init=timestamps.init_connection,
+            connect=database.connect_or_unreachable,
+            connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
         )
         held.add(pool)
