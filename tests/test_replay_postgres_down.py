@@ -58,7 +58,7 @@ async def test_replay_with_postgres_stopped_says_so_and_exits(
 @pytest.mark.parametrize(
     ("frozen_for", "answered"),
     [
-        (postgresconnect.CHECK_CONNECT_SECONDS - 5, True),
+        (postgresconnect.CHECK_CONNECT_SECONDS - 2, True),
         (postgresconnect.CHECK_CONNECT_SECONDS + 20, False),
     ],
     ids=["thawed-within-the-bound", "thawed-past-it"],
@@ -66,7 +66,7 @@ async def test_replay_with_postgres_stopped_says_so_and_exits(
 async def test_replay_with_postgres_frozen_gives_up_at_its_connect_bound(
     settings: Settings, own_postgres: EmbeddedPostgres, frozen_for: float, answered: bool
 ) -> None:
-    """Postgres thawed 5 s into the connect's 10 s bound: the replay runs (exit 0). Frozen
+    """Postgres thawed 8 s into the connect's 10 s bound: the replay runs (exit 0). Frozen
     20 s past it: the command has said POSTGRES_UNAVAILABLE and exited 69 before the thaw."""
     private = msgspec.structs.replace(settings, database_url=own_postgres.url)
     thawed: list[bool] = []

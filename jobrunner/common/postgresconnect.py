@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
+from jobrunner.common import exitcodes
 from jobrunner.common.database import PostgresUnreachable
 from jobrunner.common.refusal import REFUSED_EXIT
 
@@ -42,8 +43,8 @@ def refused(exc: BaseException) -> bool:
     return isinstance(exc, REFUSING_CONNECT_ERRORS)
 
 
-# sysexits' EX_UNAVAILABLE: a command's Postgres does not answer (stopped, frozen, unreachable).
-UNAVAILABLE_EXIT = 69
+# A command's Postgres does not answer (stopped, frozen, unreachable).
+UNAVAILABLE_EXIT = exitcodes.UNAVAILABLE
 # A command's connect (its check at the start, and each it opens later: the rebuild's, the
 # replay's): past it, a Postgres that accepts the connection and answers nothing (frozen) is
 # given up, as asyncpg would only after 60 s. A working Postgres answers a connect in
