@@ -22,11 +22,8 @@ from tests.upgrade_support import older_state
 
 pytestmark = pytest.mark.timeout(300)
 
-FAILED = "read-model rebuild cannot go on; rebuilding again"
-LOCK_LOST = (
-    "read-model rebuild lost its replay lock: the Postgres session holding it ended before "
-    "the swap, nothing was swapped; rebuilding again"
-)
+FAILED = upgrade.REBUILD_INTERRUPTED_EVENT
+LOCK_LOST = upgrade.REBUILD_LOCK_LOST_EVENT
 # Attempts that fail before Postgres is started again: many more than one line's worth.
 FAILED_ATTEMPTS = 6
 # The pause between attempts, short so that they come quickly (5 s at most in production).

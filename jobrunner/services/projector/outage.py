@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 
 from jobrunner.common import database, postgresconnect, stopping
+from jobrunner.common.logging import LogThrottle
 from jobrunner.common.postgresconnect import server_of
 
 log = structlog.get_logger()
@@ -38,6 +39,51 @@ BACK_EVENT = "Postgres answers: projector goes on"
 def pause_after(failures: int) -> float:
     """The pause after ``failures`` failures in a row: 0.2 s, doubling, at most RETRY_PAUSE_MAX."""
     return min(0.1 * 2.0**failures, RETRY_PAUSE_MAX)
+
+
+class RetryLog:
+    """The log of one thing tried again until it goes through (a batch, the start's checkpoint
+    read, a rebuild): its first failure said at once, then at most one line per ``interval``
+    for each ``kind`` of failure (``since_last``: the failures left out; a new kind is news, not
+    a repeat), and one line when an attempt succeeds after failures (``attempts``,
+    ``waited_seconds``). A long outage wrote a line per attempt, every 5 s."""
+
+    def __init__(self, interval: float = RETRY_LOG_SECONDS) -> None:
+        self.interval = interval
+        self.failures = 0
+        self._began = time.monotonic()
+        self._throttles: dict[str, LogThrottle] = {}
+
+    def failed(
+        self, event: str, *, kind: str = "", throttled: bool = True, **fields: object
+    ) -> float:
+        """Count a failure and say it (an error, with ``attempt`` and ``retry_in``) unless it
+        repeats a ``kind`` said within ``interval``; returns the pause before the next attempt.
+        ``throttled=False``: said whatever came before."""
+        self.failures += 1
+        pause = pause_after(self.failures)
+        left_out = (
+            self._throttles.setdefault(kind, LogThrottle(self.interval)).admit() if throttled else 0
+        )
+        if left_out is not None:
+            log.error(
+                event,
+                attempt=self.failures,
+                retry_in=pause,
+                **fields,
+                **({"since_last": left_out} if left_out else {}),
+            )
+        return pause
+
+    def succeeded(self, event: str, **fields: object) -> None:
+        """Say ``event`` (info) when the attempt that went through followed failures."""
+        if self.failures:
+            log.info(
+                event,
+                attempts=self.failures + 1,
+                waited_seconds=round(time.monotonic() - self._began, 1),
+                **fields,
+            )
 
 
 async def wait_or_stop(stop: asyncio.Event, pause: float) -> bool:

@@ -35,7 +35,6 @@ from nats.js.errors import NotFoundError
 
 from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
-from jobrunner.common.logging import LogThrottle
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
@@ -62,6 +61,14 @@ from jobrunner.services.projector.replaylock import (
 )
 
 log = structlog.get_logger()
+
+# What a rebuild waiting out an outage logs (ensure_current_in_place).
+REBUILD_INTERRUPTED_EVENT = "read-model rebuild cannot go on; rebuilding again"
+REBUILD_LOCK_LOST_EVENT = (
+    "read-model rebuild lost its replay lock: the Postgres session holding it ended before the "
+    "swap, nothing was swapped; rebuilding again"
+)
+REBUILD_BACK_EVENT = "read models current again after failed attempts"
 
 # How long a stop waits for a cancelled rebuild to let go of its connections (its ROLLBACK and
 # closes are round trips a frozen Postgres never answers): past it the rebuild is left, said in
@@ -153,13 +160,11 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
     once ``stop`` is set: before an attempt, during one (cancelled: it resumes at the next
     start) or during a pause. (``jobrunner replay`` stops at a lost replay lock: exit 4.)
     """
-    failures = 0
-    # The first failure said at once, then at most one line per RETRY_LOG_SECONDS (with the
-    # failures left out), and one when an attempt succeeds, as a batch's retries are
-    # (service.py): a Postgres down for long wrote a line per attempt, every 5 s. One throttle
-    # per error_code: a lost replay lock just after an interruption is news, not a repeat.
-    retries_said: dict[str, LogThrottle] = {}
-    began = time.monotonic()
+    # The first failure said at once, then at most one line per RETRY_LOG_SECONDS for each
+    # error_code (a lost replay lock just after an interruption is news, not a repeat), and
+    # one when an attempt succeeds, as a batch's retries are (service.py): a Postgres down for
+    # long wrote a line per attempt, every 5 s.
+    retries = outage.RetryLog()
     while not stop.is_set():
         held = Connections()
         try:
@@ -173,48 +178,21 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
         except StateRefused:
             raise
         except Exception as exc:
-            failures += 1
-            pause = outage.pause_after(failures)
-            code = _rebuild_error_code(exc)
-            throttle = retries_said.setdefault(code, LogThrottle(outage.RETRY_LOG_SECONDS))
-            left_out = throttle.admit()
-            if left_out is not None:
-                _say_rebuild_failed(exc, code, failures, pause, left_out)
+            lost = isinstance(exc, ReplayLockLost)
+            code = "REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED"
+            pause = retries.failed(
+                REBUILD_LOCK_LOST_EVENT if lost else REBUILD_INTERRUPTED_EVENT,
+                kind=code,
+                error_code=code,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             if await outage.wait_or_stop(stop, pause):
                 break
             continue
-        if failures and outcome is not None:
-            log.info(
-                REBUILD_BACK_EVENT,
-                attempts=failures + 1,
-                waited_seconds=round(time.monotonic() - began, 1),
-                rebuilt=outcome.rebuilt,
-            )
+        if outcome is not None:
+            retries.succeeded(REBUILD_BACK_EVENT, rebuilt=outcome.rebuilt)
         return outcome
     return None
-
-
-REBUILD_BACK_EVENT = "read models current again after failed attempts"
-
-
-def _rebuild_error_code(exc: Exception) -> str:
-    return "REPLAY_LOCK_LOST" if isinstance(exc, ReplayLockLost) else "REBUILD_INTERRUPTED"
-
-
-def _say_rebuild_failed(
-    exc: Exception, code: str, failures: int, pause: float, left_out: int
-) -> None:
-    log.error(
-        "read-model rebuild lost its replay lock: the Postgres session holding it ended "
-        "before the swap, nothing was swapped; rebuilding again"
-        if code == "REPLAY_LOCK_LOST"
-        else "read-model rebuild cannot go on; rebuilding again",
-        error_code=code,
-        attempt=failures,
-        retry_in=pause,
-        error=f"{type(exc).__name__}: {exc}",
-        **({"since_last": left_out} if left_out else {}),
-    )
 
 
 def log_progress(progress: Progress) -> None:
