@@ -79,6 +79,7 @@ async def event_store_answers() -> AsyncIterator[None]:
 
 def decode_options(body: bytes) -> ActionOptions:
     """The optional JSON body of an action: empty means no options."""
+    body = jsonbody.without_utf8_bom(body)
     if not body.strip():
         return ActionOptions()
     try:
