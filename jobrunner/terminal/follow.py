@@ -160,14 +160,18 @@ class Follower:
             headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
             self._ended_because = None
             bound = threading.Event()  # set when the time left ran out before the first line
+            # Each read of this connection waits at most this long: the time left while the
+            # stream is lost (a host that accepts and stays silent must not make the give-up
+            # late), else SILENT_STREAM_SECONDS. httpx keeps one read timeout for the whole
+            # response, so a stream that came back on a short one is read on until that runs
+            # out, then taken up again quietly on a connection of its own (below).
+            read_seconds = self._first_answer_seconds()
             try:
                 with self.api.http.stream(
                     "GET",
                     f"/api/jobs/{self.job_id}/stream",
                     headers={**headers, "Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(
-                        self._connect_seconds(), read=self._first_answer_seconds()
-                    ),
+                    timeout=httpx.Timeout(self._connect_seconds(), read=read_seconds),
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
@@ -187,16 +191,24 @@ class Follower:
                         raise refusal
                     # Back once the stream says something (a keep-alive will do), not at its
                     # headers: an API that stalls at once answers 200 and then nothing, which
-                    # is no connection back (its give-up clock must run on). The headers' wait
-                    # (at most the time left) must not bound the silence of a stream that is
-                    # back: httpcore takes the body's read timeout from here as it starts.
-                    response.request.extensions["timeout"]["read"] = SILENT_STREAM_SECONDS
+                    # is no connection back (its give-up clock must run on).
                     with self._first_line_bound(response, bound):
                         for event in sse_events(self._telling_back(response.iter_lines(), bound)):
                             self._show(event)
                             if self.done is not None:
                                 return
                 why = self._ended_because or "the server ended the stream"
+            except httpx.ReadTimeout as exc:
+                # Back on this connection: it was opened while lost (the short bound) and a line
+                # came since (``_telling_back``).
+                if read_seconds < SILENT_STREAM_SECONDS and self._lost_since is None:
+                    # The short read bound of a stream that is back, not a silent stream: the
+                    # quiet of a job between keep-alives (15 s) may outlast the time that was
+                    # left. Taken up again at once, after the last event shown, with the full
+                    # bound: nothing lost or repeated, and no loss told (at most the short bound
+                    # more than SILENT_STREAM_SECONDS passes before a silent one is).
+                    continue
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except httpx.TransportError as exc:
                 why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except _Away as exc:
