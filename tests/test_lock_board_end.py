@@ -1,7 +1,7 @@
 """The runner's lock board ends its watch once at a stop, and within ``keywatch.END_SECONDS``
-even with NATS frozen: the stop's own end (``_stop_at``) is not followed by a second one, which
-would wait that bound again on the frozen NATS, say the UNSUB is late twice and ask for the
-consumer's delete twice."""
+even with NATS frozen: the stop's own end (``_stop_at``) is not followed by a second one from
+the watch's ``finally``, which asked the frozen NATS for the consumer's delete a second time
+(seen with the check taken out: two deletes asked, thawed within the bound or past it)."""
 
 from __future__ import annotations
 
