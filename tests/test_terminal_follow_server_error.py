@@ -106,6 +106,21 @@ async def test_a_stream_back_is_not_lost_again_by_a_quiet_spell_longer_than_the_
     assert "connection back after" in err
 
 
+async def test_too_many_streams_when_a_stream_back_is_taken_up_again_is_retried() -> None:
+    """The stream back on the short bound is taken up again after its quiet spell, and the
+    server still counts the one left (429 TOO_MANY_STREAMS): told as a loss and retried, the
+    follow goes on to the job's end, exit 0 (not exit 2 on the 429)."""
+    away = {"code": "TOO_MANY_STREAMS", "message": "Too many streams are open."}
+    server = AnsweringServer(
+        503, away, then="stream", stream_after=1, done_after=5, after_stream=(429,)
+    )
+    async with server.running():
+        code, err = await follow(server.url, reconnect_for=4)
+    assert code == 0, err
+    assert err.count("lost (") == 2, err  # the 503, then the 429: each told, each retried
+    assert server.stream_requests >= 4, err
+
+
 async def test_too_many_streams_while_reconnecting_is_retried_like_a_server_away() -> None:
     """A 503, then 429 TOO_MANY_STREAMS (the lost stream still counted by the server), then the
     stream: the follow goes on to the job's end, exit 0. (Before, the 429 ended it, exit 2.)"""

@@ -156,6 +156,7 @@ class Follower:
         line lost or repeated), say when it is back, and give up after ``reconnect_for``.
         (It used to retry in silence: a restart looked like a job printing nothing.)"""
         self._lost_since = None
+        resumed_quietly = False  # taken up again after the short read bound (below)
         while self.done is None:
             headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
             self._ended_because = None
@@ -177,8 +178,10 @@ class Follower:
                         response.read()
                         refusal = self.api.refused(response)
                         if response.status_code in AWAY_STATUSES or (
-                            # The lost stream may still count on the server for a while.
-                            response.status_code == 429 and self._lost_since is not None
+                            # The lost stream (or the one left at the short read bound) may
+                            # still count on the server for a while.
+                            response.status_code == 429
+                            and (self._lost_since is not None or resumed_quietly)
                         ):
                             raise _Away(str(refusal))
                         if response.status_code >= 500:
@@ -189,6 +192,7 @@ class Follower:
                                 EXIT_SERVER_ERROR,
                             )
                         raise refusal
+                    resumed_quietly = False
                     # Back once the stream says something (a keep-alive will do), not at its
                     # headers: an API that stalls at once answers 200 and then nothing, which
                     # is no connection back (its give-up clock must run on).
@@ -207,6 +211,7 @@ class Follower:
                     # left. Taken up again at once, after the last event shown, with the full
                     # bound: nothing lost or repeated, and no loss told (at most the short bound
                     # more than SILENT_STREAM_SECONDS passes before a silent one is).
+                    resumed_quietly = True
                     continue
                 why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except httpx.TransportError as exc:
