@@ -212,6 +212,31 @@ def test_a_utf8_byte_order_mark_before_json_is_ignored(text: str) -> None:
     assert every_read(b"\xef\xbb\xbf" + body) == every_read(body)
 
 
+def test_the_bad_byte_after_a_utf8_byte_order_mark_is_counted_in_the_body_as_sent() -> None:
+    """Latin-1 after a UTF-8 byte order mark: the byte named is where it is in the body the
+    client sent, mark included (before: counted from after the mark, 3 too few)."""
+    body = b'\xef\xbb\xbf{"name": "M\xfcller"}'
+    assert body.index(b"\xfc") == 14
+    for got in every_read_refusal(body):
+        assert (got.status, got.code, got.extra.get("byte")) == (400, "BODY_NOT_UTF8", 14)
+        assert "byte 14 is 0xfc" in got.message
+
+
+def every_read_refusal(body: bytes) -> list[ApiError]:
+    """The refusal of each reader of a JSON body (a route's typed one, the batch's untyped one,
+    an action's options) for a ``body`` none of them takes."""
+    refusals = []
+    for read in (
+        lambda: jsonbody.decode(body, Shape, "INVALID_SHAPE", "The body is not a shape"),
+        lambda: jsonbody.decode_any(body),
+        lambda: decode_options(body),
+    ):
+        with pytest.raises(ApiError) as refused:
+            read()
+        refusals.append(refused.value)
+    return refusals
+
+
 @pytest.mark.parametrize("body", [b"\x00\x01", b"\x00", b"\x01\x00", b"\x00\x00\x00\x00"])
 def test_nul_bytes_that_no_encoding_makes_json_are_malformed(body: bytes) -> None:
     """Bytes with NULs whose first character no JSON text starts with are just not JSON."""

@@ -50,6 +50,11 @@ _WIDE_PATTERNS = (
 _JSON_FIRST = frozenset(' \t\r\n{["-0123456789tfn')
 
 
+def bom_length(body: bytes) -> int:
+    """How many bytes of ``body`` are a leading UTF-8 byte order mark (0 or 3)."""
+    return len(body) - len(without_utf8_bom(body))
+
+
 def without_utf8_bom(body: bytes) -> bytes:
     """``body`` without a leading UTF-8 byte order mark (RFC 8259 §8.1: a parser may ignore it)."""
     return body[len(UTF8_BOM) :] if body.startswith(UTF8_BOM) else body
@@ -78,9 +83,10 @@ def malformed(nested: bool = False) -> ApiError:
     return ApiError(400, "MALFORMED_JSON", f"The request body is {why}.")
 
 
-def not_json(body: bytes, nested: bool = False) -> ApiError:
+def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
     """The 400 for a ``body`` msgspec refused: BODY_NOT_UTF8 when it is not UTF-8 at all (its
-    JSON may be fine), else MALFORMED_JSON."""
+    JSON may be fine), else MALFORMED_JSON. ``skipped``: how many bytes the client sent before
+    ``body`` (a UTF-8 byte order mark), so that the byte named is counted as the client counts."""
     wide = wide_encoding(body)
     if wide is not None:
         return ApiError(
@@ -96,10 +102,10 @@ def not_json(body: bytes, nested: bool = False) -> ApiError:
         return ApiError(
             400,
             "BODY_NOT_UTF8",
-            f"The request body is not UTF-8 (byte {exc.start} is 0x{body[exc.start]:02x}, "
-            "which no UTF-8 text holds there): send JSON encoded as UTF-8; a Latin-1 or "
-            "Windows-1252 text must be converted first.",
-            byte=exc.start,
+            f"The request body is not UTF-8 (byte {skipped + exc.start} is "
+            f"0x{body[exc.start]:02x}, which no UTF-8 text holds there): send JSON encoded as "
+            "UTF-8; a Latin-1 or Windows-1252 text must be converted first.",
+            byte=skipped + exc.start,
         )
     return malformed(nested)
 
@@ -107,27 +113,29 @@ def not_json(body: bytes, nested: bool = False) -> ApiError:
 def decode(body: bytes, of: type[T], code: str, what: str) -> T:
     """``body`` as ``of``; for JSON that is not one ``422 <code>``, ``what`` and msgspec's
     sentence ("The report is not valid: Expected `int`, got `str` - at `$.progress`.")."""
-    body = without_utf8_bom(body)
+    skipped = bom_length(body)
+    unmarked = body[skipped:]
     try:
-        return msgspec.json.decode(body, type=of)
+        return msgspec.json.decode(unmarked, type=of)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
         decode_any(body)  # raises MALFORMED_JSON (or BODY_NOT_UTF8) for a body that is no JSON
         raise ApiError(422, code, f"{what}: {exc}{choices_hint(of, str(exc))}.") from None
     except msgspec.DecodeError:
-        raise not_json(body) from None
+        raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
-        raise not_json(body, nested=True) from None
+        raise not_json(unmarked, nested=True) from None
 
 
 def decode_any(body: bytes) -> Any:
     """``body`` as whatever JSON it holds."""
-    body = without_utf8_bom(body)
+    skipped = bom_length(body)
+    unmarked = body[skipped:]
     try:
-        return msgspec.json.decode(body)
+        return msgspec.json.decode(unmarked)
     except msgspec.DecodeError:
-        raise not_json(body) from None
+        raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:
-        raise not_json(body, nested=True) from None
+        raise not_json(unmarked, nested=True) from None
 
 
 # msgspec's sentence for a value outside an enum or Literal: "Invalid enum value 'god' - at
