@@ -29,7 +29,7 @@ NOT_UNSUBSCRIBED = (
 ENDS_WITHIN = 30.0
 # Outer guards for what NATS does once thawed: its clogged connection drained (megabytes of
 # publishes) and the consumer's delete taken.
-DRAINED_WITHIN = 60.0
+DRAINED_WITHIN = 60
 
 
 async def _nothing(_: SlotValue) -> None:
