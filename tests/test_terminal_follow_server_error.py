@@ -104,6 +104,21 @@ async def test_a_stream_back_is_not_lost_again_by_a_quiet_spell_longer_than_the_
     assert code == 0, err
     assert err.count("lost") == 1, err
     assert "connection back after" in err
+    # The 503, the stream back, the stream taken up again quietly after its 5 s of quiet.
+    assert server.stream_requests == 3, err
+
+
+async def test_a_stream_back_whose_quiet_spell_is_within_the_time_left_is_read_on() -> None:
+    """A 503, then the stream with 3 of ``--reconnect-for``'s 4 s left, whose job says nothing
+    for 1 s (within the time left): read on the same connection to the job's end, exit 0, not
+    taken up again."""
+    away = {"code": "UNAVAILABLE", "message": "The server is starting."}
+    server = AnsweringServer(503, away, then="stream", stream_after=1, done_after=1)
+    async with server.running():
+        code, err = await follow(server.url, reconnect_for=4)
+    assert code == 0, err
+    assert err.count("lost") == 1, err
+    assert server.stream_requests == 2, err
 
 
 async def test_too_many_streams_when_a_stream_back_is_taken_up_again_is_retried() -> None:
