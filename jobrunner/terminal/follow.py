@@ -166,7 +166,7 @@ class Follower:
             # late), else SILENT_STREAM_SECONDS. httpx keeps one read timeout for the whole
             # response, so a stream that came back on a short one is read on until that runs
             # out, then taken up again quietly on a connection of its own (below).
-            read_seconds = self._first_answer_seconds()
+            read_seconds = self._read_seconds()
             try:
                 with self.api.http.stream(
                     "GET",
@@ -249,10 +249,11 @@ class Follower:
         assert self._lost_since is not None
         return max(0.1, self.reconnect_for - (time.monotonic() - self._lost_since))
 
-    def _first_answer_seconds(self) -> float:
-        """How long to wait for the answer's headers: ``SILENT_STREAM_SECONDS``, or less while
-        the stream is lost: the time left (a host that accepts and stays silent must not make the
-        give-up late by a minute, nor its message state the wrong time)."""
+    def _read_seconds(self) -> float:
+        """How long each read of a new connection may wait (its headers, then every line, as
+        httpx keeps one read timeout for the whole response): ``SILENT_STREAM_SECONDS``, or
+        less while the stream is lost: the time left (a host that accepts and stays silent must
+        not make the give-up late by a minute, nor its message state the wrong time)."""
         if self._lost_since is None:
             return SILENT_STREAM_SECONDS
         return min(SILENT_STREAM_SECONDS, self._time_left())
