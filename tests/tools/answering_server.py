@@ -4,8 +4,7 @@ in front of it has lost it (502, 503, 504). With ``then`` it answers the stream 
 statuses once and afterwards as ``then`` says: ``"silent"`` accepts and never answers (a host
 that hangs), ``"headers"`` answers the stream's headers and then nothing, ``"stream"`` answers
 the stream after ``stream_after`` s with a keep-alive and the job's ``done`` (``done_after`` s
-after the keep-alive: a quiet job); ``after_stream``: statuses answered once each after the
-first stream, before the stream again."""
+after the keep-alive: a quiet job)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ class AnsweringServer:
         then: str | None = None,
         stream_after: float = 0.0,
         done_after: float = 0.0,
-        after_stream: tuple[int, ...] = (),
     ) -> None:
         # One status for every stream, or these in turn and then ``then``.
         self.stream_statuses = (stream_status,) if isinstance(stream_status, int) else stream_status
@@ -32,8 +30,6 @@ class AnsweringServer:
         self.then = then
         self.stream_after = stream_after
         self.done_after = done_after
-        # Statuses answered once each after the first stream, before ``then`` again.
-        self.after_stream = after_stream
         self.stream_requests = 0
         self.url = ""
         self._closing = asyncio.Event()  # set at the end: a silent answer ends
@@ -48,10 +44,6 @@ class AnsweringServer:
                 and self.stream_requests >= len(self.stream_statuses)
             ):
                 self.stream_requests += 1
-                if self.after_stream:
-                    # This request's place (its status unused), then those statuses in turn.
-                    self.stream_statuses = (*self.stream_statuses, 200, *self.after_stream)
-                    self.after_stream = ()
                 if self.then != "silent":
                     await asyncio.sleep(self.stream_after)
                     writer.write(
