@@ -90,9 +90,10 @@ API = Path(__file__).parents[2] / "jobrunner" / "services" / "api"
 NAMED_KEY = re.compile(r"""\bt\(\s*["']([a-z_]+\.[A-Za-z0-9_.]*[A-Za-z0-9])["']""")
 
 
-def test_every_word_a_page_names_exists_in_every_language() -> None:
-    """Every key the pages, their scripts and the page routes name is written in every language
-    (a key no language has shows as ``jobs.titel`` on the screen)."""
+def test_every_word_a_page_names_is_in_the_catalogue() -> None:
+    """Every key the pages, their scripts and the page routes name is one of the catalogue's (a
+    key it lacks shows as ``jobs.titel`` on the screen); checked in every language, which
+    test_every_word_exists_in_every_language makes the same."""
     files = [*API.glob("static/js/*.js"), *API.glob("templates/*.html"), *API.rglob("*.py")]
     named = {(m.group(1), f.name) for f in files for m in NAMED_KEY.finditer(f.read_text())}
     assert len(named) > 100  # the scan sees the pages' words
