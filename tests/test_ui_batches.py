@@ -353,7 +353,7 @@ async def test_a_bad_filter_in_the_address_is_said_and_lists_nothing_until_fixed
     assert "bogus" not in page.url
 
 
-async def test_a_search_too_long_in_the_address_is_said_in_english_on_an_english_page(
+async def test_a_search_too_long_in_the_address_is_said_in_the_page_s_language(
     page: Page, system: System
 ) -> None:
     """``?lang=en&search=`` of 201 characters: the alert says the limit in English, and the

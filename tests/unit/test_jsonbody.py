@@ -212,6 +212,29 @@ def test_a_utf8_byte_order_mark_before_json_is_ignored(text: str) -> None:
     assert every_read(b"\xef\xbb\xbf" + body) == every_read(body)
 
 
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [
+        # RFC 4627 §3: the NULs of the first two characters (ASCII) tell the encoding.
+        (b"\x00\x00\x00{\x00\x00\x00}", "UTF-32BE"),  # 00 00 00 xx
+        (b"\x00{\x00}", "UTF-16BE"),  # 00 xx 00 xx
+        (b"{\x00\x00\x00}\x00\x00\x00", "UTF-32LE"),  # xx 00 00 00
+        (b"{\x00}\x00", "UTF-16LE"),  # xx 00 xx 00
+        (b'"\x00a\x00"\x00', "UTF-16LE"),
+        (b"\x001", "UTF-16BE"),  # a number alone
+        (b"{}", None),  # xx xx: UTF-8
+        (b'{"a": 1}', None),
+        (b"\x00\x01", None),  # NULs, but no character a JSON text starts with
+        (b"x\x00", None),
+    ],
+)
+def test_the_encoding_of_json_without_a_byte_order_mark_is_told_by_its_nuls(
+    body: bytes, encoding: str | None
+) -> None:
+    """JSON in UTF-16 or UTF-32 without its mark is told by where its first bytes are NUL."""
+    assert jsonbody.wide_encoding(body) == encoding
+
+
 def test_the_bad_byte_after_a_utf8_byte_order_mark_is_counted_in_the_body_as_sent() -> None:
     """Latin-1 after a UTF-8 byte order mark: the byte named is where it is in the body the
     client sent, mark included (before: counted from after the mark, 3 too few)."""
