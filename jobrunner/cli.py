@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -15,6 +16,9 @@ from jobrunner.common import stallwatch
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:  # asyncpg's import only for the commands that use Postgres
+    from jobrunner.common.postgresconnect import PostgresUnusable
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -144,15 +148,31 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
 
 
+def _postgres_unusable(command: str, exc: PostgresUnusable) -> int:
+    """A command's Postgres not answering or refusing: its sentence, no traceback, and its exit
+    code (69 not answering, 78 refusing)."""
+    print(f"jobrunner {command}: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
+    from jobrunner.common import postgresconnect
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
     from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
     from jobrunner.services.projector.replaylock import ReplayLockLost
 
     settings = with_runtime(_settings(args), dict(os.environ))
+    # Postgres not answering or refusing: one sentence and an exit code, within a bound (the
+    # first connect below would wait asyncpg's 60 s on a frozen one, then end in a traceback).
+    # A Postgres frozen, stopped or refusing after this check is said the same way at the
+    # connect that meets it (each bounded: postgresconnect.CHECK_CONNECT_SECONDS).
+    try:
+        asyncio.run(postgresconnect.check_answers(settings.database_url))
+    except postgresconnect.PostgresUnusable as exc:
+        return _postgres_unusable("replay", exc)
 
     def show(progress: Progress) -> None:
         if progress.phase == "indexing":
@@ -186,6 +206,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return 4
+    except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
+        return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
     if outcome.rebuilt:
         print(
             f"replay: the read models were older than this jobrunner; rebuilt from "
@@ -211,6 +233,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return 4
+    except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
+        return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

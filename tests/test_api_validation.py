@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Awaitable
+from pathlib import Path
 
+import httpx
 import pytest
+from hypothesis import strategies as st
 
 from jobrunner.common.settings import load_settings
 from jobrunner.services.api.app import create_app
 from tests.system import System
+from tests.tools.drawn_examples import examples
 
 
 async def test_unknown_job_type_is_rejected_with_its_code(system: System) -> None:
@@ -225,3 +231,108 @@ async def test_every_json_route_says_a_latin_1_body_is_not_utf8(system: System) 
             answers[path] = (response.status_code, error["code"], "UTF-8" in error["message"])
     wrong = {path: got for path, got in answers.items() if got != (400, "BODY_NOT_UTF8", True)}
     assert not wrong, f"routes answering otherwise: {wrong}"
+
+
+def _post_json(client: httpx.AsyncClient, path: str, body: bytes) -> Awaitable[httpx.Response]:
+    return client.post(
+        re.sub(r"\{\w+\}", "x", path),
+        content=body,
+        # The external report's token is checked only after its body is read.
+        headers={"content-type": "application/json", "authorization": "Bearer x"}
+        if path.startswith("/api/external/")
+        else {"content-type": "application/json"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "mark"),
+    [
+        ("utf-16-le", b""),
+        ("utf-16-be", b""),
+        ("utf-32-le", b""),
+        ("utf-32-be", b""),
+        ("utf-16-le", b"\xff\xfe"),
+        ("utf-32-be", b"\x00\x00\xfe\xff"),
+    ],
+)
+async def test_every_json_route_says_a_utf16_or_utf32_body_is_not_utf8(
+    system: System, encoding: str, mark: bytes
+) -> None:
+    """JSON saved as "Unicode" (UTF-16) or UTF-32, with or without its byte order mark, answers
+    400 BODY_NOT_UTF8 naming the encoding on every address that takes JSON (before: without the
+    mark, 400 MALFORMED_JSON, "not valid JSON", which the sender's JSON is)."""
+    body = mark + '{"name": "Mueller", "job_type": "scraper"}'.encode(encoding)
+    answers = {}
+    async with system.client() as client:
+        for path in _json_post_routes():
+            error = (await _post_json(client, path, body)).json()["error"]
+            answers[path] = (error["code"], error.get("encoding"), "UTF-8" in error["message"])
+    named = encoding.upper().replace("-", "").replace("UTF", "UTF-")
+    wrong = {path: got for path, got in answers.items() if got != ("BODY_NOT_UTF8", named, True)}
+    assert not wrong, f"routes answering otherwise: {wrong}"
+
+
+async def test_every_json_route_reads_json_after_a_utf8_byte_order_mark(system: System) -> None:
+    """JSON saved by Notepad or PowerShell 5 starts with a UTF-8 byte order mark: each address
+    answers it as the same JSON without the mark (RFC 8259 §8.1 lets a parser ignore it; before:
+    400 MALFORMED_JSON). An unknown job type shows the body was read."""
+    body = b'{"job_type": "no_such_type", "parameters": {}}'
+    async with system.client() as client:
+        for path in _json_post_routes():
+            plain = await _post_json(client, path, body)
+            marked = await _post_json(client, path, b"\xef\xbb\xbf" + body)
+            assert plain.status_code == marked.status_code, (path, marked.text)
+            assert plain.json()["error"]["code"] == marked.json()["error"]["code"], path
+        created = await client.post(
+            "/api/jobs",
+            content=b'\xef\xbb\xbf{"job_type": "scraper", "parameters": {}}',
+            headers={"content-type": "application/json"},
+        )
+    assert created.status_code in (201, 202), created.text
+
+
+def _documented_codes() -> set[str]:
+    """Every error code README's tables name (``| 400 | `MALFORMED_JSON` | ...``)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    return set(re.findall(r"^\| \d{3} \| `([A-Z0-9_]+)` \|", readme, re.MULTILINE))
+
+
+# Any bytes, and bytes that are nearly JSON: in another encoding, after a byte order mark, cut.
+ANY_BODY = examples(
+    st.one_of(
+        st.binary(max_size=48),
+        st.tuples(
+            st.sampled_from([b"", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\x00"]),
+            st.sampled_from(["utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "latin-1"]),
+            st.dictionaries(st.sampled_from(["job_type", "name", "x"]), st.text(max_size=6)),
+            st.integers(0, 64),
+        ).map(
+            lambda p: (p[0] + json.dumps(p[2], ensure_ascii=False).encode(p[1], "replace"))[: p[3]]
+        ),
+    ),
+    40,
+)
+
+
+async def test_no_body_makes_any_json_route_answer_500_or_an_undocumented_code(
+    system: System,
+) -> None:
+    """Whatever bytes are posted to an address that takes JSON, the answer is never a 500 and
+    its code is one of any of README's error tables (documented anywhere, not necessarily for
+    that route); an answer that is no JSON counts as wrong."""
+    documented = _documented_codes()
+    assert {"MALFORMED_JSON", "BODY_NOT_UTF8"} <= documented  # the scan reads the tables
+    wrong = []
+    async with system.client() as client:
+        for path in _json_post_routes():
+            for body in ANY_BODY:
+                response = await _post_json(client, path, body)
+                try:
+                    code = response.json().get("error", {}).get("code")
+                except ValueError:  # an answer that is no JSON has no code README names
+                    code = None
+                if response.status_code >= 500 or (
+                    response.status_code >= 400 and code not in documented
+                ):
+                    wrong.append((path, body, response.status_code, code or response.text))
+    assert not wrong, wrong

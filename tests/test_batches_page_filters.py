@@ -53,3 +53,27 @@ async def test_good_filters_and_unknown_parameters_show_the_page(system: System)
             response = await client.get(f"/batches?{query}")
             assert response.status_code == 200, (query, response.text[:300])
             assert 'id="batches-filter-error"' not in response.text
+
+
+@pytest.mark.parametrize(
+    ("query", "said", "not_said"),
+    [
+        ("search=" + "x" * 201, ["Suche", "200 Zeichen"], "longer than"),
+        ("search=a%00b", ["Suche", "NUL-Zeichen"], "contains a NUL"),
+        ("status=bogus", ["bogus", "kein möglicher Wert"], "is not a possible"),
+    ],
+)
+async def test_a_german_page_says_a_bad_filter_in_german(
+    system: System, query: str, said: list[str], not_said: str
+) -> None:
+    """The German page (the default) names a bad filter value in German, the search's too
+    (before: "Die Suche geht nicht: 'search' is longer than 200 characters.")."""
+    async with system.client() as client:
+        response = await client.get(f"/batches?lang=de&{query}")
+    assert response.status_code == 400, response.text[:500]
+    alert = html.unescape(
+        response.text.split('id="batches-filter-error"', 1)[1].split("</div>", 1)[0]
+    )
+    for words in said:
+        assert words in alert, alert
+    assert not_said not in alert, alert

@@ -82,3 +82,73 @@ async def test_an_idempotency_key_too_long_is_refused_naming_the_limit(
             message = refused(response)
             assert str(MAX_KEY_CHARS) in message
             assert str(len(key)) in message
+
+
+# Keys with a character outside printable ASCII somewhere, at most 200 characters and not blank,
+# as the header's bytes arrive (UTF-8 read byte for byte as Latin-1 by the HTTP server). The HTTP
+# server itself refuses a header with a control character other than tab (DEL, \x01) with its own
+# 400, before any route: the route sees tabs and bytes 0x80 to 0xff.
+NOT_PRINTABLE = [
+    "clé-1".encode().decode("latin-1"),  # a key typed with an accent, sent as UTF-8
+    "caf\xe9",  # the same in Latin-1
+    "order\t42",  # a tab inside (one around the value is stripped)
+    "x" * (MAX_KEY_CHARS - 1) + "\xe9",  # at the limit: the character is what is wrong
+    *examples(
+        st.tuples(
+            st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20),
+            st.characters(min_codepoint=0x80, max_codepoint=0xFF),
+            st.text(
+                st.characters(min_codepoint=0x21, max_codepoint=0xFF, exclude_characters="\x7f"),
+                max_size=20,
+            ),
+        ).map("".join),
+        8,
+    ),
+]
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+async def test_an_idempotency_key_not_printable_ascii_is_refused_saying_so(
+    system: System, path: str
+) -> None:
+    """A key with an accent or a tab inside is a 400 whose sentence says a
+    key is printable ASCII (not that it is empty or too long), and nothing is stored."""
+    async with system.client() as client:
+        authorization = client.headers["authorization"]
+    before = await stored_count(system.settings)
+    body = json.dumps(ROUTES[path]).encode()
+    for key in NOT_PRINTABLE:
+        headers = [
+            ("Authorization", f" {authorization}"),
+            ("Content-Type", " application/json"),
+            ("Idempotency-Key", key),
+        ]
+        status, answer = await raw_request(system.base_url, "POST", path, headers, body)
+        assert status == 400, (key, answer)
+        assert answer is not None, f"the HTTP server refused {key!r} itself"
+        assert answer["error"]["code"] == "INVALID_IDEMPOTENCY_KEY", key
+        assert answer["error"]["header"] == "Idempotency-Key"
+        message = answer["error"]["message"]
+        assert "printable ASCII characters only" in message, (key, message)
+        assert "empty" not in message
+    assert await stored_count(system.settings) == before
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+async def test_a_key_too_long_and_not_ascii_is_said_to_be_too_long(
+    system: System, path: str
+) -> None:
+    """Over the limit and not ASCII: the length is what the sentence names (fix it first)."""
+    key = "é" * (MAX_KEY_CHARS + 1)
+    async with system.client() as client:
+        authorization = client.headers["authorization"]
+    headers = [
+        ("Authorization", f" {authorization}"),
+        ("Content-Type", " application/json"),
+        ("Idempotency-Key", key),
+    ]
+    body = json.dumps(ROUTES[path]).encode()
+    status, answer = await raw_request(system.base_url, "POST", path, headers, body)
+    assert status == 400, answer
+    assert answer["error"]["code"] == "INVALID_IDEMPOTENCY_KEY"
+    assert f"is {MAX_KEY_CHARS + 1} characters long" in answer["error"]["message"]

@@ -5,22 +5,16 @@ was being sent: see tests/tools/clogged_nats.py). Its stop waited for the thaw."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 import nats
 import pytest
-from nats.aio.client import Client as NATS
-from structlog.testing import capture_logs
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.board import LockBoard
-from jobrunner.services.runner.service import Runner
 from tests.tools.clogged_nats import (
     BOUND,
     STOP_SECONDS,
@@ -28,55 +22,11 @@ from tests.tools.clogged_nats import (
     ends_by_its_deadline,
     frozen_and_clogged,
 )
+from tests.tools.running_runner import running_runner
 
 NOT_UNSUBSCRIBED = (
     "the runner's cancel and seal subscriptions not unsubscribed: the close ends them"
 )
-
-
-class RunningRunner:
-    """A runner running on ``nc`` until ``stop`` is set; what it logged so far in ``logs``."""
-
-    def __init__(
-        self,
-        nc: NATS,
-        stop: asyncio.Event,
-        task: asyncio.Task[None],
-        logs: list[dict[str, Any]],
-    ) -> None:
-        self.nc = nc
-        self.stop = stop
-        self.task = task
-        self.logs = logs
-
-
-@contextlib.asynccontextmanager
-async def _runner(settings: Settings) -> AsyncIterator[RunningRunner]:
-    """A runner that has started, its log captured; stopped (or cancelled) and its
-    connection closed after."""
-    nc = await eventstore.connect(settings, "runner")
-    stop = asyncio.Event()
-    try:
-        with capture_logs() as logs:
-            made = Runner(settings, nc)
-            # The streams and buckets are made by run_runner before Runner.run (as a service
-            # starts): a runner run on its own needs them made first.
-            await eventstore.ensure_topology(made.js, made.names, settings)
-            running = asyncio.create_task(made.run(stop))
-            runner = RunningRunner(nc, stop, running, logs)
-            try:
-                async with asyncio.timeout(60):
-                    while not any(e["event"] == "runner started" for e in logs):
-                        assert not runner.task.done()
-                        await asyncio.sleep(0.05)
-                yield runner
-            finally:
-                stop.set()
-                if not runner.task.done():
-                    runner.task.cancel()
-                    await asyncio.wait({runner.task}, timeout=30)
-    finally:
-        await eventstore.close(nc)
 
 
 @THAWED_EITHER_SIDE_OF_THE_BOUND
@@ -91,7 +41,7 @@ async def test_the_runners_stop_unsubscribes_within_the_bound(
     3 s bound: left to the close, said in the log; the stop used to wait for the thaw."""
     monkeypatch.setattr(eventstore, "UNSUBSCRIBE_STOP_SECONDS", BOUND)
     private = msgspec.structs.replace(settings, nats_url=own_nats.url)
-    async with _runner(private) as runner:
+    async with running_runner(private) as runner:
         async with frozen_and_clogged(own_nats, runner.nc, thawed_after=frozen_for):
             runner.stop.set()
             await asyncio.wait_for(asyncio.shield(runner.task), 60)
@@ -105,7 +55,7 @@ async def test_the_runners_stop_ends_by_its_deadline_with_nats_frozen_throughout
     """NATS frozen, its connection clogged, and not thawed until the stop is over: the
     runner's run ends within its stop's deadline, not at the thaw."""
     private = msgspec.structs.replace(settings, nats_url=own_nats.url, stop_seconds=STOP_SECONDS)
-    async with _runner(private) as runner, frozen_and_clogged(own_nats, runner.nc):
+    async with running_runner(private) as runner, frozen_and_clogged(own_nats, runner.nc):
         runner.stop.set()
         await ends_by_its_deadline(asyncio.shield(runner.task))
 

@@ -92,6 +92,24 @@ async def test_a_host_that_answers_within_the_time_left_is_followed_to_the_end()
     assert "connection back after" in err
 
 
+async def test_a_stream_back_is_not_lost_again_by_a_quiet_spell_longer_than_the_time_left() -> None:
+    """A 503, then the stream with 3 of ``--reconnect-for``'s 4 s left, whose job then says
+    nothing for 5 s (under the minute a silent stream is given): the follow goes on to the
+    job's end, exit 0, and tells no second loss. The wait for the stream's headers, bounded by
+    the time left, must not bound the quiet of a stream that is back."""
+    away = {"code": "UNAVAILABLE", "message": "The server is starting."}
+    server = AnsweringServer(503, away, then="stream", stream_after=1, done_after=5)
+    async with server.running():
+        code, err = await follow(server.url, reconnect_for=4)
+    assert code == 0, err
+    assert err.count("lost") == 1, err
+    assert "connection back after" in err
+    # The 503, then the stream back read to its end on its connection (before: taken up again
+    # quietly on a third once its quiet outlasted the time left, the read bound of the
+    # connection made while lost).
+    assert server.stream_requests == 2, err
+
+
 async def test_too_many_streams_while_reconnecting_is_retried_like_a_server_away() -> None:
     """A 503, then 429 TOO_MANY_STREAMS (the lost stream still counted by the server), then the
     stream: the follow goes on to the job's end, exit 0. (Before, the 429 ended it, exit 2.)"""

@@ -321,3 +321,46 @@ async def test_batch_page_shows_new_attempts_of_a_restart_made_elsewhere(
     assert restarted.status_code == 202, restarted.text
     await expect(attempts).to_have_text(["2", "2"], timeout=30_000)
     assert await page.evaluate("window.sameDocument") is True
+
+
+async def test_a_bad_filter_in_the_address_is_said_and_lists_nothing_until_fixed(
+    page: Page, system: System
+) -> None:
+    """A link with ``status=bogus`` opens /batches with an alert naming the value and its
+    choices in German, lists no batch (not every batch, as if unfiltered) and asks the API for
+    none; choosing a filter and "Filtern" takes the alert away and lists the batches."""
+    batch_id = await create_batch(system, "Gefiltert", [("emit", {"lines": 1})])
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/batches?" in r.url else None)
+    response = await page.goto("/batches?lang=de&status=bogus")
+    assert response is not None
+    assert response.status == 400
+    await page.wait_for_selector("html[data-ready]")
+    alert = page.locator("#batches-filter-error")
+    await expect(alert).to_have_attribute("role", "alert")
+    await expect(alert).to_contain_text("„bogus“ ist kein möglicher Wert für status")
+    await expect(alert).to_contain_text("pending, running, completed, failed, cancelled")
+    await expect(alert).to_contain_text("Die Liste bleibt leer, bis der Filter berichtigt ist")
+    await expect(page.locator("#batches-body [data-batch-row]")).to_have_count(0)
+    assert not asked  # nothing listed, nothing asked for
+
+    await page.get_by_role("search").get_by_label("Status").select_option("")
+    await page.get_by_role("button", name="Filtern").click()
+    await expect(alert).to_have_count(0)
+    row = page.locator(f'[data-batch-row][data-batch-id="{batch_id}"]')
+    await expect(row).to_contain_text("Gefiltert", timeout=30_000)
+    assert asked
+    assert "bogus" not in page.url
+
+
+async def test_a_search_too_long_in_the_address_is_said_in_the_page_s_language(
+    page: Page, system: System
+) -> None:
+    """``?lang=en&search=`` of 201 characters: the alert says the limit in English, and the
+    German page says it in German (before: in English on both)."""
+    for lang, words in (("en", "longer than 200 characters"), ("de", "länger als 200 Zeichen")):
+        response = await page.goto(f"/batches?lang={lang}&search={'x' * 201}")
+        assert response is not None
+        assert response.status == 400
+        await page.wait_for_selector("html[data-ready]")
+        await expect(page.locator("#batches-filter-error")).to_contain_text(words)

@@ -75,12 +75,15 @@ async def create_pool(
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     init: Callable[[asyncpg.Connection], Awaitable[None]] = init_connection,
     connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
+    connect_timeout: float | None = None,
     **settings: str,
 ) -> asyncpg.Pool:
     """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``);
     ``reset`` replaces asyncpg's reset of a released connection (``keep_session``); ``init``
     sets up each new connection (``init_connection`` or one that calls it); ``connect`` opens
-    one (``asyncpg.connect`` when None, or ``connect_or_unreachable``)."""
+    one (``asyncpg.connect`` when None, or ``connect_or_unreachable``), within
+    ``connect_timeout`` seconds (None: asyncpg's 60)."""
+    bound = {} if connect_timeout is None else {"timeout": connect_timeout}
     return await asyncpg.create_pool(
         url,
         min_size=min_size,
@@ -89,6 +92,7 @@ async def create_pool(
         reset=reset,
         connect=connect,
         server_settings=settings,
+        **bound,
     )
 
 

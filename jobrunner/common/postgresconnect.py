@@ -1,11 +1,20 @@
 """What a failed connect to Postgres means: an outage that may pass (waited out, retried) or a
 refusal that will not (a wrong password or user, no such database: the configuration is wrong,
 and waiting would hide it). Shared by the projector's start (services/projector/outage.py) and
-the API's (services/api/readmodelgate.py), which end their start with a refusal."""
+the API's (services/api/readmodelgate.py), which end their start with a refusal; and a
+command's check at its start (``check_answers``: `jobrunner replay`), which ends at either, as
+it does at a later connect of its own that fails (``unusable``: Postgres frozen or stopped after
+the check)."""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import asyncpg
+
+from jobrunner.common import exitcodes
+from jobrunner.common.database import PostgresUnreachable
+from jobrunner.common.refusal import REFUSED_EXIT
 
 # A connect that may succeed later: refused, reset, timed out, Postgres starting up or shutting
 # down, its connections all taken. A refusal (below) is raised.
@@ -32,3 +41,83 @@ WHAT_TO_DO_ON_REFUSAL = (
 def refused(exc: BaseException) -> bool:
     """Whether ``exc`` is Postgres refusing this database_url (no waiting makes it pass)."""
     return isinstance(exc, REFUSING_CONNECT_ERRORS)
+
+
+# A command's Postgres does not answer (stopped, frozen, unreachable).
+UNAVAILABLE_EXIT = exitcodes.UNAVAILABLE
+# A command's connect (its check at the start, and each it opens later: the rebuild's, the
+# replay's): past it, a Postgres that accepts the connection and answers nothing (frozen) is
+# given up, as asyncpg would only after 60 s. A working Postgres answers a connect in
+# milliseconds, a loaded one in a second or two.
+CHECK_CONNECT_SECONDS = 10.0
+WHAT_TO_DO_WHEN_UNAVAILABLE = "start Postgres or check database_url"
+
+
+class PostgresUnusable(Exception):
+    """A command's Postgres did not answer, or refused its database_url: its sentence starts
+    with the code (``POSTGRES_UNAVAILABLE``, ``POSTGRES_REFUSED``), and ``exit_code`` is the
+    command's."""
+
+    def __init__(self, code: str, sentence: str, exit_code: int) -> None:
+        super().__init__(f"{code}: {sentence}")
+        self.code = code
+        self.exit_code = exit_code
+
+
+# The failed connects of a command's own work (past its check) that ``unusable`` says as the
+# check does. Its connects raise ``PostgresUnreachable`` for a socket's error or their timeout
+# (``database.connect_or_unreachable``), not a bare ``OSError``: an ``OSError`` of anything
+# else (NATS, a file) is not said to be Postgres'.
+COMMAND_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    PostgresUnreachable,
+    *(error for error in PASSING_CONNECT_ERRORS if error is not OSError),
+    *REFUSING_CONNECT_ERRORS,
+)
+
+
+async def check_answers(database_url: str, within: float = CHECK_CONNECT_SECONDS) -> None:
+    """Connect once (within ``within`` seconds) and close: ``PostgresUnusable`` when Postgres
+    does not answer or refuses, so that a command says so in one sentence before it starts."""
+    try:
+        conn = await asyncpg.connect(database_url, timeout=within)
+    except (*REFUSING_CONNECT_ERRORS, *PASSING_CONNECT_ERRORS) as exc:
+        raise unusable(exc, database_url, within) from None
+    conn.terminate()  # nothing to close gracefully: no round trip to wait on
+
+
+def unusable(
+    exc: BaseException, database_url: str, within: float = CHECK_CONNECT_SECONDS
+) -> PostgresUnusable:
+    """The sentence and exit code of a command whose connect failed with ``exc`` (one of
+    ``PASSING_CONNECT_ERRORS``, ``REFUSING_CONNECT_ERRORS`` or ``COMMAND_CONNECT_ERRORS``)."""
+    where = server_of(database_url)
+    if refused(exc):
+        return PostgresUnusable(
+            "POSTGRES_REFUSED",
+            f"Postgres at {where} refused database_url ({_told(exc)}): {WHAT_TO_DO_ON_REFUSAL}",
+            REFUSED_EXIT,
+        )
+    return PostgresUnusable(
+        "POSTGRES_UNAVAILABLE",
+        f"Postgres at {where} does not answer ({_told(exc)}, a connect's bound {within:g} s): "
+        f"{WHAT_TO_DO_WHEN_UNAVAILABLE}",
+        UNAVAILABLE_EXIT,
+    )
+
+
+def _told(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def server_of(database_url: str) -> str:
+    """``host:port/database`` of a Postgres URL, for logs: never its user or password. A host
+    given as ``?host=`` (a Unix socket's directory, ``?host=/run/postgresql``) is the one
+    connected to, and named; so is ``?port=``."""
+    url = urlsplit(database_url)
+    query = parse_qs(url.query)
+    try:
+        port: int | str = query["port"][0] if "port" in query else url.port or 5432
+    except ValueError:
+        port = 5432
+    host = query["host"][0] if "host" in query else url.hostname or "localhost"
+    return f"{host}:{port}{url.path}"

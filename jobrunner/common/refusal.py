@@ -7,10 +7,10 @@ with ``REFUSED_EXIT`` and ``jobrunner up`` stops instead of restarting it.
 
 from __future__ import annotations
 
+from jobrunner.common import exitcodes
 from jobrunner.common.settings import SettingsError
 
-# sysexits' EX_CONFIG.
-REFUSED_EXIT = 78
+REFUSED_EXIT = exitcodes.CONFIG
 
 
 class StateRefused(SettingsError):

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from jobrunner.common import exitcodes
+
 DEFAULT_STATE_DIR = ".jobrunner"
 
 
@@ -31,7 +33,7 @@ class ClientError(Exception):
 # Exit codes (README "Terminal client"): beside 0 and the tool's own exit code.
 EXIT_USAGE = 2  # a bad argument, or the server refused the request
 EXIT_FAILED_WITHOUT_CODE = 75  # the job failed with no exit code (timeout, runner lost, ...)
-EXIT_UNREACHABLE = 69  # no server at the address
+EXIT_UNREACHABLE = exitcodes.UNAVAILABLE  # no server at the address
 EXIT_SERVER_ERROR = 70  # the server failed on the request (a 500: its bug, no retry mends it)
 EXIT_CANCELLED = 130  # the job was cancelled (or following was interrupted)
 

@@ -4,10 +4,7 @@ not a terminal). Ends with the job's ``done`` event."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +32,7 @@ from jobrunner.terminal.connection import (
     Api,
     ClientError,
 )
+from jobrunner.terminal.first_line_bound import FirstLineBound
 
 LEVEL_STYLES = {
     "DEBUG": "dim",
@@ -121,7 +119,6 @@ class Follower:
     # Why the server ended the stream without ``done`` (its ``unavailable`` event), if it said.
     _ended_because: str | None = field(default=None, repr=False)
     _lost_since: float | None = field(default=None, repr=False)  # when the stream was lost
-    _first_line_timer: threading.Timer | None = field(default=None, repr=False)
     _progress: Progress | None = field(default=None, repr=False)
     _task: Any = field(default=None, repr=False)
     _last_plain_progress: float = 0.0
@@ -159,16 +156,24 @@ class Follower:
         while self.done is None:
             headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
             self._ended_because = None
-            bound = threading.Event()  # set when the time left ran out before the first line
+            # While lost, the answer and its first line within the time left (``FirstLineBound``);
+            # every read waits SILENT_STREAM_SECONDS, lost or back.
+            first_line: FirstLineBound | None = None
+            if self._lost_since is not None:
+                first_line = FirstLineBound(self._time_left())
+                # Not kept for the next attempt: each makes its connection, where the bound
+                # starts (one taken from the pool starts it only at the answer's headers).
+                headers["Connection"] = "close"
             try:
                 with self.api.http.stream(
                     "GET",
                     f"/api/jobs/{self.job_id}/stream",
                     headers={**headers, "Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(
-                        self._connect_seconds(), read=self._first_answer_seconds()
-                    ),
+                    timeout=httpx.Timeout(self._connect_seconds(), read=SILENT_STREAM_SECONDS),
+                    extensions=None if first_line is None else {"trace": first_line.trace},
                 ) as response:
+                    if first_line is not None:
+                        first_line.start(response.extensions["network_stream"])
                     if response.status_code >= 400:
                         response.read()
                         refusal = self.api.refused(response)
@@ -187,22 +192,21 @@ class Follower:
                         raise refusal
                     # Back once the stream says something (a keep-alive will do), not at its
                     # headers: an API that stalls at once answers 200 and then nothing, which
-                    # is no connection back (its give-up clock must run on). The headers' wait
-                    # (at most the time left) must not bound the silence of a stream that is
-                    # back: httpcore takes the body's read timeout from here as it starts.
-                    response.request.extensions["timeout"]["read"] = SILENT_STREAM_SECONDS
-                    with self._first_line_bound(response, bound):
-                        for event in sse_events(self._telling_back(response.iter_lines(), bound)):
-                            self._show(event)
-                            if self.done is not None:
-                                return
+                    # is no connection back (its give-up clock must run on).
+                    for event in sse_events(self._telling_back(response.iter_lines(), first_line)):
+                        self._show(event)
+                        if self.done is not None:
+                            return
                 why = self._ended_because or "the server ended the stream"
-            except httpx.TransportError as exc:
+            except httpx.TransportError as exc:  # a ReadTimeout too: SILENT_STREAM_SECONDS
                 why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except _Away as exc:
                 why = str(exc)
-            if bound.is_set():
-                why = "it answered but sent no stream line in the time left"
+            finally:
+                if first_line is not None:
+                    first_line.stop()
+            if first_line is not None and first_line.fired.is_set():
+                why = "it sent no stream line in the time left"
             now = time.monotonic()
             if self._lost_since is None:
                 self._lost_since = now
@@ -232,48 +236,15 @@ class Follower:
         assert self._lost_since is not None
         return max(0.1, self.reconnect_for - (time.monotonic() - self._lost_since))
 
-    def _first_answer_seconds(self) -> float:
-        """How long to wait for the answer's headers: ``SILENT_STREAM_SECONDS``, or less while
-        the stream is lost: the time left (a host that accepts and stays silent must not make the
-        give-up late by a minute, nor its message state the wrong time)."""
-        if self._lost_since is None:
-            return SILENT_STREAM_SECONDS
-        return min(SILENT_STREAM_SECONDS, self._time_left())
-
-    @contextlib.contextmanager
-    def _first_line_bound(self, response: httpx.Response, fired: threading.Event) -> Iterator[None]:
-        """While the stream is lost, a timer that ends the connection when its first line has
-        not come within the time left (set when it did). The read timeout cannot bound it: it
-        holds for the whole stream, whose keep-alives come only every 15 s once it is back.
-        Stopped at the first line by ``_telling_back``."""
-        if self._lost_since is None:
-            yield
-            return
-        sock = response.extensions["network_stream"].get_extra_info("socket")
-
-        def end() -> None:
-            fired.set()
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read: the stream ends
-
-        timer = threading.Timer(self._time_left(), end)
-        timer.daemon = True
-        self._first_line_timer = timer
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-            self._first_line_timer = None
-
-    def _telling_back(self, lines: Iterator[str], bound: threading.Event) -> Iterator[str]:
+    def _telling_back(
+        self, lines: Iterator[str], first_line: FirstLineBound | None
+    ) -> Iterator[str]:
         """``lines``, saying on stderr at the first that the connection is back (when lost)."""
         for line in lines:
-            if bound.is_set():
-                return
-            if self._first_line_timer is not None:
-                self._first_line_timer.cancel()
-                self._first_line_timer = None
+            if first_line is not None:
+                if first_line.fired.is_set():
+                    return
+                first_line.stop()
             if self._lost_since is not None:
                 self._notice(
                     f"connection back after {time.monotonic() - self._lost_since:.0f} s; "

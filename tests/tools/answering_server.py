@@ -3,7 +3,8 @@ fixed status: what ``jobrunner logs --follow`` meets when the API has a bug (500
 in front of it has lost it (502, 503, 504). With ``then`` it answers the stream with each of the
 statuses once and afterwards as ``then`` says: ``"silent"`` accepts and never answers (a host
 that hangs), ``"headers"`` answers the stream's headers and then nothing, ``"stream"`` answers
-the stream after ``stream_after`` s with a keep-alive and the job's ``done``."""
+the stream after ``stream_after`` s with a keep-alive and the job's ``done`` (``done_after`` s
+after the keep-alive: a quiet job)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ class AnsweringServer:
         stream_error: dict[str, str],
         then: str | None = None,
         stream_after: float = 0.0,
+        done_after: float = 0.0,
     ) -> None:
         # One status for every stream, or these in turn and then ``then``.
         self.stream_statuses = (stream_status,) if isinstance(stream_status, int) else stream_status
         self.stream_error = stream_error
         self.then = then
         self.stream_after = stream_after
+        self.done_after = done_after
         self.stream_requests = 0
         self.url = ""
         self._closing = asyncio.Event()  # set at the end: a silent answer ends
@@ -48,6 +51,9 @@ class AnsweringServer:
                         b"Connection: close\r\n\r\n"
                     )
                     if self.then == "stream":
+                        writer.write(b": keep-alive\n\n")
+                        await writer.drain()
+                        await asyncio.sleep(self.done_after)
                         writer.write(self._done_event())
                     await writer.drain()
                 if self.then != "stream":
@@ -77,7 +83,7 @@ class AnsweringServer:
     @staticmethod
     def _done_event() -> bytes:
         done = json.dumps({"status": "completed", "exit_code": 0})
-        return f": keep-alive\n\nevent: done\ndata: {done}\n\n".encode()
+        return f"event: done\ndata: {done}\n\n".encode()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[AnsweringServer]:

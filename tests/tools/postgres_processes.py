@@ -25,18 +25,29 @@ def postgres_pids(server: EmbeddedPostgres) -> list[int]:
     return [postmaster, *children]
 
 
-@contextlib.contextmanager
-def frozen_postgres(server: EmbeddedPostgres) -> Iterator[None]:
-    """All of ``server`` SIGSTOPped (connects then hang: the kernel still accepts them), and
-    SIGCONTinued at the end. The postmaster first, so that it starts no backend in between; a
-    backend that ended meanwhile is passed over."""
+def freeze_postgres(server: EmbeddedPostgres) -> list[int]:
+    """SIGSTOP all of ``server`` (connects then hang: the kernel still accepts them) and return
+    the processes stopped, for ``thaw``. The postmaster first, so that it starts no backend in
+    between; a backend that ended between the listing and its freeze is passed over."""
     pids = postgres_pids(server)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, FileNotFoundError):
             freeze(pid)
+    return pids
+
+
+def thaw(pids: list[int]) -> None:
+    """SIGCONT what ``freeze_postgres`` stopped; one that ended meanwhile is passed over."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def frozen_postgres(server: EmbeddedPostgres) -> Iterator[None]:
+    """All of ``server`` frozen (``freeze_postgres``) while the block runs, thawed at its end."""
+    pids = freeze_postgres(server)
     try:
         yield
     finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        thaw(pids)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -80,3 +82,22 @@ def test_same_placeholders_in_every_language() -> None:
     for lang in LANGUAGES:
         for key, names in fields[DEFAULT_LANGUAGE].items():
             assert fields[lang].get(key, names) == names, (lang, key)
+
+
+API = Path(__file__).parents[2] / "jobrunner" / "services" / "api"
+# ``t('jobs.title')`` in a template, ``t("live.started", ...)`` in a script or in Python; a key
+# built at run time (``'status.' ~ s``) shows only its fixed start, which ends in "_" or ".".
+NAMED_KEY = re.compile(r"""\bt\(\s*["']([a-z_]+\.[A-Za-z0-9_.]*[A-Za-z0-9])["']""")
+
+
+def test_every_word_a_page_names_is_in_the_catalogue() -> None:
+    """Every key the pages, their scripts and the page routes name is one of the catalogue's (a
+    key it lacks shows as ``jobs.titel`` on the screen); checked in every language, which
+    test_every_word_exists_in_every_language makes the same."""
+    files = [*API.glob("static/js/*.js"), *API.glob("templates/*.html"), *API.rglob("*.py")]
+    named = {(m.group(1), f.name) for f in files for m in NAMED_KEY.finditer(f.read_text())}
+    assert len(named) > 100  # the scan sees the pages' words
+    missing = [
+        (key, where, lang) for key, where in named for lang in LANGUAGES if key not in TEXT[lang]
+    ]
+    assert not missing

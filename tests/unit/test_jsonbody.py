@@ -12,6 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jobrunner.services.api import jsonbody
+from jobrunner.services.api.action_executor import decode_options
 from jobrunner.services.api.errors import ApiError
 
 
@@ -97,7 +98,11 @@ def test_every_body_is_a_shape_a_malformed_json_or_the_wrong_shape(body: bytes) 
     elif not is_utf8(body):
         assert got == (400, "BODY_NOT_UTF8"), body
     elif not is_json(body):
-        assert got == (400, "MALFORMED_JSON"), body
+        # Valid UTF-8 but no JSON: UTF-16 or -32 of ASCII (NULs between the characters) is
+        # BODY_NOT_UTF8 too.
+        assert got in {(400, "MALFORMED_JSON"), (400, "BODY_NOT_UTF8")}, body
+        if b"\x00" not in body[:4]:
+            assert got == (400, "MALFORMED_JSON"), body
     else:
         assert got == (422, "INVALID_SHAPE"), body
 
@@ -151,3 +156,112 @@ def test_a_utf16_body_is_not_utf8_either(body: bytes) -> None:
     with pytest.raises(ApiError) as exc:
         jsonbody.decode_any(body)
     assert (exc.value.status, exc.value.code) == (400, "BODY_NOT_UTF8")
+
+
+JSON_TEXTS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+).map(lambda value: json.dumps(value, ensure_ascii=False))
+WIDE = ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"]
+BOMS = {
+    "utf-16-le": b"\xff\xfe",
+    "utf-16-be": b"\xfe\xff",
+    "utf-32-le": b"\xff\xfe\x00\x00",
+    "utf-32-be": b"\x00\x00\xfe\xff",
+}
+
+
+def every_read(body: bytes) -> list[tuple[int, str] | object]:
+    """What each reader of a JSON body answers: a route's typed one, the batch's untyped one,
+    an action's options."""
+    answers: list[tuple[int, str] | object] = []
+    for read in (
+        lambda: jsonbody.decode(body, Shape, "INVALID_SHAPE", "The body is not a shape"),
+        lambda: jsonbody.decode_any(body),
+        lambda: decode_options(body),
+    ):
+        try:
+            answers.append(read())
+        except ApiError as exc:
+            answers.append((exc.status, exc.code, exc.extra.get("encoding")))
+    return answers
+
+
+@settings(max_examples=200)
+@given(text=JSON_TEXTS, encoding=st.sampled_from(WIDE), marked=st.booleans())
+def test_json_in_utf16_or_utf32_is_said_to_be_not_utf8(
+    text: str, encoding: str, marked: bool
+) -> None:
+    """JSON written in UTF-16 or UTF-32, with its byte order mark or without (a Windows tool's
+    "Unicode"), answers 400 BODY_NOT_UTF8 naming the encoding on every reader of a body (before:
+    without the mark its NULs are UTF-8, and the answer was MALFORMED_JSON, "not valid JSON")."""
+    body = (BOMS[encoding] if marked else b"") + text.encode(encoding)
+    name = encoding.upper().replace("-", "").replace("UTF", "UTF-")
+    for got in every_read(body):
+        assert got == (400, "BODY_NOT_UTF8", name), (body, got)
+
+
+@settings(max_examples=200)
+@given(text=JSON_TEXTS)
+def test_a_utf8_byte_order_mark_before_json_is_ignored(text: str) -> None:
+    """JSON saved by Notepad or PowerShell 5 (``-Encoding UTF8``) starts with a UTF-8 byte order
+    mark: each reader answers as for the same JSON without it (RFC 8259 §8.1; before: 400
+    MALFORMED_JSON, "not valid JSON", for JSON that is)."""
+    body = text.encode()
+    assert every_read(b"\xef\xbb\xbf" + body) == every_read(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [
+        # RFC 4627 §3: the NULs of the first two characters (ASCII) tell the encoding.
+        (b"\x00\x00\x00{\x00\x00\x00}", "UTF-32BE"),  # 00 00 00 xx
+        (b"\x00{\x00}", "UTF-16BE"),  # 00 xx 00 xx
+        (b"{\x00\x00\x00}\x00\x00\x00", "UTF-32LE"),  # xx 00 00 00
+        (b"{\x00}\x00", "UTF-16LE"),  # xx 00 xx 00
+        (b'"\x00a\x00"\x00', "UTF-16LE"),
+        (b"\x001", "UTF-16BE"),  # a number alone
+        (b"{}", None),  # xx xx: UTF-8
+        (b'{"a": 1}', None),
+        (b"\x00\x01", None),  # NULs, but no character a JSON text starts with
+        (b"x\x00", None),
+    ],
+)
+def test_the_encoding_of_json_without_a_byte_order_mark_is_told_by_its_nuls(
+    body: bytes, encoding: str | None
+) -> None:
+    """JSON in UTF-16 or UTF-32 without its mark is told by where its first bytes are NUL."""
+    assert jsonbody.wide_encoding(body) == encoding
+
+
+def test_the_bad_byte_after_a_utf8_byte_order_mark_is_counted_in_the_body_as_sent() -> None:
+    """Latin-1 after a UTF-8 byte order mark: the byte named is where it is in the body the
+    client sent, mark included (before: counted from after the mark, 3 too few)."""
+    body = b'\xef\xbb\xbf{"name": "M\xfcller"}'
+    assert body.index(b"\xfc") == 14
+    for got in every_read_refusal(body):
+        assert (got.status, got.code, got.extra.get("byte")) == (400, "BODY_NOT_UTF8", 14)
+        assert "byte 14 is 0xfc" in got.message
+
+
+def every_read_refusal(body: bytes) -> list[ApiError]:
+    """The refusal of each reader of a JSON body (a route's typed one, the batch's untyped one,
+    an action's options) for a ``body`` none of them takes."""
+    refusals = []
+    for read in (
+        lambda: jsonbody.decode(body, Shape, "INVALID_SHAPE", "The body is not a shape"),
+        lambda: jsonbody.decode_any(body),
+        lambda: decode_options(body),
+    ):
+        with pytest.raises(ApiError) as refused:
+            read()
+        refusals.append(refused.value)
+    return refusals
+
+
+@pytest.mark.parametrize("body", [b"\x00\x01", b"\x00", b"\x01\x00", b"\x00\x00\x00\x00"])
+def test_nul_bytes_that_no_encoding_makes_json_are_malformed(body: bytes) -> None:
+    """Bytes with NULs whose first character no JSON text starts with are just not JSON."""
+    for got in every_read(body):
+        assert got == (400, "MALFORMED_JSON", None), (body, got)

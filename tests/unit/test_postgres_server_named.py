@@ -3,7 +3,7 @@ never the user or password."""
 
 from __future__ import annotations
 
-from jobrunner.services.projector.outage import server_of
+from jobrunner.common.postgresconnect import server_of
 
 
 def test_a_url_with_a_host_names_it_and_leaves_the_password_out() -> None:

@@ -79,17 +79,19 @@ async def event_store_answers() -> AsyncIterator[None]:
 
 def decode_options(body: bytes) -> ActionOptions:
     """The optional JSON body of an action: empty means no options."""
-    if not body.strip():
+    skipped = jsonbody.bom_length(body)
+    unmarked = body[skipped:]
+    if not unmarked.strip():
         return ActionOptions()
     try:
-        return msgspec.json.decode(body, type=ActionOptions)
+        return msgspec.json.decode(unmarked, type=ActionOptions)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
         jsonbody.decode_any(body)  # a body that is no JSON at all is MALFORMED_JSON
         raise options_refused(str(exc)) from None
     except msgspec.DecodeError:
-        raise jsonbody.not_json(body) from None
+        raise jsonbody.not_json(unmarked, skipped=skipped) from None
     except RecursionError:
-        raise jsonbody.not_json(body, nested=True) from None
+        raise jsonbody.not_json(unmarked, nested=True) from None
 
 
 # What each option must be: msgspec's own words name the pattern ("Expected `str` matching

@@ -13,7 +13,11 @@ from collections.abc import Callable, Collection
 from datetime import date
 
 from jobrunner.services.api.batch_readmodels import BATCH_STATUSES
-from jobrunner.services.api.queryparams import ARCHIVED_CHOICES, search_problem
+from jobrunner.services.api.queryparams import (
+    ARCHIVED_CHOICES,
+    MAX_SEARCH_LENGTH,
+    search_problem,
+)
 
 # Filters GET /api/batches takes as a comma-separated list (``status=running,failed``).
 LISTS = frozenset({"status", "job_type"})
@@ -47,9 +51,9 @@ def filter_problems(
                 problems.append(
                     t("filters.bad_choice", value=value, name=name, choices=", ".join(allowed))
                 )
-    search = search_problem("search", filters["search"])
+    search = search_problem(filters["search"])
     if search:  # the API's bound: else a page, then "cannot be loaded right now"
-        problems.append(t("filters.bad_search", problem=search))
+        problems.append(t(f"filters.search_{search}", name="search", max=str(MAX_SEARCH_LENGTH)))
     days = {}
     for name in ("created_from", "created_to"):
         value = filters[name]

@@ -177,7 +177,13 @@ TEXT: dict[str, dict[str, str]] = {
         "filters.bad_choice": (
             "„{value}“ ist kein möglicher Wert für {name}: möglich sind {choices}."
         ),
-        "filters.bad_search": "Die Suche geht nicht: {problem}",
+        "filters.search_too_long": (
+            "Die Suche ({name}) ist länger als {max} Zeichen: bitte kürzen."
+        ),
+        "filters.search_nul": (
+            "Die Suche ({name}) enthält ein NUL-Zeichen (%00), das kein Name und keine ID "
+            "enthält: bitte entfernen."
+        ),
         "filters.bad_date": (
             "„{value}“ ist kein Datum für {name}: bitte als JJJJ-MM-TT (YYYY-MM-DD)."
         ),
@@ -457,7 +463,10 @@ TEXT: dict[str, dict[str, str]] = {
         "batches.apply": "Apply",
         "batches.reset": "Reset",
         "filters.bad_choice": "“{value}” is not a possible {name}: choose one of {choices}.",
-        "filters.bad_search": "The search cannot be used: {problem}",
+        "filters.search_too_long": "The {name} is longer than {max} characters: shorten it.",
+        "filters.search_nul": (
+            "The {name} contains a NUL character (%00), which no name or id holds: remove it."
+        ),
         "filters.bad_date": "“{value}” is not a date for {name}: write it as YYYY-MM-DD.",
         "filters.bad_range": (
             "created_from {start} is later than created_to {end}: nothing could match; swap them."

@@ -9,6 +9,13 @@ untyped body always answered so). ``400 BODY_NOT_UTF8`` when the body is not UTF
 in Latin-1 or UTF-16 by a Windows tool): "not valid JSON" sent its sender looking for a syntax
 error in JSON that has none. Checked only once msgspec has refused the body: a good body pays
 nothing.
+
+UTF-16 and UTF-32 are told by their byte order mark, or without one by the NUL bytes their
+first character has (RFC 4627 §3: a JSON text starts with an ASCII character, two or four bytes
+wide there); a body of NULs that is no such text (``\x00\x01``) stays MALFORMED_JSON. A leading
+UTF-8 byte order mark is ignored (RFC 8259 §8.1 lets a parser do so; Windows tools, Notepad and
+PowerShell 5's ``-Encoding UTF8``, write one): refusing JSON that is UTF-8 as "not UTF-8" would
+send its sender looking for an encoding problem it does not have.
 """
 
 from __future__ import annotations
@@ -23,25 +30,82 @@ from jobrunner.services.api.errors import ApiError
 
 T = TypeVar("T")
 
+UTF8_BOM = b"\xef\xbb\xbf"
+# Longest first: UTF-32LE's mark begins with UTF-16LE's.
+_WIDE_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32BE"),
+    (b"\xff\xfe\x00\x00", "UTF-32LE"),
+    (b"\xfe\xff", "UTF-16BE"),
+    (b"\xff\xfe", "UTF-16LE"),
+)
+# The NUL pattern of a first character that is ASCII (RFC 4627 §3), in the first four bytes
+# (or two, for a one-character UTF-16 text): None is any byte but NUL.
+_WIDE_PATTERNS = (
+    ((0, 0, 0, None), "UTF-32BE"),
+    ((None, 0, 0, 0), "UTF-32LE"),
+    ((0, None), "UTF-16BE"),
+    ((None, 0), "UTF-16LE"),
+)
+# What a JSON text may begin with: whitespace, a value's first character.
+_JSON_FIRST = frozenset(' \t\r\n{["-0123456789tfn')
+
+
+def bom_length(body: bytes) -> int:
+    """How many bytes of ``body`` are a leading UTF-8 byte order mark (0 or 3)."""
+    return len(body) - len(without_utf8_bom(body))
+
+
+def without_utf8_bom(body: bytes) -> bytes:
+    """``body`` without a leading UTF-8 byte order mark (RFC 8259 §8.1: a parser may ignore it)."""
+    return body[len(UTF8_BOM) :] if body.startswith(UTF8_BOM) else body
+
+
+def wide_encoding(body: bytes) -> str | None:
+    """``UTF-16LE`` (and so on) when ``body`` is JSON in UTF-16 or UTF-32, told by its byte order
+    mark or by the NUL bytes of its first (ASCII) character; else None."""
+    for bom, name in _WIDE_BOMS:
+        if body.startswith(bom):
+            return name
+    for pattern, name in _WIDE_PATTERNS:
+        head = body[: len(pattern)]
+        if len(head) == len(pattern) and all(
+            (byte == 0) if want == 0 else (byte != 0)
+            for byte, want in zip(head, pattern, strict=True)
+        ):
+            # Its first character one a JSON text may start with: else bytes of NULs that no
+            # encoding makes JSON (``\x00\x01``), which are simply not JSON.
+            return name if head.decode(name.lower(), "replace")[:1] in _JSON_FIRST else None
+    return None
+
 
 def malformed(nested: bool = False) -> ApiError:
     why = "JSON nested too deeply to read" if nested else "not valid JSON"
     return ApiError(400, "MALFORMED_JSON", f"The request body is {why}.")
 
 
-def not_json(body: bytes, nested: bool = False) -> ApiError:
+def not_json(body: bytes, nested: bool = False, skipped: int = 0) -> ApiError:
     """The 400 for a ``body`` msgspec refused: BODY_NOT_UTF8 when it is not UTF-8 at all (its
-    JSON may be fine), else MALFORMED_JSON."""
+    JSON may be fine), else MALFORMED_JSON. ``skipped``: how many bytes the client sent before
+    ``body`` (a UTF-8 byte order mark), so that the byte named is counted as the client counts."""
+    wide = wide_encoding(body)
+    if wide is not None:
+        return ApiError(
+            400,
+            "BODY_NOT_UTF8",
+            f"The request body is {wide}, not UTF-8: send JSON encoded as UTF-8 (in PowerShell, "
+            "-Encoding utf8; a file saved as Unicode or UTF-16 must be saved as UTF-8 first).",
+            encoding=wide,
+        )
     try:
         body.decode()
     except UnicodeDecodeError as exc:
         return ApiError(
             400,
             "BODY_NOT_UTF8",
-            f"The request body is not UTF-8 (byte {exc.start} is 0x{body[exc.start]:02x}, "
-            "which no UTF-8 text holds there): send JSON encoded as UTF-8; a Latin-1 or "
-            "Windows-1252 text must be converted first.",
-            byte=exc.start,
+            f"The request body is not UTF-8 (byte {skipped + exc.start} is "
+            f"0x{body[exc.start]:02x}, which no UTF-8 text holds there): send JSON encoded as "
+            "UTF-8; a Latin-1 or Windows-1252 text must be converted first.",
+            byte=skipped + exc.start,
         )
     return malformed(nested)
 
@@ -49,25 +113,29 @@ def not_json(body: bytes, nested: bool = False) -> ApiError:
 def decode(body: bytes, of: type[T], code: str, what: str) -> T:
     """``body`` as ``of``; for JSON that is not one ``422 <code>``, ``what`` and msgspec's
     sentence ("The report is not valid: Expected `int`, got `str` - at `$.progress`.")."""
+    skipped = bom_length(body)
+    unmarked = body[skipped:]
     try:
-        return msgspec.json.decode(body, type=of)
+        return msgspec.json.decode(unmarked, type=of)
     except msgspec.ValidationError as exc:  # before DecodeError: it is one
         decode_any(body)  # raises MALFORMED_JSON (or BODY_NOT_UTF8) for a body that is no JSON
         raise ApiError(422, code, f"{what}: {exc}{choices_hint(of, str(exc))}.") from None
     except msgspec.DecodeError:
-        raise not_json(body) from None
+        raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:  # msgspec's error for JSON nested deeper than it can decode
-        raise not_json(body, nested=True) from None
+        raise not_json(unmarked, nested=True) from None
 
 
 def decode_any(body: bytes) -> Any:
     """``body`` as whatever JSON it holds."""
+    skipped = bom_length(body)
+    unmarked = body[skipped:]
     try:
-        return msgspec.json.decode(body)
+        return msgspec.json.decode(unmarked)
     except msgspec.DecodeError:
-        raise not_json(body) from None
+        raise not_json(unmarked, skipped=skipped) from None
     except RecursionError:
-        raise not_json(body, nested=True) from None
+        raise not_json(unmarked, nested=True) from None
 
 
 # msgspec's sentence for a value outside an enum or Literal: "Invalid enum value 'god' - at

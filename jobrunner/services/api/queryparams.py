@@ -10,7 +10,7 @@ import binascii
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar.datastructures import MultiDict
@@ -24,13 +24,25 @@ MAX_SEARCH_LENGTH = 200
 ARCHIVED_CHOICES = ("false", "true", "all")
 
 
-def search_problem(field: str, value: str) -> str | None:
+# Why a value is no search text: a name, not a sentence, so that each page says it in its own
+# language (the UI's catalogue has ``filters.search_<problem>``) and the API in English.
+SearchProblem = Literal["too_long", "nul"]
+
+
+def search_problem(value: str) -> SearchProblem | None:
     """Why ``value`` is no search text (too long, a NUL), or None: one rule for API and pages."""
     if len(value) > MAX_SEARCH_LENGTH:
-        return f"{field!r} is longer than {MAX_SEARCH_LENGTH} characters."
+        return "too_long"
     if "\x00" in value:
-        return f"{field!r} contains a NUL character."
+        return "nul"
     return None
+
+
+def search_sentence(field: str, problem: SearchProblem) -> str:
+    """The API's sentence for ``problem`` of the search parameter ``field``."""
+    if problem == "too_long":
+        return f"{field!r} is longer than {MAX_SEARCH_LENGTH} characters."
+    return f"{field!r} contains a NUL character."
 
 
 def invalid(field: str, message: str) -> ApiError:
@@ -105,9 +117,9 @@ class Query:
         value = self._one(field)
         if value is None or value == "":
             return None
-        problem = search_problem(field, value)
+        problem = search_problem(value)
         if problem:
-            raise invalid(field, problem)
+            raise invalid(field, search_sentence(field, problem))
         return value
 
     def archived(self, field: str = "archived") -> bool | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
 
 from jobrunner.common import database, postgresconnect, stopping
+from jobrunner.common.logging import LogThrottle
+from jobrunner.common.postgresconnect import server_of
 
 log = structlog.get_logger()
 
@@ -40,25 +41,56 @@ def pause_after(failures: int) -> float:
     return min(0.1 * 2.0**failures, RETRY_PAUSE_MAX)
 
 
+class RetryLog:
+    """The log of one thing tried again until it goes through (a batch, the start's checkpoint
+    read, a rebuild): its first failure said at once, then at most one line per ``interval``
+    for each ``kind`` of failure (``since_last``: the failures left out; a new kind is news, not
+    a repeat), and one line when an attempt succeeds after failures (``attempts``,
+    ``waited_seconds``). A long outage wrote a line per attempt, every 5 s."""
+
+    def __init__(self, interval: float = RETRY_LOG_SECONDS) -> None:
+        self.interval = interval
+        self.failures = 0
+        self._began = time.monotonic()
+        self._throttles: dict[str, LogThrottle] = {}
+
+    def failed(
+        self, event: str, *, kind: str = "", throttled: bool = True, **fields: object
+    ) -> float:
+        """Count a failure and say it (an error, with ``attempt`` and ``retry_in``) unless it
+        repeats a ``kind`` said within ``interval``; returns the pause before the next attempt.
+        ``throttled=False``: said whatever came before."""
+        self.failures += 1
+        pause = pause_after(self.failures)
+        left_out = (
+            self._throttles.setdefault(kind, LogThrottle(self.interval)).admit() if throttled else 0
+        )
+        if left_out is not None:
+            log.error(
+                event,
+                attempt=self.failures,
+                retry_in=pause,
+                **fields,
+                **({"since_last": left_out} if left_out else {}),
+            )
+        return pause
+
+    def succeeded(self, event: str, **fields: object) -> None:
+        """Say ``event`` (info) when the attempt that went through followed failures."""
+        if self.failures:
+            log.info(
+                event,
+                attempts=self.failures + 1,
+                waited_seconds=round(time.monotonic() - self._began, 1),
+                **fields,
+            )
+
+
 async def wait_or_stop(stop: asyncio.Event, pause: float) -> bool:
     """Wait ``pause`` seconds or until ``stop``; returns whether stopped."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), pause)
     return stop.is_set()
-
-
-def server_of(database_url: str) -> str:
-    """``host:port/database`` of a Postgres URL, for logs: never its user or password. A host
-    given as ``?host=`` (a Unix socket's directory, ``?host=/run/postgresql``) is the one
-    connected to, and named; so is ``?port=``."""
-    url = urlsplit(database_url)
-    query = parse_qs(url.query)
-    try:
-        port: int | str = query["port"][0] if "port" in query else url.port or 5432
-    except ValueError:
-        port = 5432
-    host = query["host"][0] if "host" in query else url.hostname or "localhost"
-    return f"{host}:{port}{url.path}"
 
 
 async def until_postgres_answers(database_url: str, stop: asyncio.Event) -> bool:

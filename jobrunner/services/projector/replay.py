@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 
 from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store, timestamps
@@ -137,6 +138,9 @@ async def replay(
             min_size=2,
             max_size=3,
             init=timestamps.init_connection,
+            # Bounded, and a socket's error is Postgres' (said as the command's check: cli.py).
+            connect=database.connect_or_unreachable,
+            connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
         )
         resources.push_async_callback(database.close_pool, pool)

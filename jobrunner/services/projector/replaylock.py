@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from jobrunner.common import database, readmodelversion
+from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.services.projector import peerliveness, store, timestamps
 
 # A session lock, held on a connection of its own for the whole replay (a pooled connection
@@ -48,8 +49,11 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
     would otherwise keep the lock, and the rebuild from every other projector, for Postgres'
     own keepalive default (about 2 h). The client side gets the same bound: a rebuilder cut
     off from Postgres learns it lost the lock instead of waiting for the swap's answer."""
-    conn = await asyncpg.connect(
+    # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres' (a
+    # command says it as its start's check does: cli.py).
+    conn = await database.connect_or_unreachable(
         database_url,
+        timeout=CHECK_CONNECT_SECONDS,
         server_settings={
             "idle_session_timeout": "0",
             **peerliveness.server_settings(dead_after),

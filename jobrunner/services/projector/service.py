@@ -27,7 +27,6 @@ from jobrunner.common import (
     stopping,
     subscription,
 )
-from jobrunner.common.logging import LogThrottle
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
@@ -206,34 +205,28 @@ async def _checkpoint_at_start(
     start's wait for it and this read (a restart just then): the read is tried again after the
     batches' growing pause until it answers, said once when it fails and once when it answers;
     a refusal (``postgresconnect``: wrong password, no such database) ends the start."""
-    failures = 0
-    began = time.monotonic()
+    retries = outage.RetryLog()
     while True:
         try:
             last = await _pooled_unless_stopped(pool, stop, store.checkpoint)
         except Exception as exc:
             if postgresconnect.refused(exc):
                 raise
-            failures += 1
-            if failures == 1:
+            retries.failures += 1
+            if retries.failures == 1:  # a warning once: the start waits, nothing is lost
                 log.warning(
                     outage.WAITING_EVENT,
-                    postgres=outage.server_of(database_url),
+                    postgres=postgresconnect.server_of(database_url),
                     reading="the checkpoint",
                     error=f"{type(exc).__name__}: {exc}",
                     retry_every_seconds=outage.RETRY_PAUSE_MAX,
                     what_to_do=outage.WHAT_TO_DO,
                 )
-            if await outage.wait_or_stop(stop, outage.pause_after(failures)):
+            if await outage.wait_or_stop(stop, outage.pause_after(retries.failures)):
                 return None
             continue
-        if failures and last is not None:
-            log.info(
-                outage.BACK_EVENT,
-                postgres=outage.server_of(database_url),
-                attempts=failures + 1,
-                waited_seconds=round(time.monotonic() - began, 1),
-            )
+        if last is not None:
+            retries.succeeded(outage.BACK_EVENT, postgres=postgresconnect.server_of(database_url))
         return last
 
 
@@ -256,51 +249,36 @@ async def _apply_until_done(
     projector had committed): Postgres came back without commits it had acknowledged. Checked
     inside every batch's transaction, not only after a failed one: the pool replaces a dead
     connection without a failure, and the batch would move the checkpoint past the lost ones."""
-    failures = 0
     # One line when the outage begins, then at most one per interval (with the attempts left
     # out), and one when the batch is applied: a Postgres restart wrote a line per attempt.
-    retries_said = LogThrottle(outage.RETRY_LOG_SECONDS)
-    began = time.monotonic()
+    retries = outage.RetryLog()
     while True:
         try:
             applied = await _apply_unless_stopped(pool, batch, feed, stop, committed)
             if applied is None:
                 log.info("projector stopped during a batch; it is applied at the next start")
-            elif failures:
-                log.info(
-                    "projector applied the batch after an outage",
-                    first_seq=batch[0][0],
-                    attempts=failures + 1,
-                    waited_seconds=round(time.monotonic() - began, 1),
+            else:
+                retries.succeeded(
+                    "projector applied the batch after an outage", first_seq=batch[0][0]
                 )
             return applied
         except store.CheckpointBehind:
             raise
         except asyncpg.LockNotAvailableError:
-            failures += 1
-            pause = outage.pause_after(failures)
-            log.error(
+            pause = retries.failed(
                 "projector waited too long on a lock; retrying the batch",
+                throttled=False,
                 first_seq=batch[0][0],
-                attempt=failures,
-                retry_in=pause,
                 holders=await _checkpoint_holders(pool),
             )
         except Exception as exc:
-            failures += 1
-            pause = outage.pause_after(failures)
-            left_out = retries_said.admit()
-            if left_out is not None:
-                log.error(
-                    "projector cannot apply a batch; retrying it",
-                    first_seq=batch[0][0],
-                    last_seq=batch[-1][0],
-                    attempt=failures,
-                    retry_in=pause,
-                    error=f"{type(exc).__name__}: {exc}",
-                    what_to_do=outage.WHAT_TO_DO,
-                    **({"since_last": left_out} if left_out else {}),
-                )
+            pause = retries.failed(
+                "projector cannot apply a batch; retrying it",
+                first_seq=batch[0][0],
+                last_seq=batch[-1][0],
+                error=f"{type(exc).__name__}: {exc}",
+                what_to_do=outage.WHAT_TO_DO,
+            )
         if await outage.wait_or_stop(stop, pause):
             return None
 

@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 
 from jobrunner.common import database, eventstore, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
@@ -60,6 +61,14 @@ from jobrunner.services.projector.replaylock import (
 )
 
 log = structlog.get_logger()
+
+# What a rebuild waiting out an outage logs (ensure_current_in_place).
+REBUILD_INTERRUPTED_EVENT = "read-model rebuild cannot go on; rebuilding again"
+REBUILD_LOCK_LOST_EVENT = (
+    "read-model rebuild lost its replay lock: the Postgres session holding it ended before the "
+    "swap, nothing was swapped; rebuilding again"
+)
+REBUILD_BACK_EVENT = "read models current again after failed attempts"
 
 # How long a stop waits for a cancelled rebuild to let go of its connections (its ROLLBACK and
 # closes are round trips a frozen Postgres never answers): past it the rebuild is left, said in
@@ -110,7 +119,11 @@ async def ensure_current(
     if allow_rebuild is None:
         allow_rebuild = settings.readmodel_auto_rebuild
     held = held or Connections()
-    conn = await asyncpg.connect(settings.database_url)
+    # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres'
+    # (`jobrunner replay` says it as its start's check does: cli.py).
+    conn = await database.connect_or_unreachable(
+        settings.database_url, timeout=CHECK_CONNECT_SECONDS
+    )
     held.add(conn)
     try:
         found = await readmodelversion.stored_version(conn)
@@ -147,11 +160,15 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
     once ``stop`` is set: before an attempt, during one (cancelled: it resumes at the next
     start) or during a pause. (``jobrunner replay`` stops at a lost replay lock: exit 4.)
     """
-    failures = 0
+    # The first failure said at once, then at most one line per RETRY_LOG_SECONDS for each
+    # error_code (a lost replay lock just after an interruption is news, not a repeat), and
+    # one when an attempt succeeds, as a batch's retries are (service.py): a Postgres down for
+    # long wrote a line per attempt, every 5 s.
+    retries = outage.RetryLog()
     while not stop.is_set():
         held = Connections()
         try:
-            return await unless_stopped(
+            outcome = await unless_stopped(
                 ensure_current(settings, held=held),
                 stop,
                 within=rebuild_stop_seconds(settings),
@@ -161,21 +178,20 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
         except StateRefused:
             raise
         except Exception as exc:
-            failures += 1
-            pause = outage.pause_after(failures)
             lost = isinstance(exc, ReplayLockLost)
-            log.error(
-                "read-model rebuild lost its replay lock: the Postgres session holding it ended "
-                "before the swap, nothing was swapped; rebuilding again"
-                if lost
-                else "read-model rebuild cannot go on; rebuilding again",
-                error_code="REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED",
-                attempt=failures,
-                retry_in=pause,
+            code = "REPLAY_LOCK_LOST" if lost else "REBUILD_INTERRUPTED"
+            pause = retries.failed(
+                REBUILD_LOCK_LOST_EVENT if lost else REBUILD_INTERRUPTED_EVENT,
+                kind=code,
+                error_code=code,
                 error=f"{type(exc).__name__}: {exc}",
             )
             if await outage.wait_or_stop(stop, pause):
                 break
+            continue
+        if outcome is not None:
+            retries.succeeded(REBUILD_BACK_EVENT, rebuilt=outcome.rebuilt)
+        return outcome
     return None
 
 
@@ -232,6 +248,8 @@ async def rebuild(
             min_size=2,
             max_size=2,
             init=timestamps.init_connection,
+            connect=database.connect_or_unreachable,
+            connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
         )
         held.add(pool)

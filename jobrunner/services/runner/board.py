@@ -33,7 +33,9 @@ class UnreadableEntry(ValueError):
 
 
 class LockBoard:
-    def __init__(self) -> None:
+    def __init__(self, end_within: float = keywatch.END_SECONDS) -> None:
+        # How long ending the watch (at a stop, or after a failure) waits for its unsubscribe.
+        self._end_within = end_within
         self.slots: dict[str, SlotValue] = {}
         # lock key ("slot.<lock>") -> {job_id: (revision, entry)}
         self.queues: dict[str, dict[str, tuple[int, QueueEntry]]] = {}
@@ -151,7 +153,7 @@ class LockBoard:
                 # Each entry taken as it comes: ``updates(timeout=...)`` wraps every one in
                 # ``wait_for`` (a task and a timer per entry, five entries a job, six on a
                 # lock). ``stop`` ends the iteration by stopping the watcher instead.
-                stopping = asyncio.ensure_future(_stop_at(stop, watcher))
+                stopping = asyncio.ensure_future(_stop_at(stop, watcher, self._end_within))
                 try:
                     async for entry in watcher:
                         if entry is None:
@@ -167,7 +169,7 @@ class LockBoard:
                     ended = stopping.done() and not stopping.cancelled()
                     stopping.cancel()
                     if not ended:
-                        await keywatch.end_watch(watcher)
+                        await keywatch.end_watch(watcher, self._end_within)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -189,13 +191,13 @@ async def open_watch(kv: KeyValue) -> KeyValue.KeyWatcher:
     return watcher
 
 
-async def _stop_at(stop: asyncio.Event, watcher: KeyValue.KeyWatcher) -> None:
+async def _stop_at(stop: asyncio.Event, watcher: KeyValue.KeyWatcher, within: float) -> None:
     """End the watch at ``stop``, its unsubscribe bounded (``keywatch.end_watch``: nats-py's
     ``KeyWatcher.stop`` waited for it unbounded, a frozen NATS holding the watch past the
     runner's stop); its iteration ends whatever the unsubscribe met (a subscription gone with
     the connection already, say)."""
     await stop.wait()
-    await keywatch.end_watch(watcher)
+    await keywatch.end_watch(watcher, within)
 
 
 def _safe(job_id: str) -> str:

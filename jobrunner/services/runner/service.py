@@ -226,19 +226,26 @@ class Runner:
         finally:
             # The stop's deadline starts here (run_runner's closes keep their part of it).
             users = self.users_deadline()
+            # No sweep begins while the jobs end: one under way has until the bound below.
+            sweeping.set()
             await self.requests.end_jobs(users.left())
             await eventstore.unsubscribe_within(
                 [cancel_sub, seal_sub],
                 users.left(eventstore.UNSUBSCRIBE_STOP_SECONDS),
                 "the runner's cancel and seal subscriptions",
             )
-            sweeping.set()
             watcher.cancel()
             background = {watcher} if sweeper is None else {watcher, sweeper}
+            # A sweep waiting on a frozen NATS is cut short at the bound: left running, it
+            # would go on into the connections' close and the process's end (where asyncio
+            # cancels it only after everything else). Nothing is lost: a sweep's every step is
+            # done again by the next sweep of any runner (``LostJobSweeper``).
             await stopping.wait_within(
                 background,
                 users.left(WATCHER_STOP_SECONDS),
-                "lock watcher or sweeper did not end on its stop: left running",
+                "lock watcher or sweeper did not end within the stop's bound: cut short",
+                cancel_left=True,
+                level="warning",
             )
             await asyncio.to_thread(self.ledger.close)
 
