@@ -243,6 +243,21 @@ async def streams_cut(http: httpx.AsyncClient) -> dict[str, int]:
     return counts
 
 
+HAND_OVER_METRICS = re.compile(
+    r"^jobrunner_sse_(hand_overs|client_deliveries)_total(?:\{[^}]*\})? (\S+)$", re.MULTILINE
+)
+
+
+async def hand_overs(http: httpx.AsyncClient) -> dict[str, int]:
+    """The API's count of its feeds' hand-overs and of the clients handed each one (none from
+    an API that does not count them: before session 33)."""
+    response = await http.get("/metrics")
+    counts: dict[str, int] = {}
+    for name, value in HAND_OVER_METRICS.findall(response.text):  # every service's, each once
+        counts[name] = counts.get(name, 0) + int(float(value))
+    return counts
+
+
 async def fan_out(
     system: RunningSystem, http: httpx.AsyncClient, clients: int, seconds: int, jobs: int = 1
 ) -> dict:
@@ -252,6 +267,7 @@ async def fan_out(
     "lost" counts lines no client got even so; the API says why it ended streams early."""
     rate = 200
     cut_before = await streams_cut(http)
+    handed_before = await hand_overs(http)
     # Each line's delay until it is in JetStream too (a plain subscription beside the API's, in
     # a process of its own so that its lag and CPU are not this process's): what the runner
     # adds, apart from what the API's fan-out adds.
@@ -316,6 +332,7 @@ async def fan_out(
         # Every stream ended with its job's end, so every tool has been waited for.
         cpu1 = _cpu(system)
         cut_after = await streams_cut(http)
+        handed_after = await hand_overs(http)
         stored.stdin.write(b"done\n")
         stored.stdin.close()
         in_jetstream = json.loads(await stored.stdout.read())
@@ -342,6 +359,11 @@ async def fan_out(
             reason: count - cut_before.get(reason, 0)
             for reason, count in cut_after.items()
             if count > cut_before.get(reason, 0)
+        },
+        # What the API's CPU is spent per (bench/fanout_cost.py): its feeds' hand-overs and the
+        # clients handed each (one write or queued batch a client).
+        "api_hand_overs": {
+            name: count - handed_before.get(name, 0) for name, count in handed_after.items()
         },
         "clients_timed": sum(1 for s in streams if s.record_delays),
         "connected_within_s": round(connected_after, 2),

@@ -70,6 +70,7 @@ async def measure(nats_url: str, subject: str, expected: int) -> dict[str, Any]:
     await eventstore.close(nc)
     return summarize(delays) | {
         "lines_per_message": round(len(delays) / max(1, messages), 1),
+        "messages": messages,
         "cpu_s": round(cpu_s, 3),
     }
 

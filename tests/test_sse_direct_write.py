@@ -70,6 +70,36 @@ class TestLiveViewers:
             assert stream.events[-1].event == "done"
         assert fanout_of(system).direct_writes > 0
 
+    async def test_a_batch_is_framed_once_for_every_viewer_written_to_straight(
+        self, system: System, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Ten viewers of one job: each hand-over's bytes, framed as an HTTP chunk, are made once
+        and the same object is written to every viewer (no copy, no framing per viewer)."""
+        written: list[bytes] = []
+        write = ChunkWriter.write
+
+        def recording_write(writer: ChunkWriter, chunk: bytes) -> bool:
+            written.append(chunk)
+            return write(writer, chunk)
+
+        monkeypatch.setattr(ChunkWriter, "write", recording_write)
+        job_id = await start_emit(system, lines=150, interval="0.01")
+        path = f"/jobs/stream/{job_id}"
+        async with system.client() as client:
+            streams = await asyncio.gather(*(read_stream(client, path) for _ in range(10)))
+        expected = [f"INFO line {i} [{i}/150]" for i in range(1, 151)]
+        for stream in streams:
+            assert line_texts(stream) == expected
+        assert written
+        # What the writer is handed is already a chunk of the response: ``<size>\r\n...\r\n``.
+        for chunk in written:
+            size, _, rest = chunk.partition(b"\r\n")
+            assert int(size, 16) == len(rest) - 2
+            assert rest.endswith(b"\r\n")
+        # One object per hand-over, written to the viewers it went to: the ten viewers share
+        # them (a viewer queued instead, or resuming inside a batch, may get one of its own).
+        assert len({id(chunk) for chunk in written}) <= len(written) / 3
+
     async def test_keep_alives_and_lines_interleave_on_the_direct_path(
         self, system: System
     ) -> None:

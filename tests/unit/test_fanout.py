@@ -73,6 +73,41 @@ def test_a_client_cut_for_its_backlog_counts_in_the_metrics() -> None:
     assert cut_count("client_backlog") == before + 1
 
 
+def hand_over_count(name: str) -> float:
+    return REGISTRY.get_sample_value(f"jobrunner_sse_{name}_total") or 0.0
+
+
+def test_each_hand_over_and_each_viewer_handed_it_count_in_the_metrics() -> None:
+    """jobrunner_sse_hand_overs_total counts a feed's batches, and
+    jobrunner_sse_client_deliveries_total the viewers handed each, a cut one not among them."""
+    out = fanout(client_bytes=300)
+    feed = JobFeed(out, "j")
+    viewers = [Subscriber(out) for _ in range(3)]
+    feed.subscribers.update(viewers)
+    viewers[0].cut()
+    before = hand_over_count("hand_overs"), hand_over_count("client_deliveries")
+    out.hand_over(feed.subscribers, Batch([line_item(1)]))
+    out.hand_over(feed.subscribers, Batch([line_item(2)]))
+    assert hand_over_count("hand_overs") == before[0] + 2
+    assert hand_over_count("client_deliveries") == before[1] + 4
+
+
+def test_a_viewer_cut_for_its_backlog_at_a_hand_over_is_not_counted_as_handed_it() -> None:
+    """A viewer whose backlog would pass its limit with this batch is cut, not handed it:
+    jobrunner_sse_client_deliveries_total counts only the viewers that got the batch."""
+    out = fanout(client_bytes=300)
+    feed = JobFeed(out, "j")
+    slow, keeping_up = Subscriber(out), Subscriber(out)
+    feed.subscribers.update([slow, keeping_up])
+    out.hand_over(feed.subscribers, Batch([line_item(1, "y" * 100)]))
+    keeping_up.take()  # the other viewer's task has taken its backlog; the slow one has not
+    before = hand_over_count("client_deliveries")
+    out.hand_over(feed.subscribers, Batch([line_item(2, "y" * 100)]))
+    assert slow.overflow
+    assert not keeping_up.overflow
+    assert hand_over_count("client_deliveries") == before + 1
+
+
 def test_a_client_joining_inside_the_record_gets_every_event_since_its_start() -> None:
     """A viewer arriving after the feed started gets the events since its start from memory."""
     feed = JobFeed(fanout(), "j", start_seq=5)

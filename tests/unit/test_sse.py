@@ -11,9 +11,13 @@ from hypothesis import strategies as st
 
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
+from jobrunner.services.api.directwrite import http_chunk
+from jobrunner.services.api.fanout import Batch, Item
 from jobrunner.services.api.sse import (
     LinePayload,
     ResumePoint,
+    _batch_wire,
+    _unsent,
     encode_data,
     frame,
     frames_for,
@@ -204,3 +208,49 @@ def test_only_a_past_that_fits_half_a_client_buffer_is_sent_by_the_feed() -> Non
     assert not short_past(11, 65536, client_bytes)
     assert short_past(11, 1024, client_bytes)
     assert not short_past(1, 65536, 256 * 1024)
+
+
+def batch_of(shape: list[tuple[int, int]]) -> Batch:
+    """A live batch: per item, the gap before its sequence and its number of lines (0: a
+    RUNNING status, which has no lines)."""
+    items = []
+    seq = 0
+    for gap, lines in shape:
+        seq += gap
+        event: events.AnyEvent
+        if lines:
+            logged = [
+                events.LogLine(seq * 10 + n, "stdout", "INFO", AT, f"l{n}") for n in range(lines)
+            ]
+            event = events.LineLogged(job_id="j", lines=logged)
+        else:
+            event = events.StatusChanged(job_id="j", status=JobStatus.RUNNING, occurred_at=AT)
+        items.append(Item(seq, event, frames_for(event, seq, None)))
+    return Batch(items)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    shape=st.lists(st.tuples(st.integers(1, 3), st.integers(0, 4)), min_size=1, max_size=5),
+    sent=st.integers(0, 16),
+    skip=st.none() | st.integers(0, 4),
+    skip_seq=st.none() | st.integers(0, 16),
+    framed_for_another_client=st.booleans(),
+)
+def test_a_client_written_to_straight_is_sent_exactly_what_it_has_not_seen(
+    shape: list[tuple[int, int]],
+    sent: int,
+    skip: int | None,
+    skip_seq: int | None,
+    framed_for_another_client: bool,
+) -> None:
+    """A viewer handed a batch directly gets the batch's events after the last one it was sent,
+    less the lines it already had of the message it resumed inside (Last-Event-ID 41:3) — the
+    same bytes as its stream's own path would send — whether or not the feed already framed
+    the batch for a viewer that had seen none of it."""
+    batch = batch_of(shape)
+    if framed_for_another_client:
+        _batch_wire(batch, 0, None, None)
+    parts, last, _ = _unsent(batch.items, sent, skip, skip_seq)
+    body = b"".join(parts)
+    assert _batch_wire(batch, sent, skip, skip_seq) == ((http_chunk(body) if body else b""), last)

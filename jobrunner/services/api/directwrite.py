@@ -41,9 +41,20 @@ class App(Litestar):
         await super().__call__(scope, receive, send)
 
 
+def http_chunk(body: bytes) -> bytes:
+    """``body`` as one chunk of a chunked response, framed as uvicorn's httptools protocol
+    frames it (``<size in hex>\\r\\n<body>\\r\\n``). An empty body is refused (ValueError):
+    its chunk would end the response. A feed frames each batch once, and every viewer it
+    writes the batch to straight gets the same bytes object (before, each viewer's write
+    joined the batch's items and framed them again: two copies of the batch a viewer)."""
+    if not body:
+        # Callers skip an empty body; one that does not would end the viewer's stream silently.
+        raise ValueError("an empty HTTP chunk would end the response")
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
 class ChunkWriter:
-    """Writes body chunks of a started chunked response as uvicorn's httptools protocol
-    would (``<size in hex>\\r\\n<chunk>\\r\\n``), or declines."""
+    """Writes chunks (``http_chunk``) of a started chunked response, or declines."""
 
     __slots__ = ("_cycle",)
 
@@ -58,11 +69,9 @@ class ChunkWriter:
         cycle = self._cycle
         return bool(cycle.disconnected or cycle.transport.is_closing())
 
-    def write(self, body: bytes) -> bool:
-        """Write ``body`` now; False, having written nothing, when the connection cannot take
-        it at once: the caller sends it through the framework."""
-        if not body:
-            return True  # an empty chunk would be the end of the response's body
+    def write(self, chunk: bytes) -> bool:
+        """Write ``chunk`` (``http_chunk``'s) now; False, having written nothing, when the
+        connection cannot take it at once: the caller sends its body through the framework."""
         cycle = self._cycle
         if (
             cycle.disconnected
@@ -73,7 +82,7 @@ class ChunkWriter:
             or cycle.transport.is_closing()
         ):
             return False
-        cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        cycle.transport.write(chunk)
         return True
 
 

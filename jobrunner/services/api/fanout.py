@@ -204,12 +204,17 @@ class Batch:
     """Items handed over together; counted once in the process's total however many clients
     hold it (they share the bytes)."""
 
-    __slots__ = ("holders", "items", "size")
+    __slots__ = ("holders", "items", "size", "terminal", "wire")
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items
         self.size = sum(len(item.chunk) for item in items)
         self.holders = 0
+        self.terminal = any(item.terminal for item in items)
+        # The items' bytes as the clients' connections are written them (``directwrite``),
+        # made by the first client written to straight and shared by the others; dropped at
+        # the hand-over's end, so a batch queued in inboxes is not held twice.
+        self.wire: bytes | None = None
 
 
 class Subscriber:
@@ -241,9 +246,9 @@ class Subscriber:
         self.on_hold = False
         self.wakeup = asyncio.Event()
         self.room: asyncio.Event | None = None  # the feed's: set when this client took or left
-        # Set by the client's stream while it waits with nothing unsent: writes a batch's items
-        # to the client at once, or declines (False, nothing written) and the batch is queued.
-        self.direct: Callable[[list[Item]], bool] | None = None
+        # Set by the client's stream while it waits with nothing unsent: writes a batch to the
+        # client at once, or declines (False, nothing written) and the batch is queued.
+        self.direct: Callable[[Batch], bool] | None = None
 
     @property
     def has_items(self) -> bool:
@@ -838,16 +843,29 @@ class Fanout:
     def hand_over(self, subscribers: set[Subscriber], batch: Batch) -> None:
         limit = self.limits.client_bytes
         # Small batches only: a larger one goes through the clients' tasks a take at a time.
-        small = batch.size <= TAKE_BYTES
+        direct = self.direct_enabled and batch.size <= TAKE_BYTES
+        queued = written = 0
         for subscriber in list(subscribers):
             if subscriber.overflow or subscriber.on_hold:
                 continue
             # Straight to a waiting client's connection: no wake-up of its task (directwrite.py).
             # Not once its task is woken (a keep-alive, a cut): what it then sends comes first.
-            write = subscriber.direct if small and not subscriber.wakeup.is_set() else None
-            if write is not None and self.direct_enabled and self._write_direct(write, batch):
-                self.direct_writes += 1
-                continue
+            write = subscriber.direct if direct else None
+            if write is not None and not subscriber.wakeup.is_set():
+                try:
+                    if write(batch):
+                        written += 1
+                        continue
+                except Exception as exc:
+                    # Nothing was written (a writer raises before its one transport write, and
+                    # the stream counts a batch sent only after it): the batch goes the
+                    # framework's way, and so does every later one, rather than lines lost in
+                    # the middle of a broadcast.
+                    direct = self.direct_enabled = False
+                    log.error(
+                        "sse direct writes failed; streaming through the framework",
+                        error=repr(exc),
+                    )
             if subscriber.bytes + batch.size > limit:
                 self._cut(subscriber, "client")
                 continue
@@ -857,23 +875,19 @@ class Fanout:
             subscriber.batches.append(batch)
             subscriber.bytes += batch.size
             subscriber.wakeup.set()
+            queued += 1
+        batch.wire = None
+        self.direct_writes += written
+        counts = metrics.SSE_HAND_OVERS
+        counts.hand_overs += 1
+        # Written straight or queued; a viewer cut here was not handed the batch.
+        counts.client_deliveries += written + queued
         while self.buffered_bytes > self.limits.total_bytes:
             largest = self._largest_backlog()
             if largest is None:
                 break
             self._cut(largest, "total")
         self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
-
-    def _write_direct(self, write: Callable[[list[Item]], bool], batch: Batch) -> bool:
-        try:
-            return write(batch.items)
-        except Exception as exc:
-            # Nothing was written (a writer raises before its one transport write, and the
-            # stream counts a batch sent only after it): the batch goes the framework's way,
-            # and so does every later one, rather than lines lost in the middle of a broadcast.
-            self.direct_enabled = False
-            log.error("sse direct writes failed; streaming through the framework", error=repr(exc))
-            return False
 
     def _largest_backlog(self) -> Subscriber | None:
         return max(

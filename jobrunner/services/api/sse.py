@@ -25,10 +25,11 @@ from jobrunner.common.consumerlimit import at_consumer_limit
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.directwrite import ChunkWriter
+from jobrunner.services.api.directwrite import ChunkWriter, http_chunk
 from jobrunner.services.api.errors import ApiError
 from jobrunner.services.api.fanout import (
     TAKE_BYTES,
+    Batch,
     Fanout,
     HistoryStalled,
     Item,
@@ -309,6 +310,26 @@ def _unsent(
     return parts, sent, False
 
 
+def _batch_wire(
+    batch: Batch, sent: int, skip: int | None, skip_seq: int | None
+) -> tuple[bytes, int]:
+    """What a client written to straight is sent of a non-terminal ``batch``: the frames of its
+    items after ``sent`` (``_unsent``'s) as one HTTP chunk, b"" when none; and the last
+    sequence sent. The usual case, every item unsent and none cut by a resume inside a batch,
+    is the batch's own chunk, framed once and shared by every client of the feed (its items are
+    in stream order, so the first one's sequence says whether all are unsent)."""
+    items = batch.items
+    first = items[0].seq
+    if first > sent and (skip_seq is None or first > skip_seq):
+        wire = batch.wire
+        if wire is None and batch.size:
+            wire = batch.wire = http_chunk(b"".join(item.chunk for item in items))
+        return wire or b"", items[-1].seq
+    parts, last, _ = _unsent(items, sent, skip, skip_seq)
+    body = b"".join(parts)
+    return (http_chunk(body) if body else b""), last
+
+
 async def job_stream(
     retry_ms: int,
     fanout: Fanout,
@@ -426,13 +447,13 @@ async def job_stream(
                     yield nats_unavailable(retry_ms)
                 return
 
-        def write_direct(items: list[Item]) -> bool:
+        def write_direct(batch: Batch) -> bool:
             nonlocal sent
             assert writer is not None
-            parts, last, ended = _unsent(items, sent, skip, skip_seq)
-            if ended:
+            if batch.terminal:
                 return False  # the end goes out here, and ends the stream
-            if parts and not writer.write(b"".join(parts)):
+            wire, last = _batch_wire(batch, sent, skip, skip_seq)
+            if wire and not writer.write(wire):
                 return False
             sent = last
             return True
