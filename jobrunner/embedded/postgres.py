@@ -9,6 +9,7 @@ one that is not).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import grp
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 
+from jobrunner.embedded import processtree
 from jobrunner.embedded.serverprocess import (
     ServerProcess,
     ServerStartError,
@@ -199,6 +201,28 @@ class EmbeddedPostgres(ServerProcess):
                 )
                 + f":\n{result.stderr.strip()}"
             )
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """Hard stop of every process of the server at once, as a machine's crash would.
+
+        Each backend leads a process group of its own, out of reach of a kill of the
+        postmaster's group; one busy with a long statement (a COPY of lines) notices the
+        postmaster's death only when it next waits, and meanwhile holds the shared memory: the
+        next start refused ("pre-existing shared memory block ... is still in use"). So every
+        backend is killed too, and waited for (``timeout`` seconds at most: SIGKILL cannot be
+        refused, only delayed by a disk wait)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        postmaster = self.proc.pid
+        # Stopped first, it starts no backend between the listing and the kill.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGSTOP)
+        backends = processtree.children_of(postmaster)
+        super().kill()
+        for pid in backends:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        processtree.wait_ended(backends, timeout)
 
     async def _create_database(self) -> None:
         conn = await asyncpg.connect(

@@ -6,8 +6,8 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
+from jobrunner.embedded import processtree
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.freeze import freeze
 
@@ -15,14 +15,7 @@ from tests.freeze import freeze
 def postgres_pids(server: EmbeddedPostgres) -> list[int]:
     """The postmaster and every process it started (each backend leads a group of its own)."""
     assert server.proc is not None
-    postmaster = server.proc.pid
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # "pid (comm) state ppid ...": the comm may hold spaces, not a closing parenthesis.
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                children.append(int(stat.parent.name))
-    return [postmaster, *children]
+    return [server.proc.pid, *processtree.children_of(server.proc.pid)]
 
 
 def freeze_postgres(server: EmbeddedPostgres) -> list[int]:
