@@ -23,7 +23,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 
 from jobrunner.common import database, postgresconnect
 from jobrunner.common.logging import LogThrottle
-from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout
+from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsNotRead, ReadModelsTimeout
 
 log = structlog.get_logger()
 
@@ -266,6 +266,7 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.exceptions.OperatorInterventionError,
     ReadModelsLost,  # a read's connection died, told by asyncpg as a client-side error
+    ReadModelsNotRead,  # a stream's read not made: Postgres away just now, or version unknown
 )
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -33,8 +33,8 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.staletelling import StaleTeller
+from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups, stream_lookups
 
 log = structlog.get_logger()
 
@@ -207,9 +207,10 @@ class JobStates:
         if state is None and not isinstance(event, events.JobRequested):
             try:
                 state = await self._lookup(event.job_id)
-            except POSTGRES_AWAY:
-                # The read models are away: a stream must not end for one job it cannot look
-                # up. A status change tells the status by itself (a job ending while Postgres
+            except UNREADABLE:
+                # The read models are away (stopped, frozen past the bound, or not known to be
+                # this version: streamlookups.py): a stream must not end for one job it cannot
+                # look up. A status change tells the status by itself (a job ending while Postgres
                 # is down still shows so); any other event is skipped. Neither is remembered:
                 # the job is looked up again at its next event, for all the row tells.
                 return apply(None, event) if isinstance(event, events.StatusChanged) else None
@@ -225,21 +226,27 @@ async def update_stream(
     start_seq: int,
     visible: Callable[[events.Event], Awaitable[bool]] | None = None,
     owner: str | None = None,
+    lookups: StreamLookups | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield ``job_update`` frames for every job and ``batch_update`` frames for every batch
     from ``start_seq`` on, forever.
 
     ``visible`` leaves out the jobs the caller may not see, ``owner`` the batches (a token
     limited to its own jobs). A read of the stream that touched a batch is sent once the
-    projector has applied it (the batch's row shows it), all its frames in sequence order."""
+    projector has applied it (the batch's row shows it), all its frames in sequence order.
+    ``lookups``: the stream's reads of the read models (``visible``'s too), made here if None."""
     yield sse.retry(ctx.settings.sse_retry_ms)
+    if lookups is None:
+        lookups = stream_lookups(ctx)
 
     async def read_model_state(job_id: str) -> JobState | None:
-        row = await readmodels.get_job_row(ctx.pool, job_id)
+        row = await lookups.fetchrow(
+            f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
+        )
         return state_from_row(row) if row is not None else None
 
     states = JobStates(read_model_state)
-    batches = BatchUpdates(ctx, owner)
+    batches = BatchUpdates(ctx, owner, lookups)
     keepalive = ctx.settings.sse_keepalive_seconds
     buffered = ctx.settings.sse_client_buffer_bytes
     connection = NatsConnection.from_settings(ctx.settings)
@@ -291,7 +298,7 @@ async def update_stream(
                     continue
                 if event is not None:
                     read.append((seq, event))
-            await read_ahead(ctx, read, states, batches)
+            await read_ahead(lookups, read, states, batches)
             for seq, event in read:
                 # Before the job's own scope check: another's new attempt changes my batch's
                 # counters.
@@ -323,7 +330,7 @@ async def update_stream(
                 try:
                     frames += await batches.frames()
                     break
-                except POSTGRES_AWAY:
+                except UNREADABLE:
                     # The rows to send are Postgres's alone: waited for, the stream kept open.
                     yield sse.comment("keep-alive")
                     await asyncio.sleep(keepalive)
@@ -334,7 +341,7 @@ async def update_stream(
 
 
 async def read_ahead(
-    ctx: ApiContext,
+    lookups: StreamLookups,
     read: list[tuple[int, events.AnyEvent]],
     states: JobStates,
     batches: BatchUpdates,
@@ -355,11 +362,11 @@ async def read_ahead(
     if not unknown:
         return
     try:
-        rows = await ctx.pool.fetch(
+        rows = await lookups.fetch(
             f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = ANY($1::text[])",
             list(unknown),
         )
-    except POSTGRES_AWAY:
+    except UNREADABLE:
         return  # only a saving: each job's own look-up copes with the read models away
     for row in rows:
         states.seed(state_from_row(row))

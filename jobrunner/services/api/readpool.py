@@ -36,6 +36,12 @@ class ReadModelsTimeout(Exception):
         self.seconds = seconds
 
 
+class ReadModelsNotRead(Exception):
+    """A live stream did not read the read models (streamlookups.py): a read of its failed just
+    now, or their version is not known to be this one. Outside a stream: ``503
+    READ_MODELS_UNAVAILABLE`` as any Postgres away (errors.py)."""
+
+
 class ReadModelsLost(Exception):
     """A read's connection died under it (its backend terminated, the socket reset), where
     asyncpg said so with a client-side error rather than ``ConnectionDoesNotExistError``:

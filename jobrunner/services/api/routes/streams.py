@@ -9,13 +9,15 @@ from typing import Any
 from litestar import Request, get
 from litestar.response import Stream
 
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
 from jobrunner.services.api import directwrite, readmodels, sse
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored, ctx_of
-from jobrunner.services.api.errors import POSTGRES_AWAY, job_not_found
+from jobrunner.services.api.errors import job_not_found
 from jobrunner.services.api.security import Principal, principal_of
+from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups, stream_lookups
 
 
 @get(
@@ -97,10 +99,13 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
     is neither, or ``principal`` may not see it. A job this API follows already (a viewer
     arriving after its first) is known from its feed (``Fanout.known_row``), without a read.
     With Postgres away, the job is known from its JobRequested alone: a live job is followed
-    through NATS, and its viewers' reconnects must not wait for the read models to return. A
-    job without one then is 503 (Postgres' error), not 404: only a row or a JobRequested shows
-    that the caller may not see the job."""
+    through NATS, and its viewers' reconnects must not wait for the read models to return. So
+    are the reads bounded as a live stream's (streamlookups.py): a frozen Postgres counts as away
+    after ``health_postgres_timeout_seconds``, not the read pool's deadline, and tables whose
+    version is not known are not read. A job without a JobRequested then is 503 (Postgres'
+    error), not 404: only a row or a JobRequested shows that the caller may not see the job."""
     row: Mapping[str, Any] | None = ctx.fanout.known_row(job_id)
+    lookups = stream_lookups(ctx)
     if row is None:
         posted = ctx.posted.get(job_id, ctx.projection.applied)
         if posted is not None:
@@ -112,10 +117,8 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
             # one read for all of them, not one each (sharedreads).
             stored = as_stored(job_id)
             try:
-                row = await ctx.job_rows.read(
-                    stored, lambda: readmodels.get_job_row(ctx.pool, stored)
-                )
-            except POSTGRES_AWAY:
+                row = await ctx.job_rows.read(stored, lambda: _job_row(lookups, stored))
+            except UNREADABLE:
                 requested = await _requested_in_stream(ctx, job_id)
                 if requested is None:
                     # Neither source can tell: the read models may hold the job (its request
@@ -123,8 +126,14 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
                     raise
                 return _visible_to(principal, job_id, requested)
         if row is None:
-            row = await _requested(ctx, job_id)
+            row = await _requested(ctx, lookups, job_id)
     return _visible_to(principal, job_id, row)
+
+
+async def _job_row(lookups: StreamLookups, job_id: str) -> Any:
+    return await lookups.fetchrow(
+        f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
+    )
 
 
 def _visible_to(
@@ -135,17 +144,22 @@ def _visible_to(
     return row
 
 
-async def _requested(ctx: ApiContext, job_id: str) -> Mapping[str, Any] | None:
+async def _requested(
+    ctx: ApiContext, lookups: StreamLookups, job_id: str
+) -> Mapping[str, Any] | None:
     stored = await _job_request(ctx, job_id)
     if stored is None:
         return None
     seq, event = stored
     try:
-        applied = await readmodels.applied_seq(ctx.pool)
-        if seq <= applied:
+        applied = await lookups.fetchval(
+            f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint WHERE id = 1"
+        )
+        if seq <= int(applied or 0):
             # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
-            return await readmodels.get_job_row(ctx.pool, as_stored(job_id))
-    except POSTGRES_AWAY:
+            row: Mapping[str, Any] | None = await _job_row(lookups, as_stored(job_id))
+            return row
+    except UNREADABLE:
         return _row_of_request(seq, event, log_count=None)
     return _row_of_request(seq, event, log_count=0)
 

@@ -16,6 +16,7 @@ from jobrunner.services.api.job_updates import update_stream
 from jobrunner.services.api.queryparams import Query
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.scope import OwnerFilter
+from jobrunner.services.api.streamlookups import stream_lookups
 
 
 @get(
@@ -44,13 +45,19 @@ async def job_updates(
         await sse.refuse_an_id_ahead(ctx.js, ctx.names, after_seq, "after")
         start = after_seq + 1
     else:
-        applied = await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        # Within health's bound, as the stream's own reads: a frozen Postgres answers 503
+        # READ_MODELS_TIMEOUT at once, as a stopped one answers READ_MODELS_UNAVAILABLE.
+        applied = await ctx.pool.fetchval(
+            f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint",
+            deadline_seconds=ctx.settings.health_postgres_timeout_seconds,
+        )
         start = int(applied or 0) + 1
-    scope = OwnerFilter(ctx.pool, principal_of(request).owner)
+    lookups = stream_lookups(ctx)
+    scope = OwnerFilter(lookups, principal_of(request).owner)
     # A token that sees every job needs no check: an await per event of a catch-up saved.
     visible = scope.visible if scope.owner is not None else None
     return Stream(
-        update_stream(ctx, start, visible, owner=scope.owner),
+        update_stream(ctx, start, visible, owner=scope.owner, lookups=lookups),
         media_type="text/event-stream",
         headers=sse.SSE_HEADERS,
     )

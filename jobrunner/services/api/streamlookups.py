@@ -1,0 +1,93 @@
+"""A live stream's reads of the read models: each within a short bound, none for a while after
+one failed, and none while the read models are not known to be this version.
+
+``/api/jobs/stream`` looks up what an event does not tell (the state, batch and owner of a job
+it first meets through a later event, how far the projector got, a batch's row). With Postgres
+stopped such a read is refused at once, and the stream goes on from what the events tell
+(job_updates.py). With Postgres frozen (SIGSTOPped, a hung disk) a read waited for the read
+pool's deadline (``api_read_timeout_seconds``, 60 s) with no keep-alive, and its
+``ReadModelsTimeout`` then ended the stream: browsers reconnected in a loop, each new stream
+meeting the same wait. So a stream's reads are bounded by ``health_postgres_timeout_seconds``
+(the bound within which the API expects Postgres to show it answers: health's reads, the
+gate's looks while the version is unknown), and past it count as Postgres away, as a refusal
+does. After a read that failed either way the stream reads nothing for ``PAUSE_SECONDS``: each
+read would wait the same bound, and a burst of events of jobs it does not know (a batch's jobs
+ending) would hold the stream one bound per event. A read past the bound on a loaded machine
+whose Postgres merely answers slowly is given up the same way: the event is sent from what it
+tells, the look-up made again at a later event.
+
+The gate (readmodelgate.py) checks a request once, as it arrives; a stream lives on. One opened
+while the version was not known (Postgres away at the API's start), or whose tables a newer
+jobrunner swapped in meanwhile, would read tables of another version, so a stream reads only
+while the gate says ``serving``; otherwise it goes on from the events, as with Postgres away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from jobrunner.services.api.errors import POSTGRES_AWAY
+from jobrunner.services.api.readmodelgate import ReadModelGate
+from jobrunner.services.api.readpool import ReadModelsNotRead, ReadModelsTimeout, ReadPool
+
+if TYPE_CHECKING:
+    from jobrunner.services.api.context import ApiContext
+
+# How long a stream reads nothing after a read that failed: the next event's look-up is made
+# without one bound's wait meanwhile (the gate's watch looks about as often while serving).
+PAUSE_SECONDS = 5.0
+
+
+# What a stream treats as "the read models cannot tell just now": it goes on without them.
+# (ReadModelsNotRead is among POSTGRES_AWAY: met outside a stream, it is a 503.)
+UNREADABLE: tuple[type[Exception], ...] = (*POSTGRES_AWAY, ReadModelsTimeout)
+
+
+def stream_lookups(ctx: ApiContext) -> StreamLookups:
+    """A stream's reads of the read models, bounded by ``health_postgres_timeout_seconds``."""
+    return StreamLookups(ctx.pool, ctx.readmodels, ctx.settings.health_postgres_timeout_seconds)
+
+
+class StreamLookups:
+    """One stream's reads of the read models (see the module's docstring)."""
+
+    def __init__(
+        self, pool: ReadPool, gate: ReadModelGate, bound: float, pause: float = PAUSE_SECONDS
+    ) -> None:
+        self._pool = pool
+        self._gate = gate
+        self._bound = bound  # health_postgres_timeout_seconds
+        self._pause = pause
+        self._paused_until = 0.0
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._read() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self._read() as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+            return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self._read() as conn:
+            return await conn.fetchval(query, *args)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Any]:
+        if time.monotonic() < self._paused_until:
+            raise ReadModelsNotRead("a read of the read models failed just now")
+        if not self._gate.serving:
+            raise ReadModelsNotRead("the read models are not known to be this version")
+        try:
+            async with self._pool.acquire(self._bound) as conn:
+                yield conn
+        except UNREADABLE:
+            self._paused_until = time.monotonic() + self._pause
+            raise

@@ -1,0 +1,257 @@
+"""Live streams while Postgres is frozen (SIGSTOPped: connects and queries never answer). The
+all-jobs stream used to wait for a look-up of a job it did not know until the read pool's
+deadline, with no keep-alive, and then ended (the read's timeout re-raised mid-stream), so
+browsers reconnected in a loop; a job stream opened meanwhile answered 503 after the same wait.
+A frozen read is now given up after ``health_postgres_timeout_seconds``, as a refused one: the
+event is sent from what it tells, keep-alives flow, and the stream follows on after the thaw."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.api import job_updates, streamlookups
+from tests import servers
+from tests.history_support import job_events, publish, wait_projected
+from tests.sse_client import SseEvent, SseStream, iter_events
+from tests.system import System
+from tests.tools.began import began_event
+from tests.tools.postgres_processes import frozen_postgres
+
+pytestmark = pytest.mark.timeout(180)
+
+# A stream's look-ups are bounded by health's bound; the read pool's deadline is longer (as the
+# defaults, 1 s and 60 s), so a stream that waited for the deadline is told apart.
+BOUND = 2.0
+READ_DEADLINE = 6.0
+KEEPALIVE = 0.5
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
+    async with servers.own_postgres("jobrunner-test-streams-frozen-") as server:
+        yield server
+
+
+@pytest.fixture
+def frozen_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        database_url=own_postgres.url,
+        api_read_timeout_seconds=READ_DEADLINE,
+        health_postgres_timeout_seconds=BOUND,
+        sse_keepalive_seconds=KEEPALIVE,
+        auth=True,
+    )
+
+
+@pytest.fixture
+async def live(frozen_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[System]:
+    """Projector and API, no runner (the test publishes the jobs' events)."""
+    # Looked up again soon after a failed look-up, so that the test sees it without waiting.
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 0.5)
+    system = System(frozen_settings)
+    await system.start_projector()
+    await system.start_api()
+    await system.wait_healthy()
+    try:
+        yield system
+    finally:
+        await system.stop()
+
+
+async def running_job(settings: Settings, job_id: str, owner: str | None = None) -> None:
+    """A running ``emit`` job that printed one line, projected."""
+    requested, *rest = job_events(job_id, "emit", status=JobStatus.RUNNING, lines=["one"])
+    assert isinstance(requested, events.JobRequested)
+    requested = msgspec.structs.replace(requested, requested_by=owner)
+    await wait_projected(settings, await publish(settings, [requested, *rest]))
+
+
+def ended(job_id: str) -> list[events.Event]:
+    return [
+        events.StatusChanged(
+            job_id=job_id, event_id=events.terminal_event_id(job_id), status=JobStatus.COMPLETED
+        )
+    ]
+
+
+async def test_the_all_jobs_stream_sends_an_unknown_jobs_end_while_postgres_is_frozen(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """Frozen longer than the bound: a job the stream does not know ends, and the stream sends
+    its end from the event alone while Postgres is still frozen, then keep-alives; after the
+    thaw it looks jobs up again (another job's progress shows with its type). Each event once,
+    in order."""
+    settings = live.settings
+    await running_job(settings, "frozen-a")
+    await running_job(settings, "frozen-b")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        # No ``after``: the stream starts after what the read models show; it knows no job.
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("frozen-a"))
+                await until(reader, lambda: sent(seen, end) is not None)
+                kept = len(seen.comments)
+                await until(reader, lambda: len(seen.comments) >= kept + 2)
+            # Progress of a job not known shows only once it is looked up: sent again until then.
+            while (shown := job_frame(seen, "frozen-b")) is None:
+                await publish(settings, [events.ProgressReported(job_id="frozen-b", current=1)])
+                told = len(seen.comments)
+                await until(
+                    reader,
+                    lambda told=told: len(seen.comments) > told or job_frame(seen, "frozen-b"),
+                )
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+    assert frame.json["jobType"] is None, frame.json  # from the event: Postgres was frozen
+    assert shown.json["jobType"] == "emit", shown.json  # from the read model, after the thaw
+    ids = [int(e.id) for e in seen.events if e.id is not None]
+    assert ids == sorted(set(ids)), ids
+
+
+async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen for less than the bound, from the look-up's beginning on (0.6 of it): the look-up
+    waits, and the job's end is sent with what the read model knows of it (its type). A guard:
+    it passes without the bound too."""
+    settings = live.settings
+    await running_job(settings, "thawed-a")
+    looking = began_event(monkeypatch, job_updates, "read_ahead")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("thawed-a"))
+                async with asyncio.timeout(30):
+                    await looking.wait()  # the stream met the event and looks the job up
+                await asyncio.sleep(BOUND * 0.6)  # the fault's length, from the look-up on
+            await until(reader, lambda: sent(seen, end) is not None)
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+    assert frame.json["jobType"] == "emit", frame.json
+
+
+async def test_an_own_jobs_stream_shows_no_job_whose_owner_it_cannot_read_while_frozen(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """A token limited to its own jobs: with Postgres frozen the stream cannot read the owners
+    of jobs it does not know, shows neither job's end (its own neither: it fails closed), and
+    stays open; after the thaw its next job shows."""
+    settings = live.settings
+    mine = await live.create_token("mine", "operator", own_jobs_only=True)
+    await running_job(settings, "mine-a", owner="mine")
+    await running_job(settings, "other-a", owner="other")
+    seen = SseStream()
+    every = SseStream()
+    async with (
+        live.client(token=mine) as me,
+        live.client() as admin,
+        asyncio.timeout(120),
+        me.stream("GET", "/api/jobs/stream") as mine_stream,
+        admin.stream("GET", "/api/jobs/stream") as every_stream,
+    ):
+        assert mine_stream.status_code == 200, await mine_stream.aread()
+        assert every_stream.status_code == 200, await every_stream.aread()
+        reader = asyncio.create_task(read_into(mine_stream, seen))
+        watcher = asyncio.create_task(read_into(every_stream, every))
+        try:
+            with frozen_postgres(own_postgres):
+                last = await publish(settings, [*ended("mine-a"), *ended("other-a")])
+                # The admin's stream sent both ends (from the events): they were read; the
+                # token's stream, as slow to give up its look-ups, sends keep-alives after them.
+                await until(watcher, lambda: sent(every, last) is not None)
+                kept = len(seen.comments)
+                await until(reader, lambda: len(seen.comments) >= kept + 2)
+            requested, *rest = job_events("mine-b", "emit", status=JobStatus.COMPLETED)
+            assert isinstance(requested, events.JobRequested)
+            mine_next = await publish(
+                settings, [msgspec.structs.replace(requested, requested_by="mine"), *rest]
+            )
+            await until(reader, lambda: sent(seen, mine_next) is not None)
+        finally:
+            reader.cancel()
+            watcher.cancel()
+    shown = {e.json["jobId"] for e in seen.events if e.event == "job_update"}
+    assert shown == {"mine-b"}, [e.data for e in seen.events]
+
+
+async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_its_end(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """A job stream opened while Postgres is frozen answers 200 (the job known from its
+    JobRequested in NATS once the row's read passed the bound) and sends the job's line and end.
+    (Before: 503 READ_MODELS_TIMEOUT after the read pool's deadline.)"""
+    settings = live.settings
+    await running_job(settings, "followed")
+    lines: list[str] = []
+    done: dict[str, Any] = {}
+    with frozen_postgres(own_postgres):
+        async with (
+            live.client() as client,
+            asyncio.timeout(60),
+            client.stream("GET", "/api/jobs/followed/stream") as response,
+        ):
+            assert response.status_code == 200, await response.aread()
+            await publish(settings, ended("followed"))
+            async for event in iter_events(response):
+                if event.event == "message":
+                    lines.append(event.json["text"])
+                elif event.event == "done":
+                    done = event.json
+                    break
+    assert lines == ["one"], lines
+    assert done["status"] == "completed", done
+
+
+def sent(stream: SseStream, seq: int) -> SseEvent | None:
+    return next((e for e in stream.events if e.id == str(seq)), None)
+
+
+def job_frame(stream: SseStream, job_id: str) -> SseEvent | None:
+    return next(
+        (e for e in stream.events if e.event == "job_update" and e.json["jobId"] == job_id), None
+    )
+
+
+async def read_into(response: Any, seen: SseStream) -> None:
+    async for event in iter_events(response, into=seen):
+        seen.events.append(event)
+
+
+async def until(reader: asyncio.Task[None], condition: Callable[[], object]) -> None:
+    """Until ``condition`` holds of what the stream sent; fails if the stream ends first."""
+    while not condition():
+        if reader.done():
+            reader.result()  # the stream's own error, if it had one
+            raise AssertionError("the stream ended")
+        await asyncio.sleep(0.05)
