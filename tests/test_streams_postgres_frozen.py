@@ -8,12 +8,15 @@ event is sent from what it tells, keep-alives flow, and the stream follows on af
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
+from jobrunner.common import readmodelversion
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
@@ -25,6 +28,7 @@ from tests.sse_client import SseEvent, SseStream, iter_events
 from tests.system import System
 from tests.tools.began import began_event
 from tests.tools.postgres_processes import frozen_postgres
+from tests.tools.stream_reading import read_into, until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -233,6 +237,63 @@ async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_i
     assert done["status"] == "completed", done
 
 
+async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_tables(
+    frozen_settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    """The API started while Postgres was frozen, so it serves without knowing the read models'
+    version, and an all-jobs stream opens meanwhile. After the thaw the API learns that the
+    tables are a newer jobrunner's: the stream goes on from the events alone and reads none of
+    them (a job's end shows without its type). (Before: it read the newer tables, the gate
+    having let it through once, at its start.)"""
+    settings = frozen_settings
+    system = System(settings)
+    try:
+        await system.start_projector()
+        await system.start_api()
+        await running_job(settings, "newer-a")
+        await system.stop_service("projector")  # it would not serve a newer version either
+        await system.stop_api()
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(
+                f"UPDATE {READ_SCHEMA}.{readmodelversion.VERSION_TABLE} SET version = $1",
+                readmodelversion.READMODEL_VERSION + 1,
+            )
+        finally:
+            await conn.close()
+        seen = SseStream()
+        async with system.client() as client:
+            with frozen_postgres(own_postgres):
+                await system.start_api()
+                gate = system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr]
+                assert not gate.known
+                last = await publish(
+                    settings, [events.ProgressReported(job_id="newer-a", current=1)]
+                )
+                response = await client.send(
+                    client.build_request("GET", f"/api/jobs/stream?after={last}"), stream=True
+                )
+                assert response.status_code == 200, await response.aread()
+            reader = asyncio.create_task(read_into(response, seen))
+            try:
+                async with asyncio.timeout(60):
+                    while not gate.known:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)  # the gate's watch looks on its own
+                assert not gate.serving  # the tables are a newer jobrunner's
+                end = await publish(settings, ended("newer-a"))
+                async with asyncio.timeout(60):
+                    await until(reader, lambda: sent(seen, end) is not None)
+            finally:
+                reader.cancel()
+                await response.aclose()
+    finally:
+        await system.stop()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+    assert frame.json["jobType"] is None, frame.json  # not read from the newer tables
+
+
 def sent(stream: SseStream, seq: int) -> SseEvent | None:
     return next((e for e in stream.events if e.id == str(seq)), None)
 
@@ -241,17 +302,3 @@ def job_frame(stream: SseStream, job_id: str) -> SseEvent | None:
     return next(
         (e for e in stream.events if e.event == "job_update" and e.json["jobId"] == job_id), None
     )
-
-
-async def read_into(response: Any, seen: SseStream) -> None:
-    async for event in iter_events(response, into=seen):
-        seen.events.append(event)
-
-
-async def until(reader: asyncio.Task[None], condition: Callable[[], object]) -> None:
-    """Until ``condition`` holds of what the stream sent; fails if the stream ends first."""
-    while not condition():
-        if reader.done():
-            reader.result()  # the stream's own error, if it had one
-            raise AssertionError("the stream ended")
-        await asyncio.sleep(0.05)
