@@ -34,7 +34,13 @@ LINES = 200
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(
-        settings, job_types_file=TEST_TYPES, max_streams_per_token=VIEWERS + 10
+        settings,
+        job_types_file=TEST_TYPES,
+        max_streams_per_token=VIEWERS + 10,
+        # A stream's read of the job's row is bounded by health's bound (past it the job is
+        # followed from its JobRequested): the test holds the row's lock while fifty viewers
+        # arrive, longer than the 1 s default on a loaded machine.
+        health_postgres_timeout_seconds=60.0,
     )
 
 

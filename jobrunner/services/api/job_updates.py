@@ -240,9 +240,7 @@ async def update_stream(
         lookups = stream_lookups(ctx)
 
     async def read_model_state(job_id: str) -> JobState | None:
-        row = await lookups.fetchrow(
-            f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
-        )
+        row = await readmodels.get_job_row(lookups, job_id)
         return state_from_row(row) if row is not None else None
 
     states = JobStates(read_model_state)

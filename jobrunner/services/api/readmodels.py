@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -125,7 +125,13 @@ def job_from_row(row: Sequence[Any], now: datetime | None = None) -> schemas.Job
     )
 
 
-async def get_job_row(pool: ReadPool, job_id: str) -> asyncpg.Record | None:
+class RowReads(Protocol):
+    """What reads one row: the read pool, or a live stream's bounded reads (streamlookups.py)."""
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None: ...
+
+
+async def get_job_row(pool: RowReads, job_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         f"SELECT {JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
     )

@@ -117,7 +117,9 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
             # one read for all of them, not one each (sharedreads).
             stored = as_stored(job_id)
             try:
-                row = await ctx.job_rows.read(stored, lambda: _job_row(lookups, stored))
+                row = await ctx.job_rows.read(
+                    stored, lambda: readmodels.get_job_row(lookups, stored)
+                )
             except UNREADABLE:
                 requested = await _requested_in_stream(ctx, job_id)
                 if requested is None:
@@ -128,12 +130,6 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
         if row is None:
             row = await _requested(ctx, lookups, job_id)
     return _visible_to(principal, job_id, row)
-
-
-async def _job_row(lookups: StreamLookups, job_id: str) -> Any:
-    return await lookups.fetchrow(
-        f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
-    )
 
 
 def _visible_to(
@@ -157,8 +153,7 @@ async def _requested(
         )
         if seq <= int(applied or 0):
             # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
-            row: Mapping[str, Any] | None = await _job_row(lookups, as_stored(job_id))
-            return row
+            return await readmodels.get_job_row(lookups, as_stored(job_id))
     except UNREADABLE:
         return _row_of_request(seq, event, log_count=None)
     return _row_of_request(seq, event, log_count=0)
