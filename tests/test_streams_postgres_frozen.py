@@ -133,6 +133,48 @@ async def test_the_all_jobs_stream_sends_an_unknown_jobs_end_while_postgres_is_f
     assert ids == sorted(set(ids)), ids
 
 
+async def test_a_burst_of_unknown_jobs_ending_on_a_frozen_postgres_waits_out_one_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five jobs the stream does not know end at once while Postgres is frozen: the stream gives
+    up one look-up and sends all five ends from the events, trying no other look-up meanwhile
+    (without the pause after a failed one: a bound's wait for each job's state and batch, ten
+    more)."""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 600.0)  # not over within the test
+    settings = live.settings
+    jobs = [f"burst-{n}" for n in range(5)]
+    for job_id in jobs:
+        await running_job(settings, job_id)
+    pool = live._server.config.app.state.ctx.pool  # type: ignore[union-attr]
+    looked: list[float | None] = []
+    acquire = pool.acquire
+
+    def counted(deadline_seconds: float | None = None) -> Any:
+        looked.append(deadline_seconds)
+        return acquire(deadline_seconds)
+
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                monkeypatch.setattr(pool, "acquire", counted)
+                last = await publish(settings, [e for job_id in jobs for e in ended(job_id)])
+                await until(reader, lambda: sent(seen, last) is not None)
+                monkeypatch.setattr(pool, "acquire", acquire)
+        finally:
+            reader.cancel()
+    # The gate's watch looks too, now and then, within the read deadline (None): not counted.
+    assert [bound for bound in looked if bound is not None] == [BOUND], looked
+    ends = [e.json["jobId"] for e in seen.events if e.json.get("status") == "completed"]
+    assert ends == jobs, ends
+
+
 async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up(
     live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -125,19 +125,22 @@ def job_from_row(row: Sequence[Any], now: datetime | None = None) -> schemas.Job
     )
 
 
-class RowReads(Protocol):
-    """What reads one row: the read pool, or a live stream's bounded reads (streamlookups.py)."""
+class Reads(Protocol):
+    """What the reads below go through: the read pool, or a live stream's bounded reads
+    (streamlookups.py)."""
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None: ...
 
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
 
-async def get_job_row(pool: RowReads, job_id: str) -> asyncpg.Record | None:
+
+async def get_job_row(pool: Reads, job_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         f"SELECT {JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
     )
 
 
-async def applied_seq(pool: ReadPool) -> int:
+async def applied_seq(pool: Reads) -> int:
     """The stream sequence the read models reflect (the projector's checkpoint)."""
     return int(
         await pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint WHERE id = 1") or 0

@@ -57,12 +57,12 @@ class StreamLookups:
     """One stream's reads of the read models (see the module's docstring)."""
 
     def __init__(
-        self, pool: ReadPool, gate: ReadModelGate, bound: float, pause: float = PAUSE_SECONDS
+        self, pool: ReadPool, gate: ReadModelGate, bound: float, pause: float | None = None
     ) -> None:
         self._pool = pool
         self._gate = gate
         self._bound = bound  # health_postgres_timeout_seconds
-        self._pause = pause
+        self._pause = PAUSE_SECONDS if pause is None else pause
         self._paused_until = 0.0
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:

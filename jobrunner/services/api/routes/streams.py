@@ -9,7 +9,6 @@ from typing import Any
 from litestar import Request, get
 from litestar.response import Stream
 
-from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
 from jobrunner.services.api import directwrite, readmodels, sse
@@ -148,10 +147,8 @@ async def _requested(
         return None
     seq, event = stored
     try:
-        applied = await lookups.fetchval(
-            f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint WHERE id = 1"
-        )
-        if seq <= int(applied or 0):
+        applied = await readmodels.applied_seq(lookups)
+        if seq <= applied:
             # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
             return await readmodels.get_job_row(lookups, as_stored(job_id))
     except UNREADABLE:
