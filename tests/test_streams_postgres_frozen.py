@@ -8,7 +8,7 @@ event is sent from what it tells, keep-alives flow, and the stream follows on af
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -117,11 +117,7 @@ async def test_the_all_jobs_stream_sends_an_unknown_jobs_end_while_postgres_is_f
             # Progress of a job not known shows only once it is looked up: sent again until then.
             while (shown := job_frame(seen, "frozen-b")) is None:
                 await publish(settings, [events.ProgressReported(job_id="frozen-b", current=1)])
-                told = len(seen.comments)
-                await until(
-                    reader,
-                    lambda told=told: len(seen.comments) > told or job_frame(seen, "frozen-b"),
-                )
+                await until(reader, sent_or_kept_alive(seen, "frozen-b"))
         finally:
             reader.cancel()
     frame = sent(seen, end)
@@ -338,6 +334,12 @@ async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_ta
 
 def sent(stream: SseStream, seq: int) -> SseEvent | None:
     return next((e for e in stream.events if e.id == str(seq)), None)
+
+
+def sent_or_kept_alive(stream: SseStream, job_id: str) -> Callable[[], bool]:
+    """Whether, since now, the stream sent a keep-alive or a frame of ``job_id``."""
+    told = len(stream.comments)
+    return lambda: len(stream.comments) > told or job_frame(stream, job_id) is not None
 
 
 def job_frame(stream: SseStream, job_id: str) -> SseEvent | None:
