@@ -22,6 +22,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import job_updates, streamlookups
+from jobrunner.services.api.readpool import ReadPool
 from tests import servers
 from tests.history_support import job_events, publish, wait_projected
 from tests.sse_client import SseEvent, SseStream, iter_events
@@ -201,6 +202,40 @@ async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up
     assert frame is not None
     assert frame.json["status"] == "completed", frame.json
     assert frame.json["jobType"] == "emit", frame.json
+
+
+async def test_the_all_jobs_stream_opened_on_a_frozen_postgres_is_refused_after_the_bound(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """Opened with neither ``Last-Event-ID`` nor ``after``, the stream first reads where the read
+    models are: frozen past the bound, it answers 503 READ_MODELS_TIMEOUT naming the bound
+    (before: the read pool's deadline, 6 s here, 60 s by default)."""
+    with frozen_postgres(own_postgres):
+        async with live.client() as client:
+            response = await client.get("/api/jobs/stream")
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "READ_MODELS_TIMEOUT", error
+    assert f"within {BOUND:g} s" in error["message"], error
+
+
+async def test_the_all_jobs_stream_opened_in_a_freeze_just_shorter_than_the_bound_opens(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen for 0.6 of the bound from the stream's read of where the read models are: the read
+    waits, and the stream opens (200). A guard: it passes without the bound too."""
+    looking = began_event(monkeypatch, ReadPool, "fetchval")
+
+    async def opened() -> int:
+        async with live.client() as client, client.stream("GET", "/api/jobs/stream") as response:
+            return response.status_code
+
+    with frozen_postgres(own_postgres):
+        opening = asyncio.create_task(opened())
+        async with asyncio.timeout(30):
+            await looking.wait()  # the stream's read began during the freeze
+        await asyncio.sleep(BOUND * 0.6)  # the fault's length, from the read on
+    assert await opening == 200
 
 
 async def test_an_own_jobs_stream_shows_no_job_whose_owner_it_cannot_read_while_frozen(
