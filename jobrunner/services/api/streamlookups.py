@@ -14,7 +14,8 @@ does. After a read that failed either way the stream reads nothing for ``PAUSE_S
 read would wait the same bound, and a burst of events of jobs it does not know (a batch's jobs
 ending) would hold the stream one bound per event. A read past the bound on a loaded machine
 whose Postgres merely answers slowly is given up the same way: the event is sent from what it
-tells, the look-up made again at a later event.
+tells, the look-up made again at a later event. A job's stream reads the job's row as it
+opens the same way (routes/streams.py): past the bound it knows the job from its JobRequested.
 
 The gate (readmodelgate.py) checks a request once, as it arrives; a stream lives on. One opened
 while the version was not known (Postgres away at the API's start), or whose tables a newer
