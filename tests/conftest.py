@@ -14,9 +14,12 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import sweep_stale
+from tests import servers
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
+from tests.tools.timed_out_requests import TimedOut, record_timed_out_requests
 
 TOOLS = Path(__file__).parent / "tools"
 
@@ -123,6 +126,17 @@ async def system(settings: Settings) -> AsyncIterator[System]:
 
 
 @pytest.fixture
+async def projector_and_api(settings: Settings) -> AsyncIterator[System]:
+    """Projector and API, no runner: a job the test publishes keeps the status it gives; yielded
+    once /health answers."""
+    async with System(settings) as running:
+        await running.start_projector()
+        await running.start_api()
+        await running.wait_healthy()
+        yield running
+
+
+@pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of this test's own: pausing it disturbs no other test."""
     server = EmbeddedNats(tmp_path / "nats")
@@ -134,3 +148,17 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
+
+
+@pytest.fixture
+def timed_out(monkeypatch: pytest.MonkeyPatch) -> TimedOut:
+    """Records the requests that timed out; each is still sent to the real server as is."""
+    return record_timed_out_requests(monkeypatch)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own: the test stops, freezes or kills it, so it must not be the
+    shared one."""
+    async with servers.own_postgres(f"{SCRATCH_PREFIX}own-pg-") as server:
+        yield server

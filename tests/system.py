@@ -27,8 +27,10 @@ ADMIN: Any = object()
 
 
 class System:
-    """``admin_token`` is created when the API starts; ``client()`` sends it by default,
-    ``client(token=None)`` nothing, ``client(token=t)`` another token (``create_token``).
+    """The services of a test, each started when the test asks; ``async with System(...)``
+    stops them all at the end. ``admin_token`` is created when the API starts; ``client()``
+    sends it by default, ``client(token=None)`` nothing, ``client(token=t)`` another token
+    (``create_token``).
     Browser tests call ``sign_in(context)`` to get a session cookie in a Playwright context."""
 
     def __init__(self, settings: Settings) -> None:
@@ -191,6 +193,13 @@ class System:
         if token:
             headers.setdefault("Authorization", f"Bearer {token}")
         return httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
+
+    async def __aenter__(self) -> System:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Whatever the test started is stopped, whether it passed or not."""
+        await self.stop()
 
     async def stop(self) -> None:
         if self._server is not None:

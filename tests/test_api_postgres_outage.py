@@ -31,19 +31,10 @@ from jobrunner.services.api import errors, health
 from jobrunner.services.api.context import health_pool, read_pool
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout, ReadPool
-from tests import servers
 from tests.freeze import freeze
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.postgres_processes import frozen_postgres
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is killed or frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-api-outage-") as server:
-        yield server
-
 
 # The API's read deadline and its health check's, short so the tests stay fast.
 DEADLINE = 2.5

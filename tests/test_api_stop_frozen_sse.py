@@ -25,7 +25,6 @@ from jobrunner.embedded.serverprocess import free_port
 from tests.tools.frozen_stop import (
     EXIT_SECONDS,
     STOP_SECONDS,
-    own_postgres,  # noqa: F401 - a fixture
     started_service,
     stopped_frozen,
 )
@@ -47,7 +46,7 @@ async def _watching(client: httpx.AsyncClient, connected: asyncio.Event) -> None
 async def test_the_api_stops_within_its_deadline_with_sse_clients_and_frozen_servers(
     settings: Settings,
     own_nats: EmbeddedNats,
-    own_postgres: EmbeddedPostgres,  # noqa: F811 - the fixture imported above
+    own_postgres: EmbeddedPostgres,
     tmp_path: Path,
 ) -> None:
     """Viewers of a job are connected when `jobrunner up` stops the API with both servers

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,19 +17,6 @@ from tests.history_support import BASE_TIME, publish, wait_projected
 from tests.system import System
 
 
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[System]:
-    """Projector and API with tokens, no runner: published jobs keep the status a test gives."""
-    system = System(settings)
-    await system.start_projector()
-    await system.start_api()
-    await system.wait_healthy()
-    try:
-        yield system
-    finally:
-        await system.stop()
-
-
 async def publish_projected(settings: Settings, stream: list[Any]) -> None:
     await wait_projected(settings, await publish(settings, stream))
 
@@ -41,14 +27,14 @@ async def get_ok(client: httpx.AsyncClient, path: str, **params: Any) -> Any:
     return response.json()
 
 
-async def test_batch_shows_its_aggregates(api: System, settings: Settings) -> None:
+async def test_batch_shows_its_aggregates(projector_and_api: System, settings: Settings) -> None:
     """A batch shows its name, types, counters, progress, derived status and times."""
     stream = batch_events("b1", 4, name="Nightly", job_types=("scraper", "enrich_email"))
     stream += ended("b1-0", JobStatus.COMPLETED, BASE_TIME + timedelta(minutes=1))
     stream += ended("b1-1", JobStatus.FAILED, BASE_TIME + timedelta(minutes=2))
     stream.append(events.StatusChanged(job_id="b1-2", status=JobStatus.RUNNING))
     await publish_projected(settings, stream)
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         batch = await get_ok(client, "/api/batches/b1")
     expected = {
         "id": "b1",
@@ -71,12 +57,14 @@ async def test_batch_shows_its_aggregates(api: System, settings: Settings) -> No
     assert batch["started_at"] == "2026-01-01T00:01:00Z"
 
 
-async def test_batch_jobs_come_in_batch_order_in_pages(api: System, settings: Settings) -> None:
+async def test_batch_jobs_come_in_batch_order_in_pages(
+    projector_and_api: System, settings: Settings
+) -> None:
     """The batch's jobs are listed by their place in the batch, a page at a time, none twice."""
     await publish_projected(settings, batch_events("b1", 7))
     seen: list[int] = []
     cursor = None
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         while True:
             params: dict[str, Any] = {"jobs_limit": 3}
             if cursor:
@@ -90,7 +78,7 @@ async def test_batch_jobs_come_in_batch_order_in_pages(api: System, settings: Se
 
 
 async def test_batch_lists_latest_attempts_unless_all_are_asked_for(
-    api: System, settings: Settings
+    projector_and_api: System, settings: Settings
 ) -> None:
     """A restarted job is listed once, as its newest attempt; attempts=all shows every attempt
     in order, the older ones not latest."""
@@ -98,7 +86,7 @@ async def test_batch_lists_latest_attempts_unless_all_are_asked_for(
     stream += ended("b1-1", JobStatus.FAILED)
     stream.append(attempt("b1", 1, 2))
     await publish_projected(settings, stream)
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         latest = (await get_ok(client, "/api/batches/b1"))["jobs"]["items"]
         every = (await get_ok(client, "/api/batches/b1", attempts="all"))["jobs"]["items"]
         batch = await get_ok(client, "/api/batches/b1")
@@ -112,9 +100,9 @@ async def test_batch_lists_latest_attempts_unless_all_are_asked_for(
     assert (batch["pending_jobs"], batch["failed_jobs"], batch["status"]) == (2, 0, "pending")
 
 
-async def test_unknown_batch_answers_404(api: System) -> None:
+async def test_unknown_batch_answers_404(projector_and_api: System) -> None:
     """Asking for a batch that does not exist answers 404 BATCH_NOT_FOUND with a sentence."""
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         response = await client.get("/api/batches/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "BATCH_NOT_FOUND"
@@ -142,10 +130,12 @@ async def listed(client: httpx.AsyncClient, **params: Any) -> list[str]:
     return [b["id"] for b in (await get_ok(client, "/api/batches", **params))["items"]]
 
 
-async def test_batch_list_is_newest_first_in_stable_pages(api: System, settings: Settings) -> None:
+async def test_batch_list_is_newest_first_in_stable_pages(
+    projector_and_api: System, settings: Settings
+) -> None:
     """Batches come newest first, page by page, each once."""
     await several_batches(settings)
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         first = await get_ok(client, "/api/batches", limit=2, archived="all")
         second = await get_ok(
             client, "/api/batches", limit=2, archived="all", cursor=first["next_cursor"]
@@ -159,11 +149,11 @@ async def test_batch_list_is_newest_first_in_stable_pages(api: System, settings:
     assert first["projected_seq"] > 0
 
 
-async def test_batch_list_filters(api: System, settings: Settings) -> None:
+async def test_batch_list_filters(projector_and_api: System, settings: Settings) -> None:
     """Each filter narrows the list: status, archived (hidden by default), job type, search, and
     the creation window."""
     await several_batches(settings)
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         assert await listed(client) == ["b4", "b3", "b1", "b0"]
         assert await listed(client, archived="true") == ["b2"]
         assert await listed(client, status="completed") == ["b1"]
@@ -190,20 +180,22 @@ async def test_batch_list_filters(api: System, settings: Settings) -> None:
     ],
 )
 async def test_a_bad_batch_filter_answers_400_naming_it(
-    api: System, params: dict[str, str], field: str
+    projector_and_api: System, params: dict[str, str], field: str
 ) -> None:
     """A filter value the list cannot take answers 400 INVALID_QUERY naming the parameter."""
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         response = await client.get("/api/batches", params=params)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "INVALID_QUERY"
     assert response.json()["error"]["field"] == field
 
 
-async def test_an_unknown_parameter_of_a_batch_answers_400(api: System, settings: Settings) -> None:
+async def test_an_unknown_parameter_of_a_batch_answers_400(
+    projector_and_api: System, settings: Settings
+) -> None:
     """A typo in a parameter of the batch page answers 400, not a silently different page."""
     await publish_projected(settings, batch_events("b1", 1))
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         response = await client.get("/api/batches/b1", params={"job_limit": 5})
         bad_attempts = await client.get("/api/batches/b1", params={"attempts": "some"})
     assert response.status_code == 400
@@ -213,7 +205,7 @@ async def test_an_unknown_parameter_of_a_batch_answers_400(api: System, settings
 
 
 async def test_own_jobs_token_sees_only_the_batches_it_requested(
-    api: System, settings: Settings
+    projector_and_api: System, settings: Settings
 ) -> None:
     """A token limited to its own jobs lists only its batches and gets 404 for anyone else's."""
     await publish_projected(
@@ -221,12 +213,12 @@ async def test_own_jobs_token_sees_only_the_batches_it_requested(
         batch_events("mine", 1, requested_by="alice")
         + batch_events("theirs", 1, requested_by="bob"),
     )
-    alice = await api.create_token("alice", "operator", own_jobs_only=True)
-    async with api.client(token=alice) as client:
+    alice = await projector_and_api.create_token("alice", "operator", own_jobs_only=True)
+    async with projector_and_api.client(token=alice) as client:
         ids = await listed(client)
         own = await client.get("/api/batches/mine")
         other = await client.get("/api/batches/theirs")
-    async with api.client() as admin:
+    async with projector_and_api.client() as admin:
         everything = await listed(admin)
     assert ids == ["mine"]
     assert own.status_code == 200
@@ -236,12 +228,14 @@ async def test_own_jobs_token_sees_only_the_batches_it_requested(
     assert sorted(everything) == ["mine", "theirs"]
 
 
-async def test_job_list_hides_archived_jobs_unless_asked(api: System, settings: Settings) -> None:
+async def test_job_list_hides_archived_jobs_unless_asked(
+    projector_and_api: System, settings: Settings
+) -> None:
     """GET /api/jobs leaves archived jobs out; archived=true lists only them, all lists both."""
     stream = batch_events("b1", 2)
     stream.append(events.JobArchived(job_id="b1-0"))
     await publish_projected(settings, stream)
-    async with api.client() as client:
+    async with projector_and_api.client() as client:
         default = [j["id"] for j in (await get_ok(client, "/api/jobs"))["items"]]
         only = (await get_ok(client, "/api/jobs", archived="true"))["items"]
         both = [j["id"] for j in (await get_ok(client, "/api/jobs", archived="all"))["items"]]

@@ -23,16 +23,9 @@ KEEPALIVE = 0.5
 
 
 @pytest.fixture
-async def live(settings: Settings) -> AsyncIterator[System]:
-    """Projector and API with tokens and short keep-alives, no runner."""
-    system = System(msgspec.structs.replace(settings, sse_keepalive_seconds=KEEPALIVE))
-    await system.start_projector()
-    await system.start_api()
-    await system.wait_healthy()
-    try:
-        yield system
-    finally:
-        await system.stop()
+def settings(settings: Settings) -> Settings:
+    """Short keep-alives (for ``projector_and_api``: projector and API with tokens, no runner)."""
+    return msgspec.structs.replace(settings, sse_keepalive_seconds=KEEPALIVE)
 
 
 class Watcher:
@@ -85,14 +78,17 @@ def batch_done(event: SseEvent) -> bool:
 
 
 async def test_batch_update_follows_the_counters_to_the_end(
-    live: System, settings: Settings
+    projector_and_api: System, settings: Settings
 ) -> None:
     """Watching the stream, a batch's counters move with its jobs and end exact, completed, in
     the update of the event that completed the batch. (An update of an earlier event may already
     show later counters: its row is read once the projector has applied that event, and the
     projector may have applied the next ones in the same transaction.)"""
     await publish(settings, batch_events("b1", 3))
-    async with live.client() as client, watching(client, "/api/jobs/stream?after=0") as watcher:
+    async with (
+        projector_and_api.client() as client,
+        watching(client, "/api/jobs/stream?after=0") as watcher,
+    ):
         first = await watcher.until(lambda e: e.event == "batch_update")
         for index in range(3):
             last = await publish(settings, ended(f"b1-{index}", JobStatus.COMPLETED))
@@ -108,11 +104,14 @@ async def test_batch_update_follows_the_counters_to_the_end(
 
 
 async def test_batch_update_shows_a_batch_event_with_its_sequence(
-    live: System, settings: Settings
+    projector_and_api: System, settings: Settings
 ) -> None:
     """A batch event alone (failing a batch) sends the batch's row, id = that event's sequence."""
     await wait_projected(settings, await publish(settings, batch_events("b1", 2)))
-    async with live.client() as client, watching(client, "/api/jobs/stream") as watcher:
+    async with (
+        projector_and_api.client() as client,
+        watching(client, "/api/jobs/stream") as watcher,
+    ):
         seq = await publish(settings, [events.BatchFailed(batch_id="b1", reason="stop now")])
         [update] = await watcher.until(lambda e: e.event == "batch_update")
     assert update.id == str(seq)
@@ -120,12 +119,12 @@ async def test_batch_update_shows_a_batch_event_with_its_sequence(
 
 
 async def test_resume_after_a_batch_update_repeats_nothing(
-    live: System, settings: Settings
+    projector_and_api: System, settings: Settings
 ) -> None:
     """Reconnecting with the id of a batch_update yields only later changes, none twice."""
     stream = batch_events("b1", 2) + ended("b1-0", JobStatus.COMPLETED)
     last = await publish(settings, stream)
-    async with live.client() as client:
+    async with projector_and_api.client() as client:
         async with watching(client, "/api/jobs/stream?after=0") as watcher:
             first = await watcher.until(lambda e: e.id == str(last) and e.event == "batch_update")
         headers = {"Last-Event-ID": str(last)}
@@ -144,16 +143,16 @@ async def test_resume_after_a_batch_update_repeats_nothing(
 
 
 async def test_own_jobs_token_gets_batch_updates_only_of_its_batches(
-    live: System, settings: Settings
+    projector_and_api: System, settings: Settings
 ) -> None:
     """A token limited to its own jobs never receives another token's batch."""
     await publish(
         settings,
         batch_events("theirs", 1, requested_by="bob") + batch_events("mine", 1, requested_by="al"),
     )
-    token = await live.create_token("al", "operator", own_jobs_only=True)
+    token = await projector_and_api.create_token("al", "operator", own_jobs_only=True)
     async with (
-        live.client(token=token) as client,
+        projector_and_api.client(token=token) as client,
         watching(client, "/api/jobs/stream?after=0") as watcher,
     ):
         await publish(settings, ended("theirs-0", JobStatus.COMPLETED))
@@ -165,19 +164,24 @@ async def test_own_jobs_token_gets_batch_updates_only_of_its_batches(
     assert jobs == {"mine-0"}
 
 
-async def test_batch_update_waits_for_a_stopped_projector(live: System, settings: Settings) -> None:
+async def test_batch_update_waits_for_a_stopped_projector(
+    projector_and_api: System, settings: Settings
+) -> None:
     """While the projector is stopped a batch_update is held (keep-alives go on); once it is
     back, the update arrives with the counters exact."""
     await wait_projected(settings, await publish(settings, batch_events("b1", 2)))
-    async with live.client() as client, watching(client, "/api/jobs/stream") as watcher:
-        await live.stop_service("projector")
+    async with (
+        projector_and_api.client() as client,
+        watching(client, "/api/jobs/stream") as watcher,
+    ):
+        await projector_and_api.stop_service("projector")
         await publish(
             settings, ended("b1-0", JobStatus.COMPLETED) + ended("b1-1", JobStatus.FAILED)
         )
         # Longer than a keep-alive interval several times over: the wait goes on past each.
         await asyncio.sleep(4 * KEEPALIVE)
         early = watcher.received()
-        await live.start_projector()
+        await projector_and_api.start_projector()
         [*_, update] = await watcher.until(batch_done)
     assert [e for e in early if e.event == "batch_update"] == []
     assert (update.json["status"], update.json["completed_jobs"], update.json["failed_jobs"]) == (

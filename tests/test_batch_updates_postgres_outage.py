@@ -6,7 +6,6 @@ it waits with keep-alives and sends the batch's row once Postgres is back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests import servers
 from tests.batch_support import batch_events, ended
 from tests.history_support import publish, wait_projected
 from tests.sse_client import SseStream
@@ -25,37 +23,23 @@ KEEPALIVE = 0.5
 
 
 @pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-batch-updates-outage-") as server:
-        yield server
-
-
-@pytest.fixture
-async def live(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIterator[System]:
-    """Projector and API with short keep-alives, no runner (the test publishes the events)."""
-    settings = msgspec.structs.replace(
+def settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+    """Short keep-alives and a Postgres of the test's own (for ``projector_and_api``: projector
+    and API, no runner; the test publishes the events)."""
+    return msgspec.structs.replace(
         settings, database_url=own_postgres.url, sse_keepalive_seconds=KEEPALIVE
     )
-    system = System(settings)
-    await system.start_projector()
-    await system.start_api()
-    await system.wait_healthy()
-    try:
-        yield system
-    finally:
-        await system.stop()
 
 
 async def test_a_batch_row_waits_out_postgres_being_down_and_the_stream_stays_open(
-    live: System, own_postgres: EmbeddedPostgres
+    projector_and_api: System, own_postgres: EmbeddedPostgres
 ) -> None:
     """The job's end, met with Postgres down: keep-alives meanwhile, then the batch completed."""
-    settings = live.settings
+    settings = projector_and_api.settings
     await wait_projected(settings, await publish(settings, batch_events("b1", 1)))
     seen = SseStream()
     async with (
-        live.client() as client,
+        projector_and_api.client() as client,
         asyncio.timeout(60),
         client.stream("GET", "/api/jobs/stream?after=0") as response,
     ):

@@ -22,7 +22,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
 from tests.system import System
-from tests.test_health_nats_frozen import health, thaw
+from tests.tools.health_reports import status_and_report
+from tests.tools.nats_silence import thaw
 
 PERIOD = 5.0  # health_log_seconds here
 NATS_DEADLINE = 0.5  # health_nats_timeout_seconds here: a frozen NATS answered fast
@@ -42,14 +43,14 @@ async def ok(system: System) -> int:
     """Poll /health until it is ok; how many answers were not."""
     bad = 0
     async with asyncio.timeout(30):
-        while (await health(system))[1]["status"] != "ok":
+        while (await status_and_report(system))[1]["status"] != "ok":
             bad += 1
             await asyncio.sleep(0.05)
     return bad
 
 
 async def unavailable(system: System) -> None:
-    status, body = await health(system)
+    status, body = await status_and_report(system)
     assert (status, body["status"]) == (503, "unavailable"), body
 
 

@@ -6,8 +6,6 @@ runners) and then answer 200 "ok" with no problem at all."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +18,8 @@ from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
 from tests.history_support import reading_system
 from tests.system import System
+from tests.tools.health_reports import codes, status_and_report
+from tests.tools.nats_silence import thaw
 
 NATS_DEADLINE = 4.0  # health_nats_timeout_seconds here
 SHORTER = NATS_DEADLINE / 2  # a freeze health waits out, with 2 s to spare on a loaded machine
@@ -35,31 +35,16 @@ async def system(settings: Settings, own_nats: EmbeddedNats) -> AsyncIterator[Sy
         yield running
 
 
-async def health(system: System) -> tuple[int, dict[str, Any]]:
-    async with system.client(token=None) as client:
-        response = await client.get("/health")
-    return response.status_code, response.json()
-
-
-def codes(body: dict[str, Any]) -> list[str]:
-    return [p["code"] for p in body["problems"]]
-
-
-def thaw(server: EmbeddedNats) -> None:
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGCONT)
-
-
 async def test_health_says_nats_timeout_while_nats_is_frozen(
     system: System, own_nats: EmbeddedNats
 ) -> None:
     """NATS frozen past the deadline: 503 unavailable, NATS_TIMEOUT with a sentence, not "ok"."""
-    status, body = await health(system)
+    status, body = await status_and_report(system)
     assert "NATS_TIMEOUT" not in codes(body), body
     assert own_nats.proc is not None
     freeze(own_nats.proc.pid)
     try:
-        status, body = await health(system)
+        status, body = await status_and_report(system)
     finally:
         thaw(own_nats)
     assert (status, body["status"]) == (503, "unavailable"), body
@@ -67,7 +52,7 @@ async def test_health_says_nats_timeout_while_nats_is_frozen(
     assert body["nats"] is True  # connected: frozen, not away
     assert body["stream_last_seq"] is None
     # Back: health answers with the stream's end again, by itself.
-    status, body = await health(system)
+    status, body = await status_and_report(system)
     assert "NATS_TIMEOUT" not in codes(body), body
     assert isinstance(body["stream_last_seq"], int), body
 
@@ -76,11 +61,11 @@ async def test_health_waits_out_a_nats_freeze_shorter_than_its_deadline(
     system: System, own_nats: EmbeddedNats
 ) -> None:
     """NATS frozen for half the deadline while health reads it: no NATS_TIMEOUT, the figures."""
-    await health(system)  # the API's connections and the stream are made
+    await status_and_report(system)  # the API's connections and the stream are made
     assert own_nats.proc is not None
     freeze(own_nats.proc.pid)
     try:
-        answer = asyncio.create_task(health(system))
+        answer = asyncio.create_task(status_and_report(system))
         await asyncio.sleep(SHORTER)  # the fault's length itself
         assert not answer.done(), "health answered during the freeze: it did not bite"
     finally:
@@ -118,10 +103,10 @@ async def test_health_is_degraded_when_only_the_runners_read_times_out(
 ) -> None:
     """NATS answered the stream's end, then froze past the bound: 200 degraded with NATS_SLOW
     and the runners unknown, not 503 (that first read says whether NATS answers at all)."""
-    await health(system)
+    await status_and_report(system)
     froze = freeze_at_runners_read(monkeypatch, own_nats)
     try:
-        status, body = await health(system)
+        status, body = await status_and_report(system)
     finally:
         thaw(own_nats)
     assert froze, "the runners read was not frozen"
@@ -130,7 +115,7 @@ async def test_health_is_degraded_when_only_the_runners_read_times_out(
     assert "NATS_TIMEOUT" not in codes(body), body
     assert body["runners"]["alive"] is None, body
     assert isinstance(body["stream_last_seq"], int), body
-    status, body = await health(system)  # back by itself
+    status, body = await status_and_report(system)  # back by itself
     assert "NATS_SLOW" not in codes(body), body
 
 
@@ -138,10 +123,10 @@ async def test_health_waits_out_a_freeze_of_its_runners_read_shorter_than_the_bo
     system: System, own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The runners read frozen for half the bound: waited out, the runners known."""
-    await health(system)
+    await status_and_report(system)
     froze = freeze_at_runners_read(monkeypatch, own_nats, thaw_after=SHORTER)
     try:
-        status, body = await health(system)
+        status, body = await status_and_report(system)
     finally:
         thaw(own_nats)
     assert froze, "the runners read was not frozen"

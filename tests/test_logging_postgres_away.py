@@ -8,14 +8,13 @@ import json
 import logging
 import ssl
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from jobrunner.common import database
 from jobrunner.common.logging import PostgresAwayInOneLine, configure_logging
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests import servers
 from tests.tools.logging_state import logging_put_back
 
 POOL_RETRY = "Failed to restore the pool connection floor"
@@ -26,13 +25,6 @@ def json_logging() -> Iterator[None]:
     """configure_logging's changes put back for the other tests."""
     with logging_put_back():
         yield
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped."""
-    async with servers.own_postgres("jobrunner-test-log-away-") as server:
-        yield server
 
 
 async def test_pool_retries_while_postgres_is_down_log_one_line_each(

@@ -9,15 +9,10 @@ test connect as another user and keep their connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
-import httpx
 import msgspec
 
 from jobrunner.common.eventstore import NATS_CLOSED_EXIT
@@ -25,11 +20,9 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
 from tests.tools.runners import (
-    REPO,
     RUNNER_TYPES,
     RunnerProcess,
     lines_of,
-    runner_env,
     start_job,
     status_events,
     wait_dead,
@@ -37,6 +30,7 @@ from tests.tools.runners import (
     wait_job,
     wait_status,
 )
+from tests.tools.service_processes import ServiceProcess, wait_api_healthy
 from tests.webhook_receiver import Receiver, running_receiver
 from tests.webhook_support import start_job as webhook_job
 from tests.webhook_support import webhook_settings
@@ -131,55 +125,6 @@ async def test_a_runner_whose_connection_the_server_closed_exits_and_its_restart
     assert [line["text"] for line in lines] == [f"INFO line {i} [{i}/200]" for i in range(1, 201)]
 
 
-class ServiceProcess:
-    """``python -m jobrunner.cli <service>`` as a child process with these settings, its output
-    in ``log_file`` (shared by its lives)."""
-
-    def __init__(self, service: str, settings: Settings, log_file: Path, **overrides: Any) -> None:
-        self.service = service
-        self.env = runner_env(settings, **overrides)
-        self.log_file = log_file
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_file.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobrunner.cli", self.service],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def wait_exit(self, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            while self.proc.poll() is None:  # noqa: ASYNC110 - nothing to wait on but the child
-                await asyncio.sleep(0.05)
-        return self.proc.returncode
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-async def _wait_api_healthy(system: System, api: ServiceProcess) -> None:
-    """Until the API child answers /health with 200 (it refuses connections while it starts)."""
-    async with system.client(token=None) as client, asyncio.timeout(30):
-        while True:
-            assert api.proc is not None
-            assert api.proc.poll() is None, api.log_file.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/health")).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-
-
 def _delivered_jobs(receiver: Receiver) -> list[str]:
     return [msgspec.json.decode(got.body)["job_id"] for got in receiver.received]
 
@@ -262,14 +207,14 @@ async def test_an_api_whose_connection_the_server_closed_exits_and_its_restart_s
         await system.start_runner()
         system.admin_token = await system.create_token("test-admin", "admin")
         lives[0].start()
-        await _wait_api_healthy(system, lives[0])
+        await wait_api_healthy(system, lives[0])
         async with system.client() as client:
             _rotate(nats)
             assert await lives[0].wait_exit() == NATS_CLOSED_EXIT
             _assert_exited_for_good(tmp_path / "api.log")
 
             lives[1].start()
-            await _wait_api_healthy(system, lives[1])
+            await wait_api_healthy(system, lives[1])
             job_id = await start_job(client, "emit", lines=50, interval="0.001")
             await wait_status(client, job_id, "completed")
             lines = await lines_of(client, job_id)  # its live stream, read to the end

@@ -14,19 +14,11 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests import servers
 from tests.sse_client import iter_events
 from tests.system import System
 from tests.tools.runners import start_job, wait_status
 
 TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-own-jobs-outage-") as server:
-        yield server
 
 
 @pytest.fixture

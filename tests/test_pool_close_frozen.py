@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -21,7 +20,6 @@ from structlog.testing import capture_logs
 
 from jobrunner.common import database
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests import servers
 from tests.freeze import freeze
 from tests.tools.postgres_processes import postgres_pids
 
@@ -30,13 +28,6 @@ DROPPED = (
     "pool not closed in time (a connection not given back, or postgres not answering):"
     " its connections dropped"
 )
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-pool-close-") as server:
-        yield server
 
 
 @pytest.mark.parametrize(

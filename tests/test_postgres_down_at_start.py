@@ -22,7 +22,6 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import errors
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.projector import outage, upgrade
-from tests import servers
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.began import began_event
@@ -40,13 +39,6 @@ HEALTH_BOUND = 1.0
 
 
 @pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped or frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-pg-down-at-start-") as server:
-        yield server
-
-
-@pytest.fixture
 def down_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
     return msgspec.structs.replace(
         settings,
@@ -59,11 +51,9 @@ def down_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Setting
 
 @pytest.fixture
 async def system(down_settings: Settings) -> AsyncIterator[System]:
-    running = System(down_settings)
-    try:
+    """Nothing started yet: each test starts the services it means to, and when."""
+    async with System(down_settings) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def post_job(system: System) -> str:

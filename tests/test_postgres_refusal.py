@@ -30,11 +30,9 @@ def missing_database(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def system(missing_database: Settings) -> AsyncIterator[System]:
-    running = System(missing_database)
-    try:
+    """Nothing started yet: each test starts the services it means to, and when."""
+    async with System(missing_database) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_the_api_does_not_start_on_a_database_that_does_not_exist(

@@ -18,13 +18,6 @@ from tests.history_support import job_events, publish, wait_projected
 from tests.system import System
 
 
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is killed, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-outage-") as server:
-        yield server
-
-
 async def test_postgres_killed_and_back_sets_nothing_aside(
     settings: Settings, own_postgres: EmbeddedPostgres
 ) -> None:

@@ -33,12 +33,6 @@ LINES = 20_000  # per job, 500 a message: a flood the projector copies in severa
 
 
 @pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    async with servers.own_postgres("jobrunner-test-projector-pg-") as server:
-        yield server
-
-
-@pytest.fixture
 async def forgetful_postgres() -> AsyncIterator[EmbeddedPostgres]:
     """Loses its last seconds of acknowledged commits when killed (servers.FORGETFUL)."""
     async with servers.own_postgres(

@@ -19,7 +19,6 @@ from jobrunner.embedded.serverprocess import free_port
 from tests.tools.frozen_stop import (
     EXIT_SECONDS,
     STOP_SECONDS,
-    own_postgres,  # noqa: F401 - a fixture
     stopped_frozen,
 )
 from tests.tools.postgres_processes import postgres_pids
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.timeout(300)
 async def test_a_projector_stopped_mid_rebuild_with_postgres_frozen_exits_within_its_stop(
     settings: Settings,
     own_nats: EmbeddedNats,
-    own_postgres: EmbeddedPostgres,  # noqa: F811 - the fixture imported above
+    own_postgres: EmbeddedPostgres,
     tmp_path: Path,
 ) -> None:
     settings = msgspec.structs.replace(

@@ -22,7 +22,6 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import service, store
 from tests.freeze import freeze
-from tests.tools.frozen_stop import own_postgres  # noqa: F401 - a fixture
 from tests.tools.postgres_processes import postgres_pids
 
 STOP_SECONDS = 1.5
@@ -33,7 +32,7 @@ ENDS_WITHIN = STOP_SECONDS + service.STOP_GRACE_SECONDS + 5.0
 async def test_a_projector_stopped_while_it_prunes_on_a_frozen_postgres_ends(
     settings: Settings,
     own_nats: EmbeddedNats,
-    own_postgres: EmbeddedPostgres,  # noqa: F811 - the fixture imported above
+    own_postgres: EmbeddedPostgres,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Retention on, Postgres frozen while a prune waits on it, the projector stopped: it ends

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,19 +23,11 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import read_pool
-from tests import servers
 from tests.freeze import freeze
 from tests.tools.postgres_processes import postgres_pids
 
 BOUND = 3.0
 LEFT = "a loop did not end on its stop: left running"
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-readmodel-watch-") as server:
-        yield server
 
 
 @pytest.mark.parametrize(

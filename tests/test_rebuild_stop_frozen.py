@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -18,7 +17,6 @@ from structlog.testing import capture_logs
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import upgrade
-from tests import servers
 from tests.freeze import freeze
 from tests.tools.postgres_processes import postgres_pids
 from tests.tools.rebuild_progress import rebuild_begun
@@ -29,13 +27,6 @@ pytestmark = pytest.mark.timeout(300)
 LEFT = "the read-model rebuild (resumed from its checkpoint at the next start): left running"
 # The fault just longer than the bound: thawed 2 s past it. The stop must have ended first.
 PAST_THE_BOUND = 2.0
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-rebuild-stop-frozen-") as server:
-        yield server
 
 
 @pytest.mark.parametrize("left", [False, True], ids=["thawed-within-the-bound", "thawed-past-it"])

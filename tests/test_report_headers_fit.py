@@ -22,7 +22,7 @@ from jobrunner.contracts import codec, events
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
-from tests.test_nats_closed_for_good import ServiceProcess, _wait_api_healthy
+from tests.tools.service_processes import ServiceProcess, wait_api_healthy
 
 MAX_PAYLOAD = 200 * 1024
 SMALL_MAX_PAYLOAD = 48 * 1024  # under a 60 KiB result, itself under the 64 KiB result limit
@@ -71,7 +71,7 @@ async def running_external_job(
         await system.start_runner()
         system.admin_token = await system.create_token("test-admin", "admin")
         api.start()
-        await _wait_api_healthy(system, api)
+        await wait_api_healthy(system, api)
         async with system.client() as client:
             job = await start_external(client)
             async with worker_client(system.base_url) as worker:

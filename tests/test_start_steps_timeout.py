@@ -36,7 +36,7 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.runner.board import LockBoard, open_watch
 from tests.dropping_proxy import PublishDroppingProxy
 from tests.latency_proxy import latency_proxy
-from tests.multinode.test_start_together import TimedOut, timed_out  # noqa: F401  (the fixture)
+from tests.tools.timed_out_requests import TimedOut
 
 Step = Callable[[NATS, Settings], Awaitable[None]]
 
@@ -157,7 +157,7 @@ STEPS = [lock_bucket, lock_board, projector_consumer, projector_reader, token_wa
 async def test_a_start_request_left_unanswered_is_sent_again_after_the_start_timeout(
     own_nats: EmbeddedNats,
     deployment: Settings,
-    timed_out: TimedOut,  # noqa: F811
+    timed_out: TimedOut,
     step: Step,
 ) -> None:
     """The step's request gets no answer (dropped before the server): the step sends it again
@@ -182,7 +182,7 @@ async def test_a_start_request_left_unanswered_is_sent_again_after_the_start_tim
 async def test_every_start_step_over_a_link_near_the_start_timeout_completes(
     own_nats: EmbeddedNats,
     deployment: Settings,
-    timed_out: TimedOut,  # noqa: F811
+    timed_out: TimedOut,
     one_way: float,
     sent_again: bool,
 ) -> None:

@@ -27,7 +27,6 @@ from jobrunner.embedded.serverprocess import free_port
 from tests.tools.frozen_stop import (
     EXIT_SECONDS,
     STOP_SECONDS,
-    own_postgres,  # noqa: F401 - a fixture
     started_service,
     stopped_frozen,
 )
@@ -96,7 +95,7 @@ WRITING_AT_THE_STOP_AFTER = 1.0
 async def test_a_service_stops_within_the_grace_with_nats_and_postgres_frozen(
     settings: Settings,
     own_nats: EmbeddedNats,
-    own_postgres: EmbeddedPostgres,  # noqa: F811 - the fixture imported above
+    own_postgres: EmbeddedPostgres,
     tmp_path: Path,
     service: str,
     with_a_job: bool,

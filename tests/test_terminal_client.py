@@ -4,62 +4,22 @@ a shell, with exit codes a script can act on."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
-from pathlib import Path
 
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from tests.system import System
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+from tests.tools.emit_jobs import TEST_TYPES
+from tests.tools.terminal_client import client_env, finish, jobrunner, start_client
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=TEST_TYPES, auth=True)
-
-
-class Run:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-
-def client_env(system: System, token: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
-    env["JOBRUNNER_URL"] = system.base_url
-    if token:
-        env["JOBRUNNER_TOKEN"] = token
-    return env
-
-
-async def start_client(
-    system: System, *args: str, token: str | None = "admin"
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "jobrunner.cli",
-        *args,
-        env=client_env(system, system.admin_token if token == "admin" else token),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> Run:
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
-
-
-async def jobrunner(system: System, *args: str, token: str | None = "admin") -> Run:
-    return await finish(await start_client(system, *args, token=token))
 
 
 async def test_submit_follow_prints_every_line_and_exits_zero(system: System) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.test_terminal_client import TEST_TYPES, finish, start_client
+from tests.tools.emit_jobs import TEST_TYPES
+from tests.tools.terminal_client import finish, start_client
 
 LINES = 80
 

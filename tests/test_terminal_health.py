@@ -15,8 +15,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze
 from tests.system import System
-from tests.test_health_nats_frozen import thaw
-from tests.test_terminal_client import Run, jobrunner
+from tests.tools.nats_silence import thaw
+from tests.tools.terminal_client import Run, jobrunner
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -24,17 +24,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
-from jobrunner.common import artifactstore, eventstore, retry, runnerpool
+from jobrunner.common import artifactstore, eventstore, retry
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from jobrunner.services.api.security.tokens import TokenStore
-from jobrunner.services.notifier.service import Notifier
-from jobrunner.services.projector import service as projector
-from jobrunner.services.runner.service import request_ack_wait, subscribe_requests
 from tests.latency_proxy import latency_proxy
 from tests.servers import delete_streams
+from tests.tools.service_starts import STARTS, assert_configured, settings_for
 
 COPIES = 3  # of each service: the first and the third on this host, the second on another
 # The other host's link, each way. A start there takes each step a round trip of this later:
@@ -48,59 +45,6 @@ SWEEP_STEP_SECONDS = LATENCY_SECONDS  # the gap is two of them wide
 # it can take seconds (a request waiting out its timeout), and a sweep that long would be
 # thousands of rounds, each slower too.
 LONGEST_SWEEP_SECONDS = 0.2
-
-
-def settings_for(url: str, prefix: str, tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "nats_url": url,
-        "prefix": prefix,
-        "state_dir": str(tmp_path / "state"),
-        "log_format": "console",
-        # None of these is the server's or nats-py's default: the test sees them applied.
-        "stream_max_consumers": 321,
-        "stream_max_age_days": 2.0,
-        "lease_ttl_seconds": 3.0,
-        "idempotency_ttl_seconds": 600.0,
-        "notifier_ack_wait_seconds": 40.0,
-    }
-    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
-
-
-Start = Callable[[JetStreamContext, NATS, Settings], Awaitable[None]]
-
-
-async def api_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
-    names = Names(settings.prefix)
-    await eventstore.ensure_topology(js, names, settings)
-    await retry.until_jetstream_ready(
-        lambda: TokenStore.open(js, names, settings.stream_replicas, retry.start_context(js)),
-        "the token bucket",
-    )
-
-
-async def runner_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
-    names = Names(settings.prefix)
-    await eventstore.ensure_topology(js, names, settings)
-    slots = SlotTable(js, names, settings.lease_ttl_seconds)
-    await retry.until_jetstream_ready(slots.kv, "the lock bucket")
-    ack_wait = request_ack_wait(settings.lease_ttl_seconds)
-    sub = await subscribe_requests(js, names, ack_wait)
-    await sub.unsubscribe()
-
-
-async def notifier_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
-    await eventstore.ensure_topology(js, Names(settings.prefix), settings)
-    sub = await Notifier(settings, nc).open_consumer()
-    await sub.unsubscribe()
-
-
-async def projector_start(js: JetStreamContext, nc: NATS, settings: Settings) -> None:
-    names = Names(settings.prefix)
-    await eventstore.ensure_topology(js, names, settings)
-    await projector._remove_durable_consumer(js, names)
-
-
-STARTS: list[Start] = [api_start, runner_start, notifier_start, projector_start]
 
 
 class Hosts(NamedTuple):
@@ -159,34 +103,6 @@ async def far_start_seconds(hosts: Hosts, url: str, tmp_path: Path) -> float:
     took = time.monotonic() - began
     await delete_streams(url, settings.prefix)
     return took
-
-
-async def assert_configured(nc: NATS, settings: Settings) -> None:
-    """What the settings ask for, on every stream, bucket and consumer."""
-    names = Names(settings.prefix)
-    js = nc.jetstream()
-    max_age = settings.stream_max_age_days * 86400
-    stream = (await js.stream_info(names.stream)).config
-    assert stream.max_consumers == settings.stream_max_consumers
-    assert stream.max_age == pytest.approx(max_age)
-    bucket = (await js.stream_info(artifactstore.stream_name(names))).config
-    assert bucket.max_consumers == settings.stream_max_consumers
-    assert bucket.max_age == pytest.approx(max_age)
-    purges = (await js.stream_info(f"KV_{names.artifact_purges_bucket}")).config
-    assert purges.max_age == pytest.approx(max_age)
-    assert purges.max_msgs_per_subject == 1
-    runners = (await js.stream_info(f"KV_{names.runners_bucket}")).config
-    assert runners.max_age == pytest.approx(runnerpool.heartbeat_ttl(settings))
-    idempotency = (await js.stream_info(f"KV_{names.idempotency_bucket}")).config
-    assert idempotency.max_age == pytest.approx(settings.idempotency_ttl_seconds)
-    locks = (await js.stream_info(f"KV_{names.locks_bucket}")).config
-    assert locks.max_msgs_per_subject == 1
-    tokens = (await js.stream_info(f"KV_{names.tokens_bucket}")).config
-    assert tokens.max_msgs_per_subject == 5
-    runner = await js.consumer_info(names.stream, names.runner_consumer)
-    assert runner.config.ack_wait == pytest.approx(request_ack_wait(settings.lease_ttl_seconds))
-    notifier = await js.consumer_info(names.stream, names.notifier_consumer)
-    assert notifier.config.ack_wait == pytest.approx(settings.notifier_ack_wait_seconds)
 
 
 async def test_services_starting_at_once_on_a_fresh_server(tmp_path: Path) -> None:

@@ -8,22 +8,10 @@ from playwright.async_api import Page, Route, expect
 
 from jobrunner.common.settings import Settings
 from tests.system import System
+from tests.tools.page_recorders import RECORD_ROWS
 from tests.ui_support import TEST_TYPES, start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
-
-# Records every log row the terminal of a job shows, in order, from the moment it is called
-# (rows already there included): what the reader saw, even after the card has gone.
-RECORD_ROWS = """(jobId) => {
-  const terminal = document.querySelector(`[data-terminal][data-job-id="${jobId}"]`);
-  const rows = [...terminal.querySelectorAll(".log-row")];
-  const seen = window.seenSeqs = rows.map(r => +r.dataset.seq);
-  new MutationObserver((changes) => {
-    for (const change of changes)
-      for (const node of change.addedNodes)
-        if (node.classList?.contains("log-row")) seen.push(+node.dataset.seq);
-  }).observe(terminal, { childList: true });
-}"""
 
 
 @pytest.fixture

@@ -12,25 +12,11 @@ from playwright.async_api import Page, expect
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
-from tests.test_ui_live import RECORD_ROWS
 from tests.tools.nats_silence import BOUND, LONGER, SHORTER, thaw_after
+from tests.tools.page_recorders import RECORD_BANNER, RECORD_ROWS
 from tests.ui_support import TERMINAL, TEST_TYPES, start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
-
-# Records whether the connection banner was shown at any moment from now on, and its text
-# then: a check of the page itself could come after the thaw has hidden it again.
-RECORD_BANNER = """() => {
-  const banner = document.getElementById("conn-banner");
-  const record = () => {
-    if (banner.hidden) return;
-    window.bannerShown = true;
-    window.bannerText = banner.textContent;
-  };
-  window.bannerShown = false;
-  record();
-  new MutationObserver(record).observe(banner, { attributes: true, attributeFilter: ["hidden"] });
-}"""
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from playwright.async_api import Page, expect
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
-from tests.test_ui_nats_silence import RECORD_BANNER
 from tests.tools.nats_silence import BOUND, LONGER, SHORTER, thaw_after
+from tests.tools.page_recorders import RECORD_BANNER
 from tests.ui_support import TEST_TYPES, start_job
 
 pytestmark = pytest.mark.browser

@@ -6,9 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,59 +17,7 @@ import pytest
 from jobrunner.common import cpupriority
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-
-URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
-TOKEN_RE = re.compile(r"^\s{4}(\S{20,})\s*$", re.MULTILINE)
-
-
-class Up:
-    """A `jobrunner up` child process whose output is collected as it runs."""
-
-    def __init__(self, state_dir: Path, port: int, **settings: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
-        env["JOBRUNNER_DEMO_PACE"] = "0"
-        env.update({f"JOBRUNNER_{name.upper()}": value for name, value in settings.items()})
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jobrunner.cli",
-                "up",
-                "--state-dir",
-                str(state_dir),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            text=True,
-        )
-        self.output = ""
-        self._changed = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.output += line
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 120) -> re.Match[str]:
-        with self._changed:
-            self._changed.wait_for(
-                lambda: pattern.search(self.output) or self.proc.poll() is not None, timeout
-            )
-            match = pattern.search(self.output)
-        assert match, f"`jobrunner up` did not get there:\n{self.output}"
-        return match
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+from tests.tools.up_process import TOKEN_RE, URL_RE, Up
 
 
 def processes_using(path: Path) -> list[str]:

@@ -18,7 +18,7 @@ from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from tests.test_up import TOKEN_RE, URL_RE, Up
+from tests.tools.up_process import TOKEN_RE, URL_RE, Up
 from tests.upgrade_support import older_state
 
 T = TypeVar("T")

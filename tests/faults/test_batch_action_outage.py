@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from tests.faults import figures
+from tests.faults.batch_jobs import END_TIMEOUT, BatchJobs, tool_runs
 from tests.faults.cluster import FaultCluster, is_terminal, now, running_cluster
 from tests.faults.invariants import outcome
-from tests.faults.test_batch_action_faults import END_TIMEOUT, BatchJobs, _runs
 
 LEASE_TTL = 20.0
 
@@ -60,7 +60,7 @@ async def test_nats_paused_during_a_batch_fail(cluster: FaultCluster, seconds: f
     terminal_s = None
     try:
         async with asyncio.timeout(60):
-            while not _runs(jobs.record(0)):  # noqa: ASYNC110 - the tool writes it
+            while not tool_runs(jobs.record(0)):  # noqa: ASYNC110 - the tool writes it
                 await asyncio.sleep(0.05)
         path = f"/api/batches/{jobs.batch_id}/fail"
         async with cluster.client() as client:
@@ -81,7 +81,7 @@ async def test_nats_paused_during_a_batch_fail(cluster: FaultCluster, seconds: f
         terminal_s = now() - resumed
         _, _, every = await jobs.snapshot()
         problems += jobs.problems(batch, latest, every)
-        started = [i for i in range(jobs.count) if _runs(jobs.record(i))]
+        started = [i for i in range(jobs.count) if tool_runs(jobs.record(i))]
         if started != [0]:
             problems.append(f"jobs {started[:10]} ran; only job 0 was running at the fail")
         statuses = {j["status"] for j in latest}

@@ -9,18 +9,15 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import msgspec
-import pytest
 
 from jobrunner.common import readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import store
-from tests import servers
 from tests.cli_support import cli_env
 from tests.history_support import job_events, publish, wait_projected
 from tests.replaylock_support import terminate_lock_holder
@@ -181,13 +178,6 @@ async def test_a_rebuild_whose_lock_session_ends_is_started_again_in_place(
     assert complete(done, made) == []
     assert done["schemas"] == {"readmodel"}
     assert log.read_bytes().count(b"projector started") == 1
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is stopped, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-upgrade-") as server:
-        yield server
 
 
 async def wait_loading(projector: asyncio.subprocess.Process, log: Path) -> None:

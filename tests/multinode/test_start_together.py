@@ -5,8 +5,8 @@ request timeout (``retry.START_REQUEST_TIMEOUT``), not after nats-py's 5 s. Then
 talks to paused just shorter and just longer than that timeout: the start waits for it, or sends
 again, and leaves everything configured either way.
 
-Only the nodes run here (the services' start functions run in this process, as in
-``tests/test_topology_races.py``): one cluster for the module."""
+Only the nodes run here (the services' start functions, ``tests/tools/service_starts.py``, run
+in this process, as in ``tests/test_topology_races.py``): one cluster for the module."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.serverprocess import free_port
 from tests.cluster import NODE_NAMES, REPLICAS, ClusterNode
 from tests.servers import delete_streams
-from tests.test_topology_races import STARTS, assert_configured, settings_for
+from tests.tools.service_starts import STARTS, assert_configured, settings_for
+from tests.tools.timed_out_requests import TimedOut
 
 COPIES = 3  # of each service's start, spread over the nodes
 ROUNDS = 3
@@ -59,29 +60,6 @@ async def ready_settings(nodes: list[ClusterNode], tmp_path: Path) -> Settings:
     finally:
         await eventstore.close(nc)
     return settings
-
-
-class TimedOut(list[tuple[str, float]]):
-    """Every request of this process that got no answer: its subject and its timeout."""
-
-
-@pytest.fixture
-def timed_out(monkeypatch: pytest.MonkeyPatch) -> TimedOut:
-    """Records the requests that timed out; each is still sent to the real cluster as is."""
-    seen = TimedOut()
-    request = nats.aio.client.Client.request
-
-    async def recorded(
-        self: nats.aio.client.Client, subject: str, *args: object, **kwargs: object
-    ) -> object:
-        try:
-            return await request(self, subject, *args, **kwargs)  # type: ignore[arg-type]
-        except TimeoutError:
-            seen.append((subject, float(kwargs.get("timeout", 0.5))))  # type: ignore[arg-type]
-            raise
-
-    monkeypatch.setattr(nats.aio.client.Client, "request", recorded)
-    return seen
 
 
 async def test_starting_together_no_request_waits_the_default_timeout(

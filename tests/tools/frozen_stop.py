@@ -11,15 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from jobrunner.common.settings import Settings
-from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.supervisor import STARTED_RE
-from tests import servers
 from tests.freeze import freeze
 from tests.tools.runners import REPO, runner_env
 
@@ -31,13 +27,6 @@ STOP_SECONDS = 1.5
 EXIT_SECONDS = 2.5
 # How long the test waits for an exit at most: long enough to measure a stop that overruns.
 PATIENCE = 60.0
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-stop-frozen-") as server:
-        yield server
 
 
 def started(metrics_address: str) -> bool:

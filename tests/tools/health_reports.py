@@ -16,5 +16,12 @@ async def health(system: System) -> dict[str, Any]:
     return body
 
 
+async def status_and_report(system: System) -> tuple[int, dict[str, Any]]:
+    """The answer's HTTP status and the report (asked without a token)."""
+    async with system.client(token=None) as client:
+        response = await client.get("/health")
+    return response.status_code, response.json()
+
+
 def codes(body: dict[str, Any]) -> list[str]:
     return [p["code"] for p in body["problems"]]

@@ -22,6 +22,12 @@ SHORTER = BOUND - 1.0
 LONGER = BOUND + BOUND / PROBES_PER_BOUND + 1.5
 
 
+def thaw(server: EmbeddedNats) -> None:
+    """Let a frozen server run again."""
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGCONT)
+
+
 def thaw_after(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
     """Freeze the server now (every thread stopped) and let it run again ``seconds`` later."""
     assert own_nats.proc is not None

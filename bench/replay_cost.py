@@ -1,0 +1,224 @@
+"""The replay's loading, counted in instructions: ``python -m bench.replay_cost``.
+
+Wall and CPU time on a shared two-core host move by two times with its load, so a small saving
+of the replay's Python work per event never showed in pairs of runs. Instructions executed do
+not move with the load: this harness counts those of the replay process's loading (reading the
+stream, decoding, projecting, the ``COPY`` rows) under ``valgrind --tool=callgrind``, one run
+per tree, and also reports plain CPU seconds of the loading (which do move with the load).
+
+A running system (the bench's ``RunningSystem``: ``jobrunner up``, its nats-server and
+Postgres) gets the bench's history (``workload.history``, ten events a job, the first job a
+long log); the live projector catches up, ``settle`` waits for the rest, then for each
+``--tree`` a child process runs ``replay.replay`` from that tree (``PYTHONPATH=<tree>``): once
+plainly, once under callgrind. The child calls ``os.sched_yield()`` as the loading begins and
+``os.getpgrp()`` as it ends (``replay._load`` wrapped): callgrind zeroes its counts before the
+first (``--zero-before=sched_yield``) and dumps them before the second, so the dump holds the
+loading's instructions alone, start-up imports and index builds left out. Every replay must
+end with its tables equal to the live ones (its own ``compare``), or the harness fails.
+
+Compare two trees: ``git worktree add --detach /tmp/base main`` (or ``git archive``), then
+``python -m bench.replay_cost --tree /tmp/base --tree .``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EVENTS = 200_000
+
+
+def _child(out: str) -> None:
+    """Run in the tree under test: one replay, its loading marked for callgrind."""
+    from jobrunner.common.settings import load_settings
+    from jobrunner.services.projector import replay
+
+    loading: dict[str, float] = {}
+    load = replay._load
+
+    async def marked_load(*args: Any, **kwargs: Any) -> Any:
+        os.sched_yield()  # callgrind: --zero-before=sched_yield
+        cpu0 = time.process_time()
+        try:
+            return await load(*args, **kwargs)
+        finally:
+            loading["cpu_s"] = time.process_time() - cpu0
+            os.getpgrp()  # callgrind: --dump-before=getpgrp
+
+    replay._load = marked_load
+    report = asyncio.run(replay.replay(load_settings()))
+    if report.differences:
+        raise SystemExit(f"the rebuilt read models differ: {report.differences}")
+    Path(out).write_text(
+        json.dumps(
+            {
+                "events": report.events,
+                "loading_cpu_s": loading["cpu_s"],
+                "process_cpu_s": _own_cpu(),
+                "phases": report.phases,
+            }
+        )
+    )
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_child(
+    tree: Path, env: dict[str, str], callgrind: Path | None, profile: Path | None = None
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="replay-cost-") as scratch:
+        out = Path(scratch) / "out.json"
+        # By its path, not ``-m``: the tree's ``jobrunner`` is imported, whatever its bench holds.
+        argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(out)]
+        if callgrind is not None:
+            argv = [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={callgrind}",
+                "--zero-before=sched_yield",
+                "--dump-before=getpgrp",
+                *argv,
+            ]
+        elif profile is not None:
+            # py-spy's folded stacks, for where the loading's Python work goes (not counted).
+            argv = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(profile),
+                "--",
+                *argv,
+            ]
+        child_env = env | {"PYTHONPATH": str(tree)}
+        result = subprocess.run(argv, env=child_env, cwd=tree, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"the replay in {tree} failed: {result.stderr.decode()[-3000:]}")
+        figures: dict[str, Any] = json.loads(out.read_text())
+    if callgrind is not None:
+        figures["loading_instructions"] = _dumped_instructions(Path(f"{callgrind}.1"))
+    return figures
+
+
+def _dumped_instructions(dump: Path) -> int:
+    """The instructions (``Ir``) of callgrind's dump at the loading's end."""
+    text = dump.read_text(errors="replace")
+    if "Trigger: --dump-before=getpgrp" not in text:
+        raise RuntimeError(f"{dump} is not the loading's dump")
+    return int(re.search(r"^summary: (\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+async def _publish_and_settle(system: Any, jobs: int) -> int:
+    import asyncpg
+
+    from bench import settle, workload
+    from jobrunner.common import eventstore
+    from jobrunner.common.settings import Settings
+    from jobrunner.contracts.names import Names
+
+    settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
+    names = Names(system.prefix)
+    nc = await eventstore.connect(settings, "bench")
+    db = await asyncpg.connect(system.runtime["database_url"])
+    try:
+        published = await workload.publish_history(nc.jetstream(), names, jobs)
+        checkpoint = "SELECT last_seq FROM readmodel.checkpoint"
+        while True:  # the live projector holds every event: the replays compare with it
+            if await db.fetchval(checkpoint) >= published["last_seq"]:
+                break
+            await asyncio.sleep(0.2)
+        events = (await nc.jetstream().stream_info(names.stream)).state.messages
+    finally:
+        await db.close()
+        await eventstore.close(nc)
+    await settle.settle(system, "the replays")
+    return int(events)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.replay_cost", description=__doc__)
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="history size")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        type=Path,
+        help="a source tree to measure (repeatable; default: this one)",
+    )
+    parser.add_argument("--no-callgrind", action="store_true", help="CPU seconds only")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="also record each tree's plain run with py-spy, folded stacks to <this>.<n>",
+    )
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child)
+        return 0
+    if not args.no_callgrind and shutil.which("valgrind") is None:
+        parser.error("valgrind is not installed (apt-get install valgrind), or use --no-callgrind")
+    from bench.system import RunningSystem
+
+    trees = [tree.resolve() for tree in args.tree or [ROOT]]
+    system = RunningSystem()
+    results: dict[str, Any] = {"events_asked": args.events, "runs": []}
+    try:
+        system.start()
+        events = asyncio.run(_publish_and_settle(system, max(args.events // 10, 1)))
+        results["stream_events"] = events
+        env = system.env | system.runtime_env()
+        for tree in trees:
+            for counted in (False, True) if not args.no_callgrind else (False,):
+                load = os.getloadavg()[0]
+                dump = system.tmp / f"callgrind.{len(results['runs'])}" if counted else None
+                profile = None
+                if args.py_spy is not None and not counted:
+                    profile = Path(f"{args.py_spy}.{len(results['runs'])}")
+                figures = _run_child(tree, env, dump, profile)
+                run = {"tree": str(tree), "callgrind": counted, "load": round(load, 2)} | figures
+                run["loading_cpu_s_per_million"] = round(figures["loading_cpu_s"] / events * 1e6, 2)
+                if counted:
+                    run["instructions_per_event"] = round(figures["loading_instructions"] / events)
+                results["runs"].append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
+    finally:
+        system.stop()
+    for run in results["runs"]:
+        if run["callgrind"]:
+            print(
+                f"{run['tree']}: loading {run['instructions_per_event']:,} instructions per event "
+                f"({run['loading_instructions']:,} for {events:,} events)"
+            )
+        else:
+            print(
+                f"{run['tree']}: loading {run['loading_cpu_s_per_million']} CPU-s per million "
+                f"events (load {run['load']}; phases {run['phases']})"
+            )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv and sys.path and Path(sys.path[0]).name == "bench":
+        del sys.path[0]  # run by path: the tree's modules, not bench's, by their plain names
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""A jobrunner service as a process of its own (``python -m jobrunner.cli <service>``), as
+``jobrunner up`` and a compose file start it: started, restarted, waited for and stopped by a
+test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from jobrunner.common.settings import Settings
+from tests.system import System
+from tests.tools.runners import REPO, runner_env
+
+
+class ServiceProcess:
+    """``python -m jobrunner.cli <service>`` as a child process with these settings, its output
+    in ``log_file`` (shared by its lives)."""
+
+    def __init__(self, service: str, settings: Settings, log_file: Path, **overrides: Any) -> None:
+        self.service = service
+        self.env = runner_env(settings, **overrides)
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jobrunner.cli", self.service],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_exit(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        async with asyncio.timeout(timeout):
+            while self.proc.poll() is None:  # noqa: ASYNC110 - nothing to wait on but the child
+                await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def wait_api_healthy(system: System, api: ServiceProcess) -> None:
+    """Until the API child answers /health with 200 (it refuses connections while it starts)."""
+    async with system.client(token=None) as client, asyncio.timeout(30):
+        while True:
+            assert api.proc is not None
+            assert api.proc.poll() is None, api.log_file.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
