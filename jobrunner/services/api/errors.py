@@ -23,7 +23,12 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 
 from jobrunner.common import database, postgresconnect
 from jobrunner.common.logging import LogThrottle
-from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsNotRead, ReadModelsTimeout
+from jobrunner.services.api.readpool import (
+    ReadModelsLost,
+    ReadModelsNotRead,
+    ReadModelsOfAnotherVersion,
+    ReadModelsTimeout,
+)
 
 log = structlog.get_logger()
 
@@ -192,6 +197,18 @@ def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
+def other_version_handler(
+    request: Request[Any, Any, Any], exc: ReadModelsOfAnotherVersion
+) -> Response[Any]:
+    """A stream's opening read met read models the gate had let through a moment before and
+    now knows are another version: the gate's own 503."""
+    return Response(
+        error_body(exc.code, exc.sentence),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
 POSTGRES_REFUSED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 
@@ -275,6 +292,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     nats.errors.Error: nats_error_handler,
     **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
     ReadModelsTimeout: postgres_timeout_handler,
+    ReadModelsOfAnotherVersion: other_version_handler,
     **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),
     Exception: internal_error_handler,
 }

@@ -33,6 +33,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
+from jobrunner.services.api.readpool import ReadModelsOfAnotherVersion
 from jobrunner.services.api.staletelling import StaleTeller
 from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups, stream_lookups
 
@@ -260,82 +261,93 @@ async def update_stream(
     teller = StaleTeller(ctx.fanout)
     # Closed in this order: a read under way (``between``) ends before ``messages`` closes.
     async with aclosing(messages), aclosing(teller.between(messages)) as reads:
-        while True:
-            try:
-                msgs = await anext(reads)
-            except BadRequestError as exc:
-                if not at_consumer_limit(exc):
-                    raise
-                # Still at the limit after the retries: say so, and end; the client reconnects
-                # after ``retry`` (with ``Last-Event-ID``), when places may have freed.
-                log.warning("update stream refused at the stream's consumer limit", detail=str(exc))
-                yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
-                return
-            except Exception as exc:
-                if not sse.is_nats_fault(exc):
-                    raise
-                # NATS did not answer (paused, unreachable) as the stream opened a consumer or
-                # asked for the stream's state. Every frame sent went whole, so the client
-                # resumes exactly after the last one; a live consumer nats-py makes again by
-                # itself, so this is met only at those requests.
-                log.warning("update stream ended by a NATS fault", error=repr(exc))
-                yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
-                return
-            if isinstance(msgs, bytes):  # a ``stale`` frame: NATS went silent, or is back
-                yield msgs
-                continue
-            if not msgs:
-                yield sse.comment("keep-alive")
-                continue
-            frames: list[tuple[int, bytes]] = []
-            read: list[tuple[int, events.AnyEvent]] = []
-            for seq, data in msgs:
-                try:
-                    event = codec.decode(data)
-                except msgspec.MsgspecError:
-                    continue
-                if event is not None:
-                    read.append((seq, event))
-            await read_ahead(lookups, read, states, batches)
-            for seq, event in read:
-                # Before the job's own scope check: another's new attempt changes my batch's
-                # counters.
-                if batches.needs_lookup(event):
-                    await batches.note(event, seq)
-                else:
-                    batches.note_known(event, seq)
-                if isinstance(event, events.BatchEvent):
-                    continue
-                if isinstance(event, events.WebhookAttempted):
-                    # Nothing a job update shows; skipped before the scope and state look-ups,
-                    # which would cost a query per attempt of a job no longer remembered.
-                    continue
-                if visible is not None and not await visible(event):
-                    continue
-                if states.needs_lookup(event):
-                    state = await states.update(event)
-                else:
-                    state = states.update_known(event)
-                if state is not None:
-                    frames.append((seq, update_frame(seq, state)))
-            # Held until the projector has applied this read: frames leave in sequence order.
-            # The wait may be NATS's silence itself (the projector's notices come through it).
-            async for _ in batches.wait_applied(teller.changed):
-                if (told := teller.news()) is not None:
-                    yield told
-                yield sse.comment("keep-alive")
+        try:
             while True:
                 try:
-                    frames += await batches.frames()
-                    break
-                except UNREADABLE:
-                    # The rows to send are Postgres's alone: waited for, the stream kept open.
+                    msgs = await anext(reads)
+                except BadRequestError as exc:
+                    if not at_consumer_limit(exc):
+                        raise
+                    # Still at the limit after the retries: say so, and end; the client reconnects
+                    # after ``retry`` (with ``Last-Event-ID``), when places may have freed.
+                    log.warning(
+                        "update stream refused at the stream's consumer limit", detail=str(exc)
+                    )
+                    yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
+                    return
+                except Exception as exc:
+                    if not sse.is_nats_fault(exc):
+                        raise
+                    # NATS did not answer (paused, unreachable) as the stream opened a consumer or
+                    # asked for the stream's state. Every frame sent went whole, so the client
+                    # resumes exactly after the last one; a live consumer nats-py makes again by
+                    # itself, so this is met only at those requests.
+                    log.warning("update stream ended by a NATS fault", error=repr(exc))
+                    yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
+                    return
+                if isinstance(msgs, bytes):  # a ``stale`` frame: NATS went silent, or is back
+                    yield msgs
+                    continue
+                if not msgs:
                     yield sse.comment("keep-alive")
-                    await asyncio.sleep(keepalive)
-            if frames:
-                # Stable: a batch's frame follows the job frame of the same event.
-                frames.sort(key=lambda f: f[0])
-                yield b"".join(frame for _, frame in frames)
+                    continue
+                frames: list[tuple[int, bytes]] = []
+                read: list[tuple[int, events.AnyEvent]] = []
+                for seq, data in msgs:
+                    try:
+                        event = codec.decode(data)
+                    except msgspec.MsgspecError:
+                        continue
+                    if event is not None:
+                        read.append((seq, event))
+                await read_ahead(lookups, read, states, batches)
+                for seq, event in read:
+                    # Before the job's own scope check: another's new attempt changes my batch's
+                    # counters.
+                    if batches.needs_lookup(event):
+                        await batches.note(event, seq)
+                    else:
+                        batches.note_known(event, seq)
+                    if isinstance(event, events.BatchEvent):
+                        continue
+                    if isinstance(event, events.WebhookAttempted):
+                        # Nothing a job update shows; skipped before the scope and state look-ups,
+                        # which would cost a query per attempt of a job no longer remembered.
+                        continue
+                    if visible is not None and not await visible(event):
+                        continue
+                    if states.needs_lookup(event):
+                        state = await states.update(event)
+                    else:
+                        state = states.update_known(event)
+                    if state is not None:
+                        frames.append((seq, update_frame(seq, state)))
+                # Held until the projector has applied this read: frames leave in sequence order.
+                # The wait may be NATS's silence itself (the projector's notices come through it).
+                async for _ in batches.wait_applied(teller.changed):
+                    if (told := teller.news()) is not None:
+                        yield told
+                    yield sse.comment("keep-alive")
+                while True:
+                    try:
+                        frames += await batches.frames()
+                        break
+                    except UNREADABLE:
+                        # The rows to send are Postgres's alone: waited for, the stream kept open.
+                        yield sse.comment("keep-alive")
+                        await asyncio.sleep(keepalive)
+                if frames:
+                    # Stable: a batch's frame follows the job frame of the same event.
+                    frames.sort(key=lambda f: f[0])
+                    yield b"".join(frame for _, frame in frames)
+        except ReadModelsOfAnotherVersion as exc:
+            # The API learnt that the stored read models are not this version: every read of
+            # the stream would be refused from now on. Said, and ended; the reconnect is
+            # answered 503 with the same code.
+            log.warning("update stream ended: read models of another version", code=exc.code)
+            yield sse.read_models_of_another_version(
+                ctx.settings.sse_retry_ms, exc.code, exc.sentence
+            )
 
 
 async def read_ahead(

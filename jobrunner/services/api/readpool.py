@@ -42,6 +42,18 @@ class ReadModelsNotRead(Exception):
     READ_MODELS_UNAVAILABLE`` as any Postgres away (errors.py)."""
 
 
+class ReadModelsOfAnotherVersion(Exception):
+    """A live stream's read refused because the API knows the stored read models are not this
+    version (a newer jobrunner's, or a rebuild under way): no read of the stream's can succeed
+    until this API is upgraded or the rebuild ends, so the stream ends (job_updates.py) rather
+    than wait with keep-alives for ever. ``code`` and ``sentence`` are the gate's 503's."""
+
+    def __init__(self, code: str, sentence: str) -> None:
+        super().__init__(sentence)
+        self.code = code
+        self.sentence = sentence
+
+
 class ReadModelsLost(Exception):
     """A read's connection died under it (its backend terminated, the socket reset), where
     asyncpg said so with a client-side error rather than ``ConnectionDoesNotExistError``:

@@ -20,7 +20,10 @@ opens the same way (routes/streams.py): past the bound it knows the job from its
 The gate (readmodelgate.py) checks a request once, as it arrives; a stream lives on. One opened
 while the version was not known (Postgres away at the API's start), or whose tables a newer
 jobrunner swapped in meanwhile, would read tables of another version, so a stream reads only
-while the gate says ``serving``; otherwise it goes on from the events, as with Postgres away.
+while the gate says ``serving``. While the version is not known it goes on from the events, as
+with Postgres away; once it is known to be another one, every read raises
+``ReadModelsOfAnotherVersion``, which ends the stream (a batch's row held for a read that can
+never succeed would hold every later frame for ever, with keep-alives only).
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ import asyncpg
 
 from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.readmodelgate import ReadModelGate
-from jobrunner.services.api.readpool import ReadModelsNotRead, ReadModelsTimeout, ReadPool
+from jobrunner.services.api.readpool import (
+    ReadModelsNotRead,
+    ReadModelsOfAnotherVersion,
+    ReadModelsTimeout,
+    ReadPool,
+)
 
 if TYPE_CHECKING:
     from jobrunner.services.api.context import ApiContext
@@ -85,6 +93,9 @@ class StreamLookups:
         if time.monotonic() < self._paused_until:
             raise ReadModelsNotRead("a read of the read models failed just now")
         if not self._gate.serving:
+            if self._gate.known:
+                # Known not to be ours: no later read can succeed either (not UNREADABLE).
+                raise ReadModelsOfAnotherVersion(*self._gate.reason(self._gate.state))
             raise ReadModelsNotRead("the read models are not known to be this version")
         try:
             async with self._pool.acquire(self._bound) as conn:
