@@ -33,8 +33,9 @@ from tests.tools.stream_reading import read_into, until
 
 pytestmark = pytest.mark.timeout(180)
 
-# A stream's look-ups are bounded by health's bound; the read pool's deadline is longer (as the
-# defaults, 1 s and 60 s), so a stream that waited for the deadline is told apart.
+# A stream's look-ups are bounded by stream_read_timeout_seconds (health's the same here); the
+# read pool's deadline is longer (as the defaults, 5 s and 60 s), so a stream that waited for the
+# deadline is told apart.
 BOUND = 2.0
 READ_DEADLINE = 6.0
 KEEPALIVE = 0.5
@@ -54,6 +55,7 @@ def frozen_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Setti
         database_url=own_postgres.url,
         api_read_timeout_seconds=READ_DEADLINE,
         health_postgres_timeout_seconds=BOUND,
+        stream_read_timeout_seconds=BOUND,
         sse_keepalive_seconds=KEEPALIVE,
         auth=True,
     )
@@ -280,6 +282,58 @@ async def test_an_own_jobs_stream_shows_no_job_whose_owner_it_cannot_read_while_
             watcher.cancel()
     shown = {e.json["jobId"] for e in seen.events if e.event == "job_update"}
     assert shown == {"mine-b"}, [e.data for e in seen.events]
+
+
+async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_client_to_resync(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """A token limited to its own jobs: its job ends while Postgres is frozen for 1.5 bounds from
+    the look-up of the job's owner on, so the end is hidden (fail closed) and never sent again.
+    Once reads answer after the thaw the stream sends ``resync`` (the page loads its list
+    again), with no event of the stream's needed. (Before: nothing; the page showed the job
+    running until reloaded.)"""
+    settings = live.settings
+    mine = await live.create_token("mine", "operator", own_jobs_only=True)
+    await running_job(settings, "resync-a", owner="mine")
+    seen = SseStream()
+    async with (
+        live.client(token=mine) as me,
+        asyncio.timeout(120),
+        me.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                looking = began_event_now(live)
+                await publish(settings, ended("resync-a"))
+                async with asyncio.timeout(30):
+                    await looking.wait()  # the stream looks the job's owner up
+                await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
+                hidden = [e for e in seen.events if e.event == "job_update"]
+            await until(reader, lambda: any(e.event == "resync" for e in seen.events))
+        finally:
+            reader.cancel()
+    assert hidden == [], [e.data for e in hidden]  # fail closed while frozen
+    [told] = [e for e in seen.events if e.event == "resync"]
+    assert told.json["code"] == "READ_MODELS_BACK", told.json
+    assert told.id is None  # the resume point stays the last event's
+
+
+def began_event_now(live: System) -> asyncio.Event:
+    """Set when the API's read pool is next asked for a connection by a stream (with the
+    stream's bound, not the gate watch's)."""
+    pool = live._server.config.app.state.ctx.pool  # type: ignore[union-attr]
+    acquire = pool.acquire
+    began = asyncio.Event()
+
+    def noted(deadline_seconds: float | None = None) -> Any:
+        if deadline_seconds == BOUND:
+            began.set()
+        return acquire(deadline_seconds)
+
+    pool.acquire = noted
+    return began
 
 
 async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_its_end(

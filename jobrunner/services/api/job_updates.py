@@ -289,6 +289,10 @@ async def update_stream(
                     yield msgs
                     continue
                 if not msgs:
+                    if lookups.failed:
+                        await lookups.probe()  # bounded below the keep-alive's interval
+                    if lookups.take_resync():
+                        yield sse.resync()
                     yield sse.comment("keep-alive")
                     continue
                 frames: list[tuple[int, bytes]] = []
@@ -340,6 +344,9 @@ async def update_stream(
                     # Stable: a batch's frame follows the job frame of the same event.
                     frames.sort(key=lambda f: f[0])
                     yield b"".join(frame for _, frame in frames)
+                if lookups.take_resync():
+                    # After this read's frames: the client's reload covers them too.
+                    yield sse.resync()
         except ReadModelsOfAnotherVersion as exc:
             # The API learnt that the stored read models are not this version: every read of
             # the stream would be refused from now on. Said, and ended; the reconnect is

@@ -7,14 +7,17 @@ stopped such a read is refused at once, and the stream goes on from what the eve
 (job_updates.py). With Postgres frozen (SIGSTOPped, a hung disk) a read waited for the read
 pool's deadline (``api_read_timeout_seconds``, 60 s) with no keep-alive, and its
 ``ReadModelsTimeout`` then ended the stream: browsers reconnected in a loop, each new stream
-meeting the same wait. So a stream's reads are bounded by ``health_postgres_timeout_seconds``
-(the bound within which the API expects Postgres to show it answers: health's reads, the
-gate's looks while the version is unknown), and past it count as Postgres away, as a refusal
-does. After a read that failed either way the stream reads nothing for ``PAUSE_SECONDS``: each
-read would wait the same bound, and a burst of events of jobs it does not know (a batch's jobs
-ending) would hold the stream one bound per event. A read past the bound on a loaded machine
-whose Postgres merely answers slowly is given up the same way: the event is sent from what it
-tells, the look-up made again at a later event. A job's stream reads the job's row as it
+meeting the same wait. So a stream's reads are bounded by ``stream_read_timeout_seconds``
+(5 s: longer than health's 1 s, so that a Postgres that is merely slow costs a stream no
+look-up; below the keep-alive's interval), and past it count as Postgres away, as a refusal
+does. Once a read succeeds again after one failed, the stream tells its client to ``resync``
+(job_updates.py): what it sent meanwhile came from the events alone, and an own-jobs stream
+hid every job whose owner it could not read (security/scope.py), its own among them. After a
+read that failed either way the stream reads nothing for ``PAUSE_SECONDS``: each read would
+wait the same bound, and a burst of events of jobs it does not know (a batch's jobs ending)
+would hold the stream one bound per event. A read past the bound on a loaded machine whose
+Postgres merely answers slowly is given up the same way: the event is sent from what it tells,
+the look-up made again at a later event. A job's stream reads the job's row as it
 opens the same way (routes/streams.py): past the bound it knows the job from its JobRequested.
 
 The gate (readmodelgate.py) checks a request once, as it arrives; a stream lives on. One opened
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -58,8 +61,8 @@ UNREADABLE: tuple[type[Exception], ...] = (*POSTGRES_AWAY, ReadModelsTimeout)
 
 
 def stream_lookups(ctx: ApiContext) -> StreamLookups:
-    """A stream's reads of the read models, bounded by ``health_postgres_timeout_seconds``."""
-    return StreamLookups(ctx.pool, ctx.readmodels, ctx.settings.health_postgres_timeout_seconds)
+    """A stream's reads of the read models, bounded by ``stream_read_timeout_seconds``."""
+    return StreamLookups(ctx.pool, ctx.readmodels, ctx.settings.stream_read_timeout_seconds)
 
 
 class StreamLookups:
@@ -70,9 +73,25 @@ class StreamLookups:
     ) -> None:
         self._pool = pool
         self._gate = gate
-        self._bound = bound  # health_postgres_timeout_seconds
+        self._bound = bound  # stream_read_timeout_seconds
         self._pause = PAUSE_SECONDS if pause is None else pause
         self._paused_until = 0.0
+        # A read failed, and none has succeeded since: what the stream sent meanwhile came from
+        # the events alone (an own-jobs stream hid every job whose owner it could not read).
+        self.failed = False
+        self._resync_due = False
+
+    def take_resync(self) -> bool:
+        """Whether reads succeed again after a failure since the last call: the client should
+        load its lists again (``resync``), for what the stream could not tell meanwhile."""
+        due, self._resync_due = self._resync_due, False
+        return due
+
+    async def probe(self) -> None:
+        """One read that only shows whether reads succeed again (on a keep-alive of a stream whose
+        read failed: a stream with no event meanwhile must learn it too). Failing is no error."""
+        with suppress(*UNREADABLE):
+            await self.fetchval("SELECT 1")
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with self._read() as conn:
@@ -96,10 +115,15 @@ class StreamLookups:
             if self._gate.known:
                 # Known not to be ours: no later read can succeed either (not UNREADABLE).
                 raise ReadModelsOfAnotherVersion(*self._gate.reason(self._gate.state))
+            self.failed = True  # the stream goes on from the events alone meanwhile
             raise ReadModelsNotRead("the read models are not known to be this version")
         try:
             async with self._pool.acquire(self._bound) as conn:
                 yield conn
         except UNREADABLE:
             self._paused_until = time.monotonic() + self._pause
+            self.failed = True
             raise
+        if self.failed:
+            self.failed = False
+            self._resync_due = True

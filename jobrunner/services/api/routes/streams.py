@@ -100,7 +100,7 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
     With Postgres away, the job is known from its JobRequested alone: a live job is followed
     through NATS, and its viewers' reconnects must not wait for the read models to return. So
     are the reads bounded as a live stream's (streamlookups.py): a frozen Postgres counts as away
-    after ``health_postgres_timeout_seconds``, not the read pool's deadline, and tables whose
+    after ``stream_read_timeout_seconds``, not the read pool's deadline, and tables whose
     version is not known are not read. A job without a JobRequested then is 503 (Postgres'
     error), not 404: only a row or a JobRequested shows that the caller may not see the job."""
     row: Mapping[str, Any] | None = ctx.fanout.known_row(job_id)

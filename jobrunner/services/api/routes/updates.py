@@ -37,6 +37,7 @@ async def job_updates(
     ctx = ctx_of(request)
     after_seq = Query(request.query_params, ("after",)).integer("after", None, 0)
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
+    lookups = stream_lookups(ctx)
     # A start the stream has not reached would hold the stream silent until it did.
     if resume is not None:
         await sse.refuse_an_id_ahead(ctx.js, ctx.names, resume.stream_seq, "last-event-id")
@@ -45,14 +46,11 @@ async def job_updates(
         await sse.refuse_an_id_ahead(ctx.js, ctx.names, after_seq, "after")
         start = after_seq + 1
     else:
-        # Within health's bound, as the stream's own reads: a frozen Postgres answers 503
-        # READ_MODELS_TIMEOUT at once, as a stopped one answers READ_MODELS_UNAVAILABLE.
-        applied = await ctx.pool.fetchval(
-            f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint",
-            deadline_seconds=ctx.settings.health_postgres_timeout_seconds,
-        )
+        # One of the stream's own reads (its bound, the version check): a frozen Postgres
+        # answers 503 READ_MODELS_TIMEOUT within stream_read_timeout_seconds, a stopped one
+        # READ_MODELS_UNAVAILABLE, tables of another version the gate's 503.
+        applied = await lookups.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
         start = int(applied or 0) + 1
-    lookups = stream_lookups(ctx)
     scope = OwnerFilter(lookups, principal_of(request).owner)
     # A token that sees every job needs no check: an await per event of a catch-up saved.
     visible = scope.visible if scope.owner is not None else None
