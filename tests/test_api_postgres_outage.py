@@ -34,6 +34,7 @@ from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout, R
 from tests.freeze import freeze
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
+from tests.tools.api_parts import read_pool_of
 from tests.tools.postgres_processes import frozen_postgres
 
 # The API's read deadline and its health check's, short so the tests stay fast.
@@ -83,10 +84,6 @@ async def read_many(system: System, count: int) -> list[tuple[int, dict[str, Any
     return await asyncio.gather(
         *(read_job(system, READ_PATHS[i % len(READ_PATHS)]) for i in range(count))
     )
-
-
-def read_pool_of(system: System) -> ReadPool:
-    return system._server.config.app.state.ctx.pool  # type: ignore[union-attr,no-any-return]
 
 
 def assert_no_connection_held(pool: ReadPool) -> None:

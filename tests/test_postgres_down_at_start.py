@@ -24,6 +24,7 @@ from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.projector import outage, upgrade
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.tools.api_parts import gate_of
 from tests.tools.began import began_event
 from tests.tools.health_reports import codes, health
 from tests.tools.postgres_processes import frozen_postgres
@@ -95,10 +96,6 @@ async def served_again(system: System, job_id: str) -> dict[str, Any]:
         raise AssertionError(f"not served 60 s after Postgres came back; last: {last}") from None
     assert last is not None
     return last[1]
-
-
-def gate_of(system: System) -> Any:
-    return system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr]
 
 
 async def start_postgres(server: EmbeddedPostgres) -> None:

@@ -23,6 +23,7 @@ from tests.batch_support import batch_events, ended
 from tests.history_support import publish, wait_projected
 from tests.sse_client import SseStream
 from tests.system import System
+from tests.tools.api_parts import gate_of
 from tests.tools.stream_reading import read_into, until
 
 pytestmark = pytest.mark.timeout(180)
@@ -51,7 +52,7 @@ async def test_a_stream_holding_a_batch_row_ends_once_newer_read_models_are_in_p
     system = projector_and_api
     settings = system.settings
     await wait_projected(settings, await publish(settings, batch_events("nb", 1)))
-    gate = system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr]
+    gate = gate_of(system)
     seen = SseStream()
     async with (
         system.client() as client,

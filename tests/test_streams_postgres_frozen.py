@@ -8,6 +8,7 @@ event is sent from what it tells, keep-alives flow, and the stream follows on af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,11 +23,11 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import job_updates, streamlookups
-from jobrunner.services.api.readpool import ReadPool
 from tests import servers
 from tests.history_support import job_events, publish, wait_projected
 from tests.sse_client import SseEvent, SseStream, iter_events
 from tests.system import System
+from tests.tools.api_parts import AcquiredDeadlines, gate_of
 from tests.tools.began import began_event
 from tests.tools.postgres_processes import frozen_postgres
 from tests.tools.stream_reading import read_into, until
@@ -144,14 +145,6 @@ async def test_a_burst_of_unknown_jobs_ending_on_a_frozen_postgres_waits_out_one
     jobs = [f"burst-{n}" for n in range(5)]
     for job_id in jobs:
         await running_job(settings, job_id)
-    pool = live._server.config.app.state.ctx.pool  # type: ignore[union-attr]
-    looked: list[float | None] = []
-    acquire = pool.acquire
-
-    def counted(deadline_seconds: float | None = None) -> Any:
-        looked.append(deadline_seconds)
-        return acquire(deadline_seconds)
-
     seen = SseStream()
     async with (
         live.client() as client,
@@ -162,16 +155,60 @@ async def test_a_burst_of_unknown_jobs_ending_on_a_frozen_postgres_waits_out_one
         reader = asyncio.create_task(read_into(response, seen))
         try:
             with frozen_postgres(own_postgres):
-                monkeypatch.setattr(pool, "acquire", counted)
+                looked = AcquiredDeadlines(live, monkeypatch)
                 last = await publish(settings, [e for job_id in jobs for e in ended(job_id)])
                 await until(reader, lambda: sent(seen, last) is not None)
-                monkeypatch.setattr(pool, "acquire", acquire)
+                looked.stop()
         finally:
             reader.cancel()
     # The gate's watch looks too, now and then, within the read deadline (None): not counted.
-    assert [bound for bound in looked if bound is not None] == [BOUND], looked
+    assert looked.bounded() == [BOUND], looked.deadlines
     ends = [e.json["jobId"] for e in seen.events if e.json.get("status") == "completed"]
     assert ends == jobs, ends
+
+
+async def test_streams_opened_during_a_freeze_wait_for_no_read_of_their_own(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One all-jobs stream gave up a look-up on a frozen Postgres; three more streams then meet
+    the same unknown job's end: they send it from the event at once, making no read of their own
+    (the API takes Postgres as away for all its streams until the pause is over: one read per
+    pause, not one per stream, each waiting the bound and terminating a pooled connection)."""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 600.0)  # not over within the test
+    settings = live.settings
+    await running_job(settings, "many-a")
+    first = SseStream()
+    others = [SseStream() for _ in range(3)]
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        readers = [asyncio.create_task(read_into(response, first))]
+        try:
+            with frozen_postgres(own_postgres):
+                looked = AcquiredDeadlines(live, monkeypatch)
+                end = await publish(settings, ended("many-a"))
+                await until(readers[0], lambda: sent(first, end) is not None)
+                async with contextlib.AsyncExitStack() as more:
+                    for seen in others:
+                        later = await more.enter_async_context(
+                            client.stream("GET", f"/api/jobs/stream?after={end - 1}")
+                        )
+                        assert later.status_code == 200, await later.aread()
+                        readers.append(asyncio.create_task(read_into(later, seen)))
+                    for reader, seen in zip(readers[1:], others, strict=True):
+                        await until(reader, sent_at(seen, end))
+                looked.stop()
+        finally:
+            for reader in readers:
+                reader.cancel()
+    assert looked.bounded() == [BOUND], looked.deadlines  # the first stream's look-up alone
+    for seen in others:
+        frame = sent(seen, end)
+        assert frame is not None
+        assert frame.json["status"] == "completed", frame.json
 
 
 async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up(
@@ -206,6 +243,39 @@ async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up
     assert frame.json["jobType"] == "emit", frame.json
 
 
+async def test_a_freeze_just_longer_than_the_bound_is_not_waited_out_by_the_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen for 1.5 bounds from the look-up's beginning on, then thawed: the look-up was given
+    up at the bound, so the job's end was sent from the event alone (no type), not with what the
+    read model knows after the thaw. (With the read pool's deadline as bound, longer than the
+    freeze, the look-up would have waited and sent the type.)"""
+    settings = live.settings
+    await running_job(settings, "thawed-late")
+    looking = began_event(monkeypatch, job_updates, "read_ahead")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("thawed-late"))
+                async with asyncio.timeout(30):
+                    await looking.wait()  # the stream met the event and looks the job up
+                await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
+            await until(reader, lambda: sent(seen, end) is not None)
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+    assert frame.json["jobType"] is None, frame.json
+
+
 async def test_the_all_jobs_stream_opened_on_a_frozen_postgres_is_refused_after_the_bound(
     live: System, own_postgres: EmbeddedPostgres
 ) -> None:
@@ -226,7 +296,7 @@ async def test_the_all_jobs_stream_opened_in_a_freeze_just_shorter_than_the_boun
 ) -> None:
     """Frozen for 0.6 of the bound from the stream's read of where the read models are: the read
     waits, and the stream opens (200). A guard: it passes without the bound too."""
-    looking = began_event(monkeypatch, ReadPool, "fetchval")
+    looking = began_event(monkeypatch, streamlookups.StreamLookups, "fetchval")
 
     async def opened() -> int:
         async with live.client() as client, client.stream("GET", "/api/jobs/stream") as response:
@@ -285,7 +355,7 @@ async def test_an_own_jobs_stream_shows_no_job_whose_owner_it_cannot_read_while_
 
 
 async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_client_to_resync(
-    live: System, own_postgres: EmbeddedPostgres
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A token limited to its own jobs: its job ends while Postgres is frozen for 1.5 bounds from
     the look-up of the job's owner on, so the end is hidden (fail closed) and never sent again.
@@ -305,10 +375,10 @@ async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_cl
         reader = asyncio.create_task(read_into(response, seen))
         try:
             with frozen_postgres(own_postgres):
-                looking = began_event_now(live)
+                looking = AcquiredDeadlines(live, monkeypatch, watched=BOUND)
                 await publish(settings, ended("resync-a"))
                 async with asyncio.timeout(30):
-                    await looking.wait()  # the stream looks the job's owner up
+                    await looking.began.wait()  # the stream looks the job's owner up
                 await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
                 hidden = [e for e in seen.events if e.event == "job_update"]
             await until(reader, lambda: any(e.event == "resync" for e in seen.events))
@@ -320,32 +390,18 @@ async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_cl
     assert told.id is None  # the resume point stays the last event's
 
 
-def began_event_now(live: System) -> asyncio.Event:
-    """Set when the API's read pool is next asked for a connection by a stream (with the
-    stream's bound, not the gate watch's)."""
-    pool = live._server.config.app.state.ctx.pool  # type: ignore[union-attr]
-    acquire = pool.acquire
-    began = asyncio.Event()
-
-    def noted(deadline_seconds: float | None = None) -> Any:
-        if deadline_seconds == BOUND:
-            began.set()
-        return acquire(deadline_seconds)
-
-    pool.acquire = noted
-    return began
-
-
 async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_its_end(
-    live: System, own_postgres: EmbeddedPostgres
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A job stream opened while Postgres is frozen answers 200 (the job known from its
     JobRequested in NATS once the row's read passed the bound) and sends the job's line and end.
-    (Before: 503 READ_MODELS_TIMEOUT after the read pool's deadline.)"""
+    Its read asked the pool for the stream's bound, not the pool's deadline. (Before: 503
+    READ_MODELS_TIMEOUT after the read pool's deadline.)"""
     settings = live.settings
     await running_job(settings, "followed")
     lines: list[str] = []
     done: dict[str, Any] = {}
+    looked = AcquiredDeadlines(live, monkeypatch)
     with frozen_postgres(own_postgres):
         async with (
             live.client() as client,
@@ -362,6 +418,7 @@ async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_i
                     break
     assert lines == ["one"], lines
     assert done["status"] == "completed", done
+    assert BOUND in looked.bounded(), looked.deadlines
 
 
 async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_tables(
@@ -392,7 +449,7 @@ async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_ta
         async with system.client() as client:
             with frozen_postgres(own_postgres):
                 await system.start_api()
-                gate = system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr]
+                gate = gate_of(system)
                 assert not gate.known
                 last = await publish(
                     settings, [events.ProgressReported(job_id="newer-a", current=1)]
@@ -423,6 +480,11 @@ async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_ta
 
 def sent(stream: SseStream, seq: int) -> SseEvent | None:
     return next((e for e in stream.events if e.id == str(seq)), None)
+
+
+def sent_at(stream: SseStream, seq: int) -> Callable[[], bool]:
+    """Whether ``stream`` sent the frame of ``seq``."""
+    return lambda: sent(stream, seq) is not None
 
 
 def sent_or_kept_alive(stream: SseStream, job_id: str) -> Callable[[], bool]:

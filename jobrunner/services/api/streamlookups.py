@@ -7,18 +7,22 @@ stopped such a read is refused at once, and the stream goes on from what the eve
 (job_updates.py). With Postgres frozen (SIGSTOPped, a hung disk) a read waited for the read
 pool's deadline (``api_read_timeout_seconds``, 60 s) with no keep-alive, and its
 ``ReadModelsTimeout`` then ended the stream: browsers reconnected in a loop, each new stream
-meeting the same wait. So a stream's reads are bounded by ``stream_read_timeout_seconds``
-(5 s: longer than health's 1 s, so that a Postgres that is merely slow costs a stream no
-look-up; below the keep-alive's interval), and past it count as Postgres away, as a refusal
-does. Once a read succeeds again after one failed, the stream tells its client to ``resync``
-(job_updates.py): what it sent meanwhile came from the events alone, and an own-jobs stream
-hid every job whose owner it could not read (security/scope.py), its own among them. After a
-read that failed either way the stream reads nothing for ``PAUSE_SECONDS``: each read would
-wait the same bound, and a burst of events of jobs it does not know (a batch's jobs ending)
-would hold the stream one bound per event. A read past the bound on a loaded machine whose
-Postgres merely answers slowly is given up the same way: the event is sent from what it tells,
-the look-up made again at a later event. A job's stream reads the job's row as it
-opens the same way (routes/streams.py): past the bound it knows the job from its JobRequested.
+meeting the same wait. So a stream's reads are bounded by ``stream_read_timeout_seconds`` (5 s:
+longer than health's 1 s, so that a Postgres that is merely slow costs a stream no look-up;
+below the keep-alive's interval), and past it count as Postgres away, as a refusal does. Once a
+read succeeds again after one failed, the stream tells its client to ``resync``
+(job_updates.py): what it sent meanwhile came from the events alone, and an own-jobs stream hid
+every job whose owner it could not read (security/scope.py), its own among them. After a read
+that failed either way no stream of this API reads for ``PAUSE_SECONDS`` (``StreamReadsAway``,
+one for all streams), then one read at a time tests whether Postgres answers again: each read
+would wait the same bound, and a burst of events of jobs it does not know (a batch's jobs
+ending) would hold the stream one bound per event (and N streams would each wait it, each
+terminating a pooled connection). A read whose connection died under it (``ReadModelsLost``) is
+made once more first: one stale connection is not Postgres away. A read past the bound on a
+loaded machine whose Postgres merely answers slowly is given up the same way: the event is sent
+from what it tells, the look-up made again at a later event. A job's stream reads the job's row
+as it opens the same way (routes/streams.py): past the bound it knows the job from its
+JobRequested.
 
 The gate (readmodelgate.py) checks a request once, as it arrives; a stream lives on. One opened
 while the version was not known (Postgres away at the API's start), or whose tables a newer
@@ -32,8 +36,8 @@ never succeed would hold every later frame for ever, with keep-alives only).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -41,6 +45,7 @@ import asyncpg
 from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.api.readpool import (
+    ReadModelsLost,
     ReadModelsNotRead,
     ReadModelsOfAnotherVersion,
     ReadModelsTimeout,
@@ -60,24 +65,47 @@ PAUSE_SECONDS = 5.0
 UNREADABLE: tuple[type[Exception], ...] = (*POSTGRES_AWAY, ReadModelsTimeout)
 
 
+class StreamReadsAway:
+    """Whether the read models are taken as away for every stream of this API (one for all,
+    on ApiContext): until ``until`` no stream reads, and past it one read at a time tests
+    whether Postgres answers again (``testing``), the others going on without. Per stream, N
+    browsers each waited the full bound every pause during a freeze, each terminating a pooled
+    connection and opening a connect that waited half-open."""
+
+    def __init__(self) -> None:
+        self.until = 0.0  # monotonic; 0: reads answered last
+        self.testing = False
+
+
 def stream_lookups(ctx: ApiContext) -> StreamLookups:
     """A stream's reads of the read models, bounded by ``stream_read_timeout_seconds``."""
-    return StreamLookups(ctx.pool, ctx.readmodels, ctx.settings.stream_read_timeout_seconds)
+    return StreamLookups(
+        ctx.pool,
+        ctx.readmodels,
+        ctx.settings.stream_read_timeout_seconds,
+        away=ctx.stream_reads_away,
+    )
 
 
 class StreamLookups:
     """One stream's reads of the read models (see the module's docstring)."""
 
     def __init__(
-        self, pool: ReadPool, gate: ReadModelGate, bound: float, pause: float | None = None
+        self,
+        pool: ReadPool,
+        gate: ReadModelGate,
+        bound: float,
+        pause: float | None = None,
+        away: StreamReadsAway | None = None,
     ) -> None:
         self._pool = pool
         self._gate = gate
         self._bound = bound  # stream_read_timeout_seconds
         self._pause = PAUSE_SECONDS if pause is None else pause
-        self._paused_until = 0.0
-        # A read failed, and none has succeeded since: what the stream sent meanwhile came from
-        # the events alone (an own-jobs stream hid every job whose owner it could not read).
+        self._away = StreamReadsAway() if away is None else away
+        # A read failed or was not made, and none has succeeded since: what the stream sent
+        # meanwhile came from the events alone (an own-jobs stream hid every job whose owner it
+        # could not read).
         self.failed = False
         self._resync_due = False
 
@@ -94,36 +122,51 @@ class StreamLookups:
             await self.fetchval("SELECT 1")
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with self._read() as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-            return rows
+        rows: list[asyncpg.Record] = await self._read(lambda conn: conn.fetch(query, *args))
+        return rows
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        async with self._read() as conn:
-            row: asyncpg.Record | None = await conn.fetchrow(query, *args)
-            return row
+        row: asyncpg.Record | None = await self._read(lambda conn: conn.fetchrow(query, *args))
+        return row
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        async with self._read() as conn:
-            return await conn.fetchval(query, *args)
+        return await self._read(lambda conn: conn.fetchval(query, *args))
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[Any]:
-        if time.monotonic() < self._paused_until:
+    async def _read(self, query: Callable[[Any], Awaitable[Any]]) -> Any:
+        away = self._away
+        if time.monotonic() < away.until or away.testing:
+            self.failed = True  # the stream goes on from the events alone meanwhile
             raise ReadModelsNotRead("a read of the read models failed just now")
         if not self._gate.serving:
             if self._gate.known:
                 # Known not to be ours: no later read can succeed either (not UNREADABLE).
                 raise ReadModelsOfAnotherVersion(*self._gate.reason(self._gate.state))
-            self.failed = True  # the stream goes on from the events alone meanwhile
+            self.failed = True
             raise ReadModelsNotRead("the read models are not known to be this version")
+        testing = away.until > 0.0  # the first read since a failure: the others wait for it
+        away.testing = testing
         try:
-            async with self._pool.acquire(self._bound) as conn:
-                yield conn
+            result = await self._once_more_if_lost(query)
         except UNREADABLE:
-            self._paused_until = time.monotonic() + self._pause
+            away.until = time.monotonic() + self._pause
             self.failed = True
             raise
+        finally:
+            if testing:
+                away.testing = False
+        away.until = 0.0
         if self.failed:
             self.failed = False
             self._resync_due = True
+        return result
+
+    async def _once_more_if_lost(self, query: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``query`` on a pooled connection within the bound; once more when its connection
+        died under it (ReadModelsLost: one connection of the pool, often a stale one after a
+        restart of Postgres, not Postgres away)."""
+        try:
+            async with self._pool.acquire(self._bound) as conn:
+                return await query(conn)
+        except ReadModelsLost:
+            async with self._pool.acquire(self._bound) as conn:
+                return await query(conn)
