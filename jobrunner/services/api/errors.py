@@ -209,6 +209,19 @@ def other_version_handler(
     )
 
 
+def not_read_handler(request: Request[Any, Any, Any], exc: ReadModelsNotRead) -> Response[Any]:
+    """A stream's read not made (its opening read, or a job stream's row): the sentence says
+    why, which is not always that Postgres cannot be reached (the version not known yet)."""
+    _warn_throttled(
+        POSTGRES_AWAY_LOG, "read models unavailable", path=request.url.path, error=repr(exc)
+    )
+    return Response(
+        error_body("READ_MODELS_UNAVAILABLE", str(exc)),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "2"},
+    )
+
+
 POSTGRES_REFUSED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 
@@ -291,6 +304,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: http_error_handler,
     nats.errors.Error: nats_error_handler,
     **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
+    ReadModelsNotRead: not_read_handler,
     ReadModelsTimeout: postgres_timeout_handler,
     ReadModelsOfAnotherVersion: other_version_handler,
     **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),

@@ -39,7 +39,7 @@ class ReadModelsTimeout(Exception):
 class ReadModelsNotRead(Exception):
     """A live stream did not read the read models (streamlookups.py): a read of its failed just
     now, or their version is not known to be this one. Outside a stream: ``503
-    READ_MODELS_UNAVAILABLE`` as any Postgres away (errors.py)."""
+    READ_MODELS_UNAVAILABLE`` with the exception's own sentence, which says which (errors.py)."""
 
 
 class ReadModelsOfAnotherVersion(Exception):

@@ -136,13 +136,19 @@ class StreamLookups:
         away = self._away
         if time.monotonic() < away.until or away.testing:
             self.failed = True  # the stream goes on from the events alone meanwhile
-            raise ReadModelsNotRead("a read of the read models failed just now")
+            raise ReadModelsNotRead(
+                "A read of the read models (Postgres) failed or did not answer just now; "
+                "try again shortly."
+            )
         if not self._gate.serving:
             if self._gate.known:
                 # Known not to be ours: no later read can succeed either (not UNREADABLE).
                 raise ReadModelsOfAnotherVersion(*self._gate.reason(self._gate.state))
             self.failed = True
-            raise ReadModelsNotRead("the read models are not known to be this version")
+            raise ReadModelsNotRead(
+                "This API has not yet read the read models' version since it started (Postgres "
+                "did not answer it); try again shortly."
+            )
         testing = away.until > 0.0  # the first read since a failure: the others wait for it
         away.testing = testing
         try:
