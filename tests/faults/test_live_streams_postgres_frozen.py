@@ -1,8 +1,8 @@
 """Postgres frozen (SIGSTOPped: connects and queries never answer) while live streams are open or
-opened, with the API as ``jobrunner up`` runs it (read deadline 60 s, health's bound 1 s). The
+opened, with the API as ``jobrunner up`` runs it (read deadline 60 s, a stream read's bound 5 s). The
 all-jobs stream used to wait a whole read deadline for a job it did not know, then end; a job
 stream opened meanwhile answered 503 after the same wait. Both now go on from NATS: a frozen read
-is given up after health's bound, as a refused one."""
+is given up after ``stream_read_timeout_seconds``, as a refused one."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_i
     short_ttl_cluster: FaultCluster,
 ) -> None:
     """With Postgres frozen, a new viewer of a running job gets its lines and its end (the job
-    known from its JobRequested in NATS once the row's read passed health's bound)."""
+    known from its JobRequested in NATS once the row's read passed the stream's bound)."""
     cluster = short_ttl_cluster
     job_id, gate = await cluster.submit_held("stream-frozen", lines=3)
     try:
