@@ -17,8 +17,7 @@ that failed either way no stream of this API reads for ``PAUSE_SECONDS`` (``Stre
 one for all streams), then one read at a time tests whether Postgres answers again: each read
 would wait the same bound, and a burst of events of jobs it does not know (a batch's jobs
 ending) would hold the stream one bound per event (and N streams would each wait it, each
-terminating a pooled connection). A read whose connection died under it (``ReadModelsLost``) is
-made once more first: one stale connection is not Postgres away. A read past the bound on a
+terminating a pooled connection). A read past the bound on a
 loaded machine whose Postgres merely answers slowly is given up the same way: the event is sent
 from what it tells, the look-up made again at a later event. A job's stream reads the job's row
 as it opens the same way (routes/streams.py): past the bound it knows the job from its
@@ -45,7 +44,6 @@ import asyncpg
 from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.api.readpool import (
-    ReadModelsLost,
     ReadModelsNotRead,
     ReadModelsOfAnotherVersion,
     ReadModelsTimeout,
@@ -152,7 +150,7 @@ class StreamLookups:
         testing = away.until > 0.0  # the first read since a failure: the others wait for it
         away.testing = testing
         try:
-            result = await self._once_more_if_lost(query)
+            result = await self._within_bound(query)
         except UNREADABLE:
             away.until = time.monotonic() + self._pause
             self.failed = True
@@ -166,13 +164,6 @@ class StreamLookups:
             self._resync_due = True
         return result
 
-    async def _once_more_if_lost(self, query: Callable[[Any], Awaitable[Any]]) -> Any:
-        """``query`` on a pooled connection within the bound; once more when its connection
-        died under it (ReadModelsLost: one connection of the pool, often a stale one after a
-        restart of Postgres, not Postgres away)."""
-        try:
-            async with self._pool.acquire(self._bound) as conn:
-                return await query(conn)
-        except ReadModelsLost:
-            async with self._pool.acquire(self._bound) as conn:
-                return await query(conn)
+    async def _within_bound(self, query: Callable[[Any], Awaitable[Any]]) -> Any:
+        async with self._pool.acquire(self._bound) as conn:
+            return await query(conn)
