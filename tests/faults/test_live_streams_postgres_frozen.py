@@ -1,6 +1,6 @@
 """Postgres frozen (SIGSTOPped: connects and queries never answer) while live streams are open or
-opened, with the API as ``jobrunner up`` runs it (read deadline 60 s, a stream read's bound 5 s). The
-all-jobs stream used to wait a whole read deadline for a job it did not know, then end; a job
+opened, with the API as ``jobrunner up`` runs it (read deadline 60 s, a stream read's bound 5 s).
+The all-jobs stream used to wait a whole read deadline for a job it did not know, then end; a job
 stream opened meanwhile answered 503 after the same wait. Both now go on from NATS: a frozen read
 is given up after ``stream_read_timeout_seconds``, as a refused one."""
 
