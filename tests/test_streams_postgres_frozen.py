@@ -359,12 +359,15 @@ async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_cl
 ) -> None:
     """A token limited to its own jobs: its job ends while Postgres is frozen for 1.5 bounds from
     the look-up of the job's owner on, so the end is hidden (fail closed) and never sent again.
-    Once reads answer after the thaw the stream sends ``resync`` (the page loads its list
-    again), with no event of the stream's needed. (Before: nothing; the page showed the job
-    running until reloaded.)"""
+    The stream sends ``resync`` (the page loads its list again) only once the read models hold
+    what it hid: not while the projector, behind on the same frozen Postgres, has not applied
+    the end (the reload would read the job running), and at once when it has. The reload then
+    shows the job completed. (Before: resync as soon as a read answered, the projector stopped,
+    and the reload showed the job running for good.)"""
     settings = live.settings
     mine = await live.create_token("mine", "operator", own_jobs_only=True)
     await running_job(settings, "resync-a", owner="mine")
+    await live.stop_service("projector")  # behind on the thaw, as a projector with a backlog
     seen = SseStream()
     async with (
         live.client(token=mine) as me,
@@ -381,13 +384,22 @@ async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_cl
                     await looking.began.wait()  # the stream looks the job's owner up
                 await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
                 hidden = [e for e in seen.events if e.event == "job_update"]
+            # Reads answer again (each keep-alive probes) while the end is not projected.
+            kept = len(seen.comments)
+            await until(reader, lambda: len(seen.comments) >= kept + 8)
+            early = [e for e in seen.events if e.event == "resync"]
+            await live.start_projector()
             await until(reader, lambda: any(e.event == "resync" for e in seen.events))
+            reloaded = await me.get("/api/jobs/resync-a")
         finally:
             reader.cancel()
     assert hidden == [], [e.data for e in hidden]  # fail closed while frozen
+    assert early == [], [e.data for e in early]  # the reload would have shown it running
     [told] = [e for e in seen.events if e.event == "resync"]
     assert told.json["code"] == "READ_MODELS_BACK", told.json
     assert told.id is None  # the resume point stays the last event's
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["status"] == "completed", reloaded.json()
 
 
 async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_its_end(

@@ -289,11 +289,13 @@ async def update_stream(
                     yield msgs
                     continue
                 if not msgs:
+                    # Sent first: a probe during a freeze waits its bound, which must not
+                    # lengthen the client's silence past the keep-alive's interval.
+                    yield sse.comment("keep-alive")
                     if lookups.failed:
                         await lookups.probe()  # bounded below the keep-alive's interval
-                    if lookups.take_resync():
+                    if await lookups.take_resync(ctx.projection):
                         yield sse.resync()
-                    yield sse.comment("keep-alive")
                     continue
                 frames: list[tuple[int, bytes]] = []
                 read: list[tuple[int, events.AnyEvent]] = []
@@ -344,7 +346,8 @@ async def update_stream(
                     # Stable: a batch's frame follows the job frame of the same event.
                     frames.sort(key=lambda f: f[0])
                     yield b"".join(frame for _, frame in frames)
-                if lookups.take_resync():
+                lookups.handled(msgs[-1][0])
+                if await lookups.take_resync(ctx.projection):
                     # After this read's frames: the client's reload covers them too.
                     yield sse.resync()
         except ReadModelsOfAnotherVersion as exc:

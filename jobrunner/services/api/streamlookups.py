@@ -10,9 +10,11 @@ pool's deadline (``api_read_timeout_seconds``, 60 s) with no keep-alive, and its
 meeting the same wait. So a stream's reads are bounded by ``stream_read_timeout_seconds`` (5 s:
 longer than health's 1 s, so that a Postgres that is merely slow costs a stream no look-up;
 below the keep-alive's interval), and past it count as Postgres away, as a refusal does. Once a
-read succeeds again after one failed, the stream tells its client to ``resync``
-(job_updates.py): what it sent meanwhile came from the events alone, and an own-jobs stream hid
-every job whose owner it could not read (security/scope.py), its own among them. After a read
+read succeeds again after one failed, and the projector has applied every event the stream
+handled meanwhile, the stream tells its client to ``resync`` (job_updates.py): what it sent
+meanwhile came from the events alone, and an own-jobs stream hid every job whose owner it could
+not read (security/scope.py), its own among them. (Sent as soon as reads answer, the client's
+reload met a projector still behind on the same Postgres and read the job running.) After a read
 that failed either way no stream of this API reads for ``PAUSE_SECONDS`` (``StreamReadsAway``,
 one for all streams), then one read at a time tests whether Postgres answers again: each read
 would wait the same bound, and a burst of events of jobs it does not know (a batch's jobs
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.api.readpool import (
@@ -51,7 +54,7 @@ from jobrunner.services.api.readpool import (
 )
 
 if TYPE_CHECKING:
-    from jobrunner.services.api.context import ApiContext
+    from jobrunner.services.api.context import ApiContext, ProjectionTracker
 
 # How long a stream reads nothing after a read that failed: the next event's look-up is made
 # without one bound's wait meanwhile (the gate's watch looks about as often while serving).
@@ -106,12 +109,38 @@ class StreamLookups:
         # could not read).
         self.failed = False
         self._resync_due = False
+        # A read failed or was not made since the stream last noted an event it handled.
+        self._missed = False
+        # The last event the stream handled while a read failed or was not made: the client's
+        # reload must not come before the read models hold it (the projector, on the same
+        # Postgres, may still be behind on a backlog when reads answer again).
+        self._unsure_through = 0
 
-    def take_resync(self) -> bool:
-        """Whether reads succeed again after a failure since the last call: the client should
-        load its lists again (``resync``), for what the stream could not tell meanwhile."""
-        due, self._resync_due = self._resync_due, False
-        return due
+    def handled(self, seq: int) -> None:
+        """The stream handled its events up to ``seq`` (called after each read of the stream)."""
+        if self._missed:
+            self._unsure_through = max(self._unsure_through, seq)
+            self._missed = self.failed
+
+    async def take_resync(self, projection: ProjectionTracker) -> bool:
+        """Whether the client should load its lists again (``resync``), for what the stream
+        could not tell while reads failed: once reads succeed again and the read models hold
+        every event the stream handled meanwhile (``projection`` from the projector's notices,
+        else the checkpoint). False until then; asked again at the next keep-alive or read, as
+        ``BatchUpdates.wait_applied`` waits for a batch's row."""
+        if not self._resync_due or self.failed:
+            return False
+        if projection.applied < self._unsure_through:
+            # The notices come only as the projector applies: one may have come before this API
+            # heard (it started, or NATS was away), so the checkpoint is asked too.
+            try:
+                stored = await self.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+            except UNREADABLE:
+                return False
+            if stored is None or stored < self._unsure_through:
+                return False
+        self._resync_due = False
+        return True
 
     async def probe(self) -> None:
         """One read that only shows whether reads succeed again (on a keep-alive of a stream whose
@@ -133,7 +162,7 @@ class StreamLookups:
     async def _read(self, query: Callable[[Any], Awaitable[Any]]) -> Any:
         away = self._away
         if time.monotonic() < away.until or away.testing:
-            self.failed = True  # the stream goes on from the events alone meanwhile
+            self.failed = self._missed = True  # the stream goes on from the events alone
             raise ReadModelsNotRead(
                 "A read of the read models (Postgres) failed or did not answer just now; "
                 "try again shortly."
@@ -142,7 +171,7 @@ class StreamLookups:
             if self._gate.known:
                 # Known not to be ours: no later read can succeed either (not UNREADABLE).
                 raise ReadModelsOfAnotherVersion(*self._gate.reason(self._gate.state))
-            self.failed = True
+            self.failed = self._missed = True
             raise ReadModelsNotRead(
                 "This API has not yet read the read models' version since it started (Postgres "
                 "did not answer it); try again shortly."
@@ -153,7 +182,7 @@ class StreamLookups:
             result = await self._within_bound(query)
         except UNREADABLE:
             away.until = time.monotonic() + self._pause
-            self.failed = True
+            self.failed = self._missed = True
             raise
         finally:
             if testing:
