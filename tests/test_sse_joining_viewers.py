@@ -37,10 +37,10 @@ def settings(settings: Settings) -> Settings:
         settings,
         job_types_file=TEST_TYPES,
         max_streams_per_token=VIEWERS + 10,
-        # A stream's read of the job's row is bounded by health's bound (past it the job is
-        # followed from its JobRequested): the test holds the row's lock while fifty viewers
-        # arrive, longer than the 1 s default on a loaded machine.
-        health_postgres_timeout_seconds=60.0,
+        # A stream's read of the job's row is bounded by stream_read_timeout_seconds (past it
+        # the job is followed from its JobRequested): the test holds the row's lock while fifty
+        # viewers arrive, which may last longer than the 5 s default on a loaded machine.
+        stream_read_timeout_seconds=60.0,
     )
 
 
