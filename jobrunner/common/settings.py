@@ -20,6 +20,10 @@ ENV_PREFIX = "JOBRUNNER_"
 DEFAULT_JOB_TYPES = Path(__file__).with_name("default_jobtypes.toml")
 
 
+# The stream's read bound when neither configured nor shortened by a short keep-alive.
+STREAM_READ_TIMEOUT_SECONDS = 5.0
+
+
 class SettingsError(Exception):
     pass
 
@@ -128,8 +132,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # batch's row, how far the projector got): past it the stream goes on from the events, as
     # with Postgres stopped, and tells the client to resync once reads answer again. Longer
     # than health's: a Postgres that is merely slow must not cost a stream its look-ups. Below
-    # sse_keepalive_seconds: a stream waiting on a read sends no keep-alive.
-    stream_read_timeout_seconds: float = 5.0
+    # sse_keepalive_seconds: a stream waiting on a read sends no keep-alive (when not
+    # configured: half the keep-alive's interval if that is shorter than 5 s).
+    stream_read_timeout_seconds: float = STREAM_READ_TIMEOUT_SECONDS
     # GET /health's reads of NATS (the stream's end, the oldest waiting event, the runners), one
     # bound for all: a frozen NATS keeps the connection up, and each read used to wait out
     # nats-py's 5 s request timeout, then health said "ok".
@@ -368,6 +373,15 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid setting: {exc}") from None
+    if "stream_read_timeout_seconds" not in values:
+        # Not configured: kept below a keep-alive an operator shortened to 5 s or less, who
+        # would otherwise be refused at start for a setting never set.
+        settings = msgspec.structs.replace(
+            settings,
+            stream_read_timeout_seconds=min(
+                STREAM_READ_TIMEOUT_SECONDS, settings.sse_keepalive_seconds / 2
+            ),
+        )
     _check_stream_read_timeout(settings)
     return settings
 

@@ -229,3 +229,15 @@ def test_a_stream_read_bound_below_the_keepalive_is_taken(monkeypatch: pytest.Mo
     monkeypatch.setenv("JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS", "14.9")
     assert load_settings().stream_read_timeout_seconds == 14.9
     assert Settings().stream_read_timeout_seconds == 5.0
+
+
+@pytest.mark.parametrize(("keepalive", "bound"), [("5", 2.5), ("2", 1.0), ("10", 5.0), ("15", 5.0)])
+def test_a_stream_read_bound_not_configured_stays_below_a_short_keepalive(
+    monkeypatch: pytest.MonkeyPatch, keepalive: str, bound: float
+) -> None:
+    """An operator who shortened the keep-alive to 5 s or less and never set the stream's read
+    bound still starts after upgrading: the bound is half the keep-alive's interval, at most
+    5 s (was: refused, 5 s not below the interval)."""
+    monkeypatch.delenv("JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.setenv("JOBRUNNER_SSE_KEEPALIVE_SECONDS", keepalive)
+    assert load_settings().stream_read_timeout_seconds == bound
