@@ -291,6 +291,44 @@ async def test_the_all_jobs_stream_opened_on_a_frozen_postgres_is_refused_after_
     assert f"within {BOUND:g} s" in error["message"], error
 
 
+async def test_an_all_jobs_stream_opened_during_the_pause_starts_where_the_projector_said(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another stream's look-up failed on a frozen Postgres, so the API's streams read nothing
+    for a pause; a stream opened meanwhile with neither ``Last-Event-ID`` nor ``after`` makes no
+    read of where the read models are but starts after what the projector last said it applied
+    (200), and sends the next job's end. (Before: 503 READ_MODELS_UNAVAILABLE for the whole pause,
+    Postgres thawed or not.)"""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 600.0)  # not over within the test
+    settings = live.settings
+    await running_job(settings, "paused-a")
+    await running_job(settings, "paused-b")
+    first = SseStream()
+    later = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        readers = [asyncio.create_task(read_into(response, first))]
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("paused-a"))
+                await until(readers[0], lambda: sent(first, end) is not None)
+            async with client.stream("GET", "/api/jobs/stream") as opened:
+                assert opened.status_code == 200, await opened.aread()
+                readers.append(asyncio.create_task(read_into(opened, later)))
+                next_end = await publish(settings, ended("paused-b"))
+                await until(readers[1], lambda: sent(later, next_end) is not None)
+        finally:
+            for reader in readers:
+                reader.cancel()
+    frame = sent(later, next_end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+
+
 async def test_the_all_jobs_stream_opened_in_a_freeze_just_shorter_than_the_bound_opens(
     live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ from jobrunner.services.api.job_updates import update_stream
 from jobrunner.services.api.queryparams import Query
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.scope import OwnerFilter
-from jobrunner.services.api.streamlookups import stream_lookups
+from jobrunner.services.api.streamlookups import UNREADABLE, stream_lookups
 
 
 @get(
@@ -46,10 +46,17 @@ async def job_updates(
         await sse.refuse_an_id_ahead(ctx.js, ctx.names, after_seq, "after")
         start = after_seq + 1
     else:
-        # One of the stream's own reads (its bound, the version check): a frozen Postgres
-        # answers 503 READ_MODELS_TIMEOUT within stream_read_timeout_seconds, a stopped one
-        # READ_MODELS_UNAVAILABLE, tables of another version the gate's 503.
-        applied = await lookups.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        # One of the stream's own reads (its bound, the version check; tables of another
+        # version answer the gate's 503). Not made (the API's streams pause after a failed
+        # read) or failed, the projector's last notice tells as much: the stream starts after
+        # it. Only with no notice since the API started is it 503 (READ_MODELS_TIMEOUT frozen,
+        # READ_MODELS_UNAVAILABLE stopped or paused).
+        try:
+            applied = await lookups.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        except UNREADABLE:
+            if not ctx.projection.applied:
+                raise
+            applied = ctx.projection.applied
         start = int(applied or 0) + 1
     scope = OwnerFilter(lookups, principal_of(request).owner)
     # A token that sees every job needs no check: an await per event of a catch-up saved.
