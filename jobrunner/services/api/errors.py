@@ -203,17 +203,18 @@ def other_version_handler(
     """A stream's opening read met read models the gate had let through a moment before and
     now knows are another version: the gate's own 503."""
     return Response(
-        error_body(exc.code, exc.sentence),
+        error_body(exc.code, exc.sentence, **exc.details),
         status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": str(exc.retry_after_seconds)},
     )
 
 
 def not_read_handler(request: Request[Any, Any, Any], exc: ReadModelsNotRead) -> Response[Any]:
     """A stream's read not made (its opening read, or a job stream's row): the sentence says
     why, which is not always that Postgres cannot be reached (the version not known yet)."""
+    # Its own message: the version merely not known yet is no "read models unavailable".
     _warn_throttled(
-        POSTGRES_AWAY_LOG, "read models unavailable", path=request.url.path, error=repr(exc)
+        POSTGRES_AWAY_LOG, "stream read not made", path=request.url.path, reason=str(exc)
     )
     return Response(
         error_body("READ_MODELS_UNAVAILABLE", str(exc)),

@@ -46,12 +46,22 @@ class ReadModelsOfAnotherVersion(Exception):
     """A live stream's read refused because the API knows the stored read models are not this
     version (a newer jobrunner's, or a rebuild under way): no read of the stream's can succeed
     until this API is upgraded or the rebuild ends, so the stream ends (job_updates.py) rather
-    than wait with keep-alives for ever. ``code`` and ``sentence`` are the gate's 503's."""
+    than wait with keep-alives for ever. ``code``, ``sentence``, ``details`` (what the gate
+    tells of the versions) and ``retry_after_seconds`` are the gate's 503's (carried: the gate's
+    module imports errors.py, whose handler answers this)."""
 
-    def __init__(self, code: str, sentence: str) -> None:
+    def __init__(
+        self,
+        code: str,
+        sentence: str,
+        details: dict[str, Any] | None = None,
+        retry_after_seconds: int = 5,
+    ) -> None:
         super().__init__(sentence)
         self.code = code
         self.sentence = sentence
+        self.details = details or {}
+        self.retry_after_seconds = retry_after_seconds
 
 
 class ReadModelsLost(Exception):

@@ -45,7 +45,7 @@ import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api.errors import POSTGRES_AWAY
-from jobrunner.services.api.readmodelgate import ReadModelGate
+from jobrunner.services.api.readmodelgate import RETRY_AFTER_SECONDS, ReadModelGate, progress
 from jobrunner.services.api.readpool import (
     ReadModelsNotRead,
     ReadModelsOfAnotherVersion,
@@ -170,7 +170,10 @@ class StreamLookups:
         if not self._gate.serving:
             if self._gate.known:
                 # Known not to be ours: no later read can succeed either (not UNREADABLE).
-                raise ReadModelsOfAnotherVersion(*self._gate.reason(self._gate.state))
+                state = self._gate.state
+                raise ReadModelsOfAnotherVersion(
+                    *self._gate.reason(state), progress(state), RETRY_AFTER_SECONDS
+                )
             self.failed = self._missed = True
             raise ReadModelsNotRead(
                 "This API has not yet read the read models' version since it started (Postgres "
