@@ -1,6 +1,7 @@
 // Every job's changes, live: the job_update stream (GET /api/jobs/stream), re-dispatched on the
-// document as "job-update" events (and each batch's as "batch-update"). After a reconnect, and when the stream says "resync" (it
-// could not read the read models for a while), the page gets "updates-resync" to catch up.
+// document as "job-update" events (and each batch's as "batch-update"). After a reconnect,
+// and when the stream says "resync" (it could not read the read models for a while), the page
+// gets "updates-resync" to catch up.
 import { EventStream } from "./sse.js";
 
 function normalise(raw) {
