@@ -40,6 +40,9 @@ from tests.tools.postgres_processes import frozen_postgres
 # The API's read deadline and its health check's, short so the tests stay fast.
 DEADLINE = 2.5
 HEALTH_DEADLINE = 0.5
+# A live stream's reads: another bound than health's (as in a deployment: 5 s and 1 s), so
+# that a test meeting either is told apart.
+STREAM_BOUND = 1.0
 # The API's pooled connections (context.read_pool), and more readers than that.
 POOL_SIZE = 10
 READERS = 25
@@ -56,7 +59,7 @@ async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIte
         database_url=own_postgres.url,
         api_read_timeout_seconds=DEADLINE,
         health_postgres_timeout_seconds=HEALTH_DEADLINE,
-        stream_read_timeout_seconds=HEALTH_DEADLINE,
+        stream_read_timeout_seconds=STREAM_BOUND,
     )
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))

@@ -2,7 +2,7 @@
 all-jobs stream used to wait for a look-up of a job it did not know until the read pool's
 deadline, with no keep-alive, and then ended (the read's timeout re-raised mid-stream), so
 browsers reconnected in a loop; a job stream opened meanwhile answered 503 after the same wait.
-A frozen read is now given up after ``health_postgres_timeout_seconds``, as a refused one: the
+A frozen read is now given up after ``stream_read_timeout_seconds``, as a refused one: the
 event is sent from what it tells, keep-alives flow, and the stream follows on after the thaw."""
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ from tests.tools.stream_reading import read_into, until
 
 pytestmark = pytest.mark.timeout(180)
 
-# A stream's look-ups are bounded by stream_read_timeout_seconds (health's the same here); the
-# read pool's deadline is longer (as the defaults, 5 s and 60 s), so a stream that waited for the
-# deadline is told apart.
+# A stream's look-ups are bounded by stream_read_timeout_seconds, longer than health's bound
+# (as the defaults, 5 s and 1 s: a Postgres slower than health's costs a stream no look-up);
+# the read pool's deadline is longer still (as the defaults' 60 s), so a stream that waited for
+# the deadline is told apart.
 BOUND = 2.0
+HEALTH_BOUND = 1.0
 READ_DEADLINE = 6.0
 KEEPALIVE = 0.5
 
@@ -55,7 +57,7 @@ def frozen_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Setti
         settings,
         database_url=own_postgres.url,
         api_read_timeout_seconds=READ_DEADLINE,
-        health_postgres_timeout_seconds=BOUND,
+        health_postgres_timeout_seconds=HEALTH_BOUND,
         stream_read_timeout_seconds=BOUND,
         sse_keepalive_seconds=KEEPALIVE,
         auth=True,
@@ -241,6 +243,41 @@ async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up
     assert frame is not None
     assert frame.json["status"] == "completed", frame.json
     assert frame.json["jobType"] == "emit", frame.json
+
+
+async def test_a_postgres_slower_than_healths_bound_costs_a_stream_no_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen from the look-up's beginning on for longer than health's bound but shorter than
+    the stream's (a Postgres merely slow): the look-up waits, the job's end is sent with its
+    type, and no ``resync`` follows (nothing was left out). With health's bound as the stream's
+    (as before session 33's second review) the look-up was lost."""
+    settings = live.settings
+    await running_job(settings, "slow-a")
+    looking = began_event(monkeypatch, job_updates, "read_ahead")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("slow-a"))
+                async with asyncio.timeout(30):
+                    await looking.wait()  # the stream met the event and looks the job up
+                await asyncio.sleep((HEALTH_BOUND + BOUND) / 2)  # between the two bounds
+            await until(reader, lambda: sent(seen, end) is not None)
+            kept = len(seen.comments)
+            await until(reader, lambda: len(seen.comments) >= kept + 4)  # a resync's chances
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["jobType"] == "emit", frame.json
+    assert [e for e in seen.events if e.event == "resync"] == []
 
 
 async def test_a_freeze_just_longer_than_the_bound_is_not_waited_out_by_the_look_up(
