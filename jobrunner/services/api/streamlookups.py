@@ -190,7 +190,10 @@ class StreamLookups:
         finally:
             if testing:
                 away.testing = False
-        away.until = 0.0
+        if testing:
+            # Only the read that tested ends the pause: another, begun before a failure and
+            # answered after it, would end the pause the failure just began.
+            away.until = 0.0
         if self.failed:
             self.failed = False
             self._resync_due = True
