@@ -106,7 +106,7 @@ def logged_job(
     return out
 
 
-async def publish(settings: Settings, batch: Sequence[events.Event]) -> int:
+async def publish(settings: Settings, batch: Sequence[events.Publishable]) -> int:
     async with publisher(settings) as js:
         return await eventstore.publish_many(js, Names(settings.prefix), batch)
 

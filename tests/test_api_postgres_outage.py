@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -33,14 +34,22 @@ from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout, R
 from tests.freeze import freeze
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
+from tests.tools.api_parts import read_pool_of
 from tests.tools.postgres_processes import frozen_postgres
 
 # The API's read deadline and its health check's, short so the tests stay fast.
 DEADLINE = 2.5
 HEALTH_DEADLINE = 0.5
+# A live stream's reads: another bound than health's (as in a deployment: 5 s and 1 s), so
+# that a test meeting either is told apart.
+STREAM_BOUND = 1.0
 # The API's pooled connections (context.read_pool), and more readers than that.
 POOL_SIZE = 10
 READERS = 25
+# When a test whose readers must be answered while Postgres is frozen thaws it anyway: far past
+# any deadline (10 times), only so that readers that wait for the thaw (the fault) end the
+# test; below read_job's client deadline (30 s), so that they are counted rather than cut.
+GIVE_UP_SECONDS = 25.0
 
 
 @pytest.fixture
@@ -50,6 +59,7 @@ async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIte
         database_url=own_postgres.url,
         api_read_timeout_seconds=DEADLINE,
         health_postgres_timeout_seconds=HEALTH_DEADLINE,
+        stream_read_timeout_seconds=STREAM_BOUND,
     )
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
@@ -84,10 +94,6 @@ async def read_many(system: System, count: int) -> list[tuple[int, dict[str, Any
     )
 
 
-def read_pool_of(system: System) -> ReadPool:
-    return system._server.config.app.state.ctx.pool  # type: ignore[union-attr,no-any-return]
-
-
 def assert_no_connection_held(pool: ReadPool) -> None:
     """Every connection the pool has is back in it (none wedged in use) and open."""
     holders = pool.pool._holders
@@ -116,6 +122,17 @@ def assert_timed_out(status: int, body: dict[str, Any]) -> None:
     assert status == 503, body
     assert body["error"]["code"] == "READ_MODELS_TIMEOUT"
     assert body["error"]["message"]
+
+
+def assert_frozen_answers(answers: list[tuple[int, dict[str, Any]]]) -> None:
+    """``read_many``'s answers with Postgres frozen: 503 READ_MODELS_TIMEOUT for every read but
+    the job's stream, which opens (200) from the job's JobRequested in NATS once its row's read
+    passed the stream's bound (session 33: tests/test_streams_postgres_frozen.py)."""
+    for path, (status, body) in zip(itertools.cycle(READ_PATHS), answers, strict=False):
+        if path.endswith("/stream"):
+            assert status == 200, (path, body)
+        else:
+            assert_timed_out(status, body)
 
 
 async def test_postgres_stopped_reads_answer_503_with_a_code_then_recover(
@@ -172,14 +189,27 @@ async def test_postgres_frozen_longer_than_the_deadline_answers_every_reader_in_
     waited for the thaw). After the thaw all answer 200, with no connection left wedged."""
     pool = read_pool_of(system)
     assert pool.pool.get_max_size() == POOL_SIZE < READERS
+    frozen = True
+    answered_frozen: list[bool] = []
+
+    async def read_noting_the_freeze(path: str) -> tuple[int, dict[str, Any]]:
+        answer = await read_job(system, path)
+        answered_frozen.append(frozen)
+        return answer
+
     with frozen_postgres(own_postgres):
-        try:
-            async with asyncio.timeout(DEADLINE + 5):  # answered while frozen, not after
-                answers = await read_many(system, READERS)
-        except TimeoutError:
-            raise AssertionError("readers still waiting while Postgres is frozen") from None
-        for answer in answers:
-            assert_timed_out(*answer)
+        readers = asyncio.gather(
+            *(read_noting_the_freeze(READ_PATHS[i % len(READ_PATHS)]) for i in range(READERS))
+        )
+        # Thawed once every reader is answered; a reader that waits for the thaw is given it
+        # after GIVE_UP_SECONDS (no bound on how fast they answer: only whether it was frozen).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(readers), GIVE_UP_SECONDS)
+        frozen = False
+    answers = await readers
+    waited = answered_frozen.count(False)
+    assert waited == 0, f"{waited} of {READERS} readers were answered only after the thaw"
+    assert_frozen_answers(answers)
     await served_again(system)
     for status, body in await read_many(system, READERS):
         assert status == 200, body
@@ -205,8 +235,7 @@ async def test_health_answers_within_its_own_bound_while_readers_wait(
         codes = [p["code"] for p in body["problems"]]
         assert "POSTGRES_TIMEOUT" in codes, body  # (and NO_RUNNER: this system has none)
         assert "POSTGRES_UNREACHABLE" not in codes, body
-        for answer in await readers:
-            assert_timed_out(*answer)
+        assert_frozen_answers(await readers)
     await served_again(system)
     async with system.client() as client:
         assert (await client.get("/health")).json()["postgres"] is True

@@ -6,8 +6,6 @@ it waits with keep-alives and sends the batch's row once Postgres is back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
 
 import msgspec
 import pytest
@@ -17,8 +15,9 @@ from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.batch_support import batch_events, ended
 from tests.history_support import publish, wait_projected
-from tests.sse_client import SseStream, iter_events
+from tests.sse_client import SseStream
 from tests.system import System
+from tests.tools.stream_reading import read_into, until
 
 KEEPALIVE = 0.5
 
@@ -68,17 +67,3 @@ async def test_a_batch_row_waits_out_postgres_being_down_and_the_stream_stays_op
                 await asyncio.to_thread(own_postgres.start)
     [done] = [e for e in seen.events if e.event == "batch_update" and e.id == str(last)]
     assert done.json["status"] == "completed", done.json
-
-
-async def read_into(response: Any, seen: SseStream) -> None:
-    async for event in iter_events(response, into=seen):
-        seen.events.append(event)
-
-
-async def until(reader: asyncio.Task[None], condition: Callable[[], bool]) -> None:
-    """Until ``condition`` holds of what the stream sent; fails if the stream ends first."""
-    while not condition():
-        if reader.done():
-            reader.result()  # the stream's own error, if it had one
-            raise AssertionError("the stream ended")
-        await asyncio.sleep(0.05)

@@ -24,6 +24,8 @@ from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.projector import outage, upgrade
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.tools.api_parts import gate_of
+from tests.tools.began import began_event
 from tests.tools.health_reports import codes, health
 from tests.tools.postgres_processes import frozen_postgres
 from tests.tools.status_history import statuses
@@ -95,24 +97,6 @@ async def served_again(system: System, job_id: str) -> dict[str, Any]:
         raise AssertionError(f"not served 60 s after Postgres came back; last: {last}") from None
     assert last is not None
     return last[1]
-
-
-def gate_of(system: System) -> Any:
-    return system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr]
-
-
-def began_event(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> asyncio.Event:
-    """An event set when ``owner.name`` (a coroutine function) is first called: a fault can then
-    be timed from when a look or a connect began, not from when the service began starting."""
-    began = asyncio.Event()
-    original = getattr(owner, name)
-
-    async def noting(*args: Any, **kwargs: Any) -> Any:
-        began.set()
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, noting)
-    return began
 
 
 async def start_postgres(server: EmbeddedPostgres) -> None:

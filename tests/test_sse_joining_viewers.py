@@ -34,7 +34,13 @@ LINES = 200
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(
-        settings, job_types_file=TEST_TYPES, max_streams_per_token=VIEWERS + 10
+        settings,
+        job_types_file=TEST_TYPES,
+        max_streams_per_token=VIEWERS + 10,
+        # A stream's read of the job's row is bounded by stream_read_timeout_seconds (past it
+        # the job is followed from its JobRequested): the test holds the row's lock while fifty
+        # viewers arrive, which may last longer than the 5 s default on a loaded machine.
+        stream_read_timeout_seconds=60.0,
     )
 
 

@@ -20,6 +20,10 @@ ENV_PREFIX = "JOBRUNNER_"
 DEFAULT_JOB_TYPES = Path(__file__).with_name("default_jobtypes.toml")
 
 
+# The stream's read bound when neither configured nor shortened by a short keep-alive.
+STREAM_READ_TIMEOUT_SECONDS = 5.0
+
+
 class SettingsError(Exception):
     pass
 
@@ -124,6 +128,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_read_timeout_seconds: float = 60.0
     # GET /health's read of Postgres, shorter: an orchestrator's probe must get an answer.
     health_postgres_timeout_seconds: float = 1.0
+    # Each read a live SSE stream makes of the read models (a job it meets, its owner, a
+    # batch's row, how far the projector got): past it the stream goes on from the events, as
+    # with Postgres stopped, and tells the client to resync once reads answer again. Longer
+    # than health's: a Postgres that is merely slow must not cost a stream its look-ups. Below
+    # sse_keepalive_seconds: a stream waiting on a read sends no keep-alive (when not
+    # configured: half the keep-alive's interval if that is shorter than 5 s).
+    stream_read_timeout_seconds: float = STREAM_READ_TIMEOUT_SECONDS
     # GET /health's reads of NATS (the stream's end, the oldest waiting event, the runners), one
     # bound for all: a frozen NATS keeps the connection up, and each read used to wait out
     # nats-py's 5 s request timeout, then health said "ok".
@@ -307,6 +318,7 @@ _ABOVE_ZERO = (
     "up_ready_timeout_seconds",
     "api_read_timeout_seconds",
     "health_postgres_timeout_seconds",
+    "stream_read_timeout_seconds",
     "health_nats_timeout_seconds",
     "health_log_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
@@ -358,6 +370,30 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             values[name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return msgspec.convert(values, Settings, strict=False)
+        settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid setting: {exc}") from None
+    if "stream_read_timeout_seconds" not in values:
+        # Not configured: kept below a keep-alive an operator shortened to 5 s or less, who
+        # would otherwise be refused at start for a setting never set.
+        settings = msgspec.structs.replace(
+            settings,
+            stream_read_timeout_seconds=min(
+                STREAM_READ_TIMEOUT_SECONDS, settings.sse_keepalive_seconds / 2
+            ),
+        )
+    _check_stream_read_timeout(settings)
+    return settings
+
+
+def _check_stream_read_timeout(settings: Settings) -> None:
+    """A configuration whose stream reads may outlast a keep-alive's interval stops the
+    service. Checked here, on what an operator configured, rather than in ``__post_init__``:
+    tests shorten the keep-alive far below the read bound, whose length they do not need."""
+    if not settings.stream_read_timeout_seconds < settings.sse_keepalive_seconds:
+        raise SettingsError(
+            f"invalid setting: stream_read_timeout_seconds = "
+            f"{settings.stream_read_timeout_seconds:g} must be below sse_keepalive_seconds = "
+            f"{settings.sse_keepalive_seconds:g}: a stream waiting on a read of the read models "
+            "sends no keep-alive meanwhile"
+        )

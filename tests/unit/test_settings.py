@@ -155,6 +155,7 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("nats_silence_seconds", "0.9"),  # a loop stalled a second is no silent NATS
         ("stop_seconds", "0.5"),
         ("stop_seconds", "15.5"),  # waits past its deadline need the margin to the 20 s grace
+        ("stream_read_timeout_seconds", "0"),
     ],
 )
 def test_value_no_service_can_honour_is_refused_at_start(
@@ -209,3 +210,34 @@ def test_stop_seconds_takes_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     for raw in ("1", "15"):
         monkeypatch.setenv("JOBRUNNER_STOP_SECONDS", raw)
         assert load_settings().stop_seconds == float(raw)
+
+
+@pytest.mark.parametrize(("read", "keepalive"), [("15", None), ("20", None), ("3", "2")])
+def test_a_stream_read_bound_not_below_the_keepalive_is_refused(
+    monkeypatch: pytest.MonkeyPatch, read: str, keepalive: str | None
+) -> None:
+    """A stream waiting on a read sends no keep-alive: its bound must be below the interval."""
+    monkeypatch.setenv("JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS", read)
+    if keepalive is not None:
+        monkeypatch.setenv("JOBRUNNER_SSE_KEEPALIVE_SECONDS", keepalive)
+    with pytest.raises(SettingsError, match=r"stream_read_timeout_seconds.*sse_keepalive_seconds"):
+        load_settings()
+
+
+def test_a_stream_read_bound_below_the_keepalive_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Just below the keep-alive's interval; 5 s by default, above health's 1 s."""
+    monkeypatch.setenv("JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS", "14.9")
+    assert load_settings().stream_read_timeout_seconds == 14.9
+    assert Settings().stream_read_timeout_seconds == 5.0
+
+
+@pytest.mark.parametrize(("keepalive", "bound"), [("5", 2.5), ("2", 1.0), ("10", 5.0), ("15", 5.0)])
+def test_a_stream_read_bound_not_configured_stays_below_a_short_keepalive(
+    monkeypatch: pytest.MonkeyPatch, keepalive: str, bound: float
+) -> None:
+    """An operator who shortened the keep-alive to 5 s or less and never set the stream's read
+    bound still starts after upgrading: the bound is half the keep-alive's interval, at most
+    5 s (was: refused, 5 s not below the interval)."""
+    monkeypatch.delenv("JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.setenv("JOBRUNNER_SSE_KEEPALIVE_SECONDS", keepalive)
+    assert load_settings().stream_read_timeout_seconds == bound

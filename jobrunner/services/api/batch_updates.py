@@ -19,7 +19,7 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.contracts import events
 from jobrunner.services.api import batch_readmodels, sse
 from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.errors import POSTGRES_AWAY
+from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups
 
 EVENT_NAME = "batch_update"
 # Jobs whose batch one connection remembers (a job first seen through a later event is looked up).
@@ -29,8 +29,15 @@ REMEMBERED_JOBS = 10_000
 class BatchUpdates:
     """The batches one stream has to send again, and the rows to send."""
 
-    def __init__(self, ctx: ApiContext, owner: str | None, size: int = REMEMBERED_JOBS) -> None:
+    def __init__(
+        self,
+        ctx: ApiContext,
+        owner: str | None,
+        lookups: StreamLookups,
+        size: int = REMEMBERED_JOBS,
+    ) -> None:
         self._ctx = ctx
+        self._lookups = lookups  # the stream's reads of the read models (streamlookups.py)
         self._owner = owner  # a token limited to its own jobs sees only the batches it requested
         self._size = size
         self._batch_of: OrderedDict[str, str | None] = OrderedDict()
@@ -85,12 +92,12 @@ class BatchUpdates:
 
     async def frames(self) -> list[tuple[int, bytes]]:
         """``(stream sequence, frame)`` for every pending batch the caller may see; clears them
-        once read (a read that fails, Postgres away, keeps them for the next try). Call once
-        ``wait_applied`` is through."""
+        once read (a read that fails, Postgres away or frozen, keeps them for the next try).
+        Call once ``wait_applied`` is through."""
         if not self.pending:
             return []
         touched = self.pending
-        rows = await self._ctx.pool.fetch(
+        rows = await self._lookups.fetch(
             f"SELECT {batch_readmodels.BATCH_COLUMNS} FROM {READ_SCHEMA}.batches "
             "WHERE id = ANY($1::text[])",
             list(touched),
@@ -111,8 +118,8 @@ class BatchUpdates:
             return True
         # The projector's notices only come when it applies something: ask Postgres too.
         try:
-            stored = await self._ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
-        except POSTGRES_AWAY:
+            stored = await self._lookups.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        except UNREADABLE:
             stored = None  # nor can the projector apply anything: its notice is waited for
         if stored is not None and stored >= seq:
             return True
@@ -132,10 +139,10 @@ class BatchUpdates:
             self._batch_of.move_to_end(job_id)
             return self._batch_of[job_id]
         try:
-            row = await self._ctx.pool.fetchrow(
+            row = await self._lookups.fetchrow(
                 f"SELECT batch_id FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
             )
-        except POSTGRES_AWAY:
+        except UNREADABLE:
             return None  # asked again at its next event, as a job not projected yet
         if row is None:
             return None  # not projected yet: asked again at its next event, not remembered

@@ -42,6 +42,7 @@ from jobrunner.services.api.readerconnections import ReaderConnections
 from jobrunner.services.api.readmodelgate import ReadModelGate, UnbuiltReadModels
 from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.sharedreads import SharedReads
+from jobrunner.services.api.streamlookups import StreamReadsAway
 
 log = structlog.get_logger()
 
@@ -110,6 +111,8 @@ class ApiContext:
     job_rows: SharedReads[asyncpg.Record | None] = field(default_factory=SharedReads)
     # What /health has seen of read models not made yet (readmodelgate.UnbuiltReadModels).
     unbuilt_read_models: UnbuiltReadModels = field(default_factory=UnbuiltReadModels)
+    # Whether live streams take the read models as away just now: one for all of them.
+    stream_reads_away: StreamReadsAway = field(default_factory=StreamReadsAway)
 
 
 async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:

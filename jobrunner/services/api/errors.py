@@ -23,7 +23,12 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 
 from jobrunner.common import database, postgresconnect
 from jobrunner.common.logging import LogThrottle
-from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout
+from jobrunner.services.api.readpool import (
+    ReadModelsLost,
+    ReadModelsNotRead,
+    ReadModelsOfAnotherVersion,
+    ReadModelsTimeout,
+)
 
 log = structlog.get_logger()
 
@@ -192,6 +197,32 @@ def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     )
 
 
+def other_version_handler(
+    request: Request[Any, Any, Any], exc: ReadModelsOfAnotherVersion
+) -> Response[Any]:
+    """A stream's opening read met read models the gate had let through a moment before and
+    now knows are another version: the gate's own 503."""
+    return Response(
+        error_body(exc.code, exc.sentence, **exc.details),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(exc.retry_after_seconds)},
+    )
+
+
+def not_read_handler(request: Request[Any, Any, Any], exc: ReadModelsNotRead) -> Response[Any]:
+    """A stream's read not made (its opening read, or a job stream's row): the sentence says
+    why, which is not always that Postgres cannot be reached (the version not known yet)."""
+    # Its own message: the version merely not known yet is no "read models unavailable".
+    _warn_throttled(
+        POSTGRES_AWAY_LOG, "stream read not made", path=request.url.path, reason=str(exc)
+    )
+    return Response(
+        error_body("READ_MODELS_UNAVAILABLE", str(exc)),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "2"},
+    )
+
+
 POSTGRES_REFUSED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 
@@ -266,6 +297,7 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.exceptions.OperatorInterventionError,
     ReadModelsLost,  # a read's connection died, told by asyncpg as a client-side error
+    ReadModelsNotRead,  # a stream's read not made: Postgres away just now, or version unknown
 )
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
@@ -273,7 +305,9 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: http_error_handler,
     nats.errors.Error: nats_error_handler,
     **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
+    ReadModelsNotRead: not_read_handler,
     ReadModelsTimeout: postgres_timeout_handler,
+    ReadModelsOfAnotherVersion: other_version_handler,
     **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),
     Exception: internal_error_handler,
 }

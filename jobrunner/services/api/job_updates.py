@@ -33,8 +33,9 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.errors import POSTGRES_AWAY
+from jobrunner.services.api.readpool import ReadModelsOfAnotherVersion
 from jobrunner.services.api.staletelling import StaleTeller
+from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups, stream_lookups
 
 log = structlog.get_logger()
 
@@ -207,9 +208,10 @@ class JobStates:
         if state is None and not isinstance(event, events.JobRequested):
             try:
                 state = await self._lookup(event.job_id)
-            except POSTGRES_AWAY:
-                # The read models are away: a stream must not end for one job it cannot look
-                # up. A status change tells the status by itself (a job ending while Postgres
+            except UNREADABLE:
+                # The read models are away (stopped, frozen past the bound, or not known to be
+                # this version: streamlookups.py): a stream must not end for one job it cannot
+                # look up. A status change tells the status by itself (a job ending while Postgres
                 # is down still shows so); any other event is skipped. Neither is remembered:
                 # the job is looked up again at its next event, for all the row tells.
                 return apply(None, event) if isinstance(event, events.StatusChanged) else None
@@ -225,21 +227,25 @@ async def update_stream(
     start_seq: int,
     visible: Callable[[events.Event], Awaitable[bool]] | None = None,
     owner: str | None = None,
+    lookups: StreamLookups | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield ``job_update`` frames for every job and ``batch_update`` frames for every batch
     from ``start_seq`` on, forever.
 
     ``visible`` leaves out the jobs the caller may not see, ``owner`` the batches (a token
     limited to its own jobs). A read of the stream that touched a batch is sent once the
-    projector has applied it (the batch's row shows it), all its frames in sequence order."""
+    projector has applied it (the batch's row shows it), all its frames in sequence order.
+    ``lookups``: the stream's reads of the read models (``visible``'s too), made here if None."""
     yield sse.retry(ctx.settings.sse_retry_ms)
+    if lookups is None:
+        lookups = stream_lookups(ctx)
 
     async def read_model_state(job_id: str) -> JobState | None:
-        row = await readmodels.get_job_row(ctx.pool, job_id)
+        row = await readmodels.get_job_row(lookups, job_id)
         return state_from_row(row) if row is not None else None
 
     states = JobStates(read_model_state)
-    batches = BatchUpdates(ctx, owner)
+    batches = BatchUpdates(ctx, owner, lookups)
     keepalive = ctx.settings.sse_keepalive_seconds
     buffered = ctx.settings.sse_client_buffer_bytes
     connection = NatsConnection.from_settings(ctx.settings)
@@ -255,86 +261,107 @@ async def update_stream(
     teller = StaleTeller(ctx.fanout)
     # Closed in this order: a read under way (``between``) ends before ``messages`` closes.
     async with aclosing(messages), aclosing(teller.between(messages)) as reads:
-        while True:
-            try:
-                msgs = await anext(reads)
-            except BadRequestError as exc:
-                if not at_consumer_limit(exc):
-                    raise
-                # Still at the limit after the retries: say so, and end; the client reconnects
-                # after ``retry`` (with ``Last-Event-ID``), when places may have freed.
-                log.warning("update stream refused at the stream's consumer limit", detail=str(exc))
-                yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
-                return
-            except Exception as exc:
-                if not sse.is_nats_fault(exc):
-                    raise
-                # NATS did not answer (paused, unreachable) as the stream opened a consumer or
-                # asked for the stream's state. Every frame sent went whole, so the client
-                # resumes exactly after the last one; a live consumer nats-py makes again by
-                # itself, so this is met only at those requests.
-                log.warning("update stream ended by a NATS fault", error=repr(exc))
-                yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
-                return
-            if isinstance(msgs, bytes):  # a ``stale`` frame: NATS went silent, or is back
-                yield msgs
-                continue
-            if not msgs:
-                yield sse.comment("keep-alive")
-                continue
-            frames: list[tuple[int, bytes]] = []
-            read: list[tuple[int, events.AnyEvent]] = []
-            for seq, data in msgs:
-                try:
-                    event = codec.decode(data)
-                except msgspec.MsgspecError:
-                    continue
-                if event is not None:
-                    read.append((seq, event))
-            await read_ahead(ctx, read, states, batches)
-            for seq, event in read:
-                # Before the job's own scope check: another's new attempt changes my batch's
-                # counters.
-                if batches.needs_lookup(event):
-                    await batches.note(event, seq)
-                else:
-                    batches.note_known(event, seq)
-                if isinstance(event, events.BatchEvent):
-                    continue
-                if isinstance(event, events.WebhookAttempted):
-                    # Nothing a job update shows; skipped before the scope and state look-ups,
-                    # which would cost a query per attempt of a job no longer remembered.
-                    continue
-                if visible is not None and not await visible(event):
-                    continue
-                if states.needs_lookup(event):
-                    state = await states.update(event)
-                else:
-                    state = states.update_known(event)
-                if state is not None:
-                    frames.append((seq, update_frame(seq, state)))
-            # Held until the projector has applied this read: frames leave in sequence order.
-            # The wait may be NATS's silence itself (the projector's notices come through it).
-            async for _ in batches.wait_applied(teller.changed):
-                if (told := teller.news()) is not None:
-                    yield told
-                yield sse.comment("keep-alive")
+        try:
             while True:
                 try:
-                    frames += await batches.frames()
-                    break
-                except POSTGRES_AWAY:
-                    # The rows to send are Postgres's alone: waited for, the stream kept open.
+                    msgs = await anext(reads)
+                except BadRequestError as exc:
+                    if not at_consumer_limit(exc):
+                        raise
+                    # Still at the limit after the retries: say so, and end; the client reconnects
+                    # after ``retry`` (with ``Last-Event-ID``), when places may have freed.
+                    log.warning(
+                        "update stream refused at the stream's consumer limit", detail=str(exc)
+                    )
+                    yield sse.consumer_limit_reached(ctx.settings.sse_retry_ms)
+                    return
+                except Exception as exc:
+                    if not sse.is_nats_fault(exc):
+                        raise
+                    # NATS did not answer (paused, unreachable) as the stream opened a consumer or
+                    # asked for the stream's state. Every frame sent went whole, so the client
+                    # resumes exactly after the last one; a live consumer nats-py makes again by
+                    # itself, so this is met only at those requests.
+                    log.warning("update stream ended by a NATS fault", error=repr(exc))
+                    yield sse.nats_unavailable(ctx.settings.sse_retry_ms)
+                    return
+                if isinstance(msgs, bytes):  # a ``stale`` frame: NATS went silent, or is back
+                    yield msgs
+                    continue
+                if not msgs:
+                    # Sent first: a probe during a freeze waits its bound, which must not
+                    # lengthen the client's silence past the keep-alive's interval.
                     yield sse.comment("keep-alive")
-                    await asyncio.sleep(keepalive)
-            if frames:
-                # Stable: a batch's frame follows the job frame of the same event.
-                frames.sort(key=lambda f: f[0])
-                yield b"".join(frame for _, frame in frames)
+                    if lookups.failed:
+                        await lookups.probe()  # bounded below the keep-alive's interval
+                    if await lookups.take_resync(ctx.projection):
+                        yield sse.resync()
+                    continue
+                frames: list[tuple[int, bytes]] = []
+                read: list[tuple[int, events.AnyEvent]] = []
+                for seq, data in msgs:
+                    try:
+                        event = codec.decode(data)
+                    except msgspec.MsgspecError:
+                        continue
+                    if event is not None:
+                        read.append((seq, event))
+                await read_ahead(lookups, read, states, batches)
+                for seq, event in read:
+                    # Before the job's own scope check: another's new attempt changes my batch's
+                    # counters.
+                    if batches.needs_lookup(event):
+                        await batches.note(event, seq)
+                    else:
+                        batches.note_known(event, seq)
+                    if isinstance(event, events.BatchEvent):
+                        continue
+                    if isinstance(event, events.WebhookAttempted):
+                        # Nothing a job update shows; skipped before the scope and state look-ups,
+                        # which would cost a query per attempt of a job no longer remembered.
+                        continue
+                    if visible is not None and not await visible(event):
+                        continue
+                    if states.needs_lookup(event):
+                        state = await states.update(event)
+                    else:
+                        state = states.update_known(event)
+                    if state is not None:
+                        frames.append((seq, update_frame(seq, state)))
+                # Held until the projector has applied this read: frames leave in sequence order.
+                # The wait may be NATS's silence itself (the projector's notices come through it).
+                async for _ in batches.wait_applied(teller.changed):
+                    if (told := teller.news()) is not None:
+                        yield told
+                    yield sse.comment("keep-alive")
+                while True:
+                    try:
+                        frames += await batches.frames()
+                        break
+                    except UNREADABLE:
+                        # The rows to send are Postgres's alone: waited for, the stream kept open.
+                        yield sse.comment("keep-alive")
+                        await asyncio.sleep(keepalive)
+                if frames:
+                    # Stable: a batch's frame follows the job frame of the same event.
+                    frames.sort(key=lambda f: f[0])
+                    yield b"".join(frame for _, frame in frames)
+                lookups.handled(msgs[-1][0])
+                if await lookups.take_resync(ctx.projection):
+                    # After this read's frames: the client's reload covers them too.
+                    yield sse.resync()
+        except ReadModelsOfAnotherVersion as exc:
+            # The API learnt that the stored read models are not this version: every read of
+            # the stream would be refused from now on. Said, and ended; the reconnect is
+            # answered 503 with the same code.
+            log.warning("update stream ended: read models of another version", code=exc.code)
+            yield sse.read_models_of_another_version(
+                ctx.settings.sse_retry_ms, exc.code, exc.sentence
+            )
 
 
 async def read_ahead(
-    ctx: ApiContext,
+    lookups: StreamLookups,
     read: list[tuple[int, events.AnyEvent]],
     states: JobStates,
     batches: BatchUpdates,
@@ -355,11 +382,11 @@ async def read_ahead(
     if not unknown:
         return
     try:
-        rows = await ctx.pool.fetch(
+        rows = await lookups.fetch(
             f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = ANY($1::text[])",
             list(unknown),
         )
-    except POSTGRES_AWAY:
+    except UNREADABLE:
         return  # only a saving: each job's own look-up copes with the read models away
     for row in rows:
         states.seed(state_from_row(row))

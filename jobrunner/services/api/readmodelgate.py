@@ -340,6 +340,9 @@ class ReadModelGate:
             error_body(code, sentence, **progress(state)),
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            # JSON whatever the route's own type: a stream's (text/event-stream) could not
+            # encode the body, and the 503 became a 500.
+            media_type="application/json",
         )
 
     def reason(self, state: ReadModelState) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -125,13 +125,22 @@ def job_from_row(row: Sequence[Any], now: datetime | None = None) -> schemas.Job
     )
 
 
-async def get_job_row(pool: ReadPool, job_id: str) -> asyncpg.Record | None:
+class Reads(Protocol):
+    """What the reads below go through: the read pool, or a live stream's bounded reads
+    (streamlookups.py)."""
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+
+async def get_job_row(pool: Reads, job_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         f"SELECT {JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE id = $1", job_id
     )
 
 
-async def applied_seq(pool: ReadPool) -> int:
+async def applied_seq(pool: Reads) -> int:
     """The stream sequence the read models reflect (the projector's checkpoint)."""
     return int(
         await pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint WHERE id = 1") or 0

@@ -36,6 +36,34 @@ class ReadModelsTimeout(Exception):
         self.seconds = seconds
 
 
+class ReadModelsNotRead(Exception):
+    """A live stream did not read the read models (streamlookups.py): a read of its failed just
+    now, or their version is not known to be this one. Outside a stream: ``503
+    READ_MODELS_UNAVAILABLE`` with the exception's own sentence, which says which (errors.py)."""
+
+
+class ReadModelsOfAnotherVersion(Exception):
+    """A live stream's read refused because the API knows the stored read models are not this
+    version (a newer jobrunner's, or a rebuild under way): no read of the stream's can succeed
+    until this API is upgraded or the rebuild ends, so the stream ends (job_updates.py) rather
+    than wait with keep-alives for ever. ``code``, ``sentence``, ``details`` (what the gate
+    tells of the versions) and ``retry_after_seconds`` are the gate's 503's (carried: the gate's
+    module imports errors.py, whose handler answers this)."""
+
+    def __init__(
+        self,
+        code: str,
+        sentence: str,
+        details: dict[str, Any] | None = None,
+        retry_after_seconds: int = 5,
+    ) -> None:
+        super().__init__(sentence)
+        self.code = code
+        self.sentence = sentence
+        self.details = details or {}
+        self.retry_after_seconds = retry_after_seconds
+
+
 class ReadModelsLost(Exception):
     """A read's connection died under it (its backend terminated, the socket reset), where
     asyncpg said so with a client-side error rather than ``ConnectionDoesNotExistError``:

@@ -180,6 +180,27 @@ def nats_unavailable(retry_ms: int) -> bytes:
     )
 
 
+def read_models_of_another_version(retry_ms: int, code: str, sentence: str) -> bytes:
+    """The last frame of a stream whose reads the read models' version refuses (``code``:
+    ``READ_MODELS_NEWER``, ``READ_MODELS_REBUILDING``, ``REBUILD_ABANDONED``); the stream then
+    ends without ``done``, and the client's reconnect is answered 503 with the same code."""
+    return _unavailable(retry_ms, code, sentence)
+
+
+def resync() -> bytes:
+    """The frame telling a viewer to load its lists again: the stream could not read the read
+    models for a while (Postgres away or frozen) and sent only what the events told, leaving out
+    what it could not look up. No ``id``: the stream's resume point stays that of its last
+    event."""
+    return frame(
+        {
+            "code": "READ_MODELS_BACK",
+            "detail": "The read models answer again; load what you show again to catch up.",
+        },
+        event="resync",
+    )
+
+
 def stale(silent: bool) -> bytes:
     """The frame telling a viewer that NATS does not answer the API (``silent``: its live events
     stop meanwhile, and resume where they stopped) or answers again. No ``id``: the stream's

@@ -14,8 +14,9 @@ from jobrunner.contracts import events
 from jobrunner.services.api import directwrite, readmodels, sse
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored, ctx_of
-from jobrunner.services.api.errors import POSTGRES_AWAY, job_not_found
+from jobrunner.services.api.errors import job_not_found
 from jobrunner.services.api.security import Principal, principal_of
+from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups, stream_lookups
 
 
 @get(
@@ -97,10 +98,13 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
     is neither, or ``principal`` may not see it. A job this API follows already (a viewer
     arriving after its first) is known from its feed (``Fanout.known_row``), without a read.
     With Postgres away, the job is known from its JobRequested alone: a live job is followed
-    through NATS, and its viewers' reconnects must not wait for the read models to return. A
-    job without one then is 503 (Postgres' error), not 404: only a row or a JobRequested shows
-    that the caller may not see the job."""
+    through NATS, and its viewers' reconnects must not wait for the read models to return. So
+    are the reads bounded as a live stream's (streamlookups.py): a frozen Postgres counts as away
+    after ``stream_read_timeout_seconds``, not the read pool's deadline, and tables whose
+    version is not known are not read. A job without a JobRequested then is 503 (Postgres'
+    error), not 404: only a row or a JobRequested shows that the caller may not see the job."""
     row: Mapping[str, Any] | None = ctx.fanout.known_row(job_id)
+    lookups = stream_lookups(ctx)
     if row is None:
         posted = ctx.posted.get(job_id, ctx.projection.applied)
         if posted is not None:
@@ -113,9 +117,9 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
             stored = as_stored(job_id)
             try:
                 row = await ctx.job_rows.read(
-                    stored, lambda: readmodels.get_job_row(ctx.pool, stored)
+                    stored, lambda: readmodels.get_job_row(lookups, stored)
                 )
-            except POSTGRES_AWAY:
+            except UNREADABLE:
                 requested = await _requested_in_stream(ctx, job_id)
                 if requested is None:
                     # Neither source can tell: the read models may hold the job (its request
@@ -123,7 +127,7 @@ async def streamable_job(ctx: ApiContext, job_id: str, principal: Principal) -> 
                     raise
                 return _visible_to(principal, job_id, requested)
         if row is None:
-            row = await _requested(ctx, job_id)
+            row = await _requested(ctx, lookups, job_id)
     return _visible_to(principal, job_id, row)
 
 
@@ -135,17 +139,19 @@ def _visible_to(
     return row
 
 
-async def _requested(ctx: ApiContext, job_id: str) -> Mapping[str, Any] | None:
+async def _requested(
+    ctx: ApiContext, lookups: StreamLookups, job_id: str
+) -> Mapping[str, Any] | None:
     stored = await _job_request(ctx, job_id)
     if stored is None:
         return None
     seq, event = stored
     try:
-        applied = await readmodels.applied_seq(ctx.pool)
+        applied = await readmodels.applied_seq(lookups)
         if seq <= applied:
             # Applied meanwhile, or applied and gone (pruned, set aside): the read model decides.
-            return await readmodels.get_job_row(ctx.pool, as_stored(job_id))
-    except POSTGRES_AWAY:
+            return await readmodels.get_job_row(lookups, as_stored(job_id))
+    except UNREADABLE:
         return _row_of_request(seq, event, log_count=None)
     return _row_of_request(seq, event, log_count=0)
 

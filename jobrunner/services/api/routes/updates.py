@@ -16,6 +16,7 @@ from jobrunner.services.api.job_updates import update_stream
 from jobrunner.services.api.queryparams import Query
 from jobrunner.services.api.security import principal_of
 from jobrunner.services.api.security.scope import OwnerFilter
+from jobrunner.services.api.streamlookups import UNREADABLE, stream_lookups
 
 
 @get(
@@ -36,6 +37,7 @@ async def job_updates(
     ctx = ctx_of(request)
     after_seq = Query(request.query_params, ("after",)).integer("after", None, 0)
     resume = sse.ResumePoint.parse(request.headers.get("last-event-id"))
+    lookups = stream_lookups(ctx)
     # A start the stream has not reached would hold the stream silent until it did.
     if resume is not None:
         await sse.refuse_an_id_ahead(ctx.js, ctx.names, resume.stream_seq, "last-event-id")
@@ -44,13 +46,23 @@ async def job_updates(
         await sse.refuse_an_id_ahead(ctx.js, ctx.names, after_seq, "after")
         start = after_seq + 1
     else:
-        applied = await ctx.pool.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        # One of the stream's own reads (its bound, the version check; tables of another
+        # version answer the gate's 503). Not made (the API's streams pause after a failed
+        # read) or failed, the projector's last notice tells as much: the stream starts after
+        # it. Only with no notice since the API started is it 503 (READ_MODELS_TIMEOUT frozen,
+        # READ_MODELS_UNAVAILABLE stopped or paused).
+        try:
+            applied = await lookups.fetchval(f"SELECT last_seq FROM {READ_SCHEMA}.checkpoint")
+        except UNREADABLE:
+            if not ctx.projection.applied:
+                raise
+            applied = ctx.projection.applied
         start = int(applied or 0) + 1
-    scope = OwnerFilter(ctx.pool, principal_of(request).owner)
+    scope = OwnerFilter(lookups, principal_of(request).owner)
     # A token that sees every job needs no check: an await per event of a catch-up saved.
     visible = scope.visible if scope.owner is not None else None
     return Stream(
-        update_stream(ctx, start, visible, owner=scope.owner),
+        update_stream(ctx, start, visible, owner=scope.owner, lookups=lookups),
         media_type="text/event-stream",
         headers=sse.SSE_HEADERS,
     )

@@ -8,7 +8,7 @@ Routes that read jobs use it in one of two ways:
   token's name for one limited to its own jobs: pass it as ``JobFilter(requested_by=...)``
   (``readmodels.list_jobs`` adds ``requested_by = <owner>`` to the query).
 
-Live streams filter events with ``scope.OwnerFilter(pool, principal.owner)``.
+Live streams filter events with ``scope.OwnerFilter(lookups, principal.owner)``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ from collections import OrderedDict
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.contracts import events
-from jobrunner.services.api.errors import POSTGRES_AWAY
-from jobrunner.services.api.readpool import ReadPool
+from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups
 
 REMEMBERED_OWNERS = 10_000
 
@@ -17,11 +16,11 @@ class OwnerFilter:
 
     A job's owner comes from its JobRequested event when the stream shows it, else from the read
     model, asked once per job; a job the read model does not know yet, or cannot tell (Postgres
-    away), is not shown.
+    away, or frozen past the stream's bound: streamlookups.py), is not shown.
     """
 
-    def __init__(self, pool: ReadPool, owner: str | None) -> None:
-        self.pool = pool
+    def __init__(self, lookups: StreamLookups, owner: str | None) -> None:
+        self.lookups = lookups
         self.owner = owner
         self._owners: OrderedDict[str, str | None] = OrderedDict()
 
@@ -38,10 +37,10 @@ class OwnerFilter:
             self._remember(event.job_id, event.requested_by)
         if event.job_id not in self._owners:
             try:
-                owner = await self.pool.fetchval(
+                owner = await self.lookups.fetchval(
                     f"SELECT requested_by FROM {READ_SCHEMA}.jobs WHERE id = $1", event.job_id
                 )
-            except POSTGRES_AWAY:
+            except UNREADABLE:
                 # Fail closed: an event whose job's owner cannot be read is not shown (and the
                 # owner asked again at the job's next event), rather than the stream ending.
                 return False

@@ -1,6 +1,7 @@
 // Every job's changes, live: the job_update stream (GET /api/jobs/stream), re-dispatched on the
-// document as "job-update" events (and each batch's as "batch-update"). After a reconnect the page gets "updates-resync" to catch up
-// on what it missed while the connection was down.
+// document as "job-update" events (and each batch's as "batch-update"). After a reconnect,
+// and when the stream says "resync" (it could not read the read models for a while), the page
+// gets "updates-resync" to catch up.
 import { EventStream } from "./sse.js";
 
 function normalise(raw) {
@@ -22,6 +23,10 @@ export function startUpdates() {
     onEvent(type, data) {
       if (type === "job_update" && data?.jobId) {
         document.dispatchEvent(new CustomEvent("job-update", { detail: normalise(data) }));
+      } else if (type === "resync") {
+        // The stream could not read the read models for a while and sent only what the events
+        // told: the page loads its lists again, as after a reconnect.
+        document.dispatchEvent(new CustomEvent("updates-resync"));
       } else if (type === "batch_update" && data?.id) {
         // A batch's counters or status changed: data is the Batch JSON of GET /api/batches.
         document.dispatchEvent(new CustomEvent("batch-update", { detail: data }));

@@ -1,0 +1,586 @@
+"""Live streams while Postgres is frozen (SIGSTOPped: connects and queries never answer). The
+all-jobs stream used to wait for a look-up of a job it did not know until the read pool's
+deadline, with no keep-alive, and then ended (the read's timeout re-raised mid-stream), so
+browsers reconnected in a loop; a job stream opened meanwhile answered 503 after the same wait.
+A frozen read is now given up after ``stream_read_timeout_seconds``, as a refused one: the
+event is sent from what it tells, keep-alives flow, and the stream follows on after the thaw."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from jobrunner.common import readmodelversion
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.api import job_updates, streamlookups
+from tests import servers
+from tests.history_support import job_events, publish, wait_projected
+from tests.sse_client import SseEvent, SseStream, iter_events
+from tests.system import System
+from tests.tools.api_parts import AcquiredDeadlines, gate_of
+from tests.tools.began import began_event
+from tests.tools.postgres_processes import frozen_postgres
+from tests.tools.stream_reading import read_into, until
+
+pytestmark = pytest.mark.timeout(180)
+
+# A stream's look-ups are bounded by stream_read_timeout_seconds, longer than health's bound
+# (as the defaults, 5 s and 1 s: a Postgres slower than health's costs a stream no look-up);
+# the read pool's deadline is longer still (as the defaults' 60 s), so a stream that waited for
+# the deadline is told apart.
+BOUND = 2.0
+HEALTH_BOUND = 1.0
+READ_DEADLINE = 6.0
+KEEPALIVE = 0.5
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
+    async with servers.own_postgres("jobrunner-test-streams-frozen-") as server:
+        yield server
+
+
+@pytest.fixture
+def frozen_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+    return msgspec.structs.replace(
+        settings,
+        database_url=own_postgres.url,
+        api_read_timeout_seconds=READ_DEADLINE,
+        health_postgres_timeout_seconds=HEALTH_BOUND,
+        stream_read_timeout_seconds=BOUND,
+        sse_keepalive_seconds=KEEPALIVE,
+        auth=True,
+    )
+
+
+@pytest.fixture
+async def live(frozen_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[System]:
+    """Projector and API, no runner (the test publishes the jobs' events)."""
+    # Looked up again soon after a failed look-up, so that the test sees it without waiting.
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 0.5)
+    system = System(frozen_settings)
+    await system.start_projector()
+    await system.start_api()
+    await system.wait_healthy()
+    try:
+        yield system
+    finally:
+        await system.stop()
+
+
+async def running_job(settings: Settings, job_id: str, owner: str | None = None) -> None:
+    """A running ``emit`` job that printed one line, projected."""
+    requested, *rest = job_events(job_id, "emit", status=JobStatus.RUNNING, lines=["one"])
+    assert isinstance(requested, events.JobRequested)
+    requested = msgspec.structs.replace(requested, requested_by=owner)
+    await wait_projected(settings, await publish(settings, [requested, *rest]))
+
+
+def ended(job_id: str) -> list[events.Event]:
+    return [
+        events.StatusChanged(
+            job_id=job_id, event_id=events.terminal_event_id(job_id), status=JobStatus.COMPLETED
+        )
+    ]
+
+
+async def test_the_all_jobs_stream_sends_an_unknown_jobs_end_while_postgres_is_frozen(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """Frozen longer than the bound: a job the stream does not know ends, and the stream sends
+    its end from the event alone while Postgres is still frozen, then keep-alives; after the
+    thaw it looks jobs up again (another job's progress shows with its type). Each event once,
+    in order."""
+    settings = live.settings
+    await running_job(settings, "frozen-a")
+    await running_job(settings, "frozen-b")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        # No ``after``: the stream starts after what the read models show; it knows no job.
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("frozen-a"))
+                await until(reader, lambda: sent(seen, end) is not None)
+                kept = len(seen.comments)
+                await until(reader, lambda: len(seen.comments) >= kept + 2)
+            # Progress of a job not known shows only once it is looked up: sent again until then.
+            while (shown := job_frame(seen, "frozen-b")) is None:
+                await publish(settings, [events.ProgressReported(job_id="frozen-b", current=1)])
+                await until(reader, sent_or_kept_alive(seen, "frozen-b"))
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+    assert frame.json["jobType"] is None, frame.json  # from the event: Postgres was frozen
+    assert shown.json["jobType"] == "emit", shown.json  # from the read model, after the thaw
+    ids = [int(e.id) for e in seen.events if e.id is not None]
+    assert ids == sorted(set(ids)), ids
+
+
+async def test_a_burst_of_unknown_jobs_ending_on_a_frozen_postgres_waits_out_one_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five jobs the stream does not know end at once while Postgres is frozen: the stream gives
+    up one look-up and sends all five ends from the events, trying no other look-up meanwhile
+    (without the pause after a failed one: a bound's wait for each job's state and batch, ten
+    more)."""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 600.0)  # not over within the test
+    settings = live.settings
+    jobs = [f"burst-{n}" for n in range(5)]
+    for job_id in jobs:
+        await running_job(settings, job_id)
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                looked = AcquiredDeadlines(live, monkeypatch)
+                last = await publish(settings, [e for job_id in jobs for e in ended(job_id)])
+                await until(reader, lambda: sent(seen, last) is not None)
+                looked.stop()
+        finally:
+            reader.cancel()
+    # The gate's watch looks too, now and then, within the read deadline (None): not counted.
+    assert looked.bounded() == [BOUND], looked.deadlines
+    ends = [e.json["jobId"] for e in seen.events if e.json.get("status") == "completed"]
+    assert ends == jobs, ends
+
+
+async def test_streams_opened_during_a_freeze_wait_for_no_read_of_their_own(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One all-jobs stream gave up a look-up on a frozen Postgres; three more streams then meet
+    the same unknown job's end: they send it from the event at once, making no read of their own
+    (the API takes Postgres as away for all its streams until the pause is over: one read per
+    pause, not one per stream, each waiting the bound and terminating a pooled connection)."""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 600.0)  # not over within the test
+    settings = live.settings
+    await running_job(settings, "many-a")
+    first = SseStream()
+    others = [SseStream() for _ in range(3)]
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        readers = [asyncio.create_task(read_into(response, first))]
+        try:
+            with frozen_postgres(own_postgres):
+                looked = AcquiredDeadlines(live, monkeypatch)
+                end = await publish(settings, ended("many-a"))
+                await until(readers[0], lambda: sent(first, end) is not None)
+                async with contextlib.AsyncExitStack() as more:
+                    for seen in others:
+                        later = await more.enter_async_context(
+                            client.stream("GET", f"/api/jobs/stream?after={end - 1}")
+                        )
+                        assert later.status_code == 200, await later.aread()
+                        readers.append(asyncio.create_task(read_into(later, seen)))
+                    for reader, seen in zip(readers[1:], others, strict=True):
+                        await until(reader, sent_at(seen, end))
+                looked.stop()
+        finally:
+            for reader in readers:
+                reader.cancel()
+    assert looked.bounded() == [BOUND], looked.deadlines  # the first stream's look-up alone
+    for seen in others:
+        frame = sent(seen, end)
+        assert frame is not None
+        assert frame.json["status"] == "completed", frame.json
+
+
+async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen for less than the bound, from the look-up's beginning on (0.6 of it): the look-up
+    waits, and the job's end is sent with what the read model knows of it (its type). A guard:
+    it passes without the bound too."""
+    settings = live.settings
+    await running_job(settings, "thawed-a")
+    looking = began_event(monkeypatch, job_updates, "read_ahead")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("thawed-a"))
+                async with asyncio.timeout(30):
+                    await looking.wait()  # the stream met the event and looks the job up
+                await asyncio.sleep(BOUND * 0.6)  # the fault's length, from the look-up on
+            await until(reader, lambda: sent(seen, end) is not None)
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+    assert frame.json["jobType"] == "emit", frame.json
+
+
+async def test_a_postgres_slower_than_healths_bound_costs_a_stream_no_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen from the look-up's beginning on for longer than health's bound but shorter than
+    the stream's (a Postgres merely slow): the look-up waits, the job's end is sent with its
+    type, and no ``resync`` follows (nothing was left out). With health's bound as the stream's
+    (as before session 33's second review) the look-up was lost."""
+    settings = live.settings
+    await running_job(settings, "slow-a")
+    looking = began_event(monkeypatch, job_updates, "read_ahead")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("slow-a"))
+                async with asyncio.timeout(30):
+                    await looking.wait()  # the stream met the event and looks the job up
+                await asyncio.sleep((HEALTH_BOUND + BOUND) / 2)  # between the two bounds
+            await until(reader, lambda: sent(seen, end) is not None)
+            kept = len(seen.comments)
+            await until(reader, lambda: len(seen.comments) >= kept + 4)  # a resync's chances
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["jobType"] == "emit", frame.json
+    assert [e for e in seen.events if e.event == "resync"] == []
+
+
+async def test_a_freeze_just_longer_than_the_bound_is_not_waited_out_by_the_look_up(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen for 1.5 bounds from the look-up's beginning on, then thawed: the look-up was given
+    up at the bound, so the job's end was sent from the event alone (no type), not with what the
+    read model knows after the thaw. (With the read pool's deadline as bound, longer than the
+    freeze, the look-up would have waited and sent the type.)"""
+    settings = live.settings
+    await running_job(settings, "thawed-late")
+    looking = began_event(monkeypatch, job_updates, "read_ahead")
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("thawed-late"))
+                async with asyncio.timeout(30):
+                    await looking.wait()  # the stream met the event and looks the job up
+                await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
+            await until(reader, lambda: sent(seen, end) is not None)
+        finally:
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+    assert frame.json["jobType"] is None, frame.json
+
+
+async def test_the_all_jobs_stream_opened_on_a_frozen_postgres_is_refused_after_the_bound(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """Opened with neither ``Last-Event-ID`` nor ``after``, the stream first reads where the read
+    models are: frozen past the bound, it answers 503 READ_MODELS_TIMEOUT naming the bound
+    (before: the read pool's deadline, 6 s here, 60 s by default)."""
+    with frozen_postgres(own_postgres):
+        async with live.client() as client:
+            response = await client.get("/api/jobs/stream")
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "READ_MODELS_TIMEOUT", error
+    assert f"within {BOUND:g} s" in error["message"], error
+
+
+async def test_an_all_jobs_stream_opened_during_the_pause_starts_where_the_projector_said(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another stream's look-up failed on a frozen Postgres, so the API's streams read nothing
+    for a pause; a stream opened meanwhile with neither ``Last-Event-ID`` nor ``after`` makes no
+    read of where the read models are but starts after what the projector last said it applied
+    (200), and sends the next job's end. (Before: 503 READ_MODELS_UNAVAILABLE for the whole pause,
+    Postgres thawed or not.)"""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 600.0)  # not over within the test
+    settings = live.settings
+    await running_job(settings, "paused-a")
+    await running_job(settings, "paused-b")
+    first = SseStream()
+    later = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        readers = [asyncio.create_task(read_into(response, first))]
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("paused-a"))
+                await until(readers[0], lambda: sent(first, end) is not None)
+            async with client.stream("GET", "/api/jobs/stream") as opened:
+                assert opened.status_code == 200, await opened.aread()
+                readers.append(asyncio.create_task(read_into(opened, later)))
+                next_end = await publish(settings, ended("paused-b"))
+                await until(readers[1], lambda: sent(later, next_end) is not None)
+        finally:
+            for reader in readers:
+                reader.cancel()
+    frame = sent(later, next_end)
+    assert frame is not None
+    assert frame.json["status"] == "completed", frame.json
+
+
+async def test_the_all_jobs_stream_opened_in_a_freeze_just_shorter_than_the_bound_opens(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen for 0.6 of the bound from the stream's read of where the read models are: the read
+    waits, and the stream opens (200). A guard: it passes without the bound too."""
+    looking = began_event(monkeypatch, streamlookups.StreamLookups, "fetchval")
+
+    async def opened() -> int:
+        async with live.client() as client, client.stream("GET", "/api/jobs/stream") as response:
+            return response.status_code
+
+    with frozen_postgres(own_postgres):
+        opening = asyncio.create_task(opened())
+        async with asyncio.timeout(30):
+            await looking.wait()  # the stream's read began during the freeze
+        await asyncio.sleep(BOUND * 0.6)  # the fault's length, from the read on
+    assert await opening == 200
+
+
+async def test_an_own_jobs_stream_shows_no_job_whose_owner_it_cannot_read_while_frozen(
+    live: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """A token limited to its own jobs: with Postgres frozen the stream cannot read the owners
+    of jobs it does not know, shows neither job's end (its own neither: it fails closed), and
+    stays open; after the thaw its next job shows."""
+    settings = live.settings
+    mine = await live.create_token("mine", "operator", own_jobs_only=True)
+    await running_job(settings, "mine-a", owner="mine")
+    await running_job(settings, "other-a", owner="other")
+    seen = SseStream()
+    every = SseStream()
+    async with (
+        live.client(token=mine) as me,
+        live.client() as admin,
+        asyncio.timeout(120),
+        me.stream("GET", "/api/jobs/stream") as mine_stream,
+        admin.stream("GET", "/api/jobs/stream") as every_stream,
+    ):
+        assert mine_stream.status_code == 200, await mine_stream.aread()
+        assert every_stream.status_code == 200, await every_stream.aread()
+        reader = asyncio.create_task(read_into(mine_stream, seen))
+        watcher = asyncio.create_task(read_into(every_stream, every))
+        try:
+            with frozen_postgres(own_postgres):
+                last = await publish(settings, [*ended("mine-a"), *ended("other-a")])
+                # The admin's stream sent both ends (from the events): they were read; the
+                # token's stream, as slow to give up its look-ups, sends keep-alives after them.
+                await until(watcher, lambda: sent(every, last) is not None)
+                kept = len(seen.comments)
+                await until(reader, lambda: len(seen.comments) >= kept + 2)
+            requested, *rest = job_events("mine-b", "emit", status=JobStatus.COMPLETED)
+            assert isinstance(requested, events.JobRequested)
+            mine_next = await publish(
+                settings, [msgspec.structs.replace(requested, requested_by="mine"), *rest]
+            )
+            await until(reader, lambda: sent(seen, mine_next) is not None)
+        finally:
+            reader.cancel()
+            watcher.cancel()
+    shown = {e.json["jobId"] for e in seen.events if e.event == "job_update"}
+    assert shown == {"mine-b"}, [e.data for e in seen.events]
+
+
+async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_client_to_resync(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token limited to its own jobs: its job ends while Postgres is frozen for 1.5 bounds from
+    the look-up of the job's owner on, so the end is hidden (fail closed) and never sent again.
+    The stream sends ``resync`` (the page loads its list again) only once the read models hold
+    what it hid: not while the projector, behind on the same frozen Postgres, has not applied
+    the end (the reload would read the job running), and at once when it has. The reload then
+    shows the job completed. (Before: resync as soon as a read answered, the projector stopped,
+    and the reload showed the job running for good.)"""
+    settings = live.settings
+    mine = await live.create_token("mine", "operator", own_jobs_only=True)
+    await running_job(settings, "resync-a", owner="mine")
+    await live.stop_service("projector")  # behind on the thaw, as a projector with a backlog
+    seen = SseStream()
+    async with (
+        live.client(token=mine) as me,
+        asyncio.timeout(120),
+        me.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                looking = AcquiredDeadlines(live, monkeypatch, watched=BOUND)
+                await publish(settings, ended("resync-a"))
+                async with asyncio.timeout(30):
+                    await looking.began.wait()  # the stream looks the job's owner up
+                await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
+                hidden = [e for e in seen.events if e.event == "job_update"]
+            # Reads answer again (each keep-alive probes) while the end is not projected.
+            kept = len(seen.comments)
+            await until(reader, lambda: len(seen.comments) >= kept + 8)
+            early = [e for e in seen.events if e.event == "resync"]
+            await live.start_projector()
+            await until(reader, lambda: any(e.event == "resync" for e in seen.events))
+            reloaded = await me.get("/api/jobs/resync-a")
+        finally:
+            reader.cancel()
+    assert hidden == [], [e.data for e in hidden]  # fail closed while frozen
+    assert early == [], [e.data for e in early]  # the reload would have shown it running
+    [told] = [e for e in seen.events if e.event == "resync"]
+    assert told.json["code"] == "READ_MODELS_BACK", told.json
+    assert told.id is None  # the resume point stays the last event's
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["status"] == "completed", reloaded.json()
+
+
+async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_its_end(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job stream opened while Postgres is frozen answers 200 (the job known from its
+    JobRequested in NATS once the row's read passed the bound) and sends the job's line and end.
+    Its read asked the pool for the stream's bound, not the pool's deadline. (Before: 503
+    READ_MODELS_TIMEOUT after the read pool's deadline.)"""
+    settings = live.settings
+    await running_job(settings, "followed")
+    lines: list[str] = []
+    done: dict[str, Any] = {}
+    looked = AcquiredDeadlines(live, monkeypatch)
+    with frozen_postgres(own_postgres):
+        async with (
+            live.client() as client,
+            asyncio.timeout(60),
+            client.stream("GET", "/api/jobs/followed/stream") as response,
+        ):
+            assert response.status_code == 200, await response.aread()
+            await publish(settings, ended("followed"))
+            async for event in iter_events(response):
+                if event.event == "message":
+                    lines.append(event.json["text"])
+                elif event.event == "done":
+                    done = event.json
+                    break
+    assert lines == ["one"], lines
+    assert done["status"] == "completed", done
+    assert BOUND in looked.bounded(), looked.deadlines
+
+
+async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_tables(
+    frozen_settings: Settings, own_postgres: EmbeddedPostgres
+) -> None:
+    """The API started while Postgres was frozen, so it serves without knowing the read models'
+    version, and an all-jobs stream opens meanwhile. After the thaw the API learns that the
+    tables are a newer jobrunner's: the stream reads none of them and, at its next event, says
+    ``unavailable`` ``READ_MODELS_NEWER`` and ends (its reconnect is refused 503). (Before
+    session 33: it read the newer tables, the gate having let it through once, at its start.)"""
+    settings = frozen_settings
+    system = System(settings)
+    try:
+        await system.start_projector()
+        await system.start_api()
+        await running_job(settings, "newer-a")
+        await system.stop_service("projector")  # it would not serve a newer version either
+        await system.stop_api()
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(
+                f"UPDATE {READ_SCHEMA}.{readmodelversion.VERSION_TABLE} SET version = $1",
+                readmodelversion.READMODEL_VERSION + 1,
+            )
+        finally:
+            await conn.close()
+        seen = SseStream()
+        async with system.client() as client:
+            with frozen_postgres(own_postgres):
+                await system.start_api()
+                gate = gate_of(system)
+                assert not gate.known
+                last = await publish(
+                    settings, [events.ProgressReported(job_id="newer-a", current=1)]
+                )
+                response = await client.send(
+                    client.build_request("GET", f"/api/jobs/stream?after={last}"), stream=True
+                )
+                assert response.status_code == 200, await response.aread()
+            reader = asyncio.create_task(read_into(response, seen))
+            try:
+                async with asyncio.timeout(60):
+                    while not gate.known:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)  # the gate's watch looks on its own
+                assert not gate.serving  # the tables are a newer jobrunner's
+                await publish(settings, ended("newer-a"))
+                async with asyncio.timeout(60):
+                    await reader  # the stream ends
+            finally:
+                reader.cancel()
+                await response.aclose()
+    finally:
+        await system.stop()
+    assert not [e for e in seen.events if e.event == "job_update"], seen.events  # none read
+    assert [e.json["code"] for e in seen.events if e.event == "unavailable"] == [
+        "READ_MODELS_NEWER"
+    ], [e.event for e in seen.events]
+
+
+def sent(stream: SseStream, seq: int) -> SseEvent | None:
+    return next((e for e in stream.events if e.id == str(seq)), None)
+
+
+def sent_at(stream: SseStream, seq: int) -> Callable[[], bool]:
+    """Whether ``stream`` sent the frame of ``seq``."""
+    return lambda: sent(stream, seq) is not None
+
+
+def sent_or_kept_alive(stream: SseStream, job_id: str) -> Callable[[], bool]:
+    """Whether, since now, the stream sent a keep-alive or a frame of ``job_id``."""
+    told = len(stream.comments)
+    return lambda: len(stream.comments) > told or job_frame(stream, job_id) is not None
+
+
+def job_frame(stream: SseStream, job_id: str) -> SseEvent | None:
+    return next(
+        (e for e in stream.events if e.event == "job_update" and e.json["jobId"] == job_id), None
+    )
