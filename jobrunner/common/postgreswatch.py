@@ -68,6 +68,22 @@ class LivenessWatch:
             self._on_gone()
             return
 
+    async def lost(self) -> str | None:
+        """Why Postgres counts as gone: the watch's finding, else a probe asked now (within
+        ``answer_within``) unanswered or its connection ended. For a work that failed: after a
+        restart its connections may fail with any error (asyncpg's InternalClientError, as the
+        server's unsolicited FATAL meets the next query), which this tells from a bug."""
+        if self.gone is not None or self._task.done():
+            return self.gone
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        try:
+            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._answer_within)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            self.gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return self.gone
+
     async def stop(self) -> None:
         """End the probe and drop its connection (no round trip: the server may be frozen)."""
         self._task.cancel()

@@ -134,12 +134,15 @@ async def replay(
             settings, on_progress, keep_previous, accept_differences, progress_interval, watches
         )
     except Exception as exc:
-        gone = next((watch.gone for watch in watches if watch.gone), None)
+        gone = await watches[0].lost() if watches else None
         if gone is None and isinstance(exc, postgresconnect.WENT_AWAY_ERRORS):
             gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if gone is None:
             raise
         raise postgresconnect.went_away(gone, settings.database_url, "the replay") from exc
+    finally:
+        for watch in watches:
+            await watch.stop()
 
 
 async def _replay(
@@ -183,8 +186,8 @@ async def _replay(
             lock_holder.terminate()
 
         watch = await postgreswatch.start(settings.database_url, on_gone=end_connections)
+        # Stopped by ``replay`` once it has asked the watch why the replay failed.
         watches.append(watch)
-        resources.push_async_callback(watch.stop)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
         await eventstore.ensure_topology(js, names, settings)
