@@ -105,6 +105,27 @@ def unusable(
     )
 
 
+# What a command's statement meets when Postgres goes away under it: its backend terminated
+# (``pg_terminate_backend``, a shutdown: AdminShutdownError among OperatorInterventionError), its
+# connection lost (ConnectionDoesNotExistError among PostgresConnectionError) or reset.
+WENT_AWAY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    ConnectionResetError,
+)
+
+
+def went_away(cause: str, database_url: str, during: str) -> PostgresUnusable:
+    """The sentence and exit code (69) of a command whose Postgres stopped answering, or ended
+    its connections, while its work ran (``cause``: why, e.g. the probe unanswered)."""
+    return PostgresUnusable(
+        "POSTGRES_UNAVAILABLE",
+        f"Postgres at {server_of(database_url)} went away during {during} ({cause}): nothing "
+        f"was swapped; run it again once Postgres answers",
+        UNAVAILABLE_EXIT,
+    )
+
+
 def _told(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 

@@ -25,7 +25,7 @@ import asyncpg
 import structlog
 from nats.js import JetStreamContext
 
-from jobrunner.common import database, eventstore, readmodelversion
+from jobrunner.common import database, eventstore, postgresconnect, postgreswatch, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.settings import Settings
@@ -122,7 +122,37 @@ async def replay(
     accept_differences: bool = False,
     progress_interval: float = 1.0,
 ) -> ReplayReport:
-    """Rebuild the read models from the stream and swap them in; see the module docstring."""
+    """Rebuild the read models from the stream and swap them in; see the module docstring.
+
+    Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while the replay runs, or
+    ending its connections (restarted, its backends terminated), raises ``PostgresUnusable``
+    (``POSTGRES_UNAVAILABLE``): the swap is one transaction, so the live read models are
+    either swapped whole or untouched, and a replay run again starts afresh."""
+    watches: list[postgreswatch.LivenessWatch] = []
+    try:
+        return await _replay(
+            settings, on_progress, keep_previous, accept_differences, progress_interval, watches
+        )
+    except Exception as exc:
+        gone = await watches[0].lost() if watches else None
+        if gone is None and isinstance(exc, postgresconnect.WENT_AWAY_ERRORS):
+            gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if gone is None:
+            raise
+        raise postgresconnect.went_away(gone, settings.database_url, "the replay") from exc
+    finally:
+        for watch in watches:
+            await watch.stop()
+
+
+async def _replay(
+    settings: Settings,
+    on_progress: Callable[[Progress], None] | None,
+    keep_previous: bool,
+    accept_differences: bool,
+    progress_interval: float,
+    watches: list[postgreswatch.LivenessWatch],
+) -> ReplayReport:
     names = Names(settings.prefix)
     started = time.monotonic()
     phases: dict[str, float] = {}
@@ -147,7 +177,17 @@ async def replay(
         lock_holder = await connect_lock_holder(
             settings.database_url, settings.projector_postgres_dead_seconds
         )
-        resources.push_async_callback(lock_holder.close)
+        resources.push_async_callback(database.close_connection, lock_holder)
+
+        def end_connections() -> None:
+            # Every statement waiting on a frozen Postgres ends at once (its connection
+            # closed), the swap's transaction included: it is never committed.
+            pool.terminate()
+            lock_holder.terminate()
+
+        watch = await postgreswatch.start(settings.database_url, on_gone=end_connections)
+        # Stopped by ``replay`` once it has asked the watch why the replay failed.
+        watches.append(watch)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
         await eventstore.ensure_topology(js, names, settings)

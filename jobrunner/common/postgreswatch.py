@@ -1,0 +1,108 @@
+"""Whether a command's Postgres still answers while its long statements run: a probe
+(``SELECT 1``) on a connection of its own, every ``PROBE_EVERY`` seconds.
+
+A replay's COPY, index builds and comparison may rightly take minutes on a big history, so no
+statement timeout can tell a frozen Postgres from a busy one; nor can TCP keepalives, since a
+frozen server's kernel still acknowledges. A Postgres that answers a ``SELECT 1`` on another
+connection is alive however long the work's statement takes; one that leaves it unanswered for
+``ANSWER_WITHIN`` seconds (frozen, or its host gone) or ends the probe's connection (restarted,
+shut down) is gone: the watch then calls ``on_gone`` (which ends the work's connections, so that
+its statements stop waiting) and says why in ``gone``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import asyncpg
+
+from jobrunner.common import database
+from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
+
+# A working Postgres answers a SELECT 1 in milliseconds, a loaded one (index builds on every
+# core, load 14 on 2 cores) in well under a second: the same bound as a command's connect.
+ANSWER_WITHIN = CHECK_CONNECT_SECONDS
+PROBE_EVERY = 1.0
+
+
+class LivenessWatch:
+    """The probe of one piece of work; ``start`` it, ``stop`` it when the work ends."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        on_gone: Callable[[], None],
+        answer_within: float = ANSWER_WITHIN,
+        every: float = PROBE_EVERY,
+    ) -> None:
+        self._conn = conn
+        self._on_gone = on_gone
+        self._answer_within = answer_within
+        self._every = every
+        # Why Postgres counts as gone (None while it answers).
+        self.gone: str | None = None
+        self._task = asyncio.create_task(self._probe(), name="postgres liveness watch")
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            query = asyncio.ensure_future(self._conn.fetchval("SELECT 1"))
+            try:
+                done, _ = await asyncio.wait({query}, timeout=self._answer_within)
+            finally:
+                if not query.done():
+                    # Terminated, not cancelled: asyncpg's cancel of a query sends its
+                    # cancel request on a new connection, which a frozen server never answers.
+                    self._conn.terminate()
+                    query.cancel()
+                    query.add_done_callback(_retrieved)
+            if done:
+                failure = query.exception()
+                if failure is None:
+                    continue
+                self.gone = f"{type(failure).__name__}: {failure}"
+            else:
+                self.gone = f"no answer to a probe within {self._answer_within:g} s"
+            self._conn.terminate()
+            self._on_gone()
+            return
+
+    async def lost(self) -> str | None:
+        """Why Postgres counts as gone: the watch's finding, else a probe asked now (within
+        ``answer_within``) unanswered or its connection ended. For a work that failed: after a
+        restart its connections may fail with any error (asyncpg's InternalClientError, as the
+        server's unsolicited FATAL meets the next query), which this tells from a bug."""
+        if self.gone is not None or self._task.done():
+            return self.gone
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        try:
+            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._answer_within)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            self.gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return self.gone
+
+    async def stop(self) -> None:
+        """End the probe and drop its connection (no round trip: the server may be frozen)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._conn.terminate()
+
+
+def _retrieved(query: asyncio.Future[object]) -> None:
+    if not query.cancelled():
+        query.exception()  # seen: the connection was ended on purpose
+
+
+async def start(
+    database_url: str,
+    on_gone: Callable[[], None],
+    answer_within: float = ANSWER_WITHIN,
+    every: float = PROBE_EVERY,
+) -> LivenessWatch:
+    """Connect the probe (bounded as a command's connects are) and start it."""
+    conn = await database.connect_or_unreachable(database_url, timeout=CHECK_CONNECT_SECONDS)
+    return LivenessWatch(conn, on_gone, answer_within, every)

@@ -1,0 +1,188 @@
+"""`jobrunner replay` with Postgres frozen, or its connections ended, in the middle of the
+replay (past the command's check and connects): one sentence, POSTGRES_UNAVAILABLE, exit 69,
+the live read models untouched, and the replay run again afterwards succeeds. It hung for as
+long as Postgres stayed frozen (no bound on a statement), and a backend terminated under a
+statement ended it in a traceback or in a sentence about a connect that never happened.
+
+The fault comes as the loading starts: ``_load`` (the replay's loading phase) is wrapped to
+inflict it first, for real (every Postgres process stopped; a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from jobrunner import cli
+from jobrunner.common import postgresconnect, postgreswatch
+from jobrunner.common.settings import Settings
+from jobrunner.contracts import events
+from jobrunner.contracts.events import JobStatus
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.projector import replay as replay_module
+from tests.cli_support import cli_env
+from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
+from tests.system import System
+from tests.tools.logging_state import logging_put_back
+from tests.tools.postgres_processes import freeze_postgres, thaw
+
+pytestmark = pytest.mark.timeout(300)
+
+WENT_AWAY = "went away during the replay"
+# How long the test waits for the command at most: well past its bound, to see one that overruns.
+PATIENCE = 120.0
+JOBS = 20
+
+
+@pytest.fixture
+async def private(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+    return msgspec.structs.replace(settings, database_url=own_postgres.url)
+
+
+@pytest.fixture
+async def live(private: Settings) -> AsyncIterator[System]:
+    """A projector and API on the test's own Postgres, over a history of finished jobs."""
+    history: list[events.Event] = []
+    for n in range(JOBS // 2):
+        history += logged_job(f"old{n}", lines=100, batch=25)
+        history += job_events(f"plain{n}", minute=n, status=JobStatus.FAILED, result={"n": n})
+    last = await publish(private, history)
+    async with reading_system(private) as system:
+        await wait_projected(private, last)
+        yield system
+
+
+async def _live_tables(settings: Settings) -> tuple[int, int, bool]:
+    """The live jobs and lines, and whether a swap left ``readmodel_previous`` behind."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        jobs = await conn.fetchval("SELECT count(*) FROM readmodel.jobs")
+        lines = await conn.fetchval("SELECT count(*) FROM readmodel.log_lines")
+        previous = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)",
+            replay_module.PREVIOUS_SCHEMA,
+        )
+    finally:
+        await conn.close()
+    return int(jobs), int(lines), bool(previous)
+
+
+def _fault_as_loading_starts(
+    monkeypatch: pytest.MonkeyPatch, fault: Callable[[asyncpg.Pool], Any]
+) -> None:
+    """The replay's loading starts with ``fault(pool)`` (awaited when it is a coroutine)."""
+    load = replay_module._load
+
+    async def load_after_the_fault(pool: asyncpg.Pool, *args: Any) -> Any:
+        done = fault(pool)
+        if asyncio.iscoroutine(done):
+            await done
+        return await load(pool, *args)
+
+    monkeypatch.setattr(replay_module, "_load", load_after_the_fault)
+
+
+async def _replay_command(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int | None, str]:
+    """``jobrunner replay`` in this process (so that the fault lands in its loading): its exit
+    code (None: still running after PATIENCE) and what it said."""
+    for name, value in cli_env(settings).items():
+        monkeypatch.setenv(name, value)
+    with logging_put_back():
+        try:
+            code: int | None = await asyncio.wait_for(
+                asyncio.to_thread(cli.main, ["replay"]), PATIENCE
+            )
+        except TimeoutError:
+            code = None
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("frozen_for", "answered"),
+    [
+        (postgreswatch.ANSWER_WITHIN - 3, True),
+        (postgreswatch.ANSWER_WITHIN + 20, False),
+    ],
+    ids=["thawed-within-the-bound", "thawed-past-it"],
+)
+async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_bound(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    frozen_for: float,
+    answered: bool,
+) -> None:
+    """Postgres thawed 7 s into the probe's 10 s bound: the replay completes (exit 0). Frozen
+    20 s past it: the command has said POSTGRES_UNAVAILABLE and exited 69 before the thaw, the
+    live tables as they were; after the thaw a replay succeeds. It waited for the thaw."""
+    before = await _live_tables(private)
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(frozen_for, thaw_now)
+
+    def freeze(pool: asyncpg.Pool) -> None:
+        pids.extend(freeze_postgres(own_postgres))
+        timer.start()
+
+    _fault_as_loading_starts(monkeypatch, freeze)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the loading never started: " + err
+    assert "Traceback" not in err, err
+    if answered:
+        assert code == 0, err
+        return
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert WENT_AWAY in err, err
+    monkeypatch.undo()
+    assert await _live_tables(private) == before
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+
+
+async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres restarted as the loading starts: POSTGRES_UNAVAILABLE "went away during the
+    replay", exit 69, no traceback. (The live tables and a run again are shown by the frozen
+    case: the server restarted from a thread here dies with that thread, its parent-death
+    signal.)"""
+
+    def restart(pool: asyncpg.Pool) -> None:
+        # In a thread of its own: the server's start runs an event loop of its own.
+        restarting = threading.Thread(target=lambda: (own_postgres.stop(), own_postgres.start()))
+        restarting.start()
+        restarting.join()
+
+    _fault_as_loading_starts(monkeypatch, restart)
+    code, err = await _replay_command(private, monkeypatch, capsys)
+    # Restarted on a port of its own choosing.
+    private = msgspec.structs.replace(private, database_url=own_postgres.url)
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert WENT_AWAY in err, err
