@@ -55,6 +55,12 @@ class PostgresAwayInOneLine(logging.Filter):
         return True
 
 
+# Each logger is bound to the configured output on its first use, for speed. A test that
+# configures logging in-process turns this off (tests/tools/logging_state.py): a logger bound
+# to its captured stderr would write to a closed file in the next test.
+CACHE_LOGGERS = True
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -71,7 +77,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     route_stdlib_logging(shared, renderer, threshold)
 

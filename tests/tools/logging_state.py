@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import structlog
 
+from jobrunner.common import logging as jobrunner_logging
 from jobrunner.common.logging import CHATTY_LIBRARIES
 
 
@@ -20,9 +21,12 @@ def logging_put_back() -> Iterator[None]:
     chatty = {name: logging.getLogger(name).level for name in CHATTY_LIBRARIES}
     pool_logger = logging.getLogger("asyncpg.pool")
     filters = pool_logger.filters[:]
+    # No logger may keep this test's captured stderr once it is closed.
+    jobrunner_logging.CACHE_LOGGERS = False
     try:
         yield
     finally:
+        jobrunner_logging.CACHE_LOGGERS = True
         structlog.reset_defaults()
         root.handlers[:] = handlers
         root.setLevel(level)
