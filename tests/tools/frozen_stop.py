@@ -73,7 +73,9 @@ async def stopped_frozen(
     its exit code (None: not within ``PATIENCE``)."""
     with _thawed_after(frozen):
         for pid in frozen:
-            freeze(pid)
+            # A Postgres backend listed a moment ago may have ended since: nothing to freeze.
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                freeze(pid)
         await asyncio.sleep(frozen_before_stop)
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
