@@ -213,6 +213,55 @@ async def test_streams_opened_during_a_freeze_wait_for_no_read_of_their_own(
         assert frame.json["status"] == "completed", frame.json
 
 
+async def test_keep_alives_go_on_while_a_stream_probes_a_frozen_postgres(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream whose look-up failed on a frozen Postgres asks at its keep-alives whether reads
+    answer again (a probe, which waits on the frozen Postgres). While a probe waits (here held
+    until the client has heard three more keep-alives), the keep-alives go on at their interval:
+    a client or proxy that cuts a silent stream keeps it. (Before: the stream waited for the
+    probe, so every probe lengthened the client's silence by its wait, the bound, whether the
+    keep-alive went out just before it, as since session 33, or just after.)"""
+    settings = live.settings
+    await running_job(settings, "probed-a")
+    probing = asyncio.Event()
+    heard = asyncio.Event()
+    probe = streamlookups.StreamLookups.probe
+
+    async def held(self: streamlookups.StreamLookups) -> None:
+        probing.set()
+        await probe(self)  # on the frozen Postgres it waits, fails or is not made
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                await heard.wait()  # a probe as long as the test needs
+
+    monkeypatch.setattr(streamlookups.StreamLookups, "probe", held)
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("probed-a"))
+                await until(reader, lambda: sent(seen, end) is not None)
+                async with asyncio.timeout(30):
+                    await probing.wait()
+                kept = len(seen.comments)
+                async with asyncio.timeout(30):
+                    await until(reader, lambda: len(seen.comments) >= kept + 3)
+                heard.set()
+        finally:
+            heard.set()
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["jobType"] is None, frame.json  # the look-up failed: a probe was due
+
+
 async def test_a_look_up_answered_after_another_failed_does_not_end_the_streams_pause(
     live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
