@@ -364,9 +364,10 @@ async def update_stream(
                 ctx.settings.sse_retry_ms, exc.code, exc.sentence
             )
         finally:
-            if probing is not None and not probing.done():
+            if probing is not None:
+                # Its error, if any, is not needed any more: the stream ends.
                 probing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await probing
 
 
