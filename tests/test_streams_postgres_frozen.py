@@ -213,6 +213,112 @@ async def test_streams_opened_during_a_freeze_wait_for_no_read_of_their_own(
         assert frame.json["status"] == "completed", frame.json
 
 
+async def test_keep_alives_go_on_while_a_stream_probes_a_frozen_postgres(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream whose look-up failed on a frozen Postgres asks at its keep-alives whether reads
+    answer again (a probe, which waits on the frozen Postgres). While a probe waits (here held
+    until the client has heard three more keep-alives), the keep-alives go on at their interval:
+    a client or proxy that cuts a silent stream keeps it. (Before: the stream waited for the
+    probe, so every probe lengthened the client's silence by its wait, the bound, whether the
+    keep-alive went out just before it, as since session 33, or just after.)"""
+    settings = live.settings
+    await running_job(settings, "probed-a")
+    probing = asyncio.Event()
+    heard = asyncio.Event()
+    probe = streamlookups.StreamLookups.probe
+
+    async def held(self: streamlookups.StreamLookups) -> None:
+        probing.set()
+        await probe(self)  # on the frozen Postgres it waits, fails or is not made
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                await heard.wait()  # a probe as long as the test needs
+
+    monkeypatch.setattr(streamlookups.StreamLookups, "probe", held)
+    seen = SseStream()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            with frozen_postgres(own_postgres):
+                end = await publish(settings, ended("probed-a"))
+                await until(reader, lambda: sent(seen, end) is not None)
+                async with asyncio.timeout(30):
+                    await probing.wait()
+                kept = len(seen.comments)
+                async with asyncio.timeout(30):
+                    await until(reader, lambda: len(seen.comments) >= kept + 3)
+                heard.set()
+        finally:
+            heard.set()
+            reader.cancel()
+    frame = sent(seen, end)
+    assert frame is not None
+    assert frame.json["jobType"] is None, frame.json  # the look-up failed: a probe was due
+
+
+async def test_a_look_up_answered_after_another_failed_does_not_end_the_streams_pause(
+    live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres slow past the bound for one stream's look-up (the jobs table locked): that
+    look-up is given up, and the API's streams read nothing for the pause. Another stream's
+    look-up, begun before that failure (the pause not begun yet) and answered after it, sends
+    its job's end with the job's type, but does not end the pause: that stream sends the next
+    unknown job's end from the event alone, making no read. (Before: any read that answered
+    ended the pause, one the failure had just begun.)"""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 600.0)  # not over within the test
+    settings = live.settings
+    for job_id in ("slow-y", "slow-x", "slow-after"):
+        await running_job(settings, job_id)
+    first = SseStream()
+    second = SseStream()
+    locker = await asyncpg.connect(own_postgres.url)
+    locked = locker.transaction()
+    async with (
+        live.client() as client,
+        asyncio.timeout(120),
+        client.stream("GET", "/api/jobs/stream") as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        readers = [asyncio.create_task(read_into(response, first))]
+        try:
+            await locked.start()
+            # Every read of the jobs table waits (not a frozen Postgres: the rest answers).
+            await locker.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+            looking = AcquiredDeadlines(live, monkeypatch, watched=BOUND)
+            end_y = await publish(settings, ended("slow-y"))
+            async with asyncio.timeout(30):
+                await looking.began.wait()  # the first stream looks slow-y up (it will fail)
+            await asyncio.sleep(BOUND / 2)  # the second look-up begins half a bound later
+            async with client.stream("GET", f"/api/jobs/stream?after={end_y}") as later:
+                assert later.status_code == 200, await later.aread()
+                readers.append(asyncio.create_task(read_into(later, second)))
+                end_x = await publish(settings, ended("slow-x"))
+                # The first look-up gave up (its end sent without the type): the pause began.
+                await until(readers[0], lambda: sent(first, end_x) is not None)
+                assert sent(second, end_x) is None  # the second look-up still waits
+                await locked.commit()  # the second look-up answers, within its bound
+                await until(readers[1], lambda: sent(second, end_x) is not None)
+                end_after = await publish(settings, ended("slow-after"))
+                await until(readers[1], lambda: sent(second, end_after) is not None)
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await locker.close()
+    y_frame, x_frame, after_frame = sent(first, end_y), sent(second, end_x), sent(second, end_after)
+    assert y_frame is not None
+    assert x_frame is not None
+    assert after_frame is not None
+    assert y_frame.json["jobType"] is None, y_frame.json  # given up past the bound
+    assert x_frame.json["jobType"] == "emit", x_frame.json  # answered after that failure
+    assert after_frame.json["jobType"] is None, after_frame.json  # the pause went on
+
+
 async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up(
     live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:

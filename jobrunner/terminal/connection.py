@@ -110,6 +110,13 @@ class Api:
             headers["Authorization"] = f"Bearer {target.token}"
         self.http = httpx.Client(base_url=target.url, headers=headers, timeout=timeout)
 
+    def unpooled(self) -> httpx.Client:
+        """A client like ``http`` but with no connection of another request's to take: its
+        first request makes a connection of its own (close it after)."""
+        return httpx.Client(
+            base_url=self.http.base_url, headers=self.http.headers, timeout=self.http.timeout
+        )
+
     def close(self) -> None:
         self.http.close()
 

@@ -3,9 +3,10 @@ wait for the answer's headers and then for its first line, together within the t
 ``--reconnect-for`` (a host that accepts and stays silent, or answers 200 and then nothing, must
 not make the give-up late). A timer started as the TCP connection is made (httpx's documented
 ``trace`` request extension says when, with the connection) ends the connection when the time
-runs out; the stream's first line stops it. The read timeout cannot be this bound: httpx keeps
-one for the whole response, and a stream that is back is given ``SILENT_STREAM_SECONDS`` between
-its lines (a job may say nothing between keep-alives)."""
+runs out; the stream's first line stops it. Each attempt makes a connection of its own for it.
+The read timeout cannot be this bound: httpx keeps one for the whole response, and a stream that
+is back is given ``SILENT_STREAM_SECONDS`` between its lines (a job may say nothing between
+keep-alives)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ class FirstLineBound:
 
     def start(self, network_stream: Any) -> None:
         """The timer on ``network_stream`` (httpcore's: its ``socket`` is ended), unless it
-        runs or was stopped already. Also at the answer's headers, for a connection taken from
-        the pool (made before: no connect traced)."""
+        runs or was stopped already. The attempt's client keeps no connection (``Api.unpooled``):
+        one taken from a pool would report no connect, and start no timer."""
         with self._lock:
             if self._timer is not None or self._stopped:
                 return

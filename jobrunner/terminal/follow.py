@@ -159,21 +159,22 @@ class Follower:
             # While lost, the answer and its first line within the time left (``FirstLineBound``);
             # every read waits SILENT_STREAM_SECONDS, lost or back.
             first_line: FirstLineBound | None = None
+            http = self.api.http
+            own: httpx.Client | None = None
             if self._lost_since is not None:
                 first_line = FirstLineBound(self._time_left())
-                # Not kept for the next attempt: each makes its connection, where the bound
-                # starts (one taken from the pool starts it only at the answer's headers).
-                headers["Connection"] = "close"
+                # A connection of its own, where the bound starts (its trace tells the connect):
+                # one kept from an answer before (a 503, a stream the server ended) reports no
+                # connect, and an answer that never came waited SILENT_STREAM_SECONDS.
+                http = own = self.api.unpooled()
             try:
-                with self.api.http.stream(
+                with http.stream(
                     "GET",
                     f"/api/jobs/{self.job_id}/stream",
                     headers={**headers, "Accept": "text/event-stream"},
                     timeout=httpx.Timeout(self._connect_seconds(), read=SILENT_STREAM_SECONDS),
                     extensions=None if first_line is None else {"trace": first_line.trace},
                 ) as response:
-                    if first_line is not None:
-                        first_line.start(response.extensions["network_stream"])
                     if response.status_code >= 400:
                         response.read()
                         refusal = self.api.refused(response)
@@ -205,6 +206,8 @@ class Follower:
             finally:
                 if first_line is not None:
                     first_line.stop()
+                if own is not None:
+                    own.close()
             if first_line is not None and first_line.fired.is_set():
                 why = "it sent no stream line in the time left"
             now = time.monotonic()

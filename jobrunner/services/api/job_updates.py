@@ -259,6 +259,7 @@ async def update_stream(
         patience=ctx.settings.sse_history_idle_seconds,
     )
     teller = StaleTeller(ctx.fanout)
+    probing: asyncio.Task[None] | None = None  # a probe of the read models under way
     # Closed in this order: a read under way (``between``) ends before ``messages`` closes.
     async with aclosing(messages), aclosing(teller.between(messages)) as reads:
         try:
@@ -289,11 +290,14 @@ async def update_stream(
                     yield msgs
                     continue
                 if not msgs:
-                    # Sent first: a probe during a freeze waits its bound, which must not
-                    # lengthen the client's silence past the keep-alive's interval.
                     yield sse.comment("keep-alive")
-                    if lookups.failed:
-                        await lookups.probe()  # bounded below the keep-alive's interval
+                    probed(probing)
+                    if lookups.failed and (probing is None or probing.done()):
+                        # In a task of its own: a probe during a freeze waits its bound, and
+                        # the next keep-alive's interval begins only when this loop reads on
+                        # (awaited here, every probe lengthened the client's silence by it).
+                        # Its answer is taken at the next keep-alive or read.
+                        probing = asyncio.create_task(lookups.probe())
                     if await lookups.take_resync(ctx.projection):
                         yield sse.resync()
                     continue
@@ -347,6 +351,7 @@ async def update_stream(
                     frames.sort(key=lambda f: f[0])
                     yield b"".join(frame for _, frame in frames)
                 lookups.handled(msgs[-1][0])
+                probed(probing)
                 if await lookups.take_resync(ctx.projection):
                     # After this read's frames: the client's reload covers them too.
                     yield sse.resync()
@@ -358,6 +363,19 @@ async def update_stream(
             yield sse.read_models_of_another_version(
                 ctx.settings.sse_retry_ms, exc.code, exc.sentence
             )
+        finally:
+            if probing is not None:
+                # Its error, if any, is not needed any more: the stream ends.
+                probing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await probing
+
+
+def probed(probing: asyncio.Task[None] | None) -> None:
+    """A finished probe's error raised in the stream: read models of another version end it,
+    as any read of the stream's would (``probe`` itself passes over Postgres away)."""
+    if probing is not None and probing.done() and not probing.cancelled():
+        probing.result()
 
 
 async def read_ahead(

@@ -143,8 +143,9 @@ class StreamLookups:
         return True
 
     async def probe(self) -> None:
-        """One read that only shows whether reads succeed again (on a keep-alive of a stream whose
-        read failed: a stream with no event meanwhile must learn it too). Failing is no error."""
+        """One read that only shows whether reads succeed again (at a keep-alive of a stream whose
+        read failed: a stream with no event meanwhile must learn it too; in a task beside the
+        stream, job_updates.py). Failing is no error."""
         with suppress(*UNREADABLE):
             await self.fetchval("SELECT 1")
 
