@@ -190,16 +190,16 @@ async def test_a_backend_stuck_past_the_kill_bound_is_named(
         assert await answers(own_postgres)
 
 
-def began_waiting(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Set when the kill begins waiting for the processes it signalled."""
+def began_killing(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set when the kill's bound begins: its first look for the server's processes."""
     began = threading.Event()
-    wait_ended = processtree.wait_ended
+    kill_attached = processtree.kill_attached
 
     def noting(*args: Any, **kwargs: Any) -> Any:
         began.set()
-        return wait_ended(*args, **kwargs)
+        return kill_attached(*args, **kwargs)
 
-    monkeypatch.setattr(processtree, "wait_ended", noting)
+    monkeypatch.setattr(processtree, "kill_attached", noting)
     return began
 
 
@@ -207,14 +207,14 @@ def began_waiting(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 async def test_a_backend_stuck_just_shorter_than_the_kill_bound_is_waited_out(
     own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Held for less than the kill's bound (0.7 of it, from when the kill began waiting): the
-    kill waits it out, and Postgres starts again."""
-    waiting = began_waiting(monkeypatch)
+    """Held for less than the kill's bound (0.7 of it, from when the bound began): the kill
+    waits it out, and Postgres starts again."""
+    killing_began = began_killing(monkeypatch)
     async with busy_backend(own_postgres) as backend:
         with freezer_cgroup.frozen([backend]) as fridge:
             killing = asyncio.create_task(asyncio.to_thread(own_postgres.kill, KILL_BOUND))
-            assert await asyncio.to_thread(waiting.wait, 30)
-            await asyncio.sleep(KILL_BOUND * 0.7)  # the fault's length, from the wait's start
+            assert await asyncio.to_thread(killing_began.wait, 30)
+            await asyncio.sleep(KILL_BOUND * 0.7)  # the fault's length, from the bound's start
             assert not killing.done()
             fridge.thaw()
             await killing

@@ -232,8 +232,8 @@ class EmbeddedPostgres(ServerProcess):
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            # Stopped, it neither reaps the backends nor answers their deaths with a crash
-            # recovery that starts processes anew.
+            # Stopped, it does not answer the deaths below with a crash recovery that starts
+            # processes anew (a fork already under way still ends: kill_attached looks again).
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGSTOP)
         segment = self._shared_memory()
