@@ -35,50 +35,19 @@ pytestmark = pytest.mark.timeout(120)
 LONG_STATEMENT = "SELECT count(*) FROM generate_series(1, 2000000000)"
 
 
-async def until_running(url: str, statement: str) -> None:
+async def backend_running(url: str, statement: str) -> int:
+    """The pid of the backend running ``statement``, once it runs."""
     conn = await asyncpg.connect(url)
     try:
         async with asyncio.timeout(30):
-            while not await conn.fetchval(  # noqa: ASYNC110 (nothing to wait on but Postgres)
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1",
-                statement,
+            while not (  # noqa: ASYNC110 (nothing to wait on but Postgres)
+                pid := await conn.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = $1",
+                    statement,
+                )
             ):
                 await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-
-
-async def test_postgres_killed_while_a_backend_is_busy_starts_again(
-    own_postgres: EmbeddedPostgres,
-) -> None:
-    """Killed while a backend runs a long statement, Postgres starts again on the same data
-    directory and answers."""
-    busy = await asyncpg.connect(own_postgres.url)
-    working = asyncio.create_task(busy.fetchval(LONG_STATEMENT))
-    try:
-        await until_running(own_postgres.url, LONG_STATEMENT)
-        await asyncio.to_thread(own_postgres.kill)
-        await asyncio.to_thread(own_postgres.start)
-        conn = await asyncpg.connect(own_postgres.url)
-        try:
-            assert await conn.fetchval("SELECT 1") == 1
-        finally:
-            await conn.close()
-    finally:
-        working.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await working
-        busy.terminate()
-
-
-async def backend_running(url: str, statement: str) -> int:
-    """The pid of the backend running ``statement`` (once it runs)."""
-    await until_running(url, statement)
-    conn = await asyncpg.connect(url)
-    try:
-        return int(
-            await conn.fetchval("SELECT pid FROM pg_stat_activity WHERE query = $1", statement)
-        )
+        return int(pid)
     finally:
         await conn.close()
 
@@ -116,6 +85,17 @@ async def until_state(pid: int, wanted: str | None) -> None:
     async with asyncio.timeout(30):
         while state_of(pid) != wanted:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # /proc tells, nothing signals
+
+
+async def test_postgres_killed_while_a_backend_is_busy_starts_again(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """Killed while a backend runs a long statement, Postgres starts again on the same data
+    directory and answers."""
+    async with busy_backend(own_postgres):
+        await asyncio.to_thread(own_postgres.kill)
+        await asyncio.to_thread(own_postgres.start)
+        assert await answers(own_postgres)
 
 
 async def test_postgres_whose_postmaster_died_alone_is_killed_and_starts_again(
