@@ -32,6 +32,21 @@ from jobrunner.embedded.serverprocess import (
 )
 
 SUPERUSER = "jobrunner"
+# How long ``EmbeddedPostgres.kill`` waits for the server's processes to end after SIGKILL.
+KILL_WAIT_SECONDS = 30.0
+
+
+class PostgresNotEnded(Exception):
+    """Processes of a killed Postgres still ran past the kill's bound: the next start on its
+    data directory would fail on their shared memory."""
+
+    def __init__(self, data_dir: Path, pids: list[int], seconds: float) -> None:
+        self.pids = pids
+        super().__init__(
+            f"Postgres processes {', '.join(map(str, pids))} still run {seconds:g} s after "
+            f"SIGKILL (held in the kernel: a long disk wait?); a start on {data_dir} fails "
+            "until they have ended (pre-existing shared memory block ... is still in use)"
+        )
 
 
 def postgres_bindir() -> Path:
@@ -202,27 +217,44 @@ class EmbeddedPostgres(ServerProcess):
                 + f":\n{result.stderr.strip()}"
             )
 
-    def kill(self, timeout: float = 30.0) -> None:
+    def kill(self, timeout: float = KILL_WAIT_SECONDS) -> None:
         """Hard stop of every process of the server at once, as a machine's crash would.
 
         Each backend leads a process group of its own, out of reach of a kill of the
         postmaster's group; one busy with a long statement (a COPY of lines) notices the
         postmaster's death only when it next waits, and meanwhile holds the shared memory: the
         next start refused ("pre-existing shared memory block ... is still in use"). So every
-        backend is killed too, and waited for (``timeout`` seconds at most: SIGKILL cannot be
-        refused, only delayed by a disk wait)."""
-        if self.proc is None or self.proc.poll() is not None:
+        process attached to the server's shared memory is killed, the postmaster included, and
+        waited for: also when the postmaster had died on its own before (its backends are
+        init's then), which is when they are likeliest left. Those still running after
+        ``timeout`` seconds (SIGKILL cannot be refused, only delayed by a disk wait) raise
+        ``PostgresNotEnded``, naming them."""
+        if self.proc is None:
             return
-        postmaster = self.proc.pid
-        # Stopped first, it starts no backend between the listing and the kill.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(postmaster, signal.SIGSTOP)
-        backends = processtree.children_of(postmaster)
-        super().kill()
-        for pid in backends:
+        if self.proc.poll() is None:
+            # Stopped, it does not answer the deaths below with a crash recovery that starts
+            # processes anew (a fork already under way still ends: kill_attached looks again).
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        processtree.wait_ended(backends, timeout)
+                os.kill(self.proc.pid, signal.SIGSTOP)
+        segment = self._shared_memory()
+        still_running = [] if segment is None else processtree.kill_attached(segment, timeout)
+        super().kill()  # the postmaster reaped (or, with no shared memory yet, killed now)
+        if still_running:
+            raise PostgresNotEnded(self.data_dir, still_running, timeout)
+
+    def _shared_memory(self) -> processtree.Segment | None:
+        """The shared memory segment this server's postmaster created, as its postmaster.pid
+        says (line 7: key and id); None before it wrote it, or when the file is another
+        postmaster's (a start that failed on a running server's lock)."""
+        assert self.proc is not None
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            if int(lines[0]) != self.proc.pid:
+                return None
+            key, shmid = (int(field) for field in lines[6].split())
+        except (OSError, IndexError, ValueError):
+            return None
+        return processtree.Segment(key, shmid)
 
     async def _create_database(self) -> None:
         conn = await asyncpg.connect(
