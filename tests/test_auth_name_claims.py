@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,8 +28,8 @@ from jobrunner.services.api.security.tokens import (
     _name_key,
 )
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 STALE = 1.0  # NAME_CLAIM_STALE_SECONDS in these tests (10 s in service)
 
 

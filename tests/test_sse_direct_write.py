@@ -19,6 +19,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.directwrite import ChunkWriter, chunk_writer
 from tests.sse_client import SseStream, read_stream
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.wide_viewers import (
     CLIENT_BYTES,
     EXPECTED,
@@ -31,8 +32,6 @@ from tests.tools.wide_viewers import (
     start_wide,
     texts,
 )
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 async def start_emit(system: System, **parameters: object) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +20,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 TERMINAL = {"completed", "failed", "cancelled"}
 
 # nats-py's JetStream requests time out after 5 s; an ordered consumer's idle heartbeat is 5 s,
