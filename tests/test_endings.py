@@ -4,9 +4,6 @@ window apart, and reads cut short by their bounds (see ``common/endings.py``, ``
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -22,7 +19,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import actions
 from jobrunner.services.runner.journal import JobJournal
 from tests.batch_actions_support import submit_batch
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw_later
 from tests.system import System
 from tests.tools.dedup_window import shrink_window, window_passed
 from tests.tools.foreign_messages import JUNK
@@ -311,7 +308,7 @@ async def test_a_nats_pause_during_a_pending_jobs_cancel_stores_one_ending(
     js = nc.jetstream()
     await eventstore.ensure_topology(js, names, settings)
     freeze(pid)
-    asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+    thaw_later(seconds, pid)
     batch = actions.cancel_events(pending("paused1"), "alice", None)
     _, ended = await endings.publish_with_endings(js, names, batch)
     outcome = ended["paused1"]

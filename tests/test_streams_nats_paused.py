@@ -18,6 +18,7 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
+from tests.freeze import thaw_later
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -39,7 +40,7 @@ def pause(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
     os.kill(pid, signal.SIGSTOP)
-    return asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+    return thaw_later(seconds, pid)
 
 
 async def start_job(system: System, **parameters: Any) -> str:
