@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -41,7 +39,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import ServerProcess, free_port
 from jobrunner.services.api.security.tokens import Role, TokenStore
 from tests.faults.cluster import START_TIMEOUT, FaultCluster, in_thread
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 
 NODE_NAMES = ("n1", "n2", "n3")
 CLUSTER_NAME = "jobrunner"
@@ -101,7 +99,7 @@ class ClusterNode(ServerProcess):
     def resume(self) -> None:
         if self.paused and self.running:
             assert self.proc is not None
-            os.kill(self.proc.pid, signal.SIGCONT)
+            thaw(self.proc.pid)
         self.paused = False
 
 

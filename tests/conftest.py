@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import sweep_stale
 from tests import servers
+from tests.freeze import thaw
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
 from tests.system import System
 from tests.tools.timed_out_requests import TimedOut, record_timed_out_requests
@@ -145,8 +143,7 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
         yield server
     finally:
         assert server.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.proc.pid, signal.SIGCONT)
+        thaw(server.proc.pid)
         server.stop()
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
-import signal
 from collections.abc import Iterator
 
 import nats
@@ -16,7 +14,7 @@ import pytest
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from tests.ackholding_proxy import AckHoldingProxy
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 
 
 @pytest.fixture
@@ -71,7 +69,7 @@ async def test_a_freeze_once_stored_lands_after_the_message_is_stored(
                 freeze(server.proc.pid)
                 frozen_at = datetime.datetime.now(datetime.UTC)
                 await asyncio.sleep(0.2)
-                os.kill(server.proc.pid, signal.SIGCONT)
+                thaw(server.proc.pid)
                 proxy.release()
                 await publish
                 msg = await direct.jetstream().get_last_msg("T", f"t.{i}")

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import random
-import signal
 import types
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,7 +29,7 @@ from jobrunner.services.api import errors, health
 from jobrunner.services.api.context import health_pool, read_pool
 from jobrunner.services.api.readmodelgate import ReadModelGate
 from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout, ReadPool
-from tests.freeze import freeze
+from tests.freeze import frozen
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
@@ -487,11 +485,8 @@ async def test_health_in_a_rebuild_does_not_call_a_paused_nats_a_frozen_postgres
     async with in_a_rebuild(own_postgres, own_nats) as (_, _, ctx):
         assert (await health._postgres(ctx)).problem is None  # NATS answering
         assert own_nats.proc is not None
-        freeze(own_nats.proc.pid)
-        try:
+        with frozen(own_nats.proc.pid):
             facts = await health._postgres(ctx)
-        finally:
-            os.kill(own_nats.proc.pid, signal.SIGCONT)
     assert facts.problem is None, facts.problem
     assert facts.readmodels.found == 0  # a checkpoint, no version table: the oldest
     assert not facts.readmodels.current

@@ -22,7 +22,8 @@ from jobrunner.contracts import events
 from jobrunner.services.runner import artifacts
 from jobrunner.services.runner.artifacts import OutputDirectory
 from tests.system import System
-from tests.tools.artifact_listing import ARTIFACT_TYPES, artifacts_of, finished_artifact_job
+from tests.tools.artifact_listing import artifacts_of, finished_artifact_job
+from tests.tools.job_type_files import ARTIFACT_TYPES
 
 DEPTH = 1200
 

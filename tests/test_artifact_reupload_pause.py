@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import signal
 from typing import Any
 
 import msgspec
@@ -26,7 +24,7 @@ from jobrunner.contracts import events
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import artifactupload
 from tests.external_support import EXTERNAL_TYPES, ExternalJob, start_external, worker_client
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw_later
 from tests.system import System
 from tests.tools.runners import wait_status
 
@@ -75,7 +73,7 @@ async def test_nats_paused_where_the_upload_reads_what_is_served(
             await release.wait()
             result = await publish(js, names, event, **kwargs)
             freeze(pid)  # the next NATS request is the look at what is served
-            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
+            thaw_later(pause, pid)
             return result
         return await publish(js, names, event, **kwargs)
 

@@ -10,8 +10,6 @@ longer than that request's timeout."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -23,7 +21,7 @@ from jobrunner.common import artifactpurges
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import context
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.lostcancel import CancelLost
 
 REQUEST_SECONDS = 5.0  # nats-py's JetStream request timeout, the API's (nc.jetstream())
@@ -81,7 +79,7 @@ async def test_the_apis_shutdown_waits_for_a_sweeper_deaf_to_its_cancel_at_most_
         assert [e["loop"] for e in left] == ([] if waited_for else ["artifact-sweeper"])
     finally:
         if frozen:
-            os.kill(own_nats.proc.pid, signal.SIGCONT)
+            thaw(own_nats.proc.pid)
         if not exited:
             await running.__aexit__(None, None, None)
         if losing.sweeper is not None:

@@ -17,8 +17,9 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.replay import replay
 from tests.system import System
-from tests.tools.artifact_listing import ARTIFACT_TYPES, artifacts_of, finished_artifact_job
+from tests.tools.artifact_listing import artifacts_of, finished_artifact_job
 from tests.tools.artifacts import pattern
+from tests.tools.job_type_files import ARTIFACT_TYPES
 from tests.tools.runners import lines_of
 
 MIB = 1024 * 1024

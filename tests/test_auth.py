@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,8 +21,8 @@ from jobrunner.services.api.security.middleware import PUBLIC_PATHS
 from tests.cli_support import run_cli
 from tests.sse_client import iter_events
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 TERMINAL = {"completed", "failed", "cancelled"}
 
 

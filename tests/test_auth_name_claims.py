@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,9 +27,10 @@ from jobrunner.services.api.security.tokens import (
     _key,
     _name_key,
 )
+from tests.freeze import thaw, thaw_later
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 STALE = 1.0  # NAME_CLAIM_STALE_SECONDS in these tests (10 s in service)
 
 
@@ -121,7 +121,7 @@ class TestNatsPaused:
         os.kill(own_nats.proc.pid, signal.SIGSTOP)
         creating = asyncio.create_task(store.create("paused", "viewer"))
         await asyncio.sleep(pause)
-        os.kill(own_nats.proc.pid, signal.SIGCONT)
+        thaw(own_nats.proc.pid)
         outcome = await asyncio.gather(creating, return_exceptions=True)
         await name_is_usable_or_listed(system, store, "paused", made=not _failed(outcome))
 
@@ -145,7 +145,7 @@ class TestNatsPaused:
             async def create(self, key: str, value: bytes) -> int:
                 if key.startswith("token."):
                     os.kill(pid, signal.SIGSTOP)
-                    asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
+                    thaw_later(pause, pid)
                 return await real_kv.create(key, value)
 
         store.kv = PauseBeforeRecord()  # type: ignore[assignment]
@@ -216,7 +216,7 @@ class TestNatsPausedAfterTheRecordCheck:
                     msgspec.json.encode(record),
                     headers={"Nats-Expected-Last-Subject-Sequence": "0"},
                 )
-                asyncio.get_running_loop().call_later(STALE + 0.5, os.kill, pid, signal.SIGCONT)
+                thaw_later(STALE + 0.5, pid)
                 return found
 
         try:
@@ -229,5 +229,5 @@ class TestNatsPausedAfterTheRecordCheck:
             assert await named(store, "ghost") == 1, outcome
             assert isinstance(outcome[0], TokenNameTaken), outcome
         finally:
-            os.kill(pid, signal.SIGCONT)
+            thaw(pid)
             await other_api.close()

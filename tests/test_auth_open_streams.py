@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,8 +13,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api.security.sessions import COOKIE_NAME
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+from tests.tools.job_type_files import TEST_TYPES
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import msgspec
 import pytest
@@ -49,20 +48,12 @@ def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
 
 
-@pytest.fixture
-async def system(settings: Settings) -> Any:
-    """API and projector only: accepted jobs stay pending."""
-    running = System(settings)
-    await running.start_projector()
-    await running.start_api()
-    yield running
-    await running.stop()
-
-
-async def test_generated_batch_bodies_never_answer_a_server_error(system: System) -> None:
+async def test_generated_batch_bodies_never_answer_a_server_error(
+    projector_and_api: System,
+) -> None:
     """Hundreds of generated bodies (JSON of every shape, bytes, deep nesting) each get 201,
     400, 413 or 422 with a code and a sentence."""
-    async with system.client() as client:
+    async with projector_and_api.client() as client:
         for body in examples(bodies, 250) + examples(raw_bytes, 80):
             response = await client.post(
                 "/api/jobs/batch",
@@ -77,14 +68,14 @@ async def test_generated_batch_bodies_never_answer_a_server_error(system: System
 
 
 async def test_a_batch_of_ten_thousand_jobs_is_accepted_and_every_job_is_pending(
-    system: System,
+    projector_and_api: System,
 ) -> None:
     """A 10,000-job batch answers 201 with 10,000 ids, and the read model shows them pending."""
     body = batch_body(*[("emit", {"lines": i % 7}) for i in range(10_000)])
-    async with system.client() as client:
+    async with projector_and_api.client() as client:
         response = await post_batch(client, body)
     assert response.status_code == 201, response.text[:300]
     created = response.json()
     assert len(set(created["job_ids"])) == 10_000
-    await wait_rows(system.settings, created["batch_id"], 10_000, "pending", timeout=120)
-    assert await stored_count(system.settings) == 10_000 + 2
+    await wait_rows(projector_and_api.settings, created["batch_id"], 10_000, "pending", timeout=120)
+    assert await stored_count(projector_and_api.settings) == 10_000 + 2

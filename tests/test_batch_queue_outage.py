@@ -4,8 +4,6 @@ just shorter and just longer than the time ``enqueue_many`` waits for their conf
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +15,7 @@ from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.board import LockBoard
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 
 # The wait under test, short so the test is fast; ENQUEUE_ACK_SECONDS is the same mechanism.
 WAIT = 2.0
@@ -46,7 +44,7 @@ async def enqueue_through_pause(
     try:
         await asyncio.sleep(pause)  # the fault itself lasts this long
     finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
+        thaw(server.proc.pid)
     try:
         await writing
     except TimeoutError as exc:

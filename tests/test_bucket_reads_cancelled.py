@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +26,7 @@ from jobrunner.common.slots import RunRecord, SlotTable, run_key
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.security.tokens import Role, TokenStore
-from tests.freeze import freeze
+from tests.freeze import frozen
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -160,13 +158,10 @@ async def test_a_read_cut_off_while_nats_is_frozen_ends_within_its_bound_and_lea
             if read.done():
                 read.result()  # a read that finished before the freeze must have worked
                 break
-            freeze(pid)
-            try:
+            with frozen(pid):
                 read.cancel()
                 done, _ = await asyncio.wait({read}, timeout=keywatch.END_SECONDS + 3.0)
                 assert done, f"the read cut after send {sent} did not end with NATS frozen"
-            finally:
-                os.kill(pid, signal.SIGCONT)
             assert read.cancelled() or read.exception() is not None
             assert await until_back_to(bucket, before) == before, f"cut after send {sent}"
             sent += 1

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,23 +22,20 @@ from structlog.testing import capture_logs
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import bulk
 from jobrunner.services.runner.bulk import BulkLane
-from tests.freeze import freeze
+from tests.freeze import frozen
 from tests.lostcancel import CancelLostInAPause
 
 PROBE_SECONDS = 0.5  # the lane's timeout: how long one probe waits for its message
 
 
 @pytest.fixture
-async def frozen(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
+async def frozen_nc(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
     """A connection to a server frozen from now on (thawed at the end)."""
     assert own_nats.proc is not None
     nc = await nats.connect(own_nats.url, max_reconnect_attempts=-1, connect_timeout=0.5)
     try:
-        freeze(own_nats.proc.pid)
-        try:
+        with frozen(own_nats.proc.pid):
             yield nc
-        finally:
-            os.kill(own_nats.proc.pid, signal.SIGCONT)
     finally:
         await nc.close()
 
@@ -77,7 +72,7 @@ def _probe_publishes(nc: NATS, publish: Callable[..., Awaitable[None]]) -> None:
     nc.publish = publishing  # type: ignore[method-assign]
 
 
-async def test_a_probe_whose_cancel_was_lost_in_its_publish_ends_on_close(frozen: NATS) -> None:
+async def test_a_probe_whose_cancel_was_lost_in_its_publish_ends_on_close(frozen_nc: NATS) -> None:
     """The runner's exit ends within seconds although the probe's publish lost its cancel."""
     losing = CancelLostInAPause()
 
@@ -87,8 +82,8 @@ async def test_a_probe_whose_cancel_was_lost_in_its_publish_ends_on_close(frozen
         await real(subject, payload)
         await losing.pause(30)  # until the cancel comes: it is lost, the publish returns
 
-    _probe_publishes(frozen, publish_losing_a_cancel)
-    lane = await _stalled_lane(frozen)
+    _probe_publishes(frozen_nc, publish_losing_a_cancel)
+    lane = await _stalled_lane(frozen_nc)
     await asyncio.wait_for(losing.reached.wait(), 30)  # the probe's publish is under way
     closing = asyncio.create_task(lane.close())  # the runner's exit
     try:
@@ -105,7 +100,7 @@ async def test_a_probe_whose_cancel_was_lost_in_its_publish_ends_on_close(frozen
     ids=["within-the-bound", "past-the-bound"],
 )
 async def test_a_probe_deaf_to_its_stop_holds_the_close_at_most_its_bound(
-    frozen: NATS, monkeypatch: pytest.MonkeyPatch, publish_holds: float, ends: bool
+    frozen_nc: NATS, monkeypatch: pytest.MonkeyPatch, publish_holds: float, ends: bool
 ) -> None:
     """The close's bound (the probe's timeout plus a margin, 3.5 s here): a publish that ignores
     every cancel and holds 1.5 s is waited for; one that holds 7 s is left, said in the log,
@@ -123,8 +118,8 @@ async def test_a_probe_deaf_to_its_stop_holds_the_close_at_most_its_bound(
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({held})
 
-    _probe_publishes(frozen, publish_deaf_to_cancels)
-    lane = await _stalled_lane(frozen)
+    _probe_publishes(frozen_nc, publish_deaf_to_cancels)
+    lane = await _stalled_lane(frozen_nc)
     await asyncio.wait_for(publishing.wait(), 30)
     with capture_logs() as logs:
         closing = asyncio.create_task(lane.close())

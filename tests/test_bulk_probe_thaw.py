@@ -9,15 +9,13 @@ and no ack on that connection arrived, until nats-py's own pings found it stale.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import nats
 import pytest
 
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.bulk import BulkLane
-from tests.freeze import freeze
+from tests.freeze import frozen
 
 LANE_TIMEOUT = 1.0
 
@@ -35,13 +33,10 @@ async def test_after_a_freeze_the_lane_answers_and_its_connection_reads(
     nc = await nats.connect(own_nats.url, max_reconnect_attempts=-1)
     lane = BulkLane(nc, LANE_TIMEOUT)
     try:
-        freeze(own_nats.proc.pid)
-        try:
+        with frozen(own_nats.proc.pid):
             lane._out_of_use(TimeoutError("the stall"))  # as a publish not stored in time
             assert not lane.usable()
             await asyncio.sleep(frozen_for)  # the fault's length, not a wait for a condition
-        finally:
-            os.kill(own_nats.proc.pid, signal.SIGCONT)
         assert lane._probe is not None
         await asyncio.wait_for(asyncio.shield(lane._probe), 20)  # it ends once answered
         assert lane.usable(), "the lane stayed out of use after the thaw"

@@ -25,9 +25,9 @@ from tests.history_support import (
     without_auth,
 )
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
 ROOT = Path(__file__).parent.parent
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 @pytest.fixture

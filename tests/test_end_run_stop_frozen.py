@@ -10,8 +10,6 @@ an ack ends (tests/lostcancel.py)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from typing import Any
 
 import msgspec
@@ -23,7 +21,7 @@ from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.lostcancel import CancelLostInAPause
 
 # A lease far longer than the test: its end (which ends the retries however the cancel went)
@@ -73,7 +71,7 @@ async def test_ending_a_run_ends_on_its_cancel_even_a_lost_one(
         assert done, "the cancelled end of a run retried on: the exit would wait a lease TTL"
         assert ending.cancelled()
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         if ending is not None:
             ending.cancel()
             await asyncio.wait({ending}, timeout=10)

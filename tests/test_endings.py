@@ -4,11 +4,6 @@ window apart, and reads cut short by their bounds (see ``common/endings.py``, ``
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-from collections.abc import AsyncIterator
-
 import msgspec
 import pytest
 from nats.js import JetStreamContext
@@ -22,7 +17,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import actions
 from jobrunner.services.runner.journal import JobJournal
 from tests.batch_actions_support import submit_batch
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw_later
 from tests.system import System
 from tests.tools.dedup_window import shrink_window, window_passed
 from tests.tools.foreign_messages import JUNK
@@ -40,23 +35,20 @@ def pending(job_id: str) -> actions.Attempt:
 
 
 @pytest.fixture
-async def api_only(settings: Settings) -> AsyncIterator[System]:
-    """The API and the projector, no runner: jobs stay pending."""
-    running = System(msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES))
-    await running.start_projector()
-    await running.start_api()
-    yield running
-    await running.stop()
+def settings(settings: Settings) -> Settings:
+    """The runner tests' job types; the tests that start jobs run the API and the projector
+    alone (``projector_and_api``): their jobs stay pending."""
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
 
 
 async def test_cancelling_a_pending_job_whose_terminal_id_a_foreign_message_took_ends_it(
-    api_only: System, js: JetStreamContext
+    projector_and_api: System, js: JetStreamContext
 ) -> None:
     """DELETE of a pending job whose terminal id a message jobrunner did not write holds: its
     ending is stored under the next id, not dropped as a duplicate (the job would stay pending
     to every reader)."""
-    names = Names(api_only.settings.prefix)
-    async with api_only.client() as client:
+    names = Names(projector_and_api.settings.prefix)
+    async with projector_and_api.client() as client:
         job_id = await start_job(client, "emit", lines=1)
         await js.publish(
             names.job_kind_subject(job_id, "status"),
@@ -71,18 +63,18 @@ async def test_cancelling_a_pending_job_whose_terminal_id_a_foreign_message_took
 
 
 async def test_cancelling_a_pending_job_that_ended_meanwhile_answers_job_finished(
-    api_only: System, js: JetStreamContext
+    projector_and_api: System, js: JetStreamContext
 ) -> None:
     """The read model still shows the job pending, but its runner's ending is stored: DELETE
     answers 409 JOB_FINISHED with that status, as once the read model shows it, and stores no
     second ending."""
-    names = Names(api_only.settings.prefix)
-    async with api_only.client() as client:
+    names = Names(projector_and_api.settings.prefix)
+    async with projector_and_api.client() as client:
         job_id = await start_job(client, "emit", lines=1)
         # POST waits at most READ_YOUR_WRITES_TIMEOUT for the read model: on a loaded machine
         # the projector may not show the job yet, and the cancel would answer 404.
         await wait_status(client, job_id, "pending")
-        await api_only.stop_service("projector")  # the read model keeps showing it pending
+        await projector_and_api.stop_service("projector")  # the read model keeps showing it pending
         # As a runner ends a job it ran: its running first, then its ending.
         await eventstore.publish(
             js, names, events.StatusChanged(job_id=job_id, status=JobStatus.RUNNING)
@@ -125,12 +117,12 @@ async def test_a_cancel_of_a_job_seen_pending_that_started_meanwhile_stores_no_e
 
 
 async def test_a_batch_fail_ends_a_pending_job_whose_terminal_id_a_foreign_message_took(
-    api_only: System, js: JetStreamContext
+    projector_and_api: System, js: JetStreamContext
 ) -> None:
     """A batch's fail cancels its pending jobs in one pipeline; the one whose terminal id a
     foreign message holds is ended under the next id, the others under their own."""
-    names = Names(api_only.settings.prefix)
-    async with api_only.client() as client:
+    names = Names(projector_and_api.settings.prefix)
+    async with projector_and_api.client() as client:
         batch_id, job_ids = await submit_batch(client, [("emit", {"lines": 1})] * 3)
         await js.publish(
             names.job_kind_subject(job_ids[1], "status"),
@@ -311,7 +303,7 @@ async def test_a_nats_pause_during_a_pending_jobs_cancel_stores_one_ending(
     js = nc.jetstream()
     await eventstore.ensure_topology(js, names, settings)
     freeze(pid)
-    asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+    thaw_later(seconds, pid)
     batch = actions.cancel_events(pending("paused1"), "alice", None)
     _, ended = await endings.publish_with_endings(js, names, batch)
     outcome = ended["paused1"]

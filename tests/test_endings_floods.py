@@ -4,8 +4,6 @@ and an ending through a NATS pause (real nats-server and Postgres; the review of
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from pathlib import Path
 
 import msgspec
@@ -20,7 +18,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.notifier.service import Notifier
 from jobrunner.services.runner.journal import JobJournal
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw_later
 from tests.system import System
 from tests.tools.foreign_messages import JUNK
 from tests.tools.runners import RUNNER_TYPES, start_job, wait_status
@@ -112,7 +110,7 @@ async def test_a_nats_pause_during_an_ending_that_reads_first_stores_one(
     running = events.StatusChanged(job_id="p1", status=JobStatus.RUNNING, runner_id="r")
     await journal.publish(running)
     freeze(pid)
-    asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+    thaw_later(seconds, pid)
     await journal.end("p1", JobStatus.CANCELLED, cancelled_by="alice")
     assert await terminal_statuses(js, names, "p1") == ["p1-end"]
     await eventstore.close(nc)

@@ -11,8 +11,6 @@ NATS is frozen for real (SIGSTOP) and its connection clogged (tests/tools/clogge
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import msgspec
 
@@ -24,7 +22,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.lease import LeaseKeeper
 from jobrunner.services.runner.running import RunnerIdentity
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.tools.clogged_nats import clogged_past_pending_size
 
 # A lease far longer than the test: its deadline (which would set ``lost`` and end the retry
@@ -78,7 +76,7 @@ async def test_a_lock_bucket_write_retried_ends_on_a_cancel_nats_py_swallowed(
         assert done, "the cancelled lock-bucket write retried on: the exit would wait for ever"
         assert not keeper.lost.is_set()  # it ended on its cancel, not on the lease's end
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         left = [*filling, *([writing] if writing else [])]
         if keeper is not None and keeper._task is not None:
             left.append(keeper._task)

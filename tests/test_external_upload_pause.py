@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 from collections.abc import Callable
 from typing import IO
 
@@ -35,7 +34,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import artifactupload
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.system import System
 from tests.tools.runners import wait_status
 
@@ -111,7 +110,7 @@ async def test_nats_frozen_during_an_external_upload(
                 assert frozen.is_set(), (await sending).text
                 await asyncio.sleep(pause)  # the fault itself lasts this long
             finally:
-                os.kill(own_nats_pid, signal.SIGCONT)
+                thaw(own_nats_pid)
             put = await sending
             monkeypatch.setattr(artifactstore, "put_file", real_put_file)
             if stored:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import signal
 import time
 
 import pytest
@@ -20,7 +18,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.projector.feed import EventFeed
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 from tests.history_support import logged_job, publish
 from tests.tools.clogged_nats import clogged_past_pending_size
 
@@ -51,7 +49,7 @@ async def test_an_event_feed_closes_within_its_bound_while_nats_is_frozen(
         stream = Names(settings.prefix).stream
         assert len(await nc.jetstream().consumers_info(stream)) == 1  # the feed's
         freeze(pid)
-        asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+        thaw_later(frozen_for, pid)
         began = time.monotonic()
         with capture_logs() as logs:
             closing = asyncio.ensure_future(feed.close(within=BOUND))
@@ -69,7 +67,7 @@ async def test_an_event_feed_closes_within_its_bound_while_nats_is_frozen(
             # of the consumer's delete nobody answers.
             assert took < BOUND + 1 + 1, f"closed after {took:.1f} s"
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         await eventstore.close(nc)
 
 
@@ -116,7 +114,7 @@ async def test_an_event_feed_left_closing_ends_on_the_exits_cancel(
         await asyncio.sleep(0)
         assert unreported == []
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         for task in filling:
             task.cancel()
         await eventstore.close(nc)

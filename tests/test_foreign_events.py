@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from jobrunner.services.api.batchrequest import plan_batch
 from jobrunner.services.runner.journal import JobJournal
 from tests.batch_submit_support import batch_body
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 from tests.history_support import job_events, publish, publisher, reading_system, wait_projected
 from tests.sse_client import read_stream
 from tests.system import System
@@ -667,9 +665,8 @@ async def test_a_nats_blip_after_a_dropped_ending_is_retried_and_end_returns(
                 paused = True
                 assert server.proc is not None
                 freeze(server.proc.pid)
-                loop = asyncio.get_running_loop()
                 resume = ackinbox.ACK_TIMEOUT + 1
-                loop.call_later(resume, os.kill, server.proc.pid, signal.SIGCONT)
+                thaw_later(resume, server.proc.pid)
             return ack
 
         monkeypatch.setattr(eventstore, "publish_acked", then_pause)
@@ -681,8 +678,7 @@ async def test_a_nats_blip_after_a_dropped_ending_is_retried_and_end_returns(
         await eventstore.close(nc)
     finally:
         assert server.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.proc.pid, signal.SIGCONT)
+        thaw(server.proc.pid)
         server.stop()
 
 

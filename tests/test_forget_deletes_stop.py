@@ -10,8 +10,6 @@ for real and the requests are real."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,7 +22,7 @@ from structlog.testing import capture_logs
 
 from jobrunner.common import subscription
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.lostcancel import CancelLost
 
 T = TypeVar("T")
@@ -40,7 +38,7 @@ async def nc(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
     try:
         yield nc
     finally:
-        os.kill(own_nats.proc.pid, signal.SIGCONT)
+        thaw(own_nats.proc.pid)
         # Whatever a failed test left runs no longer (the second cancel is not lost).
         pending = [t for t in subscription._deleting if t.get_loop() is asyncio.get_running_loop()]
         for task in pending:
@@ -119,6 +117,6 @@ async def test_a_check_after_a_reconnect_deaf_to_its_cancel_no_longer_holds_a_st
         assert losing.lost == 1
         assert not checking.done()  # still retrying: NATS is still frozen
         assert [e["left"] for e in left] == [1]
-        os.kill(own_nats.proc.pid, signal.SIGCONT)
+        thaw(own_nats.proc.pid)
         checking.cancel()  # the second cancel is not lost
         await asyncio.wait({checking}, timeout=30)

@@ -19,8 +19,8 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from tests.system import System
+from tests.tools.job_type_files import INJECTION_TYPES
 
-INJECTION_TYPES = str(Path(__file__).parent / "tools" / "injection_jobtypes.toml")
 EXAMPLES = int(os.environ.get("JOBRUNNER_FUZZ_EXAMPLES", "20"))
 SEED = 20261123
 # The global job_update stream never ends by itself; it is fuzzed for 5xx on its own below.

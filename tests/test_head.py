@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -19,10 +18,10 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.app import create_app
 from tests.system import System
+from tests.tools.job_type_files import ARTIFACT_TYPES
 from tests.ui_support import start_job, wait_for_status
 
 # A job type that leaves files: its job has a log, artifacts and an archive to download.
-ARTIFACT_TYPES = str(Path(__file__).parent / "tools" / "artifact_jobtypes.toml")
 
 
 @pytest.fixture

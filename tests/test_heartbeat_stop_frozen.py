@@ -5,8 +5,6 @@ the stop's deadline. NATS is frozen for real (SIGSTOP), for just less or longer 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 
 import msgspec
@@ -20,7 +18,7 @@ from jobrunner.common.stopping import Deadline
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.heartbeat import heartbeat
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 
 BOUND = 3.0  # what the stop leaves the heartbeat here
 NOT_DELETED = "runner heartbeat key not deleted: the bucket's TTL drops it"
@@ -63,7 +61,7 @@ async def test_the_heartbeat_ends_within_the_stops_deadline_while_nats_is_frozen
                 except KeyNotFoundError:
                     await asyncio.sleep(0.1)
         freeze(pid)
-        asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+        thaw_later(frozen_for, pid)
         began = time.monotonic()
         deadline = Deadline(BOUND)
         with capture_logs() as logs:
@@ -80,5 +78,5 @@ async def test_the_heartbeat_ends_within_the_stops_deadline_while_nats_is_frozen
             # At the deadline (a loaded machine's margin), not after a request's timeout.
             assert took < BOUND + 2, f"ended after {took:.1f} s"
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         await eventstore.close(nc)

@@ -21,7 +21,8 @@ from tests.history_support import (
     without_auth,
 )
 from tests.system import System
-from tests.tools.emit_jobs import TEST_TYPES, finished_job
+from tests.tools.emit_jobs import finished_job
+from tests.tools.job_type_files import TEST_TYPES
 
 LINES = 1200
 

@@ -5,7 +5,6 @@ takes one, and nothing is created: a client that meant to send a key learns it s
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
@@ -33,16 +32,6 @@ def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
 
 
-@pytest.fixture
-async def system(settings: Settings) -> AsyncIterator[System]:
-    """API and projector only: nothing runs, the stream holds only what was submitted."""
-    running = System(settings)
-    await running.start_projector()
-    await running.start_api()
-    yield running
-    await running.stop()
-
-
 def refused(response: httpx.Response) -> str:
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -51,12 +40,14 @@ def refused(response: httpx.Response) -> str:
 
 
 @pytest.mark.parametrize("path", sorted(ROUTES))
-async def test_an_empty_or_blank_idempotency_key_is_refused(system: System, path: str) -> None:
+async def test_an_empty_or_blank_idempotency_key_is_refused(
+    projector_and_api: System, path: str
+) -> None:
     """``Idempotency-Key:`` with nothing (or only spaces and tabs) is a 400, not a request
     without a key that a retry would send twice."""
-    async with system.client() as client:
+    async with projector_and_api.client() as client:
         authorization = client.headers["authorization"]
-    before = await stored_count(system.settings)
+    before = await stored_count(projector_and_api.settings)
     body = json.dumps(ROUTES[path]).encode()
     for key in BLANK:
         headers = [
@@ -64,19 +55,19 @@ async def test_an_empty_or_blank_idempotency_key_is_refused(system: System, path
             ("Content-Type", " application/json"),
             ("Idempotency-Key", key),
         ]
-        status, answer = await raw_request(system.base_url, "POST", path, headers, body)
+        status, answer = await raw_request(projector_and_api.base_url, "POST", path, headers, body)
         assert status == 400, (key, answer)
         assert answer["error"]["code"] == "INVALID_IDEMPOTENCY_KEY"
         assert "empty" in answer["error"]["message"], key
-    assert await stored_count(system.settings) == before
+    assert await stored_count(projector_and_api.settings) == before
 
 
 @pytest.mark.parametrize("path", sorted(ROUTES))
 async def test_an_idempotency_key_too_long_is_refused_naming_the_limit(
-    system: System, path: str
+    projector_and_api: System, path: str
 ) -> None:
     """A key over 200 characters is a 400 whose sentence says the limit and the length sent."""
-    async with system.client() as client:
+    async with projector_and_api.client() as client:
         for key in TOO_LONG:
             response = await client.post(path, json=ROUTES[path], headers={"Idempotency-Key": key})
             message = refused(response)
@@ -109,13 +100,13 @@ NOT_PRINTABLE = [
 
 @pytest.mark.parametrize("path", sorted(ROUTES))
 async def test_an_idempotency_key_not_printable_ascii_is_refused_saying_so(
-    system: System, path: str
+    projector_and_api: System, path: str
 ) -> None:
     """A key with an accent or a tab inside is a 400 whose sentence says a
     key is printable ASCII (not that it is empty or too long), and nothing is stored."""
-    async with system.client() as client:
+    async with projector_and_api.client() as client:
         authorization = client.headers["authorization"]
-    before = await stored_count(system.settings)
+    before = await stored_count(projector_and_api.settings)
     body = json.dumps(ROUTES[path]).encode()
     for key in NOT_PRINTABLE:
         headers = [
@@ -123,7 +114,7 @@ async def test_an_idempotency_key_not_printable_ascii_is_refused_saying_so(
             ("Content-Type", " application/json"),
             ("Idempotency-Key", key),
         ]
-        status, answer = await raw_request(system.base_url, "POST", path, headers, body)
+        status, answer = await raw_request(projector_and_api.base_url, "POST", path, headers, body)
         assert status == 400, (key, answer)
         assert answer is not None, f"the HTTP server refused {key!r} itself"
         assert answer["error"]["code"] == "INVALID_IDEMPOTENCY_KEY", key
@@ -131,16 +122,16 @@ async def test_an_idempotency_key_not_printable_ascii_is_refused_saying_so(
         message = answer["error"]["message"]
         assert "printable ASCII characters only" in message, (key, message)
         assert "empty" not in message
-    assert await stored_count(system.settings) == before
+    assert await stored_count(projector_and_api.settings) == before
 
 
 @pytest.mark.parametrize("path", sorted(ROUTES))
 async def test_a_key_too_long_and_not_ascii_is_said_to_be_too_long(
-    system: System, path: str
+    projector_and_api: System, path: str
 ) -> None:
     """Over the limit and not ASCII: the length is what the sentence names (fix it first)."""
     key = "é" * (MAX_KEY_CHARS + 1)
-    async with system.client() as client:
+    async with projector_and_api.client() as client:
         authorization = client.headers["authorization"]
     headers = [
         ("Authorization", f" {authorization}"),
@@ -148,7 +139,7 @@ async def test_a_key_too_long_and_not_ascii_is_said_to_be_too_long(
         ("Idempotency-Key", key),
     ]
     body = json.dumps(ROUTES[path]).encode()
-    status, answer = await raw_request(system.base_url, "POST", path, headers, body)
+    status, answer = await raw_request(projector_and_api.base_url, "POST", path, headers, body)
     assert status == 400, answer
     assert answer["error"]["code"] == "INVALID_IDEMPOTENCY_KEY"
     assert f"is {MAX_KEY_CHARS + 1} characters long" in answer["error"]["message"]

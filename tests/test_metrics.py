@@ -16,7 +16,8 @@ from jobrunner.common.metricsexposition import MetricsListener
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.serverprocess import free_port
 from tests.system import System
-from tests.ui_support import TERMINAL, TEST_TYPES, start_job, wait_for_status
+from tests.tools.job_type_files import TEST_TYPES
+from tests.ui_support import TERMINAL, start_job, wait_for_status
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

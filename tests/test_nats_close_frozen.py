@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -22,7 +20,7 @@ from structlog.testing import capture_logs
 
 from jobrunner.common import eventstore
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 
 BOUND = 3.0  # CLOSE_SECONDS here
 FLUSH_SECONDS = 2.0  # eventstore.close's flush, before the bound
@@ -37,8 +35,7 @@ async def nc(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
         yield nc
     finally:
         assert own_nats.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(own_nats.proc.pid, signal.SIGCONT)
+        thaw(own_nats.proc.pid)
         if not nc.is_closed:
             await nc.close()
 
@@ -80,9 +77,7 @@ async def test_a_connection_closes_within_its_bound_while_nats_is_frozen(
     monkeypatch.setattr(eventstore, "CLOSE_SECONDS", BOUND)
     freeze(pid)
     await publish_until_unsent(nc)
-    asyncio.get_running_loop().call_later(
-        FLUSH_SECONDS + frozen_past_the_flush, os.kill, pid, signal.SIGCONT
-    )
+    thaw_later(FLUSH_SECONDS + frozen_past_the_flush, pid)
     with capture_logs() as logs:
         closing = asyncio.ensure_future(eventstore.close(nc))
         done, _ = await asyncio.wait({closing}, timeout=FLUSH_SECONDS + BOUND + 20)
@@ -138,7 +133,7 @@ async def test_a_close_ends_within_what_the_stop_left_it_while_nats_is_frozen(
     pid = own_nats.proc.pid
     freeze(pid)
     await publish_until_unsent(nc)
-    asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+    thaw_later(frozen_for, pid)
     began = time.monotonic()
     with capture_logs() as logs:
         closing = asyncio.ensure_future(eventstore.close(nc, within=WITHIN))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import msgspec
@@ -20,9 +19,8 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.natswatch import NatsWatch
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.nats_silence import BOUND, LONGER, SHORTER, started_job, thaw_after
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 @pytest.fixture

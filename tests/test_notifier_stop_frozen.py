@@ -8,8 +8,6 @@ what the stop gives the handlers."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from datetime import UTC, datetime
 
@@ -24,7 +22,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.notifier.service import Notifier
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 from tests.webhook_support import webhook_settings
 
 STOP_SECONDS = 6.0
@@ -78,7 +76,7 @@ async def test_the_notifiers_stop_waits_for_its_handlers_within_its_deadline_nat
         running = asyncio.ensure_future(notifier.run(stop))
         await asyncio.wait_for(handling.wait(), 30)
         freeze(pid)
-        asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+        thaw_later(frozen_for, pid)
         began = time.monotonic()
         with capture_logs() as logs:
             stop.set()
@@ -92,5 +90,5 @@ async def test_the_notifiers_stop_waits_for_its_handlers_within_its_deadline_nat
             # Left at its deadline (a loaded machine's margin), not when NATS is back.
             assert took < HANDLERS_SECONDS + 2, f"stopped after {took:.1f} s"
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         await eventstore.close(nc)

@@ -6,8 +6,6 @@ leaves out an event whose job's owner it cannot read (it fails closed) and stays
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -16,35 +14,30 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.sse_client import iter_events
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.runners import start_job, wait_status
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 @pytest.fixture
-async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIterator[System]:
-    """Projector and API with auth; no runner until a test starts one (its jobs wait)."""
-    settings = msgspec.structs.replace(
+def settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+    """On a Postgres of the test's own (the test stops it), with tokens required. No runner
+    runs (``projector_and_api``) until a test starts one: its jobs wait."""
+    return msgspec.structs.replace(
         settings, database_url=own_postgres.url, job_types_file=TEST_TYPES, auth=True
     )
-    running = System(settings)
-    await running.start_projector()
-    await running.start_api()
-    await running.wait_healthy()
-    try:
-        yield running
-    finally:
-        await running.stop()
 
 
 async def test_an_own_jobs_token_is_refused_anothers_job_stream_while_postgres_is_down(
-    system: System, own_postgres: EmbeddedPostgres
+    projector_and_api: System, own_postgres: EmbeddedPostgres
 ) -> None:
     """404 JOB_NOT_FOUND for another user's job, 200 for its own: the owner is the one its
     JobRequested names."""
-    mine = await system.create_token("mine", "operator", own_jobs_only=True)
-    other = await system.create_token("other", "operator", own_jobs_only=True)
-    async with system.client(token=mine) as me, system.client(token=other) as them:
+    mine = await projector_and_api.create_token("mine", "operator", own_jobs_only=True)
+    other = await projector_and_api.create_token("other", "operator", own_jobs_only=True)
+    async with (
+        projector_and_api.client(token=mine) as me,
+        projector_and_api.client(token=other) as them,
+    ):
         my_job = await start_job(me, "emit", lines=1)
         their_job = await start_job(them, "emit", lines=1)
         await wait_status(me, my_job, "pending")
@@ -61,18 +54,18 @@ async def test_an_own_jobs_token_is_refused_anothers_job_stream_while_postgres_i
 
 
 async def test_an_own_jobs_all_jobs_stream_shows_no_job_it_cannot_check_while_postgres_is_down(
-    system: System, own_postgres: EmbeddedPostgres
+    projector_and_api: System, own_postgres: EmbeddedPostgres
 ) -> None:
     """Jobs requested before the stream opened run while Postgres is down: the stream cannot
     read their owners, shows neither (its own neither: fail closed), and stays open; once
     Postgres is back, the token's next job shows."""
-    mine = await system.create_token("mine", "operator", own_jobs_only=True)
-    other = await system.create_token("other", "operator", own_jobs_only=True)
+    mine = await projector_and_api.create_token("mine", "operator", own_jobs_only=True)
+    other = await projector_and_api.create_token("other", "operator", own_jobs_only=True)
     seen: list[tuple[str, str]] = []
     async with (
-        system.client(token=mine) as me,
-        system.client(token=other) as them,
-        system.client() as admin,
+        projector_and_api.client(token=mine) as me,
+        projector_and_api.client(token=other) as them,
+        projector_and_api.client() as admin,
         asyncio.timeout(90),
     ):
         my_job = await start_job(me, "emit", lines=1)
@@ -89,7 +82,7 @@ async def test_an_own_jobs_all_jobs_stream_shows_no_job_it_cannot_check_while_po
             await asyncio.to_thread(own_postgres.stop)
             postgres_stopped = True
             try:
-                await system.start_runner()
+                await projector_and_api.start_runner()
                 # The admin's stream tells when both have ended (from their status events).
                 ended: set[str] = set()
                 async for event in iter_events(every_stream):

@@ -9,9 +9,6 @@ less or longer than the bound."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import time
 
 import asyncpg
@@ -20,7 +17,7 @@ from structlog.testing import capture_logs
 
 from jobrunner.common import database
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests.freeze import freeze
+from tests.freeze import frozen, thaw_later
 from tests.tools.postgres_processes import postgres_pids
 
 BOUND = 3.0  # POOL_CLOSE_SECONDS here
@@ -47,23 +44,17 @@ async def test_a_pool_closes_within_its_bound_while_postgres_is_frozen(
     pool = await database.create_pool(own_postgres.url, min_size=2, max_size=2)
     pids = postgres_pids(own_postgres)
     try:
-        for pid in pids:
-            freeze(pid)
-        asyncio.get_running_loop().call_later(
-            frozen_for, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids]
-        )
-        with capture_logs() as logs:
-            closing = asyncio.ensure_future(database.close_pool(pool))
-            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
-        assert done, "the pool's close waited for a frozen Postgres past its bound"
-        closing.result()
-        dropped = [e for e in logs if e["event"] == DROPPED]
-        assert len(dropped) == (0 if graceful else 1)
-        assert pool._closed
+        with frozen(*pids):
+            thaw_later(frozen_for, *pids)
+            with capture_logs() as logs:
+                closing = asyncio.ensure_future(database.close_pool(pool))
+                done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
+            assert done, "the pool's close waited for a frozen Postgres past its bound"
+            closing.result()
+            dropped = [e for e in logs if e["event"] == DROPPED]
+            assert len(dropped) == (0 if graceful else 1)
+            assert pool._closed
     finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
         pool.terminate()
 
 
@@ -84,26 +75,20 @@ async def test_a_single_connection_closes_within_its_bound_while_postgres_is_fro
     conn = await asyncpg.connect(own_postgres.url)
     pids = postgres_pids(own_postgres)
     try:
-        for pid in pids:
-            freeze(pid)
-        asyncio.get_running_loop().call_later(
-            frozen_for, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids]
-        )
-        began = time.monotonic()
-        with capture_logs() as logs:
-            closing = asyncio.ensure_future(database.close_connection(conn, within=BOUND))
-            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
-        took = time.monotonic() - began
-        assert done, "the connection's close waited for a frozen Postgres past its bound"
-        closing.result()
-        dropped = [e for e in logs if e["event"] == CONNECTION_DROPPED]
-        assert len(dropped) == (0 if graceful else 1)
-        if not graceful:
-            # Dropped at the bound (a loaded machine's margin), not at some later timeout.
-            assert took < BOUND + 2, f"closed after {took:.1f} s"
-        assert conn.is_closed()
+        with frozen(*pids):
+            thaw_later(frozen_for, *pids)
+            began = time.monotonic()
+            with capture_logs() as logs:
+                closing = asyncio.ensure_future(database.close_connection(conn, within=BOUND))
+                done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
+            took = time.monotonic() - began
+            assert done, "the connection's close waited for a frozen Postgres past its bound"
+            closing.result()
+            dropped = [e for e in logs if e["event"] == CONNECTION_DROPPED]
+            assert len(dropped) == (0 if graceful else 1)
+            if not graceful:
+                # Dropped at the bound (a loaded machine's margin), not at some later timeout.
+                assert took < BOUND + 2, f"closed after {took:.1f} s"
+            assert conn.is_closed()
     finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
         conn.terminate()

@@ -4,8 +4,6 @@ served from JetStream, to whoever may see the job and no one else."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 import pytest
 
@@ -13,10 +11,9 @@ from jobrunner.common.settings import Settings
 from tests.jetstream_reads import last_by_subject_reads
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
 pytestmark = pytest.mark.timeout(120)
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,13 +26,13 @@ from tests.system import System
 from tests.tools.api_parts import gate_of
 from tests.tools.began import began_event
 from tests.tools.health_reports import codes, health
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.postgres_processes import frozen_postgres
 from tests.tools.status_history import statuses
 from tests.tools.throttled_lines import watched
 
 pytestmark = pytest.mark.timeout(180)
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 # The API's read deadline and health's bound (also the bound of the API's looks at the read
 # models' version while it has not learned it), short so that the tests stay fast.
 READ_DEADLINE = 2.5

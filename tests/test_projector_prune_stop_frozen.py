@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from typing import Any
 
 import msgspec
@@ -21,7 +19,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import service, store
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.tools.postgres_processes import postgres_pids
 
 STOP_SECONDS = 1.5
@@ -78,9 +76,7 @@ async def test_a_projector_stopped_while_it_prunes_on_a_frozen_postgres_ends(
         assert done, "the projector's stop waited for the frozen Postgres under its prune"
         assert projector.exception() is None
     finally:
-        for pid in {*pids, *postgres_pids(own_postgres)}:  # a freeze that failed half-way too
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        thaw(*{*pids, *postgres_pids(own_postgres)})  # a freeze that failed half-way too
         stop.set()
         if not projector.done():
             projector.cancel()

@@ -8,8 +8,6 @@ NATS is the test's own, frozen for real (SIGSTOP); the projector runs in the tes
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from typing import Any
 
 import msgspec
@@ -21,7 +19,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.projector import service
 from jobrunner.services.projector.feed import EventFeed
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 
 STOP_SECONDS = 1.5
 # What the stop may take: the open under way (its request timeout, 5 s at most), the stop's
@@ -55,7 +53,7 @@ async def test_a_projector_stopped_while_its_feed_cannot_open_ends(
         assert done, "the projector's stop waited for its feed to open on a frozen NATS"
         assert projector.exception() is None
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         stop.set()
         if not projector.done():
             projector.cancel()
@@ -95,5 +93,5 @@ async def test_a_stop_during_the_feeds_open_ends_the_open(
         async with asyncio.timeout(CONNECT_TIMEOUT / 2):
             assert await starting is False
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         await eventstore.close(nc)

@@ -6,8 +6,6 @@ of the batch would be published again, one round trip after another)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from typing import Any
 
 import msgspec
@@ -18,7 +16,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import codec
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze
+from tests.freeze import frozen
 from tests.tools.restartable_nats import progress
 
 WAIT = 1.0
@@ -57,12 +55,9 @@ async def test_publish_many_through_a_pause_either_side_of_the_ack_wait(
         monkeypatch.setattr(eventstore, "publish_acked", counting)
         batch = [progress(f"paused{i}", i) for i in range(BATCH)]
         assert own_nats.proc is not None
-        freeze(own_nats.proc.pid)
-        try:
+        with frozen(own_nats.proc.pid):
             sending = asyncio.create_task(eventstore.publish_many(js, names, batch))
             await asyncio.sleep(paused_for)
-        finally:
-            os.kill(own_nats.proc.pid, signal.SIGCONT)
         await asyncio.wait_for(sending, 60)
         for event in batch:
             msg = await js.get_last_msg(names.stream, names.subject(event))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from collections.abc import Iterator
 
 import msgspec
@@ -14,7 +12,7 @@ import msgspec
 from jobrunner.common import ackinbox
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze
+from tests.freeze import frozen
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_job, wait_status
 
@@ -27,11 +25,8 @@ LINES = 300
 @contextlib.contextmanager
 def paused(server: EmbeddedNats) -> Iterator[None]:
     assert server.proc is not None
-    freeze(server.proc.pid)
-    try:
+    with frozen(server.proc.pid):
         yield
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
 
 
 async def _job_through_a_pause(settings: Settings, server: EmbeddedNats, pause: float) -> None:

@@ -12,8 +12,6 @@ NATS is frozen for real (SIGSTOP) and its connection clogged (tests/tools/clogge
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import msgspec
 import pytest
@@ -23,7 +21,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.tools.clogged_nats import clogged_past_pending_size
 
 # How long the test waits for the cancelled publish to end: its ack's timeout (5 s, what it may
@@ -68,7 +66,7 @@ async def test_a_publish_until_stored_ends_on_a_cancel_nats_py_swallowed(
         assert done, "the cancelled publish retried on, and the process's exit would wait for ever"
         assert publishing.cancelled()
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
         for task in [*filling, *([publishing] if publishing else [])]:
             task.cancel()
         await asyncio.wait([*filling, *([publishing] if publishing else [])], timeout=10)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import os
-import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -22,7 +20,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.bulk import BulkLane
 from jobrunner.services.runner.publisher import BULK_BYTES, LinePublisher
-from tests.freeze import freeze
+from tests.freeze import frozen
 
 JOB = "bulkjob"
 
@@ -135,8 +133,7 @@ async def test_the_probe_after_a_stall_leaves_the_loop_running_while_the_connect
     # a thread ends the worker (the test fails) rather than leave the run hanging.
     faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
     try:
-        freeze(own_nats.proc.pid)
-        try:
+        with frozen(own_nats.proc.pid):
             # Not stored in time: the lane goes out of use and its probe starts.
             assert not await lane.publish("bulk.probe.test", b"x", "probe-1")
             assert not lane.usable()
@@ -146,8 +143,6 @@ async def test_the_probe_after_a_stall_leaves_the_loop_running_while_the_connect
             for _ in range(20):  # turns of the loop while it reconnects (none without the fix)
                 await asyncio.sleep(0.05)
             assert not nc.is_connected
-        finally:
-            os.kill(own_nats.proc.pid, signal.SIGCONT)
         async with asyncio.timeout(30):
             while not lane.usable():  # noqa: ASYNC110 - its probe answered
                 await asyncio.sleep(0.05)

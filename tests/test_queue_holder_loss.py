@@ -22,6 +22,7 @@ from jobrunner.common.slots import queue_key
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.service import request_ack_wait
+from tests.freeze import thaw
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -190,7 +191,7 @@ async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> 
                 # The fault's length itself: nothing to wait for in a stopped process.
                 await asyncio.sleep(max(0.0, stall - (time.monotonic() - stopped_at)))
             finally:
-                os.kill(holder.pid, signal.SIGCONT)
+                thaw(holder.pid)
             # Stalled as long as asked, not much longer (a slow cancel on a loaded machine):
             # past that the test would no longer tell the two cases apart.
             assert time.monotonic() - stopped_at < stall + 1, time.monotonic() - stopped_at

@@ -8,8 +8,6 @@ only the entry of the revision it saw."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,7 +30,7 @@ from jobrunner.services.runner.board import LockBoard
 from jobrunner.services.runner.journal import JobJournal
 from jobrunner.services.runner.queue_orphans import QueueOrphans
 from jobrunner.services.runner.sweep import LostJobSweeper
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.stalling_proxy import FreezingProxy, connected_through_a_freezing_proxy
 from tests.tools.lock_board import board_has, watching_board
 from tests.tools.queue_entries import HOUR, is_queued, put_entry, store_request
@@ -205,7 +203,7 @@ async def test_a_heads_age_starts_again_after_a_sweep_that_nats_ended(
                     async with asyncio.timeout(30):  # a hang: a plain TimeoutError
                         await sweeper.sweep()
             finally:
-                os.kill(own_nats.proc.pid, signal.SIGCONT)
+                thaw(own_nats.proc.pid)
             await sweeper.sweep()  # NATS answers again: the age starts again here
             assert await is_queued(kv, "paused", "never-stored")
             await asyncio.sleep(PAST_THE_AGE)

@@ -8,9 +8,6 @@ for just less or longer than the bound."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import time
 from typing import Any
 
@@ -24,6 +21,7 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import read_pool
 from tests.freeze import freeze
+from tests.freeze import thaw as thaw_processes
 from tests.tools.postgres_processes import postgres_pids
 
 BOUND = 3.0
@@ -57,9 +55,7 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
     def thaw() -> None:
         nonlocal thawed
         thawed = True
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        thaw_processes(*pids)
 
     try:
         await gate.start()

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
-import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -25,8 +23,8 @@ from jobrunner.common import database
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import timestamps, upgrade
-from tests.tools.postgres_processes import freeze_postgres, thaw
-from tests.upgrade_support import older_state
+from tests.tools.postgres_processes import freeze_postgres
+from tests.tools.rebuild_in_place import older_state_on, rebuilding, stop_thawing_after
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,63 +51,9 @@ async def test_a_stop_while_the_rebuild_sets_up_a_connection_ends_within_its_bou
     said. Frozen until 4 s past the bound: the stop, and the rebuild with it, have ended before
     the thaw, the rebuild said left, no connection waited for; they used to wait for the thaw
     (or the close's own bound)."""
-    private = msgspec.structs.replace(settings, database_url=own_postgres.url)
-    bound = upgrade.rebuild_stop_seconds(private)
-    await older_state(private)
-    pids: list[int] = []  # every process of Postgres as it was frozen, its new backend's too
-    frozen = asyncio.Event()
-    set_up = timestamps.init_connection
-    count = 0
-
-    async def frozen_at_the_nth(conn: asyncpg.Connection) -> None:
-        nonlocal count
-        count += 1
-        if count == nth:
-            pids.extend(freeze_postgres(own_postgres))
-            frozen.set()
-        await set_up(conn)
-
-    monkeypatch.setattr(timestamps, "init_connection", frozen_at_the_nth)
-    stop = asyncio.Event()
-    thawed: list[bool] = []
-    with capture_logs() as logs:
-        rebuilding = asyncio.create_task(upgrade.ensure_current_in_place(private, stop))
-        try:
-            await asyncio.wait_for(frozen.wait(), 60)
-            loop = asyncio.get_running_loop()
-            thawing = loop.call_later(
-                bound + PAST_THE_BOUND if left else bound / 3, _thaw, pids, thawed
-            )
-            stop.set()
-            assert await asyncio.wait_for(asyncio.shield(rebuilding), 60) is None
-            rebuild = _the_rebuild()
-            if rebuild is not None:
-                await asyncio.wait({rebuild}, timeout=60)
-            if left:
-                assert not thawed, "the stop, or the rebuild it left, waited for the thaw"
-            thawing.cancel()
-        finally:
-            _thaw(pids)
-            if not rebuilding.done():
-                rebuilding.cancel()
-                await asyncio.wait({rebuilding}, timeout=30)
-    said = [e for e in logs if e["event"] == LEFT]
-    assert len(said) == (1 if left else 0), said
-    assert not [e for e in logs if e["event"] == NOT_CLOSED]
-
-
-def _the_rebuild() -> asyncio.Task[object] | None:
-    """The rebuild's own task (``ensure_current``), when it is still running."""
-    for task in asyncio.all_tasks():
-        if task.get_coro().__qualname__ == "ensure_current":  # type: ignore[union-attr]
-            return task
-    return None
-
-
-def _thaw(pids: list[int], thawed: list[bool] | None = None) -> None:
-    if thawed is not None:
-        thawed.append(True)
-    thaw(pids)
+    frozen = freeze_at_the_nth_call(monkeypatch, own_postgres, timestamps, "init_connection", nth)
+    said_left = await stopped_while_frozen(settings, own_postgres, frozen, left)
+    assert said_left == (1 if left else 0)
 
 
 @pytest.mark.parametrize(
@@ -131,45 +75,66 @@ async def test_a_stop_while_the_rebuild_connects_to_a_frozen_postgres_ends_withi
     rebuild end within the bound, past it before the thaw. A connect not answered is dropped at
     its cancel, nothing said; only a connection already open (the lock holder's, before the
     pool's connect) has a close that waits on Postgres, left past the bound and said."""
-    private = msgspec.structs.replace(settings, database_url=own_postgres.url)
-    bound = upgrade.rebuild_stop_seconds(private)
-    await older_state(private)
-    pids: list[int] = []
-    frozen = asyncio.Event()
-    connect = database.connect_or_unreachable
+    frozen = freeze_at_the_nth_call(
+        monkeypatch, own_postgres, database, "connect_or_unreachable", nth
+    )
+    said_left = await stopped_while_frozen(settings, own_postgres, frozen, left)
+    assert said_left == (1 if left and held_open else 0)
+
+
+class Frozen:
+    """Postgres frozen by a call of the rebuild's: once ``at`` is set, ``pids`` holds every
+    process it froze."""
+
+    def __init__(self) -> None:
+        self.at = asyncio.Event()
+        self.pids: list[int] = []
+
+
+def freeze_at_the_nth_call(
+    monkeypatch: pytest.MonkeyPatch,
+    own_postgres: EmbeddedPostgres,
+    owner: object,
+    name: str,
+    nth: int,
+) -> Frozen:
+    """``owner.name`` (a coroutine function) made to freeze all of ``own_postgres`` at its
+    ``nth`` call, just before it does what it does (every process, for real)."""
+    frozen = Frozen()
+    called = getattr(owner, name)
     count = 0
 
-    async def frozen_before_the_nth(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    async def freezing_at_the_nth(*args: Any, **kwargs: Any) -> Any:
         nonlocal count
         count += 1
         if count == nth:
-            pids.extend(freeze_postgres(own_postgres))
-            frozen.set()
-        return await connect(*args, **kwargs)
+            frozen.pids.extend(freeze_postgres(own_postgres))
+            frozen.at.set()
+        return await called(*args, **kwargs)
 
-    monkeypatch.setattr(database, "connect_or_unreachable", frozen_before_the_nth)
-    stop = asyncio.Event()
-    thawed: list[bool] = []
+    monkeypatch.setattr(owner, name, freezing_at_the_nth)
+    return frozen
+
+
+async def stopped_while_frozen(
+    settings: Settings, own_postgres: EmbeddedPostgres, frozen: Frozen, left: bool
+) -> int:
+    """The rebuild of an older state stopped once ``frozen``, Postgres thawed a third into the
+    stop's bound or, ``left``, 4 s past it (the stop and the rebuild must have ended first);
+    no connection said not closed in time. How many times the rebuild was said left."""
+    private = await older_state_on(settings, own_postgres)
+    bound = upgrade.rebuild_stop_seconds(private)
     with capture_logs() as logs:
-        rebuilding = asyncio.create_task(upgrade.ensure_current_in_place(private, stop))
-        try:
-            await asyncio.wait_for(frozen.wait(), 60)
-            thawing = asyncio.get_running_loop().call_later(
-                bound + PAST_THE_BOUND if left else bound / 3, _thaw, pids, thawed
+        async with rebuilding(private) as (task, stop):
+            await asyncio.wait_for(frozen.at.wait(), 60)
+            ended_first = await stop_thawing_after(
+                task,
+                stop,
+                frozen.pids,
+                bound + PAST_THE_BOUND if left else bound / 3,
+                left_rebuild_too=True,
             )
-            stop.set()
-            assert await asyncio.wait_for(asyncio.shield(rebuilding), 60) is None
-            rebuild = _the_rebuild()
-            if rebuild is not None:
-                await asyncio.wait({rebuild}, timeout=60)
-            if left:
-                assert not thawed, "the stop, or the rebuild it left, waited for the thaw"
-            thawing.cancel()
-        finally:
-            _thaw(pids)
-            if not rebuilding.done():
-                rebuilding.cancel()
-                await asyncio.wait({rebuilding}, timeout=30)
-    said = [e for e in logs if e["event"] == LEFT]
-    assert len(said) == (1 if left and held_open else 0), said
+    if left:
+        assert ended_first, "the stop, or the rebuild it left, waited for the thaw"
     assert not [e for e in logs if e["event"] == NOT_CLOSED]
+    return len([e for e in logs if e["event"] == LEFT])

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import MutableMapping
+from typing import Any
 
-import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -18,7 +19,7 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import outage, upgrade
 from jobrunner.services.projector.replay import Progress
 from tests.replaylock_support import terminate_lock_holder
-from tests.upgrade_support import older_state
+from tests.tools.rebuild_in_place import older_state_on, rebuilding
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,34 +36,10 @@ async def test_a_rebuild_waiting_out_an_outage_logs_its_first_failure_and_its_su
 ) -> None:
     """Postgres down through six attempts, then started: one error line (the first failure),
     then one line when the rebuild succeeds, with its attempts counted."""
-    private = msgspec.structs.replace(settings, database_url=own_postgres.url)
-    await older_state(private)
-    monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", PAUSE)
-    pauses = 0
-    paused = outage.wait_or_stop
-
-    async def counted(stop: asyncio.Event, pause: float) -> bool:
-        nonlocal pauses
-        pauses += 1
-        return await paused(stop, pause)
-
-    monkeypatch.setattr(outage, "wait_or_stop", counted)
-    await asyncio.to_thread(own_postgres.stop)
-    stop = asyncio.Event()
-    with capture_logs() as logs:
-        rebuilding = asyncio.create_task(upgrade.ensure_current_in_place(private, stop))
-        try:
-            async with asyncio.timeout(120):
-                while pauses < FAILED_ATTEMPTS:
-                    assert not rebuilding.done()
-                    await asyncio.sleep(0.02)
-            await asyncio.to_thread(own_postgres.start)
-            outcome = await asyncio.wait_for(asyncio.shield(rebuilding), 120)
-        finally:
-            stop.set()
-            await asyncio.wait({rebuilding}, timeout=30)
-    assert outcome is not None
-    assert outcome.rebuilt
+    private = await older_state_on(settings, own_postgres)
+    outcome, logs, pauses = await rebuilt_after_an_outage(
+        private, own_postgres, monkeypatch, FAILED_ATTEMPTS
+    )
     assert outcome.found is not None
     assert outcome.found < readmodelversion.READMODEL_VERSION
     failed = [e for e in logs if e["event"] == FAILED]
@@ -82,18 +59,7 @@ async def test_a_lost_replay_lock_just_after_an_outage_is_logged(
     replay lock lost just before its swap, seconds later: that is said too (REPLAY_LOCK_LOST),
     and the third attempt swaps. The two shared one throttle: the lost lock was left out as a
     repeat of the interruption."""
-    private = msgspec.structs.replace(settings, database_url=own_postgres.url)
-    await older_state(private)
-    monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", PAUSE)
-    pauses = 0
-    paused = outage.wait_or_stop
-
-    async def counted(stop: asyncio.Event, pause: float) -> bool:
-        nonlocal pauses
-        pauses += 1
-        return await paused(stop, pause)
-
-    monkeypatch.setattr(outage, "wait_or_stop", counted)
+    private = await older_state_on(settings, own_postgres)
     lock_sessions_ended = 0
 
     def lock_session_ended_once(progress: Progress) -> None:
@@ -105,23 +71,41 @@ async def test_a_lost_replay_lock_just_after_an_outage_is_logged(
             ending.join()
 
     monkeypatch.setattr(upgrade, "log_progress", lock_session_ended_once)
-    await asyncio.to_thread(own_postgres.stop)
-    stop = asyncio.Event()
-    with capture_logs() as logs:
-        rebuilding = asyncio.create_task(upgrade.ensure_current_in_place(private, stop))
-        try:
-            async with asyncio.timeout(120):
-                while pauses < 1:
-                    assert not rebuilding.done()
-                    await asyncio.sleep(0.02)
-            await asyncio.to_thread(own_postgres.start)
-            outcome = await asyncio.wait_for(asyncio.shield(rebuilding), 120)
-        finally:
-            stop.set()
-            await asyncio.wait({rebuilding}, timeout=30)
-    assert outcome is not None
-    assert outcome.rebuilt
+    _, logs, _ = await rebuilt_after_an_outage(private, own_postgres, monkeypatch, 1)
     assert lock_sessions_ended == 1
     said = [e["error_code"] for e in logs if e["event"] in (FAILED, LOCK_LOST)]
     assert said[0] == "REBUILD_INTERRUPTED", said
     assert "REPLAY_LOCK_LOST" in said, said
+
+
+async def rebuilt_after_an_outage(
+    settings: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    failed_attempts: int,
+) -> tuple[upgrade.Outcome, list[MutableMapping[str, Any]], int]:
+    """The rebuild started with Postgres stopped, which starts again once the rebuild has paused
+    ``failed_attempts`` times (quickly: ``PAUSE``): its outcome (rebuilt), what it logged, and
+    how many pauses it made in all."""
+    monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", PAUSE)
+    pauses = 0
+    paused = outage.wait_or_stop
+
+    async def counted(stop: asyncio.Event, pause: float) -> bool:
+        nonlocal pauses
+        pauses += 1
+        return await paused(stop, pause)
+
+    monkeypatch.setattr(outage, "wait_or_stop", counted)
+    await asyncio.to_thread(own_postgres.stop)
+    with capture_logs() as logs:
+        async with rebuilding(settings) as (task, _):
+            async with asyncio.timeout(120):
+                while pauses < failed_attempts:
+                    assert not task.done()
+                    await asyncio.sleep(0.02)
+            await asyncio.to_thread(own_postgres.start)
+            outcome = await asyncio.wait_for(asyncio.shield(task), 120)
+    assert outcome is not None
+    assert outcome.rebuilt
+    return outcome, logs, pauses

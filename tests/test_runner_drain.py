@@ -23,7 +23,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import executor, publisher
 from jobrunner.services.runner.publisher import LinePublisher
-from tests.freeze import freeze
+from tests.freeze import frozen
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES, lines_of, start_job, wait_file, wait_job, wait_status
 
@@ -55,13 +55,10 @@ async def _flood_through_a_pause(
                 client, "flood_at_exit", lines=LINES, go=str(go), done=str(done)
             )
             await wait_job(client, job_id, lambda j: j["log_count"] >= 1)
-            freeze(server.proc.pid)
-            try:
+            with frozen(server.proc.pid):
                 go.touch()
                 await wait_file(done)  # the tool ended, its output not yet all read
                 await asyncio.sleep(pause)  # the fault itself: NATS still away this long
-            finally:
-                os.kill(server.proc.pid, signal.SIGCONT)
             job = await wait_status(client, job_id, "completed", "failed", timeout=90)
             lines = await lines_of(client, job_id)
     finally:
@@ -246,11 +243,8 @@ async def test_a_quiet_detached_holder_and_a_lease_lost_during_the_drain_end_lea
         async with system.client() as client:
             job_id = await start_job(client, "detached_holder")
             await wait_job(client, job_id, lambda j: j["log_count"] >= 1)  # the tool printed
-            freeze(own_nats.proc.pid)
-            try:
+            with frozen(own_nats.proc.pid):
                 await asyncio.sleep(LOST_TTL + 2.0)
-            finally:
-                os.kill(own_nats.proc.pid, signal.SIGCONT)
             job = await wait_status(client, job_id, "completed", "failed", timeout=60)
             lines = await lines_of(client, job_id)
         holder = int(lines[0]["text"])

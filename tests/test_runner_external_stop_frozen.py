@@ -6,8 +6,6 @@ runner's stop left the job running, and its exit then waited on it."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 
 import msgspec
@@ -23,7 +21,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import external
 from jobrunner.services.runner.external import STOPPED, ExternalExecution
 from jobrunner.services.runner.journal import JobJournal
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 from tests.tools.clogged_nats import (
     BOUND,
     STOP_ENDS_WITHIN,
@@ -59,7 +57,7 @@ async def test_an_external_jobs_end_unsubscribes_within_the_bound(
     private = msgspec.structs.replace(settings, nats_url=own_nats.url)
     nc = await eventstore.connect(private, "runner")
     frozen = False
-    thaw: asyncio.TimerHandle | None = None
+    thawing: asyncio.TimerHandle | None = None
     try:
         js = nc.jetstream()
         names = Names(private.prefix)
@@ -72,7 +70,7 @@ async def test_an_external_jobs_end_unsubscribes_within_the_bound(
         frozen = True
         await clogged(nc)
         assert not waiting.done()
-        thaw = asyncio.get_running_loop().call_later(frozen_for, os.kill, pid, signal.SIGCONT)
+        thawing = thaw_later(frozen_for, pid)
         with capture_logs() as logs:
             began = time.monotonic()
             await execution.stop(0)
@@ -85,8 +83,8 @@ async def test_an_external_jobs_end_unsubscribes_within_the_bound(
         assert all(e["log_level"] == "warning" for e in said), said
         assert took < STOP_ENDS_WITHIN, f"ended after {took:.1f} s"
     finally:
-        if thaw is not None:
-            thaw.cancel()
+        if thawing is not None:
+            thawing.cancel()
         if frozen:
-            os.kill(pid, signal.SIGCONT)
+            thaw(pid)
         await eventstore.close(nc)

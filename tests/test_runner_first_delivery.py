@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from tests.jetstream_reads import last_by_subject_reads
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.runners import wait_status
 
 pytestmark = pytest.mark.timeout(120)
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 @pytest.fixture

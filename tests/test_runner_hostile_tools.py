@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from datetime import datetime
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,10 +22,9 @@ from jobrunner.services.runner.output import SPLIT_MARKER, LineSplitter, clean_t
 from jobrunner.services.runner.process import ToolProcess
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
 pytestmark = pytest.mark.timeout(120)
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 async def no_wait() -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -34,7 +32,7 @@ from jobrunner.common.slots import (
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.running import RunnerIdentity
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -75,7 +73,7 @@ def pause(server: EmbeddedNats) -> None:
 def resume(server: EmbeddedNats) -> None:
     assert server.proc is not None
     if server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
+        thaw(server.proc.pid)
 
 
 def test_only_the_same_runner_process_counts_as_the_same_holder() -> None:

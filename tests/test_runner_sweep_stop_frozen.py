@@ -12,15 +12,13 @@ late on a loaded machine)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.tools.running_runner import running_runner
 
 # The runner's stop_seconds: its sweep may take 3 s of it (eventstore.CLOSE_KEEP_SECONDS is
@@ -64,10 +62,10 @@ async def test_a_runners_stop_cuts_a_sweep_waiting_on_a_frozen_nats_short(
 
         def thaw_nats() -> None:
             sweep_ended_at_the_thaw.append(sweeper.done())
-            os.kill(nats_pid, signal.SIGCONT)
+            thaw(nats_pid)
 
         freeze(nats_pid)
-        thaw = asyncio.get_running_loop().call_later(
+        thawing = asyncio.get_running_loop().call_later(
             FROZEN_BEFORE_THE_STOP + thawed_into_the_stop, thaw_nats
         )
         try:
@@ -82,8 +80,8 @@ async def test_a_runners_stop_cuts_a_sweep_waiting_on_a_frozen_nats_short(
                 await asyncio.sleep(0)
             assert sweeper.done(), "the runner's stop left its sweep running"
         finally:
-            thaw.cancel()
-            os.kill(nats_pid, signal.SIGCONT)
+            thawing.cancel()
+            thaw(nats_pid)
         said = [e for e in runner.logs if e["event"] == CUT_SHORT]
         assert len(said) == (0 if sweep_finished else 1), said
         assert all(e["log_level"] == "warning" for e in said), said

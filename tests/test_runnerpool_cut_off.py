@@ -6,8 +6,6 @@ Through nats-py's ``kv.keys()`` a cut after the watcher subscribed left one of e
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import nats
 from nats.aio.client import Client
@@ -16,7 +14,7 @@ from jobrunner.common import runnerpool
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import health
-from tests.freeze import freeze
+from tests.freeze import frozen
 
 BOUND = 1.0  # health_nats_timeout_seconds here; every cut below waits it out
 BEAT = b'{"runner_id":"r1","host":"h","pid":1,"at":"2026-01-01T00:00:00Z"}'
@@ -38,15 +36,12 @@ async def cut_after(nc: Client, server: EmbeddedNats, sent: int, names: Names) -
     if read.done():
         read.result()  # a read that finished must have worked
         return False
-    freeze(server.proc.pid)
-    try:
+    with frozen(server.proc.pid):
         try:
             await read
         except TimeoutError:
             return True
         raise AssertionError("the read finished while NATS was frozen")
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
 
 
 async def test_alive_runners_cut_off_at_any_step_leaves_nothing(own_nats: EmbeddedNats) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from jobrunner.contracts.events import JobStatus
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner import executor
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw_later
 from tests.system import System
 from tests.tools.dedup_window import shrink_window, window_passed
 from tests.tools.foreign_messages import JUNK
@@ -87,7 +85,7 @@ def freeze_on_next_read(monkeypatch: pytest.MonkeyPatch, pid: int, pause: float)
         if armed and subject == armed[0]:
             armed.clear()
             freeze(pid)
-            asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
+            thaw_later(pause, pid)
         return await original_next(inbox, js, stream, subject, seq)
 
     monkeypatch.setattr(lastevent, "next_stored", next_stored)
@@ -208,7 +206,7 @@ async def test_a_nats_pause_while_running_is_stored_starts_the_tool_once(
 
     async def pause(js: JetStreamContext, running: events.StatusChanged) -> None:
         freeze(pid)
-        asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+        thaw_later(seconds, pid)
 
     sent = hook_running(monkeypatch, own_js, pause)
     count = tmp_path / "starts"

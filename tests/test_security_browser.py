@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -15,8 +14,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api.security.sessions import COOKIE_NAME
 from tests.browser import browser  # noqa: F401  (the fixture)
 from tests.system import System
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+from tests.tools.job_type_files import TEST_TYPES
 
 
 @pytest.fixture

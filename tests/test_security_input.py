@@ -14,8 +14,8 @@ import pytest
 from jobrunner.common.settings import Settings
 from tests.sse_client import iter_events, read_stream
 from tests.system import System
+from tests.tools.job_type_files import INJECTION_TYPES
 
-INJECTION_TYPES = str(Path(__file__).parent / "tools" / "injection_jobtypes.toml")
 TERMINAL = {"completed", "failed", "cancelled"}
 SHELL = (
     "$(touch {canary}); `touch {canary}` | touch {canary} && touch {canary}; "

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -18,8 +17,8 @@ from jobrunner.common.settings import Settings
 from jobrunner.services.api.security.origin import HostPolicy, hostname_of
 from tests.browser import browser  # noqa: F401  (the fixture)
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 JOB = b'{"job_type": "emit", "parameters": {"lines": 1}}'
 ATTACKER = "http://attacker.example"
 

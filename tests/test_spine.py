@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from tests.sse_client import read_stream
 from tests.system import System
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+from tests.tools.job_type_files import TEST_TYPES
 
 
 @pytest.fixture

@@ -17,8 +17,10 @@ import uvicorn
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.directwrite import ChunkWriter, chunk_writer
+from tests.freeze import thaw
 from tests.sse_client import SseStream, read_stream
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.wide_viewers import (
     CLIENT_BYTES,
     EXPECTED,
@@ -31,8 +33,6 @@ from tests.tools.wide_viewers import (
     start_wide,
     texts,
 )
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 async def start_emit(system: System, **parameters: object) -> str:
@@ -263,7 +263,7 @@ class TestNatsPaused:
             try:
                 await asyncio.sleep(pause)  # the fault itself lasts this long
             finally:
-                os.kill(own_nats.proc.pid, signal.SIGCONT)
+                thaw(own_nats.proc.pid)
             streams = await asyncio.gather(*viewers)
         expected = [f"INFO line {i} [{i}/100]" for i in range(1, 101)]
         for stream in streams:

@@ -23,7 +23,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, HistoryStalled, Limits
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,14 +79,13 @@ async def read_history(
             if len(seqs) == 1:
                 # Paused while the read goes on: it meets the stall once its buffer is empty.
                 os.kill(pid, signal.SIGSTOP)
-                loop = asyncio.get_running_loop()
-                resuming = loop.call_later(pause, os.kill, pid, signal.SIGCONT)
+                resuming = thaw_later(pause, pid)
     except HistoryStalled:
         return seqs, True
     finally:
         if resuming is not None:  # (left behind, it would cut the next test's pause short)
             resuming.cancel()
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
     return seqs, False
 
 
@@ -120,7 +119,7 @@ async def _opened_into_a_pause(
     names = Names(prefix)
     freeze(pid)
     # Cancelled on the way out: a resume left behind would cut the next test's pause short.
-    resuming = asyncio.get_running_loop().call_later(pause, os.kill, pid, signal.SIGCONT)
+    resuming = thaw_later(pause, pid)
     try:
         seqs: list[int] = []
         async with ordered_reader(js, names.stream, names.job_subjects(JOB), start_seq=1) as reader:
@@ -131,7 +130,7 @@ async def _opened_into_a_pause(
         return seqs[:100]
     finally:
         resuming.cancel()
-        os.kill(pid, signal.SIGCONT)
+        thaw(pid)
 
 
 async def test_a_reader_opened_into_a_pause_shorter_than_its_create_timeout_reads_from_its_start(

@@ -22,6 +22,7 @@ from jobrunner.services.api.sse import ResumePoint
 from tests.sse_client import SseStream, iter_events, read_stream
 from tests.system import System
 from tests.tools.emit_jobs import emit_job
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.wide_viewers import (
     CLIENT_BYTES,
     FLOOD_LEASE_TTL,
@@ -36,7 +37,6 @@ from tests.tools.wide_viewers import JOB_TYPES as WIDE_TYPES
 
 pytestmark = pytest.mark.timeout(180)
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 LINES = 3000
 CHURN = int(os.environ.get("AUDIT_CHURN", "300"))
 

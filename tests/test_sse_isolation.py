@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -11,10 +10,10 @@ import pytest
 from jobrunner.common.settings import Settings
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
 pytestmark = pytest.mark.timeout(120)
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 FUTURE_ID = "999999999"
 
 

@@ -6,7 +6,6 @@ follows)."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,10 +17,9 @@ from jobrunner.services.api.fanout import Fanout
 from tests.jetstream_reads import last_by_subject_reads
 from tests.sse_client import SseStream, read_stream
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
 pytestmark = pytest.mark.timeout(120)
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,11 +21,11 @@ from jobrunner.services.api.security import Principal
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.emit_jobs import emit_job
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.wide_viewers import fanout_of, stream_texts, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 VIEWERS = 50
 LINES = 200
 

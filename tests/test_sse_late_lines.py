@@ -6,13 +6,11 @@ another runner may have ended the job RUNNER_LOST, and the runner itself adds it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 
 from jobrunner.common import eventstore
-from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
@@ -20,17 +18,6 @@ from tests.batch_submit_support import jetstream
 from tests.sse_client import read_stream
 from tests.system import System
 from tests.tools.runners import wait_status
-
-
-@pytest.fixture
-async def system(settings: Settings) -> AsyncIterator[System]:
-    """No runner: the test writes the runners' events itself."""
-    running = System(settings)
-    await running.start_projector()
-    await running.start_api()
-    await running.wait_healthy()
-    yield running
-    await running.stop()
 
 
 def lines(job_id: str, first: int, last: int) -> list[events.LineLogged]:
@@ -54,7 +41,7 @@ def lost(job_id: str, code: str, runner: str) -> events.StatusChanged:
 
 @pytest.mark.parametrize("before_end", [3, 40], ids=["short-past", "long-past"])
 async def test_lines_stored_after_the_end_are_shown_before_it(
-    system: System, before_end: int
+    projector_and_api: System, before_end: int
 ) -> None:
     job_id = f"late-{before_end}"
     history: list[events.Publishable] = [
@@ -65,9 +52,9 @@ async def test_lines_stored_after_the_end_are_shown_before_it(
         *lines(job_id, before_end + 1, before_end + 5),
         lost(job_id, ErrorCode.LEASE_LOST, "a"),
     ]
-    async with jetstream(system.settings) as js:
-        await eventstore.publish_many(js, Names(system.settings.prefix), history)
-    async with system.client() as client:
+    async with jetstream(projector_and_api.settings) as js:
+        await eventstore.publish_many(js, Names(projector_and_api.settings.prefix), history)
+    async with projector_and_api.client() as client:
         await wait_status(client, job_id, "failed")
         stream = await read_stream(client, f"/jobs/stream/{job_id}")
     shown = [(e.event, e.json.get("seq") or e.json.get("status")) for e in stream.events]

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
 # A resume that hangs should fail in minutes, not at the suite-wide limit.
 pytestmark = pytest.mark.timeout(120)
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 
 
 @pytest.fixture

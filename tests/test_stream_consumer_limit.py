@@ -28,7 +28,8 @@ from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, HistoryStalled, Limits
 from tests.sse_client import read_stream
 from tests.system import System
-from tests.tools.emit_jobs import TEST_TYPES, finished_job
+from tests.tools.emit_jobs import finished_job
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.wide_viewers import fanout_of
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,10 +18,11 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
+from tests.freeze import thaw_later
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
 TERMINAL = {"completed", "failed", "cancelled"}
 
 # nats-py's JetStream requests time out after 5 s; an ordered consumer's idle heartbeat is 5 s,
@@ -40,7 +40,7 @@ def pause(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
     os.kill(pid, signal.SIGSTOP)
-    return asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+    return thaw_later(seconds, pid)
 
 
 async def start_job(system: System, **parameters: Any) -> str:

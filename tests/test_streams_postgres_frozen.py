@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 
@@ -23,7 +24,6 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import job_updates, streamlookups
-from tests import servers
 from tests.history_support import job_events, publish, wait_projected
 from tests.sse_client import SseEvent, SseStream, iter_events
 from tests.system import System
@@ -45,14 +45,9 @@ KEEPALIVE = 0.5
 
 
 @pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A Postgres of this test's own: it is frozen, so it must not be the shared one."""
-    async with servers.own_postgres("jobrunner-test-streams-frozen-") as server:
-        yield server
-
-
-@pytest.fixture
-def frozen_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+def settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+    """The test's settings on a Postgres of its own (it is frozen, so it must not be the shared
+    one), with the bounds above and tokens required."""
     return msgspec.structs.replace(
         settings,
         database_url=own_postgres.url,
@@ -65,18 +60,54 @@ def frozen_settings(settings: Settings, own_postgres: EmbeddedPostgres) -> Setti
 
 
 @pytest.fixture
-async def live(frozen_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[System]:
+def live(projector_and_api: System, monkeypatch: pytest.MonkeyPatch) -> System:
     """Projector and API, no runner (the test publishes the jobs' events)."""
     # Looked up again soon after a failed look-up, so that the test sees it without waiting.
     monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 0.5)
-    system = System(frozen_settings)
-    await system.start_projector()
-    await system.start_api()
-    await system.wait_healthy()
-    try:
-        yield system
-    finally:
-        await system.stop()
+    return projector_and_api
+
+
+@contextlib.asynccontextmanager
+async def all_jobs_stream(
+    client: httpx.AsyncClient, seen: SseStream, path: str = "/api/jobs/stream"
+) -> AsyncIterator[asyncio.Task[None]]:
+    """The all-jobs stream at ``path`` opened (200) and read into ``seen`` in the background
+    while the block runs (two minutes at the most): the reader's task, for ``until``."""
+    async with asyncio.timeout(120), client.stream("GET", path) as response:
+        assert response.status_code == 200, await response.aread()
+        reader = asyncio.create_task(read_into(response, seen))
+        try:
+            yield reader
+        finally:
+            reader.cancel()
+
+
+async def end_looked_up_in_a_freeze(
+    live: System,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    job_id: str,
+    frozen_for: float,
+    keepalives_after: int = 0,
+) -> tuple[SseStream, SseEvent]:
+    """A running job ``job_id`` ends while Postgres is frozen, for ``frozen_for`` seconds from
+    the all-jobs stream's look-up of the job on, then thawed: all the stream sent until the
+    job's end and ``keepalives_after`` keep-alives after it, and the end's frame."""
+    await running_job(live.settings, job_id)
+    looking = began_event(monkeypatch, job_updates, "read_ahead")
+    seen = SseStream()
+    async with live.client() as client, all_jobs_stream(client, seen) as reader:
+        with frozen_postgres(own_postgres):
+            end = await publish(live.settings, ended(job_id))
+            async with asyncio.timeout(30):
+                await looking.wait()  # the stream met the event and looks the job up
+            await asyncio.sleep(frozen_for)  # the fault's length, from the look-up on
+        await until(reader, lambda: sent(seen, end) is not None)
+        kept = len(seen.comments)
+        await until(reader, lambda: len(seen.comments) >= kept + keepalives_after)
+    frame = sent(seen, end)
+    assert frame is not None
+    return seen, frame
 
 
 async def running_job(settings: Settings, job_id: str, owner: str | None = None) -> None:
@@ -106,26 +137,17 @@ async def test_the_all_jobs_stream_sends_an_unknown_jobs_end_while_postgres_is_f
     await running_job(settings, "frozen-a")
     await running_job(settings, "frozen-b")
     seen = SseStream()
-    async with (
-        live.client() as client,
-        asyncio.timeout(120),
-        # No ``after``: the stream starts after what the read models show; it knows no job.
-        client.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        reader = asyncio.create_task(read_into(response, seen))
-        try:
-            with frozen_postgres(own_postgres):
-                end = await publish(settings, ended("frozen-a"))
-                await until(reader, lambda: sent(seen, end) is not None)
-                kept = len(seen.comments)
-                await until(reader, lambda: len(seen.comments) >= kept + 2)
-            # Progress of a job not known shows only once it is looked up: sent again until then.
-            while (shown := job_frame(seen, "frozen-b")) is None:
-                await publish(settings, [events.ProgressReported(job_id="frozen-b", current=1)])
-                await until(reader, sent_or_kept_alive(seen, "frozen-b"))
-        finally:
-            reader.cancel()
+    # No ``after``: the stream starts after what the read models show; it knows no job.
+    async with live.client() as client, all_jobs_stream(client, seen) as reader:
+        with frozen_postgres(own_postgres):
+            end = await publish(settings, ended("frozen-a"))
+            await until(reader, lambda: sent(seen, end) is not None)
+            kept = len(seen.comments)
+            await until(reader, lambda: len(seen.comments) >= kept + 2)
+        # Progress of a job not known shows only once it is looked up: sent again until then.
+        while (shown := job_frame(seen, "frozen-b")) is None:
+            await publish(settings, [events.ProgressReported(job_id="frozen-b", current=1)])
+            await until(reader, sent_or_kept_alive(seen, "frozen-b"))
     frame = sent(seen, end)
     assert frame is not None
     assert frame.json["status"] == "completed", frame.json
@@ -148,21 +170,12 @@ async def test_a_burst_of_unknown_jobs_ending_on_a_frozen_postgres_waits_out_one
     for job_id in jobs:
         await running_job(settings, job_id)
     seen = SseStream()
-    async with (
-        live.client() as client,
-        asyncio.timeout(120),
-        client.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        reader = asyncio.create_task(read_into(response, seen))
-        try:
-            with frozen_postgres(own_postgres):
-                looked = AcquiredDeadlines(live, monkeypatch)
-                last = await publish(settings, [e for job_id in jobs for e in ended(job_id)])
-                await until(reader, lambda: sent(seen, last) is not None)
-                looked.stop()
-        finally:
-            reader.cancel()
+    async with live.client() as client, all_jobs_stream(client, seen) as reader:
+        with frozen_postgres(own_postgres):
+            looked = AcquiredDeadlines(live, monkeypatch)
+            last = await publish(settings, [e for job_id in jobs for e in ended(job_id)])
+            await until(reader, lambda: sent(seen, last) is not None)
+            looked.stop()
     # The gate's watch looks too, now and then, within the read deadline (None): not counted.
     assert looked.bounded() == [BOUND], looked.deadlines
     ends = [e.json["jobId"] for e in seen.events if e.json.get("status") == "completed"]
@@ -181,31 +194,21 @@ async def test_streams_opened_during_a_freeze_wait_for_no_read_of_their_own(
     await running_job(settings, "many-a")
     first = SseStream()
     others = [SseStream() for _ in range(3)]
-    async with (
-        live.client() as client,
-        asyncio.timeout(120),
-        client.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        readers = [asyncio.create_task(read_into(response, first))]
-        try:
-            with frozen_postgres(own_postgres):
-                looked = AcquiredDeadlines(live, monkeypatch)
-                end = await publish(settings, ended("many-a"))
-                await until(readers[0], lambda: sent(first, end) is not None)
-                async with contextlib.AsyncExitStack() as more:
-                    for seen in others:
-                        later = await more.enter_async_context(
-                            client.stream("GET", f"/api/jobs/stream?after={end - 1}")
-                        )
-                        assert later.status_code == 200, await later.aread()
-                        readers.append(asyncio.create_task(read_into(later, seen)))
-                    for reader, seen in zip(readers[1:], others, strict=True):
-                        await until(reader, sent_at(seen, end))
-                looked.stop()
-        finally:
-            for reader in readers:
-                reader.cancel()
+    async with live.client() as client, all_jobs_stream(client, first) as reader:
+        with frozen_postgres(own_postgres):
+            looked = AcquiredDeadlines(live, monkeypatch)
+            end = await publish(settings, ended("many-a"))
+            await until(reader, lambda: sent(first, end) is not None)
+            async with contextlib.AsyncExitStack() as more:
+                readers = [
+                    await more.enter_async_context(
+                        all_jobs_stream(client, seen, f"/api/jobs/stream?after={end - 1}")
+                    )
+                    for seen in others
+                ]
+                for later, seen in zip(readers, others, strict=True):
+                    await until(later, sent_at(seen, end))
+            looked.stop()
     assert looked.bounded() == [BOUND], looked.deadlines  # the first stream's look-up alone
     for seen in others:
         frame = sent(seen, end)
@@ -325,28 +328,9 @@ async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up
     """Frozen for less than the bound, from the look-up's beginning on (0.6 of it): the look-up
     waits, and the job's end is sent with what the read model knows of it (its type). A guard:
     it passes without the bound too."""
-    settings = live.settings
-    await running_job(settings, "thawed-a")
-    looking = began_event(monkeypatch, job_updates, "read_ahead")
-    seen = SseStream()
-    async with (
-        live.client() as client,
-        asyncio.timeout(120),
-        client.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        reader = asyncio.create_task(read_into(response, seen))
-        try:
-            with frozen_postgres(own_postgres):
-                end = await publish(settings, ended("thawed-a"))
-                async with asyncio.timeout(30):
-                    await looking.wait()  # the stream met the event and looks the job up
-                await asyncio.sleep(BOUND * 0.6)  # the fault's length, from the look-up on
-            await until(reader, lambda: sent(seen, end) is not None)
-        finally:
-            reader.cancel()
-    frame = sent(seen, end)
-    assert frame is not None
+    _, frame = await end_looked_up_in_a_freeze(
+        live, own_postgres, monkeypatch, "thawed-a", frozen_for=BOUND * 0.6
+    )
     assert frame.json["status"] == "completed", frame.json
     assert frame.json["jobType"] == "emit", frame.json
 
@@ -358,30 +342,14 @@ async def test_a_postgres_slower_than_healths_bound_costs_a_stream_no_look_up(
     the stream's (a Postgres merely slow): the look-up waits, the job's end is sent with its
     type, and no ``resync`` follows (nothing was left out). With health's bound as the stream's
     (as before session 33's second review) the look-up was lost."""
-    settings = live.settings
-    await running_job(settings, "slow-a")
-    looking = began_event(monkeypatch, job_updates, "read_ahead")
-    seen = SseStream()
-    async with (
-        live.client() as client,
-        asyncio.timeout(120),
-        client.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        reader = asyncio.create_task(read_into(response, seen))
-        try:
-            with frozen_postgres(own_postgres):
-                end = await publish(settings, ended("slow-a"))
-                async with asyncio.timeout(30):
-                    await looking.wait()  # the stream met the event and looks the job up
-                await asyncio.sleep((HEALTH_BOUND + BOUND) / 2)  # between the two bounds
-            await until(reader, lambda: sent(seen, end) is not None)
-            kept = len(seen.comments)
-            await until(reader, lambda: len(seen.comments) >= kept + 4)  # a resync's chances
-        finally:
-            reader.cancel()
-    frame = sent(seen, end)
-    assert frame is not None
+    seen, frame = await end_looked_up_in_a_freeze(
+        live,
+        own_postgres,
+        monkeypatch,
+        "slow-a",
+        frozen_for=(HEALTH_BOUND + BOUND) / 2,  # between the two bounds
+        keepalives_after=4,  # a resync's chances
+    )
     assert frame.json["jobType"] == "emit", frame.json
     assert [e for e in seen.events if e.event == "resync"] == []
 
@@ -393,28 +361,9 @@ async def test_a_freeze_just_longer_than_the_bound_is_not_waited_out_by_the_look
     up at the bound, so the job's end was sent from the event alone (no type), not with what the
     read model knows after the thaw. (With the read pool's deadline as bound, longer than the
     freeze, the look-up would have waited and sent the type.)"""
-    settings = live.settings
-    await running_job(settings, "thawed-late")
-    looking = began_event(monkeypatch, job_updates, "read_ahead")
-    seen = SseStream()
-    async with (
-        live.client() as client,
-        asyncio.timeout(120),
-        client.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        reader = asyncio.create_task(read_into(response, seen))
-        try:
-            with frozen_postgres(own_postgres):
-                end = await publish(settings, ended("thawed-late"))
-                async with asyncio.timeout(30):
-                    await looking.wait()  # the stream met the event and looks the job up
-                await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
-            await until(reader, lambda: sent(seen, end) is not None)
-        finally:
-            reader.cancel()
-    frame = sent(seen, end)
-    assert frame is not None
+    _, frame = await end_looked_up_in_a_freeze(
+        live, own_postgres, monkeypatch, "thawed-late", frozen_for=BOUND * 1.5
+    )
     assert frame.json["status"] == "completed", frame.json
     assert frame.json["jobType"] is None, frame.json
 
@@ -448,25 +397,13 @@ async def test_an_all_jobs_stream_opened_during_the_pause_starts_where_the_proje
     await running_job(settings, "paused-b")
     first = SseStream()
     later = SseStream()
-    async with (
-        live.client() as client,
-        asyncio.timeout(120),
-        client.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        readers = [asyncio.create_task(read_into(response, first))]
-        try:
-            with frozen_postgres(own_postgres):
-                end = await publish(settings, ended("paused-a"))
-                await until(readers[0], lambda: sent(first, end) is not None)
-            async with client.stream("GET", "/api/jobs/stream") as opened:
-                assert opened.status_code == 200, await opened.aread()
-                readers.append(asyncio.create_task(read_into(opened, later)))
-                next_end = await publish(settings, ended("paused-b"))
-                await until(readers[1], lambda: sent(later, next_end) is not None)
-        finally:
-            for reader in readers:
-                reader.cancel()
+    async with live.client() as client, all_jobs_stream(client, first) as reader:
+        with frozen_postgres(own_postgres):
+            end = await publish(settings, ended("paused-a"))
+            await until(reader, lambda: sent(first, end) is not None)
+        async with all_jobs_stream(client, later) as opened:
+            next_end = await publish(settings, ended("paused-b"))
+            await until(opened, lambda: sent(later, next_end) is not None)
     frame = sent(later, next_end)
     assert frame is not None
     assert frame.json["status"] == "completed", frame.json
@@ -506,31 +443,22 @@ async def test_an_own_jobs_stream_shows_no_job_whose_owner_it_cannot_read_while_
     async with (
         live.client(token=mine) as me,
         live.client() as admin,
-        asyncio.timeout(120),
-        me.stream("GET", "/api/jobs/stream") as mine_stream,
-        admin.stream("GET", "/api/jobs/stream") as every_stream,
+        all_jobs_stream(me, seen) as reader,
+        all_jobs_stream(admin, every) as watcher,
     ):
-        assert mine_stream.status_code == 200, await mine_stream.aread()
-        assert every_stream.status_code == 200, await every_stream.aread()
-        reader = asyncio.create_task(read_into(mine_stream, seen))
-        watcher = asyncio.create_task(read_into(every_stream, every))
-        try:
-            with frozen_postgres(own_postgres):
-                last = await publish(settings, [*ended("mine-a"), *ended("other-a")])
-                # The admin's stream sent both ends (from the events): they were read; the
-                # token's stream, as slow to give up its look-ups, sends keep-alives after them.
-                await until(watcher, lambda: sent(every, last) is not None)
-                kept = len(seen.comments)
-                await until(reader, lambda: len(seen.comments) >= kept + 2)
-            requested, *rest = job_events("mine-b", "emit", status=JobStatus.COMPLETED)
-            assert isinstance(requested, events.JobRequested)
-            mine_next = await publish(
-                settings, [msgspec.structs.replace(requested, requested_by="mine"), *rest]
-            )
-            await until(reader, lambda: sent(seen, mine_next) is not None)
-        finally:
-            reader.cancel()
-            watcher.cancel()
+        with frozen_postgres(own_postgres):
+            last = await publish(settings, [*ended("mine-a"), *ended("other-a")])
+            # The admin's stream sent both ends (from the events): they were read; the
+            # token's stream, as slow to give up its look-ups, sends keep-alives after them.
+            await until(watcher, lambda: sent(every, last) is not None)
+            kept = len(seen.comments)
+            await until(reader, lambda: len(seen.comments) >= kept + 2)
+        requested, *rest = job_events("mine-b", "emit", status=JobStatus.COMPLETED)
+        assert isinstance(requested, events.JobRequested)
+        mine_next = await publish(
+            settings, [msgspec.structs.replace(requested, requested_by="mine"), *rest]
+        )
+        await until(reader, lambda: sent(seen, mine_next) is not None)
     shown = {e.json["jobId"] for e in seen.events if e.event == "job_update"}
     assert shown == {"mine-b"}, [e.data for e in seen.events]
 
@@ -550,30 +478,21 @@ async def test_an_own_jobs_stream_frozen_just_longer_than_the_bound_tells_its_cl
     await running_job(settings, "resync-a", owner="mine")
     await live.stop_service("projector")  # behind on the thaw, as a projector with a backlog
     seen = SseStream()
-    async with (
-        live.client(token=mine) as me,
-        asyncio.timeout(120),
-        me.stream("GET", "/api/jobs/stream") as response,
-    ):
-        assert response.status_code == 200, await response.aread()
-        reader = asyncio.create_task(read_into(response, seen))
-        try:
-            with frozen_postgres(own_postgres):
-                looking = AcquiredDeadlines(live, monkeypatch, watched=BOUND)
-                await publish(settings, ended("resync-a"))
-                async with asyncio.timeout(30):
-                    await looking.began.wait()  # the stream looks the job's owner up
-                await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
-                hidden = [e for e in seen.events if e.event == "job_update"]
-            # Reads answer again (each keep-alive probes) while the end is not projected.
-            kept = len(seen.comments)
-            await until(reader, lambda: len(seen.comments) >= kept + 8)
-            early = [e for e in seen.events if e.event == "resync"]
-            await live.start_projector()
-            await until(reader, lambda: any(e.event == "resync" for e in seen.events))
-            reloaded = await me.get("/api/jobs/resync-a")
-        finally:
-            reader.cancel()
+    async with live.client(token=mine) as me, all_jobs_stream(me, seen) as reader:
+        with frozen_postgres(own_postgres):
+            looking = AcquiredDeadlines(live, monkeypatch, watched=BOUND)
+            await publish(settings, ended("resync-a"))
+            async with asyncio.timeout(30):
+                await looking.began.wait()  # the stream looks the job's owner up
+            await asyncio.sleep(BOUND * 1.5)  # the fault's length, from the look-up on
+            hidden = [e for e in seen.events if e.event == "job_update"]
+        # Reads answer again (each keep-alive probes) while the end is not projected.
+        kept = len(seen.comments)
+        await until(reader, lambda: len(seen.comments) >= kept + 8)
+        early = [e for e in seen.events if e.event == "resync"]
+        await live.start_projector()
+        await until(reader, lambda: any(e.event == "resync" for e in seen.events))
+        reloaded = await me.get("/api/jobs/resync-a")
     assert hidden == [], [e.data for e in hidden]  # fail closed while frozen
     assert early == [], [e.data for e in early]  # the reload would have shown it running
     [told] = [e for e in seen.events if e.event == "resync"]
@@ -615,14 +534,13 @@ async def test_a_job_stream_opened_while_postgres_is_frozen_follows_the_job_to_i
 
 
 async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_tables(
-    frozen_settings: Settings, own_postgres: EmbeddedPostgres
+    settings: Settings, own_postgres: EmbeddedPostgres
 ) -> None:
     """The API started while Postgres was frozen, so it serves without knowing the read models'
     version, and an all-jobs stream opens meanwhile. After the thaw the API learns that the
     tables are a newer jobrunner's: the stream reads none of them and, at its next event, says
     ``unavailable`` ``READ_MODELS_NEWER`` and ends (its reconnect is refused 503). (Before
     session 33: it read the newer tables, the gate having let it through once, at its start.)"""
-    settings = frozen_settings
     system = System(settings)
     try:
         await system.start_projector()

@@ -13,7 +13,7 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.tools.emit_jobs import TEST_TYPES
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.terminal_client import finish, start_client
 
 LINES = 80

@@ -6,8 +6,6 @@ than holding its request until NATS answers."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +19,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.security import tokens
 from jobrunner.services.api.security.tokens import Role, TokenRecord, TokenStore
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,7 +44,7 @@ async def test_a_token_listing_waits_for_a_frozen_nats_within_its_bound(
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
     nc = await nats.connect(own_nats.url)
-    thaw: asyncio.TimerHandle | None = None
+    thawing: asyncio.TimerHandle | None = None
     try:
         js = nc.jetstream()
         store = await TokenStore.open(js, Names(f"t{uuid.uuid4().hex[:8]}"))
@@ -73,25 +71,23 @@ async def test_a_token_listing_waits_for_a_frozen_nats_within_its_bound(
             if not frozen.is_set():
                 freeze(pid)
                 frozen.set()
-                nonlocal thaw
-                thaw = asyncio.get_running_loop().call_later(
-                    thawed_after, os.kill, pid, signal.SIGCONT
-                )
+                nonlocal thawing
+                thawing = thaw_later(thawed_after, pid)
             return entry
 
         monkeypatch.setattr(KeyValue.KeyWatcher, "updates", frozen_after_the_first)
         listing = asyncio.ensure_future(store.all())
         await asyncio.wait({listing}, timeout=60)
         assert listing.done()
-        assert thaw is not None
+        assert thawing is not None
         if listed:
             assert len(listing.result()) == RECORDS
         else:
             assert isinstance(listing.exception(), TimeoutError), listing
             # Before the thaw: the listing did not wait for NATS to answer.
-            assert thaw.when() > asyncio.get_running_loop().time(), "ended at the thaw"
+            assert thawing.when() > asyncio.get_running_loop().time(), "ended at the thaw"
     finally:
-        if thaw is not None:
-            thaw.cancel()
-        os.kill(pid, signal.SIGCONT)
+        if thawing is not None:
+            thawing.cancel()
+        thaw(pid)
         await nc.close()

@@ -10,7 +10,8 @@ from playwright.async_api import Page, expect
 
 from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.ui_support import LOW_CONTRAST, TEST_TYPES, cancel_job, start_job, wait_for_status
+from tests.tools.job_type_files import TEST_TYPES
+from tests.ui_support import LOW_CONTRAST, cancel_job, start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
 

@@ -10,11 +10,10 @@ from playwright.async_api import Page, expect
 
 from jobrunner.common.settings import Settings
 from tests.system import System
+from tests.tools.job_type_files import ARTIFACT_TYPES
 from tests.ui_support import start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
-
-ARTIFACT_TYPES = str(Path(__file__).parent / "tools" / "artifact_jobtypes.toml")
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from playwright.async_api import Page, Route, expect
 
 from jobrunner.common.settings import Settings
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.page_recorders import RECORD_ROWS
-from tests.ui_support import TEST_TYPES, start_job, wait_for_status
+from tests.ui_support import start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
 

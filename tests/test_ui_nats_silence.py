@@ -12,9 +12,10 @@ from playwright.async_api import Page, expect
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.nats_silence import BOUND, LONGER, SHORTER, thaw_after
 from tests.tools.page_recorders import RECORD_BANNER, RECORD_ROWS
-from tests.ui_support import TERMINAL, TEST_TYPES, start_job, wait_for_status
+from tests.ui_support import TERMINAL, start_job, wait_for_status
 
 pytestmark = pytest.mark.browser
 

@@ -14,9 +14,10 @@ from playwright.async_api import Page, expect
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.nats_silence import BOUND, LONGER, SHORTER, thaw_after
 from tests.tools.page_recorders import RECORD_BANNER
-from tests.ui_support import TEST_TYPES, start_job
+from tests.ui_support import start_job
 
 pytestmark = pytest.mark.browser
 

@@ -17,6 +17,7 @@ import pytest
 from jobrunner.common import cpupriority
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
+from tests.freeze import thaw
 from tests.tools.up_process import TOKEN_RE, URL_RE, Up
 
 
@@ -288,8 +289,7 @@ def start_with_the_projector_paused(
 
 
 def stop_it(up: Up, projector: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(projector, signal.SIGCONT)
+    thaw(projector)
     code = up.stop(signal.SIGINT)
     assert code == 0, up.output
 
@@ -313,7 +313,7 @@ def test_running_at_comes_once_every_service_has_started(state_dir: Path) -> Non
     try:
         time.sleep(HELD_PAST_THE_API)
         assert not URL_RE.search(released.output), released.output
-        os.kill(projector, signal.SIGCONT)
+        thaw(projector)
         url = released.wait_for(URL_RE)
         assert released.output.index('"projector started"') < url.start(), released.output
         assert not LATE_RE.search(released.output), released.output

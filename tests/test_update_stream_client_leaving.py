@@ -11,7 +11,8 @@ import pytest
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.tools.emit_jobs import TEST_TYPES, finished_job
+from tests.tools.emit_jobs import finished_job
+from tests.tools.job_type_files import TEST_TYPES
 
 
 class TestAnUpdateStreamsClientLeaving:

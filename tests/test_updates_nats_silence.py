@@ -16,8 +16,9 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.nats_silence import BOUND, LONGER, SHORTER, started_job, thaw_after
-from tests.ui_support import TERMINAL, TEST_TYPES
+from tests.ui_support import TERMINAL
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ a keep-alive interval later (it used to be checked once per keep-alive there: up
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -36,25 +35,14 @@ def settings(settings: Settings, own_nats: EmbeddedNats) -> Settings:
     )
 
 
-@pytest.fixture
-async def api_and_projector(settings: Settings) -> AsyncIterator[System]:
-    system = System(settings)
-    await system.start_projector()
-    await system.start_api()
-    await system.wait_read_models()
-    try:
-        yield system
-    finally:
-        await system.stop()
-
-
 async def test_a_viewer_waiting_for_a_batch_row_is_told_nats_went_silent_and_came_back(
-    api_and_projector: System, settings: Settings, own_nats: EmbeddedNats
+    projector_and_api: System, settings: Settings, own_nats: EmbeddedNats
 ) -> None:
     """A batch's events read while the projector is away (the read waits for it), then NATS
     frozen past the bound: ``stale`` true, then false once it thaws; the batch's row follows
     once the projector is back."""
-    system = api_and_projector
+    system = projector_and_api
+    await system.wait_read_models()  # the stream opens where they are: 503 until made
     async with system.client() as client, client.stream("GET", "/api/jobs/stream") as response:
         assert response.status_code == 200
         events = iter_events(response)

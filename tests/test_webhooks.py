@@ -21,10 +21,10 @@ from jobrunner.services.notifier import signature
 from jobrunner.services.projector.replay import replay
 from tests.system import System
 from tests.tls_nats import make_certificates
+from tests.tools.job_type_files import TEST_TYPES
 from tests.webhook_receiver import Receiver, running_receiver
 from tests.webhook_support import (
     SECRET,
-    TEST_TYPES,
     settled,
     start_job,
     webhook_log,
@@ -372,7 +372,8 @@ async def test_job_type_webhook_is_signed_with_the_types_own_secret(
     """A type's default webhook follows the request's own, signed with its secret_env."""
     types = tmp_path / "jobtypes.toml"
     types.write_text(
-        TEST_TYPES.read_text() + f'\n[[job_types.emit.webhooks]]\nurl = "{receiver.url}?type=1"\n'
+        Path(TEST_TYPES).read_text()
+        + f'\n[[job_types.emit.webhooks]]\nurl = "{receiver.url}?type=1"\n'
         'secret_env = "TEST_TYPE_HOOK_SECRET"\nheaders = { "X-Team" = "ops" }\n'
     )
     monkeypatch.setenv("TEST_TYPE_HOOK_SECRET", "type-secret")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,8 +10,7 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from tests.system import System
-
-TEST_TYPES = str(Path(__file__).parent / "tools" / "jobtypes.toml")
+from tests.tools.job_type_files import TEST_TYPES
 
 
 @pytest.fixture

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from jobrunner.common.settings import Settings
 from tests.system import System
+from tests.tools.job_type_files import TEST_TYPES
 
-TEST_TYPES = Path(__file__).parent / "tools" / "jobtypes.toml"
 SECRET = "installation-secret"
 
 
@@ -19,7 +18,7 @@ def webhook_settings(settings: Settings) -> Settings:
     """Short retries, and the receiver's loopback address allowed (refused by default)."""
     return msgspec.structs.replace(
         settings,
-        job_types_file=str(TEST_TYPES),
+        job_types_file=TEST_TYPES,
         webhook_secret=SECRET,
         webhook_allow_hosts="127.0.0.1",
         webhook_retry_seconds=30.0,

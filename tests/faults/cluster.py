@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,7 +28,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
 from tests.faults.toolrecord import ToolJob
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.servers import TEST_POSTGRES_SETTINGS
 from tests.tools.runners import runner_env
 
@@ -222,8 +220,7 @@ class FaultCluster:
                     await self._watchdog
             for service in self.services.values():
                 if service.proc is not None and service.proc.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(service.proc.pid, signal.SIGCONT)
+                    thaw(service.proc.pid)
             for name in sorted(self.services, key=lambda n: not n.startswith("runner")):
                 await asyncio.to_thread(self.services[name].stop)
         finally:
@@ -242,7 +239,7 @@ class FaultCluster:
 
     def resume_nats(self) -> None:
         if self.nats.proc is not None and self.nats.proc.poll() is None:
-            os.kill(self.nats.proc.pid, signal.SIGCONT)
+            thaw(self.nats.proc.pid)
 
     async def restart_nats(self, down_seconds: float = 0.0) -> None:
         """SIGKILL nats-server, leave it down for ``down_seconds``, then start it again on the

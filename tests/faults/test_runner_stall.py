@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import time
 
 import pytest
@@ -31,7 +29,7 @@ from tests.faults.scenarios import (
     running_on,
 )
 from tests.faults.toolrecord import ToolJob
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 
 LEASE_TTL = SHORT_TTL
 # How long the stalled runner's own end of A may take to show in its log once it runs again.
@@ -61,7 +59,7 @@ class StalledRunner:
         try:
             await asyncio.sleep(self.seconds)  # the fault itself
         finally:
-            os.kill(proc.pid, signal.SIGCONT)
+            thaw(proc.pid)
 
     def job_ends(self, job: ToolJob) -> list[str]:
         """The error codes of the stalled runner's ``job finished`` lines for ``job``."""

@@ -3,14 +3,11 @@ the API, and their artifacts as ``GET /api/jobs/{id}/artifacts`` lists them."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.tools.runners import start_job, wait_status
-
-ARTIFACT_TYPES = str(Path(__file__).parent / "artifact_jobtypes.toml")
 
 
 async def finished_artifact_job(

@@ -6,8 +6,6 @@ fault, and the bounds they hold the stops to."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -16,7 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw, thaw_later
 
 # UNSUBSCRIBE_STOP_SECONDS in the thaw tests: room on a loaded machine either side of the thaw.
 BOUND = 3.0
@@ -64,16 +62,16 @@ async def frozen_and_clogged(
     assert server.proc is not None
     pid = server.proc.pid
     freeze(pid)
-    thaw: asyncio.TimerHandle | None = None
+    thawing: asyncio.TimerHandle | None = None
     try:
         await clogged(nc)
         if thawed_after is not None:
-            thaw = asyncio.get_running_loop().call_later(thawed_after, os.kill, pid, signal.SIGCONT)
+            thawing = thaw_later(thawed_after, pid)
         yield
     finally:
-        if thaw is not None:
-            thaw.cancel()
-        os.kill(pid, signal.SIGCONT)
+        if thawing is not None:
+            thawing.cancel()
+        thaw(pid)
 
 
 async def ends_by_its_deadline(stop: Awaitable[object]) -> None:

@@ -4,12 +4,9 @@ prints numbered lines (tests/tools/emit.py)."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from tests.system import System
-
-TEST_TYPES = str(Path(__file__).parent / "jobtypes.toml")
 
 
 async def emit_job(system: System, **parameters: object) -> str:

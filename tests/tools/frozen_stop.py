@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from jobrunner.common.settings import Settings
 from jobrunner.supervisor import STARTED_RE
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.tools.runners import REPO, runner_env
 
 # The services' stop_seconds here (15 s by default): the test's stops are short, and the
@@ -91,6 +90,4 @@ def _thawed_after(pids: list[int]) -> Iterator[None]:
     try:
         yield
     finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        thaw(*pids)

@@ -5,14 +5,13 @@ shorter and just longer than it."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import httpx
 
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.natswatch import PROBES_PER_BOUND
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw_later
+from tests.freeze import thaw as thaw_processes
 
 BOUND = 3.0
 # A probe sent during a freeze is answered as the server thaws: it waits the freeze at most,
@@ -25,7 +24,7 @@ LONGER = BOUND + BOUND / PROBES_PER_BOUND + 1.5
 def thaw(server: EmbeddedNats) -> None:
     """Let a frozen server run again."""
     assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGCONT)
+    thaw_processes(server.proc.pid)
 
 
 def thaw_after(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
@@ -33,7 +32,7 @@ def thaw_after(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
     freeze(pid)
-    return asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+    return thaw_later(seconds, pid)
 
 
 async def started_job(client: httpx.AsyncClient, lines: int) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Iterator
 
 from jobrunner.embedded import processtree
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.freeze import freeze
+from tests.freeze import thaw as thaw_processes
 
 
 def postgres_pids(server: EmbeddedPostgres) -> list[int]:
@@ -31,9 +30,7 @@ def freeze_postgres(server: EmbeddedPostgres) -> list[int]:
 
 def thaw(pids: list[int]) -> None:
     """SIGCONT what ``freeze_postgres`` stopped; one that ended meanwhile is passed over."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+    thaw_processes(*pids)
 
 
 @contextlib.contextmanager
