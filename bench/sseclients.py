@@ -186,10 +186,10 @@ class SseClients:
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
         await self.proc.wait()
-        if not line:
+        if not line or self.proc.returncode != 0:
             raise RuntimeError(
-                f"the SSE clients ({self.tool.kind}) ended without their summary "
-                f"(exit {self.proc.returncode})"
+                f"the SSE clients ({self.tool.kind}) failed (exit {self.proc.returncode}); "
+                "their reason is on stderr above"
             )
         self.summary = json.loads(line)
         delays: array.array[float] = array.array("d")
