@@ -75,7 +75,10 @@ class StreamsRefused(RuntimeError):
 def list_line(host: str, port: int, stream: Stream, headers: dict[str, str]) -> str:
     """The tools' input line for one stream (tab-separated; see bench/tools/sseclients.c)."""
     options = ",".join(
-        ("resume" if stream.resume else "no-resume", "delays" if stream.record_delays else "no-delays")
+        (
+            "resume" if stream.resume else "no-resume",
+            "delays" if stream.record_delays else "no-delays",
+        )
     )
     fields = [host, str(port), stream.path, options, *(f"{k}: {v}" for k, v in headers.items())]
     for text in fields:
@@ -116,8 +119,7 @@ class SseClients:
         self.results: list[StreamResult] = []
         self.summary: dict[str, Any] = {}
         self._paths: list[str] = []
-        directory = tempfile.mkdtemp(prefix="jobrunner-sseclients-")
-        self._delays_path = Path(directory) / "delays.f64"
+        self._delays_path: Path | None = None  # made by ``open``
 
     async def __aenter__(self) -> SseClients:
         return self
@@ -132,6 +134,8 @@ class SseClients:
         raises StreamsRefused (the process stopped) when any could not be opened."""
         streams = list(streams)
         self._paths = [s.path for s in streams]
+        self._delays_path = Path(tempfile.mkdtemp(prefix="jobrunner-sseclients-")) / "delays.f64"
+
         text = "".join(f"{list_line(self.host, self.port, s, self.headers)}\n" for s in streams)
         self.proc = await asyncio.create_subprocess_exec(
             *self.tool.argv,
@@ -193,6 +197,7 @@ class SseClients:
             )
         self.summary = json.loads(line)
         delays: array.array[float] = array.array("d")
+        assert self._delays_path is not None
         with contextlib.suppress(FileNotFoundError):
             delays.frombytes(self._delays_path.read_bytes())
         self.results = results_from(self.summary, delays)
@@ -211,9 +216,10 @@ class SseClients:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
-        self._delays_path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self._delays_path.parent.rmdir()
+        if self._delays_path is not None:
+            self._delays_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._delays_path.parent.rmdir()
 
 
 async def follow(

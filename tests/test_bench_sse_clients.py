@@ -11,8 +11,8 @@ import pytest
 
 from bench.nativetools import NativeTool, compile_sseclients, python_sseclients
 from bench.sseclients import SseClients, Stream, StreamResult, StreamsRefused, follow
-from tests.system import System
 from jobrunner.common.settings import Settings
+from tests.system import System
 from tests.tools.emit_jobs import TEST_TYPES, emit_job
 from tests.tools.scripted_sse import DONE, Answer, ScriptedSse, chunk, line_frame, split_at
 

@@ -13,7 +13,9 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.sse import SseClient, StreamRefused, open_stream
 
@@ -51,10 +53,10 @@ def parse_line(line: str, number: int, resume: bool, record: bool) -> Spec:
     return spec
 
 
-def read_list(stream: object, resume: bool, record: bool) -> tuple[list[Spec], bool]:
+def read_list(stream: Iterable[str], resume: bool, record: bool) -> tuple[list[Spec], bool]:
     """The streams, and whether an empty line ended the list (stdin then signals the stop)."""
     specs: list[Spec] = []
-    for number, raw in enumerate(stream, 1):  # type: ignore[call-overload]
+    for number, raw in enumerate(stream, 1):
         line = raw.rstrip("\r\n")
         if not line:
             return specs, True
@@ -69,8 +71,8 @@ def say(text: str) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     if args.list:
-        with open(args.list) as listing:
-            specs, watch_stdin = read_list(listing, args.resume, not args.no_delays)[0], False
+        listing = Path(args.list).read_text().splitlines()
+        specs, watch_stdin = read_list(listing, args.resume, not args.no_delays)[0], False
     else:
         specs, watch_stdin = read_list(sys.stdin, args.resume, not args.no_delays)
     loop = asyncio.get_running_loop()
@@ -177,8 +179,7 @@ def report(
             }
         )
     if args.delays:
-        with open(args.delays, "wb") as file:
-            delays.tofile(file)
+        Path(args.delays).write_bytes(delays.tobytes())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     summary = {
         "clients": out,
