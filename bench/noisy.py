@@ -7,8 +7,8 @@ watches, and the figure would flatter the API. The follower and the quiet job's 
 bench's SSE clients (bench/sseclients.py: C where this machine compiles them), each in a process
 of its own: in this process the follower's millions of lines would delay the quiet viewer's
 socket reads, and the figure would measure the benchmark instead of jobrunner; and in Python the
-follower alone took a large share of the two cores the system runs on (bench/RESULTS.md, session
-34). This process still freezes its start-up objects out of the garbage collector's reach before
+follower spent about three times the C one's CPU a line (bench/RESULTS.md, session 34). This
+process still freezes its start-up objects out of the garbage collector's reach before
 it measures (a full collection took 160-240 ms on the loaded machine, delaying the NATS
 subscriber's callbacks).
 
