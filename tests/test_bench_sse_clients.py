@@ -3,11 +3,14 @@ find gaps, duplicates, split frames, ends without ``done`` and refusals in craft
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.nativetools import NativeTool, compile_sseclients, python_sseclients
 from bench.sseclients import SseClients, Stream, StreamResult, StreamsRefused, follow
@@ -19,8 +22,8 @@ from tests.tools.scripted_sse import DONE, Answer, ScriptedSse, chunk, line_fram
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
+@pytest.fixture(name="settings")
+def emit_settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=TEST_TYPES)
 
 
@@ -161,6 +164,33 @@ async def test_a_404_is_retried_until_the_stream_opens(clients: NativeTool) -> N
     assert len(server.requests) == 3
 
 
+async def test_a_404_past_the_open_bound_is_refused(clients: NativeTool) -> None:
+    """A stream still 404 after ``open_seconds`` (its job never projected) is refused as a 404."""
+    async with (
+        ScriptedSse([Answer(status=404)]) as server,
+        SseClients(clients, "127.0.0.1", server.port, open_seconds=0.3) as cs,
+    ):
+        with pytest.raises(StreamsRefused) as refused:
+            await cs.open([Stream("/never")])
+    assert refused.value.refused == [(0, 404)]
+    assert len(server.requests) >= 2  # retried meanwhile
+
+
+async def test_resumes_stop_at_their_limit(clients: NativeTool) -> None:
+    """A server that always ends the stream without ``done``: two resumes, then ``closed``."""
+    frames = b"retry: 10\n\n" + line_frame(1, 1)
+    async with (
+        ScriptedSse([Answer(pieces=[chunk(frames)])]) as server,
+        SseClients(clients, "127.0.0.1", server.port, max_resumes=2) as cs,
+    ):
+        await cs.open([Stream("/s", resume=True)])
+        (result,) = await cs.wait(60)
+    assert result.ended == "closed"
+    assert result.resumes == 2
+    assert len(server.requests) == 3
+    assert result.duplicates == 2  # line 1 again at each resume (this server ignores the id)
+
+
 async def test_stopping_the_clients_ends_open_streams_closed(clients: NativeTool) -> None:
     """A stream still open when the bench stops the clients ends ``closed`` with what it got."""
     async with (
@@ -182,6 +212,42 @@ async def test_a_line_of_megabytes_is_one_line(clients: NativeTool) -> None:
         result = await follow_one(clients, server, Stream("/s"))
     assert counted(result) == (3, 4, 0, 0, "done")
     assert result.error == ""
+
+
+def expected_counts(seqs: list[int]) -> tuple[int, int, int, int, str]:
+    """What a client counts, line by line: (lines, next_seq, gaps, duplicates, ended)."""
+    next_seq, gaps, duplicates = 1, 0, 0
+    for seq in seqs:
+        if seq == next_seq:
+            next_seq += 1
+        elif seq > next_seq:
+            gaps += seq - next_seq
+            next_seq = seq + 1
+        else:
+            duplicates += 1
+    return len(seqs), next_seq, gaps, duplicates, "done"
+
+
+@needs_cc
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seqs=st.lists(st.integers(1, 30), min_size=1, max_size=25), data=st.data())
+def test_any_stream_cut_anywhere_is_counted_line_by_line(
+    c_clients: NativeTool, seqs: list[int], data: st.DataObject
+) -> None:
+    """Lines in any order, in chunks cut anywhere and read in pieces cut anywhere: the C
+    clients count what checking line by line counts, each line timed."""
+    frames = b"".join(line_frame(seq, i) for i, seq in enumerate(seqs, 1)) + DONE
+    chunk_cuts = data.draw(st.lists(st.integers(0, len(frames)), max_size=5))
+    body = b"".join(chunk(part) for part in split_at(frames, chunk_cuts))
+    read_cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=5))
+
+    async def run() -> StreamResult:
+        async with ScriptedSse([Answer(pieces=split_at(body, read_cuts))]) as server:
+            return await follow_one(c_clients, server, Stream("/s"))
+
+    result = asyncio.run(run())
+    assert counted(result) == expected_counts(seqs)
+    assert len(result.delays) == len(seqs)
 
 
 def test_python_clients_where_there_is_no_compiler(tmp_path: Path) -> None:
