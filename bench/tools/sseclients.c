@@ -820,6 +820,13 @@ int main(int argc, char **argv) {
         watch_stdin = read_list(stdin, resume, record);
     }
     signal(SIGPIPE, SIG_IGN);
+    /* One descriptor a stream: the soft limit (often 1,024) would refuse streams the hard
+     * limit allows. */
+    struct rlimit files;
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+        files.rlim_cur = files.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &files);
+    }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) die("epoll_create1: %s", strerror(errno));
     sigset_t stops;
