@@ -116,7 +116,6 @@ class SseClients:
         self.max_resumes = max_resumes
         self.open_seconds = open_seconds
         self.proc: asyncio.subprocess.Process | None = None
-        self.results: list[StreamResult] = []
         self.summary: dict[str, Any] = {}
         self._paths: list[str] = []
         self._delays_path: Path | None = None  # made by ``open``
@@ -135,7 +134,6 @@ class SseClients:
         streams = list(streams)
         self._paths = [s.path for s in streams]
         self._delays_path = Path(tempfile.mkdtemp(prefix="jobrunner-sseclients-")) / "delays.f64"
-
         text = "".join(f"{list_line(self.host, self.port, s, self.headers)}\n" for s in streams)
         self.proc = await asyncio.create_subprocess_exec(
             *self.tool.argv,
@@ -200,8 +198,7 @@ class SseClients:
         assert self._delays_path is not None
         with contextlib.suppress(FileNotFoundError):
             delays.frombytes(self._delays_path.read_bytes())
-        self.results = results_from(self.summary, delays)
-        return self.results
+        return results_from(self.summary, delays)
 
     async def stop(self, timeout: float = 30) -> list[StreamResult]:
         """Ends every stream still open ("closed") and returns the results."""
