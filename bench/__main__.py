@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from bench import catchup, limits, noisy, report, scenarios, settle
+from bench.nativetools import python_sseclients
 from bench.system import ROOT, RunningSystem
 
 ALL = (
@@ -167,9 +168,10 @@ def _flood_viewer(viewer: dict | None) -> str:
     """The flood's own viewer: it must follow to the end (a cut one resumes, and is counted)."""
     if viewer is None:
         return ""
+    cpu = f", {viewer['cpu_s']} CPU-s in {viewer['clients']}" if "cpu_s" in viewer else ""
     return (
-        f"; its viewer got {viewer['lines']:,} lines, cut and resumed {viewer['resumes']} times, "
-        f"ended {viewer['ended']}"
+        f"; its viewer got {viewer['lines']:,} lines{cpu}, cut and resumed {viewer['resumes']} "
+        f"times, ended {viewer['ended']}"
     )
 
 
@@ -203,6 +205,17 @@ def in_jetstream(f: dict[str, Any]) -> str:
     batched = stored.get("lines_per_message")
     also = f", {batched} lines a message" if batched is not None else ""
     return f"; in JetStream p99 {stored['p99_ms']} ms (median {stored['median_ms']} ms{also})"
+
+
+def tools_named(results: dict[str, Any]) -> str:
+    """`` (tools: the paced tool in C; sse_clients: the viewers' process, C)``: which tools
+    the CPU row's "tools" and "sse_clients" parts are."""
+    named = []
+    if tool := results.get("paced_tool", {}).get("kind"):
+        named.append(f"tools: the paced tool in {tool}")
+    if clients := results.get("sse_clients", {}).get("kind"):
+        named.append(f"sse_clients: the viewers' process, {clients}")
+    return f" ({'; '.join(named)})" if named else ""
 
 
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -334,11 +347,10 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             },
         ]
         if cpu := f.get("cpu_us_per_line"):
-            tool = results.get("paced_tool", {}).get("kind")
             out.append(
                 {
                     "name": f"4. fan-out, {what}: CPU over the run per line printed, by process"
-                    + (f" (tools: the paced tool in {tool})" if tool else ""),
+                    + tools_named(results),
                     "result": " · ".join(
                         f"{part} {us} µs" for part, us in sorted(cpu.items(), key=lambda x: -x[1])
                     ),
@@ -493,6 +505,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (QUICK), a smoke test")
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated of {ALL}")
+    parser.add_argument(
+        "--python-sse-clients",
+        action="store_true",
+        help="the viewers in Python (bench/tools/sseclients.py) even where the C ones compile",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     size = QUICK if args.quick else FULL
@@ -503,12 +520,19 @@ def main() -> int:
         "machine": report.machine(),
         "sizes": size,
     }
-    system = RunningSystem()
+    system = RunningSystem(
+        sse_clients=python_sseclients("--python-sse-clients") if args.python_sse_clients else None
+    )
     # Which paced tool the line-printing scenarios ran (bench/nativetools.py): its CPU per line
     # is the "tools" part of the fan-out's CPU rows.
     results["paced_tool"] = {"kind": system.paced.kind, "note": system.paced.note}
     note = f" ({system.paced.note})" if system.paced.note else ""
     log(f"paced tool: {system.paced.kind}{note}")
+    # Which SSE clients the fan-out, catch-up and noisy-neighbour viewers were (the same helper):
+    # their process's CPU is the "sse_clients" part of the fan-out's CPU rows.
+    results["sse_clients"] = {"kind": system.sse_clients.kind, "note": system.sse_clients.note}
+    note = f" ({system.sse_clients.note})" if system.sse_clients.note else ""
+    log(f"SSE clients: {system.sse_clients.kind}{note}")
     log(f"starting jobrunner up in {system.tmp}")
     try:
         system.start()

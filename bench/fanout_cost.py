@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from bench import noisy, scenarios
+from bench.nativetools import python_sseclients
 from bench.system import RunningSystem
 
 
@@ -212,8 +213,17 @@ def main() -> int:
     parser.add_argument("--noisy", action="store_true", help="the noisy neighbour after the row")
     parser.add_argument("--noisy-seconds", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument(
+        "--python-sse-clients",
+        action="store_true",
+        help="the viewers in Python (bench/tools/sseclients.py) even where the C ones compile",
+    )
     args = parser.parse_args()
-    system = RunningSystem()
+    system = RunningSystem(
+        sse_clients=python_sseclients("--python-sse-clients") if args.python_sse_clients else None
+    )
+    note = f" ({system.sse_clients.note})" if system.sse_clients.note else ""
+    log(f"SSE clients: {system.sse_clients.kind}{note}")
     log(f"starting jobrunner up in {system.tmp}")
     try:
         system.start()

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 from nats.js import api
 
-from bench.nativetools import PacedTool
+from bench.nativetools import NativeTool
 from bench.report import summarize
 from bench.system import PYTHON, ROOT, RunningSystem
 from jobrunner.common import eventstore
@@ -47,7 +47,7 @@ async def pipe_read(lines: int) -> dict[str, Any]:
     return {"lines": count, "seconds": round(seconds, 3), "lines_per_s": round(count / seconds)}
 
 
-async def pipe_latency(tool: PacedTool, seconds: int = 3, rate: int = 100) -> dict[str, Any]:
+async def pipe_latency(tool: NativeTool, seconds: int = 3, rate: int = 100) -> dict[str, Any]:
     """The paced tool's lines read by Python from a pipe: the delay with nothing else in the
     way. The same tool as the scenarios run (C or Python), so the floor is theirs."""
     proc = await asyncio.create_subprocess_exec(

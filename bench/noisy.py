@@ -3,12 +3,14 @@ another job floods its output (and a client follows the flood).
 
 The flood's follower resumes as a browser does when the API cuts it (too slow for its buffer) and
 reports what it got: a follower cut for good would leave the quiet job beside a flood that nobody
-watches, and the figure would flatter the API. It runs in a process of its own (``python -m
-bench.noisy URL PATH``): in this process its hundreds of thousands of lines would delay the quiet
-viewer's socket reads, and the figure would measure the benchmark instead of jobrunner. For the
-same reason both processes freeze their start-up objects out of the garbage collector's reach
-before they measure (a full collection of this process took 160-240 ms on the loaded machine,
-delaying the viewer's reads).
+watches, and the figure would flatter the API. The follower and the quiet job's viewer are the
+bench's SSE clients (bench/sseclients.py: C where this machine compiles them), each in a process
+of its own: in this process the follower's millions of lines would delay the quiet viewer's
+socket reads, and the figure would measure the benchmark instead of jobrunner; and in Python the
+follower spent about three times the C one's CPU a line (bench/RESULTS.md, session 34). This
+process still freezes its start-up objects out of the garbage collector's reach before
+it measures (a full collection took 160-240 ms on the loaded machine, delaying the NATS
+subscriber's callbacks).
 
 Where the delay is: a plain NATS subscriber on the quiet job's lines (its own connection, in
 this process) sees each line once JetStream has stored it: the runner's and JetStream's share.
@@ -17,12 +19,7 @@ The rest, to the viewer, is the API's and the SSE hop's.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import sys
 import time
-from typing import Any
 
 import httpx
 from nats.aio.client import Client as NATS
@@ -30,20 +27,20 @@ from nats.aio.msg import Msg
 
 from bench.report import summarize
 from bench.scenarios import start_job, stream_path
-from bench.sse import STAMP_RE, open_stream
-from bench.system import PYTHON, ROOT, RunningSystem
+from bench.sse import STAMP_RE
+from bench.sseclients import SseClients, Stream, StreamResult, follow
+from bench.system import RunningSystem
 from jobrunner.common import eventstore, heap
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 
 RATE = 100
-HEADERS_VARIABLE = "BENCH_SSE_HEADERS"  # the follower's request headers (a token: not in argv)
 FLOOD_LINES = 10_000_000  # more than the measurement lasts: the flood is cancelled after it
 
 
 async def quiet_job(
     system: RunningSystem, http: httpx.AsyncClient, nc: NATS, seconds: int
-) -> tuple[Any, list[float]]:
+) -> tuple[StreamResult, list[float]]:
     """The quiet job's viewer, and each line's delay until it was stored in JetStream.
 
     Posted with ``?wait=stored``, as a client that follows the job's stream does (README, HTTP
@@ -65,11 +62,17 @@ async def quiet_job(
     # Subscribed before the tool prints its first line (it waits a second first).
     sub = await nc.subscribe(Names(system.prefix).job_kind_subject(job, "lines"), cb=on_lines)
     try:
-        client = await open_stream("127.0.0.1", system.port, stream_path(job), system.headers)
-        await asyncio.wait_for(client.done, seconds + 120)
+        (viewer,), _ = await follow(
+            system.sse_clients,
+            "127.0.0.1",
+            system.port,
+            [Stream(stream_path(job))],
+            system.headers,
+            timeout=seconds + 120,
+        )
     finally:
         await sub.unsubscribe()
-    return client, stored
+    return viewer, stored
 
 
 async def noisy_neighbour(system: RunningSystem, http: httpx.AsyncClient, seconds: int) -> dict:
@@ -87,31 +90,26 @@ async def _alone_then_beside(
 ) -> dict:
     alone, alone_stored = await quiet_job(system, http, nc, seconds)
     flood = await start_job(http, "bench_flood", {"lines": FLOOD_LINES})
-    follower = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "bench.noisy",
-        str(system.port),
-        stream_path(flood),
-        cwd=ROOT,
-        env=os.environ | {HEADERS_VARIABLE: json.dumps(system.headers)},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        beside, beside_stored = await quiet_job(system, http, nc, seconds)
-        # (.get: a projector far behind the flood on a loaded machine may not show it yet)
-        status = (await http.get(f"/api/jobs/{flood}")).json().get("status")
-    finally:
-        await http.post(f"/api/jobs/{flood}/cancel")
+    follower = SseClients(system.sse_clients, "127.0.0.1", system.port, system.headers)
+    async with follower:
         try:
-            out, _ = await asyncio.wait_for(follower.communicate(), 60)
+            await follower.open([Stream(stream_path(flood), resume=True, record_delays=False)])
+            beside, beside_stored = await quiet_job(system, http, nc, seconds)
+            # (.get: a projector far behind the flood on a loaded machine may not show it yet)
+            status = (await http.get(f"/api/jobs/{flood}")).json().get("status")
+        finally:
+            await http.post(f"/api/jobs/{flood}/cancel")
+        try:
+            (followed,) = await follower.wait(60)
         except TimeoutError:
-            follower.kill()
-            out, _ = await follower.communicate()
-    try:
-        viewer = json.loads(out.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        viewer = {"lines": 0, "resumes": 0, "ended": "failed"}
+            (followed,) = await follower.stop()
+        viewer = {
+            "lines": followed.lines,
+            "resumes": followed.resumes,
+            "ended": followed.ended,
+            "clients": system.sse_clients.kind,
+            "cpu_s": round(follower.cpu_seconds(), 2),
+        }
     flood_lines = (await http.get(f"/api/jobs/{flood}")).json().get("log_count")
     return {
         "rate": RATE,
@@ -131,15 +129,3 @@ async def _alone_then_beside(
         # The flood's viewer: lines received, reconnects after a cut, how it ended ("done").
         "flood_viewer": viewer,
     }
-
-
-async def _follow(port: int, path: str, headers: dict[str, str]) -> None:
-    heap.freeze_startup_objects()
-    client = await open_stream("127.0.0.1", port, path, headers, resume=True)
-    client.record_delays = False
-    await asyncio.wait_for(client.done, 600)
-    print(json.dumps({"lines": client.lines, "resumes": client.resumes, "ended": client.ended}))
-
-
-if __name__ == "__main__":
-    asyncio.run(_follow(int(sys.argv[1]), sys.argv[2], json.loads(os.environ[HEADERS_VARIABLE])))

@@ -20,6 +20,7 @@ from bench import natscount, workload
 from bench.httpclient import LeanClient, Response
 from bench.report import summarize
 from bench.sse import open_stream
+from bench.sseclients import SseClients, Stream
 from bench.system import PYTHON, ROOT, MemorySampler, RunningSystem
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
@@ -293,7 +294,8 @@ async def fan_out(
         # Every client connects (and every job's tool starts) before the first line is printed.
         delay = 3 + clients / 100 + jobs / 10
         per_job = clients // jobs
-        cpu0 = _cpu(system)
+        viewers = SseClients(system.sse_clients, "127.0.0.1", system.port, system.headers)
+        cpu0 = _cpu(system, viewers)
         with MemorySampler(api) as memory:
             # No tool prints before this (each waits ``delay`` from its own start, after this).
             printing_from = time.monotonic() + delay
@@ -304,33 +306,25 @@ async def fan_out(
                 for _ in range(jobs)
             ]
             t_start = time.monotonic()
-            gate = asyncio.Semaphore(50)
-
-            async def connect(job: str) -> Any:
-                async with gate:
-                    return await open_stream(
-                        "127.0.0.1", system.port, stream_path(job), system.headers, resume=True
-                    )
-
-            streams = await asyncio.gather(
-                *(connect(job) for job in job_ids for _ in range(per_job))
-            )
             # Every client checks every line; one in ten also times every line (all are served
-            # alike, and timing 100,000 lines/s in this process would starve the system measured).
-            for i, stream in enumerate(streams):
-                stream.record_delays = i % 10 == 0
-            connected_after = time.monotonic() - t_start
-            # The CPU of streaming apart from that of connecting: every client is connected and
-            # followed, no line printed yet. The whole run's figure below counts each client's
-            # request too (1,000 of them cost the API a core-second and more).
-            await asyncio.sleep(max(0.0, printing_from - 0.5 - time.monotonic()))
-            printing_cpu0 = _cpu(system)
-            connected_before_printing = time.monotonic() < printing_from
-            await asyncio.wait_for(
-                asyncio.gather(*(s.done for s in streams)), seconds + delay + 120
-            )
+            # alike; the Python clients timing 100,000 lines/s would starve the system measured,
+            # and the figures stay comparable between the C and the Python clients).
+            paths = [stream_path(job) for job in job_ids for _ in range(per_job)]
+            async with viewers:
+                await viewers.open(
+                    Stream(path, resume=True, record_delays=i % 10 == 0)
+                    for i, path in enumerate(paths)
+                )
+                connected_after = time.monotonic() - t_start
+                # The CPU of streaming apart from that of connecting: every client is connected
+                # and followed, no line printed yet. The whole run's figure below counts each
+                # client's request too (1,000 of them cost the API a core-second and more).
+                await asyncio.sleep(max(0.0, printing_from - 0.5 - time.monotonic()))
+                printing_cpu0 = _cpu(system, viewers)
+                connected_before_printing = time.monotonic() < printing_from
+                streams = await viewers.wait(seconds + delay + 120)
         # Every stream ended with its job's end, so every tool has been waited for.
-        cpu1 = _cpu(system)
+        cpu1 = _cpu(system, viewers)
         cut_after = await streams_cut(http)
         handed_after = await hand_overs(http)
         stored.stdin.write(b"done\n")
@@ -366,6 +360,15 @@ async def fan_out(
             name: count - handed_before.get(name, 0) for name, count in handed_after.items()
         },
         "clients_timed": sum(1 for s in streams if s.record_delays),
+        # The viewers' own process (bench/sseclients.py): which clients, and their CPU per line
+        # each client got (on a real deployment browsers on other machines pay it).
+        "sse_clients": {
+            "kind": system.sse_clients.kind,
+            "cpu_s": round(cpu1["sse_clients"], 2),
+            "us_per_delivered_line": round(
+                cpu1["sse_clients"] / max(1, sum(s.lines for s in streams)) * 1e6, 2
+            ),
+        },
         "connected_within_s": round(connected_after, 2),
         "tool_started_printing_after_s": delay,
         **summarize(delays),
@@ -374,8 +377,9 @@ async def fan_out(
         "api_peak_rss_mib": memory.mib("api"),
         # Where the machine's CPU went, per line printed: the services, the tools themselves
         # (a paced tool's sleep, wake-up and write cost more than any service's share of a line)
-        # this process (the clients) and the subscription timing "in JetStream" ("bench_stored";
-        # before session 15 it ran in this process and its CPU was in "bench").
+        # the viewers' process ("sse_clients"; before session 34 they ran in this process and
+        # their CPU was in "bench"), this process, and the subscription timing "in JetStream"
+        # ("bench_stored"; before session 15 it ran in this process and its CPU was in "bench").
         "cpu_us_per_line": {
             part: round((cpu1[part] - cpu0.get(part, 0.0)) / (expected * jobs) * 1e6, 1)
             for part in cpu1
@@ -393,8 +397,12 @@ async def fan_out(
     }
 
 
-def _cpu(system: RunningSystem) -> dict[str, float]:
-    return system.cpu_seconds() | {"tools": system.tools_cpu_seconds(), "bench": _own_cpu()}
+def _cpu(system: RunningSystem, viewers: SseClients) -> dict[str, float]:
+    return system.cpu_seconds() | {
+        "tools": system.tools_cpu_seconds(),
+        "bench": _own_cpu(),
+        "sse_clients": viewers.cpu_seconds(),
+    }
 
 
 def _own_cpu() -> float:

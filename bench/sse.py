@@ -64,6 +64,7 @@ class SseClient(asyncio.Protocol):
         self.resumes = 0
         self.last_id: bytes | None = None
         self.retry_ms = 3000
+        self.max_resumes = MAX_RESUMES
 
     # --- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -115,7 +116,7 @@ class SseClient(asyncio.Protocol):
             self.connected.set_result(0)
         if self.ended:
             return
-        if self.resumable and self.resumes < MAX_RESUMES:
+        if self.resumable and self.resumes < self.max_resumes:
             self.resumes += 1
             asyncio.get_running_loop().create_task(self._resume())
             return
@@ -199,6 +200,14 @@ class SseClient(asyncio.Protocol):
         self._finish()
 
 
+class StreamRefused(RuntimeError):
+    """The stream could not be opened: its last answer's status (0: no answer)."""
+
+    def __init__(self, path: str, status: int) -> None:
+        super().__init__(f"SSE {path} answered {status}")
+        self.status = status
+
+
 async def open_stream(
     host: str,
     port: int,
@@ -206,14 +215,15 @@ async def open_stream(
     headers: dict[str, str] | None = None,
     keep_frames: bool = False,
     resume: bool = False,
+    open_seconds: float = 30,
 ) -> SseClient:
-    """Connect and wait for the response head; raises if the status is not 200.
+    """Connect and wait for the response head; raises StreamRefused if the status is not 200.
 
-    A 404 (the job's row may not be projected yet) or a 503 is retried for a while. With
-    ``resume``, a stream that ends without ``done`` is resumed as a browser would.
+    A 404 (the job's row may not be projected yet) or a 503 is retried for ``open_seconds``.
+    With ``resume``, a stream that ends without ``done`` is resumed as a browser would.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
+    deadline = loop.time() + open_seconds
     while True:
         _, client = await loop.create_connection(
             lambda: SseClient(path, host, port, headers), host, port
@@ -226,5 +236,5 @@ async def open_stream(
         client.close()
         # 404: the job's row may not be projected yet; 503: NATS busy (a browser retries too).
         if status not in (404, 503) or loop.time() > deadline:
-            raise RuntimeError(f"SSE {path} answered {status}")
+            raise StreamRefused(path, status)
         await asyncio.sleep(0.02)

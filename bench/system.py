@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 from bench import natscount
-from bench.nativetools import PacedTool, compile_paced
+from bench.nativetools import NativeTool, compile_paced, compile_sseclients
 from jobrunner.embedded.scratch import new_scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 
@@ -72,7 +72,7 @@ timeout_seconds = 60
 """
 
 
-def write_job_types(directory: Path, paced: PacedTool) -> Path:
+def write_job_types(directory: Path, paced: NativeTool) -> Path:
     path = directory / "bench_jobtypes.toml"
     # The Python tool goes through the argv template's {python}; the C tool is a path (a JSON
     # string is a TOML basic string).
@@ -85,10 +85,15 @@ class RunningSystem:
     """``jobrunner up`` as a child process; stopped with SIGTERM like Ctrl-C would."""
 
     def __init__(
-        self, extra_env: dict[str, str] | None = None, paced: PacedTool | None = None
+        self,
+        extra_env: dict[str, str] | None = None,
+        paced: NativeTool | None = None,
+        sse_clients: NativeTool | None = None,
     ) -> None:
         # The bench_paced job type's tool: C when this machine compiles it (bench/nativetools.py).
         self.paced = paced or compile_paced()
+        # The viewers of the fan-out, catch-up and noisy-neighbour scenarios (bench/sseclients.py).
+        self.sse_clients = sse_clients or compile_sseclients()
         self.tmp = new_scratch_dir("jobrunner-bench-")
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

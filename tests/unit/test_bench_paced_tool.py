@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.nativetools import PYTHON_ARGV, compile_paced
+from bench.nativetools import PACED_PYTHON_ARGV, compile_paced
 
 LINE = re.compile(r"INFO t=(\d+\.\d{6}) line (\d+)")
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def test_c_tool_prints_what_the_python_tool_prints(tmp_path: Path) -> None:
         ).stdout
     )
     c_lines = run(tool.argv, *args)
-    py_lines = run(PYTHON_ARGV, *args)
+    py_lines = run(PACED_PYTHON_ARGV, *args)
     assert [n for _, n in c_lines] == [n for _, n in py_lines] == list(range(1, 21))
     stamps = [t for t, _ in c_lines]
     # The same clock as Python's time.monotonic(), after the delay, 5 ms apart on average.
@@ -63,6 +63,6 @@ def test_python_tool_where_there_is_no_compiler(tmp_path: Path) -> None:
     """Without a working cc the bench runs the Python tool and says why."""
     tool = compile_paced(tmp_path, compiler="false")
     assert tool.kind == "Python"
-    assert tool.argv == PYTHON_ARGV
+    assert tool.argv == PACED_PYTHON_ARGV
     assert "cc failed" in tool.note
     assert not list(tmp_path.iterdir())  # nothing half-built left behind
