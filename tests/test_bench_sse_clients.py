@@ -16,7 +16,8 @@ from bench.nativetools import NativeTool, compile_sseclients, python_sseclients
 from bench.sseclients import SseClients, Stream, StreamResult, StreamsRefused, follow
 from jobrunner.common.settings import Settings
 from tests.system import System
-from tests.tools.emit_jobs import TEST_TYPES, emit_job
+from tests.tools.emit_jobs import emit_job
+from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.scripted_sse import DONE, Answer, ScriptedSse, chunk, line_frame, split_at
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
