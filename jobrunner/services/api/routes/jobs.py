@@ -61,6 +61,12 @@ LIST_PARAMETERS = (
 )
 
 log = structlog.get_logger()
+# DELETE /api/jobs/{id} and POST /api/jobs/{id}/cancel are one action, documented alike.
+_CANCEL_ROUTE: dict[str, Any] = {
+    "status_code": HTTP_202_ACCEPTED,
+    "summary": "Cancel a job",
+    "responses": {409: error_spec("The job already ended (JOB_FINISHED).")},
+}
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
@@ -240,23 +246,13 @@ class JobController(Controller):
         ctx = ctx_of(request)
         return readmodels.job_from_row(await find_job(ctx, job_id, principal_of(request)))
 
-    @delete(
-        "/{job_id:str}",
-        status_code=HTTP_202_ACCEPTED,
-        summary="Cancel a job",
-        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
-    )
+    @delete("/{job_id:str}", **_CANCEL_ROUTE)
     async def cancel_job(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
         return await cancel(ctx_of(request), job_id, principal_of(request))
 
-    @post(
-        "/{job_id:str}/cancel",
-        status_code=HTTP_202_ACCEPTED,
-        summary="Cancel a job",
-        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
-    )
+    @post("/{job_id:str}/cancel", **_CANCEL_ROUTE)
     async def cancel_job_post(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
