@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api import readmodels, schemas
-from jobrunner.services.api.newest_first import NewestFirstCursor, newest_first_page
+from jobrunner.services.api.newest_first import (
+    NewestFirstCursor,
+    NewestFirstFilter,
+    newest_first_page,
+)
 from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.sqlconditions import Conditions
 
@@ -49,16 +52,8 @@ def batch_from_row(row: asyncpg.Record) -> schemas.Batch:
 
 
 @dataclass(frozen=True)
-class BatchFilter:
-    """What GET /api/batches filters on; every field already validated."""
-
-    statuses: tuple[str, ...] = ()
-    job_types: tuple[str, ...] = ()  # batches holding any of these types
-    search: str | None = None
-    created_from: datetime | None = None  # inclusive
-    created_to: datetime | None = None  # exclusive
-    archived: bool | None = False  # None: archived or not
-    requested_by: str | None = None  # set for a token limited to its own jobs
+class BatchFilter(NewestFirstFilter):
+    """What GET /api/batches filters on (``job_types``: batches holding any of these types)."""
 
 
 # The position after the last batch of a page, by the name tests/unit/test_queryparams.py uses.
@@ -72,19 +67,11 @@ async def list_batches(
     after: NewestFirstCursor | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
     """One page of batches, newest first, and the stream sequence the read models were at."""
-    where = Conditions()
-    if filters.statuses:
-        where.add(f"status = ANY({where.arg(list(filters.statuses))}::text[])")
+    where = filters.shared_conditions()
     if filters.archived is not None:
         where.add(f"archived = {where.arg(filters.archived)}")
     if filters.job_types:
         where.add(f"job_types && {where.arg(list(filters.job_types))}::text[]")
-    if filters.created_from is not None:
-        where.add(f"created_at >= {where.arg(filters.created_from)}")
-    if filters.created_to is not None:
-        where.add(f"created_at < {where.arg(filters.created_to)}")
-    if filters.requested_by is not None:
-        where.add(f"requested_by = {where.arg(filters.requested_by)}")
     if filters.search:
         where.add_search(BATCH_SEARCH_EXPRESSION, filters.search)
     return await newest_first_page(pool, BATCH_COLUMNS, "batches", where, after, limit)

@@ -31,6 +31,35 @@ class NewestFirstCursor:
         return cls(row["created_at"], row["id"])
 
 
+@dataclass(frozen=True)
+class NewestFirstFilter:
+    """What a newest-first list filters on; every field already validated."""
+
+    statuses: tuple[str, ...] = ()
+    job_types: tuple[str, ...] = ()
+    search: str | None = None
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+    # Set for a token limited to its own jobs (``Principal.owner``).
+    requested_by: str | None = None
+    # Archived rows are left out unless asked for (True: only them; None: all).
+    archived: bool | None = False
+
+    def shared_conditions(self) -> Conditions:
+        """The conditions every listed read model takes alike: status, creation time, owner.
+        (Job types, archived and search are columns of another shape in each.)"""
+        where = Conditions()
+        if self.statuses:
+            where.add(f"status = ANY({where.arg(list(self.statuses))}::text[])")
+        if self.created_from is not None:
+            where.add(f"created_at >= {where.arg(self.created_from)}")
+        if self.created_to is not None:
+            where.add(f"created_at < {where.arg(self.created_to)}")
+        if self.requested_by is not None:
+            where.add(f"requested_by = {where.arg(self.requested_by)}")
+        return where
+
+
 async def newest_first_page(
     pool: ReadPool,
     columns: str,

@@ -12,7 +12,11 @@ import asyncpg
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.loglevels import shows_level_sql
 from jobrunner.services.api import schemas
-from jobrunner.services.api.newest_first import NewestFirstCursor, newest_first_page
+from jobrunner.services.api.newest_first import (
+    NewestFirstCursor,
+    NewestFirstFilter,
+    newest_first_page,
+)
 from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.sqlconditions import Conditions
 
@@ -155,19 +159,10 @@ SEARCH_EXPRESSION = "(job_type || ' ' || parameters::text || ' ' || coalesce(res
 
 
 @dataclass(frozen=True)
-class JobFilter:
+class JobFilter(NewestFirstFilter):
     """What GET /api/jobs filters on; every field already validated."""
 
-    statuses: tuple[str, ...] = ()
-    job_types: tuple[str, ...] = ()
-    search: str | None = None
     batch_id: str | None = None
-    created_from: datetime | None = None  # inclusive
-    created_to: datetime | None = None  # exclusive
-    # Set for a token limited to its own jobs (``Principal.owner``).
-    requested_by: str | None = None
-    # Archived jobs are left out unless asked for (True: only them; None: all).
-    archived: bool | None = False
 
 
 # The position after the last job of a page, by the name bench/limits.py pages with.
@@ -181,19 +176,11 @@ async def list_jobs(
     after: NewestFirstCursor | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
     """One page of jobs, newest first, and the stream sequence the read models were at."""
-    where = Conditions()
-    if filters.statuses:
-        where.add(f"status = ANY({where.arg(list(filters.statuses))}::text[])")
+    where = filters.shared_conditions()
     if filters.job_types:
         where.add(f"job_type = ANY({where.arg(list(filters.job_types))}::text[])")
     if filters.batch_id is not None:
         where.add(f"batch_id = {where.arg(filters.batch_id)}")
-    if filters.created_from is not None:
-        where.add(f"created_at >= {where.arg(filters.created_from)}")
-    if filters.created_to is not None:
-        where.add(f"created_at < {where.arg(filters.created_to)}")
-    if filters.requested_by is not None:
-        where.add(f"requested_by = {where.arg(filters.requested_by)}")
     if filters.archived is not None:
         where.add("archived" if filters.archived else "NOT archived")
     if filters.search:
