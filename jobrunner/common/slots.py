@@ -30,7 +30,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import msgspec
 import nats.errors
@@ -390,11 +390,7 @@ class SlotTable:
                 stored = await self._write(lease.key, new_value, revision, timeout=timeout)
             except KeyWrongLastSequenceError:
                 current, _ = await self._read(lease.key)
-                if (
-                    current is None
-                    or current.revision < revision
-                    or not same_holder(current.value, lease.value)
-                ):
+                if not still_ours(current, lease, revision):
                     return None
                 if current.revision == revision:
                     # A cluster refuses a conditional write while an earlier write to the key
@@ -480,11 +476,7 @@ class SlotTable:
                     # expire, as a refused release was before it read the key.
                     log.warning("slot left to expire", key=lease.key, error=repr(exc))
                     return False
-                if (
-                    current is None
-                    or current.revision < revision
-                    or not same_holder(current.value, lease.value)
-                ):
+                if not still_ours(current, lease, revision):
                     return False
                 if current.revision == revision:
                     # As in renew: a cluster refuses while an earlier write of ours to the key
@@ -664,6 +656,17 @@ class SlotTable:
                 await asyncio.wait_for(future, PIPELINED_ACK_WAIT)
             except Exception:
                 await self.dequeue(lock, job_id)
+
+
+def still_ours(current: Lease | None, lease: Lease, revision: int) -> TypeGuard[Lease]:
+    """Does the key, read as ``current`` after a write naming ``revision`` was refused, still
+    hold ``lease``'s holder's lease, at that revision or a newer one (a write of ours stored
+    late)? No: the lease was lost, expired and taken or released, and is never written again."""
+    return (
+        current is not None
+        and current.revision >= revision
+        and same_holder(current.value, lease.value)
+    )
 
 
 def same_holder(a: SlotValue, b: SlotValue) -> bool:

@@ -727,6 +727,29 @@ def waiting_after(msg: Msg) -> bool:
         return False
 
 
+async def handle_each(
+    sub: JetStreamContext.PullSubscription,
+    capacity: asyncio.Semaphore,
+    stop: asyncio.Event,
+    handle: Callable[[Msg], Coroutine[Any, Any, Any]],
+    tasks: set[asyncio.Task[Any]],
+) -> None:
+    """Until ``stop``: the shared consumer's messages (:func:`fetch_some`), each handled by
+    ``handle`` in a task of its own, held in ``tasks`` while it runs (the caller stops them).
+
+    Several per fetch only while messages are waiting (:func:`waiting_after`): a backlog is
+    taken without a round trip for each message, and a lone message is not held until the rest
+    of a fetch of several came or the pull expired."""
+    most = 1
+    while not stop.is_set():
+        msgs = await fetch_some(sub, capacity, stop, most)
+        most = FETCH_MOST if msgs and waiting_after(msgs[-1]) else 1
+        for msg in msgs:
+            task = asyncio.create_task(handle(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+
 def _release(capacity: asyncio.Semaphore, units: int) -> None:
     for _ in range(units):
         capacity.release()

@@ -65,5 +65,28 @@ def fail_if_unreachable(plz_filter: str) -> None:
         sys.exit(2)
 
 
+def load_entries(plz_filter: str, announcement: str) -> list[tuple[str, str]]:
+    """The entries of ``plz_filter`` as every tool loads them: DATEV reached first (exit 2 if
+    not), then ``announcement`` with the PLZ, then how many were found."""
+    fail_if_unreachable(plz_filter)
+    plz = f"{plz_filter}*" if plz_filter else "alle"
+    log("INFO", f"{announcement} für PLZ {plz}...")
+    found = entries(plz_filter)
+    log("INFO", f"{len(found)} Einträge gefunden")
+    return found
+
+
+def warn_if_dry_run(dry_run: bool) -> None:
+    if dry_run:
+        log("WARNING", "Dry Run: es werden keine Änderungen gespeichert")
+
+
+def finish(summary: str) -> None:
+    """The last lines of every tool: the work done, its ``summary``, the end."""
+    log("INFO", "Verarbeitung abgeschlossen")
+    log("SUCCESS", summary)
+    log("INFO", "Job beendet")
+
+
 def sleep() -> None:
     time.sleep(pace())

@@ -15,13 +15,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(f"email-{args.plz_filter}")
     datev.log("INFO", "Starte Phase 1 Enrichment...")
-    if args.dry_run:
-        datev.log("WARNING", "Dry Run: es werden keine Änderungen gespeichert")
-    datev.fail_if_unreachable(args.plz_filter)
-    plz = f"{args.plz_filter}*" if args.plz_filter else "alle"
-    datev.log("INFO", f"Lade Einträge für PLZ {plz}...")
-    found = datev.entries(args.plz_filter)
-    datev.log("INFO", f"{len(found)} Einträge gefunden")
+    datev.warn_if_dry_run(args.dry_run)
+    found = datev.load_entries(args.plz_filter, "Lade Einträge")
     hits = 0
     for i, (name, _) in enumerate(found, 1):
         datev.sleep()
@@ -32,9 +27,7 @@ def main() -> None:
             datev.log("INFO", f"→ Domain übernommen: {domain}")
         else:
             datev.log("INFO", "→ Keine verwertbare E-Mail-Domain")
-    datev.log("INFO", "Verarbeitung abgeschlossen")
-    datev.log("SUCCESS", f"{hits} Websites gefunden, {len(found) - hits} ohne Ergebnis")
-    datev.log("INFO", "Job beendet")
+    datev.finish(f"{hits} Websites gefunden, {len(found) - hits} ohne Ergebnis")
 
 
 if __name__ == "__main__":

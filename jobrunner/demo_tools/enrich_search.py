@@ -28,13 +28,8 @@ def main() -> None:
         f"Such-Provider: {args.search_provider}, Confidence: "
         f"{','.join(args.confidence_filter) or 'alle'}",
     )
-    if args.dry_run:
-        datev.log("WARNING", "Dry Run: es werden keine Änderungen gespeichert")
-    datev.fail_if_unreachable(args.plz_filter)
-    plz = f"{args.plz_filter}*" if args.plz_filter else "alle"
-    datev.log("INFO", f"Lade Einträge für PLZ {plz}...")
-    found = datev.entries(args.plz_filter)
-    datev.log("INFO", f"{len(found)} Einträge gefunden")
+    datev.warn_if_dry_run(args.dry_run)
+    found = datev.load_entries(args.plz_filter, "Lade Einträge")
     hits = 0
     for i, (name, _) in enumerate(found, 1):
         datev.progress(i, len(found), name)
@@ -48,9 +43,7 @@ def main() -> None:
             datev.log("INFO", f"→ Website gefunden: steuerberater-{slug}.de")
         else:
             datev.log("WARNING", "→ Keine Website gefunden")
-    datev.log("INFO", "Verarbeitung abgeschlossen")
-    datev.log("SUCCESS", f"{hits} Websites gefunden, {len(found) - hits} ohne Ergebnis")
-    datev.log("INFO", "Job beendet")
+    datev.finish(f"{hits} Websites gefunden, {len(found) - hits} ohne Ergebnis")
 
 
 if __name__ == "__main__":

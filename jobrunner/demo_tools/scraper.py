@@ -16,11 +16,7 @@ def main() -> None:
     rng = random.Random(args.plz_filter)
     datev.log("INFO", "Starte DATEV Scraper...")
     datev.log("INFO", f"Browser-Modus: {'headless' if args.headless else 'sichtbar'}")
-    datev.fail_if_unreachable(args.plz_filter)
-    plz = f"{args.plz_filter}*" if args.plz_filter else "alle"
-    datev.log("INFO", f"Suche Steuerberater für PLZ {plz}...")
-    found = datev.entries(args.plz_filter)
-    datev.log("INFO", f"{len(found)} Einträge gefunden")
+    found = datev.load_entries(args.plz_filter, "Suche Steuerberater")
     new = 0
     for i, (name, code) in enumerate(found, 1):
         datev.sleep()
@@ -30,9 +26,7 @@ def main() -> None:
         else:
             new += 1
             datev.log("INFO", f"→ Gespeichert: {name} ({code})")
-    datev.log("INFO", "Verarbeitung abgeschlossen")
-    datev.log("SUCCESS", f"{new} Steuerberater gespeichert, {len(found) - new} unvollständig")
-    datev.log("INFO", "Job beendet")
+    datev.finish(f"{new} Steuerberater gespeichert, {len(found) - new} unvollständig")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import shutil
 import signal
 import stat
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -256,7 +257,9 @@ class EmbeddedPostgres(ServerProcess):
             return None
         return processtree.Segment(key, shmid)
 
-    async def _create_database(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _superuser_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """The superuser on the maintenance database ``postgres``, to create databases."""
         conn = await asyncpg.connect(
             host="127.0.0.1",
             port=self.port,
@@ -265,25 +268,20 @@ class EmbeddedPostgres(ServerProcess):
             database="postgres",
         )
         try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def _create_database(self) -> None:
+        async with self._superuser_connection() as conn:
             exists = await conn.fetchval(
                 "SELECT 1 FROM pg_database WHERE datname = $1", self.database
             )
             if not exists:
                 await conn.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            await conn.close()
 
     async def create_database(self, name: str) -> str:
         """A fresh database in this cluster (tests isolate by database); returns its URL."""
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user=SUPERUSER,
-            password=self.password,
-            database="postgres",
-        )
-        try:
+        async with self._superuser_connection() as conn:
             await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{name}"

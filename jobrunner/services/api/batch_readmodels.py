@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api import readmodels, schemas
+from jobrunner.services.api.newest_first import (
+    NewestFirstCursor,
+    NewestFirstFilter,
+    newest_first_page,
+)
 from jobrunner.services.api.readpool import ReadPool
+from jobrunner.services.api.sqlconditions import Conditions
 
 BATCH_COLUMNS = """
     id, name, status, total_jobs, pending_jobs, processing_jobs, completed_jobs, failed_jobs,
@@ -47,66 +52,29 @@ def batch_from_row(row: asyncpg.Record) -> schemas.Batch:
 
 
 @dataclass(frozen=True)
-class BatchFilter:
-    """What GET /api/batches filters on; every field already validated."""
-
-    statuses: tuple[str, ...] = ()
-    job_types: tuple[str, ...] = ()  # batches holding any of these types
-    search: str | None = None
-    created_from: datetime | None = None  # inclusive
-    created_to: datetime | None = None  # exclusive
-    archived: bool | None = False  # None: archived or not
-    requested_by: str | None = None  # set for a token limited to its own jobs
+class BatchFilter(NewestFirstFilter):
+    """What GET /api/batches filters on (``job_types``: batches holding any of these types)."""
 
 
-@dataclass(frozen=True)
-class BatchCursor:
-    """The position after the last batch of a page: its (created_at, id)."""
-
-    created_at: datetime
-    id: str
+# The position after the last batch of a page, by the name tests/unit/test_queryparams.py uses.
+BatchCursor = NewestFirstCursor
 
 
 async def list_batches(
     pool: ReadPool,
     limit: int,
     filters: BatchFilter = BatchFilter(),
-    after: BatchCursor | None = None,
+    after: NewestFirstCursor | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
-    """One page of batches, newest first, and the stream sequence the read models were at.
-
-    Keyset pagination on ``(created_at, id)``: a page never shifts when new batches arrive.
-    """
-    where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if filters.statuses:
-        where.append(f"status = ANY({arg(list(filters.statuses))}::text[])")
+    """One page of batches, newest first, and the stream sequence the read models were at."""
+    where = filters.shared_conditions()
     if filters.archived is not None:
-        where.append(f"archived = {arg(filters.archived)}")
+        where.add(f"archived = {where.arg(filters.archived)}")
     if filters.job_types:
-        where.append(f"job_types && {arg(list(filters.job_types))}::text[]")
-    if filters.created_from is not None:
-        where.append(f"created_at >= {arg(filters.created_from)}")
-    if filters.created_to is not None:
-        where.append(f"created_at < {arg(filters.created_to)}")
-    if filters.requested_by is not None:
-        where.append(f"requested_by = {arg(filters.requested_by)}")
+        where.add(f"job_types && {where.arg(list(filters.job_types))}::text[]")
     if filters.search:
-        pattern = arg(readmodels.like_pattern(filters.search))
-        where.append(f"{BATCH_SEARCH_EXPRESSION} ILIKE {pattern}")
-    if after is not None:
-        where.append(f"(created_at, id) < ({arg(after.created_at)}, {arg(after.id)})")
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    query = (
-        f"SELECT {BATCH_COLUMNS} FROM {READ_SCHEMA}.batches {clause} "
-        f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
-    )
-    return await readmodels.page_and_checkpoint(pool, query, args)
+        where.add_search(BATCH_SEARCH_EXPRESSION, filters.search)
+    return await newest_first_page(pool, BATCH_COLUMNS, "batches", where, after, limit)
 
 
 async def get_batch_row(pool: ReadPool | asyncpg.Connection, batch_id: str) -> Any:
@@ -138,22 +106,19 @@ async def batch_jobs(
 ) -> list[asyncpg.Record]:
     """A page of a batch's jobs in batch order: the latest attempts, or every attempt (each
     job's attempts in order) when ``all_attempts``."""
-    where = ["batch_id = $1"]
-    args: list[Any] = [batch_id]
+    where = Conditions()
+    where.add(f"batch_id = {where.arg(batch_id)}")
     if not all_attempts:
-        where.append("latest")
+        where.add("latest")
     if requested_by is not None:
-        args.append(requested_by)
-        where.append(f"requested_by = ${len(args)}")
+        where.add(f"requested_by = {where.arg(requested_by)}")
     if after is not None:
-        args += [after.batch_index, after.attempt, after.id]
-        n = len(args)
-        where.append(f"({_PLACE}, attempt, id) > (${n - 2}, ${n - 1}, ${n})")
-    args.append(limit)
+        place = ", ".join(where.arg(v) for v in (after.batch_index, after.attempt, after.id))
+        where.add(f"({_PLACE}, attempt, id) > ({place})")
     rows: list[asyncpg.Record] = await pool.fetch(
-        f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs WHERE {' AND '.join(where)} "
-        f"ORDER BY {_PLACE}, attempt, id LIMIT ${len(args)}",
-        *args,
+        f"SELECT {readmodels.JOB_COLUMNS} FROM {READ_SCHEMA}.jobs {where.clause()} "
+        f"ORDER BY {_PLACE}, attempt, id LIMIT {where.arg(limit)}",
+        *where.args,
     )
     return rows
 

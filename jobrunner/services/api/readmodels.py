@@ -12,7 +12,13 @@ import asyncpg
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.loglevels import shows_level_sql
 from jobrunner.services.api import schemas
+from jobrunner.services.api.newest_first import (
+    NewestFirstCursor,
+    NewestFirstFilter,
+    newest_first_page,
+)
 from jobrunner.services.api.readpool import ReadPool
+from jobrunner.services.api.sqlconditions import Conditions
 
 # In this order: ``job_from_row`` unpacks a row by position.
 JOB_COLUMN_NAMES = (
@@ -153,97 +159,33 @@ SEARCH_EXPRESSION = "(job_type || ' ' || parameters::text || ' ' || coalesce(res
 
 
 @dataclass(frozen=True)
-class JobFilter:
+class JobFilter(NewestFirstFilter):
     """What GET /api/jobs filters on; every field already validated."""
 
-    statuses: tuple[str, ...] = ()
-    job_types: tuple[str, ...] = ()
-    search: str | None = None
     batch_id: str | None = None
-    created_from: datetime | None = None  # inclusive
-    created_to: datetime | None = None  # exclusive
-    # Set for a token limited to its own jobs (``Principal.owner``).
-    requested_by: str | None = None
-    # Archived jobs are left out unless asked for (True: only them; None: all).
-    archived: bool | None = False
 
 
-@dataclass(frozen=True)
-class JobCursor:
-    """The position after the last job of a page: its (created_at, id)."""
-
-    created_at: datetime
-    id: str
-
-
-def like_pattern(text: str) -> str:
-    """``%text%`` with LIKE's wildcards in ``text`` taken literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+# The position after the last job of a page, by the name bench/limits.py pages with.
+JobCursor = NewestFirstCursor
 
 
 async def list_jobs(
     pool: ReadPool,
     limit: int,
     filters: JobFilter = JobFilter(),
-    after: JobCursor | None = None,
+    after: NewestFirstCursor | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
-    """One page of jobs, newest first, and the stream sequence the read models were at.
-
-    Keyset pagination on ``(created_at, id)``: a page never shifts when new jobs arrive.
-    """
-    where: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if filters.statuses:
-        where.append(f"status = ANY({arg(list(filters.statuses))}::text[])")
+    """One page of jobs, newest first, and the stream sequence the read models were at."""
+    where = filters.shared_conditions()
     if filters.job_types:
-        where.append(f"job_type = ANY({arg(list(filters.job_types))}::text[])")
+        where.add(f"job_type = ANY({where.arg(list(filters.job_types))}::text[])")
     if filters.batch_id is not None:
-        where.append(f"batch_id = {arg(filters.batch_id)}")
-    if filters.created_from is not None:
-        where.append(f"created_at >= {arg(filters.created_from)}")
-    if filters.created_to is not None:
-        where.append(f"created_at < {arg(filters.created_to)}")
-    if filters.requested_by is not None:
-        where.append(f"requested_by = {arg(filters.requested_by)}")
+        where.add(f"batch_id = {where.arg(filters.batch_id)}")
     if filters.archived is not None:
-        where.append("archived" if filters.archived else "NOT archived")
+        where.add("archived" if filters.archived else "NOT archived")
     if filters.search:
-        where.append(f"{SEARCH_EXPRESSION} ILIKE {arg(like_pattern(filters.search))}")
-    if after is not None:
-        where.append(f"(created_at, id) < ({arg(after.created_at)}, {arg(after.id)})")
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    query = (
-        f"SELECT {JOB_COLUMNS} FROM {READ_SCHEMA}.jobs {clause} "
-        f"ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
-    )
-    return await page_and_checkpoint(pool, query, args)
-
-
-async def page_and_checkpoint(
-    pool: ReadPool, query: str, args: list[Any]
-) -> tuple[list[asyncpg.Record], int]:
-    """The rows of ``query`` (a page ordered by ``created_at DESC, id DESC``) and the stream
-    sequence the read models were at, from one snapshot.
-
-    One statement, not a transaction of two: a statement sees one snapshot, and a page then costs
-    one round trip to Postgres instead of five (begin, the page, the checkpoint, commit, and the
-    pool's reset), the biggest part of a list request's time. The checkpoint row always comes
-    back, with the page's columns empty when the page is."""
-    rows = await pool.fetch(
-        f"SELECT page.*, cp.applied_seq FROM "
-        f"(SELECT (SELECT last_seq FROM {READ_SCHEMA}.checkpoint) AS applied_seq) AS cp "
-        f"LEFT JOIN LATERAL ({query}) AS page ON true "
-        "ORDER BY page.created_at DESC, page.id DESC",
-        *args,
-    )
-    applied = rows[0]["applied_seq"] if rows else None
-    return [r for r in rows if r["id"] is not None], int(applied or 0)
+        where.add_search(SEARCH_EXPRESSION, filters.search)
+    return await newest_first_page(pool, JOB_COLUMNS, "jobs", where, after, limit)
 
 
 # --- log lines
@@ -256,19 +198,16 @@ class LineFilter:
     search: str | None = None
 
 
-def _line_conditions(job_id: str, filters: LineFilter) -> tuple[list[str], list[Any]]:
-    where = ["job_id = $1"]
-    args: list[Any] = [job_id]
+def _line_conditions(job_id: str, filters: LineFilter) -> Conditions:
+    where = Conditions()
+    where.add(f"job_id = {where.arg(job_id)}")
     if filters.levels:
-        args.append(list(filters.levels))
-        where.append(f"level = ANY(${len(args)}::text[])")
+        where.add(f"level = ANY({where.arg(list(filters.levels))}::text[])")
     if filters.streams:
-        args.append(list(filters.streams))
-        where.append(f"stream = ANY(${len(args)}::text[])")
+        where.add(f"stream = ANY({where.arg(list(filters.streams))}::text[])")
     if filters.search:
-        args.append(like_pattern(filters.search))
-        where.append(f"text ILIKE ${len(args)}")
-    return where, args
+        where.add_search("text", filters.search)
+    return where
 
 
 LINE_COLUMNS = "seq, stream, level, ts, text"
@@ -278,13 +217,12 @@ async def log_lines_after(
     pool: ReadPool, job_id: str, after: int, limit: int, filters: LineFilter
 ) -> list[asyncpg.Record]:
     """Lines with ``seq > after``, oldest first."""
-    where, args = _line_conditions(job_id, filters)
-    args += [after, limit]
+    where = _line_conditions(job_id, filters)
+    where.add(f"seq > {where.arg(after)}")
     rows: list[asyncpg.Record] = await pool.fetch(
         f"SELECT {LINE_COLUMNS} FROM {READ_SCHEMA}.log_lines "
-        f"WHERE {' AND '.join(where)} AND seq > ${len(args) - 1} "
-        f"ORDER BY seq LIMIT ${len(args)}",
-        *args,
+        f"{where.clause()} ORDER BY seq LIMIT {where.arg(limit)}",
+        *where.args,
     )
     return rows
 
@@ -293,12 +231,11 @@ async def log_lines_tail(
     pool: ReadPool, job_id: str, count: int, filters: LineFilter
 ) -> list[asyncpg.Record]:
     """The last ``count`` lines, oldest first."""
-    where, args = _line_conditions(job_id, filters)
-    args.append(count)
+    where = _line_conditions(job_id, filters)
     rows: list[asyncpg.Record] = await pool.fetch(
         f"SELECT {LINE_COLUMNS} FROM {READ_SCHEMA}.log_lines "
-        f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ${len(args)}",
-        *args,
+        f"{where.clause()} ORDER BY seq DESC LIMIT {where.arg(count)}",
+        *where.args,
     )
     return rows[::-1]
 

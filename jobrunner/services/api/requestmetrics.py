@@ -16,21 +16,15 @@ import time
 from typing import Any
 
 from litestar import Litestar
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Send
 
 from jobrunner.common import metrics
+from jobrunner.services.api.httponly import HttpOnly
 from jobrunner.services.api.security.middleware import is_streaming_response
 
 
-class RequestMetrics:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
+class RequestMetrics(HttpOnly):
+    async def http(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         handler: Any = scope.get("route_handler")
         if is_streaming_response(handler):
             clients = metrics.SSE_CLIENTS.labels(handler.handler_name)
@@ -43,17 +37,11 @@ class RequestMetrics:
         await _timed(self.app, scope, receive, send)
 
 
-class UnmatchedRequests:
+class UnmatchedRequests(HttpOnly):
     """The application's handler, timing the requests its router refuses (no route matched)."""
 
-    def __init__(self, handler: ASGIApp) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.handler(scope, receive, send)
-            return
-        await _timed(self.handler, scope, receive, send, only_unmatched=True)
+    async def http(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
+        await _timed(self.app, scope, receive, send, only_unmatched=True)
 
 
 def time_unmatched(app: Litestar) -> None:

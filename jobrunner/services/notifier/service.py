@@ -30,12 +30,7 @@ from jobrunner.common import ackinbox, eventstore, metrics, reconfigure, retry, 
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.lastevent import newest_readable
 from jobrunner.common.settings import Settings, SettingsError
-from jobrunner.common.subscription import (
-    FETCH_MOST,
-    fetch_some,
-    last_stored,
-    waiting_after,
-)
+from jobrunner.common.subscription import handle_each, last_stored
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.notifier.addresses import AddressPolicy
@@ -139,20 +134,12 @@ class Notifier:
             log.warning("webhook_secret is not set: webhooks go out unsigned")
         log.info("notifier started", max_concurrent=self.settings.notifier_max_concurrent)
         metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
-        most = 1
         try:
-            while not stop.is_set():
-                # Several at once when there is room and a backlog is waiting: every status
-                # change comes here (most are no job's end), and a backlog of them is taken
-                # without a round trip each. One at a time otherwise: each status of a job as
-                # it runs would cost a probe that finds nothing waiting, and a lone end would
-                # wait for the pull's expiry (waiting_after).
-                msgs = await fetch_some(sub, self.capacity, stop, most)
-                most = FETCH_MOST if msgs and waiting_after(msgs[-1]) else 1
-                for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg, stop))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            # Every status change comes here (most are no job's end): a backlog of them is
+            # taken several at once, and each status of a running job one at a time.
+            await handle_each(
+                sub, self.capacity, stop, lambda msg: self._handle(msg, stop), self._tasks
+            )
         finally:
             # One deadline for the whole stop (run_notifier's close too): bounds that each
             # hold would add up, in series, past the supervisor's grace.

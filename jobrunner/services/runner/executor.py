@@ -58,6 +58,19 @@ DRAIN_ROOM_MOST = 60.0
 MOST_REFUSALS = 12
 
 
+def _files_not_kept(outcome: Outcome, code: ErrorCode, files: list[str], what: str) -> Outcome:
+    """A completed job failed for output files it left that were not kept as artifacts: the
+    first five named (the log names each one)."""
+    names = ", ".join(repr(n) for n in files[:5])
+    return Outcome(
+        JobStatus.FAILED,
+        exit_code=outcome.exit_code,
+        error=ErrorInfo(
+            code=code, message=f"{len(files)} output file(s) {what} ({names}); see the job's log."
+        ),
+    )
+
+
 def output_not_stored() -> ErrorInfo:
     return ErrorInfo(
         code=ErrorCode.OUTPUT_NOT_STORED,
@@ -404,26 +417,15 @@ class JobExecutor:
         if result.stopped:
             return Outcome(JobStatus.FAILED, exit_code=outcome.exit_code, error=LEASE_LOST)
         if result.not_stored:
-            names = ", ".join(repr(n) for n in result.not_stored[:5])
-            return Outcome(
-                JobStatus.FAILED,
-                exit_code=outcome.exit_code,
-                error=ErrorInfo(
-                    code=ErrorCode.ARTIFACT_NOT_STORED,
-                    message=f"{len(result.not_stored)} output file(s) could not be stored "
-                    f"({names}); see the job's log.",
-                ),
+            return _files_not_kept(
+                outcome, ErrorCode.ARTIFACT_NOT_STORED, result.not_stored, "could not be stored"
             )
         if result.too_large:
-            names = ", ".join(repr(n) for n in result.too_large[:5])
-            return Outcome(
-                JobStatus.FAILED,
-                exit_code=outcome.exit_code,
-                error=ErrorInfo(
-                    code=ErrorCode.ARTIFACT_TOO_LARGE,
-                    message=f"{len(result.too_large)} output file(s) were over the artifact "
-                    f"size limits and not stored ({names}); see the job's log.",
-                ),
+            return _files_not_kept(
+                outcome,
+                ErrorCode.ARTIFACT_TOO_LARGE,
+                result.too_large,
+                "were over the artifact size limits and not stored",
             )
         return outcome
 

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import retry, stopping
 from jobrunner.common.jobtypes import JobType
 from jobrunner.common.slots import SlotTable, slot_key
-from jobrunner.common.subscription import FETCH_MOST, fetch_some, waiting_after
+from jobrunner.common.subscription import handle_each
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.events import ErrorCode, ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
@@ -62,20 +62,10 @@ class RequestLoop:
     async def run(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         """Take requests until ``stop``; then stop every job (``end_jobs`` waits for their
         ends: the runner's stop gives them what its deadline leaves)."""
-        most = 1
         try:
-            while not stop.is_set():
-                # Several at once when there is room: a backlog of requests (say of jobs that
-                # ended while no runner was up) is taken without a round trip for each. Only
-                # while requests are waiting: asked of an idle consumer, a fetch of several
-                # holds the first request that comes until the rest came or the pull expired
-                # (up to FETCH_SECONDS), which a new job would wait out before it starts.
-                msgs = await fetch_some(sub, self.capacity, stop, most)
-                most = FETCH_MOST if msgs and waiting_after(msgs[-1]) else 1
-                for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            # A backlog of requests (say of jobs that ended while no runner was up) is taken
+            # several at once; a new job's lone request is not held for a fetch of several.
+            await handle_each(sub, self.capacity, stop, self._handle, self._tasks)
         finally:
             for job in self.running.values():
                 job.cancel("runner shutdown")

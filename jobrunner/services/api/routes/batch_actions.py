@@ -28,9 +28,16 @@ _NOT_FOUND = {
         "(EVENT_STORE_UNAVAILABLE); send the same action again."
     ),
 }
+# The actions that make new attempts may name some of the batch's jobs (``job_ids``).
+_RESTART_RESPONSES = {
+    **_NOT_FOUND,
+    422: error_spec("Bad options, or job_ids not of this batch (UNKNOWN_JOBS)."),
+}
 
 
-async def _act(request: Request[Any, Any, Any], batch_id: str, action: Action) -> Any:
+async def _act(
+    request: Request[Any, Any, Any], batch_id: str, action: Action
+) -> BatchActionAccepted:
     options = action_executor.decode_options(await request.body())
     callbacks = await CallbackIssuer.for_request(request) if action in RESTARTS else None
     async with action_executor.event_store_answers():
@@ -48,32 +55,24 @@ class BatchActionController(Controller):
         status_code=HTTP_202_ACCEPTED,
         summary="Run every job of the batch again, as new attempts",
         opt={"request_body": ActionOptions},
-        responses={
-            **_NOT_FOUND,
-            422: error_spec("Bad options, or job_ids not of this batch (UNKNOWN_JOBS)."),
-        },
+        responses=_RESTART_RESPONSES,
     )
     async def restart(self, request: Request[Any, Any, Any], batch_id: str) -> BatchActionAccepted:
         """Every latest attempt that is not pending gets a new attempt; a running one is
         cancelled first and its new attempt starts once it has ended."""
-        result: BatchActionAccepted = await _act(request, batch_id, Action.RESTART)
-        return result
+        return await _act(request, batch_id, Action.RESTART)
 
     @post(
         "/{batch_id:str}/pending",
         status_code=HTTP_202_ACCEPTED,
         summary="Run the jobs that failed or were cancelled again",
         opt={"request_body": ActionOptions},
-        responses={
-            **_NOT_FOUND,
-            422: error_spec("Bad options, or job_ids not of this batch (UNKNOWN_JOBS)."),
-        },
+        responses=_RESTART_RESPONSES,
     )
     async def pending(self, request: Request[Any, Any, Any], batch_id: str) -> BatchActionAccepted:
         """Latest attempts that failed or were cancelled get a new attempt; completed, running
         and pending ones are left alone."""
-        result: BatchActionAccepted = await _act(request, batch_id, Action.PENDING)
-        return result
+        return await _act(request, batch_id, Action.PENDING)
 
     @post(
         "/{batch_id:str}/fail",
@@ -88,8 +87,7 @@ class BatchActionController(Controller):
     async def fail(self, request: Request[Any, Any, Any], batch_id: str) -> BatchActionAccepted:
         """BatchFailed; every pending latest attempt is cancelled (never starts), then every
         running one (its process group is stopped)."""
-        result: BatchActionAccepted = await _act(request, batch_id, Action.FAIL)
-        return result
+        return await _act(request, batch_id, Action.FAIL)
 
     @post(
         "/{batch_id:str}/archive",
@@ -98,8 +96,7 @@ class BatchActionController(Controller):
         responses=_NOT_FOUND,
     )
     async def archive(self, request: Request[Any, Any, Any], batch_id: str) -> BatchActionAccepted:
-        result: BatchActionAccepted = await _act(request, batch_id, Action.ARCHIVE)
-        return result
+        return await _act(request, batch_id, Action.ARCHIVE)
 
     @post(
         "/{batch_id:str}/unarchive",
@@ -110,5 +107,4 @@ class BatchActionController(Controller):
     async def unarchive(
         self, request: Request[Any, Any, Any], batch_id: str
     ) -> BatchActionAccepted:
-        result: BatchActionAccepted = await _act(request, batch_id, Action.UNARCHIVE)
-        return result
+        return await _act(request, batch_id, Action.UNARCHIVE)

@@ -10,8 +10,15 @@ from litestar.params import Parameter
 from jobrunner.services.api import batch_readmodels, readmodels, schemas
 from jobrunner.services.api.batch_readmodels import BATCH_STATUSES
 from jobrunner.services.api.dependencies import ctx_of, find_batch
+from jobrunner.services.api.newest_first import requested_page
 from jobrunner.services.api.queryparams import Query, keyset_page
 from jobrunner.services.api.reads import get
+from jobrunner.services.api.routes.list_parameters import (
+    CreatedFrom,
+    CreatedTo,
+    PageCursor,
+    RepeatableValues,
+)
 from jobrunner.services.api.security import principal_of
 
 MAX_LIST_LIMIT = 500
@@ -41,12 +48,8 @@ class BatchController(Controller):
             str | None,
             Parameter(description=f"batches per page, 1-{MAX_LIST_LIMIT} (default 50)"),
         ] = None,
-        cursor: Annotated[
-            str | None, Parameter(description="next_cursor of the previous page")
-        ] = None,
-        status: Annotated[
-            list[str] | None, Parameter(description="repeatable or comma-separated")
-        ] = None,
+        cursor: PageCursor = None,
+        status: RepeatableValues = None,
         archived: Annotated[
             str | None,
             Parameter(description="false (default: archived batches left out), true or all"),
@@ -56,8 +59,8 @@ class BatchController(Controller):
             Parameter(description="batches holding any of these types; repeatable"),
         ] = None,
         search: Annotated[str | None, Parameter(description="text in the name or id")] = None,
-        created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
-        created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
+        created_from: CreatedFrom = None,
+        created_to: CreatedTo = None,
     ) -> schemas.BatchPage:
         """Newest first. ``next_cursor`` pages on; pages stay stable while new batches arrive.
 
@@ -76,13 +79,10 @@ class BatchController(Controller):
             created_to=until,
             requested_by=principal_of(request).owner,
         )
-        page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
-        after = query.cursor("cursor", batch_readmodels.BatchCursor)
-        rows, applied = await batch_readmodels.list_batches(ctx.pool, page_size + 1, filters, after)
-        rows, next_cursor = keyset_page(
-            rows,
-            page_size,
-            lambda last: batch_readmodels.BatchCursor(last["created_at"], last["id"]),
+        rows, next_cursor, applied = await requested_page(
+            query,
+            MAX_LIST_LIMIT,
+            lambda limit, after: batch_readmodels.list_batches(ctx.pool, limit, filters, after),
         )
         return schemas.BatchPage(
             items=[batch_readmodels.batch_from_row(r) for r in rows],

@@ -48,11 +48,7 @@ class JobActionController(Controller):
         summary="Hide the job from default lists",
     )
     async def archive(self, request: Request[Any, Any, Any], job_id: str) -> JobArchiveChanged:
-        options = action_executor.decode_options(await request.body())
-        async with action_executor.event_store_answers():
-            return await action_executor.archive_job(
-                ctx_of(request), job_id, True, options, principal_of(request)
-            )
+        return await _set_archived(request, job_id, archived=True)
 
     @post(
         "/{job_id:str}/unarchive",
@@ -60,8 +56,14 @@ class JobActionController(Controller):
         summary="Show an archived job in default lists again",
     )
     async def unarchive(self, request: Request[Any, Any, Any], job_id: str) -> JobArchiveChanged:
-        options = action_executor.decode_options(await request.body())
-        async with action_executor.event_store_answers():
-            return await action_executor.archive_job(
-                ctx_of(request), job_id, False, options, principal_of(request)
-            )
+        return await _set_archived(request, job_id, archived=False)
+
+
+async def _set_archived(
+    request: Request[Any, Any, Any], job_id: str, archived: bool
+) -> JobArchiveChanged:
+    options = action_executor.decode_options(await request.body())
+    async with action_executor.event_store_answers():
+        return await action_executor.archive_job(
+            ctx_of(request), job_id, archived, options, principal_of(request)
+        )

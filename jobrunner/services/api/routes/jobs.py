@@ -26,9 +26,16 @@ from jobrunner.services.api.external import callback_tokens, callback_url
 from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from jobrunner.services.api.idempotency import check_key
 from jobrunner.services.api.job_control import cancel, raise_busy
+from jobrunner.services.api.newest_first import requested_page
 from jobrunner.services.api.posted import PostedJob
-from jobrunner.services.api.queryparams import Query, invalid, keyset_page
+from jobrunner.services.api.queryparams import Query, invalid
 from jobrunner.services.api.reads import get
+from jobrunner.services.api.routes.list_parameters import (
+    CreatedFrom,
+    CreatedTo,
+    PageCursor,
+    RepeatableValues,
+)
 from jobrunner.services.api.security import Principal, principal_of
 from jobrunner.services.api.security.openapi import error_spec
 from jobrunner.services.api.submission import UnknownJobType, check_job, job_fingerprint
@@ -54,6 +61,12 @@ LIST_PARAMETERS = (
 )
 
 log = structlog.get_logger()
+# DELETE /api/jobs/{id} and POST /api/jobs/{id}/cancel are one action, documented alike.
+_CANCEL_ROUTE: dict[str, Any] = {
+    "status_code": HTTP_202_ACCEPTED,
+    "summary": "Cancel a job",
+    "responses": {409: error_spec("The job already ended (JOB_FINISHED).")},
+}
 
 
 def decode_create(body: bytes) -> schemas.CreateJob:
@@ -207,21 +220,15 @@ class JobController(Controller):
         limit: Annotated[
             str | None, Parameter(description=f"jobs per page, 1-{MAX_LIST_LIMIT} (default 50)")
         ] = None,
-        cursor: Annotated[
-            str | None, Parameter(description="next_cursor of the previous page")
-        ] = None,
-        status: Annotated[
-            list[str] | None, Parameter(description="repeatable or comma-separated")
-        ] = None,
-        job_type: Annotated[
-            list[str] | None, Parameter(description="repeatable or comma-separated")
-        ] = None,
+        cursor: PageCursor = None,
+        status: RepeatableValues = None,
+        job_type: RepeatableValues = None,
         search: Annotated[
             str | None, Parameter(description="text in the type, parameters or result")
         ] = None,
         batch_id: str | None = None,
-        created_from: Annotated[str | None, Parameter(description="ISO 8601, inclusive")] = None,
-        created_to: Annotated[str | None, Parameter(description="ISO 8601, exclusive")] = None,
+        created_from: CreatedFrom = None,
+        created_to: CreatedTo = None,
         archived: Annotated[
             str | None,
             Parameter(description="false (default: archived jobs left out), true or all"),
@@ -239,23 +246,13 @@ class JobController(Controller):
         ctx = ctx_of(request)
         return readmodels.job_from_row(await find_job(ctx, job_id, principal_of(request)))
 
-    @delete(
-        "/{job_id:str}",
-        status_code=HTTP_202_ACCEPTED,
-        summary="Cancel a job",
-        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
-    )
+    @delete("/{job_id:str}", **_CANCEL_ROUTE)
     async def cancel_job(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
         return await cancel(ctx_of(request), job_id, principal_of(request))
 
-    @post(
-        "/{job_id:str}/cancel",
-        status_code=HTTP_202_ACCEPTED,
-        summary="Cancel a job",
-        responses={409: error_spec("The job already ended (JOB_FINISHED).")},
-    )
+    @post("/{job_id:str}/cancel", **_CANCEL_ROUTE)
     async def cancel_job_post(
         self, request: Request[Any, Any, Any], job_id: str
     ) -> schemas.CancelAccepted:
@@ -279,11 +276,10 @@ async def job_page(
         requested_by=principal.owner,
         archived=query.archived(),
     )
-    page_size = query.integer("limit", 50, 1, MAX_LIST_LIMIT) or 50
-    after = query.cursor("cursor", readmodels.JobCursor)
-    rows, applied = await readmodels.list_jobs(ctx.pool, page_size + 1, filters, after)
-    rows, next_cursor = keyset_page(
-        rows, page_size, lambda last: readmodels.JobCursor(last["created_at"], last["id"])
+    rows, next_cursor, applied = await requested_page(
+        query,
+        MAX_LIST_LIMIT,
+        lambda limit, after: readmodels.list_jobs(ctx.pool, limit, filters, after),
     )
     return schemas.JobPage(
         items=[readmodels.job_from_row(r) for r in rows],

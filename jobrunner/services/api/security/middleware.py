@@ -34,7 +34,6 @@ from urllib.parse import quote
 import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.enums import ScopeType
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import ParameterKwarg
 from litestar.response import ServerSentEvent, Stream
@@ -42,6 +41,7 @@ from litestar.types import (
     ASGIApp,
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
+    HTTPScope,
     Message,
     Receive,
     Scope,
@@ -50,6 +50,7 @@ from litestar.types import (
 
 from jobrunner.services.api import sse
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.httponly import HttpOnly
 from jobrunner.services.api.queryparams import reject_unknown
 from jobrunner.services.api.security.origin import (
     HostPolicy,
@@ -319,16 +320,10 @@ async def answer_options(scope: Scope, send: Send) -> None:
     await send(body)
 
 
-class AccessMiddleware:
+class AccessMiddleware(HttpOnly):
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         handler = scope.get("route_handler")
         method: str = scope["method"]
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive=receive)
