@@ -142,12 +142,14 @@ class StreamLookups:
         self._resync_due = False
         return True
 
-    async def probe(self) -> None:
+    async def probe(self) -> bool:
         """One read that only shows whether reads succeed again (at a keep-alive of a stream whose
         read failed: a stream with no event meanwhile must learn it too; in a task beside the
-        stream, job_updates.py). Failing is no error."""
+        stream, job_updates.py): True when it answered. Failing is no error."""
         with suppress(*UNREADABLE):
             await self.fetchval("SELECT 1")
+            return True
+        return False
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._read(lambda conn: conn.fetch(query, *args))
