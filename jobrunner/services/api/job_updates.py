@@ -292,7 +292,7 @@ async def update_stream(
                     continue
                 if isinstance(msgs, Woken):
                     # The probe found reads answering again (or ended with an error): the
-                    # resync goes now, not at the next keep-alive, up to its interval later.
+                    # resync goes now, not at the next keep-alive (up to its interval later).
                     probed(probing)
                     if await lookups.take_resync(ctx.projection):
                         yield sse.resync()
@@ -386,9 +386,7 @@ async def probe_beside(lookups: StreamLookups, ended: asyncio.Event) -> None:
     at once."""
     try:
         answered = await lookups.probe()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
+    except Exception:  # not a cancel (a BaseException): the stream that cancels it ends
         ended.set()
         raise
     if answered:
