@@ -42,6 +42,9 @@ BOUND = 2.0
 HEALTH_BOUND = 1.0
 READ_DEADLINE = 6.0
 KEEPALIVE = 0.5
+# Far longer than a resync's way from the probe's answer to the client (a loaded machine's too):
+# one sent at the next keep-alive is told apart by its order alone.
+LONG_KEEPALIVE = 10.0
 
 
 @pytest.fixture
@@ -265,6 +268,61 @@ async def test_keep_alives_go_on_while_a_stream_probes_a_frozen_postgres(
     assert frame.json["jobType"] is None, frame.json  # the look-up failed: a probe was due
 
 
+async def test_the_resync_after_a_thaw_comes_as_the_probe_answers_not_a_keep_alive_later(
+    frozen_settings: Settings, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream's look-up failed on a frozen Postgres; its next keep-alive asks whether reads
+    answer again (a probe, held here until after the thaw and the projector's applying the job's
+    end). The probe answers, and the stream sends ``resync`` at once: the first frame after the
+    probe is the resync, not the next keep-alive. (Before: the keep-alive that began the probe
+    asked for the resync before the probe had run, so the resync waited for the next keep-alive,
+    15 s by default.)"""
+    monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 0.5)
+    settings = msgspec.structs.replace(frozen_settings, sse_keepalive_seconds=LONG_KEEPALIVE)
+    probing = asyncio.Event()
+    released = asyncio.Event()
+    probe = streamlookups.StreamLookups.probe
+
+    async def held(self: streamlookups.StreamLookups) -> Any:
+        probing.set()
+        async with asyncio.timeout(60):
+            await released.wait()
+        return await probe(self)
+
+    monkeypatch.setattr(streamlookups.StreamLookups, "probe", held)
+    seen = SseStream()
+    async with System(settings) as system:
+        await system.start_projector()
+        await system.start_api()
+        await system.wait_healthy()
+        await running_job(settings, "late-resync")
+        async with (
+            system.client() as client,
+            asyncio.timeout(120),
+            client.stream("GET", "/api/jobs/stream") as response,
+        ):
+            assert response.status_code == 200, await response.aread()
+            reader = asyncio.create_task(read_into(response, seen))
+            try:
+                with frozen_postgres(own_postgres):
+                    end = await publish(settings, ended("late-resync"))
+                    await until(reader, lambda: sent(seen, end) is not None)
+                    async with asyncio.timeout(60):
+                        await probing.wait()  # at the keep-alive after the failed look-up
+                await wait_projected(settings, end)
+                kept, events_sent = len(seen.comments), len(seen.events)
+                released.set()
+                await until(
+                    reader, lambda: len(seen.comments) > kept or len(seen.events) > events_sent
+                )
+            finally:
+                released.set()
+                reader.cancel()
+    after = [e.event for e in seen.events[events_sent:]]
+    assert after == ["resync"], f"{len(seen.comments) - kept} keep-alives, then events {after}"
+    assert len(seen.comments) == kept, f"{len(seen.comments) - kept} keep-alives before it"
+
+
 async def test_a_look_up_answered_after_another_failed_does_not_end_the_streams_pause(
     live: System, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,11 +351,12 @@ async def test_a_look_up_answered_after_another_failed_does_not_end_the_streams_
             await locked.start()
             # Every read of the jobs table waits (not a frozen Postgres: the rest answers).
             await locker.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
-            looking = AcquiredDeadlines(live, monkeypatch, watched=BOUND)
+            failing = FailureHeldForTheNextRead(monkeypatch)
             end_y = await publish(settings, ended("slow-y"))
             async with asyncio.timeout(30):
-                await looking.began.wait()  # the first stream looks slow-y up (it will fail)
-            await asyncio.sleep(BOUND / 2)  # the second look-up begins half a bound later
+                await failing.held.wait()  # the first stream's look-up of slow-y failed
+            # The second look-up begins before that failure is known (held until it began),
+            # with the whole bound ahead of it.
             async with client.stream("GET", f"/api/jobs/stream?after={end_y}") as later:
                 assert later.status_code == 200, await later.aread()
                 readers.append(asyncio.create_task(read_into(later, second)))
@@ -320,6 +379,7 @@ async def test_a_look_up_answered_after_another_failed_does_not_end_the_streams_
     assert y_frame.json["jobType"] is None, y_frame.json  # given up past the bound
     assert x_frame.json["jobType"] == "emit", x_frame.json  # answered after that failure
     assert after_frame.json["jobType"] is None, after_frame.json  # the pause went on
+    assert failing.next_began.is_set()  # the second look-up began before the failure ended
 
 
 async def test_a_freeze_just_shorter_than_the_bound_is_waited_out_by_the_look_up(
@@ -587,6 +647,32 @@ async def test_a_stream_opened_before_the_api_knew_the_version_reads_no_newer_ta
     assert [e.json["code"] for e in seen.events if e.event == "unavailable"] == [
         "READ_MODELS_NEWER"
     ], [e.event for e in seen.events]
+
+
+class FailureHeldForTheNextRead:
+    """From now on, the first of a stream's reads to fail is held (``held`` set) until another
+    read has begun (``next_began`` set): that read begins before the failure is known (no pause
+    begun), however slowly either stream comes to its read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.held = asyncio.Event()
+        self.next_began = asyncio.Event()
+        within_bound = streamlookups.StreamLookups._within_bound
+
+        async def holding(lookups: streamlookups.StreamLookups, query: Any) -> Any:
+            if self.held.is_set():
+                self.next_began.set()
+            try:
+                return await within_bound(lookups, query)
+            except streamlookups.UNREADABLE:
+                if self.held.is_set():
+                    raise
+                self.held.set()
+                async with asyncio.timeout(60):
+                    await self.next_began.wait()
+                raise
+
+        monkeypatch.setattr(streamlookups.StreamLookups, "_within_bound", holding)
 
 
 def sent(stream: SseStream, seq: int) -> SseEvent | None:

@@ -13,7 +13,10 @@ import contextlib
 import io
 import os
 import signal
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -34,8 +37,6 @@ from tests.tools.service_processes import ServiceProcess
 pytestmark = pytest.mark.timeout(120)
 
 RECONNECT_FOR = 6.0
-# Between the 503 and the reconnect: time for the test to freeze the API.
-PAUSE = 2.0
 # Far past the time left: a give-up at the read timeout says ReadTimeout, not the bound.
 SILENT = 40.0
 
@@ -77,13 +78,30 @@ async def refusing_newer(system: System, api: ServiceProcess) -> None:
             await asyncio.sleep(0.05)
 
 
+class PausedUntil:
+    """``time`` for the follow: its ``sleep`` (the pause before a reconnect) first waits for
+    ``event``; the rest is ``time``'s."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def sleep(self, seconds: float) -> None:
+        self._event.wait(60)
+        time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 async def test_a_reconnect_on_a_kept_connection_to_a_frozen_api_is_bounded_by_the_time_left(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stream answered 503 on a connection kept open; the API froze before the reconnect,
     which goes out on that connection: the follow gives up within ``--reconnect-for``, saying
     the API sent no stream line in the time left (exit 69)."""
-    monkeypatch.setattr(follow, "RECONNECT_PAUSE_SECONDS", PAUSE)
+    frozen_api = threading.Event()
+    # The pause before the reconnect ends once the API is frozen, however long freezing takes.
+    monkeypatch.setattr(follow, "time", PausedUntil(frozen_api))
     monkeypatch.setattr(follow, "SILENT_STREAM_SECONDS", SILENT)
     async with System(settings) as system:
         await newer_read_models(system)
@@ -107,15 +125,17 @@ async def test_a_reconnect_on_a_kept_connection_to_a_frozen_api_is_bounded_by_th
             try:
                 async with asyncio.timeout(30):
                     while "lost (" not in said.getvalue():  # noqa: ASYNC110
-                        await asyncio.sleep(0.02)  # the 503 came: the reconnect waits PAUSE
+                        await asyncio.sleep(0.02)  # the 503 came: the reconnect waits
                 assert api.proc is not None
                 await asyncio.to_thread(freeze, api.proc.pid)
                 frozen = True
+                frozen_api.set()
                 with pytest.raises(ClientError) as raised:
                     async with asyncio.timeout(SILENT + 30):
                         await run
             finally:
                 if not run.done():
+                    frozen_api.set()
                     if frozen and api.proc is not None:
                         os.kill(api.proc.pid, signal.SIGCONT)
                         frozen = False

@@ -105,17 +105,20 @@ class Api:
 
     def __init__(self, target: Target, timeout: float = 30.0) -> None:
         self.target = target
+        self._timeout = timeout
+        self.http = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        """A client of the target with its token, and connections of its own."""
         headers = {"Accept": "application/json"}
-        if target.token:
-            headers["Authorization"] = f"Bearer {target.token}"
-        self.http = httpx.Client(base_url=target.url, headers=headers, timeout=timeout)
+        if self.target.token:
+            headers["Authorization"] = f"Bearer {self.target.token}"
+        return httpx.Client(base_url=self.target.url, headers=headers, timeout=self._timeout)
 
     def unpooled(self) -> httpx.Client:
         """A client like ``http`` but with no connection of another request's to take: its
         first request makes a connection of its own (close it after)."""
-        return httpx.Client(
-            base_url=self.http.base_url, headers=self.http.headers, timeout=self.http.timeout
-        )
+        return self._new_client()
 
     def close(self) -> None:
         self.http.close()

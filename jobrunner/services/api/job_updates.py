@@ -34,7 +34,7 @@ from jobrunner.services.api import readmodels, schemas, sse
 from jobrunner.services.api.batch_updates import BatchUpdates
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.readpool import ReadModelsOfAnotherVersion
-from jobrunner.services.api.staletelling import StaleTeller
+from jobrunner.services.api.staletelling import StaleTeller, Woken
 from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups, stream_lookups
 
 log = structlog.get_logger()
@@ -260,8 +260,9 @@ async def update_stream(
     )
     teller = StaleTeller(ctx.fanout)
     probing: asyncio.Task[None] | None = None  # a probe of the read models under way
+    probe_ended = asyncio.Event()  # it ended other than by a failed read: wakes the loop
     # Closed in this order: a read under way (``between``) ends before ``messages`` closes.
-    async with aclosing(messages), aclosing(teller.between(messages)) as reads:
+    async with aclosing(messages), aclosing(teller.between(messages, probe_ended)) as reads:
         try:
             while True:
                 try:
@@ -289,6 +290,13 @@ async def update_stream(
                 if isinstance(msgs, bytes):  # a ``stale`` frame: NATS went silent, or is back
                     yield msgs
                     continue
+                if isinstance(msgs, Woken):
+                    # The probe found reads answering again (or ended with an error): the
+                    # resync goes now, not at the next keep-alive (up to its interval later).
+                    probed(probing)
+                    if await lookups.take_resync(ctx.projection):
+                        yield sse.resync()
+                    continue
                 if not msgs:
                     yield sse.comment("keep-alive")
                     probed(probing)
@@ -296,8 +304,9 @@ async def update_stream(
                         # In a task of its own: a probe during a freeze waits its bound, and
                         # the next keep-alive's interval begins only when this loop reads on
                         # (awaited here, every probe lengthened the client's silence by it).
-                        # Its answer is taken at the next keep-alive or read.
-                        probing = asyncio.create_task(lookups.probe())
+                        # Its answer wakes the loop (``probe_ended``), else is taken at the
+                        # next keep-alive or read.
+                        probing = asyncio.create_task(probe_beside(lookups, probe_ended))
                     if await lookups.take_resync(ctx.projection):
                         yield sse.resync()
                     continue
@@ -365,10 +374,23 @@ async def update_stream(
             )
         finally:
             if probing is not None:
-                # Its error, if any, is not needed any more: the stream ends.
                 probing.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await probing
+                await ended_probe(probing)
+
+
+async def probe_beside(lookups: StreamLookups, ended: asyncio.Event) -> None:
+    """``lookups.probe``, run beside the stream; ``ended`` set when it ends other than by a
+    failed read (reads answer again, or an error the stream must raise): it wakes the stream,
+    which sends its ``resync`` (or ends) at once. Not after a failed read: there is nothing to
+    tell (the next keep-alive probes again), and while Postgres is stopped every probe is refused
+    at once."""
+    try:
+        answered = await lookups.probe()
+    except Exception:  # not a cancel (a BaseException): the stream that cancels it ends
+        ended.set()
+        raise
+    if answered:
+        ended.set()
 
 
 def probed(probing: asyncio.Task[None] | None) -> None:
@@ -376,6 +398,18 @@ def probed(probing: asyncio.Task[None] | None) -> None:
     as any read of the stream's would (``probe`` itself passes over Postgres away)."""
     if probing is not None and probing.done() and not probing.cancelled():
         probing.result()
+
+
+async def ended_probe(probing: asyncio.Task[None]) -> None:
+    """Awaits a probe cancelled as its stream ends. Its error is not the stream's any more;
+    read models of another version are an answer (another stream says so), but any other error
+    is logged: dropped in silence, a bug would never be seen."""
+    try:
+        await probing
+    except (asyncio.CancelledError, ReadModelsOfAnotherVersion):
+        pass
+    except Exception:
+        log.warning("a stream's probe of the read models failed", exc_info=True)
 
 
 async def read_ahead(

@@ -20,6 +20,13 @@ from jobrunner.services.api.fanout import Fanout
 T = TypeVar("T")
 
 
+class Woken:
+    """What ``StaleTeller.between`` yields when its ``wake`` event was set (``WOKEN``)."""
+
+
+WOKEN = Woken()
+
+
 class StaleTeller:
     """What one viewer was last told of NATS, and its reads with the changes between them."""
 
@@ -43,10 +50,14 @@ class StaleTeller:
         self.told_silent = self._fanout.nats_silent
         return sse.stale(self.told_silent)
 
-    async def between(self, reads: AsyncIterator[T]) -> AsyncGenerator[T | bytes, None]:
+    async def between(
+        self, reads: AsyncIterator[T], wake: asyncio.Event | None = None
+    ) -> AsyncGenerator[T | bytes | Woken, None]:
         """The items of ``reads``, and a ``stale`` frame (``bytes``: so ``T`` must not be)
-        whenever NATS's state changed, also while a read waits. A read's error is raised here.
-        Close it before ``reads``: a read may be under way, in a task of its own."""
+        whenever NATS's state changed, also while a read waits; ``WOKEN`` whenever ``wake`` was
+        set (cleared then: the all-jobs stream's probe of Postgres, in a task of its own, says
+        so), also while a read waits. A read's error is raised here. Close it before ``reads``:
+        a read may be under way, in a task of its own."""
         self._fanout.silence_watchers.add(self._changed)
         pending: asyncio.Future[T] | None = None
         try:
@@ -54,15 +65,22 @@ class StaleTeller:
                 told = self.news()
                 if told is not None:
                     yield told
+                if wake is not None and wake.is_set():
+                    wake.clear()
+                    yield WOKEN
                 if pending is None:
                     pending = asyncio.ensure_future(anext(reads))
-                if not pending.done() and not self._changed.is_set():
+                woken = wake is not None and wake.is_set()
+                if not pending.done() and not self._changed.is_set() and not woken:
                     changed = asyncio.ensure_future(self._changed.wait())
-                    either: list[asyncio.Future[Any]] = [pending, changed]
+                    waits: list[asyncio.Future[Any]] = [pending, changed]
+                    if wake is not None:
+                        waits.append(asyncio.ensure_future(wake.wait()))
                     try:
-                        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     finally:
-                        changed.cancel()
+                        for wait in waits[1:]:
+                            wait.cancel()
                 if pending.done():
                     read, pending = pending, None
                     try:

@@ -76,6 +76,10 @@ class StreamReadsAway:
     def __init__(self) -> None:
         self.until = 0.0  # monotonic; 0: reads answered last
         self.testing = False
+        # Reads made that failed, of every stream: a read that answers tells its stream that
+        # reads answer again only if none failed since it began (it may have begun before a
+        # failure, a probe beside the stream or another stream's look-up, and answer after it).
+        self.failures = 0
 
 
 def stream_lookups(ctx: ApiContext) -> StreamLookups:
@@ -142,12 +146,14 @@ class StreamLookups:
         self._resync_due = False
         return True
 
-    async def probe(self) -> None:
+    async def probe(self) -> bool:
         """One read that only shows whether reads succeed again (at a keep-alive of a stream whose
         read failed: a stream with no event meanwhile must learn it too; in a task beside the
-        stream, job_updates.py). Failing is no error."""
+        stream, job_updates.py): True when it answered. Failing is no error."""
         with suppress(*UNREADABLE):
             await self.fetchval("SELECT 1")
+            return True
+        return False
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._read(lambda conn: conn.fetch(query, *args))
@@ -182,10 +188,12 @@ class StreamLookups:
             )
         testing = away.until > 0.0  # the first read since a failure: the others wait for it
         away.testing = testing
+        failures = away.failures
         try:
             result = await self._within_bound(query)
         except UNREADABLE:
             away.until = time.monotonic() + self._pause
+            away.failures += 1
             self.failed = self._missed = True
             raise
         finally:
@@ -195,7 +203,7 @@ class StreamLookups:
             # Only the read that tested ends the pause: another, begun before a failure and
             # answered after it, would end the pause the failure just began.
             away.until = 0.0
-        if self.failed:
+        if self.failed and away.failures == failures:
             self.failed = False
             self._resync_due = True
         return result
