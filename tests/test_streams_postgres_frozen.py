@@ -269,7 +269,7 @@ async def test_keep_alives_go_on_while_a_stream_probes_a_frozen_postgres(
 
 
 async def test_the_resync_after_a_thaw_comes_as_the_probe_answers_not_a_keep_alive_later(
-    frozen_settings: Settings, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, own_postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stream's look-up failed on a frozen Postgres; its next keep-alive asks whether reads
     answer again (a probe, held here until after the thaw and the projector's applying the job's
@@ -278,7 +278,7 @@ async def test_the_resync_after_a_thaw_comes_as_the_probe_answers_not_a_keep_ali
     asked for the resync before the probe had run, so the resync waited for the next keep-alive,
     15 s by default.)"""
     monkeypatch.setattr(streamlookups, "PAUSE_SECONDS", 0.5)
-    settings = msgspec.structs.replace(frozen_settings, sse_keepalive_seconds=LONG_KEEPALIVE)
+    settings = msgspec.structs.replace(settings, sse_keepalive_seconds=LONG_KEEPALIVE)
     probing = asyncio.Event()
     released = asyncio.Event()
     probe = streamlookups.StreamLookups.probe
