@@ -25,6 +25,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import replay as replay_module
+from jobrunner.services.projector.feed import EventFeed
 from tests.cli_support import cli_env
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
@@ -37,6 +38,11 @@ WENT_AWAY = "went away during the replay"
 # How long the test waits for the command at most: well past its bound, to see one that overruns.
 PATIENCE = 120.0
 JOBS = 20
+# Jobs of long lines: 6 x 1,800 lines of 1,000 characters, 11 MB, of which the loading's first
+# batch takes 8 (FETCH_READS).
+LONG_LINE_JOBS = 6
+LONG_LINES = 1800
+LONG_LINE = 1000
 
 
 @pytest.fixture
@@ -57,6 +63,29 @@ async def live(private: Settings) -> AsyncIterator[System]:
         yield system
 
 
+@pytest.fixture
+async def live_long_lines(private: Settings) -> AsyncIterator[System]:
+    """As ``live``, over jobs that printed long lines: the loading's first batch COPYs
+    megabytes, more than the socket takes while Postgres reads none of it."""
+    history: list[events.Event] = []
+    for n in range(LONG_LINE_JOBS):
+        job = logged_job(f"long{n}", lines=LONG_LINES, batch=LONG_LINES // 6)
+        history += [_widened(event) for event in job]
+    last = await publish(private, history)
+    async with reading_system(private) as system:
+        await wait_projected(private, last)
+        yield system
+
+
+def _widened(event: events.Event) -> events.Event:
+    if not isinstance(event, events.LineLogged):
+        return event
+    lines = [
+        msgspec.structs.replace(line, text=line.text.ljust(LONG_LINE, "x")) for line in event.lines
+    ]
+    return msgspec.structs.replace(event, lines=lines)
+
+
 async def _live_tables(settings: Settings) -> tuple[int, int, bool]:
     """The live jobs and lines, and whether a swap left ``readmodel_previous`` behind."""
     conn = await asyncpg.connect(settings.database_url)
@@ -73,16 +102,19 @@ async def _live_tables(settings: Settings) -> tuple[int, int, bool]:
 
 
 def _fault_as_loading_starts(
-    monkeypatch: pytest.MonkeyPatch, fault: Callable[[asyncpg.Pool], Any]
+    monkeypatch: pytest.MonkeyPatch, fault: Callable[[EventFeed], Any]
 ) -> None:
-    """The replay's loading starts with ``fault(pool)`` (awaited when it is a coroutine)."""
+    """The replay's loading starts with ``fault(feed)`` (awaited when it is a coroutine), the
+    feed it loads from being open."""
     load = replay_module._load
 
-    async def load_after_the_fault(pool: asyncpg.Pool, *args: Any) -> Any:
-        done = fault(pool)
+    async def load_after_the_fault(
+        pool: asyncpg.Pool, js: Any, names: Any, feed: EventFeed, *args: Any
+    ) -> Any:
+        done = fault(feed)
         if asyncio.iscoroutine(done):
             await done
-        return await load(pool, *args)
+        return await load(pool, js, names, feed, *args)
 
     monkeypatch.setattr(replay_module, "_load", load_after_the_fault)
 
@@ -134,7 +166,7 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
 
     timer = threading.Timer(frozen_for, thaw_now)
 
-    def freeze(pool: asyncpg.Pool) -> None:
+    def freeze(feed: EventFeed) -> None:
         pids.extend(freeze_postgres(own_postgres))
         timer.start()
 
@@ -172,7 +204,7 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
     case: the server restarted from a thread here dies with that thread, its parent-death
     signal.)"""
 
-    def restart(pool: asyncpg.Pool) -> None:
+    def restart(feed: EventFeed) -> None:
         # In a thread of its own: the server's start runs an event loop of its own.
         restarting = threading.Thread(target=lambda: (own_postgres.stop(), own_postgres.start()))
         restarting.start()
@@ -186,3 +218,136 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
     assert code == postgresconnect.UNAVAILABLE_EXIT, err
     assert "POSTGRES_UNAVAILABLE" in err, err
     assert WENT_AWAY in err, err
+
+
+class _BackendsTerminated:
+    """Every backend of the replay (begun after ``since``) terminated with pg_terminate_backend:
+    idle as the loading starts, or (``waiting_on`` a table of the rebuilt schema) while a write
+    of the loading waits on that table, which the test holds locked: a statement in flight."""
+
+    def __init__(
+        self, database_url: str, since: object, waiting_on: str | None, full_batch: bool = False
+    ) -> None:
+        self.database_url = database_url
+        self.full_batch = full_batch
+        self.since = since
+        self.table = f"{replay_module.REPLAY_SCHEMA}.{waiting_on}" if waiting_on else None
+        self.terminated: list[int] = []
+        self._locked = threading.Event()
+        self._terminating: threading.Thread | None = None
+
+    async def __call__(self, feed: EventFeed) -> None:
+        if self.table is None:
+            await self._terminate()
+            return
+        if self.full_batch:
+            # The loading's first batch as big as a batch gets: the feed's queue full (as it
+            # soon is on a history of megabytes), not whatever the first socket read held.
+            async with asyncio.timeout(60):
+                while not feed._queue.full():
+                    await asyncio.sleep(0.01)  # the feed says nothing of its queue
+        # In a thread of its own: the replay's loop goes on into the write that waits.
+        self._terminating = threading.Thread(
+            target=asyncio.run, args=(self._while_a_write_waits(),)
+        )
+        self._terminating.start()
+        await asyncio.to_thread(self._locked.wait, 60)
+
+    def done(self) -> list[int]:
+        """The backends terminated, once the fault has ended."""
+        if self._terminating is not None:
+            self._terminating.join()
+        return self.terminated
+
+    async def _while_a_write_waits(self) -> None:
+        holder = await asyncpg.connect(self.database_url)
+        try:
+            async with holder.transaction():
+                # Reads pass (a COPY's look at the table's columns), writes wait.
+                await holder.execute(f"LOCK TABLE {self.table} IN EXCLUSIVE MODE")
+                self._locked.set()
+                async with asyncio.timeout(60):
+                    while not await holder.fetchval(
+                        "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted "
+                        "AND relation = $1::regclass)",
+                        self.table,
+                    ):
+                        await asyncio.sleep(0.02)  # Postgres state: nothing to wait on
+                await self._terminate(spared=holder.get_server_pid())
+        finally:
+            self._locked.set()
+            await holder.close()
+
+    async def _terminate(self, spared: int = 0) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            self.terminated += [
+                row["pid"]
+                for row in await conn.fetch(
+                    "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                    "AND backend_start > $1 AND pid <> $2",
+                    self.since,
+                    spared,
+                )
+            ]
+        finally:
+            await conn.close()
+
+
+async def _terminated_mid_load(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    waiting_on: str | None,
+    full_batch: bool = False,
+) -> None:
+    """The replay's backends terminated as the loading starts (``_BackendsTerminated``): one
+    sentence, POSTGRES_UNAVAILABLE, exit 69, the live tables as they were; a run again
+    succeeds."""
+    before = await _live_tables(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        since = await conn.fetchval("SELECT now()")
+    finally:
+        await conn.close()
+    fault = _BackendsTerminated(settings.database_url, since, waiting_on, full_batch)
+    _fault_as_loading_starts(monkeypatch, fault)
+    code, err = await _replay_command(settings, monkeypatch, capsys)
+    assert fault.done(), "the loading never started: " + err
+    assert code is not None, "the replay hung:\n" + err
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert WENT_AWAY in err, err
+    monkeypatch.undo()
+    assert await _live_tables(settings) == before
+    again, said = await _replay_command(settings, monkeypatch, capsys)
+    assert again == 0, said
+
+
+@pytest.mark.parametrize("waiting_on", [None, "checkpoint"], ids=["idle", "a-write-waiting"])
+async def test_a_replay_whose_backends_are_terminated_mid_load_says_postgres_went_away(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    waiting_on: str | None,
+) -> None:
+    """Every backend of the replay terminated (pg_terminate_backend) as its loading starts, idle
+    or while its first write waits: POSTGRES_UNAVAILABLE, exit 69, the live tables as they
+    were; a replay run again succeeds."""
+    await _terminated_mid_load(private, monkeypatch, capsys, waiting_on)
+
+
+async def test_a_replay_whose_backends_are_terminated_mid_copy_says_postgres_went_away(
+    live_long_lines: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every backend of the replay terminated while the lines' COPY of its first batch (7 MB)
+    waits with more written than the socket takes: POSTGRES_UNAVAILABLE, exit 69, the live
+    tables as they were; a replay run again succeeds. It hung: asyncpg's COPY, paused until the
+    socket drains, never wakes when its connection is lost."""
+    await _terminated_mid_load(private, monkeypatch, capsys, "log_lines", full_batch=True)
