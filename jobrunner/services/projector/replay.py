@@ -35,6 +35,7 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
+    ReplayLockLost,
     connect_lock_holder,
     rebuilt_schema_transaction,
     swap_transaction,
@@ -135,8 +136,11 @@ async def replay(
         )
     except Exception as exc:
         gone = await watches[0].lost() if watches else None
-        if gone is None and isinstance(exc, postgresconnect.WENT_AWAY_ERRORS):
-            gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # A session of the replay ended under it (its backend terminated), Postgres answering
+        # the probe: said the same way; a lost replay lock has a sentence of its own.
+        went = None if isinstance(exc, ReplayLockLost) else postgresconnect.went_away_error(exc)
+        if gone is None and went is not None:
+            gone = f"{type(went).__name__}: {went}" if str(went) else type(went).__name__
         if gone is None:
             raise
         raise postgresconnect.went_away(gone, settings.database_url, "the replay") from exc
