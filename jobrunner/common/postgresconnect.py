@@ -130,13 +130,18 @@ def went_away_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def went_away(cause: str, database_url: str, during: str) -> PostgresUnusable:
+NOTHING_SWAPPED = "nothing was swapped; run it again once Postgres answers"
+
+
+def went_away(
+    cause: str, database_url: str, during: str, consequence: str = NOTHING_SWAPPED
+) -> PostgresUnusable:
     """The sentence and exit code (69) of a command whose Postgres stopped answering, or ended
-    its connections, while its work ran (``cause``: why, e.g. the probe unanswered)."""
+    its connections, while its work ran (``cause``: why, e.g. the probe unanswered;
+    ``consequence``: what it left, and what to do)."""
     return PostgresUnusable(
         "POSTGRES_UNAVAILABLE",
-        f"Postgres at {server_of(database_url)} went away during {during} ({cause}): nothing "
-        f"was swapped; run it again once Postgres answers",
+        f"Postgres at {server_of(database_url)} went away during {during} ({cause}): {consequence}",
         UNAVAILABLE_EXIT,
     )
 

@@ -33,7 +33,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore, readmodelversion
+from jobrunner.common import database, eventstore, postgresconnect, postgreswatch, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
@@ -55,6 +55,7 @@ from jobrunner.services.projector.replay import (
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
     ReplayLockLost,
+    SwapState,
     connect_lock_holder,
     rebuilt_schema_transaction,
     swap_transaction,
@@ -214,15 +215,68 @@ async def rebuild(
     progress_interval: float = 1.0,
     held: Connections | None = None,
 ) -> Outcome:
-    """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring)."""
-    names = Names(settings.prefix)
+    """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring).
+
+    Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while it runs (its liveness
+    probe unanswered: no statement of a rebuild has a bound of its own, an index build may
+    rightly take minutes), or ending its connections, raises ``PostgresUnusable``
+    (``POSTGRES_UNAVAILABLE``), its connections ended; what was loaded stays for the next
+    attempt, which resumes from the rebuilt schema's checkpoint."""
     held = held or Connections()
+    watch = postgreswatch.WorkWatch(settings.database_url)
+    swap = SwapState()
+    try:
+        return await _rebuild(settings, found, on_progress, progress_interval, held, watch, swap)
+    except Exception as exc:
+        # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
+        gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
+        if gone is None:
+            raise
+        raise postgresconnect.went_away(
+            gone, settings.database_url, "the read-model rebuild", _went_away_consequence(swap)
+        ) from exc
+    finally:
+        await watch.stop()
+
+
+def _went_away_consequence(swap: SwapState) -> str:
+    """What a rebuild that met Postgres gone left of the live read models, and what to do."""
+    if swap.committed:
+        return (
+            "the rebuilt read models were swapped in; the previous ones are left in schema "
+            f"{PREVIOUS_SCHEMA} (the next rebuild or replay drops them)"
+        )
+    if swap.committing:
+        return (
+            "the swap's COMMIT was sent and not answered, so the rebuilt read models may or may "
+            "not have been swapped in; the next attempt (the projector's own, or `jobrunner "
+            "replay` run again) finds them current or resumes the rebuild from its checkpoint"
+        )
+    return (
+        "nothing was swapped; the next attempt (the projector's own, or `jobrunner replay` run "
+        "again) resumes the rebuild from its checkpoint once Postgres answers"
+    )
+
+
+async def _rebuild(
+    settings: Settings,
+    found: int,
+    on_progress: Callable[[Progress], None],
+    progress_interval: float,
+    held: Connections,
+    watch: postgreswatch.WorkWatch,
+    swap: SwapState,
+) -> Outcome:
+    names = Names(settings.prefix)
     async with contextlib.AsyncExitStack() as resources:
         lock_holder = await connect_lock_holder(
             settings.database_url, settings.projector_postgres_dead_seconds
         )
         held.add(lock_holder)
         resources.push_async_callback(lock_holder.close)
+        # From here on a frozen Postgres ends every connection of the rebuild (the pool too,
+        # once added) at the probe's bound, the lock's wait included; ``rebuild`` stops it.
+        await watch.start(on_gone=held.terminate)
         # One rebuild (or replay) at a time; a second projector waits here, then finds the
         # read models current.
         await lock_holder.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
@@ -296,7 +350,7 @@ async def rebuild(
         # On the replay lock's own session, as a replay's swap: should that session have ended
         # (and another rebuild have taken the lock and refilled the rebuilt schema), nothing is
         # swapped and ReplayLockLost is raised (replaylock.py).
-        async with swap_transaction(lock_holder) as conn:
+        async with swap_transaction(lock_holder, swap) as conn:
             # An older projector still running pauses between two of its batches.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             # What arrives from here on the projector applies after the swap, from the rebuilt
