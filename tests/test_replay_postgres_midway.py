@@ -10,6 +10,7 @@ inflict it first, for real (every Postgres process stopped; a restart)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -307,3 +308,54 @@ async def test_a_replay_whose_backends_are_terminated_mid_load_says_postgres_wen
     or while its first write waits: POSTGRES_UNAVAILABLE, exit 69, the live tables as they
     were; a replay run again succeeds."""
     await _terminated_mid_load(private, monkeypatch, capsys, waiting_on)
+
+
+async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapped(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres frozen as the swap's COMMIT is sent, past the probe's bound: POSTGRES_UNAVAILABLE,
+    exit 69, before the thaw, and the sentence says the swap may or may not have happened and
+    to run the replay again (it said "nothing was swapped", which that COMMIT may belie); after
+    the thaw a replay run again succeeds, the live read models as they were."""
+    before = await _live_tables(private)
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+    swap_transaction = replay_module.swap_transaction
+
+    @contextlib.asynccontextmanager
+    async def frozen_before_its_commit(*args: Any) -> AsyncIterator[asyncpg.Connection]:
+        async with swap_transaction(*args) as conn:
+            yield conn
+            # The swap's statements done, its COMMIT next: sent to a frozen Postgres.
+            pids.extend(freeze_postgres(own_postgres))
+            timer.start()
+
+    monkeypatch.setattr(replay_module, "swap_transaction", frozen_before_its_commit)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert "nothing was swapped" not in err, err
+    assert "may or may not have been swapped in" in err, err
+    assert "run `jobrunner replay` again" in err, err
+    monkeypatch.undo()
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert await _live_tables(private) == before
