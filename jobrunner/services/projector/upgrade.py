@@ -114,9 +114,12 @@ async def ensure_current(
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 1.0,
     held: Connections | None = None,
+    retries: outage.RetryLog | None = None,
 ) -> Outcome:
     """Make the live read models this code's version, or raise ``StateRefused``; see the module
-    docstring. ``allow_rebuild`` overrides ``settings.readmodel_auto_rebuild``."""
+    docstring. ``allow_rebuild`` overrides ``settings.readmodel_auto_rebuild``; ``retries``:
+    the log of the attempts so far (``ensure_current_in_place``), which says a rebuild's start
+    once and its NATS errors throttled across them."""
     if allow_rebuild is None:
         allow_rebuild = settings.readmodel_auto_rebuild
     held = held or Connections()
@@ -147,7 +150,9 @@ async def ensure_current(
         raise StateRefused(readmodelversion.newer_sentence(found))
     if not allow_rebuild:
         raise StateRefused(readmodelversion.rebuild_sentence(found))
-    return await rebuild(settings, found, on_progress or log_progress, progress_interval, held)
+    return await rebuild(
+        settings, found, on_progress or log_progress, progress_interval, held, retries
+    )
 
 
 async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Outcome | None:
@@ -170,7 +175,7 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
         held = Connections()
         try:
             outcome = await unless_stopped(
-                ensure_current(settings, held=held),
+                ensure_current(settings, held=held, retries=retries),
                 stop,
                 within=rebuild_stop_seconds(settings),
                 what="the read-model rebuild (resumed from its checkpoint at the next start)",
@@ -214,6 +219,7 @@ async def rebuild(
     on_progress: Callable[[Progress], None],
     progress_interval: float = 1.0,
     held: Connections | None = None,
+    retries: outage.RetryLog | None = None,
 ) -> Outcome:
     """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring).
 
@@ -226,7 +232,9 @@ async def rebuild(
     watch = postgreswatch.WorkWatch(settings.database_url)
     swap = SwapState()
     try:
-        return await _rebuild(settings, found, on_progress, progress_interval, held, watch, swap)
+        return await _rebuild(
+            settings, found, on_progress, progress_interval, held, watch, swap, retries
+        )
     except Exception as exc:
         # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
         gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
@@ -266,6 +274,7 @@ async def _rebuild(
     held: Connections,
     watch: postgreswatch.WorkWatch,
     swap: SwapState,
+    retries: outage.RetryLog | None,
 ) -> Outcome:
     names = Names(settings.prefix)
     async with contextlib.AsyncExitStack() as resources:
@@ -285,13 +294,16 @@ async def _rebuild(
             if now > READMODEL_VERSION:
                 raise StateRefused(readmodelversion.newer_sentence(now))
             return Outcome(found, rebuilt=False)
-        log.warning(
-            "the read models are older than this jobrunner: rebuilding them from the event "
-            "stream; the API answers 503 READ_MODELS_REBUILDING until they are swapped in",
-            found=readmodelversion.describe(found),
-            needed=READMODEL_VERSION,
+        if retries is None or not retries.failures:  # said by the first attempt only
+            log.warning(
+                "the read models are older than this jobrunner: rebuilding them from the event "
+                "stream; the API answers 503 READ_MODELS_REBUILDING until they are swapped in",
+                found=readmodelversion.describe(found),
+                needed=READMODEL_VERSION,
+            )
+        nc = await eventstore.connect(
+            settings, "upgrade", errors=None if retries is None else _nats_errors(retries)
         )
-        nc = await eventstore.connect(settings, "upgrade")
         resources.push_async_callback(eventstore.close, nc)
         js = nc.jetstream()
         # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
@@ -375,6 +387,22 @@ async def _rebuild(
             seconds=round(time.monotonic() - progress.started, 1),
         )
         return Outcome(found, rebuilt=True, events=progress.done, checkpoint=applied)
+
+
+def _nats_errors(retries: outage.RetryLog) -> Callable[[Exception], None]:
+    """A rebuild attempt's NATS errors (its connection's, new at each attempt: refused while NATS
+    is away, for as long as it is), said through the attempts' log: each kind once per its
+    interval, across the attempts."""
+
+    def said(exc: Exception) -> None:
+        retries.said(
+            "nats error",
+            kind=f"nats {type(exc).__name__}",
+            connection="upgrade",
+            error=str(exc) or type(exc).__name__,
+        )
+
+    return said
 
 
 async def _resume_or_start(conn: asyncpg.Connection, lock_holder_pid: int) -> bool:
