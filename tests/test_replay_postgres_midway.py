@@ -26,6 +26,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import replay as replay_module
+from jobrunner.services.projector import replaylock
 from jobrunner.services.projector.feed import EventFeed
 from tests.cli_support import cli_env
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
@@ -330,7 +331,7 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
         thaw(pids)
 
     timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
-    swap_transaction = replay_module.swap_transaction
+    swap_transaction = replaylock.swap_transaction  # the one the replay imported
 
     @contextlib.asynccontextmanager
     async def frozen_before_its_commit(*args: Any) -> AsyncIterator[asyncpg.Connection]:
