@@ -5,7 +5,9 @@ long as Postgres stayed frozen (no bound on a statement), and a backend terminat
 statement ended it in a traceback or in a sentence about a connect that never happened.
 
 The fault comes as the loading starts: ``_load`` (the replay's loading phase) is wrapped to
-inflict it first, for real (every Postgres process stopped; a restart)."""
+inflict it first, for real (every Postgres process stopped; a restart; the replay's backends
+terminated with ``pg_terminate_backend``); or, for the swap, just before its COMMIT is sent, when
+the sentence must not say that nothing was swapped."""
 
 from __future__ import annotations
 
