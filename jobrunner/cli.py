@@ -206,6 +206,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return 4
+    except postgresconnect.PostgresUnusable as exc:  # Postgres went away during the rebuild
+        return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
     if outcome.rebuilt:

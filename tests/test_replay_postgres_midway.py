@@ -5,11 +5,14 @@ long as Postgres stayed frozen (no bound on a statement), and a backend terminat
 statement ended it in a traceback or in a sentence about a connect that never happened.
 
 The fault comes as the loading starts: ``_load`` (the replay's loading phase) is wrapped to
-inflict it first, for real (every Postgres process stopped; a restart)."""
+inflict it first, for real (every Postgres process stopped; a restart; the replay's backends
+terminated with ``pg_terminate_backend``); or, for the swap, just before its COMMIT is sent, when
+the sentence must not say that nothing was swapped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +28,8 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import replay as replay_module
+from jobrunner.services.projector import replaylock
+from jobrunner.services.projector.feed import EventFeed
 from tests.cli_support import cli_env
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
@@ -73,16 +78,19 @@ async def _live_tables(settings: Settings) -> tuple[int, int, bool]:
 
 
 def _fault_as_loading_starts(
-    monkeypatch: pytest.MonkeyPatch, fault: Callable[[asyncpg.Pool], Any]
+    monkeypatch: pytest.MonkeyPatch, fault: Callable[[EventFeed], Any]
 ) -> None:
-    """The replay's loading starts with ``fault(pool)`` (awaited when it is a coroutine)."""
+    """The replay's loading starts with ``fault(feed)`` (awaited when it is a coroutine), the
+    feed it loads from being open."""
     load = replay_module._load
 
-    async def load_after_the_fault(pool: asyncpg.Pool, *args: Any) -> Any:
-        done = fault(pool)
+    async def load_after_the_fault(
+        pool: asyncpg.Pool, js: Any, names: Any, feed: EventFeed, *args: Any
+    ) -> Any:
+        done = fault(feed)
         if asyncio.iscoroutine(done):
             await done
-        return await load(pool, *args)
+        return await load(pool, js, names, feed, *args)
 
     monkeypatch.setattr(replay_module, "_load", load_after_the_fault)
 
@@ -134,7 +142,7 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
 
     timer = threading.Timer(frozen_for, thaw_now)
 
-    def freeze(pool: asyncpg.Pool) -> None:
+    def freeze(feed: EventFeed) -> None:
         pids.extend(freeze_postgres(own_postgres))
         timer.start()
 
@@ -172,9 +180,13 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
     case: the server restarted from a thread here dies with that thread, its parent-death
     signal.)"""
 
-    def restart(pool: asyncpg.Pool) -> None:
+    def stop_and_start() -> None:
+        own_postgres.stop()
+        own_postgres.start()
+
+    def restart(feed: EventFeed) -> None:
         # In a thread of its own: the server's start runs an event loop of its own.
-        restarting = threading.Thread(target=lambda: (own_postgres.stop(), own_postgres.start()))
+        restarting = threading.Thread(target=stop_and_start)
         restarting.start()
         restarting.join()
 
@@ -186,3 +198,167 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
     assert code == postgresconnect.UNAVAILABLE_EXIT, err
     assert "POSTGRES_UNAVAILABLE" in err, err
     assert WENT_AWAY in err, err
+
+
+class _BackendsTerminated:
+    """Every backend of the replay (begun after ``since``) terminated with pg_terminate_backend:
+    idle as the loading starts, or (``waiting_on`` a table of the rebuilt schema) while a write
+    of the loading waits on that table, which the test holds locked: a statement in flight."""
+
+    def __init__(self, database_url: str, since: object, waiting_on: str | None) -> None:
+        self.database_url = database_url
+        self.since = since
+        self.table = f"{replay_module.REPLAY_SCHEMA}.{waiting_on}" if waiting_on else None
+        self.terminated: list[int] = []
+        self._locked = threading.Event()
+        self._terminating: threading.Thread | None = None
+
+    async def __call__(self, feed: EventFeed) -> None:
+        if self.table is None:
+            await self._terminate()
+            return
+        # In a thread of its own, not on the command's event loop: the replay's loop goes on
+        # into the write that waits, and the lock is let go whenever the command ends (a task
+        # of the command's loop is cancelled at its end, before its rollback: the first version
+        # of this test left the lock held, and the replay run again waited on it for ever).
+        self._terminating = threading.Thread(
+            target=asyncio.run, args=(self._while_a_write_waits(),)
+        )
+        self._terminating.start()
+        await asyncio.to_thread(self._locked.wait, 60)
+
+    def done(self) -> list[int]:
+        """The backends terminated, once the fault has ended."""
+        if self._terminating is not None:
+            self._terminating.join()
+        return self.terminated
+
+    async def _while_a_write_waits(self) -> None:
+        holder = await asyncpg.connect(self.database_url)
+        try:
+            async with holder.transaction():
+                # Reads pass (a COPY's look at the table's columns), writes wait.
+                await holder.execute(f"LOCK TABLE {self.table} IN EXCLUSIVE MODE")
+                self._locked.set()
+                async with asyncio.timeout(60):
+                    while not await holder.fetchval(  # noqa: ASYNC110 - Postgres state
+                        "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted "
+                        "AND relation = $1::regclass)",
+                        self.table,
+                    ):
+                        await asyncio.sleep(0.02)
+                await self._terminate(spared=holder.get_server_pid())
+        finally:
+            self._locked.set()
+            await holder.close()
+
+    async def _terminate(self, spared: int = 0) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            self.terminated += [
+                row["pid"]
+                for row in await conn.fetch(
+                    "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                    "AND backend_start > $1 AND pid <> $2",
+                    self.since,
+                    spared,
+                )
+            ]
+        finally:
+            await conn.close()
+
+
+async def _terminated_mid_load(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    waiting_on: str | None,
+) -> None:
+    """The replay's backends terminated as the loading starts (``_BackendsTerminated``): one
+    sentence, POSTGRES_UNAVAILABLE, exit 69, the live tables as they were; a run again
+    succeeds."""
+    before = await _live_tables(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        since = await conn.fetchval("SELECT now()")
+    finally:
+        await conn.close()
+    fault = _BackendsTerminated(settings.database_url, since, waiting_on)
+    _fault_as_loading_starts(monkeypatch, fault)
+    code, err = await _replay_command(settings, monkeypatch, capsys)
+    assert fault.done(), "the loading never started: " + err
+    assert code is not None, "the replay hung:\n" + err
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert WENT_AWAY in err, err
+    monkeypatch.undo()
+    assert await _live_tables(settings) == before
+    again, said = await _replay_command(settings, monkeypatch, capsys)
+    assert again == 0, said
+
+
+@pytest.mark.parametrize("waiting_on", [None, "checkpoint"], ids=["idle", "a-write-waiting"])
+async def test_a_replay_whose_backends_are_terminated_mid_load_says_postgres_went_away(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    waiting_on: str | None,
+) -> None:
+    """Every backend of the replay terminated (pg_terminate_backend) as its loading starts, idle
+    or while its first write waits: POSTGRES_UNAVAILABLE, exit 69, the live tables as they
+    were; a replay run again succeeds."""
+    await _terminated_mid_load(private, monkeypatch, capsys, waiting_on)
+
+
+async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapped(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres frozen as the swap's COMMIT is sent, past the probe's bound: POSTGRES_UNAVAILABLE,
+    exit 69, before the thaw, and the sentence says the swap may or may not have happened and
+    to run the replay again (it said "nothing was swapped", which that COMMIT may belie); after
+    the thaw a replay run again succeeds, the live read models as they were."""
+    before = await _live_tables(private)
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+    swap_transaction = replaylock.swap_transaction  # the one the replay imported
+
+    @contextlib.asynccontextmanager
+    async def frozen_before_its_commit(*args: Any) -> AsyncIterator[asyncpg.Connection]:
+        async with swap_transaction(*args) as conn:
+            yield conn
+            # The swap's statements done, its COMMIT next: sent to a frozen Postgres.
+            pids.extend(freeze_postgres(own_postgres))
+            timer.start()
+
+    monkeypatch.setattr(replay_module, "swap_transaction", frozen_before_its_commit)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert "nothing was swapped" not in err, err
+    assert "may or may not have been swapped in" in err, err
+    assert "run `jobrunner replay` again" in err, err
+    monkeypatch.undo()
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert await _live_tables(private) == before

@@ -141,9 +141,17 @@ class ErrorLog:
 
 
 async def connect(
-    settings: Settings, name: str, on_closed_for_good: ClosedForGood = "raise", **options: Any
+    settings: Settings,
+    name: str,
+    on_closed_for_good: ClosedForGood = "raise",
+    errors: Callable[[Exception], None] | None = None,
+    **options: Any,
 ) -> NATS:
     """Connect with reconnects forever: NATS restarts must not kill a service.
+
+    nats-py's errors are logged by ``errors`` when given (a caller whose attempts each open a
+    connection throttles them across its attempts), else at most once per
+    ``ERROR_LOG_INTERVAL`` for this connection (``ErrorLog``).
 
     A connection nats-py closes for good (see ServiceClient) stays closed. ``"exit"``, for the
     long-running services: ``closed_for_good_action`` (the process ends with status 75 and its
@@ -164,10 +172,10 @@ async def connect(
         ackinbox.reconnected(nc)
         log.info("nats reconnected", connection=name, consumers_checked=checking)
 
-    errors = ErrorLog(name)
+    said = errors or ErrorLog(name)
 
     async def on_error(exc: Exception) -> None:
-        errors(exc)
+        said(exc)
 
     async def on_closed() -> None:
         if nc.closed_on_request:

@@ -115,13 +115,33 @@ WENT_AWAY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def went_away(cause: str, database_url: str, during: str) -> PostgresUnusable:
+def went_away_error(exc: BaseException) -> BaseException | None:
+    """The error of ``WENT_AWAY_ERRORS`` that ``exc`` is, or was raised from or while handling
+    (``__cause__``, ``__context__``), if any: asyncpg raises a transaction's exit on a lost
+    connection as ``InterfaceError`` ("the underlying connection is closed"), over the
+    statement's own ``ConnectionDoesNotExistError``."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, WENT_AWAY_ERRORS):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
+
+
+NOTHING_SWAPPED = "nothing was swapped; run it again once Postgres answers"
+
+
+def went_away(
+    cause: str, database_url: str, during: str, consequence: str = NOTHING_SWAPPED
+) -> PostgresUnusable:
     """The sentence and exit code (69) of a command whose Postgres stopped answering, or ended
-    its connections, while its work ran (``cause``: why, e.g. the probe unanswered)."""
+    its connections, while its work ran (``cause``: why, e.g. the probe unanswered;
+    ``consequence``: what it left, and what to do)."""
     return PostgresUnusable(
         "POSTGRES_UNAVAILABLE",
-        f"Postgres at {server_of(database_url)} went away during {during} ({cause}): nothing "
-        f"was swapped; run it again once Postgres answers",
+        f"Postgres at {server_of(database_url)} went away during {during} ({cause}): {consequence}",
         UNAVAILABLE_EXIT,
     )
 

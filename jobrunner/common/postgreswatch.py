@@ -7,7 +7,11 @@ frozen server's kernel still acknowledges. A Postgres that answers a ``SELECT 1`
 connection is alive however long the work's statement takes; one that leaves it unanswered for
 ``ANSWER_WITHIN`` seconds (frozen, or its host gone) or ends the probe's connection (restarted,
 shut down) is gone: the watch then calls ``on_gone`` (which ends the work's connections, so that
-its statements stop waiting) and says why in ``gone``."""
+its statements stop waiting) and says why in ``gone``.
+
+``WorkWatch`` is the probe as a piece of work uses it (`jobrunner replay`, the projector's
+read-model rebuild): started once the work's connections are open, asked why the work failed,
+stopped at its end."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from jobrunner.common import database
+from jobrunner.common import database, postgresconnect
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 
 # A working Postgres answers a SELECT 1 in milliseconds, a loaded one (index builds on every
@@ -106,3 +110,33 @@ async def start(
     """Connect the probe (bounded as a command's connects are) and start it."""
     conn = await database.connect_or_unreachable(database_url, timeout=CHECK_CONNECT_SECONDS)
     return LivenessWatch(conn, on_gone, answer_within, every)
+
+
+class WorkWatch:
+    """The probe of one piece of work that opens its own connections first: ``start`` it once
+    they are, ask ``why_failed`` when the work fails, ``stop`` it when the work ends (whether
+    or not it was started)."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._watch: LivenessWatch | None = None
+
+    async def start(self, on_gone: Callable[[], None]) -> None:
+        """Connect the probe (``start``); ``on_gone`` ends the work's connections."""
+        self._watch = await start(self._database_url, on_gone)
+
+    async def why_failed(self, failure: BaseException, in_chain: bool = True) -> str | None:
+        """Why the work that raised ``failure`` met Postgres gone: the probe's finding
+        (``LivenessWatch.lost``), else (``in_chain``) a connection of the work's ended under
+        it, Postgres answering (``postgresconnect.went_away_error``: its backend terminated).
+        None: it failed for something else."""
+        gone = await self._watch.lost() if self._watch is not None else None
+        if gone is None and in_chain:
+            went = postgresconnect.went_away_error(failure)
+            if went is not None:
+                gone = f"{type(went).__name__}: {went}" if str(went) else type(went).__name__
+        return gone
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()

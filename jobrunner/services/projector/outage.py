@@ -75,6 +75,14 @@ class RetryLog:
             )
         return pause
 
+    def said(self, event: str, *, kind: str, **fields: object) -> None:
+        """Say ``event`` (a warning) met during an attempt (a NATS error of its connection),
+        counting no failure: at most once per ``interval`` for each ``kind`` across attempts
+        (``since_last``). Each attempt's new connection had a throttle of its own."""
+        left_out = self._throttles.setdefault(kind, LogThrottle(self.interval)).admit()
+        if left_out is not None:
+            log.warning(event, **fields, **({"since_last": left_out} if left_out else {}))
+
     def succeeded(self, event: str, **fields: object) -> None:
         """Say ``event`` (info) when the attempt that went through followed failures."""
         if self.failures:

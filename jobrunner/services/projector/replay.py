@@ -35,6 +35,8 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
+    ReplayLockLost,
+    SwapState,
     connect_lock_holder,
     rebuilt_schema_transaction,
     swap_transaction,
@@ -127,22 +129,40 @@ async def replay(
     Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while the replay runs, or
     ending its connections (restarted, its backends terminated), raises ``PostgresUnusable``
     (``POSTGRES_UNAVAILABLE``): the swap is one transaction, so the live read models are
-    either swapped whole or untouched, and a replay run again starts afresh."""
-    watches: list[postgreswatch.LivenessWatch] = []
+    either swapped whole or untouched, and a replay run again starts afresh. Its sentence says
+    which, or that the swap's COMMIT went unanswered (``went_away_consequence``)."""
+    watch = postgreswatch.WorkWatch(settings.database_url)
+    swap = SwapState()
     try:
         return await _replay(
-            settings, on_progress, keep_previous, accept_differences, progress_interval, watches
+            settings, on_progress, keep_previous, accept_differences, progress_interval, watch, swap
         )
     except Exception as exc:
-        gone = await watches[0].lost() if watches else None
-        if gone is None and isinstance(exc, postgresconnect.WENT_AWAY_ERRORS):
-            gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
+        gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
         if gone is None:
             raise
-        raise postgresconnect.went_away(gone, settings.database_url, "the replay") from exc
+        raise postgresconnect.went_away(
+            gone, settings.database_url, "the replay", went_away_consequence(swap)
+        ) from exc
     finally:
-        for watch in watches:
-            await watch.stop()
+        await watch.stop()
+
+
+def went_away_consequence(swap: SwapState) -> str:
+    """What a replay that met Postgres gone left of the live read models, and what to do."""
+    if swap.committed:
+        return (
+            "the rebuilt read models were swapped in; the previous ones are left in schema "
+            f"{PREVIOUS_SCHEMA} (the next replay drops them)"
+        )
+    if swap.committing:
+        return (
+            "the swap's COMMIT was sent and not answered, so the rebuilt read models may or "
+            "may not have been swapped in; run `jobrunner replay` again once Postgres answers "
+            "(it rebuilds and compares again either way)"
+        )
+    return postgresconnect.NOTHING_SWAPPED
 
 
 async def _replay(
@@ -151,7 +171,8 @@ async def _replay(
     keep_previous: bool,
     accept_differences: bool,
     progress_interval: float,
-    watches: list[postgreswatch.LivenessWatch],
+    watch: postgreswatch.WorkWatch,
+    swap: SwapState,
 ) -> ReplayReport:
     names = Names(settings.prefix)
     started = time.monotonic()
@@ -185,9 +206,8 @@ async def _replay(
             pool.terminate()
             lock_holder.terminate()
 
-        watch = await postgreswatch.start(settings.database_url, on_gone=end_connections)
         # Stopped by ``replay`` once it has asked the watch why the replay failed.
-        watches.append(watch)
+        await watch.start(on_gone=end_connections)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
             raise RuntimeError("another replay is running; wait for it to finish")
         await eventstore.ensure_topology(js, names, settings)
@@ -238,7 +258,7 @@ async def _replay(
         mark = begin("comparing")
         # Swap phase: the live projector pauses between two batches while we finish. On the
         # lock's own session: the lock is still ours when it commits (replaylock.py).
-        async with swap_transaction(lock_holder) as conn:
+        async with swap_transaction(lock_holder, swap) as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             live = await store.checkpoint(conn)
             while applied < live:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -68,14 +69,28 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
     return conn
 
 
+@dataclass
+class SwapState:
+    """How far a swap got, for what a failure may say of the live read models: before its
+    COMMIT was sent nothing was swapped; once Postgres answered it, the swap is done; in
+    between (the COMMIT sent, its connection lost before an answer: Postgres frozen past the
+    probe's bound, restarted, the backend terminated) it may or may not have been stored."""
+
+    committing: bool = False  # the COMMIT sent and not answered
+    committed: bool = False  # the COMMIT answered: the rebuilt schema is the live one
+
+
 @contextlib.asynccontextmanager
-async def swap_transaction(lock_holder: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+async def swap_transaction(
+    lock_holder: asyncpg.Connection, state: SwapState | None = None
+) -> AsyncIterator[asyncpg.Connection]:
     """A transaction on ``lock_holder``, committed synchronously, that starts by checking the
     session holds ``REPLAY_LOCK`` (module docstring: it then holds it until the commit).
 
     The session found ended, at the start or within the transaction, raises ``ReplayLockLost``:
     nothing was swapped. A commit whose answer is lost with the session raises as it is: that
-    commit may have been stored."""
+    commit may have been stored (``state.committing`` stays set)."""
+    state = state or SwapState()
     transaction = lock_holder.transaction()
     try:
         await transaction.start()
@@ -94,7 +109,16 @@ async def swap_transaction(lock_holder: asyncpg.Connection) -> AsyncIterator[asy
         if lock_holder.is_closed():
             raise ReplayLockLost() from exc
         raise
-    await transaction.commit()
+    state.committing = True
+    try:
+        await transaction.commit()
+    except Exception:
+        # Postgres answered the COMMIT with an error: rolled back, nothing swapped. Its
+        # connection lost instead: the COMMIT may have been stored.
+        state.committing = lock_holder.is_closed()
+        raise
+    state.committing = False
+    state.committed = True
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.postgrescopy import copy_records
 from jobrunner.services.projector import batchcounts
 from jobrunner.services.projector.batchcounts import BatchWrite, Touched
 from jobrunner.services.projector.projections import (
@@ -135,9 +136,7 @@ async def apply_batch(
         # Jobs stored already were taken out above (under the checkpoint lock): none conflicts.
         for columns, rows in plan.inserts.items():
             bulk()
-            await conn.copy_records_to_table(
-                "jobs", schema_name=schema, columns=columns, records=rows
-            )
+            await copy_records(conn, "jobs", schema_name=schema, columns=columns, records=rows)
         if plan.lines:
             await _flush_lines(conn, schema, plan.lines, plan.line_counts, bulk)
         bulk()
@@ -291,8 +290,8 @@ async def _copy_lines(
     try:
         async with conn.transaction():  # a savepoint: a failed COPY leaves the batch intact
             writing()
-            await conn.copy_records_to_table(
-                "log_lines", schema_name=schema, columns=LINE_COLUMNS, records=rows
+            await copy_records(
+                conn, "log_lines", schema_name=schema, columns=LINE_COLUMNS, records=rows
             )
     except asyncpg.UniqueViolationError:
         return False

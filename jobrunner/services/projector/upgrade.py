@@ -33,7 +33,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jobrunner.common import database, eventstore, readmodelversion
+from jobrunner.common import database, eventstore, postgresconnect, postgreswatch, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
@@ -55,6 +55,7 @@ from jobrunner.services.projector.replay import (
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
     ReplayLockLost,
+    SwapState,
     connect_lock_holder,
     rebuilt_schema_transaction,
     swap_transaction,
@@ -113,9 +114,12 @@ async def ensure_current(
     on_progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 1.0,
     held: Connections | None = None,
+    retries: outage.RetryLog | None = None,
 ) -> Outcome:
     """Make the live read models this code's version, or raise ``StateRefused``; see the module
-    docstring. ``allow_rebuild`` overrides ``settings.readmodel_auto_rebuild``."""
+    docstring. ``allow_rebuild`` overrides ``settings.readmodel_auto_rebuild``; ``retries``:
+    the log of the attempts so far (``ensure_current_in_place``), which says a rebuild's start
+    once and its NATS errors throttled across them."""
     if allow_rebuild is None:
         allow_rebuild = settings.readmodel_auto_rebuild
     held = held or Connections()
@@ -146,7 +150,9 @@ async def ensure_current(
         raise StateRefused(readmodelversion.newer_sentence(found))
     if not allow_rebuild:
         raise StateRefused(readmodelversion.rebuild_sentence(found))
-    return await rebuild(settings, found, on_progress or log_progress, progress_interval, held)
+    return await rebuild(
+        settings, found, on_progress or log_progress, progress_interval, held, retries
+    )
 
 
 async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Outcome | None:
@@ -169,7 +175,7 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
         held = Connections()
         try:
             outcome = await unless_stopped(
-                ensure_current(settings, held=held),
+                ensure_current(settings, held=held, retries=retries),
                 stop,
                 within=rebuild_stop_seconds(settings),
                 what="the read-model rebuild (resumed from its checkpoint at the next start)",
@@ -213,16 +219,73 @@ async def rebuild(
     on_progress: Callable[[Progress], None],
     progress_interval: float = 1.0,
     held: Connections | None = None,
+    retries: outage.RetryLog | None = None,
 ) -> Outcome:
-    """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring)."""
-    names = Names(settings.prefix)
+    """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring).
+
+    Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while it runs (its liveness
+    probe unanswered: no statement of a rebuild has a bound of its own, an index build may
+    rightly take minutes), or ending its connections, raises ``PostgresUnusable``
+    (``POSTGRES_UNAVAILABLE``), its connections ended; what was loaded stays for the next
+    attempt, which resumes from the rebuilt schema's checkpoint."""
     held = held or Connections()
+    watch = postgreswatch.WorkWatch(settings.database_url)
+    swap = SwapState()
+    try:
+        return await _rebuild(
+            settings, found, on_progress, progress_interval, held, watch, swap, retries
+        )
+    except Exception as exc:
+        # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
+        gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
+        if gone is None:
+            raise
+        raise postgresconnect.went_away(
+            gone, settings.database_url, "the read-model rebuild", _went_away_consequence(swap)
+        ) from exc
+    finally:
+        await watch.stop()
+
+
+def _went_away_consequence(swap: SwapState) -> str:
+    """What a rebuild that met Postgres gone left of the live read models, and what to do."""
+    if swap.committed:
+        return (
+            "the rebuilt read models were swapped in; the previous ones are left in schema "
+            f"{PREVIOUS_SCHEMA} (the next rebuild or replay drops them)"
+        )
+    if swap.committing:
+        return (
+            "the swap's COMMIT was sent and not answered, so the rebuilt read models may or may "
+            "not have been swapped in; the next attempt (the projector's own, or `jobrunner "
+            "replay` run again) finds them current or resumes the rebuild from its checkpoint"
+        )
+    return (
+        "nothing was swapped; the next attempt (the projector's own, or `jobrunner replay` run "
+        "again) resumes the rebuild from its checkpoint once Postgres answers"
+    )
+
+
+async def _rebuild(
+    settings: Settings,
+    found: int,
+    on_progress: Callable[[Progress], None],
+    progress_interval: float,
+    held: Connections,
+    watch: postgreswatch.WorkWatch,
+    swap: SwapState,
+    retries: outage.RetryLog | None,
+) -> Outcome:
+    names = Names(settings.prefix)
     async with contextlib.AsyncExitStack() as resources:
         lock_holder = await connect_lock_holder(
             settings.database_url, settings.projector_postgres_dead_seconds
         )
         held.add(lock_holder)
         resources.push_async_callback(lock_holder.close)
+        # From here on a frozen Postgres ends every connection of the rebuild (the pool too,
+        # once added) at the probe's bound, the lock's wait included; ``rebuild`` stops it.
+        await watch.start(on_gone=held.terminate)
         # One rebuild (or replay) at a time; a second projector waits here, then finds the
         # read models current.
         await lock_holder.execute("SELECT pg_advisory_lock($1)", REPLAY_LOCK)
@@ -231,13 +294,16 @@ async def rebuild(
             if now > READMODEL_VERSION:
                 raise StateRefused(readmodelversion.newer_sentence(now))
             return Outcome(found, rebuilt=False)
-        log.warning(
-            "the read models are older than this jobrunner: rebuilding them from the event "
-            "stream; the API answers 503 READ_MODELS_REBUILDING until they are swapped in",
-            found=readmodelversion.describe(found),
-            needed=READMODEL_VERSION,
+        if retries is None or not retries.failures:  # said by the first attempt only
+            log.warning(
+                "the read models are older than this jobrunner: rebuilding them from the event "
+                "stream; the API answers 503 READ_MODELS_REBUILDING until they are swapped in",
+                found=readmodelversion.describe(found),
+                needed=READMODEL_VERSION,
+            )
+        nc = await eventstore.connect(
+            settings, "upgrade", errors=None if retries is None else _nats_errors(retries)
         )
-        nc = await eventstore.connect(settings, "upgrade")
         resources.push_async_callback(eventstore.close, nc)
         js = nc.jetstream()
         # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
@@ -296,7 +362,7 @@ async def rebuild(
         # On the replay lock's own session, as a replay's swap: should that session have ended
         # (and another rebuild have taken the lock and refilled the rebuilt schema), nothing is
         # swapped and ReplayLockLost is raised (replaylock.py).
-        async with swap_transaction(lock_holder) as conn:
+        async with swap_transaction(lock_holder, swap) as conn:
             # An older projector still running pauses between two of its batches.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             # What arrives from here on the projector applies after the swap, from the rebuilt
@@ -321,6 +387,22 @@ async def rebuild(
             seconds=round(time.monotonic() - progress.started, 1),
         )
         return Outcome(found, rebuilt=True, events=progress.done, checkpoint=applied)
+
+
+def _nats_errors(retries: outage.RetryLog) -> Callable[[Exception], None]:
+    """A rebuild attempt's NATS errors (its connection's, new at each attempt: refused while NATS
+    is away, for as long as it is), said through the attempts' log: each kind once per its
+    interval, across the attempts."""
+
+    def said(exc: Exception) -> None:
+        retries.said(
+            "nats error",
+            kind=f"nats {type(exc).__name__}",
+            connection="upgrade",
+            error=str(exc) or type(exc).__name__,
+        )
+
+    return said
 
 
 async def _resume_or_start(conn: asyncpg.Connection, lock_holder_pid: int) -> bool:

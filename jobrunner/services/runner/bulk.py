@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+from typing import Any
 
 import nats.errors
 import structlog
@@ -47,7 +48,7 @@ def ack_timeout(settings: Settings) -> float:
     return min(ackinbox.ACK_TIMEOUT, settings.lease_ttl_seconds / 3)
 
 
-def connect_options(settings: Settings) -> dict[str, object]:
+def connect_options(settings: Settings) -> dict[str, Any]:  # nats-py's options, by name
     """The bulk connection's PINGs: a dead peer is noticed within about the lease TTL (nats-py's
     default is minutes), so that a dead socket and what it still holds are dropped long before
     the stream's duplicate window ends. Not what keeps the lease safe: the fallback above is."""
