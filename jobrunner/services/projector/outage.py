@@ -53,6 +53,14 @@ class RetryLog:
         self.failures = 0
         self._began = time.monotonic()
         self._throttles: dict[str, LogThrottle] = {}
+        self._said_once: set[str] = set()
+
+    def once(self, what: str) -> bool:
+        """True the first time ``what`` is asked about, False after: for what the first attempt
+        that gets that far says (an attempt that failed before it said nothing)."""
+        first = what not in self._said_once
+        self._said_once.add(what)
+        return first
 
     def failed(
         self, event: str, *, kind: str = "", throttled: bool = True, **fields: object

@@ -294,7 +294,9 @@ async def _rebuild(
             if now > READMODEL_VERSION:
                 raise StateRefused(readmodelversion.newer_sentence(now))
             return Outcome(found, rebuilt=False)
-        if retries is None or not retries.failures:  # said by the first attempt only
+        # Said once, by the first attempt that gets this far (one that failed earlier, at a
+        # connect or the lock's wait, said nothing).
+        if retries is None or retries.once("rebuild begun"):
             log.warning(
                 "the read models are older than this jobrunner: rebuilding them from the event "
                 "stream; the API answers 503 READ_MODELS_REBUILDING until they are swapped in",
