@@ -161,7 +161,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from jobrunner.common import postgresconnect
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
-    from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
+    from jobrunner.services.projector.replay import (
+        PREVIOUS_SCHEMA,
+        Progress,
+        ReplayMismatch,
+        replay,
+    )
     from jobrunner.services.projector.replaylock import ReplayLockLost
 
     settings = with_runtime(_settings(args), dict(os.environ))
@@ -239,6 +244,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+    if report.previous_left is not None:
+        # The swap committed: the replay succeeded; only the old schema is left over.
+        print(
+            f"jobrunner replay: warning: {PREVIOUS_SCHEMA} left; the next replay drops it "
+            f"(its drop failed: {report.previous_left})",
+            file=sys.stderr,
+        )
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

@@ -362,3 +362,51 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
     again, said = await _replay_command(private, monkeypatch, capsys)
     assert again == 0, said
     assert await _live_tables(private) == before
+
+
+async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds_with_a_warning(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres frozen once the swap's COMMIT was answered (the rebuilt read models are live),
+    past the probe's bound, as the replay drops readmodel_previous: the replay succeeded, so
+    exit 0 before the thaw with a warning that readmodel_previous is left for the next replay
+    to drop. It said POSTGRES_UNAVAILABLE and exited 69. After the thaw a replay succeeds."""
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+    swap_transaction = replaylock.swap_transaction  # the one the replay imported
+
+    @contextlib.asynccontextmanager
+    async def frozen_after_its_commit(*args: Any) -> AsyncIterator[asyncpg.Connection]:
+        async with swap_transaction(*args) as conn:
+            yield conn
+        # Committed and answered: the drop of readmodel_previous comes next.
+        pids.extend(freeze_postgres(own_postgres))
+        timer.start()
+
+    monkeypatch.setattr(replay_module, "swap_transaction", frozen_after_its_commit)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    assert code == 0, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    assert "readmodel_previous left; the next replay drops it" in err, err
+    monkeypatch.undo()
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert (await _live_tables(private))[2] is False  # the next replay dropped it

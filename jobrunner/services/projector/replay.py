@@ -111,6 +111,9 @@ class ReplayReport:
     tables: dict[str, int]  # rows per rebuilt table
     differences: dict[str, list[str]]
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase
+    # Why the replaced read models' schema (PREVIOUS_SCHEMA) could not be dropped after the
+    # swap (Postgres went away then), None when it was or was kept on purpose.
+    previous_left: str | None = None
 
     @property
     def rate(self) -> float:
@@ -293,10 +296,9 @@ async def _replay(
             await conn.execute(f"ALTER SCHEMA {REPLAY_SCHEMA} RENAME TO {READ_SCHEMA}")
         phases["comparing"] = time.monotonic() - mark
         log.info("replay swapped in", checkpoint=applied, events=progress.done)
+        previous_left = None
         if not keep_previous:
-            # After the commit: queries still reading the old tables finish first.
-            async with pool.acquire() as conn:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+            previous_left = await _drop_previous(pool)
         return ReplayReport(
             events=progress.done,
             seconds=time.monotonic() - started,
@@ -305,7 +307,26 @@ async def _replay(
             tables=tables,
             differences=differences,
             phases={name: round(seconds, 3) for name, seconds in phases.items()},
+            previous_left=previous_left,
         )
+
+
+async def _drop_previous(pool: asyncpg.Pool) -> str | None:
+    """Drop the read models the swap replaced; None once dropped, else why not. The swap has
+    committed, so the replay has succeeded whatever happens here: Postgres frozen or restarted
+    now (the probe then ends the pool's connections) leaves the schema for the next replay,
+    which drops it before its own swap, and is a warning, not the command's failure."""
+    try:
+        # After the commit: queries still reading the old tables finish first.
+        async with pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+    except Exception as exc:  # the swap is done: any failure here leaves only the schema
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.warning(
+            f"{PREVIOUS_SCHEMA} left; the next replay drops it", schema=PREVIOUS_SCHEMA, error=why
+        )
+        return why
+    return None
 
 
 async def _fresh_schema(conn: asyncpg.Connection, line_key: bool, lock_holder_pid: int) -> None:
