@@ -46,46 +46,62 @@ class LivenessWatch:
         self._every = every
         # Why Postgres counts as gone (None while it answers).
         self.gone: str | None = None
+        # The probe's round in flight (its SELECT 1 sent), None while it sleeps: ``lost``
+        # waits for it rather than cancel it, whose clean-up would end the probe's connection.
+        self._round: asyncio.Future[str | None] | None = None
         self._task = asyncio.create_task(self._probe(), name="postgres liveness watch")
 
     async def _probe(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            query = asyncio.ensure_future(self._conn.fetchval("SELECT 1"))
-            try:
-                done, _ = await asyncio.wait({query}, timeout=self._answer_within)
-            finally:
-                if not query.done():
-                    # Terminated, not cancelled: asyncpg's cancel of a query sends its
-                    # cancel request on a new connection, which a frozen server never answers.
-                    self._conn.terminate()
-                    query.cancel()
-                    query.add_done_callback(_retrieved)
-            if done:
-                failure = query.exception()
-                if failure is None:
-                    continue
-                self.gone = f"{type(failure).__name__}: {failure}"
-            else:
-                self.gone = f"no answer to a probe within {self._answer_within:g} s"
-            self._conn.terminate()
-            self._on_gone()
-            return
+            self._round = asyncio.ensure_future(self._ask())
+            # Shielded: ``stop`` cancels this task, never the round (it ends on its own, within
+            # ``answer_within``, its connection terminated should it be unanswered).
+            gone = await asyncio.shield(self._round)
+            self._round = None
+            if gone is not None:
+                self._found_gone(gone)
+                self._on_gone()
+                return
+
+    async def _ask(self) -> str | None:
+        """One ``SELECT 1``: None answered; else why Postgres counts as gone (unanswered within
+        ``answer_within``, its connection terminated then; or failed)."""
+        query = asyncio.ensure_future(self._conn.fetchval("SELECT 1"))
+        try:
+            done, _ = await asyncio.wait({query}, timeout=self._answer_within)
+        finally:
+            if not query.done():
+                # Terminated, not cancelled: asyncpg's cancel of a query sends its
+                # cancel request on a new connection, which a frozen server never answers.
+                self._conn.terminate()
+                query.cancel()
+                query.add_done_callback(_retrieved)
+        if not done:
+            return f"no answer to a probe within {self._answer_within:g} s"
+        failure = query.exception()
+        if failure is None:
+            return None
+        return f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
+
+    def _found_gone(self, why: str) -> None:
+        self.gone = why
+        self._conn.terminate()
 
     async def lost(self) -> str | None:
-        """Why Postgres counts as gone: the watch's finding, else a probe asked now (within
-        ``answer_within``) unanswered or its connection ended. For a work that failed: after a
-        restart its connections may fail with any error (asyncpg's InternalClientError, as the
-        server's unsolicited FATAL meets the next query), which this tells from a bug."""
+        """Why Postgres counts as gone: the watch's finding, else the answer to the probe in
+        flight, or to one asked now (each within ``answer_within``). For a work that failed:
+        after a restart its connections may fail with any error (asyncpg's InternalClientError,
+        as the server's unsolicited FATAL meets the next query), which this tells from a bug."""
         if self.gone is not None or self._task.done():
             return self.gone
+        in_flight = self._round
+        # Cancelled only while it sleeps or waits on its round (shielded: the round goes on).
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._answer_within)
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            self.gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        await asyncio.wait({self._task})
+        gone = await (in_flight if in_flight is not None else self._ask())
+        if gone is not None:
+            self._found_gone(gone)
         return self.gone
 
     async def stop(self) -> None:

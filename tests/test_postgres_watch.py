@@ -1,0 +1,56 @@
+"""The liveness probe of a command's long work (``postgreswatch``) against a real, healthy
+Postgres: asked why the work failed, it must not say Postgres went away when it answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from jobrunner.common import postgreswatch
+from jobrunner.common.settings import Settings
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _never_gone() -> None:
+    raise AssertionError("the probe found a healthy Postgres gone")
+
+
+async def test_a_healthy_postgres_asked_mid_probe_is_not_said_gone(settings: Settings) -> None:
+    """The probe asking all the time (every=0): asked whether Postgres is lost, at whatever
+    point of its probe, a healthy Postgres is not. It cancelled the probe mid-query, whose
+    clean-up ended its own connection: 'InterfaceError: connection is closed' about half the
+    time."""
+    said = []
+    for n in range(20):
+        watch = await postgreswatch.start(settings.database_url, _never_gone, every=0.0)
+        try:
+            # Let it probe (some rounds, then mid-query or between two): never timed.
+            for _ in range(n):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.005)
+            said.append(await watch.lost())
+        finally:
+            await watch.stop()
+    assert said == [None] * 20
+
+
+async def test_a_probe_that_finds_postgres_gone_says_why_and_ends_its_connection(
+    settings: Settings,
+) -> None:
+    """The probe's own backend terminated: lost() says why (Postgres ended the connection)."""
+    watch = await postgreswatch.start(settings.database_url, lambda: None, every=0.0)
+    try:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1",
+                watch._conn.get_server_pid(),
+            )
+        finally:
+            await conn.close()
+        assert await watch.lost() is not None
+    finally:
+        await watch.stop()
