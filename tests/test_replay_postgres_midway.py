@@ -410,3 +410,22 @@ async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds
     again, said = await _replay_command(private, monkeypatch, capsys)
     assert again == 0, said
     assert (await _live_tables(private))[2] is False  # the next replay dropped it
+
+
+async def test_a_replay_under_a_server_wide_statement_timeout_succeeds(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A statement_timeout of 1 ms set for the database: the replay's statements run however
+    long they take (its connections set none; the probe tells a frozen Postgres), exit 0."""
+    conn = await asyncpg.connect(private.database_url)
+    try:
+        database = await conn.fetchval("SELECT quote_ident(current_database())")
+        await conn.execute(f"ALTER DATABASE {database} SET statement_timeout = '1ms'")
+    finally:
+        await conn.close()
+    code, err = await _replay_command(private, monkeypatch, capsys)
+    assert "Traceback" not in err, err
+    assert code == 0, err

@@ -28,6 +28,12 @@ from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 # core, load 14 on 2 cores) in well under a second: the same bound as a command's connect.
 ANSWER_WITHIN = CHECK_CONNECT_SECONDS
 PROBE_EVERY = 1.0
+# The sessions of a long work (and its probe's): no statement timeout, whatever the server's
+# default, as the design says: a COPY or index build may rightly take minutes, and the probe,
+# not a timeout, tells a frozen Postgres. (A statement cancelled is not Postgres gone:
+# postgresconnect.WENT_AWAY_ERRORS.)
+WORK_STATEMENT_TIMEOUT = "0"
+WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT}
 
 
 class LivenessWatch:
@@ -124,7 +130,12 @@ async def start(
     every: float = PROBE_EVERY,
 ) -> LivenessWatch:
     """Connect the probe (bounded as a command's connects are) and start it."""
-    conn = await database.connect_or_unreachable(database_url, timeout=CHECK_CONNECT_SECONDS)
+    conn = await database.connect_or_unreachable(
+        database_url,
+        timeout=CHECK_CONNECT_SECONDS,
+        # Idle between two probes: a server-wide idle_session_timeout must not end it.
+        server_settings={**WORK_SESSION_SETTINGS, "idle_session_timeout": "0"},
+    )
     return LivenessWatch(conn, on_gone, answer_within, every)
 
 

@@ -196,6 +196,7 @@ async def _replay(
             connect=database.connect_or_unreachable,
             connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
+            statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
         )
         resources.push_async_callback(database.close_pool, pool)
         lock_holder = await connect_lock_holder(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from jobrunner.common import database, readmodelversion
+from jobrunner.common import database, postgreswatch, readmodelversion
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.services.projector import peerliveness, store, timestamps
 
@@ -57,6 +57,7 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
         timeout=CHECK_CONNECT_SECONDS,
         server_settings={
             "idle_session_timeout": "0",
+            **postgreswatch.WORK_SESSION_SETTINGS,
             **peerliveness.server_settings(dead_after),
         },
     )

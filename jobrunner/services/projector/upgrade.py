@@ -126,7 +126,9 @@ async def ensure_current(
     # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres'
     # (`jobrunner replay` says it as its start's check does: cli.py).
     conn = await database.connect_or_unreachable(
-        settings.database_url, timeout=CHECK_CONNECT_SECONDS
+        settings.database_url,
+        timeout=CHECK_CONNECT_SECONDS,
+        server_settings=postgreswatch.WORK_SESSION_SETTINGS,
     )
     held.add(conn)
     try:
@@ -317,6 +319,7 @@ async def _rebuild(
             connect=database.connect_or_unreachable,
             connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
+            statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
         )
         held.add(pool)
         resources.push_async_callback(database.close_pool, pool)
