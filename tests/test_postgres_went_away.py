@@ -21,7 +21,8 @@ async def _failure_of(database_url: str, setup: str, statement: str) -> BaseExce
         try:
             await conn.execute(statement)
         except asyncpg.PostgresError as exc:
-            return exc
+            failure: BaseException = exc
+            return failure
         raise AssertionError(f"{statement} did not fail")
     finally:
         conn.terminate()
