@@ -167,7 +167,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ReplayMismatch,
         replay,
     )
-    from jobrunner.services.projector.replaylock import ReplayLockLost
+    from jobrunner.services.projector.replaylock import (
+        REPLAY_RUNNING_EXIT,
+        ReplayLockLost,
+        ReplayRunning,
+    )
 
     settings = with_runtime(_settings(args), dict(os.environ))
     # Postgres not answering or refusing: one sentence and an exit code, within a bound (the
@@ -240,6 +244,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return 4
+    except ReplayRunning as exc:
+        print(f"jobrunner replay: {exc}", file=sys.stderr)
+        return REPLAY_RUNNING_EXIT
     except postgresconnect.PostgresUnusable as exc:  # Postgres went away during the replay
         return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:

@@ -22,7 +22,7 @@ import msgspec
 import pytest
 
 from jobrunner import cli
-from jobrunner.common import postgresconnect, postgreswatch
+from jobrunner.common import postgresconnect, postgreswatch, readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
@@ -429,3 +429,89 @@ async def test_a_replay_under_a_server_wide_statement_timeout_succeeds(
     code, err = await _replay_command(private, monkeypatch, capsys)
     assert "Traceback" not in err, err
     assert code == 0, err
+
+
+async def _replay_lock_held(database_url: str) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await readmodelversion.rebuild_held(conn))
+    finally:
+        await conn.close()
+
+
+async def test_a_replay_while_another_runs_says_so_in_one_sentence(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The replay lock held by another session (another replay): REPLAY_RUNNING, one
+    sentence, exit 75, no traceback (it was a RuntimeError's traceback)."""
+    other = await asyncpg.connect(private.database_url)
+    try:
+        await other.execute("SELECT pg_advisory_lock($1)", replaylock.REPLAY_LOCK)
+        code, err = await _replay_command(private, monkeypatch, capsys)
+    finally:
+        await other.close()
+    assert "Traceback" not in err, err
+    assert code == replaylock.REPLAY_RUNNING_EXIT, err
+    assert "REPLAY_RUNNING: another replay is running" in err, err
+
+
+async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_after_the_thaw(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres frozen, past the probe's bound, while the comparison runs a long statement (in
+    the swap's transaction: the replay and swap locks held): exit 69 before the thaw; after it
+    the replay's backend notices its client gone (client_connection_check_interval) and lets go
+    of the replay lock, and a replay run again succeeds. The orphan backend ran its statement
+    to its end, holding the locks, and the rerun said "another replay is running"."""
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+
+    async def frozen_mid_statement(rebuilt: asyncpg.Connection, *args: Any) -> Any:
+        # Hours of counting, in the swap's transaction: the comparison of a huge history.
+        statement = asyncio.ensure_future(
+            rebuilt.fetchval("SELECT count(*) FROM generate_series(1, 1e13::bigint)")
+        )
+        watcher = await asyncpg.connect(private.database_url)
+        try:
+            while not await watcher.fetchval(  # noqa: ASYNC110 - Postgres state
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE '%generate_series(1, 1e13%' AND pid <> pg_backend_pid())"
+            ):
+                await asyncio.sleep(0.05)
+        finally:
+            await watcher.close()
+        pids.extend(freeze_postgres(own_postgres))
+        timer.start()
+        return await statement
+
+    monkeypatch.setattr(replay_module, "compare", frozen_mid_statement)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the comparison never came: " + err
+    assert "Traceback" not in err, err
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    monkeypatch.undo()
+    # The backend checks its client every second: let go within a few (it ran for hours).
+    async with asyncio.timeout(30):
+        while await _replay_lock_held(private.database_url):  # noqa: ASYNC110 - Postgres state
+            await asyncio.sleep(0.2)
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said

@@ -20,9 +20,12 @@ import contextlib
 from collections.abc import Callable
 
 import asyncpg
+import structlog
 
 from jobrunner.common import database, postgresconnect
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
+
+log = structlog.get_logger()
 
 # A working Postgres answers a SELECT 1 in milliseconds, a loaded one (index builds on every
 # core, load 14 on 2 cores) in well under a second: the same bound as a command's connect.
@@ -34,6 +37,22 @@ PROBE_EVERY = 1.0
 # postgresconnect.WENT_AWAY_ERRORS.)
 WORK_STATEMENT_TIMEOUT = "0"
 WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT}
+# How often a work's backend checks, while it runs a statement, that its client is still there:
+# the probe ends the work's connections (closes their sockets), but a frozen server's backend
+# thawed later would otherwise run its COPY, index build or comparison to the end, holding the
+# replay's and the swap's locks (the live projector paused, a rerun refused) for as long.
+CLIENT_CHECK_INTERVAL = "1s"
+
+
+async def end_with_its_client(conn: asyncpg.Connection) -> None:
+    """Have ``conn``'s backend end its statement once its client has gone
+    (``client_connection_check_interval``), where the server can: Postgres 14 and later, on a
+    platform with POLLRDHUP (Linux). Refused elsewhere (a non-zero value is an error there,
+    an unknown setting before 14): the work goes on without it."""
+    try:
+        await conn.execute(f"SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'")
+    except (asyncpg.InvalidParameterValueError, asyncpg.UndefinedObjectError) as exc:
+        log.info("postgres cannot check for a gone client", error=str(exc))
 
 
 class LivenessWatch:

@@ -30,14 +30,16 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store, timestamps
+from jobrunner.services.projector import setaside, store
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
     ReplayLockLost,
+    ReplayRunning,
     SwapState,
     connect_lock_holder,
+    init_work_connection,
     rebuilt_schema_transaction,
     swap_transaction,
 )
@@ -191,7 +193,7 @@ async def _replay(
             # Three index builds at once (build_indexes).
             min_size=2,
             max_size=3,
-            init=timestamps.init_connection,
+            init=init_work_connection,
             # Bounded, and a socket's error is Postgres' (said as the command's check: cli.py).
             connect=database.connect_or_unreachable,
             connect_timeout=CHECK_CONNECT_SECONDS,
@@ -213,7 +215,7 @@ async def _replay(
         # Stopped by ``replay`` once it has asked the watch why the replay failed.
         await watch.start(on_gone=end_connections)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
-            raise RuntimeError("another replay is running; wait for it to finish")
+            raise ReplayRunning()
         await eventstore.ensure_topology(js, names, settings)
         info = await js.stream_info(names.stream)
         first_seq = max(info.state.first_seq, 1)

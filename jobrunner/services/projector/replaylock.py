@@ -27,6 +27,21 @@ REPLAY_LOCK = readmodelversion.REBUILD_LOCK
 assert REPLAY_LOCK == store.SWAP_LOCK + 1  # the value a rebuild of any version holds: never moved
 
 
+# EX_TEMPFAIL: run it again once the other replay has finished.
+REPLAY_RUNNING_EXIT = 75
+
+
+class ReplayRunning(Exception):
+    """``REPLAY_LOCK`` is held by another session: another replay (or a projector's rebuild) is
+    at work, or the backend of one whose client went away has yet to notice."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "REPLAY_RUNNING: another replay is running (a session holds the replay lock); "
+            "wait for it to finish, then run `jobrunner replay` again"
+        )
+
+
 class ReplayLockLost(RuntimeError):
     """The session holding the replay lock ended before the swap (an idle or TCP timeout, a
     Postgres restart, ``pg_terminate_backend``): another replay may have taken the lock and
@@ -64,10 +79,18 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
     peerliveness.watch_peer(conn, dead_after)
     try:
         await timestamps.init_connection(conn)
+        await postgreswatch.end_with_its_client(conn)
     except BaseException:
         await database.close_connection(conn)
         raise
     return conn
+
+
+async def init_work_connection(conn: asyncpg.Connection) -> None:
+    """A pooled connection of a replay or rebuild: set up as the projector's, and ended by its
+    backend once its client has gone (``postgreswatch.end_with_its_client``)."""
+    await timestamps.init_connection(conn)
+    await postgreswatch.end_with_its_client(conn)
 
 
 @dataclass

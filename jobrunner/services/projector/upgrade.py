@@ -41,7 +41,7 @@ from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.common.stopping import unless_stopped
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import outage, setaside, store, timestamps
+from jobrunner.services.projector import outage, setaside, store
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
@@ -57,6 +57,7 @@ from jobrunner.services.projector.replaylock import (
     ReplayLockLost,
     SwapState,
     connect_lock_holder,
+    init_work_connection,
     rebuilt_schema_transaction,
     swap_transaction,
 )
@@ -315,7 +316,7 @@ async def _rebuild(
             settings.database_url,
             min_size=2,
             max_size=2,
-            init=timestamps.init_connection,
+            init=init_work_connection,
             connect=database.connect_or_unreachable,
             connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
