@@ -22,7 +22,7 @@ import msgspec
 import pytest
 
 from jobrunner import cli
-from jobrunner.common import postgresconnect, postgreswatch, readmodelversion
+from jobrunner.common import postgresconnect, readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
@@ -42,11 +42,16 @@ WENT_AWAY = "went away during the replay"
 # How long the test waits for the command at most: well past its bound, to see one that overruns.
 PATIENCE = 120.0
 JOBS = 20
+# The probe's bound (replay_postgres_answer_seconds), short for the test: a probe goes out every
+# second, so a freeze 2 s past the bound leaves one unanswered at least 1 s past it.
+BOUND = 4.0
 
 
 @pytest.fixture
 async def private(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
-    return msgspec.structs.replace(settings, database_url=own_postgres.url)
+    return msgspec.structs.replace(
+        settings, database_url=own_postgres.url, replay_postgres_answer_seconds=BOUND
+    )
 
 
 @pytest.fixture
@@ -102,6 +107,9 @@ async def _replay_command(
     code (None: still running after PATIENCE) and what it said."""
     for name, value in cli_env(settings).items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv(
+        "JOBRUNNER_REPLAY_POSTGRES_ANSWER_SECONDS", str(settings.replay_postgres_answer_seconds)
+    )
     with logging_put_back():
         try:
             code: int | None = await asyncio.wait_for(
@@ -115,8 +123,8 @@ async def _replay_command(
 @pytest.mark.parametrize(
     ("frozen_for", "answered"),
     [
-        (postgreswatch.ANSWER_WITHIN - 3, True),
-        (postgreswatch.ANSWER_WITHIN + 20, False),
+        (BOUND - 2, True),
+        (BOUND + 2, False),
     ],
     ids=["thawed-within-the-bound", "thawed-past-it"],
 )
@@ -129,9 +137,10 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
     frozen_for: float,
     answered: bool,
 ) -> None:
-    """Postgres thawed 7 s into the probe's 10 s bound: the replay completes (exit 0). Frozen
-    20 s past it: the command has said POSTGRES_UNAVAILABLE and exited 69 before the thaw, the
-    live tables as they were; after the thaw a replay succeeds. It waited for the thaw."""
+    """Postgres thawed 2 s before the probe's bound (4 s, injected): the replay completes,
+    exit 0. Frozen 2 s past it: the command has said POSTGRES_UNAVAILABLE and exited 69 before
+    the thaw, the live tables as they were; after the thaw a replay succeeds. It waited for
+    the thaw."""
     before = await _live_tables(private)
     pids: list[int] = []
     thawed = threading.Event()
@@ -332,7 +341,7 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
         thawed.set()
         thaw(pids)
 
-    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+    timer = threading.Timer(BOUND + 5, thaw_now)
     swap_transaction = replaylock.swap_transaction  # the one the replay imported
 
     @contextlib.asynccontextmanager
@@ -382,7 +391,7 @@ async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds
         thawed.set()
         thaw(pids)
 
-    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+    timer = threading.Timer(BOUND + 5, thaw_now)
     swap_transaction = replaylock.swap_transaction  # the one the replay imported
 
     @contextlib.asynccontextmanager
@@ -477,7 +486,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
         thawed.set()
         thaw(pids)
 
-    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+    timer = threading.Timer(BOUND + 5, thaw_now)
 
     async def frozen_mid_statement(rebuilt: asyncpg.Connection, *args: Any) -> Any:
         # Hours of counting, in the swap's transaction: the comparison of a huge history.

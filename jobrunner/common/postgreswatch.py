@@ -28,7 +28,9 @@ from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 log = structlog.get_logger()
 
 # A working Postgres answers a SELECT 1 in milliseconds, a loaded one (index builds on every
-# core, load 14 on 2 cores) in well under a second: the same bound as a command's connect.
+# core, load 14 on 2 cores) in well under a second. The work's bound is the setting
+# replay_postgres_answer_seconds (30 s by default: a host's stall must not end hours of work);
+# this is the probe's own default.
 ANSWER_WITHIN = CHECK_CONNECT_SECONDS
 PROBE_EVERY = 1.0
 # The sessions of a long work (and its probe's): no statement timeout, whatever the server's
@@ -163,13 +165,14 @@ class WorkWatch:
     they are, ask ``why_failed`` when the work fails, ``stop`` it when the work ends (whether
     or not it was started)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, answer_within: float = ANSWER_WITHIN) -> None:
         self._database_url = database_url
+        self._answer_within = answer_within
         self._watch: LivenessWatch | None = None
 
     async def start(self, on_gone: Callable[[], None]) -> None:
         """Connect the probe (``start``); ``on_gone`` ends the work's connections."""
-        self._watch = await start(self._database_url, on_gone)
+        self._watch = await start(self._database_url, on_gone, self._answer_within)
 
     async def why_failed(self, failure: BaseException, in_chain: bool = True) -> str | None:
         """Why the work that raised ``failure`` met Postgres gone: the probe's finding

@@ -131,12 +131,12 @@ async def replay(
 ) -> ReplayReport:
     """Rebuild the read models from the stream and swap them in; see the module docstring.
 
-    Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while the replay runs, or
+    Postgres frozen for ``replay_postgres_answer_seconds`` while the replay runs, or
     ending its connections (restarted, its backends terminated), raises ``PostgresUnusable``
     (``POSTGRES_UNAVAILABLE``): the swap is one transaction, so the live read models are
     either swapped whole or untouched, and a replay run again starts afresh. Its sentence says
     which, or that the swap's COMMIT went unanswered (``went_away_consequence``)."""
-    watch = postgreswatch.WorkWatch(settings.database_url)
+    watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
     try:
         return await _replay(

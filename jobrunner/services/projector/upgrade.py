@@ -226,13 +226,13 @@ async def rebuild(
 ) -> Outcome:
     """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring).
 
-    Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while it runs (its liveness
+    Postgres frozen for ``replay_postgres_answer_seconds`` while it runs (its liveness
     probe unanswered: no statement of a rebuild has a bound of its own, an index build may
     rightly take minutes), or ending its connections, raises ``PostgresUnusable``
     (``POSTGRES_UNAVAILABLE``), its connections ended; what was loaded stays for the next
     attempt, which resumes from the rebuilt schema's checkpoint."""
     held = held or Connections()
-    watch = postgreswatch.WorkWatch(settings.database_url)
+    watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
     try:
         return await _rebuild(
