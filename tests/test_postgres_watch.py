@@ -4,6 +4,7 @@ Postgres: asked why the work failed, it must not say Postgres went away when it 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import pytest
@@ -52,5 +53,30 @@ async def test_a_probe_that_finds_postgres_gone_says_why_and_ends_its_connection
         finally:
             await conn.close()
         assert await watch.lost() is not None
+    finally:
+        await watch.stop()
+
+
+async def test_a_probe_answered_while_the_loop_was_blocked_past_its_bound_is_answered(
+    settings: Settings,
+) -> None:
+    """The command's event loop blocked (a long synchronous step of the work) past the probe's
+    bound while Postgres answered its SELECT 1: the answer is read, Postgres is not gone (the
+    wait's timeout, due at the same turn of the loop, was taken for no answer)."""
+    bound = 0.5
+    watch = await postgreswatch.start(
+        settings.database_url, _never_gone, answer_within=bound, every=0.0
+    )
+    try:
+        for _ in range(3):
+            while watch._round is None:  # noqa: ASYNC110 - the probe's own state, no event
+                await asyncio.sleep(0)
+            # The round's task starts, sends its SELECT 1 and waits: three turns of the loop.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            time.sleep(bound * 4)  # noqa: ASYNC251 - the loop blocked; Postgres answers meanwhile
+            await asyncio.sleep(0.05)  # the round reads the answer and the timeout at once
+            assert watch.gone is None
+        assert await watch.lost() is None
     finally:
         await watch.stop()

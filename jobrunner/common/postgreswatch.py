@@ -94,9 +94,18 @@ class LivenessWatch:
     async def _ask(self) -> str | None:
         """One ``SELECT 1``: None answered; else why Postgres counts as gone (unanswered within
         ``answer_within``, its connection terminated then; or failed)."""
-        query = asyncio.ensure_future(self._conn.fetchval("SELECT 1"))
+        # The simple query protocol: one round trip. A fetchval prepares its statement first,
+        # a second round trip: with the loop blocked past the bound, the prepare's answer was
+        # read as the timeout fired, and the query itself not yet sent (a live Postgres said
+        # gone).
+        query = asyncio.ensure_future(self._conn.execute("SELECT 1"))
         try:
-            done, _ = await asyncio.wait({query}, timeout=self._answer_within)
+            await asyncio.wait({query}, timeout=self._answer_within)
+            if not query.done():
+                # The probe shares the work's loop: one blocked past the bound runs the wait's
+                # timeout in the same turn as the reply's callbacks. One turn more, and an
+                # answer that came is seen; a frozen Postgres costs nothing more.
+                await asyncio.sleep(0)
         finally:
             if not query.done():
                 # Terminated, not cancelled: asyncpg's cancel of a query sends its
@@ -104,7 +113,7 @@ class LivenessWatch:
                 self._conn.terminate()
                 query.cancel()
                 query.add_done_callback(_retrieved)
-        if not done:
+        if not query.done() or query.cancelled():
             return f"no answer to a probe within {self._answer_within:g} s"
         failure = query.exception()
         if failure is None:
