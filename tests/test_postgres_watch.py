@@ -4,10 +4,12 @@ Postgres: asked why the work failed, it must not say Postgres went away when it 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from jobrunner.common import postgreswatch
 from jobrunner.common.settings import Settings
@@ -80,3 +82,52 @@ async def test_a_probe_answered_while_the_loop_was_blocked_past_its_bound_is_ans
         assert await watch.lost() is None
     finally:
         await watch.stop()
+
+
+async def _terminate_backend(database_url: str, pid: int) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await conn.close()
+
+
+async def test_a_stop_cancelled_by_its_caller_still_ends_the_probes_connection(
+    settings: Settings,
+) -> None:
+    """The work's clean-up cancelled while it stops the probe (a second Ctrl-C): the probe's
+    connection is ended all the same, and the cancellation reaches the caller (it was
+    swallowed)."""
+    watch = await postgreswatch.start(settings.database_url, _never_gone, every=3600.0)
+    stopping = asyncio.create_task(watch.stop())
+    await asyncio.sleep(0)  # stop() has cancelled the probe and waits for it
+    stopping.cancel()
+    await asyncio.wait({stopping})
+    assert stopping.cancelled()
+    assert watch._conn.is_closed()
+
+
+async def test_an_on_gone_that_fails_is_logged_not_left_unretrieved(settings: Settings) -> None:
+    """on_gone (ending the work's connections) raising: the probe logs it, and no task is left
+    with an exception nobody retrieves (asyncio's "Task exception was never retrieved")."""
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+
+    def failing_on_gone() -> None:
+        raise RuntimeError("ending the work's connections failed")
+
+    try:
+        with capture_logs() as logs:
+            watch = await postgreswatch.start(settings.database_url, failing_on_gone, every=0.0)
+            await _terminate_backend(settings.database_url, watch._conn.get_server_pid())
+            while watch.gone is None:  # noqa: ASYNC110 - the probe's own state, no event
+                await asyncio.sleep(0.01)
+            await watch.stop()
+            del watch
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
+    assert any("on_gone" in str(entry.get("event")) for entry in logs), logs

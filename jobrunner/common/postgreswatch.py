@@ -16,7 +16,6 @@ stopped at its end."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import asyncpg
@@ -88,7 +87,11 @@ class LivenessWatch:
             self._round = None
             if gone is not None:
                 self._found_gone(gone)
-                self._on_gone()
+                try:
+                    self._on_gone()
+                except Exception:
+                    # Nobody awaits this task for its result: said here, or never.
+                    log.exception("the liveness watch's on_gone failed", gone=gone)
                 return
 
     async def _ask(self) -> str | None:
@@ -143,9 +146,12 @@ class LivenessWatch:
     async def stop(self) -> None:
         """End the probe and drop its connection (no round trip: the server may be frozen)."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._conn.terminate()
+        try:
+            # Not ``await self._task``: that would swallow a cancellation of this stop (the
+            # caller's, a second Ctrl-C) as the probe's own.
+            await asyncio.wait({self._task})
+        finally:
+            self._conn.terminate()
 
 
 def _retrieved(query: asyncio.Future[object]) -> None:
