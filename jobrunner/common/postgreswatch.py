@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import structlog
@@ -45,15 +46,20 @@ WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT}
 CLIENT_CHECK_INTERVAL = "1s"
 
 
-async def end_with_its_client(conn: asyncpg.Connection) -> None:
-    """Have ``conn``'s backend end its statement once its client has gone
+async def connect_work(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """``database.connect_or_unreachable`` for a work's connection (a pool's ``connect``
+    too), whose backend ends its statement once its client has gone
     (``client_connection_check_interval``), where the server can: Postgres 14 and later, on a
-    platform with POLLRDHUP (Linux). Refused elsewhere (a non-zero value is an error there,
-    an unknown setting before 14): the work goes on without it."""
+    platform with POLLRDHUP (Linux). Refused at the connect elsewhere (a non-zero value is an
+    error there, an unknown setting before 14): connected again without it. In the startup
+    packet, not a SET after it: no round trip more in the connection's set-up."""
+    server_settings = kwargs.pop("server_settings", None) or {}
+    checked = {**server_settings, "client_connection_check_interval": CLIENT_CHECK_INTERVAL}
     try:
-        await conn.execute(f"SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'")
+        return await database.connect_or_unreachable(*args, server_settings=checked, **kwargs)
     except (asyncpg.InvalidParameterValueError, asyncpg.UndefinedObjectError) as exc:
         log.info("postgres cannot check for a gone client", error=str(exc))
+    return await database.connect_or_unreachable(*args, server_settings=server_settings, **kwargs)
 
 
 class LivenessWatch:

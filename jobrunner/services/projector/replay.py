@@ -30,7 +30,7 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store
+from jobrunner.services.projector import setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
@@ -39,7 +39,6 @@ from jobrunner.services.projector.replaylock import (
     ReplayRunning,
     SwapState,
     connect_lock_holder,
-    init_work_connection,
     rebuilt_schema_transaction,
     swap_transaction,
 )
@@ -193,9 +192,9 @@ async def _replay(
             # Three index builds at once (build_indexes).
             min_size=2,
             max_size=3,
-            init=init_work_connection,
+            init=timestamps.init_connection,
             # Bounded, and a socket's error is Postgres' (said as the command's check: cli.py).
-            connect=database.connect_or_unreachable,
+            connect=postgreswatch.connect_work,
             connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
             statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,

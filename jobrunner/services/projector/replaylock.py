@@ -67,7 +67,7 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
     off from Postgres learns it lost the lock instead of waiting for the swap's answer."""
     # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres' (a
     # command says it as its start's check does: cli.py).
-    conn = await database.connect_or_unreachable(
+    conn = await postgreswatch.connect_work(
         database_url,
         timeout=CHECK_CONNECT_SECONDS,
         server_settings={
@@ -79,18 +79,10 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
     peerliveness.watch_peer(conn, dead_after)
     try:
         await timestamps.init_connection(conn)
-        await postgreswatch.end_with_its_client(conn)
     except BaseException:
         await database.close_connection(conn)
         raise
     return conn
-
-
-async def init_work_connection(conn: asyncpg.Connection) -> None:
-    """A pooled connection of a replay or rebuild: set up as the projector's, and ended by its
-    backend once its client has gone (``postgreswatch.end_with_its_client``)."""
-    await timestamps.init_connection(conn)
-    await postgreswatch.end_with_its_client(conn)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.common.stopping import unless_stopped
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import outage, setaside, store
+from jobrunner.services.projector import outage, setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
@@ -57,7 +57,6 @@ from jobrunner.services.projector.replaylock import (
     ReplayLockLost,
     SwapState,
     connect_lock_holder,
-    init_work_connection,
     rebuilt_schema_transaction,
     swap_transaction,
 )
@@ -316,8 +315,8 @@ async def _rebuild(
             settings.database_url,
             min_size=2,
             max_size=2,
-            init=init_work_connection,
-            connect=database.connect_or_unreachable,
+            init=timestamps.init_connection,
+            connect=postgreswatch.connect_work,
             connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
             statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
