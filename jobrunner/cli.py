@@ -161,8 +161,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from jobrunner.common import postgresconnect
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
-    from jobrunner.services.projector.replay import Progress, ReplayMismatch, replay
-    from jobrunner.services.projector.replaylock import ReplayLockLost
+    from jobrunner.services.projector.replay import (
+        PREVIOUS_SCHEMA,
+        Progress,
+        ReplayMismatch,
+        replay,
+    )
+    from jobrunner.services.projector.replaylock import (
+        REPLAY_RUNNING_EXIT,
+        ReplayLockLost,
+        ReplayRunning,
+    )
 
     settings = with_runtime(_settings(args), dict(os.environ))
     # Postgres not answering or refusing: one sentence and an exit code, within a bound (the
@@ -235,10 +244,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return 4
+    except ReplayRunning as exc:
+        print(f"jobrunner replay: {exc}", file=sys.stderr)
+        return REPLAY_RUNNING_EXIT
     except postgresconnect.PostgresUnusable as exc:  # Postgres went away during the replay
         return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+    if report.previous_left is not None:
+        # The swap committed: the replay succeeded; only the old schema is left over.
+        print(
+            f"jobrunner replay: warning: {PREVIOUS_SCHEMA} left; the next replay drops it "
+            f"(its drop failed: {report.previous_left})",
+            file=sys.stderr,
+        )
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

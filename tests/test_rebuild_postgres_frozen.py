@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from jobrunner.common import postgreswatch, readmodelversion
+from jobrunner.common import readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import outage, upgrade
@@ -26,13 +26,16 @@ pytestmark = pytest.mark.timeout(300)
 INTERRUPTED = upgrade.REBUILD_INTERRUPTED_EVENT
 # How long the test waits for the rebuild at most: well past the freeze and the bound.
 PATIENCE = 180.0
+# The probe's bound (replay_postgres_answer_seconds), short for the test: a probe goes out every
+# second, so a freeze 2 s past the bound leaves one unanswered at least 1 s past it.
+BOUND = 4.0
 
 
 @pytest.mark.parametrize(
     ("frozen_for", "given_up"),
     [
-        (postgreswatch.ANSWER_WITHIN - 3, False),
-        (postgreswatch.ANSWER_WITHIN + 8, True),
+        (BOUND - 2, False),
+        (BOUND + 2, True),
     ],
     ids=["thawed-within-the-bound", "thawed-past-it"],
 )
@@ -43,10 +46,12 @@ async def test_a_rebuild_with_postgres_frozen_mid_load_is_given_up_at_the_bound_
     frozen_for: float,
     given_up: bool,
 ) -> None:
-    """Thawed 7 s into the probe's 10 s bound: the rebuild completes, no interruption said.
-    Frozen 8 s past it: an interruption said before the thaw, the rebuild completed after it,
+    """Thawed 2 s before the probe's bound (4 s, injected): the rebuild completes, nothing said.
+    Frozen 2 s past it: an interruption said before the thaw, the rebuild completed after it,
     the read models whole and current, no rebuilt schema left beside them."""
-    private = msgspec.structs.replace(settings, database_url=own_postgres.url)
+    private = msgspec.structs.replace(
+        settings, database_url=own_postgres.url, replay_postgres_answer_seconds=BOUND
+    )
     made = await older_state(private, jobs=40, lines=1500, per_event=2)
     monkeypatch.setattr(outage, "RETRY_PAUSE_MAX", 0.5)  # retries come quickly after the thaw
     stop = asyncio.Event()

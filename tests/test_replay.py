@@ -32,6 +32,7 @@ from jobrunner.services.projector.replay import (
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
     ReplayLockLost,
+    ReplayRunning,
     connect_lock_holder,
     swap_transaction,
 )
@@ -169,7 +170,7 @@ async def test_only_one_replay_runs_at_a_time(live: System, settings: Settings) 
 
     report = await replay(settings, on_progress=start_another)
     assert second
-    with pytest.raises(RuntimeError, match="another replay is running"):
+    with pytest.raises(ReplayRunning, match="REPLAY_RUNNING: another replay is running"):
         await second[0]
     assert report.differences == {}
     assert (await replay(settings)).differences == {}  # and the lock went with the first

@@ -22,7 +22,7 @@ import msgspec
 import pytest
 
 from jobrunner import cli
-from jobrunner.common import postgresconnect, postgreswatch
+from jobrunner.common import postgresconnect, readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import JobStatus
@@ -42,11 +42,16 @@ WENT_AWAY = "went away during the replay"
 # How long the test waits for the command at most: well past its bound, to see one that overruns.
 PATIENCE = 120.0
 JOBS = 20
+# The probe's bound (replay_postgres_answer_seconds), short for the test: a probe goes out every
+# second, so a freeze 2 s past the bound leaves one unanswered at least 1 s past it.
+BOUND = 4.0
 
 
 @pytest.fixture
 async def private(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
-    return msgspec.structs.replace(settings, database_url=own_postgres.url)
+    return msgspec.structs.replace(
+        settings, database_url=own_postgres.url, replay_postgres_answer_seconds=BOUND
+    )
 
 
 @pytest.fixture
@@ -102,6 +107,9 @@ async def _replay_command(
     code (None: still running after PATIENCE) and what it said."""
     for name, value in cli_env(settings).items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv(
+        "JOBRUNNER_REPLAY_POSTGRES_ANSWER_SECONDS", str(settings.replay_postgres_answer_seconds)
+    )
     with logging_put_back():
         try:
             code: int | None = await asyncio.wait_for(
@@ -115,8 +123,8 @@ async def _replay_command(
 @pytest.mark.parametrize(
     ("frozen_for", "answered"),
     [
-        (postgreswatch.ANSWER_WITHIN - 3, True),
-        (postgreswatch.ANSWER_WITHIN + 20, False),
+        (BOUND - 2, True),
+        (BOUND + 2, False),
     ],
     ids=["thawed-within-the-bound", "thawed-past-it"],
 )
@@ -129,9 +137,10 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
     frozen_for: float,
     answered: bool,
 ) -> None:
-    """Postgres thawed 7 s into the probe's 10 s bound: the replay completes (exit 0). Frozen
-    20 s past it: the command has said POSTGRES_UNAVAILABLE and exited 69 before the thaw, the
-    live tables as they were; after the thaw a replay succeeds. It waited for the thaw."""
+    """Postgres thawed 2 s before the probe's bound (4 s, injected): the replay completes,
+    exit 0. Frozen 2 s past it: the command has said POSTGRES_UNAVAILABLE and exited 69 before
+    the thaw, the live tables as they were; after the thaw a replay succeeds. It waited for
+    the thaw."""
     before = await _live_tables(private)
     pids: list[int] = []
     thawed = threading.Event()
@@ -332,7 +341,7 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
         thawed.set()
         thaw(pids)
 
-    timer = threading.Timer(postgreswatch.ANSWER_WITHIN + 5, thaw_now)
+    timer = threading.Timer(BOUND + 5, thaw_now)
     swap_transaction = replaylock.swap_transaction  # the one the replay imported
 
     @contextlib.asynccontextmanager
@@ -362,3 +371,156 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
     again, said = await _replay_command(private, monkeypatch, capsys)
     assert again == 0, said
     assert await _live_tables(private) == before
+
+
+async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds_with_a_warning(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres frozen once the swap's COMMIT was answered (the rebuilt read models are live),
+    past the probe's bound, as the replay drops readmodel_previous: the replay succeeded, so
+    exit 0 before the thaw with a warning that readmodel_previous is left for the next replay
+    to drop. It said POSTGRES_UNAVAILABLE and exited 69. After the thaw a replay succeeds."""
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(BOUND + 5, thaw_now)
+    swap_transaction = replaylock.swap_transaction  # the one the replay imported
+
+    @contextlib.asynccontextmanager
+    async def frozen_after_its_commit(*args: Any) -> AsyncIterator[asyncpg.Connection]:
+        async with swap_transaction(*args) as conn:
+            yield conn
+        # Committed and answered: the drop of readmodel_previous comes next.
+        pids.extend(freeze_postgres(own_postgres))
+        timer.start()
+
+    monkeypatch.setattr(replay_module, "swap_transaction", frozen_after_its_commit)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    assert code == 0, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    assert "readmodel_previous left; the next replay drops it" in err, err
+    monkeypatch.undo()
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert (await _live_tables(private))[2] is False  # the next replay dropped it
+
+
+async def test_a_replay_under_a_server_wide_statement_timeout_succeeds(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A statement_timeout of 1 ms set for the database: the replay's statements run however
+    long they take (its connections set none; the probe tells a frozen Postgres), exit 0."""
+    conn = await asyncpg.connect(private.database_url)
+    try:
+        database = await conn.fetchval("SELECT quote_ident(current_database())")
+        await conn.execute(f"ALTER DATABASE {database} SET statement_timeout = '1ms'")
+    finally:
+        await conn.close()
+    code, err = await _replay_command(private, monkeypatch, capsys)
+    assert "Traceback" not in err, err
+    assert code == 0, err
+
+
+async def _replay_lock_held(database_url: str) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await readmodelversion.rebuild_held(conn))
+    finally:
+        await conn.close()
+
+
+async def test_a_replay_while_another_runs_says_so_in_one_sentence(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The replay lock held by another session (another replay): REPLAY_RUNNING, one
+    sentence, exit 75, no traceback (it was a RuntimeError's traceback)."""
+    other = await asyncpg.connect(private.database_url)
+    try:
+        await other.execute("SELECT pg_advisory_lock($1)", replaylock.REPLAY_LOCK)
+        code, err = await _replay_command(private, monkeypatch, capsys)
+    finally:
+        await other.close()
+    assert "Traceback" not in err, err
+    assert code == replaylock.REPLAY_RUNNING_EXIT, err
+    assert "REPLAY_RUNNING: another replay is running" in err, err
+
+
+async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_after_the_thaw(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres frozen, past the probe's bound, while the comparison runs a long statement (in
+    the swap's transaction: the replay and swap locks held): exit 69 before the thaw; after it
+    the replay's backend notices its client gone (client_connection_check_interval) and lets go
+    of the replay lock, and a replay run again succeeds. The orphan backend ran its statement
+    to its end, holding the locks, and the rerun said "another replay is running"."""
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(BOUND + 5, thaw_now)
+
+    async def frozen_mid_statement(rebuilt: asyncpg.Connection, *args: Any) -> Any:
+        # Hours of counting, in the swap's transaction: the comparison of a huge history.
+        statement = asyncio.ensure_future(
+            rebuilt.fetchval("SELECT count(*) FROM generate_series(1, 1e13::bigint)")
+        )
+        watcher = await asyncpg.connect(private.database_url)
+        try:
+            while not await watcher.fetchval(  # noqa: ASYNC110 - Postgres state
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE '%generate_series(1, 1e13%' AND pid <> pg_backend_pid())"
+            ):
+                await asyncio.sleep(0.05)
+        finally:
+            await watcher.close()
+        pids.extend(freeze_postgres(own_postgres))
+        timer.start()
+        return await statement
+
+    monkeypatch.setattr(replay_module, "compare", frozen_mid_statement)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the comparison never came: " + err
+    assert "Traceback" not in err, err
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    monkeypatch.undo()
+    # The backend checks its client every second: let go within a few (it ran for hours).
+    async with asyncio.timeout(30):
+        while await _replay_lock_held(private.database_url):  # noqa: ASYNC110 - Postgres state
+            await asyncio.sleep(0.2)
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said

@@ -106,11 +106,16 @@ def unusable(
 
 
 # What a command's statement meets when Postgres goes away under it: its backend terminated
-# (``pg_terminate_backend``, a shutdown: AdminShutdownError among OperatorInterventionError), its
-# connection lost (ConnectionDoesNotExistError among PostgresConnectionError) or reset.
+# (``pg_terminate_backend``, a shutdown: AdminShutdownError), the server crashed or starting
+# again, its connection lost (ConnectionDoesNotExistError among PostgresConnectionError) or
+# reset. Not the rest of OperatorInterventionError: a statement cancelled (a statement_timeout,
+# pg_cancel_backend), an idle session's timeout or its database dropped fail the same way when
+# run again, so "run it again once Postgres answers" would be wrong.
 WENT_AWAY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
     asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
     ConnectionResetError,
 )
 

@@ -16,18 +16,50 @@ stopped at its end."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
+import structlog
 
 from jobrunner.common import database, postgresconnect
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 
+log = structlog.get_logger()
+
 # A working Postgres answers a SELECT 1 in milliseconds, a loaded one (index builds on every
-# core, load 14 on 2 cores) in well under a second: the same bound as a command's connect.
+# core, load 14 on 2 cores) in well under a second. The work's bound is the setting
+# replay_postgres_answer_seconds (30 s by default: a host's stall must not end hours of work);
+# this is the probe's own default.
 ANSWER_WITHIN = CHECK_CONNECT_SECONDS
 PROBE_EVERY = 1.0
+# The sessions of a long work (and its probe's): no statement timeout, whatever the server's
+# default, as the design says: a COPY or index build may rightly take minutes, and the probe,
+# not a timeout, tells a frozen Postgres. (A statement cancelled is not Postgres gone:
+# postgresconnect.WENT_AWAY_ERRORS.)
+WORK_STATEMENT_TIMEOUT = "0"
+WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT}
+# How often a work's backend checks, while it runs a statement, that its client is still there:
+# the probe ends the work's connections (closes their sockets), but a frozen server's backend
+# thawed later would otherwise run its COPY, index build or comparison to the end, holding the
+# replay's and the swap's locks (the live projector paused, a rerun refused) for as long.
+CLIENT_CHECK_INTERVAL = "1s"
+
+
+async def connect_work(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """``database.connect_or_unreachable`` for a work's connection (a pool's ``connect``
+    too), whose backend ends its statement once its client has gone
+    (``client_connection_check_interval``), where the server can: Postgres 14 and later, on a
+    platform with POLLRDHUP (Linux). Refused at the connect elsewhere (a non-zero value is an
+    error there, an unknown setting before 14): connected again without it. In the startup
+    packet, not a SET after it: no round trip more in the connection's set-up."""
+    server_settings = kwargs.pop("server_settings", None) or {}
+    checked = {**server_settings, "client_connection_check_interval": CLIENT_CHECK_INTERVAL}
+    try:
+        return await database.connect_or_unreachable(*args, server_settings=checked, **kwargs)
+    except (asyncpg.InvalidParameterValueError, asyncpg.UndefinedObjectError) as exc:
+        log.info("postgres cannot check for a gone client", error=str(exc))
+    return await database.connect_or_unreachable(*args, server_settings=server_settings, **kwargs)
 
 
 class LivenessWatch:
@@ -46,54 +78,86 @@ class LivenessWatch:
         self._every = every
         # Why Postgres counts as gone (None while it answers).
         self.gone: str | None = None
+        # The probe's round in flight (its SELECT 1 sent), None while it sleeps: ``lost``
+        # waits for it rather than cancel it, whose clean-up would end the probe's connection.
+        self._round: asyncio.Future[str | None] | None = None
         self._task = asyncio.create_task(self._probe(), name="postgres liveness watch")
 
     async def _probe(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            query = asyncio.ensure_future(self._conn.fetchval("SELECT 1"))
-            try:
-                done, _ = await asyncio.wait({query}, timeout=self._answer_within)
-            finally:
-                if not query.done():
-                    # Terminated, not cancelled: asyncpg's cancel of a query sends its
-                    # cancel request on a new connection, which a frozen server never answers.
-                    self._conn.terminate()
-                    query.cancel()
-                    query.add_done_callback(_retrieved)
-            if done:
-                failure = query.exception()
-                if failure is None:
-                    continue
-                self.gone = f"{type(failure).__name__}: {failure}"
-            else:
-                self.gone = f"no answer to a probe within {self._answer_within:g} s"
-            self._conn.terminate()
-            self._on_gone()
-            return
+            self._round = asyncio.ensure_future(self._ask())
+            # Shielded: ``stop`` cancels this task, never the round (it ends on its own, within
+            # ``answer_within``, its connection terminated should it be unanswered).
+            gone = await asyncio.shield(self._round)
+            self._round = None
+            if gone is not None:
+                self._found_gone(gone)
+                try:
+                    self._on_gone()
+                except Exception:
+                    # Nobody awaits this task for its result: said here, or never.
+                    log.exception("the liveness watch's on_gone failed", gone=gone)
+                return
+
+    async def _ask(self) -> str | None:
+        """One ``SELECT 1``: None answered; else why Postgres counts as gone (unanswered within
+        ``answer_within``, its connection terminated then; or failed)."""
+        # The simple query protocol: one round trip. A fetchval prepares its statement first,
+        # a second round trip: with the loop blocked past the bound, the prepare's answer was
+        # read as the timeout fired, and the query itself not yet sent (a live Postgres said
+        # gone).
+        query = asyncio.ensure_future(self._conn.execute("SELECT 1"))
+        try:
+            await asyncio.wait({query}, timeout=self._answer_within)
+            if not query.done():
+                # The probe shares the work's loop: one blocked past the bound runs the wait's
+                # timeout in the same turn as the reply's callbacks. One turn more, and an
+                # answer that came is seen; a frozen Postgres costs nothing more.
+                await asyncio.sleep(0)
+        finally:
+            if not query.done():
+                # Terminated, not cancelled: asyncpg's cancel of a query sends its
+                # cancel request on a new connection, which a frozen server never answers.
+                self._conn.terminate()
+                query.cancel()
+                query.add_done_callback(_retrieved)
+        if not query.done() or query.cancelled():
+            return f"no answer to a probe within {self._answer_within:g} s"
+        failure = query.exception()
+        if failure is None:
+            return None
+        return f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
+
+    def _found_gone(self, why: str) -> None:
+        self.gone = why
+        self._conn.terminate()
 
     async def lost(self) -> str | None:
-        """Why Postgres counts as gone: the watch's finding, else a probe asked now (within
-        ``answer_within``) unanswered or its connection ended. For a work that failed: after a
-        restart its connections may fail with any error (asyncpg's InternalClientError, as the
-        server's unsolicited FATAL meets the next query), which this tells from a bug."""
+        """Why Postgres counts as gone: the watch's finding, else the answer to the probe in
+        flight, or to one asked now (each within ``answer_within``). For a work that failed:
+        after a restart its connections may fail with any error (asyncpg's InternalClientError,
+        as the server's unsolicited FATAL meets the next query), which this tells from a bug."""
         if self.gone is not None or self._task.done():
             return self.gone
+        in_flight = self._round
+        # Cancelled only while it sleeps or waits on its round (shielded: the round goes on).
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self._answer_within)
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            self.gone = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        await asyncio.wait({self._task})
+        gone = await (in_flight if in_flight is not None else self._ask())
+        if gone is not None:
+            self._found_gone(gone)
         return self.gone
 
     async def stop(self) -> None:
         """End the probe and drop its connection (no round trip: the server may be frozen)."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._conn.terminate()
+        try:
+            # Not ``await self._task``: that would swallow a cancellation of this stop (the
+            # caller's, a second Ctrl-C) as the probe's own.
+            await asyncio.wait({self._task})
+        finally:
+            self._conn.terminate()
 
 
 def _retrieved(query: asyncio.Future[object]) -> None:
@@ -108,7 +172,12 @@ async def start(
     every: float = PROBE_EVERY,
 ) -> LivenessWatch:
     """Connect the probe (bounded as a command's connects are) and start it."""
-    conn = await database.connect_or_unreachable(database_url, timeout=CHECK_CONNECT_SECONDS)
+    conn = await database.connect_or_unreachable(
+        database_url,
+        timeout=CHECK_CONNECT_SECONDS,
+        # Idle between two probes: a server-wide idle_session_timeout must not end it.
+        server_settings={**WORK_SESSION_SETTINGS, "idle_session_timeout": "0"},
+    )
     return LivenessWatch(conn, on_gone, answer_within, every)
 
 
@@ -117,13 +186,14 @@ class WorkWatch:
     they are, ask ``why_failed`` when the work fails, ``stop`` it when the work ends (whether
     or not it was started)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, answer_within: float = ANSWER_WITHIN) -> None:
         self._database_url = database_url
+        self._answer_within = answer_within
         self._watch: LivenessWatch | None = None
 
     async def start(self, on_gone: Callable[[], None]) -> None:
         """Connect the probe (``start``); ``on_gone`` ends the work's connections."""
-        self._watch = await start(self._database_url, on_gone)
+        self._watch = await start(self._database_url, on_gone, self._answer_within)
 
     async def why_failed(self, failure: BaseException, in_chain: bool = True) -> str | None:
         """Why the work that raised ``failure`` met Postgres gone: the probe's finding

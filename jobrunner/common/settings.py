@@ -120,6 +120,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # slow or frozen Postgres (projector/peerliveness.py); its backends give up a silent projector
     # after the same bound, and its lock waits end after twice it (the batch is tried again).
     projector_postgres_dead_seconds: float = 30.0
+    # `jobrunner replay` and the projector's rebuild count Postgres gone once a probe (SELECT 1
+    # on a connection of its own) goes unanswered this long (common/postgreswatch.py): a host's
+    # stall shorter than this must not throw away a replay of hours.
+    replay_postgres_answer_seconds: float = 30.0
 
     # The API's reads of the read models: waiting for a pooled connection, the query and its
     # release within this, else 503 READ_MODELS_TIMEOUT and the connection is terminated (a
@@ -305,6 +309,7 @@ _ABOVE_ZERO = (
     "runner_heartbeat_seconds",
     "projector_stuck_seconds",
     "projector_postgres_dead_seconds",
+    "replay_postgres_answer_seconds",
     "webhook_first_retry_seconds",
     "webhook_longest_retry_seconds",
     "webhook_connect_timeout_seconds",

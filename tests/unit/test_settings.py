@@ -156,6 +156,8 @@ def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
         ("stop_seconds", "0.5"),
         ("stop_seconds", "15.5"),  # waits past its deadline need the margin to the 20 s grace
         ("stream_read_timeout_seconds", "0"),
+        ("replay_postgres_answer_seconds", "0"),
+        ("replay_postgres_answer_seconds", "-30"),
     ],
 )
 def test_value_no_service_can_honour_is_refused_at_start(

@@ -36,6 +36,7 @@ from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
     REPLAY_LOCK,
     ReplayLockLost,
+    ReplayRunning,
     SwapState,
     connect_lock_holder,
     rebuilt_schema_transaction,
@@ -111,6 +112,9 @@ class ReplayReport:
     tables: dict[str, int]  # rows per rebuilt table
     differences: dict[str, list[str]]
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase
+    # Why the replaced read models' schema (PREVIOUS_SCHEMA) could not be dropped after the
+    # swap (Postgres went away then), None when it was or was kept on purpose.
+    previous_left: str | None = None
 
     @property
     def rate(self) -> float:
@@ -126,12 +130,12 @@ async def replay(
 ) -> ReplayReport:
     """Rebuild the read models from the stream and swap them in; see the module docstring.
 
-    Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while the replay runs, or
+    Postgres frozen for ``replay_postgres_answer_seconds`` while the replay runs, or
     ending its connections (restarted, its backends terminated), raises ``PostgresUnusable``
     (``POSTGRES_UNAVAILABLE``): the swap is one transaction, so the live read models are
     either swapped whole or untouched, and a replay run again starts afresh. Its sentence says
     which, or that the swap's COMMIT went unanswered (``went_away_consequence``)."""
-    watch = postgreswatch.WorkWatch(settings.database_url)
+    watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
     try:
         return await _replay(
@@ -190,9 +194,10 @@ async def _replay(
             max_size=3,
             init=timestamps.init_connection,
             # Bounded, and a socket's error is Postgres' (said as the command's check: cli.py).
-            connect=database.connect_or_unreachable,
+            connect=postgreswatch.connect_work,
             connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
+            statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
         )
         resources.push_async_callback(database.close_pool, pool)
         lock_holder = await connect_lock_holder(
@@ -209,7 +214,7 @@ async def _replay(
         # Stopped by ``replay`` once it has asked the watch why the replay failed.
         await watch.start(on_gone=end_connections)
         if not await lock_holder.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
-            raise RuntimeError("another replay is running; wait for it to finish")
+            raise ReplayRunning()
         await eventstore.ensure_topology(js, names, settings)
         info = await js.stream_info(names.stream)
         first_seq = max(info.state.first_seq, 1)
@@ -293,10 +298,9 @@ async def _replay(
             await conn.execute(f"ALTER SCHEMA {REPLAY_SCHEMA} RENAME TO {READ_SCHEMA}")
         phases["comparing"] = time.monotonic() - mark
         log.info("replay swapped in", checkpoint=applied, events=progress.done)
+        previous_left = None
         if not keep_previous:
-            # After the commit: queries still reading the old tables finish first.
-            async with pool.acquire() as conn:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+            previous_left = await _drop_previous(pool)
         return ReplayReport(
             events=progress.done,
             seconds=time.monotonic() - started,
@@ -305,7 +309,26 @@ async def _replay(
             tables=tables,
             differences=differences,
             phases={name: round(seconds, 3) for name, seconds in phases.items()},
+            previous_left=previous_left,
         )
+
+
+async def _drop_previous(pool: asyncpg.Pool) -> str | None:
+    """Drop the read models the swap replaced; None once dropped, else why not. The swap has
+    committed, so the replay has succeeded whatever happens here: Postgres frozen or restarted
+    now (the probe then ends the pool's connections) leaves the schema for the next replay,
+    which drops it before its own swap, and is a warning, not the command's failure."""
+    try:
+        # After the commit: queries still reading the old tables finish first.
+        async with pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+    except Exception as exc:  # the swap is done: any failure here leaves only the schema
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.warning(
+            f"{PREVIOUS_SCHEMA} left; the next replay drops it", schema=PREVIOUS_SCHEMA, error=why
+        )
+        return why
+    return None
 
 
 async def _fresh_schema(conn: asyncpg.Connection, line_key: bool, lock_holder_pid: int) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from jobrunner.common import database, readmodelversion
+from jobrunner.common import database, postgreswatch, readmodelversion
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.services.projector import peerliveness, store, timestamps
 
@@ -25,6 +25,21 @@ from jobrunner.services.projector import peerliveness, store, timestamps
 # (Defined in common: the API reads whether it is held, an abandoned rebuild's sign.)
 REPLAY_LOCK = readmodelversion.REBUILD_LOCK
 assert REPLAY_LOCK == store.SWAP_LOCK + 1  # the value a rebuild of any version holds: never moved
+
+
+# EX_TEMPFAIL: run it again once the other replay has finished.
+REPLAY_RUNNING_EXIT = 75
+
+
+class ReplayRunning(Exception):
+    """``REPLAY_LOCK`` is held by another session: another replay (or a projector's rebuild) is
+    at work, or the backend of one whose client went away has yet to notice."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "REPLAY_RUNNING: another replay is running (a session holds the replay lock); "
+            "wait for it to finish, then run `jobrunner replay` again"
+        )
 
 
 class ReplayLockLost(RuntimeError):
@@ -52,11 +67,12 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
     off from Postgres learns it lost the lock instead of waiting for the swap's answer."""
     # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres' (a
     # command says it as its start's check does: cli.py).
-    conn = await database.connect_or_unreachable(
+    conn = await postgreswatch.connect_work(
         database_url,
         timeout=CHECK_CONNECT_SECONDS,
         server_settings={
             "idle_session_timeout": "0",
+            **postgreswatch.WORK_SESSION_SETTINGS,
             **peerliveness.server_settings(dead_after),
         },
     )

@@ -126,7 +126,9 @@ async def ensure_current(
     # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres'
     # (`jobrunner replay` says it as its start's check does: cli.py).
     conn = await database.connect_or_unreachable(
-        settings.database_url, timeout=CHECK_CONNECT_SECONDS
+        settings.database_url,
+        timeout=CHECK_CONNECT_SECONDS,
+        server_settings=postgreswatch.WORK_SESSION_SETTINGS,
     )
     held.add(conn)
     try:
@@ -223,13 +225,13 @@ async def rebuild(
 ) -> Outcome:
     """Project the whole stream into ``UPGRADE_SCHEMA`` and swap it in (module docstring).
 
-    Postgres frozen for ``postgreswatch.ANSWER_WITHIN`` seconds while it runs (its liveness
+    Postgres frozen for ``replay_postgres_answer_seconds`` while it runs (its liveness
     probe unanswered: no statement of a rebuild has a bound of its own, an index build may
     rightly take minutes), or ending its connections, raises ``PostgresUnusable``
     (``POSTGRES_UNAVAILABLE``), its connections ended; what was loaded stays for the next
     attempt, which resumes from the rebuilt schema's checkpoint."""
     held = held or Connections()
-    watch = postgreswatch.WorkWatch(settings.database_url)
+    watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
     try:
         return await _rebuild(
@@ -316,9 +318,10 @@ async def _rebuild(
             min_size=2,
             max_size=2,
             init=timestamps.init_connection,
-            connect=database.connect_or_unreachable,
+            connect=postgreswatch.connect_work,
             connect_timeout=CHECK_CONNECT_SECONDS,
             synchronous_commit="off",
+            statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
         )
         held.add(pool)
         resources.push_async_callback(database.close_pool, pool)
