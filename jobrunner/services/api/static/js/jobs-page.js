@@ -20,6 +20,13 @@ const streamStatus = new Map(); // job id -> status
 // How far along each of contracts/events.py's JobStatus is: keep the two in step. A status
 // missing here (added there since) is taken as the stream says it: the stream is the later word.
 const STATUS_ORDER = { pending: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
+// Jobs whose stream said "done", until a re-render of the recent table shows their row. The two
+// sections are read at moments apart: the running card may be gone (its end projected) from an
+// answer read after the table's, which was read before. Nothing else would ask again, so the job
+// was in neither section until some other job changed. Asked again a few times only: a job
+// older than the table's newest rows never shows there.
+const endedUnseen = new Map(); // job id -> re-renders asked for it
+const ENDED_ROW_ASKS = 5;
 
 function showStatus(c, status) {
   c.dataset.status = status;
@@ -94,6 +101,7 @@ function follow(cardEl) {
       announce(t("live.finished", { title, status: t(`status.${done.status}`) }));
       followed.delete(jobId);
       ended.add(jobId);
+      endedUnseen.set(jobId, 0);
       refreshSoon(0);
     },
   });
@@ -117,6 +125,22 @@ function syncCards() {
   for (const jobId of ended) if (!present.has(jobId)) ended.delete(jobId);
   for (const jobId of streamStatus.keys()) {
     if (!present.has(jobId) && !followed.has(jobId)) streamStatus.delete(jobId);
+  }
+}
+
+function rowShown(jobId) {
+  return document.querySelector(`#recent [data-job-row][data-job-id="${CSS.escape(jobId)}"]`) !== null;
+}
+
+// After either section re-rendered: an ended job neither shows (no card, no row) is asked for
+// again, as a card whose job ended is (syncCards).
+function askForEndedRows() {
+  for (const [jobId, asked] of endedUnseen) {
+    if (rowShown(jobId) || asked >= ENDED_ROW_ASKS) endedUnseen.delete(jobId);
+    else if (card(jobId) === null) {
+      endedUnseen.set(jobId, asked + 1);
+      refreshSoon(500 * 2 ** asked); // 0.5 s, doubling: about 15 s in all (the projector may lag)
+    }
   }
 }
 
@@ -151,6 +175,7 @@ export function initJobsPage() {
       if (renderedSinceFailure.size === 2) refreshRetryMs = REFRESH_RETRY_FIRST_MS;
     }
     if (target.id === "active") syncCards();
+    if (target.id === "active" || target.id === "recent") askForEndedRows();
   });
 
   // A job started elsewhere appears, a finished one moves to the history.
