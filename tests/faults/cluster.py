@@ -204,7 +204,8 @@ class FaultCluster:
 
     async def _keep_running(self) -> None:
         while True:
-            for service in self.services.values():
+            # A copy: a test may add a service while this waits to restart a crashed one.
+            for service in list(self.services.values()):
                 if service.wanted and not service.alive:
                     service.crashes += 1
                     await asyncio.sleep(RESTART_DELAY)
