@@ -8,7 +8,8 @@ back the card as the read model had it, "running"; the stream says each status o
 re-render after it failed while Postgres was down, so the card said "running" until Postgres
 returned: a cause that fits CI's symptom (a loaded machine; CI's logs of it are lost). The
 second test holds such an answer back (page.route) to make that order certain. The third plays
-back a recent table read before the job's end beside a running card read after it (CI, session 34)."""
+back a recent table read before the job's end beside a running card read after it (CI, session
+34)."""
 
 from __future__ import annotations
 
