@@ -155,16 +155,12 @@ async def replay(
 
 def went_away_consequence(swap: SwapState) -> str:
     """What a replay that met Postgres gone left of the live read models, and what to do."""
-    if swap.committed:
-        return (
-            "the rebuilt read models were swapped in; the previous ones are left in schema "
-            f"{PREVIOUS_SCHEMA} (the next replay drops them)"
-        )
-    if swap.committing:
-        return (
-            "the swap's COMMIT was sent and not answered, so the rebuilt read models may or "
-            "may not have been swapped in; run `jobrunner replay` again once Postgres answers "
-            "(it rebuilds and compares again either way)"
+    if swap.committed or swap.committing:
+        return swap.consequence(
+            PREVIOUS_SCHEMA,
+            "the next replay",
+            "run `jobrunner replay` again once Postgres answers (it rebuilds and compares again "
+            "either way)",
         )
     return postgresconnect.NOTHING_SWAPPED
 

@@ -95,6 +95,22 @@ class SwapState:
     committing: bool = False  # the COMMIT sent and not answered
     committed: bool = False  # the COMMIT answered: the rebuilt schema is the live one
 
+    def consequence(self, previous_schema: str, dropped_by: str, next_step: str) -> str:
+        """What a replay or rebuild that met Postgres gone left of the live read models
+        (``dropped_by``: what drops ``previous_schema``; ``next_step``: what to do when the swap
+        may not be done)."""
+        if self.committed:
+            return (
+                "the rebuilt read models were swapped in; the previous ones are left in schema "
+                f"{previous_schema} ({dropped_by} drops them)"
+            )
+        if self.committing:
+            return (
+                "the swap's COMMIT was sent and not answered, so the rebuilt read models may or "
+                f"may not have been swapped in; {next_step}"
+            )
+        return f"nothing was swapped; {next_step}"
+
 
 @contextlib.asynccontextmanager
 async def swap_transaction(

@@ -251,20 +251,11 @@ async def rebuild(
 
 def _went_away_consequence(swap: SwapState) -> str:
     """What a rebuild that met Postgres gone left of the live read models, and what to do."""
-    if swap.committed:
-        return (
-            "the rebuilt read models were swapped in; the previous ones are left in schema "
-            f"{PREVIOUS_SCHEMA} (the next rebuild or replay drops them)"
-        )
-    if swap.committing:
-        return (
-            "the swap's COMMIT was sent and not answered, so the rebuilt read models may or may "
-            "not have been swapped in; the next attempt (the projector's own, or `jobrunner "
-            "replay` run again) finds them current or resumes the rebuild from its checkpoint"
-        )
-    return (
-        "nothing was swapped; the next attempt (the projector's own, or `jobrunner replay` run "
-        "again) resumes the rebuild from its checkpoint once Postgres answers"
+    return swap.consequence(
+        PREVIOUS_SCHEMA,
+        "the next rebuild or replay",
+        "the next attempt (the projector's own, or `jobrunner replay` run again) resumes the "
+        "rebuild from its checkpoint, or finds the read models current, once Postgres answers",
     )
 
 
