@@ -334,34 +334,7 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
     to run the replay again (it said "nothing was swapped", which that COMMIT may belie); after
     the thaw a replay run again succeeds, the live read models as they were."""
     before = await _live_tables(private)
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(BOUND + 5, thaw_now)
-    swap_transaction = replaylock.swap_transaction  # the one the replay imported
-
-    @contextlib.asynccontextmanager
-    async def frozen_before_its_commit(*args: Any) -> AsyncIterator[asyncpg.Connection]:
-        async with swap_transaction(*args) as conn:
-            yield conn
-            # The swap's statements done, its COMMIT next: sent to a frozen Postgres.
-            pids.extend(freeze_postgres(own_postgres))
-            timer.start()
-
-    monkeypatch.setattr(replay_module, "swap_transaction", frozen_before_its_commit)
-    try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert ended_frozen, "the command waited for the thaw:\n" + err
+    code, err = await _replay_frozen_at_swap(private, own_postgres, monkeypatch, capsys, False)
     assert code == postgresconnect.UNAVAILABLE_EXIT, err
     assert "POSTGRES_UNAVAILABLE" in err, err
     assert "nothing was swapped" not in err, err
@@ -384,34 +357,7 @@ async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds
     past the probe's bound, as the replay drops readmodel_previous: the replay succeeded, so
     exit 0 before the thaw with a warning that readmodel_previous is left for the next replay
     to drop. It said POSTGRES_UNAVAILABLE and exited 69. After the thaw a replay succeeds."""
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(BOUND + 5, thaw_now)
-    swap_transaction = replaylock.swap_transaction  # the one the replay imported
-
-    @contextlib.asynccontextmanager
-    async def frozen_after_its_commit(*args: Any) -> AsyncIterator[asyncpg.Connection]:
-        async with swap_transaction(*args) as conn:
-            yield conn
-        # Committed and answered: the drop of readmodel_previous comes next.
-        pids.extend(freeze_postgres(own_postgres))
-        timer.start()
-
-    monkeypatch.setattr(replay_module, "swap_transaction", frozen_after_its_commit)
-    try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert ended_frozen, "the command waited for the thaw:\n" + err
+    code, err = await _replay_frozen_at_swap(private, own_postgres, monkeypatch, capsys, True)
     assert code == 0, err
     assert "POSTGRES_UNAVAILABLE" not in err, err
     assert "readmodel_previous left; the next replay drops it" in err, err
@@ -524,3 +470,49 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
             await asyncio.sleep(0.2)
     again, said = await _replay_command(private, monkeypatch, capsys)
     assert again == 0, said
+
+
+async def _replay_frozen_at_swap(
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    after_commit: bool,
+) -> tuple[int | None, str]:
+    """``jobrunner replay`` with Postgres frozen past the probe's bound at its swap: as the
+    COMMIT is sent, or (``after_commit``) once it was answered, as readmodel_previous is dropped.
+    Its exit code and stderr; checked here that it ended before the thaw, without a traceback."""
+    pids: list[int] = []
+    thawed = threading.Event()
+
+    def thaw_now() -> None:
+        thawed.set()
+        thaw(pids)
+
+    timer = threading.Timer(BOUND + 5, thaw_now)
+    swap_transaction = replaylock.swap_transaction  # the one the replay imported
+
+    def freeze_now() -> None:
+        pids.extend(freeze_postgres(own_postgres))
+        timer.start()
+
+    @contextlib.asynccontextmanager
+    async def frozen_at_swap(*args: Any) -> AsyncIterator[asyncpg.Connection]:
+        async with swap_transaction(*args) as conn:
+            yield conn
+            if not after_commit:
+                freeze_now()  # the swap's statements done, its COMMIT next
+        if after_commit:
+            freeze_now()  # committed and answered: the drop of readmodel_previous next
+
+    monkeypatch.setattr(replay_module, "swap_transaction", frozen_at_swap)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+        ended_frozen = not thawed.is_set()
+    finally:
+        timer.cancel()
+        thaw(pids)
+    assert pids, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert ended_frozen, "the command waited for the thaw:\n" + err
+    return code, err
