@@ -40,8 +40,31 @@ def _edited(event: events.Event, drop: list[str], extra: dict[str, Any]) -> byte
     return msgspec.json.encode(body)
 
 
+# Strings with and without NUL in every field the projection cleans (storable.text).
+TEXT = st.text(alphabet=st.sampled_from("a\x00\\u0\u2400"), max_size=6)
+LINES = st.builds(
+    events.LineLogged,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    lines=st.lists(
+        st.builds(events.LogLine, st.integers(1, 9), TEXT, TEXT, st.just(AT), TEXT), max_size=3
+    ),
+)
+REQUESTS = st.builds(
+    events.JobRequested,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    job_type=TEXT,
+    parameters=st.dictionaries(TEXT, JSON | TEXT | st.lists(TEXT, max_size=2), max_size=3),
+    lock=st.none() | TEXT,
+    requested_by=st.none() | TEXT,
+    batch_id=st.none() | TEXT,
+    attempt_of=st.none() | TEXT,
+)
 MESSAGES = st.one_of(
     st.sampled_from(EVENTS).map(codec.encode),
+    LINES.map(codec.encode),
+    REQUESTS.map(codec.encode),
     st.builds(
         _edited,
         st.sampled_from(EVENTS),

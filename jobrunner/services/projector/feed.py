@@ -16,7 +16,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts import codec
 from jobrunner.contracts.codec import decode_known
-from jobrunner.contracts.events import UNSENT_UTC
+from jobrunner.contracts.events import UNSENT_UTC, AnyEvent
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.projections import Change, Unreadable, project
 from jobrunner.services.projector.setaside import StoredMessage
@@ -215,6 +215,7 @@ class EventFeed:
                     for seq, data in messages:
                         # The decoder called directly and the time check inlined: two Python
                         # calls an event fewer on the replay's path (a million events).
+                        event: AnyEvent | None
                         try:
                             event = decode_known(data)
                         except Exception:  # codec.decode, asked next, says what it was
