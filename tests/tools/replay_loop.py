@@ -1,5 +1,5 @@
 """A test tool: ``jobrunner replay`` as the command runs it (``cli.main``), printing first the
-class of the event loop each of its steps ran on ("replay loop: <module.Class>", "rebuild ...")."""
+class of the event loop each of its replay and rebuild steps ran on ("replay loop: <module.Class>")."""
 
 import asyncio
 import sys
