@@ -58,7 +58,7 @@ def _child(out: str) -> None:
             os.getpgrp()  # callgrind: --dump-before=getpgrp
 
     replay._load = marked_load
-    report = _run_as_the_cli_does(replay.replay(load_settings()))
+    report = asyncio.run(replay.replay(load_settings()))
     if report.differences:
         raise SystemExit(f"the rebuilt read models differ: {report.differences}")
     Path(out).write_text(
@@ -71,16 +71,6 @@ def _child(out: str) -> None:
             }
         )
     )
-
-
-def _run_as_the_cli_does(main: Any) -> Any:
-    """On the loop ``jobrunner replay`` runs on in the tree under test: its ``eventloop.run``
-    where it has one (uvloop where installed), else ``asyncio.run`` as older trees' CLI did."""
-    try:
-        from jobrunner.common import eventloop
-    except ImportError:
-        return asyncio.run(main)
-    return eventloop.run(main)
 
 
 def _own_cpu() -> float:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from jobrunner.common import eventloop, stallwatch
+from jobrunner.common import stallwatch
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError, load_settings
@@ -50,6 +50,16 @@ def _run_service(
     with _metrics_listener(name, settings), asyncio.Runner(loop_factory=loop_factory) as loop:
         loop.run(runner())
     return 0
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """libuv's event loop where it is installed (as uvicorn picks it for the API), else None:
+    asyncio's own. Its socket writes and reads cost a fraction of asyncio's Python transports."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 @contextlib.contextmanager
@@ -108,7 +118,7 @@ def cmd_projector(args: argparse.Namespace) -> int:
 
     # The projector's cost is per transaction as much as per event (a trickle of small ones is
     # mostly socket round trips to Postgres and NATS): on uvloop they cost less.
-    return _run_service("projector", run_projector, _settings(args), eventloop.loop_factory())
+    return _run_service("projector", run_projector, _settings(args), _uvloop_factory())
 
 
 def cmd_notifier(args: argparse.Namespace) -> int:
@@ -169,7 +179,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # A Postgres frozen, stopped or refusing after this check is said the same way at the
     # connect that meets it (each bounded: postgresconnect.CHECK_CONNECT_SECONDS).
     try:
-        eventloop.run(postgresconnect.check_answers(settings.database_url))
+        asyncio.run(postgresconnect.check_answers(settings.database_url))
     except postgresconnect.PostgresUnusable as exc:
         return _postgres_unusable("replay", exc)
 
@@ -199,7 +209,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # rebuilt and swapped in without a comparison (this is the command a projector that may not
     # rebuild them names).
     try:
-        outcome = eventloop.run(
+        outcome = asyncio.run(
             upgrade.ensure_current(settings, allow_rebuild=True, on_progress=show)
         )
     except ReplayLockLost as exc:
@@ -217,7 +227,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         return 0
     try:
-        report = eventloop.run(
+        report = asyncio.run(
             replay(
                 settings,
                 on_progress=show,

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -53,8 +50,6 @@ from tests.replaylock_support import (
     wait_for_the_swap,
 )
 from tests.system import System
-
-TOOLS = Path(__file__).parent / "tools"
 
 
 async def checkpoint(settings: Settings) -> int:
@@ -441,25 +436,6 @@ async def test_replay_command_shows_progress_and_the_verdict(
     out, err = await run_cli("replay", env=cli_env(settings), timeout=120)
     assert "events/s" in err
     assert "identical to the live read models; swapped in" in out
-
-
-async def test_replay_command_runs_on_uvloop_where_it_is_installed(
-    live: System, settings: Settings
-) -> None:
-    """`jobrunner replay` loads on libuv's event loop, as the projector does, where uvloop is
-    installed: its socket reads and writes cost less there."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(TOOLS / "replay_loop.py"),
-        env={**os.environ, **cli_env(settings)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, err.decode()
-    assert "rebuild loop: uvloop.Loop" in out.decode()
-    assert "replay loop: uvloop.Loop" in out.decode()
-    assert "identical to the live read models; swapped in" in out.decode()
 
 
 def old_and_recent_job() -> list[events.Event]:
