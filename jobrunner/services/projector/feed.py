@@ -15,7 +15,8 @@ from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
 from jobrunner.contracts import codec
-from jobrunner.contracts.events import names_its_time
+from jobrunner.contracts.codec import decode_known
+from jobrunner.contracts.events import UNSENT_UTC, AnyEvent
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector.projections import Change, Unreadable, project
 from jobrunner.services.projector.setaside import StoredMessage
@@ -210,22 +211,34 @@ class EventFeed:
                     if not self._decoding.is_set():
                         await self._decoding.wait()
                     batch: list[tuple[int, list[Change]]] = []
+                    append = batch.append
                     for seq, data in messages:
+                        # The decoder called directly and the time check inlined: two Python
+                        # calls an event fewer on the replay's path (a million events).
+                        event: AnyEvent | None
                         try:
-                            event = codec.decode(data)
-                        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                            # A malformed message must not stop the read models: it is set
-                            # aside (recorded) where the batch is applied.
-                            unreadable: list[Change] = [Unreadable(f"{type(exc).__name__}: {exc}")]
-                            batch.append((seq, unreadable))
-                            continue
-                        if event and not names_its_time(event):
+                            event = decode_known(data)
+                        except Exception:  # codec.decode, asked next, says what it was
+                            try:
+                                event = codec.decode(data)
+                            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                                # A malformed message must not stop the read models: it is set
+                                # aside (recorded) where the batch is applied.
+                                unreadable: list[Change] = [
+                                    Unreadable(f"{type(exc).__name__}: {exc}")
+                                ]
+                                append((seq, unreadable))
+                                continue
+                            if event is None:  # a type this version does not know
+                                append((seq, []))
+                                continue
+                        if event.occurred_at.tzinfo is UNSENT_UTC:  # names_its_time, inlined
                             # A foreign publisher's event without its time: decoding stamped
                             # it with now, so the live read models and every replay would each
                             # store another time. Set aside, the same way every time it is read.
-                            batch.append((seq, [Unreadable(NO_TIME)]))
+                            append((seq, [Unreadable(NO_TIME)]))
                             continue
-                        batch.append((seq, project(event, seq) if event else []))
+                        append((seq, project(event, seq)))
                     await self._queue.put(batch)
             except StreamReaderError as exc:
                 failures += 1

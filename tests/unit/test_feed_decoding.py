@@ -1,0 +1,126 @@
+"""The feed's decoding of a socket read: every message ends as the changes ``codec.decode``,
+the time check and ``project`` give it, whatever the stream holds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobrunner.contracts import codec, events
+from jobrunner.services.projector.feed import NO_TIME, EventFeed
+from jobrunner.services.projector.projections import Change, Unreadable, project
+
+AT = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+EVENTS: list[events.Event] = [
+    events.JobRequested(job_id="j1", job_type="scraper", parameters={"plz": "10"}, lock="s"),
+    events.StatusChanged(job_id="j1", status=events.JobStatus.RUNNING),
+    events.LineLogged(job_id="j1", lines=[events.LogLine(1, "stdout", "INFO", AT, "hi\x00")]),
+    events.ProgressReported(job_id="j1", current=4, total=8, percent=50.0),
+    events.CancelRequested(job_id="j1", requested_by="alice"),
+]
+TAGS = [*(t.__struct_config__.tag for t in events.EVENT_TYPES), "SomethingNewer"]
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+def _edited(event: events.Event, drop: list[str], extra: dict[str, Any]) -> bytes:
+    body = msgspec.json.decode(codec.encode(event))
+    for key in drop:
+        body.pop(key, None)
+    body.update(extra)
+    return msgspec.json.encode(body)
+
+
+# Strings with and without NUL in every field the projection cleans (storable.text).
+TEXT = st.text(alphabet=st.sampled_from("a\x00\\u0\u2400"), max_size=6)
+LINES = st.builds(
+    events.LineLogged,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    lines=st.lists(
+        st.builds(events.LogLine, st.integers(1, 9), TEXT, TEXT, st.just(AT), TEXT), max_size=3
+    ),
+)
+REQUESTS = st.builds(
+    events.JobRequested,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    job_type=TEXT,
+    parameters=st.dictionaries(TEXT, JSON | TEXT | st.lists(TEXT, max_size=2), max_size=3),
+    lock=st.none() | TEXT,
+    requested_by=st.none() | TEXT,
+    batch_id=st.none() | TEXT,
+    attempt_of=st.none() | TEXT,
+)
+MESSAGES = st.one_of(
+    st.sampled_from(EVENTS).map(codec.encode),
+    LINES.map(codec.encode),
+    REQUESTS.map(codec.encode),
+    st.builds(
+        _edited,
+        st.sampled_from(EVENTS),
+        st.lists(st.sampled_from(["occurred_at", "job_id", "status", "lines", "type"])),
+        st.dictionaries(
+            st.sampled_from(["type", "occurred_at", "job_id", "x"]), JSON | st.sampled_from(TAGS)
+        ),
+    ),
+    st.binary(max_size=40),
+    JSON.map(msgspec.json.encode),
+)
+
+
+def _as_before(seq: int, data: bytes) -> list[Change]:
+    """The feed's changes for one message as written before the loop was inlined."""
+    try:
+        event = codec.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return [Unreadable(f"{type(exc).__name__}: {exc}")]
+    if event and not events.names_its_time(event):
+        return [Unreadable(NO_TIME)]
+    return project(event, seq) if event else []
+
+
+class _OneRead:
+    """A stream reader that hands the feed one read, then has it stop."""
+
+    closed = False
+
+    def __init__(self, feed: EventFeed, messages: list[tuple[int, bytes]]) -> None:
+        self._feed = feed
+        self._messages = messages
+
+    async def batches(self) -> AsyncIterator[list[tuple[int, bytes]]]:
+        yield self._messages
+        self._feed._stop.set()
+
+
+async def _fed(messages: list[tuple[int, bytes]]) -> list[tuple[int, list[Change]]]:
+    feed = EventFeed.__new__(EventFeed)  # no NATS: only the decoding loop is asked
+    feed._restart_attempts = 0
+    feed._queue = asyncio.Queue()
+    feed._stop = asyncio.Event()
+    feed._decoding = asyncio.Event()
+    feed._decoding.set()
+    feed._reader = _OneRead(feed, messages)  # type: ignore[assignment]
+    await feed._read()
+    return feed._queue.get_nowait()
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(MESSAGES, min_size=1, max_size=6))
+def test_every_message_of_a_read_ends_as_the_codec_and_projection_say(
+    bodies: list[bytes],
+) -> None:
+    """Events, unknown types, events without their time, bad JSON and random bytes in one read:
+    each gives the rows, the skip or the set-aside reason it always gave, in order."""
+    messages = [(seq, data) for seq, data in enumerate(bodies, start=1)]
+    assert asyncio.run(_fed(messages)) == [(seq, _as_before(seq, data)) for seq, data in messages]
