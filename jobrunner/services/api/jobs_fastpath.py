@@ -130,9 +130,12 @@ class JobReadsFastPath:
             except ReadModelsTimeout as exc:
                 # Answered here: handed over, the same read would wait its deadline again.
                 errors.warn_read_models_timeout(scope["path"], exc)
-                retry = (b"retry-after", str(errors.READ_TIMEOUT_RETRY_AFTER).encode())
-                body = _ENCODER.encode(errors.read_models_timeout_body(exc))
-                return template, 503, body, [retry]
+                refused = errors.read_models_timeout(exc)
+                headers = [
+                    (name.lower().encode("latin-1"), value.encode("latin-1"))
+                    for name, value in (refused.headers or {}).items()
+                ]
+                return template, refused.status, _ENCODER.encode(refused.body()), headers
             return template, 200, _ENCODER.encode(page), []
         except ApiError:
             return None  # a refusal: Litestar's path refuses it the same way and answers it
