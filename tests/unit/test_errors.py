@@ -5,10 +5,10 @@ from __future__ import annotations
 import msgspec
 import nats.errors
 import pytest
-from litestar import Litestar, Request, Response, get
-from litestar.testing import AsyncTestClient
+from litestar import Request, Response, get
 
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS, try_again_later
+from tests.tools.one_route_api import answer_to_get
 
 
 def request() -> Request:  # type: ignore[type-arg]
@@ -52,9 +52,7 @@ async def test_try_again_later_is_a_503_with_its_code_sentence_and_retry_after(
             "EVENT_STORE_UNAVAILABLE", "Send it again shortly.", retry_after=3, job_id="j1"
         )
 
-    app = Litestar([refused], exception_handlers=EXCEPTION_HANDLERS)
-    async with AsyncTestClient(app) as client:
-        response = await client.get("/refused")
+    response = await answer_to_get(refused)
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "3"
     assert response.headers["content-type"] == "application/json"
@@ -78,9 +76,7 @@ async def test_try_again_later_answered_before_a_stream_route_runs_is_json() -> 
     async def stream() -> str:
         return "data: never\n\n"
 
-    app = Litestar([stream], exception_handlers=EXCEPTION_HANDLERS)
-    async with AsyncTestClient(app) as client:
-        response = await client.get("/stream")
+    response = await answer_to_get(stream)
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "5"
     assert msgspec.json.decode(response.content)["error"]["code"] == "READ_MODELS_NEWER"
