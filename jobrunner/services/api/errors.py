@@ -39,7 +39,7 @@ class ApiError(Exception):
         status: int,
         code: str,
         message: str,
-        /,  # positional only: extra fields may be called "status" or "code"
+        /,  # positional only: an extra field may be called "status"
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
@@ -52,6 +52,13 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.code, self.message, **self.extra)
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as an ASGI answer carries them (lower-case names, latin-1 bytes)."""
+        return [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (self.headers or {}).items()
+        ]
 
     def response(self) -> Response[Any]:
         # JSON whatever the route's own type: a refusal answered before the route runs (the
@@ -68,9 +75,8 @@ class ApiError(Exception):
 def try_again_later(
     code: str, message: str, /, *, retry_after: int | None, **extra: Any
 ) -> ApiError:
-    """503: a part behind the API (NATS, Postgres, the read models) cannot serve the request
-    just now, and the same request may pass later: ``Retry-After`` says in how many seconds
-    (None: no header, the client judges)."""
+    """503: the request cannot be served just now (NATS, Postgres or the read models away or
+    behind, a conflict); Retry-After says when to ask again (None: no header)."""
     headers = None if retry_after is None else {"Retry-After": str(retry_after)}
     return ApiError(HTTP_503_SERVICE_UNAVAILABLE, code, message, headers=headers, **extra)
 
@@ -92,7 +98,7 @@ def batch_not_found(batch_id: str) -> ApiError:
     return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {echoed_id(batch_id)}.")
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+def error_body(code: str, message: str, /, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 

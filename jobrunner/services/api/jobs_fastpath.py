@@ -131,11 +131,8 @@ class JobReadsFastPath:
                 # Answered here: handed over, the same read would wait its deadline again.
                 errors.warn_read_models_timeout(scope["path"], exc)
                 refused = errors.read_models_timeout(exc)
-                headers = [
-                    (name.lower().encode("latin-1"), value.encode("latin-1"))
-                    for name, value in (refused.headers or {}).items()
-                ]
-                return template, refused.status, _ENCODER.encode(refused.body()), headers
+                body = _ENCODER.encode(refused.body())
+                return template, refused.status, body, refused.raw_headers()
             return template, 200, _ENCODER.encode(page), []
         except ApiError:
             return None  # a refusal: Litestar's path refuses it the same way and answers it
