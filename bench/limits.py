@@ -197,6 +197,7 @@ async def direct_walk(database_url: str, seconds: float) -> dict[str, Any]:
     from bench.scenarios import LIST_FILTERS
     from jobrunner.services.api import readmodels
     from jobrunner.services.api.context import read_pool
+    from jobrunner.services.api.newest_first import NewestFirstCursor
 
     def job_filter(params: dict[str, str]) -> readmodels.JobFilter:
         def split(name: str) -> tuple[str, ...]:
@@ -220,7 +221,7 @@ async def direct_walk(database_url: str, seconds: float) -> dict[str, Any]:
                 if len(rows) > 50:
                     t = time.monotonic()
                     last = rows[49]
-                    after = readmodels.JobCursor(last["created_at"], last["id"])
+                    after = NewestFirstCursor(last["created_at"], last["id"])
                     await readmodels.list_jobs(pool, 51, f, after)
                     latencies.append(time.monotonic() - t)
     finally:

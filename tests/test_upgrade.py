@@ -18,6 +18,7 @@ from jobrunner.common.refusal import REFUSED_EXIT, StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
+from jobrunner.services.api import readmodelgate
 from jobrunner.services.projector import upgrade
 from jobrunner.services.projector.replay import Progress
 from jobrunner.services.projector.replaylock import REPLAY_LOCK, ReplayLockLost
@@ -164,7 +165,7 @@ async def test_the_api_answers_503_until_the_rebuilt_read_models_are_swapped_in(
     assert error["code"] == "READ_MODELS_REBUILDING"
     assert error["expected_version"] == CURRENT
     assert error["rebuild"]["stream_last_seq"] == made.last_seq
-    assert refused.headers["retry-after"]
+    assert refused.headers["retry-after"] == str(readmodelgate.RETRY_AFTER_SECONDS)
     assert page.status_code == 503
     assert page.headers["content-type"].startswith("text/plain")
     assert "being rebuilt" in page.text

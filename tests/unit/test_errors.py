@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
 import msgspec
 import nats.errors
 import pytest
-from litestar import Request
+from litestar import Request, Response, get
 
-from jobrunner.services.api.errors import EXCEPTION_HANDLERS
+from jobrunner.common import database
+from jobrunner.services.api.errors import EXCEPTION_HANDLERS, ApiError, try_again_later
+from jobrunner.services.api.readpool import (
+    ReadModelsLost,
+    ReadModelsNotRead,
+    ReadModelsOfAnotherVersion,
+    ReadModelsTimeout,
+)
+from tests.tools.one_route_api import answer_to_get
 
 
 def request() -> Request:  # type: ignore[type-arg]
@@ -36,3 +47,171 @@ def test_nats_not_answering_is_a_503_to_retry_not_a_500(error: Exception) -> Non
     assert response.headers["Retry-After"] == "1"
     body = msgspec.json.decode(msgspec.json.encode(response.content))
     assert body["error"]["code"] == "EVENT_STORE_UNAVAILABLE"
+
+
+async def test_try_again_later_is_a_503_with_its_code_sentence_and_retry_after() -> None:
+    """A client told to try again later gets 503, the code to act on, the sentence, what else
+    the refusal names, and how many seconds to wait."""
+
+    @get("/refused")
+    async def refused() -> str:
+        raise try_again_later(
+            "EVENT_STORE_UNAVAILABLE", "Send it again shortly.", retry_after=3, job_id="j1"
+        )
+
+    response = await answer_to_get(refused)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "3"
+    assert response.headers["content-type"] == "application/json"
+    assert msgspec.json.decode(response.content) == {
+        "error": {
+            "code": "EVENT_STORE_UNAVAILABLE",
+            "message": "Send it again shortly.",
+            "job_id": "j1",
+        }
+    }
+
+
+async def test_try_again_later_answered_before_a_stream_route_runs_is_json() -> None:
+    """A refusal answered before the route runs (the read-model gate's) on a live stream's
+    address is the same JSON 503, not a 500 from a body text/event-stream cannot carry."""
+
+    async def refuse(_: Request) -> Response:  # type: ignore[type-arg]
+        return try_again_later("READ_MODELS_NEWER", "Upgrade this API.", retry_after=5).response()
+
+    @get("/stream", media_type="text/event-stream", before_request=refuse)
+    async def stream() -> str:
+        return "data: never\n\n"
+
+    response = await answer_to_get(stream)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert msgspec.json.decode(response.content)["error"]["code"] == "READ_MODELS_NEWER"
+
+
+async def test_try_again_later_without_retry_after_sends_no_header() -> None:
+    """A refusal that may be sent again at once names no wait (IDEMPOTENCY_UNAVAILABLE)."""
+
+    @get("/refused")
+    async def refused() -> str:
+        raise try_again_later(
+            "IDEMPOTENCY_UNAVAILABLE", "Send the request again.", retry_after=None
+        )
+
+    response = await answer_to_get(refused)
+    assert response.status_code == 503, response.text
+    assert "retry-after" not in response.headers
+    assert msgspec.json.decode(response.content)["error"]["code"] == "IDEMPOTENCY_UNAVAILABLE"
+
+
+_POSTGRES_AWAY = "The read models (Postgres) cannot be reached just now; try again shortly."
+
+# What a client is answered for each failure a route may raise, copied from the answers of main
+# at 572d3c6 (before try_again_later): (status, Retry-After, code, message, other fields). The
+# literal values, not the modules' constants, so that a changed constant shows here too.
+ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]] = [
+    (
+        nats.errors.TimeoutError(),
+        (
+            503,
+            "1",
+            "EVENT_STORE_UNAVAILABLE",
+            "The event store did not answer in time; try again shortly.",
+            {},
+        ),
+    ),
+    (
+        nats.errors.NoServersError(),
+        (
+            503,
+            "1",
+            "EVENT_STORE_UNAVAILABLE",
+            "The event store did not answer in time; try again shortly.",
+            {},
+        ),
+    ),
+    (
+        nats.errors.MaxPayloadError(),
+        (
+            413,
+            None,
+            "MESSAGE_TOO_LARGE",
+            "The request makes an event larger than the NATS server's max_payload; send less "
+            "in one request.",
+            {},
+        ),
+    ),
+    (database.PostgresUnreachable("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
+    (ReadModelsLost("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
+    (ReadModelsNotRead("why"), (503, "2", "READ_MODELS_UNAVAILABLE", "why", {})),
+    (
+        ReadModelsTimeout(2.5),
+        (
+            503,
+            "5",
+            "READ_MODELS_TIMEOUT",
+            "The read models (Postgres) did not answer within 2.5 s; try again shortly, and "
+            "tell the operator if it lasts.",
+            {},
+        ),
+    ),
+    (
+        ReadModelsOfAnotherVersion(
+            "READ_MODELS_NEWER", "Upgrade this API.", {"found_version": 9}, retry_after_seconds=7
+        ),
+        (503, "7", "READ_MODELS_NEWER", "Upgrade this API.", {"found_version": 9}),
+    ),
+    (
+        asyncpg.InvalidAuthorizationSpecificationError("no"),
+        (
+            503,
+            "30",
+            "POSTGRES_REFUSED",
+            "The read models' database (Postgres) refuses this API's connection "
+            "(InvalidAuthorizationSpecificationError): check database_url (its user, password "
+            "and database name) and that the database exists; tell the operator.",
+            {},
+        ),
+    ),
+    (
+        ApiError(503, "REPORT_CONFLICT", "Send it again.", headers={"Retry-After": "1"}),
+        (503, "1", "REPORT_CONFLICT", "Send it again.", {}),
+    ),
+    (
+        ApiError(404, "JOB_NOT_FOUND", "There is no job with id 'j1'.", job_id="j1"),
+        (404, None, "JOB_NOT_FOUND", "There is no job with id 'j1'.", {"job_id": "j1"}),
+    ),
+    (
+        RuntimeError("boom"),
+        (
+            500,
+            None,
+            "INTERNAL_ERROR",
+            "Something went wrong on our side; it has been logged.",
+            {},
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "answer"), ANSWERS, ids=[type(error).__name__ for error, _ in ANSWERS]
+)
+async def test_each_failure_of_a_route_is_answered_with_its_status_retry_after_code_and_sentence(
+    error: Exception, answer: tuple[int, str | None, str, str, dict[str, Any]]
+) -> None:
+    """A client meets the same status, wait, code and sentence for each failure as before the
+    503s were built by one helper."""
+    status, retry_after, code, message, extra = answer
+
+    @get("/read")
+    async def read() -> str:
+        raise error
+
+    response = await answer_to_get(read)
+    assert response.status_code == status, response.text
+    assert response.headers.get("retry-after") == retry_after
+    assert response.headers["content-type"] == "application/json"
+    assert msgspec.json.decode(response.content) == {
+        "error": {"code": code, "message": message, **extra}
+    }

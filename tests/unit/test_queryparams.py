@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.datastructures import MultiDict
 
-from jobrunner.services.api.batch_readmodels import BatchCursor, BatchJobCursor
+from jobrunner.services.api.batch_readmodels import BatchJobCursor
 from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.newest_first import NewestFirstCursor
 from jobrunner.services.api.queryparams import (
     MAX_SEARCH_LENGTH,
     Query,
@@ -225,7 +226,7 @@ def test_any_other_archived_text_is_refused(raw: str) -> None:
 )
 def test_any_batch_cursor_text_is_read_or_refused(raw: str) -> None:
     """Whatever a client puts in a batch list or batch job cursor, it is a position or a 400."""
-    for kind in (BatchCursor, BatchJobCursor):
+    for kind in (NewestFirstCursor, BatchJobCursor):
         try:
             value = Query(MultiDict([("cursor", raw)]), ("cursor",)).cursor("cursor", kind)
         except ApiError as exc:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from litestar import Litestar, get
-from litestar.testing import AsyncTestClient
+from litestar import get
 
 from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.errors import EXCEPTION_HANDLERS
 from jobrunner.services.api.readmodelgate import (
     RETRY_AFTER_SECONDS,
     ReadModelGate,
@@ -19,6 +17,7 @@ from jobrunner.services.api.readmodelgate import (
 )
 from jobrunner.services.api.readpool import ReadModelsNotRead
 from jobrunner.services.api.streamlookups import StreamLookups
+from tests.tools.one_route_api import answer_to_get
 
 
 def lookups_before_the_version_is_known() -> StreamLookups:
@@ -41,9 +40,7 @@ async def test_the_503_carries_the_reason_of_the_read_not_made() -> None:
     async def read() -> str:
         return str(await lookups.fetchval("SELECT 1"))
 
-    app = Litestar([read], exception_handlers=EXCEPTION_HANDLERS)
-    async with AsyncTestClient(app) as client:
-        response = await client.get("/read")
+    response = await answer_to_get(read)
     assert response.status_code == 503, response.text
     error = msgspec.json.decode(response.content)["error"]
     assert error["code"] == "READ_MODELS_UNAVAILABLE", error
@@ -64,9 +61,7 @@ async def test_a_stream_read_of_another_version_is_answered_as_the_gate_answers(
     async def read() -> str:
         return str(await lookups.fetchval("SELECT 1"))
 
-    app = Litestar([read], exception_handlers=EXCEPTION_HANDLERS)
-    async with AsyncTestClient(app) as client:
-        response = await client.get("/read")
+    response = await answer_to_get(read)
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
     error = msgspec.json.decode(response.content)["error"]

@@ -46,7 +46,7 @@ from jobrunner.services.api.actions import (
 )
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import find_batch
-from jobrunner.services.api.errors import ApiError, job_not_found
+from jobrunner.services.api.errors import ApiError, job_not_found, try_again_later
 from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.job_control import give_back_places, raise_busy
 from jobrunner.services.api.schemas import ExternalCallback
@@ -68,12 +68,11 @@ async def event_store_answers() -> AsyncIterator[None]:
     except nats.errors.MaxPayloadError:
         raise  # never passes: the API's handler answers 413 MESSAGE_TOO_LARGE
     except (nats.errors.Error, TimeoutError) as exc:
-        raise ApiError(
-            503,
+        raise try_again_later(
             "EVENT_STORE_UNAVAILABLE",
             f"The event store did not confirm the action ({type(exc).__name__}); part of it may "
             "have taken effect: send the same action again to finish it.",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         ) from None
 
 

@@ -23,7 +23,7 @@ from nats.js import api
 from jobrunner.common import artifactnames, artifactpurges, artifactstore, eventstore, retry
 from jobrunner.contracts import events
 from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import ApiError, try_again_later
 
 SPOOL_MEMORY_BYTES = 1024 * 1024
 # How long an upload waits for NATS (retrying) before the worker is told to send it again.
@@ -125,11 +125,10 @@ async def store_upload(
                 "ARTIFACT_NOT_STORED",
                 f"NATS refused the file for good: {exc!r}.",
             ) from exc
-        raise ApiError(
-            503,
+        raise try_again_later(
             "EVENTS_UNAVAILABLE",
             "The artifact store (NATS) does not answer right now; send the file again shortly.",
-            headers={"Retry-After": "2"},
+            retry_after=2,
         ) from None
     finally:
         spool.close()

@@ -12,7 +12,7 @@ from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api.actions import Attempt
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import as_stored
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import try_again_later
 from jobrunner.services.api.readpool import ReadPool
 
 ATTEMPT_COLUMNS = """
@@ -97,11 +97,10 @@ async def catch_up(ctx: ApiContext, timeout: float | None = None) -> None:
         if left <= 0:
             break
         await ctx.projection.wait_for(target, min(left, 0.25))
-    raise ApiError(
-        503,
+    raise try_again_later(
         "READ_MODEL_BEHIND",
         f"The read models are {target - applied} event(s) behind the stream, so this action "
         "cannot see the jobs' current states; try again in a moment.",
-        headers={"Retry-After": "2"},
+        retry_after=2,
         behind=target - applied,
     )

@@ -56,10 +56,6 @@ class BatchFilter(NewestFirstFilter):
     """What GET /api/batches filters on (``job_types``: batches holding any of these types)."""
 
 
-# The position after the last batch of a page, by the name tests/unit/test_queryparams.py uses.
-BatchCursor = NewestFirstCursor
-
-
 async def list_batches(
     pool: ReadPool,
     limit: int,

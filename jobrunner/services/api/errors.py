@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import nats.errors
 import structlog
-from litestar import Request, Response
+from litestar import MediaType, Request, Response
 from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
@@ -39,7 +39,7 @@ class ApiError(Exception):
         status: int,
         code: str,
         message: str,
-        /,  # positional only: extra fields may be called "status" or "code"
+        /,  # positional only: an extra field may be called "status"
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
@@ -49,6 +49,36 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
         self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, **self.extra)
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as an ASGI answer carries them (lower-case names, latin-1 bytes)."""
+        return [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (self.headers or {}).items()
+        ]
+
+    def response(self) -> Response[Any]:
+        # JSON whatever the route's own type: a refusal answered before the route runs (the
+        # read-model gate's) would take a stream's text/event-stream, which cannot encode the
+        # body, and the 503 became a 500.
+        return Response(
+            self.body(),
+            status_code=self.status,
+            headers=self.headers,
+            media_type=MediaType.JSON,
+        )
+
+
+def try_again_later(
+    code: str, message: str, /, *, retry_after: int | None, **extra: Any
+) -> ApiError:
+    """503: the request cannot be served just now (NATS, Postgres or the read models away or
+    behind, a conflict); Retry-After says when to ask again (None: no header)."""
+    headers = None if retry_after is None else {"Retry-After": str(retry_after)}
+    return ApiError(HTTP_503_SERVICE_UNAVAILABLE, code, message, headers=headers, **extra)
 
 
 # An id echoed in a 404's sentence is cut here: an address may carry kilobytes of it, which the
@@ -68,16 +98,12 @@ def batch_not_found(batch_id: str) -> ApiError:
     return ApiError(404, "BATCH_NOT_FOUND", f"There is no batch with id {echoed_id(batch_id)}.")
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+def error_body(code: str, message: str, /, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
 def api_error_handler(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    return Response(
-        error_body(exc.code, exc.message, **exc.extra),
-        status_code=exc.status,
-        headers=exc.headers,
-    )
+    return exc.response()
 
 
 # The codes of the framework's own refusals, each in README's table. No 429: none of the
@@ -172,13 +198,11 @@ def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
             status_code=413,
         )
     _warn_throttled(NATS_SILENT_LOG, "nats did not answer", path=request.url.path, error=repr(exc))
-    return Response(
-        error_body(
-            "EVENT_STORE_UNAVAILABLE", "The event store did not answer in time; try again shortly."
-        ),
-        status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "1"},
-    )
+    return try_again_later(
+        "EVENT_STORE_UNAVAILABLE",
+        "The event store did not answer in time; try again shortly.",
+        retry_after=1,
+    ).response()
 
 
 def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -187,14 +211,11 @@ def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     _warn_throttled(
         POSTGRES_AWAY_LOG, "read models unavailable", path=request.url.path, error=repr(exc)
     )
-    return Response(
-        error_body(
-            "READ_MODELS_UNAVAILABLE",
-            "The read models (Postgres) cannot be reached just now; try again shortly.",
-        ),
-        status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "2"},
-    )
+    return try_again_later(
+        "READ_MODELS_UNAVAILABLE",
+        "The read models (Postgres) cannot be reached just now; try again shortly.",
+        retry_after=2,
+    ).response()
 
 
 def other_version_handler(
@@ -202,11 +223,9 @@ def other_version_handler(
 ) -> Response[Any]:
     """A stream's opening read met read models the gate had let through a moment before and
     now knows are another version: the gate's own 503."""
-    return Response(
-        error_body(exc.code, exc.sentence, **exc.details),
-        status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": str(exc.retry_after_seconds)},
-    )
+    return try_again_later(
+        exc.code, exc.sentence, retry_after=exc.retry_after_seconds, **exc.details
+    ).response()
 
 
 def not_read_handler(request: Request[Any, Any, Any], exc: ReadModelsNotRead) -> Response[Any]:
@@ -216,11 +235,7 @@ def not_read_handler(request: Request[Any, Any, Any], exc: ReadModelsNotRead) ->
     _warn_throttled(
         POSTGRES_AWAY_LOG, "stream read not made", path=request.url.path, reason=str(exc)
     )
-    return Response(
-        error_body("READ_MODELS_UNAVAILABLE", str(exc)),
-        status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "2"},
-    )
+    return try_again_later("READ_MODELS_UNAVAILABLE", str(exc), retry_after=2).response()
 
 
 POSTGRES_REFUSED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
@@ -241,27 +256,25 @@ def postgres_refused_handler(request: Request[Any, Any, Any], exc: Exception) ->
     """Postgres answered and refused the API's database_url (wrong user or password, no such
     database): no retry helps until the configuration (or the database) is put right."""
     warn_postgres_refused(request.url.path, exc)
-    return Response(
-        error_body(
-            "POSTGRES_REFUSED",
-            "The read models' database (Postgres) refuses this API's connection "
-            f"({type(exc).__name__}): check database_url (its user, password and database "
-            "name) and that the database exists; tell the operator.",
-        ),
-        status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "30"},
-    )
+    return try_again_later(
+        "POSTGRES_REFUSED",
+        "The read models' database (Postgres) refuses this API's connection "
+        f"({type(exc).__name__}): check database_url (its user, password and database "
+        "name) and that the database exists; tell the operator.",
+        retry_after=30,
+    ).response()
 
 
 # Seconds a client is asked to wait after READ_MODELS_TIMEOUT.
 READ_TIMEOUT_RETRY_AFTER = 5
 
 
-def read_models_timeout_body(exc: ReadModelsTimeout) -> dict[str, Any]:
-    return error_body(
+def read_models_timeout(exc: ReadModelsTimeout) -> ApiError:
+    return try_again_later(
         "READ_MODELS_TIMEOUT",
         f"The read models (Postgres) did not answer within {exc.seconds:g} s; "
         "try again shortly, and tell the operator if it lasts.",
+        retry_after=READ_TIMEOUT_RETRY_AFTER,
     )
 
 
@@ -279,11 +292,7 @@ def postgres_timeout_handler(
     """A read of the read models passed ``api_read_timeout_seconds`` (readpool.py): Postgres
     does not answer (frozen, overloaded); its connection has been terminated."""
     warn_read_models_timeout(request.url.path, exc)
-    return Response(
-        read_models_timeout_body(exc),
-        status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": str(READ_TIMEOUT_RETRY_AFTER)},
-    )
+    return read_models_timeout(exc).response()
 
 
 # What Postgres being away looks like to a read: a new connection refused or reset (the read

@@ -41,7 +41,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.services.api import schemas
 from jobrunner.services.api.context import ApiContext
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import ApiError, try_again_later
 from jobrunner.services.api.reports import (
     Report,
     ReportedLine,
@@ -350,11 +350,10 @@ async def _publish_lines(
             first_seq=after + 1,
             last_seq=after + len(lines),
         )
-    raise ApiError(
-        503,
+    raise try_again_later(
         "REPORT_CONFLICT",
         "Too many reports of this job arrive at once; send this one again.",
-        headers={"Retry-After": "1"},
+        retry_after=1,
     )
 
 
@@ -390,11 +389,10 @@ async def _end(
         return msgspec.structs.replace(answer, status=status.value)
     if first is None:
         # No ending stored and none found (foreign messages on its terminal ids): try again.
-        raise ApiError(
-            503,
+        raise try_again_later(
             "REPORT_CONFLICT",
             "The job's ending could not be stored; send this report again.",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         )
     # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
     if report.report_id is None or first.report_id != report.report_id:

@@ -26,7 +26,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import ApiError, try_again_later
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 200
@@ -118,8 +118,10 @@ class IdempotencyKeys:
                     **made,
                 )
             return Claim(stored.id, resumed=True)
-        raise ApiError(
-            503,
+        # No Retry-After (README's table): nothing was started, the request may be sent again
+        # at once.
+        raise try_again_later(
             "IDEMPOTENCY_UNAVAILABLE",
             f"The {HEADER} could not be recorded; send the request again.",
+            retry_after=None,
         )

@@ -130,9 +130,9 @@ class JobReadsFastPath:
             except ReadModelsTimeout as exc:
                 # Answered here: handed over, the same read would wait its deadline again.
                 errors.warn_read_models_timeout(scope["path"], exc)
-                retry = (b"retry-after", str(errors.READ_TIMEOUT_RETRY_AFTER).encode())
-                body = _ENCODER.encode(errors.read_models_timeout_body(exc))
-                return template, 503, body, [retry]
+                refused = errors.read_models_timeout(exc)
+                body = _ENCODER.encode(refused.body())
+                return template, refused.status, body, refused.raw_headers()
             return template, 200, _ENCODER.encode(page), []
         except ApiError:
             return None  # a refusal: Litestar's path refuses it the same way and answers it

@@ -41,7 +41,7 @@ from nats.js import JetStreamContext
 from jobrunner.common import postgresconnect, readmodelversion, stopping
 from jobrunner.common.readmodelversion import READMODEL_VERSION, UPGRADE_SCHEMA
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.errors import error_body, warn_postgres_refused
+from jobrunner.services.api.errors import ApiError, try_again_later, warn_postgres_refused
 from jobrunner.services.api.readpool import ReadPool
 
 log = structlog.get_logger()
@@ -326,8 +326,8 @@ class ReadModelGate:
                 self.abandoned = None
             return state
 
-    async def refusal(self) -> Response[Any] | None:
-        """The 503 answer while the read models are not this version; None when they are, and
+    async def refusal(self) -> ApiError | None:
+        """The 503 while the read models are not this version; None when they are, and
         while Postgres has not answered a look since the start (the request's own reads then
         say what is wrong, and what needs no read model is served)."""
         if self.serving:
@@ -336,14 +336,7 @@ class ReadModelGate:
         if state.current or not self.known:
             return None
         code, sentence = self.reason(state)
-        return Response(
-            error_body(code, sentence, **progress(state)),
-            status_code=503,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            # JSON whatever the route's own type: a stream's (text/event-stream) could not
-            # encode the body, and the 503 became a 500.
-            media_type="application/json",
-        )
+        return try_again_later(code, sentence, retry_after=RETRY_AFTER_SECONDS, **progress(state))
 
     def reason(self, state: ReadModelState) -> tuple[str, str]:
         """The code and sentence a request is refused with while ``state`` is not current."""
@@ -403,15 +396,17 @@ async def refuse_unready(request: Request[Any, Any, Any]) -> Response[Any] | Non
         return None
     gate: ReadModelGate = request.app.state.ctx.readmodels
     refusal = await gate.refusal()
-    if refusal is not None and is_page_visit(request.headers.get("accept", "")):
+    if refusal is None:
+        return None
+    if is_page_visit(request.headers.get("accept", "")):
         # A browser opening a page gets the sentence, not a JSON document; scripts keep JSON.
         return Response(
-            gate.reason(gate.state)[1],
-            status_code=503,
+            refusal.message,
+            status_code=refusal.status,
             media_type="text/plain",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            headers=refusal.headers,
         )
-    return refusal
+    return refusal.response()
 
 
 def is_page_visit(accept: str) -> bool:

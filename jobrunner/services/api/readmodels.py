@@ -165,10 +165,6 @@ class JobFilter(NewestFirstFilter):
     batch_id: str | None = None
 
 
-# The position after the last job of a page, by the name bench/limits.py pages with.
-JobCursor = NewestFirstCursor
-
-
 async def list_jobs(
     pool: ReadPool,
     limit: int,

@@ -25,7 +25,7 @@ from jobrunner.contracts import events
 from jobrunner.services.api import artifactupload, external, readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import ApiError, try_again_later
 from jobrunner.services.api.links import archive_url, artifact_url
 from jobrunner.services.api.queryparams import Query
 from jobrunner.services.api.reads import get, is_head
@@ -92,11 +92,10 @@ def _after_segments(raw_path: bytes, count: int) -> bytes:
 
 def _unavailable(exc: Exception) -> ApiError:
     log.warning("artifact store unreachable", error=repr(exc))
-    return ApiError(
-        503,
+    return try_again_later(
         "ARTIFACTS_UNAVAILABLE",
         "The artifact store (NATS) did not answer; try again in a moment.",
-        headers={"Retry-After": "2"},
+        retry_after=2,
     )
 
 
@@ -303,11 +302,10 @@ async def upload_external_artifact(
 
 def _events_unavailable(exc: Exception) -> ApiError:
     log.warning("external artifact not stored", error=repr(exc))
-    return ApiError(
-        503,
+    return try_again_later(
         "EVENTS_UNAVAILABLE",
         "The event store does not answer right now; send the file again shortly.",
-        headers={"Retry-After": "1"},
+        retry_after=1,
     )
 
 

@@ -21,7 +21,7 @@ from jobrunner.services.api.batchpublish import BatchEvents, publish_batch
 from jobrunner.services.api.batchrequest import plan_batch
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT
 from jobrunner.services.api.dependencies import ctx_of
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import ApiError, try_again_later
 from jobrunner.services.api.external import callback_tokens, callback_url
 from jobrunner.services.api.idempotency import HEADER, Claim, check_key
 from jobrunner.services.api.security import principal_of
@@ -76,12 +76,11 @@ async def submit_batch(request: Request[Any, Any, Any]) -> schemas.BatchCreated:
             if key is not None
             else "send it again (with an Idempotency-Key, a retry can never create it twice)"
         )
-        raise ApiError(
-            503,
+        raise try_again_later(
             "EVENT_STORE_UNAVAILABLE",
             f"The event store did not confirm the whole batch ({type(exc).__name__}); none of "
             f"its jobs runs until it is complete: {retry}.",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         ) from None
     await ctx.projection.wait_for(seq, READ_YOUR_WRITES_TIMEOUT)
     return schemas.BatchCreated(

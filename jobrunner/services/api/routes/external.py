@@ -18,7 +18,7 @@ from nats.errors import MaxPayloadError
 
 from jobrunner.services.api import external, reports
 from jobrunner.services.api.dependencies import ctx_of
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import ApiError, try_again_later
 from jobrunner.services.api.security.openapi import error_spec
 
 log = structlog.get_logger()
@@ -71,9 +71,8 @@ async def report_external_job(
         # NATS away (or slow past a request's timeout): nothing is lost by asking the worker to
         # send the report again, and its report_id keeps it from being stored twice.
         log.warning("external report not stored", job_id=job_id, error=repr(exc))
-        raise ApiError(
-            503,
+        raise try_again_later(
             "EVENT_STORE_UNAVAILABLE",
             "The event store does not answer right now; send the report again shortly.",
-            headers={"Retry-After": "1"},
+            retry_after=1,
         ) from exc

@@ -21,7 +21,7 @@ from jobrunner.contracts.events import JobStatus
 from jobrunner.services.api import jsonbody, readmodels, schemas
 from jobrunner.services.api.context import READ_YOUR_WRITES_TIMEOUT, ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
-from jobrunner.services.api.errors import ApiError
+from jobrunner.services.api.errors import ApiError, try_again_later
 from jobrunner.services.api.external import callback_tokens, callback_url
 from jobrunner.services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from jobrunner.services.api.idempotency import check_key
@@ -304,13 +304,12 @@ def _maybe_created(job_id: str) -> ApiError:
     restart, or NATS paused past the publish timeout): it names the job, which then runs (in
     its queue place, for a queued lock), so that a client looks it up rather than sending the
     request again without an Idempotency-Key, which would create a second job."""
-    return ApiError(
-        503,
+    return try_again_later(
         "EVENT_STORE_UNAVAILABLE",
         "The event store did not confirm the job in time; it may have been created: look it "
         f"up at /api/jobs/{job_id}, or send the same request again with the same "
         "Idempotency-Key (without one, a request sent again creates another job).",
-        headers={"Retry-After": "1"},
+        retry_after=1,
         job_id=job_id,
     )
 
