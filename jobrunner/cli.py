@@ -18,7 +18,7 @@ from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:  # asyncpg's import only for the commands that use Postgres
-    from jobrunner.common.postgresconnect import PostgresUnusable
+    from jobrunner.common.postgresconnect import PostgresUnusable, StatementCancelled
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -148,9 +148,9 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
 
 
-def _postgres_unusable(command: str, exc: PostgresUnusable) -> int:
-    """A command's Postgres not answering or refusing: its sentence, no traceback, and its exit
-    code (69 not answering, 78 refusing)."""
+def _postgres_unusable(command: str, exc: PostgresUnusable | StatementCancelled) -> int:
+    """A command's Postgres not answering or refusing, or cancelling its statement: its
+    sentence, no traceback, and its exit code (69 not answering, 78 refusing, 5 cancelled)."""
     print(f"jobrunner {command}: {exc}", file=sys.stderr)
     return exc.exit_code
 
@@ -215,7 +215,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return 4
-    except postgresconnect.PostgresUnusable as exc:  # Postgres went away during the rebuild
+    # Postgres went away during the rebuild, or cancelled its statement.
+    except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
         return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
@@ -247,7 +248,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayRunning as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return REPLAY_RUNNING_EXIT
-    except postgresconnect.PostgresUnusable as exc:  # Postgres went away during the replay
+    # Postgres went away during the replay, or cancelled its statement.
+    except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
         return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))

@@ -278,6 +278,56 @@ class _BackendsTerminated:
             await conn.close()
 
 
+class _WaitingWriteCancelled(_BackendsTerminated):
+    """The loading's write that waits on a table of the rebuilt schema the test holds locked,
+    cancelled with pg_cancel_backend: an operator cancelling the replay's query."""
+
+    async def _terminate(self, spared: int = 0) -> None:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            self.terminated += [
+                row["pid"]
+                for row in await conn.fetch(
+                    "SELECT pid, pg_cancel_backend(pid) FROM pg_locks "
+                    "WHERE NOT granted AND relation = $1::regclass",
+                    self.table,
+                )
+            ]
+        finally:
+            await conn.close()
+
+
+async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sentence(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator cancels the replay's write (pg_cancel_backend) while it waits in the loading:
+    STATEMENT_CANCELLED, one sentence, exit 5, not said to be Postgres not answering; the live
+    tables as they were, and a replay run again succeeds. It ended in QueryCanceledError's
+    traceback."""
+    before = await _live_tables(private)
+    conn = await asyncpg.connect(private.database_url)
+    try:
+        since = await conn.fetchval("SELECT now()")
+    finally:
+        await conn.close()
+    fault = _WaitingWriteCancelled(private.database_url, since, "checkpoint")
+    _fault_as_loading_starts(monkeypatch, fault)
+    code, err = await _replay_command(private, monkeypatch, capsys)
+    assert fault.done(), "no write of the loading waited: " + err
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
+    assert "jobrunner replay: STATEMENT_CANCELLED:" in err, err
+    assert "nothing was swapped" in err, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    monkeypatch.undo()
+    assert await _live_tables(private) == before
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+
+
 async def _terminated_mid_load(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,

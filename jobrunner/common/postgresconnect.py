@@ -136,10 +136,22 @@ def went_away_error(exc: BaseException) -> BaseException | None:
     connection as ``InterfaceError`` ("the underlying connection is closed"), over the
     statement's own ``ConnectionDoesNotExistError``. A context suppressed (``raise ... from
     None``) is not followed: its raiser said it does not explain the error."""
+    return _in_chain(exc, WENT_AWAY_ERRORS)
+
+
+def cancelled_error(exc: BaseException) -> BaseException | None:
+    """The ``QueryCanceledError`` that ``exc`` is, or was raised from or while handling, as
+    ``went_away_error`` finds its errors."""
+    return _in_chain(exc, (asyncpg.QueryCanceledError,))
+
+
+def _in_chain(
+    exc: BaseException, errors: tuple[type[BaseException], ...]
+) -> BaseException | None:
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:
-        if isinstance(found, WENT_AWAY_ERRORS):
+        if isinstance(found, errors):
             return found
         seen.add(id(found))
         if found.__cause__ is not None:
@@ -164,6 +176,31 @@ def went_away(
         "POSTGRES_UNAVAILABLE",
         f"Postgres at {server_of(database_url)} went away during {during} ({cause}): {consequence}",
         UNAVAILABLE_EXIT,
+    )
+
+
+# A statement of a command's work cancelled in Postgres: its sessions set no
+# statement_timeout, so an operator did it (pg_cancel_backend, a database tool's "cancel").
+# Not EX_TEMPFAIL (75): a script that runs the command again on that must not overrule them.
+STATEMENT_CANCELLED_EXIT = 5
+
+
+class StatementCancelled(Exception):
+    """A command's statement cancelled in Postgres: its sentence starts with the code
+    (``STATEMENT_CANCELLED``), and ``exit_code`` is the command's."""
+
+    code = "STATEMENT_CANCELLED"
+    exit_code = STATEMENT_CANCELLED_EXIT
+
+
+def statement_cancelled(
+    exc: BaseException, database_url: str, during: str, consequence: str
+) -> StatementCancelled:
+    """The sentence of a command whose statement was cancelled (``exc``, a
+    ``QueryCanceledError``) during its work (``during``), and what it left (``consequence``)."""
+    return StatementCancelled(
+        f"{StatementCancelled.code}: Postgres at {server_of(database_url)} cancelled a "
+        f"statement of {during} ({_told(exc)}; an operator's pg_cancel_backend): {consequence}"
     )
 
 

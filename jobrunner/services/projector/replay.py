@@ -134,7 +134,8 @@ async def replay(
     ending its connections (restarted, its backends terminated), raises ``PostgresUnusable``
     (``POSTGRES_UNAVAILABLE``): the swap is one transaction, so the live read models are
     either swapped whole or untouched, and a replay run again starts afresh. Its sentence says
-    which, or that the swap's COMMIT went unanswered (``went_away_consequence``)."""
+    which, or that the swap's COMMIT went unanswered (``went_away_consequence``). A statement
+    cancelled in Postgres (pg_cancel_backend) raises ``StatementCancelled``, nothing swapped."""
     watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
     try:
@@ -143,11 +144,22 @@ async def replay(
         )
     except Exception as exc:
         # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
-        gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
-        if gone is None:
+        in_chain = not isinstance(exc, ReplayLockLost)
+        gone = await watch.why_failed(exc, in_chain=in_chain)
+        if gone is not None:
+            raise postgresconnect.went_away(
+                gone, settings.database_url, "the replay", went_away_consequence(swap)
+            ) from exc
+        cancel = postgresconnect.cancelled_error(exc) if in_chain else None
+        if cancel is None:
             raise
-        raise postgresconnect.went_away(
-            gone, settings.database_url, "the replay", went_away_consequence(swap)
+        # Postgres answered the cancelled statement: the swap, one transaction, is whole or
+        # not begun (a COMMIT cancelled is answered, rolled back).
+        raise postgresconnect.statement_cancelled(
+            cancel,
+            settings.database_url,
+            "the replay",
+            swap.consequence(PREVIOUS_SCHEMA, "the next replay", "run `jobrunner replay` again"),
         ) from exc
     finally:
         await watch.stop()

@@ -228,8 +228,9 @@ async def rebuild(
     Postgres frozen for ``replay_postgres_answer_seconds`` while it runs (its liveness
     probe unanswered: no statement of a rebuild has a bound of its own, an index build may
     rightly take minutes), or ending its connections, raises ``PostgresUnusable``
-    (``POSTGRES_UNAVAILABLE``), its connections ended; what was loaded stays for the next
-    attempt, which resumes from the rebuilt schema's checkpoint."""
+    (``POSTGRES_UNAVAILABLE``), its connections ended; a statement cancelled in Postgres,
+    ``StatementCancelled``. What was loaded stays for the next attempt, which resumes from the
+    rebuilt schema's checkpoint."""
     held = held or Connections()
     watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
@@ -239,11 +240,17 @@ async def rebuild(
         )
     except Exception as exc:
         # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
-        gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
-        if gone is None:
+        in_chain = not isinstance(exc, ReplayLockLost)
+        gone = await watch.why_failed(exc, in_chain=in_chain)
+        if gone is not None:
+            raise postgresconnect.went_away(
+                gone, settings.database_url, "the read-model rebuild", _went_away_consequence(swap)
+            ) from exc
+        cancel = postgresconnect.cancelled_error(exc) if in_chain else None
+        if cancel is None:
             raise
-        raise postgresconnect.went_away(
-            gone, settings.database_url, "the read-model rebuild", _went_away_consequence(swap)
+        raise postgresconnect.statement_cancelled(
+            cancel, settings.database_url, "the read-model rebuild", _cancel_consequence(swap)
         ) from exc
     finally:
         await watch.stop()
@@ -256,6 +263,16 @@ def _went_away_consequence(swap: SwapState) -> str:
         "the next rebuild or replay",
         "the next attempt (the projector's own, or `jobrunner replay` run again) resumes the "
         "rebuild from its checkpoint, or finds the read models current, once Postgres answers",
+    )
+
+
+def _cancel_consequence(swap: SwapState) -> str:
+    """What a rebuild whose statement was cancelled left, and what to do."""
+    return swap.consequence(
+        PREVIOUS_SCHEMA,
+        "the next rebuild or replay",
+        "the next attempt (the projector's own, or `jobrunner replay` run again) resumes the "
+        "rebuild from its checkpoint",
     )
 
 
