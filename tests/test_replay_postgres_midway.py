@@ -35,6 +35,13 @@ from tests.history_support import job_events, logged_job, publish, reading_syste
 from tests.system import System
 from tests.tools.logging_state import logging_put_back
 from tests.tools.postgres_processes import freeze_postgres, thaw
+from tests.tools.swap_faults import (
+    SwapFault,
+    backends_terminated,
+    fault_at_swap,
+    server_now,
+    server_restarted,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -411,6 +418,79 @@ async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds
     assert code == 0, err
     assert "POSTGRES_UNAVAILABLE" not in err, err
     assert "readmodel_previous left; the next replay drops it" in err, err
+    monkeypatch.undo()
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert (await _live_tables(private))[2] is False  # the next replay dropped it
+
+
+def _ended(kind: str, private: Settings, own_postgres: EmbeddedPostgres, since: object) -> SwapFault:
+    """The fault ``kind`` names: the replay's backends terminated, Postgres restarted, or
+    stopped (the test starts it again once the command has ended)."""
+    if kind == "backends-terminated":
+        return backends_terminated(private.database_url, since)
+    loop = asyncio.get_running_loop()
+    return server_restarted(own_postgres, loop, start_again=kind == "restarted")
+
+
+@pytest.mark.parametrize("kind", ["backends-terminated", "restarted"])
+async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_nothing(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    """The replay's backends terminated, or Postgres restarted, once the swap's statements are
+    done and before its COMMIT is sent: POSTGRES_UNAVAILABLE, exit 69, "nothing was swapped",
+    the live read models as they were; a replay run again succeeds."""
+    before = await _live_tables(private)
+    fault = _ended(kind, private, own_postgres, await server_now(private.database_url))
+    came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
+    code, err = await _replay_command(private, monkeypatch, capsys)
+    assert came, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert WENT_AWAY in err, err
+    assert "nothing was swapped" in err, err
+    monkeypatch.undo()
+    assert await _live_tables(private) == before
+    again, said = await _replay_command(private, monkeypatch, capsys)
+    assert again == 0, said
+
+
+@pytest.mark.parametrize("kind", ["backends-terminated", "restarted", "stopped"])
+async def test_a_replay_whose_postgres_ends_its_connections_after_the_swap_committed_succeeds(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    """The replay's backends terminated, or Postgres restarted or stopped, once the swap's
+    COMMIT was answered: the replay succeeded, exit 0 and its report; readmodel_previous, if
+    its drop failed (Postgres stopped), left with a warning saying so, and dropped by the next
+    replay."""
+    before = await _live_tables(private)
+    fault = _ended(kind, private, own_postgres, await server_now(private.database_url))
+    came = fault_at_swap(monkeypatch, replay_module, after_commit=True, fault=fault)
+    try:
+        code, err = await _replay_command(private, monkeypatch, capsys)
+    finally:
+        if kind == "stopped":
+            await asyncio.to_thread(own_postgres.start)
+    assert came, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    assert code == 0, err
+    jobs, lines, previous_left = await _live_tables(private)
+    assert (jobs, lines) == before[:2]
+    assert previous_left == ("readmodel_previous left; the next replay drops it" in err), err
+    if kind == "stopped":
+        assert previous_left, err
     monkeypatch.undo()
     again, said = await _replay_command(private, monkeypatch, capsys)
     assert again == 0, said

@@ -1,0 +1,102 @@
+"""Postgres faults at the swap of `jobrunner replay` or of a projector's rebuild, for real: its
+backends terminated (``pg_terminate_backend``) or the server restarted (or only stopped), just
+before the swap's COMMIT is sent or once it was answered. Each fault returns once the swap's own
+connection has seen its end, so that the command's next step meets it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+import pytest
+
+from jobrunner.embedded.postgres import EmbeddedPostgres
+
+# A fault, given the swap's connection (the replay lock's session).
+SwapFault = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+def fault_at_swap(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, after_commit: bool, fault: SwapFault
+) -> list[bool]:
+    """``module``'s swap (its ``swap_transaction``) runs ``fault`` once its statements are done,
+    its COMMIT next, or (``after_commit``) once the COMMIT was answered. The list returned gets
+    an entry when the fault has come."""
+    swap_transaction = module.swap_transaction
+    came: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def faulted(lock_holder: asyncpg.Connection, *args: Any) -> AsyncIterator[Any]:
+        async with swap_transaction(lock_holder, *args) as conn:
+            yield conn
+            if not after_commit:
+                await fault(lock_holder)
+                came.append(True)
+        if after_commit:
+            await fault(lock_holder)
+            came.append(True)
+
+    monkeypatch.setattr(module, "swap_transaction", faulted)
+    return came
+
+
+async def server_now(database_url: str) -> object:
+    """Postgres' clock now: backends started after it are the command's."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT now()")
+    finally:
+        await conn.close()
+
+
+async def until_closed(conn: asyncpg.Connection) -> None:
+    """Until the client has seen ``conn``'s end (the server's close read)."""
+    async with asyncio.timeout(30):
+        while not conn.is_closed():  # noqa: ASYNC110 - the socket's state
+            await asyncio.sleep(0.01)
+
+
+def backends_terminated(database_url: str, since: object) -> SwapFault:
+    """Every client backend begun after ``since`` (the command's, its probe's included)
+    terminated, each waited for."""
+
+    async def fault(lock_holder: asyncpg.Connection) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            terminated = await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                "AND backend_start > $1",
+                since,
+            )
+        finally:
+            await conn.close()
+        assert terminated, "no backend of the command to terminate"
+        await until_closed(lock_holder)
+
+    return fault
+
+
+def server_restarted(
+    server: EmbeddedPostgres, test_loop: asyncio.AbstractEventLoop, start_again: bool = True
+) -> SwapFault:
+    """``server`` stopped (a fast shutdown: its backends terminated) and, with ``start_again``,
+    started again (on its port) before the command goes on. Run on ``test_loop``'s threads: the
+    server dies with the thread that started it (its parent-death signal), and the command's
+    own end with the command."""
+
+    def restart() -> None:
+        server.stop()
+        if start_again:
+            server.start()
+
+    async def fault(lock_holder: asyncpg.Connection) -> None:
+        restarting = asyncio.to_thread(restart)
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(restarting, test_loop))
+        await until_closed(lock_holder)
+
+    return fault
