@@ -155,6 +155,15 @@ def _postgres_unusable(command: str, exc: PostgresUnusable | StatementCancelled)
     return exc.exit_code
 
 
+def _previous_left(why: str, schema: str) -> None:
+    """The swap committed: the replay (or rebuild) succeeded; only the old schema is left."""
+    print(
+        f"jobrunner replay: warning: {schema} left; the next replay drops it "
+        f"(its drop failed: {why})",
+        file=sys.stderr,
+    )
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
@@ -221,6 +230,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
     if outcome.rebuilt:
+        if outcome.previous_left is not None:
+            _previous_left(outcome.previous_left, PREVIOUS_SCHEMA)
         print(
             f"replay: the read models were older than this jobrunner; rebuilt from "
             f"{outcome.events} events (to sequence {outcome.checkpoint}) and swapped in.",
@@ -254,12 +265,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
     if report.previous_left is not None:
-        # The swap committed: the replay succeeded; only the old schema is left over.
-        print(
-            f"jobrunner replay: warning: {PREVIOUS_SCHEMA} left; the next replay drops it "
-            f"(its drop failed: {report.previous_left})",
-            file=sys.stderr,
-        )
+        _previous_left(report.previous_left, PREVIOUS_SCHEMA)
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

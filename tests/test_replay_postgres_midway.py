@@ -21,7 +21,6 @@ import asyncpg
 import msgspec
 import pytest
 
-from jobrunner import cli
 from jobrunner.common import postgresconnect, readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
@@ -30,24 +29,15 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import replay as replay_module
 from jobrunner.services.projector import replaylock
 from jobrunner.services.projector.feed import EventFeed
-from tests.cli_support import cli_env
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
-from tests.tools.logging_state import logging_put_back
 from tests.tools.postgres_processes import freeze_postgres, thaw
-from tests.tools.swap_faults import (
-    SwapFault,
-    backends_terminated,
-    fault_at_swap,
-    server_now,
-    server_restarted,
-)
+from tests.tools.replay_in_process import replay_in_process
+from tests.tools.swap_faults import ENDINGS, connections_ended, fault_at_swap
 
 pytestmark = pytest.mark.timeout(300)
 
 WENT_AWAY = "went away during the replay"
-# How long the test waits for the command at most: well past its bound, to see one that overruns.
-PATIENCE = 120.0
 JOBS = 20
 # The probe's bound (replay_postgres_answer_seconds), short for the test: a probe goes out every
 # second, so a freeze 2 s past the bound leaves one unanswered at least 1 s past it.
@@ -107,26 +97,6 @@ def _fault_as_loading_starts(
     monkeypatch.setattr(replay_module, "_load", load_after_the_fault)
 
 
-async def _replay_command(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int | None, str]:
-    """``jobrunner replay`` in this process (so that the fault lands in its loading): its exit
-    code (None: still running after PATIENCE) and what it said."""
-    for name, value in cli_env(settings).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(
-        "JOBRUNNER_REPLAY_POSTGRES_ANSWER_SECONDS", str(settings.replay_postgres_answer_seconds)
-    )
-    with logging_put_back():
-        try:
-            code: int | None = await asyncio.wait_for(
-                asyncio.to_thread(cli.main, ["replay"]), PATIENCE
-            )
-        except TimeoutError:
-            code = None
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("frozen_for", "answered"),
     [
@@ -164,7 +134,7 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
 
     _fault_as_loading_starts(monkeypatch, freeze)
     try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
         ended_frozen = not thawed.is_set()
     finally:
         timer.cancel()
@@ -180,7 +150,7 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
     assert WENT_AWAY in err, err
     monkeypatch.undo()
     assert await _live_tables(private) == before
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
 
 
@@ -207,7 +177,7 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
         restarting.join()
 
     _fault_as_loading_starts(monkeypatch, restart)
-    code, err = await _replay_command(private, monkeypatch, capsys)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
     # Restarted on a port of its own choosing.
     private = msgspec.structs.replace(private, database_url=own_postgres.url)
     assert "Traceback" not in err, err
@@ -322,7 +292,7 @@ async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sen
         await conn.close()
     fault = _WaitingWriteCancelled(private.database_url, since, "checkpoint")
     _fault_as_loading_starts(monkeypatch, fault)
-    code, err = await _replay_command(private, monkeypatch, capsys)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
     assert fault.done(), "no write of the loading waited: " + err
     assert "Traceback" not in err, err
     assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
@@ -331,7 +301,7 @@ async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sen
     assert "POSTGRES_UNAVAILABLE" not in err, err
     monkeypatch.undo()
     assert await _live_tables(private) == before
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
 
 
@@ -352,7 +322,7 @@ async def _terminated_mid_load(
         await conn.close()
     fault = _BackendsTerminated(settings.database_url, since, waiting_on)
     _fault_as_loading_starts(monkeypatch, fault)
-    code, err = await _replay_command(settings, monkeypatch, capsys)
+    code, err = await replay_in_process(settings, monkeypatch, capsys)
     assert fault.done(), "the loading never started: " + err
     assert code is not None, "the replay hung:\n" + err
     assert "Traceback" not in err, err
@@ -361,7 +331,7 @@ async def _terminated_mid_load(
     assert WENT_AWAY in err, err
     monkeypatch.undo()
     assert await _live_tables(settings) == before
-    again, said = await _replay_command(settings, monkeypatch, capsys)
+    again, said = await replay_in_process(settings, monkeypatch, capsys)
     assert again == 0, said
 
 
@@ -398,7 +368,7 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
     assert "may or may not have been swapped in" in err, err
     assert "run `jobrunner replay` again" in err, err
     monkeypatch.undo()
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
     assert await _live_tables(private) == before
 
@@ -419,18 +389,9 @@ async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds
     assert "POSTGRES_UNAVAILABLE" not in err, err
     assert "readmodel_previous left; the next replay drops it" in err, err
     monkeypatch.undo()
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
     assert (await _live_tables(private))[2] is False  # the next replay dropped it
-
-
-def _ended(kind: str, private: Settings, own_postgres: EmbeddedPostgres, since: object) -> SwapFault:
-    """The fault ``kind`` names: the replay's backends terminated, Postgres restarted, or
-    stopped (the test starts it again once the command has ended)."""
-    if kind == "backends-terminated":
-        return backends_terminated(private.database_url, since)
-    loop = asyncio.get_running_loop()
-    return server_restarted(own_postgres, loop, start_again=kind == "restarted")
 
 
 @pytest.mark.parametrize("kind", ["backends-terminated", "restarted"])
@@ -446,9 +407,9 @@ async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_not
     done and before its COMMIT is sent: POSTGRES_UNAVAILABLE, exit 69, "nothing was swapped",
     the live read models as they were; a replay run again succeeds."""
     before = await _live_tables(private)
-    fault = _ended(kind, private, own_postgres, await server_now(private.database_url))
+    fault = await connections_ended(kind, private.database_url, own_postgres)
     came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
-    code, err = await _replay_command(private, monkeypatch, capsys)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
     assert came, "the swap never came: " + err
     assert "Traceback" not in err, err
     assert code == postgresconnect.UNAVAILABLE_EXIT, err
@@ -457,11 +418,11 @@ async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_not
     assert "nothing was swapped" in err, err
     monkeypatch.undo()
     assert await _live_tables(private) == before
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
 
 
-@pytest.mark.parametrize("kind", ["backends-terminated", "restarted", "stopped"])
+@pytest.mark.parametrize("kind", ENDINGS)
 async def test_a_replay_whose_postgres_ends_its_connections_after_the_swap_committed_succeeds(
     live: System,
     private: Settings,
@@ -475,10 +436,10 @@ async def test_a_replay_whose_postgres_ends_its_connections_after_the_swap_commi
     its drop failed (Postgres stopped), left with a warning saying so, and dropped by the next
     replay."""
     before = await _live_tables(private)
-    fault = _ended(kind, private, own_postgres, await server_now(private.database_url))
+    fault = await connections_ended(kind, private.database_url, own_postgres)
     came = fault_at_swap(monkeypatch, replay_module, after_commit=True, fault=fault)
     try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
     finally:
         if kind == "stopped":
             await asyncio.to_thread(own_postgres.start)
@@ -492,7 +453,7 @@ async def test_a_replay_whose_postgres_ends_its_connections_after_the_swap_commi
     if kind == "stopped":
         assert previous_left, err
     monkeypatch.undo()
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
     assert (await _live_tables(private))[2] is False  # the next replay dropped it
 
@@ -511,7 +472,7 @@ async def test_a_replay_under_a_server_wide_statement_timeout_succeeds(
         await conn.execute(f"ALTER DATABASE {database} SET statement_timeout = '1ms'")
     finally:
         await conn.close()
-    code, err = await _replay_command(private, monkeypatch, capsys)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
     assert "Traceback" not in err, err
     assert code == 0, err
 
@@ -535,7 +496,7 @@ async def test_a_replay_while_another_runs_says_so_in_one_sentence(
     other = await asyncpg.connect(private.database_url)
     try:
         await other.execute("SELECT pg_advisory_lock($1)", replaylock.REPLAY_LOCK)
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
     finally:
         await other.close()
     assert "Traceback" not in err, err
@@ -584,7 +545,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
 
     monkeypatch.setattr(replay_module, "compare", frozen_mid_statement)
     try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
         ended_frozen = not thawed.is_set()
     finally:
         timer.cancel()
@@ -598,7 +559,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
     async with asyncio.timeout(30):
         while await _replay_lock_held(private.database_url):  # noqa: ASYNC110 - Postgres state
             await asyncio.sleep(0.2)
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
 
 
@@ -637,7 +598,7 @@ async def _replay_frozen_at_swap(
 
     monkeypatch.setattr(replay_module, "swap_transaction", frozen_at_swap)
     try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
         ended_frozen = not thawed.is_set()
     finally:
         timer.cancel()

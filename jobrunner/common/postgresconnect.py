@@ -145,9 +145,7 @@ def cancelled_error(exc: BaseException) -> BaseException | None:
     return _in_chain(exc, (asyncpg.QueryCanceledError,))
 
 
-def _in_chain(
-    exc: BaseException, errors: tuple[type[BaseException], ...]
-) -> BaseException | None:
+def _in_chain(exc: BaseException, errors: tuple[type[BaseException], ...]) -> BaseException | None:
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:

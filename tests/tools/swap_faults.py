@@ -100,3 +100,16 @@ def server_restarted(
         await until_closed(lock_holder)
 
     return fault
+
+
+# The faults ``connections_ended`` makes: the command's backends terminated; Postgres restarted;
+# Postgres stopped (the test starts it again once the command has ended).
+ENDINGS = ("backends-terminated", "restarted", "stopped")
+
+
+async def connections_ended(kind: str, database_url: str, server: EmbeddedPostgres) -> SwapFault:
+    """The fault of ``ENDINGS`` that ``kind`` names, for a command started after this call."""
+    if kind == "backends-terminated":
+        return backends_terminated(database_url, await server_now(database_url))
+    loop = asyncio.get_running_loop()
+    return server_restarted(server, loop, start_again=kind == "restarted")

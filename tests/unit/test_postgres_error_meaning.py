@@ -1,5 +1,6 @@
-"""What `jobrunner replay` makes of asyncpg's errors: which mean Postgres went away (``went_away_error``,
-behind POSTGRES_UNAVAILABLE "went away ... run it again") and which a failed connect
+"""What `jobrunner replay` makes of asyncpg's errors: which mean Postgres went away
+(``went_away_error``, behind POSTGRES_UNAVAILABLE "went away ... run it again") and which a
+failed connect
 (``COMMAND_CONNECT_ERRORS``, behind "does not answer ... start Postgres"). asyncpg's own
 exception types, as the server's messages make them."""
 

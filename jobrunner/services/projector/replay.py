@@ -308,7 +308,7 @@ async def _replay(
         log.info("replay swapped in", checkpoint=applied, events=progress.done)
         previous_left = None
         if not keep_previous:
-            previous_left = await _drop_previous(pool)
+            previous_left = await drop_previous(pool)
         return ReplayReport(
             events=progress.done,
             seconds=time.monotonic() - started,
@@ -321,11 +321,11 @@ async def _replay(
         )
 
 
-async def _drop_previous(pool: asyncpg.Pool) -> str | None:
+async def drop_previous(pool: asyncpg.Pool) -> str | None:
     """Drop the read models the swap replaced; None once dropped, else why not. The swap has
-    committed, so the replay has succeeded whatever happens here: Postgres frozen or restarted
-    now (the probe then ends the pool's connections) leaves the schema for the next replay,
-    which drops it before its own swap, and is a warning, not the command's failure."""
+    committed, so the replay (or rebuild) has succeeded whatever happens here: Postgres frozen,
+    restarted or stopped now, or its backends terminated, leaves the schema for the next
+    replay, which drops it before its own swap, and is a warning, not the command's failure."""
     try:
         # After the commit: queries still reading the old tables finish first.
         async with pool.acquire() as conn:

@@ -120,8 +120,9 @@ async def swap_transaction(
     session holds ``REPLAY_LOCK`` (module docstring: it then holds it until the commit).
 
     The session found ended, at the start, within the transaction or as its COMMIT is due,
-    raises ``ReplayLockLost``: nothing was swapped. A commit whose answer is lost with the session raises as it is: that
-    commit may have been stored (``state.committing`` stays set)."""
+    raises ``ReplayLockLost``: nothing was swapped. A commit whose answer is lost with the
+    session raises as it is: that commit may have been stored (``state.committing`` stays
+    set)."""
     state = state or SwapState()
     transaction = lock_holder.transaction()
     try:

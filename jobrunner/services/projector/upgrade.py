@@ -50,6 +50,7 @@ from jobrunner.services.projector.replay import (
     analyze,
     build_indexes,
     collector_paused,
+    drop_previous,
     set_autovacuum,
 )
 from jobrunner.services.projector.replaylock import (
@@ -106,6 +107,9 @@ class Outcome:
     rebuilt: bool
     events: int = 0
     checkpoint: int = 0
+    # Why the replaced read models' schema (PREVIOUS_SCHEMA) could not be dropped after the
+    # swap (Postgres went away then: the rebuild has succeeded all the same), None when it was.
+    previous_left: str | None = None
 
 
 async def ensure_current(
@@ -387,9 +391,9 @@ async def _rebuild(
             if await readmodelversion.stored_version(conn) is not None:
                 await conn.execute(f"ALTER SCHEMA {READ_SCHEMA} RENAME TO {PREVIOUS_SCHEMA}")
             await conn.execute(f"ALTER SCHEMA {UPGRADE_SCHEMA} RENAME TO {READ_SCHEMA}")
-        # After the commit: queries still reading the old tables finish first.
-        async with pool.acquire() as conn:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+        # After the commit: queries still reading the old tables finish first. Its failure
+        # is a warning (it said POSTGRES_UNAVAILABLE, the rebuilt read models live).
+        previous_left = await drop_previous(pool)
         progress.phase = "done"
         on_progress(progress)
         log.info(
@@ -399,7 +403,13 @@ async def _rebuild(
             events=progress.done,
             seconds=round(time.monotonic() - progress.started, 1),
         )
-        return Outcome(found, rebuilt=True, events=progress.done, checkpoint=applied)
+        return Outcome(
+            found,
+            rebuilt=True,
+            events=progress.done,
+            checkpoint=applied,
+            previous_left=previous_left,
+        )
 
 
 def _nats_errors(retries: outage.RetryLog) -> Callable[[Exception], None]:

@@ -1,0 +1,100 @@
+"""The rebuild of older read models (a projector's, or `jobrunner replay`'s on them) with
+Postgres ending its connections at the swap, for real: its backends terminated
+(``pg_terminate_backend``), Postgres restarted, or stopped. Before the COMMIT is sent nothing is
+swapped and the sentence says so; once the COMMIT was answered the rebuild has succeeded,
+whatever meets the drop of the replaced read models after it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from jobrunner.common import postgresconnect, readmodelversion
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.readmodelversion import UPGRADE_SCHEMA
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.projector import upgrade
+from jobrunner.services.projector.replay import PREVIOUS_SCHEMA
+from tests.tools.replay_in_process import replay_in_process
+from tests.tools.swap_faults import ENDINGS, connections_ended, fault_at_swap
+from tests.upgrade_support import complete, older_state, read_models
+
+pytestmark = pytest.mark.timeout(300)
+
+# The probe's bound (replay_postgres_answer_seconds), short for the test.
+BOUND = 4.0
+
+
+@pytest.fixture
+async def private(settings: Settings, own_postgres: EmbeddedPostgres) -> Settings:
+    return msgspec.structs.replace(
+        settings, database_url=own_postgres.url, replay_postgres_answer_seconds=BOUND
+    )
+
+
+@pytest.mark.parametrize("kind", ["backends-terminated", "restarted"])
+async def test_a_rebuild_whose_postgres_ends_its_swap_before_the_commit_swaps_nothing(
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    """The rebuild's backends terminated, or Postgres restarted, once the swap's statements are
+    done and before its COMMIT is sent: POSTGRES_UNAVAILABLE, "nothing was swapped" and that
+    the next attempt resumes it; the older read models still live, the rebuilt ones kept
+    beside them; the next attempt swaps in complete read models."""
+    made = await older_state(private, jobs=5, lines=20)
+    fault = await connections_ended(kind, private.database_url, own_postgres)
+    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
+    with pytest.raises(postgresconnect.PostgresUnusable) as failed:
+        await upgrade.ensure_current(private, allow_rebuild=True)
+    said = str(failed.value)
+    assert came, said
+    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+    assert "went away during the read-model rebuild" in said, said
+    assert "nothing was swapped; the next attempt" in said, said
+    found = await read_models(private)
+    assert found["version"] == readmodelversion.UNVERSIONED
+    assert found["schemas"] == {READ_SCHEMA, UPGRADE_SCHEMA}
+    monkeypatch.undo()
+    outcome = await upgrade.ensure_current(private, allow_rebuild=True)
+    assert outcome.rebuilt
+    found = await read_models(private)
+    assert complete(found, made) == []
+    assert found["schemas"] == {READ_SCHEMA}
+
+
+@pytest.mark.parametrize("kind", ENDINGS)
+async def test_a_replay_whose_rebuild_meets_postgres_ended_after_the_swap_committed_succeeds(
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    """`jobrunner replay` on older read models, their rebuild's backends terminated, or
+    Postgres restarted or stopped, once the swap's COMMIT was answered: the rebuild succeeded,
+    exit 0 and its report, the read models complete; readmodel_previous, if its drop failed
+    (Postgres stopped), left with a warning saying so, as a replay's. (Stopped, it exited 69,
+    POSTGRES_UNAVAILABLE, though the rebuilt read models were live.)"""
+    made = await older_state(private, jobs=5, lines=20)
+    fault = await connections_ended(kind, private.database_url, own_postgres)
+    came = fault_at_swap(monkeypatch, upgrade, after_commit=True, fault=fault)
+    try:
+        code, err = await replay_in_process(private, monkeypatch, capsys)
+    finally:
+        if kind == "stopped":
+            await asyncio.to_thread(own_postgres.start)
+    assert came, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    assert code == 0, err
+    found = await read_models(private)
+    assert complete(found, made) == []
+    previous_left = PREVIOUS_SCHEMA in found["schemas"]
+    assert previous_left == (f"{PREVIOUS_SCHEMA} left; the next replay drops it" in err), err
+    if kind == "stopped":
+        assert previous_left, err
