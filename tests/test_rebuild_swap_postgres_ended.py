@@ -19,7 +19,12 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import upgrade
 from jobrunner.services.projector.replay import PREVIOUS_SCHEMA
 from tests.tools.replay_in_process import replay_in_process
-from tests.tools.swap_faults import ENDINGS, connections_ended, fault_at_swap
+from tests.tools.swap_faults import (
+    ENDINGS,
+    connections_ended,
+    fault_at_swap,
+    killed_during_the_commit,
+)
 from tests.upgrade_support import complete, older_state, read_models
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,6 +67,37 @@ async def test_a_rebuild_whose_postgres_ends_its_swap_before_the_commit_swaps_no
     monkeypatch.undo()
     outcome = await upgrade.ensure_current(private, allow_rebuild=True)
     assert outcome.rebuilt
+    found = await read_models(private)
+    assert complete(found, made) == []
+    assert found["schemas"] == {READ_SCHEMA}
+
+
+async def test_a_rebuild_whose_postgres_crashes_while_its_commit_waits_says_it_may_have_swapped(
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Postgres killed outright and started again while the rebuild's swap COMMIT waits for its
+    answer (sent to a frozen server): POSTGRES_UNAVAILABLE, the read models "may or may not
+    have been swapped in" and the next attempt resumes or finds them current; that attempt
+    swaps in complete read models (the COMMIT never ran)."""
+    made = await older_state(private, jobs=5, lines=20)
+    restarted: list[bool] = []
+    fault = killed_during_the_commit(own_postgres, asyncio.get_running_loop(), restarted)
+    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
+    with pytest.raises(postgresconnect.PostgresUnusable) as failed:
+        await upgrade.ensure_current(private, allow_rebuild=True)
+    said = str(failed.value)
+    assert came, said
+    async with asyncio.timeout(60):
+        while not restarted:  # noqa: ASYNC110 - the server's restart, on another thread
+            await asyncio.sleep(0.05)
+    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+    assert "may or may not have been swapped in; the next attempt" in said, said
+    assert "finds the read models current" in said, said
+    assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
+    monkeypatch.undo()
+    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
     found = await read_models(private)
     assert complete(found, made) == []
     assert found["schemas"] == {READ_SCHEMA}

@@ -33,7 +33,12 @@ from tests.history_support import job_events, logged_job, publish, reading_syste
 from tests.system import System
 from tests.tools.postgres_processes import freeze_postgres, thaw
 from tests.tools.replay_in_process import replay_in_process
-from tests.tools.swap_faults import ENDINGS, connections_ended, fault_at_swap
+from tests.tools.swap_faults import (
+    ENDINGS,
+    connections_ended,
+    fault_at_swap,
+    killed_during_the_commit,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -416,6 +421,37 @@ async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_not
     assert "POSTGRES_UNAVAILABLE" in err, err
     assert WENT_AWAY in err, err
     assert "nothing was swapped" in err, err
+    monkeypatch.undo()
+    assert await _live_tables(private) == before
+    again, said = await replay_in_process(private, monkeypatch, capsys)
+    assert again == 0, said
+
+
+async def test_a_replay_whose_postgres_crashes_while_its_commit_waits_says_it_may_have_swapped(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres killed outright and started again while the swap's COMMIT waits for its answer
+    (sent to a frozen server): POSTGRES_UNAVAILABLE, exit 69, the read models "may or may not
+    have been swapped in" and run the replay again; the live tables as they were (the COMMIT
+    never ran), and a replay run again succeeds."""
+    before = await _live_tables(private)
+    restarted: list[bool] = []
+    fault = killed_during_the_commit(own_postgres, asyncio.get_running_loop(), restarted)
+    came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
+    assert came, "the swap never came: " + err
+    async with asyncio.timeout(60):
+        while not restarted:  # noqa: ASYNC110 - the server's restart, on another thread
+            await asyncio.sleep(0.05)
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert "may or may not have been swapped in" in err, err
+    assert "run `jobrunner replay` again" in err, err
     monkeypatch.undo()
     assert await _live_tables(private) == before
     again, said = await replay_in_process(private, monkeypatch, capsys)

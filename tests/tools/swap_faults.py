@@ -15,9 +15,11 @@ import asyncpg
 import pytest
 
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.projector.replaylock import SwapState
+from tests.tools.postgres_processes import freeze_postgres
 
-# A fault, given the swap's connection (the replay lock's session).
-SwapFault = Callable[[asyncpg.Connection], Awaitable[None]]
+# A fault, given the swap's connection (the replay lock's session) and how far the swap got.
+SwapFault = Callable[[asyncpg.Connection, SwapState], Awaitable[None]]
 
 
 def fault_at_swap(
@@ -30,14 +32,14 @@ def fault_at_swap(
     came: list[bool] = []
 
     @contextlib.asynccontextmanager
-    async def faulted(lock_holder: asyncpg.Connection, *args: Any) -> AsyncIterator[Any]:
-        async with swap_transaction(lock_holder, *args) as conn:
+    async def faulted(lock_holder: asyncpg.Connection, state: SwapState) -> AsyncIterator[Any]:
+        async with swap_transaction(lock_holder, state) as conn:
             yield conn
             if not after_commit:
-                await fault(lock_holder)
+                await fault(lock_holder, state)
                 came.append(True)
         if after_commit:
-            await fault(lock_holder)
+            await fault(lock_holder, state)
             came.append(True)
 
     monkeypatch.setattr(module, "swap_transaction", faulted)
@@ -64,7 +66,7 @@ def backends_terminated(database_url: str, since: object) -> SwapFault:
     """Every client backend begun after ``since`` (the command's, its probe's included)
     terminated, each waited for."""
 
-    async def fault(lock_holder: asyncpg.Connection) -> None:
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
         conn = await asyncpg.connect(database_url)
         try:
             terminated = await conn.fetch(
@@ -94,7 +96,7 @@ def server_restarted(
         if start_again:
             server.start()
 
-    async def fault(lock_holder: asyncpg.Connection) -> None:
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
         restarting = asyncio.to_thread(restart)
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(restarting, test_loop))
         await until_closed(lock_holder)
@@ -113,3 +115,28 @@ async def connections_ended(kind: str, database_url: str, server: EmbeddedPostgr
         return backends_terminated(database_url, await server_now(database_url))
     loop = asyncio.get_running_loop()
     return server_restarted(server, loop, start_again=kind == "restarted")
+
+
+def killed_during_the_commit(
+    server: EmbeddedPostgres, test_loop: asyncio.AbstractEventLoop, restarted: list[bool]
+) -> SwapFault:
+    """``server`` frozen before the COMMIT is sent, so that it is sent and never answered, then
+    killed outright (a crash) and started again once the swap is committing: the COMMIT never
+    reached a running backend. ``restarted`` gets an entry once the server is up again."""
+
+    def crash_and_start() -> None:
+        server.kill()
+        server.start()
+        restarted.append(True)
+
+    async def once_committing(state: SwapState) -> None:
+        async with asyncio.timeout(60):
+            while not state.committing:  # noqa: ASYNC110 - the command's state, another loop
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(crash_and_start)
+
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
+        freeze_postgres(server)
+        asyncio.run_coroutine_threadsafe(once_committing(state), test_loop)
+
+    return fault
