@@ -2,11 +2,13 @@
 Postgres ending its connections at the swap, for real: its backends terminated
 (``pg_terminate_backend``), Postgres restarted, or stopped. Before the COMMIT is sent nothing is
 swapped and the sentence says so; once the COMMIT was answered the rebuild has succeeded,
-whatever meets the drop of the replaced read models after it."""
+whatever meets the drop of the replaced read models after it. And its write cancelled by an
+operator (``pg_cancel_backend``) as it loads: one sentence, nothing swapped."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import pytest
@@ -18,12 +20,14 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import upgrade
 from jobrunner.services.projector.replay import PREVIOUS_SCHEMA
+from tests.tools.rebuild_backends import WaitingWriteCancelled
 from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
     ENDINGS,
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
+    server_now,
 )
 from tests.upgrade_support import complete, older_state, read_models
 
@@ -134,3 +138,37 @@ async def test_a_replay_whose_rebuild_meets_postgres_ended_after_the_swap_commit
     assert previous_left == (f"{PREVIOUS_SCHEMA} left; the next replay drops it" in err), err
     if kind == "stopped":
         assert previous_left, err
+
+
+async def test_a_replay_whose_rebuild_write_is_cancelled_mid_load_says_so_in_one_sentence(
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`jobrunner replay` on older read models, an operator cancelling the rebuild's write
+    (pg_cancel_backend) while it waits in the loading: STATEMENT_CANCELLED, one sentence, exit
+    5; the older read models still live; run again, it completes the rebuild."""
+    made = await older_state(private, jobs=5, lines=20)
+    fault = WaitingWriteCancelled(
+        private.database_url, await server_now(private.database_url), f"{UPGRADE_SCHEMA}.checkpoint"
+    )
+    resume_or_start = upgrade._resume_or_start
+
+    async def loading_after_the_fault(*args: Any) -> bool:
+        resumed = await resume_or_start(*args)
+        await fault()
+        return resumed
+
+    monkeypatch.setattr(upgrade, "_resume_or_start", loading_after_the_fault)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
+    assert fault.done(), "no write of the loading waited: " + err
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
+    assert "jobrunner replay: STATEMENT_CANCELLED:" in err, err
+    assert "of the read-model rebuild" in err, err
+    assert "nothing was swapped; the next attempt" in err, err
+    assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
+    monkeypatch.undo()
+    again, said = await replay_in_process(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert complete(await read_models(private), made) == []

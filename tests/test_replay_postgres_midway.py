@@ -32,6 +32,7 @@ from jobrunner.services.projector.feed import EventFeed
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.postgres_processes import freeze_postgres, thaw
+from tests.tools.rebuild_backends import BackendsTerminated, WaitingWriteCancelled
 from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
     ENDINGS,
@@ -191,94 +192,6 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
     assert WENT_AWAY in err, err
 
 
-class _BackendsTerminated:
-    """Every backend of the replay (begun after ``since``) terminated with pg_terminate_backend:
-    idle as the loading starts, or (``waiting_on`` a table of the rebuilt schema) while a write
-    of the loading waits on that table, which the test holds locked: a statement in flight."""
-
-    def __init__(self, database_url: str, since: object, waiting_on: str | None) -> None:
-        self.database_url = database_url
-        self.since = since
-        self.table = f"{replay_module.REPLAY_SCHEMA}.{waiting_on}" if waiting_on else None
-        self.terminated: list[int] = []
-        self._locked = threading.Event()
-        self._terminating: threading.Thread | None = None
-
-    async def __call__(self, feed: EventFeed) -> None:
-        if self.table is None:
-            await self._terminate()
-            return
-        # In a thread of its own, not on the command's event loop: the replay's loop goes on
-        # into the write that waits, and the lock is let go whenever the command ends (a task
-        # of the command's loop is cancelled at its end, before its rollback: the first version
-        # of this test left the lock held, and the replay run again waited on it for ever).
-        self._terminating = threading.Thread(
-            target=asyncio.run, args=(self._while_a_write_waits(),)
-        )
-        self._terminating.start()
-        await asyncio.to_thread(self._locked.wait, 60)
-
-    def done(self) -> list[int]:
-        """The backends terminated, once the fault has ended."""
-        if self._terminating is not None:
-            self._terminating.join()
-        return self.terminated
-
-    async def _while_a_write_waits(self) -> None:
-        holder = await asyncpg.connect(self.database_url)
-        try:
-            async with holder.transaction():
-                # Reads pass (a COPY's look at the table's columns), writes wait.
-                await holder.execute(f"LOCK TABLE {self.table} IN EXCLUSIVE MODE")
-                self._locked.set()
-                async with asyncio.timeout(60):
-                    while not await holder.fetchval(  # noqa: ASYNC110 - Postgres state
-                        "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted "
-                        "AND relation = $1::regclass)",
-                        self.table,
-                    ):
-                        await asyncio.sleep(0.02)
-                await self._terminate(spared=holder.get_server_pid())
-        finally:
-            self._locked.set()
-            await holder.close()
-
-    async def _terminate(self, spared: int = 0) -> None:
-        conn = await asyncpg.connect(self.database_url)
-        try:
-            self.terminated += [
-                row["pid"]
-                for row in await conn.fetch(
-                    "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                    "AND backend_start > $1 AND pid <> $2",
-                    self.since,
-                    spared,
-                )
-            ]
-        finally:
-            await conn.close()
-
-
-class _WaitingWriteCancelled(_BackendsTerminated):
-    """The loading's write that waits on a table of the rebuilt schema the test holds locked,
-    cancelled with pg_cancel_backend: an operator cancelling the replay's query."""
-
-    async def _terminate(self, spared: int = 0) -> None:
-        conn = await asyncpg.connect(self.database_url)
-        try:
-            self.terminated += [
-                row["pid"]
-                for row in await conn.fetch(
-                    "SELECT pid, pg_cancel_backend(pid) FROM pg_locks "
-                    "WHERE NOT granted AND relation = $1::regclass",
-                    self.table,
-                )
-            ]
-        finally:
-            await conn.close()
-
-
 async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sentence(
     live: System,
     private: Settings,
@@ -295,7 +208,9 @@ async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sen
         since = await conn.fetchval("SELECT now()")
     finally:
         await conn.close()
-    fault = _WaitingWriteCancelled(private.database_url, since, "checkpoint")
+    fault = WaitingWriteCancelled(
+        private.database_url, since, f"{replay_module.REPLAY_SCHEMA}.checkpoint"
+    )
     _fault_as_loading_starts(monkeypatch, fault)
     code, err = await replay_in_process(private, monkeypatch, capsys)
     assert fault.done(), "no write of the loading waited: " + err
@@ -316,7 +231,7 @@ async def _terminated_mid_load(
     capsys: pytest.CaptureFixture[str],
     waiting_on: str | None,
 ) -> None:
-    """The replay's backends terminated as the loading starts (``_BackendsTerminated``): one
+    """The replay's backends terminated as the loading starts (``BackendsTerminated``): one
     sentence, POSTGRES_UNAVAILABLE, exit 69, the live tables as they were; a run again
     succeeds."""
     before = await _live_tables(settings)
@@ -325,7 +240,8 @@ async def _terminated_mid_load(
         since = await conn.fetchval("SELECT now()")
     finally:
         await conn.close()
-    fault = _BackendsTerminated(settings.database_url, since, waiting_on)
+    table = f"{replay_module.REPLAY_SCHEMA}.{waiting_on}" if waiting_on else None
+    fault = BackendsTerminated(settings.database_url, since, table)
     _fault_as_loading_starts(monkeypatch, fault)
     code, err = await replay_in_process(settings, monkeypatch, capsys)
     assert fault.done(), "the loading never started: " + err
