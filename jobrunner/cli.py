@@ -18,6 +18,8 @@ from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:  # asyncpg's import only for the commands that use Postgres
+    import asyncpg
+
     from jobrunner.common.postgresconnect import PostgresUnusable, StatementCancelled
 
 
@@ -155,6 +157,23 @@ def _postgres_unusable(command: str, exc: PostgresUnusable | StatementCancelled)
     return exc.exit_code
 
 
+# Postgres' error of a kind no handler above names (an idle session's timeout, the database
+# dropped, ...): its code and sentence, not a traceback; the command did not finish.
+POSTGRES_ERROR_EXIT = 70  # EX_SOFTWARE
+
+
+def _postgres_error(command: str, exc: asyncpg.PostgresError) -> int:
+    """Postgres ended a command's work with an error of its own: one sentence with its
+    SQLSTATE, no traceback."""
+    print(
+        f"jobrunner {command}: POSTGRES_ERROR: Postgres ended its work with "
+        f"{type(exc).__name__} (SQLSTATE {exc.sqlstate}: {exc}); run it again once that "
+        f"is dealt with",
+        file=sys.stderr,
+    )
+    return POSTGRES_ERROR_EXIT
+
+
 def _previous_left(why: str, schema: str) -> None:
     """The swap committed: the replay (or rebuild) succeeded; only the old schema is left."""
     print(
@@ -166,6 +185,8 @@ def _previous_left(why: str, schema: str) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     import os
+
+    import asyncpg
 
     from jobrunner.common import postgresconnect
     from jobrunner.common.runtime import with_runtime
@@ -229,6 +250,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+    except asyncpg.PostgresError as exc:
+        return _postgres_error("replay", exc)
     if outcome.rebuilt:
         if outcome.previous_left is not None:
             _previous_left(outcome.previous_left, PREVIOUS_SCHEMA)
@@ -264,6 +287,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _postgres_unusable("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+    except asyncpg.PostgresError as exc:
+        return _postgres_error("replay", exc)
     if report.previous_left is not None:
         _previous_left(report.previous_left, PREVIOUS_SCHEMA)
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())

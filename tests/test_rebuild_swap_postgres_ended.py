@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
+from jobrunner import cli
 from jobrunner.common import postgresconnect, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.readmodelversion import UPGRADE_SCHEMA
@@ -35,6 +37,9 @@ pytestmark = pytest.mark.timeout(300)
 
 # The probe's bound (replay_postgres_answer_seconds), short for the test.
 BOUND = 4.0
+
+# The advisory lock under which a projector creates the read models on an empty database.
+SCHEMA_CREATION_LOCK = "jobrunner-schema"
 
 
 @pytest.fixture
@@ -172,3 +177,59 @@ async def test_a_replay_whose_rebuild_write_is_cancelled_mid_load_says_so_in_one
     again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
     assert complete(await read_models(private), made) == []
+
+
+async def test_a_replay_whose_version_check_is_cancelled_on_an_empty_database_says_so(
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`jobrunner replay` on an empty database, an operator cancelling its wait for the lock
+    of the read models' creation (another projector creating them holds it): STATEMENT_CANCELLED,
+    one sentence that nothing was changed, exit 5; run again once the lock is let go, it
+    completes."""
+    holder = await asyncpg.connect(private.database_url)
+    try:
+        await holder.execute(f"SELECT pg_advisory_lock(hashtext('{SCHEMA_CREATION_LOCK}'))")
+        replaying = asyncio.ensure_future(replay_in_process(private, monkeypatch, capsys))
+        async with asyncio.timeout(60):
+            while not (  # noqa: ASYNC110 - Postgres state
+                waiting := await holder.fetchval(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+            ):
+                await asyncio.sleep(0.02)
+        assert await holder.fetchval("SELECT pg_cancel_backend($1)", waiting)
+        code, err = await replaying
+        created = await holder.fetchval("SELECT to_regclass('readmodel.checkpoint') IS NOT NULL")
+    finally:
+        await holder.close()
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
+    assert "jobrunner replay: STATEMENT_CANCELLED:" in err, err
+    assert "nothing was changed; run `jobrunner replay` again" in err, err
+    assert not created
+    monkeypatch.undo()
+    again, said = await replay_in_process(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert (await read_models(private))["version"] == readmodelversion.READMODEL_VERSION
+
+
+async def test_a_replay_that_meets_a_postgres_error_of_no_known_kind_says_it_in_one_sentence(
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`jobrunner replay` on a database whose `readmodel.jobs` is a table of something else (the
+    read models' creation fails in Postgres, with an error no other handler names):
+    POSTGRES_ERROR with Postgres' SQLSTATE, one sentence, no traceback."""
+    conn = await asyncpg.connect(private.database_url)
+    try:
+        await conn.execute("CREATE SCHEMA readmodel; CREATE TABLE readmodel.jobs (x integer)")
+    finally:
+        await conn.close()
+    code, err = await replay_in_process(private, monkeypatch, capsys)
+    assert "Traceback" not in err, err
+    assert code == cli.POSTGRES_ERROR_EXIT, err
+    assert "jobrunner replay: POSTGRES_ERROR: Postgres ended its work with " in err, err
+    assert "SQLSTATE " in err, err

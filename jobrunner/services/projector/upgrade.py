@@ -72,6 +72,12 @@ REBUILD_LOCK_LOST_EVENT = (
 )
 REBUILD_BACK_EVENT = "read models current again after failed attempts"
 
+# What a cancelled version check (or creation of the read models on an empty database) left:
+# its transaction rolled back. A projector's next attempt runs it again on its own.
+NOTHING_CHANGED = (
+    "nothing was changed; run `jobrunner replay` again (a projector's next attempt does so itself)"
+)
+
 # How long a stop waits for a cancelled rebuild to let go of its connections (its ROLLBACK and
 # closes are round trips a frozen Postgres never answers): past it the rebuild is left, said in
 # the log, and the projector's stop goes on; the next start resumes from the rebuilt schema's
@@ -148,6 +154,12 @@ async def ensure_current(
                     await store.create_schema(conn)
                     await readmodelversion.record(conn, READ_SCHEMA, by="projector")
             return Outcome(found, rebuilt=False)
+    except asyncpg.QueryCanceledError as exc:
+        # Outside rebuild()'s own handler: a cancelled wait for the creation's lock (another
+        # projector creating them) rolled the transaction back.
+        raise postgresconnect.statement_cancelled(
+            exc, settings.database_url, "the read-model version check", NOTHING_CHANGED
+        ) from exc
     finally:
         await database.close_connection(conn)
     if found == READMODEL_VERSION:
