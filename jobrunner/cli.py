@@ -198,6 +198,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         replay,
     )
     from jobrunner.services.projector.replaylock import (
+        REPLAY_LOCK_LOST_EXIT,
         REPLAY_RUNNING_EXIT,
         ReplayLockLost,
         ReplayRunning,
@@ -244,7 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
-        return 4
+        return REPLAY_LOCK_LOST_EXIT
     # Postgres went away during the rebuild, or cancelled its statement.
     except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
         return _postgres_unusable("replay", exc)
@@ -278,7 +279,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 3
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
-        return 4
+        return REPLAY_LOCK_LOST_EXIT
     except ReplayRunning as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return REPLAY_RUNNING_EXIT

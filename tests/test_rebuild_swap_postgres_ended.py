@@ -22,10 +22,12 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import upgrade
 from jobrunner.services.projector.replay import PREVIOUS_SCHEMA
+from jobrunner.services.projector.replaylock import ReplayLockLost
 from tests.tools.rebuild_backends import WaitingWriteCancelled
 from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
     ENDINGS,
+    LOCK_HOLDER_TERMINATED,
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
@@ -79,6 +81,27 @@ async def test_a_rebuild_whose_postgres_ends_its_swap_before_the_commit_swaps_no
     found = await read_models(private)
     assert complete(found, made) == []
     assert found["schemas"] == {READ_SCHEMA}
+
+
+async def test_a_rebuild_whose_lock_holder_alone_is_terminated_before_the_commit_swaps_nothing(
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the rebuild's swap session (the replay lock's holder) terminated before its COMMIT
+    is sent, Postgres answering: REPLAY_LOCK_LOST, nothing swapped, the older read models still
+    live; the next attempt swaps in complete read models."""
+    made = await older_state(private, jobs=5, lines=20)
+    fault = await connections_ended(LOCK_HOLDER_TERMINATED, private.database_url, own_postgres)
+    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
+    with pytest.raises(ReplayLockLost) as failed:
+        await upgrade.ensure_current(private, allow_rebuild=True)
+    assert came, str(failed.value)
+    assert "nothing was swapped" in str(failed.value)
+    assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
+    monkeypatch.undo()
+    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
+    assert complete(await read_models(private), made) == []
 
 
 async def test_a_rebuild_whose_postgres_crashes_while_its_commit_waits_says_it_may_have_swapped(

@@ -29,6 +29,7 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import replay as replay_module
 from jobrunner.services.projector import replaylock
 from jobrunner.services.projector.feed import EventFeed
+from jobrunner.services.projector.replaylock import REPLAY_LOCK_LOST_EXIT
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.postgres_processes import freeze_postgres, thaw
@@ -36,6 +37,7 @@ from tests.tools.rebuild_backends import BackendsTerminated, WaitingWriteCancell
 from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
     ENDINGS,
+    LOCK_HOLDER_TERMINATED,
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
@@ -200,8 +202,9 @@ async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sen
 ) -> None:
     """An operator cancels the replay's write (pg_cancel_backend) while it waits in the loading:
     STATEMENT_CANCELLED, one sentence, exit 5, not said to be Postgres not answering; the live
-    tables as they were, and a replay run again succeeds. It ended in QueryCanceledError's
-    traceback."""
+    tables as they were, and a replay run again succeeds. Before session 35 it said
+    "POSTGRES_UNAVAILABLE: ... does not answer (QueryCanceledError ..., a connect's bound 10 s):
+    start Postgres ...", exit 69."""
     before = await _live_tables(private)
     conn = await asyncpg.connect(private.database_url)
     try:
@@ -315,7 +318,14 @@ async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds
     assert (await _live_tables(private))[2] is False  # the next replay dropped it
 
 
-@pytest.mark.parametrize("kind", ["backends-terminated", "restarted"])
+@pytest.mark.parametrize(
+    ("kind", "exit_code", "said"),
+    [
+        ("backends-terminated", postgresconnect.UNAVAILABLE_EXIT, "POSTGRES_UNAVAILABLE"),
+        ("restarted", postgresconnect.UNAVAILABLE_EXIT, "POSTGRES_UNAVAILABLE"),
+        (LOCK_HOLDER_TERMINATED, REPLAY_LOCK_LOST_EXIT, "REPLAY_LOCK_LOST"),
+    ],
+)
 async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_nothing(
     live: System,
     private: Settings,
@@ -323,20 +333,24 @@ async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_not
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     kind: str,
+    exit_code: int,
+    said: str,
 ) -> None:
     """The replay's backends terminated, or Postgres restarted, once the swap's statements are
-    done and before its COMMIT is sent: POSTGRES_UNAVAILABLE, exit 69, "nothing was swapped",
-    the live read models as they were; a replay run again succeeds."""
+    done and before its COMMIT is sent: POSTGRES_UNAVAILABLE, exit 69, "nothing was swapped";
+    only the swap's own session terminated (the probe answers): REPLAY_LOCK_LOST, exit 4. The
+    live read models as they were either way; a replay run again succeeds."""
     before = await _live_tables(private)
     fault = await connections_ended(kind, private.database_url, own_postgres)
     came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
     code, err = await replay_in_process(private, monkeypatch, capsys)
     assert came, "the swap never came: " + err
     assert "Traceback" not in err, err
-    assert code == postgresconnect.UNAVAILABLE_EXIT, err
-    assert "POSTGRES_UNAVAILABLE" in err, err
-    assert WENT_AWAY in err, err
+    assert code == exit_code, err
+    assert f"jobrunner replay: {said}" in err, err
     assert "nothing was swapped" in err, err
+    if kind != LOCK_HOLDER_TERMINATED:
+        assert WENT_AWAY in err, err
     monkeypatch.undo()
     assert await _live_tables(private) == before
     again, said = await replay_in_process(private, monkeypatch, capsys)

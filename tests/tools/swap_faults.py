@@ -1,5 +1,6 @@
 """Postgres faults at the swap of `jobrunner replay` or of a projector's rebuild, for real: its
-backends terminated (``pg_terminate_backend``) or the server restarted (or only stopped), just
+backends terminated (``pg_terminate_backend``), only the swap's own session terminated, or the
+server restarted (or only stopped), just
 before the swap's COMMIT is sent or once it was answered. Each fault returns once the swap's own
 connection has seen its end, so that the command's next step meets it."""
 
@@ -83,6 +84,24 @@ def backends_terminated(database_url: str, since: object) -> SwapFault:
     return fault
 
 
+def lock_holder_terminated(database_url: str) -> SwapFault:
+    """Only the swap's own session (the replay lock's holder) terminated, as an operator ending
+    one session does; the command's other connections, its probe's among them, live on."""
+
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            ended = await conn.fetchval(
+                "SELECT pg_terminate_backend($1, 10000)", lock_holder.get_server_pid()
+            )
+        finally:
+            await conn.close()
+        assert ended, "the lock holder's backend was not there to terminate"
+        await until_closed(lock_holder)
+
+    return fault
+
+
 def server_restarted(
     server: EmbeddedPostgres, test_loop: asyncio.AbstractEventLoop, start_again: bool = True
 ) -> SwapFault:
@@ -107,10 +126,14 @@ def server_restarted(
 # The faults ``connections_ended`` makes: the command's backends terminated; Postgres restarted;
 # Postgres stopped (the test starts it again once the command has ended).
 ENDINGS = ("backends-terminated", "restarted", "stopped")
+# And only the swap's own session terminated (the command's probe lives on).
+LOCK_HOLDER_TERMINATED = "lock-holder-terminated"
 
 
 async def connections_ended(kind: str, database_url: str, server: EmbeddedPostgres) -> SwapFault:
     """The fault of ``ENDINGS`` that ``kind`` names, for a command started after this call."""
+    if kind == LOCK_HOLDER_TERMINATED:
+        return lock_holder_terminated(database_url)
     if kind == "backends-terminated":
         return backends_terminated(database_url, await server_now(database_url))
     loop = asyncio.get_running_loop()

@@ -29,6 +29,8 @@ assert REPLAY_LOCK == store.SWAP_LOCK + 1  # the value a rebuild of any version 
 
 # EX_TEMPFAIL: run it again once the other replay has finished.
 REPLAY_RUNNING_EXIT = 75
+# The lock's session ended before the swap: nothing was swapped.
+REPLAY_LOCK_LOST_EXIT = 4
 
 
 class ReplayRunning(Exception):
