@@ -150,7 +150,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
 
 
-def _postgres_unusable(command: str, exc: PostgresUnusable | StatementCancelled) -> int:
+def _postgres_said_no(command: str, exc: PostgresUnusable | StatementCancelled) -> int:
     """A command's Postgres not answering or refusing, or cancelling its statement: its
     sentence, no traceback, and its exit code (69 not answering, 78 refusing, 5 cancelled)."""
     print(f"jobrunner {command}: {exc}", file=sys.stderr)
@@ -174,13 +174,11 @@ def _postgres_error(command: str, exc: asyncpg.PostgresError) -> int:
     return POSTGRES_ERROR_EXIT
 
 
-def _previous_left(why: str, schema: str) -> None:
+def _previous_left(why: str) -> None:
     """The swap committed: the replay (or rebuild) succeeded; only the old schema is left."""
-    print(
-        f"jobrunner replay: warning: {schema} left; the next replay drops it "
-        f"(its drop failed: {why})",
-        file=sys.stderr,
-    )
+    from jobrunner.services.projector.replay import PREVIOUS_LEFT
+
+    print(f"jobrunner replay: warning: {PREVIOUS_LEFT} (its drop failed: {why})", file=sys.stderr)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -192,7 +190,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
     from jobrunner.services.projector.replay import (
-        PREVIOUS_SCHEMA,
         Progress,
         ReplayMismatch,
         replay,
@@ -212,7 +209,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         asyncio.run(postgresconnect.check_answers(settings.database_url))
     except postgresconnect.PostgresUnusable as exc:
-        return _postgres_unusable("replay", exc)
+        return _postgres_said_no("replay", exc)
 
     def show(progress: Progress) -> None:
         if progress.phase == "indexing":
@@ -248,14 +245,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return REPLAY_LOCK_LOST_EXIT
     # Postgres went away during the rebuild, or cancelled its statement.
     except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
-        return _postgres_unusable("replay", exc)
+        return _postgres_said_no("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
-        return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+        return _postgres_said_no("replay", postgresconnect.unusable(exc, settings.database_url))
     except asyncpg.PostgresError as exc:
         return _postgres_error("replay", exc)
     if outcome.rebuilt:
         if outcome.previous_left is not None:
-            _previous_left(outcome.previous_left, PREVIOUS_SCHEMA)
+            _previous_left(outcome.previous_left)
         print(
             f"replay: the read models were older than this jobrunner; rebuilt from "
             f"{outcome.events} events (to sequence {outcome.checkpoint}) and swapped in.",
@@ -285,13 +282,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return REPLAY_RUNNING_EXIT
     # Postgres went away during the replay, or cancelled its statement.
     except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
-        return _postgres_unusable("replay", exc)
+        return _postgres_said_no("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
-        return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+        return _postgres_said_no("replay", postgresconnect.unusable(exc, settings.database_url))
     except asyncpg.PostgresError as exc:
         return _postgres_error("replay", exc)
     if report.previous_left is not None:
-        _previous_left(report.previous_left, PREVIOUS_SCHEMA)
+        _previous_left(report.previous_left)
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

@@ -47,6 +47,8 @@ log = structlog.get_logger()
 
 REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
 PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
+# What a swap that committed but could not drop the replaced read models left: a warning.
+PREVIOUS_LEFT = f"{PREVIOUS_SCHEMA} left; the next replay or rebuild drops it"
 RESTART_ATTEMPTS = 10  # consecutive failed restarts of the feed before the replay gives up
 LIVE_PROJECTOR_TIMEOUT = 30.0
 # At most this many events are left for the swap transaction (the live projector waits on it).
@@ -331,11 +333,9 @@ async def drop_previous(pool: asyncpg.Pool) -> str | None:
         async with pool.acquire() as conn:
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
     except Exception as exc:  # the swap is done: any failure here leaves only the schema
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        log.warning(
-            f"{PREVIOUS_SCHEMA} left; the next replay drops it", schema=PREVIOUS_SCHEMA, error=why
-        )
-        return why
+        # Said once, by the caller (PREVIOUS_LEFT): `jobrunner replay`'s sentence, the
+        # projector's log line.
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return None
 
 
@@ -413,19 +413,22 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
             await conn.execute(f"ANALYZE {schema}.batches")
             await set_autovacuum(conn, schema, enabled=True, tables=("jobs", "batches"))
 
+    errors: list[BaseException] | None = None
     try:
         # The first failure cancels the other builds.
         async with asyncio.TaskGroup() as builds:
             builds.create_task(lines())
             builds.create_task(jobs_and_batches())
     except ExceptionGroup as group:
-        # The error itself, as a single build would raise it, not the group (nor the group of
-        # the jobs' and batches' builds inside it).
         errors = [e for e in _leaves(group) if not isinstance(e, _LineStoredTwice)]
-        if errors:
-            raise errors[0] from None
-        return False
-    return True
+    if errors is None:
+        return True
+    if errors:
+        # The error itself, as a single build would raise it, not the group (nor the group of
+        # the jobs' and batches' builds inside it); raised outside the handler, so that its
+        # own chain (what it was raised from or while handling) is what it carries.
+        raise errors[0]
+    return False
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:

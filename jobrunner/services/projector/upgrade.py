@@ -45,6 +45,7 @@ from jobrunner.services.projector import outage, setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
+    PREVIOUS_LEFT,
     PREVIOUS_SCHEMA,
     Progress,
     analyze,
@@ -215,6 +216,8 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
             continue
         if outcome is not None:
             retries.succeeded(REBUILD_BACK_EVENT, rebuilt=outcome.rebuilt)
+            if outcome.previous_left is not None:
+                log.warning(PREVIOUS_LEFT, schema=PREVIOUS_SCHEMA, error=outcome.previous_left)
         return outcome
     return None
 
@@ -260,35 +263,33 @@ async def rebuild(
         gone = await watch.why_failed(exc, in_chain=in_chain)
         if gone is not None:
             raise postgresconnect.went_away(
-                gone, settings.database_url, "the read-model rebuild", _went_away_consequence(swap)
+                gone,
+                settings.database_url,
+                "the read-model rebuild",
+                _consequence(swap, postgres_gone=True),
             ) from exc
         cancel = postgresconnect.cancelled_error(exc) if in_chain else None
         if cancel is None:
             raise
         raise postgresconnect.statement_cancelled(
-            cancel, settings.database_url, "the read-model rebuild", _cancel_consequence(swap)
+            cancel,
+            settings.database_url,
+            "the read-model rebuild",
+            _consequence(swap, postgres_gone=False),
         ) from exc
     finally:
         await watch.stop()
 
 
-def _went_away_consequence(swap: SwapState) -> str:
-    """What a rebuild that met Postgres gone left of the live read models, and what to do."""
+def _consequence(swap: SwapState, postgres_gone: bool) -> str:
+    """What a rebuild that met Postgres gone (``postgres_gone``), or had a statement
+    cancelled, left of the live read models, and what to do."""
+    once = ", or finds the read models current, once Postgres answers" if postgres_gone else ""
     return swap.consequence(
         PREVIOUS_SCHEMA,
         "the next rebuild or replay",
         "the next attempt (the projector's own, or `jobrunner replay` run again) resumes the "
-        "rebuild from its checkpoint, or finds the read models current, once Postgres answers",
-    )
-
-
-def _cancel_consequence(swap: SwapState) -> str:
-    """What a rebuild whose statement was cancelled left, and what to do."""
-    return swap.consequence(
-        PREVIOUS_SCHEMA,
-        "the next rebuild or replay",
-        "the next attempt (the projector's own, or `jobrunner replay` run again) resumes the "
-        "rebuild from its checkpoint",
+        f"rebuild from its checkpoint{once}",
     )
 
 
