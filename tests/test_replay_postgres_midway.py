@@ -41,6 +41,7 @@ from tests.tools.swap_faults import (
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
+    server_now,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -206,13 +207,10 @@ async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sen
     "POSTGRES_UNAVAILABLE: ... does not answer (QueryCanceledError ..., a connect's bound 10 s):
     start Postgres ...", exit 69."""
     before = await _live_tables(private)
-    conn = await asyncpg.connect(private.database_url)
-    try:
-        since = await conn.fetchval("SELECT now()")
-    finally:
-        await conn.close()
     fault = WaitingWriteCancelled(
-        private.database_url, since, f"{replay_module.REPLAY_SCHEMA}.checkpoint"
+        private.database_url,
+        await server_now(private.database_url),
+        f"{replay_module.REPLAY_SCHEMA}.checkpoint",
     )
     _fault_as_loading_starts(monkeypatch, fault)
     code, err = await replay_in_process(private, monkeypatch, capsys)
@@ -238,13 +236,10 @@ async def _terminated_mid_load(
     sentence, POSTGRES_UNAVAILABLE, exit 69, the live tables as they were; a run again
     succeeds."""
     before = await _live_tables(settings)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        since = await conn.fetchval("SELECT now()")
-    finally:
-        await conn.close()
     table = f"{replay_module.REPLAY_SCHEMA}.{waiting_on}" if waiting_on else None
-    fault = BackendsTerminated(settings.database_url, since, table)
+    fault = BackendsTerminated(
+        settings.database_url, await server_now(settings.database_url), table
+    )
     _fault_as_loading_starts(monkeypatch, fault)
     code, err = await replay_in_process(settings, monkeypatch, capsys)
     assert fault.done(), "the loading never started: " + err

@@ -10,6 +10,25 @@ import threading
 import asyncpg
 
 
+async def terminate_backends_since(database_url: str, since: object, spared: int = 0) -> list[int]:
+    """Every client backend begun after ``since`` (but ``spared``) terminated with
+    pg_terminate_backend, each waited for (10 s): their pids."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [
+            row["pid"]
+            for row in await conn.fetch(
+                "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                "AND backend_start > $1 AND pid <> $2",
+                since,
+                spared,
+            )
+        ]
+    finally:
+        await conn.close()
+
+
 class BackendsTerminated:
     """Every backend of the replay or rebuild (begun after ``since``) terminated with
     pg_terminate_backend: idle as the loading starts (called), or (``table``, one of the rebuilt
@@ -64,20 +83,7 @@ class BackendsTerminated:
             await holder.close()
 
     async def _terminate(self, spared: int = 0) -> None:
-        conn = await asyncpg.connect(self.database_url)
-        try:
-            self.terminated += [
-                row["pid"]
-                for row in await conn.fetch(
-                    "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                    "AND backend_start > $1 AND pid <> $2",
-                    self.since,
-                    spared,
-                )
-            ]
-        finally:
-            await conn.close()
+        self.terminated += await terminate_backends_since(self.database_url, self.since, spared)
 
 
 class WaitingWriteCancelled(BackendsTerminated):

@@ -18,6 +18,7 @@ import pytest
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector.replaylock import SwapState
 from tests.tools.postgres_processes import freeze_postgres
+from tests.tools.rebuild_backends import terminate_backends_since
 
 # A fault, given the swap's connection (the replay lock's session) and how far the swap got.
 SwapFault = Callable[[asyncpg.Connection, SwapState], Awaitable[None]]
@@ -68,16 +69,7 @@ def backends_terminated(database_url: str, since: object) -> SwapFault:
     terminated, each waited for."""
 
     async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            terminated = await conn.fetch(
-                "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                "AND backend_start > $1",
-                since,
-            )
-        finally:
-            await conn.close()
+        terminated = await terminate_backends_since(database_url, since)
         assert terminated, "no backend of the command to terminate"
         await until_closed(lock_holder)
 
