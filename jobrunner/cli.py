@@ -18,7 +18,9 @@ from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:  # asyncpg's import only for the commands that use Postgres
-    from jobrunner.common.postgresconnect import PostgresUnusable
+    import asyncpg
+
+    from jobrunner.common.postgresconnect import PostgresUnusable, StatementCancelled
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -148,26 +150,52 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
 
 
-def _postgres_unusable(command: str, exc: PostgresUnusable) -> int:
-    """A command's Postgres not answering or refusing: its sentence, no traceback, and its exit
-    code (69 not answering, 78 refusing)."""
+def _postgres_said_no(command: str, exc: PostgresUnusable | StatementCancelled) -> int:
+    """A command's Postgres not answering or refusing, or cancelling its statement: its
+    sentence, no traceback, and its exit code (69 not answering, 78 refusing, 5 cancelled)."""
     print(f"jobrunner {command}: {exc}", file=sys.stderr)
     return exc.exit_code
+
+
+# Postgres' error of a kind no handler above names (an idle session's timeout, the database
+# dropped, ...): its code and sentence, not a traceback; the command did not finish.
+POSTGRES_ERROR_EXIT = 70  # EX_SOFTWARE
+
+
+def _postgres_error(command: str, exc: asyncpg.PostgresError) -> int:
+    """Postgres ended a command's work with an error of its own: one sentence with its
+    SQLSTATE, no traceback."""
+    print(
+        f"jobrunner {command}: POSTGRES_ERROR: Postgres ended its work with "
+        f"{type(exc).__name__} (SQLSTATE {exc.sqlstate}: {exc}); run it again once that "
+        f"is dealt with",
+        file=sys.stderr,
+    )
+    return POSTGRES_ERROR_EXIT
+
+
+def _previous_left(why: str) -> None:
+    """The swap committed: the replay (or rebuild) succeeded; only the old schema is left."""
+    from jobrunner.services.projector.replay import PREVIOUS_LEFT
+
+    print(f"jobrunner replay: warning: {PREVIOUS_LEFT} (its drop failed: {why})", file=sys.stderr)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     import os
 
+    import asyncpg
+
     from jobrunner.common import postgresconnect
     from jobrunner.common.runtime import with_runtime
     from jobrunner.services.projector import upgrade
     from jobrunner.services.projector.replay import (
-        PREVIOUS_SCHEMA,
         Progress,
         ReplayMismatch,
         replay,
     )
     from jobrunner.services.projector.replaylock import (
+        REPLAY_LOCK_LOST_EXIT,
         REPLAY_RUNNING_EXIT,
         ReplayLockLost,
         ReplayRunning,
@@ -181,7 +209,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         asyncio.run(postgresconnect.check_answers(settings.database_url))
     except postgresconnect.PostgresUnusable as exc:
-        return _postgres_unusable("replay", exc)
+        return _postgres_said_no("replay", exc)
 
     def show(progress: Progress) -> None:
         if progress.phase == "indexing":
@@ -214,12 +242,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
-        return 4
-    except postgresconnect.PostgresUnusable as exc:  # Postgres went away during the rebuild
-        return _postgres_unusable("replay", exc)
+        return REPLAY_LOCK_LOST_EXIT
+    # Postgres went away during the rebuild, or cancelled its statement.
+    except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
+        return _postgres_said_no("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
-        return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+        return _postgres_said_no("replay", postgresconnect.unusable(exc, settings.database_url))
+    except asyncpg.PostgresError as exc:
+        return _postgres_error("replay", exc)
     if outcome.rebuilt:
+        if outcome.previous_left is not None:
+            _previous_left(outcome.previous_left)
         print(
             f"replay: the read models were older than this jobrunner; rebuilt from "
             f"{outcome.events} events (to sequence {outcome.checkpoint}) and swapped in.",
@@ -243,21 +276,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 3
     except ReplayLockLost as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
-        return 4
+        return REPLAY_LOCK_LOST_EXIT
     except ReplayRunning as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return REPLAY_RUNNING_EXIT
-    except postgresconnect.PostgresUnusable as exc:  # Postgres went away during the replay
-        return _postgres_unusable("replay", exc)
+    # Postgres went away during the replay, or cancelled its statement.
+    except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
+        return _postgres_said_no("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
-        return _postgres_unusable("replay", postgresconnect.unusable(exc, settings.database_url))
+        return _postgres_said_no("replay", postgresconnect.unusable(exc, settings.database_url))
+    except asyncpg.PostgresError as exc:
+        return _postgres_error("replay", exc)
     if report.previous_left is not None:
-        # The swap committed: the replay succeeded; only the old schema is left over.
-        print(
-            f"jobrunner replay: warning: {PREVIOUS_SCHEMA} left; the next replay drops it "
-            f"(its drop failed: {report.previous_left})",
-            file=sys.stderr,
-        )
+        _previous_left(report.previous_left)
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.phases.items())
     verdict = (

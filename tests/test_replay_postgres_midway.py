@@ -21,7 +21,6 @@ import asyncpg
 import msgspec
 import pytest
 
-from jobrunner import cli
 from jobrunner.common import postgresconnect, readmodelversion
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
@@ -30,17 +29,24 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector import replay as replay_module
 from jobrunner.services.projector import replaylock
 from jobrunner.services.projector.feed import EventFeed
-from tests.cli_support import cli_env
+from jobrunner.services.projector.replaylock import REPLAY_LOCK_LOST_EXIT
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
-from tests.tools.logging_state import logging_put_back
 from tests.tools.postgres_processes import freeze_postgres, thaw
+from tests.tools.rebuild_backends import BackendsTerminated, WaitingWriteCancelled
+from tests.tools.replay_in_process import replay_in_process
+from tests.tools.swap_faults import (
+    ENDINGS,
+    LOCK_HOLDER_TERMINATED,
+    connections_ended,
+    fault_at_swap,
+    killed_during_the_commit,
+    server_now,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
 WENT_AWAY = "went away during the replay"
-# How long the test waits for the command at most: well past its bound, to see one that overruns.
-PATIENCE = 120.0
 JOBS = 20
 # The probe's bound (replay_postgres_answer_seconds), short for the test: a probe goes out every
 # second, so a freeze 2 s past the bound leaves one unanswered at least 1 s past it.
@@ -100,26 +106,6 @@ def _fault_as_loading_starts(
     monkeypatch.setattr(replay_module, "_load", load_after_the_fault)
 
 
-async def _replay_command(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int | None, str]:
-    """``jobrunner replay`` in this process (so that the fault lands in its loading): its exit
-    code (None: still running after PATIENCE) and what it said."""
-    for name, value in cli_env(settings).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(
-        "JOBRUNNER_REPLAY_POSTGRES_ANSWER_SECONDS", str(settings.replay_postgres_answer_seconds)
-    )
-    with logging_put_back():
-        try:
-            code: int | None = await asyncio.wait_for(
-                asyncio.to_thread(cli.main, ["replay"]), PATIENCE
-            )
-        except TimeoutError:
-            code = None
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("frozen_for", "answered"),
     [
@@ -157,7 +143,7 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
 
     _fault_as_loading_starts(monkeypatch, freeze)
     try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
         ended_frozen = not thawed.is_set()
     finally:
         timer.cancel()
@@ -173,7 +159,7 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
     assert WENT_AWAY in err, err
     monkeypatch.undo()
     assert await _live_tables(private) == before
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
 
 
@@ -200,7 +186,7 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
         restarting.join()
 
     _fault_as_loading_starts(monkeypatch, restart)
-    code, err = await _replay_command(private, monkeypatch, capsys)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
     # Restarted on a port of its own choosing.
     private = msgspec.structs.replace(private, database_url=own_postgres.url)
     assert "Traceback" not in err, err
@@ -209,73 +195,35 @@ async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away
     assert WENT_AWAY in err, err
 
 
-class _BackendsTerminated:
-    """Every backend of the replay (begun after ``since``) terminated with pg_terminate_backend:
-    idle as the loading starts, or (``waiting_on`` a table of the rebuilt schema) while a write
-    of the loading waits on that table, which the test holds locked: a statement in flight."""
-
-    def __init__(self, database_url: str, since: object, waiting_on: str | None) -> None:
-        self.database_url = database_url
-        self.since = since
-        self.table = f"{replay_module.REPLAY_SCHEMA}.{waiting_on}" if waiting_on else None
-        self.terminated: list[int] = []
-        self._locked = threading.Event()
-        self._terminating: threading.Thread | None = None
-
-    async def __call__(self, feed: EventFeed) -> None:
-        if self.table is None:
-            await self._terminate()
-            return
-        # In a thread of its own, not on the command's event loop: the replay's loop goes on
-        # into the write that waits, and the lock is let go whenever the command ends (a task
-        # of the command's loop is cancelled at its end, before its rollback: the first version
-        # of this test left the lock held, and the replay run again waited on it for ever).
-        self._terminating = threading.Thread(
-            target=asyncio.run, args=(self._while_a_write_waits(),)
-        )
-        self._terminating.start()
-        await asyncio.to_thread(self._locked.wait, 60)
-
-    def done(self) -> list[int]:
-        """The backends terminated, once the fault has ended."""
-        if self._terminating is not None:
-            self._terminating.join()
-        return self.terminated
-
-    async def _while_a_write_waits(self) -> None:
-        holder = await asyncpg.connect(self.database_url)
-        try:
-            async with holder.transaction():
-                # Reads pass (a COPY's look at the table's columns), writes wait.
-                await holder.execute(f"LOCK TABLE {self.table} IN EXCLUSIVE MODE")
-                self._locked.set()
-                async with asyncio.timeout(60):
-                    while not await holder.fetchval(  # noqa: ASYNC110 - Postgres state
-                        "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted "
-                        "AND relation = $1::regclass)",
-                        self.table,
-                    ):
-                        await asyncio.sleep(0.02)
-                await self._terminate(spared=holder.get_server_pid())
-        finally:
-            self._locked.set()
-            await holder.close()
-
-    async def _terminate(self, spared: int = 0) -> None:
-        conn = await asyncpg.connect(self.database_url)
-        try:
-            self.terminated += [
-                row["pid"]
-                for row in await conn.fetch(
-                    "SELECT pid, pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                    "AND backend_start > $1 AND pid <> $2",
-                    self.since,
-                    spared,
-                )
-            ]
-        finally:
-            await conn.close()
+async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sentence(
+    live: System,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator cancels the replay's write (pg_cancel_backend) while it waits in the loading:
+    STATEMENT_CANCELLED, one sentence, exit 5, not said to be Postgres not answering; the live
+    tables as they were, and a replay run again succeeds. Before session 35 it said
+    "POSTGRES_UNAVAILABLE: ... does not answer (QueryCanceledError ..., a connect's bound 10 s):
+    start Postgres ...", exit 69."""
+    before = await _live_tables(private)
+    fault = WaitingWriteCancelled(
+        private.database_url,
+        await server_now(private.database_url),
+        f"{replay_module.REPLAY_SCHEMA}.checkpoint",
+    )
+    _fault_as_loading_starts(monkeypatch, fault)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
+    assert fault.done(), "no write of the loading waited: " + err
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
+    assert "jobrunner replay: STATEMENT_CANCELLED:" in err, err
+    assert "nothing was swapped" in err, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    monkeypatch.undo()
+    assert await _live_tables(private) == before
+    again, said = await replay_in_process(private, monkeypatch, capsys)
+    assert again == 0, said
 
 
 async def _terminated_mid_load(
@@ -284,18 +232,16 @@ async def _terminated_mid_load(
     capsys: pytest.CaptureFixture[str],
     waiting_on: str | None,
 ) -> None:
-    """The replay's backends terminated as the loading starts (``_BackendsTerminated``): one
+    """The replay's backends terminated as the loading starts (``BackendsTerminated``): one
     sentence, POSTGRES_UNAVAILABLE, exit 69, the live tables as they were; a run again
     succeeds."""
     before = await _live_tables(settings)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        since = await conn.fetchval("SELECT now()")
-    finally:
-        await conn.close()
-    fault = _BackendsTerminated(settings.database_url, since, waiting_on)
+    table = f"{replay_module.REPLAY_SCHEMA}.{waiting_on}" if waiting_on else None
+    fault = BackendsTerminated(
+        settings.database_url, await server_now(settings.database_url), table
+    )
     _fault_as_loading_starts(monkeypatch, fault)
-    code, err = await _replay_command(settings, monkeypatch, capsys)
+    code, err = await replay_in_process(settings, monkeypatch, capsys)
     assert fault.done(), "the loading never started: " + err
     assert code is not None, "the replay hung:\n" + err
     assert "Traceback" not in err, err
@@ -304,7 +250,7 @@ async def _terminated_mid_load(
     assert WENT_AWAY in err, err
     monkeypatch.undo()
     assert await _live_tables(settings) == before
-    again, said = await _replay_command(settings, monkeypatch, capsys)
+    again, said = await replay_in_process(settings, monkeypatch, capsys)
     assert again == 0, said
 
 
@@ -341,7 +287,7 @@ async def test_a_replay_whose_swap_commit_goes_unanswered_says_it_may_have_swapp
     assert "may or may not have been swapped in" in err, err
     assert "run `jobrunner replay` again" in err, err
     monkeypatch.undo()
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
     assert await _live_tables(private) == before
 
@@ -360,9 +306,117 @@ async def test_a_replay_whose_postgres_freezes_after_the_swap_committed_succeeds
     code, err = await _replay_frozen_at_swap(private, own_postgres, monkeypatch, capsys, True)
     assert code == 0, err
     assert "POSTGRES_UNAVAILABLE" not in err, err
-    assert "readmodel_previous left; the next replay drops it" in err, err
+    assert "readmodel_previous left; the next replay or rebuild drops it" in err, err
     monkeypatch.undo()
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
+    assert again == 0, said
+    assert (await _live_tables(private))[2] is False  # the next replay dropped it
+
+
+@pytest.mark.parametrize(
+    ("kind", "exit_code", "said"),
+    [
+        ("backends-terminated", postgresconnect.UNAVAILABLE_EXIT, "POSTGRES_UNAVAILABLE"),
+        ("restarted", postgresconnect.UNAVAILABLE_EXIT, "POSTGRES_UNAVAILABLE"),
+        (LOCK_HOLDER_TERMINATED, REPLAY_LOCK_LOST_EXIT, "REPLAY_LOCK_LOST"),
+    ],
+)
+async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_nothing(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    exit_code: int,
+    said: str,
+) -> None:
+    """The replay's backends terminated, or Postgres restarted, once the swap's statements are
+    done and before its COMMIT is sent: POSTGRES_UNAVAILABLE, exit 69, "nothing was swapped";
+    only the swap's own session terminated (the probe answers): REPLAY_LOCK_LOST, exit 4. The
+    live read models as they were either way; a replay run again succeeds."""
+    before = await _live_tables(private)
+    fault = await connections_ended(kind, private.database_url, own_postgres)
+    came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
+    assert came, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert code == exit_code, err
+    assert f"jobrunner replay: {said}" in err, err
+    assert "nothing was swapped" in err, err
+    if kind != LOCK_HOLDER_TERMINATED:
+        assert WENT_AWAY in err, err
+    monkeypatch.undo()
+    assert await _live_tables(private) == before
+    again, said = await replay_in_process(private, monkeypatch, capsys)
+    assert again == 0, said
+
+
+async def test_a_replay_whose_postgres_crashes_while_its_commit_waits_says_it_may_have_swapped(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres killed outright and started again while the swap's COMMIT waits for its answer
+    (sent to a frozen server): POSTGRES_UNAVAILABLE, exit 69, the read models "may or may not
+    have been swapped in" and run the replay again; the live tables as they were (the COMMIT
+    never ran), and a replay run again succeeds."""
+    before = await _live_tables(private)
+    restarted: list[bool] = []
+    fault = killed_during_the_commit(own_postgres, asyncio.get_running_loop(), restarted)
+    came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
+    assert came, "the swap never came: " + err
+    async with asyncio.timeout(60):
+        while not restarted:  # noqa: ASYNC110 - the server's restart, on another thread
+            await asyncio.sleep(0.05)
+    assert "Traceback" not in err, err
+    assert code == postgresconnect.UNAVAILABLE_EXIT, err
+    assert "POSTGRES_UNAVAILABLE" in err, err
+    assert "may or may not have been swapped in" in err, err
+    assert "run `jobrunner replay` again" in err, err
+    monkeypatch.undo()
+    assert await _live_tables(private) == before
+    again, said = await replay_in_process(private, monkeypatch, capsys)
+    assert again == 0, said
+
+
+@pytest.mark.parametrize("kind", ENDINGS)
+async def test_a_replay_whose_postgres_ends_its_connections_after_the_swap_committed_succeeds(
+    live: System,
+    private: Settings,
+    own_postgres: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    """The replay's backends terminated, or Postgres restarted or stopped, once the swap's
+    COMMIT was answered: the replay succeeded, exit 0 and its report; readmodel_previous, if
+    its drop failed (Postgres stopped), left with a warning saying so, and dropped by the next
+    replay."""
+    before = await _live_tables(private)
+    fault = await connections_ended(kind, private.database_url, own_postgres)
+    came = fault_at_swap(monkeypatch, replay_module, after_commit=True, fault=fault)
+    try:
+        code, err = await replay_in_process(private, monkeypatch, capsys)
+    finally:
+        if kind == "stopped":
+            await asyncio.to_thread(own_postgres.start)
+    assert came, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    assert code == 0, err
+    jobs, lines, previous_left = await _live_tables(private)
+    assert (jobs, lines) == before[:2]
+    assert previous_left == (
+        "readmodel_previous left; the next replay or rebuild drops it" in err
+    ), err
+    if kind == "stopped":
+        assert previous_left, err
+    monkeypatch.undo()
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
     assert (await _live_tables(private))[2] is False  # the next replay dropped it
 
@@ -381,7 +435,7 @@ async def test_a_replay_under_a_server_wide_statement_timeout_succeeds(
         await conn.execute(f"ALTER DATABASE {database} SET statement_timeout = '1ms'")
     finally:
         await conn.close()
-    code, err = await _replay_command(private, monkeypatch, capsys)
+    code, err = await replay_in_process(private, monkeypatch, capsys)
     assert "Traceback" not in err, err
     assert code == 0, err
 
@@ -405,7 +459,7 @@ async def test_a_replay_while_another_runs_says_so_in_one_sentence(
     other = await asyncpg.connect(private.database_url)
     try:
         await other.execute("SELECT pg_advisory_lock($1)", replaylock.REPLAY_LOCK)
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
     finally:
         await other.close()
     assert "Traceback" not in err, err
@@ -454,7 +508,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
 
     monkeypatch.setattr(replay_module, "compare", frozen_mid_statement)
     try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
         ended_frozen = not thawed.is_set()
     finally:
         timer.cancel()
@@ -468,7 +522,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
     async with asyncio.timeout(30):
         while await _replay_lock_held(private.database_url):  # noqa: ASYNC110 - Postgres state
             await asyncio.sleep(0.2)
-    again, said = await _replay_command(private, monkeypatch, capsys)
+    again, said = await replay_in_process(private, monkeypatch, capsys)
     assert again == 0, said
 
 
@@ -507,7 +561,7 @@ async def _replay_frozen_at_swap(
 
     monkeypatch.setattr(replay_module, "swap_transaction", frozen_at_swap)
     try:
-        code, err = await _replay_command(private, monkeypatch, capsys)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
         ended_frozen = not thawed.is_set()
     finally:
         timer.cancel()

@@ -64,13 +64,25 @@ class PostgresUnusable(Exception):
         self.exit_code = exit_code
 
 
+# Postgres going away or not ready: shutting down (pg_terminate_backend, a fast shutdown),
+# crashed, starting up. The rest of OperatorInterventionError is not: a statement cancelled
+# (pg_cancel_backend), an idle session's timeout, its database dropped.
+GOING_AWAY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+
 # The failed connects of a command's own work (past its check) that ``unusable`` says as the
 # check does. Its connects raise ``PostgresUnreachable`` for a socket's error or their timeout
 # (``database.connect_or_unreachable``), not a bare ``OSError``: an ``OSError`` of anything
-# else (NATS, a file) is not said to be Postgres'.
+# else (NATS, a file) is not said to be Postgres'. Caught around the whole work, not only its
+# connects: an error a statement meets is said as "does not answer" only when it means that.
 COMMAND_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     PostgresUnreachable,
-    *(error for error in PASSING_CONNECT_ERRORS if error is not OSError),
+    asyncpg.TooManyConnectionsError,
+    asyncpg.PostgresConnectionError,
+    *GOING_AWAY_ERRORS,
     *REFUSING_CONNECT_ERRORS,
 )
 
@@ -112,9 +124,7 @@ def unusable(
 # pg_cancel_backend), an idle session's timeout or its database dropped fail the same way when
 # run again, so "run it again once Postgres answers" would be wrong.
 WENT_AWAY_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
+    *GOING_AWAY_ERRORS,
     asyncpg.PostgresConnectionError,
     ConnectionResetError,
 )
@@ -124,14 +134,30 @@ def went_away_error(exc: BaseException) -> BaseException | None:
     """The error of ``WENT_AWAY_ERRORS`` that ``exc`` is, or was raised from or while handling
     (``__cause__``, ``__context__``), if any: asyncpg raises a transaction's exit on a lost
     connection as ``InterfaceError`` ("the underlying connection is closed"), over the
-    statement's own ``ConnectionDoesNotExistError``."""
+    statement's own ``ConnectionDoesNotExistError``. A context suppressed (``raise ... from
+    None``) is not followed: its raiser said it does not explain the error."""
+    return _in_chain(exc, WENT_AWAY_ERRORS)
+
+
+def cancelled_error(exc: BaseException) -> BaseException | None:
+    """The ``QueryCanceledError`` that ``exc`` is, or was raised from or while handling, as
+    ``went_away_error`` finds its errors."""
+    return _in_chain(exc, (asyncpg.QueryCanceledError,))
+
+
+def _in_chain(exc: BaseException, errors: tuple[type[BaseException], ...]) -> BaseException | None:
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:
-        if isinstance(found, WENT_AWAY_ERRORS):
+        if isinstance(found, errors):
             return found
         seen.add(id(found))
-        found = found.__cause__ or found.__context__
+        if found.__cause__ is not None:
+            found = found.__cause__
+        elif found.__suppress_context__:
+            found = None
+        else:
+            found = found.__context__
     return None
 
 
@@ -148,6 +174,31 @@ def went_away(
         "POSTGRES_UNAVAILABLE",
         f"Postgres at {server_of(database_url)} went away during {during} ({cause}): {consequence}",
         UNAVAILABLE_EXIT,
+    )
+
+
+# A statement of a command's work cancelled in Postgres: its sessions set no
+# statement_timeout, so an operator did it (pg_cancel_backend, a database tool's "cancel").
+# Not EX_TEMPFAIL (75): a script that runs the command again on that must not overrule them.
+STATEMENT_CANCELLED_EXIT = 5
+
+
+class StatementCancelled(Exception):
+    """A command's statement cancelled in Postgres: its sentence starts with the code
+    (``STATEMENT_CANCELLED``), and ``exit_code`` is the command's."""
+
+    code = "STATEMENT_CANCELLED"
+    exit_code = STATEMENT_CANCELLED_EXIT
+
+
+def statement_cancelled(
+    exc: BaseException, database_url: str, during: str, consequence: str
+) -> StatementCancelled:
+    """The sentence of a command whose statement was cancelled (``exc``, a
+    ``QueryCanceledError``) during its work (``during``), and what it left (``consequence``)."""
+    return StatementCancelled(
+        f"{StatementCancelled.code}: Postgres at {server_of(database_url)} cancelled a "
+        f"statement of {during} ({_told(exc)}; an operator's pg_cancel_backend): {consequence}"
     )
 
 

@@ -47,6 +47,8 @@ log = structlog.get_logger()
 
 REPLAY_SCHEMA = f"{READ_SCHEMA}_replay"
 PREVIOUS_SCHEMA = f"{READ_SCHEMA}_previous"
+# What a swap that committed but could not drop the replaced read models left: a warning.
+PREVIOUS_LEFT = f"{PREVIOUS_SCHEMA} left; the next replay or rebuild drops it"
 RESTART_ATTEMPTS = 10  # consecutive failed restarts of the feed before the replay gives up
 LIVE_PROJECTOR_TIMEOUT = 30.0
 # At most this many events are left for the swap transaction (the live projector waits on it).
@@ -134,7 +136,8 @@ async def replay(
     ending its connections (restarted, its backends terminated), raises ``PostgresUnusable``
     (``POSTGRES_UNAVAILABLE``): the swap is one transaction, so the live read models are
     either swapped whole or untouched, and a replay run again starts afresh. Its sentence says
-    which, or that the swap's COMMIT went unanswered (``went_away_consequence``)."""
+    which, or that the swap's COMMIT went unanswered (``went_away_consequence``). A statement
+    cancelled in Postgres (pg_cancel_backend) raises ``StatementCancelled``, nothing swapped."""
     watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
     try:
@@ -143,11 +146,22 @@ async def replay(
         )
     except Exception as exc:
         # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
-        gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
-        if gone is None:
+        in_chain = not isinstance(exc, ReplayLockLost)
+        gone = await watch.why_failed(exc, in_chain=in_chain)
+        if gone is not None:
+            raise postgresconnect.went_away(
+                gone, settings.database_url, "the replay", went_away_consequence(swap)
+            ) from exc
+        cancel = postgresconnect.cancelled_error(exc) if in_chain else None
+        if cancel is None:
             raise
-        raise postgresconnect.went_away(
-            gone, settings.database_url, "the replay", went_away_consequence(swap)
+        # Postgres answered the cancelled statement: the swap, one transaction, is whole or
+        # not begun (a COMMIT cancelled is answered, rolled back).
+        raise postgresconnect.statement_cancelled(
+            cancel,
+            settings.database_url,
+            "the replay",
+            swap.consequence(PREVIOUS_SCHEMA, "the next replay", "run `jobrunner replay` again"),
         ) from exc
     finally:
         await watch.stop()
@@ -296,7 +310,7 @@ async def _replay(
         log.info("replay swapped in", checkpoint=applied, events=progress.done)
         previous_left = None
         if not keep_previous:
-            previous_left = await _drop_previous(pool)
+            previous_left = await drop_previous(pool)
         return ReplayReport(
             events=progress.done,
             seconds=time.monotonic() - started,
@@ -309,21 +323,19 @@ async def _replay(
         )
 
 
-async def _drop_previous(pool: asyncpg.Pool) -> str | None:
+async def drop_previous(pool: asyncpg.Pool) -> str | None:
     """Drop the read models the swap replaced; None once dropped, else why not. The swap has
-    committed, so the replay has succeeded whatever happens here: Postgres frozen or restarted
-    now (the probe then ends the pool's connections) leaves the schema for the next replay,
-    which drops it before its own swap, and is a warning, not the command's failure."""
+    committed, so the replay (or rebuild) has succeeded whatever happens here: Postgres frozen,
+    restarted or stopped now, or its backends terminated, leaves the schema for the next
+    replay, which drops it before its own swap, and is a warning, not the command's failure."""
     try:
         # After the commit: queries still reading the old tables finish first.
         async with pool.acquire() as conn:
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
     except Exception as exc:  # the swap is done: any failure here leaves only the schema
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        log.warning(
-            f"{PREVIOUS_SCHEMA} left; the next replay drops it", schema=PREVIOUS_SCHEMA, error=why
-        )
-        return why
+        # Said once, by the caller (PREVIOUS_LEFT): `jobrunner replay`'s sentence, the
+        # projector's log line.
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return None
 
 
@@ -401,19 +413,22 @@ async def build_indexes(pool: asyncpg.Pool, schema: str, line_key: bool = False)
             await conn.execute(f"ANALYZE {schema}.batches")
             await set_autovacuum(conn, schema, enabled=True, tables=("jobs", "batches"))
 
+    errors: list[BaseException] | None = None
     try:
         # The first failure cancels the other builds.
         async with asyncio.TaskGroup() as builds:
             builds.create_task(lines())
             builds.create_task(jobs_and_batches())
     except ExceptionGroup as group:
-        # The error itself, as a single build would raise it, not the group (nor the group of
-        # the jobs' and batches' builds inside it).
         errors = [e for e in _leaves(group) if not isinstance(e, _LineStoredTwice)]
-        if errors:
-            raise errors[0] from None
-        return False
-    return True
+    if errors is None:
+        return True
+    if errors:
+        # The error itself, as a single build would raise it, not the group (nor the group of
+        # the jobs' and batches' builds inside it); raised outside the handler, so that its
+        # own chain (what it was raised from or while handling) is what it carries.
+        raise errors[0]
+    return False
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:

@@ -29,6 +29,8 @@ assert REPLAY_LOCK == store.SWAP_LOCK + 1  # the value a rebuild of any version 
 
 # EX_TEMPFAIL: run it again once the other replay has finished.
 REPLAY_RUNNING_EXIT = 75
+# The lock's session ended before the swap: nothing was swapped.
+REPLAY_LOCK_LOST_EXIT = 4
 
 
 class ReplayRunning(Exception):
@@ -119,9 +121,10 @@ async def swap_transaction(
     """A transaction on ``lock_holder``, committed synchronously, that starts by checking the
     session holds ``REPLAY_LOCK`` (module docstring: it then holds it until the commit).
 
-    The session found ended, at the start or within the transaction, raises ``ReplayLockLost``:
-    nothing was swapped. A commit whose answer is lost with the session raises as it is: that
-    commit may have been stored (``state.committing`` stays set)."""
+    The session found ended, at the start, within the transaction or as its COMMIT is due,
+    raises ``ReplayLockLost``: nothing was swapped. A commit whose answer is lost with the
+    session raises as it is: that commit may have been stored (``state.committing`` stays
+    set)."""
     state = state or SwapState()
     transaction = lock_holder.transaction()
     try:
@@ -141,6 +144,10 @@ async def swap_transaction(
         if lock_holder.is_closed():
             raise ReplayLockLost() from exc
         raise
+    if lock_holder.is_closed():
+        # Ended (a restart, pg_terminate_backend) before the COMMIT was sent: asyncpg sends
+        # nothing on a closed connection, so nothing was swapped (it was said "may or may not").
+        raise ReplayLockLost()
     state.committing = True
     try:
         await transaction.commit()

@@ -45,11 +45,13 @@ from jobrunner.services.projector import outage, setaside, store, timestamps
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
+    PREVIOUS_LEFT,
     PREVIOUS_SCHEMA,
     Progress,
     analyze,
     build_indexes,
     collector_paused,
+    drop_previous,
     set_autovacuum,
 )
 from jobrunner.services.projector.replaylock import (
@@ -70,6 +72,12 @@ REBUILD_LOCK_LOST_EVENT = (
     "swap, nothing was swapped; rebuilding again"
 )
 REBUILD_BACK_EVENT = "read models current again after failed attempts"
+
+# What a cancelled version check (or creation of the read models on an empty database) left:
+# its transaction rolled back. A projector's next attempt runs it again on its own.
+NOTHING_CHANGED = (
+    "nothing was changed; run `jobrunner replay` again (a projector's next attempt does so itself)"
+)
 
 # How long a stop waits for a cancelled rebuild to let go of its connections (its ROLLBACK and
 # closes are round trips a frozen Postgres never answers): past it the rebuild is left, said in
@@ -106,6 +114,9 @@ class Outcome:
     rebuilt: bool
     events: int = 0
     checkpoint: int = 0
+    # Why the replaced read models' schema (PREVIOUS_SCHEMA) could not be dropped after the
+    # swap (Postgres went away then: the rebuild has succeeded all the same), None when it was.
+    previous_left: str | None = None
 
 
 async def ensure_current(
@@ -144,6 +155,12 @@ async def ensure_current(
                     await store.create_schema(conn)
                     await readmodelversion.record(conn, READ_SCHEMA, by="projector")
             return Outcome(found, rebuilt=False)
+    except asyncpg.QueryCanceledError as exc:
+        # Outside rebuild()'s own handler: a cancelled wait for the creation's lock (another
+        # projector creating them) rolled the transaction back.
+        raise postgresconnect.statement_cancelled(
+            exc, settings.database_url, "the read-model version check", NOTHING_CHANGED
+        ) from exc
     finally:
         await database.close_connection(conn)
     if found == READMODEL_VERSION:
@@ -199,6 +216,8 @@ async def ensure_current_in_place(settings: Settings, stop: asyncio.Event) -> Ou
             continue
         if outcome is not None:
             retries.succeeded(REBUILD_BACK_EVENT, rebuilt=outcome.rebuilt)
+            if outcome.previous_left is not None:
+                log.warning(PREVIOUS_LEFT, schema=PREVIOUS_SCHEMA, error=outcome.previous_left)
         return outcome
     return None
 
@@ -228,8 +247,9 @@ async def rebuild(
     Postgres frozen for ``replay_postgres_answer_seconds`` while it runs (its liveness
     probe unanswered: no statement of a rebuild has a bound of its own, an index build may
     rightly take minutes), or ending its connections, raises ``PostgresUnusable``
-    (``POSTGRES_UNAVAILABLE``), its connections ended; what was loaded stays for the next
-    attempt, which resumes from the rebuilt schema's checkpoint."""
+    (``POSTGRES_UNAVAILABLE``), its connections ended; a statement cancelled in Postgres,
+    ``StatementCancelled``. What was loaded stays for the next attempt, which resumes from the
+    rebuilt schema's checkpoint."""
     held = held or Connections()
     watch = postgreswatch.WorkWatch(settings.database_url, settings.replay_postgres_answer_seconds)
     swap = SwapState()
@@ -239,23 +259,37 @@ async def rebuild(
         )
     except Exception as exc:
         # A lost replay lock has a sentence of its own, unless the probe finds Postgres gone.
-        gone = await watch.why_failed(exc, in_chain=not isinstance(exc, ReplayLockLost))
-        if gone is None:
+        in_chain = not isinstance(exc, ReplayLockLost)
+        gone = await watch.why_failed(exc, in_chain=in_chain)
+        if gone is not None:
+            raise postgresconnect.went_away(
+                gone,
+                settings.database_url,
+                "the read-model rebuild",
+                _consequence(swap, postgres_gone=True),
+            ) from exc
+        cancel = postgresconnect.cancelled_error(exc) if in_chain else None
+        if cancel is None:
             raise
-        raise postgresconnect.went_away(
-            gone, settings.database_url, "the read-model rebuild", _went_away_consequence(swap)
+        raise postgresconnect.statement_cancelled(
+            cancel,
+            settings.database_url,
+            "the read-model rebuild",
+            _consequence(swap, postgres_gone=False),
         ) from exc
     finally:
         await watch.stop()
 
 
-def _went_away_consequence(swap: SwapState) -> str:
-    """What a rebuild that met Postgres gone left of the live read models, and what to do."""
+def _consequence(swap: SwapState, postgres_gone: bool) -> str:
+    """What a rebuild that met Postgres gone (``postgres_gone``), or had a statement
+    cancelled, left of the live read models, and what to do."""
+    once = ", or finds the read models current, once Postgres answers" if postgres_gone else ""
     return swap.consequence(
         PREVIOUS_SCHEMA,
         "the next rebuild or replay",
         "the next attempt (the projector's own, or `jobrunner replay` run again) resumes the "
-        "rebuild from its checkpoint, or finds the read models current, once Postgres answers",
+        f"rebuild from its checkpoint{once}",
     )
 
 
@@ -370,9 +404,9 @@ async def _rebuild(
             if await readmodelversion.stored_version(conn) is not None:
                 await conn.execute(f"ALTER SCHEMA {READ_SCHEMA} RENAME TO {PREVIOUS_SCHEMA}")
             await conn.execute(f"ALTER SCHEMA {UPGRADE_SCHEMA} RENAME TO {READ_SCHEMA}")
-        # After the commit: queries still reading the old tables finish first.
-        async with pool.acquire() as conn:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
+        # After the commit: queries still reading the old tables finish first. Its failure
+        # is a warning (it said POSTGRES_UNAVAILABLE, the rebuilt read models live).
+        previous_left = await drop_previous(pool)
         progress.phase = "done"
         on_progress(progress)
         log.info(
@@ -382,7 +416,13 @@ async def _rebuild(
             events=progress.done,
             seconds=round(time.monotonic() - progress.started, 1),
         )
-        return Outcome(found, rebuilt=True, events=progress.done, checkpoint=applied)
+        return Outcome(
+            found,
+            rebuilt=True,
+            events=progress.done,
+            checkpoint=applied,
+            previous_left=previous_left,
+        )
 
 
 def _nats_errors(retries: outage.RetryLog) -> Callable[[Exception], None]:

@@ -1,0 +1,157 @@
+"""Postgres faults at the swap of `jobrunner replay` or of a projector's rebuild, for real: its
+backends terminated (``pg_terminate_backend``), only the swap's own session terminated, or the
+server restarted (or only stopped), just
+before the swap's COMMIT is sent or once it was answered. Each fault returns once the swap's own
+connection has seen its end, so that the command's next step meets it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+import pytest
+
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.projector.replaylock import SwapState
+from tests.tools.postgres_processes import freeze_postgres
+from tests.tools.rebuild_backends import terminate_backends_since
+
+# A fault, given the swap's connection (the replay lock's session) and how far the swap got.
+SwapFault = Callable[[asyncpg.Connection, SwapState], Awaitable[None]]
+
+
+def fault_at_swap(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, after_commit: bool, fault: SwapFault
+) -> list[bool]:
+    """``module``'s swap (its ``swap_transaction``) runs ``fault`` once its statements are done,
+    its COMMIT next, or (``after_commit``) once the COMMIT was answered. The list returned gets
+    an entry when the fault has come."""
+    swap_transaction = module.swap_transaction
+    came: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def faulted(lock_holder: asyncpg.Connection, state: SwapState) -> AsyncIterator[Any]:
+        async with swap_transaction(lock_holder, state) as conn:
+            yield conn
+            if not after_commit:
+                await fault(lock_holder, state)
+                came.append(True)
+        if after_commit:
+            await fault(lock_holder, state)
+            came.append(True)
+
+    monkeypatch.setattr(module, "swap_transaction", faulted)
+    return came
+
+
+async def server_now(database_url: str) -> object:
+    """Postgres' clock now: backends started after it are the command's."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT now()")
+    finally:
+        await conn.close()
+
+
+async def until_closed(conn: asyncpg.Connection) -> None:
+    """Until the client has seen ``conn``'s end (the server's close read)."""
+    async with asyncio.timeout(30):
+        while not conn.is_closed():  # noqa: ASYNC110 - the socket's state
+            await asyncio.sleep(0.01)
+
+
+def backends_terminated(database_url: str, since: object) -> SwapFault:
+    """Every client backend begun after ``since`` (the command's, its probe's included)
+    terminated, each waited for."""
+
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
+        terminated = await terminate_backends_since(database_url, since)
+        assert terminated, "no backend of the command to terminate"
+        await until_closed(lock_holder)
+
+    return fault
+
+
+def lock_holder_terminated(database_url: str) -> SwapFault:
+    """Only the swap's own session (the replay lock's holder) terminated, as an operator ending
+    one session does; the command's other connections, its probe's among them, live on."""
+
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            ended = await conn.fetchval(
+                "SELECT pg_terminate_backend($1, 10000)", lock_holder.get_server_pid()
+            )
+        finally:
+            await conn.close()
+        assert ended, "the lock holder's backend was not there to terminate"
+        await until_closed(lock_holder)
+
+    return fault
+
+
+def server_restarted(
+    server: EmbeddedPostgres, test_loop: asyncio.AbstractEventLoop, start_again: bool = True
+) -> SwapFault:
+    """``server`` stopped (a fast shutdown: its backends terminated) and, with ``start_again``,
+    started again (on its port) before the command goes on. Run on ``test_loop``'s threads: the
+    server dies with the thread that started it (its parent-death signal), and the command's
+    own end with the command."""
+
+    def restart() -> None:
+        server.stop()
+        if start_again:
+            server.start()
+
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
+        restarting = asyncio.to_thread(restart)
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(restarting, test_loop))
+        await until_closed(lock_holder)
+
+    return fault
+
+
+# The faults ``connections_ended`` makes: the command's backends terminated; Postgres restarted;
+# Postgres stopped (the test starts it again once the command has ended).
+ENDINGS = ("backends-terminated", "restarted", "stopped")
+# And only the swap's own session terminated (the command's probe lives on).
+LOCK_HOLDER_TERMINATED = "lock-holder-terminated"
+
+
+async def connections_ended(kind: str, database_url: str, server: EmbeddedPostgres) -> SwapFault:
+    """The fault of ``ENDINGS`` that ``kind`` names, for a command started after this call."""
+    if kind == LOCK_HOLDER_TERMINATED:
+        return lock_holder_terminated(database_url)
+    if kind == "backends-terminated":
+        return backends_terminated(database_url, await server_now(database_url))
+    loop = asyncio.get_running_loop()
+    return server_restarted(server, loop, start_again=kind == "restarted")
+
+
+def killed_during_the_commit(
+    server: EmbeddedPostgres, test_loop: asyncio.AbstractEventLoop, restarted: list[bool]
+) -> SwapFault:
+    """``server`` frozen before the COMMIT is sent, so that it is sent and never answered, then
+    killed outright (a crash) and started again once the swap is committing: the COMMIT never
+    reached a running backend. ``restarted`` gets an entry once the server is up again."""
+
+    def crash_and_start() -> None:
+        server.kill()
+        server.start()
+        restarted.append(True)
+
+    async def once_committing(state: SwapState) -> None:
+        async with asyncio.timeout(60):
+            while not state.committing:  # noqa: ASYNC110 - the command's state, another loop
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(crash_and_start)
+
+    async def fault(lock_holder: asyncpg.Connection, state: SwapState) -> None:
+        freeze_postgres(server)
+        asyncio.run_coroutine_threadsafe(once_committing(state), test_loop)
+
+    return fault

@@ -1,0 +1,92 @@
+"""What `jobrunner replay` makes of asyncpg's errors: which mean Postgres went away
+(``went_away_error``, behind POSTGRES_UNAVAILABLE "went away ... run it again") and which a
+failed connect
+(``COMMAND_CONNECT_ERRORS``, behind "does not answer ... start Postgres"). asyncpg's own
+exception types, as the server's messages make them."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from jobrunner.common import postgresconnect
+
+TERMINATED = "terminating connection due to administrator command"
+CANCELLED = "canceling statement due to user request"
+
+
+def _raised(make: object) -> BaseException:
+    """The exception ``make()`` raises."""
+    try:
+        make()  # type: ignore[operator]
+    except BaseException as exc:
+        return exc
+    raise AssertionError("nothing raised")
+
+
+def _over_a_shutdown(how: str) -> BaseException:
+    """A QueryCanceledError raised while handling an AdminShutdownError: ``from None``, ``from``
+    it, or plainly (its context)."""
+
+    def raise_it() -> None:
+        try:
+            raise asyncpg.exceptions.AdminShutdownError(TERMINATED)
+        except asyncpg.exceptions.AdminShutdownError as shutdown:
+            if how == "from None":
+                raise asyncpg.QueryCanceledError(CANCELLED) from None
+            if how == "from it":
+                raise asyncpg.QueryCanceledError(CANCELLED) from shutdown
+            raise asyncpg.QueryCanceledError(CANCELLED)  # noqa: B904 - the context is the test
+
+    return _raised(raise_it)
+
+
+def test_an_error_raised_from_none_over_a_terminated_backend_is_not_postgres_gone() -> None:
+    """``raise ... from None`` says the error below does not explain it: not followed (it was,
+    through ``__context__``)."""
+    assert postgresconnect.went_away_error(_over_a_shutdown("from None")) is None
+
+
+def test_an_error_raised_from_a_terminated_backend_is_postgres_gone() -> None:
+    failure = _over_a_shutdown("from it")
+    went = postgresconnect.went_away_error(failure)
+    assert isinstance(went, asyncpg.exceptions.AdminShutdownError)
+    assert went is failure.__cause__
+
+
+def test_an_error_raised_while_handling_a_terminated_backend_is_postgres_gone() -> None:
+    """asyncpg raises a transaction's exit on a lost connection over the statement's error,
+    as its context."""
+    failure = _over_a_shutdown("plainly")
+    went = postgresconnect.went_away_error(failure)
+    assert isinstance(went, asyncpg.exceptions.AdminShutdownError)
+    assert went is failure.__context__
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.AdminShutdownError(TERMINATED),
+        asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_postgres_shutting_down_or_starting_is_a_failed_connect(error: BaseException) -> None:
+    assert isinstance(error, postgresconnect.COMMAND_CONNECT_ERRORS)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.QueryCanceledError(CANCELLED),
+        asyncpg.exceptions.DatabaseDroppedError("terminating connection due to dropped database"),
+        asyncpg.exceptions.IdleSessionTimeoutError("terminating connection due to idle-session"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_cancelled_statement_is_not_a_failed_connect(error: BaseException) -> None:
+    """A statement cancelled (``pg_cancel_backend``) and the rest of Postgres' "operator
+    intervention" errors are not Postgres not answering: they were said as "does not answer
+    ... a connect's bound", as every OperatorInterventionError was."""
+    assert not isinstance(error, postgresconnect.COMMAND_CONNECT_ERRORS)
