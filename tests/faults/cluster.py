@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -91,6 +92,34 @@ class JobRow:
     log_count: int
 
 
+@dataclass(frozen=True)
+class ApiAddress:
+    """Where one API service of a cluster listens, and the name it answers /health with."""
+
+    port: int
+    instance: str
+
+    async def answers(self) -> bool:
+        """Whether our API answers /health, in any status (it may rightly say 503 while a
+        server is away); False while nothing answers. An answer of anything else on the port
+        (another test's server took it while our API was down) fails the start: every later
+        request of the test would go to that stranger."""
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                response = await client.get(f"http://127.0.0.1:{self.port}/health")
+        except httpx.HTTPError:
+            return False
+        with contextlib.suppress(ValueError):
+            body = response.json()
+            if isinstance(body, dict) and body.get("instance") == self.instance:
+                return True
+        raise AssertionError(
+            f"port {self.port} is not our API's: /health answered {response.status_code} "
+            f"{response.text[:300]!r}, not instance {self.instance!r} (another server took "
+            "the port while our API was down)"
+        )
+
+
 class FaultCluster:
     """Servers and services of one test module, and the handles the tests need to hurt them."""
 
@@ -108,6 +137,10 @@ class FaultCluster:
         )
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        # Where each API service of ours listens and the name it answers /health with: after a
+        # restart on its old port another test's server may hold that port, and only the name
+        # tells our API from it.
+        self.api_addresses: dict[str, ApiAddress] = {}
         self.services: dict[str, Service] = {}
         self._runner_count = runners
         self._watchdog: asyncio.Task[None] | None = None
@@ -136,6 +169,12 @@ class FaultCluster:
     def add_service(
         self, name: str, command: str, hostname: str | None = None, **overrides: Any
     ) -> Service:
+        if command == "api":
+            address = ApiAddress(
+                overrides.get("port", self.port), f"faults-{name}-{uuid.uuid4().hex}"
+            )
+            overrides["api_instance_id"] = address.instance
+            self.api_addresses[name] = address
         service = Service(
             name,
             command,
@@ -185,22 +224,13 @@ class FaultCluster:
             while True:
                 if ready and service.log_count(ready) > seen:
                     return
-                if not ready and await self._api_answers():
+                if not ready and await self.api_addresses[name].answers():
                     return
                 if not service.alive:
                     raise AssertionError(
                         f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
                     )
                 await asyncio.sleep(0.05)
-
-    async def _api_answers(self) -> bool:
-        """Any HTTP answer will do: /health may rightly say 503 while a server is away."""
-        try:
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=2) as client:
-                await client.get("/health")
-        except httpx.HTTPError:
-            return False
-        return True
 
     async def _keep_running(self) -> None:
         while True:
@@ -253,7 +283,8 @@ class FaultCluster:
     async def restart_postgres(self, kill: bool) -> None:
         """Fast shutdown (or SIGKILL of the whole server), then start on the same data."""
         if kill:
-            self.postgres.kill()
+            # Off the event loop: the kill reads every /proc/*/maps twice (~0.25 s) and waits.
+            await asyncio.to_thread(self.postgres.kill)
         else:
             await asyncio.to_thread(self.postgres.stop)
         await self.start_postgres()

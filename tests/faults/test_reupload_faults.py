@@ -68,17 +68,9 @@ async def second_api(cluster: FaultCluster) -> AsyncIterator[str]:
     """Another API process on the same servers; its base URL."""
     port = free_port()
     service = cluster.add_service("api-2", "api", port=port)
-    service.spawn()
-    url = f"http://127.0.0.1:{port}"
     try:
-        async with asyncio.timeout(60), httpx.AsyncClient(base_url=url, timeout=2) as client:
-            while True:
-                try:
-                    await client.get("/health")
-                    break
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.1)
-        yield url
+        await cluster.start_service("api-2")
+        yield f"http://127.0.0.1:{port}"
     finally:
         service.kill()
         del cluster.services["api-2"]
