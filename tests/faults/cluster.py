@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,11 +30,18 @@ from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
 from tests.faults.toolrecord import ToolJob
 from tests.freeze import freeze, thaw
 from tests.servers import TEST_POSTGRES_SETTINGS
+from tests.tools.api_address import ApiAddress, NotOurApi, new_instance_name
 from tests.tools.runners import runner_env
 
 TOOL = "tests/faults/tools/numbered.py"
 POISON_TOOL = "tests/faults/tools/poison.py"
 ARTIFACT_TOOL = "tests/tools/artifacts.py"
+# What a service logs once its start is done; an API has none: it has started once it answers.
+READY_LINES = {
+    "projector": "projector started",
+    "runner": "runner started",
+    "notifier": "notifier started",
+}
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
 LOCK_TYPES = 24
 
@@ -92,34 +98,6 @@ class JobRow:
     log_count: int
 
 
-@dataclass(frozen=True)
-class ApiAddress:
-    """Where one API service of a cluster listens, and the name it answers /health with."""
-
-    port: int
-    instance: str
-
-    async def answers(self) -> bool:
-        """Whether our API answers /health, in any status (it may rightly say 503 while a
-        server is away); False while nothing answers. An answer of anything else on the port
-        (another test's server took it while our API was down) fails the start: every later
-        request of the test would go to that stranger."""
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                response = await client.get(f"http://127.0.0.1:{self.port}/health")
-        except httpx.HTTPError:
-            return False
-        with contextlib.suppress(ValueError):
-            body = response.json()
-            if isinstance(body, dict) and body.get("instance") == self.instance:
-                return True
-        raise AssertionError(
-            f"port {self.port} is not our API's: /health answered {response.status_code} "
-            f"{response.text[:300]!r}, not instance {self.instance!r} (another server took "
-            "the port while our API was down)"
-        )
-
-
 class FaultCluster:
     """Servers and services of one test module, and the handles the tests need to hurt them."""
 
@@ -141,6 +119,10 @@ class FaultCluster:
         # restart on its old port another test's server may hold that port, and only the name
         # tells our API from it.
         self.api_addresses: dict[str, ApiAddress] = {}
+        # Set when the watchdog found another program on the port of an API it restarted (and
+        # moved the API to a free port): the next client() or the stop raises it, so that the
+        # test whose requests went to that program fails saying so.
+        self.lost_port: str | None = None
         self.services: dict[str, Service] = {}
         self._runner_count = runners
         self._watchdog: asyncio.Task[None] | None = None
@@ -170,9 +152,9 @@ class FaultCluster:
         self, name: str, command: str, hostname: str | None = None, **overrides: Any
     ) -> Service:
         if command == "api":
-            address = ApiAddress(
-                overrides.get("port", self.port), f"faults-{name}-{uuid.uuid4().hex}"
-            )
+            port = overrides.get("port", self.port)
+            address = ApiAddress(port, new_instance_name(f"faults-{name}"))
+            overrides["port"] = address.port
             overrides["api_instance_id"] = address.instance
             self.api_addresses[name] = address
         service = Service(
@@ -184,6 +166,11 @@ class FaultCluster:
         )
         self.services[name] = service
         return service
+
+    def remove_service(self, name: str) -> None:
+        """SIGKILL a service and forget it (and where it listened, for an API)."""
+        self.services.pop(name).kill()
+        self.api_addresses.pop(name, None)
 
     async def start(self) -> None:
         await in_thread(self.nats.start)
@@ -197,7 +184,12 @@ class FaultCluster:
         await asyncio.gather(
             *(self.start_service(name) for name in self.services if name.startswith("runner-"))
         )
-        await self.start_service("api")
+        # No test has an address of the API yet: one moved off a taken port may start quietly.
+        await self._start("api", 60.0)
+        self.keep_running()
+
+    def keep_running(self) -> None:
+        """From now on a service that exits on its own is started again (``_keep_running``)."""
         self._watchdog = asyncio.create_task(self._keep_running())
 
     def add_runner(self, name: str) -> Service:
@@ -212,36 +204,110 @@ class FaultCluster:
         )
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:
+        """Start a service and wait until it has started (an API: answers /health with its own
+        name). An API whose port another program answers on is moved to a free port and
+        started there, and this fails all the same, saying what answered: the test's requests
+        to the old address went to that program."""
+        lost = await self._start(name, timeout)
+        if lost is not None:
+            raise NotOurApi(lost)
+
+    async def _start(self, name: str, timeout: float) -> str | None:
+        """Spawn and wait_started; what answered on an API's port when it had to move (None: it
+        did not)."""
         service = self.services[name]
-        ready = {
-            "projector": "projector started",
-            "runner": "runner started",
-            "notifier": "notifier started",
-        }.get(service.command)
+        ready = READY_LINES.get(service.command)
         seen = service.log_count(ready) if ready else 0
         service.spawn()
+        try:
+            await self.wait_started(name, seen, timeout)
+            return None
+        except NotOurApi as taken:
+            service.kill()
+            old = self._move_api(name)
+            service.spawn()
+            await self.wait_started(name, 0, timeout)
+            # Only now: until the API answers on its new port, clients go on meeting the
+            # stranger, as the test's own earlier requests did.
+            self.api_moved(old.port, self.api_addresses[name].port)
+            return f"{taken}; the cluster moved {name} to port {self.api_addresses[name].port}"
+
+    async def wait_started(self, name: str, seen: int = 0, timeout: float = 60.0) -> None:
+        """Until service ``name`` says it started (its ready line logged more than ``seen``
+        times; an API: answers /health naming itself); AssertionError with its log when it
+        exits meanwhile, NotOurApi when another program answers on an API's port."""
+        service = self.services[name]
+        ready = READY_LINES.get(service.command)
+        address = self.api_addresses.get(name)
+        where = f" (port {address.port})" if address else ""
         async with asyncio.timeout(timeout):
             while True:
                 if ready and service.log_count(ready) > seen:
                     return
-                if not ready and await self.api_addresses[name].answers():
-                    return
+                if address is not None:
+                    try:
+                        if await address.answers():
+                            return
+                    except NotOurApi as other:
+                        state = "still running" if service.alive else "not running"
+                        raise NotOurApi(
+                            f"{other}; our {name} is {state}, its log ends:\n{_log_tail(service)}"
+                        ) from None
                 if not service.alive:
-                    raise AssertionError(
-                        f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
-                    )
+                    raise AssertionError(f"{name} exited at start{where}:\n{_log_tail(service)}")
                 await asyncio.sleep(0.05)
 
+    def _move_api(self, name: str) -> ApiAddress:
+        """Listen on a free port from the next start of API ``name`` on, keeping its name; the
+        address it leaves."""
+        old = self.api_addresses[name]
+        self.api_addresses[name] = ApiAddress(free_port(), old.instance)
+        self.services[name].env["JOBRUNNER_PORT"] = str(self.api_addresses[name].port)
+        return old
+
+    def api_moved(self, old: int, new: int) -> None:
+        """An API of ours left port ``old`` for ``new``: the clients' address follows it."""
+        if self.port == old:
+            self.port = new
+            self.base_url = f"http://127.0.0.1:{new}"
+
     async def _keep_running(self) -> None:
-        while True:
-            # A copy: a test may add a service while this waits to restart a crashed one.
-            for service in list(self.services.values()):
-                if service.wanted and not service.alive:
-                    service.crashes += 1
-                    await asyncio.sleep(RESTART_DELAY)
+        # An API is restarted in a task of its own: its start is waited for (another program
+        # may answer on its port), and the other services are not kept waiting meanwhile.
+        restarting: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                # A copy: a test may add a service while this waits to restart a crashed one.
+                for name, service in list(self.services.items()):
+                    if name in restarting and not restarting[name].done():
+                        continue
                     if service.wanted and not service.alive:
-                        service.spawn()
-            await asyncio.sleep(0.1)
+                        service.crashes += 1
+                        await asyncio.sleep(RESTART_DELAY)
+                        if not (service.wanted and not service.alive):
+                            continue
+                        if service.command == "api":
+                            restarting[name] = asyncio.create_task(self._restart_api(name))
+                        else:
+                            service.spawn()
+                await asyncio.sleep(0.1)
+        finally:
+            for task in restarting.values():
+                task.cancel()
+            await asyncio.gather(*restarting.values(), return_exceptions=True)
+
+    async def _restart_api(self, name: str) -> None:
+        try:
+            lost = await self._start(name, 60.0)
+        except (AssertionError, TimeoutError):
+            return  # exited at start (counted when the watchdog sees it down) or still starting
+        if lost is not None:
+            self.lost_port = lost
+
+    def _raise_lost_port(self) -> None:
+        if self.lost_port is not None:
+            lost, self.lost_port = self.lost_port, None
+            raise NotOurApi(lost)
 
     async def stop(self) -> None:
         try:
@@ -262,6 +328,7 @@ class FaultCluster:
             self.resume_nats()
             await asyncio.to_thread(self.nats.stop)
             await asyncio.to_thread(self.postgres.stop)
+        self._raise_lost_port()  # not yet told to a test
 
     # --- faults
     def pause_nats(self) -> None:
@@ -283,8 +350,9 @@ class FaultCluster:
     async def restart_postgres(self, kill: bool) -> None:
         """Fast shutdown (or SIGKILL of the whole server), then start on the same data."""
         if kill:
-            # Off the event loop: the kill reads every /proc/*/maps twice (~0.25 s) and waits.
-            await asyncio.to_thread(self.postgres.kill)
+            # Off the event loop: the kill reads every /proc/*/maps twice (~0.25 s) and waits;
+            # to its end even when the test is cancelled meanwhile.
+            await in_thread(self.postgres.kill)
         else:
             await asyncio.to_thread(self.postgres.stop)
         await self.start_postgres()
@@ -297,7 +365,7 @@ class FaultCluster:
             settings=TEST_POSTGRES_SETTINGS,
             database="jobrunner",
         )
-        await asyncio.to_thread(self.postgres.start)
+        await in_thread(self.postgres.start)
 
     # --- jobs
     def fresh_lock_type(self) -> str:
@@ -307,6 +375,9 @@ class FaultCluster:
         return f"slot_{self._next_lock - 1}"
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A client of the API; NotOurApi, once, when the watchdog found another program on
+        the API's port (the test's earlier requests may have gone to it)."""
+        self._raise_lost_port()
         return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
 
     async def submit_plain(self, job_type: str) -> str:
@@ -428,6 +499,13 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 def is_terminal(row: JobRow) -> bool:
     return row.status in TERMINAL
+
+
+def _log_tail(service: Service) -> str:
+    try:
+        return service.log_file.read_text(errors="replace")[-3000:]
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def now() -> float:

@@ -2,39 +2,111 @@
 server can take while the API is down (the workers of a CI run start servers on free ports all the
 time). Its start must see that the answer on the port is not its API's, rather than send every
 later request of the test to a stranger (session 34: 46 fault tests failed on with
-``401 UNAUTHORIZED`` from another test's API)."""
+``401 UNAUTHORIZED`` from another test's API); and the cluster must go on serving the tests after
+it, on a port of its own."""
 
 from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.scratch import scratch_dir
+from jobrunner.embedded.serverprocess import free_port
 from tests.faults.cluster import SHORT_TTL, FaultCluster, in_thread
 from tests.system import System
+from tests.tools.api_address import ApiAddress, NotOurApi
+from tests.tools.stranger_server import stranger_on
 
 
-async def test_starting_the_api_fails_naming_the_port_when_another_api_answers_there(
-    settings: Settings,
-) -> None:
-    """Another test's API (with tokens) on the cluster's API port: the API's start fails with a
-    sentence naming the port and what answered there, not a start that seems to succeed."""
+@asynccontextmanager
+async def api_only_cluster() -> AsyncIterator[FaultCluster]:
+    """A fault cluster of NATS, Postgres and an API service (added, not started)."""
     with scratch_dir("jobrunner-test-faults-port-") as root:
         cluster = FaultCluster(root, SHORT_TTL)
         try:
             await in_thread(cluster.nats.start)
             await in_thread(cluster.postgres.start)
             cluster.add_service("api", "api")
-            async with System(msgspec.structs.replace(settings, auth=True)) as stranger:
-                stranger.port = cluster.port
-                stranger.base_url = cluster.base_url
-                await stranger.start_api()
-                assert stranger.port == cluster.port, "the port was taken before the stranger"
-                with pytest.raises(AssertionError) as failed:
-                    await cluster.start_service("api")
+            yield cluster
         finally:
             await cluster.stop()
+
+
+async def test_starting_the_api_fails_naming_the_port_when_another_api_answers_there(
+    settings: Settings,
+) -> None:
+    """Another test's API (with tokens) on the cluster's API port: the API's start fails with a
+    sentence naming the port, what answered there and how our API fared, and the cluster's API
+    answers on a port of its own afterwards."""
+    async with (
+        api_only_cluster() as cluster,
+        System(msgspec.structs.replace(settings, auth=True)) as stranger,
+    ):
+        taken = cluster.port
+        stranger.port = taken
+        stranger.base_url = cluster.base_url
+        await stranger.start_api()
+        assert stranger.port == taken, "the port was taken before the stranger"
+        with pytest.raises(NotOurApi) as failed:
+            await cluster.start_service("api")
+        assert cluster.port != taken
+        assert await cluster.api_addresses["api"].answers()
     sentence = str(failed.value)
-    assert f"port {cluster.port} is not our API's: /health answered " in sentence, sentence
+    assert f"port {taken} is not our API's: /health answered " in sentence, sentence
     assert '"instance":' in sentence, sentence  # what answered, in its own words
+    assert "our api is " in sentence, sentence
+    assert f"the cluster moved api to port {cluster.port}" in sentence, sentence
+
+
+async def test_an_api_that_crashed_while_another_program_took_its_port_is_moved_and_told() -> None:
+    """The API dies on its own and another program (answering 401) takes its port before the
+    watchdog starts it again: the test's next request fails saying the port is not our API's,
+    and the next ones reach our API again, on a port of its own."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        cluster.keep_running()
+        crashed = cluster.port
+        api = cluster.services["api"].proc
+        assert api is not None
+        api.send_signal(signal.SIGKILL)  # a crash: the watchdog is to start it again
+        api.wait()
+        with stranger_on(crashed):
+            with pytest.raises(NotOurApi) as told:
+                await _ask_health_until_told(cluster)
+            async with cluster.client() as client:
+                body = (await client.get("/health")).json()
+    assert f"port {crashed} is not our API's: /health answered 401 " in str(told.value)
+    assert cluster.port != crashed
+    assert body["instance"] == cluster.api_addresses["api"].instance
+
+
+async def _ask_health_until_told(cluster: FaultCluster) -> None:
+    """Ask the cluster's API for /health over and over, as a test's requests go on."""
+    async with asyncio.timeout(60):
+        while True:
+            async with cluster.client() as client:
+                await client.get("/health")
+            await asyncio.sleep(0.1)
+
+
+async def test_an_address_answered_by_a_plain_web_server_is_not_our_api() -> None:
+    """A web server answering 401 with an HTML page on our API's port: the probe fails with a
+    sentence naming the port, the status and the page."""
+    port = free_port()
+    with stranger_on(port), pytest.raises(NotOurApi) as failed:
+        await ApiAddress(port, "ours").answers()
+    assert str(failed.value) == (
+        f"port {port} is not our API's: /health answered 401 '<html>Unauthorized</html>', "
+        "not instance 'ours'"
+    )
+
+
+async def test_an_address_nobody_listens_on_is_not_answering_yet() -> None:
+    """Nothing on the port (our API still starting): the probe says no answer yet."""
+    assert not await ApiAddress(free_port(), "ours").answers()

@@ -66,14 +66,12 @@ async def js(cluster: FaultCluster) -> AsyncIterator[JetStreamContext]:
 @pytest.fixture
 async def second_api(cluster: FaultCluster) -> AsyncIterator[str]:
     """Another API process on the same servers; its base URL."""
-    port = free_port()
-    service = cluster.add_service("api-2", "api", port=port)
+    cluster.add_service("api-2", "api", port=free_port())
     try:
         await cluster.start_service("api-2")
-        yield f"http://127.0.0.1:{port}"
+        yield cluster.api_addresses["api-2"].url
     finally:
-        service.kill()
-        del cluster.services["api-2"]
+        cluster.remove_service("api-2")
 
 
 def _sha(data: bytes) -> str:
