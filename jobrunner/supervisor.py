@@ -11,6 +11,8 @@ import os
 import re
 import signal
 import sys
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
@@ -25,6 +27,7 @@ from jobrunner.common.cpupriority import (
     set_autogroup_niceness,
     set_thread_niceness,
 )
+from jobrunner.common.processname import process_name
 from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
@@ -108,22 +111,59 @@ def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
-async def wait_healthy(
-    url: str, proc: Service, timeout: float = 60.0, others: tuple[Service, ...] = ()
-) -> None:
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                return bool(response.status == 200)
-        except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
-            return False
+def health_answer(url: str) -> tuple[int, bytes] | None:
+    """The status and body of ``url``'s /health, in any status (503 while a server is away);
+    None while nothing answers there in HTTP (yet)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            return int(response.status), bytes(response.read(4096))
+    except urllib.error.HTTPError as answer:  # an answer all the same
+        with answer:
+            return answer.code, bytes(answer.read(4096))
+    except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
+        return None
 
+
+def answering_instance(body: bytes) -> object:
+    """The ``instance`` a /health body names (None: it names none, or is no JSON object)."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return None
+    return decoded.get("instance") if isinstance(decoded, dict) else None
+
+
+async def wait_healthy(
+    url: str,
+    instance: str,
+    proc: Service,
+    timeout: float = 60.0,
+    others: tuple[Service, ...] = (),
+) -> None:
+    """Until the API at ``url`` answers /health with 200, naming ``instance`` (its
+    ``api_instance_id``). Between the start's check that the port is free and the API taking it,
+    another program may take it: an answer that does not name our API fails the start naming
+    the port, rather than announce that program as jobrunner (and our API, unable to listen,
+    restarted for ever)."""
+    port = urllib.parse.urlsplit(url).port
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        if await asyncio.to_thread(probe):
-            return
+        answer = await asyncio.to_thread(health_answer, url)
+        if answer is not None:
+            status, body = answer
+            if answering_instance(body) != instance:
+                running = proc.proc is not None and proc.proc.returncode is None
+                state = "runs" if running else "exited"
+                raise RuntimeError(
+                    f"port {port} does not answer as this jobrunner's API: /health answered "
+                    f"{status} {body[:200].decode(errors='replace')!r}, not instance "
+                    f"{instance!r} (our api {state}); another program may have taken the port "
+                    "after the start checked it: stop it, or choose another port with --port"
+                )
+            if status == 200:
+                return
         if proc.proc is not None and proc.proc.returncode is not None:
-            raise RuntimeError("the api exited during start-up; see the log above")
+            raise RuntimeError(f"the api exited during start-up (port {port}); see the log above")
         for other in others:
             if other.proc is not None and other.proc.returncode == REFUSED_EXIT:
                 raise RuntimeError(f"the {other.name} refused to start; jobrunner stops")
@@ -281,6 +321,9 @@ async def up(settings: Settings, config_file: str | None) -> int:
         env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
+    # The API's name in /health: the start takes only an answer naming it (wait_healthy).
+    api_instance = process_name(settings.api_instance_id)
+    env["JOBRUNNER_API_INSTANCE_ID"] = api_instance
     services = {
         name: Service(name, service_env, settings.background_nice if name in BACKGROUND else 0)
         for name, service_env in metrics_envs(env).items()
@@ -298,6 +341,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
             await service.start()
         await wait_healthy(
             f"http://{_reachable(settings.host)}:{settings.port}",
+            api_instance,
             services["api"],
             others=tuple(services.values()),
         )

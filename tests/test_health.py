@@ -13,11 +13,11 @@ import msgspec
 import pytest
 
 from jobrunner.common import runnerpool
+from jobrunner.common.processname import process_name
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import hostname
 from jobrunner.contracts.events import utcnow
 from jobrunner.contracts.names import Names
-from jobrunner.services.api.context import instance_name
 from tests.history_support import job_events, publish, publisher, wait_projected
 from tests.system import System
 from tests.tools.health_reports import codes, health
@@ -64,8 +64,8 @@ async def test_health_names_the_api_instance_it_was_given(settings: Settings) ->
 def test_an_api_instance_without_a_name_gets_one_of_its_own() -> None:
     """Unnamed, each API start names itself after its host and pid, with random digits, so
     that two starts of the same process id still answer with other names."""
-    unnamed = Settings()
-    first, second = instance_name(unnamed), instance_name(unnamed)
+    unnamed = Settings().api_instance_id
+    first, second = process_name(unnamed), process_name(unnamed)
     assert first.startswith(f"{hostname()}-{os.getpid()}-")
     assert first != second
 

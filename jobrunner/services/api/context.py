@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,8 +28,9 @@ from jobrunner.common import (
     subscription,
 )
 from jobrunner.common.jobtypes import JobType, load_job_types
+from jobrunner.common.processname import process_name
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotTable, hostname
+from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodelgate, sse
@@ -107,7 +106,7 @@ class ApiContext:
     readmodels: ReadModelGate
     # What /health logged of its answers (at most a line per ``health_log_seconds``).
     health_log: HealthLog
-    # This instance's name, told by /health (``instance_name``).
+    # This instance's name, told by /health (``api_instance_id``, or one made at the start).
     instance: str
     # Jobs started here with ``wait=stored`` that the read models do not show yet.
     posted: PostedJobs = field(default_factory=PostedJobs)
@@ -117,12 +116,6 @@ class ApiContext:
     unbuilt_read_models: UnbuiltReadModels = field(default_factory=UnbuiltReadModels)
     # Whether live streams take the read models as away just now: one for all of them.
     stream_reads_away: StreamReadsAway = field(default_factory=StreamReadsAway)
-
-
-def instance_name(settings: Settings) -> str:
-    """``api_instance_id``, or one made for this process as a runner's id is: an address that
-    answers with another name is another instance (or another program on a port it took)."""
-    return settings.api_instance_id or f"{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
@@ -221,7 +214,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
             health_log=HealthLog(settings.health_log_seconds),
-            instance=instance_name(settings),
+            instance=process_name(settings.api_instance_id),
         )
         # One probe of NATS for the process; its live viewers are told when it goes silent.
         probe_subject = names.api_probe_subject(NUID().next().decode())
