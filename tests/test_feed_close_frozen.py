@@ -51,7 +51,11 @@ async def test_an_event_feed_closes_within_its_bound_while_nats_is_frozen(
         assert len(await nc.jetstream().consumers_info(stream)) == 1  # the feed's
         freeze(pid)
         closed = await close_while_frozen(
-            feed.close(within=BOUND), "the feed's close", BOUND + 20, frozen_for, [pid]
+            feed.close(within=BOUND),
+            "the feed's close",
+            patience=BOUND + 20,
+            thaw_in=frozen_for,
+            pids=[pid],
         )
         assert closed.logged(DROPPED) == (0 if graceful else 1)
         if graceful:

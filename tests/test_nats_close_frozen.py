@@ -80,9 +80,9 @@ async def test_a_connection_closes_within_its_bound_while_nats_is_frozen(
     closed = await close_while_frozen(
         eventstore.close(nc),
         "the close",
-        FLUSH_SECONDS + BOUND + 20,
-        FLUSH_SECONDS + frozen_past_the_flush,
-        [pid],
+        patience=FLUSH_SECONDS + BOUND + 20,
+        thaw_in=FLUSH_SECONDS + frozen_past_the_flush,
+        pids=[pid],
     )
     assert nc.is_closed
     assert closed.logged(DROPPED) == (0 if graceful else 1)
@@ -106,7 +106,9 @@ async def test_a_close_whose_flush_cannot_even_be_queued_ends_within_its_bounds(
             while flushes.qsize() < flushes.maxsize:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         closed = await close_while_frozen(
-            eventstore.close(nc), "the close, queueing its flush,", FLUSH_SECONDS + 1 + BOUND + 20
+            eventstore.close(nc),
+            "the close, queueing its flush,",
+            patience=FLUSH_SECONDS + 1 + BOUND + 20,
         )
         assert nc.is_closed
         assert closed.logged(DROPPED) == 1
@@ -135,7 +137,11 @@ async def test_a_close_ends_within_what_the_stop_left_it_while_nats_is_frozen(
     freeze(pid)
     await publish_until_unsent(nc)
     closed = await close_while_frozen(
-        eventstore.close(nc, within=WITHIN), "the close", WITHIN + 20, frozen_for, [pid]
+        eventstore.close(nc, within=WITHIN),
+        "the close",
+        patience=WITHIN + 20,
+        thaw_in=frozen_for,
+        pids=[pid],
     )
     assert nc.is_closed
     assert closed.logged(DROPPED) == (0 if graceful else 1)

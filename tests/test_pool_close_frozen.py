@@ -43,7 +43,11 @@ async def test_a_pool_closes_within_its_bound_while_postgres_is_frozen(
     try:
         with frozen(*pids):
             closed = await close_while_frozen(
-                database.close_pool(pool), "the pool's close", BOUND + 20, frozen_for, pids
+                database.close_pool(pool),
+                "the pool's close",
+                patience=BOUND + 20,
+                thaw_in=frozen_for,
+                pids=pids,
             )
             assert closed.logged(DROPPED) == (0 if graceful else 1)
             assert pool._closed
@@ -72,9 +76,9 @@ async def test_a_single_connection_closes_within_its_bound_while_postgres_is_fro
             closed = await close_while_frozen(
                 database.close_connection(conn, within=BOUND),
                 "the connection's close",
-                BOUND + 20,
-                frozen_for,
-                pids,
+                patience=BOUND + 20,
+                thaw_in=frozen_for,
+                pids=pids,
             )
             assert closed.logged(CONNECTION_DROPPED) == (0 if graceful else 1)
             if not graceful:

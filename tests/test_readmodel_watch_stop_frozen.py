@@ -75,7 +75,11 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
         await asyncio.wait_for(looking.wait(), 30)  # a look begun with Postgres frozen
         await asyncio.sleep(0.2)
         closed = await close_while_frozen(
-            gate.close(within=BOUND), "the watch's close", BOUND + 20, frozen_for, pids
+            gate.close(within=BOUND),
+            "the watch's close",
+            patience=BOUND + 20,
+            thaw_in=frozen_for,
+            pids=pids,
         )
         assert lost == 1
         assert closed.logged(LEFT) == (0 if ended else 1)
