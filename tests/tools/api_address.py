@@ -36,15 +36,20 @@ class ApiAddress:
         """Whether our API answers /health, in any status (it may rightly say 503 while a
         server is away); False while nothing answers (in 2 s). Any other answer on the port
         raises NotOurApi saying what answered: every later request would go to that stranger."""
+        return await self.health_status() is not None
+
+    async def health_status(self) -> int | None:
+        """The status of our API's /health answer; None while nothing answers (in 2 s);
+        NotOurApi when something else answers."""
         try:
             async with httpx.AsyncClient(timeout=2) as client:
                 response = await client.get(f"{self.url}/health")
         except httpx.HTTPError:
-            return False
+            return None
         with contextlib.suppress(ValueError):
             body = response.json()
             if isinstance(body, dict) and body.get("instance") == self.instance:
-                return True
+                return response.status_code
         raise NotOurApi(
             f"port {self.port} is not our API's: /health answered {response.status_code} "
             f"{response.text[:300]!r}, not instance {self.instance!r}"
