@@ -12,7 +12,6 @@ import re
 import signal
 import sys
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
@@ -111,49 +110,71 @@ def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
+# A /health body is a few KiB at most (the projector's set-aside error may appear twice in it):
+# read it whole, so that its JSON parses, but not without bound.
+HEALTH_BODY_LIMIT = 4 * 1024 * 1024
+
+
 def health_answer(url: str) -> tuple[int, bytes] | None:
     """The status and body of ``url``'s /health, in any status (503 while a server is away);
     None while nothing answers there in HTTP (yet)."""
     try:
         with urllib.request.urlopen(url + "/health", timeout=2) as response:
-            return int(response.status), bytes(response.read(4096))
+            return int(response.status), bytes(response.read(HEALTH_BODY_LIMIT))
     except urllib.error.HTTPError as answer:  # an answer all the same
         with answer:
-            return answer.code, bytes(answer.read(4096))
+            return answer.code, bytes(answer.read(HEALTH_BODY_LIMIT))
     except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
         return None
 
 
-def answering_instance(body: bytes) -> object:
-    """The ``instance`` a /health body names (None: it names none, or is no JSON object)."""
+def health_body(body: bytes) -> dict[str, Any]:
+    """A /health body as a JSON object (empty: it is none)."""
     try:
         decoded = json.loads(body)
     except ValueError:
-        return None
-    return decoded.get("instance") if isinstance(decoded, dict) else None
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def problem_codes(body: dict[str, Any]) -> str:
+    """The codes of the problems a /health body names, as "A, B" ("none named": it names none)."""
+    problems = body.get("problems")
+    codes = [
+        str(problem.get("code"))
+        for problem in (problems if isinstance(problems, list) else [])
+        if isinstance(problem, dict)
+    ]
+    return ", ".join(codes) or "none named"
 
 
 async def wait_healthy(
-    url: str,
+    host: str,
+    port: int,
     instance: str,
     proc: Service,
     timeout: float = 60.0,
     others: tuple[Service, ...] = (),
 ) -> None:
-    """Until the API at ``url`` answers /health with 200, naming ``instance`` (its
-    ``api_instance_id``). Between the start's check that the port is free and the API taking it,
-    another program may take it: an answer that does not name our API fails the start naming
-    the port, rather than announce that program as jobrunner (and our API, unable to listen,
-    restarted for ever)."""
-    port = urllib.parse.urlsplit(url).port
+    """Until the API started on ``host``:``port`` answers /health with 200, naming ``instance``
+    (its ``api_instance_id``). Between the start's check that the port is free and the API
+    taking it, another program may take it: an answer that does not name our API fails the
+    start naming the port, rather than announce that program as jobrunner (and our API, unable
+    to listen, restarted for ever). This covers the start only: once it is done, the API's
+    restarts are the supervisor's, who does not ask /health."""
+    url = f"http://{_reachable(host)}:{port}"
+    last_ours: tuple[int, dict[str, Any]] | None = None  # our API's last answer, not 200
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         answer = await asyncio.to_thread(health_answer, url)
         if answer is not None:
             status, body = answer
-            if answering_instance(body) != instance:
-                running = proc.proc is not None and proc.proc.returncode is None
-                state = "runs" if running else "exited"
+            decoded = health_body(body)
+            if decoded.get("instance") != instance:
+                if proc.proc is None:
+                    state = "not started"
+                else:
+                    state = "runs" if proc.proc.returncode is None else "exited"
                 raise RuntimeError(
                     f"port {port} does not answer as this jobrunner's API: /health answered "
                     f"{status} {body[:200].decode(errors='replace')!r}, not instance "
@@ -162,12 +183,19 @@ async def wait_healthy(
                 )
             if status == 200:
                 return
+            last_ours = (status, decoded)
         if proc.proc is not None and proc.proc.returncode is not None:
             raise RuntimeError(f"the api exited during start-up (port {port}); see the log above")
         for other in others:
             if other.proc is not None and other.proc.returncode == REFUSED_EXIT:
                 raise RuntimeError(f"the {other.name} refused to start; jobrunner stops")
         await asyncio.sleep(0.2)
+    if last_ours is not None:
+        status, decoded = last_ours
+        raise RuntimeError(
+            f"the api answered {status} on {url}/health for {timeout:.0f} s: "
+            f"{problem_codes(decoded)}"
+        )
     raise RuntimeError(f"the api did not answer on {url}/health within {timeout:.0f} s")
 
 
@@ -340,7 +368,8 @@ async def up(settings: Settings, config_file: str | None) -> int:
         for service in services.values():
             await service.start()
         await wait_healthy(
-            f"http://{_reachable(settings.host)}:{settings.port}",
+            settings.host,
+            settings.port,
             api_instance,
             services["api"],
             others=tuple(services.values()),
@@ -426,7 +455,10 @@ def metrics_envs(env: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _reachable(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    """Where to reach a server listening on ``host``, as a URL's host part (IPv6 bracketed)."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:

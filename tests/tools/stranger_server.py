@@ -5,6 +5,7 @@ thread of its own, so a probe from the event loop and one from a worker thread b
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,9 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @contextlib.contextmanager
 def stranger_on(
-    port: int, status: int = 401, body: bytes = b"<html>Unauthorized</html>"
+    port: int,
+    status: int = 401,
+    body: bytes = b"<html>Unauthorized</html>",
+    host: str = "127.0.0.1",
 ) -> Iterator[ThreadingHTTPServer]:
-    """A server on 127.0.0.1:``port`` answering ``status`` and ``body`` until the block ends."""
+    """A server on ``host``:``port`` (IPv6 when ``host`` is) answering ``status`` and ``body``
+    until the block ends."""
 
     class Answer(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -26,7 +31,10 @@ def stranger_on(
         def log_message(self, format: str, *args: object) -> None:
             pass  # quiet: the test's output is the API's
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Answer)
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = Server((host, port), Answer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
