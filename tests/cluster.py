@@ -206,27 +206,16 @@ class NodeCluster(FaultCluster):
         the admin token and the watchdog; a service that exits meanwhile fails the wait with its
         log, and one not started within ``ready_timeout`` with TimeoutError."""
         async with asyncio.timeout(self.ready_timeout):
-            await asyncio.gather(*(self._service_ready(name) for name in self.services))
+            await asyncio.gather(
+                *(self.wait_started(name, 0, self.ready_timeout) for name in self.services)
+            )
         await self.after_start()
-
-    async def _service_ready(self, name: str) -> None:
-        service = self.services[name]
-        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
-        while not (
-            service.log_count(ready) > 0 if ready else await self.api_addresses[name].answers()
-        ):
-            if not service.alive:
-                raise AssertionError(
-                    f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
-                )
-            await asyncio.sleep(0.1)
 
     async def after_start(self) -> None:
         """The admin token and the watchdog, once (services started again keep both)."""
         if self.auth and not self.admin_token:
             self.admin_token = await self.create_token("cluster-admin")
-        if self._watchdog is None:
-            self.keep_running()
+        self.keep_running()
 
     async def start_nodes(self) -> None:
         await all_of(*(in_thread(node.start) for node in self.nodes))
@@ -240,9 +229,13 @@ class NodeCluster(FaultCluster):
     def api_names(self) -> list[str]:
         return [name for name in self.services if name.startswith("api-")]
 
-    def api_moved(self, old: int, new: int) -> None:
-        super().api_moved(old, new)
-        self.api_ports[self.api_ports.index(old)] = new
+    def api_moved(self, name: str, port: int) -> None:
+        """API ``api-<n>`` listens on ``port`` from now on: client(api=n - 1) follows it."""
+        n = int(name.removeprefix("api-")) - 1
+        self.api_ports[n] = port
+        if n == 0:
+            self.port = port
+            self.base_url = self.api_url(0)
 
     async def stop(self) -> None:
         for node in self.nodes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -119,13 +120,21 @@ class FaultCluster:
         # restart on its old port another test's server may hold that port, and only the name
         # tells our API from it.
         self.api_addresses: dict[str, ApiAddress] = {}
-        # Set when the watchdog found another program on the port of an API it restarted (and
-        # moved the API to a free port): the next client() or the stop raises it, so that the
-        # test whose requests went to that program fails saying so.
+        # Set when a start found another program on an API's port (and moved the API to a free
+        # port): the next client() or the stop raises it, so that the test whose requests went
+        # to that program fails saying so (a test's start_service says it at once).
         self.lost_port: str | None = None
+        # What went wrong in a watchdog's restart of an API other than the API failing to start
+        # (a fault of this harness): logged, and kept here for a test to look at.
+        self.restart_errors: list[BaseException] = []
         self.services: dict[str, Service] = {}
         self._runner_count = runners
         self._watchdog: asyncio.Task[None] | None = None
+        # One start of a service at a time: two would kill each other's process and both move
+        # an API's port. The watchdog's restart of an API runs in a task of its own, which a
+        # test's start_service cancels (the test's start takes over).
+        self._starting: dict[str, asyncio.Lock] = {}
+        self._restarting: dict[str, asyncio.Task[None]] = {}
         self._next_lock = 0
         self._next_label = 0
 
@@ -184,13 +193,15 @@ class FaultCluster:
         await asyncio.gather(
             *(self.start_service(name) for name in self.services if name.startswith("runner-"))
         )
-        # No test has an address of the API yet: one moved off a taken port may start quietly.
         await self._start("api", 60.0)
+        # No test has an address of the API yet: one moved off a taken port starts quietly.
+        self.lost_port = None
         self.keep_running()
 
     def keep_running(self) -> None:
         """From now on a service that exits on its own is started again (``_keep_running``)."""
-        self._watchdog = asyncio.create_task(self._keep_running())
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._keep_running())
 
     def add_runner(self, name: str) -> Service:
         """A runner with a state directory (and host name, when we may) of its own, as on a
@@ -208,29 +219,39 @@ class FaultCluster:
         name). An API whose port another program answers on is moved to a free port and
         started there, and this fails all the same, saying what answered: the test's requests
         to the old address went to that program."""
+        restart = self._restarting.pop(name, None)
+        if restart is not None and not restart.done():
+            restart.cancel()
+            await asyncio.gather(restart, return_exceptions=True)
+            self.services[name].kill()  # the process it started: this start starts its own
         lost = await self._start(name, timeout)
         if lost is not None:
+            self.lost_port = None  # told here and now
             raise NotOurApi(lost)
 
     async def _start(self, name: str, timeout: float) -> str | None:
         """Spawn and wait_started; what answered on an API's port when it had to move (None: it
-        did not)."""
-        service = self.services[name]
-        ready = READY_LINES.get(service.command)
-        seen = service.log_count(ready) if ready else 0
-        service.spawn()
-        try:
-            await self.wait_started(name, seen, timeout)
-            return None
-        except NotOurApi as taken:
-            service.kill()
-            old = self._move_api(name)
+        did not). From the move on, ``lost_port`` says it (and a failure to start on the new
+        port carries it as a note)."""
+        async with self._starting.setdefault(name, asyncio.Lock()):
+            service = self.services[name]
+            ready = READY_LINES.get(service.command)
+            seen = service.log_count(ready) if ready else 0
             service.spawn()
-            await self.wait_started(name, 0, timeout)
-            # Only now: until the API answers on its new port, clients go on meeting the
-            # stranger, as the test's own earlier requests did.
-            self.api_moved(old.port, self.api_addresses[name].port)
-            return f"{taken}; the cluster moved {name} to port {self.api_addresses[name].port}"
+            try:
+                await self.wait_started(name, seen, timeout)
+                return None
+            except NotOurApi as taken:
+                service.kill()
+                new = self._move_api(name)
+                self.lost_port = lost = f"{taken}; the cluster moved {name} to port {new}"
+                service.spawn()
+                try:
+                    await self.wait_started(name, 0, timeout)
+                except (AssertionError, TimeoutError) as failed:
+                    failed.add_note(lost)
+                    raise
+                return lost
 
     async def wait_started(self, name: str, seen: int = 0, timeout: float = 60.0) -> None:
         """Until service ``name`` says it started (its ready line logged more than ``seen``
@@ -238,12 +259,12 @@ class FaultCluster:
         exits meanwhile, NotOurApi when another program answers on an API's port."""
         service = self.services[name]
         ready = READY_LINES.get(service.command)
-        address = self.api_addresses.get(name)
-        where = f" (port {address.port})" if address else ""
         async with asyncio.timeout(timeout):
             while True:
                 if ready and service.log_count(ready) > seen:
                     return
+                address = self.api_addresses.get(name)  # anew: a start may move it meanwhile
+                where = f" (port {address.port})" if address else ""
                 if address is not None:
                     try:
                         if await address.answers():
@@ -257,24 +278,26 @@ class FaultCluster:
                     raise AssertionError(f"{name} exited at start{where}:\n{_log_tail(service)}")
                 await asyncio.sleep(0.05)
 
-    def _move_api(self, name: str) -> ApiAddress:
+    def _move_api(self, name: str) -> int:
         """Listen on a free port from the next start of API ``name`` on, keeping its name; the
-        address it leaves."""
-        old = self.api_addresses[name]
-        self.api_addresses[name] = ApiAddress(free_port(), old.instance)
-        self.services[name].env["JOBRUNNER_PORT"] = str(self.api_addresses[name].port)
-        return old
+        clients' address follows at once, so that none reaches the program on the old port.
+        The new port."""
+        new = free_port()
+        self.api_addresses[name] = ApiAddress(new, self.api_addresses[name].instance)
+        self.services[name].env["JOBRUNNER_PORT"] = str(new)
+        self.api_moved(name, new)
+        return new
 
-    def api_moved(self, old: int, new: int) -> None:
-        """An API of ours left port ``old`` for ``new``: the clients' address follows it."""
-        if self.port == old:
-            self.port = new
-            self.base_url = f"http://127.0.0.1:{new}"
+    def api_moved(self, name: str, port: int) -> None:
+        """API service ``name`` listens on ``port`` from now on: the clients' address follows."""
+        if name == "api":
+            self.port = port
+            self.base_url = f"http://127.0.0.1:{port}"
 
     async def _keep_running(self) -> None:
         # An API is restarted in a task of its own: its start is waited for (another program
         # may answer on its port), and the other services are not kept waiting meanwhile.
-        restarting: dict[str, asyncio.Task[None]] = {}
+        restarting = self._restarting
         try:
             while True:
                 # A copy: a test may add a service while this waits to restart a crashed one.
@@ -292,17 +315,21 @@ class FaultCluster:
                             service.spawn()
                 await asyncio.sleep(0.1)
         finally:
-            for task in restarting.values():
+            tasks = list(restarting.values())
+            restarting.clear()
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*restarting.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _restart_api(self, name: str) -> None:
+        # A port it had to leave is in lost_port already (_start): the test is told there.
         try:
-            lost = await self._start(name, 60.0)
+            await self._start(name, 60.0)
         except (AssertionError, TimeoutError):
-            return  # exited at start (counted when the watchdog sees it down) or still starting
-        if lost is not None:
-            self.lost_port = lost
+            pass  # exited at start (counted when the watchdog sees it down) or still starting
+        except Exception as error:
+            logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
+            self.restart_errors.append(error)
 
     def _raise_lost_port(self) -> None:
         if self.lost_port is not None:

@@ -79,6 +79,7 @@ async def test_an_api_that_crashed_while_another_program_took_its_port_is_moved_
         with stranger_on(crashed):
             with pytest.raises(NotOurApi) as told:
                 await _ask_health_until_told(cluster)
+            await cluster.wait_started("api")  # on the port the clients were pointed at
             async with cluster.client() as client:
                 body = (await client.get("/health")).json()
     assert f"port {crashed} is not our API's: /health answered 401 " in str(told.value)
@@ -86,13 +87,16 @@ async def test_an_api_that_crashed_while_another_program_took_its_port_is_moved_
     assert body["instance"] == cluster.api_addresses["api"].instance
 
 
-async def _ask_health_until_told(cluster: FaultCluster) -> None:
-    """Ask the cluster's API for /health over and over, as a test's requests go on."""
-    async with asyncio.timeout(60):
-        while True:
-            async with cluster.client() as client:
-                await client.get("/health")
-            await asyncio.sleep(0.1)
+async def _ask_health_until_told(cluster: FaultCluster, seconds: float = 60) -> None:
+    """Ask the cluster's API for /health over and over, as a test's requests go on, until a
+    client() raises; fails saying so when none has in ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        async with cluster.client() as client:
+            await client.get("/health")
+        await asyncio.sleep(0.1)
+    pytest.fail(f"for {seconds:.0f} s no client() said that another program had the API's port")
 
 
 async def test_an_address_answered_by_a_plain_web_server_is_not_our_api() -> None:
@@ -110,3 +114,57 @@ async def test_an_address_answered_by_a_plain_web_server_is_not_our_api() -> Non
 async def test_an_address_nobody_listens_on_is_not_answering_yet() -> None:
     """Nothing on the port (our API still starting): the probe says no answer yet."""
     assert not await ApiAddress(free_port(), "ours").answers()
+
+
+async def test_an_api_moved_off_a_taken_port_that_cannot_start_sends_no_client_to_it() -> None:
+    """Another program on the API's port and NATS paused: the start moves the API to a free port
+    and times out there. The test's next request fails saying the port was taken, and later
+    ones go to our API's new port, never to the stranger."""
+    async with api_only_cluster() as cluster:
+        taken = cluster.port
+        with stranger_on(taken):
+            cluster.pause_nats()
+            try:
+                with pytest.raises(TimeoutError) as timed_out:
+                    await cluster.start_service("api", timeout=5)
+            finally:
+                cluster.resume_nats()
+            assert cluster.port != taken
+            with pytest.raises(NotOurApi, match=f"port {taken} is not our API's"):
+                cluster.client()
+            await cluster.wait_started("api")
+            async with cluster.client() as client:
+                body = (await client.get("/health")).json()
+    assert body["instance"] == cluster.api_addresses["api"].instance
+    assert any(f"port {taken} is not our API's" in note for note in timed_out.value.__notes__)
+
+
+async def test_starting_the_api_while_the_watchdog_restarts_it_leaves_one_api_running() -> None:
+    """The API crashed and the watchdog's restart still waits (NATS paused) when the test
+    starts the API itself: the test's start takes over, and the watchdog's process does not
+    linger beside the test's."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        cluster.keep_running()
+        service = cluster.services["api"]
+        crashed = service.proc
+        assert crashed is not None
+        cluster.pause_nats()
+        try:
+            crashed.send_signal(signal.SIGKILL)
+            crashed.wait()
+            async with asyncio.timeout(60):
+                while True:  # until the watchdog has started it again
+                    if service.proc is not crashed and service.alive:
+                        break
+                    await asyncio.sleep(0.05)
+            restarted = service.proc
+            assert restarted is not None
+            starting = asyncio.create_task(cluster.start_service("api"))
+            await asyncio.sleep(0)  # the test's start begins while NATS is still paused
+        finally:
+            cluster.resume_nats()
+        await starting
+        assert restarted.poll() is not None, "the watchdog's API still runs beside the test's"
+        assert service.proc is not restarted
+        assert await cluster.api_addresses["api"].answers()
