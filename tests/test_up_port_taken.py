@@ -16,6 +16,8 @@ from tests.tools.up_process import URL_RE, Up
 
 # Logged once the preflight (the port's check among them) has passed, before the API starts.
 PREFLIGHT_PASSED = re.compile(r"starting embedded servers")
+# The start's end, either way: refused (what the test wants) or announced (what it must not be).
+START_ENDED = re.compile(rf"does not answer as this jobrunner's API|{URL_RE.pattern}")
 
 
 @pytest.mark.timeout(600)
@@ -31,6 +33,8 @@ def test_up_stops_naming_the_port_another_program_took_during_its_start() -> Non
             freeze(up.proc.pid)  # its API not started yet: the stranger is surely first
             with stranger_on(port, 200, b'{"status": "ok"}'):
                 thaw(up.proc.pid)
+                up.wait_for(START_ENDED, 180)  # "running at" fails at once, not when up ends
+                assert not URL_RE.search(up.output), up.output
                 code = up.proc.wait(180)
         finally:
             if up.proc.poll() is None:

@@ -21,8 +21,8 @@ class ServiceProcess:
 
     def __init__(self, service: str, settings: Settings, log_file: Path, **overrides: Any) -> None:
         self.service = service
-        # An API answers /health with a name of its own: a wait for it takes no other answer
-        # (an earlier life still on the port, another program that took it).
+        # An API answers /health with a name of its own, the same in each of its lives: a wait
+        # for it takes no other answer (another program that took its port while it was down).
         self.address: ApiAddress | None = None
         if service == "api":
             self.address = ApiAddress(
