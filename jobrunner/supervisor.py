@@ -320,7 +320,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
     except Exception:
         nats_server.stop()
         raise
-    api_url = f"http://{settings.host}:{settings.port}"
+    api_url = f"http://{_url_host(settings.host)}:{settings.port}"
     write_runtime(
         state,
         {
@@ -455,9 +455,12 @@ def metrics_envs(env: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _reachable(host: str) -> str:
-    """Where to reach a server listening on ``host``, as a URL's host part (IPv6 bracketed)."""
-    if host in ("0.0.0.0", "", "::"):
-        return "127.0.0.1"
+    """Where to reach a server listening on ``host``, as a URL's host part."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else _url_host(host)
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL's host part: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
 
 
