@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
@@ -25,6 +26,7 @@ from jobrunner.common.cpupriority import (
     set_autogroup_niceness,
     set_thread_niceness,
 )
+from jobrunner.common.processname import process_name
 from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
@@ -108,26 +110,92 @@ def write_runtime(state_dir: Path, data: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
-async def wait_healthy(
-    url: str, proc: Service, timeout: float = 60.0, others: tuple[Service, ...] = ()
-) -> None:
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                return bool(response.status == 200)
-        except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
-            return False
+# A /health body is a few KiB at most (the projector's set-aside error may appear twice in it):
+# read it whole, so that its JSON parses, but not without bound.
+HEALTH_BODY_LIMIT = 4 * 1024 * 1024
 
+
+def health_answer(url: str) -> tuple[int, bytes] | None:
+    """The status and body of ``url``'s /health, in any status (503 while a server is away);
+    None while nothing answers there in HTTP (yet)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            return int(response.status), bytes(response.read(HEALTH_BODY_LIMIT))
+    except urllib.error.HTTPError as answer:  # an answer all the same
+        with answer:
+            return answer.code, bytes(answer.read(HEALTH_BODY_LIMIT))
+    except (OSError, http.client.HTTPException):  # not answering, or not in HTTP
+        return None
+
+
+def health_body(body: bytes) -> dict[str, Any]:
+    """A /health body as a JSON object (empty: it is none)."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def problem_codes(body: dict[str, Any]) -> str:
+    """The codes of the problems a /health body names, as "A, B" ("none named": it names none)."""
+    problems = body.get("problems")
+    codes = [
+        str(problem.get("code"))
+        for problem in (problems if isinstance(problems, list) else [])
+        if isinstance(problem, dict)
+    ]
+    return ", ".join(codes) or "none named"
+
+
+async def wait_healthy(
+    host: str,
+    port: int,
+    instance: str,
+    proc: Service,
+    timeout: float = 60.0,
+    others: tuple[Service, ...] = (),
+) -> None:
+    """Until the API started on ``host``:``port`` answers /health with 200, naming ``instance``
+    (its ``api_instance_id``). Between the start's check that the port is free and the API
+    taking it, another program may take it: an answer that does not name our API fails the
+    start naming the port, rather than announce that program as jobrunner (and our API, unable
+    to listen, restarted for ever). This covers the start only: once it is done, the API's
+    restarts are the supervisor's, who does not ask /health."""
+    url = f"http://{_reachable(host)}:{port}"
+    last_ours: tuple[int, dict[str, Any]] | None = None  # our API's last answer, not 200
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        if await asyncio.to_thread(probe):
-            return
+        answer = await asyncio.to_thread(health_answer, url)
+        if answer is not None:
+            status, body = answer
+            decoded = health_body(body)
+            if decoded.get("instance") != instance:
+                if proc.proc is None:
+                    state = "not started"
+                else:
+                    state = "runs" if proc.proc.returncode is None else "exited"
+                raise RuntimeError(
+                    f"port {port} does not answer as this jobrunner's API: /health answered "
+                    f"{status} {body[:200].decode(errors='replace')!r}, not instance "
+                    f"{instance!r} (our api {state}); another program may have taken the port "
+                    "after the start checked it: stop it, or choose another port with --port"
+                )
+            if status == 200:
+                return
+            last_ours = (status, decoded)
         if proc.proc is not None and proc.proc.returncode is not None:
-            raise RuntimeError("the api exited during start-up; see the log above")
+            raise RuntimeError(f"the api exited during start-up (port {port}); see the log above")
         for other in others:
             if other.proc is not None and other.proc.returncode == REFUSED_EXIT:
                 raise RuntimeError(f"the {other.name} refused to start; jobrunner stops")
         await asyncio.sleep(0.2)
+    if last_ours is not None:
+        status, decoded = last_ours
+        raise RuntimeError(
+            f"the api answered {status} on {url}/health for {timeout:.0f} s: "
+            f"{problem_codes(decoded)}"
+        )
     raise RuntimeError(f"the api did not answer on {url}/health within {timeout:.0f} s")
 
 
@@ -252,7 +320,7 @@ async def up(settings: Settings, config_file: str | None) -> int:
     except Exception:
         nats_server.stop()
         raise
-    api_url = f"http://{settings.host}:{settings.port}"
+    api_url = f"http://{_url_host(settings.host)}:{settings.port}"
     write_runtime(
         state,
         {
@@ -281,6 +349,9 @@ async def up(settings: Settings, config_file: str | None) -> int:
         env["JOBRUNNER_WEBHOOK_SECRET"] = load_or_create_secret(state / "webhook-secret")
     if config_file:
         env["JOBRUNNER_CONFIG"] = str(Path(config_file).resolve())
+    # The API's name in /health: the start takes only an answer naming it (wait_healthy).
+    api_instance = process_name(settings.api_instance_id)
+    env["JOBRUNNER_API_INSTANCE_ID"] = api_instance
     services = {
         name: Service(name, service_env, settings.background_nice if name in BACKGROUND else 0)
         for name, service_env in metrics_envs(env).items()
@@ -297,7 +368,9 @@ async def up(settings: Settings, config_file: str | None) -> int:
         for service in services.values():
             await service.start()
         await wait_healthy(
-            f"http://{_reachable(settings.host)}:{settings.port}",
+            settings.host,
+            settings.port,
+            api_instance,
             services["api"],
             others=tuple(services.values()),
         )
@@ -382,7 +455,13 @@ def metrics_envs(env: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _reachable(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    """Where to reach a server listening on ``host``, as a URL's host part."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else _url_host(host)
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL's host part: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:

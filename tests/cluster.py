@@ -202,33 +202,20 @@ class NodeCluster(FaultCluster):
             await self.wait_ready()
 
     async def wait_ready(self) -> None:
-        """Until every service has said it started (an API: answers HTTP), then the admin token
-        and the watchdog; a service that exits meanwhile fails the wait with its log, and one
-        not started within ``ready_timeout`` with TimeoutError."""
+        """Until every service has said it started (an API: answers /health naming itself), then
+        the admin token and the watchdog; a service that exits meanwhile fails the wait with its
+        log, and one not started within ``ready_timeout`` with TimeoutError."""
         async with asyncio.timeout(self.ready_timeout):
-            await asyncio.gather(*(self._service_ready(name) for name in self.services))
+            await asyncio.gather(
+                *(self.wait_started(name, 0, self.ready_timeout) for name in self.services)
+            )
         await self.after_start()
-
-    async def _service_ready(self, name: str) -> None:
-        service = self.services[name]
-        ready = {"projector": "projector started", "runner": "runner started"}.get(service.command)
-        while not (
-            service.log_count(ready) > 0
-            if ready
-            else await self.api_answers(self.api_ports[self.api_names.index(name)])
-        ):
-            if not service.alive:
-                raise AssertionError(
-                    f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
-                )
-            await asyncio.sleep(0.1)
 
     async def after_start(self) -> None:
         """The admin token and the watchdog, once (services started again keep both)."""
         if self.auth and not self.admin_token:
             self.admin_token = await self.create_token("cluster-admin")
-        if self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._keep_running())
+        self.keep_running()
 
     async def start_nodes(self) -> None:
         await all_of(*(in_thread(node.start) for node in self.nodes))
@@ -242,29 +229,13 @@ class NodeCluster(FaultCluster):
     def api_names(self) -> list[str]:
         return [name for name in self.services if name.startswith("api-")]
 
-    async def start_service(self, name: str, timeout: float = 60.0) -> None:
-        service = self.services[name]
-        if service.command != "api":
-            await super().start_service(name, timeout)
-            return
-        port = self.api_ports[self.api_names.index(name)]
-        service.spawn()
-        async with asyncio.timeout(timeout):
-            while not await self.api_answers(port):
-                if not service.alive:
-                    raise AssertionError(
-                        f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
-                    )
-                await asyncio.sleep(0.1)
-
-    async def api_answers(self, port: int) -> bool:
-        """Any HTTP answer will do: /health may rightly say 503 while a node is away."""
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                await client.get(f"http://127.0.0.1:{port}/health")
-        except httpx.HTTPError:
-            return False
-        return True
+    def api_moved(self, name: str, port: int) -> None:
+        """API ``api-<n>`` listens on ``port`` from now on: client(api=n - 1) follows it."""
+        n = int(name.removeprefix("api-")) - 1
+        self.api_ports[n] = port
+        if n == 0:
+            self.port = port
+            self.base_url = self.api_url(0)
 
     async def stop(self) -> None:
         for node in self.nodes:
@@ -276,7 +247,9 @@ class NodeCluster(FaultCluster):
 
     # --- clients of the test itself
     def client(self, api: int = 0, **kwargs: Any) -> httpx.AsyncClient:
-        """An HTTP client of API instance ``api`` (0 or 1), with the admin token."""
+        """An HTTP client of API instance ``api`` (0 or 1), with the admin token; NotOurApi,
+        once, when the watchdog found another program on an API's port."""
+        self._raise_lost_port()
         headers = dict(kwargs.pop("headers", None) or {})
         if self.admin_token:
             headers.setdefault("Authorization", f"Bearer {self.admin_token}")

@@ -5,8 +5,7 @@ ever: once older than any create still under way, the next create takes it over.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +26,7 @@ from jobrunner.services.api.security.tokens import (
     _key,
     _name_key,
 )
-from tests.freeze import thaw, thaw_later
+from tests.freeze import freeze, thaw, thaw_later
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
 
@@ -118,7 +117,7 @@ class TestNatsPaused:
         answered 409 for ever.)"""
         assert own_nats.proc is not None
         store = await system.tokens()
-        os.kill(own_nats.proc.pid, signal.SIGSTOP)
+        freeze(own_nats.proc.pid)
         creating = asyncio.create_task(store.create("paused", "viewer"))
         await asyncio.sleep(pause)
         thaw(own_nats.proc.pid)
@@ -144,7 +143,7 @@ class TestNatsPaused:
 
             async def create(self, key: str, value: bytes) -> int:
                 if key.startswith("token."):
-                    os.kill(pid, signal.SIGSTOP)
+                    freeze(pid)
                     thaw_later(pause, pid)
                 return await real_kv.create(key, value)
 
@@ -155,7 +154,7 @@ class TestNatsPaused:
         await name_is_usable_or_listed(system, store, "paused", made=not _failed(outcome))
 
 
-def _failed(outcome: list[Any]) -> bool:
+def _failed(outcome: Sequence[object]) -> bool:
     return isinstance(outcome[0], BaseException)
 
 
@@ -209,7 +208,7 @@ class TestNatsPausedAfterTheRecordCheck:
         class PausedAfterTheCheck(TokenStore):
             async def _exists(self, token_id: str) -> bool:
                 found = await super()._exists(token_id)
-                os.kill(pid, signal.SIGSTOP)
+                freeze(pid)
                 # The other API's record write, in flight as it died: no one awaits its reply.
                 await other_api.publish(
                     f"{store.kv._pre}{_key(held_by)}",

@@ -18,9 +18,10 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.projector.feed import EventFeed
-from tests.freeze import freeze, thaw, thaw_later
+from tests.freeze import freeze, thaw
 from tests.history_support import logged_job, publish
 from tests.tools.clogged_nats import clogged_past_pending_size
+from tests.tools.frozen_close import close_while_frozen
 
 BOUND = 2.0  # below the consumer delete's 5 s request timeout
 DROPPED = "event feed not closed in time (nats not answering): its socket dropped"
@@ -49,23 +50,21 @@ async def test_an_event_feed_closes_within_its_bound_while_nats_is_frozen(
         stream = Names(settings.prefix).stream
         assert len(await nc.jetstream().consumers_info(stream)) == 1  # the feed's
         freeze(pid)
-        thaw_later(frozen_for, pid)
-        began = time.monotonic()
-        with capture_logs() as logs:
-            closing = asyncio.ensure_future(feed.close(within=BOUND))
-            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
-        took = time.monotonic() - began
-        assert done, "the feed's close waited for a frozen NATS past its bound"
-        closing.result()
-        dropped = [e for e in logs if e["event"] == DROPPED]
-        assert len(dropped) == (0 if graceful else 1)
+        closed = await close_while_frozen(
+            feed.close(within=BOUND),
+            "the feed's close",
+            patience=BOUND + 20,
+            thaw_in=frozen_for,
+            pids=[pid],
+        )
+        assert closed.logged(DROPPED) == (0 if graceful else 1)
         if graceful:
             # Closed once NATS answered: its consumer deleted, not left for the server to expire.
             assert await nc.jetstream().consumers_info(stream) == []
         else:
             # The bound, and the second the dropped socket's close may take: not the 5 s
             # of the consumer's delete nobody answers.
-            assert took < BOUND + 1 + 1, f"closed after {took:.1f} s"
+            assert closed.took < BOUND + 1 + 1, f"closed after {closed.took:.1f} s"
     finally:
         thaw(pid)
         await eventstore.close(nc)
@@ -115,7 +114,7 @@ async def test_an_event_feed_left_closing_ends_on_the_exits_cancel(
         assert unreported == []
     finally:
         thaw(pid)
-        for task in filling:
-            task.cancel()
+        for publishing in filling:
+            publishing.cancel()
         await eventstore.close(nc)
         loop.set_exception_handler(None)

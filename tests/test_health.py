@@ -13,7 +13,9 @@ import msgspec
 import pytest
 
 from jobrunner.common import runnerpool
+from jobrunner.common.processname import process_name
 from jobrunner.common.settings import Settings
+from jobrunner.common.slots import hostname
 from jobrunner.contracts.events import utcnow
 from jobrunner.contracts.names import Names
 from tests.history_support import job_events, publish, publisher, wait_projected
@@ -49,6 +51,23 @@ async def test_health_is_ok_with_a_runner_and_a_caught_up_projector(system: Syst
     body = await health_until(system, lambda b: b["runners"]["alive"] == 1)
     assert (body["http_status"], body["status"], body["problems"]) == (200, "ok", [])
     assert body["projector"]["state"] == "caught_up"
+
+
+async def test_health_names_the_api_instance_it_was_given(settings: Settings) -> None:
+    """An API started with ``api_instance_id`` says that name in /health's ``instance``."""
+    named = msgspec.structs.replace(settings, api_instance_id="api-west-2", auth=False)
+    async with System(named) as system:
+        await system.start_api()
+        assert (await health(system))["instance"] == "api-west-2"
+
+
+def test_an_api_instance_without_a_name_gets_one_of_its_own() -> None:
+    """Unnamed, each API start names itself after its host and pid, with random digits, so
+    that two starts of the same process id still answer with other names."""
+    unnamed = Settings().api_instance_id
+    first, second = process_name(unnamed), process_name(unnamed)
+    assert first.startswith(f"{hostname()}-{os.getpid()}-")
+    assert first != second
 
 
 async def test_health_says_no_runner_once_the_last_runner_stopped(system: System) -> None:

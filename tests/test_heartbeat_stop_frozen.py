@@ -5,12 +5,10 @@ the stop's deadline. NATS is frozen for real (SIGSTOP), for just less or longer 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 import pytest
 from nats.js.errors import KeyNotFoundError
-from structlog.testing import capture_logs
 
 from jobrunner.common import eventstore, runnerpool
 from jobrunner.common.settings import Settings
@@ -18,7 +16,8 @@ from jobrunner.common.stopping import Deadline
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.runner.heartbeat import heartbeat
-from tests.freeze import freeze, thaw, thaw_later
+from tests.freeze import freeze, thaw
+from tests.tools.frozen_close import close_while_frozen
 
 BOUND = 3.0  # what the stop leaves the heartbeat here
 NOT_DELETED = "runner heartbeat key not deleted: the bucket's TTL drops it"
@@ -61,22 +60,18 @@ async def test_the_heartbeat_ends_within_the_stops_deadline_while_nats_is_frozen
                 except KeyNotFoundError:
                     await asyncio.sleep(0.1)
         freeze(pid)
-        thaw_later(frozen_for, pid)
-        began = time.monotonic()
         deadline = Deadline(BOUND)
-        with capture_logs() as logs:
-            stopped.set()
-            done, _ = await asyncio.wait({running}, timeout=BOUND + 20)
-        took = time.monotonic() - began
-        assert done, "the heartbeat's end waited for a frozen NATS past the stop's deadline"
-        running.result()
-        assert len([e for e in logs if e["event"] == NOT_DELETED]) == (0 if deleted else 1)
+        stopped.set()
+        closed = await close_while_frozen(
+            running, "the heartbeat's end", patience=BOUND + 20, thaw_in=frozen_for, pids=[pid]
+        )
+        assert closed.logged(NOT_DELETED) == (0 if deleted else 1)
         if deleted:
             with pytest.raises(KeyNotFoundError):  # deleted: gone from /health at once
                 await kv.get(runnerpool.key_of(RUNNER))
         else:
             # At the deadline (a loaded machine's margin), not after a request's timeout.
-            assert took < BOUND + 2, f"ended after {took:.1f} s"
+            assert closed.took < BOUND + 2, f"ended after {closed.took:.1f} s"
     finally:
         thaw(pid)
         await eventstore.close(nc)

@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from structlog.testing import capture_logs
 
 from jobrunner.common import eventstore
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import freeze, thaw, thaw_later
+from tests.freeze import freeze, thaw
+from tests.tools.frozen_close import close_while_frozen
 
 BOUND = 3.0  # CLOSE_SECONDS here
 FLUSH_SECONDS = 2.0  # eventstore.close's flush, before the bound
@@ -43,7 +43,7 @@ async def nc(own_nats: EmbeddedNats) -> AsyncIterator[NATS]:
 def unsent_bytes(nc: NATS) -> int:
     """What nats-py holds and what its socket's transport buffers, not taken by the kernel."""
     writer = nc._transport._io_writer  # type: ignore[union-attr]
-    return nc._pending_data_size + writer.transport.get_write_buffer_size()
+    return int(nc._pending_data_size + writer.transport.get_write_buffer_size())
 
 
 async def publish_until_unsent(nc: NATS) -> None:
@@ -77,14 +77,15 @@ async def test_a_connection_closes_within_its_bound_while_nats_is_frozen(
     monkeypatch.setattr(eventstore, "CLOSE_SECONDS", BOUND)
     freeze(pid)
     await publish_until_unsent(nc)
-    thaw_later(FLUSH_SECONDS + frozen_past_the_flush, pid)
-    with capture_logs() as logs:
-        closing = asyncio.ensure_future(eventstore.close(nc))
-        done, _ = await asyncio.wait({closing}, timeout=FLUSH_SECONDS + BOUND + 20)
-    assert done, "the close waited for a frozen NATS past its bound"
-    closing.result()
+    closed = await close_while_frozen(
+        eventstore.close(nc),
+        "the close",
+        patience=FLUSH_SECONDS + BOUND + 20,
+        thaw_in=FLUSH_SECONDS + frozen_past_the_flush,
+        pids=[pid],
+    )
     assert nc.is_closed
-    assert len([e for e in logs if e["event"] == DROPPED]) == (0 if graceful else 1)
+    assert closed.logged(DROPPED) == (0 if graceful else 1)
 
 
 async def test_a_close_whose_flush_cannot_even_be_queued_ends_within_its_bounds(
@@ -98,17 +99,19 @@ async def test_a_close_whose_flush_cannot_even_be_queued_ends_within_its_bounds(
     freeze(own_nats.proc.pid)
     await publish_until_unsent(nc)
     subscribing = [asyncio.ensure_future(nc.subscribe(f"close.queued.{i}")) for i in range(1100)]
+    flushes = nc._flush_queue
+    assert flushes is not None  # made at the connect
     try:
         async with asyncio.timeout(30):
-            while nc._flush_queue.qsize() < nc._flush_queue.maxsize:  # noqa: ASYNC110
+            while flushes.qsize() < flushes.maxsize:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-        with capture_logs() as logs:
-            closing = asyncio.ensure_future(eventstore.close(nc))
-            done, _ = await asyncio.wait({closing}, timeout=FLUSH_SECONDS + 1 + BOUND + 20)
-        assert done, "the close waited for ever to queue its flush"
-        closing.result()
+        closed = await close_while_frozen(
+            eventstore.close(nc),
+            "the close, queueing its flush,",
+            patience=FLUSH_SECONDS + 1 + BOUND + 20,
+        )
         assert nc.is_closed
-        assert len([e for e in logs if e["event"] == DROPPED]) == 1
+        assert closed.logged(DROPPED) == 1
     finally:
         for task in subscribing:
             task.cancel()
@@ -133,16 +136,15 @@ async def test_a_close_ends_within_what_the_stop_left_it_while_nats_is_frozen(
     pid = own_nats.proc.pid
     freeze(pid)
     await publish_until_unsent(nc)
-    thaw_later(frozen_for, pid)
-    began = time.monotonic()
-    with capture_logs() as logs:
-        closing = asyncio.ensure_future(eventstore.close(nc, within=WITHIN))
-        done, _ = await asyncio.wait({closing}, timeout=WITHIN + 20)
-    took = time.monotonic() - began
-    assert done, "the close waited for a frozen NATS past its deadline"
-    closing.result()
+    closed = await close_while_frozen(
+        eventstore.close(nc, within=WITHIN),
+        "the close",
+        patience=WITHIN + 20,
+        thaw_in=frozen_for,
+        pids=[pid],
+    )
     assert nc.is_closed
-    assert len([e for e in logs if e["event"] == DROPPED]) == (0 if graceful else 1)
+    assert closed.logged(DROPPED) == (0 if graceful else 1)
     if not graceful:
         # Its deadline, and the moment the dropped socket's close takes: not its own 8 s.
-        assert took < WITHIN + 2, f"closed after {took:.1f} s"
+        assert closed.took < WITHIN + 2, f"closed after {closed.took:.1f} s"

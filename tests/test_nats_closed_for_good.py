@@ -207,14 +207,14 @@ async def test_an_api_whose_connection_the_server_closed_exits_and_its_restart_s
         await system.start_runner()
         system.admin_token = await system.create_token("test-admin", "admin")
         lives[0].start()
-        await wait_api_healthy(system, lives[0])
+        await wait_api_healthy(lives[0])
         async with system.client() as client:
             _rotate(nats)
             assert await lives[0].wait_exit() == NATS_CLOSED_EXIT
             _assert_exited_for_good(tmp_path / "api.log")
 
             lives[1].start()
-            await wait_api_healthy(system, lives[1])
+            await wait_api_healthy(lives[1])
             job_id = await start_job(client, "emit", lines=50, interval="0.001")
             await wait_status(client, job_id, "completed")
             lines = await lines_of(client, job_id)  # its live stream, read to the end

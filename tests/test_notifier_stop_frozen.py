@@ -8,13 +8,11 @@ what the stop gives the handlers."""
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 from nats.aio.msg import Msg
-from structlog.testing import capture_logs
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
@@ -22,7 +20,8 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.notifier.service import Notifier
-from tests.freeze import freeze, thaw, thaw_later
+from tests.freeze import freeze, thaw
+from tests.tools.frozen_close import close_while_frozen
 from tests.webhook_support import webhook_settings
 
 STOP_SECONDS = 6.0
@@ -76,19 +75,19 @@ async def test_the_notifiers_stop_waits_for_its_handlers_within_its_deadline_nat
         running = asyncio.ensure_future(notifier.run(stop))
         await asyncio.wait_for(handling.wait(), 30)
         freeze(pid)
-        thaw_later(frozen_for, pid)
-        began = time.monotonic()
-        with capture_logs() as logs:
-            stop.set()
-            done, _ = await asyncio.wait({running}, timeout=HANDLERS_SECONDS + 20)
-        took = time.monotonic() - began
-        assert done, "the notifier's stop waited for a handler on a frozen NATS past its deadline"
-        running.result()
+        stop.set()
+        closed = await close_while_frozen(
+            running,
+            "the notifier's stop, a handler waiting on NATS,",
+            patience=HANDLERS_SECONDS + 20,
+            thaw_in=frozen_for,
+            pids=[pid],
+        )
         assert handled.is_set() == ended
-        assert len([e for e in logs if e["event"] == LEFT]) == (0 if ended else 1)
+        assert closed.logged(LEFT) == (0 if ended else 1)
         if not ended:
             # Left at its deadline (a loaded machine's margin), not when NATS is back.
-            assert took < HANDLERS_SECONDS + 2, f"stopped after {took:.1f} s"
+            assert closed.took < HANDLERS_SECONDS + 2, f"stopped after {closed.took:.1f} s"
     finally:
         thaw(pid)
         await eventstore.close(nc)

@@ -8,16 +8,13 @@ less or longer than the bound."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import asyncpg
 import pytest
-from structlog.testing import capture_logs
 
 from jobrunner.common import database
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from tests.freeze import frozen, thaw_later
+from tests.freeze import frozen
+from tests.tools.frozen_close import close_while_frozen
 from tests.tools.postgres_processes import postgres_pids
 
 BOUND = 3.0  # POOL_CLOSE_SECONDS here
@@ -45,14 +42,14 @@ async def test_a_pool_closes_within_its_bound_while_postgres_is_frozen(
     pids = postgres_pids(own_postgres)
     try:
         with frozen(*pids):
-            thaw_later(frozen_for, *pids)
-            with capture_logs() as logs:
-                closing = asyncio.ensure_future(database.close_pool(pool))
-                done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
-            assert done, "the pool's close waited for a frozen Postgres past its bound"
-            closing.result()
-            dropped = [e for e in logs if e["event"] == DROPPED]
-            assert len(dropped) == (0 if graceful else 1)
+            closed = await close_while_frozen(
+                database.close_pool(pool),
+                "the pool's close",
+                patience=BOUND + 20,
+                thaw_in=frozen_for,
+                pids=pids,
+            )
+            assert closed.logged(DROPPED) == (0 if graceful else 1)
             assert pool._closed
     finally:
         pool.terminate()
@@ -76,19 +73,17 @@ async def test_a_single_connection_closes_within_its_bound_while_postgres_is_fro
     pids = postgres_pids(own_postgres)
     try:
         with frozen(*pids):
-            thaw_later(frozen_for, *pids)
-            began = time.monotonic()
-            with capture_logs() as logs:
-                closing = asyncio.ensure_future(database.close_connection(conn, within=BOUND))
-                done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
-            took = time.monotonic() - began
-            assert done, "the connection's close waited for a frozen Postgres past its bound"
-            closing.result()
-            dropped = [e for e in logs if e["event"] == CONNECTION_DROPPED]
-            assert len(dropped) == (0 if graceful else 1)
+            closed = await close_while_frozen(
+                database.close_connection(conn, within=BOUND),
+                "the connection's close",
+                patience=BOUND + 20,
+                thaw_in=frozen_for,
+                pids=pids,
+            )
+            assert closed.logged(CONNECTION_DROPPED) == (0 if graceful else 1)
             if not graceful:
                 # Dropped at the bound (a loaded machine's margin), not at some later timeout.
-                assert took < BOUND + 2, f"closed after {took:.1f} s"
+                assert closed.took < BOUND + 2, f"closed after {closed.took:.1f} s"
             assert conn.is_closed()
     finally:
         conn.terminate()

@@ -5,8 +5,6 @@ that merely stalled for less than the request ack wait still holds them."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +20,7 @@ from jobrunner.common.slots import queue_key
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner.service import request_ack_wait
-from tests.freeze import thaw
+from tests.freeze import freeze, thaw
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -182,7 +180,7 @@ async def stall_the_holder(settings: Settings, tmp_path: Path, stall: float) -> 
 
             await watcher.subscribe(entry_subject, cb=count_put)
             await watcher.flush()
-            os.kill(holder.pid, signal.SIGSTOP)
+            freeze(holder.pid)
             stopped_at = time.monotonic()
             try:
                 response = await client.post(f"/api/jobs/{first}/cancel")

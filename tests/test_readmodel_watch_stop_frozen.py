@@ -8,20 +8,18 @@ for just less or longer than the bound."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
-from structlog.testing import capture_logs
 
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import read_pool
-from tests.freeze import freeze
-from tests.freeze import thaw as thaw_processes
+from tests.freeze import freeze, thaw
+from tests.tools.frozen_close import close_while_frozen
 from tests.tools.postgres_processes import postgres_pids
 
 BOUND = 3.0
@@ -50,13 +48,6 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
         pool, js, Names(settings.prefix), settings.projector_stuck_seconds
     )
     pids: list[int] = []
-    thawed = False
-
-    def thaw() -> None:
-        nonlocal thawed
-        thawed = True
-        thaw_processes(*pids)
-
     try:
         await gate.start()
         looking = asyncio.Event()
@@ -83,19 +74,18 @@ async def test_the_read_model_watch_ends_within_its_bound_while_postgres_is_froz
         monkeypatch.setattr(gate, "check", check_deaf_to_a_cancel)
         await asyncio.wait_for(looking.wait(), 30)  # a look begun with Postgres frozen
         await asyncio.sleep(0.2)
-        asyncio.get_running_loop().call_later(frozen_for, thaw)
-        began = time.monotonic()
-        with capture_logs() as logs:
-            closing = asyncio.ensure_future(gate.close(within=BOUND))
-            done, _ = await asyncio.wait({closing}, timeout=BOUND + 20)
-        took = time.monotonic() - began
-        assert done, "the watch's close waited for a frozen Postgres past its bound"
+        closed = await close_while_frozen(
+            gate.close(within=BOUND),
+            "the watch's close",
+            patience=BOUND + 20,
+            thaw_in=frozen_for,
+            pids=pids,
+        )
         assert lost == 1
-        left = [e for e in logs if e["event"] == LEFT]
-        assert len(left) == (0 if ended else 1)
+        assert closed.logged(LEFT) == (0 if ended else 1)
         if not ended:
             # Left at the bound (a loaded machine's margin), not at the read's 60 s deadline.
-            assert took < BOUND + 2, f"closed after {took:.1f} s"
+            assert closed.took < BOUND + 2, f"closed after {closed.took:.1f} s"
     finally:
-        thaw()
+        thaw(*pids)
         await pool.close()

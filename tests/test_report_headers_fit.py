@@ -71,7 +71,7 @@ async def running_external_job(
         await system.start_runner()
         system.admin_token = await system.create_token("test-admin", "admin")
         api.start()
-        await wait_api_healthy(system, api)
+        await wait_api_healthy(api)
         async with system.client() as client:
             job = await start_external(client)
             async with worker_client(system.base_url) as worker:

@@ -19,6 +19,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.runner.board import LockBoard
+from tests.freeze import freeze
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -175,7 +176,7 @@ async def test_runner_killed_with_its_guardian_leaves_its_tools_to_its_next_star
     next start ends it and its grandchild from its ledger, and the job, before new work."""
     async with a_job_on_a_runner_to_crash(settings, tmp_path) as crash:
         guardian = _guardian_of(crash.first_life.pid)
-        os.kill(crash.first_life.pid, signal.SIGSTOP)  # it cannot start another guardian
+        freeze(crash.first_life.pid)  # it cannot start another guardian
         os.kill(guardian, signal.SIGKILL)
         await wait_dead(guardian)
         crash.first_life.kill()
@@ -409,7 +410,7 @@ async def test_cancelled_job_whose_runner_died_before_ending_it_ends_cancelled(
         job_id = await start_job(client, "emit", lines=100_000, interval="0.05")
         await wait_status(client, job_id, "running")
         # Frozen, it cannot act on the cancel; no other runner is up to find it lost yet.
-        os.kill(doomed.pid, signal.SIGSTOP)
+        freeze(doomed.pid)
         cancel = await client.delete(f"/api/jobs/{job_id}")
         assert cancel.status_code == 202, cancel.text
         doomed.kill()
@@ -489,6 +490,7 @@ async def _find_lost(job: DeadRunnersJob, settings: Settings, found: str) -> Non
         await sweeper.clean_up_after_crash()
     else:  # its tool in this host's ledger, its lease expired while no runner watched
         await _wait_lease_gone(settings, job.job_id)
+        assert job.held.runner_pid is not None  # a held lease names its runner
         job.runner.ledger.record(
             # A group that cannot match a live process: its leader started at the end of time.
             ToolRecord(

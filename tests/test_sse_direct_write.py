@@ -5,8 +5,6 @@ keep-alives, the end) around them; a viewer that stops reading is paused and cut
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import uvicorn
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api.directwrite import ChunkWriter, chunk_writer
-from tests.freeze import thaw
+from tests.freeze import freeze, thaw
 from tests.sse_client import SseStream, read_stream
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -259,7 +257,7 @@ class TestNatsPaused:
         async with system.client() as client:
             viewers = [asyncio.create_task(read_stream(client, path)) for _ in range(5)]
             await asyncio.sleep(1.0)
-            os.kill(own_nats.proc.pid, signal.SIGSTOP)
+            freeze(own_nats.proc.pid)
             try:
                 await asyncio.sleep(pause)  # the fault itself lasts this long
             finally:

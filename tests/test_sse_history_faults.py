@@ -5,8 +5,6 @@ These tests pause their own nats-server (SIGSTOP), never the session-shared one.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
@@ -78,7 +76,7 @@ async def read_history(
             seqs.append(item.seq)
             if len(seqs) == 1:
                 # Paused while the read goes on: it meets the stall once its buffer is empty.
-                os.kill(pid, signal.SIGSTOP)
+                freeze(pid)
                 resuming = thaw_later(pause, pid)
     except HistoryStalled:
         return seqs, True

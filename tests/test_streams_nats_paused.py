@@ -8,8 +8,6 @@ body".)"""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from typing import Any
 
 import httpx
@@ -18,7 +16,7 @@ import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
-from tests.freeze import thaw_later
+from tests.freeze import freeze, thaw_later
 from tests.sse_client import SseEvent, iter_events
 from tests.system import System
 from tests.tools.job_type_files import TEST_TYPES
@@ -39,7 +37,7 @@ def pause(own_nats: EmbeddedNats, seconds: float) -> asyncio.TimerHandle:
     """Stop the server now and let it run again ``seconds`` later."""
     assert own_nats.proc is not None
     pid = own_nats.proc.pid
-    os.kill(pid, signal.SIGSTOP)
+    freeze(pid)
     return thaw_later(seconds, pid)
 
 

@@ -36,7 +36,7 @@ async def test_a_service_that_refused_during_start_up_stops_the_wait_for_health(
     refused = await exited_with(REFUSED_EXIT)
     with pytest.raises(RuntimeError, match="the projector refused to start"):
         # Nothing listens there: only the refusal can end the wait before its timeout.
-        await wait_healthy("http://127.0.0.1:9", api, timeout=30, others=(api, refused))
+        await wait_healthy("127.0.0.1", 9, "ours", api, timeout=30, others=(api, refused))
 
 
 async def running(name: str, code: str) -> Service:

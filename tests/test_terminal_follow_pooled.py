@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.terminal import follow
 from jobrunner.terminal.connection import EXIT_UNREACHABLE, Api, ClientError, Target
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 from tests.system import System
 from tests.tools.service_processes import ServiceProcess
 
@@ -137,13 +135,13 @@ async def test_a_reconnect_on_a_kept_connection_to_a_frozen_api_is_bounded_by_th
                 if not run.done():
                     frozen_api.set()
                     if frozen and api.proc is not None:
-                        os.kill(api.proc.pid, signal.SIGCONT)
+                        thaw(api.proc.pid)
                         frozen = False
                     await asyncio.wait({run}, timeout=SILENT + 30)
                 client.close()
         finally:
             if frozen and api.proc is not None:
-                os.kill(api.proc.pid, signal.SIGCONT)
+                thaw(api.proc.pid)
             api.stop()
     told = said.getvalue()
     assert "READ_MODELS_NEWER" in told, told  # lost on the 503

@@ -1,6 +1,6 @@
-"""``jobrunner health`` against a real server: the status and each problem's code and sentence
-for a person, and an exit code for a script: 0 ok, 1 degraded, 2 unavailable, 69 no jobrunner
-answering (as for every other command)."""
+"""``jobrunner health`` against a real server: the status, the API instance that answered and
+each problem's code and sentence for a person, and an exit code for a script: 0 ok, 1 degraded,
+2 unavailable, 69 no jobrunner answering (as for every other command)."""
 
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ def problem_lines(run: Run) -> list[str]:
 
 
 async def test_a_healthy_server_is_ok_and_exit_0(system: System) -> None:
-    await health_until(system, "ok")
+    body = await health_until(system, "ok")
     run = await jobrunner(system, "health")
     assert run.code == 0, run.err
-    assert run.out.splitlines() == [f"{system.base_url}: ok"]
+    assert run.out.splitlines() == [f"{system.base_url}: ok (instance {body['instance']})"]
 
 
 async def test_no_runner_is_degraded_with_its_sentence_and_exit_1(system: System) -> None:
@@ -52,7 +52,7 @@ async def test_no_runner_is_degraded_with_its_sentence_and_exit_1(system: System
     body = await health_until(system, "degraded")
     run = await jobrunner(system, "health")
     assert run.code == 1, run.err
-    assert run.out.splitlines()[0] == f"{system.base_url}: degraded"
+    assert run.out.splitlines()[0] == f"{system.base_url}: degraded (instance {body['instance']})"
     problem = next(p for p in body["problems"] if p["code"] == "NO_RUNNER")
     assert f"NO_RUNNER: {problem['message']}" in problem_lines(run)
 
@@ -69,11 +69,13 @@ async def test_nats_frozen_is_unavailable_with_its_sentence_and_exit_2(
     finally:
         thaw(own_nats)
     assert run.code == 2, run.err
-    assert run.out.splitlines()[0] == f"{system.base_url}: unavailable"
-    assert any(line.startswith("NATS_TIMEOUT: NATS did not answer") for line in problem_lines(run))
     # --json: the API's own answer, for a script that wants the figures.
     assert as_json.code == 2, as_json.err
     body = json.loads(as_json.out)
+    assert (
+        run.out.splitlines()[0] == f"{system.base_url}: unavailable (instance {body['instance']})"
+    )
+    assert any(line.startswith("NATS_TIMEOUT: NATS did not answer") for line in problem_lines(run))
     assert body["status"] == "unavailable"
     assert "NATS_TIMEOUT" in [p["code"] for p in body["problems"]]
 

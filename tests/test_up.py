@@ -17,7 +17,7 @@ import pytest
 from jobrunner.common import cpupriority
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from tests.freeze import thaw
+from tests.freeze import freeze, thaw
 from tests.tools.up_process import TOKEN_RE, URL_RE, Up
 
 
@@ -264,7 +264,7 @@ def pause_when_started(up: Up, name: str, timeout: float = 60) -> int:
     while time.monotonic() < deadline:
         pid = services_of(up.proc.pid).get(name)
         if pid is not None:
-            os.kill(int(pid), signal.SIGSTOP)
+            freeze(int(pid))
             return int(pid)
         time.sleep(0.02)
     raise AssertionError(f"no {name} started:\n{up.output}")

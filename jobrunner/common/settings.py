@@ -64,6 +64,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # HTTP
     host: str = "127.0.0.1"
     port: int = 8000
+    # This API instance's name in ``GET /health`` (``instance``), so that whoever probes an
+    # address can tell which instance answered (behind a load balancer; a port another server
+    # took). Empty: ``<host>-<pid>-<6 random hex digits>``, new at every start.
+    api_instance_id: str = ""
 
     # Runner
     runner_id: str = ""

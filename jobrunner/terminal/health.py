@@ -58,6 +58,8 @@ def show(url: str, body: dict[str, Any]) -> None:
     status = str(body["status"])
     line = Text(f"{url}: ")
     line.append(status, style=STATUS_STYLES.get(status, ""))
+    if body.get("instance"):  # which API instance answered (behind a load balancer: one of them)
+        line.append(f" (instance {body['instance']})")
     console.print(line)
     for problem in body.get("problems") or []:
         code = str(problem.get("code", "?"))

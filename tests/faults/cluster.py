@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,11 +31,18 @@ from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
 from tests.faults.toolrecord import ToolJob
 from tests.freeze import freeze, thaw
 from tests.servers import TEST_POSTGRES_SETTINGS
+from tests.tools.api_address import ApiAddress, NotOurApi, new_instance_name
 from tests.tools.runners import runner_env
 
 TOOL = "tests/faults/tools/numbered.py"
 POISON_TOOL = "tests/faults/tools/poison.py"
 ARTIFACT_TOOL = "tests/tools/artifacts.py"
+# What a service logs once its start is done; an API has none: it has started once it answers.
+READY_LINES = {
+    "projector": "projector started",
+    "runner": "runner started",
+    "notifier": "notifier started",
+}
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
 LOCK_TYPES = 24
 
@@ -108,9 +116,25 @@ class FaultCluster:
         )
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        # Where each API service of ours listens and the name it answers /health with: after a
+        # restart on its old port another test's server may hold that port, and only the name
+        # tells our API from it.
+        self.api_addresses: dict[str, ApiAddress] = {}
+        # Set when a start found another program on an API's port (and moved the API to a free
+        # port): the next client() or the stop raises it, so that the test whose requests went
+        # to that program fails saying so (a test's start_service says it at once).
+        self.lost_port: str | None = None
+        # What went wrong in a watchdog's restart of an API other than the API failing to start
+        # (a fault of this harness): logged, and kept here for a test to look at.
+        self.restart_errors: list[BaseException] = []
         self.services: dict[str, Service] = {}
         self._runner_count = runners
         self._watchdog: asyncio.Task[None] | None = None
+        # One start of a service at a time: two would kill each other's process and both move
+        # an API's port. The watchdog's restart of an API runs in a task of its own, which a
+        # test's start_service cancels (the test's start takes over).
+        self._starting: dict[str, asyncio.Lock] = {}
+        self._restarting: dict[str, asyncio.Task[None]] = {}
         self._next_lock = 0
         self._next_label = 0
 
@@ -136,6 +160,12 @@ class FaultCluster:
     def add_service(
         self, name: str, command: str, hostname: str | None = None, **overrides: Any
     ) -> Service:
+        if command == "api":
+            port = overrides.get("port", self.port)
+            address = ApiAddress(port, new_instance_name(f"faults-{name}"))
+            overrides["port"] = address.port
+            overrides["api_instance_id"] = address.instance
+            self.api_addresses[name] = address
         service = Service(
             name,
             command,
@@ -145,6 +175,11 @@ class FaultCluster:
         )
         self.services[name] = service
         return service
+
+    def remove_service(self, name: str) -> None:
+        """SIGKILL a service and forget it (and where it listened, for an API)."""
+        self.services.pop(name).kill()
+        self.api_addresses.pop(name, None)
 
     async def start(self) -> None:
         await in_thread(self.nats.start)
@@ -158,8 +193,15 @@ class FaultCluster:
         await asyncio.gather(
             *(self.start_service(name) for name in self.services if name.startswith("runner-"))
         )
-        await self.start_service("api")
-        self._watchdog = asyncio.create_task(self._keep_running())
+        await self._start("api", 60.0)
+        # No test has an address of the API yet: one moved off a taken port starts quietly.
+        self.lost_port = None
+        self.keep_running()
+
+    def keep_running(self) -> None:
+        """From now on a service that exits on its own is started again (``_keep_running``)."""
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._keep_running())
 
     def add_runner(self, name: str) -> Service:
         """A runner with a state directory (and host name, when we may) of its own, as on a
@@ -173,45 +215,126 @@ class FaultCluster:
         )
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:
+        """Start a service and wait until it has started (an API: answers /health with its own
+        name). An API whose port another program answers on is moved to a free port and
+        started there, and this fails all the same, saying what answered: the test's requests
+        to the old address went to that program."""
+        restart = self._restarting.pop(name, None)
+        if restart is not None and not restart.done():
+            restart.cancel()
+            await asyncio.gather(restart, return_exceptions=True)
+            self.services[name].kill()  # the process it started: this start starts its own
+        lost = await self._start(name, timeout)
+        if lost is not None:
+            self.lost_port = None  # told here and now
+            raise NotOurApi(lost)
+
+    async def _start(self, name: str, timeout: float) -> str | None:
+        """Spawn and wait_started; what answered on an API's port when it had to move (None: it
+        did not). From the move on, ``lost_port`` says it (and a failure to start on the new
+        port carries it as a note)."""
+        async with self._starting.setdefault(name, asyncio.Lock()):
+            service = self.services[name]
+            ready = READY_LINES.get(service.command)
+            seen = service.log_count(ready) if ready else 0
+            service.spawn()
+            try:
+                await self.wait_started(name, seen, timeout)
+                return None
+            except NotOurApi as taken:
+                service.kill()
+                new = self._move_api(name)
+                self.lost_port = lost = f"{taken}; the cluster moved {name} to port {new}"
+                service.spawn()
+                try:
+                    await self.wait_started(name, 0, timeout)
+                except (AssertionError, TimeoutError) as failed:
+                    failed.add_note(lost)
+                    raise
+                return lost
+
+    async def wait_started(self, name: str, seen: int = 0, timeout: float = 60.0) -> None:
+        """Until service ``name`` says it started (its ready line logged more than ``seen``
+        times; an API: answers /health naming itself); AssertionError with its log when it
+        exits meanwhile, NotOurApi when another program answers on an API's port."""
         service = self.services[name]
-        ready = {
-            "projector": "projector started",
-            "runner": "runner started",
-            "notifier": "notifier started",
-        }.get(service.command)
-        seen = service.log_count(ready) if ready else 0
-        service.spawn()
+        ready = READY_LINES.get(service.command)
         async with asyncio.timeout(timeout):
             while True:
                 if ready and service.log_count(ready) > seen:
                     return
-                if not ready and await self._api_answers():
-                    return
+                address = self.api_addresses.get(name)  # anew: a start may move it meanwhile
+                where = f" (port {address.port})" if address else ""
+                if address is not None:
+                    try:
+                        if await address.answers():
+                            return
+                    except NotOurApi as other:
+                        state = "still running" if service.alive else "not running"
+                        raise NotOurApi(
+                            f"{other}; our {name} is {state}, its log ends:\n{_log_tail(service)}"
+                        ) from None
                 if not service.alive:
-                    raise AssertionError(
-                        f"{name} exited at start:\n{service.log_file.read_text()[-3000:]}"
-                    )
+                    raise AssertionError(f"{name} exited at start{where}:\n{_log_tail(service)}")
                 await asyncio.sleep(0.05)
 
-    async def _api_answers(self) -> bool:
-        """Any HTTP answer will do: /health may rightly say 503 while a server is away."""
-        try:
-            async with httpx.AsyncClient(base_url=self.base_url, timeout=2) as client:
-                await client.get("/health")
-        except httpx.HTTPError:
-            return False
-        return True
+    def _move_api(self, name: str) -> int:
+        """Listen on a free port from the next start of API ``name`` on, keeping its name; the
+        clients' address follows at once, so that none reaches the program on the old port.
+        The new port."""
+        new = free_port()
+        self.api_addresses[name] = ApiAddress(new, self.api_addresses[name].instance)
+        self.services[name].env["JOBRUNNER_PORT"] = str(new)
+        self.api_moved(name, new)
+        return new
+
+    def api_moved(self, name: str, port: int) -> None:
+        """API service ``name`` listens on ``port`` from now on: the clients' address follows."""
+        if name == "api":
+            self.port = port
+            self.base_url = f"http://127.0.0.1:{port}"
 
     async def _keep_running(self) -> None:
-        while True:
-            # A copy: a test may add a service while this waits to restart a crashed one.
-            for service in list(self.services.values()):
-                if service.wanted and not service.alive:
-                    service.crashes += 1
-                    await asyncio.sleep(RESTART_DELAY)
+        # An API is restarted in a task of its own: its start is waited for (another program
+        # may answer on its port), and the other services are not kept waiting meanwhile.
+        restarting = self._restarting
+        try:
+            while True:
+                # A copy: a test may add a service while this waits to restart a crashed one.
+                for name, service in list(self.services.items()):
+                    if name in restarting and not restarting[name].done():
+                        continue
                     if service.wanted and not service.alive:
-                        service.spawn()
-            await asyncio.sleep(0.1)
+                        service.crashes += 1
+                        await asyncio.sleep(RESTART_DELAY)
+                        if not (service.wanted and not service.alive):
+                            continue
+                        if service.command == "api":
+                            restarting[name] = asyncio.create_task(self._restart_api(name))
+                        else:
+                            service.spawn()
+                await asyncio.sleep(0.1)
+        finally:
+            tasks = list(restarting.values())
+            restarting.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _restart_api(self, name: str) -> None:
+        # A port it had to leave is in lost_port already (_start): the test is told there.
+        try:
+            await self._start(name, 60.0)
+        except (AssertionError, TimeoutError):
+            pass  # exited at start (counted when the watchdog sees it down) or still starting
+        except Exception as error:
+            logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
+            self.restart_errors.append(error)
+
+    def _raise_lost_port(self) -> None:
+        if self.lost_port is not None:
+            lost, self.lost_port = self.lost_port, None
+            raise NotOurApi(lost)
 
     async def stop(self) -> None:
         try:
@@ -232,6 +355,7 @@ class FaultCluster:
             self.resume_nats()
             await asyncio.to_thread(self.nats.stop)
             await asyncio.to_thread(self.postgres.stop)
+        self._raise_lost_port()  # not yet told to a test
 
     # --- faults
     def pause_nats(self) -> None:
@@ -253,7 +377,9 @@ class FaultCluster:
     async def restart_postgres(self, kill: bool) -> None:
         """Fast shutdown (or SIGKILL of the whole server), then start on the same data."""
         if kill:
-            self.postgres.kill()
+            # Off the event loop: the kill reads every /proc/*/maps twice (~0.25 s) and waits;
+            # to its end even when the test is cancelled meanwhile.
+            await in_thread(self.postgres.kill)
         else:
             await asyncio.to_thread(self.postgres.stop)
         await self.start_postgres()
@@ -266,7 +392,7 @@ class FaultCluster:
             settings=TEST_POSTGRES_SETTINGS,
             database="jobrunner",
         )
-        await asyncio.to_thread(self.postgres.start)
+        await in_thread(self.postgres.start)
 
     # --- jobs
     def fresh_lock_type(self) -> str:
@@ -276,6 +402,9 @@ class FaultCluster:
         return f"slot_{self._next_lock - 1}"
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A client of the API; NotOurApi, once, when the watchdog found another program on
+        the API's port (the test's earlier requests may have gone to it)."""
+        self._raise_lost_port()
         return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
 
     async def submit_plain(self, job_type: str) -> str:
@@ -397,6 +526,13 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 def is_terminal(row: JobRow) -> bool:
     return row.status in TERMINAL
+
+
+def _log_tail(service: Service) -> str:
+    try:
+        return service.log_file.read_text(errors="replace")[-3000:]
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def now() -> float:

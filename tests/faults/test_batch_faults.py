@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -22,6 +20,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import scratch_dir
 from tests.faults import figures
 from tests.faults.cluster import FaultCluster, job_types_toml, now
+from tests.freeze import freeze
 
 JOBS = 1000
 # The batch's jobs are internal callables: thousands of them run in seconds, no process each.
@@ -208,7 +207,7 @@ async def test_api_killed_mid_batch_starts_nothing_until_a_retry_seals_it(
     # waiting for its first job too let a loaded CI machine's API seal it before the freeze.
     batch_id = await batch_under_way(view, after, answer, first_job=False)
     assert api.proc is not None
-    os.kill(api.proc.pid, signal.SIGSTOP)  # frozen at once, killed for good below
+    freeze(api.proc.pid)  # frozen at once, killed for good below
     try:
         sealed_before_kill = await view.has(view.names.batch_kind_subject(batch_id, "sealed"))
         api.kill()

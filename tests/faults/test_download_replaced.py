@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import signal
 
 import httpx
 import nats
@@ -21,7 +20,7 @@ from jobrunner.common import artifactstore
 from jobrunner.contracts.names import Names
 from tests.external_support import ExternalJob
 from tests.faults.cluster import FaultCluster
-from tests.freeze import freeze
+from tests.freeze import freeze, thaw
 
 MIB = 1024 * 1024
 NAME = "data.bin"
@@ -96,7 +95,7 @@ async def test_a_download_says_the_truth_of_the_bytes_it_serves_while_the_listin
             if body == new and cached.status_code == 304:
                 problems.append("304 Not Modified for the old content's ETag; the content changed")
         finally:
-            proc.send_signal(signal.SIGCONT)
+            thaw(proc.pid)
         listed = await _listed(client, job, new)
         served = await client.get(str(item["url"]))
         if (listed["size"], listed["sha256"]) != (len(served.content), _sha(served.content)):

@@ -66,22 +66,12 @@ async def js(cluster: FaultCluster) -> AsyncIterator[JetStreamContext]:
 @pytest.fixture
 async def second_api(cluster: FaultCluster) -> AsyncIterator[str]:
     """Another API process on the same servers; its base URL."""
-    port = free_port()
-    service = cluster.add_service("api-2", "api", port=port)
-    service.spawn()
-    url = f"http://127.0.0.1:{port}"
+    cluster.add_service("api-2", "api", port=free_port())
     try:
-        async with asyncio.timeout(60), httpx.AsyncClient(base_url=url, timeout=2) as client:
-            while True:
-                try:
-                    await client.get("/health")
-                    break
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.1)
-        yield url
+        await cluster.start_service("api-2")
+        yield cluster.api_addresses["api-2"].url
     finally:
-        service.kill()
-        del cluster.services["api-2"]
+        cluster.remove_service("api-2")
 
 
 def _sha(data: bytes) -> str:

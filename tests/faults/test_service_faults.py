@@ -5,8 +5,6 @@ is stored twice or out of order, nothing the runner published is lost, no job st
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import pytest
 
@@ -22,6 +20,7 @@ from tests.faults.scenarios import (
     running_on,
 )
 from tests.faults.toolrecord import ToolJob
+from tests.freeze import freeze
 
 LEASE_TTL = SHORT_TTL
 # Enough that the projector, killed again as soon as it applied something after each restart,
@@ -245,7 +244,7 @@ async def test_runner_frozen_through_a_cancel_then_killed_ends_the_job_cancelled
         process = cluster.services[victim].proc
         assert process is not None
         frozen = victim
-        os.kill(process.pid, signal.SIGSTOP)  # it cannot act on the cancel
+        freeze(process.pid)  # it cannot act on the cancel
         async with cluster.client() as client:
             cancel = await client.post(f"/api/jobs/{job.id}/cancel")
         assert cancel.status_code == 202, cancel.text

@@ -5,16 +5,13 @@ test."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from jobrunner.common.settings import Settings
-from tests.system import System
+from tests.tools.api_address import ApiAddress, new_instance_name
 from tests.tools.runners import REPO, runner_env
 
 
@@ -24,6 +21,15 @@ class ServiceProcess:
 
     def __init__(self, service: str, settings: Settings, log_file: Path, **overrides: Any) -> None:
         self.service = service
+        # An API answers /health with a name of its own, the same in each of its lives: a wait
+        # for it takes no other answer (another program that took its port while it was down).
+        self.address: ApiAddress | None = None
+        if service == "api":
+            self.address = ApiAddress(
+                overrides.get("port", settings.port),
+                overrides.get("api_instance_id") or new_instance_name("service-api"),
+            )
+            overrides["api_instance_id"] = self.address.instance
         self.env = runner_env(settings, **overrides)
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
@@ -55,13 +61,12 @@ class ServiceProcess:
                 self.proc.wait()
 
 
-async def wait_api_healthy(system: System, api: ServiceProcess) -> None:
-    """Until the API child answers /health with 200 (it refuses connections while it starts)."""
-    async with system.client(token=None) as client, asyncio.timeout(30):
-        while True:
+async def wait_api_healthy(api: ServiceProcess) -> None:
+    """Until the API child answers /health with 200, naming itself (it refuses connections
+    while it starts); another program's answer on its port fails the wait (NotOurApi)."""
+    assert api.address is not None, "not an API"
+    async with asyncio.timeout(30):
+        while await api.address.health_status() != 200:
             assert api.proc is not None
             assert api.proc.poll() is None, api.log_file.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/health")).status_code == 200:
-                    return
             await asyncio.sleep(0.05)

@@ -28,6 +28,7 @@ from jobrunner.common import (
     subscription,
 )
 from jobrunner.common.jobtypes import JobType, load_job_types
+from jobrunner.common.processname import process_name
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts import events
@@ -105,6 +106,8 @@ class ApiContext:
     readmodels: ReadModelGate
     # What /health logged of its answers (at most a line per ``health_log_seconds``).
     health_log: HealthLog
+    # This instance's name, told by /health (``api_instance_id``, or one made at the start).
+    instance: str
     # Jobs started here with ``wait=stored`` that the read models do not show yet.
     posted: PostedJobs = field(default_factory=PostedJobs)
     # Job rows being read for SSE streams, one read per job shared by its arriving viewers.
@@ -211,6 +214,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             idempotency=IdempotencyKeys(js, names),
             readmodels=readmodels,
             health_log=HealthLog(settings.health_log_seconds),
+            instance=process_name(settings.api_instance_id),
         )
         # One probe of NATS for the process; its live viewers are told when it goes silent.
         probe_subject = names.api_probe_subject(NUID().next().decode())

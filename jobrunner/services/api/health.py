@@ -48,7 +48,7 @@ class Problem(msgspec.Struct, frozen=True):
 async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     """The body of ``GET /health`` and its HTTP status."""
     problems: list[Problem] = []
-    body: dict[str, Any] = {"nats": ctx.nc.is_connected}
+    body: dict[str, Any] = {"instance": ctx.instance, "nats": ctx.nc.is_connected}
     postgres = await _postgres(ctx)
     applied = postgres.applied
     body["postgres"] = postgres.problem is None

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
+from jobrunner.common.processname import process_name
 from jobrunner.common.slots import RunRecord, SlotValue, hostname
 from jobrunner.services.runner import orphans
 
@@ -29,7 +29,7 @@ class RunnerIdentity:
         pid = os.getpid()
         host = hostname()
         return cls(
-            runner_id=runner_id or f"{host}-{pid}-{uuid.uuid4().hex[:6]}",
+            runner_id=process_name(runner_id),
             host=host,
             boot_id=orphans.boot_id(),
             pid=pid,

@@ -1,0 +1,170 @@
+"""The fault cluster starts (and restarts) its API on a port of its own, which another test's
+server can take while the API is down (the workers of a CI run start servers on free ports all the
+time). Its start must see that the answer on the port is not its API's, rather than send every
+later request of the test to a stranger (session 34: 46 fault tests failed on with
+``401 UNAUTHORIZED`` from another test's API); and the cluster must go on serving the tests after
+it, on a port of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.scratch import scratch_dir
+from jobrunner.embedded.serverprocess import free_port
+from tests.faults.cluster import SHORT_TTL, FaultCluster, in_thread
+from tests.system import System
+from tests.tools.api_address import ApiAddress, NotOurApi
+from tests.tools.stranger_server import stranger_on
+
+
+@asynccontextmanager
+async def api_only_cluster() -> AsyncIterator[FaultCluster]:
+    """A fault cluster of NATS, Postgres and an API service (added, not started)."""
+    with scratch_dir("jobrunner-test-faults-port-") as root:
+        cluster = FaultCluster(root, SHORT_TTL)
+        try:
+            await in_thread(cluster.nats.start)
+            await in_thread(cluster.postgres.start)
+            cluster.add_service("api", "api")
+            yield cluster
+        finally:
+            await cluster.stop()
+
+
+async def test_starting_the_api_fails_naming_the_port_when_another_api_answers_there(
+    settings: Settings,
+) -> None:
+    """Another test's API (with tokens) on the cluster's API port: the API's start fails with a
+    sentence naming the port, what answered there and how our API fared, and the cluster's API
+    answers on a port of its own afterwards."""
+    async with (
+        api_only_cluster() as cluster,
+        System(msgspec.structs.replace(settings, auth=True)) as stranger,
+    ):
+        taken = cluster.port
+        stranger.port = taken
+        stranger.base_url = cluster.base_url
+        await stranger.start_api()
+        assert stranger.port == taken, "the port was taken before the stranger"
+        with pytest.raises(NotOurApi) as failed:
+            await cluster.start_service("api")
+        assert cluster.port != taken
+        assert await cluster.api_addresses["api"].answers()
+    sentence = str(failed.value)
+    assert f"port {taken} is not our API's: /health answered " in sentence, sentence
+    assert '"instance":' in sentence, sentence  # what answered, in its own words
+    assert "our api is " in sentence, sentence
+    assert f"the cluster moved api to port {cluster.port}" in sentence, sentence
+
+
+async def test_an_api_that_crashed_while_another_program_took_its_port_is_moved_and_told() -> None:
+    """The API dies on its own and another program (answering 401) takes its port before the
+    watchdog starts it again: the test's next request fails saying the port is not our API's,
+    and the next ones reach our API again, on a port of its own."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        cluster.keep_running()
+        crashed = cluster.port
+        api = cluster.services["api"].proc
+        assert api is not None
+        api.send_signal(signal.SIGKILL)  # a crash: the watchdog is to start it again
+        api.wait()
+        with stranger_on(crashed):
+            with pytest.raises(NotOurApi) as told:
+                await _ask_health_until_told(cluster)
+            await cluster.wait_started("api")  # on the port the clients were pointed at
+            async with cluster.client() as client:
+                body = (await client.get("/health")).json()
+    assert f"port {crashed} is not our API's: /health answered 401 " in str(told.value)
+    assert cluster.port != crashed
+    assert body["instance"] == cluster.api_addresses["api"].instance
+
+
+async def _ask_health_until_told(cluster: FaultCluster, seconds: float = 60) -> None:
+    """Ask the cluster's API for /health over and over, as a test's requests go on, until a
+    client() raises; fails saying so when none has in ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        async with cluster.client() as client:
+            await client.get("/health")
+        await asyncio.sleep(0.1)
+    pytest.fail(f"for {seconds:.0f} s no client() said that another program had the API's port")
+
+
+async def test_an_address_answered_by_a_plain_web_server_is_not_our_api() -> None:
+    """A web server answering 401 with an HTML page on our API's port: the probe fails with a
+    sentence naming the port, the status and the page."""
+    port = free_port()
+    with stranger_on(port), pytest.raises(NotOurApi) as failed:
+        await ApiAddress(port, "ours").answers()
+    assert str(failed.value) == (
+        f"port {port} is not our API's: /health answered 401 '<html>Unauthorized</html>', "
+        "not instance 'ours'"
+    )
+
+
+async def test_an_address_nobody_listens_on_is_not_answering_yet() -> None:
+    """Nothing on the port (our API still starting): the probe says no answer yet."""
+    assert not await ApiAddress(free_port(), "ours").answers()
+
+
+async def test_an_api_moved_off_a_taken_port_that_cannot_start_sends_no_client_to_it() -> None:
+    """Another program on the API's port and NATS paused: the start moves the API to a free port
+    and times out there. The test's next request fails saying the port was taken, and later
+    ones go to our API's new port, never to the stranger."""
+    async with api_only_cluster() as cluster:
+        taken = cluster.port
+        with stranger_on(taken):
+            cluster.pause_nats()
+            try:
+                with pytest.raises(TimeoutError) as timed_out:
+                    await cluster.start_service("api", timeout=5)
+            finally:
+                cluster.resume_nats()
+            assert cluster.port != taken
+            with pytest.raises(NotOurApi, match=f"port {taken} is not our API's"):
+                cluster.client()
+            await cluster.wait_started("api")
+            async with cluster.client() as client:
+                body = (await client.get("/health")).json()
+    assert body["instance"] == cluster.api_addresses["api"].instance
+    assert any(f"port {taken} is not our API's" in note for note in timed_out.value.__notes__)
+
+
+async def test_starting_the_api_while_the_watchdog_restarts_it_leaves_one_api_running() -> None:
+    """The API crashed and the watchdog's restart still waits (NATS paused) when the test
+    starts the API itself: the test's start takes over, and the watchdog's process does not
+    linger beside the test's."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        cluster.keep_running()
+        service = cluster.services["api"]
+        crashed = service.proc
+        assert crashed is not None
+        cluster.pause_nats()
+        try:
+            crashed.send_signal(signal.SIGKILL)
+            crashed.wait()
+            async with asyncio.timeout(60):
+                while True:  # until the watchdog has started it again
+                    if service.proc is not crashed and service.alive:
+                        break
+                    await asyncio.sleep(0.05)
+            restarted = service.proc
+            assert restarted is not None
+            starting = asyncio.create_task(cluster.start_service("api"))
+            await asyncio.sleep(0)  # the test's start begins while NATS is still paused
+        finally:
+            cluster.resume_nats()
+        await starting
+        assert restarted.poll() is not None, "the watchdog's API still runs beside the test's"
+        assert service.proc is not restarted
+        assert await cluster.api_addresses["api"].answers()

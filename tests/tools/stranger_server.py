@@ -1,0 +1,45 @@
+"""Another program's HTTP server on a port a test meant for its own API: every request, /health
+included, gets the same answer (a 401 with HTML, or a 200 that looks healthy). It listens in a
+thread of its own, so a probe from the event loop and one from a worker thread both reach it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@contextlib.contextmanager
+def stranger_on(
+    port: int,
+    status: int = 401,
+    body: bytes = b"<html>Unauthorized</html>",
+    host: str = "127.0.0.1",
+) -> Iterator[ThreadingHTTPServer]:
+    """A server on ``host``:``port`` (IPv6 when ``host`` is) answering ``status`` and ``body``
+    until the block ends."""
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # quiet: the test's output is the API's
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = Server((host, port), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
