@@ -236,36 +236,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # Read models older than this jobrunner cannot be compared with rebuilt ones: they are
     # rebuilt and swapped in without a comparison (this is the command a projector that may not
     # rebuild them names).
+    # One handler for both steps: each meets the same failures of Postgres and of the lock.
     try:
         outcome = asyncio.run(
             upgrade.ensure_current(settings, allow_rebuild=True, on_progress=show)
         )
-    except ReplayLockLost as exc:
-        print(f"jobrunner replay: {exc}", file=sys.stderr)
-        return REPLAY_LOCK_LOST_EXIT
-    # Postgres went away during the rebuild, or cancelled its statement.
-    except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
-        return _postgres_said_no("replay", exc)
-    except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
-        return _postgres_said_no("replay", postgresconnect.unusable(exc, settings.database_url))
-    except asyncpg.PostgresError as exc:
-        return _postgres_error("replay", exc)
-    if outcome.rebuilt:
-        if outcome.previous_left is not None:
-            _previous_left(outcome.previous_left)
-        print(
-            f"replay: the read models were older than this jobrunner; rebuilt from "
-            f"{outcome.events} events (to sequence {outcome.checkpoint}) and swapped in.",
-            flush=True,
-        )
-        return 0
-    try:
-        report = asyncio.run(
-            replay(
-                settings,
-                on_progress=show,
-                keep_previous=args.keep_previous,
-                accept_differences=args.accept_differences,
+        report = (
+            None
+            if outcome.rebuilt
+            else asyncio.run(
+                replay(
+                    settings,
+                    on_progress=show,
+                    keep_previous=args.keep_previous,
+                    accept_differences=args.accept_differences,
+                )
             )
         )
     except ReplayMismatch as exc:
@@ -280,13 +265,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayRunning as exc:
         print(f"jobrunner replay: {exc}", file=sys.stderr)
         return REPLAY_RUNNING_EXIT
-    # Postgres went away during the replay, or cancelled its statement.
+    # Postgres went away during the rebuild or the replay, or cancelled its statement.
     except (postgresconnect.PostgresUnusable, postgresconnect.StatementCancelled) as exc:
         return _postgres_said_no("replay", exc)
     except postgresconnect.COMMAND_CONNECT_ERRORS as exc:
         return _postgres_said_no("replay", postgresconnect.unusable(exc, settings.database_url))
     except asyncpg.PostgresError as exc:
         return _postgres_error("replay", exc)
+    if report is None:
+        if outcome.previous_left is not None:
+            _previous_left(outcome.previous_left)
+        print(
+            f"replay: the read models were older than this jobrunner; rebuilt from "
+            f"{outcome.events} events (to sequence {outcome.checkpoint}) and swapped in.",
+            flush=True,
+        )
+        return 0
     if report.previous_left is not None:
         _previous_left(report.previous_left)
     rows = ", ".join(f"{n} {table}" for table, n in report.tables.items())
