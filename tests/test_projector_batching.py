@@ -168,7 +168,7 @@ async def test_a_batch_applied_whole_costs_no_second_read_of_the_checkpoint(
         return StoredMessage("t.job.x.created", b"not an event")
 
     try:
-        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]
+        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]  # type: ignore[arg-type]
         await store.create_schema(conn, "once")
         conn.add_query_logger(logged)
         assert await setaside.apply(conn, batch, lookup, "once") == len(batch)
