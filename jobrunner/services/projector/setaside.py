@@ -69,8 +69,15 @@ async def apply(
     committed: int | None = None,
 ) -> int:
     """Apply ``batch`` (see ``store.apply_batch``, and its ``writing`` and ``committed``),
-    setting aside each event that cannot be; returns the new checkpoint. Raises only what is not
-    a data error."""
+    setting aside each event that cannot be. Raises only what is not a data error.
+
+    Returns a checkpoint at least the batch's last sequence. When the batch went in whole (in one
+    transaction, nothing set aside), it is the checkpoint that transaction committed, or the one
+    it found under the lock when the stored checkpoint already covered the batch (another
+    projector applied it): never one that another projector committed after this call's
+    transaction, so it is this projector's own position (what ``CheckpointBehind``, the
+    ``ProjectedNotice`` and the checkpoint gauge mean). After a set-aside it is the stored
+    checkpoint read afterwards, which another projector may have moved further on since."""
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
