@@ -180,3 +180,31 @@ async def test_a_batch_applied_whole_costs_no_second_read_of_the_checkpoint(
         assert await store.checkpoint(conn, "once") == after
     finally:
         await conn.close()
+
+
+async def test_a_batch_applied_whole_returns_this_projector_s_own_position(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """What a batch applied whole returns is the checkpoint its own transaction left: the events
+    past it when some were new, the stored checkpoint when all had been applied already (by
+    another projector), and a stored checkpoint behind what the caller had committed stops the
+    batch, whatever it holds."""
+    conn = await asyncpg.connect(await pg_cluster.fresh_database())
+    await database.init_connection(conn)
+
+    async def lookup(seq: int) -> StoredMessage | None:
+        raise AssertionError(f"nothing is set aside here, yet {seq} was looked up")
+
+    try:
+        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]  # type: ignore[arg-type]
+        n = len(batch)
+        await store.create_schema(conn, "own")
+        assert await setaside.apply(conn, batch[: n - 4], lookup, "own") == n - 4
+        assert await setaside.apply(conn, batch[:3], lookup, "own") == n - 4
+        assert await setaside.apply(conn, batch[2:], lookup, "own") == n
+        with pytest.raises(store.CheckpointBehind) as behind:
+            await setaside.apply(conn, batch[2:], lookup, "own", committed=n + 5)
+        assert behind.value.stored == n
+        assert await store.checkpoint(conn, "own") == n
+    finally:
+        await conn.close()
