@@ -13,9 +13,10 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
 from jobrunner.contracts.events import ErrorInfo, JobStatus
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import service, store, upgrade
+from jobrunner.services.projector import service, setaside, store, upgrade
 from jobrunner.services.projector.feed import EventFeed
-from jobrunner.services.projector.projections import project
+from jobrunner.services.projector.projections import Unreadable, project
+from jobrunner.services.projector.setaside import StoredMessage
 from tests.history_support import publish
 from tests.servers import PostgresCluster
 
@@ -146,3 +147,64 @@ async def test_the_live_projector_lets_its_held_feed_go_as_the_batch_s_writes_st
         await pool.close()
     assert applied == last
     assert resumed, "the feed was never let go while the batch was applied"
+
+
+async def test_a_batch_applied_whole_costs_no_second_read_of_the_checkpoint(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """A batch with nothing to set aside reads its checkpoint once, locked, in its transaction:
+    the checkpoint it then returns is the one it wrote, not read again (a round trip a batch,
+    a hundred of them in a replay of a million events, each one the replay waits on). A batch
+    that set an event aside returns the stored checkpoint as before."""
+    conn = await asyncpg.connect(await pg_cluster.fresh_database())
+    await database.init_connection(conn)
+    reads: list[str] = []
+
+    def logged(record: asyncpg.connection.LoggedQuery) -> None:
+        if "checkpoint" in record.query and record.query.lstrip().startswith("SELECT"):
+            reads.append(record.query)
+
+    async def lookup(seq: int) -> StoredMessage | None:
+        return StoredMessage("t.job.x.created", b"not an event")
+
+    try:
+        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]  # type: ignore[arg-type]
+        await store.create_schema(conn, "once")
+        conn.add_query_logger(logged)
+        assert await setaside.apply(conn, batch, lookup, "once") == len(batch)
+        await asyncio.sleep(0)  # asyncpg hands each query to its loggers in a callback
+        assert len(reads) == 1, reads
+        assert "FOR UPDATE" in reads[0]
+        after = len(batch) + 1
+        assert await setaside.apply(conn, [(after, [Unreadable("bad")])], lookup, "once") == after
+        assert await store.checkpoint(conn, "once") == after
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_applied_whole_returns_this_projector_s_own_position(
+    pg_cluster: PostgresCluster,
+) -> None:
+    """What a batch applied whole returns is the checkpoint its own transaction left: the events
+    past it when some were new, the stored checkpoint when all had been applied already (by
+    another projector), and a stored checkpoint behind what the caller had committed stops the
+    batch, whatever it holds."""
+    conn = await asyncpg.connect(await pg_cluster.fresh_database())
+    await database.init_connection(conn)
+
+    async def lookup(seq: int) -> StoredMessage | None:
+        raise AssertionError(f"nothing is set aside here, yet {seq} was looked up")
+
+    try:
+        batch = [(seq, project(e, seq)) for seq, e in enumerate(history(), start=1)]  # type: ignore[arg-type]
+        n = len(batch)
+        await store.create_schema(conn, "own")
+        assert await setaside.apply(conn, batch[: n - 4], lookup, "own") == n - 4
+        assert await setaside.apply(conn, batch[:3], lookup, "own") == n - 4
+        assert await setaside.apply(conn, batch[2:], lookup, "own") == n
+        with pytest.raises(store.CheckpointBehind) as behind:
+            await setaside.apply(conn, batch[2:], lookup, "own", committed=n + 5)
+        assert behind.value.stored == n
+        assert await store.checkpoint(conn, "own") == n
+    finally:
+        await conn.close()

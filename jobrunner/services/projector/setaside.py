@@ -69,8 +69,15 @@ async def apply(
     committed: int | None = None,
 ) -> int:
     """Apply ``batch`` (see ``store.apply_batch``, and its ``writing`` and ``committed``),
-    setting aside each event that cannot be; returns the new checkpoint. Raises only what is not
-    a data error."""
+    setting aside each event that cannot be. Raises only what is not a data error.
+
+    Returns a checkpoint at least the batch's last sequence. When the batch went in whole (in one
+    transaction, nothing set aside), it is the checkpoint that transaction committed, or the one
+    it found under the lock when the stored checkpoint already covered the batch (another
+    projector applied it): never one that another projector committed after this call's
+    transaction, so it is this projector's own position (what ``CheckpointBehind``, the
+    ``ProjectedNotice`` and the checkpoint gauge mean). After a set-aside it is the stored
+    checkpoint read afterwards, which another projector may have moved further on since."""
     start = 0
     # Messages that are no readable event are set aside without trying them.
     for i, (seq, changes) in enumerate(batch):
@@ -80,7 +87,11 @@ async def apply(
             await _bisect(conn, batch[start:i], lookup, schema, writing, committed)
             await _set_aside(conn, seq, unreadable.error, lookup, schema, committed)
             start = i + 1
-    await _bisect(conn, batch[start:], lookup, schema, writing, committed)
+    whole = await _bisect(conn, batch[start:], lookup, schema, writing, committed)
+    if start == 0 and whole is not None:
+        # Applied in one transaction, nothing set aside: the checkpoint it left, not read again
+        # (a round trip a batch that the replay's loading waits on).
+        return whole
     return await store.checkpoint(conn, schema)
 
 
@@ -91,21 +102,22 @@ async def _bisect(
     schema: str,
     writing: Callable[[], None] | None,
     committed: int | None = None,
-) -> None:
+) -> int | None:
+    """The checkpoint ``store.apply_batch`` left when the batch went in whole, else None."""
     if not batch:
-        return
+        return None
     try:
-        await store.apply_batch(conn, batch, schema, writing, committed)
-        return
+        return await store.apply_batch(conn, batch, schema, writing, committed)
     except Exception as exc:
         if not is_data_error(exc):
             raise
         if len(batch) == 1:
             await _set_aside(conn, batch[0][0], _describe(exc), lookup, schema, committed)
-            return
+            return None
     middle = len(batch) // 2
     await _bisect(conn, batch[:middle], lookup, schema, writing, committed)
     await _bisect(conn, batch[middle:], lookup, schema, writing, committed)
+    return None
 
 
 def _describe(exc: BaseException) -> str:
