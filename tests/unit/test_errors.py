@@ -145,6 +145,34 @@ ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]
     (ReadModelsLost("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
     (ReadModelsNotRead("why"), (503, "2", "READ_MODELS_UNAVAILABLE", "why", {})),
     (
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+        (
+            503,
+            "5",
+            "READ_STATEMENT_TIMEOUT",
+            "The read took longer than the read models' database (Postgres) allows a statement "
+            "(its statement_timeout) and was cancelled; try again shortly, and tell the "
+            "operator if it lasts.",
+            {},
+        ),
+    ),
+    (
+        asyncpg.QueryCanceledError("canceling statement due to user request"),
+        (
+            503,
+            "5",
+            "READ_CANCELLED",
+            "The read was cancelled in the read models' database (Postgres), by an operator or "
+            "a timeout of its own; try again shortly.",
+            {},
+        ),
+    ),
+    (asyncpg.AdminShutdownError("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
+    (
+        asyncpg.exceptions.IdleSessionTimeoutError("x"),
+        (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {}),
+    ),
+    (
         ReadModelsTimeout(2.5),
         (
             503,
@@ -195,7 +223,7 @@ ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]
 
 
 @pytest.mark.parametrize(
-    ("error", "answer"), ANSWERS, ids=[type(error).__name__ for error, _ in ANSWERS]
+    ("error", "answer"), ANSWERS, ids=[f"{type(error).__name__}-{error}" for error, _ in ANSWERS]
 )
 async def test_each_failure_of_a_route_is_answered_with_its_status_retry_after_code_and_sentence(
     error: Exception, answer: tuple[int, str | None, str, str, dict[str, Any]]

@@ -295,6 +295,42 @@ def postgres_timeout_handler(
     return read_models_timeout(exc).response()
 
 
+# Seconds a client is asked to wait after READ_CANCELLED or READ_STATEMENT_TIMEOUT: as long as
+# after READ_MODELS_TIMEOUT, a read that took too long being the likelier cause of either.
+READ_CANCELLED_RETRY_AFTER = READ_TIMEOUT_RETRY_AFTER
+POSTGRES_CANCELLED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+
+
+def read_cancelled(exc: BaseException) -> ApiError:
+    """A read whose statement Postgres cancelled (``QueryCanceledError``): Postgres answered,
+    so not READ_MODELS_UNAVAILABLE. Its statement_timeout (the read took too long) or, any
+    other cancel, an operator's (pg_cancel_backend)."""
+    if postgresconnect.statement_timed_out(exc):
+        return try_again_later(
+            "READ_STATEMENT_TIMEOUT",
+            "The read took longer than the read models' database (Postgres) allows a statement "
+            "(its statement_timeout) and was cancelled; try again shortly, and tell the "
+            "operator if it lasts.",
+            retry_after=READ_CANCELLED_RETRY_AFTER,
+        )
+    return try_again_later(
+        "READ_CANCELLED",
+        "The read was cancelled in the read models' database (Postgres), by an operator or "
+        "a timeout of its own; try again shortly.",
+        retry_after=READ_CANCELLED_RETRY_AFTER,
+    )
+
+
+def read_cancelled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    _warn_throttled(
+        POSTGRES_CANCELLED_LOG,
+        "a read's statement cancelled by Postgres",
+        path=request.url.path,
+        error=repr(exc),
+    )
+    return read_cancelled(exc).response()
+
+
 # What Postgres being away looks like to a read: a new connection refused or reset (the read
 # pool's connect turns only its own socket errors into PostgresUnreachable: another OSError or
 # TimeoutError of the API, a NATS KV lag, is not Postgres's), one it closed (a shutdown, a
@@ -304,7 +340,10 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
     database.PostgresUnreachable,
     asyncpg.PostgresConnectionError,
     asyncpg.ConnectionDoesNotExistError,
-    asyncpg.exceptions.OperatorInterventionError,
+    # Postgres ended the read's session (shutting down, crashed, starting up, its database
+    # dropped, an idle session's timeout); not a statement it cancelled, which is
+    # read_cancelled_handler's.
+    *postgresconnect.SESSION_ENDED_ERRORS,
     ReadModelsLost,  # a read's connection died, told by asyncpg as a client-side error
     ReadModelsNotRead,  # a stream's read not made: Postgres away just now, or version unknown
 )
@@ -316,6 +355,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
     ReadModelsNotRead: not_read_handler,
     ReadModelsTimeout: postgres_timeout_handler,
+    **dict.fromkeys(postgresconnect.STATEMENT_CANCELLED_ERRORS, read_cancelled_handler),
     ReadModelsOfAnotherVersion: other_version_handler,
     **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),
     Exception: internal_error_handler,
