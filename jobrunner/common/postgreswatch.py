@@ -33,12 +33,14 @@ log = structlog.get_logger()
 # this is the probe's own default.
 ANSWER_WITHIN = CHECK_CONNECT_SECONDS
 PROBE_EVERY = 1.0
-# The sessions of a long work (and its probe's): no statement timeout, whatever the server's
-# default, as the design says: a COPY or index build may rightly take minutes, and the probe,
-# not a timeout, tells a frozen Postgres. (A statement cancelled is not Postgres gone:
-# postgresconnect.WENT_AWAY_ERRORS.)
+# The sessions of a long work (its pool's, its lock holder's, its probe's): no statement
+# timeout, whatever the server's default, as the design says: a COPY or index build may rightly
+# take minutes, and the probe, not a timeout, tells a frozen Postgres. (A statement cancelled is
+# not Postgres gone: postgresconnect.WENT_AWAY_ERRORS.) No idle_session_timeout either: the lock
+# holder idles through the loading, the probe between two looks, a pooled connection between
+# two batches; a server that ended one would fail the work.
 WORK_STATEMENT_TIMEOUT = "0"
-WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT}
+WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT, "idle_session_timeout": "0"}
 # How often a work's backend checks, while it runs a statement, that its client is still there:
 # the probe ends the work's connections (closes their sockets), but a frozen server's backend
 # thawed later would otherwise run its COPY, index build or comparison to the end, holding the
@@ -176,7 +178,7 @@ async def start(
         database_url,
         timeout=CHECK_CONNECT_SECONDS,
         # Idle between two probes: a server-wide idle_session_timeout must not end it.
-        server_settings={**WORK_SESSION_SETTINGS, "idle_session_timeout": "0"},
+        server_settings=WORK_SESSION_SETTINGS,
     )
     return LivenessWatch(conn, on_gone, answer_within, every)
 

@@ -73,8 +73,7 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
         database_url,
         timeout=CHECK_CONNECT_SECONDS,
         server_settings={
-            "idle_session_timeout": "0",
-            **postgreswatch.WORK_SESSION_SETTINGS,
+            **postgreswatch.WORK_SESSION_SETTINGS,  # no idle_session_timeout among them
             **peerliveness.server_settings(dead_after),
         },
     )

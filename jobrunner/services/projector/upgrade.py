@@ -41,7 +41,7 @@ from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.common.stopping import unless_stopped
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import outage, setaside, store, timestamps
+from jobrunner.services.projector import outage, setaside, store, workpool
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
@@ -338,16 +338,7 @@ async def _rebuild(
         # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
         # them; the swap itself commits synchronously. Two connections: build_indexes' three
         # builds run two at a time.
-        pool = await database.create_pool(
-            settings.database_url,
-            min_size=2,
-            max_size=2,
-            init=timestamps.init_connection,
-            connect=postgreswatch.connect_work,
-            connect_timeout=CHECK_CONNECT_SECONDS,
-            synchronous_commit="off",
-            statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
-        )
+        pool = await workpool.open_work_pool(settings.database_url, size=2)
         held.add(pool)
         resources.push_async_callback(database.close_pool, pool)
         await eventstore.ensure_topology(js, names, settings)
