@@ -103,8 +103,8 @@ class LivenessWatch:
                 return
 
     async def _ask(self) -> str | None:
-        """One ``SELECT 1``: None answered; else why Postgres counts as gone (unanswered within
-        ``answer_within``, its connection terminated then; or failed)."""
+        """One ``SELECT 1``: None answered (a cancel is an answer); else why Postgres counts as
+        gone (unanswered within ``answer_within``, its connection terminated then; or failed)."""
         # The simple query protocol: one round trip. A fetchval prepares its statement first,
         # a second round trip: with the loop blocked past the bound, the prepare's answer was
         # read as the timeout fired, and the query itself not yet sent (a live Postgres said
@@ -127,7 +127,9 @@ class LivenessWatch:
         if not query.done() or query.cancelled():
             return f"no answer to a probe within {self._answer_within:g} s"
         failure = query.exception()
-        if failure is None:
+        if failure is None or isinstance(failure, postgresconnect.STATEMENT_CANCELLED_ERRORS):
+            # A cancel (an operator's pg_cancel_backend of the probe's backend) is Postgres
+            # answering; the session lives on and the next round asks again.
             return None
         return f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
 
