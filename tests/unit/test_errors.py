@@ -243,3 +243,22 @@ async def test_each_failure_of_a_route_is_answered_with_its_status_retry_after_c
     assert msgspec.json.decode(response.content) == {
         "error": {"code": code, "message": message, **extra}
     }
+
+
+async def test_an_extra_field_named_code_or_message_cannot_replace_the_errors_own() -> None:
+    """Extra fields (a gate's version details, a request's limit) sit beside the code and
+    the sentence; one that happens to be called ``code`` or ``message`` does not replace
+    them. Before: the client was answered the extra's value as the error's code."""
+
+    @get("/refused")
+    async def refused() -> str:
+        raise ApiError(409, "JOB_FINISHED", "The job has finished.", code="X", message="y", n=1)
+
+    response = await answer_to_get(refused)
+    assert response.status_code == 409, response.text
+    body = msgspec.json.decode(response.content)["error"]
+    assert (body["code"], body["message"], body["n"]) == (
+        "JOB_FINISHED",
+        "The job has finished.",
+        1,
+    )

@@ -99,7 +99,11 @@ def batch_not_found(batch_id: str) -> ApiError:
 
 
 def error_body(code: str, message: str, /, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+    """The error's body: its code and sentence, then what else it names (``extra``), which
+    cannot replace them (an extra called ``code`` or ``message`` is left out)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    error.update((name, value) for name, value in extra.items() if name not in error)
+    return {"error": error}
 
 
 def api_error_handler(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
