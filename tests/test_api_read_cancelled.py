@@ -36,10 +36,16 @@ async def read_job(system: System) -> tuple[int, dict[str, str], dict[str, Any]]
     return response.status_code, dict(response.headers), response.json()
 
 
-async def backends_waiting_on_a_lock(conn: asyncpg.Connection) -> list[int]:
+# The job read's own statement (readmodels.job_row) as pg_stat_activity shows it: no other
+# backend (the projector's, a stream's) is taken for it.
+JOB_READ_TEXT = f"%FROM {READ_SCHEMA}.jobs WHERE id = $1%"
+
+
+async def job_reads_waiting_on_a_lock(conn: asyncpg.Connection) -> list[int]:
     rows = await conn.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> $1",
-        await conn.fetchval("SELECT pg_backend_pid()"),
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query LIKE $1 AND pid <> pg_backend_pid()",
+        JOB_READ_TEXT,
     )
     return [row["pid"] for row in rows]
 
@@ -50,6 +56,9 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
     """A read waits on a lock another session holds on the jobs' table; the operator cancels
     it (pg_cancel_backend). Before the fix: 503 READ_MODELS_UNAVAILABLE, "cannot be reached
     just now", with Postgres answering all along."""
+    # The API serves and its pool is warm: the read below goes straight to its statement.
+    status, _, body = await read_job(system)
+    assert status == 200, body
     operator = await asyncpg.connect(own_postgres.url)
     try:
         locker = operator.transaction()
@@ -58,7 +67,9 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
         reading = asyncio.ensure_future(read_job(system))
         waiting: list[int] = []
         async with asyncio.timeout(30):  # a bound on a broken test only
-            while not (waiting := await backends_waiting_on_a_lock(operator)):  # noqa: ASYNC110 (Postgres state)
+            while not (waiting := await job_reads_waiting_on_a_lock(operator)):
+                # A read answered without waiting on the lock: fail with its answer now.
+                assert not reading.done(), f"the read did not wait on the lock: {reading.result()}"
                 await asyncio.sleep(0.02)
         [cancelled] = waiting
         assert await operator.fetchval("SELECT pg_cancel_backend($1)", cancelled)
@@ -106,3 +117,67 @@ async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
         await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
         await operator.close()
         await pool.expire_connections()
+
+
+# A Postgres error of each transient SQLSTATE class, as a read meets it, and the API's answer:
+# (SQLSTATE, code, Retry-After). 57000 is asyncpg's bare OperatorInterventionError, 57P99 and
+# 40P99 SQLSTATEs asyncpg has no class for (UnknownPostgresError).
+TRANSIENT_ANSWERS = [
+    ("57000", "READ_MODELS_UNAVAILABLE", "2"),
+    ("57P99", "READ_MODELS_UNAVAILABLE", "2"),
+    ("40P01", "READ_CONFLICT", "1"),
+    ("40001", "READ_CONFLICT", "1"),
+    ("40P99", "READ_CONFLICT", "1"),
+    ("53200", "READ_MODELS_OVERLOADED", "5"),
+    ("55P03", "READ_STATEMENT_TIMEOUT", "5"),
+]
+
+
+async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_500(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """The jobs' table is put behind a view whose function raises an error of each transient
+    SQLSTATE class (an operator's intervention, a deadlock or serialization failure, resources
+    short, a lock_timeout; Postgres raises them itself only under faults hard to stage): the
+    list of jobs is answered 503 with a code naming it and Retry-After, and once the table is
+    back, 200. Before the fix: 500 INTERNAL_ERROR for each."""
+    operator = await asyncpg.connect(own_postgres.url)
+    pool = read_pool_of(system).pool
+    answers: dict[str, tuple[int, str | None, str]] = {}
+    try:
+        async with operator.transaction():
+            await operator.execute(f"ALTER TABLE {READ_SCHEMA}.jobs RENAME TO jobs_behind_view")
+            await operator.execute(
+                f"CREATE FUNCTION {READ_SCHEMA}.jobs_failing() RETURNS SETOF "
+                f"{READ_SCHEMA}.jobs_behind_view LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'staged' USING ERRCODE = current_setting('test.errcode'); "
+                "END $$"
+            )
+            await operator.execute(
+                f"CREATE VIEW {READ_SCHEMA}.jobs AS SELECT * FROM {READ_SCHEMA}.jobs_failing()"
+            )
+        database = await operator.fetchval("SELECT current_database()")
+        for sqlstate, _, _ in TRANSIENT_ANSWERS:
+            # Each new session of the API's takes the database's setting.
+            await operator.execute(f"ALTER DATABASE \"{database}\" SET test.errcode = '{sqlstate}'")
+            await pool.expire_connections()
+            async with system.client() as client:
+                response = await client.get("/api/jobs")
+            answers[sqlstate] = (
+                response.status_code,
+                response.headers.get("retry-after"),
+                response.json()["error"]["code"],
+            )
+    finally:
+        async with operator.transaction():
+            await operator.execute(f"DROP VIEW IF EXISTS {READ_SCHEMA}.jobs")
+            await operator.execute(f"DROP FUNCTION IF EXISTS {READ_SCHEMA}.jobs_failing()")
+            await operator.execute(f"ALTER TABLE {READ_SCHEMA}.jobs_behind_view RENAME TO jobs")
+        await operator.close()
+        await pool.expire_connections()
+    assert answers == {
+        sqlstate: (503, retry_after, code) for sqlstate, code, retry_after in TRANSIENT_ANSWERS
+    }
+    async with system.client() as client:
+        response = await client.get("/api/jobs")
+    assert response.status_code == 200, response.text

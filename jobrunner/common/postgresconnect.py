@@ -48,9 +48,51 @@ STATEMENT_TIMEOUT_MESSAGE = "canceling statement due to statement timeout"
 
 def statement_timed_out(exc: BaseException) -> bool:
     """Whether ``exc`` is a statement cancelled at its statement_timeout (not an operator's)."""
-    return isinstance(exc, asyncpg.QueryCanceledError) and str(exc).startswith(
-        STATEMENT_TIMEOUT_MESSAGE
+    # Postgres's message alone: str() adds its DETAIL and HINT.
+    return (
+        isinstance(exc, asyncpg.QueryCanceledError)
+        and bool(exc.args)
+        and str(exc.args[0]).startswith(STATEMENT_TIMEOUT_MESSAGE)
     )
+
+
+# Errors of a statement that Postgres answered and that the same statement may not meet a
+# moment later, told by SQLSTATE class rather than by asyncpg's class: class 57 (operator
+# intervention; its subclasses that end the session are SESSION_ENDED_ERRORS, a cancel is
+# STATEMENT_CANCELLED_ERRORS), 40 (a serialization failure, a deadlock), 53 (insufficient
+# resources: out of memory, disk full, too many connections) and 55P03 (lock_not_available: an
+# operator's lock_timeout). A SQLSTATE asyncpg does not know (UnknownPostgresError) is judged by
+# its class as well (``transient_cause``); these are the classes an ``except`` can name.
+TRANSIENT_STATEMENT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.LockNotAvailableError,
+)
+
+# What each transient SQLSTATE class (or SQLSTATE) means, as transient_cause answers it.
+OPERATOR_INTERVENTION = "operator_intervention"
+TRANSACTION_CONFLICT = "transaction_conflict"
+INSUFFICIENT_RESOURCES = "insufficient_resources"
+LOCK_TIMEOUT = "lock_timeout"
+_TRANSIENT_SQLSTATES = (
+    ("55P03", LOCK_TIMEOUT),
+    ("57", OPERATOR_INTERVENTION),
+    ("40", TRANSACTION_CONFLICT),
+    ("53", INSUFFICIENT_RESOURCES),
+)
+
+
+def transient_cause(exc: BaseException) -> str | None:
+    """Which transient Postgres error ``exc`` is, by its SQLSTATE (one of the causes above), or
+    None: not a Postgres error, or one that trying again does not mend."""
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    if not isinstance(sqlstate, str):
+        return None
+    for prefix, cause in _TRANSIENT_SQLSTATES:
+        if sqlstate.startswith(prefix):
+            return cause
+    return None
 
 
 # A connect that may succeed later: refused, reset, timed out, Postgres starting up or shutting

@@ -335,6 +335,64 @@ def read_cancelled_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     return read_cancelled(exc).response()
 
 
+# Seconds a client is asked to wait after READ_CONFLICT: the other transaction has likely
+# finished by then.
+READ_CONFLICT_RETRY_AFTER = 1
+# And after READ_MODELS_OVERLOADED: memory, disk or connections are not freed in an instant.
+READ_OVERLOADED_RETRY_AFTER = 5
+POSTGRES_TRANSIENT_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+
+
+def transient_postgres_error(exc: BaseException) -> ApiError | None:
+    """The answer to a Postgres error that may pass (postgresconnect.transient_cause, by its
+    SQLSTATE, a code asyncpg does not know included), or None: not one."""
+    cause = postgresconnect.transient_cause(exc)
+    if cause == postgresconnect.LOCK_TIMEOUT:
+        return try_again_later(
+            "READ_STATEMENT_TIMEOUT",
+            "The read waited for a lock longer than the read models' database (Postgres) "
+            "allows (its lock_timeout) and was cancelled; try again shortly, and tell the "
+            "operator if it lasts.",
+            retry_after=READ_CANCELLED_RETRY_AFTER,
+        )
+    if cause == postgresconnect.TRANSACTION_CONFLICT:
+        return try_again_later(
+            "READ_CONFLICT",
+            "The read models' database (Postgres) ended the read in a conflict with another "
+            "transaction (a deadlock or serialization failure); try again.",
+            retry_after=READ_CONFLICT_RETRY_AFTER,
+        )
+    if cause == postgresconnect.INSUFFICIENT_RESOURCES:
+        return try_again_later(
+            "READ_MODELS_OVERLOADED",
+            "The read models' database (Postgres) lacks the resources for the read just now "
+            "(connections, memory or disk); try again shortly, and tell the operator if it "
+            "lasts.",
+            retry_after=READ_OVERLOADED_RETRY_AFTER,
+        )
+    return None
+
+
+def transient_postgres_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A Postgres error that may pass (by its SQLSTATE class): a 503 naming it, never a 500.
+    An operator's intervention (class 57) that neither ends the session nor cancels the
+    statement is told as Postgres away; an unknown SQLSTATE of no such class is a 500."""
+    cause = postgresconnect.transient_cause(exc)
+    if cause is None:
+        return internal_error_handler(request, exc)
+    answer = transient_postgres_error(exc)
+    if answer is None:  # an operator's intervention
+        return postgres_error_handler(request, exc)
+    _warn_throttled(
+        POSTGRES_TRANSIENT_LOG,
+        "a read failed in Postgres for now",
+        path=request.url.path,
+        error=repr(exc),
+        sqlstate=getattr(exc, "sqlstate", None),
+    )
+    return answer.response()
+
+
 # What Postgres being away looks like to a read: a new connection refused or reset (the read
 # pool's connect turns only its own socket errors into PostgresUnreachable: another OSError or
 # TimeoutError of the API, a NATS KV lag, is not Postgres's), one it closed (a shutdown, a
@@ -360,6 +418,10 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ReadModelsNotRead: not_read_handler,
     ReadModelsTimeout: postgres_timeout_handler,
     **dict.fromkeys(postgresconnect.STATEMENT_CANCELLED_ERRORS, read_cancelled_handler),
+    # Litestar picks the nearest class of the error's MRO: the subclasses above (a session
+    # ended, a statement cancelled) keep their own handlers.
+    **dict.fromkeys(postgresconnect.TRANSIENT_STATEMENT_ERRORS, transient_postgres_handler),
+    asyncpg.exceptions.UnknownPostgresError: transient_postgres_handler,
     ReadModelsOfAnotherVersion: other_version_handler,
     **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),
     Exception: internal_error_handler,
