@@ -135,7 +135,10 @@ async def ensure_current(
         allow_rebuild = settings.readmodel_auto_rebuild
     held = held or Connections()
     # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres'
-    # (`jobrunner replay` says it as its start's check does: cli.py).
+    # (`jobrunner replay` says it as its start's check does: cli.py). A work's session, as the
+    # rebuild's others (WORK_SESSION_SETTINGS): no server statement_timeout cancels its wait for
+    # another projector creating the schema; exempt from idle_session_timeout too, which this
+    # short-lived session never needed but costs nothing.
     conn = await database.connect_or_unreachable(
         settings.database_url,
         timeout=CHECK_CONNECT_SECONDS,

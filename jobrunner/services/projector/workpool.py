@@ -23,10 +23,10 @@ async def open_work_pool(database_url: str, size: int) -> asyncpg.Pool:
         database_url,
         min_size=2,
         max_size=size,
+        reset=None,  # asyncpg's (named: mypy would match the settings below to it)
         init=timestamps.init_connection,
         connect=postgreswatch.connect_work,
         connect_timeout=CHECK_CONNECT_SECONDS,
         synchronous_commit="off",
-        statement_timeout=postgreswatch.WORK_SESSION_SETTINGS["statement_timeout"],
-        idle_session_timeout=postgreswatch.WORK_SESSION_SETTINGS["idle_session_timeout"],
+        **postgreswatch.WORK_SESSION_SETTINGS,
     )
