@@ -42,6 +42,11 @@ JOB_READ_TEXT = f"%FROM {READ_SCHEMA}.jobs WHERE id = $1%"
 
 
 async def job_reads_waiting_on_a_lock(conn: asyncpg.Connection) -> list[int]:
+    """The job reads waiting on a lock, asked on ``conn`` outside any transaction: within one,
+    Postgres shows pg_stat_activity as it was at the transaction's first look at it (the
+    test asked on the lock's own transaction, looked before the read waited, and saw no read
+    waiting for its 30 s)."""
+    assert not conn.is_in_transaction()
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity"
         " WHERE wait_event_type = 'Lock' AND query LIKE $1 AND pid <> pg_backend_pid()",
@@ -60,6 +65,7 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
     status, _, body = await read_job(system)
     assert status == 200, body
     operator = await asyncpg.connect(own_postgres.url)
+    watcher = await asyncpg.connect(own_postgres.url)
     try:
         locker = operator.transaction()
         await locker.start()
@@ -67,7 +73,7 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
         reading = asyncio.ensure_future(read_job(system))
         waiting: list[int] = []
         async with asyncio.timeout(30):  # a bound on a broken test only
-            while not (waiting := await job_reads_waiting_on_a_lock(operator)):
+            while not (waiting := await job_reads_waiting_on_a_lock(watcher)):
                 # A read answered without waiting on the lock: fail with its answer now.
                 assert not reading.done(), f"the read did not wait on the lock: {reading.result()}"
                 await asyncio.sleep(0.02)
@@ -85,6 +91,7 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
         )
         assert alive == 1, "the cancelled read's connection was ended"
     finally:
+        await watcher.close()
         await operator.close()
     status, _, body = await read_job(system)
     assert status == 200, body
