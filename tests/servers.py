@@ -41,7 +41,7 @@ def nats_url() -> Iterator[str]:
         yield url
         return
     if docker_answers():
-        from testcontainers.nats import NatsContainer  # type: ignore[import-untyped]
+        from testcontainers.nats import NatsContainer
 
         with NatsContainer("nats:2.11").with_command("-js") as container:
             yield container.nats_uri()
@@ -100,7 +100,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         yield PostgresCluster(url)
         return
     if docker_answers():
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+        from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16", driver=None) as container:
             yield PostgresCluster(container.get_connection_url())

@@ -10,6 +10,7 @@ import ssl
 import sys
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 
 from jobrunner.common import database
@@ -97,3 +98,20 @@ def test_an_error_without_a_message_is_named_by_its_type() -> None:
     )
     said = logged_with(ConnectionRefusedError(111, "refused")).getMessage()
     assert said == "m (Postgres away: ConnectionRefusedError: [Errno 111] refused)"
+
+
+def test_a_statement_cancelled_is_not_postgres_away() -> None:
+    """A QueryCanceledError is Postgres answering (a cancel, a statement_timeout): never a
+    failed connect, so an asyncpg line with one keeps its traceback, as any unexpected error
+    does. Before: shortened to "(Postgres away: QueryCanceledError ...)", as every
+    OperatorInterventionError was."""
+    record = logged_with(asyncpg.QueryCanceledError("canceling statement due to user request"))
+    assert record.exc_info is not None
+    assert record.getMessage() == "m"
+
+
+def test_postgres_shutting_down_at_a_connect_is_postgres_away() -> None:
+    said = logged_with(asyncpg.CannotConnectNowError("the database system is shutting down"))
+    assert said.getMessage() == (
+        "m (Postgres away: CannotConnectNowError: the database system is shutting down)"
+    )

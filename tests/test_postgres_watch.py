@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from jobrunner.common import postgreswatch
 from jobrunner.common.settings import Settings
+from jobrunner.embedded.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -131,3 +132,40 @@ async def test_an_on_gone_that_fails_is_logged_not_left_unretrieved(settings: Se
         loop.set_exception_handler(None)
     assert unretrieved == []
     assert any("on_gone" in str(entry.get("event")) for entry in logs), logs
+
+
+# What the probe's backend writes to the server's log when a cancel lands while it runs the
+# probe's SELECT 1 (a cancel landing while it waits for the next one is ignored by Postgres).
+CANCELLED_IN_LOG = "ERROR:  canceling statement due to user request"
+# Cancels sent before the test gives up on landing one mid-probe: a bound on a broken test only
+# (a few dozen land one on an idle machine).
+MOST_CANCELS = 20_000
+
+
+async def test_a_probe_cancelled_by_an_operator_is_postgres_answering(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """``pg_cancel_backend`` of the probe's backend, sent until one lands on a probe's
+    SELECT 1 (the server's log says so): Postgres answered the probe, with a cancel, so the work
+    is not said to have lost it. Before the fix the watch said "QueryCanceledError: canceling
+    statement due to user request", ended the work's connections, and the replay said Postgres
+    went away."""
+    gone: list[str] = []
+    watch = await postgreswatch.start(own_postgres.url, lambda: gone.append("on_gone"), every=0.0)
+    operator = await asyncpg.connect(own_postgres.url)
+    probe = watch._conn.get_server_pid()
+    landed = f"[{probe}] {CANCELLED_IN_LOG}"
+    server_log = own_postgres.log_file
+    try:
+        for sent in range(1, MOST_CANCELS + 1):
+            await operator.execute("SELECT pg_cancel_backend($1)", probe)
+            if watch.gone is not None or (sent % 20 == 0 and landed in server_log.read_text()):
+                break
+        else:
+            pytest.fail(f"none of {MOST_CANCELS} cancels landed on a probe's SELECT 1")
+        assert watch.gone is None, watch.gone
+        assert await watch.lost() is None
+        assert gone == []
+    finally:
+        await operator.close()
+        await watch.stop()

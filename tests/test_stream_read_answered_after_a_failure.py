@@ -12,13 +12,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.common.settings import Settings
-from jobrunner.contracts.names import Names
 from jobrunner.services.api.context import ProjectionTracker, read_pool
-from jobrunner.services.api.readmodelgate import ReadModelGate, ReadModelState
 from jobrunner.services.api.readpool import ReadModelsNotRead, ReadModelsTimeout, ReadPool
 from jobrunner.services.api.streamlookups import StreamLookups, StreamReadsAway
+from tests.tools.api_parts import serving_gate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,14 +34,6 @@ async def pool(settings: Settings) -> AsyncIterator[ReadPool]:
         yield pool
     finally:
         await pool.pool.close()
-
-
-def serving_gate() -> ReadModelGate:
-    """A gate that knows the read models are this version."""
-    gate = ReadModelGate(None, None, Names("t"), 60.0)  # type: ignore[arg-type]
-    gate.state = ReadModelState(found=READMODEL_VERSION)
-    gate.known = True
-    return gate
 
 
 async def until_a_read_waits_for_the_lock(holder: asyncpg.Connection) -> None:

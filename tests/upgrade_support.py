@@ -60,7 +60,7 @@ async def older_state(
     """The events in the stream, and older read models that an older projector had brought to
     the stream's end (its rows say every job is still pending: only a rebuild makes them true)."""
     stream, made = history(jobs, lines, per_event)
-    last = await publish(settings, stream)  # type: ignore[arg-type]  # batch events publish too
+    last = await publish(settings, stream)
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(OLD_SCHEMA.read_text().format(schema="readmodel"))

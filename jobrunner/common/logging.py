@@ -12,8 +12,9 @@ import ssl
 import sys
 import time
 
-import asyncpg
 import structlog
+
+from jobrunner.common import postgresconnect
 
 # Libraries whose INFO lines are one per request they make (each /metrics scrape of a peer):
 # noise beside the services' own lines, so only their warnings are written.
@@ -22,13 +23,10 @@ CHATTY_LIBRARIES = ("httpx", "httpcore")
 # What a Postgres that is down, restarting or shutting down raises at a connect: expected faults,
 # each retried by whoever met it. A bare OSError is one here (a refused or timed-out connect;
 # database.PostgresUnreachable is one too), unlike in the API's errors.POSTGRES_AWAY, which
-# judges any error of a request.
-POSTGRES_AWAY_AT_CONNECT = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
-)
+# judges any error of a request. The connect's errors that may pass, as the services' starts
+# wait them out (postgresconnect.PASSING_CONNECT_ERRORS): not a statement cancelled, which no
+# connect meets and which keeps its traceback.
+POSTGRES_AWAY_AT_CONNECT = postgresconnect.PASSING_CONNECT_ERRORS
 # OSErrors that are the installation's own mistakes, not a Postgres away (a certificate that does
 # not verify, a certificate or socket file that is missing or unreadable): the retries will not
 # mend them, and their traceback says where to look.

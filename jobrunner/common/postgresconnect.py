@@ -16,14 +16,94 @@ from jobrunner.common import exitcodes
 from jobrunner.common.database import PostgresUnreachable
 from jobrunner.common.refusal import REFUSED_EXIT
 
+# Postgres going away or not ready: shutting down (pg_terminate_backend, a fast shutdown),
+# crashed, starting up. The rest of OperatorInterventionError is not: a statement cancelled
+# (pg_cancel_backend, a statement_timeout), an idle session's timeout, its database dropped.
+GOING_AWAY_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+
+# Postgres ended this session (a FATAL error: the connection is gone) but is not, or not
+# necessarily, going away: besides GOING_AWAY_ERRORS, the session's database dropped, or its
+# idle_session_timeout passed. A new connection may serve; this one never will again.
+SESSION_ENDED_ERRORS: tuple[type[Exception], ...] = (
+    *GOING_AWAY_ERRORS,
+    asyncpg.exceptions.DatabaseDroppedError,
+    asyncpg.exceptions.IdleSessionTimeoutError,
+)
+
+# A statement Postgres cancelled and answered so (SQLSTATE 57014): an operator's
+# pg_cancel_backend, or the session's statement_timeout. Postgres is there, and the session
+# lives on: not "Postgres away", and the connection is kept.
+STATEMENT_CANCELLED_ERRORS: tuple[type[Exception], ...] = (asyncpg.QueryCanceledError,)
+
+# What Postgres says of a statement its statement_timeout cancelled; a pg_cancel_backend says
+# "canceling statement due to user request". The SQLSTATE is the same (57014), so the message
+# tells them apart: a server whose lc_messages is not English says neither, and its timeouts
+# are told as cancels.
+STATEMENT_TIMEOUT_MESSAGE = "canceling statement due to statement timeout"
+
+
+def statement_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement cancelled at its statement_timeout (not an operator's)."""
+    # Postgres's message alone: str() adds its DETAIL and HINT.
+    return (
+        isinstance(exc, asyncpg.QueryCanceledError)
+        and bool(exc.args)
+        and str(exc.args[0]).startswith(STATEMENT_TIMEOUT_MESSAGE)
+    )
+
+
+# Errors of a statement that Postgres answered and that the same statement may not meet a
+# moment later, told by SQLSTATE class rather than by asyncpg's class: class 57 (operator
+# intervention; its subclasses that end the session are SESSION_ENDED_ERRORS, a cancel is
+# STATEMENT_CANCELLED_ERRORS), 40 (a serialization failure, a deadlock), 53 (insufficient
+# resources: out of memory, disk full, too many connections) and 55P03 (lock_not_available: an
+# operator's lock_timeout). A SQLSTATE asyncpg does not know (UnknownPostgresError) is judged by
+# its class as well (``transient_cause``); these are the classes an ``except`` can name.
+TRANSIENT_STATEMENT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.LockNotAvailableError,
+)
+
+# What each transient SQLSTATE class (or SQLSTATE) means, as transient_cause answers it.
+OPERATOR_INTERVENTION = "operator_intervention"
+TRANSACTION_CONFLICT = "transaction_conflict"
+INSUFFICIENT_RESOURCES = "insufficient_resources"
+LOCK_TIMEOUT = "lock_timeout"
+_TRANSIENT_SQLSTATES = (
+    ("55P03", LOCK_TIMEOUT),
+    ("57", OPERATOR_INTERVENTION),
+    ("40", TRANSACTION_CONFLICT),
+    ("53", INSUFFICIENT_RESOURCES),
+)
+
+
+def transient_cause(exc: BaseException) -> str | None:
+    """Which transient Postgres error ``exc`` is, by its SQLSTATE (one of the causes above), or
+    None: not a Postgres error, or one that trying again does not mend."""
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    if not isinstance(sqlstate, str):
+        return None
+    for prefix, cause in _TRANSIENT_SQLSTATES:
+        if sqlstate.startswith(prefix):
+            return cause
+    return None
+
+
 # A connect that may succeed later: refused, reset, timed out, Postgres starting up or shutting
-# down, its connections all taken. A refusal (below) is raised.
+# down (or the new backend terminated as it started), its connections all taken. A refusal
+# (below) is raised. Not the rest of OperatorInterventionError: a connect runs no statement to
+# cancel and has no idle session to time out.
 PASSING_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # TimeoutError among them
-    asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
+    *GOING_AWAY_ERRORS,
 )
 
 # Postgres answered and refused this database_url: its user or password (InvalidPasswordError
@@ -63,15 +143,6 @@ class PostgresUnusable(Exception):
         self.code = code
         self.exit_code = exit_code
 
-
-# Postgres going away or not ready: shutting down (pg_terminate_backend, a fast shutdown),
-# crashed, starting up. The rest of OperatorInterventionError is not: a statement cancelled
-# (pg_cancel_backend), an idle session's timeout, its database dropped.
-GOING_AWAY_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.CannotConnectNowError,
-)
 
 # The failed connects of a command's own work (past its check) that ``unusable`` says as the
 # check does. Its connects raise ``PostgresUnreachable`` for a socket's error or their timeout
@@ -142,7 +213,7 @@ def went_away_error(exc: BaseException) -> BaseException | None:
 def cancelled_error(exc: BaseException) -> BaseException | None:
     """The ``QueryCanceledError`` that ``exc`` is, or was raised from or while handling, as
     ``went_away_error`` finds its errors."""
-    return _in_chain(exc, (asyncpg.QueryCanceledError,))
+    return _in_chain(exc, STATEMENT_CANCELLED_ERRORS)
 
 
 def _in_chain(exc: BaseException, errors: tuple[type[BaseException], ...]) -> BaseException | None:

@@ -33,12 +33,14 @@ log = structlog.get_logger()
 # this is the probe's own default.
 ANSWER_WITHIN = CHECK_CONNECT_SECONDS
 PROBE_EVERY = 1.0
-# The sessions of a long work (and its probe's): no statement timeout, whatever the server's
-# default, as the design says: a COPY or index build may rightly take minutes, and the probe,
-# not a timeout, tells a frozen Postgres. (A statement cancelled is not Postgres gone:
-# postgresconnect.WENT_AWAY_ERRORS.)
+# The sessions of a long work (its pool's, its lock holder's, its probe's): no statement
+# timeout, whatever the server's default, as the design says: a COPY or index build may rightly
+# take minutes, and the probe, not a timeout, tells a frozen Postgres. (A statement cancelled is
+# not Postgres gone: postgresconnect.WENT_AWAY_ERRORS.) No idle_session_timeout either: the lock
+# holder idles through the loading, the probe between two looks, a pooled connection between
+# two batches; a server that ended one would fail the work.
 WORK_STATEMENT_TIMEOUT = "0"
-WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT}
+WORK_SESSION_SETTINGS = {"statement_timeout": WORK_STATEMENT_TIMEOUT, "idle_session_timeout": "0"}
 # How often a work's backend checks, while it runs a statement, that its client is still there:
 # the probe ends the work's connections (closes their sockets), but a frozen server's backend
 # thawed later would otherwise run its COPY, index build or comparison to the end, holding the
@@ -101,8 +103,8 @@ class LivenessWatch:
                 return
 
     async def _ask(self) -> str | None:
-        """One ``SELECT 1``: None answered; else why Postgres counts as gone (unanswered within
-        ``answer_within``, its connection terminated then; or failed)."""
+        """One ``SELECT 1``: None answered (a cancel is an answer); else why Postgres counts as
+        gone (unanswered within ``answer_within``, its connection terminated then; or failed)."""
         # The simple query protocol: one round trip. A fetchval prepares its statement first,
         # a second round trip: with the loop blocked past the bound, the prepare's answer was
         # read as the timeout fired, and the query itself not yet sent (a live Postgres said
@@ -125,7 +127,9 @@ class LivenessWatch:
         if not query.done() or query.cancelled():
             return f"no answer to a probe within {self._answer_within:g} s"
         failure = query.exception()
-        if failure is None:
+        if failure is None or isinstance(failure, postgresconnect.STATEMENT_CANCELLED_ERRORS):
+            # A cancel (an operator's pg_cancel_backend of the probe's backend) is Postgres
+            # answering; the session lives on and the next round asks again.
             return None
         return f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
 
@@ -176,7 +180,7 @@ async def start(
         database_url,
         timeout=CHECK_CONNECT_SECONDS,
         # Idle between two probes: a server-wide idle_session_timeout must not end it.
-        server_settings={**WORK_SESSION_SETTINGS, "idle_session_timeout": "0"},
+        server_settings=WORK_SESSION_SETTINGS,
     )
     return LivenessWatch(conn, on_gone, answer_within, every)
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from jobrunner.services.api.readmodelgate import ReadModelGate
+from jobrunner.common.readmodelversion import READMODEL_VERSION
+from jobrunner.contracts.names import Names
+from jobrunner.services.api.readmodelgate import ReadModelGate, ReadModelState
 from jobrunner.services.api.readpool import ReadPool
 from tests.system import System
 
@@ -16,6 +18,15 @@ from tests.system import System
 def gate_of(system: System) -> ReadModelGate:
     """The API's read-model gate (what version it knows the read models to be)."""
     return system._server.config.app.state.ctx.readmodels  # type: ignore[union-attr,no-any-return]
+
+
+def serving_gate() -> ReadModelGate:
+    """A gate that knows the read models are this version, told rather than asked (no NATS
+    needed): a stream's look-ups are made."""
+    gate = ReadModelGate(None, None, Names("t"), 60.0)  # type: ignore[arg-type]
+    gate.state = ReadModelState(found=READMODEL_VERSION)
+    gate.known = True
+    return gate
 
 
 def read_pool_of(system: System) -> ReadPool:

@@ -106,9 +106,30 @@ async def test_try_again_later_without_retry_after_sends_no_header() -> None:
 
 _POSTGRES_AWAY = "The read models (Postgres) cannot be reached just now; try again shortly."
 
+
 # What a client is answered for each failure a route may raise, copied from the answers of main
 # at 572d3c6 (before try_again_later): (status, Retry-After, code, message, other fields). The
 # literal values, not the modules' constants, so that a changed constant shows here too.
+def _unknown_sqlstate(sqlstate: str) -> asyncpg.PostgresError:
+    """An error as asyncpg raises it for a SQLSTATE it has no class for (UnknownPostgresError)."""
+    return asyncpg.PostgresError.new({"C": sqlstate, "M": "x", "S": "ERROR"})
+
+
+_CONFLICT = (
+    "The read models' database (Postgres) ended the read in a conflict with another "
+    "transaction (a deadlock or serialization failure); try again."
+)
+_SHORT = (
+    "The read models' database (Postgres) lacks the resources for the read just now "
+    "(connections, memory or disk); try again shortly, and tell the operator if it lasts."
+)
+_LOCK_TIMEOUT = (
+    "The read waited for a lock longer than the read models' database (Postgres) allows (its "
+    "lock_timeout) and was cancelled; try again shortly, and tell the operator if it lasts."
+)
+_OURS = "Something went wrong on our side; it has been logged."
+
+
 ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]] = [
     (
         nats.errors.TimeoutError(),
@@ -144,6 +165,57 @@ ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]
     (database.PostgresUnreachable("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
     (ReadModelsLost("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
     (ReadModelsNotRead("why"), (503, "2", "READ_MODELS_UNAVAILABLE", "why", {})),
+    (
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+        (
+            503,
+            "5",
+            "READ_STATEMENT_TIMEOUT",
+            "The read took longer than the read models' database (Postgres) allows a statement "
+            "(its statement_timeout) and was cancelled; try again shortly, and tell the "
+            "operator if it lasts.",
+            {},
+        ),
+    ),
+    (
+        asyncpg.QueryCanceledError("canceling statement due to user request"),
+        (
+            503,
+            "5",
+            "READ_CANCELLED",
+            "The read was cancelled in the read models' database (Postgres), by an operator or "
+            "a timeout of its own; try again shortly.",
+            {},
+        ),
+    ),
+    (asyncpg.AdminShutdownError("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
+    (
+        asyncpg.exceptions.IdleSessionTimeoutError("x"),
+        (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {}),
+    ),
+    # Postgres errors that may pass, by SQLSTATE class (before: a 500 INTERNAL_ERROR each).
+    (
+        asyncpg.exceptions.OperatorInterventionError("x"),
+        (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {}),
+    ),
+    (_unknown_sqlstate("57P99"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
+    (asyncpg.exceptions.DeadlockDetectedError("x"), (503, "1", "READ_CONFLICT", _CONFLICT, {})),
+    (asyncpg.exceptions.SerializationError("x"), (503, "1", "READ_CONFLICT", _CONFLICT, {})),
+    (_unknown_sqlstate("40P99"), (503, "1", "READ_CONFLICT", _CONFLICT, {})),
+    (asyncpg.exceptions.OutOfMemoryError("x"), (503, "5", "READ_MODELS_OVERLOADED", _SHORT, {})),
+    (asyncpg.exceptions.DiskFullError("x"), (503, "5", "READ_MODELS_OVERLOADED", _SHORT, {})),
+    (asyncpg.TooManyConnectionsError("x"), (503, "5", "READ_MODELS_OVERLOADED", _SHORT, {})),
+    (_unknown_sqlstate("53999"), (503, "5", "READ_MODELS_OVERLOADED", _SHORT, {})),
+    (
+        asyncpg.exceptions.LockNotAvailableError("x"),
+        (503, "5", "READ_STATEMENT_TIMEOUT", _LOCK_TIMEOUT, {}),
+    ),
+    # Not errors that pass: an object in the wrong state, a SQLSTATE of no transient class.
+    (
+        asyncpg.exceptions.ObjectNotInPrerequisiteStateError("x"),
+        (500, None, "INTERNAL_ERROR", _OURS, {}),
+    ),
+    (_unknown_sqlstate("XX999"), (500, None, "INTERNAL_ERROR", _OURS, {})),
     (
         ReadModelsTimeout(2.5),
         (
@@ -195,7 +267,7 @@ ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]
 
 
 @pytest.mark.parametrize(
-    ("error", "answer"), ANSWERS, ids=[type(error).__name__ for error, _ in ANSWERS]
+    ("error", "answer"), ANSWERS, ids=[f"{type(error).__name__}-{error}" for error, _ in ANSWERS]
 )
 async def test_each_failure_of_a_route_is_answered_with_its_status_retry_after_code_and_sentence(
     error: Exception, answer: tuple[int, str | None, str, str, dict[str, Any]]
@@ -215,3 +287,22 @@ async def test_each_failure_of_a_route_is_answered_with_its_status_retry_after_c
     assert msgspec.json.decode(response.content) == {
         "error": {"code": code, "message": message, **extra}
     }
+
+
+async def test_an_extra_field_named_code_or_message_cannot_replace_the_errors_own() -> None:
+    """Extra fields (a gate's version details, a request's limit) sit beside the code and
+    the sentence; one that happens to be called ``code`` or ``message`` does not replace
+    them. Before: the client was answered the extra's value as the error's code."""
+
+    @get("/refused")
+    async def refused() -> str:
+        raise ApiError(409, "JOB_FINISHED", "The job has finished.", code="X", message="y", n=1)
+
+    response = await answer_to_get(refused)
+    assert response.status_code == 409, response.text
+    body = msgspec.json.decode(response.content)["error"]
+    assert (body["code"], body["message"], body["n"]) == (
+        "JOB_FINISHED",
+        "The job has finished.",
+        1,
+    )

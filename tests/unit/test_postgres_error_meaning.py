@@ -90,3 +90,48 @@ def test_a_cancelled_statement_is_not_a_failed_connect(error: BaseException) -> 
     intervention" errors are not Postgres not answering: they were said as "does not answer
     ... a connect's bound", as every OperatorInterventionError was."""
     assert not isinstance(error, postgresconnect.COMMAND_CONNECT_ERRORS)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.QueryCanceledError(CANCELLED),
+        asyncpg.exceptions.DatabaseDroppedError("terminating connection due to dropped database"),
+        asyncpg.exceptions.IdleSessionTimeoutError("terminating connection due to idle-session"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_connect_waits_out_no_cancel_dropped_database_or_idle_timeout(
+    error: BaseException,
+) -> None:
+    """The projector's and the API's start wait out a connect that "may pass"
+    (``PASSING_CONNECT_ERRORS``): a shutdown or a start under way, not these, which a connect
+    never meets (no statement of its own to cancel, no idle session) and which before counted as
+    every OperatorInterventionError did."""
+    assert not isinstance(error, postgresconnect.PASSING_CONNECT_ERRORS)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.AdminShutdownError(TERMINATED),
+        asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_connect_waits_out_postgres_shutting_down_or_starting(error: BaseException) -> None:
+    assert isinstance(error, postgresconnect.PASSING_CONNECT_ERRORS)
+
+
+@pytest.mark.parametrize(
+    ("message", "timed_out"),
+    [
+        ("canceling statement due to statement timeout", True),
+        (CANCELLED, False),
+    ],
+)
+def test_a_statement_timeout_is_told_from_an_operators_cancel(
+    message: str, timed_out: bool
+) -> None:
+    assert postgresconnect.statement_timed_out(asyncpg.QueryCanceledError(message)) is timed_out

@@ -99,7 +99,11 @@ def batch_not_found(batch_id: str) -> ApiError:
 
 
 def error_body(code: str, message: str, /, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
+    """The error's body: its code and sentence, then what else it names (``extra``), which
+    cannot replace them (an extra called ``code`` or ``message`` is left out)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    error.update((name, value) for name, value in extra.items() if name not in error)
+    return {"error": error}
 
 
 def api_error_handler(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
@@ -295,6 +299,100 @@ def postgres_timeout_handler(
     return read_models_timeout(exc).response()
 
 
+# Seconds a client is asked to wait after READ_CANCELLED or READ_STATEMENT_TIMEOUT: as long as
+# after READ_MODELS_TIMEOUT, a read that took too long being the likelier cause of either.
+READ_CANCELLED_RETRY_AFTER = READ_TIMEOUT_RETRY_AFTER
+POSTGRES_CANCELLED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+
+
+def read_cancelled(exc: BaseException) -> ApiError:
+    """A read whose statement Postgres cancelled (``QueryCanceledError``): Postgres answered,
+    so not READ_MODELS_UNAVAILABLE. Its statement_timeout (the read took too long) or, any
+    other cancel, an operator's (pg_cancel_backend)."""
+    if postgresconnect.statement_timed_out(exc):
+        return try_again_later(
+            "READ_STATEMENT_TIMEOUT",
+            "The read took longer than the read models' database (Postgres) allows a statement "
+            "(its statement_timeout) and was cancelled; try again shortly, and tell the "
+            "operator if it lasts.",
+            retry_after=READ_CANCELLED_RETRY_AFTER,
+        )
+    return try_again_later(
+        "READ_CANCELLED",
+        "The read was cancelled in the read models' database (Postgres), by an operator or "
+        "a timeout of its own; try again shortly.",
+        retry_after=READ_CANCELLED_RETRY_AFTER,
+    )
+
+
+def read_cancelled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    _warn_throttled(
+        POSTGRES_CANCELLED_LOG,
+        "a read's statement cancelled by Postgres",
+        path=request.url.path,
+        error=repr(exc),
+    )
+    return read_cancelled(exc).response()
+
+
+# Seconds a client is asked to wait after READ_CONFLICT: the other transaction has likely
+# finished by then.
+READ_CONFLICT_RETRY_AFTER = 1
+# And after READ_MODELS_OVERLOADED: memory, disk or connections are not freed in an instant.
+READ_OVERLOADED_RETRY_AFTER = 5
+POSTGRES_TRANSIENT_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+
+
+def transient_postgres_error(exc: BaseException) -> ApiError | None:
+    """The answer to a Postgres error that may pass (postgresconnect.transient_cause, by its
+    SQLSTATE, a code asyncpg does not know included), or None: not one."""
+    cause = postgresconnect.transient_cause(exc)
+    if cause == postgresconnect.LOCK_TIMEOUT:
+        return try_again_later(
+            "READ_STATEMENT_TIMEOUT",
+            "The read waited for a lock longer than the read models' database (Postgres) "
+            "allows (its lock_timeout) and was cancelled; try again shortly, and tell the "
+            "operator if it lasts.",
+            retry_after=READ_CANCELLED_RETRY_AFTER,
+        )
+    if cause == postgresconnect.TRANSACTION_CONFLICT:
+        return try_again_later(
+            "READ_CONFLICT",
+            "The read models' database (Postgres) ended the read in a conflict with another "
+            "transaction (a deadlock or serialization failure); try again.",
+            retry_after=READ_CONFLICT_RETRY_AFTER,
+        )
+    if cause == postgresconnect.INSUFFICIENT_RESOURCES:
+        return try_again_later(
+            "READ_MODELS_OVERLOADED",
+            "The read models' database (Postgres) lacks the resources for the read just now "
+            "(connections, memory or disk); try again shortly, and tell the operator if it "
+            "lasts.",
+            retry_after=READ_OVERLOADED_RETRY_AFTER,
+        )
+    return None
+
+
+def transient_postgres_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A Postgres error that may pass (by its SQLSTATE class): a 503 naming it, never a 500.
+    An operator's intervention (class 57) that neither ends the session nor cancels the
+    statement is told as Postgres away; an unknown SQLSTATE of no such class is a 500."""
+    cause = postgresconnect.transient_cause(exc)
+    if cause is None:
+        return internal_error_handler(request, exc)
+    answer = transient_postgres_error(exc)
+    if answer is None:  # an operator's intervention
+        return postgres_error_handler(request, exc)
+    _warn_throttled(
+        POSTGRES_TRANSIENT_LOG,
+        "a read failed in Postgres for now",
+        path=request.url.path,
+        error=repr(exc),
+        sqlstate=getattr(exc, "sqlstate", None),
+    )
+    return answer.response()
+
+
 # What Postgres being away looks like to a read: a new connection refused or reset (the read
 # pool's connect turns only its own socket errors into PostgresUnreachable: another OSError or
 # TimeoutError of the API, a NATS KV lag, is not Postgres's), one it closed (a shutdown, a
@@ -304,7 +402,10 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
     database.PostgresUnreachable,
     asyncpg.PostgresConnectionError,
     asyncpg.ConnectionDoesNotExistError,
-    asyncpg.exceptions.OperatorInterventionError,
+    # Postgres ended the read's session (shutting down, crashed, starting up, its database
+    # dropped, an idle session's timeout); not a statement it cancelled, which is
+    # read_cancelled_handler's.
+    *postgresconnect.SESSION_ENDED_ERRORS,
     ReadModelsLost,  # a read's connection died, told by asyncpg as a client-side error
     ReadModelsNotRead,  # a stream's read not made: Postgres away just now, or version unknown
 )
@@ -316,6 +417,11 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
     ReadModelsNotRead: not_read_handler,
     ReadModelsTimeout: postgres_timeout_handler,
+    **dict.fromkeys(postgresconnect.STATEMENT_CANCELLED_ERRORS, read_cancelled_handler),
+    # Litestar picks the nearest class of the error's MRO: the subclasses above (a session
+    # ended, a statement cancelled) keep their own handlers.
+    **dict.fromkeys(postgresconnect.TRANSIENT_STATEMENT_ERRORS, transient_postgres_handler),
+    asyncpg.exceptions.UnknownPostgresError: transient_postgres_handler,
     ReadModelsOfAnotherVersion: other_version_handler,
     **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),
     Exception: internal_error_handler,

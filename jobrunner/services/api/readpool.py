@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from jobrunner.common import database
+from jobrunner.common import database, postgresconnect
 
 
 class ReadModelsTimeout(Exception):
@@ -82,18 +82,19 @@ LOST_SHAPES: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
-    # The backend's FATAL admin or crash shutdown (and the like); not QueryCanceledError, its
-    # subclass (a statement cancelled: statement_timeout, pg_cancel_backend), on a live
-    # connection, which __aexit__ leaves out.
-    asyncpg.exceptions.OperatorInterventionError,
+    # The backend's FATAL admin or crash shutdown, its database dropped, its idle session timed
+    # out. Not a statement cancelled (QueryCanceledError: statement_timeout, pg_cancel_backend),
+    # whose connection lives on and goes back to the pool.
+    *postgresconnect.SESSION_ENDED_ERRORS,
     OSError,
 )
 
 
-# asyncpg's own "Postgres is away" errors, already a 503 (errors.POSTGRES_AWAY): raised as they are.
+# asyncpg's own "the session is gone" errors, already a 503 (errors.POSTGRES_AWAY): raised as
+# they are.
 POSTGRES_CONNECTION_ERRORS = (
     asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
+    *postgresconnect.SESSION_ENDED_ERRORS,
 )
 
 
@@ -168,13 +169,9 @@ class Read:
     ) -> None:
         conn, self._conn = self._conn, None
         # A client-side error or Postgres's "gone" on this connection: it is not trusted again.
-        lost = (
-            isinstance(exc, LOST_SHAPES)
-            and not isinstance(exc, asyncpg.QueryCanceledError)  # the connection lives on
-            and (
-                isinstance(exc, (asyncpg.InternalClientError, *POSTGRES_CONNECTION_ERRORS))
-                or _lost(conn)
-            )
+        lost = isinstance(exc, LOST_SHAPES) and (
+            isinstance(exc, (asyncpg.InternalClientError, *POSTGRES_CONNECTION_ERRORS))
+            or _lost(conn)
         )
         try:
             if self._deadline.expired():

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from jobrunner.common import postgresconnect
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.services.api.errors import POSTGRES_AWAY
 from jobrunner.services.api.readmodelgate import RETRY_AFTER_SECONDS, ReadModelGate, progress
@@ -62,8 +63,17 @@ PAUSE_SECONDS = 5.0
 
 
 # What a stream treats as "the read models cannot tell just now": it goes on without them.
-# (ReadModelsNotRead is among POSTGRES_AWAY: met outside a stream, it is a 503.)
-UNREADABLE: tuple[type[Exception], ...] = (*POSTGRES_AWAY, ReadModelsTimeout)
+# (ReadModelsNotRead is among POSTGRES_AWAY: met outside a stream, it is a 503.) A read Postgres
+# cancelled (an operator, a statement_timeout) is one too: the next look-up may be answered.
+# So is any other error that may pass (postgresconnect.TRANSIENT_STATEMENT_ERRORS: an operator's
+# intervention, a deadlock, resources short, a lock_timeout); before, a bare
+# OperatorInterventionError ended the stream's look-ups.
+UNREADABLE: tuple[type[Exception], ...] = (
+    *POSTGRES_AWAY,
+    *postgresconnect.STATEMENT_CANCELLED_ERRORS,
+    *postgresconnect.TRANSIENT_STATEMENT_ERRORS,
+    ReadModelsTimeout,
+)
 
 
 class StreamReadsAway:

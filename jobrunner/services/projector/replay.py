@@ -27,10 +27,9 @@ from nats.js import JetStreamContext
 
 from jobrunner.common import database, eventstore, postgresconnect, postgreswatch, readmodelversion
 from jobrunner.common.database import READ_SCHEMA
-from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import setaside, store, timestamps
+from jobrunner.services.projector import setaside, store, workpool
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.projections import Change
 from jobrunner.services.projector.replaylock import (
@@ -195,20 +194,8 @@ async def _replay(
         nc = await eventstore.connect(settings, "replay")
         resources.push_async_callback(eventstore.close, nc)
         js = nc.jetstream()
-        # The rebuilt tables are checked against the live ones before they count: waiting for
-        # each bulk transaction to reach the disk buys nothing. The swap commits synchronously.
-        pool = await database.create_pool(
-            settings.database_url,
-            # Three index builds at once (build_indexes).
-            min_size=2,
-            max_size=3,
-            init=timestamps.init_connection,
-            # Bounded, and a socket's error is Postgres' (said as the command's check: cli.py).
-            connect=postgreswatch.connect_work,
-            connect_timeout=CHECK_CONNECT_SECONDS,
-            synchronous_commit="off",
-            statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
-        )
+        # Three index builds at once (build_indexes).
+        pool = await workpool.open_work_pool(settings.database_url, size=3)
         resources.push_async_callback(database.close_pool, pool)
         lock_holder = await connect_lock_holder(
             settings.database_url, settings.projector_postgres_dead_seconds

@@ -73,7 +73,7 @@ async def connect_lock_holder(database_url: str, dead_after: float) -> asyncpg.C
         database_url,
         timeout=CHECK_CONNECT_SECONDS,
         server_settings={
-            "idle_session_timeout": "0",
+            # Exempt from a server's statement_timeout and idle_session_timeout.
             **postgreswatch.WORK_SESSION_SETTINGS,
             **peerliveness.server_settings(dead_after),
         },

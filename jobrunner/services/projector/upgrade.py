@@ -41,7 +41,7 @@ from jobrunner.common.refusal import StateRefused
 from jobrunner.common.settings import Settings
 from jobrunner.common.stopping import unless_stopped
 from jobrunner.contracts.names import Names
-from jobrunner.services.projector import outage, setaside, store, timestamps
+from jobrunner.services.projector import outage, setaside, store, workpool
 from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replay import (
     FIRST_ANALYZE,
@@ -135,7 +135,10 @@ async def ensure_current(
         allow_rebuild = settings.readmodel_auto_rebuild
     held = held or Connections()
     # Bounded (a frozen Postgres: asyncpg's own 60 s), and a socket's error is Postgres'
-    # (`jobrunner replay` says it as its start's check does: cli.py).
+    # (`jobrunner replay` says it as its start's check does: cli.py). A work's session, as the
+    # rebuild's others (WORK_SESSION_SETTINGS): no server statement_timeout cancels its wait for
+    # another projector creating the schema; exempt from idle_session_timeout too, which this
+    # short-lived session never needed but costs nothing.
     conn = await database.connect_or_unreachable(
         settings.database_url,
         timeout=CHECK_CONNECT_SECONDS,
@@ -338,16 +341,7 @@ async def _rebuild(
         # Rows whose commit is lost in a crash are re-applied from the checkpoint written with
         # them; the swap itself commits synchronously. Two connections: build_indexes' three
         # builds run two at a time.
-        pool = await database.create_pool(
-            settings.database_url,
-            min_size=2,
-            max_size=2,
-            init=timestamps.init_connection,
-            connect=postgreswatch.connect_work,
-            connect_timeout=CHECK_CONNECT_SECONDS,
-            synchronous_commit="off",
-            statement_timeout=postgreswatch.WORK_STATEMENT_TIMEOUT,
-        )
+        pool = await workpool.open_work_pool(settings.database_url, size=2)
         held.add(pool)
         resources.push_async_callback(database.close_pool, pool)
         await eventstore.ensure_topology(js, names, settings)

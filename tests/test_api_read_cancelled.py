@@ -1,0 +1,190 @@
+"""A read of the API's that Postgres cancels (an operator's ``pg_cancel_backend``, a
+``statement_timeout``): Postgres answered, it is not away. The client is told its read was
+cancelled (503 READ_CANCELLED or READ_STATEMENT_TIMEOUT, with Retry-After), never "cannot be
+reached" (READ_MODELS_UNAVAILABLE), and the pooled connection serves the next read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.settings import Settings
+from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.api import errors
+from tests.history_support import job_events, publish, reading_system, wait_projected
+from tests.system import System
+from tests.tools.api_parts import read_pool_of
+
+
+@pytest.fixture
+async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIterator[System]:
+    settings = msgspec.structs.replace(settings, database_url=own_postgres.url)
+    async with reading_system(settings) as running:
+        await wait_projected(settings, await publish(settings, job_events("before")))
+        yield running
+
+
+async def read_job(system: System) -> tuple[int, dict[str, str], dict[str, Any]]:
+    async with system.client() as client:
+        response = await client.get("/api/jobs/before")
+    return response.status_code, dict(response.headers), response.json()
+
+
+# The job read's own statement (readmodels.job_row) as pg_stat_activity shows it: no other
+# backend (the projector's, a stream's) is taken for it.
+JOB_READ_TEXT = f"%FROM {READ_SCHEMA}.jobs WHERE id = $1%"
+
+
+async def job_reads_waiting_on_a_lock(conn: asyncpg.Connection) -> list[int]:
+    """The job reads waiting on a lock, asked on ``conn`` outside any transaction: within one,
+    Postgres shows pg_stat_activity as it was at the transaction's first look at it (the
+    test asked on the lock's own transaction, looked before the read waited, and saw no read
+    waiting for its 30 s)."""
+    assert not conn.is_in_transaction()
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query LIKE $1 AND pid <> pg_backend_pid()",
+        JOB_READ_TEXT,
+    )
+    return [row["pid"] for row in rows]
+
+
+async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_pool_serves_on(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """A read waits on a lock another session holds on the jobs' table; the operator cancels
+    it (pg_cancel_backend). Before the fix: 503 READ_MODELS_UNAVAILABLE, "cannot be reached
+    just now", with Postgres answering all along."""
+    # The API serves and its pool is warm: the read below goes straight to its statement.
+    status, _, body = await read_job(system)
+    assert status == 200, body
+    operator = await asyncpg.connect(own_postgres.url)
+    watcher = await asyncpg.connect(own_postgres.url)
+    try:
+        locker = operator.transaction()
+        await locker.start()
+        await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+        reading = asyncio.ensure_future(read_job(system))
+        waiting: list[int] = []
+        async with asyncio.timeout(30):  # a bound on a broken test only
+            while not (waiting := await job_reads_waiting_on_a_lock(watcher)):
+                # A read answered without waiting on the lock: fail with its answer now.
+                assert not reading.done(), f"the read did not wait on the lock: {reading.result()}"
+                await asyncio.sleep(0.02)
+        [cancelled] = waiting
+        assert await operator.fetchval("SELECT pg_cancel_backend($1)", cancelled)
+        status, headers, body = await reading
+        await locker.rollback()
+        assert status == 503, body
+        assert body["error"]["code"] == "READ_CANCELLED", body
+        assert "cancelled" in body["error"]["message"], body
+        assert headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER), headers
+        # The connection whose statement was cancelled is alive and serves the next read.
+        alive = await operator.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", cancelled
+        )
+        assert alive == 1, "the cancelled read's connection was ended"
+    finally:
+        await watcher.close()
+        await operator.close()
+    status, _, body = await read_job(system)
+    assert status == 200, body
+    pool = read_pool_of(system).pool
+    assert pool.get_idle_size() == pool.get_size()
+
+
+async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """The database's statement_timeout (set by its operator, 300 ms here) ends a read that
+    waits on a lock: 503 READ_STATEMENT_TIMEOUT, the read took too long; not "cannot be
+    reached". Before the fix: 503 READ_MODELS_UNAVAILABLE."""
+    operator = await asyncpg.connect(own_postgres.url)
+    database = await operator.fetchval("SELECT current_database()")
+    pool = read_pool_of(system).pool
+    try:
+        await operator.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
+        await pool.expire_connections()  # the API's next connections take the database's setting
+        async with operator.transaction():
+            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+            status, headers, body = await read_job(system)
+        assert status == 503, body
+        assert body["error"]["code"] == "READ_STATEMENT_TIMEOUT", body
+        assert "statement_timeout" in body["error"]["message"], body
+        assert headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER), headers
+        status, _, body = await read_job(system)
+        assert status == 200, body
+    finally:
+        await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+        await operator.close()
+        await pool.expire_connections()
+
+
+# A Postgres error of each transient SQLSTATE class, as a read meets it, and the API's answer:
+# (SQLSTATE, code, Retry-After). 57000 is asyncpg's bare OperatorInterventionError, 57P99 and
+# 40P99 SQLSTATEs asyncpg has no class for (UnknownPostgresError).
+TRANSIENT_ANSWERS = [
+    ("57000", "READ_MODELS_UNAVAILABLE", "2"),
+    ("57P99", "READ_MODELS_UNAVAILABLE", "2"),
+    ("40P01", "READ_CONFLICT", "1"),
+    ("40001", "READ_CONFLICT", "1"),
+    ("40P99", "READ_CONFLICT", "1"),
+    ("53200", "READ_MODELS_OVERLOADED", "5"),
+    ("55P03", "READ_STATEMENT_TIMEOUT", "5"),
+]
+
+
+async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_500(
+    system: System, own_postgres: EmbeddedPostgres
+) -> None:
+    """The jobs' table is put behind a view whose function raises an error of each transient
+    SQLSTATE class (an operator's intervention, a deadlock or serialization failure, resources
+    short, a lock_timeout; Postgres raises them itself only under faults hard to stage): the
+    list of jobs is answered 503 with a code naming it and Retry-After, and once the table is
+    back, 200. Before the fix: 500 INTERNAL_ERROR for each."""
+    operator = await asyncpg.connect(own_postgres.url)
+    pool = read_pool_of(system).pool
+    answers: dict[str, tuple[int, str | None, str]] = {}
+    try:
+        async with operator.transaction():
+            await operator.execute(f"ALTER TABLE {READ_SCHEMA}.jobs RENAME TO jobs_behind_view")
+            await operator.execute(
+                f"CREATE FUNCTION {READ_SCHEMA}.jobs_failing() RETURNS SETOF "
+                f"{READ_SCHEMA}.jobs_behind_view LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'staged' USING ERRCODE = current_setting('test.errcode'); "
+                "END $$"
+            )
+            await operator.execute(
+                f"CREATE VIEW {READ_SCHEMA}.jobs AS SELECT * FROM {READ_SCHEMA}.jobs_failing()"
+            )
+        database = await operator.fetchval("SELECT current_database()")
+        for sqlstate, _, _ in TRANSIENT_ANSWERS:
+            # Each new session of the API's takes the database's setting.
+            await operator.execute(f"ALTER DATABASE \"{database}\" SET test.errcode = '{sqlstate}'")
+            await pool.expire_connections()
+            async with system.client() as client:
+                response = await client.get("/api/jobs")
+            answers[sqlstate] = (
+                response.status_code,
+                response.headers.get("retry-after"),
+                response.json()["error"]["code"],
+            )
+    finally:
+        async with operator.transaction():
+            await operator.execute(f"DROP VIEW IF EXISTS {READ_SCHEMA}.jobs")
+            await operator.execute(f"DROP FUNCTION IF EXISTS {READ_SCHEMA}.jobs_failing()")
+            await operator.execute(f"ALTER TABLE {READ_SCHEMA}.jobs_behind_view RENAME TO jobs")
+        await operator.close()
+        await pool.expire_connections()
+    assert answers == {
+        sqlstate: (503, retry_after, code) for sqlstate, code, retry_after in TRANSIENT_ANSWERS
+    }
+    async with system.client() as client:
+        response = await client.get("/api/jobs")
+    assert response.status_code == 200, response.text
