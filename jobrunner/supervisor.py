@@ -31,7 +31,7 @@ from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.preflight import missing_tools, preflight
+from jobrunner.preflight import check_port_free, missing_tools, preflight
 
 log = structlog.get_logger()
 
@@ -161,7 +161,7 @@ async def wait_healthy(
     taking it, another program may take it: an answer that does not name our API fails the
     start naming the port, rather than announce that program as jobrunner (and our API, unable
     to listen, restarted for ever). This covers the start only: once it is done, the API's
-    restarts are the supervisor's, who does not ask /health."""
+    restarts are the supervisor's, who first waits for its port to be free (``port_freed``)."""
     url = f"http://{_reachable(host)}:{port}"
     last_ours: tuple[int, dict[str, Any]] | None = None  # our API's last answer, not 200
     deadline = asyncio.get_running_loop().time() + timeout
@@ -501,6 +501,50 @@ async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
+                    if service.name == "api" and not await port_freed(service, stop):
+                        continue  # stopped while another program held the port
                     await service.start()
     finally:
         stopper.cancel()
+
+
+# How often, at the most, a port another program holds is looked at again: a freed port gets
+# the API back within this, and a stranger holding it for hours costs a bind a few seconds.
+PORT_CHECK_LONGEST_SECONDS = 5.0
+
+
+def port_holder_sentence(host: str, port: int) -> str | None:
+    """The start's sentence (``preflight.check_port_free``) when ``host``:``port`` cannot be
+    listened on now, else None."""
+    try:
+        check_port_free(host, port)
+    except SettingsError as exc:
+        return str(exc)
+    return None
+
+
+async def port_freed(api: Service, stop: asyncio.Event) -> bool:
+    """Wait until the API's port (its ``JOBRUNNER_HOST``/``JOBRUNNER_PORT``) is free before its
+    restart: a program that took it while the API was down would make every restart die with
+    "address in use", for ever and without a word. Says once, in the start's sentence, that the
+    port is taken and what to do, and once that it is free again; looks at it with a back-off
+    bounded by ``PORT_CHECK_LONGEST_SECONDS``. False when ``stop`` ends the wait."""
+    host, port = api.env["JOBRUNNER_HOST"], int(api.env["JOBRUNNER_PORT"])
+    checks = 0
+    while (sentence := await asyncio.to_thread(port_holder_sentence, host, port)) is not None:
+        if checks == 0:
+            log.error(
+                f"the api cannot be restarted: {sentence}; jobrunner restarts it once the port"
+                " is free",
+                service=api.name,
+                port=port,
+            )
+        checks += 1
+        delay = retry.delay_after(checks, first=0.5, longest=PORT_CHECK_LONGEST_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return False
+    if checks:
+        log.warning(f"port {port} is free again: the api restarts", service=api.name, port=port)
+    return True

@@ -1,18 +1,26 @@
 """`jobrunner up` checks that its port is free before it starts its servers; another program may
 take the port after that check, before the API listens. `up` must then stop, saying so, rather
-than announce that program as jobrunner (before session 35 any 200 from /health would do)."""
+than announce that program as jobrunner (before session 35 any 200 from /health would do).
+Another program may also take the port while a crashed API is down: `up` then says so and
+restarts its API once the port is free (before session 36 the API died "address in use" at
+every restart, and `up` said nothing of why)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import time
 
+import httpx
 import pytest
 
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.freeze import freeze, thaw
-from tests.tools.stranger_server import stranger_on
-from tests.tools.up_process import URL_RE, Up
+from tests.tools.stranger_server import stranger_on, wait_port_free
+from tests.tools.up_process import URL_RE, Up, services_of
 
 # Logged once the preflight (the port's check among them) has passed, before the API starts.
 PREFLIGHT_PASSED = re.compile(r"starting embedded servers")
@@ -42,3 +50,53 @@ def test_up_stops_naming_the_port_another_program_took_during_its_start() -> Non
     assert code == 1, up.output
     assert f"port {port} does not answer as this jobrunner's API" in up.output, up.output
     assert not URL_RE.search(up.output), up.output
+
+
+def answers_as(port: int, instance: str, within: float = 120) -> bool:
+    """Whether the API on ``port`` answers /health naming ``instance`` within ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            if answer.json().get("instance") == instance:
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass  # not answering yet, or not in JSON (the stranger, before it is gone)
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.timeout(600)
+def test_up_names_the_port_a_stranger_took_from_its_crashed_api_and_restarts_it_once_freed() -> (
+    None
+):
+    """The API crashes and another program takes its port before `up` restarts it: `up` says
+    once which port is taken and what to do, keeps running, and brings its API back on the port
+    once the other program has left it."""
+    port = free_port()
+    instance = "up-port-taken-api"
+    taken = re.compile(
+        rf"the api cannot be restarted: port {port} on 127.0.0.1 is already in use "
+        r"\(another jobrunner, or another program\): stop it, or choose another port with --port"
+    )
+    with scratch_dir("jobrunner-test-up-port-") as state_dir:
+        up = Up(state_dir, port, api_instance_id=instance)
+        try:
+            up.wait_for(URL_RE, 300)
+            with contextlib.ExitStack() as stranger:
+                freeze(up.proc.pid)  # no restart of the API before the stranger is there
+                try:
+                    api = int(services_of(up.proc.pid)["api"])
+                    os.kill(api, signal.SIGKILL)
+                    wait_port_free(port)
+                    stranger.enter_context(stranger_on(port, 200, b'{"status": "ok"}'))
+                finally:
+                    thaw(up.proc.pid)
+                up.wait_for(taken, 120)
+                assert up.proc.poll() is None, up.output
+            assert answers_as(port, instance), f"the api did not come back:\n{up.output}"
+            assert f"port {port} is free again: the api restarts" in up.output, up.output
+            assert len(taken.findall(up.output)) == 1, up.output
+        finally:
+            code = up.stop()
+    assert code == 0, up.output

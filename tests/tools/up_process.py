@@ -63,3 +63,17 @@ class Up:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def services_of(up_pid: int) -> dict[str, str]:
+    """The pid of each service `jobrunner up` (``up_pid``) started, by service name."""
+    found: dict[str, str] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == up_pid and b"jobrunner.cli" in argv:
+            found[argv[-1].decode()] = pid
+    return found
