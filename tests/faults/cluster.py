@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,27 @@ READY_LINES = {
     "runner": "runner started",
     "notifier": "notifier started",
 }
+# Every cluster made in this process, for the faults conftest to ask after each test what went
+# wrong in the harness meanwhile (``take_harness_faults``); weak: a cluster stopped and dropped
+# leaves it.
+_CLUSTERS: weakref.WeakSet[FaultCluster] = weakref.WeakSet()
+
+
+class AlreadyRunning(RuntimeError):
+    """A start of a service whose process still runs: a second process beside it would fight
+    it (an API for its port, a runner for its state directory)."""
+
+
+class RestartFailed(RuntimeError):
+    """The watchdog's restart of a service failed by a fault of this harness (not the service
+    failing to start, which the watchdog counts and tries again)."""
+
+
+def clusters() -> Iterator[FaultCluster]:
+    """The fault clusters of this process still in use."""
+    return iter(list(_CLUSTERS))
+
+
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
 LOCK_TYPES = 24
 
@@ -125,8 +147,9 @@ class FaultCluster:
         # to that program fails saying so (a test's start_service says it at once).
         self.lost_port: str | None = None
         # What went wrong in a watchdog's restart of an API other than the API failing to start
-        # (a fault of this harness): logged, and kept here for a test to look at.
-        self.restart_errors: list[BaseException] = []
+        # (a fault of this harness): logged, and raised at the end of the test it happened in
+        # (take_harness_faults, called by the faults conftest).
+        self.restart_errors: list[RestartFailed] = []
         self.services: dict[str, Service] = {}
         self._runner_count = runners
         self._watchdog: asyncio.Task[None] | None = None
@@ -137,6 +160,7 @@ class FaultCluster:
         self._restarting: dict[str, asyncio.Task[None]] = {}
         self._next_lock = 0
         self._next_label = 0
+        _CLUSTERS.add(self)
 
     # --- start and stop
     @property
@@ -232,9 +256,16 @@ class FaultCluster:
     async def _start(self, name: str, timeout: float) -> str | None:
         """Spawn and wait_started; what answered on an API's port when it had to move (None: it
         did not). From the move on, ``lost_port`` says it (and a failure to start on the new
-        port carries it as a note)."""
+        port carries it as a note). A service whose process still runs is not spawned again
+        (AlreadyRunning): two would fight over its port or state directory."""
         async with self._starting.setdefault(name, asyncio.Lock()):
             service = self.services[name]
+            if service.alive:
+                assert service.proc is not None
+                raise AlreadyRunning(
+                    f"{name} is running already (pid {service.proc.pid}): kill or stop it before"
+                    " starting it again"
+                )
             ready = READY_LINES.get(service.command)
             seen = service.log_count(ready) if ready else 0
             service.spawn()
@@ -329,7 +360,19 @@ class FaultCluster:
             pass  # exited at start (counted when the watchdog sees it down) or still starting
         except Exception as error:
             logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
-            self.restart_errors.append(error)
+            failed = RestartFailed(f"the watchdog's restart of {name} failed: {error!r}")
+            failed.__cause__ = error
+            self.restart_errors.append(failed)
+
+    def take_harness_faults(self) -> list[Exception]:
+        """What went wrong in this harness since the last call and not yet told to a test: a
+        restart that failed, an API moved off a port another program took; each told once."""
+        faults: list[Exception] = list(self.restart_errors)
+        self.restart_errors.clear()
+        if self.lost_port is not None:
+            lost, self.lost_port = self.lost_port, None
+            faults.append(NotOurApi(lost))
+        return faults
 
     def _raise_lost_port(self) -> None:
         if self.lost_port is not None:

@@ -4,12 +4,12 @@ hurt while jobs run. The figures of a run are printed as a table at its end
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.cluster import SHORT_TTL, FaultCluster, running_cluster
+from tests.faults.cluster import SHORT_TTL, FaultCluster, clusters, running_cluster
 
 HERE = Path(__file__).parent
 
@@ -28,3 +28,16 @@ async def short_ttl_cluster() -> AsyncIterator[FaultCluster]:
     takes a lock of its own, so one test's stuck job cannot hold up the next)."""
     async with running_cluster(lease_ttl=SHORT_TTL) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def harness_faults_fail_their_test() -> Iterator[None]:
+    """A test in which the harness went wrong (the watchdog's restart of a service failed, or an
+    API had to move off a port another program took) fails at its end, naming it: its requests
+    may have reached no API, or another program's, and the next test is not to be blamed."""
+    yield
+    faults = [fault for cluster in clusters() for fault in cluster.take_harness_faults()]
+    if len(faults) == 1:
+        raise faults[0]
+    if faults:
+        raise ExceptionGroup("the fault harness went wrong during this test", faults)

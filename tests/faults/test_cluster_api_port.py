@@ -18,7 +18,13 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from tests.faults.cluster import SHORT_TTL, FaultCluster, in_thread
+from tests.faults.cluster import (
+    SHORT_TTL,
+    AlreadyRunning,
+    FaultCluster,
+    RestartFailed,
+    in_thread,
+)
 from tests.system import System
 from tests.tools.api_address import ApiAddress, NotOurApi
 from tests.tools.stranger_server import stranger_on
@@ -168,3 +174,45 @@ async def test_starting_the_api_while_the_watchdog_restarts_it_leaves_one_api_ru
         assert restarted.poll() is not None, "the watchdog's API still runs beside the test's"
         assert service.proc is not restarted
         assert await cluster.api_addresses["api"].answers()
+
+
+async def test_starting_an_api_that_runs_already_is_an_error_and_leaves_it_running() -> None:
+    """A test starts the API while its process still runs: the start fails naming the API and
+    its pid, and that process goes on serving, alone (no second API spawned beside it)."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        service = cluster.services["api"]
+        running = service.proc
+        assert running is not None
+        with pytest.raises(AlreadyRunning, match=rf"api is running already \(pid {running.pid}\)"):
+            await cluster.start_service("api")
+        assert service.proc is running, "a second API was spawned beside the running one"
+        assert running.poll() is None
+        assert await cluster.api_addresses["api"].answers()
+
+
+async def test_a_watchdog_restart_that_fails_is_told_once_naming_the_restart() -> None:
+    """The watchdog's restart of a crashed API fails by a fault of the harness (its log cannot
+    be opened): the cluster hands it over once, naming the restart and its cause, for the
+    faults conftest to fail the test it happened in."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        cluster.keep_running()
+        service = cluster.services["api"]
+        service.log_file = cluster.root / "no-such-folder" / "api.log"
+        crashed = service.proc
+        assert crashed is not None
+        crashed.send_signal(signal.SIGKILL)  # a crash: the watchdog is to start it again
+        crashed.wait()
+        async with asyncio.timeout(60):
+            while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
+                await asyncio.sleep(0.05)
+        service.wanted = False  # no more restarts: their failures would end this test too
+        faults = cluster.take_harness_faults()
+        assert cluster.take_harness_faults() == []
+    assert len(faults) == 1, faults
+    assert isinstance(faults[0], RestartFailed)
+    assert str(faults[0]).startswith("the watchdog's restart of api failed: FileNotFoundError("), (
+        faults[0]
+    )
+    assert isinstance(faults[0].__cause__, FileNotFoundError)
