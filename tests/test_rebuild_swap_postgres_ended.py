@@ -28,13 +28,14 @@ from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
     ENDINGS,
     LOCK_HOLDER_TERMINATED,
+    SwapFault,
     assert_refused_then_replays,
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
     server_now,
 )
-from tests.upgrade_support import complete, older_state, read_models
+from tests.upgrade_support import History, complete, older_state, read_models
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,6 +53,31 @@ async def private(settings: Settings, own_postgres: EmbeddedPostgres) -> Setting
     )
 
 
+async def _rebuild_unavailable_at_swap(
+    private: Settings, monkeypatch: pytest.MonkeyPatch, fault: SwapFault
+) -> str:
+    """A projector's rebuild with ``fault`` once its swap's statements are done, before its
+    COMMIT is sent: it fails POSTGRES_UNAVAILABLE; what it said."""
+    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
+    with pytest.raises(postgresconnect.PostgresUnusable) as failed:
+        await upgrade.ensure_current(private, allow_rebuild=True)
+    said = str(failed.value)
+    assert came, said
+    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+    return said
+
+
+async def _next_attempt_swaps_in_complete_read_models(
+    private: Settings, monkeypatch: pytest.MonkeyPatch, made: History
+) -> None:
+    """With the fault undone, the next rebuild swaps in complete read models alone."""
+    monkeypatch.undo()
+    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
+    found = await read_models(private)
+    assert complete(found, made) == []
+    assert found["schemas"] == {READ_SCHEMA}
+
+
 @pytest.mark.parametrize("kind", ["backends-terminated", "restarted"])
 async def test_a_rebuild_whose_postgres_ends_its_swap_before_the_commit_swaps_nothing(
     private: Settings,
@@ -65,23 +91,13 @@ async def test_a_rebuild_whose_postgres_ends_its_swap_before_the_commit_swaps_no
     beside them; the next attempt swaps in complete read models."""
     made = await older_state(private, jobs=5, lines=20)
     fault = await connections_ended(kind, private.database_url, own_postgres)
-    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
-    with pytest.raises(postgresconnect.PostgresUnusable) as failed:
-        await upgrade.ensure_current(private, allow_rebuild=True)
-    said = str(failed.value)
-    assert came, said
-    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+    said = await _rebuild_unavailable_at_swap(private, monkeypatch, fault)
     assert "went away during the read-model rebuild" in said, said
     assert "nothing was swapped; the next attempt" in said, said
     found = await read_models(private)
     assert found["version"] == readmodelversion.UNVERSIONED
     assert found["schemas"] == {READ_SCHEMA, UPGRADE_SCHEMA}
-    monkeypatch.undo()
-    outcome = await upgrade.ensure_current(private, allow_rebuild=True)
-    assert outcome.rebuilt
-    found = await read_models(private)
-    assert complete(found, made) == []
-    assert found["schemas"] == {READ_SCHEMA}
+    await _next_attempt_swaps_in_complete_read_models(private, monkeypatch, made)
 
 
 async def test_a_rebuild_whose_lock_holder_alone_is_terminated_before_the_commit_swaps_nothing(
@@ -100,9 +116,7 @@ async def test_a_rebuild_whose_lock_holder_alone_is_terminated_before_the_commit
     assert came, str(failed.value)
     assert "nothing was swapped" in str(failed.value)
     assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
-    monkeypatch.undo()
-    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
-    assert complete(await read_models(private), made) == []
+    await _next_attempt_swaps_in_complete_read_models(private, monkeypatch, made)
 
 
 async def test_a_rebuild_whose_postgres_crashes_while_its_commit_waits_says_it_may_have_swapped(
@@ -116,20 +130,11 @@ async def test_a_rebuild_whose_postgres_crashes_while_its_commit_waits_says_it_m
     swaps in complete read models (the COMMIT never ran)."""
     made = await older_state(private, jobs=5, lines=20)
     async with killed_during_the_commit(own_postgres) as fault:
-        came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
-        with pytest.raises(postgresconnect.PostgresUnusable) as failed:
-            await upgrade.ensure_current(private, allow_rebuild=True)
-    said = str(failed.value)
-    assert came, said
-    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+        said = await _rebuild_unavailable_at_swap(private, monkeypatch, fault)
     assert "may or may not have been swapped in; the next attempt" in said, said
     assert "finds the read models current" in said, said
     assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
-    monkeypatch.undo()
-    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
-    found = await read_models(private)
-    assert complete(found, made) == []
-    assert found["schemas"] == {READ_SCHEMA}
+    await _next_attempt_swaps_in_complete_read_models(private, monkeypatch, made)
 
 
 @pytest.mark.parametrize("kind", ENDINGS)

@@ -32,7 +32,7 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replaylock import REPLAY_LOCK_LOST_EXIT
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
-from tests.tools.postgres_processes import freeze_postgres, thaw
+from tests.tools.postgres_processes import TimedFreeze
 from tests.tools.rebuild_backends import BackendsTerminated, WaitingWriteCancelled
 from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
@@ -138,27 +138,11 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
     the thaw, the live tables as they were; after the thaw a replay succeeds. It waited for
     the thaw."""
     before = await _live_tables(private)
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(frozen_for, thaw_now)
-
-    def freeze(feed: EventFeed) -> None:
-        pids.extend(freeze_postgres(own_postgres))
-        timer.start()
-
-    _fault_as_loading_starts(monkeypatch, freeze)
-    try:
+    with TimedFreeze(own_postgres, frozen_for) as frozen:
+        _fault_as_loading_starts(monkeypatch, lambda feed: frozen.freeze())
         code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the loading never started: " + err
+        ended_frozen = not frozen.thawed
+    assert frozen.pids, "the loading never started: " + err
     if answered:
         assert "Traceback" not in err, err
         assert code == 0, err
@@ -492,14 +476,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
     the replay's backend notices its client gone (client_connection_check_interval) and lets go
     of the replay lock, and a replay run again succeeds. The orphan backend ran its statement
     to its end, holding the locks, and the rerun said "another replay is running"."""
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(BOUND + 5, thaw_now)
+    frozen = TimedFreeze(own_postgres, BOUND + 5)
 
     async def frozen_mid_statement(rebuilt: asyncpg.Connection, *args: Any) -> Any:
         # Hours of counting, in the swap's transaction: the comparison of a huge history.
@@ -515,18 +492,14 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
                 await asyncio.sleep(0.05)
         finally:
             await watcher.close()
-        pids.extend(freeze_postgres(own_postgres))
-        timer.start()
+        frozen.freeze()
         return await statement
 
     monkeypatch.setattr(replay_module, "compare", frozen_mid_statement)
-    try:
+    with frozen:
         code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the comparison never came: " + err
+        ended_frozen = not frozen.thawed
+    assert frozen.pids, "the comparison never came: " + err
     assert "Traceback" not in err, err
     assert ended_frozen, "the command waited for the thaw:\n" + err
     assert code == postgresconnect.UNAVAILABLE_EXIT, err
@@ -549,37 +522,23 @@ async def _replay_frozen_at_swap(
     """``jobrunner replay`` with Postgres frozen past the probe's bound at its swap: as the
     COMMIT is sent, or (``after_commit``) once it was answered, as readmodel_previous is dropped.
     Its exit code and stderr; checked here that it ended before the thaw, without a traceback."""
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(BOUND + 5, thaw_now)
+    frozen = TimedFreeze(own_postgres, BOUND + 5)
     swap_transaction = replaylock.swap_transaction  # the one the replay imported
-
-    def freeze_now() -> None:
-        pids.extend(freeze_postgres(own_postgres))
-        timer.start()
 
     @contextlib.asynccontextmanager
     async def frozen_at_swap(*args: Any) -> AsyncIterator[asyncpg.Connection]:
         async with swap_transaction(*args) as conn:
             yield conn
             if not after_commit:
-                freeze_now()  # the swap's statements done, its COMMIT next
+                frozen.freeze()  # the swap's statements done, its COMMIT next
         if after_commit:
-            freeze_now()  # committed and answered: the drop of readmodel_previous next
+            frozen.freeze()  # committed and answered: the drop of readmodel_previous next
 
     monkeypatch.setattr(replay_module, "swap_transaction", frozen_at_swap)
-    try:
+    with frozen:
         code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the swap never came: " + err
+        ended_frozen = not frozen.thawed
+    assert frozen.pids, "the swap never came: " + err
     assert "Traceback" not in err, err
     assert ended_frozen, "the command waited for the thaw:\n" + err
     return code, err
