@@ -33,6 +33,7 @@ from tests.tools.swap_faults import (
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
+    replay_succeeding_past_connections_ended,
     server_now,
 )
 from tests.upgrade_support import History, complete, older_state, read_models
@@ -151,17 +152,9 @@ async def test_a_replay_whose_rebuild_meets_postgres_ended_after_the_swap_commit
     (Postgres stopped), left with a warning saying so, as a replay's. (Stopped, it exited 69,
     POSTGRES_UNAVAILABLE, though the rebuilt read models were live.)"""
     made = await older_state(private, jobs=5, lines=20)
-    fault = await connections_ended(kind, private.database_url, own_postgres)
-    came = fault_at_swap(monkeypatch, upgrade, after_commit=True, fault=fault)
-    try:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-    finally:
-        if kind == "stopped":
-            await asyncio.to_thread(own_postgres.start)
-    assert came, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert "POSTGRES_UNAVAILABLE" not in err, err
-    assert code == 0, err
+    err = await replay_succeeding_past_connections_ended(
+        kind, upgrade, private, own_postgres, monkeypatch, capsys
+    )
     found = await read_models(private)
     assert complete(found, made) == []
     previous_left = PREVIOUS_SCHEMA in found["schemas"]

@@ -42,6 +42,7 @@ from tests.tools.swap_faults import (
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
+    replay_succeeding_past_connections_ended,
     server_now,
 )
 
@@ -98,6 +99,27 @@ def _tables_as(settings: Settings, before: tuple[int, int, bool]) -> Callable[[]
     return check
 
 
+async def _replay_frozen(
+    frozen: TimedFreeze,
+    where: str,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    must_end_frozen: bool = True,
+) -> tuple[int | None, str]:
+    """``jobrunner replay`` whose patched ``where`` calls ``frozen.freeze()``: its exit code and
+    stderr, checked here that it got there and ended without a traceback, before the thaw
+    (``must_end_frozen``)."""
+    with frozen:
+        code, err = await replay_in_process(private, monkeypatch, capsys)
+        ended_frozen = not frozen.thawed
+    assert frozen.pids, f"the {where} never came: " + err
+    assert "Traceback" not in err, err
+    if must_end_frozen:
+        assert ended_frozen, "the command waited for the thaw:\n" + err
+    return code, err
+
+
 def _fault_as_loading_starts(
     monkeypatch: pytest.MonkeyPatch, fault: Callable[[EventFeed], Any]
 ) -> None:
@@ -138,16 +160,14 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
     the thaw, the live tables as they were; after the thaw a replay succeeds. It waited for
     the thaw."""
     before = await _live_tables(private)
-    with TimedFreeze(own_postgres, frozen_for) as frozen:
-        _fault_as_loading_starts(monkeypatch, lambda feed: frozen.freeze())
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not frozen.thawed
-    assert frozen.pids, "the loading never started: " + err
+    frozen = TimedFreeze(own_postgres, frozen_for)
+    _fault_as_loading_starts(monkeypatch, lambda feed: frozen.freeze())
+    code, err = await _replay_frozen(
+        frozen, "loading", private, monkeypatch, capsys, must_end_frozen=not answered
+    )
     if answered:
-        assert "Traceback" not in err, err
         assert code == 0, err
         return
-    assert ended_frozen, "the command waited for the thaw:\n" + err
     await assert_refused_then_replays(
         (code, err),
         postgresconnect.UNAVAILABLE_EXIT,
@@ -394,17 +414,9 @@ async def test_a_replay_whose_postgres_ends_its_connections_after_the_swap_commi
     its drop failed (Postgres stopped), left with a warning saying so, and dropped by the next
     replay."""
     before = await _live_tables(private)
-    fault = await connections_ended(kind, private.database_url, own_postgres)
-    came = fault_at_swap(monkeypatch, replay_module, after_commit=True, fault=fault)
-    try:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-    finally:
-        if kind == "stopped":
-            await asyncio.to_thread(own_postgres.start)
-    assert came, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert "POSTGRES_UNAVAILABLE" not in err, err
-    assert code == 0, err
+    err = await replay_succeeding_past_connections_ended(
+        kind, replay_module, private, own_postgres, monkeypatch, capsys
+    )
     jobs, lines, previous_left = await _live_tables(private)
     assert (jobs, lines) == before[:2]
     assert previous_left == (
@@ -496,12 +508,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
         return await statement
 
     monkeypatch.setattr(replay_module, "compare", frozen_mid_statement)
-    with frozen:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not frozen.thawed
-    assert frozen.pids, "the comparison never came: " + err
-    assert "Traceback" not in err, err
-    assert ended_frozen, "the command waited for the thaw:\n" + err
+    code, err = await _replay_frozen(frozen, "comparison", private, monkeypatch, capsys)
     assert code == postgresconnect.UNAVAILABLE_EXIT, err
     monkeypatch.undo()
     # The backend checks its client every second: let go within a few (it ran for hours).
@@ -535,10 +542,4 @@ async def _replay_frozen_at_swap(
             frozen.freeze()  # committed and answered: the drop of readmodel_previous next
 
     monkeypatch.setattr(replay_module, "swap_transaction", frozen_at_swap)
-    with frozen:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not frozen.thawed
-    assert frozen.pids, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert ended_frozen, "the command waited for the thaw:\n" + err
-    return code, err
+    return await _replay_frozen(frozen, "swap", private, monkeypatch, capsys)

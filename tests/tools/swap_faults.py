@@ -207,3 +207,29 @@ async def assert_refused_then_replays(
     await live_as_it_was()
     again, said = await replay_in_process(settings, monkeypatch, capsys)
     assert again == 0, said
+
+
+async def replay_succeeding_past_connections_ended(
+    kind: str,
+    module: ModuleType,
+    settings: Settings,
+    server: EmbeddedPostgres,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    """`jobrunner replay` whose swap (``module``'s: the replay's or the rebuild's) meets the
+    fault of ``ENDINGS`` that ``kind`` names once its COMMIT was answered (a stopped server is
+    started again once the command has ended): checked that it succeeded, exit 0, without a
+    traceback or POSTGRES_UNAVAILABLE; what it said."""
+    fault = await connections_ended(kind, settings.database_url, server)
+    came = fault_at_swap(monkeypatch, module, after_commit=True, fault=fault)
+    try:
+        code, err = await replay_in_process(settings, monkeypatch, capsys)
+    finally:
+        if kind == "stopped":
+            await asyncio.to_thread(server.start)
+    assert came, "the swap never came: " + err
+    assert "Traceback" not in err, err
+    assert "POSTGRES_UNAVAILABLE" not in err, err
+    assert code == 0, err
+    return err
