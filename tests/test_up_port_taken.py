@@ -24,6 +24,8 @@ from tests.tools.up_process import URL_RE, Up, services_of
 
 # Logged once the preflight (the port's check among them) has passed, before the API starts.
 PREFLIGHT_PASSED = re.compile(r"starting embedded servers")
+# `up`'s log line for each start of its API (JSON: the service's name, then the event).
+API_STARTED = re.compile(r'"service": "api", "pid": \d+, "event": "service started"')
 # The start's end, either way: refused (what the test wants) or announced (what it must not be).
 START_ENDED = re.compile(rf"does not answer as this jobrunner's API|{URL_RE.pattern}")
 
@@ -95,8 +97,13 @@ def test_up_names_the_port_a_stranger_took_from_its_crashed_api_and_restarts_it_
                 up.wait_for(taken, 120)
                 assert up.proc.poll() is None, up.output
             assert answers_as(port, instance), f"the api did not come back:\n{up.output}"
-            assert f"port {port} is free again: the api restarts" in up.output, up.output
+            freed = f"port {port} is free again: the api restarts"
+            assert freed in up.output, up.output
             assert len(taken.findall(up.output)) == 1, up.output
+            # While the port was taken, no API was started into it (to die "address in use").
+            said = taken.search(up.output)
+            assert said is not None
+            assert not API_STARTED.search(up.output[said.end() : up.output.index(freed)]), up.output
         finally:
             code = up.stop()
     assert code == 0, up.output
