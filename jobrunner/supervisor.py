@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine
@@ -57,7 +58,10 @@ class Service:
         # Added to this process's niceness for the service (0: the same priority).
         self.nice = nice
         self.proc: asyncio.subprocess.Process | None = None
+        # Restarts since the service last ran stably (``restart_delay``).
         self.restarts = 0
+        # When its process was started (``time.monotonic``): how long it ran before it exited.
+        self.started_at = 0.0
 
     async def start(self) -> None:
         # Dies with this process even when it is SIGKILLed (no SIGTERM to pass on): a service
@@ -72,6 +76,7 @@ class Service:
             start_new_session=True,
             preexec_fn=preexec_fn,
         )
+        self.started_at = time.monotonic()
         if self.nice:
             await lower_priority(self.proc.pid, self.nice)
         log.info("service started", service=self.name, pid=self.proc.pid)
@@ -464,25 +469,53 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# A service that ran this long before it exited had started fine: its exit is a new failure,
+# restarted after the shortest wait, not the next of a crash loop (whose waits grow to 10 s).
+STABLE_RUN_SECONDS = 30.0
+FIRST_RESTART_SECONDS = 0.5
+LONGEST_RESTART_SECONDS = 10.0
+
+
+def restart_delay(restarts: int, ran_for: float) -> tuple[int, float]:
+    """The restarts counted with this one, and the wait before it, for a service restarted
+    ``restarts`` times in a row whose process ran ``ran_for`` s before it exited. A process
+    that ran ``STABLE_RUN_SECONDS`` or more starts the count again: crashes days apart must not
+    each wait the longest."""
+    counted = 1 if ran_for >= STABLE_RUN_SECONDS else restarts + 1
+    return counted, retry.delay_after(
+        counted, first=FIRST_RESTART_SECONDS, longest=LONGEST_RESTART_SECONDS
+    )
+
+
 async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
-    """Restart a service that dies (a crashed runner's restart cleans up after it). Ended by
-    ``stop``, by a refusal (raised) or cancelled, it leaves no task of its own waiting."""
+    """Restart a service that dies (a crashed runner's restart cleans up after it). Each restart
+    (its wait, and the API's wait for its port) runs as a task of its own, so the others are
+    watched meanwhile: a crash or a refusal of one is seen while another waits. Ended by
+    ``stop``, by a refusal or a failed start (raised) or cancelled, it leaves no task of its
+    own waiting: pending restarts are cancelled."""
     stopper = asyncio.create_task(stop.wait())
+    restarting: dict[asyncio.Task[None], Service] = {}
     try:
         while not stop.is_set():
             waits = {
                 asyncio.create_task(s.proc.wait()): s
                 for s in services.values()
-                if s.proc is not None
+                if s.proc is not None and s not in restarting.values()
             }
             try:
-                done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {stopper, *waits, *restarting}, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for task in waits:
                     task.cancel()  # the ones still waiting; a finished one keeps its result
             if stop.is_set():
                 break
             for task in done:
+                if task in restarting:
+                    del restarting[task]
+                    task.result()  # a start that failed ends the supervision, as before
+                    continue
                 service = waits.get(task)
                 if service is None:
                     continue
@@ -490,22 +523,32 @@ async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
                     # It refused the stored state (its one sentence is above): a restart would
                     # only refuse again.
                     raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
-                service.restarts += 1
-                delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
+                ran_for = time.monotonic() - service.started_at
+                service.restarts, delay = restart_delay(service.restarts, ran_for)
                 log.warning(
                     "service exited, restarting",
                     service=service.name,
                     code=task.result(),
                     restart_in=delay,
                 )
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    if service.name == "api" and not await port_freed(service, stop):
-                        continue  # stopped while another program held the port
-                    await service.start()
+                restarting[asyncio.create_task(_restart(service, delay, stop))] = service
     finally:
         stopper.cancel()
+        for task in restarting:
+            task.cancel()
+        await asyncio.gather(*restarting, return_exceptions=True)
+
+
+async def _restart(service: Service, delay: float, stop: asyncio.Event) -> None:
+    """Start ``service`` again after ``delay`` s (the API once its port is free), unless ``stop``
+    comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+    if stop.is_set():
+        return
+    if service.name == "api" and not await port_freed(service, stop):
+        return  # stopped while another program held the port
+    await service.start()
 
 
 # How often, at the most, a port another program holds is looked at again: a freed port gets
