@@ -20,7 +20,7 @@ from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.freeze import freeze, thaw
 from tests.tools.stranger_server import stranger_on, wait_port_free
-from tests.tools.up_process import URL_RE, Up, services_of
+from tests.tools.up_process import URL_RE, Up, restarted, services_of
 
 # Logged once the preflight (the port's check among them) has passed, before the API starts.
 PREFLIGHT_PASSED = re.compile(r"starting embedded servers")
@@ -73,8 +73,9 @@ def test_up_names_the_port_a_stranger_took_from_its_crashed_api_and_restarts_it_
     None
 ):
     """The API crashes and another program takes its port before `up` restarts it: `up` says
-    once which port is taken and what to do, keeps running, and brings its API back on the port
-    once the other program has left it."""
+    once which port is taken and what to do, keeps running (a runner killed meanwhile is
+    restarted at once, not after the port is free), and brings its API back on the port once
+    the other program has left it."""
     port = free_port()
     instance = "up-port-taken-api"
     taken = re.compile(
@@ -96,6 +97,12 @@ def test_up_names_the_port_a_stranger_took_from_its_crashed_api_and_restarts_it_
                     thaw(up.proc.pid)
                 up.wait_for(taken, 120)
                 assert up.proc.poll() is None, up.output
+                # While its API waits for the port, `up` still watches the other services.
+                runner = services_of(up.proc.pid)["runner"]
+                os.kill(int(runner), signal.SIGKILL)
+                assert restarted(up.proc.pid, "runner", runner), (
+                    f"the runner was not restarted while the port was taken:\n{up.output}"
+                )
             assert answers_as(port, instance), f"the api did not come back:\n{up.output}"
             freed = f"port {port} is free again: the api restarts"
             assert freed in up.output, up.output

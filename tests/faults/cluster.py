@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +43,6 @@ READY_LINES = {
     "runner": "runner started",
     "notifier": "notifier started",
 }
-# Every cluster made in this process, for the faults conftest to ask after each test what went
-# wrong in the harness meanwhile (``take_harness_faults``); weak: a cluster stopped and dropped
-# leaves it.
-_CLUSTERS: weakref.WeakSet[FaultCluster] = weakref.WeakSet()
 
 
 class AlreadyRunning(RuntimeError):
@@ -60,9 +55,20 @@ class RestartFailed(RuntimeError):
     failing to start, which the watchdog counts and tries again)."""
 
 
-def clusters() -> Iterator[FaultCluster]:
-    """The fault clusters of this process still in use."""
-    return iter(list(_CLUSTERS))
+def clusters_among(values: Iterable[object]) -> list[FaultCluster]:
+    """The fault clusters among ``values`` (a test's fixture values: its own clusters, not
+    those of other tests alive in the same process)."""
+    return [value for value in values if isinstance(value, FaultCluster)]
+
+
+def raise_harness_faults(clusters: Iterable[FaultCluster]) -> None:
+    """Raise what went wrong in the harness of ``clusters`` and was not yet told to a test
+    (``take_harness_faults``): the one fault itself, several as one ExceptionGroup."""
+    faults = [fault for cluster in clusters for fault in cluster.take_harness_faults()]
+    if len(faults) == 1:
+        raise faults[0]
+    if faults:
+        raise ExceptionGroup("the fault harness went wrong during this test", faults)
 
 
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
@@ -148,7 +154,7 @@ class FaultCluster:
         self.lost_port: str | None = None
         # What went wrong in a watchdog's restart of an API other than the API failing to start
         # (a fault of this harness): logged, and raised at the end of the test it happened in
-        # (take_harness_faults, called by the faults conftest).
+        # (take_harness_faults, by the conftests' fixture), or at the cluster's stop.
         self.restart_errors: list[RestartFailed] = []
         self.services: dict[str, Service] = {}
         self._runner_count = runners
@@ -160,7 +166,6 @@ class FaultCluster:
         self._restarting: dict[str, asyncio.Task[None]] = {}
         self._next_lock = 0
         self._next_label = 0
-        _CLUSTERS.add(self)
 
     # --- start and stop
     @property
@@ -343,7 +348,7 @@ class FaultCluster:
                         if service.command == "api":
                             restarting[name] = asyncio.create_task(self._restart_api(name))
                         else:
-                            service.spawn()
+                            self._respawn(name)
                 await asyncio.sleep(0.1)
         finally:
             tasks = list(restarting.values())
@@ -359,10 +364,22 @@ class FaultCluster:
         except (AssertionError, TimeoutError):
             pass  # exited at start (counted when the watchdog sees it down) or still starting
         except Exception as error:
-            logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
-            failed = RestartFailed(f"the watchdog's restart of {name} failed: {error!r}")
-            failed.__cause__ = error
-            self.restart_errors.append(failed)
+            self._restart_failed(name, error)
+
+    def _respawn(self, name: str) -> None:
+        """The watchdog's restart of a service other than an API: its failure is told to the
+        test (``restart_errors``) instead of ending the watchdog, and with it every later
+        restart."""
+        try:
+            self.services[name].spawn()
+        except Exception as error:
+            self._restart_failed(name, error)
+
+    def _restart_failed(self, name: str, error: Exception) -> None:
+        logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
+        failed = RestartFailed(f"the watchdog's restart of {name} failed: {error!r}")
+        failed.__cause__ = error
+        self.restart_errors.append(failed)
 
     def take_harness_faults(self) -> list[Exception]:
         """What went wrong in this harness since the last call and not yet told to a test: a
@@ -398,7 +415,7 @@ class FaultCluster:
             self.resume_nats()
             await asyncio.to_thread(self.nats.stop)
             await asyncio.to_thread(self.postgres.stop)
-        self._raise_lost_port()  # not yet told to a test
+        raise_harness_faults([self])  # not yet told to a test
 
     # --- faults
     def pause_nats(self) -> None:

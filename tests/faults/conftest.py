@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.cluster import SHORT_TTL, FaultCluster, clusters, running_cluster
+from tests.faults.cluster import (
+    SHORT_TTL,
+    FaultCluster,
+    clusters_among,
+    raise_harness_faults,
+    running_cluster,
+)
 
 HERE = Path(__file__).parent
 
@@ -31,13 +37,12 @@ async def short_ttl_cluster() -> AsyncIterator[FaultCluster]:
 
 
 @pytest.fixture(autouse=True)
-def harness_faults_fail_their_test() -> Iterator[None]:
+def harness_faults_fail_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test in which the harness went wrong (the watchdog's restart of a service failed, or an
-    API had to move off a port another program took) fails at its end, naming it: its requests
-    may have reached no API, or another program's, and the next test is not to be blamed."""
+    API had to move off a port another program took) fails at its end ("ERROR at teardown"),
+    naming it: its requests may have reached no API, or another program's, and the next test
+    is not to be blamed. Only the test's own clusters are asked: another test's fault is not
+    this test's."""
     yield
-    faults = [fault for cluster in clusters() for fault in cluster.take_harness_faults()]
-    if len(faults) == 1:
-        raise faults[0]
-    if faults:
-        raise ExceptionGroup("the fault harness went wrong during this test", faults)
+    assert isinstance(request.node, pytest.Function)
+    raise_harness_faults(clusters_among(request.node.funcargs.values()))

@@ -24,6 +24,7 @@ from tests.faults.cluster import (
     FaultCluster,
     RestartFailed,
     in_thread,
+    raise_harness_faults,
 )
 from tests.system import System
 from tests.tools.api_address import ApiAddress, NotOurApi
@@ -216,3 +217,59 @@ async def test_a_watchdog_restart_that_fails_is_told_once_naming_the_restart() -
         faults[0]
     )
     assert isinstance(faults[0].__cause__, FileNotFoundError)
+
+
+async def test_a_failed_watchdog_restart_of_a_service_is_told_and_the_watchdog_goes_on() -> None:
+    """The watchdog's restart of a crashed projector fails by a fault of the harness (its log
+    cannot be opened): the cluster hands it over naming the restart and its cause, and the
+    watchdog goes on restarting the others (a crashed API comes back)."""
+    async with api_only_cluster() as cluster:
+        cluster.add_service("projector", "projector")
+        await cluster.start_service("api")
+        await cluster.start_service("projector")
+        cluster.keep_running()
+        projector = cluster.services["projector"]
+        projector.log_file = cluster.root / "no-such-folder" / "projector.log"
+        crashed = projector.proc
+        assert crashed is not None
+        crashed.send_signal(signal.SIGKILL)
+        crashed.wait()
+        async with asyncio.timeout(60):
+            while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
+                await asyncio.sleep(0.05)
+        projector.wanted = False  # no more restarts: their failures would end this test too
+        faults = cluster.take_harness_faults()
+        api = cluster.services["api"]
+        crashed_api = api.proc
+        assert crashed_api is not None
+        crashed_api.send_signal(signal.SIGKILL)
+        crashed_api.wait()
+        async with asyncio.timeout(60):
+            while not (api.proc is not crashed_api and api.alive):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    assert faults, "the failed restart was not told"
+    assert all(isinstance(fault, RestartFailed) for fault in faults), faults
+    assert str(faults[0]).startswith(
+        "the watchdog's restart of projector failed: FileNotFoundError("
+    ), faults[0]
+
+
+def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> None:
+    """A cluster carrying a failed restart and an API moved off a taken port: both are raised
+    at the test's end in one group, each named; asked again, nothing is left to raise."""
+    with scratch_dir("jobrunner-test-faults-told-") as root:
+        cluster = FaultCluster(root, SHORT_TTL)
+        cluster.restart_errors.append(
+            RestartFailed("the watchdog's restart of runner-1 failed: OSError()")
+        )
+        cluster.lost_port = "port 9 is not our API's; the cluster moved api to port 10"
+        with pytest.raises(ExceptionGroup) as raised:
+            raise_harness_faults([cluster])
+        raise_harness_faults([cluster])  # told once: nothing now
+    assert raised.value.message == "the fault harness went wrong during this test"
+    told = [str(fault) for fault in raised.value.exceptions]
+    assert told == [
+        "the watchdog's restart of runner-1 failed: OSError()",
+        "port 9 is not our API's; the cluster moved api to port 10",
+    ]
+    assert isinstance(raised.value.exceptions[1], NotOurApi)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
@@ -77,3 +78,15 @@ def services_of(up_pid: int) -> dict[str, str]:
         if parent == up_pid and b"jobrunner.cli" in argv:
             found[argv[-1].decode()] = pid
     return found
+
+
+def restarted(up_pid: int, name: str, old_pid: str, within: float = 120) -> str | None:
+    """The pid of ``name``'s new process once `jobrunner up` (``up_pid``) has restarted it in
+    place of ``old_pid``, within ``within`` s; None if it has not by then."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pid = services_of(up_pid).get(name)
+        if pid is not None and pid != old_pid:
+            return pid
+        time.sleep(0.1)
+    return None
