@@ -494,10 +494,11 @@ async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
     ``stop``, by a refusal or a failed start (raised) or cancelled, it leaves no task of its
     own waiting: pending restarts are cancelled."""
     stopper = asyncio.create_task(stop.wait())
-    restarting: dict[asyncio.Task[None], Service] = {}
+    # Each pending restart's task, and the service it restarts (not watched meanwhile).
+    restarting: dict[asyncio.Task[Any], Service] = {}
     try:
         while not stop.is_set():
-            waits = {
+            waits: dict[asyncio.Task[Any], Service] = {
                 asyncio.create_task(s.proc.wait()): s
                 for s in services.values()
                 if s.proc is not None and s not in restarting.values()

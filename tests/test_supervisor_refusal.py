@@ -104,7 +104,7 @@ async def test_a_refusal_while_the_api_waits_for_its_taken_port_stops_the_superv
             _supervise({"api": api, "projector": projector}, asyncio.Event())
         )
         try:
-            while api.restarts == 0:
+            while api.restarts == 0:  # noqa: ASYNC110 - set by the supervision's loop
                 await asyncio.sleep(0.05)
             assert projector.proc.stdin is not None
             projector.proc.stdin.close()

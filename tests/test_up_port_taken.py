@@ -7,18 +7,18 @@ every restart, and `up` said nothing of why)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import signal
-import time
 
-import httpx
 import pytest
 
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.freeze import freeze, thaw
+from tests.tools.api_address import ApiAddress
 from tests.tools.stranger_server import stranger_on, wait_port_free
 from tests.tools.up_process import URL_RE, Up, restarted, services_of
 
@@ -54,18 +54,19 @@ def test_up_stops_naming_the_port_another_program_took_during_its_start() -> Non
     assert not URL_RE.search(up.output), up.output
 
 
-def answers_as(port: int, instance: str, within: float = 120) -> bool:
-    """Whether the API on ``port`` answers /health naming ``instance`` within ``within`` s."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-            if answer.json().get("instance") == instance:
+def comes_back(address: ApiAddress, within: float = 120) -> bool:
+    """Whether our API answers /health at ``address`` within ``within`` s (another program's
+    answer there raises NotOurApi, naming it)."""
+
+    async def answering() -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while not await address.answers():  # noqa: ASYNC110 - an HTTP poll
+                    await asyncio.sleep(0.2)
                 return True
-        except (httpx.HTTPError, ValueError):
-            pass  # not answering yet, or not in JSON (the stranger, before it is gone)
-        time.sleep(0.2)
-    return False
+        return False
+
+    return asyncio.run(answering())
 
 
 @pytest.mark.timeout(600)
@@ -103,7 +104,9 @@ def test_up_names_the_port_a_stranger_took_from_its_crashed_api_and_restarts_it_
                 assert restarted(up.proc.pid, "runner", runner), (
                     f"the runner was not restarted while the port was taken:\n{up.output}"
                 )
-            assert answers_as(port, instance), f"the api did not come back:\n{up.output}"
+            assert comes_back(ApiAddress(port, instance)), (
+                f"the api did not come back:\n{up.output}"
+            )
             freed = f"port {port} is free again: the api restarts"
             assert freed in up.output, up.output
             assert len(taken.findall(up.output)) == 1, up.output

@@ -57,12 +57,16 @@ class TimedFreeze:
         self._timer = threading.Timer(seconds, self._thaw_now)
 
     def freeze(self) -> None:
+        assert not self.pids, (
+            "a TimedFreeze freezes once: its timer thaws only the first freeze's processes"
+        )
         self.pids.extend(freeze_postgres(self._server))
         self._timer.start()
 
     def _thaw_now(self) -> None:
-        self._thawed.set()
+        # Thawed first: whoever sees ``thawed`` may count on the server running.
         thaw(self.pids)
+        self._thawed.set()
 
     @property
     def thawed(self) -> bool:

@@ -11,21 +11,17 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from jobrunner.supervisor import port_holder_sentence
+
 
 def wait_port_free(port: int, host: str = "127.0.0.1", within: float = 30.0) -> None:
-    """Until ``host``:``port`` can be listened on: a killed server's socket closes only once
-    every thread of it has exited, a moment after its main thread shows as dead."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """Until ``host``:``port`` can be listened on (as `jobrunner up` looks at it,
+    ``supervisor.port_holder_sentence``): a killed server's socket closes only once every
+    thread of it has exited, a moment after its main thread shows as dead."""
     deadline = time.monotonic() + within
-    while True:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-                return
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise
+    while (taken := port_holder_sentence(host, port)) is not None:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still taken after {within} s: {taken}")
         time.sleep(0.05)
 
 

@@ -19,7 +19,7 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.projector.replaylock import SwapState
-from tests.tools.postgres_processes import freeze_postgres
+from tests.tools.postgres_processes import freeze_postgres, thaw
 from tests.tools.rebuild_backends import terminate_backends_since
 from tests.tools.replay_in_process import replay_in_process
 
@@ -144,18 +144,26 @@ class CommitCrash:
         self._server = server
         self._test_loop = test_loop
         self._crash: concurrent.futures.Future[None] | None = None
+        self._frozen: list[int] = []
 
     async def fault(self, lock_holder: asyncpg.Connection, state: SwapState) -> None:
-        freeze_postgres(self._server)
+        assert self._crash is None, "a CommitCrash crashes the server once: fault() called twice"
+        self._frozen = freeze_postgres(self._server)
         self._crash = asyncio.run_coroutine_threadsafe(
             self._once_committing(state), self._test_loop
         )
 
     async def _once_committing(self, state: SwapState) -> None:
-        async with asyncio.timeout(60):
-            while not state.committing:  # noqa: ASYNC110 - the command's state, another loop
-                await asyncio.sleep(0.01)
-        await asyncio.to_thread(self._crash_and_start)
+        try:
+            async with asyncio.timeout(60):
+                while not state.committing:  # noqa: ASYNC110 - the command's state, another loop
+                    await asyncio.sleep(0.01)
+            await asyncio.to_thread(self._crash_and_start)
+        except BaseException:
+            # A server left frozen would hang the command and every later test of it, hiding
+            # this error behind their timeouts.
+            thaw(self._frozen)
+            raise
 
     def _crash_and_start(self) -> None:
         self._server.kill()
