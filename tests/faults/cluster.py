@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,19 @@ class RestartFailed(RuntimeError):
 
 def clusters_among(values: Iterable[object]) -> list[FaultCluster]:
     """The fault clusters among ``values`` (a test's fixture values: its own clusters, not
-    those of other tests alive in the same process)."""
-    return [value for value in values if isinstance(value, FaultCluster)]
+    those of other tests alive in the same process), also one held in a fixture's tuple or
+    dataclass (a cluster with its proxy)."""
+    found: list[FaultCluster] = []
+    for value in values:
+        held: Iterable[object] = ()
+        if isinstance(value, tuple | list):
+            held = value
+        elif is_dataclass(value) and not isinstance(value, type):
+            held = [getattr(value, field.name) for field in fields(value)]
+        for candidate in (value, *held):
+            if isinstance(candidate, FaultCluster) and candidate not in found:
+                found.append(candidate)
+    return found
 
 
 def raise_harness_faults(clusters: Iterable[FaultCluster]) -> None:

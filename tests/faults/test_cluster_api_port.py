@@ -11,6 +11,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import msgspec
 import pytest
@@ -23,6 +24,7 @@ from tests.faults.cluster import (
     AlreadyRunning,
     FaultCluster,
     RestartFailed,
+    clusters_among,
     in_thread,
     raise_harness_faults,
 )
@@ -273,3 +275,20 @@ def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> N
         "port 9 is not our API's; the cluster moved api to port 10",
     ]
     assert isinstance(raised.value.exceptions[1], NotOurApi)
+
+
+def test_a_tests_own_clusters_are_found_among_its_fixtures_and_no_other() -> None:
+    """The clusters whose harness faults fail a test: those among its fixture values, also one
+    a fixture holds in a tuple or a dataclass beside its proxy, never another test's."""
+
+    @dataclass
+    class WithProxy:
+        cluster: FaultCluster
+        proxy: object
+
+    with scratch_dir("jobrunner-test-faults-own-") as root:
+        own, held, in_tuple, other = (FaultCluster(root / n, SHORT_TTL) for n in "ohto")
+        fixtures = [own, WithProxy(held, object()), (in_tuple, object()), "a string", 7]
+        found = clusters_among(fixtures)
+    assert found == [own, held, in_tuple]
+    assert other not in found
