@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -194,6 +195,29 @@ async def test_starting_an_api_that_runs_already_is_an_error_and_leaves_it_runni
         assert await cluster.api_addresses["api"].answers()
 
 
+def _crashed(cluster: FaultCluster, name: str) -> subprocess.Popen[bytes]:
+    """Service ``name`` SIGKILLed (a crash: the watchdog is to start it again); its process."""
+    crashed = cluster.services[name].proc
+    assert crashed is not None
+    crashed.send_signal(signal.SIGKILL)
+    crashed.wait()
+    return crashed
+
+
+async def _restart_failed_for_want_of_its_log(cluster: FaultCluster, name: str) -> list[Exception]:
+    """Service ``name`` crashed with its log in a missing folder: until the watchdog's restart
+    of it failed; then no more restarts of it (their failures would end the test too), and what
+    the cluster hands over."""
+    service = cluster.services[name]
+    service.log_file = cluster.root / "no-such-folder" / f"{name}.log"
+    _crashed(cluster, name)
+    async with asyncio.timeout(60):
+        while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
+            await asyncio.sleep(0.05)
+    service.wanted = False
+    return cluster.take_harness_faults()
+
+
 async def test_a_watchdog_restart_that_fails_is_told_once_naming_the_restart() -> None:
     """The watchdog's restart of a crashed API fails by a fault of the harness (its log cannot
     be opened): the cluster hands it over once, naming the restart and its cause, for the
@@ -201,17 +225,7 @@ async def test_a_watchdog_restart_that_fails_is_told_once_naming_the_restart() -
     async with api_only_cluster() as cluster:
         await cluster.start_service("api")
         cluster.keep_running()
-        service = cluster.services["api"]
-        service.log_file = cluster.root / "no-such-folder" / "api.log"
-        crashed = service.proc
-        assert crashed is not None
-        crashed.send_signal(signal.SIGKILL)  # a crash: the watchdog is to start it again
-        crashed.wait()
-        async with asyncio.timeout(60):
-            while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
-                await asyncio.sleep(0.05)
-        service.wanted = False  # no more restarts: their failures would end this test too
-        faults = cluster.take_harness_faults()
+        faults = await _restart_failed_for_want_of_its_log(cluster, "api")
         assert cluster.take_harness_faults() == []
     assert len(faults) == 1, faults
     assert isinstance(faults[0], RestartFailed)
@@ -230,22 +244,9 @@ async def test_a_failed_watchdog_restart_of_a_service_is_told_and_the_watchdog_g
         await cluster.start_service("api")
         await cluster.start_service("projector")
         cluster.keep_running()
-        projector = cluster.services["projector"]
-        projector.log_file = cluster.root / "no-such-folder" / "projector.log"
-        crashed = projector.proc
-        assert crashed is not None
-        crashed.send_signal(signal.SIGKILL)
-        crashed.wait()
-        async with asyncio.timeout(60):
-            while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
-                await asyncio.sleep(0.05)
-        projector.wanted = False  # no more restarts: their failures would end this test too
-        faults = cluster.take_harness_faults()
+        faults = await _restart_failed_for_want_of_its_log(cluster, "projector")
         api = cluster.services["api"]
-        crashed_api = api.proc
-        assert crashed_api is not None
-        crashed_api.send_signal(signal.SIGKILL)
-        crashed_api.wait()
+        crashed_api = _crashed(cluster, "api")
         async with asyncio.timeout(60):
             while not (api.proc is not crashed_api and api.alive):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
