@@ -116,3 +116,22 @@ async def test_a_refusal_while_the_api_waits_for_its_taken_port_stops_the_superv
             supervising.cancel()
             await asyncio.gather(supervising, return_exceptions=True)
         assert api.proc.returncode == 1, "the api was restarted into a taken port"
+
+
+async def test_a_stop_while_the_api_waits_for_its_taken_port_cancels_its_restart() -> None:
+    """`up` stopped while its API's restart waits for a port another program holds: the
+    supervision ends, the API is not started, and no task of the pending restart is left."""
+    others = asyncio.all_tasks()
+    with stranger_on(free_port()) as stranger:
+        port = stranger.server_address[1]
+        api = Service("api", {"JOBRUNNER_HOST": "127.0.0.1", "JOBRUNNER_PORT": str(port)})
+        api.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(1)")
+        exited = api.proc
+        stop = asyncio.Event()
+        supervising = asyncio.create_task(_supervise({"api": api}, stop))
+        while api.restarts == 0:  # noqa: ASYNC110 - set by the supervision's loop
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(supervising, 30)
+    assert api.proc is exited, "the api was started after the stop"
+    assert asyncio.all_tasks() - others == set(), "a task of the pending restart is left"
