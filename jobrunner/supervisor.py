@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine
@@ -31,7 +32,7 @@ from jobrunner.common.refusal import REFUSED_EXIT
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.embedded.nats import EmbeddedNats, load_or_create_secret
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.preflight import missing_tools, preflight
+from jobrunner.preflight import check_port_free, missing_tools, preflight
 
 log = structlog.get_logger()
 
@@ -57,7 +58,10 @@ class Service:
         # Added to this process's niceness for the service (0: the same priority).
         self.nice = nice
         self.proc: asyncio.subprocess.Process | None = None
+        # Restarts since the service last ran stably (``restart_delay``).
         self.restarts = 0
+        # When its process was started (``time.monotonic``): how long it ran before it exited.
+        self.started_at = 0.0
 
     async def start(self) -> None:
         # Dies with this process even when it is SIGKILLed (no SIGTERM to pass on): a service
@@ -72,6 +76,7 @@ class Service:
             start_new_session=True,
             preexec_fn=preexec_fn,
         )
+        self.started_at = time.monotonic()
         if self.nice:
             await lower_priority(self.proc.pid, self.nice)
         log.info("service started", service=self.name, pid=self.proc.pid)
@@ -161,7 +166,7 @@ async def wait_healthy(
     taking it, another program may take it: an answer that does not name our API fails the
     start naming the port, rather than announce that program as jobrunner (and our API, unable
     to listen, restarted for ever). This covers the start only: once it is done, the API's
-    restarts are the supervisor's, who does not ask /health."""
+    restarts are the supervisor's, who first waits for its port to be free (``port_freed``)."""
     url = f"http://{_reachable(host)}:{port}"
     last_ours: tuple[int, dict[str, Any]] | None = None  # our API's last answer, not 200
     deadline = asyncio.get_running_loop().time() + timeout
@@ -464,25 +469,54 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# A service that ran this long before it exited had started fine: its exit is a new failure,
+# restarted after the shortest wait, not the next of a crash loop (whose waits grow to 10 s).
+STABLE_RUN_SECONDS = 30.0
+FIRST_RESTART_SECONDS = 0.5
+LONGEST_RESTART_SECONDS = 10.0
+
+
+def restart_delay(restarts: int, ran_for: float) -> tuple[int, float]:
+    """The restarts counted with this one, and the wait before it, for a service restarted
+    ``restarts`` times in a row whose process ran ``ran_for`` s before it exited. A process
+    that ran ``STABLE_RUN_SECONDS`` or more starts the count again: crashes days apart must not
+    each wait the longest."""
+    counted = 1 if ran_for >= STABLE_RUN_SECONDS else restarts + 1
+    return counted, retry.delay_after(
+        counted, first=FIRST_RESTART_SECONDS, longest=LONGEST_RESTART_SECONDS
+    )
+
+
 async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
-    """Restart a service that dies (a crashed runner's restart cleans up after it). Ended by
-    ``stop``, by a refusal (raised) or cancelled, it leaves no task of its own waiting."""
+    """Restart a service that dies (a crashed runner's restart cleans up after it). Each restart
+    (its wait, and the API's wait for its port) runs as a task of its own, so the others are
+    watched meanwhile: a crash or a refusal of one is seen while another waits. Ended by
+    ``stop``, by a refusal or a failed start (raised) or cancelled, it leaves no task of its
+    own waiting: pending restarts are cancelled."""
     stopper = asyncio.create_task(stop.wait())
+    # Each pending restart's task, and the service it restarts (not watched meanwhile).
+    restarting: dict[asyncio.Task[Any], Service] = {}
     try:
         while not stop.is_set():
-            waits = {
+            waits: dict[asyncio.Task[Any], Service] = {
                 asyncio.create_task(s.proc.wait()): s
                 for s in services.values()
-                if s.proc is not None
+                if s.proc is not None and s not in restarting.values()
             }
             try:
-                done, _ = await asyncio.wait({stopper, *waits}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {stopper, *waits, *restarting}, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for task in waits:
                     task.cancel()  # the ones still waiting; a finished one keeps its result
             if stop.is_set():
                 break
             for task in done:
+                if task in restarting:
+                    del restarting[task]
+                    task.result()  # a start that failed ends the supervision, as before
+                    continue
                 service = waits.get(task)
                 if service is None:
                     continue
@@ -490,17 +524,71 @@ async def _supervise(services: dict[str, Service], stop: asyncio.Event) -> None:
                     # It refused the stored state (its one sentence is above): a restart would
                     # only refuse again.
                     raise RuntimeError(f"the {service.name} refused to start; jobrunner stops")
-                service.restarts += 1
-                delay = retry.delay_after(service.restarts, first=0.5, longest=10.0)
+                ran_for = time.monotonic() - service.started_at
+                service.restarts, delay = restart_delay(service.restarts, ran_for)
                 log.warning(
                     "service exited, restarting",
                     service=service.name,
                     code=task.result(),
                     restart_in=delay,
                 )
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    await service.start()
+                restarting[asyncio.create_task(_restart(service, delay, stop))] = service
     finally:
         stopper.cancel()
+        for task in restarting:
+            task.cancel()
+        await asyncio.gather(*restarting, return_exceptions=True)
+
+
+async def _restart(service: Service, delay: float, stop: asyncio.Event) -> None:
+    """Start ``service`` again after ``delay`` s (the API once its port is free), unless ``stop``
+    comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+    if stop.is_set():
+        return
+    if service.name == "api" and not await port_freed(service, stop):
+        return  # stopped while another program held the port
+    await service.start()
+
+
+# How often, at the most, a port another program holds is looked at again: a freed port gets
+# the API back within this, and a stranger holding it for hours costs a bind a few seconds.
+PORT_CHECK_LONGEST_SECONDS = 5.0
+
+
+def port_holder_sentence(host: str, port: int) -> str | None:
+    """The start's sentence (``preflight.check_port_free``) when ``host``:``port`` cannot be
+    listened on now, else None."""
+    try:
+        check_port_free(host, port)
+    except SettingsError as exc:
+        return str(exc)
+    return None
+
+
+async def port_freed(api: Service, stop: asyncio.Event) -> bool:
+    """Wait until the API's port (its ``JOBRUNNER_HOST``/``JOBRUNNER_PORT``) is free before its
+    restart: a program that took it while the API was down would make every restart die with
+    "address in use", for ever and without a word. Says once, in the start's sentence, that the
+    port is taken and what to do, and once that it is free again; looks at it with a back-off
+    bounded by ``PORT_CHECK_LONGEST_SECONDS``. False when ``stop`` ends the wait."""
+    host, port = api.env["JOBRUNNER_HOST"], int(api.env["JOBRUNNER_PORT"])
+    checks = 0
+    while (sentence := await asyncio.to_thread(port_holder_sentence, host, port)) is not None:
+        if checks == 0:
+            log.error(
+                f"the api cannot be restarted: {sentence}; jobrunner restarts it once the port"
+                " is free",
+                service=api.name,
+                port=port,
+            )
+        checks += 1
+        delay = retry.delay_after(checks, first=0.5, longest=PORT_CHECK_LONGEST_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return False
+    if checks:
+        log.warning(f"port {port} is free again: the api restarts", service=api.name, port=port)
+    return True

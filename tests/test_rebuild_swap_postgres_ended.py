@@ -28,12 +28,15 @@ from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
     ENDINGS,
     LOCK_HOLDER_TERMINATED,
+    SwapFault,
+    assert_refused_then_replays,
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
+    replay_succeeding_past_connections_ended,
     server_now,
 )
-from tests.upgrade_support import complete, older_state, read_models
+from tests.upgrade_support import History, complete, older_state, read_models
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,6 +54,31 @@ async def private(settings: Settings, own_postgres: EmbeddedPostgres) -> Setting
     )
 
 
+async def _rebuild_unavailable_at_swap(
+    private: Settings, monkeypatch: pytest.MonkeyPatch, fault: SwapFault
+) -> str:
+    """A projector's rebuild with ``fault`` once its swap's statements are done, before its
+    COMMIT is sent: it fails POSTGRES_UNAVAILABLE; what it said."""
+    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
+    with pytest.raises(postgresconnect.PostgresUnusable) as failed:
+        await upgrade.ensure_current(private, allow_rebuild=True)
+    said = str(failed.value)
+    assert came, said
+    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+    return said
+
+
+async def _next_attempt_swaps_in_complete_read_models(
+    private: Settings, monkeypatch: pytest.MonkeyPatch, made: History
+) -> None:
+    """With the fault undone, the next rebuild swaps in complete read models alone."""
+    monkeypatch.undo()
+    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
+    found = await read_models(private)
+    assert complete(found, made) == []
+    assert found["schemas"] == {READ_SCHEMA}
+
+
 @pytest.mark.parametrize("kind", ["backends-terminated", "restarted"])
 async def test_a_rebuild_whose_postgres_ends_its_swap_before_the_commit_swaps_nothing(
     private: Settings,
@@ -64,23 +92,13 @@ async def test_a_rebuild_whose_postgres_ends_its_swap_before_the_commit_swaps_no
     beside them; the next attempt swaps in complete read models."""
     made = await older_state(private, jobs=5, lines=20)
     fault = await connections_ended(kind, private.database_url, own_postgres)
-    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
-    with pytest.raises(postgresconnect.PostgresUnusable) as failed:
-        await upgrade.ensure_current(private, allow_rebuild=True)
-    said = str(failed.value)
-    assert came, said
-    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+    said = await _rebuild_unavailable_at_swap(private, monkeypatch, fault)
     assert "went away during the read-model rebuild" in said, said
     assert "nothing was swapped; the next attempt" in said, said
     found = await read_models(private)
     assert found["version"] == readmodelversion.UNVERSIONED
     assert found["schemas"] == {READ_SCHEMA, UPGRADE_SCHEMA}
-    monkeypatch.undo()
-    outcome = await upgrade.ensure_current(private, allow_rebuild=True)
-    assert outcome.rebuilt
-    found = await read_models(private)
-    assert complete(found, made) == []
-    assert found["schemas"] == {READ_SCHEMA}
+    await _next_attempt_swaps_in_complete_read_models(private, monkeypatch, made)
 
 
 async def test_a_rebuild_whose_lock_holder_alone_is_terminated_before_the_commit_swaps_nothing(
@@ -99,9 +117,7 @@ async def test_a_rebuild_whose_lock_holder_alone_is_terminated_before_the_commit
     assert came, str(failed.value)
     assert "nothing was swapped" in str(failed.value)
     assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
-    monkeypatch.undo()
-    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
-    assert complete(await read_models(private), made) == []
+    await _next_attempt_swaps_in_complete_read_models(private, monkeypatch, made)
 
 
 async def test_a_rebuild_whose_postgres_crashes_while_its_commit_waits_says_it_may_have_swapped(
@@ -114,25 +130,12 @@ async def test_a_rebuild_whose_postgres_crashes_while_its_commit_waits_says_it_m
     have been swapped in" and the next attempt resumes or finds them current; that attempt
     swaps in complete read models (the COMMIT never ran)."""
     made = await older_state(private, jobs=5, lines=20)
-    restarted: list[bool] = []
-    fault = killed_during_the_commit(own_postgres, asyncio.get_running_loop(), restarted)
-    came = fault_at_swap(monkeypatch, upgrade, after_commit=False, fault=fault)
-    with pytest.raises(postgresconnect.PostgresUnusable) as failed:
-        await upgrade.ensure_current(private, allow_rebuild=True)
-    said = str(failed.value)
-    assert came, said
-    async with asyncio.timeout(60):
-        while not restarted:  # noqa: ASYNC110 - the server's restart, on another thread
-            await asyncio.sleep(0.05)
-    assert failed.value.code == "POSTGRES_UNAVAILABLE", said
+    async with killed_during_the_commit(own_postgres) as fault:
+        said = await _rebuild_unavailable_at_swap(private, monkeypatch, fault)
     assert "may or may not have been swapped in; the next attempt" in said, said
     assert "finds the read models current" in said, said
     assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
-    monkeypatch.undo()
-    assert (await upgrade.ensure_current(private, allow_rebuild=True)).rebuilt
-    found = await read_models(private)
-    assert complete(found, made) == []
-    assert found["schemas"] == {READ_SCHEMA}
+    await _next_attempt_swaps_in_complete_read_models(private, monkeypatch, made)
 
 
 @pytest.mark.parametrize("kind", ENDINGS)
@@ -149,17 +152,9 @@ async def test_a_replay_whose_rebuild_meets_postgres_ended_after_the_swap_commit
     (Postgres stopped), left with a warning saying so, as a replay's. (Stopped, it exited 69,
     POSTGRES_UNAVAILABLE, though the rebuilt read models were live.)"""
     made = await older_state(private, jobs=5, lines=20)
-    fault = await connections_ended(kind, private.database_url, own_postgres)
-    came = fault_at_swap(monkeypatch, upgrade, after_commit=True, fault=fault)
-    try:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-    finally:
-        if kind == "stopped":
-            await asyncio.to_thread(own_postgres.start)
-    assert came, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert "POSTGRES_UNAVAILABLE" not in err, err
-    assert code == 0, err
+    err = await replay_succeeding_past_connections_ended(
+        kind, upgrade, private, own_postgres, monkeypatch, capsys
+    )
     found = await read_models(private)
     assert complete(found, made) == []
     previous_left = PREVIOUS_SCHEMA in found["schemas"]
@@ -192,15 +187,23 @@ async def test_a_replay_whose_rebuild_write_is_cancelled_mid_load_says_so_in_one
     monkeypatch.setattr(upgrade, "_resume_or_start", loading_after_the_fault)
     code, err = await replay_in_process(private, monkeypatch, capsys)
     assert fault.done(), "no write of the loading waited: " + err
-    assert "Traceback" not in err, err
-    assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
-    assert "jobrunner replay: STATEMENT_CANCELLED:" in err, err
-    assert "of the read-model rebuild" in err, err
-    assert "nothing was swapped; the next attempt" in err, err
-    assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
-    monkeypatch.undo()
-    again, said = await replay_in_process(private, monkeypatch, capsys)
-    assert again == 0, said
+
+    async def older_read_models_live() -> None:
+        assert (await read_models(private))["version"] == readmodelversion.UNVERSIONED
+
+    await assert_refused_then_replays(
+        (code, err),
+        postgresconnect.STATEMENT_CANCELLED_EXIT,
+        [
+            "jobrunner replay: STATEMENT_CANCELLED:",
+            "of the read-model rebuild",
+            "nothing was swapped; the next attempt",
+        ],
+        older_read_models_live,
+        private,
+        monkeypatch,
+        capsys,
+    )
     assert complete(await read_models(private), made) == []
 
 
@@ -225,18 +228,29 @@ async def test_a_replay_whose_version_check_is_cancelled_on_an_empty_database_sa
             ):
                 await asyncio.sleep(0.02)
         assert await holder.fetchval("SELECT pg_cancel_backend($1)", waiting)
-        code, err = await replaying
-        created = await holder.fetchval("SELECT to_regclass('readmodel.checkpoint') IS NOT NULL")
+        outcome = await replaying
     finally:
         await holder.close()
-    assert "Traceback" not in err, err
-    assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
-    assert "jobrunner replay: STATEMENT_CANCELLED:" in err, err
-    assert "nothing was changed; run `jobrunner replay` again" in err, err
-    assert not created
-    monkeypatch.undo()
-    again, said = await replay_in_process(private, monkeypatch, capsys)
-    assert again == 0, said
+
+    async def nothing_created() -> None:
+        conn = await asyncpg.connect(private.database_url)
+        try:
+            assert not await conn.fetchval("SELECT to_regclass('readmodel.checkpoint') IS NOT NULL")
+        finally:
+            await conn.close()
+
+    await assert_refused_then_replays(
+        outcome,
+        postgresconnect.STATEMENT_CANCELLED_EXIT,
+        [
+            "jobrunner replay: STATEMENT_CANCELLED:",
+            "nothing was changed; run `jobrunner replay` again",
+        ],
+        nothing_created,
+        private,
+        monkeypatch,
+        capsys,
+    )
     assert (await read_models(private))["version"] == readmodelversion.READMODEL_VERSION
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -32,15 +32,17 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replaylock import REPLAY_LOCK_LOST_EXIT
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
-from tests.tools.postgres_processes import freeze_postgres, thaw
+from tests.tools.postgres_processes import TimedFreeze
 from tests.tools.rebuild_backends import BackendsTerminated, WaitingWriteCancelled
 from tests.tools.replay_in_process import replay_in_process
 from tests.tools.swap_faults import (
     ENDINGS,
     LOCK_HOLDER_TERMINATED,
+    assert_refused_then_replays,
     connections_ended,
     fault_at_swap,
     killed_during_the_commit,
+    replay_succeeding_past_connections_ended,
     server_now,
 )
 
@@ -88,6 +90,36 @@ async def _live_tables(settings: Settings) -> tuple[int, int, bool]:
     return int(jobs), int(lines), bool(previous)
 
 
+def _tables_as(settings: Settings, before: tuple[int, int, bool]) -> Callable[[], Awaitable[None]]:
+    """A check that the live tables are still as ``before`` (``_live_tables``)."""
+
+    async def check() -> None:
+        assert await _live_tables(settings) == before
+
+    return check
+
+
+async def _replay_frozen(
+    frozen: TimedFreeze,
+    where: str,
+    private: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    must_end_frozen: bool = True,
+) -> tuple[int | None, str]:
+    """``jobrunner replay`` whose patched ``where`` calls ``frozen.freeze()``: its exit code and
+    stderr, checked here that it got there and ended without a traceback, before the thaw
+    (``must_end_frozen``)."""
+    with frozen:
+        code, err = await replay_in_process(private, monkeypatch, capsys)
+        ended_frozen = not frozen.thawed
+    assert frozen.pids, f"the {where} never came: " + err
+    assert "Traceback" not in err, err
+    if must_end_frozen:
+        assert ended_frozen, "the command waited for the thaw:\n" + err
+    return code, err
+
+
 def _fault_as_loading_starts(
     monkeypatch: pytest.MonkeyPatch, fault: Callable[[EventFeed], Any]
 ) -> None:
@@ -128,39 +160,23 @@ async def test_a_replay_with_postgres_frozen_mid_load_gives_up_at_its_probe_boun
     the thaw, the live tables as they were; after the thaw a replay succeeds. It waited for
     the thaw."""
     before = await _live_tables(private)
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(frozen_for, thaw_now)
-
-    def freeze(feed: EventFeed) -> None:
-        pids.extend(freeze_postgres(own_postgres))
-        timer.start()
-
-    _fault_as_loading_starts(monkeypatch, freeze)
-    try:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the loading never started: " + err
-    assert "Traceback" not in err, err
+    frozen = TimedFreeze(own_postgres, frozen_for)
+    _fault_as_loading_starts(monkeypatch, lambda feed: frozen.freeze())
+    code, err = await _replay_frozen(
+        frozen, "loading", private, monkeypatch, capsys, must_end_frozen=not answered
+    )
     if answered:
         assert code == 0, err
         return
-    assert ended_frozen, "the command waited for the thaw:\n" + err
-    assert code == postgresconnect.UNAVAILABLE_EXIT, err
-    assert "POSTGRES_UNAVAILABLE" in err, err
-    assert WENT_AWAY in err, err
-    monkeypatch.undo()
-    assert await _live_tables(private) == before
-    again, said = await replay_in_process(private, monkeypatch, capsys)
-    assert again == 0, said
+    await assert_refused_then_replays(
+        (code, err),
+        postgresconnect.UNAVAILABLE_EXIT,
+        ["POSTGRES_UNAVAILABLE", WENT_AWAY],
+        _tables_as(private, before),
+        private,
+        monkeypatch,
+        capsys,
+    )
 
 
 async def test_a_replay_with_postgres_restarted_mid_load_says_postgres_went_away(
@@ -215,15 +231,16 @@ async def test_a_replay_whose_statement_is_cancelled_mid_load_says_so_in_one_sen
     _fault_as_loading_starts(monkeypatch, fault)
     code, err = await replay_in_process(private, monkeypatch, capsys)
     assert fault.done(), "no write of the loading waited: " + err
-    assert "Traceback" not in err, err
-    assert code == postgresconnect.STATEMENT_CANCELLED_EXIT, err
-    assert "jobrunner replay: STATEMENT_CANCELLED:" in err, err
-    assert "nothing was swapped" in err, err
-    assert "POSTGRES_UNAVAILABLE" not in err, err
-    monkeypatch.undo()
-    assert await _live_tables(private) == before
-    again, said = await replay_in_process(private, monkeypatch, capsys)
-    assert again == 0, said
+    await assert_refused_then_replays(
+        (code, err),
+        postgresconnect.STATEMENT_CANCELLED_EXIT,
+        ["jobrunner replay: STATEMENT_CANCELLED:", "nothing was swapped"],
+        _tables_as(private, before),
+        private,
+        monkeypatch,
+        capsys,
+        says_not=["POSTGRES_UNAVAILABLE"],
+    )
 
 
 async def _terminated_mid_load(
@@ -243,15 +260,15 @@ async def _terminated_mid_load(
     _fault_as_loading_starts(monkeypatch, fault)
     code, err = await replay_in_process(settings, monkeypatch, capsys)
     assert fault.done(), "the loading never started: " + err
-    assert code is not None, "the replay hung:\n" + err
-    assert "Traceback" not in err, err
-    assert code == postgresconnect.UNAVAILABLE_EXIT, err
-    assert "POSTGRES_UNAVAILABLE" in err, err
-    assert WENT_AWAY in err, err
-    monkeypatch.undo()
-    assert await _live_tables(settings) == before
-    again, said = await replay_in_process(settings, monkeypatch, capsys)
-    assert again == 0, said
+    await assert_refused_then_replays(
+        (code, err),
+        postgresconnect.UNAVAILABLE_EXIT,
+        ["POSTGRES_UNAVAILABLE", WENT_AWAY],
+        _tables_as(settings, before),
+        settings,
+        monkeypatch,
+        capsys,
+    )
 
 
 @pytest.mark.parametrize("waiting_on", [None, "checkpoint"], ids=["idle", "a-write-waiting"])
@@ -340,16 +357,16 @@ async def test_a_replay_whose_postgres_ends_its_swap_before_the_commit_swaps_not
     came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
     code, err = await replay_in_process(private, monkeypatch, capsys)
     assert came, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert code == exit_code, err
-    assert f"jobrunner replay: {said}" in err, err
-    assert "nothing was swapped" in err, err
-    if kind != LOCK_HOLDER_TERMINATED:
-        assert WENT_AWAY in err, err
-    monkeypatch.undo()
-    assert await _live_tables(private) == before
-    again, said = await replay_in_process(private, monkeypatch, capsys)
-    assert again == 0, said
+    await assert_refused_then_replays(
+        (code, err),
+        exit_code,
+        [f"jobrunner replay: {said}", "nothing was swapped"]
+        + ([] if kind == LOCK_HOLDER_TERMINATED else [WENT_AWAY]),
+        _tables_as(private, before),
+        private,
+        monkeypatch,
+        capsys,
+    )
 
 
 async def test_a_replay_whose_postgres_crashes_while_its_commit_waits_says_it_may_have_swapped(
@@ -364,23 +381,23 @@ async def test_a_replay_whose_postgres_crashes_while_its_commit_waits_says_it_ma
     have been swapped in" and run the replay again; the live tables as they were (the COMMIT
     never ran), and a replay run again succeeds."""
     before = await _live_tables(private)
-    restarted: list[bool] = []
-    fault = killed_during_the_commit(own_postgres, asyncio.get_running_loop(), restarted)
-    came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
-    code, err = await replay_in_process(private, monkeypatch, capsys)
+    async with killed_during_the_commit(own_postgres) as fault:
+        came = fault_at_swap(monkeypatch, replay_module, after_commit=False, fault=fault)
+        code, err = await replay_in_process(private, monkeypatch, capsys)
     assert came, "the swap never came: " + err
-    async with asyncio.timeout(60):
-        while not restarted:  # noqa: ASYNC110 - the server's restart, on another thread
-            await asyncio.sleep(0.05)
-    assert "Traceback" not in err, err
-    assert code == postgresconnect.UNAVAILABLE_EXIT, err
-    assert "POSTGRES_UNAVAILABLE" in err, err
-    assert "may or may not have been swapped in" in err, err
-    assert "run `jobrunner replay` again" in err, err
-    monkeypatch.undo()
-    assert await _live_tables(private) == before
-    again, said = await replay_in_process(private, monkeypatch, capsys)
-    assert again == 0, said
+    await assert_refused_then_replays(
+        (code, err),
+        postgresconnect.UNAVAILABLE_EXIT,
+        [
+            "POSTGRES_UNAVAILABLE",
+            "may or may not have been swapped in",
+            "run `jobrunner replay` again",
+        ],
+        _tables_as(private, before),
+        private,
+        monkeypatch,
+        capsys,
+    )
 
 
 @pytest.mark.parametrize("kind", ENDINGS)
@@ -397,17 +414,9 @@ async def test_a_replay_whose_postgres_ends_its_connections_after_the_swap_commi
     its drop failed (Postgres stopped), left with a warning saying so, and dropped by the next
     replay."""
     before = await _live_tables(private)
-    fault = await connections_ended(kind, private.database_url, own_postgres)
-    came = fault_at_swap(monkeypatch, replay_module, after_commit=True, fault=fault)
-    try:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-    finally:
-        if kind == "stopped":
-            await asyncio.to_thread(own_postgres.start)
-    assert came, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert "POSTGRES_UNAVAILABLE" not in err, err
-    assert code == 0, err
+    err = await replay_succeeding_past_connections_ended(
+        kind, replay_module, private, own_postgres, monkeypatch, capsys
+    )
     jobs, lines, previous_left = await _live_tables(private)
     assert (jobs, lines) == before[:2]
     assert previous_left == (
@@ -479,14 +488,7 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
     the replay's backend notices its client gone (client_connection_check_interval) and lets go
     of the replay lock, and a replay run again succeeds. The orphan backend ran its statement
     to its end, holding the locks, and the rerun said "another replay is running"."""
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(BOUND + 5, thaw_now)
+    frozen = TimedFreeze(own_postgres, BOUND + 5)
 
     async def frozen_mid_statement(rebuilt: asyncpg.Connection, *args: Any) -> Any:
         # Hours of counting, in the swap's transaction: the comparison of a huge history.
@@ -502,20 +504,11 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
                 await asyncio.sleep(0.05)
         finally:
             await watcher.close()
-        pids.extend(freeze_postgres(own_postgres))
-        timer.start()
+        frozen.freeze()
         return await statement
 
     monkeypatch.setattr(replay_module, "compare", frozen_mid_statement)
-    try:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the comparison never came: " + err
-    assert "Traceback" not in err, err
-    assert ended_frozen, "the command waited for the thaw:\n" + err
+    code, err = await _replay_frozen(frozen, "comparison", private, monkeypatch, capsys)
     assert code == postgresconnect.UNAVAILABLE_EXIT, err
     monkeypatch.undo()
     # The backend checks its client every second: let go within a few (it ran for hours).
@@ -536,37 +529,17 @@ async def _replay_frozen_at_swap(
     """``jobrunner replay`` with Postgres frozen past the probe's bound at its swap: as the
     COMMIT is sent, or (``after_commit``) once it was answered, as readmodel_previous is dropped.
     Its exit code and stderr; checked here that it ended before the thaw, without a traceback."""
-    pids: list[int] = []
-    thawed = threading.Event()
-
-    def thaw_now() -> None:
-        thawed.set()
-        thaw(pids)
-
-    timer = threading.Timer(BOUND + 5, thaw_now)
+    frozen = TimedFreeze(own_postgres, BOUND + 5)
     swap_transaction = replaylock.swap_transaction  # the one the replay imported
-
-    def freeze_now() -> None:
-        pids.extend(freeze_postgres(own_postgres))
-        timer.start()
 
     @contextlib.asynccontextmanager
     async def frozen_at_swap(*args: Any) -> AsyncIterator[asyncpg.Connection]:
         async with swap_transaction(*args) as conn:
             yield conn
             if not after_commit:
-                freeze_now()  # the swap's statements done, its COMMIT next
+                frozen.freeze()  # the swap's statements done, its COMMIT next
         if after_commit:
-            freeze_now()  # committed and answered: the drop of readmodel_previous next
+            frozen.freeze()  # committed and answered: the drop of readmodel_previous next
 
     monkeypatch.setattr(replay_module, "swap_transaction", frozen_at_swap)
-    try:
-        code, err = await replay_in_process(private, monkeypatch, capsys)
-        ended_frozen = not thawed.is_set()
-    finally:
-        timer.cancel()
-        thaw(pids)
-    assert pids, "the swap never came: " + err
-    assert "Traceback" not in err, err
-    assert ended_frozen, "the command waited for the thaw:\n" + err
-    return code, err
+    return await _replay_frozen(frozen, "swap", private, monkeypatch, capsys)

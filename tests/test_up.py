@@ -18,7 +18,7 @@ from jobrunner.common import cpupriority
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
 from tests.freeze import freeze, thaw
-from tests.tools.up_process import TOKEN_RE, URL_RE, Up
+from tests.tools.up_process import TOKEN_RE, URL_RE, Up, services_of
 
 
 def processes_using(path: Path) -> list[str]:
@@ -31,20 +31,6 @@ def processes_using(path: Path) -> list[str]:
             continue
         if str(path) in cmdline and int(pid) != os.getpid():
             found.append(cmdline)
-    return found
-
-
-def services_of(up_pid: int) -> dict[str, str]:
-    """The pid of each service `jobrunner up` (``up_pid``) started, by service name."""
-    found: dict[str, str] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if parent == up_pid and b"jobrunner.cli" in argv:
-            found[argv[-1].decode()] = pid
     return found
 
 

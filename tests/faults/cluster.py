@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,45 @@ READY_LINES = {
     "runner": "runner started",
     "notifier": "notifier started",
 }
+
+
+class AlreadyRunning(RuntimeError):
+    """A start of a service whose process still runs: a second process beside it would fight
+    it (an API for its port, a runner for its state directory)."""
+
+
+class RestartFailed(RuntimeError):
+    """The watchdog's restart of a service failed by a fault of this harness (not the service
+    failing to start, which the watchdog counts and tries again)."""
+
+
+def clusters_among(values: Iterable[object]) -> list[FaultCluster]:
+    """The fault clusters among ``values`` (a test's fixture values: its own clusters, not
+    those of other tests alive in the same process), also one held in a fixture's tuple or
+    dataclass (a cluster with its proxy)."""
+    found: list[FaultCluster] = []
+    for value in values:
+        held: Iterable[object] = ()
+        if isinstance(value, tuple | list):
+            held = value
+        elif is_dataclass(value) and not isinstance(value, type):
+            held = [getattr(value, field.name) for field in fields(value)]
+        for candidate in (value, *held):
+            if isinstance(candidate, FaultCluster) and candidate not in found:
+                found.append(candidate)
+    return found
+
+
+def raise_harness_faults(clusters: Iterable[FaultCluster]) -> None:
+    """Raise what went wrong in the harness of ``clusters`` and was not yet told to a test
+    (``take_harness_faults``): the one fault itself, several as one ExceptionGroup."""
+    faults = [fault for cluster in clusters for fault in cluster.take_harness_faults()]
+    if len(faults) == 1:
+        raise faults[0]
+    if faults:
+        raise ExceptionGroup("the fault harness went wrong during this test", faults)
+
+
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
 LOCK_TYPES = 24
 
@@ -125,8 +164,9 @@ class FaultCluster:
         # to that program fails saying so (a test's start_service says it at once).
         self.lost_port: str | None = None
         # What went wrong in a watchdog's restart of an API other than the API failing to start
-        # (a fault of this harness): logged, and kept here for a test to look at.
-        self.restart_errors: list[BaseException] = []
+        # (a fault of this harness): logged, and raised at the end of the test it happened in
+        # (take_harness_faults, by the conftests' fixture), or at the cluster's stop.
+        self.restart_errors: list[RestartFailed] = []
         self.services: dict[str, Service] = {}
         self._runner_count = runners
         self._watchdog: asyncio.Task[None] | None = None
@@ -232,9 +272,16 @@ class FaultCluster:
     async def _start(self, name: str, timeout: float) -> str | None:
         """Spawn and wait_started; what answered on an API's port when it had to move (None: it
         did not). From the move on, ``lost_port`` says it (and a failure to start on the new
-        port carries it as a note)."""
+        port carries it as a note). A service whose process still runs is not spawned again
+        (AlreadyRunning): two would fight over its port or state directory."""
         async with self._starting.setdefault(name, asyncio.Lock()):
             service = self.services[name]
+            if service.alive:
+                assert service.proc is not None
+                raise AlreadyRunning(
+                    f"{name} is running already (pid {service.proc.pid}): kill or stop it before"
+                    " starting it again"
+                )
             ready = READY_LINES.get(service.command)
             seen = service.log_count(ready) if ready else 0
             service.spawn()
@@ -312,7 +359,7 @@ class FaultCluster:
                         if service.command == "api":
                             restarting[name] = asyncio.create_task(self._restart_api(name))
                         else:
-                            service.spawn()
+                            self._respawn(name)
                 await asyncio.sleep(0.1)
         finally:
             tasks = list(restarting.values())
@@ -328,8 +375,32 @@ class FaultCluster:
         except (AssertionError, TimeoutError):
             pass  # exited at start (counted when the watchdog sees it down) or still starting
         except Exception as error:
-            logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
-            self.restart_errors.append(error)
+            self._restart_failed(name, error)
+
+    def _respawn(self, name: str) -> None:
+        """The watchdog's restart of a service other than an API: its failure is told to the
+        test (``restart_errors``) instead of ending the watchdog, and with it every later
+        restart."""
+        try:
+            self.services[name].spawn()
+        except Exception as error:
+            self._restart_failed(name, error)
+
+    def _restart_failed(self, name: str, error: Exception) -> None:
+        logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
+        failed = RestartFailed(f"the watchdog's restart of {name} failed: {error!r}")
+        failed.__cause__ = error
+        self.restart_errors.append(failed)
+
+    def take_harness_faults(self) -> list[Exception]:
+        """What went wrong in this harness since the last call and not yet told to a test: a
+        restart that failed, an API moved off a port another program took; each told once."""
+        faults: list[Exception] = list(self.restart_errors)
+        self.restart_errors.clear()
+        if self.lost_port is not None:
+            lost, self.lost_port = self.lost_port, None
+            faults.append(NotOurApi(lost))
+        return faults
 
     def _raise_lost_port(self) -> None:
         if self.lost_port is not None:
@@ -355,7 +426,7 @@ class FaultCluster:
             self.resume_nats()
             await asyncio.to_thread(self.nats.stop)
             await asyncio.to_thread(self.postgres.stop)
-        self._raise_lost_port()  # not yet told to a test
+        raise_harness_faults([self])  # not yet told to a test
 
     # --- faults
     def pause_nats(self) -> None:

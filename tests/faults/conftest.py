@@ -4,12 +4,18 @@ hurt while jobs run. The figures of a run are printed as a table at its end
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.cluster import SHORT_TTL, FaultCluster, running_cluster
+from tests.faults.cluster import (
+    SHORT_TTL,
+    FaultCluster,
+    clusters_among,
+    raise_harness_faults,
+    running_cluster,
+)
 
 HERE = Path(__file__).parent
 
@@ -28,3 +34,15 @@ async def short_ttl_cluster() -> AsyncIterator[FaultCluster]:
     takes a lock of its own, so one test's stuck job cannot hold up the next)."""
     async with running_cluster(lease_ttl=SHORT_TTL) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def harness_faults_fail_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test in which the harness went wrong (the watchdog's restart of a service failed, or an
+    API had to move off a port another program took) fails at its end ("ERROR at teardown"),
+    naming it: its requests may have reached no API, or another program's, and the next test
+    is not to be blamed. Only the test's own clusters are asked: another test's fault is not
+    this test's."""
+    yield
+    assert isinstance(request.node, pytest.Function)
+    raise_harness_faults(clusters_among(request.node.funcargs.values()))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import msgspec
 import pytest
@@ -18,7 +20,15 @@ import pytest
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
-from tests.faults.cluster import SHORT_TTL, FaultCluster, in_thread
+from tests.faults.cluster import (
+    SHORT_TTL,
+    AlreadyRunning,
+    FaultCluster,
+    RestartFailed,
+    clusters_among,
+    in_thread,
+    raise_harness_faults,
+)
 from tests.system import System
 from tests.tools.api_address import ApiAddress, NotOurApi
 from tests.tools.stranger_server import stranger_on
@@ -168,3 +178,118 @@ async def test_starting_the_api_while_the_watchdog_restarts_it_leaves_one_api_ru
         assert restarted.poll() is not None, "the watchdog's API still runs beside the test's"
         assert service.proc is not restarted
         assert await cluster.api_addresses["api"].answers()
+
+
+async def test_starting_an_api_that_runs_already_is_an_error_and_leaves_it_running() -> None:
+    """A test starts the API while its process still runs: the start fails naming the API and
+    its pid, and that process goes on serving, alone (no second API spawned beside it)."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        service = cluster.services["api"]
+        running = service.proc
+        assert running is not None
+        with pytest.raises(AlreadyRunning, match=rf"api is running already \(pid {running.pid}\)"):
+            await cluster.start_service("api")
+        assert service.proc is running, "a second API was spawned beside the running one"
+        assert running.poll() is None
+        assert await cluster.api_addresses["api"].answers()
+
+
+def _crashed(cluster: FaultCluster, name: str) -> subprocess.Popen[bytes]:
+    """Service ``name`` SIGKILLed (a crash: the watchdog is to start it again); its process."""
+    crashed = cluster.services[name].proc
+    assert crashed is not None
+    crashed.send_signal(signal.SIGKILL)
+    crashed.wait()
+    return crashed
+
+
+async def _restart_failed_for_want_of_its_log(cluster: FaultCluster, name: str) -> list[Exception]:
+    """Service ``name`` crashed with its log in a missing folder: until the watchdog's restart
+    of it failed; then no more restarts of it (their failures would end the test too), and what
+    the cluster hands over."""
+    service = cluster.services[name]
+    service.log_file = cluster.root / "no-such-folder" / f"{name}.log"
+    _crashed(cluster, name)
+    async with asyncio.timeout(60):
+        while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
+            await asyncio.sleep(0.05)
+    service.wanted = False
+    return cluster.take_harness_faults()
+
+
+async def test_a_watchdog_restart_that_fails_is_told_once_naming_the_restart() -> None:
+    """The watchdog's restart of a crashed API fails by a fault of the harness (its log cannot
+    be opened): the cluster hands it over once, naming the restart and its cause, for the
+    faults conftest to fail the test it happened in."""
+    async with api_only_cluster() as cluster:
+        await cluster.start_service("api")
+        cluster.keep_running()
+        faults = await _restart_failed_for_want_of_its_log(cluster, "api")
+        assert cluster.take_harness_faults() == []
+    assert len(faults) == 1, faults
+    assert isinstance(faults[0], RestartFailed)
+    assert str(faults[0]).startswith("the watchdog's restart of api failed: FileNotFoundError("), (
+        faults[0]
+    )
+    assert isinstance(faults[0].__cause__, FileNotFoundError)
+
+
+async def test_a_failed_watchdog_restart_of_a_service_is_told_and_the_watchdog_goes_on() -> None:
+    """The watchdog's restart of a crashed projector fails by a fault of the harness (its log
+    cannot be opened): the cluster hands it over naming the restart and its cause, and the
+    watchdog goes on restarting the others (a crashed API comes back)."""
+    async with api_only_cluster() as cluster:
+        cluster.add_service("projector", "projector")
+        await cluster.start_service("api")
+        await cluster.start_service("projector")
+        cluster.keep_running()
+        faults = await _restart_failed_for_want_of_its_log(cluster, "projector")
+        api = cluster.services["api"]
+        crashed_api = _crashed(cluster, "api")
+        async with asyncio.timeout(60):
+            while not (api.proc is not crashed_api and api.alive):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    assert faults, "the failed restart was not told"
+    assert all(isinstance(fault, RestartFailed) for fault in faults), faults
+    assert str(faults[0]).startswith(
+        "the watchdog's restart of projector failed: FileNotFoundError("
+    ), faults[0]
+
+
+def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> None:
+    """A cluster carrying a failed restart and an API moved off a taken port: both are raised
+    at the test's end in one group, each named; asked again, nothing is left to raise."""
+    with scratch_dir("jobrunner-test-faults-told-") as root:
+        cluster = FaultCluster(root, SHORT_TTL)
+        cluster.restart_errors.append(
+            RestartFailed("the watchdog's restart of runner-1 failed: OSError()")
+        )
+        cluster.lost_port = "port 9 is not our API's; the cluster moved api to port 10"
+        with pytest.raises(ExceptionGroup) as raised:
+            raise_harness_faults([cluster])
+        raise_harness_faults([cluster])  # told once: nothing now
+    assert raised.value.message == "the fault harness went wrong during this test"
+    told = [str(fault) for fault in raised.value.exceptions]
+    assert told == [
+        "the watchdog's restart of runner-1 failed: OSError()",
+        "port 9 is not our API's; the cluster moved api to port 10",
+    ]
+    assert isinstance(raised.value.exceptions[1], NotOurApi)
+
+
+def test_a_tests_own_clusters_are_found_among_its_fixtures_and_no_other() -> None:
+    """The clusters whose harness faults fail a test: those among its fixture values, also one
+    a fixture holds in a tuple or a dataclass beside its proxy, never another test's."""
+
+    @dataclass
+    class WithProxy:
+        cluster: FaultCluster
+        proxy: object
+
+    with scratch_dir("jobrunner-test-faults-own-") as root:
+        own, held, in_tuple, other = (FaultCluster(root / n, SHORT_TTL) for n in "ohto")
+        fixtures = [own, WithProxy(held, object()), (in_tuple, object()), "a string", 7]
+        found = clusters_among(fixtures)
+    assert found == [own, held, in_tuple]
+    assert other not in found

@@ -204,7 +204,8 @@ async def test_the_api_killed_before_its_purge_leaves_it_to_the_next_upload(
         assert body == first
         assert await _has_chunks(js, names, first_nuid), "nobody was left to purge it"
     finally:
-        await cluster.start_service("api")
+        if not api.alive:  # else an early failure's AlreadyRunning would hide it
+            await cluster.start_service("api")
     async with cluster.client() as client:
         await _upload(client, job, third)
         async with asyncio.timeout(GRACE * 4):

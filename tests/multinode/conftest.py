@@ -5,12 +5,13 @@ worker builds the clusters; the figures of a run are printed as a table at its e
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cluster import NodeCluster, running_node_cluster
+from tests.faults.cluster import clusters_among, raise_harness_faults
 
 HERE = Path(__file__).parent
 
@@ -40,3 +41,12 @@ async def node_cluster() -> AsyncIterator[NodeCluster]:
     for the tests that leave it whole: each takes a lock of its own."""
     async with running_node_cluster() as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def harness_faults_fail_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """As in tests/faults: a test in which the harness of its own cluster went wrong (a failed
+    restart, an API moved off a taken port) fails at its end ("ERROR at teardown"), naming it."""
+    yield
+    assert isinstance(request.node, pytest.Function)
+    raise_harness_faults(clusters_among(request.node.funcargs.values()))

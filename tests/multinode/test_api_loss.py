@@ -130,7 +130,8 @@ async def test_sse_clients_of_a_killed_api_resume_on_the_other_without_gap_or_du
                     f"the job was cancelled, ended {figures.seconds(terminal_s)} s after the kill",
                 )
             )
-            await cluster.start_service(victim)
+            if not cluster.services[victim].alive:  # else AlreadyRunning would hide the error
+                await cluster.start_service(victim)
     assert not problems, "\n".join(problems[:20])
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from types import TracebackType
 
 from jobrunner.embedded import processtree
 from jobrunner.embedded.postgres import EmbeddedPostgres
@@ -41,3 +43,44 @@ def frozen_postgres(server: EmbeddedPostgres) -> Iterator[None]:
         yield
     finally:
         thaw(pids)
+
+
+class TimedFreeze:
+    """All of ``server`` frozen at ``freeze()`` (called from within the code under test, when
+    it gets to where the fault belongs) and thawed ``seconds`` later by a timer, or at the
+    end of the ``with`` block at the latest."""
+
+    def __init__(self, server: EmbeddedPostgres, seconds: float) -> None:
+        self._server = server
+        self.pids: list[int] = []
+        self._thawed = threading.Event()
+        self._timer = threading.Timer(seconds, self._thaw_now)
+
+    def freeze(self) -> None:
+        assert not self.pids, (
+            "a TimedFreeze freezes once: its timer thaws only the first freeze's processes"
+        )
+        self.pids.extend(freeze_postgres(self._server))
+        self._timer.start()
+
+    def _thaw_now(self) -> None:
+        # Thawed first: whoever sees ``thawed`` may count on the server running.
+        thaw(self.pids)
+        self._thawed.set()
+
+    @property
+    def thawed(self) -> bool:
+        """Whether the timer has thawed the server already."""
+        return self._thawed.is_set()
+
+    def __enter__(self) -> TimedFreeze:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+        thaw(self.pids)

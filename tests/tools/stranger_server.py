@@ -7,8 +7,22 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from jobrunner.supervisor import port_holder_sentence
+
+
+def wait_port_free(port: int, host: str = "127.0.0.1", within: float = 30.0) -> None:
+    """Until ``host``:``port`` can be listened on (as `jobrunner up` looks at it,
+    ``supervisor.port_holder_sentence``): a killed server's socket closes only once every
+    thread of it has exited, a moment after its main thread shows as dead."""
+    deadline = time.monotonic() + within
+    while (taken := port_holder_sentence(host, port)) is not None:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still taken after {within} s: {taken}")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 URL_RE = re.compile(r"jobrunner is running at (http://\S+)/jobs")
@@ -63,3 +64,29 @@ class Up:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def services_of(up_pid: int) -> dict[str, str]:
+    """The pid of each service `jobrunner up` (``up_pid``) started, by service name."""
+    found: dict[str, str] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == up_pid and b"jobrunner.cli" in argv:
+            found[argv[-1].decode()] = pid
+    return found
+
+
+def restarted(up_pid: int, name: str, old_pid: str, within: float = 120) -> str | None:
+    """The pid of ``name``'s new process once `jobrunner up` (``up_pid``) has restarted it in
+    place of ``old_pid``, within ``within`` s; None if it has not by then."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pid = services_of(up_pid).get(name)
+        if pid is not None and pid != old_pid:
+            return pid
+        time.sleep(0.1)
+    return None
