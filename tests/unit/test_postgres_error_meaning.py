@@ -63,28 +63,30 @@ def test_an_error_raised_while_handling_a_terminated_backend_is_postgres_gone() 
     assert went is failure.__context__
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        asyncpg.exceptions.AdminShutdownError(TERMINATED),
-        asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
-        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
-    ],
-    ids=lambda error: type(error).__name__,
-)
+# Postgres shutting down or starting up: what a connect meets and may wait out.
+SHUTTING_DOWN_OR_STARTING = [
+    asyncpg.exceptions.AdminShutdownError(TERMINATED),
+    asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+]
+# The rest of Postgres' "operator intervention": a statement cancelled, a session ended.
+CANCELLED_OR_ENDED = [
+    asyncpg.QueryCanceledError(CANCELLED),
+    asyncpg.exceptions.DatabaseDroppedError("terminating connection due to dropped database"),
+    asyncpg.exceptions.IdleSessionTimeoutError("terminating connection due to idle-session"),
+]
+
+
+def _name(error: BaseException) -> str:
+    return type(error).__name__
+
+
+@pytest.mark.parametrize("error", SHUTTING_DOWN_OR_STARTING, ids=_name)
 def test_postgres_shutting_down_or_starting_is_a_failed_connect(error: BaseException) -> None:
     assert isinstance(error, postgresconnect.COMMAND_CONNECT_ERRORS)
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        asyncpg.QueryCanceledError(CANCELLED),
-        asyncpg.exceptions.DatabaseDroppedError("terminating connection due to dropped database"),
-        asyncpg.exceptions.IdleSessionTimeoutError("terminating connection due to idle-session"),
-    ],
-    ids=lambda error: type(error).__name__,
-)
+@pytest.mark.parametrize("error", CANCELLED_OR_ENDED, ids=_name)
 def test_a_cancelled_statement_is_not_a_failed_connect(error: BaseException) -> None:
     """A statement cancelled (``pg_cancel_backend``) and the rest of Postgres' "operator
     intervention" errors are not Postgres not answering: they were said as "does not answer
@@ -92,15 +94,7 @@ def test_a_cancelled_statement_is_not_a_failed_connect(error: BaseException) -> 
     assert not isinstance(error, postgresconnect.COMMAND_CONNECT_ERRORS)
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        asyncpg.QueryCanceledError(CANCELLED),
-        asyncpg.exceptions.DatabaseDroppedError("terminating connection due to dropped database"),
-        asyncpg.exceptions.IdleSessionTimeoutError("terminating connection due to idle-session"),
-    ],
-    ids=lambda error: type(error).__name__,
-)
+@pytest.mark.parametrize("error", CANCELLED_OR_ENDED, ids=_name)
 def test_a_connect_waits_out_no_cancel_dropped_database_or_idle_timeout(
     error: BaseException,
 ) -> None:
@@ -111,15 +105,7 @@ def test_a_connect_waits_out_no_cancel_dropped_database_or_idle_timeout(
     assert not isinstance(error, postgresconnect.PASSING_CONNECT_ERRORS)
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        asyncpg.exceptions.AdminShutdownError(TERMINATED),
-        asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
-        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
-    ],
-    ids=lambda error: type(error).__name__,
-)
+@pytest.mark.parametrize("error", SHUTTING_DOWN_OR_STARTING, ids=_name)
 def test_a_connect_waits_out_postgres_shutting_down_or_starting(error: BaseException) -> None:
     assert isinstance(error, postgresconnect.PASSING_CONNECT_ERRORS)
 
