@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.services.api import readmodels
 from jobrunner.services.api.context import ApiContext
@@ -73,7 +74,7 @@ async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
     try:
         lock = holder.transaction()
         await lock.start()
-        await holder.execute(f"LOCK TABLE {readmodels.READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+        await holder.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
         async with system.client(limits=httpx.Limits(max_connections=None)) as client:
             viewers = [asyncio.ensure_future(read_stream(client, path)) for _ in range(VIEWERS)]
             try:
@@ -111,11 +112,11 @@ async def test_one_lost_read_connection_fails_one_viewer_not_all(
     job_id = await emit_job(system, lines=20, interval="0.002")
     path = f"/jobs/stream/{job_id}"
     holder = await asyncpg.connect(system.settings.database_url)
-    row_read = f"SELECT % FROM {readmodels.READ_SCHEMA}.jobs WHERE id = $1%"
+    row_read = f"SELECT % FROM {READ_SCHEMA}.jobs WHERE id = $1%"
     try:
         lock = holder.transaction()
         await lock.start()
-        await holder.execute(f"LOCK TABLE {readmodels.READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+        await holder.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
         async with system.client(limits=httpx.Limits(max_connections=None)) as client:
             viewers = [asyncio.ensure_future(read_stream(client, path)) for _ in range(VIEWERS)]
             try:
