@@ -20,6 +20,7 @@ from jobrunner.services.api import errors
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
+from tests.tools.backend_activity import until_backends
 
 
 @pytest.fixture
@@ -41,20 +42,6 @@ async def read_job(system: System) -> tuple[int, dict[str, str], dict[str, Any]]
 JOB_READ_TEXT = f"%FROM {READ_SCHEMA}.jobs WHERE id = $1%"
 
 
-async def job_reads_waiting_on_a_lock(conn: asyncpg.Connection) -> list[int]:
-    """The job reads waiting on a lock, asked on ``conn`` outside any transaction: within one,
-    Postgres shows pg_stat_activity as it was at the transaction's first look at it (the
-    test asked on the lock's own transaction, looked before the read waited, and saw no read
-    waiting for its 30 s)."""
-    assert not conn.is_in_transaction()
-    rows = await conn.fetch(
-        "SELECT pid FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND query LIKE $1 AND pid <> pg_backend_pid()",
-        JOB_READ_TEXT,
-    )
-    return [row["pid"] for row in rows]
-
-
 async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_pool_serves_on(
     system: System, own_postgres: EmbeddedPostgres
 ) -> None:
@@ -65,19 +52,16 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
     status, _, body = await read_job(system)
     assert status == 200, body
     operator = await asyncpg.connect(own_postgres.url)
-    watcher = await asyncpg.connect(own_postgres.url)
     try:
         locker = operator.transaction()
         await locker.start()
         await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
         reading = asyncio.ensure_future(read_job(system))
-        waiting: list[int] = []
-        async with asyncio.timeout(30):  # a bound on a broken test only
-            while not (waiting := await job_reads_waiting_on_a_lock(watcher)):
-                # A read answered without waiting on the lock: fail with its answer now.
-                assert not reading.done(), f"the read did not wait on the lock: {reading.result()}"
-                await asyncio.sleep(0.02)
-        [cancelled] = waiting
+        # Looked for on the lock's own transaction: backend_activity clears the snapshot of
+        # pg_stat_activity that Postgres keeps for a transaction (b3126bb's flake).
+        [cancelled] = await until_backends(
+            operator, query_like=JOB_READ_TEXT, waiting_on_a_lock=True, unless_ended=reading
+        )
         assert await operator.fetchval("SELECT pg_cancel_backend($1)", cancelled)
         status, headers, body = await reading
         await locker.rollback()
@@ -91,7 +75,6 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
         )
         assert alive == 1, "the cancelled read's connection was ended"
     finally:
-        await watcher.close()
         await operator.close()
     status, _, body = await read_job(system)
     assert status == 200, body

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import select
 import time
 
 import asyncpg
@@ -60,27 +61,66 @@ async def test_a_probe_that_finds_postgres_gone_says_why_and_ends_its_connection
         await watch.stop()
 
 
-async def test_a_probe_answered_while_the_loop_was_blocked_past_its_bound_is_answered(
-    settings: Settings,
+# The probe's bound in the tests of a loop blocked around its query: the blocks go just under
+# and just over it.
+BOUND = 0.5
+ROUNDS = 3
+
+
+def _loop_blocked_at_each_send(
+    conn: asyncpg.Connection, blocked: float, sent_first: bool
+) -> list[float]:
+    """Each query the probe's connection sends blocks the event loop for ``blocked`` seconds (a
+    long synchronous step of the work): just before it goes out, or (``sent_first``) at the
+    loop's next turn after it went out, once the probe waits for its answer, and then until
+    that answer waits in the socket, however loaded the machine. Returns the list the blocks
+    are counted in."""
+    transport = conn._transport
+    sock = transport.get_extra_info("socket")
+    send = transport.write
+    blocks: list[float] = []
+
+    def block() -> None:
+        time.sleep(blocked)
+        blocks.append(blocked)
+
+    def block_until_answered() -> None:
+        block()
+        # A bound on a broken test only: past it the probe says no answer, failing the test.
+        select.select([sock], [], [], 60)
+
+    def blocked_around_the_send(data: bytes) -> None:
+        if sent_first:
+            send(data)
+            asyncio.get_running_loop().call_soon(block_until_answered)
+        else:
+            block()
+            send(data)
+
+    transport.write = blocked_around_the_send
+    return blocks
+
+
+@pytest.mark.parametrize("sent_first", [False, True], ids=["before-its-send", "after-its-send"])
+@pytest.mark.parametrize("blocked", [BOUND * 0.8, BOUND * 1.25], ids=["shorter", "longer"])
+async def test_a_probe_whose_loop_blocked_around_its_query_is_answered(
+    settings: Settings, sent_first: bool, blocked: float
 ) -> None:
-    """The command's event loop blocked (a long synchronous step of the work) past the probe's
-    bound while Postgres answered its SELECT 1: the answer is read, Postgres is not gone (the
-    wait's timeout, due at the same turn of the loop, was taken for no answer)."""
-    bound = 0.5
+    """The command's event loop blocked (a long synchronous step of the work) just before the
+    probe's SELECT 1 goes out, or just after while Postgres answers it, for a little less or a
+    little more than the probe's bound: the answer is read, Postgres is not gone. Before, the
+    bound ran from before the query was sent: a block past it there was taken for no answer
+    (the flake of the test this one replaced, 1 run in 6 under -n 2); and with the timeout due
+    at the same turn as the answer, the answer was not read."""
     watch = await postgreswatch.start(
-        settings.database_url, _never_gone, answer_within=bound, every=0.0
+        settings.database_url, _never_gone, answer_within=BOUND, every=0.0
     )
     try:
-        for _ in range(3):
-            while watch._round is None:  # noqa: ASYNC110 - the probe's own state, no event
-                await asyncio.sleep(0)
-            # The round's task starts, sends its SELECT 1 and waits: three turns of the loop.
-            for _ in range(3):
-                await asyncio.sleep(0)
-            time.sleep(bound * 4)  # noqa: ASYNC251 - the loop blocked; Postgres answers meanwhile
-            await asyncio.sleep(0.05)  # the round reads the answer and the timeout at once
-            assert watch.gone is None
-        assert await watch.lost() is None
+        blocks = _loop_blocked_at_each_send(watch._conn, blocked, sent_first)
+        while len(blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - the probe's state
+            await asyncio.sleep(0.01)
+        assert watch.gone is None
+        assert await watch.lost() is None  # the round in flight too
     finally:
         await watch.stop()
 

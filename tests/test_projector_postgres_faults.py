@@ -25,6 +25,7 @@ from tests.history_support import job_events, logged_job, publish, wait_projecte
 from tests.netpartition import CuttableLink, cuttable_link, vanish_and_return
 from tests.readmodel_support import replay_differences
 from tests.system import System
+from tests.tools.backend_activity import backends, until_backends
 from tests.tools.postgres_processes import frozen_postgres
 
 STUCK = 2.0  # projector_stuck_seconds in these tests: the freezes go just under and over it
@@ -377,27 +378,13 @@ async def test_a_stop_ends_the_projector_while_a_statement_waits_on_a_lock(
         async with holder.transaction():
             await holder.execute("SELECT * FROM readmodel.checkpoint FOR UPDATE")
             last = await publish(settings, job_events("during"))
-            async with asyncio.timeout(30):  # until the projector's statement waits on it
-                while True:
-                    # The backends pg_stat_activity lists are read once per transaction, and
-                    # the holder's is open: a connection the projector opened since would
-                    # never show without the clear.
-                    await holder.execute("SELECT pg_stat_clear_snapshot()")
-                    if await holder.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND pid <> pg_backend_pid()"
-                    ):
-                        break
-                    await asyncio.sleep(0.05)  # Postgres state: nothing to wait on
+            # Until the projector's statement waits on it (on the holder's open transaction:
+            # backend_activity clears the snapshot of pg_stat_activity Postgres keeps for it).
+            await until_backends(holder, waiting_on_a_lock=True)
             stopping = asyncio.ensure_future(system.stop_service("projector"))
             done, _ = await asyncio.wait({stopping}, timeout=LONG_DEAD / 2)
             assert done, "the stop waits for the lock"
-            assert (
-                await holder.fetchval(  # nothing of the batch stays waiting
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                )
-                == 0
-            )
+            assert await backends(holder, waiting_on_a_lock=True) == []  # nothing of the batch
         assert await count_jobs(own_postgres.url) == 1
         await system.start_projector()
         await wait_projected(settings, last)

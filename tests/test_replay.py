@@ -50,6 +50,7 @@ from tests.replaylock_support import (
     wait_for_the_swap,
 )
 from tests.system import System
+from tests.tools.backend_activity import until_backends
 
 
 async def checkpoint(settings: Settings) -> int:
@@ -274,15 +275,15 @@ async def test_a_replay_that_lost_its_lock_leaves_what_another_swap_made_live(
             await conn.execute("SELECT pg_advisory_xact_lock($1)", store.SWAP_LOCK)
             await conn.fetchval(f"SELECT count(*) FROM {rebuilt}.jobs")  # compared, as a swap
             starting_afresh = asyncio.ensure_future(fresh(pool_conn, lost_pid))
-            async with asyncio.timeout(60):
-                while not await conn.fetchval(
-                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
-                    pool_conn.get_server_pid(),
-                ):
-                    if starting_afresh.done():
-                        starting_afresh.result()
-                        raise AssertionError("it started afresh without waiting for the swap")
-                    await asyncio.sleep(0.05)  # nothing to wait on but pg_stat_activity
+            # Asked on the swap's open transaction: backend_activity clears the snapshot of
+            # pg_stat_activity Postgres keeps for it.
+            await until_backends(
+                conn,
+                pid=pool_conn.get_server_pid(),
+                waiting_on_a_lock=True,
+                unless_ended=starting_afresh,
+                timeout=60,
+            )
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
             await conn.execute(f"ALTER SCHEMA {READ_SCHEMA} RENAME TO {PREVIOUS_SCHEMA}")
             await conn.execute(f"ALTER SCHEMA {rebuilt} RENAME TO {READ_SCHEMA}")

@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 
+from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.settings import Settings
 from jobrunner.services.api import readmodels
 from jobrunner.services.api.context import ApiContext
@@ -20,6 +21,7 @@ from jobrunner.services.api.routes import streams
 from jobrunner.services.api.security import Principal
 from tests.sse_client import read_stream
 from tests.system import System
+from tests.tools.backend_activity import until_backends
 from tests.tools.emit_jobs import emit_job
 from tests.tools.job_type_files import TEST_TYPES
 from tests.tools.wide_viewers import fanout_of, stream_texts, wait_until
@@ -72,7 +74,7 @@ async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
     try:
         lock = holder.transaction()
         await lock.start()
-        await holder.execute(f"LOCK TABLE {readmodels.READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+        await holder.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
         async with system.client(limits=httpx.Limits(max_connections=None)) as client:
             viewers = [asyncio.ensure_future(read_stream(client, path)) for _ in range(VIEWERS)]
             try:
@@ -110,29 +112,20 @@ async def test_one_lost_read_connection_fails_one_viewer_not_all(
     job_id = await emit_job(system, lines=20, interval="0.002")
     path = f"/jobs/stream/{job_id}"
     holder = await asyncpg.connect(system.settings.database_url)
-    waiting_reads = (
-        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        f"AND query LIKE 'SELECT % FROM {readmodels.READ_SCHEMA}.jobs WHERE id = $1%' ORDER BY pid"
-    )
+    row_read = f"SELECT % FROM {READ_SCHEMA}.jobs WHERE id = $1%"
     try:
         lock = holder.transaction()
         await lock.start()
-        await holder.execute(f"LOCK TABLE {readmodels.READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+        await holder.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
         async with system.client(limits=httpx.Limits(max_connections=None)) as client:
             viewers = [asyncio.ensure_future(read_stream(client, path)) for _ in range(VIEWERS)]
             try:
                 # Every viewer's request is in (main: ten reads on the pool's connections wait
                 # for the lock, forty queue for a connection; branch: one read, 49 joined).
                 await wait_until(lambda: len(arrived) == VIEWERS, 60)
-                pids: list[int] = []
-                async with asyncio.timeout(30):
-                    while not pids:
-                        # pg_stat_activity's backends and their query texts are read once per
-                        # transaction and kept to its end (only wait events are read live), and
-                        # the holder's transaction is open: without the clear, a first poll made
-                        # before the read reached Postgres (a loaded machine) is all it sees.
-                        await holder.execute("SELECT pg_stat_clear_snapshot()")
-                        pids = [r["pid"] for r in await holder.fetch(waiting_reads)]
+                # On the holder's open transaction: backend_activity clears the snapshot of
+                # pg_stat_activity Postgres keeps for it.
+                pids = await until_backends(holder, query_like=row_read, waiting_on_a_lock=True)
                 # Postgres drops one connection (a backend killed, a restart of one session).
                 assert await holder.fetchval("SELECT pg_terminate_backend($1, 10000)", pids[0])
                 # (its second argument: returns once the backend has exited)

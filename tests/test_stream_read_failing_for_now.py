@@ -85,6 +85,8 @@ async def test_a_look_up_the_operator_cancels_is_a_read_failed_just_now(
         "40001",  # a serialization failure
         "53200",  # out of memory
         "55P03",  # lock_not_available: an operator's lock_timeout
+        "57P99",  # class 57 of a code asyncpg does not know (UnknownPostgresError): it ended
+        # the stream
     ],
 )
 async def test_a_look_up_failing_in_postgres_for_now_is_a_read_failed_just_now(
@@ -104,3 +106,25 @@ async def test_a_look_up_failing_in_postgres_for_now_is_a_read_failed_just_now(
         await assert_the_stream_reads_again_after_the_pause(lookups, away, backend)
     finally:
         await operator.execute("DROP FUNCTION fail_for_now(text)")
+
+
+async def test_a_look_up_failing_with_an_unknown_code_of_no_passing_class_is_raised_as_it_is(
+    pool: ReadPool, operator: asyncpg.Connection
+) -> None:
+    """A SQLSTATE asyncpg does not know, of a class that does not pass (22: data exception):
+    not a read failed just now, but the error itself (the stream ends: a bug, not an outage)."""
+    await operator.execute(
+        "CREATE FUNCTION fail_for_good() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'staged' USING ERRCODE = '22P99'; END $$"
+    )
+    try:
+        away = StreamReadsAway()
+        lookups = StreamLookups(pool, serving_gate(), BOUND, pause=PAUSE, away=away)
+        with pytest.raises(asyncpg.exceptions.UnknownPostgresError) as failure:
+            await lookups.fetchval("SELECT fail_for_good()")
+        assert not isinstance(failure.value, UNREADABLE), repr(failure.value)
+        assert failure.value.sqlstate == "22P99"
+        assert not lookups.failed
+        assert away.until == 0.0, "a pause began"
+    finally:
+        await operator.execute("DROP FUNCTION fail_for_good()")

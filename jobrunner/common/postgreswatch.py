@@ -111,6 +111,11 @@ class LivenessWatch:
         # gone).
         query = asyncio.ensure_future(self._conn.execute("SELECT 1"))
         try:
+            # The query goes out in its task's first step, the next turn of the loop: the bound
+            # runs from there. Armed before it, a loop blocked past the bound in between (a
+            # long synchronous step of the work) counted against a query not yet sent, whose
+            # answer could not have come (a live Postgres said gone).
+            await asyncio.sleep(0)
             await asyncio.wait({query}, timeout=self._answer_within)
             if not query.done():
                 # The probe shares the work's loop: one blocked past the bound runs the wait's

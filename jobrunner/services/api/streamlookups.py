@@ -62,18 +62,48 @@ if TYPE_CHECKING:
 PAUSE_SECONDS = 5.0
 
 
+class ReadFailedForNow(asyncpg.exceptions.UnknownPostgresError):  # type: ignore[misc]
+    """A look-up's Postgres error of a SQLSTATE asyncpg has no name for, in a class that may
+    pass (``postgresconnect.transient_cause``: 57, 40, 53, 55P03), raised in its place with its
+    fields: an ``except`` names classes, not SQLSTATE classes, and every stream's look-up is
+    caught by ``except UNREADABLE``. Outside a stream the API answers it as it answers the
+    error itself (errors.py: an UnknownPostgresError)."""
+
+    @classmethod
+    def of(cls, exc: asyncpg.PostgresError) -> ReadFailedForNow:
+        failed = cls(*exc.args)
+        failed.__dict__.update(exc.__dict__)  # sqlstate, message, detail...
+        return failed
+
+
 # What a stream treats as "the read models cannot tell just now": it goes on without them.
 # (ReadModelsNotRead is among POSTGRES_AWAY: met outside a stream, it is a 503.) A read Postgres
 # cancelled (an operator, a statement_timeout) is one too: the next look-up may be answered.
 # So is any other error that may pass (postgresconnect.TRANSIENT_STATEMENT_ERRORS: an operator's
-# intervention, a deadlock, resources short, a lock_timeout); before, a bare
-# OperatorInterventionError ended the stream's look-ups.
+# intervention, a deadlock, resources short, a lock_timeout; ReadFailedForNow, one asyncpg has
+# no name for); before, a bare OperatorInterventionError, and until session 36 one of a SQLSTATE
+# asyncpg does not know, ended the stream's look-ups.
 UNREADABLE: tuple[type[Exception], ...] = (
     *POSTGRES_AWAY,
     *postgresconnect.STATEMENT_CANCELLED_ERRORS,
     *postgresconnect.TRANSIENT_STATEMENT_ERRORS,
+    ReadFailedForNow,
     ReadModelsTimeout,
 )
+
+
+def _failed_for_now(exc: Exception) -> Exception | None:
+    """What a look-up that raised ``exc`` raises as UNREADABLE: ``exc`` itself, or
+    ``ReadFailedForNow`` for a SQLSTATE asyncpg does not know in a class that may pass; None
+    for anything else (raised as it is)."""
+    if isinstance(exc, UNREADABLE):
+        return exc
+    if (
+        isinstance(exc, asyncpg.exceptions.UnknownPostgresError)
+        and postgresconnect.transient_cause(exc) is not None
+    ):
+        return ReadFailedForNow.of(exc)
+    return None
 
 
 class StreamReadsAway:
@@ -201,11 +231,16 @@ class StreamLookups:
         failures = away.failures
         try:
             result = await self._within_bound(query)
-        except UNREADABLE:
+        except Exception as exc:
+            failed = _failed_for_now(exc)
+            if failed is None:
+                raise
             away.until = time.monotonic() + self._pause
             away.failures += 1
             self.failed = self._missed = True
-            raise
+            if failed is exc:
+                raise
+            raise failed from exc
         finally:
             if testing:
                 away.testing = False
