@@ -30,7 +30,8 @@ async def backends(
     ``LIKE query_like``, wait on a heavyweight lock, run a statement (``active``), are ``pid``
     (each only when asked)."""
     await conn.execute("SELECT pg_stat_clear_snapshot()")
-    conditions = ["pid <> pg_backend_pid()"]
+    # This database's only: the test servers hold other tests' databases too.
+    conditions = ["pid <> pg_backend_pid()", "datname = current_database()"]
     args: list[Any] = []
     if query_like is not None:
         args.append(query_like)
@@ -51,25 +52,15 @@ async def backends(
 async def until_backends(
     conn: asyncpg.Connection,
     *,
-    query_like: str | None = None,
-    waiting_on_a_lock: bool = False,
-    active: bool = False,
-    pid: int | None = None,
     unless_ended: asyncio.Future[Any] | None = None,
     timeout: float = 30.0,
+    **criteria: Any,
 ) -> list[int]:
-    """Until some backend matches (``backends``): their pids. ``unless_ended``, the work that
-    should come to match, ending first fails at once with what it returned or raised."""
+    """Until some backend matches ``criteria`` (``backends``' keywords): their pids.
+    ``unless_ended``, the work that should come to match, ending first fails at once with what
+    it returned or raised."""
     async with asyncio.timeout(timeout):  # a bound on a broken test only
-        while not (
-            pids := await backends(
-                conn,
-                query_like=query_like,
-                waiting_on_a_lock=waiting_on_a_lock,
-                active=active,
-                pid=pid,
-            )
-        ):
+        while not (pids := await backends(conn, **criteria)):
             if unless_ended is not None and unless_ended.done():
                 raise AssertionError(
                     f"it ended before a backend matched: {unless_ended.result()!r}"
