@@ -46,6 +46,19 @@ async def operator(own_postgres: EmbeddedPostgres) -> AsyncIterator[asyncpg.Conn
         await conn.close()
 
 
+@pytest.fixture
+async def failing_function(operator: asyncpg.Connection) -> AsyncIterator[None]:
+    """``fail_with(code)``: a function that raises an error of SQLSTATE ``code``."""
+    await operator.execute(
+        "CREATE FUNCTION fail_with(code text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'staged' USING ERRCODE = code; END $$"
+    )
+    try:
+        yield
+    finally:
+        await operator.execute("DROP FUNCTION fail_with(text)")
+
+
 async def assert_the_stream_reads_again_after_the_pause(
     lookups: StreamLookups, away: StreamReadsAway, backend: int
 ) -> None:
@@ -90,41 +103,27 @@ async def test_a_look_up_the_operator_cancels_is_a_read_failed_just_now(
     ],
 )
 async def test_a_look_up_failing_in_postgres_for_now_is_a_read_failed_just_now(
-    pool: ReadPool, operator: asyncpg.Connection, sqlstate: str
+    pool: ReadPool, failing_function: None, sqlstate: str
 ) -> None:
-    await operator.execute(
-        "CREATE FUNCTION fail_for_now(code text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
-        "RAISE EXCEPTION 'staged' USING ERRCODE = code; END $$"
-    )
-    try:
-        away = StreamReadsAway()
-        lookups = StreamLookups(pool, serving_gate(), BOUND, pause=PAUSE, away=away)
-        backend = await lookups.fetchval("SELECT pg_backend_pid()")
-        with pytest.raises(UNREADABLE) as failure:
-            await lookups.fetchval("SELECT fail_for_now($1)", sqlstate)
-        assert failure.value.sqlstate == sqlstate  # type: ignore[attr-defined]
-        await assert_the_stream_reads_again_after_the_pause(lookups, away, backend)
-    finally:
-        await operator.execute("DROP FUNCTION fail_for_now(text)")
+    away = StreamReadsAway()
+    lookups = StreamLookups(pool, serving_gate(), BOUND, pause=PAUSE, away=away)
+    backend = await lookups.fetchval("SELECT pg_backend_pid()")
+    with pytest.raises(UNREADABLE) as failure:
+        await lookups.fetchval("SELECT fail_with($1)", sqlstate)
+    assert failure.value.sqlstate == sqlstate  # type: ignore[attr-defined]
+    await assert_the_stream_reads_again_after_the_pause(lookups, away, backend)
 
 
 async def test_a_look_up_failing_with_an_unknown_code_of_no_passing_class_is_raised_as_it_is(
-    pool: ReadPool, operator: asyncpg.Connection
+    pool: ReadPool, failing_function: None
 ) -> None:
     """A SQLSTATE asyncpg does not know, of a class that does not pass (22: data exception):
     not a read failed just now, but the error itself (the stream ends: a bug, not an outage)."""
-    await operator.execute(
-        "CREATE FUNCTION fail_for_good() RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
-        "RAISE EXCEPTION 'staged' USING ERRCODE = '22P99'; END $$"
-    )
-    try:
-        away = StreamReadsAway()
-        lookups = StreamLookups(pool, serving_gate(), BOUND, pause=PAUSE, away=away)
-        with pytest.raises(asyncpg.exceptions.UnknownPostgresError) as failure:
-            await lookups.fetchval("SELECT fail_for_good()")
-        assert not isinstance(failure.value, UNREADABLE), repr(failure.value)
-        assert failure.value.sqlstate == "22P99"
-        assert not lookups.failed
-        assert away.until == 0.0, "a pause began"
-    finally:
-        await operator.execute("DROP FUNCTION fail_for_good()")
+    away = StreamReadsAway()
+    lookups = StreamLookups(pool, serving_gate(), BOUND, pause=PAUSE, away=away)
+    with pytest.raises(asyncpg.exceptions.UnknownPostgresError) as failure:
+        await lookups.fetchval("SELECT fail_with('22P99')")
+    assert not isinstance(failure.value, UNREADABLE), repr(failure.value)
+    assert failure.value.sqlstate == "22P99"
+    assert not lookups.failed
+    assert away.until == 0.0, "a pause began"
