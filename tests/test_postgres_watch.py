@@ -7,14 +7,21 @@ import asyncio
 import gc
 import select
 import time
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import pytest
+import uvloop
 from structlog.testing import capture_logs
 
 from jobrunner.common import postgreswatch
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from tests.freeze import freeze, thaw
+from tests.tools.postgres_processes import freeze_postgres
+from tests.tools.postgres_processes import thaw as thaw_postgres
+from tests.tools.reader_block import ReaderBlock
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,6 +130,109 @@ async def test_a_probe_whose_loop_blocked_around_its_query_is_answered(
         assert await watch.lost() is None  # the round in flight too
     finally:
         await watch.stop()
+
+
+# The event loops the probe runs on: asyncio's (jobrunner replay) and uvloop's (the projector's
+# rebuild, `jobrunner projector`). Each test below runs its own loop of the kind.
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+class _CallingBeforeEachSend(asyncpg.Connection):  # type: ignore[misc]
+    """A connection whose every query first calls ``before_send``, in the step that sends it."""
+
+    before_send: Callable[[], None] = staticmethod(lambda: None)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+        self.before_send()
+        return await super().execute(query, *args, **kwargs)  # type: ignore[no-any-return]
+
+
+async def _probe_with_its_loop_blocked_at_each_send(
+    database_url: str, blocked: float, sent_first: bool
+) -> tuple[str | None, str | None]:
+    """The probe on the running loop, which each of its SELECT 1s blocks for ``blocked``
+    seconds: just before it goes out, or (``sent_first``) at the loop's next poll after it went
+    out, inside an I/O callback (the work's connection reading a big result, say), and then
+    until its answer waits in the socket, however loaded the machine. There the answer is held
+    (its backend frozen) until that callback runs: it cannot be read in the poll that runs it.
+    Returns what the watch found and what ``lost`` says after ``ROUNDS`` blocks."""
+    conn = await asyncpg.connect(database_url, connection_class=_CallingBeforeEachSend)
+    backend = conn.get_server_pid()
+    answers = conn._transport.get_extra_info("socket")
+    blocks: list[float] = []
+
+    def block() -> None:
+        time.sleep(blocked)
+        blocks.append(blocked)
+
+    def block_until_answered() -> None:
+        thaw(backend)
+        block()
+        # A bound on a broken test only: past it the probe says no answer, failing the test.
+        select.select([answers], [], [], 60)
+
+    with ReaderBlock() as reader:
+
+        def hold_the_answer_for_the_block() -> None:
+            freeze(backend)
+            reader.at_next_poll(block_until_answered)
+
+        conn.before_send = hold_the_answer_for_the_block if sent_first else block
+        watch = postgreswatch.LivenessWatch(conn, _never_gone, answer_within=BOUND, every=0.0)
+        try:
+            while len(blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
+                await asyncio.sleep(0.01)
+            return watch.gone, await watch.lost()  # the round in flight too
+        finally:
+            await watch.stop()
+            thaw(backend)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize(
+    "sent_first", [False, True], ids=["before-its-send", "after-its-send-in-an-io-callback"]
+)
+@pytest.mark.parametrize("blocked", [BOUND * 0.8, BOUND * 1.25], ids=["shorter", "longer"])
+def test_a_probe_whose_loop_blocked_around_its_send_is_answered_on_either_loop(
+    settings: Settings, loop: str, sent_first: bool, blocked: float
+) -> None:
+    """The event loop blocked just before the probe's SELECT 1 goes out, or inside an I/O
+    callback just after while Postgres answers it, for a little less or a little more than the
+    probe's bound: the answer is read, Postgres is not gone, on uvloop (the projector's rebuild)
+    as on asyncio's loop (jobrunner replay). Before, on uvloop, the block a little longer after
+    the send said a live Postgres gone ("no answer to a probe within 0.5 s"): libuv ran the
+    bound's timeout, and the turn the probe then gave the answer, before it read the answer."""
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        found, lost = runner.run(
+            _probe_with_its_loop_blocked_at_each_send(settings.database_url, blocked, sent_first)
+        )
+    assert (found, lost) == (None, None)
+
+
+async def _probe_until_frozen_postgres_is_gone(server: EmbeddedPostgres) -> list[str | None]:
+    """The probe on the running loop, ``server`` frozen once it runs, until the probe calls
+    on_gone: what it had found then."""
+    found: list[str | None] = []
+    watch = await postgreswatch.start(
+        server.url, lambda: found.append(watch.gone), answer_within=BOUND, every=0.0
+    )
+    frozen = freeze_postgres(server)
+    try:
+        while not found:  # noqa: ASYNC110 - the probe's own state, no event
+            await asyncio.sleep(0.01)
+    finally:
+        await watch.stop()
+        thaw_postgres(frozen)
+    return found
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_frozen_postgres_is_said_gone(own_postgres: EmbeddedPostgres, loop: str) -> None:
+    """Postgres frozen (SIGSTOP) under a running probe: the probe says it gone, and why, on
+    uvloop as on asyncio's loop."""
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        found = runner.run(_probe_until_frozen_postgres_is_gone(own_postgres))
+    assert found == [f"no answer to a probe within {BOUND:g} s"]
 
 
 async def _terminate_backend(database_url: str, pid: int) -> None:

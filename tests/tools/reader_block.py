@@ -1,0 +1,57 @@
+"""The event loop held inside an I/O callback: the reader of a socket pair of the test's own,
+made readable when the test says, runs the test's steps (a block of the loop) there.
+
+Where a block happens matters under uvloop: libuv runs the timers due by the end of a block in
+an I/O callback before it polls its sockets again, whereas after a block in a ``call_soon``
+callback it polls first. A block that ``call_soon`` schedules cannot show what the first does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+
+
+class ReaderBlock:
+    """A socket pair whose reader, on the running loop, runs the steps given to
+    ``at_next_poll``; ``close`` (or the ``with`` block's end) removes the reader."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ours, self._theirs = socket.socketpair()
+        self._ours.setblocking(False)
+        self._steps: deque[Callable[[], None]] = deque()
+        self._loop.add_reader(self._ours, self._run_steps)
+
+    def at_next_poll(self, step: Callable[[], None]) -> None:
+        """Run ``step`` inside the reader's I/O callback, at the loop's next poll of its
+        sockets (never within the current callback)."""
+        self._steps.append(step)
+        self._theirs.send(b"!")
+
+    def _run_steps(self) -> None:
+        try:
+            self._ours.recv(4096)
+        except BlockingIOError:  # a poll that came before the byte was read: nothing to do
+            return
+        while self._steps:
+            self._steps.popleft()()
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._ours)
+        self._ours.close()
+        self._theirs.close()
+
+    def __enter__(self) -> ReaderBlock:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
