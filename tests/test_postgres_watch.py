@@ -21,7 +21,7 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.freeze import freeze, thaw
 from tests.tools.postgres_processes import freeze_postgres
 from tests.tools.postgres_processes import thaw as thaw_postgres
-from tests.tools.reader_block import ReaderBlock
+from tests.tools.reader_block import reader_block
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,7 +171,7 @@ async def _probe_with_its_loop_blocked_at_each_send(
         # A bound on a broken test only: past it the probe says no answer, failing the test.
         select.select([answers], [], [], 60)
 
-    with ReaderBlock() as reader:
+    with reader_block() as reader:
 
         def hold_the_answer_for_the_block() -> None:
             freeze(backend)

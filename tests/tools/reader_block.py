@@ -9,15 +9,15 @@ callback it polls first. A block that ``call_soon`` schedules cannot show what t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
-from collections.abc import Callable
-from types import TracebackType
+from collections.abc import Callable, Iterator
 
 
 class ReaderBlock:
     """A socket pair whose reader, on the running loop, runs the steps given to
-    ``at_next_poll``; ``close`` (or the ``with`` block's end) removes the reader."""
+    ``at_next_poll``; ``close`` removes the reader."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -35,7 +35,7 @@ class ReaderBlock:
     def _run_steps(self) -> None:
         try:
             self._ours.recv(4096)
-        except BlockingIOError:  # a poll that came before the byte was read: nothing to do
+        except BlockingIOError:  # woken with nothing to read: the steps wait for their byte
             return
         while self._steps:
             self._steps.popleft()()
@@ -45,13 +45,12 @@ class ReaderBlock:
         self._ours.close()
         self._theirs.close()
 
-    def __enter__(self) -> ReaderBlock:
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+@contextlib.contextmanager
+def reader_block() -> Iterator[ReaderBlock]:
+    """A ``ReaderBlock`` on the running loop for the ``with`` block, its reader removed after."""
+    block = ReaderBlock()
+    try:
+        yield block
+    finally:
+        block.close()
