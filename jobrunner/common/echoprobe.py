@@ -20,12 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-# The bound is waited in this many slices; one that ends later than this share of a slice past
-# its time tells a loop blocked meanwhile and does not count (``EchoProbe._waited_on_time``).
-# Well above a loaded machine's jitter of a timer (milliseconds, against 150 ms at the API's
-# 3 s bound); a slice too many costs only a later verdict on a silent NATS.
-SLICES_PER_BOUND = 10
-LATE_SLICE = 0.5
+from jobrunner.common.looptime import within_loop_time
 
 
 class EchoProbe:
@@ -49,51 +44,23 @@ class EchoProbe:
                 await self._sub.unsubscribe()
 
     async def came_back(self, within: float) -> bool:
-        """Did a new counter come back within ``within`` seconds of the loop's own time (time
-        it spent blocked by others' callbacks not counted: ``_waited_on_time``)?"""
+        """Did a new counter come back within ``within`` seconds of the loop's own time? The
+        probe shares its loop with the API's or the runner's work: time the loop spent blocked
+        by others does not count (``common.looptime``), so an echo that came during a long
+        callback is not said missing before nats-py has had the turns to hand it over."""
         self._sent += 1
         self._came_back.clear()
         try:
-            # The publish under the whole bound: one while reconnecting is only buffered, and
-            # a full flusher queue makes it wait.
+            # The publish in this task, under a plain timeout: one while reconnecting is only
+            # buffered, and a full flusher queue makes it wait; a cancel that nats-py swallows
+            # there holds this task, not one left behind (``bulk.BulkLane.close`` bounds it).
             async with asyncio.timeout(within):
                 await self._nc.publish(self._subject, str(self._sent).encode())
+            await within_loop_time(self._came_back.wait(), within)
         except (nats.errors.Error, TimeoutError, ConnectionError):
-            return False
-        return await self._waited_on_time(within)
-
-    async def _waited_on_time(self, within: float) -> bool:
-        """Wait for the echo in slices, and count only the slices the loop kept on time.
-
-        The probe shares its loop with the API's or the runner's work. One held up past the
-        bound (a long callback just after the send) may have the echo waiting in its socket,
-        or already inside nats-py, when the bound's timer fires: the echo still has to pass
-        the loop's poll, nats-py's read loop and the subscription's task (several turns, and
-        under uvloop due timers run before the poll), and a single timeout at the bound lands
-        first, on both loops. So the bound counts only time the loop was free to read: a slice
-        whose timer fired late (by more than ``LATE_SLICE``: the loop was blocked meanwhile)
-        does not count, and the next slice gives the loop its turns to hand over what came.
-        Simpler than looking into nats-py's buffers, and true of any step between socket and
-        callback. An echo that came during a block is so not counted missing, save one that
-        came in the last slice with the loop blocked past that slice's end by less than
-        ``LATE_SLICE`` of it: an echo about as late as the bound, whose block looks like
-        jitter. A NATS really silent is said so after the bound plus the slices' small
-        lateness (and a slice more for each block of the loop)."""
-        loop = asyncio.get_running_loop()
-        step = within / SLICES_PER_BOUND
-        counted = 0
-        while counted < SLICES_PER_BOUND:
-            started = loop.time()
-            # The event checked after the wait too: a timeout due in the same turn as the
-            # echo's callback cancels the wait of an event already set.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(step):
-                    await self._came_back.wait()
-            if self._came_back.is_set():
-                return True
-            if loop.time() - started <= step * (1 + LATE_SLICE):
-                counted += 1
-        return False
+            # An echo heard as the bound ran out (its callback run, the wait's task not yet).
+            return self._came_back.is_set()
+        return True
 
     async def _heard(self, msg: Msg) -> None:
         if msg.data == str(self._sent).encode():
