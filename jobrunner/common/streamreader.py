@@ -36,6 +36,7 @@ import structlog
 from nats.js import JetStreamContext, api
 
 from jobrunner.common import subscription
+from jobrunner.common.looptime import within_loop_time
 from jobrunner.common.natsconnection import NatsConnection
 
 log = structlog.get_logger()
@@ -244,7 +245,9 @@ class StreamReader:
             raise StreamReaderError(f"no TCP connection within {timeout:g} s") from None
         self._reader, self._writer = reader, writer
         try:
-            first = await asyncio.wait_for(self._line(), timeout)
+            # On the loop's own time (``common.looptime``): an INFO that came while the loop
+            # was blocked by other work (the API's, under uvloop) is not a server that failed.
+            first = await within_loop_time(self._line(), timeout)
         except TimeoutError:
             raise StreamReaderError(f"no INFO from the server within {timeout:g} s") from None
         if not first.startswith(b"INFO "):
@@ -312,7 +315,7 @@ class StreamReader:
         assert self._writer is not None
         await self._writer.drain()
         while True:
-            line = await asyncio.wait_for(self._line(), timeout=self._timeout)
+            line = await within_loop_time(self._line(), self._timeout)  # as INFO's
             if line == b"PONG":
                 return
             if line.startswith(b"-ERR"):
