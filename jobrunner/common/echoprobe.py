@@ -50,13 +50,17 @@ class EchoProbe:
         callback is not said missing before nats-py has had the turns to hand it over."""
         self._sent += 1
         self._came_back.clear()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             # The publish in this task, under a plain timeout: one while reconnecting is only
             # buffered, and a full flusher queue makes it wait; a cancel that nats-py swallows
             # there holds this task, not one left behind (``bulk.BulkLane.close`` bounds it).
             async with asyncio.timeout(within):
                 await self._nc.publish(self._subject, str(self._sent).encode())
-            await within_loop_time(self._came_back.wait(), within)
+            # The rest of the bound for the echo (none left: still the loop's few turns).
+            left = max(0.0, within - (loop.time() - started))
+            await within_loop_time(self._came_back.wait(), left)
         except (nats.errors.Error, TimeoutError, ConnectionError):
             # An echo heard as the bound ran out (its callback run, the wait's task not yet).
             return self._came_back.is_set()

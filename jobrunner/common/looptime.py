@@ -30,6 +30,11 @@ T = TypeVar("T")
 # costs only a later verdict on a silent peer.
 SLICES_PER_BOUND = 10
 LATE_SLICE = 0.5
+# Floors for a bound of next to nothing (none left: still the loop's few turns): the shortest
+# timer uvloop keeps a timer (it counts whole milliseconds), and a lateness any loop's timer may
+# have without being blocked; without them a slice of 0 s would never be on time.
+SHORTEST_SLICE = 0.001
+TIMER_JITTER = 0.005
 
 
 async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
@@ -38,7 +43,8 @@ async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
     the cancel must not hold the caller)."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(awaitable)
-    step = seconds / SLICES_PER_BOUND
+    step = max(seconds / SLICES_PER_BOUND, SHORTEST_SLICE)
+    late = max(step * LATE_SLICE, TIMER_JITTER)
     counted = 0
     try:
         while counted < SLICES_PER_BOUND:
@@ -46,7 +52,7 @@ async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
             await asyncio.wait({task}, timeout=step)
             if task.done():
                 return task.result()
-            if loop.time() - started <= step * (1 + LATE_SLICE):
+            if loop.time() - started <= step + late:
                 counted += 1
         raise TimeoutError
     finally:
