@@ -137,8 +137,9 @@ async def test_a_probe_whose_loop_blocked_around_its_query_is_answered(
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
-class _CallingBeforeEachSend(asyncpg.Connection):  # type: ignore[misc]
-    """A connection whose every query first calls ``before_send``, in the step that sends it."""
+class _CallingBeforeEachExecute(asyncpg.Connection):  # type: ignore[misc]
+    """A connection whose every ``execute`` (the probe's SELECT 1) first calls ``before_send``,
+    in the step that sends the query."""
 
     before_send: Callable[[], None] = staticmethod(lambda: None)
 
@@ -156,7 +157,7 @@ async def _probe_with_its_loop_blocked_at_each_send(
     until its answer waits in the socket, however loaded the machine. There the answer is held
     (its backend frozen) until that callback runs: it cannot be read in the poll that runs it.
     Returns what the watch found and what ``lost`` says after ``ROUNDS`` blocks."""
-    conn = await asyncpg.connect(database_url, connection_class=_CallingBeforeEachSend)
+    conn = await asyncpg.connect(database_url, connection_class=_CallingBeforeEachExecute)
     backend = conn.get_server_pid()
     answers = conn._transport.get_extra_info("socket")
     blocks: list[float] = []
