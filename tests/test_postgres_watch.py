@@ -12,16 +12,16 @@ from typing import Any
 
 import asyncpg
 import pytest
-import uvloop
 from structlog.testing import capture_logs
 
 from jobrunner.common import postgreswatch
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.freeze import freeze, thaw
+from tests.tools.event_loops import LOOPS, run_on
 from tests.tools.postgres_processes import freeze_postgres
 from tests.tools.postgres_processes import thaw as thaw_postgres
-from tests.tools.reader_block import reader_block
+from tests.tools.reader_block import ReaderBlock, reader_block
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,115 +73,71 @@ async def test_a_probe_that_finds_postgres_gone_says_why_and_ends_its_connection
 BOUND = 0.5
 ROUNDS = 3
 
+# Where the event loop's block meets the probe's query: just before it goes out; or after, in a
+# callback the loop scheduled (call_soon: it runs before the loop's next poll on either loop), or
+# inside an I/O callback (run in a poll: uvloop then runs its due timers before it polls again).
+BEFORE_THE_SEND = "before-its-send"
+AFTER_IN_A_SCHEDULED_CALLBACK = "after-its-send-in-a-scheduled-callback"
+AFTER_IN_AN_IO_CALLBACK = "after-its-send-in-an-io-callback"
 
-def _loop_blocked_at_each_send(
-    conn: asyncpg.Connection, blocked: float, sent_first: bool
-) -> list[float]:
-    """Each query the probe's connection sends blocks the event loop for ``blocked`` seconds (a
-    long synchronous step of the work): just before it goes out, or (``sent_first``) at the
-    loop's next turn after it went out, once the probe waits for its answer, and then until
-    that answer waits in the socket, however loaded the machine. Returns the list the blocks
-    are counted in."""
-    transport = conn._transport
-    sock = transport.get_extra_info("socket")
-    send = transport.write
-    blocks: list[float] = []
 
-    def block() -> None:
-        time.sleep(blocked)
-        blocks.append(blocked)
+class _BlockingItsLoopAtEachExecute(asyncpg.Connection):  # type: ignore[misc]
+    """A connection each of whose ``execute``s (the probe's SELECT 1s), once
+    ``block_at_each_execute`` is called, blocks the event loop for ``blocked`` seconds (a long
+    synchronous step of the work) at ``where``. After the send the answer is held (the backend
+    frozen) until the block begins, so that it is read neither before the block nor in the poll
+    that runs an I/O callback's block; the block then lasts until the answer waits in the
+    socket, however loaded the machine. ``blocks`` counts the blocks."""
 
-    def block_until_answered() -> None:
-        block()
-        # A bound on a broken test only: past it the probe says no answer, failing the test.
-        select.select([sock], [], [], 60)
+    blocks: list[float]
+    _block_at_this_execute: Callable[[], None] = staticmethod(lambda: None)
 
-    def blocked_around_the_send(data: bytes) -> None:
-        if sent_first:
-            send(data)
-            asyncio.get_running_loop().call_soon(block_until_answered)
-        else:
+    def block_at_each_execute(self, blocked: float, where: str, reader: ReaderBlock) -> None:
+        backend = self.get_server_pid()
+        answers = self._transport.get_extra_info("socket")
+        self.blocks = []
+
+        def block() -> None:
+            time.sleep(blocked)
+            self.blocks.append(blocked)
+
+        def block_until_answered() -> None:
+            thaw(backend)
             block()
-            send(data)
+            # A bound on a broken test only: past it the probe says no answer, failing the test.
+            select.select([answers], [], [], 60)
 
-    transport.write = blocked_around_the_send
-    return blocks
+        def hold_the_answer_for_a_block(schedule: Callable[[Callable[[], None]], object]) -> None:
+            freeze(backend)
+            schedule(block_until_answered)
 
-
-@pytest.mark.parametrize("sent_first", [False, True], ids=["before-its-send", "after-its-send"])
-@pytest.mark.parametrize("blocked", [BOUND * 0.8, BOUND * 1.25], ids=["shorter", "longer"])
-async def test_a_probe_whose_loop_blocked_around_its_query_is_answered(
-    settings: Settings, sent_first: bool, blocked: float
-) -> None:
-    """The command's event loop blocked (a long synchronous step of the work) just before the
-    probe's SELECT 1 goes out, or just after while Postgres answers it, for a little less or a
-    little more than the probe's bound: the answer is read, Postgres is not gone. Before, the
-    bound ran from before the query was sent: a block past it there was taken for no answer
-    (the flake of the test this one replaced, 1 run in 6 under -n 2); and with the timeout due
-    at the same turn as the answer, the answer was not read."""
-    watch = await postgreswatch.start(
-        settings.database_url, _never_gone, answer_within=BOUND, every=0.0
-    )
-    try:
-        blocks = _loop_blocked_at_each_send(watch._conn, blocked, sent_first)
-        while len(blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - the probe's state
-            await asyncio.sleep(0.01)
-        assert watch.gone is None
-        assert await watch.lost() is None  # the round in flight too
-    finally:
-        await watch.stop()
-
-
-# The event loops the probe runs on: asyncio's (jobrunner replay) and uvloop's (the projector's
-# rebuild, `jobrunner projector`). Each test below runs its own loop of the kind.
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-
-class _CallingBeforeEachExecute(asyncpg.Connection):  # type: ignore[misc]
-    """A connection whose every ``execute`` (the probe's SELECT 1) first calls ``before_send``,
-    in the step that sends the query."""
-
-    before_send: Callable[[], None] = staticmethod(lambda: None)
+        self._block_at_this_execute = {
+            BEFORE_THE_SEND: block,
+            AFTER_IN_A_SCHEDULED_CALLBACK: lambda: hold_the_answer_for_a_block(
+                asyncio.get_running_loop().call_soon
+            ),
+            AFTER_IN_AN_IO_CALLBACK: lambda: hold_the_answer_for_a_block(reader.at_next_poll),
+        }[where]
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
-        self.before_send()
+        # In the step that sends the query: asyncpg's execute() sends it before its first await.
+        self._block_at_this_execute()
         return await super().execute(query, *args, **kwargs)  # type: ignore[no-any-return]
 
 
-async def _probe_with_its_loop_blocked_at_each_send(
-    database_url: str, blocked: float, sent_first: bool
+async def _probe_with_its_loop_blocked_at_each_execute(
+    database_url: str, blocked: float, where: str
 ) -> tuple[str | None, str | None]:
     """The probe on the running loop, which each of its SELECT 1s blocks for ``blocked``
-    seconds: just before it goes out, or (``sent_first``) at the loop's next poll after it went
-    out, inside an I/O callback (the work's connection reading a big result, say), and then
-    until its answer waits in the socket, however loaded the machine. There the answer is held
-    (its backend frozen) until that callback runs: it cannot be read in the poll that runs it.
-    Returns what the watch found and what ``lost`` says after ``ROUNDS`` blocks."""
-    conn = await asyncpg.connect(database_url, connection_class=_CallingBeforeEachExecute)
+    seconds at ``where``. What the watch found and what ``lost`` says after ``ROUNDS``
+    blocks."""
+    conn = await asyncpg.connect(database_url, connection_class=_BlockingItsLoopAtEachExecute)
     backend = conn.get_server_pid()
-    answers = conn._transport.get_extra_info("socket")
-    blocks: list[float] = []
-
-    def block() -> None:
-        time.sleep(blocked)
-        blocks.append(blocked)
-
-    def block_until_answered() -> None:
-        thaw(backend)
-        block()
-        # A bound on a broken test only: past it the probe says no answer, failing the test.
-        select.select([answers], [], [], 60)
-
     with reader_block() as reader:
-
-        def hold_the_answer_for_the_block() -> None:
-            freeze(backend)
-            reader.at_next_poll(block_until_answered)
-
-        conn.before_send = hold_the_answer_for_the_block if sent_first else block
+        conn.block_at_each_execute(blocked, where, reader)
         watch = postgreswatch.LivenessWatch(conn, _never_gone, answer_within=BOUND, every=0.0)
         try:
-            while len(blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
+            while len(conn.blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
                 await asyncio.sleep(0.01)
             return watch.gone, await watch.lost()  # the round in flight too
         finally:
@@ -191,22 +147,24 @@ async def _probe_with_its_loop_blocked_at_each_send(
 
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize(
-    "sent_first", [False, True], ids=["before-its-send", "after-its-send-in-an-io-callback"]
+    "where", [BEFORE_THE_SEND, AFTER_IN_A_SCHEDULED_CALLBACK, AFTER_IN_AN_IO_CALLBACK]
 )
 @pytest.mark.parametrize("blocked", [BOUND * 0.8, BOUND * 1.25], ids=["shorter", "longer"])
 def test_a_probe_whose_loop_blocked_around_its_send_is_answered_on_either_loop(
-    settings: Settings, loop: str, sent_first: bool, blocked: float
+    settings: Settings, loop: str, where: str, blocked: float
 ) -> None:
-    """The event loop blocked just before the probe's SELECT 1 goes out, or inside an I/O
-    callback just after while Postgres answers it, for a little less or a little more than the
-    probe's bound: the answer is read, Postgres is not gone, on uvloop (the projector's rebuild)
-    as on asyncio's loop (jobrunner replay). Before, on uvloop, the block a little longer after
-    the send said a live Postgres gone ("no answer to a probe within 0.5 s"): libuv ran the
-    bound's timeout, and the turn the probe then gave the answer, before it read the answer."""
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        found, lost = runner.run(
-            _probe_with_its_loop_blocked_at_each_send(settings.database_url, blocked, sent_first)
-        )
+    """The event loop blocked (a long synchronous step of the work) just before the probe's
+    SELECT 1 goes out, or just after while Postgres answers it (in a callback the loop
+    scheduled, or inside an I/O callback), for a little less or a little more than the probe's
+    bound: the answer is read, Postgres is not gone, on uvloop (the projector's rebuild) as on
+    asyncio's loop (jobrunner replay). Before session 36 the bound ran from before the query was
+    sent: a block past it there was taken for no answer. Before session 37, on uvloop, the block
+    a little longer inside an I/O callback after the send said a live Postgres gone ("no answer
+    to a probe within 0.5 s"): libuv ran the bound's timeout, and the turn the probe then gave
+    the answer, before it read the answer."""
+    found, lost = run_on(
+        loop, _probe_with_its_loop_blocked_at_each_execute(settings.database_url, blocked, where)
+    )
     assert (found, lost) == (None, None)
 
 
@@ -231,8 +189,7 @@ async def _probe_until_frozen_postgres_is_gone(server: EmbeddedPostgres) -> list
 def test_a_frozen_postgres_is_said_gone(own_postgres: EmbeddedPostgres, loop: str) -> None:
     """Postgres frozen (SIGSTOP) under a running probe: the probe says it gone, and why, on
     uvloop as on asyncio's loop."""
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        found = runner.run(_probe_until_frozen_postgres_is_gone(own_postgres))
+    found = run_on(loop, _probe_until_frozen_postgres_is_gone(own_postgres))
     assert found == [f"no answer to a probe within {BOUND:g} s"]
 
 
