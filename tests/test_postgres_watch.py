@@ -25,6 +25,11 @@ from tests.tools.reader_block import ReaderBlock, reader_block
 
 pytestmark = pytest.mark.timeout(120)
 
+# A bound on a broken test only, on each wait while something is frozen: past it the test fails
+# through its finally, which thaws what it froze; pytest-timeout (120 s, its thread method) would
+# end the worker without it, leaving Postgres or a backend stopped for the tests after.
+BROKEN_TEST_AFTER = 60
+
 
 def _never_gone() -> None:
     raise AssertionError("the probe found a healthy Postgres gone")
@@ -111,8 +116,8 @@ class _BlockingItsLoopAtEachExecute(asyncpg.Connection):  # type: ignore[misc]
         def block_until_answered() -> None:
             thaw(backend)
             block()
-            # A bound on a broken test only: past it the probe says no answer, failing the test.
-            select.select([answers], [], [], 60)
+            # Bounded: past the bound the probe says no answer, failing the test.
+            select.select([answers], [], [], BROKEN_TEST_AFTER)
 
         def hold_the_answer_for_a_block(schedule: Callable[[Callable[[], None]], object]) -> None:
             freeze(backend)
@@ -144,9 +149,10 @@ async def _probe_with_its_loop_blocked_at_each_execute(
         conn.block_at_each_execute(blocked, where, reader)
         watch = postgreswatch.LivenessWatch(conn, _never_gone, answer_within=BOUND, every=0.0)
         try:
-            while len(conn.blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
-                await asyncio.sleep(0.01)
-            return watch.gone, await watch.lost()  # the round in flight too
+            async with asyncio.timeout(BROKEN_TEST_AFTER):
+                while len(conn.blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
+                    await asyncio.sleep(0.01)
+                return watch.gone, await watch.lost()  # the round in flight too
         finally:
             await watch.stop()
             thaw(backend)
@@ -184,8 +190,9 @@ async def _probe_until_frozen_postgres_is_gone(server: EmbeddedPostgres) -> list
     )
     frozen = freeze_postgres(server)
     try:
-        while not found:  # noqa: ASYNC110 - the probe's own state, no event
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(BROKEN_TEST_AFTER):
+            while not found:  # noqa: ASYNC110 - the probe's own state, no event
+                await asyncio.sleep(0.01)
     finally:
         await watch.stop()
         thaw_postgres(frozen)
