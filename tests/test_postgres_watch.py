@@ -181,12 +181,18 @@ def test_a_probe_whose_loop_blocked_around_its_send_is_answered_on_either_loop(
     assert (found, lost) == (None, None)
 
 
-async def _probe_until_frozen_postgres_is_gone(server: EmbeddedPostgres) -> list[str | None]:
+async def _probe_until_frozen_postgres_is_gone(
+    server: EmbeddedPostgres,
+) -> list[tuple[str | None, bool]]:
     """The probe on the running loop, ``server`` frozen once it runs, until the probe calls
-    on_gone: what it had found then."""
-    found: list[str | None] = []
+    on_gone: what it had found then, and whether its connection was closed (before ``stop``
+    closes it)."""
+    found: list[tuple[str | None, bool]] = []
     watch = await postgreswatch.start(
-        server.url, lambda: found.append(watch.gone), answer_within=BOUND, every=0.0
+        server.url,
+        lambda: found.append((watch.gone, watch._conn.is_closed())),
+        answer_within=BOUND,
+        every=0.0,
     )
     frozen = freeze_postgres(server)
     try:
@@ -201,10 +207,11 @@ async def _probe_until_frozen_postgres_is_gone(server: EmbeddedPostgres) -> list
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_frozen_postgres_is_said_gone(own_postgres: EmbeddedPostgres, loop: str) -> None:
-    """Postgres frozen (SIGSTOP) under a running probe: the probe says it gone, and why, on
-    uvloop as on asyncio's loop."""
+    """Postgres frozen (SIGSTOP) under a running probe: the probe says it gone, and why, and
+    has ended its connection (no round trip to a frozen server), on uvloop as on asyncio's
+    loop."""
     found = run_on(loop, _probe_until_frozen_postgres_is_gone(own_postgres))
-    assert found == [f"no answer to a probe within {BOUND:g} s"]
+    assert found == [(f"no answer to a probe within {BOUND:g} s", True)]
 
 
 async def _terminate_backend(database_url: str, pid: int) -> None:
