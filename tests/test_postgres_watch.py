@@ -86,8 +86,8 @@ BOUND = 0.5
 ROUNDS = 3
 
 # Where the event loop's block meets the probe's query: just before it goes out; or after, in a
-# callback the loop scheduled (call_soon: it runs before the loop's next poll on either loop), or
-# inside an I/O callback (run in a poll: uvloop then runs its due timers before it polls again).
+# callback the loop scheduled (call_soon), or inside an I/O callback (run in a poll: after it
+# uvloop runs its due timers, the bound's timeout among them, before it polls again).
 BEFORE_THE_SEND = "before-its-send"
 AFTER_IN_A_SCHEDULED_CALLBACK = "after-its-send-in-a-scheduled-callback"
 AFTER_IN_AN_IO_CALLBACK = "after-its-send-in-an-io-callback"
