@@ -1,7 +1,9 @@
 """A read of the API's that Postgres cancels (an operator's ``pg_cancel_backend``, a
 ``statement_timeout``): Postgres answered, it is not away. The client is told its read was
 cancelled (503 READ_CANCELLED or READ_STATEMENT_TIMEOUT, with Retry-After), never "cannot be
-reached" (READ_MODELS_UNAVAILABLE), and the pooled connection serves the next read."""
+reached" (READ_MODELS_UNAVAILABLE), and the pooled connection serves the next read. Which
+cancel it was is told alike on a server speaking English and on one speaking German (its
+messages translated: tests/tools/translated_postgres.py)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,27 @@ from tests.history_support import job_events, publish, reading_system, wait_proj
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
 from tests.tools.backend_activity import until_backends
+from tests.tools.translated_postgres import ENGLISH, GERMAN, postgres_speaking
 
 
 @pytest.fixture
-async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIterator[System]:
-    settings = msgspec.structs.replace(settings, database_url=own_postgres.url)
+async def postgres(request: pytest.FixtureRequest) -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of the test's own, speaking English unless the test names another locale
+    (``IN_EITHER_LANGUAGE``)."""
+    locale = getattr(request, "param", ENGLISH)
+    async with postgres_speaking(locale, "jobrunner-test-own-pg-") as server:
+        yield server
+
+
+# The test runs on a server speaking English and on one speaking German.
+IN_EITHER_LANGUAGE = pytest.mark.parametrize(
+    "postgres", [ENGLISH, GERMAN], indirect=True, ids=["english", "german"]
+)
+
+
+@pytest.fixture
+async def system(settings: Settings, postgres: EmbeddedPostgres) -> AsyncIterator[System]:
+    settings = msgspec.structs.replace(settings, database_url=postgres.url)
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
         yield running
@@ -42,17 +60,23 @@ async def read_job(system: System) -> tuple[int, dict[str, str], dict[str, Any]]
 JOB_READ_TEXT = f"%FROM {READ_SCHEMA}.jobs WHERE id = $1%"
 
 
+@IN_EITHER_LANGUAGE
 async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_pool_serves_on(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, postgres: EmbeddedPostgres
 ) -> None:
     """A read waits on a lock another session holds on the jobs' table; the operator cancels
-    it (pg_cancel_backend). Before the fix: 503 READ_MODELS_UNAVAILABLE, "cannot be reached
-    just now", with Postgres answering all along."""
-    # The API serves and its pool is warm: the read below goes straight to its statement.
-    status, _, body = await read_job(system)
-    assert status == 200, body
-    operator = await asyncpg.connect(own_postgres.url)
+    it (pg_cancel_backend) long before the database's statement_timeout (an hour). Before the
+    fix: 503 READ_MODELS_UNAVAILABLE, "cannot be reached just now", with Postgres answering all
+    along."""
+    operator = await asyncpg.connect(postgres.url)
+    pool = read_pool_of(system).pool
     try:
+        database = await operator.fetchval("SELECT current_database()")
+        await operator.execute(f"ALTER DATABASE \"{database}\" SET statement_timeout = '1h'")
+        await pool.expire_connections()  # the API's next connections take the database's setting
+        # The API serves and its pool is warm: the read below goes straight to its statement.
+        status, _, body = await read_job(system)
+        assert status == 200, body
         locker = operator.transaction()
         await locker.start()
         await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
@@ -78,17 +102,18 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
         await operator.close()
     status, _, body = await read_job(system)
     assert status == 200, body
-    pool = read_pool_of(system).pool
     assert pool.get_idle_size() == pool.get_size()
 
 
+@IN_EITHER_LANGUAGE
 async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, postgres: EmbeddedPostgres
 ) -> None:
     """The database's statement_timeout (set by its operator, 300 ms here) ends a read that
     waits on a lock: 503 READ_STATEMENT_TIMEOUT, the read took too long; not "cannot be
-    reached". Before the fix: 503 READ_MODELS_UNAVAILABLE."""
-    operator = await asyncpg.connect(own_postgres.url)
+    reached". Before the fix: 503 READ_MODELS_UNAVAILABLE; before session 37, on the server
+    speaking German, 503 READ_CANCELLED (Postgres's message was read, in English only)."""
+    operator = await asyncpg.connect(postgres.url)
     database = await operator.fetchval("SELECT current_database()")
     pool = read_pool_of(system).pool
     try:
@@ -124,14 +149,14 @@ TRANSIENT_ANSWERS = [
 
 
 async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_500(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, postgres: EmbeddedPostgres
 ) -> None:
     """The jobs' table is put behind a view whose function raises an error of each transient
     SQLSTATE class (an operator's intervention, a deadlock or serialization failure, resources
     short, a lock_timeout; Postgres raises them itself only under faults hard to stage): the
     list of jobs is answered 503 with a code naming it and Retry-After, and once the table is
     back, 200. Before the fix: 500 INTERNAL_ERROR for each."""
-    operator = await asyncpg.connect(own_postgres.url)
+    operator = await asyncpg.connect(postgres.url)
     pool = read_pool_of(system).pool
     answers: dict[str, tuple[int, str | None, str]] = {}
     try:
