@@ -27,6 +27,7 @@ async def open_work_pool(database_url: str, size: int) -> asyncpg.Pool:
         init=timestamps.init_connection,
         connect=postgreswatch.connect_work,
         connect_timeout=CHECK_CONNECT_SECONDS,
+        connection_class=None,  # asyncpg's (named, as reset)
         synchronous_commit="off",
         **postgreswatch.WORK_SESSION_SETTINGS,
     )
