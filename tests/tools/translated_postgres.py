@@ -99,8 +99,10 @@ async def postgres_speaking(locale: str, prefix: str) -> AsyncIterator[EmbeddedP
                 )
             finally:
                 await superuser.close()
-            said = await division_by_zero_message(server)
-            assert said != ENGLISH_DIVISION_BY_ZERO, f"Postgres still speaks English ({said})"
+            if await division_by_zero_message(server) == ENGLISH_DIVISION_BY_ZERO:
+                # The locale was taken (an unknown one is refused above), its messages not:
+                # this Postgres has no translations (built without NLS, no .mo installed).
+                pytest.skip(f"this Postgres has no translations for {locale}")
             yield server
 
 
