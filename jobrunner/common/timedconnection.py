@@ -13,9 +13,9 @@ Asked after the cancel rather than once at connect: no round trip per new connec
 English message, where the server speaks it, needs none at all), and the answer is the session's
 timeout as it is now, after any reload of the server's configuration since the connect (a value
 set in postgresql.conf reaches live sessions), not as it was. The read pool's sessions change
-none of their settings themselves. Asking fails (a statement inside a transaction that the cancel
-aborted; Postgres gone meanwhile): the timeout is not known, and the cancel is told as an
-operator's, as it was before.
+none of their settings themselves. When asking fails (a statement inside a transaction that the
+cancel aborted; Postgres gone meanwhile), the timeout is not known, and the cancel is told as an
+operator's, as every cancel in another language was before.
 
 Only the statements run through ``execute``, ``fetch``, ``fetchrow`` and ``fetchval`` are timed:
 the ones the API's reads use. A cancel elsewhere (a cursor, ``copy_*``) records nothing.
