@@ -60,12 +60,24 @@ class StatementRun(msgspec.Struct, frozen=True):
     statement_timeout: float | None
 
     def reached_timeout(self) -> bool:
-        """Whether the statement ran as long as its session's statement_timeout allows. Postgres
-        starts the timer once the statement has reached it and fires it no earlier than the
-        timeout (timeout.c, by its own clock), so a statement its timeout cancelled has run at
-        least that long by the caller's clock; a cancel read sooner is an operator's."""
+        """Whether the statement ran as long as its session's statement_timeout allows, less
+        ``CLOCK_RATE_MARGIN`` and ``CLOCK_MARGIN_SECONDS``. Postgres starts the timer once the
+        statement has reached it and fires it no earlier than the timeout, but by its own wall
+        clock (timeout.c), so a statement its timeout cancelled has run about that long by the
+        caller's monotonic clock, the margin's worth short at worst; a cancel read sooner is an
+        operator's."""
         timeout = self.statement_timeout
-        return timeout is not None and timeout > 0 and self.seconds >= timeout
+        if timeout is None or timeout <= 0:
+            return False
+        return self.seconds >= timeout * (1 - CLOCK_RATE_MARGIN) - CLOCK_MARGIN_SECONDS
+
+
+# What Postgres's clock may gain on the API's over a statement: Postgres times the statement by
+# its wall clock, which NTP slews by up to 500 ppm (a 300 s timeout fires 150 ms early by the
+# API's monotonic clock, often on another host), doubled; and a step's rounding. An operator's
+# cancel that close to the timeout cannot be told from it anyway.
+CLOCK_RATE_MARGIN = 1e-3
+CLOCK_MARGIN_SECONDS = 0.002
 
 
 # Where a connection that times its statements (timedconnection.py) leaves the StatementRun on
