@@ -14,6 +14,7 @@ import pytest
 from jobrunner.common import postgresconnect
 from jobrunner.common.timedconnection import TimedConnection
 from jobrunner.embedded.postgres import EmbeddedPostgres
+from jobrunner.services.api.context import read_pool
 from tests.tools.backend_activity import until_backends
 from tests.tools.translated_postgres import GERMAN, postgres_speaking
 
@@ -89,3 +90,46 @@ async def test_a_cancel_postgres_names_in_english_is_not_asked_about(
     error = await _cancelled(asyncio.ensure_future(conn.fetchval(SLEEP)))
     assert postgresconnect.run_of(error) is None
     assert postgresconnect.statement_timed_out(error)
+
+
+async def test_a_timeout_inside_a_transaction_is_told_as_the_timeout_in_german(
+    german_postgres: EmbeddedPostgres,
+) -> None:
+    """The database's statement_timeout (200 ms) cancels a read pool's statement inside a
+    transaction: the cancel aborted the transaction, so the session's timeout cannot be asked
+    after it; the one the connection learnt when it was opened tells it as the timeout's, in
+    German too. Before: READ_CANCELLED's (the timeout not known)."""
+    database = german_postgres.database
+    operator = await asyncpg.connect(german_postgres.url)
+    try:
+        await operator.execute(f"ALTER DATABASE \"{database}\" SET statement_timeout = '200ms'")
+        reads = await read_pool(german_postgres.url, deadline_seconds=30)
+        try:
+            async with reads.pool.acquire() as conn, conn.transaction():
+                error = await _cancelled(asyncio.ensure_future(conn.fetchval(SLEEP)))
+        finally:
+            await reads.pool.close()
+    finally:
+        await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+        await operator.close()
+    assert postgresconnect.said_timed_out(error) is None, error.args  # not English
+    run = postgresconnect.run_of(error)
+    assert run is not None
+    assert run.statement_timeout == pytest.approx(0.2)
+    assert postgresconnect.statement_timed_out(error)
+
+
+async def test_a_timeout_not_known_inside_a_transaction_is_told_as_a_cancel_in_german(
+    conn: TimedConnection,
+) -> None:
+    """A connection that never learnt its session's timeout (opened outside the read pool),
+    its statement cancelled inside a transaction: the timeout cannot be asked after the cancel,
+    so the cancel is told as an operator's, the answer that blames no setting."""
+    await conn.execute("SET statement_timeout = '200ms'")
+    async with conn.transaction():
+        error = await _cancelled(asyncio.ensure_future(conn.fetchval(SLEEP)))
+    run = postgresconnect.run_of(error)
+    assert run is not None
+    assert run.statement_timeout is None
+    assert not postgresconnect.statement_timed_out(error)
+

@@ -1,24 +1,29 @@
-"""A Postgres connection that times its statements, so that a statement Postgres cancelled is
-told as its ``statement_timeout``'s or an operator's whatever language the server speaks.
+"""A Postgres connection that times its calls, so that a statement Postgres cancelled is told as
+its ``statement_timeout``'s or an operator's whatever language the server speaks.
 
 Postgres cancels a statement past its session's ``statement_timeout`` and at an operator's
 ``pg_cancel_backend`` with the same SQLSTATE (57014) and fields; only its message differs, in the
 session's ``lc_messages`` (postgresconnect.py). Where that message is not Postgres's English, the
-caller's own facts decide: a statement its timeout cancelled ran at least that long. So each
-statement is timed, and of one cancelled with a message of another language the session's
+caller's own facts decide: a statement its timeout cancelled ran at least that long. So each call
+of one statement is timed, and of one cancelled with a message of another language the session's
 ``statement_timeout`` is asked on the same connection, right after, and both are recorded on the
 error (``postgresconnect.record_run``) for ``postgresconnect.statement_timed_out``.
 
-Asked after the cancel rather than once at connect: no round trip per new connection (the
-English message, where the server speaks it, needs none at all), and the answer is the session's
-timeout as it is now, after any reload of the server's configuration since the connect (a value
-set in postgresql.conf reaches live sessions), not as it was. The read pool's sessions change
-none of their settings themselves. When asking fails (a statement inside a transaction that the
-cancel aborted; Postgres gone meanwhile), the timeout is not known, and the cancel is told as an
-operator's, as every cancel in another language was before.
+Asked after the cancel: the answer is the session's timeout as it is now, after any reload of the
+server's configuration since the connect (a value set in postgresql.conf reaches live sessions),
+not as it was; the English message, where the server speaks it, needs no question at all. But a
+cancel inside a transaction aborts it, and the question then fails: so the read pool's
+connections also learn the timeout when they are opened (``init_connection``), and each answer
+after a cancel renews it; when the question fails, the last one known is used. The read pool's
+sessions change none of their settings themselves. Not known at all (a connection that never
+learnt it, its first cancel inside a transaction; Postgres gone meanwhile): the cancel is told
+as an operator's, as every cancel in another language was before.
 
-Only the statements run through ``execute``, ``fetch``, ``fetchrow`` and ``fetchval`` are timed:
-the ones the API's reads use. A cancel elsewhere (a cursor, ``copy_*``) records nothing.
+Timed per call, not per statement: Postgres applies the timeout to each statement of a call of
+several (a query string with ``;`` in it), so such a call's time says nothing of its cancelled
+statement's, and nothing is recorded for it (an operator's cancel, if not said in English). Only
+the calls of ``execute``, ``fetch``, ``fetchrow`` and ``fetchval`` are timed: the ones the API's
+reads use. A cancel elsewhere (a cursor, ``copy_*``) records nothing either.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from jobrunner.common import postgresconnect
+from jobrunner.common import database, postgresconnect
 
 T = TypeVar("T")
 
@@ -44,19 +49,29 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
     """asyncpg's connection whose statements, cancelled by Postgres, carry how long they ran
     and the session's statement_timeout (a pool's ``connection_class``)."""
 
+    # The session's statement_timeout as last learnt (seconds, 0: none; None: never learnt).
+    known_statement_timeout: float | None = None
+
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._timed(super().execute(query, *args, **kwargs))
+        return await self._timed(query, super().execute(query, *args, **kwargs))
 
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._timed(super().fetch(query, *args, **kwargs))
+        return await self._timed(query, super().fetch(query, *args, **kwargs))
 
     async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._timed(super().fetchrow(query, *args, **kwargs))
+        return await self._timed(query, super().fetchrow(query, *args, **kwargs))
 
     async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._timed(super().fetchval(query, *args, **kwargs))
+        return await self._timed(query, super().fetchval(query, *args, **kwargs))
 
-    async def _timed(self, statement: Awaitable[T]) -> T:
+    async def learn_statement_timeout(self) -> None:
+        """Ask the session's statement_timeout now, for a cancel inside a transaction, where it
+        cannot be asked (``init_connection``). Its errors are the caller's: a connection being
+        opened."""
+        seconds = await asyncpg.Connection.fetchval(self, STATEMENT_TIMEOUT_QUERY)
+        self.known_statement_timeout = float(seconds)
+
+    async def _timed(self, query: str, statement: Awaitable[T]) -> T:
         # The clock starts before the statement is sent (awaiting it sends it), so it covers
         # all the time Postgres's timer can have run.
         began = time.monotonic()
@@ -65,8 +80,12 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
         except asyncpg.QueryCanceledError as exc:
             ran = time.monotonic() - began
             if postgresconnect.said_timed_out(exc) is None:
-                timeout = await self._statement_timeout()
-                postgresconnect.record_run(exc, postgresconnect.StatementRun(ran, timeout))
+                asked = await self._statement_timeout()
+                if asked is not None:
+                    self.known_statement_timeout = asked
+                postgresconnect.record_run(
+                    exc, postgresconnect.StatementRun(ran, self.known_statement_timeout)
+                )
             raise
 
     async def _statement_timeout(self) -> float | None:
@@ -82,3 +101,11 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
         ):
             return None
         return float(seconds) if seconds is not None else None
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """The read pool's set-up of a new connection: the common one, and its session's
+    statement_timeout learnt (``TimedConnection.learn_statement_timeout``)."""
+    await database.init_connection(conn)
+    if isinstance(conn, TimedConnection):
+        await conn.learn_statement_timeout()

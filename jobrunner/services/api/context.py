@@ -26,6 +26,7 @@ from jobrunner.common import (
     stallwatch,
     stopping,
     subscription,
+    timedconnection,
 )
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.processname import process_name
@@ -134,8 +135,10 @@ async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
         connect=database.connect_or_unreachable,
         # A statement Postgres cancels carries how long it ran and the session's
         # statement_timeout: a timeout is told from an operator's cancel on a server of any
-        # language (errors.read_cancelled).
+        # language (errors.read_cancelled); each learns the timeout when opened, for a cancel
+        # inside a transaction, after which it cannot be asked.
         connection_class=TimedConnection,
+        init=timedconnection.init_connection,
         # A plan for each query's very values: a generic plan (what a prepared statement drifts
         # to after five runs) cannot use the trigram index for an unknown search pattern, nor
         # judge a filter's selectivity. Set once per session rather than per query.
