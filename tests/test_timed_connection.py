@@ -133,3 +133,31 @@ async def test_a_timeout_not_known_inside_a_transaction_is_told_as_a_cancel_in_g
     assert run.statement_timeout is None
     assert not postgresconnect.statement_timed_out(error)
 
+
+async def test_an_operators_cancel_in_a_call_of_several_statements_is_told_as_a_cancel(
+    conn: TimedConnection, german_postgres: EmbeddedPostgres
+) -> None:
+    """One execute() of three statements under a statement_timeout of 500 ms, which Postgres
+    applies to each: two of 300 ms, then one waiting on a lock the operator holds, which the
+    operator cancels. The call ran past the timeout, its statements did not: an operator's
+    cancel (no run recorded for a call of several statements). Before: told as the timeout's."""
+    await conn.execute("SET statement_timeout = '500ms'")
+    operator = await asyncpg.connect(german_postgres.url)
+    try:
+        await operator.execute("SELECT pg_advisory_lock(7)")
+        calling = asyncio.ensure_future(
+            conn.execute("SELECT pg_sleep(0.3); SELECT pg_sleep(0.3); SELECT pg_advisory_lock(7)")
+        )
+        [pid] = await until_backends(
+            operator,
+            query_like="%pg_advisory_lock(7)%",
+            waiting_on_a_lock=True,
+            unless_ended=calling,
+        )
+        assert await operator.fetchval("SELECT pg_cancel_backend($1)", pid)
+        error = await _cancelled(calling)
+    finally:
+        await operator.close()
+    assert postgresconnect.said_timed_out(error) is None, error.args  # not English
+    assert postgresconnect.run_of(error) is None
+    assert not postgresconnect.statement_timed_out(error)
