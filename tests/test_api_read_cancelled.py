@@ -14,8 +14,10 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.logging import LogThrottle
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import errors
@@ -23,7 +25,13 @@ from tests.history_support import job_events, publish, reading_system, wait_proj
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
 from tests.tools.backend_activity import until_backends
-from tests.tools.translated_postgres import ENGLISH, GERMAN, postgres_speaking
+from tests.tools.translated_postgres import (
+    ENGLISH,
+    ENGLISH_DIVISION_BY_ZERO,
+    GERMAN,
+    division_by_zero_message,
+    postgres_speaking,
+)
 
 
 @pytest.fixture
@@ -107,21 +115,34 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
 
 @IN_EITHER_LANGUAGE
 async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
-    system: System, postgres: EmbeddedPostgres
+    system: System, postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The database's statement_timeout (set by its operator, 300 ms here) ends a read that
     waits on a lock: 503 READ_STATEMENT_TIMEOUT, the read took too long; not "cannot be
-    reached". Before the fix: 503 READ_MODELS_UNAVAILABLE; before session 37, on the server
+    reached". In German the log line says what it was told by: how long the read ran, and the
+    timeout. Before the fix: 503 READ_MODELS_UNAVAILABLE; before session 37, on the server
     speaking German, 503 READ_CANCELLED (Postgres's message was read, in English only)."""
+    # A throttle of this test's own: another test's line in the last 10 s leaves none out.
+    monkeypatch.setattr(errors, "POSTGRES_CANCELLED_LOG", LogThrottle(errors.REFUSAL_LOG_INTERVAL))
     operator = await asyncpg.connect(postgres.url)
     database = await operator.fetchval("SELECT current_database()")
+    german = await division_by_zero_message(postgres) != ENGLISH_DIVISION_BY_ZERO
     pool = read_pool_of(system).pool
     try:
         await operator.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
         await pool.expire_connections()  # the API's next connections take the database's setting
-        async with operator.transaction():
-            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
-            status, headers, body = await read_job(system)
+        with capture_logs() as logs:
+            async with operator.transaction():
+                await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+                status, headers, body = await read_job(system)
+        [line] = [
+            line for line in logs if line["event"] == "a read's statement cancelled by Postgres"
+        ]
+        if german:
+            assert line["statement_timeout_seconds"] == pytest.approx(0.3), line
+            assert line["ran_seconds"] >= 0.29, line  # 0.3 s less the clocks' margin, rounded
+        else:  # Postgres's English message said it: no run recorded
+            assert "ran_seconds" not in line, line
         assert status == 503, body
         assert body["error"]["code"] == "READ_STATEMENT_TIMEOUT", body
         assert "statement_timeout" in body["error"]["message"], body
