@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from jobrunner.common.database import READ_SCHEMA
 from jobrunner.common.logging import LogThrottle
+from jobrunner.common.postgresconnect import STATEMENT_TIMEOUT_MESSAGE
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import errors
@@ -25,6 +26,7 @@ from tests.history_support import job_events, publish, reading_system, wait_proj
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
 from tests.tools.backend_activity import until_backends
+from tests.tools.postgres_log import lines_logged
 from tests.tools.translated_postgres import (
     ENGLISH,
     ENGLISH_DIVISION_BY_ZERO,
@@ -153,6 +155,41 @@ async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
         await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
         await operator.close()
         await pool.expire_connections()
+
+
+@pytest.mark.parametrize(
+    ("path", "table"),
+    [("/api/jobs", "jobs"), ("/api/jobs/before/logs", "log_lines")],
+    ids=["list", "log"],
+)
+async def test_a_fast_read_past_postgres_statement_timeout_runs_once(
+    system: System, postgres: EmbeddedPostgres, path: str, table: str
+) -> None:
+    """The list of jobs and a job's log (answered in front of Litestar, jobs_fastpath.py), their
+    table locked past the database's statement_timeout (300 ms): 503 READ_STATEMENT_TIMEOUT
+    after one statement cancelled, the client waiting the timeout once. Before: the fast path
+    handed the error over to Litestar, which ran the same read again, and Postgres cancelled
+    it twice."""
+    operator = await asyncpg.connect(postgres.url)
+    database = await operator.fetchval("SELECT current_database()")
+    pool = read_pool_of(system).pool
+    try:
+        await operator.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
+        await pool.expire_connections()  # the API's next connections take the database's setting
+        before = await lines_logged(postgres, operator, STATEMENT_TIMEOUT_MESSAGE)
+        async with operator.transaction():
+            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
+            async with system.client() as client:
+                response = await client.get(path)
+        cancelled = await lines_logged(postgres, operator, STATEMENT_TIMEOUT_MESSAGE) - before
+    finally:
+        await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+        await operator.close()
+        await pool.expire_connections()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "READ_STATEMENT_TIMEOUT", response.text
+    assert response.headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER)
+    assert cancelled == 1, "the read ran again after Postgres cancelled it"
 
 
 # A Postgres error of each transient SQLSTATE class, as a read meets it, and the API's answer:

@@ -328,6 +328,12 @@ def read_cancelled(exc: BaseException) -> ApiError:
 
 
 def read_cancelled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    warn_read_cancelled(request.url.path, exc)
+    return read_cancelled(exc).response()
+
+
+def warn_read_cancelled(path: str, exc: BaseException) -> None:
+    """The throttled log line of a read whose statement Postgres cancelled."""
     # How long the statement ran and under which timeout, when the message did not say which
     # cancel it was: what the answer was told by.
     run = postgresconnect.run_of(exc)
@@ -342,11 +348,10 @@ def read_cancelled_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     _warn_throttled(
         POSTGRES_CANCELLED_LOG,
         "a read's statement cancelled by Postgres",
-        path=request.url.path,
+        path=path,
         error=repr(exc),
         **told_by,
     )
-    return read_cancelled(exc).response()
 
 
 # Seconds a client is asked to wait after READ_CONFLICT: the other transaction has likely
