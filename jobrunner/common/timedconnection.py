@@ -75,7 +75,8 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
         if _several_statements(query):
             return await statement
         # The clock starts before the statement is sent (awaiting it sends it), so it covers
-        # all the time Postgres's timer can have run.
+        # all the time Postgres's timer can have run, as the server's wall clock counts it but
+        # for the slew that StatementRun.reached_timeout's margin allows.
         began = time.monotonic()
         try:
             return await statement
