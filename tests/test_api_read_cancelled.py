@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -37,11 +38,13 @@ from tests.tools.translated_postgres import (
 
 
 @pytest.fixture
-async def postgres(request: pytest.FixtureRequest) -> AsyncIterator[EmbeddedPostgres]:
+async def postgres(
+    request: pytest.FixtureRequest, compiled_locales: Path
+) -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of the test's own, speaking English unless the test names another locale
     (``IN_EITHER_LANGUAGE``)."""
     locale = getattr(request, "param", ENGLISH)
-    async with postgres_speaking(locale, "jobrunner-test-own-pg-") as server:
+    async with postgres_speaking(locale, "jobrunner-test-own-pg-", compiled_locales) as server:
         yield server
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -23,8 +24,8 @@ SLEEP = "SELECT pg_sleep(60)"
 
 
 @pytest.fixture(scope="module")
-async def german_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    async with postgres_speaking(GERMAN, "jobrunner-test-timed-") as server:
+async def german_postgres(compiled_locales: Path) -> AsyncIterator[EmbeddedPostgres]:
+    async with postgres_speaking(GERMAN, "jobrunner-test-timed-", compiled_locales) as server:
         yield server
 
 

@@ -4,9 +4,10 @@ SQLSTATE is not.
 
 Postgres takes as ``lc_messages`` only a locale the C library knows, and this machine may know
 none but C and POSIX (a container's). So the locale is compiled with ``localedef`` from the C
-library's own sources (Debian's ``locales`` package) into the test's scratch directory, and the
-server is started with ``LOCPATH`` naming that directory: nothing is installed on the machine,
-and only the server sees it. The translations are Postgres's own
+library's own sources (Debian's ``locales`` package) into a scratch directory of the test run's
+(``compiled_locales``, once per run), and the server is started with ``LOCPATH`` naming that
+directory in its own environment: nothing is installed on the machine, and only the server sees
+it. The translations are Postgres's own
 (``/usr/share/locale/<language>/LC_MESSAGES/postgres-<major>.mo``). The postmaster itself logs in
 English (the test servers' readiness is read from its log): the language is set for the server's
 database, as a superuser may (``ALTER DATABASE ... SET lc_messages``), so every session of it
@@ -20,14 +21,13 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.embedded.scratch import scratch_dir
 from tests import servers
 
 ENGLISH = "en"
@@ -39,8 +39,11 @@ ENGLISH_DIVISION_BY_ZERO = "division by zero"
 
 
 def compile_locale(directory: Path, locale: str) -> None:
-    """Compile ``locale`` (``de_DE.UTF-8``) from the C library's sources into ``directory``; a
-    machine without them skips the test, naming what is missing."""
+    """Compile ``locale`` (``de_DE.UTF-8``) from the C library's sources into ``directory``,
+    unless a test of this run did already (``compiled_locales``); a machine without them skips
+    the test, naming what is missing."""
+    if (directory / locale / "LC_MESSAGES").exists():
+        return
     territory, _, charmap = locale.partition(".")
     if shutil.which("localedef") is None:
         pytest.skip("no localedef on this machine: a locale other than C cannot be made")
@@ -60,50 +63,40 @@ def compile_locale(directory: Path, locale: str) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-@contextlib.contextmanager
-def _server_environment(locales: Path) -> Iterator[None]:
-    """LOCPATH for the server about to start (it inherits this process's environment), and no
-    LANGUAGE (GNU gettext's list of languages to prefer, which would overrule lc_messages);
-    as before once it has started: nothing else of the test's looks up a locale meanwhile."""
-    before = {name: os.environ.get(name) for name in ("LOCPATH", "LANGUAGE")}
-    os.environ["LOCPATH"] = str(locales)
-    os.environ.pop("LANGUAGE", None)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def server_environment(locales: Path) -> dict[str, str]:
+    """The environment of a server given the locales in ``locales``: this process's, with
+    LOCPATH naming them and no LANGUAGE (GNU gettext's list of languages to prefer, which
+    would overrule lc_messages)."""
+    env = {name: value for name, value in os.environ.items() if name != "LANGUAGE"}
+    env["LOCPATH"] = str(locales)
+    return env
 
 
 @contextlib.asynccontextmanager
-async def postgres_speaking(locale: str, prefix: str) -> AsyncIterator[EmbeddedPostgres]:
+async def postgres_speaking(
+    locale: str, prefix: str, locales: Path
+) -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of the test's own (``servers.own_postgres``, its scratch directories named
-    ``prefix``) whose database speaks ``locale``'s language; ``ENGLISH``: as the test servers
-    do."""
+    ``prefix``) whose database speaks ``locale``'s language, compiled into ``locales`` (the
+    session's ``compiled_locales``) if not there yet; ``ENGLISH``: as the test servers do."""
     if locale == ENGLISH:
         async with servers.own_postgres(prefix) as server:
             yield server
         return
-    with scratch_dir(f"{prefix}locale-") as locales:
-        await asyncio.to_thread(compile_locale, locales, locale)
-        async with contextlib.AsyncExitStack() as stack:
-            with _server_environment(locales):
-                server = await stack.enter_async_context(servers.own_postgres(prefix))
-            superuser = await asyncpg.connect(server.url)
-            try:
-                await superuser.execute(
-                    f"ALTER DATABASE \"{server.database}\" SET lc_messages = '{locale}'"
-                )
-            finally:
-                await superuser.close()
-            if await division_by_zero_message(server) == ENGLISH_DIVISION_BY_ZERO:
-                # The locale was taken (an unknown one is refused above), its messages not:
-                # this Postgres has no translations (built without NLS, no .mo installed).
-                pytest.skip(f"this Postgres has no translations for {locale}")
-            yield server
+    await asyncio.to_thread(compile_locale, locales, locale)
+    async with servers.own_postgres(prefix, env=server_environment(locales)) as server:
+        superuser = await asyncpg.connect(server.url)
+        try:
+            await superuser.execute(
+                f"ALTER DATABASE \"{server.database}\" SET lc_messages = '{locale}'"
+            )
+        finally:
+            await superuser.close()
+        if await division_by_zero_message(server) == ENGLISH_DIVISION_BY_ZERO:
+            # The locale was taken (an unknown one is refused above), its messages not:
+            # this Postgres has no translations (built without NLS, no .mo installed).
+            pytest.skip(f"this Postgres has no translations for {locale}")
+        yield server
 
 
 async def division_by_zero_message(server: EmbeddedPostgres) -> str:
