@@ -172,8 +172,8 @@ def test_a_statement_timeout_is_told_from_an_operators_cancel_in_any_language(
     """A statement cancelled in Postgres is its statement_timeout's when Postgres says so in
     English, or when it ran at least its session's timeout less the clocks' margin (0.1 % and
     2 ms: Postgres's wall clock against the API's monotonic one): a millisecond shorter than
-    that is an operator's cancel; a millisecond longer, the timeout's. The run is the one recorded on the
-    error by the connection that ran the statement (timedconnection.py)."""
+    that is an operator's cancel; a millisecond longer, the timeout's. The run is the one
+    recorded on the error by the connection that ran the statement (timedconnection.py)."""
     error = asyncpg.QueryCanceledError(message)
     if run is not None:
         postgresconnect.record_run(error, run)
