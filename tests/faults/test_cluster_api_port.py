@@ -24,11 +24,11 @@ from tests.faults.cluster import (
     SHORT_TTL,
     AlreadyRunning,
     FaultCluster,
-    RestartFailed,
     clusters_among,
     in_thread,
     raise_harness_faults,
 )
+from tests.faults.harness_faults import KEPT, HarnessFaults, RestartFailed
 from tests.system import System
 from tests.tools.api_address import ApiAddress, NotOurApi
 from tests.tools.stranger_server import stranger_on
@@ -212,7 +212,7 @@ async def _restart_failed_for_want_of_its_log(cluster: FaultCluster, name: str) 
     service.log_file = cluster.root / "no-such-folder" / f"{name}.log"
     _crashed(cluster, name)
     async with asyncio.timeout(60):
-        while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
+        while not cluster.harness_faults.failed_restarts(name):  # noqa: ASYNC110 - the watchdog's
             await asyncio.sleep(0.05)
     service.wanted = False
     return cluster.take_harness_faults()
@@ -257,18 +257,64 @@ async def test_a_failed_watchdog_restart_of_a_service_is_told_and_the_watchdog_g
     ), faults[0]
 
 
+async def test_a_service_that_cannot_be_restarted_is_told_once_counting_its_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The watchdog's restart of a crashed projector fails round after round (its log cannot be
+    opened): the cluster hands over one fault, "failed N times" with the first error, not one a
+    round (a test's teardown showed dozens)."""
+    async with api_only_cluster() as cluster:
+        projector = cluster.add_service("projector", "projector")
+        projector.spawn()
+        cluster.keep_running()
+        projector.log_file = cluster.root / "no-such-folder" / "projector.log"
+        _crashed(cluster, "projector")
+        async with asyncio.timeout(60):
+            while projector.crashes < 4:  # noqa: ASYNC110 - the watchdog's rounds: 3 restarts
+                await asyncio.sleep(0.05)
+        projector.wanted = False
+        faults = cluster.take_harness_faults()
+    failed = [
+        r for r in caplog.records if r.getMessage() == "the watchdog's restart of projector failed"
+    ]
+    assert len(failed) >= 3, failed
+    assert len(faults) == 1, faults
+    assert str(faults[0]).startswith(
+        f"the watchdog's restart of projector failed {len(failed)} times: FileNotFoundError("
+    ), faults[0]
+    assert isinstance(faults[0].__cause__, FileNotFoundError)
+
+
+def test_harness_faults_are_kept_at_most_a_bound_the_rest_counted() -> None:
+    """Failed restarts of ever new causes: at most KEPT are kept, and the rest are told as a
+    count, so a test's teardown shows a bounded list."""
+    faults = HarnessFaults()
+    for n in range(KEPT + 5):
+        cause = type(f"Cause{n}", (OSError,), {})
+        for _ in range(3):
+            faults.restart_failed("runner-1", cause(n), None)
+    told = faults.take_all()
+    assert len(told) == KEPT + 1, told
+    assert str(told[0]) == "the watchdog's restart of runner-1 failed 3 times: Cause0(0)"
+    assert str(told[-1]) == (
+        "15 more harness faults (failed restarts of other services or causes, moved APIs) were "
+        f"not kept: at most {KEPT} are"
+    )
+    assert faults.take_all() == []
+
+
 def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> None:
     """A cluster carrying a failed restart and an API moved off a taken port: both are raised
     at the test's end in one group, each named; asked again, nothing is left to raise."""
     with scratch_dir("jobrunner-test-faults-told-") as root:
         cluster = FaultCluster(root, SHORT_TTL)
-        cluster.restart_errors.append(
-            RestartFailed("the watchdog's restart of runner-1 failed: OSError()")
+        cluster.harness_faults.restart_failed("runner-1", OSError(), None)
+        cluster.harness_faults.api_moved(
+            "port 9 is not our API's; the cluster moved api to port 10"
         )
-        cluster.lost_port = "port 9 is not our API's; the cluster moved api to port 10"
         with pytest.raises(ExceptionGroup) as raised:
-            raise_harness_faults([cluster])
-        raise_harness_faults([cluster])  # told once: nothing now
+            raise_harness_faults(cluster.take_harness_faults())
+        raise_harness_faults(cluster.take_harness_faults())  # told once: nothing now
     assert raised.value.message == "the fault harness went wrong during this test"
     told = [str(fault) for fault in raised.value.exceptions]
     assert told == [
