@@ -303,6 +303,26 @@ def test_harness_faults_are_kept_at_most_a_bound_the_rest_counted() -> None:
     assert faults.take_all() == []
 
 
+def test_an_api_moved_between_a_shared_clusters_tests_is_left_over_not_the_next_ones() -> None:
+    """A shared cluster's API moved off a taken port while none of its tests ran: the next
+    test's requests are not failed for it (the clients follow the move at once), and the
+    cluster's stop tells it, saying it is left over; one moved during a test is that test's."""
+    faults = HarnessFaults()
+    faults.test_began("first", {})
+    assert faults.test_ended("first") == []
+    faults.api_moved("port 9 is not our API's; the cluster moved api to port 10")
+    faults.test_began("second", {})
+    assert faults.take_move() is None
+    faults.api_moved("port 10 is not our API's; the cluster moved api to port 11")
+    during = faults.take_move()
+    assert faults.test_ended("second") == []
+    [left] = faults.take_all()
+    assert str(during) == "port 10 is not our API's; the cluster moved api to port 11"
+    assert isinstance(left, NotOurApi)
+    assert str(left) == "port 9 is not our API's; the cluster moved api to port 10"
+    assert left.__notes__[0].startswith("left over: it happened while none of this shared"), left
+
+
 def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> None:
     """A cluster carrying a failed restart and an API moved off a taken port: both are raised
     at the test's end in one group, each named; asked again, nothing is left to raise."""
