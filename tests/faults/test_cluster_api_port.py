@@ -323,6 +323,22 @@ def test_an_api_moved_between_a_shared_clusters_tests_is_left_over_not_the_next_
     assert left.__notes__[0].startswith("left over: it happened while none of this shared"), left
 
 
+def test_a_restart_failed_while_a_shared_cluster_was_set_up_is_left_over_not_its_first_tests() -> (
+    None
+):
+    """The watchdog's restart failed while the fixture set the shared cluster up: its first
+    test does not fail for it, and the cluster's stop tells it, saying it is left over."""
+    faults = HarnessFaults()
+    faults.restart_failed("runner-1", OSError(), None)
+    faults.test_began("first", {})
+    assert faults.test_ended("first") == []
+    [left] = faults.take_all()
+    assert str(left) == "the watchdog's restart of runner-1 failed: OSError()"
+    assert left.__notes__ == [
+        "left over: it happened before this shared cluster's first test began"
+    ], left
+
+
 def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> None:
     """A cluster carrying a failed restart and an API moved off a taken port: both are raised
     at the test's end in one group, each named; asked again, nothing is left to raise."""

@@ -100,7 +100,7 @@ async def test_e_comes_last(shared: FaultCluster) -> None:
 '''
 
 
-def test_a_harness_fault_fails_the_test_it_happened_during_and_left_overs_the_clusters_stop(
+def test_a_harness_fault_fails_only_the_test_it_happened_during_and_left_overs_the_stop(
     tmp_path: Path,
 ) -> None:
     """A test leaves a service that cannot be restarted: the next test of the shared cluster,
