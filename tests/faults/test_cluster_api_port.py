@@ -323,9 +323,7 @@ def test_an_api_moved_between_a_shared_clusters_tests_is_left_over_not_the_next_
     assert left.__notes__[0].startswith("left over: it happened while none of this shared"), left
 
 
-def test_a_restart_failed_while_a_shared_cluster_was_set_up_is_left_over_not_its_first_tests() -> (
-    None
-):
+def test_a_restart_failed_as_a_shared_cluster_was_set_up_is_left_over() -> None:
     """The watchdog's restart failed while the fixture set the shared cluster up: its first
     test does not fail for it, and the cluster's stop tells it, saying it is left over."""
     faults = HarnessFaults()
