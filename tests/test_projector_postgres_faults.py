@@ -69,8 +69,8 @@ async def flood(settings: Settings, label: str) -> asyncio.Task[int]:
     return asyncio.create_task(publish_all())
 
 
-async def stored_lines(url: str) -> list[tuple[str, int, int]]:
-    """Per job: lines stored, distinct sequence numbers, the highest one."""
+async def stored_lines(url: str) -> list[tuple[str, int, int, int]]:
+    """Per job: its id, lines stored, distinct sequence numbers, the highest one."""
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
