@@ -432,6 +432,22 @@ class FaultCluster:
 
     async def stop(self) -> None:
         try:
+            await self._stop_everything()
+        except BaseException as stopping:
+            # A stop cut short (a service's stop failed, the teardown cancelled) is the last
+            # place a shared cluster's left-over faults are told: they ride on its error.
+            for fault in self.take_harness_faults():
+                notes = "".join(f"; {note}" for note in getattr(fault, "__notes__", ()))
+                stopping.add_note(f"also not yet told: {fault!r}{notes}")
+            raise
+        # Not yet told to a test: of a shared cluster, what none of its tests ran for.
+        left_over = "the fault harness of this shared cluster went wrong outside its tests"
+        raise_harness_faults(
+            self.take_harness_faults(), left_over if self.harness_faults.shared else DURING_THE_TEST
+        )
+
+    async def _stop_everything(self) -> None:
+        try:
             if self._watchdog is not None:
                 self._watchdog.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -449,11 +465,6 @@ class FaultCluster:
             self.resume_nats()
             await asyncio.to_thread(self.nats.stop)
             await asyncio.to_thread(self.postgres.stop)
-        # Not yet told to a test: of a shared cluster, what none of its tests ran for.
-        left_over = "the fault harness of this shared cluster went wrong outside its tests"
-        raise_harness_faults(
-            self.take_harness_faults(), left_over if self.harness_faults.shared else DURING_THE_TEST
-        )
 
     # --- faults
     def pause_nats(self) -> None:

@@ -337,6 +337,33 @@ def test_a_restart_failed_as_a_shared_cluster_was_set_up_is_left_over() -> None:
     ], left
 
 
+async def test_a_left_over_fault_is_told_on_the_error_of_a_stop_that_failed() -> None:
+    """A shared cluster's stop is the only place its left-over faults are told: a service's
+    stop failing there still tells them, as notes on the stop's error, not dropped."""
+    with scratch_dir("jobrunner-test-faults-stop-failed-") as root:
+        cluster = FaultCluster(root, SHORT_TTL)
+        await in_thread(cluster.nats.start)
+        await in_thread(cluster.postgres.start)
+        api = cluster.add_service("api", "api")
+        cluster.harness_faults.test_began("first", {})
+        assert cluster.test_ended("first") == []
+        cluster.harness_faults.restart_failed("runner-1", OSError("no log"), None)
+
+        def stop_failing(timeout: float = 30.0) -> None:
+            raise OSError("the api's stop failed")
+
+        api.stop = stop_failing  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="the api's stop failed") as stopping:
+            await cluster.stop()
+    assert cluster.nats.proc is None or cluster.nats.proc.poll() is not None
+    [told] = stopping.value.__notes__
+    assert told.startswith(
+        "also not yet told: RestartFailed(\"the watchdog's restart of runner-1 failed: "
+        "OSError('no log')\"); left over: it happened while none of this shared cluster's"
+    ), told
+    assert cluster.take_harness_faults() == []
+
+
 def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> None:
     """A cluster carrying a failed restart and an API moved off a taken port: both are raised
     at the test's end in one group, each named; asked again, nothing is left to raise."""
