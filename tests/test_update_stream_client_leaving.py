@@ -20,6 +20,10 @@ from tests.tools.job_type_files import TEST_TYPES
 # slowly a loaded machine runs.
 OWN_BOUNDS = 600.0
 
+# The stream's look-up of the jobs an event names (job_updates.py) as pg_stat_activity shows
+# it: no other backend waiting on the lock (a late projector write) is taken for it.
+STREAM_READ_TEXT = f"%FROM {READ_SCHEMA}.jobs WHERE id = ANY($1::text[])%"
+
 
 class TestAnUpdateStreamsClientLeaving:
     @pytest.fixture
@@ -51,11 +55,18 @@ class TestAnUpdateStreamsClientLeaving:
                                 pass
 
                     reading = asyncio.ensure_future(read())
-                    await until_backends(locker, waiting_on_a_lock=True, unless_ended=reading)
+                    [read_pid] = await until_backends(
+                        locker,
+                        query_like=STREAM_READ_TEXT,
+                        waiting_on_a_lock=True,
+                        unless_ended=reading,
+                    )
                     reading.cancel()  # the client leaves
                     with pytest.raises(asyncio.CancelledError):
                         await reading
                 # The lock is still held: only a cancel of the read ends its wait (OWN_BOUNDS).
-                await until_no_backends(locker, waiting_on_a_lock=True)
+                # The stream's own read (another backend, a late projector write, may wait
+                # on the lock too, as long as the lock is held).
+                await until_no_backends(locker, pid=read_pid, waiting_on_a_lock=True)
         finally:
             await locker.close()
