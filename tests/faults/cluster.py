@@ -408,8 +408,8 @@ class FaultCluster:
 
     def take_harness_faults(self) -> list[Exception]:
         """What went wrong in this harness and was not yet told: a restart that failed (once
-        per service and cause, counted), an API moved off a port another program took; each
-        told once."""
+        per service, exception type and test, counted), an API moved off a port another
+        program took; each told once."""
         return self.harness_faults.take_all()
 
     def test_began(self, test: str) -> None:

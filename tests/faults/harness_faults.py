@@ -10,26 +10,33 @@ test began is not that test's either. What happened while none of a shared clust
 is left over: told at the cluster's stop (its fixture's teardown), saying so, never dropped.
 
 A service that cannot be restarted fails every watchdog round, and a test's teardown showed one
-error a round. Its failures are kept once per service, cause and test, counted; and at most
-``KEPT`` faults are kept at once, the rest only counted.
+error a round. Its failures are kept once per service, exception type and test (and whether
+left over), counted; and at most ``KEPT`` of them per test (and ``KEPT`` left over), the rest
+only counted: a test's own are kept however many an earlier one left. A moved API is always
+kept: it moves once per start that found a stranger on its port (not every round), and its
+move must reach the test's next request.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from tests.tools.api_address import NotOurApi
 
-# Distinct faults kept until told (each service and cause of a failed restart, each moved API):
-# more are counted, not kept.
+# Distinct failed restarts (each service and cause) kept until told, per test and for the
+# left-overs: more are counted, not kept.
 KEPT = 20
 
 
 class RestartFailed(RuntimeError):
     """The watchdog's restart of a service failed by a fault of this harness (not the service
     failing to start, which the watchdog counts and tries again)."""
+
+
+class HarnessFaultsNotKept(RuntimeError):
+    """More faults of this harness happened than were kept: how many, and how often."""
 
 
 @dataclass
@@ -44,6 +51,10 @@ class HarnessFault:
     count: int = 1
     # Why it is no test's, said where it is told at last (the cluster's stop).
     left_over: str | None = None
+
+    def key(self) -> Hashable:
+        """Failures of one key are one fault, counted."""
+        return (self.service, type(self.first), self.during, self.left_over)
 
     def told(self) -> Exception:
         """The error to raise, naming how often it happened and why it is left over."""
@@ -65,7 +76,8 @@ class HarnessFaults:
 
     def __init__(self) -> None:
         self._faults: list[HarnessFault] = []
-        self._not_kept: Counter[str | None] = Counter()
+        # Per test (None: left over), the failures not kept: how often, per fault's key.
+        self._not_kept: dict[str | None, Counter[Hashable]] = {}
         # Once a test began on the cluster it is shared: its faults outside its tests are left
         # over. Until then (a test's own cluster, a shared one's fixture setting it up) a fault
         # is nobody's in particular, told by whoever takes it (the test, the stop).
@@ -80,6 +92,16 @@ class HarnessFaults:
         """``test`` runs on this (shared) cluster from now on; ``down``: its services the
         watchdog is to restart as it begins, each with its last process (their failed restarts
         are not the test's until one of them is started again)."""
+        if self._running is not None:  # no test_ended for it: its faults are nobody's now
+            for fault in self._faults:
+                if fault.during == self._running:
+                    fault.during = None
+                    fault.left_over = fault.left_over or (
+                        f"left over: it happened during {self._running}, which did not end "
+                        "normally (its teardown never told it)"
+                    )
+            if unkept := self._not_kept.pop(self._running, None):
+                self._not_kept.setdefault(None, Counter()).update(unkept)
         if not self.shared:
             for fault in self._faults:  # its fixture's own, while it set the cluster up
                 fault.left_over = fault.left_over or (
@@ -122,15 +144,18 @@ class HarnessFaults:
                 "left over: it happened while none of this shared cluster's tests ran "
                 "(between them, or in the fixture's own start)"
             )
+        failed = HarnessFault(error, during, service, left_over=left_over)
         for fault in self._faults:
-            if (
-                fault.service == service
-                and fault.during == during
-                and type(fault.first) is type(error)
-            ):
+            if fault.key() == failed.key():
                 fault.count += 1
                 return
-        self._keep(HarnessFault(error, during, service, left_over=left_over))
+        if (
+            sum(fault.during == during and fault.service is not None for fault in self._faults)
+            < KEPT
+        ):
+            self._faults.append(failed)
+        else:
+            self._not_kept.setdefault(during, Counter())[failed.key()] += 1
 
     def api_moved(self, sentence: str) -> HarnessFault:
         """An API was moved off a port another program took (``sentence`` says so)."""
@@ -141,7 +166,7 @@ class HarnessFaults:
                 "clients were pointed at the new port at once"
             )
         moved = HarnessFault(NotOurApi(sentence), self._running, left_over=left_over)
-        self._keep(moved)
+        self._faults.append(moved)  # always: once a start, and its test's next request says so
         return moved
 
     def forget(self, fault: HarnessFault) -> None:
@@ -165,25 +190,21 @@ class HarnessFaults:
         return None
 
     def failed_restarts(self, service: str) -> int:
-        """How often the watchdog's restart of ``service`` failed, of what is not yet told."""
+        """How often the watchdog's restart of ``service`` failed, of what is not yet told
+        (kept ones only). For tests of this harness: the cluster itself never asks."""
         return sum(fault.count for fault in self._faults if fault.service == service)
-
-    def _keep(self, fault: HarnessFault) -> None:
-        if len(self._faults) < KEPT:
-            self._faults.append(fault)
-        else:
-            self._not_kept[fault.during] += 1
 
     def _take(self, during: str | None = None, *, everything: bool = False) -> list[Exception]:
         taken = [fault for fault in self._faults if everything or fault.during == during]
         self._faults = [fault for fault in self._faults if all(fault is not t for t in taken)]
         told = [fault.told() for fault in taken]
         for whose in list(self._not_kept) if everything else [during]:
-            if not_kept := self._not_kept.pop(whose, 0):
+            if not_kept := self._not_kept.pop(whose, None):
                 told.append(
-                    RestartFailed(
-                        f"{not_kept} more harness faults (failed restarts of other services or"
-                        f" causes, moved APIs) were not kept: at most {KEPT} are"
+                    HarnessFaultsNotKept(
+                        f"{len(not_kept)} more faults ({not_kept.total()} failures) were not"
+                        f" kept: at most {KEPT} failed restarts (services and causes) are, per"
+                        " test and left over"
                     )
                 )
         return told

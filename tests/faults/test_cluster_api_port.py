@@ -28,7 +28,7 @@ from tests.faults.cluster import (
     in_thread,
     raise_harness_faults,
 )
-from tests.faults.harness_faults import KEPT, HarnessFaults, RestartFailed
+from tests.faults.harness_faults import KEPT, HarnessFaults, HarnessFaultsNotKept, RestartFailed
 from tests.system import System
 from tests.tools.api_address import ApiAddress, NotOurApi
 from tests.tools.stranger_server import stranger_on
@@ -287,7 +287,7 @@ async def test_a_service_that_cannot_be_restarted_is_told_once_counting_its_fail
 
 def test_harness_faults_are_kept_at_most_a_bound_the_rest_counted() -> None:
     """Failed restarts of ever new causes: at most KEPT are kept, and the rest are told as a
-    count, so a test's teardown shows a bounded list."""
+    count of faults and of their failures, so a test's teardown shows a bounded list."""
     faults = HarnessFaults()
     for n in range(KEPT + 5):
         cause = type(f"Cause{n}", (OSError,), {})
@@ -296,11 +296,77 @@ def test_harness_faults_are_kept_at_most_a_bound_the_rest_counted() -> None:
     told = faults.take_all()
     assert len(told) == KEPT + 1, told
     assert str(told[0]) == "the watchdog's restart of runner-1 failed 3 times: Cause0(0)"
+    assert isinstance(told[-1], HarnessFaultsNotKept), told[-1]
     assert str(told[-1]) == (
-        "15 more harness faults (failed restarts of other services or causes, moved APIs) were "
-        f"not kept: at most {KEPT} are"
+        f"5 more faults (15 failures) were not kept: at most {KEPT} failed restarts (services "
+        "and causes) are, per test and left over"
     )
     assert faults.take_all() == []
+
+
+def _causes(count: int) -> list[OSError]:
+    return [type(f"Cause{n}", (OSError,), {})(n) for n in range(count)]
+
+
+def test_a_tests_own_failed_restart_is_shown_however_many_were_left_over_before_it() -> None:
+    """A shared cluster with more left-over failed restarts than are kept: a later test's own
+    failed restart is still told to it in full, not only counted."""
+    faults = HarnessFaults()
+    faults.test_began("first", {})
+    assert faults.test_ended("first") == []
+    for cause in _causes(KEPT + 2):
+        faults.restart_failed("runner-1", cause, None)
+    faults.test_began("second", {})
+    faults.restart_failed("runner-2", OSError("its own"), None)
+    [own] = faults.test_ended("second")
+    assert str(own) == "the watchdog's restart of runner-2 failed: OSError('its own')", own
+    left = faults.take_all()
+    assert len(left) == KEPT + 1, left
+    assert str(left[-1]).startswith("2 more faults (2 failures) were not kept"), left[-1]
+
+
+def test_a_moved_api_is_told_however_many_restarts_failed_and_never_counted_as_not_kept() -> None:
+    """The test's failed restarts fill the kept: an API moved during it still reaches its next
+    request; a move told on the spot (its start raised it) is not counted as not kept."""
+    faults = HarnessFaults()
+    for cause in _causes(KEPT):
+        faults.restart_failed("runner-1", cause, None)
+    faults.forget(faults.api_moved("port 9 is not our API's; the cluster moved api to port 10"))
+    faults.api_moved("port 10 is not our API's; the cluster moved api to port 11")
+    moved = faults.take_move()
+    assert str(moved) == "port 10 is not our API's; the cluster moved api to port 11", moved
+    told = faults.take_all()
+    assert len(told) == KEPT, told
+    assert not any(isinstance(fault, HarnessFaultsNotKept) for fault in told), told
+
+
+def test_failed_restarts_left_over_for_different_reasons_are_told_apart() -> None:
+    """A service down since before a test began whose restart failed, then failed again
+    between tests: two faults, each with its own reason, not one counted under the first's."""
+    faults = HarnessFaults()
+    last_process = object()
+    faults.test_began("first", {"runner-1": last_process})
+    faults.restart_failed("runner-1", OSError(), last_process)
+    assert faults.test_ended("first") == []
+    faults.restart_failed("runner-1", OSError(), last_process)
+    down, between = faults.take_all()
+    assert down.__notes__[0].startswith("left over: runner-1 was down already"), down
+    assert between.__notes__[0].startswith("left over: it happened while none of"), between
+
+
+def test_a_fault_of_a_test_that_did_not_end_normally_is_left_over() -> None:
+    """A test's teardown never asked for its faults (its end did not run): the next test is
+    not told them, and the cluster's stop tells them as left over, naming that test."""
+    faults = HarnessFaults()
+    faults.test_began("first", {})
+    faults.restart_failed("runner-1", OSError(), None)
+    faults.test_began("second", {})
+    assert faults.test_ended("second") == []
+    [left] = faults.take_all()
+    assert left.__notes__ == [
+        "left over: it happened during first, which did not end normally (its teardown never "
+        "told it)"
+    ], left
 
 
 def test_an_api_moved_between_a_shared_clusters_tests_is_left_over_not_the_next_ones() -> None:
