@@ -26,7 +26,7 @@ from jobrunner.services.api import errors
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
-from tests.tools.backend_activity import until_backends
+from tests.tools.backend_activity import backends, until_backends
 from tests.tools.postgres_log import lines_logged
 from tests.tools.translated_postgres import (
     ENGLISH,
@@ -107,10 +107,9 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
         assert "cancelled" in body["error"]["message"], body
         assert headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER), headers
         # The connection whose statement was cancelled is alive and serves the next read.
-        alive = await operator.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", cancelled
+        assert await backends(operator, pid=cancelled) == [cancelled], (
+            "the cancelled read's connection was ended"
         )
-        assert alive == 1, "the cancelled read's connection was ended"
     finally:
         await operator.close()
     status, _, body = await read_job(system)
