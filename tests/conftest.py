@@ -12,7 +12,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.embedded.scratch import sweep_stale
+from jobrunner.embedded.scratch import scratch_dir, sweep_stale
 from tests import servers
 from tests.freeze import thaw
 from tests.servers import PostgresCluster, delete_streams, nats_url, postgres_cluster
@@ -84,6 +84,14 @@ def nats_server_url() -> Iterator[str]:
 def pg_cluster() -> Iterator[PostgresCluster]:
     with postgres_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def compiled_locales() -> Iterator[Path]:
+    """Where the locales a test's Postgres speaks are compiled, once per run
+    (tests/tools/translated_postgres.py: about 1 s each)."""
+    with scratch_dir(f"{SCRATCH_PREFIX}locales-") as directory:
+        yield directory
 
 
 @pytest.fixture

@@ -117,11 +117,15 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 
 
 @asynccontextmanager
-async def own_postgres(prefix: str, **settings: str) -> AsyncIterator[EmbeddedPostgres]:
+async def own_postgres(
+    prefix: str, env: dict[str, str] | None = None, **settings: str
+) -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of the test's own, for a test that stops or kills it (never the shared one);
-    ``settings`` on top of the test servers' own."""
+    ``settings`` on top of the test servers' own; ``env`` its environment (None: ours)."""
     with scratch_dir(prefix) as root:
-        server = EmbeddedPostgres(root / "data", settings={**TEST_POSTGRES_SETTINGS, **settings})
+        server = EmbeddedPostgres(
+            root / "data", settings={**TEST_POSTGRES_SETTINGS, **settings}, env=env
+        )
         await asyncio.to_thread(server.start)
         try:
             yield server

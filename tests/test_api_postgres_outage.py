@@ -33,6 +33,7 @@ from tests.freeze import frozen
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
+from tests.tools.backend_activity import until_backends
 from tests.tools.postgres_processes import frozen_postgres
 
 # The API's read deadline and its health check's, short so the tests stay fast.
@@ -731,12 +732,12 @@ async def test_a_statement_cancelled_by_postgres_keeps_the_connection(settings: 
     canceller = await asyncpg.connect(settings.database_url)
     try:
         before = await pool.fetchval("SELECT pg_backend_pid()")
-        task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(5)"))
-        async with asyncio.timeout(5):
-            while not await canceller.fetchval(  # noqa: ASYNC110 (Postgres state)
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)'"
-            ):
-                await asyncio.sleep(0.02)
+        # Long, so that however late the look finds it the statement still runs: the cancel
+        # ends it (below the pool's 60 s, so that a cancel that did not fails as such).
+        task = asyncio.ensure_future(pool.fetchval("SELECT pg_sleep(50)"))
+        await until_backends(
+            canceller, query_like="SELECT pg_sleep(50)", active=True, unless_ended=task
+        )
         assert await canceller.fetchval("SELECT pg_cancel_backend($1)", before)
         with pytest.raises(asyncpg.QueryCanceledError):
             await task

@@ -1,31 +1,62 @@
 """A read of the API's that Postgres cancels (an operator's ``pg_cancel_backend``, a
 ``statement_timeout``): Postgres answered, it is not away. The client is told its read was
 cancelled (503 READ_CANCELLED or READ_STATEMENT_TIMEOUT, with Retry-After), never "cannot be
-reached" (READ_MODELS_UNAVAILABLE), and the pooled connection serves the next read."""
+reached" (READ_MODELS_UNAVAILABLE), and the pooled connection serves the next read. Which
+cancel it was is told alike on a server speaking English and on one speaking German (its
+messages translated: tests/tools/translated_postgres.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.logging import LogThrottle
+from jobrunner.common.postgresconnect import STATEMENT_TIMEOUT_MESSAGE
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import errors
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
-from tests.tools.backend_activity import until_backends
+from tests.tools.backend_activity import backends, until_backends
+from tests.tools.postgres_log import lines_logged
+from tests.tools.translated_postgres import (
+    ENGLISH,
+    ENGLISH_DIVISION_BY_ZERO,
+    GERMAN,
+    division_by_zero_message,
+    postgres_speaking,
+)
 
 
 @pytest.fixture
-async def system(settings: Settings, own_postgres: EmbeddedPostgres) -> AsyncIterator[System]:
-    settings = msgspec.structs.replace(settings, database_url=own_postgres.url)
+async def postgres(
+    request: pytest.FixtureRequest, compiled_locales: Path
+) -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres of the test's own, speaking English unless the test names another locale
+    (``IN_EITHER_LANGUAGE``)."""
+    locale = getattr(request, "param", ENGLISH)
+    async with postgres_speaking(locale, "jobrunner-test-own-pg-", compiled_locales) as server:
+        yield server
+
+
+# The test runs on a server speaking English and on one speaking German.
+IN_EITHER_LANGUAGE = pytest.mark.parametrize(
+    "postgres", [ENGLISH, GERMAN], indirect=True, ids=["english", "german"]
+)
+
+
+@pytest.fixture
+async def system(settings: Settings, postgres: EmbeddedPostgres) -> AsyncIterator[System]:
+    settings = msgspec.structs.replace(settings, database_url=postgres.url)
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
         yield running
@@ -42,17 +73,23 @@ async def read_job(system: System) -> tuple[int, dict[str, str], dict[str, Any]]
 JOB_READ_TEXT = f"%FROM {READ_SCHEMA}.jobs WHERE id = $1%"
 
 
+@IN_EITHER_LANGUAGE
 async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_pool_serves_on(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, postgres: EmbeddedPostgres
 ) -> None:
     """A read waits on a lock another session holds on the jobs' table; the operator cancels
-    it (pg_cancel_backend). Before the fix: 503 READ_MODELS_UNAVAILABLE, "cannot be reached
-    just now", with Postgres answering all along."""
-    # The API serves and its pool is warm: the read below goes straight to its statement.
-    status, _, body = await read_job(system)
-    assert status == 200, body
-    operator = await asyncpg.connect(own_postgres.url)
+    it (pg_cancel_backend) long before the database's statement_timeout (an hour). Before the
+    fix: 503 READ_MODELS_UNAVAILABLE, "cannot be reached just now", with Postgres answering all
+    along."""
+    operator = await asyncpg.connect(postgres.url)
+    pool = read_pool_of(system).pool
     try:
+        database = await operator.fetchval("SELECT current_database()")
+        await operator.execute(f"ALTER DATABASE \"{database}\" SET statement_timeout = '1h'")
+        await pool.expire_connections()  # the API's next connections take the database's setting
+        # The API serves and its pool is warm: the read below goes straight to its statement.
+        status, _, body = await read_job(system)
+        assert status == 200, body
         locker = operator.transaction()
         await locker.start()
         await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
@@ -70,33 +107,46 @@ async def test_a_read_cancelled_by_the_operator_is_told_as_cancelled_and_the_poo
         assert "cancelled" in body["error"]["message"], body
         assert headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER), headers
         # The connection whose statement was cancelled is alive and serves the next read.
-        alive = await operator.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", cancelled
+        assert await backends(operator, pid=cancelled) == [cancelled], (
+            "the cancelled read's connection was ended"
         )
-        assert alive == 1, "the cancelled read's connection was ended"
     finally:
         await operator.close()
     status, _, body = await read_job(system)
     assert status == 200, body
-    pool = read_pool_of(system).pool
     assert pool.get_idle_size() == pool.get_size()
 
 
+@IN_EITHER_LANGUAGE
 async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The database's statement_timeout (set by its operator, 300 ms here) ends a read that
     waits on a lock: 503 READ_STATEMENT_TIMEOUT, the read took too long; not "cannot be
-    reached". Before the fix: 503 READ_MODELS_UNAVAILABLE."""
-    operator = await asyncpg.connect(own_postgres.url)
+    reached". In German the log line says what it was told by: how long the read ran, and the
+    timeout. Before the fix: 503 READ_MODELS_UNAVAILABLE; before session 37, on the server
+    speaking German, 503 READ_CANCELLED (Postgres's message was read, in English only)."""
+    # A throttle of this test's own: another test's line in the last 10 s leaves none out.
+    monkeypatch.setattr(errors, "POSTGRES_CANCELLED_LOG", LogThrottle(errors.REFUSAL_LOG_INTERVAL))
+    operator = await asyncpg.connect(postgres.url)
     database = await operator.fetchval("SELECT current_database()")
+    german = await division_by_zero_message(postgres) != ENGLISH_DIVISION_BY_ZERO
     pool = read_pool_of(system).pool
     try:
         await operator.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
         await pool.expire_connections()  # the API's next connections take the database's setting
-        async with operator.transaction():
-            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
-            status, headers, body = await read_job(system)
+        with capture_logs() as logs:
+            async with operator.transaction():
+                await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
+                status, headers, body = await read_job(system)
+        [line] = [
+            line for line in logs if line["event"] == "a read's statement cancelled by Postgres"
+        ]
+        if german:
+            assert line["statement_timeout_seconds"] == pytest.approx(0.3), line
+            assert line["ran_seconds"] >= 0.29, line  # 0.3 s less the clocks' margin, rounded
+        else:  # Postgres's English message said it: no run recorded
+            assert "ran_seconds" not in line, line
         assert status == 503, body
         assert body["error"]["code"] == "READ_STATEMENT_TIMEOUT", body
         assert "statement_timeout" in body["error"]["message"], body
@@ -107,6 +157,41 @@ async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
         await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
         await operator.close()
         await pool.expire_connections()
+
+
+@pytest.mark.parametrize(
+    ("path", "table"),
+    [("/api/jobs", "jobs"), ("/api/jobs/before/logs", "log_lines")],
+    ids=["list", "log"],
+)
+async def test_a_fast_read_past_postgres_statement_timeout_runs_once(
+    system: System, postgres: EmbeddedPostgres, path: str, table: str
+) -> None:
+    """The list of jobs and a job's log (answered in front of Litestar, jobs_fastpath.py), their
+    table locked past the database's statement_timeout (300 ms): 503 READ_STATEMENT_TIMEOUT
+    after one statement cancelled, the client waiting the timeout once. Before: the fast path
+    handed the error over to Litestar, which ran the same read again, and Postgres cancelled
+    it twice."""
+    operator = await asyncpg.connect(postgres.url)
+    database = await operator.fetchval("SELECT current_database()")
+    pool = read_pool_of(system).pool
+    try:
+        await operator.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
+        await pool.expire_connections()  # the API's next connections take the database's setting
+        before = await lines_logged(postgres, operator, STATEMENT_TIMEOUT_MESSAGE)
+        async with operator.transaction():
+            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
+            async with system.client() as client:
+                response = await client.get(path)
+        cancelled = await lines_logged(postgres, operator, STATEMENT_TIMEOUT_MESSAGE) - before
+    finally:
+        await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+        await operator.close()
+        await pool.expire_connections()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "READ_STATEMENT_TIMEOUT", response.text
+    assert response.headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER)
+    assert cancelled == 1, "the read ran again after Postgres cancelled it"
 
 
 # A Postgres error of each transient SQLSTATE class, as a read meets it, and the API's answer:
@@ -124,14 +209,14 @@ TRANSIENT_ANSWERS = [
 
 
 async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_500(
-    system: System, own_postgres: EmbeddedPostgres
+    system: System, postgres: EmbeddedPostgres
 ) -> None:
     """The jobs' table is put behind a view whose function raises an error of each transient
     SQLSTATE class (an operator's intervention, a deadlock or serialization failure, resources
     short, a lock_timeout; Postgres raises them itself only under faults hard to stage): the
     list of jobs is answered 503 with a code naming it and Retry-After, and once the table is
     back, 200. Before the fix: 500 INTERNAL_ERROR for each."""
-    operator = await asyncpg.connect(own_postgres.url)
+    operator = await asyncpg.connect(postgres.url)
     pool = read_pool_of(system).pool
     answers: dict[str, tuple[int, str | None, str]] = {}
     try:

@@ -28,6 +28,7 @@ from jobrunner.embedded.postgres import EmbeddedPostgres, PostgresNotEnded
 from jobrunner.embedded.serverprocess import ServerProcess
 from tests.freeze import freeze
 from tests.tools import freezer_cgroup, pid_taking
+from tests.tools.backend_activity import until_backends
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,19 +36,13 @@ pytestmark = pytest.mark.timeout(120)
 LONG_STATEMENT = "SELECT count(*) FROM generate_series(1, 2000000000)"
 
 
-async def backend_running(url: str, statement: str) -> int:
-    """The pid of the backend running ``statement``, once it runs."""
+async def backend_running(url: str, statement: str, working: asyncio.Future[Any]) -> int:
+    """The pid of the backend running ``statement``, once it runs (fails at once if
+    ``working``, the statement's own future, ended first)."""
     conn = await asyncpg.connect(url)
     try:
-        async with asyncio.timeout(30):
-            while not (  # noqa: ASYNC110 (nothing to wait on but Postgres)
-                pid := await conn.fetchval(
-                    "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = $1",
-                    statement,
-                )
-            ):
-                await asyncio.sleep(0.01)
-        return int(pid)
+        [pid] = await until_backends(conn, query_like=statement, active=True, unless_ended=working)
+        return pid
     finally:
         await conn.close()
 
@@ -58,7 +53,7 @@ async def busy_backend(server: EmbeddedPostgres) -> AsyncIterator[int]:
     busy = await asyncpg.connect(server.url)
     working = asyncio.create_task(busy.fetchval(LONG_STATEMENT))
     try:
-        yield await backend_running(server.url, LONG_STATEMENT)
+        yield await backend_running(server.url, LONG_STATEMENT, working)
     finally:
         working.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -12,32 +12,35 @@ from typing import Any
 
 import asyncpg
 import pytest
-import uvloop
 from structlog.testing import capture_logs
 
 from jobrunner.common import postgreswatch
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.freeze import freeze, thaw
+from tests.tools.event_loops import LOOPS, run_on
 from tests.tools.postgres_processes import freeze_postgres
 from tests.tools.postgres_processes import thaw as thaw_postgres
-from tests.tools.reader_block import reader_block
+from tests.tools.reader_block import ReaderBlock, reader_block
 
 pytestmark = pytest.mark.timeout(120)
+
+# A bound on a broken test only, on each wait while something is frozen: past it the test fails
+# through its finally, which thaws what it froze; pytest-timeout (120 s, its thread method) would
+# end the worker without it, leaving Postgres or a backend stopped for the tests after.
+BROKEN_TEST_AFTER = 60
 
 
 def _never_gone() -> None:
     raise AssertionError("the probe found a healthy Postgres gone")
 
 
-async def test_a_healthy_postgres_asked_mid_probe_is_not_said_gone(settings: Settings) -> None:
-    """The probe asking all the time (every=0): asked whether Postgres is lost, at whatever
-    point of its probe, a healthy Postgres is not. It cancelled the probe mid-query, whose
-    clean-up ended its own connection: 'InterfaceError: connection is closed' about half the
-    time."""
+async def _asked_at_whatever_point_of_its_probe(database_url: str) -> list[str | None]:
+    """What ``lost`` says of a healthy Postgres, asked at 20 points of a probe asking all the
+    time (every=0), each with a watch of its own."""
     said = []
     for n in range(20):
-        watch = await postgreswatch.start(settings.database_url, _never_gone, every=0.0)
+        watch = await postgreswatch.start(database_url, _never_gone, every=0.0)
         try:
             # Let it probe (some rounds, then mid-query or between two): never timed.
             for _ in range(n):
@@ -46,7 +49,16 @@ async def test_a_healthy_postgres_asked_mid_probe_is_not_said_gone(settings: Set
             said.append(await watch.lost())
         finally:
             await watch.stop()
-    assert said == [None] * 20
+    return said
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_healthy_postgres_asked_mid_probe_is_not_said_gone(settings: Settings, loop: str) -> None:
+    """The probe asking all the time: asked whether Postgres is lost, at whatever point of its
+    probe, a healthy Postgres is not, on asyncio's loop (jobrunner replay) as on uvloop (the
+    projector's rebuild). It cancelled the probe mid-query, whose clean-up ended its own
+    connection: 'InterfaceError: connection is closed' about half the time."""
+    assert run_on(loop, _asked_at_whatever_point_of_its_probe(settings.database_url)) == [None] * 20
 
 
 async def test_a_probe_that_finds_postgres_gone_says_why_and_ends_its_connection(
@@ -73,116 +85,74 @@ async def test_a_probe_that_finds_postgres_gone_says_why_and_ends_its_connection
 BOUND = 0.5
 ROUNDS = 3
 
+# Where the event loop's block meets the probe's query: just before it goes out; or after, in a
+# callback the loop scheduled (call_soon), or inside an I/O callback (run in a poll: after it
+# uvloop runs its due timers, the bound's timeout among them, before it polls again).
+BEFORE_THE_SEND = "before-its-send"
+AFTER_IN_A_SCHEDULED_CALLBACK = "after-its-send-in-a-scheduled-callback"
+AFTER_IN_AN_IO_CALLBACK = "after-its-send-in-an-io-callback"
 
-def _loop_blocked_at_each_send(
-    conn: asyncpg.Connection, blocked: float, sent_first: bool
-) -> list[float]:
-    """Each query the probe's connection sends blocks the event loop for ``blocked`` seconds (a
-    long synchronous step of the work): just before it goes out, or (``sent_first``) at the
-    loop's next turn after it went out, once the probe waits for its answer, and then until
-    that answer waits in the socket, however loaded the machine. Returns the list the blocks
-    are counted in."""
-    transport = conn._transport
-    sock = transport.get_extra_info("socket")
-    send = transport.write
-    blocks: list[float] = []
 
-    def block() -> None:
-        time.sleep(blocked)
-        blocks.append(blocked)
+class _BlockingItsLoopAtEachExecute(asyncpg.Connection):  # type: ignore[misc]
+    """A connection each of whose ``execute``s (the probe's SELECT 1s), once
+    ``block_at_each_execute`` is called, blocks the event loop for ``blocked`` seconds (a long
+    synchronous step of the work) at ``where``. After the send the answer is held (the backend
+    frozen) until the block begins, so that it is read neither before the block nor in the poll
+    that runs an I/O callback's block; the block then lasts until the answer waits in the
+    socket, however loaded the machine. ``blocks`` counts the blocks."""
 
-    def block_until_answered() -> None:
-        block()
-        # A bound on a broken test only: past it the probe says no answer, failing the test.
-        select.select([sock], [], [], 60)
+    blocks: list[float]
+    _block_at_this_execute: Callable[[], None] = staticmethod(lambda: None)
 
-    def blocked_around_the_send(data: bytes) -> None:
-        if sent_first:
-            send(data)
-            asyncio.get_running_loop().call_soon(block_until_answered)
-        else:
+    def block_at_each_execute(self, blocked: float, where: str, reader: ReaderBlock) -> None:
+        backend = self.get_server_pid()
+        answers = self._transport.get_extra_info("socket")
+        self.blocks = []
+
+        def block() -> None:
+            time.sleep(blocked)
+            self.blocks.append(blocked)
+
+        def block_until_answered() -> None:
+            thaw(backend)
             block()
-            send(data)
+            # Bounded: past the bound the probe says no answer, failing the test.
+            select.select([answers], [], [], BROKEN_TEST_AFTER)
 
-    transport.write = blocked_around_the_send
-    return blocks
+        def hold_the_answer_for_a_block(schedule: Callable[[Callable[[], None]], object]) -> None:
+            freeze(backend)
+            schedule(block_until_answered)
 
-
-@pytest.mark.parametrize("sent_first", [False, True], ids=["before-its-send", "after-its-send"])
-@pytest.mark.parametrize("blocked", [BOUND * 0.8, BOUND * 1.25], ids=["shorter", "longer"])
-async def test_a_probe_whose_loop_blocked_around_its_query_is_answered(
-    settings: Settings, sent_first: bool, blocked: float
-) -> None:
-    """The command's event loop blocked (a long synchronous step of the work) just before the
-    probe's SELECT 1 goes out, or just after while Postgres answers it, for a little less or a
-    little more than the probe's bound: the answer is read, Postgres is not gone. Before, the
-    bound ran from before the query was sent: a block past it there was taken for no answer
-    (the flake of the test this one replaced, 1 run in 6 under -n 2); and with the timeout due
-    at the same turn as the answer, the answer was not read."""
-    watch = await postgreswatch.start(
-        settings.database_url, _never_gone, answer_within=BOUND, every=0.0
-    )
-    try:
-        blocks = _loop_blocked_at_each_send(watch._conn, blocked, sent_first)
-        while len(blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - the probe's state
-            await asyncio.sleep(0.01)
-        assert watch.gone is None
-        assert await watch.lost() is None  # the round in flight too
-    finally:
-        await watch.stop()
-
-
-# The event loops the probe runs on: asyncio's (jobrunner replay) and uvloop's (the projector's
-# rebuild, `jobrunner projector`). Each test below runs its own loop of the kind.
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-
-class _CallingBeforeEachSend(asyncpg.Connection):  # type: ignore[misc]
-    """A connection whose every query first calls ``before_send``, in the step that sends it."""
-
-    before_send: Callable[[], None] = staticmethod(lambda: None)
+        self._block_at_this_execute = {
+            BEFORE_THE_SEND: block,
+            AFTER_IN_A_SCHEDULED_CALLBACK: lambda: hold_the_answer_for_a_block(
+                asyncio.get_running_loop().call_soon
+            ),
+            AFTER_IN_AN_IO_CALLBACK: lambda: hold_the_answer_for_a_block(reader.at_next_poll),
+        }[where]
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
-        self.before_send()
+        # In the step that sends the query: asyncpg's execute() sends it before its first await.
+        self._block_at_this_execute()
         return await super().execute(query, *args, **kwargs)  # type: ignore[no-any-return]
 
 
-async def _probe_with_its_loop_blocked_at_each_send(
-    database_url: str, blocked: float, sent_first: bool
+async def _probe_with_its_loop_blocked_at_each_execute(
+    database_url: str, blocked: float, where: str
 ) -> tuple[str | None, str | None]:
     """The probe on the running loop, which each of its SELECT 1s blocks for ``blocked``
-    seconds: just before it goes out, or (``sent_first``) at the loop's next poll after it went
-    out, inside an I/O callback (the work's connection reading a big result, say), and then
-    until its answer waits in the socket, however loaded the machine. There the answer is held
-    (its backend frozen) until that callback runs: it cannot be read in the poll that runs it.
-    Returns what the watch found and what ``lost`` says after ``ROUNDS`` blocks."""
-    conn = await asyncpg.connect(database_url, connection_class=_CallingBeforeEachSend)
+    seconds at ``where``. What the watch found and what ``lost`` says after ``ROUNDS``
+    blocks."""
+    conn = await asyncpg.connect(database_url, connection_class=_BlockingItsLoopAtEachExecute)
     backend = conn.get_server_pid()
-    answers = conn._transport.get_extra_info("socket")
-    blocks: list[float] = []
-
-    def block() -> None:
-        time.sleep(blocked)
-        blocks.append(blocked)
-
-    def block_until_answered() -> None:
-        thaw(backend)
-        block()
-        # A bound on a broken test only: past it the probe says no answer, failing the test.
-        select.select([answers], [], [], 60)
-
     with reader_block() as reader:
-
-        def hold_the_answer_for_the_block() -> None:
-            freeze(backend)
-            reader.at_next_poll(block_until_answered)
-
-        conn.before_send = hold_the_answer_for_the_block if sent_first else block
+        conn.block_at_each_execute(blocked, where, reader)
         watch = postgreswatch.LivenessWatch(conn, _never_gone, answer_within=BOUND, every=0.0)
         try:
-            while len(blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
-                await asyncio.sleep(0.01)
-            return watch.gone, await watch.lost()  # the round in flight too
+            async with asyncio.timeout(BROKEN_TEST_AFTER):
+                while len(conn.blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
+                    await asyncio.sleep(0.01)
+                return watch.gone, await watch.lost()  # the round in flight too
         finally:
             await watch.stop()
             thaw(backend)
@@ -190,36 +160,45 @@ async def _probe_with_its_loop_blocked_at_each_send(
 
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize(
-    "sent_first", [False, True], ids=["before-its-send", "after-its-send-in-an-io-callback"]
+    "where", [BEFORE_THE_SEND, AFTER_IN_A_SCHEDULED_CALLBACK, AFTER_IN_AN_IO_CALLBACK]
 )
 @pytest.mark.parametrize("blocked", [BOUND * 0.8, BOUND * 1.25], ids=["shorter", "longer"])
 def test_a_probe_whose_loop_blocked_around_its_send_is_answered_on_either_loop(
-    settings: Settings, loop: str, sent_first: bool, blocked: float
+    settings: Settings, loop: str, where: str, blocked: float
 ) -> None:
-    """The event loop blocked just before the probe's SELECT 1 goes out, or inside an I/O
-    callback just after while Postgres answers it, for a little less or a little more than the
-    probe's bound: the answer is read, Postgres is not gone, on uvloop (the projector's rebuild)
-    as on asyncio's loop (jobrunner replay). Before, on uvloop, the block a little longer after
-    the send said a live Postgres gone ("no answer to a probe within 0.5 s"): libuv ran the
-    bound's timeout, and the turn the probe then gave the answer, before it read the answer."""
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        found, lost = runner.run(
-            _probe_with_its_loop_blocked_at_each_send(settings.database_url, blocked, sent_first)
-        )
+    """The event loop blocked (a long synchronous step of the work) just before the probe's
+    SELECT 1 goes out, or just after while Postgres answers it (in a callback the loop
+    scheduled, or inside an I/O callback), for a little less or a little more than the probe's
+    bound: the answer is read, Postgres is not gone, on uvloop (the projector's rebuild) as on
+    asyncio's loop (jobrunner replay). Before session 36 the bound ran from before the query was
+    sent: a block past it there was taken for no answer. Before session 37, on uvloop, the block
+    a little longer inside an I/O callback after the send said a live Postgres gone ("no answer
+    to a probe within 0.5 s"): libuv ran the bound's timeout, and the turn the probe then gave
+    the answer, before it read the answer."""
+    found, lost = run_on(
+        loop, _probe_with_its_loop_blocked_at_each_execute(settings.database_url, blocked, where)
+    )
     assert (found, lost) == (None, None)
 
 
-async def _probe_until_frozen_postgres_is_gone(server: EmbeddedPostgres) -> list[str | None]:
+async def _probe_until_frozen_postgres_is_gone(
+    server: EmbeddedPostgres,
+) -> list[tuple[str | None, bool]]:
     """The probe on the running loop, ``server`` frozen once it runs, until the probe calls
-    on_gone: what it had found then."""
-    found: list[str | None] = []
+    on_gone: what it had found then, and whether its connection was closed (before ``stop``
+    closes it)."""
+    found: list[tuple[str | None, bool]] = []
     watch = await postgreswatch.start(
-        server.url, lambda: found.append(watch.gone), answer_within=BOUND, every=0.0
+        server.url,
+        lambda: found.append((watch.gone, watch._conn.is_closed())),
+        answer_within=BOUND,
+        every=0.0,
     )
     frozen = freeze_postgres(server)
     try:
-        while not found:  # noqa: ASYNC110 - the probe's own state, no event
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(BROKEN_TEST_AFTER):
+            while not found:  # noqa: ASYNC110 - the probe's own state, no event
+                await asyncio.sleep(0.01)
     finally:
         await watch.stop()
         thaw_postgres(frozen)
@@ -228,11 +207,11 @@ async def _probe_until_frozen_postgres_is_gone(server: EmbeddedPostgres) -> list
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_frozen_postgres_is_said_gone(own_postgres: EmbeddedPostgres, loop: str) -> None:
-    """Postgres frozen (SIGSTOP) under a running probe: the probe says it gone, and why, on
-    uvloop as on asyncio's loop."""
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        found = runner.run(_probe_until_frozen_postgres_is_gone(own_postgres))
-    assert found == [f"no answer to a probe within {BOUND:g} s"]
+    """Postgres frozen (SIGSTOP) under a running probe: the probe says it gone, and why, and
+    has ended its connection (no round trip to a frozen server), on uvloop as on asyncio's
+    loop."""
+    found = run_on(loop, _probe_until_frozen_postgres_is_gone(own_postgres))
+    assert found == [(f"no answer to a probe within {BOUND:g} s", True)]
 
 
 async def _terminate_backend(database_url: str, pid: int) -> None:

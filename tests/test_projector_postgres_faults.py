@@ -69,8 +69,8 @@ async def flood(settings: Settings, label: str) -> asyncio.Task[int]:
     return asyncio.create_task(publish_all())
 
 
-async def stored_lines(url: str) -> list[tuple[str, int, int]]:
-    """Per job: lines stored, distinct sequence numbers, the highest one."""
+async def stored_lines(url: str) -> list[tuple[str, int, int, int]]:
+    """Per job: its id, lines stored, distinct sequence numbers, the highest one."""
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
@@ -277,17 +277,9 @@ async def test_review_link_cut_while_the_backend_waits_for_the_projector(
     await system.start_projector()
     try:
         publishing = await flood(settings, "j")
-        conn = await asyncpg.connect(server.url)
-        try:
-            while not await conn.fetchval(  # noqa: ASYNC110 (nothing to wait on but Postgres)
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND query ILIKE 'COPY%' AND pid <> pg_backend_pid()"
-            ):
-                await asyncio.sleep(0.005)
-            time.sleep(0.5)  # noqa: ASYNC251 the projector's loop paused: answers land in its kernel, acked
-            link.cut()
-        finally:
-            await conn.close()
+        await copy_in_flight(server.url)
+        time.sleep(0.5)  # noqa: ASYNC251 the projector's loop paused: answers land in its kernel, acked
+        link.cut()
         await asyncio.sleep(DEAD * 2)
         await asyncio.to_thread(link.heal)
         last = await publishing

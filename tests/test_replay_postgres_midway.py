@@ -32,6 +32,7 @@ from jobrunner.services.projector.feed import EventFeed
 from jobrunner.services.projector.replaylock import REPLAY_LOCK_LOST_EXIT
 from tests.history_support import job_events, logged_job, publish, reading_system, wait_projected
 from tests.system import System
+from tests.tools.backend_activity import until_backends
 from tests.tools.postgres_processes import TimedFreeze
 from tests.tools.rebuild_backends import BackendsTerminated, WaitingWriteCancelled
 from tests.tools.replay_in_process import replay_in_process
@@ -497,11 +498,10 @@ async def test_a_replay_frozen_mid_statement_leaves_no_backend_holding_its_lock_
         )
         watcher = await asyncpg.connect(private.database_url)
         try:
-            while not await watcher.fetchval(  # noqa: ASYNC110 - Postgres state
-                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE state = 'active' "
-                "AND query LIKE '%generate_series(1, 1e13%' AND pid <> pg_backend_pid())"
-            ):
-                await asyncio.sleep(0.05)
+            # Fails at once if the statement ended (failed) before it was seen running.
+            await until_backends(
+                watcher, query_like="%generate_series(1, 1e13%", active=True, unless_ended=statement
+            )
         finally:
             await watcher.close()
         frozen.freeze()

@@ -19,6 +19,7 @@ from jobrunner.services.api.context import read_pool
 from jobrunner.services.api.readpool import ReadPool
 from jobrunner.services.api.streamlookups import UNREADABLE, StreamLookups, StreamReadsAway
 from tests.tools.api_parts import serving_gate
+from tests.tools.backend_activity import until_backends
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,12 +78,7 @@ async def test_a_look_up_the_operator_cancels_is_a_read_failed_just_now(
     lookups = StreamLookups(pool, serving_gate(), BOUND, pause=PAUSE, away=away)
     backend = await lookups.fetchval("SELECT pg_backend_pid()")
     sleeping = asyncio.ensure_future(lookups.fetchval(SLEEP))
-    async with asyncio.timeout(30):  # a bound on a broken test only
-        while not await operator.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = $1", SLEEP
-        ):
-            assert not sleeping.done(), f"the look-up ended unasked: {sleeping.result()}"
-            await asyncio.sleep(0.02)
+    await until_backends(operator, query_like=SLEEP, unless_ended=sleeping)
     assert await operator.fetchval("SELECT pg_cancel_backend($1)", backend)
     with pytest.raises(UNREADABLE) as failure:
         await sleeping

@@ -76,14 +76,18 @@ async def create_pool(
     init: Callable[[asyncpg.Connection], Awaitable[None]] = init_connection,
     connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
     connect_timeout: float | None = None,
+    connection_class: type[asyncpg.Connection] | None = None,
     **settings: str,
 ) -> asyncpg.Pool:
     """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``);
     ``reset`` replaces asyncpg's reset of a released connection (``keep_session``); ``init``
     sets up each new connection (``init_connection`` or one that calls it); ``connect`` opens
     one (``asyncpg.connect`` when None, or ``connect_or_unreachable``), within
-    ``connect_timeout`` seconds (None: asyncpg's 60)."""
-    bound = {} if connect_timeout is None else {"timeout": connect_timeout}
+    ``connect_timeout`` seconds (None: asyncpg's 60), of ``connection_class`` (None: asyncpg's
+    own; ``timedconnection.TimedConnection``)."""
+    bound: dict[str, Any] = {} if connect_timeout is None else {"timeout": connect_timeout}
+    if connection_class is not None:
+        bound["connection_class"] = connection_class
     return await asyncpg.create_pool(
         url,
         min_size=min_size,

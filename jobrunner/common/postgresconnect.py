@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import msgspec
 
 from jobrunner.common import exitcodes
 from jobrunner.common.database import PostgresUnreachable
@@ -39,21 +40,86 @@ SESSION_ENDED_ERRORS: tuple[type[Exception], ...] = (
 # lives on: not "Postgres away", and the connection is kept.
 STATEMENT_CANCELLED_ERRORS: tuple[type[Exception], ...] = (asyncpg.QueryCanceledError,)
 
-# What Postgres says of a statement its statement_timeout cancelled; a pg_cancel_backend says
-# "canceling statement due to user request". The SQLSTATE is the same (57014), so the message
-# tells them apart: a server whose lc_messages is not English says neither, and its timeouts
-# are told as cancels.
+# What Postgres says, in English, of a statement its statement_timeout cancelled and of one an
+# operator cancelled (pg_cancel_backend, a database tool's "cancel"). Nothing else tells them
+# apart: both are raised in ProcessInterrupts (postgres.c) with the same SQLSTATE (57014) and
+# no detail or hint (a PL/pgSQL caller's CONTEXT is the same for both; the source line differs,
+# but by version and build). The message is translated to the session's lc_messages (a German
+# server says "storniere Anfrage wegen Zeitüberschreitung der Anfrage"), so the message decides
+# only where it is one of these.
 STATEMENT_TIMEOUT_MESSAGE = "canceling statement due to statement timeout"
+USER_REQUEST_MESSAGE = "canceling statement due to user request"
+
+
+class StatementRun(msgspec.Struct, frozen=True):
+    """What the caller knows of a statement Postgres cancelled: how long it ran by the caller's
+    own clock (from before it was sent until its error was read) and the session's
+    statement_timeout (seconds; 0: none; None: not known, as when asking failed)."""
+
+    seconds: float
+    statement_timeout: float | None
+
+    def reached_timeout(self) -> bool:
+        """Whether the statement ran as long as its session's statement_timeout allows, less
+        ``CLOCK_RATE_MARGIN`` and ``CLOCK_MARGIN_SECONDS``. Postgres starts the timer once the
+        statement has reached it and fires it no earlier than the timeout, but by its own wall
+        clock (timeout.c), so a statement its timeout cancelled has run about that long by the
+        caller's monotonic clock, the margin's worth short at worst; a cancel read sooner is an
+        operator's."""
+        timeout = self.statement_timeout
+        if timeout is None or timeout <= 0:
+            return False
+        return self.seconds >= timeout * (1 - CLOCK_RATE_MARGIN) - CLOCK_MARGIN_SECONDS
+
+
+# What Postgres's clock may gain on the API's over a statement: Postgres times the statement by
+# its wall clock, which NTP slews by up to 500 ppm (a 300 s timeout fires 150 ms early by the
+# API's monotonic clock, often on another host), doubled; and a step's rounding. An operator's
+# cancel that close to the timeout cannot be told from it anyway.
+CLOCK_RATE_MARGIN = 1e-3
+CLOCK_MARGIN_SECONDS = 0.002
+
+
+# Where a connection that times its statements (timedconnection.py) leaves the StatementRun on
+# the QueryCanceledError it raises: the API's error handlers get the exception alone.
+_RUN_ATTRIBUTE = "_statement_run_of_jobrunner"  # a "jobrunner_" name reads as a metric
+
+
+def record_run(exc: BaseException, run: StatementRun) -> None:
+    setattr(exc, _RUN_ATTRIBUTE, run)
+
+
+def run_of(exc: BaseException) -> StatementRun | None:
+    run = getattr(exc, _RUN_ATTRIBUTE, None)
+    return run if isinstance(run, StatementRun) else None
+
+
+def said_timed_out(exc: BaseException) -> bool | None:
+    """What Postgres's own (English) message says of a cancelled statement ``exc``: True, its
+    statement_timeout; False, an operator's cancel; None, it says neither (another language's
+    message, or not a QueryCanceledError)."""
+    if not isinstance(exc, asyncpg.QueryCanceledError) or not exc.args:
+        return None
+    # Postgres's message alone: str() adds its DETAIL and HINT.
+    message = str(exc.args[0])
+    if message.startswith(STATEMENT_TIMEOUT_MESSAGE):
+        return True
+    if message.startswith(USER_REQUEST_MESSAGE):
+        return False
+    return None
 
 
 def statement_timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` is a statement cancelled at its statement_timeout (not an operator's)."""
-    # Postgres's message alone: str() adds its DETAIL and HINT.
-    return (
-        isinstance(exc, asyncpg.QueryCanceledError)
-        and bool(exc.args)
-        and str(exc.args[0]).startswith(STATEMENT_TIMEOUT_MESSAGE)
-    )
+    """Whether ``exc`` is a statement cancelled at its statement_timeout (not an operator's), on
+    a server of any language. Postgres's English message decides when it says one; otherwise
+    (lc_messages another language) the statement's run recorded on ``exc`` does: it ran at
+    least its session's statement_timeout. Not known how long it ran, or under which timeout:
+    an operator's cancel, the answer that blames no setting (as before session 37)."""
+    said = said_timed_out(exc)
+    if said is not None:
+        return said
+    run = run_of(exc)
+    return isinstance(exc, asyncpg.QueryCanceledError) and run is not None and run.reached_timeout()
 
 
 # Errors of a statement that Postgres answered and that the same statement may not meet a
@@ -249,7 +315,9 @@ def went_away(
 
 
 # A statement of a command's work cancelled in Postgres: its sessions set no
-# statement_timeout, so an operator did it (pg_cancel_backend, a database tool's "cancel").
+# statement_timeout (0 at connect, postgreswatch.WORK_SESSION_SETTINGS, which wins over a
+# database's or a role's), so an operator did it (pg_cancel_backend, a database tool's
+# "cancel"), whatever the message says and in whichever language.
 # Not EX_TEMPFAIL (75): a script that runs the command again on that must not overrule them.
 STATEMENT_CANCELLED_EXIT = 5
 

@@ -33,10 +33,18 @@ log = structlog.get_logger()
 # this is the probe's own default.
 ANSWER_WITHIN = CHECK_CONNECT_SECONDS
 PROBE_EVERY = 1.0
-# The wait after the bound ran out, for one poll of the loop's sockets (``LivenessWatch._ask``):
-# the shortest timer on uvloop, which counts in whole milliseconds and runs a shorter delay as a
-# call_soon, queued ahead of what its next poll reads.
-ONE_POLL = 0.001
+# The delay after the bound ran out, which ends only after one poll of the loop's sockets
+# (``LivenessWatch._ask``): a delay, no allowance for Postgres. The shortest timer on uvloop,
+# which counts in whole milliseconds and runs a shorter delay as a call_soon, queued ahead of what
+# its next poll reads. Why a timer waits out a poll: asyncio's loop runs due timers after the
+# poll's callbacks; libuv (1.52, in uvloop 0.23) runs them at the end of each pass, after the
+# poll's callbacks too, so a timer armed now fires behind the next poll on both loops. An answer
+# read in that poll must then complete the query before the probe looks again: it does because
+# asyncpg's execute() (no arguments: the simple protocol) is a single await on its protocol's
+# future, so the query's task needs one step, queued ahead of the probe's. The uvloop case of
+# tests/test_postgres_watch.py (a block inside an I/O callback just after the send, 1.25 times
+# the bound) pins it: a chain of several steps there would say a live Postgres gone.
+AFTER_ONE_POLL = 0.001
 # The sessions of a long work (its pool's, its lock holder's, its probe's): no statement
 # timeout, whatever the server's default, as the design says: a COPY or index build may rightly
 # take minutes, and the probe, not a timeout, tells a frozen Postgres. (A statement cancelled is
@@ -130,9 +138,9 @@ class LivenessWatch:
                 # (sleep(0)) runs ahead of what the next poll reads. A timer armed now fires
                 # only after the loop's next poll, on both loops (asyncio polls before it runs
                 # due timers): this wait ends behind the answer's callbacks, and the answer
-                # completes the query in one step. ONE_POLL is no allowance for Postgres, only
-                # the shortest delay both loops keep as a timer.
-                await asyncio.wait({query}, timeout=ONE_POLL)
+                # completes the query in one step. AFTER_ONE_POLL is no allowance for Postgres,
+                # only the shortest delay both loops keep as a timer.
+                await asyncio.wait({query}, timeout=AFTER_ONE_POLL)
         finally:
             if not query.done():
                 # Terminated, not cancelled: asyncpg's cancel of a query sends its

@@ -125,7 +125,9 @@ class EmbeddedPostgres(ServerProcess):
         port: int = 0,
         database: str = "jobrunner",
         settings: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env``: the server's environment (None: this process's)."""
         self.data_dir = data_dir
         self.port = port or free_port()
         self.database = database
@@ -154,6 +156,7 @@ class EmbeddedPostgres(ServerProcess):
             stop_signal=signal.SIGINT,
             user=self.user,
             port_flag=None if port else "-p",
+            env=env,
         )
 
     @property

@@ -102,8 +102,10 @@ class ServerProcess:
         stop_signal: int = signal.SIGTERM,
         user: str | None = None,
         port_flag: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.env = env
         self.argv = list(argv)
         self.log_file = log_file
         self.ready_text = ready_text
@@ -137,9 +139,10 @@ class ServerProcess:
         # preexec_fn runs after it). The kernel sends it when the *thread* that started the
         # server ends: the main thread, or an event loop's worker thread, which lives as long
         # as its loop.
-        argv, die_with_us = deathsignal.launch(self.argv, None, None)
+        argv, die_with_us = deathsignal.launch(self.argv, None, self.env)
         self.proc = subprocess.Popen(
             argv,
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -21,12 +21,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import free_port
+from tests.faults.harness_faults import HarnessFault, HarnessFaults
 from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
 from tests.faults.toolrecord import ToolJob
 from tests.freeze import freeze, thaw
@@ -50,11 +52,6 @@ class AlreadyRunning(RuntimeError):
     it (an API for its port, a runner for its state directory)."""
 
 
-class RestartFailed(RuntimeError):
-    """The watchdog's restart of a service failed by a fault of this harness (not the service
-    failing to start, which the watchdog counts and tries again)."""
-
-
 def clusters_among(values: Iterable[object]) -> list[FaultCluster]:
     """The fault clusters among ``values`` (a test's fixture values: its own clusters, not
     those of other tests alive in the same process), also one held in a fixture's tuple or
@@ -72,14 +69,33 @@ def clusters_among(values: Iterable[object]) -> list[FaultCluster]:
     return found
 
 
-def raise_harness_faults(clusters: Iterable[FaultCluster]) -> None:
-    """Raise what went wrong in the harness of ``clusters`` and was not yet told to a test
-    (``take_harness_faults``): the one fault itself, several as one ExceptionGroup."""
-    faults = [fault for cluster in clusters for fault in cluster.take_harness_faults()]
+DURING_THE_TEST = "the fault harness went wrong during this test"
+
+
+def raise_harness_faults(faults: list[Exception], what: str = DURING_THE_TEST) -> None:
+    """Raise ``faults``: the one fault itself, several as one ExceptionGroup saying ``what``."""
     if len(faults) == 1:
         raise faults[0]
     if faults:
-        raise ExceptionGroup("the fault harness went wrong during this test", faults)
+        raise ExceptionGroup(what, faults)
+
+
+def cluster_faults_fail_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The body of the faults' and multinode's autouse fixture of that name: a test during
+    which the harness of its clusters went wrong (a failed watchdog restart, an API moved off
+    a port another program took) fails at its end ("ERROR at teardown"), naming it: its
+    requests may have reached no API, or another program's. Only its own clusters' faults, and
+    of a shared one (its fixture set up before the test) only those that happened while this
+    test ran (harness_faults.py): an earlier test's are not this test's."""
+    assert isinstance(request.node, pytest.Function)
+    test = request.node.nodeid
+    # The fixtures wider than the test are set up before it (pytest sets up the wider scopes
+    # first): the clusters among them now are shared with other tests.
+    for cluster in clusters_among(request.node.funcargs.values()):
+        cluster.test_began(test)
+    yield
+    clusters = clusters_among(request.node.funcargs.values())
+    raise_harness_faults([fault for cluster in clusters for fault in cluster.test_ended(test)])
 
 
 # Each test takes a lock of its own, so a job a failing test left behind cannot hold up the next.
@@ -159,14 +175,12 @@ class FaultCluster:
         # restart on its old port another test's server may hold that port, and only the name
         # tells our API from it.
         self.api_addresses: dict[str, ApiAddress] = {}
-        # Set when a start found another program on an API's port (and moved the API to a free
-        # port): the next client() or the stop raises it, so that the test whose requests went
-        # to that program fails saying so (a test's start_service says it at once).
-        self.lost_port: str | None = None
-        # What went wrong in a watchdog's restart of an API other than the API failing to start
-        # (a fault of this harness): logged, and raised at the end of the test it happened in
-        # (take_harness_faults, by the conftests' fixture), or at the cluster's stop.
-        self.restart_errors: list[RestartFailed] = []
+        # What went wrong in this harness: a watchdog's restart that failed other than by the
+        # service failing to start, an API moved off a port another program took (the test's
+        # next client() raises it: its requests went to that program; a test's start_service
+        # says it at once). Raised at the end of the test it happened during (the conftests'
+        # harness_faults_fail_their_test), or at the cluster's stop.
+        self.harness_faults = HarnessFaults()
         self.services: dict[str, Service] = {}
         self._runner_count = runners
         self._watchdog: asyncio.Task[None] | None = None
@@ -235,7 +249,7 @@ class FaultCluster:
         )
         await self._start("api", 60.0)
         # No test has an address of the API yet: one moved off a taken port starts quietly.
-        self.lost_port = None
+        self.harness_faults.forget_moves()
         self.keep_running()
 
     def keep_running(self) -> None:
@@ -264,16 +278,17 @@ class FaultCluster:
             restart.cancel()
             await asyncio.gather(restart, return_exceptions=True)
             self.services[name].kill()  # the process it started: this start starts its own
-        lost = await self._start(name, timeout)
-        if lost is not None:
-            self.lost_port = None  # told here and now
-            raise NotOurApi(lost)
+        moved = await self._start(name, timeout)
+        if moved is not None:
+            self.harness_faults.forget(moved)  # told here and now
+            raise moved.first
 
-    async def _start(self, name: str, timeout: float) -> str | None:
-        """Spawn and wait_started; what answered on an API's port when it had to move (None: it
-        did not). From the move on, ``lost_port`` says it (and a failure to start on the new
-        port carries it as a note). A service whose process still runs is not spawned again
-        (AlreadyRunning): two would fight over its port or state directory."""
+    async def _start(self, name: str, timeout: float) -> HarnessFault | None:
+        """Spawn and wait_started; the move of an API off its port when another program
+        answered there (None: it did not), kept in ``harness_faults`` from then on (and a
+        failure to start on the new port carries it as a note). A service whose process still
+        runs is not spawned again (AlreadyRunning): two would fight over its port or state
+        directory."""
         async with self._starting.setdefault(name, asyncio.Lock()):
             service = self.services[name]
             if service.alive:
@@ -291,14 +306,15 @@ class FaultCluster:
             except NotOurApi as taken:
                 service.kill()
                 new = self._move_api(name)
-                self.lost_port = lost = f"{taken}; the cluster moved {name} to port {new}"
+                lost = f"{taken}; the cluster moved {name} to port {new}"
+                moved = self.harness_faults.api_moved(lost)
                 service.spawn()
                 try:
                     await self.wait_started(name, 0, timeout)
                 except (AssertionError, TimeoutError) as failed:
                     failed.add_note(lost)
                     raise
-                return lost
+                return moved
 
     async def wait_started(self, name: str, seen: int = 0, timeout: float = 60.0) -> None:
         """Until service ``name`` says it started (its ready line logged more than ``seen``
@@ -369,7 +385,7 @@ class FaultCluster:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _restart_api(self, name: str) -> None:
-        # A port it had to leave is in lost_port already (_start): the test is told there.
+        # A port it had to leave is in harness_faults already (_start): the test is told there.
         try:
             await self._start(name, 60.0)
         except (AssertionError, TimeoutError):
@@ -379,7 +395,7 @@ class FaultCluster:
 
     def _respawn(self, name: str) -> None:
         """The watchdog's restart of a service other than an API: its failure is told to the
-        test (``restart_errors``) instead of ending the watchdog, and with it every later
+        test (``harness_faults``) instead of ending the watchdog, and with it every later
         restart."""
         try:
             self.services[name].spawn()
@@ -388,26 +404,49 @@ class FaultCluster:
 
     def _restart_failed(self, name: str, error: Exception) -> None:
         logging.getLogger(__name__).exception("the watchdog's restart of %s failed", name)
-        failed = RestartFailed(f"the watchdog's restart of {name} failed: {error!r}")
-        failed.__cause__ = error
-        self.restart_errors.append(failed)
+        self.harness_faults.restart_failed(name, error, self.services[name].proc)
 
     def take_harness_faults(self) -> list[Exception]:
-        """What went wrong in this harness since the last call and not yet told to a test: a
-        restart that failed, an API moved off a port another program took; each told once."""
-        faults: list[Exception] = list(self.restart_errors)
-        self.restart_errors.clear()
-        if self.lost_port is not None:
-            lost, self.lost_port = self.lost_port, None
-            faults.append(NotOurApi(lost))
-        return faults
+        """What went wrong in this harness and was not yet told: a restart that failed (once
+        per service, exception type and test, counted), an API moved off a port another
+        program took; each told once."""
+        return self.harness_faults.take_all()
+
+    def test_began(self, test: str) -> None:
+        """``test`` runs on this cluster, which is shared with other tests (harness_faults.py)."""
+        down = {
+            name: service.proc
+            for name, service in self.services.items()
+            if service.wanted and not service.alive
+        }
+        self.harness_faults.test_began(test, down)
+
+    def test_ended(self, test: str) -> list[Exception]:
+        """The harness faults that happened during ``test``, to raise at its end."""
+        return self.harness_faults.test_ended(test)
 
     def _raise_lost_port(self) -> None:
-        if self.lost_port is not None:
-            lost, self.lost_port = self.lost_port, None
-            raise NotOurApi(lost)
+        moved = self.harness_faults.take_move()
+        if moved is not None:
+            raise moved
 
     async def stop(self) -> None:
+        try:
+            await self._stop_everything()
+        except BaseException as stopping:
+            # A stop cut short (a service's stop failed, the teardown cancelled) is the last
+            # place a shared cluster's left-over faults are told: they ride on its error.
+            for fault in self.take_harness_faults():
+                notes = "".join(f"; {note}" for note in getattr(fault, "__notes__", ()))
+                stopping.add_note(f"also not yet told: {fault!r}{notes}")
+            raise
+        # Not yet told to a test: of a shared cluster, what none of its tests ran for.
+        left_over = "the fault harness of this shared cluster went wrong outside its tests"
+        raise_harness_faults(
+            self.take_harness_faults(), left_over if self.harness_faults.shared else DURING_THE_TEST
+        )
+
+    async def _stop_everything(self) -> None:
         try:
             if self._watchdog is not None:
                 self._watchdog.cancel()
@@ -426,7 +465,6 @@ class FaultCluster:
             self.resume_nats()
             await asyncio.to_thread(self.nats.stop)
             await asyncio.to_thread(self.postgres.stop)
-        raise_harness_faults([self])  # not yet told to a test
 
     # --- faults
     def pause_nats(self) -> None:

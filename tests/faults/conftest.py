@@ -12,8 +12,7 @@ import pytest
 from tests.faults.cluster import (
     SHORT_TTL,
     FaultCluster,
-    clusters_among,
-    raise_harness_faults,
+    cluster_faults_fail_their_test,
     running_cluster,
 )
 
@@ -38,11 +37,7 @@ async def short_ttl_cluster() -> AsyncIterator[FaultCluster]:
 
 @pytest.fixture(autouse=True)
 def harness_faults_fail_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test in which the harness went wrong (the watchdog's restart of a service failed, or an
-    API had to move off a port another program took) fails at its end ("ERROR at teardown"),
-    naming it: its requests may have reached no API, or another program's, and the next test
-    is not to be blamed. Only the test's own clusters are asked: another test's fault is not
-    this test's."""
-    yield
-    assert isinstance(request.node, pytest.Function)
-    raise_harness_faults(clusters_among(request.node.funcargs.values()))
+    """A test during which the harness of its own clusters went wrong fails at its end ("ERROR
+    at teardown"), naming it; of a cluster shared with other tests, only what happened while it
+    ran (tests/faults/cluster.py)."""
+    yield from cluster_faults_fail_their_test(request)

@@ -24,11 +24,11 @@ from tests.faults.cluster import (
     SHORT_TTL,
     AlreadyRunning,
     FaultCluster,
-    RestartFailed,
     clusters_among,
     in_thread,
     raise_harness_faults,
 )
+from tests.faults.harness_faults import KEPT, HarnessFaults, HarnessFaultsNotKept, RestartFailed
 from tests.system import System
 from tests.tools.api_address import ApiAddress, NotOurApi
 from tests.tools.stranger_server import stranger_on
@@ -212,7 +212,7 @@ async def _restart_failed_for_want_of_its_log(cluster: FaultCluster, name: str) 
     service.log_file = cluster.root / "no-such-folder" / f"{name}.log"
     _crashed(cluster, name)
     async with asyncio.timeout(60):
-        while not cluster.restart_errors:  # noqa: ASYNC110 - a list the watchdog fills
+        while not cluster.harness_faults.failed_restarts(name):  # noqa: ASYNC110 - the watchdog's
             await asyncio.sleep(0.05)
     service.wanted = False
     return cluster.take_harness_faults()
@@ -257,18 +257,191 @@ async def test_a_failed_watchdog_restart_of_a_service_is_told_and_the_watchdog_g
     ), faults[0]
 
 
+async def test_a_service_that_cannot_be_restarted_is_told_once_counting_its_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The watchdog's restart of a crashed projector fails round after round (its log cannot be
+    opened): the cluster hands over one fault, "failed N times" with the first error, not one a
+    round (a test's teardown showed dozens)."""
+    async with api_only_cluster() as cluster:
+        projector = cluster.add_service("projector", "projector")
+        projector.spawn()
+        cluster.keep_running()
+        projector.log_file = cluster.root / "no-such-folder" / "projector.log"
+        _crashed(cluster, "projector")
+        async with asyncio.timeout(60):
+            while projector.crashes < 4:  # noqa: ASYNC110 - the watchdog's rounds: 3 restarts
+                await asyncio.sleep(0.05)
+        projector.wanted = False
+        faults = cluster.take_harness_faults()
+    failed = [
+        r for r in caplog.records if r.getMessage() == "the watchdog's restart of projector failed"
+    ]
+    assert len(failed) >= 3, failed
+    assert len(faults) == 1, faults
+    assert str(faults[0]).startswith(
+        f"the watchdog's restart of projector failed {len(failed)} times: FileNotFoundError("
+    ), faults[0]
+    assert isinstance(faults[0].__cause__, FileNotFoundError)
+
+
+def test_harness_faults_are_kept_at_most_a_bound_the_rest_counted() -> None:
+    """Failed restarts of ever new causes: at most KEPT are kept, and the rest are told as a
+    count of faults and of their failures, so a test's teardown shows a bounded list."""
+    faults = HarnessFaults()
+    for n in range(KEPT + 5):
+        cause = type(f"Cause{n}", (OSError,), {})
+        for _ in range(3):
+            faults.restart_failed("runner-1", cause(n), None)
+    told = faults.take_all()
+    assert len(told) == KEPT + 1, told
+    assert str(told[0]) == "the watchdog's restart of runner-1 failed 3 times: Cause0(0)"
+    assert isinstance(told[-1], HarnessFaultsNotKept), told[-1]
+    assert str(told[-1]) == (
+        f"5 more faults (15 failures) were not kept: at most {KEPT} failed restarts (services "
+        "and causes) are, per test and left over"
+    )
+    assert faults.take_all() == []
+
+
+def _causes(count: int) -> list[OSError]:
+    return [type(f"Cause{n}", (OSError,), {})(n) for n in range(count)]
+
+
+def test_a_tests_own_failed_restart_is_shown_however_many_were_left_over_before_it() -> None:
+    """A shared cluster with more left-over failed restarts than are kept: a later test's own
+    failed restart is still told to it in full, not only counted."""
+    faults = HarnessFaults()
+    faults.test_began("first", {})
+    assert faults.test_ended("first") == []
+    for cause in _causes(KEPT + 2):
+        faults.restart_failed("runner-1", cause, None)
+    faults.test_began("second", {})
+    faults.restart_failed("runner-2", OSError("its own"), None)
+    [own] = faults.test_ended("second")
+    assert str(own) == "the watchdog's restart of runner-2 failed: OSError('its own')", own
+    left = faults.take_all()
+    assert len(left) == KEPT + 1, left
+    assert str(left[-1]).startswith("2 more faults (2 failures) were not kept"), left[-1]
+
+
+def test_a_moved_api_is_told_however_many_restarts_failed_and_never_counted_as_not_kept() -> None:
+    """The test's failed restarts fill the kept: an API moved during it still reaches its next
+    request; a move told on the spot (its start raised it) is not counted as not kept."""
+    faults = HarnessFaults()
+    for cause in _causes(KEPT):
+        faults.restart_failed("runner-1", cause, None)
+    faults.forget(faults.api_moved("port 9 is not our API's; the cluster moved api to port 10"))
+    faults.api_moved("port 10 is not our API's; the cluster moved api to port 11")
+    moved = faults.take_move()
+    assert str(moved) == "port 10 is not our API's; the cluster moved api to port 11", moved
+    told = faults.take_all()
+    assert len(told) == KEPT, told
+    assert not any(isinstance(fault, HarnessFaultsNotKept) for fault in told), told
+
+
+def test_failed_restarts_left_over_for_different_reasons_are_told_apart() -> None:
+    """A service down since before a test began whose restart failed, then failed again
+    between tests: two faults, each with its own reason, not one counted under the first's."""
+    faults = HarnessFaults()
+    last_process = object()
+    faults.test_began("first", {"runner-1": last_process})
+    faults.restart_failed("runner-1", OSError(), last_process)
+    assert faults.test_ended("first") == []
+    faults.restart_failed("runner-1", OSError(), last_process)
+    down, between = faults.take_all()
+    assert down.__notes__[0].startswith("left over: runner-1 was down already"), down
+    assert between.__notes__[0].startswith("left over: it happened while none of"), between
+
+
+def test_a_fault_of_a_test_that_did_not_end_normally_is_left_over() -> None:
+    """A test's teardown never asked for its faults (its end did not run): the next test is
+    not told them, and the cluster's stop tells them as left over, naming that test."""
+    faults = HarnessFaults()
+    faults.test_began("first", {})
+    faults.restart_failed("runner-1", OSError(), None)
+    faults.test_began("second", {})
+    assert faults.test_ended("second") == []
+    [left] = faults.take_all()
+    assert left.__notes__ == [
+        "left over: it happened during first, which did not end normally (its teardown never "
+        "told it)"
+    ], left
+
+
+def test_an_api_moved_between_a_shared_clusters_tests_is_left_over_not_the_next_ones() -> None:
+    """A shared cluster's API moved off a taken port while none of its tests ran: the next
+    test's requests are not failed for it (the clients follow the move at once), and the
+    cluster's stop tells it, saying it is left over; one moved during a test is that test's."""
+    faults = HarnessFaults()
+    faults.test_began("first", {})
+    assert faults.test_ended("first") == []
+    faults.api_moved("port 9 is not our API's; the cluster moved api to port 10")
+    faults.test_began("second", {})
+    assert faults.take_move() is None
+    faults.api_moved("port 10 is not our API's; the cluster moved api to port 11")
+    during = faults.take_move()
+    assert faults.test_ended("second") == []
+    [left] = faults.take_all()
+    assert str(during) == "port 10 is not our API's; the cluster moved api to port 11"
+    assert isinstance(left, NotOurApi)
+    assert str(left) == "port 9 is not our API's; the cluster moved api to port 10"
+    assert left.__notes__[0].startswith("left over: it happened while none of this shared"), left
+
+
+def test_a_restart_failed_as_a_shared_cluster_was_set_up_is_left_over() -> None:
+    """The watchdog's restart failed while the fixture set the shared cluster up: its first
+    test does not fail for it, and the cluster's stop tells it, saying it is left over."""
+    faults = HarnessFaults()
+    faults.restart_failed("runner-1", OSError(), None)
+    faults.test_began("first", {})
+    assert faults.test_ended("first") == []
+    [left] = faults.take_all()
+    assert str(left) == "the watchdog's restart of runner-1 failed: OSError()"
+    assert left.__notes__ == [
+        "left over: it happened before this shared cluster's first test began"
+    ], left
+
+
+async def test_a_left_over_fault_is_told_on_the_error_of_a_stop_that_failed() -> None:
+    """A shared cluster's stop is the only place its left-over faults are told: a service's
+    stop failing there still tells them, as notes on the stop's error, not dropped."""
+    with scratch_dir("jobrunner-test-faults-stop-failed-") as root:
+        cluster = FaultCluster(root, SHORT_TTL)
+        await in_thread(cluster.nats.start)
+        await in_thread(cluster.postgres.start)
+        api = cluster.add_service("api", "api")
+        cluster.harness_faults.test_began("first", {})
+        assert cluster.test_ended("first") == []
+        cluster.harness_faults.restart_failed("runner-1", OSError("no log"), None)
+
+        def stop_failing(timeout: float = 30.0) -> None:
+            raise OSError("the api's stop failed")
+
+        api.stop = stop_failing  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="the api's stop failed") as stopping:
+            await cluster.stop()
+    assert cluster.nats.proc is None or cluster.nats.proc.poll() is not None
+    [told] = stopping.value.__notes__
+    assert told.startswith(
+        "also not yet told: RestartFailed(\"the watchdog's restart of runner-1 failed: "
+        "OSError('no log')\"); left over: it happened while none of this shared cluster's"
+    ), told
+    assert cluster.take_harness_faults() == []
+
+
 def test_harness_faults_not_yet_told_are_raised_together_naming_each_once() -> None:
     """A cluster carrying a failed restart and an API moved off a taken port: both are raised
     at the test's end in one group, each named; asked again, nothing is left to raise."""
     with scratch_dir("jobrunner-test-faults-told-") as root:
         cluster = FaultCluster(root, SHORT_TTL)
-        cluster.restart_errors.append(
-            RestartFailed("the watchdog's restart of runner-1 failed: OSError()")
+        cluster.harness_faults.restart_failed("runner-1", OSError(), None)
+        cluster.harness_faults.api_moved(
+            "port 9 is not our API's; the cluster moved api to port 10"
         )
-        cluster.lost_port = "port 9 is not our API's; the cluster moved api to port 10"
         with pytest.raises(ExceptionGroup) as raised:
-            raise_harness_faults([cluster])
-        raise_harness_faults([cluster])  # told once: nothing now
+            raise_harness_faults(cluster.take_harness_faults())
+        raise_harness_faults(cluster.take_harness_faults())  # told once: nothing now
     assert raised.value.message == "the fault harness went wrong during this test"
     told = [str(fault) for fault in raised.value.exceptions]
     assert told == [

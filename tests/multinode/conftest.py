@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import NodeCluster, running_node_cluster
-from tests.faults.cluster import clusters_among, raise_harness_faults
+from tests.faults.cluster import cluster_faults_fail_their_test
 
 HERE = Path(__file__).parent
 
@@ -45,8 +45,7 @@ async def node_cluster() -> AsyncIterator[NodeCluster]:
 
 @pytest.fixture(autouse=True)
 def harness_faults_fail_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    """As in tests/faults: a test in which the harness of its own cluster went wrong (a failed
-    restart, an API moved off a taken port) fails at its end ("ERROR at teardown"), naming it."""
-    yield
-    assert isinstance(request.node, pytest.Function)
-    raise_harness_faults(clusters_among(request.node.funcargs.values()))
+    """A test during which the harness of its own clusters went wrong fails at its end ("ERROR
+    at teardown"), naming it; of a cluster shared with other tests, only what happened while it
+    ran (tests/faults/cluster.py)."""
+    yield from cluster_faults_fail_their_test(request)

@@ -67,3 +67,13 @@ async def until_backends(
                 )
             await asyncio.sleep(0.02)  # Postgres's state: nothing to wait on
     return pids
+
+
+async def until_no_backends(
+    conn: asyncpg.Connection, *, timeout: float = 60.0, **criteria: Any
+) -> None:
+    """Until no backend matches ``criteria`` (``backends``' keywords): a query gone, a wait
+    ended."""
+    async with asyncio.timeout(timeout):  # a bound on a broken test only
+        while await backends(conn, **criteria):  # noqa: ASYNC110 - Postgres's state
+            await asyncio.sleep(0.02)  # Postgres's state: nothing to wait on

@@ -22,7 +22,10 @@ class ReaderBlock:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ours, self._theirs = socket.socketpair()
+        # Both ends non-blocking: a send never holds up the loop. The pair never fills (one byte
+        # a step, all read at the next poll); were it to, the send would raise, not hang.
         self._ours.setblocking(False)
+        self._theirs.setblocking(False)
         self._steps: deque[Callable[[], None]] = deque()
         self._loop.add_reader(self._ours, self._run_steps)
 

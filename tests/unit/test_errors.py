@@ -10,7 +10,7 @@ import nats.errors
 import pytest
 from litestar import Request, Response, get
 
-from jobrunner.common import database
+from jobrunner.common import database, postgresconnect
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS, ApiError, try_again_later
 from jobrunner.services.api.readpool import (
     ReadModelsLost,
@@ -128,6 +128,22 @@ _LOCK_TIMEOUT = (
     "lock_timeout) and was cancelled; try again shortly, and tell the operator if it lasts."
 )
 _OURS = "Something went wrong on our side; it has been logged."
+_TOO_LONG = (
+    "The read took longer than the read models' database (Postgres) allows a statement (its "
+    "statement_timeout) and was cancelled; try again shortly, and tell the operator if it lasts."
+)
+_CANCELLED = (
+    "The read was cancelled in the read models' database (Postgres), by an operator or a "
+    "timeout of its own; try again shortly."
+)
+
+
+def _cancelled_in_german(ran: float) -> asyncpg.QueryCanceledError:
+    """A read's statement cancelled on a server speaking German, after ``ran`` seconds under a
+    statement_timeout of 300 ms, as the read pool's connection records it."""
+    error = asyncpg.QueryCanceledError("storniere Anfrage wegen Zeitüberschreitung der Anfrage")
+    postgresconnect.record_run(error, postgresconnect.StatementRun(ran, statement_timeout=0.3))
+    return error
 
 
 ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]] = [
@@ -167,27 +183,16 @@ ANSWERS: list[tuple[Exception, tuple[int, str | None, str, str, dict[str, Any]]]
     (ReadModelsNotRead("why"), (503, "2", "READ_MODELS_UNAVAILABLE", "why", {})),
     (
         asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
-        (
-            503,
-            "5",
-            "READ_STATEMENT_TIMEOUT",
-            "The read took longer than the read models' database (Postgres) allows a statement "
-            "(its statement_timeout) and was cancelled; try again shortly, and tell the "
-            "operator if it lasts.",
-            {},
-        ),
+        (503, "5", "READ_STATEMENT_TIMEOUT", _TOO_LONG, {}),
     ),
     (
         asyncpg.QueryCanceledError("canceling statement due to user request"),
-        (
-            503,
-            "5",
-            "READ_CANCELLED",
-            "The read was cancelled in the read models' database (Postgres), by an operator or "
-            "a timeout of its own; try again shortly.",
-            {},
-        ),
+        (503, "5", "READ_CANCELLED", _CANCELLED, {}),
     ),
+    # In German: a millisecond either side of the timeout's bound less the clocks' margin
+    # (0.3 s * 0.999 - 2 ms = 0.2977 s): short of it an operator's, past it the timeout's.
+    (_cancelled_in_german(0.2967), (503, "5", "READ_CANCELLED", _CANCELLED, {})),
+    (_cancelled_in_german(0.2987), (503, "5", "READ_STATEMENT_TIMEOUT", _TOO_LONG, {})),
     (asyncpg.AdminShutdownError("x"), (503, "2", "READ_MODELS_UNAVAILABLE", _POSTGRES_AWAY, {})),
     (
         asyncpg.exceptions.IdleSessionTimeoutError("x"),

@@ -121,3 +121,60 @@ def test_a_statement_timeout_is_told_from_an_operators_cancel(
     message: str, timed_out: bool
 ) -> None:
     assert postgresconnect.statement_timed_out(asyncpg.QueryCanceledError(message)) is timed_out
+
+
+# A server whose lc_messages is German says either cancel in German (postgres-15.mo).
+GERMAN_TIMEOUT = "storniere Anfrage wegen Zeitüberschreitung der Anfrage"
+GERMAN_CANCEL = "storniere Anfrage wegen Benutzeraufforderung"
+# The session's statement_timeout in these runs, the least run told as the timeout under it
+# (postgresconnect.StatementRun.reached_timeout: the two clocks' margin taken off), and a
+# millisecond.
+TIMEOUT = 0.3
+BOUND = TIMEOUT * (1 - 1e-3) - 0.002  # 0.2977
+MS = 0.001
+
+
+def _run(seconds: float, timeout: float | None = TIMEOUT) -> postgresconnect.StatementRun:
+    return postgresconnect.StatementRun(seconds=seconds, statement_timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("message", "run", "timed_out"),
+    [
+        # In another language, how long the statement ran against its session's timeout tells.
+        (GERMAN_CANCEL, _run(BOUND - MS), False),
+        (GERMAN_TIMEOUT, _run(BOUND - MS), False),
+        (GERMAN_TIMEOUT, _run(BOUND + MS), True),
+        (GERMAN_TIMEOUT, _run(TIMEOUT), True),
+        # No timeout in the session: an operator's, however long it ran; not known: the same.
+        (GERMAN_TIMEOUT, _run(3600.0, timeout=0.0), False),
+        (GERMAN_TIMEOUT, _run(3600.0, timeout=None), False),
+        (GERMAN_TIMEOUT, None, False),
+        # Postgres's English message decides whatever the run says.
+        ("canceling statement due to statement timeout", _run(TIMEOUT - MS), True),
+        (CANCELLED, _run(TIMEOUT + MS), False),
+    ],
+    ids=[
+        "german-cancel-just-shorter",
+        "german-just-shorter",
+        "german-just-longer",
+        "german-at-the-timeout",
+        "german-no-timeout",
+        "german-timeout-unknown",
+        "german-run-unknown",
+        "english-timeout-shorter",
+        "english-cancel-longer",
+    ],
+)
+def test_a_statement_timeout_is_told_from_an_operators_cancel_in_any_language(
+    message: str, run: postgresconnect.StatementRun | None, timed_out: bool
+) -> None:
+    """A statement cancelled in Postgres is its statement_timeout's when Postgres says so in
+    English, or when it ran at least its session's timeout less the clocks' margin (0.1 % and
+    2 ms: Postgres's wall clock against the API's monotonic one): a millisecond shorter than
+    that is an operator's cancel; a millisecond longer, the timeout's. The run is the one
+    recorded on the error by the connection that ran the statement (timedconnection.py)."""
+    error = asyncpg.QueryCanceledError(message)
+    if run is not None:
+        postgresconnect.record_run(error, run)
+    assert postgresconnect.statement_timed_out(error) is timed_out

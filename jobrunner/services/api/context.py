@@ -26,11 +26,13 @@ from jobrunner.common import (
     stallwatch,
     stopping,
     subscription,
+    timedconnection,
 )
 from jobrunner.common.jobtypes import JobType, load_job_types
 from jobrunner.common.processname import process_name
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import SlotTable
+from jobrunner.common.timedconnection import TimedConnection
 from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import readmodelgate, sse
@@ -131,6 +133,12 @@ async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
         max_size=10,
         reset=database.keep_session,
         connect=database.connect_or_unreachable,
+        # A statement Postgres cancels carries how long it ran and the session's
+        # statement_timeout: a timeout is told from an operator's cancel on a server of any
+        # language (errors.read_cancelled); each learns the timeout when opened, for a cancel
+        # inside a transaction, after which it cannot be asked.
+        connection_class=TimedConnection,
+        init=timedconnection.init_connection,
         # A plan for each query's very values: a generic plan (what a prepared statement drifts
         # to after five runs) cannot use the trigram index for an unknown search pattern, nor
         # judge a filter's selectivity. Set once per session rather than per query.

@@ -308,7 +308,9 @@ POSTGRES_CANCELLED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 def read_cancelled(exc: BaseException) -> ApiError:
     """A read whose statement Postgres cancelled (``QueryCanceledError``): Postgres answered,
     so not READ_MODELS_UNAVAILABLE. Its statement_timeout (the read took too long) or, any
-    other cancel, an operator's (pg_cancel_backend)."""
+    other cancel, an operator's (pg_cancel_backend): told by Postgres's English message, else
+    by how long the read's statement ran against the session's timeout, which the read pool's
+    connections record on the error (postgresconnect.statement_timed_out)."""
     if postgresconnect.statement_timed_out(exc):
         return try_again_later(
             "READ_STATEMENT_TIMEOUT",
@@ -326,13 +328,30 @@ def read_cancelled(exc: BaseException) -> ApiError:
 
 
 def read_cancelled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    warn_read_cancelled(request.url.path, exc)
+    return read_cancelled(exc).response()
+
+
+def warn_read_cancelled(path: str, exc: BaseException) -> None:
+    """The throttled log line of a read whose statement Postgres cancelled."""
+    # How long the statement ran and under which timeout, when the message did not say which
+    # cancel it was: what the answer was told by.
+    run = postgresconnect.run_of(exc)
+    told_by = (
+        {}
+        if run is None
+        else {
+            "ran_seconds": round(run.seconds, 3),
+            "statement_timeout_seconds": run.statement_timeout,
+        }
+    )
     _warn_throttled(
         POSTGRES_CANCELLED_LOG,
         "a read's statement cancelled by Postgres",
-        path=request.url.path,
+        path=path,
         error=repr(exc),
+        **told_by,
     )
-    return read_cancelled(exc).response()
 
 
 # Seconds a client is asked to wait after READ_CONFLICT: the other transaction has likely
@@ -343,10 +362,10 @@ READ_OVERLOADED_RETRY_AFTER = 5
 POSTGRES_TRANSIENT_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 
-def transient_postgres_error(exc: BaseException) -> ApiError | None:
-    """The answer to a Postgres error that may pass (postgresconnect.transient_cause, by its
-    SQLSTATE, a code asyncpg does not know included), or None: not one."""
-    cause = postgresconnect.transient_cause(exc)
+def transient_answer(cause: str | None) -> ApiError | None:
+    """The answer to a Postgres error that may pass, by its ``cause``
+    (postgresconnect.transient_cause, by its SQLSTATE, a code asyncpg does not know included),
+    or None: not one, or an operator's intervention."""
     if cause == postgresconnect.LOCK_TIMEOUT:
         return try_again_later(
             "READ_STATEMENT_TIMEOUT",
@@ -380,7 +399,7 @@ def transient_postgres_handler(request: Request[Any, Any, Any], exc: Exception) 
     cause = postgresconnect.transient_cause(exc)
     if cause is None:
         return internal_error_handler(request, exc)
-    answer = transient_postgres_error(exc)
+    answer = transient_answer(cause)
     if answer is None:  # an operator's intervention
         return postgres_error_handler(request, exc)
     _warn_throttled(

@@ -11,10 +11,11 @@ functions the route handlers answer with), the same bytes and headers, timed in 
 metric. Every other request goes to Litestar untouched, and so does one of these the fast path
 does not accept outright: a refused host, no or a bad credential, a role too small, a query it
 rejects (``Query`` with the route's own parameter list, as the handler does), read models of
-another version, a job not found, any error. Litestar then runs its own checks and answers as it
-always did (its refusals and error bodies); such a request pays its checks, and a 404 its query,
-twice, the rare case. Nothing is sent before the page is encoded, so handing a request over is
-always possible.
+another version, a job not found, any error but a read past its deadline or cancelled by
+Postgres (answered here: Litestar would run the same read again). Litestar then runs its own
+checks and answers as it always did (its refusals and error bodies); such a request pays its
+checks, and a 404 its query, twice, the rare case. Nothing is sent before the page is encoded,
+so handing a request over is always possible.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar._asgi.utils import is_valid_host
@@ -131,6 +133,14 @@ class JobReadsFastPath:
                 # Answered here: handed over, the same read would wait its deadline again.
                 errors.warn_read_models_timeout(scope["path"], exc)
                 refused = errors.read_models_timeout(exc)
+                body = _ENCODER.encode(refused.body())
+                return template, refused.status, body, refused.raw_headers()
+            except asyncpg.QueryCanceledError as exc:
+                # Answered here too, as Litestar's handler would (errors.read_cancelled_handler):
+                # handed over, the same read would run again, a statement_timeout's costing
+                # the client the timeout twice and an operator's cancel retried unasked.
+                errors.warn_read_cancelled(scope["path"], exc)
+                refused = errors.read_cancelled(exc)
                 body = _ENCODER.encode(refused.body())
                 return template, refused.status, body, refused.raw_headers()
             return template, 200, _ENCODER.encode(page), []

@@ -139,6 +139,11 @@ class Read:
       waits the same way, and the read's own deadline already bounds it.
     The connection is forgotten before it is released: a cancel landing after the release
     never terminates a connection the pool may have handed to another reader.
+
+    The read pool's connections (``timedconnection.TimedConnection``) time only their
+    ``execute``, ``fetch``, ``fetchrow`` and ``fetchval`` calls of one statement: a statement
+    Postgres cancels under a cursor or ``copy_*``, or in a call of several, is told as an
+    operator's cancel on a server not speaking English (``errors.read_cancelled``).
     """
 
     __slots__ = ("_cancel_grace", "_conn", "_deadline", "_pool", "_seconds")

@@ -27,6 +27,9 @@ async def open_work_pool(database_url: str, size: int) -> asyncpg.Pool:
         init=timestamps.init_connection,
         connect=postgreswatch.connect_work,
         connect_timeout=CHECK_CONNECT_SECONDS,
+        # asyncpg's; named, so that mypy does not match **WORK_SESSION_SETTINGS's str values
+        # to this parameter (as reset above).
+        connection_class=None,
         synchronous_commit="off",
         **postgreswatch.WORK_SESSION_SETTINGS,
     )
