@@ -5,13 +5,13 @@ loop and on uvloop. (Blocked loops: ``test_echo_probe_blocked_loop``,
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
-import uvloop
 
+from jobrunner.common import looptime
 from jobrunner.common.looptime import within_loop_time
-
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+from tests.tools.event_loops import LOOPS, run_on
 
 
 async def _never() -> None:
@@ -36,14 +36,12 @@ def test_what_never_finishes_times_out_and_is_cancelled(loop: str, seconds: floa
         await asyncio.sleep(0)
         return task
 
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        assert runner.run(run()).cancelled()
+    assert run_on(loop, run()).cancelled()
 
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_what_finishes_within_the_bound_gives_its_result(loop: str) -> None:
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        assert runner.run(within_loop_time(_answer(), 5.0)) == "answer"
+    assert run_on(loop, within_loop_time(_answer(), 5.0)) == "answer"
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -58,5 +56,30 @@ def test_a_cancelled_caller_cancels_what_it_waited_for(loop: str) -> None:
         await asyncio.sleep(0)
         return waited
 
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        assert runner.run(run()).cancelled()
+    assert run_on(loop, run()).cancelled()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_loop_blocked_again_and_again_still_times_out(loop: str) -> None:
+    """Every slice late (the loop blocked 1.6 slices over and over): the wait still gives up,
+    after twice the bound's slices, instead of waiting forever."""
+    bound = 0.5
+    block = 1.6 * bound / looptime.SLICES_PER_BOUND
+
+    async def block_again_and_again() -> None:
+        while True:
+            time.sleep(block)  # noqa: ASYNC251 -- the loop's block is the point
+            await asyncio.sleep(0)
+
+    async def run() -> BaseException | None:
+        blocker = asyncio.ensure_future(block_again_and_again())
+        waited = asyncio.ensure_future(within_loop_time(_never(), bound))
+        try:
+            await asyncio.wait({waited}, timeout=30)  # a hang guard, far past 20 slices
+        finally:
+            blocker.cancel()
+            waited.cancel()
+        assert waited.done(), "the wait never gave up"
+        return waited.exception()
+
+    assert isinstance(run_on(loop, run()), TimeoutError)

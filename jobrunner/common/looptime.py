@@ -13,7 +13,9 @@ and true of any number of steps between the socket and the waiter.
 What is left: an answer that comes in the bound's last slice, with the loop blocked past that
 slice's end by less than ``LATE_SLICE`` of it (an answer about as late as the bound, whose block
 looks like a timer's jitter), can still be counted missing. A peer really silent is given up
-after the bound plus the slices' small lateness, and a slice more for each block of the loop.
+after the bound plus the slices' small lateness, and a slice more for each block of the loop,
+but never after more than ``MOST_BOUNDS`` bounds' worth of slices (a loop blocked again and
+again: its blocked time then counts).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ T = TypeVar("T")
 # costs only a later verdict on a silent peer.
 SLICES_PER_BOUND = 10
 LATE_SLICE = 0.5
+# A loop blocked again and again would have every slice late and the wait never end: past this
+# many bounds' worth of slices, counted or not, the wait gives up (blocked time counts again).
+MOST_BOUNDS = 2
 # Floors for a bound of next to nothing (none left: still the loop's few turns): the shortest
 # timer uvloop keeps a timer (it counts whole milliseconds), and a lateness any loop's timer may
 # have without being blocked; without them a slice of 0 s would never be on time.
@@ -47,13 +52,15 @@ async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
     late = max(step * LATE_SLICE, TIMER_JITTER)
     counted = 0
     try:
-        while counted < SLICES_PER_BOUND:
+        for _ in range(MOST_BOUNDS * SLICES_PER_BOUND):
             started = loop.time()
             await asyncio.wait({task}, timeout=step)
             if task.done():
                 return task.result()
             if loop.time() - started <= step + late:
                 counted += 1
+                if counted == SLICES_PER_BOUND:
+                    break
         raise TimeoutError
     finally:
         if not task.done():
