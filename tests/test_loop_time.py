@@ -5,6 +5,7 @@ loop and on uvloop. (Blocked loops: ``test_echo_probe_blocked_loop``,
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -83,3 +84,55 @@ def test_a_loop_blocked_again_and_again_still_times_out(loop: str) -> None:
         return waited.exception()
 
     assert isinstance(run_on(loop, run()), TimeoutError)
+
+
+async def _one_byte_after_a_block(share: float, bound: float, answer_after: float) -> bytes:
+    """A wait of one slice (``bound``) for a byte from a socket pair, with the loop blocked
+    ``share`` of the slice by a callback that has the byte sent ``answer_after`` seconds later;
+    the byte, once read, still takes three turns of the loop to hand over."""
+    a, b = socket.socketpair()
+    try:
+        reader, writer = await asyncio.open_connection(sock=a)
+
+        async def read_and_hand_over() -> bytes:
+            got = await reader.read(1)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return got
+
+        def block_then_answer() -> None:
+            time.sleep(share * bound)
+            if answer_after:
+                asyncio.get_running_loop().call_later(answer_after, b.send, b"x")
+            else:
+                b.send(b"x")
+
+        waited = asyncio.ensure_future(within_loop_time(read_and_hand_over(), bound))
+        # After the wait's first step (its slice's timer set), as both are called soon in turn.
+        asyncio.get_running_loop().call_soon(block_then_answer)
+        try:
+            await asyncio.wait({waited}, timeout=60)  # a hang guard
+            assert waited.done(), "the wait never ended"
+            return waited.result()
+        finally:
+            waited.cancel()
+            writer.close()
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize(("share", "counted"), [(1.3, True), (1.7, False)])
+def test_a_slice_late_by_more_than_half_a_slice_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch, loop: str, share: float, counted: bool
+) -> None:
+    """One slice of 0.5 s, the loop blocked 1.3 or 1.7 times the slice and the answer sent 0.1 s
+    after: a slice late by 0.3 of itself (under ``LATE_SLICE``) counts and the wait is over
+    before the answer; one late by 0.7 does not, and the next slice takes the answer."""
+    monkeypatch.setattr(looptime, "SLICES_PER_BOUND", 1)
+    outcome = _one_byte_after_a_block(share, bound=0.5, answer_after=0.1)
+    if counted:
+        with pytest.raises(TimeoutError):
+            run_on(loop, outcome)
+    else:
+        assert run_on(loop, outcome) == b"x"
