@@ -7,7 +7,6 @@ under uvloop left a server that had answered, as if it had not ("no INFO from th
 
 from __future__ import annotations
 
-import asyncio
 import select
 import time
 from collections.abc import Coroutine
@@ -15,26 +14,26 @@ from typing import Any
 
 import nats
 import pytest
-import uvloop
 
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.streamreader import StreamReader
 from jobrunner.embedded.nats import EmbeddedNats
 from tests.freeze import freeze, thaw
+from tests.tools.event_loops import LOOPS, run_on
 from tests.tools.reader_block import reader_block
 
 pytestmark = pytest.mark.timeout(120)
 
 TIMEOUT = 0.5  # the connect step's deadline
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
-async def _connect_with_the_loop_blocked_waiting_for_info(
-    server: EmbeddedNats, blocked: float
+async def _connect_with_the_loop_blocked_waiting_for(
+    server: EmbeddedNats, wait: str, blocked: float
 ) -> None:
-    """Connect to ``server`` frozen, so that its INFO waits; the wait for INFO begun, an I/O
-    callback thaws it and blocks the loop ``blocked`` seconds, then until INFO is in the
-    socket. Raises as the connect does."""
+    """Connect to ``server``, frozen so that the answer ``wait`` names waits: its INFO (frozen
+    from the start), or its PONG (frozen as CONNECT goes out, then PING). That wait begun (the
+    first line read, or the second), an I/O callback thaws the server and blocks the loop
+    ``blocked`` seconds, then until the answer is in the socket. Raises as the connect does."""
     assert server.proc is not None
     pid = server.proc.pid
     nc = await nats.connect(server.url)  # the reader's JetStream context; unused by its connect
@@ -45,15 +44,21 @@ async def _connect_with_the_loop_blocked_waiting_for_info(
         "unused.>",
         connection=NatsConnection(servers=[server.url], connect_timeout=TIMEOUT),
     )
-    read_line = reader._line
-    first = True
+    read_line, send = reader._line, reader._send
+    lines_read = 0
+    held_line = {"info": 1, "pong": 2}[wait]
     try:
         with reader_block() as block:
 
+            def sent(data: bytes) -> None:
+                if wait == "pong" and data.startswith(b"CONNECT "):
+                    freeze(pid)  # CONNECT and PING reach the kernel; the PONG waits the thaw
+                send(data)
+
             def line() -> Coroutine[Any, Any, bytes]:
-                nonlocal first
-                if first:  # the wait for INFO: its deadline is armed as this returns
-                    first = False
+                nonlocal lines_read
+                lines_read += 1
+                if lines_read == held_line:  # the wait: its deadline is armed as this returns
                     assert reader._writer is not None
                     answer = reader._writer.get_extra_info("socket")
 
@@ -66,7 +71,9 @@ async def _connect_with_the_loop_blocked_waiting_for_info(
                 return read_line()
 
             reader._line = line  # type: ignore[method-assign]
-            freeze(pid)  # the kernel still accepts the connection; INFO waits for the thaw
+            reader._send = sent  # type: ignore[method-assign]
+            if wait == "info":
+                freeze(pid)  # the kernel still accepts the connection; INFO waits for the thaw
             await reader._connect()
     finally:
         thaw(pid)
@@ -75,12 +82,13 @@ async def _connect_with_the_loop_blocked_waiting_for_info(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("wait", ["info", "pong"])
 @pytest.mark.parametrize("blocked", [0.8, 1.25], ids=["shorter", "longer"])
-def test_a_server_whose_info_came_while_the_loop_was_blocked_is_kept(
-    own_nats: EmbeddedNats, loop: str, blocked: float
+def test_a_server_whose_answer_came_while_the_loop_was_blocked_is_kept(
+    own_nats: EmbeddedNats, loop: str, wait: str, blocked: float
 ) -> None:
-    """Blocked 0.8 or 1.25 times the deadline just after the wait for INFO began, the INFO in
-    the socket by the block's end: the connect goes on with that server (before the fix, under
-    uvloop, 1.25 times raised "cannot connect to NATS: ...: no INFO from the server")."""
-    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        runner.run(_connect_with_the_loop_blocked_waiting_for_info(own_nats, blocked * TIMEOUT))
+    """Blocked 0.8 or 1.25 times the deadline just after the wait for INFO, or for the PONG
+    after CONNECT, began, the answer in the socket by the block's end: the connect goes on with
+    that server (before the fix, under uvloop, 1.25 times raised "cannot connect to NATS: ...:
+    no INFO from the server", or "no answer to CONNECT")."""
+    run_on(loop, _connect_with_the_loop_blocked_waiting_for(own_nats, wait, blocked * TIMEOUT))
