@@ -161,6 +161,9 @@ class StreamReader:
                 # The consumer sends a heartbeat when idle: silence this long is a dead link.
                 # (Not ``wait_for``: on Python 3.11 it swallows a cancel that comes as a read
                 # completes, and a reader stopped by cancelling its task then read on for good.)
+                # On wall time, not ``common.looptime``'s: a loop blocked past 15 s can take a
+                # live link for dead, which only reconnects and reads on from the last sequence
+                # read (nothing lost nor repeated); not worth slices on every read.
                 async with asyncio.timeout(HEARTBEAT_SECONDS * 3):
                     chunk = await self._reader.read(READ_SIZE)
                 if not chunk:
