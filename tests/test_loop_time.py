@@ -136,3 +136,14 @@ def test_a_slice_late_by_more_than_half_a_slice_is_not_counted(
             run_on(loop, outcome)
     else:
         assert run_on(loop, outcome) == b"x"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_answer_sent_as_the_last_slice_ends_a_little_late_is_taken(
+    monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """One slice of 0.5 s, the loop blocked 1.3 times it (late by less than ``LATE_SLICE``: the
+    slice counts) and the answer sent at the block's end: the last slice's turn still takes
+    it, three turns of the loop after it is read."""
+    monkeypatch.setattr(looptime, "SLICES_PER_BOUND", 1)
+    assert run_on(loop, _one_byte_after_a_block(1.3, bound=0.5, answer_after=0)) == b"x"

@@ -10,12 +10,12 @@ counted missing. So the bound is waited in slices, and a slice whose timer fires
 gives the loop its turns to hand over what came. Simpler than looking into a library's buffers,
 and true of any number of steps between the socket and the waiter.
 
-What is left: an answer that comes in the bound's last slice, with the loop blocked past that
-slice's end by less than ``LATE_SLICE`` of it (an answer about as late as the bound, whose block
-looks like a timer's jitter), can still be counted missing. A peer really silent is given up
-after the bound plus the slices' small lateness, and a slice more for each block of the loop,
-but never after more than ``MOST_BOUNDS`` bounds' worth of slices (a loop blocked again and
-again: its blocked time then counts).
+An answer that comes as the last slice runs out, the loop blocked past its end by less than
+``LATE_SLICE`` of it (a block that looks like a timer's jitter), still gets one short turn of the
+loop (``TIMER_JITTER``) to be handed over. A peer really silent is given up after the bound plus
+the slices' small lateness and that turn, and a slice more for each block of the loop, but never
+after more than ``MOST_BOUNDS`` bounds' worth of slices (a loop blocked again and again: its
+blocked time then counts).
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
                 counted += 1
                 if counted == SLICES_PER_BOUND:
                     break
+        # One short turn more: an answer that came as the last slice ran out, with the loop
+        # blocked past its end by less than a late slice's share, is handed over now rather
+        # than counted missing.
+        await asyncio.wait({task}, timeout=TIMER_JITTER)
+        if task.done():
+            return task.result()
         raise TimeoutError
     finally:
         if not task.done():
