@@ -35,9 +35,9 @@ LATE_SLICE = 0.5
 # A loop blocked again and again would have every slice late and the wait never end: past this
 # many bounds' worth of slices, counted or not, the wait gives up (blocked time counts again).
 MOST_BOUNDS = 2
-# Floors for a bound of next to nothing (none left: still the loop's few turns): the shortest
-# timer uvloop keeps a timer (it counts whole milliseconds), and a lateness any loop's timer may
-# have without being blocked; without them a slice of 0 s would never be on time.
+# Floors for a bound of next to nothing (none left: still the loop's few turns). 1 ms: uvloop
+# rounds timers to whole milliseconds, so a shorter slice is not kept. 5 ms: a lateness any
+# loop's timer may have without being blocked. Without them a slice of 0 s would never be on time.
 SHORTEST_SLICE = 0.001
 TIMER_JITTER = 0.005
 
