@@ -147,3 +147,20 @@ def test_an_answer_sent_as_the_last_slice_ends_a_little_late_is_taken(
     it, three turns of the loop after it is read."""
     monkeypatch.setattr(looptime, "SLICES_PER_BOUND", 1)
     assert run_on(loop, _one_byte_after_a_block(1.3, bound=0.5, answer_after=0)) == b"x"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_wait_whose_task_someone_else_cancels_times_out(loop: str) -> None:
+    """The task waited for cancelled by another: ``TimeoutError`` (no answer will come), not a
+    ``CancelledError`` the caller would take for its own cancel."""
+
+    async def run() -> BaseException | None:
+        waited = asyncio.ensure_future(_never())
+        waiting = asyncio.ensure_future(within_loop_time(waited, 60))
+        await asyncio.sleep(0.01)
+        waited.cancel()
+        await asyncio.wait({waiting}, timeout=30)  # a hang guard
+        assert waiting.done()
+        return None if waiting.cancelled() else waiting.exception()
+
+    assert isinstance(run_on(loop, run()), TimeoutError)

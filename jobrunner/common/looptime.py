@@ -45,7 +45,9 @@ TIMER_JITTER = 0.005
 async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
     """``awaitable``'s result, or ``TimeoutError`` once it has not finished within ``seconds``
     of the loop's own time (it is then cancelled, and not waited for: a library that swallows
-    the cancel must not hold the caller)."""
+    the cancel must not hold the caller). ``awaitable`` cancelled by another also gives
+    ``TimeoutError``: no answer will come, and a ``CancelledError`` would read as the caller's
+    own cancel."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(awaitable)
     step = max(seconds / SLICES_PER_BOUND, SHORTEST_SLICE)
@@ -56,7 +58,7 @@ async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
             started = loop.time()
             await asyncio.wait({task}, timeout=step)
             if task.done():
-                return task.result()
+                return _outcome(task)
             if loop.time() - started <= step + late:
                 counted += 1
                 if counted == SLICES_PER_BOUND:
@@ -66,8 +68,17 @@ async def within_loop_time(awaitable: Awaitable[T], seconds: float) -> T:
         # than counted missing.
         await asyncio.wait({task}, timeout=TIMER_JITTER)
         if task.done():
-            return task.result()
+            return _outcome(task)
         raise TimeoutError
     finally:
         if not task.done():
             task.cancel()
+            # Not awaited: an error it ends with after all is read here, not logged as never
+            # retrieved.
+            task.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
+
+
+def _outcome(task: asyncio.Future[T]) -> T:
+    if task.cancelled():
+        raise TimeoutError
+    return task.result()
