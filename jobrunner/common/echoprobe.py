@@ -47,7 +47,9 @@ class EchoProbe:
         """Did a new counter come back within ``within`` seconds of the loop's own time? The
         probe shares its loop with the API's or the runner's work: time the loop spent blocked
         by others does not count (``common.looptime``), so an echo that came during a long
-        callback is not said missing before nats-py has had the turns to hand it over."""
+        callback is not said missing before nats-py has had the turns to hand it over. The
+        publish itself is bounded on wall time (a plain timeout): a loop blocked while it waits
+        to go out counts against the bound."""
         self._sent += 1
         self._came_back.clear()
         loop = asyncio.get_running_loop()
