@@ -20,6 +20,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from jobrunner.common.looptime import within_loop_time
+
 
 class EchoProbe:
     """Rounds of a counter sent to ``subject`` (this probe's alone) and heard back."""
@@ -42,20 +44,28 @@ class EchoProbe:
                 await self._sub.unsubscribe()
 
     async def came_back(self, within: float) -> bool:
-        """Did a new counter come back within ``within`` seconds?"""
+        """Did a new counter come back within ``within`` seconds of the loop's own time? The
+        probe shares its loop with the API's or the runner's work: time the loop spent blocked
+        by others does not count (``common.looptime``), so an echo that came during a long
+        callback is not said missing before nats-py has had the turns to hand it over. The
+        publish itself is bounded on wall time (a plain timeout): a loop blocked while it waits
+        to go out counts against the bound."""
         self._sent += 1
         self._came_back.clear()
-        # On the loop's clock, the publish included: a publish while reconnecting is only
-        # buffered, and a full flusher queue makes it wait.
-        deadline = asyncio.get_running_loop().time() + within
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            async with asyncio.timeout_at(deadline):
+            # The publish in this task, under a plain timeout: one while reconnecting is only
+            # buffered, and a full flusher queue makes it wait; a cancel that nats-py swallows
+            # there holds this task, not one left behind (``bulk.BulkLane.close`` bounds it).
+            async with asyncio.timeout(within):
                 await self._nc.publish(self._subject, str(self._sent).encode())
-            # A wait of its own, should nats-py have swallowed the cancel above.
-            async with asyncio.timeout_at(deadline):
-                await self._came_back.wait()
+            # The rest of the bound for the echo (none left: still the loop's few turns).
+            left = max(0.0, within - (loop.time() - started))
+            await within_loop_time(self._came_back.wait(), left)
         except (nats.errors.Error, TimeoutError, ConnectionError):
-            return False
+            # An echo heard as the bound ran out (its callback run, the wait's task not yet).
+            return self._came_back.is_set()
         return True
 
     async def _heard(self, msg: Msg) -> None:

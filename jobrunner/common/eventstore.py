@@ -582,6 +582,10 @@ async def _ack_within(future: asyncio.Future[Msg], timeout: float) -> ackinbox.P
     """The pipelined publish's ack, waited for ``timeout`` seconds at most (a
     ``nats.errors.TimeoutError`` then). The future is left as it is, not cancelled: its ack
     may still come, and is the one ``_stored_again`` takes."""
+    # On wall time, not ``common.looptime``'s: a loop blocked past the timeout can take an ack
+    # already in the socket for missing. Harmless: the event goes out again with the same
+    # message id, which the stream's duplicate window drops, and the late ack is still taken;
+    # an extra round trip, no lost or doubled event.
     await asyncio.wait((future,), timeout=timeout)
     if not future.done():
         raise nats.errors.TimeoutError
@@ -624,6 +628,7 @@ async def _stored_again(
         if first.done():
             await asyncio.sleep(min(IN_PROCESS_RECHECK_SECONDS, left))
         else:
+            # Wall time, like ``_ack_within``'s (a blocked loop asks again: same id, no harm).
             await asyncio.wait((first,), timeout=left)
         if _acked(first):
             return ackinbox.read_ack(first.result())

@@ -36,6 +36,7 @@ import structlog
 from nats.js import JetStreamContext, api
 
 from jobrunner.common import subscription
+from jobrunner.common.looptime import within_loop_time
 from jobrunner.common.natsconnection import NatsConnection
 
 log = structlog.get_logger()
@@ -160,6 +161,9 @@ class StreamReader:
                 # The consumer sends a heartbeat when idle: silence this long is a dead link.
                 # (Not ``wait_for``: on Python 3.11 it swallows a cancel that comes as a read
                 # completes, and a reader stopped by cancelling its task then read on for good.)
+                # On wall time, not ``common.looptime``'s: a loop blocked past 15 s can take a
+                # live link for dead, which only reconnects and reads on from the last sequence
+                # read (nothing lost nor repeated); not worth slices on every read.
                 async with asyncio.timeout(HEARTBEAT_SECONDS * 3):
                     chunk = await self._reader.read(READ_SIZE)
                 if not chunk:
@@ -244,7 +248,9 @@ class StreamReader:
             raise StreamReaderError(f"no TCP connection within {timeout:g} s") from None
         self._reader, self._writer = reader, writer
         try:
-            first = await asyncio.wait_for(self._line(), timeout)
+            # On the loop's own time (``common.looptime``): an INFO that came while the loop
+            # was blocked by other work (the API's, under uvloop) is not a server that failed.
+            first = await within_loop_time(self._line(), timeout)
         except TimeoutError:
             raise StreamReaderError(f"no INFO from the server within {timeout:g} s") from None
         if not first.startswith(b"INFO "):
@@ -312,7 +318,7 @@ class StreamReader:
         assert self._writer is not None
         await self._writer.drain()
         while True:
-            line = await asyncio.wait_for(self._line(), timeout=self._timeout)
+            line = await within_loop_time(self._line(), self._timeout)  # as INFO's
             if line == b"PONG":
                 return
             if line.startswith(b"-ERR"):

@@ -1,0 +1,166 @@
+"""``common.looptime.within_loop_time``: a deadline on the event loop's own time, on asyncio's
+loop and on uvloop. (Blocked loops: ``test_echo_probe_blocked_loop``,
+``test_streamreader_connect_blocked_loop``.)"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from jobrunner.common import looptime
+from jobrunner.common.looptime import within_loop_time
+from tests.tools.event_loops import LOOPS, run_on
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
+async def _answer() -> str:
+    await asyncio.sleep(0)
+    return "answer"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("seconds", [0.0, 0.05])
+def test_what_never_finishes_times_out_and_is_cancelled(loop: str, seconds: float) -> None:
+    """A bound of nothing, or a short one, on a free loop: ``TimeoutError``, the wait cancelled
+    (a bound of nothing still ends: its slices are not all late)."""
+
+    async def run() -> asyncio.Task[None]:
+        task = asyncio.ensure_future(_never())
+        with pytest.raises(TimeoutError):
+            await within_loop_time(task, seconds)
+        await asyncio.sleep(0)
+        return task
+
+    assert run_on(loop, run()).cancelled()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_what_finishes_within_the_bound_gives_its_result(loop: str) -> None:
+    assert run_on(loop, within_loop_time(_answer(), 5.0)) == "answer"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_cancelled_caller_cancels_what_it_waited_for(loop: str) -> None:
+    async def run() -> asyncio.Task[None]:
+        waited = asyncio.ensure_future(_never())
+        caller = asyncio.ensure_future(within_loop_time(waited, 60))
+        await asyncio.sleep(0.01)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await asyncio.sleep(0)
+        return waited
+
+    assert run_on(loop, run()).cancelled()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_loop_blocked_again_and_again_still_times_out(loop: str) -> None:
+    """Every slice late (the loop blocked 1.6 slices over and over): the wait still gives up,
+    after twice the bound's slices, instead of waiting forever."""
+    bound = 0.5
+    block = 1.6 * bound / looptime.SLICES_PER_BOUND
+
+    async def block_again_and_again() -> None:
+        while True:
+            time.sleep(block)  # noqa: ASYNC251 -- the loop's block is the point
+            await asyncio.sleep(0)
+
+    async def run() -> BaseException | None:
+        blocker = asyncio.ensure_future(block_again_and_again())
+        waited = asyncio.ensure_future(within_loop_time(_never(), bound))
+        try:
+            await asyncio.wait({waited}, timeout=30)  # a hang guard, far past 20 slices
+        finally:
+            blocker.cancel()
+            waited.cancel()
+        assert waited.done(), "the wait never gave up"
+        return waited.exception()
+
+    assert isinstance(run_on(loop, run()), TimeoutError)
+
+
+async def _one_byte_after_a_block(share: float, bound: float, answer_after: float) -> bytes:
+    """A wait of one slice (``bound``) for a byte from a socket pair, with the loop blocked
+    ``share`` of the slice by a callback that has the byte sent ``answer_after`` seconds later;
+    the byte, once read, still takes three turns of the loop to hand over."""
+    a, b = socket.socketpair()
+    try:
+        reader, writer = await asyncio.open_connection(sock=a)
+
+        async def read_and_hand_over() -> bytes:
+            got = await reader.read(1)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return got
+
+        def block_then_answer() -> None:
+            time.sleep(share * bound)
+            if answer_after:
+                asyncio.get_running_loop().call_later(answer_after, b.send, b"x")
+            else:
+                b.send(b"x")
+
+        waited = asyncio.ensure_future(within_loop_time(read_and_hand_over(), bound))
+        # After the wait's first step (its slice's timer set), as both are called soon in turn.
+        asyncio.get_running_loop().call_soon(block_then_answer)
+        try:
+            await asyncio.wait({waited}, timeout=60)  # a hang guard
+            assert waited.done(), "the wait never ended"
+            return waited.result()
+        finally:
+            waited.cancel()
+            writer.close()
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize(("share", "counted"), [(1.3, True), (1.7, False)])
+def test_a_slice_late_by_more_than_half_a_slice_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch, loop: str, share: float, counted: bool
+) -> None:
+    """One slice of 0.5 s, the loop blocked 1.3 or 1.7 times the slice and the answer sent 0.1 s
+    after: a slice late by 0.3 of itself (under ``LATE_SLICE``) counts and the wait is over
+    before the answer; one late by 0.7 does not, and the next slice takes the answer."""
+    monkeypatch.setattr(looptime, "SLICES_PER_BOUND", 1)
+    outcome = _one_byte_after_a_block(share, bound=0.5, answer_after=0.1)
+    if counted:
+        with pytest.raises(TimeoutError):
+            run_on(loop, outcome)
+    else:
+        assert run_on(loop, outcome) == b"x"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_answer_sent_as_the_last_slice_ends_a_little_late_is_taken(
+    monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """One slice of 0.5 s, the loop blocked 1.3 times it (late by less than ``LATE_SLICE``: the
+    slice counts) and the answer sent at the block's end: the last slice's turn still takes
+    it, three turns of the loop after it is read."""
+    monkeypatch.setattr(looptime, "SLICES_PER_BOUND", 1)
+    assert run_on(loop, _one_byte_after_a_block(1.3, bound=0.5, answer_after=0)) == b"x"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_wait_whose_task_someone_else_cancels_times_out(loop: str) -> None:
+    """The task waited for cancelled by another: ``TimeoutError`` (no answer will come), not a
+    ``CancelledError`` the caller would take for its own cancel."""
+
+    async def run() -> BaseException | None:
+        waited = asyncio.ensure_future(_never())
+        waiting = asyncio.ensure_future(within_loop_time(waited, 60))
+        await asyncio.sleep(0.01)
+        waited.cancel()
+        await asyncio.wait({waiting}, timeout=30)  # a hang guard
+        assert waiting.done()
+        return None if waiting.cancelled() else waiting.exception()
+
+    assert isinstance(run_on(loop, run()), TimeoutError)
