@@ -6,11 +6,14 @@ one: both are generated here, so the two paths are held to the same result."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobrunner.common import streamreader
 from jobrunner.common.streamreader import StreamReader
 
 
@@ -135,3 +138,119 @@ def test_a_delivery_out_of_order_hands_out_those_before_it_then_raises_the_gap(
     assert [seq for seq, _ in reader._parse(data)] == list(range(1, before + 1))
     assert reader.last_seq == before
     assert type(reader._error).__name__ == "GapError"
+
+
+# What nats-server puts in a frame's head: a subject is any bytes but whitespace (dots between
+# tokens), stream and consumer names have no dots either; the numbers are digits.
+digits = st.integers(min_value=0, max_value=10**19).map(lambda n: str(n).encode())
+name_bytes = st.one_of(
+    st.binary(min_size=1, max_size=12).filter(lambda b: not any(c in b for c in b" \t\r\n.")),
+    digits,  # a name of digits looks like a number to a careless pattern
+)
+subjects = st.lists(name_bytes, min_size=1, max_size=5).map(b".".join)
+
+
+@st.composite
+def any_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
+    kind = draw(
+        st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage"])
+    )
+    if kind == "ping":
+        return b"PING\r\n"
+    if kind == "garbage":  # a line a server never sends: both paths must agree on it too
+        return draw(st.binary(max_size=30).filter(lambda b: b"\r\n" not in b)) + b"\r\n"
+    if kind == "heartbeat":
+        headers = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: %d\r\n\r\n" % draw(
+            st.integers(min_value=0, max_value=consumer_seq + 2)
+        )
+        return b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (len(headers), len(headers), headers)
+    if kind == "flow":
+        headers = b"NATS/1.0 100 FlowControl Request\r\n\r\n"
+        reply = b"$JS.FC." + draw(name_bytes) + b"." + draw(name_bytes) + b".t"
+        return b"HMSG _INBOX.x 1 %s %d %d\r\n%s\r\n" % (reply, len(headers), len(headers), headers)
+    stream, consumer = draw(name_bytes), draw(name_bytes)
+    # Mostly the next delivery; sometimes one out of order (a gap), or a number with zeros.
+    delivered = draw(st.sampled_from([consumer_seq + 1] * 8 + [consumer_seq + 2, consumer_seq, 0]))
+    cseq = str(delivered).encode()
+    if draw(st.integers(0, 20)) == 0:
+        cseq = b"0" + cseq
+    # <delivered count> (1: a consumer without acks sends each once) <stream seq> <consumer seq>
+    # <time> <pending>
+    numbers = [draw(st.sampled_from([b"1", b"2"])), draw(digits), cseq, draw(digits), draw(digits)]
+    reply = b".".join([b"$JS", b"ACK", stream, consumer, *numbers])
+    if kind == "v2":
+        reply = b".".join([b"$JS", b"ACK", draw(name_bytes), draw(name_bytes), stream, consumer])
+        reply += b"." + b".".join(numbers) + b".r"
+    # Bodies are the publishers' bytes: anything, frames and line ends included, small or large.
+    payload = draw(
+        st.one_of(
+            st.binary(max_size=60),
+            st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=8), st.integers(0, 700)),
+            st.just(b"\r\nHMSG a 1 $JS.ACK.S.C.1.2.3.4.5 0 0\r\n"),
+        )
+    )
+    subject = draw(subjects)
+    if kind == "msg":
+        return b"MSG %s 1 %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
+    headers = draw(
+        st.sampled_from(
+            [
+                b"NATS/1.0\r\n\r\n",
+                b"NATS/1.0\r\nNats-Msg-Id: 43be3f848e7743f0a67444be0b4a4ae8\r\n\r\n",
+            ]
+        )
+    )
+    size = len(headers) + len(payload)
+    return b"HMSG %s 1 %s %d %d\r\n%s%s\r\n" % (
+        subject,
+        reply,
+        len(headers),
+        size,
+        headers,
+        payload,
+    )
+
+
+@st.composite
+def any_reads(draw: st.DrawFn) -> list[bytes]:
+    data = b""
+    for n in range(draw(st.integers(0, 25))):
+        data += draw(any_frame(consumer_seq=n))
+    cuts = sorted(draw(st.lists(st.integers(0, max(len(data), 1)), max_size=6)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
+    """What a reader hands out and raises, read by read, up to its first error."""
+    seen: list[object] = []
+    for chunk in reads:
+        try:
+            seen.append(reader._parse(chunk))
+        except Exception as exc:
+            seen.append((type(exc).__name__, str(exc)))
+            break
+        if reader._error is not None:
+            seen.append((type(reader._error).__name__, str(reader._error)))
+            break
+        seen.append((reader.last_seq, reader._pending, reader._consumer_seq, reader._buffer))
+    assert reader._writer is not None
+    seen.append(reader._writer.sent)  # type: ignore[attr-defined]
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(reads=any_reads(), skip=st.sampled_from([None, b".lines", b"x"]))
+def test_the_usual_frames_fast_path_reads_what_the_general_parser_reads(
+    reads: list[bytes], skip: bytes | None
+) -> None:
+    """Whatever the server sends and the publishers wrote, cut anywhere: the reader hands out,
+    answers and raises exactly what it would if every frame went through the general parser
+    (the fast path's regular expression and its size table never change a result)."""
+    fast = read_through(parser(skip), reads)
+    never = re.compile(rb"(?!)")
+    with (
+        mock.patch.object(streamreader, "_DELIVERY", never),
+        mock.patch.object(streamreader, "_DELIVERY_WITH_SUBJECT", never),
+    ):
+        general = read_through(parser(skip), reads)
+    assert fast == general
