@@ -31,6 +31,7 @@ import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import SplitResult, urlsplit
 
+import msgspec
 import nats.errors
 import structlog
 from nats.js import JetStreamContext, api
@@ -49,21 +50,23 @@ READ_SIZE = 1 << 20
 # in its tight single-character loop (``[^ ]``, ``[^.]``) and never backtracks (``++``): a
 # subject has no whitespace, stream and consumer names no dots nor whitespace, the rest is digits
 # where a number is read. Half the instructions of the strict ``[^ \r\n]+`` classes a message
-# (``bench/RESULTS.md``, session 37). Groups: stream sequence, consumer sequence, pending,
-# header size, size; the subject first in the second form.
+# (``bench/RESULTS.md``, session 37). Groups: ``<stream seq>.<consumer seq>``, pending, header
+# size, size; the subject first in the second form.
 _DELIVERY = re.compile(
-    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++)\.(\d++)\.\d++\.(\d++) "
+    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d++) "
     rb"(\d++) (\d++)\r\n"
 )
 # The same, the subject taken too: for a reader that skips the bodies of some subjects.
 _DELIVERY_WITH_SUBJECT = re.compile(
-    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++)\.(\d++)\.\d++\.(\d++) "
+    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d++) "
     rb"(\d++) (\d++)\r\n"
 )
 # Header and message sizes as numbers, looked up instead of ``int()`` (a C call with its own
 # parsing, several times a dictionary hit): headers are a few dozen bytes, most events a few
 # hundred. Larger sizes (and a zero) are converted as before.
 _SIZES = {str(n).encode(): n for n in range(1, 4096)}
+# A run's sequences, ``[<stream seq>,<consumer seq>,...]``, made numbers in one call.
+_SEQUENCES = msgspec.json.Decoder(list[int]).decode
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_CONNECT_TIMEOUT = 2.0  # as nats-py's
 
@@ -357,40 +360,13 @@ class StreamReader:
         buf = self._buffer + chunk if self._buffer else chunk
         self._buffer = b""
         pos = 0
-        size = len(buf)
         append = out.append
-        skip = self._skip
-        delivery = (_DELIVERY if skip is None else _DELIVERY_WITH_SUBJECT).match
-        sizes = _SIZES
+        careful = False  # a run failed its check: the rest of this read goes frame by frame
         while True:
-            # The usual frames, one after the other: the reader's state is kept in locals and
-            # stored once they end (storing it per message cost about a twentieth of the parse).
-            consumer_seq = last_consumer_seq = self._consumer_seq
-            pending = None
-            found = delivery(buf, pos)
-            while found is not None:
-                if skip is None:
-                    seq, delivered, pending_now, header_size, total = found.groups()
-                    subject = b""
-                else:
-                    subject, seq, delivered, pending_now, header_size, total = found.groups()
-                body = found.end()
-                after = body + (sizes.get(total) or int(total))
-                if after + 2 > size or int(delivered) != consumer_seq + 1:
-                    break  # the rest is in the next read; or out of order: the general path
-                consumer_seq += 1
-                pending = pending_now
-                if skip is not None and subject.endswith(skip):
-                    append((int(seq), b""))
-                else:
-                    start = body + (sizes.get(header_size) or int(header_size))
-                    append((int(seq), buf[start:after]))
-                pos = after + 2
-                found = delivery(buf, pos)
-            if consumer_seq != last_consumer_seq:
-                self._consumer_seq = consumer_seq
-                self.last_seq = out[-1][0]
-                self._pending = pending
+            if not careful:
+                taken = self._take_run(out, buf, pos)
+                careful = taken is None
+                pos = pos if taken is None else taken
             end = buf.find(b"\r\n", pos)
             if end < 0:
                 break
@@ -426,6 +402,53 @@ class StreamReader:
             else:  # PONG, +OK
                 pos = end + 2
         self._buffer = buf[pos:]
+
+    def _take_run(self, out: list[tuple[int, bytes]], buf: bytes, pos: int) -> int | None:
+        """The usual deliveries from ``pos`` on, one after the other, into ``out``; returns
+        where they end. Their sequences become numbers, and their order is checked, once for the
+        whole run (two ``int()`` a message cost a fifth of the parse): None, nothing taken, when
+        one is out of order or not plain digits, for the general parser to find which."""
+        skip = self._skip
+        match = (_DELIVERY if skip is None else _DELIVERY_WITH_SUBJECT).match
+        sizes = _SIZES
+        size = len(buf)
+        sequences: list[bytes] = []
+        bodies: list[bytes] = []
+        add_sequences, add_body = sequences.append, bodies.append
+        pending = None
+        found = match(buf, pos)
+        while found is not None:
+            if skip is None:
+                both, pending_now, header_size, total = found.groups()
+                subject = b""
+            else:
+                subject, both, pending_now, header_size, total = found.groups()
+            body = found.end()
+            after = body + (sizes.get(total) or int(total))
+            if after + 2 > size:
+                break  # the rest is in the next read
+            pending = pending_now
+            add_sequences(both)
+            if skip is not None and subject.endswith(skip):
+                add_body(b"")
+            else:
+                add_body(buf[body + (sizes.get(header_size) or int(header_size)) : after])
+            pos = after + 2
+            found = match(buf, pos)
+        if not bodies:
+            return pos
+        try:  # JSON refuses leading zeros: such digits go the general way, int() takes them
+            numbers = _SEQUENCES(b"[" + b",".join(sequences).replace(b".", b",") + b"]")
+        except msgspec.DecodeError:
+            return None
+        first = self._consumer_seq + 1
+        if numbers[1::2] != list(range(first, first + len(bodies))):
+            return None
+        out += zip(numbers[0::2], bodies, strict=True)
+        self._consumer_seq = first + len(bodies) - 1
+        self.last_seq = out[-1][0]
+        self._pending = pending
+        return pos
 
     def _sequence(self, reply: bytes) -> int:
         """The stream sequence, from the ``$JS.ACK...`` reply subject; checks for gaps."""
