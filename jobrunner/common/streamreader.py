@@ -372,14 +372,25 @@ class StreamReader:
                 break
             head = buf[pos:end]
             if head.startswith(b"HMSG ") or head.startswith(b"MSG "):
+                # MSG <subject> <sid> [reply] <size>; HMSG ... [reply] <header size> <size>
                 parts = head.split(b" ")
+                headed = parts[0] == b"HMSG"
+                fields = 5 if headed else 4
+                # Sizes are plain ASCII digits: a negative one would send the parse back to this
+                # line for ever, and int() would take " 5", "+5" or "1_0". No field is empty.
+                if not (
+                    fields <= len(parts) <= fields + 1
+                    and b"" not in parts
+                    and parts[-1].isdigit()
+                    and (not headed or parts[-2].isdigit())
+                ):
+                    raise StreamReaderError(f"malformed frame from NATS: {head[:80]!r}")
                 total = int(parts[-1])
-                header_size = int(parts[-2]) if parts[0] == b"HMSG" else 0
+                header_size = int(parts[-2]) if headed else 0
                 body = end + 2
                 if body + total + 2 > len(buf):
                     break  # the rest of this message is in the next read
-                # MSG <subject> <sid> [reply] <size>; HMSG ... [reply] <header size> <size>
-                with_reply = len(parts) == (6 if parts[0] == b"HMSG" else 5)
+                with_reply = len(parts) == fields + 1
                 reply = parts[3] if with_reply else b""
                 if reply.startswith(b"$JS.ACK."):  # a stored message, even with an empty body
                     seq = self._sequence(reply)

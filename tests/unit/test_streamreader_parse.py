@@ -6,15 +6,19 @@ one: both are generated here, so the two paths are held to the same result."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.common import streamreader
-from jobrunner.common.streamreader import StreamReader
+from jobrunner.common.streamreader import StreamReader, StreamReaderError
 
 
 class FakeWriter:
@@ -140,6 +144,88 @@ def test_a_delivery_out_of_order_hands_out_those_before_it_then_raises_the_gap(
     assert type(reader._error).__name__ == "GapError"
 
 
+class Hung(BaseException):  # not an Exception: no handler in the parse or its test takes it
+    pass
+
+
+def refusing_to_hang(work: Callable[[], Any]) -> Any:
+    """``work()``, interrupted with ``Hung`` if it has not returned after 10 s (a parse that
+    loops for ever would otherwise hold the whole test run)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Hung("the parse never returned")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(10)
+    try:
+        return work()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class SocketWriter(FakeWriter):
+    """What ``batches`` asks of the socket's writer after each read: nothing left to send."""
+
+    class transport:  # asyncio's attribute name
+        @staticmethod
+        def get_write_buffer_size() -> int:
+            return 0
+
+
+async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[int], Exception]:
+    """The sequences ``batches`` hands out for ``data``, and the error it raises after them."""
+    reader._reader = asyncio.StreamReader()
+    reader._reader.feed_data(data)
+    reader._writer = SocketWriter()  # type: ignore[assignment]
+    seqs: list[int] = []
+    try:
+        async for batch in reader.batches():
+            seqs += [seq for seq, _ in batch]
+    except Exception as exc:
+        return seqs, exc
+    raise AssertionError("batches() ended without an error")
+
+
+@pytest.mark.parametrize(
+    "bad_frame",
+    [
+        b"MSG x 1 -15\r\n",  # sends the parse back to this line's start
+        b"HMSG x 1 -14 -14\r\n",
+        b"MSG a 1 x\r\n",
+        b"HMSG a 1 $JS.ACK.S.C.1.3.3.0.0 x 12\r\n",
+        b"MSG a 1 +5\r\nhello\r\n",
+        b"MSG a 1  5\r\nhello\r\n",
+        b"MSG a 1 1_0\r\n0123456789\r\n",
+        b"HMSG a\r\n",
+        b"MSG 5\r\n",
+        b"HMSG a 1 b c 12 12 12\r\n",
+    ],
+)
+def test_a_frame_with_a_negative_or_non_numeric_size_is_refused_not_looped_on(
+    bad_frame: bytes,
+) -> None:
+    """A control line with a size that is not plain digits, or with too few or too many
+    fields, is an error from NATS (named with the line), raised after the messages before it
+    were handed out: never an endless parse, and never an error the reader's users do not
+    expect."""
+    good = b"".join(delivery(n, n, 0, b"{}", "s.job.j.lines", "v1") for n in (1, 2))
+    reader = parser(None)
+    out = refusing_to_hang(lambda: reader._parse(good + bad_frame))
+    assert [seq for seq, _ in out] == [1, 2]
+    assert isinstance(reader._error, StreamReaderError)
+    assert "malformed frame from NATS" in str(reader._error)
+    with pytest.raises(StreamReaderError, match="malformed frame from NATS"):
+        refusing_to_hang(lambda: parser(None)._parse(bad_frame))
+
+    seqs, error = refusing_to_hang(
+        lambda: asyncio.run(batches_then_error(parser(None), good + bad_frame))
+    )
+    assert seqs == [1, 2]
+    assert isinstance(error, StreamReaderError)
+    assert "malformed frame from NATS" in str(error)
+
+
 # What nats-server puts in a frame's head: a subject is any bytes but whitespace (dots between
 # tokens), stream and consumer names have no dots either; the numbers are digits.
 digits = st.integers(min_value=0, max_value=10**19).map(lambda n: str(n).encode())
@@ -153,8 +239,15 @@ subjects = st.lists(name_bytes, min_size=1, max_size=5).map(b".".join)
 @st.composite
 def any_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
     kind = draw(
-        st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage"])
+        st.sampled_from(
+            ["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage", "bad size"]
+        )
     )
+    if kind == "bad size":  # a size no server sends: refused, never looped on
+        bad = draw(st.sampled_from([b"-15", b"-1", b"x", b"+5", b"1_0", b""]))
+        if draw(st.booleans()):
+            return b"MSG a 1 %s\r\n" % bad
+        return b"HMSG a 1 $JS.ACK.S.C.1.1.1.0.0 %s 12\r\n" % bad
     if kind == "ping":
         return b"PING\r\n"
     if kind == "garbage":  # a line a server never sends: both paths must agree on it too
@@ -247,11 +340,11 @@ def test_the_usual_frames_fast_path_reads_what_the_general_parser_reads(
     answers and raises exactly what it would if every frame went through the general parser
     (the fast path's regular expression, its size table and its run's one order check never
     change a result)."""
-    fast = read_through(parser(skip), reads)
+    fast = refusing_to_hang(lambda: read_through(parser(skip), reads))
     never = re.compile(rb"(?!)")
     with (
         mock.patch.object(streamreader, "_DELIVERY", never),
         mock.patch.object(streamreader, "_DELIVERY_WITH_SUBJECT", never),
     ):
-        general = read_through(parser(skip), reads)
+        general = refusing_to_hang(lambda: read_through(parser(skip), reads))
     assert fast == general
