@@ -314,11 +314,16 @@ def any_reads(draw: st.DrawFn) -> list[bytes]:
 
 
 def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
-    """What a reader hands out and raises, read by read, up to its first error."""
+    """What a reader hands out and raises, read by read, up to its first error. Every body is
+    ``bytes``, not a view that merely compares equal: the replay's feed (branch s37replayrows)
+    searches bodies with
+    ``bytes.find`` and keeps them after the read's buffer is gone."""
     seen: list[object] = []
     for chunk in reads:
         try:
-            seen.append(reader._parse(chunk))
+            batch = reader._parse(chunk)
+            assert all(type(body) is bytes for _, body in batch)
+            seen.append(batch)
         except Exception as exc:
             seen.append((type(exc).__name__, str(exc)))
             break
