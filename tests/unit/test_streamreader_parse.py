@@ -280,24 +280,35 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
             st.binary(max_size=60),
             st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=8), st.integers(0, 700)),
             st.just(b"\r\nHMSG a 1 $JS.ACK.S.C.1.2.3.4.5 0 0\r\n"),
+            st.just(b"to the size table's end"),  # made to size below, with the headers
         )
     )
+    # The size table ends at 4095: sizes either side of it must read the same as int() does.
+    table_edge = st.sampled_from([4094, 4095, 4096, 4097])
     subject = draw(subjects)
+    # A size with a leading zero is still that size (the table has no such key).
+    total_zero = b"0" if draw(st.integers(0, 9)) == 0 else b""
     if kind == "msg":
-        return b"MSG %s 1 %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
-    headers = draw(
-        st.sampled_from(
-            [
-                b"NATS/1.0\r\n\r\n",
-                b"NATS/1.0\r\nNats-Msg-Id: 43be3f848e7743f0a67444be0b4a4ae8\r\n\r\n",
-            ]
-        )
-    )
+        if payload == b"to the size table's end":
+            payload = b"p" * draw(table_edge)
+        return b"MSG %s 1 %s %s%d\r\n%s\r\n" % (subject, reply, total_zero, len(payload), payload)
+    if draw(st.integers(0, 15)) == 0:  # no headers, no body: sizes 0 and 0
+        return b"HMSG %s 1 %s 0 0\r\n\r\n" % (subject, reply)
+    # Headers of any length: a few dozen bytes, or themselves around the size table's end.
+    header_size = draw(st.one_of(st.just(12), st.integers(27, 70), table_edge))
+    headers = b"NATS/1.0\r\n\r\n"
+    if header_size > len(headers):
+        headers = b"NATS/1.0\r\nNats-Msg-Id: " + b"h" * (header_size - 27) + b"\r\n\r\n"
+    if payload == b"to the size table's end":
+        payload = b"p" * max(0, draw(table_edge) - len(headers))
+    header_zero = b"0" if draw(st.integers(0, 9)) == 0 else b""
     size = len(headers) + len(payload)
-    return b"HMSG %s 1 %s %d %d\r\n%s%s\r\n" % (
+    return b"HMSG %s 1 %s %s%d %s%d\r\n%s%s\r\n" % (
         subject,
         reply,
+        header_zero,
         len(headers),
+        total_zero,
         size,
         headers,
         payload,
