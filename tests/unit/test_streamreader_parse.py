@@ -237,33 +237,48 @@ subjects = st.lists(name_bytes, min_size=1, max_size=5).map(b".".join)
 
 
 @st.composite
-def any_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
-    kind = draw(
-        st.sampled_from(
-            ["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage", "bad size"]
+def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
+    """A frame sent after ``consumer_seq`` deliveries, and the count after it: only a delivery
+    advances it. One delivery or heartbeat in ten is deliberately out of order (a gap)."""
+    kind = (
+        "bad size"
+        if draw(st.integers(0, 40)) == 0
+        else draw(
+            st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage"])
         )
     )
     if kind == "bad size":  # a size no server sends: refused, never looped on
         bad = draw(st.sampled_from([b"-15", b"-1", b"x", b"+5", b"1_0", b""]))
         if draw(st.booleans()):
-            return b"MSG a 1 %s\r\n" % bad
-        return b"HMSG a 1 $JS.ACK.S.C.1.1.1.0.0 %s 12\r\n" % bad
+            return b"MSG a 1 %s\r\n" % bad, consumer_seq
+        return b"HMSG a 1 $JS.ACK.S.C.1.1.1.0.0 %s 12\r\n" % bad, consumer_seq
     if kind == "ping":
-        return b"PING\r\n"
+        return b"PING\r\n", consumer_seq
     if kind == "garbage":  # a line a server never sends: both paths must agree on it too
-        return draw(st.binary(max_size=30).filter(lambda b: b"\r\n" not in b)) + b"\r\n"
+        return draw(
+            st.binary(max_size=30).filter(lambda b: b"\r\n" not in b)
+        ) + b"\r\n", consumer_seq
     if kind == "heartbeat":
         headers = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: %d\r\n\r\n" % draw(
-            st.integers(min_value=0, max_value=consumer_seq + 2)
+            st.sampled_from([consumer_seq] * 9 + [consumer_seq + 1])
         )
-        return b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (len(headers), len(headers), headers)
+        return b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (
+            len(headers),
+            len(headers),
+            headers,
+        ), consumer_seq
     if kind == "flow":
         headers = b"NATS/1.0 100 FlowControl Request\r\n\r\n"
         reply = b"$JS.FC." + draw(name_bytes) + b"." + draw(name_bytes) + b".t"
-        return b"HMSG _INBOX.x 1 %s %d %d\r\n%s\r\n" % (reply, len(headers), len(headers), headers)
+        return b"HMSG _INBOX.x 1 %s %d %d\r\n%s\r\n" % (
+            reply,
+            len(headers),
+            len(headers),
+            headers,
+        ), consumer_seq
     stream, consumer = draw(name_bytes), draw(name_bytes)
     # Mostly the next delivery; sometimes one out of order (a gap), or a number with zeros.
-    delivered = draw(st.sampled_from([consumer_seq + 1] * 8 + [consumer_seq + 2, consumer_seq, 0]))
+    delivered = draw(st.sampled_from([consumer_seq + 1] * 27 + [consumer_seq + 2, consumer_seq, 0]))
     cseq = str(delivered).encode()
     if draw(st.integers(0, 20)) == 0:
         cseq = b"0" + cseq
@@ -291,9 +306,15 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
     if kind == "msg":
         if payload == b"to the size table's end":
             payload = b"p" * draw(table_edge)
-        return b"MSG %s 1 %s %s%d\r\n%s\r\n" % (subject, reply, total_zero, len(payload), payload)
+        return b"MSG %s 1 %s %s%d\r\n%s\r\n" % (
+            subject,
+            reply,
+            total_zero,
+            len(payload),
+            payload,
+        ), consumer_seq + 1
     if draw(st.integers(0, 15)) == 0:  # no headers, no body: sizes 0 and 0
-        return b"HMSG %s 1 %s 0 0\r\n\r\n" % (subject, reply)
+        return b"HMSG %s 1 %s 0 0\r\n\r\n" % (subject, reply), consumer_seq + 1
     # Headers of any length: a few dozen bytes, or themselves around the size table's end.
     header_size = draw(st.one_of(st.just(12), st.integers(27, 70), table_edge))
     headers = b"NATS/1.0\r\n\r\n"
@@ -312,14 +333,16 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
         size,
         headers,
         payload,
-    )
+    ), consumer_seq + 1
 
 
 @st.composite
 def any_reads(draw: st.DrawFn) -> list[bytes]:
     data = b""
-    for n in range(draw(st.integers(0, 25))):
-        data += draw(any_frame(consumer_seq=n))
+    consumer_seq = 0
+    for _ in range(draw(st.integers(0, 25))):
+        frame, consumer_seq = draw(any_frame(consumer_seq))
+        data += frame
     cuts = sorted(draw(st.lists(st.integers(0, max(len(data), 1)), max_size=6)))
     return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
