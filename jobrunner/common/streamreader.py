@@ -472,11 +472,11 @@ class StreamReader:
             consumer_seq = int(tokens[base + 4])
             pending = tokens[base + 6]
             int(pending)  # digits, or no delivery
-            self._pending = pending
         except (IndexError, ValueError):
             raise StreamReaderError(f"not a JetStream delivery: {reply!r}") from None
         if consumer_seq != self._consumer_seq + 1:
             raise GapError(f"expected delivery {self._consumer_seq + 1}, got {consumer_seq}")
+        self._pending = pending  # only a delivery handed out tells what is left
         self._consumer_seq = consumer_seq
         self.last_seq = seq
         return seq

@@ -144,6 +144,20 @@ def test_a_delivery_out_of_order_hands_out_those_before_it_then_raises_the_gap(
     assert type(reader._error).__name__ == "GapError"
 
 
+@pytest.mark.parametrize("form", ["v1", "v2", "msg"])
+def test_a_delivery_out_of_order_leaves_the_pending_count_of_the_last_one_handed_out(
+    form: str,
+) -> None:
+    """The pending count a reader reports is the last handed-out message's, not that of the
+    delivery after a gap, which was never handed out."""
+    reader = parser(None)
+    data = delivery(1, 1, 40, b"{}", "s.job.j.lines", form)
+    data += delivery(3, 3, 7, b"{}", "s.job.j.lines", form)
+    assert [seq for seq, _ in reader._parse(data)] == [1]
+    assert type(reader._error).__name__ == "GapError"
+    assert reader.pending == 40
+
+
 class Hung(BaseException):  # not an Exception: no handler in the parse or its test takes it
     pass
 
