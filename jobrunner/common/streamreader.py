@@ -363,7 +363,12 @@ class StreamReader:
         self._buffer = b""
         pos = 0
         append = out.append
-        careful = False  # a run failed its check: the rest of this read goes frame by frame
+        # A run failed its check: the rest of this read goes frame by frame, deliberately. Were
+        # the fast path tried again after each frame, a run out of order near its end would be
+        # matched again from each of its deliveries in turn (quadratic in the read's size); a
+        # failed run means a gap or digits nats-server does not send, so it is rare, and the
+        # next read starts fast again.
+        careful = False
         while True:
             if not careful:
                 taken = self._take_run(out, buf, pos)
