@@ -6,12 +6,19 @@ one: both are generated here, so the two paths are held to the same result."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import signal
+from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobrunner.common.streamreader import StreamReader
+from jobrunner.common import streamreader
+from jobrunner.common.streamreader import StreamReader, StreamReaderError
 
 
 class FakeWriter:
@@ -135,3 +142,286 @@ def test_a_delivery_out_of_order_hands_out_those_before_it_then_raises_the_gap(
     assert [seq for seq, _ in reader._parse(data)] == list(range(1, before + 1))
     assert reader.last_seq == before
     assert type(reader._error).__name__ == "GapError"
+
+
+@pytest.mark.parametrize("form", ["v1", "v2", "msg"])
+def test_a_delivery_out_of_order_leaves_the_pending_count_of_the_last_one_handed_out(
+    form: str,
+) -> None:
+    """The pending count a reader reports is the last handed-out message's, not that of the
+    delivery after a gap, which was never handed out."""
+    reader = parser(None)
+    data = delivery(1, 1, 40, b"{}", "s.job.j.lines", form)
+    data += delivery(3, 3, 7, b"{}", "s.job.j.lines", form)
+    assert [seq for seq, _ in reader._parse(data)] == [1]
+    assert type(reader._error).__name__ == "GapError"
+    assert reader.pending == 40
+
+
+class Hung(BaseException):  # not an Exception: no handler in the parse or its test takes it
+    pass
+
+
+def refusing_to_hang(work: Callable[[], Any]) -> Any:
+    """``work()``, interrupted with ``Hung`` if it has not returned after 10 s (a parse that
+    loops for ever would otherwise hold the whole test run)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Hung("the parse never returned")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(10)
+    try:
+        return work()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class SocketWriter(FakeWriter):
+    """What ``batches`` asks of the socket's writer after each read: nothing left to send."""
+
+    class transport:  # asyncio's attribute name
+        @staticmethod
+        def get_write_buffer_size() -> int:
+            return 0
+
+
+async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[int], Exception]:
+    """The sequences ``batches`` hands out for ``data``, and the error it raises after them."""
+    reader._reader = asyncio.StreamReader()
+    reader._reader.feed_data(data)
+    reader._writer = SocketWriter()  # type: ignore[assignment]
+    seqs: list[int] = []
+    try:
+        async for batch in reader.batches():
+            seqs += [seq for seq, _ in batch]
+    except Exception as exc:
+        return seqs, exc
+    raise AssertionError("batches() ended without an error")
+
+
+@pytest.mark.parametrize(
+    "bad_frame",
+    [
+        b"MSG x 1 -15\r\n",  # sends the parse back to this line's start
+        b"HMSG x 1 -14 -14\r\n",
+        b"MSG a 1 x\r\n",
+        b"HMSG a 1 $JS.ACK.S.C.1.3.3.0.0 x 12\r\n",
+        b"MSG a 1 +5\r\nhello\r\n",
+        b"MSG a 1  5\r\nhello\r\n",
+        b"MSG a 1 1_0\r\n0123456789\r\n",
+        b"HMSG a\r\n",
+        b"MSG 5\r\n",
+        b"HMSG a 1 b c 12 12 12\r\n",
+    ],
+)
+def test_a_frame_with_a_negative_or_non_numeric_size_is_refused_not_looped_on(
+    bad_frame: bytes,
+) -> None:
+    """A control line with a size that is not plain digits, or with too few or too many
+    fields, is an error from NATS (named with the line), raised after the messages before it
+    were handed out: never an endless parse, and never an error the reader's users do not
+    expect."""
+    good = b"".join(delivery(n, n, 0, b"{}", "s.job.j.lines", "v1") for n in (1, 2))
+    reader = parser(None)
+    out = refusing_to_hang(lambda: reader._parse(good + bad_frame))
+    assert [seq for seq, _ in out] == [1, 2]
+    assert isinstance(reader._error, StreamReaderError)
+    assert "malformed frame from NATS" in str(reader._error)
+    with pytest.raises(StreamReaderError, match="malformed frame from NATS"):
+        refusing_to_hang(lambda: parser(None)._parse(bad_frame))
+
+    seqs, error = refusing_to_hang(
+        lambda: asyncio.run(batches_then_error(parser(None), good + bad_frame))
+    )
+    assert seqs == [1, 2]
+    assert isinstance(error, StreamReaderError)
+    assert "malformed frame from NATS" in str(error)
+
+
+# What nats-server puts in a frame's head: a subject is any bytes but whitespace (dots between
+# tokens), stream and consumer names have no dots either; the numbers are digits.
+digits = st.integers(min_value=0, max_value=10**19).map(lambda n: str(n).encode())
+name_bytes = st.one_of(
+    st.binary(min_size=1, max_size=12).filter(lambda b: not any(c in b for c in b" \t\r\n.")),
+    digits,  # a name of digits looks like a number to a careless pattern
+)
+subjects = st.lists(name_bytes, min_size=1, max_size=5).map(b".".join)
+
+
+@st.composite
+def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
+    """A frame sent after ``consumer_seq`` deliveries, and the count after it: only a delivery
+    advances it. One delivery or heartbeat in ten is deliberately out of order (a gap)."""
+    kind = (
+        "bad size"
+        if draw(st.integers(0, 40)) == 0
+        else draw(
+            st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage"])
+        )
+    )
+    if kind == "bad size":  # a size no server sends: refused, never looped on
+        bad = draw(st.sampled_from([b"-15", b"-1", b"x", b"+5", b"1_0", b""]))
+        if draw(st.booleans()):
+            return b"MSG a 1 %s\r\n" % bad, consumer_seq
+        return b"HMSG a 1 $JS.ACK.S.C.1.1.1.0.0 %s 12\r\n" % bad, consumer_seq
+    if kind == "ping":
+        return b"PING\r\n", consumer_seq
+    if kind == "garbage":  # a line a server never sends: both paths must agree on it too
+        return draw(
+            st.binary(max_size=30).filter(lambda b: b"\r\n" not in b)
+        ) + b"\r\n", consumer_seq
+    if kind == "heartbeat":
+        headers = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: %d\r\n\r\n" % draw(
+            st.sampled_from([consumer_seq] * 9 + [consumer_seq + 1])
+        )
+        return b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (
+            len(headers),
+            len(headers),
+            headers,
+        ), consumer_seq
+    if kind == "flow":
+        headers = b"NATS/1.0 100 FlowControl Request\r\n\r\n"
+        reply = b"$JS.FC." + draw(name_bytes) + b"." + draw(name_bytes) + b".t"
+        return b"HMSG _INBOX.x 1 %s %d %d\r\n%s\r\n" % (
+            reply,
+            len(headers),
+            len(headers),
+            headers,
+        ), consumer_seq
+    stream, consumer = draw(name_bytes), draw(name_bytes)
+    # Mostly the next delivery; sometimes one out of order (a gap), or a number with zeros.
+    delivered = draw(st.sampled_from([consumer_seq + 1] * 27 + [consumer_seq + 2, consumer_seq, 0]))
+    cseq = str(delivered).encode()
+    if draw(st.integers(0, 20)) == 0:
+        cseq = b"0" + cseq
+    # <delivered count> (1: a consumer without acks sends each once) <stream seq> <consumer seq>
+    # <time> <pending>
+    numbers = [draw(st.sampled_from([b"1", b"2"])), draw(digits), cseq, draw(digits), draw(digits)]
+    reply = b".".join([b"$JS", b"ACK", stream, consumer, *numbers])
+    if kind == "v2":
+        reply = b".".join([b"$JS", b"ACK", draw(name_bytes), draw(name_bytes), stream, consumer])
+        reply += b"." + b".".join(numbers) + b".r"
+    # Bodies are the publishers' bytes: anything, frames and line ends included, small or large.
+    payload = draw(
+        st.one_of(
+            st.binary(max_size=60),
+            st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=8), st.integers(0, 700)),
+            st.just(b"\r\nHMSG a 1 $JS.ACK.S.C.1.2.3.4.5 0 0\r\n"),
+            st.just(b"to the size table's end"),  # made to size below, with the headers
+        )
+    )
+    # The size table ends at 4095: sizes either side of it must read the same as int() does.
+    table_edge = st.sampled_from([4094, 4095, 4096, 4097])
+    subject = draw(subjects)
+    # A size with a leading zero is still that size (the table has no such key).
+    total_zero = b"0" if draw(st.integers(0, 9)) == 0 else b""
+    if kind == "msg":
+        if payload == b"to the size table's end":
+            payload = b"p" * draw(table_edge)
+        return b"MSG %s 1 %s %s%d\r\n%s\r\n" % (
+            subject,
+            reply,
+            total_zero,
+            len(payload),
+            payload,
+        ), consumer_seq + 1
+    if draw(st.integers(0, 15)) == 0:  # no headers, no body: sizes 0 and 0
+        return b"HMSG %s 1 %s 0 0\r\n\r\n" % (subject, reply), consumer_seq + 1
+    # Headers of any length: a few dozen bytes, or themselves around the size table's end.
+    header_size = draw(st.one_of(st.just(12), st.integers(27, 70), table_edge))
+    headers = b"NATS/1.0\r\n\r\n"
+    if header_size > len(headers):
+        headers = b"NATS/1.0\r\nNats-Msg-Id: " + b"h" * (header_size - 27) + b"\r\n\r\n"
+    if payload == b"to the size table's end":
+        payload = b"p" * max(0, draw(table_edge) - len(headers))
+    header_zero = b"0" if draw(st.integers(0, 9)) == 0 else b""
+    size = len(headers) + len(payload)
+    return b"HMSG %s 1 %s %s%d %s%d\r\n%s%s\r\n" % (
+        subject,
+        reply,
+        header_zero,
+        len(headers),
+        total_zero,
+        size,
+        headers,
+        payload,
+    ), consumer_seq + 1
+
+
+@st.composite
+def any_reads(draw: st.DrawFn) -> list[bytes]:
+    data = b""
+    consumer_seq = 0
+    for _ in range(draw(st.integers(0, 25))):
+        frame, consumer_seq = draw(any_frame(consumer_seq))
+        data += frame
+    cuts = sorted(draw(st.lists(st.integers(0, max(len(data), 1)), max_size=6)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
+    """What a reader hands out and raises, read by read, up to its first error (only ever a
+    StreamReaderError: anything else fails the test). Every body is ``bytes``, not a view that
+    merely compares equal: the replay's feed (branch s37replayrows) searches bodies with
+    ``bytes.find`` and keeps them after the read's buffer is gone."""
+    seen: list[object] = []
+    for chunk in reads:
+        try:
+            batch = reader._parse(chunk)
+            assert all(type(body) is bytes for _, body in batch)
+            seen.append(batch)
+        except StreamReaderError as exc:
+            seen.append((type(exc).__name__, str(exc)))
+            break
+        if reader._error is not None:
+            seen.append((type(reader._error).__name__, str(reader._error)))
+            break
+        seen.append((reader.last_seq, reader._pending, reader._consumer_seq, reader._buffer))
+    assert reader._writer is not None
+    seen.append(reader._writer.sent)  # type: ignore[attr-defined]
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(reads=any_reads(), skip=st.sampled_from([None, b".lines", b"x"]))
+def test_the_usual_frames_fast_path_reads_what_the_general_parser_reads(
+    reads: list[bytes], skip: bytes | None
+) -> None:
+    """Whatever the server sends and the publishers wrote, cut anywhere: the reader hands out,
+    answers and raises exactly what it would if every frame went through the general parser
+    (the fast path's regular expression, its size table and its run's one order check never
+    change a result)."""
+    fast = refusing_to_hang(lambda: read_through(parser(skip), reads))
+    never = re.compile(rb"(?!)")
+    with (
+        mock.patch.object(streamreader, "_DELIVERY", never),
+        mock.patch.object(streamreader, "_DELIVERY_WITH_SUBJECT", never),
+    ):
+        general = refusing_to_hang(lambda: read_through(parser(skip), reads))
+    assert fast == general
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # A line end inside the subject: the general parser sees "HMSG a" and refuses it.
+        b"HMSG a\r\nb 1 $JS.ACK.S.C.1.7.1.0.0 12 14\r\nNATS/1.0\r\n\r\nab\r\n",
+        # A space inside the stream name: one field too many for the general parser.
+        b"HMSG a 1 $JS.ACK.S T.C.1.7.1.0.0 12 14\r\nNATS/1.0\r\n\r\nab\r\n",
+    ],
+)
+def test_the_fast_path_trusts_nats_servers_framing_on_heads_it_never_sends(frame: bytes) -> None:
+    """The fast path's classes do not exclude a line end or a space where nats-server never
+    puts one (that check cost more than it was worth): on such a head it hands the message out,
+    where the general parser would not. Recorded so that a change to either is a choice."""
+    assert parser(None)._parse(frame) == [(7, b"ab")]
+    never = re.compile(rb"(?!)")
+    general = parser(None)
+    with (
+        mock.patch.object(streamreader, "_DELIVERY", never),
+        mock.patch.object(streamreader, "_DELIVERY_WITH_SUBJECT", never),
+        pytest.raises(StreamReaderError, match="malformed frame from NATS"),
+    ):
+        general._parse(frame)
