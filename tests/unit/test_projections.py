@@ -121,8 +121,8 @@ def test_each_logged_line_becomes_a_row_with_the_stream_sequence() -> None:
         LinesAppended(
             "j1",
             [
-                ("j1", 1, "stdout", "INFO", AT, "one", 11),
-                ("j1", 2, "stderr", "ERROR", AT, "two", 11),
+                (1, "stdout", "INFO", AT, "one", "j1", 11),
+                (2, "stderr", "ERROR", AT, "two", "j1", 11),
             ],
         )
     ]
@@ -308,7 +308,7 @@ def test_every_change_belongs_to_the_event_s_job(event: events.Event, seq: int) 
         assert change.job_id == stored_id
     if isinstance(event, events.LineLogged):
         assert isinstance(change, LinesAppended)
-        assert [row[1] for row in change.rows] == [line.seq for line in event.lines]
+        assert [row[0] for row in change.rows] == [line.seq for line in event.lines]
 
 
 LINES = st.lists(
@@ -338,12 +338,12 @@ def test_line_rows_are_each_field_made_storable(
     assert change.job_id == stored
     assert change.rows == [
         (
-            stored,
             ln.seq,
             storable.text(ln.stream),
             storable.text(ln.level),
             ln.timestamp,
             storable.text(ln.text),
+            stored,
             seq,
         )
         for ln in lines

@@ -273,7 +273,10 @@ def _applies(change: JobUpdated, status: str) -> bool:
     return True
 
 
-LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
+# In the order of a line's row (projections.LineRow): the line's own fields first, as its event
+# lays them out, so a row is built without a Python step per line.
+LINE_COLUMNS = ("seq", "stream", "level", "ts", "text", "job_id", "stream_seq")
+_LINE_JOB_ID = LINE_COLUMNS.index("job_id")
 
 
 def _nothing() -> None:
@@ -319,7 +322,7 @@ async def _flush_lines(
             f"UPDATE {schema}.jobs AS j SET log_count = "
             f"(SELECT count(*) FROM {schema}.log_lines AS l WHERE l.job_id = j.id) "
             "WHERE j.id = ANY($1::text[])",
-            list({row[0] for row in rows}),
+            list({row[_LINE_JOB_ID] for row in rows}),
         )
 
 
@@ -327,9 +330,9 @@ async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[
     columns = list(zip(*rows, strict=True))
     await conn.execute(
         f"""
-        INSERT INTO {schema}.log_lines (job_id, seq, stream, level, ts, text, stream_seq)
-        SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[],
-                             $5::timestamptz[], $6::text[], $7::bigint[])
+        INSERT INTO {schema}.log_lines ({", ".join(LINE_COLUMNS)})
+        SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[],
+                             $5::text[], $6::text[], $7::bigint[])
         ON CONFLICT DO NOTHING
         """,
         *columns,
