@@ -245,7 +245,11 @@ def fold(
                 if job_id in existing:
                     plan.updates.append(change)
                 elif job_id not in created:  # a second JobRequested changes nothing
-                    new = created[job_id] = {"log_count": 0, **change.row}
+                    # A copy (a second fold of the batch must see the row as projected), made
+                    # by ``dict``: it clones the row's table at once, where a display
+                    # ``{"log_count": 0, **row}`` inserts the columns one by one.
+                    new = created[job_id] = dict(change.row)
+                    new["log_count"] = 0
                     if new["batch_id"] is not None:
                         plan.touched.add(new["batch_id"], seq, new["created_at"])
                     if new["attempt_of"] is not None:
