@@ -236,9 +236,18 @@ def fold(
                         plan.touched.add(
                             row["batch_id"], change.stream_seq, change.fields["updated_at"]
                         )
-                    if _applies(change, row["status"]):
+                    # The condition ``_statement`` puts in its WHERE clause, on the row in
+                    # memory (inline: a replay folds 300,000 of these a million events).
+                    status = row["status"]
+                    only_if_status = change.only_if_status
+                    if (
+                        status in only_if_status
+                        if only_if_status is not None
+                        else not change.only_if_active or status not in _TERMINAL
+                    ):
                         row.update(change.fields)
-                        row["last_seq"] = max(row["last_seq"], change.stream_seq)
+                        if change.stream_seq > row["last_seq"]:
+                            row["last_seq"] = change.stream_seq
             elif isinstance(change, JobCreated):
                 job_id = change.row["id"]
                 plan.created.append(job_id)
@@ -246,7 +255,7 @@ def fold(
                     plan.updates.append(change)
                 elif job_id not in created:  # a second JobRequested changes nothing
                     # A copy (a second fold of the batch must see the row as projected), made
-                    # by ``dict``: it clones the row's table at once, where a display
+                    # by ``dict``: it clones the row's table at once, where the literal
                     # ``{"log_count": 0, **row}`` inserts the columns one by one.
                     new = created[job_id] = dict(change.row)
                     new["log_count"] = 0
@@ -266,15 +275,6 @@ def fold(
     for row in created.values():
         plan.inserts.setdefault(tuple(row), []).append(tuple(row.values()))
     return plan
-
-
-def _applies(change: JobUpdated, status: str) -> bool:
-    """The condition ``_statement`` puts in its WHERE clause, on a row still in memory."""
-    if change.only_if_status is not None:
-        return status in change.only_if_status
-    if change.only_if_active:
-        return status not in _TERMINAL
-    return True
 
 
 # In the order of a line's row (projections.LineRow): the line's own fields first, as its event
