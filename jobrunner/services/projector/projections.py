@@ -137,7 +137,7 @@ def _lines(event: events.LineLogged, stream_seq: int) -> list[Change]:
 
 
 def _job_requested(event: events.JobRequested, stream_seq: int) -> list[Change]:
-    row = {
+    row: dict[str, Any] = {
         "id": event.job_id,
         "job_type": event.job_type,
         "status": _PENDING,
