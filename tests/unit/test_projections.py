@@ -420,7 +420,7 @@ def _strings(value: object) -> list[str]:
 @settings(deadline=None)
 @given(STORED_EVENTS, st.integers(1, 2**63))
 def test_no_string_a_job_request_or_status_change_stores_holds_nul(
-    event: events.Event, seq: int
+    event: events.JobRequested | events.StatusChanged, seq: int
 ) -> None:
     """A job's row never gets a NUL from its request or its status changes (Postgres could not
     store it): each string, JSON keys and values at any depth too, shows ␀ instead."""
