@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,3 +184,13 @@ def test_every_event_type_has_its_nul_free_decoding() -> None:
     decoded twice, first refused there, for every message of its type)."""
     tags = {kind.__struct_config__.tag for kind in typing.get_args(nulfree.NulFreeEvent)}
     assert tags == {kind.__struct_config__.tag for kind in events.EVENT_TYPES}
+
+
+def test_a_body_the_feed_cannot_search_for_nul_stops_the_read_instead_of_going_the_slow_way() -> (
+    None
+):
+    """The reader hands bytes; a body without ``find`` (a memoryview) is a bug to see at once,
+    not a decoding failure that would send every message through ``codec.decode`` unnoticed."""
+    body = memoryview(codec.encode(EVENTS[1]))
+    with pytest.raises(AttributeError):
+        asyncio.run(_fed([(1, body)]))  # type: ignore[list-item]

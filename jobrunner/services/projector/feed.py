@@ -220,15 +220,15 @@ class EventFeed:
                         # A message without NUL (nearly all) decodes into the types whose
                         # projections skip the NUL checks (nulfree.py).
                         event: AnyEvent | NulFreeEvent | None
+                        # A backslash first: one byte, found at memchr's speed, and most
+                        # messages hold no escape at all. ``find``, not ``in``: bytes' ``in``
+                        # asks whether its operand is an integer first, and a bytes operand
+                        # costs it a TypeError raised and cleared every time. Outside the
+                        # ``try``: a body that cannot be searched is a bug to see, not a
+                        # decoding failure that would send every message the slow way.
+                        holds_nul = data.find(b"\\") >= 0 and data.find(JSON_NUL) >= 0
                         try:
-                            # A backslash first: one byte, found at memchr's speed, and
-                            # most messages hold no escape at all. ``find``, not ``in``: bytes'
-                            # ``in`` asks whether its operand is an integer first, and a bytes
-                            # operand costs it a TypeError raised and cleared every time.
-                            if data.find(b"\\") >= 0 and data.find(JSON_NUL) >= 0:
-                                event = decode_known(data)
-                            else:
-                                event = decode_nul_free(data)
+                            event = decode_known(data) if holds_nul else decode_nul_free(data)
                         except Exception:  # codec.decode, asked next, says what it was
                             try:
                                 event = codec.decode(data)
