@@ -117,9 +117,8 @@ def project(event: events.AnyEvent | NulFreeEvent, stream_seq: int) -> list[Chan
         lines = event.lines
         rows = list(map(add, lines, repeat((event.job_id, stream_seq), len(lines))))
         return [LinesAppended(event.job_id, rows)]
-    if type(event) is events.LineLogged:
-        job_id = text(event.job_id)
-        return [LinesAppended(job_id, _line_rows(event.lines, job_id, stream_seq))]
+    if type(event) is events.LineLogged:  # a line with NUL in it: cleaned
+        return _lines(event, stream_seq)
     kind = type(event)
     # One dictionary look-up instead of a chain of class patterns (a replay asks a million
     # times); a type not in it yet (a subclass of an event type, should one come) is
