@@ -5,8 +5,10 @@ Postgres cannot store U+0000, so the projection cleans every string it stores
 a million events. JSON cannot carry a NUL as such (msgspec refuses a raw control character in a
 string); it can only be written ``\\u0000``. A message without those six bytes therefore holds no
 NUL in any string or key, and the feed decodes it into these types instead of the contract's:
-their projections store every string as decoded. A message with them (or a false alarm: an
-escaped backslash before ``u0000``) is decoded into the contract's types and cleaned, as before.
+their projections store every string as decoded. The feed looks for a backslash first: a message
+without one cannot hold the six bytes, and one with a backslash but no ``\\u0000`` (any other
+escape) stays on this fast path too. A message with them (or a false alarm: an escaped backslash
+before ``u0000``) is decoded into the contract's types and cleaned, as before.
 
 Each type accepts exactly what the contract's type of its tag accepts, or less (what it refuses
 is decoded again by the contract's decoder, so the outcome, its error text included, is the
