@@ -121,3 +121,4 @@ async def test_replay_refuses_a_batch_row_changed_behind_the_projector(
     with pytest.raises(ReplayMismatch) as raised:
         await replay(settings)
     assert raised.value.differences["batches"] == ["only live done", "only rebuilt done"]
+    assert raised.value.differing_columns == {"batches": ("done", ["completed_jobs"])}

@@ -150,6 +150,9 @@ async def test_replay_refuses_to_swap_when_tables_differ(live: System, settings:
         with pytest.raises(ReplayMismatch) as raised:
             await replay(settings)
         assert raised.value.differences["jobs"] == ["only live plain3", "only rebuilt plain3"]
+        # The first differing row's columns are named: what to look at, without a query.
+        assert raised.value.differing_columns == {"jobs": ("plain3", ["status"])}
+        assert "plain3 differs in status" in str(raised.value)
         status = await conn.fetchval("SELECT status FROM readmodel.jobs WHERE id = 'plain3'")
     finally:
         await conn.close()
@@ -158,6 +161,7 @@ async def test_replay_refuses_to_swap_when_tables_differ(live: System, settings:
     async with live.client() as client:
         job = (await client.get("/api/jobs/plain3")).json()
     assert report.differences
+    assert report.differing_columns == {"jobs": ("plain3", ["status"])}
     assert job["status"] == "failed"
 
 

@@ -4,15 +4,18 @@ the time check and ``project`` give it, whatever the stream holds."""
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.contracts import codec, events
+from jobrunner.services.projector import nulfree
 from jobrunner.services.projector.feed import NO_TIME, EventFeed
 from jobrunner.services.projector.projections import Change, Unreadable, project
 
@@ -61,10 +64,43 @@ REQUESTS = st.builds(
     batch_id=st.none() | TEXT,
     attempt_of=st.none() | TEXT,
 )
+STATUSES = st.builds(
+    events.StatusChanged,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    status=st.sampled_from(events.JobStatus),
+    exit_code=st.none() | st.integers(),
+    error=st.none() | st.builds(events.ErrorInfo, code=TEXT, message=TEXT),
+    runner_id=st.none() | TEXT,
+    cancelled_by=st.none() | TEXT,
+    result=st.none() | st.dictionaries(TEXT, JSON | TEXT, max_size=3),
+)
+# Lines as the wire may hold them beyond what jobrunner writes: a contract's LogLine takes
+# trailing items past its five, the NUL-free decoding's tuple does not.
+WIRE_LINES = st.lists(
+    st.tuples(st.integers(1, 9), TEXT, TEXT, st.just("2026-01-31T12:00:00Z"), TEXT).map(list)
+    | st.lists(JSON, max_size=7),
+    max_size=3,
+)
+
+
+def _with_lines(job_id: str, lines: list[Any]) -> bytes:
+    return msgspec.json.encode(
+        {
+            "type": "LineLogged",
+            "job_id": job_id,
+            "occurred_at": "2026-01-31T12:00:00Z",
+            "lines": lines,
+        }
+    )
+
+
 MESSAGES = st.one_of(
     st.sampled_from(EVENTS).map(codec.encode),
     LINES.map(codec.encode),
     REQUESTS.map(codec.encode),
+    STATUSES.map(codec.encode),
+    st.builds(_with_lines, TEXT, WIRE_LINES),
     st.builds(
         _edited,
         st.sampled_from(EVENTS),
@@ -124,3 +160,37 @@ def test_every_message_of_a_read_ends_as_the_codec_and_projection_say(
     each gives the rows, the skip or the set-aside reason it always gave, in order."""
     messages = [(seq, data) for seq, data in enumerate(bodies, start=1)]
     assert asyncio.run(_fed(messages)) == [(seq, _as_before(seq, data)) for seq, data in messages]
+
+
+def test_a_message_without_nul_is_decoded_into_the_nul_free_types() -> None:
+    """The usual message (no NUL in it) takes the path whose projections skip the NUL checks,
+    and gives the rows the contract's path gives."""
+    messages = [(seq, codec.encode(event)) for seq, event in enumerate(EVENTS, start=1)]
+    clean = [(seq, data) for seq, data in messages if b"\\u0000" not in data]
+    assert len(clean) == len(EVENTS) - 1  # the line with NUL goes the contract's way
+    decoded = {type(nulfree.decode(data)) for _, data in clean}
+    assert {nulfree.NulFreeJobRequested, nulfree.NulFreeStatusChanged} <= decoded
+    line = codec.encode(
+        events.LineLogged(job_id="j1", lines=[events.LogLine(1, "stdout", "INFO", AT, "hi")])
+    )
+    assert type(nulfree.decode(line)) is nulfree.NulFreeLineLogged
+    assert asyncio.run(_fed([*clean, (9, line)])) == [
+        (seq, _as_before(seq, data)) for seq, data in [*clean, (9, line)]
+    ]
+
+
+def test_every_event_type_has_its_nul_free_decoding() -> None:
+    """A new event type in the contract is decoded on the NUL-free path too (or it would be
+    decoded twice, first refused there, for every message of its type)."""
+    tags = {kind.__struct_config__.tag for kind in typing.get_args(nulfree.NulFreeEvent)}
+    assert tags == {kind.__struct_config__.tag for kind in events.EVENT_TYPES}
+
+
+def test_a_body_the_feed_cannot_search_for_nul_stops_the_read_instead_of_going_the_slow_way() -> (
+    None
+):
+    """The reader hands bytes; a body without ``find`` (a memoryview) is a bug to see at once,
+    not a decoding failure that would send every message through ``codec.decode`` unnoticed."""
+    body = memoryview(codec.encode(EVENTS[1]))
+    with pytest.raises(AttributeError):
+        asyncio.run(_fed([(1, body)]))  # type: ignore[list-item]

@@ -18,6 +18,7 @@ DEFINING_FILES = (
     "batchcounts.py",
     "store.py",
     "timestamps.py",  # the instants stored for the events' times
+    "nulfree.py",  # the events whose strings are stored as decoded
 )
 
 

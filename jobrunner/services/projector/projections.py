@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from itertools import repeat
+from operator import add
 from typing import Any
 
 import msgspec
@@ -11,6 +13,12 @@ import msgspec
 from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
 from jobrunner.services.projector import storable
+from jobrunner.services.projector.nulfree import (
+    NulFreeEvent,
+    NulFreeJobRequested,
+    NulFreeLineLogged,
+    NulFreeStatusChanged,
+)
 from jobrunner.services.projector.storable import optional_text, text
 
 # Changes are msgspec Structs, not dataclasses: a replay makes one per event, and these are
@@ -43,9 +51,14 @@ class BatchChanged(msgspec.Struct, frozen=True, gc=False):
     requested: bool = False
 
 
+# A line's row, in the order of ``store.LINE_COLUMNS``: the line's own fields as the event lays
+# them out (seq, stream, level, ts, text), then its job and the event's stream sequence.
+LineRow = tuple[int, str, str, datetime, str, str, int]
+
+
 class LinesAppended(msgspec.Struct, frozen=True, gc=False):
     job_id: str
-    rows: list[tuple[str, int, str, str, datetime, str, int]] = []
+    rows: list[LineRow] = []
 
 
 class WebhookAttemptRecorded(msgspec.Struct, frozen=True, gc=False):
@@ -94,12 +107,18 @@ Change = (
 )
 
 
-def project(event: events.AnyEvent, stream_seq: int) -> list[Change]:
+def project(event: events.AnyEvent | NulFreeEvent, stream_seq: int) -> list[Change]:
     """The row changes of one event. Every value is made storable here (storable.py): what a
-    column cannot hold is changed the same way in the live projector and in a replay."""
-    if type(event) is events.LineLogged:  # most events are lines: asked first
-        job_id = text(event.job_id)
-        return [LinesAppended(job_id, _line_rows(event.lines, job_id, stream_seq))]
+    column cannot hold is changed the same way in the live projector and in a replay (an event
+    of nulfree.py's types holds no NUL: its strings are stored as decoded)."""
+    if type(event) is NulFreeLineLogged:  # most events are lines: asked first
+        # Each line's row is its decoded tuple and the same two fields after it, joined in C
+        # (``map``): no Python step per line.
+        lines = event.lines
+        rows = list(map(add, lines, repeat((event.job_id, stream_seq), len(lines))))
+        return [LinesAppended(event.job_id, rows)]
+    if type(event) is events.LineLogged:  # a line with NUL in it: cleaned
+        return _lines(event, stream_seq)
     kind = type(event)
     # One dictionary look-up instead of a chain of class patterns (a replay asks a million
     # times); a type not in it yet (a subclass of an event type, should one come) is
@@ -117,33 +136,67 @@ def _lines(event: events.LineLogged, stream_seq: int) -> list[Change]:
 
 
 def _job_requested(event: events.JobRequested, stream_seq: int) -> list[Change]:
-    return [
-        JobCreated(
-            {
-                "id": text(event.job_id),
-                "job_type": text(event.job_type),
-                "status": _PENDING,
-                "parameters": storable.json_value(event.parameters),
-                "lock": optional_text(event.lock),
-                "requested_by": optional_text(event.requested_by),
-                "batch_id": optional_text(event.batch_id),
-                "batch_index": event.batch_index,
-                "attempt": event.attempt,
-                "attempt_of": optional_text(event.attempt_of),
-                "created_at": event.occurred_at,
-                "updated_at": event.occurred_at,
-                "first_seq": stream_seq,
-                "last_seq": stream_seq,
-            }
-        )
-    ]
+    row: dict[str, Any] = {
+        "id": event.job_id,
+        "job_type": event.job_type,
+        "status": _PENDING,
+        "parameters": event.parameters,
+        "lock": event.lock,
+        "requested_by": event.requested_by,
+        "batch_id": event.batch_id,
+        "batch_index": event.batch_index,
+        "attempt": event.attempt,
+        "attempt_of": event.attempt_of,
+        "created_at": event.occurred_at,
+        "updated_at": event.occurred_at,
+        "first_seq": stream_seq,
+        "last_seq": stream_seq,
+    }
+    if type(event) is not NulFreeJobRequested:
+        # Every string made storable at once: the columns' names hold no NUL, and the values
+        # that are no string nor JSON (times, numbers, None) are kept as they are.
+        row = storable.json_value(row)
+    return [JobCreated(row)]
 
 
 _PENDING = JobStatus.PENDING.value
 
 
+_ONLY_IF_PENDING = frozenset({"pending"})
+_RUNNING = JobStatus.RUNNING
+
+
 def _status_changed(event: events.StatusChanged, stream_seq: int) -> list[Change]:
-    return [_status_change(event, text(event.job_id), stream_seq)]
+    nul_free = type(event) is NulFreeStatusChanged
+    job_id = event.job_id if nul_free else text(event.job_id)
+    status = event.status
+    # The member's value by its plain attribute, and members told apart by identity: Enum's
+    # ``value``, ``is_terminal`` and ``JobStatus.RUNNING`` each cost a Python-level call (together
+    # about a microsecond per status change, of which a replay projects 200,000 a million events).
+    fields: dict[str, Any] = {"status": status._value_, "updated_at": event.occurred_at}
+    if status is _RUNNING:
+        fields["started_at"] = event.occurred_at
+        fields["runner_id"] = event.runner_id if nul_free else optional_text(event.runner_id)
+        # A job only starts from pending; a late "running" never revives an ended job.
+        return [JobUpdated(job_id, fields, stream_seq, only_if_status=_ONLY_IF_PENDING)]
+    if status in TERMINAL_STATUSES:
+        fields["finished_at"] = event.occurred_at
+        # An exit code beyond the integer column is no real one: none is shown (the error code
+        # and message still say how the job ended), rather than a made-up number.
+        fields["exit_code"] = storable.int4_or_none(event.exit_code)
+        if event.error is not None:
+            fields["error_code"] = event.error.code
+            fields["error_message"] = event.error.message
+        if event.result is not None:
+            fields["result"] = event.result
+        if event.cancelled_by is not None:
+            fields["cancelled_by"] = event.cancelled_by
+        if not nul_free:
+            # Every string made storable at once (the result's too): the columns' names hold
+            # no NUL, and times, numbers and None are kept as they are.
+            fields = storable.json_value(fields)
+    # The first terminal status wins: a fenced-off runner cannot overwrite it.
+    return [JobUpdated(job_id, fields, stream_seq)]
 
 
 def _job_archived(event: events.JobArchived, stream_seq: int) -> list[Change]:
@@ -237,17 +290,15 @@ def _projection_of(kind: type) -> Projection | None:
 # Every event type by itself (the batch events' projection is their base's), so the usual
 # event is one look-up, never a walk of its class' bases.
 _BY_TYPE: dict[type, Projection | None] = {
-    kind: _projection_of(kind) for kind in events.EVENT_TYPES
+    kind: _projection_of(kind)
+    for kind in (*events.EVENT_TYPES, NulFreeJobRequested, NulFreeStatusChanged)
 }
 
 
-def _line_rows(
-    lines: list[events.LogLine], job_id: str, stream_seq: int
-) -> list[tuple[str, int, str, str, datetime, str, int]]:
-    """The rows of a LineLogged's lines. The most frequent event of all (a replay makes a
-    million of these rows): ``text()`` is inlined as one test per line for the usual case, a
-    line without NUL anywhere."""
-    rows: list[tuple[str, int, str, str, datetime, str, int]] = []
+def _line_rows(lines: list[events.LogLine], job_id: str, stream_seq: int) -> list[LineRow]:
+    """The rows of a LineLogged's lines, each field made storable. ``text()`` is inlined as one
+    test per line for the usual case, a line without NUL anywhere."""
+    rows: list[LineRow] = []
     append = rows.append
     for ln in lines:
         stream, level, line_text = ln.stream, ln.level, ln.text
@@ -255,7 +306,7 @@ def _line_rows(
             stream, level, line_text = text(stream), text(level), text(line_text)
         # Out of range, a line's number cannot be stored: it is the key, so neither clamping
         # nor NULL would do (the event is set aside).
-        append((job_id, ln.seq, stream, level, ln.timestamp, line_text, stream_seq))
+        append((ln.seq, stream, level, ln.timestamp, line_text, job_id, stream_seq))
     return rows
 
 
@@ -311,34 +362,3 @@ def _batch_change(event: events.AnyBatchEvent | events.BatchEvent, stream_seq: i
     return BatchChanged(
         text(event.batch_id), fields, stream_seq, event.occurred_at, requested=requested
     )
-
-
-_ONLY_IF_PENDING = frozenset({"pending"})
-_RUNNING = JobStatus.RUNNING
-
-
-def _status_change(event: events.StatusChanged, job_id: str, stream_seq: int) -> JobUpdated:
-    status = event.status
-    # The member's value by its plain attribute, and members told apart by identity: Enum's
-    # ``value``, ``is_terminal`` and ``JobStatus.RUNNING`` each cost a Python-level call (together
-    # about a microsecond per status change, of which a replay projects 200,000 a million events).
-    fields: dict[str, Any] = {"status": status._value_, "updated_at": event.occurred_at}
-    if status is _RUNNING:
-        fields["started_at"] = event.occurred_at
-        fields["runner_id"] = optional_text(event.runner_id)
-        # A job only starts from pending; a late "running" never revives an ended job.
-        return JobUpdated(job_id, fields, stream_seq, only_if_status=_ONLY_IF_PENDING)
-    if status in TERMINAL_STATUSES:
-        fields["finished_at"] = event.occurred_at
-        # An exit code beyond the integer column is no real one: none is shown (the error code
-        # and message still say how the job ended), rather than a made-up number.
-        fields["exit_code"] = storable.int4_or_none(event.exit_code)
-        if event.error is not None:
-            fields["error_code"] = text(event.error.code)
-            fields["error_message"] = text(event.error.message)
-        if event.result is not None:
-            fields["result"] = storable.json_value(event.result)
-        if event.cancelled_by is not None:
-            fields["cancelled_by"] = text(event.cancelled_by)
-    # The first terminal status wins: a fenced-off runner cannot overwrite it.
-    return JobUpdated(job_id, fields, stream_seq)

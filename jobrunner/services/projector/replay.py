@@ -72,12 +72,29 @@ COMPARED_TABLES = {
 NOT_COMPARED = {"recorded_at"}
 
 
+def _columns_note(first: tuple[str, list[str]] | None) -> str:
+    if first is None:
+        return ""
+    key, columns = first
+    return f" ({key} differs in {', '.join(columns)})"
+
+
 class ReplayMismatch(Exception):
     """The rebuilt tables differ from the live ones; nothing was swapped."""
 
-    def __init__(self, differences: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        differences: dict[str, list[str]],
+        differing_columns: dict[str, tuple[str, list[str]]] | None = None,
+    ) -> None:
         self.differences = differences
-        lines = [f"{table}: {', '.join(keys)}" for table, keys in differences.items()]
+        # Per table, the first differing key and the columns whose values differ in its row
+        # (what to look at first: a time, a count, a status).
+        self.differing_columns = differing_columns or {}
+        lines = [
+            f"{table}: {', '.join(keys)}{_columns_note(self.differing_columns.get(table))}"
+            for table, keys in differences.items()
+        ]
         super().__init__(
             f"the rebuilt read models differ from the live ones ({'; '.join(lines)}); "
             f"nothing was swapped, the rebuilt tables are in schema {REPLAY_SCHEMA}"
@@ -113,6 +130,8 @@ class ReplayReport:
     tables: dict[str, int]  # rows per rebuilt table
     differences: dict[str, list[str]]
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase
+    # Per differing table: its first differing key and the columns that differ in that row.
+    differing_columns: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     # Why the replaced read models' schema (PREVIOUS_SCHEMA) could not be dropped after the
     # swap (Postgres went away then), None when it was or was kept on purpose.
     previous_left: str | None = None
@@ -287,9 +306,11 @@ async def _replay(
                 # The live tables are read on a second connection, in parallel, unless this
                 # transaction changed them (the retention cut above): then only it sees them.
                 live_reader = conn if settings.readmodel_retention_days > 0 else other
-                differences, tables = await compare(conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA)
+                differences, tables, differing_columns = await compare(
+                    conn, live_reader, READ_SCHEMA, REPLAY_SCHEMA
+                )
             if differences and not accept_differences:
-                raise ReplayMismatch(differences)
+                raise ReplayMismatch(differences, differing_columns)
             await conn.execute(f"DROP SCHEMA IF EXISTS {PREVIOUS_SCHEMA} CASCADE")
             await conn.execute(f"ALTER SCHEMA {READ_SCHEMA} RENAME TO {PREVIOUS_SCHEMA}")
             await conn.execute(f"ALTER SCHEMA {REPLAY_SCHEMA} RENAME TO {READ_SCHEMA}")
@@ -305,6 +326,7 @@ async def _replay(
             first_seq=first_seq,
             tables=tables,
             differences=differences,
+            differing_columns=differing_columns,
             phases={name: round(seconds, 3) for name, seconds in phases.items()},
             previous_left=previous_left,
         )
@@ -546,9 +568,10 @@ def collector_paused() -> Iterator[None]:
 
 async def compare(
     rebuilt_conn: asyncpg.Connection, live_conn: asyncpg.Connection, live: str, rebuilt: str
-) -> tuple[dict[str, list[str]], dict[str, int]]:
+) -> tuple[dict[str, list[str]], dict[str, int], dict[str, tuple[str, list[str]]]]:
     """Compare every read-model table of the two schemas; returns up to five differing keys per
-    table, and the rows of each rebuilt table.
+    table, the rows of each rebuilt table, and per differing table its first differing key with
+    the columns whose values differ in that key's row (none when the row is on one side only).
 
     A fingerprint first (the row count and the sum of a 64-bit hash of every row; for both
     schemas at once when ``live_conn`` is another connection); only tables whose fingerprints
@@ -557,6 +580,7 @@ async def compare(
     """
     differences: dict[str, list[str]] = {}
     tables: dict[str, int] = {}
+    differing_columns: dict[str, tuple[str, list[str]]] = {}
     # Every table's columns in one query: information_schema is slow to ask (7-25 ms a query),
     # and the live projector waits on the comparison.
     compared_columns = {
@@ -604,4 +628,37 @@ async def compare(
         differences[table] = [
             f"{r['side']} {'/'.join(str(v) for v in list(r.values())[1:])}" for r in found
         ] or [f"{live_rows} live rows, {rows} rebuilt rows"]
-    return differences, tables
+        if found:
+            first_key = list(found[0].values())[1:]
+            differing = await _differing_columns(
+                rebuilt_conn, table, key, columns, live, rebuilt, first_key
+            )
+            if differing:
+                differing_columns[table] = ("/".join(str(v) for v in first_key), differing)
+    return differences, tables, differing_columns
+
+
+async def _differing_columns(
+    conn: asyncpg.Connection,
+    table: str,
+    key: str,
+    columns: str,
+    live: str,
+    rebuilt: str,
+    key_values: list[object],
+) -> list[str]:
+    """The columns whose values differ between the live and the rebuilt row of one key, in the
+    table's order; none unless each side holds exactly one row of that key. Asked only of a
+    table that differs: one query, off the replay's loading."""
+    key_columns = [name.strip() for name in key.split(",")]
+    where = " AND ".join(f"{name} = ${i}" for i, name in enumerate(key_columns, start=1))
+    rows = await conn.fetch(
+        f"SELECT 'live' AS side, {columns} FROM {live}.{table} WHERE {where} "
+        f"UNION ALL SELECT 'rebuilt', {columns} FROM {rebuilt}.{table} WHERE {where}",
+        *key_values,
+    )
+    sides = [r["side"] for r in rows]
+    if sorted(sides) != ["live", "rebuilt"]:
+        return []
+    live_row, rebuilt_row = (dict(r) for r in sorted(rows, key=lambda r: r["side"]))
+    return [name for name in live_row if name != "side" and live_row[name] != rebuilt_row[name]]

@@ -236,16 +236,29 @@ def fold(
                         plan.touched.add(
                             row["batch_id"], change.stream_seq, change.fields["updated_at"]
                         )
-                    if _applies(change, row["status"]):
+                    # The condition ``_statement`` puts in its WHERE clause, on the row in
+                    # memory (inline: a replay folds 300,000 of these a million events).
+                    status = row["status"]
+                    only_if_status = change.only_if_status
+                    if (
+                        status in only_if_status
+                        if only_if_status is not None
+                        else not change.only_if_active or status not in _TERMINAL
+                    ):
                         row.update(change.fields)
-                        row["last_seq"] = max(row["last_seq"], change.stream_seq)
+                        if change.stream_seq > row["last_seq"]:
+                            row["last_seq"] = change.stream_seq
             elif isinstance(change, JobCreated):
                 job_id = change.row["id"]
                 plan.created.append(job_id)
                 if job_id in existing:
                     plan.updates.append(change)
                 elif job_id not in created:  # a second JobRequested changes nothing
-                    new = created[job_id] = {"log_count": 0, **change.row}
+                    # A copy (a second fold of the batch must see the row as projected), made
+                    # by ``dict``: it clones the row's table at once, where the literal
+                    # ``{"log_count": 0, **row}`` inserts the columns one by one.
+                    new = created[job_id] = dict(change.row)
+                    new["log_count"] = 0
                     if new["batch_id"] is not None:
                         plan.touched.add(new["batch_id"], seq, new["created_at"])
                     if new["attempt_of"] is not None:
@@ -264,16 +277,10 @@ def fold(
     return plan
 
 
-def _applies(change: JobUpdated, status: str) -> bool:
-    """The condition ``_statement`` puts in its WHERE clause, on a row still in memory."""
-    if change.only_if_status is not None:
-        return status in change.only_if_status
-    if change.only_if_active:
-        return status not in _TERMINAL
-    return True
-
-
-LINE_COLUMNS = ("job_id", "seq", "stream", "level", "ts", "text", "stream_seq")
+# In the order of a line's row (projections.LineRow): the line's own fields first, as its event
+# lays them out, so a row is built without a Python step per line.
+LINE_COLUMNS = ("seq", "stream", "level", "ts", "text", "job_id", "stream_seq")
+_LINE_JOB_ID = LINE_COLUMNS.index("job_id")
 
 
 def _nothing() -> None:
@@ -319,7 +326,7 @@ async def _flush_lines(
             f"UPDATE {schema}.jobs AS j SET log_count = "
             f"(SELECT count(*) FROM {schema}.log_lines AS l WHERE l.job_id = j.id) "
             "WHERE j.id = ANY($1::text[])",
-            list({row[0] for row in rows}),
+            list({row[_LINE_JOB_ID] for row in rows}),
         )
 
 
@@ -327,9 +334,9 @@ async def _insert_lines(conn: asyncpg.Connection, schema: str, rows: list[tuple[
     columns = list(zip(*rows, strict=True))
     await conn.execute(
         f"""
-        INSERT INTO {schema}.log_lines (job_id, seq, stream, level, ts, text, stream_seq)
-        SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[],
-                             $5::timestamptz[], $6::text[], $7::bigint[])
+        INSERT INTO {schema}.log_lines ({", ".join(LINE_COLUMNS)})
+        SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[],
+                             $5::text[], $6::text[], $7::bigint[])
         ON CONFLICT DO NOTHING
         """,
         *columns,

@@ -41,9 +41,12 @@ _SAFE_UNTIL = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 def encode(value: Any) -> tuple[int]:
     """``value`` as asyncpg's ``tuple`` format for ``timestamptz``: (microseconds since 2000,)."""
     try:
-        micros = (value - _EPOCH) // _MICROSECOND
+        delta = value - _EPOCH
     except TypeError:  # a naive value, or a date
         return (_as_asyncpg_does(value),)
+    # Its three fields, not ``delta // _MICROSECOND``: that converts both timedeltas to
+    # microseconds, the constant too, every time.
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     if _SAFE_FROM < micros < _SAFE_UNTIL:
         return (micros,)
     return (_as_asyncpg_does(value),)
