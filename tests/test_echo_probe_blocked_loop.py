@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import select
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import nats
@@ -32,6 +34,22 @@ BOUND = 0.5
 ROUNDS = 3
 
 
+@asynccontextmanager
+async def _probe_on(server: EmbeddedNats) -> AsyncIterator[tuple[Any, EchoProbe]]:
+    """A connection to ``server`` and its echo probe; at the end the server is thawed (whatever
+    the test froze) and both are closed."""
+    nc = await nats.connect(server.url)
+    echo = EchoProbe(nc, "_test.echo")
+    await echo.open()
+    try:
+        yield nc, echo
+    finally:
+        assert server.proc is not None
+        thaw(server.proc.pid)
+        await echo.close()
+        await nc.close()
+
+
 async def _echoes_with_the_loop_blocked_after_each_send(
     server: EmbeddedNats, blocked: float
 ) -> list[bool]:
@@ -40,16 +58,13 @@ async def _echoes_with_the_loop_blocked_after_each_send(
     the echo held (the server frozen) until that callback runs. Whether each came back."""
     assert server.proc is not None
     pid = server.proc.pid
-    nc = await nats.connect(server.url)
-    echo = EchoProbe(nc, "_test.echo")
-    await echo.open()
-    # nats-py's TCP transport, whose writes the test holds (typed as its base, which has no
-    # writer of its own).
-    transport: Any = nc._transport
-    answers = transport._io_writer.get_extra_info("socket")
-    send = transport.writelines
     came_back = []
-    try:
+    async with _probe_on(server) as (nc, echo):
+        # nats-py's TCP transport, whose writes the test holds (typed as its base, which has no
+        # writer of its own).
+        transport: Any = nc._transport
+        answers = transport._io_writer.get_extra_info("socket")
+        send = transport.writelines
         with reader_block() as reader:
 
             def block_until_answered() -> None:
@@ -68,10 +83,6 @@ async def _echoes_with_the_loop_blocked_after_each_send(
                     came_back.append(await echo.came_back(BOUND))
                 finally:
                     transport.writelines = send
-    finally:
-        thaw(pid)
-        await echo.close()
-        await nc.close()
     return came_back
 
 
@@ -99,18 +110,12 @@ def test_an_echo_whose_loop_blocked_longer_than_the_bound_after_its_send_comes_b
 async def _echo_with_nats_frozen_for(server: EmbeddedNats, frozen: float) -> bool:
     """One probe sent as the server freezes (every thread stopped) for ``frozen`` seconds:
     whether it came back."""
-    nc = await nats.connect(server.url)
-    echo = EchoProbe(nc, "_test.echo")
-    await echo.open()
-    thawing = thaw_after(server, frozen)
-    try:
-        return await echo.came_back(BOUND)
-    finally:
-        thawing.cancel()
-        assert server.proc is not None
-        thaw(server.proc.pid)
-        await echo.close()
-        await nc.close()
+    async with _probe_on(server) as (_, echo):
+        thawing = thaw_after(server, frozen)
+        try:
+            return await echo.came_back(BOUND)
+        finally:
+            thawing.cancel()
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -137,13 +142,10 @@ async def _echo_to_a_frozen_nats_with_the_loop_blocked_after_its_send(
     """One probe whose publish freezes NATS for ``frozen`` seconds and is followed, at the
     loop's next poll, by an I/O callback that blocks the loop ``blocked`` seconds: whether the
     echo came back."""
-    nc = await nats.connect(server.url)
-    echo = EchoProbe(nc, "_test.echo")
-    await echo.open()
-    transport: Any = nc._transport  # nats-py's TCP transport, its writes held by the test
-    send = transport.writelines
     thawing: list[asyncio.TimerHandle] = []
-    try:
+    async with _probe_on(server) as (nc, echo):
+        transport: Any = nc._transport  # nats-py's TCP transport, its writes held by the test
+        send = transport.writelines
         with reader_block() as reader:
 
             def frozen_and_blocked(payload: list[bytes]) -> None:
@@ -156,13 +158,8 @@ async def _echo_to_a_frozen_nats_with_the_loop_blocked_after_its_send(
                 return await echo.came_back(BOUND)
             finally:
                 transport.writelines = send
-    finally:
-        for handle in thawing:
-            handle.cancel()
-        assert server.proc is not None
-        thaw(server.proc.pid)
-        await echo.close()
-        await nc.close()
+                for handle in thawing:
+                    handle.cancel()
 
 
 @pytest.mark.parametrize("loop", LOOPS)

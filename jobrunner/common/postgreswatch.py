@@ -131,15 +131,8 @@ class LivenessWatch:
             await asyncio.wait({query}, timeout=self._answer_within)
             if not query.done():
                 # The verdict waits until the loop has read its sockets after the bound ran
-                # out: the probe shares the work's loop, and one blocked past the bound (a long
-                # step of the work) may not have read an answer that came meanwhile. uvloop
-                # (libuv) runs due timers before it polls its sockets: after a block inside an
-                # I/O callback the bound's timeout comes first, and a step queued then
-                # (sleep(0)) runs ahead of what the next poll reads. A timer armed now fires
-                # only after the loop's next poll, on both loops (asyncio polls before it runs
-                # due timers): this wait ends behind the answer's callbacks, and the answer
-                # completes the query in one step. AFTER_ONE_POLL is no allowance for Postgres,
-                # only the shortest delay both loops keep as a timer.
+                # out: one blocked past the bound may not have read an answer that came
+                # meanwhile (why a timer, not sleep(0): AFTER_ONE_POLL).
                 await asyncio.wait({query}, timeout=AFTER_ONE_POLL)
         finally:
             if not query.done():
