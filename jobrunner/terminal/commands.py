@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from jobrunner.terminal import health
 from jobrunner.terminal.connection import (
@@ -32,6 +33,7 @@ from jobrunner.terminal.follow import (
     outcome_line,
 )
 from jobrunner.terminal.parameters import parse_parameters
+from jobrunner.terminal.shown_text import plain, visible
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -179,7 +181,7 @@ def _follow(
                 )
                 return EXIT_CANCELLED
             # Cancelled: keep following to show how it ends.
-    Console(stderr=True).print(outcome_line(done), highlight=False)
+    Console(stderr=True).print(outcome_line(done), markup=False, highlight=False)
     return exit_code_of(done)
 
 
@@ -232,10 +234,10 @@ def list_jobs(args: argparse.Namespace) -> int:
         table.add_column(column, no_wrap=column in ("status", "created"))
     for job in page["items"]:
         table.add_row(
-            job["id"],
-            job["job_type"],
+            plain(job["id"]),
+            plain(job["job_type"]),
             _status_text(job),
-            _progress_text(job.get("progress")),
+            plain(_progress_text(job.get("progress"))),
             str(job["created_at"])[:19].replace("T", " "),
             f"{job['duration_seconds']:.1f} s" if job.get("duration_seconds") else "",
         )
@@ -269,7 +271,7 @@ def show(args: argparse.Namespace) -> int:
     ]
     for name, value in rows:
         if value not in (None, ""):
-            console.print(f"[bold]{name:>10}[/bold]  {value}")
+            console.print(Text.assemble((f"{name:>10}", "bold"), "  ", plain(value)))
     return 0
 
 
@@ -298,7 +300,7 @@ def _print_logs(api: Api, job_id: str, tail: int | None) -> int:
         for line in page["items"]:
             last_seq = max(last_seq, int(line["seq"]))
             console.print(
-                f"{str(line['timestamp'])[11:19]} {level_column(line)}{line['text']}",
+                f"{str(line['timestamp'])[11:19]} {level_column(line)}{visible(line['text'])}",
                 markup=False,
                 soft_wrap=True,
             )
@@ -319,10 +321,10 @@ def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_text(job: dict[str, Any]) -> str:
+def _status_text(job: dict[str, Any]) -> Text:
     status = str(job["status"])
     colour = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
-    return f"[{colour.get(status, 'white')}]{status}[/]"
+    return plain(status, colour.get(status, "white"))
 
 
 def _progress_text(progress: dict[str, Any] | None) -> str:

@@ -33,6 +33,7 @@ from jobrunner.terminal.connection import (
     ClientError,
 )
 from jobrunner.terminal.first_line_bound import FirstLineBound
+from jobrunner.terminal.shown_text import visible
 
 LEVEL_STYLES = {
     "DEBUG": "dim",
@@ -128,7 +129,8 @@ class Follower:
         live = self.console.is_terminal
         if live:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                # The phase is the tool's text: shown as written, never read as markup.
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TaskProgressColumn(),
@@ -290,11 +292,11 @@ class Follower:
         if self.console.is_terminal:
             text = Text(f"{stamp} ", style="dim")
             text.append(level_column(line), style=LEVEL_STYLES.get(level, "") or "bold")
-            text.append(str(line.get("text", "")), style=LEVEL_STYLES.get(level, ""))
+            text.append(visible(str(line.get("text", ""))), style=LEVEL_STYLES.get(level, ""))
             self._print(text)
         else:
             self.console.print(
-                f"{stamp} {level_column(line)}{line.get('text', '')}",
+                f"{stamp} {level_column(line)}{visible(str(line.get('text', '')))}",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
@@ -307,7 +309,7 @@ class Follower:
             if total is None and percent is not None:
                 current, total = percent, 100.0
             self._progress.update(
-                self._task, description=str(phase), completed=current or 0, total=total
+                self._task, description=visible(str(phase)), completed=current or 0, total=total
             )
             return
         now = time.monotonic()
@@ -321,7 +323,7 @@ class Follower:
             parts.append(f"{percent:.0f}%")
         if data.get("message"):
             parts.append(str(data["message"]))
-        self.console.print(" ".join(parts), markup=False, highlight=False)
+        self.console.print(visible(" ".join(parts)), markup=False, highlight=False)
 
     def _status(self, data: dict[str, Any]) -> None:
         status = str(data.get("status", ""))

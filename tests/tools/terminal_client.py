@@ -25,14 +25,15 @@ def client_env(system: System, token: str | None) -> dict[str, str]:
 
 
 async def start_client(
-    system: System, *args: str, token: str | None = "admin"
+    system: System, *args: str, token: str | None = "admin", env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
+    """The client as a child process; ``env`` instead of ``client_env``'s (a test's own)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "jobrunner.cli",
         *args,
-        env=client_env(system, system.admin_token if token == "admin" else token),
+        env=env or client_env(system, system.admin_token if token == "admin" else token),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
