@@ -45,7 +45,9 @@ def _parse_since(raw: str, now: datetime | None) -> tuple[int | None, datetime |
         delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
         return None, (now or datetime.now(UTC)) - delta
     at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return None, at if at.tzinfo else at.replace(tzinfo=UTC)
+    # In UTC, as NATS takes a consumer's start time: year 1 at +14:00 has no such datetime
+    # (OverflowError, a clear error above, not a traceback where the consumer is made).
+    return None, at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 _encoder = msgspec.json.Encoder()
