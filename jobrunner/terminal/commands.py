@@ -181,7 +181,7 @@ def _follow(
                 )
                 return EXIT_CANCELLED
             # Cancelled: keep following to show how it ends.
-    Console(stderr=True).print(outcome_line(done), markup=False, highlight=False)
+    Console(stderr=True).print(visible(outcome_line(done)), markup=False, highlight=False)
     return exit_code_of(done)
 
 
