@@ -12,7 +12,13 @@ import pytest
 from jobrunner.common.settings import Settings
 from tests.system import System
 from tests.tools.runners import RUNNER_TYPES
-from tests.tools.terminal_client import client_env, finish, jobrunner, start_client
+from tests.tools.terminal_client import (
+    client_env,
+    finish,
+    jobrunner,
+    start_client,
+    terminal_env,
+)
 
 # What the runner's cleaning lets through (it removes cursor moves, titles and other CSI/OSC
 # sequences, keeps colours): a terminal reset (ESC c: the screen and scrollback cleared), the
@@ -26,12 +32,13 @@ COLOURED = "\x1b[31mred\x1b[0m text"
 HOSTILE = ("\x1bc", "\x1b(0", "\x1b#8", "\u009b", "\x1b[31mred")
 # rich markup a tool's report may hold by chance: a path in brackets, a word in brackets.
 BRACKETS = "5 files in [/data/out] [red]x"
+GREETING = "Grüße aus Köln"  # what `show` printed as "Gr\u00fc\u00dfe aus K\u00f6ln"
 OUTPUT = (
     "\n".join([RESET, CHARSET, SCREEN_OF_ES, C1_CSI, COLOURED]).encode()
     + b"\n##jobrunner:progress "
     + msgspec.json.encode({"current": 1, "total": 2, "phase": "[/phase]"})
     + b"\n##jobrunner:result "
-    + msgspec.json.encode({"summary": BRACKETS})
+    + msgspec.json.encode({"summary": BRACKETS, "greeting": GREETING})
     + b"\n"
 )
 
@@ -77,6 +84,14 @@ async def test_show_prints_a_result_with_brackets_as_it_is(
     assert BRACKETS in shown.out
 
 
+async def test_show_prints_a_non_ascii_result_as_written(system: System, output_file: str) -> None:
+    """`jobrunner show` prints a result's "Grüße aus Köln" as such, not as JSON escapes."""
+    job_id = await _ended_job(system, output_file)
+    shown = await jobrunner(system, "show", job_id)
+    assert shown.code == 0, shown.err
+    assert GREETING in shown.out
+
+
 async def test_jobs_lists_a_progress_phase_with_brackets_as_it_is(
     system: System, output_file: str
 ) -> None:
@@ -106,9 +121,7 @@ async def test_follow_shows_a_tools_escape_sequences_instead_of_obeying_them(
 ) -> None:
     """`jobrunner submit --follow` (piped, or on a terminal with its progress bar) writes no
     escape byte a tool printed and takes no markup from its progress phase."""
-    env = client_env(system, system.admin_token)
-    if terminal:
-        env["TTY_COMPATIBLE"] = "1"  # rich takes the pipe for a terminal: colours, a progress bar
+    env = terminal_env(system) if terminal else client_env(system, system.admin_token)
     proc = await start_client(
         system, "submit", "cat_file", "-p", f"file={output_file}", "--follow", env=env
     )
