@@ -213,6 +213,29 @@ async def test_a_time_range_that_ends_before_it_begins_is_a_400_naming_both(
     assert earlier in error["message"]
 
 
+@pytest.mark.parametrize("path", ["/api/jobs", "/api/batches"])
+@pytest.mark.parametrize(
+    ("field", "raw", "side"),
+    [
+        ("created_from", "0001-01-01T00:00:00+14:00", "before"),
+        ("created_to", "9999-12-31T23:59:59-14:00", "after"),
+    ],
+)
+async def test_a_time_beyond_the_years_1_to_9999_in_utc_is_a_400_naming_it(
+    system: System, path: str, field: str, raw: str, side: str
+) -> None:
+    """A time ISO 8601 allows whose UTC instant lies outside years 1-9999 (year 1 at +14:00)
+    answers 400 INVALID_QUERY naming the field and what to send, not a 500."""
+    async with system.client() as client:
+        response = await client.get(path, params={field: raw})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_QUERY"
+    assert error["field"] == field
+    assert raw in error["message"]
+    assert f"{side} " in error["message"]
+
+
 async def test_every_json_route_says_a_latin_1_body_is_not_utf8(system: System) -> None:
     """Every address that takes a JSON body answers JSON written in Latin-1 with 400
     BODY_NOT_UTF8, not MALFORMED_JSON ("not valid JSON", which the sender's JSON is)."""

@@ -28,6 +28,11 @@ def parse_since(raw: str | None, now: datetime | None = None) -> tuple[int | Non
     raw = raw.strip()
     try:
         return _parse_since(raw, now)
+    except _OutsideYears:
+        raise ValueError(
+            f"--since {raw!r} lies outside the years 1-9999 in UTC, the times a stream can "
+            "start at: give a time within them, or a stream sequence"
+        ) from None
     except (ValueError, OverflowError):
         # Also what is almost right: "²", a sequence past 2^64, an age older than year 1.
         raise ValueError(
@@ -45,7 +50,18 @@ def _parse_since(raw: str, now: datetime | None) -> tuple[int | None, datetime |
         delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
         return None, (now or datetime.now(UTC)) - delta
     at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return None, at if at.tzinfo else at.replace(tzinfo=UTC)
+    if not at.tzinfo:
+        return None, at.replace(tzinfo=UTC)
+    try:
+        # In UTC, as NATS takes a consumer's start time: year 1 at +14:00 has no such datetime
+        # (a clear error above, not an OverflowError traceback where the consumer is made).
+        return None, at.astimezone(UTC)
+    except OverflowError:
+        raise _OutsideYears from None
+
+
+class _OutsideYears(ValueError):
+    """An ISO 8601 time whose UTC instant no datetime holds (before year 1, after 9999)."""
 
 
 _encoder = msgspec.json.Encoder()

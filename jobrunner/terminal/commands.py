@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from jobrunner.terminal import health
 from jobrunner.terminal.connection import (
@@ -28,10 +29,11 @@ from jobrunner.terminal.follow import (
     RECONNECT_FOR_SECONDS,
     Follower,
     check_job_id,
-    level_column,
+    log_line_text,
     outcome_line,
 )
 from jobrunner.terminal.parameters import parse_parameters
+from jobrunner.terminal.shown_text import plain
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -179,7 +181,8 @@ def _follow(
                 )
                 return EXIT_CANCELLED
             # Cancelled: keep following to show how it ends.
-    Console(stderr=True).print(outcome_line(done), highlight=False)
+    # Text, not a string: a worker's error message is never markup, nor ":smile:" an emoji.
+    Console(stderr=True).print(plain(outcome_line(done)), highlight=False)
     return exit_code_of(done)
 
 
@@ -196,7 +199,7 @@ def _cancel_on_interrupt(api: Api, job_id: str) -> bool:
     try:
         api.post(f"/api/jobs/{job_id}/cancel")
     except ClientError as exc:
-        Console(stderr=True).print(f"not cancelled: {exc}", highlight=False)
+        Console(stderr=True).print(plain(f"not cancelled: {exc}"), highlight=False)
         return False
     return True
 
@@ -232,10 +235,10 @@ def list_jobs(args: argparse.Namespace) -> int:
         table.add_column(column, no_wrap=column in ("status", "created"))
     for job in page["items"]:
         table.add_row(
-            job["id"],
-            job["job_type"],
+            plain(job["id"]),
+            plain(job["job_type"]),
             _status_text(job),
-            _progress_text(job.get("progress")),
+            plain(_progress_text(job.get("progress"))),
             str(job["created_at"])[:19].replace("T", " "),
             f"{job['duration_seconds']:.1f} s" if job.get("duration_seconds") else "",
         )
@@ -258,18 +261,23 @@ def show(args: argparse.Namespace) -> int:
         ("type", job["job_type"]),
         ("status", _status_text(job)),
         ("progress", _progress_text(job.get("progress"))),
-        ("parameters", json.dumps(job.get("parameters") or {})),
+        # Non-ASCII as written (JSON still escapes C0 controls; plain() shows DEL and C1).
+        ("parameters", json.dumps(job.get("parameters") or {}, ensure_ascii=False)),
         ("created", job.get("created_at")),
         ("started", job.get("started_at")),
         ("finished", job.get("finished_at")),
         ("exit code", job.get("exit_code")),
         ("error", (job.get("error") or {}).get("message")),
-        ("result", json.dumps(job["result"]) if job.get("result") else None),
+        ("result", json.dumps(job["result"], ensure_ascii=False) if job.get("result") else None),
         ("lines", job.get("log_count")),
     ]
     for name, value in rows:
         if value not in (None, ""):
-            console.print(f"[bold]{name:>10}[/bold]  {value}")
+            # A status is already coloured Text; everything else is the server's text.
+            shown = value if isinstance(value, Text) else plain(value)
+            # Unwrapped, as the terminal wraps it: a result cut by rich at 80 columns when
+            # piped was split mid-word, and its continuation lost the column anyway.
+            console.print(Text.assemble((f"{name:>10}", "bold"), "  ", shown), soft_wrap=True)
     return 0
 
 
@@ -297,11 +305,7 @@ def _print_logs(api: Api, job_id: str, tail: int | None) -> int:
         page = api.get(f"/api/jobs/{job_id}/logs", params=params)
         for line in page["items"]:
             last_seq = max(last_seq, int(line["seq"]))
-            console.print(
-                f"{str(line['timestamp'])[11:19]} {level_column(line)}{line['text']}",
-                markup=False,
-                soft_wrap=True,
-            )
+            console.print(log_line_text(line), soft_wrap=True)
         if tail is not None or page.get("next_after") is None:
             return last_seq
         params = {"after": page["next_after"], "limit": 5000}
@@ -319,10 +323,10 @@ def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_text(job: dict[str, Any]) -> str:
+def _status_text(job: dict[str, Any]) -> Text:
     status = str(job["status"])
     colour = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
-    return f"[{colour.get(status, 'white')}]{status}[/]"
+    return plain(status, colour.get(status, "white"))
 
 
 def _progress_text(progress: dict[str, Any] | None) -> str:

@@ -33,6 +33,7 @@ from jobrunner.terminal.connection import (
     ClientError,
 )
 from jobrunner.terminal.first_line_bound import FirstLineBound
+from jobrunner.terminal.shown_text import plain, visible
 
 LEVEL_STYLES = {
     "DEBUG": "dim",
@@ -44,10 +45,28 @@ LEVEL_STYLES = {
 
 
 def level_column(line: dict[str, Any]) -> str:
-    """A log line's level column, padded; empty where its text starts with the level (a tool's
-    own ``INFO    ...``), which would show it twice."""
+    """A log line's level column, padded; empty where its text as shown starts with the level (a
+    tool's own ``INFO    ...``, coloured or not: the client drops colour codes), which would show
+    it twice."""
+    return _level_column(str(line.get("level", "INFO")), visible(str(line.get("text", ""))))
+
+
+def _level_column(level: str, shown_text: str) -> str:
+    return "" if shows_level(shown_text, level) else f"{level:<7} "
+
+
+def log_line_text(line: dict[str, Any]) -> Text:
+    """A log line as every command prints it (``logs``, ``logs --follow``, ``submit --follow``):
+    ``HH:MM:SS LEVEL   text``, the tool's text shown as text (never obeyed, never markup, no
+    ``:smile:`` made an emoji), in its level's colour on a terminal (rich writes no colour when
+    the output is not one)."""
     level = str(line.get("level", "INFO"))
-    return "" if shows_level(str(line.get("text", "")), level) else f"{level:<7} "
+    text = visible(str(line.get("text", "")))
+    # The stamp's dim a span of its own: as the Text's style it dimmed the whole line.
+    shown = Text.assemble((f"{str(line.get('timestamp', ''))[11:19]} ", "dim"))
+    shown.append(_level_column(level, text), style=LEVEL_STYLES.get(level, "") or "bold")
+    shown.append(text, style=LEVEL_STYLES.get(level, ""))
+    return shown
 
 
 # How long a dropped stream is retried before the client gives up (a restarting server is back
@@ -128,7 +147,8 @@ class Follower:
         live = self.console.is_terminal
         if live:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                # The phase is the tool's text: shown as written, never read as markup.
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TaskProgressColumn(),
@@ -261,7 +281,7 @@ class Follower:
 
     def _notice(self, sentence: str) -> None:
         """A line on stderr, above the progress bar on a terminal (it redirects stderr)."""
-        self.notices.print(f"jobrunner: {sentence}", markup=False, soft_wrap=True)
+        self.notices.print(plain(f"jobrunner: {sentence}"), soft_wrap=True)
 
     def _show(self, event: SseEvent) -> None:
         try:
@@ -285,20 +305,7 @@ class Follower:
             self._ended_because = f"{data.get('code')}: {data.get('detail')}"
 
     def _line(self, line: dict[str, Any]) -> None:
-        level = str(line.get("level", "INFO"))
-        stamp = str(line.get("timestamp", ""))[11:19]
-        if self.console.is_terminal:
-            text = Text(f"{stamp} ", style="dim")
-            text.append(level_column(line), style=LEVEL_STYLES.get(level, "") or "bold")
-            text.append(str(line.get("text", "")), style=LEVEL_STYLES.get(level, ""))
-            self._print(text)
-        else:
-            self.console.print(
-                f"{stamp} {level_column(line)}{line.get('text', '')}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+        self._print(log_line_text(line))
 
     def _progress_update(self, data: dict[str, Any]) -> None:
         current, total, percent = data.get("current"), data.get("total"), data.get("percent")
@@ -307,7 +314,7 @@ class Follower:
             if total is None and percent is not None:
                 current, total = percent, 100.0
             self._progress.update(
-                self._task, description=str(phase), completed=current or 0, total=total
+                self._task, description=visible(str(phase)), completed=current or 0, total=total
             )
             return
         now = time.monotonic()
@@ -321,7 +328,7 @@ class Follower:
             parts.append(f"{percent:.0f}%")
         if data.get("message"):
             parts.append(str(data["message"]))
-        self.console.print(" ".join(parts), markup=False, highlight=False)
+        self.console.print(plain(" ".join(parts)), highlight=False)
 
     def _status(self, data: dict[str, Any]) -> None:
         status = str(data.get("status", ""))
@@ -329,8 +336,9 @@ class Follower:
             self._progress.update(self._task, description="running")
 
     def _print(self, text: Text) -> None:
+        """``text`` on the terminal (above the progress bar) or the pipe, as it is."""
         (self._progress.console if self._progress is not None else self.console).print(
-            text, soft_wrap=True
+            text, soft_wrap=True, highlight=False
         )
 
 

@@ -24,15 +24,30 @@ def client_env(system: System, token: str | None) -> dict[str, str]:
     return env
 
 
+def terminal_env(system: System) -> dict[str, str]:
+    """``client_env`` (the admin token) for a client that takes its pipe for a terminal, as
+    rich does with ``TTY_COMPATIBLE=1``: colours (the 16 standard ones), a progress bar."""
+    env = client_env(system, system.admin_token)
+    env.pop("NO_COLOR", None)
+    env.pop("FORCE_COLOR", None)
+    env.update(TTY_COMPATIBLE="1", TERM="xterm")
+    return env
+
+
 async def start_client(
-    system: System, *args: str, token: str | None = "admin"
+    system: System, *args: str, token: str | None = "admin", env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
+    """The client as a child process with ``client_env`` for ``token`` ("admin": the system's
+    admin token; None: none); or with ``env`` as given, whole, when a test passes its own (then
+    ``token`` is not used: put the token in ``env``)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "jobrunner.cli",
         *args,
-        env=client_env(system, system.admin_token if token == "admin" else token),
+        env=env
+        if env is not None
+        else client_env(system, system.admin_token if token == "admin" else token),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

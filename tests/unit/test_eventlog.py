@@ -49,14 +49,27 @@ def test_since_an_iso_time_without_zone_is_utc() -> None:
     assert parse_since("2026-01-31T11:00") == (None, datetime(2026, 1, 31, 11, tzinfo=UTC))
 
 
-def test_since_keeps_an_explicit_offset() -> None:
-    """A time with an offset keeps it."""
+def test_since_a_time_with_an_offset_is_read_as_the_same_instant_in_utc() -> None:
+    """12:00 at +01:00 is 11:00 UTC, the zone a stream consumer's start time is given in."""
     _, at = parse_since("2026-01-31T12:00:00+01:00")
     assert at == datetime(2026, 1, 31, 11, tzinfo=UTC)
+    assert at is not None
+    assert at.tzinfo is UTC
 
 
 @pytest.mark.parametrize(
-    "raw", ["yesterday", "15 minutes", "-5", "5w", "", "²", "9999999d", "1000000000d", "9" * 5000]
+    "raw",
+    [
+        "yesterday",
+        "15 minutes",
+        "-5",
+        "5w",
+        "",
+        "²",
+        "9999999d",
+        "1000000000d",
+        "9" * 5000,
+    ],
 )
 def test_since_anything_else_is_a_clear_error(raw: str) -> None:
     """A --since that is neither a sequence, a time nor an age says what it accepts."""
@@ -153,3 +166,29 @@ def test_odd_line_fields_are_shown_as_they_are() -> None:
     """A line whose fields are not the usual types is shown, not a crash of the whole listing."""
     event = {"type": "LineLogged", "lines": [[None, {"a": 1}, 3, "t", ["x"]]]}
     assert readable(stored(event)).splitlines()[1].split() == ["None", "{'a':", "1}", "3", "['x']"]
+
+
+@pytest.mark.parametrize(
+    "raw", ["0001-01-01T00:00:00+00:01", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-00:01"]
+)
+def test_since_a_time_outside_the_years_1_to_9999_in_utc_says_so(raw: str) -> None:
+    """A time a minute past the edge (year 1 at +00:01) is not called "no time": the sentence
+    says it lies outside the years a stream can start at (its consumer's start failed in a
+    traceback before)."""
+    with pytest.raises(ValueError, match=r"lies outside the years 1-9999 in UTC") as caught:
+        parse_since(raw)
+    assert raw in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "instant"),
+    [
+        ("0001-01-01T00:01:00+00:01", datetime(1, 1, 1, tzinfo=UTC)),
+        ("9999-12-31T23:58:59-00:01", datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ],
+)
+def test_since_a_time_just_inside_the_years_1_to_9999_in_utc_is_taken(
+    raw: str, instant: datetime
+) -> None:
+    """The first and last instants of the years 1-9999, written with an offset, are times."""
+    assert parse_since(raw) == (None, instant)

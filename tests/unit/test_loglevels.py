@@ -34,3 +34,10 @@ def test_terminal_client_writes_a_level_column_only_where_the_text_has_none() ->
     """``jobrunner logs``/``follow`` print ``INFO    Starte`` once, and ``INFO    plain``."""
     assert level_column({"level": "INFO", "text": "INFO    Starte"}) == ""
     assert level_column({"level": "INFO", "text": "plain"}) == "INFO    "
+
+
+def test_terminal_client_writes_no_level_column_before_a_coloured_level() -> None:
+    """A tool's green ``INFO`` prints as ``INFO started``, not ``INFO    INFO started``: the
+    client drops colour codes, so the level it shows is there once."""
+    assert level_column({"level": "INFO", "text": "\x1b[32mINFO\x1b[0m started"}) == ""
+    assert level_column({"level": "ERROR", "text": "\x1b[32mINFO\x1b[0m started"}) == "ERROR   "

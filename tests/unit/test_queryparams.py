@@ -128,6 +128,31 @@ def test_timestamp_keeps_a_negative_offset() -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "side"),
+    [("0001-01-01T00:00:00+00:01", "before"), ("9999-12-31T23:59:59.999999-00:01", "after")],
+    ids=["a-minute-before-year-1", "a-minute-after-9999"],
+)
+def test_a_time_whose_utc_instant_no_datetime_holds_is_refused(raw: str, side: str) -> None:
+    """A time a minute beyond years 1-9999 in UTC is a 400 naming it (the driver could not send
+    it: a 500 before)."""
+    error = refused(lambda: query(("since", raw)).timestamp("since"))
+    assert error.extra["field"] == "since"
+    assert raw in error.message
+    assert f"lies {side} the years 1 to 9999 in UTC" in error.message
+
+
+@pytest.mark.parametrize(
+    "raw", ["0001-01-01T00:00:00-00:01", "9999-12-31T23:59:59.999999+00:01"], ids=["year-1", "9999"]
+)
+def test_a_time_a_minute_inside_years_1_to_9999_in_utc_is_read(raw: str) -> None:
+    """A time just inside the range (a minute the other side of the edge) is read as given."""
+    at = query(("since", raw)).timestamp("since")
+    assert at == datetime.fromisoformat(raw)
+    assert at is not None
+    assert at.astimezone(UTC) == at
+
+
+@pytest.mark.parametrize(
     ("raw", "words"), [("x" * (MAX_SEARCH_LENGTH + 1), "longer"), ("a\x00", "NUL")]
 )
 def test_search_text_is_bounded_and_without_nul(raw: str, words: str) -> None:
@@ -185,6 +210,7 @@ def test_any_timestamp_text_is_read_or_refused(raw: str) -> None:
         return
     assert at is not None
     assert at.tzinfo is not None
+    at.astimezone(UTC)  # as the read's driver sends it to Postgres: never an OverflowError
 
 
 @settings(deadline=None)

@@ -162,7 +162,20 @@ class Query:
             raise invalid(
                 field, f"{field!r} must be an ISO 8601 time such as 2026-01-31T12:00:00Z."
             ) from None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if not value.tzinfo:
+            return value.replace(tzinfo=UTC)
+        try:
+            # Year 1 at +14:00 is still year 0 in UTC: no datetime holds that instant, and the
+            # read's driver, which sends it to Postgres in UTC, raised (a 500).
+            value.astimezone(UTC)
+        except OverflowError:
+            side, edge = ("before", "0001-01-01") if value.year == 1 else ("after", "9999-12-31")
+            raise invalid(
+                field,
+                f"{field!r} ({raw}) lies {side} the years 1 to 9999 in UTC, the times jobrunner "
+                f"can compare; leave it out to set no bound, or send a time such as {edge}.",
+            ) from None
+        return value
 
     def time_range(self, from_field: str, to_field: str) -> tuple[datetime | None, datetime | None]:
         """Two ``timestamp`` fields that bound one range; a range that ends before it begins
