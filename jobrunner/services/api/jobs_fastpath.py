@@ -11,8 +11,9 @@ functions the route handlers answer with), the same bytes and headers, timed in 
 metric. Every other request goes to Litestar untouched, and so does one of these the fast path
 does not accept outright: a refused host, no or a bad credential, a role too small, a query it
 rejects (``Query`` with the route's own parameter list, as the handler does), read models of
-another version, a job not found, any error but a read past its deadline or cancelled by
-Postgres (answered here: Litestar would run the same read again). Litestar then runs its own
+another version, a job not found, any error but a read's failure in or on the way to Postgres
+(answered here, through the same table as Litestar's handlers, ``errors.read_failure``:
+Litestar would run the same read again). Litestar then runs its own
 checks and answers as it always did (its refusals and error bodies); such a request pays its
 checks, and a 404 its query, twice, the rare case. Nothing is sent before the page is encoded,
 so handing a request over is always possible.
@@ -24,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import asyncpg
 import msgspec
 import structlog
 from litestar._asgi.utils import is_valid_host
@@ -37,7 +37,6 @@ from litestar.utils import normalize_path
 from jobrunner.common import metrics
 from jobrunner.services.api import errors
 from jobrunner.services.api.errors import ApiError
-from jobrunner.services.api.readpool import ReadModelsTimeout
 from jobrunner.services.api.routes.jobs import job_page
 from jobrunner.services.api.routes.logs import log_page
 from jobrunner.services.api.security import Role
@@ -129,18 +128,16 @@ class JobReadsFastPath:
                 return None
             try:
                 page = await answer(ctx, connection.query_params, principal, path_params)
-            except ReadModelsTimeout as exc:
-                # Answered here: handed over, the same read would wait its deadline again.
-                errors.warn_read_models_timeout(scope["path"], exc)
-                refused = errors.read_models_timeout(exc)
-                body = _ENCODER.encode(refused.body())
-                return template, refused.status, body, refused.raw_headers()
-            except asyncpg.QueryCanceledError as exc:
-                # Answered here too, as Litestar's handler would (errors.read_cancelled_handler):
-                # handed over, the same read would run again, a statement_timeout's costing
-                # the client the timeout twice and an operator's cancel retried unasked.
-                errors.warn_read_cancelled(scope["path"], exc)
-                refused = errors.read_cancelled(exc)
+            except Exception as exc:
+                # A read that failed in or on the way to Postgres is answered here, as
+                # Litestar's handler would answer it (the same table: errors.READ_FAILURES):
+                # handed over, the same read would run again, a lock_timeout's or a
+                # statement_timeout's costing the client the wait twice, an operator's cancel
+                # or termination retried unasked, a connection refused for lack of slots
+                # asked for again at once.
+                refused = errors.read_failure(scope["path"], exc)
+                if refused is None:
+                    raise
                 body = _ENCODER.encode(refused.body())
                 return template, refused.status, body, refused.raw_headers()
             return template, 200, _ENCODER.encode(page), []
