@@ -26,7 +26,7 @@ from jobrunner.services.api import errors
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
 from tests.tools.api_parts import read_pool_of
-from tests.tools.backend_activity import backends, until_backends
+from tests.tools.backend_activity import backends, until_backends, until_no_backends
 from tests.tools.postgres_log import lines_logged
 from tests.tools.translated_postgres import (
     ENGLISH,
@@ -42,15 +42,22 @@ async def postgres(
     request: pytest.FixtureRequest, compiled_locales: Path
 ) -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of the test's own, speaking English unless the test names another locale
-    (``IN_EITHER_LANGUAGE``)."""
-    locale = getattr(request, "param", ENGLISH)
-    async with postgres_speaking(locale, "jobrunner-test-own-pg-", compiled_locales) as server:
+    (``IN_EITHER_LANGUAGE``), with the server settings a test names (``FEW_CONNECTIONS``)."""
+    param = getattr(request, "param", ENGLISH)
+    locale, settings = (ENGLISH, param) if isinstance(param, dict) else (param, {})
+    async with postgres_speaking(
+        locale, "jobrunner-test-own-pg-", compiled_locales, **settings
+    ) as server:
         yield server
 
 
 # The test runs on a server speaking English and on one speaking German.
 IN_EITHER_LANGUAGE = pytest.mark.parametrize(
     "postgres", [ENGLISH, GERMAN], indirect=True, ids=["english", "german"]
+)
+# The test runs on a server of few connections, which it can take all of.
+FEW_CONNECTIONS = pytest.mark.parametrize(
+    "postgres", [{"max_connections": "30"}], indirect=True, ids=["30-connections"]
 )
 
 
@@ -361,4 +368,61 @@ async def test_a_fast_read_whose_backend_is_terminated_is_answered_once(
     assert response.json()["error"]["code"] == "READ_MODELS_UNAVAILABLE", response.text
     async with system.client() as client:
         response = await client.get(path)
+    assert response.status_code == 200, response.text
+
+
+# What Postgres logs of a connection it refused, every slot taken (SQLSTATE 53300).
+TOO_MANY_CLIENTS_MESSAGE = "sorry, too many clients already"
+
+
+async def take_every_slot(postgres: EmbeddedPostgres) -> list[asyncpg.Connection]:
+    """Connections to ``postgres`` until it refuses one for want of slots: the reserved ones
+    too (the test servers' user is a superuser)."""
+    taken: list[asyncpg.Connection] = []
+    while True:
+        try:
+            taken.append(await asyncpg.connect(postgres.url))
+        except asyncpg.TooManyConnectionsError:
+            return taken
+
+
+@FEW_CONNECTIONS
+async def test_a_fast_read_refused_a_connection_for_want_of_slots_asks_once(
+    system: System, postgres: EmbeddedPostgres
+) -> None:
+    """Every connection slot of Postgres taken and the API's pooled connections ended: the
+    list of jobs is answered 503 READ_MODELS_OVERLOADED, Postgres refusing the read's new
+    connection once (too_many_connections). Before: the fast path handed the error over to
+    Litestar, which asked Postgres for a connection again."""
+    operator = await asyncpg.connect(postgres.url)
+    pool = read_pool_of(system).pool
+    taken = await take_every_slot(postgres)
+    try:
+        # The API's read connections ended, their slots taken by the test's in turn.
+        pooled = [
+            holder._con for holder in pool._holders if holder._con and not holder._con.is_closed()
+        ]
+        pids = [conn.get_server_pid() for conn in pooled]
+        for pid in pids:
+            assert await operator.fetchval("SELECT pg_terminate_backend($1)", pid)
+        for pid in pids:
+            await until_no_backends(operator, pid=pid)
+        taken += await take_every_slot(postgres)
+        async with asyncio.timeout(30):  # a bound on a broken test only
+            while not all(conn.is_closed() for conn in pooled):  # noqa: ASYNC110 - asyncpg's state
+                await asyncio.sleep(0.02)  # the API's connections see their end: nothing to wait on
+        before = await lines_logged(postgres, operator, TOO_MANY_CLIENTS_MESSAGE)
+        async with system.client() as client:
+            response = await client.get("/api/jobs")
+        refused = await lines_logged(postgres, operator, TOO_MANY_CLIENTS_MESSAGE) - before
+    finally:
+        for conn in taken:
+            await conn.close()
+        await operator.close()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "READ_MODELS_OVERLOADED", response.text
+    assert response.headers.get("retry-after") == str(errors.READ_OVERLOADED_RETRY_AFTER)
+    assert refused == 1, "the read asked Postgres for a connection again after its refusal"
+    async with system.client() as client:
+        response = await client.get("/api/jobs")
     assert response.status_code == 200, response.text
