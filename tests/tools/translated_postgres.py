@@ -81,7 +81,7 @@ async def postgres_speaking(
     ``locale``'s language, compiled into ``locales`` (the session's ``compiled_locales``) if
     not there yet; ``ENGLISH``: as the test servers do."""
     if locale == ENGLISH:
-        async with servers.own_postgres(prefix, **settings) as server:
+        async with servers.own_postgres(prefix, env=None, **settings) as server:
             yield server
         return
     await asyncio.to_thread(compile_locale, locales, locale)
