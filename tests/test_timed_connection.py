@@ -162,3 +162,48 @@ async def test_an_operators_cancel_in_a_call_of_several_statements_is_told_as_a_
     assert postgresconnect.said_timed_out(error) is None, error.args  # not English
     assert postgresconnect.run_of(error) is None
     assert not postgresconnect.statement_timed_out(error)
+
+
+async def test_a_timeout_lowered_by_a_reload_is_relearnt_after_a_cancel_in_a_transaction(
+    german_postgres: EmbeddedPostgres,
+) -> None:
+    """The server's statement_timeout is an hour when the read pool's connection opens, then
+    an operator lowers it to 200 ms and reloads the configuration (ALTER SYSTEM, pg_reload_conf:
+    it reaches live sessions). A statement inside a transaction is cancelled at 200 ms: the
+    timeout cannot be asked inside the aborted transaction and the connection knows only the
+    hour, so this first cancel is told as an operator's; the connection asks again before its
+    next statement outside a transaction, and the next such cancel is told as the timeout's.
+    Before: every such cancel on that connection was told as an operator's for its whole
+    life."""
+    superuser = await asyncpg.connect(german_postgres.url)
+    try:
+        await superuser.execute("ALTER SYSTEM SET statement_timeout = '1h'")
+        await superuser.fetchval("SELECT pg_reload_conf()")
+        reads = await read_pool(german_postgres.url, deadline_seconds=30)
+        try:
+            async with reads.pool.acquire() as conn:
+                assert conn._con.known_statement_timeout == 3600
+                await superuser.execute("ALTER SYSTEM SET statement_timeout = '200ms'")
+                await superuser.fetchval("SELECT pg_reload_conf()")
+                # The reload reached the session (a backend reads it between two commands).
+                async with asyncio.timeout(30):  # a bound on a broken test only
+                    while await conn.fetchval("SHOW statement_timeout") != "200ms":  # noqa: ASYNC110 - the backend's state
+                        await asyncio.sleep(0.02)  # the backend's reload: nothing to wait on
+                cancels = []
+                for _ in range(2):
+                    async with conn.transaction():
+                        cancels.append(
+                            await _cancelled(asyncio.ensure_future(conn.fetchval(SLEEP)))
+                        )
+        finally:
+            await reads.pool.close()
+    finally:
+        await superuser.execute("ALTER SYSTEM RESET statement_timeout")
+        await superuser.fetchval("SELECT pg_reload_conf()")
+        await superuser.close()
+    second = cancels[1]
+    assert postgresconnect.said_timed_out(second) is None, second.args  # not English
+    assert [postgresconnect.statement_timed_out(error) for error in cancels] == [False, True]
+    run = postgresconnect.run_of(second)
+    assert run is not None
+    assert run.statement_timeout == pytest.approx(0.2)
