@@ -391,13 +391,14 @@ def transient_answer(cause: str | None) -> ApiError | None:
     return None
 
 
-def transient_postgres_error(path: str, exc: BaseException) -> ApiError:
+def transient_postgres_error(path: str, exc: BaseException) -> ApiError | None:
     """A Postgres error that may pass (by its SQLSTATE class): a 503 naming it, never a 500.
     An operator's intervention (class 57) that neither ends the session nor cancels the
-    statement is told as Postgres away; an unknown SQLSTATE of no such class is a 500."""
+    statement is told as Postgres away; an unknown SQLSTATE of no such class is None (a 500,
+    ``read_failure``)."""
     cause = postgresconnect.transient_cause(exc)
     if cause is None:
-        return internal_error(path, exc)
+        return None
     answer = transient_answer(cause)
     if answer is None:  # an operator's intervention
         return postgres_away(path, exc)
@@ -435,7 +436,7 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
 # (EXCEPTION_HANDLERS) and the fast path of the most frequent reads (jobs_fastpath.py) answer
 # through this one table, so a client is told the same whichever path served it, and the fast
 # path need not hand a failed read over to Litestar, which would run it again.
-ReadFailureAnswer = Callable[[str, Any], ApiError]
+ReadFailureAnswer = Callable[[str, Any], ApiError | None]
 READ_FAILURES: dict[type[BaseException], ReadFailureAnswer] = {
     **dict.fromkeys(POSTGRES_AWAY, postgres_away),
     ReadModelsNotRead: not_read,
@@ -445,14 +446,14 @@ READ_FAILURES: dict[type[BaseException], ReadFailureAnswer] = {
     asyncpg.exceptions.UnknownPostgresError: transient_postgres_error,
     ReadModelsOfAnotherVersion: other_version,
     **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused),
-    # Any other error Postgres answered (a class that no retry mends): a 500, logged.
-    asyncpg.PostgresError: internal_error,
 }
 
 
 def read_failure(path: str, exc: BaseException) -> ApiError | None:
     """The answer (its log line written) to ``exc``, a read's failure in or on the way to
-    Postgres, or None: not one (``READ_FAILURES``)."""
+    Postgres, or None: not one (``READ_FAILURES``), or one no retry mends (a SQLSTATE of no
+    transient class): the API's 500. The fast path hands such a request to Litestar, whose
+    gate may know more by then (read models swapped under the read) than the fast path did."""
     for kind in type(exc).__mro__:
         answer = READ_FAILURES.get(kind)
         if answer is not None:

@@ -12,11 +12,12 @@ metric. Every other request goes to Litestar untouched, and so does one of these
 does not accept outright: a refused host, no or a bad credential, a role too small, a query it
 rejects (``Query`` with the route's own parameter list, as the handler does), read models of
 another version, a job not found, any error but a read's failure in or on the way to Postgres
-(answered here, through the same table as Litestar's handlers, ``errors.read_failure``:
-Litestar would run the same read again). Litestar then runs its own
-checks and answers as it always did (its refusals and error bodies); such a request pays its
-checks, and a 404 its query, twice, the rare case. Nothing is sent before the page is encoded,
-so handing a request over is always possible.
+that may pass (answered here, through the same table as Litestar's handlers,
+``errors.read_failure``: Litestar would run the same read again; a Postgres error no retry
+mends, a 500, is handed over, Litestar's gate perhaps knowing more by then). Litestar then
+runs its own checks and answers as it always did (its refusals and error bodies); such a
+request pays its checks, and a 404 its query, twice, the rare case. Nothing is sent before
+the page is encoded, so handing a request over is always possible.
 """
 
 from __future__ import annotations
