@@ -202,16 +202,18 @@ async def test_a_fast_read_past_postgres_statement_timeout_runs_once(
 
 
 # A Postgres error of each transient SQLSTATE class, as a read meets it, and the API's answer:
-# (SQLSTATE, code, Retry-After). 57000 is asyncpg's bare OperatorInterventionError, 57P99 and
-# 40P99 SQLSTATEs asyncpg has no class for (UnknownPostgresError).
-TRANSIENT_ANSWERS = [
-    ("57000", "READ_MODELS_UNAVAILABLE", "2"),
-    ("57P99", "READ_MODELS_UNAVAILABLE", "2"),
-    ("40P01", "READ_CONFLICT", "1"),
-    ("40001", "READ_CONFLICT", "1"),
-    ("40P99", "READ_CONFLICT", "1"),
-    ("53200", "READ_MODELS_OVERLOADED", "5"),
-    ("55P03", "READ_STATEMENT_TIMEOUT", "5"),
+# (SQLSTATE, status, code, Retry-After). 57000 is asyncpg's bare OperatorInterventionError, 57P99
+# and 40P99 SQLSTATEs asyncpg has no class for (UnknownPostgresError). XX000, an internal error
+# no retry mends, is the API's 500, without Retry-After.
+STAGED_ANSWERS = [
+    ("57000", 503, "READ_MODELS_UNAVAILABLE", "2"),
+    ("57P99", 503, "READ_MODELS_UNAVAILABLE", "2"),
+    ("40P01", 503, "READ_CONFLICT", "1"),
+    ("40001", 503, "READ_CONFLICT", "1"),
+    ("40P99", 503, "READ_CONFLICT", "1"),
+    ("53200", 503, "READ_MODELS_OVERLOADED", "5"),
+    ("55P03", 503, "READ_STATEMENT_TIMEOUT", "5"),
+    ("XX000", 500, "INTERNAL_ERROR", None),
 ]
 
 
@@ -231,8 +233,9 @@ async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_50
     SQLSTATE class (an operator's intervention, a deadlock or serialization failure, resources
     short, a lock_timeout; Postgres raises them itself only under faults hard to stage): the
     list of jobs is answered 503 with a code naming it and Retry-After, the read run once, and
-    once the table is back, 200. Before session 36: 500 INTERNAL_ERROR for each; before session
-    38 the fast path handed each over to Litestar, which ran the read a second time."""
+    once the table is back, 200. An internal error (XX000) is a 500, its read run once too.
+    Before session 36: 500 INTERNAL_ERROR for each; before session 38 the fast path handed
+    each over to Litestar, which ran the read a second time."""
     operator = await asyncpg.connect(postgres.url)
     pool = read_pool_of(system).pool
     answers: dict[str, tuple[int, str | None, str]] = {}
@@ -253,7 +256,7 @@ async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_50
                 f"CREATE VIEW {READ_SCHEMA}.jobs AS SELECT * FROM {READ_SCHEMA}.jobs_failing()"
             )
         database = await operator.fetchval("SELECT current_database()")
-        for sqlstate, _, _ in TRANSIENT_ANSWERS:
+        for sqlstate, _, _, _ in STAGED_ANSWERS:
             # Each new session of the API's takes the database's setting.
             await operator.execute(f"ALTER DATABASE \"{database}\" SET test.errcode = '{sqlstate}'")
             await pool.expire_connections()
@@ -275,7 +278,8 @@ async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_50
         await operator.close()
         await pool.expire_connections()
     assert answers == {
-        sqlstate: (503, retry_after, code) for sqlstate, code, retry_after in TRANSIENT_ANSWERS
+        sqlstate: (status, retry_after, code)
+        for sqlstate, status, code, retry_after in STAGED_ANSWERS
     }
     # Answered by the fast path (jobs_fastpath.py) once: Litestar did not run the read again.
     assert runs == dict.fromkeys(answers, 1)

@@ -452,8 +452,7 @@ READ_FAILURES: dict[type[BaseException], ReadFailureAnswer] = {
 def read_failure(path: str, exc: BaseException) -> ApiError | None:
     """The answer (its log line written) to ``exc``, a read's failure in or on the way to
     Postgres, or None: not one (``READ_FAILURES``), or one no retry mends (a SQLSTATE of no
-    transient class): the API's 500. The fast path hands such a request to Litestar, whose
-    gate may know more by then (read models swapped under the read) than the fast path did."""
+    transient class): the API's 500 (``internal_error``)."""
     for kind in type(exc).__mro__:
         answer = READ_FAILURES.get(kind)
         if answer is not None:

@@ -11,10 +11,10 @@ functions the route handlers answer with), the same bytes and headers, timed in 
 metric. Every other request goes to Litestar untouched, and so does one of these the fast path
 does not accept outright: a refused host, no or a bad credential, a role too small, a query it
 rejects (``Query`` with the route's own parameter list, as the handler does), read models of
-another version, a job not found, any error but a read's failure in or on the way to Postgres
-that may pass (answered here, through the same table as Litestar's handlers,
-``errors.read_failure``: Litestar would run the same read again; a Postgres error no retry
-mends, a 500, is handed over, Litestar's gate perhaps knowing more by then). Litestar then
+another version, a job not found, any error but a read's failure the table answers
+(``errors.READ_FAILURES``) or another Postgres error (answered here, through the same table as
+Litestar's handlers, ``errors.read_failure``, the latter a 500: Litestar would run the same
+read again, its gate answering from the same flag as the fast path's). Litestar then
 runs its own checks and answers as it always did (its refusals and error bodies); such a
 request pays its checks, and a 404 its query, twice, the rare case. Nothing is sent before
 the page is encoded, so handing a request over is always possible.
@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar._asgi.utils import is_valid_host
@@ -138,7 +139,11 @@ class JobReadsFastPath:
                 # asked for again at once.
                 refused = errors.read_failure(scope["path"], exc)
                 if refused is None:
-                    raise
+                    if not isinstance(exc, asyncpg.PostgresError):
+                        raise  # not Postgres's: Litestar's path reports it
+                    # One no retry mends (an internal error, a table missing): the 500
+                    # Litestar's handler would give after running the read a second time.
+                    refused = errors.internal_error(scope["path"], exc)
                 body = _ENCODER.encode(refused.body())
                 return template, refused.status, body, refused.raw_headers()
             return template, 200, _ENCODER.encode(page), []
