@@ -80,14 +80,16 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
 
     async def _timed(self, query: str, statement: Coroutine[Any, Any, T]) -> T:
         if self.statement_timeout_stale and not self.is_in_transaction():
-            self.statement_timeout_stale = False
             try:
                 asked = await self._statement_timeout()
             except BaseException:  # cancelled: the statement is not sent at all
                 statement.close()
                 raise
+            # Only an answer clears it: a question that failed (cancelled, the connection
+            # lost) leaves the known value as stale as it was, to be asked again next time.
             if asked is not None:
                 self.known_statement_timeout = asked
+                self.statement_timeout_stale = False
         if _several_statements(query):
             return await statement
         # The clock starts before the statement is sent (awaiting it sends it), so it covers
@@ -102,6 +104,7 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
                 asked = await self._statement_timeout()
                 if asked is not None:
                     self.known_statement_timeout = asked
+                    self.statement_timeout_stale = False
                 else:
                     self.statement_timeout_stale = True
                 postgresconnect.record_run(
