@@ -22,10 +22,10 @@ from jobrunner.common.logging import LogThrottle
 from jobrunner.common.postgresconnect import STATEMENT_TIMEOUT_MESSAGE
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
-from jobrunner.services.api import errors
+from jobrunner.services.api import errors, readmodelgate
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
-from tests.tools.api_parts import read_pool_of
+from tests.tools.api_parts import pooled_connections, read_pool_of
 from tests.tools.backend_activity import backends, until_backends, until_no_backends
 from tests.tools.postgres_log import lines_logged
 from tests.tools.translated_postgres import (
@@ -62,7 +62,24 @@ FEW_CONNECTIONS = pytest.mark.parametrize(
 
 
 @pytest.fixture
-async def system(settings: Settings, postgres: EmbeddedPostgres) -> AsyncIterator[System]:
+def gate_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-model gate's looks in the background: the API's own, or, a test naming it
+    (``QUIET_GATE``), none within the test (each look takes a connection from the read pool,
+    and so would be refused with the test's read when the test takes every slot)."""
+    seconds = getattr(request, "param", None)
+    if seconds is not None:
+        monkeypatch.setattr(readmodelgate, "CURRENT_CHECK_SECONDS", seconds)
+        monkeypatch.setattr(readmodelgate, "RECHECK_SECONDS", seconds)
+
+
+# The gate looks once at the start, and then only when a request finds it not serving.
+QUIET_GATE = pytest.mark.parametrize("gate_watch", [3600.0], indirect=True, ids=["quiet-gate"])
+
+
+@pytest.fixture
+async def system(
+    settings: Settings, postgres: EmbeddedPostgres, gate_watch: None
+) -> AsyncIterator[System]:
     settings = msgspec.structs.replace(settings, database_url=postgres.url)
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
@@ -391,6 +408,7 @@ async def take_every_slot(postgres: EmbeddedPostgres) -> list[asyncpg.Connection
 
 
 @FEW_CONNECTIONS
+@QUIET_GATE
 async def test_a_fast_read_refused_a_connection_for_want_of_slots_asks_once(
     system: System, postgres: EmbeddedPostgres
 ) -> None:
@@ -400,12 +418,12 @@ async def test_a_fast_read_refused_a_connection_for_want_of_slots_asks_once(
     Litestar, which asked Postgres for a connection again."""
     operator = await asyncpg.connect(postgres.url)
     pool = read_pool_of(system).pool
+    status, _, _ = await read_job(system)  # the gate serving: no look of its own meanwhile
+    assert status == 200
     taken = await take_every_slot(postgres)
     try:
         # The API's read connections ended, their slots taken by the test's in turn.
-        pooled = [
-            holder._con for holder in pool._holders if holder._con and not holder._con.is_closed()
-        ]
+        pooled = pooled_connections(pool)
         pids = [conn.get_server_pid() for conn in pooled]
         for pid in pids:
             assert await operator.fetchval("SELECT pg_terminate_backend($1)", pid)
