@@ -70,6 +70,7 @@ async def connect_or_unreachable(*args: Any, **kwargs: Any) -> asyncpg.Connectio
 
 async def create_pool(
     url: str,
+    *,
     min_size: int = 1,
     max_size: int = 10,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,

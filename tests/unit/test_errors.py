@@ -9,6 +9,7 @@ import msgspec
 import nats.errors
 import pytest
 from litestar import Request, Response, get
+from litestar.exceptions import HTTPException
 
 from jobrunner.common import database, postgresconnect
 from jobrunner.services.api import errors
@@ -297,10 +298,11 @@ async def test_each_failure_of_a_route_is_answered_with_its_status_retry_after_c
 
 # The failures of ANSWERS a read of the read models meets: what the fast path of the list and
 # log reads (jobs_fastpath.py) answers itself instead of handing the request to Litestar.
+# Chosen by their answer, not by the table, so that one the table leaves out fails below.
 READ_FAILURE_ANSWERS = [
     (error, answer)
     for error, answer in ANSWERS
-    if isinstance(error, tuple(errors.READ_FAILURES)) and answer[0] != 500
+    if not isinstance(error, ApiError | HTTPException | nats.errors.Error) and answer[0] != 500
 ]
 
 
@@ -329,8 +331,9 @@ async def test_the_fast_path_answers_each_failed_read_as_litestar_does(
 
 def test_the_fast_path_hands_over_what_is_no_failed_read_that_may_pass() -> None:
     """A refusal of the API's own (a job not found), an error of the API's code, a Postgres
-    error no retry mends: not answered by the read-failure table; the fast path hands it to
-    Litestar, which answers it (a 404, a 500 with its traceback)."""
+    error no retry mends: not answered by the read-failure table; the fast path hands the
+    first two to Litestar, which answers them (a 404, a 500 with its traceback), and answers
+    the last itself as that 500 (jobs_fastpath.py)."""
     assert errors.read_failure("/api/jobs", errors.job_not_found("j1")) is None
     assert errors.read_failure("/api/jobs", RuntimeError("boom")) is None
     assert errors.read_failure("/api/jobs", _unknown_sqlstate("XX999")) is None

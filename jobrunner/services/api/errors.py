@@ -6,7 +6,7 @@ Body: ``{"error": {"code": "UNKNOWN_JOB_TYPE", "message": "...", "fields": [...]
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import nats.errors
@@ -227,15 +227,16 @@ def postgres_away(path: str, exc: BaseException) -> ApiError:
     )
 
 
-def other_version(path: str, exc: ReadModelsOfAnotherVersion) -> ApiError:
+def other_version(path: str, exc: BaseException) -> ApiError:
     """A stream's opening read met read models the gate had let through a moment before and
-    now knows are another version: the gate's own 503."""
+    now knows are another version (a ``ReadModelsOfAnotherVersion``): the gate's own 503."""
+    exc = cast(ReadModelsOfAnotherVersion, exc)  # READ_FAILURES looks it up by its class
     return try_again_later(
         exc.code, exc.sentence, retry_after=exc.retry_after_seconds, **exc.details
     )
 
 
-def not_read(path: str, exc: ReadModelsNotRead) -> ApiError:
+def not_read(path: str, exc: BaseException) -> ApiError:
     """A stream's read not made (its opening read, or a job stream's row): the sentence says
     why, which is not always that Postgres cannot be reached (the version not known yet)."""
     # Its own message: the version merely not known yet is no "read models unavailable".
@@ -291,9 +292,11 @@ def warn_read_models_timeout(path: str, exc: ReadModelsTimeout) -> None:
     )
 
 
-def postgres_timeout(path: str, exc: ReadModelsTimeout) -> ApiError:
-    """A read of the read models passed ``api_read_timeout_seconds`` (readpool.py): Postgres
-    does not answer (frozen, overloaded); its connection has been terminated."""
+def postgres_timeout(path: str, exc: BaseException) -> ApiError:
+    """A read of the read models passed ``api_read_timeout_seconds`` (a ``ReadModelsTimeout``,
+    readpool.py): Postgres does not answer (frozen, overloaded); its connection has been
+    terminated."""
+    exc = cast(ReadModelsTimeout, exc)  # READ_FAILURES looks it up by its class
     warn_read_models_timeout(path, exc)
     return read_models_timeout(exc)
 
@@ -426,7 +429,6 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
     # read_cancelled_handler's.
     *postgresconnect.SESSION_ENDED_ERRORS,
     ReadModelsLost,  # a read's connection died, told by asyncpg as a client-side error
-    ReadModelsNotRead,  # a stream's read not made: Postgres away just now, or version unknown
 )
 
 # The answer to each failure a read of the read models meets, by the failure's class, given the
@@ -436,9 +438,10 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
 # (EXCEPTION_HANDLERS) and the fast path of the most frequent reads (jobs_fastpath.py) answer
 # through this one table, so a client is told the same whichever path served it, and the fast
 # path need not hand a failed read over to Litestar, which would run it again.
-ReadFailureAnswer = Callable[[str, Any], ApiError | None]
+ReadFailureAnswer = Callable[[str, BaseException], ApiError | None]
 READ_FAILURES: dict[type[BaseException], ReadFailureAnswer] = {
     **dict.fromkeys(POSTGRES_AWAY, postgres_away),
+    # A stream's read not made: Postgres away just now, or the version not known yet.
     ReadModelsNotRead: not_read,
     ReadModelsTimeout: postgres_timeout,
     **dict.fromkeys(postgresconnect.STATEMENT_CANCELLED_ERRORS, statement_cancelled),
