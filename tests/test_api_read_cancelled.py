@@ -25,8 +25,9 @@ from jobrunner.embedded.postgres import EmbeddedPostgres
 from jobrunner.services.api import errors, readmodelgate
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
-from tests.tools.api_parts import pooled_connections, read_pool_of
+from tests.tools.api_parts import health_pool_of, pooled_connections, read_pool_of
 from tests.tools.backend_activity import backends, until_backends, until_no_backends
+from tests.tools.health_reports import codes, health
 from tests.tools.postgres_log import lines_logged
 from tests.tools.translated_postgres import (
     ENGLISH,
@@ -448,3 +449,33 @@ async def test_a_fast_read_refused_a_connection_for_want_of_slots_asks_once(
     async with system.client() as client:
         response = await client.get("/api/jobs")
     assert response.status_code == 200, response.text
+
+
+async def test_health_whose_read_postgres_cancels_says_so_not_that_postgres_is_away(
+    system: System, postgres: EmbeddedPostgres
+) -> None:
+    """The projector's checkpoint table locked by another session past the database's
+    lock_timeout (300 ms): /health is 503 POSTGRES_CANCELLED, its sentence naming the
+    lock_timeout, not POSTGRES_UNREACHABLE: Postgres answered. Before: "This API instance
+    cannot reach Postgres"."""
+    operator = await asyncpg.connect(postgres.url)
+    database = await operator.fetchval("SELECT current_database()")
+    probes = health_pool_of(system).pool
+    try:
+        await operator.execute(f'ALTER DATABASE "{database}" SET lock_timeout = 300')
+        await probes.expire_connections()  # its next connection takes the database's setting
+        before = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE)
+        async with operator.transaction():
+            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.checkpoint IN ACCESS EXCLUSIVE MODE")
+            report = await health(system)
+        cancelled = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE) - before
+    finally:
+        await operator.execute(f'ALTER DATABASE "{database}" RESET lock_timeout')
+        await operator.close()
+        await probes.expire_connections()
+    assert cancelled == 1, "health's read was not the one Postgres cancelled"
+    assert report["http_status"] == 503, report
+    assert "POSTGRES_UNREACHABLE" not in codes(report), report
+    [problem] = [p for p in report["problems"] if p["code"] == "POSTGRES_CANCELLED"]
+    assert "lock_timeout" in problem["message"], report
+    assert report["postgres"] is False, report

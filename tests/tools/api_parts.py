@@ -35,6 +35,11 @@ def read_pool_of(system: System) -> ReadPool:
     return system._server.config.app.state.ctx.pool  # type: ignore[union-attr,no-any-return]
 
 
+def health_pool_of(system: System) -> ReadPool:
+    """The API's pool of the one connection ``GET /health`` reads Postgres on."""
+    return system._server.config.app.state.ctx.health_pool  # type: ignore[union-attr,no-any-return]
+
+
 def pooled_connections(pool: asyncpg.Pool) -> list[asyncpg.Connection]:
     """The open connections ``pool`` holds, idle or lent out (asyncpg lists them nowhere
     public: its holders')."""
