@@ -32,7 +32,7 @@ from jobrunner.services.api.readpool import ReadModelsLost, ReadModelsTimeout, R
 from tests.freeze import frozen
 from tests.history_support import job_events, publish, reading_system, wait_projected
 from tests.system import System
-from tests.tools.api_parts import read_pool_of
+from tests.tools.api_parts import pooled_connections, read_pool_of
 from tests.tools.backend_activity import until_backends
 from tests.tools.postgres_processes import frozen_postgres
 
@@ -647,7 +647,7 @@ async def test_api_reads_whose_backends_are_terminated_answer_503_never_500(
 
     async def kill_the_api_s_backends() -> None:
         while not stop.is_set():
-            pids = [h._con.get_server_pid() for h in pool.pool._holders if h._con is not None]
+            pids = [conn.get_server_pid() for conn in pooled_connections(pool.pool)]
             for pid in pids:
                 await killer.execute("SELECT pg_terminate_backend($1)", pid)
             await asyncio.sleep(random.uniform(0, 0.01))

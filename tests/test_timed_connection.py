@@ -38,6 +38,16 @@ async def conn(german_postgres: EmbeddedPostgres) -> AsyncIterator[TimedConnecti
         await connection.close()
 
 
+async def _new_sessions_statement_timeout(server: EmbeddedPostgres) -> str:
+    """The statement_timeout a session opened now starts with (``SHOW``'s text)."""
+    fresh = await asyncpg.connect(server.url)
+    try:
+        shown: str = await fresh.fetchval("SHOW statement_timeout")
+    finally:
+        await fresh.close()
+    return shown
+
+
 async def _cancelled(statement: asyncio.Future[object]) -> asyncpg.QueryCanceledError:
     with pytest.raises(asyncpg.QueryCanceledError) as raised:
         await statement
@@ -162,3 +172,116 @@ async def test_an_operators_cancel_in_a_call_of_several_statements_is_told_as_a_
     assert postgresconnect.said_timed_out(error) is None, error.args  # not English
     assert postgresconnect.run_of(error) is None
     assert not postgresconnect.statement_timed_out(error)
+
+
+async def test_a_timeout_lowered_by_a_reload_is_relearnt_after_a_cancel_in_a_transaction(
+    german_postgres: EmbeddedPostgres,
+) -> None:
+    """The server's statement_timeout is an hour when the read pool's connection opens, then
+    an operator lowers it to 200 ms and reloads the configuration (ALTER SYSTEM, pg_reload_conf:
+    it reaches live sessions). A statement inside a transaction is cancelled at 200 ms: the
+    timeout cannot be asked inside the aborted transaction and the connection knows only the
+    hour, so this first cancel is told as an operator's; the connection asks again before its
+    next statement outside a transaction, and the next such cancel is told as the timeout's.
+    Before: every such cancel on that connection was told as an operator's for its whole
+    life."""
+    superuser = await asyncpg.connect(german_postgres.url)
+    try:
+        await superuser.execute("ALTER SYSTEM SET statement_timeout = '1h'")
+        await superuser.fetchval("SELECT pg_reload_conf()")
+        reads = await read_pool(german_postgres.url, deadline_seconds=30)
+        try:
+            async with reads.pool.acquire() as conn:
+                assert conn._con.known_statement_timeout == 3600
+                await superuser.execute("ALTER SYSTEM SET statement_timeout = '200ms'")
+                await superuser.fetchval("SELECT pg_reload_conf()")
+                # The reload reached the session (a backend reads it between two commands).
+                async with asyncio.timeout(30):  # a bound on a broken test only
+                    while await conn.fetchval("SHOW statement_timeout") != "200ms":  # noqa: ASYNC110 - the backend's state
+                        await asyncio.sleep(0.02)  # the backend's reload: nothing to wait on
+                cancels = []
+                for _ in range(2):
+                    async with conn.transaction():
+                        cancels.append(
+                            await _cancelled(asyncio.ensure_future(conn.fetchval(SLEEP)))
+                        )
+        finally:
+            await reads.pool.close()
+    finally:
+        await superuser.execute("ALTER SYSTEM RESET statement_timeout")
+        await superuser.fetchval("SELECT pg_reload_conf()")
+        await superuser.close()
+        # The module's server is shared: the next test's sessions must not take the 200 ms.
+        async with asyncio.timeout(30):  # a bound on a broken test only
+            while await _new_sessions_statement_timeout(german_postgres) != "0":  # noqa: ASYNC110 - the server's state
+                await asyncio.sleep(0.02)  # the postmaster's reload: nothing to wait on
+    second = cancels[1]
+    assert postgresconnect.said_timed_out(second) is None, second.args  # not English
+    assert [postgresconnect.statement_timed_out(error) for error in cancels] == [False, True]
+    run = postgresconnect.run_of(second)
+    assert run is not None
+    assert run.statement_timeout == pytest.approx(0.2)
+
+
+# The re-ask of a stale statement_timeout (``STATEMENT_TIMEOUT_QUERY``) made to wait on an
+# advisory lock: pg_settings shadowed, on the session's search_path, by a view that takes the
+# lock first (a transaction's, released with the statement).
+SHADOW_SCHEMA = "shadowed_settings"
+REASK_LOCK = 9
+
+
+async def shadow_pg_settings(operator: asyncpg.Connection) -> None:
+    await operator.execute(f"CREATE SCHEMA {SHADOW_SCHEMA}")
+    await operator.execute(
+        f"CREATE FUNCTION {SHADOW_SCHEMA}.after_lock() RETURNS boolean LANGUAGE plpgsql AS $$ "
+        f"BEGIN PERFORM pg_advisory_xact_lock_shared({REASK_LOCK}); RETURN true; END $$"
+    )
+    await operator.execute(
+        f"CREATE VIEW {SHADOW_SCHEMA}.pg_settings AS SELECT name, setting "
+        f"FROM pg_catalog.pg_settings WHERE {SHADOW_SCHEMA}.after_lock()"
+    )
+
+
+@pytest.mark.parametrize("interruption", ["operator_cancel", "task_cancelled"])
+async def test_a_stale_timeout_whose_question_fails_is_asked_again_before_the_next_statement(
+    conn: TimedConnection, german_postgres: EmbeddedPostgres, interruption: str
+) -> None:
+    """The session's statement_timeout lowered after the connection learnt it, and a statement
+    cancelled inside a transaction: the connection is to ask the timeout again. That question
+    fails (an operator cancels it) or its caller is cancelled meanwhile: the connection still
+    asks before its next statement, and the next cancel in a transaction is told as the
+    timeout's. Before: the flag was cleared before the question, so a failed one left the
+    stale timeout for the connection's life, every such cancel told as an operator's."""
+    operator = await asyncpg.connect(german_postgres.url)
+    try:
+        await shadow_pg_settings(operator)
+        await conn.execute(f"SET search_path = {SHADOW_SCHEMA}, pg_catalog")
+        await conn.learn_statement_timeout()
+        assert conn.known_statement_timeout == 0
+        await conn.execute("SET statement_timeout = '200ms'")
+        async with conn.transaction():
+            first = await _cancelled(asyncio.ensure_future(conn.fetchval(SLEEP)))
+        assert conn.statement_timeout_stale
+        await operator.execute(f"SELECT pg_advisory_lock({REASK_LOCK})")
+        reading = asyncio.ensure_future(conn.fetchval("SELECT 1"))
+        [pid] = await until_backends(
+            operator, query_like="%pg_settings%", waiting_on_a_lock=True, unless_ended=reading
+        )
+        if interruption == "operator_cancel":
+            assert await operator.fetchval("SELECT pg_cancel_backend($1)", pid)
+            assert await reading == 1  # the statement runs all the same
+        else:
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+        assert conn.statement_timeout_stale, "a failed question cleared the flag"
+        await operator.execute(f"SELECT pg_advisory_unlock({REASK_LOCK})")
+        async with conn.transaction():
+            second = await _cancelled(asyncio.ensure_future(conn.fetchval(SLEEP)))
+    finally:
+        await operator.execute(f"DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE")
+        await operator.close()
+    assert [postgresconnect.statement_timed_out(error) for error in (first, second)] == [
+        False,
+        True,
+    ]

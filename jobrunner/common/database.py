@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -70,6 +70,7 @@ async def connect_or_unreachable(*args: Any, **kwargs: Any) -> asyncpg.Connectio
 
 async def create_pool(
     url: str,
+    *,
     min_size: int = 1,
     max_size: int = 10,
     reset: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
@@ -77,9 +78,11 @@ async def create_pool(
     connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
     connect_timeout: float | None = None,
     connection_class: type[asyncpg.Connection] | None = None,
-    **settings: str,
+    session_settings: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
-    """``settings`` are Postgres settings for the pool's sessions (``synchronous_commit="off"``);
+    """``session_settings`` are Postgres settings for the pool's sessions
+    (``{"synchronous_commit": "off"}``); a mapping rather than keywords, so that none can be
+    taken for one of the parameters (as a ``reset`` or a ``connection_class`` was);
     ``reset`` replaces asyncpg's reset of a released connection (``keep_session``); ``init``
     sets up each new connection (``init_connection`` or one that calls it); ``connect`` opens
     one (``asyncpg.connect`` when None, or ``connect_or_unreachable``), within
@@ -95,7 +98,7 @@ async def create_pool(
         init=init,
         reset=reset,
         connect=connect,
-        server_settings=settings,
+        server_settings=dict(session_settings or {}),
         **bound,
     )
 

@@ -14,10 +14,14 @@ server's configuration since the connect (a value set in postgresql.conf reaches
 not as it was; the English message, where the server speaks it, needs no question at all. But a
 cancel inside a transaction aborts it, and the question then fails: so the read pool's
 connections also learn the timeout when they are opened (``init_connection``), and each answer
-after a cancel renews it; when the question fails, the last one known is used. The read pool's
-sessions change none of their settings themselves. Not known at all (a connection that never
-learnt it, its first cancel inside a transaction; Postgres gone meanwhile): the cancel is told
-as an operator's, as every cancel in another language was before.
+after a cancel renews it; when the question fails, the last one known is used, and the
+connection asks again before its next statement outside a transaction (a ``BEGIN`` included):
+a reload since it last asked (the server's timeout lowered, say) may have made the known one
+stale, so that cancel may be told by a stale value, the next ones not. The read pool's sessions
+change none of their settings themselves (and the API's reads run no transactions: each is one
+statement, so it always asks). Not known at all (a connection that never learnt it, its first
+cancel inside a transaction; Postgres gone meanwhile): the cancel is told as an operator's, as
+every cancel in another language was before.
 
 Timed per call, not per statement: Postgres applies the timeout to each statement of a call of
 several (a query string with ``;`` in it), so such a call's time says nothing of its cancelled
@@ -29,7 +33,7 @@ reads use. A cancel elsewhere (a cursor, ``copy_*``) records nothing either.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
@@ -51,6 +55,9 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
 
     # The session's statement_timeout as last learnt (seconds, 0: none; None: never learnt).
     known_statement_timeout: float | None = None
+    # Whether it is to be asked again before the next statement outside a transaction: a
+    # cancel could not ask it (inside a transaction), and a reload may have changed it.
+    statement_timeout_stale: bool = False
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
         return await self._timed(query, super().execute(query, *args, **kwargs))
@@ -71,7 +78,18 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
         seconds = await asyncpg.Connection.fetchval(self, STATEMENT_TIMEOUT_QUERY)
         self.known_statement_timeout = float(seconds)
 
-    async def _timed(self, query: str, statement: Awaitable[T]) -> T:
+    async def _timed(self, query: str, statement: Coroutine[Any, Any, T]) -> T:
+        if self.statement_timeout_stale and not self.is_in_transaction():
+            try:
+                asked = await self._statement_timeout()
+            except BaseException:  # cancelled: the statement is not sent at all
+                statement.close()
+                raise
+            # Only an answer clears it: a question that failed (cancelled, the connection
+            # lost) leaves the known value as stale as it was, to be asked again next time.
+            if asked is not None:
+                self.known_statement_timeout = asked
+                self.statement_timeout_stale = False
         if _several_statements(query):
             return await statement
         # The clock starts before the statement is sent (awaiting it sends it), so it covers
@@ -86,6 +104,9 @@ class TimedConnection(asyncpg.Connection):  # type: ignore[misc]
                 asked = await self._statement_timeout()
                 if asked is not None:
                     self.known_statement_timeout = asked
+                    self.statement_timeout_stale = False
+                else:
+                    self.statement_timeout_stale = True
                 postgresconnect.record_run(
                     exc, postgresconnect.StatementRun(ran, self.known_statement_timeout)
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import pytest
 
 from jobrunner.common.readmodelversion import READMODEL_VERSION
@@ -32,6 +33,21 @@ def serving_gate() -> ReadModelGate:
 def read_pool_of(system: System) -> ReadPool:
     """The API's pool of connections for reads of the read models."""
     return system._server.config.app.state.ctx.pool  # type: ignore[union-attr,no-any-return]
+
+
+def health_pool_of(system: System) -> ReadPool:
+    """The API's pool of the one connection ``GET /health`` reads Postgres on."""
+    return system._server.config.app.state.ctx.health_pool  # type: ignore[union-attr,no-any-return]
+
+
+def pooled_connections(pool: asyncpg.Pool) -> list[asyncpg.Connection]:
+    """The open connections ``pool`` holds, idle or lent out (asyncpg lists them nowhere
+    public: its holders')."""
+    return [
+        holder._con
+        for holder in pool._holders
+        if holder._con is not None and not holder._con.is_closed()
+    ]
 
 
 class AcquiredDeadlines:

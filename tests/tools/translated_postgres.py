@@ -74,17 +74,18 @@ def server_environment(locales: Path) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def postgres_speaking(
-    locale: str, prefix: str, locales: Path
+    locale: str, prefix: str, locales: Path, **settings: str
 ) -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres of the test's own (``servers.own_postgres``, its scratch directories named
-    ``prefix``) whose database speaks ``locale``'s language, compiled into ``locales`` (the
-    session's ``compiled_locales``) if not there yet; ``ENGLISH``: as the test servers do."""
+    ``prefix``, ``settings`` on top of the test servers' own) whose database speaks
+    ``locale``'s language, compiled into ``locales`` (the session's ``compiled_locales``) if
+    not there yet; ``ENGLISH``: as the test servers do."""
     if locale == ENGLISH:
-        async with servers.own_postgres(prefix) as server:
+        async with servers.own_postgres(prefix, env=None, **settings) as server:
             yield server
         return
     await asyncio.to_thread(compile_locale, locales, locale)
-    async with servers.own_postgres(prefix, env=server_environment(locales)) as server:
+    async with servers.own_postgres(prefix, env=server_environment(locales), **settings) as server:
         superuser = await asyncpg.connect(server.url)
         try:
             await superuser.execute(

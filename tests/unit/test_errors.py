@@ -9,8 +9,10 @@ import msgspec
 import nats.errors
 import pytest
 from litestar import Request, Response, get
+from litestar.exceptions import HTTPException
 
 from jobrunner.common import database, postgresconnect
+from jobrunner.services.api import errors
 from jobrunner.services.api.errors import EXCEPTION_HANDLERS, ApiError, try_again_later
 from jobrunner.services.api.readpool import (
     ReadModelsLost,
@@ -292,6 +294,50 @@ async def test_each_failure_of_a_route_is_answered_with_its_status_retry_after_c
     assert msgspec.json.decode(response.content) == {
         "error": {"code": code, "message": message, **extra}
     }
+
+
+# The failures of ANSWERS a read of the read models meets: what the fast path of the list and
+# log reads (jobs_fastpath.py) answers itself instead of handing the request to Litestar.
+# Chosen by their answer, not by the table, so that one the table leaves out fails below.
+READ_FAILURE_ANSWERS = [
+    (error, answer)
+    for error, answer in ANSWERS
+    if not isinstance(error, ApiError | HTTPException | nats.errors.Error) and answer[0] != 500
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "answer"),
+    READ_FAILURE_ANSWERS,
+    ids=[f"{type(error).__name__}-{error}" for error, _ in READ_FAILURE_ANSWERS],
+)
+async def test_the_fast_path_answers_each_failed_read_as_litestar_does(
+    error: Exception, answer: tuple[int, str | None, str, str, dict[str, Any]]
+) -> None:
+    """Each failure of a read in or on the way to Postgres gets the same status, wait, code and
+    sentence from the fast path's look-up (errors.read_failure) as through Litestar's exception
+    handlers: one table, whichever path served the request."""
+    status, retry_after, code, message, extra = answer
+    refused = errors.read_failure("/api/jobs", error)
+    assert refused is not None
+    assert refused.status == status
+    assert dict(refused.raw_headers()).get(b"retry-after") == (
+        None if retry_after is None else retry_after.encode()
+    )
+    assert msgspec.json.decode(msgspec.json.encode(refused.body())) == {
+        "error": {"code": code, "message": message, **extra}
+    }
+
+
+def test_the_fast_path_hands_over_what_is_no_failed_read_that_may_pass() -> None:
+    """A refusal of the API's own (a job not found), an error of the API's code, a Postgres
+    error no retry mends: not answered by the read-failure table; the fast path hands the
+    first two to Litestar, which answers them (a 404, a 500 with its traceback), and answers
+    the last itself as that 500 (jobs_fastpath.py)."""
+    assert errors.read_failure("/api/jobs", errors.job_not_found("j1")) is None
+    assert errors.read_failure("/api/jobs", RuntimeError("boom")) is None
+    assert errors.read_failure("/api/jobs", _unknown_sqlstate("XX999")) is None
+    assert errors.read_failure("/api/jobs", asyncpg.UndefinedTableError("x")) is None
 
 
 async def test_an_extra_field_named_code_or_message_cannot_replace_the_errors_own() -> None:

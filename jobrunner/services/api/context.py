@@ -142,7 +142,7 @@ async def read_pool(database_url: str, deadline_seconds: float) -> ReadPool:
         # A plan for each query's very values: a generic plan (what a prepared statement drifts
         # to after five runs) cannot use the trigram index for an unknown search pattern, nor
         # judge a filter's selectivity. Set once per session rather than per query.
-        plan_cache_mode="force_custom_plan",
+        session_settings={"plan_cache_mode": "force_custom_plan"},
     )
     return ReadPool(pool, deadline_seconds)
 

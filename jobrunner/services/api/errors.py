@@ -5,7 +5,8 @@ Body: ``{"error": {"code": "UNKNOWN_JOB_TYPE", "message": "...", "fields": [...]
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import asyncpg
 import nats.errors
@@ -163,12 +164,18 @@ def method_not_allowed_message(method: str, allowed: str | None) -> str:
     return f"This address does not take {method}; it takes {allowed}."
 
 
-def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("unhandled error", path=request.url.path, error=repr(exc))
-    return Response(
-        error_body("INTERNAL_ERROR", "Something went wrong on our side; it has been logged."),
-        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+def internal_error(path: str, exc: BaseException) -> ApiError:
+    """500: an error the API has no answer for, logged with its traceback."""
+    log.error("unhandled error", path=path, error=repr(exc), exc_info=exc)
+    return ApiError(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "INTERNAL_ERROR",
+        "Something went wrong on our side; it has been logged.",
     )
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return internal_error(request.url.path, exc).response()
 
 
 # While NATS or Postgres is away every request that needs it is refused, each with a warning:
@@ -209,43 +216,38 @@ def nats_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
     ).response()
 
 
-def postgres_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def postgres_away(path: str, exc: BaseException) -> ApiError:
     """Postgres is away (refused, reset, shutting down, starting up): the request may succeed
     once it is back."""
-    _warn_throttled(
-        POSTGRES_AWAY_LOG, "read models unavailable", path=request.url.path, error=repr(exc)
-    )
+    _warn_throttled(POSTGRES_AWAY_LOG, "read models unavailable", path=path, error=repr(exc))
     return try_again_later(
         "READ_MODELS_UNAVAILABLE",
         "The read models (Postgres) cannot be reached just now; try again shortly.",
         retry_after=2,
-    ).response()
+    )
 
 
-def other_version_handler(
-    request: Request[Any, Any, Any], exc: ReadModelsOfAnotherVersion
-) -> Response[Any]:
+def other_version(path: str, exc: BaseException) -> ApiError:
     """A stream's opening read met read models the gate had let through a moment before and
-    now knows are another version: the gate's own 503."""
+    now knows are another version (a ``ReadModelsOfAnotherVersion``): the gate's own 503."""
+    exc = cast(ReadModelsOfAnotherVersion, exc)  # READ_FAILURES looks it up by its class
     return try_again_later(
         exc.code, exc.sentence, retry_after=exc.retry_after_seconds, **exc.details
-    ).response()
+    )
 
 
-def not_read_handler(request: Request[Any, Any, Any], exc: ReadModelsNotRead) -> Response[Any]:
+def not_read(path: str, exc: BaseException) -> ApiError:
     """A stream's read not made (its opening read, or a job stream's row): the sentence says
     why, which is not always that Postgres cannot be reached (the version not known yet)."""
     # Its own message: the version merely not known yet is no "read models unavailable".
-    _warn_throttled(
-        POSTGRES_AWAY_LOG, "stream read not made", path=request.url.path, reason=str(exc)
-    )
-    return try_again_later("READ_MODELS_UNAVAILABLE", str(exc), retry_after=2).response()
+    _warn_throttled(POSTGRES_AWAY_LOG, "stream read not made", path=path, reason=str(exc))
+    return try_again_later("READ_MODELS_UNAVAILABLE", str(exc), retry_after=2)
 
 
 POSTGRES_REFUSED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 
-def warn_postgres_refused(where: str, exc: Exception) -> None:
+def warn_postgres_refused(where: str, exc: BaseException) -> None:
     """One line per interval while Postgres refuses this database_url, with what to do."""
     _warn_throttled(
         POSTGRES_REFUSED_LOG,
@@ -256,17 +258,17 @@ def warn_postgres_refused(where: str, exc: Exception) -> None:
     )
 
 
-def postgres_refused_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def postgres_refused(path: str, exc: BaseException) -> ApiError:
     """Postgres answered and refused the API's database_url (wrong user or password, no such
     database): no retry helps until the configuration (or the database) is put right."""
-    warn_postgres_refused(request.url.path, exc)
+    warn_postgres_refused(path, exc)
     return try_again_later(
         "POSTGRES_REFUSED",
         "The read models' database (Postgres) refuses this API's connection "
         f"({type(exc).__name__}): check database_url (its user, password and database "
         "name) and that the database exists; tell the operator.",
         retry_after=30,
-    ).response()
+    )
 
 
 # Seconds a client is asked to wait after READ_MODELS_TIMEOUT.
@@ -290,13 +292,13 @@ def warn_read_models_timeout(path: str, exc: ReadModelsTimeout) -> None:
     )
 
 
-def postgres_timeout_handler(
-    request: Request[Any, Any, Any], exc: ReadModelsTimeout
-) -> Response[Any]:
-    """A read of the read models passed ``api_read_timeout_seconds`` (readpool.py): Postgres
-    does not answer (frozen, overloaded); its connection has been terminated."""
-    warn_read_models_timeout(request.url.path, exc)
-    return read_models_timeout(exc).response()
+def postgres_timeout(path: str, exc: BaseException) -> ApiError:
+    """A read of the read models passed ``api_read_timeout_seconds`` (a ``ReadModelsTimeout``,
+    readpool.py): Postgres does not answer (frozen, overloaded); its connection has been
+    terminated."""
+    exc = cast(ReadModelsTimeout, exc)  # READ_FAILURES looks it up by its class
+    warn_read_models_timeout(path, exc)
+    return read_models_timeout(exc)
 
 
 # Seconds a client is asked to wait after READ_CANCELLED or READ_STATEMENT_TIMEOUT: as long as
@@ -327,9 +329,9 @@ def read_cancelled(exc: BaseException) -> ApiError:
     )
 
 
-def read_cancelled_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    warn_read_cancelled(request.url.path, exc)
-    return read_cancelled(exc).response()
+def statement_cancelled(path: str, exc: BaseException) -> ApiError:
+    warn_read_cancelled(path, exc)
+    return read_cancelled(exc)
 
 
 def warn_read_cancelled(path: str, exc: BaseException) -> None:
@@ -392,24 +394,25 @@ def transient_answer(cause: str | None) -> ApiError | None:
     return None
 
 
-def transient_postgres_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def transient_postgres_error(path: str, exc: BaseException) -> ApiError | None:
     """A Postgres error that may pass (by its SQLSTATE class): a 503 naming it, never a 500.
     An operator's intervention (class 57) that neither ends the session nor cancels the
-    statement is told as Postgres away; an unknown SQLSTATE of no such class is a 500."""
+    statement is told as Postgres away; an unknown SQLSTATE of no such class is None (a 500,
+    ``read_failure``)."""
     cause = postgresconnect.transient_cause(exc)
     if cause is None:
-        return internal_error_handler(request, exc)
+        return None
     answer = transient_answer(cause)
     if answer is None:  # an operator's intervention
-        return postgres_error_handler(request, exc)
+        return postgres_away(path, exc)
     _warn_throttled(
         POSTGRES_TRANSIENT_LOG,
         "a read failed in Postgres for now",
-        path=request.url.path,
+        path=path,
         error=repr(exc),
         sqlstate=getattr(exc, "sqlstate", None),
     )
-    return answer.response()
+    return answer
 
 
 # What Postgres being away looks like to a read: a new connection refused or reset (the read
@@ -426,22 +429,49 @@ POSTGRES_AWAY: tuple[type[Exception], ...] = (
     # read_cancelled_handler's.
     *postgresconnect.SESSION_ENDED_ERRORS,
     ReadModelsLost,  # a read's connection died, told by asyncpg as a client-side error
-    ReadModelsNotRead,  # a stream's read not made: Postgres away just now, or version unknown
 )
+
+# The answer to each failure a read of the read models meets, by the failure's class, given the
+# request's path (for its throttled log line). Looked up as Litestar looks up its exception
+# handlers, by the nearest class of the error's MRO (``read_failure``): the subclasses (a
+# session ended, a statement cancelled) keep their own answers. Litestar's handlers
+# (EXCEPTION_HANDLERS) and the fast path of the most frequent reads (jobs_fastpath.py) answer
+# through this one table, so a client is told the same whichever path served it, and the fast
+# path need not hand a failed read over to Litestar, which would run it again.
+ReadFailureAnswer = Callable[[str, BaseException], ApiError | None]
+READ_FAILURES: dict[type[BaseException], ReadFailureAnswer] = {
+    **dict.fromkeys(POSTGRES_AWAY, postgres_away),
+    # A stream's read not made: Postgres away just now, or the version not known yet.
+    ReadModelsNotRead: not_read,
+    ReadModelsTimeout: postgres_timeout,
+    **dict.fromkeys(postgresconnect.STATEMENT_CANCELLED_ERRORS, statement_cancelled),
+    **dict.fromkeys(postgresconnect.TRANSIENT_STATEMENT_ERRORS, transient_postgres_error),
+    asyncpg.exceptions.UnknownPostgresError: transient_postgres_error,
+    ReadModelsOfAnotherVersion: other_version,
+    **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused),
+}
+
+
+def read_failure(path: str, exc: BaseException) -> ApiError | None:
+    """The answer (its log line written) to ``exc``, a read's failure in or on the way to
+    Postgres, or None: not one (``READ_FAILURES``), or one no retry mends (a SQLSTATE of no
+    transient class): the API's 500 (``internal_error``)."""
+    for kind in type(exc).__mro__:
+        answer = READ_FAILURES.get(kind)
+        if answer is not None:
+            return answer(path, exc)
+    return None
+
+
+def read_failure_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    answer = read_failure(request.url.path, exc)
+    return (answer or internal_error(request.url.path, exc)).response()
+
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: api_error_handler,
     HTTPException: http_error_handler,
     nats.errors.Error: nats_error_handler,
-    **dict.fromkeys(POSTGRES_AWAY, postgres_error_handler),
-    ReadModelsNotRead: not_read_handler,
-    ReadModelsTimeout: postgres_timeout_handler,
-    **dict.fromkeys(postgresconnect.STATEMENT_CANCELLED_ERRORS, read_cancelled_handler),
-    # Litestar picks the nearest class of the error's MRO: the subclasses above (a session
-    # ended, a statement cancelled) keep their own handlers.
-    **dict.fromkeys(postgresconnect.TRANSIENT_STATEMENT_ERRORS, transient_postgres_handler),
-    asyncpg.exceptions.UnknownPostgresError: transient_postgres_handler,
-    ReadModelsOfAnotherVersion: other_version_handler,
-    **dict.fromkeys(postgresconnect.REFUSING_CONNECT_ERRORS, postgres_refused_handler),
+    **dict.fromkeys(READ_FAILURES, read_failure_handler),
     Exception: internal_error_handler,
 }

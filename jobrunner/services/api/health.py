@@ -146,6 +146,9 @@ async def _postgres(ctx: ApiContext) -> PostgresFacts:
     except ReadModelsTimeout:
         sentence = f"Postgres did not answer this API instance within {seconds:g} s."
         facts.problem = Problem("POSTGRES_TIMEOUT", sentence + " Is it frozen or overloaded?")
+    except (*postgresconnect.STATEMENT_CANCELLED_ERRORS, asyncpg.LockNotAvailableError) as exc:
+        # Postgres answered and cancelled the read: not away, and not frozen.
+        facts.problem = Problem("POSTGRES_CANCELLED", _cancelled_sentence(exc))
     except postgresconnect.REFUSING_CONNECT_ERRORS as exc:
         # Postgres answers, and refuses this database_url: not an outage that passes.
         sentence = f"Postgres refuses this API instance's connection ({type(exc).__name__}): "
@@ -156,6 +159,19 @@ async def _postgres(ctx: ApiContext) -> PostgresFacts:
         problem = Problem("POSTGRES_UNREACHABLE", "This API instance cannot reach Postgres.")
         facts.problem = problem
     return facts
+
+
+def _cancelled_sentence(exc: BaseException) -> str:
+    """POSTGRES_CANCELLED's sentence: what cancelled health's read, as far as it can tell (its
+    connection does not time statements: timedconnection.py)."""
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        cause = "at its lock_timeout: a table health reads is locked by another session"
+    else:
+        cause = "at its statement_timeout, shorter than health's reads, or at an operator's cancel"
+    return (
+        f"Postgres answered this API instance but cancelled health's read ({cause}); "
+        "the read models' state is unknown."
+    )
 
 
 async def _set_aside_rows(conn: Any) -> tuple[int, asyncpg.Record | None]:

@@ -11,11 +11,13 @@ functions the route handlers answer with), the same bytes and headers, timed in 
 metric. Every other request goes to Litestar untouched, and so does one of these the fast path
 does not accept outright: a refused host, no or a bad credential, a role too small, a query it
 rejects (``Query`` with the route's own parameter list, as the handler does), read models of
-another version, a job not found, any error but a read past its deadline or cancelled by
-Postgres (answered here: Litestar would run the same read again). Litestar then runs its own
-checks and answers as it always did (its refusals and error bodies); such a request pays its
-checks, and a 404 its query, twice, the rare case. Nothing is sent before the page is encoded,
-so handing a request over is always possible.
+another version, a job not found, any error but a read's failure the table answers
+(``errors.READ_FAILURES``) or another Postgres error (answered here, through the same table as
+Litestar's handlers, ``errors.read_failure``, the latter a 500: Litestar would run the same
+read again, its gate answering from the same flag as the fast path's). Litestar then
+runs its own checks and answers as it always did (its refusals and error bodies); such a
+request pays its checks, and a 404 its query, twice, the rare case. Nothing is sent before
+the page is encoded, so handing a request over is always possible.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from litestar.utils import normalize_path
 from jobrunner.common import metrics
 from jobrunner.services.api import errors
 from jobrunner.services.api.errors import ApiError
-from jobrunner.services.api.readpool import ReadModelsTimeout
 from jobrunner.services.api.routes.jobs import job_page
 from jobrunner.services.api.routes.logs import log_page
 from jobrunner.services.api.security import Role
@@ -129,18 +130,20 @@ class JobReadsFastPath:
                 return None
             try:
                 page = await answer(ctx, connection.query_params, principal, path_params)
-            except ReadModelsTimeout as exc:
-                # Answered here: handed over, the same read would wait its deadline again.
-                errors.warn_read_models_timeout(scope["path"], exc)
-                refused = errors.read_models_timeout(exc)
-                body = _ENCODER.encode(refused.body())
-                return template, refused.status, body, refused.raw_headers()
-            except asyncpg.QueryCanceledError as exc:
-                # Answered here too, as Litestar's handler would (errors.read_cancelled_handler):
-                # handed over, the same read would run again, a statement_timeout's costing
-                # the client the timeout twice and an operator's cancel retried unasked.
-                errors.warn_read_cancelled(scope["path"], exc)
-                refused = errors.read_cancelled(exc)
+            except Exception as exc:
+                # A read that failed in or on the way to Postgres is answered here, as
+                # Litestar's handler would answer it (the same table: errors.READ_FAILURES):
+                # handed over, the same read would run again, a lock_timeout's or a
+                # statement_timeout's costing the client the wait twice, an operator's cancel
+                # or termination retried unasked, a connection refused for lack of slots
+                # asked for again at once.
+                refused = errors.read_failure(scope["path"], exc)
+                if refused is None:
+                    if not isinstance(exc, asyncpg.PostgresError):
+                        raise  # not Postgres's: Litestar's path reports it
+                    # One no retry mends (an internal error, a table missing): the 500
+                    # Litestar's handler would give after running the read a second time.
+                    refused = errors.internal_error(scope["path"], exc)
                 body = _ENCODER.encode(refused.body())
                 return template, refused.status, body, refused.raw_headers()
             return template, 200, _ENCODER.encode(page), []

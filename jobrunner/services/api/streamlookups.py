@@ -77,7 +77,7 @@ class ReadFailedForNow(asyncpg.exceptions.UnknownPostgresError):  # type: ignore
 
 
 # What a stream treats as "the read models cannot tell just now": it goes on without them.
-# (ReadModelsNotRead is among POSTGRES_AWAY: met outside a stream, it is a 503.) A read Postgres
+# (ReadModelsNotRead too: met outside a stream, it is a 503, errors.not_read.) A read Postgres
 # cancelled (an operator, a statement_timeout) is one too: the next look-up may be answered.
 # So is any other error that may pass (postgresconnect.TRANSIENT_STATEMENT_ERRORS: an operator's
 # intervention, a deadlock, resources short, a lock_timeout; ReadFailedForNow, one asyncpg has
@@ -85,6 +85,7 @@ class ReadFailedForNow(asyncpg.exceptions.UnknownPostgresError):  # type: ignore
 # asyncpg does not know, ended the stream's look-ups.
 UNREADABLE: tuple[type[Exception], ...] = (
     *POSTGRES_AWAY,
+    ReadModelsNotRead,
     *postgresconnect.STATEMENT_CANCELLED_ERRORS,
     *postgresconnect.TRANSIENT_STATEMENT_ERRORS,
     ReadFailedForNow,

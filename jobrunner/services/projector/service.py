@@ -79,7 +79,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
         min_size=0,
         max_size=2,
         init=backendpriority.at_own_niceness(init),
-        **server_settings,
+        session_settings=server_settings,
     )
 
 

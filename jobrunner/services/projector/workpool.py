@@ -23,13 +23,8 @@ async def open_work_pool(database_url: str, size: int) -> asyncpg.Pool:
         database_url,
         min_size=2,
         max_size=size,
-        reset=None,  # asyncpg's (named: mypy would match the settings below to it)
         init=timestamps.init_connection,
         connect=postgreswatch.connect_work,
         connect_timeout=CHECK_CONNECT_SECONDS,
-        # asyncpg's; named, so that mypy does not match **WORK_SESSION_SETTINGS's str values
-        # to this parameter (as reset above).
-        connection_class=None,
-        synchronous_commit="off",
-        **postgreswatch.WORK_SESSION_SETTINGS,
+        session_settings={"synchronous_commit": "off", **postgreswatch.WORK_SESSION_SETTINGS},
     )
