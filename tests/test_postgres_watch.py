@@ -298,3 +298,31 @@ async def test_a_probe_cancelled_by_an_operator_is_postgres_answering(
     finally:
         await operator.close()
         await watch.stop()
+
+
+async def _stopped_mid_round(database_url: str, turns: int, reported: list[dict[str, Any]]) -> None:
+    """A watch probing all the time, stopped ``turns`` turns of the loop into a round (its
+    SELECT 1 sent, not yet answered or just answered); the loop then closes with whatever the
+    round left behind. What reaches the loop's exception handler goes to ``reported``."""
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+    watch = await postgreswatch.start(database_url, _never_gone, every=0.0)
+    async with asyncio.timeout(BROKEN_TEST_AFTER):
+        while watch._round is None:
+            await asyncio.sleep(0)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await watch.stop()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_probe_stopped_mid_round_leaves_no_exception_unretrieved(
+    settings: Settings, loop: str
+) -> None:
+    """The work ends (the probe stopped) while a probe's SELECT 1 is in flight, and its command
+    exits at once (the loop closed): nothing is left for asyncio to report ("Task exception was
+    never retrieved", "Task was destroyed but it is pending") on the way out."""
+    reported: list[dict[str, Any]] = []
+    for turns in range(6):
+        run_on(loop, _stopped_mid_round(settings.database_url, turns, reported))
+        gc.collect()
+    assert reported == []

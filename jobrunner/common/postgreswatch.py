@@ -122,6 +122,10 @@ class LivenessWatch:
         # read as the timeout fired, and the query itself not yet sent (a live Postgres said
         # gone).
         query = asyncio.ensure_future(self._conn.execute("SELECT 1"))
+        # Its outcome seen whoever reads it, or nobody: a round cancelled as its loop closes (a
+        # command that exits right after ``stop``, whose terminate ended the query) would have
+        # asyncio report the query's ConnectionDoesNotExistError as never retrieved.
+        query.add_done_callback(_retrieved)
         try:
             # The query goes out in its task's first step, the next turn of the loop: the bound
             # runs from there. Armed before it, a loop blocked past the bound in between (a
@@ -140,7 +144,6 @@ class LivenessWatch:
                 # cancel request on a new connection, which a frozen server never answers.
                 self._conn.terminate()
                 query.cancel()
-                query.add_done_callback(_retrieved)
         if not query.done() or query.cancelled():
             return f"no answer to a probe within {self._answer_within:g} s"
         failure = query.exception()
@@ -183,7 +186,7 @@ class LivenessWatch:
 
 def _retrieved(query: asyncio.Future[object]) -> None:
     if not query.cancelled():
-        query.exception()  # seen: the connection was ended on purpose
+        query.exception()  # seen: ``_ask`` reads it, if it is still there to
 
 
 async def start(
