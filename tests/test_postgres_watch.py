@@ -31,6 +31,17 @@ pytestmark = pytest.mark.timeout(120)
 BROKEN_TEST_AFTER = 60
 
 
+async def _until(condition: Callable[[], object], what: str, every: float = 0.01) -> None:
+    """Until ``condition`` holds, looked at every ``every`` seconds (0: every turn of the
+    loop); past ``BROKEN_TEST_AFTER`` the test fails saying that ``what`` never happened."""
+    try:
+        async with asyncio.timeout(BROKEN_TEST_AFTER):
+            while not condition():
+                await asyncio.sleep(every)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {BROKEN_TEST_AFTER} s") from None
+
+
 def _never_gone() -> None:
     raise AssertionError("the probe found a healthy Postgres gone")
 
@@ -196,9 +207,7 @@ async def _probe_until_frozen_postgres_is_gone(
     )
     frozen = freeze_postgres(server)
     try:
-        async with asyncio.timeout(BROKEN_TEST_AFTER):
-            while not found:  # noqa: ASYNC110 - the probe's own state, no event
-                await asyncio.sleep(0.01)
+        await _until(lambda: found, "the probe calling on_gone for a frozen Postgres")
     finally:
         await watch.stop()
         thaw_postgres(frozen)
@@ -251,8 +260,9 @@ async def test_an_on_gone_that_fails_is_logged_not_left_unretrieved(settings: Se
         with capture_logs() as logs:
             watch = await postgreswatch.start(settings.database_url, failing_on_gone, every=0.0)
             await _terminate_backend(settings.database_url, watch._conn.get_server_pid())
-            while watch.gone is None:  # noqa: ASYNC110 - the probe's own state, no event
-                await asyncio.sleep(0.01)
+            await _until(
+                lambda: watch.gone is not None, "the probe finding its terminated backend gone"
+            )
             await watch.stop()
             del watch
             gc.collect()
@@ -306,12 +316,12 @@ async def _stopped_mid_round(database_url: str, turns: int, reported: list[dict[
     round left behind. What reaches the loop's exception handler goes to ``reported``."""
     asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
     watch = await postgreswatch.start(database_url, _never_gone, every=0.0)
-    async with asyncio.timeout(BROKEN_TEST_AFTER):
-        while watch._round is None:
+    try:
+        await _until(lambda: watch._round is not None, "the probe's first round", every=0)
+        for _ in range(turns):
             await asyncio.sleep(0)
-    for _ in range(turns):
-        await asyncio.sleep(0)
-    await watch.stop()
+    finally:
+        await watch.stop()
 
 
 @pytest.mark.parametrize("loop", LOOPS)
