@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from jobrunner.common import postgreswatch
+from jobrunner.common import looptime, postgreswatch
 from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import EmbeddedPostgres
 from tests.freeze import freeze, thaw
 from tests.tools.event_loops import LOOPS, run_on
-from tests.tools.postgres_processes import freeze_postgres
+from tests.tools.postgres_processes import TimedFreeze, freeze_postgres
 from tests.tools.postgres_processes import thaw as thaw_postgres
 from tests.tools.reader_block import ReaderBlock, reader_block
 
@@ -36,10 +36,15 @@ async def _until(condition: Callable[[], object], what: str, every: float = 0.01
     loop); past ``BROKEN_TEST_AFTER`` the test fails saying that ``what`` never happened."""
     try:
         async with asyncio.timeout(BROKEN_TEST_AFTER):
-            while not condition():
+            while not condition():  # noqa: ASYNC110 - the probe's own state, no event
                 await asyncio.sleep(every)
     except TimeoutError:
         raise AssertionError(f"{what}: not within {BROKEN_TEST_AFTER} s") from None
+
+
+async def _until_found_gone(watch: postgreswatch.LivenessWatch, what: str) -> None:
+    """``_until`` the watch has found Postgres gone (holding no reference to it after)."""
+    await _until(lambda: watch.gone is not None, what)
 
 
 def _never_gone() -> None:
@@ -223,6 +228,87 @@ def test_a_frozen_postgres_is_said_gone(own_postgres: EmbeddedPostgres, loop: st
     assert found == [(f"no answer to a probe within {BOUND:g} s", True)]
 
 
+async def _probe_a_frozen_postgres_on_a_busy_loop(server: EmbeddedPostgres) -> list[str | None]:
+    """The probe on the running loop, ``server`` frozen once it runs, and the loop blocked again
+    and again (1.6 of the bound's slices each time) until the probe calls on_gone: what it had
+    found then."""
+    found: list[str | None] = []
+    watch = await postgreswatch.start(
+        server.url, lambda: found.append(watch.gone), answer_within=BOUND, every=0.0
+    )
+    block = 1.6 * BOUND / looptime.SLICES_PER_BOUND
+
+    async def block_again_and_again() -> None:
+        while True:
+            time.sleep(block)  # noqa: ASYNC251 -- the loop's block is the point
+            await asyncio.sleep(0)
+
+    frozen = freeze_postgres(server)
+    blocker = asyncio.ensure_future(block_again_and_again())
+    try:
+        await _until(lambda: found, "the probe calling on_gone for a frozen Postgres")
+    finally:
+        blocker.cancel()
+        await watch.stop()
+        thaw_postgres(frozen)
+    return found
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_frozen_postgres_is_said_gone_though_the_loop_is_busy_all_along(
+    own_postgres: EmbeddedPostgres, loop: str
+) -> None:
+    """Postgres frozen under a running probe whose loop the work keeps blocking, every turn
+    longer than the probe's slices of loop time: the probe still says Postgres gone (after
+    ``common.looptime``'s cap of twice the bound, the blocked time counted), on uvloop as on
+    asyncio's loop, rather than waiting for a free loop that never comes."""
+    found = run_on(loop, _probe_a_frozen_postgres_on_a_busy_loop(own_postgres))
+    assert found == [f"no answer to a probe within {BOUND:g} s"]
+
+
+# The probe's bound in the tests of a Postgres frozen a while, and the freezes either side of it:
+# wide margins, as the thaw's timer and Postgres waking up run on a loaded machine too.
+FREEZE_BOUND = 2.0
+FROZEN_SHORTER = FREEZE_BOUND - 0.5
+FROZEN_LONGER = FREEZE_BOUND + 1.0
+
+
+async def _probe_through_a_freeze(
+    server: EmbeddedPostgres, frozen_for: float
+) -> tuple[str | None, str | None]:
+    """The probe on the running loop, ``server`` frozen for ``frozen_for`` seconds once it
+    runs: what the watch had found when the freeze ended (or when it found Postgres gone), and
+    what ``lost`` says then (the round in flight answered after a thaw)."""
+    watch = await postgreswatch.start(
+        server.url, lambda: None, answer_within=FREEZE_BOUND, every=0.0
+    )
+    try:
+        with TimedFreeze(server, frozen_for) as frozen:
+            frozen.freeze()
+            await _until(
+                lambda: frozen.thawed or watch.gone is not None, "the thaw or the probe's verdict"
+            )
+            found = watch.gone
+        return found, await watch.lost()
+    finally:
+        await watch.stop()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize(
+    ("frozen_for", "gone"),
+    [(FROZEN_SHORTER, None), (FROZEN_LONGER, f"no answer to a probe within {FREEZE_BOUND:g} s")],
+    ids=["shorter", "longer"],
+)
+def test_postgres_frozen_past_the_bound_is_gone_and_not_before(
+    own_postgres: EmbeddedPostgres, loop: str, frozen_for: float, gone: str | None
+) -> None:
+    """Postgres frozen (SIGSTOP) a little less than the probe's bound, then thawed: the probe
+    waits it out, Postgres is not gone; frozen a little longer: said gone before the thaw, on
+    uvloop as on asyncio's loop."""
+    assert run_on(loop, _probe_through_a_freeze(own_postgres, frozen_for)) == (gone, gone)
+
+
 async def _terminate_backend(database_url: str, pid: int) -> None:
     conn = await asyncpg.connect(database_url)
     try:
@@ -260,9 +346,7 @@ async def test_an_on_gone_that_fails_is_logged_not_left_unretrieved(settings: Se
         with capture_logs() as logs:
             watch = await postgreswatch.start(settings.database_url, failing_on_gone, every=0.0)
             await _terminate_backend(settings.database_url, watch._conn.get_server_pid())
-            await _until(
-                lambda: watch.gone is not None, "the probe finding its terminated backend gone"
-            )
+            await _until_found_gone(watch, "the probe finding its terminated backend gone")
             await watch.stop()
             del watch
             gc.collect()
@@ -314,7 +398,9 @@ async def _stopped_mid_round(database_url: str, turns: int, reported: list[dict[
     """A watch probing all the time, stopped ``turns`` turns of the loop into a round (its
     SELECT 1 sent, not yet answered or just answered); the loop then closes with whatever the
     round left behind. What reaches the loop's exception handler goes to ``reported``."""
-    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: reported.append(context)
+    )
     watch = await postgreswatch.start(database_url, _never_gone, every=0.0)
     try:
         await _until(lambda: watch._round is not None, "the probe's first round", every=0)
