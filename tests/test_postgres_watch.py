@@ -1,5 +1,6 @@
-"""The liveness probe of a command's long work (``postgreswatch``) against a real, healthy
-Postgres: asked why the work failed, it must not say Postgres went away when it answers."""
+"""The liveness probe of a command's long work (``postgreswatch``) against a real Postgres:
+asked why the work failed, it must not say Postgres went away when it answers, however busy its
+event loop; frozen past the probe's bound, Postgres is said gone."""
 
 from __future__ import annotations
 
@@ -260,8 +261,8 @@ def test_a_frozen_postgres_is_said_gone_though_the_loop_is_busy_all_along(
 ) -> None:
     """Postgres frozen under a running probe whose loop the work keeps blocking, every turn
     longer than the probe's slices of loop time: the probe still says Postgres gone (after
-    ``common.looptime``'s cap of twice the bound, the blocked time counted), on uvloop as on
-    asyncio's loop, rather than waiting for a free loop that never comes."""
+    ``common.looptime``'s cap of twenty slices, late or not), on uvloop as on asyncio's loop,
+    rather than waiting for a free loop that never comes."""
     found = run_on(loop, _probe_a_frozen_postgres_on_a_busy_loop(own_postgres))
     assert found == [f"no answer to a probe within {BOUND:g} s"]
 
