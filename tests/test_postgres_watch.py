@@ -409,6 +409,9 @@ async def _stopped_mid_round(database_url: str, turns: int, reported: list[dict[
             await asyncio.sleep(0)
     finally:
         await watch.stop()
+    # Ended by stop, not left to the loop's close (which would cancel it): anything in the
+    # round that can raise would be reported then.
+    assert watch._round is None or watch._round.done(), "stop() returned mid-round"
 
 
 @pytest.mark.parametrize("loop", LOOPS)

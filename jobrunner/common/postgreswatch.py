@@ -112,9 +112,9 @@ class LivenessWatch:
         # The simple query protocol: one round trip (a fetchval prepares its statement first,
         # a second one).
         query = asyncio.ensure_future(self._conn.execute("SELECT 1"))
-        # Its outcome seen whoever reads it, or nobody: a round cancelled as its loop closes (a
-        # command that exits right after ``stop``, whose terminate ended the query) would have
-        # asyncio report the query's ConnectionDoesNotExistError as never retrieved.
+        # Its error marked read from the start: should the round be cancelled before it reads
+        # it (its loop closing), asyncio would report the query's ConnectionDoesNotExistError
+        # (the terminate's) as never retrieved.
         query.add_done_callback(_retrieved)
         try:
             # On the loop's own time (``common.looptime``): the work shares the loop, and a
@@ -168,11 +168,20 @@ class LivenessWatch:
             await asyncio.wait({self._task})
         finally:
             self._conn.terminate()
+            if self._round is not None:
+                # The round in flight (shielded from the probe's cancel) ends too before stop
+                # returns, rather than be cancelled by the loop's close (a command's exit),
+                # whatever it raised then unread. Soon: the terminate ends its query, and its
+                # wait is bounded anyway (``answer_within`` of loop time). A wait, not an
+                # await: a cancelled stop does not cancel the round.
+                await asyncio.wait({self._round})
 
 
 def _retrieved(query: asyncio.Future[object]) -> None:
+    """Marks the query's error as read. ``_ask`` reads it too, unless ``_ask`` was cancelled
+    before it could: a safeguard, as ``stop`` waits for the round to end."""
     if not query.cancelled():
-        query.exception()  # seen: ``_ask`` reads it, if it is still there to
+        query.exception()
 
 
 async def start(
