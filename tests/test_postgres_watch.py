@@ -23,30 +23,9 @@ from tests.tools.event_loops import LOOPS, run_on
 from tests.tools.postgres_processes import TimedFreeze, freeze_postgres
 from tests.tools.postgres_processes import thaw as thaw_postgres
 from tests.tools.reader_block import ReaderBlock, reader_block
+from tests.tools.waiting import BROKEN_TEST_AFTER, until
 
 pytestmark = pytest.mark.timeout(120)
-
-# A bound on a broken test only, on each wait while something is frozen: past it the test fails
-# through its finally, which thaws what it froze; pytest-timeout (120 s, its thread method) would
-# end the worker without it, leaving Postgres or a backend stopped for the tests after.
-BROKEN_TEST_AFTER = 60
-
-
-async def _until(condition: Callable[[], object], what: str, every: float = 0.01) -> None:
-    """Until ``condition`` holds, looked at every ``every`` seconds (0: every turn of the
-    loop); past ``BROKEN_TEST_AFTER`` the test fails saying that ``what`` never happened."""
-    try:
-        async with asyncio.timeout(BROKEN_TEST_AFTER):
-            while not condition():  # noqa: ASYNC110 - the probe's own state, no event
-                await asyncio.sleep(every)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {BROKEN_TEST_AFTER} s") from None
-
-
-async def _until_found_gone(watch: postgreswatch.LivenessWatch, what: str) -> None:
-    """``_until`` the watch has found Postgres gone (holding no reference to it after)."""
-    await _until(lambda: watch.gone is not None, what)
-
 
 def _never_gone() -> None:
     raise AssertionError("the probe found a healthy Postgres gone")
@@ -166,10 +145,11 @@ async def _probe_with_its_loop_blocked_at_each_execute(
         conn.block_at_each_execute(blocked, where, reader)
         watch = postgreswatch.LivenessWatch(conn, _never_gone, answer_within=BOUND, every=0.0)
         try:
-            async with asyncio.timeout(BROKEN_TEST_AFTER):
-                while len(conn.blocks) < ROUNDS and watch.gone is None:  # noqa: ASYNC110 - its state
-                    await asyncio.sleep(0.01)
-                return watch.gone, await watch.lost()  # the round in flight too
+            await until(
+                lambda: len(conn.blocks) >= ROUNDS or watch.gone is not None,
+                f"{ROUNDS} blocked rounds of the probe or its verdict",
+            )
+            return watch.gone, await watch.lost()  # the round in flight too
         finally:
             await watch.stop()
             thaw(backend)
@@ -213,7 +193,7 @@ async def _probe_until_frozen_postgres_is_gone(
     )
     frozen = freeze_postgres(server)
     try:
-        await _until(lambda: found, "the probe calling on_gone for a frozen Postgres")
+        await until(lambda: found, "the probe calling on_gone for a frozen Postgres")
     finally:
         await watch.stop()
         thaw_postgres(frozen)
@@ -229,25 +209,30 @@ def test_a_frozen_postgres_is_said_gone(own_postgres: EmbeddedPostgres, loop: st
     assert found == [(f"no answer to a probe within {BOUND:g} s", True)]
 
 
-async def _probe_a_frozen_postgres_on_a_busy_loop(server: EmbeddedPostgres) -> list[str | None]:
+async def _probe_a_frozen_postgres_on_a_busy_loop(
+    server: EmbeddedPostgres,
+) -> list[tuple[str | None, int]]:
     """The probe on the running loop, ``server`` frozen once it runs, and the loop blocked again
     and again (1.6 of the bound's slices each time) until the probe calls on_gone: what it had
-    found then."""
-    found: list[str | None] = []
+    found then, and how many blocks the loop had had by then."""
+    found: list[tuple[str | None, int]] = []
+    blocks = 0
     watch = await postgreswatch.start(
-        server.url, lambda: found.append(watch.gone), answer_within=BOUND, every=0.0
+        server.url, lambda: found.append((watch.gone, blocks)), answer_within=BOUND, every=0.0
     )
     block = 1.6 * BOUND / looptime.SLICES_PER_BOUND
 
     async def block_again_and_again() -> None:
+        nonlocal blocks
         while True:
             time.sleep(block)  # noqa: ASYNC251 -- the loop's block is the point
+            blocks += 1
             await asyncio.sleep(0)
 
     frozen = freeze_postgres(server)
     blocker = asyncio.ensure_future(block_again_and_again())
     try:
-        await _until(lambda: found, "the probe calling on_gone for a frozen Postgres")
+        await until(lambda: found, "the probe calling on_gone for a frozen Postgres")
     finally:
         blocker.cancel()
         await watch.stop()
@@ -262,9 +247,14 @@ def test_a_frozen_postgres_is_said_gone_though_the_loop_is_busy_all_along(
     """Postgres frozen under a running probe whose loop the work keeps blocking, every turn
     longer than the probe's slices of loop time: the probe still says Postgres gone (after
     ``common.looptime``'s cap of twenty slices, late or not), on uvloop as on asyncio's loop,
-    rather than waiting for a free loop that never comes."""
-    found = run_on(loop, _probe_a_frozen_postgres_on_a_busy_loop(own_postgres))
-    assert found == [f"no answer to a probe within {BOUND:g} s"]
+    rather than waiting for a free loop that never comes. Not before the cap either, counted in
+    blocks, not timed: every turn of the loop is blocked, and each slice spans at least two
+    blocked turns (2 on uvloop, 3 on asyncio's loop: 46 and 67 blocks by the verdict). With the
+    blocked slices counted towards the bound (a mutant: looptime's LATE_SLICE 100) the probe
+    gave up after half as many slices: 26 blocks on uvloop, 37 on asyncio's loop."""
+    [(gone, blocks)] = run_on(loop, _probe_a_frozen_postgres_on_a_busy_loop(own_postgres))
+    assert gone == f"no answer to a probe within {BOUND:g} s"
+    assert blocks >= 2 * looptime.MOST_BOUNDS * looptime.SLICES_PER_BOUND, blocks
 
 
 # The probe's bound in the tests of a Postgres frozen a while, and the freezes either side of it:
@@ -286,7 +276,7 @@ async def _probe_through_a_freeze(
     try:
         with TimedFreeze(server, frozen_for) as frozen:
             frozen.freeze()
-            await _until(
+            await until(
                 lambda: frozen.thawed or watch.gone is not None, "the thaw or the probe's verdict"
             )
             found = watch.gone
@@ -347,7 +337,7 @@ async def test_an_on_gone_that_fails_is_logged_not_left_unretrieved(settings: Se
         with capture_logs() as logs:
             watch = await postgreswatch.start(settings.database_url, failing_on_gone, every=0.0)
             await _terminate_backend(settings.database_url, watch._conn.get_server_pid())
-            await _until_found_gone(watch, "the probe finding its terminated backend gone")
+            await until(lambda: watch.gone is not None, "the probe finding its terminated backend gone")
             await watch.stop()
             del watch
             gc.collect()
@@ -404,7 +394,7 @@ async def _stopped_mid_round(database_url: str, turns: int, reported: list[dict[
     )
     watch = await postgreswatch.start(database_url, _never_gone, every=0.0)
     try:
-        await _until(lambda: watch._round is not None, "the probe's first round", every=0)
+        await until(lambda: watch._round is not None, "the probe's first round", every=0)
         for _ in range(turns):
             await asyncio.sleep(0)
     finally:
