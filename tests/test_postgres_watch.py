@@ -27,6 +27,7 @@ from tests.tools.waiting import BROKEN_TEST_AFTER, until
 
 pytestmark = pytest.mark.timeout(120)
 
+
 def _never_gone() -> None:
     raise AssertionError("the probe found a healthy Postgres gone")
 
@@ -341,7 +342,10 @@ async def test_an_on_gone_that_fails_is_logged_not_left_unretrieved(settings: Se
         with capture_logs() as logs:
             watch = await postgreswatch.start(settings.database_url, failing_on_gone, every=0.0)
             await _terminate_backend(settings.database_url, watch._conn.get_server_pid())
-            await until(lambda: watch.gone is not None, "the probe finding its terminated backend gone")
+            # The watch bound as the lambda's default, not closed over: it is deleted below.
+            found_gone = lambda found=watch: found.gone is not None  # noqa: E731
+            await until(found_gone, "the probe finding its terminated backend gone")
+            del found_gone
             await watch.stop()
             del watch
             gc.collect()
