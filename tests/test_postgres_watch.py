@@ -424,3 +424,32 @@ def test_a_probe_stopped_mid_round_leaves_no_exception_unretrieved(
         run_on(loop, _stopped_mid_round(settings.database_url, turns, reported))
         gc.collect()
     assert reported == []
+
+
+async def _stop_cancelled_while_it_waits_for_the_round(database_url: str) -> bool:
+    """A watch probing all the time, stopped mid-round and that stop cancelled by its caller
+    once it waits for the round (the probe's task done): whether the round was cancelled."""
+    watch = await postgreswatch.start(database_url, _never_gone, every=0.0)
+    await until(lambda: watch._round is not None, "the probe's first round", every=0)
+    in_flight = watch._round
+    stopping = asyncio.create_task(watch.stop())
+    # Looked at every turn: stop() has terminated the connection and waits for the round.
+    await until(watch._conn.is_closed, "stop() terminating the probe's connection", every=0)
+    assert in_flight is not None
+    assert not in_flight.done(), "the round ended before its stop could be cancelled"
+    stopping.cancel()
+    await asyncio.wait({stopping})
+    await until(in_flight.done, "the round ending after its stop was cancelled")
+    return in_flight.cancelled()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_stop_cancelled_while_it_waits_for_the_round_leaves_the_round_to_end(
+    settings: Settings, loop: str
+) -> None:
+    """The work's clean-up cancelled (a second Ctrl-C) while stop waits for the probe's round
+    in flight: the round is not cancelled with it (its clean-up is its own), it ends on its
+    own, its connection terminated."""
+    assert (
+        run_on(loop, _stop_cancelled_while_it_waits_for_the_round(settings.database_url)) is False
+    )
