@@ -1,5 +1,5 @@
 """``common.looptime.within_loop_time``: a deadline on the event loop's own time, on asyncio's
-loop and on uvloop. (Blocked loops: ``test_echo_probe_blocked_loop``,
+loop and on uvloop. (Blocked loops: ``test_echo_probe_blocked_loop``, ``test_postgres_watch``,
 ``test_streamreader_connect_blocked_loop``.)"""
 
 from __future__ import annotations

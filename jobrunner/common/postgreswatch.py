@@ -7,7 +7,9 @@ frozen server's kernel still acknowledges. A Postgres that answers a ``SELECT 1`
 connection is alive however long the work's statement takes; one that leaves it unanswered for
 ``ANSWER_WITHIN`` seconds (frozen, or its host gone) or ends the probe's connection (restarted,
 shut down) is gone: the watch then calls ``on_gone`` (which ends the work's connections, so that
-its statements stop waiting) and says why in ``gone``.
+its statements stop waiting) and says why in ``gone``. Those seconds are the event loop's own
+(``common.looptime``): the work's long synchronous steps share the loop, and a loop held up by
+them is no Postgres silent.
 
 ``WorkWatch`` is the probe as a piece of work uses it (`jobrunner replay`, the projector's
 read-model rebuild): started once the work's connections are open, asked why the work failed,
@@ -16,6 +18,7 @@ stopped at its end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +26,7 @@ import asyncpg
 import structlog
 
 from jobrunner.common import database, postgresconnect
+from jobrunner.common.looptime import within_loop_time
 from jobrunner.common.postgresconnect import CHECK_CONNECT_SECONDS
 
 log = structlog.get_logger()
@@ -33,18 +37,6 @@ log = structlog.get_logger()
 # this is the probe's own default.
 ANSWER_WITHIN = CHECK_CONNECT_SECONDS
 PROBE_EVERY = 1.0
-# The delay after the bound ran out, which ends only after one poll of the loop's sockets
-# (``LivenessWatch._ask``): a delay, no allowance for Postgres. The shortest timer on uvloop,
-# which counts in whole milliseconds and runs a shorter delay as a call_soon, queued ahead of what
-# its next poll reads. Why a timer waits out a poll: asyncio's loop runs due timers after the
-# poll's callbacks; libuv (1.52, in uvloop 0.23) runs them at the end of each pass, after the
-# poll's callbacks too, so a timer armed now fires behind the next poll on both loops. An answer
-# read in that poll must then complete the query before the probe looks again: it does because
-# asyncpg's execute() (no arguments: the simple protocol) is a single await on its protocol's
-# future, so the query's task needs one step, queued ahead of the probe's. The uvloop case of
-# tests/test_postgres_watch.py (a block inside an I/O callback just after the send, 1.25 times
-# the bound) pins it: a chain of several steps there would say a live Postgres gone.
-AFTER_ONE_POLL = 0.001
 # The sessions of a long work (its pool's, its lock holder's, its probe's): no statement
 # timeout, whatever the server's default, as the design says: a COPY or index build may rightly
 # take minutes, and the probe, not a timeout, tells a frozen Postgres. (A statement cancelled is
@@ -117,30 +109,27 @@ class LivenessWatch:
     async def _ask(self) -> str | None:
         """One ``SELECT 1``: None answered (a cancel is an answer); else why Postgres counts as
         gone (unanswered within ``answer_within``, its connection terminated then; or failed)."""
-        # The simple query protocol: one round trip. A fetchval prepares its statement first,
-        # a second round trip: with the loop blocked past the bound, the prepare's answer was
-        # read as the timeout fired, and the query itself not yet sent (a live Postgres said
-        # gone).
+        # The simple query protocol: one round trip (a fetchval prepares its statement first,
+        # a second one).
         query = asyncio.ensure_future(self._conn.execute("SELECT 1"))
+        # Its error marked read from the start: should the round be cancelled before it reads
+        # it (its loop closing), asyncio would report the query's ConnectionDoesNotExistError
+        # (the terminate's) as never retrieved.
+        query.add_done_callback(_retrieved)
         try:
-            # The query goes out in its task's first step, the next turn of the loop: the bound
-            # runs from there. Armed before it, a loop blocked past the bound in between (a
-            # long synchronous step of the work) counted against a query not yet sent, whose
-            # answer could not have come (a live Postgres said gone).
-            await asyncio.sleep(0)
-            await asyncio.wait({query}, timeout=self._answer_within)
-            if not query.done():
-                # The verdict waits until the loop has read its sockets after the bound ran
-                # out: one blocked past the bound may not have read an answer that came
-                # meanwhile (why a timer, not sleep(0): AFTER_ONE_POLL).
-                await asyncio.wait({query}, timeout=AFTER_ONE_POLL)
+            # On the loop's own time (``common.looptime``): the work shares the loop, and a
+            # long synchronous step of it (before the query goes out, or while its answer
+            # comes) is no time Postgres failed to answer in; the answer that came meanwhile is
+            # read before the verdict, on asyncio's loop as on uvloop. A wait, not the query
+            # itself: the bound run out cancels the wait, never the query (below).
+            with contextlib.suppress(TimeoutError):
+                await within_loop_time(asyncio.wait({query}), self._answer_within)
         finally:
             if not query.done():
                 # Terminated, not cancelled: asyncpg's cancel of a query sends its
                 # cancel request on a new connection, which a frozen server never answers.
                 self._conn.terminate()
                 query.cancel()
-                query.add_done_callback(_retrieved)
         if not query.done() or query.cancelled():
             return f"no answer to a probe within {self._answer_within:g} s"
         failure = query.exception()
@@ -179,11 +168,20 @@ class LivenessWatch:
             await asyncio.wait({self._task})
         finally:
             self._conn.terminate()
+            if self._round is not None:
+                # The round in flight (shielded from the probe's cancel) ends too before stop
+                # returns, rather than be cancelled by the loop's close (a command's exit),
+                # whatever it raised then unread. Soon: the terminate ends its query, and its
+                # wait is bounded anyway (``answer_within`` of loop time). A wait, not an
+                # await: a cancelled stop does not cancel the round.
+                await asyncio.wait({self._round})
 
 
 def _retrieved(query: asyncio.Future[object]) -> None:
+    """Marks the query's error as read. ``_ask`` reads it too, unless ``_ask`` was cancelled
+    before it could: a safeguard, as ``stop`` waits for the round to end."""
     if not query.cancelled():
-        query.exception()  # seen: the connection was ended on purpose
+        query.exception()
 
 
 async def start(
