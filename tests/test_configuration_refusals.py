@@ -122,3 +122,16 @@ def test_a_config_file_typo_stops_a_service_as_a_configuration_error(tmp_path: P
     run = jobrunner("projector", "--config", str(config), env={})
     assert run.returncode == CONFIG, run.stderr
     assert "did you mean 'lease_ttl_seconds'?" in run.stderr
+
+
+def test_a_job_types_file_that_is_not_text_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """`job_types_file = 5` (was: a TypeError's traceback, joining the number to the file's
+    folder)."""
+    config = tmp_path / "jobrunner.toml"
+    config.write_text("job_types_file = 5\n")
+    run = jobrunner("runner", "--config", str(config), env={})
+    assert run.returncode == CONFIG, run.stderr
+    assert run.stderr == (
+        f"jobrunner: config file {config} has job_types_file = 5, which is not text: "
+        "job_types_file takes a path in quotes\n"
+    )

@@ -415,8 +415,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(f"config file {path} cannot be read: {exc}") from None
         _refuse_unknown(values, path)
-        # A job-types file named relative to the config file is relative to that file.
-        if "job_types_file" in values:
+        # A job-types file named relative to the config file is relative to that file. (One
+        # that is no text is left for the type check to name.)
+        if isinstance(values.get("job_types_file"), str):
             values["job_types_file"] = str(path.parent / values["job_types_file"])
     # Where each value came from, for a sentence about one of the wrong type.
     sources: dict[str, str] = dict.fromkeys(values, f"config file {config_file}")
@@ -480,6 +481,8 @@ def _what_it_takes(name: str) -> tuple[str, str]:
         return "a whole number", f"a whole number{unit}, such as {default}"
     if field.type is float:
         return "a number", f"a number{unit}, such as {default:g}"
+    if name.endswith(("_file", "_dir")):
+        return "text", "a path in quotes"
     example = f", such as {json.dumps(default)}" if default else ""
     return "text", f"text in quotes{example}"
 
