@@ -362,15 +362,17 @@ def _refuse_unknown(values: dict[str, Any], path: Path) -> None:
 
 # ``JOBRUNNER_`` variables that are no setting: read by another command or part, or set for one.
 # The settings ignore them; any other that is no setting's is stray (README "Configuration").
-OTHER_VARIABLES = {
-    f"{ENV_PREFIX}CONFIG": "the config file",
-    f"{ENV_PREFIX}URL": "the terminal client's server",
-    f"{ENV_PREFIX}TOKEN": "the terminal client's token",
-    f"{ENV_PREFIX}OUTPUT_DIR": "a job's output directory, given to its tool by the runner",
-    f"{ENV_PREFIX}GUARDIAN": "the runner's mark on a tool's processes",
-    f"{ENV_PREFIX}CALLBACK_TOKEN": "an external job's token (examples/external_worker.py)",
-    f"{ENV_PREFIX}BIND": "the address compose.yaml publishes the API on",
-}
+OTHER_VARIABLES = frozenset(
+    {
+        f"{ENV_PREFIX}CONFIG",  # the config file
+        f"{ENV_PREFIX}URL",  # the terminal client's server
+        f"{ENV_PREFIX}TOKEN",  # the terminal client's token
+        f"{ENV_PREFIX}OUTPUT_DIR",  # a job's output directory, given to its tool by the runner
+        f"{ENV_PREFIX}GUARDIAN",  # the runner's mark on a tool's processes
+        f"{ENV_PREFIX}CALLBACK_TOKEN",  # an external job's token (examples/external_worker.py)
+        f"{ENV_PREFIX}BIND",  # the address compose.yaml publishes the API on
+    }
+)
 # The test suite's, the benchmarks' and the API fuzzer's own (README "Tests", "Benchmarks").
 OTHER_VARIABLE_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_", f"{ENV_PREFIX}FUZZ_")
 
