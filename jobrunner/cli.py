@@ -16,7 +16,13 @@ import structlog
 from jobrunner.common import exitcodes, stallwatch
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
-from jobrunner.common.settings import Settings, SettingsError, load_settings, stray_variables
+from jobrunner.common.settings import (
+    Settings,
+    SettingsError,
+    ignored_service_links,
+    load_settings,
+    stray_variables,
+)
 
 if TYPE_CHECKING:  # asyncpg's import only for the commands that use Postgres
     import asyncpg
@@ -428,7 +434,8 @@ def _config_after_command_too(parser: argparse.ArgumentParser) -> None:
 
 
 # The commands that run on the settings: a stray JOBRUNNER_ variable (a typo of one) stops them.
-# The others (the terminal client, `schema`) read no setting: for them it is only told.
+# The others (the terminal client, `schema`) load the settings too but do not run on them: for
+# them it is only told.
 SETTINGS_COMMANDS = frozenset(
     {"up", "api", "runner", "projector", "notifier", "replay", "events", "token", "lock"}
 )
@@ -454,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_environment(args.command)
         settings = _settings(args)
+        # Here, once: each command loads the settings again.
+        for sentence in ignored_service_links(os.environ, settings):
+            print(f"jobrunner: warning: {sentence}", file=sys.stderr)
         # A NATS setting no part can honour (a TLS file, a seed, a URL scheme) stops every
         # command here with one line, before any service starts.
         NatsConnection.from_settings(settings)

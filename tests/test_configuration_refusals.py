@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from jobrunner.common.exitcodes import CONFIG
+from tests.tools.service_links import ServicePort, service_link_variables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,10 +28,19 @@ def jobrunner(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
-def test_a_service_refuses_a_misspelt_variable_naming_the_one_meant() -> None:
+def missing_ca_file(tmp_path: Path) -> dict[str, str]:
+    """A refusal later than the one a test looks for (a CA file that is not there), so that a
+    command that no longer refuses stops there at once rather than starting a service."""
+    return {"JOBRUNNER_NATS_TLS_CA_FILE": str(tmp_path / "missing-ca.pem")}
+
+
+def test_a_service_refuses_a_misspelt_variable_naming_the_one_meant(tmp_path: Path) -> None:
     """JOBRUNNER_DATABASE_URI (for _URL) stops the runner instead of using the default
     database."""
-    run = jobrunner("runner", env={"JOBRUNNER_DATABASE_URI": "postgresql://db.example/jobs"})
+    run = jobrunner(
+        "runner",
+        env={"JOBRUNNER_DATABASE_URI": "postgresql://db.example/jobs", **missing_ca_file(tmp_path)},
+    )
     assert run.returncode == CONFIG, run.stderr
     assert run.stderr == (
         "jobrunner: JOBRUNNER_DATABASE_URI is set but is no setting; did you mean "
@@ -43,7 +53,12 @@ def test_up_refuses_a_misspelt_variable_before_it_starts_anything(tmp_path: Path
     """`jobrunner up` says it at once: no state directory made, no server started."""
     state = tmp_path / "state"
     run = jobrunner(
-        "up", "--state-dir", str(state), "--port", "1", env={"JOBRUNNER_LEASE_TTL_SECOND": "30"}
+        "up",
+        "--state-dir",
+        str(state),
+        "--port",
+        "1",
+        env={"JOBRUNNER_LEASE_TTL_SECOND": "30", **missing_ca_file(tmp_path)},
     )
     assert run.returncode == CONFIG, run.stderr
     assert "did you mean JOBRUNNER_LEASE_TTL_SECONDS?" in run.stderr
@@ -52,9 +67,8 @@ def test_up_refuses_a_misspelt_variable_before_it_starts_anything(tmp_path: Path
 
 def test_variables_meant_for_other_commands_do_not_stop_a_service(tmp_path: Path) -> None:
     """The terminal client's URL and token, a tool's output directory, the tests' and the
-    benchmarks' variables: the runner gets past them to its NATS settings (a CA file that is
-    missing, its next refusal)."""
-    missing = tmp_path / "missing-ca.pem"
+    benchmarks' variables, a retired setting's: the runner gets past them to its NATS settings
+    (a CA file that is missing, its next refusal)."""
     run = jobrunner(
         "runner",
         env={
@@ -66,10 +80,35 @@ def test_variables_meant_for_other_commands_do_not_stop_a_service(tmp_path: Path
             "JOBRUNNER_TEST_ANYTHING": "1",
             "JOBRUNNER_BENCH_NATSCOUNT": str(tmp_path),
             "JOBRUNNER_FUZZ_EXAMPLES": "5",
-            "JOBRUNNER_NATS_TLS_CA_FILE": str(missing),
+            "JOBRUNNER_LINE_FLUSH_INTERVAL_MS": "50",
+            **missing_ca_file(tmp_path),
         },
     )
-    assert run.stderr == f"jobrunner: nats_tls_ca_file: {missing} is not a readable file\n"
+    assert run.stderr == (
+        f"jobrunner: nats_tls_ca_file: {tmp_path / 'missing-ca.pem'} is not a readable file\n"
+    )
+    assert run.returncode == CONFIG
+
+
+def test_kubernetes_service_links_do_not_stop_a_service(tmp_path: Path) -> None:
+    """Services named jobrunner, jobrunner-nats and jobrunner-api in the pod's namespace: the
+    API passes over all their variables, says once that JOBRUNNER_PORT=tcp://... is no port,
+    and goes on (to a CA file that is missing, its next refusal)."""
+    links = {
+        **service_link_variables("jobrunner", "10.0.0.1", [ServicePort(8000, "http")]),
+        **service_link_variables(
+            "jobrunner-nats",
+            "10.0.0.2",
+            [ServicePort(4222, "client"), ServicePort(8222, "monitor")],
+        ),
+        **service_link_variables("jobrunner-api", "fd00::3", [ServicePort(8000)]),
+    }
+    run = jobrunner("api", env={**links, **missing_ca_file(tmp_path)})
+    assert run.stderr == (
+        "jobrunner: warning: JOBRUNNER_PORT=tcp://10.0.0.1:8000 is a Kubernetes service link "
+        "(a Service named jobrunner), not a port: ignored; port stays 8000\n"
+        f"jobrunner: nats_tls_ca_file: {tmp_path / 'missing-ca.pem'} is not a readable file\n"
+    )
     assert run.returncode == CONFIG
 
 

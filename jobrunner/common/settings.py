@@ -374,21 +374,76 @@ OTHER_VARIABLES = frozenset(
     }
 )
 # The test suite's, the benchmarks' and the API fuzzer's own (README "Tests", "Benchmarks").
+# Matched as written (upper case), like every variable name: `jobrunner_test_x` is stray, and
+# told so with its upper-case form as the guess.
 OTHER_VARIABLE_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_", f"{ENV_PREFIX}FUZZ_")
+
+# Kubernetes gives every pod, for each Service of its namespace, variables named after the
+# Service (its name in upper case, "-" as "_"): a Service named jobrunner or jobrunner-nats
+# makes JOBRUNNER_SERVICE_HOST, JOBRUNNER_NATS_PORT_4222_TCP_ADDR and the like ("service
+# links", on unless a pod spec says enableServiceLinks: false). No operator wrote them, so none
+# may stop a service. Their names, but for <SERVICE>_PORT, which _LINK_ADDRESS recognises by
+# its value:
+_LINK_NAME = re.compile(
+    rf"{ENV_PREFIX}(?:[A-Z0-9_]+_)?"
+    r"(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)"
+)
+# <SERVICE>_PORT=tcp://10.0.0.1:8000 (the Service's first port): for a Service named jobrunner,
+# JOBRUNNER_PORT, the `port` setting's variable. No port is written so.
+_LINK_PORT_NAME = re.compile(rf"{ENV_PREFIX}(?:[A-Z0-9_]+_)?PORT")
+_LINK_ADDRESS = re.compile(r"(?:tcp|udp|sctp)://")
+
+
+def _is_link_address(name: str, value: str) -> bool:
+    """``JOBRUNNER_..._PORT=tcp://...``: a Service's address, even where it is a setting's name."""
+    return _LINK_PORT_NAME.fullmatch(name) is not None and _LINK_ADDRESS.match(value) is not None
+
+
+def _is_service_link(name: str, value: str, setting_variables: set[str]) -> bool:
+    return _is_link_address(name, value) or (
+        name not in setting_variables and _LINK_NAME.fullmatch(name) is not None
+    )
+
+
+def _setting_variables() -> dict[str, str]:
+    """Each setting's variable, by the setting's name."""
+    return {name: f"{ENV_PREFIX}{name.upper()}" for name in Settings.__struct_fields__}
+
+
+def ignored_service_links(environ: Mapping[str, str], settings: Settings) -> list[str]:
+    """A sentence for each setting's variable that ``load_settings`` passed over because its
+    value is a Service's address (``JOBRUNNER_PORT=tcp://10.0.0.1:8000``): which Service made
+    it, and the value the setting kept (the config file's, or its default)."""
+    sentences = []
+    for name, variable in _setting_variables().items():
+        value = environ.get(variable)
+        if value is not None and _is_link_address(variable, value):
+            service = variable.removesuffix("_PORT").lower().replace("_", "-")
+            sentences.append(
+                f"{variable}={value} is a Kubernetes service link (a Service named {service}), "
+                f"not a port: ignored; {name} stays {getattr(settings, name)}"
+            )
+    return sentences
 
 
 def stray_variables(environ: Mapping[str, str]) -> list[str]:
     """One sentence for each ``JOBRUNNER_`` variable of ``environ`` (in any case) that is
-    neither a setting's nor in ``OTHER_VARIABLES``, with the closest variable there is."""
-    settings = {name.upper(): f"{ENV_PREFIX}{name.upper()}" for name in Settings.__struct_fields__}
+    neither a setting's, a retired setting's, a Kubernetes service link nor in
+    ``OTHER_VARIABLES``, with the closest variable there is."""
+    setting_variables = _setting_variables()
+    settings = {name.upper(): variable for name, variable in setting_variables.items()}
     others = {name.removeprefix(ENV_PREFIX): name for name in OTHER_VARIABLES}
     known = settings | others
+    # Accepted, as the config file accepts their keys, but never offered as a guess.
+    retired = {f"{ENV_PREFIX}{name.upper()}" for name in RETIRED}
     sentences = []
-    for name in sorted(environ):
+    for name, value in sorted(environ.items()):
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX):
             continue
-        if name.startswith(OTHER_VARIABLE_PREFIXES) or name in known.values():
+        if name.startswith(OTHER_VARIABLE_PREFIXES) or name in known.values() or name in retired:
+            continue
+        if _is_service_link(name, value, set(setting_variables.values())):
             continue
         # Matched on the part after the prefix, which every candidate shares (it would make
         # any two names look alike).
@@ -423,11 +478,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             values["job_types_file"] = str(path.parent / values["job_types_file"])
     # Where each value came from, for a sentence about one of the wrong type.
     sources: dict[str, str] = dict.fromkeys(values, f"config file {config_file}")
-    for name in Settings.__struct_fields__:
-        raw = os.environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
+    for name, variable in _setting_variables().items():
+        raw = os.environ.get(variable)
+        # A Service's address in the port's place is no port: the setting keeps its value (and
+        # ignored_service_links says so). One an operator sets in the pod spec overrides it.
+        if raw is not None and not _is_link_address(variable, raw):
             values[name] = raw
-            sources[name] = ENV_PREFIX + name.upper()
+            sources[name] = variable
     given = {k: v for k, v in overrides.items() if v is not None}
     values.update(given)
     for name in given:
