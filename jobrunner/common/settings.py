@@ -374,8 +374,8 @@ OTHER_VARIABLES = frozenset(
     }
 )
 # The test suite's, the benchmarks' and the API fuzzer's own (README "Tests", "Benchmarks").
-# Matched as written (upper case), like every variable name: `jobrunner_test_x` is stray, and
-# told so with its upper-case form as the guess.
+# Matched as written, like every variable name (case-sensitive): jobrunner_test_x is stray,
+# told its upper-case form.
 OTHER_VARIABLE_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_", f"{ENV_PREFIX}FUZZ_")
 
 # Kubernetes gives every pod, for each Service of its namespace, variables named after the
@@ -445,11 +445,12 @@ def stray_variables(environ: Mapping[str, str]) -> list[str]:
             continue
         if _is_service_link(name, value, set(setting_variables.values())):
             continue
-        # Matched on the part after the prefix, which every candidate shares (it would make
-        # any two names look alike).
+        # A known name in another case: its upper case. Else matched on the part after the
+        # prefix, which every candidate shares (it would make any two names look alike).
         suffix = upper.removeprefix(ENV_PREFIX)
-        close = [suffix] if suffix in known else difflib.get_close_matches(suffix, known, n=1)
-        if close:
+        if suffix in known or upper.startswith(OTHER_VARIABLE_PREFIXES):
+            hint = f"; did you mean {upper}?"
+        elif close := difflib.get_close_matches(suffix, known, n=1):
             hint = f"; did you mean {known[close[0]]}?"
         else:
             hint = " (README, Configuration, lists the variables)"
@@ -507,6 +508,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     return settings
 
 
+# msgspec's sentence for a value of the wrong type, read for the setting's name. Its wording is
+# msgspec's, not a promise: should a release change it, every wrong type falls back to
+# "invalid setting: ..." and tests/unit/test_settings_variables.py's
+# test_a_variable_of_the_wrong_type_is_named_with_its_value_and_what_to_write fails.
 _WRONG_TYPE = re.compile(r"Expected `\w+`, got `\w+` - at `\$\.(\w+)`")
 
 

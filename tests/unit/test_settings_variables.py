@@ -59,6 +59,15 @@ def test_a_setting_variable_in_lower_case_is_named_with_its_upper_case() -> None
     ]
 
 
+def test_a_tests_or_benchmarks_variable_in_lower_case_is_named_with_its_upper_case() -> None:
+    """The prefixes JOBRUNNER_TEST_, _BENCH_ and _FUZZ_ are matched as written, like every
+    variable name: jobrunner_bench_natscount is stray, told its upper-case form."""
+    assert stray_variables({"jobrunner_bench_natscount": "1"}) == [
+        "jobrunner_bench_natscount is set but is no setting; did you mean "
+        "JOBRUNNER_BENCH_NATSCOUNT?"
+    ]
+
+
 def test_a_near_miss_of_another_commands_variable_is_named_too() -> None:
     """JOBRUNNER_TOKN, meant for the terminal client's JOBRUNNER_TOKEN."""
     assert stray_variables({"JOBRUNNER_TOKN": "t"}) == [
