@@ -399,12 +399,6 @@ def _is_link_address(name: str, value: str) -> bool:
     return _LINK_PORT_NAME.fullmatch(name) is not None and _LINK_ADDRESS.match(value) is not None
 
 
-def _is_service_link(name: str, value: str, setting_variables: set[str]) -> bool:
-    return _is_link_address(name, value) or (
-        name not in setting_variables and _LINK_NAME.fullmatch(name) is not None
-    )
-
-
 def _setting_variables() -> dict[str, str]:
     """Each setting's variable, by the setting's name."""
     return {name: f"{ENV_PREFIX}{name.upper()}" for name in Settings.__struct_fields__}
@@ -413,7 +407,7 @@ def _setting_variables() -> dict[str, str]:
 def ignored_service_links(environ: Mapping[str, str], settings: Settings) -> list[str]:
     """A sentence for each setting's variable that ``load_settings`` passed over because its
     value is a Service's address (``JOBRUNNER_PORT=tcp://10.0.0.1:8000``): which Service made
-    it, and the value the setting kept (the config file's, or its default)."""
+    it, and the value the setting kept (``--port``'s, the config file's, or its default)."""
     sentences = []
     for name, variable in _setting_variables().items():
         value = environ.get(variable)
@@ -430,8 +424,7 @@ def stray_variables(environ: Mapping[str, str]) -> list[str]:
     """One sentence for each ``JOBRUNNER_`` variable of ``environ`` (in any case) that is
     neither a setting's, a retired setting's, a Kubernetes service link nor in
     ``OTHER_VARIABLES``, with the closest variable there is."""
-    setting_variables = _setting_variables()
-    settings = {name.upper(): variable for name, variable in setting_variables.items()}
+    settings = {name.upper(): variable for name, variable in _setting_variables().items()}
     others = {name.removeprefix(ENV_PREFIX): name for name in OTHER_VARIABLES}
     known = settings | others
     # Accepted, as the config file accepts their keys, but never offered as a guess.
@@ -443,7 +436,8 @@ def stray_variables(environ: Mapping[str, str]) -> list[str]:
             continue
         if name.startswith(OTHER_VARIABLE_PREFIXES) or name in known.values() or name in retired:
             continue
-        if _is_service_link(name, value, set(setting_variables.values())):
+        # (A setting's own variable was passed over above, whatever its name looks like.)
+        if _LINK_NAME.fullmatch(name) or _is_link_address(name, value):
             continue
         # A known name in another case: its upper case. Else matched on the part after the
         # prefix, which every candidate shares (it would make any two names look alike).
