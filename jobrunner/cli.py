@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -12,10 +13,16 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from jobrunner.common import stallwatch
+from jobrunner.common import exitcodes, stallwatch
 from jobrunner.common.logging import configure_logging
 from jobrunner.common.natsconnection import NatsConnection
-from jobrunner.common.settings import Settings, SettingsError, load_settings
+from jobrunner.common.settings import (
+    Settings,
+    SettingsError,
+    ignored_service_links,
+    load_settings,
+    stray_variables,
+)
 
 if TYPE_CHECKING:  # asyncpg's import only for the commands that use Postgres
     import asyncpg
@@ -426,17 +433,45 @@ def _config_after_command_too(parser: argparse.ArgumentParser) -> None:
                 _config_after_command_too(command)
 
 
+# The commands that run on the settings: a stray JOBRUNNER_ variable (a typo of one) stops them.
+# The others (the terminal client, `schema`) load the settings too but do not run on them: for
+# them it is only told.
+SETTINGS_COMMANDS = frozenset(
+    {"up", "api", "runner", "projector", "notifier", "replay", "events", "token", "lock"}
+)
+
+
+def _check_environment(command: str) -> None:
+    """A ``JOBRUNNER_`` variable that is no setting and no other part's (a typo): refused by a
+    command that runs on the settings, as a typo in the config file is; else a warning."""
+    stray = stray_variables(os.environ)
+    if stray and command in SETTINGS_COMMANDS:
+        sentences = " ".join(s if s.endswith("?") else f"{s}." for s in stray)
+        raise SettingsError(
+            f"{sentences} (A variable no part of jobrunner reads stops a service: remove or "
+            "rename it.)"
+        )
+    for sentence in stray:
+        print(f"jobrunner: warning: {sentence}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_environment(args.command)
         settings = _settings(args)
+        # Here, once: each command loads the settings again.
+        for sentence in ignored_service_links(os.environ, settings):
+            print(f"jobrunner: warning: {sentence}", file=sys.stderr)
         # A NATS setting no part can honour (a TLS file, a seed, a URL scheme) stops every
         # command here with one line, before any service starts.
         NatsConnection.from_settings(settings)
     except SettingsError as exc:
+        # EX_CONFIG: unchanged, it would only refuse again (`jobrunner up` does not restart a
+        # service that exits so); 2 is argparse's, and `jobrunner health`'s "unavailable".
         print(f"jobrunner: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.CONFIG
     configure_logging(settings.log_level, settings.log_format)
     try:
         return int(args.func(args))

@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from jobrunner.common import eventstore
+from jobrunner.common.exitcodes import CONFIG
 from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.common.streamreader import StreamReader, StreamReaderError
@@ -343,7 +344,7 @@ async def test_every_service_refuses_a_nats_setting_it_cannot_honour_with_one_li
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == CONFIG
     assert err.decode().strip() == (
         f"jobrunner: nats_tls_ca_file: {tmp_path / 'missing-ca.pem'} is not a readable file"
     )

@@ -2,13 +2,19 @@
 
 Each field can be set in the config file (``jobrunner.toml``, top-level keys named as the fields)
 or by an environment variable ``JOBRUNNER_<FIELD>`` (upper case), which wins over the file.
+Every other ``JOBRUNNER_`` variable is either one another part reads (``OTHER_VARIABLES``) or a
+mistake, named by ``stray_variables``: a typo in the environment must not quietly leave a
+setting at its default any more than one in the file.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +360,98 @@ def _refuse_unknown(values: dict[str, Any], path: Path) -> None:
             raise SettingsError(f"config file {path} has {key!r}, which is no setting{hint}")
 
 
+# ``JOBRUNNER_`` variables that are no setting: read by another command or part, or set for one.
+# The settings ignore them; any other that is no setting's is stray (README "Configuration").
+OTHER_VARIABLES = frozenset(
+    {
+        f"{ENV_PREFIX}CONFIG",  # the config file
+        f"{ENV_PREFIX}URL",  # the terminal client's server
+        f"{ENV_PREFIX}TOKEN",  # the terminal client's token
+        f"{ENV_PREFIX}OUTPUT_DIR",  # a job's output directory, given to its tool by the runner
+        f"{ENV_PREFIX}GUARDIAN",  # the runner's mark on a tool's processes
+        f"{ENV_PREFIX}CALLBACK_TOKEN",  # an external job's token (examples/external_worker.py)
+        f"{ENV_PREFIX}BIND",  # the address compose.yaml publishes the API on
+    }
+)
+# The test suite's, the benchmarks' and the API fuzzer's own (README "Tests", "Benchmarks").
+# Matched as written, like every variable name (case-sensitive): jobrunner_test_x is stray,
+# told its upper-case form.
+OTHER_VARIABLE_PREFIXES = (f"{ENV_PREFIX}TEST_", f"{ENV_PREFIX}BENCH_", f"{ENV_PREFIX}FUZZ_")
+
+# Kubernetes gives every pod, for each Service of its namespace, variables named after the
+# Service (its name in upper case, "-" as "_"): a Service named jobrunner or jobrunner-nats
+# makes JOBRUNNER_SERVICE_HOST, JOBRUNNER_NATS_PORT_4222_TCP_ADDR and the like ("service
+# links", on unless a pod spec says enableServiceLinks: false). No operator wrote them, so none
+# may stop a service. Their names, but for <SERVICE>_PORT, which _LINK_ADDRESS recognises by
+# its value:
+_LINK_NAME = re.compile(
+    rf"{ENV_PREFIX}(?:[A-Z0-9_]+_)?"
+    r"(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)"
+)
+# <SERVICE>_PORT=tcp://10.0.0.1:8000 (the Service's first port): for a Service named jobrunner,
+# JOBRUNNER_PORT, the `port` setting's variable. No port is written so.
+_LINK_PORT_NAME = re.compile(rf"{ENV_PREFIX}(?:[A-Z0-9_]+_)?PORT")
+_LINK_ADDRESS = re.compile(r"(?:tcp|udp|sctp)://")
+
+
+def _is_link_address(name: str, value: str) -> bool:
+    """``JOBRUNNER_..._PORT=tcp://...``: a Service's address, even where it is a setting's name."""
+    return _LINK_PORT_NAME.fullmatch(name) is not None and _LINK_ADDRESS.match(value) is not None
+
+
+def _setting_variables() -> dict[str, str]:
+    """Each setting's variable, by the setting's name."""
+    return {name: f"{ENV_PREFIX}{name.upper()}" for name in Settings.__struct_fields__}
+
+
+def ignored_service_links(environ: Mapping[str, str], settings: Settings) -> list[str]:
+    """A sentence for each setting's variable that ``load_settings`` passed over because its
+    value is a Service's address (``JOBRUNNER_PORT=tcp://10.0.0.1:8000``): which Service made
+    it, and the value the setting kept (``--port``'s, the config file's, or its default)."""
+    sentences = []
+    for name, variable in _setting_variables().items():
+        value = environ.get(variable)
+        if value is not None and _is_link_address(variable, value):
+            service = variable.removesuffix("_PORT").lower().replace("_", "-")
+            sentences.append(
+                f"{variable}={value} is a Kubernetes service link (a Service named {service}), "
+                f"not a port: ignored; {name} stays {getattr(settings, name)}"
+            )
+    return sentences
+
+
+def stray_variables(environ: Mapping[str, str]) -> list[str]:
+    """One sentence for each ``JOBRUNNER_`` variable of ``environ`` (in any case) that is
+    neither a setting's, a retired setting's, a Kubernetes service link nor in
+    ``OTHER_VARIABLES``, with the closest variable there is."""
+    settings = {name.upper(): variable for name, variable in _setting_variables().items()}
+    others = {name.removeprefix(ENV_PREFIX): name for name in OTHER_VARIABLES}
+    known = settings | others
+    # Accepted, as the config file accepts their keys, but never offered as a guess.
+    retired = {f"{ENV_PREFIX}{name.upper()}" for name in RETIRED}
+    sentences = []
+    for name, value in sorted(environ.items()):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if name.startswith(OTHER_VARIABLE_PREFIXES) or name in known.values() or name in retired:
+            continue
+        # (A setting's own variable was passed over above, whatever its name looks like.)
+        if _LINK_NAME.fullmatch(name) or _is_link_address(name, value):
+            continue
+        # A known name in another case: its upper case. Else matched on the part after the
+        # prefix, which every candidate shares (it would make any two names look alike).
+        suffix = upper.removeprefix(ENV_PREFIX)
+        if suffix in known or upper.startswith(OTHER_VARIABLE_PREFIXES):
+            hint = f"; did you mean {upper}?"
+        elif close := difflib.get_close_matches(suffix, known, n=1):
+            hint = f"; did you mean {known[close[0]]}?"
+        else:
+            hint = " (README, Configuration, lists the variables)"
+        sentences.append(f"{name} is set but is no setting{hint}")
+    return sentences
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read the config file (if any), then ``JOBRUNNER_*`` variables, then explicit overrides."""
     values: dict[str, Any] = {}
@@ -369,19 +467,28 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(f"config file {path} cannot be read: {exc}") from None
         _refuse_unknown(values, path)
-        # A job-types file named relative to the config file is relative to that file.
-        if "job_types_file" in values:
+        # A job-types file named relative to the config file is relative to that file. (One
+        # that is no text is left for the type check to name.)
+        if isinstance(values.get("job_types_file"), str):
             values["job_types_file"] = str(path.parent / values["job_types_file"])
-    fields = set(Settings.__struct_fields__)
-    for name in fields:
-        raw = os.environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
+    # Where each value came from, for a sentence about one of the wrong type.
+    sources: dict[str, str] = dict.fromkeys(values, f"config file {config_file}")
+    for name, variable in _setting_variables().items():
+        raw = os.environ.get(variable)
+        # A Service's address in the port's place is no port: the setting keeps its value (and
+        # ignored_service_links says so). One an operator sets in the pod spec overrides it.
+        if raw is not None and not _is_link_address(variable, raw):
             values[name] = raw
-    values.update({k: v for k, v in overrides.items() if v is not None})
+            sources[name] = variable
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    for name in given:
+        sources.pop(name, None)  # a caller's own value: msgspec's sentence is for it
     try:
         settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid setting: {exc}") from None
+        sentence = _wrong_type(exc, values, sources)
+        raise SettingsError(sentence or f"invalid setting: {exc}") from None
     if "stream_read_timeout_seconds" not in values:
         # Not configured: kept below a keep-alive an operator shortened to 5 s or less, who
         # would otherwise be refused at start for a setting never set.
@@ -393,6 +500,66 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         )
     _check_stream_read_timeout(settings)
     return settings
+
+
+# msgspec's sentence for a value of the wrong type, read for the setting's name. Its wording is
+# msgspec's, not a promise: should a release change it, every wrong type falls back to
+# "invalid setting: ..." and tests/unit/test_settings_variables.py's
+# test_a_variable_of_the_wrong_type_is_named_with_its_value_and_what_to_write fails.
+_WRONG_TYPE = re.compile(r"Expected `\w+`, got `\w+` - at `\$\.(\w+)`")
+
+
+def _wrong_type(
+    exc: msgspec.ValidationError, values: dict[str, Any], sources: dict[str, str]
+) -> str | None:
+    """The sentence for a value of the wrong type: where it was written (the variable, or the
+    file and its key), as written, and what the setting takes. msgspec's own ("Expected
+    `float`, got `str`") names neither, and every variable's value is a string. None for
+    another failure (a value out of range names its setting itself) or a caller's override."""
+    matched = _WRONG_TYPE.fullmatch(str(exc))
+    if matched is None or matched[1] not in sources:
+        return None
+    name = matched[1]
+    kind, takes = _what_it_takes(name)
+    value, source = values[name], sources[name]
+    if source.startswith(ENV_PREFIX):
+        return f"{source}={value!r} is not {kind}: {name} takes {takes}"
+    return f"{source} has {name} = {_as_toml(value)}, which is not {kind}: {name} takes {takes}"
+
+
+def _what_it_takes(name: str) -> tuple[str, str]:
+    """What a setting's value must be (for "is not ...") and how to write one, with its
+    default as the example."""
+    field = next(f for f in msgspec.structs.fields(Settings) if f.name == name)
+    default = field.default
+    if field.type is bool:
+        return "true or false", "true or false (or 1 or 0)"
+    unit = next((unit for end, unit in _UNITS.items() if name.endswith(end)), "")
+    if field.type is int:
+        return "a whole number", f"a whole number{unit}, such as {default}"
+    if field.type is float:
+        return "a number", f"a number{unit}, such as {default:g}"
+    if name.endswith(("_file", "_dir")):
+        return "text", "a path in quotes"
+    example = f", such as {json.dumps(default)}" if default else ""
+    return "text", f"text in quotes{example}"
+
+
+_UNITS = {
+    "_seconds": " of seconds",
+    "_days": " of days",
+    "_ms": " of milliseconds",
+    "_bytes": " of bytes",
+}
+
+
+def _as_toml(value: Any) -> str:
+    """A value as the config file wrote it (near enough for a sentence)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
 
 
 def _check_stream_read_timeout(settings: Settings) -> None:
