@@ -55,14 +55,18 @@ READ_SIZE = 1 << 20
 # instructions a message than the strict ``[^ \r\n]+`` classes (``bench/RESULTS.md``,
 # session 37). Groups: ``<stream seq>.<consumer seq>``, pending, header size, size; the subject
 # first in the second form.
+# Sizes of at most six digits are always under the smallest frame limit (``frame_limit``: over
+# 1.1 MB), so the fast path needs no size check of its own: a larger message (and a size no
+# ``int()`` takes, 4,300 digits and more) goes through the general parser, which checks each.
+# The pending count has at most 20 digits (a 64-bit number), so ``pending`` can always make it one.
 _DELIVERY = re.compile(
-    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d++) "
-    rb"(\d++) (\d++)\r\n"
+    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d{1,20}+) "
+    rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 # The same, the subject taken too: for a reader that skips the bodies of some subjects.
 _DELIVERY_WITH_SUBJECT = re.compile(
-    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d++) "
-    rb"(\d++) (\d++)\r\n"
+    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d{1,20}+) "
+    rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 # Header and message sizes as numbers, looked up instead of ``int()`` (a C call with its own
 # parsing, several times a dictionary hit): headers are a few dozen bytes, most events a few
@@ -72,6 +76,24 @@ _SIZES = {str(n).encode(): n for n in range(1, 4096)}
 _SEQUENCES = msgspec.json.Decoder(list[int]).decode
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_CONNECT_TIMEOUT = 2.0  # as nats-py's
+# What the reader may buffer for one frame (invariant 11): no size a server declares makes it
+# wait for more bytes than a message can have. The payload is bounded by the server's
+# ``max_payload`` (its INFO; nats-server's and nats-py's default when it names none), but never
+# below that default: the reader buffers a 1 MiB read anyway, so a smaller bound saves nothing,
+# it keeps the fast path free of a size check (``_DELIVERY``), and a message stored before an
+# operator lowered ``max_payload`` is still read. Plus the headers' allowance: JetStream checks
+# headers and payload together against the ``max_payload`` of the server that stored them, then
+# may add headers of its own (``Nats-Stream-Source`` on a sourced stream) and refuses to store
+# headers over 65,535 bytes (nats-server ``stream.go``), so 64 KiB more covers any headers a
+# stored message can come with.
+DEFAULT_MAX_PAYLOAD = 1 << 20
+HEADERS_ALLOWANCE = 1 << 16
+# The longest line the reader waits for the end of: a frame's head or an INFO. nats-server
+# refuses a publisher's line over its ``max_control_line`` (4 KiB by default), which bounds a
+# subject, and an INFO naming a hundred cluster nodes takes a few KiB: 16 times the default.
+MAX_LINE = 1 << 16
+# ``max_payload`` is an int32 in nats-server's options: an INFO announcing more is no server's.
+_LARGEST_MAX_PAYLOAD = (1 << 31) - 1
 
 
 class StreamReaderError(Exception):
@@ -119,6 +141,7 @@ class StreamReader:
         self._writer: asyncio.StreamWriter | None = None
         self._consumer: str | None = None
         self._buffer = b""
+        self._frame_limit = frame_limit({})  # the server's, from its INFO, once connected
         self._consumer_seq = 0
         self._error: StreamReaderError | None = None  # met while parsing, raised next
         self.last_seq = 0  # the last message handed out (or about to be, in a batch)
@@ -271,6 +294,12 @@ class StreamReader:
         if not first.startswith(b"INFO "):
             raise StreamReaderError(f"not a NATS server: it began with {first[:40]!r}")
         info = json.loads(first.removeprefix(b"INFO "))
+        if not isinstance(info, dict):
+            raise StreamReaderError(f"not a NATS server: its INFO is {first[:40]!r}")
+        try:
+            self._frame_limit = frame_limit(info)
+        except ValueError as exc:
+            raise StreamReaderError(f"not a NATS server: {exc}") from None
         self._learn(info, url)
         self._announced_by = url
         if url.scheme == "tls" or info.get("tls_required"):
@@ -343,9 +372,15 @@ class StreamReader:
 
     async def _line(self) -> bytes:
         assert self._reader is not None
-        line = await self._reader.readline()
+        too_long = f"malformed frame from NATS: a line over {MAX_LINE} bytes"
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # its end not seen within the socket reader's limit (4 MiB)
+            raise StreamReaderError(too_long) from None
         if not line:
             raise StreamReaderError("NATS closed the connection")
+        if len(line) > MAX_LINE + 2:
+            raise StreamReaderError(too_long)
         return line.rstrip(b"\r\n")
 
     def _send(self, data: bytes) -> None:
@@ -380,8 +415,16 @@ class StreamReader:
                 taken = self._take_run(out, buf, pos)
                 careful = taken is None
                 pos = pos if taken is None else taken
-            end = buf.find(b"\r\n", pos)
+            # A line's end is looked for within MAX_LINE bytes only: a line without one is
+            # refused once that many have come, not buffered for ever (nor searched again at
+            # each read). The same whatever the reads' cuts: a longer line is refused whole too.
+            end = buf.find(b"\r\n", pos, pos + MAX_LINE + 2)
             if end < 0:
+                if len(buf) - pos >= MAX_LINE + 2:
+                    raise StreamReaderError(
+                        f"malformed frame from NATS: a line over {MAX_LINE} bytes, "
+                        f"{buf[pos : pos + 80]!r}..."
+                    )
                 break
             head = buf[pos:end]
             if head.startswith(b"HMSG ") or head.startswith(b"MSG "):
@@ -398,8 +441,9 @@ class StreamReader:
                     and (not headed or parts[-2].isdigit())
                 ):
                     raise StreamReaderError(f"malformed frame from NATS: {head[:80]!r}")
-                total = int(parts[-1])
-                header_size = int(parts[-2]) if headed else 0
+                total, header_size = self._frame_sizes(
+                    head, parts[-1], parts[-2] if headed else b"0"
+                )
                 body = end + 2
                 if body + total + 2 > len(buf):
                     break  # the rest of this message is in the next read
@@ -421,17 +465,38 @@ class StreamReader:
                 raise StreamReaderError(head.decode(errors="replace"))
             elif head.startswith(b"INFO "):  # the cluster changed: nodes joined or left
                 with contextlib.suppress(ValueError):
-                    self._learn(json.loads(head[5:]), self._announced_by)
+                    info = json.loads(head[5:])
+                    self._learn(info, self._announced_by)
+                    if isinstance(info, dict):  # a limit changed by a reload
+                        self._frame_limit = frame_limit(info)
                 pos = end + 2
             else:  # PONG, +OK
                 pos = end + 2
         self._buffer = buf[pos:]
 
+    def _frame_sizes(self, head: bytes, size: bytes, header_size: bytes) -> tuple[int, int]:
+        """A frame's size and its headers' (digits), checked before its body is waited for."""
+        # Ten digits hold the largest limit; more would be refused below, and int() refuses
+        # 4,300 digits and more with a ValueError.
+        total = int(size) if len(size) <= 10 else self._frame_limit + 1
+        if total > self._frame_limit:
+            raise StreamReaderError(
+                f"malformed frame from NATS: a size over the {self._frame_limit} bytes a "
+                f"message can have on this server, {head[:80]!r}"
+            )
+        headers = int(header_size) if len(header_size) <= 10 else total + 1
+        if headers > total:
+            raise StreamReaderError(
+                f"malformed frame from NATS: headers larger than the whole message, {head[:80]!r}"
+            )
+        return total, headers
+
     def _take_run(self, out: list[tuple[int, bytes]], buf: bytes, pos: int) -> int | None:
         """The usual deliveries from ``pos`` on, one after the other, into ``out``; returns
-        where they end. Their sequences become numbers, and their order is checked, once for the
-        whole run (two ``int()`` a message cost a sixth of the parse): None, nothing taken, when
-        one is out of order or not plain digits, for the general parser to find which."""
+        where they end. Their sequences become numbers, their order and their header sizes are
+        checked, once for the whole run (two ``int()`` a message cost a sixth of the parse):
+        None, nothing taken, when one is out of order, not plain digits or has headers larger
+        than itself, for the general parser to find which."""
         skip = self._skip
         match = (_DELIVERY if skip is None else _DELIVERY_WITH_SUBJECT).match
         sizes = _SIZES
@@ -439,6 +504,7 @@ class StreamReader:
         sequences: list[bytes] = []
         bodies: list[bytes] = []
         add_sequence, add_body = sequences.append, bodies.append
+        skipped = 0
         pending = None
         found = match(buf, pos)
         while found is not None:
@@ -454,13 +520,23 @@ class StreamReader:
             pending = pending_now
             add_sequence(both)
             if skip is not None and subject.endswith(skip):
+                if body + (sizes.get(header_size) or int(header_size)) > after:
+                    return None  # headers larger than the message
                 add_body(b"")
+                skipped += 1
             else:
                 add_body(buf[body + (sizes.get(header_size) or int(header_size)) : after])
             pos = after + 2
             found = match(buf, pos)
         if not bodies:
             return pos
+        # Headers larger than the message leave its body empty (the slice ends before it
+        # starts); so does a stored message without a payload, legal but never one of
+        # jobrunner's events. Counted once for the run, not checked for each message: the
+        # general parser tells the two apart. (An empty slice is the one empty bytes object,
+        # which ``count`` finds by identity first.)
+        if bodies.count(b"") != skipped:
+            return None
         try:  # JSON refuses leading zeros: such digits go the general way, int() takes them
             numbers = _SEQUENCES(b"[" + b",".join(sequences).replace(b".", b",") + b"]")
         except msgspec.DecodeError:
@@ -508,6 +584,7 @@ class StreamReader:
             elif (
                 name == b"nats-last-consumer"
                 and value.isdigit()
+                and len(value) <= 20  # a 64-bit count; int() refuses 4,300 digits and more
                 and int(value) > self._consumer_seq
             ):
                 raise GapError(
@@ -530,3 +607,12 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+def frame_limit(info: dict[str, object]) -> int:
+    """The largest size a frame from the server of this INFO may declare (``DEFAULT_MAX_PAYLOAD``
+    says why); ValueError when its ``max_payload`` is not a size a NATS server announces."""
+    announced = info.get("max_payload", DEFAULT_MAX_PAYLOAD)
+    if type(announced) is not int or not 0 < announced <= _LARGEST_MAX_PAYLOAD:
+        raise ValueError(f"it announced a max_payload of {announced!r}")
+    return max(announced, DEFAULT_MAX_PAYLOAD) + HEADERS_ALLOWANCE
