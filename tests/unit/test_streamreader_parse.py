@@ -18,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.common import streamreader
-from jobrunner.common.streamreader import StreamReader, StreamReaderError
+from jobrunner.common.streamreader import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADERS_ALLOWANCE,
+    MAX_LINE,
+    StreamReader,
+    StreamReaderError,
+    frame_limit,
+)
 
 
 class FakeWriter:
@@ -201,6 +208,10 @@ async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[in
     raise AssertionError("batches() ended without an error")
 
 
+# The default frame limit: nats-server's default max_payload and the headers' allowance.
+LIMIT = DEFAULT_MAX_PAYLOAD + HEADERS_ALLOWANCE
+
+
 @pytest.mark.parametrize(
     "bad_frame",
     [
@@ -214,15 +225,31 @@ async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[in
         b"HMSG a\r\n",
         b"MSG 5\r\n",
         b"HMSG a 1 b c 12 12 12\r\n",
+        # Headers larger than the whole message: the usual delivery's form (the fast path's)...
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.3.3.17.0 40 12\r\nNATS/1.0\r\n\r\n\r\n",
+        # ... a heartbeat's (the general parser's), and a stored message's in the v2 form.
+        b"HMSG inbox 1 40 12\r\nNATS/1.0 100\r\n\r\n",
+        b"HMSG s.job.j.lines 1 $JS.ACK.d.a.S_EVENTS.c1.1.3.3.17.0.r 13 12\r\nNATS/1.0\r\n\r\n\r\n",
+        # Sizes no message can have: waited for without end, or too long for int().
+        b"MSG x 1 1000000000000000000000000000000\r\n",
+        b"MSG x 1 %d\r\n" % (LIMIT + 1),
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.3.3.17.0 12 %d\r\n" % (LIMIT + 1),
+        b"MSG x 1 " + b"9" * 5000 + b"\r\n",
+        b"HMSG x 1 " + b"9" * 5000 + b" 12\r\n",
+        # A line whose end never comes.
+        b"MSG x 1 5" + b"5" * MAX_LINE,
+        b"x" * (MAX_LINE + 2),
     ],
+    ids=lambda frame: frame[:40].decode(errors="replace") + f"...({len(frame)} bytes)",
 )
 def test_a_frame_with_a_negative_or_non_numeric_size_is_refused_not_looped_on(
     bad_frame: bytes,
 ) -> None:
-    """A control line with a size that is not plain digits, or with too few or too many
-    fields, is an error from NATS (named with the line), raised after the messages before it
-    were handed out: never an endless parse, and never an error the reader's users do not
-    expect."""
+    """A control line with a size that is not plain digits, with too few or too many fields,
+    with headers larger than the message, with a size over what a message can have, or a line
+    that never ends, is an error from NATS (named with the line), raised after the messages
+    before it were handed out: never an endless parse or a buffer that grows without a bound,
+    and never an error the reader's users do not expect."""
     good = b"".join(delivery(n, n, 0, b"{}", "s.job.j.lines", "v1") for n in (1, 2))
     reader = parser(None)
     out = refusing_to_hang(lambda: reader._parse(good + bad_frame))
@@ -351,14 +378,46 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
 
 
 @st.composite
-def any_reads(draw: st.DrawFn) -> list[bytes]:
+def refused_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
+    """A frame no server sends, after ``consumer_seq`` deliveries, which the reader must refuse
+    however well the rest of it looks: headers larger than the message (in the usual
+    delivery's form, the fast path's, and in a heartbeat's), a size no message can have (one
+    byte over the limit, a few dozen digits, too many for ``int()``), a line that never ends."""
+    kind = draw(st.sampled_from(["delivery headers", "heartbeat headers", "size", "line"]))
+    if kind == "line":
+        return b"x" * (MAX_LINE + 2)
+    if kind == "size":
+        size = draw(st.sampled_from([b"%d" % (LIMIT + 1), b"9" * 30, b"9" * 5000]))
+        if draw(st.booleans()):
+            return b"MSG s.job.j.lines 1 %s\r\n" % size
+        reply = b"$JS.ACK.S_EVENTS.c1.1.7.%d.17.0" % (consumer_seq + 1)
+        return b"HMSG s.job.j.lines 1 %s 12 %s\r\n" % (reply, size)
+    total = draw(st.integers(0, 40))
+    header_size = draw(st.integers(total + 1, total + 4200))  # either side of the size table
+    if kind == "heartbeat headers":
+        return b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (header_size, total, b"h" * total)
+    subject = draw(st.sampled_from([b"s.job.j.lines", b"s.job.j.status"]))
+    reply = b"$JS.ACK.S_EVENTS.c1.1.%d.%d.17.0" % (draw(st.integers(1, 10**6)), consumer_seq + 1)
+    return b"HMSG %s 1 %s %d %d\r\n%s\r\n" % (subject, reply, header_size, total, b"h" * total)
+
+
+@st.composite
+def any_reads(draw: st.DrawFn) -> tuple[list[bytes], int | None]:
+    """What the server sends, cut into reads; and, when it holds a frame the reader must refuse,
+    the number of deliveries before the first such frame (else None)."""
     data = b""
     consumer_seq = 0
+    refused_after = None
     for _ in range(draw(st.integers(0, 25))):
+        if draw(st.integers(0, 30)) == 0:
+            data += draw(refused_frame(consumer_seq))
+            refused_after = consumer_seq if refused_after is None else refused_after
+            continue
         frame, consumer_seq = draw(any_frame(consumer_seq))
         data += frame
     cuts = sorted(draw(st.lists(st.integers(0, max(len(data), 1)), max_size=6)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    return reads, refused_after
 
 
 def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
@@ -385,14 +444,16 @@ def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(reads=any_reads(), skip=st.sampled_from([None, b".lines", b"x"]))
+@given(reads_and_refusal=any_reads(), skip=st.sampled_from([None, b".lines", b"x"]))
 def test_the_usual_frames_fast_path_reads_what_the_general_parser_reads(
-    reads: list[bytes], skip: bytes | None
+    reads_and_refusal: tuple[list[bytes], int | None], skip: bytes | None
 ) -> None:
     """Whatever the server sends and the publishers wrote, cut anywhere: the reader hands out,
     answers and raises exactly what it would if every frame went through the general parser
-    (the fast path's regular expression, its size table and its run's one order check never
-    change a result)."""
+    (the fast path's regular expression, its size table and its run's checks never change a
+    result); and a frame it must refuse ends the reading with an error, no message from it or
+    after it handed out."""
+    reads, refused_after = reads_and_refusal
     fast = refusing_to_hang(lambda: read_through(parser(skip), reads))
     never = re.compile(rb"(?!)")
     with (
@@ -401,6 +462,12 @@ def test_the_usual_frames_fast_path_reads_what_the_general_parser_reads(
     ):
         general = refusing_to_hang(lambda: read_through(parser(skip), reads))
     assert fast == general
+    if refused_after is not None:
+        error = fast[-2]  # the last before what was sent
+        assert isinstance(error, tuple), "no error after a frame that must be refused"
+        assert isinstance(error[0], str), "no error after a frame that must be refused"
+        handed_out = sum(len(batch) for batch in fast if isinstance(batch, list))
+        assert handed_out <= refused_after
 
 
 @pytest.mark.parametrize(
@@ -425,3 +492,90 @@ def test_the_fast_path_trusts_nats_servers_framing_on_heads_it_never_sends(frame
         pytest.raises(StreamReaderError, match="malformed frame from NATS"),
     ):
         general._parse(frame)
+
+
+def test_a_message_as_large_as_a_frame_may_be_is_read_whole_and_one_byte_more_is_refused() -> None:
+    """The largest message a server with the default ``max_payload`` can send (its headers
+    allowed for) is handed out whole, read in pieces; a size one byte larger is refused as soon
+    as its head has come, none of its body waited for."""
+    headers = len(delivery(1, 1, 0, b"", "s.job.j.lines", "v1").split(b"\r\n", 1)[1]) - 2
+    largest = b"p" * (LIMIT - headers)
+    data = delivery(1, 1, 0, largest, "s.job.j.lines", "v1") + delivery(2, 2, 0, b"{}", "x", "v1")
+    assert b" %d\r\n" % LIMIT in data[:200]
+    reader = parser(None)
+    got = []
+    for start in range(0, len(data), 100_000):
+        got += reader._parse(data[start : start + 100_000])
+    assert got == [(1, largest), (2, b"{}")]
+    assert reader._error is None
+
+    over = delivery(1, 1, 0, largest + b"p", "s.job.j.lines", "v1")
+    head = over[: over.index(b"\r\n") + 2]
+    with pytest.raises(StreamReaderError, match="a size over the 1114112 bytes"):
+        parser(None)._parse(head)
+
+
+def test_a_line_as_long_as_a_line_may_be_is_read_and_one_byte_longer_is_refused() -> None:
+    """A line of ``MAX_LINE`` bytes is waited for until its end comes, then read (here, one
+    the reader skips); one byte longer is refused once it cannot end within the bound."""
+    longest = b"+OK" + b" " * (MAX_LINE - 3) + b"\r\n"
+    after = delivery(1, 1, 0, b"{}", "s.job.j.lines", "v1")
+    reader = parser(None)
+    assert reader._parse(longest[:-1]) == []  # all but its LF: the end may yet come
+    assert reader._error is None
+    assert reader._parse(longest[-1:] + after) == [(1, b"{}")]
+
+    longer = b"+OK" + b" " * (MAX_LINE - 2) + b"\r\n"
+    reader = parser(None)
+    assert reader._parse(longer[: MAX_LINE + 1]) == []  # could still end within the bound
+    with pytest.raises(StreamReaderError, match=f"a line over {MAX_LINE} bytes"):
+        reader._parse(longer[MAX_LINE + 1 :])
+
+
+def test_the_frame_limit_follows_the_servers_max_payload_and_a_later_info() -> None:
+    """A server announcing a larger ``max_payload`` (at connect, or in a later INFO after a
+    reload) has messages that large waited for; over it, refused."""
+    larger = 8 << 20
+    assert frame_limit({"max_payload": larger}) == larger + HEADERS_ALLOWANCE
+    reader = parser(None)
+    assert reader._parse(b'INFO {"max_payload": %d}\r\n' % larger) == []
+    assert reader._parse(b"MSG x 1 %d\r\n" % (larger + HEADERS_ALLOWANCE)) == []
+    assert reader._error is None
+    with pytest.raises(StreamReaderError, match="malformed frame from NATS"):
+        parser(None)._parse(b"MSG x 1 %d\r\n" % (larger + HEADERS_ALLOWANCE))
+
+
+@pytest.mark.parametrize("max_payload", [1, 4096, DEFAULT_MAX_PAYLOAD, None])
+def test_a_server_with_a_smaller_max_payload_keeps_the_default_limit(
+    max_payload: int | None,
+) -> None:
+    """A smaller ``max_payload`` (or none announced) bounds a frame as the default does: a
+    message stored before an operator lowered it is still read."""
+    info = {} if max_payload is None else {"max_payload": max_payload}
+    assert frame_limit(info) == LIMIT
+
+
+@pytest.mark.parametrize("announced", [0, -1, 1 << 31, 10**30, "1048576", 1.5, True, None])
+def test_a_max_payload_no_nats_server_announces_is_refused(announced: object) -> None:
+    """An INFO whose ``max_payload`` is not a size an int32 holds names no NATS server."""
+    with pytest.raises(ValueError, match="max_payload"):
+        frame_limit({"max_payload": announced})
+
+
+def test_a_heartbeat_naming_a_delivery_count_past_64_bits_is_not_taken_for_one() -> None:
+    """A heartbeat's ``Nats-Last-Consumer`` too long to be a count is ignored, as one that is
+    not digits is: never an error the reader's users do not expect."""
+    headers = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: " + b"9" * 5000 + b"\r\n\r\n"
+    beat = b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (len(headers), len(headers), headers)
+    reader = parser(None)
+    assert reader._parse(delivery(1, 1, 0, b"{}", "s.job.j.lines", "v1") + beat) == [(1, b"{}")]
+    assert reader._error is None
+
+
+def test_a_delivery_whose_pending_count_no_int_takes_is_refused() -> None:
+    """A pending count of thousands of digits is no JetStream delivery: refused as it is read,
+    not handed out for ``pending`` to fail on later."""
+    reply = b"$JS.ACK.S_EVENTS.c1.1.1.1.17." + b"9" * 5000
+    frame = b"HMSG s.job.j.lines 1 %s 12 14\r\nNATS/1.0\r\n\r\n{}\r\n" % reply
+    with pytest.raises(StreamReaderError, match="not a JetStream delivery"):
+        parser(None)._parse(frame)
