@@ -10,7 +10,11 @@ like any other.
 
 Protocol frames handled (https://docs.nats.io/reference/reference-protocols/nats-protocol):
 ``INFO``, ``PING`` (answered), ``MSG``/``HMSG`` (data, and the consumer's flow-control requests
-and heartbeats, answered), ``-ERR`` (raised). Authentication: user and password or a token from
+and heartbeats, answered), ``-ERR`` (raised). A frame no server sends is refused, raised after
+the messages before it: sizes that are not plain digits, headers larger than their message, a
+size over what a message can have on the server (``DEFAULT_MAX_PAYLOAD`` says which), a line
+that has not ended within ``MAX_LINE`` bytes; so the reader buffers at most one frame and a read.
+Authentication: user and password or a token from
 the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when the URL says
 ``tls://`` or the server requires it, with the CA and client certificate of the settings
 (``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
@@ -28,7 +32,7 @@ import json
 import re
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
@@ -467,7 +471,7 @@ class StreamReader:
                 with contextlib.suppress(ValueError):
                     info = json.loads(head[5:])
                     self._learn(info, self._announced_by)
-                    if isinstance(info, dict):  # a limit changed by a reload
+                    if isinstance(info, dict) and "max_payload" in info:  # changed by a reload
                         self._frame_limit = frame_limit(info)
                 pos = end + 2
             else:  # PONG, +OK
@@ -609,7 +613,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def frame_limit(info: dict[str, object]) -> int:
+def frame_limit(info: Mapping[str, object]) -> int:
     """The largest size a frame from the server of this INFO may declare (``DEFAULT_MAX_PAYLOAD``
     says why); ValueError when its ``max_payload`` is not a size a NATS server announces."""
     announced = info.get("max_payload", DEFAULT_MAX_PAYLOAD)
