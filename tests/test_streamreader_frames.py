@@ -122,6 +122,19 @@ async def test_a_server_announcing_a_max_payload_no_nats_server_has_is_not_read_
         await reader.close()
 
 
+async def test_a_server_whose_info_line_never_ends_within_the_bound_is_not_read_from(
+    jetstream: tuple[JetStreamContext, Names],
+) -> None:
+    """An INFO longer than any line the reader waits for is refused as a malformed frame (the
+    socket reader's own limit, 4 MiB, is not waited for), and the server left."""
+    js, names = jetstream
+    async with ScriptedNats(b"", info={"padding": "x" * MAX_LINE}) as server:
+        reader = StreamReader(js, [server.url], names.stream, names.all_subjects)
+        with pytest.raises(StreamReaderError, match=f"a line over {MAX_LINE} bytes"):
+            await reader.open(1)
+        await reader.close()
+
+
 async def test_a_message_as_large_as_a_servers_larger_max_payload_is_read_whole() -> None:
     """A real nats-server configured with a 4 MiB ``max_payload``: a message of nearly that
     size (over the default limit of a frame) is read whole, with the messages around it."""
