@@ -1,8 +1,8 @@
 """The stream reader's frames over a real socket (common/streamreader.py): from a server that
 sends a malformed frame (a scripted server, tests/tools/scripted_nats.py), the messages before it
 are handed out and the frame is refused at once with a clear error, however long the server goes
-on sending; and from a real nats-server whose ``max_payload`` is larger than the default, a
-message that large is read whole."""
+on sending; and from a real nats-server restarted with a lower ``max_payload``, a message
+stored before, larger than that, is read whole."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from nats.js import JetStreamContext
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.common.streamreader import (
-    DEFAULT_MAX_PAYLOAD,
     HEADERS_ALLOWANCE,
     MAX_LINE,
+    PAYLOAD_BOUND,
     StreamReader,
     StreamReaderError,
 )
@@ -29,10 +29,10 @@ from tests.servers import delete_streams
 from tests.tls_nats import ConfiguredNats
 from tests.tools.scripted_nats import ScriptedNats
 
-LIMIT = DEFAULT_MAX_PAYLOAD + HEADERS_ALLOWANCE
-# What a scripted server writes after the malformed frame's head: more than the reader would
-# ever buffer for one frame, so a reader without a bound would still be waiting for the rest.
-FILLER = 4 * LIMIT
+LIMIT = PAYLOAD_BOUND + HEADERS_ALLOWANCE
+# What a scripted server writes after the malformed frame's head: just more than the reader would
+# ever buffer for one frame, so a reader without a bound would have taken it for a frame's body.
+FILLER = LIMIT + 65536
 
 
 def delivery(consumer_seq: int, payload: bytes = b"{}", header_size: int | None = None) -> bytes:
@@ -78,7 +78,7 @@ async def read_until_refused(reader: StreamReader) -> tuple[list[int], StreamRea
         (delivery(3, b"{}", header_size=40), 0, "headers larger than the whole message"),
         (b"HMSG _INBOX.x 1 40 12\r\nNATS/1.0 100\r\n\r\n", 0, "headers larger"),
         (b"MSG s.job.j.lines 1 1000000000000000000000000000000\r\n", FILLER, "a size over"),
-        (b"MSG s.job.j.lines 1 %d\r\n" % (LIMIT + 1), FILLER, "a size over the 1114112 bytes"),
+        (b"MSG s.job.j.lines 1 %d\r\n" % (LIMIT + 1), FILLER, f"a size over the {LIMIT} bytes"),
         (b"MSG s.job.j.lines 1 " + b"9" * 5000 + b"\r\n", FILLER, "a size over"),
         (b"HMSG s.job.j.lines 1 ", FILLER, f"a line over {MAX_LINE} bytes"),
     ],
@@ -135,26 +135,33 @@ async def test_a_server_whose_info_line_never_ends_within_the_bound_is_not_read_
         await reader.close()
 
 
-async def test_a_message_as_large_as_a_servers_larger_max_payload_is_read_whole() -> None:
-    """A real nats-server configured with a 4 MiB ``max_payload``: a message of nearly that
-    size (over the default limit of a frame) is read whole, with the messages around it."""
-    max_payload = 4 << 20
-    with scratch_dir("jobrunner-test-large-payload-") as root:
-        server = ConfiguredNats(root, f"max_payload: {max_payload}\n")
+async def test_a_message_stored_before_max_payload_was_lowered_is_read_whole() -> None:
+    """A real nats-server stores a 3 MiB message under a 4 MiB ``max_payload``, then restarts
+    on the same store with 1 MiB (an operator lowered it): the message is delivered as stored,
+    and read whole with the messages around it; a replay never stops there."""
+    with scratch_dir("jobrunner-test-lowered-payload-") as root:
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        names = Names(prefix)
+        payloads = [b"before", b"L" * (3 << 20), b"after"]
+        server = ConfiguredNats(root, f"max_payload: {4 << 20}\n")
         server.start()
         try:
-            url = f"nats://127.0.0.1:{server.port}"
-            settings = Settings(nats_url=url, prefix=f"t{uuid.uuid4().hex[:10]}")
-            names = Names(settings.prefix)
+            settings = Settings(nats_url=f"nats://127.0.0.1:{server.port}", prefix=prefix)
             nc = await eventstore.connect(settings, "test")
             js = nc.jetstream()
             await eventstore.ensure_topology(js, names, settings)
-            large = b"L" * (max_payload - 1024)
-            assert len(large) > LIMIT
-            payloads = [b"before", large, b"after"]
             for payload in payloads:
-                await js.publish(f"{settings.prefix}.job.j.status", payload)
-            reader = StreamReader(js, [url], names.stream, names.all_subjects)
+                await js.publish(f"{prefix}.job.j.status", payload)
+            await nc.close()
+        finally:
+            server.stop()
+        server = ConfiguredNats(root, f"max_payload: {1 << 20}\n")
+        server.start()
+        try:
+            url = f"nats://127.0.0.1:{server.port}"
+            nc = await eventstore.connect(Settings(nats_url=url, prefix=prefix), "test")
+            assert nc.max_payload == 1 << 20
+            reader = StreamReader(nc.jetstream(), [url], names.stream, names.all_subjects)
             got: list[bytes] = []
             try:
                 await reader.open(1)

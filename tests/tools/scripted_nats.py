@@ -44,6 +44,8 @@ class ScriptedNats:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:  # its connections are closed now: nothing left to wait for
+            await self._server.wait_closed()
 
     def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.create_task(self._talk(reader, writer))

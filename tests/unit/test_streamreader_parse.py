@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from jobrunner.common import streamreader
 from jobrunner.common.streamreader import (
-    DEFAULT_MAX_PAYLOAD,
     HEADERS_ALLOWANCE,
     MAX_LINE,
+    PAYLOAD_BOUND,
+    READ_SIZE,
     StreamReader,
     StreamReaderError,
     frame_limit,
@@ -64,7 +65,7 @@ def delivery(
 
 
 FLOW_CONTROL = (
-    b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 28 28\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
+    b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 36 36\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
 )
 
 frames = st.lists(
@@ -124,7 +125,7 @@ def test_every_message_comes_out_once_in_order_wherever_the_reads_are_cut(
         start = max(start, cut)
     assert got == expected
     assert reader._error is None
-    assert reader._buffer == b""
+    assert reader._pieces == []
     assert reader._writer is not None
     assert reader._writer.sent == answers  # type: ignore[attr-defined]
     if expected:
@@ -208,8 +209,11 @@ async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[in
     raise AssertionError("batches() ended without an error")
 
 
-# The default frame limit: nats-server's default max_payload and the headers' allowance.
-LIMIT = DEFAULT_MAX_PAYLOAD + HEADERS_ALLOWANCE
+# Headers and a payload, 19 bytes with their CRLF.
+HEADED_BODY = b'NATS/1.0\r\n\r\n{"a":1}\r\n'
+# The frame limit of a server announcing at most 64 MiB: the largest max_payload nats-server
+# starts with by default, and the headers' allowance.
+LIMIT = PAYLOAD_BOUND + HEADERS_ALLOWANCE
 
 
 @pytest.mark.parametrize(
@@ -239,6 +243,16 @@ LIMIT = DEFAULT_MAX_PAYLOAD + HEADERS_ALLOWANCE
         # A line whose end never comes.
         b"MSG x 1 5" + b"5" * MAX_LINE,
         b"x" * (MAX_LINE + 2),
+        # A size that does not match the body: the usual delivery's form (the fast path's) with
+        # a body one or three bytes longer than it says, a heartbeat's, a plain MSG's.
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.13.3.17.0 12 16\r\n" + HEADED_BODY,
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.13.3.17.0 12 18\r\n" + HEADED_BODY,
+        b"HMSG inbox 1 12 12\r\nNATS/1.0\r\n\r\nx\r\n",
+        b"MSG x 1 $JS.ACK.S_EVENTS.c1.1.13.3.17.0 1\r\nab\r\n",
+        # Lines no server sends.
+        b"GARBAGE LINE\r\n",
+        b"\r\n",
+        b"PONGS\r\n",
     ],
     ids=lambda frame: frame[:40].decode(errors="replace") + f"...({len(frame)} bytes)",
 )
@@ -246,10 +260,11 @@ def test_a_frame_with_a_negative_or_non_numeric_size_is_refused_not_looped_on(
     bad_frame: bytes,
 ) -> None:
     """A control line with a size that is not plain digits, with too few or too many fields,
-    with headers larger than the message, with a size over what a message can have, or a line
-    that never ends, is an error from NATS (named with the line), raised after the messages
-    before it were handed out: never an endless parse or a buffer that grows without a bound,
-    and never an error the reader's users do not expect."""
+    with headers larger than the message, with a size over what a message can have or that
+    does not match its body, a line no server sends, or a line that never ends, is an error
+    from NATS (named with the line), raised after the messages before it were handed out: never
+    an endless parse, a buffer that grows without a bound, a message cut where its size says,
+    nor an error the reader's users do not expect."""
     good = b"".join(delivery(n, n, 0, b"{}", "s.job.j.lines", "v1") for n in (1, 2))
     reader = parser(None)
     out = refusing_to_hang(lambda: reader._parse(good + bad_frame))
@@ -285,7 +300,7 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
         "bad size"
         if draw(st.integers(0, 40)) == 0
         else draw(
-            st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage"])
+            st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "ok"])
         )
     )
     if kind == "bad size":  # a size no server sends: refused, never looped on
@@ -295,10 +310,8 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
         return b"HMSG a 1 $JS.ACK.S.C.1.1.1.0.0 %s 12\r\n" % bad, consumer_seq
     if kind == "ping":
         return b"PING\r\n", consumer_seq
-    if kind == "garbage":  # a line a server never sends: both paths must agree on it too
-        return draw(
-            st.binary(max_size=30).filter(lambda b: b"\r\n" not in b)
-        ) + b"\r\n", consumer_seq
+    if kind == "ok":  # sent to a verbose client: read and passed over
+        return draw(st.sampled_from([b"+OK\r\n", b"PONG\r\n"])), consumer_seq
     if kind == "heartbeat":
         headers = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: %d\r\n\r\n" % draw(
             st.sampled_from([consumer_seq] * 9 + [consumer_seq + 1])
@@ -382,10 +395,30 @@ def refused_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
     """A frame no server sends, after ``consumer_seq`` deliveries, which the reader must refuse
     however well the rest of it looks: headers larger than the message (in the usual
     delivery's form, the fast path's, and in a heartbeat's), a size no message can have (one
-    byte over the limit, a few dozen digits, too many for ``int()``), a line that never ends."""
-    kind = draw(st.sampled_from(["delivery headers", "heartbeat headers", "size", "line"]))
+    byte over the limit, a few dozen digits, too many for ``int()``), a size that does not match
+    its body, a line no server sends, a line that never ends."""
+    kind = draw(
+        st.sampled_from(
+            ["delivery headers", "heartbeat headers", "size", "line", "mismatch", "garbage"]
+        )
+    )
     if kind == "line":
         return b"x" * (MAX_LINE + 2)
+    if kind == "garbage":  # a line that is none of the frames a server sends
+        line = draw(st.binary(max_size=30).filter(lambda b: b"\r\n" not in b))
+        return b"GARBAGE " + line + b"\r\n"
+    if kind == "mismatch":  # a delivery's body longer than its size says
+        headers, payload = b"NATS/1.0\r\n\r\n", b'{"a":1}'
+        short = draw(st.integers(1, len(payload)))
+        reply = b"$JS.ACK.S_EVENTS.c1.1.7.%d.17.0" % (consumer_seq + 1)
+        declared = len(headers) + len(payload) - short
+        return b"HMSG s.job.j.lines 1 %s %d %d\r\n%s%s\r\n" % (
+            reply,
+            len(headers),
+            declared,
+            headers,
+            payload,
+        )
     if kind == "size":
         size = draw(st.sampled_from([b"%d" % (LIMIT + 1), b"9" * 30, b"9" * 5000]))
         if draw(st.booleans()):
@@ -437,7 +470,9 @@ def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
         if reader._error is not None:
             seen.append((type(reader._error).__name__, str(reader._error)))
             break
-        seen.append((reader.last_seq, reader._pending, reader._consumer_seq, reader._buffer))
+        seen.append(
+            (reader.last_seq, reader._pending, reader._consumer_seq, b"".join(reader._pieces))
+        )
     assert reader._writer is not None
     seen.append(reader._writer.sent)  # type: ignore[attr-defined]
     return seen
@@ -504,28 +539,28 @@ def test_a_message_as_large_as_a_frame_may_be_is_read_whole_and_one_byte_more_is
     assert b" %d\r\n" % LIMIT in data[:200]
     reader = parser(None)
     got = []
-    for start in range(0, len(data), 100_000):
-        got += reader._parse(data[start : start + 100_000])
+    for start in range(0, len(data), READ_SIZE):
+        got += reader._parse(data[start : start + READ_SIZE])
     assert got == [(1, largest), (2, b"{}")]
     assert reader._error is None
 
     over = delivery(1, 1, 0, largest + b"p", "s.job.j.lines", "v1")
     head = over[: over.index(b"\r\n") + 2]
-    with pytest.raises(StreamReaderError, match="a size over the 1114112 bytes"):
+    with pytest.raises(StreamReaderError, match=f"a size over the {LIMIT} bytes"):
         parser(None)._parse(head)
 
 
 def test_a_line_as_long_as_a_line_may_be_is_read_and_one_byte_longer_is_refused() -> None:
-    """A line of ``MAX_LINE`` bytes is waited for until its end comes, then read (here, one
-    the reader skips); one byte longer is refused once it cannot end within the bound."""
-    longest = b"+OK" + b" " * (MAX_LINE - 3) + b"\r\n"
+    """A line of ``MAX_LINE`` bytes is waited for until its end comes, then read (here, an
+    INFO padded with spaces); one byte longer is refused once it cannot end within the bound."""
+    longest = b"INFO {}" + b" " * (MAX_LINE - 7) + b"\r\n"
     after = delivery(1, 1, 0, b"{}", "s.job.j.lines", "v1")
     reader = parser(None)
     assert reader._parse(longest[:-1]) == []  # all but its LF: the end may yet come
     assert reader._error is None
     assert reader._parse(longest[-1:] + after) == [(1, b"{}")]
 
-    longer = b"+OK" + b" " * (MAX_LINE - 2) + b"\r\n"
+    longer = b"INFO {}" + b" " * (MAX_LINE - 6) + b"\r\n"
     reader = parser(None)
     assert reader._parse(longer[: MAX_LINE + 1]) == []  # could still end within the bound
     with pytest.raises(StreamReaderError, match=f"a line over {MAX_LINE} bytes"):
@@ -533,9 +568,9 @@ def test_a_line_as_long_as_a_line_may_be_is_read_and_one_byte_longer_is_refused(
 
 
 def test_the_frame_limit_follows_the_servers_max_payload_and_a_later_info() -> None:
-    """A server announcing a larger ``max_payload`` (at connect, or in a later INFO after a
-    reload) has messages that large waited for; over it, refused."""
-    larger = 8 << 20
+    """A server announcing a larger ``max_payload`` than 64 MiB (at connect, or in a later INFO
+    after a reload) has messages that large waited for; over it, refused."""
+    larger = 128 << 20
     assert frame_limit({"max_payload": larger}) == larger + HEADERS_ALLOWANCE
     reader = parser(None)
     assert reader._parse(b'INFO {"max_payload": %d}\r\n' % larger) == []
@@ -545,12 +580,25 @@ def test_the_frame_limit_follows_the_servers_max_payload_and_a_later_info() -> N
         parser(None)._parse(b"MSG x 1 %d\r\n" % (larger + HEADERS_ALLOWANCE))
 
 
-@pytest.mark.parametrize("max_payload", [1, 4096, DEFAULT_MAX_PAYLOAD, None])
+@pytest.mark.parametrize("later", [b'{"max_payload": 1024}', b'{"max_payload": -1}', b"{", b"{}"])
+def test_a_later_info_never_lowers_the_frame_limit(later: bytes) -> None:
+    """A reload that lowers ``max_payload`` (or an INFO with an impossible one, or none) leaves
+    the limit: the messages stored before are still delivered as stored, and read."""
+    larger = 128 << 20
+    reader = parser(None)
+    assert reader._parse(b'INFO {"max_payload": %d}\r\n' % larger) == []
+    assert reader._parse(b"INFO " + later + b"\r\n") == []
+    assert reader._parse(b"MSG x 1 %d\r\n" % (larger + HEADERS_ALLOWANCE)) == []
+    assert reader._error is None
+
+
+@pytest.mark.parametrize("max_payload", [1, 4096, 1 << 20, 8 << 20, PAYLOAD_BOUND, None])
 def test_a_server_with_a_smaller_max_payload_keeps_the_default_limit(
     max_payload: int | None,
 ) -> None:
-    """A smaller ``max_payload`` (or none announced) bounds a frame as the default does: a
-    message stored before an operator lowered it is still read."""
+    """A ``max_payload`` up to 64 MiB (or none announced) bounds a frame at what any server
+    with nats-server's default ``max_pending`` could have stored: a message stored before an
+    operator lowered it, or on a node of the cluster with a larger one, is still read."""
     info = {} if max_payload is None else {"max_payload": max_payload}
     assert frame_limit(info) == LIMIT
 
