@@ -197,7 +197,7 @@ def test_skipped_subjects_keep_their_place_without_their_payload() -> None:
 def test_flow_control_and_ping_are_answered_and_a_message_split_across_reads_is_whole() -> None:
     reader = parser()
     flow_control = (
-        b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 28 28\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
+        b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 36 36\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
     )
     data = delivery(1, 1, b"first") + flow_control + b"PING\r\n" + delivery(2, 2, b"second")
     cut = len(data) - 5

@@ -10,7 +10,12 @@ like any other.
 
 Protocol frames handled (https://docs.nats.io/reference/reference-protocols/nats-protocol):
 ``INFO``, ``PING`` (answered), ``MSG``/``HMSG`` (data, and the consumer's flow-control requests
-and heartbeats, answered), ``-ERR`` (raised). Authentication: user and password or a token from
+and heartbeats, answered), ``-ERR`` (raised). A frame no server sends is refused, raised after
+the messages before it: sizes that are not plain digits, headers larger than their message, a
+size over what a message can have on any server (``PAYLOAD_BOUND`` says which), a body that
+does not end where its size says, a line no server sends, a line that has not ended within
+``MAX_LINE`` bytes; so the reader buffers at most one frame and a read.
+Authentication: user and password or a token from
 the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when the URL says
 ``tls://`` or the server requires it, with the CA and client certificate of the settings
 (``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
@@ -28,7 +33,7 @@ import json
 import re
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
@@ -55,15 +60,26 @@ READ_SIZE = 1 << 20
 # instructions a message than the strict ``[^ \r\n]+`` classes (``bench/RESULTS.md``,
 # session 37). Groups: ``<stream seq>.<consumer seq>``, pending, header size, size; the subject
 # first in the second form.
-_DELIVERY = re.compile(
-    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d++) "
-    rb"(\d++) (\d++)\r\n"
+# Sizes of at most six digits are always under the frame limit (``frame_limit``: over 64 MiB),
+# so the fast path needs no size check of its own: a larger message (and a size no
+# ``int()`` takes, 4,300 digits and more) goes through the general parser, which checks each.
+# The pending count has at most 20 digits (a 64-bit number), so ``pending`` can always make it one.
+_HEAD = (
+    rb"HMSG [^ ]++ [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d{1,20}+) "
+    rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
 # The same, the subject taken too: for a reader that skips the bodies of some subjects.
-_DELIVERY_WITH_SUBJECT = re.compile(
-    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d++) "
-    rb"(\d++) (\d++)\r\n"
+_HEAD_WITH_SUBJECT = (
+    rb"HMSG ([^ ]++) [^ ]++ \$JS\.ACK\.[^.]++\.[^.]++\.\d++\.(\d++\.\d++)\.\d++\.(\d{1,20}+) "
+    rb"(\d{1,6}+) (\d{1,6}+)\r\n"
 )
+_DELIVERY = re.compile(_HEAD)
+_DELIVERY_WITH_SUBJECT = re.compile(_HEAD_WITH_SUBJECT)
+# A run's next delivery, matched where the previous body ends: its CRLF first, so a size that
+# does not match its body is caught by the match the run makes anyway (the run's last body's
+# CRLF is checked once, after the run).
+_NEXT_DELIVERY = re.compile(rb"\r\n" + _HEAD)
+_NEXT_DELIVERY_WITH_SUBJECT = re.compile(rb"\r\n" + _HEAD_WITH_SUBJECT)
 # Header and message sizes as numbers, looked up instead of ``int()`` (a C call with its own
 # parsing, several times a dictionary hit): headers are a few dozen bytes, most events a few
 # hundred. Larger sizes (and a zero) are converted as before.
@@ -72,6 +88,25 @@ _SIZES = {str(n).encode(): n for n in range(1, 4096)}
 _SEQUENCES = msgspec.json.Decoder(list[int]).decode
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_CONNECT_TIMEOUT = 2.0  # as nats-py's
+# What the reader may buffer for one frame (invariant 11): no size a server declares makes it
+# wait for more bytes than a message can have. The bound caps memory; it does not validate
+# sizes: a message stored when ``max_payload`` was larger (before an operator lowered it, or on
+# another node of the cluster) is delivered as stored, so the bound is what any server could
+# ever have stored, not what this one announces now. nats-server refuses to start with a
+# ``max_payload`` over its ``max_pending`` (64 MiB unless configured, and it warns above 8 MiB),
+# so the payload is bounded by the larger of 64 MiB and the server's INFO, and a later INFO
+# never lowers it. Plus the headers' allowance: JetStream checks headers and payload together
+# against the ``max_payload`` of the server that stored them, then may add headers of its own
+# (``Nats-Stream-Source`` on a sourced stream) and refuses to store headers over 65,535 bytes
+# (nats-server ``stream.go``), so 64 KiB more covers any headers a stored message can come with.
+PAYLOAD_BOUND = 64 << 20
+HEADERS_ALLOWANCE = 1 << 16
+# The longest line the reader waits for the end of: a frame's head or an INFO. nats-server
+# refuses a publisher's line over its ``max_control_line`` (4 KiB by default), which bounds a
+# subject, and an INFO naming a hundred cluster nodes takes a few KiB: 16 times the default.
+MAX_LINE = 1 << 16
+# ``max_payload`` is an int32 in nats-server's options: an INFO announcing more is no server's.
+_LARGEST_MAX_PAYLOAD = (1 << 31) - 1
 
 
 class StreamReaderError(Exception):
@@ -118,7 +153,12 @@ class StreamReader:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._consumer: str | None = None
-        self._buffer = b""
+        # What is left of the reads after the last whole frame, in pieces: a frame's body that
+        # spans many reads is joined once, when ``_awaited`` bytes have come, not copied at each.
+        self._pieces: list[bytes] = []
+        self._buffered = 0  # bytes in ``_pieces``
+        self._awaited = 0  # bytes ``_pieces`` must hold before the parse can go on
+        self._frame_limit = frame_limit({})  # the server's, from its INFO, once connected
         self._consumer_seq = 0
         self._error: StreamReaderError | None = None  # met while parsing, raised next
         self.last_seq = 0  # the last message handed out (or about to be, in a batch)
@@ -227,7 +267,8 @@ class StreamReader:
             with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
             self._reader = self._writer = None
-        self._buffer = b""
+        self._pieces = []
+        self._buffered = self._awaited = 0
         self._error = None
 
     # --- the protocol
@@ -271,6 +312,12 @@ class StreamReader:
         if not first.startswith(b"INFO "):
             raise StreamReaderError(f"not a NATS server: it began with {first[:40]!r}")
         info = json.loads(first.removeprefix(b"INFO "))
+        if not isinstance(info, dict):
+            raise StreamReaderError(f"not a NATS server: its INFO is {first[:40]!r}")
+        try:
+            self._frame_limit = frame_limit(info)
+        except ValueError as exc:
+            raise StreamReaderError(f"not a NATS server: {exc}") from None
         self._learn(info, url)
         self._announced_by = url
         if url.scheme == "tls" or info.get("tls_required"):
@@ -343,9 +390,18 @@ class StreamReader:
 
     async def _line(self) -> bytes:
         assert self._reader is not None
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # its end not seen within the socket reader's limit (4 MiB)
+            raise StreamReaderError(
+                f"malformed frame from NATS: a line over {MAX_LINE} bytes"
+            ) from None
         if not line:
             raise StreamReaderError("NATS closed the connection")
+        if len(line) > MAX_LINE + 2:
+            raise StreamReaderError(
+                f"malformed frame from NATS: a line over {MAX_LINE} bytes, {line[:80]!r}..."
+            )
         return line.rstrip(b"\r\n")
 
     def _send(self, data: bytes) -> None:
@@ -365,8 +421,17 @@ class StreamReader:
         return out
 
     def _parse_into(self, out: list[tuple[int, bytes]], chunk: bytes) -> None:
-        buf = self._buffer + chunk if self._buffer else chunk
-        self._buffer = b""
+        pieces = self._pieces
+        if pieces:
+            pieces.append(chunk)
+            self._buffered += len(chunk)
+            if self._buffered < self._awaited:
+                return  # a frame's body still coming: joined once whole
+            buf = b"".join(pieces)
+            pieces.clear()
+        else:
+            buf = chunk
+        awaited = 0  # set when a frame's body is not all here yet
         pos = 0
         append = out.append
         # A run failed its check: the rest of this read goes frame by frame, deliberately. Were
@@ -380,8 +445,16 @@ class StreamReader:
                 taken = self._take_run(out, buf, pos)
                 careful = taken is None
                 pos = pos if taken is None else taken
-            end = buf.find(b"\r\n", pos)
+            # A line's end is looked for within MAX_LINE bytes only: a line without one is
+            # refused once that many have come, not buffered for ever (nor searched again at
+            # each read). The same whatever the reads' cuts: a longer line is refused whole too.
+            end = buf.find(b"\r\n", pos, pos + MAX_LINE + 2)
             if end < 0:
+                if len(buf) - pos >= MAX_LINE + 2:
+                    raise StreamReaderError(
+                        f"malformed frame from NATS: a line over {MAX_LINE} bytes, "
+                        f"{buf[pos : pos + 80]!r}..."
+                    )
                 break
             head = buf[pos:end]
             if head.startswith(b"HMSG ") or head.startswith(b"MSG "):
@@ -398,11 +471,18 @@ class StreamReader:
                     and (not headed or parts[-2].isdigit())
                 ):
                     raise StreamReaderError(f"malformed frame from NATS: {head[:80]!r}")
-                total = int(parts[-1])
-                header_size = int(parts[-2]) if headed else 0
+                total, header_size = self._frame_sizes(
+                    head, parts[-1], parts[-2] if headed else b"0"
+                )
                 body = end + 2
                 if body + total + 2 > len(buf):
-                    break  # the rest of this message is in the next read
+                    awaited = body + total + 2 - pos
+                    break  # the rest of this message is in the next reads
+                if buf[body + total : body + total + 2] != b"\r\n":
+                    raise StreamReaderError(
+                        f"malformed frame from NATS: a body that does not end where its size "
+                        f"says, {head[:80]!r}"
+                    )
                 with_reply = len(parts) == fields + 1
                 reply = parts[3] if with_reply else b""
                 if reply.startswith(b"$JS.ACK."):  # a stored message, even with an empty body
@@ -420,47 +500,110 @@ class StreamReader:
             elif head.startswith(b"-ERR"):
                 raise StreamReaderError(head.decode(errors="replace"))
             elif head.startswith(b"INFO "):  # the cluster changed: nodes joined or left
-                with contextlib.suppress(ValueError):
-                    self._learn(json.loads(head[5:]), self._announced_by)
+                self._learn_later(head)
                 pos = end + 2
-            else:  # PONG, +OK
+            elif head == b"PONG" or head == b"+OK":
                 pos = end + 2
-        self._buffer = buf[pos:]
+            else:
+                raise StreamReaderError(f"malformed frame from NATS: {head[:80]!r}")
+        if pos < len(buf):
+            rest = buf[pos:]
+            pieces.append(rest)
+            self._buffered = len(rest)
+            self._awaited = awaited or len(rest) + 1
+
+    def _learn_later(self, head: bytes) -> None:
+        """An INFO after the connect: the cluster's nodes, and a ``max_payload`` that may have
+        been raised by a reload (a lowered one leaves the limit: messages stored before are
+        still delivered as stored)."""
+        try:
+            info = json.loads(head[5:])
+        except ValueError:
+            log.warning("stream reader ignores an INFO that is not JSON", info=head[:80])
+            return
+        self._learn(info, self._announced_by)
+        if isinstance(info, dict) and "max_payload" in info:
+            try:
+                self._frame_limit = max(self._frame_limit, frame_limit(info))
+            except ValueError as exc:
+                # At connect such a server is refused before anything is read from it; now
+                # its messages are being read under the limit it announced then, which still
+                # holds: refusing would only stop a replay on a server that works.
+                log.warning("stream reader keeps its frame limit", reason=str(exc))
+
+    def _frame_sizes(self, head: bytes, size: bytes, header_size: bytes) -> tuple[int, int]:
+        """A frame's size and its headers' (digits), checked before its body is waited for."""
+        # Ten digits hold the largest limit; more would be refused below, and int() refuses
+        # 4,300 digits and more with a ValueError.
+        total = int(size) if len(size) <= 10 else self._frame_limit + 1
+        if total > self._frame_limit:
+            raise StreamReaderError(
+                f"malformed frame from NATS: a size over the {self._frame_limit} bytes a "
+                f"message can have on this server, {head[:80]!r}"
+            )
+        headers = int(header_size) if len(header_size) <= 10 else total + 1
+        if headers > total:
+            raise StreamReaderError(
+                f"malformed frame from NATS: headers larger than the whole message, {head[:80]!r}"
+            )
+        return total, headers
 
     def _take_run(self, out: list[tuple[int, bytes]], buf: bytes, pos: int) -> int | None:
         """The usual deliveries from ``pos`` on, one after the other, into ``out``; returns
         where they end. Their sequences become numbers, and their order is checked, once for the
         whole run (two ``int()`` a message cost a sixth of the parse): None, nothing taken, when
-        one is out of order or not plain digits, for the general parser to find which."""
-        skip = self._skip
-        match = (_DELIVERY if skip is None else _DELIVERY_WITH_SUBJECT).match
+        one is out of order, not plain digits, has headers larger than itself or a body that
+        does not end where its size says, for the general parser to find which."""
         sizes = _SIZES
         size = len(buf)
         sequences: list[bytes] = []
         bodies: list[bytes] = []
         add_sequence, add_body = sequences.append, bodies.append
         pending = None
-        found = match(buf, pos)
-        while found is not None:
-            if skip is None:
+        end = pos  # where the last body taken ends
+        skip = self._skip
+        # One loop for each kind of reader: a test of ``skip`` for each message cost more than
+        # the rest of the loop's Python (session 38, callgrind counts of the parse).
+        if skip is None:
+            found = _DELIVERY.match(buf, pos)
+            following = _NEXT_DELIVERY.match
+            while found is not None:
                 both, pending_now, header_size, total = found.groups()
-                subject = b""
-            else:
+                body = found.end()
+                after = body + (sizes.get(total) or int(total))
+                if after + 2 > size:
+                    break  # the rest is in the next read
+                # Checked for each message: once a run instead (an empty slice counted in
+                # ``bodies``) cost about as much, more when reads are small.
+                start = body + (sizes.get(header_size) or int(header_size))
+                if start > after:
+                    return None  # headers larger than the message
+                pending = pending_now
+                add_sequence(both)
+                add_body(buf[start:after])
+                end = after
+                found = following(buf, after)
+        else:
+            found = _DELIVERY_WITH_SUBJECT.match(buf, pos)
+            following = _NEXT_DELIVERY_WITH_SUBJECT.match
+            while found is not None:
                 subject, both, pending_now, header_size, total = found.groups()
-            body = found.end()
-            after = body + (sizes.get(total) or int(total))
-            if after + 2 > size:
-                break  # the rest is in the next read
-            pending = pending_now
-            add_sequence(both)
-            if skip is not None and subject.endswith(skip):
-                add_body(b"")
-            else:
-                add_body(buf[body + (sizes.get(header_size) or int(header_size)) : after])
-            pos = after + 2
-            found = match(buf, pos)
+                body = found.end()
+                after = body + (sizes.get(total) or int(total))
+                if after + 2 > size:
+                    break
+                start = body + (sizes.get(header_size) or int(header_size))
+                if start > after:
+                    return None
+                pending = pending_now
+                add_sequence(both)
+                add_body(b"" if subject.endswith(skip) else buf[start:after])
+                end = after
+                found = following(buf, after)
         if not bodies:
             return pos
+        if buf[end : end + 2] != b"\r\n":  # the last body's end (the others' were matched)
+            return None
         try:  # JSON refuses leading zeros: such digits go the general way, int() takes them
             numbers = _SEQUENCES(b"[" + b",".join(sequences).replace(b".", b",") + b"]")
         except msgspec.DecodeError:
@@ -472,7 +615,7 @@ class StreamReader:
         self._consumer_seq = first + len(bodies) - 1
         self.last_seq = out[-1][0]
         self._pending = pending
-        return pos
+        return end + 2
 
     def _sequence(self, reply: bytes) -> int:
         """The stream sequence, from the ``$JS.ACK...`` reply subject; checks for gaps."""
@@ -508,6 +651,7 @@ class StreamReader:
             elif (
                 name == b"nats-last-consumer"
                 and value.isdigit()
+                and len(value) <= 20  # a 64-bit count; int() refuses 4,300 digits and more
                 and int(value) > self._consumer_seq
             ):
                 raise GapError(
@@ -530,3 +674,12 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+def frame_limit(info: Mapping[str, object]) -> int:
+    """The largest size a frame from the server of this INFO may declare (``PAYLOAD_BOUND``
+    says why); ValueError when its ``max_payload`` is not a size a NATS server announces."""
+    announced = info.get("max_payload", PAYLOAD_BOUND)
+    if type(announced) is not int or not 0 < announced <= _LARGEST_MAX_PAYLOAD:
+        raise ValueError(f"it announced a max_payload of {announced!r}")
+    return max(announced, PAYLOAD_BOUND) + HEADERS_ALLOWANCE

@@ -18,7 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobrunner.common import streamreader
-from jobrunner.common.streamreader import StreamReader, StreamReaderError
+from jobrunner.common.streamreader import (
+    HEADERS_ALLOWANCE,
+    MAX_LINE,
+    PAYLOAD_BOUND,
+    READ_SIZE,
+    StreamReader,
+    StreamReaderError,
+    frame_limit,
+)
 
 
 class FakeWriter:
@@ -57,7 +65,7 @@ def delivery(
 
 
 FLOW_CONTROL = (
-    b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 28 28\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
+    b"HMSG inbox 1 $JS.FC.S_EVENTS.c1.abc 36 36\r\nNATS/1.0 100 FlowControl Request\r\n\r\n\r\n"
 )
 
 frames = st.lists(
@@ -117,7 +125,7 @@ def test_every_message_comes_out_once_in_order_wherever_the_reads_are_cut(
         start = max(start, cut)
     assert got == expected
     assert reader._error is None
-    assert reader._buffer == b""
+    assert reader._pieces == []
     assert reader._writer is not None
     assert reader._writer.sent == answers  # type: ignore[attr-defined]
     if expected:
@@ -201,6 +209,13 @@ async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[in
     raise AssertionError("batches() ended without an error")
 
 
+# Headers and a payload, 19 bytes with their CRLF.
+HEADED_BODY = b'NATS/1.0\r\n\r\n{"a":1}\r\n'
+# The frame limit of a server announcing at most 64 MiB: the largest max_payload nats-server
+# starts with by default, and the headers' allowance.
+LIMIT = PAYLOAD_BOUND + HEADERS_ALLOWANCE
+
+
 @pytest.mark.parametrize(
     "bad_frame",
     [
@@ -214,15 +229,42 @@ async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[in
         b"HMSG a\r\n",
         b"MSG 5\r\n",
         b"HMSG a 1 b c 12 12 12\r\n",
+        # Headers larger than the whole message: the usual delivery's form (the fast path's)...
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.3.3.17.0 40 12\r\nNATS/1.0\r\n\r\n\r\n",
+        # ... a heartbeat's (the general parser's), and a stored message's in the v2 form.
+        b"HMSG inbox 1 40 12\r\nNATS/1.0 100\r\n\r\n",
+        b"HMSG s.job.j.lines 1 $JS.ACK.d.a.S_EVENTS.c1.1.3.3.17.0.r 13 12\r\nNATS/1.0\r\n\r\n\r\n",
+        # Sizes no message can have: waited for without end, or too long for int().
+        b"MSG x 1 1000000000000000000000000000000\r\n",
+        b"MSG x 1 %d\r\n" % (LIMIT + 1),
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.3.3.17.0 12 %d\r\n" % (LIMIT + 1),
+        b"MSG x 1 " + b"9" * 5000 + b"\r\n",
+        b"HMSG x 1 " + b"9" * 5000 + b" 12\r\n",
+        # A line whose end never comes.
+        b"MSG x 1 5" + b"5" * MAX_LINE,
+        b"x" * (MAX_LINE + 2),
+        # A size that does not match the body: the usual delivery's form (the fast path's) with
+        # a body one or three bytes longer than it says, a heartbeat's, a plain MSG's.
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.13.3.17.0 12 16\r\n" + HEADED_BODY,
+        b"HMSG s.job.j.lines 1 $JS.ACK.S_EVENTS.c1.1.13.3.17.0 12 18\r\n" + HEADED_BODY,
+        b"HMSG inbox 1 12 12\r\nNATS/1.0\r\n\r\nx\r\n",
+        b"MSG x 1 $JS.ACK.S_EVENTS.c1.1.13.3.17.0 1\r\nab\r\n",
+        # Lines no server sends.
+        b"GARBAGE LINE\r\n",
+        b"\r\n",
+        b"PONGS\r\n",
     ],
+    ids=lambda frame: frame[:40].decode(errors="replace") + f"...({len(frame)} bytes)",
 )
 def test_a_frame_with_a_negative_or_non_numeric_size_is_refused_not_looped_on(
     bad_frame: bytes,
 ) -> None:
-    """A control line with a size that is not plain digits, or with too few or too many
-    fields, is an error from NATS (named with the line), raised after the messages before it
-    were handed out: never an endless parse, and never an error the reader's users do not
-    expect."""
+    """A control line with a size that is not plain digits, with too few or too many fields,
+    with headers larger than the message, with a size over what a message can have or that
+    does not match its body, a line no server sends, or a line that never ends, is an error
+    from NATS (named with the line), raised after the messages before it were handed out: never
+    an endless parse, a buffer that grows without a bound, a message cut where its size says,
+    nor an error the reader's users do not expect."""
     good = b"".join(delivery(n, n, 0, b"{}", "s.job.j.lines", "v1") for n in (1, 2))
     reader = parser(None)
     out = refusing_to_hang(lambda: reader._parse(good + bad_frame))
@@ -258,7 +300,7 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
         "bad size"
         if draw(st.integers(0, 40)) == 0
         else draw(
-            st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "garbage"])
+            st.sampled_from(["v1", "v1", "v1", "v2", "msg", "flow", "ping", "heartbeat", "ok"])
         )
     )
     if kind == "bad size":  # a size no server sends: refused, never looped on
@@ -268,10 +310,8 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
         return b"HMSG a 1 $JS.ACK.S.C.1.1.1.0.0 %s 12\r\n" % bad, consumer_seq
     if kind == "ping":
         return b"PING\r\n", consumer_seq
-    if kind == "garbage":  # a line a server never sends: both paths must agree on it too
-        return draw(
-            st.binary(max_size=30).filter(lambda b: b"\r\n" not in b)
-        ) + b"\r\n", consumer_seq
+    if kind == "ok":  # sent to a verbose client: read and passed over
+        return draw(st.sampled_from([b"+OK\r\n", b"PONG\r\n"])), consumer_seq
     if kind == "heartbeat":
         headers = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: %d\r\n\r\n" % draw(
             st.sampled_from([consumer_seq] * 9 + [consumer_seq + 1])
@@ -351,14 +391,66 @@ def any_frame(draw: st.DrawFn, consumer_seq: int) -> tuple[bytes, int]:
 
 
 @st.composite
-def any_reads(draw: st.DrawFn) -> list[bytes]:
+def refused_frame(draw: st.DrawFn, consumer_seq: int) -> bytes:
+    """A frame no server sends, after ``consumer_seq`` deliveries, which the reader must refuse
+    however well the rest of it looks: headers larger than the message (in the usual
+    delivery's form, the fast path's, and in a heartbeat's), a size no message can have (one
+    byte over the limit, a few dozen digits, too many for ``int()``), a size that does not match
+    its body, a line no server sends, a line that never ends."""
+    kind = draw(
+        st.sampled_from(
+            ["delivery headers", "heartbeat headers", "size", "line", "mismatch", "garbage"]
+        )
+    )
+    if kind == "line":
+        return b"x" * (MAX_LINE + 2)
+    if kind == "garbage":  # a line that is none of the frames a server sends
+        line = draw(st.binary(max_size=30).filter(lambda b: b"\r\n" not in b))
+        return b"GARBAGE " + line + b"\r\n"
+    if kind == "mismatch":  # a delivery's body longer than its size says
+        headers, payload = b"NATS/1.0\r\n\r\n", b'{"a":1}'
+        short = draw(st.integers(1, len(payload)))
+        reply = b"$JS.ACK.S_EVENTS.c1.1.7.%d.17.0" % (consumer_seq + 1)
+        declared = len(headers) + len(payload) - short
+        return b"HMSG s.job.j.lines 1 %s %d %d\r\n%s%s\r\n" % (
+            reply,
+            len(headers),
+            declared,
+            headers,
+            payload,
+        )
+    if kind == "size":
+        size = draw(st.sampled_from([b"%d" % (LIMIT + 1), b"9" * 30, b"9" * 5000]))
+        if draw(st.booleans()):
+            return b"MSG s.job.j.lines 1 %s\r\n" % size
+        reply = b"$JS.ACK.S_EVENTS.c1.1.7.%d.17.0" % (consumer_seq + 1)
+        return b"HMSG s.job.j.lines 1 %s 12 %s\r\n" % (reply, size)
+    total = draw(st.integers(0, 40))
+    header_size = draw(st.integers(total + 1, total + 4200))  # either side of the size table
+    if kind == "heartbeat headers":
+        return b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (header_size, total, b"h" * total)
+    subject = draw(st.sampled_from([b"s.job.j.lines", b"s.job.j.status"]))
+    reply = b"$JS.ACK.S_EVENTS.c1.1.%d.%d.17.0" % (draw(st.integers(1, 10**6)), consumer_seq + 1)
+    return b"HMSG %s 1 %s %d %d\r\n%s\r\n" % (subject, reply, header_size, total, b"h" * total)
+
+
+@st.composite
+def any_reads(draw: st.DrawFn) -> tuple[list[bytes], int | None]:
+    """What the server sends, cut into reads; and, when it holds a frame the reader must refuse,
+    the number of deliveries before the first such frame (else None)."""
     data = b""
     consumer_seq = 0
+    refused_after = None
     for _ in range(draw(st.integers(0, 25))):
+        if draw(st.integers(0, 30)) == 0:
+            data += draw(refused_frame(consumer_seq))
+            refused_after = consumer_seq if refused_after is None else refused_after
+            continue
         frame, consumer_seq = draw(any_frame(consumer_seq))
         data += frame
     cuts = sorted(draw(st.lists(st.integers(0, max(len(data), 1)), max_size=6)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    return reads, refused_after
 
 
 def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
@@ -378,21 +470,25 @@ def read_through(reader: StreamReader, reads: list[bytes]) -> list[object]:
         if reader._error is not None:
             seen.append((type(reader._error).__name__, str(reader._error)))
             break
-        seen.append((reader.last_seq, reader._pending, reader._consumer_seq, reader._buffer))
+        seen.append(
+            (reader.last_seq, reader._pending, reader._consumer_seq, b"".join(reader._pieces))
+        )
     assert reader._writer is not None
     seen.append(reader._writer.sent)  # type: ignore[attr-defined]
     return seen
 
 
 @settings(max_examples=300, deadline=None)
-@given(reads=any_reads(), skip=st.sampled_from([None, b".lines", b"x"]))
+@given(reads_and_refusal=any_reads(), skip=st.sampled_from([None, b".lines", b"x"]))
 def test_the_usual_frames_fast_path_reads_what_the_general_parser_reads(
-    reads: list[bytes], skip: bytes | None
+    reads_and_refusal: tuple[list[bytes], int | None], skip: bytes | None
 ) -> None:
     """Whatever the server sends and the publishers wrote, cut anywhere: the reader hands out,
     answers and raises exactly what it would if every frame went through the general parser
-    (the fast path's regular expression, its size table and its run's one order check never
-    change a result)."""
+    (the fast path's regular expression, its size table and its run's checks never change a
+    result); and a frame it must refuse ends the reading with an error, no message from it or
+    after it handed out."""
+    reads, refused_after = reads_and_refusal
     fast = refusing_to_hang(lambda: read_through(parser(skip), reads))
     never = re.compile(rb"(?!)")
     with (
@@ -401,6 +497,12 @@ def test_the_usual_frames_fast_path_reads_what_the_general_parser_reads(
     ):
         general = refusing_to_hang(lambda: read_through(parser(skip), reads))
     assert fast == general
+    if refused_after is not None:
+        error = fast[-2]  # the last before what was sent
+        assert isinstance(error, tuple), "no error after a frame that must be refused"
+        assert isinstance(error[0], str), "no error after a frame that must be refused"
+        handed_out = sum(len(batch) for batch in fast if isinstance(batch, list))
+        assert handed_out <= refused_after
 
 
 @pytest.mark.parametrize(
@@ -425,3 +527,103 @@ def test_the_fast_path_trusts_nats_servers_framing_on_heads_it_never_sends(frame
         pytest.raises(StreamReaderError, match="malformed frame from NATS"),
     ):
         general._parse(frame)
+
+
+def test_a_message_as_large_as_a_frame_may_be_is_read_whole_and_one_byte_more_is_refused() -> None:
+    """The largest message a server with the default ``max_payload`` can send (its headers
+    allowed for) is handed out whole, read in pieces; a size one byte larger is refused as soon
+    as its head has come, none of its body waited for."""
+    headers = len(delivery(1, 1, 0, b"", "s.job.j.lines", "v1").split(b"\r\n", 1)[1]) - 2
+    largest = b"p" * (LIMIT - headers)
+    data = delivery(1, 1, 0, largest, "s.job.j.lines", "v1") + delivery(2, 2, 0, b"{}", "x", "v1")
+    assert b" %d\r\n" % LIMIT in data[:200]
+    reader = parser(None)
+    got = []
+    for start in range(0, len(data), READ_SIZE):
+        got += reader._parse(data[start : start + READ_SIZE])
+    assert got == [(1, largest), (2, b"{}")]
+    assert reader._error is None
+
+    over = delivery(1, 1, 0, largest + b"p", "s.job.j.lines", "v1")
+    head = over[: over.index(b"\r\n") + 2]
+    with pytest.raises(StreamReaderError, match=f"a size over the {LIMIT} bytes"):
+        parser(None)._parse(head)
+
+
+def test_a_line_as_long_as_a_line_may_be_is_read_and_one_byte_longer_is_refused() -> None:
+    """A line of ``MAX_LINE`` bytes is waited for until its end comes, then read (here, an
+    INFO padded with spaces); one byte longer is refused once it cannot end within the bound."""
+    longest = b"INFO {}" + b" " * (MAX_LINE - 7) + b"\r\n"
+    after = delivery(1, 1, 0, b"{}", "s.job.j.lines", "v1")
+    reader = parser(None)
+    assert reader._parse(longest[:-1]) == []  # all but its LF: the end may yet come
+    assert reader._error is None
+    assert reader._parse(longest[-1:] + after) == [(1, b"{}")]
+
+    longer = b"INFO {}" + b" " * (MAX_LINE - 6) + b"\r\n"
+    reader = parser(None)
+    assert reader._parse(longer[: MAX_LINE + 1]) == []  # could still end within the bound
+    with pytest.raises(StreamReaderError, match=f"a line over {MAX_LINE} bytes"):
+        reader._parse(longer[MAX_LINE + 1 :])
+
+
+def test_the_frame_limit_follows_the_servers_max_payload_and_a_later_info() -> None:
+    """A server announcing a larger ``max_payload`` than 64 MiB (at connect, or in a later INFO
+    after a reload) has messages that large waited for; over it, refused."""
+    larger = 128 << 20
+    assert frame_limit({"max_payload": larger}) == larger + HEADERS_ALLOWANCE
+    reader = parser(None)
+    assert reader._parse(b'INFO {"max_payload": %d}\r\n' % larger) == []
+    assert reader._parse(b"MSG x 1 %d\r\n" % (larger + HEADERS_ALLOWANCE)) == []
+    assert reader._error is None
+    with pytest.raises(StreamReaderError, match="malformed frame from NATS"):
+        parser(None)._parse(b"MSG x 1 %d\r\n" % (larger + HEADERS_ALLOWANCE))
+
+
+@pytest.mark.parametrize("later", [b'{"max_payload": 1024}', b'{"max_payload": -1}', b"{", b"{}"])
+def test_a_later_info_never_lowers_the_frame_limit(later: bytes) -> None:
+    """A reload that lowers ``max_payload`` (or an INFO with an impossible one, or none) leaves
+    the limit: the messages stored before are still delivered as stored, and read."""
+    larger = 128 << 20
+    reader = parser(None)
+    assert reader._parse(b'INFO {"max_payload": %d}\r\n' % larger) == []
+    assert reader._parse(b"INFO " + later + b"\r\n") == []
+    assert reader._parse(b"MSG x 1 %d\r\n" % (larger + HEADERS_ALLOWANCE)) == []
+    assert reader._error is None
+
+
+@pytest.mark.parametrize("max_payload", [1, 4096, 1 << 20, 8 << 20, PAYLOAD_BOUND, None])
+def test_a_server_with_a_smaller_max_payload_keeps_the_default_limit(
+    max_payload: int | None,
+) -> None:
+    """A ``max_payload`` up to 64 MiB (or none announced) bounds a frame at what any server
+    with nats-server's default ``max_pending`` could have stored: a message stored before an
+    operator lowered it, or on a node of the cluster with a larger one, is still read."""
+    info = {} if max_payload is None else {"max_payload": max_payload}
+    assert frame_limit(info) == LIMIT
+
+
+@pytest.mark.parametrize("announced", [0, -1, 1 << 31, 10**30, "1048576", 1.5, True, None])
+def test_a_max_payload_no_nats_server_announces_is_refused(announced: object) -> None:
+    """An INFO whose ``max_payload`` is not a size an int32 holds names no NATS server."""
+    with pytest.raises(ValueError, match="max_payload"):
+        frame_limit({"max_payload": announced})
+
+
+def test_a_heartbeat_naming_a_delivery_count_past_64_bits_is_not_taken_for_one() -> None:
+    """A heartbeat's ``Nats-Last-Consumer`` too long to be a count is ignored, as one that is
+    not digits is: never an error the reader's users do not expect."""
+    headers = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: " + b"9" * 5000 + b"\r\n\r\n"
+    beat = b"HMSG _INBOX.x 1 %d %d\r\n%s\r\n" % (len(headers), len(headers), headers)
+    reader = parser(None)
+    assert reader._parse(delivery(1, 1, 0, b"{}", "s.job.j.lines", "v1") + beat) == [(1, b"{}")]
+    assert reader._error is None
+
+
+def test_a_delivery_whose_pending_count_no_int_takes_is_refused() -> None:
+    """A pending count of thousands of digits is no JetStream delivery: refused as it is read,
+    not handed out for ``pending`` to fail on later."""
+    reply = b"$JS.ACK.S_EVENTS.c1.1.1.1.17." + b"9" * 5000
+    frame = b"HMSG s.job.j.lines 1 %s 12 14\r\nNATS/1.0\r\n\r\n{}\r\n" % reply
+    with pytest.raises(StreamReaderError, match="not a JetStream delivery"):
+        parser(None)._parse(frame)
