@@ -22,7 +22,7 @@ from nats.js import api
 from jobrunner.common import artifactnames, artifactstore
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
-from jobrunner.services.api import artifactupload, external, readmodels, schemas
+from jobrunner.services.api import artifactupload, byteranges, external, readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError, try_again_later
@@ -176,18 +176,47 @@ async def download_artifact(
     # SHA-256 would then label the new bytes (and answer 304 to a client holding the old ones).
     info = await _object(ctx, job_id, row)
     etag = f'"{artifactstore.sha256_of(info) or row["sha256"]}"'
-    headers = {**_DOWNLOAD_HEADERS, "ETag": etag}
+    headers = {**_DOWNLOAD_HEADERS, "ETag": etag, "Accept-Ranges": "bytes"}
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
-    return Stream(
-        () if is_head(request) else _chunks(ctx, info),
-        media_type=row["content_type"],
-        headers={
-            **headers,
-            "Content-Length": str(info.size or 0),
-            "Content-Disposition": _attachment(name.rsplit("/", 1)[-1]),
-        },
-    )
+    size = info.size or 0
+    wanted = _wanted_range(request, etag, size, headers)
+    headers |= {
+        # Set here, not as the Stream's media_type: Litestar's Stream takes the route's
+        # media_type (the OpenAPI's application/octet-stream) over its own.
+        "Content-Type": row["content_type"],
+        "Content-Disposition": _attachment(name.rsplit("/", 1)[-1]),
+        "Content-Length": str(size if wanted is None else wanted.length),
+    }
+    if wanted is not None:
+        headers["Content-Range"] = wanted.content_range()
+    if is_head(request):
+        body: Any = ()
+    elif wanted is None:
+        body = _chunks(ctx, info)
+    else:
+        body = byteranges.bytes_within(_chunks(ctx, info), wanted)
+    return Stream(body, status_code=200 if wanted is None else 206, headers=headers)
+
+
+def _wanted_range(
+    request: Request[Any, Any, Any], etag: str, size: int, headers: dict[str, str]
+) -> byteranges.ByteRange | None:
+    """The one range of the file the request asks for (``None``: all of it); a range past its
+    end answers 416 with the file's size."""
+    if not byteranges.if_range_holds(request.headers.get("if-range"), etag):
+        return None
+    try:
+        return byteranges.requested_range(request.headers.get("range"), size)
+    except byteranges.RangeNotSatisfiable:
+        raise ApiError(
+            416,
+            "RANGE_NOT_SATISFIABLE",
+            f"The range asked for ({request.headers.get('range')!r:.80}) holds no byte of "
+            f"the artifact, which has {size} bytes.",
+            headers={**headers, "Content-Range": f"bytes */{size}"},
+            size=size,
+        ) from None
 
 
 @get(

@@ -1,0 +1,188 @@
+"""Artifact downloads a client can resume: `Range` (one range) answers 206 with `Content-Range`,
+an unsatisfiable one 416 with a JSON error, `If-Range` with the ETag; and the content type of a
+name holding `#` or `?`. Against a real API, NATS and Postgres, with a file uploaded the way an
+external worker does."""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import strategies as st
+
+from jobrunner.common.settings import Settings
+from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
+from tests.system import System
+from tests.tools.drawn_examples import examples
+from tests.tools.runners import wait_status
+
+DATA = bytes(range(256)) * 1200  # 307,200 bytes: three stored chunks (128 KiB each)
+SIZE = len(DATA)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(settings, job_types_file=EXTERNAL_TYPES)
+
+
+async def _uploaded(system: System, client: httpx.AsyncClient, name: str, data: bytes) -> str:
+    """The download URL of ``data`` attached by an external job's worker as ``name``."""
+    async with worker_client(system.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=10)
+        stored = await worker.put(
+            f"{job.path}/artifacts/{quote(name)}",
+            content=data,
+            headers={
+                "Authorization": f"Bearer {job.token}",
+                "Content-Type": "application/octet-stream",
+            },
+        )
+        assert stored.status_code == 201, stored.text
+        await job.report(worker, result={"pages": 1})
+    # The job's end is projected after its ArtifactStored: once completed, the file is listed.
+    await wait_status(client, job.id, "completed")
+    listed = (await client.get(f"/api/jobs/{job.id}/artifacts")).json()
+    return str(listed["items"][0]["url"])
+
+
+def _expected(header: str, size: int) -> tuple[int, bytes | None]:
+    """What a client should get for ``Range: header`` (status, body; None for a 416), by the
+    rules of RFC 9110 section 14, written plainly as the reference."""
+    unit, _, spec = header.partition("=")
+    if unit.strip(" \t").lower() != "bytes" or "," in spec:
+        return 200, DATA[:size]
+    first, dash, last = spec.strip(" \t").partition("-")
+    if not dash or not (first.isascii() and last.isascii()):
+        return 200, DATA[:size]
+    if (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
+        return 200, DATA[:size]
+    if first and last and _value(last) < _value(first):
+        return 200, DATA[:size]
+    if first:
+        start = _value(first)
+        end = min(_value(last), size - 1) if last else size - 1
+    else:
+        start, end = max(size - _value(last), 0), size - 1
+        if _value(last) == 0:
+            return 416, None
+    if start >= size:
+        return 416, None
+    return 206, DATA[start : end + 1]
+
+
+def _value(digits: str) -> float:
+    """The number, or infinity past what int() reads (4,300 digits)."""
+    return int(digits) if len(digits.lstrip("0")) < 4000 else math.inf
+
+
+async def test_a_range_answers_206_with_only_those_bytes(system: System) -> None:
+    """`Range: bytes=a-b`, `a-` and `-n` answer 206 with those bytes and a Content-Range; every
+    answer says `Accept-Ranges: bytes`."""
+    async with system.client() as client:
+        url = await _uploaded(system, client, "pages/big.bin", DATA)
+        whole = await client.get(url)
+        middle = await client.get(url, headers={"Range": "bytes=131000-262200"})
+        rest = await client.get(url, headers={"Range": "bytes=300000-"})
+        tail = await client.get(url, headers={"Range": "bytes=-10"})
+        head = await client.head(url, headers={"Range": "bytes=5-9"})
+    assert (whole.status_code, whole.headers["accept-ranges"]) == (200, "bytes")
+    assert whole.content == DATA, len(whole.content)
+    assert middle.status_code == 206
+    assert middle.headers["content-range"] == f"bytes 131000-262200/{SIZE}"
+    assert middle.content == DATA[131000:262201], len(middle.content)
+    assert middle.headers["accept-ranges"] == "bytes"
+    assert rest.headers["content-range"] == f"bytes 300000-{SIZE - 1}/{SIZE}"
+    assert rest.content == DATA[300000:], len(rest.content)
+    assert (tail.status_code, tail.content == DATA[-10:]) == (206, True)
+    assert (head.status_code, head.headers["content-range"], head.content) == (
+        206,
+        f"bytes 5-9/{SIZE}",
+        b"",
+    )
+    assert head.headers["content-length"] == "5"
+
+
+async def test_a_range_past_the_end_answers_416_with_the_size(system: System) -> None:
+    """A range that starts past the end answers 416 RANGE_NOT_SATISFIABLE as JSON, with
+    `Content-Range: bytes */size`; a zero-length suffix too."""
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", DATA)
+        past = await client.get(url, headers={"Range": f"bytes={SIZE}-"})
+        empty_suffix = await client.get(url, headers={"Range": "bytes=-0"})
+    for answer in (past, empty_suffix):
+        assert answer.status_code == 416, answer.text[:200]
+        assert answer.headers["content-range"] == f"bytes */{SIZE}"
+        assert answer.json()["error"]["code"] == "RANGE_NOT_SATISFIABLE"
+        assert answer.headers["accept-ranges"] == "bytes"
+
+
+async def test_if_range_resumes_only_the_same_bytes(system: System) -> None:
+    """`If-Range` with the ETag resumes (206); with any other tag the whole file comes (200)."""
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", DATA)
+        etag = (await client.head(url)).headers["etag"]
+        same = await client.get(url, headers={"Range": "bytes=100-", "If-Range": etag})
+        other = await client.get(url, headers={"Range": "bytes=100-", "If-Range": '"other"'})
+        weak = await client.get(url, headers={"Range": "bytes=100-", "If-Range": f"W/{etag}"})
+    assert (same.status_code, same.content == DATA[100:]) == (206, True)
+    assert (other.status_code, other.content == DATA) == (200, True)
+    assert (weak.status_code, weak.content == DATA) == (200, True)
+
+
+_HOSTILE = [
+    "bytes=0-1,5-9",
+    "bytes=" + ",".join(f"{i}-{i}" for i in range(2000)),
+    "bytes=99999999999999999999999999999999999999-",
+    "bytes=0-99999999999999999999999999999999999999",
+    "bytes=-99999999999999999999999999999999999999",
+    "bytes=" + "9" * 5000 + "-",
+    "bytes=-1-2",
+    "bytes=5-1",
+    "bytes=abc",
+    "bytes=",
+    "bytes=-",
+    "bytes=\u0661-\u0662",  # Arabic-Indic digits: no numbers of HTTP's
+    "items=0-1",
+    "bytes 0-1",
+    "",
+]
+
+
+async def test_hostile_and_generated_ranges_never_fail_the_download(system: System) -> None:
+    """Whatever a Range header holds (huge numbers, negative, garbage, many ranges, generated
+    ones), the answer is the whole file, the asked bytes or a 416 — never a 500."""
+    numbers = st.one_of(st.integers(0, SIZE + 5).map(str), st.text("0123456789", max_size=25))
+    generated = st.one_of(
+        st.builds(lambda a, b: f"bytes={a}-{b}", numbers, numbers),
+        st.builds(lambda a: f"bytes={a}-", numbers),
+        st.builds(lambda b: f"bytes=-{b}", numbers),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),
+    )
+    headers = _HOSTILE + examples(generated, 150)
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", DATA)
+        for sent in headers:
+            header = sent.strip(" \t")  # as the server reads it (the client refuses to send it)
+            answer = await client.get(url, headers={"Range": header.encode()})
+            status, body = _expected(header, SIZE)
+            assert answer.status_code == status, (header[:80], answer.text[:200])
+            if body is None:
+                assert answer.json()["error"]["code"] == "RANGE_NOT_SATISFIABLE"
+            else:
+                assert answer.content == body, (header[:80], len(answer.content))
+
+
+async def test_a_name_with_hash_and_question_mark_keeps_its_content_type(
+    system: System,
+) -> None:
+    """`sub dir/ä b#?%.txt` is served as text/plain, as its suffix says."""
+    async with system.client() as client:
+        url = await _uploaded(system, client, "sub dir/ä b#?%.txt", b"hello\n")
+        served = await client.get(url)
+    assert served.status_code == 200, served.text[:200]
+    assert served.headers["content-type"].split(";")[0] == "text/plain"
+    assert served.content == b"hello\n"
