@@ -71,7 +71,7 @@ def _expected(header: str, size: int) -> tuple[int, bytes | None]:
             return 416, None
     if start >= size:
         return 416, None
-    return 206, DATA[start : end + 1]
+    return 206, DATA[int(start) : int(end) + 1]
 
 
 def _value(digits: str) -> float:
@@ -167,7 +167,7 @@ async def test_hostile_and_generated_ranges_never_fail_the_download(system: Syst
         url = await _uploaded(system, client, "big.bin", DATA)
         for sent in headers:
             header = sent.strip(" \t")  # as the server reads it (the client refuses to send it)
-            answer = await client.get(url, headers={"Range": header.encode()})
+            answer = await client.get(url, headers={b"Range": header.encode()})
             status, body = _expected(header, SIZE)
             assert answer.status_code == status, (header[:80], answer.text[:200])
             if body is None:

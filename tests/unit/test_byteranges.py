@@ -93,7 +93,7 @@ def test_if_range_holds_only_for_the_same_strong_tag() -> None:
 
 
 class _Chunks:
-    """An async generator of ``data`` in chunks of ``size`` bytes, recording whether it was closed."""
+    """``data`` in chunks of ``size`` bytes; counts the chunks read and sees it closed."""
 
     def __init__(self, data: bytes, size: int) -> None:
         self.closed = False

@@ -149,13 +149,15 @@ async def list_job_artifacts(request: Request[Any, Any, Any], job_id: str) -> sc
     responses={
         404: error_spec("No such job, or it has no artifact of that name."),
         410: error_spec("The artifact aged out of the store (ARTIFACT_GONE)."),
+        416: error_spec("The Range holds no byte of the file (RANGE_NOT_SATISFIABLE)."),
         503: error_spec("NATS did not answer (ARTIFACTS_UNAVAILABLE)."),
     },
 )
 async def download_artifact(
     request: Request[Any, Any, Any], job_id: str, name: str
 ) -> Stream | Response[bytes]:
-    """The file's bytes with its Content-Length and an ETag (its SHA-256)."""
+    """The file's bytes with its Content-Length and an ETag (its SHA-256); one ``Range``
+    answers 206 with those bytes (``If-Range`` with the ETag resumes only the same content)."""
     ctx = ctx_of(request)
     Query(request.query_params, ())
     name = _name_as_sent(request, name, _DOWNLOAD_ROUTE)
