@@ -176,13 +176,16 @@ async def test_hostile_and_generated_ranges_never_fail_the_download(system: Syst
                 assert answer.content == body, (header[:80], len(answer.content))
 
 
-async def test_a_name_with_hash_and_question_mark_keeps_its_content_type(
-    system: System,
-) -> None:
-    """`sub dir/ä b#?%.txt` is served as text/plain, as its suffix says."""
+async def test_a_file_is_served_as_the_type_its_suffix_names(system: System) -> None:
+    """`sub dir/ä b#?%.txt` is served as text/plain and `page.html` as text/html, as listed
+    (not application/octet-stream), the page in a sandbox should a browser show it."""
     async with system.client() as client:
         url = await _uploaded(system, client, "sub dir/ä b#?%.txt", b"hello\n")
         served = await client.get(url)
+        page = await client.get(await _uploaded(system, client, "page.html", b"<p>hi</p>"))
     assert served.status_code == 200, served.text[:200]
-    assert served.headers["content-type"].split(";")[0] == "text/plain"
+    assert served.headers["content-type"] == "text/plain"
     assert served.content == b"hello\n"
+    assert page.headers["content-type"] == "text/html"
+    assert page.headers["content-security-policy"].startswith("sandbox;")
+    assert page.headers["content-disposition"].startswith("attachment;")

@@ -36,6 +36,10 @@ from jobrunner.services.api.ziparchive import Member, zip_stream
 log = structlog.get_logger()
 
 _DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
+# A file is served as its own type (an .html or .svg a job left as text/html, image/svg+xml) on the
+# API's origin: besides ``attachment``, a sandbox, so a browser that showed it anyway would run
+# it without the origin's cookies or API (the page's own policy is kept off it).
+_FILE_POLICY = {"Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'"}
 
 
 def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
@@ -178,7 +182,7 @@ async def download_artifact(
     # SHA-256 would then label the new bytes (and answer 304 to a client holding the old ones).
     info = await _object(ctx, job_id, row)
     etag = f'"{artifactstore.sha256_of(info) or row["sha256"]}"'
-    headers = {**_DOWNLOAD_HEADERS, "ETag": etag, "Accept-Ranges": "bytes"}
+    headers = {**_DOWNLOAD_HEADERS, **_FILE_POLICY, "ETag": etag, "Accept-Ranges": "bytes"}
     if request.headers.get("if-none-match") == etag:
         return Response(b"", status_code=304, headers=headers)
     size = info.size or 0
