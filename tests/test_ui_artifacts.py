@@ -50,6 +50,20 @@ async def test_artifact_link_downloads_the_file(page: Page, system: System) -> N
     assert Path(await download.path()).read_bytes() == b"3 pages read\n"
 
 
+async def test_an_html_artifact_is_downloaded_not_shown(page: Page, system: System) -> None:
+    """A page a job left (served as text/html) is downloaded when clicked, its script not run
+    on the site."""
+    job_id = await start_job(system, "artifacts", mode="page")
+    await wait_for_status(system, job_id, {"completed"})
+    await page.goto(f"/jobs/{job_id}?lang=en")
+    async with page.expect_download() as info:
+        await page.locator("#artifacts").get_by_role("link", name="Download page.html").click()
+    download = await info.value
+    assert download.suggested_filename == "page.html"
+    assert b"<script>" in Path(await download.path()).read_bytes()
+    assert await page.title() != "ran"
+
+
 async def test_artifacts_appear_when_a_live_job_ends(page: Page, system: System) -> None:
     """Watching a running job, its files show up once it ends, without a reload."""
     job_id = await start_job(system, "artifacts", mode="several", seconds="2")
