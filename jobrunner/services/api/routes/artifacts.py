@@ -38,7 +38,8 @@ log = structlog.get_logger()
 _DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
 # A file is served as its own type (an .html or .svg a job left as text/html, image/svg+xml) on the
 # API's origin: besides ``attachment``, a sandbox, so a browser that showed it anyway would run
-# it without the origin's cookies or API (the page's own policy is kept off it).
+# it without the origin's cookies or API. (The security middleware keeps a response's own
+# policy, so the web pages' policy is not added to it.)
 _FILE_POLICY = {"Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'"}
 
 
