@@ -12,8 +12,11 @@ import httpx
 import msgspec
 import pytest
 from hypothesis import strategies as st
+from nats.js import JetStreamContext
 
+from jobrunner.common import artifactstore
 from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
 from tests.tools.drawn_examples import examples
@@ -30,23 +33,35 @@ def settings(settings: Settings) -> Settings:
 
 async def _uploaded(system: System, client: httpx.AsyncClient, name: str, data: bytes) -> str:
     """The download URL of ``data`` attached by an external job's worker as ``name``."""
+    url, _ = await _sent_in_turn(system, client, name, data)
+    return url
+
+
+async def _sent_in_turn(
+    system: System, client: httpx.AsyncClient, name: str, *versions: bytes
+) -> tuple[str, list[str]]:
+    """The download URL of ``name``, sent by an external job's worker once with each of
+    ``versions`` in turn (the last one stays), and the ETag each upload was given."""
+    etags = []
     async with worker_client(system.base_url) as worker:
         job = await start_external(client, file="a.pdf")
         await job.report_when_held(worker, progress=10)
-        stored = await worker.put(
-            f"{job.path}/artifacts/{quote(name)}",
-            content=data,
-            headers={
-                "Authorization": f"Bearer {job.token}",
-                "Content-Type": "application/octet-stream",
-            },
-        )
-        assert stored.status_code == 201, stored.text
+        for data in versions:
+            stored = await worker.put(
+                f"{job.path}/artifacts/{quote(name)}",
+                content=data,
+                headers={
+                    "Authorization": f"Bearer {job.token}",
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+            assert stored.status_code == 201, stored.text
+            etags.append(f'"{stored.json()["sha256"]}"')
         await job.report(worker, result={"pages": 1})
     # The job's end is projected after its ArtifactStored: once completed, the file is listed.
     await wait_status(client, job.id, "completed")
     listed = (await client.get(f"/api/jobs/{job.id}/artifacts")).json()
-    return str(listed["items"][0]["url"])
+    return str(listed["items"][0]["url"]), etags
 
 
 def _expected(header: str, size: int) -> tuple[int, bytes | None]:
@@ -81,7 +96,8 @@ def _value(digits: str) -> float:
 
 async def test_a_range_answers_206_with_only_those_bytes(system: System) -> None:
     """`Range: bytes=a-b`, `a-` and `-n` answer 206 with those bytes and a Content-Range; every
-    answer says `Accept-Ranges: bytes`."""
+    answer says `Accept-Ranges: bytes`. A HEAD ignores Range (RFC 9110 section 14.2): 200 with
+    the whole file's length."""
     async with system.client() as client:
         url = await _uploaded(system, client, "pages/big.bin", DATA)
         whole = await client.get(url)
@@ -98,12 +114,22 @@ async def test_a_range_answers_206_with_only_those_bytes(system: System) -> None
     assert rest.headers["content-range"] == f"bytes 300000-{SIZE - 1}/{SIZE}"
     assert rest.content == DATA[300000:], len(rest.content)
     assert (tail.status_code, tail.content == DATA[-10:]) == (206, True)
-    assert (head.status_code, head.headers["content-range"], head.content) == (
-        206,
-        f"bytes 5-9/{SIZE}",
-        b"",
-    )
-    assert head.headers["content-length"] == "5"
+    assert (head.status_code, head.content, "content-range" in head.headers) == (200, b"", False)
+    assert (head.headers["content-length"], head.headers["accept-ranges"]) == (str(SIZE), "bytes")
+
+
+async def test_a_ranged_download_lets_its_reader_go_after_the_last_byte(
+    system: System, js: JetStreamContext, settings: Settings
+) -> None:
+    """The first 10 bytes of a file of three chunks: once they are sent, no consumer of the
+    artifact store is left reading the rest."""
+    store = artifactstore.stream_name(Names(settings.prefix))
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", DATA)
+        first = await client.get(url, headers={"Range": "bytes=0-9"})
+        left = (await js.stream_info(store)).state.consumer_count
+    assert (first.status_code, first.content) == (206, DATA[:10])
+    assert left == 0
 
 
 async def test_a_range_past_the_end_answers_416_with_the_size(system: System) -> None:
@@ -131,6 +157,52 @@ async def test_if_range_resumes_only_the_same_bytes(system: System) -> None:
     assert (same.status_code, same.content == DATA[100:]) == (206, True)
     assert (other.status_code, other.content == DATA) == (200, True)
     assert (weak.status_code, weak.content == DATA) == (200, True)
+
+
+async def test_if_range_with_the_tag_of_bytes_sent_before_gets_the_new_file_whole(
+    system: System,
+) -> None:
+    """The name sent again with new bytes: a client resuming with the first upload's ETag gets
+    the new file whole (200, its own ETag), never a mix of the two."""
+    newer = DATA[::-1]
+    async with system.client() as client:
+        url, (old_etag, new_etag) = await _sent_in_turn(system, client, "big.bin", DATA, newer)
+        resumed = await client.get(url, headers={"Range": "bytes=100-", "If-Range": old_etag})
+    assert old_etag != new_etag
+    assert (resumed.status_code, resumed.headers["etag"]) == (200, new_etag)
+    assert resumed.content == newer, len(resumed.content)
+
+
+async def test_if_none_match_with_the_tag_in_a_list_or_weak_or_star_answers_304(
+    system: System,
+) -> None:
+    """A cache asking `If-None-Match` with the ETag among others, its weak form or `*` is told
+    304 (RFC 9110 section 13.1.2, weak comparison); another tag gets the file."""
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", DATA)
+        etag = (await client.head(url)).headers["etag"]
+        answers = {
+            sent: await client.get(url, headers={"If-None-Match": sent})
+            for sent in (etag, f'"other", {etag}', f"W/{etag}", "*", '"other"')
+        }
+    assert {sent: a.status_code for sent, a in answers.items()} == {
+        etag: 304,
+        f'"other", {etag}': 304,
+        f"W/{etag}": 304,
+        "*": 304,
+        '"other"': 200,
+    }
+
+
+async def test_an_empty_file_with_a_range_is_served_whole(system: System) -> None:
+    """A suffix of an empty file holds no byte a 206 could describe: the (empty) file comes
+    whole (200); a range from byte 0 on is past its end (416, `bytes */0`)."""
+    async with system.client() as client:
+        url = await _uploaded(system, client, "empty.txt", b"")
+        suffix = await client.get(url, headers={"Range": "bytes=-5"})
+        from_start = await client.get(url, headers={"Range": "bytes=0-"})
+    assert (suffix.status_code, suffix.content, suffix.headers["content-length"]) == (200, b"", "0")
+    assert (from_start.status_code, from_start.headers["content-range"]) == (416, "bytes */0")
 
 
 _HOSTILE = [

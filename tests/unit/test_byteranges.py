@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import pytest
 from hypothesis import given
@@ -13,6 +13,7 @@ from jobrunner.services.api.byteranges import (
     ByteRange,
     RangeNotSatisfiable,
     bytes_within,
+    if_none_match_holds,
     if_range_holds,
     requested_range,
 )
@@ -57,12 +58,18 @@ def test_what_is_no_single_range_serves_the_whole_file(header: str | None) -> No
 
 @pytest.mark.parametrize(
     ("header", "size"),
-    [("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)],
+    [("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-0", 0)],
 )
 def test_a_range_with_no_byte_of_the_file_is_unsatisfiable(header: str, size: int) -> None:
-    """Past the end, a zero suffix, any range of an empty file: 416."""
+    """Past the end, a zero suffix, a range from a byte of an empty file: 416."""
     with pytest.raises(RangeNotSatisfiable):
         requested_range(header, size)
+
+
+def test_a_suffix_of_an_empty_file_serves_it_whole() -> None:
+    """Satisfiable by RFC 9110 section 14.1.1, but a 206 cannot describe zero bytes: the whole
+    (empty) file."""
+    assert requested_range("bytes=-5", 0) is None
 
 
 def test_a_number_longer_than_int_reads_is_past_the_end() -> None:
@@ -83,6 +90,25 @@ def test_any_header_gives_a_range_within_the_file_or_none(header: str, size: int
         assert 0 <= found.start <= found.end < size == found.size
 
 
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [
+        (None, False),
+        ('"abc"', True),
+        ('W/"abc"', True),
+        ('"x", "abc"', True),
+        ('"x",W/"abc" ', True),
+        ("*", True),
+        ('"x"', False),
+        ('"ab"', False),
+        ("", False),
+    ],
+)
+def test_if_none_match_names_the_tag_weakly_among_others(header: str | None, matches: bool) -> None:
+    """Any listed tag, weak or strong, or `*` matches the ETag (RFC 9110 section 13.1.2)."""
+    assert if_none_match_holds(header, '"abc"') is matches
+
+
 def test_if_range_holds_only_for_the_same_strong_tag() -> None:
     """The ETag itself resumes; a weak form of it, another tag or a date does not."""
     assert if_range_holds(None, '"abc"')
@@ -100,7 +126,7 @@ class _Chunks:
         self.read = 0
         self._data, self._size = data, size
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         try:
             for at in range(0, len(self._data), self._size):
                 self.read += 1

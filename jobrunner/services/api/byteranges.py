@@ -3,7 +3,8 @@
 A download that drops resumes where it stopped (``bytes=a-``) instead of from byte 0. One range
 is served; a header the server may ignore by the RFC is ignored and the whole file served (200):
 another unit, a list of several ranges, a range that is no range (``5-1``, ``abc``, digits other
-than ASCII ones). Only a well-formed range that starts past the end (or a suffix of length 0) is
+than ASCII ones), and any suffix of an empty file (satisfiable, but no 206 can describe zero
+bytes). Only a well-formed range that starts past the end (or a suffix of length 0) is
 unsatisfiable (416). Numbers of any length are compared exactly: a number too long for ``int``
 (Python refuses over 4,300 digits) is past any file's end, which is what it means.
 """
@@ -11,7 +12,7 @@ unsatisfiable (416). Numbers of any length are compared exactly: a number too lo
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import NamedTuple
 
 _RANGE = re.compile(r"[ \t]*([0-9]*)-([0-9]*)[ \t]*")
@@ -56,8 +57,10 @@ def requested_range(header: str | None, size: int) -> ByteRange | None:
         if not last_digits:
             return None
         last = _number(last_digits)
-        if last == 0 or size == 0:
+        if last == 0:
             raise RangeNotSatisfiable
+        if size == 0:
+            return None  # satisfiable (RFC 9110 section 14.1.1), but no Content-Range says so
         return ByteRange(max(size - last, 0), size - 1, size)
     if last_digits and _order(last_digits) < _order(first_digits):
         return None  # no range at all: ignored, as the RFC allows
@@ -84,13 +87,24 @@ def _number(significant: str) -> int:
     return int(significant)
 
 
+def if_none_match_holds(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weak comparison, RFC 9110 section 13.1.2): one
+    of its comma-separated tags with or without ``W/``, or ``*``."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip(" \t").removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
 def if_range_holds(if_range: str | None, etag: str) -> bool:
     """Whether the Range may be served: no ``If-Range``, or one naming this strong ``etag``
     (a weak tag or a date never matches: the file is then sent whole, as the RFC asks)."""
     return if_range is None or if_range.strip(" \t") == etag
 
 
-async def bytes_within(chunks: AsyncIterator[bytes], wanted: ByteRange) -> AsyncIterator[bytes]:
+async def bytes_within(
+    chunks: AsyncGenerator[bytes, None], wanted: ByteRange
+) -> AsyncGenerator[bytes, None]:
     """The part of ``chunks`` (the whole file, in order) that ``wanted`` covers. The chunks
     before it are read and dropped (the object store can only be read from its first chunk);
     reading stops after its last byte, and ``chunks`` is closed (its consumer goes) either way."""
@@ -105,5 +119,4 @@ async def bytes_within(chunks: AsyncIterator[bytes], wanted: ByteRange) -> Async
             if offset > wanted.end:
                 return
     finally:
-        if isinstance(chunks, AsyncGenerator):
-            await chunks.aclose()
+        await chunks.aclose()

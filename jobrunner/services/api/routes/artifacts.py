@@ -8,12 +8,13 @@ see them is who may see the job.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 import structlog
 from litestar import Request, Response, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 from litestar.status_codes import HTTP_201_CREATED
 from nats.errors import Error as NatsError
@@ -118,7 +119,7 @@ async def _object(ctx: ApiContext, job_id: str, row: Any) -> api.ObjectInfo:
         raise _unavailable(exc) from None
 
 
-def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncIterator[bytes]:
+def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncGenerator[bytes, None]:
     return artifactstore.read_chunks(
         ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds
     )
@@ -152,6 +153,14 @@ async def list_job_artifacts(request: Request[Any, Any, Any], job_id: str) -> sc
     summary="One artifact, streamed",
     media_type="application/octet-stream",
     responses={
+        206: ResponseSpec(
+            None,
+            description="The one range the Range header asked for, with its Content-Range.",
+            media_type="application/octet-stream",
+        ),
+        304: ResponseSpec(
+            None, description="If-None-Match named the ETag: the client's copy is current."
+        ),
         404: error_spec("No such job, or it has no artifact of that name."),
         410: error_spec("The artifact aged out of the store (ARTIFACT_GONE)."),
         416: error_spec("The Range holds no byte of the file (RANGE_NOT_SATISFIABLE)."),
@@ -182,12 +191,19 @@ async def download_artifact(
     # again by an external worker replaces the object before its row is projected, and the row's
     # SHA-256 would then label the new bytes (and answer 304 to a client holding the old ones).
     info = await _object(ctx, job_id, row)
-    etag = f'"{artifactstore.sha256_of(info) or row["sha256"]}"'
+    stored_digest = artifactstore.sha256_of(info)
+    etag = f'"{stored_digest or row["sha256"]}"'
     headers = {**_DOWNLOAD_HEADERS, **_FILE_POLICY, "ETag": etag, "Accept-Ranges": "bytes"}
-    if request.headers.get("if-none-match") == etag:
+    if byteranges.if_none_match_holds(request.headers.get("if-none-match"), etag):
         return Response(b"", status_code=304, headers=headers)
     size = info.size or 0
-    wanted = _wanted_range(request, etag, size, headers)
+    # A HEAD ignores Range (RFC 9110 section 14.2: only a GET's is served). Without a digest of
+    # the stored object the ETag is the row's, which may describe other bytes (see above): an
+    # If-Range then never holds, so a resumed download cannot splice two contents.
+    if is_head(request) or (stored_digest is None and "if-range" in request.headers):
+        wanted = None
+    else:
+        wanted = _wanted_range(request, etag, size, headers)
     headers |= {
         # Set here, not as the Stream's media_type: Litestar's Stream takes the route's
         # media_type (the OpenAPI's application/octet-stream) over its own.
