@@ -54,18 +54,22 @@ async def _download(
     before = round(api.processes["api"].memory_info().rss / MIB, 1)
     size = 0
     crc = 0
+    first_byte: float | None = None  # seconds from the request to the body's first bytes
     with api:
         started = time.monotonic()
         async with http.stream("GET", url, headers=headers) as response:
             response.raise_for_status()
             assert response.status_code == (206 if headers else 200), response.status_code
             async for chunk in response.aiter_raw():
+                if first_byte is None:
+                    first_byte = time.monotonic() - started
                 size += len(chunk)
                 crc = zlib.crc32(chunk, crc)  # the client does a little work, as a real one would
         seconds = time.monotonic() - started
     return {
         "bytes": size,
         "seconds": round(seconds, 2),
+        "first_byte_seconds": None if first_byte is None else round(first_byte, 2),
         "mib_per_s": round(size / MIB / seconds, 1),
         "api_rss_mib_before": before,
         "api_rss_mib_peak": api.mib("api"),
