@@ -5,6 +5,7 @@ external worker does."""
 
 from __future__ import annotations
 
+import json
 import math
 from urllib.parse import quote
 
@@ -171,6 +172,33 @@ async def test_if_range_with_the_tag_of_bytes_sent_before_gets_the_new_file_whol
     assert old_etag != new_etag
     assert (resumed.status_code, resumed.headers["etag"]) == (200, new_etag)
     assert resumed.content == newer, len(resumed.content)
+
+
+async def _forget_digests(js: JetStreamContext, names: Names) -> None:
+    """Each stored object's description published again without its digest, as another NATS
+    client may have written it."""
+    store = artifactstore.stream_name(names)
+    described = f"$O.{names.artifacts_bucket}.M.>"
+    subjects = (await js.stream_info(store, subjects_filter=described)).state.subjects or {}
+    for subject in subjects:
+        description = json.loads((await js.get_last_msg(store, subject)).data or b"{}")
+        description.pop("digest", None)
+        await js.publish(subject, json.dumps(description).encode(), headers={"Nats-Rollup": "sub"})
+
+
+async def test_if_range_is_not_trusted_for_a_file_stored_without_a_digest(
+    system: System, js: JetStreamContext, settings: Settings
+) -> None:
+    """A stored file whose description has no SHA-256 is labelled with the listing's, which may
+    describe other bytes: a resume with that tag gets the file whole (200), never a splice."""
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", DATA)
+        await _forget_digests(js, Names(settings.prefix))
+        etag = (await client.head(url)).headers["etag"]
+        resumed = await client.get(url, headers={"Range": "bytes=100-", "If-Range": etag})
+        plain = await client.get(url, headers={"Range": "bytes=100-"})
+    assert (resumed.status_code, resumed.content == DATA) == (200, True)
+    assert (plain.status_code, plain.content == DATA[100:]) == (206, True)
 
 
 async def test_if_none_match_with_the_tag_in_a_list_or_weak_or_star_answers_304(
