@@ -6,7 +6,9 @@ leaves ``--files`` files of ``--mib`` MiB in its output directory, and measures
 - how long the runner took from the tool's end to the job's end (the upload into NATS);
 - GET /api/jobs/{id}/download-archive: MiB/s to a client that reads as fast as it can, and the
   API process's peak resident memory meanwhile (sampled every 50 ms), against its memory before;
-- GET /api/jobs/{id}/artifacts/{name} for one file, the same way.
+- GET /api/jobs/{id}/artifacts/{name} for one file, the same way;
+- the same file resumed at 90 % (``Range: bytes=<90 %>-``, 206): the API reads the chunks before
+  the range from NATS and drops them, so this shows what a resumed download costs inside.
 
 It prints one JSON object; bench/RESULTS.md quotes the run.
 """
@@ -45,22 +47,29 @@ default = 256
 MIB = 1024 * 1024
 
 
-async def _download(http: httpx.AsyncClient, url: str, sampler_of: Any) -> dict[str, Any]:
+async def _download(
+    http: httpx.AsyncClient, url: str, sampler_of: Any, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     api = sampler_of()
     before = round(api.processes["api"].memory_info().rss / MIB, 1)
     size = 0
     crc = 0
+    first_byte: float | None = None  # seconds from the request to the body's first bytes
     with api:
         started = time.monotonic()
-        async with http.stream("GET", url) as response:
+        async with http.stream("GET", url, headers=headers) as response:
             response.raise_for_status()
+            assert response.status_code == (206 if headers else 200), response.status_code
             async for chunk in response.aiter_raw():
+                if first_byte is None:
+                    first_byte = time.monotonic() - started
                 size += len(chunk)
                 crc = zlib.crc32(chunk, crc)  # the client does a little work, as a real one would
         seconds = time.monotonic() - started
     return {
         "bytes": size,
         "seconds": round(seconds, 2),
+        "first_byte_seconds": None if first_byte is None else round(first_byte, 2),
         "mib_per_s": round(size / MIB / seconds, 1),
         "api_rss_mib_before": before,
         "api_rss_mib_peak": api.mib("api"),
@@ -92,13 +101,19 @@ async def measure(system: RunningSystem, files: int, mib: int) -> dict[str, Any]
         assert job["status"] == "completed", job
         listed = (await http.get(f"/api/jobs/{job_id}/artifacts")).json()
         archive = await _download(http, listed["archive_url"], sampler)
-        single = await _download(http, listed["items"][0]["url"], sampler)
+        first = listed["items"][0]
+        single = await _download(http, first["url"], sampler)
+        resume_at = first["size"] * 9 // 10
+        resumed = await _download(
+            http, first["url"], sampler, headers={"Range": f"bytes={resume_at}-"}
+        )
     return {
         "artifacts": {"files": files, "mib_each": mib, "total_bytes": listed["total_bytes"]},
         "job_seconds": job["duration_seconds"],
         "runner_rss_mib_peak": runner.mib("runner"),
         "archive_download": archive,
         "single_download": single,
+        "resumed_at_90_percent": resumed,
     }
 
 

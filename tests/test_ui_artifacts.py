@@ -50,6 +50,26 @@ async def test_artifact_link_downloads_the_file(page: Page, system: System) -> N
     assert Path(await download.path()).read_bytes() == b"3 pages read\n"
 
 
+async def test_an_html_artifact_is_downloaded_not_shown(page: Page, system: System) -> None:
+    """A page a job left (served as text/html) is downloaded when clicked, and when its address
+    is opened directly (a link shared, no download attribute): its script never runs."""
+    job_id = await start_job(system, "artifacts", mode="page")
+    await wait_for_status(system, job_id, {"completed"})
+    await page.goto(f"/jobs/{job_id}?lang=en")
+    link = page.locator("#artifacts").get_by_role("link", name="Download page.html")
+    async with page.expect_download() as clicked:
+        await link.click()
+    download = await clicked.value
+    assert download.suggested_filename == "page.html"
+    assert b"<script>" in Path(await download.path()).read_bytes()
+    address = await link.get_attribute("href")
+    assert address
+    async with page.expect_download() as opened:
+        await page.evaluate("address => { window.location.href = address }", address)
+    assert (await opened.value).suggested_filename == "page.html"
+    assert await page.title() != "ran"
+
+
 async def test_artifacts_appear_when_a_live_job_ends(page: Page, system: System) -> None:
     """Watching a running job, its files show up once it ends, without a reload."""
     job_id = await start_job(system, "artifacts", mode="several", seconds="2")

@@ -67,7 +67,9 @@ def check_new_name(name: str) -> str:
 
 def content_type(name: str) -> str:
     """Guessed from the name's extension; ``application/octet-stream`` when unknown."""
-    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    # As a path: guess_type reads a bare name as a URL, so ``data:,x.html`` would take the
+    # data: URL's type (text/plain) instead of its suffix's. Rows stored before keep their type.
+    guessed, encoding = mimetypes.guess_type("/" + name, strict=False)
     if guessed is None or encoding is not None:
         # A .gz or .bz2 file is served as what it is, not as what it unpacks to.
         return {"gzip": "application/gzip", "bzip2": "application/x-bzip2"}.get(

@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import IO, Any, NamedTuple, Protocol
 
@@ -614,7 +614,7 @@ async def object_info(js: JetStreamContext, names: Names, object_name: str) -> a
 
 async def read_chunks(
     js: JetStreamContext, names: Names, info: api.ObjectInfo, idle_seconds: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The object's bytes in stored chunks, a few at a time.
 
     From an ephemeral pull consumer, ``READ_BATCH_CHUNKS`` per request: the API never holds more

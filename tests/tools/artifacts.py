@@ -48,6 +48,9 @@ def main() -> int:
         (out / "sub" / "deeper" / "report.json").write_text('{"ok": true}')
         (out / "Übersicht 1.csv").write_text("a;b\n1;2\n")
         (out / "empty.txt").write_bytes(b"")
+    elif args.mode == "page":
+        # A page with a script: served as text/html now that files keep their type.
+        (out / "page.html").write_text("<script>document.title = 'ran'</script><p>report</p>")
     elif args.mode == "big":
         write_big(out / "big.bin", args.mib * MIB)
     elif args.mode == "hostile":

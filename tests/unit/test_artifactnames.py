@@ -80,6 +80,22 @@ def test_content_type_is_guessed_from_the_extension() -> None:
     assert content_type("noext") == "application/octet-stream"
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("data:report.txt", "text/plain"),
+        ("data:,x.html", "text/html"),
+        ("data:text/html,x.txt", "text/plain"),
+        ("sub/data:,x.html", "text/html"),
+    ],
+)
+def test_a_name_starting_like_a_data_url_gets_its_suffix_type(name: str, expected: str) -> None:
+    """`data:...` is a file name like any other: its suffix names its type, not the media type a
+    data: URL would carry."""
+    assert check_name(name) == name
+    assert content_type(name) == expected
+
+
 def test_the_byte_limit_is_for_new_names_only() -> None:
     """A 2,216-byte name (stored before the limit came: its download must still work) passes
     check_name; only a name about to be stored is held to MAX_NAME_BYTES."""

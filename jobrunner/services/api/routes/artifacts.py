@@ -8,12 +8,13 @@ see them is who may see the job.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 import structlog
 from litestar import Request, Response, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 from litestar.status_codes import HTTP_201_CREATED
 from nats.errors import Error as NatsError
@@ -22,7 +23,7 @@ from nats.js import api
 from jobrunner.common import artifactnames, artifactstore
 from jobrunner.common.lastevent import last_readable
 from jobrunner.contracts import events
-from jobrunner.services.api import artifactupload, external, readmodels, schemas
+from jobrunner.services.api import artifactupload, byteranges, external, readmodels, schemas
 from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.dependencies import ctx_of, find_job
 from jobrunner.services.api.errors import ApiError, try_again_later
@@ -36,6 +37,11 @@ from jobrunner.services.api.ziparchive import Member, zip_stream
 log = structlog.get_logger()
 
 _DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
+# A file is served as its own type (an .html or .svg a job left as text/html, image/svg+xml) on the
+# API's origin: besides ``attachment``, a sandbox, so a browser that showed it anyway would run
+# it without the origin's cookies or API. (The security middleware keeps a response's own
+# policy, so the web pages' policy is not added to it.)
+_FILE_POLICY = {"Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'"}
 
 
 def _artifact_from_row(job_id: str, row: Any) -> schemas.Artifact:
@@ -113,7 +119,7 @@ async def _object(ctx: ApiContext, job_id: str, row: Any) -> api.ObjectInfo:
         raise _unavailable(exc) from None
 
 
-def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncIterator[bytes]:
+def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncGenerator[bytes, None]:
     return artifactstore.read_chunks(
         ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds
     )
@@ -147,15 +153,25 @@ async def list_job_artifacts(request: Request[Any, Any, Any], job_id: str) -> sc
     summary="One artifact, streamed",
     media_type="application/octet-stream",
     responses={
+        206: ResponseSpec(
+            None,
+            description="The one range the Range header asked for, with its Content-Range.",
+            media_type="application/octet-stream",
+        ),
+        304: ResponseSpec(
+            None, description="If-None-Match named the ETag: the client's copy is current."
+        ),
         404: error_spec("No such job, or it has no artifact of that name."),
         410: error_spec("The artifact aged out of the store (ARTIFACT_GONE)."),
+        416: error_spec("The Range holds no byte of the file (RANGE_NOT_SATISFIABLE)."),
         503: error_spec("NATS did not answer (ARTIFACTS_UNAVAILABLE)."),
     },
 )
 async def download_artifact(
     request: Request[Any, Any, Any], job_id: str, name: str
 ) -> Stream | Response[bytes]:
-    """The file's bytes with its Content-Length and an ETag (its SHA-256)."""
+    """The file's bytes with its Content-Length and an ETag (its SHA-256); one ``Range``
+    answers 206 with those bytes (``If-Range`` with the ETag resumes only the same content)."""
     ctx = ctx_of(request)
     Query(request.query_params, ())
     name = _name_as_sent(request, name, _DOWNLOAD_ROUTE)
@@ -175,19 +191,55 @@ async def download_artifact(
     # again by an external worker replaces the object before its row is projected, and the row's
     # SHA-256 would then label the new bytes (and answer 304 to a client holding the old ones).
     info = await _object(ctx, job_id, row)
-    etag = f'"{artifactstore.sha256_of(info) or row["sha256"]}"'
-    headers = {**_DOWNLOAD_HEADERS, "ETag": etag}
-    if request.headers.get("if-none-match") == etag:
+    stored_digest = artifactstore.sha256_of(info)
+    etag = f'"{stored_digest or row["sha256"]}"'
+    headers = {**_DOWNLOAD_HEADERS, **_FILE_POLICY, "ETag": etag, "Accept-Ranges": "bytes"}
+    if byteranges.if_none_match_holds(request.headers.get("if-none-match"), etag):
         return Response(b"", status_code=304, headers=headers)
-    return Stream(
-        () if is_head(request) else _chunks(ctx, info),
-        media_type=row["content_type"],
-        headers={
-            **headers,
-            "Content-Length": str(info.size or 0),
-            "Content-Disposition": _attachment(name.rsplit("/", 1)[-1]),
-        },
-    )
+    size = info.size or 0
+    # A HEAD ignores Range (RFC 9110 section 14.2: only a GET's is served). Without a digest of
+    # the stored object the ETag is the row's, which may describe other bytes (see above): an
+    # If-Range then never holds, so a resumed download cannot splice two contents.
+    if is_head(request) or (stored_digest is None and "if-range" in request.headers):
+        wanted = None
+    else:
+        wanted = _wanted_range(request, etag, size, headers)
+    headers |= {
+        # Set here, not as the Stream's media_type: Litestar's Stream takes the route's
+        # media_type (the OpenAPI's application/octet-stream) over its own.
+        "Content-Type": row["content_type"],
+        "Content-Disposition": _attachment(name.rsplit("/", 1)[-1]),
+        "Content-Length": str(size if wanted is None else wanted.length),
+    }
+    if wanted is not None:
+        headers["Content-Range"] = wanted.content_range()
+    if is_head(request):
+        body: Any = ()
+    elif wanted is None:
+        body = _chunks(ctx, info)
+    else:
+        body = byteranges.bytes_within(_chunks(ctx, info), wanted)
+    return Stream(body, status_code=200 if wanted is None else 206, headers=headers)
+
+
+def _wanted_range(
+    request: Request[Any, Any, Any], etag: str, size: int, headers: dict[str, str]
+) -> byteranges.ByteRange | None:
+    """The one range of the file the request asks for (``None``: all of it); a range past its
+    end answers 416 with the file's size."""
+    if not byteranges.if_range_holds(request.headers.get("if-range"), etag):
+        return None
+    try:
+        return byteranges.requested_range(request.headers.get("range"), size)
+    except byteranges.RangeNotSatisfiable:
+        raise ApiError(
+            416,
+            "RANGE_NOT_SATISFIABLE",
+            f"The range asked for ({request.headers.get('range')!r:.80}) holds no byte of "
+            f"the artifact, which has {size} bytes.",
+            headers={**headers, "Content-Range": f"bytes */{size}"},
+            size=size,
+        ) from None
 
 
 @get(
