@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
@@ -40,9 +41,14 @@ async def _pending(js: Any, names: Names) -> dict[str, int]:
 
 
 async def settle(
-    system: RunningSystem, before: str, limit: float = LIMIT_SECONDS
+    system: RunningSystem,
+    before: str,
+    limit: float = LIMIT_SECONDS,
+    paused: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Wait until nothing of earlier work is left; returns the wait and when each part ended."""
+    """Wait until nothing of earlier work is left; returns the wait and when each part ended.
+    ``paused``: durable consumers (``runner``, ``notifier``) left out, their backlog waits for
+    good (``replay_cost`` pauses the runner's)."""
     settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
     names = Names(system.prefix)
     nc = await eventstore.connect(settings, "bench-settle")
@@ -54,7 +60,8 @@ async def settle(
     try:
         js = nc.jetstream()
         while True:
-            left = {k: v for k, v in (await _pending(js, names)).items() if v}
+            pending = await _pending(js, names)
+            left = {k: v for k, v in pending.items() if v and k not in paused}
             last = (await js.stream_info(names.stream)).state.last_seq
             checkpoint = await db.fetchval("SELECT last_seq FROM readmodel.checkpoint") or 0
             if checkpoint < last:
