@@ -40,6 +40,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EVENTS = 200_000
+# glibc's mmap threshold fixed (it otherwise grows with what was freed): asyncpg's COPY buffer,
+# grown by realloc, is then always mapped and moved by mremap, never copied by a realloc whose
+# copying or not depended on the heap's layout (±300 instructions an event from run to run).
+MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 RUNNER_START_SECONDS = 60.0  # `jobrunner up`'s own wait for its services (up_ready_timeout)
 
 
@@ -113,7 +117,7 @@ def _run_child(
             ]
         # One hash seed for every run: string hashes decide how many probes a dict or set
         # look-up takes (collisions), ~0.1 % of the count moving from run to run otherwise.
-        child_env = env | {"PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+        child_env = env | {"PYTHONPATH": str(tree), "PYTHONHASHSEED": "0", **MALLOC_FIXED}
         result = subprocess.run(argv, env=child_env, cwd=tree, capture_output=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"the replay in {tree} failed: {result.stderr.decode()[-3000:]}")
