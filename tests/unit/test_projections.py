@@ -458,3 +458,34 @@ def test_no_string_a_progress_report_cancel_or_webhook_attempt_stores_holds_nul(
     or a delivery attempt: each string shows ␀ instead."""
     changes = project(event, seq)
     assert not [s for s in _strings(changes) if "\x00" in s]
+
+
+@settings(deadline=None)
+@given(
+    st.none() | st.integers(),
+    st.none() | st.integers(),
+    st.none() | st.floats(allow_nan=True),
+    st.none() | st.integers(),
+)
+def test_counts_percentages_and_exit_codes_are_stored_as_the_columns_can_hold_them(
+    current: int | None, total: int | None, percent: float | None, exit_code: int | None
+) -> None:
+    """Any progress count is clamped to the integer column, a percentage kept within 0-100
+    (none for NaN), an exit code beyond the column shown as none: as ``storable`` says."""
+    report = events.ProgressReported(
+        job_id="j1", occurred_at=AT, current=current, total=total, percent=percent
+    )
+    [progress] = project(report, 1)
+    assert isinstance(progress, JobUpdated)
+    expected = {
+        "progress_current": None if current is None else storable.clamp_int4(current),
+        "progress_total": None if total is None else storable.clamp_int4(total),
+        "progress_percent": None if percent is None else storable.percent(percent),
+    }
+    assert {name: progress.fields.get(name) for name in expected} == expected
+    ended = events.StatusChanged(
+        job_id="j1", occurred_at=AT, status=JobStatus.FAILED, exit_code=exit_code
+    )
+    [end] = project(ended, 2)
+    assert isinstance(end, JobUpdated)
+    assert end.fields["exit_code"] == storable.int4_or_none(exit_code)
