@@ -12,8 +12,6 @@ The live projector and a replay go through here alike, so they set aside the sam
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -58,9 +56,6 @@ class StoredMessage(msgspec.Struct, frozen=True):
 MessageLookup = Callable[[int], Awaitable[StoredMessage | None]]
 
 
-_CHANGES = itemgetter(1)  # an event's changes in a batch's (seq, changes)
-
-
 def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, DATA_ERRORS)
 
@@ -84,17 +79,14 @@ async def apply(
     ``ProjectedNotice`` and the checkpoint gauge mean). After a set-aside it is the stored
     checkpoint read afterwards, which another projector may have moved further on since."""
     start = 0
-    # Messages that are no readable event are set aside without trying them. Whether the batch
-    # holds one is asked of every change at once, in C (iterators, no Python step an event: a
-    # replay asks a million times, and nearly every batch holds none); only then is it walked.
-    if Unreadable in map(type, chain.from_iterable(map(_CHANGES, batch))):
-        for i, (seq, changes) in enumerate(batch):
-            # The feed gives an unreadable message this one change, alone: only the first of
-            # each event's changes is looked at.
-            if changes and type(unreadable := changes[0]) is Unreadable:
-                await _bisect(conn, batch[start:i], lookup, schema, writing, committed)
-                await _set_aside(conn, seq, unreadable.error, lookup, schema, committed)
-                start = i + 1
+    # Messages that are no readable event are set aside without trying them.
+    for i, (seq, changes) in enumerate(batch):
+        # The feed gives an unreadable message this one change, alone: only the first of each
+        # event's changes is looked at (asked per event, a million times in a replay).
+        if changes and type(unreadable := changes[0]) is Unreadable:
+            await _bisect(conn, batch[start:i], lookup, schema, writing, committed)
+            await _set_aside(conn, seq, unreadable.error, lookup, schema, committed)
+            start = i + 1
     whole = await _bisect(conn, batch[start:], lookup, schema, writing, committed)
     if start == 0 and whole is not None:
         # Applied in one transaction, nothing set aside: the checkpoint it left, not read again
