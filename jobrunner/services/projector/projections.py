@@ -186,10 +186,7 @@ def _status_changed(event: events.StatusChanged, stream_seq: int) -> list[Change
         fields["finished_at"] = event.occurred_at
         # An exit code beyond the integer column is no real one: none is shown (the error code
         # and message still say how the job ended), rather than a made-up number.
-        # (``storable.int4_or_none``, inline: a call a job in a replay.)
-        exit_code = event.exit_code
-        in_range = exit_code is not None and INT4_MIN <= exit_code <= INT4_MAX
-        fields["exit_code"] = exit_code if in_range else None
+        fields["exit_code"] = storable.int4_or_none(event.exit_code)
         if event.error is not None:
             fields["error_code"] = event.error.code
             fields["error_message"] = event.error.message
