@@ -211,7 +211,10 @@ def test_a_message_without_nul_is_decoded_into_the_nul_free_types() -> None:
         nulfree.NulFreeCancelRequested,
     } <= decoded
     attempt = events.WebhookAttempted(
-        job_id="j1", delivery_id="d1", url="https://example.com/h", outcome="delivered"
+        job_id="j1",
+        delivery_id="d1",
+        url="https://example.com/h",
+        outcome=events.WebhookOutcome.DELIVERED,
     )
     assert type(nulfree.decode(codec.encode(attempt))) is nulfree.NulFreeWebhookAttempted
     line = codec.encode(
