@@ -22,7 +22,7 @@ from jobrunner.services.projector.nulfree import (
     NulFreeStatusChanged,
     NulFreeWebhookAttempted,
 )
-from jobrunner.services.projector.storable import INT4_MAX, INT4_MIN, optional_text, text
+from jobrunner.services.projector.storable import optional_text, text
 
 # Changes are msgspec Structs, not dataclasses: a replay makes one per event, and these are
 # several times cheaper to create (and, with gc=False, invisible to the cycle collector).
@@ -235,19 +235,13 @@ def _progress_reported(event: events.ProgressReported, stream_seq: int) -> list[
     nul_free = type(event) is NulFreeProgressReported
     fields: dict[str, Any] = {"updated_at": event.occurred_at}
     # A count beyond the integer column is clamped, not dropped: the bar still shows the job
-    # far along (and "current of total" keeps its order at the column's end). The usual value,
-    # in range, is stored without a call (a replay projects one report a job).
-    current, total, percent = event.current, event.total, event.percent
-    if current is not None:
-        in_range = INT4_MIN <= current <= INT4_MAX
-        fields["progress_current"] = current if in_range else storable.clamp_int4(current)
-    if total is not None:
-        in_range = INT4_MIN <= total <= INT4_MAX
-        fields["progress_total"] = total if in_range else storable.clamp_int4(total)
-    if percent is not None:
-        # NaN fails both comparisons: ``storable.percent`` makes it None.
-        in_range = 0.0 <= percent <= 100.0
-        fields["progress_percent"] = percent if in_range else storable.percent(percent)
+    # far along (and "current of total" keeps its order at the column's end).
+    if event.current is not None:
+        fields["progress_current"] = storable.clamp_int4(event.current)
+    if event.total is not None:
+        fields["progress_total"] = storable.clamp_int4(event.total)
+    if event.percent is not None:
+        fields["progress_percent"] = storable.percent(event.percent)
     if event.phase is not None:
         fields["phase"] = event.phase if nul_free else text(event.phase)
     if event.message is not None:
