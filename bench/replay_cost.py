@@ -115,9 +115,12 @@ def _run_child(
                 "--",
                 *argv,
             ]
-        # One hash seed for every run: string hashes decide how many probes a dict or set
-        # look-up takes (collisions), ~0.1 % of the count moving from run to run otherwise.
-        child_env = env | {"PYTHONPATH": str(tree), "PYTHONHASHSEED": "0", **MALLOC_FIXED}
+        child_env = env | {"PYTHONPATH": str(tree)}
+        if callgrind is not None:
+            # Counted runs only (the plain CPU-second runs run as `jobrunner replay` does): one
+            # hash seed, since string hashes decide how many probes a dict or set look-up takes
+            # (~0.1 % of the count moving from run to run otherwise), and a fixed mmap threshold.
+            child_env |= {"PYTHONHASHSEED": "0", **MALLOC_FIXED}
         result = subprocess.run(argv, env=child_env, cwd=tree, capture_output=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"the replay in {tree} failed: {result.stderr.decode()[-3000:]}")
@@ -157,16 +160,34 @@ async def _publish_and_settle(system: Any, jobs: int) -> int:
                 break
             await asyncio.sleep(0.2)
         await settle.settle(system, "the replays", paused=("runner",))
-        events = int((await js.stream_info(names.stream)).state.messages)
-        runner = await js.consumer_info(names.stream, names.runner_consumer)
     finally:
         await db.close()
         await eventstore.close(nc)
-    # The count is of this history alone, or it compares nothing: no event of anyone else's.
-    if events != published["events"] or runner.delivered.stream_seq:
+    return await _history_unchanged(system, int(published["events"]), "before the replays")
+
+
+async def _history_unchanged(system: Any, published: int, when: str) -> int:
+    """The stream's event count, failing unless it holds exactly the ``published`` events and
+    the runners' request consumer, still paused, delivered none: the count is of this history
+    alone, or it compares nothing. Asked before the replays and again after them."""
+    from jobrunner.common import eventstore
+    from jobrunner.common.settings import Settings
+    from jobrunner.contracts.names import Names
+
+    settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
+    names = Names(system.prefix)
+    nc = await eventstore.connect(settings, "bench")
+    try:
+        js = nc.jetstream()
+        events = int((await js.stream_info(names.stream)).state.messages)
+        runner = await js.consumer_info(names.stream, names.runner_consumer)
+    finally:
+        await eventstore.close(nc)
+    if events != published or runner.delivered.stream_seq or not runner.paused:
         raise RuntimeError(
-            f"the stream holds {events:,} events, {published['events']:,} published; the "
-            f"runner took requests up to stream sequence {runner.delivered.stream_seq}"
+            f"{when}: the stream holds {events:,} events, {published:,} published; the runner "
+            f"took requests up to stream sequence {runner.delivered.stream_seq}; its consumer "
+            f"{'is' if runner.paused else 'is not'} paused"
         )
     return events
 
@@ -183,7 +204,8 @@ async def _runner_paused(js: Any, names: Any) -> None:
 
     from nats.js.errors import NotFoundError
 
-    # The runner makes its consumer as it starts, which may end after the API answers.
+    # The runner makes its consumer as it starts, which may end after the API answers; waited
+    # for as long as `jobrunner up` waits for its services (RUNNER_START_SECONDS).
     deadline = time.monotonic() + RUNNER_START_SECONDS
     while True:
         try:
@@ -220,14 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dumps",
         type=Path,
-        help="keep each counted run's callgrind dump here (<dir>/callgrind.<n>), for "
-        "callgrind_annotate",
+        help="keep each counted run's callgrind dump here, for callgrind_annotate: "
+        "<dir>/callgrind.<k>.<tree's directory name>, k the tree's place among --tree (from 1)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child)
         return 0
+    if args.no_callgrind and args.dumps is not None:
+        parser.error(
+            "--dumps keeps callgrind's dumps: it needs the counted runs (no --no-callgrind)"
+        )
     if not args.no_callgrind and shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (apt-get install valgrind), or use --no-callgrind")
     from bench.system import RunningSystem
@@ -240,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         events = asyncio.run(_publish_and_settle(system, max(args.events // 10, 1)))
         results["stream_events"] = events
         env = system.env | system.runtime_env()
-        for tree in trees:
+        for place, tree in enumerate(trees, start=1):
             for counted in (False, True) if not args.no_callgrind else (False,):
                 load = os.getloadavg()[0]
                 dump = system.tmp / f"callgrind.{len(results['runs'])}" if counted else None
@@ -254,11 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                     run["instructions_per_event"] = round(figures["loading_instructions"] / events)
                     if args.dumps is not None:
                         args.dumps.mkdir(parents=True, exist_ok=True)
-                        kept = args.dumps / f"callgrind.{len(results['runs'])}"
+                        kept = args.dumps / f"callgrind.{place}.{tree.name}"
                         shutil.copyfile(f"{dump}.1", kept)
                         run["dump"] = str(kept)
                 results["runs"].append(run)
                 print(json.dumps(run), file=sys.stderr, flush=True)
+        # Nothing may have reached the stream or the runner while the trees were counted.
+        asyncio.run(_history_unchanged(system, events, "after the replays"))
     finally:
         system.stop()
     for run in results["runs"]:
