@@ -8,7 +8,9 @@ per tree, and also reports plain CPU seconds of the loading (which do move with 
 
 A running system (the bench's ``RunningSystem``: ``jobrunner up``, its nats-server and
 Postgres) gets the bench's history (``workload.history``, ten events a job, the first job a
-long log); the live projector catches up, ``settle`` waits for the rest, then for each
+long log), with the runners' request consumer paused first (``_runner_paused``): the stream
+holds the history and nothing else, the same every run. The live projector catches up,
+``settle`` waits for the rest, then for each
 ``--tree`` a child process runs ``replay.replay`` from that tree (``PYTHONPATH=<tree>``): once
 plainly, once under callgrind. The child calls ``os.sched_yield()`` as the loading begins and
 ``os.getpgrp()`` as it ends (``replay._load`` wrapped): callgrind zeroes its counts before the
@@ -38,6 +40,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EVENTS = 200_000
+# glibc's mmap threshold fixed (it otherwise grows with what was freed): asyncpg's COPY buffer,
+# grown by realloc, is then always mapped and moved by mremap, never copied by a realloc whose
+# copying or not depended on the heap's layout (±300 instructions an event from run to run).
+MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+RUNNER_START_SECONDS = 60.0  # `jobrunner up`'s own wait for its services (up_ready_timeout)
 
 
 def _child(out: str) -> None:
@@ -109,6 +116,11 @@ def _run_child(
                 *argv,
             ]
         child_env = env | {"PYTHONPATH": str(tree)}
+        if callgrind is not None:
+            # Counted runs only (the plain CPU-second runs run as `jobrunner replay` does): one
+            # hash seed, since string hashes decide how many probes a dict or set look-up takes
+            # (~0.1 % of the count moving from run to run otherwise), and a fixed mmap threshold.
+            child_env |= {"PYTHONHASHSEED": "0", **MALLOC_FIXED}
         result = subprocess.run(argv, env=child_env, cwd=tree, capture_output=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"the replay in {tree} failed: {result.stderr.decode()[-3000:]}")
@@ -137,20 +149,78 @@ async def _publish_and_settle(system: Any, jobs: int) -> int:
     settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
     names = Names(system.prefix)
     nc = await eventstore.connect(settings, "bench")
+    js = nc.jetstream()
     db = await asyncpg.connect(system.runtime["database_url"])
     try:
-        published = await workload.publish_history(nc.jetstream(), names, jobs)
+        await _runner_paused(js, names)
+        published = await workload.publish_history(js, names, jobs)
         checkpoint = "SELECT last_seq FROM readmodel.checkpoint"
         while True:  # the live projector holds every event: the replays compare with it
             if await db.fetchval(checkpoint) >= published["last_seq"]:
                 break
             await asyncio.sleep(0.2)
-        events = (await nc.jetstream().stream_info(names.stream)).state.messages
+        await settle.settle(system, "the replays", paused=("runner",))
     finally:
         await db.close()
         await eventstore.close(nc)
-    await settle.settle(system, "the replays")
-    return int(events)
+    return await _history_unchanged(system, int(published["events"]), "before the replays")
+
+
+async def _history_unchanged(system: Any, published: int, when: str) -> int:
+    """The stream's event count, failing unless it holds exactly the ``published`` events and
+    the runners' request consumer, still paused, delivered none: the count is of this history
+    alone, or it compares nothing. Asked before the replays and again after them."""
+    from jobrunner.common import eventstore
+    from jobrunner.common.settings import Settings
+    from jobrunner.contracts.names import Names
+
+    settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
+    names = Names(system.prefix)
+    nc = await eventstore.connect(settings, "bench")
+    try:
+        js = nc.jetstream()
+        events = int((await js.stream_info(names.stream)).state.messages)
+        runner = await js.consumer_info(names.stream, names.runner_consumer)
+    finally:
+        await eventstore.close(nc)
+    if events != published or runner.delivered.stream_seq or not runner.paused:
+        raise RuntimeError(
+            f"{when}: the stream holds {events:,} events, {published:,} published; the runner "
+            f"took requests up to stream sequence {runner.delivered.stream_seq}; its consumer "
+            f"{'is' if runner.paused else 'is not'} paused"
+        )
+    return events
+
+
+async def _runner_paused(js: Any, names: Any) -> None:
+    """Pause the runners' request consumer (JetStream's consumer pause, nats-server 2.11) for
+    the harness's run. The history's job types are no bench job type: a runner given one of
+    its requests fails that job at once (``UNKNOWN_JOB_TYPE``), in real time, and whichever of
+    that ending and the history's own is stored first is kept (they share the job's terminal
+    event id), so the stream, and the count, differed from run to run. Paused, no runner takes
+    a request, the system otherwise runs as users run it, and the harness's other callers'
+    systems (``./scripts/bench``) are untouched."""
+    from datetime import UTC, datetime, timedelta
+
+    from nats.js.errors import NotFoundError
+
+    # The runner makes its consumer as it starts, which may end after the API answers; waited
+    # for as long as `jobrunner up` waits for its services (RUNNER_START_SECONDS).
+    deadline = time.monotonic() + RUNNER_START_SECONDS
+    while True:
+        try:
+            await js.consumer_info(names.stream, names.runner_consumer)
+            break
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the runner made no request consumer within {RUNNER_START_SECONDS} s"
+                ) from None
+            await asyncio.sleep(0.2)
+    until = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pause = await js.pause_consumer(names.stream, names.runner_consumer, until)
+    if not pause.paused:
+        raise RuntimeError(f"the runners' request consumer is not paused: {pause}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +239,21 @@ def main(argv: list[str] | None = None) -> int:
         help="also record each tree's plain run with py-spy, folded stacks to <this>.<n>",
     )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
+    parser.add_argument(
+        "--dumps",
+        type=Path,
+        help="keep each counted run's callgrind dump here, for callgrind_annotate: "
+        "<dir>/callgrind.<k>.<tree's directory name>, k the tree's place among --tree (from 1)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child)
         return 0
+    if args.no_callgrind and args.dumps is not None:
+        parser.error(
+            "--dumps keeps callgrind's dumps: it needs the counted runs (no --no-callgrind)"
+        )
     if not args.no_callgrind and shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (apt-get install valgrind), or use --no-callgrind")
     from bench.system import RunningSystem
@@ -186,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         events = asyncio.run(_publish_and_settle(system, max(args.events // 10, 1)))
         results["stream_events"] = events
         env = system.env | system.runtime_env()
-        for tree in trees:
+        for place, tree in enumerate(trees, start=1):
             for counted in (False, True) if not args.no_callgrind else (False,):
                 load = os.getloadavg()[0]
                 dump = system.tmp / f"callgrind.{len(results['runs'])}" if counted else None
@@ -198,8 +278,15 @@ def main(argv: list[str] | None = None) -> int:
                 run["loading_cpu_s_per_million"] = round(figures["loading_cpu_s"] / events * 1e6, 2)
                 if counted:
                     run["instructions_per_event"] = round(figures["loading_instructions"] / events)
+                    if args.dumps is not None:
+                        args.dumps.mkdir(parents=True, exist_ok=True)
+                        kept = args.dumps / f"callgrind.{place}.{tree.name}"
+                        shutil.copyfile(f"{dump}.1", kept)
+                        run["dump"] = str(kept)
                 results["runs"].append(run)
                 print(json.dumps(run), file=sys.stderr, flush=True)
+        # Nothing may have reached the stream or the runner while the trees were counted.
+        asyncio.run(_history_unchanged(system, events, "after the replays"))
     finally:
         system.stop()
     for run in results["runs"]:

@@ -12,13 +12,14 @@ import pytest
 from jobrunner.common import database
 from jobrunner.common.settings import Settings
 from jobrunner.contracts import events
-from jobrunner.contracts.events import JobStatus
+from jobrunner.contracts.events import ErrorInfo, JobStatus, WebhookOutcome
 from jobrunner.contracts.names import Names
 from jobrunner.services.projector import setaside, store
 from jobrunner.services.projector.projections import JobUpdated, project
 from jobrunner.services.projector.replay import replay
 from jobrunner.services.projector.storable import INT4_MAX
 from tests.history_support import job_events, publish, publisher, reading_system, wait_projected
+from tests.readmodel_support import replay_differences
 from tests.system import System
 
 BIG = 99_999_999_999_999_999_999  # what the default pattern reads from "[99999999999999999999/5]"
@@ -92,6 +93,59 @@ async def test_nul_in_a_result_value_or_key_is_stored_as_a_sign(
     await publish_then_a_healthy_job(settings, poison)
     found = await row(settings, "SELECT result FROM readmodel.jobs WHERE id = 'res'")
     assert found[0] == {"k\u2400": ["v\u2400", {"x": 1}]}
+
+
+def progress_cancel_and_webhook(job_id: str, mark: str) -> list[events.Event]:
+    """A running job's progress report, cancel request and webhook attempt, ``mark`` in every
+    text field the projector cleans of NUL."""
+    return [
+        *job_events(job_id, status=JobStatus.RUNNING),
+        events.ProgressReported(job_id=job_id, current=3, total=7, percent=42.5, phase="fetch"),
+        events.CancelRequested(job_id=job_id, requested_by=f"al{mark}ice"),
+        events.WebhookAttempted(
+            job_id=job_id,
+            delivery_id=f"d{mark}1",
+            url=f"https://hooks.example/{mark}",
+            outcome=WebhookOutcome.FAILED,
+            error=ErrorInfo(code=f"E{mark}X", message=f"refused{mark}"),
+        ),
+    ]
+
+
+async def test_nul_in_a_cancel_request_or_webhook_attempt_is_stored_as_a_sign(
+    live: System, settings: Settings
+) -> None:
+    """A NUL in who asked to cancel, or in a webhook attempt's delivery id, URL or error, shows
+    as ␀ (nothing is set aside), the same job without NUL keeps its text as sent, and a replay
+    rebuilds the same rows."""
+    poison = [
+        *progress_cancel_and_webhook("nul", "\x00"),
+        *progress_cancel_and_webhook("clean", "-"),
+    ]
+    await publish_then_a_healthy_job(settings, poison)
+    for job_id, sign in (("nul", "\u2400"), ("clean", "-")):
+        job = await row(
+            settings,
+            "SELECT cancelled_by, progress_current, progress_total, progress_percent, phase"
+            " FROM readmodel.jobs WHERE id = $1",
+            job_id,
+        )
+        assert tuple(job) == (f"al{sign}ice", 3, 7, 42.5, "fetch")
+        delivery = await row(
+            settings,
+            "SELECT delivery_id, url, error_code, error_message"
+            " FROM readmodel.webhook_deliveries WHERE job_id = $1",
+            job_id,
+        )
+        assert tuple(delivery) == (
+            f"d{sign}1",
+            f"https://hooks.example/{sign}",
+            f"E{sign}X",
+            f"refused{sign}",
+        )
+    failures = await row(settings, "SELECT count(*) FROM readmodel.projector_failures")
+    assert failures[0] == 0
+    assert await replay_differences(settings) == {}
 
 
 async def test_an_exit_code_beyond_the_column_is_not_shown(

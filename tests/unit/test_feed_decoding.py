@@ -75,6 +75,36 @@ STATUSES = st.builds(
     cancelled_by=st.none() | TEXT,
     result=st.none() | st.dictionaries(TEXT, JSON | TEXT, max_size=3),
 )
+PROGRESS = st.builds(
+    events.ProgressReported,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    current=st.none() | st.integers(0, 2**40),
+    total=st.none() | st.integers(0, 2**40),
+    percent=st.none() | st.floats(0.0, 100.0),
+    phase=st.none() | TEXT,
+    message=st.none() | TEXT,
+)
+CANCELS = st.builds(
+    events.CancelRequested,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    requested_by=st.none() | TEXT,
+    reason=st.none() | TEXT,
+)
+WEBHOOKS = st.builds(
+    events.WebhookAttempted,
+    job_id=TEXT,
+    occurred_at=st.just(AT),
+    delivery_id=TEXT,
+    webhook_index=st.integers(0, 9),
+    url=TEXT,
+    attempt=st.integers(1, 9),
+    outcome=st.sampled_from(events.WebhookOutcome),
+    status_code=st.none() | st.integers(-(2**40), 2**40),
+    error=st.none() | st.builds(events.ErrorInfo, code=TEXT, message=TEXT),
+    duration_ms=st.none() | st.floats(0.0, 1e6),
+)
 # Lines as the wire may hold them beyond what jobrunner writes: a contract's LogLine takes
 # trailing items past its five, the NUL-free decoding's tuple does not.
 WIRE_LINES = st.lists(
@@ -100,6 +130,9 @@ MESSAGES = st.one_of(
     LINES.map(codec.encode),
     REQUESTS.map(codec.encode),
     STATUSES.map(codec.encode),
+    PROGRESS.map(codec.encode),
+    CANCELS.map(codec.encode),
+    WEBHOOKS.map(codec.encode),
     st.builds(_with_lines, TEXT, WIRE_LINES),
     st.builds(
         _edited,
@@ -169,7 +202,19 @@ def test_a_message_without_nul_is_decoded_into_the_nul_free_types() -> None:
     clean = [(seq, data) for seq, data in messages if b"\\u0000" not in data]
     assert len(clean) == len(EVENTS) - 1  # the line with NUL goes the contract's way
     decoded = {type(nulfree.decode(data)) for _, data in clean}
-    assert {nulfree.NulFreeJobRequested, nulfree.NulFreeStatusChanged} <= decoded
+    assert {
+        nulfree.NulFreeJobRequested,
+        nulfree.NulFreeStatusChanged,
+        nulfree.NulFreeProgressReported,
+        nulfree.NulFreeCancelRequested,
+    } <= decoded
+    attempt = events.WebhookAttempted(
+        job_id="j1",
+        delivery_id="d1",
+        url="https://example.com/h",
+        outcome=events.WebhookOutcome.DELIVERED,
+    )
+    assert type(nulfree.decode(codec.encode(attempt))) is nulfree.NulFreeWebhookAttempted
     line = codec.encode(
         events.LineLogged(job_id="j1", lines=[events.LogLine(1, "stdout", "INFO", AT, "hi")])
     )

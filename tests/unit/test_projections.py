@@ -426,3 +426,66 @@ def test_no_string_a_job_request_or_status_change_stores_holds_nul(
     store it): each string, JSON keys and values at any depth too, shows ␀ instead."""
     [change] = project(event, seq)
     assert not [s for s in _strings(change) if "\x00" in s]
+
+
+OTHER_STORED_EVENTS = st.one_of(
+    st.builds(
+        events.ProgressReported,
+        job_id=NUL_TEXT,
+        current=st.none() | st.integers(0, 2**40),
+        percent=st.none() | st.floats(allow_nan=True),
+        phase=st.none() | NUL_TEXT,
+        message=st.none() | NUL_TEXT,
+    ),
+    st.builds(events.CancelRequested, job_id=NUL_TEXT, requested_by=st.none() | NUL_TEXT),
+    st.builds(
+        events.WebhookAttempted,
+        job_id=NUL_TEXT,
+        delivery_id=NUL_TEXT,
+        url=NUL_TEXT,
+        outcome=st.sampled_from(events.WebhookOutcome),
+        error=st.none() | st.builds(ErrorInfo, code=NUL_TEXT, message=NUL_TEXT),
+    ),
+)
+
+
+@settings(deadline=None)
+@given(OTHER_STORED_EVENTS, st.integers(1, 2**63))
+def test_no_string_a_progress_report_cancel_or_webhook_attempt_stores_holds_nul(
+    event: events.ProgressReported | events.CancelRequested | events.WebhookAttempted, seq: int
+) -> None:
+    """A job's row and its webhook log never get a NUL from a progress report, a cancel request
+    or a delivery attempt: each string shows ␀ instead."""
+    changes = project(event, seq)
+    assert not [s for s in _strings(changes) if "\x00" in s]
+
+
+@settings(deadline=None)
+@given(
+    st.none() | st.integers(),
+    st.none() | st.integers(),
+    st.none() | st.floats(allow_nan=True),
+    st.none() | st.integers(),
+)
+def test_counts_percentages_and_exit_codes_are_stored_as_the_columns_can_hold_them(
+    current: int | None, total: int | None, percent: float | None, exit_code: int | None
+) -> None:
+    """Any progress count is clamped to the integer column, a percentage kept within 0-100
+    (none for NaN), an exit code beyond the column shown as none: as ``storable`` says."""
+    report = events.ProgressReported(
+        job_id="j1", occurred_at=AT, current=current, total=total, percent=percent
+    )
+    [progress] = project(report, 1)
+    assert isinstance(progress, JobUpdated)
+    expected = {
+        "progress_current": None if current is None else storable.clamp_int4(current),
+        "progress_total": None if total is None else storable.clamp_int4(total),
+        "progress_percent": None if percent is None else storable.percent(percent),
+    }
+    assert {name: progress.fields.get(name) for name in expected} == expected
+    ended = events.StatusChanged(
+        job_id="j1", occurred_at=AT, status=JobStatus.FAILED, exit_code=exit_code
+    )
+    [end] = project(ended, 2)
+    assert isinstance(end, JobUpdated)
+    assert end.fields["exit_code"] == storable.int4_or_none(exit_code)

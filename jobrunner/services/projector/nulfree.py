@@ -12,8 +12,9 @@ before ``u0000``) is decoded into the contract's types and cleaned, as before.
 
 Each type accepts exactly what the contract's type of its tag accepts, or less (what it refuses
 is decoded again by the contract's decoder, so the outcome, its error text included, is the
-contract's): ``NulFreeJobRequested`` and ``NulFreeStatusChanged`` are the contract's types under
-another name, ``NulFreeLineLogged`` decodes a line as a plain tuple rather than a ``LogLine``
+contract's): ``NulFreeJobRequested``, ``NulFreeStatusChanged``, ``NulFreeProgressReported``,
+``NulFreeCancelRequested`` and ``NulFreeWebhookAttempted`` are the contract's types under another
+name, ``NulFreeLineLogged`` decodes a line as a plain tuple rather than a ``LogLine``
 (a tuple of exactly five, where a ``LogLine`` also takes more), so its rows are built without a
 Python step per line.
 """
@@ -47,14 +48,32 @@ class NulFreeStatusChanged(events.StatusChanged, frozen=True, kw_only=True, tag=
     """A ``StatusChanged`` whose message holds no NUL."""
 
 
+class NulFreeProgressReported(
+    events.ProgressReported, frozen=True, kw_only=True, tag="ProgressReported"
+):
+    """A ``ProgressReported`` whose message holds no NUL."""
+
+
+class NulFreeCancelRequested(
+    events.CancelRequested, frozen=True, kw_only=True, tag="CancelRequested"
+):
+    """A ``CancelRequested`` whose message holds no NUL."""
+
+
+class NulFreeWebhookAttempted(
+    events.WebhookAttempted, frozen=True, kw_only=True, tag="WebhookAttempted"
+):
+    """A ``WebhookAttempted`` whose message holds no NUL."""
+
+
 NulFreeEvent = (
     NulFreeLineLogged
     | NulFreeJobRequested
     | NulFreeStatusChanged
     | events.JobArchived
-    | events.CancelRequested
-    | events.ProgressReported
-    | events.WebhookAttempted
+    | NulFreeCancelRequested
+    | NulFreeProgressReported
+    | NulFreeWebhookAttempted
     | events.ArtifactStored
     | events.AnyBatchEvent
 )

@@ -14,10 +14,13 @@ from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
 from jobrunner.services.projector import storable
 from jobrunner.services.projector.nulfree import (
+    NulFreeCancelRequested,
     NulFreeEvent,
     NulFreeJobRequested,
     NulFreeLineLogged,
+    NulFreeProgressReported,
     NulFreeStatusChanged,
+    NulFreeWebhookAttempted,
 )
 from jobrunner.services.projector.storable import optional_text, text
 
@@ -212,12 +215,15 @@ def _job_archived(event: events.JobArchived, stream_seq: int) -> list[Change]:
 
 
 def _cancel_requested(event: events.CancelRequested, stream_seq: int) -> list[Change]:
+    nul_free = type(event) is NulFreeCancelRequested
     return [
         JobUpdated(
-            text(event.job_id),
+            event.job_id if nul_free else text(event.job_id),
             {
                 "cancel_requested_at": event.occurred_at,
-                "cancelled_by": optional_text(event.requested_by),
+                "cancelled_by": event.requested_by
+                if nul_free
+                else optional_text(event.requested_by),
                 "updated_at": event.occurred_at,
             },
             stream_seq,
@@ -226,6 +232,7 @@ def _cancel_requested(event: events.CancelRequested, stream_seq: int) -> list[Ch
 
 
 def _progress_reported(event: events.ProgressReported, stream_seq: int) -> list[Change]:
+    nul_free = type(event) is NulFreeProgressReported
     fields: dict[str, Any] = {"updated_at": event.occurred_at}
     # A count beyond the integer column is clamped, not dropped: the bar still shows the job
     # far along (and "current of total" keeps its order at the column's end).
@@ -236,14 +243,16 @@ def _progress_reported(event: events.ProgressReported, stream_seq: int) -> list[
     if event.percent is not None:
         fields["progress_percent"] = storable.percent(event.percent)
     if event.phase is not None:
-        fields["phase"] = text(event.phase)
+        fields["phase"] = event.phase if nul_free else text(event.phase)
     if event.message is not None:
-        fields["message"] = text(event.message)
-    return [JobUpdated(text(event.job_id), fields, stream_seq)]
+        fields["message"] = event.message if nul_free else text(event.message)
+    return [JobUpdated(event.job_id if nul_free else text(event.job_id), fields, stream_seq)]
 
 
 def _webhook_attempted(event: events.WebhookAttempted, stream_seq: int) -> list[Change]:
-    return [_webhook_attempt(event, text(event.job_id), stream_seq)]
+    if type(event) is NulFreeWebhookAttempted:
+        return [_webhook_attempt(event, event.job_id, stream_seq, str)]
+    return [_webhook_attempt(event, text(event.job_id), stream_seq, text)]
 
 
 def _artifact_stored(event: events.ArtifactStored, stream_seq: int) -> list[Change]:
@@ -291,7 +300,14 @@ def _projection_of(kind: type) -> Projection | None:
 # event is one look-up, never a walk of its class' bases.
 _BY_TYPE: dict[type, Projection | None] = {
     kind: _projection_of(kind)
-    for kind in (*events.EVENT_TYPES, NulFreeJobRequested, NulFreeStatusChanged)
+    for kind in (
+        *events.EVENT_TYPES,
+        NulFreeJobRequested,
+        NulFreeStatusChanged,
+        NulFreeProgressReported,
+        NulFreeCancelRequested,
+        NulFreeWebhookAttempted,
+    )
 }
 
 
@@ -311,20 +327,22 @@ def _line_rows(lines: list[events.LogLine], job_id: str, stream_seq: int) -> lis
 
 
 def _webhook_attempt(
-    event: events.WebhookAttempted, job_id: str, stream_seq: int
+    event: events.WebhookAttempted, job_id: str, stream_seq: int, clean: Callable[[str], str]
 ) -> WebhookAttemptRecorded:
+    """The attempt's row; ``clean`` makes each of its strings storable (``str``, which returns
+    a string as it is, for an event of a message without NUL)."""
     error = event.error
     return WebhookAttemptRecorded(
         (
             job_id,
-            text(event.delivery_id),
+            clean(event.delivery_id),
             storable.clamp_int4(event.attempt),
             storable.clamp_int4(event.webhook_index),
-            text(event.url),
-            text(event.outcome.value),
+            clean(event.url),
+            clean(event.outcome.value),
             storable.int4_or_none(event.status_code),
-            text(error.code) if error is not None else None,
-            text(error.message) if error is not None else None,
+            clean(error.code) if error is not None else None,
+            clean(error.message) if error is not None else None,
             event.duration_ms,  # double precision holds any float
             event.occurred_at,
             stream_seq,

@@ -39,7 +39,11 @@ def json_value(value: Any) -> Any:
 
 def clamp_int4(value: int) -> int:
     """``value`` moved to the nearest end of Postgres' ``integer`` range."""
-    return min(max(value, INT4_MIN), INT4_MAX)
+    # Chained comparisons, not min/max: the usual value, in range, costs no builtin call (the
+    # replay's count: ~450 instructions an event were min/max's).
+    if INT4_MIN <= value <= INT4_MAX:
+        return value
+    return INT4_MIN if value < INT4_MIN else INT4_MAX
 
 
 def int4_or_none(value: int | None) -> int | None:
@@ -51,4 +55,6 @@ def percent(value: float) -> float | None:
     """A percentage within 0..100 (outside it, it says nothing more); NaN says nothing at all."""
     if value != value:  # NaN
         return None
-    return min(max(value, 0.0), 100.0)
+    if 0.0 <= value <= 100.0:
+        return value
+    return 0.0 if value < 0.0 else 100.0
