@@ -1,0 +1,91 @@
+"""A runner's graceful stop (SIGTERM, Ctrl-C): what it does to the jobs it is handling.
+
+A job whose tool it was running ends ``failed`` with ``RUNNER_STOPPED`` (its whole process
+group stopped as a cancel would): never ``cancelled``, which says an operator asked. A job that
+was still waiting for its slot is left pending for the next runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from jobrunner.common import eventstore
+from jobrunner.common.settings import Settings
+from jobrunner.contracts.names import Names
+from tests.system import System
+from tests.tools.runners import (
+    RUNNER_TYPES,
+    pid_alive,
+    start_job,
+    wait_dead,
+    wait_file,
+    wait_status,
+)
+
+ENDED = ("cancelled", "failed", "completed")
+
+
+async def wait_requests_held(settings: Settings, count: int) -> None:
+    """Until the runners hold ``count`` requests delivered and not yet acknowledged (a job
+    waiting for its slot; a started job's request is acknowledged)."""
+    names = Names(settings.prefix)
+    nc = await eventstore.connect(settings, "tests")
+    try:
+        js = nc.jetstream()
+        async with asyncio.timeout(30):
+            while (
+                await js.consumer_info(names.stream, names.runner_consumer)
+            ).num_ack_pending != count:
+                await asyncio.sleep(0.05)
+    finally:
+        await eventstore.close(nc)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # A lease TTL long enough that a loaded test machine never lets a live lease lapse.
+    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES, lease_ttl_seconds=6.0)
+
+
+async def test_a_job_running_at_the_runners_stop_fails_runner_stopped_not_cancelled(
+    system: System, tmp_path: Path
+) -> None:
+    """The runner stopped while its tool ran: failed, RUNNER_STOPPED, nobody named as canceller,
+    the tool and its SIGTERM-deaf grandchild gone."""
+    pidfile = tmp_path / "pids"
+    async with system.client() as client:
+        job_id = await start_job(client, "locked_family", pidfile=str(pidfile))
+        tool, grandchild = (int(pid) for pid in (await wait_file(pidfile)).split())
+        assert pid_alive(grandchild)
+        await system.stop_service("runner")
+        job = await wait_status(client, job_id, *ENDED)
+    assert job["status"] == "failed", job
+    assert job["cancelled_by"] is None
+    assert job["error"]["code"] == "RUNNER_STOPPED"
+    assert f"/api/jobs/{job_id}/restart" in job["error"]["message"]
+    await wait_dead(tool)
+    await wait_dead(grandchild)
+
+
+async def test_a_job_waiting_for_its_lock_at_the_runners_stop_stays_pending_for_the_next_runner(
+    system: System, tmp_path: Path
+) -> None:
+    """A queued job the stopped runner was holding is not ended: the next runner runs it."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    async with system.client() as client:
+        running = await start_job(client, "locked_family", pidfile=str(first))
+        await wait_file(first)
+        waiting = await start_job(client, "locked_family", pidfile=str(second))
+        await wait_requests_held(system.settings, 1)  # the runner holds it, waiting
+        await system.stop_service("runner")
+        await wait_status(client, running, *ENDED)
+        await system.start_runner("next runner")
+        job = await wait_status(client, waiting, "running", *ENDED)
+        assert job["status"] == "running", job
+        await wait_file(second)
+        await client.post(f"/api/jobs/{waiting}/cancel")
+        await wait_status(client, waiting, *ENDED)
