@@ -37,10 +37,9 @@ async def wait_requests_held(settings: Settings, count: int) -> None:
     try:
         js = nc.jetstream()
         async with asyncio.timeout(30):
-            while (
-                await js.consumer_info(names.stream, names.runner_consumer)
-            ).num_ack_pending != count:
-                await asyncio.sleep(0.05)
+            consumer = names.stream, names.runner_consumer
+            while (await js.consumer_info(*consumer)).num_ack_pending != count:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # nothing to wait on but the server's count
     finally:
         await eventstore.close(nc)
 

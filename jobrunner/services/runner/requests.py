@@ -1,6 +1,10 @@
 """The request loop: JobRequested taken from the shared durable consumer while there is capacity,
 each handled by its own task; and cancel requests passed to the job they name.
 
+At the runner's stop every job it handles is told (``RunningJob.stop_for_runner``), which is not
+a cancel: one whose tool runs (or external job it holds) ends failed RUNNER_STOPPED; one still
+waiting for its slot, capacity or batch's seal gives its request back, unended, to the next runner.
+
 A request that arrives for a job that already started means a redelivery: the job is left alone
 if its runner still holds the lease, and ended RUNNER_LOST if nobody does.
 """
@@ -27,7 +31,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.journal import JobJournal
-from jobrunner.services.runner.running import RunningJob
+from jobrunner.services.runner.running import LeftForNextRunner, RunningJob
 from jobrunner.services.runner.seals import SealWaiter
 
 log = structlog.get_logger()
@@ -68,7 +72,7 @@ class RequestLoop:
             await handle_each(sub, self.capacity, stop, self._handle, self._tasks)
         finally:
             for job in self.running.values():
-                job.cancel("runner shutdown")
+                job.stop_for_runner()
 
     async def end_jobs(self, within: float) -> None:
         """Wait for the stopped jobs' ends, ``within`` seconds at most. A job's ending is
@@ -93,9 +97,7 @@ class RequestLoop:
             and event.job_id in self.running
             and msg.subject == self.journal.names.subject(event)
         ):
-            job = self.running[event.job_id]
-            job.cancelled_by = event.requested_by
-            job.cancel_event.set()
+            self.running[event.job_id].cancel(event.requested_by)
 
     async def _handle(self, msg: Msg) -> None:
         job: RunningJob | None = None
@@ -225,7 +227,11 @@ class RequestLoop:
             # taken at once at its first delivery (``seen``, outside a batch) did not wait.
             await job.msg.in_progress()
         making_output = early or self.executor.output_directory(job_id)
-        await self.executor.run(request, job_type, job, claimed, making_output)
+        try:
+            await self.executor.run(request, job_type, job, claimed, making_output)
+        except LeftForNextRunner:
+            await self._give_back(request)
+            await job.leave_for_next_runner()
 
 
 def _request_of(msg: Msg, names: Names) -> events.JobRequested | None:
