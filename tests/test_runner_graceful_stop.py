@@ -13,9 +13,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from jobrunner.common import eventstore
+from jobrunner.common import batchids, eventstore
+from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from jobrunner.services.api.batchpublish import BatchEvents
+from jobrunner.services.api.batchrequest import plan_batch
+from tests.batch_submit_support import batch_body, jetstream
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -88,3 +92,27 @@ async def test_a_job_waiting_for_its_lock_at_the_runners_stop_stays_pending_for_
         await wait_file(second)
         await client.post(f"/api/jobs/{waiting}/cancel")
         await wait_status(client, waiting, *ENDED)
+
+
+async def test_a_batch_job_waiting_for_its_seal_at_the_runners_stop_runs_on_the_next_runner(
+    system: System,
+) -> None:
+    """A batch job the stopped runner held while its batch's submission was incomplete is not
+    ended: once the batch is sealed, the next runner runs it."""
+    settings = system.settings
+    plan = plan_batch(
+        batch_body(("emit", {"lines": 1})),
+        load_job_types(settings.job_types_file),
+        settings.batch_max_jobs,
+    )
+    batch = BatchEvents(plan, batchids.new_batch_id(), "test-admin")
+    names = Names(settings.prefix)
+    async with jetstream(settings) as js:
+        await eventstore.publish_many(js, names, [batch.requested, *batch.jobs])
+        await wait_requests_held(settings, 1)  # the runner holds it, waiting for the seal
+        await system.stop_service("runner")
+        await system.start_runner("next runner")
+        await eventstore.publish_many(js, names, [batch.sealed])
+    async with system.client() as client:
+        job = await wait_status(client, batch.jobs[0].job_id, *ENDED)
+    assert job["status"] == "completed", job
