@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
@@ -9,6 +11,7 @@ from jobrunner.common.settings import Settings
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
 from tests.tools.runners import wait_status
+from tests.tools.slot_leases import slot_table
 
 
 @pytest.fixture
@@ -35,3 +38,23 @@ async def test_runners_stop_fails_the_external_job_runner_stopped_and_the_worker
     assert next_report.json()["error"]["code"] == "JOB_FINISHED"
     assert next_report.json()["error"]["status"] == "failed"
     assert next_report.json()["error"]["error_code"] == "RUNNER_STOPPED"
+
+
+async def test_runners_stop_before_the_first_report_fails_the_held_job_runner_stopped(
+    system: System,
+) -> None:
+    """An external job its runner holds, its worker not yet reported: failed RUNNER_STOPPED too,
+    and the worker's first report is told so."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client)
+        async with slot_table(system.settings) as slots, asyncio.timeout(30):
+            # What the API asks before it takes a report (409 JOB_WAITING until then).
+            while await slots.holder(job.id) is None:  # noqa: ASYNC110 - nothing to wait on
+                await asyncio.sleep(0.05)
+        await system.stop_service("runner")
+        done = await wait_status(client, job.id, "cancelled", "failed", "completed")
+        first_report = await job.report(worker, progress=1)
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "RUNNER_STOPPED"
+    assert first_report.status_code == 409
+    assert first_report.json()["error"]["error_code"] == "RUNNER_STOPPED"
