@@ -2,7 +2,8 @@
 
 A job whose tool it was running ends ``failed`` with ``RUNNER_STOPPED`` (its whole process
 group stopped as a cancel would): never ``cancelled``, which says an operator asked. A job that
-was still waiting for its slot is left pending for the next runner.
+was still waiting for its slot, or whose request came in as the stop began, is left pending for
+the next runner.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from jobrunner.common import batchids, eventstore
+from jobrunner.common import batchids, eventstore, subscription
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
@@ -25,10 +26,12 @@ from tests.tools.runners import (
     RUNNER_TYPES,
     pid_alive,
     start_job,
+    status_events,
     wait_dead,
     wait_file,
     wait_status,
 )
+from tests.tools.running_runner import running_runner
 
 ENDED = ("cancelled", "failed", "completed")
 
@@ -116,3 +119,35 @@ async def test_a_batch_job_waiting_for_its_seal_at_the_runners_stop_runs_on_the_
     async with system.client() as client:
         job = await wait_status(client, batch.jobs[0].job_id, *ENDED)
     assert job["status"] == "completed", job
+
+
+async def test_a_request_fetched_as_the_runners_stop_begins_runs_once_on_the_next_runner(
+    projector_and_api: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request the runner's fetch brought in just as its stop began (a fetch under way is
+    never abandoned) is not started by the stopping runner: the job stays pending and runs
+    once on the next runner."""
+    system = projector_and_api
+    fetch_some = subscription.fetch_some
+    stops: list[asyncio.Event] = []
+
+    async def stop_as_the_request_comes(*args: object, **kwargs: object) -> object:
+        msgs = await fetch_some(*args, **kwargs)  # type: ignore[arg-type]
+        if msgs:
+            stops[0].set()
+        return msgs
+
+    # In place before the runner starts: its first fetch is then the patched one.
+    monkeypatch.setattr(subscription, "fetch_some", stop_as_the_request_comes)
+    async with running_runner(system.settings) as runner, system.client() as client:
+        stops.append(runner.stop)
+        job_id = await start_job(client, "emit", lines=1)
+        await asyncio.wait_for(runner.task, 30)
+        # Nothing stored: the job is pending, never ``running`` on the stopping runner.
+        assert await status_events(system.settings, job_id) == []
+    monkeypatch.undo()
+    await system.start_runner("next runner")
+    async with system.client() as client:
+        job = await wait_status(client, job_id, *ENDED)
+    assert job["status"] == "completed", job
+    assert await status_events(system.settings, job_id) == ["running", "completed"]

@@ -62,6 +62,9 @@ class RequestLoop:
         self.give_back_seconds = give_back_seconds
         self.running: dict[str, RunningJob] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set as the stop begins: a request the last fetch brought in (a fetch under way is
+        # never abandoned) is handled after the stopped jobs were told, and is told at once.
+        self._stopping = False
 
     async def run(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         """Take requests until ``stop``; then stop every job (``end_jobs`` waits for their
@@ -71,6 +74,7 @@ class RequestLoop:
             # several at once; a new job's lone request is not held for a fetch of several.
             await handle_each(sub, self.capacity, stop, self._handle, self._tasks)
         finally:
+            self._stopping = True
             for job in self.running.values():
                 job.stop_for_runner()
 
@@ -117,6 +121,8 @@ class RequestLoop:
                 return
             job = RunningJob(event.job_id, msg)
             self.running[event.job_id] = job
+            if self._stopping:
+                job.stop_for_runner()  # not started: its request goes back to the next runner
             try:
                 await self._handle_request(event, job)
             except Exception as exc:
