@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -17,9 +18,12 @@ import pytest
 from jobrunner.common import batchids, eventstore, subscription
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
+from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.batchpublish import BatchEvents
 from jobrunner.services.api.batchrequest import plan_batch
+from jobrunner.services.runner.claim import Claimed, SlotClaimer
+from jobrunner.services.runner.running import RunningJob
 from tests.batch_submit_support import batch_body, jetstream
 from tests.system import System
 from tests.tools.runners import (
@@ -32,6 +36,7 @@ from tests.tools.runners import (
     wait_status,
 )
 from tests.tools.running_runner import running_runner
+from tests.tools.slot_leases import slot_table
 
 ENDED = ("cancelled", "failed", "completed")
 
@@ -145,6 +150,45 @@ async def test_a_request_fetched_as_the_runners_stop_begins_runs_once_on_the_nex
         await asyncio.wait_for(runner.task, 30)
         # Nothing stored: the job is pending, never ``running`` on the stopping runner.
         assert await status_events(system.settings, job_id) == []
+    monkeypatch.undo()
+    await system.start_runner("next runner")
+    async with system.client() as client:
+        job = await wait_status(client, job_id, *ENDED)
+    assert job["status"] == "completed", job
+    assert await status_events(system.settings, job_id) == ["running", "completed"]
+
+
+async def test_a_job_whose_slot_was_claimed_as_the_runners_stop_began_gets_its_reservation_back(
+    projector_and_api: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's stop began after it claimed the slot of a job on a ``reject`` lock and
+    before the job started: the job is not ended, the runner's claim is undone (no holder, no
+    run record), the API's reservation of the lock is the job's again, and the next runner
+    runs the job once."""
+    system = projector_and_api
+    claim = SlotClaimer.claim
+    stops: list[asyncio.Event] = []
+
+    async def stop_once_claimed(
+        claimer: SlotClaimer, request: Any, job_type: Any, job: RunningJob
+    ) -> Claimed | None:
+        claimed = await claim(claimer, request, job_type, job)
+        stops[0].set()
+        await job.runner_stopping.wait()  # the stop has reached the job: its start check next
+        return claimed
+
+    monkeypatch.setattr(SlotClaimer, "claim", stop_once_claimed)
+    async with running_runner(system.settings) as runner, system.client() as client:
+        stops.append(runner.stop)
+        job_id = await start_job(client, "rejecting")
+        await asyncio.wait_for(runner.task, 30)
+        assert await status_events(system.settings, job_id) == []
+        async with slot_table(system.settings) as slots:
+            assert await slots.holder(job_id) is None
+            assert await slots.run_record(job_id) is None
+            lease = await slots.current(slot_key("single", job_id))
+            assert lease is not None
+            assert lease.value == SlotValue(job_id=job_id, phase="reserved", job_type="rejecting")
     monkeypatch.undo()
     await system.start_runner("next runner")
     async with system.client() as client:
