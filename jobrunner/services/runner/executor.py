@@ -71,7 +71,7 @@ def _files_not_kept(outcome: Outcome, code: ErrorCode, files: list[str], what: s
     )
 
 
-def runner_stopped(job_id: str, *, external: bool) -> ErrorInfo:
+def runner_stopped_error(job_id: str, *, external: bool) -> ErrorInfo:
     """Why a job its runner's own stop interrupted ended: not a cancel, and not a crash."""
     if external:
         what = (
@@ -505,7 +505,7 @@ class JobExecutor:
         if job.runner_stopping.is_set():
             # Its runner began to stop after ``running`` was stored: never start the tool.
             return Outcome(
-                JobStatus.FAILED, error=runner_stopped(job.job_id, external=job_type.external)
+                JobStatus.FAILED, error=runner_stopped_error(job.job_id, external=job_type.external)
             )
         if not await keeper.confirm():
             # The lease could not be confirmed in time: the slot may be someone else's.
@@ -546,7 +546,15 @@ class JobExecutor:
         else:
             await execution.stop(job_type.cancel_grace_seconds)
             exit_code = execution.reported_exit_code(await waiter)
-            outcome = self._stopped(job, job_type, exit_code, stopped_by=done)
+            # Read from what ended the wait, not from the events after the grace: a job the
+            # timeout stopped stays timed out when a cancel comes during its grace.
+            outcome = self._stopped(
+                job,
+                job_type,
+                exit_code,
+                cancelled=cancel in done,
+                runner_stopped=runner_stop in done,
+            )
         for task in (cancel, runner_stop, lost):
             task.cancel()
         drained = await self._drain(pump, reporter.publisher, keeper)
@@ -622,17 +630,22 @@ class JobExecutor:
 
     @staticmethod
     def _stopped(
-        job: RunningJob, job_type: JobType, exit_code: int | None, *, stopped_by: set[Any]
+        job: RunningJob,
+        job_type: JobType,
+        exit_code: int | None,
+        *,
+        cancelled: bool,
+        runner_stopped: bool,
     ) -> Outcome:
-        """The end of a job stopped by a cancel, its runner's stop or its timeout (``stopped_by``:
-        the waits that ended; none for the timeout). A cancel wins over the runner's stop."""
-        if job.cancel_event.is_set():
+        """The end of a job stopped by a cancel, its runner's stop or (neither) its timeout,
+        whichever stopped it first; a cancel wins over a runner's stop that came with it."""
+        if cancelled:
             return Outcome(JobStatus.CANCELLED, exit_code=exit_code, cancelled_by=job.cancelled_by)
-        if stopped_by:
+        if runner_stopped:
             return Outcome(
                 JobStatus.FAILED,
                 exit_code=exit_code,
-                error=runner_stopped(job.job_id, external=job_type.external),
+                error=runner_stopped_error(job.job_id, external=job_type.external),
             )
         return Outcome(
             JobStatus.FAILED,
