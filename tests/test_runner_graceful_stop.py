@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from jobrunner.common import batchids, eventstore, subscription
 from jobrunner.common.jobtypes import load_job_types
 from jobrunner.common.settings import Settings
-from jobrunner.common.slots import SlotValue, slot_key
+from jobrunner.common.slots import SlotTable, SlotValue, slot_key
+from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api.batchpublish import BatchEvents
 from jobrunner.services.api.batchrequest import plan_batch
 from jobrunner.services.runner.claim import Claimed, SlotClaimer
+from jobrunner.services.runner.journal import JobJournal
+from jobrunner.services.runner.requests import RequestLoop
 from jobrunner.services.runner.running import RunningJob
 from tests.batch_submit_support import batch_body, jetstream
 from tests.system import System
+from tests.tools.runner_parts import slot_claimer
 from tests.tools.runners import (
     RUNNER_TYPES,
     pid_alive,
@@ -195,3 +200,31 @@ async def test_a_job_whose_slot_was_claimed_as_the_runners_stop_began_gets_its_r
         job = await wait_status(client, job_id, *ENDED)
     assert job["status"] == "completed", job
     assert await status_events(system.settings, job_id) == ["running", "completed"]
+
+
+async def test_a_claims_undo_ends_once_the_runners_connection_is_closed(
+    settings: Settings,
+) -> None:
+    """The undo of a failed claim is retried while NATS is away, but not once the runner's
+    stop closed its connection (no retry can pass then): it is given up, and said so."""
+    nc = await eventstore.connect(settings, "runner")
+    names = Names(settings.prefix)
+    await eventstore.ensure_topology(nc.jetstream(), names, settings)
+    slots = SlotTable(nc.jetstream(), names, settings.lease_ttl_seconds)
+    journal = JobJournal(nc, nc.jetstream(), names, "runner-test")
+    loop = RequestLoop(
+        load_job_types(settings.job_types_file),
+        slots,
+        journal,
+        slot_claimer(slots, journal),
+        cast(Any, None),  # neither the seals nor the executor take part in an undo
+        cast(Any, None),
+        asyncio.Semaphore(1),
+        give_back_seconds=3600.0,
+    )
+    await eventstore.close(nc)
+    request = events.JobRequested(job_id="j-undo", job_type="rejecting", lock="single")
+    with capture_logs() as logs:
+        # Bounded only against a hang: before, the undo retried for its whole hour.
+        await asyncio.wait_for(loop._give_back(request), 30)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["failed claim not undone"]

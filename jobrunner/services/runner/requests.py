@@ -19,6 +19,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 
 from jobrunner.common import retry, stopping
@@ -38,6 +39,10 @@ log = structlog.get_logger()
 
 # A request whose handling met a NATS outage is delivered again after this long (seconds).
 REDELIVERY_DELAY = 1.0
+
+
+class ConnectionClosedForGood(Exception):
+    """The runner's connection was closed (by its stop): not the outage a retry outlasts."""
 
 
 class RequestLoop:
@@ -152,13 +157,19 @@ class RequestLoop:
     async def _give_back(self, request: events.JobRequested) -> None:
         """Undo a failed attempt's claim, retried while NATS is away; given up after the ack
         wait, when the request is delivered again anyway (a lease left then expires, a record
-        left is swept: the job ends RUNNER_LOST, as before this undo)."""
+        left is swept: the job ends RUNNER_LOST, as before this undo), or at once when the
+        connection is closed (the runner's stop closed it: no retry can pass)."""
+        job_type = self.job_types.get(request.job_type)
+
+        async def undo() -> None:
+            try:
+                await self.claimer.give_back(request, job_type)
+            except ConnectionClosedError as exc:
+                raise ConnectionClosedForGood from exc
+
         try:
             async with asyncio.timeout(self.give_back_seconds):
-                await retry.until_done(
-                    lambda: self.claimer.give_back(request, self.job_types.get(request.job_type)),
-                    "the failed claim's undo",
-                )
+                await retry.until_done(undo, "the failed claim's undo")
         except Exception as exc:
             log.warning("failed claim not undone", error=repr(exc))
 
