@@ -41,7 +41,7 @@ from tests.tools.runners import (
     wait_status,
 )
 from tests.tools.running_runner import running_runner
-from tests.tools.slot_leases import slot_table
+from tests.tools.slot_leases import held, slot_table
 
 ENDED = ("cancelled", "failed", "completed")
 
@@ -90,21 +90,30 @@ async def test_a_job_running_at_the_runners_stop_fails_runner_stopped_not_cancel
 async def test_a_job_waiting_for_its_lock_at_the_runners_stop_stays_pending_for_the_next_runner(
     system: System, tmp_path: Path
 ) -> None:
-    """A queued job the stopped runner was holding is not ended: the next runner runs it."""
-    first, second = tmp_path / "first", tmp_path / "second"
+    """Queued jobs the stopped runner was holding are not ended: the next runner runs them, in
+    their places in the lock's queue."""
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
     async with system.client() as client:
         running = await start_job(client, "locked_family", pidfile=str(first))
         await wait_file(first)
         waiting = await start_job(client, "locked_family", pidfile=str(second))
         await wait_requests_held(system.settings, 1)  # the runner holds it, waiting
+        behind = await start_job(client, "locked_family", pidfile=str(third))
+        await wait_requests_held(system.settings, 2)
         await system.stop_service("runner")
         await wait_status(client, running, *ENDED)
         await system.start_runner("next runner")
         job = await wait_status(client, waiting, "running", *ENDED)
         assert job["status"] == "running", job
         await wait_file(second)
+        assert (await client.get(f"/api/jobs/{behind}")).json()["status"] == "pending"
         await client.post(f"/api/jobs/{waiting}/cancel")
         await wait_status(client, waiting, *ENDED)
+        job = await wait_status(client, behind, "running", *ENDED)
+        assert job["status"] == "running", job
+        await wait_file(third)
+        await client.post(f"/api/jobs/{behind}/cancel")
+        await wait_status(client, behind, *ENDED)
 
 
 async def test_a_batch_job_waiting_for_its_seal_at_the_runners_stop_runs_on_the_next_runner(
@@ -228,3 +237,50 @@ async def test_a_claims_undo_ends_once_the_runners_connection_is_closed(
         # Bounded only against a hang: before, the undo retried for its whole hour.
         await asyncio.wait_for(loop._give_back(request), 30)
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["failed claim not undone"]
+
+
+async def test_a_job_waiting_for_capacity_at_the_runners_stop_runs_on_the_next_runner(
+    projector_and_api: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner of one job at a time: a job queued on a lock, whose turn came while another
+    job held the runner's only place, is not ended by the stop; the next runner runs it."""
+    system = projector_and_api
+    take_capacity = SlotClaimer._take_capacity
+    running_beside: list[bool] = []
+    waits_for_capacity = asyncio.Event()
+
+    async def noted(claimer: SlotClaimer, job: RunningJob) -> bool:
+        if running_beside:  # the other job holds the place: this is a wait for capacity
+            # Never over by its own end: only the stop can end this wait in time.
+            claimer.recheck_seconds = 3600.0
+            waits_for_capacity.set()
+        return await take_capacity(claimer, job)
+
+    monkeypatch.setattr(SlotClaimer, "_take_capacity", noted)
+    one_at_a_time = msgspec.structs.replace(system.settings, max_concurrent_jobs=1)
+    first, second = tmp_path / "first", tmp_path / "second"
+    async with slot_table(system.settings) as slots, system.client() as client:
+        # The lock is another job's while the queued one is taken: it waits, its place given
+        # up, and the other job takes that place.
+        blocker = await slots.try_acquire("slot.crash_sheet", held("another job"))
+        assert blocker is not None
+        async with running_runner(one_at_a_time) as runner:
+            queued = await start_job(client, "locked_family", pidfile=str(second))
+            await wait_requests_held(system.settings, 1)
+            beside = await start_job(client, "family", pidfile=str(first))
+            await wait_file(first)
+            running_beside.append(True)
+            await asyncio.wait_for(waits_for_capacity.wait(), 30)
+            runner.stop.set()
+            await asyncio.wait_for(runner.task, 30)
+            assert await status_events(system.settings, queued) == []
+            assert not [e for e in runner.logs if e["event"].startswith("jobs did not end")]
+        monkeypatch.undo()
+        assert (await wait_status(client, beside, *ENDED))["error"]["code"] == "RUNNER_STOPPED"
+        await slots.release(blocker)
+        await system.start_runner("next runner")
+        job = await wait_status(client, queued, "running", *ENDED)
+        assert job["status"] == "running", job
+        await wait_file(second)
+        await client.post(f"/api/jobs/{queued}/cancel")
+        await wait_status(client, queued, *ENDED)
