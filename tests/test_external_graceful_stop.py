@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 import pytest
 
 from jobrunner.common.settings import Settings
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
+from tests.tools.runner_holds import wait_slot_held
 from tests.tools.runners import wait_status
-from tests.tools.slot_leases import slot_table
 
 
 @pytest.fixture
@@ -47,10 +45,7 @@ async def test_runners_stop_before_the_first_report_fails_the_held_job_runner_st
     and the worker's first report is told so."""
     async with system.client() as client, worker_client(system.base_url) as worker:
         job = await start_external(client)
-        async with slot_table(system.settings) as slots, asyncio.timeout(30):
-            # What the API asks before it takes a report (409 JOB_WAITING until then).
-            while await slots.holder(job.id) is None:  # noqa: ASYNC110 - nothing to wait on
-                await asyncio.sleep(0.05)
+        await wait_slot_held(system.settings, job.id)
         await system.stop_service("runner")
         done = await wait_status(client, job.id, "cancelled", "failed", "completed")
         first_report = await job.report(worker, progress=1)

@@ -30,6 +30,7 @@ from jobrunner.services.runner.requests import RequestLoop
 from jobrunner.services.runner.running import RunningJob
 from tests.batch_submit_support import batch_body, jetstream
 from tests.system import System
+from tests.tools.runner_holds import wait_requests_held
 from tests.tools.runner_parts import slot_claimer
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -44,21 +45,6 @@ from tests.tools.running_runner import running_runner
 from tests.tools.slot_leases import held, slot_table
 
 ENDED = ("cancelled", "failed", "completed")
-
-
-async def wait_requests_held(settings: Settings, count: int) -> None:
-    """Until the runners hold ``count`` requests delivered and not yet acknowledged (a job
-    waiting for its slot; a started job's request is acknowledged)."""
-    names = Names(settings.prefix)
-    nc = await eventstore.connect(settings, "tests")
-    try:
-        js = nc.jetstream()
-        async with asyncio.timeout(30):
-            consumer = names.stream, names.runner_consumer
-            while (await js.consumer_info(*consumer)).num_ack_pending != count:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)  # nothing to wait on but the server's count
-    finally:
-        await eventstore.close(nc)
 
 
 @pytest.fixture
