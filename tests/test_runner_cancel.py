@@ -14,6 +14,8 @@ from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
 from jobrunner.common.slots import RunRecord, SlotTable
 from jobrunner.contracts.names import Names
+from jobrunner.services.runner.execution import ToolExecution
+from jobrunner.services.runner.running import RunningJob
 from tests.system import System
 from tests.tools.runners import (
     RUNNER_TYPES,
@@ -228,3 +230,32 @@ async def test_timeout_fails_the_job_and_ends_its_process_group(
     assert "timeout of 1 s" in job["error"]["message"]
     await wait_dead(tool)
     await wait_dead(grandchild)
+
+
+async def test_a_cancel_during_a_timed_out_jobs_grace_leaves_it_failed_processing_timeout(
+    system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeout stopped the job first: a cancel that reaches it while its tool has its grace
+    does not make it ``cancelled`` (it fails PROCESSING_TIMEOUT, as it would have anyway)."""
+    stop, cancel = ToolExecution.stop, RunningJob.cancel
+    job_ids: list[str] = []
+    cancel_reached = asyncio.Event()
+
+    def cancel_noted(job: RunningJob, by: str | None) -> None:
+        cancel(job, by)
+        cancel_reached.set()
+
+    async def cancelled_as_it_stops(execution: ToolExecution, grace_seconds: float) -> None:
+        async with system.client() as client:
+            response = await client.post(f"/api/jobs/{job_ids[0]}/cancel")
+            assert response.status_code < 300, response.text
+        await cancel_reached.wait()  # the runner has it: the job's cancel is set from here
+        await stop(execution, grace_seconds)
+
+    monkeypatch.setattr(RunningJob, "cancel", cancel_noted)
+    monkeypatch.setattr(ToolExecution, "stop", cancelled_as_it_stops)
+    async with system.client() as client:
+        job_ids.append(await start_job(client, "short_timeout", pidfile=str(tmp_path / "pids")))
+        job = await wait_status(client, job_ids[0], "failed", "completed", "cancelled")
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "PROCESSING_TIMEOUT"

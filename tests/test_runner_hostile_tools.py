@@ -215,7 +215,8 @@ class TestCancelDuringAFlood:
         self, system: System
     ) -> None:
         """The runner's stop (what its SIGTERM sets) during a flood: the job is stopped, ends
-        once, and what it printed before is stored whole and in order."""
+        once (failed RUNNER_STOPPED: no one cancelled it), and what it printed before is stored
+        whole and in order."""
         async with system.client() as client:
             response = await client.post(
                 "/api/jobs", json={"job_type": "emit", "parameters": {"lines": 2_000_000}}
@@ -232,7 +233,8 @@ class TestCancelDuringAFlood:
         ends = [e for e in stream.events if e.event == "done"]
         assert len(ends) == 1
         assert stream.events[-1] is ends[0]
-        assert ends[0].json["status"] == "cancelled"
+        assert ends[0].json["status"] == "failed"
+        assert ends[0].json["error"]["code"] == "RUNNER_STOPPED"
 
 
 async def test_a_child_holding_the_pipes_after_the_tool_exits_ends_with_it() -> None:

@@ -156,6 +156,9 @@ class ErrorCode(StrEnum):
     SPAWN_FAILED = "SPAWN_FAILED"
     PROCESSING_TIMEOUT = "PROCESSING_TIMEOUT"
     RUNNER_LOST = "RUNNER_LOST"
+    # Its runner was stopped on purpose (SIGTERM, Ctrl-C) while it ran the job (its tool, or
+    # held an external job): not an operator's cancel; start the job again to run it.
+    RUNNER_STOPPED = "RUNNER_STOPPED"
     LEASE_LOST = "LEASE_LOST"
     CALLABLE_FAILED = "CALLABLE_FAILED"  # an internal job's callable raised
     # The runner has no such job type (its job types file differs from the API's).

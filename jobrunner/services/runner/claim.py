@@ -116,6 +116,11 @@ class SlotClaimer:
         # another runner meanwhile (a stall past the ack wait), which may have run it.
         waited = False
         while True:
+            if job.left_for_next_runner:
+                # Its runner stops before the job could start: not ended, it keeps its place
+                # in its lock's queue (or its reservation) for the runner that takes it next.
+                await job.leave_for_next_runner()
+                return None
             cancelled = job.cancel_event.is_set() or (
                 look_for_cancel and await self.journal.last_event(job_id, "cancel") is not None
             )
@@ -163,7 +168,7 @@ class SlotClaimer:
             waited = True
             waits = [
                 asyncio.ensure_future(self.board.wait_change(key, self.recheck_seconds)),
-                asyncio.ensure_future(job.cancel_event.wait()),
+                asyncio.ensure_future(job.interrupted.wait()),
             ]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
@@ -216,9 +221,9 @@ class SlotClaimer:
 
     async def _take_capacity(self, job: RunningJob) -> bool:
         """A unit of capacity for the job; False when none came within ``recheck_seconds`` or
-        the job was cancelled meanwhile."""
+        the job was cancelled (or its runner began to stop) meanwhile."""
         acquiring = asyncio.ensure_future(self.capacity.acquire())
-        cancelled = asyncio.ensure_future(job.cancel_event.wait())
+        cancelled = asyncio.ensure_future(job.interrupted.wait())
         try:
             await asyncio.wait(
                 {acquiring, cancelled},

@@ -43,7 +43,7 @@ from jobrunner.services.runner.lease import RETRY_PAUSE_SECONDS, LeaseKeeper
 from jobrunner.services.runner.priority import ToolPriority
 from jobrunner.services.runner.publisher import LinePublisher, PublishPacing
 from jobrunner.services.runner.reporting import JobReporter
-from jobrunner.services.runner.running import RunnerIdentity, RunningJob
+from jobrunner.services.runner.running import LeftForNextRunner, RunnerIdentity, RunningJob
 
 log = structlog.get_logger()
 
@@ -68,6 +68,21 @@ def _files_not_kept(outcome: Outcome, code: ErrorCode, files: list[str], what: s
         error=ErrorInfo(
             code=code, message=f"{len(files)} output file(s) {what} ({names}); see the job's log."
         ),
+    )
+
+
+def runner_stopped_error(job_id: str, *, external: bool) -> ErrorInfo:
+    """Why a job its runner's own stop interrupted ended: not a cancel, and not a crash."""
+    if external:
+        what = (
+            "The runner holding this external job was stopped (its worker is told so at its "
+            "next report)"
+        )
+    else:
+        what = "The runner was stopped while the job ran"
+    return ErrorInfo(
+        code=ErrorCode.RUNNER_STOPPED,
+        message=f"{what}: start it again (POST /api/jobs/{job_id}/restart).",
     )
 
 
@@ -137,6 +152,9 @@ class JobExecutor:
         try:
             status, cancel, status_last = await self._check(job_id, claimed, keeper)
             starts = status is None and cancel is None and not job.cancel_event.is_set()
+            if starts and job.left_for_next_runner:
+                # Its runner began to stop before the job started: the job is not ended.
+                raise LeftForNextRunner
             if starts and not job_type.external:
                 # Stored before the tool starts, never while it runs: a runner that died after
                 # the spawn and before ``running`` was stored would leave a request that, sent
@@ -484,6 +502,11 @@ class JobExecutor:
         if job.cancel_event.is_set():
             # Cancelled between the claim and now: never start it.
             return Outcome(JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
+        if job.runner_stopping.is_set():
+            # Its runner began to stop after ``running`` was stored: never start the tool.
+            return Outcome(
+                JobStatus.FAILED, error=runner_stopped_error(job.job_id, external=job_type.external)
+            )
         if not await keeper.confirm():
             # The lease could not be confirmed in time: the slot may be someone else's.
             return Outcome(JobStatus.FAILED, error=LEASE_LOST)
@@ -504,9 +527,10 @@ class JobExecutor:
         pump = asyncio.create_task(execution.pump(reporter))
         waiter = asyncio.create_task(execution.wait())
         cancel = asyncio.create_task(job.cancel_event.wait())
+        runner_stop = asyncio.create_task(job.runner_stopping.wait())
         lost = asyncio.create_task(keeper.lost.wait())
         done, _ = await asyncio.wait(
-            {waiter, cancel, lost},
+            {waiter, cancel, runner_stop, lost},
             timeout=job_type.timeout_seconds,
             return_when=asyncio.FIRST_COMPLETED,
         )
@@ -522,8 +546,16 @@ class JobExecutor:
         else:
             await execution.stop(job_type.cancel_grace_seconds)
             exit_code = execution.reported_exit_code(await waiter)
-            outcome = self._stopped(job, job_type, exit_code, cancelled=cancel in done)
-        for task in (cancel, lost):
+            # Read from what ended the wait, not from the events after the grace: a job the
+            # timeout stopped stays timed out when a cancel comes during its grace.
+            outcome = self._stopped(
+                job,
+                job_type,
+                exit_code,
+                cancelled=cancel in done,
+                runner_stopped=runner_stop in done,
+            )
+        for task in (cancel, runner_stop, lost):
             task.cancel()
         drained = await self._drain(pump, reporter.publisher, keeper)
         completed = outcome.status == JobStatus.COMPLETED
@@ -598,10 +630,23 @@ class JobExecutor:
 
     @staticmethod
     def _stopped(
-        job: RunningJob, job_type: JobType, exit_code: int | None, *, cancelled: bool
+        job: RunningJob,
+        job_type: JobType,
+        exit_code: int | None,
+        *,
+        cancelled: bool,
+        runner_stopped: bool,
     ) -> Outcome:
+        """The end of a job stopped by a cancel, its runner's stop or (neither) its timeout,
+        whichever stopped it first; a cancel wins over a runner's stop that came with it."""
         if cancelled:
             return Outcome(JobStatus.CANCELLED, exit_code=exit_code, cancelled_by=job.cancelled_by)
+        if runner_stopped:
+            return Outcome(
+                JobStatus.FAILED,
+                exit_code=exit_code,
+                error=runner_stopped_error(job.job_id, external=job_type.external),
+            )
         return Outcome(
             JobStatus.FAILED,
             exit_code=exit_code,

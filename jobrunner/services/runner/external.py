@@ -5,7 +5,8 @@ one ends it). The runner "runs" the job all the same: it holds the job's slot un
 lease for as long as the job lasts, so a lock is held while the worker works, and it ends the
 job when nobody else does: ``PROCESSING_TIMEOUT`` once the worker has been silent for the type's
 ``heartbeat_seconds`` (else its ``timeout_seconds``), ``cancelled`` (a status, no error code)
-on a cancel, ``LEASE_LOST`` when the lease goes.
+on a cancel, ``LEASE_LOST`` when the lease goes, ``RUNNER_STOPPED`` when its runner is stopped
+(the worker, elsewhere, may still be working: its next report is told the job ended).
 
 Signs of life come as plain NATS notices from the API (``Names.external_reported_subject``), and
 the end as the job's terminal ``StatusChanged``. Either can be missed while NATS is away, so the

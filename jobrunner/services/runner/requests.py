@@ -1,6 +1,10 @@
 """The request loop: JobRequested taken from the shared durable consumer while there is capacity,
 each handled by its own task; and cancel requests passed to the job they name.
 
+At the runner's stop every job it handles is told (``RunningJob.stop_for_runner``), which is not
+a cancel: one whose tool runs (or external job it holds) ends failed RUNNER_STOPPED; one still
+waiting for its slot, capacity or batch's seal gives its request back, unended, to the next runner.
+
 A request that arrives for a job that already started means a redelivery: the job is left alone
 if its runner still holds the lease, and ended RUNNER_LOST if nobody does.
 """
@@ -15,6 +19,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 
 from jobrunner.common import retry, stopping
@@ -27,13 +32,17 @@ from jobrunner.contracts.names import Names
 from jobrunner.services.runner.claim import SlotClaimer
 from jobrunner.services.runner.executor import JobExecutor
 from jobrunner.services.runner.journal import JobJournal
-from jobrunner.services.runner.running import RunningJob
+from jobrunner.services.runner.running import LeftForNextRunner, RunningJob
 from jobrunner.services.runner.seals import SealWaiter
 
 log = structlog.get_logger()
 
 # A request whose handling met a NATS outage is delivered again after this long (seconds).
 REDELIVERY_DELAY = 1.0
+
+
+class ConnectionClosedForGood(Exception):
+    """The runner's connection was closed (by its stop): not the outage a retry outlasts."""
 
 
 class RequestLoop:
@@ -58,6 +67,9 @@ class RequestLoop:
         self.give_back_seconds = give_back_seconds
         self.running: dict[str, RunningJob] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set as the stop begins: a request the last fetch brought in (a fetch under way is
+        # never abandoned) is handled after the stopped jobs were told, and is told at once.
+        self._stopping = False
 
     async def run(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         """Take requests until ``stop``; then stop every job (``end_jobs`` waits for their
@@ -67,8 +79,9 @@ class RequestLoop:
             # several at once; a new job's lone request is not held for a fetch of several.
             await handle_each(sub, self.capacity, stop, self._handle, self._tasks)
         finally:
+            self._stopping = True
             for job in self.running.values():
-                job.cancel("runner shutdown")
+                job.stop_for_runner()
 
     async def end_jobs(self, within: float) -> None:
         """Wait for the stopped jobs' ends, ``within`` seconds at most. A job's ending is
@@ -93,9 +106,7 @@ class RequestLoop:
             and event.job_id in self.running
             and msg.subject == self.journal.names.subject(event)
         ):
-            job = self.running[event.job_id]
-            job.cancelled_by = event.requested_by
-            job.cancel_event.set()
+            self.running[event.job_id].cancel(event.requested_by)
 
     async def _handle(self, msg: Msg) -> None:
         job: RunningJob | None = None
@@ -115,6 +126,8 @@ class RequestLoop:
                 return
             job = RunningJob(event.job_id, msg)
             self.running[event.job_id] = job
+            if self._stopping:
+                job.stop_for_runner()  # not started: its request goes back to the next runner
             try:
                 await self._handle_request(event, job)
             except Exception as exc:
@@ -144,13 +157,19 @@ class RequestLoop:
     async def _give_back(self, request: events.JobRequested) -> None:
         """Undo a failed attempt's claim, retried while NATS is away; given up after the ack
         wait, when the request is delivered again anyway (a lease left then expires, a record
-        left is swept: the job ends RUNNER_LOST, as before this undo)."""
+        left is swept: the job ends RUNNER_LOST, as before this undo), or at once when the
+        connection is closed (the runner's stop closed it: no retry can pass)."""
+        job_type = self.job_types.get(request.job_type)
+
+        async def undo() -> None:
+            try:
+                await self.claimer.give_back(request, job_type)
+            except ConnectionClosedError as exc:
+                raise ConnectionClosedForGood from exc
+
         try:
             async with asyncio.timeout(self.give_back_seconds):
-                await retry.until_done(
-                    lambda: self.claimer.give_back(request, self.job_types.get(request.job_type)),
-                    "the failed claim's undo",
-                )
+                await retry.until_done(undo, "the failed claim's undo")
         except Exception as exc:
             log.warning("failed claim not undone", error=repr(exc))
 
@@ -225,7 +244,11 @@ class RequestLoop:
             # taken at once at its first delivery (``seen``, outside a batch) did not wait.
             await job.msg.in_progress()
         making_output = early or self.executor.output_directory(job_id)
-        await self.executor.run(request, job_type, job, claimed, making_output)
+        try:
+            await self.executor.run(request, job_type, job, claimed, making_output)
+        except LeftForNextRunner:
+            await self._give_back(request)
+            await job.leave_for_next_runner()
 
 
 def _request_of(msg: Msg, names: Names) -> events.JobRequested | None:

@@ -66,6 +66,11 @@ class RunnerIdentity:
         )
 
 
+class LeftForNextRunner(Exception):
+    """The runner began to stop after it claimed the job's slot and before the job started:
+    the claim is to be undone and the request given back (``RunningJob.leave_for_next_runner``)."""
+
+
 class RunningJob:
     """A job this runner is handling, from its request's delivery to its end.
 
@@ -81,6 +86,11 @@ class RunningJob:
         self._ack_due = False
         self.cancelled_by: str | None = None
         self.cancel_event = asyncio.Event()
+        # Set by the runner's own stop (``stop_for_runner``), apart from a cancel: a job it
+        # interrupts ends RUNNER_STOPPED, one not yet started is left for the next runner.
+        self.runner_stopping = asyncio.Event()
+        # Set by either: what a job waiting for its slot or its batch's seal wakes up on.
+        self.interrupted = asyncio.Event()
         # Whether this job holds one of the runner's max_concurrent_jobs (a job waiting for a
         # slot does not).
         self.holds_capacity = True
@@ -135,3 +145,21 @@ class RunningJob:
     def cancel(self, by: str | None) -> None:
         self.cancelled_by = self.cancelled_by or by
         self.cancel_event.set()
+        self.interrupted.set()
+
+    def stop_for_runner(self) -> None:
+        """The runner is stopping: not a cancel (no one asked for the job's end)."""
+        self.runner_stopping.set()
+        self.interrupted.set()
+
+    @property
+    def left_for_next_runner(self) -> bool:
+        """Whether a job not yet started gives way at the runner's stop: its request goes back
+        to the stream (another runner, or this one started again, takes it); never when it was
+        also cancelled (the cancel ends it)."""
+        return self.runner_stopping.is_set() and not self.cancel_event.is_set()
+
+    async def leave_for_next_runner(self) -> None:
+        """Give the request back, unacknowledged, to be delivered again at once to a runner
+        still taking requests (this one takes no more)."""
+        await self.msg.nak()

@@ -191,7 +191,7 @@ class SealWaiter:
     async def wait(self, request: events.JobRequested, job: RunningJob) -> bool:
         """True once the job's batch is sealed; False when the job ended while it waited
         (cancelled, by a user or by its batch's fail, or BATCH_INCOMPLETE), its request then
-        acknowledged."""
+        acknowledged, or when its runner began to stop (its request given back)."""
         batch_id = request.batch_id
         assert batch_id is not None
         deadline = request.occurred_at.timestamp() + self.timeout
@@ -202,6 +202,10 @@ class SealWaiter:
                     return True
                 log.info("batch failed before this job could start", batch_id=batch_id)
                 await self._end(request, job, JobStatus.CANCELLED, cancelled_by=failed.requested_by)
+                return False
+            if job.left_for_next_runner:
+                # Its runner stops: the job waits for its seal on the runner that takes it next.
+                await job.leave_for_next_runner()
                 return False
             if job.cancel_event.is_set():
                 await self._end(request, job, JobStatus.CANCELLED, cancelled_by=job.cancelled_by)
@@ -220,7 +224,7 @@ class SealWaiter:
             await job.msg.in_progress()
             waits = [
                 asyncio.ensure_future(self.seals.wait_change(batch_id, min(self.recheck, left))),
-                asyncio.ensure_future(job.cancel_event.wait()),
+                asyncio.ensure_future(job.interrupted.wait()),
             ]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:

@@ -76,7 +76,7 @@ AFTER_GRACE_SECONDS = 2.0
 
 
 def stop_needed_seconds(job_type: JobType) -> float:
-    """The stop_seconds a runner needs to end a job of ``job_type`` cancelled at its stop
+    """The stop_seconds a runner needs to end a job of ``job_type`` stopped at its stop
     (one whose tool ignores SIGTERM uses its whole grace), the NATS connections' close kept."""
     return job_type.cancel_grace_seconds + AFTER_GRACE_SECONDS + eventstore.CLOSE_KEEP_SECONDS
 
@@ -84,7 +84,7 @@ def stop_needed_seconds(job_type: JobType) -> float:
 def warn_if_stop_too_short(job_types: dict[str, JobType], stop_seconds: float) -> None:
     """Say at start which job types a stop of ``stop_seconds`` may cut short: a job of theirs
     still running at the stop is then left to end with the runner, RUNNER_LOST once its lease
-    runs out, instead of cancelled."""
+    runs out, instead of RUNNER_STOPPED."""
     short = {
         name: stop_needed_seconds(job_type)
         for name, job_type in job_types.items()
@@ -93,7 +93,7 @@ def warn_if_stop_too_short(job_types: dict[str, JobType], stop_seconds: float) -
     if short:
         log.warning(
             "stop_seconds is too short for these job types' cancel_grace_seconds: a job of"
-            " theirs running at the runner's stop may end RUNNER_LOST instead of cancelled;"
+            " theirs running at the runner's stop may end RUNNER_LOST instead of RUNNER_STOPPED;"
             " lower their cancel_grace_seconds, or raise stop_seconds (15 at most)",
             job_types=sorted(short),
             stop_seconds=stop_seconds,
