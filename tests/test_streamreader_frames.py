@@ -72,6 +72,21 @@ async def read_until_refused(reader: StreamReader) -> tuple[list[int], StreamRea
     raise AssertionError("the reader stopped without an error")
 
 
+async def read_everything_stored(reader: StreamReader) -> list[bytes]:
+    """The payloads of every message the stream holds, from its first, the reader closed after."""
+    got: list[bytes] = []
+    try:
+        await reader.open(1)
+        async with asyncio.timeout(60):  # a bound on a broken reader only
+            async for batch in reader.batches():
+                got += [body for _, body in batch]
+                if reader.pending == 0:
+                    break
+    finally:
+        await reader.close()
+    return got
+
+
 @pytest.mark.parametrize(
     ("bad", "filler", "reason"),
     [
@@ -162,16 +177,9 @@ async def test_a_message_stored_before_max_payload_was_lowered_is_read_whole() -
             nc = await eventstore.connect(Settings(nats_url=url, prefix=prefix), "test")
             assert nc.max_payload == 1 << 20
             reader = StreamReader(nc.jetstream(), [url], names.stream, names.all_subjects)
-            got: list[bytes] = []
             try:
-                await reader.open(1)
-                async with asyncio.timeout(60):  # a bound on a broken reader only
-                    async for batch in reader.batches():
-                        got += [body for _, body in batch]
-                        if reader.pending == 0:
-                            break
+                got = await read_everything_stored(reader)
             finally:
-                await reader.close()
                 await nc.close()
             assert got == payloads
         finally:
@@ -191,16 +199,9 @@ async def test_the_reader_reads_a_default_server_as_before(nats_server_url: str)
     for payload in payloads:
         await js.publish(f"{settings.prefix}.job.j.status", payload)
     reader = StreamReader(js, [nats_server_url], names.stream, names.all_subjects)
-    got: list[bytes] = []
     try:
-        await reader.open(1)
-        async with asyncio.timeout(60):  # a bound on a broken reader only
-            async for batch in reader.batches():
-                got += [body for _, body in batch]
-                if reader.pending == 0:
-                    break
+        got = await read_everything_stored(reader)
     finally:
-        await reader.close()
         await nc.close()
         await delete_streams(nats_server_url, settings.prefix)
     assert got == payloads
