@@ -27,6 +27,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import scratch_dir
 from tests.servers import delete_streams
 from tests.tls_nats import ConfiguredNats
+from tests.tools.reader_batches import sequences_until_raised
 from tests.tools.scripted_nats import ScriptedNats
 
 LIMIT = PAYLOAD_BOUND + HEADERS_ALLOWANCE
@@ -60,16 +61,6 @@ async def jetstream(nats_server_url: str) -> AsyncIterator[tuple[JetStreamContex
     finally:
         await eventstore.close(nc)
         await delete_streams(nats_server_url, settings.prefix)
-
-
-async def read_until_refused(reader: StreamReader) -> tuple[list[int], StreamReaderError]:
-    seqs: list[int] = []
-    try:
-        async for batch in reader.batches():
-            seqs += [seq for seq, _ in batch]
-    except StreamReaderError as exc:
-        return seqs, exc
-    raise AssertionError("the reader stopped without an error")
 
 
 async def read_everything_stored(reader: StreamReader) -> list[bytes]:
@@ -114,7 +105,9 @@ async def test_a_malformed_frame_from_the_server_is_refused_after_the_messages_b
             await reader.open(1)
             # A bound on a broken reader only: the scripted server sends nothing after its
             # filler, so a reader that kept buffering would end on its 15 s heartbeat wait.
-            seqs, error = await asyncio.wait_for(read_until_refused(reader), timeout=120)
+            seqs, error = await asyncio.wait_for(
+                sequences_until_raised(reader, StreamReaderError), timeout=120
+            )
         finally:
             await reader.close()
     assert seqs == [11, 12]
