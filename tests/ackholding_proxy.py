@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from tests.tools.loopback_server import LoopbackServer
+
 
 @dataclass
 class _Connection:
@@ -30,16 +32,14 @@ class _Connection:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-class AckHoldingProxy:
+class AckHoldingProxy(LoopbackServer):
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = 0
         self.hit = asyncio.Event()
         self.held: _Connection | None = None
         self._trigger: bytes | None = None
         self._swallow = False
         self._connections: list[_Connection] = []
-        self._server: asyncio.Server | None = None
 
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
@@ -101,14 +101,7 @@ class AckHoldingProxy:
         for writer in (self.held.client_w, self.held.up_w):
             writer.transport.abort()
 
-    async def __aenter__(self) -> AckHoldingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
+    async def _end_connections(self) -> None:
         for connection in self._connections:
             for task in connection.tasks:
                 task.cancel()

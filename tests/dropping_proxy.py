@@ -9,18 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from tests.tools.loopback_server import LoopbackServer
 
-class PublishDroppingProxy:
+
+class PublishDroppingProxy(LoopbackServer):
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = 0
         self.dropped = 0
         self._prefix = b""
         self._to_drop = 0
         self._to_pass = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
 
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
@@ -32,14 +32,7 @@ class PublishDroppingProxy:
         self._to_drop = count
         self._to_pass = after
 
-    async def __aenter__(self) -> PublishDroppingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
+    async def _end_connections(self) -> None:
         for task in self._tasks:
             task.cancel()
         for writer in self._writers:

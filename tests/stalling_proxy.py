@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from jobrunner.common import eventstore
 from jobrunner.common.settings import Settings
+from tests.tools.loopback_server import LoopbackServer
 
 
 @asynccontextmanager
@@ -124,7 +125,7 @@ class StallingProxy:
             await dst.drain()
 
 
-class FreezingProxy:
+class FreezingProxy(LoopbackServer):
     """Forwards to ``target``; ``freeze(n)`` holds back everything either side sends on its
     ``n``-th connection (0: the first accepted), as a peer that stopped reading and a network
     path that stopped would, until ``thaw(n)`` (what was held is then delivered, in order, as TCP
@@ -136,13 +137,11 @@ class FreezingProxy:
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = 0
         self.gates: list[asyncio.Event] = []
         self.reply_gates: list[asyncio.Event] = []
         self.request_gates: list[asyncio.Event] = []
         self.held: list[int] = []  # bytes each connection had to hold back while frozen
         self.held_requests: list[int] = []  # of them, the client's
-        self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = asyncio.Event()
 
@@ -177,14 +176,7 @@ class FreezingProxy:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def __aenter__(self) -> FreezingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
+    async def _end_connections(self) -> None:
         for gate in self.gates + self.reply_gates + self.request_gates:
             gate.set()
         for task in list(self._tasks):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 from structlog.testing import capture_logs
@@ -61,6 +63,14 @@ FEW_CONNECTIONS = pytest.mark.parametrize(
     "postgres", [{"max_connections": "30"}], indirect=True, ids=["30-connections"]
 )
 
+# The test runs on each read answered in front of Litestar (jobs_fastpath.py): the list of jobs
+# and a job's log, with the table each reads.
+EACH_FAST_READ = pytest.mark.parametrize(
+    ("path", "table"),
+    [("/api/jobs", "jobs"), ("/api/jobs/before/logs", "log_lines")],
+    ids=["list", "log"],
+)
+
 
 @pytest.fixture
 def gate_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,6 +101,43 @@ async def read_job(system: System) -> tuple[int, dict[str, str], dict[str, Any]]
     async with system.client() as client:
         response = await client.get("/api/jobs/before")
     return response.status_code, dict(response.headers), response.json()
+
+
+@asynccontextmanager
+async def database_setting(
+    operator: asyncpg.Connection, pool: asyncpg.Pool, setting: str, milliseconds: int = 300
+) -> AsyncIterator[None]:
+    """The database's ``setting`` (a timeout) at ``milliseconds`` for ``pool``'s connections:
+    those it holds are ended, its next ones take the database's setting; reset after, and the
+    pool's connections ended again."""
+    database = await operator.fetchval("SELECT current_database()")
+    try:
+        await operator.execute(f'ALTER DATABASE "{database}" SET {setting} = {milliseconds}')
+        await pool.expire_connections()
+        yield
+    finally:
+        await operator.execute(f'ALTER DATABASE "{database}" RESET {setting}')
+        await pool.expire_connections()
+
+
+async def read_with_its_table_locked_past(
+    system: System, postgres: EmbeddedPostgres, setting: str, message: str, path: str, table: str
+) -> tuple[httpx.Response, int]:
+    """``path`` read while another session holds ``table`` locked past the database's
+    ``setting`` (300 ms): the answer, and how many statements Postgres logged ``message`` of
+    meanwhile."""
+    operator = await asyncpg.connect(postgres.url)
+    try:
+        async with database_setting(operator, read_pool_of(system).pool, setting):
+            before = await lines_logged(postgres, operator, message)
+            async with operator.transaction():
+                await operator.execute(f"LOCK TABLE {READ_SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
+                async with system.client() as client:
+                    response = await client.get(path)
+            cancelled = await lines_logged(postgres, operator, message) - before
+    finally:
+        await operator.close()
+    return response, cancelled
 
 
 # The job read's own statement (readmodels.job_row) as pg_stat_activity shows it: no other
@@ -154,41 +201,34 @@ async def test_a_read_past_postgres_statement_timeout_is_told_as_too_long(
     # A throttle of this test's own: another test's line in the last 10 s leaves none out.
     monkeypatch.setattr(errors, "POSTGRES_CANCELLED_LOG", LogThrottle(errors.REFUSAL_LOG_INTERVAL))
     operator = await asyncpg.connect(postgres.url)
-    database = await operator.fetchval("SELECT current_database()")
     german = await division_by_zero_message(postgres) != ENGLISH_DIVISION_BY_ZERO
-    pool = read_pool_of(system).pool
     try:
-        await operator.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
-        await pool.expire_connections()  # the API's next connections take the database's setting
-        with capture_logs() as logs:
-            async with operator.transaction():
-                await operator.execute(f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE")
-                status, headers, body = await read_job(system)
-        [line] = [
-            line for line in logs if line["event"] == "a read's statement cancelled by Postgres"
-        ]
-        if german:
-            assert line["statement_timeout_seconds"] == pytest.approx(0.3), line
-            assert line["ran_seconds"] >= 0.29, line  # 0.3 s less the clocks' margin, rounded
-        else:  # Postgres's English message said it: no run recorded
-            assert "ran_seconds" not in line, line
-        assert status == 503, body
-        assert body["error"]["code"] == "READ_STATEMENT_TIMEOUT", body
-        assert "statement_timeout" in body["error"]["message"], body
-        assert headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER), headers
-        status, _, body = await read_job(system)
-        assert status == 200, body
+        async with database_setting(operator, read_pool_of(system).pool, "statement_timeout"):
+            with capture_logs() as logs:
+                async with operator.transaction():
+                    await operator.execute(
+                        f"LOCK TABLE {READ_SCHEMA}.jobs IN ACCESS EXCLUSIVE MODE"
+                    )
+                    status, headers, body = await read_job(system)
+            [line] = [
+                line for line in logs if line["event"] == "a read's statement cancelled by Postgres"
+            ]
+            if german:
+                assert line["statement_timeout_seconds"] == pytest.approx(0.3), line
+                assert line["ran_seconds"] >= 0.29, line  # 0.3 s less the clocks' margin, rounded
+            else:  # Postgres's English message said it: no run recorded
+                assert "ran_seconds" not in line, line
+            assert status == 503, body
+            assert body["error"]["code"] == "READ_STATEMENT_TIMEOUT", body
+            assert "statement_timeout" in body["error"]["message"], body
+            assert headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER), headers
+            status, _, body = await read_job(system)
+            assert status == 200, body
     finally:
-        await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
         await operator.close()
-        await pool.expire_connections()
 
 
-@pytest.mark.parametrize(
-    ("path", "table"),
-    [("/api/jobs", "jobs"), ("/api/jobs/before/logs", "log_lines")],
-    ids=["list", "log"],
-)
+@EACH_FAST_READ
 async def test_a_fast_read_past_postgres_statement_timeout_runs_once(
     system: System, postgres: EmbeddedPostgres, path: str, table: str
 ) -> None:
@@ -197,22 +237,9 @@ async def test_a_fast_read_past_postgres_statement_timeout_runs_once(
     after one statement cancelled, the client waiting the timeout once. Before: the fast path
     handed the error over to Litestar, which ran the same read again, and Postgres cancelled
     it twice."""
-    operator = await asyncpg.connect(postgres.url)
-    database = await operator.fetchval("SELECT current_database()")
-    pool = read_pool_of(system).pool
-    try:
-        await operator.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
-        await pool.expire_connections()  # the API's next connections take the database's setting
-        before = await lines_logged(postgres, operator, STATEMENT_TIMEOUT_MESSAGE)
-        async with operator.transaction():
-            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
-            async with system.client() as client:
-                response = await client.get(path)
-        cancelled = await lines_logged(postgres, operator, STATEMENT_TIMEOUT_MESSAGE) - before
-    finally:
-        await operator.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
-        await operator.close()
-        await pool.expire_connections()
+    response, cancelled = await read_with_its_table_locked_past(
+        system, postgres, "statement_timeout", STATEMENT_TIMEOUT_MESSAGE, path, table
+    )
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "READ_STATEMENT_TIMEOUT", response.text
     assert response.headers.get("retry-after") == str(errors.READ_CANCELLED_RETRY_AFTER)
@@ -310,11 +337,7 @@ async def test_a_read_failing_in_postgres_for_now_is_a_503_naming_why_never_a_50
 LOCK_TIMEOUT_MESSAGE = "canceling statement due to lock timeout"
 
 
-@pytest.mark.parametrize(
-    ("path", "table"),
-    [("/api/jobs", "jobs"), ("/api/jobs/before/logs", "log_lines")],
-    ids=["list", "log"],
-)
+@EACH_FAST_READ
 async def test_a_fast_read_past_postgres_lock_timeout_runs_once(
     system: System, postgres: EmbeddedPostgres, path: str, table: str
 ) -> None:
@@ -322,22 +345,9 @@ async def test_a_fast_read_past_postgres_lock_timeout_runs_once(
     database's lock_timeout (300 ms): 503 READ_STATEMENT_TIMEOUT naming lock_timeout after one
     wait, Postgres cancelling the read once. Before: the fast path handed the error over to
     Litestar, which ran the same read again, and the client waited the lock_timeout twice."""
-    operator = await asyncpg.connect(postgres.url)
-    database = await operator.fetchval("SELECT current_database()")
-    pool = read_pool_of(system).pool
-    try:
-        await operator.execute(f'ALTER DATABASE "{database}" SET lock_timeout = 300')
-        await pool.expire_connections()  # the API's next connections take the database's setting
-        before = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE)
-        async with operator.transaction():
-            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.{table} IN ACCESS EXCLUSIVE MODE")
-            async with system.client() as client:
-                response = await client.get(path)
-        cancelled = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE) - before
-    finally:
-        await operator.execute(f'ALTER DATABASE "{database}" RESET lock_timeout')
-        await operator.close()
-        await pool.expire_connections()
+    response, cancelled = await read_with_its_table_locked_past(
+        system, postgres, "lock_timeout", LOCK_TIMEOUT_MESSAGE, path, table
+    )
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "READ_STATEMENT_TIMEOUT", response.text
     assert "lock_timeout" in response.json()["error"]["message"], response.text
@@ -345,11 +355,7 @@ async def test_a_fast_read_past_postgres_lock_timeout_runs_once(
     assert cancelled == 1, "the read ran again after Postgres cancelled it"
 
 
-@pytest.mark.parametrize(
-    ("path", "table"),
-    [("/api/jobs", "jobs"), ("/api/jobs/before/logs", "log_lines")],
-    ids=["list", "log"],
-)
+@EACH_FAST_READ
 async def test_a_fast_read_whose_backend_is_terminated_is_answered_once(
     system: System, postgres: EmbeddedPostgres, path: str, table: str
 ) -> None:
@@ -459,20 +465,17 @@ async def test_health_whose_read_postgres_cancels_says_so_not_that_postgres_is_a
     lock_timeout, not POSTGRES_UNREACHABLE: Postgres answered. Before: "This API instance
     cannot reach Postgres"."""
     operator = await asyncpg.connect(postgres.url)
-    database = await operator.fetchval("SELECT current_database()")
-    probes = health_pool_of(system).pool
     try:
-        await operator.execute(f'ALTER DATABASE "{database}" SET lock_timeout = 300')
-        await probes.expire_connections()  # its next connection takes the database's setting
-        before = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE)
-        async with operator.transaction():
-            await operator.execute(f"LOCK TABLE {READ_SCHEMA}.checkpoint IN ACCESS EXCLUSIVE MODE")
-            report = await health(system)
-        cancelled = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE) - before
+        async with database_setting(operator, health_pool_of(system).pool, "lock_timeout"):
+            before = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE)
+            async with operator.transaction():
+                await operator.execute(
+                    f"LOCK TABLE {READ_SCHEMA}.checkpoint IN ACCESS EXCLUSIVE MODE"
+                )
+                report = await health(system)
+            cancelled = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE) - before
     finally:
-        await operator.execute(f'ALTER DATABASE "{database}" RESET lock_timeout')
         await operator.close()
-        await probes.expire_connections()
     assert cancelled == 1, "health's read was not the one Postgres cancelled"
     assert report["http_status"] == 503, report
     assert "POSTGRES_UNREACHABLE" not in codes(report), report

@@ -142,11 +142,20 @@ def test_a_variable_that_is_not_true_or_false_is_named_with_what_to_write() -> N
     )
 
 
-def test_a_config_file_value_of_the_wrong_type_names_the_file_and_key(tmp_path: Path) -> None:
+def run_with_config_file(
+    tmp_path: Path, command: str, text: str
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``command`` run on a config file holding ``text`` (the environment empty), which it
+    refuses as a configuration error; the file, for the message to name."""
     config = tmp_path / "jobrunner.toml"
-    config.write_text('max_concurrent_jobs = "eight"\n')
-    run = jobrunner("runner", "--config", str(config), env={})
+    config.write_text(text)
+    run = jobrunner(command, "--config", str(config), env={})
     assert run.returncode == CONFIG, run.stderr
+    return config, run
+
+
+def test_a_config_file_value_of_the_wrong_type_names_the_file_and_key(tmp_path: Path) -> None:
+    config, run = run_with_config_file(tmp_path, "runner", 'max_concurrent_jobs = "eight"\n')
     assert run.stderr == (
         f'jobrunner: config file {config} has max_concurrent_jobs = "eight", which is not a '
         "whole number: max_concurrent_jobs takes a whole number, such as 8\n"
@@ -156,20 +165,14 @@ def test_a_config_file_value_of_the_wrong_type_names_the_file_and_key(tmp_path: 
 def test_a_config_file_typo_stops_a_service_as_a_configuration_error(tmp_path: Path) -> None:
     """The file's typo and the environment's alike: 78, which `jobrunner up` does not restart
     (was 2, a usage error, which also meant `unavailable` to `jobrunner health`'s callers)."""
-    config = tmp_path / "jobrunner.toml"
-    config.write_text("lease_ttl_secods = 30\n")
-    run = jobrunner("projector", "--config", str(config), env={})
-    assert run.returncode == CONFIG, run.stderr
+    _, run = run_with_config_file(tmp_path, "projector", "lease_ttl_secods = 30\n")
     assert "did you mean 'lease_ttl_seconds'?" in run.stderr
 
 
 def test_a_job_types_file_that_is_not_text_is_named_not_a_traceback(tmp_path: Path) -> None:
     """`job_types_file = 5` (was: a TypeError's traceback, joining the number to the file's
     folder)."""
-    config = tmp_path / "jobrunner.toml"
-    config.write_text("job_types_file = 5\n")
-    run = jobrunner("runner", "--config", str(config), env={})
-    assert run.returncode == CONFIG, run.stderr
+    config, run = run_with_config_file(tmp_path, "runner", "job_types_file = 5\n")
     assert run.stderr == (
         f"jobrunner: config file {config} has job_types_file = 5, which is not text: "
         "job_types_file takes a path in quotes\n"

@@ -27,6 +27,7 @@ from jobrunner.contracts.names import Names
 from jobrunner.embedded.scratch import scratch_dir
 from tests.servers import delete_streams
 from tests.tls_nats import ConfiguredNats
+from tests.tools.reader_batches import sequences_until_raised
 from tests.tools.scripted_nats import ScriptedNats
 
 LIMIT = PAYLOAD_BOUND + HEADERS_ALLOWANCE
@@ -62,14 +63,19 @@ async def jetstream(nats_server_url: str) -> AsyncIterator[tuple[JetStreamContex
         await delete_streams(nats_server_url, settings.prefix)
 
 
-async def read_until_refused(reader: StreamReader) -> tuple[list[int], StreamReaderError]:
-    seqs: list[int] = []
+async def read_everything_stored(reader: StreamReader) -> list[bytes]:
+    """The payloads of every message the stream holds, from its first, the reader closed after."""
+    got: list[bytes] = []
     try:
-        async for batch in reader.batches():
-            seqs += [seq for seq, _ in batch]
-    except StreamReaderError as exc:
-        return seqs, exc
-    raise AssertionError("the reader stopped without an error")
+        await reader.open(1)
+        async with asyncio.timeout(60):  # a bound on a broken reader only
+            async for batch in reader.batches():
+                got += [body for _, body in batch]
+                if reader.pending == 0:
+                    break
+    finally:
+        await reader.close()
+    return got
 
 
 @pytest.mark.parametrize(
@@ -99,7 +105,9 @@ async def test_a_malformed_frame_from_the_server_is_refused_after_the_messages_b
             await reader.open(1)
             # A bound on a broken reader only: the scripted server sends nothing after its
             # filler, so a reader that kept buffering would end on its 15 s heartbeat wait.
-            seqs, error = await asyncio.wait_for(read_until_refused(reader), timeout=120)
+            seqs, error = await asyncio.wait_for(
+                sequences_until_raised(reader, StreamReaderError), timeout=120
+            )
         finally:
             await reader.close()
     assert seqs == [11, 12]
@@ -162,16 +170,9 @@ async def test_a_message_stored_before_max_payload_was_lowered_is_read_whole() -
             nc = await eventstore.connect(Settings(nats_url=url, prefix=prefix), "test")
             assert nc.max_payload == 1 << 20
             reader = StreamReader(nc.jetstream(), [url], names.stream, names.all_subjects)
-            got: list[bytes] = []
             try:
-                await reader.open(1)
-                async with asyncio.timeout(60):  # a bound on a broken reader only
-                    async for batch in reader.batches():
-                        got += [body for _, body in batch]
-                        if reader.pending == 0:
-                            break
+                got = await read_everything_stored(reader)
             finally:
-                await reader.close()
                 await nc.close()
             assert got == payloads
         finally:
@@ -191,16 +192,9 @@ async def test_the_reader_reads_a_default_server_as_before(nats_server_url: str)
     for payload in payloads:
         await js.publish(f"{settings.prefix}.job.j.status", payload)
     reader = StreamReader(js, [nats_server_url], names.stream, names.all_subjects)
-    got: list[bytes] = []
     try:
-        await reader.open(1)
-        async with asyncio.timeout(60):  # a bound on a broken reader only
-            async for batch in reader.batches():
-                got += [body for _, body in batch]
-                if reader.pending == 0:
-                    break
+        got = await read_everything_stored(reader)
     finally:
-        await reader.close()
         await nc.close()
         await delete_streams(nats_server_url, settings.prefix)
     assert got == payloads

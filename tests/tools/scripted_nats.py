@@ -15,8 +15,10 @@ import contextlib
 import json
 from typing import Any
 
+from tests.tools.loopback_server import LoopbackServer
 
-class ScriptedNats:
+
+class ScriptedNats(LoopbackServer):
     def __init__(
         self, frames: bytes, info: dict[str, Any] | None = None, then_filler: int = 0
     ) -> None:
@@ -25,29 +27,20 @@ class ScriptedNats:
         self.info |= {"max_payload": 1 << 20} if info is None else info
         self.then_filler = then_filler
         self.filler_sent = 0  # bytes of filler written before the client hung up
-        self.port = 0
-        self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> ScriptedNats:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
+    async def _end_connections(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:  # its connections are closed now: nothing left to wait for
             await self._server.wait_closed()
 
-    def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.create_task(self._talk(reader, writer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -27,6 +27,7 @@ from jobrunner.common.streamreader import (
     StreamReaderError,
     frame_limit,
 )
+from tests.tools.reader_batches import sequences_until_raised
 
 
 class FakeWriter:
@@ -200,13 +201,7 @@ async def batches_then_error(reader: StreamReader, data: bytes) -> tuple[list[in
     reader._reader = asyncio.StreamReader()
     reader._reader.feed_data(data)
     reader._writer = SocketWriter()  # type: ignore[assignment]
-    seqs: list[int] = []
-    try:
-        async for batch in reader.batches():
-            seqs += [seq for seq, _ in batch]
-    except Exception as exc:
-        return seqs, exc
-    raise AssertionError("batches() ended without an error")
+    return await sequences_until_raised(reader, Exception)
 
 
 # Headers and a payload, 19 bytes with their CRLF.
