@@ -53,6 +53,15 @@ def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES, lease_ttl_seconds=6.0)
 
 
+async def runs_once_on_the_next_runner(system: System, job_id: str) -> None:
+    """The job left by the stopped runner runs on a runner started after it, once."""
+    await system.start_runner("next runner")
+    async with system.client() as client:
+        job = await wait_status(client, job_id, *ENDED)
+    assert job["status"] == "completed", job
+    assert await status_events(system.settings, job_id) == ["running", "completed"]
+
+
 async def test_a_job_running_at_the_runners_stop_fails_runner_stopped_not_cancelled(
     system: System, tmp_path: Path
 ) -> None:
@@ -151,11 +160,7 @@ async def test_a_request_fetched_as_the_runners_stop_begins_runs_once_on_the_nex
         # Nothing stored: the job is pending, never ``running`` on the stopping runner.
         assert await status_events(system.settings, job_id) == []
     monkeypatch.undo()
-    await system.start_runner("next runner")
-    async with system.client() as client:
-        job = await wait_status(client, job_id, *ENDED)
-    assert job["status"] == "completed", job
-    assert await status_events(system.settings, job_id) == ["running", "completed"]
+    await runs_once_on_the_next_runner(system, job_id)
 
 
 async def test_a_job_whose_slot_was_claimed_as_the_runners_stop_began_gets_its_reservation_back(
@@ -190,11 +195,7 @@ async def test_a_job_whose_slot_was_claimed_as_the_runners_stop_began_gets_its_r
             assert lease is not None
             assert lease.value == SlotValue(job_id=job_id, phase="reserved", job_type="rejecting")
     monkeypatch.undo()
-    await system.start_runner("next runner")
-    async with system.client() as client:
-        job = await wait_status(client, job_id, *ENDED)
-    assert job["status"] == "completed", job
-    assert await status_events(system.settings, job_id) == ["running", "completed"]
+    await runs_once_on_the_next_runner(system, job_id)
 
 
 async def test_a_claims_undo_ends_once_the_runners_connection_is_closed(
