@@ -226,9 +226,9 @@ class EventFeed:
                         # (``BACKSLASH in``): bytes' ``in`` takes an integer straight to memchr,
                         # cheaper than a ``find`` call; a bytes operand would cost it a
                         # TypeError raised and cleared every time, so the six bytes go to
-                        # ``find``. Outside the ``try``: a body that cannot be searched is a bug
-                        # to see, not a decoding failure that would send every message the slow
-                        # way.
+                        # ``find``. Outside the ``try``: a body that is no bytes-like object is a
+                        # bug to see, not a decoding failure that would send every message the
+                        # slow way.
                         holds_nul = BACKSLASH in data and data.find(JSON_NUL) >= 0
                         try:
                             event = decode_known(data) if holds_nul else decode_nul_free(data)
