@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from urllib.parse import quote
 
 import httpx
@@ -22,9 +23,11 @@ from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
 from tests.tools.drawn_examples import examples
 from tests.tools.runners import wait_status
+from tests.tools.uneven_chunks import around_boundaries, stored_unevenly
 
 DATA = bytes(range(256)) * 1200  # 307,200 bytes: three stored chunks (128 KiB each)
 SIZE = len(DATA)
+CHUNK = artifactstore.CHUNK_BYTES
 
 
 @pytest.fixture
@@ -131,6 +134,32 @@ async def test_a_ranged_download_lets_its_reader_go_after_the_last_byte(
         left = (await js.stream_info(store)).state.consumer_count
     assert (first.status_code, first.content) == (206, DATA[:10])
     assert left == 0
+
+
+# Chunks of another client's sizes (its max_chunk_size 128 KiB): one byte, a part, a whole one.
+UNEVEN_SIZES = [100_000, 1, CHUNK, 50_000, SIZE - 100_001 - CHUNK - 50_000]
+
+
+async def test_a_file_stored_in_uneven_chunks_resumes_byte_exact(
+    system: System, js: JetStreamContext, settings: Settings
+) -> None:
+    """A file whose object another NATS client stored again in chunks of other sizes (the same
+    bytes): resumed at each chunk's first byte, a byte either side of it and its last byte, each
+    answer is 206 with exactly the file's bytes from there, and `If-Range` with its ETag holds."""
+    names = Names(settings.prefix)
+    data = os.urandom(SIZE)  # no repeating pattern: a misplaced byte shows
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", data)
+        job_id = url.split("/")[3]
+        object_name = names.artifact_object(job_id, "big.bin")
+        await stored_unevenly(js, names, object_name, data, UNEVEN_SIZES)
+        etag = (await client.head(url)).headers["etag"]
+        wrong = []
+        for start in [*around_boundaries(UNEVEN_SIZES), SIZE - 1]:
+            resumed = await client.get(url, headers={"Range": f"bytes={start}-", "If-Range": etag})
+            if (resumed.status_code, resumed.content) != (206, data[start:]):
+                wrong.append((start, resumed.status_code, len(resumed.content)))
+    assert wrong == []
 
 
 async def test_a_range_past_the_end_answers_416_with_the_size(system: System) -> None:

@@ -14,7 +14,8 @@ taken from nats-py's ``ObjectStore``:
   The object becomes visible only with its description, written last; the chunks of an attempt
   that never got one are purged when possible and otherwise age out with the bucket's max age.
 - ``get`` collects the whole object in memory; here chunks come from a pull consumer a few at a
-  time, so serving a file of any size takes a bounded amount of memory.
+  time, so serving a file of any size takes a bounded amount of memory, and a read from byte N
+  (a resumed download) starts at the chunk that holds it.
 """
 
 from __future__ import annotations
@@ -474,7 +475,8 @@ def purge_when_unread(
     """In the background: the chunks of replaced content go once nobody can be reading them.
 
     A download reads through a consumer of its own filtered on the content's chunk subject
-    (``read_chunks``; the ZIP archive guards every member from its description on,
+    (``read_chunks``; a resumed one walks the chunks' sizes through another one first, kept
+    until its reader exists; the ZIP archive guards every member from its description on,
     ``ReadGuards``), which lives on the server: whichever API process serves it, and gone by
     itself within its inactive threshold should that process die. So the purge waits ``grace``
     (``replaced_grace``: longer than a download takes from reading the description to its
@@ -613,61 +615,173 @@ async def object_info(js: JetStreamContext, names: Names, object_name: str) -> a
 
 
 async def read_chunks(
-    js: JetStreamContext, names: Names, info: api.ObjectInfo, idle_seconds: float
+    js: JetStreamContext,
+    names: Names,
+    info: api.ObjectInfo,
+    idle_seconds: float,
+    start: int = 0,
 ) -> AsyncGenerator[bytes, None]:
-    """The object's bytes in stored chunks, a few at a time.
+    """The object's bytes from byte ``start`` on, in stored chunks (the first one cut at
+    ``start``), a few at a time.
 
     From an ephemeral pull consumer, ``READ_BATCH_CHUNKS`` per request: the API never holds more
     of a download than that, however slowly its client reads. (A push consumer with flow control
     let the server send far more than nats-py's pending limit before it waited: the subscription
     dropped chunks as a slow consumer.) Raises :class:`ReadStalled` when NATS sends nothing for
     ``idle_seconds`` (NATS away), give or take ``READ_WAIT_SECONDS``.
+    A ``start`` past 0 (a resumed download) is found by its chunk's place (``_chunk_holding``),
+    and the consumer starts at that chunk: the chunks before it are never read. Should no chunk
+    hold it (a description that claims more bytes than were stored), nothing comes.
     """
-    size = info.size or 0
     chunks = info.chunks or 0
-    if size == 0 or chunks == 0:
+    if (info.size or 0) == 0 or chunks == 0:
         return
-    sub = await js.pull_subscribe(
-        chunk_subject(names, info.nuid),
+    subject = chunk_subject(names, info.nuid)
+    walk = None
+    try:
+        at = _ChunkAt(sequence=None, chunks_before=0, offset=0)
+        if start > 0:
+            walk = await _reader(js, names, subject, idle_seconds, headers_only=True)
+            found = await _chunk_holding(walk, start, chunks, idle_seconds, info.name)
+            if found is None:
+                return
+            at = found
+        sub = await _reader(js, names, subject, idle_seconds, from_sequence=at.sequence)
+    finally:
+        # Only once the reader exists: the content is read by a consumer of its subject
+        # throughout, so a purge of replaced content (``purge_when_unread``) waits for it.
+        if walk is not None:
+            await _dropped(js, names, walk)
+    try:
+        cut = start - at.offset
+        messages = _delivered(
+            sub, chunks - at.chunks_before, READ_BATCH_CHUNKS, idle_seconds, info.name
+        )
+        async with contextlib.aclosing(messages):
+            async for msg in messages:
+                yield msg.data[cut:] if cut else msg.data
+                cut = 0
+    finally:
+        await _dropped(js, names, sub)
+
+
+class _ChunkAt(NamedTuple):
+    sequence: int | None  # its stream sequence (None: the object's first chunk)
+    chunks_before: int  # the object's chunks before it
+    offset: int  # of its first byte in the object
+
+
+WALK_BATCH_CHUNKS = 1024  # a resumed download's chunk headers asked for at a time (about 100 KiB)
+MSG_SIZE_HEADER = "Nats-Msg-Size"  # a headers-only consumer's: the size of the payload left out
+
+
+async def _chunk_holding(
+    walk: JetStreamContext.PullSubscription,
+    start: int,
+    chunks: int,
+    idle_seconds: float,
+    object_name: str,
+) -> _ChunkAt | None:
+    """Where the chunk that holds byte ``start`` is, from the sizes of the chunks before it.
+
+    ``walk`` is a headers-only consumer of the object's chunks: each chunk comes as its size
+    (``Nats-Msg-Size``) without its bytes, so finding the place costs NATS a small message per
+    chunk before it, not the chunks themselves. Sizes are read, never assumed: chunks need not
+    all be ``max_chunk_size`` long (another NATS client's short reads), so no place is computed
+    from it. ``None`` when the chunks end before ``start``."""
+    offset = 0
+    before = 0
+    sizes = _delivered(walk, chunks, WALK_BATCH_CHUNKS, idle_seconds, object_name)
+    async with contextlib.aclosing(sizes):
+        async for msg in sizes:
+            size = _payload_size(msg)
+            if offset + size > start:
+                return _ChunkAt(msg.metadata.sequence.stream, chunks_before=before, offset=offset)
+            offset += size
+            before += 1
+    return None
+
+
+def _payload_size(msg: Msg) -> int:
+    """A chunk's size from its headers-only copy (a server that ignored ``headers_only``, had
+    there been one, sent the chunk whole: its own length then)."""
+    size = (msg.headers or {}).get(MSG_SIZE_HEADER)
+    return len(msg.data) if size is None else int(size)
+
+
+async def _reader(
+    js: JetStreamContext,
+    names: Names,
+    subject: str,
+    idle_seconds: float,
+    *,
+    headers_only: bool = False,
+    from_sequence: int | None = None,
+) -> JetStreamContext.PullSubscription:
+    """An ephemeral pull consumer of ``subject`` (a content's chunks), from its first message or
+    from stream sequence ``from_sequence``; it is what marks the content as being read."""
+    return await js.pull_subscribe(
+        subject,
         stream=stream_name(names),
         config=api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.ALL
+            if from_sequence is None
+            else api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=from_sequence,
+            headers_only=headers_only or None,
             mem_storage=True,
             # Gone by itself should this API process die mid-download.
             inactive_threshold=_inactive_threshold(idle_seconds),
         ),
     )
-    try:
-        received = 0
-        silent = 0.0  # seconds the requests in a row that got nothing waited
-        while received < chunks:
-            wait = min(READ_WAIT_SECONDS, idle_seconds - silent)
-            asked_at = time.monotonic()
-            try:
-                batch = await sub.fetch(min(READ_BATCH_CHUNKS, chunks - received), wait)
-            except nats.errors.TimeoutError:
-                batch = []
-            if not batch:
-                # Nothing came: a timeout, or a status answer, for which nats-py returns an empty
-                # batch (chunks purged under the consumer: the name stored again). Both are
-                # silence; resetting the count on an empty batch left such a download hanging.
-                early = wait - (time.monotonic() - asked_at)
-                if early > 0:
-                    # An answer at once (a status): pace the next request rather than ask the
-                    # server again and again until the idle limit.
-                    await asyncio.sleep(min(EMPTY_ANSWER_PAUSE_SECONDS, early))
-                silent += time.monotonic() - asked_at
-                if silent >= idle_seconds:
-                    raise ReadStalled(info.name)
-                continue
-            silent = 0.0
-            for msg in batch:
-                received += 1
-                yield msg.data
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_drop_consumer(js, names, sub))
+
+
+async def _delivered(
+    sub: JetStreamContext.PullSubscription,
+    count: int,
+    batch: int,
+    idle_seconds: float,
+    object_name: str,
+) -> AsyncGenerator[Msg, None]:
+    """The next ``count`` messages of ``sub``, asked for ``batch`` at a time; raises
+    :class:`ReadStalled` once the requests in a row that got nothing have waited
+    ``idle_seconds``."""
+    received = 0
+    silent = 0.0  # seconds the requests in a row that got nothing waited
+    while received < count:
+        wait = min(READ_WAIT_SECONDS, idle_seconds - silent)
+        asked_at = time.monotonic()
+        try:
+            messages = await sub.fetch(min(batch, count - received), wait)
+        except nats.errors.TimeoutError:
+            messages = []
+        if not messages:
+            # Nothing came: a timeout, or a status answer, for which nats-py returns an empty
+            # batch (chunks purged under the consumer: the name stored again). Both are
+            # silence; resetting the count on an empty batch left such a download hanging.
+            early = wait - (time.monotonic() - asked_at)
+            if early > 0:
+                # An answer at once (a status): pace the next request rather than ask the
+                # server again and again until the idle limit.
+                await asyncio.sleep(min(EMPTY_ANSWER_PAUSE_SECONDS, early))
+            silent += time.monotonic() - asked_at
+            if silent >= idle_seconds:
+                raise ReadStalled(object_name)
+            continue
+        silent = 0.0
+        for msg in messages:
+            received += 1
+            yield msg
+
+
+async def _dropped(
+    js: JetStreamContext, names: Names, sub: JetStreamContext.PullSubscription
+) -> None:
+    """The consumer goes at once, whatever happens (its inactive threshold would remove it
+    later anyway)."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(_drop_consumer(js, names, sub))
 
 
 READER_INACTIVE_SECONDS = 30.0  # a reader's consumer outlives a dead API process this long

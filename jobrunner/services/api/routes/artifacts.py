@@ -119,9 +119,9 @@ async def _object(ctx: ApiContext, job_id: str, row: Any) -> api.ObjectInfo:
         raise _unavailable(exc) from None
 
 
-def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncGenerator[bytes, None]:
+def _chunks(ctx: ApiContext, info: api.ObjectInfo, start: int = 0) -> AsyncGenerator[bytes, None]:
     return artifactstore.read_chunks(
-        ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds
+        ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds, start
     )
 
 
@@ -218,7 +218,7 @@ async def download_artifact(
     elif wanted is None:
         body = _chunks(ctx, info)
     else:
-        body = byteranges.bytes_within(_chunks(ctx, info), wanted)
+        body = byteranges.first_bytes(_chunks(ctx, info, wanted.start), wanted.length)
     return Stream(body, status_code=200 if wanted is None else 206, headers=headers)
 
 
