@@ -671,7 +671,8 @@ class _ChunkAt(NamedTuple):
     offset: int  # of its first byte in the object
 
 
-WALK_BATCH_CHUNKS = 1024  # a resumed download's chunk headers asked for at a time (about 100 KiB)
+# A resumed download's chunk sizes asked for at a time (a headers-only message: some 200 bytes).
+WALK_BATCH_CHUNKS = 1024
 MSG_SIZE_HEADER = "Nats-Msg-Size"  # a headers-only consumer's: the size of the payload left out
 
 
@@ -703,8 +704,8 @@ async def _chunk_holding(
 
 
 def _payload_size(msg: Msg) -> int:
-    """A chunk's size from its headers-only copy (a server that ignored ``headers_only``, had
-    there been one, sent the chunk whole: its own length then)."""
+    """A chunk's size from its headers-only copy (should a server ignore ``headers_only``, the
+    chunk comes whole: its own length then)."""
     size = (msg.headers or {}).get(MSG_SIZE_HEADER)
     return len(msg.data) if size is None else int(size)
 
