@@ -7,8 +7,9 @@ leaves ``--files`` files of ``--mib`` MiB in its output directory, and measures
 - GET /api/jobs/{id}/download-archive: MiB/s to a client that reads as fast as it can, and the
   API process's peak resident memory meanwhile (sampled every 50 ms), against its memory before;
 - GET /api/jobs/{id}/artifacts/{name} for one file, the same way;
-- the same file resumed at 90 % (``Range: bytes=<90 %>-``, 206): the API reads the chunks before
-  the range from NATS and drops them, so this shows what a resumed download costs inside.
+- the same file resumed at 90 % (``Range: bytes=<90 %>-``, 206): the API walks the sizes of the
+  chunks before the range (headers only) and reads from the chunk holding its first byte, so the
+  time to the first byte shows what finding that place costs.
 
 It prints one JSON object; bench/RESULTS.md quotes the run.
 """
