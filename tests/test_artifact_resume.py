@@ -10,13 +10,16 @@ import asyncio
 import io
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import nats
 import nats.js.errors
 import pytest
 from hypothesis import strategies as st
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from structlog.testing import capture_logs
 
 from jobrunner.common import artifactstore
 from jobrunner.common.settings import Settings
@@ -41,7 +44,8 @@ async def _stored(js: JetStreamContext, names: Names, data: bytes) -> api.Object
 async def _read_from(
     js: JetStreamContext, names: Names, info: api.ObjectInfo, start: int, idle: float = 5.0
 ) -> bytes:
-    parts = artifactstore.read_chunks(js, names, info, idle, start)
+    at = await artifactstore.resume_point(js, names, info, idle, start)
+    parts = artifactstore.read_chunks(js, names, info, idle, at)
     return b"".join([part async for part in parts])
 
 
@@ -81,25 +85,27 @@ async def test_a_resumed_read_is_the_file_from_that_byte(
 async def test_a_resumed_read_asks_nats_only_for_the_chunks_from_that_byte_on(
     js: JetStreamContext, settings: Settings, start: int
 ) -> None:
-    """While a resumed read streams, its only consumer starts at the stream sequence of the
-    chunk holding the first byte (the chunks before it are never sent); once the read ends, no
-    consumer is left."""
+    """While a resumed read streams, its reader starts at the stream sequence of the chunk
+    holding the first byte (the chunks before it are never sent; only their sizes were, to the
+    headers-only walk, still there); once the read ends, no consumer is left."""
     names = Names(settings.prefix)
     info = await _stored(js, names, DATA)
     sequences = await _chunk_sequences(js, names, info.nuid)
     assert len(sequences) == 4
-    parts = artifactstore.read_chunks(js, names, info, 5.0, start)
+    at = await artifactstore.resume_point(js, names, info, 5.0, start)
+    parts = artifactstore.read_chunks(js, names, info, 5.0, at)
     first = await anext(parts)
-    readers = await _consumers(js, names)
+    consumers = await _consumers(js, names)
     await parts.aclose()
     assert first == DATA[start : (start // CHUNK + 1) * CHUNK]
-    assert len(readers) == 1, [r.name for r in readers]
-    config = readers[0].config
+    readers = [c.config for c in consumers if not c.config.headers_only]
+    walks = [c.config for c in consumers if c.config.headers_only]
+    assert (len(readers), len(walks)) == (1, 0 if start == 0 else 1)
     if start == 0:
-        assert config.deliver_policy == api.DeliverPolicy.ALL
+        assert readers[0].deliver_policy == api.DeliverPolicy.ALL
     else:
-        assert config.deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE
-        assert config.opt_start_seq == sequences[start // CHUNK]
+        assert readers[0].deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE
+        assert readers[0].opt_start_seq == sequences[start // CHUNK]
     assert await _consumers(js, names) == []
 
 
@@ -134,30 +140,140 @@ async def test_a_resumed_read_is_seen_as_a_reader_from_its_walk_to_its_end(
     js: JetStreamContext, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The purge of replaced content waits while anyone reads it (``being_read``): a resumed
-    read counts as a reader while it walks the chunks' sizes, when its reader takes over, and
-    no longer once it ends."""
+    read counts as a reader while it walks the chunks' sizes, between the walk and the read,
+    while it reads (the walk's consumer still there beside the reader), and no longer once it
+    ends."""
     names = Names(settings.prefix)
     info = await _stored(js, names, DATA)
     walking, looked = asyncio.Event(), asyncio.Event()
-    chunk_holding = artifactstore._chunk_holding
+    reader = artifactstore._reader
 
-    async def held_walk(*args: Any, **kwargs: Any) -> Any:
-        walking.set()
-        await looked.wait()
-        return await chunk_holding(*args, **kwargs)
+    async def walk_held_once_made(*args: Any, **kwargs: Any) -> Any:
+        sub = await reader(*args, **kwargs)
+        if kwargs.get("headers_only"):
+            walking.set()
+            await looked.wait()
+        return sub
 
-    monkeypatch.setattr(artifactstore, "_chunk_holding", held_walk)
-    parts = artifactstore.read_chunks(js, names, info, 5.0, 3 * CHUNK + 1)
-    first = asyncio.create_task(anext(parts))
+    monkeypatch.setattr(artifactstore, "_reader", walk_held_once_made)
+    finding = asyncio.create_task(artifactstore.resume_point(js, names, info, 5.0, 3 * CHUNK + 1))
     await asyncio.wait_for(walking.wait(), 10)
     while_walking = await artifactstore.being_read(js, names, info.nuid)
-    walkers = [c.config.headers_only for c in await _consumers(js, names)]
     looked.set()
-    assert await first == DATA[3 * CHUNK + 1 :]
+    at = await finding
+    before_reading = await artifactstore.being_read(js, names, info.nuid)
+    parts = artifactstore.read_chunks(js, names, info, 5.0, at)
+    assert await anext(parts) == DATA[3 * CHUNK + 1 :]
     while_reading = await artifactstore.being_read(js, names, info.nuid)
+    consumers = sorted(bool(c.config.headers_only) for c in await _consumers(js, names))
     await parts.aclose()
-    assert (while_walking, walkers, while_reading) == (True, [True], True)
+    assert (while_walking, before_reading, while_reading) == (True, True, True)
+    assert consumers == [False, True]  # the reader and the walk
     assert not await artifactstore.being_read(js, names, info.nuid)
+    assert await _consumers(js, names) == []
+
+
+async def test_a_scan_cut_between_pages_by_the_handover_to_the_reader_sees_the_read(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """The server lists consumers by name, 256 a page. The walk's consumer is on the second
+    page; between the pages of a purge's scan the read begins, its reader's consumer landing
+    on the first page (already read). Had the walk's consumer gone then, the counts before and
+    after the scan and the consumers seen would agree and the content be purged under the
+    read; it stays until the read ends, so the scan sees it. (Consumers named here so their
+    order is known: nats-py draws random names.)"""
+    names = Names(settings.prefix)
+    info = await _stored(js, names, DATA)
+    stream = artifactstore.stream_name(names)
+    for i in range(artifactstore.LIST_PAGE):  # before the walk by name: it is on page two
+        config = api.ConsumerConfig(
+            name=f"k-pad{i:04d}",
+            filter_subject=artifactstore.chunk_subject(names, f"pad{i}"),
+            inactive_threshold=60.0,
+        )
+        await js.add_consumer(stream, config)
+    pull_subscribe = js.pull_subscribe
+
+    async def named(subject: str, **kwargs: Any) -> Any:
+        config = kwargs["config"]
+        name = "m-walk" if config.headers_only else "a-reader"  # page two; page one
+        named_config = replace(config, name=name, filter_subject=subject)
+        await js.add_consumer(kwargs["stream"], config=named_config)
+        return await js.pull_subscribe_bind(consumer=name, stream=kwargs["stream"])
+
+    js.pull_subscribe = named  # type: ignore[method-assign]
+    at = await artifactstore.resume_point(js, names, info, 5.0, CHUNK + 1)
+    parts = artifactstore.read_chunks(js, names, info, 5.0, at)
+    listing = js.consumers_info
+    first_pages: list[list[str]] = []  # as the scan read it, and once the read began
+
+    async def reading_after_the_first_page(stream: str, offset: int | None = None) -> Any:
+        page = await listing(stream, offset=offset)
+        if not offset and not first_pages:
+            first_pages.append([c.name for c in page])
+            assert await anext(parts) == DATA[CHUNK + 1 : 2 * CHUNK]
+            first_pages.append([c.name for c in await listing(stream, offset=0)])
+        return page
+
+    js.consumers_info = reading_after_the_first_page  # type: ignore[method-assign]
+    try:
+        seen = await artifactstore.being_read(js, names, info.nuid)
+    finally:
+        js.pull_subscribe = pull_subscribe  # type: ignore[method-assign]
+        js.consumers_info = listing  # type: ignore[method-assign]
+        await parts.aclose()
+    assert seen
+    assert {"m-walk", "a-reader"} & set(first_pages[0]) == set()
+    assert ("a-reader" in first_pages[1], "m-walk" in first_pages[1]) == (True, False)
+
+
+class Killed(BaseException):
+    """The API process ending where it stands (no cleanup of its own runs)."""
+
+
+READER_GONE_AFTER = 2.0  # the consumers' inactive threshold in the API-killed test
+
+
+async def test_a_walk_left_by_a_killed_api_goes_by_its_inactive_threshold(
+    own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API killed mid-walk: nothing of it runs again (no consumer dropped), its connection
+    is gone. The walk's consumer, which holds back a purge of the content, is still there just
+    before its inactive threshold and gone just after it."""
+    names = Names("resume")
+    nc = await nats.connect(own_nats.url)
+    js = nc.jetstream()
+    await js.create_object_store(names.artifacts_bucket)
+    info = await _stored(js, names, DATA)
+    monkeypatch.setattr(artifactstore, "READER_INACTIVE_SECONDS", READER_GONE_AFTER)
+    monkeypatch.setattr(artifactstore, "WALK_BATCH_CHUNKS", 1)
+
+    def killed_at_the_first_size(msg: Any) -> int:
+        raise Killed
+
+    async def nothing_dropped(*args: Any) -> None:
+        return None  # a killed process drops nothing
+
+    monkeypatch.setattr(artifactstore, "_payload_size", killed_at_the_first_size)
+    monkeypatch.setattr(artifactstore, "_drop_consumer", nothing_dropped)
+    with pytest.raises(Killed):
+        await artifactstore.resume_point(js, names, info, 0.5, 2 * CHUNK)
+    await nc.close()
+    killed_at = asyncio.get_running_loop().time()
+    nc = await nats.connect(own_nats.url)
+    try:
+        js = nc.jetstream()
+        await asyncio.sleep(READER_GONE_AFTER - 0.5)
+        just_before = [c.config.headers_only for c in await _consumers(js, names)]
+        gone_at = None
+        while gone_at is None and asyncio.get_running_loop().time() - killed_at < 15:
+            if not await _consumers(js, names):
+                gone_at = asyncio.get_running_loop().time() - killed_at
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    assert just_before == [True]
+    assert gone_at is not None
 
 
 IDLE = 3.0  # the read's idle limit in the pause tests
@@ -218,3 +334,29 @@ async def test_nats_paused_during_the_walk(
             handle.cancel()
         thaw(own_nats)
     assert await _consumers(own_js, names) == []
+
+
+async def test_a_walk_that_ends_before_the_start_reads_nothing_and_says_so(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    """A description that claims more bytes than its chunks hold, read from past them: nothing
+    comes, a warning names the object, and no consumer is left."""
+    names = Names(settings.prefix)
+    info = await _stored(js, names, DATA)
+    claiming_more = replace(info, size=len(DATA) + 100)
+    with capture_logs() as logs:
+        read = await _read_from(js, names, claiming_more, len(DATA) + 10)
+    warned = [e for e in logs if e["event"] == "artifact chunks end before the range"]
+    assert read == b""
+    assert [(e["object_name"], e["chunk_bytes"]) for e in warned] == [("big.bin", len(DATA))]
+    assert await _consumers(js, names) == []
+
+
+def test_a_chunk_without_its_size_is_refused_rather_than_counted_whole() -> None:
+    """A server that ignored ``headers_only`` would send whole chunks to the walk, a thousand
+    at a time (128 MiB): a message without ``Nats-Msg-Size`` stops it."""
+    whole_chunk = Msg(None, data=b"x" * 100)  # type: ignore[arg-type]
+    with pytest.raises(artifactstore.ChunkSizeUnknown):
+        artifactstore._payload_size(whole_chunk)
+    sized = Msg(None, data=b"", headers={artifactstore.MSG_SIZE_HEADER: "100"})  # type: ignore[arg-type]
+    assert artifactstore._payload_size(sized) == 100

@@ -106,7 +106,7 @@ async def first_bytes(
     chunks: AsyncGenerator[bytes, None], length: int
 ) -> AsyncGenerator[bytes, None]:
     """The first ``length`` bytes of ``chunks`` (a range's: the file read from the range's first
-    byte, ``artifactstore.read_chunks``'s ``start``). Reading stops after them, and ``chunks`` is
+    byte, from ``artifactstore.resume_point``). Reading stops after them, and ``chunks`` is
     closed (its consumer goes) either way."""
     try:
         left = length
