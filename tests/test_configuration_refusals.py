@@ -129,7 +129,17 @@ def test_a_variable_that_is_not_a_number_is_named_with_what_to_write() -> None:
     assert run.returncode == CONFIG, run.stderr
     assert run.stderr == (
         "jobrunner: JOBRUNNER_LEASE_TTL_SECONDS='abc' is not a number: lease_ttl_seconds takes "
-        "a number of seconds, such as 15\n"
+        "a number of seconds from 3 to 9223372036, such as 15\n"
+    )
+
+
+def test_a_variable_out_of_range_is_named_with_what_to_write() -> None:
+    """JOBRUNNER_LEASE_TTL_SECONDS=inf (was accepted: no upper limit)."""
+    run = jobrunner("runner", env={"JOBRUNNER_LEASE_TTL_SECONDS": "inf"})
+    assert run.returncode == CONFIG, run.stderr
+    assert run.stderr == (
+        "jobrunner: JOBRUNNER_LEASE_TTL_SECONDS='inf' is out of range: lease_ttl_seconds takes "
+        "a number of seconds from 3 to 9223372036, such as 15\n"
     )
 
 
@@ -158,7 +168,17 @@ def test_a_config_file_value_of_the_wrong_type_names_the_file_and_key(tmp_path: 
     config, run = run_with_config_file(tmp_path, "runner", 'max_concurrent_jobs = "eight"\n')
     assert run.stderr == (
         f'jobrunner: config file {config} has max_concurrent_jobs = "eight", which is not a '
-        "whole number: max_concurrent_jobs takes a whole number, such as 8\n"
+        "whole number: max_concurrent_jobs takes a whole number from 1 to 10000, such as 8\n"
+    )
+
+
+def test_a_config_file_value_out_of_range_names_the_file_and_key(tmp_path: Path) -> None:
+    """Was: "invalid setting: lease_ttl_seconds = 1.0 is outside its range", neither the file
+    nor the value as written."""
+    config, run = run_with_config_file(tmp_path, "projector", "lease_ttl_seconds = 1\n")
+    assert run.stderr == (
+        f"jobrunner: config file {config} has lease_ttl_seconds = 1, which is out of range: "
+        "lease_ttl_seconds takes a number of seconds from 3 to 9223372036, such as 15\n"
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from jobrunner.common.metricsconfig import parse_address, parse_peers
+from jobrunner.common.metricsconfig import MetricsAddressError, parse_address, parse_peers
 
 ENV_PREFIX = "JOBRUNNER_"
 DEFAULT_JOB_TYPES = Path(__file__).with_name("default_jobtypes.toml")
@@ -236,28 +236,65 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # A value no service can honour stops every service at start, naming the setting,
-        # instead of a runner that never takes a job (0 slots) or a lease that lapses at once.
-        for name, (low, high) in _RANGES.items():
+        # instead of a runner that never takes a job (0 slots), a lease that lapses at once or
+        # a timeout that overflows the clock it is given to (inf, 1e308).
+        for name, bounds in BOUNDS.items():
             value = getattr(self, name)
-            if not low <= value <= high:  # also refuses NaN
-                above = f"at most {high}" if high != _NO_LIMIT else "no upper limit"
-                raise ValueError(f"{name} = {value} is outside its range: at least {low}, {above}")
-        for name in _ABOVE_ZERO:
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} = {value} must be above 0")
-        if not self.queue_orphan_seconds >= QUEUE_ORPHAN_MIN_SECONDS:
-            raise ValueError(
-                f"queue_orphan_seconds = {self.queue_orphan_seconds} must be at least "
-                f"{QUEUE_ORPHAN_MIN_SECONDS:g}: a queued job's request may be stored that long "
-                "after its queue entry (a restart's queue write, then its publish and resend)"
-            )
+            if not bounds.holds(value):  # also refuses NaN
+                raise SettingRefused(name, value, "is out of range")
         if self.metrics_address:
-            parse_address(self.metrics_address)
-        parse_peers(self.metrics_peers)
+            try:
+                parse_address(self.metrics_address)
+            except MetricsAddressError:
+                raise SettingRefused(
+                    "metrics_address", self.metrics_address, "is not host:port"
+                ) from None
+        try:
+            parse_peers(self.metrics_peers)
+        except MetricsAddressError:
+            raise SettingRefused(
+                "metrics_peers",
+                self.metrics_peers,
+                "has an entry that is not name=http://host:port",
+            ) from None
         if self.log_format not in LOG_FORMATS:
-            choices = ", ".join(LOG_FORMATS)
-            raise ValueError(f"log_format = {self.log_format!r} must be one of {choices}")
+            raise SettingRefused("log_format", self.log_format, "is not a format there is")
+
+
+class SettingRefused(ValueError):
+    """A ``value`` of ``name`` no service can honour; ``predicate`` says what is wrong with it
+    ("is out of range"). ``load_settings`` names where the value was written."""
+
+    def __init__(self, name: str, value: Any, predicate: str) -> None:
+        super().__init__(name, value, predicate)
+        self.name = name
+        self.value = value
+        self.predicate = predicate
+
+    def __str__(self) -> str:
+        return _refusal(self.name, self.value, None, self.predicate)
+
+
+class Bounds(msgspec.Struct, frozen=True):
+    """The values a numeric setting takes: from ``low`` (above it, if ``above_low``) to
+    ``high``, both finite."""
+
+    low: float
+    high: float
+    above_low: bool = False
+
+    def holds(self, value: float) -> bool:
+        # Written so that NaN fails every comparison and is refused.
+        return (value > self.low if self.above_low else value >= self.low) and value <= self.high
+
+    def words(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        return f"above {low} and at most {high}" if self.above_low else f"from {low} to {high}"
+
+
+def _number(value: float) -> str:
+    """A bound as an operator would write it: no exponent, no thousands' commas."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # The API's publish of a job's request gives up after this (nats-py's JetStream publish
@@ -270,73 +307,105 @@ API_PUBLISH_TIMEOUT_SECONDS = 5.0
 # the API (which stamps the entry) and the runners; they compare no clocks now (a runner counts
 # the age on its own, from its first look: runner/queue_orphans.py), and it stays a margin.
 QUEUE_ORPHAN_MIN_SECONDS = 10.0 + 2 * API_PUBLISH_TIMEOUT_SECONDS + 2.0
-_NO_LIMIT = float("inf")
-_RANGES: dict[str, tuple[float, float]] = {
-    "port": (0, 65535),
+# Requests the runners' consumer lets them hold unacknowledged, all runners together
+# (runner/service.py): a runner never has more jobs than that to run at once.
+RUNNER_REQUESTS_IN_FLIGHT = 10_000
+
+# The upper bounds: what the parts a value is handed to can hold. A duration ends up as int64
+# nanoseconds in JetStream (ack waits, TTLs, max ages) and in Python's own clocks (time.sleep,
+# threading's waits: threading.TIMEOUT_MAX): 292 years; beyond, they overflow or refuse.
+LONGEST_SECONDS = (2**63 - 1) // 10**9
+LONGEST_DAYS = LONGEST_SECONDS // 86400
+# Postgres takes its timeouts (lock_timeout, statement_timeout) as int32 milliseconds: 24.8 days.
+POSTGRES_LONGEST_SECONDS = (2**31 - 1) // 1000
+# Byte sizes and counts end up in JetStream's configuration and Postgres' bigint columns: int64.
+LARGEST_COUNT = 2**63 - 1
+# The largest message a NATS server takes (its max_payload cannot be set higher).
+NATS_LARGEST_PAYLOAD = 64 * 1024 * 1024
+
+
+def _seconds(*, high: float = LONGEST_SECONDS) -> Bounds:
+    """A duration above 0 (no wait at all) and at most ``high``."""
+    return Bounds(0, high, above_low=True)
+
+
+BOUNDS: dict[str, Bounds] = {
+    "port": Bounds(0, 65535),
+    "background_nice": Bounds(0, 19),  # the kernel's range of niceness
+    "tool_nice": Bounds(0, 19),
+    "nats_connect_timeout_seconds": _seconds(),
+    "up_ready_timeout_seconds": _seconds(),
+    "max_concurrent_jobs": Bounds(1, RUNNER_REQUESTS_IN_FLIGHT),
     # The shortest the fault suite proves (tests/faults, SHORT_TTL). Below it the keeper's
     # margin (a quarter), the renewals (every sixth, at least 0.3 s apart) and the guardian's
     # slack before the expiry (3/32: 0.28 s of 3 s) are shorter than a loaded machine's pauses:
     # a healthy runner would lose its leases, and a stalled one's tool outlive its lease.
-    "lease_ttl_seconds": (3, _NO_LIMIT),
-    "max_concurrent_jobs": (1, _NO_LIMIT),
-    "line_batch_max": (1, _NO_LIMIT),
-    "max_line_bytes": (1, _NO_LIMIT),
-    "demo_pace": (0, _NO_LIMIT),
-    "background_nice": (0, 19),  # the kernel's range of niceness
-    "tool_nice": (0, 19),
-    "stream_max_age_days": (0, _NO_LIMIT),
-    "stream_max_bytes": (0, _NO_LIMIT),
-    "readmodel_retention_days": (0, _NO_LIMIT),
-    "artifact_max_file_bytes": (0, _NO_LIMIT),
-    "artifact_max_job_bytes": (0, _NO_LIMIT),
-    "stream_max_consumers": (1, _NO_LIMIT),
-    "sse_history_reads": (1, _NO_LIMIT),
-    "stream_replicas": (1, 5),  # JetStream's own limit
-    "sse_retry_ms": (0, _NO_LIMIT),
-    "max_streams_per_token": (1, _NO_LIMIT),
-    "session_max_age_seconds": (1, _NO_LIMIT),
+    "lease_ttl_seconds": Bounds(3, LONGEST_SECONDS),
+    # No NATS message holds more lines: each line's JSON is over 64 bytes.
+    "line_batch_max": Bounds(1, NATS_LARGEST_PAYLOAD // 64),
+    # A piece's JSON may be 6 bytes per byte (control characters as \u00XX); the runner checks
+    # it against its own server's max_payload at start.
+    "max_line_bytes": Bounds(1, NATS_LARGEST_PAYLOAD // 6),
+    # The heartbeat bucket's TTL is three beats (runnerpool.MISSED_BEATS).
+    "runner_heartbeat_seconds": _seconds(high=LONGEST_SECONDS // 3),
+    # A queued job's request may be stored that long after its queue entry (a restart's queue
+    # write, then its publish and resend): an entry younger may not be found dead.
+    "queue_orphan_seconds": Bounds(QUEUE_ORPHAN_MIN_SECONDS, LONGEST_SECONDS),
+    "demo_pace": Bounds(0, LONGEST_SECONDS),
+    "artifact_max_file_bytes": Bounds(0, LARGEST_COUNT),
+    "artifact_max_job_bytes": Bounds(0, LARGEST_COUNT),
+    "artifact_read_idle_seconds": _seconds(),
+    "artifact_purge_sweep_seconds": _seconds(),
+    "stream_max_age_days": Bounds(0, LONGEST_DAYS),
+    "stream_max_bytes": Bounds(0, LARGEST_COUNT),
+    "stream_max_consumers": Bounds(1, LARGEST_COUNT),
+    "readmodel_retention_days": Bounds(0, LONGEST_DAYS),
+    "stream_replicas": Bounds(1, 5),  # JetStream's own limit
+    "projector_stuck_seconds": _seconds(),
+    # Its lock waits end after twice it, a Postgres lock_timeout.
+    "projector_postgres_dead_seconds": _seconds(high=POSTGRES_LONGEST_SECONDS // 2),
+    "replay_postgres_answer_seconds": _seconds(),
+    "api_read_timeout_seconds": _seconds(),
+    "health_postgres_timeout_seconds": _seconds(),
+    # Below sse_keepalive_seconds, whose longest is LONGEST_SECONDS.
+    "stream_read_timeout_seconds": _seconds(high=LONGEST_SECONDS - 1),
+    "health_nats_timeout_seconds": _seconds(),
+    "health_log_seconds": _seconds(),
+    "sse_keepalive_seconds": _seconds(),
+    # A browser waits for it with setTimeout, which fires at once past int32 milliseconds.
+    "sse_retry_ms": Bounds(0, 2**31 - 1),
     # A client buffer must hold at least one full message batch, or every live client is cut.
-    "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
-    "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
+    "sse_client_buffer_bytes": Bounds(1024 * 1024, LARGEST_COUNT),
+    "sse_total_buffer_bytes": Bounds(1024 * 1024, LARGEST_COUNT),
+    "sse_history_idle_seconds": _seconds(),
+    "sse_history_reads": Bounds(1, LARGEST_COUNT),
     # Below 1 s, an event loop stalled that long on a loaded machine (which stallwatch reports
     # as a fault of its own) would be told to every live viewer as NATS gone silent.
-    "nats_silence_seconds": (1, _NO_LIMIT),
-    "webhook_retry_seconds": (0, _NO_LIMIT),
-    "notifier_max_concurrent": (1, _NO_LIMIT),
+    "nats_silence_seconds": Bounds(1, LONGEST_SECONDS),
+    "max_streams_per_token": Bounds(1, LARGEST_COUNT),
+    # Browsers keep no cookie longer than 400 days (RFC 6265bis): a longer session would end
+    # earlier than the setting says.
+    "session_max_age_seconds": Bounds(1, 400 * 86400),
+    "webhook_retry_seconds": Bounds(0, LONGEST_SECONDS),
+    "webhook_first_retry_seconds": _seconds(),
+    "webhook_longest_retry_seconds": _seconds(),
+    "webhook_connect_timeout_seconds": _seconds(),
+    "webhook_timeout_seconds": _seconds(),
+    "notifier_ack_wait_seconds": _seconds(),
+    "notifier_max_concurrent": Bounds(1, LARGEST_COUNT),
     # One event per job: the bound keeps a batch's submission (and the runners' waiting for its
     # seal) within what one API request can publish in reasonable time.
-    "batch_max_jobs": (1, 1_000_000),
+    "batch_max_jobs": Bounds(1, 1_000_000),
     # At least the app-wide 1 MiB: a batch may always be as large as a single-job request.
-    "batch_max_body_bytes": (1024 * 1024, 2**31 - 1),
+    "batch_max_body_bytes": Bounds(1024 * 1024, 2**31 - 1),
+    "batch_seal_timeout_seconds": _seconds(),
+    "idempotency_ttl_seconds": _seconds(),
+    "metrics_peer_timeout_seconds": _seconds(),
     # 5 s below the supervisor's 20 s grace (supervisor.STOP_GRACE_SECONDS): a few waits run
     # past the deadline (the feed close's second after its abort, uvicorn's tick, a NATS
     # close's end after its abort, the interpreter's exit).
-    "stop_seconds": (1, 15),
+    "stop_seconds": Bounds(1, 15),
 }
-_ABOVE_ZERO = (
-    "sse_keepalive_seconds",
-    "sse_history_idle_seconds",
-    "runner_heartbeat_seconds",
-    "projector_stuck_seconds",
-    "projector_postgres_dead_seconds",
-    "replay_postgres_answer_seconds",
-    "webhook_first_retry_seconds",
-    "webhook_longest_retry_seconds",
-    "webhook_connect_timeout_seconds",
-    "webhook_timeout_seconds",
-    "notifier_ack_wait_seconds",
-    "batch_seal_timeout_seconds",
-    "idempotency_ttl_seconds",
-    "artifact_read_idle_seconds",
-    "artifact_purge_sweep_seconds",
-    "metrics_peer_timeout_seconds",
-    "up_ready_timeout_seconds",
-    "api_read_timeout_seconds",
-    "health_postgres_timeout_seconds",
-    "stream_read_timeout_seconds",
-    "health_nats_timeout_seconds",
-    "health_log_seconds",
-)  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 # Settings that no service reads any more, still accepted in a config file so that one written
 # for an older jobrunner loads; what each became.
@@ -487,8 +556,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     try:
         settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        sentence = _wrong_type(exc, values, sources)
-        raise SettingsError(sentence or f"invalid setting: {exc}") from None
+        raise SettingsError(_refused(exc, values, sources)) from None
     if "stream_read_timeout_seconds" not in values:
         # Not configured: kept below a keep-alive an operator shortened to 5 s or less, who
         # would otherwise be refused at start for a setting never set.
@@ -498,51 +566,91 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 STREAM_READ_TIMEOUT_SECONDS, settings.sse_keepalive_seconds / 2
             ),
         )
-    _check_stream_read_timeout(settings)
+    _check_stream_read_timeout(settings, values, sources)
     return settings
 
 
-# msgspec's sentence for a value of the wrong type, read for the setting's name. Its wording is
-# msgspec's, not a promise: should a release change it, every wrong type falls back to
-# "invalid setting: ..." and tests/unit/test_settings_variables.py's
-# test_a_variable_of_the_wrong_type_is_named_with_its_value_and_what_to_write fails.
-_WRONG_TYPE = re.compile(r"Expected `\w+`, got `\w+` - at `\$\.(\w+)`")
+# msgspec's sentences for a value it cannot convert, read for the setting's name and what is
+# wrong. Their wording is msgspec's, not a promise: should a release change it, such a value falls
+# back to "invalid setting: ..." and tests/unit/test_settings_refusals.py fails.
+_WRONG_TYPE = re.compile(r"Expected `(\w+)`, got `\w+` - at `\$\.(\w+)`")
+_TOO_LARGE = re.compile(r"Number out of range - at `\$\.(\w+)`")
 
 
-def _wrong_type(
-    exc: msgspec.ValidationError, values: dict[str, Any], sources: dict[str, str]
-) -> str | None:
-    """The sentence for a value of the wrong type: where it was written (the variable, or the
-    file and its key), as written, and what the setting takes. msgspec's own ("Expected
-    `float`, got `str`") names neither, and every variable's value is a string. None for
-    another failure (a value out of range names its setting itself) or a caller's override."""
-    matched = _WRONG_TYPE.fullmatch(str(exc))
-    if matched is None or matched[1] not in sources:
-        return None
-    name = matched[1]
-    kind, takes = _what_it_takes(name)
-    value, source = values[name], sources[name]
+def _refused(exc: msgspec.ValidationError, values: dict[str, Any], sources: dict[str, str]) -> str:
+    """The sentence for a value the settings refuse: where it was written (the variable, or
+    the file and its key), as written, what is wrong and what the setting takes. msgspec's own
+    ("Expected `float`, got `str`", "Number out of range") names neither the variable nor the
+    value, and every variable's value is a string."""
+    if isinstance(exc.__cause__, SettingRefused):
+        name, predicate = exc.__cause__.name, exc.__cause__.predicate
+    elif matched := _WRONG_TYPE.fullmatch(str(exc)):
+        name, predicate = matched[2], f"is not {_kind(matched[2])}"
+    elif matched := _TOO_LARGE.fullmatch(str(exc)):
+        name, predicate = matched[1], "is out of range"
+    else:
+        return f"invalid setting: {exc}"
+    return _refusal(name, values[name], sources.get(name), predicate)
+
+
+def _refusal(name: str, value: Any, source: str | None, predicate: str) -> str:
+    """``<the value where it was written> <predicate>: <name> takes <what it takes>``."""
+    return f"{_written(name, value, source, predicate)}: {name} takes {_what_it_takes(name)}"
+
+
+def _written(name: str, value: Any, source: str | None, predicate: str) -> str:
+    """A value where it was written, as written, then ``predicate``. The source is a variable
+    or ``config file <path>``; None for a value given in code or on the command line, told as
+    ``name = value``."""
+    if source is None:
+        return f"{name} = {_as_toml(value)} {predicate}"
     if source.startswith(ENV_PREFIX):
-        return f"{source}={value!r} is not {kind}: {name} takes {takes}"
-    return f"{source} has {name} = {_as_toml(value)}, which is not {kind}: {name} takes {takes}"
+        return f"{source}={value!r} {predicate}"
+    return f"{source} has {name} = {_as_toml(value)}, which {predicate}"
 
 
-def _what_it_takes(name: str) -> tuple[str, str]:
-    """What a setting's value must be (for "is not ...") and how to write one, with its
-    default as the example."""
-    field = next(f for f in msgspec.structs.fields(Settings) if f.name == name)
+def _kind(name: str) -> str:
+    """What a setting's value must be, for "is not ..."."""
+    field_type = _field(name).type
+    if field_type is bool:
+        return "true or false"
+    if field_type is int:
+        return "a whole number"
+    if field_type is float:
+        return "a number"
+    return "text"
+
+
+def _field(name: str) -> msgspec.structs.FieldInfo:
+    return next(f for f in msgspec.structs.fields(Settings) if f.name == name)
+
+
+def _what_it_takes(name: str) -> str:
+    """What a setting takes, with its range or choices, and its default as an example."""
+    field = _field(name)
     default = field.default
     if field.type is bool:
-        return "true or false", "true or false (or 1 or 0)"
+        return "true or false (or 1 or 0)"
     unit = next((unit for end, unit in _UNITS.items() if name.endswith(end)), "")
+    bounds = f" {BOUNDS[name].words()}" if name in BOUNDS else ""
     if field.type is int:
-        return "a whole number", f"a whole number{unit}, such as {default}"
+        return f"a whole number{unit}{bounds}, such as {default}"
     if field.type is float:
-        return "a number", f"a number{unit}, such as {default:g}"
+        return f"a number{unit}{bounds}, such as {default:g}"
+    if name in _FORMS:
+        return _FORMS[name]
     if name.endswith(("_file", "_dir")):
-        return "text", "a path in quotes"
+        return "a path in quotes"
     example = f", such as {json.dumps(default)}" if default else ""
-    return "text", f"text in quotes{example}"
+    return f"text in quotes{example}"
+
+
+# Text settings of a form of their own.
+_FORMS = {
+    "log_format": "one of " + ", ".join(LOG_FORMATS),
+    "metrics_address": "host:port, such as 127.0.0.1:9101",
+    "metrics_peers": "name=http://host:port, comma-separated, such as runner=http://127.0.0.1:9102",
+}
 
 
 _UNITS = {
@@ -562,14 +670,23 @@ def _as_toml(value: Any) -> str:
     return repr(value)
 
 
-def _check_stream_read_timeout(settings: Settings) -> None:
+def _check_stream_read_timeout(
+    settings: Settings, values: dict[str, Any], sources: dict[str, str]
+) -> None:
     """A configuration whose stream reads may outlast a keep-alive's interval stops the
-    service. Checked here, on what an operator configured, rather than in ``__post_init__``:
-    tests shorten the keep-alive far below the read bound, whose length they do not need."""
-    if not settings.stream_read_timeout_seconds < settings.sse_keepalive_seconds:
-        raise SettingsError(
-            f"invalid setting: stream_read_timeout_seconds = "
-            f"{settings.stream_read_timeout_seconds:g} must be below sse_keepalive_seconds = "
-            f"{settings.sse_keepalive_seconds:g}: a stream waiting on a read of the read models "
-            "sends no keep-alive meanwhile"
-        )
+    service, naming where both were set. Checked here, on what an operator configured, rather
+    than in ``__post_init__``: tests shorten the keep-alive far below the read bound, whose
+    length they do not need. (Not configured, the bound is below the keep-alive.)"""
+    keepalive = settings.sse_keepalive_seconds
+    if settings.stream_read_timeout_seconds < keepalive:
+        return
+    name = "stream_read_timeout_seconds"
+    where = sources.get("sse_keepalive_seconds")
+    if "sse_keepalive_seconds" not in values:
+        where = "its default"
+    keepalive_said = f"sse_keepalive_seconds = {keepalive:g}" + (f" ({where})" if where else "")
+    said = _written(name, values[name], sources.get(name), f"is not below {keepalive_said}")
+    raise SettingsError(
+        f"{said}: a stream waiting on a read of the read models sends no keep-alive meanwhile, "
+        f"so {name} takes a number of seconds below the keep-alive's"
+    )

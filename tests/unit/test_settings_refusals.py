@@ -1,0 +1,242 @@
+"""A value no service can honour (out of range, of the wrong type, no choice there is) is
+refused in the user's words: the variable or the config file's key it was written as, the
+value as written, what the setting takes, with an example."""
+
+from __future__ import annotations
+
+import math
+import os
+import string
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobrunner.common.settings import (
+    BOUNDS,
+    LONGEST_SECONDS,
+    POSTGRES_LONGEST_SECONDS,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+
+NUMERIC = sorted(
+    field.name for field in msgspec.structs.fields(Settings) if field.type in (int, float)
+)
+
+
+@pytest.fixture(autouse=True)
+def no_jobrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only the JOBRUNNER_* variables it sets itself."""
+    for name in list(os.environ):
+        if name.startswith("JOBRUNNER_"):
+            monkeypatch.delenv(name)
+
+
+def refusal(**variables: str) -> str:
+    """The sentence ``load_settings`` refuses these variables with."""
+    with pytest.MonkeyPatch.context() as environment:
+        for name, value in variables.items():
+            environment.setenv(name, value)
+        with pytest.raises(SettingsError) as raised:
+            load_settings()
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("written", ["inf", "-inf", "nan", "1e308", "1e400", "9223372037"])
+def test_a_lease_that_cannot_work_is_refused_naming_the_variable(written: str) -> None:
+    """JOBRUNNER_LEASE_TTL_SECONDS=inf (was accepted: no upper limit) and its like."""
+    assert refusal(JOBRUNNER_LEASE_TTL_SECONDS=written) == (
+        f"JOBRUNNER_LEASE_TTL_SECONDS={written!r} is out of range: lease_ttl_seconds takes a "
+        f"number of seconds from 3 to {LONGEST_SECONDS}, such as 15"
+    )
+
+
+def test_a_value_below_its_range_is_refused_naming_the_variable() -> None:
+    """Was: "lease_ttl_seconds = 0.0 is outside its range", the setting's name only."""
+    assert refusal(JOBRUNNER_LEASE_TTL_SECONDS="0") == (
+        "JOBRUNNER_LEASE_TTL_SECONDS='0' is out of range: lease_ttl_seconds takes a number of "
+        f"seconds from 3 to {LONGEST_SECONDS}, such as 15"
+    )
+
+
+def test_a_config_file_value_out_of_range_names_the_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "jobrunner.toml"
+    config.write_text("max_concurrent_jobs = 0\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config)
+    assert str(raised.value) == (
+        f"config file {config} has max_concurrent_jobs = 0, which is out of range: "
+        "max_concurrent_jobs takes a whole number from 1 to 10000, such as 8"
+    )
+
+
+def test_a_config_file_value_too_large_for_a_number_names_the_file_and_key(
+    tmp_path: Path,
+) -> None:
+    """msgspec's own "Number out of range" named no key."""
+    config = tmp_path / "jobrunner.toml"
+    config.write_text("port = 99999999999999999999999\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config)
+    assert str(raised.value).startswith(
+        f"config file {config} has port = 99999999999999999999999, which is out of range: "
+        "port takes a whole number from 0 to 65535"
+    )
+
+
+def test_the_environment_is_named_when_it_overrides_a_good_file_value(tmp_path: Path) -> None:
+    """The refusal names where the value that counts came from."""
+    config = tmp_path / "jobrunner.toml"
+    config.write_text("stop_seconds = 10\n")
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("JOBRUNNER_STOP_SECONDS", "20")
+        with pytest.raises(SettingsError) as raised:
+            load_settings(config)
+    assert str(raised.value).startswith("JOBRUNNER_STOP_SECONDS='20' is out of range: ")
+
+
+def test_a_command_line_value_out_of_range_is_named_as_the_setting() -> None:
+    """An override (``--port``) has no variable or file: the setting and the value."""
+    with pytest.raises(SettingsError) as raised:
+        load_settings(port=70000)
+    assert str(raised.value) == (
+        "port = 70000 is out of range: port takes a whole number from 0 to 65535, such as 8000"
+    )
+
+
+def test_a_log_format_there_is_not_is_named_with_the_formats_there_are() -> None:
+    assert refusal(JOBRUNNER_LOG_FORMAT="jsno") == (
+        "JOBRUNNER_LOG_FORMAT='jsno' is not a format there is: log_format takes one of auto, "
+        "json, console"
+    )
+
+
+def test_a_metrics_address_that_is_not_host_and_port_names_the_variable() -> None:
+    assert refusal(JOBRUNNER_METRICS_ADDRESS="9101") == (
+        "JOBRUNNER_METRICS_ADDRESS='9101' is not host:port: metrics_address takes host:port, "
+        "such as 127.0.0.1:9101"
+    )
+
+
+def test_a_stream_read_bound_over_the_keepalive_names_both_sources(tmp_path: Path) -> None:
+    config = tmp_path / "jobrunner.toml"
+    config.write_text("sse_keepalive_seconds = 4\n")
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS", "4")
+        with pytest.raises(SettingsError) as raised:
+            load_settings(config)
+    assert str(raised.value).startswith(
+        "JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS='4' is not below sse_keepalive_seconds = 4 "
+        f"(config file {config}): "
+    )
+
+
+def test_a_projector_dead_bound_beyond_postgres_lock_timeout_is_refused() -> None:
+    """Its lock waits (twice it) are a Postgres lock_timeout: int32 milliseconds."""
+    largest = POSTGRES_LONGEST_SECONDS // 2
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("JOBRUNNER_PROJECTOR_POSTGRES_DEAD_SECONDS", str(largest))
+        assert 2 * load_settings().projector_postgres_dead_seconds * 1000 <= 2**31 - 1
+    assert refusal(JOBRUNNER_PROJECTOR_POSTGRES_DEAD_SECONDS=str(largest + 1)).startswith(
+        f"JOBRUNNER_PROJECTOR_POSTGRES_DEAD_SECONDS='{largest + 1}' is out of range: "
+    )
+
+
+def test_every_numeric_setting_has_finite_bounds_holding_its_default() -> None:
+    """A new numeric setting must say what it takes, or inf would be accepted again."""
+    assert set(BOUNDS) == set(NUMERIC)
+    for name, bounds in BOUNDS.items():
+        assert math.isfinite(bounds.low), name
+        assert math.isfinite(bounds.high), name
+        default = getattr(Settings(), name)
+        assert bounds.holds(default), name
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_each_numeric_setting_takes_its_bounds_and_refuses_just_beyond(name: str) -> None:
+    """The ends of a range are taken (but an "above" low end); a step beyond is refused."""
+    bounds = BOUNDS[name]
+    variable = f"JOBRUNNER_{name.upper()}"
+    step = 1 if _is_int(name) else 0.5
+    taken = [bounds.high] + ([] if bounds.above_low else [bounds.low])
+    for value in taken:
+        with pytest.MonkeyPatch.context() as environment:
+            environment.setenv(variable, _written(value, name))
+            if name == "stream_read_timeout_seconds":  # which must be below the keep-alive
+                environment.setenv("JOBRUNNER_SSE_KEEPALIVE_SECONDS", str(LONGEST_SECONDS))
+            assert getattr(load_settings(), name) == value
+    first_refused_low = bounds.low if bounds.above_low else bounds.low - step
+    for value in (first_refused_low, bounds.high + step):
+        sentence = refusal(**{variable: _written(value, name)})
+        assert sentence.startswith(f"{variable}={_written(value, name)!r} is out of range: ")
+
+
+def _is_int(name: str) -> bool:
+    return next(f for f in msgspec.structs.fields(Settings) if f.name == name).type is int
+
+
+def _written(value: float, name: str) -> str:
+    return str(int(value)) if _is_int(name) or float(value).is_integer() else repr(value)
+
+
+# What an environment can hold: no NUL, no lone surrogate.
+VARIABLE_TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"))
+
+
+@given(st.sampled_from(NUMERIC), VARIABLE_TEXT)
+def test_any_text_for_a_numeric_variable_is_refused_by_name_or_taken_in_range(
+    name: str, text: str
+) -> None:
+    """Whatever an operator writes: a sentence naming the variable, or a value within the
+    setting's bounds, finite; never a traceback."""
+    variable = f"JOBRUNNER_{name.upper()}"
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv(variable, text)
+        value, refused = loaded(name, None)
+    if refused is not None:
+        assert refused.startswith(f"{variable}={text!r} "), refused
+    else:
+        assert math.isfinite(value)
+        assert BOUNDS[name].holds(value)
+
+
+def loaded(name: str, config: Path | None) -> tuple[float, str | None]:
+    """The setting's value as loaded, or the sentence it was refused with."""
+    try:
+        return getattr(load_settings(config), name), None
+    except SettingsError as refused:
+        return math.nan, str(refused)
+
+
+NUMBER_CHARACTERS = string.ascii_letters + string.digits + " .+-_"
+
+
+@given(
+    name=st.sampled_from(NUMERIC),
+    value=st.integers() | st.floats() | st.booleans() | st.text(NUMBER_CHARACTERS, max_size=8),
+)
+def test_any_config_file_value_for_a_numeric_setting_is_refused_by_key_or_in_range(
+    name: str, value: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The config file's numbers include what TOML writes (inf, nan, integers past int64)."""
+    config = tmp_path_factory.mktemp("config") / "jobrunner.toml"
+    if isinstance(value, bool):
+        written = "true" if value else "false"
+    elif isinstance(value, float) and not math.isfinite(value):
+        written = str(value)  # inf, -inf, nan: TOML's words
+    elif isinstance(value, str):
+        written = msgspec.json.encode(value).decode()
+    else:
+        written = repr(value)
+    config.write_text(f"{name} = {written}\n")
+    taken, refused = loaded(name, config)
+    if refused is not None:
+        assert refused.startswith(f"config file {config} has {name} = "), refused
+    else:
+        assert math.isfinite(taken)
+        assert BOUNDS[name].holds(taken)
