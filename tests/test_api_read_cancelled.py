@@ -457,6 +457,27 @@ async def test_a_fast_read_refused_a_connection_for_want_of_slots_asks_once(
     assert response.status_code == 200, response.text
 
 
+async def health_with_its_table_locked_past(
+    system: System, postgres: EmbeddedPostgres, setting: str, message: str
+) -> tuple[dict[str, Any], int]:
+    """``/health`` read while another session holds the projector's checkpoint table locked
+    past the database's ``setting`` (300 ms) for health's connections: the report, and how
+    many statements Postgres logged ``message`` of meanwhile."""
+    operator = await asyncpg.connect(postgres.url)
+    try:
+        async with database_setting(operator, health_pool_of(system).pool, setting):
+            before = await lines_logged(postgres, operator, message)
+            async with operator.transaction():
+                await operator.execute(
+                    f"LOCK TABLE {READ_SCHEMA}.checkpoint IN ACCESS EXCLUSIVE MODE"
+                )
+                report = await health(system)
+            cancelled = await lines_logged(postgres, operator, message) - before
+    finally:
+        await operator.close()
+    return report, cancelled
+
+
 async def test_health_whose_read_postgres_cancels_says_so_not_that_postgres_is_away(
     system: System, postgres: EmbeddedPostgres
 ) -> None:
@@ -464,21 +485,32 @@ async def test_health_whose_read_postgres_cancels_says_so_not_that_postgres_is_a
     lock_timeout (300 ms): /health is 503 POSTGRES_CANCELLED, its sentence naming the
     lock_timeout, not POSTGRES_UNREACHABLE: Postgres answered. Before: "This API instance
     cannot reach Postgres"."""
-    operator = await asyncpg.connect(postgres.url)
-    try:
-        async with database_setting(operator, health_pool_of(system).pool, "lock_timeout"):
-            before = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE)
-            async with operator.transaction():
-                await operator.execute(
-                    f"LOCK TABLE {READ_SCHEMA}.checkpoint IN ACCESS EXCLUSIVE MODE"
-                )
-                report = await health(system)
-            cancelled = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE) - before
-    finally:
-        await operator.close()
+    report, cancelled = await health_with_its_table_locked_past(
+        system, postgres, "lock_timeout", LOCK_TIMEOUT_MESSAGE
+    )
     assert cancelled == 1, "health's read was not the one Postgres cancelled"
     assert report["http_status"] == 503, report
     assert "POSTGRES_UNREACHABLE" not in codes(report), report
     [problem] = [p for p in report["problems"] if p["code"] == "POSTGRES_CANCELLED"]
     assert "lock_timeout" in problem["message"], report
+    assert report["postgres"] is False, report
+
+
+async def test_health_whose_read_outlasts_postgres_statement_timeout_says_so(
+    system: System, postgres: EmbeddedPostgres
+) -> None:
+    """The database's statement_timeout (300 ms, below health's own 1 s bound) ends health's
+    read of the locked checkpoint table: /health is 503 POSTGRES_CANCELLED, its sentence naming
+    the statement_timeout; neither POSTGRES_UNREACHABLE nor POSTGRES_TIMEOUT (Postgres answered,
+    before health's bound)."""
+    assert system.settings.health_postgres_timeout_seconds > 0.3
+    report, cancelled = await health_with_its_table_locked_past(
+        system, postgres, "statement_timeout", STATEMENT_TIMEOUT_MESSAGE
+    )
+    assert cancelled == 1, "health's read was not the one Postgres cancelled"
+    assert report["http_status"] == 503, report
+    assert {"POSTGRES_UNREACHABLE", "POSTGRES_TIMEOUT"} & set(codes(report)) == set(), report
+    [problem] = [p for p in report["problems"] if p["code"] == "POSTGRES_CANCELLED"]
+    assert "statement_timeout" in problem["message"], report
+    assert "lock_timeout" not in problem["message"], report
     assert report["postgres"] is False, report
