@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 import tomllib
@@ -259,6 +260,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ) from None
         if self.log_format not in LOG_FORMATS:
             raise SettingRefused("log_format", self.log_format, "is not a format there is")
+        # Python's level names, in any case (WARN and FATAL too): one there is not was taken
+        # for info, and a "debgu" left the operator without the lines asked for.
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise SettingRefused("log_level", self.log_level, "is not a level there is")
 
 
 class SettingRefused(ValueError):
@@ -407,6 +412,7 @@ BOUNDS: dict[str, Bounds] = {
     "stop_seconds": Bounds(1, 15),
 }
 LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # as README names them
 # Settings that no service reads any more, still accepted in a config file so that one written
 # for an older jobrunner loads; what each became.
 RETIRED = {
@@ -648,6 +654,7 @@ def _what_it_takes(name: str) -> str:
 # Text settings of a form of their own.
 _FORMS = {
     "log_format": "one of " + ", ".join(LOG_FORMATS),
+    "log_level": "one of " + ", ".join(LOG_LEVELS),
     "metrics_address": "host:port, such as 127.0.0.1:9101",
     "metrics_peers": "name=http://host:port, comma-separated, such as runner=http://127.0.0.1:9102",
 }

@@ -116,6 +116,21 @@ def test_a_log_format_there_is_not_is_named_with_the_formats_there_are() -> None
     )
 
 
+def test_a_log_level_there_is_not_is_named_with_the_levels_there_are() -> None:
+    """Was taken for info: JOBRUNNER_LOG_LEVEL=debgu gave no debug lines, and no word why."""
+    assert refusal(JOBRUNNER_LOG_LEVEL="debgu") == (
+        "JOBRUNNER_LOG_LEVEL='debgu' is not a level there is: log_level takes one of debug, "
+        "info, warning, error, critical"
+    )
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "warn", "error", "CRITICAL"])
+def test_a_log_level_is_taken_in_any_case(level: str) -> None:
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("JOBRUNNER_LOG_LEVEL", level)
+        assert load_settings().log_level == level
+
+
 def test_a_metrics_address_that_is_not_host_and_port_names_the_variable() -> None:
     assert refusal(JOBRUNNER_METRICS_ADDRESS="9101") == (
         "JOBRUNNER_METRICS_ADDRESS='9101' is not host:port: metrics_address takes host:port, "
