@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from jobrunner.common.exitcodes import CONFIG
@@ -129,7 +130,7 @@ def test_a_variable_that_is_not_a_number_is_named_with_what_to_write() -> None:
     assert run.returncode == CONFIG, run.stderr
     assert run.stderr == (
         "jobrunner: JOBRUNNER_LEASE_TTL_SECONDS='abc' is not a number: lease_ttl_seconds takes "
-        "a number of seconds from 3 to 9223372036, such as 15\n"
+        "a number of seconds from 3 to 2305843009, such as 15\n"
     )
 
 
@@ -139,7 +140,7 @@ def test_a_variable_out_of_range_is_named_with_what_to_write() -> None:
     assert run.returncode == CONFIG, run.stderr
     assert run.stderr == (
         "jobrunner: JOBRUNNER_LEASE_TTL_SECONDS='inf' is out of range: lease_ttl_seconds takes "
-        "a number of seconds from 3 to 9223372036, such as 15\n"
+        "a number of seconds from 3 to 2305843009, such as 15\n"
     )
 
 
@@ -178,7 +179,7 @@ def test_a_config_file_value_out_of_range_names_the_file_and_key(tmp_path: Path)
     config, run = run_with_config_file(tmp_path, "projector", "lease_ttl_seconds = 1\n")
     assert run.stderr == (
         f"jobrunner: config file {config} has lease_ttl_seconds = 1, which is out of range: "
-        "lease_ttl_seconds takes a number of seconds from 3 to 9223372036, such as 15\n"
+        "lease_ttl_seconds takes a number of seconds from 3 to 2305843009, such as 15\n"
     )
 
 
@@ -197,3 +198,24 @@ def test_a_job_types_file_that_is_not_text_is_named_not_a_traceback(tmp_path: Pa
         f"jobrunner: config file {config} has job_types_file = 5, which is not text: "
         "job_types_file takes a path in quotes\n"
     )
+
+
+def test_a_stream_size_the_nats_server_has_no_room_for_stops_the_runner_in_a_sentence(
+    nats_server_url: str,
+) -> None:
+    """Only the server knows its storage: the runner's start stops with one line naming
+    stream_max_bytes and exit 1, not JetStream's error 10047 as a traceback."""
+    largest = 2**63 - 1
+    run = jobrunner(
+        "runner",
+        env={
+            "JOBRUNNER_NATS_URL": nats_server_url,
+            "JOBRUNNER_PREFIX": f"t{uuid.uuid4().hex[:10]}",
+            "JOBRUNNER_STREAM_MAX_BYTES": str(largest),
+        },
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(
+        f"jobrunner: stream_max_bytes = {largest} is more than the NATS server has room for"
+    ), run.stderr
+    assert "Traceback" not in run.stderr

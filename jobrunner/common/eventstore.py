@@ -36,7 +36,7 @@ from jobrunner.common import (
 from jobrunner.common.logging import LogThrottle
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
-from jobrunner.common.settings import Settings
+from jobrunner.common.settings import Settings, SettingsError
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 
@@ -240,6 +240,10 @@ def check_contract(names: Names, metadata: dict[str, str] | None) -> None:
         )
 
 
+# JetStream's refusal of a stream whose max_bytes is more than its storage can reserve.
+NO_STORAGE_FOR_STREAM = 10047
+
+
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
     """Create (or update to the configured limits) the event stream, the lock bucket, the
     runner heartbeat bucket, the Idempotency-Key bucket and the artifacts bucket.
@@ -254,10 +258,19 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
     except serverversion.NatsServerTooOld as exc:
         log.critical("nats-server too old", code=exc.code, found=exc.found, needed=exc.needed)
         raise
-    await retry.until_jetstream_ready(
-        lambda: _declare_visible_topology(retry.start_context(js), names, settings),
-        "the event stream and its buckets",
-    )
+    try:
+        await retry.until_jetstream_ready(
+            lambda: _declare_visible_topology(retry.start_context(js), names, settings),
+            "the event stream and its buckets",
+        )
+    except APIError as exc:
+        if exc.err_code == NO_STORAGE_FOR_STREAM and settings.stream_max_bytes > 0:
+            raise SettingsError(
+                f"stream_max_bytes = {settings.stream_max_bytes} is more than the NATS server "
+                "has room for (JetStream: insufficient storage resources available): set it "
+                "within the server's JetStream storage (max_file_store), or 0 for no limit"
+            ) from None
+        raise
 
 
 async def _declare_visible_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:

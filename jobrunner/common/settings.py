@@ -345,7 +345,8 @@ BOUNDS: dict[str, Bounds] = {
     # margin (a quarter), the renewals (every sixth, at least 0.3 s apart) and the guardian's
     # slack before the expiry (3/32: 0.28 s of 3 s) are shorter than a loaded machine's pauses:
     # a healthy runner would lose its leases, and a stalled one's tool outlive its lease.
-    "lease_ttl_seconds": Bounds(3, LONGEST_SECONDS),
+    # The lock bucket keeps an expired lease's marker four TTLs (eventstore, limit_marker_ttl).
+    "lease_ttl_seconds": Bounds(3, LONGEST_SECONDS // 4),
     # No NATS message holds more lines: each line's JSON is over 64 bytes.
     "line_batch_max": Bounds(1, NATS_LARGEST_PAYLOAD // 64),
     # A piece's JSON may be 6 bytes per byte (control characters as \u00XX); the runner checks
