@@ -1,6 +1,6 @@
-"""The largest values the settings take work against a real nats-server: what a setting's upper
-bound admits, JetStream stores as configured (the bounds are what the parts hold, README
-"Configuration")."""
+"""The largest values the settings take work against a real nats-server and a real Postgres:
+what a setting's upper bound admits, JetStream stores as configured and Postgres and the
+kernel take (the bounds are what the parts hold, README "Configuration")."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from jobrunner.common import eventstore
 from jobrunner.common.settings import BOUNDS, Settings, SettingsError
 from jobrunner.contracts.names import Names
+from jobrunner.services.projector.service import open_pool
 from jobrunner.services.runner.service import request_ack_wait, subscribe_requests
 
 NATS_BOUND = (
@@ -61,3 +62,21 @@ async def test_a_stream_size_beyond_the_servers_storage_is_refused_in_a_sentence
     assert str(raised.value).startswith(
         f"stream_max_bytes = {too_large.stream_max_bytes} is more than the NATS server has room for"
     )
+
+
+async def test_the_longest_projector_dead_bound_is_taken_by_postgres_and_the_kernel(
+    settings: Settings,
+) -> None:
+    """The projector's connections made with projector_postgres_dead_seconds at its largest:
+    the socket's keepalive and user timeout, and the session's lock_timeout (twice it) and
+    keepalive settings, all taken; the projector reads through them."""
+    largest = BOUNDS["projector_postgres_dead_seconds"].high
+    longest = msgspec.structs.replace(settings, projector_postgres_dead_seconds=largest)
+    pool = await open_pool(longest)
+    try:
+        async with pool.acquire() as conn:
+            setting = "SELECT setting FROM pg_settings WHERE name = $1"
+            assert await conn.fetchval(setting, "lock_timeout") == str(int(2 * largest * 1000))
+            assert await conn.fetchval(setting, "tcp_keepalives_idle") == "32767"  # over TCP
+    finally:
+        await pool.close()

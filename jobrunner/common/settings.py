@@ -321,8 +321,6 @@ RUNNER_REQUESTS_IN_FLIGHT = 10_000
 # threading's waits: threading.TIMEOUT_MAX): 292 years; beyond, they overflow or refuse.
 LONGEST_SECONDS = (2**63 - 1) // 10**9
 LONGEST_DAYS = LONGEST_SECONDS // 86400
-# Postgres takes its timeouts (lock_timeout, statement_timeout) as int32 milliseconds: 24.8 days.
-POSTGRES_LONGEST_SECONDS = (2**31 - 1) // 1000
 # Byte sizes and counts end up in JetStream's configuration and Postgres' bigint columns: int64.
 LARGEST_COUNT = 2**63 - 1
 # The largest message a NATS server takes (its max_payload cannot be set higher).
@@ -368,8 +366,10 @@ BOUNDS: dict[str, Bounds] = {
     "readmodel_retention_days": Bounds(0, LONGEST_DAYS),
     "stream_replicas": Bounds(1, 5),  # JetStream's own limit
     "projector_stuck_seconds": _seconds(),
-    # Its lock waits end after twice it, a Postgres lock_timeout.
-    "projector_postgres_dead_seconds": _seconds(high=POSTGRES_LONGEST_SECONDS // 2),
+    # Its TCP keepalive probes start after half of it (projector/peerliveness.py), which Linux
+    # takes up to 32767 s (MAX_TCP_KEEPIDLE); its lock waits, twice it, a Postgres lock_timeout,
+    # stay far within int32 milliseconds.
+    "projector_postgres_dead_seconds": _seconds(high=2 * 32767 + 1),
     "replay_postgres_answer_seconds": _seconds(),
     "api_read_timeout_seconds": _seconds(),
     "health_postgres_timeout_seconds": _seconds(),
