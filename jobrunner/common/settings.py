@@ -590,8 +590,11 @@ def _refused(exc: msgspec.ValidationError, values: dict[str, Any], sources: dict
     ("Expected `float`, got `str`", "Number out of range") names neither the variable nor the
     value, and every variable's value is a string."""
     if isinstance(exc.__cause__, SettingRefused):
-        name, predicate = exc.__cause__.name, exc.__cause__.predicate
-    elif matched := _WRONG_TYPE.fullmatch(str(exc)):
+        refused = exc.__cause__
+        # As written when written; a default no service honours is told as it is.
+        value = values.get(refused.name, refused.value)
+        return _refusal(refused.name, value, sources.get(refused.name), refused.predicate)
+    if matched := _WRONG_TYPE.fullmatch(str(exc)):
         name, predicate = matched[2], f"is not {_kind(matched[2])}"
     elif matched := _TOO_LARGE.fullmatch(str(exc)):
         name, predicate = matched[1], "is out of range"
