@@ -203,8 +203,8 @@ def test_a_job_types_file_that_is_not_text_is_named_not_a_traceback(tmp_path: Pa
 def test_a_stream_size_the_nats_server_has_no_room_for_stops_the_runner_in_a_sentence(
     nats_server_url: str,
 ) -> None:
-    """Only the server knows its storage: the runner's start stops with one line naming
-    stream_max_bytes and exit 1, not JetStream's error 10047 as a traceback."""
+    """Only the server knows its storage: the runner's start stops with one line naming the
+    variable it was written as and exit 1, not JetStream's error 10047 as a traceback."""
     largest = 2**63 - 1
     run = jobrunner(
         "runner",
@@ -216,6 +216,28 @@ def test_a_stream_size_the_nats_server_has_no_room_for_stops_the_runner_in_a_sen
     )
     assert run.returncode == 1, run.stderr
     assert run.stderr.splitlines()[-1].startswith(
-        f"jobrunner: stream_max_bytes = {largest} is more than the NATS server has room for"
+        f"jobrunner: JOBRUNNER_STREAM_MAX_BYTES='{largest}' is more than NATS has room for "
+        "(JetStream: insufficient storage resources available): set it within the server's or "
+        "the account's JetStream storage"
     ), run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_value_above_a_new_bound_that_worked_before_stops_no_command() -> None:
+    """JOBRUNNER_SESSION_MAX_AGE_SECONDS=31536000000 (a year of seconds times a thousand) ran
+    before its bound: `jobrunner health`, a container's healthcheck, exited 78 with it after the
+    upgrade. Now it warns, naming the variable and what is used, and goes on to ask the API
+    (none answers here: its own "unavailable", 69)."""
+    run = jobrunner(
+        "health",
+        env={
+            "JOBRUNNER_SESSION_MAX_AGE_SECONDS": "31536000000",
+            "JOBRUNNER_URL": "http://127.0.0.1:9",
+        },
+    )
+    assert run.returncode == 69, run.stderr
+    assert run.stderr.startswith(
+        "jobrunner: warning: JOBRUNNER_SESSION_MAX_AGE_SECONDS='31536000000' is above the "
+        "largest value there is: 34560000 is used instead (browsers keep no cookie longer than "
+        "400 days; README, Upgrading)\n"
+    ), run.stderr

@@ -10,8 +10,6 @@ setting at its default any more than one in the file.
 from __future__ import annotations
 
 import difflib
-import json
-import logging
 import os
 import re
 import tomllib
@@ -22,8 +20,15 @@ from typing import Any
 import msgspec
 
 from jobrunner.common.metricsconfig import MetricsAddressError, parse_address, parse_peers
+from jobrunner.common.settingsrefusal import ENV_PREFIX as ENV_PREFIX
+from jobrunner.common.settingsrefusal import (
+    SettingRefused,
+    Shape,
+    refused,
+    what_it_takes,
+    written,
+)
 
-ENV_PREFIX = "JOBRUNNER_"
 DEFAULT_JOB_TYPES = Path(__file__).with_name("default_jobtypes.toml")
 
 
@@ -32,10 +37,12 @@ STREAM_READ_TIMEOUT_SECONDS = 5.0
 
 
 class SettingsError(Exception):
-    pass
+    """A setting no service can honour, in a sentence (the start stops: exit 78)."""
 
 
-class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+# dict: the instance also keeps, out of its fields, where load_settings found each value
+# (``sources``) and the values it took the largest in place of (``capped``).
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
     # Where things are
     nats_url: str = "nats://127.0.0.1:4222"  # a cluster: its servers' URLs, comma-separated
     # How every part connects to NATS (nats-py and the projector's stream reader alike; see
@@ -241,14 +248,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         # a timeout that overflows the clock it is given to (inf, 1e308).
         for name, bounds in BOUNDS.items():
             value = getattr(self, name)
-            if not bounds.holds(value):  # also refuses NaN
-                raise SettingRefused(name, value, "is out of range")
+            if name in CAPPED and value > bounds.high:
+                # Worked before the bound was set: an upgrade must not stop the service.
+                self.__dict__.setdefault("_capped", {})[name] = value
+                setattr(self, name, bounds.high if isinstance(value, float) else int(bounds.high))
+            elif not bounds.holds(value):  # also refuses NaN
+                raise SettingRefused(name, value, "is out of range", _takes(name))
         if self.metrics_address:
             try:
                 parse_address(self.metrics_address)
             except MetricsAddressError:
                 raise SettingRefused(
-                    "metrics_address", self.metrics_address, "is not host:port"
+                    "metrics_address",
+                    self.metrics_address,
+                    "is not host:port",
+                    _takes("metrics_address"),
                 ) from None
         try:
             parse_peers(self.metrics_peers)
@@ -257,49 +271,43 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "metrics_peers",
                 self.metrics_peers,
                 "has an entry that is not name=http://host:port",
+                _takes("metrics_peers"),
             ) from None
         if self.log_format not in LOG_FORMATS:
-            raise SettingRefused("log_format", self.log_format, "is not a format there is")
-        # Python's level names, in any case (WARN and FATAL too): one there is not was taken
-        # for info, and a "debgu" left the operator without the lines asked for.
-        if self.log_level.upper() not in logging.getLevelNamesMapping():
-            raise SettingRefused("log_level", self.log_level, "is not a level there is")
-
-
-class SettingRefused(ValueError):
-    """A ``value`` of ``name`` no service can honour; ``predicate`` says what is wrong with it
-    ("is out of range"). ``load_settings`` names where the value was written."""
-
-    def __init__(self, name: str, value: Any, predicate: str) -> None:
-        super().__init__(name, value, predicate)
-        self.name = name
-        self.value = value
-        self.predicate = predicate
-
-    def __str__(self) -> str:
-        return _refusal(self.name, self.value, None, self.predicate)
+            raise SettingRefused(
+                "log_format", self.log_format, "is not a format there is", _takes("log_format")
+            )
+        # The five levels README names, in any case: one there is not was taken for info (a
+        # "debgu" left the operator without the lines asked for), and Python's other names
+        # (notset, warn, fatal) are no promise of ours.
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingRefused(
+                "log_level", self.log_level, "is not a level there is", _takes("log_level")
+            )
 
 
 class Bounds(msgspec.Struct, frozen=True):
-    """The values a numeric setting takes: from ``low`` (above it, if ``above_low``) to
-    ``high``, both finite."""
+    """The values a numeric setting takes: from ``low`` to ``high``, both finite, and 0 too if
+    ``zero_too`` (a limit's "none")."""
 
     low: float
     high: float
-    above_low: bool = False
+    zero_too: bool = False
 
     def holds(self, value: float) -> bool:
         # Written so that NaN fails every comparison and is refused.
-        return (value > self.low if self.above_low else value >= self.low) and value <= self.high
+        return (self.zero_too and value == 0) or self.low <= value <= self.high
 
     def words(self) -> str:
-        low, high = _number(self.low), _number(self.high)
-        return f"above {low} and at most {high}" if self.above_low else f"from {low} to {high}"
+        range_ = f"from {_number(self.low)} to {_number(self.high)}"
+        return f"0 or {range_}" if self.zero_too else range_
 
 
 def _number(value: float) -> str:
     """A bound as an operator would write it: no exponent, no thousands' commas."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.10f}".rstrip("0")
 
 
 # The API's publish of a job's request gives up after this (nats-py's JetStream publish
@@ -327,9 +335,19 @@ LARGEST_COUNT = 2**63 - 1
 NATS_LARGEST_PAYLOAD = 64 * 1024 * 1024
 
 
-def _seconds(*, high: float = LONGEST_SECONDS) -> Bounds:
-    """A duration above 0 (no wait at all) and at most ``high``."""
-    return Bounds(0, high, above_low=True)
+# The shortest wait a duration setting takes: 0 is no wait at all, and a keep-alive, a retry or
+# a poll every 1e-300 s would spin its loop.
+SHORTEST_SECONDS = 0.001
+# JetStream de-duplicates a re-published event id within this window (eventstore).
+EVENTS_DUPLICATE_WINDOW_SECONDS = 120.0
+# The shortest max age and TTL JetStream takes (err_code 10052, "max age needs to be >= 100ms"),
+# and a TTL of 1e-10 s it stored as 0: kept for ever.
+JETSTREAM_SHORTEST_AGE_SECONDS = 0.1
+
+
+def _seconds(*, low: float = SHORTEST_SECONDS, high: float = LONGEST_SECONDS) -> Bounds:
+    """A duration from ``low`` (a millisecond) to ``high``."""
+    return Bounds(low, high)
 
 
 BOUNDS: dict[str, Bounds] = {
@@ -338,6 +356,7 @@ BOUNDS: dict[str, Bounds] = {
     "tool_nice": Bounds(0, 19),
     "nats_connect_timeout_seconds": _seconds(),
     "up_ready_timeout_seconds": _seconds(),
+    # The runners' request consumer's max_ack_pending, all runners together (capped: CAPPED).
     "max_concurrent_jobs": Bounds(1, RUNNER_REQUESTS_IN_FLIGHT),
     # The shortest the fault suite proves (tests/faults, SHORT_TTL). Below it the keeper's
     # margin (a quarter), the renewals (every sixth, at least 0.3 s apart) and the guardian's
@@ -350,19 +369,27 @@ BOUNDS: dict[str, Bounds] = {
     # A piece's JSON may be 6 bytes per byte (control characters as \u00XX); the runner checks
     # it against its own server's max_payload at start.
     "max_line_bytes": Bounds(1, NATS_LARGEST_PAYLOAD // 6),
-    # The heartbeat bucket's TTL is three beats (runnerpool.MISSED_BEATS).
-    "runner_heartbeat_seconds": _seconds(high=LONGEST_SECONDS // 3),
+    # The heartbeat bucket's TTL is three beats (runnerpool.MISSED_BEATS): at least JetStream's
+    # shortest (3 x 0.034 s), at most int64 nanoseconds.
+    "runner_heartbeat_seconds": _seconds(low=0.034, high=LONGEST_SECONDS // 3),
     # A queued job's request may be stored that long after its queue entry (a restart's queue
     # write, then its publish and resend): an entry younger may not be found dead.
     "queue_orphan_seconds": Bounds(QUEUE_ORPHAN_MIN_SECONDS, LONGEST_SECONDS),
     "demo_pace": Bounds(0, LONGEST_SECONDS),
     "artifact_max_file_bytes": Bounds(0, LARGEST_COUNT),
     "artifact_max_job_bytes": Bounds(0, LARGEST_COUNT),
-    "artifact_read_idle_seconds": _seconds(),
+    # A download's consumer's inactive threshold is three times it
+    # (artifactstore._inactive_threshold), in int64 nanoseconds in JetStream.
+    "artifact_read_idle_seconds": _seconds(high=LONGEST_SECONDS // 3),
     "artifact_purge_sweep_seconds": _seconds(),
-    "stream_max_age_days": Bounds(0, LONGEST_DAYS),
+    # 0: no limit; else at least the event stream's duplicate window, which JetStream takes
+    # only within the max age (error 10052 stopped the start), in a round figure of days
+    # (0.0014: 121 s).
+    "stream_max_age_days": Bounds(0.0014, LONGEST_DAYS, zero_too=True),
     "stream_max_bytes": Bounds(0, LARGEST_COUNT),
-    "stream_max_consumers": Bounds(1, LARGEST_COUNT),
+    # The services' own: the runners' and the notifiers' consumers, the projector's reader, and
+    # one catch-up read of the API at a time (below, JetStream refused the notifier's: 10026).
+    "stream_max_consumers": Bounds(4, LARGEST_COUNT),
     "readmodel_retention_days": Bounds(0, LONGEST_DAYS),
     "stream_replicas": Bounds(1, 5),  # JetStream's own limit
     "projector_stuck_seconds": _seconds(),
@@ -375,9 +402,10 @@ BOUNDS: dict[str, Bounds] = {
     "health_postgres_timeout_seconds": _seconds(),
     # Below sse_keepalive_seconds, whose longest is LONGEST_SECONDS.
     "stream_read_timeout_seconds": _seconds(high=LONGEST_SECONDS - 1),
+    # Its read bound when not configured is half of it: at least the shortest.
+    "sse_keepalive_seconds": _seconds(low=2 * SHORTEST_SECONDS),
     "health_nats_timeout_seconds": _seconds(),
     "health_log_seconds": _seconds(),
-    "sse_keepalive_seconds": _seconds(),
     # A browser waits for it with setTimeout, which fires at once past int32 milliseconds.
     "sse_retry_ms": Bounds(0, 2**31 - 1),
     # A client buffer must hold at least one full message batch, or every live client is cut.
@@ -405,12 +433,21 @@ BOUNDS: dict[str, Bounds] = {
     # At least the app-wide 1 MiB: a batch may always be as large as a single-job request.
     "batch_max_body_bytes": Bounds(1024 * 1024, 2**31 - 1),
     "batch_seal_timeout_seconds": _seconds(),
-    "idempotency_ttl_seconds": _seconds(),
+    # The Idempotency-Key bucket's TTL.
+    "idempotency_ttl_seconds": _seconds(low=JETSTREAM_SHORTEST_AGE_SECONDS),
     "metrics_peer_timeout_seconds": _seconds(),
     # 5 s below the supervisor's 20 s grace (supervisor.STOP_GRACE_SECONDS): a few waits run
     # past the deadline (the feed close's second after its abort, uvicorn's tick, a NATS
     # close's end after its abort, the interpreter's exit).
     "stop_seconds": Bounds(1, 15),
+}
+# Settings whose bound came after values above it worked (session 39): such a value is taken as
+# the bound, and the start warns (``capped_settings``) rather than refuses, so that an upgrade
+# stops no service. What each bound is, for the warning.
+CAPPED = {
+    "session_max_age_seconds": "browsers keep no cookie longer than 400 days",
+    "line_batch_max": "no NATS message holds more lines",
+    "max_concurrent_jobs": "the runners hold no more requests than that, all runners together",
 }
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # as README names them
@@ -528,8 +565,15 @@ def stray_variables(environ: Mapping[str, str]) -> list[str]:
     return sentences
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read the config file (if any), then ``JOBRUNNER_*`` variables, then explicit overrides."""
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read the config file (if any), then ``JOBRUNNER_*`` variables, then explicit overrides.
+    ``flags``: the command-line flag each override was given with (``{"port": "--port"}``),
+    for a sentence about its value."""
     values: dict[str, Any] = {}
     config_file = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file:
@@ -547,7 +591,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         # that is no text is left for the type check to name.)
         if isinstance(values.get("job_types_file"), str):
             values["job_types_file"] = str(path.parent / values["job_types_file"])
-    # Where each value came from, for a sentence about one of the wrong type.
+    # Where each value came from, for a sentence about it.
     sources: dict[str, str] = dict.fromkeys(values, f"config file {config_file}")
     for name, variable in _setting_variables().items():
         raw = os.environ.get(variable)
@@ -559,11 +603,17 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     given = {k: v for k, v in overrides.items() if v is not None}
     values.update(given)
     for name in given:
-        sources.pop(name, None)  # a caller's own value: msgspec's sentence is for it
+        # A flag's value is told with the flag; a caller's own as ``name = value``.
+        if flags and name in flags:
+            sources[name] = flags[name]
+        else:
+            sources.pop(name, None)
     try:
         settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_refused(exc, values, sources)) from None
+        raise SettingsError(refused(exc, values, sources, setting_shape)) from None
+    # Told as written.
+    capped = {name: values.get(name, value) for name, value in capped_values(settings).items()}
     if "stream_read_timeout_seconds" not in values:
         # Not configured: kept below a keep-alive an operator shortened to 5 s or less, who
         # would otherwise be refused at start for a setting never set.
@@ -574,85 +624,46 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             ),
         )
     _check_stream_read_timeout(settings, values, sources)
+    settings.__dict__["_capped"] = capped
+    settings.__dict__["_sources"] = sources
     return settings
 
 
-# msgspec's sentences for a value it cannot convert, read for the setting's name and what is
-# wrong. Their wording is msgspec's, not a promise: should a release change it, such a value falls
-# back to "invalid setting: ..." and tests/unit/test_settings_refusals.py fails.
-_WRONG_TYPE = re.compile(r"Expected `(\w+)`, got `\w+` - at `\$\.(\w+)`")
-_TOO_LARGE = re.compile(r"Number out of range - at `\$\.(\w+)`")
+def sources_of(settings: Settings) -> dict[str, str]:
+    """Where ``load_settings`` found each value it was given: a variable, ``config file
+    <path>`` or a flag (for ``settingsrefusal.written``). Empty for settings made otherwise, or
+    replaced since."""
+    sources: dict[str, str] = settings.__dict__.get("_sources", {})
+    return sources
 
 
-def _refused(exc: msgspec.ValidationError, values: dict[str, Any], sources: dict[str, str]) -> str:
-    """The sentence for a value the settings refuse: where it was written (the variable, or
-    the file and its key), as written, what is wrong and what the setting takes. msgspec's own
-    ("Expected `float`, got `str`", "Number out of range") names neither the variable nor the
-    value, and every variable's value is a string."""
-    if isinstance(exc.__cause__, SettingRefused):
-        refused = exc.__cause__
-        # As written when written; a default no service honours is told as it is.
-        value = values.get(refused.name, refused.value)
-        return _refusal(refused.name, value, sources.get(refused.name), refused.predicate)
-    if matched := _WRONG_TYPE.fullmatch(str(exc)):
-        name, predicate = matched[2], f"is not {_kind(matched[2])}"
-    elif matched := _TOO_LARGE.fullmatch(str(exc)):
-        name, predicate = matched[1], "is out of range"
-    else:
-        return f"invalid setting: {exc}"
-    return _refusal(name, values[name], sources.get(name), predicate)
+def capped_values(settings: Settings) -> dict[str, Any]:
+    """The values above a ``CAPPED`` setting's bound, which ``settings`` holds the bound in
+    place of, by the setting's name."""
+    capped: dict[str, Any] = settings.__dict__.get("_capped", {})
+    return capped
 
 
-def _refusal(name: str, value: Any, source: str | None, predicate: str) -> str:
-    """``<the value where it was written> <predicate>: <name> takes <what it takes>``."""
-    return f"{_written(name, value, source, predicate)}: {name} takes {_what_it_takes(name)}"
+def capped_settings(settings: Settings) -> list[str]:
+    """A warning for each value taken as its setting's largest (``CAPPED``): where it was
+    written, as written, and what is used instead."""
+    sources = sources_of(settings)
+    return [
+        f"{written(name, value, sources.get(name), 'is above the largest value there is')}: "
+        f"{getattr(settings, name)} is used instead ({CAPPED[name]}; README, Upgrading)"
+        for name, value in capped_values(settings).items()
+    ]
 
 
-def _written(name: str, value: Any, source: str | None, predicate: str) -> str:
-    """A value where it was written, as written, then ``predicate``. The source is a variable
-    or ``config file <path>``; None for a value given in code or on the command line, told as
-    ``name = value``."""
-    if source is None:
-        return f"{name} = {_as_toml(value)} {predicate}"
-    if source.startswith(ENV_PREFIX):
-        return f"{source}={value!r} {predicate}"
-    return f"{source} has {name} = {_as_toml(value)}, which {predicate}"
+def setting_shape(name: str) -> Shape:
+    """What setting ``name`` takes, for a sentence about a value of it."""
+    field = next(f for f in msgspec.structs.fields(Settings) if f.name == name)
+    range_ = BOUNDS[name].words() if name in BOUNDS else ""
+    return Shape(name, field.type, field.default, range_, _FORMS.get(name, ""))
 
 
-def _kind(name: str) -> str:
-    """What a setting's value must be, for "is not ..."."""
-    field_type = _field(name).type
-    if field_type is bool:
-        return "true or false"
-    if field_type is int:
-        return "a whole number"
-    if field_type is float:
-        return "a number"
-    return "text"
-
-
-def _field(name: str) -> msgspec.structs.FieldInfo:
-    return next(f for f in msgspec.structs.fields(Settings) if f.name == name)
-
-
-def _what_it_takes(name: str) -> str:
-    """What a setting takes, with its range or choices, and its default as an example."""
-    field = _field(name)
-    default = field.default
-    if field.type is bool:
-        return "true or false (or 1 or 0)"
-    unit = next((unit for end, unit in _UNITS.items() if name.endswith(end)), "")
-    bounds = f" {BOUNDS[name].words()}" if name in BOUNDS else ""
-    if field.type is int:
-        return f"a whole number{unit}{bounds}, such as {default}"
-    if field.type is float:
-        return f"a number{unit}{bounds}, such as {default:g}"
-    if name in _FORMS:
-        return _FORMS[name]
-    if name.endswith(("_file", "_dir")):
-        return "a path in quotes"
-    example = f", such as {json.dumps(default)}" if default else ""
-    return f"text in quotes{example}"
+def _takes(name: str) -> str:
+    return what_it_takes(setting_shape(name))
 
 
 # Text settings of a form of their own.
@@ -662,23 +673,6 @@ _FORMS = {
     "metrics_address": "host:port, such as 127.0.0.1:9101",
     "metrics_peers": "name=http://host:port, comma-separated, such as runner=http://127.0.0.1:9102",
 }
-
-
-_UNITS = {
-    "_seconds": " of seconds",
-    "_days": " of days",
-    "_ms": " of milliseconds",
-    "_bytes": " of bytes",
-}
-
-
-def _as_toml(value: Any) -> str:
-    """A value as the config file wrote it (near enough for a sentence)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
 
 
 def _check_stream_read_timeout(
@@ -696,7 +690,7 @@ def _check_stream_read_timeout(
     if "sse_keepalive_seconds" not in values:
         where = "its default"
     keepalive_said = f"sse_keepalive_seconds = {keepalive:g}" + (f" ({where})" if where else "")
-    said = _written(name, values[name], sources.get(name), f"is not below {keepalive_said}")
+    said = written(name, values[name], sources.get(name), f"is not below {keepalive_said}")
     raise SettingsError(
         f"{said}: a stream waiting on a read of the read models sends no keep-alive meanwhile, "
         f"so {name} takes a number of seconds below the keep-alive's"

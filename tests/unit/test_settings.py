@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,7 @@ from jobrunner.common.settings import (
     load_settings,
 )
 
-
-@pytest.fixture(autouse=True)
-def no_jobrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sees only the JOBRUNNER_* variables it sets itself."""
-
-    for name in list(os.environ):
-        if name.startswith("JOBRUNNER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_jobrunner_environment")
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -5,7 +5,6 @@ value as written, what the setting takes, with an example."""
 from __future__ import annotations
 
 import math
-import os
 import string
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jobrunner import cli
+from jobrunner.common import exitcodes
 from jobrunner.common.settings import (
     BOUNDS,
+    CAPPED,
     LONGEST_SECONDS,
     Settings,
     SettingsError,
+    capped_settings,
     load_settings,
+    setting_shape,
 )
 
 NUMERIC = sorted(
@@ -28,12 +32,7 @@ NUMERIC = sorted(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_jobrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sees only the JOBRUNNER_* variables it sets itself."""
-    for name in list(os.environ):
-        if name.startswith("JOBRUNNER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_jobrunner_environment")
 
 
 def refusal(**variables: str) -> str:
@@ -99,13 +98,59 @@ def test_the_environment_is_named_when_it_overrides_a_good_file_value(tmp_path: 
     assert str(raised.value).startswith("JOBRUNNER_STOP_SECONDS='20' is out of range: ")
 
 
-def test_a_command_line_value_out_of_range_is_named_as_the_setting() -> None:
-    """An override (``--port``) has no variable or file: the setting and the value."""
+def test_a_command_line_value_out_of_range_is_named_as_its_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``jobrunner up --port 70000``: the flag the operator typed, not the setting's name."""
+    assert cli.main(["up", "--port", "70000"]) == exitcodes.CONFIG
+    assert capsys.readouterr().err == (
+        "jobrunner: --port 70000 is out of range: port takes a whole number from 0 to 65535, "
+        "such as 8000\n"
+    )
+
+
+def test_a_value_given_in_code_out_of_range_is_named_as_the_setting() -> None:
+    """An override with no flag has no variable or file: the setting and the value."""
     with pytest.raises(SettingsError) as raised:
         load_settings(port=70000)
     assert str(raised.value) == (
         "port = 70000 is out of range: port takes a whole number from 0 to 65535, such as 8000"
     )
+
+
+def test_a_toml_date_is_told_as_the_file_wrote_it(tmp_path: Path) -> None:
+    config = tmp_path / "jobrunner.toml"
+    config.write_text("stop_seconds = 1979-05-27\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(config)
+    assert str(raised.value).startswith(
+        f"config file {config} has stop_seconds = 1979-05-27, which is not a number: "
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "written", "used"),
+    [
+        ("JOBRUNNER_SESSION_MAX_AGE_SECONDS", "31536000000", 400 * 86400),
+        ("JOBRUNNER_LINE_BATCH_MAX", "2000000", 1048576),
+        ("JOBRUNNER_MAX_CONCURRENT_JOBS", "20000", 10000),
+    ],
+)
+def test_a_value_that_worked_before_its_bound_is_taken_as_the_bound_with_a_warning(
+    variable: str, written: str, used: int
+) -> None:
+    """An upgrade stops no service that ran: the bound is used, and the start says so naming
+    the variable, the value and what is used instead (README, Upgrading; the command's own
+    warning: tests/test_configuration_refusals.py)."""
+    name = variable.removeprefix("JOBRUNNER_").lower()
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv(variable, written)
+        loaded = load_settings()
+        assert getattr(loaded, name) == used
+        assert capped_settings(loaded) == [
+            f"{variable}={written!r} is above the largest value there is: {used} is used "
+            f"instead ({CAPPED[name]}; README, Upgrading)"
+        ]
 
 
 def test_a_log_format_there_is_not_is_named_with_the_formats_there_are() -> None:
@@ -123,7 +168,15 @@ def test_a_log_level_there_is_not_is_named_with_the_levels_there_are() -> None:
     )
 
 
-@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "warn", "error", "CRITICAL"])
+@pytest.mark.parametrize("level", ["notset", "WARN", "fatal"])
+def test_pythons_level_names_beyond_the_five_are_refused(level: str) -> None:
+    """Taken silently before (Python knows them); README names five levels, and only those."""
+    assert refusal(JOBRUNNER_LOG_LEVEL=level).startswith(
+        f"JOBRUNNER_LOG_LEVEL={level!r} is not a level there is: log_level takes one of debug, "
+    )
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "error", "CRITICAL"])
 def test_a_log_level_is_taken_in_any_case(level: str) -> None:
     with pytest.MonkeyPatch.context() as environment:
         environment.setenv("JOBRUNNER_LOG_LEVEL", level)
@@ -155,7 +208,7 @@ def test_a_projector_dead_bound_beyond_linux_keepalive_idle_is_refused() -> None
     second than 65535 made the projector's every connection fail (setsockopt: EINVAL)."""
     assert refusal(JOBRUNNER_PROJECTOR_POSTGRES_DEAD_SECONDS="65536") == (
         "JOBRUNNER_PROJECTOR_POSTGRES_DEAD_SECONDS='65536' is out of range: "
-        "projector_postgres_dead_seconds takes a number of seconds above 0 and at most 65535, "
+        "projector_postgres_dead_seconds takes a number of seconds from 0.001 to 65535, "
         "such as 30"
     )
 
@@ -175,22 +228,26 @@ def test_each_numeric_setting_takes_its_bounds_and_refuses_just_beyond(name: str
     """The ends of a range are taken (but an "above" low end); a step beyond is refused."""
     bounds = BOUNDS[name]
     variable = f"JOBRUNNER_{name.upper()}"
-    step = 1 if _is_int(name) else 0.5
-    taken = [bounds.high] + ([] if bounds.above_low else [bounds.low])
+    step = 1 if _is_int(name) else bounds.low / 2 or 0.5
+    taken = [bounds.high, bounds.low] + ([0] if bounds.zero_too else [])
     for value in taken:
         with pytest.MonkeyPatch.context() as environment:
             environment.setenv(variable, _written(value, name))
             if name == "stream_read_timeout_seconds":  # which must be below the keep-alive
                 environment.setenv("JOBRUNNER_SSE_KEEPALIVE_SECONDS", str(LONGEST_SECONDS))
             assert getattr(load_settings(), name) == value
-    first_refused_low = bounds.low if bounds.above_low else bounds.low - step
-    for value in (first_refused_low, bounds.high + step):
+    refused = [bounds.low - step]
+    if name not in CAPPED:  # a value above a capped setting's bound is taken as the bound
+        refused.append(bounds.high + step)
+    for value in refused:
+        if bounds.zero_too and value == 0:
+            continue
         sentence = refusal(**{variable: _written(value, name)})
         assert sentence.startswith(f"{variable}={_written(value, name)!r} is out of range: ")
 
 
 def _is_int(name: str) -> bool:
-    return next(f for f in msgspec.structs.fields(Settings) if f.name == name).type is int
+    return setting_shape(name).type is int
 
 
 def _written(value: float, name: str) -> str:
