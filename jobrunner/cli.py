@@ -19,6 +19,7 @@ from jobrunner.common.natsconnection import NatsConnection
 from jobrunner.common.settings import (
     Settings,
     SettingsError,
+    capped_settings,
     ignored_service_links,
     load_settings,
     stray_variables,
@@ -30,9 +31,19 @@ if TYPE_CHECKING:  # asyncpg's import only for the commands that use Postgres
     from jobrunner.common.postgresconnect import PostgresUnusable, StatementCancelled
 
 
+# The command-line flags that override settings: a refusal of one's value names the flag.
+SETTING_FLAGS = {
+    "host": "--host",
+    "port": "--port",
+    "state_dir": "--state-dir",
+    "auth": "--no-auth",
+}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(
         args.config,
+        flags=SETTING_FLAGS,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         state_dir=getattr(args, "state_dir", None),
@@ -462,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_environment(args.command)
         settings = _settings(args)
         # Here, once: each command loads the settings again.
-        for sentence in ignored_service_links(os.environ, settings):
+        for sentence in ignored_service_links(os.environ, settings) + capped_settings(settings):
             print(f"jobrunner: warning: {sentence}", file=sys.stderr)
         # A NATS setting no part can honour (a TLS file, a seed, a URL scheme) stops every
         # command here with one line, before any service starts.

@@ -88,10 +88,25 @@ QUIET_GATE = pytest.mark.parametrize("gate_watch", [3600.0], indirect=True, ids=
 
 
 @pytest.fixture
+def health_bound(request: pytest.FixtureRequest) -> float:
+    """``health_postgres_timeout_seconds``: the default, or what the test names
+    (``PATIENT_HEALTH``)."""
+    bound: float = getattr(request, "param", Settings().health_postgres_timeout_seconds)
+    return bound
+
+
+# Health's bound far above the database's 300 ms timeouts: on a loaded machine the cancel is
+# Postgres', never health's own (700 ms apart at the default 1 s).
+PATIENT_HEALTH = pytest.mark.parametrize("health_bound", [5.0], indirect=True, ids=["health-5s"])
+
+
+@pytest.fixture
 async def system(
-    settings: Settings, postgres: EmbeddedPostgres, gate_watch: None
+    settings: Settings, postgres: EmbeddedPostgres, gate_watch: None, health_bound: float
 ) -> AsyncIterator[System]:
-    settings = msgspec.structs.replace(settings, database_url=postgres.url)
+    settings = msgspec.structs.replace(
+        settings, database_url=postgres.url, health_postgres_timeout_seconds=health_bound
+    )
     async with reading_system(settings) as running:
         await wait_projected(settings, await publish(settings, job_events("before")))
         yield running
@@ -457,6 +472,28 @@ async def test_a_fast_read_refused_a_connection_for_want_of_slots_asks_once(
     assert response.status_code == 200, response.text
 
 
+async def health_with_its_table_locked_past(
+    system: System, postgres: EmbeddedPostgres, setting: str, message: str
+) -> tuple[dict[str, Any], int]:
+    """``/health`` read while another session holds the projector's checkpoint table locked
+    past the database's ``setting`` (300 ms) for health's connections: the report, and how
+    many statements Postgres logged ``message`` of meanwhile."""
+    operator = await asyncpg.connect(postgres.url)
+    try:
+        async with database_setting(operator, health_pool_of(system).pool, setting):
+            before = await lines_logged(postgres, operator, message)
+            async with operator.transaction():
+                await operator.execute(
+                    f"LOCK TABLE {READ_SCHEMA}.checkpoint IN ACCESS EXCLUSIVE MODE"
+                )
+                report = await health(system)
+            cancelled = await lines_logged(postgres, operator, message) - before
+    finally:
+        await operator.close()
+    return report, cancelled
+
+
+@PATIENT_HEALTH
 async def test_health_whose_read_postgres_cancels_says_so_not_that_postgres_is_away(
     system: System, postgres: EmbeddedPostgres
 ) -> None:
@@ -464,21 +501,33 @@ async def test_health_whose_read_postgres_cancels_says_so_not_that_postgres_is_a
     lock_timeout (300 ms): /health is 503 POSTGRES_CANCELLED, its sentence naming the
     lock_timeout, not POSTGRES_UNREACHABLE: Postgres answered. Before: "This API instance
     cannot reach Postgres"."""
-    operator = await asyncpg.connect(postgres.url)
-    try:
-        async with database_setting(operator, health_pool_of(system).pool, "lock_timeout"):
-            before = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE)
-            async with operator.transaction():
-                await operator.execute(
-                    f"LOCK TABLE {READ_SCHEMA}.checkpoint IN ACCESS EXCLUSIVE MODE"
-                )
-                report = await health(system)
-            cancelled = await lines_logged(postgres, operator, LOCK_TIMEOUT_MESSAGE) - before
-    finally:
-        await operator.close()
+    report, cancelled = await health_with_its_table_locked_past(
+        system, postgres, "lock_timeout", LOCK_TIMEOUT_MESSAGE
+    )
     assert cancelled == 1, "health's read was not the one Postgres cancelled"
     assert report["http_status"] == 503, report
     assert "POSTGRES_UNREACHABLE" not in codes(report), report
     [problem] = [p for p in report["problems"] if p["code"] == "POSTGRES_CANCELLED"]
     assert "lock_timeout" in problem["message"], report
+    assert report["postgres"] is False, report
+
+
+@PATIENT_HEALTH
+async def test_health_whose_read_outlasts_postgres_statement_timeout_says_so(
+    system: System, postgres: EmbeddedPostgres
+) -> None:
+    """The database's statement_timeout (300 ms, below health's own bound, 5 s here) ends health's
+    read of the locked checkpoint table: /health is 503 POSTGRES_CANCELLED, its sentence naming
+    the statement_timeout; neither POSTGRES_UNREACHABLE nor POSTGRES_TIMEOUT (Postgres answered,
+    before health's bound)."""
+    assert system.settings.health_postgres_timeout_seconds == 5.0
+    report, cancelled = await health_with_its_table_locked_past(
+        system, postgres, "statement_timeout", STATEMENT_TIMEOUT_MESSAGE
+    )
+    assert cancelled == 1, "health's read was not the one Postgres cancelled"
+    assert report["http_status"] == 503, report
+    assert {"POSTGRES_UNREACHABLE", "POSTGRES_TIMEOUT"} & set(codes(report)) == set(), report
+    [problem] = [p for p in report["problems"] if p["code"] == "POSTGRES_CANCELLED"]
+    assert "statement_timeout" in problem["message"], report
+    assert "lock_timeout" not in problem["message"], report
     assert report["postgres"] is False, report

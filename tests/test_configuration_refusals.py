@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from jobrunner.common.exitcodes import CONFIG
@@ -129,7 +130,17 @@ def test_a_variable_that_is_not_a_number_is_named_with_what_to_write() -> None:
     assert run.returncode == CONFIG, run.stderr
     assert run.stderr == (
         "jobrunner: JOBRUNNER_LEASE_TTL_SECONDS='abc' is not a number: lease_ttl_seconds takes "
-        "a number of seconds, such as 15\n"
+        "a number of seconds from 3 to 2305843009, such as 15\n"
+    )
+
+
+def test_a_variable_out_of_range_is_named_with_what_to_write() -> None:
+    """JOBRUNNER_LEASE_TTL_SECONDS=inf (was accepted: no upper limit)."""
+    run = jobrunner("runner", env={"JOBRUNNER_LEASE_TTL_SECONDS": "inf"})
+    assert run.returncode == CONFIG, run.stderr
+    assert run.stderr == (
+        "jobrunner: JOBRUNNER_LEASE_TTL_SECONDS='inf' is out of range: lease_ttl_seconds takes "
+        "a number of seconds from 3 to 2305843009, such as 15\n"
     )
 
 
@@ -158,7 +169,17 @@ def test_a_config_file_value_of_the_wrong_type_names_the_file_and_key(tmp_path: 
     config, run = run_with_config_file(tmp_path, "runner", 'max_concurrent_jobs = "eight"\n')
     assert run.stderr == (
         f'jobrunner: config file {config} has max_concurrent_jobs = "eight", which is not a '
-        "whole number: max_concurrent_jobs takes a whole number, such as 8\n"
+        "whole number: max_concurrent_jobs takes a whole number from 1 to 10000, such as 8\n"
+    )
+
+
+def test_a_config_file_value_out_of_range_names_the_file_and_key(tmp_path: Path) -> None:
+    """Was: "invalid setting: lease_ttl_seconds = 1.0 is outside its range", neither the file
+    nor the value as written."""
+    config, run = run_with_config_file(tmp_path, "projector", "lease_ttl_seconds = 1\n")
+    assert run.stderr == (
+        f"jobrunner: config file {config} has lease_ttl_seconds = 1, which is out of range: "
+        "lease_ttl_seconds takes a number of seconds from 3 to 2305843009, such as 15\n"
     )
 
 
@@ -177,3 +198,46 @@ def test_a_job_types_file_that_is_not_text_is_named_not_a_traceback(tmp_path: Pa
         f"jobrunner: config file {config} has job_types_file = 5, which is not text: "
         "job_types_file takes a path in quotes\n"
     )
+
+
+def test_a_stream_size_the_nats_server_has_no_room_for_stops_the_runner_in_a_sentence(
+    nats_server_url: str,
+) -> None:
+    """Only the server knows its storage: the runner's start stops with one line naming the
+    variable it was written as and exit 1, not JetStream's error 10047 as a traceback."""
+    largest = 2**63 - 1
+    run = jobrunner(
+        "runner",
+        env={
+            "JOBRUNNER_NATS_URL": nats_server_url,
+            "JOBRUNNER_PREFIX": f"t{uuid.uuid4().hex[:10]}",
+            "JOBRUNNER_STREAM_MAX_BYTES": str(largest),
+        },
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(
+        f"jobrunner: JOBRUNNER_STREAM_MAX_BYTES='{largest}' is more than NATS has room for "
+        "(JetStream: insufficient storage resources available): set it within the server's or "
+        "the account's JetStream storage"
+    ), run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a_value_above_a_new_bound_that_worked_before_stops_no_command() -> None:
+    """JOBRUNNER_SESSION_MAX_AGE_SECONDS=31536000000 (a year of seconds times a thousand) ran
+    before its bound: `jobrunner health`, a container's healthcheck, exited 78 with it after the
+    upgrade. Now it warns, naming the variable and what is used, and goes on to ask the API
+    (none answers here: its own "unavailable", 69)."""
+    run = jobrunner(
+        "health",
+        env={
+            "JOBRUNNER_SESSION_MAX_AGE_SECONDS": "31536000000",
+            "JOBRUNNER_URL": "http://127.0.0.1:9",
+        },
+    )
+    assert run.returncode == 69, run.stderr
+    assert run.stderr.startswith(
+        "jobrunner: warning: JOBRUNNER_SESSION_MAX_AGE_SECONDS='31536000000' is above the "
+        "largest value there is: 34560000 is used instead (browsers keep no cookie longer than "
+        "400 days; README, Upgrading)\n"
+    ), run.stderr

@@ -21,7 +21,7 @@ from jobrunner.embedded.nats import EmbeddedNats
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, Limits
 from jobrunner.services.api.readerconnections import ReaderConnections
-from tests.tools.wide_viewers import wait_until
+from tests.tools.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,7 +86,9 @@ async def test_connections_beyond_the_kept_ones_are_closed_when_handed_back(
         async with readers.lease() as first, readers.lease() as second:
             ncs = [connection(first), connection(second)]
         assert readers.idle == 1
-        await wait_until(lambda: any(nc.is_closed for nc in ncs), 10)
+        await until(
+            lambda: any(nc.is_closed for nc in ncs), "a reader connection closed", seconds=10
+        )
     finally:
         await readers.close()
 
@@ -157,7 +159,7 @@ async def test_each_jobs_feed_reads_on_its_own_connection(
         assert not inbox_a.has_items
         feed_a.leave(inbox_a)
         feed_b.leave(inbox_b)
-        await wait_until(lambda: readers.lent == 0, 10)
+        await until(lambda: readers.lent == 0, "every reader connection given back", seconds=10)
         assert readers.idle == 2
     finally:
         await readers.close()

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from jobrunner.common import artifactnames, artifactpurges, artifactstore
-from jobrunner.common.settings import Settings, load_settings
+from jobrunner.common.settings import BOUNDS, Settings, load_settings
 from jobrunner.contracts import events
 from jobrunner.contracts.names import KIND_BY_EVENT
 from jobrunner.services.api import artifactupload, errors
@@ -276,6 +276,26 @@ def test_every_settings_default_is_the_readmes() -> None:
             if not ok:
                 wrong.append(f"{name}: code {default!r}, README {column[:60]!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_numeric_settings_range_is_the_readmes() -> None:
+    """The settings tables' ``takes`` column gives each numeric setting's range as the code
+    checks it (inf was accepted while the README said nothing of an upper bound), by position in a
+    row naming several."""
+    wrong = []
+    for line in README.splitlines():
+        row = re.match(r"\| ((?:`\w+`(?:, )?)+) \| [^|]* \| ([^|]*) \|", line)
+        if row is None:
+            continue
+        names = re.findall(r"`(\w+)`", row.group(1))
+        # One range for every setting of the row, or one per setting in the row's order.
+        ranges = row.group(2).split("; ")
+        for i, name in enumerate(names):
+            if name in BOUNDS and BOUNDS[name].words() != ranges[min(i, len(ranges) - 1)]:
+                wrong.append(f"{name}: code {BOUNDS[name].words()!r}, README {row.group(2)!r}")
+    assert not wrong, "\n".join(wrong)
+    tables = "\n".join(line for line in README.splitlines() if line.startswith("| `"))
+    assert all(f"`{name}`" in tables for name in BOUNDS)
 
 
 def test_every_fault_test_file_is_in_the_faults_table() -> None:

@@ -55,7 +55,10 @@ async def stop(tools: list[ToolProcess]) -> None:
 
 def test_tool_nice_is_a_setting_off_by_default() -> None:
     assert Settings().tool_nice == 0  # off unless asked for (a flood's throughput)
-    with pytest.raises(ValueError, match="tool_nice = 20 is outside its range"):
+    with pytest.raises(
+        ValueError,
+        match="tool_nice = 20 is out of range: tool_nice takes a whole number from 0 to 19",
+    ):
         Settings(tool_nice=20)
 
 

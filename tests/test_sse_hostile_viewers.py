@@ -23,6 +23,7 @@ from tests.sse_client import SseStream, iter_events, read_stream
 from tests.system import System
 from tests.tools.emit_jobs import emit_job
 from tests.tools.job_type_files import TEST_TYPES
+from tests.tools.waiting import until
 from tests.tools.wide_viewers import (
     CLIENT_BYTES,
     FLOOD_LEASE_TTL,
@@ -30,7 +31,6 @@ from tests.tools.wide_viewers import (
     read_to_the_end,
     stalling_client,
     stream_texts,
-    wait_until,
 )
 from tests.tools.wide_viewers import EXPECTED as WIDE_EXPECTED
 from tests.tools.wide_viewers import JOB_TYPES as WIDE_TYPES
@@ -121,12 +121,14 @@ async def test_viewers_joining_and_leaving_badly_during_a_flood_leave_the_reader
     for stream in streams:
         assert stream_texts(stream) == expected
         assert stream.events[-1].event == "done"
-    await wait_until(lambda: not fanout.clients and not fanout.feeds, 30)
+    await until(
+        lambda: not fanout.clients and not fanout.feeds, "every client and feed gone", seconds=30
+    )
     assert fanout.buffered_bytes == 0
     assert fanout.recorded_bytes == 0
     # A feed forgotten with its last client finishes its cancellation (its reader's
     # unsubscribe) a few loop turns later.
-    await wait_until(lambda: not feed_tasks(), 10)
+    await until(lambda: not feed_tasks(), "every feed task ended", seconds=10)
 
 
 @given(st.text(max_size=60))
@@ -195,16 +197,20 @@ class TestStalledViewersThatVanish:
             await asyncio.get_running_loop().sock_sendall(sock, request.encode())
             stalled.append(sock)
         try:
-            await wait_until(lambda: fanout.clients >= 20, 30)
+            await until(lambda: fanout.clients >= 20, "20 clients connected", seconds=30)
             async with system.client() as client:
                 events = await read_to_the_end(client, path)
             assert [e.json["text"] for e in events if e.event == "message"] == WIDE_EXPECTED
-            await wait_until(lambda: fanout.clients_cut >= 20, 60)
+            await until(lambda: fanout.clients_cut >= 20, "20 clients cut")
         finally:
             for sock in stalled:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.close()
-        await wait_until(lambda: not fanout.clients and not fanout.feeds, 30)
+        await until(
+            lambda: not fanout.clients and not fanout.feeds,
+            "every client and feed gone",
+            seconds=30,
+        )
         assert fanout.buffered_bytes == 0
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("sse-feed-")] == []
 

@@ -24,7 +24,8 @@ from tests.system import System
 from tests.tools.backend_activity import until_backends
 from tests.tools.emit_jobs import emit_job
 from tests.tools.job_type_files import TEST_TYPES
-from tests.tools.wide_viewers import fanout_of, stream_texts, wait_until
+from tests.tools.waiting import until
+from tests.tools.wide_viewers import fanout_of, stream_texts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,7 +79,10 @@ async def test_viewers_arriving_together_share_one_read_of_the_jobs_row(
         async with system.client(limits=httpx.Limits(max_connections=None)) as client:
             viewers = [asyncio.ensure_future(read_stream(client, path)) for _ in range(VIEWERS)]
             try:
-                await wait_until(lambda: len(arrived) == VIEWERS and bool(reads), 60)
+                await until(
+                    lambda: len(arrived) == VIEWERS and bool(reads),
+                    "every viewer arrived and a read began",
+                )
                 assert fanout_of(system).known_row(job_id) is None  # no feed yet: all must read
                 assert len(reads) == 1
                 viewers[0].cancel()  # a viewer goes away while the read waits
@@ -122,7 +126,7 @@ async def test_one_lost_read_connection_fails_one_viewer_not_all(
             try:
                 # Every viewer's request is in (main: ten reads on the pool's connections wait
                 # for the lock, forty queue for a connection; branch: one read, 49 joined).
-                await wait_until(lambda: len(arrived) == VIEWERS, 60)
+                await until(lambda: len(arrived) == VIEWERS, "every viewer arrived")
                 # On the holder's open transaction: backend_activity clears the snapshot of
                 # pg_stat_activity Postgres keeps for it.
                 pids = await until_backends(holder, query_like=row_read, waiting_on_a_lock=True)

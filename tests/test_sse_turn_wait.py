@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -20,6 +19,7 @@ from jobrunner.contracts import events
 from jobrunner.contracts.names import Names
 from jobrunner.services.api import sse
 from jobrunner.services.api.fanout import Fanout, JobFeed, Limits, Subscriber
+from tests.tools.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,26 +66,18 @@ async def publish_lines(
     return int((await js.stream_info(names.stream)).state.last_seq)
 
 
-async def hold_the_turn(fanout: Fanout, took: asyncio.Event, until: asyncio.Event) -> None:
+async def hold_the_turn(fanout: Fanout, took: asyncio.Event, release: asyncio.Event) -> None:
     """Another job's catch-up read holding the one turn: its client takes the first item, then
-    the next only once ``until`` is set or after ``HOLDER_WAITS`` (within its idle limit: the
+    the next only once ``release`` is set or after ``HOLDER_WAITS`` (within its idle limit: the
     turn stays its own), then the rest."""
     async for _ in fanout.history("other", 1, 10):
         if not took.is_set():
             took.set()
             try:
                 async with asyncio.timeout(HOLDER_WAITS):
-                    await until.wait()
+                    await release.wait()
             except TimeoutError:
                 pass
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def test_a_viewer_waiting_for_its_turn_gets_keep_alives(
@@ -139,7 +131,7 @@ async def test_live_events_while_a_viewer_waits_do_not_get_it_cut(
             pass
 
     live = asyncio.create_task(live_viewer())
-    await wait_until(lambda: fanout.clients == 1)
+    await until(lambda: fanout.clients == 1, "the viewer connected")
     waiting_chunks: list[bytes] = []
     ends_early = 0
     last = None
@@ -163,9 +155,12 @@ async def test_live_events_while_a_viewer_waits_do_not_get_it_cut(
             start = ids[-1] + 1 if ids else first
 
     waiting = asyncio.create_task(waiting_viewer())
-    await wait_until(lambda: fanout.clients == 2)
+    await until(lambda: fanout.clients == 2, "both viewers connected")
     last = await publish_lines(js, names, "flood", 320, LINE_BYTES)  # 5x the viewer's limit
-    await wait_until(lambda: fanout.feeds["flood"].last_seq >= last or waiting.done())
+    await until(
+        lambda: fanout.feeds["flood"].last_seq >= last or waiting.done(),
+        "the flood's feed read to its end",
+    )
     flood_handed_on.set()
     await waiting
     await holder
@@ -186,7 +181,7 @@ async def paused_for_a_stuck_client(
     await publish_lines(js, names, "flood", 1, 10)
     feed, stuck, _ = await fanout.join("flood")  # from the stream's end
     last = await publish_lines(js, names, "flood", 160, LINE_BYTES)  # 2.5 MiB
-    await wait_until(lambda: stuck.bytes > 0 and not feed.room.is_set())
+    await until(lambda: stuck.bytes > 0 and not feed.room.is_set(), "the stuck viewer's inbox full")
     assert feed.last_seq < last  # paused with events to come
     return feed, stuck, last
 
@@ -248,9 +243,11 @@ async def test_a_viewer_whose_turn_comes_wakes_a_feed_paused_for_another(
 
     waiting = asyncio.create_task(viewer())
     try:
-        await wait_until(lambda: fanout.clients == 2)
+        await until(lambda: fanout.clients == 2, "both viewers connected")
         last = await publish_lines(js, names, "flood", 160, LINE_BYTES)
-        await wait_until(lambda: stuck.bytes > 0 and not feed.room.is_set())
+        await until(
+            lambda: stuck.bytes > 0 and not feed.room.is_set(), "the stuck viewer's inbox full"
+        )
         assert feed.last_seq < last  # paused for the stuck client, with events to come
         release.set()
         await holder
@@ -305,13 +302,13 @@ async def test_a_waiting_viewer_of_a_failed_feed_ends_at_once(
 
     waiting = asyncio.create_task(waiting_viewer())
     try:
-        await wait_until(lambda: fanout.clients == 2)
+        await until(lambda: fanout.clients == 2, "both viewers connected")
         now = datetime.now(UTC)
         boom = events.LineLogged(
             job_id="job", lines=[events.LogLine(0, "stdout", "INFO", now, "boom")]
         )
         await eventstore.publish_many(js, names, [boom])
-        await wait_until(lambda: other.overflow)
+        await until(lambda: other.overflow, "the other viewer cut for overflow")
         # The feed failed and cut every inbox: the waiting viewer ends now, not at its next
         # keep-alive (30 s) or its turn.
         async with asyncio.timeout(5):

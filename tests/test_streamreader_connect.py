@@ -224,8 +224,8 @@ def test_a_tls_setting_that_cannot_be_honoured_is_refused_at_start(tmp_path: Pat
     key.write_text("not a key")
     with pytest.raises(SettingsError, match="nats_tls_key_file is set without nats_tls_cert_file"):
         NatsConnection.from_settings(Settings(nats_tls_key_file=str(key)))
-    with pytest.raises(SettingsError, match="nats_connect_timeout_seconds must be above 0"):
-        NatsConnection.from_settings(Settings(nats_connect_timeout_seconds=0))
+    with pytest.raises(ValueError, match="nats_connect_timeout_seconds = 0 is out of range"):
+        Settings(nats_connect_timeout_seconds=0)
 
 
 def test_a_server_url_the_stream_reader_cannot_speak_is_refused_at_start() -> None:

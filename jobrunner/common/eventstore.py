@@ -36,7 +36,13 @@ from jobrunner.common import (
 from jobrunner.common.logging import LogThrottle
 from jobrunner.common.natsconnection import NatsConnection, server_urls
 from jobrunner.common.refusal import StateRefused
-from jobrunner.common.settings import Settings
+from jobrunner.common.settings import (
+    EVENTS_DUPLICATE_WINDOW_SECONDS,
+    Settings,
+    SettingsError,
+    sources_of,
+)
+from jobrunner.common.settingsrefusal import written
 from jobrunner.contracts import codec, events
 from jobrunner.contracts.names import Names
 
@@ -44,8 +50,9 @@ log = structlog.get_logger()
 
 __all__ = ["server_urls"]  # kept here too: callers name it eventstore.server_urls
 
-# JetStream de-duplicates a re-published event id within this window (seconds).
-DUPLICATE_WINDOW = 120.0
+# JetStream de-duplicates a re-published event id within this window (seconds); the event
+# stream's shortest max age (settings, stream_max_age_days).
+DUPLICATE_WINDOW = EVENTS_DUPLICATE_WINDOW_SECONDS
 
 
 # The exit status of a service whose NATS connection nats-py closed for good (below).
@@ -240,6 +247,10 @@ def check_contract(names: Names, metadata: dict[str, str] | None) -> None:
         )
 
 
+# JetStream's refusal of a stream whose max_bytes is more than its storage can reserve.
+NO_STORAGE_FOR_STREAM = 10047
+
+
 async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:
     """Create (or update to the configured limits) the event stream, the lock bucket, the
     runner heartbeat bucket, the Idempotency-Key bucket and the artifacts bucket.
@@ -254,10 +265,22 @@ async def ensure_topology(js: JetStreamContext, names: Names, settings: Settings
     except serverversion.NatsServerTooOld as exc:
         log.critical("nats-server too old", code=exc.code, found=exc.found, needed=exc.needed)
         raise
-    await retry.until_jetstream_ready(
-        lambda: _declare_visible_topology(retry.start_context(js), names, settings),
-        "the event stream and its buckets",
-    )
+    try:
+        await retry.until_jetstream_ready(
+            lambda: _declare_visible_topology(retry.start_context(js), names, settings),
+            "the event stream and its buckets",
+        )
+    except APIError as exc:
+        if exc.err_code == NO_STORAGE_FOR_STREAM and settings.stream_max_bytes > 0:
+            where = sources_of(settings).get("stream_max_bytes")
+            raw = settings.stream_max_bytes
+            said = written("stream_max_bytes", raw, where, "is more than NATS has room for")
+            raise SettingsError(
+                f"{said} (JetStream: insufficient storage resources available): set it within "
+                "the server's or the account's JetStream storage (the server's max_file_store, "
+                "the account's limits in operator mode or on a hosted NATS), or 0 for no limit"
+            ) from None
+        raise
 
 
 async def _declare_visible_topology(js: JetStreamContext, names: Names, settings: Settings) -> None:

@@ -57,11 +57,6 @@ class NatsConnection:
                     f"nats_url: {scheme}:// is not supported (use nats:// or tls://): "
                     f"{urlsplit(server).hostname or server}"
                 )
-        if not settings.nats_connect_timeout_seconds > 0:
-            raise SettingsError(
-                "nats_connect_timeout_seconds must be above 0, not "
-                f"{settings.nats_connect_timeout_seconds}"
-            )
         return cls(
             servers=servers,
             connect_timeout=settings.nats_connect_timeout_seconds,

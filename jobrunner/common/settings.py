@@ -10,7 +10,6 @@ setting at its default any more than one in the file.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import tomllib
@@ -20,9 +19,16 @@ from typing import Any
 
 import msgspec
 
-from jobrunner.common.metricsconfig import parse_address, parse_peers
+from jobrunner.common.metricsconfig import MetricsAddressError, parse_address, parse_peers
+from jobrunner.common.settingsrefusal import ENV_PREFIX as ENV_PREFIX
+from jobrunner.common.settingsrefusal import (
+    SettingRefused,
+    Shape,
+    refused,
+    what_it_takes,
+    written,
+)
 
-ENV_PREFIX = "JOBRUNNER_"
 DEFAULT_JOB_TYPES = Path(__file__).with_name("default_jobtypes.toml")
 
 
@@ -31,10 +37,12 @@ STREAM_READ_TIMEOUT_SECONDS = 5.0
 
 
 class SettingsError(Exception):
-    pass
+    """A setting no service can honour, in a sentence (the start stops: exit 78)."""
 
 
-class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+# dict: the instance also keeps, out of its fields, where load_settings found each value
+# (``sources``) and the values it took the largest in place of (``capped``).
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
     # Where things are
     nats_url: str = "nats://127.0.0.1:4222"  # a cluster: its servers' URLs, comma-separated
     # How every part connects to NATS (nats-py and the projector's stream reader alike; see
@@ -236,28 +244,70 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # A value no service can honour stops every service at start, naming the setting,
-        # instead of a runner that never takes a job (0 slots) or a lease that lapses at once.
-        for name, (low, high) in _RANGES.items():
+        # instead of a runner that never takes a job (0 slots), a lease that lapses at once or
+        # a timeout that overflows the clock it is given to (inf, 1e308).
+        for name, bounds in BOUNDS.items():
             value = getattr(self, name)
-            if not low <= value <= high:  # also refuses NaN
-                above = f"at most {high}" if high != _NO_LIMIT else "no upper limit"
-                raise ValueError(f"{name} = {value} is outside its range: at least {low}, {above}")
-        for name in _ABOVE_ZERO:
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} = {value} must be above 0")
-        if not self.queue_orphan_seconds >= QUEUE_ORPHAN_MIN_SECONDS:
-            raise ValueError(
-                f"queue_orphan_seconds = {self.queue_orphan_seconds} must be at least "
-                f"{QUEUE_ORPHAN_MIN_SECONDS:g}: a queued job's request may be stored that long "
-                "after its queue entry (a restart's queue write, then its publish and resend)"
-            )
+            if name in CAPPED and value > bounds.high:
+                # Worked before the bound was set: an upgrade must not stop the service.
+                self.__dict__.setdefault("_capped", {})[name] = value
+                setattr(self, name, bounds.high if isinstance(value, float) else int(bounds.high))
+            elif not bounds.holds(value):  # also refuses NaN
+                raise SettingRefused(name, value, "is out of range", _takes(name))
         if self.metrics_address:
-            parse_address(self.metrics_address)
-        parse_peers(self.metrics_peers)
+            try:
+                parse_address(self.metrics_address)
+            except MetricsAddressError:
+                raise SettingRefused(
+                    "metrics_address",
+                    self.metrics_address,
+                    "is not host:port",
+                    _takes("metrics_address"),
+                ) from None
+        try:
+            parse_peers(self.metrics_peers)
+        except MetricsAddressError:
+            raise SettingRefused(
+                "metrics_peers",
+                self.metrics_peers,
+                "has an entry that is not name=http://host:port",
+                _takes("metrics_peers"),
+            ) from None
         if self.log_format not in LOG_FORMATS:
-            choices = ", ".join(LOG_FORMATS)
-            raise ValueError(f"log_format = {self.log_format!r} must be one of {choices}")
+            raise SettingRefused(
+                "log_format", self.log_format, "is not a format there is", _takes("log_format")
+            )
+        # The five levels README names, in any case: one there is not was taken for info (a
+        # "debgu" left the operator without the lines asked for), and Python's other names
+        # (notset, warn, fatal) are no promise of ours.
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingRefused(
+                "log_level", self.log_level, "is not a level there is", _takes("log_level")
+            )
+
+
+class Bounds(msgspec.Struct, frozen=True):
+    """The values a numeric setting takes: from ``low`` to ``high``, both finite, and 0 too if
+    ``zero_too`` (a limit's "none")."""
+
+    low: float
+    high: float
+    zero_too: bool = False
+
+    def holds(self, value: float) -> bool:
+        # Written so that NaN fails every comparison and is refused.
+        return (self.zero_too and value == 0) or self.low <= value <= self.high
+
+    def words(self) -> str:
+        range_ = f"from {_number(self.low)} to {_number(self.high)}"
+        return f"0 or {range_}" if self.zero_too else range_
+
+
+def _number(value: float) -> str:
+    """A bound as an operator would write it: no exponent, no thousands' commas."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.10f}".rstrip("0")
 
 
 # The API's publish of a job's request gives up after this (nats-py's JetStream publish
@@ -270,74 +320,137 @@ API_PUBLISH_TIMEOUT_SECONDS = 5.0
 # the API (which stamps the entry) and the runners; they compare no clocks now (a runner counts
 # the age on its own, from its first look: runner/queue_orphans.py), and it stays a margin.
 QUEUE_ORPHAN_MIN_SECONDS = 10.0 + 2 * API_PUBLISH_TIMEOUT_SECONDS + 2.0
-_NO_LIMIT = float("inf")
-_RANGES: dict[str, tuple[float, float]] = {
-    "port": (0, 65535),
+# Requests the runners' consumer lets them hold unacknowledged, all runners together
+# (runner/service.py): a runner never has more jobs than that to run at once.
+RUNNER_REQUESTS_IN_FLIGHT = 10_000
+
+# The upper bounds: what the parts a value is handed to can hold. A duration ends up as int64
+# nanoseconds in JetStream (ack waits, TTLs, max ages) and in Python's own clocks (time.sleep,
+# threading's waits: threading.TIMEOUT_MAX): 292 years; beyond, they overflow or refuse.
+LONGEST_SECONDS = (2**63 - 1) // 10**9
+LONGEST_DAYS = LONGEST_SECONDS // 86400
+# Byte sizes and counts end up in JetStream's configuration and Postgres' bigint columns: int64.
+LARGEST_COUNT = 2**63 - 1
+# The largest message a NATS server takes (its max_payload cannot be set higher).
+NATS_LARGEST_PAYLOAD = 64 * 1024 * 1024
+
+
+# The shortest wait a duration setting takes: 0 is no wait at all, and a keep-alive, a retry or
+# a poll every 1e-300 s would spin its loop.
+SHORTEST_SECONDS = 0.001
+# JetStream de-duplicates a re-published event id within this window (eventstore).
+EVENTS_DUPLICATE_WINDOW_SECONDS = 120.0
+# The shortest max age and TTL JetStream takes (err_code 10052, "max age needs to be >= 100ms"),
+# and a TTL of 1e-10 s it stored as 0: kept for ever.
+JETSTREAM_SHORTEST_AGE_SECONDS = 0.1
+
+
+def _seconds(*, low: float = SHORTEST_SECONDS, high: float = LONGEST_SECONDS) -> Bounds:
+    """A duration from ``low`` (a millisecond) to ``high``."""
+    return Bounds(low, high)
+
+
+BOUNDS: dict[str, Bounds] = {
+    "port": Bounds(0, 65535),
+    "background_nice": Bounds(0, 19),  # the kernel's range of niceness
+    "tool_nice": Bounds(0, 19),
+    "nats_connect_timeout_seconds": _seconds(),
+    "up_ready_timeout_seconds": _seconds(),
+    # The runners' request consumer's max_ack_pending, all runners together (capped: CAPPED).
+    "max_concurrent_jobs": Bounds(1, RUNNER_REQUESTS_IN_FLIGHT),
     # The shortest the fault suite proves (tests/faults, SHORT_TTL). Below it the keeper's
     # margin (a quarter), the renewals (every sixth, at least 0.3 s apart) and the guardian's
     # slack before the expiry (3/32: 0.28 s of 3 s) are shorter than a loaded machine's pauses:
     # a healthy runner would lose its leases, and a stalled one's tool outlive its lease.
-    "lease_ttl_seconds": (3, _NO_LIMIT),
-    "max_concurrent_jobs": (1, _NO_LIMIT),
-    "line_batch_max": (1, _NO_LIMIT),
-    "max_line_bytes": (1, _NO_LIMIT),
-    "demo_pace": (0, _NO_LIMIT),
-    "background_nice": (0, 19),  # the kernel's range of niceness
-    "tool_nice": (0, 19),
-    "stream_max_age_days": (0, _NO_LIMIT),
-    "stream_max_bytes": (0, _NO_LIMIT),
-    "readmodel_retention_days": (0, _NO_LIMIT),
-    "artifact_max_file_bytes": (0, _NO_LIMIT),
-    "artifact_max_job_bytes": (0, _NO_LIMIT),
-    "stream_max_consumers": (1, _NO_LIMIT),
-    "sse_history_reads": (1, _NO_LIMIT),
-    "stream_replicas": (1, 5),  # JetStream's own limit
-    "sse_retry_ms": (0, _NO_LIMIT),
-    "max_streams_per_token": (1, _NO_LIMIT),
-    "session_max_age_seconds": (1, _NO_LIMIT),
+    # The lock bucket keeps an expired lease's marker four TTLs (eventstore, limit_marker_ttl).
+    "lease_ttl_seconds": Bounds(3, LONGEST_SECONDS // 4),
+    # No NATS message holds more lines: each line's JSON is over 64 bytes.
+    "line_batch_max": Bounds(1, NATS_LARGEST_PAYLOAD // 64),
+    # A piece's JSON may be 6 bytes per byte (control characters as \u00XX); the runner checks
+    # it against its own server's max_payload at start.
+    "max_line_bytes": Bounds(1, NATS_LARGEST_PAYLOAD // 6),
+    # The heartbeat bucket's TTL is three beats (runnerpool.MISSED_BEATS): at least JetStream's
+    # shortest (3 x 0.034 s), at most int64 nanoseconds.
+    "runner_heartbeat_seconds": _seconds(low=0.034, high=LONGEST_SECONDS // 3),
+    # A queued job's request may be stored that long after its queue entry (a restart's queue
+    # write, then its publish and resend): an entry younger may not be found dead.
+    "queue_orphan_seconds": Bounds(QUEUE_ORPHAN_MIN_SECONDS, LONGEST_SECONDS),
+    "demo_pace": Bounds(0, LONGEST_SECONDS),
+    "artifact_max_file_bytes": Bounds(0, LARGEST_COUNT),
+    "artifact_max_job_bytes": Bounds(0, LARGEST_COUNT),
+    # A download's consumer's inactive threshold is three times it
+    # (artifactstore._inactive_threshold), in int64 nanoseconds in JetStream.
+    "artifact_read_idle_seconds": _seconds(high=LONGEST_SECONDS // 3),
+    "artifact_purge_sweep_seconds": _seconds(),
+    # 0: no limit; else at least the event stream's duplicate window, which JetStream takes
+    # only within the max age (error 10052 stopped the start), in a round figure of days
+    # (0.0014: 121 s).
+    "stream_max_age_days": Bounds(0.0014, LONGEST_DAYS, zero_too=True),
+    "stream_max_bytes": Bounds(0, LARGEST_COUNT),
+    # The services' own: the runners' and the notifiers' consumers, the projector's reader, and
+    # one catch-up read of the API at a time (below, JetStream refused the notifier's: 10026).
+    "stream_max_consumers": Bounds(4, LARGEST_COUNT),
+    "readmodel_retention_days": Bounds(0, LONGEST_DAYS),
+    "stream_replicas": Bounds(1, 5),  # JetStream's own limit
+    "projector_stuck_seconds": _seconds(),
+    # Its TCP keepalive probes start after half of it (projector/peerliveness.py), which Linux
+    # takes up to 32767 s (MAX_TCP_KEEPIDLE); its lock waits, twice it, a Postgres lock_timeout,
+    # stay far within int32 milliseconds.
+    "projector_postgres_dead_seconds": _seconds(high=2 * 32767 + 1),
+    "replay_postgres_answer_seconds": _seconds(),
+    "api_read_timeout_seconds": _seconds(),
+    "health_postgres_timeout_seconds": _seconds(),
+    # Below sse_keepalive_seconds, whose longest is LONGEST_SECONDS.
+    "stream_read_timeout_seconds": _seconds(high=LONGEST_SECONDS - 1),
+    # Its read bound when not configured is half of it: at least the shortest.
+    "sse_keepalive_seconds": _seconds(low=2 * SHORTEST_SECONDS),
+    "health_nats_timeout_seconds": _seconds(),
+    "health_log_seconds": _seconds(),
+    # A browser waits for it with setTimeout, which fires at once past int32 milliseconds.
+    "sse_retry_ms": Bounds(0, 2**31 - 1),
     # A client buffer must hold at least one full message batch, or every live client is cut.
-    "sse_client_buffer_bytes": (1024 * 1024, _NO_LIMIT),
-    "sse_total_buffer_bytes": (1024 * 1024, _NO_LIMIT),
+    "sse_client_buffer_bytes": Bounds(1024 * 1024, LARGEST_COUNT),
+    "sse_total_buffer_bytes": Bounds(1024 * 1024, LARGEST_COUNT),
+    "sse_history_idle_seconds": _seconds(),
+    "sse_history_reads": Bounds(1, LARGEST_COUNT),
     # Below 1 s, an event loop stalled that long on a loaded machine (which stallwatch reports
     # as a fault of its own) would be told to every live viewer as NATS gone silent.
-    "nats_silence_seconds": (1, _NO_LIMIT),
-    "webhook_retry_seconds": (0, _NO_LIMIT),
-    "notifier_max_concurrent": (1, _NO_LIMIT),
+    "nats_silence_seconds": Bounds(1, LONGEST_SECONDS),
+    "max_streams_per_token": Bounds(1, LARGEST_COUNT),
+    # Browsers keep no cookie longer than 400 days (RFC 6265bis): a longer session would end
+    # earlier than the setting says.
+    "session_max_age_seconds": Bounds(1, 400 * 86400),
+    "webhook_retry_seconds": Bounds(0, LONGEST_SECONDS),
+    "webhook_first_retry_seconds": _seconds(),
+    "webhook_longest_retry_seconds": _seconds(),
+    "webhook_connect_timeout_seconds": _seconds(),
+    "webhook_timeout_seconds": _seconds(),
+    "notifier_ack_wait_seconds": _seconds(),
+    "notifier_max_concurrent": Bounds(1, LARGEST_COUNT),
     # One event per job: the bound keeps a batch's submission (and the runners' waiting for its
     # seal) within what one API request can publish in reasonable time.
-    "batch_max_jobs": (1, 1_000_000),
+    "batch_max_jobs": Bounds(1, 1_000_000),
     # At least the app-wide 1 MiB: a batch may always be as large as a single-job request.
-    "batch_max_body_bytes": (1024 * 1024, 2**31 - 1),
+    "batch_max_body_bytes": Bounds(1024 * 1024, 2**31 - 1),
+    "batch_seal_timeout_seconds": _seconds(),
+    # The Idempotency-Key bucket's TTL.
+    "idempotency_ttl_seconds": _seconds(low=JETSTREAM_SHORTEST_AGE_SECONDS),
+    "metrics_peer_timeout_seconds": _seconds(),
     # 5 s below the supervisor's 20 s grace (supervisor.STOP_GRACE_SECONDS): a few waits run
     # past the deadline (the feed close's second after its abort, uvicorn's tick, a NATS
     # close's end after its abort, the interpreter's exit).
-    "stop_seconds": (1, 15),
+    "stop_seconds": Bounds(1, 15),
 }
-_ABOVE_ZERO = (
-    "sse_keepalive_seconds",
-    "sse_history_idle_seconds",
-    "runner_heartbeat_seconds",
-    "projector_stuck_seconds",
-    "projector_postgres_dead_seconds",
-    "replay_postgres_answer_seconds",
-    "webhook_first_retry_seconds",
-    "webhook_longest_retry_seconds",
-    "webhook_connect_timeout_seconds",
-    "webhook_timeout_seconds",
-    "notifier_ack_wait_seconds",
-    "batch_seal_timeout_seconds",
-    "idempotency_ttl_seconds",
-    "artifact_read_idle_seconds",
-    "artifact_purge_sweep_seconds",
-    "metrics_peer_timeout_seconds",
-    "up_ready_timeout_seconds",
-    "api_read_timeout_seconds",
-    "health_postgres_timeout_seconds",
-    "stream_read_timeout_seconds",
-    "health_nats_timeout_seconds",
-    "health_log_seconds",
-)  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
+# Settings whose bound came after values above it worked (session 39): such a value is taken as
+# the bound, and the start warns (``capped_settings``) rather than refuses, so that an upgrade
+# stops no service. What each bound is, for the warning.
+CAPPED = {
+    "session_max_age_seconds": "browsers keep no cookie longer than 400 days",
+    "line_batch_max": "no NATS message holds more lines",
+    "max_concurrent_jobs": "the runners hold no more requests than that, all runners together",
+}
 LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")  # as README names them
 # Settings that no service reads any more, still accepted in a config file so that one written
 # for an older jobrunner loads; what each became.
 RETIRED = {
@@ -452,8 +565,15 @@ def stray_variables(environ: Mapping[str, str]) -> list[str]:
     return sentences
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read the config file (if any), then ``JOBRUNNER_*`` variables, then explicit overrides."""
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read the config file (if any), then ``JOBRUNNER_*`` variables, then explicit overrides.
+    ``flags``: the command-line flag each override was given with (``{"port": "--port"}``),
+    for a sentence about its value."""
     values: dict[str, Any] = {}
     config_file = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file:
@@ -471,7 +591,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         # that is no text is left for the type check to name.)
         if isinstance(values.get("job_types_file"), str):
             values["job_types_file"] = str(path.parent / values["job_types_file"])
-    # Where each value came from, for a sentence about one of the wrong type.
+    # Where each value came from, for a sentence about it.
     sources: dict[str, str] = dict.fromkeys(values, f"config file {config_file}")
     for name, variable in _setting_variables().items():
         raw = os.environ.get(variable)
@@ -483,12 +603,17 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     given = {k: v for k, v in overrides.items() if v is not None}
     values.update(given)
     for name in given:
-        sources.pop(name, None)  # a caller's own value: msgspec's sentence is for it
+        # A flag's value is told with the flag; a caller's own as ``name = value``.
+        if flags and name in flags:
+            sources[name] = flags[name]
+        else:
+            sources.pop(name, None)
     try:
         settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        sentence = _wrong_type(exc, values, sources)
-        raise SettingsError(sentence or f"invalid setting: {exc}") from None
+        raise SettingsError(refused(exc, values, sources, setting_shape)) from None
+    # Told as written.
+    capped = {name: values.get(name, value) for name, value in capped_values(settings).items()}
     if "stream_read_timeout_seconds" not in values:
         # Not configured: kept below a keep-alive an operator shortened to 5 s or less, who
         # would otherwise be refused at start for a setting never set.
@@ -498,78 +623,75 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 STREAM_READ_TIMEOUT_SECONDS, settings.sse_keepalive_seconds / 2
             ),
         )
-    _check_stream_read_timeout(settings)
+    _check_stream_read_timeout(settings, values, sources)
+    settings.__dict__["_capped"] = capped
+    settings.__dict__["_sources"] = sources
     return settings
 
 
-# msgspec's sentence for a value of the wrong type, read for the setting's name. Its wording is
-# msgspec's, not a promise: should a release change it, every wrong type falls back to
-# "invalid setting: ..." and tests/unit/test_settings_variables.py's
-# test_a_variable_of_the_wrong_type_is_named_with_its_value_and_what_to_write fails.
-_WRONG_TYPE = re.compile(r"Expected `\w+`, got `\w+` - at `\$\.(\w+)`")
+def sources_of(settings: Settings) -> dict[str, str]:
+    """Where ``load_settings`` found each value it was given: a variable, ``config file
+    <path>`` or a flag (for ``settingsrefusal.written``). Empty for settings made otherwise, or
+    replaced since."""
+    sources: dict[str, str] = settings.__dict__.get("_sources", {})
+    return sources
 
 
-def _wrong_type(
-    exc: msgspec.ValidationError, values: dict[str, Any], sources: dict[str, str]
-) -> str | None:
-    """The sentence for a value of the wrong type: where it was written (the variable, or the
-    file and its key), as written, and what the setting takes. msgspec's own ("Expected
-    `float`, got `str`") names neither, and every variable's value is a string. None for
-    another failure (a value out of range names its setting itself) or a caller's override."""
-    matched = _WRONG_TYPE.fullmatch(str(exc))
-    if matched is None or matched[1] not in sources:
-        return None
-    name = matched[1]
-    kind, takes = _what_it_takes(name)
-    value, source = values[name], sources[name]
-    if source.startswith(ENV_PREFIX):
-        return f"{source}={value!r} is not {kind}: {name} takes {takes}"
-    return f"{source} has {name} = {_as_toml(value)}, which is not {kind}: {name} takes {takes}"
+def capped_values(settings: Settings) -> dict[str, Any]:
+    """The values above a ``CAPPED`` setting's bound, which ``settings`` holds the bound in
+    place of, by the setting's name."""
+    capped: dict[str, Any] = settings.__dict__.get("_capped", {})
+    return capped
 
 
-def _what_it_takes(name: str) -> tuple[str, str]:
-    """What a setting's value must be (for "is not ...") and how to write one, with its
-    default as the example."""
+def capped_settings(settings: Settings) -> list[str]:
+    """A warning for each value taken as its setting's largest (``CAPPED``): where it was
+    written, as written, and what is used instead."""
+    sources = sources_of(settings)
+    return [
+        f"{written(name, value, sources.get(name), 'is above the largest value there is')}: "
+        f"{getattr(settings, name)} is used instead ({CAPPED[name]}; README, Upgrading)"
+        for name, value in capped_values(settings).items()
+    ]
+
+
+def setting_shape(name: str) -> Shape:
+    """What setting ``name`` takes, for a sentence about a value of it."""
     field = next(f for f in msgspec.structs.fields(Settings) if f.name == name)
-    default = field.default
-    if field.type is bool:
-        return "true or false", "true or false (or 1 or 0)"
-    unit = next((unit for end, unit in _UNITS.items() if name.endswith(end)), "")
-    if field.type is int:
-        return "a whole number", f"a whole number{unit}, such as {default}"
-    if field.type is float:
-        return "a number", f"a number{unit}, such as {default:g}"
-    if name.endswith(("_file", "_dir")):
-        return "text", "a path in quotes"
-    example = f", such as {json.dumps(default)}" if default else ""
-    return "text", f"text in quotes{example}"
+    range_ = BOUNDS[name].words() if name in BOUNDS else ""
+    return Shape(name, field.type, field.default, range_, _FORMS.get(name, ""))
 
 
-_UNITS = {
-    "_seconds": " of seconds",
-    "_days": " of days",
-    "_ms": " of milliseconds",
-    "_bytes": " of bytes",
+def _takes(name: str) -> str:
+    return what_it_takes(setting_shape(name))
+
+
+# Text settings of a form of their own.
+_FORMS = {
+    "log_format": "one of " + ", ".join(LOG_FORMATS),
+    "log_level": "one of " + ", ".join(LOG_LEVELS),
+    "metrics_address": "host:port, such as 127.0.0.1:9101",
+    "metrics_peers": "name=http://host:port, comma-separated, such as runner=http://127.0.0.1:9102",
 }
 
 
-def _as_toml(value: Any) -> str:
-    """A value as the config file wrote it (near enough for a sentence)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
-def _check_stream_read_timeout(settings: Settings) -> None:
+def _check_stream_read_timeout(
+    settings: Settings, values: dict[str, Any], sources: dict[str, str]
+) -> None:
     """A configuration whose stream reads may outlast a keep-alive's interval stops the
-    service. Checked here, on what an operator configured, rather than in ``__post_init__``:
-    tests shorten the keep-alive far below the read bound, whose length they do not need."""
-    if not settings.stream_read_timeout_seconds < settings.sse_keepalive_seconds:
-        raise SettingsError(
-            f"invalid setting: stream_read_timeout_seconds = "
-            f"{settings.stream_read_timeout_seconds:g} must be below sse_keepalive_seconds = "
-            f"{settings.sse_keepalive_seconds:g}: a stream waiting on a read of the read models "
-            "sends no keep-alive meanwhile"
-        )
+    service, naming where both were set. Checked here, on what an operator configured, rather
+    than in ``__post_init__``: tests shorten the keep-alive far below the read bound, whose
+    length they do not need. (Not configured, the bound is below the keep-alive.)"""
+    keepalive = settings.sse_keepalive_seconds
+    if settings.stream_read_timeout_seconds < keepalive:
+        return
+    name = "stream_read_timeout_seconds"
+    where = sources.get("sse_keepalive_seconds")
+    if "sse_keepalive_seconds" not in values:
+        where = "its default"
+    keepalive_said = f"sse_keepalive_seconds = {keepalive:g}" + (f" ({where})" if where else "")
+    said = written(name, values[name], sources.get(name), f"is not below {keepalive_said}")
+    raise SettingsError(
+        f"{said}: a stream waiting on a read of the read models sends no keep-alive meanwhile, "
+        f"so {name} takes a number of seconds below the keep-alive's"
+    )

@@ -4,15 +4,14 @@ API cuts a viewer, and resuming as a browser does."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import Callable
 
 import httpx
 
 from jobrunner.services.api.fanout import Fanout
 from tests.sse_client import SseEvent, SseStream, iter_events, read_stream
 from tests.system import System
+from tests.tools.waiting import until
 
 LINES = 30_000
 WIDTH = 100
@@ -49,20 +48,12 @@ def stalling_client(system: System) -> httpx.AsyncClient:
     return system.client(transport=small)
 
 
-async def wait_until(condition: Callable[[], bool], seconds: float = 90) -> None:
-    async with asyncio.timeout(seconds):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.05)
-
-
 async def stall_until_cut(client: httpx.AsyncClient, path: str, fanout: Fanout) -> list[SseEvent]:
     """Open the stream, read nothing until the API cut it, then read what it had sent."""
     cut_before = fanout.clients_cut
     async with client.stream("GET", path) as response:
         assert response.status_code == 200
-        await wait_until(lambda: fanout.clients_cut > cut_before)
+        await until(lambda: fanout.clients_cut > cut_before, "the stalled client cut", seconds=90)
         return [event async for event in iter_events(response, SseStream())]
 
 

@@ -8,6 +8,8 @@ is shared and noisy, and a unit test asserts behaviour, never timing.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 SERVER_FIXTURES = frozenset({"nats_server_url", "pg_cluster", "settings", "system"})
@@ -24,3 +26,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(
                 f"{item.nodeid} asks for {', '.join(sorted(used))}: unit tests start no server"
             )
+
+
+@pytest.fixture
+def no_jobrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test sees only the JOBRUNNER_* variables it sets itself (the settings' tests)."""
+    for name in list(os.environ):
+        if name.startswith("JOBRUNNER_"):
+            monkeypatch.delenv(name)

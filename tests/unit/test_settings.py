@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,7 @@ from jobrunner.common.settings import (
     load_settings,
 )
 
-
-@pytest.fixture(autouse=True)
-def no_jobrunner_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sees only the JOBRUNNER_* variables it sets itself."""
-
-    for name in list(os.environ):
-        if name.startswith("JOBRUNNER_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_jobrunner_environment")
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -222,7 +214,8 @@ def test_a_stream_read_bound_not_below_the_keepalive_is_refused(
     monkeypatch.setenv("JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS", read)
     if keepalive is not None:
         monkeypatch.setenv("JOBRUNNER_SSE_KEEPALIVE_SECONDS", keepalive)
-    with pytest.raises(SettingsError, match=r"stream_read_timeout_seconds.*sse_keepalive_seconds"):
+    refusal = rf"^JOBRUNNER_STREAM_READ_TIMEOUT_SECONDS='{read}' is not below sse_keepalive_seconds"
+    with pytest.raises(SettingsError, match=refusal):
         load_settings()
 
 

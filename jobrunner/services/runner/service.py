@@ -41,7 +41,7 @@ from jobrunner.common import (
     stopping,
 )
 from jobrunner.common.jobtypes import JobType, load_job_types
-from jobrunner.common.settings import Settings
+from jobrunner.common.settings import RUNNER_REQUESTS_IN_FLIGHT, Settings
 from jobrunner.common.slots import SlotTable
 from jobrunner.contracts.names import Names
 from jobrunner.services.runner import artifacts, orphans, process
@@ -278,7 +278,7 @@ async def subscribe_requests(
         filter_subject=names.kind_subjects("requested"),
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
-        max_ack_pending=10_000,
+        max_ack_pending=RUNNER_REQUESTS_IN_FLIGHT,
         max_deliver=-1,  # a request waiting for its lock comes back until a runner takes it
     )
     what = "the runners' request consumer"
