@@ -22,6 +22,7 @@ import msgspec
 import nats.errors
 
 from jobrunner.common import endings, eventstore
+from jobrunner.common.jobtypes import JobType, ParameterError, validate_parameters
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
@@ -220,6 +221,7 @@ async def act_on_batch(
             reason=options.reason,
             selected=selected,
         )
+    plan.attempts = [on_type_as_it_is(ctx, attempt)[0] for attempt in plan.attempts]
     issued: list[ExternalCallback] = []
     if callbacks is not None:
         # New attempts of external jobs need callback tokens of their own.
@@ -283,15 +285,7 @@ async def restart_job(
     latest = await attempt_rows.latest_attempt_of(ctx.pool, named.root) or named
     if not latest.ended:
         _raise_active(latest)
-    job_type = ctx.job_types.get(latest.job_type)
-    if job_type is None:
-        raise ApiError(
-            422,
-            "UNKNOWN_JOB_TYPE",
-            f"There is no job type {latest.job_type!r} any more, so the job cannot run again.",
-            known=sorted(ctx.job_types),
-        )
-    attempt = next_attempt(latest, principal.name)
+    attempt, job_type = on_type_as_it_is(ctx, next_attempt(latest, principal.name))
     issued: list[ExternalCallback] = []
     if callbacks is not None:
         [attempt], issued = callbacks.issue(ctx.job_types, [attempt])
@@ -334,6 +328,40 @@ async def restart_job(
         callback_token=issued[0].callback_token if issued else None,
         callback_url=issued[0].callback_url if issued else None,
     )
+
+
+def on_type_as_it_is(
+    ctx: ApiContext, attempt: events.JobRequested
+) -> tuple[events.JobRequested, JobType]:
+    """A new attempt on its job type as this API knows it now, not as it was when the job was
+    first requested: the type's lock (an operator who moved the type to another lock wants its
+    jobs to share that one), and the parameters checked again, defaults filled in, as for a new
+    job (a choice since removed, a parameter since required, must not reach the tool). 422
+    UNKNOWN_JOB_TYPE or INVALID_PARAMETERS, naming the job, when it cannot run again as it is;
+    nothing is published then."""
+    job_type = ctx.job_types.get(attempt.job_type)
+    if job_type is None:
+        raise ApiError(
+            422,
+            "UNKNOWN_JOB_TYPE",
+            f"There is no job type {attempt.job_type!r} any more, so job "
+            f"{attempt.attempt_of!r} cannot run again.",
+            known=sorted(ctx.job_types),
+            job_id=attempt.attempt_of,
+        )
+    try:
+        parameters = validate_parameters(job_type, attempt.parameters)
+    except ParameterError as exc:
+        raise ApiError(
+            422,
+            "INVALID_PARAMETERS",
+            f"Job {attempt.attempt_of!r} cannot run again: its parameters are not valid for job "
+            f"type {job_type.name!r} as it is now (the type changed since); start a new job.",
+            fields=[msgspec.to_builtins(e) for e in exc.errors],
+            job_id=attempt.attempt_of,
+        ) from None
+    current = msgspec.structs.replace(attempt, parameters=parameters, lock=job_type.lock)
+    return current, job_type
 
 
 def _raise_active(latest: Attempt) -> NoReturn:
