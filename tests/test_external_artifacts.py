@@ -137,6 +137,24 @@ async def test_unsafe_name_and_ended_job_are_refused(system: System) -> None:
     assert (late.status_code, late.json()["error"]["code"]) == (409, "JOB_FINISHED")
 
 
+async def test_a_file_after_a_failed_end_is_told_the_error_code_as_a_report_is(
+    system: System,
+) -> None:
+    """A worker whose job ended failed learns the code from its upload's 409 as from a report's
+    (before: the upload's 409 had only the status)."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=10)
+        await job.report(worker, error={"code": "DOWNLOAD_FAILED", "message": "gone"})
+        await wait_status(client, job.id, "failed")
+        url, headers = _put(job, "late.bin")
+        late = await worker.put(url, content=b"x", headers=headers)
+        report = await job.report(worker)
+    assert late.status_code == report.status_code == 409
+    assert late.json()["error"] == report.json()["error"]
+    assert late.json()["error"]["error_code"] == "DOWNLOAD_FAILED"
+
+
 async def test_example_worker_attaches_its_summary(system: System) -> None:
     """examples/external_worker.py leaves summary.txt as an artifact of its job."""
     async with system.client() as client:
