@@ -156,9 +156,17 @@ def submit(args: argparse.Namespace) -> int:
         job_id = str(created["id"])
         err = Console(stderr=True)
         err.print(f"job {job_id} ({args.job_type}) is pending", highlight=False)
+        # An external job's worker needs these, and the server shows the token only this once.
+        callback = [str(created[k]) for k in ("callback_url", "callback_token") if created.get(k)]
         if not args.follow:
-            print(job_id)
+            print("\n".join([job_id, *callback]))
             return 0
+        if callback:
+            err.print(
+                plain(f"callback_url {callback[0]}\ncallback_token {callback[1]} (shown once)"),
+                highlight=False,
+                soft_wrap=True,  # never broken inside the address or the token
+            )
         return _follow(api, job_id, reconnect_for=args.reconnect_for)
 
 
