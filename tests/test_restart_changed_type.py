@@ -213,3 +213,25 @@ async def test_a_running_job_restarted_after_its_type_moved_lock_waits_for_its_o
     assert _at(started, "started_at") >= _at(ended, "finished_at")
     assert len((tmp_path / "starts").read_text().splitlines()) == 2
     assert started["lock"] == "first"
+
+
+async def test_a_runner_on_a_changed_types_file_fails_parameters_its_type_refuses(
+    system: System, tmp_path: Path
+) -> None:
+    """The API on the old file, the runner on the new one: a choice the API still takes but the
+    runner's type took away ends the job failed INVALID_PARAMETERS without running it (before:
+    "b" reached the tool); a parameter the runner's type no longer has is left out, not
+    refused, so a job valid on both files runs."""
+    after = tmp_path / "after.toml"
+    after.write_text(AFTER)
+    await system.stop_service("runner")
+    await system.start_runner(job_types_file=str(after))
+    async with system.client() as client:
+        refused = await start_job(client, "moving", mode="b")
+        kept = await start_job(client, "moving", mode="a", note="old")
+        failed = await wait_status(client, refused, "completed", "failed")
+        ran = await wait_status(client, kept, "completed", "failed")
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "INVALID_PARAMETERS")
+    assert "parameters.mode" in failed["error"]["message"]
+    assert failed["started_at"] is None
+    assert ran["status"] == "completed"

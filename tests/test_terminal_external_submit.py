@@ -36,7 +36,11 @@ async def test_submit_follow_tells_the_callback_on_stderr(system: System) -> Non
     """With --follow the log is stdout's: the callback address and token go to stderr first."""
     # "quiet" ends PROCESSING_TIMEOUT 2 s after a runner holds it, with no worker reporting.
     run = await jobrunner(system, "submit", "quiet", "--follow")
-    assert "callback_url http" in run.err, run.err
-    assert "callback_token " in run.err
-    assert "(shown once)" in run.err
+    told = dict(line.split(" ", 1) for line in run.err.splitlines() if line.startswith("callback"))
+    url, token = told["callback_url"], told["callback_token"].removesuffix(" (shown once)")
     assert "callback" not in run.out
+    # The job ended: a worker with the right token is told so (a wrong one would be 401).
+    async with httpx.AsyncClient(timeout=30) as worker:
+        report = await worker.post(url, json={}, headers={"Authorization": f"Bearer {token}"})
+    assert report.status_code == 409, report.text
+    assert report.json()["error"]["code"] == "JOB_FINISHED"

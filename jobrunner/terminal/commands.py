@@ -157,16 +157,16 @@ def submit(args: argparse.Namespace) -> int:
         err = Console(stderr=True)
         err.print(f"job {job_id} ({args.job_type}) is pending", highlight=False)
         # An external job's worker needs these, and the server shows the token only this once.
-        callback = [str(created[k]) for k in ("callback_url", "callback_token") if created.get(k)]
+        url, token = created.get("callback_url"), created.get("callback_token")
+        callback = [str(url), str(token)] if url and token else []
         if not args.follow:
             print("\n".join([job_id, *callback]))
             return 0
         if callback:
-            err.print(
-                plain(f"callback_url {callback[0]}\ncallback_token {callback[1]} (shown once)"),
-                highlight=False,
-                soft_wrap=True,  # never broken inside the address or the token
-            )
+            # One print a line: plain() shows a newline inside its text as a symbol.
+            for line in (f"callback_url {url}", f"callback_token {token} (shown once)"):
+                # soft_wrap: never broken inside the address or the token.
+                err.print(plain(line), highlight=False, soft_wrap=True)
         return _follow(api, job_id, reconnect_for=args.reconnect_for)
 
 

@@ -22,7 +22,7 @@ import msgspec
 import nats.errors
 
 from jobrunner.common import endings, eventstore
-from jobrunner.common.jobtypes import JobType, ParameterError
+from jobrunner.common.jobtypes import JobType, ParameterError, parameters_it_takes
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
@@ -368,9 +368,7 @@ def on_type_as_it_is(
     slot), so that it waits for it to end. Raises CannotRunAgain."""
     known = ctx.job_types.get(attempt.job_type)
     still_taken = (
-        {name: value for name, value in attempt.parameters.items() if name in known.parameters}
-        if known is not None
-        else attempt.parameters
+        attempt.parameters if known is None else parameters_it_takes(known, attempt.parameters)
     )
     try:
         job_type, parameters = check_job(ctx.job_types, attempt.job_type, still_taken)
