@@ -112,8 +112,9 @@ async def test_internal_job_files_become_artifacts(system: System) -> None:
 
 
 async def test_links_escapes_and_unsafe_names_are_not_stored_but_logged(system: System) -> None:
-    """A symlink to /etc/passwd, a file written to ../x, a FIFO and unsafe names are refused,
-    each named in the log; the good file is stored and the job completes."""
+    """A symlink to /etc/passwd, a file written to ../x, a FIFO and unsafe names (a bidirectional
+    override too: stored before, it was listed as "invoiceexe.pdf") are refused, each named in
+    the log; the good file is stored and the job completes."""
     async with system.client() as client:
         job = await finished_artifact_job(client, "artifacts", mode="hostile")
         listed = await artifacts_of(client, job["id"])
@@ -127,6 +128,7 @@ async def test_links_escapes_and_unsafe_names_are_not_stored_but_logged(system: 
     assert "'pipe' is not a regular file" in log
     assert "'line\\nbreak.txt' is no safe artifact name" in log
     assert "'..\\\\x' is no safe artifact name" in log
+    assert "'invoice\\u202efdp.exe' is no safe artifact name" in log
 
 
 async def test_output_directory_swapped_for_a_link_is_not_followed(

@@ -114,18 +114,45 @@ async def test_a_gz_file_is_stored_as_sent_and_a_content_encoding_is_refused(
 
 
 async def test_unsafe_name_and_ended_job_are_refused(system: System) -> None:
-    """A backslash name answers 400; a file for a job that ended answers 409 JOB_FINISHED."""
+    """A backslash name answers 400, as does one with a bidirectional override (stored before:
+    "invoice<U+202E>fdp.exe" was listed as "invoiceexe.pdf"); a file for a job that ended
+    answers 409 JOB_FINISHED."""
     async with system.client() as client, worker_client(system.base_url) as worker:
         job = await start_external(client, file="a.pdf")
         await job.report_when_held(worker, progress=10)
         url, headers = _put(job, "..%5Cx")
         unsafe = await worker.put(url, content=b"x", headers=headers)
+        url, headers = _put(job, "invoice%E2%80%AEfdp.exe")
+        spoofing = await worker.put(url, content=b"MZ", headers=headers)
         await job.report(worker, result={"pages": 0})
         await wait_status(client, job.id, "completed")
         url, headers = _put(job, "late.bin")
         late = await worker.put(url, content=b"x", headers=headers)
     assert (unsafe.status_code, unsafe.json()["error"]["code"]) == (400, "INVALID_ARTIFACT_NAME")
+    assert (spoofing.status_code, spoofing.json()["error"]["code"]) == (
+        400,
+        "INVALID_ARTIFACT_NAME",
+    ), spoofing.text
+    assert "bidirectional override" in spoofing.json()["error"]["message"]
     assert (late.status_code, late.json()["error"]["code"]) == (409, "JOB_FINISHED")
+
+
+async def test_a_file_after_a_failed_end_is_told_the_error_code_as_a_report_is(
+    system: System,
+) -> None:
+    """A worker whose job ended failed learns the code from its upload's 409 as from a report's
+    (before: the upload's 409 had only the status)."""
+    async with system.client() as client, worker_client(system.base_url) as worker:
+        job = await start_external(client, file="a.pdf")
+        await job.report_when_held(worker, progress=10)
+        await job.report(worker, error={"code": "DOWNLOAD_FAILED", "message": "gone"})
+        await wait_status(client, job.id, "failed")
+        url, headers = _put(job, "late.bin")
+        late = await worker.put(url, content=b"x", headers=headers)
+        report = await job.report(worker)
+    assert late.status_code == report.status_code == 409
+    assert late.json()["error"] == report.json()["error"]
+    assert late.json()["error"]["error_code"] == "DOWNLOAD_FAILED"
 
 
 async def test_example_worker_attaches_its_summary(system: System) -> None:

@@ -24,6 +24,11 @@ MAX_PART_BYTES = 255  # what common file systems allow for one file name
 # control line) still work.
 MAX_NAME_BYTES = 2048
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The bidirectional embeddings, overrides and isolates: shown, they reorder the name around them,
+# so ``invoice<U+202E>fdp.exe`` reads "invoiceexe.pdf" in the job page, a file manager and the
+# ZIP's listing while it is an .exe. No file name needs them (the marks U+200E/U+200F and the
+# joiners, which some scripts do need, reorder nothing on their own and stay allowed).
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -58,8 +63,14 @@ def check_name(name: str) -> str:
 
 def check_new_name(name: str) -> str:
     """``check_name`` for a name about to be stored (runner, upload): also at most
-    ``MAX_NAME_BYTES`` in UTF-8."""
+    ``MAX_NAME_BYTES`` in UTF-8, and no bidirectional override (a name stored before this rule
+    still downloads: ``check_name`` leaves them be)."""
     check_name(name)
+    if _BIDI_CONTROL.search(name):
+        raise BadArtifactName(
+            "the name holds a bidirectional override (U+202A-U+202E, U+2066-U+2069), which "
+            "makes it read as another name"
+        )
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise BadArtifactName(f"the name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
     return name

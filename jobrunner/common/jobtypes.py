@@ -294,6 +294,14 @@ def _expand_plain_choices(body: dict[str, Any]) -> None:
             pbody["choices"] = [{"value": c} if isinstance(c, str) else c for c in choices]
 
 
+def parameters_it_takes(job_type: JobType, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` without the parameters ``job_type`` does not have: what a job requested under
+    another version of the types file keeps when checked against this one (a restart, a runner
+    whose file differs). The tool could never be given the others: ``build_argv`` goes through
+    the type's own parameters."""
+    return {name: value for name, value in given.items() if name in job_type.parameters}
+
+
 def validate_parameters(job_type: JobType, given: Any) -> dict[str, Any]:
     """Check parameters against the type's schema; return them complete with defaults.
 

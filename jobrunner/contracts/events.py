@@ -163,6 +163,9 @@ class ErrorCode(StrEnum):
     CALLABLE_FAILED = "CALLABLE_FAILED"  # an internal job's callable raised
     # The runner has no such job type (its job types file differs from the API's).
     UNKNOWN_JOB_TYPE = "UNKNOWN_JOB_TYPE"
+    # The runner's job type refuses the job's parameters (its job types file differs from the
+    # API's: a choice taken away, a parameter made required).
+    INVALID_PARAMETERS = "INVALID_PARAMETERS"
     # A job of a batch whose submission never completed (no BatchSealed in time); it never ran.
     BATCH_INCOMPLETE = "BATCH_INCOMPLETE"
     # A file the job left in its output directory was over a size limit and not stored (the

@@ -156,9 +156,17 @@ def submit(args: argparse.Namespace) -> int:
         job_id = str(created["id"])
         err = Console(stderr=True)
         err.print(f"job {job_id} ({args.job_type}) is pending", highlight=False)
+        # An external job's worker needs these, and the server shows the token only this once.
+        url, token = created.get("callback_url"), created.get("callback_token")
+        callback = [str(url), str(token)] if url and token else []
         if not args.follow:
-            print(job_id)
+            print("\n".join([job_id, *callback]))
             return 0
+        if callback:
+            # One print a line: plain() shows a newline inside its text as a symbol.
+            for line in (f"callback_url {url}", f"callback_token {token} (shown once)"):
+                # soft_wrap: never broken inside the address or the token.
+                err.print(plain(line), highlight=False, soft_wrap=True)
         return _follow(api, job_id, reconnect_for=args.reconnect_for)
 
 

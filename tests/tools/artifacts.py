@@ -63,6 +63,8 @@ def main() -> int:
         os.mkfifo(out / "pipe")
         (out / "line\nbreak.txt").write_text("control character in the name")
         (out / "..\\x").write_text("a backslash name")
+        # Reads "invoiceexe.pdf" wherever it is shown; it is an .exe.
+        (out / "invoice\u202efdp.exe").write_text("a bidirectional override in the name")
         (out / "kept.txt").write_text("the one good file")
     elif args.mode == "sized":
         for i, size in enumerate(int(s) for s in args.sizes.split(",") if s):

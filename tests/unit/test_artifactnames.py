@@ -105,3 +105,25 @@ def test_the_byte_limit_is_for_new_names_only() -> None:
     with pytest.raises(BadArtifactName, match="bytes in UTF-8"):
         check_new_name(name)
     assert check_new_name("sub/report.csv") == "sub/report.csv"
+
+
+@pytest.mark.parametrize(
+    "mark", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2069"]
+)
+def test_a_bidirectional_override_is_refused_for_new_names_only(mark: str) -> None:
+    """``invoice<U+202E>fdp.exe`` reads "invoiceexe.pdf" wherever it is shown: no name about
+    to be stored may hold an override or isolate; one stored before still downloads."""
+    name = f"sub/invoice{mark}fdp.exe"
+    with pytest.raises(BadArtifactName, match="bidirectional override"):
+        check_new_name(name)
+    assert check_name(name) == name
+
+
+def test_marks_and_joiners_stay_allowed_in_new_names() -> None:
+    """The marks (U+200E, U+200F) and the joiners some scripts need reorder nothing alone."""
+    for name in [
+        "\u0645\u0631\u062d\u0628\u0627\u200f.txt",
+        "\u0646\u0627\u0645\u200c\u0647\u0627.csv",
+        "a\u200db.txt",
+    ]:
+        assert check_new_name(name) == name

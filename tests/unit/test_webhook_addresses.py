@@ -105,6 +105,21 @@ def test_localhost_name_is_refused_after_resolution() -> None:
     assert "loopback" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("host", "named"),
+    [
+        ("0.0.0.0", "an unspecified address"),
+        ("::", "an unspecified address"),
+        ("10.0.0.1", "a private address"),
+    ],
+)
+def test_the_refusal_names_the_kind_of_address_in_english(host: str, named: str) -> None:
+    """Before: "0.0.0.0, a unspecified address"."""
+    with pytest.raises(AddressRefused) as refused:
+        asyncio.run(checked_addresses(host, 80, DEFAULT))
+    assert f"resolves to {host}, {named} webhooks may not reach" in str(refused.value)
+
+
 def test_allowed_host_name_skips_the_address_check() -> None:
     """A host name on the allow-list may resolve to an internal address."""
     policy = AddressPolicy.parse("localhost")

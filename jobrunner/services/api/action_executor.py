@@ -16,12 +16,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 import nats.errors
 
 from jobrunner.common import endings, eventstore
+from jobrunner.common.jobtypes import JobType, ParameterError, parameters_it_takes
 from jobrunner.common.slots import SlotValue, slot_key
 from jobrunner.contracts import events
 from jobrunner.contracts.events import TERMINAL_STATUSES, JobStatus
@@ -51,8 +52,10 @@ from jobrunner.services.api.external import CallbackIssuer
 from jobrunner.services.api.job_control import give_back_places, raise_busy
 from jobrunner.services.api.schemas import ExternalCallback
 from jobrunner.services.api.security import Principal
+from jobrunner.services.api.submission import UnknownJobType, check_job
 
-# The most unknown job ids an error lists (``unknown_count`` says how many there were).
+# The most unknown or refused jobs an error lists (``unknown_count``, ``refused_count`` say how
+# many there were).
 MAX_LISTED_UNKNOWN = 100
 # Options each action takes; any other given option is refused, not silently ignored.
 TAKES_JOB_IDS = frozenset({Action.RESTART, Action.PENDING})
@@ -220,6 +223,7 @@ async def act_on_batch(
             reason=options.reason,
             selected=selected,
         )
+    _batch_on_types_as_they_are(ctx, batch_id, plan)
     issued: list[ExternalCallback] = []
     if callbacks is not None:
         # New attempts of external jobs need callback tokens of their own.
@@ -283,15 +287,10 @@ async def restart_job(
     latest = await attempt_rows.latest_attempt_of(ctx.pool, named.root) or named
     if not latest.ended:
         _raise_active(latest)
-    job_type = ctx.job_types.get(latest.job_type)
-    if job_type is None:
-        raise ApiError(
-            422,
-            "UNKNOWN_JOB_TYPE",
-            f"There is no job type {latest.job_type!r} any more, so the job cannot run again.",
-            known=sorted(ctx.job_types),
-        )
-    attempt = next_attempt(latest, principal.name)
+    try:
+        attempt, job_type = on_type_as_it_is(ctx, next_attempt(latest, principal.name))
+    except CannotRunAgain as exc:
+        raise exc.for_job() from None
     issued: list[ExternalCallback] = []
     if callbacks is not None:
         [attempt], issued = callbacks.issue(ctx.job_types, [attempt])
@@ -334,6 +333,87 @@ async def restart_job(
         callback_token=issued[0].callback_token if issued else None,
         callback_url=issued[0].callback_url if issued else None,
     )
+
+
+class CannotRunAgain(Exception):
+    """A job that cannot run again on its job type as this API knows it now."""
+
+    def __init__(self, attempt: events.JobRequested, code: str, message: str, **detail: Any):
+        super().__init__(message)
+        self.job_id = attempt.attempt_of or attempt.job_id  # the first attempt's: names the job
+        self.job_type = attempt.job_type
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+    def for_job(self) -> ApiError:
+        return ApiError(
+            422, self.code, f"{self.message}; start a new job.", job_id=self.job_id, **self.detail
+        )
+
+    def in_batch(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "job_type": self.job_type, "code": self.code, **self.detail}
+
+
+def on_type_as_it_is(
+    ctx: ApiContext, attempt: events.JobRequested, *, keep_lock: bool = False
+) -> tuple[events.JobRequested, JobType]:
+    """A new attempt on its job type as this API knows it now, not as it was when the job was
+    first requested (the types file may have changed since): its parameters checked again as a
+    new job's are (a choice since removed, a parameter since required, must not reach the
+    tool), defaults filled in, parameters the type no longer has dropped (the tool could never
+    be given them: argv is built from the type's own parameters); and the type's lock (an
+    operator who moved the type to another lock wants its jobs to share that one), unless
+    ``keep_lock``: an attempt replacing one still running keeps that one's lock (or its job
+    slot), so that it waits for it to end. Raises CannotRunAgain."""
+    known = ctx.job_types.get(attempt.job_type)
+    still_taken = (
+        attempt.parameters if known is None else parameters_it_takes(known, attempt.parameters)
+    )
+    try:
+        job_type, parameters = check_job(ctx.job_types, attempt.job_type, still_taken)
+    except UnknownJobType:
+        raise CannotRunAgain(
+            attempt,
+            "UNKNOWN_JOB_TYPE",
+            f"There is no job type {attempt.job_type!r} any more, so job "
+            f"{attempt.attempt_of!r} cannot run again",
+            known=sorted(ctx.job_types),
+        ) from None
+    except ParameterError as exc:
+        raise CannotRunAgain(
+            attempt,
+            "INVALID_PARAMETERS",
+            f"Job {attempt.attempt_of!r} cannot run again: its parameters are not valid for job "
+            f"type {attempt.job_type!r} as it is now (the type changed since)",
+            fields=[msgspec.to_builtins(e) for e in exc.errors],
+        ) from None
+    lock = attempt.lock if keep_lock else job_type.lock
+    return msgspec.structs.replace(attempt, parameters=parameters, lock=lock), job_type
+
+
+def _batch_on_types_as_they_are(ctx: ApiContext, batch_id: str, plan: Plan) -> None:
+    """Every new attempt of a batch action on its type as it is now (``on_type_as_it_is``); 422
+    BATCH_JOBS_CANNOT_RUN_AGAIN listing every job that cannot, nothing published then."""
+    current: list[events.JobRequested] = []
+    refused: list[CannotRunAgain] = []
+    for attempt in plan.attempts:
+        try:
+            keep_lock = attempt.job_id in plan.replacing_running
+            current.append(on_type_as_it_is(ctx, attempt, keep_lock=keep_lock)[0])
+        except CannotRunAgain as exc:
+            refused.append(exc)
+    if refused:
+        raise ApiError(
+            422,
+            "BATCH_JOBS_CANNOT_RUN_AGAIN",
+            f"{len(refused)} of batch {batch_id!r}'s jobs cannot run again on their job types as "
+            "they are now (the types file changed since): a type gone or parameters it now "
+            "refuses, see refused; leave them out with the job_ids option.",
+            refused=[exc.in_batch() for exc in refused[:MAX_LISTED_UNKNOWN]],
+            refused_count=len(refused),
+        )
+    plan.attempts = current
 
 
 def _raise_active(latest: Attempt) -> NoReturn:

@@ -65,6 +65,9 @@ class Plan(msgspec.Struct, kw_only=True):
     touched: list[str] = []
     # Pending attempts cancelled here: their queue places and reservations are given back.
     cancelled_pending: list[Attempt] = []
+    # New attempts that replace a still-running attempt: they keep its lock (or its job slot),
+    # so they wait for it to end even when the job type has moved to another lock since.
+    replacing_running: set[str] = set()
 
 
 def attempt_job_id(root: str, attempt: int) -> str:
@@ -156,8 +159,11 @@ def plan_restart(
             plan.first.append(
                 events.CancelRequested(job_id=job.id, requested_by=actor, reason=reason)
             )
+        attempt = next_attempt(job, actor)
+        if job.status == JobStatus.RUNNING:
+            plan.replacing_running.add(attempt.job_id)
         plan.touched.append(job.id)
-        plan.attempts.append(next_attempt(job, actor))
+        plan.attempts.append(attempt)
     return plan
 
 

@@ -168,7 +168,7 @@ async def _last(ctx: ApiContext, job_id: str, kind: str) -> events.Event | None:
     return None if found is None else found[1]
 
 
-def _finished(status: events.StatusChanged) -> ApiError:
+def job_finished(status: events.StatusChanged) -> ApiError:
     extra: dict[str, Any] = {"status": status.status.value}
     if status.error is not None:
         extra["error_code"] = status.error.code
@@ -206,7 +206,7 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
     if status is not None and status.status.is_terminal:
         if rid is not None and status.report_id == rid:
             return ReportAccepted(job_id=job_id, status=status.status.value, duplicate=True)
-        raise _finished(status)
+        raise job_finished(status)
     if await _last(ctx, job_id, "cancel") is not None:
         raise ApiError(
             409,
@@ -227,7 +227,7 @@ async def accept(ctx: ApiContext, job_id: str, token: str, report: Report) -> Re
         if isinstance(started, events.StatusChanged):
             if rid is not None and started.report_id == rid:
                 return ReportAccepted(job_id=job_id, status=started.status.value, duplicate=True)
-            raise _finished(started)
+            raise job_finished(started)
         status_seq, duplicate = started
         if not duplicate:  # two first reports at once: one start
             metrics.job_started(request.job_type)
@@ -396,5 +396,5 @@ async def _end(
         )
     # Someone ended the job first (a cancel, a timeout), or this is a retried final report.
     if report.report_id is None or first.report_id != report.report_id:
-        raise _finished(first)
+        raise job_finished(first)
     return msgspec.structs.replace(answer, status=first.status.value, duplicate=True)

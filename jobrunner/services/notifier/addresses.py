@@ -144,10 +144,11 @@ async def checked_addresses(host: str, port: int, policy: AddressPolicy) -> list
     for address in found:
         reason = policy.refusal(address)
         if reason is not None:
+            article = "an" if reason[0] in "aeiou" else "a"  # an unspecified, an internal
             raise AddressRefused(
                 "WEBHOOK_ADDRESS_REFUSED",
-                f"The host {host!r} resolves to {address}, a {reason} address webhooks may not "
-                "reach; an installation opens it with the setting webhook_allow_hosts.",
+                f"The host {host!r} resolves to {address}, {article} {reason} address webhooks "
+                "may not reach; an installation opens it with the setting webhook_allow_hosts.",
             )
     return found
 

@@ -23,7 +23,12 @@ from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 
 from jobrunner.common import retry, stopping
-from jobrunner.common.jobtypes import JobType
+from jobrunner.common.jobtypes import (
+    JobType,
+    ParameterError,
+    parameters_it_takes,
+    validate_parameters,
+)
 from jobrunner.common.slots import SlotTable, slot_key
 from jobrunner.common.subscription import handle_each
 from jobrunner.contracts import codec, events
@@ -214,6 +219,22 @@ class RequestLoop:
                     code=ErrorCode.UNKNOWN_JOB_TYPE,
                     message=f"This runner has no job type {request.job_type!r}; "
                     "check job_types_file.",
+                ),
+                job_type=request.job_type,
+            )
+            await job.ack()
+            return
+        try:
+            # The API checked them against its own types file, which may differ from this one.
+            validate_parameters(job_type, parameters_it_takes(job_type, request.parameters))
+        except ParameterError as exc:
+            await self.journal.end(
+                job_id,
+                JobStatus.FAILED,
+                error=ErrorInfo(
+                    code=ErrorCode.INVALID_PARAMETERS,
+                    message=f"This runner's job type {request.job_type!r} refuses the job's "
+                    f"parameters ({exc}); check job_types_file.",
                 ),
                 job_type=request.job_type,
             )

@@ -348,12 +348,8 @@ async def upload_external_artifact(
     if status is None:
         raise ApiError(409, "JOB_NOT_STARTED", "Send a report first: the job is not running yet.")
     if status.status.is_terminal:
-        raise ApiError(
-            409,
-            "JOB_FINISHED",
-            f"The job already ended with status {status.status.value!r}; stop working on it.",
-            status=status.status.value,
-        )
+        # As a report after the end is answered: its status and error code.
+        raise external.job_finished(status)
     declared = request.headers.get("content-length")
     stored = sum(r["size"] for r in await readmodels.list_artifacts(ctx.pool, job_id))
     try:
