@@ -19,7 +19,8 @@ Authentication: user and password or a token from
 the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when the URL says
 ``tls://`` or the server requires it, with the CA and client certificate of the settings
 (``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
-has a deadline; a server that misses one is logged and the next server of the list is tried.
+has a deadline, on the loop's own time (``common.looptime``); a server that misses one is logged
+and the next server of the list is tried.
 The list is the configured servers, then those the cluster announces (INFO ``connect_urls``, as
 nats-py follows them), each with the scheme and credentials of the server that announced it: a
 reader configured with one node of a cluster still finds the others when that node is gone.
@@ -296,16 +297,19 @@ class StreamReader:
         url = urlsplit(server if "://" in server else f"nats://{server}")
         host, port = url.hostname or "127.0.0.1", url.port or 4222
         timeout = self._timeout
+        # Every step on the loop's own time (``common.looptime``): a connection made, an INFO
+        # or a TLS reply that came while the loop was blocked by other work (the API's, under
+        # uvloop) is not a server that failed.
         try:
-            reader, writer = await asyncio.wait_for(
+            # Given up, the connect is cancelled, which closes its socket (counted in
+            # tests/test_streamreader_connect_gives_up.py, on both loops).
+            reader, writer = await within_loop_time(
                 asyncio.open_connection(host, port, limit=READ_SIZE * 4), timeout
             )
         except TimeoutError:
             raise StreamReaderError(f"no TCP connection within {timeout:g} s") from None
         self._reader, self._writer = reader, writer
         try:
-            # On the loop's own time (``common.looptime``): an INFO that came while the loop
-            # was blocked by other work (the API's, under uvloop) is not a server that failed.
             first = await within_loop_time(self._line(), timeout)
         except TimeoutError:
             raise StreamReaderError(f"no INFO from the server within {timeout:g} s") from None
@@ -323,7 +327,9 @@ class StreamReader:
         if url.scheme == "tls" or info.get("tls_required"):
             context = self._tls or ssl.create_default_context()
             try:
-                await asyncio.wait_for(
+                # Given up, the handshake is cancelled and closes its transport; ``_connect``
+                # closes the socket under it.
+                await within_loop_time(
                     writer.start_tls(context, server_hostname=self._tls_hostname or host),
                     timeout,
                 )
