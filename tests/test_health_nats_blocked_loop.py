@@ -1,0 +1,87 @@
+"""``GET /health``'s reads of NATS (``services.api.health``) with the API's event loop blocked
+inside an I/O callback just after a read's request went out, while NATS answers, on asyncio's
+loop and on uvloop: shorter and longer than the bound, the read gets its answer and the bound
+is not missed. Time the loop spent blocked is not the bound's (``common.looptime``); before
+session 39 a block past it made health answer ``503 unavailable`` with ``NATS_TIMEOUT`` (the
+instance taken out of a load balancer) though NATS had answered."""
+
+from __future__ import annotations
+
+import select
+import time
+import uuid
+from typing import Any
+
+import nats
+import pytest
+
+from jobrunner.embedded.nats import EmbeddedNats
+from jobrunner.services.api.health import NatsBound, _read_nats
+from tests.freeze import freeze, thaw
+from tests.tools.event_loops import LOOPS, run_on
+from tests.tools.reader_block import reader_block
+
+pytestmark = pytest.mark.timeout(120)
+
+BOUND = 0.5  # health_nats_timeout_seconds
+
+
+async def _stream_end_read_with_the_loop_blocked_after_the_request(
+    server: EmbeddedNats, blocked: float
+) -> tuple[int, NatsBound]:
+    """The stream's end read as health reads it (its first read, the one that decides
+    ``NATS_TIMEOUT``) within ``BOUND``, the request followed, at the loop's next poll, by an
+    I/O callback that blocks the loop ``blocked`` seconds and then until the answer waits in
+    the socket; the answer held (the server frozen) until that callback runs. The stream's last
+    sequence read and the bound after the read."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    stream = f"health{uuid.uuid4().hex[:8]}"
+    await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+    await js.publish(f"{stream}.one", b"x")
+    # nats-py's TCP transport, whose writes the test holds (typed as its base, which has no
+    # writer of its own).
+    transport: Any = nc._transport
+    answers = transport._io_writer.get_extra_info("socket")
+    send = transport.writelines
+    bound = NatsBound(BOUND)
+    try:
+        with reader_block() as block:
+
+            def block_until_answered() -> None:
+                thaw(pid)
+                time.sleep(blocked)
+                select.select([answers], [], [], 60)  # a bound on a broken test only
+
+            def held_for_the_block(payload: list[bytes]) -> None:
+                freeze(pid)
+                block.at_next_poll(block_until_answered)
+                send(payload)
+
+            transport.writelines = held_for_the_block
+            try:
+                info = await _read_nats(bound, lambda: js.stream_info(stream))
+            finally:
+                transport.writelines = send
+        return int(info.state.last_seq), bound
+    finally:
+        thaw(pid)
+        await nc.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("blocked", [0.8, 1.25], ids=["shorter", "longer"])
+def test_a_nats_answer_that_came_while_the_api_loop_was_blocked_is_not_a_nats_timeout(
+    own_nats: EmbeddedNats, loop: str, blocked: float
+) -> None:
+    """Blocked 0.8 or 1.25 times the bound just after health asked NATS for the stream's end,
+    the answer in the socket by the block's end: health reads it and does not say NATS missed
+    the bound. Both pass because only the time the loop was free to hand the answer over
+    counts; before the fix 1.25 times timed out (``NATS_TIMEOUT``, a 503)."""
+    last_seq, bound = run_on(
+        loop, _stream_end_read_with_the_loop_blocked_after_the_request(own_nats, blocked * BOUND)
+    )
+    assert last_seq == 1
+    assert not bound.missed
