@@ -142,8 +142,9 @@ async def all_families(service: str, peers: dict[str, str], timeout: float) -> l
     peers answered within ``timeout``."""
     families = own_families(service)
     if peers:
-        # httpx's own timeouts are on wall time: only a backstop, past the longest the wait
-        # on the loop's own time (``_within``) can take.
+        # httpx's own timeouts are on wall time, a backstop: a step still waiting after 2
+        # bounds of wall time is given up; anyio does not cancel a wait whose answer has
+        # already come.
         backstop = timeout * looptime.MOST_BOUNDS
         async with httpx.AsyncClient(timeout=backstop, follow_redirects=False) as client:
             # A deadline over the whole read too: a peer trickling bytes is cut off as well.
@@ -166,8 +167,10 @@ async def all_families(service: str, peers: dict[str, str], timeout: float) -> l
 async def _within(scrape: Any, timeout: float) -> list[Metric] | None:
     """The peer's families, or None when it has not answered within ``timeout`` of the loop's
     own time (``common.looptime``): a peer that answered while the API's loop was blocked by
-    its other work is up, not left out."""
+    its other work is up, not left out. A backstop on wall time, ``MOST_BOUNDS`` bounds, over
+    it: a loop blocked again and again cannot hold the API's answer longer."""
     try:
-        return await looptime.within_loop_time(scrape, timeout)
+        async with asyncio.timeout(timeout * looptime.MOST_BOUNDS):
+            return await looptime.within_loop_time(scrape, timeout)
     except TimeoutError:
         return None
