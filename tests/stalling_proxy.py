@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -26,6 +26,15 @@ async def silent_server() -> AsyncIterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
+        yield f"nats://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def refusing_address() -> Iterator[str]:
+    """A URL whose port is held (bound) but not listening: the kernel refuses every connect
+    at once, and no other program can take the port meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
         yield f"nats://127.0.0.1:{sock.getsockname()[1]}"
 
 

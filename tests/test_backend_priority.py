@@ -29,6 +29,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.embedded.postgres import _run_as
 from jobrunner.embedded.scratch import scratch_dir
 from jobrunner.embedded.serverprocess import as_user, free_port
+from tests.tools.open_fds import open_fds
 
 BY = 7
 
@@ -193,10 +194,10 @@ async def test_the_far_end_check_leaves_no_descriptor_behind(settings: Settings)
     conn = await asyncpg.connect(settings.database_url)
     try:
         await match_niceness(conn, BY)
-        before = len(os.listdir("/proc/self/fd"))
+        before = open_fds()
         for _ in range(50):
             await match_niceness(conn, BY)
-        assert len(os.listdir("/proc/self/fd")) == before
+        assert open_fds() == before
     finally:
         await conn.close()
 

@@ -14,6 +14,7 @@ import pytest
 
 from jobrunner.services.runner import guardian, process
 from jobrunner.services.runner.process import SpawnError, ToolProcess
+from tests.tools.open_fds import open_fds
 
 
 async def no_wait() -> None:
@@ -24,7 +25,7 @@ async def no_wait() -> None:
 async def test_a_pump_given_up_on_closes_the_tools_pipes() -> None:
     """A descendant outside the tool's group keeps its output open after the tool ended: the
     runner gives the pump up, and the pipes are closed and no longer watched."""
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     tool = ToolProcess(["sh", "-c", "setsid sleep 30 & echo $!"], None, None)
     await tool.start()
     lines: list[str] = []
@@ -43,14 +44,10 @@ async def test_a_pump_given_up_on_closes_the_tools_pipes() -> None:
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pump
-        assert len(os.listdir("/proc/self/fd")) == before
+        assert open_fds() == before
     finally:
         with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
             os.kill(int(lines[0]), signal.SIGKILL)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd")) - 1  # listdir's own
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/fd")

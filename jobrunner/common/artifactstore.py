@@ -327,6 +327,8 @@ def _settled_now(in_flight: list[asyncio.Future[Msg]]) -> None:
 async def _chunk_acked(future: asyncio.Future[Msg]) -> None:
     """A pipelined chunk's ack, within ``ACK_WAIT_SECONDS`` (then ``asyncio.wait_for``'s
     built-in ``TimeoutError``, not nats-py's); JetStream's refusal raised as its ``APIError``."""
+    # Wall time on purpose: an ack missed because the loop was blocked costs only a retried
+    # attempt of the upload (purged and written again), never a server counted gone.
     ackinbox.read_ack(await asyncio.wait_for(future, ACK_WAIT_SECONDS))
 
 

@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from jobrunner.common import looptime
 from jobrunner.common.metricsconfig import is_loopback_host, parse_address
 
 log = structlog.get_logger()
@@ -141,7 +142,11 @@ async def all_families(service: str, peers: dict[str, str], timeout: float) -> l
     peers answered within ``timeout``."""
     families = own_families(service)
     if peers:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        # httpx's own timeouts are on wall time, a backstop: a step still waiting after 2
+        # bounds of wall time is given up; anyio does not cancel a wait whose answer has
+        # already come.
+        backstop = timeout * looptime.MOST_BOUNDS
+        async with httpx.AsyncClient(timeout=backstop, follow_redirects=False) as client:
             # A deadline over the whole read too: a peer trickling bytes is cut off as well.
             answers = await asyncio.gather(
                 *(_within(scrape_peer(client, url), timeout) for url in peers.values())
@@ -160,7 +165,12 @@ async def all_families(service: str, peers: dict[str, str], timeout: float) -> l
 
 
 async def _within(scrape: Any, timeout: float) -> list[Metric] | None:
+    """The peer's families, or None when it has not answered within ``timeout`` of the loop's
+    own time (``common.looptime``): a peer that answered while the API's loop was blocked by
+    its other work is up, not left out. A backstop on wall time, ``MOST_BOUNDS`` bounds, over
+    it: a loop blocked again and again cannot hold the API's answer longer."""
     try:
-        return await asyncio.wait_for(scrape, timeout)
+        async with asyncio.timeout(timeout * looptime.MOST_BOUNDS):
+            return await looptime.within_loop_time(scrape, timeout)
     except TimeoutError:
         return None

@@ -633,6 +633,8 @@ class SlotTable:
             )
             for job_id, job_type in jobs
         ]
+        # Wall time on purpose: the caller's (a request's) own deadline, and a miss only answers
+        # an error that a retry undoes; no server is counted gone.
         async with asyncio.timeout(timeout):
             await asyncio.gather(*futures)
 
@@ -653,6 +655,7 @@ class SlotTable:
         ]
         for job_id, future in zip(job_ids, futures, strict=True):
             try:
+                # Wall time on purpose: a miss only deletes the entry again (idempotent).
                 await asyncio.wait_for(future, PIPELINED_ACK_WAIT)
             except Exception:
                 await self.dequeue(lock, job_id)

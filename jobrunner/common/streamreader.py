@@ -19,7 +19,8 @@ Authentication: user and password or a token from
 the URL, or an NKey (``nats_nkey_seed_file`` or a ``nats_creds_file``); TLS when the URL says
 ``tls://`` or the server requires it, with the CA and client certificate of the settings
 (``NatsConnection``, shared with nats-py). Each connect step (TCP, INFO, TLS handshake, CONNECT)
-has a deadline; a server that misses one is logged and the next server of the list is tried.
+has a deadline, on the loop's own time (``common.looptime``); a server that misses one is logged
+and the next server of the list is tried.
 The list is the configured servers, then those the cluster announces (INFO ``connect_urls``, as
 nats-py follows them), each with the scheme and credentials of the server that announced it: a
 reader configured with one node of a cluster still finds the others when that node is gone.
@@ -287,25 +288,30 @@ class StreamReader:
                 reason = _reason(exc)
                 log.warning("stream reader cannot connect", server=where, reason=reason)
                 errors.append(f"{where}: {reason}")
-                if self._writer is not None:
-                    self._writer.close()
-                    self._reader = self._writer = None
+                self._drop_connection()
+            except BaseException:  # the caller cancelled: its connection is not left open
+                self._drop_connection()
+                raise
         raise StreamReaderError("cannot connect to NATS: " + "; ".join(errors))
+
+    def _drop_connection(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._reader = self._writer = None
 
     async def _connect_to(self, server: str) -> None:
         url = urlsplit(server if "://" in server else f"nats://{server}")
         host, port = url.hostname or "127.0.0.1", url.port or 4222
         timeout = self._timeout
+        # Every step on the loop's own time (``common.looptime``): a connection made, an INFO
+        # or a TLS reply that came while the loop was blocked by other work (the API's, under
+        # uvloop) is not a server that failed.
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=READ_SIZE * 4), timeout
-            )
+            reader, writer = await _open_connection(host, port, timeout)
         except TimeoutError:
             raise StreamReaderError(f"no TCP connection within {timeout:g} s") from None
         self._reader, self._writer = reader, writer
         try:
-            # On the loop's own time (``common.looptime``): an INFO that came while the loop
-            # was blocked by other work (the API's, under uvloop) is not a server that failed.
             first = await within_loop_time(self._line(), timeout)
         except TimeoutError:
             raise StreamReaderError(f"no INFO from the server within {timeout:g} s") from None
@@ -323,7 +329,10 @@ class StreamReader:
         if url.scheme == "tls" or info.get("tls_required"):
             context = self._tls or ssl.create_default_context()
             try:
-                await asyncio.wait_for(
+                # Given up, the handshake is cancelled and closes its transport; ``_connect``
+                # closes the socket under it, also when the caller is cancelled (the handshake
+                # done or not: the writer holds the TLS transport once it is).
+                await within_loop_time(
                     writer.start_tls(context, server_hostname=self._tls_hostname or host),
                     timeout,
                 )
@@ -658,6 +667,29 @@ class StreamReader:
                     f"the consumer sent delivery {int(value)}, the last received is "
                     f"{self._consumer_seq}"
                 )
+
+
+async def _open_connection(
+    host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection within ``timeout`` of the loop's own time, else ``TimeoutError``.
+    Given up while under way, the connect is cancelled, which closes its socket; given up or
+    cancelled as it completes (its answer already in, not yet taken), the connection is closed
+    here (counted in tests/test_streamreader_connect_gives_up.py and
+    tests/test_streamreader_connect_cancelled.py, on both loops)."""
+    opening = asyncio.ensure_future(asyncio.open_connection(host, port, limit=READ_SIZE * 4))
+    try:
+        return await within_loop_time(opening, timeout)
+    except BaseException:
+        opening.add_done_callback(_close_if_opened)  # at once when it has completed already
+        raise
+
+
+def _close_if_opened(
+    opening: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[1].close()
 
 
 def _without_credentials(server: str) -> str:

@@ -11,9 +11,15 @@ import pytest
 
 from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.contracts.names import Names
+from jobrunner.services.api.context import ApiContext
 from jobrunner.services.api.readmodelgate import ReadModelGate, ReadModelState
 from jobrunner.services.api.readpool import ReadPool
 from tests.system import System
+
+
+def api_context_of(system: System) -> ApiContext:
+    """The in-process API's context (its NATS connection, names, settings, pools)."""
+    return system._server.config.app.state.ctx  # type: ignore[union-attr,no-any-return]
 
 
 def gate_of(system: System) -> ReadModelGate:

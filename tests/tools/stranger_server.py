@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from jobrunner.supervisor import port_holder_sentence
@@ -31,16 +31,28 @@ def stranger_on(
     status: int = 401,
     body: bytes = b"<html>Unauthorized</html>",
     host: str = "127.0.0.1",
+    before_answer: Callable[[], None] = lambda: None,
+    trickle: float = 0.0,
 ) -> Iterator[ThreadingHTTPServer]:
     """A server on ``host``:``port`` (IPv6 when ``host`` is) answering ``status`` and ``body``
-    until the block ends."""
+    until the block ends. ``before_answer`` runs in the server's thread once a request has
+    come; with ``trickle``, the body is sent a byte every that many seconds (a peer that never
+    stops sending, to a client's read timeout between bytes)."""
 
     class Answer(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            before_answer()
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not trickle:
+                self.wfile.write(body)
+                return
+            with contextlib.suppress(OSError):  # the client gave up: it closed the connection
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(trickle)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # quiet: the test's output is the API's

@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from jobrunner.common import postgresconnect, runnerpool
+from jobrunner.common import looptime, postgresconnect, runnerpool
 from jobrunner.common.database import READ_SCHEMA
+from jobrunner.common.looptime import within_loop_time
 from jobrunner.common.readmodelversion import READMODEL_VERSION
 from jobrunner.services.api import readmodelgate
 from jobrunner.services.api.context import ApiContext
@@ -52,7 +53,7 @@ async def report(ctx: ApiContext) -> tuple[dict[str, Any], int]:
     postgres = await _postgres(ctx)
     applied = postgres.applied
     body["postgres"] = postgres.problem is None
-    nats = NatsBound(asyncio.get_running_loop().time() + ctx.settings.health_nats_timeout_seconds)
+    nats = NatsBound.from_now(ctx.settings.health_nats_timeout_seconds)
     last = await _stream_last_seq(ctx, nats)
     # Only this first read decides "unavailable": NATS did not answer at all. A later read cut
     # off (a NATS slow under load, a bound nearly spent) leaves its part unknown, degraded.
@@ -189,24 +190,43 @@ async def _set_aside_rows(conn: Any) -> tuple[int, asyncpg.Record | None]:
 
 @dataclass
 class NatsBound:
-    """One deadline over all of health's reads of NATS; ``missed`` once a read ran past it (the
-    reads after it are not tried: each would only wait out what is left)."""
+    """One bound over all of health's reads of NATS: ``left`` is what the reads before have not
+    used; ``missed`` once a read ran past it (the reads after it are not tried: each would only
+    wait out what is left). ``gives_up_at``: a backstop on wall time (``MOST_BOUNDS`` bounds
+    from the first read) over all the reads, so that a loop blocked again and again cannot
+    stretch them further: a probe answered late is as bad as one answered wrong."""
 
-    deadline: float  # on the event loop's clock
+    left: float  # seconds
+    gives_up_at: float  # on the event loop's clock
     missed: bool = False
+
+    @classmethod
+    def from_now(cls, seconds: float) -> NatsBound:
+        now = asyncio.get_running_loop().time()
+        return cls(seconds, now + seconds * looptime.MOST_BOUNDS)
 
 
 async def _read_nats(nats: NatsBound, read: Callable[[], Awaitable[T]]) -> T:
-    """``read()`` within ``nats``'s deadline; TimeoutError past it (nats-py's own request timeout
-    counts too), and at once, without reading, when an earlier read missed it."""
+    """``read()`` within what is left of ``nats``'s bound; TimeoutError past it (nats-py's own
+    request timeout counts too), and at once, without reading, when an earlier read missed it.
+
+    Only the read under way is on the loop's own time (``common.looptime``): the API's loop
+    blocked by its other work while NATS answered is not a NATS that failed to (``NATS_TIMEOUT``
+    takes the instance out of a load balancer). What a read used is taken from the bound on
+    wall time, blocked time included: a later read may then be cut off, which only leaves its
+    part unknown (``NATS_SLOW``)."""
     if nats.missed:
         raise TimeoutError
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
-        async with asyncio.timeout_at(nats.deadline):
-            return await read()
+        async with asyncio.timeout_at(nats.gives_up_at):
+            return await within_loop_time(read(), nats.left)
     except TimeoutError:
         nats.missed = True
         raise
+    finally:
+        nats.left = max(0.0, nats.left - (loop.time() - started))
 
 
 async def _stream_last_seq(ctx: ApiContext, nats: NatsBound) -> int | None:

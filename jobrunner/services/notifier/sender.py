@@ -188,6 +188,11 @@ class Sender:
         answer: a body that never ends or breaks off cannot turn a 200 into a retry."""
         loop = asyncio.get_running_loop()
         answered: AttemptResult | None = None
+        # Wall time on purpose, not the loop's own: the notifier's loop does little else than
+        # deliver, and a receiver's answer taken for WEBHOOK_TIMEOUT after a block only means a
+        # retry, within delivery's promise (at least once; receivers de-duplicate on
+        # X-Jobrunner-Delivery, README "Delivery"). The deadline starts mid-request (at the
+        # headers' send) and covers the streamed answer: not a plain wait to move.
         try:
             async with asyncio.timeout(None) as answer_due:
 

@@ -53,6 +53,7 @@ class Lag:
         """Look at the stream's end now and then until ``stop``."""
         while not stop.is_set():
             try:
+                # Wall time on purpose: a miss only keeps the last value of a metric.
                 info = await asyncio.wait_for(js.stream_info(stream), LOOK_TIMEOUT)
             except Exception as exc:  # NATS away: keep the last value
                 log.debug("projector lag: cannot see the stream's end", error=repr(exc))

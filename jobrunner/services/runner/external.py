@@ -102,6 +102,9 @@ class ExternalExecution:
                 if remaining <= 0 and not await self._stored_report_since():
                     return WORKER_SILENT
                 self._signs.clear()
+                # Wall time on purpose: the silence limit is the worker's promise on the clock,
+                # and this timer only wakes the verdict, which reads the stream first
+                # (``_stored_report_since``): a sign the blocked loop had not handed over counts.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.01, min(max(remaining, 0), self.poll))):
                         await self._signs.wait()

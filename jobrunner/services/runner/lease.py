@@ -283,6 +283,8 @@ class LeaseKeeper:
 
     async def _check_after_renewal(self) -> None:
         try:
+            # Wall time on purpose: a miss is only logged; the lease itself runs on its TTL,
+            # wall time shared with the other processes.
             async with asyncio.timeout(self.request_timeout):
                 await self._after_renewal()
         except Exception as exc:
