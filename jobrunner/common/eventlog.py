@@ -13,6 +13,7 @@ import msgspec
 
 from jobrunner.common import audit, eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.common.terminaltext import visible
 from jobrunner.contracts.names import Names
 
 PAGE = 1000
@@ -72,7 +73,11 @@ def json_line(stored: audit.StoredEvent) -> str:
 
 
 def readable(stored: audit.StoredEvent) -> str:
-    """One event for people: sequence, time, job, type, the interesting fields; lines below."""
+    """One event for people: sequence, time, job, type, the interesting fields; lines below.
+
+    What the event holds is shown, never obeyed: a stored line, a result, an error message or a
+    foreign event's job id may hold escape sequences and control characters (``visible``).
+    """
     event: dict[str, Any] = stored.event if isinstance(stored.event, dict) else {}
     kind = str(event.get("type", "?"))
     job = str(event.get("job_id", ""))
@@ -83,12 +88,14 @@ def readable(stored: audit.StoredEvent) -> str:
         for k, v in event.items()
         if k not in skip and v not in (None, {}, [])
     )
-    out = f"{head}  {fields}".rstrip()
+    out = visible(f"{head}  {fields}".rstrip())
     lines = event.get("lines")
     for line in lines if isinstance(lines, list) else []:
         if isinstance(line, list) and len(line) >= 5:
             # !s: a stored line may hold any JSON (None cannot be padded), shown as it is.
-            out += f"\n          {line[0]!s:>6} {line[1]!s:<6} {line[2]!s:<7} {line[4]}"
+            out += "\n          " + visible(
+                f"{line[0]!s:>6} {line[1]!s:<6} {line[2]!s:<7} {line[4]}"
+            )
     return out
 
 
