@@ -2,7 +2,8 @@
 
 What the runner does with a flood's pipe reads before anything is published: ``LineSplitter``
 (splitting, decoding, escape and control cleaning) over ``--lines`` lines of 80 bytes (newline
-included, as ``bench.tools.flood`` prints them), fed in the runner's 64 KiB reads. Four kinds
+included, as ``bench.tools.flood`` prints them; rounded to whole rounds of 8,192 lines, ten reads,
+fed again and again), in the runner's 64 KiB reads. Four kinds
 of line: ``plain`` (ASCII), ``german`` (umlauts: UTF-8 that is not ASCII), ``degree`` (a ``°``,
 U+00B0, in each line: the byte 0xC2 that a C1 control begins with, the C1 check's near miss) and
 ``colour`` (a green ``INFO`` in SGR codes, which the runner keeps).
@@ -34,6 +35,7 @@ from typing import Any
 READ_BYTES = 64 * 1024  # the runner's TURN_BYTES
 LINE_BYTES = 80
 KINDS = ("plain", "german", "degree", "colour")
+UNIT_LINES = 8192  # ten reads exactly: 8192 x 80 bytes = 10 x 64 KiB
 _PAD = "x" * LINE_BYTES
 
 
@@ -55,15 +57,17 @@ def _child(kind: str, lines: int, out: str) -> None:
     """Run in the tree under test: feed the lines, the feeding marked for callgrind."""
     from jobrunner.services.runner.output import LineSplitter
 
-    data = b"".join(_line(kind, i) for i in range(lines))
+    # Ten reads' worth of lines, fed again and again: building a million lines in Python would
+    # take longer under callgrind than feeding them.
+    data = b"".join(_line(kind, i) for i in range(UNIT_LINES))
     reads = [data[i : i + READ_BYTES] for i in range(0, len(data), READ_BYTES)]
-    del data
     splitter = LineSplitter(64 * 1024)
     got = 0
     os.sched_yield()  # callgrind: --zero-before=sched_yield
     cpu0 = time.process_time()
-    for read in reads:
-        got += len(splitter.feed(read))
+    for _ in range(lines // UNIT_LINES):
+        for read in reads:
+            got += len(splitter.feed(read))
     got += len(splitter.close())
     cpu = time.process_time() - cpu0
     os.getpgrp()  # callgrind: --dump-before=getpgrp
@@ -115,6 +119,7 @@ def main() -> int:
         _child(args.child[0], args.lines, args.child[1])
         return 0
     trees = [tree.resolve() for tree in args.tree or [Path(".")]]
+    args.lines = max(1, round(args.lines / UNIT_LINES)) * UNIT_LINES
     print(f"{args.lines:,} lines of {LINE_BYTES} bytes in {READ_BYTES // 1024} KiB reads")
     print(f"{'tree':<30} {'kind':<7} {'CPU ns/line':>12} {'instructions/line':>18}")
     for kind in args.kinds.split(","):
