@@ -66,10 +66,18 @@ class _OutsideYears(ValueError):
 
 
 _encoder = msgspec.json.Encoder()
+# JSON escapes only C0 controls; a terminal also obeys the C1 ones (U+009B is a CSI) and bidi
+# overrides reorder what follows them. Outside a string JSON holds none of these characters, so
+# their \uXXXX escape is the same JSON value, shown rather than obeyed.
+_ESCAPED_IN_JSON = {
+    code: f"\\u{code:04x}"
+    for code in [*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
 
 
 def json_line(stored: audit.StoredEvent) -> str:
-    return _encoder.encode(stored).decode()
+    """One event as a line of JSON, safe to print on a terminal (``_ESCAPED_IN_JSON``)."""
+    return _encoder.encode(stored).decode().translate(_ESCAPED_IN_JSON)
 
 
 def readable(stored: audit.StoredEvent) -> str:

@@ -128,6 +128,35 @@ def test_json_line_is_the_stored_event_as_one_json_object() -> None:
     assert msgspec.json.decode(line)["event"] == {"type": "Future", "x": 1}
 
 
+# Any text a stored event can hold (it was JSON: no lone surrogate), with what a terminal would
+# obey among it (C0, C1, bidi overrides) likely.
+TEXT_WITH_CONTROLS = st.text(
+    st.characters(exclude_categories=["Cs"])
+    | st.characters(min_codepoint=0x80, max_codepoint=0x9F)
+    | st.sampled_from("\x1b\u202e\u2066")
+)
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(
+        st.text(st.characters(exclude_categories=["Cs"]), max_size=5), TEXT_WITH_CONTROLS
+    )
+)
+def test_json_line_holds_nothing_a_terminal_would_obey_and_the_same_value(event: object) -> None:
+    """--json on a terminal: C1 controls (U+009B, a CSI) and bidi overrides are written as their
+    JSON escapes like the C0 ones, and a program reading the line gets the event as stored."""
+    line = json_line(stored(event))
+    assert not [c for c in line if ord(c) < 0x20 or 0x7F < ord(c) < 0xA0]
+    assert not [c for c in line if 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069]
+    assert msgspec.json.decode(line)["event"] == event
+
+
+def test_json_line_escapes_an_8_bit_csi_and_a_bidi_override() -> None:
+    line = json_line(stored({"type": "LineLogged", "job_id": "j\u202e1", "x": "\u009b2J"}))
+    assert '"job_id":"j\\u202e1"' in line and '"x":"\\u009b2J"' in line
+
+
 SINCE = st.one_of(
     st.text(max_size=30),
     st.from_regex(r"\A[0-9]{1,25}(\.[0-9]{1,3})?[smhd]\Z"),
