@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jobrunner.services.runner.bounds import clean_field
@@ -38,6 +38,11 @@ def obeyed(text: str) -> list[str]:
         pytest.param(b"\x1bXsos\x1b\\a\x1b^pm\x1b\\b\x1b_apc\x1b\\c", "abc", id="SOS PM APC"),
         pytest.param(b"before\x1b]0;never ended", "before", id="a string unended to the end"),
         pytest.param(b"\x1b]0;t\x1b[31mred", "\x1b[31mred", id="an ESC not ST ends a string"),
+        pytest.param(b"\x1bPq#0\x07sixel\x1b\\end", "end", id="BEL does not end a DCS"),
+        pytest.param("\u0090q\x07sixel\u009cend".encode(), "end", id="nor an 8-bit DCS"),
+        pytest.param("\u009d0;t\x07end".encode(), "end", id="BEL ends an 8-bit OSC"),
+        pytest.param(b"x\x1bPq\rA\rB\x1b\\", "B", id="a carriage return ends a string"),
+        pytest.param(b"\x1b]0;t\x18a\x1bPq\x1ab", "\x18a\x1ab", id="CAN and SUB cancel one"),
         pytest.param(b"done\x1b", "done", id="a lone ESC at the line's end"),
         pytest.param(b"done\x1b[3", "done", id="a CSI cut short by the line's end"),
         pytest.param(b"a\x1b\x1bcb", "ab", id="ESC ESC: the second one begins ESC c"),
@@ -101,13 +106,36 @@ def test_text_without_sequences_is_stored_as_printed(text: str, colours: list[st
     assert clean_text(line.encode()) == line
 
 
-def test_a_sequence_cut_by_a_pipe_read_is_removed_whole() -> None:
-    """The runner reads the pipe in chunks: a title, a clear screen and an 8-bit CSI cut
-    between two reads (the C1 inside its UTF-8 bytes) go as if read at once."""
-    splitter = LineSplitter(1024)
-    lines = splitter.feed(b"a\x1b]0;ti") + splitter.feed(b"tle\x07b\x1b[2")
-    lines += splitter.feed(b"Jc\xc2") + splitter.feed(b"\x9b2Jd\n")
-    assert lines == ["abcd"]
+# Where strings begin and end (a carriage return and a line break end an unended one), text, and
+# the UTF-8 bytes of an 8-bit OSC and CSI, which a read can cut in two.
+READ_PIECES = st.sampled_from(
+    [
+        b"\x1b]0;t", b"\x1bPq", b"\x07", b"\x1b\\", b"\r", b"A", b"B", b"\x1b[2K", b"\x1b[31m",
+        "\u009d".encode(), "\u009b2J".encode(), b"\x1b", b"\n",
+    ]
+)  # fmt: skip
+
+
+def lines_read(output: bytes, cuts: list[int]) -> list[str]:
+    """The lines a runner stores of ``output`` read from the pipe in pieces cut at ``cuts``."""
+    splitter = LineSplitter(4096)
+    lines: list[str] = []
+    start = 0
+    for cut in sorted(set(cuts)):
+        lines += splitter.feed(output[start:cut])
+        start = max(start, cut)
+    return lines + splitter.feed(output[start:]) + splitter.close()
+
+
+@example(b"\x1b]0;t\rA\rB\n", [8])  # an unended title, then a progress bar
+@example(b"x\x1bPq\rA\rB\x1b\\\n", [8])  # an unended DCS, then a progress bar
+@example(b"a\x1b]0;title\x07b\x1b[2Jc\xc2\x9b2Jd\n", [7, 14, 18])  # C1 cut in its UTF-8
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(READ_PIECES, max_size=12).map(b"".join), st.lists(st.integers(0, 40), max_size=4))
+def test_where_the_pipe_reads_fall_changes_no_line(output: bytes, cuts: list[int]) -> None:
+    """The runner reads the pipe in chunks: a sequence cut between two reads goes whole, and
+    the stored lines are those of the output read at once, however the reads were cut."""
+    assert lines_read(output, cuts) == lines_read(output, [])
 
 
 def test_a_colour_code_at_a_long_lines_cut_goes_whole_into_the_next_piece() -> None:
@@ -118,6 +146,25 @@ def test_a_colour_code_at_a_long_lines_cut_goes_whole_into_the_next_piece() -> N
     assert pieces[0] == "x" * 60 + SPLIT_MARKER
     assert pieces[1].startswith("\x1b[31mred\x1b[0m")
     assert "".join(p.removesuffix(SPLIT_MARKER) for p in pieces) == line.decode()
+
+
+def test_a_long_colour_code_at_a_cut_goes_whole_into_the_next_piece() -> None:
+    """A 24-bit colour for foreground and background (over 32 bytes) at the cut is not shown
+    as text either."""
+    colour = b"\x1b[1;4;38;2;255;128;0;48;2;0;128;255m"
+    assert len(colour) > 32
+    pieces = split_line(b"x" * 50 + colour + b"orange" + b"y" * 60, 64)
+    assert pieces[0] == "x" * 50 + SPLIT_MARKER
+    assert pieces[1].startswith(colour.decode() + "orange")
+
+
+def test_a_link_cut_across_pieces_keeps_its_text_and_shows_no_address() -> None:
+    """A terminal hyperlink (OSC 8) whose address the cut falls in goes whole into the next
+    piece: its text is kept, no part of its address is shown."""
+    link = b"\x1b]8;;https://example.org/build/42\x1b\\the build\x1b]8;;\x1b\\"
+    pieces = split_line(b"x" * 40 + link + b"y" * 60, 64)
+    shown = "".join(p.removesuffix(SPLIT_MARKER) for p in pieces)
+    assert shown == "x" * 40 + "the build" + "y" * 60
 
 
 @given(st.lists(OUTPUT, max_size=8), st.integers(64, 100))
@@ -137,3 +184,11 @@ def test_a_field_loses_a_whole_8_bit_sequence() -> None:
     """A progress phase or result text loses an 8-bit CSI with its parameters, not only its
     first character (a "2J" was left)."""
     assert clean_field("\u009b2Jphase\x1bc", 200) == "phase"
+
+
+def test_a_field_keeps_the_text_after_an_unended_title_on_the_next_line() -> None:
+    """An error message whose first line ends in an unended title sequence keeps its next
+    line: the line break ends the sequence, then becomes a space."""
+    message = "RuntimeError: \x1b]0;title\nreal cause: disk full"
+    assert clean_field(message, 200) == "RuntimeError:  real cause: disk full"
+    assert clean_field("a\u0085b", 200) == "a b"  # NEL is a line break, not a sequence

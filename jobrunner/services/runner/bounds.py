@@ -43,9 +43,11 @@ def clean_field(text: str, max_chars: int) -> str:
     """One line of plain text: no escape sequences, no control characters, no lone surrogates,
     at most ``max_chars`` characters (a cut one ends with …)."""
     if not text.isprintable():
-        text = _WHITESPACE_CONTROL.sub(" ", text)
-        # A whole escape sequence (also one begun by a C1 control), not its ESC alone.
-        text = _CONTROL.sub("", ESCAPE_RE.sub("", text))
+        # A whole escape sequence (also one begun by a C1 control), not its ESC alone; before the
+        # line breaks become spaces, for a line break ends an unended string (an OSC title)
+        # and the text after it is kept. NEL is a line break too, not a C1 sequence to remove.
+        text = ESCAPE_RE.sub("", text.replace("\x85", " "))
+        text = _CONTROL.sub("", _WHITESPACE_CONTROL.sub(" ", text))
     if len(text) > max_chars:
         text = text[: max_chars - len(CUT_MARK)] + CUT_MARK
     # A lone surrogate (only a Python caller can make one) cannot be encoded as UTF-8.

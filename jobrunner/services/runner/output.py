@@ -12,19 +12,26 @@ from jobrunner.common.loglevels import LEVEL_RE, LEVEL_SCAN_CHARS, level_of_word
 # ECMA-48's escape and control sequences, 7-bit (ESC ...) and 8-bit (C1) alike: what a terminal
 # would obey, not show. A sequence cut short (by the line's end, or by a character that cannot
 # continue it) matches as far as it got, so removing them leaves no ESC and no C1 control. A
-# string's payload goes up to its ST or BEL; an ESC that is not ST ends it too (as xterm does),
-# and an unterminated one reaches the text's end (a terminal would show none of it either).
-_STRING_PAYLOAD = r"[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+# string's payload goes up to its ST (ESC \ or U+009C; an OSC's also up to BEL, as xterm ends it);
+# an ESC that is not ST ends it too (as xterm does), CAN and SUB cancel it (ECMA-48, DEC), and a
+# carriage return or line break ends it here: the text after it is the tool's, and a progress
+# bar's last state must not depend on where a pipe read fell. One never ended reaches the text's
+# end (a terminal would show none of it either).
+_STRING_END = r"\x1b\\|\x9c"  # ST
+_OSC_PAYLOAD = rf"[^\x07\x1b\x9c\r\n\x18\x1a]*(?:\x07|{_STRING_END})?"
+_DCS_PAYLOAD = rf"[^\x1b\x9c\r\n\x18\x1a]*(?:{_STRING_END})?"  # DCS, SOS, PM, APC: ST only
 _AFTER_ESC = (
     r"\[[0-?]*[ -/]*[@-~]?"  # CSI: cursor, erase, modes (ESC [ 2 J)
-    rf"|[]PX^_]{_STRING_PAYLOAD}"  # OSC, DCS, SOS, PM, APC (ESC ] 0;title BEL; ESC P q... ESC \)
+    rf"|\]{_OSC_PAYLOAD}"  # OSC (ESC ] 0;title BEL)
+    rf"|[PX^_]{_DCS_PAYLOAD}"  # DCS, SOS, PM, APC (ESC P q... ESC \)
     # nF with its intermediates (ESC ( 0, ESC # 8), Fp (ESC 7, ESC =), Fe (ESC D), Fs (ESC c);
     # nothing: a lone ESC
     r"|[ -/]*[0-~]?"
 )
 _C1_LED = (
     r"\x9b[0-?]*[ -/]*[@-~]?"  # the 8-bit CSI (U+009B 2 J)
-    rf"|[\x90\x98\x9d\x9e\x9f]{_STRING_PAYLOAD}"  # the 8-bit DCS, SOS, OSC, PM, APC
+    rf"|\x9d{_OSC_PAYLOAD}"  # the 8-bit OSC
+    rf"|[\x90\x98\x9e\x9f]{_DCS_PAYLOAD}"  # the 8-bit DCS, SOS, PM, APC
     r"|[\x80-\x9f]"  # every other C1 control (U+0085 NEL, U+009C ST alone, ...)
 )
 ESCAPE_RE = re.compile(rf"\x1b(?:{_AFTER_ESC})|{_C1_LED}")  # colour codes too: for plain text
@@ -238,22 +245,28 @@ def _char_boundary(buf: bytes | bytearray, cut: int) -> int:
 
 
 # A long line is cut into pieces before cleaning: a cut inside a colour code (or any short
-# sequence) would leave its ESC to be removed from one piece and its "31m" shown as text in the
-# next. A sequence begun this few bytes before the cut and not finished by it goes whole into
-# the next piece instead (a colour code's parameters fit several times over).
-_SEQUENCE_CUT_WINDOW = 32
-_UNFINISHED_SEQUENCE = re.compile(rb"(?:\x1b(?:\[[0-?]*)?|\xc2\x9b[0-?]*)[ -/]*")
+# sequence, or an OSC 8 link's address) would leave its start to be removed from one piece and
+# its tail ("31m", the rest of the address) shown as text in the next. A sequence begun this few
+# bytes before the cut and not finished by it goes whole into the next piece instead (a colour
+# code's parameters fit several times over); half a piece at most, so every piece keeps text.
+_SEQUENCE_CUT_WINDOW = 64
+# A sequence the cut would end unfinished, in UTF-8 (U+009C is 0xC2 0x9C). Searched from the
+# window's start, the leftmost one that reaches the cut is the outermost.
+_UNFINISHED_SEQUENCE = re.compile(
+    rb"(?:\x1b(?:\[[0-?]*)?|\xc2\x9b[0-?]*)[ -/]*\Z"  # CSI, nF, a lone ESC
+    rb"|(?:\x1b\]|\xc2\x9d)(?:[^\x07\x1b\r\n\x18\x1a\xc2]|\xc2[^\x9c])*\Z"  # OSC
+    rb"|(?:\x1b[PX^_]|\xc2[\x90\x98\x9e\x9f])(?:[^\x1b\r\n\x18\x1a\xc2]|\xc2[^\x9c])*\Z"
+)
 
 
 def _piece_end(buf: bytes | bytearray, max_bytes: int) -> int:
     """Where a piece of at most ``max_bytes`` of ``buf`` ends: not inside a UTF-8 character,
     nor inside a short escape sequence."""
     cut = _char_boundary(buf, max_bytes)
-    begun = max(0, cut - _SEQUENCE_CUT_WINDOW)
-    last_escape = max(buf.rfind(b"\x1b", begun, cut), buf.rfind(b"\xc2\x9b", begun, cut))
-    if last_escape > 0 and _UNFINISHED_SEQUENCE.fullmatch(buf, last_escape, cut):
-        return last_escape
-    return cut
+    # From 1: a sequence at the piece's start cannot move, the piece would be empty.
+    begun = max(1, cut - min(_SEQUENCE_CUT_WINDOW, max_bytes // 2))
+    unfinished = _UNFINISHED_SEQUENCE.search(buf, begun, cut)
+    return unfinished.start() if unfinished else cut
 
 
 def split_text(text: str, max_bytes: int) -> list[str]:
