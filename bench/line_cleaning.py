@@ -10,10 +10,9 @@ U+00B0, in each line: the byte 0xC2 that a C1 control begins with, the C1 check'
 
 Each kind runs in a child process of its own per ``--tree`` (``PYTHONPATH=<tree>``, so two trees'
 ``output.py`` can be compared): once plainly for CPU seconds (which move with the shared host's
-load), once under ``valgrind --tool=callgrind`` for instructions (which do not). The child calls
-``os.sched_yield()`` as the feeding begins and ``os.getpgrp()`` as it ends: callgrind zeroes
-its counts before the first and dumps them before the second, so the count is the feeding's
-alone. Every child checks that it got the lines it fed.
+load), once under ``valgrind --tool=callgrind`` for instructions (which do not), the feeding
+alone marked for the count (``bench.callgrind_count``). Every child checks that it got the lines
+it fed.
 
 Compare two trees: ``git archive main | tar -x -C /tmp/base``, then
 ``python -m bench.line_cleaning --tree /tmp/base --tree .``.
@@ -24,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -77,6 +75,10 @@ def _child(kind: str, lines: int, out: str) -> None:
 
 
 def _run_child(tree: Path, kind: str, lines: int, counted: bool) -> dict[str, Any]:
+    # Here, not at the top: the child runs this file from the tree under test, whose bench may
+    # not have the helper.
+    from bench.callgrind_count import COUNTED_ENV, counted_argv, dumped_instructions
+
     with tempfile.TemporaryDirectory(prefix="line-cleaning-") as scratch:
         out = Path(scratch) / "out.json"
         dump = Path(scratch) / "callgrind.out"
@@ -85,25 +87,14 @@ def _run_child(tree: Path, kind: str, lines: int, counted: bool) -> dict[str, An
         argv += ["--lines", str(lines)]
         env = os.environ | {"PYTHONPATH": str(tree)}
         if counted:
-            argv = [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={dump}",
-                "--zero-before=sched_yield",
-                "--dump-before=getpgrp",
-                *argv,
-            ]
-            env |= {"PYTHONHASHSEED": "0"}  # dict probes the same every run
+            argv = counted_argv(argv, dump)
+            env |= COUNTED_ENV
         result = subprocess.run(argv, env=env, cwd=tree, capture_output=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{kind} in {tree} failed: {result.stderr.decode()[-3000:]}")
         figures: dict[str, Any] = json.loads(out.read_text())
         if counted:
-            text = Path(f"{dump}.1").read_text(errors="replace")
-            match = re.search(r"^summary: (\d+)", text, re.M)
-            if match is None or "Trigger: --dump-before=getpgrp" not in text:
-                raise RuntimeError(f"{dump}.1 is not the feeding's dump")
-            figures["instructions"] = int(match.group(1))
+            figures["instructions"] = dumped_instructions(dump)
     return figures
 
 
