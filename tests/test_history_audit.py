@@ -185,10 +185,15 @@ async def test_cli_on_a_terminal_shows_a_lines_escape_sequences_as_text(
             env={**os.environ, **cli_env(settings)},
             stdout=client_side,
         )
-        os.close(client_side)
+    finally:
+        os.close(client_side)  # the child has its own copy: the terminal closes when it exits
+    try:
         shown = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, terminal), 60)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
     finally:
+        if proc.returncode is None:  # a wait timed out: no client left behind
+            proc.kill()
+            await proc.wait()
         os.close(terminal)
     text = shown.decode()
     assert "reset\u241bc clear\\x9b2J bell\u2407 \\u202eevil" in text
