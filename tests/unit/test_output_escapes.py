@@ -130,6 +130,8 @@ def lines_read(output: bytes, cuts: list[int]) -> list[str]:
 @example(b"\x1b]0;t\rA\rB\n", [8])  # an unended title, then a progress bar
 @example(b"x\x1bPq\rA\rB\x1b\\\n", [8])  # an unended DCS, then a progress bar
 @example(b"a\x1b]0;title\x07b\x1b[2Jc\xc2\x9b2Jd\n", [7, 14, 18])  # C1 cut in its UTF-8
+@example(b"A\r\x1b[2K\r\n", [5])  # a redraw that only erases leaves the state before it
+@example(b"\x1b[31m\r\x1b]0;t\r\n", [12])  # a redraw that only sets a title, too
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(READ_PIECES, max_size=12).map(b"".join), st.lists(st.integers(0, 40), max_size=4))
 def test_where_the_pipe_reads_fall_changes_no_line(output: bytes, cuts: list[int]) -> None:
@@ -149,12 +151,12 @@ def test_a_colour_code_at_a_long_lines_cut_goes_whole_into_the_next_piece() -> N
 
 
 def test_a_long_colour_code_at_a_cut_goes_whole_into_the_next_piece() -> None:
-    """A 24-bit colour for foreground and background (over 32 bytes) at the cut is not shown
-    as text either."""
-    colour = b"\x1b[1;4;38;2;255;128;0;48;2;0;128;255m"
-    assert len(colour) > 32
-    pieces = split_line(b"x" * 50 + colour + b"orange" + b"y" * 60, 64)
-    assert pieces[0] == "x" * 50 + SPLIT_MARKER
+    """A colour code for style, foreground, background and underline (over 32 bytes), begun
+    45 bytes before the cut, is not shown as text either."""
+    colour = b"\x1b[1;4;38;2;255;128;0;48;2;0;128;255;58;2;10;20;30m"
+    assert len(colour) > 45
+    pieces = split_line(b"x" * 83 + colour + b"orange" + b"y" * 100, 128)
+    assert pieces[0] == "x" * 83 + SPLIT_MARKER
     assert pieces[1].startswith(colour.decode() + "orange")
 
 

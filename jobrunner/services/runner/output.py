@@ -350,16 +350,21 @@ class LineSplitter:
         del buf[:start]
         last_cr = buf.rfind(b"\r")
         if last_cr >= 0:
-            # A progress bar redrawing itself: only its latest state matters. An empty state
-            # ("\r\r") shows nothing, so the state before it is still the one on screen (and
-            # the one clean_text keeps when the line ends, however the reads were cut).
+            # A progress bar redrawing itself: only its latest state matters. A state that
+            # shows nothing ("\r\r", or "\r\x1b[2K\r": escape sequences alone) leaves the state
+            # before it on screen (and the one clean_text keeps when the line ends, however the
+            # reads were cut; no sequence goes past a carriage return, so each state cleans
+            # alone as within the line).
             end = last_cr
             prev_cr = buf.rfind(b"\r", 0, end)
-            while prev_cr >= 0 and prev_cr + 1 == end:
-                end, prev_cr = prev_cr, buf.rfind(b"\r", 0, prev_cr)
             state = bytes(buf[prev_cr + 1 : end])
+            shown = clean_text(state) if state else ""
+            while prev_cr >= 0 and not shown:
+                end, prev_cr = prev_cr, buf.rfind(b"\r", 0, prev_cr)
+                state = bytes(buf[prev_cr + 1 : end])
+                shown = clean_text(state) if state else ""
             if state.strip():
-                self.transient = clean_text(state)
+                self.transient = shown
             if last_cr > end + 1:
                 del buf[end + 1 : last_cr]  # a run of empty redraws: one is as good as many
             if prev_cr >= 0:
