@@ -3,10 +3,11 @@
 What the runner does with a flood's pipe reads before anything is published: ``LineSplitter``
 (splitting, decoding, escape and control cleaning) over ``--lines`` lines of 80 bytes (newline
 included, as ``bench.tools.flood`` prints them; rounded to whole rounds of 8,192 lines, ten reads,
-fed again and again), in the runner's 64 KiB reads. Four kinds
+fed again and again), in the runner's 64 KiB reads. Five kinds
 of line: ``plain`` (ASCII), ``german`` (umlauts: UTF-8 that is not ASCII), ``degree`` (a ``°``,
-U+00B0, in each line: the byte 0xC2 that a C1 control begins with, the C1 check's near miss) and
-``colour`` (a green ``INFO`` in SGR codes, which the runner keeps).
+U+00B0, in each line: the byte 0xC2 that a C1 control begins with, the C1 check's near miss),
+``colour`` (a green ``INFO`` in SGR codes, which the runner keeps), and ``colour_degree`` (both:
+each line cleaned alone, each with a near miss).
 
 Each kind runs in a child process of its own per ``--tree`` (``PYTHONPATH=<tree>``, so two trees'
 ``output.py`` can be compared): once plainly for CPU seconds (which move with the shared host's
@@ -32,7 +33,7 @@ from typing import Any
 
 READ_BYTES = 64 * 1024  # the runner's TURN_BYTES
 LINE_BYTES = 80
-KINDS = ("plain", "german", "degree", "colour")
+KINDS = ("plain", "german", "degree", "colour", "colour_degree")
 UNIT_LINES = 8192  # ten reads exactly: 8192 x 80 bytes = 10 x 64 KiB
 _PAD = "x" * LINE_BYTES
 
@@ -45,8 +46,10 @@ def _line(kind: str, number: int) -> bytes:
         text = f"INFO Prüfe Eintrag {number:07d}, Größe über {_PAD}"
     elif kind == "degree":
         text = f"INFO line {number:07d} at 21.5°C {_PAD}"
-    else:
+    elif kind == "colour":
         text = f"\x1b[32mINFO\x1b[0m line {number:07d} {_PAD}"
+    else:
+        text = f"\x1b[32mINFO\x1b[0m line {number:07d} at 21.5°C {_PAD}"
     data = text.encode()[: LINE_BYTES - 1]
     return data.decode("utf-8", "ignore").encode() + b"\n"
 

@@ -206,15 +206,16 @@ def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
     return result
 
 
-def clean_text(raw: bytes) -> str:
+def clean_text(raw: bytes, may_hold_c1: bool = True) -> str:
     """Bytes that are not UTF-8 become U+FFFD and NUL becomes ␀: replaced, never dropped.
 
     ANSI colour codes are kept, every other escape sequence and every C1 control removed
     (``_REMOVED``); of a carriage-return progress bar the last state is kept, as a terminal
-    would show it.
+    would show it. ``may_hold_c1`` False: the caller knows ``raw`` holds no C1 control (it
+    looked at the whole read at once).
     """
     text = raw.decode("utf-8", errors="replace").replace("\x00", "␀")
-    if _has_c1(raw):
+    if may_hold_c1 and _has_c1(raw):
         text = _REMOVED.sub("", text)
     elif "\x1b" in text:
         text = _REMOVED_WITHOUT_C1.sub("", text)
@@ -224,7 +225,7 @@ def clean_text(raw: bytes) -> str:
     return text
 
 
-def _has_c1(raw: bytes) -> bool:
+def _has_c1(raw: bytes | bytearray) -> bool:
     """Whether ``raw`` holds a C1 control (in UTF-8; a lone byte 0x80-0x9F is no UTF-8 and
     becomes U+FFFD). Mostly answered by memchr, as fast as the pipe: only a text with a
     character of U+0080-U+00BF (``°``, ``§``, a non-breaking space) needs the regex's scan."""
@@ -335,8 +336,12 @@ class LineSplitter:
         lines = self._plain_lines(buf)
         if lines is None:
             lines = []
+            # Once for the read, not for each line: most reads hold no C1 control, but many a
+            # character (°, a non-breaking space) whose UTF-8 begins as one's does.
+            read_holds_c1 = _has_c1(buf)
         else:
             start = buf.rfind(b"\n") + 1
+            read_holds_c1 = False  # no complete line is left to clean
         while True:
             end = buf.find(b"\n", start)
             if end < 0:
@@ -344,7 +349,7 @@ class LineSplitter:
             raw = bytes(buf[start:end])
             start = end + 1
             if len(raw) <= self._surely_fits:
-                lines.append(clean_text(raw))
+                lines.append(clean_text(raw, read_holds_c1))
             else:
                 lines.extend(split_line(raw, self.max_bytes))
         del buf[:start]
