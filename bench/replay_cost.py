@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -40,10 +39,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EVENTS = 200_000
-# glibc's mmap threshold fixed (it otherwise grows with what was freed): asyncpg's COPY buffer,
-# grown by realloc, is then always mapped and moved by mremap, never copied by a realloc whose
-# copying or not depended on the heap's layout (±300 instructions an event from run to run).
-MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 RUNNER_START_SECONDS = 60.0  # `jobrunner up`'s own wait for its services (up_ready_timeout)
 
 
@@ -88,19 +83,16 @@ def _own_cpu() -> float:
 def _run_child(
     tree: Path, env: dict[str, str], callgrind: Path | None, profile: Path | None = None
 ) -> dict[str, Any]:
+    # Here, not at the top: the child runs this file from the tree under test, whose bench may
+    # not have the helper.
+    from bench.callgrind_count import COUNTED_ENV, counted_argv, dumped_instructions
+
     with tempfile.TemporaryDirectory(prefix="replay-cost-") as scratch:
         out = Path(scratch) / "out.json"
         # By its path, not ``-m``: the tree's ``jobrunner`` is imported, whatever its bench holds.
         argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(out)]
         if callgrind is not None:
-            argv = [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={callgrind}",
-                "--zero-before=sched_yield",
-                "--dump-before=getpgrp",
-                *argv,
-            ]
+            argv = counted_argv(argv, callgrind)
         elif profile is not None:
             # py-spy's folded stacks, for where the loading's Python work goes (not counted).
             argv = [
@@ -117,25 +109,15 @@ def _run_child(
             ]
         child_env = env | {"PYTHONPATH": str(tree)}
         if callgrind is not None:
-            # Counted runs only (the plain CPU-second runs run as `jobrunner replay` does): one
-            # hash seed, since string hashes decide how many probes a dict or set look-up takes
-            # (~0.1 % of the count moving from run to run otherwise), and a fixed mmap threshold.
-            child_env |= {"PYTHONHASHSEED": "0", **MALLOC_FIXED}
+            # Counted runs only (the plain CPU-second runs run as `jobrunner replay` does).
+            child_env |= COUNTED_ENV
         result = subprocess.run(argv, env=child_env, cwd=tree, capture_output=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"the replay in {tree} failed: {result.stderr.decode()[-3000:]}")
         figures: dict[str, Any] = json.loads(out.read_text())
     if callgrind is not None:
-        figures["loading_instructions"] = _dumped_instructions(Path(f"{callgrind}.1"))
+        figures["loading_instructions"] = dumped_instructions(callgrind)
     return figures
-
-
-def _dumped_instructions(dump: Path) -> int:
-    """The instructions (``Ir``) of callgrind's dump at the loading's end."""
-    text = dump.read_text(errors="replace")
-    if "Trigger: --dump-before=getpgrp" not in text:
-        raise RuntimeError(f"{dump} is not the loading's dump")
-    return int(re.search(r"^summary: (\d+)", text, re.M).group(1))  # type: ignore[union-attr]
 
 
 async def _publish_and_settle(system: Any, jobs: int) -> int:

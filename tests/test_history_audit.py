@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pty
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,6 +153,52 @@ async def test_cli_follow_prints_new_events_as_they_arrive(
         await proc.wait()
     assert first["stream_seq"] == 19
     assert second["event"]["job_id"] == "late"
+
+
+def _read_until_closed(terminal: int) -> bytes:
+    """All a pseudo-terminal's other end wrote, until it was closed (EIO on Linux)."""
+    out = b""
+    with contextlib.suppress(OSError):
+        while data := os.read(terminal, 65536):
+            out += data
+    return out
+
+
+async def test_cli_on_a_terminal_shows_a_lines_escape_sequences_as_text(
+    settings: Settings,
+) -> None:
+    """`jobrunner events` on a terminal prints what a terminal would obey in an event (a stored
+    line's full reset, 8-bit CSI, BEL and bidi override, as an older runner stored them; a
+    foreign event's job type setting the window title) as visible symbols, never as the
+    sequences themselves."""
+    hostile = "reset\x1bc clear\u009b2J bell\x07 \u202eevil"
+    await publish(settings, job_events("esc", "t\x1b]0;x\x07", lines=[hostile]))
+    terminal, client_side = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jobrunner.cli",
+            "events",
+            "--job",
+            "esc",
+            env={**os.environ, **cli_env(settings)},
+            stdout=client_side,
+        )
+    finally:
+        os.close(client_side)  # the child has its own copy: the terminal closes when it exits
+    try:
+        shown = await asyncio.wait_for(asyncio.to_thread(_read_until_closed, terminal), 60)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:  # a wait timed out: no client left behind
+            proc.kill()
+            await proc.wait()
+        os.close(terminal)
+    text = shown.decode()
+    assert "reset\u241bc clear\\x9b2J bell\u2407 \\u202eevil" in text
+    assert "job_type=t\u241b]0;x\u2407" in text
+    assert not any(c in text for c in "\x1b\x07\u009b\u202e")
 
 
 def test_readable_form_shows_lines_under_their_event() -> None:

@@ -97,6 +97,29 @@ async def test_cursor_escape_codes_are_removed(system: System) -> None:
     assert lines[0]["text"] == "\x1b[32mok\x1b[0m cleared"
 
 
+async def test_every_escape_sequence_but_colours_is_removed(system: System) -> None:
+    """A tool printing each kind of sequence a terminal would obey (Fs, Fp, nF, Fe, CSI, OSC, DCS,
+    SOS/PM/APC with payloads, 8-bit C1, a string never ended, a lone ESC at the end): the stored
+    lines, the streamed ones and the download hold none of it; colours, tabs and the other C0
+    controls (BEL, BS) stay."""
+    async with system.client() as client:
+        job_id = await start_job(client, "hostile", mode="escape_kinds")
+        await wait_status(client, job_id, "completed")
+        stored = [ln["text"] for ln in await lines_of(client, job_id)]
+        stream = await read_stream(client, f"/jobs/stream/{job_id}")
+        download = (await client.get(f"/api/jobs/{job_id}/logs/download")).text
+    expected = ["ab"] * 9 + [
+        "bell\x07 back\x08space",
+        "\x1b[32mgreen\x1b[0m\ttab",
+        "cut short",
+        "last",
+    ]
+    assert stored == expected
+    assert [e.json["text"] for e in stream.events if e.event == "message"] == expected
+    assert not any(c in download for c in "\x1b\u0085\u009b\u009c\u009d")
+    assert download.splitlines()[-1].endswith(" last")
+
+
 async def test_carriage_return_progress_bar_keeps_last_state_and_reports_progress(
     system: System,
 ) -> None:

@@ -13,6 +13,7 @@ import msgspec
 
 from jobrunner.common import audit, eventstore
 from jobrunner.common.settings import Settings
+from jobrunner.common.terminaltext import visible
 from jobrunner.contracts.names import Names
 
 PAGE = 1000
@@ -65,14 +66,26 @@ class _OutsideYears(ValueError):
 
 
 _encoder = msgspec.json.Encoder()
+# JSON escapes only C0 controls; a terminal also obeys the C1 ones (U+009B is a CSI) and bidi
+# overrides reorder what follows them. Outside a string JSON holds none of these characters, so
+# their \uXXXX escape is the same JSON value, shown rather than obeyed.
+_ESCAPED_IN_JSON = {
+    code: f"\\u{code:04x}"
+    for code in [*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
 
 
 def json_line(stored: audit.StoredEvent) -> str:
-    return _encoder.encode(stored).decode()
+    """One event as a line of JSON, safe to print on a terminal (``_ESCAPED_IN_JSON``)."""
+    return _encoder.encode(stored).decode().translate(_ESCAPED_IN_JSON)
 
 
 def readable(stored: audit.StoredEvent) -> str:
-    """One event for people: sequence, time, job, type, the interesting fields; lines below."""
+    """One event for people: sequence, time, job, type, the interesting fields; lines below.
+
+    What the event holds is shown, never obeyed: a stored line, a result, an error message or a
+    foreign event's job id may hold escape sequences and control characters (``visible``).
+    """
     event: dict[str, Any] = stored.event if isinstance(stored.event, dict) else {}
     kind = str(event.get("type", "?"))
     job = str(event.get("job_id", ""))
@@ -83,12 +96,14 @@ def readable(stored: audit.StoredEvent) -> str:
         for k, v in event.items()
         if k not in skip and v not in (None, {}, [])
     )
-    out = f"{head}  {fields}".rstrip()
+    out = visible(f"{head}  {fields}".rstrip())
     lines = event.get("lines")
     for line in lines if isinstance(lines, list) else []:
         if isinstance(line, list) and len(line) >= 5:
             # !s: a stored line may hold any JSON (None cannot be padded), shown as it is.
-            out += f"\n          {line[0]!s:>6} {line[1]!s:<6} {line[2]!s:<7} {line[4]}"
+            out += "\n          " + visible(
+                f"{line[0]!s:>6} {line[1]!s:<6} {line[2]!s:<7} {line[4]}"
+            )
     return out
 
 

@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.text import Text
 
 from jobrunner.common.loglevels import shows_level
+from jobrunner.common.terminaltext import visible
 from jobrunner.terminal.connection import (
     AWAY_STATUSES,
     EXIT_SERVER_ERROR,
@@ -33,7 +34,7 @@ from jobrunner.terminal.connection import (
     ClientError,
 )
 from jobrunner.terminal.first_line_bound import FirstLineBound
-from jobrunner.terminal.shown_text import plain, visible
+from jobrunner.terminal.shown_text import plain
 
 LEVEL_STYLES = {
     "DEBUG": "dim",

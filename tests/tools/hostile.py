@@ -25,6 +25,25 @@ match args.mode:
         out.write(b"\x1b[31mERROR\x1b[0m \x1b[1mred\x1b[0m alert\n")
     case "cursor_codes":
         out.write(b"\x1b[2K\x1b[1G\x1b[32mok\x1b[0m \x1b]0;title\x07cleared\n")
+    case "escape_kinds":
+        # One line per kind of ECMA-48 sequence a terminal would obey (each line's "a" and "b"
+        # around it), then C0 controls, a colour code and a tab, which stay.
+        for sequence in (
+            b"\x1bc",  # Fs: full reset
+            b"\x1b7\x1b8\x1b=",  # Fp: save and restore the cursor, keypad mode
+            b"\x1b(0\x1b#8",  # nF: line-drawing glyphs, screen alignment test
+            b"\x1bD\x1bM",  # Fe: index, reverse index
+            b"\x1b[2J\x1b[?25l\x1b[2 q",  # CSI: clear the screen, hide the cursor, its shape
+            b"\x1b]0;title\x07\x1b]8;;http://x\x1b\\",  # OSC: title (BEL), hyperlink (ST)
+            b"\x1bPq#0;2;0;0;0#0!6~\x1b\\",  # DCS with a sixel payload
+            b"\x1bXsos\x1b\\\x1b^pm\x1b\\\x1b_apc\x1b\\",  # SOS, PM, APC with payloads
+            "\u009b2J\u009d0;t\u009c\u0090q\u009c\u0085".encode(),  # C1: 8-bit CSI, OSC, ...
+        ):
+            out.write(b"a" + sequence + b"b\n")
+        out.write(b"bell\x07 back\x08space\n")
+        out.write(b"\x1b[32mgreen\x1b[0m\ttab\n")
+        out.write(b"cut short\x1b]0;never ended\n")
+        out.write(b"last\x1b")  # a lone ESC as the output's end
     case "cr_progress":
         for i in range(1, 5):
             out.write(f"\rdownloading [{i}/4]".encode())

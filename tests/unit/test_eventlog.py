@@ -128,6 +128,37 @@ def test_json_line_is_the_stored_event_as_one_json_object() -> None:
     assert msgspec.json.decode(line)["event"] == {"type": "Future", "x": 1}
 
 
+# Any text a stored event can hold (it was JSON: no lone surrogate), with what a terminal would
+# obey among it (C0, C1, bidi overrides) likely.
+TEXT_WITH_CONTROLS = st.text(
+    st.characters(exclude_categories=["Cs"])
+    | st.characters(min_codepoint=0x80, max_codepoint=0x9F)
+    | st.sampled_from("\x1b\u202e\u2066")
+)
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(
+        st.text(st.characters(exclude_categories=["Cs"]), max_size=5), TEXT_WITH_CONTROLS
+    )
+)
+def test_json_line_holds_nothing_a_terminal_would_obey_and_the_same_value(event: object) -> None:
+    """--json on a terminal: C1 controls (U+009B, a CSI) and bidi overrides are written as their
+    JSON escapes like the C0 ones, and a program reading the line gets the event as stored."""
+    line = json_line(stored(event))
+    assert not [c for c in line if ord(c) < 0x20 or 0x7F < ord(c) < 0xA0]
+    assert not [c for c in line if 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069]
+    assert msgspec.json.decode(line)["event"] == event
+
+
+def test_json_line_escapes_an_8_bit_csi_and_a_bidi_override() -> None:
+    """The escapes a reader of the raw JSON sees where a terminal would have obeyed."""
+    line = json_line(stored({"type": "LineLogged", "job_id": "j\u202e1", "x": "\u009b2J"}))
+    assert '"job_id":"j\\u202e1"' in line
+    assert '"x":"\\u009b2J"' in line
+
+
 SINCE = st.one_of(
     st.text(max_size=30),
     st.from_regex(r"\A[0-9]{1,25}(\.[0-9]{1,3})?[smhd]\Z"),
@@ -148,18 +179,43 @@ def test_any_since_is_read_or_refused_with_a_sentence(raw: str) -> None:
     assert "--since" in message
 
 
+# Text with what a terminal would obey among it: ESC, BEL, an 8-bit CSI, a bidi override.
+TEXT = st.text(st.characters() | st.sampled_from("\x1b\x07\u009b\u202e"), max_size=5)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner),
     max_leaves=12,
 )
 
 
 @settings(deadline=None)
-@given(st.dictionaries(st.sampled_from(["type", "job_id", "lines", "status", "x"]), JSON) | JSON)
+@given(
+    st.dictionaries(st.sampled_from(["type", "job_id", "lines", "status", "x"]), JSON)
+    | st.fixed_dictionaries({"lines": st.lists(st.lists(TEXT, min_size=5, max_size=5))})
+    | JSON
+)
 def test_any_stored_event_can_be_shown(event: object) -> None:
-    """Whatever a stored message holds (odd lines included), jobrunner events shows it."""
-    assert readable(stored(event)).startswith("#42")
+    """Whatever a stored message holds (odd lines included), jobrunner events shows it, with no
+    character a terminal would obey (but the line breaks between its rows)."""
+    shown = readable(stored(event))
+    assert shown.startswith("#42")
+    obeyed = [c for c in shown if c not in "\t\n" and (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0)]
+    obeyed += [c for c in shown if 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069]
+    assert not obeyed
+
+
+def test_escape_sequences_in_lines_and_fields_are_shown_not_obeyed() -> None:
+    """A line's full reset, 8-bit CSI and BEL, a phase's title sequence and a bidi override in a
+    job id are printed as visible symbols; a line's colour codes are dropped."""
+    event = {
+        "type": "LineLogged",
+        "job_id": "j\u202e1",
+        "phase": "p\x1b]0;t\x07",
+        "lines": [[1, "stdout", "INFO", "t", "\x1b[31mred\x1b[0m \x1bc \u009b2J \x07"]],
+    }
+    head, line = readable(stored(event)).split("\n")
+    assert head.endswith("j\\u202e1  LineLogged  phase=p\u241b]0;t\u2407")
+    assert line.split() == ["1", "stdout", "INFO", "red", "\u241bc", "\\x9b2J", "\u2407"]
 
 
 def test_odd_line_fields_are_shown_as_they_are() -> None:

@@ -1,4 +1,4 @@
-"""What the terminal client makes of server text before a terminal sees it."""
+"""What the terminal commands make of server text before a terminal sees it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from jobrunner.terminal.shown_text import plain, visible
+from jobrunner.common.terminaltext import visible
+from jobrunner.terminal.shown_text import plain
 
 
 def test_colour_codes_are_dropped_and_the_words_kept() -> None:
@@ -14,8 +15,9 @@ def test_colour_codes_are_dropped_and_the_words_kept() -> None:
     assert visible("\x1b[1;31mERROR\x1b[0m disk full") == "ERROR disk full"
 
 
-def test_escape_sequences_the_runner_keeps_are_shown_not_sent() -> None:
-    """ESC c (reset), ESC ( 0 (line drawing) and an 8-bit CSI become visible symbols."""
+def test_escape_sequences_an_older_runner_kept_are_shown_not_sent() -> None:
+    """ESC c (reset), ESC ( 0 (line drawing) and an 8-bit CSI, in a log stored before session
+    39, become visible symbols."""
     assert visible("a\x1bcb") == "a\u241bcb"
     assert visible("\x1b(0q") == "\u241b(0q"
     assert visible("\u009b2J") == "\\x9b2J"

@@ -23,7 +23,7 @@ from jobrunner.contracts.events import (
     MAX_RESULT_BYTES,
     RESULT_CUT_FIELD,
 )
-from jobrunner.services.runner.output import ANSI_RE, Progress
+from jobrunner.services.runner.output import ESCAPE_RE, Progress
 
 CUT_MARK = "…"
 _WHITESPACE_CONTROL = re.compile(r"[\t\n\r\x0b\x0c\x85]+")
@@ -43,8 +43,10 @@ def clean_field(text: str, max_chars: int) -> str:
     """One line of plain text: no escape sequences, no control characters, no lone surrogates,
     at most ``max_chars`` characters (a cut one ends with …)."""
     if not text.isprintable():
-        if "\x1b" in text:
-            text = ANSI_RE.sub("", text)
+        # A whole escape sequence (also one begun by a C1 control), not its ESC alone; before the
+        # line breaks become spaces, for a line break ends an unended string (an OSC title)
+        # and the text after it is kept. NEL is a line break too, not a C1 sequence to remove.
+        text = ESCAPE_RE.sub("", text.replace("\x85", " "))
         text = _CONTROL.sub("", _WHITESPACE_CONTROL.sub(" ", text))
     if len(text) > max_chars:
         text = text[: max_chars - len(CUT_MARK)] + CUT_MARK

@@ -9,7 +9,43 @@ from typing import Any
 
 from jobrunner.common.loglevels import LEVEL_RE, LEVEL_SCAN_CHARS, level_of_word
 
-ANSI_RE = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+# ECMA-48's escape and control sequences, 7-bit (ESC ...) and 8-bit (C1) alike: what a terminal
+# would obey, not show. A sequence cut short (by the line's end, or by a character that cannot
+# continue it) matches as far as it got, so removing them leaves no ESC and no C1 control. A
+# string's payload goes up to its ST (ESC \ or U+009C; an OSC's also up to BEL, as xterm ends it);
+# an ESC that is not ST ends it too (as xterm does), CAN and SUB cancel it (ECMA-48, DEC), and a
+# carriage return or line break ends it here: the text after it is the tool's, and a progress
+# bar's last state must not depend on where a pipe read fell. One never ended reaches the text's
+# end (a terminal would show none of it either).
+_STRING_END = r"\x1b\\|\x9c"  # ST
+_OSC_PAYLOAD = rf"[^\x07\x1b\x9c\r\n\x18\x1a]*(?:\x07|{_STRING_END})?"
+_DCS_PAYLOAD = rf"[^\x1b\x9c\r\n\x18\x1a]*(?:{_STRING_END})?"  # DCS, SOS, PM, APC: ST only
+_AFTER_ESC = (
+    r"\[[0-?]*[ -/]*[@-~]?"  # CSI: cursor, erase, modes (ESC [ 2 J)
+    rf"|\]{_OSC_PAYLOAD}"  # OSC (ESC ] 0;title BEL)
+    rf"|[PX^_]{_DCS_PAYLOAD}"  # DCS, SOS, PM, APC (ESC P q... ESC \)
+    # nF with its intermediates (ESC ( 0, ESC # 8), Fp (ESC 7, ESC =), Fe (ESC D), Fs (ESC c);
+    # nothing: a lone ESC
+    r"|[ -/]*[0-~]?"
+)
+_C1_LED = (
+    r"\x9b[0-?]*[ -/]*[@-~]?"  # the 8-bit CSI (U+009B 2 J)
+    rf"|\x9d{_OSC_PAYLOAD}"  # the 8-bit OSC
+    rf"|[\x90\x98\x9e\x9f]{_DCS_PAYLOAD}"  # the 8-bit DCS, SOS, PM, APC
+    r"|[\x80-\x9f]"  # every other C1 control (U+0085 NEL, U+009C ST alone, ...)
+)
+ESCAPE_RE = re.compile(rf"\x1b(?:{_AFTER_ESC})|{_C1_LED}")  # colour codes too: for plain text
+# What the runner removes from a tool's line: ESCAPE_RE's sequences but colour codes (SGR:
+# ESC [ ... m; the web UI renders them safely). Removed by ``sub("")``, no Python call per
+# match; without C1 (the text holds none: ``_has_c1``) every match begins with the literal ESC,
+# which the regex engine finds as fast as ``str.find`` (with a C1 alternative it tries every
+# character). The other C0 controls (BEL, BS, VT, FF, ...) stay, as before: finding them would
+# cost every line of a flood another pass over its bytes (bench.line_cleaning), and no consumer
+# obeys them as they travel (JSON escapes them, the terminal commands show them as symbols).
+_REMOVED_WITHOUT_C1 = re.compile(rf"\x1b(?!\[[0-9;]*m)(?:{_AFTER_ESC})")
+_REMOVED = re.compile(rf"{_REMOVED_WITHOUT_C1.pattern}|{_C1_LED}")
+# A C1 control in UTF-8 (U+0080-U+009F): 0xC2 and a byte of 0x80-0x9F.
+_C1_UTF8 = re.compile(rb"\xc2[\x80-\x9f]")
 # LEVEL_RE over a block of lines at once (MULTILINE; no whitespace run crosses a line break):
 # one match per line, whose group is the level word where the line has one, else empty.
 _LEVEL_PER_LINE_RE = re.compile(
@@ -20,8 +56,7 @@ _LEVEL_PER_LINE_RE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 DEFAULT_PROGRESS_RE = re.compile(r"\[\s*(?P<current>\d+)\s*/\s*(?P<total>\d+)\s*\]")
-# Colour and style codes (SGR: ESC [ ... m) are kept, for the web UI renders them safely;
-# every other escape sequence (cursor movement, titles, ...) is removed.
+# Colour and style codes (SGR: ESC [ ... m), the sequences clean_text keeps.
 SGR_RE = re.compile(r"\x1b\[[0-9;]*m")
 SPLIT_MARKER = " ↩"  # shown at the end of a line the runner had to split
 # Progress counts land in the read model's integer columns; a larger one would fail the
@@ -171,24 +206,30 @@ def parse_result(text: str, pattern: re.Pattern[str]) -> dict[str, Any] | None:
     return result
 
 
-def clean_text(raw: bytes) -> str:
+def clean_text(raw: bytes, may_hold_c1: bool = True) -> str:
     """Bytes that are not UTF-8 become U+FFFD and NUL becomes ␀: replaced, never dropped.
 
-    ANSI colour codes are kept, other escape sequences removed; of a carriage-return progress bar
-    the last state is kept, as a terminal would show it.
+    ANSI colour codes are kept, every other escape sequence and every C1 control removed
+    (``_REMOVED``); of a carriage-return progress bar the last state is kept, as a terminal
+    would show it. ``may_hold_c1`` False: the caller knows ``raw`` holds no C1 control (it
+    looked at the whole read at once).
     """
     text = raw.decode("utf-8", errors="replace").replace("\x00", "␀")
-    if "\x1b" in text:
-        text = ANSI_RE.sub(_keep_colour, text)
+    if may_hold_c1 and _has_c1(raw):
+        text = _REMOVED.sub("", text)
+    elif "\x1b" in text:
+        text = _REMOVED_WITHOUT_C1.sub("", text)
     if "\r" in text:
         parts = [p for p in text.split("\r") if p]
         text = parts[-1] if parts else ""
     return text
 
 
-def _keep_colour(match: re.Match[str]) -> str:
-    code = match.group(0)
-    return code if SGR_RE.fullmatch(code) else ""
+def _has_c1(raw: bytes | bytearray) -> bool:
+    """Whether ``raw`` holds a C1 control (in UTF-8; a lone byte 0x80-0x9F is no UTF-8 and
+    becomes U+FFFD). Mostly answered by memchr, as fast as the pipe: only a text with a
+    character of U+0080-U+00BF (``°``, ``§``, a non-breaking space) needs the regex's scan."""
+    return b"\xc2" in raw and _C1_UTF8.search(raw) is not None
 
 
 def without_colours(text: str) -> str:
@@ -204,6 +245,31 @@ def _char_boundary(buf: bytes | bytearray, cut: int) -> int:
     return i if i > 0 and (i == len(buf) or (buf[i] & 0xC0) != 0x80) else cut
 
 
+# A long line is cut into pieces before cleaning: a cut inside a colour code (or any short
+# sequence, or an OSC 8 link's address) would leave its start to be removed from one piece and
+# its tail ("31m", the rest of the address) shown as text in the next. A sequence begun this few
+# bytes before the cut and not finished by it goes whole into the next piece instead (a colour
+# code's parameters fit several times over); half a piece at most, so every piece keeps text.
+_SEQUENCE_CUT_WINDOW = 64
+# A sequence the cut would end unfinished, in UTF-8 (U+009C is 0xC2 0x9C). Searched from the
+# window's start, the leftmost one that reaches the cut is the outermost.
+_UNFINISHED_SEQUENCE = re.compile(
+    rb"(?:\x1b(?:\[[0-?]*)?|\xc2\x9b[0-?]*)[ -/]*\Z"  # CSI, nF, a lone ESC
+    rb"|(?:\x1b\]|\xc2\x9d)(?:[^\x07\x1b\r\n\x18\x1a\xc2]|\xc2[^\x9c])*\Z"  # OSC
+    rb"|(?:\x1b[PX^_]|\xc2[\x90\x98\x9e\x9f])(?:[^\x1b\r\n\x18\x1a\xc2]|\xc2[^\x9c])*\Z"
+)
+
+
+def _piece_end(buf: bytes | bytearray, max_bytes: int) -> int:
+    """Where a piece of at most ``max_bytes`` of ``buf`` ends: not inside a UTF-8 character,
+    nor inside a short escape sequence."""
+    cut = _char_boundary(buf, max_bytes)
+    # From 1: a sequence at the piece's start cannot move, the piece would be empty.
+    begun = max(1, cut - min(_SEQUENCE_CUT_WINDOW, max_bytes // 2))
+    unfinished = _UNFINISHED_SEQUENCE.search(buf, begun, cut)
+    return unfinished.start() if unfinished else cut
+
+
 def split_text(text: str, max_bytes: int) -> list[str]:
     """``text`` in pieces of at most ``max_bytes`` UTF-8 bytes, never cut inside a character;
     every piece but the last ends with SPLIT_MARKER (not counted in ``max_bytes``)."""
@@ -214,8 +280,12 @@ def split_text(text: str, max_bytes: int) -> list[str]:
         return [text]
     pieces: list[str] = []
     while len(data) > max_bytes:
-        cut = _char_boundary(data, max_bytes)
-        pieces.append(data[:cut].decode("utf-8", "replace") + SPLIT_MARKER)
+        cut = _piece_end(data, max_bytes)
+        piece = data[:cut].decode("utf-8", "replace")
+        if "\x1b" in piece:
+            # A colour code too long to move whole to the next piece: its cut start goes.
+            piece = _REMOVED_WITHOUT_C1.sub("", piece)
+        pieces.append(piece + SPLIT_MARKER)
         data = data[cut:]
     pieces.append(data.decode("utf-8", "replace"))
     return pieces
@@ -235,7 +305,7 @@ def split_line(raw: bytes, max_bytes: int) -> list[str]:
     SPLIT_MARKER on every piece but the last); joined without their markers they are the line."""
     pieces: list[str] = []
     while len(raw) > max_bytes:
-        cut = _char_boundary(raw, max_bytes)
+        cut = _piece_end(raw, max_bytes)
         pieces.extend(_cleaned_pieces(raw[:cut], max_bytes, continued=True))
         raw = raw[cut:]
     pieces.extend(_cleaned_pieces(raw, max_bytes, continued=False))
@@ -266,8 +336,12 @@ class LineSplitter:
         lines = self._plain_lines(buf)
         if lines is None:
             lines = []
+            # Once for the read, not for each line: most reads hold no C1 control, but many a
+            # character (°, a non-breaking space) whose UTF-8 begins as one's does.
+            read_holds_c1 = _has_c1(buf)
         else:
             start = buf.rfind(b"\n") + 1
+            read_holds_c1 = False  # no complete line is left to clean
         while True:
             end = buf.find(b"\n", start)
             if end < 0:
@@ -275,42 +349,47 @@ class LineSplitter:
             raw = bytes(buf[start:end])
             start = end + 1
             if len(raw) <= self._surely_fits:
-                lines.append(clean_text(raw))
+                lines.append(clean_text(raw, read_holds_c1))
             else:
                 lines.extend(split_line(raw, self.max_bytes))
         del buf[:start]
         last_cr = buf.rfind(b"\r")
         if last_cr >= 0:
-            # A progress bar redrawing itself: only its latest state matters. An empty state
-            # ("\r\r") shows nothing, so the state before it is still the one on screen (and
-            # the one clean_text keeps when the line ends, however the reads were cut).
+            # A progress bar redrawing itself: only its latest state matters. A state that
+            # shows nothing ("\r\r", or "\r\x1b[2K\r": escape sequences alone) leaves the state
+            # before it on screen (and the one clean_text keeps when the line ends, however the
+            # reads were cut; no sequence goes past a carriage return, so each state cleans
+            # alone as within the line).
             end = last_cr
             prev_cr = buf.rfind(b"\r", 0, end)
-            while prev_cr >= 0 and prev_cr + 1 == end:
-                end, prev_cr = prev_cr, buf.rfind(b"\r", 0, prev_cr)
             state = bytes(buf[prev_cr + 1 : end])
+            shown = clean_text(state) if state else ""
+            while prev_cr >= 0 and not shown:
+                end, prev_cr = prev_cr, buf.rfind(b"\r", 0, prev_cr)
+                state = bytes(buf[prev_cr + 1 : end])
+                shown = clean_text(state) if state else ""
             if state.strip():
-                self.transient = clean_text(state)
+                self.transient = shown
             if last_cr > end + 1:
                 del buf[end + 1 : last_cr]  # a run of empty redraws: one is as good as many
             if prev_cr >= 0:
                 del buf[: prev_cr + 1]
         while len(buf) > self.max_bytes:
-            cut = _char_boundary(buf, self.max_bytes)
+            cut = _piece_end(buf, self.max_bytes)
             lines.extend(_cleaned_pieces(bytes(buf[:cut]), self.max_bytes, continued=True))
             del buf[:cut]
         return lines
 
     def _plain_lines(self, buf: bytearray) -> list[str] | None:
         """The complete lines of ``buf`` at once when cleaning could change none of them (valid
-        UTF-8, no NUL, escape or carriage return, none longer than surely fits): what cleaning
-        each line would give, at a fraction of the cost per line. None when one needs cleaning
-        or splitting, or no line is complete."""
+        UTF-8, no NUL, escape, C1 control or carriage return, none longer than surely fits):
+        what cleaning each line would give, at a fraction of the cost per line. None when one
+        needs cleaning or splitting, or no line is complete."""
         end = buf.rfind(b"\n")
         if end < 0:
             return None
         block = bytes(buf[:end])
-        if b"\r" in block or b"\x1b" in block or b"\x00" in block:
+        if b"\r" in block or b"\x1b" in block or b"\x00" in block or _has_c1(block):
             return None
         if len(block) > self._surely_fits and max(map(len, block.split(b"\n"))) > self._surely_fits:
             return None
