@@ -38,8 +38,23 @@ _SAFE_FROM = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _SAFE_UNTIL = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 
 
+# The last aware instant encoded by the usual way, and its encoding. The runner stamps every
+# line of one read of a tool's pipe with the same time, so a flood's ``COPY`` encodes runs of
+# hundreds of equal times: one comparison answers those (two aware datetimes of one ``tzinfo``
+# compare their fields in C) instead of the subtraction and arithmetic. Only an aware value is
+# kept: an aware value equals only aware values of the same instant, whose encoding is the same
+# (any offset), while naive values equal by their wall time alone could be different local
+# instants (a summer-time change's repeated hour). The encoder runs synchronously inside
+# asyncpg's encoding of a statement's or ``COPY``'s values, so no other caller comes between.
+_last_value: Any = None
+_last_encoded = (0,)
+
+
 def encode(value: Any) -> tuple[int]:
     """``value`` as asyncpg's ``tuple`` format for ``timestamptz``: (microseconds since 2000,)."""
+    global _last_value, _last_encoded
+    if value == _last_value:
+        return _last_encoded
     try:
         delta = value - _EPOCH
     except TypeError:  # a naive value, or a date
@@ -48,7 +63,9 @@ def encode(value: Any) -> tuple[int]:
     # microseconds, the constant too, every time.
     micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     if _SAFE_FROM < micros < _SAFE_UNTIL:
-        return (micros,)
+        _last_value = value
+        _last_encoded = (micros,)
+        return _last_encoded
     return (_as_asyncpg_does(value),)
 
 
