@@ -7,8 +7,9 @@ leaves ``--files`` files of ``--mib`` MiB in its output directory, and measures
 - GET /api/jobs/{id}/download-archive: MiB/s to a client that reads as fast as it can, and the
   API process's peak resident memory meanwhile (sampled every 50 ms), against its memory before;
 - GET /api/jobs/{id}/artifacts/{name} for one file, the same way;
-- the same file resumed at 90 % (``Range: bytes=<90 %>-``, 206): the API reads the chunks before
-  the range from NATS and drops them, so this shows what a resumed download costs inside.
+- the same file resumed at 90 % (``Range: bytes=<90 %>-``, 206): the API walks the sizes of the
+  chunks before the range (headers only) and reads from the chunk holding its first byte, so the
+  time to the first byte shows what finding that place costs.
 
 It prints one JSON object; bench/RESULTS.md quotes the run.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 import zlib
 from typing import Any
@@ -92,12 +94,9 @@ async def measure(system: RunningSystem, files: int, mib: int) -> dict[str, Any]
         created.raise_for_status()
         job_id = created.json()["id"]
         runner = MemorySampler({"runner": processes["runner"]}, interval=0.05)
+        poll_errors: list[dict[str, Any]] = []
         with runner:
-            while True:
-                job = (await http.get(f"/api/jobs/{job_id}")).json()
-                if job["status"] in ("completed", "failed", "cancelled"):
-                    break
-                await asyncio.sleep(0.1)
+            job = await _ended(http, job_id, poll_errors)
         assert job["status"] == "completed", job
         listed = (await http.get(f"/api/jobs/{job_id}/artifacts")).json()
         archive = await _download(http, listed["archive_url"], sampler)
@@ -114,7 +113,61 @@ async def measure(system: RunningSystem, files: int, mib: int) -> dict[str, Any]
         "archive_download": archive,
         "single_download": single,
         "resumed_at_90_percent": resumed,
+        "poll_errors": poll_errors,
     }
+
+
+UNAVAILABLE_PATIENCE_SECONDS = 30.0  # 503s in a row while the job is polled before giving up
+
+
+async def _ended(
+    http: httpx.AsyncClient, job_id: str, poll_errors: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The job once it has ended, polled every 0.1 s. A 503 (the API's Postgres or NATS busy on
+    a loaded machine) is asked again after its Retry-After, as a client would, for
+    ``UNAVAILABLE_PATIENCE_SECONDS`` in a row at most; every answer but a 200 is written down
+    (``poll_errors``, and stderr), and any other one ends the run."""
+    unavailable_since: float | None = None
+    while True:
+        answer = await http.get(f"/api/jobs/{job_id}")
+        if answer.status_code == 200:
+            unavailable_since = None
+            job: dict[str, Any] = answer.json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                return job
+            await asyncio.sleep(0.1)
+            continue
+        error = _error_of(answer)
+        poll_errors.append(error)
+        print(f"bench.artifacts: the job's poll answered {error}", file=sys.stderr)
+        if answer.status_code != 503:
+            answer.raise_for_status()
+            raise RuntimeError(f"the job's poll answered {error}")
+        now = time.monotonic()
+        if unavailable_since is None:
+            unavailable_since = now
+        if now - unavailable_since > UNAVAILABLE_PATIENCE_SECONDS:
+            raise RuntimeError(f"the job's poll answered 503 for {UNAVAILABLE_PATIENCE_SECONDS} s")
+        await asyncio.sleep(_retry_after(answer))
+
+
+def _error_of(answer: httpx.Response) -> dict[str, Any]:
+    """An error answer's status, code and message (the README's error body), as far as it has
+    them."""
+    try:
+        body = answer.json()["error"]
+        code, message = body.get("code"), body.get("message")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code, message = None, answer.text[:200]
+    return {"status": answer.status_code, "code": code, "message": message}
+
+
+def _retry_after(answer: httpx.Response) -> float:
+    """The answer's Retry-After in seconds (0.1 when it has none or it is no number)."""
+    try:
+        return max(0.1, float(answer.headers.get("retry-after", "")))
+    except ValueError:
+        return 0.1
 
 
 def main() -> None:

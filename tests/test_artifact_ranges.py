@@ -5,8 +5,11 @@ external worker does."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -18,13 +21,16 @@ from nats.js import JetStreamContext
 from jobrunner.common import artifactstore
 from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
+from jobrunner.embedded.nats import EmbeddedNats
 from tests.external_support import EXTERNAL_TYPES, start_external, worker_client
 from tests.system import System
 from tests.tools.drawn_examples import examples
 from tests.tools.runners import wait_status
+from tests.tools.uneven_chunks import around_boundaries, stored_unevenly
 
 DATA = bytes(range(256)) * 1200  # 307,200 bytes: three stored chunks (128 KiB each)
 SIZE = len(DATA)
+CHUNK = artifactstore.CHUNK_BYTES
 
 
 @pytest.fixture
@@ -131,6 +137,32 @@ async def test_a_ranged_download_lets_its_reader_go_after_the_last_byte(
         left = (await js.stream_info(store)).state.consumer_count
     assert (first.status_code, first.content) == (206, DATA[:10])
     assert left == 0
+
+
+# Chunks of another client's sizes (its max_chunk_size 128 KiB): one byte, a part, a whole one.
+UNEVEN_SIZES = [100_000, 1, CHUNK, 50_000, SIZE - 100_001 - CHUNK - 50_000]
+
+
+async def test_a_file_stored_in_uneven_chunks_resumes_byte_exact(
+    system: System, js: JetStreamContext, settings: Settings
+) -> None:
+    """A file whose object another NATS client stored again in chunks of other sizes (the same
+    bytes): resumed at each chunk's first byte, a byte either side of it and its last byte, each
+    answer is 206 with exactly the file's bytes from there, and `If-Range` with its ETag holds."""
+    names = Names(settings.prefix)
+    data = os.urandom(SIZE)  # no repeating pattern: a misplaced byte shows
+    async with system.client() as client:
+        url = await _uploaded(system, client, "big.bin", data)
+        job_id = url.split("/")[3]
+        object_name = names.artifact_object(job_id, "big.bin")
+        await stored_unevenly(js, names, object_name, data, UNEVEN_SIZES)
+        etag = (await client.head(url)).headers["etag"]
+        wrong = []
+        for start in [*around_boundaries(UNEVEN_SIZES), SIZE - 1]:
+            resumed = await client.get(url, headers={"Range": f"bytes={start}-", "If-Range": etag})
+            if (resumed.status_code, resumed.content) != (206, data[start:]):
+                wrong.append((start, resumed.status_code, len(resumed.content)))
+    assert wrong == []
 
 
 async def test_a_range_past_the_end_answers_416_with_the_size(system: System) -> None:
@@ -289,3 +321,61 @@ async def test_a_file_is_served_as_the_type_its_suffix_names(system: System) -> 
     assert page.headers["content-type"] == "text/html"
     assert page.headers["content-security-policy"].startswith("sandbox;")
     assert page.headers["content-disposition"].startswith("attachment;")
+
+
+async def test_nats_restarted_while_a_resume_finds_its_chunk_answers_503_then_resumes(
+    settings: Settings, own_nats: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS killed and started again while the API walks the chunks' sizes to the range's
+    first byte (before the answer starts): the client gets `503 ARTIFACTS_UNAVAILABLE` with
+    `Retry-After`, not a 206 cut short; asked again once NATS is back, the 206 is the file's
+    bytes from there."""
+    own = msgspec.structs.replace(settings, nats_url=own_nats.url, artifact_read_idle_seconds=3.0)
+    start = 2 * CHUNK + 5
+    servers = [own_nats]
+    restarts: list[asyncio.Task[None]] = []
+
+    async def restarted() -> None:
+        await asyncio.sleep(0.5)
+        servers.append(EmbeddedNats(own_nats.store_dir, port=own_nats.port))
+        await asyncio.to_thread(servers[-1].start)
+
+    payload_size = artifactstore._payload_size
+
+    def nats_killed_at_the_first_size(msg: Any) -> int:
+        if not restarts:
+            own_nats.kill()
+            restarts.append(asyncio.get_running_loop().create_task(restarted()))
+        return payload_size(msg)
+
+    try:
+        async with System(own) as running:
+            await running.start()
+            async with running.client() as client:
+                url = await _uploaded(running, client, "big.bin", DATA)
+                monkeypatch.setattr(artifactstore, "WALK_BATCH_CHUNKS", 1)
+                monkeypatch.setattr(artifactstore, "_payload_size", nats_killed_at_the_first_size)
+                cut = await client.get(url, headers={"Range": f"bytes={start}-"})
+                await asyncio.wait_for(restarts[0], 60)
+                resumed = await _answered_once_nats_is_back(client, url, start)
+    finally:
+        for server in servers[1:]:
+            server.stop()
+    assert cut.status_code == 503, cut.text
+    assert (cut.json()["error"]["code"], cut.headers.get("retry-after")) == (
+        "ARTIFACTS_UNAVAILABLE",
+        "2",
+    )
+    assert (resumed.status_code, resumed.content == DATA[start:]) == (206, True)
+
+
+async def _answered_once_nats_is_back(
+    client: httpx.AsyncClient, url: str, start: int
+) -> httpx.Response:
+    """The answer to ``Range: bytes=start-`` once it is no 503 (the API reconnecting)."""
+    async with asyncio.timeout(30):
+        while True:
+            answer = await client.get(url, headers={"Range": f"bytes={start}-"})
+            if answer.status_code != 503:
+                return answer
+            await asyncio.sleep(0.2)

@@ -14,7 +14,8 @@ taken from nats-py's ``ObjectStore``:
   The object becomes visible only with its description, written last; the chunks of an attempt
   that never got one are purged when possible and otherwise age out with the bucket's max age.
 - ``get`` collects the whole object in memory; here chunks come from a pull consumer a few at a
-  time, so serving a file of any size takes a bounded amount of memory.
+  time, so serving a file of any size takes a bounded amount of memory, and a read from byte N
+  (a resumed download) starts at the chunk that holds it.
 """
 
 from __future__ import annotations
@@ -474,12 +475,13 @@ def purge_when_unread(
     """In the background: the chunks of replaced content go once nobody can be reading them.
 
     A download reads through a consumer of its own filtered on the content's chunk subject
-    (``read_chunks``; the ZIP archive guards every member from its description on,
-    ``ReadGuards``), which lives on the server: whichever API process serves it, and gone by
-    itself within its inactive threshold should that process die. So the purge waits ``grace``
-    (``replaced_grace``: longer than a download takes from reading the description to its
-    consumer's creation, so a download that read the old description has its consumer by then),
-    then for as long as any consumer of the bucket filters on that subject, and only then
+    (``read_chunks``; a resumed one walks the chunks' sizes through another one first, kept
+    until the read ends, ``resume_point``; the ZIP archive guards every member from its
+    description on, ``ReadGuards``), which lives on the server: whichever API process serves it,
+    and gone by itself within its inactive threshold should that process die. So the purge waits
+    ``grace`` (``replaced_grace``: longer than a download takes from reading the description to
+    its consumer's creation, so a download that read the old description has its consumer by
+    then), then for as long as any consumer of the bucket filters on that subject, and only then
     purges. A download that started on the old content thus ends whole; one that starts later
     reads the new description. Consumers with no filter or a wildcard one are not seen as
     readers (jobrunner makes none on the bucket).
@@ -557,9 +559,11 @@ async def _being_read(js: JetStreamContext, names: Names, subject: str) -> bool:
     empty: 257 consumers, one deleted after the first page, the 257th is now at 255). So a scan
     counts only when it is a single page shorter than the server's page (one reply: the whole
     list at one moment), or the bucket's consumer count before it, after it and the consumers
-    seen all agree; else it is scanned again. No reader of ``subject`` is created after the
-    grace, so a miss needs a deletion and a creation of other consumers between the same two
-    pages of one scan (more than 256 consumers). Never clean within ``LIST_SCANS``: read."""
+    seen all agree; else it is scanned again. A reader of ``subject`` created after the grace
+    (a resumed download's, after its walk) never takes over from one deleted meanwhile (the
+    walk's consumer stays until the read ends), so a miss needs a deletion and a creation of
+    other consumers between the same two pages of one scan (more than 256 consumers). Never
+    clean within ``LIST_SCANS``: read."""
     for _ in range(LIST_SCANS):
         count = (await js.stream_info(stream_name(names))).state.consumer_count
         seen = 0
@@ -612,62 +616,183 @@ async def object_info(js: JetStreamContext, names: Names, object_name: str) -> a
         raise ObjectMissing(object_name) from None
 
 
-async def read_chunks(
-    js: JetStreamContext, names: Names, info: api.ObjectInfo, idle_seconds: float
-) -> AsyncGenerator[bytes, None]:
-    """The object's bytes in stored chunks, a few at a time.
+class ResumePoint(NamedTuple):
+    """Where a read from byte ``start`` begins (``resume_point``): the chunk that holds it."""
 
-    From an ephemeral pull consumer, ``READ_BATCH_CHUNKS`` per request: the API never holds more
-    of a download than that, however slowly its client reads. (A push consumer with flow control
-    let the server send far more than nats-py's pending limit before it waited: the subscription
-    dropped chunks as a slow consumer.) Raises :class:`ReadStalled` when NATS sends nothing for
-    ``idle_seconds`` (NATS away), give or take ``READ_WAIT_SECONDS``.
-    """
-    size = info.size or 0
+    start: int
+    sequence: int | None  # the chunk's stream sequence (None: the object's first chunk)
+    chunks_before: int  # the object's chunks before it (all of them: no chunk holds ``start``)
+    offset: int  # of the chunk's first byte in the object
+    # The consumer that walked the chunks' sizes: kept until the read ends, so the content is
+    # seen as read (``purge_when_unread``) by a consumer that was there before the reader.
+    walk: JetStreamContext.PullSubscription | None = None
+
+
+FROM_THE_START = ResumePoint(start=0, sequence=None, chunks_before=0, offset=0)
+
+# A resumed download's chunk sizes asked for at a time (a headers-only message: some 200 bytes).
+WALK_BATCH_CHUNKS = 1024
+MSG_SIZE_HEADER = "Nats-Msg-Size"  # a headers-only consumer's: the size of the payload left out
+
+
+class ChunkSizeUnknown(Exception):
+    """A chunk of the walk came without ``Nats-Msg-Size``: NATS ignored ``headers_only``."""
+
+
+async def resume_point(
+    js: JetStreamContext, names: Names, info: api.ObjectInfo, idle_seconds: float, start: int
+) -> ResumePoint:
+    """Where the chunk that holds byte ``start`` is, from the sizes of the chunks before it.
+
+    They come through a headers-only consumer of the object's chunks: each chunk as its size
+    (``Nats-Msg-Size``) without its bytes, so finding the place costs NATS a small message per
+    chunk before it, not the chunks themselves (and the time to it grows with ``start``). Sizes
+    are read, never assumed: chunks need not all be ``max_chunk_size`` long (another NATS
+    client's short reads), so no place is computed from it. The walk's consumer is part of the
+    answer and goes when the read ends (``read_chunks``), or by its inactive threshold should
+    the read never start; it goes at once should the walk fail (``ReadStalled`` when NATS sends
+    nothing for ``idle_seconds``, or NATS's own errors: a restart). Called before a download's
+    answer starts, so such a failure is an error answer, not a cut body."""
     chunks = info.chunks or 0
-    if size == 0 or chunks == 0:
-        return
-    sub = await js.pull_subscribe(
-        chunk_subject(names, info.nuid),
+    if start == 0 or chunks == 0:
+        return FROM_THE_START
+    walk = await _reader(js, names, info.nuid, idle_seconds, headers_only=True)
+    try:
+        offset = 0
+        before = 0
+        sizes = _delivered(walk, chunks, WALK_BATCH_CHUNKS, idle_seconds, info.name)
+        async with contextlib.aclosing(sizes):
+            async for msg in sizes:
+                size = _payload_size(msg)
+                if offset + size > start:
+                    sequence = msg.metadata.sequence.stream
+                    return ResumePoint(start, sequence, before, offset, walk)
+                offset += size
+                before += 1
+    except BaseException:
+        await _drop_consumer(js, names, walk)
+        raise
+    # Its description claims more bytes than its chunks hold: nothing is read.
+    log.warning(
+        "artifact chunks end before the range",
+        object_name=info.name,
+        start=start,
+        chunk_bytes=offset,
+        size=info.size,
+    )
+    return ResumePoint(start, None, chunks, offset, walk)
+
+
+def _payload_size(msg: Msg) -> int:
+    """A chunk's size from its headers-only copy. A server that ignored ``headers_only`` would
+    send the chunks whole, ``WALK_BATCH_CHUNKS`` of them a request (128 MiB): refused."""
+    size = (msg.headers or {}).get(MSG_SIZE_HEADER)
+    if size is None:
+        raise ChunkSizeUnknown(f"NATS sent a chunk without its {MSG_SIZE_HEADER} header")
+    return int(size)
+
+
+async def read_chunks(
+    js: JetStreamContext,
+    names: Names,
+    info: api.ObjectInfo,
+    idle_seconds: float,
+    at: ResumePoint = FROM_THE_START,
+) -> AsyncGenerator[bytes, None]:
+    """The object's bytes from ``at`` on (``resume_point``; the whole object by default), in
+    stored chunks (the first one cut at ``at.start``), a few at a time.
+
+    From an ephemeral pull consumer starting at ``at``'s chunk (the chunks before it are never
+    read), ``READ_BATCH_CHUNKS`` per request: the API never holds more of a download than that,
+    however slowly its client reads. (A push consumer with flow control let the server send far
+    more than nats-py's pending limit before it waited: the subscription dropped chunks as a
+    slow consumer.) Raises :class:`ReadStalled` when NATS sends nothing for ``idle_seconds``
+    (NATS away), give or take ``READ_WAIT_SECONDS``. The reader's consumer and ``at``'s walk go
+    when the read ends, however it ends.
+    """
+    try:
+        left = (info.chunks or 0) - at.chunks_before
+        if (info.size or 0) == 0 or left <= 0:
+            return
+        sub = await _reader(js, names, info.nuid, idle_seconds, from_sequence=at.sequence)
+        try:
+            cut = at.start - at.offset
+            messages = _delivered(sub, left, READ_BATCH_CHUNKS, idle_seconds, info.name)
+            async with contextlib.aclosing(messages):
+                async for msg in messages:
+                    yield msg.data[cut:] if cut else msg.data
+                    cut = 0
+        finally:
+            await _drop_consumer(js, names, sub)
+    finally:
+        if at.walk is not None:
+            await _drop_consumer(js, names, at.walk)
+
+
+async def _reader(
+    js: JetStreamContext,
+    names: Names,
+    nuid: str,
+    idle_seconds: float,
+    *,
+    headers_only: bool = False,
+    from_sequence: int | None = None,
+) -> JetStreamContext.PullSubscription:
+    """An ephemeral pull consumer of content ``nuid``'s chunks, from its first chunk or from
+    stream sequence ``from_sequence``; it is what marks the content as being read."""
+    return await js.pull_subscribe(
+        chunk_subject(names, nuid),
         stream=stream_name(names),
         config=api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.ALL
+            if from_sequence is None
+            else api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=from_sequence,
+            headers_only=headers_only or None,
             mem_storage=True,
             # Gone by itself should this API process die mid-download.
             inactive_threshold=_inactive_threshold(idle_seconds),
         ),
     )
-    try:
-        received = 0
-        silent = 0.0  # seconds the requests in a row that got nothing waited
-        while received < chunks:
-            wait = min(READ_WAIT_SECONDS, idle_seconds - silent)
-            asked_at = time.monotonic()
-            try:
-                batch = await sub.fetch(min(READ_BATCH_CHUNKS, chunks - received), wait)
-            except nats.errors.TimeoutError:
-                batch = []
-            if not batch:
-                # Nothing came: a timeout, or a status answer, for which nats-py returns an empty
-                # batch (chunks purged under the consumer: the name stored again). Both are
-                # silence; resetting the count on an empty batch left such a download hanging.
-                early = wait - (time.monotonic() - asked_at)
-                if early > 0:
-                    # An answer at once (a status): pace the next request rather than ask the
-                    # server again and again until the idle limit.
-                    await asyncio.sleep(min(EMPTY_ANSWER_PAUSE_SECONDS, early))
-                silent += time.monotonic() - asked_at
-                if silent >= idle_seconds:
-                    raise ReadStalled(info.name)
-                continue
-            silent = 0.0
-            for msg in batch:
-                received += 1
-                yield msg.data
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_drop_consumer(js, names, sub))
+
+
+async def _delivered(
+    sub: JetStreamContext.PullSubscription,
+    count: int,
+    batch: int,
+    idle_seconds: float,
+    object_name: str,
+) -> AsyncGenerator[Msg, None]:
+    """The next ``count`` messages of ``sub``, asked for ``batch`` at a time; raises
+    :class:`ReadStalled` once the requests in a row that got nothing have waited
+    ``idle_seconds``."""
+    received = 0
+    silent = 0.0  # seconds the requests in a row that got nothing waited
+    while received < count:
+        wait = min(READ_WAIT_SECONDS, idle_seconds - silent)
+        asked_at = time.monotonic()
+        try:
+            messages = await sub.fetch(min(batch, count - received), wait)
+        except nats.errors.TimeoutError:
+            messages = []
+        if not messages:
+            # Nothing came: a timeout, or a status answer, for which nats-py returns an empty
+            # batch (chunks purged under the consumer: the name stored again). Both are
+            # silence; resetting the count on an empty batch left such a download hanging.
+            early = wait - (time.monotonic() - asked_at)
+            if early > 0:
+                # An answer at once (a status): pace the next request rather than ask the
+                # server again and again until the idle limit.
+                await asyncio.sleep(min(EMPTY_ANSWER_PAUSE_SECONDS, early))
+            silent += time.monotonic() - asked_at
+            if silent >= idle_seconds:
+                raise ReadStalled(object_name)
+            continue
+        silent = 0.0
+        for msg in messages:
+            received += 1
+            yield msg
 
 
 READER_INACTIVE_SECONDS = 30.0  # a reader's consumer outlives a dead API process this long
@@ -776,8 +901,14 @@ class ReadGuards:
 async def _drop_consumer(
     js: JetStreamContext, names: Names, sub: JetStreamContext.PullSubscription
 ) -> None:
-    """The consumer goes at once (its inactive threshold would remove it later anyway)."""
-    async with asyncio.timeout(ACK_WAIT_SECONDS):
-        consumer = (await sub.consumer_info()).name
-        await sub.unsubscribe()
-        await js.delete_consumer(stream_name(names), consumer)
+    """The consumer goes at once, whatever happens (its inactive threshold would remove it
+    later anyway)."""
+
+    async def drop() -> None:
+        async with asyncio.timeout(ACK_WAIT_SECONDS):
+            consumer = (await sub.consumer_info()).name
+            await sub.unsubscribe()
+            await js.delete_consumer(stream_name(names), consumer)
+
+    with contextlib.suppress(Exception):
+        await asyncio.shield(drop())

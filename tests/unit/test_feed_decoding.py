@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -231,11 +230,21 @@ def test_every_event_type_has_its_nul_free_decoding() -> None:
     assert tags == {kind.__struct_config__.tag for kind in events.EVENT_TYPES}
 
 
-def test_a_body_the_feed_cannot_search_for_nul_stops_the_read_instead_of_going_the_slow_way() -> (
-    None
-):
-    """The reader hands bytes; a body without ``find`` (a memoryview) is a bug to see at once,
-    not a decoding failure that would send every message through ``codec.decode`` unnoticed."""
-    body = memoryview(codec.encode(EVENTS[1]))
-    with pytest.raises(AttributeError):
-        asyncio.run(_fed([(1, body)]))  # type: ignore[list-item]
+def test_a_nul_is_found_by_its_backslash_then_by_its_six_bytes() -> None:
+    """A line without escapes, one with escapes but no NUL, one with a NUL (``\\u0000`` in
+    JSON) and one whose text holds a backslash before ``u0000`` (no NUL) each give the rows the
+    contract's decoding gives: the NUL cleaned, every other text as written."""
+    texts = ["plain", 'a "quoted"\ttab\nline', "a NUL \x00 here", "not a NUL: \\u0000"]
+    messages = [
+        (
+            seq,
+            codec.encode(
+                events.LineLogged(job_id="j", lines=[events.LogLine(1, "stdout", "INFO", AT, text)])
+            ),
+        )
+        for seq, text in enumerate(texts, start=1)
+    ]
+    fed = asyncio.run(_fed(messages))
+    assert fed == [(seq, _as_before(seq, data)) for seq, data in messages]
+    rows = [change.rows[0] for _, [change] in fed]  # type: ignore[attr-defined]
+    assert [row[4] for row in rows] == [*texts[:2], "a NUL \u2400 here", texts[3]]

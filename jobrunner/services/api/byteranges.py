@@ -102,21 +102,19 @@ def if_range_holds(if_range: str | None, etag: str) -> bool:
     return if_range is None or if_range.strip(" \t") == etag
 
 
-async def bytes_within(
-    chunks: AsyncGenerator[bytes, None], wanted: ByteRange
+async def first_bytes(
+    chunks: AsyncGenerator[bytes, None], length: int
 ) -> AsyncGenerator[bytes, None]:
-    """The part of ``chunks`` (the whole file, in order) that ``wanted`` covers. The chunks
-    before it are read and dropped (the object store can only be read from its first chunk);
-    reading stops after its last byte, and ``chunks`` is closed (its consumer goes) either way."""
+    """The first ``length`` bytes of ``chunks`` (a range's: the file read from the range's first
+    byte, from ``artifactstore.resume_point``). Reading stops after them, and ``chunks`` is
+    closed (its consumer goes) either way."""
     try:
-        offset = 0  # of the chunk's first byte in the file
+        left = length
         async for chunk in chunks:
-            begin = max(wanted.start - offset, 0)
-            end = min(wanted.end + 1 - offset, len(chunk))
-            offset += len(chunk)
-            if begin < end:
-                yield chunk if (begin, end) == (0, len(chunk)) else chunk[begin:end]
-            if offset > wanted.end:
+            if len(chunk) >= left:
+                yield chunk if len(chunk) == left else chunk[:left]
                 return
+            left -= len(chunk)
+            yield chunk
     finally:
         await chunks.aclose()

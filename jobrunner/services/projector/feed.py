@@ -34,6 +34,7 @@ RECONNECTED_POLL_SECONDS = 0.05  # how often a feed waiting for nats-py's reconn
 # A close: the consumer's delete is a JetStream request (5 s timeout), and a second for the
 # socket to take what it still holds. Past this the socket is dropped.
 CLOSE_SECONDS = 6.0
+BACKSLASH = ord("\\")  # the byte that starts every JSON escape, \u0000's too
 NO_TIME = "MissingField: the event has no occurred_at (its time would be when it is read)"
 
 
@@ -221,12 +222,14 @@ class EventFeed:
                         # projections skip the NUL checks (nulfree.py).
                         event: AnyEvent | NulFreeEvent | None
                         # A backslash first: one byte, found at memchr's speed, and most
-                        # messages hold no escape at all. ``find``, not ``in``: bytes' ``in``
-                        # asks whether its operand is an integer first, and a bytes operand
-                        # costs it a TypeError raised and cleared every time. Outside the
-                        # ``try``: a body that cannot be searched is a bug to see, not a
-                        # decoding failure that would send every message the slow way.
-                        holds_nul = data.find(b"\\") >= 0 and data.find(JSON_NUL) >= 0
+                        # messages hold no escape at all. Asked as the byte's value
+                        # (``BACKSLASH in``): bytes' ``in`` takes an integer straight to memchr,
+                        # cheaper than a ``find`` call; a bytes operand would cost it a
+                        # TypeError raised and cleared every time, so the six bytes go to
+                        # ``find``. Outside the ``try``: a body that is no bytes-like object is a
+                        # bug to see, not a decoding failure that would send every message the
+                        # slow way.
+                        holds_nul = BACKSLASH in data and data.find(JSON_NUL) >= 0
                         try:
                             event = decode_known(data) if holds_nul else decode_nul_free(data)
                         except Exception:  # codec.decode, asked next, says what it was

@@ -119,10 +119,26 @@ async def _object(ctx: ApiContext, job_id: str, row: Any) -> api.ObjectInfo:
         raise _unavailable(exc) from None
 
 
-def _chunks(ctx: ApiContext, info: api.ObjectInfo) -> AsyncGenerator[bytes, None]:
+def _chunks(
+    ctx: ApiContext,
+    info: api.ObjectInfo,
+    at: artifactstore.ResumePoint = artifactstore.FROM_THE_START,
+) -> AsyncGenerator[bytes, None]:
     return artifactstore.read_chunks(
-        ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds
+        ctx.js, ctx.names, info, ctx.settings.artifact_read_idle_seconds, at
     )
+
+
+async def _resume_point(
+    ctx: ApiContext, info: api.ObjectInfo, start: int
+) -> artifactstore.ResumePoint:
+    """Where a range's read begins, found before the answer starts: NATS failing meanwhile
+    (away, restarted) answers 503, not a 206 cut short."""
+    idle = ctx.settings.artifact_read_idle_seconds
+    try:
+        return await artifactstore.resume_point(ctx.js, ctx.names, info, idle, start)
+    except Exception as exc:
+        raise _unavailable(exc) from None
 
 
 def _attachment(filename_text: str) -> str:
@@ -218,7 +234,8 @@ async def download_artifact(
     elif wanted is None:
         body = _chunks(ctx, info)
     else:
-        body = byteranges.bytes_within(_chunks(ctx, info), wanted)
+        at = await _resume_point(ctx, info, wanted.start)
+        body = byteranges.first_bytes(_chunks(ctx, info, at), wanted.length)
     return Stream(body, status_code=200 if wanted is None else 206, headers=headers)
 
 
