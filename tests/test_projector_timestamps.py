@@ -1,8 +1,9 @@
 """The projector's encoding of ``timestamptz`` (timestamps.py) stores exactly what asyncpg's
 own does, or fails where it fails: a line's time, a job's times, in a ``COPY`` and as a
-parameter, for any time an event can hold (any offset msgspec accepts, ±23:59) and the values
-around the edges (naive times, dates, Python's first and last instants, Postgres' infinities).
-Naive times and dates are local times, so every case runs in zones other than UTC as well."""
+parameter, for any time an event can hold (any offset msgspec accepts, ±23:59), any time in a
+named zone (a ``ZoneInfo``, whose repeated hour is two instants) and the values around the edges
+(naive times, dates, Python's first and last instants, Postgres' infinities). Naive times and
+dates are local times, so every case runs in zones other than UTC as well."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -43,7 +45,9 @@ edges = st.sampled_from(
         date.max,
     ]
 )
-values = st.one_of(aware, aware, st.datetimes(), st.dates(), edges)
+# Events hold fixed offsets only, but the encoder serves every timestamptz parameter: any zone.
+zoned = st.datetimes(timezones=st.timezones())
+values = st.one_of(aware, aware, zoned, st.datetimes(), st.dates(), edges)
 
 
 @pytest.fixture(params=["UTC", "Europe/Berlin", "America/St_Johns"])
@@ -115,9 +119,16 @@ def alike(value: Any) -> list[Any]:
     return found
 
 
-# Wall times that are two instants in Berlin (2026-10-25) or St. John's (2026-11-01) by fold.
+BERLIN = ZoneInfo("Europe/Berlin")
+# Wall times that are two instants in Berlin (2026-10-25) or St. John's (2026-11-01) by fold:
+# naive (in the local zone) and in those zones.
 repeated_hours = st.sampled_from(
-    [datetime(2026, 10, 25, 2, 30), datetime(2026, 11, 1, 1, 30, 15, 7)]
+    [
+        datetime(2026, 10, 25, 2, 30),
+        datetime(2026, 11, 1, 1, 30, 15, 7),
+        datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN),
+        datetime(2026, 11, 1, 1, 30, 15, 7, tzinfo=ZoneInfo("America/St_Johns")),
+    ]
 )
 # Batches of few distinct times, each many times and next to its look-alikes, as a flood's lines
 # carry the time of the read that brought them.
@@ -182,6 +193,15 @@ async def test_a_repeated_hour_after_its_twin_is_stored_as_its_own_instant(
         twice.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=5))),
     ]
     await assert_stored_as_asyncpg_stores(connections, batch)
+
+
+async def test_a_zoned_time_in_a_repeated_hour_after_its_twin_is_stored_as_its_own_instant(
+    connections: tuple[Any, Any],
+) -> None:
+    """Berlin's 02:30 on 2026-10-25, first in summer time, then an hour later in winter time
+    (the same zone object and wall time, another ``fold``): two instants, as asyncpg stores."""
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN)
+    await assert_stored_as_asyncpg_stores(connections, [first, first.replace(fold=1)])
 
 
 async def test_read_times_are_the_ones_asyncpg_reads(connections: tuple[Any, Any]) -> None:
