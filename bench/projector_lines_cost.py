@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.replay_cost import MALLOC_FIXED, _dumped_instructions, _own_cpu
+from bench.replay_cost import MALLOC_FIXED, dumped_instructions, own_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LINES = 200_000
@@ -90,7 +90,7 @@ def _child(out: str, last_seq: int) -> None:
         json.dumps(
             {
                 "applying_cpu_s": applying["cpu_s"],
-                "process_cpu_s": _own_cpu(),
+                "process_cpu_s": own_cpu(),
                 "digests": digests,
             }
         )
@@ -122,7 +122,7 @@ def _run_child(
             raise RuntimeError(f"the projector in {tree} failed: {result.stderr.decode()[-3000:]}")
         figures: dict[str, Any] = json.loads(out.read_text())
     if callgrind is not None:
-        figures["applying_instructions"] = _dumped_instructions(Path(f"{callgrind}.1"))
+        figures["applying_instructions"] = dumped_instructions(Path(f"{callgrind}.1"))
     return figures
 
 

@@ -73,14 +73,14 @@ def _child(out: str) -> None:
             {
                 "events": report.events,
                 "loading_cpu_s": loading["cpu_s"],
-                "process_cpu_s": _own_cpu(),
+                "process_cpu_s": own_cpu(),
                 "phases": report.phases,
             }
         )
     )
 
 
-def _own_cpu() -> float:
+def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -126,11 +126,11 @@ def _run_child(
             raise RuntimeError(f"the replay in {tree} failed: {result.stderr.decode()[-3000:]}")
         figures: dict[str, Any] = json.loads(out.read_text())
     if callgrind is not None:
-        figures["loading_instructions"] = _dumped_instructions(Path(f"{callgrind}.1"))
+        figures["loading_instructions"] = dumped_instructions(Path(f"{callgrind}.1"))
     return figures
 
 
-def _dumped_instructions(dump: Path) -> int:
+def dumped_instructions(dump: Path) -> int:
     """The instructions (``Ir``) of callgrind's dump at the loading's end."""
     text = dump.read_text(errors="replace")
     if "Trigger: --dump-before=getpgrp" not in text:
