@@ -46,6 +46,52 @@ DIGESTS = {
 }
 
 
+# A bound on each wait for the live system, far above a flood's time to be stored (a 200,000-line
+# flood took 20 s at load 15; a million lines, five times that): past it the harness fails
+# saying what it waited for, rather than wait for ever.
+WAIT_SECONDS = 900.0
+POLL_SECONDS = 0.2
+
+
+async def wait_for_flood(db: Any, job: str, lines: int, limit: float = WAIT_SECONDS) -> None:
+    """Until the live projector holds the flood job's ``lines`` lines (the counted projectors
+    compare their rows with its). Fails as soon as the job ended short of them or failed or was
+    cancelled, and after ``limit`` seconds."""
+    from jobrunner.contracts.events import TERMINAL_STATUSES
+
+    query = "SELECT status, log_count FROM readmodel.jobs WHERE id = $1"
+    deadline = time.monotonic() + limit
+    while True:
+        row = await db.fetchrow(query, job)
+        status, stored = (row["status"], row["log_count"]) if row else ("not projected", 0)
+        held = f"the live projector holds {stored:,} of its {lines:,} lines"
+        if status in TERMINAL_STATUSES and (status != "completed" or stored < lines):
+            raise RuntimeError(f"the flood job {job} ended {status}: {held}")
+        if stored >= lines:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"waited {limit:g} s for the flood job {job} ({status}) to be stored: {held}"
+            )
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def wait_for_checkpoint(db: Any, last_seq: int, limit: float = WAIT_SECONDS) -> None:
+    """Until the live projector's checkpoint is at the stream's last sequence ``last_seq``;
+    fails after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        at = await db.fetchval("SELECT last_seq FROM readmodel.checkpoint") or 0
+        if at >= last_seq:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"waited {limit:g} s for the live projector's checkpoint to reach the stream's "
+                f"last sequence {last_seq:,}: it is at {at:,}"
+            )
+        await asyncio.sleep(POLL_SECONDS)
+
+
 def _child(out: str, last_seq: int) -> None:
     """Run in the tree under test: the live projector from an empty database to ``last_seq``."""
     import asyncpg
@@ -142,11 +188,7 @@ async def _flood(system: Any, lines: int) -> dict[str, Any]:
         job = await start_job(http, "bench_flood", {"lines": lines})
     db = await asyncpg.connect(system.runtime["database_url"])
     try:
-        count = "SELECT log_count FROM readmodel.jobs WHERE id = $1"
-        while True:  # the live projector holds the flood: the counted ones compare with it
-            if (await db.fetchval(count, job) or 0) >= lines:
-                break
-            await asyncio.sleep(0.2)
+        await wait_for_flood(db, job, lines)
         await settle.settle(system, "the counted projectors")
         settings = Settings(nats_url=system.runtime["nats_url"], prefix=system.prefix)
         nc = await eventstore.connect(settings, "bench")
@@ -155,10 +197,7 @@ async def _flood(system: Any, lines: int) -> dict[str, Any]:
         finally:
             await eventstore.close(nc)
         last_seq = int(info.state.last_seq)
-        while True:
-            if await db.fetchval("SELECT last_seq FROM readmodel.checkpoint") >= last_seq:
-                break
-            await asyncio.sleep(0.2)
+        await wait_for_checkpoint(db, last_seq)
         digests = {table: await db.fetchval(sql) for table, sql in DIGESTS.items()}
     finally:
         await db.close()
