@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.replay_cost import MALLOC_FIXED, dumped_instructions, own_cpu
-
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LINES = 200_000
 # The rows a child wrote, in key order, as one digest per table (every column, as text).
@@ -136,7 +134,7 @@ def _child(out: str, last_seq: int) -> None:
         json.dumps(
             {
                 "applying_cpu_s": applying["cpu_s"],
-                "process_cpu_s": own_cpu(),
+                "process_cpu_s": time.process_time(),
                 "digests": digests,
             }
         )
@@ -146,6 +144,10 @@ def _child(out: str, last_seq: int) -> None:
 def _run_child(
     tree: Path, env: dict[str, str], last_seq: int, callgrind: Path | None
 ) -> dict[str, Any]:
+    # Here, not at the top: the child loads this file with the tree's ``bench`` on its path,
+    # which may not have these helpers (main's did not have them public).
+    from bench.replay_cost import MALLOC_FIXED, dumped_instructions
+
     with tempfile.TemporaryDirectory(prefix="lines-cost-") as scratch:
         out = Path(scratch) / "out.json"
         # By its path, not ``-m``: the tree's ``jobrunner`` is imported, whatever its bench holds.

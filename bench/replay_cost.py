@@ -73,14 +73,14 @@ def _child(out: str) -> None:
             {
                 "events": report.events,
                 "loading_cpu_s": loading["cpu_s"],
-                "process_cpu_s": own_cpu(),
+                "process_cpu_s": _own_cpu(),
                 "phases": report.phases,
             }
         )
     )
 
 
-def own_cpu() -> float:
+def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 

@@ -1,16 +1,20 @@
-"""bench.projector_lines_cost's waits for the live system: each ends once what it waits for is
-there, fails at once when the flood job ended without its lines, and fails at its bound saying
-what it waited for (the harness used to wait for ever)."""
+"""bench.projector_lines_cost: its waits for the live system end once what they wait for is
+there, fail at once when the flood job ended without its lines, and fail at their bound saying
+what they waited for (the harness used to wait for ever); and it loads in any tree it measures."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import msgspec
 import pytest
 
+from bench import projector_lines_cost
 from bench.projector_lines_cost import wait_for_checkpoint, wait_for_flood
 from jobrunner.common.settings import Settings
 from jobrunner.services.projector import store
@@ -105,3 +109,21 @@ async def test_a_checkpoint_short_of_the_sequence_at_the_bound_fails_saying_wher
     )
     with pytest.raises(RuntimeError, match=expected):
         await wait_for_checkpoint(db, at + 1000, limit=0.3)
+
+
+def test_the_harness_loads_in_a_tree_whose_bench_lacks_its_helpers(tmp_path: Path) -> None:
+    """Each measured tree's projector runs this file with that tree's ``bench`` first on the
+    path: a tree older than the callgrind helpers it uses (main's ``bench.replay_cost`` had no
+    public ``dumped_instructions``) must not stop it from loading."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    loaded = subprocess.run(
+        [sys.executable, projector_lines_cost.__file__, "--help"],
+        env={"PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert "--tree" in loaded.stdout
