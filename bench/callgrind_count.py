@@ -4,7 +4,7 @@ Wall and CPU time move with a shared host's load; instructions do not. The child
 stretch to count: it calls ``os.sched_yield()`` as the stretch begins and ``os.getpgrp()`` as
 it ends; callgrind zeroes its counts before the first (``--zero-before=sched_yield``) and dumps
 them before the second, so the dump holds that stretch alone (start-up imports left out).
-Used by ``bench.replay_cost`` and ``bench.line_cleaning``.
+Used by ``bench.replay_cost``, ``bench.line_cleaning`` and ``bench.projector_lines_cost``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
 """The projector's encoding of ``timestamptz`` (timestamps.py) stores exactly what asyncpg's
 own does, or fails where it fails: a line's time, a job's times, in a ``COPY`` and as a
-parameter, for any time an event can hold (any offset msgspec accepts, ±23:59) and the values
-around the edges (naive times, dates, Python's first and last instants, Postgres' infinities).
-Naive times and dates are local times, so every case runs in zones other than UTC as well."""
+parameter, for any time an event can hold (any offset msgspec accepts, ±23:59), any time in a
+named zone (a ``ZoneInfo``, whose repeated hour is two instants) and the values around the edges
+(naive times, dates, Python's first and last instants, Postgres' infinities). Naive times and
+dates are local times, so every case runs in zones other than UTC as well."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -42,7 +45,9 @@ edges = st.sampled_from(
         date.max,
     ]
 )
-values = st.one_of(aware, aware, st.datetimes(), st.dates(), edges)
+# Events hold fixed offsets only, but the encoder serves every timestamptz parameter: any zone.
+zoned = st.datetimes(timezones=st.timezones())
+values = st.one_of(aware, aware, zoned, st.datetimes(), st.dates(), edges)
 
 
 @pytest.fixture(params=["UTC", "Europe/Berlin", "America/St_Johns"])
@@ -95,11 +100,46 @@ async def outcome(call: Any) -> Any:
         return type(exc).__name__
 
 
-@examples(max_examples=150, deadline=None, suppress_health_check=ONE_CONNECTION)
-@given(batch=st.lists(values, min_size=1, max_size=20))
-async def test_stored_times_are_the_ones_asyncpg_stores(
-    connections: tuple[Any, Any], batch: list[Any]
-) -> None:
+def alike(value: Any) -> list[Any]:
+    """``value`` and the values equal to it or to its wall time: the same instant at other
+    offsets, the same wall time naive and aware, and the other ``fold`` (a summer-time change's
+    repeated hour, the same naive wall time twice). An encoder that remembers the last time it
+    encoded must tell these apart where their instants differ."""
+    found = [value]
+    if isinstance(value, datetime):
+        found.append(value.replace(fold=1 - value.fold))
+        if value.tzinfo is None:
+            found.append(value.replace(tzinfo=UTC))
+        else:
+            found.append(value.replace(tzinfo=None))
+            for offset in (UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-3.5))):
+                # (beyond Python's range at that offset near its ends: left out)
+                with contextlib.suppress(OverflowError):
+                    found.append(value.astimezone(offset))
+    return found
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+# Wall times that are two instants in Berlin (2026-10-25) or St. John's (2026-11-01) by fold:
+# naive (in the local zone) and in those zones.
+repeated_hours = st.sampled_from(
+    [
+        datetime(2026, 10, 25, 2, 30),
+        datetime(2026, 11, 1, 1, 30, 15, 7),
+        datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN),
+        datetime(2026, 11, 1, 1, 30, 15, 7, tzinfo=ZoneInfo("America/St_Johns")),
+    ]
+)
+# Batches of few distinct times, each many times and next to its look-alikes, as a flood's lines
+# carry the time of the read that brought them.
+runs = (
+    st.lists(st.one_of(values, repeated_hours), min_size=1, max_size=3)
+    .map(lambda chosen: [twin for value in chosen for twin in alike(value)])
+    .flatmap(lambda pool: st.lists(st.sampled_from(pool), min_size=1, max_size=40))
+)
+
+
+async def assert_stored_as_asyncpg_stores(connections: tuple[Any, Any], batch: list[Any]) -> None:
     """Each value as a parameter, then the batch as a ``COPY``: the same instants stored (read
     back as text, by neither decoder), or the same error."""
     theirs, ours = connections
@@ -116,6 +156,52 @@ async def test_stored_times_are_the_ones_asyncpg_stores(
         rows = await conn.fetch("SELECT n, ts::text FROM times ORDER BY n")
         stored.append((copied if isinstance(copied, str) else None, [tuple(r) for r in rows]))
     assert stored[1] == stored[0]
+
+
+@examples(max_examples=150, deadline=None, suppress_health_check=ONE_CONNECTION)
+@given(batch=st.lists(values, min_size=1, max_size=20))
+async def test_stored_times_are_the_ones_asyncpg_stores(
+    connections: tuple[Any, Any], batch: list[Any]
+) -> None:
+    """Any times, as parameters and in a ``COPY``: stored as asyncpg stores them."""
+    await assert_stored_as_asyncpg_stores(connections, batch)
+
+
+@examples(max_examples=100, deadline=None, suppress_health_check=ONE_CONNECTION)
+@given(batch=runs)
+async def test_repeated_and_look_alike_times_are_stored_as_asyncpg_stores_them(
+    connections: tuple[Any, Any], batch: list[Any]
+) -> None:
+    """A time repeated many times in a row (a flood's lines), beside the same instant at other
+    offsets and the same wall time naive or in a repeated hour: each stored as asyncpg stores it."""
+    await assert_stored_as_asyncpg_stores(connections, batch)
+
+
+async def test_a_repeated_hour_after_its_twin_is_stored_as_its_own_instant(
+    connections: tuple[Any, Any],
+) -> None:
+    """The same naive wall time twice in a row, once per side of the hour a summer-time change
+    repeats, and an aware time beside its naive twin: two instants each, as asyncpg stores."""
+    twice = datetime(2026, 10, 25, 2, 30)  # Berlin; in St. John's, 2026-11-01 01:30
+    batch = [
+        twice,
+        twice.replace(fold=1),
+        datetime(2026, 11, 1, 1, 30),
+        datetime(2026, 11, 1, 1, 30, fold=1),
+        twice.replace(tzinfo=UTC),
+        twice,
+        twice.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=5))),
+    ]
+    await assert_stored_as_asyncpg_stores(connections, batch)
+
+
+async def test_a_zoned_time_in_a_repeated_hour_after_its_twin_is_stored_as_its_own_instant(
+    connections: tuple[Any, Any],
+) -> None:
+    """Berlin's 02:30 on 2026-10-25, first in summer time, then an hour later in winter time
+    (the same zone object and wall time, another ``fold``): two instants, as asyncpg stores."""
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN)
+    await assert_stored_as_asyncpg_stores(connections, [first, first.replace(fold=1)])
 
 
 async def test_read_times_are_the_ones_asyncpg_reads(connections: tuple[Any, Any]) -> None:

@@ -26,8 +26,11 @@ def freeze_startup_objects() -> None:
 # lines a second out (a pass walks every young object still alive: the batches, inboxes and
 # writes of the moment) and it found nothing to free, as the API's objects form no cycles.
 # The runner too: 2 % of its CPU at 100 jobs printing 200 lines/s each, 2-3 passes a second
-# over its reads' and messages' objects of the moment. (Not the projector: its young objects
-# are the batch it is building, alive at every pass, so fewer passes walk as many objects.)
+# over its reads' and messages' objects of the moment. The projector too: a flood's rows are
+# tuples of strings, numbers and times, which a pass walks once and then stops tracking, but
+# each event's decoded lines live only until its rows are built, and at 700 most of them were
+# walked as well (a pass every 350 lines): 10,000 took 4.8 % off its instructions a line
+# (bench.projector_lines_cost, session 39).
 # The few cycles some library makes wait a little longer (at most this many objects).
 YOUNG_THRESHOLD = 10_000
 

@@ -129,6 +129,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         log.info("projector started", checkpoint=last)
         metrics.SERVICE_STARTED.set(1)  # after the line: `jobrunner up` shows it first
         heap.freeze_startup_objects()
+        heap.collect_young_less_often()
         encoder = msgspec.json.Encoder()
         watch = StallWatch(js, names.stream, settings.projector_stuck_seconds)
         watch.progressed(last)

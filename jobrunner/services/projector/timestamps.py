@@ -38,8 +38,28 @@ _SAFE_FROM = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 _SAFE_UNTIL = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _MICROSECOND
 
 
+# The last time encoded the usual way with a fixed offset (a ``datetime.timezone``, as every
+# event's time has), and its encoding. The runner stamps every line of one read of a tool's pipe
+# with the same time, so a flood's ``COPY`` encodes runs of hundreds of equal times: one
+# comparison answers those (two datetimes of one ``tzinfo`` compare their fields in C) instead of
+# the subtraction and arithmetic. Only a fixed offset's time is kept, as only its equals are all
+# the same instant: of one ``tzinfo`` object, equal fields with a fixed offset are one instant,
+# and across ``tzinfo`` objects equality is by instant. Two times of one zone with summer time
+# (a ``ZoneInfo``) compare by their wall times, ``fold`` ignored, so both sides of the hour a
+# summer-time change repeats would be equal; naive values too, by their wall time alone.
+# Two globals, not one (time, encoding) pair: the encoder runs synchronously inside asyncpg's
+# encoding of a statement's or ``COPY``'s values, on the event loop's thread, so no other caller
+# comes between its two updates, and the pair's subscripts cost 102 instructions a call more
+# (callgrind, 200,000 calls; bench/RESULTS.md, session 39). Called from threads, it would need one.
+_last_value: Any = None
+_last_encoded = (0,)
+
+
 def encode(value: Any) -> tuple[int]:
     """``value`` as asyncpg's ``tuple`` format for ``timestamptz``: (microseconds since 2000,)."""
+    global _last_value, _last_encoded
+    if value == _last_value:
+        return _last_encoded
     try:
         delta = value - _EPOCH
     except TypeError:  # a naive value, or a date
@@ -48,7 +68,10 @@ def encode(value: Any) -> tuple[int]:
     # microseconds, the constant too, every time.
     micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     if _SAFE_FROM < micros < _SAFE_UNTIL:
-        return (micros,)
+        encoded = (micros,)
+        if type(value.tzinfo) is timezone:
+            _last_value, _last_encoded = value, encoded
+        return encoded
     return (_as_asyncpg_does(value),)
 
 

@@ -1,4 +1,5 @@
-"""The runner's collector: its youngest pass runs after as many objects as the API's."""
+"""The runner's and the projector's collector: their youngest pass runs after as many objects
+as the API's."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ async def test_a_started_runner_collects_young_objects_less_often(
     await system.stop_service("runner")
     gc.set_threshold(700, 10, 10)  # the test process's API raised it already
     await system.start_runner()
+    async with system.client() as client:
+        job_id = await start_job(client, "emit", lines=1)
+        await wait_status(client, job_id, "completed")
+    assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD
+
+
+async def test_a_started_projector_collects_young_objects_less_often(
+    system: System, default_thresholds: None
+) -> None:
+    """A projector, started in a process with CPython's thresholds, raises the youngest one once
+    it applies events: a flood's rows made a pass every 350 lines (bench/RESULTS.md, session 39)."""
+    await system.stop_service("projector")
+    gc.set_threshold(700, 10, 10)  # the test process's API raised it already
+    await system.start_projector()
     async with system.client() as client:
         job_id = await start_job(client, "emit", lines=1)
         await wait_status(client, job_id, "completed")
