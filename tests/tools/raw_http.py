@@ -1,5 +1,6 @@
-"""One HTTP/1.1 request written byte for byte: header values an HTTP client refuses to send
-(a value of only spaces and tabs), as a hand-written client or a proxy may send them."""
+"""HTTP/1.1 requests written byte for byte: header values an HTTP client refuses to send (a value
+of only spaces and tabs, a control byte), as a hand-written client or a proxy may send them, and
+bytes that are no valid request at all."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import json
 from typing import Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 
 async def raw_request(
@@ -43,3 +46,60 @@ def _unchunked(content: bytes) -> bytes:
             break
         out, content = out + content[:size], content[size + 2 :]
     return out
+
+
+class RawAnswer(msgspec.Struct, frozen=True):
+    """What a server answered to bytes sent as they are, read until it closed the connection."""
+
+    status: int
+    headers: dict[str, str]  # names lower-case; a repeated header's last value
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def raw_exchange(
+    base_url: str, data: bytes, *, timeout: float = 30, pieces: int = 1
+) -> RawAnswer:
+    """Send ``data`` as it is (in ``pieces`` writes, each drained before the next) and read the
+    answer until the server closes the connection; TimeoutError when it has not within
+    ``timeout`` seconds (a server that hangs)."""
+    address = urlsplit(base_url)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        try:
+            size = -(-len(data) // pieces)
+            for start in range(0, len(data), size):
+                writer.write(data[start : start + size])
+                await writer.drain()
+            received = await read_until_closed(reader)
+        finally:
+            writer.close()
+    return parse_answer(received)
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent until it closed the connection, also when it reset it (it closed
+    with what the client sent still unread): what arrived before the reset is kept."""
+    received = bytearray()
+    try:
+        while block := await reader.read(65536):
+            received += block
+    except ConnectionResetError:
+        pass
+    return bytes(received)
+
+
+def parse_answer(received: bytes) -> RawAnswer:
+    """One HTTP/1.1 answer, as received."""
+    head, separator, body = received.partition(b"\r\n\r\n")
+    assert separator, f"no complete answer: {received[:200]!r}"
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = _unchunked(body)
+    return RawAnswer(int(status_line.split(" ", 2)[1]), headers, body)

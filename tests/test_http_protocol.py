@@ -1,0 +1,172 @@
+"""The API's HTTP/1.1 protocol (httpprotocol.py) on a real uvicorn, serving an app that reads the
+whole body and says how much it got: requests the parser refuses are JSON errors, a request's
+head is bounded at MAX_REQUEST_HEAD_BYTES, and what is legal HTTP is never taken for too much
+(pipelined requests, a body of many small chunks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from jobrunner.services.api.httpprotocol import MAX_REQUEST_HEAD_BYTES, ApiHttpProtocol
+from tests.tools.raw_http import parse_answer, raw_exchange, read_until_closed
+
+
+async def body_counter(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole body, answers how many bytes and headers it got."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = json.dumps({"body_bytes": size, "headers": len(scope["headers"])}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+async def base_url() -> AsyncIterator[str]:
+    """A real uvicorn serving ``body_counter`` with the API's protocol, on a free port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(body_counter, http=ApiHttpProtocol, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    async with asyncio.timeout(30):
+        while not server.started:  # noqa: ASYNC110 - nothing to wait on but uvicorn's flag
+            await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 30)
+
+
+def get_with_header(value: bytes, path: bytes = b"/") -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Pad: %s\r\n\r\n" % (
+        path,
+        value,
+    )
+
+
+def padded_to(head_bytes: int) -> bytes:
+    """A GET whose request line and headers are ``head_bytes`` bytes as sent."""
+    bare = get_with_header(b"")
+    return get_with_header(b"a" * (head_bytes - len(bare)))
+
+
+async def test_an_unparsable_header_is_a_json_400_naming_the_parsers_reason(
+    base_url: str,
+) -> None:
+    """A control byte in a header value: 400 MALFORMED_REQUEST in JSON, the parser's reason in
+    its sentence, the connection closed (uvicorn's own answer was plain text)."""
+    answer = await raw_exchange(base_url, get_with_header(b"a\x01b"))
+    assert answer.status == 400
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["connection"] == "close"
+    error = answer.json()["error"]
+    assert error["code"] == "MALFORMED_REQUEST"
+    assert "invalid header value char" in error["message"]
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 600])
+async def test_a_head_at_the_limit_is_served_and_one_byte_more_is_refused(
+    base_url: str, pieces: int
+) -> None:
+    """A request line and headers of MAX_REQUEST_HEAD_BYTES pass; one byte more is 431
+    REQUEST_HEAD_TOO_LARGE naming the limit, however the bytes are split into writes."""
+    served = await raw_exchange(base_url, padded_to(MAX_REQUEST_HEAD_BYTES), pieces=pieces)
+    assert served.status == 200, served
+    refused = await raw_exchange(base_url, padded_to(MAX_REQUEST_HEAD_BYTES + 1), pieces=pieces)
+    assert refused.status == 431
+    assert refused.headers["content-type"] == "application/json"
+    error = refused.json()["error"]
+    assert error["code"] == "REQUEST_HEAD_TOO_LARGE"
+    assert error["limit"] == MAX_REQUEST_HEAD_BYTES
+    assert str(MAX_REQUEST_HEAD_BYTES) in error["message"]
+
+
+async def test_many_headers_past_the_limit_are_refused(base_url: str) -> None:
+    """The limit is on the bytes, not on one header: many small headers past it are 431."""
+    headers = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_REQUEST_HEAD_BYTES // 8))
+    answer = await raw_exchange(base_url, b"GET / HTTP/1.1\r\nHost: t\r\n%s\r\n" % headers)
+    assert answer.status == 431
+
+
+async def test_pipelined_requests_are_not_taken_for_one_long_head(base_url: str) -> None:
+    """Requests sent back to back in one write, together far over the limit, are each served."""
+    one = b"GET / HTTP/1.1\r\nHost: test\r\nX-Pad: %s\r\n\r\n" % (b"p" * 200)
+    count = 3 * MAX_REQUEST_HEAD_BYTES // len(one)
+    last = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    reader, writer = await asyncio.open_connection(*base_url.removeprefix("http://").split(":"))
+    try:
+        writer.write(one * count + last)
+        await writer.drain()
+        received = await asyncio.wait_for(reader.read(-1), 60)
+    finally:
+        writer.close()
+    assert received.count(b"HTTP/1.1 200 OK") == count + 1
+    assert b" 431 " not in received
+
+
+async def test_a_body_of_many_small_chunks_is_served(base_url: str) -> None:
+    """A chunked body's size lines are not a head: a body of many tiny chunks (their framing
+    far over the limit) is read whole."""
+    chunks = b"3\r\nabc\r\n" * (MAX_REQUEST_HEAD_BYTES // 2)
+    request = (
+        b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n%s0\r\n\r\n" % chunks
+    )
+    for pieces in (1, 50):
+        answer = await raw_exchange(base_url, request, pieces=pieces)
+        assert answer.status == 200
+        assert answer.json()["body_bytes"] == 3 * (MAX_REQUEST_HEAD_BYTES // 2)
+
+
+async def test_trailers_far_past_the_limit_are_refused(base_url: str) -> None:
+    """A chunked body's trailers are bounded as its head is (counted from the read after the
+    body's last data, so not to the byte): far past the limit, 431."""
+    trailer = b"X-Trailer: %s\r\n" % (b"t" * (3 * MAX_REQUEST_HEAD_BYTES))
+    request = (
+        b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n%s\r\n" % trailer
+    )
+    answer = await raw_exchange(base_url, request, pieces=20)
+    assert answer.status == 431
+    assert answer.json()["error"]["code"] == "REQUEST_HEAD_TOO_LARGE"
+
+
+async def test_an_endless_header_is_refused_while_it_is_still_being_sent(base_url: str) -> None:
+    """A client that never ends its header (100 MB, in 16 KiB writes) gets its 431 and the
+    connection closed long before it has sent it all: the server stopped reading it."""
+    reader, writer = await asyncio.open_connection(*base_url.removeprefix("http://").split(":"))
+    answered = asyncio.create_task(read_until_closed(reader))
+    sent = 0
+    writer.write(b"GET / HTTP/1.1\r\nHost: test\r\nX-Endless: ")
+    try:
+        async with asyncio.timeout(60):
+            while sent < 100 * 1024 * 1024 and not answered.done():
+                writer.write(b"e" * 16384)
+                await writer.drain()
+                sent += 16384
+    except ConnectionError:
+        pass  # the server closed the connection with the rest unread: a reset
+    finally:
+        received = await asyncio.wait_for(answered, 30)
+        writer.close()
+    answer = parse_answer(received)
+    assert answer.status == 431
+    assert sent < 100 * 1024 * 1024
