@@ -6,6 +6,7 @@ head is bounded at MAX_REQUEST_HEAD_BYTES, and what is legal HTTP is never taken
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -39,20 +40,28 @@ async def body_counter(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture
-async def base_url() -> AsyncIterator[str]:
-    """A real uvicorn serving ``body_counter`` with the API's protocol, on a free port."""
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """A real uvicorn serving ``app`` with the API's protocol, on a free port: its base URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(body_counter, http=ApiHttpProtocol, lifespan="off", log_level="warning")
+    config = uvicorn.Config(app, http=ApiHttpProtocol, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     async with asyncio.timeout(30):
         while not server.started:  # noqa: ASYNC110 - nothing to wait on but uvicorn's flag
             await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 30)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def base_url() -> AsyncIterator[str]:
+    async with serving(body_counter) as url:
+        yield url
 
 
 def get_with_header(value: bytes, path: bytes = b"/") -> bytes:
@@ -170,3 +179,31 @@ async def test_an_endless_header_is_refused_while_it_is_still_being_sent(base_ur
     answer = parse_answer(received)
     assert answer.status == 431
     assert sent < 100 * 1024 * 1024
+
+
+async def answers_before_reading(scope: Any, receive: Any, send: Any) -> None:
+    """Starts its answer at once, then reads the body."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"started", "more_body": True})
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.body", "body": b" and read"})
+
+
+async def test_a_body_refused_after_the_answer_began_only_ends_the_connection() -> None:
+    """A body the parser refuses once the route's answer has begun: the connection is closed
+    without a second status line inside the answer (the client sees it cut short)."""
+    async with serving(answers_before_reading) as url:
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            received = await asyncio.wait_for(reader.readuntil(b"started\r\n"), 30)
+            writer.write(b"zz\r\n")  # no chunk size
+            received += await asyncio.wait_for(read_until_closed(reader), 30)
+        finally:
+            writer.close()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert received.count(b"HTTP/1.1") == 1, received
+    assert b"and read" not in received
