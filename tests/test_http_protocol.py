@@ -6,17 +6,15 @@ head is bounded at MAX_REQUEST_HEAD_BYTES, and what is legal HTTP is never taken
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from jobrunner.services.api.httpprotocol import MAX_REQUEST_HEAD_BYTES, ApiHttpProtocol
-from tests.tools.raw_http import parse_answer, raw_exchange, read_until_closed
+from tests.tools.raw_http import open_raw, parse_answer, raw_exchange, read_until_closed
+from tests.tools.uvicorn_serving import serving
 
 
 async def body_counter(scope: Any, receive: Any, send: Any) -> None:
@@ -40,27 +38,9 @@ async def body_counter(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """A real uvicorn serving ``app`` with the API's protocol, on a free port: its base URL."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=ApiHttpProtocol, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    async with asyncio.timeout(30):
-        while not server.started:  # noqa: ASYNC110 - nothing to wait on but uvicorn's flag
-            await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-
-
 @pytest.fixture
 async def base_url() -> AsyncIterator[str]:
-    async with serving(body_counter) as url:
+    async with serving(body_counter, http=ApiHttpProtocol) as url:
         yield url
 
 
@@ -120,7 +100,7 @@ async def test_pipelined_requests_are_not_taken_for_one_long_head(base_url: str)
     one = b"GET / HTTP/1.1\r\nHost: test\r\nX-Pad: %s\r\n\r\n" % (b"p" * 200)
     count = 3 * MAX_REQUEST_HEAD_BYTES // len(one)
     last = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    reader, writer = await asyncio.open_connection(*base_url.removeprefix("http://").split(":"))
+    reader, writer = await open_raw(base_url)
     try:
         writer.write(one * count + last)
         await writer.drain()
@@ -161,7 +141,7 @@ async def test_trailers_far_past_the_limit_are_refused(base_url: str) -> None:
 async def test_an_endless_header_is_refused_while_it_is_still_being_sent(base_url: str) -> None:
     """A client that never ends its header (100 MB, in 16 KiB writes) gets its 431 and the
     connection closed long before it has sent it all: the server stopped reading it."""
-    reader, writer = await asyncio.open_connection(*base_url.removeprefix("http://").split(":"))
+    reader, writer = await open_raw(base_url)
     answered = asyncio.create_task(read_until_closed(reader))
     sent = 0
     writer.write(b"GET / HTTP/1.1\r\nHost: test\r\nX-Endless: ")
@@ -195,8 +175,8 @@ async def answers_before_reading(scope: Any, receive: Any, send: Any) -> None:
 async def test_a_body_refused_after_the_answer_began_only_ends_the_connection() -> None:
     """A body the parser refuses once the route's answer has begun: the connection is closed
     without a second status line inside the answer (the client sees it cut short)."""
-    async with serving(answers_before_reading) as url:
-        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+    async with serving(answers_before_reading, http=ApiHttpProtocol) as url:
+        reader, writer = await open_raw(url)
         try:
             writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
             received = await asyncio.wait_for(reader.readuntil(b"started\r\n"), 30)
@@ -207,3 +187,125 @@ async def test_a_body_refused_after_the_answer_began_only_ends_the_connection() 
     assert received.startswith(b"HTTP/1.1 200 OK\r\n")
     assert received.count(b"HTTP/1.1") == 1, received
     assert b"and read" not in received
+
+
+class HeldRoute:
+    """An app that reads the whole body, then answers its path only once released: a route
+    still running when the client sends its next request."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.released = asyncio.Event()
+        self.ran: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.ran.append(scope["path"])
+        self.arrived.set()
+        await self.released.wait()
+        body = json.dumps({"path": scope["path"]}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def answers_to_a_request_and_what_follows_it(
+    first: bytes, then: bytes
+) -> tuple[bytes, list[str]]:
+    """Sends ``first``, and once its route runs (held) ``then`` on the same connection; what
+    came back until the server closed the connection, and the paths whose route ran."""
+    route = HeldRoute()
+    async with serving(route, http=ApiHttpProtocol) as url:
+        reader, writer = await open_raw(url)
+        try:
+            writer.write(first)
+            await asyncio.wait_for(route.arrived.wait(), 30)
+            writer.write(then)
+            await writer.drain()
+            await asyncio.sleep(0.1)  # the server has read ``then``
+            route.released.set()
+            received = await asyncio.wait_for(read_until_closed(reader), 30)
+        finally:
+            writer.close()
+    return received, route.ran
+
+
+FIRST = b"POST /first HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def test_a_malformed_request_behind_a_running_route_leaves_its_answer_whole() -> None:
+    """A bad request sent while the route of the one before it runs: that route's answer comes
+    whole, then the connection closes; the bad request is unanswered (never "nothing was
+    done" for a request that was done), for the client to send again."""
+    received, ran = await answers_to_a_request_and_what_follows_it(
+        FIRST, b"GET /second HTTP/1.1\r\nHost: t\r\nX: a\x01b\r\n\r\n"
+    )
+    answer = parse_answer(received)
+    assert answer.status == 200
+    assert answer.json() == {"path": "/first"}
+    assert answer.headers["connection"] == "close"
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert ran == ["/first"]
+
+
+async def test_a_head_too_large_behind_a_running_route_leaves_its_answer_whole() -> None:
+    """Likewise a head past the limit sent while the route before it runs: no 431 in place of
+    that route's answer."""
+    endless = b"GET /second HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * (2 * MAX_REQUEST_HEAD_BYTES)
+    received, ran = await answers_to_a_request_and_what_follows_it(FIRST, endless)
+    answer = parse_answer(received)
+    assert answer.status == 200
+    assert answer.json() == {"path": "/first"}
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert ran == ["/first"]
+
+
+async def test_a_pipelined_request_with_a_bad_body_is_refused_in_its_turn() -> None:
+    """A request whose chunked body is malformed, pipelined behind one whose route runs: the
+    first is answered, then the second its 400 MALFORMED_REQUEST, its route never run."""
+    bad_body = b"POST /second HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n"
+    route = HeldRoute()
+    async with serving(route, http=ApiHttpProtocol) as url:
+        reader, writer = await open_raw(url)
+        try:
+            writer.write(FIRST + bad_body)
+            await asyncio.wait_for(route.arrived.wait(), 30)
+            await asyncio.sleep(0.1)  # the server has read the second request
+            route.released.set()
+            received = await asyncio.wait_for(read_until_closed(reader), 30)
+        finally:
+            writer.close()
+    second_start = received.index(b"HTTP/1.1 ", 1)
+    first = parse_answer(received[:second_start])
+    second = parse_answer(received[second_start:])
+    assert (first.status, first.json()) == (200, {"path": "/first"})
+    assert second.status == 400
+    assert second.headers["content-type"] == "application/json"
+    assert second.headers["connection"] == "close"
+    assert second.json()["error"]["code"] == "MALFORMED_REQUEST"
+    assert route.ran == ["/first"]
+
+
+async def test_bytes_after_a_request_that_closes_the_connection_are_not_read() -> None:
+    """A request with ``Connection: close`` followed, while its route runs, by more bytes (300
+    KB, far past the head limit): it is answered; what follows it is no request and is not
+    read (no 431)."""
+    received, ran = await answers_to_a_request_and_what_follows_it(
+        FIRST.replace(b"Host: t\r\n", b"Host: t\r\nConnection: close\r\n"), b"x" * 300_000
+    )
+    answer = parse_answer(received)
+    assert answer.status == 200, answer
+    assert answer.json() == {"path": "/first"}
+    assert ran == ["/first"]
+
+
+async def test_a_request_line_past_the_limit_is_refused(base_url: str) -> None:
+    """The request line counts toward the limit: a 100 KiB target is 431, its sentence naming
+    the request line."""
+    answer = await raw_exchange(base_url, b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n" % (b"a" * 102400))
+    assert answer.status == 431
+    error = answer.json()["error"]
+    assert error["code"] == "REQUEST_HEAD_TOO_LARGE"
+    assert "request line" in error["message"]

@@ -5,6 +5,7 @@ REQUEST_HEAD_TOO_LARGE``. The connection is closed, and the API serves the next 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.api.httpprotocol import MAX_REQUEST_HEAD_BYTES
 from tests.system import System
 from tests.tools.drawn_examples import examples
-from tests.tools.raw_http import RawAnswer, raw_exchange
+from tests.tools.raw_http import (
+    RawAnswer,
+    open_raw,
+    parse_answer,
+    raw_exchange,
+    read_until_closed,
+)
 from tests.tools.runners import RUNNER_TYPES
 from tests.tools.service_processes import ServiceProcess, wait_api_healthy
 
@@ -120,7 +127,10 @@ MALFORMED = {
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)),
         "invalid method encountered",
     ),
-    "HTTP/2 without an upgrade": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "pause on pri/upgrade"),
+    "HTTP/2 without an upgrade": (
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "http/2 is not served here; use http/1.1",
+    ),
     "bytes that are no HTTP at all": (b"\x00\x01 this is not HTTP\r\n\r\n", "invalid method"),
 }
 
@@ -186,6 +196,141 @@ async def test_a_head_over_the_limit_is_a_json_431(projector_and_api: System) ->
         with_token(get_jobs(within, b"Connection: close"), projector_and_api),
     )
     assert served.status == 200, served
+
+
+async def test_a_request_line_over_the_limit_is_a_json_431(projector_and_api: System) -> None:
+    """A 100 KiB request target: 431 REQUEST_HEAD_TOO_LARGE, the sentence naming the request
+    line; the API serves the next request."""
+    target = b"/api/jobs?cursor=" + b"c" * 102400
+    answer = await raw_exchange(
+        projector_and_api.base_url,
+        with_token(get_jobs(request_line=b"GET %s HTTP/1.1" % target), projector_and_api),
+    )
+    message = assert_json_error(answer, 431, "REQUEST_HEAD_TOO_LARGE")
+    assert "request line" in message
+    await assert_still_serving(projector_and_api)
+
+
+async def test_a_malformed_request_after_a_job_request_loses_not_its_answer(
+    projector_and_api: System,
+) -> None:
+    """A job request, then on the same connection, while it is being served, a malformed
+    request: the job request's 201 comes (never a 400 saying nothing was done, which a client
+    would retry into a second job), and the job exists once."""
+    reader, writer = await open_raw(projector_and_api.base_url)
+    try:
+        writer.write(with_token(post_job(), projector_and_api))
+        await writer.drain()
+        await asyncio.sleep(0.005)  # the route is running
+        writer.write(get_jobs(b"Accept: a\x01b"))
+        await writer.drain()
+        received = await asyncio.wait_for(read_until_closed(reader), 30)
+    finally:
+        writer.close()
+    answer = parse_answer(received)
+    assert answer.status == 201, answer
+    job_id = answer.json()["id"]
+    if received.count(b"HTTP/1.1 ") > 1:
+        # The job request was answered before the malformed one was read: that one's 400.
+        assert b'"MALFORMED_REQUEST"' in received.split(b"HTTP/1.1 ")[2]
+    async with projector_and_api.client() as client:
+        jobs = (await client.get("/api/jobs")).json()["items"]
+    assert [job["id"] for job in jobs] == [job_id]
+
+
+# Pieces of request targets, joined as drawn: paths of the API, encodings, what a URL reserves.
+TARGET_PARTS = [
+    "/",
+    "api",
+    "jobs",
+    "ui",
+    "/api/jobs",
+    "?",
+    "&",
+    "=",
+    "%",
+    "%00",
+    "%ff",
+    "%2F",
+    "%2e%2e",
+    "..",
+    "*",
+    "#",
+    "http://",
+    "h:1",
+    "[::1]",
+    "@",
+    ";",
+    "\\",
+    "~",
+    "'",
+    "<",
+    ">",
+    "{",
+    "}",
+    "|",
+    "^",
+    "`",
+    '"',
+    "limit=",
+    "cursor=",
+    "-1",
+    "99999999999999999999",
+    "static",
+    "health",
+    "stream",
+    "batches",
+    "tokens",
+    ":",
+    "!",
+]
+METHODS = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "PATCH",
+    "OPTIONS",
+    "TRACE",
+    "CONNECT",
+    "PROPFIND",
+    "SEARCH",
+    "QUERY",
+    "get",
+]
+REQUEST_LINES = examples(
+    st.tuples(
+        st.sampled_from([*METHODS, ""]),
+        st.one_of(
+            st.lists(st.sampled_from(TARGET_PARTS), max_size=12).map("".join).map(str.encode),
+            st.binary(max_size=40),
+        ),
+        st.sampled_from([" HTTP/1.1", " HTTP/1.0", " HTTP/0.9", " HTTP/2.0", " HTTP/1.1 x", ""]),
+    ),
+    200,
+)
+
+
+async def test_any_request_line_never_makes_a_500_or_a_plain_text_error(
+    projector_and_api: System,
+) -> None:
+    """Whatever the method, target and version (drawn), the answer comes (a bounded read: no
+    hang), is never a 500, and an error is JSON in the API's shape (or the web UI's HTML
+    page)."""
+    token = projector_and_api.admin_token.encode()
+    for method, target, version in REQUEST_LINES:
+        target = target.replace(b"\r", b"").replace(b"\n", b"")
+        line = method.encode() + b" " + target + version.encode()
+        request = b"%s\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n" % (line, token)
+        request += b"Connection: close\r\nContent-Length: 0\r\n\r\n"
+        answer = await raw_exchange(projector_and_api.base_url, request, timeout=20)
+        content_type = answer.headers.get("content-type", "")
+        assert answer.status < 500, (line, answer)
+        if answer.status >= 400 and not content_type.startswith("text/html"):
+            assert content_type.startswith("application/json"), (line, answer)
+            assert answer.json()["error"]["code"], (line, answer)
+    await assert_still_serving(projector_and_api)
 
 
 # The headers the API reads (and one it does not), each with a value of any bytes but CR and

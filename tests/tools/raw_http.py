@@ -16,25 +16,21 @@ async def raw_request(
     base_url: str, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
 ) -> tuple[int, Any]:
     """The status and the JSON body of the answer (None when it is not JSON)."""
-    address = urlsplit(base_url)
-    reader, writer = await asyncio.open_connection(address.hostname, address.port)
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {address.netloc}", "Connection: close"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {urlsplit(base_url).netloc}", "Connection: close"]
     lines += [f"{name}:{value}" for name, value in headers]
     lines.append(f"Content-Length: {len(body)}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    answer = await raw_exchange(base_url, request)
     try:
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        async with asyncio.timeout(30):
-            received = await reader.read(-1)  # until the server closes
-    finally:
-        writer.close()
-    head, _, content = received.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    if b"chunked" in head.lower():
-        content = _unchunked(content)
-    try:
-        return status, json.loads(content)
+        return answer.status, answer.json()
     except ValueError:
-        return status, None
+        return answer.status, None
+
+
+async def open_raw(base_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the server at ``base_url``, for bytes written as they are."""
+    address = urlsplit(base_url)
+    return await asyncio.open_connection(address.hostname, address.port)
 
 
 def _unchunked(content: bytes) -> bytes:
@@ -65,9 +61,8 @@ async def raw_exchange(
     """Send ``data`` as it is (in ``pieces`` writes, each drained before the next) and read the
     answer until the server closes the connection; TimeoutError when it has not within
     ``timeout`` seconds (a server that hangs)."""
-    address = urlsplit(base_url)
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        reader, writer = await open_raw(base_url)
         try:
             size = -(-len(data) // pieces)
             for start in range(0, len(data), size):

@@ -26,23 +26,19 @@ def source_tree(function: object) -> ast.AST:
     return ast.parse(textwrap.dedent(inspect.getsource(function)))  # type: ignore[arg-type]
 
 
-def test_uvicorn_still_answers_a_parser_error_through_send_400_response() -> None:
-    """The hook: uvicorn's data_received calls send_400_response inside its ``except
-    httptools.HttpParserError`` (where the parser's error is the one being handled). Should a
-    new uvicorn rename or move it, malformed requests would get its plain text again."""
-    handlers = [
-        node
-        for node in ast.walk(source_tree(HttpToolsProtocol.data_received))
-        if isinstance(node, ast.ExceptHandler) and "HttpParserError" in ast.unparse(node.type)  # type: ignore[arg-type]
-    ]
-    assert handlers, "uvicorn's data_received no longer catches httptools.HttpParserError"
-    calls = [ast.unparse(node) for node in ast.walk(handlers[0]) if isinstance(node, ast.Call)]
-    assert any(call.startswith("self.send_400_response(") for call in calls), calls
+def assigned_attributes(function: object) -> set[str]:
+    return {
+        node.attr
+        for node in ast.walk(source_tree(function))
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+    }
 
 
-def test_what_the_protocol_overrides_and_reads_is_uvicorns() -> None:
+def test_what_the_protocol_overrides_and_uses_of_uvicorn_is_still_there() -> None:
     """Each method ApiHttpProtocol overrides is one of uvicorn's (an override of a method
-    uvicorn no longer has would never be called), and the cycle has what it reads."""
+    uvicorn no longer has would never be called), and what it reads and calls of uvicorn's
+    protocol and request cycle exists: a uvicorn that renames any of it fails here, loudly,
+    rather than serving malformed requests in plain text or without a head limit."""
     overridden = {
         name
         for name, value in vars(ApiHttpProtocol).items()
@@ -53,16 +49,34 @@ def test_what_the_protocol_overrides_and_reads_is_uvicorns() -> None:
         "on_headers_complete",
         "on_body",
         "on_message_complete",
-        "send_400_response",
     }
     for name in overridden:
         assert callable(getattr(HttpToolsProtocol, name, None)), name
-    assigned = {
-        node.attr
-        for node in ast.walk(source_tree(RequestResponseCycle.__init__))
-        if isinstance(node, ast.Attribute)
-    }
-    assert {"response_started", "response_complete", "disconnected"} <= assigned
+    for name in (
+        "_unset_keepalive_if_required",
+        "_should_upgrade",
+        "handle_websocket_upgrade",
+        "_unsupported_upgrade_warning",
+    ):
+        assert callable(getattr(HttpToolsProtocol, name, None)), name
+    assert {"parser", "cycle", "pipeline", "transport", "server_state", "client"} <= (
+        assigned_attributes(HttpToolsProtocol.__init__)
+    )
+    assert {
+        "more_body",
+        "keep_alive",
+        "response_started",
+        "response_complete",
+        "disconnected",
+    } <= assigned_attributes(RequestResponseCycle.__init__)
+    # The pipeline holds (cycle, app), newest first: a refused request behind a running one
+    # has its app replaced there.
+    queues = [
+        ast.unparse(node)
+        for node in ast.walk(source_tree(HttpToolsProtocol.on_headers_complete))
+        if isinstance(node, ast.Call) and "pipeline" in ast.unparse(node.func)
+    ]
+    assert queues == ["self.pipeline.appendleft((self.cycle, app))"], queues
 
 
 def test_the_parsers_reason_is_quoted_in_lower_case() -> None:
@@ -82,6 +96,12 @@ def test_a_callback_error_is_told_without_uvicorns_internals() -> None:
     assert parser_reason(error) == "invalid request target"
     other = httptools.HttpParserCallbackError("`on_url` callback error")
     assert "callback" not in parser_reason(other)
+
+
+def test_http2s_preface_is_told_as_http2() -> None:
+    """llhttp's "Pause on PRI/Upgrade" for HTTP/2's preface reads as what it means."""
+    error = httptools.HttpParserError("Pause on PRI/Upgrade")
+    assert parser_reason(error) == "HTTP/2 is not served here; use HTTP/1.1"
 
 
 def test_no_error_at_hand_is_still_a_sentence() -> None:

@@ -13,17 +13,22 @@ endless header grew the API's memory and CPU for as long as it sent. Here a stre
 that carries no body data (its line and headers; in a chunked body, a chunk's size line or the
 trailers) is refused with ``431 REQUEST_HEAD_TOO_LARGE`` once it passes ``MAX_REQUEST_HEAD_BYTES``.
 
-What this relies on of uvicorn (its pin in pyproject.toml; tests/unit/test_httpprotocol.py fails
-loudly when any of it is gone): ``HttpToolsProtocol`` calls ``send_400_response`` inside its
-``except httptools.HttpParserError`` of ``data_received``, takes its parser's callbacks
-(``on_headers_complete``, ``on_body``, ``on_message_complete``) from its own methods, and keeps
-the request in progress in ``cycle`` (``response_started``, ``response_complete``,
-``disconnected``).
+A refusal answers the request it belongs to, never one before it: when a client sends a bad
+request behind one whose route is running (pipelined, or simply sent before the answer came),
+that route's answer is sent whole, the connection then closed, and the bad request is left
+unanswered, which tells the client to send it again (RFC 9112 section 9.3.2).
+
+``data_received`` feeds the parser itself (uvicorn's own would answer in plain text). What this
+relies on of uvicorn (tests/unit/test_httpprotocol.py fails loudly when any of it is gone): the
+protocol's ``parser``, ``cycle``, ``pipeline`` (of ``(cycle, app)``, newest first),
+``_unset_keepalive_if_required``, ``_should_upgrade``, ``handle_websocket_upgrade`` and
+``_unsupported_upgrade_warning``; the cycle's ``more_body``, ``keep_alive``, ``response_started``,
+``response_complete`` and ``disconnected``.
 """
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -45,7 +50,12 @@ MAX_REQUEST_HEAD_BYTES = 64 * 1024
 # what a client sent would be (errors.MAX_ECHOED_ID).
 MAX_REASON_CHARS = 100
 
+# One line per kind per REFUSAL_LOG_INTERVAL: a client sending malformed requests in a loop
+# must not flood the log (uvicorn logged each).
+MALFORMED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 HEAD_TOO_LARGE_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 def parser_reason(error: BaseException | None) -> str:
@@ -58,6 +68,9 @@ def parser_reason(error: BaseException | None) -> str:
             return "invalid request target"
         return "the request line or headers could not be read"
     reason = str(error) if isinstance(error, httptools.HttpParserError) else ""
+    if "pri/upgrade" in reason.lower():
+        # llhttp stops at HTTP/2's preface ("PRI * HTTP/2.0") with "Pause on PRI/Upgrade".
+        return "HTTP/2 is not served here; use HTTP/1.1"
     printable = "".join(char for char in reason if " " <= char <= "~").strip()
     if not printable:
         return "not an HTTP/1.1 request"
@@ -82,10 +95,33 @@ def head_too_large() -> ApiError:
         431,
         "REQUEST_HEAD_TOO_LARGE",
         f"The request line and headers may be at most {MAX_REQUEST_HEAD_BYTES} bytes "
-        "together (as may a chunked body's chunk size lines and trailers); send shorter "
-        "headers (a smaller cookie or token).",
+        "together (as may a chunked body's chunk size lines and trailers); send a shorter "
+        "request line (address and query) or shorter headers (a smaller cookie or token).",
         limit=MAX_REQUEST_HEAD_BYTES,
     )
+
+
+def error_answer(error: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The status, headers and body answering ``error`` on a connection then closed."""
+    body = msgspec.json.encode(error.body())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+        *error.raw_headers(),
+    ]
+    return error.status, headers, body
+
+
+def answering(error: ApiError) -> ASGIApp:
+    """An ASGI app answering every request with ``error`` (and ``Connection: close``)."""
+    status, headers, body = error_answer(error)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
 class ApiHttpProtocol(HttpToolsProtocol):
@@ -100,28 +136,58 @@ class ApiHttpProtocol(HttpToolsProtocol):
         # Counts the parser's head ends, body data and request ends, by which a piece read is
         # known to break the stretch.
         self._progress = 0
+        # False once nothing more is to be read from the client: a request refused, or one
+        # that closes the connection (``Connection: close``, HTTP/1.0) read whole. What comes
+        # after is dropped unread, neither parsed nor counted.
+        self._reading = True
 
     def data_received(self, data: bytes) -> None:
+        if not self._reading:
+            return
+        self._unset_keepalive_if_required()
         # Fed in pieces of at most what the stretch may still hold: a head is known to be past
         # the limit at the byte that passes it, whatever reads carried it, and httptools never
         # holds more of it.
         view = memoryview(data)
-        while view and not self.transport.is_closing():
+        while view and self._reading and not self.transport.is_closing():
             room = MAX_REQUEST_HEAD_BYTES - self._stretch_bytes
             piece, view = view[:room], view[room:]
             progress = self._progress
-            super().data_received(piece)  # type: ignore[arg-type]  # httptools takes any buffer
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                # As uvicorn's own data_received.
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError as error:
+                self._refuse_malformed(error)
+                return
             if self._progress != progress:
                 # The head's end, body data or the request's end in this piece: what follows
                 # them in it is not counted (where they lie in it is not known), at most one
-                # piece.
+                # piece, so a head following another request's end in one read may reach
+                # twice the limit before it is refused.
                 self._stretch_bytes = 0
                 continue
             self._stretch_bytes += len(piece)
-            if self._stretch_bytes >= MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
+            if self._stretch_bytes >= MAX_REQUEST_HEAD_BYTES:
                 # As many bytes as the limit and the head (or trailers) not ended: one more
                 # is past it.
                 self._refuse_head_too_large()
+
+    def _refuse_malformed(self, error: httptools.HttpParserError) -> None:
+        left_out = MALFORMED_LOG.admit()
+        if left_out is not None:
+            log.warning(
+                "malformed request refused",
+                client=self.client,
+                reason=parser_reason(error),
+                **({"since_last": left_out} if left_out else {}),
+            )
+        self._refuse(malformed_request(error))
 
     def _refuse_head_too_large(self) -> None:
         left_out = HEAD_TOO_LARGE_LOG.admit()
@@ -145,34 +211,44 @@ class ApiHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._progress += 1
         super().on_message_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn calls this inside its ``except httptools.HttpParserError`` (and has logged
-        # ``msg``): the exception being handled is the parser's.
-        self._refuse(malformed_request(sys.exception()))
+        if not self.parser.should_keep_alive():
+            # The connection closes after this request's answer: what the client sends after
+            # it is no request of its (llhttp ignores it too, uvicorn asking it to).
+            self._reading = False
 
     def _refuse(self, error: ApiError) -> None:
-        """Answer ``error`` as JSON and close the connection; only close it when a response is
-        under way (a second status line inside it would corrupt it for the client)."""
+        """Stop reading and refuse the request ``error`` belongs to: the one being read. No
+        answer under way for an earlier request is cut or followed by a status line of its."""
+        self._reading = False
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # The route running for the request in progress (its body was malformed) must not
-            # answer after this: its sends are dropped, as once the client is gone.
-            under_way = cycle.response_started
+        if cycle is None or cycle.response_complete:
+            # Every request before it answered: the error is in a new request's head.
+            self._answer_now(error)
+        elif not cycle.more_body:
+            # The latest request was read whole and its route is running (or waiting behind
+            # an earlier one): the error is in a request after it, whose head is not read.
+            # The route answers; the connection closes after it, the bad request unanswered.
+            cycle.keep_alive = False
+        elif self.pipeline and self.pipeline[0][0] is cycle:
+            # The request whose body is bad waits behind an earlier one being answered: it is
+            # answered the error in its turn, its route never run.
+            self.pipeline[0] = (cycle, answering(error))
+        else:
+            # The body of the request whose route is running is bad: the route reads no more
+            # of it, and must not answer after this (its sends are dropped, as once the client
+            # is gone). An answer it has begun is only cut: a second status line inside it
+            # would corrupt it for the client.
             cycle.disconnected = True
-            if under_way:
+            if cycle.response_started:
                 self.transport.close()
-                return
-        body = msgspec.json.encode(error.body())
-        status = HTTPStatus(error.status)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))]
-        headers = [
-            *self.server_state.default_headers,
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-            *error.raw_headers(),
-        ]
+            else:
+                self._answer_now(error)
+
+    def _answer_now(self, error: ApiError) -> None:
+        status, headers, body = error_answer(error)
+        phrase = HTTPStatus(status).phrase.encode("ascii")
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+        head += [b"%s: %s\r\n" % header for header in self.server_state.default_headers]
         head += [b"%s: %s\r\n" % header for header in headers]
         self.transport.write(b"".join([*head, b"\r\n", body]))
         self.transport.close()
