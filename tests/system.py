@@ -16,7 +16,7 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.api.app import create_app
-from jobrunner.services.api.httpprotocol import ApiHttpProtocol
+from jobrunner.services.api.httpprotocol import protocol_for
 from jobrunner.services.api.security.sessions import COOKIE_NAME, SessionSigner
 from jobrunner.services.api.security.tokens import TokenStore
 from jobrunner.services.notifier.service import run_notifier
@@ -118,7 +118,7 @@ class System:
             create_app(self.settings),
             host="127.0.0.1",
             port=self.port,
-            http=ApiHttpProtocol,  # as `jobrunner api` serves
+            http=protocol_for(self.settings),  # as `jobrunner api` serves
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,

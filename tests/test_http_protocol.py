@@ -10,10 +10,22 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
-from jobrunner.services.api.httpprotocol import MAX_REQUEST_HEAD_BYTES, ApiHttpProtocol
-from tests.tools.raw_http import open_raw, parse_answer, raw_exchange, read_until_closed
+from jobrunner.common.settings import Settings
+from jobrunner.services.api.httpprotocol import (
+    MAX_REQUEST_HEAD_BYTES,
+    ApiHttpProtocol,
+    protocol_for,
+)
+from tests.tools.raw_http import (
+    RawAnswer,
+    open_raw,
+    parse_answer,
+    raw_exchange,
+    read_until_closed,
+)
 from tests.tools.uvicorn_serving import serving
 
 
@@ -309,3 +321,72 @@ async def test_a_request_line_past_the_limit_is_refused(base_url: str) -> None:
     error = answer.json()["error"]
     assert error["code"] == "REQUEST_HEAD_TOO_LARGE"
     assert "request line" in error["message"]
+
+
+def head_timeout_of(seconds: float) -> type[ApiHttpProtocol]:
+    return protocol_for(msgspec.structs.replace(Settings(), request_head_timeout_seconds=seconds))
+
+
+async def send_head_slowly(url: str, pause: float, pieces: int = 2) -> RawAnswer:
+    """A request whose head is sent in ``pieces`` writes ``pause`` seconds apart, until the
+    server has answered and closed the connection."""
+    head = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: %s\r\n\r\n" % (b"p" * 50)
+    size = -(-len(head) // pieces)
+    reader, writer = await open_raw(url)
+    answered = asyncio.create_task(read_until_closed(reader))
+    try:
+        for start in range(0, len(head), size):
+            if start:
+                await asyncio.sleep(pause)
+            if answered.done():
+                break
+            writer.write(head[start : start + size])
+            await writer.drain()
+        received = await asyncio.wait_for(answered, 30)
+    finally:
+        writer.close()
+    return parse_answer(received)
+
+
+async def test_a_head_finished_just_within_its_deadline_is_served() -> None:
+    """A head whose last byte comes 0.7 of the deadline after its first: served."""
+    async with serving(body_counter, http=head_timeout_of(1.0)) as url:
+        answer = await send_head_slowly(url, pause=0.7)
+    assert answer.status == 200, answer
+
+
+async def test_a_head_not_finished_by_its_deadline_is_a_json_408() -> None:
+    """A head not whole 1.5 times the deadline after its first byte: 408 REQUEST_HEAD_TIMEOUT
+    in JSON, the connection closed; the deadline runs from the head's first byte, so a client
+    trickling it (a piece every 0.1 s, each well within the deadline) gets it too."""
+    async with serving(body_counter, http=head_timeout_of(1.0)) as url:
+        for pause, pieces in ((1.5, 2), (0.1, 40)):
+            answer = await send_head_slowly(url, pause=pause, pieces=pieces)
+            assert answer.status == 408, (pause, answer)
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.headers["connection"] == "close"
+            error = answer.json()["error"]
+            assert error["code"] == "REQUEST_HEAD_TIMEOUT"
+            assert error["limit_seconds"] == 1.0
+
+
+async def test_a_head_waiting_behind_a_running_route_is_not_timed_out() -> None:
+    """A client that sends part of its next request while the route of the one before runs
+    past the head deadline, and the rest once answered: both are answered (the deadline
+    starts again while an earlier answer is under way)."""
+    route = HeldRoute()
+    second = b"GET /second HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    async with serving(route, http=head_timeout_of(1.0)) as url:
+        reader, writer = await open_raw(url)
+        try:
+            writer.write(FIRST + second[:10])
+            await asyncio.wait_for(route.arrived.wait(), 30)
+            await asyncio.sleep(1.5)  # past the deadline, 0.5 s before its second run ends
+            route.released.set()
+            await asyncio.wait_for(reader.readuntil(b'"/first"}\r\n0\r\n\r\n'), 30)
+            writer.write(second[10:])
+            received = await asyncio.wait_for(read_until_closed(reader), 30)
+        finally:
+            writer.close()
+    assert parse_answer(received).json() == {"path": "/second"}
+    assert route.ran == ["/first", "/second"]

@@ -29,6 +29,8 @@ from tests.tools.raw_http import (
 from tests.tools.runners import RUNNER_TYPES
 from tests.tools.service_processes import ServiceProcess, wait_api_healthy
 
+# Short, for the tests of the head's deadline (the default is 20 s).
+HEAD_TIMEOUT = 2.0
 JOB = json.dumps({"job_type": "emit", "parameters": {"lines": 1}}).encode()
 
 
@@ -137,7 +139,9 @@ MALFORMED = {
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, job_types_file=RUNNER_TYPES)
+    return msgspec.structs.replace(
+        settings, job_types_file=RUNNER_TYPES, request_head_timeout_seconds=HEAD_TIMEOUT
+    )
 
 
 def with_token(request: bytes, system: System) -> bytes:
@@ -196,6 +200,37 @@ async def test_a_head_over_the_limit_is_a_json_431(projector_and_api: System) ->
         with_token(get_jobs(within, b"Connection: close"), projector_and_api),
     )
     assert served.status == 200, served
+
+
+async def answer_to_a_head_sent_in_two(system: System, pause: float) -> RawAnswer:
+    """The answer to a GET whose head is sent in two writes ``pause`` seconds apart (the
+    second left out once the API has answered and closed the connection)."""
+    request = with_token(get_jobs(b"Connection: close"), system)
+    reader, writer = await open_raw(system.base_url)
+    answered = asyncio.create_task(read_until_closed(reader))
+    try:
+        writer.write(request[:20])
+        await writer.drain()
+        await asyncio.sleep(pause)
+        if not answered.done():
+            writer.write(request[20:])
+            await writer.drain()
+        received = await asyncio.wait_for(answered, 30)
+    finally:
+        writer.close()
+    return parse_answer(received)
+
+
+async def test_a_head_slower_than_its_deadline_is_a_json_408(projector_and_api: System) -> None:
+    """A head whose rest comes 0.7 of ``request_head_timeout_seconds`` after its first byte is
+    served; 1.4 of it after, it is 408 REQUEST_HEAD_TIMEOUT in JSON, the connection closed."""
+    served = await answer_to_a_head_sent_in_two(projector_and_api, 0.7 * HEAD_TIMEOUT)
+    assert served.status == 200, served
+    refused = await answer_to_a_head_sent_in_two(projector_and_api, 1.4 * HEAD_TIMEOUT)
+    message = assert_json_error(refused, 408, "REQUEST_HEAD_TIMEOUT")
+    assert refused.json()["error"]["limit_seconds"] == HEAD_TIMEOUT
+    assert "2 s" in message
+    await assert_still_serving(projector_and_api)
 
 
 async def test_a_request_line_over_the_limit_is_a_json_431(projector_and_api: System) -> None:

@@ -140,6 +140,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # frozen Postgres must not hang requests). Above the slowest legitimate read: a search
     # through a ten-million-line log (bench/RESULTS.md, session 20).
     api_read_timeout_seconds: float = 60.0
+    # A request's line and headers must arrive within this of their first byte, else 408
+    # REQUEST_HEAD_TIMEOUT: a client sending its head slowly (or never ending it) would hold a
+    # connection and up to 64 KiB of the API's memory for as long as it liked. Far above what
+    # a real client on a slow link takes (a few KiB: well under a second).
+    request_head_timeout_seconds: float = 20.0
     # GET /health's read of Postgres, shorter: an orchestrator's probe must get an answer.
     health_postgres_timeout_seconds: float = 1.0
     # Each read a live SSE stream makes of the read models (a job it meets, its owner, a
@@ -336,6 +341,7 @@ _ABOVE_ZERO = (
     "stream_read_timeout_seconds",
     "health_nats_timeout_seconds",
     "health_log_seconds",
+    "request_head_timeout_seconds",
 )  # nats_connect_timeout_seconds: checked with the other NATS settings (natsconnection)
 LOG_FORMATS = ("auto", "json", "console")
 # Settings that no service reads any more, still accepted in a config file so that one written

@@ -46,6 +46,8 @@ def test_what_the_protocol_overrides_and_uses_of_uvicorn_is_still_there() -> Non
     }
     assert overridden == {
         "data_received",
+        "connection_lost",
+        "on_message_begin",
         "on_headers_complete",
         "on_body",
         "on_message_complete",
@@ -59,7 +61,7 @@ def test_what_the_protocol_overrides_and_uses_of_uvicorn_is_still_there() -> Non
         "_unsupported_upgrade_warning",
     ):
         assert callable(getattr(HttpToolsProtocol, name, None)), name
-    assert {"parser", "cycle", "pipeline", "transport", "server_state", "client"} <= (
+    assert {"parser", "cycle", "pipeline", "transport", "server_state", "client", "loop"} <= (
         assigned_attributes(HttpToolsProtocol.__init__)
     )
     assert {

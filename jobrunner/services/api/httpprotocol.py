@@ -13,6 +13,10 @@ endless header grew the API's memory and CPU for as long as it sent. Here a stre
 that carries no body data (its line and headers; in a chunked body, a chunk's size line or the
 trailers) is refused with ``431 REQUEST_HEAD_TOO_LARGE`` once it passes ``MAX_REQUEST_HEAD_BYTES``.
 
+A request's head must also arrive within ``request_head_timeout_seconds`` of its first byte, else
+``408 REQUEST_HEAD_TIMEOUT``: a client sending it slowly would hold its connection and its bytes
+(uvicorn has no such deadline; its keep-alive timeout ends only a connection with nothing sent).
+
 A refusal answers the request it belongs to, never one before it: when a client sends a bad
 request behind one whose route is running (pipelined, or simply sent before the answer came),
 that route's answer is sent whole, the connection then closed, and the bad request is left
@@ -28,6 +32,7 @@ protocol's ``parser``, ``cycle``, ``pipeline`` (of ``(cycle, app)``, newest firs
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -38,6 +43,7 @@ import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from jobrunner.common.logging import LogThrottle
+from jobrunner.common.settings import Settings
 from jobrunner.services.api.errors import REFUSAL_LOG_INTERVAL, ApiError
 
 log = structlog.get_logger()
@@ -54,6 +60,7 @@ MAX_REASON_CHARS = 100
 # must not flood the log (uvicorn logged each).
 MALFORMED_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 HEAD_TOO_LARGE_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
+HEAD_TIMEOUT_LOG = LogThrottle(REFUSAL_LOG_INTERVAL)
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -101,6 +108,17 @@ def head_too_large() -> ApiError:
     )
 
 
+def head_timeout(seconds: float) -> ApiError:
+    """408: a request's line and headers not all there ``seconds`` after their first byte."""
+    return ApiError(
+        408,
+        "REQUEST_HEAD_TIMEOUT",
+        f"The request line and headers did not all arrive within {seconds:g} s of their first "
+        "byte; nothing was done. Send the request again, whole.",
+        limit_seconds=seconds,
+    )
+
+
 def error_answer(error: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The status, headers and body answering ``error`` on a connection then closed."""
     body = msgspec.json.encode(error.body())
@@ -124,9 +142,22 @@ def answering(error: ApiError) -> ASGIApp:
     return app
 
 
+def protocol_for(settings: Settings) -> type[ApiHttpProtocol]:
+    """The protocol class to hand uvicorn (``http=``) for an API with ``settings``."""
+    return type(
+        "ConfiguredApiHttpProtocol",
+        (ApiHttpProtocol,),
+        {"head_timeout_seconds": settings.request_head_timeout_seconds},
+    )
+
+
 class ApiHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing what it cannot parse, or reads without bound, with
-    the API's JSON errors (``MALFORMED_REQUEST``, ``REQUEST_HEAD_TOO_LARGE``)."""
+    """uvicorn's httptools protocol, refusing what it cannot parse, reads without bound or
+    waits on without end, with the API's JSON errors (``MALFORMED_REQUEST``,
+    ``REQUEST_HEAD_TOO_LARGE``, ``REQUEST_HEAD_TIMEOUT``)."""
+
+    # protocol_for sets it from the settings; the default's, for a protocol made without.
+    head_timeout_seconds: float = Settings().request_head_timeout_seconds
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -140,6 +171,8 @@ class ApiHttpProtocol(HttpToolsProtocol):
         # that closes the connection (``Connection: close``, HTTP/1.0) read whole. What comes
         # after is dropped unread, neither parsed nor counted.
         self._reading = True
+        # Armed at a head's first byte, cancelled at its end (or the connection's).
+        self._head_deadline: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         if not self._reading:
@@ -200,9 +233,46 @@ class ApiHttpProtocol(HttpToolsProtocol):
             )
         self._refuse(head_too_large())
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_deadline = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
+
     def on_headers_complete(self) -> None:
+        self._cancel_head_deadline()
         self._progress += 1
         super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if not self._reading or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # An earlier request is still being answered: its client may wait for that answer
+            # before sending the rest, and the server does not read while a pipelined request
+            # waits its turn. The head's time starts again.
+            self._head_deadline = self.loop.call_later(
+                self.head_timeout_seconds, self._head_timed_out
+            )
+            return
+        left_out = HEAD_TIMEOUT_LOG.admit()
+        if left_out is not None:
+            log.warning(
+                "request head timed out",
+                client=self.client,
+                limit_seconds=self.head_timeout_seconds,
+                **({"since_last": left_out} if left_out else {}),
+            )
+        self._refuse(head_timeout(self.head_timeout_seconds))
 
     def on_body(self, body: bytes) -> None:
         self._progress += 1
