@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog.testing
 
 from jobrunner.common.settings import Settings
 from jobrunner.services.api.httpprotocol import (
@@ -390,3 +391,20 @@ async def test_a_head_waiting_behind_a_running_route_is_not_timed_out() -> None:
             writer.close()
     assert parse_answer(received).json() == {"path": "/second"}
     assert route.ran == ["/first", "/second"]
+
+
+async def test_malformed_requests_in_a_loop_do_not_flood_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Twenty malformed requests in a row: at most one log line of the API's (with its
+    reason), and none of uvicorn's plain "Invalid HTTP request received." (one per request)."""
+    # uvicorn's records reach the root logger (caplog), as `jobrunner api` has them.
+    with structlog.testing.capture_logs() as logs:
+        async with serving(body_counter, http=ApiHttpProtocol, log_config=None) as url:
+            for _ in range(20):
+                answer = await raw_exchange(url, get_with_header(b"a\x01b"))
+                assert answer.status == 400
+    refused = [line for line in logs if line["event"] == "malformed request refused"]
+    assert len(refused) <= 1, refused
+    assert all(line["reason"] == "invalid header value char" for line in refused)
+    assert "Invalid HTTP request received." not in caplog.text
