@@ -26,6 +26,7 @@ from tests.tools.raw_http import (
     parse_answer,
     raw_exchange,
     read_until_closed,
+    status_lines,
 )
 from tests.tools.uvicorn_serving import serving
 
@@ -198,7 +199,7 @@ async def test_a_body_refused_after_the_answer_began_only_ends_the_connection() 
         finally:
             writer.close()
     assert received.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert received.count(b"HTTP/1.1") == 1, received
+    assert status_lines(received) == 1, received
     assert b"and read" not in received
 
 
@@ -224,20 +225,37 @@ class HeldRoute:
         await send({"type": "http.response.body", "body": body})
 
 
+def reporting_reads(expected: int) -> tuple[type[ApiHttpProtocol], asyncio.Event]:
+    """ApiHttpProtocol, and an event it sets once its connections have been handed ``expected``
+    bytes (parsed or dropped unread): a test waits for the server to have read what it sent."""
+    read_all = asyncio.Event()
+
+    class ReportingReads(ApiHttpProtocol):
+        bytes_handed = 0
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            ReportingReads.bytes_handed += len(data)
+            if ReportingReads.bytes_handed >= expected:
+                read_all.set()
+
+    return ReportingReads, read_all
+
+
 async def answers_to_a_request_and_what_follows_it(
     first: bytes, then: bytes
 ) -> tuple[bytes, list[str]]:
     """Sends ``first``, and once its route runs (held) ``then`` on the same connection; what
     came back until the server closed the connection, and the paths whose route ran."""
     route = HeldRoute()
-    async with serving(route, http=ApiHttpProtocol) as url:
+    protocol, read_all = reporting_reads(len(first) + len(then))
+    async with serving(route, http=protocol) as url:
         reader, writer = await open_raw(url)
         try:
             writer.write(first)
             await asyncio.wait_for(route.arrived.wait(), 30)
             writer.write(then)
-            await writer.drain()
-            await asyncio.sleep(0.1)  # the server has read ``then``
+            await asyncio.wait_for(read_all.wait(), 30)
             route.released.set()
             received = await asyncio.wait_for(read_until_closed(reader), 30)
         finally:
@@ -259,7 +277,7 @@ async def test_a_malformed_request_behind_a_running_route_leaves_its_answer_whol
     assert answer.status == 200
     assert answer.json() == {"path": "/first"}
     assert answer.headers["connection"] == "close"
-    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert status_lines(received) == 1, received
     assert ran == ["/first"]
 
 
@@ -271,7 +289,7 @@ async def test_a_head_too_large_behind_a_running_route_leaves_its_answer_whole()
     answer = parse_answer(received)
     assert answer.status == 200
     assert answer.json() == {"path": "/first"}
-    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert status_lines(received) == 1, received
     assert ran == ["/first"]
 
 
@@ -280,17 +298,19 @@ async def test_a_pipelined_request_with_a_bad_body_is_refused_in_its_turn() -> N
     first is answered, then the second its 400 MALFORMED_REQUEST, its route never run."""
     bad_body = b"POST /second HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n"
     route = HeldRoute()
-    async with serving(route, http=ApiHttpProtocol) as url:
+    protocol, read_all = reporting_reads(len(FIRST + bad_body))
+    async with serving(route, http=protocol) as url:
         reader, writer = await open_raw(url)
         try:
             writer.write(FIRST + bad_body)
             await asyncio.wait_for(route.arrived.wait(), 30)
-            await asyncio.sleep(0.1)  # the server has read the second request
+            await asyncio.wait_for(read_all.wait(), 30)
             route.released.set()
             received = await asyncio.wait_for(read_until_closed(reader), 30)
         finally:
             writer.close()
-    second_start = received.index(b"HTTP/1.1 ", 1)
+    assert status_lines(received) == 2, received
+    second_start = received.index(b"\r\nHTTP/1.1 ") + 2
     first = parse_answer(received[:second_start])
     second = parse_answer(received[second_start:])
     assert (first.status, first.json()) == (200, {"path": "/first"})
@@ -371,10 +391,10 @@ async def test_a_head_not_finished_by_its_deadline_is_a_json_408() -> None:
             assert error["limit_seconds"] == 1.0
 
 
-async def test_a_head_waiting_behind_a_running_route_is_not_timed_out() -> None:
-    """A client that sends part of its next request while the route of the one before runs
-    past the head deadline, and the rest once answered: both are answered (the deadline
-    starts again while an earlier answer is under way)."""
+async def head_sent_after_a_held_answer(held: float, then_after: float) -> tuple[bytes, list[str]]:
+    """With a 1 s head deadline: a POST and the first 10 bytes of a GET, the POST's route held
+    ``held`` seconds, the rest of the GET sent ``then_after`` seconds after the POST's answer.
+    What came back after that answer until the server closed, and the paths whose route ran."""
     route = HeldRoute()
     second = b"GET /second HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     async with serving(route, http=head_timeout_of(1.0)) as url:
@@ -382,15 +402,60 @@ async def test_a_head_waiting_behind_a_running_route_is_not_timed_out() -> None:
         try:
             writer.write(FIRST + second[:10])
             await asyncio.wait_for(route.arrived.wait(), 30)
-            await asyncio.sleep(1.5)  # past the deadline, 0.5 s before its second run ends
+            await asyncio.sleep(held)
             route.released.set()
             await asyncio.wait_for(reader.readuntil(b'"/first"}\r\n0\r\n\r\n'), 30)
+            await asyncio.sleep(then_after)
             writer.write(second[10:])
             received = await asyncio.wait_for(read_until_closed(reader), 30)
         finally:
             writer.close()
+    return received, route.ran
+
+
+async def test_a_head_waiting_behind_a_running_route_gets_its_whole_deadline_after() -> None:
+    """A client that sends part of its next request while the route of the one before runs
+    past the head deadline (1.9 s of 1 s), and the rest 0.2 s after the answer: served (the
+    deadline is not counted during the earlier answer and starts whole when it ends, whatever
+    the phase of its timer)."""
+    received, ran = await head_sent_after_a_held_answer(held=1.9, then_after=0.2)
     assert parse_answer(received).json() == {"path": "/second"}
-    assert route.ran == ["/first", "/second"]
+    assert ran == ["/first", "/second"]
+
+
+async def test_a_head_waiting_behind_an_answer_is_timed_out_a_deadline_after_it() -> None:
+    """The same head's rest sent 1.5 s (of a 1 s deadline) after the answer before it: 408
+    REQUEST_HEAD_TIMEOUT, its route never run."""
+    received, ran = await head_sent_after_a_held_answer(held=0.1, then_after=1.5)
+    answer = parse_answer(received)
+    assert answer.status == 408, answer
+    assert answer.json()["error"]["code"] == "REQUEST_HEAD_TIMEOUT"
+    assert ran == ["/first"]
+
+
+async def test_a_connection_sending_its_first_byte_within_the_deadline_is_served() -> None:
+    """A new connection silent for 0.7 of the head deadline, then sending a request: served."""
+    async with serving(body_counter, http=head_timeout_of(1.0)) as url:
+        reader, writer = await open_raw(url)
+        try:
+            await asyncio.sleep(0.7)
+            writer.write(get_with_header(b"p"))
+            received = await asyncio.wait_for(read_until_closed(reader), 30)
+        finally:
+            writer.close()
+    assert parse_answer(received).status == 200
+
+
+async def test_a_connection_sending_nothing_is_closed_after_the_deadline() -> None:
+    """A new connection that sends nothing (a slowloris holding sockets without a byte; uvicorn
+    kept it open for ever): closed by the server after the head deadline, without an answer
+    (there is no request to answer)."""
+    async with serving(body_counter, http=head_timeout_of(1.0)) as url:
+        reader, writer = await open_raw(url)
+        try:
+            assert await asyncio.wait_for(reader.read(1), 10) == b""
+        finally:
+            writer.close()
 
 
 async def test_malformed_requests_in_a_loop_do_not_flood_the_log(

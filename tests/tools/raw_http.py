@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,6 +85,15 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
     except ConnectionResetError:
         pass
     return bytes(received)
+
+
+STATUS_LINE = re.compile(rb"(?:^|\r\n)HTTP/1\.1 \d{3} ")
+
+
+def status_lines(received: bytes) -> int:
+    """How many answers began in what was received: status lines at its start or a line's,
+    never "HTTP/1.1 " inside a sentence (MALFORMED_REQUEST's says "not valid HTTP/1.1")."""
+    return len(STATUS_LINE.findall(received))
 
 
 def parse_answer(received: bytes) -> RawAnswer:

@@ -46,7 +46,9 @@ def test_what_the_protocol_overrides_and_uses_of_uvicorn_is_still_there() -> Non
     }
     assert overridden == {
         "data_received",
+        "connection_made",
         "connection_lost",
+        "on_response_complete",
         "on_message_begin",
         "on_headers_complete",
         "on_body",
@@ -79,6 +81,14 @@ def test_what_the_protocol_overrides_and_uses_of_uvicorn_is_still_there() -> Non
         if isinstance(node, ast.Call) and "pipeline" in ast.unparse(node.func)
     ]
     assert queues == ["self.pipeline.appendleft((self.cycle, app))"], queues
+    # The head deadline starts again when an answer ends: each cycle calls back
+    # on_response_complete then.
+    callbacks = [
+        ast.unparse(node.value)
+        for node in ast.walk(source_tree(HttpToolsProtocol.on_headers_complete))
+        if isinstance(node, ast.keyword) and node.arg == "on_response"
+    ]
+    assert callbacks == ["self.on_response_complete"], callbacks
 
 
 def test_the_parsers_reason_is_quoted_in_lower_case() -> None:

@@ -15,7 +15,10 @@ trailers) is refused with ``431 REQUEST_HEAD_TOO_LARGE`` once it passes ``MAX_RE
 
 A request's head must also arrive within ``request_head_timeout_seconds`` of its first byte, else
 ``408 REQUEST_HEAD_TIMEOUT``: a client sending it slowly would hold its connection and its bytes
-(uvicorn has no such deadline; its keep-alive timeout ends only a connection with nothing sent).
+(uvicorn has no such deadline). The time an earlier request's answer takes is not counted: the
+deadline starts whole again when that answer ends. A new connection that sends nothing within the
+deadline is closed without an answer (uvicorn arms its keep-alive timeout only after an answer,
+so such a connection stayed open for ever).
 
 A refusal answers the request it belongs to, never one before it: when a client sends a bad
 request behind one whose route is running (pipelined, or simply sent before the answer came),
@@ -24,7 +27,8 @@ unanswered, which tells the client to send it again (RFC 9112 section 9.3.2).
 
 ``data_received`` feeds the parser itself (uvicorn's own would answer in plain text). What this
 relies on of uvicorn (tests/unit/test_httpprotocol.py fails loudly when any of it is gone): the
-protocol's ``parser``, ``cycle``, ``pipeline`` (of ``(cycle, app)``, newest first),
+protocol's ``connection_made``, ``on_response_complete`` (called when an answer ends),
+``parser``, ``cycle``, ``pipeline`` (of ``(cycle, app)``, newest first),
 ``_unset_keepalive_if_required``, ``_should_upgrade``, ``handle_websocket_upgrade`` and
 ``_unsupported_upgrade_warning``; the cycle's ``more_body``, ``keep_alive``, ``response_started``,
 ``response_complete`` and ``disconnected``.
@@ -171,8 +175,16 @@ class ApiHttpProtocol(HttpToolsProtocol):
         # that closes the connection (``Connection: close``, HTTP/1.0) read whole. What comes
         # after is dropped unread, neither parsed nor counted.
         self._reading = True
-        # Armed at a head's first byte, cancelled at its end (or the connection's).
+        # Armed when the connection is made and at a head's first byte, cancelled at the head's
+        # end (or the connection's).
         self._head_deadline: asyncio.TimerHandle | None = None
+        # True from a head's first byte to its end.
+        self._head_open = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Until the first byte, the deadline bounds a connection that sends nothing at all.
+        self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
         if not self._reading:
@@ -235,16 +247,29 @@ class ApiHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_deadline = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
+        self._head_open = True
+        self._arm_head_deadline()
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         self._cancel_head_deadline()
         self._progress += 1
         super().on_headers_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_open and not self.transport.is_closing():
+            # The head begun while this answer was under way gets its whole time from now: its
+            # client may have waited for the answer before sending the rest.
+            self._arm_head_deadline()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_deadline()
         super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        self._cancel_head_deadline()
+        self._head_deadline = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
 
     def _cancel_head_deadline(self) -> None:
         if self._head_deadline is not None:
@@ -259,10 +284,13 @@ class ApiHttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             # An earlier request is still being answered: its client may wait for that answer
             # before sending the rest, and the server does not read while a pipelined request
-            # waits its turn. The head's time starts again.
-            self._head_deadline = self.loop.call_later(
-                self.head_timeout_seconds, self._head_timed_out
-            )
+            # waits its turn. on_response_complete starts the head's time again.
+            self._arm_head_deadline()
+            return
+        if not self._head_open:
+            # A new connection that sent nothing: no request to answer (a 408 could be taken
+            # for the answer to one the client is just sending), only a connection to end.
+            self.transport.close()
             return
         left_out = HEAD_TIMEOUT_LOG.admit()
         if left_out is not None:
