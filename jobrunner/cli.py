@@ -109,6 +109,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from jobrunner.services.api.app import create_app
     from jobrunner.services.api.context import requests_stop_seconds
+    from jobrunner.services.api.httpprotocol import protocol_for
 
     settings = _settings(args)
     structlog.contextvars.bind_contextvars(service="api")
@@ -117,6 +118,9 @@ def cmd_api(args: argparse.Namespace) -> int:
             create_app(settings),
             host=settings.host,
             port=settings.port,
+            # uvicorn's httptools protocol, answering what its parser refuses with the API's
+            # JSON errors and bounding a request's head.
+            http=protocol_for(settings),
             log_level="warning",
             access_log=False,
             # uvicorn's records go to the root logger, written as every other line (JSON).

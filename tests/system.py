@@ -16,11 +16,13 @@ from jobrunner.common.settings import Settings
 from jobrunner.contracts.names import Names
 from jobrunner.embedded.serverprocess import free_port
 from jobrunner.services.api.app import create_app
+from jobrunner.services.api.httpprotocol import protocol_for
 from jobrunner.services.api.security.sessions import COOKIE_NAME, SessionSigner
 from jobrunner.services.api.security.tokens import TokenStore
 from jobrunner.services.notifier.service import run_notifier
 from jobrunner.services.projector.service import run_projector
 from jobrunner.services.runner.service import run_runner
+from tests.tools.uvicorn_serving import start_serving
 
 # ``system.client()`` sends the admin token unless told otherwise.
 ADMIN: Any = object()
@@ -116,18 +118,14 @@ class System:
             create_app(self.settings),
             host="127.0.0.1",
             port=self.port,
+            http=protocol_for(self.settings),  # as `jobrunner api` serves
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
         listener = self._listen()
-        self._tasks["api"] = asyncio.create_task(self._server.serve(sockets=[listener]))
-        async with asyncio.timeout(30):
-            while not self._server.started:
-                if self._tasks["api"].done():
-                    self._tasks["api"].result()
-                await asyncio.sleep(0.02)
+        self._tasks["api"] = await start_serving(self._server, listener)
         projector = self._tasks.get("projector")
         if projector is not None and not projector.done():
             await self.wait_read_models()

@@ -77,8 +77,9 @@ async def test_an_idempotency_key_too_long_is_refused_naming_the_limit(
 
 # Keys with a character outside printable ASCII somewhere, at most 200 characters and not blank,
 # as the header's bytes arrive (UTF-8 read byte for byte as Latin-1 by the HTTP server). The HTTP
-# server itself refuses a header with a control character other than tab (DEL, \x01) with its own
-# 400, before any route: the route sees tabs and bytes 0x80 to 0xff.
+# server itself refuses a header with a control character other than tab (DEL, \x01) before any
+# route, with 400 MALFORMED_REQUEST (test_malformed_requests.py): the route sees tabs and bytes
+# 0x80 to 0xff.
 NOT_PRINTABLE = [
     "clé-1".encode().decode("latin-1"),  # a key typed with an accent, sent as UTF-8
     "caf\xe9",  # the same in Latin-1

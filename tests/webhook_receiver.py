@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from jobrunner.embedded.serverprocess import bind_free_port
+from tests.tools.uvicorn_serving import start_serving, stop_serving
 
 
 @dataclass
@@ -92,15 +93,9 @@ async def running_receiver(
             timeout_graceful_shutdown=1,
         )
     )
-    task = asyncio.create_task(server.serve(sockets=[receiver.listener]))
-    async with asyncio.timeout(30):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
+    task = await start_serving(server, receiver.listener)
     try:
         yield receiver
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+        await stop_serving(server, task)
         receiver.listener.close()

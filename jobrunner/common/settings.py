@@ -148,6 +148,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=Tr
     # frozen Postgres must not hang requests). Above the slowest legitimate read: a search
     # through a ten-million-line log (bench/RESULTS.md, session 20).
     api_read_timeout_seconds: float = 60.0
+    # A request's line and headers must arrive within this of their first byte, else 408
+    # REQUEST_HEAD_TIMEOUT: a client sending its head slowly (or never ending it) would hold a
+    # connection and up to 64 KiB of the API's memory for as long as it liked. Far above what
+    # a real client on a slow link takes (a few KiB: well under a second).
+    request_head_timeout_seconds: float = 20.0
     # GET /health's read of Postgres, shorter: an orchestrator's probe must get an answer.
     health_postgres_timeout_seconds: float = 1.0
     # Each read a live SSE stream makes of the read models (a job it meets, its owner, a
@@ -399,6 +404,7 @@ BOUNDS: dict[str, Bounds] = {
     "projector_postgres_dead_seconds": _seconds(high=2 * 32767 + 1),
     "replay_postgres_answer_seconds": _seconds(),
     "api_read_timeout_seconds": _seconds(),
+    "request_head_timeout_seconds": _seconds(),
     "health_postgres_timeout_seconds": _seconds(),
     # Below sse_keepalive_seconds, whose longest is LONGEST_SECONDS.
     "stream_read_timeout_seconds": _seconds(high=LONGEST_SECONDS - 1),
