@@ -26,7 +26,7 @@ async def cut_after(nc: Client, server: EmbeddedNats, sent: int, names: Names) -
     assert server.proc is not None
     js = nc.jetstream()
     base = nc.stats["out_msgs"]
-    bound = health.NatsBound(BOUND)
+    bound = health.NatsBound.from_now(BOUND)
     read = asyncio.create_task(
         health._read_nats(bound, lambda: runnerpool.alive_runners(js, names))
     )

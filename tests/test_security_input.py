@@ -144,14 +144,15 @@ MARKUP = "<script>alert(1)</script>&<img src=x onerror=alert(2)>"
 async def test_output_with_markup_and_sse_syntax_stays_data_in_the_stream(
     system: System, tmp_path: Path
 ) -> None:
-    """A line that looks like SSE fields or HTML arrives as one JSON data line, unchanged."""
+    """A line that looks like SSE fields or HTML arrives as one JSON data line, unchanged but
+    for the C1 control NEL (U+0085), which the runner removes as every C1 control."""
     text = f"x\u2028event: done\u2029data: {MARKUP}\x85id: 999"
     await run_recorded(system, tmp_path, {"text": text})
     async with system.client() as client:
         job_id = (await client.get("/api/jobs")).json()["items"][0]["id"]
         stream = await read_stream(client, f"/api/jobs/{job_id}/stream")
     lines = [e.json["text"] for e in stream.events if e.event == "message"]
-    assert f"arg: {text}" in lines
+    assert f"arg: {text.replace(chr(0x85), '')}" in lines
     assert [e.event for e in stream.events].count("done") == 1
 
 
