@@ -178,6 +178,18 @@ class RequestLoop:
         except Exception as exc:
             log.warning("failed claim not undone", error=repr(exc))
 
+    async def _fail_unstarted(
+        self, request: events.JobRequested, job: RunningJob, code: ErrorCode, message: str
+    ) -> None:
+        """End a job this runner cannot start (its types file decides) as failed, and ack it."""
+        await self.journal.end(
+            request.job_id,
+            JobStatus.FAILED,
+            error=ErrorInfo(code=code, message=message),
+            job_type=request.job_type,
+        )
+        await job.ack()
+
     async def _handle_request(self, request: events.JobRequested, job: RunningJob) -> None:
         job_id = request.job_id
         # At its first delivery no runner has started the job: a status it may have (the API
@@ -212,33 +224,24 @@ class RequestLoop:
             return
         job_type = self.job_types.get(request.job_type)
         if job_type is None:
-            await self.journal.end(
-                job_id,
-                JobStatus.FAILED,
-                error=ErrorInfo(
-                    code=ErrorCode.UNKNOWN_JOB_TYPE,
-                    message=f"This runner has no job type {request.job_type!r}; "
-                    "check job_types_file.",
-                ),
-                job_type=request.job_type,
+            await self._fail_unstarted(
+                request,
+                job,
+                ErrorCode.UNKNOWN_JOB_TYPE,
+                f"This runner has no job type {request.job_type!r}; check job_types_file.",
             )
-            await job.ack()
             return
         try:
             # The API checked them against its own types file, which may differ from this one.
             validate_parameters(job_type, parameters_it_takes(job_type, request.parameters))
         except ParameterError as exc:
-            await self.journal.end(
-                job_id,
-                JobStatus.FAILED,
-                error=ErrorInfo(
-                    code=ErrorCode.INVALID_PARAMETERS,
-                    message=f"This runner's job type {request.job_type!r} refuses the job's "
-                    f"parameters ({exc}); check job_types_file.",
-                ),
-                job_type=request.job_type,
+            await self._fail_unstarted(
+                request,
+                job,
+                ErrorCode.INVALID_PARAMETERS,
+                f"This runner's job type {request.job_type!r} refuses the job's "
+                f"parameters ({exc}); check job_types_file.",
             )
-            await job.ack()
             return
 
         if request.batch_id is not None and not await self.seals.wait(request, job):
