@@ -40,6 +40,7 @@ from jobrunner.embedded.serverprocess import ServerProcess, free_port
 from jobrunner.services.api.security.tokens import Role, TokenStore
 from tests.faults.cluster import START_TIMEOUT, FaultCluster, in_thread
 from tests.freeze import freeze, thaw
+from tests.tools import http_clients
 
 NODE_NAMES = ("n1", "n2", "n3")
 CLUSTER_NAME = "jobrunner"
@@ -254,7 +255,7 @@ class NodeCluster(FaultCluster):
         if self.admin_token:
             headers.setdefault("Authorization", f"Bearer {self.admin_token}")
         kwargs.setdefault("timeout", 30)
-        return httpx.AsyncClient(base_url=self.api_url(api), headers=headers, **kwargs)
+        return http_clients.client(base_url=self.api_url(api), headers=headers, **kwargs)
 
     @asynccontextmanager
     async def nats_client(self) -> AsyncIterator[NATS]:
@@ -282,7 +283,7 @@ class NodeCluster(FaultCluster):
         return next(node for node in self.nodes if node.name == name)
 
     async def jsz(self, node: ClusterNode, query: str = "") -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with http_clients.client(timeout=2) as client:
             response = await client.get(f"http://127.0.0.1:{node.monitor_port}/jsz{query}")
         response.raise_for_status()
         data: dict[str, Any] = response.json()

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 from hypothesis import strategies as st
 
+from tests.tools import http_clients
+
 EXTERNAL_TYPES = str(Path(__file__).parent / "tools" / "external_jobtypes.toml")
 
 
@@ -54,7 +56,7 @@ async def start_external(
 
 def worker_client(base_url: str) -> httpx.AsyncClient:
     """A client with no API token or cookie: what an external worker has."""
-    return httpx.AsyncClient(base_url=base_url, timeout=30)
+    return http_clients.client(base_url=base_url, timeout=30)
 
 
 # What a worker might send: anything JSON, and shapes close to a report with any values in them.

@@ -22,6 +22,7 @@ from jobrunner.services.api.security.tokens import TokenStore
 from jobrunner.services.notifier.service import run_notifier
 from jobrunner.services.projector.service import run_projector
 from jobrunner.services.runner.service import run_runner
+from tests.tools import http_clients
 from tests.tools.uvicorn_serving import start_serving
 
 # ``system.client()`` sends the admin token unless told otherwise.
@@ -190,7 +191,7 @@ class System:
         token = self.admin_token if token is ADMIN else token
         if token:
             headers.setdefault("Authorization", f"Bearer {token}")
-        return httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
+        return http_clients.client(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
 
     async def __aenter__(self) -> System:
         return self

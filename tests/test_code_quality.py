@@ -82,3 +82,32 @@ def test_nothing_generic_is_installed_at_the_top_level() -> None:
     assert config["packages"]["find"]["include"] == ["jobrunner*"]
     top_level = {p.parent.name for p in ROOT.glob("*/__init__.py")}
     assert top_level <= {"jobrunner", "tests", "bench"}, top_level
+
+
+# What a runner, projector or notifier process imports: the command line, its service, its
+# metrics listener.
+SERVICE_PROCESS_IMPORTS = """
+import sys
+import jobrunner.cli
+jobrunner.cli.build_parser()
+import jobrunner.common.metricsexposition
+import jobrunner.services.notifier.service
+import jobrunner.services.projector.service
+import jobrunner.services.runner.service
+print(sorted(m for m in sys.modules if m.split(".")[0] == "litestar" or
+             m.startswith("jobrunner.services.api")))
+"""
+
+
+def test_the_services_other_than_the_api_do_not_load_it() -> None:
+    """Starting a runner, projector or notifier loads neither the API nor Litestar: importing
+    them is most of the API's start-up, which the other services need not pay."""
+    result = subprocess.run(
+        [sys.executable, "-c", SERVICE_PROCESS_IMPORTS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -33,6 +33,7 @@ from tests.faults.services import RESTART_DELAY, SEPARATE_HOSTS, Service
 from tests.faults.toolrecord import ToolJob
 from tests.freeze import freeze, thaw
 from tests.servers import TEST_POSTGRES_SETTINGS
+from tests.tools import http_clients
 from tests.tools.api_address import ApiAddress, NotOurApi, new_instance_name
 from tests.tools.runners import runner_env
 
@@ -514,7 +515,7 @@ class FaultCluster:
         """A client of the API; NotOurApi, once, when the watchdog found another program on
         the API's port (the test's earlier requests may have gone to it)."""
         self._raise_lost_port()
-        return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
+        return http_clients.client(base_url=self.base_url, timeout=30, **kwargs)
 
     async def submit_plain(self, job_type: str) -> str:
         """Start a job type without parameters; returns its id."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from tests.tools import http_clients
+
 
 class NotOurApi(AssertionError):
     """Something other than our API answered /health on its port."""
@@ -42,7 +44,7 @@ class ApiAddress:
         """The status of our API's /health answer; None while nothing answers (in 2 s);
         NotOurApi when something else answers."""
         try:
-            async with httpx.AsyncClient(timeout=2) as client:
+            async with http_clients.client(timeout=2) as client:
                 response = await client.get(f"{self.url}/health")
         except httpx.HTTPError:
             return None

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from jobrunner.common.metrics import SERVICE_STARTED
 from jobrunner.common.settings import Settings
@@ -94,7 +93,7 @@ def create_app(settings: Settings) -> Litestar:
             security=security.OPENAPI_SECURITY,
             # Only the documents themselves: the interactive viewers load scripts from CDNs,
             # which jobrunner never depends on at run time (and its CSP would block).
-            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+            render_plugins=[security.CompletedJsonDocument(), security.CompletedYamlDocument()],
         ),
         debug=False,
     )

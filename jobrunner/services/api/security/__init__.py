@@ -26,7 +26,8 @@ from jobrunner.services.api.security.middleware import (
 from jobrunner.services.api.security.openapi import (
     OPENAPI_COMPONENTS,
     OPENAPI_SECURITY,
-    complete_openapi,
+    CompletedJsonDocument,
+    CompletedYamlDocument,
     document_errors,
 )
 from jobrunner.services.api.security.origin import HostPolicy
@@ -40,6 +41,8 @@ __all__ = [
     "OPENAPI_COMPONENTS",
     "OPENAPI_SECURITY",
     "ROUTES",
+    "CompletedJsonDocument",
+    "CompletedYamlDocument",
     "Principal",
     "Role",
     "access_lifespan",
@@ -74,7 +77,6 @@ def access_lifespan(settings: Settings):  # type: ignore[no-untyped-def]
 
     @asynccontextmanager
     async def _lifespan(app: Litestar) -> AsyncIterator[None]:
-        complete_openapi(app)
         limiter = StreamLimiter(per_token=settings.max_streams_per_token)
         hosts = HostPolicy.from_settings(
             settings.allowed_hosts, settings.host, loopback=is_loopback(settings.host)
