@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import msgspec
-
 from jobrunner.common.settings import ENV_PREFIX, Settings
 
 RUNTIME_FILE = "runtime.json"
@@ -42,4 +40,6 @@ def with_runtime(settings: Settings, environ: dict[str, str]) -> Settings:
     }
     if settings.database_url != defaults.database_url or f"{ENV_PREFIX}DATABASE_URL" in environ:
         changes.pop("database_url", None)
-    return msgspec.structs.replace(settings, **changes)
+    # Named as their source: a sentence about one of them points at the file, not the
+    # configuration (which did not set it).
+    return settings.replaced(source=f"jobrunner up's {path}", **changes)
