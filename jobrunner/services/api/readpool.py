@@ -214,6 +214,8 @@ class Read:
             ) from exc
 
     def _left(self) -> float:
+        # On the loop's own time, the wall-time backstop's: the release's own bound is then
+        # that long at most, and the deadline (which also covers the release) still ends it.
         when = self._deadline.when()
         assert when is not None
         return max(0.0, when - asyncio.get_running_loop().time())
