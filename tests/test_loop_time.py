@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
 from jobrunner.common import looptime
 from jobrunner.common.looptime import LoopTimeout, within_loop_time
 from tests.tools.event_loops import LOOPS, run_on
+from tests.tools.held_loop import loop_held_again_and_again
 
 
 async def _never() -> None:
@@ -245,3 +248,59 @@ def test_a_caller_cancelled_inside_a_bound_block_is_cancelled_not_timed_out(loop
         return task
 
     assert run_on(loop, run()).cancelled()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_block_on_a_loop_held_again_and_again_ends_within_twice_its_bound(loop: str) -> None:
+    """A block waiting for ever, bounded 0.5 s, its loop held 0.3 s every 0.02 s (every slice
+    late, none counted): ``TimeoutError`` after at most twice the bound of wall time plus the
+    hold under way, where the loop's own time alone would take some 20 holds (6 s)."""
+    bound, hold, free = 0.5, 0.3, 0.02
+    late = 2.5  # a bound on the machine's own slowness, not a timing of the code
+
+    async def run() -> float:
+        started = time.monotonic()
+        with loop_held_again_and_again(hold, free):
+            try:
+                async with LoopTimeout(bound):
+                    await asyncio.wait_for(_never(), 30)  # a hang guard
+            except TimeoutError:
+                return time.monotonic() - started
+        raise AssertionError("the block was not ended")
+
+    assert run_on(loop, run()) < looptime.MOST_BOUNDS * bound + hold + late
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_block_ended_by_the_wall_time_backstop_may_clean_up_at_leisure(loop: str) -> None:
+    """A block bounded 0.1 s, its loop blocked 0.25 s (past twice the bound: the wall-time
+    backstop ends it), whose clean-up then awaits 1 s (its bound on the loop's own time is
+    spent meanwhile): ``TimeoutError``, and no task the bound started ends in an error."""
+
+    async def run() -> list[BaseException]:
+        loop_ = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = []
+
+        def recorded(
+            loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+        ) -> asyncio.Task[Any]:
+            tasks.append(asyncio.Task(coro, loop=loop, **kwargs))
+            return tasks[-1]
+
+        loop_.set_task_factory(recorded)
+        with pytest.raises(TimeoutError):
+            async with LoopTimeout(0.1):
+                loop_.call_later(0.005, time.sleep, 0.25)
+                try:
+                    await _never()
+                finally:
+                    await asyncio.sleep(1.0)  # a clean-up: a close, a release
+        await asyncio.sleep(0)
+        assert tasks, "the bound started no task: the test sees nothing"
+        return [
+            error
+            for task in tasks
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None
+        ]
+
+    assert run_on(loop, run()) == []

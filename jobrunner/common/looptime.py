@@ -133,7 +133,10 @@ class LoopTimeout:
         # A future nothing sets: within_loop_time then only counts the loop's own time.
         with contextlib.suppress(TimeoutError):
             await within_loop_time(asyncio.get_running_loop().create_future(), seconds)
-        self._wall.reschedule(asyncio.get_running_loop().time())  # asyncio's cancel, now
+        # The wall-time backstop may have ended the block already, its clean-up still awaiting:
+        # the block is being ended, and a timeout expiring cannot be rescheduled.
+        if not self._wall.expired():
+            self._wall.reschedule(asyncio.get_running_loop().time())  # asyncio's cancel, now
 
     def expired(self) -> bool:
         """Whether the bound ended the block (as ``asyncio.Timeout.expired``)."""
