@@ -1,11 +1,11 @@
 """``GET /health``'s bound over its reads of Postgres (``health_postgres_timeout_seconds``, the
 health pool of ``services.api.context``) counts the API loop's own time (``common.looptime``),
-on asyncio's loop and on uvloop: Postgres frozen just shorter than the bound is waited out,
-just longer is ``POSTGRES_TIMEOUT``; the loop blocked by other work 0.8 or 1.25 times the bound
-while Postgres answered is not (before session 40 a block past it made health answer ``503
-unavailable``, the instance taken out of a load balancer, though Postgres had answered); and
-with Postgres frozen and the loop held again and again, health still gives up after at most
-twice the bound of wall time."""
+on asyncio's loop and on uvloop: Postgres frozen just shorter than the bound (0.6 times it) is
+waited out, just longer is ``POSTGRES_TIMEOUT``; the loop blocked by other work 0.8 or 1.25
+times the bound while Postgres answered is not (before session 40 a block past it made health
+answer ``503 unavailable``, the instance taken out of a load balancer, though Postgres had
+answered); and with Postgres frozen and the loop held again and again, health still gives up
+after at most twice the bound of wall time."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ async def _health_read_frozen_for(server: EmbeddedPostgres, frozen_for: float) -
 def test_health_waits_out_a_postgres_frozen_just_shorter_than_its_bound(
     own_postgres: EmbeddedPostgres, loop: str
 ) -> None:
-    """Postgres frozen 0.7 times the bound from the read's start: health gets its answer."""
-    assert run_on(loop, _health_read_frozen_for(own_postgres, 0.7 * BOUND)) == 2
+    """Postgres frozen 0.6 times the bound from the read's start: health gets its answer."""
+    assert run_on(loop, _health_read_frozen_for(own_postgres, 0.6 * BOUND)) == 2
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -113,7 +113,7 @@ HOLD = 0.3  # each hold of the loop by its other work, again and again
 FREE = 0.05  # the loop's free time between two holds
 # A bound on the machine's own slowness, not a timing of the code: without the backstop the
 # read takes about 20 slices of (FREE + HOLD), 7 s.
-LATE = 0.5
+LATE = 2.5
 
 
 async def _read_of_a_frozen_postgres_with_the_loop_held_again_and_again(

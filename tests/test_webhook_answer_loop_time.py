@@ -94,7 +94,7 @@ HOLD = 0.3  # each hold of the loop by its other work, again and again
 FREE = 0.05  # the loop's free time between two holds
 # A bound on the machine's own slowness, not a timing of the code: without the backstop the
 # wait takes about 20 slices of (FREE + HOLD), 7 s.
-LATE = 0.5
+LATE = 2.5
 # Holds the attempt may meet past its deadline: the one under way, and one in the close of its
 # connection.
 HOLDS_AFTER = 2

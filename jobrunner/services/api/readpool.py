@@ -214,8 +214,10 @@ class Read:
             ) from exc
 
     def _left(self) -> float:
-        # On the loop's own time, the wall-time backstop's: the release's own bound is then
-        # that long at most, and the deadline (which also covers the release) still ends it.
+        # The time left until the deadline's latest end (``when``: for a LoopTimeout its
+        # wall-time backstop, twice the bound). The caller is cancelled once the bound is spent
+        # (1x, on the loop's own time); only asyncpg's release, which it shields from that
+        # cancel, may run on, and this bounds it to the backstop (2x) at most.
         when = self._deadline.when()
         assert when is not None
         return max(0.0, when - asyncio.get_running_loop().time())
