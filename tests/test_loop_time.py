@@ -287,14 +287,17 @@ def test_a_block_ended_by_the_wall_time_backstop_may_clean_up_at_leisure(loop: s
             tasks.append(asyncio.Task(coro, loop=loop, **kwargs))
             return tasks[-1]
 
-        loop_.set_task_factory(recorded)
-        with pytest.raises(TimeoutError):
+        async def bounded_with_a_slow_clean_up() -> None:
             async with LoopTimeout(0.1):
                 loop_.call_later(0.005, time.sleep, 0.25)
                 try:
                     await _never()
                 finally:
                     await asyncio.sleep(1.0)  # a clean-up: a close, a release
+
+        loop_.set_task_factory(recorded)
+        with pytest.raises(TimeoutError):
+            await bounded_with_a_slow_clean_up()
         await asyncio.sleep(0)
         assert tasks, "the bound started no task: the test sees nothing"
         return [
