@@ -11,6 +11,7 @@ from jobrunner import cli
 from jobrunner.common import exitcodes
 from jobrunner.common.runtime import RUNTIME_FILE, runtime_path, with_runtime
 from jobrunner.common.settings import Settings
+from tests.tools.logging_state import logging_put_back
 
 RUNNING = {
     "nats_url": "nats://127.0.0.1:4567",
@@ -84,7 +85,8 @@ def test_a_runtime_file_value_no_command_can_use_is_refused_naming_the_file(
     for name in ("JOBRUNNER_NATS_URL", "JOBRUNNER_DATABASE_URL", "JOBRUNNER_PREFIX"):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / RUNTIME_FILE).write_text(json.dumps(written))
-    assert cli.main(["events", "--state-dir", str(tmp_path)]) == exitcodes.CONFIG
+    with logging_put_back():  # the command configures logging on the captured stderr
+        assert cli.main(["events", "--state-dir", str(tmp_path)]) == exitcodes.CONFIG
     said = capsys.readouterr().err
     assert f"jobrunner: jobrunner up's {tmp_path / RUNTIME_FILE} {sentence}" in said, said
     assert "Traceback" not in said
